@@ -1,0 +1,49 @@
+"""EngineConfig: every option of the engine, with defaults and checks in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str | None = None  # HF directory or .gguf file; None: the default SmolLM2-135M
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
+    device: str = "auto"  # auto: cuda if available, else cpu
+    load_format: str = "auto"  # auto | dummy (random weights of the config's shape)
+    max_model_len: int | None = None  # default: the model's own limit
+    kv_tokens: int | None = None  # KV pool size in tokens; overrides kv_memory_fraction
+    kv_memory_fraction: float = 0.85  # of free GPU memory after loading, for the KV pool
+    cpu_kv_tokens: int = 65536  # KV pool size on the CPU when kv_tokens is not given
+    max_running_requests: int = 256
+    max_prefill_tokens: int = 8192  # token budget of one step (prefill chunks + decodes)
+    max_waiting_requests: int = 4096
+    queue_timeout: float | None = None  # seconds a request may wait before admission
+    table_capacity: int = 8192  # request table slots (running + waiting + paused)
+    scheduler: str = "past_future"  # past_future | aggressive | conservative
+    served_model_name: str | None = None
+    seed: int = 0
+    cuda_graph: bool = True
+    cuda_graph_max_batch: int = 256
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.load_format not in ("auto", "dummy"):
+            raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
+        if self.scheduler not in ("past_future", "aggressive", "conservative"):
+            raise ValueError(
+                f"scheduler must be past_future, aggressive or conservative, got {self.scheduler!r}"
+            )
+        for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
+                     "table_capacity", "cpu_kv_tokens", "cuda_graph_max_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.kv_tokens is not None and self.kv_tokens < 1:
+            raise ValueError(f"kv_tokens must be >= 1, got {self.kv_tokens}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if not 0 < self.kv_memory_fraction < 1:
+            raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
+        if self.queue_timeout is not None and self.queue_timeout <= 0:
+            raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")

@@ -1,0 +1,110 @@
+"""The token-level KV pool (TokenAttention): KV slots per token, no padding, no blocks.
+
+KVPool holds one K and one V tensor per layer, indexed by token slot, and hands slots out
+and takes them back with a free stack kept on the CPU (vectorised: one slice per call,
+never a Python loop over tokens). ReqToTokenTable maps each request's positions to slots:
+row r, column p holds the slot of token p of the request that owns row r.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class KVPool:
+    def __init__(
+        self,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        num_tokens: int,
+        dtype: torch.dtype,
+        device: torch.device | str,
+    ):
+        if num_tokens <= 0:
+            raise ValueError(f"KV pool needs a positive token count, got {num_tokens}")
+        self.capacity = num_tokens
+        self.device = torch.device(device)
+        shape = (num_tokens, num_kv_heads, head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end
+        # hands out the most recently freed slots first (they are warm in cache).
+        self._stack = torch.arange(num_tokens - 1, -1, -1, dtype=torch.int64)
+        self._n_free = num_tokens
+        self._in_use = torch.zeros(num_tokens, dtype=torch.bool)
+
+    @staticmethod
+    def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    @property
+    def n_free(self) -> int:
+        return self._n_free
+
+    @property
+    def n_used(self) -> int:
+        return self.capacity - self._n_free
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        """n free slots as an int64 CPU tensor, or None if the pool has fewer than n."""
+        if n > self._n_free:
+            return None
+        self._n_free -= n
+        slots = self._stack[self._n_free : self._n_free + n].clone()
+        self._in_use[slots] = True
+        return slots
+
+    def free(self, slots: torch.Tensor) -> None:
+        n = slots.numel()
+        if n == 0:
+            return
+        slots = slots.to(dtype=torch.int64, device="cpu").reshape(-1)
+        if not bool(self._in_use[slots].all()) or torch.unique(slots).numel() != n:
+            raise RuntimeError("KVPool.free: a slot is not in use or is given twice")
+        self._in_use[slots] = False
+        self._stack[self._n_free : self._n_free + n] = slots
+        self._n_free += n
+
+
+class ReqToTokenTable:
+    """[rows, max_len] int32 map from (request row, position) to KV slot.
+
+    The master copy is on the CPU (the engine reads it to free a finished request's slots
+    without touching the GPU); on a GPU a device copy is kept in step by `write`.
+    """
+
+    def __init__(self, rows: int, max_len: int, device: torch.device | str):
+        self.rows = rows
+        self.max_len = max_len
+        self.cpu = torch.zeros((rows, max_len), dtype=torch.int32)
+        self.device = torch.device(device)
+        self.table = self.cpu if self.device.type == "cpu" else self.cpu.to(self.device)
+        self._free_rows = list(range(rows - 1, -1, -1))
+
+    @property
+    def n_free_rows(self) -> int:
+        return len(self._free_rows)
+
+    def alloc_row(self) -> int | None:
+        return self._free_rows.pop() if self._free_rows else None
+
+    def free_row(self, row: int) -> None:
+        assert 0 <= row < self.rows and row not in self._free_rows, f"bad req_to_token row {row}"
+        self._free_rows.append(row)
+
+    def write_cpu(self, rows: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> None:
+        """Record slots[i] for (rows[i], positions[i]) on the CPU master copy."""
+        self.cpu[rows.long(), positions.long()] = slots.to(torch.int32)
+
+    def write_device(self, rows: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> None:
+        """Mirror a write_cpu on the device copy (tensors already on the device)."""
+        if self.table is not self.cpu:
+            self.table[rows.long(), positions.long()] = slots.to(torch.int32)
+
+    def slots_of(self, row: int, start: int, end: int) -> torch.Tensor:
+        return self.cpu[row, start:end].to(torch.int64)
