@@ -1,0 +1,76 @@
+"""The model's compute kernels: Triton on CUDA tensors, the PyTorch reference otherwise.
+
+Each family lives in its own module with its Triton kernel, a wrapper (`*_triton`, also
+runnable on the CPU under TRITON_INTERPRET=1, which is how the tests check it) and the
+reference (`*_ref`, the CPU path). Shapes and dtypes follow the contract in INTERFACES.md.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from aiollm.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
+from aiollm.kernels.decode_attention import decode_attention_ref, decode_attention_triton
+from aiollm.kernels.extend_attention import extend_attention_ref, extend_attention_triton
+from aiollm.kernels.kv_store import store_kv_ref, store_kv_triton
+from aiollm.kernels.norm import rms_norm_ref, rms_norm_triton
+from aiollm.kernels.rotary import apply_rotary_ref, apply_rotary_triton
+
+__all__ = [
+    "rms_norm", "silu_and_mul", "apply_rotary", "store_kv", "decode_attention",
+    "extend_attention",
+    "rms_norm_triton", "silu_and_mul_triton", "apply_rotary_triton", "store_kv_triton",
+    "decode_attention_triton", "extend_attention_triton",
+    "rms_norm_ref", "silu_and_mul_ref", "apply_rotary_ref", "store_kv_ref",
+    "decode_attention_ref", "extend_attention_ref",
+]
+
+
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """rmsnorm(x) * weight, or with `residual`: (rmsnorm(x + residual) * weight, x + residual)."""
+    fn = rms_norm_triton if x.is_cuda else rms_norm_ref
+    return fn(x, weight, eps, residual)
+
+
+def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] -> [T, I]: silu(x[:, :I]) * x[:, I:]."""
+    return silu_and_mul_triton(x) if x.is_cuda else silu_and_mul_ref(x)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> None:
+    """Rotates q [T,Hq,D] and k [T,Hkv,D] in place by their token positions."""
+    fn = apply_rotary_triton if q.is_cuda else apply_rotary_ref
+    fn(q, k, positions, cos_sin_cache)
+
+
+def store_kv(
+    k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+    out_cache_loc: torch.Tensor,
+) -> None:
+    """k_cache[out_cache_loc] = k; v_cache[out_cache_loc] = v."""
+    fn = store_kv_triton if k.is_cuda else store_kv_ref
+    fn(k_cache, v_cache, k, v, out_cache_loc)
+
+
+def decode_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
+    req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
+) -> torch.Tensor:
+    """One query token per request over req_to_token[req_rows[b], :seq_lens[b]] -> [B,Hq,D]."""
+    fn = decode_attention_triton if q.is_cuda else decode_attention_ref
+    return fn(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len)
+
+
+def extend_attention(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
+    req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
+    q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
+) -> torch.Tensor:
+    """Causal attention of the new tokens over prefix + themselves -> [T,Hq,D]."""
+    fn = extend_attention_triton if q.is_cuda else extend_attention_ref
+    return fn(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens,
+              q_start_loc, sm_scale, max_extend_len)

@@ -1,0 +1,143 @@
+"""Launch configs for the Triton kernels: cached per GPU and shape class, tuned when missing.
+
+A config is a small dict (block sizes, num_warps, num_stages, ...). Configs live in
+`aiollm/kernels/configs/<gpu-name>.json` as {kernel: {shape_key: config}} and ship with the
+package. AIOLLM_AUTOTUNE picks what happens when a key is looked up:
+
+  0  use the cached config, else the kernel's default; never time anything
+  1  (default) tune when the key is missing from the cache, then write it back
+  2  retune every key (once per process), then write it back
+
+Tuning times each candidate on the caller's real inputs with `triton.testing.do_bench`, so it
+only suits kernels that write a fresh output (attention), not in-place ones. It never runs on
+the CPU interpreter or while a CUDA graph is being captured (the default or cached config is
+used then).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Config = dict[str, int]
+
+CONFIG_DIR = Path(__file__).with_name("configs")
+
+_lock = threading.Lock()
+_tables: dict[str, dict[str, dict[str, Config]]] = {}  # gpu slug -> kernel -> key -> config
+# What each (kernel, key, device index) resolved to in this process: the hot path is one dict
+# lookup, and mode 2 retunes a key once per process, not at every call.
+_resolved: dict[tuple[str, str, int], Config] = {}
+
+
+def autotune_mode() -> int:
+    raw = os.environ.get("AIOLLM_AUTOTUNE", "1")
+    if raw not in ("0", "1", "2"):
+        raise ValueError(f"AIOLLM_AUTOTUNE must be 0, 1 or 2, got {raw!r}")
+    return int(raw)
+
+
+@functools.cache
+def gpu_slug(device_index: int) -> str:
+    """File-name-safe GPU name, e.g. 'NVIDIA_H100_80GB_HBM3'."""
+    return re.sub(r"[^A-Za-z0-9]+", "_", torch.cuda.get_device_name(device_index)).strip("_")
+
+
+def bucket(n: int, edges: tuple[int, ...]) -> int:
+    """The first edge >= n (else the last): the size part of a shape-class key."""
+    return next((e for e in edges if e >= n), edges[-1])
+
+
+def _table(slug: str) -> dict[str, dict[str, Config]]:
+    if slug not in _tables:
+        path = CONFIG_DIR / f"{slug}.json"
+        try:
+            _tables[slug] = json.loads(path.read_text()) if path.exists() else {}
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("ignoring unreadable kernel config file %s: %s", path, exc)
+            _tables[slug] = {}
+    return _tables[slug]
+
+
+def _save(slug: str) -> None:
+    path = CONFIG_DIR / f"{slug}.json"
+    try:
+        CONFIG_DIR.mkdir(parents=True, exist_ok=True)
+        # Write-then-rename so that a concurrent reader never sees half a file.
+        fd, tmp = tempfile.mkstemp(dir=CONFIG_DIR, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(_tables[slug], f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the package file must be readable
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not write tuned kernel configs to %s: %s", path, exc)
+
+
+def get_config(
+    kernel: str,
+    key: str,
+    device: torch.device,
+    default: Config,
+    candidates: list[Config],
+    bench: Callable[[Config], float],
+) -> Config:
+    """The config to launch `kernel` with for shape class `key` on `device`.
+
+    `bench(config)` runs the kernel once with that config on the caller's inputs and returns
+    its median time in ms (see `time_config`); it is called only when tuning.
+    """
+    if device.type != "cuda":
+        return default
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    resolved = _resolved.get((kernel, key, index))
+    if resolved is not None:
+        return resolved
+    slug = gpu_slug(index)
+    with _lock:
+        cached = _table(slug).get(kernel, {}).get(key)
+    mode = autotune_mode()
+    if torch.cuda.is_current_stream_capturing():
+        return cached or default  # not remembered: a later eager call may still tune
+    if mode == 0 or (mode == 1 and cached is not None):
+        best = cached or default
+    else:
+        best = _tune(kernel, key, candidates, bench)
+        with _lock:
+            _table(slug).setdefault(kernel, {})[key] = best
+            _save(slug)
+    _resolved[(kernel, key, index)] = best
+    return best
+
+
+def _tune(kernel: str, key: str, candidates: list[Config], bench: Callable[[Config], float]) -> Config:
+    timings: list[tuple[float, Config]] = []
+    for cfg in candidates:
+        try:
+            timings.append((bench(cfg), cfg))
+            log.debug("%s [%s] %s: %.4f ms", kernel, key, cfg, timings[-1][0])
+        except Exception as exc:  # a candidate may not compile (e.g. out of shared memory)
+            log.debug("%s [%s] %s failed: %s", kernel, key, cfg, exc)
+    if not timings:
+        raise RuntimeError(f"no candidate config ran for kernel {kernel} ({key})")
+    ms, best = min(timings, key=lambda t: t[0])
+    log.info("tuned %s [%s]: %s (%.4f ms, %d candidates)", kernel, key, best, ms, len(timings))
+    return best
+
+
+def time_config(fn: Callable[[], object]) -> float:
+    """Median time of `fn` in ms; short warm-up and repeat so tuning stays quick."""
+    import triton.testing
+
+    return float(triton.testing.do_bench(fn, warmup=5, rep=25, return_mode="median"))

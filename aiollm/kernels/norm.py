@@ -1,0 +1,70 @@
+"""RMSNorm, optionally fused with the residual add that precedes it in a decoder layer."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    X, Res, W, Out, ResOut,
+    stride_x, stride_r, stride_o, stride_ro,
+    H, eps,
+    BLOCK: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        x += tl.load(Res + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
+        # The residual stream is kept in the model dtype; normalise exactly what is stored so
+        # the next layer's add sees the same numbers as this norm did.
+        x_stored = x.to(ResOut.dtype.element_ty)
+        tl.store(ResOut + row * stride_ro + cols, x_stored, mask=mask)
+        x = x_stored.to(tl.float32)
+    rstd = tl.rsqrt(tl.sum(x * x, axis=0) / H + eps)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(Out + row * stride_o + cols, (x * rstd * w).to(Out.dtype.element_ty), mask=mask)
+
+
+def rms_norm_triton(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    assert x.dim() == 2 and x.stride(1) == 1, "x must be [T, H] with contiguous rows"
+    T, H = x.shape
+    assert weight.shape == (H,) and weight.is_contiguous()
+    out = torch.empty_like(x)
+    res_out = None
+    if residual is not None:
+        assert residual.shape == x.shape and residual.stride(1) == 1
+        res_out = torch.empty_like(x)
+    if T == 0:
+        return out if residual is None else (out, res_out)
+    block = triton.next_power_of_2(H)
+    num_warps = 4 if block <= 1024 else 8 if block <= 4096 else 16
+    _rms_norm_kernel[(T,)](
+        x, residual if residual is not None else x, weight, out,
+        res_out if res_out is not None else out,
+        x.stride(0), residual.stride(0) if residual is not None else 0,
+        out.stride(0), res_out.stride(0) if res_out is not None else 0,
+        H, eps,
+        BLOCK=block, HAS_RESIDUAL=residual is not None, num_warps=num_warps,
+    )
+    return out if residual is None else (out, res_out)
+
+
+def rms_norm_ref(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    res_out = None
+    if residual is not None:
+        res_out = (x.float() + residual.float()).to(x.dtype)
+        x = res_out
+    xf = x.float()
+    out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
+    out = out.to(x.dtype)
+    return out if res_out is None else (out, res_out)

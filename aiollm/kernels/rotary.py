@@ -1,0 +1,75 @@
+"""Rotary position embedding applied in place to q and k (neox / HF `rotate_half` layout).
+
+cos_sin_cache[p] holds cos(p * inv_freq) in its first D/2 entries and sin in the last D/2;
+the two halves of each head vector are the rotated pairs: (x1, x2) -> (x1 cos - x2 sin,
+x2 cos + x1 sin).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate_heads(Ptr, stride_h, cos, sin, j, jmask, NUM_HEADS: tl.constexpr,
+                  HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    h = tl.arange(0, BLOCK_H)
+    mask = (h < NUM_HEADS)[:, None] & jmask[None, :]
+    ptrs = Ptr + h[:, None] * stride_h + j[None, :]
+    x1 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
+    tl.store(ptrs, (x1 * cos[None, :] - x2 * sin[None, :]).to(Ptr.dtype.element_ty), mask=mask)
+    tl.store(ptrs + HALF, (x2 * cos[None, :] + x1 * sin[None, :]).to(Ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    Q, K, Positions, CosSin,
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_cs,
+    HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
+    BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    pos = tl.load(Positions + t).to(tl.int64)
+    j = tl.arange(0, BLOCK_HALF)
+    jmask = j < HALF
+    cos = tl.load(CosSin + pos * stride_cs + j, mask=jmask, other=0.0)
+    sin = tl.load(CosSin + pos * stride_cs + HALF + j, mask=jmask, other=0.0)
+    _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, j, jmask, HQ, HALF, BLOCK_HQ)
+    _rotate_heads(K + t * stride_kt, stride_kh, cos, sin, j, jmask, HKV, HALF, BLOCK_HKV)
+
+
+def apply_rotary_triton(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> None:
+    T, HQ, D = q.shape
+    HKV = k.shape[1]
+    assert k.shape == (T, HKV, D) and positions.shape == (T,)
+    assert q.stride(2) == 1 and k.stride(2) == 1, "head vectors must be contiguous"
+    assert D % 2 == 0 and cos_sin_cache.shape[1] == D and cos_sin_cache.stride(1) == 1
+    assert cos_sin_cache.dtype == torch.float32
+    if T == 0:
+        return
+    half = D // 2
+    _rotary_kernel[(T,)](
+        q, k, positions, cos_sin_cache,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), cos_sin_cache.stride(0),
+        HQ=HQ, HKV=HKV, HALF=half,
+        BLOCK_HQ=triton.next_power_of_2(HQ), BLOCK_HKV=triton.next_power_of_2(HKV),
+        BLOCK_HALF=triton.next_power_of_2(half),
+        num_warps=4,
+    )
+
+
+def apply_rotary_ref(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor
+) -> None:
+    half = q.shape[-1] // 2
+    cs = cos_sin_cache[positions]
+    cos, sin = cs[:, None, :half], cs[:, None, half:]
+    for x in (q, k):
+        x1, x2 = x[..., :half].float(), x[..., half:].float()
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        x.copy_(rotated.to(x.dtype))

@@ -1,0 +1,314 @@
+"""Every Triton kernel against its PyTorch reference, on fresh random inputs.
+
+Without CUDA the kernels run under Triton's CPU interpreter at tiny shapes; the tests marked
+`gpu` repeat the checks at Llama-3-8B shapes in bf16. Outputs and scratch buffers are poisoned
+(torch.empty fills NaN in deterministic mode) so an element a kernel fails to write shows up as
+NaN in the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # must precede the first import of triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from aiollm import kernels  # noqa: E402
+from aiollm.kernels import autotune  # noqa: E402
+from aiollm.kernels.decode_attention import CANDIDATES as DECODE_CANDIDATES  # noqa: E402
+from aiollm.kernels.decode_attention import num_kv_splits  # noqa: E402
+from aiollm.kernels.extend_attention import CANDIDATES as EXTEND_CANDIDATES  # noqa: E402
+
+CPU = torch.device("cpu")
+CUDA = torch.device("cuda") if torch.cuda.is_available() else None
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(CUDA is None, reason="needs a CUDA GPU")
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def poison_uninitialized_memory():
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> None:
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert not out.isnan().any(), "output has unwritten (NaN) elements"
+    err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+    assert err <= TOL[dtype], f"relative error {err:.2e} > {TOL[dtype]:.0e}"
+
+
+# ---- elementwise kernels ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("T,H", [(1, 16), (7, 33), (5, 128)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_rms_norm(T, H, dtype, with_residual, device=CPU):
+    x = torch.randn(T, H, dtype=dtype, device=device)
+    w = torch.randn(H, dtype=dtype, device=device)
+    res = torch.randn(T, H, dtype=dtype, device=device) if with_residual else None
+    out = kernels.rms_norm_triton(x, w, 1e-6, res)
+    ref = kernels.rms_norm_ref(x, w, 1e-6, res)
+    if with_residual:
+        assert_close(out[0], ref[0], dtype)
+        assert_close(out[1], ref[1], dtype)
+    else:
+        assert_close(out, ref, dtype)
+
+
+@pytest.mark.parametrize("T,I", [(1, 8), (7, 37), (3, 300)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_and_mul(T, I, dtype, device=CPU):
+    x = torch.randn(T, 2 * I, dtype=dtype, device=device)
+    assert_close(kernels.silu_and_mul_triton(x), kernels.silu_and_mul_ref(x), dtype)
+
+
+def make_cos_sin(max_pos: int, D: int, device) -> torch.Tensor:
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, D, 2, dtype=torch.float32, device=device) / D)
+    freqs = torch.arange(max_pos, dtype=torch.float32, device=device)[:, None] * inv_freq
+    return torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+
+
+@pytest.mark.parametrize("T,HQ,HKV,D", [(1, 2, 2, 16), (7, 4, 1, 32), (5, 6, 2, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_apply_rotary(T, HQ, HKV, D, dtype, device=CPU):
+    # q and k as views into a fused qkv projection output: strided, as the model passes them.
+    qkv = torch.randn(T, (HQ + 2 * HKV) * D, dtype=dtype, device=device)
+    q = qkv[:, : HQ * D].view(T, HQ, D)
+    k = qkv[:, HQ * D : (HQ + HKV) * D].view(T, HKV, D)
+    v_before = qkv[:, (HQ + HKV) * D :].clone()
+    positions = torch.randint(0, 100, (T,), device=device)
+    cos_sin = make_cos_sin(100, D, device)
+    q_ref, k_ref = q.clone(), k.clone()
+    kernels.apply_rotary_ref(q_ref, k_ref, positions, cos_sin)
+    kernels.apply_rotary_triton(q, k, positions, cos_sin)
+    assert_close(q, q_ref, dtype)
+    assert_close(k, k_ref, dtype)
+    assert torch.equal(qkv[:, (HQ + HKV) * D :], v_before), "v must be untouched"
+
+
+@pytest.mark.parametrize("T,HKV,D", [(1, 1, 16), (9, 2, 32), (4, 3, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_kv(T, HKV, D, dtype, device=CPU):
+    S = 40
+    k_cache = torch.randn(S, HKV, D, dtype=dtype, device=device)
+    v_cache = torch.randn(S, HKV, D, dtype=dtype, device=device)
+    k = torch.randn(T, HKV, D, dtype=dtype, device=device)
+    v = torch.randn(T, HKV, D, dtype=dtype, device=device)
+    loc = torch.randperm(S, device=device)[:T]
+    k_ref, v_ref = k_cache.clone(), v_cache.clone()
+    kernels.store_kv_ref(k_ref, v_ref, k, v, loc)
+    kernels.store_kv_triton(k_cache, v_cache, k, v, loc)
+    assert torch.equal(k_cache, k_ref) and torch.equal(v_cache, v_ref)
+
+
+# ---- attention -------------------------------------------------------------------------------
+
+def make_pool(seq_lens: list[int], HKV: int, D: int, dtype, device, spare: int = 7):
+    """A KV pool whose requests own scattered slots, and a req_to_token table whose unused
+    entries point at other valid slots (a kernel reading past a length gets wrong numbers)."""
+    S = sum(seq_lens) + spare
+    L = max(seq_lens) + 5
+    k_cache = torch.randn(S, HKV, D, dtype=dtype, device=device)
+    v_cache = torch.randn(S, HKV, D, dtype=dtype, device=device)
+    R = len(seq_lens) + 2
+    table = torch.randint(0, S, (R, L), dtype=torch.int32, device=device)
+    rows = torch.randperm(R, device=device)[: len(seq_lens)].to(torch.int32)
+    slots = torch.randperm(S, device=device).to(torch.int32)
+    start = 0
+    for row, n in zip(rows.tolist(), seq_lens):
+        table[row, :n] = slots[start : start + n]
+        start += n
+    return k_cache, v_cache, table, rows
+
+
+DECODE_CASES = [
+    # seq_lens, HQ, HKV, D, num_splits (None: the rule)
+    ([1], 2, 2, 16, None),
+    ([45], 4, 1, 32, 3),
+    ([1, 17, 45], 4, 2, 16, 1),
+    ([1, 17, 45], 4, 2, 16, 4),
+    ([33, 5], 6, 2, 32, None),
+]
+
+
+@pytest.mark.parametrize("seq_lens,HQ,HKV,D,num_splits", DECODE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_attention(seq_lens, HQ, HKV, D, num_splits, dtype, device=CPU, config=None):
+    k_cache, v_cache, table, rows = make_pool(seq_lens, HKV, D, dtype, device)
+    B = len(seq_lens)
+    q = torch.randn(B, HQ, D, dtype=dtype, device=device)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
+    args = (q, k_cache, v_cache, table, rows, lens, D**-0.5, max(seq_lens))
+    out = kernels.decode_attention_triton(*args, num_splits=num_splits, config=config)
+    assert_close(out, kernels.decode_attention_ref(*args), dtype)
+
+
+EXTEND_CASES = [
+    # prefix_lens, extend_lens, HQ, HKV, D
+    ([0], [23], 2, 2, 16),
+    ([30], [1], 4, 1, 32),
+    ([0, 5, 13], [1, 19, 7], 4, 2, 16),
+    ([17, 0], [33, 16], 2, 1, 32),
+]
+
+
+@pytest.mark.parametrize("prefix_lens,extend_lens,HQ,HKV,D", EXTEND_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_extend_attention(prefix_lens, extend_lens, HQ, HKV, D, dtype, device=CPU, config=None):
+    seq_lens = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    k_cache, v_cache, table, rows = make_pool(seq_lens, HKV, D, dtype, device)
+    T = sum(extend_lens)
+    q = torch.randn(T, HQ, D, dtype=dtype, device=device)
+    ext = torch.tensor(extend_lens, dtype=torch.int32, device=device)
+    starts = torch.cumsum(ext, 0, dtype=torch.int32) - ext
+    pre = torch.tensor(prefix_lens, dtype=torch.int32, device=device)
+    args = (q, k_cache, v_cache, table, rows, pre, ext, starts, D**-0.5, max(extend_lens))
+    out = kernels.extend_attention_triton(*args, config=config)
+    assert_close(out, kernels.extend_attention_ref(*args), dtype)
+
+
+@pytest.mark.parametrize("lazy", [0, 1])
+def test_extend_attention_other_blocks(lazy):
+    # BLOCK_M != BLOCK_N takes other loop paths; both ways of rescaling the softmax.
+    cfg = {"BLOCK_M": 32, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "LAZY": lazy}
+    test_extend_attention([3, 0], [21, 40], 4, 2, 16, torch.float32, config=cfg)
+
+
+def test_extend_attention_lazy_rescale_with_growing_scores():
+    # Scores that rise along the keys force the lazy path to rescale several times.
+    HQ, HKV, D, n = 2, 1, 16, 64
+    k_cache, v_cache, table, rows = make_pool([n], HKV, D, torch.float32, CPU)
+    slots = table[rows[0], :n].long()
+    k_cache[slots] = torch.linspace(0, 30, n)[:, None, None] * torch.ones(HKV, D)
+    q = torch.ones(n, HQ, D)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    args = (q, k_cache, v_cache, table, rows, i32(0), i32(n), i32(0), D**-0.5, n)
+    assert_close(kernels.extend_attention_triton(*args), kernels.extend_attention_ref(*args),
+                 torch.float32)
+
+
+def test_extend_without_prefix_matches_decode_of_last_token():
+    # The last query of a prefill sees exactly what a decode step at that length sees.
+    HQ, HKV, D, n = 4, 2, 16, 21
+    k_cache, v_cache, table, rows = make_pool([n], HKV, D, torch.float32, CPU)
+    q = torch.randn(n, HQ, D)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32)  # noqa: E731
+    ext = kernels.extend_attention_triton(q, k_cache, v_cache, table, rows, i32(0), i32(n),
+                                          i32(0), D**-0.5, n)
+    dec = kernels.decode_attention_triton(q[-1:], k_cache, v_cache, table, rows, i32(n),
+                                          D**-0.5, n)
+    assert_close(dec[0], ext[-1], torch.float32)
+
+
+def test_split_rule():
+    # Many requests fill the GPU alone; a single long request is cut into many splits;
+    # short contexts are never cut below split_tokens.
+    assert num_kv_splits(256, 8, 4096, 132, 256) == 1
+    assert num_kv_splits(1, 8, 4096, 132, 256) == 16
+    assert num_kv_splits(1, 8, 300, 132, 256) == 2
+    assert num_kv_splits(64, 8, 4096, 132, 256) == 2
+
+
+def test_dispatch_uses_reference_on_cpu():
+    x = torch.randn(3, 8)
+    assert torch.equal(kernels.silu_and_mul(x), kernels.silu_and_mul_ref(x))
+    w = torch.randn(8)
+    assert torch.equal(kernels.rms_norm(x, w, 1e-5), kernels.rms_norm_ref(x, w, 1e-5))
+
+
+def test_autotune_on_cpu_uses_default(monkeypatch):
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "2")
+    called = []
+    cfg = autotune.get_config("k", "key", CPU, {"a": 1}, [{"a": 2}], lambda c: called.append(c))
+    assert cfg == {"a": 1} and not called
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "3")
+    with pytest.raises(ValueError, match="AIOLLM_AUTOTUNE"):
+        autotune.autotune_mode()
+
+
+def test_autotune_modes(tmp_path, monkeypatch):
+    # The cache logic on a pretend GPU: tune when missing, reuse, retune in mode 2, never in 0.
+    monkeypatch.setattr(autotune, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(autotune, "_tables", {})
+    monkeypatch.setattr(autotune, "_resolved", {})
+    monkeypatch.setattr(autotune, "gpu_slug", lambda index: "Fake_GPU")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
+    dev = torch.device("cuda")
+    timed = []
+
+    def bench(cfg):
+        timed.append(cfg)
+        return 1.0 / cfg["a"]  # larger a is faster
+
+    def lookup(key, mode):
+        monkeypatch.setenv("AIOLLM_AUTOTUNE", str(mode))
+        return autotune.get_config("k", key, dev, {"a": 0}, [{"a": 1}, {"a": 3}, {"a": 2}], bench)
+
+    assert lookup("x", 0) == {"a": 0} and not timed
+    assert lookup("y", 1) == {"a": 3} and len(timed) == 3
+    assert json.loads((tmp_path / "Fake_GPU.json").read_text()) == {"k": {"y": {"a": 3}}}
+    assert lookup("y", 1) == {"a": 3} and len(timed) == 3
+    autotune._resolved.clear()
+    autotune._tables.clear()
+    assert lookup("y", 0) == {"a": 3} and len(timed) == 3  # read back from the file
+    autotune._resolved.clear()
+    assert lookup("y", 2) == {"a": 3} and len(timed) == 6
+
+
+# ---- GPU: real shapes (Llama-3-8B heads), bf16 -------------------------------------------------
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("T", [1, 333])
+def test_gpu_elementwise(T):
+    dt = torch.bfloat16
+    test_rms_norm(T, 4096, dt, True, device=CUDA)
+    test_rms_norm(T, 4096, dt, False, device=CUDA)
+    test_silu_and_mul(T, 14336, dt, device=CUDA)
+    test_apply_rotary(T, 32, 8, 128, dt, device=CUDA)
+    test_store_kv(min(T, 40), 8, 128, dt, device=CUDA)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("num_splits", [None, 1, 7])
+def test_gpu_decode_attention(num_splits):
+    test_decode_attention([1, 300, 1000, 4097], 32, 8, 128, num_splits, torch.bfloat16, CUDA)
+    test_decode_attention([129] * 64, 32, 8, 128, num_splits, torch.bfloat16, CUDA)
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("prefix_lens,extend_lens", [([0], [2048]), ([0, 100, 700], [1, 257, 1000])])
+def test_gpu_extend_attention(prefix_lens, extend_lens):
+    test_extend_attention(prefix_lens, extend_lens, 32, 8, 128, torch.bfloat16, CUDA)
+
+
+@gpu
+@needs_cuda
+def test_gpu_every_candidate_config_is_correct():
+    for cfg in DECODE_CANDIDATES:
+        test_decode_attention([3, 700, 2000], 32, 8, 128, None, torch.bfloat16, CUDA, config=cfg)
+    for cfg in EXTEND_CANDIDATES:
+        test_extend_attention([0, 300], [100, 513], 32, 8, 128, torch.bfloat16, CUDA, config=cfg)
+
+
+@gpu
+@needs_cuda
+def test_gpu_autotune_writes_config(tmp_path, monkeypatch):
+    monkeypatch.setattr(autotune, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(autotune, "_tables", {})
+    monkeypatch.setattr(autotune, "_resolved", {})
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "2")
+    test_decode_attention([50, 900], 4, 2, 64, None, torch.bfloat16, CUDA)
+    saved = json.loads(next(tmp_path.glob("*.json")).read_text())
+    (cfg,) = saved["decode_attention"].values()
+    assert cfg in DECODE_CANDIDATES
