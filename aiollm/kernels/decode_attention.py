@@ -42,7 +42,7 @@ def _decode_kernel(
     sm_scale_log2,
     stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t,
     stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
-    split_len,
+    num_splits,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -51,6 +51,10 @@ def _decode_kernel(
     split = tl.program_id(2)
     seq_len = tl.load(SeqLens + b)
     row = tl.load(ReqRows + b).to(tl.int64)
+    # Each request splits its own length, so a launch sized for a long max_seq_len (as a
+    # CUDA graph must be) still spreads a short context over all its splits. Splits cover
+    # whole blocks so that only a split's last block needs masking.
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
@@ -148,8 +152,6 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     if num_splits is None:
         num_sms = _num_sms(q.device) if q.is_cuda else 4
         num_splits = num_kv_splits(B, HKV, max_seq_len, num_sms, cfg["split_tokens"])
-    # Splits cover whole blocks so that only a split's last block needs masking.
-    split_len = triton.cdiv(triton.cdiv(max(max_seq_len, 1), num_splits), block_n) * block_n
     common = dict(
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=D,
         BLOCK_D=triton.next_power_of_2(D), BLOCK_N=block_n,
@@ -162,7 +164,7 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     scale = sm_scale * LOG2E
     if num_splits == 1:
         _decode_kernel[(B, HKV, 1)](
-            *args, out, out, scale, *strides, out.stride(0), out.stride(1), 0, 0, 0, split_len,
+            *args, out, out, scale, *strides, out.stride(0), out.stride(1), 0, 0, 0, 1,
             SPLIT=False, **common)
         return
     partial = torch.empty((B, HQ, num_splits, D), dtype=torch.float32, device=q.device)
@@ -170,7 +172,7 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     _decode_kernel[(B, HKV, num_splits)](
         *args, partial, lse, scale, *strides,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        split_len, SPLIT=True, **common)
+        num_splits, SPLIT=True, **common)
     _decode_reduce_kernel[(B, HQ)](
         partial, lse, out, num_splits,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
