@@ -29,7 +29,9 @@ class KVPool:
             raise ValueError(f"KV pool needs a positive token count, got {num_tokens}")
         self.capacity = num_tokens
         self.device = torch.device(device)
-        shape = (num_tokens, num_kv_heads, head_dim)
+        # one extra slot, never handed out: padding rows of a CUDA-graph batch write there
+        self.scratch_slot = num_tokens
+        shape = (num_tokens + 1, num_kv_heads, head_dim)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end

@@ -1,0 +1,197 @@
+"""ModelConfig: the shape and numerics of a Llama-family checkpoint, whatever format it came in.
+
+Built from a Hugging Face config (transformers' AutoConfig, local files only) or from GGUF
+metadata (weights_gguf.py). Everything the model, the KV pool and the engine need is here, in
+one flat dataclass, so nothing downstream has to know transformers' config classes or their
+version differences (rope_scaling in 4.x, rope_parameters in 5.x).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+# model_type values of transformers configs that LlamaForCausalLM (llama.py) implements.
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(slots=True)
+class RopeConfig:
+    theta: float = 10000.0
+    type: str = "default"  # default | linear | llama3
+    factor: float = 1.0
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    original_max_position: int = 8192  # llama3: context length before the scaling
+    # llama.cpp stores llama3 scaling as precomputed per-frequency divisors (the rope_freqs
+    # tensor of a GGUF file); when present they replace `type`-based scaling.
+    freq_factors: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in ROPE_TYPES:
+            raise NotImplementedError(
+                f"rope scaling {self.type!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
+            )
+        if self.theta <= 0 or self.factor <= 0:
+            raise ValueError(
+                f"rope theta and factor must be positive, got {self.theta}, {self.factor}"
+            )
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    architecture: str  # one of SUPPORTED_ARCHITECTURES
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope: RopeConfig
+    max_position: int  # the model's own context limit
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False  # Qwen2; Llama/Qwen3 with attention_bias
+    o_bias: bool = False  # Llama/Qwen3 with attention_bias
+    qk_norm: bool = False  # Qwen3: RMSNorm over each q and k head before rotary
+    eos_token_ids: list[int] = field(default_factory=list)
+    bos_token_id: int | None = None
+    torch_dtype: torch.dtype | None = None  # the checkpoint's dtype; None when unknown (GGUF)
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"model architecture {self.architecture!r} is not supported "
+                f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                     "num_kv_heads", "head_dim", "max_position"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model config: {name} must be >= 1, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"model config: num_heads ({self.num_heads}) is not a multiple of "
+                f"num_kv_heads ({self.num_kv_heads})"
+            )
+        if self.head_dim % 2:
+            raise ValueError(f"model config: rotary needs an even head_dim, got {self.head_dim}")
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def num_params(self) -> int:
+        """Parameter count (embeddings counted once when tied)."""
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        attn = h * (self.q_size + 2 * self.kv_size) + self.q_size * h
+        attn += (self.q_size + 2 * self.kv_size) * self.qkv_bias + h * self.o_bias
+        attn += 2 * self.head_dim * self.qk_norm
+        layer = attn + 3 * h * i + 2 * h
+        return self.num_layers * layer + h + v * h * (1 if self.tie_word_embeddings else 2)
+
+
+def _as_list(value: Any) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
+
+
+def _rope_from_hf(hf: Any) -> RopeConfig:
+    # transformers 5 keeps theta and scaling together in rope_parameters; 4.x had rope_theta and
+    # an optional rope_scaling dict whose type key was "type" before "rope_type".
+    params = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
+    theta = params.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0
+    kind = params.get("rope_type") or params.get("type") or "default"
+    rope = RopeConfig(theta=float(theta), type=kind, factor=float(params.get("factor", 1.0) or 1.0))
+    if kind == "llama3":
+        rope.low_freq_factor = float(params["low_freq_factor"])
+        rope.high_freq_factor = float(params["high_freq_factor"])
+        rope.original_max_position = int(params["original_max_position_embeddings"])
+    return rope
+
+
+def _as_dtype(value: Any) -> torch.dtype | None:
+    if isinstance(value, torch.dtype) or value is None:
+        return value
+    dtype = getattr(torch, str(value), None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def _checkpoint_dtype(hf: Any) -> torch.dtype | None:
+    # transformers 5 renamed torch_dtype to dtype (and warns when the old name is read).
+    return _as_dtype(hf.dtype if hasattr(hf, "dtype") else getattr(hf, "torch_dtype", None))
+
+
+def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelConfig:
+    """ModelConfig from a transformers PretrainedConfig of a supported model_type."""
+    arch = hf.model_type
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"model_type {arch!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+    if getattr(hf, "mlp_bias", False):
+        raise ValueError("models with mlp_bias=True are not supported")
+    attention_bias = bool(getattr(hf, "attention_bias", False))
+    max_position = int(hf.max_position_embeddings)
+    # We attend over the whole sequence; a model trained with a sliding window is exact only
+    # within one window, so its context is capped there rather than silently drifting.
+    window = getattr(hf, "sliding_window", None)
+    if arch.startswith("qwen") and not getattr(hf, "use_sliding_window", False):
+        window = None
+    if window and window < max_position:
+        log.warning("sliding window %d < max_position_embeddings %d: context capped at the window",
+                    window, max_position)
+        max_position = int(window)
+    eos = _as_list(hf.eos_token_id)
+    eos += [t for t in generation_eos or [] if t not in eos]
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=int(hf.vocab_size),
+        hidden_size=int(hf.hidden_size),
+        intermediate_size=int(hf.intermediate_size),
+        num_layers=int(hf.num_hidden_layers),
+        num_heads=int(hf.num_attention_heads),
+        num_kv_heads=int(getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads),
+        head_dim=int(getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads),
+        rms_norm_eps=float(hf.rms_norm_eps),
+        rope=_rope_from_hf(hf),
+        max_position=max_position,
+        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        # Qwen2 always has q/k/v biases and no o_proj bias; the others follow attention_bias.
+        qkv_bias=arch == "qwen2" or attention_bias,
+        o_bias=arch != "qwen2" and attention_bias,
+        qk_norm=arch == "qwen3",
+        eos_token_ids=eos,
+        bos_token_id=getattr(hf, "bos_token_id", None),
+        torch_dtype=_checkpoint_dtype(hf),
+    )
+
+
+def load_hf_config(model_dir: str) -> ModelConfig:
+    """ModelConfig of an HF model directory (config.json, generation_config.json if present)."""
+    from transformers import AutoConfig
+
+    if not os.path.exists(os.path.join(model_dir, "config.json")):
+        raise FileNotFoundError(f"{model_dir} has no config.json (nor a single .gguf file)")
+    hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    generation_eos: list[int] = []
+    gen_path = os.path.join(model_dir, "generation_config.json")
+    if os.path.exists(gen_path):
+        # Instruct checkpoints (Llama 3.x) list their end-of-turn ids here, not in config.json.
+        with open(gen_path) as f:
+            generation_eos = _as_list(json.load(f).get("eos_token_id"))
+    return config_from_hf(hf, generation_eos)

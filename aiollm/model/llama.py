@@ -1,0 +1,180 @@
+"""The Llama-family decoder over the token-level KV pool.
+
+One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 and SmolLM2: they differ only in flags
+of ModelConfig (q/k/v biases, q/k norm, tied embeddings) and in rope scaling. Parameter names
+follow transformers' with q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one
+matmul each instead of three and two); the loaders fill the fused weights shard by shard.
+
+forward() reads only the ForwardBatch's tensors and the Python scalars fixed when the batch was
+built (is_decode, max_extend_len, max_seq_len): no host syncs, so a decode step can be captured
+in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aiollm.kernels import (
+    apply_rotary,
+    decode_attention,
+    extend_attention,
+    rms_norm,
+    silu_and_mul,
+    store_kv,
+)
+from aiollm.model.config import ModelConfig
+from aiollm.model.forward_batch import ForwardBatch
+from aiollm.model.rope import cos_sin_cache
+
+
+class Linear(nn.Module):
+    """y = x W^T (+ b), with parameters left uninitialised: the loader always overwrites them,
+    and nn.Linear's random init costs time on a device (and a second of imports on meta)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class Embedding(nn.Module):
+    def __init__(self, num_embeddings: int, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        return rms_norm(x, self.weight, self.eps, residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int):
+        super().__init__()
+        self.layer_id = layer_id
+        self.num_heads = config.num_heads
+        self.num_kv_heads = config.num_kv_heads
+        self.head_dim = config.head_dim
+        self.q_size, self.kv_size = config.q_size, config.kv_size
+        self.sm_scale = config.head_dim**-0.5
+        self.qkv_proj = Linear(
+            config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
+        )
+        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+        self.qk_norm = config.qk_norm
+
+    def forward(self, x: torch.Tensor, batch: ForwardBatch, cos_sin: torch.Tensor) -> torch.Tensor:
+        T, D = x.shape[0], self.head_dim
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        # Views into the fused projection: the kernels take strided rows, so nothing is copied.
+        q = q.view(T, self.num_heads, D)
+        k = k.view(T, self.num_kv_heads, D)
+        v = v.view(T, self.num_kv_heads, D)
+        if self.qk_norm:
+            q = self.q_norm(q.reshape(-1, D)).view(T, self.num_heads, D)
+            k = self.k_norm(k.reshape(-1, D)).view(T, self.num_kv_heads, D)
+        apply_rotary(q, k, batch.positions, cos_sin)
+        k_cache = batch.kv_pool.k_cache[self.layer_id]
+        v_cache = batch.kv_pool.v_cache[self.layer_id]
+        store_kv(k_cache, v_cache, k, v, batch.out_cache_loc)
+        if batch.is_decode:
+            o = decode_attention(
+                q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,
+                self.sm_scale, batch.max_seq_len,
+            )
+        else:
+            o = extend_attention(
+                q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
+                batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len,
+            )
+        return self.o_proj(o.reshape(T, self.q_size))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_id: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_id)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        batch: ForwardBatch,
+        cos_sin: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # The residual add of each sub-block is fused into the norm that follows it: the layer
+        # returns (sub-block output, residual stream before adding it).
+        if residual is None:
+            residual, h = x, self.input_layernorm(x)
+        else:
+            h, residual = self.input_layernorm(x, residual)
+        h = self.self_attn(h, batch, cos_sin)
+        h, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(h), residual
+
+
+class LlamaForCausalLM(nn.Module):
+    def __init__(self, config: ModelConfig, max_len: int | None = None):
+        super().__init__()
+        self.config = config
+        self.max_len = max_len or config.max_position
+        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        if not config.tie_word_embeddings:
+            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.register_buffer(
+            "cos_sin_cache", torch.empty(self.max_len, config.head_dim), persistent=False
+        )
+        self.init_rope()
+
+    def init_rope(self) -> None:
+        """(Re)compute the cos/sin cache, e.g. after the module was materialised by to_empty."""
+        if self.cos_sin_cache.device.type != "meta":
+            cache = cos_sin_cache(self.config.rope, self.config.head_dim, self.max_len)
+            self.cos_sin_cache = cache.to(self.cos_sin_cache.device)
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+
+    @torch.inference_mode()
+    def forward(self, batch: ForwardBatch) -> torch.Tensor:
+        """Logits [B, vocab] float32 of each request's last new token."""
+        x = self.embed_tokens(batch.input_ids)
+        residual = None
+        for layer in self.layers:
+            x, residual = layer(x, residual, batch, self.cos_sin_cache)
+        # Only the last token of each request needs logits: select before the final norm.
+        idx = batch.logits_index
+        h, _ = self.norm(x[idx], residual[idx])
+        return F.linear(h, self.lm_head_weight).float()

