@@ -1,0 +1,499 @@
+"""The sampler: next tokens and their logprobs for a whole batch in a few tensor ops.
+
+Per-request parameters arrive as [B] tensors (SamplingTensors, built once per step from
+columns of the request table); sample() has no per-request Python loop and no host sync,
+so it runs as-is on CPU and CUDA and its shapes depend only on B, V and a few host ints.
+
+Order of operations on each row:
+  1. penalties on the raw logits: repetition (HF: over prompt + output tokens, positive
+     logits divided, negative multiplied), then frequency and presence (OpenAI: over output
+     tokens, subtracted);
+  2. min_tokens: eos and stop ids banned (-inf) while a request is under its min_tokens;
+  3. logprobs are taken here: log_softmax of these logits, before temperature and
+     truncation, i.e. the model's distribution as the request's penalties shaped it
+     (what OpenAI and vLLM report);
+  4. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
+     temperature-scaled probabilities renormalised over the top-k set) and min-p (relative
+     to the most likely token, after temperature) each keep a most-likely prefix of the
+     sorted row, so together they reduce to one logit floor per row (ties at the floor
+     are kept, as HF's top-k does);
+  5. the draw is a Gumbel-max race over the tokens at or above the floor:
+     argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
+     When every sampled row has a top-k, only the top max(k) candidates are scanned.
+
+The noise u is a counter-based hash of (seed, step, token id): keys of (seed, step) on the
+host, then a 32-bit hash of (keys, id) per token on the device. A request's draw depends on
+its own seed and step only: not on the batch around it, its row, the device's RNG state or
+a torch.Generator. Unseeded requests get a random seed from the engine, so one code path
+serves all. On CUDA one Triton pass over the logits gives the argmax, the logsumexp and
+the draw together (row_scan); the PyTorch reference beside it is the CPU path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the CPU reference path needs no Triton
+    triton = None
+
+GREEDY_EPS = 1e-5  # temperatures below this are greedy (dividing by them overflows)
+
+
+@dataclass(slots=True)
+class SampleResult:
+    next_ids: torch.Tensor  # [B] int64
+    logprobs: torch.Tensor  # [B] fp32: logprob of next_ids
+    top_ids: torch.Tensor | None  # [B, K] int64, K = max top_logprobs in the batch
+    top_logprobs: torch.Tensor | None  # [B, K] fp32
+
+
+@dataclass(slots=True)
+class SamplingTensors:
+    """Per-request sampling parameters of one batch as [B] device tensors, plus host flags
+    (computed from the numpy inputs, no sync) that let sample() skip unused stages."""
+
+    scale_floor: torch.Tensor  # [2, B] fp32: 1/temperature (1 on greedy rows), -inf
+    top_p: torch.Tensor  # [B] fp32
+    top_k: torch.Tensor  # [B] int32, vocab_size where off
+    min_p_offset: torch.Tensor  # [B] fp32: temperature * log(min_p), -inf where off
+    repetition_penalty: torch.Tensor  # [B] fp32
+    presence_penalty: torch.Tensor  # [B] fp32
+    frequency_penalty: torch.Tensor  # [B] fp32
+    keys: torch.Tensor  # [2, B] int32: the noise keys of (seed, step), see row_keys
+    is_greedy: torch.Tensor | None  # [B] bool, only when greedy and sampled rows mix
+    all_greedy: bool
+    any_greedy: bool
+    use_top_p: bool
+    use_min_p: bool
+    trunc_width: int  # sorted prefix top-k/top-p need: 0 none, < V a topk, V a full sort
+    draw_on_candidates: bool  # every sampled row has a top-k: draw among the trunc_width best
+    max_top_logprobs: int
+    # Token history, present only when some row uses a penalty.
+    seen: torch.Tensor | None = None  # [B, V] bool: token in prompt or output
+    output_counts: torch.Tensor | None = None  # [B, V] fp32: occurrences in the output
+    # min_tokens: ids banned on rows still under their min_tokens (None when no row is).
+    ban_ids: torch.Tensor | None = None  # [B, K] int64, -1 padding
+    ban_active: torch.Tensor | None = None  # [B] bool
+
+    @property
+    def use_penalties(self) -> bool:
+        return self.seen is not None
+
+    @classmethod
+    def from_numpy(
+        cls,
+        *,
+        temperature: np.ndarray,
+        top_p: np.ndarray,
+        top_k: np.ndarray,
+        min_p: np.ndarray,
+        repetition_penalty: np.ndarray,
+        presence_penalty: np.ndarray,
+        frequency_penalty: np.ndarray,
+        seed: np.ndarray,
+        step: np.ndarray,
+        top_logprobs: np.ndarray,
+        vocab_size: int,
+        device: torch.device | str,
+        token_ids: np.ndarray | torch.Tensor | None = None,
+        prompt_lens: np.ndarray | torch.Tensor | None = None,
+        min_tokens: np.ndarray | None = None,
+        stop_ids: np.ndarray | None = None,
+    ) -> SamplingTensors:
+        """Build from [B] arrays (request table columns; step = output_len).
+
+        token_ids [B, L] (prompt then output tokens, -1 padding) and prompt_lens [B] are
+        required only when some row has a penalty (see needs_history()); they are ignored
+        otherwise. min_tokens [B] and stop_ids [B, K] (eos + stop ids, -1 padding) ban those
+        ids on rows whose step < min_tokens.
+        """
+        b = len(temperature)
+        # Host flags with few numpy calls: this runs once per step on the event loop.
+        floats = np.empty((7, b), dtype=np.float32)
+        floats[0] = temperature
+        floats[1] = float("-inf")  # the draw's floor where nothing truncates
+        floats[2] = top_p
+        floats[3] = min_p
+        floats[4] = repetition_penalty
+        floats[5] = presence_penalty
+        floats[6] = frequency_penalty
+        ints = np.empty((4, b), dtype=np.int32)
+        ints[0] = np.clip(top_k, -1, vocab_size)
+        ints[2:] = row_keys(seed, step)
+        temp, p, mp, k = floats[0], floats[2], floats[3], ints[0]
+        greedy = temp < GREEDY_EPS
+        ints[1] = greedy
+        n_greedy = int(np.count_nonzero(greedy))
+        k[k <= 0] = vocab_size
+        use_top_p = use_min_p = on_candidates = False
+        trunc_width = 0
+        if n_greedy < b:
+            sampled = ~greedy if n_greedy else slice(None)
+            k_s = k[sampled]
+            has_k, has_p = k_s < vocab_size, p[sampled] < 1.0
+            use_top_p = bool(np.count_nonzero(has_p))
+            use_min_p = bool(np.count_nonzero(mp[sampled] > 0.0))
+            if use_top_p and np.count_nonzero(has_p & ~has_k):
+                trunc_width = vocab_size  # top-p without top-k: a full sort
+            elif np.count_nonzero(has_k):
+                trunc_width = int(k_s[has_k].max())
+            on_candidates = trunc_width > 0 and bool(has_k.all())
+        temp[greedy] = 1.0
+        with np.errstate(divide="ignore"):
+            np.log(mp, out=mp)
+        mp *= temp  # min-p in raw logits: logit >= max + T * log(min_p)
+        np.reciprocal(temp, out=temp)
+        # Two host-to-device copies for the whole parameter set.
+        f = torch.from_numpy(floats).to(device, non_blocking=True)
+        i = torch.from_numpy(ints).to(device, non_blocking=True)
+        st = cls(
+            scale_floor=f[0:2],
+            top_p=f[2],
+            min_p_offset=f[3],
+            repetition_penalty=f[4],
+            presence_penalty=f[5],
+            frequency_penalty=f[6],
+            top_k=i[0],
+            keys=i[2:4],
+            is_greedy=i[1] != 0 if 0 < n_greedy < b else None,
+            all_greedy=n_greedy == b,
+            any_greedy=n_greedy > 0,
+            use_top_p=use_top_p,
+            use_min_p=use_min_p,
+            trunc_width=trunc_width,
+            draw_on_candidates=on_candidates,
+            max_top_logprobs=int(np.max(top_logprobs, initial=0)),
+        )
+        if needs_history(floats[4], floats[5], floats[6]):
+            if token_ids is None or prompt_lens is None:
+                raise ValueError("a penalty is set: token_ids and prompt_lens are required")
+            ids = torch.as_tensor(token_ids, dtype=torch.int64).to(device)
+            plen = torch.as_tensor(prompt_lens, dtype=torch.int64).to(device)
+            st.seen, st.output_counts = token_counts(ids, plen, vocab_size)
+        if min_tokens is not None and stop_ids is not None:
+            active = np.asarray(step) < np.asarray(min_tokens)
+            if np.count_nonzero(active):
+                st.ban_ids = torch.as_tensor(stop_ids, dtype=torch.int64).to(device)
+                st.ban_active = torch.from_numpy(active).to(device)
+        return st
+
+    @classmethod
+    def from_table(
+        cls,
+        table,
+        slots: np.ndarray,
+        *,
+        vocab_size: int,
+        device: torch.device | str,
+        eos_ids: list[int],
+        token_ids: np.ndarray | torch.Tensor | None = None,
+        prompt_lens: np.ndarray | torch.Tensor | None = None,
+    ) -> SamplingTensors:
+        """Gather the parameters of `slots` from an aiollm.native RequestTable."""
+
+        def g(name: str) -> np.ndarray:
+            return table.gather(name, slots)
+
+        rows = table.array[np.asarray(slots, dtype=np.int64)]
+        used = np.arange(rows["stop_ids"].shape[1]) < rows["n_stop"][:, None]
+        stop = np.where(used, rows["stop_ids"], -1)
+        eos = np.broadcast_to(np.asarray(eos_ids, dtype=np.int64), (len(slots), len(eos_ids)))
+        return cls.from_numpy(
+            temperature=g("temperature"),
+            top_p=g("top_p"),
+            top_k=g("top_k"),
+            min_p=g("min_p"),
+            repetition_penalty=g("repetition_penalty"),
+            presence_penalty=g("presence_penalty"),
+            frequency_penalty=g("frequency_penalty"),
+            seed=g("seed"),
+            step=g("output_len"),
+            top_logprobs=g("top_logprobs"),
+            vocab_size=vocab_size,
+            device=device,
+            token_ids=token_ids,
+            prompt_lens=prompt_lens,
+            min_tokens=g("min_new_tokens"),
+            stop_ids=np.concatenate([eos, stop.astype(np.int64)], axis=1),
+        )
+
+
+def needs_history(repetition_penalty, presence_penalty, frequency_penalty) -> bool:
+    """Whether any row uses a penalty, i.e. the engine must pass the token history."""
+    return bool(
+        np.count_nonzero(np.asarray(repetition_penalty) != 1.0)
+        or np.count_nonzero(np.asarray(presence_penalty))
+        or np.count_nonzero(np.asarray(frequency_penalty))
+    )
+
+
+def token_counts(
+    token_ids: torch.Tensor, prompt_lens: torch.Tensor, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From a padded history [B, L] (prompt then output, -1 padding) return
+    seen [B, V] bool (in prompt or output) and output_counts [B, V] fp32."""
+    b, length = token_ids.shape
+    valid = token_ids >= 0
+    # Padding goes to an extra column V that is dropped, so one scatter serves all rows.
+    idx = torch.where(valid, token_ids, vocab_size)
+    pos = torch.arange(length, device=token_ids.device)
+    is_output = valid & (pos[None, :] >= prompt_lens[:, None])
+    counts = torch.zeros(b, vocab_size + 1, dtype=torch.float32, device=token_ids.device)
+    seen = torch.zeros_like(counts)
+    counts.scatter_add_(1, idx, is_output.float())
+    seen.scatter_add_(1, idx, valid.float())
+    return seen[:, :vocab_size] > 0, counts[:, :vocab_size]
+
+
+def apply_penalties(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
+    """Repetition, then frequency and presence penalties; returns a new tensor."""
+    rp = st.repetition_penalty[:, None]
+    penalised = torch.where(logits > 0, logits / rp, logits * rp)
+    logits = torch.where(st.seen, penalised, logits)
+    counts = st.output_counts
+    return (
+        logits
+        - st.frequency_penalty[:, None] * counts
+        - st.presence_penalty[:, None] * (counts > 0).float()
+    )
+
+
+def mask_token_ids(logits: torch.Tensor, ids: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Set logits[b, ids[b, j]] = -inf where active[b] and ids[b, j] >= 0, in place.
+
+    Adding 0 or -inf by scatter_add keeps duplicate and padding ids harmless (padding is
+    pointed at id 0 with an addend of 0) and the result exact in any order."""
+    hit = active[:, None] & (ids >= 0)
+    add = torch.where(hit, float("-inf"), 0.0).to(logits.dtype)
+    return logits.scatter_add_(1, ids.clamp(min=0), add)
+
+
+# ---- counter-based noise -------------------------------------------------------------------
+def _s32(x: int) -> int:
+    """A 32-bit constant as the signed int32 torch needs."""
+    return x - (1 << 32) if x >= 1 << 31 else x
+
+
+def _shr32(x: torch.Tensor, s: int) -> torch.Tensor:
+    """Logical right shift of int32 (torch's >> is arithmetic)."""
+    return (x >> s) & ((1 << (32 - s)) - 1)
+
+
+_U30, _U27, _U31, _U32 = (np.uint64(n) for n in (30, 27, 31, 32))
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN64, _LOW32 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xFFFFFFFF)
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64, in place (numpy wraps the products mod 2^64)."""
+    z ^= z >> _U30
+    z *= _M1
+    z ^= z >> _U27
+    z *= _M2
+    z ^= z >> _U31
+    return z
+
+
+def row_keys(seed: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """[2, B] int32 noise keys of each row's (seed, step): output `step` of splitmix64
+    seeded with `seed`. On the host, [B] numpy work saves some twenty tiny device kernels."""
+    z = np.asarray(step, dtype=np.int64).view(np.uint64) * _GOLDEN64
+    z += np.asarray(seed, dtype=np.int64).view(np.uint64)
+    _mix64(z)
+    out = np.empty((2, len(z)), dtype=np.uint32)
+    out[0] = z & _LOW32
+    out[1] = z >> _U32
+    return out.view(np.int32)
+
+
+def uniform_noise(keys: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """u in (0, 1) for token ids [B, C] (or [1, C], broadcast) of rows with keys [2, B].
+
+    A keyed 32-bit integer hash (Wellons' lowbias32 finaliser) in int32 lanes: the noise of
+    (seed, step, id) is the same on any row, in any batch, on CPU and CUDA."""
+    x = (ids.to(torch.int32) ^ keys[0, :, None]) * _s32(0x9E3779B1) + keys[1, :, None]
+    x = (x ^ _shr32(x, 16)) * _s32(0x7FEB352D)
+    x = (x ^ _shr32(x, 15)) * _s32(0x846CA68B)
+    x = x ^ _shr32(x, 16)
+    return ((x & 0xFFFFFF).float() + 0.5) * (1.0 / (1 << 24))
+
+
+# ---- sampling ------------------------------------------------------------------------------
+def gumbel_argmax_ref(
+    values: torch.Tensor, scale_floor: torch.Tensor, keys: torch.Tensor, ids: torch.Tensor
+) -> torch.Tensor:
+    """Per row, the index of argmax(values * scale + g) over the entries >= floor, where
+    values [B, C] are logits, scale_floor = [1/temperature, floor] ([2, B]) and g is the
+    Gumbel noise -log(-log(u)) of (keys [2, B], ids [B or 1, C])."""
+    score = values * scale_floor[0, :, None] - torch.log(-torch.log(uniform_noise(keys, ids)))
+    return torch.where(values >= scale_floor[1, :, None], score, float("-inf")).argmax(dim=-1)
+
+
+def row_scan_ref(values, scale_floor=None, keys=None, ids=None, stats=True):
+    """(argmax [B], logsumexp [B, 1]) of values if stats, and the Gumbel draw if keys."""
+    greedy = lse = drawn = None
+    if stats:
+        greedy, lse = values.argmax(dim=-1), torch.logsumexp(values, dim=-1, keepdim=True)
+    if keys is not None:
+        drawn = gumbel_argmax_ref(values, scale_floor, keys, ids)
+    return greedy, lse, drawn
+
+
+if triton is not None:
+
+    @triton.jit
+    def _row_scan_kernel(
+        Values, Ids, ScaleFloor, Keys, Fl, Ix,
+        B, C, stride_v, stride_ids, n_blocks,
+        BLOCK: tl.constexpr, STATS: tl.constexpr, SAMPLE: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        blk = tl.program_id(1)
+        cols = blk * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < C
+        v = tl.load(Values + row * stride_v + cols, mask=mask, other=float("-inf"))
+        out = row * n_blocks + blk
+        plane = B * n_blocks
+        if STATS:  # block max, its index, and sum(exp(v - max)) for the logsumexp
+            m = tl.max(v, axis=0)
+            m_safe = tl.where(m == float("-inf"), 0.0, m)
+            tl.store(Fl + out, m)
+            tl.store(Fl + plane + out, tl.sum(tl.exp(v - m_safe), axis=0))
+            tl.store(Ix + out, blk * BLOCK + tl.argmax(v, axis=0, tie_break_left=True))
+        if SAMPLE:  # uniform_noise's hash in uint32, where >> is the logical shift
+            ids = tl.load(Ids + row * stride_ids + cols, mask=mask, other=0)
+            k1 = tl.load(Keys + row).to(tl.uint32, bitcast=True)
+            k2 = tl.load(Keys + B + row).to(tl.uint32, bitcast=True)
+            x = (ids.to(tl.uint32) ^ k1) * tl.full([BLOCK], 0x9E3779B1, tl.uint32) + k2
+            x = (x ^ (x >> 16)) * tl.full([BLOCK], 0x7FEB352D, tl.uint32)
+            x = (x ^ (x >> 15)) * tl.full([BLOCK], 0x846CA68B, tl.uint32)
+            x = x ^ (x >> 16)
+            u = ((x & 0xFFFFFF).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+            score = v * tl.load(ScaleFloor + row) - tl.log(-tl.log(u))
+            keep = mask & (v >= tl.load(ScaleFloor + B + row))
+            score = tl.where(keep, score, float("-inf"))
+            tl.store(Fl + 2 * plane + out, tl.max(score, axis=0))
+            tl.store(Ix + plane + out, blk * BLOCK + tl.argmax(score, axis=0, tie_break_left=True))
+
+
+def row_scan_triton(values, scale_floor=None, keys=None, ids=None, stats=True):
+    """row_scan_ref in one read of `values`. Each program reduces a block of one row; torch
+    combines the blocks ([B, C / 2048], small). Splitting rows keeps a batch of one fast."""
+    b, c = values.shape
+    assert values.stride(1) == 1
+    sample = keys is not None
+    if sample:
+        assert ids.stride(1) == 1 and ids.shape[1] == c
+        assert scale_floor.is_contiguous() and keys.is_contiguous()
+    block = min(2048, triton.next_power_of_2(c))
+    n_blocks = triton.cdiv(c, block)
+    fl = torch.empty(3, b, n_blocks, dtype=torch.float32, device=values.device)
+    ix = torch.empty(2, b, n_blocks, dtype=torch.int64, device=values.device)
+    _row_scan_kernel[(b, n_blocks)](
+        values, ids if sample else values, scale_floor if sample else values,
+        keys if sample else values, fl, ix,
+        b, c, values.stride(0), (ids.stride(0) if ids.shape[0] > 1 else 0) if sample else 0,
+        n_blocks, BLOCK=block, STATS=stats, SAMPLE=sample, num_warps=8 if block > 1024 else 4,
+    )  # fmt: skip
+    greedy = lse = drawn = None
+    if stats:
+        top = fl[0].argmax(dim=-1, keepdim=True)  # the first block holding the row max
+        greedy = ix[0].gather(1, top).squeeze(1)
+        row_max = fl[0].gather(1, top)
+        lse = row_max + (fl[1] * (fl[0] - row_max).exp()).sum(dim=-1, keepdim=True).log()
+    if sample:
+        drawn = ix[1].gather(1, fl[2].argmax(dim=-1, keepdim=True)).squeeze(1)
+    return greedy, lse, drawn
+
+
+def row_scan(values, scale_floor=None, keys=None, ids=None, stats=True):
+    """Per row of values [B, C]: argmax and logsumexp (stats) and the Gumbel-max draw of
+    gumbel_argmax_ref (keys given). Triton on CUDA, the reference otherwise."""
+    if values.is_cuda and triton is not None and values.shape[0] > 0:
+        return row_scan_triton(values, scale_floor, keys, ids, stats)
+    return row_scan_ref(values, scale_floor, keys, ids, stats)
+
+
+_VOCAB_IDS: dict = {}
+
+
+def _vocab_ids(vocab: int, device: torch.device) -> torch.Tensor:
+    """arange(vocab)[None] as the ids of a full row, made once per device."""
+    key = (vocab, str(device))
+    if key not in _VOCAB_IDS:
+        _VOCAB_IDS[key] = torch.arange(vocab, device=device)[None, :]
+    return _VOCAB_IDS[key]
+
+
+def _floor(logits: torch.Tensor, st: SamplingTensors):
+    """[1/temperature, the logit floor that top-k, top-p and min-p leave] per row (each
+    keeps a most-likely prefix of the sorted row, so together they keep the shortest), and
+    the candidates (values, ids) to draw from when every sampled row has a top-k."""
+    vocab = logits.shape[1]
+    if not st.trunc_width:
+        if not st.use_min_p:
+            return st.scale_floor, None
+        floor = logits.amax(dim=-1) + st.min_p_offset
+        return torch.stack([st.scale_floor[0], floor]), None
+    if st.trunc_width < vocab:
+        vals, ids = logits.topk(st.trunc_width, dim=-1)
+    else:
+        vals, ids = logits.sort(dim=-1, descending=True)
+    n_keep = st.top_k.clamp(max=st.trunc_width).long()
+    if st.use_top_p:
+        # top-p over the renormalised top-k set, on temperature-scaled probabilities
+        rank = torch.arange(st.trunc_width, device=vals.device)[None, :]
+        scaled = (vals * st.scale_floor[0, :, None]).masked_fill(
+            rank >= n_keep[:, None], float("-inf")
+        )
+        probs = scaled.softmax(dim=-1)
+        before = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))
+        n_top_p = (before < st.top_p[:, None]).sum(dim=-1)
+        n_keep = torch.where(st.top_p < 1.0, torch.minimum(n_keep, n_top_p), n_keep)
+    limited = (st.top_k < vocab) | (st.top_p < 1.0)
+    floor = vals.gather(1, (n_keep - 1)[:, None]).squeeze(1)
+    floor = torch.where(limited, floor, float("-inf"))
+    if st.use_min_p:
+        floor = torch.maximum(floor, vals[:, 0] + st.min_p_offset)
+    scale_floor = torch.stack([st.scale_floor[0], floor])
+    return scale_floor, ((vals, ids) if st.draw_on_candidates else None)
+
+
+def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
+    """Next token of every row of logits [B, V] fp32; `logits` is not modified."""
+    assert logits.dim() == 2 and logits.dtype == torch.float32, (logits.shape, logits.dtype)
+    if st.use_penalties:
+        logits = apply_penalties(logits, st)
+        if st.ban_ids is not None:
+            mask_token_ids(logits, st.ban_ids, st.ban_active)
+    elif st.ban_ids is not None:
+        logits = mask_token_ids(logits.clone(), st.ban_ids, st.ban_active)
+
+    if st.all_greedy:
+        next_ids, lse, _ = row_scan(logits)
+    else:
+        scale_floor, candidates = _floor(logits, st)
+        if candidates is None:  # one pass: argmax, logsumexp and the draw
+            vocab = _vocab_ids(logits.shape[1], logits.device)
+            greedy, lse, next_ids = row_scan(logits, scale_floor, st.keys, vocab)
+        else:
+            vals, ids = candidates
+            greedy, lse, _ = row_scan(logits)
+            _, _, choice = row_scan(vals, scale_floor, st.keys, ids, stats=False)
+            next_ids = ids.gather(1, choice[:, None]).squeeze(1)
+        if st.any_greedy:
+            next_ids = torch.where(st.is_greedy, greedy, next_ids)
+
+    logprobs = (logits.gather(1, next_ids[:, None]) - lse).squeeze(1)
+    top_ids = top_logprobs = None
+    if st.max_top_logprobs > 0:
+        k = min(st.max_top_logprobs, logits.shape[1])
+        top_vals, top_ids = logits.topk(k, dim=-1)
+        top_logprobs = top_vals - lse
+    return SampleResult(next_ids, logprobs, top_ids, top_logprobs)
