@@ -1,0 +1,60 @@
+"""Admission control: which waiting requests get KV and start running, and when.
+
+The engine, before each step:
+
+    sched = make_scheduler("past_future", SchedulerConfig())         # once
+    k = sched.admit(running, waiting, pool_capacity, pool_free, prefill_budget)
+    # prefill waiting[:k] in this step; then, for the running batch:
+    table.col("predicted_output_len")[slots] = sched.predict(g, max_new_tokens, ignore_eos)
+    sched.on_finish(output_len, max_new_tokens, ignore_eos)          # finished, not aborted
+
+`running` is a RunningBatch and `waiting` a Candidates (numpy columns, queue order; paused
+requests to resume go first, with prompt_len = prompt + tokens generated so far and
+output_len = those tokens). Policies, by name: "past_future" (default), "aggressive",
+"conservative". When the prediction turns out short and the pool runs out, the engine
+pauses the most recently admitted request(s) and resumes them by recompute; no policy here
+needs to be told, they see the paused requests again in `waiting`.
+"""
+
+from __future__ import annotations
+
+from aiollm.scheduler.baselines import AggressiveScheduler, ConservativeScheduler
+from aiollm.scheduler.batch import Candidates, RunningBatch
+from aiollm.scheduler.config import SchedulerConfig
+from aiollm.scheduler.history import OutputLengthHistory
+from aiollm.scheduler.past_future import PastFutureScheduler, PeakScheduler
+from aiollm.scheduler.peak import future_peak
+from aiollm.scheduler.policy import Scheduler
+
+SCHEDULERS: dict[str, type[Scheduler]] = {
+    cls.name: cls for cls in (PastFutureScheduler, AggressiveScheduler, ConservativeScheduler)
+}
+DEFAULT_SCHEDULER = PastFutureScheduler.name
+
+
+def make_scheduler(name: str = DEFAULT_SCHEDULER, cfg: SchedulerConfig | None = None) -> Scheduler:
+    """A fresh scheduler of the named policy (one of SCHEDULERS)."""
+    try:
+        cls = SCHEDULERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown scheduler {name!r}; choose one of {', '.join(sorted(SCHEDULERS))}"
+        ) from None
+    return cls(cfg)
+
+
+__all__ = [
+    "DEFAULT_SCHEDULER",
+    "SCHEDULERS",
+    "AggressiveScheduler",
+    "Candidates",
+    "ConservativeScheduler",
+    "OutputLengthHistory",
+    "PastFutureScheduler",
+    "PeakScheduler",
+    "RunningBatch",
+    "Scheduler",
+    "SchedulerConfig",
+    "future_peak",
+    "make_scheduler",
+]

@@ -1,0 +1,97 @@
+"""Past-Future admission (Gong et al., ASPLOS'25): admit while the predicted future peak fits.
+
+Every running request and every candidate gets a predicted final output length (the
+"past": the history of finished lengths, conditioned on what each request has already
+produced). From those, the KV tokens in use at every future step follow (see peak.py); a
+prefix of the waiting queue is admitted only if the peak over all future steps stays within
+the tokens the running batch holds plus the free pool.
+
+`PeakScheduler` is that rule with a pluggable `predict`; Past-Future plugs in the history,
+the conservative baseline (baselines.py) plugs in max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from aiollm.scheduler.batch import Candidates, RunningBatch
+from aiollm.scheduler.config import SchedulerConfig
+from aiollm.scheduler.history import OutputLengthHistory
+from aiollm.scheduler.peak import future_peak, largest_fitting_prefix
+from aiollm.scheduler.policy import Scheduler
+
+
+class PeakScheduler(Scheduler):
+    """Admits the longest queue prefix whose predicted future peak fits the pool."""
+
+    name = "peak"
+
+    def future_load(
+        self, running: RunningBatch, waiting: Candidates, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(held, remaining) of the running batch followed by the first k candidates, in
+        the terms of peak.future_peak. An admitted candidate holds its prompt after the
+        coming step and one token more after each later one, like a running request that
+        holds prompt - 1 now; its prefill already samples a token, so it runs
+        predicted - g steps, counting the prefill step."""
+        cand = waiting.head(k)
+        held = np.concatenate([running.kv_len, cand.prompt_len - 1])
+        g = np.concatenate([running.output_len, cand.output_len])
+        pred = self.predict(
+            g,
+            np.concatenate([running.max_new_tokens, cand.max_new_tokens]),
+            np.concatenate([running.ignore_eos, cand.ignore_eos]),
+        )
+        return held, pred - g
+
+    def admit(
+        self,
+        running: RunningBatch,
+        waiting: Candidates,
+        pool_capacity: int,
+        pool_free: int,
+        prefill_budget: int,
+    ) -> int:
+        k_max = self.admission_limit(running, waiting, prefill_budget)
+        if k_max == 0:
+            return 0
+        # Tokens held outside the running batch (none today; a prefix cache later) are
+        # treated as held for good, so the budget is what the batch holds plus what is free.
+        budget = pool_free + int(running.kv_len.sum())
+        assert budget <= pool_capacity, "running requests hold more KV than the pool has"
+        held, remaining = self.future_load(running, waiting, k_max)
+        n = len(running)
+
+        def fits(k: int) -> bool:
+            return future_peak(held[: n + k], remaining[: n + k]) <= budget
+
+        k = largest_fitting_prefix(k_max, fits)
+        return self.ensure_progress(k, running, waiting, pool_free)
+
+
+class PastFutureScheduler(PeakScheduler):
+    """Peak admission with lengths predicted from the history of finished requests."""
+
+    name = "past_future"
+
+    def __init__(self, cfg: SchedulerConfig | None = None):
+        super().__init__(cfg)
+        c = self.cfg
+        self.history = OutputLengthHistory(
+            window=c.history_window,
+            min_history=c.min_history,
+            prior=c.prior,
+            quantile=c.quantile,
+            bucketed=c.bucketed,
+        )
+
+    def predict(
+        self, output_len: ArrayLike, max_new_tokens: ArrayLike, ignore_eos: ArrayLike = False
+    ) -> np.ndarray:
+        return self.history.predict(output_len, max_new_tokens, ignore_eos)
+
+    def on_finish(
+        self, output_len: ArrayLike, max_new_tokens: ArrayLike, ignore_eos: ArrayLike = False
+    ) -> None:
+        self.history.record(output_len, max_new_tokens, ignore_eos)

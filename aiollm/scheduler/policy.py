@@ -1,0 +1,82 @@
+"""The admission interface every policy implements, and the limits all of them share.
+
+Before each step the engine asks `admit(running, waiting, pool_capacity, pool_free,
+prefill_budget)` how many requests from the front of the waiting queue to prefill in that
+step (strict queue order: a request that does not fit blocks those behind it). All policies
+respect the same hard limits: at most `max_running` requests running, prompts of the
+admitted requests summing to at most `prefill_budget` (a single prompt longer than the
+budget is admitted alone), and never a prompt that does not fit in the free pool now.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from aiollm.scheduler.batch import Candidates, RunningBatch, as_column
+from aiollm.scheduler.config import SchedulerConfig
+
+
+class Scheduler(ABC):
+    """An admission policy. One instance lives as long as the engine: Past-Future keeps
+    its history of finished requests in it."""
+
+    name: ClassVar[str]
+
+    def __init__(self, cfg: SchedulerConfig | None = None):
+        self.cfg = cfg if cfg is not None else SchedulerConfig()
+
+    @abstractmethod
+    def admit(
+        self,
+        running: RunningBatch,
+        waiting: Candidates,
+        pool_capacity: int,
+        pool_free: int,
+        prefill_budget: int,
+    ) -> int:
+        """How many requests from the front of `waiting` to admit now (0..len(waiting))."""
+
+    def predict(
+        self, output_len: ArrayLike, max_new_tokens: ArrayLike, ignore_eos: ArrayLike = False
+    ) -> np.ndarray:
+        """Predicted total output length of each request (the engine stores it in the
+        table's predicted_output_len). Policies without a model of the past assume the cap."""
+        g = as_column(output_len)
+        return np.maximum(as_column(max_new_tokens, g.shape[0]), g + 1)
+
+    def on_finish(
+        self, output_len: ArrayLike, max_new_tokens: ArrayLike, ignore_eos: ArrayLike = False
+    ) -> None:
+        """A request (or an array of them) finished normally, by a stop condition or by
+        reaching max_new_tokens. Aborted requests must not be reported: their length says
+        nothing about how long outputs are."""
+
+    def admission_limit(
+        self, running: RunningBatch, waiting: Candidates, prefill_budget: int
+    ) -> int:
+        """The most candidates the shared limits allow, before looking at KV."""
+        slots = self.cfg.max_running - len(running)
+        if slots <= 0 or len(waiting) == 0:
+            return 0
+        prompts = np.cumsum(waiting.prompt_len[:slots])
+        within_budget = max(1, int(np.searchsorted(prompts, prefill_budget, side="right")))
+        return min(slots, within_budget)
+
+    @staticmethod
+    def fits_now(waiting: Candidates, k: int, n_running: int, pool_free: int) -> bool:
+        """Whether the first k prompts plus this step's decode token of every running
+        request fit in the free pool."""
+        return int(waiting.prompt_len[:k].sum()) + n_running <= pool_free
+
+    def ensure_progress(
+        self, k: int, running: RunningBatch, waiting: Candidates, pool_free: int
+    ) -> int:
+        """With nothing running, admit the head if its prompt fits, whatever the policy
+        predicts: otherwise a request predicted larger than the pool would wait forever.
+        (The engine rejects requests whose prompt + max_new_tokens exceed the pool.)"""
+        idle = k == 0 and len(running) == 0 and len(waiting) > 0
+        return 1 if idle and self.fits_now(waiting, 1, 0, pool_free) else k
