@@ -11,6 +11,7 @@ class EngineConfig:
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
     device: str = "auto"  # auto: cuda if available, else cpu
     load_format: str = "auto"  # auto | dummy (random weights of the config's shape)
+    tokenizer: str | None = None  # default: the model's own (the default model's if it has none)
     max_model_len: int | None = None  # default: the model's own limit
     kv_tokens: int | None = None  # KV pool size in tokens; overrides kv_memory_fraction
     kv_memory_fraction: float = 0.85  # of free GPU memory after loading, for the KV pool

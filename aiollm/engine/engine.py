@@ -1,0 +1,485 @@
+"""Engine: the one object users hold. Owns the model, the KV pool, the request table and the
+step loop, all on the caller's event loop.
+
+    async with Engine() as engine:                      # default SmolLM2-135M-Instruct
+        out = await engine.generate("Hello", SamplingParams(max_tokens=32))
+        async for delta in engine.stream("Hello", SamplingParams()):
+            print(delta.text, end="")
+
+The loop coroutine plans a step (planner.py), runs it on the model runner's worker thread
+(so HTTP handlers and streams keep running while the model computes), then appends the
+sampled tokens, checks stops for the whole batch in C and wakes each request's stream.
+Streams detokenize on their own time; a stream that stops early (stop string, client gone,
+task cancelled) releases its request at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+
+import numpy as np
+import torch
+
+from aiollm.config import EngineConfig
+from aiollm.engine.detokenizer import IncrementalDetokenizer
+from aiollm.engine.model_runner import ModelRunner
+from aiollm.engine.outputs import Delta, RequestOutput
+from aiollm.engine.planner import Planner, Step
+from aiollm.engine.request import Phase, Request, TokenLogprob
+from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
+from aiollm.metrics import EngineMetrics
+from aiollm.native import FinishReason, RequestTable, ReqState, TableError
+from aiollm.sampling_params import SamplingParams
+
+log = logging.getLogger(__name__)
+
+Prompt = str | Sequence[int]
+
+
+class Engine:
+    def __init__(self, model: str | None = None, **options):
+        self.config = EngineConfig(model=model, **options)
+        self._started = False
+        self._accepting = False
+        self._loop_task: asyncio.Task | None = None
+        self._requests: dict[int, Request] = {}
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def __aenter__(self) -> "Engine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        # loading takes seconds to minutes: keep the event loop free meanwhile
+        await asyncio.to_thread(self._load)
+        self._wake = asyncio.Event()
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="aiollm-loop")
+        self._started = True
+        self._accepting = True
+
+    def _load(self) -> None:
+        from aiollm.model import load_model, load_tokenizer
+        from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+        from aiollm.scheduler import SchedulerConfig, make_scheduler
+
+        cfg = self.config
+        device = torch.device(cfg.device if cfg.device != "auto" else
+                              ("cuda" if torch.cuda.is_available() else "cpu"))
+        if cfg.dtype == "auto":
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        else:
+            dtype = getattr(torch, cfg.dtype)
+        t0 = time.monotonic()
+        loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
+                            max_model_len=cfg.max_model_len)
+        self.tokenizer = _tokenizer_for(cfg, loaded.path)
+        mc = self.model_config = loaded.config
+        self.model_path = loaded.path
+        self.model_name = cfg.served_model_name or _model_name(loaded.path, cfg.model)
+        self.device, self.dtype = device, dtype
+
+        per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, dtype)
+        if cfg.kv_tokens is not None:
+            kv_tokens = cfg.kv_tokens
+        elif device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            kv_tokens = int(free * cfg.kv_memory_fraction) // per_token
+        else:
+            kv_tokens = cfg.cpu_kv_tokens
+        max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
+        self.max_model_len = max_len
+        self.kv_pool = KVPool(mc.num_layers, mc.num_kv_heads, mc.head_dim, kv_tokens, dtype, device)
+        rows = min(cfg.max_running_requests, cfg.table_capacity)
+        self.req_to_token = ReqToTokenTable(rows, max_len, device)
+        self.table = RequestTable(cfg.table_capacity, pin_memory=device.type == "cuda")
+        self.scheduler = make_scheduler(
+            cfg.scheduler, SchedulerConfig(max_running=cfg.max_running_requests))
+        self.metrics = EngineMetrics(self.stats)
+        self.planner = Planner(self.table, self.kv_pool, self.req_to_token, self.scheduler,
+                               cfg.max_running_requests, cfg.max_prefill_tokens,
+                               on_evict=lambda r: self.metrics.evictions.inc(),
+                               on_admit=self._on_admit)
+        eos = set(mc.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            eos.add(int(self.tokenizer.eos_token_id))
+        self.eos_ids = np.array(sorted(eos), dtype=np.int32)
+        self.runner = ModelRunner(loaded.model, mc, self.kv_pool, self.req_to_token, device,
+                                  eos_ids=self.eos_ids.tolist(), cuda_graph=cfg.cuda_graph and device.type == "cuda",
+                                  cuda_graph_max_batch=cfg.cuda_graph_max_batch)
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")
+        self._rng = random.Random(cfg.seed)
+        log.info("model %s (%s) dtype %s device %s: loaded in %.1fs", self.model_name,
+                 mc.architecture, str(dtype).removeprefix("torch."), device, time.monotonic() - t0)
+        log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler", kv_tokens,
+                 kv_tokens * per_token / 2**30, max_len, cfg.scheduler)
+
+    async def stop(self) -> None:
+        """Abort everything in flight and stop the loop."""
+        if not self._started:
+            return
+        self._accepting = False
+        for req in list(self._requests.values()):
+            self._finish(req, "abort", error="the server is shutting down")
+        if self._loop_task:
+            self._loop_task.cancel()
+            try:
+                await self._loop_task
+            except asyncio.CancelledError:
+                pass
+        self._executor.shutdown(wait=True)
+        self._started = False
+
+    async def shutdown(self, timeout: float) -> None:
+        """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
+        abort the rest (their streams end with finish_reason "abort")."""
+        self._accepting = False
+        deadline = time.monotonic() + timeout
+        while self._requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.stop()
+
+    # -- public API ------------------------------------------------------------------------
+    async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
+        req, detok = self._submit(prompt, params or SamplingParams())
+        parts = []
+        final = None
+        async for delta in self._deltas(req, detok):
+            parts.append(delta.text)
+            final = delta
+        assert final is not None
+        return RequestOutput(
+            request_id=f"{req.rid}", text="".join(parts), token_ids=list(req.output_ids),
+            finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
+            completion_tokens=len(req.output_ids), logprobs=req.logprobs,
+            prompt_token_ids=req.prompt_ids)
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
+        """Text deltas of one request. Validation errors raise here, before iteration.
+        Closing the stream (or dropping it, even unstarted) aborts the request."""
+        req, detok = self._submit(prompt, params or SamplingParams())
+        return _Stream(self, req, self._deltas(req, detok))
+
+    def chat_prompt(self, messages: list[dict]) -> list[int]:
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                     tokenize=True)
+        except Exception as e:  # a malformed conversation is the caller's input
+            raise InvalidRequest(f"cannot apply the chat template: {e}", param="messages") from e
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    async def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
+        return await self.generate(self.chat_prompt(messages), params)
+
+    def stream_chat(self, messages: list[dict], params: SamplingParams | None = None
+                    ) -> AsyncIterator[Delta]:
+        return self.stream(self.chat_prompt(messages), params)
+
+    async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
+                             progress: bool = True) -> list[RequestOutput]:
+        """Offline generation of many prompts at once, with a progress bar."""
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
+
+        async def one(p):
+            out = await self.generate(p, params)
+            bar.update(1)
+            return out
+
+        try:
+            return await asyncio.gather(*(one(p) for p in prompts))
+        finally:
+            bar.close()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "running": len(self.planner.running),
+            "waiting": len(self.planner.waiting),
+            "kv_used": self.kv_pool.n_used,
+            "kv_total": self.kv_pool.capacity,
+            "table_used": self.table.n_used,
+            "evictions": self.planner.evictions,
+        }
+
+    # -- submission ------------------------------------------------------------------------
+    def tokenize(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, str):
+            if not prompt:
+                raise InvalidRequest("prompt must not be empty", param="prompt")
+            return list(self.tokenizer.encode(prompt))
+        ids = list(prompt)
+        if not ids:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        vocab = self.model_config.vocab_size
+        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
+            raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab})",
+                                 param="prompt")
+        return ids
+
+    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, IncrementalDetokenizer]:
+        if not self._started:
+            raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
+        if not self._accepting:
+            raise Overloaded("the server is shutting down")
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
+        ids = self.tokenize(prompt)
+        n, limit = len(ids), self.max_model_len
+        if n >= limit:
+            raise InvalidRequest(
+                f"the prompt has {n} tokens, but this model's maximum context length is {limit} "
+                f"tokens (prompt and output together)", param="prompt")
+        if n + params.max_tokens > limit:
+            raise InvalidRequest(
+                f"this model's maximum context length is {limit} tokens, but {n + params.max_tokens}"
+                f" were requested ({n} in the prompt, {params.max_tokens} for the output): "
+                f"lower max_tokens to at most {limit - n}", param="max_tokens")
+        if len(self.planner.waiting) >= self.config.max_waiting_requests:
+            raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
+        try:
+            slot = self.table.alloc()
+        except TableError as e:
+            raise Overloaded(str(e)) from e
+        seed = params.seed if params.seed is not None else self._rng.getrandbits(62)
+        req = Request(prompt_ids=ids, params=params, slot=slot, seed=seed, arrival=time.monotonic())
+        if params.logprobs is not None:
+            req.logprobs = []
+        rec = self.table[slot]
+        rec["id"] = req.rid
+        rec["prompt_len"] = n
+        rec["max_new_tokens"] = params.max_tokens
+        rec["min_new_tokens"] = params.min_tokens
+        rec["temperature"] = params.temperature
+        rec["top_p"] = params.top_p
+        rec["top_k"] = params.top_k
+        rec["min_p"] = params.min_p
+        rec["repetition_penalty"] = params.repetition_penalty
+        rec["presence_penalty"] = params.presence_penalty
+        rec["frequency_penalty"] = params.frequency_penalty
+        rec["seed"] = seed
+        rec["ignore_eos"] = params.ignore_eos
+        rec["top_logprobs"] = -1 if params.logprobs is None else params.logprobs
+        rec["t_arrival"] = time.monotonic_ns()
+        self.table.set_stop_ids(slot, params.stop_token_ids)
+        detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
+                                       params.stop)
+        self._requests[req.rid] = req
+        self.planner.enqueue(req)
+        self.metrics.prompt_tokens.inc(n)
+        self._wake.set()
+        return req, detok
+
+    async def _deltas(self, req: Request, detok: IncrementalDetokenizer) -> AsyncIterator[Delta]:
+        """Turn the request's new tokens into text deltas until it finishes."""
+        sent = 0
+        try:
+            while True:
+                await req.event.wait()
+                req.event.clear()
+                if req.failed:
+                    raise req.error_type(req.error or "the request failed")
+                end = len(req.output_ids)
+                text_end = end - 1 if (req.done and req.last_is_stop_token) else end
+                new_ids = req.output_ids[sent:end]
+                text = ""
+                if req.params.stop:
+                    # feed token by token so a stop string ends the output at its token
+                    for i in range(sent, text_end):
+                        text += detok.add([req.output_ids[i]])
+                        if detok.stopped:
+                            del req.output_ids[i + 1:]
+                            new_ids = req.output_ids[sent:]
+                            if req.logprobs is not None:
+                                del req.logprobs[i + 1:]
+                            self._finish(req, "stop")
+                            break
+                elif text_end > sent:
+                    text = detok.add(req.output_ids[sent:text_end])
+                lps = req.logprobs[sent:sent + len(new_ids)] if req.logprobs is not None else None
+                sent += len(new_ids)
+                if req.done:
+                    if not detok.stopped:
+                        text += detok.finish()
+                    yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids),
+                                len(req.output_ids))
+                    return
+                if text or new_ids:
+                    yield Delta(text, new_ids, lps, None, len(req.prompt_ids), len(req.output_ids))
+        finally:
+            if not req.done:  # the consumer went away (cancelled, disconnected, closed)
+                self._finish(req, "abort")
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            self._expire_queued()
+            step = self.planner.plan()
+            if step is None:
+                self._wake.clear()
+                timeout = 0.05 if self.planner.has_work() else None
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            inputs = self.runner.prepare(step, self.table)
+            try:
+                result = await loop.run_in_executor(self._executor, self.runner.run, inputs)
+            except Exception as e:  # a failing step fails its requests, not the server
+                log.exception("model step failed")
+                if isinstance(e, torch.OutOfMemoryError):
+                    self._shrink_after_oom(step)
+                else:
+                    for r in step.reqs:
+                        self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
+                                     error_type=RequestFailed)
+                continue
+            if result is not None:
+                self._process(step, result)
+
+    def _process(self, step: Step, result) -> None:
+        now_ns = time.monotonic_ns()
+        # result rows follow the sampled requests of the step; skip any aborted meanwhile
+        row_of = np.cumsum(step.sample) - 1
+        idx = [i for i, (r, s) in enumerate(zip(step.reqs, step.sample))
+               if s and r.phase is Phase.RUNNING]
+        if not idx:
+            return
+        rows = row_of[idx]
+        reqs = [step.reqs[i] for i in idx]
+        tokens = result.next_ids[rows]
+        slots = np.fromiter((r.slot for r in reqs), np.int32, len(reqs))
+        finished = self.table.stop_check(slots, tokens, self.eos_ids, now_ns)
+        bad = result.bad[rows] if result.bad is not None else None
+        self.metrics.generation_tokens.inc(len(reqs))
+        for k, r in enumerate(reqs):
+            r.output_ids.append(int(tokens[k]))
+            if r.logprobs is not None:
+                r.logprobs.append(result.logprob_entry(rows[k], r.params.logprobs))
+            if len(r.output_ids) == 1:
+                self.metrics.ttft.observe(time.monotonic() - r.arrival)
+            elif r.t_last_ns:
+                self.metrics.itl.observe((now_ns - r.t_last_ns) / 1e9)
+            r.t_last_ns = now_ns
+            if bad is not None and bad[k]:
+                self._finish(r, "abort", error="the model produced non-finite logits", failed=True,
+                             error_type=RequestFailed)
+            elif finished[k]:
+                r.last_is_stop_token = finished[k] == FinishReason.STOP
+                self._finish(r, FinishReason(finished[k]).label)
+            r.event.set()
+
+    def _on_admit(self, req: Request, now: float) -> None:
+        if req.admitted_seq >= 0 and not req.output_ids:
+            self.metrics.queue_time.observe(now - req.arrival)
+
+    def _expire_queued(self) -> None:
+        timeout = self.config.queue_timeout
+        if timeout is None or not self.planner.waiting:
+            return
+        cutoff = time.monotonic() - timeout
+        for r in [r for r in self.planner.waiting if r.arrival < cutoff and not r.output_ids]:
+            self._finish(r, "abort", error=f"the request waited more than {timeout}s in the queue",
+                         failed=True, error_type=Overloaded)
+
+    def _shrink_after_oom(self, step: Step) -> None:
+        """The device ran out of memory in a step: pause its requests (their KV is freed,
+        their tokens kept; they resume by recompute) and halve the batch limits."""
+        log.warning("out of device memory in a step of %d requests / %d tokens: pausing them "
+                    "and halving the batch limits", len(step.reqs), step.num_tokens)
+        for r in sorted(step.reqs, key=lambda r: -r.admitted_seq):
+            if r.phase is Phase.RUNNING:
+                self.planner.pause(r)
+        self.planner.max_running = max(1, len(step.reqs) // 2)
+        self.planner.token_budget = max(64, self.planner.token_budget // 2)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _finish(self, req: Request, reason: str, error: str | None = None,
+                failed: bool = False, error_type: type[Exception] = RequestFailed) -> None:
+        """End a request: give back its KV, row and table slot; wake its stream."""
+        if req.done:
+            return
+        req.failed = failed
+        req.error_type = error_type
+        self.planner.release(req)
+        req.phase = Phase.DONE
+        req.finish_reason = reason
+        req.error = error
+        rec = self.table[req.slot]
+        if reason != "abort":
+            self.scheduler.on_finish(int(rec["output_len"]), int(rec["max_new_tokens"]),
+                                     bool(rec["ignore_eos"]))
+        rec["state"] = ReqState.ABORTED if reason == "abort" else ReqState.FINISHED
+        self.table.free(req.slot)
+        self._requests.pop(req.rid, None)
+        self.metrics.requests.labels(reason).inc()
+        req.event.set()
+        self._wake.set()
+
+
+class _Stream:
+    """The async iterator engine.stream() returns: a request is released when its stream is
+    closed or garbage-collected, also if it was never iterated (an async generator that never
+    started runs no finally block)."""
+
+    __slots__ = ("_engine", "_req", "_gen")
+
+    def __init__(self, engine: Engine, req: Request, gen: AsyncIterator[Delta]):
+        self._engine, self._req, self._gen = engine, req, gen
+
+    def __aiter__(self) -> "_Stream":
+        return self
+
+    def __anext__(self):
+        return self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
+        self._release()
+
+    def _release(self) -> None:
+        if not self._req.done:
+            self._engine._finish(self._req, "abort")
+
+    def __del__(self) -> None:
+        self._release()
+
+
+def _tokenizer_for(cfg: EngineConfig, model_path: str):
+    from aiollm.model import load_tokenizer
+
+    if cfg.tokenizer is not None:
+        return load_tokenizer(cfg.tokenizer)
+    try:
+        return load_tokenizer(model_path)
+    except (OSError, ValueError):
+        if cfg.load_format != "dummy":
+            raise
+        # a config-only directory for random-weight benchmarks: any tokenizer will do
+        log.warning("%s has no tokenizer; using the default model's", model_path)
+        return load_tokenizer(None)
+
+
+def _model_name(path, given: str | None) -> str:
+    from pathlib import Path
+
+    if given is None and path is not None:
+        return Path(path).stem if str(path).endswith(".gguf") else Path(path).name
+    if given is None:
+        return "default"
+    p = Path(given)
+    return p.stem if p.suffix == ".gguf" else p.name

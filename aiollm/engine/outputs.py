@@ -1,0 +1,29 @@
+"""What the engine returns: a whole result (generate) or stream deltas (stream)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiollm.engine.request import TokenLogprob
+
+
+@dataclass(slots=True)
+class Delta:
+    text: str
+    token_ids: list[int]
+    logprobs: list[TokenLogprob] | None
+    finish_reason: str | None  # None until the last delta: "stop" | "length" | "abort"
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    request_id: str
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    logprobs: list[TokenLogprob] | None = None
+    prompt_token_ids: list[int] | None = None

@@ -1,0 +1,204 @@
+"""Step planning: which requests run in the next step, with how many tokens each.
+
+One step mixes decodes (one token each) and prefill chunks under a token budget, so a long
+prompt is prefilled over several steps while running decodes go on (chunked prefill).
+The planner owns the running set, the waiting queue, KV allocation and eviction;
+admission decisions come from the scheduler policy (aiollm.scheduler).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aiollm.engine.request import Phase, Request
+from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+from aiollm.native import RequestTable, ReqState
+from aiollm.scheduler import Candidates, RunningBatch, Scheduler
+
+
+@dataclass(slots=True)
+class Step:
+    reqs: list[Request]
+    input_ids: list[int]
+    extend_lens: list[int]
+    prefix_lens: list[int]
+    out_cache_loc: torch.Tensor  # [T] int64 CPU
+    sample: list[bool]  # does this request's last new token produce a sampled token
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+class Planner:
+    def __init__(
+        self,
+        table: RequestTable,
+        kv_pool: KVPool,
+        req_to_token: ReqToTokenTable,
+        scheduler: Scheduler,
+        max_running: int,
+        token_budget: int,
+        on_evict=None,
+        on_admit=None,
+    ):
+        self.table = table
+        self.kv = kv_pool
+        self.r2t = req_to_token
+        self.scheduler = scheduler
+        self.max_running = min(max_running, req_to_token.rows)
+        self.token_budget = token_budget
+        self.running: list[Request] = []
+        self.waiting: collections.deque[Request] = collections.deque()
+        self._admit_counter = 0
+        self._on_evict = on_evict
+        self._on_admit = on_admit
+        self.evictions = 0
+
+    # -- queue ---------------------------------------------------------------------------
+    def enqueue(self, req: Request) -> None:
+        self.waiting.append(req)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def release(self, req: Request) -> None:
+        """Give back everything req holds (KV slots, row, queue place). Idempotent."""
+        if req.phase is Phase.RUNNING:
+            self._free_kv(req)
+            self.running.remove(req)
+        elif req.phase in (Phase.WAITING, Phase.PAUSED):
+            try:
+                self.waiting.remove(req)
+            except ValueError:
+                pass
+
+    def _free_kv(self, req: Request) -> None:
+        if req.kv_len:
+            self.kv.free(self.r2t.slots_of(req.row, 0, req.kv_len))
+        self.r2t.free_row(req.row)
+        req.row = -1
+        req.kv_len = 0
+        self.table.col("kv_len")[req.slot] = 0
+
+    def pause(self, req: Request) -> None:
+        """Pause req: free its KV, keep its tokens, put it first in the queue (recomputed
+        on resume, so its client sees nothing but a delay)."""
+        self._free_kv(req)
+        self.running.remove(req)
+        req.phase = Phase.PAUSED
+        self.table.col("state")[req.slot] = ReqState.PAUSED
+        self.waiting.appendleft(req)
+        self.evictions += 1
+        if self._on_evict:
+            self._on_evict(req)
+
+    def _evict_latest(self, keep: Request | None = None) -> bool:
+        victims = [r for r in self.running if r is not keep]
+        if not victims:
+            return False
+        self.pause(max(victims, key=lambda r: r.admitted_seq))
+        return True
+
+    # -- planning ------------------------------------------------------------------------
+    def plan(self) -> Step | None:
+        budget = self.token_budget
+        # 1. decodes first: each needs one slot; evict the latest admitted when short
+        decodes = [r for r in self.running if r.num_tokens - r.kv_len == 1]
+        while len(decodes) > self.kv.n_free:
+            if not self._evict_latest():
+                break
+            decodes = [r for r in self.running if r.num_tokens - r.kv_len == 1]
+        decodes = decodes[:budget]
+        chunks: list[tuple[Request, int]] = [(r, 1) for r in decodes]
+        budget -= len(decodes)
+        free = self.kv.n_free - len(decodes)
+        # 2. running requests still prefilling (new or resumed) continue with a chunk
+        for r in self.running:
+            remaining = r.num_tokens - r.kv_len
+            if remaining > 1:
+                n = min(remaining, budget, free)
+                if n > 0:
+                    chunks.append((r, n))
+                    budget -= n
+                    free -= n
+        # 3. admission of waiting requests, as the scheduler policy allows
+        if self.waiting and budget > 0 and len(self.running) < self.max_running:
+            for r in self._admit(budget, free):
+                n = min(r.num_tokens, budget, free)
+                if n <= 0:
+                    break
+                chunks.append((r, n))
+                budget -= n
+                free -= n
+        if not chunks:
+            # everything running is stuck mid-prefill with the pool full: make room
+            if self.running and self.kv.n_free == 0 and self._evict_latest():
+                return self.plan()
+            return None
+        return self._build(chunks)
+
+    def _admit(self, budget: int, free: int) -> list[Request]:
+        tab = self.table
+        run_slots = np.fromiter((r.slot for r in self.running), np.int32, len(self.running))
+        rec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), run_slots)
+        # a running request holds (or is about to hold, mid-prefill) KV for all its tokens
+        held = np.fromiter((r.num_tokens for r in self.running), np.int64, len(self.running))
+        running = RunningBatch(kv_len=held, output_len=rec["output_len"],
+                               max_new_tokens=rec["max_new_tokens"],
+                               ignore_eos=rec["ignore_eos"].astype(bool))
+        limit = min(len(self.waiting), self.max_running - len(self.running), self.r2t.n_free_rows)
+        head = [self.waiting[i] for i in range(limit)]
+        cand_slots = np.fromiter((r.slot for r in head), np.int32, len(head))
+        crec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), cand_slots)
+        cands = Candidates(prompt_len=np.fromiter((r.num_tokens for r in head), np.int64, len(head)),
+                           output_len=crec["output_len"], max_new_tokens=crec["max_new_tokens"],
+                           ignore_eos=crec["ignore_eos"].astype(bool))
+        n = self.scheduler.admit(running, cands, pool_capacity=self.kv.capacity,
+                                 pool_free=free, prefill_budget=budget)
+        admitted = []
+        now = time.monotonic()
+        for r in head[:n]:
+            self.waiting.popleft()
+            r.row = self.r2t.alloc_row()
+            assert r.row is not None
+            r.phase = Phase.RUNNING
+            r.admitted_seq = self._admit_counter
+            self._admit_counter += 1
+            tab[r.slot]["state"] = ReqState.RUNNING
+            tab[r.slot]["req_row"] = r.row
+            self.running.append(r)
+            admitted.append(r)
+            if self._on_admit:
+                self._on_admit(r, now)
+        return admitted
+
+    def _build(self, chunks: list[tuple[Request, int]]) -> Step:
+        total = sum(n for _, n in chunks)
+        slots = self.kv.alloc(total)
+        assert slots is not None, "planner allocated past the free KV slots"
+        reqs, input_ids, ext, pre, sample = [], [], [], [], []
+        rows = torch.empty(total, dtype=torch.int64)
+        pos = torch.empty(total, dtype=torch.int64)
+        off = 0
+        for r, n in chunks:
+            start = r.kv_len
+            input_ids.extend(r.token_at(start, start + n))
+            rows[off : off + n] = r.row
+            torch.arange(start, start + n, out=pos[off : off + n])
+            reqs.append(r)
+            ext.append(n)
+            pre.append(start)
+            sample.append(start + n == r.num_tokens)
+            r.kv_len = start + n
+            off += n
+        self.r2t.write_cpu(rows, pos, slots)
+        kv_col = self.table.col("kv_len")
+        for r in reqs:
+            kv_col[r.slot] = r.kv_len
+        return Step(reqs, input_ids, ext, pre, slots, sample)

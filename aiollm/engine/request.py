@@ -1,0 +1,70 @@
+"""Per-request Python state: token ids, the consumer's wake-up, results.
+
+Everything the hot path reads in bulk (lengths, sampling parameters, stop ids, states)
+lives in the native request table; this object keeps what is naturally per request
+(the token list that grows, the asyncio event that wakes its stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from aiollm.sampling_params import SamplingParams
+
+_ids = itertools.count()
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PAUSED = "paused"  # evicted: no KV, generated tokens kept, back in the queue
+    DONE = "done"
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    prompt_ids: list[int]
+    params: SamplingParams
+    slot: int
+    seed: int
+    arrival: float  # time.monotonic()
+    rid: int = field(default_factory=lambda: next(_ids))
+    output_ids: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None
+    phase: Phase = Phase.WAITING
+    row: int = -1  # req_to_token row while RUNNING
+    kv_len: int = 0  # tokens of all_ids whose KV is in the pool
+    admitted_seq: int = -1  # admission order, for choosing whom to evict
+    finish_reason: str | None = None
+    error: str | None = None
+    failed: bool = False  # ended by an error: its stream raises error_type(error)
+    error_type: type[Exception] = RuntimeError
+    t_last_ns: int = 0  # when its latest token arrived, for inter-token latency
+    last_is_stop_token: bool = False  # the final token (eos/stop id) is not part of the text
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def token_at(self, start: int, end: int) -> list[int]:
+        n = len(self.prompt_ids)
+        if end <= n:
+            return self.prompt_ids[start:end]
+        if start >= n:
+            return self.output_ids[start - n : end - n]
+        return self.prompt_ids[start:] + self.output_ids[: end - n]
+
+    @property
+    def done(self) -> bool:
+        return self.phase is Phase.DONE

@@ -1,0 +1,38 @@
+"""Prometheus metrics of one engine, on a registry of its own (several engines per process,
+as in tests, do not collide)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
+                    1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class EngineMetrics:
+    def __init__(self, stats: Callable[[], dict[str, int]]):
+        r = self.registry = CollectorRegistry()
+        p = "aiollm_"
+        gauges = {
+            "running": Gauge(p + "requests_running", "Requests holding KV and decoding", registry=r),
+            "waiting": Gauge(p + "requests_waiting", "Requests queued for admission", registry=r),
+            "kv_used": Gauge(p + "kv_tokens_used", "KV pool slots in use", registry=r),
+            "kv_total": Gauge(p + "kv_tokens_total", "KV pool capacity in tokens", registry=r),
+        }
+        # gauges read the engine when scraped, so the hot path never updates them
+        for key, g in gauges.items():
+            g.set_function(lambda key=key: stats()[key])
+        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed", registry=r)
+        self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated", registry=r)
+        self.requests = Counter(p + "requests_finished", "Finished requests", ["finish_reason"],
+                                registry=r)
+        self.evictions = Counter(p + "evictions", "Requests paused to free KV (resumed later)",
+                                 registry=r)
+        self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first token",
+                              buckets=_LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram(p + "inter_token_latency_seconds", "Time between output tokens",
+                             buckets=_LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram(p + "queue_time_seconds", "Arrival to admission",
+                                    buckets=_LATENCY_BUCKETS, registry=r)

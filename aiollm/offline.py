@@ -1,0 +1,43 @@
+"""LLM: a synchronous wrapper for offline batch generation (no server, no event loop of
+your own).
+
+    llm = LLM()                                   # default model
+    outs = llm.generate(["Hello", "Bonjour"], SamplingParams(max_tokens=32))
+    llm.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from aiollm.engine import Engine, RequestOutput
+from aiollm.sampling_params import SamplingParams
+
+
+class LLM:
+    def __init__(self, model: str | None = None, **options):
+        self._loop = asyncio.new_event_loop()
+        self.engine = Engine(model, **options)
+        self._loop.run_until_complete(self.engine.start())
+
+    def generate(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None,
+                 progress: bool = True) -> list[RequestOutput]:
+        return self._loop.run_until_complete(
+            self.engine.generate_batch(prompts, params, progress=progress))
+
+    def chat(self, conversations: Sequence[list[dict]], params: SamplingParams | None = None,
+             progress: bool = True) -> list[RequestOutput]:
+        prompts = [self.engine.chat_prompt(c) for c in conversations]
+        return self.generate(prompts, params, progress)
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.run_until_complete(self.engine.stop())
+            self._loop.close()
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

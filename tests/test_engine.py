@@ -1,0 +1,269 @@
+"""The engine on the default model (CPU, fp32): correctness against Hugging Face
+transformers, continuous batching, streaming, stops, cancellation, eviction."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+import torch
+
+from aiollm import Engine, SamplingParams
+from aiollm.errors import InvalidRequest
+from aiollm.model import default_model_path
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Once upon a time, in a small village,",
+    "List three primary colors:",
+    "1, 2, 3, 4,",
+    "Translate to French: good morning",
+    "The quick brown fox",
+    "Water boils at",
+    "A haiku about autumn:",
+]
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+@pytest.fixture(scope="module")
+def engine(loop):
+    eng = Engine(None, kv_tokens=8192, max_prefill_tokens=256)
+    loop.run_until_complete(eng.start())
+    yield eng
+    loop.run_until_complete(eng.stop())
+
+
+def run(loop, coro):
+    return loop.run_until_complete(asyncio.wait_for(coro, 300))
+
+
+def assert_all_free(engine):
+    s = engine.stats()
+    assert s["kv_used"] == 0, s
+    assert s["running"] == 0 and s["waiting"] == 0, s
+    assert s["table_used"] == 0, s
+    assert engine.req_to_token.n_free_rows == engine.req_to_token.rows
+
+
+@pytest.fixture(scope="module")
+def hf_model():
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    path = Path(default_model_path())
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                 dtype=torch.float32)
+    return model.eval()
+
+
+def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
+    """Plain greedy decoding with transformers' forward (eos does not stop it)."""
+    seq = torch.tensor([ids])
+    past = None
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            res = model(seq if past is None else seq[:, -1:], past_key_values=past, use_cache=True)
+            past = res.past_key_values
+            tok = int(res.logits[0, -1].argmax())
+            out.append(tok)
+            seq = torch.cat([seq, torch.tensor([[tok]])], dim=1)
+    return out
+
+
+def test_greedy_matches_transformers(loop, engine, hf_model):
+    params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
+    prompt_ids = [engine.tokenizer.encode(p) for p in PROMPTS]
+
+    async def all_at_once():
+        return await asyncio.gather(*(engine.generate(ids, params) for ids in prompt_ids))
+
+    outs = run(loop, all_at_once())
+    for ids, out in zip(prompt_ids, outs):
+        assert out.token_ids == _hf_greedy(hf_model, ids, 32), engine.tokenizer.decode(ids)
+        assert out.finish_reason == "length"
+        assert out.prompt_tokens == len(ids) and out.completion_tokens == 32
+    assert_all_free(engine)
+
+
+def test_chunked_prefill_and_batch_mix_do_not_change_greedy_output(loop, engine):
+    long_prompt = " ".join(PROMPTS * 12)  # several chunks of max_prefill_tokens=256
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    alone = run(loop, engine.generate(long_prompt, params))
+
+    async def mixed():
+        others = [engine.generate(p, SamplingParams(max_tokens=20, temperature=0.8))
+                  for p in PROMPTS]
+        return await asyncio.gather(engine.generate(long_prompt, params), *others)
+
+    together = run(loop, mixed())[0]
+    assert len(engine.tokenizer.encode(long_prompt)) > 2 * 256
+    assert together.token_ids == alone.token_ids
+    assert_all_free(engine)
+
+
+def test_seeded_sampling_reproducible_across_batch_mixes(loop, engine):
+    params = SamplingParams(max_tokens=24, temperature=1.0, top_p=0.95, top_k=50, seed=1234)
+
+    async def with_neighbours(n):
+        others = [engine.generate(p, SamplingParams(max_tokens=8 + i, temperature=1.0))
+                  for i, p in enumerate(PROMPTS[:n])]
+        res = await asyncio.gather(*others[: n // 2], engine.generate(PROMPTS[0], params),
+                                   *others[n // 2:])
+        return res[n // 2]
+
+    a = run(loop, with_neighbours(0))
+    b = run(loop, with_neighbours(3))
+    c = run(loop, with_neighbours(8))
+    assert a.token_ids == b.token_ids == c.token_ids
+    other_seed = run(loop, engine.generate(PROMPTS[0], SamplingParams(
+        max_tokens=24, temperature=1.0, top_p=0.95, top_k=50, seed=99)))
+    assert other_seed.token_ids != a.token_ids
+
+
+def test_stream_deltas_join_to_final_text(loop, engine):
+    prompts = ["Write the word café three times:", "Say hello in Japanese (日本語):",
+               "Some emoji: 🎉🚀", PROMPTS[2]]
+
+    async def one(p):
+        params = SamplingParams(max_tokens=40, temperature=0.7, seed=7)
+        deltas = [d async for d in engine.stream(p, params)]
+        final = await engine.generate(p, params)
+        return deltas, final
+
+    for p in prompts:
+        deltas, final = run(loop, one(p))
+        # a delta cut inside a multi-byte character would carry U+FFFD where the final
+        # text has the real character, so equality proves whole characters only
+        assert "".join(d.text for d in deltas) == final.text
+        assert [t for d in deltas for t in d.token_ids] == final.token_ids
+        assert deltas[-1].finish_reason == final.finish_reason
+        assert all(d.finish_reason is None for d in deltas[:-1])
+
+
+def test_stop_string_is_not_emitted(loop, engine):
+    base = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    full = run(loop, engine.generate(PROMPTS[4], base)).text  # "1, 2, 3, 4," -> " 5, 6, ..."
+    assert " 7" in full, full
+    stop = "7,"
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, stop=[stop])
+    deltas = run(loop, _collect(engine.stream(PROMPTS[4], params)))
+    text = "".join(d.text for d in deltas)
+    assert text == full[: full.index(stop)]
+    assert deltas[-1].finish_reason == "stop"
+    out = run(loop, engine.generate(PROMPTS[4], params))
+    assert out.text == text and out.finish_reason == "stop"
+    assert out.completion_tokens < 40
+    assert_all_free(engine)
+
+
+async def _collect(agen):
+    return [d async for d in agen]
+
+
+def test_stop_token_ids_min_tokens_and_eos(loop, engine):
+    base = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    ref = run(loop, engine.generate(PROMPTS[4], base))
+    stop_tok = ref.token_ids[3]
+    out = run(loop, engine.generate(PROMPTS[4], SamplingParams(
+        max_tokens=20, temperature=0, stop_token_ids=[stop_tok])))
+    first = ref.token_ids.index(stop_tok)
+    assert out.token_ids == ref.token_ids[: first + 1]
+    assert out.finish_reason == "stop"
+    # min_tokens holds the stop token back until it is reached
+    out = run(loop, engine.generate(PROMPTS[4], SamplingParams(
+        max_tokens=20, min_tokens=first + 3, temperature=0, stop_token_ids=[stop_tok])))
+    assert len(out.token_ids) >= first + 3
+    # a chat reply ends with eos on its own
+    chat = run(loop, engine.chat([{"role": "user", "content": "Say OK."}],
+                                 SamplingParams(max_tokens=64, temperature=0)))
+    assert chat.finish_reason == "stop"
+    assert chat.token_ids[-1] in engine.eos_ids
+    assert "<|im_end|>" not in chat.text
+
+
+def test_many_concurrent_requests_then_everything_is_free(loop, engine):
+    rnd = random.Random(0)
+
+    async def go():
+        reqs = []
+        for i in range(64):
+            prompt = " ".join(rnd.choice(PROMPTS) for _ in range(rnd.randint(1, 6)))
+            params = SamplingParams(max_tokens=rnd.randint(1, 40), temperature=rnd.choice([0, 1]),
+                                    ignore_eos=rnd.random() < 0.5)
+            reqs.append(engine.generate(prompt, params))
+        return await asyncio.gather(*reqs)
+
+    outs = run(loop, go())
+    assert len(outs) == 64
+    assert all(o.finish_reason in ("stop", "length") for o in outs)
+    assert_all_free(engine)
+
+
+def test_cancelling_half_leaves_nothing_held(loop, engine):
+    async def go():
+        params = SamplingParams(max_tokens=200, temperature=1.0, ignore_eos=True)
+        tasks = [asyncio.ensure_future(engine.generate(p * 3, params)) for p in PROMPTS * 4]
+        await asyncio.sleep(0.5)
+        while engine.stats()["running"] < 8:
+            await asyncio.sleep(0.05)
+        for t in tasks[::2]:
+            t.cancel()
+        await asyncio.sleep(0)
+        # cancelled requests give back their slots at once, mid-flight
+        for t in tasks[1::2]:
+            t.cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    res = run(loop, go())
+    assert all(isinstance(r, asyncio.CancelledError) for r in res)
+    assert_all_free(engine)
+
+
+def test_invalid_requests_raise_and_hold_nothing(loop, engine):
+    with pytest.raises(InvalidRequest, match=str(engine.max_model_len)):
+        engine.stream([1] * (engine.max_model_len + 5), SamplingParams())
+    with pytest.raises(InvalidRequest) as e:
+        engine.stream("hi", SamplingParams(max_tokens=engine.max_model_len))
+    assert e.value.param == "max_tokens"
+    with pytest.raises(InvalidRequest):
+        engine.stream("", SamplingParams())
+    with pytest.raises(InvalidRequest):
+        engine.stream([10**9], SamplingParams())
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(temperature=-1)
+    assert e.value.param == "temperature"
+    assert_all_free(engine)
+
+
+def test_eviction_resumes_with_identical_greedy_output(loop):
+    """A KV pool too small for the batch forces pauses; paused requests are recomputed and
+    must produce exactly the tokens they would have produced uninterrupted."""
+    prompts = PROMPTS[:6]
+    params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+
+    async def go(**opts):
+        eng = Engine(None, **opts)
+        await eng.start()
+        try:
+            outs = await asyncio.gather(*(eng.generate(p, params) for p in prompts))
+            return outs, eng.stats()
+        finally:
+            await eng.stop()
+
+    roomy, _ = run(loop, go(kv_tokens=4096))
+    # aggressive admission fills the pool with all six, then decodes run out of slots
+    tight, stats = run(loop, go(kv_tokens=200, scheduler="aggressive"))
+    assert stats["evictions"] > 0
+    assert stats["kv_used"] == 0
+    for a, b in zip(roomy, tight):
+        assert a.token_ids == b.token_ids
