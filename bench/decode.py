@@ -1,0 +1,180 @@
+"""Decode throughput against the roofline of the same run, with HF transformers as a baseline.
+
+On a CUDA GPU, for each model shape (a directory with a config.json; random weights):
+  1. measures the copy bandwidth (device-to-device copy, bytes read + written) and the bf16
+     matmul rate (8192^3), the two ceilings;
+  2. runs aiollm's Engine at each batch size: B requests of --input-len random tokens, each
+     generating --steps tokens (ignore_eos), timed from each request's first token to its
+     last (the decode phase); tokens/s = B / time per step;
+  3. runs transformers' generate on the same shape at the same batch sizes (decode time =
+     time for --hf-steps tokens minus time for 1 token);
+  4. computes the roofline of a decode step: max(bytes / copy bandwidth, flops / matmul rate)
+     with bytes = weights + KV read (B x mean context x KV bytes per token) and
+     flops = 2 x params x B.
+Prints a table, writes bench/results/decode-DATE-DEVICE.json and, per shape, a roofline JSON
+that bench/serve.py --roofline-json reads.
+
+Usage: python bench/decode.py bench/configs/llama-3.1-8b bench/configs/llama-3.2-1b
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import subprocess
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+
+def measure_ceilings() -> dict[str, float]:
+    from triton.testing import do_bench
+
+    n = 1 << 30  # 2 GiB of bf16
+    x = torch.randn(n, dtype=torch.bfloat16, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x), warmup=50, rep=300, return_mode="median")
+    copy_bw = 2 * x.numel() * x.element_size() / (ms * 1e-3)
+    del x, y
+    a = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    b = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
+    ms = do_bench(lambda: a @ b, warmup=50, rep=300, return_mode="median")
+    matmul = 2 * 8192**3 / (ms * 1e-3)
+    del a, b
+    torch.cuda.empty_cache()
+    return {"copy_bw_bytes_per_s": copy_bw, "matmul_flops_per_s": matmul}
+
+
+async def aiollm_decode(model_dir: str, batches: list[int], input_len: int, steps: int,
+                        cuda_graph: bool, tokenizer: str | None) -> tuple[dict, dict]:
+    from aiollm import Engine, SamplingParams
+
+    max_b = max(batches)
+    eng = Engine(model_dir, load_format="dummy", dtype="bfloat16",
+                 max_model_len=input_len + steps + 8, kv_tokens=max_b * (input_len + steps + 8),
+                 max_running_requests=max_b, max_prefill_tokens=16384, cuda_graph=cuda_graph,
+                 cuda_graph_max_batch=max_b, scheduler="aggressive", tokenizer=tokenizer)
+    await eng.start()
+    shape = {
+        "params": sum(p.numel() for p in eng.runner.model.parameters()),
+        "weight_bytes": sum(p.numel() * p.element_size() for p in eng.runner.model.parameters()),
+        "kv_bytes_per_token": eng.kv_pool.bytes_per_token(
+            eng.model_config.num_layers, eng.model_config.num_kv_heads,
+            eng.model_config.head_dim, torch.bfloat16),
+    }
+    vocab = eng.model_config.vocab_size
+    params = SamplingParams(max_tokens=steps, temperature=0, ignore_eos=True)
+    results = {}
+    try:
+        for b in [1] + batches:  # the first batch-1 run warms up (compiles, tunes)
+            prompts = torch.randint(0, min(vocab, 30000), (b, input_len)).tolist()
+
+            async def one(p):
+                first = None
+                async for d in eng.stream(p, params):
+                    if first is None and d.token_ids:
+                        first, n_first = time.perf_counter(), len(d.token_ids)
+                return first, n_first, time.perf_counter(), d.completion_tokens
+
+            runs = await asyncio.gather(*(one(p) for p in prompts))
+            per_step = sum((end - first) / (n - n_first) for first, n_first, end, n in runs) / b
+            results[b] = {"step_ms": per_step * 1e3, "tokens_per_s": b / per_step}
+    finally:
+        await eng.stop()
+    return results, shape
+
+
+def hf_decode(model_dir: str, batches: list[int], input_len: int, steps: int) -> dict:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
+    res = {}
+    for b in batches:
+        ids = torch.randint(0, 30000, (b, input_len), device="cuda")
+        mask = torch.ones_like(ids)
+
+        def gen(n):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                           do_sample=False, pad_token_id=0)
+            torch.cuda.synchronize()
+            return time.perf_counter() - t0
+
+        gen(2)
+        t1, tn = gen(1), gen(steps)
+        per_step = (tn - t1) / (steps - 1)
+        res[b] = {"step_ms": per_step * 1e3, "tokens_per_s": b / per_step}
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def roofline(shape: dict, ceil: dict, b: int, context: float) -> float:
+    bytes_ = shape["weight_bytes"] + b * context * shape["kv_bytes_per_token"]
+    t = max(bytes_ / ceil["copy_bw_bytes_per_s"], 2 * shape["params"] * b / ceil["matmul_flops_per_s"])
+    return b / t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("models", nargs="+", help="directories with a config.json")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 16, 64])
+    ap.add_argument("--input-len", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--hf-steps", type=int, default=32)
+    ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--no-cuda-graph", action="store_true")
+    ap.add_argument("--tokenizer", default=None,
+                    help="tokenizer for the engine (default: the default model's)")
+    ap.add_argument("--out-dir", default="bench/results")
+    args = ap.parse_args()
+
+    device = torch.cuda.get_device_name()
+    ceil = measure_ceilings()
+    print(f"{device}: copy {ceil['copy_bw_bytes_per_s'] / 1e12:.2f} TB/s, "
+          f"bf16 matmul {ceil['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    report = {"bench": "decode", "date": str(date.today()), "device": device, "commit": commit,
+              "ceilings": ceil, "input_len": args.input_len, "steps": args.steps, "models": {}}
+    rows = []
+    for m in args.models:
+        name = Path(m).name
+        ours, shape = asyncio.run(aiollm_decode(m, args.batch, args.input_len, args.steps,
+                                                not args.no_cuda_graph, args.tokenizer))
+        hf = {} if args.no_hf else hf_decode(m, args.batch, args.input_len, args.hf_steps)
+        context = args.input_len + args.steps / 2
+        entry = {"shape": shape, "batches": {}}
+        for b in args.batch:
+            roof = roofline(shape, ceil, b, context)
+            e = {"aiollm": ours[b], "hf": hf.get(b), "roofline_tokens_per_s": roof,
+                 "fraction_of_roofline": ours[b]["tokens_per_s"] / roof}
+            entry["batches"][b] = e
+            rows.append((name, b, ours[b]["tokens_per_s"], ours[b]["step_ms"],
+                         hf[b]["tokens_per_s"] if b in hf else float("nan"), roof))
+        report["models"][name] = entry
+        out = Path(args.out_dir)
+        (out / f"roofline-{name}.json").write_text(json.dumps({
+            **ceil, "weight_bytes": shape["weight_bytes"],
+            "kv_bytes_per_token": shape["kv_bytes_per_token"],
+            "flops_per_token": 2 * shape["params"]}, indent=2) + "\n")
+    print(f"{'model':14} {'batch':>5} {'aiollm tok/s':>13} {'ms/step':>8} {'HF tok/s':>9} "
+          f"{'roofline':>9} {'of roof':>8}")
+    for name, b, tps, ms, hf_tps, roof in rows:
+        print(f"{name:14} {b:5d} {tps:13.1f} {ms:8.2f} {hf_tps:9.1f} {roof:9.1f} {tps / roof:8.1%}")
+    dev = device.replace(" ", "-")
+    path = Path(args.out_dir) / f"decode-{date.today()}-{dev}.json"
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# LightLLM's published workload against `aiollm serve` on one GPU: input 1024 tokens, outputs
+# Gaussian around 128, 100 concurrent clients, 400 requests, an 8B-shaped model with random
+# weights. Usage: bench/serve_gpu.sh [MODEL_DIR] (env: TOKENIZER, OUT_DIR, PORT, EXTRA)
+set -u
+MODEL=${1:-bench/configs/llama-3.1-8b}
+PORT=${PORT:-8011}
+OUT_DIR=${OUT_DIR:-bench/results}
+NAME=$(basename "$MODEL")
+python3 -m aiollm.cli serve "$MODEL" --load-format dummy ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
+  --port "$PORT" --max-model-len 4096 ${EXTRA:-} > "$OUT_DIR/server-$NAME.log" 2>&1 &
+pid=$!
+for _ in $(seq 600); do
+  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+  kill -0 $pid 2>/dev/null || { tail -30 "$OUT_DIR/server-$NAME.log"; exit 1; }
+  sleep 1
+done
+python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurrency 100 \
+  --num-requests 400 --input-len 1024 --output-len-mean 128 ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
+  --roofline-json "bench/results/roofline-$NAME.json" --warmup 8 --label "aiollm-$NAME" \
+  --out "$OUT_DIR/serve-$(date +%F)-aiollm-$NAME.json" --plot
+kill -TERM $pid; wait $pid
+grep -E "KV pool|captured|model " "$OUT_DIR/server-$NAME.log" | head -5
