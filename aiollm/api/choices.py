@@ -1,0 +1,69 @@
+"""Running the choices of one HTTP request (n > 1, or a batch of prompts) as concurrent engine
+requests, so that one failing or one client leaving ends all of them and frees their slots."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import aclosing
+from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+
+T = TypeVar("T")
+
+_END = object()
+
+
+async def gather_all(coros: Sequence[Awaitable[T]]) -> list[T]:
+    """Like asyncio.gather, but the first failure cancels the others (gather leaves them
+    running, and each would keep its KV slots until it finished)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        pending = [t for t in tasks if not t.done()]
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def merge(starts: Sequence[Callable[[], AsyncIterator[T]]]
+                ) -> AsyncIterator[tuple[int, T]]:
+    """Items of several async iterators as they arrive, tagged with the iterator's index.
+
+    Each iterator is made by calling its `start` once the merged one is first iterated, so an
+    engine request is only submitted where something will close it: closing the merged
+    iterator (aclosing / aclose) closes every source, which aborts their engine requests; so
+    does the first exception of any source (a start or an item), which is re-raised."""
+    if len(starts) == 1:  # the common case needs no tasks and no queue
+        async with aclosing(starts[0]()) as only:  # type: ignore[type-var]
+            async for item in only:
+                yield 0, item
+        return
+
+    queue: asyncio.Queue[tuple[int, object, BaseException | None]] = asyncio.Queue()
+
+    async def pump(i: int, start: Callable[[], AsyncIterator[T]]) -> None:
+        try:
+            async with aclosing(start()) as stream:  # type: ignore[type-var]
+                async for item in stream:
+                    queue.put_nowait((i, item, None))
+        except Exception as exc:  # noqa: BLE001 - handed to the consumer, which re-raises it
+            queue.put_nowait((i, _END, exc))
+            return
+        queue.put_nowait((i, _END, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(starts)]
+    try:
+        live = len(tasks)
+        while live:
+            i, item, exc = await queue.get()
+            if exc is not None:
+                raise exc
+            if item is _END:
+                live -= 1
+                continue
+            yield i, item  # type: ignore[misc]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

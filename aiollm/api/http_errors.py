@@ -1,0 +1,142 @@
+"""Every failure leaves the server as an OpenAI-style error body:
+{"error": {"message", "type", "param", "code"}}, whatever raised it (our validation, the engine,
+aiohttp's router or body reader)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import contextmanager
+from typing import Awaitable, Callable, Iterator
+
+import msgspec
+from aiohttp import web
+
+from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 1  # what an overloaded server tells clients to wait
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    500: "internal_error",
+    503: "overloaded_error",
+}
+
+
+class ApiError(Exception):
+    """An HTTP error with a message for the client; `param` names the field at fault."""
+
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.headers = headers or {}
+
+
+def error_body(status: int, message: str, param: str | None = None,
+               code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
+                      "param": param, "code": code}}
+
+
+def error_response(err: ApiError) -> web.Response:
+    return web.Response(
+        status=err.status,
+        body=msgspec.json.encode(error_body(err.status, err.message, err.param, err.code)),
+        content_type="application/json",
+        headers=err.headers,
+    )
+
+
+def as_api_error(exc: BaseException) -> ApiError:
+    """Maps an exception from the engine or from decoding to the error the client sees."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, InvalidRequest):
+        return ApiError(400, str(exc), param=exc.param)
+    if isinstance(exc, Overloaded):
+        return ApiError(503, str(exc) or "server overloaded, retry later",
+                        headers={"Retry-After": str(RETRY_AFTER_S)})
+    if isinstance(exc, RequestFailed):
+        return ApiError(500, str(exc) or "the request failed in the engine")
+    if isinstance(exc, msgspec.ValidationError):
+        return ApiError(400, f"invalid request body: {exc}", param=_param_of(str(exc)))
+    log.exception("unexpected error while serving a request", exc_info=exc)
+    return ApiError(500, f"internal error: {type(exc).__name__}")
+
+
+@contextmanager
+def param_names(names: dict[str, str]) -> Iterator[None]:
+    """Report InvalidRequest errors under the field names the client used: SamplingParams and
+    the engine name their own fields (max_tokens); an endpoint may call them otherwise
+    (parameters.max_new_tokens)."""
+    try:
+        yield
+    except InvalidRequest as e:
+        if e.param not in names:
+            raise
+        message = str(e)
+        if e.param != "prompt":  # "the prompt has N tokens" reads right as it is
+            message = re.sub(rf"\b{e.param}\b", names[e.param].rsplit(".", 1)[-1], message)
+        raise InvalidRequest(message, param=names[e.param]) from None
+
+
+_AT = re.compile(r" - at `\$\.?(.*)`$")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
+
+
+def _param_of(message: str) -> str | None:
+    """The field a msgspec ValidationError is about: `... - at `$.messages[0].content``
+    -> "messages[0].content"; a missing field is named after its parent's path."""
+    at = _AT.search(message)
+    path = at.group(1) if at else ""
+    missing = _MISSING.search(message)
+    if missing:
+        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
+    return path or None
+
+
+def _from_http_exception(exc: web.HTTPException) -> ApiError:
+    status = exc.status
+    if status == 404:
+        message = "no such route"
+    elif status == 405:
+        message = f"method not allowed; allowed: {exc.headers.get('Allow', '')}"
+    elif status == 413:
+        message = f"request body too large: {exc.text}"
+    else:
+        message = exc.text or exc.reason
+    headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "Retry-After")}
+    return ApiError(status, message, headers=headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        err = _from_http_exception(exc)
+        if exc.status == 404:
+            err.message = f"no such route: {request.method} {request.path}"
+        return error_response(err)
+    except (ConnectionResetError, OSError) as exc:
+        # the client went away; nobody is left to read an error
+        log.debug("client disconnected: %s", exc)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a response
+        return error_response(as_api_error(exc))

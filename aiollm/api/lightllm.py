@@ -1,0 +1,147 @@
+"""LightLLM-compatible endpoints: POST /generate and POST /generate_stream.
+
+Same wire format as LightLLM's HTTP server, so its clients and benchmark scripts work
+unchanged: {"inputs": str | [ids], "parameters": {...}} in; {"generated_text": [...],
+"count_output_tokens", "finish_reason", "prompt_tokens"} out, and for the stream one
+`data:{json}\\n\\n` event per generated token. Sampling is greedy unless do_sample is true.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from aiollm.api import sse
+from aiollm.api.choices import gather_all, merge
+from aiollm.api.http_errors import param_names
+from aiollm.api.protocol import GenerateParameters, GenerateRequest, decode_body, json_response
+from aiollm.api.state import ApiState, state
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from aiollm.engine import Delta
+
+_GREEDY_BELOW = 1e-5  # a temperature this small means greedy, as in LightLLM
+
+# SamplingParams' and the engine's field names -> the LightLLM request's: errors name those
+_PARAM_NAMES = {
+    "prompt": "inputs",
+    "max_tokens": "parameters.max_new_tokens",
+    "min_tokens": "parameters.min_new_tokens",
+    "stop": "parameters.stop_sequences",
+    "stop_token_ids": "parameters.stop_sequences",
+    **{f: f"parameters.{f}" for f in (
+        "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+        "frequency_penalty", "seed", "ignore_eos", "logprobs")},
+}
+
+
+def _sampling_params(st: ApiState, p: GenerateParameters, choice: int) -> SamplingParams:
+    stop: list[str] = []
+    stop_ids: list[int] = []
+    seqs = [p.stop_sequences] if isinstance(p.stop_sequences, str) else p.stop_sequences or []
+    for s in seqs:
+        if isinstance(s, str):
+            stop.append(s)
+        elif len(s) == 1:
+            stop_ids.append(s[0])
+        elif s:  # a multi-token stop sequence is matched as its text
+            stop.append(st.engine.tokenizer.decode(s))
+    greedy = not p.do_sample or 0 <= p.temperature < _GREEDY_BELOW
+    return SamplingParams(
+        max_tokens=p.max_new_tokens, min_tokens=p.min_new_tokens,
+        temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
+        min_p=p.min_p, repetition_penalty=p.repetition_penalty,
+        presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
+        seed=None if p.seed is None else p.seed + choice, stop=stop, stop_token_ids=stop_ids,
+        ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens,
+        logprobs=0,  # LightLLM reports each token's logprob
+    )
+
+
+def _prompt_ids(st: ApiState, req: GenerateRequest) -> list[int]:
+    if isinstance(req.inputs, str):
+        if not req.inputs:
+            raise InvalidRequest("inputs must not be empty", param="inputs")
+        tok = st.engine.tokenizer
+        return list(tok.encode(req.inputs, add_special_tokens=req.parameters.add_special_tokens))
+    return st.engine.tokenize(req.inputs)
+
+
+def _prepare(st: ApiState, req: GenerateRequest) -> tuple[list[int], list[SamplingParams]]:
+    n = max(req.parameters.n, req.parameters.best_of)
+    return _prompt_ids(st, req), [_sampling_params(st, req.parameters, j) for j in range(n)]
+
+
+async def generate(request: web.Request) -> web.Response:
+    st = state(request)
+    req = await decode_body(request, GenerateRequest)
+    with param_names(_PARAM_NAMES):
+        ids, params = _prepare(st, req)
+        outs = await gather_all([st.engine.generate(ids, sp) for sp in params])
+
+    def one_or_all(values: list) -> object:  # LightLLM unwraps single results, except the text
+        return values[0] if len(values) == 1 else values
+
+    body = {
+        "generated_text": [o.text for o in outs],
+        "count_output_tokens": one_or_all([o.completion_tokens for o in outs]),
+        "finish_reason": one_or_all([o.finish_reason for o in outs]),
+        "prompt_tokens": len(ids),
+    }
+    if req.parameters.return_details:
+        special = set(st.engine.tokenizer.all_special_ids)
+        body["tokens"] = one_or_all([[{
+            "id": t, "text": st.token_text(t), "special": t in special,
+            "logprob": o.logprobs[i].logprob if o.logprobs else None,
+        } for i, t in enumerate(o.token_ids)] for o in outs])
+    return json_response(body)
+
+
+async def generate_stream(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    req = await decode_body(request, GenerateRequest)
+    with param_names(_PARAM_NAMES):
+        ids, params = _prepare(st, req)
+    if len(params) != 1:
+        raise InvalidRequest("the stream endpoint generates one sequence: n and best_of must "
+                             "be 1", param="parameters.n")
+    special = set(st.engine.tokenizer.all_special_ids)
+    parts: list[str] = []
+
+    def render(item: tuple[int, Delta]) -> bytes:
+        _, d = item
+        parts.append(d.text)
+        tokens: list[int | None] = list(d.token_ids) or [None]  # an abort may bring no token
+        out = []
+        for i, t in enumerate(tokens):
+            last = i == len(tokens) - 1
+            finished = last and d.finish_reason is not None
+            out.append(sse.event({
+                "token": {
+                    "id": t,
+                    "text": d.text if last else "",  # the delta's text comes with its last token
+                    "logprob": d.logprobs[i].logprob if d.logprobs and t is not None else None,
+                    "special": t in special,
+                    "count_output_tokens": d.completion_tokens - (len(tokens) - 1 - i),
+                    "prompt_tokens": d.prompt_tokens,
+                },
+                "generated_text": "".join(parts) if finished else None,
+                "finished": finished,
+                "finish_reason": d.finish_reason if finished else None,
+                "details": None,
+            }, prefix=b"data:"))
+        return b"".join(out)
+
+    with param_names(_PARAM_NAMES):
+        return await sse.send(request, merge([partial(st.engine.stream, ids, params[0])]),
+                              render, lambda: b"", prefix=b"data:")
+
+
+ROUTES = [
+    web.post("/generate", generate),
+    web.post("/generate_stream", generate_stream),
+]

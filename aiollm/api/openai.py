@@ -1,0 +1,201 @@
+"""OpenAI-compatible endpoints: /v1/completions, /v1/chat/completions, /v1/models.
+
+Each choice (n > 1, or each prompt of a batch) is its own engine request; a seeded request
+gives choice i the seed + i. Streams follow OpenAI's chunk format and end with `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from functools import partial
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from aiollm.api import sse
+from aiollm.api.choices import gather_all, merge
+from aiollm.api.http_errors import ApiError, param_names
+from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, decode_body, json_response
+from aiollm.api.state import ApiState, state
+
+if TYPE_CHECKING:
+    from aiollm.engine import Delta, TokenLogprob
+
+
+async def list_models(request: web.Request) -> web.Response:
+    st = state(request)
+    return json_response({"object": "list", "data": [{
+        "id": st.model_name, "object": "model", "created": st.created, "owned_by": "aiollm",
+        "max_model_len": st.engine.max_model_len,
+    }]})
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _room(st: ApiState, prompt_len: int) -> int:
+    """max_tokens when the client gives none: the rest of the context (at least 1, so a prompt
+    that is itself too long is reported as such by the engine)."""
+    return max(1, st.engine.max_model_len - prompt_len)
+
+
+# -- /v1/completions --------------------------------------------------------------------------
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    engine = st.engine
+    req = await decode_body(request, CompletionRequest)
+    st.check_model(req.model)
+    prompts = req.prompt_batch()
+    prompt_ids = [engine.tokenize(p) for p in prompts]
+    jobs = []  # choice index k = prompt index * n + j, as OpenAI numbers them
+    for ids in prompt_ids:
+        max_tokens = req.max_tokens if req.max_tokens is not None else _room(st, len(ids))
+        for j in range(req.n):
+            jobs.append((ids, req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs,
+                                                  choice=j)))
+    echo = [_echo_text(st, p) if req.echo else "" for p in prompts for _ in range(req.n)]
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": st.model_name}
+    prompt_tokens = sum(len(ids) for ids in prompt_ids)
+
+    if not req.stream:
+        outs = await gather_all([engine.generate(ids, sp) for ids, sp in jobs])
+        choices = [{
+            "index": k, "text": echo[k] + out.text, "finish_reason": out.finish_reason,
+            "logprobs": (None if out.logprobs is None
+                         else _completion_logprobs(st, out.logprobs, len(echo[k]))),
+        } for k, out in enumerate(outs)]
+        return json_response({**head, "choices": choices, "usage": _usage(
+            prompt_tokens, sum(o.completion_tokens for o in outs))})
+
+    done_tokens = [0] * len(jobs)
+    offsets = [len(e) for e in echo]  # text_offset of the next token of each choice
+
+    def render(item: tuple[int, Delta]) -> bytes:
+        k, delta = item
+        text = delta.text
+        if echo[k]:
+            text, echo[k] = echo[k] + text, ""
+        logprobs = None
+        if delta.logprobs is not None:
+            logprobs = _completion_logprobs(st, delta.logprobs, offsets[k])
+            offsets[k] += sum(len(t) for t in logprobs["tokens"])
+        done_tokens[k] = delta.completion_tokens
+        return sse.event({**head, "choices": [{
+            "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
+        }]})
+
+    def tail() -> bytes:
+        usage = b""
+        if req.include_usage:
+            usage = sse.event({**head, "choices": [],
+                               "usage": _usage(prompt_tokens, sum(done_tokens))})
+        return usage + sse.DONE
+
+    starts = [partial(engine.stream, ids, sp) for ids, sp in jobs]
+    return await sse.send(request, merge(starts), render, tail)
+
+
+def _echo_text(st: ApiState, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else st.engine.tokenizer.decode(prompt)
+
+
+def _completion_logprobs(st: ApiState, lps: list[TokenLogprob], offset: int) -> dict:
+    """The legacy completions format: parallel lists, top alternatives as {text: logprob}."""
+    tokens, values, tops, offsets = [], [], [], []
+    for lp in lps:
+        text = st.token_text(lp.token_id)
+        tokens.append(text)
+        values.append(lp.logprob)
+        tops.append({st.token_text(t): v for t, v in lp.top} or {text: lp.logprob})
+        offsets.append(offset)
+        offset += len(text)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
+            "text_offset": offsets}
+
+
+# -- /v1/chat/completions ---------------------------------------------------------------------
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req = await decode_body(request, ChatCompletionRequest)
+    names = {"logprobs": "top_logprobs"}
+    if req.max_completion_tokens is not None:
+        names["max_tokens"] = "max_completion_tokens"
+    with param_names(names):
+        return await _chat_completions(request, req)
+
+
+async def _chat_completions(request: web.Request, req: ChatCompletionRequest
+                            ) -> web.StreamResponse:
+    st = state(request)
+    engine = st.engine
+    st.check_model(req.model)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    # the template is applied here rather than by engine.chat so that a request without
+    # max_tokens can be given the rest of the context
+    ids = engine.chat_prompt(req.message_dicts())
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
+        req.max_tokens if req.max_tokens is not None else _room(st, len(ids)))
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    params = [req.sampling_params(max_tokens=max_tokens, logprobs=logprobs, choice=j)
+              for j in range(req.n)]
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
+            "model": st.model_name}
+
+    if not req.stream:
+        outs = await gather_all([engine.generate(ids, sp) for sp in params])
+        choices = [{
+            "index": j, "message": {"role": "assistant", "content": out.text},
+            "logprobs": None if out.logprobs is None else _chat_logprobs(st, out.logprobs),
+            "finish_reason": out.finish_reason,
+        } for j, out in enumerate(outs)]
+        return json_response({**head, "object": "chat.completion", "choices": choices,
+                              "usage": _usage(len(ids), sum(o.completion_tokens for o in outs))})
+
+    head["object"] = "chat.completion.chunk"
+    done_tokens = [0] * req.n
+    started = [False] * req.n
+
+    def render(item: tuple[int, Delta]) -> bytes:
+        j, d = item
+        # `content` is always present: simple clients index delta["content"] on every chunk
+        delta = {"content": d.text}
+        if not started[j]:
+            started[j] = True
+            delta = {"role": "assistant", "content": d.text}
+        done_tokens[j] = d.completion_tokens
+        return sse.event({**head, "choices": [{
+            "index": j, "delta": delta, "finish_reason": d.finish_reason,
+            "logprobs": None if d.logprobs is None else _chat_logprobs(st, d.logprobs),
+        }]})
+
+    def tail() -> bytes:
+        usage = b""
+        if req.include_usage:
+            usage = sse.event({**head, "choices": [],
+                               "usage": _usage(len(ids), sum(done_tokens))})
+        return usage + sse.DONE
+
+    starts = [partial(engine.stream, ids, sp) for sp in params]
+    return await sse.send(request, merge(starts), render, tail)
+
+
+def _chat_logprobs(st: ApiState, lps: list[TokenLogprob]) -> dict:
+    def entry(token_id: int, logprob: float) -> dict:
+        text = st.token_text(token_id)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+    return {"content": [{**entry(lp.token_id, lp.logprob),
+                         "top_logprobs": [entry(t, v) for t, v in lp.top]} for lp in lps]}
+
+
+ROUTES = [
+    web.get("/v1/models", list_models),
+    web.post("/v1/completions", completions),
+    web.post("/v1/chat/completions", chat_completions),
+]

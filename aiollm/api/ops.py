@@ -1,0 +1,59 @@
+"""Operations endpoints: /health, /metrics, /tokenize, /detokenize."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from aiollm.api.http_errors import ApiError
+from aiollm.api.protocol import DetokenizeRequest, TokenizeRequest, decode_body, json_response
+from aiollm.api.state import state
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 while serving. The app only starts listening once the model is loaded; from the
+    start of a shutdown on it answers 503 so load balancers move traffic away."""
+    st = state(request)
+    if st.draining:
+        return json_response({"status": "shutting down"}, status=503)
+    return json_response({"status": "ok", "model": st.model_name})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(state(request).engine.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def tokenize(request: web.Request) -> web.Response:
+    """{"prompt": text} or {"messages": [...]} (the chat template applied) -> token ids."""
+    st = state(request)
+    req = await decode_body(request, TokenizeRequest)
+    st.check_model(req.model)
+    if (req.prompt is None) == (req.messages is None):
+        raise ApiError(400, "give exactly one of prompt and messages", param="prompt")
+    if req.messages is not None:
+        ids = st.engine.chat_prompt([m.as_dict(i) for i, m in enumerate(req.messages)])
+    else:
+        ids = list(st.engine.tokenizer.encode(req.prompt,
+                                               add_special_tokens=req.add_special_tokens))
+    return json_response({"tokens": ids, "count": len(ids),
+                          "max_model_len": st.engine.max_model_len})
+
+
+async def detokenize(request: web.Request) -> web.Response:
+    st = state(request)
+    req = await decode_body(request, DetokenizeRequest)
+    st.check_model(req.model)
+    vocab = st.engine.model_config.vocab_size
+    bad = next((t for t in req.tokens if not 0 <= t < vocab), None)
+    if bad is not None:
+        raise ApiError(400, f"token ids must be in [0, {vocab}), got {bad}", param="tokens")
+    return json_response({"prompt": st.engine.tokenizer.decode(req.tokens)})
+
+
+ROUTES = [
+    web.get("/health", health),
+    web.get("/metrics", metrics),
+    web.post("/tokenize", tokenize),
+    web.post("/detokenize", detokenize),
+]

@@ -1,0 +1,217 @@
+"""Request bodies of the HTTP API as msgspec Structs.
+
+Types are checked here, strictly, while the body is decoded; value ranges are checked once, by
+SamplingParams, so every rule lives in one place. Unknown fields are accepted and ignored:
+clients send vendor extensions (`user`, `logit_bias`, `multimodal_params`...) that must not fail.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, TypeVar, Union
+
+import msgspec
+from aiohttp import hdrs, web
+from msgspec import Meta, Struct
+
+from aiollm.api.http_errors import ApiError
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import MAX_LOGPROBS, SamplingParams
+
+MAX_N = 64  # choices per request: each is a full request in the engine
+
+# A prompt: text, token ids, or a batch of either. msgspec allows one array type per union,
+# so the batch forms share one list type and `prompt_batch` sorts them out.
+Prompt = Union[str, list[Union[int, str, list[int]]]]
+Stop = Union[str, list[str], None]
+N = Annotated[int, Meta(ge=1, le=MAX_N)]
+
+
+class StreamOptions(Struct, kw_only=True):
+    include_usage: bool = False
+
+
+class SamplingFields(Struct, kw_only=True):
+    """Fields shared by /v1/completions and /v1/chat/completions. None means the default."""
+
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    n: N = 1
+    stop: Stop = None
+    stop_token_ids: list[int] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool = False
+    min_tokens: int = 0
+    skip_special_tokens: bool = True
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+    def sampling_params(self, *, max_tokens: int, logprobs: int | None, choice: int) -> SamplingParams:
+        """SamplingParams of one choice; choice i of a seeded request samples with seed + i so
+        the n choices differ and the whole request stays reproducible."""
+        given = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "stop": self.stop,
+            "stop_token_ids": self.stop_token_ids,
+            "seed": None if self.seed is None else self.seed + choice,
+        }
+        return SamplingParams(
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
+            skip_special_tokens=self.skip_special_tokens,
+            logprobs=logprobs,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+
+class CompletionRequest(SamplingFields, kw_only=True):
+    prompt: Prompt
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool = False
+
+    def prompt_batch(self) -> list[str | list[int]]:
+        """The prompts of this request: one string or token-id list each."""
+        p = self.prompt
+        if isinstance(p, str):
+            return [p]
+        if not p:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        if all(isinstance(x, int) for x in p):
+            return [p]  # type: ignore[list-item]
+        if all(isinstance(x, str) for x in p) or all(isinstance(x, list) for x in p):
+            if any(len(x) == 0 for x in p):  # type: ignore[arg-type]
+                raise InvalidRequest("prompt must not contain empty prompts", param="prompt")
+            return list(p)  # type: ignore[arg-type]
+        raise InvalidRequest(
+            "prompt must be a string, a list of token ids, a list of strings or a list of "
+            "token-id lists", param="prompt")
+
+
+class ContentPart(Struct, kw_only=True):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(Struct, kw_only=True):
+    role: str
+    content: Union[str, list[ContentPart], None] = None
+    name: str | None = None
+
+    def as_dict(self, index: int) -> dict[str, str]:
+        """The message as the chat template wants it: role and plain-text content."""
+        content = self.content
+        if isinstance(content, list):
+            texts = []
+            for j, part in enumerate(content):
+                if part.type != "text" or part.text is None:
+                    raise InvalidRequest(
+                        f"only text content parts are supported, got type {part.type!r}",
+                        param=f"messages[{index}].content[{j}]")
+                texts.append(part.text)
+            content = "".join(texts)
+        msg = {"role": self.role, "content": content or ""}
+        if self.name is not None:
+            msg["name"] = self.name
+        return msg
+
+
+class ChatCompletionRequest(SamplingFields, kw_only=True):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # the newer name of max_tokens
+    logprobs: bool = False
+    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
+
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [m.as_dict(i) for i, m in enumerate(self.messages)]
+
+
+class GenerateParameters(Struct, kw_only=True):
+    """LightLLM's `parameters`: sampling is off unless do_sample is true."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 16
+    min_new_tokens: int = 1
+    # strings, or token-id sequences (a sequence of one id is a stop token id)
+    stop_sequences: Union[str, list[Union[str, list[int]]], None] = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    add_special_tokens: bool = True
+    seed: int | None = None
+    n: N = 1
+    best_of: N = 1
+    return_details: bool = False
+
+
+class GenerateRequest(Struct, kw_only=True):
+    inputs: Union[str, list[int]]
+    parameters: GenerateParameters = msgspec.field(default_factory=GenerateParameters)
+
+
+class TokenizeRequest(Struct, kw_only=True):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+
+
+class DetokenizeRequest(Struct, kw_only=True):
+    model: str | None = None
+    tokens: list[int]
+
+
+T = TypeVar("T")
+
+
+async def decode_body(request: web.Request, type_: type[T]) -> T:
+    """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one.
+    aiohttp's reader raises 413 itself past the app's client_max_size."""
+    ctype = request.headers.get(hdrs.CONTENT_TYPE)
+    if ctype is not None and not _is_json(request.content_type):
+        raise ApiError(415, f"Content-Type must be application/json, got {ctype!r}")
+    body = await request.read()
+    if not body:
+        raise ApiError(400, "request body is empty; expected a JSON object")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError:
+        raise  # mapped with its field path by the error middleware
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "request body is not valid UTF-8") from None
+        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+
+
+def json_response(obj: object, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(obj),
+                        content_type="application/json")
+
+
+def _is_json(content_type: str) -> bool:
+    return content_type == "application/json" or content_type.endswith("+json")

@@ -1,0 +1,131 @@
+"""The aiohttp app: routes, auth, error handling, the engine's lifetime, graceful shutdown.
+
+One event loop runs it all: the app's handlers, the engine's scheduler and model loop.
+`create_app` builds the app around an Engine; the app starts the engine (loads the model)
+when it starts and stops it when it is cleaned up. `serve` runs the app until SIGINT/SIGTERM
+(or a given event) and then shuts down gracefully: stop accepting, let in-flight requests
+finish within shutdown_timeout, abort the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from aiohttp import hdrs, web
+
+from aiollm.api import lightllm, openai, ops
+from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
+from aiollm.api.state import STATE, ApiState
+
+if TYPE_CHECKING:
+    from aiollm.engine import Engine
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is far smaller
+OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (probes carry no secrets)
+
+
+def create_app(engine: Engine, *, api_key: str | None = None,
+               served_model_name: str | None = None, shutdown_timeout: float = 30.0,
+               max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
+    """The HTTP app around `engine` (not yet started: the app starts and stops it)."""
+    middlewares = [error_middleware]
+    if api_key:
+        middlewares.append(_auth_middleware(api_key))
+    app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
+    app[STATE] = ApiState(engine=engine, served_model_name=served_model_name,
+                          shutdown_timeout=shutdown_timeout, created=int(time.time()))
+    app.add_routes(ops.ROUTES + openai.ROUTES + lightllm.ROUTES)
+    app.cleanup_ctx.append(_engine_lifetime)
+    app.on_shutdown.append(_drain)
+    return app
+
+
+async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
+    async with app[STATE].engine:
+        yield
+
+
+async def _drain(app: web.Application) -> None:
+    """on_shutdown runs after the listening sockets close and before aiohttp waits for the
+    handlers: the engine finishes what it has within the timeout, then aborts the rest, so
+    every handler ends by itself with what it got."""
+    st = app[STATE]
+    st.draining = True
+    log.info("shutting down: finishing in-flight requests (up to %.0fs)", st.shutdown_timeout)
+    await st.engine.shutdown(st.shutdown_timeout)
+
+
+def _auth_middleware(api_key: str) -> Callable:
+    expected = api_key.encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+            # compare_digest: the time taken must not tell how much of the key was right
+            if not (scheme.lower() == "bearer"
+                    and hmac.compare_digest(token.strip().encode(), expected)):
+                return error_response(ApiError(
+                    401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                    code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
+        return await handler(request)
+
+    return auth
+
+
+async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000, *,
+                stop: asyncio.Event | None = None,
+                on_started: Callable[[str, int], None] | None = None) -> None:
+    """Run `app` until `stop` is set, or until SIGINT/SIGTERM when no event is given
+    (signal handlers need the main thread). Returns after a graceful shutdown."""
+    st = app[STATE]
+    runner = web.AppRunner(
+        app,
+        # a client that disconnects cancels its handler, which aborts its engine request
+        handler_cancellation=True,
+        # the engine drains within shutdown_timeout (see _drain); this is what aiohttp then
+        # gives the handlers to write their last bytes
+        shutdown_timeout=5.0,
+        access_log=log.getChild("access") if log.isEnabledFor(logging.DEBUG) else None,
+    )
+    loop = asyncio.get_running_loop()
+    signals = []
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+            signals.append(sig)
+    await runner.setup()  # starts the engine: loads the model
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        bound_host, bound_port = runner.addresses[0][:2]
+        log.info("serving %s on http://%s:%d (KV capacity %d tokens)", st.model_name,
+                 bound_host, bound_port, st.engine.stats()["kv_total"])
+        if on_started is not None:
+            on_started(bound_host, bound_port)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+    log.info("server stopped")
+
+
+def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, *,
+               api_key: str | None = None, served_model_name: str | None = None,
+               shutdown_timeout: float = 30.0) -> None:
+    """Serve `engine` on uvloop until SIGINT/SIGTERM."""
+    import uvloop
+
+    app = create_app(engine, api_key=api_key, served_model_name=served_model_name,
+                     shutdown_timeout=shutdown_timeout)
+    uvloop.run(serve(app, host, port))

@@ -1,0 +1,122 @@
+"""`aiollm serve [MODEL]`: the command line entry point (console script `aiollm`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from aiollm.config import EngineConfig
+
+log = logging.getLogger("aiollm.cli")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = EngineConfig()  # the engine's defaults, shown in --help
+    parser = argparse.ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
+                                     "inference server (OpenAI- and LightLLM-compatible HTTP).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("serve", help="serve a model over HTTP",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Serve MODEL over HTTP: /v1/completions, "
+                       "/v1/chat/completions, /v1/models, /generate, /generate_stream, "
+                       "/health, /metrics, /tokenize, /detokenize.")
+    s.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                   help="a Hugging Face model directory or a .gguf file "
+                        "(default: the bundled SmolLM2-135M-Instruct)")
+    net = s.add_argument_group("server")
+    net.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
+    net.add_argument("--served-model-name", default=None,
+                     help="the model name clients send and see (default: the model's name)")
+    net.add_argument("--api-key", default=None,
+                     help="require 'Authorization: Bearer KEY' on every endpoint but /health "
+                          "(if not given: $AIOLLM_API_KEY; neither: no auth)")
+    net.add_argument("--shutdown-timeout", type=float, default=30.0,
+                     help="seconds in-flight requests may take to finish on SIGINT/SIGTERM "
+                          "before they are aborted")
+    net.add_argument("--log-level", default="info",
+                     choices=["debug", "info", "warning", "error"],
+                     help="logging level (debug also logs every HTTP request)")
+    m = s.add_argument_group("model")
+    m.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and KV cache dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+    m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
+    m.add_argument("--tokenizer", default=d.tokenizer,
+                   help="tokenizer path (HF directory or .gguf; default: the model's own)")
+    m.add_argument("--load-format", default=d.load_format, choices=["auto", "dummy"],
+                   help="dummy: random weights of the model's shape (benchmarks)")
+    m.add_argument("--max-model-len", type=int, default=d.max_model_len,
+                   help="longest prompt + output in tokens (default: the model's own limit)")
+    m.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of the server's sampling when a request gives none")
+    e = s.add_argument_group("engine")
+    e.add_argument("--kv-tokens", type=int, default=d.kv_tokens,
+                   help="KV cache size in tokens (overrides --kv-memory-fraction)")
+    e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
+                   help="fraction of free GPU memory after loading to give the KV cache")
+    e.add_argument("--max-running-requests", type=int, default=d.max_running_requests,
+                   help="most requests decoding at once")
+    e.add_argument("--max-prefill-tokens", type=int, default=d.max_prefill_tokens,
+                   help="token budget of one step (prefill chunks + decodes)")
+    e.add_argument("--max-waiting-requests", type=int, default=d.max_waiting_requests,
+                   help="queue length beyond which requests get 503")
+    e.add_argument("--queue-timeout", type=float, default=d.queue_timeout,
+                   help="seconds a request may wait for admission (default: no limit)")
+    e.add_argument("--scheduler", default=d.scheduler,
+                   choices=["past_future", "aggressive", "conservative"],
+                   help="admission policy")
+    e.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+                   help="run decode steps eagerly instead of replaying CUDA graphs")
+    return parser
+
+
+_ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed", "kv_tokens",
+                   "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
+                   "max_waiting_requests", "queue_timeout", "scheduler", "cuda_graph",
+                   "served_model_name")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return _serve(parser, args)
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
+    return 2
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    options = {name: getattr(args, name) for name in _ENGINE_OPTIONS}
+    try:
+        EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading
+    except ValueError as e:
+        parser.error(str(e))
+    if args.shutdown_timeout < 0:
+        parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+
+    import uvloop
+
+    from aiollm.api import create_app, serve
+    from aiollm.engine import Engine
+
+    api_key = args.api_key or os.environ.get("AIOLLM_API_KEY") or None
+    app = create_app(Engine(args.model, **options), api_key=api_key,
+                     served_model_name=args.served_model_name,
+                     shutdown_timeout=args.shutdown_timeout)
+    try:
+        uvloop.run(serve(app, args.host, args.port))
+    except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
+        return 130
+    except (FileNotFoundError, OSError, ValueError) as e:
+        log.error("%s", e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

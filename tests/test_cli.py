@@ -1,0 +1,127 @@
+"""`aiollm serve` as users run it: the console script in a subprocess, on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+AIOLLM = str(Path(sys.executable).with_name("aiollm"))
+KEY = "test-key-123"
+
+
+def test_serve_help():
+    out = subprocess.run([AIOLLM, "serve", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    for opt in ("--host", "--port", "--dtype", "--device", "--max-model-len", "--kv-tokens",
+                "--kv-memory-fraction", "--max-running-requests", "--max-prefill-tokens",
+                "--served-model-name", "--api-key", "--load-format", "--log-level",
+                "--scheduler", "--max-waiting-requests", "--queue-timeout", "--no-cuda-graph",
+                "--shutdown-timeout", "MODEL"):
+        assert opt in out.stdout
+
+
+def test_serve_rejects_bad_options():
+    out = subprocess.run([AIOLLM, "serve", "--scheduler", "fifo"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "--scheduler" in out.stderr
+    out = subprocess.run([AIOLLM, "serve", "--max-running-requests", "0"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "max_running_requests" in out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _get(url: str, **kw) -> tuple[int, dict, bytes]:
+    async with aiohttp.ClientSession() as s:
+        async with s.request(kw.pop("method", "GET"), url, **kw) as r:
+            return r.status, dict(r.headers), await r.read()
+
+
+def _wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"aiollm serve exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if asyncio.run(_get(base + "/health"))[0] == 200:
+                return
+        except aiohttp.ClientError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"aiollm serve did not become healthy:\n{log.read_text()}")
+
+
+def test_serve_subprocess(tmp_path):
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "AIOLLM_API_KEY": KEY}
+    # one running and one waiting request at most: the third concurrent request is refused
+    cmd = [AIOLLM, "serve", "--port", str(port), "--kv-tokens", "4096", "--max-model-len", "1024",
+           "--max-running-requests", "1", "--max-waiting-requests", "1",
+           "--shutdown-timeout", "60"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        _wait_healthy(proc, base, log)
+        text = log.read_text()
+        assert f"http://127.0.0.1:{port}" in text and "dtype float32" in text
+        assert "KV capacity 4096 tokens" in text
+
+        # auth: everything but /health needs the key
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        assert asyncio.run(_get(base + "/v1/chat/completions", method="POST",
+                                json=chat))[0] == 401
+        status, headers, _ = asyncio.run(_get(
+            base + "/metrics", headers={"Authorization": "Bearer wrong-key-12"}))
+        assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
+        assert asyncio.run(_get(base + "/metrics",
+                                headers={"Authorization": f"Bearer {KEY}"}))[0] == 200
+
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        model = client.models.list().data[0].id
+        out = client.chat.completions.create(
+            model=model, temperature=0, max_tokens=24,
+            messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in out.choices[0].message.content
+
+        # overload: 503 with Retry-After once the waiting queue is full
+        async def burst():
+            body = {"prompt": "Count:", "max_tokens": 8, "ignore_eos": True}
+            auth = {"Authorization": f"Bearer {KEY}"}
+            return await asyncio.gather(*(_get(base + "/v1/completions", method="POST",
+                                               json=body, headers=auth) for _ in range(4)))
+        results = asyncio.run(burst())
+        statuses = sorted(r[0] for r in results)
+        assert statuses[0] == 200 and statuses[-1] == 503, statuses
+        assert all("Retry-After" in h for s, h, _ in results if s == 503)
+
+        # graceful shutdown: a stream in flight when SIGTERM comes still finishes
+        stream = client.completions.create(model=model, prompt="Count:", max_tokens=40,
+                                           extra_body={"ignore_eos": True}, stream=True)
+        chunks = []
+        for chunk in stream:
+            if not chunks:
+                proc.send_signal(signal.SIGTERM)
+            chunks.append(chunk)
+        assert chunks[-1].choices[0].finish_reason == "length"
+        assert proc.wait(timeout=60) == 0
+        assert "server stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
