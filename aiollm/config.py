@@ -32,10 +32,10 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
-        if self.scheduler not in ("past_future", "aggressive", "conservative"):
-            raise ValueError(
-                f"scheduler must be past_future, aggressive or conservative, got {self.scheduler!r}"
-            )
+        from aiollm.scheduler import SCHEDULERS
+
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
         for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
                      "table_capacity", "cpu_kv_tokens", "cuda_graph_max_batch"):
             if getattr(self, name) < 1:

@@ -196,6 +196,15 @@ def test_resumed_request_is_charged_for_what_it_has_left():
     assert sched.admit(empty, Candidates([1300], [500]), 1200, 1200, 4096) == 0
 
 
+def test_running_counted_at_full_prompt_mid_prefill():
+    # The engine counts a request mid-prefill at its whole prompt (1000) though it holds
+    # only 200 of it yet, so free + held passes the pool: the pool is the bound.
+    sched = make_scheduler("past_future", SchedulerConfig(min_history=1, prior=(50,)))
+    running = RunningBatch([1000], [0], [50])
+    assert sched.admit(running, Candidates([400], [50]), 1500, 1300, 4096) == 1
+    assert sched.admit(running, Candidates([500], [50]), 1500, 1300, 4096) == 0
+
+
 def run_engine_loop(sched, lengths, prompt, pool, steps=4000):
     """A minimal engine loop: admit, one KV token per running request per step, finish at
     the true length. Returns (finished, overflows, peak occupancy)."""

@@ -152,6 +152,9 @@ class Planner:
         running = RunningBatch(kv_len=held, output_len=rec["output_len"],
                                max_new_tokens=rec["max_new_tokens"],
                                ignore_eos=rec["ignore_eos"].astype(bool))
+        if len(run_slots):  # the scheduler's view, kept in the table for metrics and debugging
+            tab.col("predicted_output_len")[run_slots] = self.scheduler.predict(
+                running.output_len, running.max_new_tokens, running.ignore_eos)
         limit = min(len(self.waiting), self.max_running - len(self.running), self.r2t.n_free_rows)
         head = [self.waiting[i] for i in range(limit)]
         cand_slots = np.fromiter((r.slot for r in head), np.int32, len(head))

@@ -10,10 +10,13 @@ The engine, before each step:
 
 `running` is a RunningBatch and `waiting` a Candidates (numpy columns, queue order; paused
 requests to resume go first, with prompt_len = prompt + tokens generated so far and
-output_len = those tokens). Policies, by name: "past_future" (default), "aggressive",
-"conservative". When the prediction turns out short and the pool runs out, the engine
-pauses the most recently admitted request(s) and resumes them by recompute; no policy here
-needs to be told, they see the paused requests again in `waiting`.
+output_len = those tokens). No policy looks past the first max_running - len(running)
+candidates, so the engine may pass just that head of the queue. Policies, by name:
+"past_future" (default), "aggressive", "conservative". When the prediction turns out short
+and the pool runs out, the engine pauses the most recently admitted request(s) and resumes
+them by recompute; no policy here needs to be told, they see the paused requests again in
+`waiting`. The engine must reject requests whose prompt + max_new_tokens exceed the pool:
+with nothing running, the head of the queue is admitted whenever its prompt fits.
 """
 
 from __future__ import annotations

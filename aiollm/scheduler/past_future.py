@@ -58,8 +58,9 @@ class PeakScheduler(Scheduler):
             return 0
         # Tokens held outside the running batch (none today; a prefix cache later) are
         # treated as held for good, so the budget is what the batch holds plus what is free.
-        budget = pool_free + int(running.kv_len.sum())
-        assert budget <= pool_capacity, "running requests hold more KV than the pool has"
+        # An engine that counts a request mid-prefill at its full length (tokens it is about
+        # to hold) makes that sum pass the pool; the pool itself is then the bound.
+        budget = min(pool_capacity, pool_free + int(running.kv_len.sum()))
         held, remaining = self.future_load(running, waiting, k_max)
         n = len(running)
 
