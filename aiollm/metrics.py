@@ -34,5 +34,12 @@ class EngineMetrics:
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram(p + "inter_token_latency_seconds", "Time between output tokens",
                              buckets=_LATENCY_BUCKETS, registry=r)
+        step_buckets = (1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 0.1, 0.2, 0.5, 1.0)
+        self.step_host = Histogram(p + "step_host_seconds", "Loop time per step outside the model "
+                                   "(planning, batch metadata, stop checks, waking streams)",
+                                   buckets=step_buckets, registry=r)
+        self.step_model = Histogram(p + "step_model_seconds", "Model time per step (forward, "
+                                    "sampling, the copy of sampled ids back)",
+                                    buckets=step_buckets, registry=r)
         self.queue_time = Histogram(p + "queue_time_seconds", "Arrival to admission",
                                     buckets=_LATENCY_BUCKETS, registry=r)

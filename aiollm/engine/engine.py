@@ -324,7 +324,9 @@ class Engine:
     # -- the loop ----------------------------------------------------------------------------
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        perf = time.perf_counter
         while True:
+            t0 = perf()
             self._expire_queued()
             step = self.planner.plan()
             if step is None:
@@ -336,6 +338,7 @@ class Engine:
                     pass
                 continue
             inputs = self.runner.prepare(step, self.table)
+            t1 = perf()
             try:
                 result = await loop.run_in_executor(self._executor, self.runner.run, inputs)
             except Exception as e:  # a failing step fails its requests, not the server
@@ -347,8 +350,13 @@ class Engine:
                         self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
                                      error_type=RequestFailed)
                 continue
+            t2 = perf()
             if result is not None:
                 self._process(step, result)
+            # host time: what the loop spends around the model (planning, metadata, stop
+            # checks, waking streams); model time: the runner's thread, device sync included
+            self.metrics.step_host.observe(t1 - t0 + perf() - t2)
+            self.metrics.step_model.observe(t2 - t1)
 
     def _process(self, step: Step, result) -> None:
         now_ns = time.monotonic_ns()

@@ -97,7 +97,8 @@ class ModelRunner:
             st = SamplingTensors.from_table(table, slots, vocab_size=self.vocab_size, device=dev,
                                             eos_ids=self.eos_ids, token_ids=history,
                                             prompt_lens=prompt_lens)
-        token_rows = torch.repeat_interleave(rows.long(), ext.long()).to(dev, non_blocking=True)
+        token_rows = torch.from_numpy(np.repeat(rows.numpy().astype(np.int64), step.extend_lens)
+                                      ).to(dev, non_blocking=True)
         return StepInputs(batch, sample_index, st, token_rows)
 
     @torch.inference_mode()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from aiollm.model.kv_pool import KVPool
@@ -50,32 +51,36 @@ class ForwardBatch:
         kv_pool: KVPool,
         device: torch.device,
     ) -> "ForwardBatch":
-        """Derive positions and offsets from per-request lengths (CPU tensors in, device out)."""
-        extend_lens = extend_lens.to(torch.int32)
-        prefix_lens = prefix_lens.to(torch.int32)
-        seq_lens = prefix_lens + extend_lens
-        ends = torch.cumsum(extend_lens, 0, dtype=torch.int64)
-        q_start = ends - extend_lens
-        total = int(ends[-1])
-        # position of each token = its request's prefix + its index within the request
-        req_of_token = torch.repeat_interleave(torch.arange(len(extend_lens)), extend_lens.long())
-        positions = prefix_lens.long()[req_of_token] + (
-            torch.arange(total, dtype=torch.int64) - q_start[req_of_token]
-        )
+        """Derive positions and offsets from per-request lengths (CPU tensors in, device out).
+        numpy does the index arithmetic: torch.repeat_interleave costs ~0.7 ms on the CPU."""
+        ext = extend_lens.numpy().astype(np.int64)
+        pre = prefix_lens.numpy().astype(np.int64)
+        ends = np.cumsum(ext)
+        q_start = ends - ext
+        if (ext == 1).all():  # a decode batch: one token per request at its prefix length
+            positions = pre
+        else:
+            req_of_token = np.repeat(np.arange(len(ext)), ext)
+            positions = pre[req_of_token] + np.arange(int(ends[-1])) - q_start[req_of_token]
+        seq = pre + ext
         to = dict(device=device, non_blocking=True)
+
+        def dev(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+            return torch.from_numpy(a).to(dtype).to(**to)
+
         return cls(
             input_ids=input_ids.to(**to),
-            positions=positions.to(**to),
+            positions=dev(positions, torch.int64),
             out_cache_loc=out_cache_loc.to(**to),
             req_rows=req_rows.to(torch.int32).to(**to),
-            prefix_lens=prefix_lens.to(**to),
-            extend_lens=extend_lens.to(**to),
-            seq_lens=seq_lens.to(**to),
-            q_start_loc=q_start.to(torch.int32).to(**to),
-            logits_index=(ends - 1).to(**to),
-            is_decode=bool((extend_lens == 1).all()),
-            max_extend_len=int(extend_lens.max()),
-            max_seq_len=int(seq_lens.max()),
+            prefix_lens=dev(pre, torch.int32),
+            extend_lens=dev(ext, torch.int32),
+            seq_lens=dev(seq, torch.int32),
+            q_start_loc=dev(q_start, torch.int32),
+            logits_index=dev(ends - 1, torch.int64),
+            is_decode=bool((ext == 1).all()),
+            max_extend_len=int(ext.max()),
+            max_seq_len=int(seq.max()),
             req_to_token=req_to_token,
             kv_pool=kv_pool,
         )
