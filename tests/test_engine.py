@@ -267,3 +267,28 @@ def test_eviction_resumes_with_identical_greedy_output(loop):
     assert stats["kv_used"] == 0
     for a, b in zip(roomy, tight):
         assert a.token_ids == b.token_ids
+
+
+def test_loop_error_fails_in_flight_requests_and_keeps_serving(loop, engine):
+    """Fault injection at the runner boundary: an error outside the model step fails the
+    requests in flight (their streams raise) and the loop goes on serving."""
+    from aiollm.errors import RequestFailed
+
+    real = engine.runner.prepare
+    calls = {"n": 0}
+
+    def failing_once(step, table):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected")
+        return real(step, table)
+
+    engine.runner.prepare = failing_once
+    try:
+        with pytest.raises(RequestFailed, match="injected"):
+            run(loop, engine.generate(PROMPTS[0], SamplingParams(max_tokens=8)))
+        out = run(loop, engine.generate(PROMPTS[0], SamplingParams(max_tokens=8, temperature=0)))
+        assert out.completion_tokens >= 1
+    finally:
+        engine.runner.prepare = real
+    assert_all_free(engine)

@@ -323,40 +323,52 @@ class Engine:
 
     # -- the loop ----------------------------------------------------------------------------
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        perf = time.perf_counter
         while True:
-            t0 = perf()
-            self._expire_queued()
-            step = self.planner.plan()
-            if step is None:
-                self._wake.clear()
-                timeout = 0.05 if self.planner.has_work() else None
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout)
-                except asyncio.TimeoutError:
-                    pass
-                continue
-            inputs = self.runner.prepare(step, self.table)
-            t1 = perf()
             try:
-                result = await loop.run_in_executor(self._executor, self.runner.run, inputs)
-            except Exception as e:  # a failing step fails its requests, not the server
-                log.exception("model step failed")
-                if isinstance(e, torch.OutOfMemoryError):
-                    self._shrink_after_oom(step)
-                else:
-                    for r in step.reqs:
-                        self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
-                                     error_type=RequestFailed)
-                continue
-            t2 = perf()
-            if result is not None:
-                self._process(step, result)
-            # host time: what the loop spends around the model (planning, metadata, stop
-            # checks, waking streams); model time: the runner's thread, device sync included
-            self.metrics.step_host.observe(t1 - t0 + perf() - t2)
-            self.metrics.step_model.observe(t2 - t1)
+                await self._step()
+            except Exception as e:
+                # a bug outside the model step must not leave every stream waiting forever:
+                # fail what is in flight and go on serving new requests
+                log.exception("engine loop error")
+                for r in list(self._requests.values()):
+                    self._finish(r, "abort", error=f"engine error: {e}", failed=True,
+                                 error_type=RequestFailed)
+                await asyncio.sleep(0.01)
+
+    async def _step(self) -> None:
+        perf = time.perf_counter
+        t0 = perf()
+        self._expire_queued()
+        step = self.planner.plan()
+        if step is None:
+            self._wake.clear()
+            timeout = 0.05 if self.planner.has_work() else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            return
+        inputs = self.runner.prepare(step, self.table)
+        t1 = perf()
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.runner.run, inputs)
+        except Exception as e:  # a failing step fails its requests, not the server
+            log.exception("model step failed")
+            if isinstance(e, torch.OutOfMemoryError):
+                self._shrink_after_oom(step)
+            else:
+                for r in step.reqs:
+                    self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
+                                 error_type=RequestFailed)
+            return
+        t2 = perf()
+        if result is not None:
+            self._process(step, result)
+        # host time: what the loop spends around the model (planning, metadata, stop checks,
+        # waking streams); model time: the runner's thread, device sync included
+        self.metrics.step_host.observe(t1 - t0 + perf() - t2)
+        self.metrics.step_model.observe(t2 - t1)
 
     def _process(self, step: Step, result) -> None:
         now_ns = time.monotonic_ns()
