@@ -9,13 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from aiollm.model.sampler import (
-    SamplingTensors,
-    mask_token_ids,
-    row_keys,
-    sample,
-    uniform_noise,
-)
+from aiollm.kernels import sampling
+from aiollm.kernels.sampling import row_keys, uniform_noise
+from aiollm.model.sampler import SamplingTensors, mask_token_ids, sample
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -341,9 +337,8 @@ def test_from_table_reads_request_columns():
 )
 def test_triton_scan_matches_the_reference(b, c, broadcast):
     """The fused kernel (under TRITON_INTERPRET=1 on the CPU) against the reference."""
-    from aiollm.model import sampler
 
-    if sampler.triton is None:
+    if sampling.triton is None:
         pytest.skip("triton is not installed")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     g = torch.Generator().manual_seed(c)
@@ -358,11 +353,11 @@ def test_triton_scan_matches_the_reference(b, c, broadcast):
     scale_floor[1, 0] = float("-inf")
     keys = torch.from_numpy(row_keys(np.arange(b) * 977 - 5, np.arange(b) + 3))
     args = [t.to(device) for t in (values, scale_floor, keys, ids)]
-    want = sampler.row_scan_ref(*args)
-    got = sampler.row_scan_triton(*args)
+    want = sampling.row_scan_ref(*args)
+    got = sampling.row_scan_triton(*args)
     assert torch.equal(got[0], want[0]) and torch.equal(got[2], want[2])
     torch.testing.assert_close(got[1], want[1])
-    only_stats = sampler.row_scan_triton(args[0])
+    only_stats = sampling.row_scan_triton(args[0])
     assert torch.equal(only_stats[0], want[0]) and only_stats[2] is None
-    only_draw = sampler.row_scan_triton(*args, stats=False)
+    only_draw = sampling.row_scan_triton(*args, stats=False)
     assert torch.equal(only_draw[2], want[2]) and only_draw[1] is None

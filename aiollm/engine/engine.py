@@ -30,7 +30,7 @@ from aiollm.engine.detokenizer import IncrementalDetokenizer
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
-from aiollm.engine.request import Phase, Request, TokenLogprob
+from aiollm.engine.request import Phase, Request
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
 from aiollm.native import FinishReason, RequestTable, ReqState, TableError
@@ -68,7 +68,7 @@ class Engine:
         self._accepting = True
 
     def _load(self) -> None:
-        from aiollm.model import load_model, load_tokenizer
+        from aiollm.model import load_model
         from aiollm.model.kv_pool import KVPool, ReqToTokenTable
         from aiollm.scheduler import SchedulerConfig, make_scheduler
 
