@@ -1,71 +1,25 @@
-"""The HTTP API against a real server: the real Engine on the default model (CPU), served by
-`aiollm.api.serve` on a free port in a background thread, driven by the official `openai`
-client and by plain aiohttp requests."""
+"""The HTTP API against a real server (tests/live_server.py: the real Engine on the default
+model, on the CPU), driven by the official `openai` client and by plain aiohttp requests.
+Bad input, overload, failures and shutdown are in test_reliability.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
-import threading
 import time
 
 import aiohttp
 import openai
 import pytest
-import uvloop
+from live_server import KV_TOKENS, MAX_MODEL_LEN, LiveServer, http, shared_server, sse_events
 
-from aiollm.api import create_app, serve
-from aiollm.engine import Engine
-
-MAX_MODEL_LEN = 512  # small, so that "prompt too long" is cheap to provoke
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-class LiveServer:
-    """The app on its own uvloop event loop in a thread, as `aiollm serve` runs it."""
-
-    def __init__(self) -> None:
-        self.started = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, name="api-test-server", daemon=True)
-
-    def _run(self) -> None:
-        self.loop = uvloop.new_event_loop()
-        try:
-            self.loop.run_until_complete(self._main())
-        except BaseException as e:  # surfaced to the fixture
-            self.error = e
-            self.started.set()
-        finally:
-            self.loop.close()
-
-    async def _main(self) -> None:
-        self.stop = asyncio.Event()
-        engine = Engine(max_model_len=MAX_MODEL_LEN, kv_tokens=8192)
-        await serve(create_app(engine, shutdown_timeout=5), "127.0.0.1", 0, stop=self.stop,
-                    on_started=self._on_started)
-
-    def _on_started(self, host: str, port: int) -> None:
-        self.base = f"http://{host}:{port}"
-        self.started.set()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(60)
-        assert not self.thread.is_alive(), "the server did not shut down"
-
-
 @pytest.fixture(scope="module")
-def server():
-    srv = LiveServer()
-    srv.thread.start()
-    assert srv.started.wait(300), "the server did not start"
-    if srv.error is not None:
-        raise srv.error
-    yield srv
-    srv.close()
-    assert srv.error is None
+def server(request) -> LiveServer:
+    return shared_server(request.config)
 
 
 @pytest.fixture(scope="module")
@@ -77,25 +31,6 @@ def client(server) -> openai.OpenAI:
 @pytest.fixture(scope="module")
 def model(client) -> str:
     return client.models.list().data[0].id
-
-
-def http(server, method: str, path: str, **kw) -> tuple[int, dict, bytes]:
-    """One request with a plain aiohttp client: (status, headers, body)."""
-    async def go():
-        async with aiohttp.ClientSession() as s:
-            async with s.request(method, server.base + path, **kw) as r:
-                return r.status, dict(r.headers), await r.read()
-    return asyncio.run(go())
-
-
-def sse_events(body: bytes) -> list[str]:
-    """The data of each SSE event (after `data:` or `data: `)."""
-    out = []
-    for block in body.split(b"\n\n"):
-        if block.strip():
-            assert block.startswith(b"data:"), block
-            out.append(block[5:].strip().decode())
-    return out
 
 
 def metric(server, name: str, labels: str = "") -> float:
@@ -246,7 +181,7 @@ def test_health_metrics_tokenize(server):
                  "aiollm_generation_tokens_total", "aiollm_time_to_first_token_seconds",
                  "aiollm_inter_token_latency_seconds"):
         assert name in body.decode()
-    assert metric(server, "aiollm_kv_tokens_total") == 8192
+    assert metric(server, "aiollm_kv_tokens_total") == KV_TOKENS
 
     text = "Héllo, wörld! 你好"
     status, _, body = http(server, "POST", "/tokenize",
@@ -283,88 +218,3 @@ def test_disconnect_mid_stream_aborts(server):
                   '{finish_reason="abort"}') == aborted + 1
     assert metric(server, "aiollm_requests_running") == 0
     assert metric(server, "aiollm_kv_tokens_used") == 0
-
-
-# -- errors ----------------------------------------------------------------------------------
-
-MSGS = [{"role": "user", "content": "hi"}]
-BAD = [  # (path, json body, status, error.param)
-    ("/v1/completions", {"prompt": "x", "temperature": "hot"}, 400, "temperature"),
-    ("/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature"),
-    ("/v1/completions", {"prompt": "x", "top_p": 0}, 400, "top_p"),
-    ("/v1/completions", {"prompt": "x", "top_k": 0}, 400, "top_k"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 0}, 400, "max_tokens"),
-    ("/v1/completions", {"prompt": "x", "max_tokens": 100000}, 400, "max_tokens"),
-    ("/v1/completions", {"prompt": "x", "n": 0}, 400, "n"),
-    ("/v1/completions", {"prompt": "x", "logprobs": 50}, 400, "logprobs"),
-    ("/v1/completions", {"prompt": "x", "seed": -1}, 400, "seed"),
-    ("/v1/completions", {"prompt": "x", "stop": [""]}, 400, "stop"),
-    ("/v1/completions", {"prompt": "x", "stream_options": {"include_usage": 1}}, 400,
-     "stream_options.include_usage"),
-    ("/v1/completions", {}, 400, "prompt"),
-    ("/v1/completions", {"prompt": 5}, 400, "prompt"),
-    ("/v1/completions", {"prompt": ""}, 400, "prompt"),
-    ("/v1/completions", {"prompt": [1, "a"]}, 400, "prompt"),
-    ("/v1/completions", {"prompt": [10**9]}, 400, "prompt"),
-    ("/v1/completions", {"prompt": "x", "model": "gpt-4"}, 404, "model"),
-    ("/v1/chat/completions", {"messages": []}, 400, "messages"),
-    ("/v1/chat/completions", {"messages": [{"content": "hi"}]}, 400, "messages[0].role"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": 3}]}, 400,
-     "messages[0].content"),
-    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
-     400, "messages[0].content[0]"),
-    ("/v1/chat/completions", {"messages": MSGS, "top_logprobs": 2}, 400, "top_logprobs"),
-    ("/v1/chat/completions", {"messages": MSGS, "logprobs": True, "top_logprobs": 50}, 400,
-     "top_logprobs"),
-    ("/v1/chat/completions", {"messages": MSGS, "max_completion_tokens": -3}, 400,
-     "max_completion_tokens"),
-    ("/v1/chat/completions", {"messages": MSGS, "model": "nope"}, 404, "model"),
-    ("/generate", {"parameters": {}}, 400, "inputs"),
-    ("/generate", {"inputs": "x", "parameters": {"max_new_tokens": 0}}, 400,
-     "parameters.max_new_tokens"),
-    ("/generate", {"inputs": "x", "parameters": {"top_p": "a"}}, 400, "parameters.top_p"),
-    ("/generate_stream", {"inputs": "x", "parameters": {"n": 2}}, 400, "parameters.n"),
-    ("/detokenize", {"tokens": [-1]}, 400, "tokens"),
-    ("/tokenize", {}, 400, "prompt"),
-]
-
-
-@pytest.mark.parametrize("path,body,status,param", BAD, ids=[f"{b[0]}:{b[3]}" for b in BAD])
-def test_bad_bodies(server, path, body, status, param):
-    got, _, raw = http(server, "POST", path, json=body)
-    err = json.loads(raw)["error"]
-    assert (got, err["param"]) == (status, param), err
-    assert set(err) == {"message", "type", "param", "code"} and err["message"]
-
-
-def test_prompt_too_long(server):
-    got, _, raw = http(server, "POST", "/v1/completions", json={"prompt": "hello " * 600})
-    err = json.loads(raw)["error"]
-    assert got == 400 and err["param"] == "prompt"
-    n = int(re.search(r"(\d+) tokens", err["message"]).group(1))
-    assert n > MAX_MODEL_LEN and str(MAX_MODEL_LEN) in err["message"]
-
-
-@pytest.mark.parametrize("method,path,kw,status", [
-    ("POST", "/v1/completions", {"data": b"{bad", "headers": {"Content-Type": "application/json"}}, 400),
-    ("POST", "/v1/completions", {"data": b'{"prompt": "\xff"}',
-                                 "headers": {"Content-Type": "application/json"}}, 400),
-    ("POST", "/v1/completions", {"data": b"", "headers": {"Content-Type": "application/json"}}, 400),
-    ("POST", "/v1/completions", {"data": b"[1]", "headers": {"Content-Type": "application/json"}}, 400),
-    ("POST", "/v1/completions", {"data": b'{"prompt": "x"}', "headers": {"Content-Type": "text/plain"}}, 415),
-    ("POST", "/v1/completions", {"data": b" " * (17 * 2**20),
-                                 "headers": {"Content-Type": "application/json"}}, 413),
-    ("GET", "/v1/completions", {}, 405),
-    ("DELETE", "/health", {}, 405),
-    ("GET", "/no/such/route", {}, 404),
-], ids=["bad-json", "not-utf8", "empty", "not-object", "content-type", "too-large",
-        "get-completions", "delete-health", "unknown-route"])
-def test_bad_requests(server, method, path, kw, status):
-    got, headers, raw = http(server, method, path, **kw)
-    err = json.loads(raw)["error"]
-    assert got == status, err
-    assert set(err) == {"message", "type", "param", "code"} and err["message"]
-    if status == 405:
-        assert "Allow" in headers
-    if path == "/v1/completions" and b"\xff" in kw.get("data", b""):
-        assert "UTF-8" in err["message"]

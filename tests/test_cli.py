@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json
 import os
 import signal
 import socket
@@ -37,6 +39,15 @@ def test_serve_rejects_bad_options():
     out = subprocess.run([AIOLLM, "serve", "--max-running-requests", "0"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "max_running_requests" in out.stderr
+
+
+def test_binds_loopback_by_default():
+    from aiollm.api import run_server, serve
+    from aiollm.cli import build_parser
+
+    assert build_parser().parse_args(["serve"]).host == "127.0.0.1"
+    for fn in (serve, run_server):
+        assert inspect.signature(fn).parameters["host"].default == "127.0.0.1"
 
 
 def _free_port() -> int:
@@ -120,6 +131,51 @@ def test_serve_subprocess(tmp_path):
             chunks.append(chunk)
         assert chunks[-1].choices[0].finish_reason == "length"
         assert proc.wait(timeout=60) == 0
+        assert "server stopped" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
+    """SIGINT: no new connections; a stream still running when --shutdown-timeout is over
+    ends with a final error event; the process exits 0."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    cmd = [AIOLLM, "serve", "--port", str(port), "--kv-tokens", "2048", "--max-model-len", "512",
+           "--shutdown-timeout", "1"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(proc, base, log)
+
+        async def stream_through_sigint():
+            async with aiohttp.ClientSession() as s:
+                async with s.post(base + "/v1/completions", json={
+                        "prompt": "Count:", "max_tokens": 400, "ignore_eos": True,
+                        "stream": True}) as resp:
+                    assert resp.status == 200
+                    first = await resp.content.readline()
+                    proc.send_signal(signal.SIGINT)
+                    await asyncio.sleep(0.5)
+                    try:
+                        await _get(base + "/health")
+                        refused = False
+                    except aiohttp.ClientConnectionError:
+                        refused = True
+                    return first + await resp.read(), refused
+
+        t0 = time.monotonic()
+        body, refused = asyncio.run(stream_through_sigint())
+        events = [b[5:].strip() for b in body.split(b"\n\n") if b.strip()]
+        assert refused
+        assert b"[DONE]" not in events and len(events) > 1
+        err = json.loads(events[-1])["error"]
+        assert err["type"] == "overloaded_error" and "shut down" in err["message"]
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 20
         assert "server stopped" in log.read_text()
     finally:
         if proc.poll() is None:

@@ -1,11 +1,18 @@
 """Running the choices of one HTTP request (n > 1, or a batch of prompts) as concurrent engine
-requests, so that one failing or one client leaving ends all of them and frees their slots."""
+requests, so that one failing or one client leaving ends all of them and frees their slots.
+
+An engine output that ends with finish_reason "abort" becomes an error here: a request whose
+client left never reaches the client, so an abort that does was the server shutting down
+before the request could finish. Clients get a 503 (or a final error event in a stream that
+already started) rather than a truncated answer that looks complete."""
 
 from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
 from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
+
+from aiollm.errors import Overloaded
 
 T = TypeVar("T")
 
@@ -17,7 +24,7 @@ async def gather_all(coros: Sequence[Awaitable[T]]) -> list[T]:
     running, and each would keep its KV slots until it finished)."""
     tasks = [asyncio.ensure_future(c) for c in coros]
     try:
-        return list(await asyncio.gather(*tasks))
+        return [_unless_aborted(out) for out in await asyncio.gather(*tasks)]
     finally:
         pending = [t for t in tasks if not t.done()]
         for t in pending:
@@ -37,7 +44,7 @@ async def merge(starts: Sequence[Callable[[], AsyncIterator[T]]]
     if len(starts) == 1:  # the common case needs no tasks and no queue
         async with aclosing(starts[0]()) as only:  # type: ignore[type-var]
             async for item in only:
-                yield 0, item
+                yield 0, _unless_aborted(item)
         return
 
     queue: asyncio.Queue[tuple[int, object, BaseException | None]] = asyncio.Queue()
@@ -62,8 +69,15 @@ async def merge(starts: Sequence[Callable[[], AsyncIterator[T]]]
             if item is _END:
                 live -= 1
                 continue
-            yield i, item  # type: ignore[misc]
+            yield i, _unless_aborted(item)  # type: ignore[misc]
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _unless_aborted(out: T) -> T:
+    """`out` (a RequestOutput or a Delta), or Overloaded when the engine aborted it."""
+    if getattr(out, "finish_reason", None) == "abort":
+        raise Overloaded("the server shut down before the request finished; retry it")
+    return out

@@ -16,7 +16,8 @@ from aiohttp import web
 from aiollm.api import sse
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import param_names
-from aiollm.api.protocol import GenerateParameters, GenerateRequest, decode_body, json_response
+from aiollm.api.protocol import (GenerateParameters, GenerateRequest, choice_seed, decode_body,
+                                 json_response)
 from aiollm.api.state import ApiState, state
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import SamplingParams
@@ -50,37 +51,33 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int) -> Sampli
             stop_ids.append(s[0])
         elif s:  # a multi-token stop sequence is matched as its text
             stop.append(st.engine.tokenizer.decode(s))
-    greedy = not p.do_sample or 0 <= p.temperature < _GREEDY_BELOW
+    # a negative temperature stays an error even where sampling is off
+    greedy = (not p.do_sample or p.temperature < _GREEDY_BELOW) and p.temperature >= 0
     return SamplingParams(
         max_tokens=p.max_new_tokens, min_tokens=p.min_new_tokens,
         temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
         min_p=p.min_p, repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
-        seed=None if p.seed is None else p.seed + choice, stop=stop, stop_token_ids=stop_ids,
+        seed=choice_seed(p.seed, choice), stop=stop, stop_token_ids=stop_ids,
         ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens,
         logprobs=0,  # LightLLM reports each token's logprob
     )
 
 
-def _prompt_ids(st: ApiState, req: GenerateRequest) -> list[int]:
-    if isinstance(req.inputs, str):
-        if not req.inputs:
-            raise InvalidRequest("inputs must not be empty", param="inputs")
-        tok = st.engine.tokenizer
-        return list(tok.encode(req.inputs, add_special_tokens=req.parameters.add_special_tokens))
-    return st.engine.tokenize(req.inputs)
-
-
-def _prepare(st: ApiState, req: GenerateRequest) -> tuple[list[int], list[SamplingParams]]:
+async def _prepare(st: ApiState, req: GenerateRequest
+                   ) -> tuple[list[int], list[SamplingParams]]:
     n = max(req.parameters.n, req.parameters.best_of)
-    return _prompt_ids(st, req), [_sampling_params(st, req.parameters, j) for j in range(n)]
+    if not req.inputs:
+        raise InvalidRequest("inputs must not be empty", param="inputs")
+    ids = await st.tokenize(req.inputs, add_special_tokens=req.parameters.add_special_tokens)
+    return ids, [_sampling_params(st, req.parameters, j) for j in range(n)]
 
 
 async def generate(request: web.Request) -> web.Response:
     st = state(request)
     req = await decode_body(request, GenerateRequest)
     with param_names(_PARAM_NAMES):
-        ids, params = _prepare(st, req)
+        ids, params = await _prepare(st, req)
         outs = await gather_all([st.engine.generate(ids, sp) for sp in params])
 
     def one_or_all(values: list) -> object:  # LightLLM unwraps single results, except the text
@@ -105,7 +102,7 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
     st = state(request)
     req = await decode_body(request, GenerateRequest)
     with param_names(_PARAM_NAMES):
-        ids, params = _prepare(st, req)
+        ids, params = await _prepare(st, req)
     if len(params) != 1:
         raise InvalidRequest("the stream endpoint generates one sequence: n and best_of must "
                              "be 1", param="parameters.n")

@@ -50,7 +50,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     req = await decode_body(request, CompletionRequest)
     st.check_model(req.model)
     prompts = req.prompt_batch()
-    prompt_ids = [engine.tokenize(p) for p in prompts]
+    prompt_ids = [await st.tokenize(p) for p in prompts]
     jobs = []  # choice index k = prompt index * n + j, as OpenAI numbers them
     for ids in prompt_ids:
         max_tokens = req.max_tokens if req.max_tokens is not None else _room(st, len(ids))
@@ -122,7 +122,7 @@ def _completion_logprobs(st: ApiState, lps: list[TokenLogprob], offset: int) -> 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = await decode_body(request, ChatCompletionRequest)
-    names = {"logprobs": "top_logprobs"}
+    names = {"logprobs": "top_logprobs", "prompt": "messages"}
     if req.max_completion_tokens is not None:
         names["max_tokens"] = "max_completion_tokens"
     with param_names(names):
@@ -138,7 +138,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     # the template is applied here rather than by engine.chat so that a request without
     # max_tokens can be given the rest of the context
-    ids = engine.chat_prompt(req.message_dicts())
+    ids = await st.chat_prompt(req.message_dicts())
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else _room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

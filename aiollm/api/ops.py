@@ -32,10 +32,11 @@ async def tokenize(request: web.Request) -> web.Response:
     if (req.prompt is None) == (req.messages is None):
         raise ApiError(400, "give exactly one of prompt and messages", param="prompt")
     if req.messages is not None:
-        ids = st.engine.chat_prompt([m.as_dict(i) for i, m in enumerate(req.messages)])
+        ids = await st.chat_prompt([m.as_dict(i) for i, m in enumerate(req.messages)])
+    elif req.prompt:
+        ids = await st.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
     else:
-        ids = list(st.engine.tokenizer.encode(req.prompt,
-                                               add_special_tokens=req.add_special_tokens))
+        ids = []
     return json_response({"tokens": ids, "count": len(ids),
                           "max_model_len": st.engine.max_model_len})
 

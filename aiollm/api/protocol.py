@@ -18,12 +18,26 @@ from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import MAX_LOGPROBS, SamplingParams
 
 MAX_N = 64  # choices per request: each is a full request in the engine
+INT32_MAX = 2**31 - 1  # the request table stores top_k and stop token ids as int32
+SEED_RANGE = 2**63  # seeds are in [0, 2**63), as SamplingParams checks
 
 # A prompt: text, token ids, or a batch of either. msgspec allows one array type per union,
 # so the batch forms share one list type and `prompt_batch` sorts them out.
 Prompt = Union[str, list[Union[int, str, list[int]]]]
 Stop = Union[str, list[str], None]
 N = Annotated[int, Meta(ge=1, le=MAX_N)]
+# Only the upper bounds live here (the table's storage); SamplingParams checks the ranges.
+TopK = Annotated[int, Meta(le=INT32_MAX)]
+TokenId = Annotated[int, Meta(le=INT32_MAX)]
+
+
+def choice_seed(seed: int | None, choice: int) -> int | None:
+    """The seed of choice i of a seeded request: seed + i, wrapped within the seed range so
+    that every valid seed works for every n. An invalid seed is passed on as it is, for
+    SamplingParams to report."""
+    if seed is None or not 0 <= seed < SEED_RANGE:
+        return seed
+    return (seed + choice) % SEED_RANGE
 
 
 class StreamOptions(Struct, kw_only=True):
@@ -36,11 +50,11 @@ class SamplingFields(Struct, kw_only=True):
     model: str | None = None
     temperature: float | None = None
     top_p: float | None = None
-    top_k: int | None = None
+    top_k: TopK | None = None
     min_p: float | None = None
     n: N = 1
     stop: Stop = None
-    stop_token_ids: list[int] | None = None
+    stop_token_ids: list[TokenId] | None = None
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
@@ -64,7 +78,7 @@ class SamplingFields(Struct, kw_only=True):
             "repetition_penalty": self.repetition_penalty,
             "stop": self.stop,
             "stop_token_ids": self.stop_token_ids,
-            "seed": None if self.seed is None else self.seed + choice,
+            "seed": choice_seed(self.seed, choice),
         }
         return SamplingParams(
             max_tokens=max_tokens,
@@ -120,10 +134,13 @@ class ChatMessage(Struct, kw_only=True):
         if isinstance(content, list):
             texts = []
             for j, part in enumerate(content):
-                if part.type != "text" or part.text is None:
+                if part.type != "text":
                     raise InvalidRequest(
                         f"only text content parts are supported, got type {part.type!r}",
                         param=f"messages[{index}].content[{j}]")
+                if part.text is None:
+                    raise InvalidRequest("a text content part needs a `text` field",
+                                         param=f"messages[{index}].content[{j}].text")
                 texts.append(part.text)
             content = "".join(texts)
         msg = {"role": self.role, "content": content or ""}
@@ -149,7 +166,7 @@ class GenerateParameters(Struct, kw_only=True):
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = -1
+    top_k: TopK = -1
     min_p: float = 0.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
@@ -157,7 +174,7 @@ class GenerateParameters(Struct, kw_only=True):
     max_new_tokens: int = 16
     min_new_tokens: int = 1
     # strings, or token-id sequences (a sequence of one id is a stop token id)
-    stop_sequences: Union[str, list[Union[str, list[int]]], None] = None
+    stop_sequences: Union[str, list[Union[str, list[TokenId]]], None] = None
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     add_special_tokens: bool = True

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is far smaller
+# Request head limits (aiohttp's parser answers 400 past them, before any handler runs):
+# one header line, the number of header lines.
+MAX_HEADER_LINE_BYTES = 8190
+MAX_HEADERS = 128
 OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (probes carry no secrets)
 
 
@@ -70,9 +74,10 @@ def _auth_middleware(api_key: str) -> Callable:
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path not in OPEN_PATHS:
             scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-            # compare_digest: the time taken must not tell how much of the key was right
-            if not (scheme.lower() == "bearer"
-                    and hmac.compare_digest(token.strip().encode(), expected)):
+            # compare_digest: the time taken must not tell how much of the key was right.
+            # Header bytes that are not UTF-8 arrive as surrogates: encode them back.
+            given = token.strip().encode("utf-8", "surrogateescape")
+            if not (scheme.lower() == "bearer" and hmac.compare_digest(given, expected)):
                 return error_response(ApiError(
                     401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
                     code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
@@ -94,6 +99,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         # the engine drains within shutdown_timeout (see _drain); this is what aiohttp then
         # gives the handlers to write their last bytes
         shutdown_timeout=5.0,
+        max_line_size=MAX_HEADER_LINE_BYTES,
+        max_field_size=MAX_HEADER_LINE_BYTES,
+        max_headers=MAX_HEADERS,
         access_log=log.getChild("access") if log.isEnabledFor(logging.DEBUG) else None,
     )
     loop = asyncio.get_running_loop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
@@ -11,6 +13,12 @@ from aiollm.api.http_errors import ApiError
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine
+
+# Text longer than this is tokenized on a worker thread: the tokenizer releases the GIL, and a
+# 16 MiB prompt takes seconds to tokenize, which would stall every stream on the event loop.
+# Shorter text is cheaper to tokenize in place than to hand to a thread.
+TOKENIZE_INLINE_CHARS = 16384
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -33,6 +41,27 @@ class ApiState:
 
     def token_text(self, token_id: int) -> str:
         return self.engine.tokenizer.decode([token_id])
+
+    async def tokenize(self, prompt: str | Sequence[int], *,
+                       add_special_tokens: bool = True) -> list[int]:
+        """Token ids of a prompt: text is tokenized (long text off the event loop), ids are
+        checked by the engine, as is an empty prompt."""
+        if isinstance(prompt, str) and prompt:
+            encode = self.engine.tokenizer.encode
+            return list(await _off_loop(len(prompt), encode, prompt,
+                                        add_special_tokens=add_special_tokens))
+        return self.engine.tokenize(prompt)
+
+    async def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """Token ids of a conversation with the chat template applied."""
+        size = sum(len(m["content"]) for m in messages)
+        return await _off_loop(size, self.engine.chat_prompt, messages)
+
+
+async def _off_loop(size: int, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+    if size <= TOKENIZE_INLINE_CHARS:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
 
 
 STATE = web.AppKey("aiollm_state", ApiState)

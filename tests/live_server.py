@@ -1,0 +1,150 @@
+"""A real server for the HTTP tests: the real Engine on the default model (CPU), served by
+`aiollm.api.serve` on a free port, on its own uvloop event loop in a background thread, as
+`aiollm serve` runs it.
+
+Loading the model costs 10-25 s of CPU, so test modules share one server for the whole
+session (`shared_server`); a module that needs other engine limits starts its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+import pytest
+import uvloop
+
+from aiollm.api import create_app, serve
+from aiollm.engine import Engine
+
+MAX_MODEL_LEN = 512  # small, so that "prompt too long" is cheap to provoke
+KV_TOKENS = 8192
+
+
+class LiveServer:
+    def __init__(self, *, api_key: str | None = None, shutdown_timeout: float = 5.0,
+                 **engine_options: Any) -> None:
+        self.api_key, self.shutdown_timeout = api_key, shutdown_timeout
+        self.engine_options = {"max_model_len": MAX_MODEL_LEN, "kv_tokens": KV_TOKENS,
+                               **engine_options}
+        self.started = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="api-test-server", daemon=True)
+
+    def start(self, timeout: float = 300) -> "LiveServer":
+        self.thread.start()
+        assert self.started.wait(timeout), "the server did not start"
+        if self.error is not None:
+            raise self.error
+        return self
+
+    def _run(self) -> None:
+        self.loop = uvloop.new_event_loop()
+        try:
+            self.loop.run_until_complete(self._main())
+        except BaseException as e:  # surfaced to the fixture
+            self.error = e
+            self.started.set()
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> None:
+        self.stop = asyncio.Event()
+        self.engine = Engine(**self.engine_options)
+        self.app = create_app(self.engine, api_key=self.api_key,
+                              shutdown_timeout=self.shutdown_timeout)
+        await serve(self.app, "127.0.0.1", 0, stop=self.stop, on_started=self._on_started)
+
+    def _on_started(self, host: str, port: int) -> None:
+        self.base = f"http://{host}:{port}"
+        self.started.set()
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """fn() run on the server's event loop (the engine is not thread-safe)."""
+        async def run():
+            return fn()
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
+
+    def stats(self) -> dict[str, int]:
+        """engine.stats() plus the free rows of req_to_token and the loop's task count."""
+        def read():
+            e = self.engine
+            return {**e.stats(), "free_rows": e.req_to_token.n_free_rows,
+                    "rows": e.req_to_token.rows, "tasks": len(asyncio.all_tasks())}
+        return self.call(read)
+
+    def wait_idle(self, timeout: float = 10.0) -> dict[str, int]:
+        """The stats once nothing holds a KV slot, a table slot or a req_to_token row;
+        fails the test if that takes longer than `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.stats()
+            if is_idle(s):
+                return s
+            if time.monotonic() > deadline:
+                pytest.fail(f"the engine still holds resources after {timeout}s: {s}")
+            time.sleep(0.05)
+
+    def begin_shutdown(self) -> None:
+        """What SIGINT/SIGTERM do to `aiollm serve`."""
+        self.loop.call_soon_threadsafe(self.stop.set)
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.begin_shutdown()
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the server did not shut down"
+        assert self.error is None, self.error
+
+
+def is_idle(s: dict[str, int]) -> bool:
+    return (s["kv_used"], s["running"], s["waiting"], s["table_used"]) == (0, 0, 0, 0) \
+        and s["free_rows"] == s["rows"]
+
+
+_SHARED = pytest.StashKey[LiveServer]()
+
+
+def shared_server(config: pytest.Config) -> LiveServer:
+    """The session's default server (MAX_MODEL_LEN, KV_TOKENS, engine defaults otherwise),
+    started by the first module that asks and shut down gracefully at the end."""
+    srv = config.stash.get(_SHARED, None)
+    if srv is None:
+        srv = LiveServer().start()
+        config.stash[_SHARED] = srv
+        config.add_cleanup(srv.close)
+    return srv
+
+
+# -- client side -------------------------------------------------------------------------------
+
+def http(server: LiveServer, method: str, path: str, **kw) -> tuple[int, dict, bytes]:
+    """One request with a plain aiohttp client: (status, headers, body)."""
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async with s.request(method, server.base + path, **kw) as r:
+                return r.status, dict(r.headers), await r.read()
+    return asyncio.run(go())
+
+
+def sse_events(body: bytes) -> list[str]:
+    """The data of each SSE event (after `data:` or `data: `)."""
+    out = []
+    for block in body.split(b"\n\n"):
+        if block.strip():
+            assert block.startswith(b"data:"), block
+            out.append(block[5:].strip().decode())
+    return out
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process (server and tests) now, after a garbage collection."""
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
