@@ -52,8 +52,8 @@ class SamplingParams:
             raise bad("temperature", "must be a number in [0, 100]")
         if not is_num(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "must be in (0, 1]")
-        if not is_int(self.top_k) or self.top_k < -1 or self.top_k == 0:
-            raise bad("top_k", "must be -1 (off) or an integer >= 1")
+        if not is_int(self.top_k) or self.top_k < -1 or self.top_k == 0 or self.top_k >= 2**31:
+            raise bad("top_k", "must be -1 (off) or an integer in [1, 2**31)")
         if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", "must be in [0, 1]")
         if not is_num(self.repetition_penalty) or not 0 < self.repetition_penalty <= 10:
@@ -72,9 +72,9 @@ class SamplingParams:
                 f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}", param="stop"
             )
         if not isinstance(self.stop_token_ids, list) or not all(
-            is_int(t) and t >= 0 for t in self.stop_token_ids
+            is_int(t) and 0 <= t < 2**31 for t in self.stop_token_ids
         ):
-            raise bad("stop_token_ids", "must be a list of non-negative integers")
+            raise bad("stop_token_ids", "must be a list of integers in [0, 2**31)")
         if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
             raise InvalidRequest(
                 f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",

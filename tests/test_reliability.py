@@ -288,9 +288,6 @@ def test_edge_values_are_served(server, path, body):
     server.wait_idle()
 
 
-@pytest.mark.xfail(strict=True, reason="a top_p that rounds to 0 in float32 leaves the sampler "
-                   "no token and fails the whole step (aiollm/model/sampler.py keeps "
-                   "n_top_p = 0); fix there or in SamplingParams, then drop this mark")
 def test_top_p_below_float32_is_not_a_server_error(server):
     status, _, raw_body = http(server, "POST", C, json=prompt(top_p=5e-324))
     assert status in (200, 400), raw_body

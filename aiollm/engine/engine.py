@@ -118,6 +118,8 @@ class Engine:
                                   cuda_graph_max_batch=cfg.cuda_graph_max_batch)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")
         self._rng = random.Random(cfg.seed)
+        self._max_running = self.planner.max_running
+        self._good_steps = 0
         log.info("model %s (%s) dtype %s device %s: loaded in %.1fs", self.model_name,
                  mc.architecture, str(dtype).removeprefix("torch."), device, time.monotonic() - t0)
         log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler", kv_tokens,
@@ -129,7 +131,9 @@ class Engine:
             return
         self._accepting = False
         for req in list(self._requests.values()):
-            self._finish(req, "abort", error="the server is shutting down")
+            self._finish(req, "abort", error="the server shut down before the request finished; "
+                         "retry it", failed=True,
+                         error_type=Overloaded)
         if self._loop_task:
             self._loop_task.cancel()
             try:
@@ -256,9 +260,23 @@ class Engine:
         req = Request(prompt_ids=ids, params=params, slot=slot, seed=seed, arrival=time.monotonic())
         if params.logprobs is not None:
             req.logprobs = []
-        rec = self.table[slot]
+        try:
+            self._fill_record(req, params)
+        except Exception:
+            self.table.free(slot)  # a record that cannot be written must not hold its slot
+            raise
+        detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
+                                       params.stop)
+        self._requests[req.rid] = req
+        self.planner.enqueue(req)
+        self.metrics.prompt_tokens.inc(n)
+        self._wake.set()
+        return req, detok
+
+    def _fill_record(self, req: Request, params: SamplingParams) -> None:
+        rec = self.table[req.slot]
         rec["id"] = req.rid
-        rec["prompt_len"] = n
+        rec["prompt_len"] = len(req.prompt_ids)
         rec["max_new_tokens"] = params.max_tokens
         rec["min_new_tokens"] = params.min_tokens
         rec["temperature"] = params.temperature
@@ -268,18 +286,11 @@ class Engine:
         rec["repetition_penalty"] = params.repetition_penalty
         rec["presence_penalty"] = params.presence_penalty
         rec["frequency_penalty"] = params.frequency_penalty
-        rec["seed"] = seed
+        rec["seed"] = req.seed
         rec["ignore_eos"] = params.ignore_eos
         rec["top_logprobs"] = -1 if params.logprobs is None else params.logprobs
         rec["t_arrival"] = time.monotonic_ns()
-        self.table.set_stop_ids(slot, params.stop_token_ids)
-        detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
-                                       params.stop)
-        self._requests[req.rid] = req
-        self.planner.enqueue(req)
-        self.metrics.prompt_tokens.inc(n)
-        self._wake.set()
-        return req, detok
+        self.table.set_stop_ids(req.slot, params.stop_token_ids)
 
     async def _deltas(self, req: Request, detok: IncrementalDetokenizer) -> AsyncIterator[Delta]:
         """Turn the request's new tokens into text deltas until it finishes."""
@@ -365,6 +376,7 @@ class Engine:
         t2 = perf()
         if result is not None:
             self._process(step, result)
+        self._regrow_after_oom()
         # host time: what the loop spends around the model (planning, metadata, stop checks,
         # waking streams); model time: the runner's thread, device sync included
         self.metrics.step_host.observe(t1 - t0 + perf() - t2)
@@ -415,6 +427,17 @@ class Engine:
             self._finish(r, "abort", error=f"the request waited more than {timeout}s in the queue",
                          failed=True, error_type=Overloaded)
 
+    def _regrow_after_oom(self) -> None:
+        """After an out-of-memory shrink, double the limits back every 64 good steps."""
+        cfg, p = self.config, self.planner
+        if p.max_running >= self._max_running and p.token_budget >= cfg.max_prefill_tokens:
+            return
+        self._good_steps += 1
+        if self._good_steps >= 64:
+            self._good_steps = 0
+            p.max_running = min(self._max_running, 2 * p.max_running)
+            p.token_budget = min(cfg.max_prefill_tokens, 2 * p.token_budget)
+
     def _shrink_after_oom(self, step: Step) -> None:
         """The device ran out of memory in a step: pause its requests (their KV is freed,
         their tokens kept; they resume by recompute) and halve the batch limits."""
@@ -423,8 +446,10 @@ class Engine:
         for r in sorted(step.reqs, key=lambda r: -r.admitted_seq):
             if r.phase is Phase.RUNNING:
                 self.planner.pause(r)
-        self.planner.max_running = max(1, len(step.reqs) // 2)
-        self.planner.token_budget = max(64, self.planner.token_budget // 2)
+        self.planner.max_running = max(1, min(self.planner.max_running, len(step.reqs)) // 2)
+        self.planner.token_budget = max(min(64, self.planner.token_budget),
+                                        self.planner.token_budget // 2)
+        self._good_steps = 0
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

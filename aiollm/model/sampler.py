@@ -304,7 +304,8 @@ def _floor(logits: torch.Tensor, st: SamplingTensors):
         )
         probs = scaled.softmax(dim=-1)
         before = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))
-        n_top_p = (before < st.top_p[:, None]).sum(dim=-1)
+        # the most likely token always stays, also for a top_p that is 0 in float32
+        n_top_p = (before < st.top_p[:, None]).sum(dim=-1).clamp(min=1)
         n_keep = torch.where(st.top_p < 1.0, torch.minimum(n_keep, n_top_p), n_keep)
     limited = (st.top_k < vocab) | (st.top_p < 1.0)
     floor = vals.gather(1, (n_keep - 1)[:, None]).squeeze(1)
