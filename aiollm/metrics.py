@@ -39,7 +39,11 @@ class EngineMetrics:
                                    "(planning, batch metadata, stop checks, waking streams)",
                                    buckets=step_buckets, registry=r)
         self.step_model = Histogram(p + "step_model_seconds", "Model time per step (forward, "
-                                    "sampling, the copy of sampled ids back)",
+                                    "sampling, the copy of sampled ids back; device time on a GPU)",
                                     buckets=step_buckets, registry=r)
+        self.step_gpu_gap = Histogram(p + "step_gpu_gap_seconds", "Device idle time between "
+                                      "a step and the next one planned while it ran (GPU only)",
+                                      buckets=(1e-6, 5e-6, 1e-5, 2e-5, 5e-5) + step_buckets,
+                                      registry=r)
         self.queue_time = Histogram(p + "queue_time_seconds", "Arrival to admission",
                                     buckets=_LATENCY_BUCKETS, registry=r)

@@ -80,12 +80,27 @@ async def aiollm_decode(model_dir: str, batches: list[int], input_len: int, step
                         first, n_first = time.perf_counter(), len(d.token_ids)
                 return first, n_first, time.perf_counter(), d.completion_tokens
 
+            m = eng.metrics
+            before = [_hist(h) for h in (m.step_model, m.step_host, m.step_gpu_gap)]
             runs = await asyncio.gather(*(one(p) for p in prompts))
+            after = [_hist(h) for h in (m.step_model, m.step_host, m.step_gpu_gap)]
             per_step = sum((end - first) / (n - n_first) for first, n_first, end, n in runs) / b
-            results[b] = {"step_ms": per_step * 1e3, "tokens_per_s": b / per_step}
+            # the engine's own view, over every step of the run (prefill included): device
+            # time per step, loop (host) time per step, device idle gap before a step
+            (dm, dn), (hm, hn), (gm, gn) = ((a[0] - b_[0], a[1] - b_[1])
+                                            for a, b_ in zip(after, before))
+            results[b] = {"step_ms": per_step * 1e3, "tokens_per_s": b / per_step,
+                          "device_ms_per_step": 1e3 * dm / max(dn, 1),
+                          "host_ms_per_step": 1e3 * hm / max(hn, 1),
+                          "gpu_gap_us_per_step": 1e6 * gm / max(gn, 1), "steps": dn}
     finally:
         await eng.stop()
     return results, shape
+
+
+def _hist(metric) -> tuple[float, float]:
+    samples = {s.name: s.value for s in metric.collect()[0].samples}
+    return samples[f"{metric._name}_sum"], samples[f"{metric._name}_count"]
 
 
 def hf_decode(model_dir: str, batches: list[int], input_len: int, steps: int) -> dict:
@@ -170,6 +185,12 @@ def main() -> None:
           f"{'roofline':>9} {'of roof':>8}")
     for name, b, tps, ms, hf_tps, roof in rows:
         print(f"{name:14} {b:5d} {tps:13.1f} {ms:8.2f} {hf_tps:9.1f} {roof:9.1f} {tps / roof:8.1%}")
+    print(f"{'model':14} {'batch':>5} {'device ms':>10} {'host ms':>8} {'gap us':>7}")
+    for name, entry in report["models"].items():
+        for b, e in entry["batches"].items():
+            a = e["aiollm"]
+            print(f"{name:14} {b:5d} {a['device_ms_per_step']:10.2f} {a['host_ms_per_step']:8.2f} "
+                  f"{a['gpu_gap_us_per_step']:7.1f}")
     dev = device.replace(" ", "-")
     path = Path(args.out_dir) / f"decode-{date.today()}-{dev}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")

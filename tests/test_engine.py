@@ -292,3 +292,68 @@ def test_loop_error_fails_in_flight_requests_and_keeps_serving(loop, engine):
     finally:
         engine.runner.prepare = real
     assert_all_free(engine)
+
+
+# -- the overlapped loop ------------------------------------------------------------------------
+
+def test_pending_token_is_a_placeholder():
+    from aiollm.engine.request import Request
+
+    r = Request(prompt_ids=[10, 11, 12], params=SamplingParams(), slot=0, seed=0, arrival=0.0)
+    r.output_ids = [13]
+    assert r.num_tokens == 4 and r.token_at(2, 4) == [12, 13]
+    r.pending, r.pending_row = 1, 6
+    assert r.num_tokens == 5
+    assert r.token_at(3, 5) == [13, -7]
+    assert r.token_at(4, 5) == [-7]
+    assert r.token_at(0, 3) == [10, 11, 12]
+
+
+def test_steps_are_planned_while_the_previous_one_runs(loop, engine):
+    """Decode steps take the previous step's tokens from the device (placeholders), and a
+    request ends exactly at max_tokens or at its stop token although one more step was
+    already planned for it: the extra token is dropped and its KV given back."""
+    launches = []
+    real = engine.runner.launch
+
+    def spy(inp):
+        launches.append(inp.placeholders)
+        return real(inp)
+
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    engine.runner.launch = spy
+    try:
+        full = run(loop, engine.generate(PROMPTS[1], params))
+        assert full.completion_tokens == 12 and full.finish_reason == "length"
+        assert sum(launches) >= 9, launches  # every decode step after the first
+        ids = full.token_ids
+        k = next(i for i in range(2, 12) if ids[i] not in ids[:i])
+        cut = run(loop, engine.generate(PROMPTS[1], SamplingParams(
+            max_tokens=12, temperature=0, ignore_eos=True, stop_token_ids=[ids[k]])))
+    finally:
+        engine.runner.launch = real
+    assert cut.token_ids == ids[: k + 1] and cut.finish_reason == "stop"
+    assert_all_free(engine)
+
+
+def test_penalties_wait_for_the_pending_token(loop, engine):
+    """A request with a penalty needs its whole history on the host: its steps are planned
+    after the previous token is back, and a penalised run differs from a plain one."""
+    launches = []
+    real = engine.runner.launch
+
+    def spy(inp):
+        launches.append(inp.placeholders)
+        return real(inp)
+
+    engine.runner.launch = spy
+    try:
+        out = run(loop, engine.generate(PROMPTS[4], SamplingParams(
+            max_tokens=16, temperature=0, ignore_eos=True, repetition_penalty=5.0)))
+    finally:
+        engine.runner.launch = real
+    plain = run(loop, engine.generate(PROMPTS[4], SamplingParams(
+        max_tokens=16, temperature=0, ignore_eos=True)))
+    assert not any(launches)
+    assert out.completion_tokens == 16 and out.token_ids != plain.token_ids
+    assert_all_free(engine)

@@ -6,9 +6,11 @@ step loop, all on the caller's event loop.
         async for delta in engine.stream("Hello", SamplingParams()):
             print(delta.text, end="")
 
-The loop coroutine plans a step (planner.py), runs it on the model runner's worker thread
-(so HTTP handlers and streams keep running while the model computes), then appends the
-sampled tokens, checks stops for the whole batch in C and wakes each request's stream.
+The loop coroutine is one step ahead of the device: it plans step N+1 (planner.py) and
+launches it from the model runner's worker thread while step N still runs, then waits for
+step N's event (on a second thread, so HTTP handlers and streams keep running), appends
+its sampled tokens, checks stops for the whole batch in C and wakes each request's stream.
+Step N+1 takes step N's tokens from the device, so the GPU never waits for the host.
 Streams detokenize on their own time; a stream that stops early (stop string, client gone,
 task cancelled) releases its request at once.
 """
@@ -117,6 +119,11 @@ class Engine:
                                   eos_ids=self.eos_ids.tolist(), cuda_graph=cfg.cuda_graph and device.type == "cuda",
                                   cuda_graph_max_batch=cfg.cuda_graph_max_batch)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")
+        # waits for device events, so the model thread is free to launch the next step
+        self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-wait")
+        self._inflight = None  # (Step, Launched, launch time): the step on the device now
+        self._prev_done = None  # the CUDA event that ended the previous step
+        self._host_time = 0.0
         self._rng = random.Random(cfg.seed)
         self._max_running = self.planner.max_running
         self._good_steps = 0
@@ -141,6 +148,8 @@ class Engine:
             except asyncio.CancelledError:
                 pass
         self._executor.shutdown(wait=True)
+        self._waiter.shutdown(wait=True)
+        self._inflight = None
         self._started = False
 
     async def shutdown(self, timeout: float) -> None:
@@ -347,11 +356,17 @@ class Engine:
                 await asyncio.sleep(0.01)
 
     async def _step(self) -> None:
+        """One turn of the loop: plan and launch step N+1 while step N runs on the device,
+        then wait for step N and hand out its tokens. Tokens of step N that step N+1
+        feeds back stay on the device (see ModelRunner); a request that step N finishes
+        costs step N+1 one wasted token."""
         perf = time.perf_counter
         t0 = perf()
         self._expire_queued()
+        if self._inflight is not None and self._must_wait_for(self._inflight[0]):
+            await self._complete_inflight()
         step = self.planner.plan()
-        if step is None:
+        if step is None and self._inflight is None:
             self._wake.clear()
             timeout = 0.05 if self.planner.has_work() else None
             try:
@@ -359,35 +374,89 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
             return
-        inputs = self.runner.prepare(step, self.table)
-        t1 = perf()
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self.runner.run, inputs)
-        except Exception as e:  # a failing step fails its requests, not the server
-            log.exception("model step failed")
-            if isinstance(e, torch.OutOfMemoryError):
-                self._shrink_after_oom(step)
-            else:
-                for r in step.reqs:
-                    self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
-                                 error_type=RequestFailed)
+        launch = None
+        if step is not None:
+            step.after_busy_device = self._inflight is not None
+            try:
+                inputs = self.runner.prepare(step, self.table)
+            except Exception:
+                self._undo_pending(step)
+                raise
+            launch = asyncio.get_running_loop().run_in_executor(
+                self._executor, self.runner.launch, inputs)
+        self._host_time += perf() - t0
+        if self._inflight is not None:
+            await self._complete_inflight()
+        if launch is None:
             return
-        t2 = perf()
+        try:
+            out = await launch
+        except Exception as e:  # a failing step fails its requests, not the server
+            self._step_failed(step, e)
+            return
+        self._inflight = (step, out, perf())
+
+    @staticmethod
+    def _must_wait_for(step: Step) -> bool:
+        """Penalties read the whole token history on the host: a request with one plans its
+        next step only once its pending token is back."""
+        return any(r.pending and r.params.uses_penalty for r in step.reqs)
+
+    async def _complete_inflight(self) -> None:
+        step, out, t_launch = self._inflight
+        self._inflight = None
+        perf = time.perf_counter
+        try:
+            if out.done is not None:
+                await asyncio.get_running_loop().run_in_executor(self._waiter,
+                                                                 out.done.synchronize)
+        except Exception as e:
+            self._step_failed(step, e)
+            return
+        t0 = perf()
+        if out.done is not None:  # device time of the step, and the idle gap before it
+            self.metrics.step_model.observe(out.start.elapsed_time(out.done) / 1e3)
+            if self._prev_done is not None and step.after_busy_device:
+                self.metrics.step_gpu_gap.observe(
+                    max(0.0, self._prev_done.elapsed_time(out.start) / 1e3))
+            self._prev_done = out.done
+        else:
+            self.metrics.step_model.observe(t0 - t_launch)
+        result = self.runner.collect(out)
         if result is not None:
             self._process(step, result)
         self._regrow_after_oom()
         # host time: what the loop spends around the model (planning, metadata, stop checks,
-        # waking streams); model time: the runner's thread, device sync included
-        self.metrics.step_host.observe(t1 - t0 + perf() - t2)
-        self.metrics.step_model.observe(t2 - t1)
+        # waking streams), counted from the plan of a step to the processing of its tokens
+        self.metrics.step_host.observe(self._host_time + perf() - t0)
+        self._host_time = 0.0
+
+    def _undo_pending(self, step: Step) -> None:
+        for r, s in zip(step.reqs, step.sample):
+            if s:
+                r.pending -= 1
+
+    def _step_failed(self, step: Step, e: Exception) -> None:
+        log.error("model step failed", exc_info=e)
+        self._undo_pending(step)
+        if isinstance(e, torch.OutOfMemoryError):
+            self._shrink_after_oom(step)
+        else:
+            for r in step.reqs:
+                self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
+                             error_type=RequestFailed)
 
     def _process(self, step: Step, result) -> None:
         now_ns = time.monotonic_ns()
-        # result rows follow the sampled requests of the step; skip any aborted meanwhile
+        # result rows follow the sampled requests of the step; a request paused since keeps
+        # its token, one finished or aborted since drops it
         row_of = np.cumsum(step.sample) - 1
-        idx = [i for i, (r, s) in enumerate(zip(step.reqs, step.sample))
-               if s and r.phase is Phase.RUNNING]
+        idx = []
+        for i, (r, s) in enumerate(zip(step.reqs, step.sample)):
+            if s:
+                r.pending -= 1
+                if not r.done:
+                    idx.append(i)
         if not idx:
             return
         rows = row_of[idx]
@@ -423,7 +492,8 @@ class Engine:
         if timeout is None or not self.planner.waiting:
             return
         cutoff = time.monotonic() - timeout
-        for r in [r for r in self.planner.waiting if r.arrival < cutoff and not r.output_ids]:
+        for r in [r for r in self.planner.waiting if r.arrival < cutoff and not r.output_ids
+                  and not r.pending]:
             self._finish(r, "abort", error=f"the request waited more than {timeout}s in the queue",
                          failed=True, error_type=Overloaded)
 

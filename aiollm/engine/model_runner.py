@@ -1,8 +1,15 @@
 """ModelRunner: turns a planned Step into one forward pass and one sampling pass.
 
-prepare() runs on the event loop thread (it reads the request table); run() runs on the
-engine's model thread and only touches tensors, so the event loop keeps serving while the
-model computes. Only the sampled ids (and requested logprobs) come back to the host.
+prepare() runs on the event loop thread: it reads the request table and starts the batch
+metadata's copies to the device (from page-locked memory, so they queue behind the running
+step instead of waiting for it). launch() runs on the engine's model thread: it queues the
+forward pass, the sampling and the copy of the sampled ids into page-locked host memory,
+then records a CUDA event and returns without waiting. collect() turns a finished launch
+into numpy. On the CPU, launch() computes everything before it returns.
+
+Tokens sampled by the step still running are not on the host when the next step is
+planned: the planner writes them as placeholders -(row + 1), and launch() replaces them on
+the device with the ids that step sampled (kept in self._prev_ids).
 """
 
 from __future__ import annotations
@@ -23,14 +30,27 @@ from aiollm.native import RequestTable
 @dataclass(slots=True)
 class StepInputs:
     batch: ForwardBatch
-    sample_index: torch.Tensor | None  # [S] rows of the batch that sample (None: all)
     sampling: SamplingTensors | None
-    token_rows: torch.Tensor  # [T] req_to_token row of each new token (device mirror)
+    placeholders: bool  # some input ids are the previous step's sampled ids
+    start: torch.cuda.Event | None  # recorded before the step's first copy (GPU timing)
+
+
+@dataclass(slots=True)
+class Launched:
+    """A step queued on the device: host tensors that fill in when `done` completes."""
+
+    next_ids: torch.Tensor | None  # [S] int64 (None: nothing sampled)
+    logprobs: torch.Tensor | None
+    top_ids: torch.Tensor | None
+    top_logprobs: torch.Tensor | None
+    bad: torch.Tensor | None
+    start: torch.cuda.Event | None
+    done: torch.cuda.Event | None
 
 
 @dataclass(slots=True)
 class StepResult:
-    next_ids: np.ndarray  # [S] int32
+    next_ids: np.ndarray  # [S] int64
     logprobs: np.ndarray | None  # [S] fp32
     top_ids: np.ndarray | None  # [S, K]
     top_logprobs: np.ndarray | None
@@ -42,6 +62,15 @@ class StepResult:
             top = [(int(t), float(lp)) for t, lp in
                    zip(self.top_ids[row, :n_top], self.top_logprobs[row, :n_top])]
         return TokenLogprob(int(self.next_ids[row]), float(self.logprobs[row]), top)
+
+
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Queue a device-to-host copy into page-locked memory (no wait); CPU tensors as-is."""
+    if t is None or not t.is_cuda:
+        return t
+    h = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    h.copy_(t, non_blocking=True)
+    return h
 
 
 class ModelRunner:
@@ -56,6 +85,7 @@ class ModelRunner:
         self.eos_ids = list(eos_ids)
         self.vocab_size = model_config.vocab_size
         self.graphs = None
+        self._prev_ids: torch.Tensor | None = None  # [S] what the last launched step sampled
         if cuda_graph:
             from aiollm.engine.cuda_graph import DecodeGraphs
 
@@ -65,65 +95,100 @@ class ModelRunner:
 
     def prepare(self, step: Step, table: RequestTable) -> StepInputs:
         dev = self.device
-        ext = torch.tensor(step.extend_lens, dtype=torch.int32)
-        rows = torch.tensor([r.row for r in step.reqs], dtype=torch.int32)
+        start = None
+        if dev.type == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            start.record()
+        ids = np.array(step.input_ids, dtype=np.int64)
+        sampled = [r for r, s in zip(step.reqs, step.sample) if s]
+        sample_index = None
+        if sampled and len(sampled) < len(step.reqs):
+            sample_index = np.flatnonzero(step.sample)
         batch = ForwardBatch.build(
-            input_ids=torch.tensor(step.input_ids, dtype=torch.int64),
-            out_cache_loc=step.out_cache_loc,
-            req_rows=rows,
-            prefix_lens=torch.tensor(step.prefix_lens, dtype=torch.int32),
-            extend_lens=ext,
+            input_ids=ids,
+            out_cache_loc=step.out_cache_loc.numpy(),
+            req_rows=np.fromiter((r.row for r in step.reqs), np.int64, len(step.reqs)),
+            prefix_lens=np.array(step.prefix_lens, dtype=np.int64),
+            extend_lens=np.array(step.extend_lens, dtype=np.int64),
             req_to_token=self.r2t.table,
             kv_pool=self.kv_pool,
             device=dev,
+            sample_index=sample_index,
         )
-        sampled = [r for r, s in zip(step.reqs, step.sample) if s]
-        st = sample_index = None
+        st = None
         if sampled:
-            if len(sampled) < len(step.reqs):
-                sample_index = torch.tensor(np.flatnonzero(step.sample), dtype=torch.int64).to(
-                    dev, non_blocking=True)
             slots = np.fromiter((r.slot for r in sampled), np.int32, len(sampled))
             history = prompt_lens = None
             pen = table.gather_fields(
                 ("repetition_penalty", "presence_penalty", "frequency_penalty"), slots)
             if needs_history(pen["repetition_penalty"], pen["presence_penalty"],
                              pen["frequency_penalty"]):
-                width = max(r.num_tokens for r in sampled)
-                history = np.full((len(sampled), width), -1, dtype=np.int64)
-                for i, r in enumerate(sampled):
-                    history[i, : r.num_tokens] = r.prompt_ids + r.output_ids
+                # the engine plans such steps only once no earlier token is pending (see
+                # Engine._must_wait_for): the history is every token on the host
+                known = [r.prompt_ids + r.output_ids for r in sampled]
+                history = np.full((len(sampled), max(map(len, known))), -1, dtype=np.int64)
+                for i, toks in enumerate(known):
+                    history[i, : len(toks)] = toks
                 prompt_lens = np.array([len(r.prompt_ids) for r in sampled], dtype=np.int64)
             st = SamplingTensors.from_table(table, slots, vocab_size=self.vocab_size, device=dev,
                                             eos_ids=self.eos_ids, token_ids=history,
-                                            prompt_lens=prompt_lens)
-        token_rows = torch.from_numpy(np.repeat(rows.numpy().astype(np.int64), step.extend_lens)
-                                      ).to(dev, non_blocking=True)
-        return StepInputs(batch, sample_index, st, token_rows)
+                                            prompt_lens=prompt_lens,
+                                            step=np.array(step.out_pos, dtype=np.int64))
+        return StepInputs(batch, st, bool((ids < 0).any()), start)
 
     @torch.inference_mode()
-    def run(self, inp: StepInputs) -> StepResult | None:
+    def launch(self, inp: StepInputs) -> Launched:
+        """Queue the step on the device; on the CPU this computes it."""
         b = inp.batch
-        self.r2t.write_device(inp.token_rows, b.positions, b.out_cache_loc)
+        if inp.placeholders:
+            ids = b.input_ids
+            prev = self._prev_ids[(-ids - 1).clamp(min=0)]
+            b.input_ids = torch.where(ids < 0, prev, ids)
+        self.r2t.write_device(b.token_rows, b.positions, b.out_cache_loc)
         if self.graphs is not None and self.graphs.can_run(b):
             logits = self.graphs.run(b)
         else:
             logits = self.model.forward(b)
-        if inp.sampling is None:
-            if b.input_ids.is_cuda:
-                torch.cuda.current_stream().synchronize()
-            return None
-        if inp.sample_index is not None:
-            logits = logits.index_select(0, inp.sample_index)
-        logits = logits.float()
-        res = sample(logits, inp.sampling)
-        bad = ~torch.isfinite(logits).all(dim=-1)
-        top_ids = res.top_ids.cpu().numpy() if res.top_ids is not None else None
-        top_lps = res.top_logprobs.cpu().numpy() if res.top_logprobs is not None else None
-        return StepResult(
-            next_ids=res.next_ids.to(torch.int32).cpu().numpy(),
-            logprobs=res.logprobs.cpu().numpy(),
-            top_ids=top_ids,
-            top_logprobs=top_lps,
-            bad=bad.cpu().numpy(),
+        res = bad = None
+        if inp.sampling is not None:
+            if b.sample_index is not None:
+                logits = logits.index_select(0, b.sample_index)
+            logits = logits.float()
+            res = sample(logits, inp.sampling)
+            bad = ~torch.isfinite(logits).all(dim=-1)
+        self._prev_ids = res.next_ids if res is not None else None
+        done = None
+        if b.input_ids.is_cuda:
+            done = torch.cuda.Event(enable_timing=inp.start is not None)
+        out = Launched(
+            next_ids=_to_host(res.next_ids) if res else None,
+            logprobs=_to_host(res.logprobs) if res else None,
+            top_ids=_to_host(res.top_ids) if res else None,
+            top_logprobs=_to_host(res.top_logprobs) if res else None,
+            bad=_to_host(bad),
+            start=inp.start,
+            done=done,
         )
+        if done is not None:
+            done.record()
+        return out
+
+    @staticmethod
+    def collect(out: Launched) -> StepResult | None:
+        """The results of a launch whose `done` event has completed."""
+        if out.next_ids is None:
+            return None
+
+        def np_(t):
+            return None if t is None else t.numpy()
+
+        return StepResult(next_ids=out.next_ids.numpy(), logprobs=np_(out.logprobs),
+                          top_ids=np_(out.top_ids), top_logprobs=np_(out.top_logprobs),
+                          bad=np_(out.bad))
+
+    def run(self, inp: StepInputs) -> StepResult | None:
+        """launch and wait: one step, synchronously."""
+        out = self.launch(inp)
+        if out.done is not None:
+            out.done.synchronize()
+        return self.collect(out)

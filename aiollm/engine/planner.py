@@ -29,6 +29,8 @@ class Step:
     prefix_lens: list[int]
     out_cache_loc: torch.Tensor  # [T] int64 CPU
     sample: list[bool]  # does this request's last new token produce a sampled token
+    out_pos: list[int]  # for each sampled request: the output index of the token it samples
+    after_busy_device: bool = False  # planned while the step before it was still running
 
     @property
     def num_tokens(self) -> int:
@@ -108,12 +110,17 @@ class Planner:
     # -- planning ------------------------------------------------------------------------
     def plan(self) -> Step | None:
         budget = self.token_budget
-        # 1. decodes first: each needs one slot; evict the latest admitted when short
-        decodes = [r for r in self.running if r.num_tokens - r.kv_len == 1]
+        # 1. decodes first: each needs one slot; evict the latest admitted when short.
+        # A request whose pending token is its last (max_tokens) has nothing left to decode.
+        def decoding(r: Request) -> bool:
+            return (r.num_tokens - r.kv_len == 1
+                    and len(r.output_ids) + r.pending < r.params.max_tokens)
+
+        decodes = [r for r in self.running if decoding(r)]
         while len(decodes) > self.kv.n_free:
             if not self._evict_latest():
                 break
-            decodes = [r for r in self.running if r.num_tokens - r.kv_len == 1]
+            decodes = [r for r in self.running if decoding(r)]
         decodes = decodes[:budget]
         chunks: list[tuple[Request, int]] = [(r, 1) for r in decodes]
         budget -= len(decodes)
@@ -138,7 +145,8 @@ class Planner:
                 free -= n
         if not chunks:
             # everything running is stuck mid-prefill with the pool full: make room
-            if self.running and self.kv.n_free == 0 and self._evict_latest():
+            stuck = any(r.num_tokens - r.kv_len > 1 for r in self.running)
+            if stuck and self.kv.n_free == 0 and self._evict_latest():
                 return self.plan()
             return None
         return self._build(chunks)
@@ -185,7 +193,7 @@ class Planner:
         total = sum(n for _, n in chunks)
         slots = self.kv.alloc(total)
         assert slots is not None, "planner allocated past the free KV slots"
-        reqs, input_ids, ext, pre, sample = [], [], [], [], []
+        reqs, input_ids, ext, pre, sample, out_pos = [], [], [], [], [], []
         rows = torch.empty(total, dtype=torch.int64)
         pos = torch.empty(total, dtype=torch.int64)
         off = 0
@@ -197,11 +205,16 @@ class Planner:
             reqs.append(r)
             ext.append(n)
             pre.append(start)
-            sample.append(start + n == r.num_tokens)
+            sampled = start + n == r.num_tokens
+            sample.append(sampled)
+            if sampled:  # its token stays pending until the step's results are processed
+                out_pos.append(r.num_tokens - len(r.prompt_ids))
+                r.pending += 1
+                r.pending_row = len(out_pos) - 1
             r.kv_len = start + n
             off += n
         self.r2t.write_cpu(rows, pos, slots)
         kv_col = self.table.col("kv_len")
         for r in reqs:
             kv_col[r.slot] = r.kv_len
-        return Step(reqs, input_ids, ext, pre, slots, sample)
+        return Step(reqs, input_ids, ext, pre, slots, sample, out_pos)

@@ -49,16 +49,28 @@ class Request:
     error: str | None = None
     failed: bool = False  # ended by an error: its stream raises error_type(error)
     error_type: type[Exception] = RuntimeError
+    # Tokens sampled by a launched step whose ids are not back on the host yet (the loop
+    # plans step N+1 while step N runs): at most 1 when a step is planned; the token's
+    # placeholder id is -(pending_row + 1), its row among that step's sampled requests.
+    pending: int = 0
+    pending_row: int = -1
     t_last_ns: int = 0  # when its latest token arrived, for inter-token latency
     last_is_stop_token: bool = False  # the final token (eos/stop id) is not part of the text
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def num_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.output_ids)
+        """Prompt and output tokens, the pending one included."""
+        return len(self.prompt_ids) + len(self.output_ids) + self.pending
 
     def token_at(self, start: int, end: int) -> list[int]:
+        """Token ids [start, end); a pending token is its placeholder -(pending_row + 1),
+        which the model runner replaces on the device with the id the last step sampled."""
         n = len(self.prompt_ids)
+        known = n + len(self.output_ids)
+        if end > known:
+            ids = self.token_at(start, known) if start < known else []
+            return ids + [-(self.pending_row + 1)] * (end - max(start, known))
         if end <= n:
             return self.prompt_ids[start:end]
         if start >= n:

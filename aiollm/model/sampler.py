@@ -146,8 +146,7 @@ class SamplingTensors:
         mp *= temp  # min-p in raw logits: logit >= max + T * log(min_p)
         np.reciprocal(temp, out=temp)
         # Two host-to-device copies for the whole parameter set.
-        f = torch.from_numpy(floats).to(device, non_blocking=True)
-        i = torch.from_numpy(ints).to(device, non_blocking=True)
+        f, i = _to_device(floats, device), _to_device(ints, device)
         st = cls(
             scale_floor=f[0:2],
             top_p=f[2],
@@ -175,8 +174,8 @@ class SamplingTensors:
         if min_tokens is not None and stop_ids is not None:
             active = np.asarray(step) < np.asarray(min_tokens)
             if np.count_nonzero(active):
-                st.ban_ids = torch.as_tensor(stop_ids, dtype=torch.int64).to(device)
-                st.ban_active = torch.from_numpy(active).to(device)
+                st.ban_ids = _to_device(np.asarray(stop_ids, dtype=np.int64), device)
+                st.ban_active = _to_device(active, device)
         return st
 
     @classmethod
@@ -190,8 +189,11 @@ class SamplingTensors:
         eos_ids: list[int],
         token_ids: np.ndarray | torch.Tensor | None = None,
         prompt_lens: np.ndarray | torch.Tensor | None = None,
+        step: np.ndarray | None = None,
     ) -> SamplingTensors:
-        """Gather the parameters of `slots` from an aiollm.native RequestTable."""
+        """Gather the parameters of `slots` from an aiollm.native RequestTable. step (the
+        output index each row samples) defaults to the table's output_len; the engine
+        passes it while earlier tokens are still in flight."""
 
         def g(name: str) -> np.ndarray:
             return table.gather(name, slots)
@@ -209,7 +211,7 @@ class SamplingTensors:
             presence_penalty=g("presence_penalty"),
             frequency_penalty=g("frequency_penalty"),
             seed=g("seed"),
-            step=g("output_len"),
+            step=g("output_len") if step is None else step,
             top_logprobs=g("top_logprobs"),
             vocab_size=vocab_size,
             device=device,
@@ -218,6 +220,15 @@ class SamplingTensors:
             min_tokens=g("min_new_tokens"),
             stop_ids=np.concatenate([eos, stop.astype(np.int64)], axis=1),
         )
+
+
+def _to_device(a: np.ndarray, device) -> torch.Tensor:
+    """An async host-to-device copy; from page-locked memory on a GPU, so it does not
+    wait for the step that is running."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if torch.device(device).type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
 
 
 def needs_history(repetition_penalty, presence_penalty, frequency_penalty) -> bool:
