@@ -17,7 +17,9 @@ class EngineConfig:
     kv_memory_fraction: float = 0.85  # of free GPU memory after loading, for the KV pool
     cpu_kv_tokens: int = 65536  # KV pool size on the CPU when kv_tokens is not given
     max_running_requests: int = 256
-    max_prefill_tokens: int = 8192  # token budget of one step (prefill chunks + decodes)
+    # token budget of one step (prefill chunks + decodes); 4096 measured best on the 8B
+    # LightLLM workload (bench/README.md): larger chunks stall decodes longer
+    max_prefill_tokens: int = 4096
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission
     table_capacity: int = 8192  # request table slots (running + waiting + paused)

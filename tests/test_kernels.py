@@ -93,6 +93,33 @@ def test_apply_rotary(T, HQ, HKV, D, dtype, device=CPU):
     assert torch.equal(qkv[:, (HQ + HKV) * D :], v_before), "v must be untouched"
 
 
+@pytest.mark.parametrize("T,HQ,HKV,D", [(1, 2, 2, 16), (7, 4, 1, 32), (5, 6, 3, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_store_kv(T, HQ, HKV, D, dtype, device=CPU):
+    """The fused kernel equals apply_rotary then store_kv: q rotated in place, rotated k in
+    its cache slot, v copied to its slot, every other slot untouched."""
+    qkv = torch.randn(T, (HQ + 2 * HKV) * D, dtype=dtype, device=device)
+    q = qkv[:, : HQ * D].view(T, HQ, D)
+    k = qkv[:, HQ * D : (HQ + HKV) * D].view(T, HKV, D)
+    v = qkv[:, (HQ + HKV) * D :].view(T, HKV, D)
+    positions = torch.randint(0, 100, (T,), device=device)
+    cos_sin = make_cos_sin(100, D, device)
+    S = 3 * T + 5
+    k_cache = torch.randn(S, HKV, D, dtype=dtype, device=device)
+    v_cache = torch.randn(S, HKV, D, dtype=dtype, device=device)
+    loc = torch.randperm(S, device=device)[:T]
+    q_ref, k_ref, kc_ref, vc_ref = q.clone(), k.clone(), k_cache.clone(), v_cache.clone()
+    kernels.apply_rotary_ref(q_ref, k_ref, positions, cos_sin)
+    kernels.store_kv_ref(kc_ref, vc_ref, k_ref, v.clone(), loc)
+    kernels.rotary_store_kv_triton(q, k, v, positions, cos_sin, k_cache, v_cache, loc)
+    assert_close(q, q_ref, dtype)
+    assert_close(k_cache[loc], kc_ref[loc], dtype)
+    assert torch.equal(v_cache, vc_ref)
+    other = torch.ones(S, dtype=torch.bool, device=device)
+    other[loc] = False
+    assert torch.equal(k_cache[other], kc_ref[other])
+
+
 @pytest.mark.parametrize("T,HKV,D", [(1, 1, 16), (9, 2, 32), (4, 3, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_store_kv(T, HKV, D, dtype, device=CPU):
@@ -275,6 +302,7 @@ def test_gpu_elementwise(T):
     test_silu_and_mul(T, 14336, dt, device=CUDA)
     test_apply_rotary(T, 32, 8, 128, dt, device=CUDA)
     test_store_kv(min(T, 40), 8, 128, dt, device=CUDA)
+    test_rotary_store_kv(T, 32, 8, 128, dt, device=CUDA)
 
 
 @gpu

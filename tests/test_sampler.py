@@ -361,3 +361,24 @@ def test_triton_scan_matches_the_reference(b, c, broadcast):
     assert torch.equal(only_stats[0], want[0]) and only_stats[2] is None
     only_draw = sampling.row_scan_triton(*args, stats=False)
     assert torch.equal(only_draw[2], want[2]) and only_draw[1] is None
+
+
+def test_all_greedy_without_logprobs_copies_nothing_and_takes_the_argmax():
+    """The common decode batch (all greedy, no logprobs, nothing banned) skips the
+    parameter tensors and the logprob pass, and picks what the full path picks."""
+    torch.manual_seed(3)
+    logits = torch.randn(5, 300) * 4
+    fast = params(5, 300, temperature=0.0, top_logprobs=-1)
+    assert fast.all_greedy and not fast.want_logprobs and fast.keys is None
+    full = params(5, 300, temperature=0.0, top_logprobs=0)
+    assert full.all_greedy and full.want_logprobs
+    a, b = sample(logits, fast), sample(logits, full)
+    assert a.logprobs is None and b.logprobs is not None
+    assert torch.equal(a.next_ids, b.next_ids)
+    assert torch.equal(a.next_ids, logits.argmax(dim=-1))
+    # one row sampling, or a row under min_tokens, leaves the fast path
+    assert not params(5, 300, temperature=[0, 0, 0, 0, 0.7], top_logprobs=-1).all_greedy
+    banned = params(5, 300, temperature=0.0, top_logprobs=-1, min_tokens=np.full(5, 2),
+                    stop_ids=np.full((5, 1), 7))
+    assert banned.ban_ids is not None
+    assert (sample(logits, banned).next_ids != 7).all()

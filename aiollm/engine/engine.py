@@ -7,8 +7,9 @@ step loop, all on the caller's event loop.
             print(delta.text, end="")
 
 The loop coroutine is one step ahead of the device: it plans step N+1 (planner.py) and
-launches it from the model runner's worker thread while step N still runs, then waits for
-step N's event (on a second thread, so HTTP handlers and streams keep running), appends
+launches it while step N still runs (queuing kernels on a GPU; on the CPU, computing on
+the model runner's thread), then waits for step N's event (on a second thread, so HTTP
+handlers and streams keep running), appends
 its sampled tokens, checks stops for the whole batch in C and wakes each request's stream.
 Step N+1 takes step N's tokens from the device, so the GPU never waits for the host.
 Streams detokenize on their own time; a stream that stops early (stop string, client gone,
@@ -374,7 +375,7 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
             return
-        launch = None
+        launch = out = err = None
         if step is not None:
             step.after_busy_device = self._inflight is not None
             try:
@@ -382,17 +383,28 @@ class Engine:
             except Exception:
                 self._undo_pending(step)
                 raise
-            launch = asyncio.get_running_loop().run_in_executor(
-                self._executor, self.runner.launch, inputs)
+            if self.device.type == "cuda":
+                # queuing kernels does not block: launch here, no thread hop
+                try:
+                    out = self.runner.launch(inputs)
+                except Exception as e:
+                    err = e
+            else:  # the CPU computes while launching: on the model thread, so the loop
+                # hands out step N's tokens meanwhile
+                launch = asyncio.get_running_loop().run_in_executor(
+                    self._executor, self.runner.launch, inputs)
         self._host_time += perf() - t0
         if self._inflight is not None:
             await self._complete_inflight()
-        if launch is None:
+        if step is None:
             return
-        try:
-            out = await launch
-        except Exception as e:  # a failing step fails its requests, not the server
-            self._step_failed(step, e)
+        if launch is not None:
+            try:
+                out = await launch
+            except Exception as e:
+                err = e
+        if err is not None:  # a failing step fails its requests, not the server
+            self._step_failed(step, err)
             return
         self._inflight = (step, out, perf())
 
@@ -408,8 +420,12 @@ class Engine:
         perf = time.perf_counter
         try:
             if out.done is not None:
-                await asyncio.get_running_loop().run_in_executor(self._waiter,
-                                                                 out.done.synchronize)
+                # yield once per step even when the device is already done: the loop would
+                # otherwise run step after step without letting streams and handlers in
+                await asyncio.sleep(0)
+                if not out.done.query():
+                    await asyncio.get_running_loop().run_in_executor(self._waiter,
+                                                                     out.done.synchronize)
         except Exception as e:
             self._step_failed(step, e)
             return

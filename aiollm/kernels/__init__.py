@@ -14,12 +14,13 @@ from aiollm.kernels.decode_attention import decode_attention_ref, decode_attenti
 from aiollm.kernels.extend_attention import extend_attention_ref, extend_attention_triton
 from aiollm.kernels.kv_store import store_kv_ref, store_kv_triton
 from aiollm.kernels.norm import rms_norm_ref, rms_norm_triton
-from aiollm.kernels.rotary import apply_rotary_ref, apply_rotary_triton
+from aiollm.kernels.rotary import apply_rotary_ref, apply_rotary_triton, rotary_store_kv_triton
 
 __all__ = [
-    "rms_norm", "silu_and_mul", "apply_rotary", "store_kv", "decode_attention",
-    "extend_attention",
+    "rms_norm", "silu_and_mul", "apply_rotary", "store_kv", "rotary_store_kv",
+    "decode_attention", "extend_attention",
     "rms_norm_triton", "silu_and_mul_triton", "apply_rotary_triton", "store_kv_triton",
+    "rotary_store_kv_triton",
     "decode_attention_triton", "extend_attention_triton",
     "rms_norm_ref", "silu_and_mul_ref", "apply_rotary_ref", "store_kv_ref",
     "decode_attention_ref", "extend_attention_ref",
@@ -45,6 +46,21 @@ def apply_rotary(
     """Rotates q [T,Hq,D] and k [T,Hkv,D] in place by their token positions."""
     fn = apply_rotary_triton if q.is_cuda else apply_rotary_ref
     fn(q, k, positions, cos_sin_cache)
+
+
+def rotary_store_kv(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+    cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    out_cache_loc: torch.Tensor,
+) -> None:
+    """apply_rotary(q, k, ...) then store_kv(k_cache, v_cache, k, v, out_cache_loc);
+    one fused kernel on CUDA."""
+    if q.is_cuda:
+        rotary_store_kv_triton(q, k, v, positions, cos_sin_cache, k_cache, v_cache,
+                               out_cache_loc)
+    else:
+        apply_rotary_ref(q, k, positions, cos_sin_cache)
+        store_kv_ref(k_cache, v_cache, k, v, out_cache_loc)
 
 
 def store_kv(

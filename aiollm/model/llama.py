@@ -17,12 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from aiollm.kernels import (
-    apply_rotary,
     decode_attention,
     extend_attention,
     rms_norm,
+    rotary_store_kv,
     silu_and_mul,
-    store_kv,
 )
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
@@ -89,10 +88,9 @@ class Attention(nn.Module):
         if self.qk_norm:
             q = self.q_norm(q.reshape(-1, D)).view(T, self.num_heads, D)
             k = self.k_norm(k.reshape(-1, D)).view(T, self.num_kv_heads, D)
-        apply_rotary(q, k, batch.positions, cos_sin)
         k_cache = batch.kv_pool.k_cache[self.layer_id]
         v_cache = batch.kv_pool.v_cache[self.layer_id]
-        store_kv(k_cache, v_cache, k, v, batch.out_cache_loc)
+        rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.out_cache_loc)
         if batch.is_decode:
             o = decode_attention(
                 q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,

@@ -44,7 +44,7 @@ GREEDY_EPS = 1e-5  # temperatures below this are greedy (dividing by them overfl
 @dataclass(slots=True)
 class SampleResult:
     next_ids: torch.Tensor  # [B] int64
-    logprobs: torch.Tensor  # [B] fp32: logprob of next_ids
+    logprobs: torch.Tensor | None  # [B] fp32: logprob of next_ids (None: no row asked)
     top_ids: torch.Tensor | None  # [B, K] int64, K = max top_logprobs in the batch
     top_logprobs: torch.Tensor | None  # [B, K] fp32
 
@@ -52,7 +52,8 @@ class SampleResult:
 @dataclass(slots=True)
 class SamplingTensors:
     """Per-request sampling parameters of one batch as [B] device tensors, plus host flags
-    (computed from the numpy inputs, no sync) that let sample() skip unused stages."""
+    (computed from the numpy inputs, no sync) that let sample() skip unused stages. When
+    every row is greedy with nothing to mask, the tensors are None: sample() reads none."""
 
     scale_floor: torch.Tensor  # [2, B] fp32: 1/temperature (1 on greedy rows), -inf
     top_p: torch.Tensor  # [B] fp32
@@ -70,6 +71,7 @@ class SamplingTensors:
     trunc_width: int  # sorted prefix top-k/top-p need: 0 none, < V a topk, V a full sort
     draw_on_candidates: bool  # every sampled row has a top-k: draw among the trunc_width best
     max_top_logprobs: int
+    want_logprobs: bool = True  # some row asked for logprobs (else sample() may skip them)
     # Token history, present only when some row uses a penalty.
     seen: torch.Tensor | None = None  # [B, V] bool: token in prompt or output
     output_counts: torch.Tensor | None = None  # [B, V] fp32: occurrences in the output
@@ -110,6 +112,18 @@ class SamplingTensors:
         ids on rows whose step < min_tokens.
         """
         b = len(temperature)
+        want_logprobs = bool(np.count_nonzero(np.asarray(top_logprobs) >= 0))
+        max_top = int(np.max(top_logprobs, initial=0))
+        banning = min_tokens is not None and stop_ids is not None and bool(
+            np.count_nonzero(np.asarray(step) < np.asarray(min_tokens)))
+        if (not np.count_nonzero(np.asarray(temperature) >= GREEDY_EPS) and not banning
+                and not needs_history(repetition_penalty, presence_penalty, frequency_penalty)):
+            # every row greedy, nothing to mask: sample() reads no per-row parameter, so
+            # nothing is copied to the device (the common case of a greedy decode batch)
+            return cls(None, None, None, None, None, None, None, None, None, all_greedy=True,
+                       any_greedy=True, use_top_p=False, use_min_p=False, trunc_width=0,
+                       draw_on_candidates=False, max_top_logprobs=max_top,
+                       want_logprobs=want_logprobs)
         # Host flags with few numpy calls: this runs once per step on the event loop.
         floats = np.empty((7, b), dtype=np.float32)
         floats[0] = temperature
@@ -163,7 +177,8 @@ class SamplingTensors:
             use_min_p=use_min_p,
             trunc_width=trunc_width,
             draw_on_candidates=on_candidates,
-            max_top_logprobs=int(np.max(top_logprobs, initial=0)),
+            max_top_logprobs=max_top,
+            want_logprobs=want_logprobs,
         )
         if needs_history(floats[4], floats[5], floats[6]):
             if token_ids is None or prompt_lens is None:
@@ -195,31 +210,33 @@ class SamplingTensors:
         output index each row samples) defaults to the table's output_len; the engine
         passes it while earlier tokens are still in flight."""
 
-        def g(name: str) -> np.ndarray:
-            return table.gather(name, slots)
-
+        f = table.gather_fields(_FIELDS, slots)
         rows = table.array[np.asarray(slots, dtype=np.int64)]
         used = np.arange(rows["stop_ids"].shape[1]) < rows["n_stop"][:, None]
         stop = np.where(used, rows["stop_ids"], -1)
         eos = np.broadcast_to(np.asarray(eos_ids, dtype=np.int64), (len(slots), len(eos_ids)))
         return cls.from_numpy(
-            temperature=g("temperature"),
-            top_p=g("top_p"),
-            top_k=g("top_k"),
-            min_p=g("min_p"),
-            repetition_penalty=g("repetition_penalty"),
-            presence_penalty=g("presence_penalty"),
-            frequency_penalty=g("frequency_penalty"),
-            seed=g("seed"),
-            step=g("output_len") if step is None else step,
-            top_logprobs=g("top_logprobs"),
+            temperature=f["temperature"],
+            top_p=f["top_p"],
+            top_k=f["top_k"],
+            min_p=f["min_p"],
+            repetition_penalty=f["repetition_penalty"],
+            presence_penalty=f["presence_penalty"],
+            frequency_penalty=f["frequency_penalty"],
+            seed=f["seed"],
+            step=f["output_len"] if step is None else step,
+            top_logprobs=f["top_logprobs"],
             vocab_size=vocab_size,
             device=device,
             token_ids=token_ids,
             prompt_lens=prompt_lens,
-            min_tokens=g("min_new_tokens"),
+            min_tokens=f["min_new_tokens"],
             stop_ids=np.concatenate([eos, stop.astype(np.int64)], axis=1),
         )
+
+
+_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
+           "frequency_penalty", "seed", "output_len", "top_logprobs", "min_new_tokens")
 
 
 def _to_device(a: np.ndarray, device) -> torch.Tensor:
@@ -337,6 +354,8 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     elif st.ban_ids is not None:
         logits = mask_token_ids(logits.clone(), st.ban_ids, st.ban_active)
 
+    if st.all_greedy and not st.want_logprobs and st.ban_ids is None and not st.use_penalties:
+        return SampleResult(logits.argmax(dim=-1), None, None, None)
     if st.all_greedy:
         next_ids, lse, _ = row_scan(logits)
     else:
