@@ -9,8 +9,8 @@ step loop, all on the caller's event loop.
 The loop coroutine is one step ahead of the device: it plans step N+1 (planner.py) and
 launches it while step N still runs (queuing kernels on a GPU; on the CPU, computing on
 the model runner's thread), then waits for step N's event (on a second thread, so HTTP
-handlers and streams keep running), appends
-its sampled tokens, checks stops for the whole batch in C and wakes each request's stream.
+handlers and streams keep running), appends its sampled tokens, checks stops for the
+whole batch in C and wakes each request's stream.
 Step N+1 takes step N's tokens from the device, so the GPU never waits for the host.
 Streams detokenize on their own time; a stream that stops early (stop string, client gone,
 task cancelled) releases its request at once.

@@ -185,10 +185,3 @@ class ModelRunner:
         return StepResult(next_ids=out.next_ids.numpy(), logprobs=np_(out.logprobs),
                           top_ids=np_(out.top_ids), top_logprobs=np_(out.top_logprobs),
                           bad=np_(out.bad))
-
-    def run(self, inp: StepInputs) -> StepResult | None:
-        """launch and wait: one step, synchronously."""
-        out = self.launch(inp)
-        if out.done is not None:
-            out.done.synchronize()
-        return self.collect(out)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from aiollm.kernels.sampling import row_keys, row_scan
+from aiollm.model.forward_batch import to_device
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy (dividing by them overflows)
 
@@ -160,7 +161,7 @@ class SamplingTensors:
         mp *= temp  # min-p in raw logits: logit >= max + T * log(min_p)
         np.reciprocal(temp, out=temp)
         # Two host-to-device copies for the whole parameter set.
-        f, i = _to_device(floats, device), _to_device(ints, device)
+        f, i = to_device(floats, device), to_device(ints, device)
         st = cls(
             scale_floor=f[0:2],
             top_p=f[2],
@@ -189,8 +190,8 @@ class SamplingTensors:
         if min_tokens is not None and stop_ids is not None:
             active = np.asarray(step) < np.asarray(min_tokens)
             if np.count_nonzero(active):
-                st.ban_ids = _to_device(np.asarray(stop_ids, dtype=np.int64), device)
-                st.ban_active = _to_device(active, device)
+                st.ban_ids = to_device(np.asarray(stop_ids, dtype=np.int64), device)
+                st.ban_active = to_device(active, device)
         return st
 
     @classmethod
@@ -237,15 +238,6 @@ class SamplingTensors:
 
 _FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
            "frequency_penalty", "seed", "output_len", "top_logprobs", "min_new_tokens")
-
-
-def _to_device(a: np.ndarray, device) -> torch.Tensor:
-    """An async host-to-device copy; from page-locked memory on a GPU, so it does not
-    wait for the step that is running."""
-    t = torch.from_numpy(np.ascontiguousarray(a))
-    if torch.device(device).type == "cuda":
-        t = t.pin_memory()
-    return t.to(device, non_blocking=True)
 
 
 def needs_history(repetition_penalty, presence_penalty, frequency_penalty) -> bool:
