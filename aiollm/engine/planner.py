@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from aiollm.engine.request import Phase, Request
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
@@ -27,7 +26,7 @@ class Step:
     input_ids: list[int]
     extend_lens: list[int]
     prefix_lens: list[int]
-    out_cache_loc: torch.Tensor  # [T] int64 CPU
+    out_cache_loc: np.ndarray  # [T] int64
     sample: list[bool]  # does this request's last new token produce a sampled token
     out_pos: list[int]  # for each sampled request: the output index of the token it samples
     after_busy_device: bool = False  # planned while the step before it was still running
@@ -193,15 +192,11 @@ class Planner:
         total = sum(n for _, n in chunks)
         slots = self.kv.alloc(total)
         assert slots is not None, "planner allocated past the free KV slots"
+        slots = slots.numpy()
         reqs, input_ids, ext, pre, sample, out_pos = [], [], [], [], [], []
-        rows = torch.empty(total, dtype=torch.int64)
-        pos = torch.empty(total, dtype=torch.int64)
-        off = 0
         for r, n in chunks:
             start = r.kv_len
             input_ids.extend(r.token_at(start, start + n))
-            rows[off : off + n] = r.row
-            torch.arange(start, start + n, out=pos[off : off + n])
             reqs.append(r)
             ext.append(n)
             pre.append(start)
@@ -212,7 +207,14 @@ class Planner:
                 r.pending += 1
                 r.pending_row = len(out_pos) - 1
             r.kv_len = start + n
-            off += n
+        # (row, position) of every new token, for the req_to_token map
+        rows = np.fromiter((r.row for r in reqs), np.int64, len(reqs))
+        pos = np.array(pre, dtype=np.int64)
+        if total != len(reqs):  # some prefill chunk: expand per token
+            lens = np.array(ext, dtype=np.int64)
+            first = np.repeat(np.cumsum(lens) - lens, lens)
+            rows = np.repeat(rows, lens)
+            pos = np.repeat(pos, lens) + np.arange(total) - first
         self.r2t.write_cpu(rows, pos, slots)
         kv_col = self.table.col("kv_len")
         for r in reqs:

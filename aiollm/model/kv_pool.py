@@ -1,8 +1,9 @@
 """The token-level KV pool (TokenAttention): KV slots per token, no padding, no blocks.
 
 KVPool holds one K and one V tensor per layer, indexed by token slot, and hands slots out
-and takes them back with a free stack kept on the CPU (vectorised: one slice per call,
-never a Python loop over tokens). ReqToTokenTable maps each request's positions to slots:
+and takes them back with a free stack kept on the CPU in numpy (vectorised: one slice per
+call, never a Python loop over tokens; a numpy call costs about a microsecond where a torch
+CPU op costs several, and the planner makes a few per step). ReqToTokenTable maps each request's positions to slots:
 row r, column p holds the slot of token p of the request that owns row r.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -36,9 +38,9 @@ class KVPool:
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end
         # hands out the most recently freed slots first (they are warm in cache).
-        self._stack = torch.arange(num_tokens - 1, -1, -1, dtype=torch.int64)
+        self._stack = np.arange(num_tokens - 1, -1, -1, dtype=np.int64)
         self._n_free = num_tokens
-        self._in_use = torch.zeros(num_tokens, dtype=torch.bool)
+        self._in_use = np.zeros(num_tokens, dtype=bool)
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -57,16 +59,19 @@ class KVPool:
         if n > self._n_free:
             return None
         self._n_free -= n
-        slots = self._stack[self._n_free : self._n_free + n].clone()
+        slots = self._stack[self._n_free : self._n_free + n].copy()
         self._in_use[slots] = True
-        return slots
+        return torch.from_numpy(slots)
 
-    def free(self, slots: torch.Tensor) -> None:
-        n = slots.numel()
+    def free(self, slots: torch.Tensor | np.ndarray) -> None:
+        if isinstance(slots, torch.Tensor):
+            slots = slots.cpu().numpy()
+        slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        n = slots.size
         if n == 0:
             return
-        slots = slots.to(dtype=torch.int64, device="cpu").reshape(-1)
-        if not bool(self._in_use[slots].all()) or torch.unique(slots).numel() != n:
+        if (slots.min() < 0 or slots.max() >= self.capacity or not self._in_use[slots].all()
+                or np.unique(slots).size != n):
             raise RuntimeError("KVPool.free: a slot is not in use or is given twice")
         self._in_use[slots] = False
         self._stack[self._n_free : self._n_free + n] = slots
@@ -74,16 +79,20 @@ class KVPool:
 
 
 class ReqToTokenTable:
-    """[rows, max_len] int32 map from (request row, position) to KV slot.
+    """[rows + 1, max_len] int32 map from (request row, position) to KV slot.
 
-    The master copy is on the CPU (the engine reads it to free a finished request's slots
-    without touching the GPU); on a GPU a device copy is kept in step by `write`.
+    Rows 0..rows-1 are handed out to requests. The extra last row (`pad_row`) never is: the
+    padding rows of a CUDA-graph batch write and read there. The master copy is on the CPU
+    (the engine reads it to free a finished request's slots without touching the GPU); on a
+    GPU a device copy is kept in step by `write_device` (or by the decode graph itself).
     """
 
     def __init__(self, rows: int, max_len: int, device: torch.device | str):
         self.rows = rows
         self.max_len = max_len
-        self.cpu = torch.zeros((rows, max_len), dtype=torch.int32)
+        self.pad_row = rows
+        self.cpu = torch.zeros((rows + 1, max_len), dtype=torch.int32)
+        self._np = self.cpu.numpy()  # shares memory with self.cpu
         self.device = torch.device(device)
         self.table = self.cpu if self.device.type == "cpu" else self.cpu.to(self.device)
         self._free_rows = list(range(rows - 1, -1, -1))
@@ -99,14 +108,17 @@ class ReqToTokenTable:
         assert 0 <= row < self.rows and row not in self._free_rows, f"bad req_to_token row {row}"
         self._free_rows.append(row)
 
-    def write_cpu(self, rows: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> None:
-        """Record slots[i] for (rows[i], positions[i]) on the CPU master copy."""
-        self.cpu[rows.long(), positions.long()] = slots.to(torch.int32)
+    def write_cpu(self, rows, positions, slots) -> None:
+        """Record slots[i] for (rows[i], positions[i]) on the CPU master copy (numpy arrays
+        or CPU tensors)."""
+        self._np[np.asarray(rows, dtype=np.int64), np.asarray(positions, dtype=np.int64)] = \
+            np.asarray(slots)
 
     def write_device(self, rows: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> None:
         """Mirror a write_cpu on the device copy (tensors already on the device)."""
         if self.table is not self.cpu:
-            self.table[rows.long(), positions.long()] = slots.to(torch.int32)
+            flat = rows.long() * self.max_len + positions.long()
+            self.table.view(-1).index_copy_(0, flat, slots.to(torch.int32))
 
-    def slots_of(self, row: int, start: int, end: int) -> torch.Tensor:
-        return self.cpu[row, start:end].to(torch.int64)
+    def slots_of(self, row: int, start: int, end: int) -> np.ndarray:
+        return self._np[row, start:end].astype(np.int64)
