@@ -357,3 +357,30 @@ def test_penalties_wait_for_the_pending_token(loop, engine):
     assert not any(launches)
     assert out.completion_tokens == 16 and out.token_ids != plain.token_ids
     assert_all_free(engine)
+
+
+def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, engine):
+    """On a GPU a decode batch is padded up to its CUDA-graph bucket: padding rows write
+    the KV pool's scratch slot and the req_to_token table's padding row. Run the same
+    padding eagerly here (3 requests run as 4) and compare with the unpadded batches."""
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+
+    async def three():
+        return [o.token_ids for o in await asyncio.gather(
+            *(engine.generate(p, params) for p in PROMPTS[:3]))]
+
+    graphs = engine.runner.graphs
+    assert graphs.bucket(3) == 3
+    plain = run(loop, three())
+    graphs.pad = True
+    try:
+        assert graphs.bucket(3) == 4
+        padded = run(loop, three())
+    finally:
+        graphs.pad = False
+    assert padded == plain
+    # the padding row went to the table's padding row (on the CPU the device table is the
+    # master copy), position 0, slot scratch
+    pad_row = engine.req_to_token.table[engine.req_to_token.pad_row]
+    assert pad_row[0] == engine.kv_pool.scratch_slot and not pad_row[1:].any()
+    assert_all_free(engine)

@@ -1,10 +1,24 @@
-"""CUDA graphs for decode steps: one graph per batch-size bucket, sharing one memory pool.
+"""Decode steps from static buffers, replayed as CUDA graphs: one graph per batch-size bucket,
+sharing one memory pool.
 
 A decode step of a small model is mostly launch overhead: hundreds of small kernels at a
-few microseconds each. Replaying a captured graph launches them all at once. Graphs are
-captured for buckets of batch sizes up to a maximum; a batch is padded up to its bucket
-(padding rows write their KV to the pool's scratch slot and attend to one token), and
-prefill or larger batches run eagerly.
+few microseconds each, plus the host's own work to feed them. A captured graph launches
+them all at once, and it captures more than the forward pass, so the host's part of a decode
+step is one copy in, one replay and one copy out:
+
+- the inputs arrive in one host-to-device copy, packed as [4, bs] int64 rows (input ids,
+  positions, KV slots, req_to_token rows) from a page-locked staging buffer;
+- an input id -(i + 1) is the token the previous step sampled for its i-th sampled row (the
+  overlapped loop plans a step before the last one's ids are on the host): the graph reads it
+  from `prev_ids`, which every step leaves its sampled ids in;
+- the graph writes the new tokens' slots into the device req_to_token map;
+- after the forward pass it takes each row's argmax and whether its logits are all finite,
+  packed as [2, bs] int64, and leaves the argmax in `prev_ids` for the next step.
+
+A batch is padded up to its bucket: padding rows read and write the req_to_token table's
+padding row and the KV pool's scratch slot. Prefill and larger batches run eagerly. Without
+capture (the CPU) the same step function runs eagerly on exactly the batch, no padding, so
+the CPU test suite exercises what the graphs replay.
 """
 
 from __future__ import annotations
@@ -12,12 +26,16 @@ from __future__ import annotations
 import logging
 import time
 
+import numpy as np
 import torch
 
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 
 log = logging.getLogger(__name__)
+
+FIELDS = 4  # input ids, positions, KV slots, req_to_token rows
+STAGING = 3  # staging buffers in turn (a buffer is reused once its step has completed)
 
 
 def batch_buckets(max_bs: int) -> list[int]:
@@ -27,35 +45,72 @@ def batch_buckets(max_bs: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model: torch.nn.Module, kv_pool: KVPool, r2t: ReqToTokenTable,
-                 max_bs: int, max_seq_len: int):
+                 prev_ids: torch.Tensor, max_bs: int, *, capture: bool = True):
         self.model = model
         self.kv_pool = kv_pool
+        self.r2t = r2t
+        self.prev_ids = prev_ids  # [>= max_bs] int64: the last step's sampled ids
         self.max_bs = max_bs
-        self.max_seq_len = max_seq_len
+        self.capture = capture
+        self.pad = capture  # pad batches up to their bucket (a test pads without capture)
         self.buckets = batch_buckets(max_bs)
         dev = kv_pool.device
-        n = max_bs
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.out_cache_loc = torch.full((n,), kv_pool.scratch_slot, dtype=torch.int64, device=dev)
-        self.req_rows = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.seq_lens = torch.ones(n, dtype=torch.int32, device=dev)
-        self.prefix_lens = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.extend_lens = torch.ones(n, dtype=torch.int32, device=dev)
-        self.q_start_loc = torch.arange(n, dtype=torch.int32, device=dev)
-        self.logits_index = torch.arange(n, dtype=torch.int64, device=dev)
-        self.r2t = r2t
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self._capture()
+        self.inp = torch.zeros(FIELDS * max_bs, dtype=torch.int64, device=dev)
+        pin = dev.type == "cuda"
+        self._stage = [torch.zeros(FIELDS * max_bs, dtype=torch.int64, pin_memory=pin)
+                       for _ in range(STAGING)]
+        self._stage_np = [t.numpy() for t in self._stage]
+        self._turn = 0
+        self._ones = torch.ones(max_bs, dtype=torch.int32, device=dev)
+        self._arange32 = torch.arange(max_bs, dtype=torch.int32, device=dev)
+        self._arange64 = torch.arange(max_bs, dtype=torch.int64, device=dev)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        if capture:
+            self._capture()
 
-    def _static_batch(self, bs: int) -> ForwardBatch:
-        return ForwardBatch(
-            input_ids=self.input_ids[:bs], positions=self.positions[:bs],
-            out_cache_loc=self.out_cache_loc[:bs], req_rows=self.req_rows[:bs],
-            prefix_lens=self.prefix_lens[:bs], extend_lens=self.extend_lens[:bs],
-            seq_lens=self.seq_lens[:bs], q_start_loc=self.q_start_loc[:bs],
-            logits_index=self.logits_index[:bs], is_decode=True, max_extend_len=1,
-            max_seq_len=self.max_seq_len, req_to_token=self.r2t.table, kv_pool=self.kv_pool)
+    def bucket(self, b: int) -> int:
+        """The batch size a batch of b requests runs at (b itself without padding)."""
+        if not self.pad:
+            return b
+        return next(x for x in self.buckets if x >= b)
+
+    def stage(self, b: int, input_ids, positions, out_cache_loc, req_rows) -> int:
+        """Queue the copy of a decode batch's inputs (b requests) into the static buffer;
+        returns the bucket it runs at. The copy is ordered on the stream after the step
+        running now, which may still read the buffer."""
+        bs = self.bucket(b)
+        buf, arr = self._stage[self._turn], self._stage_np[self._turn]
+        self._turn = (self._turn + 1) % STAGING
+        v = arr[: FIELDS * bs].reshape(FIELDS, bs)
+        v[0, :b] = input_ids
+        v[1, :b] = positions
+        v[2, :b] = out_cache_loc
+        v[3, :b] = req_rows
+        if bs > b:  # padding rows: a one-token attention on the padding row, KV to scratch
+            v[0:2, b:] = 0
+            v[2, b:] = self.kv_pool.scratch_slot
+            v[3, b:] = self.r2t.pad_row
+        self.inp[: FIELDS * bs].copy_(buf[: FIELDS * bs], non_blocking=True)
+        return bs
+
+    def _step(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decode step on the static inputs of bucket bs: (logits [bs, V], [2, bs])."""
+        raw, pos, loc, rows = self.inp[: FIELDS * bs].view(FIELDS, bs).unbind(0)
+        ids = torch.where(raw < 0, self.prev_ids.index_select(0, (-raw - 1).clamp(min=0)), raw)
+        table = self.r2t.table
+        table.view(-1).index_copy_(0, rows * self.r2t.max_len + pos, loc.to(torch.int32))
+        pos32 = pos.to(torch.int32)
+        fb = ForwardBatch(
+            input_ids=ids, positions=pos, out_cache_loc=loc, req_rows=rows.to(torch.int32),
+            prefix_lens=pos32, extend_lens=self._ones[:bs], seq_lens=pos32 + 1,
+            q_start_loc=self._arange32[:bs], logits_index=self._arange64[:bs], is_decode=True,
+            max_extend_len=1, max_seq_len=self.r2t.max_len, req_to_token=table,
+            kv_pool=self.kv_pool, token_rows=rows)
+        logits = self.model.forward(fb)
+        top = logits.argmax(dim=-1)
+        self.prev_ids[:bs].copy_(top)
+        bad = ~torch.isfinite(logits).all(dim=-1)
+        return logits, torch.stack([top, bad.to(torch.int64)])
 
     @torch.inference_mode()
     def _capture(self) -> None:
@@ -64,37 +119,28 @@ class DecodeGraphs:
         stream = torch.cuda.Stream()
         # largest first, so smaller graphs reuse the pool's blocks
         for bs in reversed(self.buckets):
-            fb = self._static_batch(bs)
+            v = self.inp[: FIELDS * bs].view(FIELDS, bs)
+            v[0:2].zero_()
+            v[2].fill_(self.kv_pool.scratch_slot)
+            v[3].fill_(self.r2t.pad_row)
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):  # compile / autotune every kernel outside the capture
-                    self.model.forward(fb)
+                    self._step(bs)
             torch.cuda.current_stream().wait_stream(stream)
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=pool, stream=stream):
-                out = self.model.forward(fb)
-            self.graphs[bs] = (g, out)
+                logits, packed = self._step(bs)
+            self.graphs[bs] = (g, logits, packed)
         torch.cuda.synchronize()
         log.info("captured %d decode CUDA graphs (batch <= %d) in %.1fs", len(self.graphs),
                  self.max_bs, time.monotonic() - t0)
 
-    def can_run(self, fb: ForwardBatch) -> bool:
-        return fb.is_decode and fb.batch_size <= self.max_bs
-
-    def run(self, fb: ForwardBatch) -> torch.Tensor:
-        b = fb.batch_size
-        bs = next(x for x in self.buckets if x >= b)
-        self.input_ids[:b].copy_(fb.input_ids)
-        self.positions[:b].copy_(fb.positions)
-        self.out_cache_loc[:b].copy_(fb.out_cache_loc)
-        self.req_rows[:b].copy_(fb.req_rows)
-        self.seq_lens[:b].copy_(fb.seq_lens)
-        self.prefix_lens[:b].copy_(fb.prefix_lens)
-        if bs > b:  # padding rows: harmless one-token attention, KV written to scratch
-            self.out_cache_loc[b:bs].fill_(self.kv_pool.scratch_slot)
-            self.seq_lens[b:bs].fill_(1)
-            self.prefix_lens[b:bs].fill_(0)
-            self.positions[b:bs].fill_(0)
-        g, out = self.graphs[bs]
+    def run(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the staged batch at bucket bs: (logits [bs, V], packed [2, bs] int64 of the
+        argmax and the non-finite flag of each row)."""
+        if not self.capture:
+            return self._step(bs)
+        g, logits, packed = self.graphs[bs]
         g.replay()
-        return out[:b]
+        return logits, packed

@@ -36,6 +36,7 @@ from aiollm.engine.planner import Planner, Step
 from aiollm.engine.request import Phase, Request
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
+from aiollm.model.sampler import GREEDY_EPS
 from aiollm.native import FinishReason, RequestTable, ReqState, TableError
 from aiollm.sampling_params import SamplingParams
 
@@ -270,6 +271,8 @@ class Engine:
         req = Request(prompt_ids=ids, params=params, slot=slot, seed=seed, arrival=time.monotonic())
         if params.logprobs is not None:
             req.logprobs = []
+        req.argmax_only = (params.temperature < GREEDY_EPS and params.logprobs is None
+                           and not params.uses_penalty and params.min_tokens == 0)
         try:
             self._fill_record(req, params)
         except Exception:

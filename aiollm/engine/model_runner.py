@@ -1,15 +1,20 @@
 """ModelRunner: turns a planned Step into one forward pass and one sampling pass.
 
-prepare() runs on the event loop thread: it reads the request table and starts the batch
-metadata's copies to the device (from page-locked memory, so they queue behind the running
-step instead of waiting for it). launch() runs on the engine's model thread: it queues the
-forward pass, the sampling and the copy of the sampled ids into page-locked host memory,
-then records a CUDA event and returns without waiting. collect() turns a finished launch
-into numpy. On the CPU, launch() computes everything before it returns.
+prepare() reads the request table and starts the batch metadata's copies to the device
+(from page-locked memory, so they queue behind the running step instead of waiting for it).
+launch() queues the forward pass, the sampling and the copy of the sampled ids into
+page-locked host memory, then records a CUDA event and returns without waiting. collect()
+turns a finished launch into numpy. On a GPU both run on the event loop's thread (queuing
+kernels does not block); on the CPU launch() computes the step, on the engine's model
+thread.
+
+Decode batches (every request feeds one token and samples one) take the short way:
+their inputs go through DecodeGraphs' static buffers in one copy, and when every request is
+plain greedy the graph's own argmax comes back in one copy, with no sampling pass.
 
 Tokens sampled by the step still running are not on the host when the next step is
-planned: the planner writes them as placeholders -(row + 1), and launch() replaces them on
-the device with the ids that step sampled (kept in self._prev_ids).
+planned: the planner writes them as placeholders -(row + 1), and the device replaces them
+with the ids that step sampled (kept in self._prev_ids, which every step writes).
 """
 
 from __future__ import annotations
@@ -23,14 +28,17 @@ from aiollm.engine.planner import Step
 from aiollm.engine.request import TokenLogprob
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
-from aiollm.model.sampler import SamplingTensors, needs_history, sample
+from aiollm.model.sampler import SampleResult, SamplingTensors, needs_history, sample
 from aiollm.native import RequestTable
 
 
 @dataclass(slots=True)
 class StepInputs:
-    batch: ForwardBatch
-    sampling: SamplingTensors | None
+    batch: ForwardBatch | None  # the eager path's batch (None: a staged decode batch)
+    decode_bs: int  # > 0: a decode batch staged in DecodeGraphs, run at this bucket size
+    n: int  # requests in the step
+    sampling: SamplingTensors | None  # None with argmax_only
+    argmax_only: bool  # every sampled row is plain greedy: the argmax is all it needs
     placeholders: bool  # some input ids are the previous step's sampled ids
     start: torch.cuda.Event | None  # recorded before the step's first copy (GPU timing)
 
@@ -46,6 +54,9 @@ class Launched:
     bad: torch.Tensor | None
     start: torch.cuda.Event | None
     done: torch.cuda.Event | None
+    packed: np.ndarray | None = None  # a decode batch's [2 * bs] argmax and non-finite flags
+    n: int = 0
+    bs: int = 0
 
 
 @dataclass(slots=True)
@@ -77,6 +88,8 @@ class ModelRunner:
     def __init__(self, model: torch.nn.Module, model_config, kv_pool: KVPool,
                  req_to_token: ReqToTokenTable, device: torch.device, *, eos_ids=(),
                  cuda_graph: bool = False, cuda_graph_max_batch: int = 256):
+        from aiollm.engine.cuda_graph import STAGING, DecodeGraphs
+
         self.model = model
         self.config = model_config
         self.kv_pool = kv_pool
@@ -84,14 +97,19 @@ class ModelRunner:
         self.device = device
         self.eos_ids = list(eos_ids)
         self.vocab_size = model_config.vocab_size
-        self.graphs = None
-        self._prev_ids: torch.Tensor | None = None  # [S] what the last launched step sampled
-        if cuda_graph:
-            from aiollm.engine.cuda_graph import DecodeGraphs
-
-            self.graphs = DecodeGraphs(model, kv_pool, req_to_token,
-                                       min(cuda_graph_max_batch, req_to_token.rows),
-                                       req_to_token.max_len)
+        # [rows + 1] what the last launched step sampled, by sampled row (static: the decode
+        # graphs read and write it too)
+        self._prev_ids = torch.zeros(req_to_token.rows + 1, dtype=torch.int64, device=device)
+        # decode batches run from static buffers: captured as CUDA graphs when asked for,
+        # else the same step function eagerly (the CPU)
+        capture = cuda_graph and device.type == "cuda"
+        max_bs = min(cuda_graph_max_batch, req_to_token.rows) if capture else req_to_token.rows
+        self.graphs = DecodeGraphs(model, kv_pool, req_to_token, self._prev_ids, max_bs,
+                                   capture=capture)
+        pin = device.type == "cuda"
+        self._out = [torch.zeros(2 * max_bs, dtype=torch.int64, pin_memory=pin)
+                     for _ in range(STAGING)]
+        self._out_turn = 0
 
     def prepare(self, step: Step, table: RequestTable) -> StepInputs:
         dev = self.device
@@ -99,15 +117,24 @@ class ModelRunner:
         if dev.type == "cuda":
             start = torch.cuda.Event(enable_timing=True)
             start.record()
+        reqs = step.reqs
+        n = len(reqs)
+        sampled = [r for r, s in zip(reqs, step.sample) if s]
+        argmax_only = all(r.argmax_only for r in sampled)
+        if step.num_tokens == n and len(sampled) == n and n <= self.graphs.max_bs:
+            # a decode batch: every request feeds one token and samples one
+            bs = self.graphs.stage(n, step.input_ids, step.prefix_lens, step.out_cache_loc,
+                                   np.fromiter((r.row for r in reqs), np.int64, n))
+            st = None if argmax_only else self._sampling(step, sampled, table)
+            return StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start)
         ids = np.array(step.input_ids, dtype=np.int64)
-        sampled = [r for r, s in zip(step.reqs, step.sample) if s]
         sample_index = None
-        if sampled and len(sampled) < len(step.reqs):
+        if sampled and len(sampled) < n:
             sample_index = np.flatnonzero(step.sample)
         batch = ForwardBatch.build(
             input_ids=ids,
-            out_cache_loc=step.out_cache_loc.numpy(),
-            req_rows=np.fromiter((r.row for r in step.reqs), np.int64, len(step.reqs)),
+            out_cache_loc=step.out_cache_loc,
+            req_rows=np.fromiter((r.row for r in reqs), np.int64, n),
             prefix_lens=np.array(step.prefix_lens, dtype=np.int64),
             extend_lens=np.array(step.extend_lens, dtype=np.int64),
             req_to_token=self.r2t.table,
@@ -115,51 +142,76 @@ class ModelRunner:
             device=dev,
             sample_index=sample_index,
         )
-        st = None
-        if sampled:
-            slots = np.fromiter((r.slot for r in sampled), np.int32, len(sampled))
-            history = prompt_lens = None
-            pen = table.gather_fields(
-                ("repetition_penalty", "presence_penalty", "frequency_penalty"), slots)
-            if needs_history(pen["repetition_penalty"], pen["presence_penalty"],
-                             pen["frequency_penalty"]):
-                # the engine plans such steps only once no earlier token is pending (see
-                # Engine._must_wait_for): the history is every token on the host
-                known = [r.prompt_ids + r.output_ids for r in sampled]
-                history = np.full((len(sampled), max(map(len, known))), -1, dtype=np.int64)
-                for i, toks in enumerate(known):
-                    history[i, : len(toks)] = toks
-                prompt_lens = np.array([len(r.prompt_ids) for r in sampled], dtype=np.int64)
-            st = SamplingTensors.from_table(table, slots, vocab_size=self.vocab_size, device=dev,
-                                            eos_ids=self.eos_ids, token_ids=history,
-                                            prompt_lens=prompt_lens,
-                                            step=np.array(step.out_pos, dtype=np.int64))
-        return StepInputs(batch, st, bool((ids < 0).any()), start)
+        st = self._sampling(step, sampled, table) if sampled and not argmax_only else None
+        return StepInputs(batch, 0, n, st, argmax_only and bool(sampled),
+                          bool((ids < 0).any()), start)
+
+    def _sampling(self, step: Step, sampled: list, table: RequestTable) -> SamplingTensors:
+        dev = self.device
+        slots = np.fromiter((r.slot for r in sampled), np.int32, len(sampled))
+        history = prompt_lens = None
+        pen = table.gather_fields(
+            ("repetition_penalty", "presence_penalty", "frequency_penalty"), slots)
+        if needs_history(pen["repetition_penalty"], pen["presence_penalty"],
+                         pen["frequency_penalty"]):
+            # the engine plans such steps only once no earlier token is pending (see
+            # Engine._must_wait_for): the history is every token on the host
+            known = [r.prompt_ids + r.output_ids for r in sampled]
+            history = np.full((len(sampled), max(map(len, known))), -1, dtype=np.int64)
+            for i, toks in enumerate(known):
+                history[i, : len(toks)] = toks
+            prompt_lens = np.array([len(r.prompt_ids) for r in sampled], dtype=np.int64)
+        return SamplingTensors.from_table(table, slots, vocab_size=self.vocab_size, device=dev,
+                                          eos_ids=self.eos_ids, token_ids=history,
+                                          prompt_lens=prompt_lens,
+                                          step=np.array(step.out_pos, dtype=np.int64))
 
     @torch.inference_mode()
     def launch(self, inp: StepInputs) -> Launched:
         """Queue the step on the device; on the CPU this computes it."""
+        if inp.decode_bs:
+            return self._launch_decode(inp)
         b = inp.batch
         if inp.placeholders:
             ids = b.input_ids
             prev = self._prev_ids[(-ids - 1).clamp(min=0)]
             b.input_ids = torch.where(ids < 0, prev, ids)
         self.r2t.write_device(b.token_rows, b.positions, b.out_cache_loc)
-        if self.graphs is not None and self.graphs.can_run(b):
-            logits = self.graphs.run(b)
-        else:
-            logits = self.model.forward(b)
+        logits = self.model.forward(b)
         res = bad = None
-        if inp.sampling is not None:
+        if inp.argmax_only or inp.sampling is not None:
             if b.sample_index is not None:
                 logits = logits.index_select(0, b.sample_index)
-            logits = logits.float()
-            res = sample(logits, inp.sampling)
             bad = ~torch.isfinite(logits).all(dim=-1)
-        self._prev_ids = res.next_ids if res is not None else None
-        done = None
-        if b.input_ids.is_cuda:
-            done = torch.cuda.Event(enable_timing=inp.start is not None)
+            if inp.argmax_only:
+                res = SampleResult(logits.argmax(dim=-1), None, None, None)
+            else:
+                res = sample(logits.float(), inp.sampling)
+            self._prev_ids[: res.next_ids.shape[0]].copy_(res.next_ids)
+        return self._queue_results(inp, res, bad)
+
+    def _launch_decode(self, inp: StepInputs) -> Launched:
+        n, bs = inp.n, inp.decode_bs
+        logits, packed = self.graphs.run(bs)
+        if inp.argmax_only:  # the graph's argmax is the result: one copy back
+            host = self._out[self._out_turn]
+            self._out_turn = (self._out_turn + 1) % len(self._out)
+            host[: 2 * bs].copy_(packed.view(-1), non_blocking=True)
+            done = self._record_done(inp)
+            return Launched(None, None, None, None, None, inp.start, done,
+                            packed=host.numpy()[: 2 * bs], n=n, bs=bs)
+        res = sample(logits[:n].float(), inp.sampling)
+        self._prev_ids[:n].copy_(res.next_ids)
+        return self._queue_results(inp, res, packed[1, :n] != 0)
+
+    def _record_done(self, inp: StepInputs) -> torch.cuda.Event | None:
+        if self.device.type != "cuda":
+            return None
+        done = torch.cuda.Event(enable_timing=inp.start is not None)
+        done.record()
+        return done
+
+    def _queue_results(self, inp: StepInputs, res: SampleResult | None, bad) -> Launched:
         out = Launched(
             next_ids=_to_host(res.next_ids) if res else None,
             logprobs=_to_host(res.logprobs) if res else None,
@@ -167,15 +219,18 @@ class ModelRunner:
             top_logprobs=_to_host(res.top_logprobs) if res else None,
             bad=_to_host(bad),
             start=inp.start,
-            done=done,
+            done=None,
         )
-        if done is not None:
-            done.record()
+        out.done = self._record_done(inp)
         return out
 
     @staticmethod
     def collect(out: Launched) -> StepResult | None:
         """The results of a launch whose `done` event has completed."""
+        if out.packed is not None:
+            n, bs = out.n, out.bs
+            return StepResult(next_ids=out.packed[:n].copy(), logprobs=None, top_ids=None,
+                              top_logprobs=None, bad=out.packed[bs : bs + n] != 0)
         if out.next_ids is None:
             return None
 

@@ -56,6 +56,7 @@ class Request:
     pending_row: int = -1
     t_last_ns: int = 0  # when its latest token arrived, for inter-token latency
     last_is_stop_token: bool = False  # the final token (eos/stop id) is not part of the text
+    argmax_only: bool = False  # greedy, no logprobs, penalties or min_tokens: argmax is enough
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
