@@ -438,6 +438,7 @@ def summarize(cfg: BenchConfig, records: list[RequestRecord], duration: float) -
         "mean_in_flight": sum(r.e2e for r in ok) / duration,
         "ttft_s": describe(r.ttft for r in ok), "tpot_s": describe(tpots),
         "itl_s": describe(itls), "e2e_s": describe(r.e2e for r in ok),
+        "itl_timeline": itl_timeline(ok),
         "goodput": None,
     }
     if cfg.slo_ttft is not None or cfg.slo_tpot is not None:
@@ -448,6 +449,27 @@ def summarize(cfg: BenchConfig, records: list[RequestRecord], duration: float) -
                         "output_tokens_per_s": sum(r.n_output for r in good) / duration,
                         "attained": len(good) / len(records)}
     return m
+
+
+def itl_timeline(ok: list[RequestRecord], window: float = 1.0) -> list[dict]:
+    """Where in the run the inter-token gaps are long: per window of `window` seconds (by
+    the time a gap ends), the number of gaps and their p50 / p99 / max in ms."""
+    if not ok:
+        return []
+    t0 = min(r.start for r in ok)
+    ends, gaps = [], []
+    for r in ok:
+        t = np.asarray(r.chunk_times)
+        ends.append(t[1:] - t0)
+        gaps.append(np.diff(t))
+    ends, gaps = np.concatenate(ends), np.concatenate(gaps) * 1e3
+    out = []
+    for w in range(int(ends.max() // window) + 1 if ends.size else 0):
+        g = gaps[(ends >= w * window) & (ends < (w + 1) * window)]
+        if g.size:
+            out.append({"t_s": w * window, "n": int(g.size), "p50_ms": float(np.percentile(g, 50)),
+                        "p99_ms": float(np.percentile(g, 99)), "max_ms": float(g.max())})
+    return out
 
 
 def read_hardware(path: str) -> dict[str, float]:

@@ -19,5 +19,6 @@ python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurr
   --num-requests 400 --input-len 1024 --output-len-mean 128 ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
   --roofline-json "bench/results/roofline-$NAME.json" --warmup 8 --label "aiollm-$NAME" \
   --out "$OUT_DIR/serve-$(date +%F)-aiollm-$NAME.json" --plot
+curl -sf "http://127.0.0.1:$PORT/metrics" > "$OUT_DIR/metrics-$NAME.txt"  # step-time histograms
 kill -TERM $pid; wait $pid
 grep -E "KV pool|captured|model " "$OUT_DIR/server-$NAME.log" | head -5

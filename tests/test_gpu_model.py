@@ -109,12 +109,79 @@ def test_random_llama_bf16_top1_agrees_with_transformers(tmp_path, smol):
     hf.to(torch.bfloat16).save_pretrained(tmp_path, safe_serialization=True)
     hf32 = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32).cuda().eval()
     hf16 = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).cuda().eval()
+    # the same bf16 model with another attention implementation: how far two correct bf16
+    # implementations drift apart on these weights
+    hf16e = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16,
+                                                 attn_implementation="eager").cuda().eval()
 
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, 32000, (n,), generator=g).tolist()
                for n in (5, 17, 64, 200, 333, 1000)]
     outs, _ = asyncio.run(_greedy("cuda", "bfloat16", prompts, max_tokens=64, model=str(tmp_path),
                                   tokenizer=smol[1]))
+    ours_vs16 = ours_vs32 = hf16_vs32 = hf16_vs_eager = total = 0
+    with torch.no_grad():
+        for p, out in zip(prompts, outs):
+            ids = torch.tensor([p + out], device="cuda")
+            top32 = hf32(ids).logits[0, len(p) - 1 : -1].argmax(-1).cpu()
+            top16 = hf16(ids).logits[0, len(p) - 1 : -1].argmax(-1).cpu()
+            top16e = hf16e(ids).logits[0, len(p) - 1 : -1].argmax(-1).cpu()
+            mine = torch.tensor(out)
+            ours_vs16 += int((mine == top16).sum())
+            ours_vs32 += int((mine == top32).sum())
+            hf16_vs32 += int((top16 == top32).sum())
+            hf16_vs_eager += int((top16 == top16e).sum())
+            total += len(out)
+    msg = (f"top-1 agreement over {total} positions: ours vs HF bf16 {ours_vs16 / total:.3f}, "
+           f"ours vs HF fp32 {ours_vs32 / total:.3f}, HF bf16 vs HF fp32 {hf16_vs32 / total:.3f}, "
+           f"HF bf16 sdpa vs HF bf16 eager attention {hf16_vs_eager / total:.3f}")
+    print(msg)
+    assert ours_vs32 >= hf16_vs32 - 0.02 * total, msg
+
+
+MORE_PROMPTS = PROMPTS + [
+    "The three laws of thermodynamics are",
+    "import numpy as np\n\ndef softmax(x):",
+    "My favourite recipe for pancakes:",
+    "Q: What is the largest planet in the solar system?\nA:",
+    "Write a haiku about the sea.",
+    "The history of the Roman Empire began",
+    "Photosynthesis is the process by which",
+    "In 1969, astronauts",
+]
+
+
+def _hf_from_gguf(path: str):
+    """transformers' own model on the default model's GGUF weights (dequantized), fp32."""
+    import os
+
+    from transformers import AutoConfig, LlamaForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    config = AutoConfig.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
+    model = LlamaForCausalLM(config).eval()
+    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+    model.load_state_dict(tensors, strict=False)
+    model.tie_weights()
+    return model
+
+
+def test_default_model_bf16_top1_agrees_with_transformers(smol):
+    """The 99% bar on a real checkpoint: the default model (SmolLM2-135M-Instruct, its GGUF
+    weights dequantized) in bf16, teacher-forced on our bf16 greedy output; at each generated
+    position our token must be transformers' bf16 top-1 at >= 99% of positions (and its fp32
+    top-1 likewise). Random weights cannot show this (see the test above): their top-1
+    margins are so small that transformers' bf16 disagrees with its own fp32 at ~3%."""
+    from aiollm.model import default_model_path
+
+    if smol[0] is not None:
+        pytest.skip("needs the default model's GGUF on this machine")
+    path = default_model_path()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    hf32 = _hf_from_gguf(path).cuda()
+    hf16 = _hf_from_gguf(path).to(torch.bfloat16).cuda()
+    outs, eng = asyncio.run(_greedy("cuda", "bfloat16", MORE_PROMPTS, max_tokens=64))
+    prompts = [eng.tokenize(p) for p in MORE_PROMPTS]
     ours_vs16 = ours_vs32 = hf16_vs32 = total = 0
     with torch.no_grad():
         for p, out in zip(prompts, outs):
@@ -126,7 +193,8 @@ def test_random_llama_bf16_top1_agrees_with_transformers(tmp_path, smol):
             ours_vs32 += int((mine == top32).sum())
             hf16_vs32 += int((top16 == top32).sum())
             total += len(out)
-    msg = (f"top-1 agreement over {total} positions: ours vs HF bf16 {ours_vs16 / total:.3f}, "
-           f"ours vs HF fp32 {ours_vs32 / total:.3f}, HF bf16 vs HF fp32 {hf16_vs32 / total:.3f}")
+    msg = (f"default model, top-1 agreement over {total} positions: ours vs HF bf16 "
+           f"{ours_vs16 / total:.4f}, ours vs HF fp32 {ours_vs32 / total:.4f}, "
+           f"HF bf16 vs HF fp32 {hf16_vs32 / total:.4f}")
     print(msg)
-    assert ours_vs32 >= hf16_vs32 - 0.02 * total, msg
+    assert ours_vs16 >= 0.99 * total and ours_vs32 >= 0.99 * total, msg
