@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="most requests decoding at once")
     e.add_argument("--max-prefill-tokens", type=int, default=d.max_prefill_tokens,
                    help="token budget of one step (prefill chunks + decodes)")
+    e.add_argument("--mixed-prefill-tokens", type=int, default=d.mixed_prefill_tokens,
+                   help="most prompt tokens in a step that also decodes: caps how long running "
+                        "streams wait for a token while prompts are prefilled (default: "
+                        "--max-prefill-tokens)")
     e.add_argument("--max-waiting-requests", type=int, default=d.max_waiting_requests,
                    help="queue length beyond which requests get 503")
     e.add_argument("--queue-timeout", type=float, default=d.queue_timeout,
@@ -76,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed", "kv_tokens",
                    "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
-                   "max_waiting_requests", "queue_timeout", "scheduler", "cuda_graph",
-                   "served_model_name")
+                   "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
+                   "cuda_graph", "served_model_name")
 
 
 def main(argv: list[str] | None = None) -> int:

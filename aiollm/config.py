@@ -20,6 +20,9 @@ class EngineConfig:
     # token budget of one step (prefill chunks + decodes); 4096 measured best on the 8B
     # LightLLM workload (bench/README.md): larger chunks stall decodes longer
     max_prefill_tokens: int = 4096
+    # most prompt tokens in a step that also decodes (None: max_prefill_tokens): such a step
+    # delays every running stream's next token, so a smaller cap bounds inter-token latency
+    mixed_prefill_tokens: int | None = None
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission
     table_capacity: int = 8192  # request table slots (running + waiting + paused)
@@ -42,6 +45,8 @@ class EngineConfig:
                      "table_capacity", "cpu_kv_tokens", "cuda_graph_max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.mixed_prefill_tokens is not None and self.mixed_prefill_tokens < 1:
+            raise ValueError(f"mixed_prefill_tokens must be >= 1, got {self.mixed_prefill_tokens}")
         if self.kv_tokens is not None and self.kv_tokens < 1:
             raise ValueError(f"kv_tokens must be >= 1, got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:

@@ -384,3 +384,41 @@ def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, engi
     pad_row = engine.req_to_token.table[engine.req_to_token.pad_row]
     assert pad_row[0] == engine.kv_pool.scratch_slot and not pad_row[1:].any()
     assert_all_free(engine)
+
+
+def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
+    """With mixed_prefill_tokens, a step that decodes carries at most that many prompt
+    tokens (running streams wait less for their next token); a step with nothing to decode
+    still takes the full max_prefill_tokens. Greedy output is unchanged."""
+    steps = []
+    real = engine.runner.prepare
+
+    def spy(step, table):
+        decodes = sum(1 for n, p, r in zip(step.extend_lens, step.prefix_lens, step.reqs)
+                      if n == 1 and p >= len(r.prompt_ids))
+        steps.append((decodes, step.num_tokens - decodes))
+        return real(step, table)
+
+    long_prompt = " ".join(PROMPTS * 8)
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+
+    async def pair():
+        first = asyncio.ensure_future(engine.generate(PROMPTS[0], params))
+        await asyncio.sleep(0.5)  # the first request is decoding when the long one arrives
+        return [o.token_ids for o in await asyncio.gather(first, engine.generate(long_prompt,
+                                                                                    params))]
+
+    alone = [run(loop, engine.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
+    engine.runner.prepare = spy
+    engine.planner.mixed_budget = 40
+    try:
+        mixed = run(loop, pair())
+        run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
+    finally:
+        engine.planner.mixed_budget = None
+        engine.runner.prepare = real
+    assert mixed == alone
+    assert any(d and p for d, p in steps), steps  # some step mixed decodes and prefill
+    assert all(p <= 40 for d, p in steps if d), steps
+    assert max(p for d, p in steps) > 40, steps  # prefill-only steps use the full budget
+    assert_all_free(engine)

@@ -112,7 +112,8 @@ class Engine:
         self.planner = Planner(self.table, self.kv_pool, self.req_to_token, self.scheduler,
                                cfg.max_running_requests, cfg.max_prefill_tokens,
                                on_evict=lambda r: self.metrics.evictions.inc(),
-                               on_admit=self._on_admit)
+                               on_admit=self._on_admit,
+                               mixed_budget=cfg.mixed_prefill_tokens)
         eos = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(int(self.tokenizer.eos_token_id))

@@ -47,6 +47,7 @@ class Planner:
         token_budget: int,
         on_evict=None,
         on_admit=None,
+        mixed_budget: int | None = None,
     ):
         self.table = table
         self.kv = kv_pool
@@ -54,6 +55,7 @@ class Planner:
         self.scheduler = scheduler
         self.max_running = min(max_running, req_to_token.rows)
         self.token_budget = token_budget
+        self.mixed_budget = mixed_budget  # most prefill tokens in a step that decodes
         self.running: list[Request] = []
         self.waiting: collections.deque[Request] = collections.deque()
         self._admit_counter = 0
@@ -123,6 +125,8 @@ class Planner:
         decodes = decodes[:budget]
         chunks: list[tuple[Request, int]] = [(r, 1) for r in decodes]
         budget -= len(decodes)
+        if decodes and self.mixed_budget is not None:
+            budget = min(budget, self.mixed_budget)
         free = self.kv.n_free - len(decodes)
         # 2. running requests still prefilling (new or resumed) continue with a chunk
         for r in self.running:

@@ -175,4 +175,10 @@ class LlamaForCausalLM(nn.Module):
         # Only the last token of each request needs logits: select before the final norm.
         idx = batch.logits_index
         h, _ = self.norm(x[idx], residual[idx])
-        return F.linear(h, self.lm_head_weight).float()
+        w = self.lm_head_weight
+        if h.is_cuda and h.dtype != torch.float32:
+            # fp32 straight out of the matmul's fp32 accumulator: bf16 logits keep 8 bits of
+            # mantissa (0.125 apart between 16 and 32), which ties close top candidates, and
+            # the argmax then picks the lower token id instead of the larger logit
+            return torch.mm(h, w.t(), out_dtype=torch.float32)
+        return F.linear(h, w).float()
