@@ -340,3 +340,59 @@ def test_gpu_autotune_writes_config(tmp_path, monkeypatch):
     saved = json.loads(next(tmp_path.glob("*.json")).read_text())
     (cfg,) = saved["decode_attention"].values()
     assert cfg in DECODE_CANDIDATES
+
+
+# ---- the decode graph's inputs and greedy pick ---------------------------------------------------
+
+@pytest.mark.parametrize("bs", [1, 5, 130])
+def test_decode_inputs(bs, device=CPU):
+    from aiollm.kernels import decode_io
+
+    g = torch.Generator().manual_seed(bs)
+    rows, max_len = 300, 64
+    raw = torch.randint(0, 1000, (bs,), generator=g)
+    ph = torch.rand(bs, generator=g) < 0.5
+    raw[ph] = -(torch.randint(0, 150, (int(ph.sum()),), generator=g) + 1)  # placeholders
+    pos = torch.randint(0, max_len, (bs,), generator=g)
+    loc = torch.randperm(100000, generator=g)[:bs]
+    row = torch.randperm(rows, generator=g)[:bs]  # distinct rows, as in a batch
+    inp = torch.cat([raw, pos, loc, row]).to(device)
+    prev = torch.randint(0, 1000, (rows + 1,), generator=g).to(device)
+    tables = [torch.randint(0, 9, (rows + 1, max_len), dtype=torch.int32, generator=g).to(device)
+              for _ in range(2)]
+    tables[1].copy_(tables[0])
+    want_ids, want32 = decode_io.decode_inputs_ref(inp, bs, prev, tables[0])
+    got_ids, got32 = decode_io.decode_inputs_triton(inp, bs, prev, tables[1])
+    assert torch.equal(got_ids, want_ids) and torch.equal(got32, want32)
+    assert torch.equal(tables[1], tables[0])
+    assert torch.equal(want_ids[ph.to(device)], prev[(-raw[ph] - 1).to(device)])
+
+
+@pytest.mark.parametrize("B,V,block", [(1, 1000, 128), (3, 5000, 256), (2, 77, 4096)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_pick(B, V, block, dtype, device=CPU):
+    from aiollm.kernels import decode_io
+
+    logits = torch.randn(B, V, dtype=torch.float32).to(dtype).to(device)
+    logits[0, V // 3] = logits[0, V - 1] = logits[0].max() + 1  # a tie: the first index wins
+    if B > 2:
+        logits[1, 7] = float("nan")
+        logits[2, V - 1] = float("-inf")
+    prev = [torch.full((B + 4,), -5, dtype=torch.int64, device=device) for _ in range(2)]
+    want = decode_io.greedy_pick_ref(logits, prev[0])
+    got = decode_io.greedy_pick_triton(logits, prev[1], block=block)
+    assert got.dtype == torch.int64 and got.shape == (2, B)
+    assert torch.equal(got[1], want[1])  # the non-finite flags
+    ok = want[1] == 0  # a bad row's pick only has to be a valid id
+    assert torch.equal(got[0][ok], want[0][ok]) and int(got[0][0]) == V // 3
+    assert ((got[0] >= 0) & (got[0] < V)).all()
+    assert torch.equal(prev[1][:B], got[0]) and (prev[1][B:] == -5).all()
+
+
+@gpu
+@needs_cuda
+def test_gpu_decode_io():
+    test_decode_inputs(256, device=CUDA)
+    test_greedy_pick(1, 128256, 4096, torch.float32, device=CUDA)
+    test_greedy_pick(256, 128256, 4096, torch.float32, device=CUDA)
+    test_greedy_pick(3, 49152, 4096, torch.bfloat16, device=CUDA)

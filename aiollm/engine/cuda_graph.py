@@ -26,15 +26,14 @@ from __future__ import annotations
 import logging
 import time
 
-import numpy as np
 import torch
 
+from aiollm.kernels.decode_io import FIELDS, decode_inputs, greedy_pick
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 
 log = logging.getLogger(__name__)
 
-FIELDS = 4  # input ids, positions, KV slots, req_to_token rows
 STAGING = 3  # staging buffers in turn (a buffer is reused once its step has completed)
 
 
@@ -95,22 +94,18 @@ class DecodeGraphs:
 
     def _step(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode step on the static inputs of bucket bs: (logits [bs, V], [2, bs])."""
-        raw, pos, loc, rows = self.inp[: FIELDS * bs].view(FIELDS, bs).unbind(0)
-        ids = torch.where(raw < 0, self.prev_ids.index_select(0, (-raw - 1).clamp(min=0)), raw)
+        _, pos, loc, rows = self.inp[: FIELDS * bs].view(FIELDS, bs).unbind(0)
         table = self.r2t.table
-        table.view(-1).index_copy_(0, rows * self.r2t.max_len + pos, loc.to(torch.int32))
-        pos32 = pos.to(torch.int32)
+        # placeholders resolved from prev_ids, slots written to req_to_token, int32 views
+        ids, i32 = decode_inputs(self.inp[: FIELDS * bs], bs, self.prev_ids, table)
         fb = ForwardBatch(
-            input_ids=ids, positions=pos, out_cache_loc=loc, req_rows=rows.to(torch.int32),
-            prefix_lens=pos32, extend_lens=self._ones[:bs], seq_lens=pos32 + 1,
+            input_ids=ids, positions=pos, out_cache_loc=loc, req_rows=i32[0],
+            prefix_lens=i32[1], extend_lens=self._ones[:bs], seq_lens=i32[2],
             q_start_loc=self._arange32[:bs], logits_index=self._arange64[:bs], is_decode=True,
             max_extend_len=1, max_seq_len=self.r2t.max_len, req_to_token=table,
             kv_pool=self.kv_pool, token_rows=rows)
         logits = self.model.forward(fb)
-        top = logits.argmax(dim=-1)
-        self.prev_ids[:bs].copy_(top)
-        bad = ~torch.isfinite(logits).all(dim=-1)
-        return logits, torch.stack([top, bad.to(torch.int64)])
+        return logits, greedy_pick(logits, self.prev_ids)
 
     @torch.inference_mode()
     def _capture(self) -> None:
