@@ -85,12 +85,16 @@ class DecodeGraphs:
         v[1, :b] = positions
         v[2, :b] = out_cache_loc
         v[3, :b] = req_rows
-        if bs > b:  # padding rows: a one-token attention on the padding row, KV to scratch
-            v[0:2, b:] = 0
-            v[2, b:] = self.kv_pool.scratch_slot
-            v[3, b:] = self.r2t.pad_row
+        self._pad(v, b)
         self.inp[: FIELDS * bs].copy_(buf[: FIELDS * bs], non_blocking=True)
         return bs
+
+    def _pad(self, v, b: int) -> None:
+        """Fill columns b: of packed inputs v ([FIELDS, bs], numpy or torch) as padding rows:
+        token 0 at position 0 on the table's padding row, KV to the scratch slot."""
+        v[0:2, b:] = 0
+        v[2, b:] = self.kv_pool.scratch_slot
+        v[3, b:] = self.r2t.pad_row
 
     def _step(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The decode step on the static inputs of bucket bs: (logits [bs, V], [2, bs])."""
@@ -114,10 +118,7 @@ class DecodeGraphs:
         stream = torch.cuda.Stream()
         # largest first, so smaller graphs reuse the pool's blocks
         for bs in reversed(self.buckets):
-            v = self.inp[: FIELDS * bs].view(FIELDS, bs)
-            v[0:2].zero_()
-            v[2].fill_(self.kv_pool.scratch_slot)
-            v[3].fill_(self.r2t.pad_row)
+            self._pad(self.inp[: FIELDS * bs].view(FIELDS, bs), 0)
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):  # compile / autotune every kernel outside the capture

@@ -26,6 +26,7 @@ import torch
 
 from aiollm.engine.planner import Step
 from aiollm.engine.request import TokenLogprob
+from aiollm.kernels.decode_io import resolve_placeholders
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 from aiollm.model.sampler import SampleResult, SamplingTensors, needs_history, sample
@@ -121,10 +122,11 @@ class ModelRunner:
         n = len(reqs)
         sampled = [r for r, s in zip(reqs, step.sample) if s]
         argmax_only = all(r.argmax_only for r in sampled)
+        rows = np.fromiter((r.row for r in reqs), np.int64, n)
         if step.num_tokens == n and len(sampled) == n and n <= self.graphs.max_bs:
             # a decode batch: every request feeds one token and samples one
             bs = self.graphs.stage(n, step.input_ids, step.prefix_lens, step.out_cache_loc,
-                                   np.fromiter((r.row for r in reqs), np.int64, n))
+                                   rows)
             st = None if argmax_only else self._sampling(step, sampled, table)
             return StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start)
         ids = np.array(step.input_ids, dtype=np.int64)
@@ -134,7 +136,7 @@ class ModelRunner:
         batch = ForwardBatch.build(
             input_ids=ids,
             out_cache_loc=step.out_cache_loc,
-            req_rows=np.fromiter((r.row for r in reqs), np.int64, n),
+            req_rows=rows,
             prefix_lens=np.array(step.prefix_lens, dtype=np.int64),
             extend_lens=np.array(step.extend_lens, dtype=np.int64),
             req_to_token=self.r2t.table,
@@ -173,9 +175,7 @@ class ModelRunner:
             return self._launch_decode(inp)
         b = inp.batch
         if inp.placeholders:
-            ids = b.input_ids
-            prev = self._prev_ids[(-ids - 1).clamp(min=0)]
-            b.input_ids = torch.where(ids < 0, prev, ids)
+            b.input_ids = resolve_placeholders(b.input_ids, self._prev_ids)
         self.r2t.write_device(b.token_rows, b.positions, b.out_cache_loc)
         logits = self.model.forward(b)
         res = bad = None
@@ -187,7 +187,6 @@ class ModelRunner:
                 res = SampleResult(logits.argmax(dim=-1), None, None, None)
             else:
                 res = sample(logits.float(), inp.sampling)
-            self._prev_ids[: res.next_ids.shape[0]].copy_(res.next_ids)
         return self._queue_results(inp, res, bad)
 
     def _launch_decode(self, inp: StepInputs) -> Launched:
@@ -201,7 +200,6 @@ class ModelRunner:
             return Launched(None, None, None, None, None, inp.start, done,
                             packed=host.numpy()[: 2 * bs], n=n, bs=bs)
         res = sample(logits[:n].float(), inp.sampling)
-        self._prev_ids[:n].copy_(res.next_ids)
         return self._queue_results(inp, res, packed[1, :n] != 0)
 
     def _record_done(self, inp: StepInputs) -> torch.cuda.Event | None:
@@ -212,6 +210,10 @@ class ModelRunner:
         return done
 
     def _queue_results(self, inp: StepInputs, res: SampleResult | None, bad) -> Launched:
+        """Leave the sampled ids in prev_ids (the next step's placeholders) and queue the
+        results' copies to the host."""
+        if res is not None:
+            self._prev_ids[: res.next_ids.shape[0]].copy_(res.next_ids)
         out = Launched(
             next_ids=_to_host(res.next_ids) if res else None,
             logprobs=_to_host(res.logprobs) if res else None,

@@ -31,13 +31,24 @@ FIELDS = 4  # the rows of the packed inputs: ids, positions, KV slots, req_to_to
 PICK_BLOCK = 4096
 
 
+def resolve_placeholders(ids: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:
+    """ids with each placeholder -(i + 1) replaced by prev_ids[i]."""
+    return torch.where(ids < 0, prev_ids.index_select(0, (-ids - 1).clamp(min=0)), ids)
+
+
+def write_slots(table: torch.Tensor, rows: torch.Tensor, positions: torch.Tensor,
+                slots: torch.Tensor) -> None:
+    """table[rows[i], positions[i]] = slots[i] (a req_to_token map, [R, L] int32)."""
+    flat = rows.long() * table.shape[1] + positions.long()
+    table.view(-1).index_copy_(0, flat, slots.to(torch.int32))
+
+
 def decode_inputs_ref(inp: torch.Tensor, bs: int, prev_ids: torch.Tensor, table: torch.Tensor):
     """(input ids [bs] int64, [3, bs] int32 rows / positions / sequence lengths), and
     table[rows, positions] = slots."""
     raw, pos, loc, rows = inp[: FIELDS * bs].view(FIELDS, bs).unbind(0)
-    ids = torch.where(raw < 0, prev_ids.index_select(0, (-raw - 1).clamp(min=0)), raw)
-    table.view(-1).index_copy_(0, rows * table.shape[1] + pos, loc.to(torch.int32))
-    return ids, torch.stack([rows, pos, pos + 1]).to(torch.int32)
+    write_slots(table, rows, pos, loc)
+    return resolve_placeholders(raw, prev_ids), torch.stack([rows, pos, pos + 1]).to(torch.int32)
 
 
 def greedy_pick_ref(logits: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tensor:

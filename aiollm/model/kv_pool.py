@@ -117,8 +117,9 @@ class ReqToTokenTable:
     def write_device(self, rows: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor) -> None:
         """Mirror a write_cpu on the device copy (tensors already on the device)."""
         if self.table is not self.cpu:
-            flat = rows.long() * self.max_len + positions.long()
-            self.table.view(-1).index_copy_(0, flat, slots.to(torch.int32))
+            from aiollm.kernels.decode_io import write_slots
+
+            write_slots(self.table, rows, positions, slots)
 
     def slots_of(self, row: int, start: int, end: int) -> np.ndarray:
         return self._np[row, start:end].astype(np.int64)
