@@ -16,6 +16,17 @@ import triton.language as tl
 
 
 @triton.jit
+def _cos_sin(CosSin, Positions, t, stride_cs, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """cos and sin of token t's position, and the half-dimension index j with its mask."""
+    pos = tl.load(Positions + t).to(tl.int64)
+    j = tl.arange(0, BLOCK_HALF)
+    jmask = j < HALF
+    cos = tl.load(CosSin + pos * stride_cs + j, mask=jmask, other=0.0)
+    sin = tl.load(CosSin + pos * stride_cs + HALF + j, mask=jmask, other=0.0)
+    return cos, sin, j, jmask
+
+
+@triton.jit
 def _rotate_heads(Ptr, stride_h, cos, sin, j, jmask, NUM_HEADS: tl.constexpr,
                   HALF: tl.constexpr, BLOCK_H: tl.constexpr):
     h = tl.arange(0, BLOCK_H)
@@ -35,11 +46,7 @@ def _rotary_kernel(
     BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(Positions + t).to(tl.int64)
-    j = tl.arange(0, BLOCK_HALF)
-    jmask = j < HALF
-    cos = tl.load(CosSin + pos * stride_cs + j, mask=jmask, other=0.0)
-    sin = tl.load(CosSin + pos * stride_cs + HALF + j, mask=jmask, other=0.0)
+    cos, sin, j, jmask = _cos_sin(CosSin, Positions, t, stride_cs, HALF, BLOCK_HALF)
     _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, j, jmask, HQ, HALF, BLOCK_HQ)
     _rotate_heads(K + t * stride_kt, stride_kh, cos, sin, j, jmask, HKV, HALF, BLOCK_HKV)
 
@@ -53,12 +60,8 @@ def _rotary_store_kernel(
     BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
-    pos = tl.load(Positions + t).to(tl.int64)
     slot = tl.load(Loc + t).to(tl.int64)
-    j = tl.arange(0, BLOCK_HALF)
-    jmask = j < HALF
-    cos = tl.load(CosSin + pos * stride_cs + j, mask=jmask, other=0.0)
-    sin = tl.load(CosSin + pos * stride_cs + HALF + j, mask=jmask, other=0.0)
+    cos, sin, j, jmask = _cos_sin(CosSin, Positions, t, stride_cs, HALF, BLOCK_HALF)
     _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, j, jmask, HQ, HALF, BLOCK_HQ)
     # k: rotated into its cache slot (and in place); v: copied to its slot
     h = tl.arange(0, BLOCK_HKV)
