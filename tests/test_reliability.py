@@ -446,50 +446,51 @@ class StepCounter:
         return wrapper
 
 
-def test_disconnect_mid_prefill(tight):
-    """A 500-token prompt prefills in 64-token chunks over several steps; a client that leaves
-    in the middle has its KV, row and table slot back within one step."""
+def steps_until_released(srv: LiveServer, leave) -> int:
+    """Run `leave(session)` (a client that starts a request and goes away), then count the
+    model steps until the server holds nothing again."""
     counter = StepCounter()
 
     async def scenario():
         async with aiohttp.ClientSession() as s:
-            req = asyncio.ensure_future(s.post(
-                tight.base + C, headers=AUTH,
-                json=prompt(prompt=list(range(1000, 1500)), max_tokens=4, stream=True)))
-            st = await wait_for(tight, lambda st: st["kv_used"] > 0)
-            assert st["kv_used"] < 500  # mid-prefill
-            req.cancel()
+            await leave(s)
             before = counter.steps
-            await wait_for(tight, is_idle, timeout=5)
+            await wait_for(srv, is_idle, timeout=5)
             return counter.steps - before
 
-    with wrapped_forward(tight, counter):
-        steps = asyncio.run(scenario())
-    assert steps <= 1
+    with wrapped_forward(srv, counter):
+        return asyncio.run(scenario())
+
+
+def test_disconnect_mid_prefill(tight):
+    """A 500-token prompt prefills in 64-token chunks over several steps; a client that leaves
+    in the middle has its KV, row and table slot back within one step."""
+
+    async def leave(s):
+        req = asyncio.ensure_future(s.post(
+            tight.base + C, headers=AUTH,
+            json=prompt(prompt=list(range(1000, 1500)), max_tokens=4, stream=True)))
+        st = await wait_for(tight, lambda st: st["kv_used"] > 0)
+        assert st["kv_used"] < 500  # mid-prefill
+        req.cancel()
+
+    assert steps_until_released(tight, leave) <= 1
 
 
 @pytest.mark.parametrize("stream", [True, False], ids=["stream", "non-stream"])
 def test_disconnect_mid_decode(tight, stream):
-    counter = StepCounter()
+    async def leave(s):
+        body = {**LONG_RUN, "stream": stream}
+        req = asyncio.ensure_future(s.post(tight.base + C, json=body, headers=AUTH))
+        await wait_for(tight, lambda st: st["running"] == 1 and st["kv_used"] > 10)
+        if stream:  # read some events, then drop the connection
+            resp = await req
+            await read_events(resp, 3)
+            resp.close()
+        else:  # a client that times out
+            req.cancel()
 
-    async def scenario():
-        async with aiohttp.ClientSession() as s:
-            body = {**LONG_RUN, "stream": stream}
-            req = asyncio.ensure_future(s.post(tight.base + C, json=body, headers=AUTH))
-            await wait_for(tight, lambda st: st["running"] == 1 and st["kv_used"] > 10)
-            if stream:  # read some events, then drop the connection
-                resp = await req
-                await read_events(resp, 3)
-                resp.close()
-            else:  # a client that times out
-                req.cancel()
-            before = counter.steps
-            await wait_for(tight, is_idle, timeout=5)
-            return counter.steps - before
-
-    with wrapped_forward(tight, counter):
-        steps = asyncio.run(scenario())
-    assert steps <= 1
+    assert steps_until_released(tight, leave) <= 1
 
 
 # -- failures inside one request ----------------------------------------------------------------
