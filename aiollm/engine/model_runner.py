@@ -122,11 +122,10 @@ class ModelRunner:
         n = len(reqs)
         sampled = [r for r, s in zip(reqs, step.sample) if s]
         argmax_only = all(r.argmax_only for r in sampled)
-        rows = np.fromiter((r.row for r in reqs), np.int64, n)
         if step.num_tokens == n and len(sampled) == n and n <= self.graphs.max_bs:
             # a decode batch: every request feeds one token and samples one
-            bs = self.graphs.stage(n, step.input_ids, step.prefix_lens, step.out_cache_loc,
-                                   rows)
+            rows, positions = step.token_coords
+            bs = self.graphs.stage(n, step.input_ids, positions, step.out_cache_loc, rows)
             st = None if argmax_only else self._sampling(step, sampled, table)
             return StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start)
         ids = np.array(step.input_ids, dtype=np.int64)
@@ -136,13 +135,14 @@ class ModelRunner:
         batch = ForwardBatch.build(
             input_ids=ids,
             out_cache_loc=step.out_cache_loc,
-            req_rows=rows,
+            req_rows=np.fromiter((r.row for r in reqs), np.int64, n),
             prefix_lens=np.array(step.prefix_lens, dtype=np.int64),
             extend_lens=np.array(step.extend_lens, dtype=np.int64),
             req_to_token=self.r2t.table,
             kv_pool=self.kv_pool,
             device=dev,
             sample_index=sample_index,
+            token_coords=step.token_coords,
         )
         st = self._sampling(step, sampled, table) if sampled and not argmax_only else None
         return StepInputs(batch, 0, n, st, argmax_only and bool(sampled),

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aiollm.engine.request import Phase, Request
+from aiollm.model.forward_batch import new_token_coords
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 from aiollm.native import RequestTable, ReqState
 from aiollm.scheduler import Candidates, RunningBatch, Scheduler
@@ -29,6 +30,7 @@ class Step:
     out_cache_loc: np.ndarray  # [T] int64
     sample: list[bool]  # does this request's last new token produce a sampled token
     out_pos: list[int]  # for each sampled request: the output index of the token it samples
+    token_coords: tuple[np.ndarray, np.ndarray]  # (row, position) of each new token
     after_busy_device: bool = False  # planned while the step before it was still running
 
     @property
@@ -212,15 +214,10 @@ class Planner:
                 r.pending_row = len(out_pos) - 1
             r.kv_len = start + n
         # (row, position) of every new token, for the req_to_token map
-        rows = np.fromiter((r.row for r in reqs), np.int64, len(reqs))
-        pos = np.array(pre, dtype=np.int64)
-        if total != len(reqs):  # some prefill chunk: expand per token
-            lens = np.array(ext, dtype=np.int64)
-            first = np.repeat(np.cumsum(lens) - lens, lens)
-            rows = np.repeat(rows, lens)
-            pos = np.repeat(pos, lens) + np.arange(total) - first
-        self.r2t.write_cpu(rows, pos, slots)
+        coords = new_token_coords(np.fromiter((r.row for r in reqs), np.int64, len(reqs)),
+                                  pre, ext)
+        self.r2t.write_cpu(*coords, slots)
         kv_col = self.table.col("kv_len")
         for r in reqs:
             kv_col[r.slot] = r.kv_len
-        return Step(reqs, input_ids, ext, pre, slots, sample, out_pos)
+        return Step(reqs, input_ids, ext, pre, slots, sample, out_pos, coords)

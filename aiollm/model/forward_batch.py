@@ -53,9 +53,11 @@ class ForwardBatch:
         kv_pool: KVPool,
         device: torch.device,
         sample_index: np.ndarray | None = None,
+        token_coords: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> "ForwardBatch":
         """Derive positions and offsets from per-request lengths (CPU tensors or numpy arrays
-        in, device tensors out). numpy does the index arithmetic (torch.repeat_interleave
+        in, device tensors out; token_coords: new_token_coords() of the batch where the caller
+        has it already). numpy does the index arithmetic (torch.repeat_interleave
         costs ~0.7 ms on the CPU), and everything reaches the device in two copies (to_device),
         so they stay asynchronous while an earlier step runs."""
         ext = np.asarray(extend_lens).astype(np.int64)
@@ -63,12 +65,9 @@ class ForwardBatch:
         rows = np.asarray(req_rows).astype(np.int64)
         ends = np.cumsum(ext)
         q_start = ends - ext
-        if (ext == 1).all():  # a decode batch: one token per request at its prefix length
-            positions, token_rows = pre, rows
-        else:
-            req_of_token = np.repeat(np.arange(len(ext)), ext)
-            positions = pre[req_of_token] + np.arange(int(ends[-1])) - q_start[req_of_token]
-            token_rows = rows[req_of_token]
+        if token_coords is None:
+            token_coords = new_token_coords(rows, pre, ext)
+        token_rows, positions = token_coords
         seq = pre + ext
         longs = [np.asarray(input_ids), positions, np.asarray(out_cache_loc), token_rows,
                  ends - 1]
@@ -98,6 +97,19 @@ class ForwardBatch:
             token_rows=trows,
             sample_index=sidx[0] if sidx else None,
         )
+
+
+def new_token_coords(rows, prefix_lens, extend_lens) -> tuple[np.ndarray, np.ndarray]:
+    """(req_to_token row, position) of every new token of a batch, as int64 arrays: request
+    i's extend_lens[i] tokens sit on row rows[i] from position prefix_lens[i] on."""
+    rows = np.asarray(rows, dtype=np.int64)
+    pre = np.asarray(prefix_lens, dtype=np.int64)
+    ext = np.asarray(extend_lens, dtype=np.int64)
+    total = int(ext.sum())
+    if total == len(ext):  # a decode batch: one token per request at its prefix length
+        return rows, pre
+    first = np.repeat(np.cumsum(ext) - ext, ext)  # each token's request's first index
+    return np.repeat(rows, ext), np.repeat(pre, ext) + np.arange(total) - first
 
 
 def to_device(a: np.ndarray, device: torch.device | str) -> torch.Tensor:
