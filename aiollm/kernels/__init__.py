@@ -30,7 +30,8 @@ __all__ = [
 def rms_norm(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """rmsnorm(x) * weight, or with `residual`: (rmsnorm(x + residual) * weight, x + residual)."""
+    """rmsnorm(x) * weight, or with `residual`: (rmsnorm(x + residual) * weight, x + residual),
+    the sum in float32 (the residual stream)."""
     fn = rms_norm_triton if x.is_cuda else rms_norm_ref
     return fn(x, weight, eps, residual)
 
