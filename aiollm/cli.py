@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token budget of one step (prefill chunks + decodes)")
     e.add_argument("--mixed-prefill-tokens", type=int, default=d.mixed_prefill_tokens,
                    help="most prompt tokens in a step that also decodes: caps how long running "
-                        "streams wait for a token while prompts are prefilled (default: "
+                        "streams wait for a token while prompts are prefilled; lifted while "
+                        "more prompts wait than streams decode (a burst) (default: "
                         "--max-prefill-tokens)")
     e.add_argument("--max-waiting-requests", type=int, default=d.max_waiting_requests,
                    help="queue length beyond which requests get 503")

@@ -20,8 +20,9 @@ class EngineConfig:
     # token budget of one step (prefill chunks + decodes); 4096 measured best on the 8B
     # LightLLM workload (bench/README.md): larger chunks stall decodes longer
     max_prefill_tokens: int = 4096
-    # most prompt tokens in a step that also decodes (None: max_prefill_tokens): such a step
-    # delays every running stream's next token, so a smaller cap bounds inter-token latency
+    # most prompt tokens in a step that also decodes, while no more prompts are in line than
+    # streams decode (None: max_prefill_tokens): such a step delays every running stream's
+    # next token, so a smaller cap bounds inter-token latency
     mixed_prefill_tokens: int | None = None
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission

@@ -389,7 +389,8 @@ def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, engi
 def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     """With mixed_prefill_tokens, a step that decodes carries at most that many prompt
     tokens (running streams wait less for their next token); a step with nothing to decode
-    still takes the full max_prefill_tokens. Greedy output is unchanged."""
+    still takes the full max_prefill_tokens, and so does a step while more prompts are in
+    line than streams decode (a burst). Greedy output is unchanged."""
     steps = []
     real = engine.runner.prepare
 
@@ -402,11 +403,12 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     long_prompt = " ".join(PROMPTS * 8)
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
 
-    async def pair():
+    async def pair(n_long=1):
         first = asyncio.ensure_future(engine.generate(PROMPTS[0], params))
-        await asyncio.sleep(0.5)  # the first request is decoding when the long one arrives
-        return [o.token_ids for o in await asyncio.gather(first, engine.generate(long_prompt,
-                                                                                    params))]
+        await asyncio.sleep(0.5)  # the first request is decoding when the long ones arrive
+        outs = await asyncio.gather(first, *(engine.generate(long_prompt, params)
+                                             for _ in range(n_long)))
+        return [o.token_ids for o in outs]
 
     alone = [run(loop, engine.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
     engine.runner.prepare = spy
@@ -414,11 +416,15 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     try:
         mixed = run(loop, pair())
         run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
+        capped = list(steps)
+        steps.clear()
+        burst = run(loop, pair(n_long=3))  # three prompts in line, one stream
     finally:
         engine.planner.mixed_budget = None
         engine.runner.prepare = real
-    assert mixed == alone
-    assert any(d and p for d, p in steps), steps  # some step mixed decodes and prefill
-    assert all(p <= 40 for d, p in steps if d), steps
-    assert max(p for d, p in steps) > 40, steps  # prefill-only steps use the full budget
+    assert mixed == alone and burst == alone[:1] + alone[1:] * 3
+    assert any(d and p for d, p in capped), capped  # some step mixed decodes and prefill
+    assert all(p <= 40 for d, p in capped if d), capped
+    assert max(p for d, p in capped) > 40, capped  # prefill-only steps use the full budget
+    assert any(d and p > 40 for d, p in steps), steps  # the burst lifts the cap
     assert_all_free(engine)

@@ -127,7 +127,9 @@ class Planner:
         decodes = decodes[:budget]
         chunks: list[tuple[Request, int]] = [(r, 1) for r in decodes]
         budget -= len(decodes)
-        if decodes and self.mixed_budget is not None:
+        if decodes and self.mixed_budget is not None and self._queued() <= len(decodes):
+            # the cap holds while the streams outnumber the prompts in line; in a burst (a
+            # longer queue) the prompts take the full budget, as the streams are few
             budget = min(budget, self.mixed_budget)
         free = self.kv.n_free - len(decodes)
         # 2. running requests still prefilling (new or resumed) continue with a chunk
@@ -155,6 +157,10 @@ class Planner:
                 return self.plan()
             return None
         return self._build(chunks)
+
+    def _queued(self) -> int:
+        """Requests whose prompt is not all in the KV cache: waiting, or admitted mid-prefill."""
+        return len(self.waiting) + sum(1 for r in self.running if r.num_tokens - r.kv_len > 1)
 
     def _admit(self, budget: int, free: int) -> list[Request]:
         tab = self.table
