@@ -149,7 +149,8 @@ def main() -> None:
     ap.add_argument("--tokenizer", default=os.environ.get("AIOLLM_TEST_TOKENIZER"),
                     help="a tokenizer directory for the random model (any; ids in, ids out)")
     ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2],
+                    help="random-weight models to measure (none: only the default model)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.cuda.get_device_name()
