@@ -3,6 +3,8 @@ as in tests, do not collide)."""
 
 from __future__ import annotations
 
+import gc
+import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -47,3 +49,21 @@ class EngineMetrics:
                                       registry=r)
         self.queue_time = Histogram(p + "queue_time_seconds", "Arrival to admission",
                                     buckets=_LATENCY_BUCKETS, registry=r)
+        self.gc_pause = Histogram(p + "gc_pause_seconds", "Python garbage collections while "
+                                  "serving: each stalls the event loop and every stream",
+                                  ["generation"], buckets=step_buckets, registry=r)
+        self._gc_start = 0.0
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_pause.labels(str(info["generation"])).observe(
+                time.perf_counter() - self._gc_start)
+
+    def watch_gc(self, on: bool = True) -> None:
+        """Time every garbage collection from now on (off again with on=False)."""
+        if on and self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+        elif not on and self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)

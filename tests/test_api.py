@@ -195,6 +195,26 @@ def test_health_metrics_tokenize(server):
     assert status == 200 and json.loads(body)["count"] > len(tok["tokens"])
 
 
+def test_gc_pauses_are_timed():
+    """The server times each garbage collection (aiollm_gc_pause_seconds), and stops when
+    it stops."""
+    import gc
+
+    from aiollm.metrics import EngineMetrics
+
+    m = EngineMetrics(lambda: dict.fromkeys(("running", "waiting", "kv_used", "kv_total"), 0))
+
+    def count():
+        return m.registry.get_sample_value("aiollm_gc_pause_seconds_count", {"generation": "2"})
+
+    m.watch_gc()
+    gc.collect()
+    m.watch_gc(False)
+    assert count() == 1
+    gc.collect()
+    assert count() == 1
+
+
 def test_disconnect_mid_stream_aborts(server):
     aborted = metric(server, "aiollm_requests_finished_total", '{finish_reason="abort"}')
 

@@ -61,7 +61,12 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
         # 0.1-0.3 s, down to the objects that serving creates.
         gc.collect()
         gc.freeze()
-        yield
+        metrics = app[STATE].engine.metrics
+        metrics.watch_gc()
+        try:
+            yield
+        finally:
+            metrics.watch_gc(False)
 
 
 async def _drain(app: web.Application) -> None:

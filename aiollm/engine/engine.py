@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import logging
+import os
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -127,6 +129,9 @@ class Engine:
         self._inflight = None  # (Step, Launched, launch time): the step on the device now
         self._prev_done = None  # the CUDA event that ended the previous step
         self._host_time = 0.0
+        # AIOLLM_STEP_LOG=path: one JSON line per step, written at stop (bench diagnostics)
+        self._step_log_path = os.environ.get("AIOLLM_STEP_LOG")
+        self._step_log: list[dict] = []
         self._rng = random.Random(cfg.seed)
         self._max_running = self.planner.max_running
         self._good_steps = 0
@@ -154,6 +159,9 @@ class Engine:
         self._waiter.shutdown(wait=True)
         self._inflight = None
         self._started = False
+        if self._step_log_path:
+            with open(self._step_log_path, "w") as f:
+                f.writelines(json.dumps(rec) + "\n" for rec in self._step_log)
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
@@ -445,6 +453,12 @@ class Engine:
         result = self.runner.collect(out)
         if result is not None:
             self._process(step, result)
+        if self._step_log_path:
+            self._step_log.append({
+                "launched": t_launch, "done_seen": t0, "processed": perf(),
+                "device_s": out.start.elapsed_time(out.done) / 1e3 if out.done else None,
+                "reqs": len(step.reqs), "tokens": step.num_tokens,
+                "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
         self._regrow_after_oom()
         # host time: what the loop spends around the model (planning, metadata, stop checks,
         # waking streams), counted from the plan of a step to the processing of its tokens
