@@ -32,6 +32,22 @@ class ForwardBatch:
     kv_pool: KVPool
     token_rows: torch.Tensor | None = None  # [T] int64: req_to_token row of each new token
     sample_index: torch.Tensor | None = None  # [S] int64: rows of the batch that sample
+    # the leading requests with one new token each (the planner puts decodes first) and
+    # their longest context: a mixed step runs their attention through the decode kernel
+    num_decode: int = 0
+    decode_max_seq_len: int = 0
+    _split: tuple | None = None
+
+    def split(self) -> tuple[tuple, tuple]:
+        """(decode part, extend part) of a mixed batch's per-request tensors:
+        (req_rows, seq_lens) of the leading one-token requests, and (req_rows, prefix_lens,
+        extend_lens, q_start_loc) of the rest; q_start_loc still indexes the whole batch."""
+        if self._split is None:
+            n = self.num_decode
+            self._split = ((self.req_rows[:n], self.seq_lens[:n]),
+                           (self.req_rows[n:], self.prefix_lens[n:], self.extend_lens[n:],
+                            self.q_start_loc[n:]))
+        return self._split
 
     @property
     def batch_size(self) -> int:
@@ -69,6 +85,8 @@ class ForwardBatch:
             token_coords = new_token_coords(rows, pre, ext)
         token_rows, positions = token_coords
         seq = pre + ext
+        not_one = np.flatnonzero(ext != 1)
+        num_decode = int(not_one[0]) if len(not_one) else len(ext)
         longs = [np.asarray(input_ids), positions, np.asarray(out_cache_loc), token_rows,
                  ends - 1]
         if sample_index is not None:
@@ -96,6 +114,8 @@ class ForwardBatch:
             kv_pool=kv_pool,
             token_rows=trows,
             sample_index=sidx[0] if sidx else None,
+            num_decode=num_decode,
+            decode_max_seq_len=int(seq[:num_decode].max()) if num_decode else 0,
         )
 
 
