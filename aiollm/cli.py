@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--mixed-prefill-tokens", type=int, default=d.mixed_prefill_tokens,
                    help="most prompt tokens in a step that also decodes: caps how long running "
                         "streams wait for a token while prompts are prefilled; lifted while "
-                        "more prompts wait than streams decode (a burst) (default: "
-                        "--max-prefill-tokens)")
+                        "more prompts wait than streams decode (a burst); 0: no cap "
+                        "(default: %(default)s)")
     e.add_argument("--max-waiting-requests", type=int, default=d.max_waiting_requests,
                    help="queue length beyond which requests get 503")
     e.add_argument("--queue-timeout", type=float, default=d.queue_timeout,
@@ -88,6 +88,8 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "mixed_prefill_tokens", None) == 0:
+        args.mixed_prefill_tokens = None  # no cap of its own: --max-prefill-tokens
     if args.command == "serve":
         return _serve(parser, args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it

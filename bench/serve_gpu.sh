@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # LightLLM's published workload against `aiollm serve` on one GPU: input 1024 tokens, outputs
 # Gaussian around 128, 100 concurrent clients, 400 requests, an 8B-shaped model with random
-# weights. Usage: bench/serve_gpu.sh [MODEL_DIR] (env: TOKENIZER, OUT_DIR, PORT, EXTRA)
+# weights. Usage: bench/serve_gpu.sh [MODEL_DIR] (env: TOKENIZER, OUT_DIR, PORT, EXTRA,
+# PREWARM=N: a discarded first pass of N requests)
 set -u
 MODEL=${1:-bench/configs/llama-3.1-8b}
 PORT=${PORT:-8011}
@@ -15,6 +16,11 @@ for _ in $(seq 600); do
   kill -0 $pid 2>/dev/null || { tail -30 "$OUT_DIR/server-$NAME.log"; exit 1; }
   sleep 1
 done
+if [ -n "${PREWARM:-}" ]; then  # a first pass, discarded: the kernels' variants compile
+  python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurrency 100 \
+    --num-requests "$PREWARM" --input-len 1024 --output-len-mean 128 \
+    ${TOKENIZER:+--tokenizer "$TOKENIZER"} --out /tmp/prewarm.json > /dev/null
+fi
 python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurrency 100 \
   --num-requests 400 --input-len 1024 --output-len-mean 128 ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
   --roofline-json "bench/results/roofline-$NAME.json" --warmup 8 --label "aiollm-$NAME" \

@@ -412,7 +412,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
 
     alone = [run(loop, engine.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
     engine.runner.prepare = spy
-    engine.planner.mixed_budget = 40
+    saved, engine.planner.mixed_budget = engine.planner.mixed_budget, 40
     try:
         mixed = run(loop, pair())
         run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
@@ -420,7 +420,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
         steps.clear()
         burst = run(loop, pair(n_long=3))  # three prompts in line, one stream
     finally:
-        engine.planner.mixed_budget = None
+        engine.planner.mixed_budget = saved
         engine.runner.prepare = real
     assert mixed == alone and burst == alone[:1] + alone[1:] * 3
     assert any(d and p for d, p in capped), capped  # some step mixed decodes and prefill

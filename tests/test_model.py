@@ -152,3 +152,23 @@ def test_chunked_prefill_equals_one_shot(ours):
     last = steps.step({row: prompt[19:]})[0]
     assert (last - expected).abs().max() < 1e-4
     assert last.argmax() == expected.argmax()
+
+
+def test_mixed_batch_parts_are_packed_aligned(ours):
+    """Decodes first, then a prompt chunk: build() counts the decodes, packs the decode and
+    extend parts separately, and every view starts 16-byte aligned (Triton compiles one
+    kernel variant per alignment pattern of its pointer arguments)."""
+    steps = Steps(ours)
+    a, b, c = (steps.new_request() for _ in range(3))
+    steps.step({a: PROMPTS[0], b: PROMPTS[1]})
+    fb = steps.batch({a: [42], b: [43], c: PROMPTS[2][:7]})
+    n0, n1 = len(PROMPTS[0]), len(PROMPTS[1])
+    assert fb.num_decode == 2 and fb.decode_max_seq_len == max(n0, n1) + 1
+    (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = fb.split()
+    assert d_rows.tolist() == [a, b] and d_seq.tolist() == [n0 + 1, n1 + 1]
+    assert (e_rows.tolist(), e_pre.tolist(), e_ext.tolist(), e_start.tolist()) == ([c], [0], [7], [2])
+    for t in (fb.input_ids, fb.positions, fb.out_cache_loc, fb.token_rows, fb.logits_index,
+              fb.req_rows, fb.prefix_lens, fb.extend_lens, fb.seq_lens, fb.q_start_loc,
+              d_rows, d_seq, e_rows, e_pre, e_ext, e_start):
+        assert t.data_ptr() % 16 == 0
+    assert fb.positions.tolist() == [n0, n1] + list(range(7))

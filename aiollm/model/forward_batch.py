@@ -41,7 +41,8 @@ class ForwardBatch:
     def split(self) -> tuple[tuple, tuple]:
         """(decode part, extend part) of a mixed batch's per-request tensors:
         (req_rows, seq_lens) of the leading one-token requests, and (req_rows, prefix_lens,
-        extend_lens, q_start_loc) of the rest; q_start_loc still indexes the whole batch."""
+        extend_lens, q_start_loc) of the rest; q_start_loc still indexes the whole batch.
+        build() packs them aligned; slices are the fallback."""
         if self._split is None:
             n = self.num_decode
             self._split = ((self.req_rows[:n], self.seq_lens[:n]),
@@ -91,12 +92,13 @@ class ForwardBatch:
                  ends - 1]
         if sample_index is not None:
             longs.append(sample_index)
+        ints = [rows, pre, ext, seq, q_start]
+        n = num_decode
+        if 0 < n < len(ext):  # a mixed step's decode part, then its extend part
+            ints += [rows[:n], seq[:n], rows[n:], pre[n:], ext[n:], q_start[n:]]
         # two host-to-device copies for the whole batch
-        ids, pos, loc, trows, last, *sidx = to_device(
-            np.concatenate(longs, dtype=np.int64), device).split([len(a) for a in longs])
-        r, p, e, sl, qs = to_device(
-            np.concatenate([rows, pre, ext, seq, q_start], dtype=np.int32), device
-        ).split(len(ext))
+        ids, pos, loc, trows, last, *sidx = _packed(longs, np.int64, device)
+        r, p, e, sl, qs, *parts = _packed(ints, np.int32, device)
         return cls(
             input_ids=ids,
             positions=pos,
@@ -116,6 +118,7 @@ class ForwardBatch:
             sample_index=sidx[0] if sidx else None,
             num_decode=num_decode,
             decode_max_seq_len=int(seq[:num_decode].max()) if num_decode else 0,
+            _split=(tuple(parts[:2]), tuple(parts[2:])) if parts else None,
         )
 
 
@@ -130,6 +133,20 @@ def new_token_coords(rows, prefix_lens, extend_lens) -> tuple[np.ndarray, np.nda
         return rows, pre
     first = np.repeat(np.cumsum(ext) - ext, ext)  # each token's request's first index
     return np.repeat(rows, ext), np.repeat(pre, ext) + np.arange(total) - first
+
+
+def _packed(arrays: list, dtype, device) -> list[torch.Tensor]:
+    """The arrays in one host-to-device copy, each view starting 16 bytes aligned: Triton
+    specializes a kernel on whether each pointer argument is, so unaligned views would
+    compile (and on a warm machine, load) extra variants of it in the middle of serving."""
+    per = 16 // np.dtype(dtype).itemsize
+    sizes = [len(a) for a in arrays]
+    starts = np.cumsum([0] + [-(-k // per) * per for k in sizes])
+    buf = np.zeros(int(starts[-1]), dtype=dtype)
+    for a, st, k in zip(arrays, starts, sizes):
+        buf[st : st + k] = a
+    dev = to_device(buf, device)
+    return [dev[st : st + k] for st, k in zip(starts.tolist(), sizes)]
 
 
 def to_device(a: np.ndarray, device: torch.device | str) -> torch.Tensor:
