@@ -12,7 +12,23 @@ except ImportError:  # pragma: no cover
 if not _cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
+
+
+def load_bench(name: str):
+    """bench/<name>.py as module bench_<name> (bench/ is scripts, not a package)."""
+    mod_name = f"bench_{name}"
+    if mod_name not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "bench" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = mod  # dataclasses resolve their module through sys.modules
+        spec.loader.exec_module(mod)
+    return sys.modules[mod_name]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,21 +5,16 @@ report on hand-made inputs: percentiles, TTFT/TPOT/ITL, goodput, roofline, workl
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import socket
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from aiohttp import web
 
-_path = Path(__file__).resolve().parent.parent / "bench" / "serve.py"
-_spec = importlib.util.spec_from_file_location("bench_serve", _path)
-serve = importlib.util.module_from_spec(_spec)
-sys.modules["bench_serve"] = serve  # dataclasses resolve their module through sys.modules
-_spec.loader.exec_module(serve)
+from conftest import load_bench
+
+serve = load_bench("serve")
 
 FIRST = 0.03  # the fakes' time to first token, seconds
 GAP = 0.004  # and between stream chunks

@@ -12,18 +12,9 @@ import torch
 from aiollm import Engine, SamplingParams
 from aiollm.errors import InvalidRequest
 from aiollm.model import default_model_path
+from conftest import load_bench
 
-PROMPTS = [
-    "The capital of France is",
-    "def fibonacci(n):",
-    "Once upon a time, in a small village,",
-    "List three primary colors:",
-    "1, 2, 3, 4,",
-    "Translate to French: good morning",
-    "The quick brown fox",
-    "Water boils at",
-    "A haiku about autumn:",
-]
+PROMPTS = load_bench("accuracy").PROMPTS[:8] + ["A haiku about autumn:"]
 
 
 @pytest.fixture(scope="module")

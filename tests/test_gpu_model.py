@@ -4,17 +4,14 @@ Face transformers. Skipped without CUDA."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
-_path = Path(__file__).resolve().parents[1] / "bench" / "accuracy.py"
-_spec = importlib.util.spec_from_file_location("bench_accuracy", _path)
-accuracy = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(accuracy)
+from conftest import load_bench
+
+accuracy = load_bench("accuracy")
 
 pytestmark = pytest.mark.gpu
 
