@@ -164,7 +164,7 @@ def test_mixed_batch_parts_are_packed_aligned(ours):
     fb = steps.batch({a: [42], b: [43], c: PROMPTS[2][:7]})
     n0, n1 = len(PROMPTS[0]), len(PROMPTS[1])
     assert fb.num_decode == 2 and fb.decode_max_seq_len == max(n0, n1) + 1
-    (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = fb.split()
+    (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = fb.mixed_parts
     assert d_rows.tolist() == [a, b] and d_seq.tolist() == [n0 + 1, n1 + 1]
     assert (e_rows.tolist(), e_pre.tolist(), e_ext.tolist(), e_start.tolist()) == ([c], [0], [7], [2])
     for t in (fb.input_ids, fb.positions, fb.out_cache_loc, fb.token_rows, fb.logits_index,

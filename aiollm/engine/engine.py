@@ -443,20 +443,21 @@ class Engine:
             return
         t0 = perf()
         if out.done is not None:  # device time of the step, and the idle gap before it
-            self.metrics.step_model.observe(out.start.elapsed_time(out.done) / 1e3)
+            model_s = out.start.elapsed_time(out.done) / 1e3
             if self._prev_done is not None and step.after_busy_device:
                 self.metrics.step_gpu_gap.observe(
                     max(0.0, self._prev_done.elapsed_time(out.start) / 1e3))
             self._prev_done = out.done
         else:
-            self.metrics.step_model.observe(t0 - t_launch)
+            model_s = t0 - t_launch
+        self.metrics.step_model.observe(model_s)
         result = self.runner.collect(out)
         if result is not None:
             self._process(step, result)
         if self._step_log_path:
             self._step_log.append({
                 "launched": t_launch, "done_seen": t0, "processed": perf(),
-                "device_s": out.start.elapsed_time(out.done) / 1e3 if out.done else None,
+                "device_s": model_s if out.done else None,
                 "reqs": len(step.reqs), "tokens": step.num_tokens,
                 "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
         self._regrow_after_oom()

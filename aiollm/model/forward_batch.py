@@ -36,19 +36,10 @@ class ForwardBatch:
     # their longest context: a mixed step runs their attention through the decode kernel
     num_decode: int = 0
     decode_max_seq_len: int = 0
-    _split: tuple | None = None
-
-    def split(self) -> tuple[tuple, tuple]:
-        """(decode part, extend part) of a mixed batch's per-request tensors:
-        (req_rows, seq_lens) of the leading one-token requests, and (req_rows, prefix_lens,
-        extend_lens, q_start_loc) of the rest; q_start_loc still indexes the whole batch.
-        build() packs them aligned; slices are the fallback."""
-        if self._split is None:
-            n = self.num_decode
-            self._split = ((self.req_rows[:n], self.seq_lens[:n]),
-                           (self.req_rows[n:], self.prefix_lens[n:], self.extend_lens[n:],
-                            self.q_start_loc[n:]))
-        return self._split
+    # a mixed batch's (0 < num_decode < B) per-request tensors in two parts, packed aligned
+    # by build(): (req_rows, seq_lens) of the decodes, and (req_rows, prefix_lens,
+    # extend_lens, q_start_loc) of the rest; q_start_loc still indexes the whole batch
+    mixed_parts: tuple[tuple, tuple] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -118,7 +109,7 @@ class ForwardBatch:
             sample_index=sidx[0] if sidx else None,
             num_decode=num_decode,
             decode_max_seq_len=int(seq[:num_decode].max()) if num_decode else 0,
-            _split=(tuple(parts[:2]), tuple(parts[2:])) if parts else None,
+            mixed_parts=(tuple(parts[:2]), tuple(parts[2:])) if parts else None,
         )
 
 

@@ -96,12 +96,12 @@ class Attention(nn.Module):
                 q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,
                 self.sm_scale, batch.max_seq_len,
             )
-        elif batch.num_decode:
+        elif batch.mixed_parts is not None:
             # A mixed step: the decodes go through the decode kernel, which reads each KV
             # head once for its query group; in the extend kernel each would fill a query
             # tile of one row per query head.
             n = batch.num_decode
-            (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = batch.split()
+            (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = batch.mixed_parts
             o = extend_attention(
                 q, k_cache, v_cache, batch.req_to_token, e_rows, e_pre, e_ext, e_start,
                 self.sm_scale, batch.max_extend_len,
