@@ -76,13 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="admission policy")
     e.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="run decode steps eagerly instead of replaying CUDA graphs")
+    e.add_argument("--no-warm-up", dest="warm_up", action="store_false",
+                   help="skip the start-up launch of prefill, mixed and sampling step shapes "
+                        "(their kernels then compile at first use, while serving)")
     return parser
 
 
 _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed", "kv_tokens",
                    "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
                    "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
-                   "cuda_graph", "served_model_name")
+                   "cuda_graph", "warm_up", "served_model_name")
 
 
 def main(argv: list[str] | None = None) -> int:

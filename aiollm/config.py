@@ -33,6 +33,9 @@ class EngineConfig:
     seed: int = 0
     cuda_graph: bool = True
     cuda_graph_max_batch: int = 256
+    # on a GPU, launch the prefill, mixed and sampling step shapes once at start-up, so their
+    # kernels compile before serving rather than stalling the first streams
+    warm_up: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

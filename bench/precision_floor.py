@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import time
 from datetime import date
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -155,9 +156,8 @@ def main() -> None:
         allp = sum(r["variants"][name]["all"] for r in runs) / n_all
         report["total"][name] = {"generated": round(gen, 4), "all": round(allp, 4)}
         print(f"{name:<20} {gen:>11.2%} of {n_gen:<5} {allp:>11.2%} of {n_all}")
-    out = args.out or f"bench/results/precision-floor-{date.today()}.json"
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
+    out = Path(args.out or f"bench/results/precision-floor-{date.today()}.json")
+    out.write_text(json.dumps(report, indent=1))
     print("wrote", out)
 
 

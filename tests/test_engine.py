@@ -419,3 +419,27 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     assert max(p for d, p in capped) > 40, capped  # prefill-only steps use the full budget
     assert any(d and p > 40 for d, p in steps), steps  # the burst lifts the cap
     assert_all_free(engine)
+
+
+def test_warm_up_plan_covers_each_kernel_shape_class():
+    from aiollm.engine.warm_up import plan
+
+    prefills, mixed = plan(max_prefill=4096, max_mixed=1024, max_batch=256, max_context=20000)
+    assert prefills == [64, 256, 1024, 4096]
+    assert sorted({b for b, _ in mixed}) == [1, 4, 16, 64, 256]
+    assert sorted({n for _, n in mixed}) == [512, 1024, 2048, 4096, 8192, 16384, 20000]
+    # limits below a class edge: the limit itself stands for the class
+    prefills, mixed = plan(max_prefill=100, max_mixed=16, max_batch=8, max_context=300)
+    assert prefills == [64, 100] and mixed == [(1, 300), (4, 300), (8, 300)]
+
+
+def test_warm_up_frees_what_it_takes_and_changes_no_output(engine, loop):
+    from aiollm.engine.warm_up import warm_up
+
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    before = run(loop, engine.generate(PROMPTS[1], params)).token_ids
+    free_slots = engine.kv_pool.n_free
+    warm_up(engine.runner, max_prefill=80, max_mixed=16, max_batch=5)
+    assert engine.kv_pool.n_free == free_slots
+    assert_all_free(engine)
+    assert run(loop, engine.generate(PROMPTS[1], params)).token_ids == before

@@ -36,6 +36,7 @@ from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
 from aiollm.engine.request import Phase, Request
+from aiollm.engine.warm_up import warm_up
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
 from aiollm.model.sampler import GREEDY_EPS
@@ -123,6 +124,10 @@ class Engine:
         self.runner = ModelRunner(loaded.model, mc, self.kv_pool, self.req_to_token, device,
                                   eos_ids=self.eos_ids.tolist(), cuda_graph=cfg.cuda_graph and device.type == "cuda",
                                   cuda_graph_max_batch=cfg.cuda_graph_max_batch)
+        if cfg.warm_up and device.type == "cuda":
+            warm_up(self.runner, max_prefill=cfg.max_prefill_tokens,
+                    max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens,
+                    max_batch=self.planner.max_running)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")
         # waits for device events, so the model thread is free to launch the next step
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-wait")

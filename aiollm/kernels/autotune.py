@@ -10,12 +10,13 @@ package. AIOLLM_AUTOTUNE picks what happens when a key is looked up:
 
 Tuning times each candidate on the caller's real inputs with `triton.testing.do_bench`, so it
 only suits kernels that write a fresh output (attention), not in-place ones. It never runs on
-the CPU interpreter or while a CUDA graph is being captured (the default or cached config is
-used then).
+the CPU interpreter, while a CUDA graph is being captured, or inside `untuned()` (the
+default or cached config is used then).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -39,6 +40,7 @@ _tables: dict[str, dict[str, dict[str, Config]]] = {}  # gpu slug -> kernel -> k
 # What each (kernel, key, device index) resolved to in this process: the hot path is one dict
 # lookup, and mode 2 retunes a key once per process, not at every call.
 _resolved: dict[tuple[str, str, int], Config] = {}
+_untuned = threading.local()  # .active: inside untuned(), on this thread
 
 
 def autotune_mode() -> int:
@@ -108,7 +110,7 @@ def get_config(
     with _lock:
         cached = _table(slug).get(kernel, {}).get(key)
     mode = autotune_mode()
-    if torch.cuda.is_current_stream_capturing():
+    if torch.cuda.is_current_stream_capturing() or getattr(_untuned, "active", False):
         return cached or default  # not remembered: a later eager call may still tune
     if mode == 0 or (mode == 1 and cached is not None):
         best = cached or default
@@ -119,6 +121,19 @@ def get_config(
             _save(slug)
     _resolved[(kernel, key, index)] = best
     return best
+
+
+@contextlib.contextmanager
+def untuned():
+    """Launches on this thread inside the block use the cached config (else the default) and
+    tune nothing, as during a CUDA graph capture. The start-up warm-up runs under it: its
+    inputs are not the real ones (its decodes all read one context, from cache), so timings
+    taken on them could pick a config that is slower in serving."""
+    _untuned.active = True
+    try:
+        yield
+    finally:
+        _untuned.active = False
 
 
 def _tune(kernel: str, key: str, candidates: list[Config], bench: Callable[[Config], float]) -> Config:

@@ -25,6 +25,9 @@ from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
 
+# the shape classes of the tuned configs: batch size and longest context
+BATCH_CLASSES = (1, 4, 16, 64, 256)
+LENGTH_CLASSES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 # Default when nothing is tuned; CPU_CONFIG uses small blocks so the interpreter runs quickly
 # and short test sequences still span several blocks.
 DEFAULT_CONFIG: Config = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "split_tokens": 512}
@@ -200,8 +203,7 @@ def decode_attention_triton(
         config = CPU_CONFIG
     if config is None:
         key = (f"hq{HQ}-hkv{HKV}-d{D}-{str(q.dtype).removeprefix('torch.')}"
-               f"-b{bucket(B, (1, 4, 16, 64, 256))}"
-               f"-n{bucket(max_seq_len, (512, 1024, 2048, 4096, 8192, 16384, 32768))}")
+               f"-b{bucket(B, BATCH_CLASSES)}-n{bucket(max_seq_len, LENGTH_CLASSES)}")
 
         def bench(cfg: Config) -> float:
             scratch = torch.empty_like(q)

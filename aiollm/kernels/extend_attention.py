@@ -24,6 +24,9 @@ from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 
 LOG2E = 1.4426950408889634
 
+# the shape classes of the tuned configs: the longest new-token run in the batch
+LENGTH_CLASSES = (64, 256, 1024, 4096)
+
 # LAZY (skip the rescale of acc while the running max barely moves) is a tuning choice, not a
 # default: on an H100 it won 6% for 8-warp 128x128 tiles but lost 3% for the best (4-warp) ones.
 DEFAULT_CONFIG: Config = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "LAZY": 0}
@@ -177,7 +180,7 @@ def extend_attention_triton(
         config = CPU_CONFIG
     if config is None:
         key = (f"hq{HQ}-hkv{HKV}-d{D}-{str(q.dtype).removeprefix('torch.')}"
-               f"-m{bucket(max_extend_len, (64, 256, 1024, 4096))}")
+               f"-m{bucket(max_extend_len, LENGTH_CLASSES)}")
         # Query blocks much taller than the longest extend would be mostly padding.
         candidates = [c for c in CANDIDATES if c["BLOCK_M"] <= max(64, max_extend_len)]
 
