@@ -92,6 +92,13 @@ def random_llama(path: str, seed: int = 0):
     return cfg.vocab_size
 
 
+def random_prompts(vocab: int, seed: int) -> list[list[int]]:
+    """The random model's prompts: random token ids, short to long."""
+    g = torch.Generator().manual_seed(seed + 1)
+    return [torch.randint(0, vocab, (n,), generator=g).tolist()
+            for n in (5, 17, 64, 200, 333, 1000)]
+
+
 def hf_models(load, with_eager: bool = True) -> dict:
     """transformers in fp32, bf16 and (optionally) bf16 with eager attention; `load(dtype,
     **kw)` builds one."""
@@ -109,9 +116,7 @@ def measure_random(tokenizer: str | None, max_tokens: int = 64, seed: int = 0) -
         vocab = random_llama(path, seed)
         models = hf_models(lambda dt, **kw: AutoModelForCausalLM.from_pretrained(
             path, dtype=dt, **kw))
-        g = torch.Generator().manual_seed(seed + 1)
-        prompts = [torch.randint(0, vocab, (n,), generator=g).tolist()
-                   for n in (5, 17, 64, 200, 333, 1000)]
+        prompts = random_prompts(vocab, seed)
         # the directory has no tokenizer of its own: token ids in, token ids out
         outs, _ = asyncio.run(greedy(path, prompts, max_tokens, tokenizer=tokenizer))
     tops = top1(models, prompts, outs)

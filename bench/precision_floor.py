@@ -95,12 +95,14 @@ def forward(weights: dict, cfg, ids: list[int], rounded: set, dtype=torch.float3
 
 def sequences(model, vocab: int, seed: int, max_tokens: int) -> list[tuple[int, list[int]]]:
     """(prompt length, prompt + fp32 greedy continuation) for bench/accuracy.py's prompts."""
-    g = torch.Generator().manual_seed(seed + 1)
+    from accuracy import random_prompts
+
     out = []
-    for n in (5, 17, 64, 200, 333, 1000):
-        prompt = torch.randint(0, vocab, (n,), generator=g)
-        seq = model.generate(prompt[None], max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                             do_sample=False, attention_mask=torch.ones(1, n, dtype=torch.long))
+    for prompt in random_prompts(vocab, seed):
+        n = len(prompt)
+        seq = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens,
+                             min_new_tokens=max_tokens, do_sample=False,
+                             attention_mask=torch.ones(1, n, dtype=torch.long))
         out.append((n, seq[0].tolist()))
     return out
 
@@ -127,7 +129,8 @@ def measure_seed(seed: int, max_tokens: int) -> dict:
             same = [(forward(weights, cfg, s, rounded).argmax(-1) == ref.argmax(-1))
                     for (_, s), ref in zip(seqs, refs)]
             gen = torch.cat([m[n - 1 : -1] for (n, _), m in zip(seqs, same)])
-            result["variants"][name] = {"generated": int(gen.sum()), "all": int(sum(m.sum() for m in same))}
+            result["variants"][name] = {"generated": int(gen.sum()),
+                                        "all": int(sum(m.sum() for m in same))}
     return result
 
 

@@ -424,12 +424,12 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
 def test_warm_up_plan_covers_each_kernel_shape_class():
     from aiollm.engine.warm_up import plan
 
-    prefills, mixed = plan(max_prefill=4096, max_mixed=1024, max_batch=256, max_context=20000)
+    prefills, mixed = plan(max_prefill=4096, max_batch=256, max_context=20000)
     assert prefills == [64, 256, 1024, 4096]
     assert sorted({b for b, _ in mixed}) == [1, 4, 16, 64, 256]
     assert sorted({n for _, n in mixed}) == [512, 1024, 2048, 4096, 8192, 16384, 20000]
     # limits below a class edge: the limit itself stands for the class
-    prefills, mixed = plan(max_prefill=100, max_mixed=16, max_batch=8, max_context=300)
+    prefills, mixed = plan(max_prefill=100, max_batch=8, max_context=300)
     assert prefills == [64, 100] and mixed == [(1, 300), (4, 300), (8, 300)]
 
 

@@ -23,6 +23,7 @@ import time
 import numpy as np
 import torch
 
+from aiollm.engine.model_runner import StepInputs
 from aiollm.kernels import autotune
 from aiollm.kernels.decode_attention import BATCH_CLASSES, LENGTH_CLASSES
 from aiollm.kernels.extend_attention import LENGTH_CLASSES as EXTEND_CLASSES
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 CHUNK = 16  # the prompt chunk of a warm-up mixed step
 
 
-def plan(max_prefill: int, max_mixed: int, max_batch: int, max_context: int
+def plan(max_prefill: int, max_batch: int, max_context: int
          ) -> tuple[list[int], list[tuple[int, int]]]:
     """The warm-up's prefill lengths, and its mixed steps as (decodes, context length):
     each class edge within the limits, and the limit itself where it falls inside a class."""
@@ -53,8 +54,7 @@ def warm_up(runner, *, max_prefill: int, max_mixed: int, max_batch: int) -> None
     slot and req_to_token row it took."""
     kv, r2t = runner.kv_pool, runner.r2t
     max_prefill = min(max_prefill, r2t.max_len, kv.n_free // 2)
-    prefills, mixed = plan(max_prefill, max_mixed, max_batch,
-                           min(r2t.max_len, kv.n_free - max_prefill))
+    prefills, mixed = plan(max_prefill, max_batch, min(r2t.max_len, kv.n_free - max_prefill))
     if not prefills or r2t.n_free_rows < 2:
         return
     rows = [r2t.alloc_row(), r2t.alloc_row()]  # one context for every decode, one prompt
@@ -71,7 +71,7 @@ def warm_up(runner, *, max_prefill: int, max_mixed: int, max_batch: int) -> None
             for n in prefills:
                 _forward(runner, [rows[1]], [0], [n], new[:n])
             for b, n in mixed:
-                chunk = max(1, min(CHUNK, max_mixed, max_prefill - b))
+                chunk = min(CHUNK, max_mixed, max_prefill - b)  # plan() keeps b < max_prefill
                 loc = np.concatenate([np.full(b, ctx[n - 1]), new[:chunk]])
                 _forward(runner, [rows[0]] * b + [rows[1]], [n - 1] * b + [0], [1] * b + [chunk],
                          loc)
@@ -87,14 +87,14 @@ def warm_up(runner, *, max_prefill: int, max_mixed: int, max_batch: int) -> None
 
 
 def _forward(runner, rows, prefix_lens, extend_lens, out_cache_loc) -> None:
+    """One greedy eager step through the runner's own launch (its sampled ids land in the
+    runner's prev_ids, which nothing reads before the first served step writes them)."""
     batch = ForwardBatch.build(
         input_ids=np.zeros(int(sum(extend_lens)), dtype=np.int64), out_cache_loc=out_cache_loc,
         req_rows=rows, prefix_lens=prefix_lens, extend_lens=extend_lens,
         req_to_token=runner.r2t.table, kv_pool=runner.kv_pool, device=runner.device)
-    runner.r2t.write_device(batch.token_rows, batch.positions, batch.out_cache_loc)
-    logits = runner.model.forward(batch)
-    torch.isfinite(logits).all(dim=-1)
-    logits.argmax(dim=-1)
+    runner.launch(StepInputs(batch, 0, len(rows), None, argmax_only=True, placeholders=False,
+                             start=None))
 
 
 def _sampling(runner) -> None:
@@ -110,7 +110,8 @@ def _sampling(runner) -> None:
     mixes = [
         plain,
         {**plain, "top_k": np.array([40, 5, 40, 5])},
-        {**plain, "temperature": np.array([0, 0.7, 1, 1], np.float32), "top_k": np.array([-1, 40, -1, 5]),
+        {**plain, "temperature": np.array([0, 0.7, 1, 1], np.float32),
+         "top_k": np.array([-1, 40, -1, 5]),
          "top_p": np.full(b, 0.9, np.float32), "min_p": np.full(b, 0.05, np.float32),
          "top_logprobs": np.full(b, 5)},
         {**plain, "repetition_penalty": np.full(b, 1.1, np.float32)},
