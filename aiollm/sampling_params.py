@@ -9,6 +9,30 @@ from aiollm.errors import InvalidRequest
 MAX_STOP_STRINGS = 16
 MAX_STOP_TOKEN_IDS = 8  # the request table holds 8 stop ids per slot
 MAX_LOGPROBS = 20
+GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf", "structural_tag")
+
+
+@dataclass(frozen=True, slots=True)
+class GrammarSpec:
+    """A grammar as the client sent it. `value` is text: the schema's JSON, the regex, the
+    EBNF, a JSON list of choice strings, a structural tag's JSON. `param` names the field it
+    came from, for errors."""
+
+    kind: str
+    value: str = ""
+    param: str = "response_format"
+
+    def __post_init__(self) -> None:
+        assert self.kind in GRAMMAR_KINDS, self.kind
+
+
+@dataclass(slots=True)
+class Constraint:
+    """What SamplingParams carries: any of a grammar, allowed token ids, logit biases."""
+
+    grammar: GrammarSpec | None = None
+    allowed_token_ids: list[int] | None = None
+    logit_bias: dict[int, float] | None = None
 
 
 @dataclass(slots=True)
@@ -28,6 +52,8 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # top-N logprobs of each chosen token; 0: the chosen one only
     skip_special_tokens: bool = True
+    # a grammar, allowed token ids, logit biases (aiollm.engine.grammar applies them)
+    constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InvalidRequest:
@@ -86,6 +112,8 @@ class SamplingParams:
             not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):
             raise bad("logprobs", f"must be an integer in [0, {MAX_LOGPROBS}]")
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            raise bad("constraint", "must be an aiollm.sampling_params.Constraint")
 
     @property
     def greedy(self) -> bool:

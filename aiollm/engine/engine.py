@@ -32,6 +32,7 @@ import torch
 
 from aiollm.config import EngineConfig
 from aiollm.engine.detokenizer import IncrementalDetokenizer
+from aiollm.engine.grammar import ENDED, REJECTED, Grammars
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
@@ -121,6 +122,7 @@ class Engine:
         if self.tokenizer.eos_token_id is not None:
             eos.add(int(self.tokenizer.eos_token_id))
         self.eos_ids = np.array(sorted(eos), dtype=np.int32)
+        self.grammars = Grammars(self.tokenizer, mc.vocab_size, self.eos_ids.tolist(), device)
         self.runner = ModelRunner(loaded.model, mc, self.kv_pool, self.req_to_token, device,
                                   eos_ids=self.eos_ids.tolist(), cuda_graph=cfg.cuda_graph and device.type == "cuda",
                                   cuda_graph_max_batch=cfg.cuda_graph_max_batch)
@@ -178,7 +180,15 @@ class Engine:
         await self.stop()
 
     # -- public API ------------------------------------------------------------------------
+    async def compile_grammar(self, params: SamplingParams) -> None:
+        """Compile the request's grammar, if any, on a worker thread (cached). stream() and
+        generate() would compile a missing one on the event loop: await this first."""
+        c = params.constraint if isinstance(params, SamplingParams) else None
+        if c is not None and self._started and c.grammar is not None:
+            await self.grammars.compile(c.grammar)
+
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
+        await self.compile_grammar(params or SamplingParams())
         req, detok = self._submit(prompt, params or SamplingParams())
         parts = []
         final = None
@@ -277,16 +287,19 @@ class Engine:
                 f"lower max_tokens to at most {limit - n}", param="max_tokens")
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
+        grammar = self.grammars.start(params.constraint) if params.constraint else None
         try:
             slot = self.table.alloc()
         except TableError as e:
             raise Overloaded(str(e)) from e
         seed = params.seed if params.seed is not None else self._rng.getrandbits(62)
-        req = Request(prompt_ids=ids, params=params, slot=slot, seed=seed, arrival=time.monotonic())
+        req = Request(prompt_ids=ids, params=params, slot=slot, seed=seed, arrival=time.monotonic(),
+                      grammar=grammar)
         if params.logprobs is not None:
             req.logprobs = []
         req.argmax_only = (params.temperature < GREEDY_EPS and params.logprobs is None
-                           and not params.uses_penalty and params.min_tokens == 0)
+                           and not params.uses_penalty and params.min_tokens == 0
+                           and grammar is None)
         try:
             self._fill_record(req, params)
         except Exception:
@@ -420,6 +433,14 @@ class Engine:
                 out = await launch
             except Exception as e:
                 err = e
+        if err is None and out.deferred is not None:
+            # constrained rows: step N's tokens have advanced their grammars; sample now
+            try:
+                mask = self.grammars.masks([r.grammar for r, s in zip(step.reqs, step.sample)
+                                            if s])
+                out = self.runner.sample_deferred(out, mask)
+            except Exception as e:
+                err = e
         if err is not None:  # a failing step fails its requests, not the server
             self._step_failed(step, err)
             return
@@ -505,6 +526,11 @@ class Engine:
         slots = np.fromiter((r.slot for r in reqs), np.int32, len(reqs))
         finished = self.table.stop_check(slots, tokens, self.eos_ids, now_ns)
         bad = result.bad[rows] if result.bad is not None else None
+        constrained = [k for k, r in enumerate(reqs) if r.grammar is not None]
+        grammar_end = np.zeros(len(reqs), dtype=np.int8)
+        if constrained:
+            grammar_end[constrained] = self.grammars.accept(
+                [reqs[k].grammar for k in constrained], tokens[constrained])
         self.metrics.generation_tokens.inc(len(reqs))
         for k, r in enumerate(reqs):
             r.output_ids.append(int(tokens[k]))
@@ -518,9 +544,15 @@ class Engine:
             if bad is not None and bad[k]:
                 self._finish(r, "abort", error="the model produced non-finite logits", failed=True,
                              error_type=RequestFailed)
+            elif grammar_end[k] == REJECTED:
+                self._finish(r, "abort", error="a token was sampled against the request's "
+                             "grammar", failed=True, error_type=RequestFailed)
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP
                 self._finish(r, FinishReason(finished[k]).label)
+            elif grammar_end[k] == ENDED:  # the grammar's end: its final (stop) token is eos
+                r.last_is_stop_token = True
+                self._finish(r, "stop")
             r.event.set()
 
     def _on_admit(self, req: Request, now: float) -> None:

@@ -12,6 +12,12 @@ Decode batches (every request feeds one token and samples one) take the short wa
 their inputs go through DecodeGraphs' static buffers in one copy, and when every request is
 plain greedy the graph's own argmax comes back in one copy, with no sampling pass.
 
+A step with constrained rows (a grammar, allowed ids or logit biases: engine/grammar.py)
+is launched in two parts: launch() queues the forward pass and returns a Launched whose
+`deferred` holds the logits; sample_deferred() queues the sampling once the engine has the
+previous step's tokens, has advanced the grammars and built the masks. The forward never
+waits for a mask, and the mask's host time hides behind it.
+
 Tokens sampled by the step still running are not on the host when the next step is
 planned: the planner writes them as placeholders -(row + 1), and the device replaces them
 with the ids that step sampled (kept in self._prev_ids, which every step writes).
@@ -42,6 +48,7 @@ class StepInputs:
     argmax_only: bool  # every sampled row is plain greedy: the argmax is all it needs
     placeholders: bool  # some input ids are the previous step's sampled ids
     start: torch.cuda.Event | None  # recorded before the step's first copy (GPU timing)
+    constrained: bool = False  # some sampled row has a constraint: sampling is deferred
 
 
 @dataclass(slots=True)
@@ -58,6 +65,8 @@ class Launched:
     packed: np.ndarray | None = None  # a decode batch's [2 * bs] argmax and non-finite flags
     n: int = 0
     bs: int = 0
+    # a constrained step's forward only: (inputs, logits [S, V], non-finite flags [S])
+    deferred: tuple | None = None
 
 
 @dataclass(slots=True)
@@ -74,6 +83,10 @@ class StepResult:
             top = [(int(t), float(lp)) for t, lp in
                    zip(self.top_ids[row, :n_top], self.top_logprobs[row, :n_top])]
         return TokenLogprob(int(self.next_ids[row]), float(self.logprobs[row]), top)
+
+
+def _deferred(inp: StepInputs, logits: torch.Tensor, bad: torch.Tensor) -> Launched:
+    return Launched(None, None, None, None, None, inp.start, None, deferred=(inp, logits, bad))
 
 
 def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -122,12 +135,14 @@ class ModelRunner:
         n = len(reqs)
         sampled = [r for r, s in zip(reqs, step.sample) if s]
         argmax_only = all(r.argmax_only for r in sampled)
+        constrained = any(r.grammar is not None for r in sampled)
         if step.num_tokens == n and len(sampled) == n and n <= self.graphs.max_bs:
             # a decode batch: every request feeds one token and samples one
             rows, positions = step.token_coords
             bs = self.graphs.stage(n, step.input_ids, positions, step.out_cache_loc, rows)
             st = None if argmax_only else self._sampling(step, sampled, table)
-            return StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start)
+            return StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start,
+                              constrained)
         ids = np.array(step.input_ids, dtype=np.int64)
         sample_index = None
         if sampled and len(sampled) < n:
@@ -146,7 +161,7 @@ class ModelRunner:
         )
         st = self._sampling(step, sampled, table) if sampled and not argmax_only else None
         return StepInputs(batch, 0, n, st, argmax_only and bool(sampled),
-                          bool((ids < 0).any()), start)
+                          bool((ids < 0).any()), start, constrained)
 
     def _sampling(self, step: Step, sampled: list, table: RequestTable) -> SamplingTensors:
         dev = self.device
@@ -183,6 +198,8 @@ class ModelRunner:
             if b.sample_index is not None:
                 logits = logits.index_select(0, b.sample_index)
             bad = ~torch.isfinite(logits).all(dim=-1)
+            if inp.constrained:
+                return _deferred(inp, logits, bad)
             if inp.argmax_only:
                 res = SampleResult(logits.argmax(dim=-1), None, None, None)
             else:
@@ -199,8 +216,20 @@ class ModelRunner:
             done = self._record_done(inp)
             return Launched(None, None, None, None, None, inp.start, done,
                             packed=host.numpy()[: 2 * bs], n=n, bs=bs)
+        if inp.constrained:
+            return _deferred(inp, logits[:n], packed[1, :n] != 0)
         res = sample(logits[:n].float(), inp.sampling)
         return self._queue_results(inp, res, packed[1, :n] != 0)
+
+    @torch.inference_mode()
+    def sample_deferred(self, out: Launched, mask) -> Launched:
+        """Queue the sampling of a constrained step launched without it, under `mask` (an
+        engine.grammar.TokenMask for its sampled rows, or None: nothing to constrain)."""
+        inp, logits, bad = out.deferred
+        st = inp.sampling
+        if mask is not None:
+            st.allowed, st.bias_ids, st.bias = mask.bitmask, mask.bias_ids, mask.bias
+        return self._queue_results(inp, sample(logits.float(), st), bad)
 
     def _record_done(self, inp: StepInputs) -> torch.cuda.Event | None:
         if self.device.type != "cuda":

@@ -58,6 +58,7 @@ class Request:
     last_is_stop_token: bool = False  # the final token (eos/stop id) is not part of the text
     argmax_only: bool = False  # greedy, no logprobs, penalties or min_tokens: argmax is enough
     event: asyncio.Event = field(default_factory=asyncio.Event)
+    grammar: object | None = None  # its engine.grammar.GrammarState, when constrained
 
     @property
     def num_tokens(self) -> int:

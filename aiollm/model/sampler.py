@@ -79,6 +79,10 @@ class SamplingTensors:
     # min_tokens: ids banned on rows still under their min_tokens (None when no row is).
     ban_ids: torch.Tensor | None = None  # [B, K] int64, -1 padding
     ban_active: torch.Tensor | None = None  # [B] bool
+    # Constraints (engine/grammar.py TokenMask), set once the step's grammars have advanced.
+    allowed: torch.Tensor | None = None  # [B, ceil(V / 32)] int32 bitmask: bit t = t allowed
+    bias_ids: torch.Tensor | None = None  # [B, K] int64 logit_bias ids (padding id 0, bias 0)
+    bias: torch.Tensor | None = None  # [B, K] fp32
 
     @property
     def use_penalties(self) -> bool:
@@ -336,15 +340,38 @@ def _floor(logits: torch.Tensor, st: SamplingTensors):
     return scale_floor, ((vals, ids) if st.draw_on_candidates else None)
 
 
+_BITS: dict = {}
+
+
+def apply_constraints(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
+    """Logit biases added, then tokens outside the allowed bitmask set to -inf (OpenAI's
+    logit_bias order: the bias shapes the distribution, the grammar decides what may come).
+    Token t is allowed in row b when bit t % 32 of allowed[b, t // 32] is set (xgrammar's and
+    llguidance's layout); the words past V are ignored. Returns a new tensor."""
+    if st.bias_ids is not None:
+        logits = logits.scatter_add(1, st.bias_ids, st.bias)
+    if st.allowed is not None:
+        b, v = logits.shape
+        key = str(logits.device)
+        if key not in _BITS:
+            _BITS[key] = torch.arange(32, dtype=torch.int32, device=logits.device)
+        bits = (st.allowed[:, :, None] >> _BITS[key]) & 1  # [B, W, 32]
+        logits = logits.masked_fill(bits.view(b, -1)[:, :v] == 0, float("-inf"))
+    return logits
+
+
 def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     """Next token of every row of logits [B, V] fp32; `logits` is not modified."""
     assert logits.dim() == 2 and logits.dtype == torch.float32, (logits.shape, logits.dtype)
+    constrained = st.allowed is not None or st.bias_ids is not None
     if st.use_penalties:
         logits = apply_penalties(logits, st)
         if st.ban_ids is not None:
             mask_token_ids(logits, st.ban_ids, st.ban_active)
     elif st.ban_ids is not None:
         logits = mask_token_ids(logits.clone(), st.ban_ids, st.ban_active)
+    if constrained:
+        logits = apply_constraints(logits, st)
 
     if st.all_greedy and not st.want_logprobs and st.ban_ids is None and not st.use_penalties:
         return SampleResult(logits.argmax(dim=-1), None, None, None)

@@ -1,0 +1,273 @@
+"""Constrained decoding: what a request's next token may be, as a token bitmask.
+
+A request may carry a `Constraint` (SamplingParams.constraint): a grammar (a JSON schema, any
+JSON, a regex, an EBNF grammar or an xgrammar structural tag), a set of allowed token ids,
+and logit biases. The grammar library is xgrammar (bench/grammar_libs.py measured it against
+llguidance on this CPU: its masks are 3-10x faster per token, which is the cost paid on every
+step; its compile step is cached here). The engine owns one `Grammars`:
+
+- `compile()` turns a grammar into an xgrammar CompiledGrammar on a worker thread (never on
+  the event loop), kept in an LRU cache keyed by (tokenizer, kind, grammar text); concurrent
+  requests for the same grammar share one compilation;
+- `start()` gives a request its `GrammarState` (the matcher, the allowed-ids row, the bias);
+- `accept()` advances the matchers by the tokens a step sampled; a matcher that reaches its
+  end finishes its request with "stop";
+- `masks()` builds, for a step's sampled rows, the [B, ceil(V / 32)] int32 bitmask (bit
+  t of row b set: token t allowed) and the sparse logit biases, copied to the device in one
+  async copy each. The sampler applies them (model/sampler.py); rows without a constraint
+  are all ones, so they sample exactly as without one.
+
+The bitmask layout is xgrammar's (and llguidance's): token t is bit t % 32 of word t // 32.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import Constraint, GrammarSpec
+
+log = logging.getLogger(__name__)
+
+CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
+MAX_BIAS = 100.0
+ENDED, REJECTED = 1, -1  # accept() results
+
+
+@dataclass(slots=True)
+class GrammarState:
+    """One request's constraint while it runs."""
+
+    matcher: object | None  # xgrammar.GrammarMatcher
+    allowed: np.ndarray | None  # [W] int32 bitmask of allowed_token_ids
+    bias_ids: np.ndarray | None  # [K] int64
+    bias: np.ndarray | None  # [K] fp32
+    terminated: bool = False
+
+
+@dataclass(slots=True)
+class TokenMask:
+    """A step's constraints on the device, one row per sampled row."""
+
+    bitmask: torch.Tensor | None  # [B, W] int32
+    bias_ids: torch.Tensor | None = None  # [B, K] int64 (padding: id 0, bias 0)
+    bias: torch.Tensor | None = None  # [B, K] fp32
+
+
+def _tokenizer_key(tokenizer, vocab_size: int) -> tuple:
+    return (getattr(tokenizer, "name_or_path", ""), len(tokenizer), vocab_size,
+            tokenizer.eos_token_id)
+
+
+@dataclass
+class _Cache:
+    """Process-wide: tokenizer infos and compiled grammars, shared by engines that serve the
+    same tokenizer (tests start many)."""
+
+    infos: dict = field(default_factory=dict)
+    compiled: OrderedDict = field(default_factory=OrderedDict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+_CACHE = _Cache()
+
+
+class Grammars:
+    """The engine's grammar compiler, cache and mask builder (see the module docstring).
+
+    vocab_size is the model's (logits') width, which may exceed the tokenizer's; ids past the
+    tokenizer are never allowed under a grammar. stop_ids end a grammar (the model's eos)."""
+
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], device: torch.device):
+        self.tokenizer = tokenizer
+        self.vocab_size = vocab_size
+        self.words = (vocab_size + 31) // 32
+        self.stop_ids = list(stop_ids)
+        self.device = device
+        self._key = _tokenizer_key(tokenizer, vocab_size)
+        self._pending: dict[tuple, Future] = {}
+
+    # -- compilation ----------------------------------------------------------------------
+    def _compiler(self):
+        import xgrammar as xgr
+
+        with _CACHE.lock:
+            if self._key not in _CACHE.infos:
+                info = xgr.TokenizerInfo.from_huggingface(
+                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids)
+                _CACHE.infos[self._key] = xgr.GrammarCompiler(info, cache_enabled=False)
+            return _CACHE.infos[self._key]
+
+    def compile_now(self, spec: GrammarSpec):
+        """The compiled grammar of `spec` (blocking: call from a thread, or see compile()).
+        Raises InvalidRequest (param: spec.param) with the library's message."""
+        key = (self._key, spec.kind, spec.value)
+        with _CACHE.lock:
+            hit = _CACHE.compiled.get(key)
+            if hit is not None:
+                _CACHE.compiled.move_to_end(key)
+                return hit
+        compiler = self._compiler()
+        try:
+            compiled = _compile(compiler, spec)
+        except InvalidRequest:
+            raise
+        except Exception as e:  # the library's own error types: the client's grammar is bad
+            raise InvalidRequest(f"invalid {spec.param}: {e}", param=spec.param) from e
+        with _CACHE.lock:
+            _CACHE.compiled[key] = compiled
+            while len(_CACHE.compiled) > CACHE_SIZE:
+                _CACHE.compiled.popitem(last=False)
+        return compiled
+
+    async def compile(self, spec: GrammarSpec):
+        """compile_now on a worker thread; concurrent calls for one grammar share the work."""
+        key = (self._key, spec.kind, spec.value)
+        with _CACHE.lock:
+            if key in _CACHE.compiled:
+                _CACHE.compiled.move_to_end(key)
+                return _CACHE.compiled[key]
+        fut = self._pending.get(key)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = loop.run_in_executor(None, self.compile_now, spec)
+            self._pending[key] = fut
+            fut.add_done_callback(lambda _: self._pending.pop(key, None))
+        return await asyncio.shield(fut)
+
+    # -- per request ------------------------------------------------------------------------
+    def check(self, c: Constraint) -> None:
+        """Validate allowed_token_ids and logit_bias against the vocabulary (InvalidRequest)."""
+        v = self.vocab_size
+        if c.allowed_token_ids is not None:
+            ids = c.allowed_token_ids
+            if not ids or not all(_is_int(t) and 0 <= t < v for t in ids):
+                raise InvalidRequest(f"allowed_token_ids must be a non-empty list of token ids "
+                                     f"in [0, {v})", param="allowed_token_ids")
+        if c.logit_bias is not None:
+            for t, b in c.logit_bias.items():
+                if not _is_int(t) or not 0 <= t < v:
+                    raise InvalidRequest(f"logit_bias key {t!r} is not a token id in [0, {v})",
+                                         param="logit_bias")
+                if not isinstance(b, (int, float)) or isinstance(b, bool) or not (
+                        -MAX_BIAS <= b <= MAX_BIAS):
+                    raise InvalidRequest(f"logit_bias[{t}] must be a number in [-100, 100], "
+                                         f"got {b!r}", param="logit_bias")
+
+    def start(self, c: Constraint) -> GrammarState:
+        """A running request's state. Its grammar must be compiled already (compile()); if
+        it is not, it is compiled here, blocking (the Engine API's direct users)."""
+        import xgrammar as xgr
+
+        self.check(c)
+        matcher = None
+        if c.grammar is not None:
+            matcher = xgr.GrammarMatcher(self.compile_now(c.grammar),
+                                         override_stop_tokens=self.stop_ids or None)
+        allowed = None
+        if c.allowed_token_ids is not None:
+            allowed = np.zeros(self.words, dtype=np.int32)
+            ids = np.asarray(sorted(set(c.allowed_token_ids)), dtype=np.int64)
+            np.bitwise_or.at(allowed.view(np.uint32), ids >> 5,
+                             (np.uint32(1) << (ids & 31).astype(np.uint32)))
+        bias_ids = bias = None
+        if c.logit_bias:
+            bias_ids = np.fromiter(c.logit_bias, np.int64, len(c.logit_bias))
+            bias = np.fromiter(c.logit_bias.values(), np.float32, len(c.logit_bias))
+        return GrammarState(matcher, allowed, bias_ids, bias)
+
+    def accept(self, states: list[GrammarState], tokens: np.ndarray) -> list[int]:
+        """Advance each matcher by its request's new token. Per request: ENDED when its
+        grammar has reached its end (the request finishes with "stop"), REJECTED when the
+        grammar refuses the token (the mask makes that a bug: the request fails), else 0."""
+        status = []
+        for s, t in zip(states, tokens.tolist()):
+            m = s.matcher
+            if m is not None and not s.terminated:
+                if not m.accept_token(t):
+                    status.append(REJECTED)
+                    continue
+                s.terminated = m.is_terminated()
+            status.append(ENDED if s.terminated else 0)
+        return status
+
+    def masks(self, states: list[GrammarState | None]) -> TokenMask | None:
+        """The device constraints of a step's sampled rows (None where no row has one).
+        A finished request's row (a discarded token) is left unconstrained."""
+        if not any(s is not None for s in states):
+            return None
+        b = len(states)
+        pin = self.device.type == "cuda"
+        bitmask = None
+        if any(s is not None and (s.matcher is not None or s.allowed is not None)
+               for s in states):
+            bitmask = torch.full((b, self.words), -1, dtype=torch.int32, pin_memory=pin)
+            host = bitmask.numpy()
+            for i, s in enumerate(states):
+                if s is None:
+                    continue
+                if s.matcher is not None and not s.terminated:
+                    s.matcher.fill_next_token_bitmask(bitmask, i)
+                if s.allowed is not None:
+                    host[i] &= s.allowed
+        out = TokenMask(_to(bitmask, self.device))
+        k = max((len(s.bias_ids) for s in states if s is not None and s.bias_ids is not None),
+                default=0)
+        if k:
+            ids = torch.zeros((b, k), dtype=torch.int64, pin_memory=pin)
+            vals = torch.zeros((b, k), dtype=torch.float32, pin_memory=pin)
+            for i, s in enumerate(states):
+                if s is not None and s.bias_ids is not None:
+                    ids[i, : len(s.bias_ids)] = torch.from_numpy(s.bias_ids)
+                    vals[i, : len(s.bias)] = torch.from_numpy(s.bias)
+            out.bias_ids, out.bias = _to(ids, self.device), _to(vals, self.device)
+        return out
+
+
+def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    if t is None or device.type == "cpu":
+        return t
+    return t.to(device, non_blocking=True)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _compile(compiler, spec: GrammarSpec):
+    kind, value = spec.kind, spec.value
+    if kind == "json_schema":
+        try:
+            schema = json.loads(value)
+        except ValueError as e:
+            raise InvalidRequest(f"{spec.param} is not valid JSON: {e}", param=spec.param) from e
+        if not isinstance(schema, dict):
+            raise InvalidRequest(f"{spec.param} must be a JSON schema object", param=spec.param)
+        # compact JSON, as OpenAI's structured outputs write it: no whitespace to wander in
+        return compiler.compile_json_schema(value, any_whitespace=False, strict_mode=True)
+    if kind == "json_object":
+        return compiler.compile_builtin_json_grammar()
+    if kind == "regex":
+        return compiler.compile_regex(value)
+    if kind == "choice":
+        choices = json.loads(value)
+        if not choices or not all(isinstance(c, str) and c for c in choices):
+            raise InvalidRequest(f"{spec.param} must be a non-empty list of non-empty strings",
+                                 param=spec.param)
+        # JSON string literals are valid EBNF string literals (same escapes)
+        return compiler.compile_grammar(
+            "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices))
+    if kind == "ebnf":
+        return compiler.compile_grammar(value)
+    if kind == "structural_tag":
+        return compiler.compile_structural_tag(value)
+    raise AssertionError(kind)
