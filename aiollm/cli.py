@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     net.add_argument("--served-model-name", default=None,
                      help="the model name clients send and see (default: the model's name)")
+    net.add_argument("--tool-call-parser", default=None, choices=["hermes", "llama3", "mistral"],
+                     help="the format of the model's tool calls (default: from its chat template)")
     net.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                           "(if not given: $AIOLLM_API_KEY; neither: no auth)")
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed", "kv_tokens",
                    "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
                    "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
-                   "cuda_graph", "warm_up", "served_model_name")
+                   "cuda_graph", "warm_up", "served_model_name", "tool_call_parser")
 
 
 def main(argv: list[str] | None = None) -> int:

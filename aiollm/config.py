@@ -36,6 +36,9 @@ class EngineConfig:
     # on a GPU, launch the prefill, mixed and sampling step shapes once at start-up, so their
     # kernels compile before serving rather than stalling the first streams
     warm_up: bool = True
+    # how /v1/chat/completions reads tool calls: hermes | llama3 | mistral (None: from the
+    # chat template; see aiollm/api/tools.py)
+    tool_call_parser: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from aiollm.api import sse
+from aiollm.api import sse, structured
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import param_names
 from aiollm.api.protocol import (GenerateParameters, GenerateRequest, choice_seed, decode_body,
@@ -36,11 +36,12 @@ _PARAM_NAMES = {
     "stop_token_ids": "parameters.stop_sequences",
     **{f: f"parameters.{f}" for f in (
         "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-        "frequency_penalty", "seed", "ignore_eos", "logprobs")},
+        "frequency_penalty", "seed", "ignore_eos", "logprobs", "allowed_token_ids")},
 }
 
 
-def _sampling_params(st: ApiState, p: GenerateParameters, choice: int) -> SamplingParams:
+def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
+                     constraint=None) -> SamplingParams:
     stop: list[str] = []
     stop_ids: list[int] = []
     seqs = [p.stop_sequences] if isinstance(p.stop_sequences, str) else p.stop_sequences or []
@@ -61,6 +62,7 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int) -> Sampli
         seed=choice_seed(p.seed, choice), stop=stop, stop_token_ids=stop_ids,
         ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens,
         logprobs=0,  # LightLLM reports each token's logprob
+        constraint=constraint,
     )
 
 
@@ -70,7 +72,15 @@ async def _prepare(st: ApiState, req: GenerateRequest
     if not req.inputs:
         raise InvalidRequest("inputs must not be empty", param="inputs")
     ids = await st.tokenize(req.inputs, add_special_tokens=req.parameters.add_special_tokens)
-    return ids, [_sampling_params(st, req.parameters, j) for j in range(n)]
+    p = req.parameters
+    fields = {"guided_json": p.guided_json, "guided_grammar": p.guided_grammar,
+              "regular_constraint": p.regular_constraint}
+    constraint = structured.constraint(structured.guided(fields, "parameters."),
+                                       allowed_token_ids=p.allowed_token_ids,
+                                       allowed_param="parameters.allowed_token_ids")
+    params = [_sampling_params(st, p, j, constraint) for j in range(n)]
+    await st.engine.compile_grammar(params[0])
+    return ids, params
 
 
 async def generate(request: web.Request) -> web.Response:

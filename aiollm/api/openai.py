@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from aiollm.api import sse
+from aiollm.api import sse, tools as tool_calls
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, decode_body, json_response
 from aiollm.api.state import ApiState, state
+from aiollm.sampling_params import Constraint
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta, TokenLogprob
@@ -51,12 +52,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
     st.check_model(req.model)
     prompts = req.prompt_batch()
     prompt_ids = [await st.tokenize(p) for p in prompts]
+    constraint = req.constraint()
     jobs = []  # choice index k = prompt index * n + j, as OpenAI numbers them
     for ids in prompt_ids:
         max_tokens = req.max_tokens if req.max_tokens is not None else _room(st, len(ids))
         for j in range(req.n):
             jobs.append((ids, req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs,
-                                                  choice=j)))
+                                                  choice=j, constraint=constraint)))
+    await engine.compile_grammar(jobs[0][1])
     echo = [_echo_text(st, p) if req.echo else "" for p in prompts for _ in range(req.n)]
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": st.model_name}
@@ -136,24 +139,53 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     st.check_model(req.model)
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    if req.functions is not None or req.function_call is not None:
+        raise ApiError(400, "functions and function_call are deprecated and not supported: "
+                       "send tools and tool_choice", param="functions" if req.functions
+                       is not None else "function_call")
+    tools, mode, callable_tools = tool_calls.choose(req.tools, req.tool_choice)
+    constraint = req.constraint()
+    messages = req.message_dicts()
+    parser = None
+    if mode != "none":
+        template = engine.tokenizer.chat_template
+        parser = tool_calls.parser_for(template, engine.config.tool_call_parser)
+        if constraint is not None and constraint.grammar is not None:
+            raise ApiError(400, f"tool_choice {mode!r} and {constraint.grammar.param} both "
+                           f"constrain the output; send one (or tool_choice \"none\")",
+                           param="tool_choice")
+        spec = parser.grammar(callable_tools, required=mode == "required",
+                              parallel=req.parallel_tool_calls is not False)
+        constraint = Constraint(spec, *((constraint.allowed_token_ids, constraint.logit_bias)
+                                        if constraint else ()))
+        messages = tool_calls.template_messages(messages, tools, template)
     # the template is applied here rather than by engine.chat so that a request without
     # max_tokens can be given the rest of the context
-    ids = await st.chat_prompt(req.message_dicts())
+    ids = await st.chat_prompt(messages, tools if mode != "none" else None)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else _room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = [req.sampling_params(max_tokens=max_tokens, logprobs=logprobs, choice=j)
-              for j in range(req.n)]
+    params = [req.sampling_params(max_tokens=max_tokens, logprobs=logprobs, choice=j,
+                                  constraint=constraint) for j in range(req.n)]
+    await engine.compile_grammar(params[0])
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": st.model_name}
 
     if not req.stream:
         outs = await gather_all([engine.generate(ids, sp) for sp in params])
-        choices = [{
-            "index": j, "message": {"role": "assistant", "content": out.text},
-            "logprobs": None if out.logprobs is None else _chat_logprobs(st, out.logprobs),
-            "finish_reason": out.finish_reason,
-        } for j, out in enumerate(outs)]
+        choices = []
+        for j, out in enumerate(outs):
+            message: dict = {"role": "assistant", "content": out.text}
+            finish = out.finish_reason
+            content, calls = parser.parse(out.text) if parser else (out.text, [])
+            if calls:
+                message = {"role": "assistant", "content": content or None,
+                           "tool_calls": [c.as_openai() for c in calls]}
+                finish = "tool_calls" if finish == "stop" else finish
+            choices.append({
+                "index": j, "message": message, "finish_reason": finish,
+                "logprobs": None if out.logprobs is None else _chat_logprobs(st, out.logprobs),
+            })
         return json_response({**head, "object": "chat.completion", "choices": choices,
                               "usage": _usage(len(ids), sum(o.completion_tokens for o in outs))})
 
@@ -161,16 +193,29 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     done_tokens = [0] * req.n
     started = [False] * req.n
 
+    calls = [tool_calls.StreamingToolParser(parser) if parser else None for _ in params]
+
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item
+        text, finish = d.text, d.finish_reason
+        found = []
+        if calls[j] is not None:
+            text = calls[j].feed(text)
+            if finish is not None:
+                rest, found = calls[j].finish()
+                text += rest
+                if found and finish == "stop":
+                    finish = "tool_calls"
         # `content` is always present: simple clients index delta["content"] on every chunk
-        delta = {"content": d.text}
+        delta: dict = {"content": text}
         if not started[j]:
             started[j] = True
-            delta = {"role": "assistant", "content": d.text}
+            delta = {"role": "assistant", "content": text}
+        if found:
+            delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
         done_tokens[j] = d.completion_tokens
         return sse.event({**head, "choices": [{
-            "index": j, "delta": delta, "finish_reason": d.finish_reason,
+            "index": j, "delta": delta, "finish_reason": finish,
             "logprobs": None if d.logprobs is None else _chat_logprobs(st, d.logprobs),
         }]})
 

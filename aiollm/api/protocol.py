@@ -7,15 +7,16 @@ clients send vendor extensions (`user`, `logit_bias`, `multimodal_params`...) th
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar, Union
+from typing import Annotated, Any, TypeVar, Union
 
 import msgspec
 from aiohttp import hdrs, web
 from msgspec import Meta, Struct
 
+from aiollm.api import structured
 from aiollm.api.http_errors import ApiError
 from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import MAX_LOGPROBS, SamplingParams
+from aiollm.sampling_params import MAX_LOGPROBS, Constraint, SamplingParams
 
 MAX_N = 64  # choices per request: each is a full request in the engine
 INT32_MAX = 2**31 - 1  # the request table stores top_k and stop token ids as int32
@@ -64,8 +65,26 @@ class SamplingFields(Struct, kw_only=True):
     skip_special_tokens: bool = True
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # output constraints (api/structured.py checks their shapes)
+    response_format: Any = None
+    structured_outputs: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    logit_bias: Any = None
+    allowed_token_ids: Any = None
 
-    def sampling_params(self, *, max_tokens: int, logprobs: int | None, choice: int) -> SamplingParams:
+    def constraint(self) -> Constraint | None:
+        fields = {f: getattr(self, f) for f in ("guided_json", "guided_regex", "guided_choice",
+                                                "guided_grammar")}
+        return structured.constraint(
+            [structured.response_format(self.response_format),
+             structured.structured_outputs(self.structured_outputs), *structured.guided(fields)],
+            allowed_token_ids=self.allowed_token_ids, bias=structured.logit_bias(self.logit_bias))
+
+    def sampling_params(self, *, max_tokens: int, logprobs: int | None, choice: int,
+                        constraint: Constraint | None = None) -> SamplingParams:
         """SamplingParams of one choice; choice i of a seeded request samples with seed + i so
         the n choices differ and the whole request stays reproducible."""
         given = {
@@ -86,6 +105,7 @@ class SamplingFields(Struct, kw_only=True):
             ignore_eos=self.ignore_eos,
             skip_special_tokens=self.skip_special_tokens,
             logprobs=logprobs,
+            constraint=constraint,
             **{k: v for k, v in given.items() if v is not None},
         )
 
@@ -127,8 +147,10 @@ class ChatMessage(Struct, kw_only=True):
     role: str
     content: Union[str, list[ContentPart], None] = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, in the history
+    tool_call_id: str | None = None  # a tool message answers this call
 
-    def as_dict(self, index: int) -> dict[str, str]:
+    def as_dict(self, index: int) -> dict[str, Any]:
         """The message as the chat template wants it: role and plain-text content."""
         content = self.content
         if isinstance(content, list):
@@ -146,7 +168,26 @@ class ChatMessage(Struct, kw_only=True):
         msg = {"role": self.role, "content": content or ""}
         if self.name is not None:
             msg["name"] = self.name
+        if self.tool_calls is not None:
+            msg["tool_calls"] = _template_tool_calls(self.tool_calls)
+        if self.tool_call_id is not None:
+            msg["tool_call_id"] = self.tool_call_id
         return msg
+
+
+def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's calls carry arguments as a JSON string; chat templates (HF's convention)
+    want the object, which they render themselves."""
+    out = []
+    for c in calls:
+        fn = dict(c.get("function") or {})
+        if isinstance(fn.get("arguments"), str):
+            try:
+                fn["arguments"] = msgspec.json.decode(fn["arguments"])
+            except msgspec.DecodeError:
+                pass
+        out.append({**c, "function": fn})
+    return out
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):
@@ -155,8 +196,13 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_completion_tokens: int | None = None  # the newer name of max_tokens
     logprobs: bool = False
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = None
+    function_call: Any = None
 
-    def message_dicts(self) -> list[dict[str, str]]:
+    def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict(i) for i, m in enumerate(self.messages)]
 
 
@@ -182,6 +228,10 @@ class GenerateParameters(Struct, kw_only=True):
     n: N = 1
     best_of: N = 1
     return_details: bool = False
+    guided_json: Any = None
+    guided_grammar: Any = None
+    regular_constraint: Any = None
+    allowed_token_ids: Any = None
 
 
 class GenerateRequest(Struct, kw_only=True):

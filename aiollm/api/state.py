@@ -52,10 +52,11 @@ class ApiState:
                                         add_special_tokens=add_special_tokens))
         return self.engine.tokenize(prompt)
 
-    async def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+    async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None
+                          ) -> list[int]:
         """Token ids of a conversation with the chat template applied."""
         size = sum(len(m["content"]) for m in messages)
-        return await _off_loop(size, self.engine.chat_prompt, messages)
+        return await _off_loop(size, self.engine.chat_prompt, messages, tools)
 
 
 async def _off_loop(size: int, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:

@@ -208,10 +208,10 @@ class Engine:
         req, detok = self._submit(prompt, params or SamplingParams())
         return _Stream(self, req, self._deltas(req, detok))
 
-    def chat_prompt(self, messages: list[dict]) -> list[int]:
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         try:
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                                     tokenize=True)
+            ids = self.tokenizer.apply_chat_template(messages, tools=tools or None,
+                                                     add_generation_prompt=True, tokenize=True)
         except Exception as e:  # a malformed conversation is the caller's input
             raise InvalidRequest(f"cannot apply the chat template: {e}", param="messages") from e
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):

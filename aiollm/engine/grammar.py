@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
 MAX_BIAS = 100.0
 ENDED, REJECTED = 1, -1  # accept() results
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: "
 
 
 @dataclass(slots=True)
@@ -122,7 +124,8 @@ class Grammars:
         except InvalidRequest:
             raise
         except Exception as e:  # the library's own error types: the client's grammar is bad
-            raise InvalidRequest(f"invalid {spec.param}: {e}", param=spec.param) from e
+            msg = _LOG_PREFIX.sub("", str(e)).strip()
+            raise InvalidRequest(f"invalid {spec.param}: {msg}", param=spec.param) from e
         with _CACHE.lock:
             _CACHE.compiled[key] = compiled
             while len(_CACHE.compiled) > CACHE_SIZE:
@@ -254,8 +257,8 @@ def _compile(compiler, spec: GrammarSpec):
             raise InvalidRequest(f"{spec.param} must be a JSON schema object", param=spec.param)
         # compact JSON, as OpenAI's structured outputs write it: no whitespace to wander in
         return compiler.compile_json_schema(value, any_whitespace=False, strict_mode=True)
-    if kind == "json_object":
-        return compiler.compile_builtin_json_grammar()
+    if kind == "json_object":  # OpenAI's json_object is an object, not any JSON value
+        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
     if kind == "regex":
         return compiler.compile_regex(value)
     if kind == "choice":

@@ -1,0 +1,145 @@
+"""The request fields that constrain the output, turned into one aiollm Constraint.
+
+OpenAI: `response_format` ({"type": "text" | "json_object" | "json_schema", "json_schema":
+{"name", "schema", "strict"}}), `logit_bias` ({"token id": bias in [-100, 100]}). vLLM's
+extensions: `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (EBNF, as
+xgrammar takes it) and the newer `structured_outputs` object ({"json" | "regex" | "choice" |
+"grammar" | "json_object" | "structural_tag": ...}), `allowed_token_ids`. LightLLM's
+/generate: `guided_json`, `guided_grammar`, `regular_constraint`, `allowed_token_ids`.
+
+At most one grammar per request: two are refused (400) rather than one silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import Constraint, GrammarSpec
+
+
+def _text(value: Any, param: str) -> str:
+    if isinstance(value, str):
+        return value
+    raise InvalidRequest(f"{param} must be a string", param=param)
+
+
+def _schema(value: Any, param: str) -> str:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise InvalidRequest(f"{param} is not valid JSON: {e}", param=param) from None
+    if isinstance(value, bool):  # true: any JSON value is a schema, but say what is meant
+        value = {} if value else {"not": {}}
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{param} must be a JSON schema object", param=param)
+    return json.dumps(value)
+
+
+def _choice(value: Any, param: str) -> str:
+    if not isinstance(value, list) or not value or not all(
+            isinstance(c, str) and c for c in value):
+        raise InvalidRequest(f"{param} must be a non-empty list of non-empty strings",
+                             param=param)
+    return json.dumps(value)
+
+
+def response_format(value: Any) -> GrammarSpec | None:
+    """OpenAI's response_format."""
+    p = "response_format"
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+        raise InvalidRequest('response_format must be an object with a "type"', param=p)
+    kind = value["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return GrammarSpec("json_object", "", p)
+    if kind == "json_schema":
+        js = value.get("json_schema")
+        if not isinstance(js, dict) or "schema" not in js:
+            raise InvalidRequest('response_format.json_schema must be an object with a '
+                                 '"schema"', param=f"{p}.json_schema")
+        return GrammarSpec("json_schema", _schema(js["schema"], f"{p}.json_schema.schema"),
+                           f"{p}.json_schema.schema")
+    raise InvalidRequest(f'response_format.type must be "text", "json_object" or '
+                         f'"json_schema", got {kind!r}', param=f"{p}.type")
+
+
+def structured_outputs(value: Any) -> GrammarSpec | None:
+    """vLLM's structured_outputs object: exactly one of its grammar fields."""
+    p = "structured_outputs"
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("structured_outputs must be an object", param=p)
+    makers = {
+        "json": lambda v, q: GrammarSpec("json_schema", _schema(v, q), q),
+        "regex": lambda v, q: GrammarSpec("regex", _text(v, q), q),
+        "choice": lambda v, q: GrammarSpec("choice", _choice(v, q), q),
+        "grammar": lambda v, q: GrammarSpec("ebnf", _text(v, q), q),
+        "json_object": lambda v, q: GrammarSpec("json_object", "", q) if v else None,
+        "structural_tag": lambda v, q: GrammarSpec(
+            "structural_tag", v if isinstance(v, str) else json.dumps(v), q),
+    }
+    specs = [makers[k](v, f"{p}.{k}") for k, v in value.items()
+             if k in makers and v is not None]
+    specs = [s for s in specs if s is not None]
+    if len(specs) > 1:
+        raise InvalidRequest("structured_outputs takes one of json, regex, choice, grammar, "
+                             "json_object, structural_tag", param=p)
+    return specs[0] if specs else None
+
+
+def guided(fields: dict[str, Any], prefix: str = "") -> list[GrammarSpec]:
+    """vLLM's guided_* fields (and LightLLM's regular_constraint); errors name
+    prefix + field."""
+    specs = []
+    for name, kind, conv in (("guided_json", "json_schema", _schema),
+                             ("guided_regex", "regex", _text),
+                             ("regular_constraint", "regex", _text),
+                             ("guided_choice", "choice", _choice),
+                             ("guided_grammar", "ebnf", _text)):
+        param = prefix + name
+        if fields.get(name) is not None:
+            specs.append(GrammarSpec(kind, conv(fields[name], param), param))
+    return specs
+
+
+def logit_bias(value: Any) -> dict[int, float] | None:
+    """OpenAI's {"token id": bias}; ranges are checked against the vocabulary by the engine."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InvalidRequest("logit_bias must be an object of token id -> bias", param="logit_bias")
+    out = {}
+    for k, v in value.items():
+        try:
+            t = int(k)
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"logit_bias key {k!r} is not a token id",
+                                 param="logit_bias") from None
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not -100 <= v <= 100:
+            raise InvalidRequest(f"logit_bias[{k}] must be a number in [-100, 100], got {v!r}",
+                                 param="logit_bias")
+        out[t] = float(v)
+    return out or None
+
+
+def constraint(grammars: list[GrammarSpec | None], *, allowed_token_ids: Any = None,
+               bias: dict[int, float] | None = None, allowed_param: str = "allowed_token_ids"
+               ) -> Constraint | None:
+    """One Constraint from the request's grammar fields (at most one may be set)."""
+    specs = [g for g in grammars if g is not None]
+    if len(specs) > 1:
+        raise InvalidRequest(f"{specs[0].param} and {specs[1].param} both constrain the output; "
+                             f"send one", param=specs[1].param)
+    if allowed_token_ids is not None and (not isinstance(allowed_token_ids, list) or not all(
+            isinstance(t, int) and not isinstance(t, bool) for t in allowed_token_ids)):
+        raise InvalidRequest("allowed_token_ids must be a list of token ids", param=allowed_param)
+    if not specs and allowed_token_ids is None and not bias:
+        return None
+    return Constraint(specs[0] if specs else None, allowed_token_ids, bias)

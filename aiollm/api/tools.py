@@ -1,0 +1,273 @@
+"""Tool calling for /v1/chat/completions: the request's `tools` and `tool_choice`, the
+grammar that enforces a call, and the parsers that turn the model's text into OpenAI's
+`tool_calls`.
+
+Model families write calls differently; one `ToolParser` per family, chosen from the chat
+template (or `--tool-call-parser`):
+
+- "hermes": `<tool_call>{"name": ..., "arguments": {...}}</tool_call>`, one block per call
+  (Qwen2.5/Qwen3, Hermes, SmolLM2);
+- "llama3": a JSON object `{"name": ..., "parameters": {...}}`, after `<|python_tag|>` or alone
+  (Llama 3.1/3.2);
+- "mistral": `[TOOL_CALLS]` then a JSON array of `{"name": ..., "arguments": {...}}`.
+
+tool_choice "required" and a named function are enforced with an xgrammar structural tag
+built from the tools' parameter schemas (at least one call, each one valid for its tool);
+"auto" constrains a call once its opening marker appears (the tag's trigger), so a call the
+model starts always parses; "none" leaves the output free and parses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import GrammarSpec
+
+PARSERS = ("hermes", "llama3", "mistral")
+
+
+@dataclass(slots=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+
+    def as_openai(self, index: int | None = None) -> dict:
+        out = {"id": self.id, "type": "function",
+               "function": {"name": self.name, "arguments": self.arguments}}
+        if index is not None:
+            out["index"] = index
+        return out
+
+
+class ToolParser:
+    """One family's call format. `start` opens a call in the text (the streaming parser holds
+    text back from it on)."""
+
+    name = ""
+    start = ""
+
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        """(the text outside calls, the calls); text that does not parse stays content."""
+        raise NotImplementedError
+
+    def tags(self, tools: list[dict]) -> list[dict]:
+        """xgrammar structural tags: one per tool, its arguments under its schema."""
+        raise NotImplementedError
+
+    def grammar(self, tools: list[dict], *, required: bool, parallel: bool) -> GrammarSpec:
+        fmt = {"type": "triggered_tags", "triggers": [self.start], "tags": self.tags(tools),
+               "at_least_one": required, "stop_after_first": not parallel}
+        return GrammarSpec("structural_tag", json.dumps({"type": "structural_tag",
+                                                         "format": fmt}), "tools")
+
+
+def _call(obj: Any, args_key: str) -> ToolCall | None:
+    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+        return None
+    args = obj.get(args_key, obj.get("arguments", {}))
+    return ToolCall(obj["name"], args if isinstance(args, str) else json.dumps(args))
+
+
+def _schema(tool: dict) -> dict:
+    return tool["function"].get("parameters") or {"type": "object", "properties": {}}
+
+
+class HermesParser(ToolParser):
+    name, start = "hermes", "<tool_call>"
+    _block = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+
+    def parse(self, text):
+        calls, content, pos = [], [], 0
+        for m in self._block.finditer(text):
+            try:
+                call = _call(json.loads(m.group(1)), "arguments")
+            except ValueError:
+                call = None
+            if call is None:
+                continue
+            content.append(text[pos:m.start()])
+            pos = m.end()
+            calls.append(call)
+        content.append(text[pos:])
+        return "".join(content).strip() if calls else text, calls
+
+    def tags(self, tools):
+        return [{"type": "tag", "begin": f'<tool_call>\n{{"name": "{t["function"]["name"]}", '
+                 f'"arguments": ', "content": {"type": "json_schema", "json_schema": _schema(t)},
+                 "end": "}\n</tool_call>"} for t in tools]
+
+
+class Llama3Parser(ToolParser):
+    name, start = "llama3", '{"name": '
+
+    def parse(self, text):
+        body = text.strip().removeprefix("<|python_tag|>").strip()
+        calls = []
+        for part in body.split(";"):  # Llama 3.1 separates parallel calls with ';'
+            try:
+                call = _call(json.loads(part), "parameters")
+            except ValueError:
+                return text, []
+            if call is None:
+                return text, []
+            calls.append(call)
+        return "", calls
+
+    def tags(self, tools):
+        return [{"type": "tag", "begin": f'{{"name": "{t["function"]["name"]}", "parameters": ',
+                 "content": {"type": "json_schema", "json_schema": _schema(t)}, "end": "}"}
+                for t in tools]
+
+
+class MistralParser(ToolParser):
+    name, start = "mistral", "[TOOL_CALLS]"
+
+    def parse(self, text):
+        head, sep, tail = text.partition("[TOOL_CALLS]")
+        if not sep:
+            return text, []
+        try:
+            objs = json.loads(tail.strip())
+        except ValueError:
+            return text, []
+        objs = objs if isinstance(objs, list) else [objs]
+        calls = [_call(o, "arguments") for o in objs]
+        if not calls or None in calls:
+            return text, []
+        return head.strip(), calls
+
+    def tags(self, tools):
+        return [{"type": "tag", "begin": f'[TOOL_CALLS][{{"name": "{t["function"]["name"]}", '
+                 f'"arguments": ', "content": {"type": "json_schema", "json_schema": _schema(t)},
+                 "end": "}]"} for t in tools]
+
+
+_BY_NAME = {p.name: p for p in (HermesParser, Llama3Parser, MistralParser)}
+
+
+def parser_for(template: str | None, override: str | None = None) -> ToolParser:
+    """The parser named by `override`, else the one the chat template's format implies
+    (hermes when the template shows none: the default model's family)."""
+    if override:
+        if override not in _BY_NAME:
+            raise ValueError(f"unknown tool call parser {override!r}; one of {PARSERS}")
+        return _BY_NAME[override]()
+    t = template or ""
+    if "[TOOL_CALLS]" in t:
+        return MistralParser()
+    if "<|python_tag|>" in t or "ipython" in t:
+        return Llama3Parser()
+    return HermesParser()
+
+
+# -- the request ---------------------------------------------------------------------------
+
+def check_tools(tools: Any) -> list[dict]:
+    if not isinstance(tools, list) or not tools:
+        raise InvalidRequest("tools must be a non-empty list", param="tools")
+    for i, t in enumerate(tools):
+        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(
+                t.get("function"), dict) or not isinstance(t["function"].get("name"), str):
+            raise InvalidRequest('each tool must be {"type": "function", "function": '
+                                 '{"name", "parameters"}}', param=f"tools[{i}]")
+        params = t["function"].get("parameters")
+        if params is not None and not isinstance(params, dict):
+            raise InvalidRequest("parameters must be a JSON schema object",
+                                 param=f"tools[{i}].function.parameters")
+    return tools
+
+
+def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
+    """(all tools, mode "none" | "auto" | "required", the tools a call may use)."""
+    if tools is None:
+        if tool_choice not in (None, "none"):
+            raise InvalidRequest("tool_choice needs tools", param="tool_choice")
+        return [], "none", []
+    tools = check_tools(tools)
+    choice = "auto" if tool_choice is None else tool_choice
+    if choice in ("none", "auto", "required"):
+        return tools, choice, tools
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(
+            choice.get("function"), dict):
+        name = choice["function"].get("name")
+        named = [t for t in tools if t["function"]["name"] == name]
+        if not named:
+            raise InvalidRequest(f"tool_choice names {name!r}, which is not among the tools",
+                                 param="tool_choice")
+        return tools, "required", named
+    raise InvalidRequest('tool_choice must be "none", "auto", "required" or {"type": '
+                         '"function", "function": {"name": ...}}', param="tool_choice")
+
+
+def template_messages(messages: list[dict], tools: list[dict], template: str | None
+                      ) -> list[dict]:
+    """Messages for a chat template that knows nothing of tools (the default model's):
+    the tools go in a system message in the Hermes format, past calls into the assistant's
+    text. Templates that render tools themselves get the messages unchanged."""
+    t = template or ""
+    out = messages
+    if "tool_calls" not in t and any(m.get("tool_calls") for m in messages):
+        out = []
+        for m in messages:
+            if m.get("tool_calls"):
+                calls = "\n".join("<tool_call>\n" + json.dumps(
+                    {"name": c["function"].get("name"), "arguments": c["function"].get(
+                        "arguments")}) + "\n</tool_call>" for c in m["tool_calls"])
+                m = {**m, "content": ((m.get("content") or "") + "\n" + calls).strip()}
+                m.pop("tool_calls")
+            out.append(m)
+    if tools and "tools" not in t:
+        listing = "\n".join(json.dumps(x["function"]) for x in tools)
+        system = ("You may call functions. Their signatures, in <tools></tools>:\n<tools>\n"
+                  f"{listing}\n</tools>\nTo call one, answer with <tool_call>\n"
+                  '{"name": <function name>, "arguments": <arguments object>}\n</tool_call>')
+        if out and out[0].get("role") == "system":
+            out = [{**out[0], "content": out[0]["content"] + "\n\n" + system}, *out[1:]]
+        else:
+            out = [{"role": "system", "content": system}, *out]
+    return out
+
+
+class StreamingToolParser:
+    """Splits a stream of text deltas into content and complete calls: text from the call
+    marker on is held back until the output ends, then parsed; each call is sent as one
+    delta.tool_calls fragment (its whole arguments string at once, which OpenAI clients
+    accumulate like smaller fragments)."""
+
+    def __init__(self, parser: ToolParser):
+        self.parser = parser
+        self.held = ""
+        self.calling = False
+        self.calls: list[ToolCall] = []
+
+    def feed(self, text: str) -> str:
+        """The content that can be sent now."""
+        self.held += text
+        if self.calling:
+            return ""
+        marker = self.parser.start
+        i = self.held.find(marker)
+        if i >= 0:
+            self.calling = True
+            out, self.held = self.held[:i], self.held[i:]
+            return out
+        # keep a tail that may be the start of the marker
+        keep = 0
+        for k in range(min(len(marker) - 1, len(self.held)), 0, -1):
+            if marker.startswith(self.held[-k:]):
+                keep = k
+                break
+        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep:]
+        return out
+
+    def finish(self) -> tuple[str, list[ToolCall]]:
+        """At the end of the output: (content still held, the calls)."""
+        content, self.calls = self.parser.parse(self.held)
+        self.held = ""
+        return content, self.calls

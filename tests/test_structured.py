@@ -1,0 +1,223 @@
+"""Structured output and tool calling against the real server (default model, CPU), with the
+official `openai` client: JSON schemas, regex, choice, logit_bias, allowed_token_ids, tools.
+Outputs are short (bounded schemas, small max_tokens) to keep the CPU time low."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import re
+
+import jsonschema
+import openai
+import pydantic
+import pytest
+from live_server import http, shared_server
+
+ASK = [{"role": "user", "content": "Describe a person as JSON."}]
+NAME = {"type": "string", "minLength": 1, "maxLength": 12}
+
+SCHEMAS = [
+    # nested object, optional field, enum
+    {"type": "object", "properties": {
+        "name": NAME, "role": {"type": "string", "enum": ["admin", "user", "guest"]},
+        "address": {"type": "object", "properties": {"city": NAME, "zip": {
+            "type": "string", "pattern": "^[0-9]{5}$"}}, "required": ["city", "zip"]},
+        "nickname": NAME}, "required": ["name", "role", "address"],
+     "additionalProperties": False},
+    # array, bounded numbers
+    {"type": "object", "properties": {
+        "scores": {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 100},
+                   "minItems": 1, "maxItems": 3},
+        "ratio": {"type": "number", "minimum": 0, "maximum": 1}},
+     "required": ["scores", "ratio"], "additionalProperties": False},
+    # anyOf, boolean
+    {"type": "object", "properties": {
+        "id": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 999}, NAME]},
+        "active": {"type": "boolean"}}, "required": ["id", "active"],
+     "additionalProperties": False},
+]
+
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city",
+    "parameters": {"type": "object", "properties": {
+        "city": NAME, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {
+    "name": "get_time", "description": "Current time in a time zone",
+    "parameters": {"type": "object", "properties": {"zone": NAME}, "required": ["zone"],
+                   "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    return shared_server(request.config)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
+                         timeout=120)
+
+
+def _chat(client, stream: bool, **kw) -> tuple[str, str]:
+    if not stream:
+        r = client.chat.completions.create(model=None, **kw)
+        return r.choices[0].message.content, r.choices[0].finish_reason
+    text, finish = "", None
+    for chunk in client.chat.completions.create(model=None, stream=True, **kw):
+        if chunk.choices:
+            text += chunk.choices[0].delta.content or ""
+            finish = chunk.choices[0].finish_reason or finish
+    return text, finish
+
+
+class Person(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=12)
+    age: int = pydantic.Field(ge=0, le=120)
+
+
+def test_parse_pydantic_model(client):
+    r = client.chat.completions.parse(model=None, messages=ASK, response_format=Person,
+                                      max_tokens=60, temperature=0)
+    person = r.choices[0].message.parsed
+    assert isinstance(person, Person) and 0 <= person.age <= 120
+    assert r.choices[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize("k", range(len(SCHEMAS)))
+def test_json_schema_validates(client, k):
+    schema = SCHEMAS[k]
+    fmt = {"type": "json_schema", "json_schema": {"name": "out", "schema": schema,
+                                                  "strict": True}}
+    text, finish = _chat(client, stream=k % 2 == 1, messages=ASK, response_format=fmt,
+                         max_tokens=90, temperature=0.7, seed=k)
+    assert finish == "stop", text
+    jsonschema.validate(json.loads(text), schema)
+
+
+def test_json_object_and_guided_json_on_completions(client):
+    text, finish = _chat(client, False, messages=ASK, max_tokens=30, temperature=0,
+                         response_format={"type": "json_object"})
+    # any JSON object may run past a small max_tokens: then it is a prefix of one
+    assert text.startswith("{") and (finish == "length" or isinstance(json.loads(text), dict))
+    r = client.completions.create(model=None, prompt="A user record:", max_tokens=60,
+                                  temperature=0, extra_body={"guided_json": SCHEMAS[2]})
+    jsonschema.validate(json.loads(r.choices[0].text), SCHEMAS[2])
+
+
+def test_regex_and_choice(client, server):
+    text, _ = _chat(client, True, messages=ASK, max_tokens=20, temperature=0.9, seed=1,
+                    extra_body={"guided_regex": r"[A-Z][a-z]{2,6}-[0-9]{3}"})
+    assert re.fullmatch(r"[A-Z][a-z]{2,6}-[0-9]{3}", text)
+    choices = ["yes", "no", "maybe later"]
+    text, finish = _chat(client, False, messages=ASK, max_tokens=10, temperature=0.9,
+                         extra_body={"structured_outputs": {"choice": choices}})
+    assert text in choices and finish == "stop"
+    status, _, body = http(server, "POST", "/generate", json={
+        "inputs": "Code:", "parameters": {"max_new_tokens": 12,
+                                          "regular_constraint": "[0-9]{4}"}})
+    assert status == 200 and re.fullmatch("[0-9]{4}", json.loads(body)["generated_text"][0])
+
+
+def test_seeded_grammar_sampling_is_reproducible(client):
+    kw = dict(messages=ASK, max_tokens=24, temperature=1.0, seed=1234,
+              response_format={"type": "json_schema", "json_schema": {
+                  "name": "p", "schema": SCHEMAS[1]}})
+    assert _chat(client, False, **kw) == _chat(client, True, **kw)
+
+
+def test_greedy_unchanged_beside_constrained(client):
+    plain = dict(messages=[{"role": "user", "content": "Name three colors."}], max_tokens=12,
+                 temperature=0)
+    alone = _chat(client, False, **plain)
+    fmt = {"type": "json_schema", "json_schema": {"name": "p", "schema": SCHEMAS[0]}}
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futs = [pool.submit(_chat, client, i % 2 == 0, messages=ASK, max_tokens=20,
+                            temperature=0.8, seed=i, response_format=fmt) for i in range(3)]
+        mixed = pool.submit(_chat, client, False, **plain)
+        assert mixed.result() == alone
+        for f in futs:
+            f.result()
+
+
+def test_allowed_token_ids_and_logit_bias(client, server):
+    allowed = [28, 314, 1070, 2000, 4512]
+    status, _, body = http(server, "POST", "/generate", json={"inputs": "Hello", "parameters": {
+        "max_new_tokens": 6, "do_sample": True, "ignore_eos": True, "return_details": True,
+        "allowed_token_ids": allowed}})
+    tokens = [t["id"] for t in json.loads(body)["tokens"]]
+    assert status == 200 and len(tokens) == 6 and set(tokens) <= set(allowed), tokens
+    r = client.completions.create(model=None, prompt="Hello", max_tokens=3, temperature=0,
+                                  logit_bias={"314": 100}, extra_body={"ignore_eos": True})
+    _, _, body = http(server, "POST", "/detokenize", json={"tokens": [314] * 3})
+    assert r.choices[0].text == json.loads(body)["prompt"]
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "frobnicate"}}}}, "response_format.json_schema.schema"),
+    ({"guided_regex": "[a-"}, "guided_regex"),
+    ({"guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
+    ({"response_format": {"type": "yaml"}}, "response_format.type"),
+    ({"logit_bias": {"99999999": 5}}, "logit_bias"),
+    ({"logit_bias": {"5": 101}}, "logit_bias"),
+    ({"allowed_token_ids": [-1]}, "allowed_token_ids"),
+    ({"functions": [{"name": "f"}]}, "functions"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+     "tool_choice"),
+    ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice"),
+])
+def test_bad_constraint_is_400(server, body, param):
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=
+                          {"messages": ASK, "max_tokens": 4, **body})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == param, err
+    if "frobnicate" in json.dumps(body) or "[a-" in json.dumps(body):
+        assert "frobnicate" in err["message"] or "position" in err["message"], err
+
+
+def _check_call(call, tool: dict) -> dict:
+    assert call.type == "function" and call.id
+    assert call.function.name == tool["function"]["name"]
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, tool["function"]["parameters"])
+    return args
+
+
+@pytest.mark.parametrize("choice", ["required", "named", "auto"])
+def test_tool_call_round_trip(client, choice):
+    ask = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
+    tool_choice = {"named": {"type": "function", "function": {"name": "get_weather"}},
+                   }.get(choice, choice)
+    r = client.chat.completions.create(model=None, messages=ask, tools=[TIME, WEATHER],
+                                       tool_choice=tool_choice, max_tokens=70, temperature=0)
+    msg = r.choices[0].message
+    if choice == "auto" and not msg.tool_calls:  # the model chose to answer: fine for auto
+        assert r.choices[0].finish_reason in ("stop", "length") and msg.content
+        return
+    assert r.choices[0].finish_reason == "tool_calls" and msg.tool_calls, msg
+    call = msg.tool_calls[0]
+    tool = WEATHER if call.function.name == "get_weather" else TIME
+    _check_call(call, tool)
+    history = ask + [msg.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": "18 C, sunny"}]
+    r = client.chat.completions.create(model=None, messages=history, tools=[TIME, WEATHER],
+                                       tool_choice="none", max_tokens=8, temperature=0)
+    assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+def test_streamed_tool_calls(client):
+    stream = client.chat.completions.create(
+        model=None, messages=[{"role": "user", "content": "Weather in Rome?"}],
+        tools=[WEATHER], tool_choice="required", max_tokens=70, temperature=0, stream=True)
+    calls, finish = {}, None
+    for chunk in stream:
+        for tc in chunk.choices[0].delta.tool_calls or []:
+            c = calls.setdefault(tc.index, {"name": "", "arguments": "", "id": tc.id})
+            c["name"] += tc.function.name or ""
+            c["arguments"] += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and list(calls) == [0] and calls[0]["name"] == "get_weather"
+    jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER["function"]["parameters"])
