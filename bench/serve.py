@@ -117,6 +117,10 @@ class BenchConfig:
     device_name: str | None = option(None, "device in the report (default: nvidia-smi's)")
     out: str | None = option(None, "JSON path (default: bench/results/serve-DATE-LABEL.json)")
     plot: bool = option(False, "also write a PNG of TTFT/ITL CDFs and output over time")
+    extra_body: str | None = option(None, "a JSON object merged into the body of constrained "
+                                          "requests (e.g. a response_format)")
+    constrained_every: int = option(1, "with --extra-body: every k-th request is constrained "
+                                       "(1: all, 2: half); metrics are also split by class")
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -146,6 +150,7 @@ class RequestSpec:
     prompt: str
     prompt_len: int  # tokens: counted by the tokenizer, else the target length
     output_len: int
+    constrained: bool = False  # carries --extra-body
 
 
 @dataclass
@@ -158,6 +163,7 @@ class RequestRecord:
     server_output: int | None = None  # output tokens as the server counts them
     server_prompt: int | None = None
     error: str | None = None
+    constrained: bool = False
 
     @property
     def ok(self) -> bool:
@@ -189,6 +195,8 @@ def openai_payload(cfg: BenchConfig, spec: RequestSpec) -> dict:
             "stream_options": {"include_usage": True}}
     if cfg.model:
         body["model"] = cfg.model
+    if spec.constrained:
+        body.update(json.loads(cfg.extra_body))
     return body
 
 
@@ -310,9 +318,10 @@ def make_workload(cfg: BenchConfig) -> list[RequestSpec]:
     maker = PromptMaker(rng, load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None,
                         cfg.chars_per_token)
     specs = []
-    for p, o in zip(prompt_lens.tolist(), output_lens.tolist()):
+    for i, (p, o) in enumerate(zip(prompt_lens.tolist(), output_lens.tolist())):
         text, n = maker.make(p)
-        specs.append(RequestSpec(text, n, o))
+        specs.append(RequestSpec(text, n, o, bool(cfg.extra_body)
+                                 and i % cfg.constrained_every == 0))
     return specs
 
 
@@ -387,14 +396,17 @@ async def first_model(session: aiohttp.ClientSession, url: str) -> str | None:
 
 
 async def run_load(cfg: BenchConfig, specs: list[RequestSpec]) -> tuple[list[RequestRecord], float]:
-    records = [RequestRecord(s.prompt_len, s.output_len) for s in specs]
+    records = [RequestRecord(s.prompt_len, s.output_len, constrained=s.constrained)
+               for s in specs]
     timeout = aiohttp.ClientTimeout(total=cfg.timeout)
     conn = aiohttp.TCPConnector(limit=0)  # the load generator decides how many are in flight
     async with aiohttp.ClientSession(connector=conn, timeout=timeout, read_bufsize=2**20) as s:
         if cfg.backend == "openai" and cfg.model is None:
             cfg.model = await first_model(s, cfg.url)
         if cfg.warmup:
-            warm = [RequestSpec(specs[0].prompt, specs[0].prompt_len, 8)] * cfg.warmup
+            # constrained when any is: the grammar is compiled (and cached) before the run
+            warm = [RequestSpec(specs[0].prompt, specs[0].prompt_len, 8,
+                                bool(cfg.extra_body))] * cfg.warmup
             await asyncio.gather(*(send(s, cfg, w, RequestRecord(0, 8)) for w in warm))
         load = poisson_arrivals if cfg.request_rate else closed_loop
         t0 = time.perf_counter()
@@ -441,6 +453,12 @@ def summarize(cfg: BenchConfig, records: list[RequestRecord], duration: float) -
         "itl_timeline": itl_timeline(ok),
         "goodput": None,
     }
+    if cfg.extra_body and cfg.constrained_every > 1:  # a mixed batch: each class on its own
+        for name, cls in (("constrained", True), ("unconstrained", False)):
+            rs = [r for r in ok if r.constrained == cls]
+            m[f"itl_s_{name}"] = describe(b - a for r in rs
+                                          for a, b in zip(r.chunk_times, r.chunk_times[1:]))
+            m[f"ttft_s_{name}"] = describe(r.ttft for r in rs)
     if cfg.slo_ttft is not None or cfg.slo_tpot is not None:
         good = [r for r in ok
                 if (cfg.slo_ttft is None or r.ttft <= cfg.slo_ttft)
@@ -533,6 +551,10 @@ def print_table(cfg: BenchConfig, m: dict, rf: dict | None) -> None:
         row = m[f"{name}_s"]
         cells = (f"{row[k] * 1e3:9.2f}" if row[k] is not None else f"{'-':>9}" for k in row)
         print(f"{name.upper():>6} {' '.join(cells)}")
+    for name in ("constrained", "unconstrained"):
+        if (row := m.get(f"itl_s_{name}")) and row["p50"] is not None:
+            print(f"{name}: ITL p50 {row['p50'] * 1e3:.2f} ms, p99 {row['p99'] * 1e3:.2f} ms; "
+                  f"TTFT p50 {m[f'ttft_s_{name}']['p50'] * 1e3:.1f} ms")
     if g := m["goodput"]:
         print(f"goodput (TTFT <= {cfg.slo_ttft} s, TPOT <= {cfg.slo_tpot} s): "
               f"{g['requests_per_s']:.2f} req/s  {g['output_tokens_per_s']:.1f} tok/s  "

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Constrained decoding under LightLLM's workload (issue 17): one `aiollm serve` of the 8B shape
+# (random weights), then three runs against it: every request unconstrained, every request under
+# one JSON schema (compiled during the warm-up: the cached case), and a mixed batch where every
+# second request is constrained. Usage: bench/grammar_gpu.sh (env: N requests per run, OUT_DIR,
+# PORT, TOKENIZER; for a dry run on the CPU: MODEL_ARGS= (the bundled model) INPUT=64 OUTPUT=8)
+set -u
+MODEL_ARGS=${MODEL_ARGS-bench/configs/llama-3.1-8b --load-format dummy}
+INPUT=${INPUT:-1024}
+OUTPUT=${OUTPUT:-128}
+PORT=${PORT:-8012}
+N=${N:-400}
+OUT_DIR=${OUT_DIR:-bench/results}
+DAY=$(date +%F)
+# an array of records that cannot end within the run's output lengths (ignore_eos does not
+# outlast a grammar's end): structure, enums, integers and short strings on every step
+SCHEMA='{"type": "array", "minItems": 200, "items": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "qty": {"type": "integer", "minimum": 0, "maximum": 999}, "kind": {"enum": ["tool", "part", "kit"]}, "ok": {"type": "boolean"}}, "required": ["name", "qty", "kind", "ok"], "additionalProperties": false}}'
+BODY="{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"items\", \"schema\": $SCHEMA}}}"
+python3 -m aiollm.cli serve $MODEL_ARGS ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
+  --port "$PORT" --max-model-len 4096 ${EXTRA:-} > "$OUT_DIR/server-grammar.log" 2>&1 &
+pid=$!
+for _ in $(seq 600); do
+  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
+  kill -0 $pid 2>/dev/null || { tail -30 "$OUT_DIR/server-grammar.log"; exit 1; }
+  sleep 1
+done
+run() {  # label, then extra serve.py flags
+  local label=$1; shift
+  python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurrency 100 \
+    --num-requests "$N" --input-len "$INPUT" --output-len-mean "$OUTPUT" --warmup 8 \
+    ${TOKENIZER:+--tokenizer "$TOKENIZER"} --label "$label" \
+    --out "$OUT_DIR/serve-$DAY-$label.json" "$@"
+}
+run grammar-none
+run grammar-all --extra-body "$BODY"
+run grammar-mixed --extra-body "$BODY" --constrained-every 2
+kill -TERM $pid; wait $pid
+grep -E "KV pool|captured|model " "$OUT_DIR/server-grammar.log" | head -5
