@@ -12,18 +12,21 @@ import torch
 from aiollm.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
 from aiollm.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from aiollm.kernels.extend_attention import extend_attention_ref, extend_attention_triton
+from aiollm.kernels.fused_moe import fused_moe_ref, fused_moe_triton
 from aiollm.kernels.kv_store import store_kv_ref, store_kv_triton
+from aiollm.kernels.moe_align import moe_route_ref, moe_route_triton
 from aiollm.kernels.norm import rms_norm_ref, rms_norm_triton
 from aiollm.kernels.rotary import apply_rotary_ref, apply_rotary_triton, rotary_store_kv_triton
 
 __all__ = [
     "rms_norm", "silu_and_mul", "apply_rotary", "store_kv", "rotary_store_kv",
-    "decode_attention", "extend_attention",
+    "decode_attention", "extend_attention", "fused_moe",
     "rms_norm_triton", "silu_and_mul_triton", "apply_rotary_triton", "store_kv_triton",
     "rotary_store_kv_triton",
-    "decode_attention_triton", "extend_attention_triton",
+    "decode_attention_triton", "extend_attention_triton", "fused_moe_triton",
+    "moe_route_triton",
     "rms_norm_ref", "silu_and_mul_ref", "apply_rotary_ref", "store_kv_ref",
-    "decode_attention_ref", "extend_attention_ref",
+    "decode_attention_ref", "extend_attention_ref", "fused_moe_ref", "moe_route_ref",
 ]
 
 
@@ -91,3 +94,17 @@ def extend_attention(
     fn = extend_attention_triton if q.is_cuda else extend_attention_ref
     return fn(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens,
               q_start_loc, sm_scale, max_extend_len)
+
+
+def fused_moe(
+    x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, router_logits: torch.Tensor,
+    top_k: int, renormalize: bool, expert_start: int = 0,
+) -> torch.Tensor:
+    """Mixture-of-experts MLP of x [T,H] -> [T,H]: route by router_logits [T, E_all] (softmax,
+    top_k, renormalised if asked), then the experts [expert_start, expert_start + E) held in
+    w13 [E,2I,H] and w2 [E,H,I]; routes to experts not held here contribute 0."""
+    if x.is_cuda:
+        weights, ids = moe_route_triton(router_logits, top_k, renormalize)
+        return fused_moe_triton(x, w13, w2, weights, ids, expert_start, router_logits.shape[1])
+    weights, ids = moe_route_ref(router_logits, top_k, renormalize)
+    return fused_moe_ref(x, w13, w2, weights, ids, expert_start)

@@ -18,8 +18,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
-# model_type values of transformers configs that LlamaForCausalLM (llama.py) implements.
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+# model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
+# mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
+                           "qwen3_moe")
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -47,6 +50,36 @@ class RopeConfig:
 
 
 @dataclass(slots=True)
+class MoeConfig:
+    """The sparse MLP of a mixture-of-experts model (Mixtral, Qwen2-MoE, Qwen3-MoE).
+
+    Routing: softmax over the router's logits, the top `top_k` experts, their probabilities
+    renormalised to sum to 1 when `norm_topk_prob` (Mixtral always; Qwen by its config).
+    Layer i is sparse unless i is in `dense_layers` or (i + 1) % `sparse_step` != 0 (Qwen's
+    decoder_sparse_step / mlp_only_layers); dense layers use ModelConfig.intermediate_size.
+    """
+
+    num_experts: int
+    top_k: int
+    intermediate_size: int  # of one expert
+    norm_topk_prob: bool
+    shared_expert_intermediate_size: int = 0  # Qwen2-MoE: one gated shared expert (0: none)
+    sparse_step: int = 1
+    dense_layers: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.top_k <= self.num_experts:
+            raise ValueError(f"moe config: top_k must be in [1, num_experts={self.num_experts}], "
+                             f"got {self.top_k}")
+        if self.intermediate_size < 1 or self.sparse_step < 1:
+            raise ValueError("moe config: intermediate_size and sparse_step must be >= 1, got "
+                             f"{self.intermediate_size}, {self.sparse_step}")
+
+    def is_sparse(self, layer: int) -> bool:
+        return layer not in self.dense_layers and (layer + 1) % self.sparse_step == 0
+
+
+@dataclass(slots=True)
 class ModelConfig:
     architecture: str  # one of SUPPORTED_ARCHITECTURES
     vocab_size: int
@@ -66,6 +99,7 @@ class ModelConfig:
     eos_token_ids: list[int] = field(default_factory=list)
     bos_token_id: int | None = None
     torch_dtype: torch.dtype | None = None  # the checkpoint's dtype; None when unknown (GGUF)
+    moe: MoeConfig | None = None  # mixture-of-experts layers (None: every layer is dense)
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -99,8 +133,19 @@ class ModelConfig:
         attn = h * (self.q_size + 2 * self.kv_size) + self.q_size * h
         attn += (self.q_size + 2 * self.kv_size) * self.qkv_bias + h * self.o_bias
         attn += 2 * self.head_dim * self.qk_norm
-        layer = attn + 3 * h * i + 2 * h
-        return self.num_layers * layer + h + v * h * (1 if self.tie_word_embeddings else 2)
+        total = h + v * h * (1 if self.tie_word_embeddings else 2)
+        return total + sum(attn + self.mlp_params(n) + 2 * h for n in range(self.num_layers))
+
+    def mlp_params(self, layer: int, active: bool = False) -> int:
+        """Parameters of layer `layer`'s MLP (with `active`: only the top_k experts a token
+        uses, the router and the shared expert)."""
+        h, m = self.hidden_size, self.moe
+        if m is None or not m.is_sparse(layer):
+            return 3 * h * self.intermediate_size
+        experts = m.top_k if active else m.num_experts
+        shared = 3 * h * m.shared_expert_intermediate_size + h * bool(
+            m.shared_expert_intermediate_size)
+        return experts * 3 * h * m.intermediate_size + m.num_experts * h + shared
 
 
 def _as_list(value: Any) -> list[int]:
@@ -172,12 +217,30 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         max_position=max_position,
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         # Qwen2 always has q/k/v biases and no o_proj bias; the others follow attention_bias.
-        qkv_bias=arch == "qwen2" or attention_bias,
-        o_bias=arch != "qwen2" and attention_bias,
-        qk_norm=arch == "qwen3",
+        qkv_bias=arch in ("qwen2", "qwen2_moe") or attention_bias,
+        o_bias=arch not in ("qwen2", "qwen2_moe") and attention_bias,
+        qk_norm=arch in ("qwen3", "qwen3_moe"),
         eos_token_ids=eos,
         bos_token_id=getattr(hf, "bos_token_id", None),
         torch_dtype=_checkpoint_dtype(hf),
+        moe=_moe_from_hf(hf) if arch in MOE_ARCHITECTURES else None,
+    )
+
+
+def _moe_from_hf(hf: Any) -> MoeConfig:
+    if hf.model_type == "mixtral":
+        # Mixtral: every layer sparse, experts of intermediate_size, top-k always renormalised
+        return MoeConfig(num_experts=int(hf.num_local_experts),
+                         top_k=int(hf.num_experts_per_tok),
+                         intermediate_size=int(hf.intermediate_size), norm_topk_prob=True)
+    return MoeConfig(
+        num_experts=int(hf.num_experts),
+        top_k=int(hf.num_experts_per_tok),
+        intermediate_size=int(hf.moe_intermediate_size),
+        norm_topk_prob=bool(hf.norm_topk_prob),
+        shared_expert_intermediate_size=int(getattr(hf, "shared_expert_intermediate_size", 0)),
+        sparse_step=int(getattr(hf, "decoder_sparse_step", 1) or 1),
+        dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
     )
 
 

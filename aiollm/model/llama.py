@@ -1,7 +1,8 @@
 """The Llama-family decoder over the token-level KV pool.
 
 One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 and SmolLM2: they differ only in flags
-of ModelConfig (q/k/v biases, q/k norm, tied embeddings) and in rope scaling. Parameter names
+of ModelConfig (q/k/v biases, q/k norm, tied embeddings) and in rope scaling. Mixtral,
+Qwen2-MoE and Qwen3-MoE are the same decoder with moe.py's SparseMoe in place of the MLP. Parameter names
 follow transformers' with q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one
 matmul each instead of three and two); the loaders fill the fused weights shard by shard.
 
@@ -119,10 +120,10 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
-        self.gate_up_proj = Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
-        self.down_proj = Linear(config.intermediate_size, config.hidden_size, bias=False)
+        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -134,7 +135,12 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_id)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        if config.moe is not None and config.moe.is_sparse(layer_id):
+            from aiollm.model.moe import SparseMoe  # moe.py builds on this module's layers
+
+            self.mlp = SparseMoe(config)
+        else:
+            self.mlp = MLP(config.hidden_size, config.intermediate_size)
 
     def forward(
         self,

@@ -1,0 +1,214 @@
+"""Fused mixture-of-experts MLP: grouped GEMMs over the expert-aligned (token, expert) pairs.
+
+    out[t] = sum_k w[t,k] * down_e(silu(gate_e(x[t])) * up_e(x[t])),  e = ids[t,k]
+
+with the experts' weights stacked per layer: w13 [E, 2I, H] (gate rows 0..I-1, up rows I..2I-1)
+and w2 [E, H, I], both in nn.Linear's [out, in] order. After routing and alignment
+(moe_align.py), two launches of one grouped GEMM kernel do the work: each program takes one
+M-block of the aligned pairs (one expert, gathered token rows) and one N-block of that expert's
+weights.
+
+- gate/up: A = x[pair // top_k], two accumulators (the gate rows and the matching up rows), and
+  SiLU-and-mul in the epilogue, so the [pairs, 2I] gate/up product never reaches memory;
+- down: A = the activations of the pair, the routing weight multiplied in the epilogue, one row
+  per pair; the top-k reduction is a sum over the pairs of each token.
+
+Program ids are swizzled in groups of GROUP_M along M (the Triton matmul tutorial's scheme) so
+that programs running together share B tiles in L2 at prefill sizes. Launch configs come from
+autotune.py, keyed per (experts, N, K, top_k, token-count class); the gate/up GEMM's BLOCK_M
+fixes the alignment, so the down GEMM is tuned per BLOCK_M.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from aiollm.kernels.autotune import Config, bucket, get_config, time_config
+from aiollm.kernels.moe_align import moe_align_triton
+
+TOKEN_CLASSES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+_SMALL = [(32, 128, 4, 4), (64, 128, 4, 4), (64, 64, 4, 4), (128, 64, 4, 3), (32, 256, 4, 3),
+          (64, 256, 8, 3), (128, 128, 8, 3)]  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
+_LARGE = [(64, 64, 4, 4), (128, 64, 8, 3), (128, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3),
+          (256, 64, 8, 3)]
+
+
+@triton.jit
+def _moe_gemm_kernel(
+    A, B, C, SortedIds, ExpertIds, NumPadded, TopkWeights,
+    N, K, num_pairs, num_blocks_m,
+    stride_am, stride_be, stride_bn, stride_cm, up_offset,
+    A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * num_pid_n
+    first_m = pid // in_group * GROUP_M
+    group_size = tl.minimum(num_blocks_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % group_size
+    pid_n = (pid % in_group) // group_size
+    if pid_m * BLOCK_M >= tl.load(NumPadded):
+        return
+    expert = tl.load(ExpertIds + pid_m).to(tl.int64)
+    rows = tl.load(SortedIds + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+    row_ok = rows < num_pairs
+    a_rows = (rows // A_ROW_DIV).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    a_ptrs = A + a_rows[:, None] * stride_am + offs_k[None, :]
+    b_ptrs = B + expert * stride_be + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FUSE_SILU:
+        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
+            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+        else:
+            k_ok = offs_k < K - k0
+            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs, mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+        acc = tl.dot(a, b, acc)
+        if FUSE_SILU:
+            if EVEN_K:
+                b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=n_ok[None, :], other=0.0)
+            else:
+                b_up = tl.load(b_ptrs + up_offset * stride_bn,
+                               mask=n_ok[None, :] & k_ok[:, None], other=0.0)
+            acc_up = tl.dot(a, b_up, acc_up)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    if FUSE_SILU:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    if MUL_WEIGHT:
+        acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[:, None]
+    c_ptrs = C + rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+    tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+def _gemm(a, b, c, aligned, topk_weights, top_k: int, fuse_silu: bool, cfg: Config) -> None:
+    sorted_ids, expert_ids, num_padded = aligned
+    n = c.shape[1]
+    k = a.shape[1]
+    grid = (expert_ids.numel() * triton.cdiv(n, cfg["BLOCK_N"]),)
+    _moe_gemm_kernel[grid](
+        a, b, c, sorted_ids, expert_ids, num_padded, topk_weights,
+        n, k, c.shape[0], expert_ids.numel(),
+        a.stride(0), b.stride(0), b.stride(1), c.stride(0), n if fuse_silu else 0,
+        A_ROW_DIV=top_k if fuse_silu else 1, FUSE_SILU=fuse_silu, MUL_WEIGHT=not fuse_silu,
+        EVEN_K=k % cfg["BLOCK_K"] == 0, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg.get("GROUP_M", 8), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+
+
+def _block_ms(tokens: int, top_k: int, experts: int) -> list[int]:
+    """BLOCK_M worth trying: about the mean number of pairs per expert, at least 16."""
+    per_expert = tokens * top_k / experts
+    if per_expert <= 4:
+        return [16]
+    if per_expert <= 16:
+        return [16, 32]
+    if per_expert <= 64:
+        return [32, 64]
+    return [64, 128]
+
+
+def _candidates(block_ms: list[int], with_m: bool) -> list[Config]:
+    out = []
+    for bm in block_ms:
+        for bn, bk, warps, stages in (_SMALL if bm <= 32 else _LARGE):
+            cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
+                   "num_stages": stages}
+            out.append({"BLOCK_M": bm, **cfg} if with_m else cfg)
+    return out
+
+
+def moe_configs(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
+                device: torch.device, bench_inputs=None) -> tuple[Config, Config]:
+    """(gate/up config with BLOCK_M, down config) for this shape class; `bench_inputs` is
+    (x, w13, w2, topk_weights, topk_ids, expert_start) to tune on when a key is missing."""
+    cls = bucket(tokens, TOKEN_CLASSES)
+    key = f"e{num_experts}-n{2 * inter}-k{hidden}-top{top_k}-t{cls}"
+    bms = _block_ms(cls, top_k, num_experts)
+    big = bms[0] > 32
+    up_default = {"BLOCK_M": bms[0], "BLOCK_N": 64, "BLOCK_K": 64 if big else 128, "GROUP_M": 8,
+                  "num_warps": 4, "num_stages": 4 if not big else 3}
+
+    def run_up(cfg):
+        x, w13, _, tw, ids, start = bench_inputs
+        aligned = moe_align_triton(ids, num_experts, cfg["BLOCK_M"], start)
+        act = torch.empty((ids.numel(), inter), dtype=x.dtype, device=x.device)
+        return time_config(lambda: _gemm(x, w13, act, aligned, tw, top_k, True, cfg))
+
+    up = get_config("fused_moe_gate_up", key, device, up_default, _candidates(bms, True), run_up)
+    bm = up["BLOCK_M"]
+    down_default = {k: v for k, v in up_default.items() if k != "BLOCK_M"}
+
+    def run_down(cfg):
+        x, _, w2, tw, ids, start = bench_inputs
+        aligned = moe_align_triton(ids, num_experts, bm, start)
+        act = torch.randn((ids.numel(), inter), dtype=x.dtype, device=x.device)
+        y = torch.empty((ids.numel(), hidden), dtype=x.dtype, device=x.device)
+        return time_config(lambda: _gemm(act, w2, y, aligned, tw, top_k, False, cfg))
+
+    down_key = f"e{num_experts}-n{hidden}-k{inter}-top{top_k}-t{cls}-m{bm}"
+    down = get_config("fused_moe_down", down_key, device, down_default,
+                      _candidates([bm], False), run_down)
+    return up, {"BLOCK_M": bm, **down}
+
+
+def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                     topk_weights: torch.Tensor, topk_ids: torch.Tensor, expert_start: int = 0,
+                     num_global_experts: int | None = None,
+                     configs: tuple[Config, Config] | None = None) -> torch.Tensor:
+    """x [T, H]; w13 [E, 2I, H]; w2 [E, H, I] (same dtype as x); topk_weights [T, k] float32;
+    topk_ids [T, k] int32 global expert ids, of which [expert_start, expert_start + E) are
+    computed here and the others contribute 0 (num_global_experts: all experts, default E)
+    -> [T, H] in x's dtype."""
+    T, H = x.shape
+    E, two_i, _ = w13.shape
+    inter = two_i // 2
+    top_k = topk_ids.shape[1]
+    assert w13.shape == (E, 2 * inter, H) and w2.shape == (E, H, inter), "expert weight shapes"
+    assert x.stride(1) == 1 and w13.is_contiguous() and w2.is_contiguous()
+    if T == 0:
+        return torch.empty_like(x)
+    x = x.contiguous()
+    topk_weights = topk_weights.contiguous()
+    topk_ids = topk_ids.contiguous()
+    if configs is None:
+        configs = moe_configs(T, E, H, inter, top_k, x.device,
+                              (x, w13, w2, topk_weights, topk_ids, expert_start))
+    up_cfg, down_cfg = configs
+    aligned = moe_align_triton(topk_ids, E, up_cfg["BLOCK_M"], expert_start)
+    act = torch.empty((T * top_k, inter), dtype=x.dtype, device=x.device)
+    _gemm(x, w13, act, aligned, topk_weights, top_k, True, up_cfg)
+    # pairs routed to experts held elsewhere are never written: zero them first
+    partial = expert_start > 0 or (num_global_experts or E) > E
+    y = (torch.zeros if partial else torch.empty)((T * top_k, H), dtype=x.dtype, device=x.device)
+    _gemm(act, w2, y, aligned, topk_weights, top_k, False, down_cfg)
+    return y.view(T, top_k, H).sum(dim=1)
+
+
+def fused_moe_ref(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
+                  topk_weights: torch.Tensor, topk_ids: torch.Tensor,
+                  expert_start: int = 0) -> torch.Tensor:
+    """A loop over the experts that have tokens, as transformers computes it (the CPU path)."""
+    E, two_i, _ = w13.shape
+    inter = two_i // 2
+    out = torch.zeros_like(x)
+    local = topk_ids.long() - expert_start
+    hit = torch.unique(local[(local >= 0) & (local < E)]).tolist()
+    for e in hit:
+        tok, pos = torch.where(local == e)
+        gate, up = F.linear(x[tok], w13[e]).split(inter, dim=-1)
+        h = F.linear(F.silu(gate) * up, w2[e])
+        out.index_add_(0, tok, h * topk_weights[tok, pos, None].to(h.dtype))
+    return out
