@@ -59,9 +59,15 @@ async def aiollm_decode(model_dir: str, batches: list[int], input_len: int, step
                  max_running_requests=max_b, max_prefill_tokens=16384, cuda_graph=cuda_graph,
                  cuda_graph_max_batch=max_b, scheduler="aggressive", tokenizer=tokenizer)
     await eng.start()
+    named = list(eng.runner.model.named_parameters())
+    moe = eng.model_config.moe
     shape = {
-        "params": sum(p.numel() for p in eng.runner.model.parameters()),
-        "weight_bytes": sum(p.numel() * p.element_size() for p in eng.runner.model.parameters()),
+        "params": sum(p.numel() for _, p in named),
+        # a token reads only its top-k experts: the roofline counts the experts a batch touches
+        "active_params": eng.model_config.num_params(active=True),
+        "expert_bytes": sum(p.numel() * p.element_size() for n, p in named if ".experts." in n),
+        "moe_experts_top_k": [moe.num_experts, moe.top_k] if moe else None,
+        "weight_bytes": sum(p.numel() * p.element_size() for _, p in named),
         "kv_bytes_per_token": eng.kv_pool.bytes_per_token(
             eng.model_config.num_layers, eng.model_config.num_kv_heads,
             eng.model_config.head_dim, torch.bfloat16),
@@ -133,8 +139,13 @@ def hf_decode(model_dir: str, batches: list[int], input_len: int, steps: int) ->
 
 
 def roofline(shape: dict, ceil: dict, b: int, context: float) -> float:
-    bytes_ = shape["weight_bytes"] + b * context * shape["kv_bytes_per_token"]
-    t = max(bytes_ / ceil["copy_bw_bytes_per_s"], 2 * shape["params"] * b / ceil["matmul_flops_per_s"])
+    weights = shape["weight_bytes"]
+    if shape.get("moe_experts_top_k"):  # expected share of experts b tokens touch (uniform)
+        e, k = shape["moe_experts_top_k"]
+        weights -= shape["expert_bytes"] * (1 - k / e) ** b
+    bytes_ = weights + b * context * shape["kv_bytes_per_token"]
+    flops = 2 * shape.get("active_params", shape["params"]) * b
+    t = max(bytes_ / ceil["copy_bw_bytes_per_s"], flops / ceil["matmul_flops_per_s"])
     return b / t
 
 
@@ -180,7 +191,8 @@ def main() -> None:
         (out / f"roofline-{name}.json").write_text(json.dumps({
             **ceil, "weight_bytes": shape["weight_bytes"],
             "kv_bytes_per_token": shape["kv_bytes_per_token"],
-            "flops_per_token": 2 * shape["params"]}, indent=2) + "\n")
+            "flops_per_token": 2 * shape.get("active_params", shape["params"])}, indent=2)
+            + "\n")
     print(f"{'model':14} {'batch':>5} {'aiollm tok/s':>13} {'ms/step':>8} {'HF tok/s':>9} "
           f"{'roofline':>9} {'of roof':>8}")
     for name, b, tps, ms, hf_tps, roof in rows:

@@ -120,3 +120,83 @@ def test_greedy_through_the_server_matches_transformers(moe_model):
         server.wait_idle()
     finally:
         server.close()
+
+
+def write_moe_gguf(hf, path: str) -> None:
+    """Write an HF MoE model as llama.cpp lays it out: experts stacked per projection
+    (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k."""
+    import gguf
+
+    c = hf.config
+    head_dim = c.head_dim or c.hidden_size // c.num_attention_heads
+    mixtral = c.model_type == "mixtral"
+    arch = "llama" if mixtral else c.model_type.replace("_", "")
+    w = gguf.GGUFWriter(path, arch)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_key_length(head_dim)
+    w.add_value_length(head_dim)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w.add_expert_count(c.num_local_experts if mixtral else c.num_experts)
+    w.add_expert_used_count(c.num_experts_per_tok)
+    if not mixtral:
+        w.add_expert_feed_forward_length(c.moe_intermediate_size)
+    names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
+             "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+             "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
+             "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm",
+             "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+             "mlp.gate": "ffn_gate_inp", "mlp.experts.down_proj": "ffn_down_exps"}
+    for name, t in hf.state_dict().items():
+        t = t.float()
+        if not name.startswith("model.layers."):
+            w.add_tensor({"model.embed_tokens.weight": "token_embd.weight",
+                          "model.norm.weight": "output_norm.weight",
+                          "lm_head.weight": "output.weight"}[name], t.numpy())
+            continue
+        _, _, layer, rest = name.split(".", 3)
+        module = rest.removesuffix(".weight")
+        if module == "mlp.experts.gate_up_proj":  # transformers keeps experts stacked too
+            gate, up = t.chunk(2, dim=1)
+            w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", gate.contiguous().numpy())
+            w.add_tensor(f"blk.{layer}.ffn_up_exps.weight", up.contiguous().numpy())
+            continue
+        heads = {"self_attn.q_proj": c.num_attention_heads,
+                 "self_attn.k_proj": c.num_key_value_heads}.get(module)
+        if mixtral and heads:
+            half = t.shape[0] // heads // 2
+            t = t.reshape(heads, 2, half, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
+        w.add_tensor(f"blk.{layer}.{names[module]}.weight", t.contiguous().numpy())
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+def test_gguf_file_matches_transformers(tmp_path, family):
+    hf = save_moe_model(family, tmp_path / "hf")
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    assert loaded.config.architecture == family
+    assert loaded.config.moe.dense_layers == ((1,) if family == "qwen3_moe" else ())
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+
+
+def test_dummy_weights_build_the_moe_shapes_from_config_alone(tmp_path):
+    FAMILIES["qwen2_moe"].save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    mlp = loaded.model.layers[0].mlp
+    assert tuple(mlp.experts.gate_up_proj.shape) == (8, 64, 64)
+    assert tuple(mlp.shared_expert.gate_up_proj.weight.shape) == (96, 64)
+    assert loaded.config.num_params() == sum(p.numel() for p in loaded.model.parameters())
+    logits = all_position_logits(loaded, PROMPTS)
+    assert torch.isfinite(logits).all()

@@ -127,14 +127,16 @@ class ModelConfig:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
-    def num_params(self) -> int:
-        """Parameter count (embeddings counted once when tied)."""
+    def num_params(self, active: bool = False) -> int:
+        """Parameter count (embeddings counted once when tied); with `active`, only those one
+        token uses (of a sparse MLP: the router, its top_k experts and the shared expert)."""
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
         attn = h * (self.q_size + 2 * self.kv_size) + self.q_size * h
         attn += (self.q_size + 2 * self.kv_size) * self.qkv_bias + h * self.o_bias
         attn += 2 * self.head_dim * self.qk_norm
         total = h + v * h * (1 if self.tie_word_embeddings else 2)
-        return total + sum(attn + self.mlp_params(n) + 2 * h for n in range(self.num_layers))
+        return total + sum(attn + self.mlp_params(n, active) + 2 * h
+                           for n in range(self.num_layers))
 
     def mlp_params(self, layer: int, active: bool = False) -> int:
         """Parameters of layer `layer`'s MLP (with `active`: only the top_k experts a token

@@ -21,7 +21,8 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # One expert's projection: Qwen names (gate/up/down_proj), Mixtral's (w1/w3/w2).
 _EXPERT = re.compile(r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.(\w+)\.weight$")
 # All experts of a layer in one [E, out, in] tensor per projection (GGUF's *_exps).
-_STACKED = re.compile(r"layers\.(\d+)\.mlp\.experts\.(gate_proj|up_proj|down_proj)$")
+_STACKED = re.compile(
+    r"layers\.(\d+)\.mlp\.experts\.(gate_proj|up_proj|down_proj)(?:\.weight)?$")
 _EXPERT_PROJ = {"gate_proj": 0, "w1": 0, "up_proj": 1, "w3": 1, "down_proj": None, "w2": None}
 
 

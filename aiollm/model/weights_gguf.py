@@ -24,11 +24,16 @@ import torch
 from gguf import GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
-from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, RopeConfig
+from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, MoeConfig, RopeConfig
 
 log = logging.getLogger(__name__)
 
-_PERMUTED_ARCHS = ("llama", "mistral")
+_PERMUTED_ARCHS = ("llama", "mistral", "mixtral")
+# llama.cpp's architecture names that differ from transformers' model_type (Mixtral is stored
+# as "llama" with an expert count)
+_ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+# whether llama.cpp renormalises the top-k routing weights, when the file does not say
+_NORM_TOPK = {"mixtral": True, "qwen3_moe": True, "qwen2_moe": False}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -46,6 +51,14 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+    "ffn_gate_inp": "mlp.gate",  # the router
+    "ffn_gate_exps": "mlp.experts.gate_proj",  # [experts, out, in]: all experts at once
+    "ffn_up_exps": "mlp.experts.up_proj",
+    "ffn_down_exps": "mlp.experts.down_proj",
+    "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
+    "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
+    "ffn_up_shexp": "mlp.shared_expert.up_proj",
+    "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
 # Weights that carry configuration, not parameters: read by config_from_gguf.
 _CONFIG_TENSORS = ("rope_freqs.weight",)
@@ -64,14 +77,17 @@ def _dequantized(tensor: Any) -> torch.Tensor:
 
 
 def config_from_gguf(reader: GGUFReader) -> ModelConfig:
-    arch = _field(reader, "general.architecture")
+    gguf_arch = _field(reader, "general.architecture")
+    p = f"{gguf_arch}."
+    arch = _ARCH_NAMES.get(gguf_arch, gguf_arch)
+    if arch == "llama" and _field(reader, p + "expert_count", 0):
+        arch = "mixtral"
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"GGUF architecture {arch!r} is not supported "
+        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported "
                          f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
-    p = f"{arch}."
     hidden = int(_field(reader, p + "embedding_length"))
     heads = int(_field(reader, p + "attention.head_count"))
     rope = RopeConfig(theta=float(_field(reader, p + "rope.freq_base", 10000.0)))
@@ -107,6 +123,27 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
         eos_token_ids=list(dict.fromkeys(eos)),
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         torch_dtype=None,
+        moe=_moe_from_gguf(reader, p, arch, tensors),
+    )
+
+
+def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeConfig | None:
+    experts = int(_field(reader, p + "expert_count", 0) or 0)
+    if not experts:
+        return None
+    layers = int(_field(reader, p + "block_count"))
+    inter = _field(reader, p + "expert_feed_forward_length") or _field(
+        reader, p + "feed_forward_length")
+    return MoeConfig(
+        num_experts=experts,
+        top_k=int(_field(reader, p + "expert_used_count")),
+        intermediate_size=int(inter),
+        norm_topk_prob=bool(_field(reader, p + "expert_weights_norm", _NORM_TOPK[arch])),
+        shared_expert_intermediate_size=int(
+            _field(reader, p + "expert_shared_feed_forward_length", 0) or 0),
+        # the file has no mlp_only_layers: a layer without a router is dense
+        dense_layers=tuple(i for i in range(layers)
+                           if f"blk.{i}.ffn_gate_inp.weight" not in tensors),
     )
 
 
@@ -162,4 +199,6 @@ def iter_gguf(gguf: GGUFModel) -> Iterator[tuple[str, torch.Tensor]]:
             w = _unpermute(w, config.num_heads)
         elif permuted and ".attn_k." in t.name:
             w = _unpermute(w, config.num_kv_heads)
+        elif ".ffn_gate_inp_shexp." in t.name:
+            w = w.reshape(1, -1)  # [hidden] in some files, transformers' [1, hidden] in ours
         yield _hf_name(t.name), w
