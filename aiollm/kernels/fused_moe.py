@@ -156,7 +156,8 @@ def moe_configs(tokens: int, num_experts: int, hidden: int, inter: int, top_k: i
         aligned = moe_align_triton(ids, num_experts, bm, start)
         act = torch.randn((ids.numel(), inter), dtype=x.dtype, device=x.device)
         y = torch.empty((ids.numel(), hidden), dtype=x.dtype, device=x.device)
-        return time_config(lambda: _gemm(act, w2, y, aligned, tw, top_k, False, cfg))
+        full = {"BLOCK_M": bm, **cfg}
+        return time_config(lambda: _gemm(act, w2, y, aligned, tw, top_k, False, full))
 
     down_key = f"e{num_experts}-n{hidden}-k{inter}-top{top_k}-t{cls}-m{bm}"
     down = get_config("fused_moe_down", down_key, device, down_default,
