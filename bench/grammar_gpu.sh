@@ -3,7 +3,7 @@
 # (random weights), then three runs against it: every request unconstrained, every request under
 # one JSON schema (compiled during the warm-up: the cached case), and a mixed batch where every
 # second request is constrained. Usage: bench/grammar_gpu.sh (env: N requests per run, OUT_DIR,
-# PORT, TOKENIZER, PREWARM=N: a discarded first pass; for a dry run on the CPU: MODEL_ARGS= (the bundled model) INPUT=64 OUTPUT=8)
+# PORT, TOKENIZER, PREWARM=N: a discarded first pass, RUNS="none all mixed"; for a dry run on the CPU: MODEL_ARGS= (the bundled model) INPUT=64 OUTPUT=8)
 set -u
 MODEL_ARGS=${MODEL_ARGS-bench/configs/llama-3.1-8b --load-format dummy}
 INPUT=${INPUT:-1024}
@@ -34,8 +34,12 @@ run() {  # label, then extra serve.py flags
 if [ -n "${PREWARM:-}" ]; then  # a discarded pass: the kernels' variants compile first
   run grammar-prewarm --num-requests "$PREWARM" --out /tmp/grammar-prewarm.json > /dev/null
 fi
-run grammar-none
-run grammar-all --extra-body "$BODY"
-run grammar-mixed --extra-body "$BODY" --constrained-every 2
+for r in ${RUNS:-none all mixed}; do
+  case $r in
+    none) run grammar-none ;;
+    all) run grammar-all --extra-body "$BODY" ;;
+    mixed) run grammar-mixed --extra-body "$BODY" --constrained-every 2 ;;
+  esac
+done
 kill -TERM $pid; wait $pid
 grep -E "KV pool|captured|model " "$OUT_DIR/server-grammar.log" | head -5
