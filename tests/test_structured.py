@@ -178,6 +178,25 @@ def test_bad_constraint_is_400(server, body, param):
         assert "frobnicate" in err["message"] or "position" in err["message"], err
 
 
+def _streamed_message(stream):
+    """The assistant message a client assembles from a stream, and the finish reason."""
+    calls, content, finish = {}, "", None
+    for chunk in stream:
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for tc in delta.tool_calls or []:
+            c = calls.setdefault(tc.index, {"id": tc.id, "type": "function",
+                                            "function": {"name": "", "arguments": ""}})
+            c["function"]["name"] += tc.function.name or ""
+            c["function"]["arguments"] += tc.function.arguments or ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert list(calls) == list(range(len(calls)))
+    msg = openai.types.chat.ChatCompletionMessage(
+        role="assistant", content=content or None,
+        tool_calls=[calls[i] for i in sorted(calls)] or None)
+    return msg, finish
+
+
 def _check_call(call, tool: dict) -> dict:
     assert call.type == "function" and call.id
     assert call.function.name == tool["function"]["name"]
@@ -191,13 +210,17 @@ def test_tool_call_round_trip(client, choice):
     ask = [{"role": "user", "content": "What is the weather in Paris? Use the tool."}]
     tool_choice = {"named": {"type": "function", "function": {"name": "get_weather"}},
                    }.get(choice, choice)
-    r = client.chat.completions.create(model=None, messages=ask, tools=[TIME, WEATHER],
-                                       tool_choice=tool_choice, max_tokens=70, temperature=0)
-    msg = r.choices[0].message
+    kw = dict(model=None, messages=ask, tools=[TIME, WEATHER], tool_choice=tool_choice,
+              max_tokens=70, temperature=0)
+    if choice == "required":  # streamed: delta.tool_calls fragments with their index
+        msg, finish = _streamed_message(client.chat.completions.create(stream=True, **kw))
+    else:
+        r = client.chat.completions.create(**kw)
+        msg, finish = r.choices[0].message, r.choices[0].finish_reason
     if choice == "auto" and not msg.tool_calls:  # the model chose to answer: fine for auto
-        assert r.choices[0].finish_reason in ("stop", "length") and msg.content
+        assert finish in ("stop", "length") and msg.content
         return
-    assert r.choices[0].finish_reason == "tool_calls" and msg.tool_calls, msg
+    assert finish == "tool_calls" and msg.tool_calls, msg
     call = msg.tool_calls[0]
     tool = WEATHER if call.function.name == "get_weather" else TIME
     _check_call(call, tool)
@@ -206,18 +229,3 @@ def test_tool_call_round_trip(client, choice):
     r = client.chat.completions.create(model=None, messages=history, tools=[TIME, WEATHER],
                                        tool_choice="none", max_tokens=8, temperature=0)
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
-
-
-def test_streamed_tool_calls(client):
-    stream = client.chat.completions.create(
-        model=None, messages=[{"role": "user", "content": "Weather in Rome?"}],
-        tools=[WEATHER], tool_choice="required", max_tokens=70, temperature=0, stream=True)
-    calls, finish = {}, None
-    for chunk in stream:
-        for tc in chunk.choices[0].delta.tool_calls or []:
-            c = calls.setdefault(tc.index, {"name": "", "arguments": "", "id": tc.id})
-            c["name"] += tc.function.name or ""
-            c["arguments"] += tc.function.arguments or ""
-        finish = chunk.choices[0].finish_reason or finish
-    assert finish == "tool_calls" and list(calls) == [0] and calls[0]["name"] == "get_weather"
-    jsonschema.validate(json.loads(calls[0]["arguments"]), WEATHER["function"]["parameters"])
