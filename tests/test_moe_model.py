@@ -200,3 +200,11 @@ def test_dummy_weights_build_the_moe_shapes_from_config_alone(tmp_path):
     assert loaded.config.num_params() == sum(p.numel() for p in loaded.model.parameters())
     logits = all_position_logits(loaded, PROMPTS)
     assert torch.isfinite(logits).all()
+
+
+def test_a_config_only_directory_has_no_tokenizer(tmp_path):
+    """transformers builds an empty Qwen tokenizer from config.json alone, which would encode
+    every prompt to nothing; a dummy-weights engine falls back to the default tokenizer."""
+    FAMILIES["qwen3_moe"].save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        load_tokenizer(str(tmp_path))

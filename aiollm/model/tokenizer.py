@@ -19,9 +19,19 @@ from aiollm.model.loader import resolve_model_path
 log = logging.getLogger(__name__)
 
 
+# Files a Hugging Face tokenizer is built from; without one, AutoTokenizer may still return a
+# tokenizer (Qwen's, with an empty vocabulary) that encodes every text to no tokens.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
 def load_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model path; FileNotFoundError for a directory without one."""
     model_dir, gguf_name = resolve_model_path(path)
     source = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
+    if gguf_name is None and not any(
+            os.path.exists(os.path.join(model_dir, f)) for f in _TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{model_dir} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
     tok = _load(model_dir, gguf_name, _stamp(source))
     if not tok.chat_template:
         log.warning("tokenizer of %s has no chat template: chat requests will fail", source)
