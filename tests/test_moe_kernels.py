@@ -110,3 +110,23 @@ def test_fused_moe_reference_equals_a_dense_loop():
             g, u = (w13[e] @ x[t]).split(I)
             want[t] += weights[t, j] * (w2[e] @ (torch.nn.functional.silu(g) * u))
     torch.testing.assert_close(fused_moe_ref(x, w13, w2, weights, ids), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("T", [1, 33, 300])
+def test_fused_moe_at_qwen3_30b_a3b_shape_in_bf16(T):
+    """The tuned (or default) configs at the real shape: 128 experts, top-8, H 2048, I 768."""
+    torch.manual_seed(4)
+    E, k, H, I = 128, 8, 2048, 768
+    dev, dt = "cuda", torch.bfloat16
+    x = torch.randn(T, H, device=dev, dtype=dt)
+    w13 = (torch.randn(E, 2 * I, H, device=dev) / H**0.5).to(dt)
+    w2 = (torch.randn(E, H, I, device=dev) / I**0.5).to(dt)
+    logits = torch.randn(T, E, device=dev)
+    weights, ids = moe_route_triton(logits, k, True)
+    w_ref, ids_ref = moe_route_ref(logits, k, True)
+    assert torch.equal(ids, ids_ref)
+    out = fused_moe_triton(x, w13, w2, weights, ids)
+    ref = fused_moe_ref(x.float(), w13.float(), w2.float(), w_ref, ids_ref)
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
