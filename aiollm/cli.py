@@ -81,13 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                    help="skip the start-up launch of prefill, mixed and sampling step shapes "
                         "(their kernels then compile at first use, while serving)")
+    e.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                   help="compute every prompt in full instead of reusing the KV of prefixes "
+                        "seen before")
     return parser
 
 
 _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed", "kv_tokens",
                    "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
                    "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
-                   "cuda_graph", "warm_up", "served_model_name", "tool_call_parser")
+                   "cuda_graph", "warm_up", "served_model_name", "tool_call_parser",
+                   "prefix_cache")
 
 
 def main(argv: list[str] | None = None) -> int:

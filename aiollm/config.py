@@ -39,6 +39,8 @@ class EngineConfig:
     # how /v1/chat/completions reads tool calls: hermes | llama3 | mistral (None: from the
     # chat template; see aiollm/api/tools.py)
     tool_call_parser: str | None = None
+    # reuse the KV of repeated prompt prefixes (aiollm/engine/prefix_cache.py)
+    prefix_cache: bool = True
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):

@@ -20,8 +20,12 @@ class EngineMetrics:
         gauges = {
             "running": Gauge(p + "requests_running", "Requests holding KV and decoding", registry=r),
             "waiting": Gauge(p + "requests_waiting", "Requests queued for admission", registry=r),
-            "kv_used": Gauge(p + "kv_tokens_used", "KV pool slots in use", registry=r),
+            "kv_used": Gauge(p + "kv_tokens_used", "KV pool slots held by requests (the "
+                             "prefix cache's unused part counts as free)", registry=r),
             "kv_total": Gauge(p + "kv_tokens_total", "KV pool capacity in tokens", registry=r),
+            "kv_cached": Gauge(p + "prefix_cache_tokens", "KV slots held by the prefix cache "
+                               "(shared prefixes of running requests and reusable ones)",
+                               registry=r),
         }
         # gauges read the engine when scraped, so the hot path never updates them
         for key, g in gauges.items():
@@ -32,6 +36,12 @@ class EngineMetrics:
                                 registry=r)
         self.evictions = Counter(p + "evictions", "Requests paused to free KV (resumed later)",
                                  registry=r)
+        self.queried = Counter(p + "prefix_cache_queried_tokens", "Prompt tokens looked up "
+                               "in the prefix cache", registry=r)
+        self.hit = Counter(p + "prefix_cache_hit_tokens", "Prompt tokens whose KV the prefix "
+                           "cache held", registry=r)
+        self.evicted = Counter(p + "prefix_cache_evicted_tokens", "Cached tokens evicted to "
+                               "make room", registry=r)
         self.ttft = Histogram(p + "time_to_first_token_seconds", "Arrival to first token",
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.itl = Histogram(p + "inter_token_latency_seconds", "Time between output tokens",

@@ -98,6 +98,7 @@ async def generate(request: web.Request) -> web.Response:
         "count_output_tokens": one_or_all([o.completion_tokens for o in outs]),
         "finish_reason": one_or_all([o.finish_reason for o in outs]),
         "prompt_tokens": len(ids),
+        "prompt_cache_len": outs[0].cached_tokens,  # prompt tokens reused from the cache
     }
     if req.parameters.return_details:
         special = set(st.engine.tokenizer.all_special_ids)
@@ -135,6 +136,7 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
                     "special": t in special,
                     "count_output_tokens": d.completion_tokens - (len(tokens) - 1 - i),
                     "prompt_tokens": d.prompt_tokens,
+                    "prompt_cache_len": d.cached_tokens,
                 },
                 "generated_text": "".join(parts) if finished else None,
                 "finished": finished,

@@ -32,9 +32,10 @@ async def list_models(request: web.Request) -> web.Response:
     }]})
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def _room(st: ApiState, prompt_len: int) -> int:
@@ -72,10 +73,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "logprobs": (None if out.logprobs is None
                          else _completion_logprobs(st, out.logprobs, len(echo[k]))),
         } for k, out in enumerate(outs)]
+        # a prompt counts once however many choices it has: its first choice's hit (the
+        # others reuse what that one computed)
+        cached = sum(o.cached_tokens for o in outs[::req.n])
         return json_response({**head, "choices": choices, "usage": _usage(
-            prompt_tokens, sum(o.completion_tokens for o in outs))})
+            prompt_tokens, sum(o.completion_tokens for o in outs), cached)})
 
     done_tokens = [0] * len(jobs)
+    cached_tokens = [0] * len(jobs)
     offsets = [len(e) for e in echo]  # text_offset of the next token of each choice
 
     def render(item: tuple[int, Delta]) -> bytes:
@@ -88,6 +93,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             logprobs = _completion_logprobs(st, delta.logprobs, offsets[k])
             offsets[k] += sum(len(t) for t in logprobs["tokens"])
         done_tokens[k] = delta.completion_tokens
+        cached_tokens[k] = delta.cached_tokens
         return sse.event({**head, "choices": [{
             "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
         }]})
@@ -95,8 +101,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     def tail() -> bytes:
         usage = b""
         if req.include_usage:
-            usage = sse.event({**head, "choices": [],
-                               "usage": _usage(prompt_tokens, sum(done_tokens))})
+            usage = sse.event({**head, "choices": [], "usage": _usage(
+                prompt_tokens, sum(done_tokens), sum(cached_tokens[::req.n]))})
         return usage + sse.DONE
 
     starts = [partial(engine.stream, ids, sp) for ids, sp in jobs]
@@ -187,10 +193,12 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 "logprobs": None if out.logprobs is None else _chat_logprobs(st, out.logprobs),
             })
         return json_response({**head, "object": "chat.completion", "choices": choices,
-                              "usage": _usage(len(ids), sum(o.completion_tokens for o in outs))})
+                              "usage": _usage(len(ids), sum(o.completion_tokens for o in outs),
+                                              outs[0].cached_tokens)})
 
     head["object"] = "chat.completion.chunk"
     done_tokens = [0] * req.n
+    cached_tokens = [0] * req.n
     started = [False] * req.n
 
     calls = [tool_calls.StreamingToolParser(parser) if parser else None for _ in params]
@@ -214,6 +222,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if found:
             delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
         done_tokens[j] = d.completion_tokens
+        cached_tokens[j] = d.cached_tokens
         return sse.event({**head, "choices": [{
             "index": j, "delta": delta, "finish_reason": finish,
             "logprobs": None if d.logprobs is None else _chat_logprobs(st, d.logprobs),
@@ -223,7 +232,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         usage = b""
         if req.include_usage:
             usage = sse.event({**head, "choices": [],
-                               "usage": _usage(len(ids), sum(done_tokens))})
+                               "usage": _usage(len(ids), sum(done_tokens), cached_tokens[0])})
         return usage + sse.DONE
 
     starts = [partial(engine.stream, ids, sp) for sp in params]

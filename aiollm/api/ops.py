@@ -1,4 +1,4 @@
-"""Operations endpoints: /health, /metrics, /tokenize, /detokenize."""
+"""Operations endpoints: /health, /metrics, /tokenize, /detokenize, /flush_cache."""
 
 from __future__ import annotations
 
@@ -52,9 +52,17 @@ async def detokenize(request: web.Request) -> web.Response:
     return json_response({"prompt": st.engine.tokenizer.decode(req.tokens)})
 
 
+async def flush_cache(request: web.Request) -> web.Response:
+    """Empty the prefix cache of everything no running request uses (behind the API key,
+    like every path but /health)."""
+    freed = state(request).engine.flush_cache()
+    return json_response({"flushed_tokens": freed})
+
+
 ROUTES = [
     web.get("/health", health),
     web.get("/metrics", metrics),
     web.post("/tokenize", tokenize),
     web.post("/detokenize", detokenize),
+    web.post("/flush_cache", flush_cache),
 ]

@@ -36,6 +36,7 @@ from aiollm.engine.grammar import ENDED, REJECTED, Grammars
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
+from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
 from aiollm.engine.warm_up import warm_up
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
@@ -113,11 +114,14 @@ class Engine:
         self.scheduler = make_scheduler(
             cfg.scheduler, SchedulerConfig(max_running=cfg.max_running_requests))
         self.metrics = EngineMetrics(self.stats)
+        self.prefix_cache = (PrefixCache(self.kv_pool, self.req_to_token, self.metrics)
+                             if cfg.prefix_cache else None)
         self.planner = Planner(self.table, self.kv_pool, self.req_to_token, self.scheduler,
                                cfg.max_running_requests, cfg.max_prefill_tokens,
                                on_evict=lambda r: self.metrics.evictions.inc(),
                                on_admit=self._on_admit,
-                               mixed_budget=cfg.mixed_prefill_tokens)
+                               mixed_budget=cfg.mixed_prefill_tokens,
+                               prefix_cache=self.prefix_cache)
         eos = set(mc.eos_token_ids)
         if self.tokenizer.eos_token_id is not None:
             eos.add(int(self.tokenizer.eos_token_id))
@@ -144,8 +148,9 @@ class Engine:
         self._good_steps = 0
         log.info("model %s (%s) dtype %s device %s: loaded in %.1fs", self.model_name,
                  mc.architecture, str(dtype).removeprefix("torch."), device, time.monotonic() - t0)
-        log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler", kv_tokens,
-                 kv_tokens * per_token / 2**30, max_len, cfg.scheduler)
+        log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler, prefix cache "
+                 "%s", kv_tokens, kv_tokens * per_token / 2**30, max_len, cfg.scheduler,
+                 "on" if cfg.prefix_cache else "off")
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop."""
@@ -200,7 +205,7 @@ class Engine:
             request_id=f"{req.rid}", text="".join(parts), token_ids=list(req.output_ids),
             finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
             completion_tokens=len(req.output_ids), logprobs=req.logprobs,
-            prompt_token_ids=req.prompt_ids)
+            prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0))
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
@@ -243,14 +248,24 @@ class Engine:
             bar.close()
 
     def stats(self) -> dict[str, int]:
+        """Counts of now. kv_used: KV slots held by requests (their shared cached prefixes
+        included); kv_cached: slots the prefix cache holds, kv_evictable the part of them no
+        request uses (free for allocation; an idle engine has kv_used 0)."""
+        evictable = self.prefix_cache.evictable if self.prefix_cache else 0
         return {
             "running": len(self.planner.running),
             "waiting": len(self.planner.waiting),
-            "kv_used": self.kv_pool.n_used,
+            "kv_used": self.kv_pool.n_used - evictable,
+            "kv_evictable": evictable,
             "kv_total": self.kv_pool.capacity,
             "table_used": self.table.n_used,
             "evictions": self.planner.evictions,
+            "kv_cached": self.prefix_cache.size if self.prefix_cache else 0,
         }
+
+    def flush_cache(self) -> int:
+        """Empty the prefix cache of what no request uses; returns the KV slots freed."""
+        return self.prefix_cache.flush() if self.prefix_cache else 0
 
     # -- submission ------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> list[int]:
@@ -295,6 +310,8 @@ class Engine:
         seed = params.seed if params.seed is not None else self._rng.getrandbits(62)
         req = Request(prompt_ids=ids, params=params, slot=slot, seed=seed, arrival=time.monotonic(),
                       grammar=grammar)
+        if self.prefix_cache is not None:  # matched at admission: convert once, here
+            req.prompt_array = np.asarray(ids, dtype=np.int32)
         if params.logprobs is not None:
             req.logprobs = []
         req.argmax_only = (params.temperature < GREEDY_EPS and params.logprobs is None
@@ -364,10 +381,11 @@ class Engine:
                     if not detok.stopped:
                         text += detok.finish()
                     yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids),
-                                len(req.output_ids))
+                                len(req.output_ids), max(req.cached_tokens, 0))
                     return
                 if text or new_ids:
-                    yield Delta(text, new_ids, lps, None, len(req.prompt_ids), len(req.output_ids))
+                    yield Delta(text, new_ids, lps, None, len(req.prompt_ids), len(req.output_ids),
+                                max(req.cached_tokens, 0))
         finally:
             if not req.done:  # the consumer went away (cancelled, disconnected, closed)
                 self._finish(req, "abort")
@@ -384,6 +402,7 @@ class Engine:
                 for r in list(self._requests.values()):
                     self._finish(r, "abort", error=f"engine error: {e}", failed=True,
                                  error_type=RequestFailed)
+                self.flush_cache()
                 await asyncio.sleep(0.01)
 
     async def _step(self) -> None:
@@ -506,6 +525,7 @@ class Engine:
             for r in step.reqs:
                 self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
                              error_type=RequestFailed)
+        self.flush_cache()  # the step's KV went into the cache unwritten
 
     def _process(self, step: Step, result) -> None:
         now_ns = time.monotonic_ns()

@@ -15,6 +15,7 @@ class Delta:
     finish_reason: str | None  # None until the last delta: "stop" | "length" | "abort"
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
 
 @dataclass(slots=True)
@@ -27,3 +28,4 @@ class RequestOutput:
     completion_tokens: int
     logprobs: list[TokenLogprob] | None = None
     prompt_token_ids: list[int] | None = None
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache

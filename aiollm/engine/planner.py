@@ -3,7 +3,9 @@
 One step mixes decodes (one token each) and prefill chunks under a token budget, so a long
 prompt is prefilled over several steps while running decodes go on (chunked prefill).
 The planner owns the running set, the waiting queue, KV allocation and eviction;
-admission decisions come from the scheduler policy (aiollm.scheduler).
+admission decisions come from the scheduler policy (aiollm.scheduler). With a prefix cache
+(prefix_cache.py) it matches requests at admission, hands it planned prefill chunks and
+released KV, and counts its evictable tokens as free.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aiollm.engine.prefix_cache import PrefixCache, common_prefix, known_tokens
 from aiollm.engine.request import Phase, Request
 from aiollm.model.forward_batch import new_token_coords
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
@@ -50,6 +53,7 @@ class Planner:
         on_evict=None,
         on_admit=None,
         mixed_budget: int | None = None,
+        prefix_cache: PrefixCache | None = None,
     ):
         self.table = table
         self.kv = kv_pool
@@ -64,6 +68,7 @@ class Planner:
         self._on_evict = on_evict
         self._on_admit = on_admit
         self.evictions = 0
+        self.cache = prefix_cache
 
     # -- queue ---------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
@@ -83,8 +88,14 @@ class Planner:
             except ValueError:
                 pass
 
+    def free_tokens(self) -> int:
+        """KV slots an allocation can get: free ones and unreferenced cached ones."""
+        return self.kv.n_free + (self.cache.evictable if self.cache else 0)
+
     def _free_kv(self, req: Request) -> None:
-        if req.kv_len:
+        if self.cache is not None:
+            self.cache.release(req)
+        elif req.kv_len:
             self.kv.free(self.r2t.slots_of(req.row, 0, req.kv_len))
         self.r2t.free_row(req.row)
         req.row = -1
@@ -120,7 +131,7 @@ class Planner:
                     and len(r.output_ids) + r.pending < r.params.max_tokens)
 
         decodes = [r for r in self.running if decoding(r)]
-        while len(decodes) > self.kv.n_free:
+        while len(decodes) > self.free_tokens():
             if not self._evict_latest():
                 break
             decodes = [r for r in self.running if decoding(r)]
@@ -131,7 +142,8 @@ class Planner:
             # the cap holds while the streams outnumber the prompts in line; in a burst (a
             # longer queue) the prompts take the full budget, as the streams are few
             budget = min(budget, self.mixed_budget)
-        free = self.kv.n_free - len(decodes)
+        taken = len(decodes)  # KV slots this step allocates
+        free = self.free_tokens() - taken
         # 2. running requests still prefilling (new or resumed) continue with a chunk
         for r in self.running:
             remaining = r.num_tokens - r.kv_len
@@ -141,10 +153,14 @@ class Planner:
                     chunks.append((r, n))
                     budget -= n
                     free -= n
+                    taken += n
         # 3. admission of waiting requests, as the scheduler policy allows
         if self.waiting and budget > 0 and len(self.running) < self.max_running:
-            for r in self._admit(budget, free):
-                n = min(r.num_tokens, budget, free)
+            admitted = self._admit(budget, free)
+            # a cache hit locks cached tokens that counted as free (evictable) before
+            free = self.free_tokens() - taken
+            for r in admitted:
+                n = min(r.num_tokens - r.kv_len, budget, free)
                 if n <= 0:
                     break
                 chunks.append((r, n))
@@ -153,7 +169,7 @@ class Planner:
         if not chunks:
             # everything running is stuck mid-prefill with the pool full: make room
             stuck = any(r.num_tokens - r.kv_len > 1 for r in self.running)
-            if stuck and self.kv.n_free == 0 and self._evict_latest():
+            if stuck and self.free_tokens() == 0 and self._evict_latest():
                 return self.plan()
             return None
         return self._build(chunks)
@@ -166,8 +182,10 @@ class Planner:
         tab = self.table
         run_slots = np.fromiter((r.slot for r in self.running), np.int32, len(self.running))
         rec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), run_slots)
-        # a running request holds (or is about to hold, mid-prefill) KV for all its tokens
-        held = np.fromiter((r.num_tokens for r in self.running), np.int64, len(self.running))
+        # a running request holds (or is about to hold, mid-prefill) KV for all its tokens;
+        # its cached prefix is the tree's (shared, held outside the batch: counted once)
+        held = np.fromiter((r.num_tokens - r.cache_len for r in self.running), np.int64,
+                           len(self.running))
         running = RunningBatch(kv_len=held, output_len=rec["output_len"],
                                max_new_tokens=rec["max_new_tokens"],
                                ignore_eos=rec["ignore_eos"].astype(bool))
@@ -176,16 +194,21 @@ class Planner:
                 running.output_len, running.max_new_tokens, running.ignore_eos)
         limit = min(len(self.waiting), self.max_running - len(self.running), self.r2t.n_free_rows)
         head = [self.waiting[i] for i in range(limit)]
+        matches = self._match(head, budget)
+        head = head[:len(matches)]
         cand_slots = np.fromiter((r.slot for r in head), np.int32, len(head))
         crec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), cand_slots)
-        cands = Candidates(prompt_len=np.fromiter((r.num_tokens for r in head), np.int64, len(head)),
+        new_tokens = [r.num_tokens - (m[1] if m else 0) for r, m in zip(head, matches)]
+        cands = Candidates(prompt_len=np.array(new_tokens, np.int64),
                            output_len=crec["output_len"], max_new_tokens=crec["max_new_tokens"],
                            ignore_eos=crec["ignore_eos"].astype(bool))
         n = self.scheduler.admit(running, cands, pool_capacity=self.kv.capacity,
                                  pool_free=free, prefill_budget=budget)
         admitted = []
         now = time.monotonic()
-        for r in head[:n]:
+        for r, m in zip(head[:n], matches):
+            if m is not None and self._prefix_in_flight(r, m[1]):
+                break  # another request computes more of its prefix now: reuse it next step
             self.waiting.popleft()
             r.row = self.r2t.alloc_row()
             assert r.row is not None
@@ -194,14 +217,52 @@ class Planner:
             self._admit_counter += 1
             tab[r.slot]["state"] = ReqState.RUNNING
             tab[r.slot]["req_row"] = r.row
+            if self.cache is not None:
+                self.cache.admit(r, m)
+                tab.col("kv_len")[r.slot] = r.kv_len
             self.running.append(r)
             admitted.append(r)
             if self._on_admit:
                 self._on_admit(r, now)
         return admitted
 
+    def _match(self, head: list[Request], budget: int) -> list[tuple | None]:
+        """The cache's match of each candidate, for as many as the prefill budget could
+        admit (the scheduler looks no further); all of head's length without a cache."""
+        if self.cache is None:
+            return [None] * len(head)
+        out, new = [], 0
+        for r in head:
+            if r.prompt_array is None:
+                r.prompt_array = np.asarray(r.prompt_ids, dtype=np.int32)
+            m = self.cache.match_for(r)
+            out.append(m)
+            new += r.num_tokens - m[1]
+            if new > budget:
+                break
+        return out
+
+    def _prefix_in_flight(self, req: Request, matched: int) -> bool:
+        """Does a running request still prefilling share more of req's tokens than the
+        cache holds? Then its chunks will be in the cache soon: req waits for them."""
+        limit = req.num_tokens - 1
+        if matched >= limit:
+            return False
+        key = None
+        for r in self.running:
+            p = r.prompt_array
+            if r.num_tokens - r.kv_len <= 1 or p is None or p.shape[0] <= matched:
+                continue
+            if key is None:
+                key = known_tokens(req, limit)
+            if p[matched] == key[matched] and common_prefix(p, key) > matched:
+                return True
+        return False
+
     def _build(self, chunks: list[tuple[Request, int]]) -> Step:
         total = sum(n for _, n in chunks)
+        if self.cache is not None and total > self.kv.n_free:
+            self.cache.evict(total - self.kv.n_free)
         slots = self.kv.alloc(total)
         assert slots is not None, "planner allocated past the free KV slots"
         slots = slots.numpy()
@@ -226,4 +287,8 @@ class Planner:
         kv_col = self.table.col("kv_len")
         for r in reqs:
             kv_col[r.slot] = r.kv_len
+        if self.cache is not None:
+            for r, n in chunks:
+                if n > 1:  # prefill chunks; decoded tokens go in when the request ends
+                    self.cache.on_chunk(r)
         return Step(reqs, input_ids, ext, pre, slots, sample, out_pos, coords)

@@ -12,6 +12,8 @@ import enum
 import itertools
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from aiollm.sampling_params import SamplingParams
 
 _ids = itertools.count()
@@ -59,6 +61,13 @@ class Request:
     argmax_only: bool = False  # greedy, no logprobs, penalties or min_tokens: argmax is enough
     event: asyncio.Event = field(default_factory=asyncio.Event)
     grammar: object | None = None  # its engine.grammar.GrammarState, when constrained
+    # prefix cache (aiollm.engine.prefix_cache): the tree node its locked prefix ends at,
+    # that prefix's length (its first cache_len KV slots belong to the tree), the prompt
+    # tokens the cache gave it at its first admission (-1 before), its prompt as an array
+    cache_node: object = None
+    cache_len: int = 0
+    cached_tokens: int = -1
+    prompt_array: np.ndarray | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -121,5 +121,14 @@ class ReqToTokenTable:
 
             write_slots(self.table, rows, positions, slots)
 
+    def write_row(self, row: int, start: int, slots: np.ndarray) -> None:
+        """Record slots for positions start.. of one row, on the CPU copy and the device's
+        (a copy queued on the current stream, so steps launched before it read the old row
+        and steps after it the new one)."""
+        end = start + slots.shape[0]
+        self._np[row, start:end] = slots
+        if self.table is not self.cpu:
+            self.table[row, start:end].copy_(self.cpu[row, start:end], non_blocking=True)
+
     def slots_of(self, row: int, start: int, end: int) -> np.ndarray:
         return self._np[row, start:end].astype(np.int64)

@@ -1,0 +1,313 @@
+"""Prefix cache: a radix tree over token ids whose values are KV slots of the token-level pool.
+
+The idea is RadixAttention (Zheng et al., "SGLang: Efficient Execution of Structured Language
+Model Programs", 2024): keep the KV of finished requests in a radix tree keyed by their token
+ids, so a later request that starts with the same tokens reuses that KV instead of computing
+it again. Our KV pool has one slot per token, so a hit can end at any token, with no block
+rounding.
+
+`RadixTree` is the data structure: nodes hold a run of token ids (int32) and their KV slots
+(int64), a reference count, and a last-use stamp. A node referenced by a running request
+(and so every node on its path to the root) is never evicted; unreferenced leaves go first
+in least-recently-used order. Matching and inserting compare whole runs of tokens with numpy,
+never one token per Python iteration.
+
+`PrefixCache` ties the tree to requests, the KV pool and the req_to_token map; the planner
+calls it at four points:
+- admit(): the longest cached prefix of a request's known tokens (always leaving the last
+  one to compute, so the request gets its logits) goes into its req_to_token row, locked;
+- on_chunk(): a prefill chunk just planned goes into the tree at once (locked by its request),
+  so requests that arrive with the same prefix while it computes reuse it from the next step
+  on (the device runs steps in order, so a later step reads KV an earlier one writes);
+- release(): when a request finishes, is aborted or is paused, the KV it computed goes into
+  the tree; duplicates of what the tree already holds go back to the pool;
+- evict(): an allocation that finds the pool short frees unreferenced leaves.
+The planner counts `evictable` tokens as free.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import time
+
+import numpy as np
+
+from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+
+log = logging.getLogger(__name__)
+
+_clock = itertools.count()  # last-use stamps: a counter orders uses without a clock read
+
+
+class Node:
+    __slots__ = ("key", "slots", "children", "parent", "ref", "stamp")
+
+    def __init__(self, key: np.ndarray, slots: np.ndarray, parent: Node | None):
+        self.key = key  # [n] int32 token ids of this edge
+        self.slots = slots  # [n] int64 KV slots of those tokens
+        self.children: dict[int, Node] = {}  # first token id of the child's key -> child
+        self.parent = parent
+        self.ref = 0  # requests whose locked path goes through this node
+        self.stamp = next(_clock)
+
+
+def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    """Length of the common prefix of two 1-D int arrays."""
+    n = min(a.shape[0], b.shape[0])
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if diff.size else n
+
+
+class RadixTree:
+    """Token ids -> KV slots, with reference counts and LRU eviction of unreferenced leaves.
+
+    Invariants: `evictable` is the number of tokens in nodes with ref == 0, `protected` the
+    number in nodes with ref > 0; a node's ref is at least each child's ref.
+    """
+
+    def __init__(self):
+        self.root = Node(np.zeros(0, np.int32), np.zeros(0, np.int64), None)
+        self.root.ref = 1  # never evicted
+        self.evictable = 0
+        self.protected = 0
+
+    @property
+    def size(self) -> int:
+        """Tokens (and KV slots) the tree holds."""
+        return self.evictable + self.protected
+
+    def _split(self, node: Node, k: int) -> Node:
+        """Cut node's edge after k tokens; returns the new upper node (depth + k). The lower
+        part stays the same object, so a request that references it keeps its depth."""
+        upper = Node(node.key[:k], node.slots[:k], node.parent)
+        upper.ref, upper.stamp = node.ref, node.stamp
+        upper.children[int(node.key[k])] = node
+        node.parent.children[int(node.key[0])] = upper
+        node.key, node.slots, node.parent = node.key[k:], node.slots[k:], upper
+        return upper
+
+    def match(self, key: np.ndarray, limit: int | None = None) -> tuple[Node, int, np.ndarray]:
+        """Longest prefix of key[:limit] in the tree: (node ending exactly there, its length,
+        its KV slots as int64). Splits a node when the prefix ends inside it; marks the path
+        used now."""
+        key = key[:limit]
+        node, pos, parts = self.root, 0, []
+        stamp = next(_clock)
+        while pos < key.shape[0]:
+            child = node.children.get(int(key[pos]))
+            if child is None:
+                break
+            k = common_prefix(child.key, key[pos:])
+            if k < child.key.shape[0]:
+                child = self._split(child, k)
+            child.stamp = stamp
+            parts.append(child.slots)
+            node, pos = child, pos + k
+        slots = np.concatenate(parts) if parts else self.root.slots
+        return node, pos, slots
+
+    def insert(self, node: Node, key: np.ndarray, slots: np.ndarray) -> tuple[Node, int]:
+        """Insert key (token ids that follow `node`'s path) with their slots. Where the tree
+        already holds a prefix of key it keeps its own slots: returns (the node where key
+        ends, how many tokens of key were there already); the caller frees its duplicates
+        slots[:that many]. The rest of `slots` now belongs to the tree."""
+        pos, stamp = 0, next(_clock)
+        n = key.shape[0]
+        while pos < n:
+            child = node.children.get(int(key[pos]))
+            if child is None:
+                leaf = Node(key[pos:].copy(), slots[pos:].copy(), node)
+                leaf.stamp = stamp
+                node.children[int(key[pos])] = leaf
+                self.evictable += leaf.key.shape[0]  # unreferenced until someone locks it
+                return leaf, pos
+            k = common_prefix(child.key, key[pos:])
+            if k < child.key.shape[0]:
+                child = self._split(child, k)
+            child.stamp = stamp
+            node, pos = child, pos + k
+        return node, pos
+
+    def lock(self, node: Node) -> None:
+        """A request now uses node's path: none of it may be evicted."""
+        while node is not self.root:
+            if node.ref == 0:
+                n = node.key.shape[0]
+                self.evictable -= n
+                self.protected += n
+            node.ref += 1
+            node = node.parent
+
+    def unlock(self, node: Node) -> None:
+        while node is not self.root:
+            node.ref -= 1
+            assert node.ref >= 0, "prefix cache: unlock of a node nobody locked"
+            if node.ref == 0:
+                n = node.key.shape[0]
+                self.evictable += n
+                self.protected -= n
+            node = node.parent
+
+    def evict(self, n: int) -> list[np.ndarray]:
+        """Remove unreferenced leaves, least recently used first, until at least n tokens are
+        out (or nothing evictable is left); returns their KV slots."""
+        heap = [(leaf.stamp, id(leaf), leaf) for leaf in self._leaves() if leaf.ref == 0]
+        heapq.heapify(heap)
+        freed, out = 0, []
+        while freed < n and heap:
+            _, _, leaf = heapq.heappop(heap)
+            parent = leaf.parent
+            del parent.children[int(leaf.key[0])]
+            out.append(leaf.slots)
+            freed += leaf.key.shape[0]
+            self.evictable -= leaf.key.shape[0]
+            if parent is not self.root and not parent.children and parent.ref == 0:
+                heapq.heappush(heap, (parent.stamp, id(parent), parent))
+        return out
+
+    def _leaves(self) -> list[Node]:
+        out, stack = [], [self.root]
+        while stack:
+            node = stack.pop()
+            if node.children:
+                stack.extend(node.children.values())
+            elif node is not self.root:
+                out.append(node)
+        return out
+
+
+class PrefixCache:
+    """The radix tree bound to the KV pool and the req_to_token map: see the module doc."""
+
+    def __init__(self, kv_pool: KVPool, req_to_token: ReqToTokenTable, metrics=None,
+                 log_every_s: float = 60.0):
+        self.tree = RadixTree()
+        self.kv = kv_pool
+        self.r2t = req_to_token
+        self.metrics = metrics  # PrefixCacheMetrics or None
+        self.queried = self.hit = self.evicted = 0  # prompt tokens asked for / found; evicted
+        self._log_every = log_every_s
+        self._last_log = time.monotonic()
+
+    @property
+    def evictable(self) -> int:
+        return self.tree.evictable
+
+    @property
+    def size(self) -> int:
+        return self.tree.size
+
+    # -- request life --------------------------------------------------------------------
+    def admit(self, req, match: tuple | None = None) -> int:
+        """Give an admitted request (row assigned) the cached prefix of its tokens: writes
+        the slots into its req_to_token row, locks them, sets req.kv_len. `match` is a
+        result of match_for(req) taken since the last eviction. Returns the tokens reused."""
+        node, n, slots = match if match is not None else self.match_for(req)
+        first = req.cached_tokens < 0  # not a resume: count it for usage and the hit rate
+        if first:
+            req.cached_tokens = n
+            self.queried += len(req.prompt_ids)
+            self.hit += n
+            if self.metrics is not None:
+                self.metrics.queried.inc(len(req.prompt_ids))
+                self.metrics.hit.inc(n)
+            self._maybe_log()
+        self.tree.lock(node)
+        req.cache_node, req.cache_len = node, n
+        if n:
+            self.r2t.write_row(req.row, 0, slots)
+        req.kv_len = n
+        return n
+
+    def match_for(self, req) -> tuple[Node, int, np.ndarray]:
+        """Longest cached prefix of req's known tokens, leaving the last token (and with
+        prompt logprobs asked for, the whole prompt) to compute."""
+        limit = req.num_tokens - 1
+        if _wants_prompt_logprobs(req):
+            limit = 0
+        return self.tree.match(known_tokens(req, limit), limit)
+
+    def on_chunk(self, req) -> None:
+        """req's KV now covers req.kv_len tokens (planned this step): put the newly planned
+        part in the tree, locked by req, unless the tree already extends req's path (another
+        request computed those tokens meanwhile; release() sorts that out)."""
+        node, start = req.cache_node, req.cache_len
+        end = min(req.kv_len, len(req.prompt_ids) + len(req.output_ids))
+        if end <= start:
+            return
+        key = known_tokens(req, end)
+        if int(key[start]) in node.children:
+            return
+        slots = self.r2t.slots_of(req.row, start, end)
+        leaf, there = self.tree.insert(node, key[start:], slots)
+        assert there == 0
+        self.tree.lock(leaf)
+        self.tree.unlock(node)
+        req.cache_node, req.cache_len = leaf, end
+
+    def release(self, req) -> None:
+        """req gives back its KV (finished, aborted or paused): what it computed goes into
+        the tree, duplicates and tokens without a known id go back to the pool."""
+        node, start = req.cache_node, req.cache_len
+        if node is None:  # never admitted
+            return
+        end = min(req.kv_len, len(req.prompt_ids) + len(req.output_ids))
+        if req.kv_len > start:
+            row_slots = self.r2t.slots_of(req.row, start, req.kv_len)
+            if end > start:
+                key = known_tokens(req, end)[start:]
+                _, there = self.tree.insert(node, key, row_slots[: end - start])
+                if there:
+                    self.kv.free(row_slots[:there])
+            if req.kv_len > end:
+                self.kv.free(row_slots[max(end - start, 0):])
+        self.tree.unlock(node)
+        req.cache_node, req.cache_len = None, 0
+
+    # -- room ----------------------------------------------------------------------------
+    def evict(self, n: int) -> int:
+        """Free at least n KV slots from unreferenced cached prefixes (fewer if there are not
+        as many); returns how many were freed."""
+        parts = self.tree.evict(n)
+        if not parts:
+            return 0
+        slots = np.concatenate(parts)
+        self.kv.free(slots)
+        self.evicted += slots.shape[0]
+        if self.metrics is not None:
+            self.metrics.evicted.inc(slots.shape[0])
+        return slots.shape[0]
+
+    def flush(self) -> int:
+        """Evict everything no request uses; returns the KV slots freed."""
+        return self.evict(self.tree.evictable)
+
+    def _maybe_log(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= self._log_every:
+            self._last_log = now
+            log.info("prefix cache: hit rate %.1f%% of %d prompt tokens, %d tokens cached "
+                     "(%d evictable), %d evicted", self.hit_rate * 100, self.queried,
+                     self.tree.size, self.tree.evictable, self.evicted)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit / self.queried if self.queried else 0.0
+
+
+def known_tokens(req, n: int) -> np.ndarray:
+    """The first n token ids of req (prompt, then output: all known on the host) as int32."""
+    p = req.prompt_array
+    if n <= p.shape[0]:
+        return p[:n]
+    return np.concatenate([p, np.asarray(req.output_ids[: n - p.shape[0]], np.int32)])
+
+
+def _wants_prompt_logprobs(req) -> bool:
+    # prompt logprobs need the logits of every prompt token: such a request computes its
+    # whole prompt (the attribute names cover the API's variants)
+    p = req.params
+    return (getattr(p, "prompt_logprobs", None) is not None
+            or bool(getattr(req, "needs_prompt_logprobs", False)))
