@@ -9,6 +9,10 @@ stream=true and reads `data: {json}` chunks up to `data: [DONE]`; `--backend lig
 request sets ignore_eos and asks for exactly its drawn output length, so all servers do the
 same work. Only the URL given is contacted.
 
+Workloads (--workload): random (one prompt each, --dataset lengths), shared-prefix and
+multi-turn (bench/workloads.py: prompts that repeat a prefix; the report then compares the
+prompt tokens the server says it reused from its prefix cache with the workload's ideal).
+
 Load: a closed loop of --concurrency clients (each sends its next request when its last one
 ends), or Poisson arrivals at --request-rate, with --concurrency then capping requests in flight.
 
@@ -58,6 +62,8 @@ import msgspec
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+import workloads  # noqa: E402  (bench/ is scripts, not a package)
 ROOFLINE_KEYS = ("copy_bw_bytes_per_s", "matmul_flops_per_s", "weight_bytes",
                  "kv_bytes_per_token", "flops_per_token")
 # Common English words: most are one token in any BPE vocabulary, so text built from them
@@ -95,6 +101,14 @@ class BenchConfig:
     request_rate: float | None = option(None, "Poisson arrivals per second (default: closed loop)")
     dataset: str = option("random", "random | sharegpt-like (input and output lengths drawn "
                                     "from a ShareGPT-shaped mix)")
+    workload: str = option("random", "random | shared-prefix (--num-prefixes system prompts of "
+                                     "--prefix-len tokens, then --input-len unique tokens) | "
+                                     "multi-turn (conversations of --turns turns; each turn "
+                                     "sends the conversation so far and an --input-len message)")
+    prefix_len: int = option(2000, "shared-prefix: tokens of each system prompt")
+    num_prefixes: int = option(1, "shared-prefix: distinct system prompts")
+    turns: int = option(5, "multi-turn: turns per conversation (num_requests / turns "
+                           "conversations)")
     input_len: int = option(1024, "prompt tokens (random dataset)")
     output_len: int = option(128, "fixed output tokens (random dataset)")
     output_len_mean: float | None = option(None, "Gaussian output lengths with this mean, >= 1")
@@ -127,6 +141,11 @@ class BenchConfig:
             raise ValueError(f"--backend must be one of {sorted(BACKENDS)}, not {self.backend!r}")
         if self.dataset not in ("random", "sharegpt-like"):
             raise ValueError("--dataset must be 'random' or 'sharegpt-like'")
+        if self.workload not in ("random", "shared-prefix", "multi-turn"):
+            raise ValueError("--workload must be 'random', 'shared-prefix' or 'multi-turn'")
+        for name in ("prefix_len", "num_prefixes", "turns"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError(f"--url must start with http:// or https://, got {self.url!r}")
         for name in ("num_requests", "concurrency", "input_len", "output_len"):
@@ -151,6 +170,7 @@ class RequestSpec:
     prompt_len: int  # tokens: counted by the tokenizer, else the target length
     output_len: int
     constrained: bool = False  # carries --extra-body
+    ideal_cached: int = 0  # tokens of the prompt an earlier request sent already
 
 
 @dataclass
@@ -162,6 +182,9 @@ class RequestRecord:
     chunk_times: list[float] = field(default_factory=list)
     server_output: int | None = None  # output tokens as the server counts them
     server_prompt: int | None = None
+    server_cached: int | None = None  # prompt tokens the server reused from its prefix cache
+    ideal_cached: int = 0  # prompt tokens the workload repeats from earlier requests
+    text_parts: list[str] | None = None  # the streamed text, when a later prompt needs it
     error: str | None = None
     constrained: bool = False
 
@@ -207,7 +230,11 @@ def openai_event(ev: dict, rec: RequestRecord, now: float) -> bool:
     if usage := ev.get("usage"):
         rec.server_output = usage.get("completion_tokens", rec.server_output)
         rec.server_prompt = usage.get("prompt_tokens", rec.server_prompt)
+        details = usage.get("prompt_tokens_details") or {}
+        rec.server_cached = details.get("cached_tokens", rec.server_cached)
     choices = ev.get("choices") or ()
+    if rec.text_parts is not None:
+        rec.text_parts.extend(c.get("text") or "" for c in choices)
     # An empty chunk without a finish_reason still carries a token (its text held back
     # mid-UTF-8); an empty one with a finish_reason only closes the stream.
     if any(c.get("text") or c.get("finish_reason") is None for c in choices):
@@ -232,6 +259,9 @@ def lightllm_event(ev: dict, rec: RequestRecord, now: float) -> bool:
         rec.chunk_times.append(now)
         rec.server_output = tok.get("count_output_tokens", rec.server_output)
         rec.server_prompt = tok.get("prompt_tokens", rec.server_prompt)
+        rec.server_cached = tok.get("prompt_cache_len", rec.server_cached)
+        if rec.text_parts is not None:
+            rec.text_parts.append(tok.get("text") or "")
     return bool(ev.get("finished"))
 
 
@@ -317,6 +347,11 @@ def make_workload(cfg: BenchConfig) -> list[RequestSpec]:
     prompt_lens, output_lens = draw_lengths(cfg, rng)
     maker = PromptMaker(rng, load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None,
                         cfg.chars_per_token)
+    if cfg.workload == "shared-prefix":
+        prompts = workloads.shared_prefix_prompts(maker, cfg.num_requests, cfg.num_prefixes,
+                                                  cfg.prefix_len, cfg.input_len)
+        return [RequestSpec(text, n, o, ideal_cached=ideal) for (text, n, ideal), o in
+                zip(prompts, output_lens.tolist())]
     specs = []
     for i, (p, o) in enumerate(zip(prompt_lens.tolist(), output_lens.tolist())):
         text, n = maker.make(p)
@@ -396,7 +431,8 @@ async def first_model(session: aiohttp.ClientSession, url: str) -> str | None:
 
 
 async def run_load(cfg: BenchConfig, specs: list[RequestSpec]) -> tuple[list[RequestRecord], float]:
-    records = [RequestRecord(s.prompt_len, s.output_len, constrained=s.constrained)
+    records = [RequestRecord(s.prompt_len, s.output_len, constrained=s.constrained,
+                             ideal_cached=s.ideal_cached)
                for s in specs]
     timeout = aiohttp.ClientTimeout(total=cfg.timeout)
     conn = aiohttp.TCPConnector(limit=0)  # the load generator decides how many are in flight
@@ -409,6 +445,9 @@ async def run_load(cfg: BenchConfig, specs: list[RequestSpec]) -> tuple[list[Req
                                 bool(cfg.extra_body))] * cfg.warmup
             await asyncio.gather(*(send(s, cfg, w, RequestRecord(0, 8)) for w in warm))
         load = poisson_arrivals if cfg.request_rate else closed_loop
+        if cfg.workload == "multi-turn":
+            def load(*args):
+                return workloads.multi_turn_loop(*args, send, RequestSpec)
         t0 = time.perf_counter()
         try:
             await asyncio.wait_for(load(s, cfg, specs, records), cfg.max_duration)
@@ -559,6 +598,12 @@ def print_table(cfg: BenchConfig, m: dict, rf: dict | None) -> None:
         print(f"goodput (TTFT <= {cfg.slo_ttft} s, TPOT <= {cfg.slo_tpot} s): "
               f"{g['requests_per_s']:.2f} req/s  {g['output_tokens_per_s']:.1f} tok/s  "
               f"({g['attained']:.1%} of requests)")
+    pc = m.get("prefix_cache")
+    if pc and pc["cached_tokens"] is not None:
+        ideal = pc["fraction_of_ideal"]
+        print(f"prefix cache: {pc['cached_tokens']} of {pc['prompt_tokens']} prompt tokens reused "
+              f"({pc['hit_rate']:.1%}); the workload's ideal {pc['ideal_hit_rate']:.1%}"
+              + (f", reached {ideal:.1%} of it" if ideal is not None else ""))
     if rf:
         print(f"roofline: {rf['output_tokens_per_s']:.1f} output tok/s at batch {rf['batch']:.1f}"
               f"; achieved {rf['achieved_fraction']:.1%}")
@@ -601,6 +646,7 @@ async def run(cfg: BenchConfig, quiet: bool = False) -> dict:
     specs = make_workload(cfg)
     records, duration = await run_load(cfg, specs)
     m = summarize(cfg, records, duration)
+    m["prefix_cache"] = workloads.cache_report(records)
     rf = None
     if hw is not None and m["completed"]:
         ok = [r for r in records if r.ok]

@@ -346,6 +346,9 @@ def test_api_key(tight):
         assert_error(got, body, 401, None)
         assert h["WWW-Authenticate"] == "Bearer"
     assert http(tight, "GET", "/v1/models", headers=AUTH)[0] == 200
+    # emptying the prefix cache is an operation for the key holder too
+    assert http(tight, "POST", "/flush_cache")[0] == 401
+    assert http(tight, "POST", "/flush_cache", headers=AUTH)[0] == 200
     # bytes that are not UTF-8 in the header: refused like any wrong key, not a 500
     head = b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n"
     assert asyncio.run(raw_request(tight, head)) == 401

@@ -206,9 +206,12 @@ class Planner:
                                  pool_free=free, prefill_budget=budget)
         admitted = []
         now = time.monotonic()
+        taken = self.free_tokens() - free  # by this step's decodes and chunks
         for r, m in zip(head[:n], matches):
             if m is not None and self._prefix_in_flight(r, m[1]):
                 break  # another request computes more of its prefix now: reuse it next step
+            if m is not None and self.free_tokens() - self.cache.tree.unreferenced(m[0]) < taken:
+                break  # its hit would lock cached tokens this step's chunks are counting on
             self.waiting.popleft()
             r.row = self.r2t.alloc_row()
             assert r.row is not None

@@ -47,7 +47,7 @@ class Node:
     def __init__(self, key: np.ndarray, slots: np.ndarray, parent: Node | None):
         self.key = key  # [n] int32 token ids of this edge
         self.slots = slots  # [n] int64 KV slots of those tokens
-        self.children: dict[int, Node] = {}  # first token id of the child's key -> child
+        self.children: dict[bytes, Node] = {}  # first token of the child's key (int32 bytes)
         self.parent = parent
         self.ref = 0  # requests whose locked path goes through this node
         self.stamp = next(_clock)
@@ -83,52 +83,63 @@ class RadixTree:
         part stays the same object, so a request that references it keeps its depth."""
         upper = Node(node.key[:k], node.slots[:k], node.parent)
         upper.ref, upper.stamp = node.ref, node.stamp
-        upper.children[int(node.key[k])] = node
-        node.parent.children[int(node.key[0])] = upper
+        upper.children[node.key[k:k + 1].tobytes()] = node
+        node.parent.children[node.key[:1].tobytes()] = upper
         node.key, node.slots, node.parent = node.key[k:], node.slots[k:], upper
         return upper
+
+    def _walk(self, node: Node, key: np.ndarray, path: list | None):
+        """Follow key down from node as far as the tree holds it, splitting the last edge
+        if key ends or leaves it midway: (deepest node reached, tokens of key matched).
+        Appends each node passed to path. Whole edges are compared as bytes (one memcmp),
+        a partial one with numpy: the cost is a few µs per node, not per token."""
+        kb = key.tobytes()  # int32: token i is kb[4i:4i+4]
+        n, pos = key.shape[0], 0
+        stamp = next(_clock)
+        while pos < n:
+            child = node.children.get(kb[4 * pos:4 * pos + 4])
+            if child is None:
+                break
+            k = child.key.shape[0]
+            if not (pos + k <= n and kb.startswith(child.key, 4 * pos)):
+                k = common_prefix(child.key, key[pos:])
+                child = self._split(child, k)
+            child.stamp = stamp
+            if path is not None:
+                path.append(child)
+            node, pos = child, pos + k
+        return node, pos
 
     def match(self, key: np.ndarray, limit: int | None = None) -> tuple[Node, int, np.ndarray]:
         """Longest prefix of key[:limit] in the tree: (node ending exactly there, its length,
         its KV slots as int64). Splits a node when the prefix ends inside it; marks the path
         used now."""
-        key = key[:limit]
-        node, pos, parts = self.root, 0, []
-        stamp = next(_clock)
-        while pos < key.shape[0]:
-            child = node.children.get(int(key[pos]))
-            if child is None:
-                break
-            k = common_prefix(child.key, key[pos:])
-            if k < child.key.shape[0]:
-                child = self._split(child, k)
-            child.stamp = stamp
-            parts.append(child.slots)
-            node, pos = child, pos + k
-        slots = np.concatenate(parts) if parts else self.root.slots
-        return node, pos, slots
+        path: list[Node] = []
+        node, n = self._walk(self.root, key[:limit], path)
+        slots = np.concatenate([p.slots for p in path]) if path else self.root.slots
+        return node, n, slots
 
     def insert(self, node: Node, key: np.ndarray, slots: np.ndarray) -> tuple[Node, int]:
         """Insert key (token ids that follow `node`'s path) with their slots. Where the tree
         already holds a prefix of key it keeps its own slots: returns (the node where key
         ends, how many tokens of key were there already); the caller frees its duplicates
         slots[:that many]. The rest of `slots` now belongs to the tree."""
-        pos, stamp = 0, next(_clock)
-        n = key.shape[0]
-        while pos < n:
-            child = node.children.get(int(key[pos]))
-            if child is None:
-                leaf = Node(key[pos:].copy(), slots[pos:].copy(), node)
-                leaf.stamp = stamp
-                node.children[int(key[pos])] = leaf
-                self.evictable += leaf.key.shape[0]  # unreferenced until someone locks it
-                return leaf, pos
-            k = common_prefix(child.key, key[pos:])
-            if k < child.key.shape[0]:
-                child = self._split(child, k)
-            child.stamp = stamp
-            node, pos = child, pos + k
-        return node, pos
+        node, pos = self._walk(node, key, None)
+        if pos == key.shape[0]:
+            return node, pos
+        leaf = Node(key[pos:].copy(), slots[pos:].copy(), node)
+        node.children[key[pos:pos + 1].tobytes()] = leaf
+        self.evictable += leaf.key.shape[0]  # unreferenced until someone locks it
+        return leaf, pos
+
+    def unreferenced(self, node: Node) -> int:
+        """Tokens on node's path that no request references (what locking it takes from
+        the evictable count)."""
+        n = 0
+        while node is not self.root and node.ref == 0:
+            n += node.key.shape[0]
+            node = node.parent
+        return n
 
     def lock(self, node: Node) -> None:
         """A request now uses node's path: none of it may be evicted."""
@@ -159,7 +170,7 @@ class RadixTree:
         while freed < n and heap:
             _, _, leaf = heapq.heappop(heap)
             parent = leaf.parent
-            del parent.children[int(leaf.key[0])]
+            del parent.children[leaf.key[:1].tobytes()]
             out.append(leaf.slots)
             freed += leaf.key.shape[0]
             self.evictable -= leaf.key.shape[0]
@@ -238,7 +249,7 @@ class PrefixCache:
         if end <= start:
             return
         key = known_tokens(req, end)
-        if int(key[start]) in node.children:
+        if key[start:start + 1].tobytes() in node.children:
             return
         slots = self.r2t.slots_of(req.row, start, end)
         leaf, there = self.tree.insert(node, key[start:], slots)

@@ -1,0 +1,362 @@
+"""The prefix cache (aiollm/engine/prefix_cache.py): greedy and seeded outputs are the same
+with the cache on and off (default model, CPU, fp32), hits are reported, nothing leaks
+(a randomized run on a tiny random Llama checks the invariants after every step), and the
+HTTP API reports cached tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import random
+import time
+
+import numpy as np
+import pytest
+from live_server import LiveServer, http, shared_server, sse_events
+
+from aiollm import Engine, SamplingParams
+from aiollm.engine.prefix_cache import RadixTree
+from conftest import load_bench
+
+PROMPTS = load_bench("accuracy").PROMPTS
+GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def run(loop, coro):
+    return loop.run_until_complete(asyncio.wait_for(coro, 600))
+
+
+@pytest.fixture(scope="module")
+def engines(loop):
+    """Cache on and off, small prefill chunks (a few hundred tokens span several)."""
+    on = Engine(None, kv_tokens=4096, max_prefill_tokens=128, prefix_cache=True)
+    off = Engine(None, kv_tokens=4096, max_prefill_tokens=128, prefix_cache=False)
+    run(loop, on.start())
+    run(loop, off.start())
+    yield on, off
+    run(loop, on.stop())
+    run(loop, off.stop())
+
+
+@pytest.fixture(scope="module")
+def text_ids(engines):
+    """A long text's token ids (about 1,700), for prefixes of any length."""
+    return engines[0].tokenizer.encode(" ".join(PROMPTS) * 14)
+
+
+def words(engines, text: str) -> list[int]:
+    return engines[0].tokenizer.encode(text)
+
+
+def check_invariants(eng: Engine) -> None:
+    """The tree's counts and references agree with the running requests; every KV slot in
+    use belongs to exactly one owner (the tree, or one request's private part)."""
+    cache, tree, kv, r2t = eng.prefix_cache, eng.prefix_cache.tree, eng.kv_pool, eng.req_to_token
+    nodes, stack = [], [tree.root]
+    while stack:
+        n = stack.pop()
+        for c in n.children.values():
+            assert c.parent is n and c.key.shape == c.slots.shape and c.key.shape[0] > 0
+            nodes.append(c)
+            stack.append(c)
+    refs = collections.Counter()
+    owned = [n.slots for n in nodes]
+    for r in eng.planner.running:
+        node, depth = r.cache_node, 0
+        path = []
+        while node is not tree.root:
+            refs[id(node)] += 1
+            depth += node.key.shape[0]
+            path.append(node.slots)
+            node = node.parent
+        assert depth == r.cache_len <= r.kv_len
+        if depth:
+            assert np.array_equal(np.concatenate(path[::-1]), r2t.slots_of(r.row, 0, depth))
+        owned.append(r2t.slots_of(r.row, r.cache_len, r.kv_len))
+    for r in eng.planner.waiting:
+        assert r.cache_node is None and r.cache_len == 0
+    for n in nodes:
+        assert n.ref == refs[id(n)]
+    assert tree.size == sum(n.key.shape[0] for n in nodes)
+    assert tree.evictable == sum(n.key.shape[0] for n in nodes if n.ref == 0)
+    slots = np.concatenate(owned) if owned else np.zeros(0, np.int64)
+    assert np.unique(slots).size == slots.size == kv.n_used, "a KV slot has two owners or none"
+    assert eng.stats()["kv_used"] == kv.n_used - tree.evictable
+    if not eng.planner.has_work():
+        assert tree.protected == 0 and kv.n_used == cache.size
+
+
+def assert_idle_and_flush(eng: Engine) -> None:
+    check_invariants(eng)
+    assert eng.stats()["kv_used"] == 0
+    eng.flush_cache()
+    assert eng.kv_pool.n_used == 0 and eng.prefix_cache.size == 0
+
+
+async def both(engines, prompts, params=GREEDY):
+    """The same prompts on both engines, all at once on each."""
+    on, off = engines
+    a = await asyncio.gather(*(on.generate(p, params) for p in prompts))
+    b = await asyncio.gather(*(off.generate(p, params) for p in prompts))
+    return a, b
+
+
+def assert_same(a, b):
+    for x, y in zip(a, b, strict=True):
+        assert x.token_ids == y.token_ids
+
+
+# -- the tree alone -------------------------------------------------------------------------
+
+def test_radix_tree_match_insert_split_lock_evict():
+    t = RadixTree()
+    a = np.arange(10, dtype=np.int32)
+    leaf, there = t.insert(t.root, a, np.arange(100, 110))
+    assert there == 0 and t.evictable == 10
+    node, n, slots = t.match(np.array([0, 1, 2, 3, 9], np.int32))
+    assert n == 4 and slots.tolist() == [100, 101, 102, 103]  # split inside the edge
+    t.lock(node)
+    assert t.protected == 4 and t.evictable == 6
+    # a branch off the middle keeps its own slots; the shared part is not duplicated
+    b = np.array([0, 1, 2, 3, 50, 51], np.int32)
+    end, there = t.insert(t.root, b, np.arange(200, 206))
+    assert there == 4 and t.size == 12
+    assert t.match(b)[2].tolist() == [100, 101, 102, 103, 204, 205]
+    assert t.match(b, limit=5)[1] == 5
+    # eviction takes unreferenced leaves, least recently used first, never a locked path
+    freed = np.concatenate(t.evict(1))
+    assert freed.tolist() == [104, 105, 106, 107, 108, 109]  # a's tail: used before b
+    assert sorted(np.concatenate(t.evict(100)).tolist()) == [204, 205]  # split at 5
+    assert t.size == 4 and t.protected == 4
+    t.unlock(node)
+    assert np.concatenate(t.evict(100)).tolist() == [100, 101, 102, 103] and t.size == 0
+
+
+def test_match_host_cost_for_an_8k_prompt_is_measured_in_bench():
+    """Speed is a bench matter (bench/prefix_cache.py); here only that it runs and is right
+    on a deep tree of many branches."""
+    bench = load_bench("prefix_cache")
+    res = bench.measure(prompt_len=8192, branches=64, repeats=3)
+    assert res["hit_tokens"] == 8191 and res["match_us"] > 0
+
+
+# -- the same outputs with the cache on and off ---------------------------------------------
+
+def test_exact_repeat_reuses_all_but_the_last_token(loop, engines, text_ids):
+    on, _ = engines
+    prompt = text_ids[:300]
+    a, b = run(loop, both(engines, [prompt]))
+    again = run(loop, on.generate(prompt, GREEDY))
+    assert again.cached_tokens == 299
+    assert_same(a, b)
+    assert again.token_ids == b[0].token_ids
+    assert_idle_and_flush(on)
+
+
+def test_shared_prefix_of_any_length(loop, engines, text_ids):
+    """The cache holds a 200-token prompt computed in 128-token chunks; prompts branch off
+    it at every kind of place: inside the first chunk, at a chunk's end, one past it, and
+    one token before its end."""
+    on, off = engines
+    base = text_ids[:200]
+    run(loop, on.generate(base, GREEDY))
+    tail = words(engines, " Xylophones, zebras and quokkas walk into a bar.")
+    prompts = [base[:k] + tail for k in (1, 57, 128, 129, 199)]
+    outs_on = [run(loop, on.generate(p, GREEDY)) for p in prompts]
+    outs_off = [run(loop, off.generate(p, GREEDY)) for p in prompts]
+    assert [o.cached_tokens for o in outs_on] == [1, 57, 128, 129, 199]
+    assert_same(outs_on, outs_off)
+    assert_idle_and_flush(on)
+
+
+def test_chunked_prefill_over_a_cached_prefix(loop, engines, text_ids):
+    on, off = engines
+    run(loop, on.generate(text_ids[:150], GREEDY))
+    long = text_ids[:150] + text_ids[1000:1300]  # 300 new tokens: 3 chunks after the hit
+    a = run(loop, on.generate(long, GREEDY))
+    b = run(loop, off.generate(long, GREEDY))
+    assert a.cached_tokens == 150 and a.token_ids == b.token_ids
+    assert_idle_and_flush(on)
+
+
+def test_burst_with_one_system_prompt_computes_it_once(loop, engines, text_ids):
+    """n choices (or a burst of requests) with one prompt: the first computes it, the others
+    wait a step and reuse it (all but the last token). Also: seeded sampling is the same."""
+    on, off = engines
+    system = text_ids[:200]
+    prompts = [system + words(engines, f" Quokka {i}?") for i in range(3)] + [system] * 2
+    a, b = run(loop, both(engines, prompts))
+    assert_same(a, b)
+    cached = sorted(o.cached_tokens for o in a)
+    assert cached[0] == 0 and cached[1] >= 199, cached
+    seeded = SamplingParams(max_tokens=6, temperature=0.9, top_p=0.95, seed=7)
+    a, b = run(loop, both(engines, [system] * 2 + prompts[:1], seeded))
+    assert all(o.cached_tokens >= 199 for o in a)
+    assert_same(a, b)
+    assert_idle_and_flush(on)
+
+
+def test_abort_mid_prefill_of_a_shared_prompt(loop, engines, text_ids):
+    """One request leaves in the middle of its 400-token prefill; another with the same
+    prompt runs on and gives the same tokens as with no cache."""
+    on, off = engines
+    prompt = text_ids[:400]
+
+    async def go():
+        first = on.stream(prompt, SamplingParams(max_tokens=50, temperature=0))
+        task = asyncio.ensure_future(first.__anext__())
+        while on.kv_pool.n_used < 200:  # two chunks planned
+            await asyncio.sleep(0.01)
+        other = asyncio.ensure_future(on.generate(prompt, GREEDY))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await first.aclose()
+        return await other
+
+    a = run(loop, go())
+    b = run(loop, off.generate(prompt, GREEDY))
+    assert a.token_ids == b.token_ids and a.cached_tokens >= 256
+    assert_idle_and_flush(on)
+
+
+def test_tiny_pool_eviction_and_pauses_keep_outputs(loop, engines, text_ids):
+    """A pool of 450 tokens under traffic that needs more: cached prefixes are evicted,
+    running requests paused (their KV goes to the cache) and resumed; the tokens are the
+    same as with a roomy pool and no cache."""
+    _, off = engines
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    prompts = [text_ids[:120] + words(engines, f" Quokka number {i} says") for i in range(4)]
+    prompts += [text_ids[300 + 40 * i:400 + 40 * i] for i in range(2)]
+    ref = [run(loop, off.generate(p, params)) for p in prompts]
+
+    async def tight():
+        eng = Engine(None, kv_tokens=450, max_prefill_tokens=128, scheduler="aggressive")
+        await eng.start()
+        try:
+            first = await asyncio.gather(*(eng.generate(p, params) for p in prompts))
+            again = await asyncio.gather(*(eng.generate(p, params) for p in prompts[::-1]))
+            assert eng.stats()["evictions"] > 0 and eng.prefix_cache.evicted > 0
+            assert_idle_and_flush(eng)
+            return first, again[::-1]
+        finally:
+            await eng.stop()
+
+    first, again = run(loop, tight())
+    assert_same(first, ref)
+    assert_same(again, ref)
+
+
+def test_repeated_1500_token_system_prompt_is_5x_faster(loop, engines, text_ids):
+    on, _ = engines
+    system = text_ids[:1500]
+
+    async def ttft(question):
+        t0 = time.perf_counter()
+        stream = on.stream(system + question, SamplingParams(max_tokens=1, temperature=0))
+        deltas = [d async for d in stream]
+        return time.perf_counter() - t0, deltas[-1].cached_tokens
+
+    first, _ = run(loop, ttft(words(engines, " What is a quokka?")))
+    second, cached = run(loop, ttft(words(engines, " Where do quokkas live?")))
+    assert cached >= 1499
+    assert second * 5 <= first, (first, second)
+    assert_idle_and_flush(on)
+
+
+# -- nothing leaks: a randomized run --------------------------------------------------------
+
+def test_randomized_traffic_keeps_the_invariants_after_every_step(loop, tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512).save_pretrained(tmp_path)
+    rng = random.Random(3)
+    prefixes = [[rng.randrange(256) for _ in range(rng.randrange(10, 120))] for _ in range(4)]
+
+    async def go():
+        eng = Engine(str(tmp_path), load_format="dummy", kv_tokens=400, max_prefill_tokens=48,
+                     max_running_requests=8)
+        await eng.start()
+        step, steps = eng._step, [0]
+
+        async def checked_step():
+            await step()
+            check_invariants(eng)
+            steps[0] += 1
+
+        eng._step = checked_step
+
+        async def one(i):
+            await asyncio.sleep(rng.random() * 0.5)
+            p = rng.choice(prefixes)[: rng.randrange(1, 120)]
+            p = p + [rng.randrange(256) for _ in range(rng.randrange(0, 30))] or [1]
+            params = SamplingParams(max_tokens=rng.randrange(1, 24), temperature=rng.choice(
+                [0, 1.0]), ignore_eos=rng.random() < 0.8)
+            leave = rng.random() < 0.3
+            stream = eng.stream(p, params)
+            async for _ in stream:
+                if leave and rng.random() < 0.3:
+                    break
+            await stream.aclose()
+
+        try:
+            await asyncio.gather(*(one(i) for i in range(40)))
+            await asyncio.sleep(0.2)
+            assert steps[0] > 20
+            assert eng.prefix_cache.hit > 0 and eng.prefix_cache.evicted > 0
+            assert_idle_and_flush(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+# -- HTTP ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(request) -> LiveServer:
+    return shared_server(request.config)
+
+
+def test_http_usage_reports_cached_tokens(server):
+    system = "You are a terse assistant who answers in one word. " * 8
+    chat = {"messages": [{"role": "system", "content": system},
+                         {"role": "user", "content": "Capital of Italy?"}],
+            "max_tokens": 3, "temperature": 0}
+    st, _, body = http(server, "POST", "/v1/chat/completions", json=chat)
+    assert st == 200
+    st, _, body = http(server, "POST", "/v1/chat/completions",
+                       json={**chat, "stream": True, "stream_options": {"include_usage": True}})
+    usage = json.loads(sse_events(body)[-2])["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+
+    comp = {"prompt": system, "max_tokens": 2, "temperature": 0}
+    http(server, "POST", "/v1/completions", json=comp)
+    st, _, body = http(server, "POST", "/v1/completions", json={**comp, "n": 2})
+    usage = json.loads(body)["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == usage["prompt_tokens"] - 1
+
+    for _ in range(2):
+        st, _, body = http(server, "POST", "/generate",
+                           json={"inputs": system, "parameters": {"max_new_tokens": 2}})
+    out = json.loads(body)
+    assert out["prompt_cache_len"] == out["prompt_tokens"] - 1
+
+    st, _, body = http(server, "GET", "/metrics")
+    text = body.decode()
+    assert "aiollm_prefix_cache_hit_tokens_total" in text
+    server.wait_idle()
+    st, _, body = http(server, "POST", "/flush_cache")
+    assert st == 200 and json.loads(body)["flushed_tokens"] > 0
+    assert server.call(lambda: server.engine.kv_pool.n_used) == 0
