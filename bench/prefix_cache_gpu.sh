@@ -4,7 +4,8 @@
 # clients), multi-turn (100 conversations x 5 turns, 100-token messages, 128-token answers)
 # and LightLLM's workload (unique 1,024-token prompts, outputs Gaussian around 128).
 # Usage: bench/prefix_cache_gpu.sh [MODEL_DIR]
-# env: OUT_DIR, PORT, N_SHARED (200), N_LIGHTLLM (300), CONVERSATIONS (100), EXTRA (server flags)
+# env: TOKENIZER (an HF tokenizer dir or .gguf for server and client; default: the default
+# model's), OUT_DIR, PORT, N_SHARED (200), N_LIGHTLLM (300), CONVERSATIONS (100), EXTRA
 set -u
 MODEL=${1:-bench/configs/llama-3.1-8b}
 PORT=${PORT:-8012}
@@ -25,7 +26,7 @@ bench() {  # label, then serve.py options
 for mode in on off; do
   flag=""; [ "$mode" = off ] && flag="--no-prefix-cache"
   python3 -m aiollm.cli serve "$MODEL" --load-format dummy --port "$PORT" --max-model-len 4096 \
-    $flag ${EXTRA:-} > "/tmp/server-$mode.log" 2>&1 &
+    --tokenizer "$TOKENIZER" $flag ${EXTRA:-} > "/tmp/server-$mode.log" 2>&1 &
   pid=$!
   for _ in $(seq 600); do
     curl -sf "$URL/health" >/dev/null && break

@@ -229,6 +229,7 @@ def test_abort_mid_prefill_of_a_shared_prompt(loop, engines, text_ids):
     assert_idle_and_flush(on)
 
 
+@pytest.mark.slow  # a third engine; the randomized test below covers a tiny pool quickly
 def test_tiny_pool_eviction_and_pauses_keep_outputs(loop, engines, text_ids):
     """A pool of 450 tokens under traffic that needs more: cached prefixes are evicted,
     running requests paused (their KV goes to the cache) and resumed; the tokens are the
@@ -283,6 +284,7 @@ def test_randomized_traffic_keeps_the_invariants_after_every_step(loop, tmp_path
                 max_position_embeddings=512).save_pretrained(tmp_path)
     rng = random.Random(3)
     prefixes = [[rng.randrange(256) for _ in range(rng.randrange(10, 120))] for _ in range(4)]
+    finished = []  # (prompt, params, tokens) of greedy requests that ran to the end
 
     async def go():
         eng = Engine(str(tmp_path), load_format="dummy", kv_tokens=400, max_prefill_tokens=48,
@@ -305,21 +307,34 @@ def test_randomized_traffic_keeps_the_invariants_after_every_step(loop, tmp_path
                 [0, 1.0]), ignore_eos=rng.random() < 0.8)
             leave = rng.random() < 0.3
             stream = eng.stream(p, params)
-            async for _ in stream:
+            tokens = []
+            async for d in stream:
+                tokens += d.token_ids
                 if leave and rng.random() < 0.3:
                     break
+                if d.finish_reason is not None and params.temperature == 0:
+                    finished.append((p, params, tokens))
             await stream.aclose()
 
         try:
-            await asyncio.gather(*(one(i) for i in range(40)))
+            await asyncio.gather(*(one(i) for i in range(30)))
             await asyncio.sleep(0.2)
             assert steps[0] > 20
             assert eng.prefix_cache.hit > 0 and eng.prefix_cache.evicted > 0
             assert_idle_and_flush(eng)
         finally:
             await eng.stop()
+        # the greedy ones give the same tokens alone, on a roomy pool without the cache
+        ref = Engine(str(tmp_path), load_format="dummy", kv_tokens=4096, prefix_cache=False)
+        await ref.start()
+        try:
+            for p, params, tokens in finished:
+                assert (await ref.generate(p, params)).token_ids == tokens
+        finally:
+            await ref.stop()
 
     run(loop, go())
+    assert len(finished) > 5
 
 
 # -- HTTP ------------------------------------------------------------------------------------
