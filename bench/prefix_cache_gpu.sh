@@ -5,7 +5,8 @@
 # and LightLLM's workload (unique 1,024-token prompts, outputs Gaussian around 128).
 # Usage: bench/prefix_cache_gpu.sh [MODEL_DIR]
 # env: TOKENIZER (an HF tokenizer dir or .gguf for server and client; default: the default
-# model's), OUT_DIR, PORT, N_SHARED (200), N_LIGHTLLM (300), CONVERSATIONS (100), EXTRA
+# model's), TAG (added to labels, e.g. the commit), OUT_DIR, PORT, N_SHARED (200),
+# N_LIGHTLLM (400), CONVERSATIONS (100), EXTRA (server flags)
 set -u
 MODEL=${1:-bench/configs/llama-3.1-8b}
 PORT=${PORT:-8012}
@@ -20,7 +21,8 @@ LOG="$OUT_DIR/prefix-cache-servers-$NAME.log"
 bench() {  # label, then serve.py options
   local label=$1; shift
   python3 bench/serve.py --url "$URL" --tokenizer "$TOKENIZER" --concurrency 100 \
-    --label "$label" --out "$OUT_DIR/serve-$DAY-$label.json" "$@" | tee -a "$LOG"
+    --label "$label${TAG:+-$TAG}" --out "$OUT_DIR/serve-$DAY-$label${TAG:+-$TAG}.json" "$@" \
+    | tee -a "$LOG"
 }
 
 for mode in on off; do
@@ -40,7 +42,7 @@ for mode in on off; do
     --output-len 128 --num-requests $((5 * ${CONVERSATIONS:-100})) --seed 1
   curl -sf -X POST "$URL/flush_cache" >> "$LOG"; echo >> "$LOG"
   bench "prefix-$mode-lightllm-$NAME" --input-len 1024 --output-len-mean 128 \
-    --num-requests "${N_LIGHTLLM:-300}" --warmup 8 --seed 2
+    --num-requests "${N_LIGHTLLM:-400}" --warmup 8 --seed 2
   curl -sf "$URL/metrics" | grep -E "^aiollm_(prefix_cache|evictions|kv_tokens)" >> "$LOG"
   kill -TERM $pid; wait $pid
   grep -E "KV pool|prefix cache|captured|warm-up" "/tmp/server-$mode.log" | head -8 >> "$LOG"
