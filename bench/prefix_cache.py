@@ -86,7 +86,8 @@ def main() -> None:
         runs.append(res)
         print(f"{args.prompt_len}-token prompt, {b} other prompts branching off it: "
               f"match+lock {res['match_us']:.1f} µs, insert+unlock {res['release_us']:.1f} µs "
-              f"per request, median ({res['path_nodes']} nodes on the path; list->array at submission {res['list_to_array_us']:.1f} µs)")
+              f"per request, median ({res['path_nodes']} nodes on the path; list->array at "
+              f"submission {res['list_to_array_us']:.1f} µs)")
     date = time.strftime("%Y-%m-%d")
     out = Path(__file__).resolve().parent / "results" / f"prefix_cache_host-{date}.json"
     out.write_text(json.dumps({"bench": "prefix_cache_host", "date": date,
