@@ -6,7 +6,10 @@
 # Usage: bench/prefix_cache_gpu.sh [MODEL_DIR]
 # env: TOKENIZER (an HF tokenizer dir or .gguf for server and client; default: the default
 # model's), TAG (added to labels, e.g. the commit), OUT_DIR, PORT, N_SHARED (200),
-# N_LIGHTLLM (400), CONVERSATIONS (100), EXTRA (server flags)
+# N_LIGHTLLM (400), CONVERSATIONS (100), EXTRA (server flags), PREWARM=N (a discarded first
+# pass of N LightLLM requests on each server: the first server on a fresh machine otherwise
+# pays Triton compiles and autotuning of missing shapes inside its measured runs, and the
+# second reads what the first wrote)
 set -u
 MODEL=${1:-bench/configs/llama-3.1-8b}
 PORT=${PORT:-8012}
@@ -35,6 +38,12 @@ for mode in on off; do
     kill -0 $pid 2>/dev/null || { tail -30 "/tmp/server-$mode.log"; exit 1; }
     sleep 1
   done
+  if [ -n "${PREWARM:-}" ]; then
+    python3 bench/serve.py --url "$URL" --tokenizer "$TOKENIZER" --concurrency 100 \
+      --num-requests "$PREWARM" --input-len 1024 --output-len-mean 128 --seed 9 \
+      --out /tmp/prewarm.json > /dev/null
+    curl -sf -X POST "$URL/flush_cache" > /dev/null
+  fi
   bench "prefix-$mode-shared-$NAME" --workload shared-prefix --prefix-len 2000 --input-len 100 \
     --output-len 128 --num-requests "${N_SHARED:-200}"
   curl -sf -X POST "$URL/flush_cache" >> "$LOG"; echo >> "$LOG"
