@@ -207,8 +207,9 @@ class Planner:
         admitted = []
         now = time.monotonic()
         taken = self.free_tokens() - free  # by this step's decodes and chunks
+        prefilling = [r for r in self.running if r.num_tokens - r.kv_len > 1] if n else []
         for r, m in zip(head[:n], matches):
-            if m is not None and self._prefix_in_flight(r, m[1]):
+            if m is not None and self._prefix_in_flight(r, m[1], prefilling):
                 break  # another request computes more of its prefix now: reuse it next step
             if m is not None and self.free_tokens() - self.cache.tree.unreferenced(m[0]) < taken:
                 break  # its hit would lock cached tokens this step's chunks are counting on
@@ -225,6 +226,8 @@ class Planner:
                 tab.col("kv_len")[r.slot] = r.kv_len
             self.running.append(r)
             admitted.append(r)
+            if r.num_tokens - r.kv_len > 1:
+                prefilling.append(r)
             if self._on_admit:
                 self._on_admit(r, now)
         return admitted
@@ -245,16 +248,17 @@ class Planner:
                 break
         return out
 
-    def _prefix_in_flight(self, req: Request, matched: int) -> bool:
+    @staticmethod
+    def _prefix_in_flight(req: Request, matched: int, prefilling: list[Request]) -> bool:
         """Does a running request still prefilling share more of req's tokens than the
         cache holds? Then its chunks will be in the cache soon: req waits for them."""
         limit = req.num_tokens - 1
         if matched >= limit:
             return False
         key = None
-        for r in self.running:
+        for r in prefilling:
             p = r.prompt_array
-            if r.num_tokens - r.kv_len <= 1 or p is None or p.shape[0] <= matched:
+            if p is None or p.shape[0] <= matched:
                 continue
             if key is None:
                 key = known_tokens(req, limit)
