@@ -405,10 +405,14 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     engine.runner.prepare = spy
     saved, engine.planner.mixed_budget = engine.planner.mixed_budget, 40
     try:
+        # the prompts repeat: emptying the prefix cache before each part makes them prefill
+        engine.flush_cache()
         mixed = run(loop, pair())
+        engine.flush_cache()
         run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
         capped = list(steps)
         steps.clear()
+        engine.flush_cache()
         burst = run(loop, pair(n_long=3))  # three prompts in line, one stream
     finally:
         engine.planner.mixed_budget = saved
