@@ -84,6 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
                    help="compute every prompt in full instead of reusing the KV of prefixes "
                         "seen before")
+    tp = s.add_argument_group("tensor parallelism")
+    tp.add_argument("-tp", "--tensor-parallel-size", type=int, default=d.tensor_parallel_size,
+                    help="split the model over N ranks (one per GPU; gloo ranks on --device cpu)")
+    tp.add_argument("--nnodes", type=int, default=d.nnodes,
+                    help="nodes the ranks are spread over (tensor parallel size / nnodes each)")
+    tp.add_argument("--node-rank", type=int, default=d.node_rank,
+                    help="this node's index; node 0 serves HTTP, the others only compute")
+    tp.add_argument("--dist-init-addr", default=d.dist_init_addr, metavar="HOST:PORT",
+                    help="TCP rendezvous address on node 0, reachable from every node "
+                         "(default on one node: a free port of 127.0.0.1)")
     return parser
 
 
@@ -91,7 +101,8 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
                    "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
                    "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
                    "cuda_graph", "warm_up", "served_model_name", "tool_call_parser",
-                   "prefix_cache")
+                   "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
+                   "dist_init_addr")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +125,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(e))
     if args.shutdown_timeout < 0:
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+
+    if args.node_rank > 0:  # another node's ranks: no HTTP, they follow node 0's rank 0
+        from aiollm.distributed.follower import follow
+
+        return follow(EngineConfig(model=args.model, **options))
 
     import uvloop
 

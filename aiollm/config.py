@@ -41,6 +41,13 @@ class EngineConfig:
     tool_call_parser: str | None = None
     # reuse the KV of repeated prompt prefixes (aiollm/engine/prefix_cache.py)
     prefix_cache: bool = True
+    # tensor parallelism (aiollm.distributed): ranks in all, over nnodes nodes; node_rank 0
+    # serves HTTP; dist_init_addr HOST:PORT of the TCP rendezvous (default on one node: a
+    # free port of 127.0.0.1)
+    tensor_parallel_size: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    dist_init_addr: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
@@ -63,5 +70,20 @@ class EngineConfig:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
+        if self.tensor_parallel_size < 1 or self.nnodes < 1:
+            raise ValueError(f"tensor_parallel_size and nnodes must be >= 1, got "
+                             f"{self.tensor_parallel_size} and {self.nnodes}")
+        if self.tensor_parallel_size % self.nnodes:
+            raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} is not a multiple "
+                             f"of nnodes {self.nnodes}")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise ValueError(f"node_rank must be in [0, {self.nnodes}), got {self.node_rank}")
+        if self.nnodes > 1 and not self.dist_init_addr:
+            raise ValueError("more than one node needs dist_init_addr HOST:PORT (a port of "
+                             "node 0 that every node can reach)")
+        if self.dist_init_addr is not None:
+            host, _, port = self.dist_init_addr.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"dist_init_addr must be HOST:PORT, got {self.dist_init_addr!r}")
         if self.queue_timeout is not None and self.queue_timeout <= 0:
             raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")

@@ -70,7 +70,13 @@ class Engine:
         if self._started:
             return
         # loading takes seconds to minutes: keep the event loop free meanwhile
-        await asyncio.to_thread(self._load)
+        self._event_loop = asyncio.get_running_loop()
+        try:
+            await asyncio.to_thread(self._load)
+        except BaseException:
+            if getattr(self, "ranks", None) is not None:  # ranks started: they must not wait
+                self.ranks.abort()
+            raise
         self._wake = asyncio.Event()
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="aiollm-loop")
         self._started = True
@@ -89,6 +95,12 @@ class Engine:
         else:
             dtype = getattr(torch, cfg.dtype)
         t0 = time.monotonic()
+        self.ranks = None  # tensor parallelism: the ranks this process started
+        if cfg.tensor_parallel_size > 1:
+            from aiollm.distributed import NodeRanks
+
+            self.ranks = NodeRanks(cfg, on_failure=self._fail_all_threadsafe)
+            device = self.ranks.start().device
         loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
                             max_model_len=cfg.max_model_len)
         self.tokenizer = _tokenizer_for(cfg, loaded.path)
@@ -97,7 +109,7 @@ class Engine:
         self.model_name = cfg.served_model_name or _model_name(loaded.path, cfg.model)
         self.device, self.dtype = device, dtype
 
-        per_token = KVPool.bytes_per_token(mc.num_layers, mc.num_kv_heads, mc.head_dim, dtype)
+        per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
         if cfg.kv_tokens is not None:
             kv_tokens = cfg.kv_tokens
         elif device.type == "cuda":
@@ -105,17 +117,23 @@ class Engine:
             kv_tokens = int(free * cfg.kv_memory_fraction) // per_token
         else:
             kv_tokens = cfg.cpu_kv_tokens
+        if self.ranks is not None:  # every rank's pool holds the same token slots
+            kv_tokens = self.ranks.tp.min_int(kv_tokens)
         max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
         self.max_model_len = max_len
-        self.kv_pool = KVPool(mc.num_layers, mc.num_kv_heads, mc.head_dim, kv_tokens, dtype, device)
+        self.kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
         rows = min(cfg.max_running_requests, cfg.table_capacity)
         self.req_to_token = ReqToTokenTable(rows, max_len, device)
         self.table = RequestTable(cfg.table_capacity, pin_memory=device.type == "cuda")
         self.scheduler = make_scheduler(
             cfg.scheduler, SchedulerConfig(max_running=cfg.max_running_requests))
         self.metrics = EngineMetrics(self.stats)
+        if cfg.prefix_cache and self.ranks is not None:
+            # a cache hit writes the prefix's slots into req_to_token outside of any step,
+            # which the step messages to the other ranks do not carry yet
+            log.warning("the prefix cache is off under tensor parallelism")
         self.prefix_cache = (PrefixCache(self.kv_pool, self.req_to_token, self.metrics)
-                             if cfg.prefix_cache else None)
+                             if cfg.prefix_cache and self.ranks is None else None)
         self.planner = Planner(self.table, self.kv_pool, self.req_to_token, self.scheduler,
                                cfg.max_running_requests, cfg.max_prefill_tokens,
                                on_evict=lambda r: self.metrics.evictions.inc(),
@@ -129,7 +147,8 @@ class Engine:
         self.grammars = Grammars(self.tokenizer, mc.vocab_size, self.eos_ids.tolist(), device)
         self.runner = ModelRunner(loaded.model, mc, self.kv_pool, self.req_to_token, device,
                                   eos_ids=self.eos_ids.tolist(), cuda_graph=cfg.cuda_graph and device.type == "cuda",
-                                  cuda_graph_max_batch=cfg.cuda_graph_max_batch)
+                                  cuda_graph_max_batch=cfg.cuda_graph_max_batch,
+                                  dist=self.ranks.tp if self.ranks else None)
         if cfg.warm_up and device.type == "cuda":
             warm_up(self.runner, max_prefill=cfg.max_prefill_tokens,
                     max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens,
@@ -169,6 +188,8 @@ class Engine:
                 pass
         self._executor.shutdown(wait=True)
         self._waiter.shutdown(wait=True)
+        if self.ranks is not None:
+            self.ranks.stop()
         self._inflight = None
         self._started = False
         if self._step_log_path:
@@ -518,6 +539,8 @@ class Engine:
 
     def _step_failed(self, step: Step, e: Exception) -> None:
         log.error("model step failed", exc_info=e)
+        if self.ranks is not None:  # the ranks are out of step now: the server cannot go on
+            self.ranks.fail(f"tensor parallel rank 0: model step failed: {e}")
         self._undo_pending(step)
         if isinstance(e, torch.OutOfMemoryError):
             self._shrink_after_oom(step)
@@ -614,6 +637,14 @@ class Engine:
         self._good_steps = 0
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def _fail_all_threadsafe(self, message: str) -> None:
+        """From any thread: stop accepting and fail every request with `message`."""
+        def fail_all():
+            self._accepting = False
+            for r in list(self._requests.values()):
+                self._finish(r, "abort", error=message, failed=True, error_type=RequestFailed)
+        self._event_loop.call_soon_threadsafe(fail_all)
 
     def _finish(self, req: Request, reason: str, error: str | None = None,
                 failed: bool = False, error_type: type[Exception] = RequestFailed) -> None:

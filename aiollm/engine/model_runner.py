@@ -49,6 +49,10 @@ class StepInputs:
     placeholders: bool  # some input ids are the previous step's sampled ids
     start: torch.cuda.Event | None  # recorded before the step's first copy (GPU timing)
     constrained: bool = False  # some sampled row has a constraint: sampling is deferred
+    # tensor parallelism (aiollm.distributed): rank 0's step message for the followers, and
+    # on a follower, that rank 0 samples this step and broadcasts the ids
+    msg: tuple | None = None
+    remote_sampling: bool = False
 
 
 @dataclass(slots=True)
@@ -101,10 +105,11 @@ def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, model_config, kv_pool: KVPool,
                  req_to_token: ReqToTokenTable, device: torch.device, *, eos_ids=(),
-                 cuda_graph: bool = False, cuda_graph_max_batch: int = 256):
+                 cuda_graph: bool = False, cuda_graph_max_batch: int = 256, dist=None):
         from aiollm.engine.cuda_graph import STAGING, DecodeGraphs
 
         self.model = model
+        self.dist = dist  # an aiollm.distributed.TensorParallel, or None
         self.config = model_config
         self.kv_pool = kv_pool
         self.r2t = req_to_token
@@ -141,8 +146,12 @@ class ModelRunner:
             rows, positions = step.token_coords
             bs = self.graphs.stage(n, step.input_ids, positions, step.out_cache_loc, rows)
             st = None if argmax_only else self._sampling(step, sampled, table)
-            return StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start,
-                              constrained)
+            inp = StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start,
+                             constrained)
+            if self.dist is not None:
+                inp.msg = self.dist.step_message(inp, n, -1, (step.input_ids, positions,
+                                                              step.out_cache_loc, rows))
+            return inp
         ids = np.array(step.input_ids, dtype=np.int64)
         sample_index = None
         if sampled and len(sampled) < n:
@@ -150,7 +159,7 @@ class ModelRunner:
         batch = ForwardBatch.build(
             input_ids=ids,
             out_cache_loc=step.out_cache_loc,
-            req_rows=np.fromiter((r.row for r in reqs), np.int64, n),
+            req_rows=(rows := np.fromiter((r.row for r in reqs), np.int64, n)),
             prefix_lens=np.array(step.prefix_lens, dtype=np.int64),
             extend_lens=np.array(step.extend_lens, dtype=np.int64),
             req_to_token=self.r2t.table,
@@ -160,8 +169,14 @@ class ModelRunner:
             token_coords=step.token_coords,
         )
         st = self._sampling(step, sampled, table) if sampled and not argmax_only else None
-        return StepInputs(batch, 0, n, st, argmax_only and bool(sampled),
-                          bool((ids < 0).any()), start, constrained)
+        inp = StepInputs(batch, 0, n, st, argmax_only and bool(sampled),
+                         bool((ids < 0).any()), start, constrained)
+        if self.dist is not None:
+            sidx = () if sample_index is None else (sample_index,)
+            inp.msg = self.dist.step_message(
+                inp, len(ids), -1 if sample_index is None else len(sample_index),
+                (ids, step.out_cache_loc, rows, step.prefix_lens, step.extend_lens) + sidx)
+        return inp
 
     def _sampling(self, step: Step, sampled: list, table: RequestTable) -> SamplingTensors:
         dev = self.device
@@ -186,6 +201,8 @@ class ModelRunner:
     @torch.inference_mode()
     def launch(self, inp: StepInputs) -> Launched:
         """Queue the step on the device; on the CPU this computes it."""
+        if inp.msg is not None:  # tensor parallel: the followers run the same step
+            self.dist.send_step(*inp.msg)
         if inp.decode_bs:
             return self._launch_decode(inp)
         b = inp.batch
@@ -194,7 +211,7 @@ class ModelRunner:
         self.r2t.write_device(b.token_rows, b.positions, b.out_cache_loc)
         logits = self.model.forward(b)
         res = bad = None
-        if inp.argmax_only or inp.sampling is not None:
+        if inp.argmax_only or inp.sampling is not None or inp.remote_sampling:
             if b.sample_index is not None:
                 logits = logits.index_select(0, b.sample_index)
             bad = ~torch.isfinite(logits).all(dim=-1)
@@ -203,7 +220,7 @@ class ModelRunner:
             if inp.argmax_only:
                 res = SampleResult(logits.argmax(dim=-1), None, None, None)
             else:
-                res = sample(logits.float(), inp.sampling)
+                res = self._sample(logits, inp)
         return self._queue_results(inp, res, bad)
 
     def _launch_decode(self, inp: StepInputs) -> Launched:
@@ -218,8 +235,20 @@ class ModelRunner:
                             packed=host.numpy()[: 2 * bs], n=n, bs=bs)
         if inp.constrained:
             return _deferred(inp, logits[:n], packed[1, :n] != 0)
-        res = sample(logits[:n].float(), inp.sampling)
+        res = self._sample(logits[:n], inp)
         return self._queue_results(inp, res, packed[1, :n] != 0)
+
+    def _sample(self, logits: torch.Tensor, inp: StepInputs) -> SampleResult:
+        """sample(); under tensor parallelism rank 0 samples and broadcasts the ids (the
+        followers need them as the next step's inputs), where a greedy step needs nothing:
+        every rank takes the same argmax of the same all-gathered logits."""
+        if inp.remote_sampling:
+            ids = torch.empty(logits.shape[0], dtype=torch.int64, device=logits.device)
+            return SampleResult(self.dist.broadcast_ids(ids), None, None, None)
+        res = sample(logits.float(), inp.sampling)
+        if self.dist is not None:
+            self.dist.broadcast_ids(res.next_ids)
+        return res
 
     @torch.inference_mode()
     def sample_deferred(self, out: Launched, mask) -> Launched:
@@ -229,7 +258,7 @@ class ModelRunner:
         st = inp.sampling
         if mask is not None:
             st.allowed, st.bias_ids, st.bias = mask.bitmask, mask.bias_ids, mask.bias
-        return self._queue_results(inp, sample(logits.float(), st), bad)
+        return self._queue_results(inp, self._sample(logits, inp), bad)
 
     def _record_done(self, inp: StepInputs) -> torch.cuda.Event | None:
         if self.device.type != "cuda":

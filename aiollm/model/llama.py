@@ -26,6 +26,12 @@ from aiollm.kernels import (
 )
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
+from aiollm.model.parallel import (
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    current,
+    local_config,
+)
 from aiollm.model.rope import cos_sin_cache
 
 
@@ -40,15 +46,6 @@ class Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)
-
-
-class Embedding(nn.Module):
-    def __init__(self, num_embeddings: int, dim: int):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(num_embeddings, dim))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(ids, self.weight)
 
 
 class RMSNorm(nn.Module):
@@ -73,7 +70,7 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
         )
-        self.o_proj = Linear(self.q_size, config.hidden_size, bias=config.o_bias)
+        self.o_proj = RowParallelLinear(self.q_size, config.hidden_size, bias=config.o_bias)
         if config.qk_norm:
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
@@ -123,7 +120,7 @@ class MLP(nn.Module):
     def __init__(self, hidden_size: int, intermediate_size: int):
         super().__init__()
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = Linear(intermediate_size, hidden_size, bias=False)
+        self.down_proj = RowParallelLinear(intermediate_size, hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
@@ -165,11 +162,14 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.max_len = max_len or config.max_position
-        self.embed_tokens = Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        if not config.tie_word_embeddings:
-            self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        # under tensor parallelism (aiollm.distributed) this rank's heads, features and vocab
+        cfg = self.shard_config = local_config(config, current())
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size,
+                                                   config.vocab_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer(
             "cos_sin_cache", torch.empty(self.max_len, config.head_dim), persistent=False
         )
@@ -200,5 +200,5 @@ class LlamaForCausalLM(nn.Module):
             # fp32 straight out of the matmul's fp32 accumulator: bf16 logits keep 8 bits of
             # mantissa (0.125 apart between 16 and 32), which ties close top candidates, and
             # the argmax then picks the lower token id instead of the larger logit
-            return torch.mm(h, w.t(), out_dtype=torch.float32)
-        return F.linear(h, w).float()
+            return self.embed_tokens.gather_logits(torch.mm(h, w.t(), out_dtype=torch.float32))
+        return self.embed_tokens.gather_logits(F.linear(h, w).float())

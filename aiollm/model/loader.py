@@ -18,6 +18,7 @@ from glob import glob
 import torch
 from tqdm import tqdm
 
+from aiollm.model import parallel
 from aiollm.model.config import ModelConfig, load_hf_config
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.weights import WeightFiller
@@ -37,6 +38,11 @@ class LoadedModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.embed_tokens.weight.dtype
+
+    @property
+    def kv_heads(self) -> int:
+        """KV heads this rank's KV pool holds (all of them without tensor parallelism)."""
+        return self.model.shard_config.num_kv_heads
 
     @property
     def weight_bytes(self) -> int:
@@ -74,6 +80,16 @@ def resolve_model_path(path: str | None) -> tuple[str, str | None]:
     )
 
 
+def read_config(path: str | None) -> ModelConfig:
+    """The ModelConfig of a model path (None: the default model), without its weights."""
+    model_dir, gguf_name = resolve_model_path(path)
+    if gguf_name is not None:
+        from aiollm.model.weights_gguf import read_gguf
+
+        return read_gguf(os.path.join(model_dir, gguf_name)).config
+    return load_hf_config(model_dir)
+
+
 def _empty_model(config: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device):
     with torch.device("meta"):
         model = LlamaForCausalLM(config, max_len).to(dtype)
@@ -85,13 +101,44 @@ def _empty_model(config: ModelConfig, max_len: int, dtype: torch.dtype, device: 
 def _init_dummy(model: LlamaForCausalLM, seed: int = 0) -> None:
     gen = torch.Generator(device=model.cos_sin_cache.device).manual_seed(seed)
     for name, p in model.named_parameters():
-        if name.endswith("norm.weight"):
-            p.data.fill_(1.0)
-        elif name.endswith(".bias"):
-            p.data.zero_()
+        _init_random(name, p.data, gen)
+
+
+def _init_random(name: str, t: torch.Tensor, gen: torch.Generator) -> None:
+    if name.endswith("norm.weight"):
+        t.fill_(1.0)
+    elif name.endswith(".bias"):
+        t.zero_()
+    else:
+        # std 0.02 (the usual init) keeps activations finite through any depth.
+        t.normal_(0.0, 0.02, generator=gen)
+
+
+def _dummy_checkpoint(config: ModelConfig, dtype: torch.dtype, device: torch.device,
+                      seed: int = 0):
+    """(transformers name, tensor) of the random weights _init_dummy gives the whole model,
+    one tensor at a time: a tensor-parallel rank keeps its part of each, so every rank count
+    serves the same random model."""
+    tp = parallel.current()
+    parallel.set_current(None)
+    try:
+        with torch.device("meta"):
+            full = LlamaForCausalLM(config, 1)
+    finally:
+        parallel.set_current(tp)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    q, kv, i = config.q_size, config.kv_size, config.intermediate_size
+    fused = {"qkv_proj": (("q_proj", "k_proj", "v_proj"), (q, kv, kv)),
+             "gate_up_proj": (("gate_proj", "up_proj"), (i, i))}
+    for name, p in full.named_parameters():
+        t = torch.empty(p.shape, dtype=dtype, device=device)
+        _init_random(name, t, gen)
+        module = name.split(".")[-2] if "." in name else ""
+        if module in fused:
+            for part, piece in zip(fused[module][0], t.split(fused[module][1])):
+                yield name.replace(module, part), piece
         else:
-            # std 0.02 (the usual init) keeps activations finite through any depth.
-            p.data.normal_(0.0, 0.02, generator=gen)
+            yield name, t
 
 
 def load_model(
@@ -127,7 +174,9 @@ def load_model(
     model = _empty_model(config, max_len, dtype, device)
     full_path = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
 
-    if load_format == "dummy":
+    if load_format == "dummy" and parallel.current() is not None:
+        _fill(model, _dummy_checkpoint(config, dtype, device), None, "random weights")
+    elif load_format == "dummy":
         _init_dummy(model)
     elif gguf is not None:
         from aiollm.model.weights_gguf import iter_gguf, num_weight_tensors
@@ -144,7 +193,7 @@ def load_model(
     return LoadedModel(model=model, config=config, path=full_path, max_model_len=max_len)
 
 
-def _fill(model: LlamaForCausalLM, tensors, total: int, label: str) -> None:
+def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str) -> None:
     filler = WeightFiller(model)
     # disable=None: the bar shows on a terminal and stays silent in logs and tests.
     for name, tensor in tqdm(tensors, total=total, desc=f"loading {label}", unit="tensor",

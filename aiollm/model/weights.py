@@ -4,7 +4,9 @@ Both loaders (safetensors directories and GGUF files) translate their tensors to
 names; this is the one place that knows how those names land in llama.py's modules: q/k/v
 become row ranges of qkv_proj, gate/up row ranges of gate_up_proj, everything else maps one to
 one. The copy casts to the run dtype and moves to the model's device in one step, and the
-filler checks that every parameter was written exactly once.
+filler checks that every parameter was written exactly once. Under tensor parallelism
+(aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
+gate/up, the embedding and lm_head, its columns of o_proj and down_proj.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import torch
 
 from aiollm.model.llama import LlamaForCausalLM
+from aiollm.model.parallel import ShardPlan
 
 # Tensors some checkpoints carry that we recompute (old Llama checkpoints saved the rotary
 # inverse frequencies as buffers).
@@ -31,15 +34,27 @@ class WeightFiller:
         cfg = model.config
         self.params = dict(model.named_parameters())
         self.tied = cfg.tie_word_embeddings
-        q, kv, i = cfg.q_size, cfg.kv_size, cfg.intermediate_size
-        # checkpoint module name -> (our module name, first row, rows)
+        tp = model.embed_tokens.tp
+        self.sharded = tp is not None
+        if tp is None:
+            plan = ShardPlan((0, cfg.num_heads), (0, cfg.num_kv_heads),
+                             (0, cfg.intermediate_size), (0, cfg.vocab_size), cfg.vocab_size)
+        else:
+            plan = ShardPlan.of(cfg, tp.rank, tp.size)
+        d = cfg.head_dim
+        q = (plan.q_heads[0] * d, plan.q_heads[1] * d)  # (first row, rows) in the checkpoint
+        kv = (plan.kv_heads[0] * d, plan.kv_heads[1] * d)
+        i = plan.intermediate
+        # checkpoint module name -> (our module name, first row in ours, the tensor's rows)
         self.shards = {
             "q_proj": ("qkv_proj", 0, q),
-            "k_proj": ("qkv_proj", q, kv),
-            "v_proj": ("qkv_proj", q + kv, kv),
+            "k_proj": ("qkv_proj", q[1], kv),
+            "v_proj": ("qkv_proj", q[1] + kv[1], kv),
             "gate_proj": ("gate_up_proj", 0, i),  # rows: half of the parameter's, see fill
-            "up_proj": ("gate_up_proj", i, i),
+            "up_proj": ("gate_up_proj", i[1], i),
         }
+        self.columns = {"o_proj": q, "down_proj": i}  # row-parallel: the rank's input features
+        self.vocab = plan.vocab
         self.filled: dict[str, int] = {}  # elements written per parameter
         # experts each sparse layer holds: (first global expert id, count)
         self.expert_ranges = {
@@ -69,7 +84,17 @@ class WeightFiller:
             half = param.shape[0] // 2
             dst = param.data.narrow(0, half * (module == "up_proj"), half)
         else:
-            dst = param.data.narrow(0, shard[1], shard[2])
+            dst = param.data.narrow(0, shard[1], shard[2][1])
+        if self.sharded:  # this rank's part of the tensor (no MoE: parallel.check_divisible)
+            if shard is not None:
+                tensor = tensor.narrow(0, *shard[2])
+            elif module in self.columns and parts[-1] == "weight":
+                tensor = tensor.narrow(1, *self.columns[module])
+            elif name in ("embed_tokens.weight", "lm_head.weight"):
+                n = self.vocab[1]
+                dst[n:].zero_()  # the padding rows past the vocabulary, on the last rank
+                self.filled[name] = self.filled.get(name, 0) + dst[n:].numel()
+                dst, tensor = dst[:n], tensor.narrow(0, *self.vocab)
         self._copy(hf_name, name, dst, tensor)
 
     def _copy(self, hf_name: str, name: str, dst: torch.Tensor, tensor: torch.Tensor) -> None:

@@ -1,0 +1,177 @@
+"""The follower loop: a rank other than 0 runs every step rank 0 plans, on its shard.
+
+A follower holds no request table, planner or HTTP server: it builds the same model runner
+as rank 0's Engine (its shard of the weights, a KV pool of its KV heads for the same token
+slots, the same req_to_token rows, the same decode graphs), then for each step receives
+rank 0's message (group.py) and launches the same step through ModelRunner.launch. Its
+collectives pair with rank 0's in the same order: the KV pool size agreed at start-up, the
+graph captures and the warm-up, then each step's all-reduces, the logits' all-gather and,
+when rank 0 sampled, the broadcast of the sampled ids.
+
+Run as `python -m aiollm.distributed.follower --rank R --init HOST:PORT` by a node's lead
+process (launch.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG; `follow()` is
+what `aiollm serve --node-rank K` (K > 0) runs on the other nodes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+
+import torch
+
+from aiollm.config import EngineConfig
+from aiollm.distributed.group import (
+    ARGMAX_ONLY,
+    DECODE,
+    PLACEHOLDERS,
+    REMOTE_SAMPLING,
+    STOP,
+    StepMessage,
+    TensorParallel,
+)
+from aiollm.distributed.launch import NodeRanks, join
+
+log = logging.getLogger(__name__)
+
+
+def kv_tokens_for(cfg: EngineConfig, device: torch.device, per_token: int) -> int:
+    """The KV pool size in tokens that this rank has room for (as the Engine sizes it)."""
+    if cfg.kv_tokens is not None:
+        return cfg.kv_tokens
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * cfg.kv_memory_fraction) // per_token
+    return cfg.cpu_kv_tokens
+
+
+def build_runner(cfg: EngineConfig, tp: TensorParallel):
+    """This rank's ModelRunner, built as rank 0's Engine builds its own."""
+    from aiollm.engine.model_runner import ModelRunner
+    from aiollm.engine.warm_up import warm_up
+    from aiollm.model import load_model
+    from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+
+    device = tp.device
+    if cfg.dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    else:
+        dtype = getattr(torch, cfg.dtype)
+    loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
+                        max_model_len=cfg.max_model_len)
+    mc = loaded.config
+    per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
+    kv_tokens = tp.min_int(kv_tokens_for(cfg, device, per_token))
+    max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
+    kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
+    rows = min(cfg.max_running_requests, cfg.table_capacity)
+    r2t = ReqToTokenTable(rows, max_len, device)
+    runner = ModelRunner(loaded.model, mc, kv_pool, r2t, device,
+                         cuda_graph=cfg.cuda_graph and device.type == "cuda",
+                         cuda_graph_max_batch=cfg.cuda_graph_max_batch, dist=tp)
+    if cfg.warm_up and device.type == "cuda":
+        warm_up(runner, max_prefill=cfg.max_prefill_tokens,
+                max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens,
+                max_batch=min(cfg.max_running_requests, rows))
+    return runner
+
+
+def run_step(runner, msg: StepMessage) -> None:
+    """Launch the step rank 0 described in `msg` on this rank's shard."""
+    from aiollm.engine.model_runner import StepInputs
+    from aiollm.model.forward_batch import ForwardBatch
+
+    n, t, p = msg.n, msg.tokens, msg.payload
+    argmax_only, placeholders = bool(msg.flags & ARGMAX_ONLY), bool(msg.flags & PLACEHOLDERS)
+    remote = bool(msg.flags & REMOTE_SAMPLING)
+    if msg.kind == DECODE:
+        ids, pos, loc, rows = p.reshape(4, n)
+        bs = runner.graphs.stage(n, ids, pos, loc, rows)
+        inp = StepInputs(None, bs, n, None, argmax_only, placeholders, None,
+                         remote_sampling=remote)
+    else:
+        ids, loc = p[:t], p[t: 2 * t]
+        rows, pre, ext = p[2 * t: 2 * t + 3 * n].reshape(3, n)
+        sidx = p[2 * t + 3 * n:] if msg.sampled >= 0 else None
+        r2t = runner.r2t
+        batch = ForwardBatch.build(input_ids=ids, out_cache_loc=loc, req_rows=rows,
+                                   prefix_lens=pre, extend_lens=ext, req_to_token=r2t.table,
+                                   kv_pool=runner.kv_pool, device=runner.device,
+                                   sample_index=sidx)
+        if r2t.table is r2t.cpu:
+            # on the CPU the map the kernels read is the master copy, which rank 0's planner
+            # writes and a follower has no planner to
+            r2t.write_cpu(batch.token_rows, batch.positions, batch.out_cache_loc)
+        inp = StepInputs(batch, 0, n, None, argmax_only, placeholders, None,
+                         remote_sampling=remote)
+    runner.launch(inp)
+
+
+def serve_steps(cfg: EngineConfig, tp: TensorParallel) -> None:
+    """Build the runner, then run rank 0's steps until it sends the stop."""
+    runner = build_runner(cfg, tp)
+    log.info("tensor parallel rank %d ready on %s", tp.rank, tp.device)
+    with torch.inference_mode():
+        while True:
+            msg = tp.recv_step()
+            if msg.kind == STOP:
+                break
+            run_step(runner, msg)
+    if tp.device.type == "cuda":
+        torch.cuda.synchronize(tp.device)
+    log.info("tensor parallel rank %d stopped", tp.rank)
+
+
+def follow(cfg: EngineConfig) -> int:
+    """The lead process of a node other than 0 (`aiollm serve --node-rank K`): spawn the
+    node's other ranks, then follow rank 0 as the node's first rank."""
+    ranks = NodeRanks(cfg)
+    tp = ranks.start()
+    serve_steps(cfg, tp)
+    ranks.stop()
+    return 0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A spawned rank must not outlive the process that spawned it (killed, crashed)."""
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    log.error("the process that started this rank (pid %d) is gone: exiting", parent)
+    logging.shutdown()
+    os._exit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="an aiollm tensor-parallel follower rank")
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--init", required=True, help="HOST:PORT of the TCP rendezvous")
+    parser.add_argument("--error-file", required=True)
+    args = parser.parse_args(argv)
+    from aiollm.cli import LOG_FORMAT
+
+    logging.basicConfig(level=os.environ.get("AIOLLM_LOG_LEVEL", "INFO"),
+                        format=f"[rank {args.rank}] {LOG_FORMAT}")
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    try:
+        cfg = EngineConfig(**json.loads(os.environ["AIOLLM_TP_CONFIG"]))
+        tp = join(cfg, args.rank, args.init)
+        serve_steps(cfg, tp)
+    except BaseException as e:  # noqa: BLE001 - whatever it is, rank 0 must learn why
+        with open(args.error_file, "w") as f:
+            f.write(f"{type(e).__name__}: {e}")
+        log.error("tensor parallel rank %d failed:\n%s", args.rank, traceback.format_exc())
+        logging.shutdown()
+        os._exit(1)
+    logging.shutdown()
+    # gloo and NCCL threads can keep a clean interpreter exit waiting: the work is done
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""TensorParallel: one rank's view of the tensor-parallel group and the collectives it runs.
+
+Two torch.distributed process groups over the same ranks: the device group (NCCL on GPUs,
+gloo on the CPU) carries the model's all-reduces, the logits' all-gather and the sampled ids;
+a gloo group on the host carries the step messages rank 0 sends the followers, so that a
+follower receives step N+1's inputs while step N still runs on the devices (a message on
+the device group would wait in the stream behind step N). On the CPU both are the one gloo
+group.
+
+A step message is int64: a header (kind, requests, tokens, sampled rows, flags, payload
+length) and the payload (the step's input ids, KV slots and per-request lengths). Decode
+batches up to INLINE / 4 requests fit inline, so such a step costs one broadcast; a
+larger payload follows in a second broadcast of its exact size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+# the name of torch >= 2.12; all_gather_into_tensor before
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+HEADER = 8
+INLINE = 1024  # payload longs carried in the first broadcast
+STOP, DECODE, EAGER = 0, 1, 2
+# flags
+ARGMAX_ONLY, PLACEHOLDERS, REMOTE_SAMPLING = 1, 2, 4
+
+
+@dataclass(slots=True)
+class StepMessage:
+    kind: int
+    n: int  # requests
+    tokens: int
+    sampled: int  # rows of sample_index, -1: none (every request samples, or none does)
+    flags: int
+    payload: np.ndarray  # int64
+
+
+class TensorParallel:
+    """This process's rank in a tensor-parallel group of `size` ranks on `device`."""
+
+    def __init__(self, rank: int, size: int, device: torch.device, cpu_group=None):
+        self.rank, self.size, self.device = rank, size, device
+        self.group = None  # the default group: the device backend
+        self.cpu_group = cpu_group  # gloo on the host (None: the default group is gloo)
+        self._buf = np.zeros(HEADER + INLINE, dtype=np.int64)
+
+    # -- the model's collectives (on the device stream, inside CUDA graphs too) --------------
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of x over the ranks, in place."""
+        dist.all_reduce(x, group=self.group)
+        return x
+
+    def all_gather_columns(self, x: torch.Tensor) -> torch.Tensor:
+        """[T, C] on each rank -> [T, size * C], rank r's columns at [r C, (r + 1) C)."""
+        t, c = x.shape
+        out = torch.empty((self.size * t, c), dtype=x.dtype, device=x.device)
+        _all_gather(out, x.contiguous(), group=self.group)
+        return out.view(self.size, t, c).permute(1, 0, 2).reshape(t, self.size * c)
+
+    def broadcast_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Rank 0's sampled ids [S] int64 on every rank (in place)."""
+        dist.broadcast(ids, 0, group=self.group)
+        return ids
+
+    def min_int(self, value: int) -> int:
+        """The smallest of every rank's value (e.g. the KV tokens every rank has room for)."""
+        t = torch.tensor([value], dtype=torch.int64)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.cpu_group)
+        return int(t.item())
+
+    # -- step messages (host, rank 0 -> followers) ----------------------------------------
+    @staticmethod
+    def step_message(inp, tokens: int, sampled: int, arrays: tuple) -> tuple:
+        """send_step's arguments for a prepared step (a model_runner.StepInputs) of `tokens`
+        tokens, `sampled` rows of sample_index (-1: none) and these host arrays."""
+        flags = ((ARGMAX_ONLY if inp.argmax_only else 0)
+                 | (PLACEHOLDERS if inp.placeholders else 0)
+                 | (REMOTE_SAMPLING if inp.sampling is not None else 0))
+        return (DECODE if inp.decode_bs else EAGER, inp.n, tokens, sampled, flags, arrays)
+
+    def send_step(self, kind: int, n: int = 0, tokens: int = 0, sampled: int = -1,
+                  flags: int = 0, arrays: tuple = ()) -> None:
+        """Rank 0: broadcast one step's inputs (the arrays, concatenated) to the followers."""
+        body = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays]
+                              ) if arrays else np.zeros(0, np.int64)
+        buf = self._buf
+        buf[:HEADER] = (kind, n, tokens, sampled, flags, body.size, 0, 0)
+        inline = body.size <= INLINE
+        if inline:
+            buf[HEADER: HEADER + body.size] = body
+        dist.broadcast(torch.from_numpy(buf), 0, group=self.cpu_group)
+        if not inline:
+            dist.broadcast(torch.from_numpy(np.ascontiguousarray(body)), 0, group=self.cpu_group)
+
+    def recv_step(self) -> StepMessage:
+        """A follower: the next step message from rank 0 (blocks)."""
+        buf = self._buf
+        dist.broadcast(torch.from_numpy(buf), 0, group=self.cpu_group)
+        kind, n, tokens, sampled, flags, size = (int(v) for v in buf[:6])
+        if size <= INLINE:
+            payload = buf[HEADER: HEADER + size].copy()
+        else:
+            payload = np.empty(size, dtype=np.int64)
+            dist.broadcast(torch.from_numpy(payload), 0, group=self.cpu_group)
+        return StepMessage(kind, n, tokens, sampled, flags, payload)

@@ -1,0 +1,219 @@
+"""Rank start-up: the process a user started spawns its node's other ranks, joins the
+torch.distributed group over TCP rendezvous and watches the ranks it spawned.
+
+Ranks: N = --tensor-parallel-size over --nnodes nodes, N / nnodes per node; node k holds
+ranks [k N / nnodes, (k + 1) N / nnodes) and rank r uses the node's GPU r mod (N / nnodes).
+Rank 0 (node 0's own process) serves HTTP; every other rank runs the follower loop
+(follower.py). No torchrun: each node's process spawns the rest of its node with
+subprocess, each child a `python -m aiollm.distributed.follower`.
+
+Failure is loud: a watchdog thread polls the spawned ranks; when one exits that should not,
+it logs which rank and why (the exception text the rank wrote to its error file, or the
+signal that killed it), kills the node's other ranks and exits the process with status 1
+(after `on_failure` had a moment to fail the requests in flight). A spawned rank exits when
+its parent is gone (follower.py watches it), and one whose rank 0 vanished fails its next
+collective.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from aiollm.config import EngineConfig
+from aiollm.distributed.group import STOP, TensorParallel
+from aiollm.model import parallel
+
+log = logging.getLogger(__name__)
+
+INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk takes minutes
+
+
+def node_ranks(cfg: EngineConfig) -> range:
+    per = cfg.tensor_parallel_size // cfg.nnodes
+    return range(cfg.node_rank * per, (cfg.node_rank + 1) * per)
+
+
+def rank_device(cfg: EngineConfig, rank: int) -> torch.device:
+    """The device of `rank` on its node: CUDA GPU rank mod ranks-per-node, or the CPU."""
+    kind = cfg.device.split(":")[0]
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cpu":
+        return torch.device("cpu")
+    return torch.device("cuda", rank % len(node_ranks(cfg)))
+
+
+def check_devices(cfg: EngineConfig) -> None:
+    """Raise ValueError unless this node sees a GPU for each of its ranks (on CUDA)."""
+    if rank_device(cfg, 0).type != "cuda":
+        return
+    need, have = len(node_ranks(cfg)), torch.cuda.device_count()
+    if have < need:
+        raise ValueError(
+            f"--tensor-parallel-size {cfg.tensor_parallel_size} over {cfg.nnodes} node(s) needs "
+            f"{need} GPUs on this node, but {have} are visible (CUDA_VISIBLE_DEVICES="
+            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def join(cfg: EngineConfig, rank: int, init_addr: str) -> TensorParallel:
+    """Join the group as `rank`: the device and gloo groups, and the model's shard plan."""
+    device = rank_device(cfg, rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{init_addr}", rank=rank,
+                            world_size=cfg.tensor_parallel_size, timeout=INIT_TIMEOUT,
+                            device_id=device if device.type == "cuda" else None)
+    # its own group even on the CPU: a step message must never pair with a collective of the
+    # model (a constrained step's ids are broadcast after rank 0 may have sent the next step)
+    cpu_group = dist.new_group(backend="gloo")
+    tp = TensorParallel(rank, cfg.tensor_parallel_size, device, cpu_group)
+    parallel.set_current(tp)
+    return tp
+
+
+def _ignore_sigint() -> None:  # runs in the child between fork and exec
+    # Ctrl-C reaches the whole process group: rank 0 shuts down and stops the followers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class NodeRanks:
+    """This node's lead process: the ranks it spawned, their watchdog, and the group."""
+
+    def __init__(self, cfg: EngineConfig, on_failure: Callable[[str], None] | None = None):
+        self.cfg = cfg
+        self.on_failure = on_failure
+        self.stopping = False
+        self.procs: dict[int, subprocess.Popen] = {}
+        self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
+        self.tp: TensorParallel | None = None
+
+    def start(self) -> TensorParallel:
+        cfg = self.cfg
+        check_devices(cfg)
+        from aiollm.model.loader import read_config
+
+        parallel.check_divisible(read_config(cfg.model), cfg.tensor_parallel_size)
+        addr = cfg.dist_init_addr or f"127.0.0.1:{_free_port()}"
+        ranks = node_ranks(cfg)
+        config_json = json.dumps(asdict(cfg))
+        for rank in ranks[1:]:
+            cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank", str(rank),
+                   "--init", addr, "--error-file", self._error_file(rank)]
+            env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
+            self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sigint)
+        log.info("tensor parallel: %d ranks over %d node(s); this node runs ranks %d-%d, "
+                 "rendezvous at %s", cfg.tensor_parallel_size, cfg.nnodes, ranks[0],
+                 ranks[-1], addr)
+        threading.Thread(target=self._watch, name="aiollm-tp-watchdog", daemon=True).start()
+        self.tp = join(cfg, ranks[0], addr)
+        return self.tp
+
+    def _error_file(self, rank: int) -> str:
+        return os.path.join(self._dir, f"rank{rank}.err")
+
+    def _cause(self, rank: int, code: int) -> str:
+        try:
+            with open(self._error_file(rank)) as f:
+                text = f.read().strip()
+        except OSError:
+            text = ""
+        if text:
+            return f"failed: {text}"
+        if code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with status {code}"
+
+    def _lost_rank(self) -> str | None:
+        for rank, p in self.procs.items():
+            code = p.poll()
+            if code is not None:
+                return f"tensor parallel rank {rank} {self._cause(rank, code)}"
+        return None
+
+    def _watch(self) -> None:
+        while not self.stopping:
+            lost = self._lost_rank()
+            if lost is not None:
+                self.fail(lost)
+                return
+            time.sleep(0.1)
+
+    def fail(self, message: str) -> None:
+        """A rank is lost: the group cannot go on. Log why, stop every rank of this node,
+        let on_failure fail what is in flight, and exit with status 1 (on a thread of its
+        own: on_failure may need the caller's event loop)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        threading.Thread(target=self._fail, args=(message,), name="aiollm-tp-fail").start()
+
+    def _fail(self, message: str) -> None:
+        # a collective that failed on this rank usually means a rank died: name that one
+        time.sleep(0.2)
+        message = self._lost_rank() or message
+        log.error("%s: stopping the server", message)
+        self._kill()
+        if self.on_failure is not None:
+            try:
+                self.on_failure(message)
+                time.sleep(0.5)  # the event loop answers the requests in flight
+            except Exception:
+                log.exception("while failing the requests in flight")
+        logging.shutdown()
+        os._exit(1)
+
+    def _kill(self) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.kill()
+        for p in self.procs.values():
+            p.wait()
+
+    def abort(self) -> None:
+        """Rank 0 failed to start: end this node's ranks and leave the group."""
+        self.stopping = True
+        self._kill()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        parallel.set_current(None)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Rank 0: tell every follower to exit, and wait for this node's (kill after timeout)."""
+        self.stopping = True
+        if self.tp is not None and self.tp.rank == 0:
+            try:
+                self.tp.send_step(STOP)
+            except Exception as e:  # a follower already gone: nothing to tell it
+                log.warning("could not send the stop to the followers: %s", e)
+        deadline = time.monotonic() + timeout
+        for rank, p in self.procs.items():
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("tensor parallel rank %d did not exit in %.0fs: killed", rank, timeout)
+        self._kill()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        parallel.set_current(None)

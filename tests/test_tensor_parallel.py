@@ -1,0 +1,206 @@
+"""Tensor parallelism on the CPU (gloo, 2 ranks, fp32): the same greedy tokens as one rank,
+a lost rank ends the server loudly, shutdown leaves no process, and two "nodes" on loopback
+serve a request."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from aiollm.engine import Engine
+from aiollm.model import default_model_path
+from aiollm.sampling_params import SamplingParams
+
+AIOLLM = str(Path(sys.executable).with_name("aiollm"))
+# fewer KV heads (1) than ranks (2), and a vocabulary the ranks split unevenly (161)
+TINY = LlamaConfig(vocab_size=161, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=1, max_position_embeddings=256,
+                   attention_bias=True, tie_word_embeddings=True)
+PROMPTS = [[3, 17, 99, 4, 150], [42, 8, 1, 77, 159, 0, 12], [5, 6]]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    from transformers import AutoModelForCausalLM
+
+    path = str(tmp_path_factory.mktemp("tiny-tp"))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(TINY).eval()
+    with torch.no_grad():  # large weights: the argmax then changes from token to token
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * (0.1 if "norm" in name else 0.5)
+                    + (1.0 if name.endswith("norm.weight") else 0.0))
+    model.save_pretrained(path, safe_serialization=True)
+    _save_tokenizer(path)
+    return path
+
+
+def _save_tokenizer(path: str) -> None:
+    """A word-level tokenizer of the tiny vocabulary (the default model's takes seconds to
+    parse from its GGUF file, in every process that serves)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, **{f"w{i}": i for i in range(1, TINY.vocab_size)}}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>").save_pretrained(path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _generate(model: str | None, tp: int, **options) -> tuple[list, list]:
+    """Greedy and seeded-sampled token ids of PROMPTS, and the pids of the spawned ranks."""
+    async with Engine(model, device="cpu", tensor_parallel_size=tp, kv_tokens=1024,
+                      max_model_len=256, **options) as engine:
+        greedy = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+        sampled = SamplingParams(max_tokens=6, temperature=1.0, seed=7, ignore_eos=True)
+        outs = await asyncio.gather(*(engine.generate(p, greedy) for p in PROMPTS),
+                                    engine.generate(PROMPTS[0], sampled))
+        procs = list(engine.ranks.procs.values()) if engine.ranks else []
+    return [o.token_ids for o in outs], procs
+
+
+def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model):
+    one, _ = asyncio.run(_generate(tiny_model, 1))
+    two, procs = asyncio.run(_generate(tiny_model, 2))
+    assert len({tuple(t) for t in one[:3]}) > 1 and len(set(one[0])) > 2  # not degenerate
+    assert two == one
+    # the engine's stop ended its rank: it exited by itself, cleanly
+    assert [p.poll() for p in procs] == [0]
+
+
+def test_start_up_checks_the_heads_split(tiny_model):
+    async def start():
+        async with Engine(tiny_model, device="cpu", tensor_parallel_size=3):
+            pass
+
+    # 4 attention heads over 1 KV head: 3 ranks cannot share them out
+    with pytest.raises(ValueError, match="tensor parallel size 3 does not fit this model"):
+        asyncio.run(start())
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/children") as f:
+            kids += [int(k) for k in f.read().split()]
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _serve(args: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([AIOLLM, "serve", "--device", "cpu", "--kv-tokens", "1024",
+                                 "--max-model-len", "256", *args],
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+async def _until_healthy(proc: subprocess.Popen, base: str, log: Path, timeout=240) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, f"aiollm serve exited:\n{log.read_text()}"
+            try:
+                async with s.get(base + "/health") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.3)
+    pytest.fail(f"aiollm serve did not become healthy:\n{log.read_text()}")
+
+
+async def _complete(base: str, prompt: list[int], max_tokens: int) -> str:
+    body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    async with aiohttp.ClientSession() as s:
+        async with s.post(base + "/v1/completions", json=body) as r:
+            assert r.status == 200, await r.text()
+            return (await r.json())["choices"][0]["text"]
+
+
+@pytest.mark.slow  # two loads of the default model in the test process and one in rank 1
+def test_default_model_tp2_equals_tp1():
+    # SmolLM2-135M: 9 heads over 3 KV heads, split 6 + 3 over the two ranks
+    one, _ = asyncio.run(_generate(None, 1))
+    two, _ = asyncio.run(_generate(None, 2))
+    assert two == one
+
+
+def test_a_killed_rank_ends_the_server(tiny_model, tmp_path):
+    port, log = _free_port(), tmp_path / "serve.log"
+    base = f"http://127.0.0.1:{port}"
+    proc = _serve(["--port", str(port), "-tp", "2", tiny_model], log)
+    try:
+        asyncio.run(_until_healthy(proc, base, log))
+        (rank1,) = _children(proc.pid)
+
+        async def stream_then_kill():
+            body = {"prompt": PROMPTS[0], "max_tokens": 200, "temperature": 0,
+                    "stream": True, "ignore_eos": True}
+            async with aiohttp.ClientSession() as s:
+                async with s.post(base + "/v1/completions", json=body) as r:
+                    assert r.status == 200
+                    await r.content.readline()  # serving has begun
+                    os.kill(rank1, signal.SIGKILL)
+                    t0 = time.monotonic()
+                    try:
+                        await r.read()
+                    except aiohttp.ClientError:
+                        pass
+            return t0
+
+        t0 = asyncio.run(stream_then_kill())
+        assert proc.wait(timeout=15) == 1
+        assert time.monotonic() - t0 < 10
+        text = log.read_text()
+        assert "tensor parallel rank 1 was killed by SIGKILL: stopping the server" in text, text
+        assert not _alive(rank1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_two_nodes_on_loopback_serve_and_stop(tiny_model, tmp_path):
+    port, init = _free_port(), f"127.0.0.1:{_free_port()}"
+    base = f"http://127.0.0.1:{port}"
+    common = ["-tp", "2", "--nnodes", "2", "--dist-init-addr", init, tiny_model]
+    logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
+    nodes = [_serve(["--port", str(port), "--node-rank", "0", *common], logs[0]),
+             _serve(["--node-rank", "1", *common], logs[1])]
+    try:
+        asyncio.run(_until_healthy(nodes[0], base, logs[0]))
+        assert _children(nodes[0].pid) == [] and _children(nodes[1].pid) == []
+        text = asyncio.run(_complete(base, PROMPTS[1], 8))
+        assert text
+        nodes[0].send_signal(signal.SIGTERM)  # rank 0 stops rank 1 on the other node
+        assert nodes[0].wait(timeout=30) == 0, logs[0].read_text()
+        assert nodes[1].wait(timeout=15) == 0, logs[1].read_text()
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
