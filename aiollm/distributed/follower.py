@@ -134,8 +134,11 @@ def follow(cfg: EngineConfig) -> int:
     ranks = NodeRanks(cfg)
     tp = ranks.start()
     serve_steps(cfg, tp)
-    ranks.stop()
-    return 0
+    # tearing the group down races rank 0's own exit (gloo can abort on a closed peer): the
+    # work is done, leave as the spawned ranks do
+    ranks.stop(leave_group=False)
+    logging.shutdown()
+    os._exit(0)
 
 
 def _exit_with_parent(parent: int) -> None:

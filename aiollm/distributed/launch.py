@@ -199,7 +199,7 @@ class NodeRanks:
             dist.destroy_process_group()
         parallel.set_current(None)
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0, leave_group: bool = True) -> None:
         """Rank 0: tell every follower to exit, and wait for this node's (kill after timeout)."""
         self.stopping = True
         if self.tp is not None and self.tp.rank == 0:
@@ -214,6 +214,6 @@ class NodeRanks:
             except subprocess.TimeoutExpired:
                 log.warning("tensor parallel rank %d did not exit in %.0fs: killed", rank, timeout)
         self._kill()
-        if dist.is_initialized():
+        if leave_group and dist.is_initialized():
             dist.destroy_process_group()
         parallel.set_current(None)
