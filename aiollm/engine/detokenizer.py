@@ -11,12 +11,11 @@ Whole characters only: a byte-level or byte-fallback decoder renders an incomple
 sequence as U+FFFD, so a trailing run of U+FFFD is held back until a later token completes
 it (or finish() releases it as the tokenizer would decode it).
 
-Stop strings: text is passed through a pending buffer. The earliest occurrence of any stop
-string in it ends the request (the stop string and everything after it are dropped);
-otherwise the longest suffix of the buffer that is a proper prefix of some stop string is
-held back and the rest emitted. Any stop string that would start inside emitted text would
-have made a longer held-back suffix, so searching the buffer alone is enough, and the
-buffer is never longer than the longest stop string plus the newest delta.
+Stop strings: decoded text goes through a StopStringMatcher (stop_strings.py), which
+says from where on the text must be held back (a stop string may be completing there) and
+where the first stop string starts; that start ends the output (the stop string and
+everything after it are dropped). `decoded` counts the characters decoded so far, before
+the stop-string filter; `len(text)` those released after it.
 """
 
 from __future__ import annotations
@@ -25,6 +24,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from transformers import PreTrainedTokenizerBase
+
+from aiollm.engine.stop_strings import StopStringMatcher
 
 REPLACEMENT = "\ufffd"
 CONTEXT = 4  # tokens kept before the unread ones: enough to hold any one UTF-8 character
@@ -66,14 +67,24 @@ class IncrementalDetokenizer:
         # The prompt's text is context, not output; an incomplete character at its end is
         # left to be completed (and emitted) by the first output tokens.
         self._emitted = len(self._decode(self._window).rstrip(REPLACEMENT))
-        self._stops = [s for s in dict.fromkeys(stop) if s]
-        self._stop_prefixes = {s[:i] for s in self._stops for i in range(1, len(s))}
-        self._max_hold = max((len(s) - 1 for s in self._stops), default=0)
-        self._pending = ""
+        self._stop = StopStringMatcher(stop) if any(stop) else None
+        self._pending = ""  # released by the decoder, held back by the stop filter
+        self.decoded = 0  # characters of output decoded, before the stop filter
+        self._released = 0
         self._pieces: list[str] = []
         self.stopped = False
         self.matched_stop: str | None = None
         self.finished = False
+
+    @property
+    def stop_floor(self) -> float:
+        return self._stop.floor if self._stop is not None else 0
+
+    @stop_floor.setter
+    def stop_floor(self, index: float) -> None:
+        """Stop strings starting before character `index` of the output do not count."""
+        if self._stop is not None:
+            self._stop.floor = index
 
     @property
     def text(self) -> str:
@@ -105,9 +116,13 @@ class IncrementalDetokenizer:
         text = self._decode(self._window)
         out = self._release(text[self._emitted :])
         self._emitted = len(text)
+        if not self.stopped and self._stop is not None:
+            self._stop.finish()
+            out += self._release("")
         if not self.stopped and self._pending:
             out += self._pending
             self._pieces.append(self._pending)
+            self._released += len(self._pending)
             self._pending = ""
         return out
 
@@ -123,31 +138,23 @@ class IncrementalDetokenizer:
 
     def _release(self, delta: str) -> str:
         """Pass decoded text through the stop-string filter; return what may be emitted."""
-        if not self._stops:
+        self.decoded += len(delta)
+        if self._stop is None:
             if delta:
                 self._pieces.append(delta)
             return delta
-        pending = self._pending + delta
-        if not pending:
-            return ""
-        at, which = -1, None
-        for s in self._stops:
-            i = pending.find(s)
-            if i >= 0 and (at < 0 or i < at):
-                at, which = i, s
-        if which is not None:
-            out = pending[:at]
-            self._pending = ""
+        stop = self._stop
+        self._pending += delta
+        stop.feed(delta)
+        if stop.match_start is not None:
+            end = stop.match_start
             self.stopped = True
-            self.matched_stop = which
+            self.matched_stop = stop.matched
         else:
-            hold = 0
-            for n in range(min(self._max_hold, len(pending)), 0, -1):
-                if pending[-n:] in self._stop_prefixes:
-                    hold = n
-                    break
-            out = pending[: len(pending) - hold]
-            self._pending = pending[len(pending) - hold :]
+            end = stop.hold_from
+        out = self._pending[: end - self._released]
+        self._pending = "" if self.stopped else self._pending[end - self._released :]
+        self._released = end
         if out:
             self._pieces.append(out)
         return out

@@ -34,6 +34,7 @@ from aiollm.config import EngineConfig
 from aiollm.engine.detokenizer import IncrementalDetokenizer
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars
 from aiollm.engine.model_runner import ModelRunner
+from aiollm.engine.output_text import OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
 from aiollm.engine.prefix_cache import PrefixCache
@@ -216,17 +217,19 @@ class Engine:
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
         await self.compile_grammar(params or SamplingParams())
         req, detok = self._submit(prompt, params or SamplingParams())
-        parts = []
+        parts, token_texts = [], []
         final = None
         async for delta in self._deltas(req, detok):
             parts.append(delta.text)
+            token_texts += delta.token_texts
             final = delta
         assert final is not None
         return RequestOutput(
             request_id=f"{req.rid}", text="".join(parts), token_ids=list(req.output_ids),
             finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
             completion_tokens=len(req.output_ids), logprobs=req.logprobs,
-            prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0))
+            prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0),
+            token_texts=token_texts)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
@@ -303,7 +306,7 @@ class Engine:
                                  param="prompt")
         return ids
 
-    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, IncrementalDetokenizer]:
+    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
         if not self._started:
             raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
         if not self._accepting:
@@ -343,8 +346,8 @@ class Engine:
         except Exception:
             self.table.free(slot)  # a record that cannot be written must not hold its slot
             raise
-        detok = IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
-                                       params.stop)
+        detok = OutputText(IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
+                                                  params.stop), params.min_tokens)
         self._requests[req.rid] = req
         self.planner.enqueue(req)
         self.metrics.prompt_tokens.inc(n)
@@ -370,8 +373,9 @@ class Engine:
         rec["t_arrival"] = time.monotonic_ns()
         self.table.set_stop_ids(req.slot, params.stop_token_ids)
 
-    async def _deltas(self, req: Request, detok: IncrementalDetokenizer) -> AsyncIterator[Delta]:
-        """Turn the request's new tokens into text deltas until it finishes."""
+    async def _deltas(self, req: Request, out: OutputText) -> AsyncIterator[Delta]:
+        """Turn the request's new tokens into deltas (text with the tokens it comes from)
+        until it finishes; a stop string ends it at its token (see OutputText)."""
         sent = 0
         try:
             while True:
@@ -379,34 +383,31 @@ class Engine:
                 req.event.clear()
                 if req.failed:
                     raise req.error_type(req.error or "the request failed")
-                end = len(req.output_ids)
-                text_end = end - 1 if (req.done and req.last_is_stop_token) else end
-                new_ids = req.output_ids[sent:end]
-                text = ""
-                if req.params.stop:
-                    # feed token by token so a stop string ends the output at its token
-                    for i in range(sent, text_end):
-                        text += detok.add([req.output_ids[i]])
-                        if detok.stopped:
-                            del req.output_ids[i + 1:]
-                            new_ids = req.output_ids[sent:]
-                            if req.logprobs is not None:
-                                del req.logprobs[i + 1:]
-                            self._finish(req, "stop")
-                            break
-                elif text_end > sent:
-                    text = detok.add(req.output_ids[sent:text_end])
-                lps = req.logprobs[sent:sent + len(new_ids)] if req.logprobs is not None else None
-                sent += len(new_ids)
+                # the final stop token (eos, a stop id) is part of the output, not of its text
+                text_end = len(req.output_ids) - (req.done and req.last_is_stop_token)
+                while out.fed < text_end and not out.stopped:
+                    out.feed(req.output_ids[out.fed])
+                if out.stopped and not req.done:
+                    self._finish(req, "stop")
                 if req.done:
-                    if not detok.stopped:
-                        text += detok.finish()
-                    yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids),
-                                len(req.output_ids), max(req.cached_tokens, 0))
+                    out.finish()
+                    if out.stopped:  # the tokens of the stop string are not output
+                        req.finish_reason = "stop"
+                        del req.output_ids[out.kept:]
+                        if req.logprobs is not None:
+                            del req.logprobs[out.kept:]
+                text, n, texts = out.take()
+                if req.done:  # the stop token, if it stayed, and the rest
+                    texts += [""] * (len(req.output_ids) - sent - n)
+                    n = len(req.output_ids) - sent
+                new_ids = req.output_ids[sent:sent + n]
+                lps = req.logprobs[sent:sent + n] if req.logprobs is not None else None
+                sent += n
+                if req.done or text or new_ids:
+                    yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids), sent,
+                                cached_tokens=max(req.cached_tokens, 0), token_texts=texts)
+                if req.done:
                     return
-                if text or new_ids:
-                    yield Delta(text, new_ids, lps, None, len(req.prompt_ids), len(req.output_ids),
-                                max(req.cached_tokens, 0))
         finally:
             if not req.done:  # the consumer went away (cancelled, disconnected, closed)
                 self._finish(req, "abort")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aiollm.engine.request import TokenLogprob
 
@@ -14,8 +14,11 @@ class Delta:
     logprobs: list[TokenLogprob] | None
     finish_reason: str | None  # None until the last delta: "stop" | "length" | "abort"
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # tokens handed out so far, these included
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    # each token's text: they join to `text` (see engine/output_text.py)
+    token_texts: list[str] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # the first delta's, if asked
 
 
 @dataclass(slots=True)
@@ -29,3 +32,6 @@ class RequestOutput:
     logprobs: list[TokenLogprob] | None = None
     prompt_token_ids: list[int] | None = None
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
+    token_texts: list[str] = field(default_factory=list)  # each token's text; they join to text
+    # one per prompt token when asked (SamplingParams.prompt_logprobs): None for the first
+    prompt_logprobs: list[TokenLogprob | None] | None = None

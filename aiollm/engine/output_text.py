@@ -1,0 +1,106 @@
+"""OutputText: one request's output tokens and their text, kept in step with each other.
+
+Tokens are fed one at a time through the incremental detokenizer. Each token's text is the
+characters that decoding it completes (a token that holds the first bytes of a character
+has none; the one that completes it has the whole character), so the texts of the tokens
+join to the output text exactly. A token is handed out together with its text: while a
+stop string may be completing, the tokens whose text is held back are held back too, so
+every delta's text is the join of its tokens' texts, in streams as in whole results.
+
+When a stop string matches, the output ends where it starts: the tokens whose text starts
+at or after that point are dropped (they are not part of the output: not in its token ids,
+logprobs or token count), and a token whose text runs into the stop string keeps only the
+part before it. Stop strings count only once the first min_tokens tokens are out, and only
+after their text: a request never ends with fewer than min_tokens tokens.
+"""
+
+from __future__ import annotations
+
+from aiollm.engine.detokenizer import IncrementalDetokenizer
+
+
+class OutputText:
+    """feed(token_id) for each output token in order, finish() once the request ended,
+    take() for what can be handed out now: (text, token count, each token's text)."""
+
+    __slots__ = ("_detok", "_ends", "_min_tokens", "_unsent", "_released", "_sent_chars",
+                 "_sent_tokens", "_kept", "_finished")
+
+    def __init__(self, detok: IncrementalDetokenizer, min_tokens: int = 0):
+        self._detok = detok
+        self._ends: list[int] = []  # characters decoded once each fed token is in
+        self._min_tokens = min_tokens
+        if min_tokens > 0:
+            detok.stop_floor = float("inf")  # lowered once min_tokens tokens are in
+        self._unsent = ""  # released text not handed out yet
+        self._released = 0  # characters released by the detokenizer (after the stop filter)
+        self._sent_chars = 0
+        self._sent_tokens = 0
+        self._kept: int | None = None
+        self._finished = False
+
+    @property
+    def stopped(self) -> bool:
+        """A stop string matched: the output ends at its start."""
+        return self._detok.stopped
+
+    @property
+    def fed(self) -> int:
+        return len(self._ends)
+
+    @property
+    def kept(self) -> int:
+        """Tokens that are part of the output once finished (all fed ones unless stopped)."""
+        return self._kept if self._kept is not None else len(self._ends)
+
+    def feed(self, token_id: int) -> None:
+        self._add(self._detok.add([token_id]))
+        self._ends.append(self._detok.decoded)
+        if len(self._ends) == self._min_tokens:
+            self._detok.stop_floor = self._detok.decoded
+
+    def finish(self) -> None:
+        """The request ended: release what was held back and decide which tokens stay."""
+        if self._finished:
+            return
+        self._finished = True
+        self._add(self._detok.finish())
+        if self.stopped:
+            cut = self._released
+            starts = [0] + self._ends[:-1]
+            self._kept = sum(1 for s in starts if s < cut)
+            del self._ends[self._kept:]
+        elif self._ends:
+            self._ends[-1] = self._detok.decoded  # what finish() released ends the last token
+
+    def take(self) -> tuple[str, int, list[str]]:
+        """Text, number of tokens and each token's text to hand out now (everything left
+        once finished); the text is the join of the tokens' texts."""
+        ends, n = self._ends, self._sent_tokens
+        if self._finished:
+            n_new = len(ends) - n
+            limit = self._released
+        else:
+            limit = self._released
+            n_new = 0
+            while n + n_new < len(ends) and ends[n + n_new] <= limit:
+                n_new += 1
+        pieces = []
+        start = self._sent_chars
+        for k in range(n, n + n_new):
+            end = min(ends[k], limit)
+            pieces.append(self._unsent[start - self._sent_chars : end - self._sent_chars])
+            start = max(start, end)
+        if self._finished:
+            if pieces:  # the released text past the last token's (an abort's leftovers)
+                pieces[-1] += self._unsent[start - self._sent_chars :]
+            start = self._released
+        text = self._unsent[: start - self._sent_chars]
+        self._unsent = self._unsent[start - self._sent_chars :]
+        self._sent_chars = start
+        self._sent_tokens = n + n_new
+        return text, n_new, pieces
+
+    def _add(self, text: str) -> None:
+        self._unsent += text
+        self._released += len(text)
