@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 from aiollm.errors import InvalidRequest
 
 MAX_STOP_STRINGS = 16
+# characters per stop string: bounds the text a stream holds back while a stop string may be
+# completing, and the matcher's size (aiollm/engine/stop_strings.py)
+MAX_STOP_STRING_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 8  # the request table holds 8 stop ids per slot
 MAX_LOGPROBS = 20
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf", "structural_tag")
@@ -51,6 +54,9 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # top-N logprobs of each chosen token; 0: the chosen one only
+    # logprob of each prompt token and its top-N alternatives; 0: the prompt token's only.
+    # With it, max_tokens may be 0: the prompt is scored and nothing generated.
+    prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
     # a grammar, allowed token ids, logit biases (aiollm.engine.grammar applies them)
     constraint: Constraint | None = None
@@ -65,8 +71,9 @@ class SamplingParams:
         def is_num(v: object) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
-        if not is_int(self.max_tokens) or self.max_tokens < 1:
-            raise bad("max_tokens", "must be an integer >= 1")
+        scoring = self.prompt_logprobs is not None
+        if not is_int(self.max_tokens) or self.max_tokens < (0 if scoring else 1):
+            raise bad("max_tokens", "must be an integer >= 1 (0 only with prompt_logprobs)")
         if not is_int(self.min_tokens) or self.min_tokens < 0:
             raise bad("min_tokens", "must be an integer >= 0")
         if self.min_tokens > self.max_tokens:
@@ -97,6 +104,11 @@ class SamplingParams:
             raise InvalidRequest(
                 f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}", param="stop"
             )
+        for i, s in enumerate(self.stop):
+            if len(s) > MAX_STOP_STRING_CHARS:
+                raise InvalidRequest(
+                    f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters, "
+                    f"stop[{i}] has {len(s)}", param="stop")
         if not isinstance(self.stop_token_ids, list) or not all(
             is_int(t) and 0 <= t < 2**31 for t in self.stop_token_ids
         ):
@@ -114,6 +126,9 @@ class SamplingParams:
             raise bad("logprobs", f"must be an integer in [0, {MAX_LOGPROBS}]")
         if self.constraint is not None and not isinstance(self.constraint, Constraint):
             raise bad("constraint", "must be an aiollm.sampling_params.Constraint")
+        if scoring and (not is_int(self.prompt_logprobs)
+                        or not 0 <= self.prompt_logprobs <= MAX_LOGPROBS):
+            raise bad("prompt_logprobs", f"must be an integer in [0, {MAX_LOGPROBS}]")
 
     @property
     def greedy(self) -> bool:

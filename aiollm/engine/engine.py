@@ -229,7 +229,7 @@ class Engine:
             finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
             completion_tokens=len(req.output_ids), logprobs=req.logprobs,
             prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0),
-            token_texts=token_texts)
+            token_texts=token_texts, prompt_logprobs=req.prompt_logprobs)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
@@ -338,6 +338,8 @@ class Engine:
             req.prompt_array = np.asarray(ids, dtype=np.int32)
         if params.logprobs is not None:
             req.logprobs = []
+        if params.prompt_logprobs is not None:
+            req.prompt_logprobs = [None] * n
         req.argmax_only = (params.temperature < GREEDY_EPS and params.logprobs is None
                            and not params.uses_penalty and params.min_tokens == 0
                            and grammar is None)
@@ -358,7 +360,7 @@ class Engine:
         rec = self.table[req.slot]
         rec["id"] = req.rid
         rec["prompt_len"] = len(req.prompt_ids)
-        rec["max_new_tokens"] = params.max_tokens
+        rec["max_new_tokens"] = max(1, params.max_tokens)  # 0: the prefill's token ends it
         rec["min_new_tokens"] = params.min_tokens
         rec["temperature"] = params.temperature
         rec["top_p"] = params.top_p
@@ -377,6 +379,7 @@ class Engine:
         """Turn the request's new tokens into deltas (text with the tokens it comes from)
         until it finishes; a stop string ends it at its token (see OutputText)."""
         sent = 0
+        first = True  # the first delta brings the prompt logprobs
         try:
             while True:
                 await req.event.wait()
@@ -405,7 +408,9 @@ class Engine:
                 sent += n
                 if req.done or text or new_ids:
                     yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids), sent,
-                                cached_tokens=max(req.cached_tokens, 0), token_texts=texts)
+                                cached_tokens=max(req.cached_tokens, 0), token_texts=texts,
+                                prompt_logprobs=req.prompt_logprobs if first else None)
+                    first = False
                 if req.done:
                     return
         finally:
@@ -552,6 +557,10 @@ class Engine:
         self.flush_cache()  # the step's KV went into the cache unwritten
 
     def _process(self, step: Step, result) -> None:
+        if result.scoring is not None:
+            result.record_prompt_logprobs()
+        if result.next_ids is None:
+            return
         now_ns = time.monotonic_ns()
         # result rows follow the sampled requests of the step; a request paused since keeps
         # its token, one finished or aborted since drops it
@@ -577,6 +586,9 @@ class Engine:
                 [reqs[k].grammar for k in constrained], tokens[constrained])
         self.metrics.generation_tokens.inc(len(reqs))
         for k, r in enumerate(reqs):
+            if r.params.max_tokens == 0:  # prompt scoring: the prefill's token is no output
+                self._finish(r, "length")
+                continue
             r.output_ids.append(int(tokens[k]))
             if r.logprobs is not None:
                 r.logprobs.append(result.logprob_entry(rows[k], r.params.logprobs))

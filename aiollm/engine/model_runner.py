@@ -35,6 +35,7 @@ from aiollm.engine.request import TokenLogprob
 from aiollm.kernels.decode_io import resolve_placeholders
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+from aiollm.model.prompt_logprobs import PromptScoring, plan_scoring
 from aiollm.model.sampler import SampleResult, SamplingTensors, needs_history, sample
 from aiollm.native import RequestTable
 
@@ -71,6 +72,7 @@ class Launched:
     bs: int = 0
     # a constrained step's forward only: (inputs, logits [S, V], non-finite flags [S])
     deferred: tuple | None = None
+    scoring: PromptScoring | None = None  # prompt logprobs, their results in host tensors
 
 
 @dataclass(slots=True)
@@ -80,6 +82,24 @@ class StepResult:
     top_ids: np.ndarray | None  # [S, K]
     top_logprobs: np.ndarray | None
     bad: np.ndarray | None  # [S] bool: non-finite logits
+    scoring: PromptScoring | None = None
+
+    def record_prompt_logprobs(self) -> None:
+        """Write the step's prompt logprobs into their requests' prompt_logprobs."""
+        sc = self.scoring
+        lps, ranks, tgt = sc.logprobs.numpy(), sc.ranks.numpy(), sc.targets.cpu().numpy()
+        k = 0
+        for r, first, count in sc.spans:
+            n_top = r.params.prompt_logprobs
+            for j in range(first, first + count):
+                top = []
+                if n_top:
+                    top = [(int(t), float(v)) for t, v in
+                           zip(sc.top_ids[k, :n_top].numpy(), sc.top_logprobs[k, :n_top].numpy())]
+                r.prompt_logprobs[j + 1] = TokenLogprob(int(tgt[k]), float(lps[k]), top,
+                                                        int(ranks[k]))
+                k += 1
+            r.prompt_scored = max(r.prompt_scored, first + count)
 
     def logprob_entry(self, row: int, n_top: int) -> TokenLogprob:
         top = []
@@ -168,6 +188,8 @@ class ModelRunner:
             sample_index=sample_index,
             token_coords=step.token_coords,
         )
+        if any(r.prompt_logprobs is not None for r in reqs):
+            batch.prompt_scoring = plan_scoring(reqs, step.prefix_lens, step.extend_lens, dev)
         st = self._sampling(step, sampled, table) if sampled and not argmax_only else None
         inp = StepInputs(batch, 0, n, st, argmax_only and bool(sampled),
                          bool((ids < 0).any()), start, constrained)
@@ -270,6 +292,10 @@ class ModelRunner:
     def _queue_results(self, inp: StepInputs, res: SampleResult | None, bad) -> Launched:
         """Leave the sampled ids in prev_ids (the next step's placeholders) and queue the
         results' copies to the host."""
+        sc = inp.batch.prompt_scoring if inp.batch is not None else None
+        if sc is not None:
+            sc.logprobs, sc.ranks = _to_host(sc.logprobs), _to_host(sc.ranks)
+            sc.top_ids, sc.top_logprobs = _to_host(sc.top_ids), _to_host(sc.top_logprobs)
         if res is not None:
             self._prev_ids[: res.next_ids.shape[0]].copy_(res.next_ids)
         out = Launched(
@@ -280,6 +306,7 @@ class ModelRunner:
             bad=_to_host(bad),
             start=inp.start,
             done=None,
+            scoring=sc,
         )
         out.done = self._record_done(inp)
         return out
@@ -291,12 +318,12 @@ class ModelRunner:
             n, bs = out.n, out.bs
             return StepResult(next_ids=out.packed[:n].copy(), logprobs=None, top_ids=None,
                               top_logprobs=None, bad=out.packed[bs : bs + n] != 0)
-        if out.next_ids is None:
+        if out.next_ids is None and out.scoring is None:
             return None
 
         def np_(t):
             return None if t is None else t.numpy()
 
-        return StepResult(next_ids=out.next_ids.numpy(), logprobs=np_(out.logprobs),
+        return StepResult(next_ids=np_(out.next_ids), logprobs=np_(out.logprobs),
                           top_ids=np_(out.top_ids), top_logprobs=np_(out.top_logprobs),
-                          bad=np_(out.bad))
+                          bad=np_(out.bad), scoring=out.scoring)

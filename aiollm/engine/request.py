@@ -31,6 +31,7 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
+    rank: int | None = None  # 1 + the number of more likely tokens (prompt logprobs only)
 
 
 @dataclass(slots=True, eq=False)
@@ -43,6 +44,10 @@ class Request:
     rid: int = field(default_factory=lambda: next(_ids))
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    # one entry per prompt token when asked (None for the first and until scored), and the
+    # prompt positions scored so far (aiollm/model/prompt_logprobs.py)
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    prompt_scored: int = 0
     phase: Phase = Phase.WAITING
     row: int = -1  # req_to_token row while RUNNING
     kv_len: int = 0  # tokens of all_ids whose KV is in the pool
@@ -87,6 +92,12 @@ class Request:
         if start >= n:
             return self.output_ids[start - n : end - n]
         return self.prompt_ids[start:] + self.output_ids[: end - n]
+
+    @property
+    def needs_prompt_logprobs(self) -> bool:
+        """Its prompt is scored during its prefill, so all of it must be computed: a prefix
+        cache must not skip any of its prompt positions."""
+        return self.prompt_logprobs is not None
 
     @property
     def done(self) -> bool:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-MAX_STOP_STRING_CHARS = 1024  # per stop string: bounds the automaton's build and the hold-back
-
 
 
 class StopStringMatcher:

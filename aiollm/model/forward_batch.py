@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from aiollm.model.kv_pool import KVPool
+from aiollm.model.prompt_logprobs import PromptScoring
 
 
 @dataclass(slots=True)
@@ -40,6 +41,7 @@ class ForwardBatch:
     # by build(): (req_rows, seq_lens) of the decodes, and (req_rows, prefix_lens,
     # extend_lens, q_start_loc) of the rest; q_start_loc still indexes the whole batch
     mixed_parts: tuple[tuple, tuple] | None = None
+    prompt_scoring: PromptScoring | None = None  # prompt positions to score (prompt logprobs)
 
     @property
     def batch_size(self) -> int:

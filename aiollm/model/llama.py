@@ -196,6 +196,9 @@ class LlamaForCausalLM(nn.Module):
         idx = batch.logits_index
         h, _ = self.norm(x[idx], residual[idx])
         w = self.lm_head_weight
+        if batch.prompt_scoring is not None:
+            p = batch.prompt_scoring.index
+            batch.prompt_scoring.compute(self.norm(x[p], residual[p])[0], w)
         if h.is_cuda and h.dtype != torch.float32:
             # fp32 straight out of the matmul's fp32 accumulator: bf16 logits keep 8 bits of
             # mantissa (0.125 apart between 16 and 32), which ties close top candidates, and
