@@ -20,7 +20,7 @@ from aiollm.api.protocol import (GenerateParameters, GenerateRequest, choice_see
                                  json_response)
 from aiollm.api.state import ApiState, state
 from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import SamplingParams
+from aiollm.sampling_params import MAX_STOP_STRING_CHARS, SamplingParams
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta
@@ -50,6 +50,9 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
             stop.append(s)
         elif len(s) == 1:
             stop_ids.append(s[0])
+        elif len(s) > MAX_STOP_STRING_CHARS:  # decoded on the event loop: bound it
+            raise InvalidRequest(f"a stop sequence may have at most {MAX_STOP_STRING_CHARS} "
+                                 f"token ids, got {len(s)}", param="parameters.stop_sequences")
         elif s:  # a multi-token stop sequence is matched as its text
             stop.append(st.engine.tokenizer.decode(s))
     # a negative temperature stays an error even where sampling is off
@@ -103,7 +106,7 @@ async def generate(request: web.Request) -> web.Response:
     if req.parameters.return_details:
         special = set(st.engine.tokenizer.all_special_ids)
         body["tokens"] = one_or_all([[{
-            "id": t, "text": st.token_text(t), "special": t in special,
+            "id": t, "text": o.token_texts[i], "special": t in special,
             "logprob": o.logprobs[i].logprob if o.logprobs else None,
         } for i, t in enumerate(o.token_ids)] for o in outs])
     return json_response(body)
@@ -131,7 +134,9 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
             out.append(sse.event({
                 "token": {
                     "id": t,
-                    "text": d.text if last else "",  # the delta's text comes with its last token
+                    # each token's share of the text (they join to it); an abort's text, if
+                    # it brings no token, comes with the placeholder event
+                    "text": d.token_texts[i] if t is not None else d.text,
                     "logprob": d.logprobs[i].logprob if d.logprobs and t is not None else None,
                     "special": t in special,
                     "count_output_tokens": d.completion_tokens - (len(tokens) - 1 - i),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -18,10 +19,11 @@ from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, decode_body, json_response
 from aiollm.api.state import ApiState, state
+from aiollm.api.token_bytes import TokenBytes
 from aiollm.sampling_params import Constraint
 
 if TYPE_CHECKING:
-    from aiollm.engine import Delta, TokenLogprob
+    from aiollm.engine import Delta, RequestOutput, TokenLogprob
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -52,26 +54,52 @@ async def completions(request: web.Request) -> web.StreamResponse:
     req = await decode_body(request, CompletionRequest)
     st.check_model(req.model)
     prompts = req.prompt_batch()
-    prompt_ids = [await st.tokenize(p) for p in prompts]
+    prompt_ids = await st.tokenize_batch(prompts)
     constraint = req.constraint()
+    # echo with logprobs (or max_tokens 0: prompt scoring) reports the prompt's tokens too
+    echo_scores = req.echo and (req.logprobs is not None or req.max_tokens == 0)
+    scoring = req.prompt_logprobs
+    if echo_scores:
+        scoring = max(scoring or 0, req.logprobs or 0)
     jobs = []  # choice index k = prompt index * n + j, as OpenAI numbers them
     for ids in prompt_ids:
         max_tokens = req.max_tokens if req.max_tokens is not None else _room(st, len(ids))
         for j in range(req.n):
             jobs.append((ids, req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs,
-                                                  choice=j, constraint=constraint)))
+                                                  choice=j, constraint=constraint,
+                                                  prompt_logprobs=scoring)))
     await engine.compile_grammar(jobs[0][1])
-    echo = [_echo_text(st, p) if req.echo else "" for p in prompts for _ in range(req.n)]
+    vocab = await st.token_bytes() if req.logprobs is not None or scoring is not None else None
+    echo = []  # each choice's echoed prompt: text and its tokens' texts
+    for p, ids in zip(prompts, prompt_ids):
+        pieces = vocab.pieces(ids) if echo_scores else None
+        text = "".join(pieces) if pieces else _echo_text(st, p) if req.echo else ""
+        echo += [(text, pieces)] * req.n
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": st.model_name}
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
 
+    def logprobs_of(k: int, out: Delta | RequestOutput, offset: int) -> dict | None:
+        if req.logprobs is None:
+            return None
+        prompt_part = None
+        if echo_scores and out.prompt_logprobs is not None:  # the prompt's tokens first
+            prompt_part = _completion_logprobs(vocab, out.prompt_logprobs, echo[k][1], offset)
+            offset += len(echo[k][0])
+        lp = _completion_logprobs(vocab, out.logprobs, out.token_texts, offset)
+        return _joined(prompt_part, lp) if prompt_part else lp
+
+    def prompt_scores(out: Delta | RequestOutput) -> dict:
+        if req.prompt_logprobs is None or out.prompt_logprobs is None:
+            return {}
+        return {"prompt_logprobs": _vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
+
     if not req.stream:
         outs = await gather_all([engine.generate(ids, sp) for ids, sp in jobs])
         choices = [{
-            "index": k, "text": echo[k] + out.text, "finish_reason": out.finish_reason,
-            "logprobs": (None if out.logprobs is None
-                         else _completion_logprobs(st, out.logprobs, len(echo[k]))),
+            "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
+            "logprobs": logprobs_of(k, out, 0 if echo_scores else len(echo[k][0])),
+            **prompt_scores(out),
         } for k, out in enumerate(outs)]
         # a prompt counts once however many choices it has: its first choice's hit (the
         # others reuse what that one computed)
@@ -81,21 +109,22 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     done_tokens = [0] * len(jobs)
     cached_tokens = [0] * len(jobs)
-    offsets = [len(e) for e in echo]  # text_offset of the next token of each choice
+    offsets = [0 if echo_scores else len(e[0]) for e in echo]  # text_offset of the next token
+    echoed = [False] * len(jobs)
 
     def render(item: tuple[int, Delta]) -> bytes:
         k, delta = item
         text = delta.text
-        if echo[k]:
-            text, echo[k] = echo[k] + text, ""
-        logprobs = None
-        if delta.logprobs is not None:
-            logprobs = _completion_logprobs(st, delta.logprobs, offsets[k])
+        if not echoed[k]:
+            text, echoed[k] = echo[k][0] + text, True
+        logprobs = logprobs_of(k, delta, offsets[k])
+        if logprobs is not None:
             offsets[k] += sum(len(t) for t in logprobs["tokens"])
         done_tokens[k] = delta.completion_tokens
         cached_tokens[k] = delta.cached_tokens
         return sse.event({**head, "choices": [{
             "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
+            **prompt_scores(delta),
         }]})
 
     def tail() -> bytes:
@@ -113,18 +142,46 @@ def _echo_text(st: ApiState, prompt: str | list[int]) -> str:
     return prompt if isinstance(prompt, str) else st.engine.tokenizer.decode(prompt)
 
 
-def _completion_logprobs(st: ApiState, lps: list[TokenLogprob], offset: int) -> dict:
-    """The legacy completions format: parallel lists, top alternatives as {text: logprob}."""
+def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
+                         texts: Sequence[str], offset: int) -> dict:
+    """The legacy completions format: parallel lists, top alternatives as {text: logprob}.
+    `texts` are the tokens' shares of the text (they join to it), so the offsets index it; a
+    None entry (the prompt's first token) has no logprob."""
     tokens, values, tops, offsets = [], [], [], []
-    for lp in lps:
-        text = st.token_text(lp.token_id)
+    for lp, text in zip(lps, texts):
         tokens.append(text)
-        values.append(lp.logprob)
-        tops.append({st.token_text(t): v for t, v in lp.top} or {text: lp.logprob})
         offsets.append(offset)
         offset += len(text)
+        if lp is None:
+            values.append(None)
+            tops.append(None)
+            continue
+        values.append(lp.logprob)
+        tops.append({vocab.text_of(t): v for t, v in lp.top}
+                    or {vocab.text_of(lp.token_id): lp.logprob})
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
             "text_offset": offsets}
+
+
+def _joined(a: dict, b: dict) -> dict:
+    return {key: a[key] + b[key] for key in a}
+
+
+def _vllm_prompt_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None]) -> list:
+    """vLLM's prompt_logprobs: per prompt token None (the first) or {id: {logprob, rank,
+    decoded_token}} for the prompt token and its top alternatives."""
+    out: list[dict | None] = []
+    for lp in lps:
+        if lp is None:
+            out.append(None)
+            continue
+        entry = {str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank,
+                                    "decoded_token": vocab.text_of(lp.token_id)}}
+        for rank, (t, v) in enumerate(lp.top, 1):
+            entry.setdefault(str(t), {"logprob": v, "rank": rank,
+                                      "decoded_token": vocab.text_of(t)})
+        out.append(entry)
+    return out
 
 
 # -- /v1/chat/completions ---------------------------------------------------------------------
@@ -176,6 +233,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     await engine.compile_grammar(params[0])
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": st.model_name}
+    vocab = await st.token_bytes() if logprobs is not None else None
 
     if not req.stream:
         outs = await gather_all([engine.generate(ids, sp) for sp in params])
@@ -190,7 +248,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 finish = "tool_calls" if finish == "stop" else finish
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
-                "logprobs": None if out.logprobs is None else _chat_logprobs(st, out.logprobs),
+                "logprobs": (None if out.logprobs is None
+                             else _chat_logprobs(vocab, out.logprobs, out.token_texts)),
             })
         return json_response({**head, "object": "chat.completion", "choices": choices,
                               "usage": _usage(len(ids), sum(o.completion_tokens for o in outs),
@@ -225,7 +284,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         cached_tokens[j] = d.cached_tokens
         return sse.event({**head, "choices": [{
             "index": j, "delta": delta, "finish_reason": finish,
-            "logprobs": None if d.logprobs is None else _chat_logprobs(st, d.logprobs),
+            "logprobs": (None if d.logprobs is None
+                         else _chat_logprobs(vocab, d.logprobs, d.token_texts)),
         }]})
 
     def tail() -> bytes:
@@ -239,13 +299,28 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     return await sse.send(request, merge(starts), render, tail)
 
 
-def _chat_logprobs(st: ApiState, lps: list[TokenLogprob]) -> dict:
+def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str]
+                   ) -> dict:
+    """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
+    character has only those bytes), so the bytes of all tokens join to the content's UTF-8.
+    A token whose text is not all in the content (skipped special, stop token, cut by a stop
+    string) reports the bytes of the part that is."""
     def entry(token_id: int, logprob: float) -> dict:
-        text = st.token_text(token_id)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+        return {"token": vocab.text_of(token_id), "logprob": logprob,
+                "bytes": list(vocab.bytes_of(token_id))}
 
-    return {"content": [{**entry(lp.token_id, lp.logprob),
-                         "top_logprobs": [entry(t, v) for t, v in lp.top]} for lp in lps]}
+    content = []
+    for lp, text in zip(lps, texts):
+        e = entry(lp.token_id, lp.logprob)
+        real = vocab.bytes_of(lp.token_id)
+        try:
+            whole = real.decode()
+        except UnicodeDecodeError:  # part of a character: its neighbours complete it
+            whole = text
+        if whole != text:
+            e["bytes"] = list(text.encode())
+        content.append({**e, "top_logprobs": [entry(t, v) for t, v in lp.top]})
+    return {"content": content}
 
 
 ROUTES = [

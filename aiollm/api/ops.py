@@ -49,7 +49,7 @@ async def detokenize(request: web.Request) -> web.Response:
     bad = next((t for t in req.tokens if not 0 <= t < vocab), None)
     if bad is not None:
         raise ApiError(400, f"token ids must be in [0, {vocab}), got {bad}", param="tokens")
-    return json_response({"prompt": st.engine.tokenizer.decode(req.tokens)})
+    return json_response({"prompt": await st.detokenize(req.tokens)})
 
 
 async def flush_cache(request: web.Request) -> web.Response:

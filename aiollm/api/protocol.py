@@ -84,7 +84,8 @@ class SamplingFields(Struct, kw_only=True):
             allowed_token_ids=self.allowed_token_ids, bias=structured.logit_bias(self.logit_bias))
 
     def sampling_params(self, *, max_tokens: int, logprobs: int | None, choice: int,
-                        constraint: Constraint | None = None) -> SamplingParams:
+                        constraint: Constraint | None = None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
         """SamplingParams of one choice; choice i of a seeded request samples with seed + i so
         the n choices differ and the whole request stays reproducible."""
         given = {
@@ -106,6 +107,7 @@ class SamplingFields(Struct, kw_only=True):
             skip_special_tokens=self.skip_special_tokens,
             logprobs=logprobs,
             constraint=constraint,
+            prompt_logprobs=prompt_logprobs,
             **{k: v for k, v in given.items() if v is not None},
         )
 
@@ -119,6 +121,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     max_tokens: int | None = 16
     logprobs: int | None = None
     echo: bool = False
+    prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob and top-N
 
     def prompt_batch(self) -> list[str | list[int]]:
         """The prompts of this request: one string or token-id list each."""

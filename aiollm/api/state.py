@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from aiohttp import web
 
 from aiollm.api.http_errors import ApiError
+from aiollm.api.token_bytes import TokenBytes
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine
@@ -28,6 +29,7 @@ class ApiState:
     shutdown_timeout: float
     created: int  # unix time the app was made: /v1/models reports it
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
+    _token_bytes: TokenBytes | None = None
 
     @property
     def model_name(self) -> str:
@@ -39,8 +41,11 @@ class ApiState:
             raise ApiError(404, f"model {name!r} does not exist; this server serves "
                                 f"{self.model_name!r}", param="model", code="model_not_found")
 
-    def token_text(self, token_id: int) -> str:
-        return self.engine.tokenizer.decode([token_id])
+    async def token_bytes(self) -> TokenBytes:
+        """Each token id's bytes (for logprobs), read from the vocabulary on first use."""
+        if self._token_bytes is None:
+            self._token_bytes = await asyncio.to_thread(TokenBytes, self.engine.tokenizer)
+        return self._token_bytes
 
     async def tokenize(self, prompt: str | Sequence[int], *,
                        add_special_tokens: bool = True) -> list[int]:
@@ -52,10 +57,24 @@ class ApiState:
                                         add_special_tokens=add_special_tokens))
         return self.engine.tokenize(prompt)
 
+    async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
+        """Token ids of each prompt of a batch: off the event loop when the batch is long,
+        also when it is many short prompts."""
+        size = sum(len(p) for p in prompts)
+        if size <= TOKENIZE_INLINE_CHARS:
+            return [await self.tokenize(p) for p in prompts]
+        return await asyncio.to_thread(
+            lambda: [list(self.engine.tokenizer.encode(p)) if isinstance(p, str) and p
+                     else self.engine.tokenize(p) for p in prompts])
+
+    async def detokenize(self, ids: list[int]) -> str:
+        return await _off_loop(len(ids), self.engine.tokenizer.decode, ids)
+
     async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None
                           ) -> list[int]:
-        """Token ids of a conversation with the chat template applied."""
-        size = sum(len(m["content"]) for m in messages)
+        """Token ids of a conversation with the chat template applied (the template's cost
+        grows with the number of messages and tools too)."""
+        size = sum(len(m["content"] or "") + 64 for m in messages) + 256 * len(tools or ())
         return await _off_loop(size, self.engine.chat_prompt, messages, tools)
 
 

@@ -1,0 +1,240 @@
+"""What the API says about an output agrees with itself, through the real server: stop
+strings and min_tokens, per-token text and bytes, echo and prompt logprobs, on the OpenAI
+and LightLLM endpoints, streaming and not (issue 15, faults 1, 2, 3, 9)."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from live_server import LiveServer, http, shared_server, sse_events
+
+PARIS = "The capital of France is"
+ROCKETS = [{"role": "user", "content": "Repeat exactly: 🚀🚀🚀 rocket 🚀🚀🚀"}]
+
+
+@pytest.fixture(scope="module")
+def server(request) -> LiveServer:
+    return shared_server(request.config)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
+                         timeout=120)
+
+
+def completion(server, body: dict) -> dict:
+    status, _, raw = http(server, "POST", "/v1/completions", json={"model": None, **body})
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+def completion_stream(server, body: dict) -> tuple[str, dict, list[dict]]:
+    """(text, joined logprobs lists, chunks) of a streamed completion."""
+    status, _, raw = http(server, "POST", "/v1/completions",
+                          json={**body, "stream": True, "stream_options": {"include_usage": True}})
+    assert status == 200, raw
+    chunks = [json.loads(e) for e in sse_events(raw) if e != "[DONE]"]
+    text = "".join(c["choices"][0]["text"] for c in chunks if c["choices"])
+    lps: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
+                            "text_offset": []}
+    for c in chunks:
+        if c["choices"] and c["choices"][0]["logprobs"]:
+            for key in lps:
+                lps[key] += c["choices"][0]["logprobs"][key]
+    return text, lps, chunks
+
+
+def lightllm(server, body: dict) -> tuple[dict, list[dict]]:
+    status, _, raw = http(server, "POST", "/generate", json=body)
+    assert status == 200, raw
+    status, _, sraw = http(server, "POST", "/generate_stream", json=body)
+    assert status == 200, sraw
+    return json.loads(raw), [json.loads(e) for e in sse_events(sraw)]
+
+
+def token_events(events: list[dict]) -> list[dict]:
+    """The events that carry a token: a stream that a stop string ends after its last
+    token was sent closes with an event without one (id null)."""
+    return [e for e in events if e["token"]["id"] is not None]
+
+
+def first_stop_after(pieces: list[str], stop: str, min_tokens: int) -> str:
+    """The greedy text cut at the first `stop` that starts after the text of the first
+    min_tokens tokens (the reference the server must match)."""
+    text = "".join(pieces)
+    at = text.find(stop, len("".join(pieces[:min_tokens])))
+    return text if at < 0 else text[:at]
+
+
+# -- fault 1: min_tokens holds back stop strings -----------------------------------------------
+
+def test_min_tokens_holds_back_stop_strings(server):
+    free = completion(server, {"prompt": PARIS, "max_tokens": 20, "temperature": 0,
+                               "logprobs": 0})["choices"][0]
+    assert free["text"].startswith(" Paris.")  # the stop would end it after 2 tokens
+    expected = first_stop_after(free["logprobs"]["tokens"], ".", 10)
+    body = {"prompt": PARIS, "max_tokens": 20, "temperature": 0, "stop": ["."],
+            "min_tokens": 10}
+    out = completion(server, body)
+    assert out["choices"][0]["text"] == expected and len(expected) > len(" Paris")
+    assert out["usage"]["completion_tokens"] >= 10
+    text, _, chunks = completion_stream(server, body)
+    assert text == expected and chunks[-1]["usage"]["completion_tokens"] >= 10
+
+    gen, events = lightllm(server, {"inputs": PARIS, "parameters": {
+        "max_new_tokens": 20, "stop_sequences": ["."], "min_new_tokens": 10}})
+    assert gen["generated_text"] == [expected] and gen["count_output_tokens"] >= 10
+    assert "".join(e["token"]["text"] for e in events) == expected
+    assert len(token_events(events)) == gen["count_output_tokens"]
+
+    # and without min_tokens the first "." ends it
+    assert completion(server, {**body, "min_tokens": 0})["choices"][0]["text"] == " Paris"
+
+
+# -- fault 9: with a stop string, tokens, logprobs, usage and text agree -----------------------
+
+def test_stop_string_output_tokens_text_and_usage_agree(server):
+    body = {"prompt": PARIS, "max_tokens": 20, "temperature": 0, "stop": ["."], "logprobs": 1}
+    out = completion(server, body)
+    choice = out["choices"][0]
+    lp = choice["logprobs"]
+    assert choice["text"] == " Paris" and choice["finish_reason"] == "stop"
+    assert lp["tokens"] == [" Paris"] and "".join(lp["tokens"]) == choice["text"]
+    assert len(lp["token_logprobs"]) == out["usage"]["completion_tokens"] == 1
+    text, slp, chunks = completion_stream(server, body)
+    assert text == " Paris" and slp["tokens"] == [" Paris"]
+    assert chunks[-1]["usage"]["completion_tokens"] == 1
+
+    # a stop string that starts inside a token: that token keeps its part before it
+    cut = completion(server, {**body, "stop": ["ris"]})["choices"][0]
+    assert cut["text"] == " Pa" and cut["logprobs"]["tokens"] == [" Pa"]
+
+    gen, events = lightllm(server, {"inputs": PARIS, "parameters": {
+        "max_new_tokens": 20, "stop_sequences": ["."], "return_details": True}})
+    assert gen["generated_text"] == [" Paris"] and gen["count_output_tokens"] == 1
+    assert [t["text"] for t in gen["tokens"]] == [" Paris"]
+    assert [e["token"]["text"] for e in token_events(events)] == [" Paris"]
+    assert events[-1]["finished"] and events[-1]["token"]["count_output_tokens"] == 1
+    assert events[-1]["generated_text"] == " Paris" and events[-1]["finish_reason"] == "stop"
+
+
+# -- fault 2: logprob bytes are the tokens' real bytes -----------------------------------------
+
+def test_logprob_bytes_are_the_tokens_bytes(client, server):
+    kw = dict(model=client.models.list().data[0].id, messages=ROCKETS, temperature=0,
+              max_tokens=24, logprobs=True, top_logprobs=2)
+    out = client.chat.completions.create(**kw)
+    content = out.choices[0].message.content
+    assert "🚀" in content
+    entries = out.choices[0].logprobs.content
+    assert b"".join(bytes(e.bytes) for e in entries) == content.encode()
+    # the rocket is split over tokens: some token holds only part of it
+    assert any(b"\xf0\x9f" in bytes(e.bytes) and b"\x80" not in bytes(e.bytes) for e in entries)
+    assert all("\ufffd" not in e.token for e in entries)
+    for e in entries:
+        for top in e.top_logprobs:
+            assert bytes(top.bytes).decode("utf-8", "backslashreplace") == top.token
+    chunks = list(client.chat.completions.create(**kw, stream=True))
+    streamed = [e for c in chunks if c.choices and c.choices[0].logprobs
+                for e in c.choices[0].logprobs.content]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == content
+    assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in entries]
+
+    # the legacy completions tokens and LightLLM's token texts join to the text
+    rockets = "🚀🚀🚀 rocket 🚀🚀🚀 rocket"
+    body = {"prompt": rockets, "max_tokens": 12, "temperature": 0, "logprobs": 1}
+    choice = completion(server, body)["choices"][0]
+    assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
+    text, slp, _ = completion_stream(server, body)
+    assert text == choice["text"] and slp["tokens"] == choice["logprobs"]["tokens"]
+    gen, events = lightllm(server, {"inputs": rockets, "parameters": {
+        "max_new_tokens": 12, "return_details": True}})
+    assert "".join(t["text"] for t in gen["tokens"]) == gen["generated_text"][0]
+    assert "".join(e["token"]["text"] for e in events) == gen["generated_text"][0]
+    assert "🚀" in gen["generated_text"][0]
+
+
+def test_token_bytes_agree_with_the_tokenizer_for_every_id():
+    from aiollm.api.token_bytes import TokenBytes
+    from aiollm.model import load_tokenizer
+
+    tok = load_tokenizer(None)
+    vocab = TokenBytes(tok)
+    assert len(vocab) == len(tok)
+    for i in range(len(vocab)):
+        alone = tok.decode([i], skip_special_tokens=False)
+        assert vocab.bytes_of(i).decode("utf-8", "replace") == alone, i
+    text = "Repeat exactly: 🚀🚀🚀 rocket é 日本語 <|im_end|>"
+    ids = tok.encode(text)
+    assert b"".join(vocab.bytes_of(i) for i in ids) == text.encode()
+    assert "".join(vocab.pieces(ids)) == text
+    assert any(vocab.bytes_of(i) == b"\x9a" for i in ids)  # a lone continuation byte
+
+
+# -- fault 3: echo with logprobs scores the prompt ------------------------------------------------
+
+def test_echo_logprobs_include_the_prompt(server):
+    body = {"prompt": PARIS, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 1}
+    out = completion(server, body)
+    choice, usage = out["choices"][0], out["usage"]
+    lp = choice["logprobs"]
+    n_prompt = usage["prompt_tokens"]
+    assert choice["text"].startswith(PARIS) and "".join(lp["tokens"]) == choice["text"]
+    assert len(lp["tokens"]) == n_prompt + usage["completion_tokens"] == n_prompt + 3
+    assert lp["text_offset"][0] == 0
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i])
+                                 for i in range(len(lp["tokens"]))]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert all(v < 0 for v in lp["token_logprobs"][1:])
+    assert all(len(top) == 1 for top in lp["top_logprobs"][1:])
+    # each prompt logprob is what generating that token from the prompt before it gives
+    ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
+    compared = 0
+    for j in range(1, n_prompt):
+        nxt = completion(server, {"prompt": ids[:j], "max_tokens": 1, "temperature": 0,
+                                  "logprobs": 20})["choices"][0]["logprobs"]["top_logprobs"][0]
+        if lp["tokens"][j] in nxt:  # among the 20 most likely
+            assert lp["token_logprobs"][j] == pytest.approx(nxt[lp["tokens"][j]], abs=2e-3)
+            compared += 1
+    assert compared >= 2
+
+    text, slp, _ = completion_stream(server, body)
+    assert text == choice["text"] and slp["tokens"] == lp["tokens"]
+    assert slp["text_offset"] == lp["text_offset"]
+    assert slp["token_logprobs"][1:] == pytest.approx(lp["token_logprobs"][1:], abs=1e-4)
+
+    # max_tokens 0: prompt scoring
+    score = completion(server, {**body, "max_tokens": 0})
+    s = score["choices"][0]
+    assert s["text"] == PARIS and score["usage"]["completion_tokens"] == 0
+    assert s["logprobs"]["tokens"] == lp["tokens"][:n_prompt]
+    assert s["logprobs"]["token_logprobs"][1:] == pytest.approx(
+        lp["token_logprobs"][1:n_prompt], abs=1e-4)
+    text, slp, chunks = completion_stream(server, {**body, "max_tokens": 0})
+    assert text == PARIS and slp["tokens"] == lp["tokens"][:n_prompt]
+    status, _, raw = http(server, "POST", "/v1/completions",
+                          json={"prompt": PARIS, "max_tokens": 0})
+    assert status == 400 and json.loads(raw)["error"]["param"] == "max_tokens"
+
+
+def test_vllm_prompt_logprobs(server):
+    out = completion(server, {"prompt": PARIS, "max_tokens": 2, "temperature": 0,
+                              "prompt_logprobs": 2})
+    plp = out["choices"][0]["prompt_logprobs"]
+    echo = completion(server, {"prompt": PARIS, "max_tokens": 0, "echo": True, "logprobs": 2})
+    elp = echo["choices"][0]["logprobs"]
+    assert len(plp) == out["usage"]["prompt_tokens"] and plp[0] is None
+    ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
+    for j, entry in enumerate(plp[1:], 1):
+        mine = entry[str(ids[j])]
+        assert mine["logprob"] == pytest.approx(elp["token_logprobs"][j], abs=1e-4)
+        assert mine["rank"] >= 1 and mine["decoded_token"] == elp["tokens"][j]
+        ranked = sorted((v for k, v in entry.items() if k != str(ids[j]) or v["rank"] <= 2),
+                        key=lambda v: v["rank"])
+        assert len(entry) in (2, 3) and ranked[0]["logprob"] >= ranked[-1]["logprob"]
+    status, _, raw = http(server, "POST", "/v1/completions",
+                          json={"prompt": PARIS, "prompt_logprobs": 21})
+    assert status == 400 and json.loads(raw)["error"]["param"] == "prompt_logprobs"
