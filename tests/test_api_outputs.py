@@ -238,3 +238,81 @@ def test_vllm_prompt_logprobs(server):
     status, _, raw = http(server, "POST", "/v1/completions",
                           json={"prompt": PARIS, "prompt_logprobs": 21})
     assert status == 400 and json.loads(raw)["error"]["param"] == "prompt_logprobs"
+
+
+# -- fault 5: no per-request input stalls the other streams --------------------------------------
+
+MAX_GAP_S = 3.0  # a CPU step is 0.05-1 s here; the 40 KB stop string used to stall 3-4.5 s
+
+
+def test_inputs_at_their_limits_do_not_stall_a_stream(server):
+    """Each per-request field at its documented maximum (or just past it) while a stream
+    runs: the stream's largest gap between tokens stays under MAX_GAP_S, and what is past a
+    limit gets its 400 naming the field."""
+    import asyncio
+    import time
+
+    import aiohttp
+
+    from aiollm.sampling_params import MAX_LOGPROBS, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
+
+    long_stop = ["x" * (MAX_STOP_STRING_CHARS - 1) + str(i) for i in range(MAX_STOP_STRINGS)]
+    word = "hello " * 600  # over the test server's 512-token context
+    cases = [  # (path, body, expected status, param named by a 400)
+        ("/v1/completions", {"prompt": PARIS, "max_tokens": 4, "stop": long_stop}, 200, None),
+        ("/v1/completions", {"prompt": PARIS, "stop": ["y" * 40_000]}, 400, "stop"),
+        ("/v1/completions", {"prompt": PARIS, "stop": ["y" * (MAX_STOP_STRING_CHARS + 1)]},
+         400, "stop"),
+        ("/generate", {"inputs": PARIS, "parameters": {"stop_sequences": [[5] * 100_000]}},
+         400, "parameters.stop_sequences"),
+        ("/generate", {"inputs": PARIS, "parameters": {
+            "stop_sequences": ["z" * MAX_STOP_STRING_CHARS] * MAX_STOP_STRINGS,
+            "max_new_tokens": 4}}, 200, None),
+        ("/v1/completions", {"prompt": "hi " * 300, "max_tokens": 2, "echo": True,
+                             "logprobs": MAX_LOGPROBS, "prompt_logprobs": MAX_LOGPROBS}, 200, None),
+        ("/v1/completions", {"prompt": [word] * 300, "max_tokens": 1}, 400, "prompt"),
+        ("/v1/completions", {"prompt": "x" * 2_000_000, "max_tokens": 1}, 400, "prompt"),
+        ("/v1/completions", {"prompt": [42] * 2_000_000, "max_tokens": 1}, 400, "prompt"),
+        ("/generate", {"inputs": [42] * 2_000_000}, 400, "inputs"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}] * 20_000,
+                                  "max_tokens": 1}, 400, "messages"),
+        ("/detokenize", {"tokens": [42] * 500_000}, 200, None),
+        ("/v1/completions", {"prompt": PARIS, "max_tokens": 2, "n": 64}, 200, None),
+    ]
+
+    async def main():
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
+            arrivals: list[float] = []
+
+            async def stream():
+                body = {"prompt": PARIS, "max_tokens": 400, "ignore_eos": True,
+                        "temperature": 0, "stream": True}
+                async with s.post(server.base + "/v1/completions", json=body) as r:
+                    assert r.status == 200
+                    async for line in r.content:
+                        if line.startswith(b"data: {"):
+                            arrivals.append(time.monotonic())
+
+            async def one(path, body):
+                async with s.post(server.base + path, json=body) as r:
+                    return r.status, await r.read()
+
+            task = asyncio.create_task(stream())
+            while len(arrivals) < 3:  # the stream is under way
+                await asyncio.sleep(0.02)
+            results = []
+            for path, body, _, _ in cases:  # one after the other, all during the stream
+                results.append(await one(path, body))
+            assert not task.done(), "the stream ended before the last case"
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return arrivals, results
+
+    arrivals, results = asyncio.run(main())
+    for (path, _, status, param), (got, raw) in zip(cases, results):
+        assert got == status, (path, raw[:300])
+        if param is not None:
+            assert json.loads(raw)["error"]["param"] == param, raw[:300]
+    assert "1024" in json.loads(results[1][1])["error"]["message"]  # the limit is named
+    gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
+    assert max(gaps) < MAX_GAP_S, sorted(gaps)[-5:]

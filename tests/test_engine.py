@@ -447,3 +447,56 @@ def test_warm_up_frees_what_it_takes_and_changes_no_output(engine, loop):
     assert engine.kv_pool.n_free == free_slots
     assert_all_free(engine)
     assert run(loop, engine.generate(PROMPTS[1], params)).token_ids == before
+
+
+def test_stop_strings_wait_for_min_tokens_and_leave_with_their_tokens(loop, engine):
+    """Issue 15, faults 1 and 9 through Engine: no stop string ends a request before
+    min_tokens, and a stop string's tokens leave the output with its text."""
+    base = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, logprobs=0)
+    free = run(loop, engine.generate(PROMPTS[4], base))  # "1, 2, 3, 4," -> " 5, 6, 7, ..."
+    assert "".join(free.token_texts) == free.text and len(free.token_texts) == 40
+    for min_tokens in (0, 6):
+        params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, logprobs=0,
+                                stop=[","], min_tokens=min_tokens)
+        at = free.text.find(",", len("".join(free.token_texts[:min_tokens])))
+        kept = next(k for k in range(41) if len("".join(free.token_texts[:k])) >= at)
+        deltas = run(loop, _collect(engine.stream(PROMPTS[4], params)))
+        out = run(loop, engine.generate(PROMPTS[4], params))
+        for got in (out, deltas[-1]):
+            assert got.finish_reason == "stop"
+        assert out.text == "".join(d.text for d in deltas) == free.text[:at]
+        assert out.token_ids == free.token_ids[:kept] == [t for d in deltas for t in d.token_ids]
+        assert out.completion_tokens == len(out.logprobs) == kept >= min_tokens
+        assert all("".join(d.token_texts) == d.text for d in deltas)
+        assert [lp.token_id for lp in out.logprobs] == out.token_ids
+    assert_all_free(engine)
+
+
+def test_prompt_logprobs_match_transformers_over_chunked_prefill(loop, engine, hf_model):
+    """Issue 15, fault 3: every prompt position scored, also when the prompt is prefilled
+    in chunks (the module engine's budget is 256 tokens) next to another request."""
+    ids = engine.tokenize(" ".join(PROMPTS * 6))
+    assert 256 < len(ids) < 500
+    params = SamplingParams(max_tokens=0, prompt_logprobs=3)
+    other = engine.generate(PROMPTS[0], SamplingParams(max_tokens=8, temperature=0))
+    out, _ = run(loop, asyncio.gather(engine.generate(ids, params), other))
+    assert out.token_ids == [] and out.completion_tokens == 0 and out.finish_reason == "length"
+    assert len(out.prompt_logprobs) == len(ids) and out.prompt_logprobs[0] is None
+    with torch.no_grad():
+        ref = torch.log_softmax(hf_model(torch.tensor([ids])).logits[0].float(), dim=-1)
+    got = torch.tensor([lp.logprob for lp in out.prompt_logprobs[1:]])
+    want = ref[torch.arange(len(ids) - 1), torch.tensor(ids[1:])]
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
+    for j in (1, 200, 300, len(ids) - 1):
+        lp = out.prompt_logprobs[j]
+        assert lp.token_id == ids[j]
+        assert [t for t, _ in lp.top] == ref[j - 1].topk(3).indices.tolist()
+        assert lp.rank == int((ref[j - 1] > ref[j - 1, ids[j]]).sum()) + 1
+    # generating with it gives the same tokens as without
+    plain = run(loop, engine.generate(ids, SamplingParams(max_tokens=4, temperature=0)))
+    scored = run(loop, engine.generate(ids, SamplingParams(max_tokens=4, temperature=0,
+                                                           prompt_logprobs=0)))
+    assert scored.token_ids == plain.token_ids
+    assert [lp.logprob for lp in scored.prompt_logprobs[1:]] == pytest.approx(got.tolist(),
+                                                                             abs=1e-4)
+    assert_all_free(engine)

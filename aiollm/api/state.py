@@ -55,7 +55,7 @@ class ApiState:
             encode = self.engine.tokenizer.encode
             return list(await _off_loop(len(prompt), encode, prompt,
                                         add_special_tokens=add_special_tokens))
-        return self.engine.tokenize(prompt)
+        return await _off_loop(len(prompt), self.engine.tokenize, prompt)  # ids are checked
 
     async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
         """Token ids of each prompt of a batch: off the event loop when the batch is long,

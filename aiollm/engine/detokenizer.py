@@ -70,6 +70,7 @@ class IncrementalDetokenizer:
         self._stop = StopStringMatcher(stop) if any(stop) else None
         self._pending = ""  # released by the decoder, held back by the stop filter
         self.decoded = 0  # characters of output decoded, before the stop filter
+        self.partial = False  # the latest token ended inside a character
         self._released = 0
         self._pieces: list[str] = []
         self.stopped = False
@@ -99,6 +100,7 @@ class IncrementalDetokenizer:
         self._window.extend(_as_list(new_ids))
         text = self._decode(self._window)
         stable = len(text.rstrip(REPLACEMENT))
+        self.partial = stable < len(text)
         delta = ""
         if stable > self._emitted:
             delta = text[self._emitted : stable]

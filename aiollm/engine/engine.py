@@ -306,15 +306,8 @@ class Engine:
                                  param="prompt")
         return ids
 
-    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
-        if not self._started:
-            raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
-        if not self._accepting:
-            raise Overloaded("the server is shutting down")
-        if not isinstance(params, SamplingParams):
-            raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
-        ids = self.tokenize(prompt)
-        n, limit = len(ids), self.max_model_len
+    def _check_fits(self, n: int, params: SamplingParams) -> None:
+        limit = self.max_model_len
         if n >= limit:
             raise InvalidRequest(
                 f"the prompt has {n} tokens, but this model's maximum context length is {limit} "
@@ -324,6 +317,19 @@ class Engine:
                 f"this model's maximum context length is {limit} tokens, but {n + params.max_tokens}"
                 f" were requested ({n} in the prompt, {params.max_tokens} for the output): "
                 f"lower max_tokens to at most {limit - n}", param="max_tokens")
+
+    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
+        if not self._started:
+            raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
+        if not self._accepting:
+            raise Overloaded("the server is shutting down")
+        if not isinstance(params, SamplingParams):
+            raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
+        if not isinstance(prompt, str):  # a long id list is refused before each id is checked
+            self._check_fits(len(prompt), params)
+        ids = self.tokenize(prompt)
+        n = len(ids)
+        self._check_fits(n, params)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         grammar = self.grammars.start(params.constraint) if params.constraint else None

@@ -4,8 +4,9 @@ Tokens are fed one at a time through the incremental detokenizer. Each token's t
 characters that decoding it completes (a token that holds the first bytes of a character
 has none; the one that completes it has the whole character), so the texts of the tokens
 join to the output text exactly. A token is handed out together with its text: while a
-stop string may be completing, the tokens whose text is held back are held back too, so
-every delta's text is the join of its tokens' texts, in streams as in whole results.
+stop string may be completing, the tokens whose text is held back are held back too (and a
+token with no text of its own until text after it is out), so every delta's text is the
+join of its tokens' texts, in streams as in whole results.
 
 When a stop string matches, the output ends where it starts: the tokens whose text starts
 at or after that point are dropped (they are not part of the output: not in its token ids,
@@ -56,7 +57,10 @@ class OutputText:
     def feed(self, token_id: int) -> None:
         self._add(self._detok.add([token_id]))
         self._ends.append(self._detok.decoded)
-        if len(self._ends) == self._min_tokens:
+        if (len(self._ends) >= self._min_tokens and not self._detok.partial
+                and self._detok.stop_floor == float("inf")):
+            # stop strings count from the end of the first min_tokens tokens' text (and of
+            # the character the last of them began)
             self._detok.stop_floor = self._detok.decoded
 
     def finish(self) -> None:
@@ -68,7 +72,7 @@ class OutputText:
         if self.stopped:
             cut = self._released
             starts = [0] + self._ends[:-1]
-            self._kept = sum(1 for s in starts if s < cut)
+            self._kept = max(self._sent_tokens, sum(1 for s in starts if s < cut))
             del self._ends[self._kept:]
         elif self._ends:
             self._ends[-1] = self._detok.decoded  # what finish() released ends the last token
@@ -83,7 +87,15 @@ class OutputText:
         else:
             limit = self._released
             n_new = 0
-            while n + n_new < len(ends) and ends[n + n_new] <= limit:
+            # a token whose text is all released; one with no text of its own (part of a
+            # character, a skipped special token) once text after it is, as its bytes
+            # may belong to a stop string that a later token completes
+            prev = ends[n - 1] if n else 0
+            while n + n_new < len(ends):
+                end = ends[n + n_new]
+                if not (end < limit or (end == limit and end > prev)):
+                    break
+                prev = end
                 n_new += 1
         pieces = []
         start = self._sent_chars

@@ -1,0 +1,92 @@
+"""The stop-string matcher against a plain reference, and OutputText's agreement between
+tokens and text (aiollm/engine/stop_strings.py, aiollm/engine/output_text.py)."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+
+from aiollm.engine.detokenizer import IncrementalDetokenizer
+from aiollm.engine.output_text import OutputText
+from aiollm.engine.stop_strings import StopStringMatcher
+from aiollm.model import load_tokenizer
+
+
+def reference(text: str, stops: list[str], floor: int = 0) -> int | None:
+    """Where the first stop string starting at or after `floor` starts."""
+    starts = [i for s in stops for i in range(floor, len(text)) if text.startswith(s, i)]
+    return min(starts, default=None)
+
+
+def test_matcher_finds_the_first_stop_and_never_releases_it():
+    rng = random.Random(0)
+    for _ in range(5000):
+        text = "".join(rng.choice("abc") for _ in range(rng.randint(0, 30)))
+        stops = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 5)))
+                 for _ in range(rng.randint(1, 4))]
+        floor = rng.choice([0, rng.randint(0, 10)])
+        m = StopStringMatcher(stops)
+        m.floor = floor
+        released, i = 0, 0
+        while i < len(text) and m.match_start is None:
+            k = rng.randint(1, 4)
+            m.feed(text[i:i + k])
+            i += k
+            if m.match_start is None:
+                assert m.hold_from >= released  # released text is never taken back
+                released = m.hold_from
+        m.finish()
+        want = reference(text, stops, floor)
+        assert m.match_start == want, (text, stops, floor)
+        if want is not None:
+            assert released <= want and text.startswith(m.matched, want)
+        else:
+            assert released <= len(text)
+
+
+def test_matcher_is_linear_in_long_stop_strings():
+    stops = ["x" * 1023 + "y"] + ["ab" * 512] * 15  # 16 stop strings at the length limit
+    t0 = time.perf_counter()
+    m = StopStringMatcher(stops)
+    m.feed("x" * 50_000)  # the worst case for a naive suffix check
+    elapsed = time.perf_counter() - t0
+    assert m.match_start is None and m.hold_from == 50_000 - 1023
+    assert elapsed < 1.0, elapsed  # quadratic work would be ~10^9 steps
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(None)
+
+
+@pytest.mark.parametrize("min_tokens", [0, 3, 8])
+def test_output_tokens_and_text_agree(tokenizer, min_tokens):
+    text = "One. Two 🚀🚀 three. Four, five. Six 日本. Seven."
+    ids = tokenizer.encode(text)
+    for stops in ([], ["."], ["🚀"], ["e."], ["ive. S"], ["zz"]):
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, stops), min_tokens)
+        deltas = []
+        for t in ids:
+            out.feed(t)
+            deltas.append(out.take())
+            if out.stopped:
+                break
+        out.finish()
+        deltas.append(out.take())
+        for d_text, n, pieces in deltas:
+            assert len(pieces) == n and "".join(pieces) == d_text
+        got = "".join(d[0] for d in deltas)
+        pieces = [p for d in deltas for p in d[2]]
+        # stop strings count after the first min_tokens tokens' text (whole characters)
+        floor = 0
+        for k in range(min_tokens, len(ids) + 1) if min_tokens else ():
+            prefix = tokenizer.decode(ids[:k])
+            if not prefix.endswith("\ufffd"):
+                floor = len(prefix)
+                break
+        cut = reference(text, stops, floor)
+        assert got == (text if cut is None else text[:cut]), stops
+        assert len(pieces) == out.kept >= min(min_tokens, len(ids))
+        assert tokenizer.decode(ids[:out.kept]).startswith(got)
