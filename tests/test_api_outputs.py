@@ -242,21 +242,28 @@ def test_vllm_prompt_logprobs(server):
 
 # -- fault 5: no per-request input stalls the other streams --------------------------------------
 
-MAX_GAP_S = 3.0  # a CPU step is 0.05-1 s here; the 40 KB stop string used to stall 3-4.5 s
+# The server's event loop may fall behind by at most MAX_LAG_S (the 40 KB stop string held
+# it for 3-4.5 s); a stream's tokens also wait for the model, so on this shared 2-core CPU,
+# where a step carrying 64 new requests or a scored 300-token prompt takes seconds, the bound
+# on their gaps is looser.
+MAX_LAG_S = 1.0
+MAX_GAP_S = 15.0
 
 
 def test_inputs_at_their_limits_do_not_stall_a_stream(server):
     """Each per-request field at its documented maximum (or just past it) while a stream
-    runs: the stream's largest gap between tokens stays under MAX_GAP_S, and what is past a
-    limit gets its 400 naming the field."""
+    runs: the server's event loop never falls behind by MAX_LAG_S, the stream's largest
+    gap between tokens stays under MAX_GAP_S, and what is past a limit gets its 400 naming
+    the field."""
     import asyncio
     import time
 
     import aiohttp
+    import msgspec
 
     from aiollm.sampling_params import MAX_LOGPROBS, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
 
-    long_stop = ["x" * (MAX_STOP_STRING_CHARS - 1) + str(i) for i in range(MAX_STOP_STRINGS)]
+    long_stop = ["x" * (MAX_STOP_STRING_CHARS - 1) + chr(97 + i) for i in range(MAX_STOP_STRINGS)]
     word = "hello " * 600  # over the test server's 512-token context
     cases = [  # (path, body, expected status, param named by a 400)
         ("/v1/completions", {"prompt": PARIS, "max_tokens": 4, "stop": long_stop}, 200, None),
@@ -279,6 +286,14 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
         ("/detokenize", {"tokens": [42] * 500_000}, 200, None),
         ("/v1/completions", {"prompt": PARIS, "max_tokens": 2, "n": 64}, 200, None),
     ]
+    lag = [0.0]
+    probing = [True]
+
+    async def probe():  # runs on the server's loop: how late a 10 ms sleep wakes up
+        while probing[0]:
+            t = time.monotonic()
+            await asyncio.sleep(0.01)
+            lag[0] = max(lag[0], time.monotonic() - t - 0.01)
 
     async def main():
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s:
@@ -294,15 +309,21 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
                             arrivals.append(time.monotonic())
 
             async def one(path, body):
-                async with s.post(server.base + path, json=body) as r:
+                async with s.post(server.base + path, data=body,
+                                  headers={"Content-Type": "application/json"}) as r:
                     return r.status, await r.read()
 
+            # encoded before the stream: the client shares the server's process (and GIL)
+            bodies = [msgspec.json.encode(body) for _, body, _, _ in cases]
             task = asyncio.create_task(stream())
             while len(arrivals) < 3:  # the stream is under way
                 await asyncio.sleep(0.02)
+            probed = asyncio.run_coroutine_threadsafe(probe(), server.loop)
             results = []
-            for path, body, _, _ in cases:  # one after the other, all during the stream
+            for (path, *_), body in zip(cases, bodies):  # one by one, all during the stream
                 results.append(await one(path, body))
+            probing[0] = False
+            await asyncio.wrap_future(probed)
             assert not task.done(), "the stream ended before the last case"
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
@@ -314,5 +335,7 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
         if param is not None:
             assert json.loads(raw)["error"]["param"] == param, raw[:300]
     assert "1024" in json.loads(results[1][1])["error"]["message"]  # the limit is named
+    assert lag[0] < MAX_LAG_S, lag[0]
     gaps = [b - a for a, b in zip(arrivals, arrivals[1:])]
     assert max(gaps) < MAX_GAP_S, sorted(gaps)[-5:]
+    server.wait_idle()

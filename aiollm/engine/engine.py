@@ -300,18 +300,23 @@ class Engine:
         ids = list(prompt)
         if not ids:
             raise InvalidRequest("prompt must not be empty", param="prompt")
+        if len(ids) >= self.max_model_len:  # refused anyway: spare checking each id
+            raise self._too_long(len(ids))
         vocab = self.model_config.vocab_size
         if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
             raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab})",
                                  param="prompt")
         return ids
 
+    def _too_long(self, n: int) -> InvalidRequest:
+        return InvalidRequest(
+            f"the prompt has {n} tokens, but this model's maximum context length is "
+            f"{self.max_model_len} tokens (prompt and output together)", param="prompt")
+
     def _check_fits(self, n: int, params: SamplingParams) -> None:
         limit = self.max_model_len
         if n >= limit:
-            raise InvalidRequest(
-                f"the prompt has {n} tokens, but this model's maximum context length is {limit} "
-                f"tokens (prompt and output together)", param="prompt")
+            raise self._too_long(n)
         if n + params.max_tokens > limit:
             raise InvalidRequest(
                 f"this model's maximum context length is {limit} tokens, but {n + params.max_tokens}"
@@ -325,8 +330,6 @@ class Engine:
             raise Overloaded("the server is shutting down")
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
-        if not isinstance(prompt, str):  # a long id list is refused before each id is checked
-            self._check_fits(len(prompt), params)
         ids = self.tokenize(prompt)
         n = len(ids)
         self._check_fits(n, params)
