@@ -478,8 +478,12 @@ def test_prompt_logprobs_match_transformers_over_chunked_prefill(loop, engine, h
     ids = engine.tokenize(" ".join(PROMPTS * 6))
     assert 256 < len(ids) < 500
     params = SamplingParams(max_tokens=0, prompt_logprobs=3)
-    other = engine.generate(PROMPTS[0], SamplingParams(max_tokens=8, temperature=0))
-    out, _ = run(loop, asyncio.gather(engine.generate(ids, params), other))
+    async def with_another():
+        other = SamplingParams(max_tokens=8, temperature=0)
+        return await asyncio.gather(engine.generate(ids, params),
+                                    engine.generate(PROMPTS[0], other))
+
+    out, _ = run(loop, with_another())
     assert out.token_ids == [] and out.completion_tokens == 0 and out.finish_reason == "length"
     assert len(out.prompt_logprobs) == len(ids) and out.prompt_logprobs[0] is None
     with torch.no_grad():
