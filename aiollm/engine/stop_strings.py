@@ -50,13 +50,13 @@ class StopStringMatcher:
                 node = nxt
             out[node] = ((len(s), i),)
         fail = [0] * len(goto)
-        queue = list(goto[0].values())
+        queue = list(goto[0].values())  # depth 1: fail to the root
         for node in queue:  # breadth first: a node's fail link is shallower than the node
             for ch, nxt in goto[node].items():
                 f = fail[node]
                 while f and ch not in goto[f]:
                     f = fail[f]
-                fail[nxt] = goto[f].get(ch, 0) if goto[f].get(ch, 0) != nxt else 0
+                fail[nxt] = goto[f].get(ch, 0)
                 # the stop strings ending here: the node's own, then its suffixes' (shorter)
                 out[nxt] = out[nxt] + out[fail[nxt]]
                 queue.append(nxt)
