@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scheduler", default=d.scheduler,
                    choices=["past_future", "aggressive", "conservative"],
                    help="admission policy")
+    e.add_argument("--past-future-estimator", default=d.past_future_estimator,
+                   choices=["quantile", "paper"],
+                   help="Past-Future's estimate of the future: a quantile of the history, or "
+                        "the paper's sampled peaks (default: %(default)s)")
+    e.add_argument("--scheduler-blind-cap", type=int, default=d.scheduler_blind_cap,
+                   help="benchmarks: show the scheduler ignore_eos requests as ordinary ones "
+                        "capped at this many new tokens, so fixed benchmark lengths stay unknown")
     e.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="run decode steps eagerly instead of replaying CUDA graphs")
     e.add_argument("--no-warm-up", dest="warm_up", action="store_false",
@@ -100,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed", "kv_tokens",
                    "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
                    "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
+                   "past_future_estimator", "scheduler_blind_cap",
                    "cuda_graph", "warm_up", "served_model_name", "tool_call_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
                    "dist_init_addr")

@@ -29,6 +29,9 @@ class EngineConfig:
     queue_timeout: float | None = None  # seconds a request may wait before admission
     table_capacity: int = 8192  # request table slots (running + waiting + paused)
     scheduler: str = "past_future"  # past_future | aggressive | conservative
+    past_future_estimator: str = "quantile"  # quantile | paper (aiollm.scheduler.config)
+    # benchmarks: the scheduler sees ignore_eos requests as capped at this many new tokens
+    scheduler_blind_cap: int | None = None
     served_model_name: str | None = None
     seed: int = 0
     cuda_graph: bool = True
@@ -54,10 +57,12 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
-        from aiollm.scheduler import SCHEDULERS
+        from aiollm.scheduler import SCHEDULERS, SchedulerConfig
 
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
+        # checks the estimator and the blind cap, naming the bad value
+        SchedulerConfig(estimator=self.past_future_estimator, blind_cap=self.scheduler_blind_cap)
         for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
                      "table_capacity", "cpu_kv_tokens", "cuda_graph_max_batch"):
             if getattr(self, name) < 1:

@@ -126,8 +126,9 @@ class Engine:
         rows = min(cfg.max_running_requests, cfg.table_capacity)
         self.req_to_token = ReqToTokenTable(rows, max_len, device)
         self.table = RequestTable(cfg.table_capacity, pin_memory=device.type == "cuda")
-        self.scheduler = make_scheduler(
-            cfg.scheduler, SchedulerConfig(max_running=cfg.max_running_requests))
+        self.scheduler = make_scheduler(cfg.scheduler, SchedulerConfig(
+            max_running=cfg.max_running_requests, estimator=cfg.past_future_estimator,
+            blind_cap=cfg.scheduler_blind_cap))
         self.metrics = EngineMetrics(self.stats)
         if cfg.prefix_cache and self.ranks is not None:
             # a cache hit writes the prefix's slots into req_to_token outside of any step,

@@ -12,7 +12,8 @@ The engine, before each step:
 requests to resume go first, with prompt_len = prompt + tokens generated so far and
 output_len = those tokens). No policy looks past the first max_running - len(running)
 candidates, so the engine may pass just that head of the queue. Policies, by name:
-"past_future" (default), "aggressive", "conservative". When the prediction turns out short
+"past_future" (default), "aggressive", "conservative"; Past-Future's estimate of the future
+is cfg.estimator ("quantile" or the paper's sampled "paper"). When the prediction turns out short
 and the pool runs out, the engine pauses the most recently admitted request(s) and resumes
 them by recompute; no policy here needs to be told, they see the paused requests again in
 `waiting`. The engine must reject requests whose prompt + max_new_tokens exceed the pool:
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 from aiollm.scheduler.baselines import AggressiveScheduler, ConservativeScheduler
 from aiollm.scheduler.batch import Candidates, RunningBatch
+from aiollm.scheduler.blind import LengthBlind
 from aiollm.scheduler.config import SchedulerConfig
 from aiollm.scheduler.history import OutputLengthHistory
 from aiollm.scheduler.past_future import PastFutureScheduler, PeakScheduler
@@ -43,7 +45,10 @@ def make_scheduler(name: str = DEFAULT_SCHEDULER, cfg: SchedulerConfig | None = 
         raise ValueError(
             f"unknown scheduler {name!r}; choose one of {', '.join(sorted(SCHEDULERS))}"
         ) from None
-    return cls(cfg)
+    sched = cls(cfg)
+    if sched.cfg.blind_cap is not None:
+        return LengthBlind(sched, sched.cfg.blind_cap)
+    return sched
 
 
 __all__ = [
@@ -51,6 +56,7 @@ __all__ = [
     "SCHEDULERS",
     "AggressiveScheduler",
     "Candidates",
+    "LengthBlind",
     "ConservativeScheduler",
     "OutputLengthHistory",
     "PastFutureScheduler",

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+ESTIMATORS = ("quantile", "paper")
+
+
 @dataclass(slots=True)
 class SchedulerConfig:
     # Past-Future: a request that has produced g tokens is predicted to stop at this quantile
@@ -14,6 +17,18 @@ class SchedulerConfig:
     # bench/sim.py, 0.25 gave the best goodput overall, with a quarter of the preemptions
     # of the aggressive policy (bench/README.md).
     quantile: float = 0.25
+    # Past-Future's estimate of the future: "quantile" (each request at `quantile` of its
+    # conditional history, one peak) or "paper" (the paper's: draws by inverse-CDF
+    # interpolation, the largest of min(5, 200 // batch + 1) sampled peaks, under
+    # paper_pool_fraction of the pool; sampled.py).
+    estimator: str = "quantile"
+    # The paper's estimator admits while its largest sampled peak stays under this fraction.
+    paper_pool_fraction: float = 0.95
+    # Seed of the paper estimator's draws (one generator per scheduler).
+    seed: int = 0
+    # Benchmarks only: show the policy ignore_eos requests as ordinary ones that may run up
+    # to this many new tokens, and learn their lengths when they finish (blind.py). None: off.
+    blind_cap: int | None = None
     # How many finished requests the history keeps (the newest ones).
     history_window: int = 1000
     # Below this many finished requests the history is too thin to trust: the prior is used
@@ -35,6 +50,13 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.quantile <= 1.0:
             raise ValueError(f"quantile must be in (0, 1], got {self.quantile}")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if not 0.0 < self.paper_pool_fraction <= 1.0:
+            raise ValueError(
+                f"paper_pool_fraction must be in (0, 1], got {self.paper_pool_fraction}")
+        if self.blind_cap is not None and self.blind_cap < 1:
+            raise ValueError(f"blind_cap must be >= 1, got {self.blind_cap}")
         if self.history_window < 1:
             raise ValueError(f"history_window must be >= 1, got {self.history_window}")
         if not 1 <= self.min_history <= self.history_window:
