@@ -64,6 +64,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 import workloads  # noqa: E402  (bench/ is scripts, not a package)
+
+PAPER_SLA = (10.0, 1.5)  # Past-Future (ASPLOS'25): TTFT s, max-TPOT s, for 7B/13B models
 ROOFLINE_KEYS = ("copy_bw_bytes_per_s", "matmul_flops_per_s", "weight_bytes",
                  "kv_bytes_per_token", "flops_per_token")
 # Common English words: most are one token in any BPE vocabulary, so text built from them
@@ -125,6 +127,10 @@ class BenchConfig:
     warmup: int = option(0, "requests sent and discarded first")
     slo_ttft: float | None = option(None, "goodput SLA: TTFT bound, seconds")
     slo_tpot: float | None = option(None, "goodput SLA: TPOT bound, seconds per token")
+    slo_max_tpot: float | None = option(None, "goodput SLA: bound on a request's longest gap "
+                                              "between two tokens (max-TPOT), seconds")
+    sim_workload: str | None = option(None, "draw lengths from this workload of bench/sim.py "
+                                            "(e.g. decode_heavy_s8), as the simulator does")
     roofline_json: str | None = option(None, "measured hardware limits: report output tok/s as "
                                              "a fraction of the roofline (formula above)")
     label: str = option("run", "names the run in the report and its file")
@@ -209,6 +215,12 @@ class RequestRecord:
         n = self.n_output
         return (self.e2e - self.ttft) / (n - 1) if n > 1 else None
 
+    @property
+    def max_tpot(self) -> float | None:
+        """The longest gap between two consecutive chunks (the Past-Future paper's max-TPOT)."""
+        t = self.chunk_times
+        return max(b - a for a, b in zip(t, t[1:])) if len(t) > 1 else None
+
 
 # -- backends: request body and stream events of each server family -----------------------------
 
@@ -281,6 +293,13 @@ BACKENDS = {"openai": Backend("/v1/completions", openai_payload, openai_event),
 def draw_lengths(cfg: BenchConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Prompt and output lengths (tokens) of every request."""
     n = cfg.num_requests
+    if cfg.sim_workload:
+        from sim import WORKLOADS  # bench/sim.py: the same draw from the same seed
+
+        w = WORKLOADS[cfg.sim_workload]
+        prompt, out = w.draw(rng, n)
+        return (np.asarray(prompt, dtype=np.int64),
+                np.clip(np.asarray(out, dtype=np.int64), 1, w.max_new_tokens))
     if cfg.dataset == "sharegpt-like":
         # ShareGPT's shape without the dataset (the same as bench/sim.py's sharegpt_like, so
         # simulated and measured runs share a workload): long-tailed prompts; replies a mix of
@@ -488,6 +507,7 @@ def summarize(cfg: BenchConfig, records: list[RequestRecord], duration: float) -
         "total_token_throughput": (in_tokens + out_tokens) / duration,
         "mean_in_flight": sum(r.e2e for r in ok) / duration,
         "ttft_s": describe(r.ttft for r in ok), "tpot_s": describe(tpots),
+        "max_tpot_s": describe(r.max_tpot for r in ok if r.max_tpot is not None),
         "itl_s": describe(itls), "e2e_s": describe(r.e2e for r in ok),
         "itl_timeline": itl_timeline(ok),
         "goodput": None,
@@ -498,10 +518,16 @@ def summarize(cfg: BenchConfig, records: list[RequestRecord], duration: float) -
             m[f"itl_s_{name}"] = describe(b - a for r in rs
                                           for a, b in zip(r.chunk_times, r.chunk_times[1:]))
             m[f"ttft_s_{name}"] = describe(r.ttft for r in rs)
-    if cfg.slo_ttft is not None or cfg.slo_tpot is not None:
+    # The Past-Future paper's SLA (7B/13B): TTFT <= 10 s, longest gap between tokens <= 1.5 s.
+    paper = [r for r in ok if r.ttft <= PAPER_SLA[0] and (r.max_tpot or 0.0) <= PAPER_SLA[1]]
+    m["goodput_paper_sla"] = {"requests_per_s": len(paper) / duration,
+                              "output_tokens_per_s": sum(r.n_output for r in paper) / duration,
+                              "attained": len(paper) / len(records)}
+    if cfg.slo_ttft is not None or cfg.slo_tpot is not None or cfg.slo_max_tpot is not None:
         good = [r for r in ok
                 if (cfg.slo_ttft is None or r.ttft <= cfg.slo_ttft)
-                and (cfg.slo_tpot is None or (r.tpot or 0.0) <= cfg.slo_tpot)]
+                and (cfg.slo_tpot is None or (r.tpot or 0.0) <= cfg.slo_tpot)
+                and (cfg.slo_max_tpot is None or (r.max_tpot or 0.0) <= cfg.slo_max_tpot)]
         m["goodput"] = {"requests_per_s": len(good) / duration,
                         "output_tokens_per_s": sum(r.n_output for r in good) / duration,
                         "attained": len(good) / len(records)}
@@ -586,16 +612,20 @@ def print_table(cfg: BenchConfig, m: dict, rf: dict | None) -> None:
     print(f"throughput: {m['request_throughput']:.2f} req/s  {m['output_throughput']:.1f} output "
           f"tok/s  {m['total_token_throughput']:.1f} total tok/s")
     print(f"{'ms':>6} {'mean':>9} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}")
-    for name in ("ttft", "tpot", "itl", "e2e"):
+    for name in ("ttft", "tpot", "max_tpot", "itl", "e2e"):
         row = m[f"{name}_s"]
         cells = (f"{row[k] * 1e3:9.2f}" if row[k] is not None else f"{'-':>9}" for k in row)
-        print(f"{name.upper():>6} {' '.join(cells)}")
+        print(f"{name.upper()[:6]:>6} {' '.join(cells)}")
     for name in ("constrained", "unconstrained"):
         if (row := m.get(f"itl_s_{name}")) and row["p50"] is not None:
             print(f"{name}: ITL p50 {row['p50'] * 1e3:.2f} ms, p99 {row['p99'] * 1e3:.2f} ms; "
                   f"TTFT p50 {m[f'ttft_s_{name}']['p50'] * 1e3:.1f} ms")
+    g = m["goodput_paper_sla"]
+    print(f"goodput, paper's SLA (TTFT <= {PAPER_SLA[0]} s, max-TPOT <= {PAPER_SLA[1]} s): "
+          f"{g['requests_per_s']:.2f} req/s ({g['attained']:.1%} of requests)")
     if g := m["goodput"]:
-        print(f"goodput (TTFT <= {cfg.slo_ttft} s, TPOT <= {cfg.slo_tpot} s): "
+        print(f"goodput (TTFT <= {cfg.slo_ttft} s, TPOT <= {cfg.slo_tpot} s, max-TPOT <= "
+              f"{cfg.slo_max_tpot} s): "
               f"{g['requests_per_s']:.2f} req/s  {g['output_tokens_per_s']:.1f} tok/s  "
               f"({g['attained']:.1%} of requests)")
     pc = m.get("prefix_cache")
@@ -662,6 +692,7 @@ async def run(cfg: BenchConfig, quiet: bool = False) -> dict:
         "roofline": rf,
         "requests": [{"prompt_len": r.server_prompt or r.prompt_len, "output_len": r.output_len,
                       "n_output": r.n_output, "ttft_s": r.ttft if r.ok else None,
+                      "max_tpot_s": r.max_tpot if r.ok else None,
                       "e2e_s": r.e2e if r.ok else None, "error": r.error} for r in records],
     }
     out = Path(cfg.out or REPO / f"bench/results/serve-{now.date()}-{cfg.label}.json")

@@ -205,6 +205,25 @@ def test_percentiles_and_latency_metrics_on_known_inputs():
                                           "attained": 1 / 3})  # only `a` meets both
 
 
+def test_max_tpot_and_the_papers_sla():
+    # a: steady 0.1 s gaps; b: one 2 s gap (a stall) though its mean TPOT is small;
+    # c: TTFT of 11 s
+    a = serve.RequestRecord(4, 3, start=0.0, end=0.3, chunk_times=[0.1, 0.2, 0.3])
+    b = serve.RequestRecord(4, 30, start=0.0, end=3.0,
+                            chunk_times=[0.1, 0.2, 2.2] + [2.2 + 0.03 * i for i in range(1, 28)])
+    c = serve.RequestRecord(4, 2, start=0.0, end=11.2, chunk_times=[11.0, 11.2])
+    assert (a.max_tpot, b.max_tpot, c.max_tpot) == pytest.approx((0.1, 2.0, 0.2))
+    m = serve.summarize(serve.BenchConfig(slo_ttft=10, slo_max_tpot=1.5), [a, b, c], 4.0)
+    assert m["max_tpot_s"]["max"] == pytest.approx(2.0)
+    assert m["goodput_paper_sla"] == pytest.approx(
+        {"requests_per_s": 0.25, "output_tokens_per_s": 0.75, "attained": 1 / 3})
+    assert m["goodput"] == m["goodput_paper_sla"]
+    # lengths drawn as bench/sim.py draws them
+    p, o = serve.draw_lengths(serve.BenchConfig(num_requests=300, sim_workload="decode_heavy_s8"),
+                              np.random.default_rng(0))
+    assert 4 <= p.min() and p.max() <= 512 and 256 <= o.min() and o.max() <= 512
+
+
 def test_roofline_formula():
     hw = {"copy_bw_bytes_per_s": 1e12, "matmul_flops_per_s": 1e14, "weight_bytes": 1e9,
           "kv_bytes_per_token": 1e5, "flops_per_token": 2e9}
