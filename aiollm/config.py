@@ -28,7 +28,9 @@ class EngineConfig:
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission
     table_capacity: int = 8192  # request table slots (running + waiting + paused)
-    scheduler: str = "past_future"  # past_future | aggressive | conservative
+    # aggressive | past_future | conservative; aggressive matched or beat Past-Future's goodput
+    # in every setting measured (bench/README.md, "Past-Future in the paper's setting")
+    scheduler: str = "aggressive"
     past_future_estimator: str = "quantile"  # quantile | paper (aiollm.scheduler.config)
     # benchmarks: the scheduler sees ignore_eos requests as capped at this many new tokens
     scheduler_blind_cap: int | None = None

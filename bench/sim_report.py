@@ -125,5 +125,5 @@ def plot(rows: list[dict], timeline: dict, sim, path: Path) -> None:
     ax.set_ylim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.suptitle(f"bench/sim.py: goodput per policy; Poisson runs of {sim.n_requests} requests")
+    fig.suptitle("bench/sim.py: goodput per policy under each SLA")
     fig.savefig(path, dpi=100)

@@ -254,7 +254,7 @@ def test_exact_predictions_fill_the_pool_without_overflow():
 
 def test_make_scheduler_and_config_errors():
     assert set(SCHEDULERS) == {"past_future", "aggressive", "conservative"}
-    assert make_scheduler().name == "past_future"
+    assert make_scheduler().name == "aggressive"  # the default: bench/README.md
     with pytest.raises(ValueError, match="unknown scheduler 'fifo'"):
         make_scheduler("fifo")
     with pytest.raises(ValueError, match="quantile"):

@@ -12,7 +12,7 @@ The engine, before each step:
 requests to resume go first, with prompt_len = prompt + tokens generated so far and
 output_len = those tokens). No policy looks past the first max_running - len(running)
 candidates, so the engine may pass just that head of the queue. Policies, by name:
-"past_future" (default), "aggressive", "conservative"; Past-Future's estimate of the future
+"aggressive" (default), "past_future", "conservative"; Past-Future's estimate of the future
 is cfg.estimator ("quantile" or the paper's sampled "paper"). When the prediction turns out short
 and the pool runs out, the engine pauses the most recently admitted request(s) and resumes
 them by recompute; no policy here needs to be told, they see the paused requests again in
@@ -34,7 +34,7 @@ from aiollm.scheduler.policy import Scheduler
 SCHEDULERS: dict[str, type[Scheduler]] = {
     cls.name: cls for cls in (PastFutureScheduler, AggressiveScheduler, ConservativeScheduler)
 }
-DEFAULT_SCHEDULER = PastFutureScheduler.name
+DEFAULT_SCHEDULER = AggressiveScheduler.name  # the goodput numbers: bench/README.md
 
 
 def make_scheduler(name: str = DEFAULT_SCHEDULER, cfg: SchedulerConfig | None = None) -> Scheduler:
