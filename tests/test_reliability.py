@@ -249,7 +249,7 @@ def test_bad_input(server, method, path, kw, status, param, text):
 
 
 UNKNOWN_FIELDS = [  # what OpenAI and LightLLM clients send beside the fields we use
-    (C, prompt(user="u1", logit_bias={"50256": -100}, suffix=None, best_of=1,
+    (C, prompt(user="u1", logit_bias={"50": -100}, suffix=None, best_of=1,
                some_vendor_field={"x": [1, {"y": None}]})),
     (CH, chat(user="u1", tools=[], tool_choice="none", parallel_tool_calls=False,
               response_format={"type": "text"}, metadata={"k": "v"}, store=False,

@@ -169,8 +169,8 @@ def parser_for(template: str | None, override: str | None = None) -> ToolParser:
 # -- the request ---------------------------------------------------------------------------
 
 def check_tools(tools: Any) -> list[dict]:
-    if not isinstance(tools, list) or not tools:
-        raise InvalidRequest("tools must be a non-empty list", param="tools")
+    if not isinstance(tools, list):
+        raise InvalidRequest("tools must be a list", param="tools")
     for i, t in enumerate(tools):
         if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(
                 t.get("function"), dict) or not isinstance(t["function"].get("name"), str):
@@ -184,8 +184,9 @@ def check_tools(tools: Any) -> list[dict]:
 
 
 def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
-    """(all tools, mode "none" | "auto" | "required", the tools a call may use)."""
-    if tools is None:
+    """(all tools, mode "none" | "auto" | "required", the tools a call may use).
+    An empty list is no tools: clients (LangChain, some SDK wrappers) send `tools: []`."""
+    if tools is None or tools == []:
         if tool_choice not in (None, "none"):
             raise InvalidRequest("tool_choice needs tools", param="tool_choice")
         return [], "none", []
