@@ -38,3 +38,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def server(request):
+    """The live server shared by the HTTP tests (tests/live_server.py); a module that needs
+    another (a tight pool, a wait for idle after each test) defines its own."""
+    from live_server import shared_server
+
+    return shared_server(request.config)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    """The official `openai` client on the shared server."""
+    import openai
+
+    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
+                         timeout=120)

@@ -10,22 +10,10 @@ import re
 import time
 
 import aiohttp
-import openai
 import pytest
-from live_server import KV_TOKENS, MAX_MODEL_LEN, LiveServer, http, shared_server, sse_events
+from live_server import KV_TOKENS, MAX_MODEL_LEN, http, sse_events
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def server(request) -> LiveServer:
-    return shared_server(request.config)
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
-                         timeout=120)
 
 
 @pytest.fixture(scope="module")

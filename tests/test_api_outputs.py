@@ -6,23 +6,11 @@ from __future__ import annotations
 
 import json
 
-import openai
 import pytest
-from live_server import LiveServer, http, shared_server, sse_events
+from live_server import http, sse_events
 
 PARIS = "The capital of France is"
 ROCKETS = [{"role": "user", "content": "Repeat exactly: 🚀🚀🚀 rocket 🚀🚀🚀"}]
-
-
-@pytest.fixture(scope="module")
-def server(request) -> LiveServer:
-    return shared_server(request.config)
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
-                         timeout=120)
 
 
 def completion(server, body: dict) -> dict:

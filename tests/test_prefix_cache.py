@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pytest
-from live_server import LiveServer, http, shared_server, sse_events
+from live_server import http, sse_events
 
 from aiollm import Engine, SamplingParams
 from aiollm.engine.prefix_cache import RadixTree
@@ -338,11 +338,6 @@ def test_randomized_traffic_keeps_the_invariants_after_every_step(loop, tmp_path
 
 
 # -- HTTP ------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def server(request) -> LiveServer:
-    return shared_server(request.config)
-
 
 def test_http_usage_reports_cached_tokens(server):
     system = "You are a terse assistant who answers in one word. " * 8

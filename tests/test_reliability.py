@@ -19,17 +19,11 @@ from contextlib import contextmanager
 import aiohttp
 import pytest
 import torch
-from live_server import (MAX_MODEL_LEN, LiveServer, http, is_idle, shared_server,
-                         sse_events)
+from live_server import MAX_MODEL_LEN, LiveServer, http, is_idle, sse_events
 
 QUEUE_TIMEOUT = 2.0
 KEY = "secret-key-0123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-
-
-@pytest.fixture(scope="module")
-def server(request) -> LiveServer:
-    return shared_server(request.config)
 
 
 @pytest.fixture(scope="module")

@@ -17,16 +17,11 @@ from collections import Counter
 
 import aiohttp
 import pytest
-from live_server import LiveServer, rss_bytes, shared_server, sse_events
+from live_server import LiveServer, rss_bytes, sse_events
 
 CLIENTS = 6
 RSS_GROWTH_BOUND = 48 * 2**20  # after warm-up; a leak of ~100 KB per request passes this
                                # bound within the long soak (~400 requests)
-
-
-@pytest.fixture(scope="module")
-def server(request) -> LiveServer:
-    return shared_server(request.config)
 
 
 def random_request(rng: random.Random) -> tuple[str, dict, bool]:

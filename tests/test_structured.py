@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pydantic
 import pytest
-from live_server import http, shared_server
+from live_server import http
 
 ASK = [{"role": "user", "content": "Describe a person as JSON."}]
 NAME = {"type": "string", "minLength": 1, "maxLength": 12}
@@ -47,17 +47,6 @@ TIME = {"type": "function", "function": {
     "name": "get_time", "description": "Current time in a time zone",
     "parameters": {"type": "object", "properties": {"zone": NAME}, "required": ["zone"],
                    "additionalProperties": False}}}
-
-
-@pytest.fixture(scope="module")
-def server(request):
-    return shared_server(request.config)
-
-
-@pytest.fixture(scope="module")
-def client(server) -> openai.OpenAI:
-    return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
-                         timeout=120)
 
 
 def _chat(client, stream: bool, **kw) -> tuple[str, str]:

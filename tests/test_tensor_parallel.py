@@ -19,7 +19,6 @@ import torch
 from transformers import LlamaConfig
 
 from aiollm.engine import Engine
-from aiollm.model import default_model_path
 from aiollm.sampling_params import SamplingParams
 
 AIOLLM = str(Path(sys.executable).with_name("aiollm"))
