@@ -30,12 +30,12 @@ BATCH_CLASSES = (1, 4, 16, 64, 256)
 LENGTH_CLASSES = (512, 1024, 2048, 4096, 8192, 16384, 32768)
 # Default when nothing is tuned; CPU_CONFIG uses small blocks so the interpreter runs quickly
 # and short test sequences still span several blocks.
-DEFAULT_CONFIG: Config = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "split_tokens": 512}
+DEFAULT_CONFIG: Config = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "split_tokens": 64}
 CPU_CONFIG: Config = {"BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "split_tokens": 32}
 CANDIDATES: list[Config] = [
     {"BLOCK_N": bn, "num_warps": w, "num_stages": s, "split_tokens": st}
     for bn, w, s in ((32, 4, 2), (64, 4, 2), (64, 4, 3), (64, 8, 3), (128, 4, 2), (128, 8, 2))
-    for st in (256, 1024)
+    for st in (64, 256, 1024)
 ]
 
 
