@@ -16,14 +16,9 @@ DAY=$(date +%F)
 # outlast a grammar's end): structure, enums, integers and short strings on every step
 SCHEMA='{"type": "array", "minItems": 200, "items": {"type": "object", "properties": {"name": {"type": "string", "maxLength": 8}, "qty": {"type": "integer", "minimum": 0, "maximum": 999}, "kind": {"enum": ["tool", "part", "kit"]}, "ok": {"type": "boolean"}}, "required": ["name", "qty", "kind", "ok"], "additionalProperties": false}}'
 BODY="{\"response_format\": {\"type\": \"json_schema\", \"json_schema\": {\"name\": \"items\", \"schema\": $SCHEMA}}}"
-python3 -m aiollm.cli serve $MODEL_ARGS ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
-  --port "$PORT" --max-model-len 4096 ${EXTRA:-} > "$OUT_DIR/server-grammar.log" 2>&1 &
-pid=$!
-for _ in $(seq 600); do
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-  kill -0 $pid 2>/dev/null || { tail -30 "$OUT_DIR/server-grammar.log"; exit 1; }
-  sleep 1
-done
+source "$(dirname "$0")/server.sh"
+start_server "$OUT_DIR/server-grammar.log" $MODEL_ARGS ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
+  --max-model-len 4096 ${EXTRA:-}
 run() {  # label, then extra serve.py flags
   local label=$1; shift
   python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurrency 100 \
@@ -41,5 +36,5 @@ for r in ${RUNS:-none all mixed}; do
     mixed) run grammar-mixed --extra-body "$BODY" --constrained-every 2 ;;
   esac
 done
-kill -TERM $pid; wait $pid
+stop_server
 grep -E "KV pool|captured|model " "$OUT_DIR/server-grammar.log" | head -5

@@ -16,6 +16,7 @@ MAXLEN=${MAXLEN:-2048}
 POLICIES=${POLICIES:-"pf_paper pf_quantile aggressive conservative"}
 PORT=${PORT:-8013}
 OUT_DIR=${OUT_DIR:-bench/results}
+source "$(dirname "$0")/server.sh"
 for policy in $POLICIES; do
   case $policy in
     pf_paper) args="--scheduler past_future --past-future-estimator paper" ;;
@@ -23,19 +24,13 @@ for policy in $POLICIES; do
     *) args="--scheduler $policy" ;;
   esac
   t0=$(date +%s)
-  python3 -m aiollm.cli serve ${MODEL:+"$MODEL" --load-format dummy} --port "$PORT" --max-model-len "$MAXLEN" \
-    --kv-tokens "$KV" --scheduler-blind-cap "$CAP" $args ${EXTRA:-} > "$OUT_DIR/server-$policy.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 600); do
-    curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-    kill -0 $pid 2>/dev/null || { tail -30 "$OUT_DIR/server-$policy.log"; exit 1; }
-    sleep 1
-  done
+  start_server "$OUT_DIR/server-$policy.log" ${MODEL:+"$MODEL" --load-format dummy} \
+    --max-model-len "$MAXLEN" --kv-tokens "$KV" --scheduler-blind-cap "$CAP" $args ${EXTRA:-}
   echo "== $policy: server up in $(( $(date +%s) - t0 )) s"
   python3 bench/serve.py --url "http://127.0.0.1:$PORT" --concurrency "$CLIENTS" --num-requests "$N" \
     --sim-workload "$WORKLOAD" --slo-ttft 10 --slo-max-tpot 1.5 ${MAX_DURATION:+--max-duration $MAX_DURATION} \
     --label "pastfuture-$WORKLOAD-c$CLIENTS-$policy" \
     --out "$OUT_DIR/serve-$(date +%F)-pastfuture-$WORKLOAD-c$CLIENTS-$policy.json" | grep -E "completed|throughput|goodput|TTFT|MAX_TP"
   curl -sf "http://127.0.0.1:$PORT/metrics" | grep -E "^aiollm_evictions" || true
-  kill -TERM $pid; wait $pid
+  stop_server
 done

@@ -28,16 +28,11 @@ bench() {  # label, then serve.py options
     | tee -a "$LOG"
 }
 
+source "$(dirname "$0")/server.sh"
 for mode in on off; do
   flag=""; [ "$mode" = off ] && flag="--no-prefix-cache"
-  python3 -m aiollm.cli serve "$MODEL" --load-format dummy --port "$PORT" --max-model-len 4096 \
-    --tokenizer "$TOKENIZER" $flag ${EXTRA:-} > "/tmp/server-$mode.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 600); do
-    curl -sf "$URL/health" >/dev/null && break
-    kill -0 $pid 2>/dev/null || { tail -30 "/tmp/server-$mode.log"; exit 1; }
-    sleep 1
-  done
+  start_server "/tmp/server-$mode.log" "$MODEL" --load-format dummy --max-model-len 4096 \
+    --tokenizer "$TOKENIZER" $flag ${EXTRA:-}
   if [ -n "${PREWARM:-}" ]; then
     python3 bench/serve.py --url "$URL" --tokenizer "$TOKENIZER" --concurrency 100 \
       --num-requests "$PREWARM" --input-len 1024 --output-len-mean 128 --seed 9 \
@@ -53,6 +48,6 @@ for mode in on off; do
   bench "prefix-$mode-lightllm-$NAME" --input-len 1024 --output-len-mean 128 \
     --num-requests "${N_LIGHTLLM:-400}" --warmup 8 --seed 2
   curl -sf "$URL/metrics" | grep -E "^aiollm_(prefix_cache|evictions|kv_tokens)" >> "$LOG"
-  kill -TERM $pid; wait $pid
+  stop_server
   grep -E "KV pool|prefix cache|captured|warm-up" "/tmp/server-$mode.log" | head -8 >> "$LOG"
 done

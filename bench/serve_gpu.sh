@@ -8,14 +8,9 @@ MODEL=${1:-bench/configs/llama-3.1-8b}
 PORT=${PORT:-8011}
 OUT_DIR=${OUT_DIR:-bench/results}
 NAME=$(basename "$MODEL")
-python3 -m aiollm.cli serve "$MODEL" --load-format dummy ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
-  --port "$PORT" --max-model-len 4096 ${EXTRA:-} > "$OUT_DIR/server-$NAME.log" 2>&1 &
-pid=$!
-for _ in $(seq 600); do
-  curl -sf "http://127.0.0.1:$PORT/health" >/dev/null && break
-  kill -0 $pid 2>/dev/null || { tail -30 "$OUT_DIR/server-$NAME.log"; exit 1; }
-  sleep 1
-done
+source "$(dirname "$0")/server.sh"
+start_server "$OUT_DIR/server-$NAME.log" "$MODEL" --load-format dummy \
+  ${TOKENIZER:+--tokenizer "$TOKENIZER"} --max-model-len 4096 ${EXTRA:-}
 if [ -n "${PREWARM:-}" ]; then  # a first pass, discarded: the kernels' variants compile
   python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurrency 100 \
     --num-requests "$PREWARM" --input-len 1024 --output-len-mean 128 \
@@ -26,5 +21,5 @@ python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurr
   --roofline-json "bench/results/roofline-$NAME.json" --warmup 8 --label "aiollm-$NAME" \
   --out "$OUT_DIR/serve-$(date +%F)-aiollm-$NAME.json" --plot
 curl -sf "http://127.0.0.1:$PORT/metrics" > "$OUT_DIR/metrics-$NAME.txt"  # step-time histograms
-kill -TERM $pid; wait $pid
+stop_server
 grep -E "KV pool|captured|model " "$OUT_DIR/server-$NAME.log" | head -5
