@@ -17,6 +17,7 @@ from aiollm.scheduler import (
     make_scheduler,
 )
 from aiollm.scheduler.sampled import conditional_draw, n_draws
+from test_scheduler import stepped_peak  # brute force over every future step
 
 
 def paper_peak(held: np.ndarray, remaining: np.ndarray) -> int:
@@ -25,15 +26,6 @@ def paper_peak(held: np.ndarray, remaining: np.ndarray) -> int:
     order = np.argsort(-remaining, kind="stable")
     a, r = held[order], remaining[order]
     return max((int(a[: k + 1].sum() + (k + 1) * r[k]) for k in range(len(a))), default=0)
-
-
-def stepped_peak(held: np.ndarray, remaining: np.ndarray) -> int:
-    """Brute force: walk every future step, request i holds held[i] + t while t <= r_i."""
-    peak = 0
-    for t in range(1, int(remaining.max(initial=0)) + 1):
-        alive = remaining >= t
-        peak = max(peak, int((held[alive] + t).sum()))
-    return peak
 
 
 def test_paper_peak_formula_equals_stepping_and_future_peak():
