@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import subprocess
 import time
 from datetime import date
@@ -167,8 +168,8 @@ def main() -> None:
     ceil = measure_ceilings()
     print(f"{device}: copy {ceil['copy_bw_bytes_per_s'] / 1e12:.2f} TB/s, "
           f"bf16 matmul {ceil['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     report = {"bench": "decode", "date": str(date.today()), "device": device, "commit": commit,
               "ceilings": ceil, "input_len": args.input_len, "steps": args.steps, "models": {}}
     rows = []
@@ -204,7 +205,8 @@ def main() -> None:
             print(f"{name:14} {b:5d} {a['device_ms_per_step']:10.2f} {a['host_ms_per_step']:8.2f} "
                   f"{a['gpu_gap_us_per_step']:7.1f}")
     dev = device.replace(" ", "-")
-    path = Path(args.out_dir) / f"decode-{date.today()}-{dev}.json"
+    names = "-".join(Path(m).name for m in args.models)
+    path = Path(args.out_dir) / f"decode-{date.today()}-{dev}-{names}-{commit}.json"
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 

@@ -12,8 +12,12 @@ expert intermediate 768; random bf16 weights, random routing), at each token cou
   ceilings measured in the same run.
 
 Before timing, every token-count class of the autotuner is tuned for this shape (AIOLLM_AUTOTUNE
-applies: 1 tunes missing keys), so aiollm/kernels/configs/<gpu>.json covers serving too;
---configs-out copies that file out. Prints a table, writes bench/results/moe-DATE-DEVICE.json.
+applies: 1 tunes missing keys, 2 retunes all), so aiollm/kernels/configs/<gpu>.json covers
+serving too; --configs-out copies that file out. --precompile N first compiles every tuning
+candidate in N worker processes (Triton's disk cache is shared), so that tuning, which runs
+one candidate at a time, finds them compiled. --breakdown T... times each stage of the layer
+alone (eager) at those token counts. Prints tables, writes
+bench/results/moe-DATE-DEVICE-COMMIT.json (COMMIT: $BENCH_COMMIT, else git's HEAD).
 
     python bench/moe.py [bench/configs/qwen3-30b-a3b] [--tokens 1 8 64 256 4096]
 """
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import shutil
 import subprocess
 import time
@@ -31,9 +37,20 @@ from pathlib import Path
 import torch
 import triton.testing
 
+from aiollm.kernels import fused_moe_gemv
 from aiollm.kernels.autotune import CONFIG_DIR, gpu_slug
-from aiollm.kernels.fused_moe import TOKEN_CLASSES, fused_moe_ref
-from aiollm.kernels.moe_align import moe_route_ref
+from aiollm.kernels.fused_moe import (
+    GEMV_MAX_TOKENS,
+    TOKEN_CLASSES,
+    _block_ms,
+    _candidates,
+    _gate_up,
+    _gemm,
+    fused_moe_ref,
+    moe_configs,
+    use_gemv_path,
+)
+from aiollm.kernels.moe_align import moe_align_triton, moe_route_ref, moe_route_triton
 from aiollm.model.config import load_hf_config
 from aiollm.model.moe import SparseMoe
 
@@ -96,6 +113,113 @@ def graph_ms(fn) -> float:
     return median_ms(graph.replay)
 
 
+def _compile_tasks(config, classes: list[int]) -> list[tuple[int, str, dict]]:
+    """(tokens, kernel, config) for every tuning candidate, one per distinct compile."""
+    m, H = config.moe, config.hidden_size
+    seen, tasks = set(), []
+
+    def add(t, kind, cfg):
+        key = (kind, tuple(sorted(cfg.items())))
+        if key not in seen:
+            seen.add(key)
+            tasks.append((t, kind, cfg))
+
+    for t in classes:
+        bms = _block_ms(t, m.top_k, m.num_experts)
+        for cfg in _candidates(bms, True):
+            add(t, "up", cfg)
+        for bm in bms:
+            for cfg in _candidates([bm], False):
+                add(t, "down", {"BLOCK_M": bm, **cfg})
+        if t <= GEMV_MAX_TOKENS:
+            for c in fused_moe_gemv.UP_CANDIDATES:
+                add(t, "gemv_up", fused_moe_gemv._as_config(c))
+            for c in fused_moe_gemv.DOWN_CANDIDATES:
+                add(t, "gemv_down", fused_moe_gemv._as_config(c))
+    return tasks
+
+
+@torch.inference_mode()
+def _compile_worker(args) -> int:
+    """Launch each task once (results unused): compiles land in Triton's disk cache."""
+    model_dir, tasks = args
+    layer, config = make_layer(model_dir)
+    w13, w2 = layer.experts.gate_up_proj, layer.experts.down_proj
+    m, H, inter = config.moe, config.hidden_size, config.moe.intermediate_size
+    done = 0
+    for t, kind, cfg in tasks:
+        x = torch.randn(t, H, dtype=DT, device=DEV)
+        tw, ids = moe_route_triton(layer.gate(x), m.top_k, m.norm_topk_prob)
+        act = torch.randn((t * m.top_k, inter), dtype=DT, device=DEV)
+        try:
+            if kind in ("up", "down"):
+                aligned = moe_align_triton(ids, m.num_experts, cfg["BLOCK_M"])
+                if kind == "up":
+                    _gate_up(x, w13, aligned, tw, m.top_k, cfg)
+                else:
+                    y = torch.empty((t * m.top_k, H), dtype=DT, device=DEV)
+                    _gemm(act, w2, y, aligned, tw, 1, False, True, cfg)
+            elif kind == "gemv_up":
+                fused_moe_gemv._gate_up(x, w13, act, ids, 0, cfg)
+            else:
+                fused_moe_gemv._down(act, w2, torch.empty_like(x), ids, tw, 0, cfg)
+            done += 1
+        except Exception:  # noqa: BLE001 - one may not fit (shared memory); tuning skips it too
+            pass
+    if GPU:
+        torch.cuda.synchronize()
+    return done
+
+
+def precompile(model_dir: str, config, classes: list[int], workers: int) -> tuple[int, int]:
+    tasks = _compile_tasks(config, classes)
+    shards = [(model_dir, tasks[i::workers]) for i in range(workers)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        done = sum(pool.map(_compile_worker, shards))
+    return done, len(tasks)
+
+
+def breakdown(layer, config, t: int) -> dict:
+    """Each stage of the layer alone (eager, median ms) at t tokens, with the tuned configs."""
+    m, H = config.moe, config.hidden_size
+    E, k, inter = m.num_experts, m.top_k, m.intermediate_size
+    w13, w2 = layer.experts.gate_up_proj, layer.experts.down_proj
+    x = torch.randn(t, H, dtype=DT, device=DEV)
+    logits = layer.gate(x)
+    tw, ids = moe_route_triton(logits, k, m.norm_topk_prob)
+    inputs = (x, w13, w2, tw, ids, 0)
+    out = {"tokens": t, "router_ms": median_ms(lambda: layer.gate(x)),
+           "route_ms": median_ms(lambda: moe_route_triton(logits, k, m.norm_topk_prob))}
+    act = torch.randn((t * k, inter), dtype=DT, device=DEV)
+    if use_gemv_path(t, E, H, inter, k, x.device, inputs):
+        up, down = fused_moe_gemv.gemv_configs(t, TOKEN_CLASSES, E, H, inter, k, x.device, inputs)
+        y = torch.empty_like(x)
+        out.update(path="gemv", configs=[up, down],
+                   gate_up_ms=median_ms(lambda: fused_moe_gemv._gate_up(x, w13, act, ids, 0, up)),
+                   down_and_sum_ms=median_ms(lambda: fused_moe_gemv._down(act, w2, y, ids, tw, 0,
+                                                                          down)))
+        return out
+    up, down = moe_configs(t, E, H, inter, k, x.device, inputs)
+    aligned = moe_align_triton(ids, E, up["BLOCK_M"])
+    y = torch.empty((t * k, H), dtype=DT, device=DEV)
+    padded = int(aligned[2])
+    out.update(path="grouped", configs=[up, down], padded_pairs=padded,
+               align_ms=median_ms(lambda: moe_align_triton(ids, E, up["BLOCK_M"])),
+               gate_up_ms=median_ms(lambda: _gate_up(x, w13, aligned, tw, k, up)),
+               down_ms=median_ms(lambda: _gemm(act, w2, y, aligned, tw, 1, False, True, down)),
+               sum_ms=median_ms(lambda: y.view(t, k, H).sum(dim=1)))
+    # rate on the padded rows, which the MMAs compute, and on the pairs alone
+    for name, flops in (("gate_up", 2 * 2 * inter * H), ("down", 2 * inter * H)):
+        out[f"{name}_tflops_padded"] = flops * padded / (out[f"{name}_ms"] * 1e9)
+        out[f"{name}_tflops_pairs"] = flops * t * k / (out[f"{name}_ms"] * 1e9)
+    return out
+
+
+def commit_id() -> str:
+    return os.environ.get("BENCH_COMMIT") or subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+
+
 @torch.inference_mode()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -104,6 +228,10 @@ def main() -> None:
     ap.add_argument("--tune-classes", type=int, nargs="*", default=list(TOKEN_CLASSES[:14]),
                     help="token counts to tune before timing (default: every class to 8192)")
     ap.add_argument("--configs-out", default=None, help="copy the tuned config file here")
+    ap.add_argument("--precompile", type=int, default=0, metavar="N",
+                    help="compile every tuning candidate in N processes first (GPU)")
+    ap.add_argument("--breakdown", type=int, nargs="*", default=[],
+                    help="token counts at which to time each stage alone")
     ap.add_argument("--out-dir", default="bench/results")
     args = ap.parse_args()
 
@@ -117,6 +245,10 @@ def main() -> None:
     expert_bytes = 3 * H * I * 2
 
     t0 = time.perf_counter()
+    if args.precompile and GPU:
+        done, total = precompile(args.model, config, args.tune_classes, args.precompile)
+        print(f"precompiled {done}/{total} candidates in {time.perf_counter() - t0:.1f} s "
+              f"({args.precompile} processes)")
     for t in args.tune_classes:
         layer(torch.randn(t, H, dtype=DT, device=DEV))  # tunes the class if it is missing
     if GPU:
@@ -156,13 +288,17 @@ def main() -> None:
         print(f"{r['tokens']:6d} {r['experts_touched']:7d} {r['roofline_ms']:8.4f} "
               f"{r['fused_graph_ms']:9.4f} {r['fused_eager_ms']:9.4f} {r['loop_ms']:8.3f} "
               f"{r['fraction_of_roofline']:8.1%} {r['speedup_vs_loop']:7.1f}x {r['bound']:>8}")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    parts = [breakdown(layer, config, t) for t in args.breakdown] if GPU else []
+    for b in parts:
+        print(f"stages at {b['tokens']} tokens ({b['path']}): " + ", ".join(
+            f"{n} {v:.4f}" for n, v in b.items() if n.endswith("_ms")) + " ms; " + ", ".join(
+            f"{n} {v:.0f}" for n, v in b.items() if "tflops" in n))
+    commit = commit_id()
     report = {"bench": "moe", "date": str(date.today()), "device": device, "commit": commit,
               "model": Path(args.model).name, "hidden": H, "experts": E, "top_k": k,
               "expert_intermediate": I, "dtype": str(DT).removeprefix("torch."), "ceilings": ceil,
-              "tune_seconds": tune_s, "rows": rows}
-    out = Path(args.out_dir) / f"moe-{date.today()}-{device.replace(' ', '-')}.json"
+              "tune_seconds": tune_s, "rows": rows, "breakdown": parts}
+    out = Path(args.out_dir) / f"moe-{date.today()}-{device.replace(' ', '-')}-{commit}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")
     if args.configs_out and GPU:

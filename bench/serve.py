@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -595,6 +596,10 @@ def device_name(cfg: BenchConfig) -> str:
 
 
 def git_commit() -> str:
+    """$BENCH_COMMIT (a copy of the tree run elsewhere names its commit), else git's HEAD."""
+    if os.environ.get("BENCH_COMMIT"):
+        return os.environ["BENCH_COMMIT"]
+
     def git(*a: str) -> str:
         return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True,
                               text=True).stdout.strip()

@@ -2,7 +2,8 @@
 # LightLLM's published workload against `aiollm serve` on one GPU: input 1024 tokens, outputs
 # Gaussian around 128, 100 concurrent clients, 400 requests, an 8B-shaped model with random
 # weights. Usage: bench/serve_gpu.sh [MODEL_DIR] (env: TOKENIZER, OUT_DIR, PORT, EXTRA,
-# PREWARM=N: a discarded first pass of N requests, NUM_REQUESTS: default 400)
+# PREWARM=N: a discarded first pass of N requests, NUM_REQUESTS: default 400, PLOT=0: no
+# plot, BENCH_COMMIT: the commit to name in the results, for a copy of the tree without git)
 set -u
 MODEL=${1:-bench/configs/llama-3.1-8b}
 PORT=${PORT:-8011}
@@ -19,7 +20,8 @@ fi
 python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend openai --concurrency 100 \
   --num-requests "${NUM_REQUESTS:-400}" --input-len 1024 --output-len-mean 128 ${TOKENIZER:+--tokenizer "$TOKENIZER"} \
   --roofline-json "bench/results/roofline-$NAME.json" --warmup 8 --label "aiollm-$NAME" \
-  --out "$OUT_DIR/serve-$(date +%F)-aiollm-$NAME.json" --plot
+  --out "$OUT_DIR/serve-$(date +%F)-aiollm-$NAME${BENCH_COMMIT:+-$BENCH_COMMIT}.json" \
+  $([ "${PLOT:-1}" = 1 ] && echo --plot)
 curl -sf "http://127.0.0.1:$PORT/metrics" > "$OUT_DIR/metrics-$NAME.txt"  # step-time histograms
 stop_server
 grep -E "KV pool|captured|model " "$OUT_DIR/server-$NAME.log" | head -5

@@ -1,7 +1,8 @@
 """The mixture-of-experts kernels against their references: routing, token-to-expert
-alignment and the fused MoE (grouped GEMMs), under TRITON_INTERPRET=1 on the CPU at small
-shapes: odd token counts, experts that get no token, every token on one expert, and an
-expert-parallel slice of the experts."""
+alignment and the fused MoE (grouped GEMMs in each operand order, gate/up fused or not; the
+GEMV path for a few tokens), under TRITON_INTERPRET=1 on the CPU at small shapes: odd token
+counts, experts that get no token, every token on one expert, and an expert-parallel slice
+of the experts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from aiollm.kernels.fused_moe import fused_moe_ref, fused_moe_triton
+from aiollm.kernels.fused_moe_gemv import fused_moe_gemv_triton
 from aiollm.kernels.moe_align import (
     moe_align_ref,
     moe_align_triton,
@@ -21,6 +23,15 @@ SMALL = ({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps"
           "num_stages": 1},
          {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4,
           "num_stages": 1})
+# the variants the autotuner may pick: C^T = W A^T (SWAP_AB) in both GEMMs; weight tiles
+# by tensor descriptors (TMA); gate/up unfused
+VARIANTS = {"plain": SMALL,
+            "swapped": tuple({**c, "SWAP_AB": 1} for c in SMALL),
+            "tma": tuple({**c, "TMA": 1} for c in SMALL),
+            "swapped-tma": tuple({**c, "SWAP_AB": 1, "TMA": 1} for c in SMALL),
+            "unfused": ({**SMALL[0], "FUSED": 0}, SMALL[1])}
+GEMV = ({"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
+        {"BLOCK_N": 8, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1})
 
 
 @pytest.mark.parametrize("T,E,k,renorm", [(1, 8, 2, True), (13, 16, 2, False), (5, 6, 3, True)])
@@ -70,10 +81,12 @@ def test_alignment_groups_pairs_by_expert_padded_to_the_block(case):
         assert all(int(flat[p]) - start == e for p in pairs if p < T * k)
 
 
-@pytest.mark.parametrize("case", ["odd-tokens", "one-expert", "empty-experts", "local-slice"])
-def test_fused_moe_matches_reference(case):
+def moe_case(case: str, T: int = 9):
+    """x, w13, w2, weights, ids, (start, n_local) for one of the routing cases."""
     torch.manual_seed(2)
-    T, E, k, H, I = 9, 8, 2, 32, 24  # I=24: the K loop of the down GEMM is masked
+    # I=24: the down GEMM's K loop is masked; H=40 masks the gate/up loop too, H=32 does not
+    E, k, I = 8, 2, 24
+    H = 32 if case in ("odd-tokens", "one-expert") else 40
     x = torch.randn(T, H)
     w13 = torch.randn(E, 2 * I, H) / H**0.5
     w2 = torch.randn(E, H, I) / I**0.5
@@ -83,10 +96,20 @@ def test_fused_moe_matches_reference(case):
     elif case == "empty-experts":
         logits[:, 5:] -= 100  # experts 5..7 get no token
     weights, ids = moe_route_ref(logits, k, True)
-    start, n_local = (3, 4) if case == "local-slice" else (0, E)
+    return x, w13, w2, weights, ids, (3, 4) if case == "local-slice" else (0, E)
+
+
+CASES = ["odd-tokens", "one-expert", "empty-experts", "local-slice"]
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("case", CASES)
+def test_fused_moe_matches_reference(case, variant):
+    x, w13, w2, weights, ids, (start, n_local) = moe_case(case)
+    E = w13.shape[0]
     ws = slice(start, start + n_local)
     out = fused_moe_triton(x, w13[ws].contiguous(), w2[ws].contiguous(), weights, ids, start,
-                           num_global_experts=E, configs=SMALL)
+                           num_global_experts=E, configs=VARIANTS[variant])
     ref = fused_moe_ref(x, w13[ws], w2[ws], weights, ids, start)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     if case == "local-slice":  # the slices of all ranks add up to the whole layer
@@ -95,6 +118,17 @@ def test_fused_moe_matches_reference(case):
                           start + n_local)
         torch.testing.assert_close(out + rest, fused_moe_ref(x, w13, w2, weights, ids),
                                    rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+@pytest.mark.parametrize("case", CASES)
+def test_fused_moe_gemv_path_matches_reference(case, T):
+    x, w13, w2, weights, ids, (start, n_local) = moe_case(case, T)
+    ws = slice(start, start + n_local)
+    out = fused_moe_gemv_triton(x, w13[ws].contiguous(), w2[ws].contiguous(), weights, ids,
+                                start, GEMV)
+    torch.testing.assert_close(out, fused_moe_ref(x, w13[ws], w2[ws], weights, ids, start),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_fused_moe_reference_equals_a_dense_loop():

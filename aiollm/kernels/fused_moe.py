@@ -9,9 +9,20 @@ M-block of the aligned pairs (one expert, gathered token rows) and one N-block o
 weights.
 
 - gate/up: A = x[pair // top_k], two accumulators (the gate rows and the matching up rows), and
-  SiLU-and-mul in the epilogue, so the [pairs, 2I] gate/up product never reaches memory;
+  SiLU-and-mul in the epilogue, so the [pairs, 2I] gate/up product never reaches memory; or
+  (FUSED 0) one plain GEMM over all 2I rows, then silu_and_mul;
 - down: A = the activations of the pair, the routing weight multiplied in the epilogue, one row
   per pair; the top-k reduction is a sum over the pairs of each token.
+
+Variants, chosen per token-count class by the autotuner:
+- SWAP_AB computes C^T = W A^T: the expert's weight rows fill the MMA's M dimension (64 or
+  more, as Hopper's wgmma wants) and the few tokens of a block its N dimension. Without it a
+  16-pair block is the M dimension and the compiler falls back to the older mma.sync;
+- TMA loads the weight tiles with tensor descriptors (the bulk copy engine) instead of
+  per-thread pointers, which frees the registers those pointers hold (the 128 x 2 x 128 gate/up
+  tile drops from 255 to 170 registers in Triton 3.6's report). A rows stay gathered loads;
+- for a few tokens, fused_moe_gemv.py's path (no alignment, two GEMV launches) competes with
+  the grouped GEMMs as a whole (key `fused_moe_path`).
 
 Program ids are swizzled in groups of GROUP_M along M (the Triton matmul tutorial's scheme) so
 that programs running together share B tiles in L2 at prefill sizes. Launch configs come from
@@ -25,25 +36,48 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
+from aiollm.kernels.activation import silu_and_mul_triton
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
+from aiollm.kernels.fused_moe_gemv import fused_moe_gemv_triton, gemv_configs
 from aiollm.kernels.moe_align import moe_align_triton
 
 TOKEN_CLASSES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
-_SMALL = [(32, 128, 4, 4), (64, 128, 4, 4), (64, 64, 4, 4), (128, 64, 4, 3), (32, 256, 4, 3),
-          (64, 256, 8, 3), (128, 128, 8, 3)]  # (BLOCK_N, BLOCK_K, num_warps, num_stages)
-_LARGE = [(64, 64, 4, 4), (128, 64, 8, 3), (128, 64, 4, 4), (64, 128, 4, 3), (128, 128, 8, 3),
-          (256, 64, 8, 3)]
+GEMV_MAX_TOKENS = 16  # token classes up to here also try fused_moe_gemv.py's path
 
 
-@triton.jit
+def _c(bn: int, bk: int, warps: int, stages: int, **flags: int) -> Config:
+    return {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
+            "num_stages": stages, **flags}
+
+
+# Tuning candidates, without BLOCK_M. Flags: SWAP_AB (C^T = W A^T), TMA (weight tiles by tensor
+# descriptor), FUSED 0 (gate/up as one plain GEMM, then silu_and_mul); absent means 0, FUSED 1.
+_SMALL = [_c(32, 128, 4, 4), _c(64, 128, 4, 4), _c(64, 64, 4, 4), _c(128, 64, 4, 3),
+          _c(32, 256, 4, 3), _c(64, 256, 8, 3), _c(128, 128, 8, 3),
+          _c(64, 128, 4, 4, SWAP_AB=1), _c(128, 64, 4, 4, SWAP_AB=1),
+          _c(64, 128, 4, 4, SWAP_AB=1, TMA=1), _c(64, 256, 4, 3, SWAP_AB=1, TMA=1),
+          _c(128, 128, 4, 3, SWAP_AB=1, TMA=1), _c(128, 64, 4, 4, SWAP_AB=1, TMA=1)]
+# two accumulators of 128 x BLOCK_N: 4 warps spill at BLOCK_N 128, hence few 4-warp configs
+_LARGE_UP = [_c(64, 64, 4, 4), _c(128, 64, 8, 3), _c(64, 128, 4, 3),
+             _c(64, 64, 4, 4, TMA=1), _c(128, 64, 8, 3, TMA=1), _c(128, 64, 8, 4, TMA=1),
+             _c(64, 128, 4, 3, TMA=1),
+             _c(256, 64, 8, 3, TMA=1, FUSED=0), _c(256, 64, 8, 4, TMA=1, FUSED=0),
+             _c(128, 128, 8, 2, TMA=1, FUSED=0), _c(128, 64, 8, 4, TMA=1, FUSED=0)]
+_LARGE_DOWN = [_c(128, 64, 8, 3), _c(128, 64, 4, 4), _c(256, 64, 8, 3), _c(64, 64, 4, 4),
+               _c(128, 64, 8, 3, TMA=1), _c(128, 64, 8, 4, TMA=1), _c(128, 64, 4, 4, TMA=1),
+               _c(256, 64, 8, 3, TMA=1), _c(256, 64, 8, 4, TMA=1), _c(128, 128, 8, 2, TMA=1)]
+
+
+@triton.jit(do_not_specialize=["num_pairs", "num_blocks_m"])
 def _moe_gemm_kernel(
-    A, B, C, SortedIds, ExpertIds, NumPadded, TopkWeights,
+    A, B, BDesc, C, SortedIds, ExpertIds, NumPadded, TopkWeights,
     N, K, num_pairs, num_blocks_m,
     stride_am, stride_be, stride_bn, stride_cm, up_offset,
     A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
-    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -61,51 +95,107 @@ def _moe_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = A + a_rows[:, None] * stride_am + offs_k[None, :]
-    b_ptrs = B + expert * stride_be + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    b_base = B + expert * stride_be
+    if SWAP_AB:
+        # C^T = W A^T: the expert's weight rows fill the MMA's M dimension and the few
+        # tokens its N dimension, so a small token block wastes no MMA rows
+        a_ptrs = A + a_rows[None, :] * stride_am + offs_k[:, None]  # [BLOCK_K, BLOCK_M]
+        b_ptrs = b_base + offs_n[:, None].to(tl.int64) * stride_bn + offs_k[None, :]
+        a_mask = row_ok[None, :]
+        b_mask = n_ok[:, None]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        a_ptrs = A + a_rows[:, None] * stride_am + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
+        b_ptrs = b_base + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None]
+        a_mask = row_ok[:, None]
+        b_mask = n_ok[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FUSE_SILU:
-        acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_up = tl.zeros_like(acc)
+    # with USE_TMA, B tiles come by the bulk tensor copy engine: BDesc views B as
+    # [experts * rows, K] in [BLOCK_N, BLOCK_K] boxes, zero-filled past K
+    b_row = (expert * (stride_be // stride_bn)).to(tl.int32) + pid_n * BLOCK_N
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
-            a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            b = tl.load(b_ptrs, mask=n_ok[None, :], other=0.0)
+            a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+        elif SWAP_AB:
+            a = tl.load(a_ptrs, mask=a_mask & (offs_k[:, None] < K - k0), other=0.0)
         else:
-            k_ok = offs_k < K - k0
-            a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_ptrs, mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-        acc = tl.dot(a, b, acc)
-        if FUSE_SILU:
+            a = tl.load(a_ptrs, mask=a_mask & (offs_k[None, :] < K - k0), other=0.0)
+        if USE_TMA:
+            b = BDesc.load([b_row, k0])  # [BLOCK_N, BLOCK_K]
+            if not SWAP_AB:
+                b = b.T
+            if FUSE_SILU:
+                b_up = BDesc.load([b_row + up_offset, k0])
+                if not SWAP_AB:
+                    b_up = b_up.T
+        else:
             if EVEN_K:
-                b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=n_ok[None, :], other=0.0)
+                b_k = b_mask
+            elif SWAP_AB:
+                b_k = b_mask & (offs_k[None, :] < K - k0)
             else:
-                b_up = tl.load(b_ptrs + up_offset * stride_bn,
-                               mask=n_ok[None, :] & k_ok[:, None], other=0.0)
-            acc_up = tl.dot(a, b_up, acc_up)
+                b_k = b_mask & (offs_k[:, None] < K - k0)
+            b = tl.load(b_ptrs, mask=b_k, other=0.0)
+            if FUSE_SILU:
+                b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=b_k, other=0.0)
+        if SWAP_AB:
+            acc = tl.dot(b, a, acc)
+            if FUSE_SILU:
+                acc_up = tl.dot(b_up, a, acc_up)
+        else:
+            acc = tl.dot(a, b, acc)
+            if FUSE_SILU:
+                acc_up = tl.dot(a, b_up, acc_up)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     if FUSE_SILU:
         acc = acc * tl.sigmoid(acc) * acc_up
-    if MUL_WEIGHT:
-        acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[:, None]
-    c_ptrs = C + rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
-    tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+    if SWAP_AB:
+        if MUL_WEIGHT:
+            acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[None, :]
+        c_ptrs = C + rows[None, :].to(tl.int64) * stride_cm + offs_n[:, None]
+        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[None, :] & n_ok[:, None])
+    else:
+        if MUL_WEIGHT:
+            acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[:, None]
+        c_ptrs = C + rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
-def _gemm(a, b, c, aligned, topk_weights, top_k: int, fuse_silu: bool, cfg: Config) -> None:
+def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: bool, mul_weight: bool,
+          cfg: Config) -> None:
     sorted_ids, expert_ids, num_padded = aligned
     n = c.shape[1]
     k = a.shape[1]
     grid = (expert_ids.numel() * triton.cdiv(n, cfg["BLOCK_N"]),)
+    tma = bool(cfg.get("TMA", 0))
+    b_desc = (TensorDescriptor.from_tensor(b.view(-1, k), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+              if tma else None)
     _moe_gemm_kernel[grid](
-        a, b, c, sorted_ids, expert_ids, num_padded, topk_weights,
+        a, b, b_desc, c, sorted_ids, expert_ids, num_padded, topk_weights,
         n, k, c.shape[0], expert_ids.numel(),
         a.stride(0), b.stride(0), b.stride(1), c.stride(0), n if fuse_silu else 0,
-        A_ROW_DIV=top_k if fuse_silu else 1, FUSE_SILU=fuse_silu, MUL_WEIGHT=not fuse_silu,
-        EVEN_K=k % cfg["BLOCK_K"] == 0, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], GROUP_M=cfg.get("GROUP_M", 8), num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        A_ROW_DIV=a_row_div, FUSE_SILU=fuse_silu, MUL_WEIGHT=mul_weight,
+        EVEN_K=k % cfg["BLOCK_K"] == 0, SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
+        USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
+        GROUP_M=cfg.get("GROUP_M", 8), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
+
+
+def _gate_up(x, w13, aligned, topk_weights, top_k: int, cfg: Config) -> torch.Tensor:
+    """-> act [T * top_k, I]: silu(gate) * up of each pair, fused in the GEMM's epilogue, or,
+    with cfg["FUSED"] == 0, one plain GEMM over all 2I rows followed by silu_and_mul (one
+    accumulator per tile instead of two, for the cost of a [pairs, 2I] round trip)."""
+    pairs, two_i = top_k * x.shape[0], w13.shape[1]
+    if cfg.get("FUSED", 1):
+        act = torch.empty((pairs, two_i // 2), dtype=x.dtype, device=x.device)
+        _gemm(x, w13, act, aligned, topk_weights, top_k, True, False, cfg)
+        return act
+    gate_up = torch.empty((pairs, two_i), dtype=x.dtype, device=x.device)
+    _gemm(x, w13, gate_up, aligned, topk_weights, top_k, False, False, cfg)
+    return silu_and_mul_triton(gate_up)
 
 
 def _block_ms(tokens: int, top_k: int, experts: int) -> list[int]:
@@ -120,14 +210,9 @@ def _block_ms(tokens: int, top_k: int, experts: int) -> list[int]:
     return [64, 128]
 
 
-def _candidates(block_ms: list[int], with_m: bool) -> list[Config]:
-    out = []
-    for bm in block_ms:
-        for bn, bk, warps, stages in (_SMALL if bm <= 32 else _LARGE):
-            cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8, "num_warps": warps,
-                   "num_stages": stages}
-            out.append({"BLOCK_M": bm, **cfg} if with_m else cfg)
-    return out
+def _candidates(block_ms: list[int], up: bool) -> list[Config]:
+    return [{"BLOCK_M": bm, **c} if up else c for bm in block_ms
+            for c in (_SMALL if bm <= 32 else _LARGE_UP if up else _LARGE_DOWN)]
 
 
 def moe_configs(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
@@ -144,8 +229,7 @@ def moe_configs(tokens: int, num_experts: int, hidden: int, inter: int, top_k: i
     def run_up(cfg):
         x, w13, _, tw, ids, start = bench_inputs
         aligned = moe_align_triton(ids, num_experts, cfg["BLOCK_M"], start)
-        act = torch.empty((ids.numel(), inter), dtype=x.dtype, device=x.device)
-        return time_config(lambda: _gemm(x, w13, act, aligned, tw, top_k, True, cfg))
+        return time_config(lambda: _gate_up(x, w13, aligned, tw, top_k, cfg))
 
     up = get_config("fused_moe_gate_up", key, device, up_default, _candidates(bms, True), run_up)
     bm = up["BLOCK_M"]
@@ -157,12 +241,49 @@ def moe_configs(tokens: int, num_experts: int, hidden: int, inter: int, top_k: i
         act = torch.randn((ids.numel(), inter), dtype=x.dtype, device=x.device)
         y = torch.empty((ids.numel(), hidden), dtype=x.dtype, device=x.device)
         full = {"BLOCK_M": bm, **cfg}
-        return time_config(lambda: _gemm(act, w2, y, aligned, tw, top_k, False, full))
+        return time_config(lambda: _gemm(act, w2, y, aligned, tw, 1, False, True, full))
 
     down_key = f"e{num_experts}-n{hidden}-k{inter}-top{top_k}-t{cls}-m{bm}"
     down = get_config("fused_moe_down", down_key, device, down_default,
                       _candidates([bm], False), run_down)
     return up, {"BLOCK_M": bm, **down}
+
+
+def use_gemv_path(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
+                  device: torch.device, bench_inputs=None) -> bool:
+    """Whether this token-count class runs fused_moe_gemv.py's path rather than the grouped
+    GEMMs: tuned (key `fused_moe_path`) by timing both whole forwards, each with its own tuned
+    configs; `bench_inputs` as in moe_configs."""
+    cls = bucket(tokens, TOKEN_CLASSES)
+    if cls > GEMV_MAX_TOKENS:
+        return False
+
+    def run(cfg):
+        x, w13, w2, tw, ids, start = bench_inputs
+        if cfg["GEMV"]:
+            cfgs = gemv_configs(tokens, TOKEN_CLASSES, num_experts, hidden, inter, top_k,
+                                device, bench_inputs)
+            return time_config(lambda: fused_moe_gemv_triton(x, w13, w2, tw, ids, start, cfgs))
+        cfgs = moe_configs(tokens, num_experts, hidden, inter, top_k, device, bench_inputs)
+        return time_config(lambda: _grouped(x, w13, w2, tw, ids, start, False, cfgs))
+
+    key = f"e{num_experts}-n{2 * inter}-k{hidden}-top{top_k}-t{cls}"
+    cfg = get_config("fused_moe_path", key, device, {"GEMV": 0}, [{"GEMV": 1}, {"GEMV": 0}], run)
+    return bool(cfg["GEMV"])
+
+
+def _grouped(x, w13, w2, topk_weights, topk_ids, expert_start: int, partial: bool,
+             configs: tuple[Config, Config]) -> torch.Tensor:
+    T, H = x.shape
+    top_k = topk_ids.shape[1]
+    inter = w2.shape[2]
+    up_cfg, down_cfg = configs
+    aligned = moe_align_triton(topk_ids, w13.shape[0], up_cfg["BLOCK_M"], expert_start)
+    act = _gate_up(x, w13, aligned, topk_weights, top_k, up_cfg)
+    # pairs routed to experts held elsewhere are never written: zero them first
+    y = (torch.zeros if partial else torch.empty)((T * top_k, H), dtype=x.dtype, device=x.device)
+    _gemm(act, w2, y, aligned, topk_weights, 1, False, True, down_cfg)
+    return y.view(T, top_k, H).sum(dim=1)
 
 
 def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
@@ -172,7 +293,8 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     """x [T, H]; w13 [E, 2I, H]; w2 [E, H, I] (same dtype as x); topk_weights [T, k] float32;
     topk_ids [T, k] int32 global expert ids, of which [expert_start, expert_start + E) are
     computed here and the others contribute 0 (num_global_experts: all experts, default E)
-    -> [T, H] in x's dtype."""
+    -> [T, H] in x's dtype. `configs` (gate/up with BLOCK_M, down) forces the grouped-GEMM
+    path with those launch configs; without them the autotuned path and configs are used."""
     T, H = x.shape
     E, two_i, _ = w13.shape
     inter = two_i // 2
@@ -184,18 +306,14 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     x = x.contiguous()
     topk_weights = topk_weights.contiguous()
     topk_ids = topk_ids.contiguous()
-    if configs is None:
-        configs = moe_configs(T, E, H, inter, top_k, x.device,
-                              (x, w13, w2, topk_weights, topk_ids, expert_start))
-    up_cfg, down_cfg = configs
-    aligned = moe_align_triton(topk_ids, E, up_cfg["BLOCK_M"], expert_start)
-    act = torch.empty((T * top_k, inter), dtype=x.dtype, device=x.device)
-    _gemm(x, w13, act, aligned, topk_weights, top_k, True, up_cfg)
-    # pairs routed to experts held elsewhere are never written: zero them first
     partial = expert_start > 0 or (num_global_experts or E) > E
-    y = (torch.zeros if partial else torch.empty)((T * top_k, H), dtype=x.dtype, device=x.device)
-    _gemm(act, w2, y, aligned, topk_weights, top_k, False, down_cfg)
-    return y.view(T, top_k, H).sum(dim=1)
+    if configs is None:
+        inputs = (x, w13, w2, topk_weights, topk_ids, expert_start)
+        if use_gemv_path(T, E, H, inter, top_k, x.device, inputs):
+            cfgs = gemv_configs(T, TOKEN_CLASSES, E, H, inter, top_k, x.device, inputs)
+            return fused_moe_gemv_triton(x, w13, w2, topk_weights, topk_ids, expert_start, cfgs)
+        configs = moe_configs(T, E, H, inter, top_k, x.device, inputs)
+    return _grouped(x, w13, w2, topk_weights, topk_ids, expert_start, partial, configs)
 
 
 def fused_moe_ref(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,

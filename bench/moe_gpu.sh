@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 20's GPU measurements on the Qwen3-30B-A3B shape in one device call (random weights):
+#   1. bench/moe.py: retune every fused-MoE token class (AIOLLM_AUTOTUNE=2: the candidate space
+#      changed), compiling the candidates in parallel first; time the layer at 1, 8, 64, 256
+#      and 4,096 tokens and each stage at 1 and 4,096;
+#   2. LightLLM's serving workload (1,024 in, ~128 out, 100 clients, 400 requests) through
+#      bench/serve_gpu.sh, with the tuned configs;
+#   3. bench/decode.py at batch 1 and 64.
+# Each step has its own time limit, so one that hangs leaves the others their time.
+# Usage, from the repo root after `source bench/gpu_setup.sh`:
+#   OUT=dir TOKENIZER=tokdir BENCH_COMMIT=sha bench/moe_gpu.sh
+# env: MODEL (default the Qwen3-30B-A3B shape), MOE_TOKENS, SERVE_REQUESTS (default 400),
+#      WORKERS (compile processes, default 12), SKIP (space-separated step names to leave out: moe serve decode)
+set -u
+OUT=${OUT:?set OUT to the output directory}
+TOKENIZER=${TOKENIZER:?set TOKENIZER to a tokenizer directory}
+MODEL=${MODEL:-bench/configs/qwen3-30b-a3b}
+export BENCH_COMMIT=${BENCH_COMMIT:-$(git rev-parse --short HEAD)} PYTHONUNBUFFERED=1
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+skip() { case " ${SKIP:-} " in *" $1 "*) return 0;; esac; return 1; }
+step() { echo "== $1 $(date -u +%T)" | tee -a "$LOG"; }
+
+if ! skip moe; then
+  step moe
+  AIOLLM_AUTOTUNE=2 timeout 240 python3 bench/moe.py "$MODEL" \
+    --tokens ${MOE_TOKENS:-1 8 64 256 4096} --breakdown 1 4096 --precompile "${WORKERS:-12}" \
+    --out-dir "$OUT" 2>&1 | grep -v Warning | tee -a "$LOG"
+  cp "$(ls -t aiollm/kernels/configs/*.json | head -1)" "$OUT/"  # the file tuning wrote
+fi
+if ! skip serve; then
+  step serve
+  # timeout signals its whole process group: the server started in the background too
+  PLOT=0 OUT_DIR="$OUT" NUM_REQUESTS="${SERVE_REQUESTS:-400}" timeout -k 10 200 \
+    bench/serve_gpu.sh "$MODEL" 2>&1 | tail -40 | tee -a "$LOG"
+fi
+if ! skip decode; then
+  step decode
+  mkdir -p /tmp/decode-out
+  timeout 150 python3 bench/decode.py "$MODEL" --batch 1 64 --no-hf --tokenizer "$TOKENIZER" \
+    --out-dir /tmp/decode-out 2>&1 | grep -v Warning | tail -20 | tee -a "$LOG"
+  cp /tmp/decode-out/decode-*.json "$OUT/" 2>/dev/null
+fi
+step done
+ls -la "$OUT" | tee -a "$LOG"
