@@ -23,7 +23,7 @@ step() { echo "== $1 $(date -u +%T)" | tee -a "$LOG"; }
 
 if ! skip moe; then
   step moe
-  AIOLLM_AUTOTUNE=2 timeout 240 python3 bench/moe.py "$MODEL" \
+  AIOLLM_AUTOTUNE=2 timeout 150 python3 bench/moe.py "$MODEL" \
     --tokens ${MOE_TOKENS:-1 8 64 256 4096} --breakdown 1 4096 --precompile "${WORKERS:-12}" \
     --out-dir "$OUT" 2>&1 | grep -v Warning | tee -a "$LOG"
   cp "$(ls -t aiollm/kernels/configs/*.json | head -1)" "$OUT/"  # the file tuning wrote
@@ -31,13 +31,13 @@ fi
 if ! skip serve; then
   step serve
   # timeout signals its whole process group: the server started in the background too
-  PLOT=0 OUT_DIR="$OUT" NUM_REQUESTS="${SERVE_REQUESTS:-400}" timeout -k 10 200 \
+  PLOT=0 OUT_DIR="$OUT" NUM_REQUESTS="${SERVE_REQUESTS:-400}" timeout -k 10 150 \
     bench/serve_gpu.sh "$MODEL" 2>&1 | tail -40 | tee -a "$LOG"
 fi
 if ! skip decode; then
   step decode
   mkdir -p /tmp/decode-out
-  timeout 150 python3 bench/decode.py "$MODEL" --batch 1 64 --no-hf --tokenizer "$TOKENIZER" \
+  timeout 100 python3 bench/decode.py "$MODEL" --batch 1 64 --no-hf --tokenizer "$TOKENIZER" \
     --out-dir /tmp/decode-out 2>&1 | grep -v Warning | tail -20 | tee -a "$LOG"
   cp /tmp/decode-out/decode-*.json "$OUT/" 2>/dev/null
 fi
