@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the model name clients send and see (default: the model's name)")
     net.add_argument("--tool-call-parser", default=None, choices=["hermes", "llama3", "mistral"],
                      help="the format of the model's tool calls (default: from its chat template)")
+    net.add_argument("--special-tokens-in-content", action="store_true",
+                     help="chat: let control-token text in message content (<|im_start|>...) "
+                          "become control tokens; by default it is plain text, so a user "
+                          "cannot forge a system turn")
     net.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                           "(if not given: $AIOLLM_API_KEY; neither: no auth)")
@@ -110,7 +114,7 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
                    "past_future_estimator", "scheduler_blind_cap",
                    "cuda_graph", "warm_up", "served_model_name", "tool_call_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
-                   "dist_init_addr")
+                   "dist_init_addr", "special_tokens_in_content")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,6 +44,9 @@ class EngineConfig:
     # how /v1/chat/completions reads tool calls: hermes | llama3 | mistral (None: from the
     # chat template; see aiollm/api/tools.py)
     tool_call_parser: str | None = None
+    # chat: control-token text inside message content becomes real control tokens (by
+    # default it is plain text, so a user cannot forge a turn; aiollm/engine/chat_template.py)
+    special_tokens_in_content: bool = False
     # reuse the KV of repeated prompt prefixes (aiollm/engine/prefix_cache.py)
     prefix_cache: bool = True
     # tensor parallelism (aiollm.distributed): ranks in all, over nnodes nodes; node_rank 0

@@ -54,6 +54,7 @@ def error_response(err: ApiError) -> web.Response:
         status=err.status,
         body=msgspec.json.encode(error_body(err.status, err.message, err.param, err.code)),
         content_type="application/json",
+        charset="utf-8",  # clients that honour only the header must not guess ISO-8859-1
         headers=err.headers,
     )
 

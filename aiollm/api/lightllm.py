@@ -45,6 +45,7 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
     stop: list[str] = []
     stop_ids: list[int] = []
     seqs = [p.stop_sequences] if isinstance(p.stop_sequences, str) else p.stop_sequences or []
+    vocab = st.engine.model_config.vocab_size
     for s in seqs:
         if isinstance(s, str):
             stop.append(s)
@@ -53,6 +54,9 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         elif len(s) > MAX_STOP_STRING_CHARS:  # decoded on the event loop: bound it
             raise InvalidRequest(f"a stop sequence may have at most {MAX_STOP_STRING_CHARS} "
                                  f"token ids, got {len(s)}", param="parameters.stop_sequences")
+        elif not all(0 <= t < vocab for t in s):
+            raise InvalidRequest(f"stop_sequences token ids must be in [0, {vocab}), got {s}",
+                                 param="parameters.stop_sequences")
         elif s:  # a multi-token stop sequence is matched as its text
             stop.append(st.engine.tokenizer.decode(s))
     # a negative temperature stays an error even where sampling is off

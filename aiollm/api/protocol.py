@@ -142,6 +142,10 @@ class CompletionRequest(SamplingFields, kw_only=True):
             "token-id lists", param="prompt")
 
 
+# the roles OpenAI accepts (developer is rendered as system)
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+
+
 class ContentPart(Struct, kw_only=True):
     type: str
     text: str | None = None
@@ -155,7 +159,10 @@ class ChatMessage(Struct, kw_only=True):
     tool_call_id: str | None = None  # a tool message answers this call
 
     def as_dict(self, index: int) -> dict[str, Any]:
-        """The message as the chat template wants it: role and plain-text content."""
+        """The message as the chat template wants it: role and plain-text content. Raises
+        InvalidRequest naming the field for a role or shape OpenAI refuses (a role the
+        template would render anyway, and the model answer as if it were a turn)."""
+        self._check(f"messages[{index}]")
         content = self.content
         if isinstance(content, list):
             texts = []
@@ -169,7 +176,9 @@ class ChatMessage(Struct, kw_only=True):
                                          param=f"messages[{index}].content[{j}].text")
                 texts.append(part.text)
             content = "".join(texts)
-        msg = {"role": self.role, "content": content or ""}
+        # developer is OpenAI's newer name for system; chat templates know only system
+        role = "system" if self.role == "developer" else self.role
+        msg = {"role": role, "content": content or ""}
         if self.name is not None:
             msg["name"] = self.name
         if self.tool_calls is not None:
@@ -177,6 +186,33 @@ class ChatMessage(Struct, kw_only=True):
         if self.tool_call_id is not None:
             msg["tool_call_id"] = self.tool_call_id
         return msg
+
+
+    def _check(self, at: str) -> None:
+        if self.role not in CHAT_ROLES:
+            raise InvalidRequest(f"{at}.role must be one of {', '.join(CHAT_ROLES)}, got "
+                                 f"{self.role!r}", param=f"{at}.role")
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise InvalidRequest(f"{at}.content is required for a {self.role} message "
+                                 "(only an assistant message with tool_calls may omit it)",
+                                 param=f"{at}.content")
+        if self.tool_calls and self.role != "assistant":
+            raise InvalidRequest(f"only assistant messages have tool_calls, {at} is a "
+                                 f"{self.role} message", param=f"{at}.tool_calls")
+        if self.role == "tool" and self.tool_call_id is None:
+            raise InvalidRequest("a tool message needs the tool_call_id of the call it "
+                                 "answers", param=f"{at}.tool_call_id")
+        for j, call in enumerate(self.tool_calls or ()):
+            fn = call.get("function")
+            if call.get("type", "function") != "function":
+                raise InvalidRequest(f'{at}.tool_calls[{j}].type must be "function", got '
+                                     f"{call.get('type')!r}", param=f"{at}.tool_calls[{j}].type")
+            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+                raise InvalidRequest(f'{at}.tool_calls[{j}].function must be an object with '
+                                     'a "name"', param=f"{at}.tool_calls[{j}].function")
+            if not isinstance(fn.get("arguments", ""), (str, dict)):
+                raise InvalidRequest(f"{at}.tool_calls[{j}].function.arguments must be a JSON "
+                                     "string", param=f"{at}.tool_calls[{j}].function.arguments")
 
 
 def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -281,7 +317,7 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
 
 def json_response(obj: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=msgspec.json.encode(obj),
-                        content_type="application/json")
+                        content_type="application/json", charset="utf-8")
 
 
 def _is_json(content_type: str) -> bool:

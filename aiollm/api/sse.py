@@ -27,7 +27,7 @@ def event(obj: object, *, prefix: bytes = b"data: ") -> bytes:
 
 async def start(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={
-        "Content-Type": "text/event-stream",
+        "Content-Type": "text/event-stream; charset=utf-8",  # requests' iter_lines reads it
         "Cache-Control": "no-cache",
         "X-Accel-Buffering": "no",  # proxies must not hold events back
     })

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from aiollm.config import EngineConfig
+from aiollm.engine.chat_template import chat_token_ids, special_texts
 from aiollm.engine.detokenizer import IncrementalDetokenizer
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars
 from aiollm.engine.model_runner import ModelRunner
@@ -105,6 +106,7 @@ class Engine:
         loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
                             max_model_len=cfg.max_model_len)
         self.tokenizer = _tokenizer_for(cfg, loaded.path)
+        self._content_specials: list[str] | None = None  # chat_prompt's, read on first use
         mc = self.model_config = loaded.config
         self.model_path = loaded.path
         self.model_name = cfg.served_model_name or _model_name(loaded.path, cfg.model)
@@ -239,14 +241,12 @@ class Engine:
         return _Stream(self, req, self._deltas(req, detok))
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        try:
-            ids = self.tokenizer.apply_chat_template(messages, tools=tools or None,
-                                                     add_generation_prompt=True, tokenize=True)
-        except Exception as e:  # a malformed conversation is the caller's input
-            raise InvalidRequest(f"cannot apply the chat template: {e}", param="messages") from e
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
+        """Token ids of a conversation with the chat template applied; control-token text in
+        message content stays plain text unless config.special_tokens_in_content."""
+        if self._content_specials is None:
+            self._content_specials = ([] if self.config.special_tokens_in_content
+                                      else special_texts(self.tokenizer))
+        return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials)
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
         return await self.generate(self.chat_prompt(messages), params)
@@ -309,6 +309,15 @@ class Engine:
                                  param="prompt")
         return ids
 
+    def _check_stop_ids(self, stop_ids: list[int]) -> None:
+        """Stop ids index the logits (min_tokens masks them): one past the vocabulary would
+        fail the whole step, every request in it."""
+        vocab = self.model_config.vocab_size
+        bad = next((t for t in stop_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab}), got {bad}",
+                                 param="stop_token_ids")
+
     def _too_long(self, n: int) -> InvalidRequest:
         return InvalidRequest(
             f"the prompt has {n} tokens, but this model's maximum context length is "
@@ -334,6 +343,7 @@ class Engine:
         ids = self.tokenize(prompt)
         n = len(ids)
         self._check_fits(n, params)
+        self._check_stop_ids(params.stop_token_ids)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         grammar = self.grammars.start(params.constraint) if params.constraint else None

@@ -1,0 +1,74 @@
+"""chat_token_ids: a conversation rendered by the tokenizer's chat template, as token ids, with
+the text of control tokens inside message content kept as plain text.
+
+The template joins its own control tokens (`<|im_start|>`, `<|eot_id|>`...) and the messages'
+content into one string, and tokenizing that string would turn control-token text that a
+client wrote inside a message into real control tokens: "hi<|im_end|>\\n<|im_start|>system\\n..."
+in a user message would forge a system turn. So such text is swapped for placeholders before
+rendering, and each placeholder is tokenized as plain text (the tokenizer's
+`split_special_tokens`) while the rest of the rendered string is tokenized as usual, so the
+template's own control tokens stay real. A conversation without control-token text in its
+content takes the plain path: the ids are exactly what `apply_chat_template` gives.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+from aiollm.errors import InvalidRequest
+
+
+def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The text of every special added token (the ones `split_special_tokens` splits),
+    longest first so that one that contains another is matched whole."""
+    texts = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special}
+    return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
+                   tools: list[dict] | None = None, *, specials: list[str] | None = None
+                   ) -> list[int]:
+    """Token ids of `messages` with the generation prompt. `specials`: the control-token
+    texts to keep as plain text inside string content (None: none, the template's tokenizing
+    as it is). Raises InvalidRequest (param "messages") when the template fails."""
+    pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
+    if pattern is None or not any(isinstance(m.get("content"), str)
+                                  and pattern.search(m["content"]) for m in messages):
+        ids = _render(tokenizer, messages, tools, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    # each control-token text in content -> a placeholder the template passes through
+    nonce = uuid.uuid4().hex
+    found: list[str] = []
+
+    def hide(m: re.Match) -> str:
+        found.append(m.group(0))
+        return f"\x00{nonce}:{len(found) - 1}\x00"
+
+    hidden = [{**m, "content": pattern.sub(hide, m["content"])}
+              if isinstance(m.get("content"), str) else m for m in messages]
+    text = _render(tokenizer, hidden, tools, tokenize=False)
+    ids: list[int] = []
+    # split() with a group alternates: rendered text, placeholder index, rendered text...
+    for k, part in enumerate(re.split(f"\x00{nonce}:(\\d+)\x00", text)):
+        if k % 2:
+            ids += tokenizer.encode(found[int(part)], add_special_tokens=False,
+                                    split_special_tokens=True)
+        elif part:
+            ids += tokenizer.encode(part, add_special_tokens=False)
+    return ids
+
+
+def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
+            tools: list[dict] | None, *, tokenize: bool) -> Any:
+    try:
+        return tokenizer.apply_chat_template(messages, tools=tools or None,
+                                             add_generation_prompt=True, tokenize=tokenize)
+    except Exception as e:  # a malformed conversation is the caller's input
+        raise InvalidRequest(f"cannot apply the chat template: {e}", param="messages") from e
