@@ -8,7 +8,8 @@ topk_ids directly:
 - gate/up: one program per (pair, BLOCK_N slice of the intermediate): the pair's expert's
   gate and up rows times the token's hidden vector, SiLU-and-mul, one row of act [T * top_k, I];
 - down: one program per (token, BLOCK_N slice of the hidden size): the sum over the token's
-  top_k pairs of weight * W2[e] @ act[pair], so the top-k reduction needs no extra pass.
+  top_k pairs of weight * W2[e] @ act[pair], so the top-k reduction needs no extra pass; the
+  top_k experts' weight tiles are read in one load per step.
 
 Products are elementwise multiplies and row sums in float32 (no MMA: a token block of one
 row would waste at least 15 of the MMA's 16 rows). Two pairs of one expert read its weights
@@ -28,8 +29,8 @@ from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 # (BLOCK_N, BLOCK_K, num_warps, num_stages)
 UP_CANDIDATES = [(8, 256, 4, 2), (16, 256, 4, 2), (16, 512, 4, 2), (32, 128, 4, 2),
                  (32, 256, 4, 3), (64, 128, 4, 2), (16, 256, 2, 3), (8, 512, 4, 3)]
-DOWN_CANDIDATES = [(4, 512, 4, 2), (8, 256, 4, 2), (8, 512, 4, 2), (16, 256, 4, 2),
-                   (16, 128, 4, 3), (32, 128, 4, 2), (8, 256, 2, 3), (4, 256, 2, 3)]
+DOWN_CANDIDATES = [(4, 256, 4, 2), (8, 128, 4, 2), (8, 256, 4, 2), (16, 128, 4, 2),
+                   (4, 128, 4, 2), (16, 64, 4, 2), (8, 128, 8, 2), (16, 128, 8, 2)]
 
 
 @triton.jit
@@ -73,33 +74,36 @@ def _gemv_gate_up_kernel(X, W13, Act, TopkIds, I, H, expert_start, num_experts,
 @triton.jit
 def _gemv_down_kernel(Act, W2, Out, TopkIds, TopkWeights, H, I, expert_start, num_experts,
                       stride_act, stride_we, stride_wn, stride_out,
-                      TOP_K: tl.constexpr, EVEN_K: tl.constexpr,
+                      TOP_K: tl.constexpr, BLOCK_TOPK: tl.constexpr, EVEN_K: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # all top_k experts' tiles in one [BLOCK_TOPK, BLOCK_N, BLOCK_K] load per step: at one
+    # token there are few programs, and each must keep many bytes in flight
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < H
     offs_k = tl.arange(0, BLOCK_K)
-    out = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for j in tl.static_range(TOP_K):
-        pair = t * TOP_K + j
-        e = tl.load(TopkIds + pair) - expert_start
-        if (e >= 0) & (e < num_experts):
-            a_ptrs = Act + pair.to(tl.int64) * stride_act + offs_k
-            w_ptrs = W2 + e.to(tl.int64) * stride_we + offs_n[:, None].to(tl.int64) * stride_wn \
-                + offs_k[None, :]
-            acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-            for k0 in range(0, I, BLOCK_K):
-                if EVEN_K:
-                    a = tl.load(a_ptrs).to(tl.float32)
-                    w = tl.load(w_ptrs, mask=n_ok[:, None], other=0.0)
-                else:
-                    k_ok = offs_k < I - k0
-                    a = tl.load(a_ptrs, mask=k_ok, other=0.0).to(tl.float32)
-                    w = tl.load(w_ptrs, mask=n_ok[:, None] & k_ok[None, :], other=0.0)
-                acc += w.to(tl.float32) * a[None, :]
-                a_ptrs += BLOCK_K
-                w_ptrs += BLOCK_K
-            out += tl.load(TopkWeights + pair) * tl.sum(acc, 1)
+    j = tl.arange(0, BLOCK_TOPK)
+    pairs = t * TOP_K + j
+    e = tl.load(TopkIds + pairs, mask=j < TOP_K, other=-1) - expert_start
+    ok = (j < TOP_K) & (e >= 0) & (e < num_experts)
+    weight = tl.load(TopkWeights + pairs, mask=ok, other=0.0)
+    a_ptrs = Act + pairs[:, None].to(tl.int64) * stride_act + offs_k[None, :]
+    w_ptrs = W2 + tl.where(ok, e, 0).to(tl.int64)[:, None, None] * stride_we \
+        + offs_n[None, :, None].to(tl.int64) * stride_wn + offs_k[None, None, :]
+    w_ok = ok[:, None, None] & n_ok[None, :, None]
+    acc = tl.zeros((BLOCK_TOPK, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, I, BLOCK_K):
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=ok[:, None], other=0.0).to(tl.float32)
+            w = tl.load(w_ptrs, mask=w_ok, other=0.0)
+        else:
+            k_ok = offs_k < I - k0
+            a = tl.load(a_ptrs, mask=ok[:, None] & k_ok[None, :], other=0.0).to(tl.float32)
+            w = tl.load(w_ptrs, mask=w_ok & k_ok[None, None, :], other=0.0)
+        acc += tl.sum(w.to(tl.float32) * a[:, None, :], 2)
+        a_ptrs += BLOCK_K
+        w_ptrs += BLOCK_K
+    out = tl.sum(acc * weight[:, None], 0)
     tl.store(Out + t.to(tl.int64) * stride_out + offs_n, out.to(Out.dtype.element_ty), mask=n_ok)
 
 
@@ -126,7 +130,8 @@ def _down(act, w2, out, topk_ids, topk_weights, expert_start: int, cfg: Config) 
     _gemv_down_kernel[grid](
         act, w2, out, topk_ids, topk_weights, H, inter, expert_start, E,
         act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        TOP_K=topk_ids.shape[1], EVEN_K=inter % cfg["BLOCK_K"] == 0, BLOCK_N=cfg["BLOCK_N"],
+        TOP_K=topk_ids.shape[1], BLOCK_TOPK=triton.next_power_of_2(topk_ids.shape[1]),
+        EVEN_K=inter % cfg["BLOCK_K"] == 0, BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
