@@ -84,6 +84,29 @@ def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model):
     assert [p.poll() for p in procs] == [0]
 
 
+async def _prefix_outputs(model: str, tp: int, cache: bool) -> tuple[list, list]:
+    """Greedy ids and cached-token counts of prompts that share a 40-token prefix, and of a
+    second turn that extends the first prompt and its answer."""
+    base = [(7 * i) % 150 + 1 for i in range(40)]
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    async with Engine(model, device="cpu", tensor_parallel_size=tp, kv_tokens=1024,
+                      max_model_len=256, prefix_cache=cache) as engine:
+        first = await engine.generate(base + [100], greedy)
+        rest = await asyncio.gather(*(engine.generate(base + [t, t + 1], greedy)
+                                      for t in (101, 120, 140)))
+        turn = await engine.generate(base + [100] + first.token_ids + [7], greedy)
+    outs = [first, *rest, turn]
+    return [o.token_ids for o in outs], [o.cached_tokens for o in outs]
+
+
+def test_tp2_prefix_cache_hits_give_the_same_tokens(tiny_model):
+    # a hit's slots reach the other rank's req_to_token in the next step message
+    want, _ = asyncio.run(_prefix_outputs(tiny_model, 1, cache=False))
+    got, cached = asyncio.run(_prefix_outputs(tiny_model, 2, cache=True))
+    assert got == want
+    assert cached[0] == 0 and min(cached[1:4]) >= 40 and cached[4] >= 41 + 8 - 1, cached
+
+
 def test_start_up_checks_the_heads_split(tiny_model):
     async def start():
         async with Engine(tiny_model, device="cpu", tensor_parallel_size=3):

@@ -88,6 +88,8 @@ def run_step(runner, msg: StepMessage) -> None:
     from aiollm.model.forward_batch import ForwardBatch
 
     n, t, p = msg.n, msg.tokens, msg.payload
+    for row, start, slots in msg.row_writes:  # rank 0's prefix-cache hits since the last step
+        runner.r2t.write_row(row, start, slots)
     argmax_only, placeholders = bool(msg.flags & ARGMAX_ONLY), bool(msg.flags & PLACEHOLDERS)
     remote = bool(msg.flags & REMOTE_SAMPLING)
     if msg.kind == DECODE:

@@ -8,7 +8,10 @@ the device group would wait in the stream behind step N). On the CPU both are th
 group.
 
 A step message is int64: a header (kind, requests, tokens, sampled rows, flags, payload
-length) and the payload (the step's input ids, KV slots and per-request lengths). Decode
+length, row-write length) and the payload (the step's input ids, KV slots and per-request
+lengths, then the req_to_token row writes rank 0 made since the last message: a prefix-cache
+hit's slots, as (row, start, count, slots...) runs, which a follower applies before the step
+so its map matches rank 0's). Decode
 batches up to INLINE / 4 requests fit inline, so such a step costs one broadcast; a
 larger payload follows in a second broadcast of its exact size.
 """
@@ -38,7 +41,8 @@ class StepMessage:
     tokens: int
     sampled: int  # rows of sample_index, -1: none (every request samples, or none does)
     flags: int
-    payload: np.ndarray  # int64
+    payload: np.ndarray  # int64: the step's arrays
+    row_writes: list  # (row, start, slots int64 array): req_to_token writes to apply first
 
 
 class TensorParallel:
@@ -49,6 +53,9 @@ class TensorParallel:
         self.group = None  # the default group: the device backend
         self.cpu_group = cpu_group  # gloo on the host (None: the default group is gloo)
         self._buf = np.zeros(HEADER + INLINE, dtype=np.int64)
+        # rank 0: req_to_token row writes made outside steps, for the next step message
+        # (ReqToTokenTable.write_row appends here; see ModelRunner)
+        self.row_writes: list[tuple[int, int, np.ndarray]] = []
 
     # -- the model's collectives (on the device stream, inside CUDA graphs too) --------------
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,22 +82,31 @@ class TensorParallel:
         return int(t.item())
 
     # -- step messages (host, rank 0 -> followers) ----------------------------------------
-    @staticmethod
-    def step_message(inp, tokens: int, sampled: int, arrays: tuple) -> tuple:
+    def step_message(self, inp, tokens: int, sampled: int, arrays: tuple) -> tuple:
         """send_step's arguments for a prepared step (a model_runner.StepInputs) of `tokens`
-        tokens, `sampled` rows of sample_index (-1: none) and these host arrays."""
+        tokens, `sampled` rows of sample_index (-1: none) and these host arrays, followed by
+        the row writes pending since the last message (taken: the next message has none)."""
         flags = ((ARGMAX_ONLY if inp.argmax_only else 0)
                  | (PLACEHOLDERS if inp.placeholders else 0)
                  | (REMOTE_SAMPLING if inp.sampling is not None else 0))
-        return (DECODE if inp.decode_bs else EAGER, inp.n, tokens, sampled, flags, arrays)
+        writes = 0
+        if self.row_writes:
+            runs = [np.concatenate(([row, start, len(slots)], slots))
+                    for row, start, slots in self.row_writes]
+            self.row_writes.clear()
+            writes = sum(r.size for r in runs)
+            arrays = arrays + tuple(runs)
+        return (DECODE if inp.decode_bs else EAGER, inp.n, tokens, sampled, flags, arrays,
+                writes)
 
     def send_step(self, kind: int, n: int = 0, tokens: int = 0, sampled: int = -1,
-                  flags: int = 0, arrays: tuple = ()) -> None:
-        """Rank 0: broadcast one step's inputs (the arrays, concatenated) to the followers."""
+                  flags: int = 0, arrays: tuple = (), writes: int = 0) -> None:
+        """Rank 0: broadcast one step's inputs (the arrays, concatenated; the last `writes`
+        longs are row writes) to the followers."""
         body = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays]
                               ) if arrays else np.zeros(0, np.int64)
         buf = self._buf
-        buf[:HEADER] = (kind, n, tokens, sampled, flags, body.size, 0, 0)
+        buf[:HEADER] = (kind, n, tokens, sampled, flags, body.size, writes, 0)
         inline = body.size <= INLINE
         if inline:
             buf[HEADER: HEADER + body.size] = body
@@ -102,10 +118,16 @@ class TensorParallel:
         """A follower: the next step message from rank 0 (blocks)."""
         buf = self._buf
         dist.broadcast(torch.from_numpy(buf), 0, group=self.cpu_group)
-        kind, n, tokens, sampled, flags, size = (int(v) for v in buf[:6])
+        kind, n, tokens, sampled, flags, size, writes = (int(v) for v in buf[:7])
         if size <= INLINE:
             payload = buf[HEADER: HEADER + size].copy()
         else:
             payload = np.empty(size, dtype=np.int64)
             dist.broadcast(torch.from_numpy(payload), 0, group=self.cpu_group)
-        return StepMessage(kind, n, tokens, sampled, flags, payload)
+        row_writes, i = [], size - writes
+        while i < size:
+            row, start, count = (int(v) for v in payload[i: i + 3])
+            row_writes.append((row, start, payload[i + 3: i + 3 + count]))
+            i += 3 + count
+        return StepMessage(kind, n, tokens, sampled, flags, payload[: size - writes],
+                           row_writes)

@@ -132,12 +132,8 @@ class Engine:
             max_running=cfg.max_running_requests, estimator=cfg.past_future_estimator,
             blind_cap=cfg.scheduler_blind_cap))
         self.metrics = EngineMetrics(self.stats)
-        if cfg.prefix_cache and self.ranks is not None:
-            # a cache hit writes the prefix's slots into req_to_token outside of any step,
-            # which the step messages to the other ranks do not carry yet
-            log.warning("the prefix cache is off under tensor parallelism")
         self.prefix_cache = (PrefixCache(self.kv_pool, self.req_to_token, self.metrics)
-                             if cfg.prefix_cache and self.ranks is None else None)
+                             if cfg.prefix_cache else None)
         self.planner = Planner(self.table, self.kv_pool, self.req_to_token, self.scheduler,
                                cfg.max_running_requests, cfg.max_prefill_tokens,
                                on_evict=lambda r: self.metrics.evictions.inc(),

@@ -130,6 +130,8 @@ class ModelRunner:
 
         self.model = model
         self.dist = dist  # an aiollm.distributed.TensorParallel, or None
+        if dist is not None and dist.rank == 0:  # the prefix cache's row writes reach the ranks
+            req_to_token.mirror = dist.row_writes
         self.config = model_config
         self.kv_pool = kv_pool
         self.r2t = req_to_token

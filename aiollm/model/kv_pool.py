@@ -96,6 +96,9 @@ class ReqToTokenTable:
         self.device = torch.device(device)
         self.table = self.cpu if self.device.type == "cpu" else self.cpu.to(self.device)
         self._free_rows = list(range(rows - 1, -1, -1))
+        # tensor parallelism, rank 0: write_row appends (row, start, slots) here, so the
+        # next step message carries them to the other ranks' tables
+        self.mirror: list | None = None
 
     @property
     def n_free_rows(self) -> int:
@@ -127,6 +130,8 @@ class ReqToTokenTable:
         and steps after it the new one)."""
         end = start + slots.shape[0]
         self._np[row, start:end] = slots
+        if self.mirror is not None:
+            self.mirror.append((row, start, np.array(slots, dtype=np.int64)))
         if self.table is not self.cpu:
             self.table[row, start:end].copy_(self.cpu[row, start:end], non_blocking=True)
 
