@@ -20,7 +20,8 @@ from aiollm.api.protocol import (GenerateParameters, GenerateRequest, choice_see
                                  json_response)
 from aiollm.api.state import ApiState, state
 from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import MAX_STOP_STRING_CHARS, SamplingParams
+from aiollm.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
+                                    SamplingParams)
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta
@@ -45,6 +46,10 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
     stop: list[str] = []
     stop_ids: list[int] = []
     seqs = [p.stop_sequences] if isinstance(p.stop_sequences, str) else p.stop_sequences or []
+    if len(seqs) > MAX_STOP_STRINGS + MAX_STOP_TOKEN_IDS:  # before decoding each on the loop
+        raise InvalidRequest(f"at most {MAX_STOP_STRINGS} stop strings and {MAX_STOP_TOKEN_IDS} "
+                             f"stop token ids, got {len(seqs)} stop_sequences",
+                             param="parameters.stop_sequences")
     vocab = st.engine.model_config.vocab_size
     for s in seqs:
         if isinstance(s, str):

@@ -19,6 +19,9 @@ from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import MAX_LOGPROBS, Constraint, SamplingParams
 
 MAX_N = 64  # choices per request: each is a full request in the engine
+# choices of one completions request (prompts of a batch x n): each is submitted on the event
+# loop, so a batch of a million prompts would hold up every stream for a minute
+MAX_CHOICES = 1024
 INT32_MAX = 2**31 - 1  # the request table stores top_k and stop token ids as int32
 SEED_RANGE = 2**63  # seeds are in [0, 2**63), as SamplingParams checks
 
@@ -134,6 +137,11 @@ class CompletionRequest(SamplingFields, kw_only=True):
         if kinds == {int}:
             return [p]  # type: ignore[list-item]
         if kinds == {str} or kinds == {list}:
+            if len(p) * self.n > MAX_CHOICES:  # before any prompt is looked at
+                raise InvalidRequest(
+                    f"a batch may have at most {MAX_CHOICES} choices (prompts x n), got "
+                    f"{len(p)} prompts x n {self.n}", param="prompt" if len(p) > MAX_CHOICES
+                    else "n")
             if any(len(x) == 0 for x in p):  # type: ignore[arg-type]
                 raise InvalidRequest("prompt must not contain empty prompts", param="prompt")
             return list(p)  # type: ignore[arg-type]
