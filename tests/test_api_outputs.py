@@ -253,6 +253,9 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
 
     long_stop = ["x" * (MAX_STOP_STRING_CHARS - 1) + chr(97 + i) for i in range(MAX_STOP_STRINGS)]
     word = "hello " * 600  # over the test server's 512-token context
+
+    def tool(i: int) -> dict:
+        return {"type": "function", "function": {"name": f"f{i}", "parameters": {"type": "object"}}}
     cases = [  # (path, body, expected status, param named by a 400)
         ("/v1/completions", {"prompt": PARIS, "max_tokens": 4, "stop": long_stop}, 200, None),
         ("/v1/completions", {"prompt": PARIS, "stop": ["y" * 40_000]}, 400, "stop"),
@@ -279,6 +282,10 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
         ("/v1/completions", {"prompt": ["a"] * 200_000, "max_tokens": 1}, 400, "prompt"),
         ("/v1/completions", {"prompt": [[5]] * 200_000, "max_tokens": 1}, 400, "prompt"),
         ("/v1/completions", {"prompt": ["a"] * 17, "n": 64, "max_tokens": 1}, 400, "n"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                  "tools": [tool(i) for i in range(20_000)]}, 400, "tools"),
+        ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                  "tools": [tool(i) for i in range(129)]}, 400, "tools"),
     ]
     lag = [0.0]
     probing = [True]
