@@ -9,7 +9,7 @@
 # Each step has its own time limit, so one that hangs leaves the others their time.
 # Usage, from the repo root after `source bench/gpu_setup.sh`:
 #   OUT=dir TOKENIZER=tokdir BENCH_COMMIT=sha bench/moe_gpu.sh
-# env: MODEL (default the Qwen3-30B-A3B shape), MOE_TOKENS, SERVE_REQUESTS (default 400),
+# env: MODEL (default the Qwen3-30B-A3B shape), MOE_TOKENS, SERVE_REQUESTS (default 400), DECODE_BATCHES,
 #      WORKERS (compile processes, default 12), SKIP (space-separated step names to leave out: moe serve decode)
 set -u
 OUT=${OUT:?set OUT to the output directory}
@@ -18,6 +18,10 @@ MODEL=${MODEL:-bench/configs/qwen3-30b-a3b}
 export BENCH_COMMIT=${BENCH_COMMIT:-$(git rev-parse --short HEAD)} PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
+# every id the random model can emit needs text (bench/extend_tokenizer.py says why)
+VOCAB=$(python3 -c "import json; print(json.load(open('$MODEL/config.json'))['vocab_size'])")
+python3 bench/extend_tokenizer.py "$TOKENIZER" "/tmp/tokenizer-ext-$$" "$VOCAB" | tee -a "$LOG"
+TOKENIZER=/tmp/tokenizer-ext-$$
 skip() { case " ${SKIP:-} " in *" $1 "*) return 0;; esac; return 1; }
 step() { echo "== $1 $(date -u +%T)" | tee -a "$LOG"; }
 
@@ -37,7 +41,7 @@ fi
 if ! skip decode; then
   step decode
   mkdir -p /tmp/decode-out
-  timeout 100 python3 bench/decode.py "$MODEL" --batch 1 64 --no-hf --tokenizer "$TOKENIZER" \
+  timeout 100 python3 bench/decode.py "$MODEL" --batch ${DECODE_BATCHES:-1 64} --no-hf --tokenizer "$TOKENIZER" \
     --out-dir /tmp/decode-out 2>&1 | grep -v Warning | tail -20 | tee -a "$LOG"
   cp /tmp/decode-out/decode-*.json "$OUT/" 2>/dev/null
 fi

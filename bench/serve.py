@@ -126,6 +126,8 @@ class BenchConfig:
     max_duration: float | None = option(None, "seconds for the whole run; requests still open "
                                               "then count as failed")
     warmup: int = option(0, "requests sent and discarded first")
+    wait_ready: float = option(0.0, "seconds to wait for GET /health to answer 200 once the "
+                                    "workload is built (a client started beside its server)")
     slo_ttft: float | None = option(None, "goodput SLA: TTFT bound, seconds")
     slo_tpot: float | None = option(None, "goodput SLA: TPOT bound, seconds per token")
     slo_max_tpot: float | None = option(None, "goodput SLA: bound on a request's longest gap "
@@ -450,6 +452,20 @@ async def first_model(session: aiohttp.ClientSession, url: str) -> str | None:
         return None
 
 
+async def wait_ready(session: aiohttp.ClientSession, url: str, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            async with session.get(url.rstrip("/") + "/health") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} not ready within --wait-ready {seconds} s")
+        await asyncio.sleep(0.5)
+
+
 async def run_load(cfg: BenchConfig, specs: list[RequestSpec]) -> tuple[list[RequestRecord], float]:
     records = [RequestRecord(s.prompt_len, s.output_len, constrained=s.constrained,
                              ideal_cached=s.ideal_cached)
@@ -457,6 +473,8 @@ async def run_load(cfg: BenchConfig, specs: list[RequestSpec]) -> tuple[list[Req
     timeout = aiohttp.ClientTimeout(total=cfg.timeout)
     conn = aiohttp.TCPConnector(limit=0)  # the load generator decides how many are in flight
     async with aiohttp.ClientSession(connector=conn, timeout=timeout, read_bufsize=2**20) as s:
+        if cfg.wait_ready:
+            await wait_ready(s, cfg.url, cfg.wait_ready)
         if cfg.backend == "openai" and cfg.model is None:
             cfg.model = await first_model(s, cfg.url)
         if cfg.warmup:
