@@ -12,11 +12,20 @@ except ImportError:  # pragma: no cover
 if not _cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import atexit
 import importlib.util
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# What aiollm derives from model files (aiollm/model/derived_cache.py) is cached for this
+# session only: tests start from an empty cache and leave the user's own alone.
+if "AIOLLM_CACHE_DIR" not in os.environ:
+    os.environ["AIOLLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="aiollm-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["AIOLLM_CACHE_DIR"], True)
 
 
 def load_bench(name: str):

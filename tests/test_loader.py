@@ -192,6 +192,10 @@ def test_gguf_file_matches_hf_model(tmp_path, family):
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
     assert (logits - ref).abs().max() < 1e-4
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+    # A second load reads what the first derived (aiollm/model/derived_cache.py): the same model.
+    again = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    assert again.config == cfg
+    assert torch.equal(all_position_logits(again, PROMPTS), logits)
 
 
 def test_dummy_weights_from_config_only(tmp_path):

@@ -17,6 +17,16 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """torch.zeros, except that on the CPU the memory comes zeroed from calloc (numpy): the OS
+    maps zero pages lazily, so a pool of gigabytes costs nothing until its slots are written,
+    where torch.zeros writes every byte at start-up (seconds)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    nbytes = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(dtype).view(shape)
+
+
 class KVPool:
     def __init__(
         self,
@@ -34,8 +44,8 @@ class KVPool:
         # one extra slot, never handed out: padding rows of a CUDA-graph batch write there
         self.scratch_slot = num_tokens
         shape = (num_tokens + 1, num_kv_heads, head_dim)
-        self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.k_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
+        self.v_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
         # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end
         # hands out the most recently freed slots first (they are warm in cache).
         self._stack = np.arange(num_tokens - 1, -1, -1, dtype=np.int64)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from aiollm.model import parallel
 from aiollm.model.config import ModelConfig, load_hf_config
+from aiollm.model.derived_cache import GGUFCache
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.weights import WeightFiller
 
@@ -84,17 +85,32 @@ def read_config(path: str | None) -> ModelConfig:
     """The ModelConfig of a model path (None: the default model), without its weights."""
     model_dir, gguf_name = resolve_model_path(path)
     if gguf_name is not None:
-        from aiollm.model.weights_gguf import read_gguf
-
-        return read_gguf(os.path.join(model_dir, gguf_name)).config
+        return _gguf_config(os.path.join(model_dir, gguf_name), GGUFCache(
+            os.path.join(model_dir, gguf_name)), need_reader=False)[0]
     return load_hf_config(model_dir)
+
+
+def _gguf_config(path: str, cache: GGUFCache, need_reader: bool):
+    """(config, parsed file or None) of a GGUF file: the config from the cache when it is
+    there, the file parsed only when the config or (need_reader) the weights are not."""
+    config = cache.load_config()
+    if config is not None and not need_reader:
+        return config, None
+    from aiollm.model.weights_gguf import read_gguf
+
+    gguf = read_gguf(path)
+    if config is None:
+        cache.store_config(gguf.config)
+    return gguf.config, gguf
 
 
 def _empty_model(config: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device):
     with torch.device("meta"):
         model = LlamaForCausalLM(config, max_len).to(dtype)
-    model.to_empty(device=device)
-    model.init_rope()  # to_empty left the rotary cache uninitialised (and it stays float32)
+    # Module.to_empty would do this through torch.empty_like, whose meta-tensor path imports
+    # sympy (about a second of start-up) to compute strides a fresh tensor does not need.
+    model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
+    model.init_rope()  # the rotary cache is uninitialised memory until now (and stays float32)
     return model.eval().requires_grad_(False)
 
 
@@ -158,12 +174,10 @@ def load_model(
         raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}")
     device = torch.device(device)
     model_dir, gguf_name = resolve_model_path(path)
-    gguf = None
+    full_path = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
     if gguf_name is not None:
-        from aiollm.model.weights_gguf import read_gguf
-
-        gguf = read_gguf(os.path.join(model_dir, gguf_name))
-        config = gguf.config
+        cache = GGUFCache(full_path)
+        config = _gguf_config(full_path, cache, need_reader=False)[0]
     else:
         config = load_hf_config(model_dir)
     if max_model_len is not None and max_model_len > config.max_position:
@@ -172,16 +186,13 @@ def load_model(
         )
     max_len = max_model_len or config.max_position
     model = _empty_model(config, max_len, dtype, device)
-    full_path = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
 
     if load_format == "dummy" and parallel.current() is not None:
         _fill(model, _dummy_checkpoint(config, dtype, device), None, "random weights")
     elif load_format == "dummy":
         _init_dummy(model)
-    elif gguf is not None:
-        from aiollm.model.weights_gguf import iter_gguf, num_weight_tensors
-
-        _fill(model, iter_gguf(gguf), num_weight_tensors(gguf), gguf_name)
+    elif gguf_name is not None:
+        _load_gguf(model, config, full_path, cache, dtype, device)
     else:
         from aiollm.model.weights_hf import count_tensors, iter_safetensors, safetensors_files
 
@@ -191,6 +202,32 @@ def load_model(
     log.info("loaded %s (%s, %.1fM params, %s on %s, max_model_len %d)", full_path,
              config.architecture, config.num_params() / 1e6, dtype, device, max_len)
     return LoadedModel(model=model, config=config, path=full_path, max_model_len=max_len)
+
+
+def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: GGUFCache,
+               dtype: torch.dtype, device: torch.device) -> None:
+    """Fill `model` with a GGUF file's weights, from the cache of an earlier start when it has
+    them: a one-rank CPU model maps its stored parameters; others read the dequantized
+    tensors; only a miss dequantizes (and stores the result)."""
+    tp = parallel.current()
+    alone_on_cpu = device.type == "cpu" and tp is None
+    if alone_on_cpu and cache.load_params(model, dtype):
+        return
+    name = os.path.basename(path)
+    if (weights := cache.weights_path) is not None:
+        from aiollm.model.weights_hf import count_tensors, iter_safetensors
+
+        _fill(model, iter_safetensors([weights], device), count_tensors([weights]), name)
+    else:
+        from aiollm.model.weights_gguf import iter_gguf, num_weight_tensors
+
+        gguf = _gguf_config(path, cache, need_reader=True)[1]
+        tensors = iter_gguf(gguf)
+        if not alone_on_cpu and (tp is None or tp.rank == 0):  # one writer per group
+            tensors = cache.recording(tensors, config)
+        _fill(model, tensors, num_weight_tensors(gguf), name)
+    if alone_on_cpu:
+        cache.store_params(model, dtype)
 
 
 def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str) -> None:

@@ -1,0 +1,247 @@
+"""The on-disk cache of what aiollm derives from a GGUF file, keyed by the file's SHA-256.
+
+Opening a GGUF file costs seconds that depend on nothing but its bytes: GGUFReader walks every
+metadata field (the tokenizer's tens of thousands of strings included), the weights are
+dequantized block by block in numpy, and transformers parses the file a second time to rebuild
+its tokenizer. The first start stores the results; later starts read them back:
+
+    <root>/gguf-v1/<sha256 of the file>/
+        config.json        the ModelConfig (JSON)
+        model.safetensors  float32 weights under transformers' names, llama.cpp's q/k row
+                           permutation undone (for GPU or tensor-parallel loads)
+        params-<layout>-<dtype>.safetensors
+                           a one-rank CPU model's own parameters (q/k/v and gate/up fused),
+                           memory-mapped as the parameters at the next start: no copy
+                           (<layout>: a hash of the code that decides that layout)
+        tokenizer/         the converted tokenizer, as transformers' save_pretrained writes it
+
+root: $AIOLLM_CACHE_DIR, else $XDG_CACHE_HOME/aiollm, else ~/.cache/aiollm. AIOLLM_CACHE_DIR=off
+turns the cache off. Each part is written under a temporary name and renamed into place, so
+concurrent writers (the ranks of a tensor-parallel group, two servers) never read half a part.
+A file's SHA-256 (0.1 s per 100 MB) is computed once per (path, size, mtime, inode) and kept in
+<root>/digests/. A part that fails to read is ignored and derived again; a cache that cannot be
+written only costs the next start its time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+
+import torch
+
+from aiollm.model.config import ModelConfig, MoeConfig, RopeConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "gguf-v1"  # bump when what is stored, or how it is derived, changes
+# Dequantized float32 weights take 4 bytes a parameter (4-8x the quantized file): models whose
+# weights or parameters would exceed this are dequantized at every start, not stored.
+MAX_WEIGHT_BYTES = 4 * 2**30
+CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+
+
+def cache_root() -> str | None:
+    """The cache directory, or None when AIOLLM_CACHE_DIR=off."""
+    root = os.environ.get("AIOLLM_CACHE_DIR")
+    if root is not None:
+        return None if root.strip().lower() in ("", "off", "0", "none") else root
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "aiollm")
+
+
+def file_digest(path: str) -> str:
+    """Hex SHA-256 of a file's content, remembered per (path, size, mtime, inode)."""
+    st = os.stat(path)
+    stamp = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+    root = cache_root()
+    memo = (os.path.join(root, "digests", hashlib.sha256(stamp.encode()).hexdigest())
+            if root else None)
+    if memo is not None:
+        try:
+            with open(memo) as f:
+                digest = f.read().strip()
+            if len(digest) == 64:
+                return digest
+        except OSError:
+            pass
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if memo is not None:
+        _write_atomic(memo, lambda tmp: _write_text(tmp, digest))
+    return digest
+
+
+class GGUFCache:
+    """The cache entry of one GGUF file (every method is a no-op when the cache is off)."""
+
+    def __init__(self, gguf_path: str):
+        root = cache_root()
+        self.dir = (os.path.join(root, FORMAT, file_digest(gguf_path)) if root else None)
+
+    # -- config ---------------------------------------------------------------------------
+    def load_config(self) -> ModelConfig | None:
+        if self.dir is None:
+            return None
+        try:
+            with open(os.path.join(self.dir, CONFIG_FILE)) as f:
+                return config_from_dict(json.load(f))
+        except (OSError, ValueError, TypeError, KeyError) as e:
+            if not isinstance(e, FileNotFoundError):
+                log.warning("ignoring the cached config in %s: %s", self.dir, e)
+            return None
+
+    def store_config(self, config: ModelConfig) -> None:
+        if self.dir is not None:
+            text = json.dumps(config_to_dict(config), indent=1)
+            _write_atomic(os.path.join(self.dir, CONFIG_FILE), lambda tmp: _write_text(tmp, text))
+
+    # -- weights --------------------------------------------------------------------------
+    @property
+    def weights_path(self) -> str | None:
+        if self.dir is None:
+            return None
+        path = os.path.join(self.dir, WEIGHTS_FILE)
+        return path if os.path.exists(path) else None
+
+    def recording(self, tensors: Iterable[tuple[str, torch.Tensor]],
+                  config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
+        """Pass `tensors` (transformers name, float32 CPU tensor) through and, once all have
+        passed, store them as the entry's weights. Files past MAX_WEIGHT_BYTES pass through
+        unrecorded."""
+        if self.dir is None or config.num_params() * 4 > MAX_WEIGHT_BYTES:
+            yield from tensors
+            return
+        kept: dict[str, torch.Tensor] = {}
+        for name, t in tensors:
+            kept[name] = t
+            yield name, t
+        from safetensors.torch import save_file
+
+        _write_atomic(os.path.join(self.dir, WEIGHTS_FILE),
+                      lambda tmp: save_file({n: t.contiguous() for n, t in kept.items()}, tmp))
+
+    # -- parameters of a CPU model --------------------------------------------------------
+    def params_path(self, dtype: torch.dtype) -> str:
+        assert self.dir is not None
+        name = f"params-{_layout_key()}-{str(dtype).removeprefix('torch.')}.safetensors"
+        return os.path.join(self.dir, name)
+
+    def load_params(self, model: torch.nn.Module, dtype: torch.dtype) -> bool:
+        """Make the parameters of `model` (one rank, on the CPU) memory-mapped views of the
+        stored ones: no copy, the OS reads pages at first use. False, and `model` unchanged,
+        when nothing matching its parameters' names, shapes and dtype is stored."""
+        if self.dir is None or not os.path.exists(path := self.params_path(dtype)):
+            return False
+        from safetensors import safe_open
+
+        expected = dict(model.named_parameters())
+        try:
+            with safe_open(path, framework="pt") as f:
+                if set(f.keys()) != set(expected):
+                    return False
+                stored = {name: f.get_tensor(name) for name in f.keys()}
+        except Exception as e:  # a damaged file (safetensors' own error type): derive again
+            log.warning("ignoring the cached parameters %s: %s", path, e)
+            return False
+        if any(t.shape != expected[n].shape or t.dtype != expected[n].dtype
+               for n, t in stored.items()):
+            return False
+        for name, t in stored.items():
+            module, _, leaf = name.rpartition(".")
+            # the file is mapped copy-on-write: a write to a parameter never reaches it
+            model.get_submodule(module)._parameters[leaf] = torch.nn.Parameter(
+                t, requires_grad=False)
+        return True
+
+    def store_params(self, model: torch.nn.Module, dtype: torch.dtype) -> None:
+        """Store the parameters of a filled one-rank CPU model in its own layout (fused q/k/v
+        and gate/up, the run dtype), for load_params. Models past MAX_WEIGHT_BYTES are not."""
+        params = {n: p.detach().contiguous() for n, p in model.named_parameters()}
+        if self.dir is None or sum(p.nbytes for p in params.values()) > MAX_WEIGHT_BYTES:
+            return
+        from safetensors.torch import save_file
+
+        _write_atomic(self.params_path(dtype), lambda tmp: save_file(params, tmp))
+
+    # -- tokenizer ------------------------------------------------------------------------
+    @property
+    def tokenizer_dir(self) -> str | None:
+        if self.dir is None:
+            return None
+        path = os.path.join(self.dir, TOKENIZER_DIR)
+        return path if os.path.isdir(path) else None
+
+    def store_tokenizer(self, tokenizer) -> None:
+        """Store a transformers tokenizer with save_pretrained."""
+        if self.dir is not None:
+            _write_atomic(os.path.join(self.dir, TOKENIZER_DIR), tokenizer.save_pretrained)
+
+
+@functools.cache
+def _layout_key() -> str:
+    """A hash of the code that decides our parameters' layout from a GGUF file's tensors: a
+    change to it invalidates the stored parameters (not the config, weights or tokenizer)."""
+    h = hashlib.sha256()
+    for module in ("llama", "moe", "weights", "weights_gguf"):
+        spec = importlib.util.find_spec(f"aiollm.model.{module}")
+        with open(spec.origin, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
+def config_to_dict(config: ModelConfig) -> dict:
+    if config.torch_dtype is not None:
+        raise ValueError("only GGUF configs (no checkpoint dtype) are cached")
+    d = dataclasses.asdict(config)
+    del d["torch_dtype"]
+    return d
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    d = dict(d)
+    rope = dict(d.pop("rope"))
+    if rope.get("freq_factors") is not None:
+        rope["freq_factors"] = tuple(rope["freq_factors"])
+    moe = d.pop("moe")
+    if moe is not None:
+        moe = MoeConfig(**{**moe, "dense_layers": tuple(moe["dense_layers"])})
+    return ModelConfig(**d, rope=RopeConfig(**rope), moe=moe, torch_dtype=None)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _write_atomic(final: str, write: Callable[[str], object]) -> None:
+    """write(tmp) a file or directory beside `final`, then rename it into place. Failures are
+    logged, never raised: the cache only saves time."""
+    parent = os.path.dirname(final)
+    tmp = None
+    try:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+        target = os.path.join(tmp, os.path.basename(final))
+        write(target)
+        os.replace(target, final)
+    except OSError as e:
+        # a directory that another writer put in place first stays: same content
+        if not os.path.exists(final):
+            log.warning("could not write the cache entry %s: %s", final, e)
+    finally:
+        if tmp is not None:
+            _remove_tree(tmp)
+
+
+def _remove_tree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,132 @@
+"""The on-disk cache of what is derived from GGUF files (aiollm/model/derived_cache.py): what
+a load stores, that a later load reads it back to the same model, and that a cache turned off,
+a damaged entry or a changed file never gives a wrong model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+import torch
+from test_loader import FAMILIES, save_random_hf_model, write_gguf
+
+from aiollm.model import load_model
+from aiollm.model.config import ModelConfig, MoeConfig, RopeConfig
+from aiollm.model.derived_cache import (
+    GGUFCache,
+    config_from_dict,
+    config_to_dict,
+    file_digest,
+)
+from aiollm.model.weights_gguf import iter_gguf, read_gguf
+
+
+@pytest.fixture
+def gguf_file(tmp_path, monkeypatch):
+    """A tiny llama GGUF file, and an empty cache of this test's own."""
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    hf = save_random_hf_model(FAMILIES["llama3-rope-untied"], str(tmp_path / "hf"))
+    path = str(tmp_path / "model.gguf")
+    write_gguf(hf, path)
+    return path
+
+
+def params(path: str) -> dict[str, torch.Tensor]:
+    model = load_model(path, dtype=torch.float32, device="cpu").model
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_a_load_stores_config_and_parameters_and_the_next_reads_them(gguf_file):
+    first = params(gguf_file)
+    entry = GGUFCache(gguf_file).dir
+    with open(gguf_file, "rb") as f:
+        assert os.path.basename(entry) == hashlib.sha256(f.read()).hexdigest()
+    stored = sorted(os.listdir(entry))
+    assert stored[0] == "config.json" and stored[1].startswith("params-")
+    assert stored[1].endswith("-float32.safetensors") and len(stored) == 2
+    assert config_from_dict(json.load(open(os.path.join(entry, "config.json")))) == \
+        read_gguf(gguf_file).config
+    second = params(gguf_file)
+    assert second.keys() == first.keys()
+    assert all(torch.equal(second[n], first[n]) for n in first)
+    # bfloat16 is another entry of the same file
+    bf16 = load_model(gguf_file, dtype=torch.bfloat16, device="cpu").model
+    assert bf16.embed_tokens.weight.dtype == torch.bfloat16
+    assert any(n.endswith("-bfloat16.safetensors") for n in os.listdir(entry))
+    again = load_model(gguf_file, dtype=torch.bfloat16, device="cpu").model
+    assert torch.equal(again.embed_tokens.weight, bf16.embed_tokens.weight)
+
+
+def test_a_damaged_entry_is_derived_again(gguf_file):
+    first = params(gguf_file)
+    entry = GGUFCache(gguf_file).dir
+    [name] = [n for n in os.listdir(entry) if n.startswith("params-")]
+    with open(os.path.join(entry, name), "wb") as f:
+        f.write(b"\x00not a safetensors file")
+    with open(os.path.join(entry, "config.json"), "w") as f:
+        f.write("{not json")
+    second = params(gguf_file)
+    assert all(torch.equal(second[n], first[n]) for n in first)
+    third = params(gguf_file)  # and the entry was written again
+    assert all(torch.equal(third[n], first[n]) for n in first)
+    assert os.path.getsize(os.path.join(entry, name)) > 1000
+
+
+def test_a_changed_file_is_another_entry(gguf_file, tmp_path):
+    first = params(gguf_file)
+    hf = save_random_hf_model(FAMILIES["llama3-rope-untied"], str(tmp_path / "hf2"))
+    with torch.no_grad():
+        hf.model.embed_tokens.weight.mul_(2)
+    write_gguf(hf, gguf_file)  # same path, new content
+    second = params(gguf_file)
+    assert not torch.equal(second["embed_tokens.weight"], first["embed_tokens.weight"])
+    assert len(os.listdir(os.path.join(str(tmp_path / "cache"), "gguf-v1"))) == 2
+
+
+def test_the_cache_can_be_turned_off(gguf_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", "off")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert GGUFCache(gguf_file).dir is None
+    first, second = params(gguf_file), params(gguf_file)
+    assert all(torch.equal(second[n], first[n]) for n in first)
+    assert not os.path.exists(tmp_path / "cache")
+    assert not os.path.exists(tmp_path / "xdg") and not os.path.exists(tmp_path / "home")
+
+
+def test_dequantized_weights_read_back_as_written(gguf_file):
+    """The transformers-named weights that GPU and tensor-parallel loads store and read."""
+    gguf = read_gguf(gguf_file)
+    cache = GGUFCache(gguf_file)
+    assert cache.weights_path is None
+    direct = dict(cache.recording(iter_gguf(gguf), gguf.config))
+    from aiollm.model.weights_hf import iter_safetensors
+
+    back = dict(iter_safetensors([cache.weights_path], torch.device("cpu")))
+    assert back.keys() == direct.keys()
+    assert all(torch.equal(back[n], direct[n]) for n in direct)
+
+
+def test_file_digest_is_the_sha256_of_the_content(tmp_path, monkeypatch):
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc" * 1000)
+    assert file_digest(str(path)) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    assert file_digest(str(path)) == hashlib.sha256(b"abc" * 1000).hexdigest()  # remembered
+    path.write_bytes(b"abd" * 1000)
+    os.utime(path, ns=(1, 1))  # a new stamp
+    assert file_digest(str(path)) == hashlib.sha256(b"abd" * 1000).hexdigest()
+
+
+def test_configs_round_trip_through_json():
+    config = ModelConfig(
+        architecture="qwen3_moe", vocab_size=100, hidden_size=64, intermediate_size=96,
+        num_layers=3, num_heads=4, num_kv_heads=2, head_dim=16, rms_norm_eps=1e-6,
+        rope=RopeConfig(theta=5e5, freq_factors=(1.0, 2.5, 8.0)), max_position=4096,
+        qk_norm=True, eos_token_ids=[5, 7], bos_token_id=1,
+        moe=MoeConfig(num_experts=8, top_k=2, intermediate_size=32, norm_topk_prob=True,
+                      dense_layers=(0, 2)))
+    back = config_from_dict(json.loads(json.dumps(config_to_dict(config))))
+    assert back == config and isinstance(back.moe.dense_layers, tuple)
