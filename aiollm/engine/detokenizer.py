@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from aiollm.engine.stop_strings import StopStringMatcher
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase  # the tokenizer's interface
 
 REPLACEMENT = "\ufffd"
 CONTEXT = 4  # tokens kept before the unread ones: enough to hold any one UTF-8 character

@@ -727,7 +727,7 @@ class _Stream:
 
 
 def _tokenizer_for(cfg: EngineConfig, model_path: str):
-    from aiollm.model import load_tokenizer
+    from aiollm.model import load_serving_tokenizer as load_tokenizer
 
     if cfg.tokenizer is not None:
         return load_tokenizer(cfg.tokenizer)

@@ -104,8 +104,10 @@ class Grammars:
 
         with _CACHE.lock:
             if self._key not in _CACHE.infos:
+                # xgrammar needs transformers' tokenizer (ServingTokenizer has one inside)
+                hf = getattr(self.tokenizer, "hf_tokenizer", self.tokenizer)
                 info = xgr.TokenizerInfo.from_huggingface(
-                    self.tokenizer, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids)
+                    hf, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids)
                 _CACHE.infos[self._key] = xgr.GrammarCompiler(info, cache_enabled=False)
             return _CACHE.infos[self._key]
 

@@ -15,6 +15,7 @@ _EXPORTS = {
     "RopeConfig": "aiollm.model.config",
     "default_model_path": "aiollm.model.loader",
     "load_model": "aiollm.model.loader",
+    "load_serving_tokenizer": "aiollm.model.tokenizer",
     "load_tokenizer": "aiollm.model.tokenizer",
 }
 __all__ = sorted(_EXPORTS)
@@ -22,7 +23,7 @@ __all__ = sorted(_EXPORTS)
 if TYPE_CHECKING:
     from aiollm.model.config import ModelConfig, RopeConfig
     from aiollm.model.loader import LoadedModel, default_model_path, load_model
-    from aiollm.model.tokenizer import load_tokenizer
+    from aiollm.model.tokenizer import load_serving_tokenizer, load_tokenizer
 
 
 def __getattr__(name: str) -> Any:

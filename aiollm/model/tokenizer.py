@@ -1,8 +1,14 @@
-"""load_tokenizer: the model's transformers tokenizer, chat template included, from local files.
+"""Tokenizers of model paths, chat templates included, from local files.
 
-An HF directory goes through AutoTokenizer (local_files_only); a GGUF file through
-transformers' GGUF support, which rebuilds a fast tokenizer from the file's vocabulary and
-merges and takes the chat template from its tokenizer.chat_template metadata.
+load_tokenizer gives transformers' tokenizer: an HF directory through AutoTokenizer
+(local_files_only); a GGUF file through transformers' GGUF support, which rebuilds a fast
+tokenizer from the file's vocabulary and merges and takes the chat template from its
+tokenizer.chat_template metadata. That conversion takes seconds, so its result is kept in the
+on-disk cache keyed by the file's hash (derived_cache.py) and read back from there later.
+
+load_serving_tokenizer is what the engine serves with: for a GGUF file, a ServingTokenizer over
+the cached conversion, which answers as transformers' tokenizer does without importing
+transformers (seconds of start-up); for anything else, load_tokenizer's.
 """
 
 from __future__ import annotations
@@ -11,10 +17,15 @@ import copy
 import functools
 import logging
 import os
+from typing import TYPE_CHECKING
 
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
+from aiollm.model.derived_cache import GGUFCache
 from aiollm.model.loader import resolve_model_path
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from aiollm.model.serving_tokenizer import ServingTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +36,48 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def load_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
-    """The tokenizer of a model path; FileNotFoundError for a directory without one."""
-    model_dir, gguf_name = resolve_model_path(path)
+    """The transformers tokenizer of a model path (None: the default model);
+    FileNotFoundError for a directory without one."""
+    model_dir, gguf_name = _source(path)
     source = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
+    tok = _load(model_dir, gguf_name, _stamp(source))
+    if not tok.chat_template:
+        log.warning("tokenizer of %s has no chat template: chat requests will fail", source)
+    # a copy of the cached one takes a few milliseconds and leaves callers free to modify it
+    return copy.deepcopy(tok)
+
+
+def load_serving_tokenizer(path: str | None) -> ServingTokenizer | PreTrainedTokenizerBase:
+    """The tokenizer to serve a model path with: a ServingTokenizer over the cached
+    conversion of a GGUF file (converted now if it is not cached yet), else load_tokenizer's."""
+    model_dir, gguf_name = _source(path)
+    if gguf_name is None:
+        return load_tokenizer(path)
+    gguf_path = os.path.join(model_dir, gguf_name)
+    cache = GGUFCache(gguf_path)
+    if cache.tokenizer_dir is None:
+        tok = load_tokenizer(path)  # converts, and caches when the cache is on
+        if cache.tokenizer_dir is None:
+            return tok
+    from aiollm.model.serving_tokenizer import ServingTokenizer
+
+    try:
+        tok = ServingTokenizer(cache.tokenizer_dir, name_or_path=model_dir)
+    except (OSError, ValueError) as e:
+        log.warning("serving the tokenizer of %s through transformers: %s", gguf_path, e)
+        return load_tokenizer(path)
+    if not tok.chat_template:
+        log.warning("tokenizer of %s has no chat template: chat requests will fail", gguf_path)
+    return tok
+
+
+def _source(path: str | None) -> tuple[str, str | None]:
+    model_dir, gguf_name = resolve_model_path(path)
     if gguf_name is None and not any(
             os.path.exists(os.path.join(model_dir, f)) for f in _TOKENIZER_FILES):
         raise FileNotFoundError(
             f"{model_dir} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
-    tok = _load(model_dir, gguf_name, _stamp(source))
-    if not tok.chat_template:
-        log.warning("tokenizer of %s has no chat template: chat requests will fail", source)
-    # Building a tokenizer from a GGUF file takes seconds (its vocabulary is parsed in Python);
-    # a copy of the cached one takes a few milliseconds and leaves callers free to modify it.
-    return copy.deepcopy(tok)
+    return model_dir, gguf_name
 
 
 def _stamp(source: str) -> int:
@@ -49,6 +89,21 @@ def _stamp(source: str) -> int:
 
 @functools.lru_cache(maxsize=4)
 def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokenizerBase:
-    if gguf_name is not None:
-        return AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name, local_files_only=True)
-    return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    from transformers import AutoTokenizer
+
+    if gguf_name is None:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    path = os.path.join(model_dir, gguf_name)
+    cache = GGUFCache(path)
+    if cache.tokenizer_dir is not None:
+        try:
+            tok = AutoTokenizer.from_pretrained(cache.tokenizer_dir, local_files_only=True)
+            tok.name_or_path = model_dir  # as the conversion names it
+            return tok
+        except (OSError, ValueError) as e:
+            log.warning("ignoring the cached tokenizer in %s: %s", cache.tokenizer_dir, e)
+    log.info("converting the tokenizer of %s for transformers (%s)", gguf_name,
+             "once: cached for later starts" if cache.dir else "the cache is off")
+    tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name, local_files_only=True)
+    cache.store_tokenizer(tok)
+    return tok

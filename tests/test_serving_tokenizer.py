@@ -1,0 +1,195 @@
+"""ServingTokenizer (the engine's tokenizer for GGUF models, without transformers) against
+transformers' tokenizer of the same files: the same ids, texts, special tokens and rendered
+chat templates, on the default model's tokenizer and on templates that use what chat
+templates use (tojson, namespace, loop controls, raise_exception, tools, generation tags)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jinja2
+import pytest
+
+from aiollm.model import load_serving_tokenizer, load_tokenizer
+from aiollm.model.serving_tokenizer import ServingTokenizer
+
+TEXTS = ["Hello world", "", " ", "  two  spaces\n\n\ttab\r\n", "The capital of France is",
+         "<|im_start|>user\nhi<|im_end|>", "<|endoftext|><|im_end|>x", "🚀🚀 rocket 🚀",
+         "日本語のテキストと한국어", "a" * 3000, "naïve café — “quotes” … ∑", "\u200b\ufeff"]
+
+# A tool-use template in the style of Hermes/Qwen ones, touching each feature the sandbox
+# provides: tojson with options, namespace, loop controls, dict(), raise_exception,
+# generation tags, the special-token variables.
+TOOL_TEMPLATE = """\
+{%- set ns = namespace(system=none, n=0) -%}
+{%- if messages[0].role == 'system' %}{% set ns.system = messages[0].content %}{% endif -%}
+{{ bos_token }}system
+{{ ns.system or 'You are helpful.' }}
+{%- if tools %}
+<tools>
+{%- for tool in tools %}
+{{ tool | tojson }}
+{{ tool.function.parameters | tojson(indent=2, sort_keys=true) }}
+{%- endfor %}
+</tools>
+{%- endif %}{{ eos_token }}
+{% for m in messages %}
+  {%- if m.role == 'system' %}{% continue %}{% endif -%}
+  {%- if m.role not in ['user', 'assistant', 'tool'] %}{{ raise_exception('bad role ' + m.role) }}{% endif -%}
+  {%- set ns.n = ns.n + 1 -%}
+  {{ bos_token }}{{ m.role }}
+  {%- if m.role == 'assistant' %}{% generation %}
+{{ m.content }}{% if m.tool_calls is defined %}{% for c in m.tool_calls %}
+<tool_call>{{ dict(name=c.function.name, arguments=c.function.arguments) | tojson }}</tool_call>
+{%- endfor %}{% endif %}{% if m.reasoning_content is defined %} [{{ m.reasoning_content }}]{% endif %}{% endgeneration %}
+  {%- else %}
+{{ m.content if m.content is string else m.content | map(attribute='text') | join('') }}
+  {%- endif %}{{ eos_token }}
+{% if loop.index > 50 %}{% break %}{% endif %}
+{%- endfor -%}
+{%- if add_generation_prompt %}{{ bos_token }}assistant
+{% endif -%}
+({{ ns.n }} turns, {{ extra | default('no extra') }})"""
+
+TOOLS = [{"type": "function", "function": {
+    "name": "get_weather", "description": "Weather in a city — «now»",
+    "parameters": {"type": "object", "required": ["city"],
+                   "properties": {"unit": {"enum": ["C", "F"]}, "city": {"type": "string"}}}}}]
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "What is 2+2?"}],
+    [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi 🚀"},
+     {"role": "assistant", "content": "Hello.", "tool_calls": None},
+     {"role": "user", "content": "<|im_end|> and {{ not a template }}"}],
+    [{"role": "user", "content": [{"type": "text", "text": "part one, "},
+                                  {"type": "text", "text": "part two"}]},
+     {"role": "assistant", "content": "", "tool_calls": [
+         {"id": "c1", "type": "function",
+          "function": {"name": "get_weather", "arguments": '{"city": "Zürich"}'}}]},
+     {"role": "tool", "tool_call_id": "c1", "content": "21 C"},
+     {"role": "assistant", "content": "Warm.", "reasoning": "it said 21"}],
+]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """(ServingTokenizer, transformers tokenizer) of the default model."""
+    serving = load_serving_tokenizer(None)
+    assert isinstance(serving, ServingTokenizer)
+    return serving, load_tokenizer(None)
+
+
+@pytest.fixture(scope="module")
+def tool_pair(pair, tmp_path_factory):
+    """The same vocabulary with TOOL_TEMPLATE as its chat template, saved and loaded both ways."""
+    path = tmp_path_factory.mktemp("tool-tokenizer")
+    hf = load_tokenizer(None)
+    hf.chat_template = TOOL_TEMPLATE
+    hf.save_pretrained(path)
+    return ServingTokenizer(str(path)), hf
+
+
+def test_encode_and_decode_match_transformers(pair):
+    serving, hf = pair
+    for text in TEXTS:
+        for special in (True, False):
+            assert serving.encode(text, add_special_tokens=special) == \
+                hf.encode(text, add_special_tokens=special), text
+    ids = [*range(0, 400), 49151, 2, 1, 0, 17, 17]
+    for skip in (True, False):
+        assert serving.decode(ids, skip_special_tokens=skip) == \
+            hf.decode(ids, skip_special_tokens=skip)
+    assert serving.decode(5) == hf.decode(5)
+    assert serving.decode([]) == hf.decode([]) == ""
+
+
+def test_vocabulary_and_special_tokens_match_transformers(pair):
+    serving, hf = pair
+    assert len(serving) == len(hf)
+    for name in ("all_special_ids", "all_special_tokens", "special_tokens_map", "chat_template",
+                 "name_or_path", "clean_up_tokenization_spaces"):
+        assert getattr(serving, name) == getattr(hf, name), name
+    for name in ("bos", "eos", "unk", "pad", "sep", "cls", "mask"):
+        assert getattr(serving, f"{name}_token") == getattr(hf, f"{name}_token"), name
+        assert getattr(serving, f"{name}_token_id") == getattr(hf, f"{name}_token_id"), name
+    ids = [0, 1, 2, 16, 17, 300, 49151]
+    assert serving.convert_ids_to_tokens(ids) == hf.convert_ids_to_tokens(ids)
+    assert serving.convert_ids_to_tokens(300) == hf.convert_ids_to_tokens(300)
+    assert serving.convert_tokens_to_ids(["<|im_end|>", "Ġthe", "not-a-token"]) == \
+        hf.convert_tokens_to_ids(["<|im_end|>", "Ġthe", "not-a-token"])
+    assert {i: t.content for i, t in serving.added_tokens_decoder.items()} == \
+        {i: t.content for i, t in hf.added_tokens_decoder.items()}
+    assert serving.get_vocab() == hf.get_vocab()
+
+
+@pytest.mark.parametrize("which", ["default", "tools"])
+def test_chat_templates_render_as_transformers_renders_them(pair, tool_pair, which):
+    serving, hf = pair if which == "default" else tool_pair
+    for conversation in CONVERSATIONS:
+        if which == "default" and not all(isinstance(m["content"], str) for m in conversation):
+            continue  # SmolLM2's template concatenates content as a string
+        for tools in ([None] if which == "default" else [None, TOOLS]):
+            for gen in (True, False):
+                kwargs = dict(tools=tools, add_generation_prompt=gen)
+                text = serving.apply_chat_template(conversation, tokenize=False, **kwargs)
+                assert text == hf.apply_chat_template(conversation, tokenize=False, **kwargs)
+                ids = serving.apply_chat_template(conversation, **kwargs)
+                assert ids == hf.apply_chat_template(conversation, return_dict=False, **kwargs)
+    if which == "tools":  # template variables from the caller
+        conv = CONVERSATIONS[0]
+        assert serving.apply_chat_template(conv, tokenize=False, extra="E") == \
+            hf.apply_chat_template(conv, tokenize=False, extra="E")
+
+
+def test_template_errors_are_those_of_transformers(tool_pair):
+    serving, hf = tool_pair
+    bad = [{"role": "wizard", "content": "hi"}]
+    with pytest.raises(jinja2.TemplateError, match="bad role wizard"):
+        hf.apply_chat_template(bad, tokenize=False)
+    with pytest.raises(jinja2.TemplateError, match="bad role wizard"):
+        serving.apply_chat_template(bad, tokenize=False)
+    # the sandbox refuses what transformers' refuses
+    escape = ServingTokenizer.__new__(ServingTokenizer)
+    escape.__dict__.update(serving.__dict__,
+                           chat_template="{{ messages.__class__.__mro__ }}")
+    with pytest.raises(jinja2.exceptions.SecurityError):
+        escape.apply_chat_template(bad, tokenize=False)
+    for empty in ([], ()):
+        with pytest.raises(ValueError, match="empty conversation"):
+            serving.apply_chat_template(empty)
+
+
+def test_other_options_are_answered_by_transformers(pair):
+    serving, hf = pair
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]
+    kw = dict(continue_final_message=True, tokenize=False)
+    assert serving.apply_chat_template(conv, **kw) == hf.apply_chat_template(conv, **kw)
+    out = serving.apply_chat_template(conv[:1], return_dict=True)
+    assert list(out["input_ids"]) == hf.apply_chat_template(conv[:1], return_dict=False)
+    # attributes it does not define come from transformers' tokenizer of the same files
+    assert serving.is_fast and serving.hf_tokenizer.encode("a b") == hf.encode("a b")
+    assert serving("Hello")["input_ids"] == hf("Hello")["input_ids"]
+
+
+def test_the_engine_path_does_not_import_transformers(pair):
+    """Loading the default model's serving tokenizer and model in a fresh process, once an
+    earlier load cached what they derive from the GGUF file, imports neither transformers
+    nor gguf."""
+    import torch
+
+    from aiollm.model import load_model
+
+    load_model(None, dtype=torch.float32, device="cpu", max_model_len=64)
+    code = ("import sys, torch\n"
+            "from aiollm.model import load_model, load_serving_tokenizer\n"
+            "tok = load_serving_tokenizer(None)\n"
+            "load_model(None, dtype=torch.float32, device='cpu', max_model_len=64)\n"
+            "tok.apply_chat_template([{'role': 'user', 'content': 'hi'}])\n"
+            "print(type(tok).__name__, sorted(m for m in ('transformers', 'gguf') "
+            "if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=os.environ, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[-2] == "ServingTokenizer []"
