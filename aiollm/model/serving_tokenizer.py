@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
                        "cls_token", "mask_token")
+_DECODE_ALONE = 256  # shorter id lists are decoded holding the GIL (no thread hand-off)
 _REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 # apply_chat_template arguments handled here, with the values handled here
 _TEMPLATE_DEFAULTS = {"documents": None, "chat_template": None, "continue_final_message": False,
@@ -78,14 +79,18 @@ class ServingTokenizer:
     def __len__(self) -> int:
         return self.backend_tokenizer.get_vocab_size(with_added_tokens=True)
 
+    # The batch calls release the GIL while they run (the single ones hold it: a long text
+    # would stall the event loop, and its streams, for the whole encode).
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend_tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+        return self.backend_tokenizer.encode_batch(
+            [text], add_special_tokens=add_special_tokens)[0].ids
 
     def decode(self, token_ids: int | list[int], skip_special_tokens: bool = False) -> str:
-        if isinstance(token_ids, int):
-            token_ids = [token_ids]
-        return self.backend_tokenizer.decode(list(token_ids),
-                                             skip_special_tokens=skip_special_tokens)
+        ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
+        if len(ids) < _DECODE_ALONE:
+            return self.backend_tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+        return self.backend_tokenizer.decode_batch(
+            [ids], skip_special_tokens=skip_special_tokens)[0]
 
     def convert_ids_to_tokens(self, ids: int | list[int]) -> str | None | list[str | None]:
         if isinstance(ids, int):
