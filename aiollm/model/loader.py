@@ -221,6 +221,8 @@ def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: G
     else:
         from aiollm.model.weights_gguf import iter_gguf, num_weight_tensors
 
+        log.info("reading and dequantizing %s (%s)", name, "once: cached for later starts"
+                 if cache.dir else "the cache is off: AIOLLM_CACHE_DIR=off")
         gguf = _gguf_config(path, cache, need_reader=True)[1]
         tensors = iter_gguf(gguf)
         if not alone_on_cpu and (tp is None or tp.rank == 0):  # one writer per group

@@ -103,7 +103,8 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
         except (OSError, ValueError) as e:
             log.warning("ignoring the cached tokenizer in %s: %s", cache.tokenizer_dir, e)
     log.info("converting the tokenizer of %s for transformers (%s)", gguf_name,
-             "once: cached for later starts" if cache.dir else "the cache is off")
+             "once: cached for later starts" if cache.dir else
+             "the cache is off: AIOLLM_CACHE_DIR=off")
     tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name, local_files_only=True)
     cache.store_tokenizer(tok)
     return tok
