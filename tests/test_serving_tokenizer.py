@@ -101,6 +101,10 @@ def test_encode_and_decode_match_transformers(pair):
     for skip in (True, False):
         assert serving.decode(ids, skip_special_tokens=skip) == \
             hf.decode(ids, skip_special_tokens=skip)
+    for text in TEXTS:  # control-token text as plain text (chat content)
+        assert serving.encode(text, add_special_tokens=False, split_special_tokens=True) == \
+            hf.encode(text, add_special_tokens=False, split_special_tokens=True), text
+    assert serving.encode("<|im_end|>") == [2]  # the flag is per call
     assert serving.decode(5) == hf.decode(5)
     assert serving.decode([]) == hf.decode([]) == ""
 

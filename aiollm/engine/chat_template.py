@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
-
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING, Any
 
 from aiollm.errors import InvalidRequest
+
+if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
+    from transformers import PreTrainedTokenizerBase
 
 
 def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:

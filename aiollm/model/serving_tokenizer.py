@@ -73,6 +73,7 @@ class ServingTokenizer:
         self.all_special_tokens = names
         self.all_special_ids = [self._id_or_unk(t) for t in names]
         self._hf = None
+        self._splitting: Tokenizer | None = None
         self._hf_lock = threading.Lock()
 
     # -- what serving calls ---------------------------------------------------------------
@@ -81,9 +82,20 @@ class ServingTokenizer:
 
     # The batch calls release the GIL while they run (the single ones hold it: a long text
     # would stall the event loop, and its streams, for the whole encode).
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.backend_tokenizer.encode_batch(
-            [text], add_special_tokens=add_special_tokens)[0].ids
+    def encode(self, text: str, add_special_tokens: bool = True,
+               split_special_tokens: bool = False) -> list[int]:
+        """split_special_tokens: special tokens' text is encoded as plain text."""
+        backend = self._splitting_backend() if split_special_tokens else self.backend_tokenizer
+        return backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
+
+    def _splitting_backend(self) -> Tokenizer:
+        # a second Rust tokenizer with the flag set (transformers flips it on its one
+        # tokenizer per call, which a concurrent encode on another thread would see)
+        with self._hf_lock:
+            if self._splitting is None:
+                self._splitting = Tokenizer.from_str(self.backend_tokenizer.to_str())
+                self._splitting.encode_special_tokens = True
+            return self._splitting
 
     def decode(self, token_ids: int | list[int], skip_special_tokens: bool = False) -> str:
         ids = [token_ids] if isinstance(token_ids, int) else list(token_ids)
