@@ -14,13 +14,25 @@ log = logging.getLogger("aiollm.cli")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where it tells something: not where the help already names it,
+    not a None, not the True of a --no-X switch (which reads as the opposite)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, argparse.SUPPRESS)
+                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
+            return text
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = EngineConfig()  # the engine's defaults, shown in --help
     parser = argparse.ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
                                      "inference server (OpenAI- and LightLLM-compatible HTTP).")
     sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a model over HTTP",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=_HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
                        "/v1/chat/completions, /v1/models, /generate, /generate_stream, "
                        "/health, /metrics, /tokenize, /detokenize.")

@@ -30,6 +30,10 @@ def test_serve_help():
                 "--scheduler", "--max-waiting-requests", "--queue-timeout", "--no-cuda-graph",
                 "--shutdown-timeout", "MODEL"):
         assert opt in out.stdout
+    # one default per option, and none that reads as the opposite of the truth
+    assert "(default: None)" not in out.stdout and "(default: True)" not in out.stdout
+    for line in out.stdout.replace("\n", " ").split("  --")[1:]:
+        assert line.count("default") <= 1, line
 
 
 def test_serve_rejects_bad_options():
@@ -132,6 +136,7 @@ def test_serve_subprocess(tmp_path):
         assert chunks[-1].choices[0].finish_reason == "length"
         assert proc.wait(timeout=60) == 0
         assert "server stopped" in log.read_text()
+        assert "leaked" not in log.read_text()  # nanobind's exit report (gc.freeze)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -177,6 +182,7 @@ def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
         assert proc.wait(timeout=30) == 0
         assert time.monotonic() - t0 < 20
         assert "server stopped" in log.read_text()
+        assert "leaked" not in log.read_text()  # nanobind's exit report (gc.freeze)
     finally:
         if proc.poll() is None:
             proc.kill()

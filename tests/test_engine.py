@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 import torch
@@ -239,6 +240,19 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
             engine.stream("hi", SamplingParams(stop_token_ids=[bad], min_tokens=2))
         assert e.value.param == "stop_token_ids"
     assert_all_free(engine)
+
+
+def test_step_model_seconds_count_the_cpu_forward(loop, engine):
+    """On the CPU the forward runs during the launch: aiollm_step_model_seconds must count
+    it (it once started after it and read about 0; issue 15, rough edges)."""
+    def model_s() -> float:
+        return engine.metrics.registry.get_sample_value("aiollm_step_model_seconds_sum")
+
+    before, t = model_s(), time.perf_counter()
+    loop.run_until_complete(engine.generate(
+        "Tell me a story", SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)))
+    wall = time.perf_counter() - t
+    assert model_s() - before > 0.3 * wall, (model_s() - before, wall)
 
 
 def test_control_token_text_in_chat_content_stays_text(engine):

@@ -156,7 +156,8 @@ class Engine:
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")
         # waits for device events, so the model thread is free to launch the next step
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-wait")
-        self._inflight = None  # (Step, Launched, launch time): the step on the device now
+        # the step on the device now: (Step, Launched, launch time, CPU model seconds or None)
+        self._inflight = None
         self._prev_done = None  # the CUDA event that ended the previous step
         self._host_time = 0.0
         # AIOLLM_STEP_LOG=path: one JSON line per step, written at stop (bench diagnostics)
@@ -484,15 +485,16 @@ class Engine:
             else:  # the CPU computes while launching: on the model thread, so the loop
                 # hands out step N's tokens meanwhile
                 launch = asyncio.get_running_loop().run_in_executor(
-                    self._executor, self.runner.launch, inputs)
+                    self._executor, _timed, self.runner.launch, inputs)
         self._host_time += perf() - t0
         if self._inflight is not None:
             await self._complete_inflight()
         if step is None:
             return
+        cpu_s = None  # the CPU's model time: the launch is the computation
         if launch is not None:
             try:
-                out = await launch
+                out, cpu_s = await launch
             except Exception as e:
                 err = e
         if err is None and out.deferred is not None:
@@ -506,7 +508,7 @@ class Engine:
         if err is not None:  # a failing step fails its requests, not the server
             self._step_failed(step, err)
             return
-        self._inflight = (step, out, perf())
+        self._inflight = (step, out, perf(), cpu_s)
 
     @staticmethod
     def _must_wait_for(step: Step) -> bool:
@@ -515,7 +517,7 @@ class Engine:
         return any(r.pending and r.params.uses_penalty for r in step.reqs)
 
     async def _complete_inflight(self) -> None:
-        step, out, t_launch = self._inflight
+        step, out, t_launch, cpu_s = self._inflight
         self._inflight = None
         perf = time.perf_counter
         try:
@@ -537,7 +539,7 @@ class Engine:
                     max(0.0, self._prev_done.elapsed_time(out.start) / 1e3))
             self._prev_done = out.done
         else:
-            model_s = t0 - t_launch
+            model_s = cpu_s or 0.0
         self.metrics.step_model.observe(model_s)
         result = self.runner.collect(out)
         if result is not None:
@@ -750,3 +752,9 @@ def _model_name(path, given: str | None) -> str:
         return "default"
     p = Path(given)
     return p.stem if p.suffix == ".gguf" else p.name
+
+
+def _timed(fn, *args):
+    """(fn(*args), its wall seconds): the CPU model thread times its own forward."""
+    t = time.perf_counter()
+    return fn(*args), time.perf_counter() - t
