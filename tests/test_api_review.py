@@ -191,3 +191,32 @@ def test_chat_roles_and_message_shapes(server):
                           json={"messages": tool_turns, "max_tokens": 2})
     assert status == 200, raw
     server.wait_idle()
+
+
+def test_readme_examples_give_what_they_show(server):
+    """Each README curl example followed by `# -> {...}` answers what it shows: every key,
+    and every value that is not a placeholder or this server's setting (issue 15, rough
+    edges: the /generate example showed 5 prompt tokens, the server counts 4)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    lines = text.replace("\\\n", " ").splitlines()
+    checked = 0
+    for line, nxt in zip(lines, lines[1:]):
+        if not line.startswith("curl") or not nxt.startswith("# -> "):
+            continue
+        path = re.search(r"http://127\.0\.0\.1:8000(/\S*)", line).group(1)
+        body = re.search(r"-d '(.*)'", line)
+        method = "POST" if body or "-X POST" in line else "GET"
+        shown = nxt[5:].split("   ")[0].replace('["..."]', "null").replace("[...]", "null")
+        status, _, raw = http(server, method, path,
+                              json=json.loads(body.group(1)) if body else None)
+        assert status == 200, (line, raw[:300])
+        got = json.loads(raw)
+        for key, value in json.loads(shown).items():
+            assert key in got, (line, key)
+            if value is not None and key not in ("max_model_len", "flushed_tokens"):
+                assert got[key] == value, (line, key, got[key])
+        checked += 1
+    assert checked >= 4
