@@ -9,8 +9,9 @@
 # Each step has its own time limit, so one that hangs leaves the others their time.
 # Usage, from the repo root after `source bench/gpu_setup.sh`:
 #   OUT=dir TOKENIZER=tokdir BENCH_COMMIT=sha bench/moe_gpu.sh
-# env: MODEL (default the Qwen3-30B-A3B shape), MOE_TOKENS, SERVE_REQUESTS (default 400), DECODE_BATCHES,
-#      WORKERS (compile processes, default 12), SKIP (space-separated step names to leave out: moe serve decode)
+# env: MODEL (default the Qwen3-30B-A3B shape), MOE_TOKENS, SERVE_REQUESTS (default 400),
+#      DECODE_BATCHES (default 1 64), WORKERS (compile processes, default 12),
+#      SKIP (space-separated steps to leave out: moe serve decode)
 set -u
 OUT=${OUT:?set OUT to the output directory}
 TOKENIZER=${TOKENIZER:?set TOKENIZER to a tokenizer directory}
@@ -41,7 +42,8 @@ fi
 if ! skip decode; then
   step decode
   mkdir -p /tmp/decode-out
-  timeout 100 python3 bench/decode.py "$MODEL" --batch ${DECODE_BATCHES:-1 64} --no-hf --tokenizer "$TOKENIZER" \
+  timeout 100 python3 bench/decode.py "$MODEL" --batch ${DECODE_BATCHES:-1 64} --no-hf \
+    --tokenizer "$TOKENIZER" \
     --out-dir /tmp/decode-out 2>&1 | grep -v Warning | tail -20 | tee -a "$LOG"
   cp /tmp/decode-out/decode-*.json "$OUT/" 2>/dev/null
 fi
