@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the server's sampling when a request gives none")
     e = s.add_argument_group("engine")
     e.add_argument("--kv-tokens", type=int, default=d.kv_tokens,
-                   help="KV cache size in tokens (overrides --kv-memory-fraction)")
+                   help="KV cache size in tokens (overrides --kv-memory-fraction; default on "
+                        "the CPU: 4 full contexts of --max-model-len, at most 65536)")
     e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
                    help="fraction of free GPU memory after loading to give the KV cache")
     e.add_argument("--max-running-requests", type=int, default=d.max_running_requests,

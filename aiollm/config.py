@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+CPU_KV_CONTEXTS = 4  # full contexts the default CPU KV pool holds
+CPU_KV_MAX_TOKENS = 65536
+
+
 @dataclass(slots=True)
 class EngineConfig:
     model: str | None = None  # HF directory or .gguf file; None: the default SmolLM2-135M
@@ -15,7 +19,9 @@ class EngineConfig:
     max_model_len: int | None = None  # default: the model's own limit
     kv_tokens: int | None = None  # KV pool size in tokens; overrides kv_memory_fraction
     kv_memory_fraction: float = 0.85  # of free GPU memory after loading, for the KV pool
-    cpu_kv_tokens: int = 65536  # KV pool size on the CPU when kv_tokens is not given
+    # KV pool size on the CPU when kv_tokens is not given; None: cpu_pool_tokens() sizes it
+    # from the model's context
+    cpu_kv_tokens: int | None = None
     max_running_requests: int = 256
     # token budget of one step (prefill chunks + decodes); 4096 measured best on the 8B
     # LightLLM workload (bench/README.md): larger chunks stall decodes longer
@@ -69,9 +75,11 @@ class EngineConfig:
         # checks the estimator and the blind cap, naming the bad value
         SchedulerConfig(estimator=self.past_future_estimator, blind_cap=self.scheduler_blind_cap)
         for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
-                     "table_capacity", "cpu_kv_tokens", "cuda_graph_max_batch"):
+                     "table_capacity", "cuda_graph_max_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cpu_kv_tokens is not None and self.cpu_kv_tokens < 1:
+            raise ValueError(f"cpu_kv_tokens must be >= 1, got {self.cpu_kv_tokens}")
         if self.mixed_prefill_tokens is not None and self.mixed_prefill_tokens < 1:
             raise ValueError(f"mixed_prefill_tokens must be >= 1, got {self.mixed_prefill_tokens}")
         if self.kv_tokens is not None and self.kv_tokens < 1:
@@ -97,3 +105,11 @@ class EngineConfig:
                 raise ValueError(f"dist_init_addr must be HOST:PORT, got {self.dist_init_addr!r}")
         if self.queue_timeout is not None and self.queue_timeout <= 0:
             raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")
+
+    def cpu_pool_tokens(self, context_len: int) -> int:
+        """KV pool tokens on the CPU: cpu_kv_tokens, or CPU_KV_CONTEXTS full contexts of
+        context_len tokens, at most CPU_KV_MAX_TOKENS (which then bounds the context: a fixed
+        65,536 gave a 135M model with 8k contexts 2.8 GiB of KV it never used)."""
+        if self.cpu_kv_tokens is not None:
+            return self.cpu_kv_tokens
+        return min(CPU_KV_CONTEXTS * context_len, CPU_KV_MAX_TOKENS)

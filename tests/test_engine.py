@@ -255,6 +255,17 @@ def test_step_model_seconds_count_the_cpu_forward(loop, engine):
     assert model_s() - before > 0.3 * wall, (model_s() - before, wall)
 
 
+def test_cpu_kv_pool_is_sized_from_the_context(loop):
+    """Without kv_tokens the CPU pool holds a few full contexts, not a fixed 65,536 tokens
+    (2.8 GiB for the 135M default model; issue 15, rough edges)."""
+    eng = Engine(None, max_model_len=512)
+    loop.run_until_complete(eng.start())
+    try:
+        assert eng.stats()["kv_total"] == 4 * 512 and eng.max_model_len == 512
+    finally:
+        loop.run_until_complete(eng.stop())
+
+
 def test_control_token_text_in_chat_content_stays_text(engine):
     """A user who writes a control token's text forges no turn (issue 15, fault 6): the
     template's own control tokens are the only real ones, and the content reads back as

@@ -119,7 +119,8 @@ class Engine:
             free, _ = torch.cuda.mem_get_info(device)
             kv_tokens = int(free * cfg.kv_memory_fraction) // per_token
         else:
-            kv_tokens = cfg.cpu_kv_tokens
+            kv_tokens = cfg.cpu_pool_tokens(
+                min([x for x in (mc.max_position, cfg.max_model_len) if x] or [8192]))
         if self.ranks is not None:  # every rank's pool holds the same token slots
             kv_tokens = self.ranks.tp.min_int(kv_tokens)
         max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
