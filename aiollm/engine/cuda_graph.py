@@ -16,7 +16,8 @@ step is one copy in, one replay and one copy out:
   packed as [2, bs] int64, and leaves the argmax in `prev_ids` for the next step.
 
 A batch is padded up to its bucket: padding rows read and write the req_to_token table's
-padding row and the KV pool's scratch slot. Prefill and larger batches run eagerly. Without
+padding row and the KV pool's scratch slot. Buckets are few (batch_buckets): a padding row
+costs little next to the weights every step reads, and each graph costs start-up time. Prefill and larger batches run eagerly. Without
 capture (the CPU) the same step function runs eagerly on exactly the batch, no padding, so
 the CPU test suite exercises what the graphs replay.
 """
@@ -28,6 +29,7 @@ import time
 
 import torch
 
+from aiollm.kernels import autotune
 from aiollm.kernels.decode_io import FIELDS, decode_inputs, greedy_pick
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
@@ -38,8 +40,20 @@ STAGING = 3  # staging buffers in turn (a buffer is reused once its step has com
 
 
 def batch_buckets(max_bs: int) -> list[int]:
-    small = [b for b in (1, 2, 4, 8) if b < max_bs]
-    return small + list(range(16, max_bs, 16)) + [max_bs]
+    """The batch sizes decode graphs are captured at, ascending, up to max_bs itself.
+
+    Powers of two to 16, then steps of 16 to 64 and of 32 beyond: 14 graphs up to 256,
+    against 20 in steps of 16. A decode step reads every weight once whatever its batch, and
+    a padding row adds only its own share of the small kernels (norms, rotary, a one-token
+    attention, its logits row); GEMMs of 64-256 rows run in row tiles, so a few more rows
+    within a tile cost little (bench/README.md, "Start-up", has decode at padded batches).
+    Each graph costs start-up time: an eager step and a capture (20 graphs of the 8B shape
+    took 1.8 s on an H200 with every kernel already compiled).
+    """
+    if max_bs < 1:
+        raise ValueError(f"max_bs must be >= 1, got {max_bs}")
+    edges = [1, 2, 4, 8, 16, 32, 48, 64] + list(range(96, max_bs, 32))
+    return [b for b in edges if b < max_bs] + [max_bs]
 
 
 class DecodeGraphs:
@@ -113,24 +127,27 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def _capture(self) -> None:
+        """Capture one graph per bucket, largest first so that the smaller graphs reuse the
+        shared pool's blocks. Kernel configs come from the committed tables
+        (aiollm.kernels.autotune.untuned): the inputs here are all padding rows (one-token
+        contexts), on which tuning would time launch overhead, not the kernels."""
         t0 = time.monotonic()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
-        # largest first, so smaller graphs reuse the pool's blocks
-        for bs in reversed(self.buckets):
-            self._pad(self.inp[: FIELDS * bs].view(FIELDS, bs), 0)
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # compile / autotune every kernel outside the capture
-                    self._step(bs)
-            torch.cuda.current_stream().wait_stream(stream)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g, pool=pool, stream=stream):
-                logits, packed = self._step(bs)
-            self.graphs[bs] = (g, logits, packed)
+        with autotune.untuned():
+            for bs in reversed(self.buckets):
+                self._pad(self.inp[: FIELDS * bs].view(FIELDS, bs), 0)
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):
+                    self._step(bs)  # one eager step: its kernels compile outside the capture
+                torch.cuda.current_stream().wait_stream(stream)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, pool=pool, stream=stream):
+                    logits, packed = self._step(bs)
+                self.graphs[bs] = (g, logits, packed)
         torch.cuda.synchronize()
-        log.info("captured %d decode CUDA graphs (batch <= %d) in %.1fs", len(self.graphs),
-                 self.max_bs, time.monotonic() - t0)
+        log.info("captured %d decode CUDA graphs (batch sizes %s) in %.1fs", len(self.graphs),
+                 ",".join(map(str, self.buckets)), time.monotonic() - t0)
 
     def run(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the staged batch at bucket bs: (logits [bs, V], packed [2, bs] int64 of the

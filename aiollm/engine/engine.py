@@ -111,6 +111,7 @@ class Engine:
         self.model_path = loaded.path
         self.model_name = cfg.served_model_name or _model_name(loaded.path, cfg.model)
         self.device, self.dtype = device, dtype
+        log.info("weights and tokenizer loaded in %.1fs", time.monotonic() - t0)
 
         per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
         if cfg.kv_tokens is not None:
@@ -129,6 +130,7 @@ class Engine:
         rows = min(cfg.max_running_requests, cfg.table_capacity)
         self.req_to_token = ReqToTokenTable(rows, max_len, device)
         self.table = RequestTable(cfg.table_capacity, pin_memory=device.type == "cuda")
+        log.info("KV pool and request table allocated at %.1fs", time.monotonic() - t0)
         self.scheduler = make_scheduler(cfg.scheduler, SchedulerConfig(
             max_running=cfg.max_running_requests, estimator=cfg.past_future_estimator,
             blind_cap=cfg.scheduler_blind_cap))

@@ -15,6 +15,11 @@ int32 views were some twelve launches of 1-2 us each. Two kernels replace them:
   combines the blocks.
 
 Each has a PyTorch reference (the CPU path and the tests use it).
+
+Both are launched once per captured batch size, so they take the batch size unspecialised
+(Triton would compile a variant for 1, for multiples of 16 and for the rest), and the int32
+rows decode_inputs gives start 16-byte aligned at every batch size (the kernels reading them
+would specialise on the alignment too): one compiled variant each serves every graph.
 """
 
 from __future__ import annotations
@@ -62,9 +67,9 @@ def greedy_pick_ref(logits: torch.Tensor, prev_ids: torch.Tensor) -> torch.Tenso
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["bs", "stride_out"])
     def _decode_inputs_kernel(
-        Inp, Prev, Table, Ids, Out32, bs, stride_table, BLOCK: tl.constexpr,
+        Inp, Prev, Table, Ids, Out32, bs, stride_table, stride_out, BLOCK: tl.constexpr,
     ):  # fmt: skip
         offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < bs
@@ -77,8 +82,8 @@ if triton is not None:
         tl.store(Ids + offs, tl.where(is_ph, prev, raw), mask=mask)
         tl.store(Table + row * stride_table + pos, loc.to(tl.int32), mask=mask)
         tl.store(Out32 + offs, row.to(tl.int32), mask=mask)
-        tl.store(Out32 + bs + offs, pos.to(tl.int32), mask=mask)
-        tl.store(Out32 + 2 * bs + offs, (pos + 1).to(tl.int32), mask=mask)
+        tl.store(Out32 + stride_out + offs, pos.to(tl.int32), mask=mask)
+        tl.store(Out32 + 2 * stride_out + offs, (pos + 1).to(tl.int32), mask=mask)
 
     @triton.jit
     def _pick_blocks_kernel(
@@ -97,7 +102,7 @@ if triton is not None:
         tl.store(Idx + out, blk * BLOCK + tl.argmax(v, axis=0, tie_break_left=True))
         tl.store(Bad + out, bad)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["B"])
     def _pick_rows_kernel(
         Max, Idx, Bad, Out, Prev, B, V, n_blocks, BLOCK_S: tl.constexpr,
     ):  # fmt: skip
@@ -119,10 +124,12 @@ def decode_inputs_triton(inp: torch.Tensor, bs: int, prev_ids: torch.Tensor,
                          table: torch.Tensor):
     assert inp.is_contiguous() and table.stride(1) == 1 and table.dtype == torch.int32
     ids = torch.empty(bs, dtype=torch.int64, device=inp.device)
-    out32 = torch.empty(3, bs, dtype=torch.int32, device=inp.device)
+    stride = -(-bs // 4) * 4  # each int32 row starts 16-byte aligned
+    out32 = torch.empty(3, stride, dtype=torch.int32, device=inp.device)[:, :bs]
     block = 128
     _decode_inputs_kernel[(triton.cdiv(bs, block),)](
-        inp, prev_ids, table, ids, out32, bs, table.stride(0), BLOCK=block, num_warps=4)
+        inp, prev_ids, table, ids, out32, bs, table.stride(0), stride, BLOCK=block,
+        num_warps=4)
     return ids, out32
 
 
