@@ -12,10 +12,10 @@ TOK=${TOK:-$me/tok}
 source bench/gpu_setup.sh || exit 1
 for spec in "$@"; do  # the native table, built once, into every checkout
   dir=${spec#*=}
-  [ "$(readlink -f "$dir")" = "$PWD" ] || cp aiollm/native/_table*.so "$dir/aiollm/native/"
+  [ "$(readlink -f "$dir")" = "$(readlink -f .)" ] || cp aiollm/native/_table*.so "$dir/aiollm/native/"
 done
 # the first process on a fresh machine reads torch's libraries from disk: not a start-up cost
-python3 -c "import torch, transformers, triton, aiohttp; torch.cuda.init()" || exit 1
+python3 -c "import torch, transformers, triton; torch.cuda.init()"
 args=()
 for spec in "$@"; do args+=(--checkout "$spec"); done
 STARTUP_EXTRA_PYTHONPATH=/tmp/site python3 "$me/bench/startup_gpu.py" "${args[@]}" \
