@@ -39,7 +39,10 @@ CANDIDATES: list[Config] = [
 ]
 
 
-@triton.jit
+# The split count and the strides that follow from it are runtime values: specialising on
+# them (Triton compiles a variant for 1, for multiples of 16 and for the rest) would compile
+# one more variant per split count a batch size or context class picks.
+@triton.jit(do_not_specialize=["stride_lb", "stride_lh", "num_splits"])
 def _decode_kernel(
     Q, KCache, VCache, ReqToToken, ReqRows, SeqLens, Out, Lse,
     sm_scale_log2,
@@ -107,7 +110,7 @@ def _decode_kernel(
         tl.store(out_ptrs, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=out_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits", "stride_lb", "stride_lh"])
 def _decode_reduce_kernel(
     Partial, Lse, Out, num_splits,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
@@ -181,7 +184,8 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
         out.stride(0), out.stride(1),
         HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
-        BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
+        # one block size for every split count up to MAX_SPLITS: one compiled variant
+        BLOCK_S=max(MAX_SPLITS, triton.next_power_of_2(num_splits)), num_warps=4)
 
 
 def decode_attention_triton(
