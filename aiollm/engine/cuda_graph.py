@@ -132,6 +132,7 @@ class DecodeGraphs:
         (aiollm.kernels.autotune.untuned): the inputs here are all padding rows (one-token
         contexts), on which tuning would time launch overhead, not the kernels."""
         t0 = time.monotonic()
+        reserved = torch.cuda.memory_reserved()
         pool = torch.cuda.graph_pool_handle()
         stream = torch.cuda.Stream()
         with autotune.untuned():
@@ -146,8 +147,9 @@ class DecodeGraphs:
                     logits, packed = self._step(bs)
                 self.graphs[bs] = (g, logits, packed)
         torch.cuda.synchronize()
-        log.info("captured %d decode CUDA graphs (batch sizes %s) in %.1fs", len(self.graphs),
-                 ",".join(map(str, self.buckets)), time.monotonic() - t0)
+        log.info("captured %d decode CUDA graphs (batch sizes %s, %.0f MiB) in %.1fs",
+                 len(self.graphs), ",".join(map(str, self.buckets)),
+                 (torch.cuda.memory_reserved() - reserved) / 2**20, time.monotonic() - t0)
 
     def run(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the staged batch at bucket bs: (logits [bs, V], packed [2, bs] int64 of the
