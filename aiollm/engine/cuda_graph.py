@@ -46,9 +46,10 @@ def batch_buckets(max_bs: int) -> list[int]:
     against 20 in steps of 16. A decode step reads every weight once whatever its batch, and
     a padding row adds only its own share of the small kernels (norms, rotary, a one-token
     attention, its logits row); GEMMs of 64-256 rows run in row tiles, so a few more rows
-    within a tile cost little (bench/README.md, "Start-up", has decode at padded batches).
-    Each graph costs start-up time: an eager step and a capture (20 graphs of the 8B shape
-    took 1.8 s on an H200 with every kernel already compiled).
+    within a tile cost little (bench/README.md, "Start-up on the GPU": decode at padded
+    batches within run-to-run noise). With every kernel compiled, 14 graphs of the 8B shape
+    took 2.0 s on an H200 and 20 took 1.9 s; what a cold start pays for is the kernel
+    variants that new batch sizes compile, kept to one per config (decode_io, decode_attention).
     """
     if max_bs < 1:
         raise ValueError(f"max_bs must be >= 1, got {max_bs}")
