@@ -147,7 +147,8 @@ class Engine:
         if self.tokenizer.eos_token_id is not None:
             eos.add(int(self.tokenizer.eos_token_id))
         self.eos_ids = np.array(sorted(eos), dtype=np.int32)
-        self.grammars = Grammars(self.tokenizer, mc.vocab_size, self.eos_ids.tolist(), device)
+        self.grammars = Grammars(self.tokenizer, mc.vocab_size, self.eos_ids.tolist(), device,
+                                 max_rows=self.planner.max_running)
         self.runner = ModelRunner(loaded.model, mc, self.kv_pool, self.req_to_token, device,
                                   eos_ids=self.eos_ids.tolist(), cuda_graph=cfg.cuda_graph and device.type == "cuda",
                                   cuda_graph_max_batch=cfg.cuda_graph_max_batch,
@@ -360,9 +361,10 @@ class Engine:
             req.logprobs = []
         if params.prompt_logprobs is not None:
             req.prompt_logprobs = [None] * n
-        req.argmax_only = (params.temperature < GREEDY_EPS and params.logprobs is None
-                           and not params.uses_penalty and params.min_tokens == 0
-                           and grammar is None)
+        greedy = (params.temperature < GREEDY_EPS and params.logprobs is None
+                  and not params.uses_penalty and params.min_tokens == 0)
+        req.argmax_only = greedy and grammar is None
+        req.masked_argmax = greedy and grammar is not None and grammar.bias is None
         try:
             self._fill_record(req, params)
         except Exception:

@@ -10,12 +10,20 @@ step; its compile step is cached here). The engine owns one `Grammars`:
   the event loop), kept in an LRU cache keyed by (tokenizer, kind, grammar text); concurrent
   requests for the same grammar share one compilation;
 - `start()` gives a request its `GrammarState` (the matcher, the allowed-ids row, the bias);
-- `accept()` advances the matchers by the tokens a step sampled; a matcher that reaches its
-  end finishes its request with "stop";
+- `accept()` advances the matchers by the tokens a step sampled (one batched call); a
+  matcher that reaches its end finishes its request with "stop";
 - `masks()` builds, for a step's sampled rows, the [B, ceil(V / 32)] int32 bitmask (bit
   t of row b set: token t allowed) and the sparse logit biases, copied to the device in one
   async copy each. The sampler applies them (model/sampler.py); rows without a constraint
   are all ones, so they sample exactly as without one.
+
+Per step this is host work on the critical path of a constrained batch (the next step's
+sampling waits for it), so it is kept small: xgrammar sees the tokenizer's own vocabulary,
+not the model's padded one (its accept_token searches the special ids linearly, and every
+padding id counts as one: an 8B model's 128,256 logits over a 49,152-token tokenizer made
+each accept 7x slower); the ids past the tokenizer are disallowed by the bitmask's tail
+words, which stay zero in the grammar rows of reused page-locked buffers; the bitmask rows
+are filled by xgrammar's BatchGrammarMatcher on its own threads.
 
 The bitmask layout is xgrammar's (and llguidance's): token t is bit t % 32 of word t // 32.
 """
@@ -89,14 +97,22 @@ class Grammars:
     vocab_size is the model's (logits') width, which may exceed the tokenizer's; ids past the
     tokenizer are never allowed under a grammar. stop_ids end a grammar (the model's eos)."""
 
-    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], device: torch.device):
+    def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], device: torch.device,
+                 max_rows: int = 256):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.words = (vocab_size + 31) // 32
-        self.stop_ids = list(stop_ids)
+        # xgrammar's vocabulary: the tokenizer's ids (a model's logits may be wider)
+        self.grammar_vocab = min(len(tokenizer), vocab_size)
+        self.grammar_words = (self.grammar_vocab + 31) // 32
+        self.stop_ids = [t for t in stop_ids if t < self.grammar_vocab]
+        self._stops = np.asarray(self.stop_ids, dtype=np.int64)  # what ends a matcher
         self.device = device
+        self.max_rows = max_rows
         self._key = _tokenizer_key(tokenizer, vocab_size)
         self._pending: dict[tuple, Future] = {}
+        self._bitmasks: _BitmaskBuffers | None = None  # made at the first constrained step
+        self._batch = None  # xgrammar.BatchGrammarMatcher
 
     # -- compilation ----------------------------------------------------------------------
     def _compiler(self):
@@ -107,7 +123,7 @@ class Grammars:
                 # xgrammar needs transformers' tokenizer (ServingTokenizer has one inside)
                 hf = getattr(self.tokenizer, "hf_tokenizer", self.tokenizer)
                 info = xgr.TokenizerInfo.from_huggingface(
-                    hf, vocab_size=self.vocab_size, stop_token_ids=self.stop_ids)
+                    hf, vocab_size=self.grammar_vocab, stop_token_ids=self.stop_ids or None)
                 _CACHE.infos[self._key] = xgr.GrammarCompiler(info, cache_enabled=False)
             return _CACHE.infos[self._key]
 
@@ -178,6 +194,8 @@ class Grammars:
         if c.grammar is not None:
             matcher = xgr.GrammarMatcher(self.compile_now(c.grammar),
                                          override_stop_tokens=self.stop_ids or None)
+            if not self.stop_ids:  # the tokenizer's own, as xgrammar found them
+                self._stops = np.asarray(matcher.stop_token_ids, dtype=np.int64)
         allowed = None
         if c.allowed_token_ids is not None:
             allowed = np.zeros(self.words, dtype=np.int32)
@@ -194,48 +212,130 @@ class Grammars:
         """Advance each matcher by its request's new token. Per request: ENDED when its
         grammar has reached its end (the request finishes with "stop"), REJECTED when the
         grammar refuses the token (the mask makes that a bug: the request fails), else 0."""
-        status = []
-        for s, t in zip(states, tokens.tolist()):
-            m = s.matcher
-            if m is not None and not s.terminated:
-                if not m.accept_token(t):
-                    status.append(REJECTED)
-                    continue
-                s.terminated = m.is_terminated()
-            status.append(ENDED if s.terminated else 0)
+        import xgrammar as xgr
+
+        status = [0] * len(states)
+        live = [k for k, s in enumerate(states) if s.matcher is not None and not s.terminated]
+        if not live:
+            return status
+        toks = tokens[live]
+        ok = xgr.BatchGrammarMatcher.batch_accept_token([states[k].matcher for k in live],
+                                                        toks.tolist())
+        # a matcher ends only by accepting a stop token: ask the others nothing
+        stop = np.isin(toks, self._stops)
+        for j, k in enumerate(live):
+            if not ok[j]:
+                status[k] = REJECTED
+            elif stop[j]:
+                s = states[k]
+                s.terminated = s.matcher.is_terminated()
+                status[k] = ENDED if s.terminated else 0
         return status
 
     def masks(self, states: list[GrammarState | None]) -> TokenMask | None:
         """The device constraints of a step's sampled rows (None where no row has one).
         A finished request's row (a discarded token) is left unconstrained."""
-        if not any(s is not None for s in states):
+        rows = [i for i, s in enumerate(states) if s is not None]
+        if not rows:
             return None
         b = len(states)
         pin = self.device.type == "cuda"
+        grammar_rows = [i for i in rows
+                        if states[i].matcher is not None and not states[i].terminated]
+        allowed_rows = [i for i in rows if states[i].allowed is not None]
         bitmask = None
-        if any(s is not None and (s.matcher is not None or s.allowed is not None)
-               for s in states):
-            bitmask = torch.full((b, self.words), -1, dtype=torch.int32, pin_memory=pin)
-            host = bitmask.numpy()
-            for i, s in enumerate(states):
-                if s is None:
-                    continue
-                if s.matcher is not None and not s.terminated:
-                    s.matcher.fill_next_token_bitmask(bitmask, i)
-                if s.allowed is not None:
-                    host[i] &= s.allowed
-        out = TokenMask(_to(bitmask, self.device))
-        k = max((len(s.bias_ids) for s in states if s is not None and s.bias_ids is not None),
+        if grammar_rows or allowed_rows:
+            if self._bitmasks is None:
+                import xgrammar as xgr
+
+                self._bitmasks = _BitmaskBuffers(self.max_rows, self.words, self.grammar_words,
+                                                 self.grammar_vocab, self.device)
+                self._batch = xgr.BatchGrammarMatcher()
+            bitmask = self._bitmasks.fill(b, grammar_rows, allowed_rows, states, self._batch)
+        out = TokenMask(bitmask)
+        k = max((len(states[i].bias_ids) for i in rows if states[i].bias_ids is not None),
                 default=0)
         if k:
             ids = torch.zeros((b, k), dtype=torch.int64, pin_memory=pin)
             vals = torch.zeros((b, k), dtype=torch.float32, pin_memory=pin)
-            for i, s in enumerate(states):
-                if s is not None and s.bias_ids is not None:
+            for i in rows:
+                s = states[i]
+                if s.bias_ids is not None:
                     ids[i, : len(s.bias_ids)] = torch.from_numpy(s.bias_ids)
                     vals[i, : len(s.bias)] = torch.from_numpy(s.bias)
             out.bias_ids, out.bias = _to(ids, self.device), _to(vals, self.device)
         return out
+
+
+_ONES, _ZEROS, _DIRTY = 0, 1, 2  # what a bitmask row's tail holds
+
+
+class _BitmaskBuffers:
+    """Reused bitmask memory: page-locked host rows [R, W] in turns (a turn is refilled two
+    steps later, when the step that copied it has completed) and one device copy target.
+
+    A row's words past the grammar vocabulary's (its tail) are zero while the row carries a
+    grammar and all ones otherwise (an allowed-ids row ANDs its own in); `tail` remembers
+    which per row, so a step rewrites only the tails of rows that changed role. xgrammar
+    writes full rows of grammar_words words: into the host rows directly when that is the
+    model's width, else into a scratch block that is then copied in."""
+
+    TURNS = 2
+
+    def __init__(self, rows: int, words: int, grammar_words: int, grammar_vocab: int,
+                 device: torch.device):
+        pin = device.type == "cuda"
+        self.rows, self.words, self.grammar_words = rows, words, grammar_words
+        self.host = [torch.full((rows, words), -1, dtype=torch.int32, pin_memory=pin)
+                     for _ in range(self.TURNS)]
+        self.host_np = [t.numpy() for t in self.host]
+        self.tail = [np.zeros(rows, dtype=np.int8) for _ in range(self.TURNS)]  # _ONES...
+        self.scratch = (None if grammar_words == words else
+                        torch.empty((rows, grammar_words), dtype=torch.int32))
+        # bits of the last grammar word past the grammar vocabulary (ids no token has)
+        extra = grammar_words * 32 - grammar_vocab
+        self.last_word = (np.uint32((1 << (32 - extra)) - 1).view(np.int32) if extra
+                          else None)
+        self.device_buf = (torch.empty((rows, words), dtype=torch.int32, device=device)
+                           if pin else None)
+        self.turn = 0
+
+    def fill(self, b: int, grammar_rows: list[int], allowed_rows: list[int],
+             states: list, batch) -> torch.Tensor:
+        """The [b, W] bitmask of a step on the device (queued copy), or on the host (CPU)."""
+        assert b <= self.rows, (b, self.rows)
+        t = self.turn
+        self.turn = (t + 1) % self.TURNS
+        host, arr, tail = self.host[t], self.host_np[t], self.tail[t]
+        gw = self.grammar_words
+        is_grammar = np.zeros(b, dtype=bool)
+        is_grammar[grammar_rows] = True
+        if gw < self.words:
+            want = is_grammar.astype(np.int8)  # _ZEROS where a grammar, else _ONES
+            flip = np.flatnonzero(tail[:b] != want)
+            if len(flip):
+                arr[flip, gw:] = np.where(is_grammar[flip], 0, -1)[:, None]
+                tail[flip] = want[flip]
+            tail[allowed_rows] = _DIRTY
+        if grammar_rows:
+            matchers = [states[i].matcher for i in grammar_rows]
+            if self.scratch is None:
+                batch.batch_fill_next_token_bitmask(matchers, host, grammar_rows)
+            else:  # same rows in the scratch block: one slice copy (fancy indexing is 15x slower)
+                batch.batch_fill_next_token_bitmask(matchers, self.scratch, grammar_rows)
+                arr[:b, :gw] = self.scratch.numpy()[:b]
+            if self.last_word is not None:
+                arr[grammar_rows, gw - 1] &= self.last_word
+        plain = np.flatnonzero(~is_grammar)
+        if len(plain):  # rows without a grammar: all allowed (or their allowed set, below)
+            arr[plain, :gw] = -1
+        for i in allowed_rows:
+            arr[i] &= states[i].allowed
+        if self.device_buf is None:  # the CPU samples from it before the turn comes back
+            return host[:b]
+        dev = self.device_buf[:b]
+        dev.copy_(host[:b], non_blocking=True)
+        return dev
 
 
 def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

@@ -16,7 +16,10 @@ A step with constrained rows (a grammar, allowed ids or logit biases: engine/gra
 is launched in two parts: launch() queues the forward pass and returns a Launched whose
 `deferred` holds the logits; sample_deferred() queues the sampling once the engine has the
 previous step's tokens, has advanced the grammars and built the masks. The forward never
-waits for a mask, and the mask's host time hides behind it.
+waits for a mask, and the mask's host time hides behind it. When every sampled row is
+greedy (the constrained ones under a bitmask only, no biases), the sampling is the mask
+applied in place to the logits and the argmax: a decode batch keeps its graph, and its
+result comes back in the same one copy as an unconstrained one.
 
 Tokens sampled by the step still running are not on the host when the next step is
 planned: the planner writes them as placeholders -(row + 1), and the device replaces them
@@ -32,11 +35,12 @@ import torch
 
 from aiollm.engine.planner import Step
 from aiollm.engine.request import TokenLogprob
-from aiollm.kernels.decode_io import resolve_placeholders
+from aiollm.kernels.decode_io import greedy_pick, resolve_placeholders
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 from aiollm.model.prompt_logprobs import PromptScoring, plan_scoring
-from aiollm.model.sampler import SampleResult, SamplingTensors, needs_history, sample
+from aiollm.model.sampler import (SampleResult, SamplingTensors, apply_bitmask_, needs_history,
+                                  sample)
 from aiollm.native import RequestTable
 
 
@@ -54,6 +58,8 @@ class StepInputs:
     # on a follower, that rank 0 samples this step and broadcasts the ids
     msg: tuple | None = None
     remote_sampling: bool = False
+    # every sampled row greedy, some under a bitmask: mask in place, then the argmax
+    masked_argmax: bool = False
 
 
 @dataclass(slots=True)
@@ -163,13 +169,16 @@ class ModelRunner:
         sampled = [r for r, s in zip(reqs, step.sample) if s]
         argmax_only = all(r.argmax_only for r in sampled)
         constrained = any(r.grammar is not None for r in sampled)
+        # (not under tensor parallelism: rank 0 alone has the masks, so it broadcasts ids)
+        masked = (constrained and self.dist is None
+                  and all(r.argmax_only or r.masked_argmax for r in sampled))
         if step.num_tokens == n and len(sampled) == n and n <= self.graphs.max_bs:
             # a decode batch: every request feeds one token and samples one
             rows, positions = step.token_coords
             bs = self.graphs.stage(n, step.input_ids, positions, step.out_cache_loc, rows)
-            st = None if argmax_only else self._sampling(step, sampled, table)
+            st = None if argmax_only or masked else self._sampling(step, sampled, table)
             inp = StepInputs(None, bs, n, st, argmax_only, min(step.input_ids) < 0, start,
-                             constrained)
+                             constrained, masked_argmax=masked)
             if self.dist is not None:
                 inp.msg = self.dist.step_message(inp, n, -1, (step.input_ids, positions,
                                                               step.out_cache_loc, rows))
@@ -192,9 +201,10 @@ class ModelRunner:
         )
         if any(r.prompt_logprobs is not None for r in reqs):
             batch.prompt_scoring = plan_scoring(reqs, step.prefix_lens, step.extend_lens, dev)
-        st = self._sampling(step, sampled, table) if sampled and not argmax_only else None
+        st = (self._sampling(step, sampled, table) if sampled and not (argmax_only or masked)
+              else None)
         inp = StepInputs(batch, 0, n, st, argmax_only and bool(sampled),
-                         bool((ids < 0).any()), start, constrained)
+                         bool((ids < 0).any()), start, constrained, masked_argmax=masked)
         if self.dist is not None:
             sidx = () if sample_index is None else (sample_index,)
             inp.msg = self.dist.step_message(
@@ -235,7 +245,8 @@ class ModelRunner:
         self.r2t.write_device(b.token_rows, b.positions, b.out_cache_loc)
         logits = self.model.forward(b)
         res = bad = None
-        if inp.argmax_only or inp.sampling is not None or inp.remote_sampling:
+        if inp.argmax_only or inp.sampling is not None or inp.remote_sampling or \
+                inp.masked_argmax:
             if b.sample_index is not None:
                 logits = logits.index_select(0, b.sample_index)
             bad = ~torch.isfinite(logits).all(dim=-1)
@@ -251,16 +262,23 @@ class ModelRunner:
         n, bs = inp.n, inp.decode_bs
         logits, packed = self.graphs.run(bs)
         if inp.argmax_only:  # the graph's argmax is the result: one copy back
-            host = self._out[self._out_turn]
-            self._out_turn = (self._out_turn + 1) % len(self._out)
-            host[: 2 * bs].copy_(packed.view(-1), non_blocking=True)
-            done = self._record_done(inp)
-            return Launched(None, None, None, None, None, inp.start, done,
-                            packed=host.numpy()[: 2 * bs], n=n, bs=bs)
+            return self._packed_result(inp, packed)
+        if inp.masked_argmax:  # the argmax once the mask is known
+            return _deferred(inp, logits[:n], packed)
         if inp.constrained:
             return _deferred(inp, logits[:n], packed[1, :n] != 0)
         res = self._sample(logits[:n], inp)
         return self._queue_results(inp, res, packed[1, :n] != 0)
+
+    def _packed_result(self, inp: StepInputs, packed: torch.Tensor) -> Launched:
+        """Queue the copy of a decode batch's [2, bs] argmax and non-finite flags."""
+        n, bs = inp.n, inp.decode_bs
+        host = self._out[self._out_turn]
+        self._out_turn = (self._out_turn + 1) % len(self._out)
+        host[: 2 * bs].copy_(packed.view(-1), non_blocking=True)
+        done = self._record_done(inp)
+        return Launched(None, None, None, None, None, inp.start, done,
+                        packed=host.numpy()[: 2 * bs], n=n, bs=bs)
 
     def _sample(self, logits: torch.Tensor, inp: StepInputs) -> SampleResult:
         """sample(); under tensor parallelism rank 0 samples and broadcasts the ids (the
@@ -279,10 +297,29 @@ class ModelRunner:
         """Queue the sampling of a constrained step launched without it, under `mask` (an
         engine.grammar.TokenMask for its sampled rows, or None: nothing to constrain)."""
         inp, logits, bad = out.deferred
+        if inp.masked_argmax:
+            assert mask is None or mask.bias_ids is None
+            return self._masked_argmax(inp, logits, bad, mask)
         st = inp.sampling
         if mask is not None:
             st.allowed, st.bias_ids, st.bias = mask.bitmask, mask.bias_ids, mask.bias
         return self._queue_results(inp, self._sample(logits, inp), bad)
+
+    def _masked_argmax(self, inp: StepInputs, logits: torch.Tensor, bad: torch.Tensor,
+                       mask) -> Launched:
+        """Greedy rows under a bitmask: the disallowed logits set to -inf in place (rows
+        without a constraint have all bits set), then the argmax. A decode batch's `bad` is
+        the graph's packed [2, bs] result, whose argmax row the masked one replaces."""
+        masked = mask is not None and mask.bitmask is not None
+        if masked:
+            apply_bitmask_(logits, mask.bitmask)
+        if inp.decode_bs:
+            packed = bad
+            if masked:  # the graph's own pick, so unconstrained rows keep theirs exactly
+                packed[0, : inp.n].copy_(greedy_pick(logits, self._prev_ids)[0])
+            return self._packed_result(inp, packed)
+        return self._queue_results(inp, SampleResult(logits.argmax(dim=-1), None, None, None),
+                                   bad)
 
     def _record_done(self, inp: StepInputs) -> torch.cuda.Event | None:
         if self.device.type != "cuda":

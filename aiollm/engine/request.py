@@ -64,6 +64,7 @@ class Request:
     t_last_ns: int = 0  # when its latest token arrived, for inter-token latency
     last_is_stop_token: bool = False  # the final token (eos/stop id) is not part of the text
     argmax_only: bool = False  # greedy, no logprobs, penalties or min_tokens: argmax is enough
+    masked_argmax: bool = False  # the same under a bitmask (a grammar or allowed ids, no bias)
     event: asyncio.Event = field(default_factory=asyncio.Event)
     grammar: object | None = None  # its engine.grammar.GrammarState, when constrained
     # prefix cache (aiollm.engine.prefix_cache): the tree node its locked prefix ends at,

@@ -28,7 +28,7 @@ from aiollm.kernels import autotune
 from aiollm.kernels.decode_attention import BATCH_CLASSES, LENGTH_CLASSES
 from aiollm.kernels.extend_attention import LENGTH_CLASSES as EXTEND_CLASSES
 from aiollm.model.forward_batch import ForwardBatch
-from aiollm.model.sampler import SamplingTensors, sample
+from aiollm.model.sampler import SamplingTensors, apply_bitmask_, sample
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _forward(runner, rows, prefix_lens, extend_lens, out_cache_loc) -> None:
 def _sampling(runner) -> None:
     """sample() on random logits with the parameter mixes that take different paths: plain
     temperature, top-k only (a draw among candidates), greedy and sampled rows with top-p,
-    min-p and logprobs (a full sort), and penalties."""
+    min-p and logprobs (a full sort), and penalties; and the bitmask of constrained steps."""
     vocab, b = runner.vocab_size, 4
     g = torch.Generator(device=runner.device).manual_seed(0)
     logits = torch.randn((b, vocab), generator=g, device=runner.device)
@@ -123,3 +123,6 @@ def _sampling(runner) -> None:
             seed=np.arange(b, dtype=np.int64), step=np.zeros(b, np.int64), vocab_size=vocab,
             device=runner.device, token_ids=history, prompt_lens=np.full(b, 4, np.int64))
         sample(logits, st)
+    # a constrained greedy step's in-place mask (xgrammar's kernel)
+    apply_bitmask_(logits, torch.full((b, (vocab + 31) // 32), -1, dtype=torch.int32,
+                                      device=runner.device))

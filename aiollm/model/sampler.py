@@ -31,6 +31,7 @@ the draw together (aiollm.kernels.sampling.row_scan, beside its PyTorch referenc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,8 @@ import torch
 
 from aiollm.kernels.sampling import row_keys, row_scan
 from aiollm.model.forward_batch import to_device
+
+log = logging.getLogger(__name__)
 
 GREEDY_EPS = 1e-5  # temperatures below this are greedy (dividing by them overflows)
 
@@ -351,13 +354,40 @@ def apply_constraints(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor
     if st.bias_ids is not None:
         logits = logits.scatter_add(1, st.bias_ids, st.bias)
     if st.allowed is not None:
-        b, v = logits.shape
-        key = str(logits.device)
-        if key not in _BITS:
-            _BITS[key] = torch.arange(32, dtype=torch.int32, device=logits.device)
-        bits = (st.allowed[:, :, None] >> _BITS[key]) & 1  # [B, W, 32]
-        logits = logits.masked_fill(bits.view(b, -1)[:, :v] == 0, float("-inf"))
+        logits = logits.masked_fill(_disallowed(st.allowed, logits.shape[1]), float("-inf"))
     return logits
+
+
+def _disallowed(bitmask: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[B, vocab] bool: where bit t % 32 of bitmask[b, t // 32] is clear."""
+    b = bitmask.shape[0]
+    key = str(bitmask.device)
+    if key not in _BITS:
+        _BITS[key] = torch.arange(32, dtype=torch.int32, device=bitmask.device)
+    bits = (bitmask[:, :, None] >> _BITS[key]) & 1  # [B, W, 32]
+    return bits.view(b, -1)[:, :vocab] == 0
+
+
+def apply_bitmask_(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
+    """In place: logits[b, t] = -inf where bit t % 32 of bitmask[b, t // 32] is clear.
+    logits [B, V] fp32 (rows contiguous), bitmask [B, >= ceil(V / 32)] int32 on the same
+    device. xgrammar's Triton kernel on a GPU; on the CPU the reference (masked_fill_), which
+    is faster there than xgrammar's own CPU kernel. Returns logits."""
+    global _XGR_KERNEL
+    if logits.is_cuda and _XGR_KERNEL:
+        import xgrammar as xgr
+
+        try:
+            xgr.apply_token_bitmask_inplace(logits, bitmask, vocab_size=logits.shape[1])
+            return logits
+        except Exception:  # e.g. a Triton the library's kernel does not build with
+            log.warning("xgrammar's bitmask kernel failed; using the PyTorch reference",
+                        exc_info=True)
+            _XGR_KERNEL = False
+    return logits.masked_fill_(_disallowed(bitmask, logits.shape[1]), float("-inf"))
+
+
+_XGR_KERNEL = True  # False once xgrammar's kernel has failed on this machine
 
 
 def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
