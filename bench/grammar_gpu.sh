@@ -2,11 +2,12 @@
 # Constrained decoding under LightLLM's workload (issue 17): one `aiollm serve` of the 8B shape
 # (random weights), then three runs against it: every request unconstrained, every request under
 # one JSON schema (compiled during the warm-up: the cached case), and a mixed batch where every
-# second request is constrained. Usage: bench/grammar_gpu.sh (env: N requests per run, OUT_DIR,
-# (the prefix cache is off: every run sends the same prompts, which a cache would serve to the
-# later runs from the earlier ones) PORT, TOKENIZER, PREWARM=N: a discarded first pass, RUNS="none all mixed", REPS=k: the runs
-# k times in turn, labelled -r1..-rk; STEP_LOG=path: the server's per-step log (AIOLLM_STEP_LOG);
-# for a dry run on the CPU: MODEL_ARGS= (the bundled model) INPUT=64 OUTPUT=8)
+# second request is constrained. The prefix cache is off: every run sends the same prompts,
+# which a cache would serve to the later runs from the earlier ones.
+# Usage: bench/grammar_gpu.sh (env: N requests per run, OUT_DIR, PORT, TOKENIZER, PREWARM=N: a
+# discarded first pass, RUNS="none all mixed", REPS=k: the runs k times in turn, labelled
+# -r1..-rk; STEP_LOG=path: the server's per-step log (AIOLLM_STEP_LOG); for a dry run on the
+# CPU: MODEL_ARGS= (the bundled model) INPUT=64 OUTPUT=8)
 set -u
 MODEL_ARGS=${MODEL_ARGS-bench/configs/llama-3.1-8b --load-format dummy}
 INPUT=${INPUT:-1024}
