@@ -220,3 +220,13 @@ def test_readme_examples_give_what_they_show(server):
                 assert got[key] == value, (line, key, got[key])
         checked += 1
     assert checked >= 4
+
+
+def test_errors_name_fields_as_the_client_wrote_them(server):
+    """A LightLLM error that mentions another field names it LightLLM's way too."""
+    status, _, raw = http(server, "POST", "/generate", json={
+        "inputs": "Hi", "parameters": {"max_new_tokens": 2, "min_new_tokens": 5}})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "parameters.min_new_tokens"
+    assert "max_new_tokens (2)" in err["message"] and "max_tokens" not in \
+        err["message"].replace("max_new_tokens", ""), err["message"]

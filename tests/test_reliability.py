@@ -265,7 +265,8 @@ EDGE_VALUES = [  # valid values at the ends of their ranges
     (C, prompt(seed=2**63 - 1, n=2, temperature=1.0)),
     (G, lightllm(seed=2**63 - 1, n=2, do_sample=True)),
     (C, prompt(temperature=1e-300, top_p=1e-45, min_p=1.0, top_k=2**31 - 1)),
-    (C, prompt(stop_token_ids=[2**31 - 1], stop=["\u0000", "\U0001F4A9"], logprobs=20)),
+    # the vocabulary's last id (past it is a 400: it would index the logits)
+    (C, prompt(stop_token_ids=[49151], stop=["\u0000", "\U0001F4A9"], logprobs=20)),
     (C, prompt(prompt=LONG_IDS[:500], max_tokens=MAX_MODEL_LEN - 500, stop_token_ids=[],
                stop=[], n=1, temperature=0, echo=True)),  # exactly the whole context
     (C, prompt(prompt="a\u0000b", repetition_penalty=10, presence_penalty=-2,

@@ -87,8 +87,9 @@ def param_names(names: dict[str, str]) -> Iterator[None]:
         if e.param not in names:
             raise
         message = str(e)
-        if e.param != "prompt":  # "the prompt has N tokens" reads right as it is
-            message = re.sub(rf"\b{e.param}\b", names[e.param].rsplit(".", 1)[-1], message)
+        for name, theirs in names.items():  # also the other fields a message names
+            if name != "prompt":  # "the prompt has N tokens" reads right as it is
+                message = re.sub(rf"\b{name}\b", theirs.rsplit(".", 1)[-1], message)
         raise InvalidRequest(message, param=names[e.param]) from None
 
 
