@@ -130,3 +130,49 @@ def test_configs_round_trip_through_json():
                       dense_layers=(0, 2)))
     back = config_from_dict(json.loads(json.dumps(config_to_dict(config))))
     assert back == config and isinstance(back.moe.dense_layers, tuple)
+
+
+def test_a_rewrite_that_keeps_size_and_mtime_is_another_digest(tmp_path, monkeypatch):
+    """cp -p / rsync -t / tar x of another file of the same size over the model keep its size,
+    mtime and inode: the digest must still be the new content's."""
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc" * 1000)
+    os.utime(path, ns=(10**18, 10**18))
+    assert file_digest(str(path)) == hashlib.sha256(b"abc" * 1000).hexdigest()
+    with open(path, "r+b") as f:  # in place: same inode
+        f.write(b"abd" * 1000)
+    os.utime(path, ns=(10**18, 10**18))
+    assert file_digest(str(path)) == hashlib.sha256(b"abd" * 1000).hexdigest()
+
+
+@pytest.mark.parametrize("name,damage", [
+    ("tokenizer.json", "truncated"), ("tokenizer_config.json", "empty"),
+    ("chat_template.jinja", "truncated"), ("tokenizer.json", "missing"),
+    ("chat_template.jinja", "extra")])
+def test_a_damaged_cached_tokenizer_is_removed_and_stored_again(tmp_path, monkeypatch, name,
+                                                                 damage):
+    from aiollm.model import load_tokenizer
+    from aiollm.model.serving_tokenizer import ServingTokenizer
+
+    hf = load_tokenizer(None)
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"stand-in for a GGUF file")
+    GGUFCache(str(model)).store_tokenizer(hf)
+    path = os.path.join(GGUFCache(str(model)).tokenizer_dir, name)
+    if damage == "truncated":
+        with open(path, "r+b") as f:
+            f.truncate(os.path.getsize(path) // 2)
+    elif damage == "empty":
+        open(path, "wb").close()
+    elif damage == "missing":
+        os.remove(path)
+    else:
+        open(path + ".orig", "wb").close()
+    assert GGUFCache(str(model)).tokenizer_dir is None
+    assert not os.path.exists(os.path.dirname(path))
+    GGUFCache(str(model)).store_tokenizer(hf)
+    served = ServingTokenizer(GGUFCache(str(model)).tokenizer_dir)
+    assert served.chat_template == hf.chat_template
+    assert served.encode("Hello 🚀<|im_end|>") == hf.encode("Hello 🚀<|im_end|>")

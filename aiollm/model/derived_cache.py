@@ -13,12 +13,15 @@ its tokenizer. The first start stores the results; later starts read them back:
                            a one-rank CPU model's own parameters (q/k/v and gate/up fused),
                            memory-mapped as the parameters at the next start: no copy
                            (<layout>: a hash of the code that decides that layout)
-        tokenizer/         the converted tokenizer, as transformers' save_pretrained writes it
+        tokenizer/         the converted tokenizer, as transformers' save_pretrained writes it,
+                           and the SHA-256 of each of its files (sha256.json): a damaged or
+                           incomplete copy is removed and converted again, never served
 
 root: $AIOLLM_CACHE_DIR, else $XDG_CACHE_HOME/aiollm, else ~/.cache/aiollm. AIOLLM_CACHE_DIR=off
 turns the cache off. Each part is written under a temporary name and renamed into place, so
 concurrent writers (the ranks of a tensor-parallel group, two servers) never read half a part.
-A file's SHA-256 (0.1 s per 100 MB) is computed once per (path, size, mtime, inode) and kept in
+A file's SHA-256 (0.1 s per 100 MB) is computed once per (path, size, mtime, ctime, inode) and
+kept in
 <root>/digests/. A part that fails to read is ignored and derived again; a cache that cannot be
 written only costs the next start its time.
 """
@@ -46,6 +49,7 @@ FORMAT = "gguf-v1"  # bump when what is stored, or how it is derived, changes
 # weights or parameters would exceed this are dequantized at every start, not stored.
 MAX_WEIGHT_BYTES = 4 * 2**30
 CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+MANIFEST_FILE = "sha256.json"  # in TOKENIZER_DIR: {file name: hex SHA-256 of its content}
 
 
 def cache_root() -> str | None:
@@ -58,9 +62,12 @@ def cache_root() -> str | None:
 
 
 def file_digest(path: str) -> str:
-    """Hex SHA-256 of a file's content, remembered per (path, size, mtime, inode)."""
+    """Hex SHA-256 of a file's content, remembered per (path, size, mtime, ctime, inode).
+    The ctime is in the stamp because a rewrite in place that keeps the size and sets the old
+    mtime back (cp -p, rsync -t, tar x) keeps the other four."""
     st = os.stat(path)
-    stamp = f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ino}"
+    stamp = (f"{os.path.abspath(path)}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}"
+             f"\0{st.st_ino}")
     root = cache_root()
     memo = (os.path.join(root, "digests", hashlib.sha256(stamp.encode()).hexdigest())
             if root else None)
@@ -174,15 +181,28 @@ class GGUFCache:
     # -- tokenizer ------------------------------------------------------------------------
     @property
     def tokenizer_dir(self) -> str | None:
+        """The stored tokenizer's directory, or None when there is none or when its files are
+        not those stored with it (a damaged copy, which is removed so that it is stored again)."""
         if self.dir is None:
             return None
         path = os.path.join(self.dir, TOKENIZER_DIR)
-        return path if os.path.isdir(path) else None
+        if not os.path.isdir(path):
+            return None
+        if _matches_manifest(path):
+            return path
+        log.warning("removing the damaged cached tokenizer %s", path)
+        _discard(path)
+        return None
 
     def store_tokenizer(self, tokenizer) -> None:
-        """Store a transformers tokenizer with save_pretrained."""
+        """Store a transformers tokenizer with save_pretrained, and its files' SHA-256."""
+        def write(tmp: str) -> None:
+            tokenizer.save_pretrained(tmp)
+            digests = {name: _sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
+            _write_text(os.path.join(tmp, MANIFEST_FILE), json.dumps(digests, indent=1))
+
         if self.dir is not None:
-            _write_atomic(os.path.join(self.dir, TOKENIZER_DIR), tokenizer.save_pretrained)
+            _write_atomic(os.path.join(self.dir, TOKENIZER_DIR), write)
 
 
 @functools.cache
@@ -214,6 +234,38 @@ def config_from_dict(d: dict) -> ModelConfig:
     if moe is not None:
         moe = MoeConfig(**{**moe, "dense_layers": tuple(moe["dense_layers"])})
     return ModelConfig(**d, rope=RopeConfig(**rope), moe=moe, torch_dtype=None)
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _matches_manifest(directory: str) -> bool:
+    """Whether the files in `directory` are exactly those its MANIFEST_FILE lists, with their
+    listed SHA-256 (a few milliseconds for a tokenizer's few MB)."""
+    try:
+        with open(os.path.join(directory, MANIFEST_FILE)) as f:
+            digests = json.load(f)
+        names = set(os.listdir(directory)) - {MANIFEST_FILE}
+        return (isinstance(digests, dict) and names == set(digests)
+                and all(_sha256(os.path.join(directory, n)) == digests[n] for n in names))
+    except (OSError, ValueError):
+        return False
+
+
+def _discard(path: str) -> None:
+    """Remove a damaged directory: renamed aside first, so that no reader sees it half
+    removed and a writer can put a sound copy in its place at once."""
+    aside = None
+    try:
+        aside = tempfile.mkdtemp(prefix=".damaged-", dir=os.path.dirname(path))
+        os.replace(path, os.path.join(aside, "old"))
+    except OSError as e:  # another process removed it first, or the cache is read-only
+        log.debug("could not remove %s: %s", path, e)
+    finally:
+        if aside is not None:
+            _remove_tree(aside)
 
 
 def _write_text(path: str, text: str) -> None:

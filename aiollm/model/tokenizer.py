@@ -63,7 +63,7 @@ def load_serving_tokenizer(path: str | None) -> ServingTokenizer | PreTrainedTok
 
     try:
         tok = ServingTokenizer(cache.tokenizer_dir, name_or_path=model_dir)
-    except (OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself)
         log.warning("serving the tokenizer of %s through transformers: %s", gguf_path, e)
         return load_tokenizer(path)
     if not tok.chat_template:
