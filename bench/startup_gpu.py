@@ -27,12 +27,11 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+
+from startup import free_port, healthy  # bench/startup.py: the CPU start-up bench
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
 # phase name -> pattern of the log line that ends it (a group: the seconds the line reports)
@@ -43,20 +42,6 @@ PHASES = {
     "warm_up": re.compile(r"warm-up: .* in ([\d.]+)s"),
     "engine": re.compile(r"device \S+: loaded in ([\d.]+)s"),
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return r.status == 200
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return False
 
 
 def checkout_env(path: str, cache: str | None) -> dict[str, str]:
