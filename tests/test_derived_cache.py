@@ -107,6 +107,11 @@ def test_dequantized_weights_read_back_as_written(gguf_file):
     back = dict(iter_safetensors([cache.weights_path], torch.device("cpu")))
     assert back.keys() == direct.keys()
     assert all(torch.equal(back[n], direct[n]) for n in direct)
+    with open(cache.weights_path, "r+b") as f:  # damaged: a start must derive them again
+        f.truncate(os.path.getsize(cache.weights_path) - 100)
+    assert cache.weights_path is None
+    assert dict(cache.recording(iter_gguf(gguf), gguf.config)).keys() == direct.keys()
+    assert cache.weights_path is not None
 
 
 def test_file_digest_is_the_sha256_of_the_content(tmp_path, monkeypatch):

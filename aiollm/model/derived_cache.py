@@ -116,7 +116,20 @@ class GGUFCache:
         if self.dir is None:
             return None
         path = os.path.join(self.dir, WEIGHTS_FILE)
-        return path if os.path.exists(path) else None
+        if not os.path.exists(path):
+            return None
+        from safetensors import safe_open
+
+        try:  # reads the header, and checks that the file covers every tensor it lists
+            with safe_open(path, framework="pt"):
+                return path
+        except Exception as e:  # noqa: BLE001 (safetensors' own error type): derive again
+            log.warning("removing the damaged cached weights %s: %s", path, e)
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+            return None
 
     def recording(self, tensors: Iterable[tuple[str, torch.Tensor]],
                   config: ModelConfig) -> Iterator[tuple[str, torch.Tensor]]:
