@@ -203,7 +203,8 @@ class GGUFCache:
             return None
         if _matches_manifest(path):
             return path
-        log.warning("removing the damaged cached tokenizer %s", path)
+        log.warning("converting the tokenizer again: the cached one in %s is damaged, or was "
+                    "stored without its files' SHA-256 (by an older aiollm)", path)
         _discard(path)
         return None
 
