@@ -41,23 +41,12 @@ from aiollm.distributed.launch import NodeRanks, join
 log = logging.getLogger(__name__)
 
 
-def kv_tokens_for(cfg: EngineConfig, device: torch.device, per_token: int,
-                  context_len: int) -> int:
-    """The KV pool size in tokens that this rank has room for (as the Engine sizes it)."""
-    if cfg.kv_tokens is not None:
-        return cfg.kv_tokens
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * cfg.kv_memory_fraction) // per_token
-    return cfg.cpu_pool_tokens(context_len)
-
-
 def build_runner(cfg: EngineConfig, tp: TensorParallel):
     """This rank's ModelRunner, built as rank 0's Engine builds its own."""
     from aiollm.engine.model_runner import ModelRunner
     from aiollm.engine.warm_up import warm_up
     from aiollm.model import load_model
-    from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+    from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
 
     device = tp.device
     if cfg.dtype == "auto":
@@ -68,8 +57,7 @@ def build_runner(cfg: EngineConfig, tp: TensorParallel):
                         max_model_len=cfg.max_model_len)
     mc = loaded.config
     per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
-    context = min([x for x in (mc.max_position, cfg.max_model_len) if x] or [8192])
-    kv_tokens = tp.min_int(kv_tokens_for(cfg, device, per_token, context))
+    kv_tokens = tp.min_int(pool_tokens(cfg, device, per_token, mc.max_position))
     max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
     kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
     rows = min(cfg.max_running_requests, cfg.table_capacity)

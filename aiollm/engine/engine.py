@@ -86,7 +86,7 @@ class Engine:
 
     def _load(self) -> None:
         from aiollm.model import load_model
-        from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+        from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
         from aiollm.scheduler import SchedulerConfig, make_scheduler
 
         cfg = self.config
@@ -114,14 +114,7 @@ class Engine:
         log.info("weights and tokenizer loaded in %.1fs", time.monotonic() - t0)
 
         per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
-        if cfg.kv_tokens is not None:
-            kv_tokens = cfg.kv_tokens
-        elif device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            kv_tokens = int(free * cfg.kv_memory_fraction) // per_token
-        else:
-            kv_tokens = cfg.cpu_pool_tokens(
-                min([x for x in (mc.max_position, cfg.max_model_len) if x] or [8192]))
+        kv_tokens = pool_tokens(cfg, device, per_token, mc.max_position)
         if self.ranks is not None:  # every rank's pool holds the same token slots
             kv_tokens = self.ranks.tp.min_int(kv_tokens)
         max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)

@@ -17,6 +17,19 @@ import torch
 log = logging.getLogger(__name__)
 
 
+def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
+    """KV pool size in tokens for this process: cfg.kv_tokens (an EngineConfig) when given;
+    on a GPU, kv_memory_fraction of the free memory after loading over bytes_per_token; on
+    the CPU, cfg.cpu_pool_tokens of the context (the smaller of max_position and
+    max_model_len, tokens). The Engine and each tensor-parallel follower size theirs so."""
+    if cfg.kv_tokens is not None:
+        return cfg.kv_tokens
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * cfg.kv_memory_fraction) // bytes_per_token
+    return cfg.cpu_pool_tokens(min([x for x in (max_position, cfg.max_model_len) if x] or [8192]))
+
+
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """torch.zeros, except that on the CPU the memory comes zeroed from calloc (numpy): the OS
     maps zero pages lazily, so a pool of gigabytes costs nothing until its slots are written,
