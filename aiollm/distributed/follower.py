@@ -42,34 +42,14 @@ log = logging.getLogger(__name__)
 
 
 def build_runner(cfg: EngineConfig, tp: TensorParallel):
-    """This rank's ModelRunner, built as rank 0's Engine builds its own."""
-    from aiollm.engine.model_runner import ModelRunner
-    from aiollm.engine.warm_up import warm_up
+    """This rank's ModelRunner, built as rank 0's Engine builds its own (engine/loading.py)."""
+    from aiollm.engine.loading import build_rank_model, resolve_dtype
     from aiollm.model import load_model
-    from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
 
-    device = tp.device
-    if cfg.dtype == "auto":
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    else:
-        dtype = getattr(torch, cfg.dtype)
-    loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
+    dtype = resolve_dtype(cfg.dtype, tp.device)
+    loaded = load_model(cfg.model, dtype=dtype, device=tp.device, load_format=cfg.load_format,
                         max_model_len=cfg.max_model_len)
-    mc = loaded.config
-    per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
-    kv_tokens = tp.min_int(pool_tokens(cfg, device, per_token, mc.max_position))
-    max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
-    kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
-    rows = min(cfg.max_running_requests, cfg.table_capacity)
-    r2t = ReqToTokenTable(rows, max_len, device)
-    runner = ModelRunner(loaded.model, mc, kv_pool, r2t, device,
-                         cuda_graph=cfg.cuda_graph and device.type == "cuda",
-                         cuda_graph_max_batch=cfg.cuda_graph_max_batch, dist=tp)
-    if cfg.warm_up and device.type == "cuda":
-        warm_up(runner, max_prefill=cfg.max_prefill_tokens,
-                max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens,
-                max_batch=min(cfg.max_running_requests, rows))
-    return runner
+    return build_rank_model(cfg, loaded, tp.device, dtype, tp).runner
 
 
 def run_step(runner, msg: StepMessage) -> None:

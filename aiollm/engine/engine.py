@@ -34,22 +34,19 @@ from aiollm.config import EngineConfig
 from aiollm.engine.chat_template import chat_token_ids, special_texts
 from aiollm.engine.detokenizer import IncrementalDetokenizer
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars
-from aiollm.engine.model_runner import ModelRunner
+from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.output_text import OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
 from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
-from aiollm.engine.warm_up import warm_up
+from aiollm.engine.submission import Prompt, check_request, new_request, tokenize
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
-from aiollm.model.sampler import GREEDY_EPS
-from aiollm.native import FinishReason, RequestTable, ReqState, TableError
+from aiollm.native import FinishReason, ReqState
 from aiollm.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
-
-Prompt = str | Sequence[int]
 
 
 class Engine:
@@ -85,45 +82,24 @@ class Engine:
         self._accepting = True
 
     def _load(self) -> None:
-        from aiollm.model import load_model
-        from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
         from aiollm.scheduler import SchedulerConfig, make_scheduler
 
         cfg = self.config
-        device = torch.device(cfg.device if cfg.device != "auto" else
-                              ("cuda" if torch.cuda.is_available() else "cpu"))
-        if cfg.dtype == "auto":
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        else:
-            dtype = getattr(torch, cfg.dtype)
-        t0 = time.monotonic()
+        device = resolve_device(cfg.device)
         self.ranks = None  # tensor parallelism: the ranks this process started
         if cfg.tensor_parallel_size > 1:
             from aiollm.distributed import NodeRanks
 
             self.ranks = NodeRanks(cfg, on_failure=self._fail_all_threadsafe)
             device = self.ranks.start().device
-        loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
-                            max_model_len=cfg.max_model_len)
-        self.tokenizer = _tokenizer_for(cfg, loaded.path)
+        loaded = load(cfg, device, self.ranks.tp if self.ranks else None)
+        self.device, self.dtype = loaded.device, loaded.dtype
+        self.model_config, self.model_path = loaded.model_config, loaded.model_path
+        self.model_name, self.tokenizer = loaded.model_name, loaded.tokenizer
         self._content_specials: list[str] | None = None  # chat_prompt's, read on first use
-        mc = self.model_config = loaded.config
-        self.model_path = loaded.path
-        self.model_name = cfg.served_model_name or _model_name(loaded.path, cfg.model)
-        self.device, self.dtype = device, dtype
-        log.info("weights and tokenizer loaded in %.1fs", time.monotonic() - t0)
-
-        per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
-        kv_tokens = pool_tokens(cfg, device, per_token, mc.max_position)
-        if self.ranks is not None:  # every rank's pool holds the same token slots
-            kv_tokens = self.ranks.tp.min_int(kv_tokens)
-        max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
-        self.max_model_len = max_len
-        self.kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
-        rows = min(cfg.max_running_requests, cfg.table_capacity)
-        self.req_to_token = ReqToTokenTable(rows, max_len, device)
-        self.table = RequestTable(cfg.table_capacity, pin_memory=device.type == "cuda")
-        log.info("KV pool and request table allocated at %.1fs", time.monotonic() - t0)
+        self.eos_ids, self.table = loaded.eos_ids, loaded.table
+        self.runner, self.kv_pool = loaded.rank.runner, loaded.rank.kv_pool
+        self.req_to_token, self.max_model_len = loaded.rank.req_to_token, loaded.rank.max_model_len
         self.scheduler = make_scheduler(cfg.scheduler, SchedulerConfig(
             max_running=cfg.max_running_requests, estimator=cfg.past_future_estimator,
             blind_cap=cfg.scheduler_blind_cap))
@@ -136,20 +112,8 @@ class Engine:
                                on_admit=self._on_admit,
                                mixed_budget=cfg.mixed_prefill_tokens,
                                prefix_cache=self.prefix_cache)
-        eos = set(mc.eos_token_ids)
-        if self.tokenizer.eos_token_id is not None:
-            eos.add(int(self.tokenizer.eos_token_id))
-        self.eos_ids = np.array(sorted(eos), dtype=np.int32)
-        self.grammars = Grammars(self.tokenizer, mc.vocab_size, self.eos_ids.tolist(), device,
-                                 max_rows=self.planner.max_running)
-        self.runner = ModelRunner(loaded.model, mc, self.kv_pool, self.req_to_token, device,
-                                  eos_ids=self.eos_ids.tolist(), cuda_graph=cfg.cuda_graph and device.type == "cuda",
-                                  cuda_graph_max_batch=cfg.cuda_graph_max_batch,
-                                  dist=self.ranks.tp if self.ranks else None)
-        if cfg.warm_up and device.type == "cuda":
-            warm_up(self.runner, max_prefill=cfg.max_prefill_tokens,
-                    max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens,
-                    max_batch=self.planner.max_running)
+        self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size,
+                                 self.eos_ids.tolist(), device, max_rows=self.planner.max_running)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")
         # waits for device events, so the model thread is free to launch the next step
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-wait")
@@ -163,11 +127,6 @@ class Engine:
         self._rng = random.Random(cfg.seed)
         self._max_running = self.planner.max_running
         self._good_steps = 0
-        log.info("model %s (%s) dtype %s device %s: loaded in %.1fs", self.model_name,
-                 mc.architecture, str(dtype).removeprefix("torch."), device, time.monotonic() - t0)
-        log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler, prefix cache "
-                 "%s", kv_tokens, kv_tokens * per_token / 2**30, max_len, cfg.scheduler,
-                 "on" if cfg.prefix_cache else "off")
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop."""
@@ -288,44 +247,9 @@ class Engine:
 
     # -- submission ------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> list[int]:
-        if isinstance(prompt, str):
-            if not prompt:
-                raise InvalidRequest("prompt must not be empty", param="prompt")
-            return list(self.tokenizer.encode(prompt))
-        ids = list(prompt)
-        if not ids:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
-        if len(ids) >= self.max_model_len:  # refused anyway: spare checking each id
-            raise self._too_long(len(ids))
-        vocab = self.model_config.vocab_size
-        if not all(isinstance(t, int) and 0 <= t < vocab for t in ids):
-            raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab})",
-                                 param="prompt")
-        return ids
-
-    def _check_stop_ids(self, stop_ids: list[int]) -> None:
-        """Stop ids index the logits (min_tokens masks them): one past the vocabulary would
-        fail the whole step, every request in it."""
-        vocab = self.model_config.vocab_size
-        bad = next((t for t in stop_ids if not 0 <= t < vocab), None)
-        if bad is not None:
-            raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab}), got {bad}",
-                                 param="stop_token_ids")
-
-    def _too_long(self, n: int) -> InvalidRequest:
-        return InvalidRequest(
-            f"the prompt has {n} tokens, but this model's maximum context length is "
-            f"{self.max_model_len} tokens (prompt and output together)", param="prompt")
-
-    def _check_fits(self, n: int, params: SamplingParams) -> None:
-        limit = self.max_model_len
-        if n >= limit:
-            raise self._too_long(n)
-        if n + params.max_tokens > limit:
-            raise InvalidRequest(
-                f"this model's maximum context length is {limit} tokens, but {n + params.max_tokens}"
-                f" were requested ({n} in the prompt, {params.max_tokens} for the output): "
-                f"lower max_tokens to at most {limit - n}", param="max_tokens")
+        """Token ids of a prompt (text, or ids checked against the vocabulary); raises
+        InvalidRequest naming "prompt" (see submission.tokenize)."""
+        return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len)
 
     def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
         if not self._started:
@@ -335,60 +259,19 @@ class Engine:
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
         ids = self.tokenize(prompt)
-        n = len(ids)
-        self._check_fits(n, params)
-        self._check_stop_ids(params.stop_token_ids)
+        check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         grammar = self.grammars.start(params.constraint) if params.constraint else None
-        try:
-            slot = self.table.alloc()
-        except TableError as e:
-            raise Overloaded(str(e)) from e
-        seed = params.seed if params.seed is not None else self._rng.getrandbits(62)
-        req = Request(prompt_ids=ids, params=params, slot=slot, seed=seed, arrival=time.monotonic(),
-                      grammar=grammar)
-        if self.prefix_cache is not None:  # matched at admission: convert once, here
-            req.prompt_array = np.asarray(ids, dtype=np.int32)
-        if params.logprobs is not None:
-            req.logprobs = []
-        if params.prompt_logprobs is not None:
-            req.prompt_logprobs = [None] * n
-        greedy = (params.temperature < GREEDY_EPS and params.logprobs is None
-                  and not params.uses_penalty and params.min_tokens == 0)
-        req.argmax_only = greedy and grammar is None
-        req.masked_argmax = greedy and grammar is not None and grammar.bias is None
-        try:
-            self._fill_record(req, params)
-        except Exception:
-            self.table.free(slot)  # a record that cannot be written must not hold its slot
-            raise
+        req = new_request(self.table, ids, params, self._rng, grammar,
+                          keep_prompt_array=self.prefix_cache is not None)
         detok = OutputText(IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
                                                   params.stop), params.min_tokens)
         self._requests[req.rid] = req
         self.planner.enqueue(req)
-        self.metrics.prompt_tokens.inc(n)
+        self.metrics.prompt_tokens.inc(len(ids))
         self._wake.set()
         return req, detok
-
-    def _fill_record(self, req: Request, params: SamplingParams) -> None:
-        rec = self.table[req.slot]
-        rec["id"] = req.rid
-        rec["prompt_len"] = len(req.prompt_ids)
-        rec["max_new_tokens"] = max(1, params.max_tokens)  # 0: the prefill's token ends it
-        rec["min_new_tokens"] = params.min_tokens
-        rec["temperature"] = params.temperature
-        rec["top_p"] = params.top_p
-        rec["top_k"] = params.top_k
-        rec["min_p"] = params.min_p
-        rec["repetition_penalty"] = params.repetition_penalty
-        rec["presence_penalty"] = params.presence_penalty
-        rec["frequency_penalty"] = params.frequency_penalty
-        rec["seed"] = req.seed
-        rec["ignore_eos"] = params.ignore_eos
-        rec["top_logprobs"] = -1 if params.logprobs is None else params.logprobs
-        rec["t_arrival"] = time.monotonic_ns()
-        self.table.set_stop_ids(req.slot, params.stop_token_ids)
 
     async def _deltas(self, req: Request, out: OutputText) -> AsyncIterator[Delta]:
         """Turn the request's new tokens into deltas (text with the tokens it comes from)
@@ -724,32 +607,6 @@ class _Stream:
 
     def __del__(self) -> None:
         self._release()
-
-
-def _tokenizer_for(cfg: EngineConfig, model_path: str):
-    from aiollm.model import load_serving_tokenizer as load_tokenizer
-
-    if cfg.tokenizer is not None:
-        return load_tokenizer(cfg.tokenizer)
-    try:
-        return load_tokenizer(model_path)
-    except (OSError, ValueError):
-        if cfg.load_format != "dummy":
-            raise
-        # a config-only directory for random-weight benchmarks: any tokenizer will do
-        log.warning("%s has no tokenizer; using the default model's", model_path)
-        return load_tokenizer(None)
-
-
-def _model_name(path, given: str | None) -> str:
-    from pathlib import Path
-
-    if given is None and path is not None:
-        return Path(path).stem if str(path).endswith(".gguf") else Path(path).name
-    if given is None:
-        return "default"
-    p = Path(given)
-    return p.stem if p.suffix == ".gguf" else p.name
 
 
 def _timed(fn, *args):

@@ -1,0 +1,163 @@
+"""Start-up of a rank's model side: device and dtype, weights, tokenizer, KV pool, model runner.
+
+`load()` builds what rank 0's Engine serves with; `build_rank_model()` is the part every
+tensor-parallel rank builds alike (rank 0 through `load()`, the others in
+aiollm/distributed/follower.py), so that their pools hold the same token slots and their
+collectives pair up in the same order: the pool size agreed, the graph captures, the warm-up.
+The loop's own parts (scheduler, planner, grammars, metrics) stay with the Engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aiollm.config import EngineConfig
+from aiollm.engine.model_runner import ModelRunner
+from aiollm.engine.warm_up import warm_up
+from aiollm.model.config import ModelConfig
+from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
+from aiollm.native import RequestTable
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """EngineConfig.device as a torch device: "auto" is cuda when a GPU is visible, else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """EngineConfig.dtype as a torch dtype: "auto" is bfloat16 on CUDA, float32 elsewhere
+    (the CPU's reference path, which must match transformers' greedy ids in fp32)."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+@dataclass(slots=True)
+class RankModel:
+    """One rank's model side: the runner and the KV memory it reads and writes.
+
+    kv_tokens: token slots in the pool (the same on every rank); max_model_len: tokens of
+    prompt and output one request may hold (model limit, config limit and pool, the least);
+    kv_bytes_per_token: pool bytes one token slot takes on this rank, K and V of all layers."""
+
+    runner: ModelRunner
+    kv_pool: KVPool
+    req_to_token: ReqToTokenTable
+    kv_tokens: int
+    max_model_len: int
+    kv_bytes_per_token: int
+
+
+def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: torch.dtype,
+                     tp=None, eos_ids: list[int] | tuple[int, ...] = ()) -> RankModel:
+    """Size and allocate the KV pool for a loaded model (aiollm.model.LoadedModel), then build
+    its ModelRunner and, on a GPU with cfg.warm_up, launch each step shape once.
+
+    tp: this rank's aiollm.distributed.TensorParallel, or None on one rank; with it the pool
+    size is the least any rank can hold (a collective: every rank calls this in step).
+    eos_ids: token ids that end a request (rank 0 samples; followers pass none).
+    """
+    mc = loaded.config
+    per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
+    kv_tokens = pool_tokens(cfg, device, per_token, mc.max_position)
+    if tp is not None:  # every rank's pool holds the same token slots
+        kv_tokens = tp.min_int(kv_tokens)
+    max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
+    kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
+    # the planner never runs more requests than there are req_to_token rows
+    rows = min(cfg.max_running_requests, cfg.table_capacity)
+    r2t = ReqToTokenTable(rows, max_len, device)
+    runner = ModelRunner(loaded.model, mc, kv_pool, r2t, device, eos_ids=list(eos_ids),
+                         cuda_graph=cfg.cuda_graph and device.type == "cuda",
+                         cuda_graph_max_batch=cfg.cuda_graph_max_batch, dist=tp)
+    if cfg.warm_up and device.type == "cuda":
+        warm_up(runner, max_prefill=cfg.max_prefill_tokens,
+                max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens, max_batch=rows)
+    return RankModel(runner, kv_pool, r2t, kv_tokens, max_len, per_token)
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What rank 0's Engine serves with, built by load().
+
+    eos_ids: int32 token ids that end a request (the model config's and the tokenizer's);
+    table: the request table, page-locked on a GPU so batch metadata copies asynchronously."""
+
+    device: torch.device
+    dtype: torch.dtype
+    model_config: ModelConfig
+    model_path: str
+    model_name: str
+    tokenizer: object
+    eos_ids: np.ndarray
+    table: RequestTable
+    rank: RankModel
+
+
+def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
+    """Load rank 0's weights and tokenizer onto `device`, then build its KV pool, request
+    table and model runner. Takes seconds to minutes: call it off the event loop.
+
+    Raises what loading raises: OSError / ValueError for a missing or unreadable model or
+    tokenizer, torch.OutOfMemoryError when the weights or the pool do not fit."""
+    from aiollm.model import load_model
+
+    dtype = resolve_dtype(cfg.dtype, device)
+    t0 = time.monotonic()
+    loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
+                        max_model_len=cfg.max_model_len)
+    tokenizer = tokenizer_for(cfg, loaded.path)
+    mc = loaded.config
+    model_name = cfg.served_model_name or model_name_of(loaded.path, cfg.model)
+    log.info("weights and tokenizer loaded in %.1fs", time.monotonic() - t0)
+    eos = set(mc.eos_token_ids)
+    if tokenizer.eos_token_id is not None:
+        eos.add(int(tokenizer.eos_token_id))
+    eos_ids = np.array(sorted(eos), dtype=np.int32)
+    rank = build_rank_model(cfg, loaded, device, dtype, tp, eos_ids.tolist())
+    table = RequestTable(cfg.table_capacity, pin_memory=device.type == "cuda")
+    log.info("model %s (%s) dtype %s device %s: loaded in %.1fs", model_name, mc.architecture,
+             str(dtype).removeprefix("torch."), device, time.monotonic() - t0)
+    log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler, prefix cache %s",
+             rank.kv_tokens, rank.kv_tokens * rank.kv_bytes_per_token / 2**30,
+             rank.max_model_len, cfg.scheduler, "on" if cfg.prefix_cache else "off")
+    return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank)
+
+
+def tokenizer_for(cfg: EngineConfig, model_path: str):
+    """The serving tokenizer: cfg.tokenizer when given, else the model's own; a dummy-weights
+    model without one (a config-only directory for benchmarks) gets the default model's.
+
+    Raises OSError / ValueError when the tokenizer cannot be read."""
+    from aiollm.model import load_serving_tokenizer as load_tokenizer
+
+    if cfg.tokenizer is not None:
+        return load_tokenizer(cfg.tokenizer)
+    try:
+        return load_tokenizer(model_path)
+    except (OSError, ValueError):
+        if cfg.load_format != "dummy":
+            raise
+        log.warning("%s has no tokenizer; using the default model's", model_path)
+        return load_tokenizer(None)
+
+
+def model_name_of(path: str | None, given: str | None) -> str:
+    """The name the API reports for a model: the file stem of a .gguf, else the directory
+    name, of what the user gave (or of the resolved path when they gave none)."""
+    if given is None and path is not None:
+        return Path(path).stem if str(path).endswith(".gguf") else Path(path).name
+    if given is None:
+        return "default"
+    p = Path(given)
+    return p.stem if p.suffix == ".gguf" else p.name

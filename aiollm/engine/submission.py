@@ -1,0 +1,127 @@
+"""Submission: a prompt and its SamplingParams checked against the model at the Engine's edge,
+then written into a request-table slot as a new Request.
+
+Every check here raises InvalidRequest naming the field (HTTP 400) or Overloaded (HTTP 503)
+before anything is held, so one request's bad input never reaches a step that other requests
+share; a request that fails after its slot is taken gives the slot back.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from aiollm.engine.request import Request
+from aiollm.errors import InvalidRequest, Overloaded
+from aiollm.model.sampler import GREEDY_EPS
+from aiollm.native import RequestTable, TableError
+from aiollm.sampling_params import SamplingParams
+
+Prompt = str | Sequence[int]
+
+
+def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> list[int]:
+    """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids is
+    checked to be ints in [0, vocab_size).
+
+    Raises InvalidRequest (param "prompt") for an empty prompt, a bad id, or ids that alone
+    reach max_model_len (tokens)."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise InvalidRequest("prompt must not be empty", param="prompt")
+        return list(tokenizer.encode(prompt))
+    ids = list(prompt)
+    if not ids:
+        raise InvalidRequest("prompt must not be empty", param="prompt")
+    if len(ids) >= max_model_len:  # refused anyway: spare checking each id
+        raise too_long(len(ids), max_model_len)
+    if not all(isinstance(t, int) and 0 <= t < vocab_size for t in ids):
+        raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab_size})",
+                             param="prompt")
+    return ids
+
+
+def too_long(n: int, max_model_len: int) -> InvalidRequest:
+    """The error for a prompt of n tokens that leaves no room for output."""
+    return InvalidRequest(
+        f"the prompt has {n} tokens, but this model's maximum context length is "
+        f"{max_model_len} tokens (prompt and output together)", param="prompt")
+
+
+def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len: int) -> None:
+    """Check that a prompt of n tokens and params.max_tokens fit in max_model_len, and that
+    params.stop_token_ids index the vocabulary: they index the logits (min_tokens masks them),
+    so one past the vocabulary would fail the whole step, every request in it.
+
+    Raises InvalidRequest naming "prompt", "max_tokens" or "stop_token_ids"."""
+    if n >= max_model_len:
+        raise too_long(n, max_model_len)
+    if n + params.max_tokens > max_model_len:
+        raise InvalidRequest(
+            f"this model's maximum context length is {max_model_len} tokens, but "
+            f"{n + params.max_tokens} were requested ({n} in the prompt, {params.max_tokens} "
+            f"for the output): lower max_tokens to at most {max_model_len - n}",
+            param="max_tokens")
+    bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
+                             param="stop_token_ids")
+
+
+def new_request(table: RequestTable, ids: list[int], params: SamplingParams, rng: random.Random,
+                grammar=None, *, keep_prompt_array: bool = False) -> Request:
+    """Take a table slot for a checked prompt and write its record (lengths, sampling
+    parameters, stop ids, arrival time). rng draws the seed when params.seed is None (only
+    once a slot is taken, so refused requests leave the engine's seed sequence alone);
+    grammar: the request's matcher from Grammars.start,
+    or None; keep_prompt_array: also hold the ids as int32 numpy (the prefix cache matches
+    them at admission: converted once, here).
+
+    Raises Overloaded when the table has no free slot; a record that cannot be written
+    (a value out of the table's range) gives its slot back and re-raises."""
+    try:
+        slot = table.alloc()
+    except TableError as e:
+        raise Overloaded(str(e)) from e
+    seed = params.seed if params.seed is not None else rng.getrandbits(62)
+    req = Request(prompt_ids=ids, params=params, slot=slot, seed=seed, arrival=time.monotonic(),
+                  grammar=grammar)
+    if keep_prompt_array:
+        req.prompt_array = np.asarray(ids, dtype=np.int32)
+    if params.logprobs is not None:
+        req.logprobs = []
+    if params.prompt_logprobs is not None:
+        req.prompt_logprobs = [None] * len(ids)
+    greedy = (params.temperature < GREEDY_EPS and params.logprobs is None
+              and not params.uses_penalty and params.min_tokens == 0)
+    req.argmax_only = greedy and grammar is None
+    req.masked_argmax = greedy and grammar is not None and grammar.bias is None
+    try:
+        _fill_record(table, req, params)
+    except Exception:
+        table.free(slot)
+        raise
+    return req
+
+
+def _fill_record(table: RequestTable, req: Request, params: SamplingParams) -> None:
+    rec = table[req.slot]
+    rec["id"] = req.rid
+    rec["prompt_len"] = len(req.prompt_ids)
+    rec["max_new_tokens"] = max(1, params.max_tokens)  # 0: the prefill's token ends it
+    rec["min_new_tokens"] = params.min_tokens
+    rec["temperature"] = params.temperature
+    rec["top_p"] = params.top_p
+    rec["top_k"] = params.top_k
+    rec["min_p"] = params.min_p
+    rec["repetition_penalty"] = params.repetition_penalty
+    rec["presence_penalty"] = params.presence_penalty
+    rec["frequency_penalty"] = params.frequency_penalty
+    rec["seed"] = req.seed
+    rec["ignore_eos"] = params.ignore_eos
+    rec["top_logprobs"] = -1 if params.logprobs is None else params.logprobs
+    rec["t_arrival"] = time.monotonic_ns()
+    table.set_stop_ids(req.slot, params.stop_token_ids)
