@@ -382,3 +382,26 @@ def test_all_greedy_without_logprobs_copies_nothing_and_takes_the_argmax():
                     stop_ids=np.full((5, 1), 7))
     assert banned.ban_ids is not None
     assert (sample(logits, banned).next_ids != 7).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_noise_is_below_one_so_a_draw_stays_in_the_allowed_set(device):
+    """u = 1 would give a token the Gumbel noise +inf: an allowed token would win whatever its
+    logit, and a disallowed one (-inf, masked by a grammar or top-k) would score NaN, which
+    argmax picks. (seed 2136, step 0) hashes id 2399 to the top 24-bit value, whose u is
+    (2**24 - 0.5) / 2**24: it must not round to 1 in float32."""
+    keys = torch.from_numpy(row_keys([2136], [0]))
+    ids = torch.arange(4096)[None, :]
+    u = uniform_noise(keys, ids)
+    assert u.max() < 1 and u[0, 2399] == u.max()
+    masked = torch.full((1, 4096), float("-inf"))
+    masked[0, 5], masked[0, 6] = 1.0, 2.0  # a grammar's mask: two tokens allowed
+    peaked = torch.zeros(1, 4096)
+    peaked[0, 7] = 60.0  # every other token has a probability below 1e-22
+    for logits, allowed in ((masked, {5, 6}), (peaked, {7})):
+        st = params(1, 4096, device, seed=2136, step=0)
+        assert int(sample(logits.to(device), st).next_ids[0]) in allowed
+        if sampling.triton is not None:  # the kernel's own noise
+            drawn = sampling.row_scan_triton(logits.to(device), st.scale_floor, st.keys,
+                                             ids.to(device))[2]
+            assert int(drawn[0]) in allowed

@@ -19,6 +19,9 @@ except ImportError:  # pragma: no cover
 
 
 # ---- counter-based noise -------------------------------------------------------------------
+_BELOW_ONE = 1.0 - 2.0**-24  # the largest float32 below 1
+
+
 def _s32(x: int) -> int:
     """A 32-bit constant as the signed int32 torch needs."""
     return x - (1 << 32) if x >= 1 << 31 else x
@@ -65,7 +68,9 @@ def uniform_noise(keys: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     x = (x ^ _shr32(x, 16)) * _s32(0x7FEB352D)
     x = (x ^ _shr32(x, 15)) * _s32(0x846CA68B)
     x = x ^ _shr32(x, 16)
-    return ((x & 0xFFFFFF).float() + 0.5) * (1.0 / (1 << 24))
+    # the top value's + 0.5 rounds to 2**24 in float32: u = 1 would be Gumbel noise +inf
+    # (a certain win, or NaN on a -inf logit, which argmax takes)
+    return (((x & 0xFFFFFF).float() + 0.5) * (1.0 / (1 << 24))).clamp_(max=_BELOW_ONE)
 
 
 # ---- sampling ------------------------------------------------------------------------------
@@ -119,6 +124,7 @@ if triton is not None:
             x = (x ^ (x >> 15)) * tl.full([BLOCK], 0x846CA68B, tl.uint32)
             x = x ^ (x >> 16)
             u = ((x & 0xFFFFFF).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+            u = tl.minimum(u, 1.0 - 1.0 / 16777216.0)  # uniform_noise's clamp
             score = v * tl.load(ScaleFloor + row) - tl.log(-tl.log(u))
             keep = mask & (v >= tl.load(ScaleFloor + B + row))
             score = tl.where(keep, score, float("-inf"))
