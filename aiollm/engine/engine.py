@@ -40,6 +40,7 @@ from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
 from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
+from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, check_request, new_request, tokenize
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
@@ -172,26 +173,14 @@ class Engine:
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
         await self.compile_grammar(params or SamplingParams())
-        req, detok = self._submit(prompt, params or SamplingParams())
-        parts, token_texts = [], []
-        final = None
-        async for delta in self._deltas(req, detok):
-            parts.append(delta.text)
-            token_texts += delta.token_texts
-            final = delta
-        assert final is not None
-        return RequestOutput(
-            request_id=f"{req.rid}", text="".join(parts), token_ids=list(req.output_ids),
-            finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
-            completion_tokens=len(req.output_ids), logprobs=req.logprobs,
-            prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0),
-            token_texts=token_texts, prompt_logprobs=req.prompt_logprobs)
+        req, text = self._submit(prompt, params or SamplingParams())
+        return await collect(req, deltas(req, text, self._finish))
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
         Closing the stream (or dropping it, even unstarted) aborts the request."""
-        req, detok = self._submit(prompt, params or SamplingParams())
-        return _Stream(self, req, self._deltas(req, detok))
+        req, text = self._submit(prompt, params or SamplingParams())
+        return RequestStream(req, deltas(req, text, self._finish), self._finish)
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """Token ids of a conversation with the chat template applied; control-token text in
@@ -272,48 +261,6 @@ class Engine:
         self.metrics.prompt_tokens.inc(len(ids))
         self._wake.set()
         return req, detok
-
-    async def _deltas(self, req: Request, out: OutputText) -> AsyncIterator[Delta]:
-        """Turn the request's new tokens into deltas (text with the tokens it comes from)
-        until it finishes; a stop string ends it at its token (see OutputText)."""
-        sent = 0
-        first = True  # the first delta brings the prompt logprobs
-        try:
-            while True:
-                await req.event.wait()
-                req.event.clear()
-                if req.failed:
-                    raise req.error_type(req.error or "the request failed")
-                # the final stop token (eos, a stop id) is part of the output, not of its text
-                text_end = len(req.output_ids) - (req.done and req.last_is_stop_token)
-                while out.fed < text_end and not out.stopped:
-                    out.feed(req.output_ids[out.fed])
-                if out.stopped and not req.done:
-                    self._finish(req, "stop")
-                if req.done:
-                    out.finish()
-                    if out.stopped:  # the tokens of the stop string are not output
-                        req.finish_reason = "stop"
-                        del req.output_ids[out.kept:]
-                        if req.logprobs is not None:
-                            del req.logprobs[out.kept:]
-                text, n, texts = out.take()
-                if req.done:  # the stop token, if it stayed, and the rest
-                    texts += [""] * (len(req.output_ids) - sent - n)
-                    n = len(req.output_ids) - sent
-                new_ids = req.output_ids[sent:sent + n]
-                lps = req.logprobs[sent:sent + n] if req.logprobs is not None else None
-                sent += n
-                if req.done or text or new_ids:
-                    yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids), sent,
-                                cached_tokens=max(req.cached_tokens, 0), token_texts=texts,
-                                prompt_logprobs=req.prompt_logprobs if first else None)
-                    first = False
-                if req.done:
-                    return
-        finally:
-            if not req.done:  # the consumer went away (cancelled, disconnected, closed)
-                self._finish(req, "abort")
 
     # -- the loop ----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -579,34 +526,6 @@ class Engine:
         self.metrics.requests.labels(reason).inc()
         req.event.set()
         self._wake.set()
-
-
-class _Stream:
-    """The async iterator engine.stream() returns: a request is released when its stream is
-    closed or garbage-collected, also if it was never iterated (an async generator that never
-    started runs no finally block)."""
-
-    __slots__ = ("_engine", "_req", "_gen")
-
-    def __init__(self, engine: Engine, req: Request, gen: AsyncIterator[Delta]):
-        self._engine, self._req, self._gen = engine, req, gen
-
-    def __aiter__(self) -> "_Stream":
-        return self
-
-    def __anext__(self):
-        return self._gen.__anext__()
-
-    async def aclose(self) -> None:
-        await self._gen.aclose()
-        self._release()
-
-    def _release(self) -> None:
-        if not self._req.done:
-            self._engine._finish(self._req, "abort")
-
-    def __del__(self) -> None:
-        self._release()
 
 
 def _timed(fn, *args):

@@ -1,0 +1,108 @@
+"""The consumer side of one request: its new tokens turned into Deltas as the loop wakes it
+(deltas), gathered into a RequestOutput for generate() (collect), and the iterator that
+Engine.stream() returns, which releases the request when it is closed or dropped
+(RequestStream).
+
+Streams run on their own time, not the loop's: the loop only appends tokens and sets the
+request's event; detokenizing and stop strings happen here, in the consumer's task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+
+from aiollm.engine.output_text import OutputText
+from aiollm.engine.outputs import Delta, RequestOutput
+from aiollm.engine.request import Request
+
+Finish = Callable[[Request, str], None]  # Engine._finish: end a request with a reason
+
+
+async def deltas(req: Request, out: OutputText, finish: Finish) -> AsyncIterator[Delta]:
+    """Turn the request's new tokens into deltas (text with the tokens it comes from) until
+    it finishes; a stop string ends it at its token (see OutputText), calling
+    finish(req, "stop"). Raises req.error_type(req.error) when the request failed; a
+    consumer that goes away (cancelled, disconnected, closed) aborts the request."""
+    sent = 0
+    first = True  # the first delta brings the prompt logprobs
+    try:
+        while True:
+            await req.event.wait()
+            req.event.clear()
+            if req.failed:
+                raise req.error_type(req.error or "the request failed")
+            # the final stop token (eos, a stop id) is part of the output, not of its text
+            text_end = len(req.output_ids) - (req.done and req.last_is_stop_token)
+            while out.fed < text_end and not out.stopped:
+                out.feed(req.output_ids[out.fed])
+            if out.stopped and not req.done:
+                finish(req, "stop")
+            if req.done:
+                out.finish()
+                if out.stopped:  # the tokens of the stop string are not output
+                    req.finish_reason = "stop"
+                    del req.output_ids[out.kept:]
+                    if req.logprobs is not None:
+                        del req.logprobs[out.kept:]
+            text, n, texts = out.take()
+            if req.done:  # the stop token, if it stayed, and the rest
+                texts += [""] * (len(req.output_ids) - sent - n)
+                n = len(req.output_ids) - sent
+            new_ids = req.output_ids[sent:sent + n]
+            lps = req.logprobs[sent:sent + n] if req.logprobs is not None else None
+            sent += n
+            if req.done or text or new_ids:
+                yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids), sent,
+                            cached_tokens=max(req.cached_tokens, 0), token_texts=texts,
+                            prompt_logprobs=req.prompt_logprobs if first else None)
+                first = False
+            if req.done:
+                return
+    finally:
+        if not req.done:
+            finish(req, "abort")
+
+
+async def collect(req: Request, stream: AsyncIterator[Delta]) -> RequestOutput:
+    """The whole result of a request from its deltas (text joined, token ids, logprobs)."""
+    parts, token_texts = [], []
+    final = None
+    async for delta in stream:
+        parts.append(delta.text)
+        token_texts += delta.token_texts
+        final = delta
+    assert final is not None
+    return RequestOutput(
+        request_id=f"{req.rid}", text="".join(parts), token_ids=list(req.output_ids),
+        finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
+        completion_tokens=len(req.output_ids), logprobs=req.logprobs,
+        prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0),
+        token_texts=token_texts, prompt_logprobs=req.prompt_logprobs)
+
+
+class RequestStream:
+    """The async iterator Engine.stream() returns: a request is released when its stream is
+    closed or garbage-collected, also if it was never iterated (an async generator that never
+    started runs no finally block)."""
+
+    __slots__ = ("_req", "_gen", "_finish")
+
+    def __init__(self, req: Request, gen: AsyncIterator[Delta], finish: Finish):
+        self._req, self._gen, self._finish = req, gen, finish
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    def __anext__(self):
+        return self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        await self._gen.aclose()
+        self._release()
+
+    def _release(self) -> None:
+        if not self._req.done:
+            self._finish(self._req, "abort")
+
+    def __del__(self) -> None:
+        self._release()
