@@ -125,6 +125,22 @@ def test_file_digest_is_the_sha256_of_the_content(tmp_path, monkeypatch):
     assert file_digest(str(path)) == hashlib.sha256(b"abd" * 1000).hexdigest()
 
 
+def test_a_cache_dir_under_home_is_expanded(tmp_path, monkeypatch):
+    """AIOLLM_CACHE_DIR='~/x' (quoted, so the shell left the ~) is x in the home directory,
+    not a folder named '~' in the working directory."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", "~/x")
+    monkeypatch.chdir(work)
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"abc")
+    assert file_digest(str(path)) == hashlib.sha256(b"abc").hexdigest()
+    assert len(os.listdir(home / "x" / "digests")) == 1  # the digest is remembered there
+    assert not (work / "~").exists()
+
+
 def test_configs_round_trip_through_json():
     config = ModelConfig(
         architecture="qwen3_moe", vocab_size=100, hidden_size=64, intermediate_size=96,

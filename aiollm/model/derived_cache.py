@@ -53,10 +53,13 @@ MANIFEST_FILE = "sha256.json"  # in TOKENIZER_DIR: {file name: hex SHA-256 of it
 
 
 def cache_root() -> str | None:
-    """The cache directory, or None when AIOLLM_CACHE_DIR=off."""
+    """The cache directory, or None when AIOLLM_CACHE_DIR=off. A leading ~ is the home
+    directory (a quoted '~/x' reaches us unexpanded)."""
     root = os.environ.get("AIOLLM_CACHE_DIR")
     if root is not None:
-        return None if root.strip().lower() in ("", "off", "0", "none") else root
+        if root.strip().lower() in ("", "off", "0", "none"):
+            return None
+        return os.path.expanduser(root)
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "aiollm")
 
