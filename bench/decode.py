@@ -11,7 +11,7 @@ On a CUDA GPU, for each model shape (a directory with a config.json; random weig
   4. computes the roofline of a decode step: max(bytes / copy bandwidth, flops / matmul rate)
      with bytes = weights + KV read (B x mean context x KV bytes per token) and
      flops = 2 x params x B.
-Prints a table, writes bench/results/decode-DATE-DEVICE.json and, per shape, a roofline JSON
+Prints a table, writes bench/results/decode-DATE-DEVICE-MODELS-COMMIT.json (COMMIT: bench/commit.py) and, per shape, a roofline JSON
 that bench/serve.py --roofline-json reads.
 
 Usage: python bench/decode.py bench/configs/llama-3.1-8b bench/configs/llama-3.2-1b
@@ -23,13 +23,15 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import subprocess
+import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 
 def measure_ceilings() -> dict[str, float]:
@@ -168,8 +170,7 @@ def main() -> None:
     ceil = measure_ceilings()
     print(f"{device}: copy {ceil['copy_bw_bytes_per_s'] / 1e12:.2f} TB/s, "
           f"bf16 matmul {ceil['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
-    commit = os.environ.get("BENCH_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = tree_commit()
     report = {"bench": "decode", "date": str(date.today()), "device": device, "commit": commit,
               "ceilings": ceil, "input_len": args.input_len, "steps": args.steps, "models": {}}
     rows = []
