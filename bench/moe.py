@@ -28,6 +28,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -39,18 +40,22 @@ import triton.testing
 
 from aiollm.kernels import fused_moe_gemv
 from aiollm.kernels.autotune import CONFIG_DIR, gpu_slug
+from aiollm.kernels.activation import silu_and_mul_triton
 from aiollm.kernels.fused_moe import (
     GEMV_MAX_TOKENS,
     TOKEN_CLASSES,
     _block_ms,
     _candidates,
+    _forward,
     _gate_up,
     _gemm,
     fused_moe_ref,
     moe_configs,
-    use_gemv_path,
+    moe_path,
 )
+from aiollm.kernels.fused_moe_grouped_mm import grouped_mm, usable_for
 from aiollm.kernels.moe_align import moe_align_triton, moe_route_ref, moe_route_triton
+from aiollm.kernels.moe_combine import moe_combine_triton
 from aiollm.model.config import load_hf_config
 from aiollm.model.moe import SparseMoe
 
@@ -97,11 +102,21 @@ def make_layer(model_dir: str) -> tuple[SparseMoe, object]:
     return layer.eval().requires_grad_(False), config
 
 
-def graph_ms(fn) -> float:
-    """Median time of fn replayed from a CUDA graph (captured after one eager run)."""
+def graph_ms(fn) -> float | None:
+    """Median time of fn replayed from a CUDA graph (captured after one eager run); None
+    (and the error printed) when the capture fails."""
     fn()
     if not GPU:
         return median_ms(fn)
+    try:
+        return _graph_ms(fn)
+    except RuntimeError as exc:
+        print(f"CUDA graph capture failed: {exc}")
+        torch.cuda.synchronize()
+        return None
+
+
+def _graph_ms(fn) -> float:
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -191,7 +206,9 @@ def breakdown(layer, config, t: int) -> dict:
     out = {"tokens": t, "router_ms": median_ms(lambda: layer.gate(x)),
            "route_ms": median_ms(lambda: moe_route_triton(logits, k, m.norm_topk_prob))}
     act = torch.randn((t * k, inter), dtype=DT, device=DEV)
-    if use_gemv_path(t, E, H, inter, k, x.device, inputs):
+    path = moe_path(t, E, H, inter, k, x.device, inputs)
+    out["path_config"] = path
+    if path.get("GEMV", 0):
         up, down = fused_moe_gemv.gemv_configs(t, TOKEN_CLASSES, E, H, inter, k, x.device, inputs)
         y = torch.empty_like(x)
         out.update(path="gemv", configs=[up, down],
@@ -202,17 +219,69 @@ def breakdown(layer, config, t: int) -> dict:
     up, down = moe_configs(t, E, H, inter, k, x.device, inputs)
     aligned = moe_align_triton(ids, E, up["BLOCK_M"])
     y = torch.empty((t * k, H), dtype=DT, device=DEV)
-    padded = int(aligned[2])
+    padded = int(aligned.num_padded[0])
     out.update(path="grouped", configs=[up, down], padded_pairs=padded,
                align_ms=median_ms(lambda: moe_align_triton(ids, E, up["BLOCK_M"])),
                gate_up_ms=median_ms(lambda: _gate_up(x, w13, aligned, tw, k, up)),
                down_ms=median_ms(lambda: _gemm(act, w2, y, aligned, tw, 1, False, True, down)),
-               sum_ms=median_ms(lambda: y.view(t, k, H).sum(dim=1)))
+               combine_ms=median_ms(lambda: moe_combine_triton(y, ids, 0, E)),
+               torch_sum_ms=median_ms(lambda: y.view(t, k, H).sum(dim=1)))
     # rate on the padded rows, which the MMAs compute, and on the pairs alone
     for name, flops in (("gate_up", 2 * 2 * inter * H), ("down", 2 * inter * H)):
         out[f"{name}_tflops_padded"] = flops * padded / (out[f"{name}_ms"] * 1e9)
         out[f"{name}_tflops_pairs"] = flops * t * k / (out[f"{name}_ms"] * 1e9)
+    if usable_for(x):  # the stages of the torch._grouped_mm forms, on the compact layout
+        al = moe_align_triton(ids, E, 0, tokens=True)
+        rows = x.index_select(0, al.tokens)
+        h = grouped_mm(rows, w13, al.ends)
+        out.update(
+            compact_align_ms=median_ms(lambda: moe_align_triton(ids, E, 0, tokens=True)),
+            gather_ms=median_ms(lambda: x.index_select(0, al.tokens)),
+            mm_gate_up_ms=median_ms(lambda: grouped_mm(rows, w13, al.ends)),
+            silu_ms=median_ms(lambda: silu_and_mul_triton(h)),
+            mm_down_ms=median_ms(lambda: grouped_mm(act, w2, al.ends)),
+            gate_up_compact_ms=median_ms(lambda: _gate_up(x, w13, aligned, tw, k, up, True)),
+            combine_weighted_ms=median_ms(
+                lambda: moe_combine_triton(y, ids, 0, E, tw, al.positions)))
+        for name, flops in (("mm_gate_up", 2 * 2 * inter * H), ("mm_down", 2 * inter * H)):
+            out[f"{name}_tflops"] = flops * t * k / (out[f"{name}_ms"] * 1e9)
+        # the whole experts part by each form (eager), whichever the tuner chose
+        for name, tm in (("triton", 0), ("torch_mm_down", 1), ("torch_mm_both", 2),
+                         ("torch_mm_gate_up", 3)):
+            out[f"form_{name}_ms"] = median_ms(lambda: _forward({"GEMV": 0, "TORCH_MM": tm},
+                                                                *inputs))
     return out
+
+
+def probe_grouped_mm() -> dict:
+    """Whether torch._grouped_mm exists, equals a loop, and captures in a CUDA graph here."""
+    info = {"torch": torch.__version__, "exists": hasattr(torch, "_grouped_mm")}
+    x = torch.randn(64, 256, dtype=DT, device=DEV)
+    info["usable"] = usable_for(x)
+    if info["usable"] and GPU:
+        w = torch.randn(4, 128, 256, dtype=DT, device=DEV)
+        ends = torch.tensor([10, 10, 40, 64], dtype=torch.int32, device=DEV)
+        info["graph_ms"] = graph_ms(lambda: grouped_mm(x, w, ends))
+        info["captures"] = info["graph_ms"] is not None
+    return info
+
+
+def drop_configs(first_class: int) -> None:
+    """Remove the fused-MoE keys of token classes >= first_class from this GPU's config file."""
+    if not GPU:
+        print("no GPU: no config file to drop keys from")
+        return
+    path = CONFIG_DIR / f"{gpu_slug(torch.cuda.current_device())}.json"
+    table = json.loads(path.read_text()) if path.exists() else {}
+    dropped = 0
+    for kernel, keys in table.items():
+        if kernel.startswith("fused_moe"):
+            for key in [k for k in keys if int(re.search(r"-t(\d+)", k)[1]) >= first_class]:
+                del keys[key]
+                dropped += 1
+    path.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    print(f"dropped {dropped} cached fused-MoE configs of classes >= {first_class} "
+          f"from {path.name}")
 
 
 def commit_id() -> str:
@@ -233,12 +302,20 @@ def main() -> None:
     ap.add_argument("--breakdown", type=int, nargs="*", default=[],
                     help="token counts at which to time each stage alone")
     ap.add_argument("--out-dir", default="bench/results")
+    ap.add_argument("--drop-configs-from", type=int, default=None, metavar="T",
+                    help="only drop this GPU's cached fused-MoE configs of the token classes "
+                         "from T on (so that AIOLLM_AUTOTUNE=1 retunes those), then exit")
     args = ap.parse_args()
+    if args.drop_configs_from is not None:
+        drop_configs(args.drop_configs_from)
+        return
 
     device = torch.cuda.get_device_name() if GPU else "cpu-dry-run"
     ceil = ceilings()
     print(f"{device}: copy {ceil['copy_bw_bytes_per_s'] / 1e12:.2f} TB/s, "
           f"bf16 matmul {ceil['matmul_flops_per_s'] / 1e12:.0f} TFLOP/s")
+    grouped_mm_probe = probe_grouped_mm()
+    print(f"torch._grouped_mm: {grouped_mm_probe}")
     layer, config = make_layer(args.model)
     m, H = config.moe, config.hidden_size
     E, k, I = m.num_experts, m.top_k, m.intermediate_size
@@ -277,8 +354,9 @@ def main() -> None:
         rows.append({"tokens": t, "experts_touched": touched, "bytes": nbytes, "flops": flops,
                      "roofline_ms": roof_ms, "fused_graph_ms": fused_graph,
                      "fused_eager_ms": fused_eager, "loop_ms": loop_ms,
-                     "fraction_of_roofline": roof_ms / fused_graph,
-                     "speedup_vs_loop": loop_ms / fused_graph, "max_abs_diff_vs_loop": err,
+                     "fraction_of_roofline": roof_ms / (fused_graph or fused_eager),
+                     "speedup_vs_loop": loop_ms / (fused_graph or fused_eager),
+                     "max_abs_diff_vs_loop": err,
                      "bound": "memory" if nbytes / ceil["copy_bw_bytes_per_s"]
                      >= flops / ceil["matmul_flops_per_s"] else "compute"})
 
@@ -286,9 +364,12 @@ def main() -> None:
           f"{'loop ms':>8} {'of roof':>8} {'vs loop':>8} {'bound':>8}")
     for r in rows:
         print(f"{r['tokens']:6d} {r['experts_touched']:7d} {r['roofline_ms']:8.4f} "
-              f"{r['fused_graph_ms']:9.4f} {r['fused_eager_ms']:9.4f} {r['loop_ms']:8.3f} "
+              f"{r['fused_graph_ms'] or float('nan'):9.4f} {r['fused_eager_ms']:9.4f} "
+              f"{r['loop_ms']:8.3f} "
               f"{r['fraction_of_roofline']:8.1%} {r['speedup_vs_loop']:7.1f}x {r['bound']:>8}")
-    parts = [breakdown(layer, config, t) for t in args.breakdown] if GPU else []
+    # on the CPU only under TRITON_INTERPRET=1 (a check of this script, not a measurement)
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    parts = [breakdown(layer, config, t) for t in args.breakdown] if GPU or interp else []
     for b in parts:
         print(f"stages at {b['tokens']} tokens ({b['path']}): " + ", ".join(
             f"{n} {v:.4f}" for n, v in b.items() if n.endswith("_ms")) + " ms; " + ", ".join(
@@ -297,7 +378,10 @@ def main() -> None:
     report = {"bench": "moe", "date": str(date.today()), "device": device, "commit": commit,
               "model": Path(args.model).name, "hidden": H, "experts": E, "top_k": k,
               "expert_intermediate": I, "dtype": str(DT).removeprefix("torch."), "ceilings": ceil,
-              "tune_seconds": tune_s, "rows": rows, "breakdown": parts}
+              "tune_seconds": tune_s, "grouped_mm_probe": grouped_mm_probe, "rows": rows,
+              "breakdown": parts,
+              "paths": {t: moe_path(t, E, H, I, k, torch.device(DEV)) for t in args.tokens}}
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     out = Path(args.out_dir) / f"moe-{date.today()}-{device.replace(' ', '-')}-{commit}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

@@ -1,5 +1,6 @@
 """The mixture-of-experts kernels against their references: routing, token-to-expert
-alignment and the fused MoE (grouped GEMMs in each operand order, gate/up fused or not; the
+alignment (padded and compact layouts), the top-k combine and the fused MoE (grouped GEMMs in
+each operand order, gate/up fused or not, the down or both GEMMs by torch._grouped_mm; the
 GEMV path for a few tokens), under TRITON_INTERPRET=1 on the CPU at small shapes: odd token
 counts, experts that get no token, every token on one expert, and an expert-parallel slice
 of the experts."""
@@ -11,12 +12,14 @@ import torch
 
 from aiollm.kernels.fused_moe import fused_moe_ref, fused_moe_triton
 from aiollm.kernels.fused_moe_gemv import fused_moe_gemv_triton
+from aiollm.kernels.fused_moe_grouped_mm import grouped_mm_usable
 from aiollm.kernels.moe_align import (
     moe_align_ref,
     moe_align_triton,
     moe_route_ref,
     moe_route_triton,
 )
+from aiollm.kernels.moe_combine import moe_combine_ref, moe_combine_triton
 
 # tiny configs: the interpreter runs every program of the grid in Python
 SMALL = ({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4,
@@ -30,11 +33,18 @@ VARIANTS = {"plain": SMALL,
             "tma": tuple({**c, "TMA": 1} for c in SMALL),
             "swapped-tma": tuple({**c, "SWAP_AB": 1, "TMA": 1} for c in SMALL),
             "unfused": ({**SMALL[0], "FUSED": 0}, SMALL[1])}
+# the same launch configs with the down GEMM (1), both (2) or the gate/up GEMM (3) by
+# torch._grouped_mm
+TORCH_MM = {"plain-mm-down": ("plain", 1), "swapped-tma-mm-down": ("swapped-tma", 1),
+            "unfused-mm-down": ("unfused", 1), "mm-both": ("plain", 2),
+            "mm-gate-up": ("plain", 3), "swapped-tma-mm-gate-up": ("swapped-tma", 3)}
+HAS_GROUPED_MM = grouped_mm_usable("cpu", None, torch.float32)
 GEMV = ({"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
         {"BLOCK_N": 8, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1})
 
 
-@pytest.mark.parametrize("T,E,k,renorm", [(1, 8, 2, True), (13, 16, 2, False), (5, 6, 3, True)])
+@pytest.mark.parametrize("T,E,k,renorm", [(1, 8, 2, True), (13, 16, 2, False), (5, 6, 3, True),
+                                           (67, 128, 8, True), (70, 6, 3, False)])
 def test_routing_matches_reference(T, E, k, renorm):
     torch.manual_seed(T)
     logits = torch.randn(T, E) * 3
@@ -47,15 +57,15 @@ def test_routing_matches_reference(T, E, k, renorm):
 
 
 def canonical(aligned, block_m: int):
-    """Each block's expert and its set of pairs (the GPU order within a group is free)."""
-    sorted_ids, expert_ids, num_padded = aligned
-    n = int(num_padded)
-    blocks = sorted_ids[:n].view(-1, block_m)
-    return [(int(e), sorted(b.tolist())) for e, b in zip(expert_ids[: n // block_m], blocks)]
+    """Each block's expert and its pairs in order."""
+    n = int(aligned.num_padded)
+    blocks = aligned.sorted_ids[:n].view(-1, block_m)
+    return [(int(e), b.tolist()) for e, b in zip(aligned.expert_ids[: n // block_m], blocks)]
 
 
+@pytest.mark.parametrize("chunk", [None, 16])  # 16: several chunks, scanned across
 @pytest.mark.parametrize("case", ["random-odd", "one-expert", "empty-experts", "local-slice"])
-def test_alignment_groups_pairs_by_expert_padded_to_the_block(case):
+def test_alignment_groups_pairs_by_expert_padded_to_the_block(case, chunk):
     torch.manual_seed(1)
     T, E, k, bm, start, n_local = 11, 8, 2, 4, 0, 8
     ids = torch.stack([torch.randperm(E)[:k] for _ in range(T)]).to(torch.int32)
@@ -65,10 +75,14 @@ def test_alignment_groups_pairs_by_expert_padded_to_the_block(case):
         ids = ids % 3  # experts 3..7 get nothing (rows may repeat an expert; fine here)
     elif case == "local-slice":
         start, n_local = 2, 4  # this rank holds experts 2..5
-    got = moe_align_triton(ids, n_local, bm, start)
-    ref = moe_align_ref(ids, n_local, bm, start)
+    got = moe_align_triton(ids, n_local, bm, start, tokens=True, chunk=chunk)
+    ref = moe_align_ref(ids, n_local, bm, start, tokens=True)
     assert int(got[2]) == int(ref[2]) and int(ref[2]) % bm == 0
-    assert canonical(got, bm) == canonical(ref, bm)
+    assert canonical(got, bm) == canonical(ref, bm)  # a stable sort: same order as the ref
+    for name in ("positions", "ends", "tokens"):  # the compact layout
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name
+    compact = moe_align_triton(ids, n_local, 0, start, chunk=chunk)  # no padded layout
+    assert compact.sorted_ids is None and torch.equal(compact.positions, ref.positions)
     # every local pair exactly once, padding is the sentinel T*k, experts ascend
     flat = ids.reshape(-1)
     local = ((flat >= start) & (flat < start + n_local)).nonzero().flatten().tolist()
@@ -102,14 +116,17 @@ def moe_case(case: str, T: int = 9):
 CASES = ["odd-tokens", "one-expert", "empty-experts", "local-slice"]
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", list(VARIANTS) + list(TORCH_MM))
 @pytest.mark.parametrize("case", CASES)
 def test_fused_moe_matches_reference(case, variant):
+    base, torch_mm = TORCH_MM.get(variant, (variant, 0))
+    if torch_mm and not HAS_GROUPED_MM:
+        pytest.skip("torch._grouped_mm does not run on this CPU build")
     x, w13, w2, weights, ids, (start, n_local) = moe_case(case)
     E = w13.shape[0]
     ws = slice(start, start + n_local)
     out = fused_moe_triton(x, w13[ws].contiguous(), w2[ws].contiguous(), weights, ids, start,
-                           num_global_experts=E, configs=VARIANTS[variant])
+                           num_global_experts=E, configs=VARIANTS[base], torch_mm=torch_mm)
     ref = fused_moe_ref(x, w13[ws], w2[ws], weights, ids, start)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
     if case == "local-slice":  # the slices of all ranks add up to the whole layer
@@ -118,6 +135,44 @@ def test_fused_moe_matches_reference(case, variant):
                           start + n_local)
         torch.testing.assert_close(out + rest, fused_moe_ref(x, w13, w2, weights, ids),
                                    rtol=1e-4, atol=1e-5)
+
+
+# SPLIT: a block whose pairs fit in half (SPLIT 2: a quarter) of it runs a shorter tile; at 25
+# tokens one expert gets more than half a block's pairs, others fewer than a quarter
+SPLIT = {"split": tuple({**c, "BLOCK_M": 32, "SPLIT": 1} for c in SMALL),
+         "split2-swapped-tma": tuple({**c, "BLOCK_M": 64, "SPLIT": 2, "SWAP_AB": 1, "TMA": 1}
+                                     for c in SMALL)}
+
+
+@pytest.mark.parametrize("variant", list(SPLIT))
+@pytest.mark.parametrize("case", ["odd-tokens", "one-expert", "local-slice"])
+def test_fused_moe_split_tiles_match_reference(case, variant):
+    x, w13, w2, weights, ids, (start, n_local) = moe_case(case, T=25)
+    ws = slice(start, start + n_local)
+    out = fused_moe_triton(x, w13[ws].contiguous(), w2[ws].contiguous(), weights, ids, start,
+                           configs=SPLIT[variant])
+    torch.testing.assert_close(out, fused_moe_ref(x, w13[ws], w2[ws], weights, ids, start),
+                               rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("case", CASES)
+def test_combine_matches_reference(case, weighted):
+    """The top-k sum by pair rows (weights already applied) or by compact rows (weighted
+    here); rows of pairs routed elsewhere hold NaN, which must not be read."""
+    _, _, _, weights, ids, (start, n_local) = moe_case(case, T=7)
+    aligned = moe_align_ref(ids, n_local, 0, start)
+    y = torch.randn(ids.numel(), 40)
+    local = (ids.reshape(-1) >= start) & (ids.reshape(-1) < start + n_local)
+    if weighted:
+        y[int(local.sum()):] = float("nan")
+        args = (weights, aligned.positions)
+    else:
+        y[~local] = float("nan")
+        args = ()
+    got = moe_combine_triton(y, ids, start, n_local, *args)
+    torch.testing.assert_close(got, moe_combine_ref(y, ids, start, n_local, *args))
+    assert not got.isnan().any()
 
 
 @pytest.mark.parametrize("T", [1, 3])

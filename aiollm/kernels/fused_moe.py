@@ -12,7 +12,7 @@ weights.
   SiLU-and-mul in the epilogue, so the [pairs, 2I] gate/up product never reaches memory; or
   (FUSED 0) one plain GEMM over all 2I rows, then silu_and_mul;
 - down: A = the activations of the pair, the routing weight multiplied in the epilogue, one row
-  per pair; the top-k reduction is a sum over the pairs of each token.
+  per pair; the top-k reduction is moe_combine.py's sum over the pairs of each token.
 
 Variants, chosen per token-count class by the autotuner:
 - SWAP_AB computes C^T = W A^T: the expert's weight rows fill the MMA's M dimension (64 or
@@ -21,8 +21,14 @@ Variants, chosen per token-count class by the autotuner:
 - TMA loads the weight tiles with tensor descriptors (the bulk copy engine) instead of
   per-thread pointers, which frees the registers those pointers hold (the 128 x 2 x 128 gate/up
   tile drops from 255 to 170 registers in Triton 3.6's report). A rows stay gathered loads;
-- for a few tokens, fused_moe_gemv.py's path (no alignment, two GEMV launches) competes with
-  the grouped GEMMs as a whole (key `fused_moe_path`).
+- SPLIT: an expert's group is padded to a multiple of BLOCK_M, so its last block may hold
+  mostly padding (at 4,096 tokens of Qwen3-30B-A3B's routing, 128-row blocks add 27% rows);
+  with SPLIT 1 (2) a block whose pairs fit in half (a quarter) of it runs a tile of that
+  height, chosen at run time from the block's pair count;
+- for a few tokens, fused_moe_gemv.py's path (no alignment, two GEMV launches), and from
+  TORCH_MM_MIN_TOKENS on, PyTorch's grouped GEMM for the down GEMM or both
+  (fused_moe_grouped_mm.py: no padding at all, more memory traffic) compete with the grouped
+  GEMMs here as whole forwards (key `fused_moe_path`).
 
 Program ids are swizzled in groups of GROUP_M along M (the Triton matmul tutorial's scheme) so
 that programs running together share B tiles in L2 at prefill sizes. Launch configs come from
@@ -41,10 +47,18 @@ from triton.tools.tensor_descriptor import TensorDescriptor
 from aiollm.kernels.activation import silu_and_mul_triton
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 from aiollm.kernels.fused_moe_gemv import fused_moe_gemv_triton, gemv_configs
+from aiollm.kernels.fused_moe_grouped_mm import (
+    fused_moe_grouped_mm,
+    grouped_mm_down,
+    grouped_mm_gate_up,
+    usable_for,
+)
 from aiollm.kernels.moe_align import moe_align_triton
+from aiollm.kernels.moe_combine import moe_combine_triton
 
 TOKEN_CLASSES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 GEMV_MAX_TOKENS = 16  # token classes up to here also try fused_moe_gemv.py's path
+TORCH_MM_MIN_TOKENS = 512  # and from here torch._grouped_mm (fused_moe_grouped_mm.py)
 
 
 def _c(bn: int, bk: int, warps: int, stages: int, **flags: int) -> Config:
@@ -53,7 +67,9 @@ def _c(bn: int, bk: int, warps: int, stages: int, **flags: int) -> Config:
 
 
 # Tuning candidates, without BLOCK_M. Flags: SWAP_AB (C^T = W A^T), TMA (weight tiles by tensor
-# descriptor), FUSED 0 (gate/up as one plain GEMM, then silu_and_mul); absent means 0, FUSED 1.
+# descriptor), FUSED 0 (gate/up as one plain GEMM, then silu_and_mul), SPLIT 1/2 (an expert's
+# last block, if its pairs fit, as a tile of 1/2 or 1/4 the height: less padding computed);
+# absent means 0, FUSED 1.
 _SMALL = [_c(32, 128, 4, 4), _c(64, 128, 4, 4), _c(64, 64, 4, 4), _c(128, 64, 4, 3),
           _c(32, 256, 4, 3), _c(64, 256, 8, 3), _c(128, 128, 8, 3),
           _c(64, 128, 4, 4, SWAP_AB=1), _c(128, 64, 4, 4, SWAP_AB=1),
@@ -64,34 +80,32 @@ _LARGE_UP = [_c(64, 64, 4, 4), _c(128, 64, 8, 3), _c(64, 128, 4, 3),
              _c(64, 64, 4, 4, TMA=1), _c(128, 64, 8, 3, TMA=1), _c(128, 64, 8, 4, TMA=1),
              _c(64, 128, 4, 3, TMA=1),
              _c(256, 64, 8, 3, TMA=1, FUSED=0), _c(256, 64, 8, 4, TMA=1, FUSED=0),
-             _c(128, 128, 8, 2, TMA=1, FUSED=0), _c(128, 64, 8, 4, TMA=1, FUSED=0)]
+             _c(128, 128, 8, 2, TMA=1, FUSED=0), _c(128, 64, 8, 4, TMA=1, FUSED=0),
+             _c(128, 64, 8, 4, TMA=1, SPLIT=1), _c(128, 64, 8, 4, TMA=1, SPLIT=2),
+             _c(128, 64, 8, 3, TMA=1, SPLIT=1), _c(64, 64, 4, 4, TMA=1, SPLIT=1),
+             _c(256, 64, 8, 3, TMA=1, FUSED=0, SPLIT=1)]
 _LARGE_DOWN = [_c(128, 64, 8, 3), _c(128, 64, 4, 4), _c(256, 64, 8, 3), _c(64, 64, 4, 4),
                _c(128, 64, 8, 3, TMA=1), _c(128, 64, 8, 4, TMA=1), _c(128, 64, 4, 4, TMA=1),
-               _c(256, 64, 8, 3, TMA=1), _c(256, 64, 8, 4, TMA=1), _c(128, 128, 8, 2, TMA=1)]
+               _c(256, 64, 8, 3, TMA=1), _c(256, 64, 8, 4, TMA=1), _c(128, 128, 8, 2, TMA=1),
+               _c(256, 64, 8, 4, TMA=1, SPLIT=1), _c(256, 64, 8, 4, TMA=1, SPLIT=2),
+               _c(128, 64, 8, 4, TMA=1, SPLIT=1), _c(256, 64, 8, 3, TMA=1, SPLIT=1)]
 
 
-@triton.jit(do_not_specialize=["num_pairs", "num_blocks_m"])
-def _moe_gemm_kernel(
-    A, B, BDesc, C, SortedIds, ExpertIds, NumPadded, TopkWeights,
-    N, K, num_pairs, num_blocks_m,
-    stride_am, stride_be, stride_bn, stride_cm, up_offset,
+@triton.jit
+def _moe_tile(
+    A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+    N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
     A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
-    EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
+    ROW_MAP: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
-    in_group = GROUP_M * num_pid_n
-    first_m = pid // in_group * GROUP_M
-    group_size = tl.minimum(num_blocks_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % group_size
-    pid_n = (pid % in_group) // group_size
-    if pid_m * BLOCK_M >= tl.load(NumPadded):
-        return
-    expert = tl.load(ExpertIds + pid_m).to(tl.int64)
-    rows = tl.load(SortedIds + pid_m * BLOCK_M + tl.arange(0, BLOCK_M))
+    """One output tile: BLOCK_M aligned pairs from slot row0 (one expert's) x BLOCK_N."""
+    rows = tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M))
     row_ok = rows < num_pairs
-    a_rows = (rows // A_ROW_DIV).to(tl.int64)
+    if ROW_MAP == 2:  # A's rows by the pair's row in the compact layout (moe_align.py)
+        a_rows = tl.load(RowMap + rows, mask=row_ok, other=0).to(tl.int64)
+    else:
+        a_rows = (rows // A_ROW_DIV).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
@@ -152,21 +166,79 @@ def _moe_gemm_kernel(
         b_ptrs += BLOCK_K
     if FUSE_SILU:
         acc = acc * tl.sigmoid(acc) * acc_up
+    # the output row of each pair: its own number, or with ROW_MAP 1 its row in the compact
+    # layout, for a down GEMM by group offsets
+    if ROW_MAP == 1:
+        out_rows = tl.load(RowMap + rows, mask=row_ok, other=0)
+    else:
+        out_rows = rows
     if SWAP_AB:
         if MUL_WEIGHT:
             acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[None, :]
-        c_ptrs = C + rows[None, :].to(tl.int64) * stride_cm + offs_n[:, None]
+        c_ptrs = C + out_rows[None, :].to(tl.int64) * stride_cm + offs_n[:, None]
         tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[None, :] & n_ok[:, None])
     else:
         if MUL_WEIGHT:
             acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[:, None]
-        c_ptrs = C + rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+        c_ptrs = C + out_rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
         tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
+
+@triton.jit(do_not_specialize=["num_pairs", "num_blocks_m"])
+def _moe_gemm_kernel(
+    A, B, BDesc, C, SortedIds, ExpertIds, NumPadded, TopkWeights, RowMap,
+    N, K, num_pairs, num_blocks_m,
+    stride_am, stride_be, stride_bn, stride_cm, up_offset,
+    A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
+    ROW_MAP: tl.constexpr,
+    EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    in_group = GROUP_M * num_pid_n
+    first_m = pid // in_group * GROUP_M
+    group_size = tl.minimum(num_blocks_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % group_size
+    pid_n = (pid % in_group) // group_size
+    if pid_m * BLOCK_M >= tl.load(NumPadded):
+        return
+    expert = tl.load(ExpertIds + pid_m).to(tl.int64)
+    row0 = pid_m * BLOCK_M
+    # only an expert's last block holds padding (at its end): with SPLIT, a block whose pairs
+    # fit in half (or, SPLIT 2, a quarter) of it runs a tile of that height instead
+    used = BLOCK_M
+    if SPLIT > 0:
+        used = tl.sum((tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M)) < num_pairs)
+                      .to(tl.int32), 0)
+    if used > BLOCK_M // 2:
+        _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+                  N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
+                  A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
+                  BLOCK_M, BLOCK_N, BLOCK_K)
+    elif SPLIT == 1:
+        _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+                  N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
+                  A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
+                  BLOCK_M // 2, BLOCK_N, BLOCK_K)
+    elif used > BLOCK_M // 4:
+        _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+                  N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
+                  A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
+                  BLOCK_M // 2, BLOCK_N, BLOCK_K)
+    else:
+        _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+                  N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
+                  A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
+                  BLOCK_M // 4, BLOCK_N, BLOCK_K)
+
+
 def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: bool, mul_weight: bool,
-          cfg: Config) -> None:
-    sorted_ids, expert_ids, num_padded = aligned
+          cfg: Config, row_map: torch.Tensor | None = None, map_a: bool = False) -> None:
+    """One grouped GEMM launch: c[pair] = b[expert] @ a[pair // a_row_div] over the aligned
+    pairs; row_map (the pairs' compact rows) replaces c's row (map_a False) or a's."""
+    sorted_ids, expert_ids, num_padded = aligned[:3]
     n = c.shape[1]
     k = a.shape[1]
     grid = (expert_ids.numel() * triton.cdiv(n, cfg["BLOCK_N"]),)
@@ -174,27 +246,32 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: bool, mul_w
     b_desc = (TensorDescriptor.from_tensor(b.view(-1, k), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
               if tma else None)
     _moe_gemm_kernel[grid](
-        a, b, b_desc, c, sorted_ids, expert_ids, num_padded, topk_weights,
-        n, k, c.shape[0], expert_ids.numel(),
+        a, b, b_desc, c, sorted_ids, expert_ids, num_padded, topk_weights, row_map,
+        n, k, a.shape[0] * a_row_div, expert_ids.numel(),
         a.stride(0), b.stride(0), b.stride(1), c.stride(0), n if fuse_silu else 0,
         A_ROW_DIV=a_row_div, FUSE_SILU=fuse_silu, MUL_WEIGHT=mul_weight,
-        EVEN_K=k % cfg["BLOCK_K"] == 0, SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
+        ROW_MAP=0 if row_map is None else 2 if map_a else 1, EVEN_K=k % cfg["BLOCK_K"] == 0,
+        SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
         USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg.get("GROUP_M", 8), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0), num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
     )
 
 
-def _gate_up(x, w13, aligned, topk_weights, top_k: int, cfg: Config) -> torch.Tensor:
+def _gate_up(x, w13, aligned, topk_weights, top_k: int, cfg: Config,
+             compact: bool = False) -> torch.Tensor:
     """-> act [T * top_k, I]: silu(gate) * up of each pair, fused in the GEMM's epilogue, or,
     with cfg["FUSED"] == 0, one plain GEMM over all 2I rows followed by silu_and_mul (one
-    accumulator per tile instead of two, for the cost of a [pairs, 2I] round trip)."""
+    accumulator per tile instead of two, for the cost of a [pairs, 2I] round trip). Row p is
+    pair p's, or with `compact` the pair's row in the alignment's compact layout."""
     pairs, two_i = top_k * x.shape[0], w13.shape[1]
+    rows = aligned.positions if compact else None
     if cfg.get("FUSED", 1):
         act = torch.empty((pairs, two_i // 2), dtype=x.dtype, device=x.device)
-        _gemm(x, w13, act, aligned, topk_weights, top_k, True, False, cfg)
+        _gemm(x, w13, act, aligned, topk_weights, top_k, True, False, cfg, rows)
         return act
     gate_up = torch.empty((pairs, two_i), dtype=x.dtype, device=x.device)
-    _gemm(x, w13, gate_up, aligned, topk_weights, top_k, False, False, cfg)
+    _gemm(x, w13, gate_up, aligned, topk_weights, top_k, False, False, cfg, rows)
     return silu_and_mul_triton(gate_up)
 
 
@@ -249,52 +326,95 @@ def moe_configs(tokens: int, num_experts: int, hidden: int, inter: int, top_k: i
     return up, {"BLOCK_M": bm, **down}
 
 
-def use_gemv_path(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
-                  device: torch.device, bench_inputs=None) -> bool:
-    """Whether this token-count class runs fused_moe_gemv.py's path rather than the grouped
-    GEMMs: tuned (key `fused_moe_path`) by timing both whole forwards, each with its own tuned
-    configs; `bench_inputs` as in moe_configs."""
+def moe_path(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
+             device: torch.device, bench_inputs=None) -> Config:
+    """Which forward this token-count class runs (key `fused_moe_path`): {"GEMV": 1} is
+    fused_moe_gemv.py's path; else the grouped GEMMs here, with "TORCH_MM" 1 the down GEMM by
+    torch._grouped_mm on the compact layout, 2 both GEMMs by it, 3 the gate/up GEMM by it
+    (fused_moe_grouped_mm.py).
+    Tuned by timing the whole forwards, each with its own tuned configs, for the classes
+    where more than one is offered: GEMV up to GEMV_MAX_TOKENS, torch._grouped_mm from
+    TORCH_MM_MIN_TOKENS (where it runs here); `bench_inputs` as in moe_configs."""
     cls = bucket(tokens, TOKEN_CLASSES)
-    if cls > GEMV_MAX_TOKENS:
-        return False
+    if cls <= GEMV_MAX_TOKENS:
+        candidates = [{"GEMV": 1}, {"GEMV": 0}]
+    elif cls >= TORCH_MM_MIN_TOKENS:
+        candidates = [{"GEMV": 0}] + [{"GEMV": 0, "TORCH_MM": m} for m in (1, 2, 3)]
+    else:
+        return {"GEMV": 0}
 
     def run(cfg):
-        x, w13, w2, tw, ids, start = bench_inputs
-        if cfg["GEMV"]:
-            cfgs = gemv_configs(tokens, TOKEN_CLASSES, num_experts, hidden, inter, top_k,
-                                device, bench_inputs)
-            return time_config(lambda: fused_moe_gemv_triton(x, w13, w2, tw, ids, start, cfgs))
-        cfgs = moe_configs(tokens, num_experts, hidden, inter, top_k, device, bench_inputs)
-        return time_config(lambda: _grouped(x, w13, w2, tw, ids, start, False, cfgs))
+        if cfg.get("TORCH_MM", 0) and not usable_for(bench_inputs[0]):
+            raise RuntimeError("torch._grouped_mm does not run here")  # the tuner skips it
+        return time_config(lambda: _forward(cfg, *bench_inputs))
 
     key = f"e{num_experts}-n{2 * inter}-k{hidden}-top{top_k}-t{cls}"
-    cfg = get_config("fused_moe_path", key, device, {"GEMV": 0}, [{"GEMV": 1}, {"GEMV": 0}], run)
-    return bool(cfg["GEMV"])
+    return get_config("fused_moe_path", key, device, {"GEMV": 0}, candidates, run)
 
 
-def _grouped(x, w13, w2, topk_weights, topk_ids, expert_start: int, partial: bool,
-             configs: tuple[Config, Config]) -> torch.Tensor:
+def use_gemv_path(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
+                  device: torch.device, bench_inputs=None) -> bool:
+    """Whether this token-count class runs fused_moe_gemv.py's path (see moe_path)."""
+    return bool(moe_path(tokens, num_experts, hidden, inter, top_k, device,
+                         bench_inputs)["GEMV"])
+
+
+def _forward(path: Config, x, w13, w2, topk_weights, topk_ids, expert_start: int
+             ) -> torch.Tensor:
+    """The layer by `path` (see moe_path), each GEMM with its tuned configs."""
     T, H = x.shape
+    E, two_i, _ = w13.shape
     top_k = topk_ids.shape[1]
-    inter = w2.shape[2]
+    inputs = (x, w13, w2, topk_weights, topk_ids, expert_start)
+    if path.get("GEMV", 0):
+        cfgs = gemv_configs(T, TOKEN_CLASSES, E, H, two_i // 2, top_k, x.device, inputs)
+        return fused_moe_gemv_triton(x, w13, w2, topk_weights, topk_ids, expert_start, cfgs)
+    torch_mm = path.get("TORCH_MM", 0)
+    if torch_mm and not usable_for(x):
+        torch_mm = 0
+    if torch_mm == 2:
+        return fused_moe_grouped_mm(x, w13, w2, topk_weights, topk_ids, expert_start)
+    configs = moe_configs(T, E, H, two_i // 2, top_k, x.device, inputs)
+    return _grouped(x, w13, w2, topk_weights, topk_ids, expert_start, configs, torch_mm)
+
+
+def _grouped(x, w13, w2, topk_weights, topk_ids, expert_start: int,
+             configs: tuple[Config, Config], torch_mm: int = 0) -> torch.Tensor:
+    """Alignment, the gate/up GEMM, the down GEMM (the routing weight in its epilogue) and the
+    combine by pair, all here (torch_mm 0); or with torch_mm 1 the gate/up rows written in the
+    compact layout and the down GEMM by torch._grouped_mm, 3 the reverse (moe_path)."""
+    T, H = x.shape
+    E = w13.shape[0]
+    top_k = topk_ids.shape[1]
     up_cfg, down_cfg = configs
-    aligned = moe_align_triton(topk_ids, w13.shape[0], up_cfg["BLOCK_M"], expert_start)
-    act = _gate_up(x, w13, aligned, topk_weights, top_k, up_cfg)
-    # pairs routed to experts held elsewhere are never written: zero them first
-    y = (torch.zeros if partial else torch.empty)((T * top_k, H), dtype=x.dtype, device=x.device)
-    _gemm(act, w2, y, aligned, topk_weights, 1, False, True, down_cfg)
-    return y.view(T, top_k, H).sum(dim=1)
+    aligned = moe_align_triton(topk_ids, E, up_cfg["BLOCK_M"], expert_start,
+                               tokens=torch_mm == 3)
+    if torch_mm == 1:
+        act = _gate_up(x, w13, aligned, topk_weights, top_k, up_cfg, compact=True)
+        return grouped_mm_down(act, w2, aligned, topk_weights, topk_ids, expert_start)
+    if torch_mm == 3:
+        act = grouped_mm_gate_up(x, w13, aligned)
+    else:
+        act = _gate_up(x, w13, aligned, topk_weights, top_k, up_cfg)
+    # rows of pairs routed to experts held elsewhere stay unwritten: the combine skips them
+    y = torch.empty((T * top_k, H), dtype=x.dtype, device=x.device)
+    _gemm(act, w2, y, aligned, topk_weights, 1, False, True, down_cfg,
+          aligned.positions if torch_mm == 3 else None, map_a=True)
+    return moe_combine_triton(y, topk_ids, expert_start, E)
 
 
 def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
                      topk_weights: torch.Tensor, topk_ids: torch.Tensor, expert_start: int = 0,
                      num_global_experts: int | None = None,
-                     configs: tuple[Config, Config] | None = None) -> torch.Tensor:
+                     configs: tuple[Config, Config] | None = None,
+                     torch_mm: int = 0) -> torch.Tensor:
     """x [T, H]; w13 [E, 2I, H]; w2 [E, H, I] (same dtype as x); topk_weights [T, k] float32;
     topk_ids [T, k] int32 global expert ids, of which [expert_start, expert_start + E) are
-    computed here and the others contribute 0 (num_global_experts: all experts, default E)
-    -> [T, H] in x's dtype. `configs` (gate/up with BLOCK_M, down) forces the grouped-GEMM
-    path with those launch configs; without them the autotuned path and configs are used."""
+    computed here and the others contribute 0 (num_global_experts: all experts, default E;
+    kept for callers, the kernels need only expert_start and E) -> [T, H] in x's dtype.
+    `configs` (gate/up with BLOCK_M, down) forces the grouped-GEMM path with those launch
+    configs, and `torch_mm` (1: down GEMM, 2: both, 3: gate/up, by torch._grouped_mm; see
+    moe_path) with it; without `configs` the autotuned path and configs are used."""
     T, H = x.shape
     E, two_i, _ = w13.shape
     inter = two_i // 2
@@ -306,14 +426,12 @@ def fused_moe_triton(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
     x = x.contiguous()
     topk_weights = topk_weights.contiguous()
     topk_ids = topk_ids.contiguous()
-    partial = expert_start > 0 or (num_global_experts or E) > E
-    if configs is None:
-        inputs = (x, w13, w2, topk_weights, topk_ids, expert_start)
-        if use_gemv_path(T, E, H, inter, top_k, x.device, inputs):
-            cfgs = gemv_configs(T, TOKEN_CLASSES, E, H, inter, top_k, x.device, inputs)
-            return fused_moe_gemv_triton(x, w13, w2, topk_weights, topk_ids, expert_start, cfgs)
-        configs = moe_configs(T, E, H, inter, top_k, x.device, inputs)
-    return _grouped(x, w13, w2, topk_weights, topk_ids, expert_start, partial, configs)
+    if configs is not None:
+        if torch_mm == 2:
+            return fused_moe_grouped_mm(x, w13, w2, topk_weights, topk_ids, expert_start)
+        return _grouped(x, w13, w2, topk_weights, topk_ids, expert_start, configs, torch_mm)
+    inputs = (x, w13, w2, topk_weights, topk_ids, expert_start)
+    return _forward(moe_path(T, E, H, inter, top_k, x.device, inputs), *inputs)
 
 
 def fused_moe_ref(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,

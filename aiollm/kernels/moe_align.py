@@ -13,15 +13,23 @@ M-block of the grouped GEMM reads one expert's weights. Outputs, all int32 on th
 - expert_ids [max_padded / BLOCK_M]: the (local) expert of each M-block;
 - num_padded [1]: the used length of sorted_ids (blocks past it are skipped).
 
-max_padded depends only on (T, top_k, experts, BLOCK_M), never on the routing, so nothing syncs
-with the host and a decode step stays capturable in a CUDA graph. Only experts in
-[expert_start, expert_start + num_experts) are aligned (the local ones, for a later expert-
-parallel split); pairs routed elsewhere are left out. Within an expert's group the order of the
-pairs is not fixed on the GPU (atomics); every output row is computed on its own, so the
-results do not depend on it.
+The same grouping without padding (the compact layout: each pair's row in it and each expert's
+end) serves a grouped GEMM with group offsets and a top-k combine that gathers by row
+(moe_combine.py). max_padded depends only on (T, top_k, experts, BLOCK_M), never on the
+routing, so nothing syncs with the host and a decode step stays capturable in a CUDA graph.
+Only experts in [expert_start, expert_start + num_experts) are aligned (the local ones, for a
+later expert-parallel split); pairs routed elsewhere are left out.
+
+The alignment is a counting sort in three launches: a histogram per chunk of pairs (one-hot
+rows summed, no atomics), one program that scans the histograms over the chunks and the
+experts, and a placement per chunk that adds each pair's rank among the same expert's pairs
+before it in its chunk. Within a group the pairs keep their order, so the layout is the one a
+stable sort by expert gives (moe_align_ref), on the GPU too.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import triton
@@ -37,27 +45,35 @@ def max_padded_pairs(num_pairs: int, num_experts: int, block_m: int) -> int:
 # -- routing ------------------------------------------------------------------------------------
 
 @triton.jit
-def _route_kernel(Logits, Weights, Ids, E, stride_l, TOP_K: tl.constexpr,
-                  RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
-    t = tl.program_id(0).to(tl.int64)
+def _route_kernel(Logits, Weights, Ids, T, E, stride_l, TOP_K: tl.constexpr,
+                  RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
+                  BLOCK_K: tl.constexpr):
+    # BLOCK_T tokens a program, one row each: the reductions stay along a row
+    t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = t < T
     e = tl.arange(0, BLOCK_E)
-    x = tl.load(Logits + t * stride_l + e, mask=e < E, other=-float("inf")).to(tl.float32)
-    p = tl.exp(x - tl.max(x, 0))
-    p = p / tl.sum(p, 0)
-    p = tl.where(e < E, p, -1.0)
+    x = tl.load(Logits + t[:, None] * stride_l + e[None, :],
+                mask=t_ok[:, None] & (e[None, :] < E), other=-float("inf")).to(tl.float32)
+    x = tl.where(t_ok[:, None], x, 0.0)  # rows past T: finite, never stored
+    p = tl.exp(x - tl.max(x, 1)[:, None])
+    p = p / tl.sum(p, 1)[:, None]
+    p = tl.where(e[None, :] < E, p, -1.0)
     kk = tl.arange(0, BLOCK_K)
-    w = tl.zeros([BLOCK_K], dtype=tl.float32)
-    ids = tl.zeros([BLOCK_K], dtype=tl.int32)
+    w = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
+    ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32)
     for j in tl.static_range(TOP_K):
-        best = tl.max(p, 0)
-        arg = tl.min(tl.where(p == best, e, BLOCK_E), 0)  # the lowest index among ties
-        w = tl.where(kk == j, best, w)
-        ids = tl.where(kk == j, arg, ids)
-        p = tl.where(e == arg, -2.0, p)
+        best = tl.max(p, 1)
+        # the lowest index among ties
+        arg = tl.min(tl.where(p == best[:, None], e[None, :], BLOCK_E), 1)
+        w = tl.where(kk[None, :] == j, best[:, None], w)
+        ids = tl.where(kk[None, :] == j, arg[:, None], ids)
+        p = tl.where(e[None, :] == arg[:, None], -2.0, p)
     if RENORMALIZE:
-        w = w / tl.sum(w, 0)
-    tl.store(Weights + t * TOP_K + kk, w, mask=kk < TOP_K)
-    tl.store(Ids + t * TOP_K + kk, ids, mask=kk < TOP_K)
+        w = w / tl.sum(w, 1)[:, None]
+    out = t[:, None] * TOP_K + kk[None, :]
+    ok = t_ok[:, None] & (kk[None, :] < TOP_K)
+    tl.store(Weights + out, w, mask=ok)
+    tl.store(Ids + out, ids, mask=ok)
 
 
 def moe_route_triton(logits: torch.Tensor, top_k: int, renormalize: bool
@@ -68,9 +84,11 @@ def moe_route_triton(logits: torch.Tensor, top_k: int, renormalize: bool
     weights = torch.empty((T, top_k), dtype=torch.float32, device=logits.device)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=logits.device)
     if T:
-        _route_kernel[(T,)](logits, weights, ids, E, logits.stride(0), TOP_K=top_k,
-                            RENORMALIZE=renormalize, BLOCK_E=triton.next_power_of_2(E),
-                            BLOCK_K=triton.next_power_of_2(top_k), num_warps=4)
+        block_t = 1 if T < 64 else 16
+        _route_kernel[(triton.cdiv(T, block_t),)](
+            logits, weights, ids, T, E, logits.stride(0), TOP_K=top_k, RENORMALIZE=renormalize,
+            BLOCK_T=block_t, BLOCK_E=triton.next_power_of_2(E),
+            BLOCK_K=triton.next_power_of_2(top_k), num_warps=4)
     return weights, ids
 
 
@@ -86,92 +104,185 @@ def moe_route_ref(logits: torch.Tensor, top_k: int, renormalize: bool
 
 # -- alignment ----------------------------------------------------------------------------------
 
+class MoeAlignment(NamedTuple):
+    """The pairs grouped by expert (see the module doc); int32 tensors on the pairs' device.
+
+    Padded layout, for the grouped GEMMs (None when aligned with block_m 0):
+    sorted_ids [max_padded], expert_ids [max_padded / block_m], num_padded [1].
+    Compact layout (no padding), for a grouped GEMM with group offsets:
+    positions [n]: each pair's row in the compact order (-1 for a pair routed elsewhere);
+    ends [E]: where each expert's rows end (cumulative counts, `torch._grouped_mm`'s offs);
+    tokens [n] (only when asked): the token of the pair at each compact row (0 past the
+    local pairs).
+    """
+
+    sorted_ids: torch.Tensor | None
+    expert_ids: torch.Tensor | None
+    num_padded: torch.Tensor | None
+    positions: torch.Tensor
+    ends: torch.Tensor
+    tokens: torch.Tensor | None
+
+
 @triton.jit
-def _count_kernel(TopkIds, Counts, Ranks, num_pairs, expert_start, num_experts,
-                  BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+def _onehot(TopkIds, chunk, num_pairs, expert_start, num_experts,
+            CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    offs = chunk * CHUNK + tl.arange(0, CHUNK)
     inb = offs < num_pairs
     local = tl.load(TopkIds + offs, mask=inb, other=-1) - expert_start
     ok = inb & (local >= 0) & (local < num_experts)
-    # the counter's old value is the pair's rank within its expert's group
-    rank = tl.atomic_add(Counts + local, 1, mask=ok)
-    tl.store(Ranks + offs, rank, mask=ok)
-
-
-@triton.jit
-def _offsets_kernel(Counts, Starts, ExpertIds, NumPadded, num_experts, num_blocks,
-                    BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
     e = tl.arange(0, BLOCK_E)
-    counts = tl.load(Counts + e, mask=e < num_experts, other=0)
-    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    ends = tl.cumsum(padded, 0)
-    tl.store(Starts + e, ends - padded, mask=e < num_experts)
-    tl.store(NumPadded, tl.sum(padded, 0))
-    # block b belongs to the expert whose [start, end) holds b * BLOCK_M: the number of experts
-    # ending at or before it (num_experts for the unused blocks past the end)
-    ends = tl.where(e < num_experts, ends, 1 << 30)
-    for b0 in range(0, num_blocks, BLOCK_B):
-        b = b0 + tl.arange(0, BLOCK_B)
-        owner = tl.sum((ends[None, :] <= b[:, None] * BLOCK_M).to(tl.int32), 1)
-        tl.store(ExpertIds + b, tl.minimum(owner, num_experts), mask=b < num_blocks)
+    hot = ((local[:, None] == e[None, :]) & ok[:, None]).to(tl.int32)  # [CHUNK, BLOCK_E]
+    return offs, inb, ok, local, hot
 
 
 @triton.jit
-def _scatter_kernel(TopkIds, Ranks, Starts, SortedIds, num_pairs, expert_start, num_experts,
-                    BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    inb = offs < num_pairs
-    local = tl.load(TopkIds + offs, mask=inb, other=-1) - expert_start
-    ok = inb & (local >= 0) & (local < num_experts)
-    rank = tl.load(Ranks + offs, mask=ok, other=0)
-    start = tl.load(Starts + local, mask=ok, other=0)
-    tl.store(SortedIds + start + rank, offs, mask=ok)
+def _hist_kernel(TopkIds, Hist, num_pairs, expert_start, num_experts,
+                 CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Hist[c, e]: pairs of chunk c on local expert e (no atomics: one program a chunk)."""
+    c = tl.program_id(0)
+    _, _, _, _, hot = _onehot(TopkIds, c, num_pairs, expert_start, num_experts, CHUNK, BLOCK_E)
+    tl.store(Hist + c * BLOCK_E + tl.arange(0, BLOCK_E), tl.sum(hot, 0))
+
+
+@triton.jit
+def _scan_kernel(Hist, Base, Starts, CStarts, Ends, SortedIds, ExpertIds, NumPadded,
+                 num_chunks, num_experts, num_blocks, num_pairs,
+                 PADDED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr):
+    """One program: exclusive scan of Hist over the chunks (each chunk's first rank within
+    each expert's group), the experts' group starts, and with PADDED the padded layout's
+    starts, padding slots, block owners and length."""
+    e = tl.arange(0, BLOCK_E)
+    e_ok = e < num_experts
+    counts = tl.zeros([BLOCK_E], dtype=tl.int32)
+    for c0 in range(0, num_chunks, BLOCK_C):
+        c = c0 + tl.arange(0, BLOCK_C)
+        idx = c[:, None] * BLOCK_E + e[None, :]
+        h = tl.load(Hist + idx, mask=(c < num_chunks)[:, None], other=0)
+        tl.store(Base + idx, tl.cumsum(h, 0) - h + counts[None, :],
+                 mask=(c < num_chunks)[:, None])
+        counts += tl.sum(h, 0)
+    ends = tl.cumsum(counts, 0)
+    tl.store(CStarts + e, ends - counts, mask=e_ok)
+    tl.store(Ends + e, ends, mask=e_ok)
+    if PADDED:
+        padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        pends = tl.cumsum(padded, 0)
+        tl.store(Starts + e, pends - padded, mask=e_ok)
+        tl.store(NumPadded, tl.sum(padded, 0))
+        # padding: the slots after each expert's pairs up to its padded end
+        j = tl.arange(0, BLOCK_M)
+        pad = pends[:, None] - padded[:, None] + counts[:, None] + j[None, :]
+        tl.store(SortedIds + pad, num_pairs + 0 * pad,
+                 mask=e_ok[:, None] & (pad < pends[:, None]))
+        # block b belongs to the expert whose [start, end) holds b * BLOCK_M: the number of
+        # experts ending at or before it (num_experts for the unused blocks past the end)
+        pends = tl.where(e_ok, pends, 1 << 30)
+        for b0 in range(0, num_blocks, BLOCK_B):
+            b = b0 + tl.arange(0, BLOCK_B)
+            owner = tl.sum((pends[None, :] <= b[:, None] * BLOCK_M).to(tl.int32), 1)
+            tl.store(ExpertIds + b, tl.minimum(owner, num_experts), mask=b < num_blocks)
+
+
+@triton.jit
+def _place_kernel(TopkIds, Base, Starts, CStarts, SortedIds, Positions, Tokens,
+                  num_pairs, expert_start, num_experts, top_k,
+                  PADDED: tl.constexpr, TOKENS: tl.constexpr,
+                  CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Each pair's rank in its expert's group: its chunk's base plus the pairs of the same
+    expert before it in the chunk (an exclusive prefix sum of the one-hot rows)."""
+    c = tl.program_id(0)
+    offs, inb, ok, local, hot = _onehot(TopkIds, c, num_pairs, expert_start, num_experts,
+                                        CHUNK, BLOCK_E)
+    before = tl.sum((tl.cumsum(hot, 0) - hot) * hot, 1)  # [CHUNK]
+    e = tl.where(ok, local, 0)
+    rank = tl.load(Base + c * BLOCK_E + e, mask=ok, other=0) + before
+    pos = tl.load(CStarts + e, mask=ok, other=0) + rank
+    tl.store(Positions + offs, tl.where(ok, pos, -1), mask=inb)
+    if TOKENS:
+        tl.store(Tokens + pos, offs // top_k, mask=ok)
+    if PADDED:
+        slot = tl.load(Starts + e, mask=ok, other=0) + rank
+        tl.store(SortedIds + slot, offs, mask=ok)
 
 
 def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int,
-                     expert_start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """topk_ids [T, top_k] int32 -> (sorted_ids, expert_ids, num_padded); see the module doc."""
+                     expert_start: int = 0, tokens: bool = False,
+                     chunk: int | None = None) -> MoeAlignment:
+    """topk_ids [T, top_k] int32 -> MoeAlignment (see there and the module doc): the padded
+    layout for block_m > 0, the compact one always, `tokens` when asked. Three launches: a
+    one-hot count per chunk of pairs, one scan, a placement per chunk (no atomics, so the
+    order within a group is the pairs' order, as in moe_align_ref). `chunk` (pairs per
+    program, a power of 2) defaults to what keeps a chunk's one-hot tile at 16k entries."""
     dev = topk_ids.device
+    T, top_k = topk_ids.shape
     n = topk_ids.numel()
-    padded = max_padded_pairs(n, num_experts, block_m)
-    blocks = triton.cdiv(padded, block_m)
-    sorted_ids = torch.full((padded,), n, dtype=torch.int32, device=dev)
-    expert_ids = torch.empty((blocks,), dtype=torch.int32, device=dev)
-    num_padded = torch.empty((1,), dtype=torch.int32, device=dev)
-    counts = torch.zeros((num_experts,), dtype=torch.int32, device=dev)
-    ranks = torch.empty((n,), dtype=torch.int32, device=dev)
-    starts = torch.empty((num_experts,), dtype=torch.int32, device=dev)
+    block_e = triton.next_power_of_2(num_experts)
+    chunk = chunk or max(16, min(256, 16384 // block_e))
+    num_chunks = max(triton.cdiv(n, chunk), 1)
+    i32 = dict(dtype=torch.int32, device=dev)
+    hist = torch.empty((num_chunks, block_e), **i32)
+    base = torch.empty_like(hist)
+    cstarts = torch.empty((num_experts,), **i32)
+    ends = torch.empty((num_experts,), **i32)
+    positions = torch.empty((n,), **i32)
+    toks = torch.zeros((n,), **i32) if tokens else None
+    padded = block_m > 0
+    if padded:
+        max_padded = max_padded_pairs(n, num_experts, block_m)
+        blocks = triton.cdiv(max_padded, block_m)
+        sorted_ids = torch.empty((max_padded,), **i32)
+        expert_ids = torch.empty((blocks,), **i32)
+        num_padded = torch.empty((1,), **i32)
+        starts = torch.empty((num_experts,), **i32)
+    else:
+        blocks, sorted_ids, expert_ids, num_padded, starts = 0, None, None, None, cstarts
     flat = topk_ids.reshape(-1)
-    grid = (triton.cdiv(max(n, 1), 1024),)
-    _count_kernel[grid](flat, counts, ranks, n, expert_start, num_experts, BLOCK=1024)
-    _offsets_kernel[(1,)](counts, starts, expert_ids, num_padded, num_experts, blocks,
-                          BLOCK_M=block_m, BLOCK_E=triton.next_power_of_2(num_experts),
-                          BLOCK_B=64, num_warps=4)
-    _scatter_kernel[grid](flat, ranks, starts, sorted_ids, n, expert_start, num_experts,
-                          BLOCK=1024)
-    return sorted_ids, expert_ids, num_padded
+    warps = 8 if chunk * block_e >= 8192 else 4
+    _hist_kernel[(num_chunks,)](flat, hist, n, expert_start, num_experts, CHUNK=chunk,
+                                BLOCK_E=block_e, num_warps=warps)
+    _scan_kernel[(1,)](hist, base, starts, cstarts, ends, sorted_ids, expert_ids, num_padded,
+                       num_chunks, num_experts, blocks, n, PADDED=padded,
+                       BLOCK_M=max(block_m, 1), BLOCK_E=block_e,
+                       BLOCK_C=max(1, min(32, 4096 // block_e)), BLOCK_B=64, num_warps=4)
+    _place_kernel[(num_chunks,)](flat, base, starts, cstarts, sorted_ids, positions, toks,
+                                 n, expert_start, num_experts, top_k, PADDED=padded,
+                                 TOKENS=tokens, CHUNK=chunk, BLOCK_E=block_e, num_warps=warps)
+    return MoeAlignment(sorted_ids, expert_ids, num_padded, positions, ends, toks)
 
 
 def moe_align_ref(topk_ids: torch.Tensor, num_experts: int, block_m: int,
-                  expert_start: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The same layout with a stable sort: within an expert, pairs in increasing order."""
+                  expert_start: int = 0, tokens: bool = False) -> MoeAlignment:
+    """The same layouts with a stable sort: within an expert, pairs in increasing order."""
     dev = topk_ids.device
+    T, top_k = topk_ids.shape
     n = topk_ids.numel()
-    padded = max_padded_pairs(n, num_experts, block_m)
-    blocks = triton.cdiv(padded, block_m)
     local = topk_ids.reshape(-1).long() - expert_start
     ok = (local >= 0) & (local < num_experts)
     counts = torch.bincount(local[ok], minlength=num_experts)
-    sizes = (counts + block_m - 1) // block_m * block_m
-    starts = torch.cumsum(sizes, 0) - sizes
     order = torch.argsort(torch.where(ok, local, num_experts), stable=True)[: int(ok.sum())]
     group_start = torch.cumsum(counts, 0) - counts
     e = local[order]
-    pos = starts[e] + torch.arange(order.numel(), device=dev) - group_start[e]
+    rank = torch.arange(order.numel(), device=dev) - group_start[e]
+    positions = torch.full((n,), -1, dtype=torch.int32, device=dev)
+    positions[order] = (group_start[e] + rank).to(torch.int32)
+    ends = torch.cumsum(counts, 0).to(torch.int32)
+    toks = None
+    if tokens:
+        toks = torch.zeros((n,), dtype=torch.int32, device=dev)
+        toks[: order.numel()] = (order // top_k).to(torch.int32)
+    if block_m <= 0:
+        return MoeAlignment(None, None, None, positions, ends, toks)
+    padded = max_padded_pairs(n, num_experts, block_m)
+    blocks = triton.cdiv(padded, block_m)
+    sizes = (counts + block_m - 1) // block_m * block_m
+    starts = torch.cumsum(sizes, 0) - sizes
     sorted_ids = torch.full((padded,), n, dtype=torch.int32, device=dev)
-    sorted_ids[pos] = order.to(torch.int32)
-    ends = torch.cumsum(sizes, 0)
+    sorted_ids[starts[e] + rank] = order.to(torch.int32)
+    ends_padded = torch.cumsum(sizes, 0)
     b = torch.arange(blocks, device=dev) * block_m
-    expert_ids = (ends[None, :] <= b[:, None]).sum(1).clamp(max=num_experts).to(torch.int32)
+    expert_ids = (ends_padded[None, :] <= b[:, None]).sum(1).clamp(max=num_experts)
     num_padded = sizes.sum().reshape(1).to(torch.int32)
-    return sorted_ids, expert_ids, num_padded
+    return MoeAlignment(sorted_ids, expert_ids.to(torch.int32), num_padded, positions, ends,
+                        toks)
