@@ -367,23 +367,25 @@ def main() -> None:
               f"{r['fused_graph_ms'] or float('nan'):9.4f} {r['fused_eager_ms']:9.4f} "
               f"{r['loop_ms']:8.3f} "
               f"{r['fraction_of_roofline']:8.1%} {r['speedup_vs_loop']:7.1f}x {r['bound']:>8}")
-    # on the CPU only under TRITON_INTERPRET=1 (a check of this script, not a measurement)
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
-    parts = [breakdown(layer, config, t) for t in args.breakdown] if GPU or interp else []
-    for b in parts:
-        print(f"stages at {b['tokens']} tokens ({b['path']}): " + ", ".join(
-            f"{n} {v:.4f}" for n, v in b.items() if n.endswith("_ms")) + " ms; " + ", ".join(
-            f"{n} {v:.0f}" for n, v in b.items() if "tflops" in n))
     commit = commit_id()
     report = {"bench": "moe", "date": str(date.today()), "device": device, "commit": commit,
               "model": Path(args.model).name, "hidden": H, "experts": E, "top_k": k,
               "expert_intermediate": I, "dtype": str(DT).removeprefix("torch."), "ceilings": ceil,
               "tune_seconds": tune_s, "grouped_mm_probe": grouped_mm_probe, "rows": rows,
-              "breakdown": parts,
-              "paths": {t: moe_path(t, E, H, I, k, torch.device(DEV)) for t in args.tokens}}
+              "paths": {t: moe_path(t, E, H, I, k, torch.device(DEV)) for t in args.tokens},
+              "breakdown": []}
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     out = Path(args.out_dir) / f"moe-{date.today()}-{device.replace(' ', '-')}-{commit}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out.write_text(json.dumps(report, indent=2) + "\n")  # again below, with the breakdown
+    # on the CPU only under TRITON_INTERPRET=1 (a check of this script, not a measurement)
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    for t in args.breakdown if GPU or interp else []:
+        b = breakdown(layer, config, t)
+        report["breakdown"].append(b)
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"stages at {b['tokens']} tokens ({b['path']}): " + ", ".join(
+            f"{n} {v:.4f}" for n, v in b.items() if n.endswith("_ms")) + " ms; " + ", ".join(
+            f"{n} {v:.0f}" for n, v in b.items() if "tflops" in n))
     print(f"wrote {out}")
     if args.configs_out and GPU:
         src = CONFIG_DIR / f"{gpu_slug(torch.cuda.current_device())}.json"

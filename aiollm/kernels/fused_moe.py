@@ -58,7 +58,7 @@ from aiollm.kernels.moe_combine import moe_combine_triton
 
 TOKEN_CLASSES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 GEMV_MAX_TOKENS = 16  # token classes up to here also try fused_moe_gemv.py's path
-TORCH_MM_MIN_TOKENS = 512  # and from here torch._grouped_mm (fused_moe_grouped_mm.py)
+TORCH_MM_MIN_TOKENS = 1024  # and from here torch._grouped_mm (fused_moe_grouped_mm.py)
 
 
 def _c(bn: int, bk: int, warps: int, stages: int, **flags: int) -> Config:
