@@ -218,3 +218,21 @@ def test_tool_call_round_trip(client, choice):
     r = client.chat.completions.create(model=None, messages=history, tools=[TIME, WEATHER],
                                        tool_choice="none", max_tokens=8, temperature=0)
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
+
+
+@pytest.mark.parametrize("tools", [{"tools": [WEATHER], "tool_choice": "none"}, {}])
+def test_past_tool_calls_are_in_the_prompt_without_tool_choice(client, tools):
+    """The follow-up turn (tool_choice "none", or no tools sent at all) still shows the model
+    the call it made: a template that knows no tool_calls gets them as the assistant's text."""
+    call = {"id": "call_1", "type": "function", "function": {
+        "name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
+    ask = [{"role": "user", "content": "What is the weather in Paris?"}]
+    answer = {"role": "tool", "tool_call_id": "call_1", "content": "18 C"}
+
+    def prompt_tokens(assistant: dict) -> int:
+        r = client.chat.completions.create(model=None, messages=[*ask, assistant, answer],
+                                           max_tokens=1, **tools)
+        return r.usage.prompt_tokens
+
+    without = prompt_tokens({"role": "assistant", "content": ""})
+    assert prompt_tokens({"role": "assistant", "content": None, "tool_calls": [call]}) > without + 10

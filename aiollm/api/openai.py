@@ -208,10 +208,13 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                        is not None else "function_call")
     tools, mode, callable_tools = tool_calls.choose(req.tools, req.tool_choice)
     constraint = req.constraint()
-    messages = req.message_dicts()
+    template = engine.tokenizer.chat_template
+    # past calls reach a template that knows none in any mode: the follow-up turn (often
+    # tool_choice "none", or no tools) must show the model what it called
+    messages = tool_calls.template_messages(req.message_dicts(),
+                                            tools if mode != "none" else [], template)
     parser = None
     if mode != "none":
-        template = engine.tokenizer.chat_template
         parser = tool_calls.parser_for(template, engine.config.tool_call_parser)
         if constraint is not None and constraint.grammar is not None:
             raise ApiError(400, f"tool_choice {mode!r} and {constraint.grammar.param} both "
@@ -221,7 +224,6 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                               parallel=req.parallel_tool_calls is not False)
         constraint = Constraint(spec, *((constraint.allowed_token_ids, constraint.logit_bias)
                                         if constraint else ()))
-        messages = tool_calls.template_messages(messages, tools, template)
     # the template is applied here rather than by engine.chat so that a request without
     # max_tokens can be given the rest of the context
     ids = await st.chat_prompt(messages, tools if mode != "none" else None)
