@@ -43,6 +43,9 @@ WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "properties": {
         "city": NAME, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
         "required": ["city", "unit"], "additionalProperties": False}}}
+DEEP: dict = {"type": "integer"}
+for _ in range(100):
+    DEEP = {"type": "array", "items": DEEP}
 TIME = {"type": "function", "function": {
     "name": "get_time", "description": "Current time in a time zone",
     "parameters": {"type": "object", "properties": {"zone": NAME}, "required": ["zone"],
@@ -157,6 +160,18 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice"),
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice"),
+    # keywords xgrammar compiles without enforcing them: refused, not silently dropped
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "array", "items": {"type": "integer"}, "uniqueItems": True}}}},
+     "response_format.json_schema.schema"),
+    ({"structured_outputs": {"json": {"type": "object", "properties": {
+        "n": {"not": {"type": "string"}}}}}}, "structured_outputs.json"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "number", "multipleOf": 0.5}}}}}]},
+     "tools[0].function.parameters"),
+    # too large to compile in a few seconds
+    ({"guided_json": DEEP}, "guided_json"),
+    ({"guided_json": {"enum": [f"v{i}" for i in range(5000)]}}, "guided_json"),
 ])
 def test_bad_constraint_is_400(server, body, param):
     status, _, raw = http(server, "POST", "/v1/chat/completions", json=
@@ -165,6 +180,26 @@ def test_bad_constraint_is_400(server, body, param):
     assert status == 400 and err["param"] == param, err
     if "frobnicate" in json.dumps(body) or "[a-" in json.dumps(body):
         assert "frobnicate" in err["message"] or "position" in err["message"], err
+
+
+def test_very_deep_schema_is_400(server):
+    """Deeper than Python's recursion limit (was a 500), as an object (the body's decoder
+    refuses it) and as a string (the schema's)."""
+    deep = '{"type": "array", "items": ' * 3000 + '{"type": "integer"}' + "}" * 3000
+    for schema, param in ((deep, None), (json.dumps(deep), "guided_json")):
+        status, _, raw = http(server, "POST", "/v1/chat/completions", data=(
+            '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, '
+            f'"guided_json": {schema}}}'), headers={"Content-Type": "application/json"})
+        assert status == 400 and json.loads(raw)["error"]["param"] == param, raw[:300]
+
+
+def test_keyword_names_as_property_names_are_fine(client):
+    """Only keywords are refused: properties named like them ("not", "if") are data."""
+    schema = {"type": "object", "properties": {"not": {"type": "boolean"}, "if": {"enum": [
+        1, 2]}}, "required": ["not", "if"], "additionalProperties": False}
+    text, finish = _chat(client, False, messages=ASK, max_tokens=20, temperature=0,
+                         extra_body={"guided_json": schema})
+    jsonschema.validate(json.loads(text), schema)
 
 
 def _streamed_message(stream):

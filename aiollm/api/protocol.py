@@ -315,6 +315,8 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError:
         raise  # mapped with its field path by the error middleware
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         try:
             body.decode("utf-8")

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiollm.api.structured import check_schema
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import GrammarSpec
 
@@ -187,6 +188,8 @@ def check_tools(tools: Any) -> list[dict]:
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("parameters must be a JSON schema object",
                                  param=f"tools[{i}].function.parameters")
+        if params is not None:
+            check_schema(params, f"tools[{i}].function.parameters")
     return tools
 
 
