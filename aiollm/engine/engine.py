@@ -360,11 +360,13 @@ class Engine:
             self._step_failed(step, e)
             return
         t0 = perf()
+        gap = None
         if out.done is not None:  # device time of the step, and the idle gap before it
             model_s = out.start.elapsed_time(out.done) / 1e3
-            if self._prev_done is not None and step.after_busy_device:
-                self.metrics.step_gpu_gap.observe(
-                    max(0.0, self._prev_done.elapsed_time(out.start) / 1e3))
+            if self._prev_done is not None:
+                gap = max(0.0, self._prev_done.elapsed_time(out.start) / 1e3)
+                if step.after_busy_device:
+                    self.metrics.step_gpu_gap.observe(gap)
             self._prev_done = out.done
         else:
             model_s = cpu_s or 0.0
@@ -373,9 +375,12 @@ class Engine:
         if result is not None:
             self._process(step, result)
         if self._step_log_path:
+            fwd = out.forward_end
             self._step_log.append({
                 "launched": t_launch, "done_seen": t0, "processed": perf(),
-                "device_s": model_s if out.done else None,
+                "device_s": model_s if out.done else None, "gap_s": gap,
+                # a constrained step's forward: the rest of device_s waited for the mask
+                "forward_s": out.start.elapsed_time(fwd) / 1e3 if fwd and out.done else None,
                 "reqs": len(step.reqs), "tokens": step.num_tokens,
                 "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
         self._regrow_after_oom()

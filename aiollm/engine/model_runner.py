@@ -79,6 +79,9 @@ class Launched:
     # a constrained step's forward only: (inputs, logits [S, V], non-finite flags [S])
     deferred: tuple | None = None
     scoring: PromptScoring | None = None  # prompt logprobs, their results in host tensors
+    # a constrained step's end of forward (timed steps): the device's wait for the mask is
+    # the time from here to its sampling (the engine's step log)
+    forward_end: torch.cuda.Event | None = None
 
 
 @dataclass(slots=True)
@@ -116,7 +119,12 @@ class StepResult:
 
 
 def _deferred(inp: StepInputs, logits: torch.Tensor, bad: torch.Tensor) -> Launched:
-    return Launched(None, None, None, None, None, inp.start, None, deferred=(inp, logits, bad))
+    end = None
+    if inp.start is not None:
+        end = torch.cuda.Event(enable_timing=True)
+        end.record()
+    return Launched(None, None, None, None, None, inp.start, None, deferred=(inp, logits, bad),
+                    forward_end=end)
 
 
 def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -299,11 +307,14 @@ class ModelRunner:
         inp, logits, bad = out.deferred
         if inp.masked_argmax:
             assert mask is None or mask.bias_ids is None
-            return self._masked_argmax(inp, logits, bad, mask)
-        st = inp.sampling
-        if mask is not None:
-            st.allowed, st.bias_ids, st.bias = mask.bitmask, mask.bias_ids, mask.bias
-        return self._queue_results(inp, self._sample(logits, inp), bad)
+            res = self._masked_argmax(inp, logits, bad, mask)
+        else:
+            st = inp.sampling
+            if mask is not None:
+                st.allowed, st.bias_ids, st.bias = mask.bitmask, mask.bias_ids, mask.bias
+            res = self._queue_results(inp, self._sample(logits, inp), bad)
+        res.forward_end = out.forward_end
+        return res
 
     def _masked_argmax(self, inp: StepInputs, logits: torch.Tensor, bad: torch.Tensor,
                        mask) -> Launched:
