@@ -95,3 +95,44 @@ def test_seeded_sampling_under_grammar_reproducible(engine):
     assert batch[0].token_ids == alone.token_ids
     for o in batch[1:]:
         _check(o, vocab)
+
+
+def test_deferred_sampling_with_joins_and_aborts(engine):
+    """A constrained step samples after its forward, once the step before's tokens have
+    advanced the grammars (Engine._step): requests that join a running constrained batch
+    (their first token under the grammar's first mask, in a mixed step) and one whose stream
+    closes mid-run change nothing for the others, and nothing leaks."""
+    eng, loop = engine
+    vocab = len(eng.tokenizer)
+
+    async def go():
+        solo = [await eng.generate(p, _params()) for p in PROMPTS]
+        plain = await eng.generate(PROMPTS[0], SamplingParams(max_tokens=24, temperature=0))
+
+        async def closed_early():
+            stream = eng.stream(PROMPTS[3], _params())
+            n = 0
+            async for _ in stream:
+                n += 1
+                if n == 3:
+                    break
+            await stream.aclose()
+            return n
+
+        first = [asyncio.ensure_future(eng.generate(p, _params())) for p in PROMPTS[:2]]
+        first.append(asyncio.ensure_future(closed_early()))
+        await asyncio.sleep(0.05)  # the batch is decoding when the others join
+        later = [eng.generate(PROMPTS[2], _params()),
+                 eng.generate(PROMPTS[0], SamplingParams(max_tokens=24, temperature=0))]
+        rest = await asyncio.gather(*first, *later)
+        return solo, plain, rest
+
+    solo, plain, rest = loop.run_until_complete(go())
+    a, b, n_closed, c, d = rest
+    assert n_closed == 3
+    for got, want in ((a, solo[0]), (b, solo[1]), (c, solo[2])):
+        _check(got, vocab)
+        assert got.token_ids == want.token_ids
+    assert d.token_ids == plain.token_ids
+    stats = eng.stats()
+    assert stats["table_used"] == 0 and stats["kv_used"] == 0 and stats["running"] == 0, stats
