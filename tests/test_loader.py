@@ -128,12 +128,11 @@ def llama_cpp_rope_factors(config) -> list[float]:
     return factors
 
 
-def write_gguf(hf, path: str) -> None:
-    """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted)."""
+def gguf_writer(c, path: str, arch: str):
+    """A gguf.GGUFWriter for `path` with the attention and shape metadata of the HF config
+    `c` that every architecture's file carries, as llama.cpp's converter writes them."""
     import gguf
 
-    c = hf.config
-    arch = c.model_type
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     w = gguf.GGUFWriter(path, arch)
     w.add_block_count(c.num_hidden_layers)
@@ -146,6 +145,14 @@ def write_gguf(hf, path: str) -> None:
     w.add_value_length(head_dim)
     w.add_layer_norm_rms_eps(c.rms_norm_eps)
     w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    return w
+
+
+def write_gguf(hf, path: str) -> None:
+    """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted)."""
+    c = hf.config
+    arch = c.model_type
+    w = gguf_writer(c, path, arch)
     w.add_eos_token_id(7)
     if c.rope_parameters["rope_type"] == "llama3":
         w.add_tensor("rope_freqs.weight", torch.tensor(llama_cpp_rope_factors(c)).numpy())

@@ -18,7 +18,7 @@ from transformers import MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
 from aiollm import Engine, SamplingParams
 from aiollm.model import load_model, load_tokenizer
 from live_server import LiveServer, http, sse_events
-from test_loader import all_position_logits, save_random_hf_model
+from test_loader import all_position_logits, gguf_writer, save_random_hf_model
 
 TINY = dict(vocab_size=160, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
@@ -125,23 +125,10 @@ def test_greedy_through_the_server_matches_transformers(moe_model):
 def write_moe_gguf(hf, path: str) -> None:
     """Write an HF MoE model as llama.cpp lays it out: experts stacked per projection
     (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k."""
-    import gguf
-
     c = hf.config
-    head_dim = c.head_dim or c.hidden_size // c.num_attention_heads
     mixtral = c.model_type == "mixtral"
     arch = "llama" if mixtral else c.model_type.replace("_", "")
-    w = gguf.GGUFWriter(path, arch)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_freq_base(c.rope_parameters["rope_theta"])
+    w = gguf_writer(c, path, arch)
     w.add_expert_count(c.num_local_experts if mixtral else c.num_experts)
     w.add_expert_used_count(c.num_experts_per_tok)
     if not mixtral:
