@@ -586,7 +586,8 @@ def test_step_exception_fails_its_requests_and_the_server_goes_on(server):
 
 def test_out_of_memory_pauses_and_resumes(server):
     """An out-of-memory error in a decode step pauses the step's requests and halves the batch
-    limits; the requests resume by recompute and finish with the output they would have had."""
+    limits; the requests resume by recompute and finish with the output they would have had,
+    and good steps double the limits back."""
     bodies = [(C, prompt(prompt=p, max_tokens=6, temperature=0, ignore_eos=True))
               for p in ("The sky is", "One, two, three,", "Paris is the capital of")]
     expected = [json.loads(b)["choices"][0]["text"] for _, b in asyncio.run(
@@ -608,6 +609,10 @@ def test_out_of_memory_pauses_and_resumes(server):
         with wrapped_forward(server, oom_once):
             results = asyncio.run(post_all(server, bodies))
         shrunk = server.call(lambda: (planner.max_running, planner.token_budget))
+        # 64 good steps double the limits back (one request's decode steps)
+        long = (C, prompt(prompt="Count:", max_tokens=70, temperature=0, ignore_eos=True))
+        assert [s for s, _ in asyncio.run(post_all(server, [long]))] == [200]
+        regrown = server.call(lambda: (planner.max_running, planner.token_budget))
     finally:  # the shared server's limits, for the tests after this one
         server.call(lambda: (setattr(planner, "max_running", limits[0]),
                              setattr(planner, "token_budget", limits[1])))
@@ -615,6 +620,7 @@ def test_out_of_memory_pauses_and_resumes(server):
     assert [json.loads(b)["choices"][0]["text"] for _, b in results] == expected
     assert server.stats()["evictions"] > evictions
     assert shrunk[0] < limits[0] and shrunk[1] <= limits[1]
+    assert regrown == (min(limits[0], 2 * shrunk[0]), min(limits[1], 2 * shrunk[1]))
     server.wait_idle()
 
 

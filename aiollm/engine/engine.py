@@ -35,6 +35,7 @@ from aiollm.engine.chat_template import chat_token_ids, special_texts
 from aiollm.engine.detokenizer import IncrementalDetokenizer
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars
 from aiollm.engine.loading import load, resolve_device
+from aiollm.engine.oom import OomBackoff
 from aiollm.engine.output_text import OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
@@ -126,8 +127,7 @@ class Engine:
         self._step_log_path = os.environ.get("AIOLLM_STEP_LOG")
         self._step_log: list[dict] = []
         self._rng = random.Random(cfg.seed)
-        self._max_running = self.planner.max_running
-        self._good_steps = 0
+        self._oom = OomBackoff(self.planner, device)
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop."""
@@ -383,7 +383,7 @@ class Engine:
                 "forward_s": out.start.elapsed_time(fwd) / 1e3 if fwd and out.done else None,
                 "reqs": len(step.reqs), "tokens": step.num_tokens,
                 "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
-        self._regrow_after_oom()
+        self._oom.step_done()
         # host time: what the loop spends around the model (planning, metadata, stop checks,
         # waking streams), counted from the plan of a step to the processing of its tokens
         self.metrics.step_host.observe(self._host_time + perf() - t0)
@@ -400,7 +400,7 @@ class Engine:
             self.ranks.fail(f"tensor parallel rank 0: model step failed: {e}")
         self._undo_pending(step)
         if isinstance(e, torch.OutOfMemoryError):
-            self._shrink_after_oom(step)
+            self._oom.shrink(step)
         else:
             for r in step.reqs:
                 self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
@@ -475,32 +475,6 @@ class Engine:
                   and not r.pending]:
             self._finish(r, "abort", error=f"the request waited more than {timeout}s in the queue",
                          failed=True, error_type=Overloaded)
-
-    def _regrow_after_oom(self) -> None:
-        """After an out-of-memory shrink, double the limits back every 64 good steps."""
-        cfg, p = self.config, self.planner
-        if p.max_running >= self._max_running and p.token_budget >= cfg.max_prefill_tokens:
-            return
-        self._good_steps += 1
-        if self._good_steps >= 64:
-            self._good_steps = 0
-            p.max_running = min(self._max_running, 2 * p.max_running)
-            p.token_budget = min(cfg.max_prefill_tokens, 2 * p.token_budget)
-
-    def _shrink_after_oom(self, step: Step) -> None:
-        """The device ran out of memory in a step: pause its requests (their KV is freed,
-        their tokens kept; they resume by recompute) and halve the batch limits."""
-        log.warning("out of device memory in a step of %d requests / %d tokens: pausing them "
-                    "and halving the batch limits", len(step.reqs), step.num_tokens)
-        for r in sorted(step.reqs, key=lambda r: -r.admitted_seq):
-            if r.phase is Phase.RUNNING:
-                self.planner.pause(r)
-        self.planner.max_running = max(1, min(self.planner.max_running, len(step.reqs)) // 2)
-        self.planner.token_budget = max(min(64, self.planner.token_budget),
-                                        self.planner.token_budget // 2)
-        self._good_steps = 0
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
 
     def _fail_all_threadsafe(self, message: str) -> None:
         """From any thread: stop accepting and fail every request with `message`."""
