@@ -17,7 +17,7 @@ serving too; --configs-out copies that file out. --precompile N first compiles e
 candidate in N worker processes (Triton's disk cache is shared), so that tuning, which runs
 one candidate at a time, finds them compiled. --breakdown T... times each stage of the layer
 alone (eager) at those token counts. Prints tables, writes
-bench/results/moe-DATE-DEVICE-COMMIT.json (COMMIT: $BENCH_COMMIT, else git's HEAD).
+bench/results/moe-DATE-DEVICE-COMMIT.json (COMMIT: bench/commit.py).
 
     python bench/moe.py [bench/configs/qwen3-30b-a3b] [--tokens 1 8 64 256 4096]
 """
@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import re
 import shutil
-import subprocess
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -39,8 +39,8 @@ import torch
 import triton.testing
 
 from aiollm.kernels import fused_moe_gemv
-from aiollm.kernels.autotune import CONFIG_DIR, gpu_slug
 from aiollm.kernels.activation import silu_and_mul_triton
+from aiollm.kernels.autotune import CONFIG_DIR, gpu_slug
 from aiollm.kernels.fused_moe import (
     GEMV_MAX_TOKENS,
     TOKEN_CLASSES,
@@ -58,6 +58,9 @@ from aiollm.kernels.moe_align import moe_align_triton, moe_route_ref, moe_route_
 from aiollm.kernels.moe_combine import moe_combine_triton
 from aiollm.model.config import load_hf_config
 from aiollm.model.moe import SparseMoe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 # Without a GPU the script runs end to end on the CPU (fp32, the reference path, wall-clock
 # timing, tiny sizes): a dry run that checks the script, not a measurement.
@@ -284,11 +287,6 @@ def drop_configs(first_class: int) -> None:
           f"from {path.name}")
 
 
-def commit_id() -> str:
-    return os.environ.get("BENCH_COMMIT") or subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-
-
 @torch.inference_mode()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -367,7 +365,7 @@ def main() -> None:
               f"{r['fused_graph_ms'] or float('nan'):9.4f} {r['fused_eager_ms']:9.4f} "
               f"{r['loop_ms']:8.3f} "
               f"{r['fraction_of_roofline']:8.1%} {r['speedup_vs_loop']:7.1f}x {r['bound']:>8}")
-    commit = commit_id()
+    commit = tree_commit()
     report = {"bench": "moe", "date": str(date.today()), "device": device, "commit": commit,
               "model": Path(args.model).name, "hidden": H, "experts": E, "top_k": k,
               "expert_intermediate": I, "dtype": str(DT).removeprefix("torch."), "ceilings": ceil,

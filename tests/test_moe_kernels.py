@@ -27,12 +27,14 @@ SMALL = ({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps"
          {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4,
           "num_stages": 1})
 # the variants the autotuner may pick: C^T = W A^T (SWAP_AB) in both GEMMs; weight tiles
-# by tensor descriptors (TMA); gate/up unfused
+# by tensor descriptors (TMA); gate/up unfused, or paired in one tile (FUSED 2)
 VARIANTS = {"plain": SMALL,
             "swapped": tuple({**c, "SWAP_AB": 1} for c in SMALL),
             "tma": tuple({**c, "TMA": 1} for c in SMALL),
             "swapped-tma": tuple({**c, "SWAP_AB": 1, "TMA": 1} for c in SMALL),
-            "unfused": ({**SMALL[0], "FUSED": 0}, SMALL[1])}
+            "unfused": ({**SMALL[0], "FUSED": 0}, SMALL[1]),
+            # gate and up tiles in one TMA box, one accumulator twice as wide
+            "paired-swapped": ({**SMALL[0], "FUSED": 2, "SWAP_AB": 1}, {**SMALL[1], "SWAP_AB": 1})}
 # the same launch configs with the down GEMM (1), both (2) or the gate/up GEMM (3) by
 # torch._grouped_mm
 TORCH_MM = {"plain-mm-down": ("plain", 1), "swapped-tma-mm-down": ("swapped-tma", 1),
@@ -140,6 +142,8 @@ def test_fused_moe_matches_reference(case, variant):
 # SPLIT: a block whose pairs fit in half (SPLIT 2: a quarter) of it runs a shorter tile; at 25
 # tokens one expert gets more than half a block's pairs, others fewer than a quarter
 SPLIT = {"split": tuple({**c, "BLOCK_M": 32, "SPLIT": 1} for c in SMALL),
+         "split-paired": ({**SMALL[0], "BLOCK_M": 32, "SPLIT": 1, "FUSED": 2},
+                          {**SMALL[1], "BLOCK_M": 32, "SPLIT": 1}),
          "split2-swapped-tma": tuple({**c, "BLOCK_M": 64, "SPLIT": 2, "SWAP_AB": 1, "TMA": 1}
                                      for c in SMALL)}
 

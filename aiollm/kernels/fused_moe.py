@@ -10,7 +10,9 @@ weights.
 
 - gate/up: A = x[pair // top_k], two accumulators (the gate rows and the matching up rows), and
   SiLU-and-mul in the epilogue, so the [pairs, 2I] gate/up product never reaches memory; or
-  (FUSED 0) one plain GEMM over all 2I rows, then silu_and_mul;
+  (FUSED 2) one accumulator twice as wide, fed by one TMA box of w13 viewed as
+  [E * 2, I, H] that holds both the gate and the matching up rows, split in the epilogue;
+  or (FUSED 0) one plain GEMM over all 2I rows, then silu_and_mul;
 - down: A = the activations of the pair, the routing weight multiplied in the epilogue, one row
   per pair; the top-k reduction is moe_combine.py's sum over the pairs of each token.
 
@@ -67,7 +69,8 @@ def _c(bn: int, bk: int, warps: int, stages: int, **flags: int) -> Config:
 
 
 # Tuning candidates, without BLOCK_M. Flags: SWAP_AB (C^T = W A^T), TMA (weight tiles by tensor
-# descriptor), FUSED 0 (gate/up as one plain GEMM, then silu_and_mul), SPLIT 1/2 (an expert's
+# descriptor), FUSED 0 (gate/up as one plain GEMM, then silu_and_mul) or 2 (gate and up tiles
+# in one TMA box and one MMA of 2 * BLOCK_N columns), SPLIT 1/2 (an expert's
 # last block, if its pairs fit, as a tile of 1/2 or 1/4 the height: less padding computed);
 # absent means 0, FUSED 1.
 _SMALL = [_c(32, 128, 4, 4), _c(64, 128, 4, 4), _c(64, 64, 4, 4), _c(128, 64, 4, 3),
@@ -83,7 +86,10 @@ _LARGE_UP = [_c(64, 64, 4, 4), _c(128, 64, 8, 3), _c(64, 128, 4, 3),
              _c(128, 128, 8, 2, TMA=1, FUSED=0), _c(128, 64, 8, 4, TMA=1, FUSED=0),
              _c(128, 64, 8, 4, TMA=1, SPLIT=1), _c(128, 64, 8, 4, TMA=1, SPLIT=2),
              _c(128, 64, 8, 3, TMA=1, SPLIT=1), _c(64, 64, 4, 4, TMA=1, SPLIT=1),
-             _c(256, 64, 8, 3, TMA=1, FUSED=0, SPLIT=1)]
+             _c(256, 64, 8, 3, TMA=1, FUSED=0, SPLIT=1), _c(256, 64, 8, 4, TMA=1, FUSED=0, SPLIT=1),
+             _c(128, 64, 8, 3, TMA=1, FUSED=2, SPLIT=1), _c(128, 64, 8, 4, TMA=1, FUSED=2, SPLIT=1),
+             _c(128, 64, 8, 3, TMA=1, FUSED=2), _c(64, 64, 4, 4, TMA=1, FUSED=2, SPLIT=1),
+             _c(64, 64, 8, 4, TMA=1, FUSED=2, SPLIT=1)]
 _LARGE_DOWN = [_c(128, 64, 8, 3), _c(128, 64, 4, 4), _c(256, 64, 8, 3), _c(64, 64, 4, 4),
                _c(128, 64, 8, 3, TMA=1), _c(128, 64, 8, 4, TMA=1), _c(128, 64, 4, 4, TMA=1),
                _c(256, 64, 8, 3, TMA=1), _c(256, 64, 8, 4, TMA=1), _c(128, 128, 8, 2, TMA=1),
@@ -117,17 +123,25 @@ def _moe_tile(
         b_ptrs = b_base + offs_n[:, None].to(tl.int64) * stride_bn + offs_k[None, :]
         a_mask = row_ok[None, :]
         b_mask = n_ok[:, None]
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        if FUSE_SILU == 2:
+            acc = tl.zeros((2 * BLOCK_N, BLOCK_M), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         a_ptrs = A + a_rows[:, None] * stride_am + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
         b_ptrs = b_base + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None]
         a_mask = row_ok[:, None]
         b_mask = n_ok[None, :]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if FUSE_SILU:
+        if FUSE_SILU == 2:
+            acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FUSE_SILU == 1:
         acc_up = tl.zeros_like(acc)
     # with USE_TMA, B tiles come by the bulk tensor copy engine: BDesc views B as
-    # [experts * rows, K] in [BLOCK_N, BLOCK_K] boxes, zero-filled past K
+    # [experts * rows, K] in [BLOCK_N, BLOCK_K] boxes, zero-filled past K; with FUSE_SILU 2
+    # as [experts * 2, N, K] in [2, BLOCK_N, BLOCK_K] boxes: the gate rows and the matching
+    # up rows in one tile, one MMA 2 * BLOCK_N wide
     b_row = (expert * (stride_be // stride_bn)).to(tl.int32) + pid_n * BLOCK_N
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
@@ -136,7 +150,12 @@ def _moe_tile(
             a = tl.load(a_ptrs, mask=a_mask & (offs_k[:, None] < K - k0), other=0.0)
         else:
             a = tl.load(a_ptrs, mask=a_mask & (offs_k[None, :] < K - k0), other=0.0)
-        if USE_TMA:
+        if FUSE_SILU == 2:
+            b = BDesc.load([2 * expert.to(tl.int32), pid_n * BLOCK_N, k0])  # [2, BN, BK]
+            b = tl.reshape(b, (2 * BLOCK_N, BLOCK_K))
+            if not SWAP_AB:
+                b = b.T
+        elif USE_TMA:
             b = BDesc.load([b_row, k0])  # [BLOCK_N, BLOCK_K]
             if not SWAP_AB:
                 b = b.T
@@ -156,15 +175,22 @@ def _moe_tile(
                 b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=b_k, other=0.0)
         if SWAP_AB:
             acc = tl.dot(b, a, acc)
-            if FUSE_SILU:
+            if FUSE_SILU == 1:
                 acc_up = tl.dot(b_up, a, acc_up)
         else:
             acc = tl.dot(a, b, acc)
-            if FUSE_SILU:
+            if FUSE_SILU == 1:
                 acc_up = tl.dot(a, b_up, acc_up)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    if FUSE_SILU:
+    if FUSE_SILU == 2:  # split the gate and up halves of the tile's columns (rows, swapped)
+        if SWAP_AB:
+            pair = tl.permute(tl.reshape(acc, (2, BLOCK_N, BLOCK_M)), (1, 2, 0))
+        else:
+            pair = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1))
+        gate, up = tl.split(pair)
+        acc = gate * tl.sigmoid(gate) * up
+    elif FUSE_SILU == 1:
         acc = acc * tl.sigmoid(acc) * acc_up
     # the output row of each pair: its own number, or with ROW_MAP 1 its row in the compact
     # layout, for a down GEMM by group offsets
@@ -234,7 +260,7 @@ def _moe_gemm_kernel(
                   BLOCK_M // 4, BLOCK_N, BLOCK_K)
 
 
-def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: bool, mul_weight: bool,
+def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_weight: bool,
           cfg: Config, row_map: torch.Tensor | None = None, map_a: bool = False) -> None:
     """One grouped GEMM launch: c[pair] = b[expert] @ a[pair // a_row_div] over the aligned
     pairs; row_map (the pairs' compact rows) replaces c's row (map_a False) or a's."""
@@ -243,13 +269,18 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: bool, mul_w
     k = a.shape[1]
     grid = (expert_ids.numel() * triton.cdiv(n, cfg["BLOCK_N"]),)
     tma = bool(cfg.get("TMA", 0))
-    b_desc = (TensorDescriptor.from_tensor(b.view(-1, k), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
-              if tma else None)
+    if fuse_silu == 2:  # [2, BLOCK_N, BLOCK_K] boxes of b viewed as [experts * 2, n, k]
+        b_desc = TensorDescriptor.from_tensor(b.view(-1, n, k),
+                                              [2, cfg["BLOCK_N"], cfg["BLOCK_K"]])
+    elif tma:
+        b_desc = TensorDescriptor.from_tensor(b.view(-1, k), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+    else:
+        b_desc = None
     _moe_gemm_kernel[grid](
         a, b, b_desc, c, sorted_ids, expert_ids, num_padded, topk_weights, row_map,
         n, k, a.shape[0] * a_row_div, expert_ids.numel(),
         a.stride(0), b.stride(0), b.stride(1), c.stride(0), n if fuse_silu else 0,
-        A_ROW_DIV=a_row_div, FUSE_SILU=fuse_silu, MUL_WEIGHT=mul_weight,
+        A_ROW_DIV=a_row_div, FUSE_SILU=int(fuse_silu), MUL_WEIGHT=mul_weight,
         ROW_MAP=0 if row_map is None else 2 if map_a else 1, EVEN_K=k % cfg["BLOCK_K"] == 0,
         SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
         USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
@@ -262,13 +293,16 @@ def _gate_up(x, w13, aligned, topk_weights, top_k: int, cfg: Config,
              compact: bool = False) -> torch.Tensor:
     """-> act [T * top_k, I]: silu(gate) * up of each pair, fused in the GEMM's epilogue, or,
     with cfg["FUSED"] == 0, one plain GEMM over all 2I rows followed by silu_and_mul (one
-    accumulator per tile instead of two, for the cost of a [pairs, 2I] round trip). Row p is
+    accumulator per tile instead of two, for the cost of a [pairs, 2I] round trip). FUSED 1
+    keeps two accumulators (gate, up) of BLOCK_N columns; FUSED 2 one of 2 * BLOCK_N, fed by
+    one TMA box holding both (weight tiles by descriptor whatever cfg["TMA"]). Row p is
     pair p's, or with `compact` the pair's row in the alignment's compact layout."""
     pairs, two_i = top_k * x.shape[0], w13.shape[1]
     rows = aligned.positions if compact else None
-    if cfg.get("FUSED", 1):
+    fused = cfg.get("FUSED", 1)
+    if fused:
         act = torch.empty((pairs, two_i // 2), dtype=x.dtype, device=x.device)
-        _gemm(x, w13, act, aligned, topk_weights, top_k, True, False, cfg, rows)
+        _gemm(x, w13, act, aligned, topk_weights, top_k, fused, False, cfg, rows)
         return act
     gate_up = torch.empty((pairs, two_i), dtype=x.dtype, device=x.device)
     _gemm(x, w13, gate_up, aligned, topk_weights, top_k, False, False, cfg, rows)

@@ -21,9 +21,10 @@ Only experts in [expert_start, expert_start + num_experts) are aligned (the loca
 later expert-parallel split); pairs routed elsewhere are left out.
 
 The alignment is a counting sort in three launches: a histogram per chunk of pairs (one-hot
-rows summed, no atomics), one program that scans the histograms over the chunks and the
-experts, and a placement per chunk that adds each pair's rank among the same expert's pairs
-before it in its chunk. Within a group the pairs keep their order, so the layout is the one a
+rows summed, no atomics), a scan of each expert's column over the chunks (one program an
+expert), and a placement per chunk that adds each pair's rank among the same expert's pairs
+before it in its chunk (every program scans the 128-odd expert counts itself, so no launch
+runs alone on one multiprocessor). Within a group the pairs keep their order, so the layout is the one a
 stable sort by expert gives (moe_align_ref), on the GPU too.
 """
 
@@ -146,65 +147,67 @@ def _hist_kernel(TopkIds, Hist, num_pairs, expert_start, num_experts,
 
 
 @triton.jit
-def _scan_kernel(Hist, Base, Starts, CStarts, Ends, SortedIds, ExpertIds, NumPadded,
-                 num_chunks, num_experts, num_blocks, num_pairs,
-                 PADDED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_E: tl.constexpr,
-                 BLOCK_C: tl.constexpr, BLOCK_B: tl.constexpr):
-    """One program: exclusive scan of Hist over the chunks (each chunk's first rank within
-    each expert's group), the experts' group starts, and with PADDED the padded layout's
-    starts, padding slots, block owners and length."""
-    e = tl.arange(0, BLOCK_E)
-    e_ok = e < num_experts
-    counts = tl.zeros([BLOCK_E], dtype=tl.int32)
+def _scan_kernel(Hist, Base, Counts, num_chunks, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+    """One program an expert: the exclusive scan of its histogram column over the chunks (each
+    chunk's first rank within the expert's group) and its pair count."""
+    e = tl.program_id(0)
+    count = 0
     for c0 in range(0, num_chunks, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
-        idx = c[:, None] * BLOCK_E + e[None, :]
-        h = tl.load(Hist + idx, mask=(c < num_chunks)[:, None], other=0)
-        tl.store(Base + idx, tl.cumsum(h, 0) - h + counts[None, :],
-                 mask=(c < num_chunks)[:, None])
-        counts += tl.sum(h, 0)
-    ends = tl.cumsum(counts, 0)
-    tl.store(CStarts + e, ends - counts, mask=e_ok)
-    tl.store(Ends + e, ends, mask=e_ok)
-    if PADDED:
-        padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-        pends = tl.cumsum(padded, 0)
-        tl.store(Starts + e, pends - padded, mask=e_ok)
-        tl.store(NumPadded, tl.sum(padded, 0))
-        # padding: the slots after each expert's pairs up to its padded end
-        j = tl.arange(0, BLOCK_M)
-        pad = pends[:, None] - padded[:, None] + counts[:, None] + j[None, :]
-        tl.store(SortedIds + pad, num_pairs + 0 * pad,
-                 mask=e_ok[:, None] & (pad < pends[:, None]))
-        # block b belongs to the expert whose [start, end) holds b * BLOCK_M: the number of
-        # experts ending at or before it (num_experts for the unused blocks past the end)
-        pends = tl.where(e_ok, pends, 1 << 30)
-        for b0 in range(0, num_blocks, BLOCK_B):
-            b = b0 + tl.arange(0, BLOCK_B)
-            owner = tl.sum((pends[None, :] <= b[:, None] * BLOCK_M).to(tl.int32), 1)
-            tl.store(ExpertIds + b, tl.minimum(owner, num_experts), mask=b < num_blocks)
+        h = tl.load(Hist + c * BLOCK_E + e, mask=c < num_chunks, other=0)
+        tl.store(Base + c * BLOCK_E + e, tl.cumsum(h, 0) - h + count, mask=c < num_chunks)
+        count += tl.sum(h, 0)
+    tl.store(Counts + e, count)
 
 
 @triton.jit
-def _place_kernel(TopkIds, Base, Starts, CStarts, SortedIds, Positions, Tokens,
-                  num_pairs, expert_start, num_experts, top_k,
-                  PADDED: tl.constexpr, TOKENS: tl.constexpr,
-                  CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
-    """Each pair's rank in its expert's group: its chunk's base plus the pairs of the same
-    expert before it in the chunk (an exclusive prefix sum of the one-hot rows)."""
+def _place_kernel(TopkIds, Base, Counts, Ends, SortedIds, ExpertIds, NumPadded, Positions,
+                  Tokens, num_pairs, expert_start, num_experts, top_k, num_chunks, num_blocks,
+                  PADDED: tl.constexpr, TOKENS: tl.constexpr, BLOCK_M: tl.constexpr,
+                  CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Each pair's place: its chunk's base plus the pairs of the same expert before it in the
+    chunk, from the group starts that every program derives from the counts (a scan over
+    the experts). Each program also writes its share of the experts' padding slots and
+    ends and of the blocks' owners."""
     c = tl.program_id(0)
+    e_all = tl.arange(0, BLOCK_E)
+    e_ok = e_all < num_experts
+    counts = tl.load(Counts + e_all, mask=e_ok, other=0)
+    ends = tl.cumsum(counts, 0)
     offs, inb, ok, local, hot = _onehot(TopkIds, c, num_pairs, expert_start, num_experts,
                                         CHUNK, BLOCK_E)
-    before = tl.sum((tl.cumsum(hot, 0) - hot) * hot, 1)  # [CHUNK]
     e = tl.where(ok, local, 0)
-    rank = tl.load(Base + c * BLOCK_E + e, mask=ok, other=0) + before
-    pos = tl.load(CStarts + e, mask=ok, other=0) + rank
+    # rank: the chunk's base, plus the pairs of the same expert earlier in the chunk
+    i = tl.arange(0, CHUNK)
+    earlier = (local[:, None] == local[None, :]) & (i[None, :] < i[:, None])
+    rank = tl.load(Base + c * BLOCK_E + e, mask=ok, other=0) + tl.sum(earlier.to(tl.int32), 1)
+    pos = tl.sum(hot * (ends - counts)[None, :], 1) + rank  # the group's start: a one-hot dot
     tl.store(Positions + offs, tl.where(ok, pos, -1), mask=inb)
     if TOKENS:
         tl.store(Tokens + pos, offs // top_k, mask=ok)
+    # this program's share of the per-expert and per-block outputs
+    mine = (e_all % num_chunks == c) & e_ok
+    tl.store(Ends + e_all, ends, mask=mine)
     if PADDED:
-        slot = tl.load(Starts + e, mask=ok, other=0) + rank
+        padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+        pends = tl.cumsum(padded, 0)
+        slot = tl.sum(hot * (pends - padded)[None, :], 1) + rank
         tl.store(SortedIds + slot, offs, mask=ok)
+        if c == 0:
+            tl.store(NumPadded, tl.sum(padded, 0))
+        # padding: the slots after each expert's pairs up to its padded end
+        j = tl.arange(0, BLOCK_M)
+        pad = (pends - padded + counts)[:, None] + j[None, :]
+        tl.store(SortedIds + pad, num_pairs + 0 * pad, mask=mine[:, None] & (pad < pends[:, None]))
+        # block b belongs to the expert whose [start, end) holds b * BLOCK_M: the number of
+        # experts ending at or before it (num_experts for the unused blocks past the end)
+        pends = tl.where(e_ok, pends, 1 << 30)
+        per = tl.cdiv(num_blocks, num_chunks)
+        for b0 in range(c * per, tl.minimum((c + 1) * per, num_blocks), BLOCK_B):
+            b = b0 + tl.arange(0, BLOCK_B)
+            owner = tl.sum((pends[None, :] <= b[:, None] * BLOCK_M).to(tl.int32), 1)
+            tl.store(ExpertIds + b, tl.minimum(owner, num_experts),
+                     mask=(b < num_blocks) & (b < (c + 1) * per))
 
 
 def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int,
@@ -212,9 +215,10 @@ def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int,
                      chunk: int | None = None) -> MoeAlignment:
     """topk_ids [T, top_k] int32 -> MoeAlignment (see there and the module doc): the padded
     layout for block_m > 0, the compact one always, `tokens` when asked. Three launches: a
-    one-hot count per chunk of pairs, one scan, a placement per chunk (no atomics, so the
-    order within a group is the pairs' order, as in moe_align_ref). `chunk` (pairs per
-    program, a power of 2) defaults to what keeps a chunk's one-hot tile at 16k entries."""
+    one-hot count per chunk of pairs, a scan over the chunks per expert, a placement per
+    chunk (no atomics, so the order within a group is the pairs' order, as in
+    moe_align_ref). `chunk` (pairs per program, a power of 2) defaults to what keeps a
+    chunk's one-hot tile at 16k entries."""
     dev = topk_ids.device
     T, top_k = topk_ids.shape
     n = topk_ids.numel()
@@ -224,7 +228,7 @@ def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int,
     i32 = dict(dtype=torch.int32, device=dev)
     hist = torch.empty((num_chunks, block_e), **i32)
     base = torch.empty_like(hist)
-    cstarts = torch.empty((num_experts,), **i32)
+    counts = torch.empty((num_experts,), **i32)
     ends = torch.empty((num_experts,), **i32)
     positions = torch.empty((n,), **i32)
     toks = torch.zeros((n,), **i32) if tokens else None
@@ -235,20 +239,20 @@ def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int,
         sorted_ids = torch.empty((max_padded,), **i32)
         expert_ids = torch.empty((blocks,), **i32)
         num_padded = torch.empty((1,), **i32)
-        starts = torch.empty((num_experts,), **i32)
     else:
-        blocks, sorted_ids, expert_ids, num_padded, starts = 0, None, None, None, cstarts
+        blocks, sorted_ids, expert_ids, num_padded = 0, None, None, None
     flat = topk_ids.reshape(-1)
     warps = 8 if chunk * block_e >= 8192 else 4
     _hist_kernel[(num_chunks,)](flat, hist, n, expert_start, num_experts, CHUNK=chunk,
                                 BLOCK_E=block_e, num_warps=warps)
-    _scan_kernel[(1,)](hist, base, starts, cstarts, ends, sorted_ids, expert_ids, num_padded,
-                       num_chunks, num_experts, blocks, n, PADDED=padded,
-                       BLOCK_M=max(block_m, 1), BLOCK_E=block_e,
-                       BLOCK_C=max(1, min(32, 4096 // block_e)), BLOCK_B=64, num_warps=4)
-    _place_kernel[(num_chunks,)](flat, base, starts, cstarts, sorted_ids, positions, toks,
-                                 n, expert_start, num_experts, top_k, PADDED=padded,
-                                 TOKENS=tokens, CHUNK=chunk, BLOCK_E=block_e, num_warps=warps)
+    _scan_kernel[(num_experts,)](hist, base, counts, num_chunks, BLOCK_E=block_e,
+                                 BLOCK_C=min(1024, triton.next_power_of_2(num_chunks)),
+                                 num_warps=4)
+    _place_kernel[(num_chunks,)](flat, base, counts, ends, sorted_ids, expert_ids, num_padded,
+                                 positions, toks, n, expert_start, num_experts, top_k,
+                                 num_chunks, blocks, PADDED=padded, TOKENS=tokens,
+                                 BLOCK_M=max(block_m, 1), CHUNK=chunk, BLOCK_E=block_e,
+                                 BLOCK_B=16, num_warps=warps)
     return MoeAlignment(sorted_ids, expert_ids, num_padded, positions, ends, toks)
 
 
