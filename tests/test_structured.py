@@ -235,7 +235,7 @@ def test_tool_call_round_trip(client, choice):
     tool_choice = {"named": {"type": "function", "function": {"name": "get_weather"}},
                    }.get(choice, choice)
     kw = dict(model=None, messages=ask, tools=[TIME, WEATHER], tool_choice=tool_choice,
-              max_tokens=70, temperature=0)
+              max_tokens=100, temperature=0)  # room for two calls: the model makes two
     if choice == "required":  # streamed: delta.tool_calls fragments with their index
         msg, finish = _streamed_message(client.chat.completions.create(stream=True, **kw))
     else:
@@ -271,3 +271,17 @@ def test_past_tool_calls_are_in_the_prompt_without_tool_choice(client, tools):
 
     without = prompt_tokens({"role": "assistant", "content": ""})
     assert prompt_tokens({"role": "assistant", "content": None, "tool_calls": [call]}) > without + 10
+
+
+def test_required_answers_with_calls_only(client):
+    """"required" ends after the calls (it ran on as free text to max_tokens), and a tool
+    without parameters gets closed arguments (the model wrote whitespace into `{` forever)."""
+    ping = {"type": "function", "function": {"name": 'ping "now"'}}
+    r = client.chat.completions.create(model=None, messages=ASK, tools=[ping, TIME],
+                                       tool_choice="required", parallel_tool_calls=False,
+                                       max_tokens=60, temperature=0)
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content, choice
+    [call] = choice.message.tool_calls
+    assert call.function.name in ('ping "now"', "get_time")
+    assert isinstance(json.loads(call.function.arguments), dict)

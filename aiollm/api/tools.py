@@ -12,9 +12,9 @@ template (or `--tool-call-parser`):
 - "mistral": `[TOOL_CALLS]` then a JSON array of `{"name": ..., "arguments": {...}}`.
 
 tool_choice "required" and a named function are enforced with an xgrammar structural tag
-built from the tools' parameter schemas (at least one call, each one valid for its tool);
-"auto" constrains a call once its opening marker appears (the tag's trigger), so a call the
-model starts always parses; "none" leaves the output free and parses nothing.
+built from the tools' parameter schemas (one or more calls and nothing else, each one valid for
+its tool); "auto" constrains a call once its opening marker appears (the tag's trigger), so a
+call the model starts always parses; "none" leaves the output free and parses nothing.
 """
 
 from __future__ import annotations
@@ -46,12 +46,19 @@ class ToolCall:
         return out
 
 
+# Whitespace a call's JSON may have in one run: enough to pretty-print a few levels, and a
+# bound on a model that would otherwise write newlines forever (seen: a tool without
+# parameters, whose `{}` the default model never closed)
+MAX_WHITESPACE = 16
+
+
 class ToolParser:
     """One family's call format. `start` opens a call in the text (the streaming parser holds
-    text back from it on)."""
+    text back from it on); `separator` goes between the calls of a "required" output."""
 
     name = ""
     start = ""
+    separator = "\n"
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """(the text outside calls, the calls); text that does not parse stays content."""
@@ -62,10 +69,58 @@ class ToolParser:
         raise NotImplementedError
 
     def grammar(self, tools: list[dict], *, required: bool, parallel: bool) -> GrammarSpec:
-        fmt = {"type": "triggered_tags", "triggers": [self.start], "tags": self.tags(tools),
-               "at_least_one": required, "stop_after_first": not parallel}
-        return GrammarSpec("structural_tag", json.dumps({"type": "structural_tag",
-                                                         "format": fmt}), "tools")
+        """"required": calls only (no text around them, the grammar ends after the last);
+        else text until a call's marker, then the call."""
+        if required:
+            fmt = {"type": "sequence", "elements": [
+                {"type": "tags_with_separator", "tags": self.tags(tools),
+                 "separator": self.separator, "at_least_one": True,
+                 "stop_after_first": not parallel}, _NEWLINE]}
+        else:
+            fmt = {"type": "triggered_tags", "triggers": [self.start], "tags": self.tags(tools),
+                   "at_least_one": False, "stop_after_first": not parallel}
+        return _structural_tag(fmt)
+
+
+# may end a "required" output: models write one after a call, then the end (else the
+# separator "\n" would oblige them to open another call)
+_NEWLINE = {"type": "optional", "content": {"type": "const_string", "value": "\n"}}
+
+
+def _structural_tag(fmt: dict) -> GrammarSpec:
+    return GrammarSpec("structural_tag", json.dumps({"type": "structural_tag", "format": fmt}),
+                       "tools")
+
+
+def _arguments(tool: dict) -> dict:
+    """A tag's content: the tool's arguments under its parameter schema."""
+    return {"type": "json_schema", "json_schema": _schema(tool),
+            "max_whitespace_cnt": MAX_WHITESPACE}
+
+
+def _name(tool: dict) -> str:
+    """The tool's name as a JSON string (a name may hold quotes or backslashes)."""
+    return json.dumps(tool["function"]["name"])
+
+
+def _json_calls(text: str, pos: int, args_key: str, seps: str) -> tuple[list[ToolCall], int]:
+    """The calls written as JSON values (objects, or arrays of them) from text[pos:] on,
+    separated by characters of `seps`: (the calls, where they end); none if the first does
+    not parse."""
+    decoder, calls = json.JSONDecoder(), []
+    while True:
+        while pos < len(text) and text[pos] in seps:
+            pos += 1
+        try:
+            obj, end = decoder.raw_decode(text, pos)
+        except ValueError:
+            return calls, pos
+        objs = obj if isinstance(obj, list) else [obj]
+        found = [_call(o, args_key) for o in objs]
+        if not found or None in found:
+            return calls, pos
+        calls += found
+        pos = end
 
 
 def _call(obj: Any, args_key: str) -> ToolCall | None:
@@ -99,54 +154,63 @@ class HermesParser(ToolParser):
         return "".join(content).strip() if calls else text, calls
 
     def tags(self, tools):
-        return [{"type": "tag", "begin": f'<tool_call>\n{{"name": "{t["function"]["name"]}", '
-                 f'"arguments": ', "content": {"type": "json_schema", "json_schema": _schema(t)},
-                 "end": "}\n</tool_call>"} for t in tools]
+        return [{"type": "tag", "begin": f'<tool_call>\n{{"name": {_name(t)}, "arguments": ',
+                 "content": _arguments(t), "end": "}\n</tool_call>"} for t in tools]
 
 
 class Llama3Parser(ToolParser):
-    name, start = "llama3", '{"name": '
+    name, start, separator = "llama3", '{"name": ', ";"
+    _opening = re.compile(r'\{\s*"name"\s*:')
 
     def parse(self, text):
-        body = text.strip().removeprefix("<|python_tag|>").strip()
-        calls = []
-        for part in body.split(";"):  # Llama 3.1 separates parallel calls with ';'
-            try:
-                call = _call(json.loads(part), "parameters")
-            except ValueError:
-                return text, []
-            if call is None:
-                return text, []
-            calls.append(call)
-        return "", calls
+        # the calls, after <|python_tag|> or alone, separated by ';' (Llama 3.1's parallel
+        # calls); text around them (a model under "auto" may write some) stays content
+        m = self._opening.search(text)
+        if m is None:
+            return text, []
+        i = m.start()
+        calls, end = _json_calls(text, i, "parameters", "; \t\n")
+        if not calls:
+            return text, []
+        return (text[:i].replace("<|python_tag|>", "") + text[end:]).strip(), calls
 
     def tags(self, tools):
-        return [{"type": "tag", "begin": f'{{"name": "{t["function"]["name"]}", "parameters": ',
-                 "content": {"type": "json_schema", "json_schema": _schema(t)}, "end": "}"}
-                for t in tools]
+        return [{"type": "tag", "begin": f'{{"name": {_name(t)}, "parameters": ',
+                 "content": _arguments(t), "end": "}"} for t in tools]
 
 
 class MistralParser(ToolParser):
     name, start = "mistral", "[TOOL_CALLS]"
 
     def parse(self, text):
-        head, sep, tail = text.partition("[TOOL_CALLS]")
-        if not sep:
+        # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call
+        parts = text.split(self.start)
+        if len(parts) == 1:
             return text, []
-        try:
-            objs = json.loads(tail.strip())
-        except ValueError:
-            return text, []
-        objs = objs if isinstance(objs, list) else [objs]
-        calls = [_call(o, "arguments") for o in objs]
-        if not calls or None in calls:
-            return text, []
-        return head.strip(), calls
+        content, calls = [parts[0]], []
+        for part in parts[1:]:
+            found, end = _json_calls(part, 0, "arguments", " \t\n")
+            if not found:
+                return text, []
+            calls += found
+            content.append(part[end:])
+        return "".join(content).strip(), calls
 
     def tags(self, tools):
-        return [{"type": "tag", "begin": f'[TOOL_CALLS][{{"name": "{t["function"]["name"]}", '
-                 f'"arguments": ', "content": {"type": "json_schema", "json_schema": _schema(t)},
-                 "end": "}]"} for t in tools]
+        return [{"type": "tag", "begin": f'[TOOL_CALLS][{{"name": {_name(t)}, "arguments": ',
+                 "content": _arguments(t), "end": "}]"} for t in tools]
+
+    def grammar(self, tools, *, required, parallel):
+        if not required:
+            return super().grammar(tools, required=False, parallel=parallel)
+        # one array of calls: [TOOL_CALLS][{...}, {...}]
+        calls = [{"type": "tag", "begin": f'{{"name": {_name(t)}, "arguments": ',
+                  "content": _arguments(t), "end": "}"} for t in tools]
+        return _structural_tag({"type": "sequence", "elements": [
+            {"type": "const_string", "value": "[TOOL_CALLS]["},
+            {"type": "tags_with_separator", "tags": calls, "separator": ", ",
+             "at_least_one": True, "stop_after_first": not parallel},
+            {"type": "const_string", "value": "]"}, _NEWLINE]})
 
 
 _BY_NAME = {p.name: p for p in (HermesParser, Llama3Parser, MistralParser)}

@@ -1,0 +1,76 @@
+"""Tool-call formats without a model: every output the "required" grammar of each parser
+allows (random walks over xgrammar's token masks, on a character vocabulary) parses back into
+calls whose arguments validate against their tool's schema, and the parsers read the forms
+models write (';' inside strings, several Mistral blocks, names with quotes)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import jsonschema
+import numpy as np
+import pytest
+import xgrammar as xgr
+
+from aiollm.api.tools import HermesParser, Llama3Parser, MistralParser
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {
+            "city": {"type": "string", "maxLength": 8},
+            "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"],
+        "additionalProperties": False}}},
+    {"type": "function", "function": {"name": 'say "hi"'}},  # no parameters, quotes in its name
+]
+VOCAB = [chr(c) for c in range(32, 127)] + ["\n", "</s>", "<tool_call>", "[TOOL_CALLS]"]
+EOS = VOCAB.index("</s>")
+
+
+def _walks(spec_value: str, n: int, seed: int) -> list[str]:
+    """n random outputs the grammar allows, each to its end."""
+    info = xgr.TokenizerInfo(VOCAB, stop_token_ids=[EOS])
+    compiled = xgr.GrammarCompiler(info, cache_enabled=False).compile_structural_tag(spec_value)
+    rng, outs = random.Random(seed), []
+    bitmask = xgr.allocate_token_bitmask(1, len(VOCAB))
+    while len(outs) < n:
+        matcher, text = xgr.GrammarMatcher(compiled), []
+        for _ in range(400):
+            matcher.fill_next_token_bitmask(bitmask)
+            row = bitmask[0].numpy().view(np.uint32)
+            allowed = [t for t in range(len(VOCAB)) if row[t >> 5] >> (t & 31) & 1]
+            tok = EOS if EOS in allowed and rng.random() < 0.5 else rng.choice(allowed)
+            assert matcher.accept_token(tok)
+            if tok == EOS:
+                outs.append("".join(text))
+                break
+            text.append(VOCAB[tok])
+    return outs
+
+
+@pytest.mark.parametrize("parser", [HermesParser(), Llama3Parser(), MistralParser()],
+                         ids=lambda p: p.name)
+@pytest.mark.parametrize("parallel", [True, False])
+def test_required_outputs_are_calls_that_parse(parser, parallel):
+    spec = parser.grammar(TOOLS, required=True, parallel=parallel)
+    by_name = {t["function"]["name"]: t for t in TOOLS}
+    for text in _walks(spec.value, 12, seed=len(parser.name) + parallel):
+        content, calls = parser.parse(text)
+        assert calls and not content, text  # calls only: no text around them
+        assert parallel or len(calls) == 1, text
+        for call in calls:
+            schema = by_name[call.name]["function"].get("parameters") or {"type": "object"}
+            jsonschema.validate(json.loads(call.arguments), schema)
+
+
+def test_parsers_read_what_models_write():
+    content, calls = Llama3Parser().parse(
+        '<|python_tag|>{"name": "f", "parameters": {"q": "a; b"}}; {"name":"g","parameters":{}}')
+    assert content == "" and [(c.name, json.loads(c.arguments)) for c in calls] == [
+        ("f", {"q": "a; b"}), ("g", {})]
+    content, calls = MistralParser().parse(
+        'ok [TOOL_CALLS][{"name": "f", "arguments": {"x": "]"}}] [TOOL_CALLS][{"name": "g", '
+        '"arguments": {}}, {"name": "h", "arguments": {}}]')
+    assert content == "ok" and [c.name for c in calls] == ["f", "g", "h"]
+    assert MistralParser().parse("[TOOL_CALLS] not json") == ("[TOOL_CALLS] not json", [])
+    assert Llama3Parser().parse('a {"b": 1}') == ('a {"b": 1}', [])
