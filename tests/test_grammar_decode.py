@@ -12,6 +12,7 @@ import jsonschema
 import pytest
 
 from aiollm import Engine, SamplingParams
+from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, GrammarSpec
 
 SCHEMA = {"type": "object", "properties": {
@@ -136,3 +137,23 @@ def test_deferred_sampling_with_joins_and_aborts(engine):
     assert d.token_ids == plain.token_ids
     stats = eng.stats()
     assert stats["table_used"] == 0 and stats["kv_used"] == 0 and stats["running"] == 0, stats
+
+
+def test_constraints_that_leave_the_grammar_no_token_are_the_requests_error(engine):
+    """min_tokens past the grammar's end, or allowed_token_ids outside what the grammar allows,
+    leave no token: an InvalidRequest naming the field (was a RequestFailed, an HTTP 500,
+    saying a token was sampled against the grammar)."""
+    eng, loop = engine
+    choice = Constraint(GrammarSpec("choice", json.dumps(["ok"])))
+    ok_ids = eng.tokenizer.encode("ok", add_special_tokens=False)
+    cases = [
+        (SamplingParams(max_tokens=8, min_tokens=5, constraint=choice), "min_tokens"),
+        (SamplingParams(max_tokens=8, constraint=Constraint(
+            GrammarSpec("choice", json.dumps(["ok"])),
+            allowed_token_ids=[t for t in range(100, 110) if t not in ok_ids])),
+         "allowed_token_ids"),
+    ]
+    for params, field in cases:
+        with pytest.raises(InvalidRequest, match=field):
+            loop.run_until_complete(eng.generate(PROMPTS[0], params))
+    assert eng.stats()["running"] == 0 and eng.stats()["table_used"] == 0

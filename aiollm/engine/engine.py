@@ -33,7 +33,7 @@ import torch
 from aiollm.config import EngineConfig
 from aiollm.engine.chat_template import chat_token_ids, special_texts
 from aiollm.engine.detokenizer import IncrementalDetokenizer
-from aiollm.engine.grammar import ENDED, REJECTED, Grammars
+from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
 from aiollm.engine.output_text import OutputText
@@ -452,8 +452,8 @@ class Engine:
                 self._finish(r, "abort", error="the model produced non-finite logits", failed=True,
                              error_type=RequestFailed)
             elif grammar_end[k] == REJECTED:
-                self._finish(r, "abort", error="a token was sampled against the request's "
-                             "grammar", failed=True, error_type=RequestFailed)
+                why, kind = rejection(r.params, len(r.output_ids))
+                self._finish(r, "abort", error=why, failed=True, error_type=kind)
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP
                 self._finish(r, FinishReason(finished[k]).label)

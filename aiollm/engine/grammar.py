@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, RequestFailed
 from aiollm.sampling_params import Constraint, GrammarSpec
 
 log = logging.getLogger(__name__)
@@ -265,6 +265,20 @@ class Grammars:
                     vals[i, : len(s.bias)] = torch.from_numpy(s.bias)
             out.bias_ids, out.bias = _to(ids, self.device), _to(vals, self.device)
         return out
+
+
+def rejection(params, n_out: int) -> tuple[str, type[Exception]]:
+    """Why a request's grammar refused its sampled token, and the error to raise: the mask
+    makes that a bug, unless the request's other constraints left the grammar no token
+    (min_tokens banning the end where the grammar ends, allowed_token_ids outside it)."""
+    c = params.constraint
+    if params.min_tokens > n_out - 1:
+        return (f"min_tokens ({params.min_tokens}) forbids ending the output where the "
+                "grammar ends it", InvalidRequest)
+    if c is not None and c.allowed_token_ids is not None:
+        return ("allowed_token_ids allow none of the tokens the grammar allows next",
+                InvalidRequest)
+    return "a token was sampled against the request's grammar", RequestFailed
 
 
 _ONES, _ZEROS, _DIRTY = 0, 1, 2  # what a bitmask row's tail holds
