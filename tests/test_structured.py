@@ -160,6 +160,7 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
      "tool_choice"),
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice"),
+    ({"structured_outputs": {"jsonn": {"type": "object"}}}, "structured_outputs.jsonn"),
     # keywords xgrammar compiles without enforcing them: refused, not silently dropped
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "array", "items": {"type": "integer"}, "uniqueItems": True}}}},

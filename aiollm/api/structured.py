@@ -143,6 +143,11 @@ def response_format(value: Any) -> GrammarSpec | None:
                          f'"json_schema", got {kind!r}', param=f"{p}.type")
 
 
+# vLLM's options beside the grammar: its output here is already compact, strict JSON
+_STRUCTURED_OPTIONS = ("disable_fallback", "disable_any_whitespace",
+                       "disable_additional_properties", "whitespace_pattern")
+
+
 def structured_outputs(value: Any) -> GrammarSpec | None:
     """vLLM's structured_outputs object: exactly one of its grammar fields."""
     p = "structured_outputs"
@@ -159,6 +164,10 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
         "structural_tag": lambda v, q: GrammarSpec(
             "structural_tag", v if isinstance(v, str) else json.dumps(v), q),
     }
+    unknown = [k for k in value if k not in makers and k not in _STRUCTURED_OPTIONS]
+    if unknown:  # a misspelt grammar field would leave the output free
+        raise InvalidRequest(f"structured_outputs has no field {unknown[0]!r}; it takes one of "
+                             f"{', '.join(makers)}", param=f"{p}.{unknown[0]}")
     specs = [makers[k](v, f"{p}.{k}") for k, v in value.items()
              if k in makers and v is not None]
     specs = [s for s in specs if s is not None]
