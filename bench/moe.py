@@ -41,17 +41,14 @@ import triton.testing
 from aiollm.kernels import fused_moe_gemv
 from aiollm.kernels.activation import silu_and_mul_triton
 from aiollm.kernels.autotune import CONFIG_DIR, gpu_slug
-from aiollm.kernels.fused_moe import (
-    GEMV_MAX_TOKENS,
+from aiollm.kernels.fused_moe import GEMV_MAX_TOKENS, _forward, fused_moe_ref, moe_path
+from aiollm.kernels.fused_moe_gemm import (
     TOKEN_CLASSES,
     _block_ms,
     _candidates,
-    _forward,
     _gate_up,
     _gemm,
-    fused_moe_ref,
     moe_configs,
-    moe_path,
 )
 from aiollm.kernels.fused_moe_grouped_mm import grouped_mm, usable_for
 from aiollm.kernels.moe_align import moe_align_triton, moe_route_ref, moe_route_triton
