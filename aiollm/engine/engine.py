@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -41,6 +39,7 @@ from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
 from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
+from aiollm.engine.step_log import StepLog
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, check_request, new_request, tokenize
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
@@ -52,6 +51,14 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
+    """An LLM inference engine on the caller's event loop: start() loads the model, then
+    generate() / stream() / chat() serve requests concurrently until stop().
+
+    model: an HF safetensors directory or a .gguf file (None: the default SmolLM2-135M);
+    options: the other EngineConfig fields (aiollm/config.py), which raises ValueError
+    naming a bad one. Request errors: InvalidRequest (bad input, naming the field),
+    Overloaded (queue or table full, shutting down), RequestFailed (failed inside)."""
+
     def __init__(self, model: str | None = None, **options):
         self.config = EngineConfig(model=model, **options)
         self._started = False
@@ -68,6 +75,8 @@ class Engine:
         await self.stop()
 
     async def start(self) -> None:
+        """Load the model (on a worker thread) and start the loop; a no-op once started.
+        Raises what loading raises (OSError / ValueError: model or tokenizer unreadable)."""
         if self._started:
             return
         # loading takes seconds to minutes: keep the event loop free meanwhile
@@ -123,9 +132,7 @@ class Engine:
         self._inflight = None
         self._prev_done = None  # the CUDA event that ended the previous step
         self._host_time = 0.0
-        # AIOLLM_STEP_LOG=path: one JSON line per step, written at stop (bench diagnostics)
-        self._step_log_path = os.environ.get("AIOLLM_STEP_LOG")
-        self._step_log: list[dict] = []
+        self._step_log = StepLog.from_env()  # AIOLLM_STEP_LOG: bench diagnostics
         self._rng = random.Random(cfg.seed)
         self._oom = OomBackoff(self.planner, device)
 
@@ -150,9 +157,8 @@ class Engine:
             self.ranks.stop()
         self._inflight = None
         self._started = False
-        if self._step_log_path:
-            with open(self._step_log_path, "w") as f:
-                f.writelines(json.dumps(rec) + "\n" for rec in self._step_log)
+        if self._step_log is not None:
+            self._step_log.write()
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
@@ -172,6 +178,8 @@ class Engine:
             await self.grammars.compile(c.grammar)
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
+        """The whole result of one request: prompt as text or token ids. Raises
+        InvalidRequest / Overloaded before it starts, RequestFailed if it fails inside."""
         await self.compile_grammar(params or SamplingParams())
         req, text = self._submit(prompt, params or SamplingParams())
         return await collect(req, deltas(req, text, self._finish))
@@ -191,10 +199,12 @@ class Engine:
         return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials)
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
+        """generate() on a conversation ({"role", "content"} dicts) under the chat template."""
         return await self.generate(self.chat_prompt(messages), params)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None
                     ) -> AsyncIterator[Delta]:
+        """stream() on a conversation under the chat template."""
         return self.stream(self.chat_prompt(messages), params)
 
     async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
@@ -374,15 +384,8 @@ class Engine:
         result = self.runner.collect(out)
         if result is not None:
             self._process(step, result)
-        if self._step_log_path:
-            fwd = out.forward_end
-            self._step_log.append({
-                "launched": t_launch, "done_seen": t0, "processed": perf(),
-                "device_s": model_s if out.done else None, "gap_s": gap,
-                # a constrained step's forward: the rest of device_s waited for the mask
-                "forward_s": out.start.elapsed_time(fwd) / 1e3 if fwd and out.done else None,
-                "reqs": len(step.reqs), "tokens": step.num_tokens,
-                "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
+        if self._step_log is not None:
+            self._step_log.record(step, out, t_launch, t0, model_s if out.done else None, gap)
         self._oom.step_done()
         # host time: what the loop spends around the model (planning, metadata, stop checks,
         # waking streams), counted from the plan of a step to the processing of its tokens

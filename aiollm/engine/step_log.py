@@ -1,0 +1,46 @@
+"""The step log: per-step timings for benchmark diagnostics (bench/step_log.py summarises it).
+
+With AIOLLM_STEP_LOG=path the Engine records one entry per completed step, kept in memory
+and written to `path` as JSON lines when it stops, so that logging costs a step no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+
+class StepLog:
+    """Entries of completed steps. Times are time.perf_counter() seconds: launched (the step
+    was launched), done_seen (the loop saw it done), processed (its tokens were handed
+    out); device_s the step's device time, gap_s the device's idle time before it, forward_s
+    the forward's part of device_s in a constrained step (the rest waited for its mask), all
+    from CUDA events and None on the CPU; reqs, tokens and prefill_tokens its size."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.records: list[dict] = []
+
+    @classmethod
+    def from_env(cls) -> StepLog | None:
+        """The log $AIOLLM_STEP_LOG names, or None when it is unset or empty."""
+        path = os.environ.get("AIOLLM_STEP_LOG")
+        return cls(path) if path else None
+
+    def record(self, step, out, launched: float, done_seen: float, device_s: float | None,
+               gap_s: float | None) -> None:
+        """Add the entry of a completed step (engine.planner.Step) and its
+        model_runner.Launched `out`."""
+        fwd = out.forward_end
+        self.records.append({
+            "launched": launched, "done_seen": done_seen, "processed": time.perf_counter(),
+            "device_s": device_s, "gap_s": gap_s,
+            "forward_s": out.start.elapsed_time(fwd) / 1e3 if fwd and out.done else None,
+            "reqs": len(step.reqs), "tokens": step.num_tokens,
+            "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
+
+    def write(self) -> None:
+        """Write every entry to the path, one JSON object a line (the file is replaced)."""
+        with open(self.path, "w") as f:
+            f.writelines(json.dumps(rec) + "\n" for rec in self.records)
