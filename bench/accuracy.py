@@ -20,11 +20,15 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
+import sys
 import tempfile
 from datetime import date
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 PROMPTS = [
     "The capital of France is",
@@ -159,8 +163,7 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     device = torch.cuda.get_device_name()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = tree_commit()
     report = {"bench": "accuracy", "date": str(date.today()), "device": device,
               "commit": commit, "max_tokens": args.max_tokens, "random": {}}
     for seed in args.seeds:

@@ -16,8 +16,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def tree_commit(tree: Path = REPO) -> str:
-    """The commit of `tree` (the repository root, default: this one), by the rule above."""
+def tree_commit(tree: Path = REPO, dirty: bool = False) -> str:
+    """The commit of `tree` (the repository root, default: this one), by the rule above;
+    dirty: a checkout whose tracked files differ from HEAD gets "-dirty" after it."""
     named = os.environ.get("AIOLLM_COMMIT") or os.environ.get("BENCH_COMMIT")
     if named:
         return named
@@ -32,7 +33,12 @@ def tree_commit(tree: Path = REPO) -> str:
     top = git("rev-parse", "--show-toplevel")
     if not top or Path(top).resolve() != Path(tree).resolve():
         return "unknown"
-    return git("rev-parse", "--short", "HEAD") or "unknown"
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "unknown"
+    if dirty and git("status", "--porcelain", "--untracked-files=no"):
+        return head + "-dirty"
+    return head
 
 
 if __name__ == "__main__":

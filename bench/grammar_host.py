@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
 import sys
 import time
 from datetime import date
@@ -23,6 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 # bench/grammar_gpu.sh's schema: an array of records that cannot end within the run
 SCHEMA = json.dumps({
@@ -97,8 +99,7 @@ def main() -> None:
     for label, r in runs.items():
         print(f"{label:9s} {args.batch} rows: masks {r['masks_ms_median']:.3f} ms, accept "
               f"{r['accept_ms_median']:.3f} ms, step {r['step_ms_median']:.3f} ms (medians)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = tree_commit()
     out = Path(args.out or f"bench/results/grammar-host-{date.today()}-{commit}.json")
     out.write_text(json.dumps({"bench": "grammar_host", "date": str(date.today()),
                                "commit": commit, "machine": "CPU (2 cores, shared)",

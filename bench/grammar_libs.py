@@ -18,10 +18,13 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import subprocess
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 SCHEMAS = {
     # a tool call's arguments: the shape agent frameworks send on every request
@@ -183,8 +186,7 @@ def main() -> None:
             print(f"{key:22} {name:13} {s['compile_cold_ms']:9.1f} {s['compile_cached_ms']:9.2f} "
                   f"{s['mask_mean_us']:12.1f} {s['mask_max_us']:11.1f}")
         print(f"{key:22} tokenizer set-up {r['tokenizer_setup_s'] * 1e3:.0f} ms")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = tree_commit()
     now = datetime.now(timezone.utc)
     doc = {"date": now.isoformat(timespec="seconds"), "device": platform.processor() or "cpu",
            "cpus": __import__("os").cpu_count(), "commit": commit, "results": results}

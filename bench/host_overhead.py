@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
+import sys
 import tempfile
 from datetime import date
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 TINY = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
@@ -59,8 +62,7 @@ def main() -> None:
             r = rows[b]
             print(f"batch {b:4d}: host {r['host_ms']:6.2f} ms/step  model {r['model_ms']:6.2f} "
                   f"ms/step  ({r['steps']:.0f} steps)")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = tree_commit()
     out = Path(f"bench/results/host-overhead-{date.today()}.json")
     out.write_text(json.dumps({"bench": "host_overhead", "date": str(date.today()),
                                "commit": commit, "machine": "CPU", "steps": args.steps,

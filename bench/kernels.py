@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import re
-import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -30,6 +30,9 @@ import torch.nn.functional as F
 import triton.testing
 
 from aiollm.kernels import decode_attention_triton, extend_attention_triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 HQ, HKV, D = 32, 8, 128
 DT = torch.bfloat16
@@ -126,16 +129,6 @@ def tune_serving_shapes() -> None:
         torch.cuda.empty_cache()
 
 
-def git_commit() -> str:
-    if os.environ.get("AIOLLM_GIT_COMMIT"):
-        return os.environ["AIOLLM_GIT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
@@ -185,7 +178,7 @@ def main() -> None:
 
     today = datetime.date.today().isoformat()
     result = {
-        "date": today, "device": device, "git_commit": git_commit(),
+        "date": today, "device": device, "git_commit": tree_commit(),
         "torch": torch.__version__, "triton": triton.__version__,
         "autotune": os.environ.get("AIOLLM_AUTOTUNE", "1"),
         "shapes": {"num_q_heads": HQ, "num_kv_heads": HKV, "head_dim": D, "dtype": "bfloat16"},

@@ -12,12 +12,15 @@ import argparse
 import json
 import platform
 import random
-import subprocess
+import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 WORDS = ("the a of to and in is it that for on with as was by at from this be are or an "
          "story river mountain city music science history garden winter light market ocean "
@@ -82,8 +85,7 @@ def main() -> None:
     print(f"aiollm        {n_ours:6d} tokens in {t_ours:7.2f} s: {ours:8.1f} tok/s")
     print(f"transformers  {n_hf:6d} tokens in {t_hf:7.2f} s: {hf:8.1f} tok/s")
     print(f"ratio {ours / hf:.2f}x")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = tree_commit()
     out = Path(f"bench/results/offline-{date.today()}.json")
     out.write_text(json.dumps({
         "bench": "offline", "date": str(date.today()), "commit": commit,

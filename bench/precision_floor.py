@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
+import sys
 import tempfile
 import time
 from datetime import date
@@ -32,6 +32,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 # The points of a decoder layer where a bf16 design may round (see forward()).
 POINTS = ("norm", "final_norm", "qkv", "kv", "probs", "attn_out", "o", "gate_up", "act", "down",
@@ -140,8 +143,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = tree_commit()
     report = {"bench": "precision_floor", "date": str(date.today()), "device": platform.processor()
               or platform.machine(), "commit": commit, "seeds": {}}
     for seed in args.seeds:

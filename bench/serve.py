@@ -47,7 +47,6 @@ import argparse
 import asyncio
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -65,6 +64,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 import workloads  # noqa: E402  (bench/ is scripts, not a package)
+from commit import tree_commit  # noqa: E402
 
 PAPER_SLA = (10.0, 1.5)  # Past-Future (ASPLOS'25): TTFT s, max-TPOT s, for 7B/13B models
 ROOFLINE_KEYS = ("copy_bw_bytes_per_s", "matmul_flops_per_s", "weight_bytes",
@@ -614,16 +614,9 @@ def device_name(cfg: BenchConfig) -> str:
 
 
 def git_commit() -> str:
-    """$BENCH_COMMIT (a copy of the tree run elsewhere names its commit), else git's HEAD."""
-    if os.environ.get("BENCH_COMMIT"):
-        return os.environ["BENCH_COMMIT"]
-
-    def git(*a: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True,
-                              text=True).stdout.strip()
-    commit = git("rev-parse", "--short", "HEAD")
-    dirty = commit and git("status", "--porcelain", "--untracked-files=no")
-    return commit + "-dirty" if dirty else commit
+    """The commit this tree was copied from or is a checkout of, "-dirty" when its tracked
+    files differ (bench/commit.py)."""
+    return tree_commit(REPO, dirty=True)
 
 
 def print_table(cfg: BenchConfig, m: dict, rf: dict | None) -> None:

@@ -53,3 +53,15 @@ def test_the_environment_names_the_commit_of_a_copy(tmp_path, monkeypatch):
     monkeypatch.setenv("AIOLLM_COMMIT", "abc1234")
     assert commit.tree_commit(copy_of_bench(tmp_path / "copy")) == "abc1234"
     assert commit.tree_commit(REPO) == "abc1234"
+
+
+def test_a_checkout_with_changed_files_is_dirty_when_asked(tmp_path):
+    repo = copy_of_bench(tmp_path / "repo")
+    git(repo, "init", "-q")
+    git(repo, "add", "bench/commit.py")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    head = git(repo, "rev-parse", "--short", "HEAD")
+    assert commit.tree_commit(repo, dirty=True) == head
+    (repo / "bench" / "commit.py").write_text("# changed\n")
+    assert commit.tree_commit(repo, dirty=True) == head + "-dirty"
+    assert commit.tree_commit(repo) == head
