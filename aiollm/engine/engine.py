@@ -141,10 +141,7 @@ class Engine:
         if not self._started:
             return
         self._accepting = False
-        for req in list(self._requests.values()):
-            self._finish(req, "abort", error="the server shut down before the request finished; "
-                         "retry it", failed=True,
-                         error_type=Overloaded)
+        self._fail_all("the server shut down before the request finished; retry it", Overloaded)
         if self._loop_task:
             self._loop_task.cancel()
             try:
@@ -281,9 +278,7 @@ class Engine:
                 # a bug outside the model step must not leave every stream waiting forever:
                 # fail what is in flight and go on serving new requests
                 log.exception("engine loop error")
-                for r in list(self._requests.values()):
-                    self._finish(r, "abort", error=f"engine error: {e}", failed=True,
-                                 error_type=RequestFailed)
+                self._fail_all(f"engine error: {e}", RequestFailed)
                 self.flush_cache()
                 await asyncio.sleep(0.01)
 
@@ -479,12 +474,16 @@ class Engine:
             self._finish(r, "abort", error=f"the request waited more than {timeout}s in the queue",
                          failed=True, error_type=Overloaded)
 
+    def _fail_all(self, message: str, error_type: type[Exception]) -> None:
+        """End every request in flight: its stream raises error_type(message)."""
+        for r in list(self._requests.values()):
+            self._finish(r, "abort", error=message, failed=True, error_type=error_type)
+
     def _fail_all_threadsafe(self, message: str) -> None:
         """From any thread: stop accepting and fail every request with `message`."""
         def fail_all():
             self._accepting = False
-            for r in list(self._requests.values()):
-                self._finish(r, "abort", error=message, failed=True, error_type=RequestFailed)
+            self._fail_all(message, RequestFailed)
         self._event_loop.call_soon_threadsafe(fail_all)
 
     def _finish(self, req: Request, reason: str, error: str | None = None,
