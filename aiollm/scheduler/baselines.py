@@ -22,22 +22,12 @@ from aiollm.scheduler.policy import Scheduler
 class AggressiveScheduler(Scheduler):
     name = "aggressive"
 
-    def admit(
-        self,
-        running: RunningBatch,
-        waiting: Candidates,
-        pool_capacity: int,
-        pool_free: int,
-        prefill_budget: int,
-    ) -> int:
-        k_max = self.admission_limit(running, waiting, prefill_budget)
-        if k_max == 0:
-            return 0
+    def fitting(self, running: RunningBatch, waiting: Candidates, k_max: int,
+                pool_capacity: int, pool_free: int) -> int:
         # Room for this step's decode token of every running request, and the watermark.
         room = pool_free - len(running) - int(self.cfg.watermark * pool_capacity)
         prompts = np.cumsum(waiting.prompt_len[:k_max])
-        k = int(np.searchsorted(prompts, room, side="right"))
-        return self.ensure_progress(k, running, waiting, pool_free)
+        return int(np.searchsorted(prompts, room, side="right"))
 
 
 class ConservativeScheduler(PeakScheduler):

@@ -34,14 +34,15 @@ class LengthBlind(Scheduler):
         fixed = as_column(ignore_eos, n, bool)
         return np.where(fixed, self.cap, as_column(max_new_tokens, n)), np.zeros(n, bool)
 
-    def admit(self, running: RunningBatch, waiting: Candidates, pool_capacity: int,
-              pool_free: int, prefill_budget: int) -> int:
+    def fitting(self, running: RunningBatch, waiting: Candidates, k_max: int,
+                pool_capacity: int, pool_free: int) -> int:
+        # the shared limits and the progress rule read no lengths: only this part hides them
         cap_r, eos_r = self._hide(len(running), running.max_new_tokens, running.ignore_eos)
         cap_w, eos_w = self._hide(len(waiting), waiting.max_new_tokens, waiting.ignore_eos)
-        return self.inner.admit(
+        return self.inner.fitting(
             RunningBatch(running.kv_len, running.output_len, cap_r, eos_r),
             Candidates(waiting.prompt_len, cap_w, waiting.output_len, eos_w),
-            pool_capacity, pool_free, prefill_budget)
+            k_max, pool_capacity, pool_free)
 
     def predict(self, output_len: ArrayLike, max_new_tokens: ArrayLike,
                 ignore_eos: ArrayLike = False) -> np.ndarray:

@@ -50,17 +50,8 @@ class PeakScheduler(Scheduler):
         )
         return held, pred - g
 
-    def admit(
-        self,
-        running: RunningBatch,
-        waiting: Candidates,
-        pool_capacity: int,
-        pool_free: int,
-        prefill_budget: int,
-    ) -> int:
-        k_max = self.admission_limit(running, waiting, prefill_budget)
-        if k_max == 0:
-            return 0
+    def fitting(self, running: RunningBatch, waiting: Candidates, k_max: int,
+                pool_capacity: int, pool_free: int) -> int:
         # Tokens held outside the running batch (none today; a prefix cache later) are
         # treated as held for good, so the budget is what the batch holds plus what is free.
         # An engine that counts a request mid-prefill at its full length (tokens it is about
@@ -73,8 +64,7 @@ class PeakScheduler(Scheduler):
         def fits(k: int) -> bool:
             return all(future_peak(held[: n + k], r[: n + k]) <= budget for r in remaining)
 
-        k = largest_fitting_prefix(k_max, fits)
-        return self.ensure_progress(k, running, waiting, pool_free)
+        return largest_fitting_prefix(k_max, fits)
 
 
 class PastFutureScheduler(PeakScheduler):

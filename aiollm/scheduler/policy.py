@@ -29,7 +29,6 @@ class Scheduler(ABC):
     def __init__(self, cfg: SchedulerConfig | None = None):
         self.cfg = cfg if cfg is not None else SchedulerConfig()
 
-    @abstractmethod
     def admit(
         self,
         running: RunningBatch,
@@ -38,7 +37,20 @@ class Scheduler(ABC):
         pool_free: int,
         prefill_budget: int,
     ) -> int:
-        """How many requests from the front of `waiting` to admit now (0..len(waiting))."""
+        """How many requests from the front of `waiting` to admit now (0..len(waiting)):
+        of the candidates the shared limits allow (admission_limit), those the policy's
+        view of the KV pool holds (fitting), and with nothing running at least the head
+        when its prompt fits (ensure_progress). Sizes in tokens."""
+        k_max = self.admission_limit(running, waiting, prefill_budget)
+        if k_max == 0:
+            return 0
+        k = self.fitting(running, waiting, k_max, pool_capacity, pool_free)
+        return self.ensure_progress(k, running, waiting, pool_free)
+
+    @abstractmethod
+    def fitting(self, running: RunningBatch, waiting: Candidates, k_max: int,
+                pool_capacity: int, pool_free: int) -> int:
+        """How many of the first k_max (>= 1) candidates the policy admits by KV: 0..k_max."""
 
     def predict(
         self, output_len: ArrayLike, max_new_tokens: ArrayLike, ignore_eos: ArrayLike = False
