@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def tree_commit(tree: Path = REPO, dirty: bool = False) -> str:
+def tree_commit(tree: str | Path = REPO, dirty: bool = False) -> str:
     """The commit of `tree` (the repository root, default: this one), by the rule above;
     dirty: a checkout whose tracked files differ from HEAD gets "-dirty" after it."""
     named = os.environ.get("AIOLLM_COMMIT") or os.environ.get("BENCH_COMMIT")

@@ -17,7 +17,8 @@
 set -u
 OUT=${OUT:?set OUT to the output directory}
 MODEL=${MODEL:-bench/configs/qwen3-30b-a3b}
-export BENCH_COMMIT=${BENCH_COMMIT:-$(git rev-parse --short HEAD)} PYTHONUNBUFFERED=1
+# bench/commit.py: $AIOLLM_COMMIT or $BENCH_COMMIT, else HEAD only if this tree is a checkout
+export BENCH_COMMIT=$(python3 bench/commit.py) PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 skip() { case " ${SKIP:-} " in *" $1 "*) return 0;; esac; return 1; }

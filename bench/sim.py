@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -43,6 +42,7 @@ from aiollm.scheduler import (
     SchedulerConfig,
     make_scheduler,
 )
+from commit import tree_commit
 from sim_report import POLICIES, aggregate, plot, print_table, verdict
 
 SLA_GRID = ((1.0, 0.025), (5.0, 0.05), (5.0, 0.025))  # (TTFT s, mean TPOT s) besides the main
@@ -478,8 +478,7 @@ def main() -> None:
     timeline = {"workload": tl_workload, "load": float(tl_load),
                 "runs": {r["policy"]: {**r["timeline"], "evictions": r["evictions"]}
                          for r in runs if "timeline" in r}}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = tree_commit()
     out = Path(args.out or f"bench/results/sim-{date.today()}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

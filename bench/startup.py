@@ -26,6 +26,8 @@ import time
 import urllib.error
 import urllib.request
 
+from commit import tree_commit  # bench/commit.py (bench/ is on the path of its scripts)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -84,14 +86,6 @@ def one_start(serve_args: list[str], timeout: float, log_path: str | None
             log.close()
 
 
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
@@ -124,7 +118,7 @@ def main() -> None:
     print(f"median of {len(times)}: {median:.2f} s")
 
     date = datetime.date.today().isoformat()
-    rev = commit()
+    rev = tree_commit(ROOT)
     result = {"bench": "startup", "date": date, "commit": rev, "cpu_count": os.cpu_count(),
               "machine": platform.processor() or platform.machine(),
               "serve_args": args.serve_args, "prime_s": prime, "runs_s": times,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from aiollm.native import RequestTable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                    "presence_penalty", "frequency_penalty", "seed")
@@ -100,8 +103,7 @@ def main() -> None:
     ratio = t_obj / t_tab
     print(f"batch {args.batch}: python objects {t_obj * 1e6:8.1f} us | "
           f"request table {t_tab * 1e6:8.1f} us | ratio {ratio:5.1f}x")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = tree_commit()
     out = Path(args.out or f"bench/results/table-{date.today()}.json")
     out.write_text(json.dumps({
         "bench": "table", "date": str(date.today()), "commit": commit,

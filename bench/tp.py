@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
@@ -32,6 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 
 def _time_graph(fn, reps: int = 50) -> float:
@@ -174,8 +174,7 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="CPU, gloo, fp32: check the script")
     args = ap.parse_args()
     dry = args.dry_run
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip() or os.environ.get("AIOLLM_COMMIT", "")
+    commit = tree_commit()
     res = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit,
            "device": "cpu (dry run)" if dry else torch.cuda.get_device_name(),
            "env": {k: os.environ.get(k) for k in ("NCCL_NVLS_ENABLE",
