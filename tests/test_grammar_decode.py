@@ -154,6 +154,7 @@ def test_constraints_that_leave_the_grammar_no_token_are_the_requests_error(engi
          "allowed_token_ids"),
     ]
     for params, field in cases:
-        with pytest.raises(InvalidRequest, match=field):
+        with pytest.raises(InvalidRequest, match=field) as e:
             loop.run_until_complete(eng.generate(PROMPTS[0], params))
+        assert e.value.param == field
     assert eng.stats()["running"] == 0 and eng.stats()["table_used"] == 0

@@ -286,3 +286,11 @@ def test_required_answers_with_calls_only(client):
     [call] = choice.message.tool_calls
     assert call.function.name in ('ping "now"', "get_time")
     assert isinstance(json.loads(call.function.arguments), dict)
+
+
+def test_min_tokens_past_the_grammars_end_is_400(server):
+    status, _, raw = http(server, "POST", "/generate", json={"inputs": "x", "parameters": {
+        "max_new_tokens": 8, "min_new_tokens": 4, "guided_grammar": 'root ::= "a"'}})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "parameters.min_new_tokens", err
+    assert "min_new_tokens (4)" in err["message"], err

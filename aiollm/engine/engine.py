@@ -23,7 +23,7 @@ import concurrent.futures
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import numpy as np
 import torch
@@ -486,8 +486,8 @@ class Engine:
             self._fail_all(message, RequestFailed)
         self._event_loop.call_soon_threadsafe(fail_all)
 
-    def _finish(self, req: Request, reason: str, error: str | None = None,
-                failed: bool = False, error_type: type[Exception] = RequestFailed) -> None:
+    def _finish(self, req: Request, reason: str, error: str | None = None, failed: bool = False,
+                error_type: Callable[[str], Exception] = RequestFailed) -> None:
         """End a request: give back its KV, row and table slot; wake its stream."""
         if req.done:
             return

@@ -36,8 +36,10 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
@@ -267,17 +269,18 @@ class Grammars:
         return out
 
 
-def rejection(params, n_out: int) -> tuple[str, type[Exception]]:
-    """Why a request's grammar refused its sampled token, and the error to raise: the mask
-    makes that a bug, unless the request's other constraints left the grammar no token
-    (min_tokens banning the end where the grammar ends, allowed_token_ids outside it)."""
+def rejection(params, n_out: int) -> tuple[str, Callable[[str], Exception]]:
+    """Why a request's grammar refused its sampled token, and what to raise with that
+    message: the mask makes it a bug (RequestFailed), unless the request's other constraints
+    left the grammar no token (InvalidRequest naming min_tokens when it banned the end where
+    the grammar ends, or allowed_token_ids when they are outside it)."""
     c = params.constraint
     if params.min_tokens > n_out - 1:
         return (f"min_tokens ({params.min_tokens}) forbids ending the output where the "
-                "grammar ends it", InvalidRequest)
+                "grammar ends it", partial(InvalidRequest, param="min_tokens"))
     if c is not None and c.allowed_token_ids is not None:
         return ("allowed_token_ids allow none of the tokens the grammar allows next",
-                InvalidRequest)
+                partial(InvalidRequest, param="allowed_token_ids"))
     return "a token was sampled against the request's grammar", RequestFailed
 
 

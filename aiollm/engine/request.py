@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +56,7 @@ class Request:
     finish_reason: str | None = None
     error: str | None = None
     failed: bool = False  # ended by an error: its stream raises error_type(error)
-    error_type: type[Exception] = RuntimeError
+    error_type: Callable[[str], Exception] = RuntimeError
     # Tokens sampled by a launched step whose ids are not back on the host yet (the loop
     # plans step N+1 while step N runs): at most 1 when a step is planned; the token's
     # placeholder id is -(pending_row + 1), its row among that step's sampled requests.
