@@ -294,3 +294,45 @@ def test_min_tokens_past_the_grammars_end_is_400(server):
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == "parameters.min_new_tokens", err
     assert "min_new_tokens (4)" in err["message"], err
+
+
+def test_call_marker_that_is_a_special_token_is_parsed(server, tmp_path):
+    """Mistral's [TOOL_CALLS] is a special token: the output keeps it for the parser (text
+    without special tokens lost every call). A tiny random model with the default tokenizer
+    plus that token, its chat template naming it (so the mistral parser is chosen); a logit
+    bias makes the model open the call with the token rather than spell it."""
+    import transformers
+
+    from live_server import LiveServer
+
+    server.engine.tokenizer.hf_tokenizer.save_pretrained(tmp_path / "tok")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+    tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    tok.chat_template = ("{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}"
+                         "{# calls: [TOOL_CALLS] #}")
+    tok.save_pretrained(tmp_path / "tok")
+    marker = tok.convert_tokens_to_ids("[TOOL_CALLS]")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(tok),
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))
+    srv = LiveServer(model=str(model), tokenizer=str(tmp_path / "tok"), load_format="dummy",
+                     max_model_len=1024, kv_tokens=2048).start()
+    try:
+        tool = {"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"q": {"enum": ["a", "b"]}}, "required": ["q"],
+            "additionalProperties": False}}}
+        status, _, raw = http(srv, "POST", "/v1/chat/completions", json={
+            "messages": ASK, "tools": [tool], "tool_choice": "required", "max_tokens": 200,
+            "temperature": 0, "logit_bias": {str(marker): 100}, "logprobs": True,
+            "parallel_tool_calls": False})
+        choice = json.loads(raw)["choices"][0]
+        assert choice["logprobs"]["content"][0]["token"] == "[TOOL_CALLS]", choice
+        assert choice["message"].get("tool_calls"), choice["message"]
+        [call] = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "f" and json.loads(call["function"]["arguments"])
+    finally:
+        srv.close()

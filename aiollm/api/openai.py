@@ -216,6 +216,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     parser = None
     if mode != "none":
         parser = tool_calls.parser_for(template, engine.config.tool_call_parser)
+        if parser.start in engine.tokenizer.all_special_tokens:  # Mistral's [TOOL_CALLS]:
+            req.skip_special_tokens = False  # the parser must see it in the text
         if constraint is not None and constraint.grammar is not None:
             raise ApiError(400, f"tool_choice {mode!r} and {constraint.grammar.param} both "
                            f"constrain the output; send one (or tool_choice \"none\")",
