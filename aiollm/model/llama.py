@@ -24,6 +24,8 @@ from aiollm.kernels import (
     rotary_store_kv,
     silu_and_mul,
 )
+from aiollm.kernels.gemv import MAX_ROWS as GEMV_MAX_ROWS
+from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_norm_silu, gemv_residual
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.parallel import (
@@ -77,8 +79,15 @@ class Attention(nn.Module):
         self.qk_norm = config.qk_norm
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cos_sin: torch.Tensor) -> torch.Tensor:
-        T, D = x.shape[0], self.head_dim
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = self.rope_store(self.qkv_proj(x), batch, cos_sin)
+        return self.o_proj(self.attend(q, batch).reshape(x.shape[0], self.q_size))
+
+    def rope_store(self, qkv: torch.Tensor, batch: ForwardBatch, cos_sin: torch.Tensor
+                   ) -> torch.Tensor:
+        """q [T, Hq, D] of the projection qkv [T, (Hq + 2 Hkv) D], rotated; the rotated k and
+        v stored in the layer's KV cache."""
+        T, D = qkv.shape[0], self.head_dim
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         # Views into the fused projection: the kernels take strided rows, so nothing is copied.
         q = q.view(T, self.num_heads, D)
         k = k.view(T, self.num_kv_heads, D)
@@ -89,6 +98,30 @@ class Attention(nn.Module):
         k_cache = batch.kv_pool.k_cache[self.layer_id]
         v_cache = batch.kv_pool.v_cache[self.layer_id]
         rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.out_cache_loc)
+        return q
+
+    def forward_small(self, residual: torch.Tensor, norm: RMSNorm, batch: ForwardBatch,
+                      cos_sin: torch.Tensor) -> torch.Tensor:
+        """The attention block of a step of at most gemv.MAX_ROWS tokens on the residual
+        stream [T, H]: norm, projection, rotary and KV store fused (gemv.py), attention, and
+        o_proj adding into the stream; returns the stream (float32, updated in place when it
+        was float32)."""
+        qkv_w, qkv_b = self.qkv_proj.weight, self.qkv_proj.bias
+        if self.qk_norm:  # the per-head norms sit between the projection and the rotation
+            q = self.rope_store(gemv_norm(residual, norm.weight, norm.eps, qkv_w, qkv_b),
+                                batch, cos_sin)
+        else:
+            q = gemv_norm_rope_kv(
+                residual, norm.weight, norm.eps, qkv_w, qkv_b, batch.positions, cos_sin,
+                batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
+                batch.out_cache_loc, self.num_heads)
+        o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
+        return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
+
+    def attend(self, q: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """Attention of q [T, Hq, D] over the layer's KV cache -> [T, Hq, D]."""
+        k_cache = batch.kv_pool.k_cache[self.layer_id]
+        v_cache = batch.kv_pool.v_cache[self.layer_id]
         if batch.is_decode:
             o = decode_attention(
                 q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,
@@ -113,7 +146,7 @@ class Attention(nn.Module):
                 q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
                 batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len,
             )
-        return self.o_proj(o.reshape(T, self.q_size))
+        return o
 
 
 class MLP(nn.Module):
@@ -124,6 +157,12 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+
+    def forward_small(self, residual: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+        """residual + mlp(norm(residual)) for at most gemv.MAX_ROWS tokens, in two fused
+        GEMVs (norm + gate/up + SiLU-and-mul; down + residual add); float32 stream out."""
+        act = gemv_norm_silu(residual, norm.weight, norm.eps, self.gate_up_proj.weight)
+        return gemv_residual(act, self.down_proj.weight, None, residual)
 
 
 class DecoderLayer(nn.Module):
@@ -156,6 +195,13 @@ class DecoderLayer(nn.Module):
         h, residual = self.post_attention_layernorm(h, residual)
         return self.mlp(h), residual
 
+    def forward_small(self, residual: torch.Tensor, batch: ForwardBatch,
+                      cos_sin: torch.Tensor) -> torch.Tensor:
+        """The layer on the residual stream of a step of at most gemv.MAX_ROWS tokens: four
+        fused GEMVs, rotary and attention between them (LlamaForCausalLM.fused_small)."""
+        residual = self.self_attn.forward_small(residual, self.input_layernorm, batch, cos_sin)
+        return self.mlp.forward_small(residual, self.post_attention_layernorm)
+
 
 class LlamaForCausalLM(nn.Module):
     def __init__(self, config: ModelConfig, max_len: int | None = None):
@@ -173,6 +219,11 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer(
             "cos_sin_cache", torch.empty(self.max_len, config.head_dim), persistent=False
         )
+        # Steps of at most gemv.MAX_ROWS tokens (small decode batches) run each layer as four
+        # fused GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
+        # their all-reduce before the residual add) nor with mixture-of-experts layers.
+        self.fused_small = current() is None and all(
+            isinstance(layer.mlp, MLP) for layer in self.layers)
         self.init_rope()
 
     def init_rope(self) -> None:
@@ -189,6 +240,8 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [B, vocab] float32 of each request's last new token."""
         x = self.embed_tokens(batch.input_ids)
+        if self.fused_small and x.shape[0] <= GEMV_MAX_ROWS and batch.prompt_scoring is None:
+            return self._forward_small(x, batch)
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, batch, self.cos_sin_cache)
@@ -205,3 +258,13 @@ class LlamaForCausalLM(nn.Module):
             # the argmax then picks the lower token id instead of the larger logit
             return self.embed_tokens.gather_logits(torch.mm(h, w.t(), out_dtype=torch.float32))
         return self.embed_tokens.gather_logits(F.linear(h, w).float())
+
+    def _forward_small(self, x: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer.forward_small(x, batch, self.cos_sin_cache)
+        if not batch.is_decode:  # a decode's logits rows are all its tokens
+            x = x[batch.logits_index]
+        # the final norm folded into the lm_head GEMV, float32 logits out
+        logits = gemv_norm(x, self.norm.weight, self.norm.eps, self.lm_head_weight, None,
+                           torch.float32)
+        return self.embed_tokens.gather_logits(logits)

@@ -1,0 +1,108 @@
+"""The fused decode GEMVs (aiollm/kernels/gemv.py) against their PyTorch references.
+
+Without CUDA the kernels run under Triton's CPU interpreter at small odd shapes, with the
+default launch config and a few others (pair kernels, blocks wider than the rows, K not a
+multiple of the block).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():  # must precede the first import of triton
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from aiollm.kernels import gemv  # noqa: E402
+
+DEV = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2}
+CONFIGS = [gemv.DEFAULT, (1, 64, 4, 1), (8, 32, 2, 1)]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    assert not out.isnan().any(), "output has unwritten (NaN) elements"
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+@pytest.fixture(params=CONFIGS, ids=lambda c: "x".join(map(str, c)))
+def config(request, monkeypatch):
+    monkeypatch.setattr(gemv, "DEFAULT", request.param)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # torch.empty fills NaN
+    yield request.param
+    torch.use_deterministic_algorithms(False)
+
+
+def rand(*shape, dtype=torch.float32):
+    return torch.randn(*shape, device=DEV).to(dtype)
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 37, 19), (3, 64, 33), (4, 1024, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemv_norm(M, K, N, dtype, config):
+    x, g, w, b = rand(M, K) * 3, rand(K, dtype=dtype), rand(N, K, dtype=dtype), rand(N, dtype=dtype)
+    for bias, out_dtype in ((None, None), (b, torch.float32)):
+        out = gemv.gemv_norm_triton(x, g, 1e-5, w, bias, out_dtype)
+        assert rel_err(out, gemv.gemv_norm_ref(x, g, 1e-5, w, bias, out_dtype)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 37, 19), (3, 50, 64)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemv_residual_in_place(M, K, N, dtype, config):
+    x, w, b = rand(M, K, dtype=dtype), rand(N, K, dtype=dtype), rand(N, dtype=dtype)
+    res = rand(M, N)
+    ref = gemv.gemv_residual_ref(x, w, b, res.clone())
+    out = gemv.gemv_residual_triton(x, w, b, res)
+    assert out.data_ptr() == res.data_ptr(), "a float32 residual is updated in place"
+    assert rel_err(out, ref) <= TOL[dtype]
+    if dtype == torch.float32:
+        return
+    # a residual stream that starts in the model dtype (the embedding) comes back in float32
+    res16 = rand(M, N, dtype=dtype)
+    out = gemv.gemv_residual_triton(x, w, None, res16)
+    assert out.dtype == torch.float32 and out.data_ptr() != res16.data_ptr()
+    assert rel_err(out, gemv.gemv_residual_ref(x, w, None, res16)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("M,K,I", [(1, 37, 13), (3, 64, 40)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gemv_norm_silu(M, K, I, dtype, config):
+    x, g, w = rand(M, K, dtype=dtype), rand(K, dtype=dtype), rand(2 * I, K, dtype=dtype)
+    out = gemv.gemv_norm_silu_triton(x, g, 1e-6, w)
+    assert rel_err(out, gemv.gemv_norm_silu_ref(x, g, 1e-6, w)) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("M,K,HQ,HKV,D", [(1, 40, 4, 2, 16), (3, 33, 6, 3, 8)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_gemv_norm_rope_kv(M, K, HQ, HKV, D, dtype, with_bias, config):
+    """q comes back rotated; rotated k and v land in their cache slots; no other slot moves."""
+    N = (HQ + 2 * HKV) * D
+    x, g, w = rand(M, K), rand(K, dtype=dtype), rand(N, K, dtype=dtype)
+    bias = rand(N, dtype=dtype) if with_bias else None
+    P, S = 50, 3 * M + 4
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, D, 2, device=DEV).float() / D)
+    freqs = torch.arange(P, device=DEV).float()[:, None] * inv_freq
+    cos_sin = torch.cat((freqs.cos(), freqs.sin()), dim=-1)
+    pos = torch.randint(0, P, (M,), device=DEV)
+    loc = torch.randperm(S, device=DEV)[:M]
+    kc, vc = rand(S, HKV, D, dtype=dtype), rand(S, HKV, D, dtype=dtype)
+    kc_ref, vc_ref = kc.clone(), vc.clone()
+    q = gemv.gemv_norm_rope_kv_triton(x, g, 1e-6, w, bias, pos, cos_sin, kc, vc, loc, HQ)
+    q_ref = gemv.gemv_norm_rope_kv_ref(x, g, 1e-6, w, bias, pos, cos_sin, kc_ref, vc_ref, loc,
+                                       HQ)
+    assert rel_err(q, q_ref) <= TOL[dtype]
+    assert rel_err(kc[loc], kc_ref[loc]) <= TOL[dtype]
+    assert rel_err(vc[loc], vc_ref[loc]) <= TOL[dtype]
+    other = torch.ones(S, dtype=torch.bool, device=DEV)
+    other[loc] = False
+    assert torch.equal(kc[other], kc_ref[other]) and torch.equal(vc[other], vc_ref[other])
+
+
+def test_more_rows_than_a_gemv_takes_is_refused():
+    x, w = rand(gemv.MAX_ROWS + 1, 8), rand(4, 8)
+    with pytest.raises(AssertionError, match="rows"):
+        gemv.gemv_residual_triton(x, w, None, rand(gemv.MAX_ROWS + 1, 4))
