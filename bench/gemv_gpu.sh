@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Issue 18's batch-1 decode measurement on one GPU machine, in one call:
+#   1. bench/gemv.py: tune the fused decode GEMVs (written to aiollm/kernels/configs/), time
+#      them alone against the copy bandwidth and cuBLAS, check the model's fused path;
+#   2. bench/decode.py on the Llama-3.2-1B and 3.1-8B shapes at batch 1, 4, 16 (CUDA graphs);
+#   3. bench/profile_step.py: the kernels of an eager batch-1 decode step of the 1B shape.
+# Usage (from the repository root, after `source bench/gpu_setup.sh`):
+#   BENCH_COMMIT=<commit> bash bench/gemv_gpu.sh OUT_DIR [TOKENIZER_DIR]
+set -uo pipefail  # a failed part still lets the next ones run
+out=${1:?output directory}
+tok=${2:-tok}
+export BENCH_COMMIT=${BENCH_COMMIT:?set BENCH_COMMIT to the commit measured}
+t0=$SECONDS
+python bench/gemv.py bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b --tune \
+  --warm-procs 14 --out-dir "$out" 2>&1 | grep -v Warning | tee "$out/gemv.log"
+cp aiollm/kernels/configs/*H200*.json "$out/" 2>/dev/null || cp aiollm/kernels/configs/*.json "$out/"
+echo "gemv done at $((SECONDS - t0)) s"
+python bench/decode.py bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b --batch 1 4 16 \
+  --no-hf --tokenizer "$tok" --out-dir "$out" 2>&1 | grep -v Warning | tail -25 | tee "$out/decode.log"
+echo "decode done at $((SECONDS - t0)) s"
+python bench/profile_step.py bench/configs/llama-3.2-1b --batch 1 --tokenizer "$tok" --top 25 \
+  2>&1 | tail -28 | tee "$out/profile-1b.log"
+echo "all done at $((SECONDS - t0)) s"
