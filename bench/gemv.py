@@ -153,6 +153,40 @@ def warm(dirs: list[str], procs: int) -> float:
     return time.monotonic() - t0
 
 
+def tune_attention(s: dict) -> dict:
+    """Tune decode attention's missing batch-1/4 keys of this shape (AIOLLM_AUTOTUNE=1) at the
+    context classes of bench/decode.py (graph max 264 -> n512) and of serving (n4096), and
+    time the tuned kernel: {key: us}."""
+    from triton.testing import do_bench
+
+    from aiollm.kernels.decode_attention import decode_attention_triton
+
+    saved = os.environ.get("AIOLLM_AUTOTUNE")
+    os.environ["AIOLLM_AUTOTUNE"] = "1"
+    hq, hkv, D = s["hq"], s["hkv"], s["D"]
+    out = {}
+    try:
+        for B in (1, 4):
+            for max_len, ctx in ((264, 192), (4096, 1100)):
+                S = B * max_len + 8
+                kc = torch.randn(S, hkv, D, dtype=torch.bfloat16, device="cuda")
+                vc = torch.randn_like(kc)
+                r2t = torch.randperm(S, device="cuda")[: B * max_len].view(B, max_len).int()
+                q = torch.randn(B, hq, D, dtype=torch.bfloat16, device="cuda")
+                rows = torch.arange(B, dtype=torch.int32, device="cuda")
+                lens = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+
+                def fn():
+                    return decode_attention_triton(q, kc, vc, r2t, rows, lens, D**-0.5, max_len)
+
+                fn()
+                out[f"b{B}-max{max_len}-ctx{ctx}"] = 1e3 * float(
+                    do_bench(fn, warmup=10, rep=50, return_mode="median"))
+    finally:
+        os.environ["AIOLLM_AUTOTUNE"] = saved if saved is not None else "1"
+    return out
+
+
 def model_check(model_dir: str, dev: str = "cuda", steps: int = 4) -> dict:
     """Greedy tokens and logits of a few decode steps at 1-4 rows: fused against layered."""
     from aiollm.model import load_model
@@ -269,7 +303,9 @@ def main() -> None:
                 print(f"{s['name']:12} {name:18} {M:2d} {r['fused_us']:9.1f} "
                       f"{r['fused_of_copy']:8.1%} {r['unfused_us']:10.1f} {r['cublas_linear_us']:9.1f} "
                       f"{r['cublas_of_copy']:8.1%} {err:8.1e}")
-        report["shapes"][s["name"]] = {"shape": s, "ops": rows}
+        attn = {} if args.dry_run else tune_attention(s)
+        print(f"{s['name']}: decode attention (tuned), us: {attn}")
+        report["shapes"][s["name"]] = {"shape": s, "ops": rows, "decode_attention_us": attn}
     report["tune_and_time_s"] = time.monotonic() - t0
     check_dir = args.models[0]
     if args.dry_run:  # a 2-layer model of the first shape's kind, small enough for the CPU

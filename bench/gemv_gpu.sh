@@ -15,8 +15,20 @@ python bench/gemv.py bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b --tun
   --warm-procs 14 --out-dir "$out" 2>&1 | grep -v Warning | tee "$out/gemv.log"
 cp aiollm/kernels/configs/*H200*.json "$out/" 2>/dev/null || cp aiollm/kernels/configs/*.json "$out/"
 echo "gemv done at $((SECONDS - t0)) s"
-python bench/decode.py bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b --batch 1 4 16 \
-  --no-hf --tokenizer "$tok" --out-dir "$out" 2>&1 | grep -v Warning | tail -25 | tee "$out/decode.log"
+decode() {
+  python bench/decode.py "$@" --no-hf --tokenizer "$tok" --out-dir "$out" 2>&1 | grep -v Warning \
+    | tail -25
+}
+decode bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b --batch 1 4 16 | tee "$out/decode.log"
+if ! grep -q "^wrote" "$out/decode.log"; then  # e.g. a graph that would not capture with PDL
+  echo "decode failed: again with AIOLLM_PDL=0"
+  AIOLLM_PDL=0 decode bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b --batch 1 4 16 \
+    | tee "$out/decode.log"
+else  # what programmatic dependent launch is worth: the 1B shape without it
+  mkdir -p /tmp/nopdl
+  AIOLLM_PDL=0 decode bench/configs/llama-3.2-1b --batch 1 4 --out-dir /tmp/nopdl \
+    | tail -8 | tee "$out/decode-1b-no-pdl.log"
+fi
 echo "decode done at $((SECONDS - t0)) s"
 python bench/profile_step.py bench/configs/llama-3.2-1b --batch 1 --tokenizer "$tok" --top 25 \
   2>&1 | tail -28 | tee "$out/profile-1b.log"

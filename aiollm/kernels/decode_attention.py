@@ -20,7 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
+from aiollm.kernels import pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
+from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
@@ -50,8 +52,11 @@ def _decode_kernel(
     stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
     num_splits,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:  # q comes from the kernel before (pdl.py); the next may start its own loads
+        gdc_wait()
+        gdc_launch_dependents()
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -114,8 +119,11 @@ def _decode_kernel(
 def _decode_reduce_kernel(
     Partial, Lse, Out, num_splits,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, BLOCK_S)
@@ -162,7 +170,7 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
         GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=D,
         BLOCK_D=triton.next_power_of_2(D), BLOCK_N=block_n,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_kwargs(q.device),
     )
     args = (q, k_cache, v_cache, req_to_token, req_rows, seq_lens)
     strides = (q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
@@ -185,7 +193,8 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
         out.stride(0), out.stride(1),
         HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
         # one block size for every split count up to MAX_SPLITS: one compiled variant
-        BLOCK_S=max(MAX_SPLITS, triton.next_power_of_2(num_splits)), num_warps=4)
+        BLOCK_S=max(MAX_SPLITS, triton.next_power_of_2(num_splits)), num_warps=4,
+        **pdl.launch_kwargs(q.device))
 
 
 def decode_attention_triton(

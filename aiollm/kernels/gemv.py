@@ -32,7 +32,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from aiollm.kernels import pdl
 from aiollm.kernels.autotune import Config, get_config, time_config
+from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 MAX_ROWS = 4  # decode batches up to this many tokens take these kernels
 
@@ -40,11 +42,12 @@ PLAIN, RESIDUAL, SILU, ROPE = 0, 1, 2, 3
 _KIND = {PLAIN: "plain", RESIDUAL: "residual", SILU: "silu", ROPE: "rope"}
 
 # (BLOCK_N, BLOCK_K, num_warps, num_stages); a pair kernel (SILU, ROPE) reads 2 x BLOCK_N rows
-CANDIDATES = [(1, 2048, 4, 1), (2, 1024, 4, 1), (2, 2048, 8, 1), (4, 512, 4, 1),
-              (4, 1024, 4, 1), (4, 1024, 8, 1), (4, 2048, 8, 1), (8, 256, 4, 2),
-              (8, 512, 4, 1), (8, 512, 8, 2), (16, 256, 4, 2), (16, 512, 8, 1),
-              (32, 128, 4, 3)]
-DEFAULT = (4, 1024, 4, 1)
+CANDIDATES = [(1, 1024, 4, 1), (1, 2048, 4, 1), (2, 512, 4, 1), (2, 1024, 4, 1),
+              (2, 1024, 8, 1), (2, 2048, 8, 1), (4, 256, 4, 1), (4, 512, 4, 1),
+              (4, 1024, 4, 1), (4, 1024, 8, 1), (4, 2048, 8, 1), (8, 128, 4, 1),
+              (8, 256, 4, 1), (8, 256, 8, 1), (8, 512, 4, 1), (8, 512, 8, 1),
+              (16, 128, 8, 1), (16, 256, 4, 1), (16, 512, 8, 1), (32, 128, 4, 1)]
+DEFAULT = (4, 512, 4, 1)  # fits both row classes
 
 
 @triton.jit
@@ -55,9 +58,12 @@ def _gemv_kernel(
     stride_kcs, stride_kch, stride_vcs, stride_vch, stride_cs,
     HQ, HKV,
     EPI: tl.constexpr, NORM: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr,
 ):
     PAIR: tl.constexpr = EPI >= 2
+    # one row: [BLOCK_N, BLOCK_K] partial sums reduced over K once, after the loop; more
+    # rows: reduced every step, so that the partial sums stay within the registers
+    SUM_EACH: tl.constexpr = BLOCK_M > 1
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # output rows (pairs) of W
     r_ok = r < R
     if PAIR:  # rows a and a + pair_group: gate/up (group I) or the halves of a head (D/2)
@@ -67,43 +73,73 @@ def _gemv_kernel(
     m = tl.arange(0, BLOCK_M)
     m_ok = m < M
     kk = tl.arange(0, BLOCK_K)
-    # [BLOCK_M, BLOCK_N, BLOCK_K] partial sums, reduced over K once after the loop
     w_ptrs = W + a.to(tl.int64)[None, :, None] * stride_wn + kk[None, None, :]
     x_ptrs = X + m[:, None, None] * stride_xm + kk[None, None, :]
     w_mask = r_ok[None, :, None]
     x_mask = m_ok[:, None, None]
-    acc_a = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-    if PAIR:
-        acc_b = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    # The first weight tile is loaded before waiting for the previous kernel (programmatic
+    # dependent launch): weights never depend on it, so their read overlaps its tail.
+    if EVEN_K:
+        wa = tl.load(w_ptrs, mask=w_mask, other=0.0)
+        if PAIR:
+            wb = tl.load(w_ptrs + pair_group * stride_wn, mask=w_mask, other=0.0)
+    else:
+        wa = tl.load(w_ptrs, mask=w_mask & (kk < K)[None, None, :], other=0.0)
+        if PAIR:
+            wb = tl.load(w_ptrs + pair_group * stride_wn, mask=w_mask & (kk < K)[None, None, :],
+                         other=0.0)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+    if SUM_EACH:
+        acc_a = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        if PAIR:
+            acc_b = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    else:
+        acc_a = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+        if PAIR:
+            acc_b = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
     if NORM:
         sq = tl.zeros((BLOCK_M, 1, BLOCK_K), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         if EVEN_K:
-            wa = tl.load(w_ptrs, mask=w_mask, other=0.0)
-            if PAIR:
-                wb = tl.load(w_ptrs + pair_group * stride_wn, mask=w_mask, other=0.0)
             x = tl.load(x_ptrs, mask=x_mask, other=0.0).to(tl.float32)
             if NORM:
                 g = tl.load(NormW + k0 + kk[None, None, :]).to(tl.float32)
         else:
             k_ok = (kk < K - k0)[None, None, :]
-            wa = tl.load(w_ptrs, mask=w_mask & k_ok, other=0.0)
-            if PAIR:
-                wb = tl.load(w_ptrs + pair_group * stride_wn, mask=w_mask & k_ok, other=0.0)
             x = tl.load(x_ptrs, mask=x_mask & k_ok, other=0.0).to(tl.float32)
             if NORM:
                 g = tl.load(NormW + k0 + kk[None, None, :], mask=k_ok, other=0.0).to(tl.float32)
+        # the next tile is in flight while this one is multiplied
+        next_ok = w_mask & (kk < K - k0 - BLOCK_K)[None, None, :]
+        w_ptrs += BLOCK_K
+        wa_next = tl.load(w_ptrs, mask=next_ok, other=0.0)
+        if PAIR:
+            wb_next = tl.load(w_ptrs + pair_group * stride_wn, mask=next_ok, other=0.0)
         if NORM:
             sq += x * x
             x = x * g
-        acc_a += wa.to(tl.float32) * x
+        if SUM_EACH:
+            acc_a += tl.sum(wa.to(tl.float32) * x, 2)
+            if PAIR:
+                acc_b += tl.sum(wb.to(tl.float32) * x, 2)
+        else:
+            acc_a += wa.to(tl.float32) * x
+            if PAIR:
+                acc_b += wb.to(tl.float32) * x
+        wa = wa_next
         if PAIR:
-            acc_b += wb.to(tl.float32) * x
-        w_ptrs += BLOCK_K
+            wb = wb_next
         x_ptrs += BLOCK_K
-    ya = tl.sum(acc_a, 2)  # [BLOCK_M, BLOCK_N]
-    if PAIR:
-        yb = tl.sum(acc_b, 2)
+    if SUM_EACH:
+        ya = acc_a
+        if PAIR:
+            yb = acc_b
+    else:
+        ya = tl.sum(acc_a, 2)  # [BLOCK_M, BLOCK_N]
+        if PAIR:
+            yb = tl.sum(acc_b, 2)
     if NORM:
         rstd = tl.rsqrt(tl.sum(sq, 2) / K + eps)  # [BLOCK_M, 1]
         ya = ya * rstd
@@ -157,12 +193,14 @@ def _block_m(M: int) -> int:
 
 
 def _candidates(block_m: int, K: int) -> list[Config]:
-    """Candidates whose partial sums fit the registers: at most 32 float32 per thread and
-    accumulator (a pair kernel holds two), and no K block longer than K's next power of 2."""
+    """Candidates that fit the registers: at one row, [BLOCK_N, BLOCK_K] float32 partial sums
+    of at most 32 per thread and accumulator (a pair kernel holds two); at more rows, products
+    of at most 64 per thread and step. No K block longer than K's next power of 2."""
     out = []
     for c in CANDIDATES:
         n, k, warps, _ = c
-        if block_m * n * k <= 32 * 32 * warps and k <= max(128, triton.next_power_of_2(K)):
+        fits = n * k <= 32 * 32 * warps if block_m == 1 else block_m * n * k <= 64 * 32 * warps
+        if fits and k <= max(128, triton.next_power_of_2(K)):
             out.append(_as_config(c))
     return out
 
@@ -182,7 +220,8 @@ def _launch(epi: int, x, w, bias, norm_w, eps, out, res_in, rope, R: int, pair_g
         hq, hkv,
         EPI=epi, NORM=norm_w is not None, HAS_BIAS=bias is not None,
         EVEN_K=K % cfg["BLOCK_K"] == 0, BLOCK_M=_block_m(M), BLOCK_N=cfg["BLOCK_N"],
-        BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        **pdl.launch_kwargs(x.device))
 
 
 def _run(epi: int, x, w, bias, norm_w, eps, out, res_in=None, rope=None, pair_group=1) -> None:

@@ -1,0 +1,58 @@
+"""Programmatic dependent launch (PDL; CUDA 12, Hopper and later) for the decode kernels.
+
+A kernel launched with PDL may start while the kernel before it on the stream is finishing,
+so its launch and its first independent loads (a GEMV's weights) overlap that kernel's tail
+instead of following it; inside a CUDA graph the launch gaps between a decode step's ~100
+kernels shrink the same way. The contract: before reading anything an earlier kernel wrote,
+or writing anything, a PDL kernel calls `gdc_wait()` (which returns once the previous kernel
+has completed and its writes are visible); it then calls `gdc_launch_dependents()` to let the
+next one start. Each PDL kernel waiting on its predecessor makes the order transitive.
+
+AIOLLM_PDL=0 turns it off (every launch then waits for the one before, as usual).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+
+try:
+    from triton.backends.nvidia.compiler import CUDAOptions
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    _SUPPORTED = "launch_pdl" in CUDAOptions.__dataclass_fields__
+except ImportError:  # a Triton without grid dependency control: never launched with PDL
+    _SUPPORTED = False
+
+    @triton.jit
+    def gdc_wait():
+        pass
+
+    @triton.jit
+    def gdc_launch_dependents():
+        pass
+
+__all__ = ["enabled", "launch_kwargs", "gdc_wait", "gdc_launch_dependents"]
+
+_ON = os.environ.get("AIOLLM_PDL", "1") != "0"
+
+
+@functools.cache
+def _capable(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def enabled(device: torch.device) -> bool:
+    """Whether kernels on `device` are launched with PDL (never on the CPU interpreter)."""
+    if not (_SUPPORTED and _ON) or device.type != "cuda":
+        return False
+    return _capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def launch_kwargs(device: torch.device) -> dict:
+    """{"PDL": bool} for a kernel's constexpr, plus Triton's launch_pdl option when on."""
+    on = enabled(device)
+    return {"PDL": on, "launch_pdl": True} if on else {"PDL": False}
