@@ -159,6 +159,7 @@ def tune_attention(s: dict) -> dict:
     time the tuned kernel: {key: us}."""
     from triton.testing import do_bench
 
+    from aiollm.kernels import pdl
     from aiollm.kernels.decode_attention import decode_attention_triton
 
     saved = os.environ.get("AIOLLM_AUTOTUNE")
@@ -180,8 +181,9 @@ def tune_attention(s: dict) -> dict:
                     return decode_attention_triton(q, kc, vc, r2t, rows, lens, D**-0.5, max_len)
 
                 fn()
-                out[f"b{B}-max{max_len}-ctx{ctx}"] = 1e3 * float(
-                    do_bench(fn, warmup=10, rep=50, return_mode="median"))
+                with pdl.suspended():
+                    out[f"b{B}-max{max_len}-ctx{ctx}"] = 1e3 * float(
+                        do_bench(fn, warmup=10, rep=50, return_mode="median"))
     finally:
         os.environ["AIOLLM_AUTOTUNE"] = saved if saved is not None else "1"
     return out
@@ -267,8 +269,11 @@ def main() -> None:
     else:
         from triton.testing import do_bench
 
-        def bench(fn) -> float:
-            return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
+        from aiollm.kernels import pdl
+
+        def bench(fn) -> float:  # plain launches: pdl.suspended says why
+            with pdl.suspended():
+                return float(do_bench(fn, warmup=10, rep=50, return_mode="median"))
 
         device = torch.cuda.get_device_name()
         x = torch.empty(1 << 30, dtype=torch.bfloat16, device="cuda")

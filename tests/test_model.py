@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from aiollm.model import default_model_path, load_model
+from aiollm.model import default_model_path, llama, load_model
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 
@@ -135,6 +135,24 @@ def test_decode_steps_match_hf(ours, hf):
         got = torch.stack([step[i] for step in decoded])
         assert (got - ref).abs().max() < ATOL
         assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+def test_one_token_steps_match_hf(ours, hf):
+    """Steps of one token run the fused-GEMV layers (llama.FUSED_MAX_TOKENS; the references
+    on the CPU): a one-token prompt, then decode steps, against HF at every position."""
+    assert ours.model.fused_small
+    steps = Steps(ours)
+    row = steps.new_request()
+    seq = [PROMPTS[1][0]]
+    got = [steps.step({row: seq})[0]]
+    for _ in range(3):
+        seq.append(int(got[-1].argmax()))
+        batch = steps.batch({row: [seq[-1]]})
+        assert batch.num_tokens <= llama.FUSED_MAX_TOKENS
+        got.append(ours.model(batch)[0])
+    ref = hf_logits(hf, seq)
+    assert (torch.stack(got) - ref).abs().max() < ATOL
+    assert torch.equal(torch.stack(got).argmax(-1), ref.argmax(-1))
 
 
 def test_chunked_prefill_equals_one_shot(ours):

@@ -1,12 +1,15 @@
 """Matrix-vector products for decode steps of 1-4 tokens, fused with what surrounds them.
 
 At a handful of rows a linear layer is a read of its weight and nothing else: y = x W^T with
-x [M, K] (M <= 4), W [N, K]. cuBLAS runs these as GEMVs at about half the copy bandwidth on
-2k-wide layers, and a decoder layer adds small kernels between them (RMSNorm, rotary and the
-KV store, SiLU-and-mul), each costing a launch and a ramp that take as long as reading a few
-megabytes. One kernel here reads a [BLOCK_N, K] slice of W per program (many small programs,
-so that the whole GPU keeps loads in flight; elementwise products and row sums in float32,
-no MMA: a 16-row MMA tile would waste 12-15 of its rows) and folds the neighbours in:
+x [M, K] (M <= 4), W [N, K]. cuBLAS runs the 2k-wide layers' GEMVs at 20-60% of the copy
+bandwidth (H200, timed alone by bench/gemv.py), and a decoder layer adds small kernels
+between them (RMSNorm, rotary and the KV store, SiLU-and-mul), each costing a launch and a
+ramp that take as long as reading a few megabytes. One kernel here reads a [BLOCK_N, K] slice
+of W per program (many small programs, so that the whole GPU keeps loads in flight; the next
+[BLOCK_N, BLOCK_K] tile is loaded while the current one is multiplied; elementwise products
+and row sums in float32, no MMA: a 16-row MMA tile would waste 12-15 of its rows). Its first
+tile is loaded before it waits for the kernel before it (programmatic dependent launch,
+pdl.py). It folds the neighbours in:
 
 - prologue NORM: x is the residual stream (any dtype); the program multiplies it by the norm
   weight g, accumulates sum(x^2) over the same pass over K, and scales its sums by
@@ -22,7 +25,8 @@ no MMA: a 16-row MMA tile would waste 12-15 of its rows) and folds the neighbour
 
 Sums are in float32 without rounding the normalised x or the gate/up outputs to the model
 dtype first, so the result is closer to the float32 reference than the unfused path's.
-Configs (BLOCK_N, BLOCK_K, warps, stages) per shape class come from autotune.py.
+Configs (BLOCK_N, BLOCK_K, warps, stages) per shape class come from autotune.py. The model
+takes these kernels at one token only (llama.FUSED_MAX_TOKENS says why).
 """
 
 from __future__ import annotations

@@ -13,8 +13,10 @@ AIOLLM_PDL=0 turns it off (every launch then waits for the one before, as usual)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import threading
 
 import torch
 import triton
@@ -38,6 +40,7 @@ except ImportError:  # a Triton without grid dependency control: never launched 
 __all__ = ["enabled", "launch_kwargs", "gdc_wait", "gdc_launch_dependents"]
 
 _ON = os.environ.get("AIOLLM_PDL", "1") != "0"
+_off = threading.local()  # .active: inside suspended(), on this thread
 
 
 @functools.cache
@@ -47,9 +50,23 @@ def _capable(index: int) -> bool:
 
 def enabled(device: torch.device) -> bool:
     """Whether kernels on `device` are launched with PDL (never on the CPU interpreter)."""
-    if not (_SUPPORTED and _ON) or device.type != "cuda":
+    if not (_SUPPORTED and _ON) or device.type != "cuda" or getattr(_off, "active", False):
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@contextlib.contextmanager
+def suspended():
+    """Launches on this thread inside the block are plain ones. Tuning times kernels under
+    it: timed alone by triton's do_bench (a cache flush before each run), PDL launches
+    measured far slower than they run in a step (H200, 2026-12-01: the 1B shape's qkv GEMV
+    187.5 us with PDL, 33.2 us without; its whole decode step got faster with PDL), so the
+    configs picked were noise. Why was not isolated."""
+    _off.active = True
+    try:
+        yield
+    finally:
+        _off.active = False
 
 
 def launch_kwargs(device: torch.device) -> dict:

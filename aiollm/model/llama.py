@@ -24,7 +24,6 @@ from aiollm.kernels import (
     rotary_store_kv,
     silu_and_mul,
 )
-from aiollm.kernels.gemv import MAX_ROWS as GEMV_MAX_ROWS
 from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_norm_silu, gemv_residual
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
@@ -35,6 +34,12 @@ from aiollm.model.parallel import (
     local_config,
 )
 from aiollm.model.rope import cos_sin_cache
+
+# Steps of at most this many tokens run each layer as fused GEMVs (kernels/gemv.py), which
+# take up to gemv.MAX_ROWS rows. One: at 4 rows they measured slower than the layered path
+# (H200, 2026-12-01, bench/README.md "Decode": batch-4 decode 2,595 against 3,531 tok/s on
+# the 1B shape, 528 against 825 on the 8B), at one faster (833 -> 1,085; 207.5 -> 237.7).
+FUSED_MAX_TOKENS = 1
 
 
 class Linear(nn.Module):
@@ -102,7 +107,7 @@ class Attention(nn.Module):
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm, batch: ForwardBatch,
                       cos_sin: torch.Tensor) -> torch.Tensor:
-        """The attention block of a step of at most gemv.MAX_ROWS tokens on the residual
+        """The attention block of a step of at most FUSED_MAX_TOKENS tokens on the residual
         stream [T, H]: norm, projection, rotary and KV store fused (gemv.py), attention, and
         o_proj adding into the stream; returns the stream (float32, updated in place when it
         was float32)."""
@@ -159,7 +164,7 @@ class MLP(nn.Module):
         return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
-        """residual + mlp(norm(residual)) for at most gemv.MAX_ROWS tokens, in two fused
+        """residual + mlp(norm(residual)) for at most FUSED_MAX_TOKENS tokens, in two fused
         GEMVs (norm + gate/up + SiLU-and-mul; down + residual add); float32 stream out."""
         act = gemv_norm_silu(residual, norm.weight, norm.eps, self.gate_up_proj.weight)
         return gemv_residual(act, self.down_proj.weight, None, residual)
@@ -197,7 +202,7 @@ class DecoderLayer(nn.Module):
 
     def forward_small(self, residual: torch.Tensor, batch: ForwardBatch,
                       cos_sin: torch.Tensor) -> torch.Tensor:
-        """The layer on the residual stream of a step of at most gemv.MAX_ROWS tokens: four
+        """The layer on the residual stream of a step of at most FUSED_MAX_TOKENS tokens: four
         fused GEMVs, rotary and attention between them (LlamaForCausalLM.fused_small)."""
         residual = self.self_attn.forward_small(residual, self.input_layernorm, batch, cos_sin)
         return self.mlp.forward_small(residual, self.post_attention_layernorm)
@@ -219,7 +224,7 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer(
             "cos_sin_cache", torch.empty(self.max_len, config.head_dim), persistent=False
         )
-        # Steps of at most gemv.MAX_ROWS tokens (small decode batches) run each layer as four
+        # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as four
         # fused GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
         # their all-reduce before the residual add) nor with mixture-of-experts layers.
         self.fused_small = current() is None and all(
@@ -240,7 +245,7 @@ class LlamaForCausalLM(nn.Module):
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [B, vocab] float32 of each request's last new token."""
         x = self.embed_tokens(batch.input_ids)
-        if self.fused_small and x.shape[0] <= GEMV_MAX_ROWS and batch.prompt_scoring is None:
+        if self.fused_small and x.shape[0] <= FUSED_MAX_TOKENS and batch.prompt_scoring is None:
             return self._forward_small(x, batch)
         residual = None
         for layer in self.layers:
