@@ -1,8 +1,8 @@
 """The fused decode GEMVs (aiollm/kernels/gemv.py) against their PyTorch references.
 
 Without CUDA the kernels run under Triton's CPU interpreter at small odd shapes, with the
-default launch config and a few others (pair kernels, blocks wider than the rows, K not a
-multiple of the block).
+default launch config and a narrow one (blocks past the last row, K not a multiple of the
+block, many K steps).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiollm.kernels import gemv  # noqa: E402
 
 DEV = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1.5e-2}
-CONFIGS = [gemv.DEFAULT, (1, 64, 4, 1), (8, 32, 2, 1)]
+CONFIGS = [gemv.DEFAULT, (1, 64, 4, 1)]  # the default, and a narrow one taking many K steps
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
