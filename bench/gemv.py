@@ -9,7 +9,7 @@ between runs) beside the unfused kernels it replaces (the norm, cuBLAS's F.linea
 KV store or SiLU-and-mul). Bandwidth is weight bytes / time, against the same run's copy
 bandwidth (bytes read + written by a 2 GiB device copy). Then a model check: the 1B-shaped
 model (random weights) on a few decode steps of 1-4 rows, fused path against the layered one.
-Writes gemv-DATE-DEVICE-COMMIT.json to --out-dir.
+Writes gemv-DATE-DEVICE-COMMIT.json to --out-dir (COMMIT: bench/commit.py).
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import sys
 import time
 from datetime import date
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 
 ROWS = (1, 4, 2)  # 4 before 2: the m4 key (rows 2-4) is tuned on 4 rows
 
@@ -282,7 +286,7 @@ def main() -> None:
         del x, y
     print(f"{device}: copy {copy_bw / 1e12:.2f} TB/s")
     report = {"bench": "gemv", "date": str(date.today()), "device": device,
-              "commit": os.environ.get("BENCH_COMMIT", ""), "copy_bw_bytes_per_s": copy_bw,
+              "commit": tree_commit(), "copy_bw_bytes_per_s": copy_bw,
               "shapes": {}}
     if args.warm_procs:
         report["warm_s"] = warm(args.models, args.warm_procs)

@@ -5,11 +5,11 @@
 #   2. bench/decode.py on the Llama-3.2-1B and 3.1-8B shapes at batch 1, 4, 16 (CUDA graphs);
 #   3. bench/profile_step.py: the kernels of an eager batch-1 decode step of the 1B shape.
 # Usage (from the repository root, after `source bench/gpu_setup.sh`):
-#   BENCH_COMMIT=<commit> bash bench/gemv_gpu.sh OUT_DIR [TOKENIZER_DIR]
+#   AIOLLM_COMMIT=<commit> bash bench/gemv_gpu.sh OUT_DIR [TOKENIZER_DIR]
 set -uo pipefail  # a failed part still lets the next ones run
 out=${1:?output directory}
 tok=${2:-tok}
-export BENCH_COMMIT=${BENCH_COMMIT:?set BENCH_COMMIT to the commit measured}
+export AIOLLM_COMMIT=${AIOLLM_COMMIT:-${BENCH_COMMIT:?set AIOLLM_COMMIT to the commit measured}}
 t0=$SECONDS
 python bench/gemv.py bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b --tune \
   --warm-procs 14 --out-dir "$out" 2>&1 | grep -v Warning | tee "$out/gemv.log"
