@@ -8,12 +8,13 @@ decode steps (no prefill token) and prefill steps apart: count, median device_s,
 the step was constrained, median forward_s and the median and sum of the device's wait for
 the mask (device_s - forward_s: the sampling queued after the forward had ended).
 
-Usage: python bench/step_log.py steps.jsonl [--gap 1.0] [--json out.json]
+Usage: python bench/step_log.py steps.jsonl[.gz] [--gap 1.0] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import statistics
 
@@ -62,7 +63,8 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=1.0)
     ap.add_argument("--json")
     a = ap.parse_args()
-    with open(a.log) as f:
+    # the benches keep step logs gzipped next to their results
+    with (gzip.open(a.log, "rt") if a.log.endswith(".gz") else open(a.log)) as f:
         recs = [json.loads(line) for line in f if line.strip()]
     rows = [summary(b) for b in bursts(recs, a.gap)]
     for i, r in enumerate(rows):
