@@ -37,7 +37,9 @@ import triton
 import triton.language as tl
 
 from aiollm.kernels import pdl
+from aiollm.kernels.activation import silu_and_mul_ref
 from aiollm.kernels.autotune import Config, get_config, time_config
+from aiollm.kernels.norm import rms_norm_ref
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 MAX_ROWS = 4  # decode batches up to this many tokens take these kernels
@@ -259,8 +261,7 @@ def gemv_norm_triton(x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch
 
 
 def gemv_norm_ref(x, norm_w, eps, w, bias=None, out_dtype=None):
-    xf = x.float()
-    h = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * norm_w.float()).to(w.dtype)
+    h = rms_norm_ref(x.float(), norm_w, eps).to(w.dtype)  # normalised in float32, then w's
     return F.linear(h, w, bias).to(out_dtype or w.dtype)
 
 
@@ -293,9 +294,7 @@ def gemv_norm_silu_triton(x: torch.Tensor, norm_w: torch.Tensor, eps: float,
 
 
 def gemv_norm_silu_ref(x, norm_w, eps, w):
-    gu = gemv_norm_ref(x, norm_w, eps, w)
-    i = gu.shape[-1] // 2
-    return (F.silu(gu[:, :i].float()) * gu[:, i:].float()).to(w.dtype)
+    return silu_and_mul_ref(gemv_norm_ref(x, norm_w, eps, w))
 
 
 def gemv_norm_rope_kv_triton(
