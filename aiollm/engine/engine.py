@@ -333,9 +333,12 @@ class Engine:
         if err is None and out.deferred is not None:
             # constrained rows: step N's tokens have advanced their grammars; sample now
             try:
+                t_mask = perf()
                 mask = self.grammars.masks([r.grammar for r, s in zip(step.reqs, step.sample)
                                             if s])
+                t_sample = perf()
                 out = self.runner.sample_deferred(out, mask)
+                out.mask_host_s, out.sample_host_s = t_sample - t_mask, perf() - t_sample
             except Exception as e:
                 err = e
         if err is not None:  # a failing step fails its requests, not the server

@@ -82,6 +82,9 @@ class Launched:
     # a constrained step's end of forward (timed steps): the device's wait for the mask is
     # the time from here to its sampling (the engine's step log)
     forward_end: torch.cuda.Event | None = None
+    # a constrained step's host seconds to fill its mask and to queue its sampling (step log)
+    mask_host_s: float | None = None
+    sample_host_s: float | None = None
 
 
 @dataclass(slots=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 
@@ -37,10 +38,38 @@ class StepLog:
             "launched": launched, "done_seen": done_seen, "processed": time.perf_counter(),
             "device_s": device_s, "gap_s": gap_s,
             "forward_s": out.start.elapsed_time(fwd) / 1e3 if fwd and out.done else None,
+            "mask_host_s": out.mask_host_s, "sample_host_s": out.sample_host_s,
             "reqs": len(step.reqs), "tokens": step.num_tokens,
             "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
 
     def write(self) -> None:
-        """Write every entry to the path, one JSON object a line (the file is replaced)."""
+        """Write every entry to the path, one JSON object a line (the file is replaced), and
+        the process's threads' CPU seconds to `path`.threads.json (thread_cpu())."""
         with open(self.path, "w") as f:
             f.writelines(json.dumps(rec) + "\n" for rec in self.records)
+        with open(self.path + ".threads.json", "w") as f:
+            json.dump(thread_cpu(), f, indent=1)
+
+
+def thread_cpu() -> list[dict]:
+    """CPU seconds (user, system) of each thread of this process so far, from
+    /proc/self/task/TID/stat (Linux; [] elsewhere), busiest first, with the Python thread's
+    name where the thread is one (others are native: torch's, xgrammar's, the allocator's)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out = []
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended meanwhile
+            continue
+        comm = stat[stat.index("(") + 1: stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2:].split()  # fields from the third (state) on
+        out.append({"tid": int(tid), "name": names.get(int(tid), comm),
+                    "user_s": int(fields[11]) / tick, "system_s": int(fields[12]) / tick})
+    return sorted(out, key=lambda t: -(t["user_s"] + t["system_s"]))
