@@ -171,8 +171,6 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                      served_model_name=args.served_model_name,
                      shutdown_timeout=args.shutdown_timeout)
     try:
-        if os.environ.get("AIOLLM_SWITCH_INTERVAL"):  # experiment: the GIL's hand-over time
-            sys.setswitchinterval(float(os.environ["AIOLLM_SWITCH_INTERVAL"]))
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
         return 130

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -253,8 +252,7 @@ class Grammars:
 
                 self._bitmasks = _BitmaskBuffers(self.max_rows, self.words, self.grammar_words,
                                                  self.grammar_vocab, self.device)
-                self._batch = xgr.BatchGrammarMatcher(  # experiment: its thread count
-                    int(os.environ.get("AIOLLM_GRAMMAR_THREADS") or 0) or "auto")
+                self._batch = xgr.BatchGrammarMatcher()
             bitmask = self._bitmasks.fill(b, grammar_rows, allowed_rows, states, self._batch)
         out = TokenMask(bitmask)
         k = max((len(states[i].bias_ids) for i in rows if states[i].bias_ids is not None),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 
 
@@ -17,7 +16,9 @@ class StepLog:
     was launched), done_seen (the loop saw it done), processed (its tokens were handed
     out); device_s the step's device time, gap_s the device's idle time before it, forward_s
     the forward's part of device_s in a constrained step (the rest waited for its mask), all
-    from CUDA events and None on the CPU; reqs, tokens and prefill_tokens its size."""
+    from CUDA events and None on the CPU; mask_host_s and sample_host_s the host seconds a
+    constrained step took to fill its mask and to queue its sampling (None otherwise); reqs,
+    tokens and prefill_tokens its size."""
 
     def __init__(self, path: str):
         self.path = path
@@ -43,33 +44,6 @@ class StepLog:
             "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
 
     def write(self) -> None:
-        """Write every entry to the path, one JSON object a line (the file is replaced), and
-        the process's threads' CPU seconds to `path`.threads.json (thread_cpu())."""
+        """Write every entry to the path, one JSON object a line (the file is replaced)."""
         with open(self.path, "w") as f:
             f.writelines(json.dumps(rec) + "\n" for rec in self.records)
-        with open(self.path + ".threads.json", "w") as f:
-            json.dump(thread_cpu(), f, indent=1)
-
-
-def thread_cpu() -> list[dict]:
-    """CPU seconds (user, system) of each thread of this process so far, from
-    /proc/self/task/TID/stat (Linux; [] elsewhere), busiest first, with the Python thread's
-    name where the thread is one (others are native: torch's, xgrammar's, the allocator's)."""
-    names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
-    out = []
-    try:
-        tids = os.listdir("/proc/self/task")
-    except OSError:
-        return out
-    for tid in tids:
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                stat = f.read()
-        except OSError:  # the thread ended meanwhile
-            continue
-        comm = stat[stat.index("(") + 1: stat.rindex(")")]
-        fields = stat[stat.rindex(")") + 2:].split()  # fields from the third (state) on
-        out.append({"tid": int(tid), "name": names.get(int(tid), comm),
-                    "user_s": int(fields[11]) / tick, "system_s": int(fields[12]) / tick})
-    return sorted(out, key=lambda t: -(t["user_s"] + t["system_s"]))
