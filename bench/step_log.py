@@ -6,7 +6,8 @@ Per burst: steps, wall seconds, the device's share (sum of device_s over the wal
 device's idle time between steps (gap_s: the host launched the next step late), and for
 decode steps (no prefill token) and prefill steps apart: count, median device_s, and where
 the step was constrained, median forward_s and the median and sum of the device's wait for
-the mask (device_s - forward_s: the sampling queued after the forward had ended).
+the mask (device_s - forward_s: the sampling queued after the forward had ended), and the
+median host time to fill the mask and to queue the sampling.
 
 Usage: python bench/step_log.py steps.jsonl[.gz] [--gap 1.0] [--json out.json]
 """
@@ -49,7 +50,13 @@ def summary(steps: list[dict]) -> dict:
         row[kind] = {"steps": len(part), "device_ms_p50": _ms(_med([r["device_s"] for r in part])),
                      "constrained": len(con),
                      "forward_ms_p50": _ms(_med([r["forward_s"] for r in con])),
-                     "mask_wait_ms_p50": _ms(_med(waits)), "mask_wait_s_sum": sum(waits)}
+                     "mask_wait_ms_p50": _ms(_med(waits)), "mask_wait_s_sum": sum(waits),
+                     # the host's part: fill the mask, then queue the sampling (None before
+                     # these fields were logged)
+                     "mask_host_ms_p50": _ms(_med([r["mask_host_s"] for r in con
+                                                   if r.get("mask_host_s") is not None])),
+                     "sample_host_ms_p50": _ms(_med([r["sample_host_s"] for r in con
+                                                     if r.get("sample_host_s") is not None]))}
     return row
 
 
@@ -72,7 +79,8 @@ def main() -> None:
         print(f"burst {i}: {r['steps']} steps, {r['wall_s']:.2f} s wall, device "
               f"{r['device_share'] or 0:.0%}, idle between steps {r['idle_gap_s']:.3f} s; decode {d['steps']} x {d['device_ms_p50']} ms "
               f"(constrained {d['constrained']}: forward {d['forward_ms_p50']} ms, mask wait "
-              f"p50 {d['mask_wait_ms_p50']} ms, sum {d['mask_wait_s_sum']:.3f} s); prefill "
+              f"p50 {d['mask_wait_ms_p50']} ms, sum {d['mask_wait_s_sum']:.3f} s, host: mask "
+              f"{d['mask_host_ms_p50']} ms, sampling {d['sample_host_ms_p50']} ms); prefill "
               f"{p['steps']} x {p['device_ms_p50']} ms (mask wait sum {p['mask_wait_s_sum']:.3f} s)")
     if a.json:
         with open(a.json, "w") as f:
