@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 18's batch-1 decode measurement on one GPU machine, in one call:
-#   1. bench/gemv.py: tune the fused decode GEMVs (written to aiollm/kernels/configs/), time
-#      them alone against the copy bandwidth and cuBLAS, check the model's fused path;
+#   1. bench/gemv.py: time the fused decode GEMVs alone against the copy bandwidth and cuBLAS
+#      (GEMV_TUNE=1: retune every GEMV key first, timed alone, and write them to
+#      aiollm/kernels/configs/; by default only missing keys are tuned, so that configs picked
+#      by whole-step timing, bench/decode_step.py, stay), check the model's fused path;
 #   2. bench/decode.py on the Llama-3.2-1B and 3.1-8B shapes at batch 1, 4, 16 (CUDA graphs);
 #   3. bench/profile_step.py: the kernels of an eager batch-1 decode step of the 1B shape.
 # Usage (from the repository root, after `source bench/gpu_setup.sh`):
@@ -11,8 +13,8 @@ out=${1:?output directory}
 tok=${2:-tok}
 export AIOLLM_COMMIT=${AIOLLM_COMMIT:-${BENCH_COMMIT:?set AIOLLM_COMMIT to the commit measured}}
 t0=$SECONDS
-python bench/gemv.py bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b --tune \
-  --warm-procs 14 --out-dir "$out" 2>&1 | grep -v Warning | tee "$out/gemv.log"
+python bench/gemv.py bench/configs/llama-3.2-1b bench/configs/llama-3.1-8b \
+  ${GEMV_TUNE:+--tune --warm-procs 14} --out-dir "$out" 2>&1 | grep -v Warning | tee "$out/gemv.log"
 cp aiollm/kernels/configs/*H200*.json "$out/" 2>/dev/null || cp aiollm/kernels/configs/*.json "$out/"
 echo "gemv done at $((SECONDS - t0)) s"
 decode() {

@@ -168,14 +168,25 @@ DECODE_CASES = [
 
 @pytest.mark.parametrize("seq_lens,HQ,HKV,D,num_splits", DECODE_CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_decode_attention(seq_lens, HQ, HKV, D, num_splits, dtype, device=CPU, config=None):
+def test_decode_attention(seq_lens, HQ, HKV, D, num_splits, dtype, device=CPU, config=None,
+                          merge_in_kernel=None):
     k_cache, v_cache, table, rows = make_pool(seq_lens, HKV, D, dtype, device)
     B = len(seq_lens)
     q = torch.randn(B, HQ, D, dtype=dtype, device=device)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
     args = (q, k_cache, v_cache, table, rows, lens, D**-0.5, max(seq_lens))
-    out = kernels.decode_attention_triton(*args, num_splits=num_splits, config=config)
+    out = kernels.decode_attention_triton(*args, num_splits=num_splits, config=config,
+                                          merge_in_kernel=merge_in_kernel)
     assert_close(out, kernels.decode_attention_ref(*args), dtype)
+
+
+@pytest.mark.parametrize("merge_in_kernel", [True, False])
+def test_decode_attention_merge(merge_in_kernel, device=CPU):
+    """Splits merged by the last split program or by a reduce launch; more splits than the
+    merge reads at a time, some of them empty; twice, so a counter left non-zero shows."""
+    for _ in range(2):
+        test_decode_attention([1, 40, 97], 8, 2, 16, 7, torch.float32, device,
+                              merge_in_kernel=merge_in_kernel)
 
 
 EXTEND_CASES = [
@@ -312,6 +323,10 @@ def test_gpu_elementwise(T):
 def test_gpu_decode_attention(num_splits):
     test_decode_attention([1, 300, 1000, 4097], 32, 8, 128, num_splits, torch.bfloat16, CUDA)
     test_decode_attention([129] * 64, 32, 8, 128, num_splits, torch.bfloat16, CUDA)
+    for merge in (True, False):  # batch 1, the Llama-3.2-1B heads, up to MAX_SPLITS splits
+        for splits in (5, 64):
+            test_decode_attention([700], 32, 8, 64, splits, torch.bfloat16, CUDA,
+                                  merge_in_kernel=merge)
 
 
 @gpu

@@ -8,7 +8,10 @@ Two variants, picked by `num_kv_splits` from batch size and length:
 - direct (1 split): enough (request, KV head) programs to fill the GPU; write o at once.
 - split-K ("flash decoding"): few requests with long contexts would leave most SMs idle, so the
   context is cut into splits that run in parallel, each writing a partial output and its
-  log-sum-exp; a reduce kernel merges them.
+  log-sum-exp. The last split of a (request, KV head) to finish merges them, in the same
+  launch: each split counts itself in on an atomic counter after writing its partial (a
+  second reduce launch would add its own launch and ramp to every layer of a batch-1 step,
+  where the whole attention reads well under a megabyte).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
+MERGE_CHUNK = tl.constexpr(4)  # splits the merging program reads at a time
+MAX_COUNTERS = 1 << 16  # (request, KV head) pairs of one split launch
+# Split outputs merge in the split launch itself (else in a second, reduce launch)
+MERGE_IN_KERNEL = True
 
 # the shape classes of the tuned configs: batch size and longest context
 BATCH_CLASSES = (1, 4, 16, 64, 256)
@@ -46,13 +53,14 @@ CANDIDATES: list[Config] = [
 # one more variant per split count a batch size or context class picks.
 @triton.jit(do_not_specialize=["stride_lb", "stride_lh", "num_splits"])
 def _decode_kernel(
-    Q, KCache, VCache, ReqToToken, ReqRows, SeqLens, Out, Lse,
+    Q, KCache, VCache, ReqToToken, ReqRows, SeqLens, Out, Lse, Merged, Counters,
     sm_scale_log2,
     stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t,
-    stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+    stride_ob, stride_oh, stride_os, stride_lb, stride_lh, stride_mb, stride_mh,
     num_splits,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr, PRECISION: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     if PDL:  # q comes from the kernel before (pdl.py); the next may start its own loads
         gdc_wait()
@@ -111,8 +119,51 @@ def _decode_kernel(
         tl.store(out_ptrs, acc, mask=out_mask)
         lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))
         tl.store(Lse + b * stride_lb + heads * stride_lh + split, lse, mask=hmask)
+        if MERGE:
+            # Every thread's partial is written before this program counts itself in
+            # (barrier, then a release); the program that counts last (acquire) merges.
+            tl.debug_barrier()
+            counter = Counters + b * tl.num_programs(1) + kvh
+            done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            if done == num_splits - 1:
+                tl.atomic_xchg(counter, 0)  # ready for the next launch
+                _merge_splits(Out, Lse, Merged, b, heads, hmask, d, dmask, num_splits,
+                              stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+                              stride_mb, stride_mh, BLOCK_H, BLOCK_D, MERGE_CHUNK)
     else:
         tl.store(out_ptrs, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _merge_splits(Partial, Lse, Out, b, heads, hmask, d, dmask, num_splits,
+                  stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
+                  BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
+    """Out[b, heads] = the splits' partial outputs weighted by their softmax mass (exp2 of
+    their log-sum-exp against the largest), read CHUNK splits at a time. Partials written by
+    other programs are read past L1 (.cg)."""
+    s = tl.arange(0, CHUNK)
+    lse_ptrs = Lse + b * stride_lb + heads[:, None] * stride_lh + s[None, :]
+    part_ptrs = (Partial + b * stride_pb + heads[:, None, None] * stride_ph
+                 + s[None, :, None] * stride_ps + d[None, None, :])
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    for s0 in range(0, num_splits, CHUNK):
+        ok = hmask[:, None] & (s[None, :] < num_splits - s0)
+        lse = tl.load(lse_ptrs + s0, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        m = tl.maximum(m, tl.max(lse, 1))
+    m = tl.where(m == float("-inf"), 0.0, m)  # padding heads: every weight 0
+    total = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for s0 in range(0, num_splits, CHUNK):
+        ok = hmask[:, None] & (s[None, :] < num_splits - s0)
+        lse = tl.load(lse_ptrs + s0, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        w = tl.exp2(lse - m[:, None])  # [BLOCK_H, CHUNK]; empty splits weigh 0
+        part = tl.load(part_ptrs + s0 * stride_ps, mask=ok[:, :, None] & dmask[None, None, :],
+                       other=0.0, cache_modifier=".cg")
+        total += tl.sum(w, 1)
+        acc += tl.sum(w[:, :, None] * part, 1)
+    o = acc / tl.where(total > 0, total, 1.0)[:, None]
+    tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
+             o.to(Out.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
 
 
 @triton.jit(do_not_specialize=["num_splits", "stride_lb", "stride_lh"])
@@ -157,8 +208,22 @@ def num_kv_splits(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
     return max(1, min(by_length, by_occupancy, MAX_SPLITS))
 
 
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _merge_counters(device: torch.device) -> torch.Tensor:
+    """The split launches' arrival counters on `device`: zero between launches (the merging
+    program resets its own), allocated once and kept, since captured graphs hold its address."""
+    c = _counters.get(device)
+    if c is None:
+        assert not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()), \
+            "decode attention's counters must be allocated before a CUDA graph capture"
+        c = _counters[device] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+    return c
+
+
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-            out, cfg: Config, num_splits: int | None) -> None:
+            out, cfg: Config, num_splits: int | None, merge_in_kernel: bool = True) -> None:
     B, HQ, D = q.shape
     HKV = k_cache.shape[1]
     group = HQ // HKV
@@ -178,15 +243,19 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     scale = sm_scale * LOG2E
     if num_splits == 1:
         _decode_kernel[(B, HKV, 1)](
-            *args, out, out, scale, *strides, out.stride(0), out.stride(1), 0, 0, 0, 1,
-            SPLIT=False, **common)
+            *args, out, out, out, out, scale, *strides, out.stride(0), out.stride(1), 0, 0, 0,
+            0, 0, 1, SPLIT=False, MERGE=False, **common)
         return
     partial = torch.empty((B, HQ, num_splits, D), dtype=torch.float32, device=q.device)
     lse = torch.empty((B, HQ, num_splits), dtype=torch.float32, device=q.device)
+    merge = merge_in_kernel and B * HKV <= MAX_COUNTERS
+    counters = _merge_counters(q.device) if merge else lse
     _decode_kernel[(B, HKV, num_splits)](
-        *args, partial, lse, scale, *strides,
+        *args, partial, lse, out, counters, scale, *strides,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        num_splits, SPLIT=True, **common)
+        out.stride(0), out.stride(1), num_splits, SPLIT=True, MERGE=merge, **common)
+    if merge:
+        return
     _decode_reduce_kernel[(B, HQ)](
         partial, lse, out, num_splits,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
@@ -201,8 +270,12 @@ def decode_attention_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     *, config: Config | None = None, num_splits: int | None = None,
+    merge_in_kernel: bool | None = None,
 ) -> torch.Tensor:
-    """`config` and `num_splits` override the tuned config and the split rule (tests, bench)."""
+    """`config` and `num_splits` override the tuned config and the split rule, and
+    `merge_in_kernel` (default MERGE_IN_KERNEL) where split outputs merge (tests, bench)."""
+    if merge_in_kernel is None:
+        merge_in_kernel = MERGE_IN_KERNEL
     B, HQ, D = q.shape
     HKV = k_cache.shape[1]
     assert k_cache.shape[2] == D and v_cache.shape == k_cache.shape and HQ % HKV == 0
@@ -222,11 +295,11 @@ def decode_attention_triton(
             scratch = torch.empty_like(q)
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
                                                seq_lens, sm_scale, max_seq_len, scratch, cfg,
-                                               num_splits))
+                                               num_splits, merge_in_kernel))
 
         config = get_config("decode_attention", key, q.device, DEFAULT_CONFIG, CANDIDATES, bench)
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-            out, config, num_splits)
+            out, config, num_splits, merge_in_kernel)
     return out
 
 
