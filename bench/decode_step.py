@@ -13,9 +13,10 @@ A variant may also set "pdl" (false: plain launches), "merge" (decode attention'
 outputs merged in its own launch, else by a reduce launch) and "skip", a list of parts left
 out of the graph (what the step costs without them, a bound, not a model; the outputs are
 garbage): "attention" (the attention kernel), "attention_block" (qkv, attention, o_proj),
-"mlp" (gate/up and down), "layers" (every layer: embedding, lm_head and sampling remain). Prints ms per step and the
-step's share of the weight-read roofline (--copy-tbs, the copy bandwidth bench/decode.py
-measures), and writes the timings as JSON to --out when given. With --combine it then takes,
+"mlp" (gate/up and down), "layers" (every layer: embedding, lm_head and sampling remain).
+Prints µs per step and the step's share of the weight-read roofline (--copy-tbs, the copy
+bandwidth bench/decode.py measures), and writes the timings and each variant's spec as JSON
+to --out when given. With --combine it then takes,
 for each shape key, the fastest variant that changes only that key's config and beat "base"
 by more than base's own spread, and times all of those together against base again: a
 tuner by step time, for the one-row configs that kernels timed alone choose badly (a GEMV
