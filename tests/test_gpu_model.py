@@ -113,8 +113,9 @@ def test_mixed_steps_match_alone_on_gpu(smol):
     params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
 
     async def run():
+        # no prefix cache: it would serve the second long prompt whole, with no chunk to mix
         async with Engine(model, device="cuda", dtype="float32", kv_tokens=16384,
-                          tokenizer=tok, max_prefill_tokens=32) as eng:
+                          tokenizer=tok, max_prefill_tokens=32, prefix_cache=False) as eng:
             alone = [(await eng.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
             steps = []
             real = eng.runner.prepare
