@@ -313,6 +313,7 @@ class Engine:
                 # queuing kernels does not block: launch here, no thread hop
                 try:
                     out = self.runner.launch(inputs)
+                    out.turn_start, out.issued = t0, perf()
                 except Exception as e:
                     err = e
             else:  # the CPU computes while launching: on the model thread, so the loop

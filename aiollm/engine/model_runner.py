@@ -85,6 +85,10 @@ class Launched:
     # a constrained step's host seconds to fill its mask and to queue its sampling (step log)
     mask_host_s: float | None = None
     sample_host_s: float | None = None
+    # perf_counter() seconds: the start of the loop's turn that launched the step, and the
+    # end of its launch (the step log's host timeline)
+    turn_start: float | None = None
+    issued: float | None = None
 
 
 @dataclass(slots=True)
@@ -316,7 +320,7 @@ class ModelRunner:
             if mask is not None:
                 st.allowed, st.bias_ids, st.bias = mask.bitmask, mask.bias_ids, mask.bias
             res = self._queue_results(inp, self._sample(logits, inp), bad)
-        res.forward_end = out.forward_end
+        res.forward_end, res.turn_start, res.issued = out.forward_end, out.turn_start, out.issued
         return res
 
     def _masked_argmax(self, inp: StepInputs, logits: torch.Tensor, bad: torch.Tensor,

@@ -12,9 +12,11 @@ import time
 
 
 class StepLog:
-    """Entries of completed steps. Times are time.perf_counter() seconds: launched (the step
-    was launched), done_seen (the loop saw it done), processed (its tokens were handed
-    out); device_s the step's device time, gap_s the device's idle time before it, forward_s
+    """Entries of completed steps. Times are time.perf_counter() seconds: turn_start (the
+    loop's turn that planned it began), issued (its launch returned; both None on the CPU),
+    launched (it became the step in flight: after its sampling was queued, and after the
+    previous step's tokens were handed out), done_seen (the loop saw it done), processed (its
+    tokens were handed out); device_s the step's device time, gap_s the device's idle time before it, forward_s
     the forward's part of device_s in a constrained step (the rest waited for its mask), all
     from CUDA events and None on the CPU; mask_host_s and sample_host_s the host seconds a
     constrained step took to fill its mask and to queue its sampling (None otherwise); reqs,
@@ -40,6 +42,7 @@ class StepLog:
             "device_s": device_s, "gap_s": gap_s,
             "forward_s": out.start.elapsed_time(fwd) / 1e3 if fwd and out.done else None,
             "mask_host_s": out.mask_host_s, "sample_host_s": out.sample_host_s,
+            "turn_start": out.turn_start, "issued": out.issued,
             "reqs": len(step.reqs), "tokens": step.num_tokens,
             "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
 
