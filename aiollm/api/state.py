@@ -16,10 +16,10 @@ if TYPE_CHECKING:
     from aiollm.engine import Engine
 
 # Text longer than this is tokenized on a worker thread: the tokenizer releases the GIL while
-# it encodes, so the loop's thread pays only the hand-off (0.04-0.09 ms on a 2-core CPU)
-# instead of the encode, which grows with the text (0.4 ms at 512 characters, 2.8-5 ms at
-# LightLLM's 1,024-token prompts, seconds at 16 MiB: bench/tokenize_loop.py), while every
-# stream on the loop waits. Shorter text costs less inline than the hand-off saves.
+# it encodes, so the loop's thread pays only the hand-off (0.05-0.2 ms on a 2-core CPU)
+# instead of the encode, which grows with the text (0.11 ms at 471 characters, 3.1 ms at
+# LightLLM's 1,024-token prompts of 7,914, 16 ms at 4,096 tokens, seconds at 16 MiB:
+# bench/tokenize_loop.py), while every stream on the loop waits. Below this the two are even.
 TOKENIZE_INLINE_CHARS = 512
 R = TypeVar("R")
 
