@@ -296,18 +296,25 @@ def test_min_tokens_past_the_grammars_end_is_400(server):
     assert "min_new_tokens (4)" in err["message"], err
 
 
-def test_call_marker_that_is_a_special_token_is_parsed(server, tmp_path):
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "added"])
+def test_call_marker_that_is_a_special_token_is_parsed(server, tmp_path, listed):
     """Mistral's [TOOL_CALLS] is a special token: the output keeps it for the parser (text
     without special tokens lost every call). A tiny random model with the default tokenizer
     plus that token, its chat template naming it (so the mistral parser is chosen); a logit
-    bias makes the model open the call with the token rather than spell it."""
+    bias makes the model open the call with the token rather than spell it. The token is
+    listed among the special tokens, or only added as a special one (no list names it, and
+    decoding skips it all the same)."""
+    import tokenizers
     import transformers
 
     from live_server import LiveServer
 
     server.engine.tokenizer.hf_tokenizer.save_pretrained(tmp_path / "tok")
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
-    tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    if listed:
+        tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+    else:
+        tok.add_tokens([tokenizers.AddedToken("[TOOL_CALLS]", special=True)])
     tok.chat_template = ("{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}"
                          "{# calls: [TOOL_CALLS] #}")
     tok.save_pretrained(tmp_path / "tok")

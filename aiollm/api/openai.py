@@ -216,7 +216,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     parser = None
     if mode != "none":
         parser = tool_calls.parser_for(template, engine.config.tool_call_parser)
-        if parser.start in engine.tokenizer.all_special_tokens:  # Mistral's [TOOL_CALLS]:
+        if tool_calls.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
         if constraint is not None and constraint.grammar is not None:
             raise ApiError(400, f"tool_choice {mode!r} and {constraint.grammar.param} both "

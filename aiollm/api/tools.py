@@ -231,6 +231,14 @@ def parser_for(template: str | None, override: str | None = None) -> ToolParser:
     return HermesParser()
 
 
+def marker_is_skipped(tokenizer, marker: str) -> bool:
+    """Whether text decoded without special tokens loses the call marker: it is a special
+    token (Mistral's [TOOL_CALLS]). Asked of the decoder, not of the special-token lists: a
+    tokenizer.json may mark an added token special without the config listing it."""
+    ids = tokenizer.encode(marker, add_special_tokens=False)
+    return marker not in tokenizer.decode(ids, skip_special_tokens=True)
+
+
 # -- the request ---------------------------------------------------------------------------
 
 # OpenAI's limit. The template render, its tokenizing and the grammar of the tools all grow
