@@ -170,6 +170,8 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"x": {"type": "number", "multipleOf": 0.5}}}}}]},
      "tools[0].function.parameters"),
+    ({"guided_json": {"type": "object", "properties": {"e": {
+        "type": "string", "format": "email", "maxLength": 30}}}}, "guided_json"),
     # too large to compile in a few seconds
     ({"guided_json": DEEP}, "guided_json"),
     ({"guided_json": {"enum": [f"v{i}" for i in range(5000)]}}, "guided_json"),

@@ -100,6 +100,9 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
         refuse("a lookaround in 'pattern'")
     if isinstance(pattern, str) and ("minLength" in node or "maxLength" in node):
         refuse("'pattern' with 'minLength'/'maxLength'")
+    # xgrammar enforces a format (email, date, uri...) by dropping the string's lengths
+    if isinstance(node.get("format"), str) and ("minLength" in node or "maxLength" in node):
+        refuse("'format' with 'minLength'/'maxLength'")
     for key in _SCHEMA_MAPS:
         if isinstance(node.get(key), dict):
             for name, sub in node[key].items():
