@@ -172,6 +172,10 @@ def test_allowed_token_ids_and_logit_bias(client, server):
      "tools[0].function.parameters"),
     ({"guided_json": {"type": "object", "properties": {"e": {
         "type": "string", "format": "email", "maxLength": 30}}}}, "guided_json"),
+    # escapes xgrammar would match as the letter itself (\A and \Z are anchors)
+    ({"guided_regex": r"\Aabc\Z"}, "guided_regex"),
+    ({"structured_outputs": {"regex": r"[0-9]+\Z"}}, "structured_outputs.regex"),
+    ({"guided_json": {"type": "string", "pattern": r"\A[a-z]+$"}}, "guided_json"),
     # too large to compile in a few seconds
     ({"guided_json": DEEP}, "guided_json"),
     ({"guided_json": {"enum": [f"v{i}" for i in range(5000)]}}, "guided_json"),

@@ -96,6 +96,8 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if mult is not None and not (node.get("type") == "integer" and isinstance(mult, int)):
         refuse("'multipleOf' other than an integer's by an integer")
     pattern = node.get("pattern")
+    if isinstance(pattern, str) and _unread_escape(pattern):
+        refuse(f"{_unread_escape(pattern)} of 'pattern'")
     if isinstance(pattern, str) and _LOOKAROUND.search(pattern):
         refuse("a lookaround in 'pattern'")
     if isinstance(pattern, str) and ("minLength" in node or "maxLength" in node):
@@ -113,6 +115,32 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
         if isinstance(node.get(key), list):
             for i, sub in enumerate(node[key]):
                 _check_keywords(sub, f"{at}/{key}/{i}", param)
+
+
+# escapes of a letter that xgrammar's regex reads (or refuses itself); it matches any other
+# escaped letter as the letter, where Python's \A and \Z are anchors
+_REGEX_ESCAPES = frozenset("acdefnrstvwDSWbBkpPux")
+
+
+def _unread_escape(pattern: str) -> str | None:
+    """The first escape of a letter in `pattern` that the grammar would match as the letter."""
+    i = pattern.find("\\")
+    while i >= 0 and i + 1 < len(pattern):
+        c = pattern[i + 1]
+        if c.isascii() and c.isalpha() and c not in _REGEX_ESCAPES:
+            return f"the escape \\{c} at position {i}"
+        i = pattern.find("\\", i + 2)
+    return None
+
+
+def _regex(value: Any, param: str) -> str:
+    """A regex the grammar reads as the client means it (InvalidRequest naming `param`)."""
+    bad = _unread_escape(_text(value, param))
+    if bad:
+        raise InvalidRequest(f"{param}: {bad} is not supported (the grammar would match the "
+                             "letter itself); the whole output matches the regex, so anchors "
+                             "are not needed", param=param)
+    return value
 
 
 def _choice(value: Any, param: str) -> str:
@@ -160,7 +188,7 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
         raise InvalidRequest("structured_outputs must be an object", param=p)
     makers = {
         "json": lambda v, q: GrammarSpec("json_schema", _schema(v, q), q),
-        "regex": lambda v, q: GrammarSpec("regex", _text(v, q), q),
+        "regex": lambda v, q: GrammarSpec("regex", _regex(v, q), q),
         "choice": lambda v, q: GrammarSpec("choice", _choice(v, q), q),
         "grammar": lambda v, q: GrammarSpec("ebnf", _text(v, q), q),
         "json_object": lambda v, q: GrammarSpec("json_object", "", q) if v else None,
@@ -185,8 +213,8 @@ def guided(fields: dict[str, Any], prefix: str = "") -> list[GrammarSpec]:
     prefix + field."""
     specs = []
     for name, kind, conv in (("guided_json", "json_schema", _schema),
-                             ("guided_regex", "regex", _text),
-                             ("regular_constraint", "regex", _text),
+                             ("guided_regex", "regex", _regex),
+                             ("regular_constraint", "regex", _regex),
                              ("guided_choice", "choice", _choice),
                              ("guided_grammar", "ebnf", _text)):
         param = prefix + name
