@@ -106,3 +106,45 @@ def test_more_rows_than_a_gemv_takes_is_refused():
     x, w = rand(gemv.MAX_ROWS + 1, 8), rand(4, 8)
     with pytest.raises(AssertionError, match="rows"):
         gemv.gemv_residual_triton(x, w, None, rand(gemv.MAX_ROWS + 1, 4))
+
+
+def test_tuning_runs_change_no_result(monkeypatch):
+    """On a GPU a shape without a cached config is tuned on the caller's own tensors: each
+    candidate runs many times before the real launch. The residual GEMV adds into the float32
+    stream in place, so its timed runs must not write the stream (they added o_proj's output
+    once per run: the layer's residual came back as residual + n * y). Here the tuner is
+    stood in for by one that runs each of two candidates three times."""
+    def tune_two(kernel, key, device, default, candidates, bench):
+        for c in candidates[:2]:
+            bench(c)
+        return default
+
+    monkeypatch.setattr(gemv, "get_config", tune_two)
+    monkeypatch.setattr(gemv, "time_config", lambda fn: [fn() for _ in range(3)] and 0.0)
+    M, K, N = 1, 37, 19
+    x, w, b, res = rand(M, K), rand(N, K), rand(N), rand(M, N)
+    ref = gemv.gemv_residual_ref(x, w, b, res.clone())
+    assert rel_err(gemv.gemv_residual_triton(x, w, b, res), ref) <= TOL[torch.float32]
+    g = rand(K)
+    assert rel_err(gemv.gemv_norm_triton(x, g, 1e-5, w, b),
+                   gemv.gemv_norm_ref(x, g, 1e-5, w, b)) <= TOL[torch.float32]
+    w2 = rand(2 * N, K)
+    assert rel_err(gemv.gemv_norm_silu_triton(x, g, 1e-5, w2),
+                   gemv.gemv_norm_silu_ref(x, g, 1e-5, w2)) <= TOL[torch.float32]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_tuning_in_place_residual(tmp_path, monkeypatch):
+    """The same through the real tuner (AIOLLM_AUTOTUNE=2, an empty config table): a Qwen2.5-
+    0.5B-shaped o_proj (896 x 896) adding into a float32 stream, in bf16."""
+    from aiollm.kernels import autotune
+
+    monkeypatch.setattr(autotune, "CONFIG_DIR", tmp_path)
+    monkeypatch.setattr(autotune, "_tables", {})
+    monkeypatch.setattr(autotune, "_resolved", {})
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "2")
+    x, w = rand(1, 896, dtype=torch.bfloat16), rand(896, 896, dtype=torch.bfloat16)
+    res = rand(1, 896)
+    ref = gemv.gemv_residual_ref(x, w, None, res.clone())
+    assert rel_err(gemv.gemv_residual_triton(x, w, None, res), ref) <= TOL[torch.bfloat16]

@@ -241,10 +241,17 @@ def _run(epi: int, x, w, bias, norm_w, eps, out, res_in=None, rope=None, pair_gr
     bm = _block_m(M)
     key = f"{_KIND[epi]}{'-norm' if norm_w is not None else ''}-n{N}-k{K}-m{bm}-" \
           f"{str(w.dtype).removeprefix('torch.')}"
-    cfg = get_config(
-        "gemv", key, x.device, _as_config(DEFAULT), _candidates(bm, K),
-        lambda c: time_config(lambda: _launch(epi, x, w, bias, norm_w, eps, out, res_in, rope,
-                                              R, pair_group, c)))
+
+    def bench(c: Config) -> float:
+        # Tuning runs each candidate many times on these tensors: the residual kernel's timed
+        # runs write a scratch output, since `out` is usually `res_in` (the stream, added into
+        # in place) and every run would add y to it once more. The other kernels' repeated
+        # writes are the same values (the rope kernel's KV slots included).
+        dst = torch.empty_like(out) if epi == RESIDUAL else out
+        return time_config(lambda: _launch(epi, x, w, bias, norm_w, eps, dst, res_in, rope, R,
+                                           pair_group, c))
+
+    cfg = get_config("gemv", key, x.device, _as_config(DEFAULT), _candidates(bm, K), bench)
     _launch(epi, x, w, bias, norm_w, eps, out, res_in, rope, R, pair_group, cfg)
 
 
