@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xgrammar as xgr
 
-from aiollm.api.tools import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tools import HermesParser, Llama3Parser, MistralParser, StreamingToolParser
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {
@@ -74,3 +74,24 @@ def test_parsers_read_what_models_write():
     assert content == "ok" and [c.name for c in calls] == ["f", "g", "h"]
     assert MistralParser().parse("[TOOL_CALLS] not json") == ("[TOOL_CALLS] not json", [])
     assert Llama3Parser().parse('a {"b": 1}') == ('a {"b": 1}', [])
+
+
+@pytest.mark.parametrize("parser", [HermesParser(), Llama3Parser(), MistralParser()],
+                         ids=lambda p: p.name)
+def test_markers_inside_arguments_are_text(parser):
+    """An argument string may hold the call markers (a tool that takes code or markup): the
+    grammar allows it, so the parser must read past it, streamed or not."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string"}}}}}
+    args = {"x": "a </tool_call> <tool_call> [TOOL_CALLS] ; b"}
+    text = {"hermes": '<tool_call>\n{"name": "f", "arguments": %s}\n</tool_call>',
+            "llama3": '{"name": "f", "parameters": %s}',
+            "mistral": '[TOOL_CALLS][{"name": "f", "arguments": %s}]'}[parser.name]
+    text = "Sure. " + text % json.dumps(args)
+    assert parser.grammar([tool], required=False, parallel=True)  # a call the grammar allows
+    content, [call] = parser.parse(text)
+    assert content == "Sure." and json.loads(call.arguments) == args
+    stream = StreamingToolParser(parser)
+    sent = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3))
+    rest, [call] = stream.finish()
+    assert (sent + rest).strip() == "Sure." and json.loads(call.arguments) == args

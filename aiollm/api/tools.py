@@ -130,26 +130,43 @@ def _call(obj: Any, args_key: str) -> ToolCall | None:
     return ToolCall(obj["name"], args if isinstance(args, str) else json.dumps(args))
 
 
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos].isspace():
+        pos += 1
+    return pos
+
+
 def _schema(tool: dict) -> dict:
     return tool["function"].get("parameters") or {"type": "object", "properties": {}}
 
 
 class HermesParser(ToolParser):
-    name, start = "hermes", "<tool_call>"
-    _block = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
+    name, start, end = "hermes", "<tool_call>", "</tool_call>"
 
     def parse(self, text):
-        calls, content, pos = [], [], 0
-        for m in self._block.finditer(text):
+        # each block read as JSON, so markers inside an argument's string are its text; a
+        # block that does not hold one call (or misses its end before more text) stays content
+        decoder, calls, content, pos = json.JSONDecoder(), [], [], 0
+        i = text.find(self.start)
+        while i >= 0:
             try:
-                call = _call(json.loads(m.group(1)), "arguments")
+                obj, j = decoder.raw_decode(text, _skip_space(text, i + len(self.start)))
             except ValueError:
-                call = None
+                obj = j = None
+            call = _call(obj, "arguments") if j is not None else None
+            if call is not None:
+                j = _skip_space(text, j)
+                if text.startswith(self.end, j):
+                    j += len(self.end)
+                elif j < len(text):
+                    call = None
             if call is None:
+                i = text.find(self.start, i + 1)
                 continue
-            content.append(text[pos:m.start()])
-            pos = m.end()
+            content.append(text[pos:i])
             calls.append(call)
+            pos = j
+            i = text.find(self.start, j)
         content.append(text[pos:])
         return "".join(content).strip() if calls else text, calls
 
@@ -183,17 +200,19 @@ class MistralParser(ToolParser):
     name, start = "mistral", "[TOOL_CALLS]"
 
     def parse(self, text):
-        # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call
-        parts = text.split(self.start)
-        if len(parts) == 1:
-            return text, []
-        content, calls = [parts[0]], []
-        for part in parts[1:]:
-            found, end = _json_calls(part, 0, "arguments", " \t\n")
+        # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call. The
+        # next marker is looked for after a block's JSON (an argument may hold the marker)
+        content, calls, pos = [], [], 0
+        i = text.find(self.start)
+        while i >= 0:
+            found, end = _json_calls(text, i + len(self.start), "arguments", " \t\n")
             if not found:
                 return text, []
+            content.append(text[pos:i])
             calls += found
-            content.append(part[end:])
+            pos = end
+            i = text.find(self.start, end)
+        content.append(text[pos:])
         return "".join(content).strip(), calls
 
     def tags(self, tools):
