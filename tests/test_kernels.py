@@ -331,6 +331,35 @@ def test_gpu_decode_attention(num_splits):
 
 @gpu
 @needs_cuda
+def test_gpu_decode_attention_merge_in_graph_replays():
+    """The split launch merging in-kernel, captured in a CUDA graph (with PDL where the GPU
+    has it) and replayed on fresh queries and lengths: the arrival counters the graph holds
+    must be back at zero after every replay, or no program (or the wrong one) merges the
+    next. Qwen2.5-0.5B heads (a group of 7 query heads in a 16-row tile)."""
+    dt, HQ, HKV, D, splits = torch.bfloat16, 14, 2, 64, 7
+    k_cache, v_cache, table, rows = make_pool([4097, 700, 64], HKV, D, dt, CUDA)
+    q = torch.randn(3, HQ, D, dtype=dt, device=CUDA)
+    lens = torch.tensor([4097, 700, 64], dtype=torch.int32, device=CUDA)
+    args = (q, k_cache, v_cache, table, rows, lens, D**-0.5, table.shape[1])
+
+    def launch():
+        return kernels.decode_attention_triton(*args, config=DECODE_CANDIDATES[1],
+                                               num_splits=splits, merge_in_kernel=True)
+
+    assert_close(launch(), kernels.decode_attention_ref(*args), dt)  # compiles outside
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = launch()
+    for new_lens in ([1, 4097, 700], [64, 65, 4000], [4097, 1, 1]):
+        q.copy_(torch.randn_like(q))
+        lens.copy_(torch.tensor(new_lens, dtype=torch.int32))
+        graph.replay()
+        assert_close(out, kernels.decode_attention_ref(*args), dt)
+
+
+@gpu
+@needs_cuda
 @pytest.mark.parametrize("prefix_lens,extend_lens", [([0], [2048]), ([0, 100, 700], [1, 257, 1000])])
 def test_gpu_extend_attention(prefix_lens, extend_lens):
     test_extend_attention(prefix_lens, extend_lens, 32, 8, 128, torch.bfloat16, CUDA)
