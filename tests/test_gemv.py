@@ -2,7 +2,8 @@
 
 Without CUDA the kernels run under Triton's CPU interpreter at small odd shapes, with the
 default launch config and a narrow one (blocks past the last row, K not a multiple of the
-block, many K steps).
+block, many K steps); a whole decode layer's GEMVs run at an odd model shape under wide
+configs, and on a GPU at Qwen2.5-0.5B's and Llama 3.2 3B's shapes under every candidate.
 """
 
 from __future__ import annotations
@@ -148,3 +149,70 @@ def test_gpu_tuning_in_place_residual(tmp_path, monkeypatch):
     res = rand(1, 896)
     ref = gemv.gemv_residual_ref(x, w, None, res.clone())
     assert rel_err(gemv.gemv_residual_triton(x, w, None, res), ref) <= TOL[torch.bfloat16]
+
+
+def check_model_shape(H, HQ, HKV, D, I, V, candidates, monkeypatch, tmp_path):
+    """Every GEMV of a one-token decode layer and the lm_head at one model's shape, in bf16,
+    under each launch config, against references in float32: q, the KV slots at the end of
+    the pool (the last position of the rotary table), the SiLU-and-mul activations, the two
+    residual adds and the float32 logits."""
+    from aiollm.kernels import autotune
+
+    monkeypatch.setattr(autotune, "CONFIG_DIR", tmp_path)  # nothing cached: the default runs
+    monkeypatch.setattr(autotune, "_tables", {})
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
+    bf = torch.bfloat16
+    x, g = rand(1, H) * 3, rand(H, dtype=bf)
+    w_qkv, b_qkv = rand((HQ + 2 * HKV) * D, H, dtype=bf), rand((HQ + 2 * HKV) * D, dtype=bf)
+    w_o, w_up, w_down = rand(H, HQ * D, dtype=bf), rand(2 * I, H, dtype=bf), rand(H, I, dtype=bf)
+    w_lm = rand(V, H, dtype=bf)
+    P, S = 64, 32
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, D, 2, device=DEV).float() / D)
+    angles = torch.arange(P, device=DEV).float()[:, None] * inv_freq
+    cos_sin = torch.cat((angles.cos(), angles.sin()), dim=-1)
+    pos = torch.tensor([P - 1], device=DEV)
+    loc = torch.tensor([S - 1], device=DEV)
+    o, act = rand(1, HQ * D, dtype=bf), rand(1, I, dtype=bf)
+    f = {t: t.float() for t in (g, w_qkv, b_qkv, w_o, w_up, w_down, w_lm, o, act)}
+    kc_ref, vc_ref = torch.zeros(S, HKV, D, device=DEV), torch.zeros(S, HKV, D, device=DEV)
+    q_ref = gemv.gemv_norm_rope_kv_ref(x, f[g], 1e-6, f[w_qkv], f[b_qkv], pos, cos_sin, kc_ref,
+                                       vc_ref, loc, HQ)
+    torch.use_deterministic_algorithms(True, warn_only=True)  # torch.empty fills NaN
+    try:
+        for c in candidates:
+            monkeypatch.setattr(gemv, "DEFAULT", c)
+            monkeypatch.setattr(autotune, "_resolved", {})
+            kc, vc = rand(S, HKV, D, dtype=bf), rand(S, HKV, D, dtype=bf)
+            q = gemv.gemv_norm_rope_kv_triton(x, g, 1e-6, w_qkv, b_qkv, pos, cos_sin, kc, vc,
+                                              loc, HQ)
+            errs = [rel_err(q.float(), q_ref), rel_err(kc[loc].float(), kc_ref[loc]),
+                    rel_err(vc[loc].float(), vc_ref[loc])]
+            errs.append(rel_err(gemv.gemv_norm_silu_triton(x, g, 1e-6, w_up).float(),
+                                gemv.gemv_norm_silu_ref(x, f[g], 1e-6, f[w_up])))
+            for a, w in ((o, w_o), (act, w_down)):
+                res = rand(1, H)
+                ref = gemv.gemv_residual_ref(f[a], f[w], None, res.clone())
+                errs.append(rel_err(gemv.gemv_residual_triton(a, w, None, res), ref))
+            errs.append(rel_err(gemv.gemv_norm_triton(x, g, 1e-6, w_lm, None, torch.float32),
+                                gemv.gemv_norm_ref(x, f[g], 1e-6, f[w_lm], None, torch.float32)))
+            assert max(errs) <= TOL[bf], (c, errs)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_configs_at_an_odd_model_shape(monkeypatch, tmp_path):
+    """Hidden 72 and intermediate 100 (no K block divides them), 3 query heads on 1 KV head
+    of 16, a vocabulary of 203: configs whose row blocks cross heads and the gate/up halves."""
+    check_model_shape(72, 3, 1, 16, 100, 203, [(32, 128, 4, 1), (16, 256, 4, 1),
+                                               (8, 128, 4, 1)], monkeypatch, tmp_path)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", [(896, 14, 2, 64, 4864, 151936),  # Qwen2.5-0.5B
+                                   (3072, 24, 8, 128, 8192, 128256)],  # Llama 3.2 3B
+                         ids=["qwen2.5-0.5b", "llama3.2-3b"])
+def test_gpu_every_candidate_at_model_shapes(shape, monkeypatch, tmp_path):
+    H, I = shape[0], shape[4]
+    cands = {tuple(c.values()) for K in (H, I) for c in gemv._candidates(1, K)}
+    check_model_shape(*shape, sorted(cands), monkeypatch, tmp_path)
