@@ -189,6 +189,25 @@ def test_bad_constraint_is_400(server, body, param):
         assert "frobnicate" in err["message"] or "position" in err["message"], err
 
 
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/completions", {"tools": [WEATHER], "tool_choice": "required"}, "tools"),
+    ("/v1/completions", {"tool_choice": "required"}, "tool_choice"),
+    ("/v1/completions", {"functions": [{"name": "f"}]}, "functions"),
+    ("/generate", {"parameters": {"logit_bias": {"28": 100}}}, "parameters.logit_bias"),
+    ("/generate", {"parameters": {"response_format": {"type": "json_object"}}},
+     "parameters.response_format"),
+    ("/generate", {"parameters": {"guided_choice": ["a", "b"]}}, "parameters.guided_choice"),
+    ("/generate_stream", {"parameters": {"guided_regex": "[0-9]+"}}, "parameters.guided_regex"),
+])
+def test_constraints_an_endpoint_does_not_take_are_400(server, path, body, param):
+    """Fields that would change the output, sent where they are not served (tools on the
+    completions endpoint, OpenAI's and vLLM's fields on LightLLM's): refused, not dropped."""
+    base = {"prompt": "x", "max_tokens": 4} if path.startswith("/v1") else {"inputs": "x"}
+    status, _, raw = http(server, "POST", path, json={**base, **body})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == param, err
+
+
 def test_very_deep_schema_is_400(server):
     """Deeper than Python's recursion limit (was a 500), as an object (the body's decoder
     refuses it) and as a string (the schema's)."""

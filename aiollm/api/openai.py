@@ -53,6 +53,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     engine = st.engine
     req = await decode_body(request, CompletionRequest)
     st.check_model(req.model)
+    req.check_unserved()
     prompts = req.prompt_batch()
     prompt_ids = await st.tokenize_batch(prompts)
     constraint = req.constraint()

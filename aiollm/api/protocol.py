@@ -2,7 +2,9 @@
 
 Types are checked here, strictly, while the body is decoded; value ranges are checked once, by
 SamplingParams, so every rule lives in one place. Unknown fields are accepted and ignored:
-clients send vendor extensions (`user`, `logit_bias`, `multimodal_params`...) that must not fail.
+clients send vendor extensions (`user`, `metadata`, `multimodal_params`...) that must not fail.
+Known fields that would change the output, sent to an endpoint that does not serve them (tools
+on /v1/completions, logit_bias on /generate), are refused instead (refuse_unserved).
 """
 
 from __future__ import annotations
@@ -119,12 +121,31 @@ class SamplingFields(Struct, kw_only=True):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+def refuse_unserved(fields: Struct, names: tuple[str, ...], prefix: str, why: str) -> None:
+    """InvalidRequest naming the first of `names` that `fields` has set (not None, [] or
+    "none"): a field that would change the output, sent to an endpoint that does not serve
+    it, is refused rather than ignored."""
+    for name in names:
+        if getattr(fields, name) not in (None, [], "none"):
+            raise InvalidRequest(f"{prefix}{name} is not served here: {why}",
+                                 param=prefix + name)
+
+
 class CompletionRequest(SamplingFields, kw_only=True):
     prompt: Prompt
     max_tokens: int | None = 16
     logprobs: int | None = None
     echo: bool = False
     prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob and top-N
+    # chat's: refused here (refuse_unserved)
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+
+    def check_unserved(self) -> None:
+        refuse_unserved(self, ("tools", "tool_choice", "functions", "function_call"), "",
+                        "tool calls are served by /v1/chat/completions")
 
     def prompt_batch(self) -> list[str | list[int]]:
         """The prompts of this request: one string or token-id list each."""
@@ -280,6 +301,19 @@ class GenerateParameters(Struct, kw_only=True):
     guided_grammar: Any = None
     regular_constraint: Any = None
     allowed_token_ids: Any = None
+    # OpenAI's and vLLM's: refused here (refuse_unserved)
+    response_format: Any = None
+    structured_outputs: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    logit_bias: Any = None
+
+    def check_unserved(self) -> None:
+        refuse_unserved(self, ("response_format", "structured_outputs", "guided_regex",
+                               "guided_choice", "logit_bias"), "parameters.",
+                        "LightLLM's constraints are guided_json, guided_grammar, "
+                        "regular_constraint and allowed_token_ids; /v1/completions takes "
+                        "OpenAI's and vLLM's")
 
 
 class GenerateRequest(Struct, kw_only=True):
