@@ -223,3 +223,32 @@ def test_fused_moe_at_qwen3_30b_a3b_shape_in_bf16(T):
     out = fused_moe_triton(x, w13, w2, weights, ids)
     ref = fused_moe_ref(x.float(), w13.float(), w2.float(), w_ref, ids_ref)
     torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shape", [(16, 2, 64, 32), (128, 8, 2048, 768)],
+                         ids=["tiny-16e", "qwen3-30b-a3b"])
+@pytest.mark.parametrize("T", [1, 7, 65])
+def test_gpu_fused_moe_in_float32_with_the_configs_found(shape, T, monkeypatch):
+    """A float32 model on a GPU (as tests/test_gpu_model.py serves dense ones) through the
+    configs the layer finds without tuning (AIOLLM_AUTOTUNE=0, as a CUDA graph capture does):
+    the defaults at the tiny shape, and at Qwen3-30B-A3B's the table's, tuned in bf16. The
+    config keys carry no dtype, and a config's shared memory doubles in float32 (the default
+    gate/up tile of 16 x 128 with two 128 x 64 weight tiles over 4 stages: about 288 KB in
+    float32, against 227 KB an H100/H200 block may use), so a launch may be refused here."""
+    from aiollm.kernels import autotune
+
+    E, k, H, I = shape
+    torch.manual_seed(6)
+    dev = "cuda"
+    x = torch.randn(T, H, device=dev)
+    w13 = torch.randn(E, 2 * I, H, device=dev) / H**0.5
+    w2 = torch.randn(E, H, I, device=dev) / I**0.5
+    weights, ids = moe_route_triton(torch.randn(T, E, device=dev), k, True)
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
+    with autotune.untuned():
+        out = fused_moe_triton(x, w13, w2, weights, ids)
+    ref = fused_moe_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err <= 2e-3, err  # tf32 products: about 3e-4
