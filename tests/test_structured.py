@@ -229,10 +229,13 @@ def test_keyword_names_as_property_names_are_fine(client):
 
 
 def _streamed_message(stream):
-    """The assistant message a client assembles from a stream, and the finish reason."""
+    """The assistant message a client assembles from a stream, and the finish reason. The
+    calls come before the chunk that finishes, as OpenAI streams them (the SDK's stream
+    helper fires tool_calls.function.arguments.done only for a call it saw before)."""
     calls, content, finish = {}, "", None
     for chunk in stream:
         delta = chunk.choices[0].delta
+        assert not (chunk.choices[0].finish_reason and delta.tool_calls), chunk
         content += delta.content or ""
         for tc in delta.tool_calls or []:
             c = calls.setdefault(tc.index, {"id": tc.id, "type": "function",

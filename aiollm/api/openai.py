@@ -283,15 +283,21 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if not started[j]:
             started[j] = True
             delta = {"role": "assistant", "content": text}
-        if found:
-            delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
         done_tokens[j] = d.completion_tokens
         cached_tokens[j] = d.cached_tokens
+        logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
+                                                                     d.token_texts)
+        if not found:
+            return sse.event({**head, "choices": [{
+                "index": j, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]})
+        # the calls, then a chunk of their own for the finish, as OpenAI sends them (the
+        # SDK's stream helper ends a call, arguments.done, only once it has seen it)
+        delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
         return sse.event({**head, "choices": [{
-            "index": j, "delta": delta, "finish_reason": finish,
-            "logprobs": (None if d.logprobs is None
-                         else _chat_logprobs(vocab, d.logprobs, d.token_texts)),
-        }]})
+            "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs}]}) + (
+            sse.event({**head, "choices": [{
+                "index": j, "delta": {"content": ""}, "finish_reason": finish,
+                "logprobs": None}]}))
 
     def tail() -> bytes:
         usage = b""
