@@ -89,9 +89,24 @@ def test_markers_inside_arguments_are_text(parser):
             "mistral": '[TOOL_CALLS][{"name": "f", "arguments": %s}]'}[parser.name]
     text = "Sure. " + text % json.dumps(args)
     assert parser.grammar([tool], required=False, parallel=True)  # a call the grammar allows
-    content, [call] = parser.parse(text)
+    content, [call] = parser.calls(text, {"f"})
     assert content == "Sure." and json.loads(call.arguments) == args
-    stream = StreamingToolParser(parser)
+    stream = StreamingToolParser(parser, {"f"})
     sent = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3))
     rest, [call] = stream.finish()
     assert (sent + rest).strip() == "Sure." and json.loads(call.arguments) == args
+
+
+def test_a_call_to_no_tool_is_content():
+    """Llama 3's format is any JSON object that starts with "name": under "auto" a model may
+    write one as its answer (without the space the call grammar's trigger has). A call to a
+    function the request has not got is text, streamed or not."""
+    text = 'A person: {"name":"Bob", "age": 3}'
+    parser = Llama3Parser()
+    assert parser.calls(text, {"get_weather"}) == (text, [])
+    stream = StreamingToolParser(parser, {"get_weather"})
+    sent = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3))
+    rest, calls = stream.finish()
+    assert sent + rest == text and calls == []
+    content, [call] = parser.calls('{"name": "get_weather", "parameters": {}}', {"get_weather"})
+    assert content == "" and call.name == "get_weather"

@@ -215,6 +215,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     messages = tool_calls.template_messages(req.message_dicts(),
                                             tools if mode != "none" else [], template)
     parser = None
+    names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
         parser = tool_calls.parser_for(template, engine.config.tool_call_parser)
         if tool_calls.marker_is_skipped(engine.tokenizer, parser.start):
@@ -246,7 +247,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         for j, out in enumerate(outs):
             message: dict = {"role": "assistant", "content": out.text}
             finish = out.finish_reason
-            content, calls = parser.parse(out.text) if parser else (out.text, [])
+            content, calls = parser.calls(out.text, names) if parser else (out.text, [])
             if calls:
                 message = {"role": "assistant", "content": content or None,
                            "tool_calls": [c.as_openai() for c in calls]}
@@ -265,7 +266,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     cached_tokens = [0] * req.n
     started = [False] * req.n
 
-    calls = [tool_calls.StreamingToolParser(parser) if parser else None for _ in params]
+    calls = [tool_calls.StreamingToolParser(parser, names) if parser else None for _ in params]
 
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item

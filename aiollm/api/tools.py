@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,6 +64,15 @@ class ToolParser:
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """(the text outside calls, the calls); text that does not parse stays content."""
         raise NotImplementedError
+
+    def calls(self, text: str, names: Collection[str]) -> tuple[str, list[ToolCall]]:
+        """parse(), where a call to a function not among `names` makes the whole text
+        content: free text that only looked like a call (Llama 3's format is any JSON object
+        that starts with "name"; the grammar holds only what follows its trigger)."""
+        content, calls = self.parse(text)
+        if any(c.name not in names for c in calls):
+            return text, []
+        return content, calls
 
     def tags(self, tools: list[dict]) -> list[dict]:
         """xgrammar structural tags: one per tool, its arguments under its schema."""
@@ -342,8 +352,9 @@ class StreamingToolParser:
     delta.tool_calls fragment (its whole arguments string at once, which OpenAI clients
     accumulate like smaller fragments)."""
 
-    def __init__(self, parser: ToolParser):
+    def __init__(self, parser: ToolParser, names: Collection[str]):
         self.parser = parser
+        self.names = names
         self.held = ""
         self.calling = False
         self.calls: list[ToolCall] = []
@@ -370,6 +381,6 @@ class StreamingToolParser:
 
     def finish(self) -> tuple[str, list[ToolCall]]:
         """At the end of the output: (content still held, the calls)."""
-        content, self.calls = self.parser.parse(self.held)
+        content, self.calls = self.parser.calls(self.held, self.names)
         self.held = ""
         return content, self.calls
