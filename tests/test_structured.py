@@ -172,6 +172,12 @@ def test_allowed_token_ids_and_logit_bias(client, server):
      "tools[0].function.parameters"),
     ({"guided_json": {"type": "object", "properties": {"e": {
         "type": "string", "format": "email", "maxLength": 30}}}}, "guided_json"),
+    # keywords beside anyOf/oneOf/allOf/$ref, which xgrammar drops ("type" and "properties"
+    # here: any JSON value at all would do)
+    ({"guided_json": {"type": "object", "properties": {"a": {"type": "integer"}, "b": NAME},
+                      "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}}, "guided_json"),
+    ({"guided_json": {"$defs": {"n": {"type": "integer"}}, "type": "object", "properties": {
+        "x": {"$ref": "#/$defs/n", "maximum": 3}}}}, "guided_json"),
     # escapes xgrammar would match as the letter itself (\A and \Z are anchors)
     ({"guided_regex": r"\Aabc\Z"}, "guided_regex"),
     ({"structured_outputs": {"regex": r"[0-9]+\Z"}}, "structured_outputs.regex"),

@@ -51,6 +51,14 @@ MAX_ENUM_VALUES = 1000
 # documents that fail them): refused rather than silently dropped
 _UNENFORCED = ("not", "if", "then", "else", "contains", "minContains", "maxContains",
                "dependentRequired", "dependentSchemas", "dependencies")
+# a node with one of these is that schema alone to xgrammar: it drops the node's other
+# assertions (a "type" and "properties" beside anyOf: any JSON value would do)
+_COMBINATORS = ("$ref", "anyOf", "oneOf", "allOf")
+_ASSERTIONS = ("type", "enum", "const", "multipleOf", "minimum", "maximum", "exclusiveMinimum",
+               "exclusiveMaximum", "minLength", "maxLength", "pattern", "format", "minItems",
+               "maxItems", "items", "prefixItems", "minProperties", "maxProperties",
+               "required", "properties", "patternProperties", "additionalProperties",
+               "propertyNames")
 _LOOKAROUND = re.compile(r"\(\?<?[=!]")
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 _SCHEMA_ONE = ("items", "additionalProperties", "propertyNames", "additionalItems",
@@ -81,13 +89,20 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if not isinstance(node, dict):
         return
 
-    def refuse(what: str) -> None:
+    def refuse(what: str, fix: str = "remove it") -> None:
         raise InvalidRequest(f"{param}: {what} at {at or '/'} is not supported (the grammar "
-                             "cannot enforce it): remove it", param=param)
+                             f"cannot enforce it): {fix}", param=param)
 
     for key in _UNENFORCED:
         if key in node:
             refuse(repr(key))
+    combinator = next((k for k in _COMBINATORS if k in node), None)
+    if combinator is not None:
+        beside = next((k for k in (*_COMBINATORS, *_ASSERTIONS)
+                       if k in node and k != combinator), None)
+        if beside is not None:
+            refuse(f"{beside!r} beside {combinator!r}",
+                   f"move it into the schemas {combinator!r} names")
     if node.get("uniqueItems") is True:
         refuse("'uniqueItems'")
     if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
