@@ -172,6 +172,10 @@ def test_allowed_token_ids_and_logit_bias(client, server):
      "tools[0].function.parameters"),
     ({"guided_json": {"type": "object", "properties": {"e": {
         "type": "string", "format": "email", "maxLength": 30}}}}, "guided_json"),
+    # the schema false: no output validates
+    ({"guided_json": False}, "guided_json"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "false"}}},
+     "response_format.json_schema.schema"),
     # keywords beside anyOf/oneOf/allOf/$ref, which xgrammar drops ("type" and "properties"
     # here: any JSON value at all would do)
     ({"guided_json": {"type": "object", "properties": {"a": {"type": "integer"}, "b": NAME},

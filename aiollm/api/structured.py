@@ -34,8 +34,11 @@ def _schema(value: Any, param: str) -> str:
             value = json.loads(value)
         except (ValueError, RecursionError) as e:
             raise InvalidRequest(f"{param} is not valid JSON: {e}", param=param) from None
-    if isinstance(value, bool):  # true: any JSON value is a schema, but say what is meant
-        return json.dumps({} if value else {"not": {}})
+    if value is True:  # any JSON value
+        return "{}"
+    if value is False:  # the grammar cannot express "nothing" (xgrammar drops "not")
+        raise InvalidRequest(f"{param} is false, which no output validates against",
+                             param=param)
     if not isinstance(value, dict):
         raise InvalidRequest(f"{param} must be a JSON schema object", param=param)
     check_schema(value, param)
