@@ -110,3 +110,36 @@ def test_a_call_to_no_tool_is_content():
     assert sent + rest == text and calls == []
     content, [call] = parser.calls('{"name": "get_weather", "parameters": {}}', {"get_weather"})
     assert content == "" and call.name == "get_weather"
+
+
+@pytest.mark.parametrize("spelled", [True, False], ids=["spelled", "token"])
+def test_auto_calls_parse_whether_the_marker_is_spelled_or_a_token(spelled):
+    """Under "auto" a model may open a Mistral call with the [TOOL_CALLS] token or write the
+    marker out character by character: the grammar holds the call to its schema either way,
+    and the parser finds it, streamed or not."""
+    parser = MistralParser()
+    spec = parser.grammar(TOOLS, required=False, parallel=True)
+    info = xgr.TokenizerInfo(VOCAB, stop_token_ids=[EOS])
+    compiled = xgr.GrammarCompiler(info, cache_enabled=False).compile_structural_tag(spec.value)
+    bitmask = xgr.allocate_token_bitmask(1, len(VOCAB))
+    rng = random.Random(int(spelled))
+    for _ in range(6):
+        matcher = xgr.GrammarMatcher(compiled)
+        text = ["o", "k", " "] + (list("[TOOL_CALLS]") if spelled else ["[TOOL_CALLS]"])
+        for tok in text:
+            assert matcher.accept_token(VOCAB.index(tok))
+        while True:
+            matcher.fill_next_token_bitmask(bitmask)
+            row = bitmask[0].numpy().view(np.uint32)
+            allowed = [t for t in range(len(VOCAB)) if row[t >> 5] >> (t & 31) & 1]
+            tok = EOS if EOS in allowed and rng.random() < 0.5 else rng.choice(allowed)
+            assert matcher.accept_token(tok)
+            if tok == EOS:
+                break
+            text.append(VOCAB[tok])
+        content, calls = parser.calls("".join(text), {"get_weather", 'say "hi"'})
+        assert calls and content.startswith("ok"), text
+        stream = StreamingToolParser(parser, {"get_weather", 'say "hi"'})
+        sent = "".join(stream.feed(t) for t in text)
+        rest, streamed = stream.finish()
+        assert [c.name for c in streamed] == [c.name for c in calls] and sent.startswith("ok")
