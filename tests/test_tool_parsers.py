@@ -98,10 +98,10 @@ def test_markers_inside_arguments_are_text(parser):
 
 
 def test_a_call_to_no_tool_is_content():
-    """Llama 3's format is any JSON object that starts with "name": under "auto" a model may
-    write one as its answer (without the space the call grammar's trigger has). A call to a
-    function the request has not got is text, streamed or not."""
-    text = 'A person: {"name":"Bob", "age": 3}'
+    """A call to a function the request has not got is text, streamed or not (Llama 3's
+    format is any JSON object that starts with "name"; the grammar holds the name only where
+    it triggers, so this guards what it does not see)."""
+    text = 'A person: {"name": "Bob", "age": 3}'
     parser = Llama3Parser()
     assert parser.calls(text, {"get_weather"}) == (text, [])
     stream = StreamingToolParser(parser, {"get_weather"})
@@ -143,3 +143,19 @@ def test_auto_calls_parse_whether_the_marker_is_spelled_or_a_token(spelled):
         sent = "".join(stream.feed(t) for t in text)
         rest, streamed = stream.finish()
         assert [c.name for c in streamed] == [c.name for c in calls] and sent.startswith("ok")
+
+
+def test_llama3_calls_streamed_or_not_alike():
+    """A Llama 3 call opens with the text the "auto" grammar triggers on; JSON spelt
+    otherwise ({"name":"f"...: no space) was never held to the tool's schema, and the stream
+    sent it as content while the whole response made it a call: it is content in both."""
+    parser, names = Llama3Parser(), {"get_weather"}
+    for text in ('{"name":"get_weather","parameters":{"city":1}}',
+                 'x {"name": "get_weather", "parameters": {"city": "P"}}'):
+        whole = parser.calls(text, names)
+        stream = StreamingToolParser(parser, names)
+        sent = "".join(stream.feed(text[i:i + 2]) for i in range(0, len(text), 2))
+        rest, calls = stream.finish()
+        assert ((sent + rest).strip(), [c.name for c in calls]) == (
+            whole[0], [c.name for c in whole[1]]), text
+    assert parser.calls('{"name":"get_weather","parameters":{}}', names)[1] == []

@@ -20,7 +20,6 @@ call the model starts always parses; "none" leaves the output free and parses no
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
@@ -187,15 +186,15 @@ class HermesParser(ToolParser):
 
 class Llama3Parser(ToolParser):
     name, start, separator = "llama3", '{"name": ', ";"
-    _opening = re.compile(r'\{\s*"name"\s*:')
 
     def parse(self, text):
         # the calls, after <|python_tag|> or alone, separated by ';' (Llama 3.1's parallel
-        # calls); text around them (a model under "auto" may write some) stays content
-        m = self._opening.search(text)
-        if m is None:
+        # calls); text around them (a model under "auto" may write some) stays content. The
+        # first opens as the grammar's trigger does: JSON spelt otherwise was never held to
+        # a tool's schema (and the stream has sent it as content)
+        i = text.find(self.start)
+        if i < 0:
             return text, []
-        i = m.start()
         calls, end = _json_calls(text, i, "parameters", "; \t\n")
         if not calls:
             return text, []
