@@ -238,6 +238,21 @@ def test_keyword_names_as_property_names_are_fine(client):
     jsonschema.validate(json.loads(text), schema)
 
 
+def test_sized_arrays_and_objects_of_any_items(client, server):
+    """An array with minItems/maxItems and no items (or an object with min/maxProperties and
+    no properties) takes any items, as JSON Schema says: xgrammar's strict mode read it as
+    "no items" (a 400 for minItems 1; maxItems alone allowed only []). Tools' parameters:
+    tests/test_tool_parsers.py."""
+    schema = {"type": "object", "properties": {
+        "tags": {"type": "array", "minItems": 1, "maxItems": 2},
+        "meta": {"type": "object", "minProperties": 1, "maxProperties": 1}},
+        "required": ["tags", "meta"], "additionalProperties": False}
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        "messages": ASK, "max_tokens": 80, "temperature": 0, "guided_json": schema})
+    assert status == 200, raw
+    jsonschema.validate(json.loads(json.loads(raw)["choices"][0]["message"]["content"]), schema)
+
+
 def _streamed_message(stream):
     """The assistant message a client assembles from a stream, and the finish reason. The
     calls come before the chunk that finishes, as OpenAI streams them (the SDK's stream

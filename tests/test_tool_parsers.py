@@ -22,6 +22,9 @@ TOOLS = [
             "unit": {"enum": ["c", "f"]}}, "required": ["city", "unit"],
         "additionalProperties": False}}},
     {"type": "function", "function": {"name": 'say "hi"'}},  # no parameters, quotes in its name
+    {"type": "function", "function": {"name": "tag", "parameters": {  # items of any kind
+        "type": "object", "properties": {"t": {"type": "array", "minItems": 1, "maxItems": 2}},
+        "required": ["t"], "additionalProperties": False}}},
 ]
 VOCAB = [chr(c) for c in range(32, 127)] + ["\n", "</s>", "<tool_call>", "[TOOL_CALLS]"]
 EOS = VOCAB.index("</s>")
@@ -137,9 +140,10 @@ def test_auto_calls_parse_whether_the_marker_is_spelled_or_a_token(spelled):
             if tok == EOS:
                 break
             text.append(VOCAB[tok])
-        content, calls = parser.calls("".join(text), {"get_weather", 'say "hi"'})
+        names = {t["function"]["name"] for t in TOOLS}
+        content, calls = parser.calls("".join(text), names)
         assert calls and content.startswith("ok"), text
-        stream = StreamingToolParser(parser, {"get_weather", 'say "hi"'})
+        stream = StreamingToolParser(parser, names)
         sent = "".join(stream.feed(t) for t in text)
         rest, streamed = stream.finish()
         assert [c.name for c in streamed] == [c.name for c in calls] and sent.startswith("ok")

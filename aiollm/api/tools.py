@@ -25,7 +25,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiollm.api.structured import check_schema
+from aiollm.api.structured import check_schema, grammar_schema
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import GrammarSpec
 
@@ -103,7 +103,7 @@ def _structural_tag(fmt: dict) -> GrammarSpec:
 
 def _arguments(tool: dict) -> dict:
     """A tag's content: the tool's arguments under its parameter schema."""
-    return {"type": "json_schema", "json_schema": _schema(tool),
+    return {"type": "json_schema", "json_schema": grammar_schema(_schema(tool)),
             "max_whitespace_cnt": MAX_WHITESPACE}
 
 
