@@ -172,6 +172,10 @@ def test_allowed_token_ids_and_logit_bias(client, server):
      "tools[0].function.parameters"),
     ({"guided_json": {"type": "object", "properties": {"e": {
         "type": "string", "format": "email", "maxLength": 30}}}}, "guided_json"),
+    # a schema inside a structural tag is held to the same rules
+    ({"structured_outputs": {"structural_tag": {"type": "structural_tag", "format": {
+        "type": "json_schema", "json_schema": {"type": "object", "properties": {
+            "a": {"type": "integer", "not": {"const": 1}}}}}}}}, "structured_outputs.structural_tag"),
     # the schema false: no output validates
     ({"guided_json": False}, "guided_json"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": "false"}}},

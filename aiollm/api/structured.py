@@ -192,6 +192,28 @@ def _regex(value: Any, param: str) -> str:
     return value
 
 
+def _structural_tag(value: Any, param: str) -> str:
+    """An xgrammar structural tag whose JSON schemas are checked and compiled as a
+    json_schema field's are (check_schema, grammar_schema)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except (ValueError, RecursionError) as e:
+            raise InvalidRequest(f"{param} is not valid JSON: {e}", param=param) from None
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") == "json_schema" and isinstance(node.get("json_schema"), dict):
+                check_schema(node["json_schema"], param)
+                node["json_schema"] = grammar_schema(node["json_schema"])
+            else:
+                stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return json.dumps(value)
+
+
 def _choice(value: Any, param: str) -> str:
     if not isinstance(value, list) or not value or not all(
             isinstance(c, str) and c for c in value):
@@ -241,8 +263,7 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
         "choice": lambda v, q: GrammarSpec("choice", _choice(v, q), q),
         "grammar": lambda v, q: GrammarSpec("ebnf", _text(v, q), q),
         "json_object": lambda v, q: GrammarSpec("json_object", "", q) if v else None,
-        "structural_tag": lambda v, q: GrammarSpec(
-            "structural_tag", v if isinstance(v, str) else json.dumps(v), q),
+        "structural_tag": lambda v, q: GrammarSpec("structural_tag", _structural_tag(v, q), q),
     }
     unknown = [k for k in value if k not in makers and k not in _STRUCTURED_OPTIONS]
     if unknown:  # a misspelt grammar field would leave the output free
