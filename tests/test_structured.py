@@ -400,3 +400,23 @@ def test_call_marker_that_is_a_special_token_is_parsed(server, tmp_path, listed)
         assert call["function"]["name"] == "f" and json.loads(call["function"]["arguments"])
     finally:
         srv.close()
+
+
+def test_format_lengths_that_cannot_bind_are_accepted():
+    """pydantic's URL fields carry {"format": "uri", "minLength": 1, "maxLength": 2083}: a uri
+    is never empty and no generated one nears 2,083 characters, so the schema is accepted;
+    lengths that could bind beside a format stay refused (the grammar drops them)."""
+    from aiollm.api.structured import check_schema
+    from aiollm.errors import InvalidRequest
+
+    class Page(pydantic.BaseModel):
+        url: pydantic.HttpUrl
+        title: str
+
+    check_schema(Page.model_json_schema(), "response_format")
+    for bound in ({"maxLength": 100}, {"minLength": 5}):
+        with pytest.raises(InvalidRequest, match="'format' with"):
+            check_schema({"type": "string", "format": "uri", **bound}, "guided_json")
+    # uri-reference matches the empty string: its minLength 1 binds
+    with pytest.raises(InvalidRequest, match="'format' with"):
+        check_schema({"type": "string", "format": "uri-reference", "minLength": 1}, "guided_json")

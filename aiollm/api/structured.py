@@ -152,8 +152,9 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if isinstance(pattern, str) and ("minLength" in node or "maxLength" in node):
         refuse("'pattern' with 'minLength'/'maxLength'")
     # xgrammar enforces a format (email, date, uri...) by dropping the string's lengths
-    if isinstance(node.get("format"), str) and ("minLength" in node or "maxLength" in node):
-        refuse("'format' with 'minLength'/'maxLength'")
+    if isinstance(node.get("format"), str) and _binding_lengths(node):
+        refuse("'format' with 'minLength'/'maxLength'",
+               f"remove them (a maxLength of {LOOSE_MAX_LENGTH} or more is accepted)")
     for key in _SCHEMA_MAPS:
         if isinstance(node.get(key), dict):
             for name, sub in node[key].items():
@@ -164,6 +165,31 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
         if isinstance(node.get(key), list):
             for i, sub in enumerate(node[key]):
                 _check_keywords(sub, f"{at}/{key}/{i}", param)
+
+
+# A maxLength this large beside a format is accepted though the grammar cannot hold it:
+# pydantic's URL types write {"format": "uri", "minLength": 1, "maxLength": 2083}, and refusing
+# them would refuse every model with a URL field, for a bound no generated URL comes near
+LOOSE_MAX_LENGTH = 2048
+
+
+# formats whose xgrammar pattern never matches the empty string (checked with xgrammar
+# 0.2.9; uri-reference, iri, iri-reference, uri-template, json-pointer and regex do match it)
+_NON_EMPTY_FORMATS = frozenset({"email", "date", "time", "date-time", "duration", "ipv4",
+                                "ipv6", "hostname", "uri", "uuid", "relative-json-pointer"})
+
+
+def _binding_lengths(node: dict) -> bool:
+    """Whether a format string's minLength/maxLength could bind: minLength 0 never does, nor 1
+    for a format that is never empty; a maxLength of LOOSE_MAX_LENGTH or more is let go."""
+    lo, hi = node.get("minLength"), node.get("maxLength")
+    floor = 1 if node.get("format") in _NON_EMPTY_FORMATS else 0
+    return ((lo is not None and not (_is_int(lo) and lo <= floor))
+            or (hi is not None and not (_is_int(hi) and hi >= LOOSE_MAX_LENGTH)))
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 # escapes of a letter that xgrammar's regex reads (or refuses itself); it matches any other
