@@ -30,6 +30,17 @@ VOCAB = [chr(c) for c in range(32, 127)] + ["\n", "</s>", "<tool_call>", "[TOOL_
 EOS = VOCAB.index("</s>")
 
 
+
+def _random_step(matcher, bitmask, rng) -> int:
+    """One token the grammar allows, drawn at random (EOS half the time it is allowed), and
+    accepted by the matcher."""
+    matcher.fill_next_token_bitmask(bitmask)
+    row = bitmask[0].numpy().view(np.uint32)
+    allowed = [t for t in range(len(VOCAB)) if row[t >> 5] >> (t & 31) & 1]
+    tok = EOS if EOS in allowed and rng.random() < 0.5 else rng.choice(allowed)
+    assert matcher.accept_token(tok)
+    return tok
+
 def _walks(spec_value: str, n: int, seed: int) -> list[str]:
     """n random outputs the grammar allows, each to its end."""
     info = xgr.TokenizerInfo(VOCAB, stop_token_ids=[EOS])
@@ -39,11 +50,7 @@ def _walks(spec_value: str, n: int, seed: int) -> list[str]:
     while len(outs) < n:
         matcher, text = xgr.GrammarMatcher(compiled), []
         for _ in range(400):
-            matcher.fill_next_token_bitmask(bitmask)
-            row = bitmask[0].numpy().view(np.uint32)
-            allowed = [t for t in range(len(VOCAB)) if row[t >> 5] >> (t & 31) & 1]
-            tok = EOS if EOS in allowed and rng.random() < 0.5 else rng.choice(allowed)
-            assert matcher.accept_token(tok)
+            tok = _random_step(matcher, bitmask, rng)
             if tok == EOS:
                 outs.append("".join(text))
                 break
@@ -132,11 +139,7 @@ def test_auto_calls_parse_whether_the_marker_is_spelled_or_a_token(spelled):
         for tok in text:
             assert matcher.accept_token(VOCAB.index(tok))
         while True:
-            matcher.fill_next_token_bitmask(bitmask)
-            row = bitmask[0].numpy().view(np.uint32)
-            allowed = [t for t in range(len(VOCAB)) if row[t >> 5] >> (t & 31) & 1]
-            tok = EOS if EOS in allowed and rng.random() < 0.5 else rng.choice(allowed)
-            assert matcher.accept_token(tok)
+            tok = _random_step(matcher, bitmask, rng)
             if tok == EOS:
                 break
             text.append(VOCAB[tok])
