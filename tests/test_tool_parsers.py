@@ -30,7 +30,6 @@ VOCAB = [chr(c) for c in range(32, 127)] + ["\n", "</s>", "<tool_call>", "[TOOL_
 EOS = VOCAB.index("</s>")
 
 
-
 def _random_step(matcher, bitmask, rng) -> int:
     """One token the grammar allows, drawn at random (EOS half the time it is allowed), and
     accepted by the matcher."""
@@ -40,6 +39,7 @@ def _random_step(matcher, bitmask, rng) -> int:
     tok = EOS if EOS in allowed and rng.random() < 0.5 else rng.choice(allowed)
     assert matcher.accept_token(tok)
     return tok
+
 
 def _walks(spec_value: str, n: int, seed: int) -> list[str]:
     """n random outputs the grammar allows, each to its end."""
