@@ -216,3 +216,23 @@ def test_gpu_every_candidate_at_model_shapes(shape, monkeypatch, tmp_path):
     H, I = shape[0], shape[4]
     cands = {tuple(c.values()) for K in (H, I) for c in gemv._candidates(1, K)}
     check_model_shape(*shape, sorted(cands), monkeypatch, tmp_path)
+
+
+def test_nested_untuned_and_pdl_suspended_restore_the_outer_state():
+    """Tuning can run inside tuning (the MoE path choice times kernels that tune): leaving an
+    inner block must not switch PDL back on, nor tuning, while the outer block still runs."""
+    from aiollm.kernels import autotune, pdl
+
+    def tuning_on() -> bool:
+        return not getattr(autotune._untuned, "active", False)
+
+    with pdl.suspended():
+        with pdl.suspended():
+            pass
+        assert pdl._off.active  # still suspended
+    assert not pdl._off.active
+    with autotune.untuned():
+        with autotune.untuned():
+            pass
+        assert not tuning_on()
+    assert tuning_on()

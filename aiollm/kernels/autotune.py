@@ -129,11 +129,12 @@ def untuned():
     tune nothing, as during a CUDA graph capture. The start-up warm-up runs under it: its
     inputs are not the real ones (its decodes all read one context, from cache), so timings
     taken on them could pick a config that is slower in serving."""
+    outer = getattr(_untuned, "active", False)  # nested: leave the outer block's state
     _untuned.active = True
     try:
         yield
     finally:
-        _untuned.active = False
+        _untuned.active = outer
 
 
 def _tune(kernel: str, key: str, candidates: list[Config], bench: Callable[[Config], float]) -> Config:

@@ -62,11 +62,12 @@ def suspended():
     measured far slower than they run in a step (H200, 2026-12-01: the 1B shape's qkv GEMV
     187.5 us with PDL, 33.2 us without; its whole decode step got faster with PDL), so the
     configs picked were noise. Why was not isolated."""
+    outer = getattr(_off, "active", False)  # nested (tuning inside tuning): keep it off
     _off.active = True
     try:
         yield
     finally:
-        _off.active = False
+        _off.active = outer
 
 
 def launch_kwargs(device: torch.device) -> dict:
