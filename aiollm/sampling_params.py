@@ -6,6 +6,12 @@ from dataclasses import dataclass, field
 
 from aiollm.errors import InvalidRequest
 
+
+def is_int(v: object) -> bool:
+    """Whether `v` is an int of JSON's kind (bool, which Python counts as int, is not)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 MAX_STOP_STRINGS = 16
 # characters per stop string: bounds the text a stream holds back while a stop string may be
 # completing, and the matcher's size (aiollm/engine/stop_strings.py)
@@ -64,9 +70,6 @@ class SamplingParams:
     def __post_init__(self) -> None:
         def bad(name: str, why: str) -> InvalidRequest:
             return InvalidRequest(f"{name} {why}, got {getattr(self, name)!r}", param=name)
-
-        def is_int(v: object) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool)
 
         def is_num(v: object) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v

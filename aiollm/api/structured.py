@@ -20,7 +20,7 @@ import re
 from typing import Any
 
 from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import Constraint, GrammarSpec
+from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 
 def _text(value: Any, param: str) -> str:
@@ -184,12 +184,8 @@ def _binding_lengths(node: dict) -> bool:
     for a format that is never empty; a maxLength of LOOSE_MAX_LENGTH or more is let go."""
     lo, hi = node.get("minLength"), node.get("maxLength")
     floor = 1 if node.get("format") in _NON_EMPTY_FORMATS else 0
-    return ((lo is not None and not (_is_int(lo) and lo <= floor))
-            or (hi is not None and not (_is_int(hi) and hi >= LOOSE_MAX_LENGTH)))
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+    return ((lo is not None and not (is_int(lo) and lo <= floor))
+            or (hi is not None and not (is_int(hi) and hi >= LOOSE_MAX_LENGTH)))
 
 
 # escapes of a letter that xgrammar's regex reads (or refuses itself); it matches any other
@@ -347,8 +343,8 @@ def constraint(grammars: list[GrammarSpec | None], *, allowed_token_ids: Any = N
     if len(specs) > 1:
         raise InvalidRequest(f"{specs[0].param} and {specs[1].param} both constrain the output; "
                              f"send one", param=specs[1].param)
-    if allowed_token_ids is not None and (not isinstance(allowed_token_ids, list) or not all(
-            isinstance(t, int) and not isinstance(t, bool) for t in allowed_token_ids)):
+    if allowed_token_ids is not None and (not isinstance(allowed_token_ids, list)
+                                          or not all(map(is_int, allowed_token_ids))):
         raise InvalidRequest("allowed_token_ids must be a list of token ids", param=allowed_param)
     if not specs and allowed_token_ids is None and not bias:
         return None

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from aiollm.errors import InvalidRequest, RequestFailed
-from aiollm.sampling_params import Constraint, GrammarSpec
+from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,12 @@ class Grammars:
         v = self.vocab_size
         if c.allowed_token_ids is not None:
             ids = c.allowed_token_ids
-            if not ids or not all(_is_int(t) and 0 <= t < v for t in ids):
+            if not ids or not all(is_int(t) and 0 <= t < v for t in ids):
                 raise InvalidRequest(f"allowed_token_ids must be a non-empty list of token ids "
                                      f"in [0, {v})", param="allowed_token_ids")
         if c.logit_bias is not None:
             for t, b in c.logit_bias.items():
-                if not _is_int(t) or not 0 <= t < v:
+                if not is_int(t) or not 0 <= t < v:
                     raise InvalidRequest(f"logit_bias key {t!r} is not a token id in [0, {v})",
                                          param="logit_bias")
                 if not isinstance(b, (int, float)) or isinstance(b, bool) or not (
@@ -359,10 +359,6 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     if t is None or device.type == "cpu":
         return t
     return t.to(device, non_blocking=True)
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _compile(compiler, spec: GrammarSpec):
