@@ -301,7 +301,7 @@ class Engine:
             except asyncio.TimeoutError:
                 pass
             return
-        launch = out = err = None
+        launch = out = err = issued = None
         if step is not None:
             step.after_busy_device = self._inflight is not None
             try:
@@ -313,7 +313,7 @@ class Engine:
                 # queuing kernels does not block: launch here, no thread hop
                 try:
                     out = self.runner.launch(inputs)
-                    out.turn_start, out.issued = t0, perf()
+                    issued = perf()
                 except Exception as e:
                     err = e
             else:  # the CPU computes while launching: on the model thread, so the loop
@@ -345,6 +345,7 @@ class Engine:
         if err is not None:  # a failing step fails its requests, not the server
             self._step_failed(step, err)
             return
+        out.turn_start, out.issued = t0, issued  # the step log's host timeline
         self._inflight = (step, out, perf(), cpu_s)
 
     @staticmethod

@@ -320,7 +320,7 @@ class ModelRunner:
             if mask is not None:
                 st.allowed, st.bias_ids, st.bias = mask.bitmask, mask.bias_ids, mask.bias
             res = self._queue_results(inp, self._sample(logits, inp), bad)
-        res.forward_end, res.turn_start, res.issued = out.forward_end, out.turn_start, out.issued
+        res.forward_end = out.forward_end
         return res
 
     def _masked_argmax(self, inp: StepInputs, logits: torch.Tensor, bad: torch.Tensor,

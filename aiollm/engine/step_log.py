@@ -13,12 +13,13 @@ import time
 
 class StepLog:
     """Entries of completed steps. Times are time.perf_counter() seconds: turn_start (the
-    loop's turn that planned it began), issued (its launch returned; both None on the CPU),
-    launched (it became the step in flight: after its sampling was queued, and after the
-    previous step's tokens were handed out), done_seen (the loop saw it done), processed (its
-    tokens were handed out); device_s the step's device time, gap_s the device's idle time before it, forward_s
-    the forward's part of device_s in a constrained step (the rest waited for its mask), all
-    from CUDA events and None on the CPU; mask_host_s and sample_host_s the host seconds a
+    loop's turn that planned it began), issued (its launch returned; None on the CPU, where
+    the launch is the computation), launched (it became the step in flight: after its
+    sampling was queued, and after the previous step's tokens were handed out), done_seen
+    (the loop saw it done), processed (its tokens were handed out); device_s the step's
+    device time, gap_s the device's idle time before it, forward_s the forward's part of
+    device_s in a constrained step (the rest waited for its mask), all from CUDA events and
+    None on the CPU; mask_host_s and sample_host_s the host seconds a
     constrained step took to fill its mask and to queue its sampling (None otherwise); reqs,
     tokens and prefill_tokens its size."""
 
