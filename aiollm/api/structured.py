@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from aiollm.errors import InvalidRequest
@@ -29,12 +30,19 @@ def _text(value: Any, param: str) -> str:
     raise InvalidRequest(f"{param} must be a string", param=param)
 
 
+def _json(value: Any, param: str) -> Any:
+    """`value`, parsed first when it is JSON text (InvalidRequest naming `param` if it is not
+    valid JSON)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except (ValueError, RecursionError) as e:
+        raise InvalidRequest(f"{param} is not valid JSON: {e}", param=param) from None
+
+
 def _schema(value: Any, param: str) -> str:
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError) as e:
-            raise InvalidRequest(f"{param} is not valid JSON: {e}", param=param) from None
+    value = _json(value, param)
     if value is True:  # any JSON value
         return "{}"
     if value is False:  # the grammar cannot express "nothing" (xgrammar drops "not")
@@ -109,14 +117,25 @@ def grammar_schema(schema: dict) -> dict:
         if ("minProperties" in node or "maxProperties" in node) and not any(
                 k in node for k in _OBJECT_SHAPES):
             node["additionalProperties"] = {}
-        for key in _SCHEMA_MAPS:
-            if isinstance(node.get(key), dict):
-                stack.extend(node[key].values())
-        stack.extend(node.get(key) for key in _SCHEMA_ONE)
-        for key in _SCHEMA_LISTS:
-            if isinstance(node.get(key), list):
-                stack.extend(node[key])
+        stack.extend(sub for _, sub in _subschemas(node))
     return out
+
+
+def _subschemas(node: dict) -> Iterator[tuple[str, Any]]:
+    """The subschemas a schema node names directly, each with its JSON-pointer step from the
+    node ("/properties/name", "/items", "/anyOf/0"); `items` comes as one schema and, when a
+    list, as its elements."""
+    for key in _SCHEMA_MAPS:
+        if isinstance(node.get(key), dict):
+            for name, sub in node[key].items():
+                yield f"/{key}/{name}", sub
+    for key in _SCHEMA_ONE:
+        if key in node:
+            yield f"/{key}", node[key]
+    for key in _SCHEMA_LISTS:
+        if isinstance(node.get(key), list):
+            for i, sub in enumerate(node[key]):
+                yield f"/{key}/{i}", sub
 
 
 def _check_keywords(node: Any, at: str, param: str) -> None:
@@ -155,16 +174,8 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if isinstance(node.get("format"), str) and _binding_lengths(node):
         refuse("'format' with 'minLength'/'maxLength'",
                f"remove them (a maxLength of {LOOSE_MAX_LENGTH} or more is accepted)")
-    for key in _SCHEMA_MAPS:
-        if isinstance(node.get(key), dict):
-            for name, sub in node[key].items():
-                _check_keywords(sub, f"{at}/{key}/{name}", param)
-    for key in _SCHEMA_ONE:
-        _check_keywords(node.get(key), f"{at}/{key}", param)
-    for key in _SCHEMA_LISTS:
-        if isinstance(node.get(key), list):
-            for i, sub in enumerate(node[key]):
-                _check_keywords(sub, f"{at}/{key}/{i}", param)
+    for step, sub in _subschemas(node):
+        _check_keywords(sub, at + step, param)
 
 
 # A maxLength this large beside a format is accepted though the grammar cannot hold it:
@@ -217,11 +228,7 @@ def _regex(value: Any, param: str) -> str:
 def _structural_tag(value: Any, param: str) -> str:
     """An xgrammar structural tag whose JSON schemas are checked and compiled as a
     json_schema field's are (check_schema, grammar_schema)."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except (ValueError, RecursionError) as e:
-            raise InvalidRequest(f"{param} is not valid JSON: {e}", param=param) from None
+    value = _json(value, param)
     stack = [value]
     while stack:
         node = stack.pop()
