@@ -19,6 +19,7 @@ call the model starts always parses; "none" leaves the output free and parses no
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Collection
@@ -259,6 +260,7 @@ def parser_for(template: str | None, override: str | None = None) -> ToolParser:
     return HermesParser()
 
 
+@functools.lru_cache(maxsize=8)  # per (tokenizer, marker): asked on every request with tools
 def marker_is_skipped(tokenizer, marker: str) -> bool:
     """Whether text decoded without special tokens loses the call marker: it is a special
     token (Mistral's [TOOL_CALLS]). Asked of the decoder, not of the special-token lists: a
