@@ -8,6 +8,10 @@ is then listed with the loop's host time in prepare and launch, the device time 
 kernels, the device idle time between its first and last kernel (the device waiting for the
 host inside the step) and the idle gap before it. The CUDA runtime calls that took longest
 on the loop's thread follow: a call that blocks the host shows there.
+
+`--cprofile PATH` runs cProfile instead of torch.profiler around the launches of steps that
+carry prompt tokens (the eager ones) and prints where their host time goes, by function: the
+device idles whenever such a launch takes longer than the step queued before it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import cProfile
+import pstats
+import time
 import gzip
 import json
 import os
@@ -58,6 +65,37 @@ async def run(args):
                 with torch.profiler.record_function(label(*a)):
                     return fn(*a)
             return wrapped
+        if args.cprofile:
+            prof, launches = cProfile.Profile(), []
+            launch = runner.launch
+
+            def profiled(inp):  # only the eager steps: decode batches replay a graph
+                if inp.batch is None:
+                    return launch(inp)
+                t = time.perf_counter()
+                out = prof.runcall(launch, inp)
+                launches.append((inp.batch.input_ids.shape[0], time.perf_counter() - t))
+                return out
+            runner.launch = profiled
+            prepare = runner.prepare
+
+            def profiled_prepare(step, table):  # the eager steps' batch building
+                if step.num_tokens == len(step.reqs):
+                    return prepare(step, table)
+                t = time.perf_counter()
+                out = prof.runcall(prepare, step, table)
+                launches.append(("prepare", time.perf_counter() - t))
+                return out
+            runner.prepare = profiled_prepare
+            for _ in range(args.waves):
+                await asyncio.gather(*(eng.generate(prompt(args.input_len), short)
+                                       for _ in range(args.prompts)))
+                await asyncio.sleep(0.05)
+            torch.cuda.synchronize() if torch.cuda.is_available() else None
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            return prof, launches
         runner.prepare = annotate(runner.prepare, lambda step, _t: (
             f"aiollm.prepare reqs={len(step.reqs)} tokens={step.num_tokens}"))
         runner.launch = annotate(runner.launch, lambda inp: "aiollm.launch")
@@ -137,8 +175,19 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--trace", default=None, help="also write the chrome trace here (.json.gz)")
     ap.add_argument("--out", default=None, help="the analysis as JSON")
+    ap.add_argument("--cprofile", default=None,
+                    help="cProfile the eager launches instead; write the stats here")
     args = ap.parse_args()
     prof = asyncio.run(run(args))
+    if args.cprofile:
+        prof, launches = prof
+        prof.dump_stats(args.cprofile)
+        print("eager prepare/launch (tokens, host ms):",
+              [(n, round(1e3 * s, 2)) for n, s in launches])
+        st = pstats.Stats(prof)
+        st.sort_stats("tottime").print_stats(args.top)
+        st.sort_stats("cumulative").print_stats(args.top)
+        return
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "trace.json")
         prof.export_chrome_trace(path)
