@@ -33,7 +33,7 @@ start_server "$OUT_DIR/server-$NAME$TAG.log" "$MODEL" --load-format dummy --toke
   --max-model-len 4096 ${EXTRA:-}
 peer() {  # api seed label
   python3 "$CLIENT" --url "http://127.0.0.1:$PORT" --api "$1" --seed "$2" --tokenizer "$TOKENIZER" \
-    --label "$3"
+    --label "$3" --model "$NAME"
 }
 peer lightllm 100 prewarm > "$OUT_DIR/prewarm.jsonl"
 for k in $(seq "${REPS:-3}"); do
