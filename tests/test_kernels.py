@@ -63,6 +63,22 @@ def test_rms_norm(T, H, dtype, with_residual, device=CPU):
         assert_close(out, ref, dtype)
 
 
+@pytest.mark.parametrize("fn", [kernels.rms_norm_triton, kernels.rms_norm_ref])
+def test_rms_norm_adds_into_the_residual_stream_in_place(fn, device=CPU):
+    """residual_out = residual: the sum lands in the stream itself (the prefill graphs keep
+    the stream in one static buffer); a wrong buffer is refused by name."""
+    x = torch.randn(6, 40, dtype=torch.bfloat16, device=device)
+    w = torch.randn(40, dtype=torch.bfloat16, device=device)
+    stream = torch.randn(6, 40, dtype=torch.float32, device=device)
+    want = kernels.rms_norm_ref(x, w, 1e-6, stream.clone())
+    h, res = fn(x, w, 1e-6, stream, residual_out=stream)
+    assert res.data_ptr() == stream.data_ptr()
+    assert_close(stream, want[1], torch.float32)
+    assert_close(h, want[0], torch.bfloat16)
+    with pytest.raises(ValueError, match="residual_out"):
+        fn(x, w, 1e-6, stream, residual_out=stream.to(torch.bfloat16))
+
+
 @pytest.mark.parametrize("T,I", [(1, 8), (7, 37), (3, 300)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_silu_and_mul(T, I, dtype, device=CPU):

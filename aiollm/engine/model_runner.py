@@ -148,6 +148,8 @@ class ModelRunner:
                  req_to_token: ReqToTokenTable, device: torch.device, *, eos_ids=(),
                  cuda_graph: bool = False, cuda_graph_max_batch: int = 256, dist=None):
         from aiollm.engine.cuda_graph import STAGING, DecodeGraphs
+        from aiollm.engine.prefill_graphs import PrefillGraphs
+        from aiollm.engine.prefill_graphs import enabled as prefill_graphs_enabled
 
         self.model = model
         self.dist = dist  # an aiollm.distributed.TensorParallel, or None
@@ -168,6 +170,10 @@ class ModelRunner:
         max_bs = min(cuda_graph_max_batch, req_to_token.rows) if capture else req_to_token.rows
         self.graphs = DecodeGraphs(model, kv_pool, req_to_token, self._prev_ids, max_bs,
                                    capture=capture)
+        # eager steps (prompt tokens) replay their dense parts as graphs between attention
+        # calls (prefill_graphs.py); None runs them as model.forward
+        self.prefill_graphs = (PrefillGraphs(model, kv_pool) if capture and getattr(model, "graph_segments", False)
+                               and prefill_graphs_enabled() else None)
         pin = device.type == "cuda"
         self._out = [torch.zeros(2 * max_bs, dtype=torch.int64, pin_memory=pin)
                      for _ in range(STAGING)]
@@ -258,7 +264,8 @@ class ModelRunner:
         if inp.placeholders:
             b.input_ids = resolve_placeholders(b.input_ids, self._prev_ids)
         self.r2t.write_device(b.token_rows, b.positions, b.out_cache_loc)
-        logits = self.model.forward(b)
+        pg = self.prefill_graphs
+        logits = pg.forward(b) if pg is not None and pg.covers(b) else self.model.forward(b)
         res = bad = None
         if inp.argmax_only or inp.sampling is not None or inp.remote_sampling or \
                 inp.masked_argmax:

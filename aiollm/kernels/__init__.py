@@ -31,12 +31,14 @@ __all__ = [
 
 
 def rms_norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """rmsnorm(x) * weight, or with `residual`: (rmsnorm(x + residual) * weight, x + residual),
-    the sum in float32 (the residual stream)."""
+    the sum in float32 (the residual stream), written into `residual_out` when given (float32
+    [T, H]; it may be `residual` itself: the add then happens in place)."""
     fn = rms_norm_triton if x.is_cuda else rms_norm_ref
-    return fn(x, weight, eps, residual)
+    return fn(x, weight, eps, residual, residual_out)
 
 
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:

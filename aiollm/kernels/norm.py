@@ -33,7 +33,8 @@ def _rms_norm_kernel(
 
 
 def rms_norm_triton(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     assert x.dim() == 2 and x.stride(1) == 1, "x must be [T, H] with contiguous rows"
     T, H = x.shape
@@ -42,7 +43,8 @@ def rms_norm_triton(
     res_out = None
     if residual is not None:
         assert residual.shape == x.shape and residual.stride(1) == 1
-        res_out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+        # each row is read whole before it is written: residual_out may be residual itself
+        res_out = _residual_out(residual_out, x)
     if T == 0:
         return out if residual is None else (out, res_out)
     block = triton.next_power_of_2(H)
@@ -59,12 +61,25 @@ def rms_norm_triton(
 
 
 def rms_norm_ref(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
+    residual_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     res_out = None
     if residual is not None:
         res_out = x.float() + residual.float()
+        if residual_out is not None:
+            res_out = _residual_out(residual_out, x).copy_(res_out)
     xf = x.float() if res_out is None else res_out
     out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
     out = out.to(x.dtype)
     return out if res_out is None else (out, res_out)
+
+
+def _residual_out(given: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """Where the residual sum goes: `given` (float32, x's shape, contiguous rows), else new."""
+    if given is None:
+        return torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    if given.shape != x.shape or given.dtype != torch.float32 or given.stride(1) != 1:
+        raise ValueError(f"residual_out must be float32 {tuple(x.shape)} with contiguous rows, "
+                         f"got {given.dtype} {tuple(given.shape)}")
+    return given

@@ -13,6 +13,8 @@ in a CUDA graph.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -61,8 +63,37 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
-        return rms_norm(x, self.weight, self.eps, residual)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                residual_out: torch.Tensor | None = None):
+        return rms_norm(x, self.weight, self.eps, residual, residual_out)
+
+
+def linear_into(x: torch.Tensor, linear: nn.Module, out: torch.Tensor) -> torch.Tensor:
+    """linear(x) written into `out` [T, out_features] (a static buffer of the prefill graphs),
+    through the same GEMM (with its bias, addmm) as F.linear; returns out."""
+    w, b = linear.weight, linear.bias
+    if b is None:
+        return torch.mm(x, w.t(), out=out)
+    return torch.addmm(b, x, w.t(), out=out)
+
+
+@dataclass
+class SegmentIO:
+    """The static tensors that a step's graph segments (LlamaForCausalLM.segment) read and
+    write, T rows each (a bucket of the prefill graphs, aiollm.engine.prefill_graphs):
+    input_ids, positions, out_cache_loc [T] int64 in; qkv [T, (Hq + 2 Hkv) D] out (its q
+    part rotated, k and v stored in the KV pool); o [T, Hq D] in (a layer's attention
+    output); residual [T, H] float32, the stream, updated in place; x [T, H] out (the last
+    layer's output)."""
+
+    input_ids: torch.Tensor
+    positions: torch.Tensor
+    out_cache_loc: torch.Tensor
+    kv_pool: "object"
+    qkv: torch.Tensor
+    o: torch.Tensor
+    residual: torch.Tensor
+    x: torch.Tensor
 
 
 class Attention(nn.Module):
@@ -87,8 +118,8 @@ class Attention(nn.Module):
         q = self.rope_store(self.qkv_proj(x), batch, cos_sin)
         return self.o_proj(self.attend(q, batch).reshape(x.shape[0], self.q_size))
 
-    def rope_store(self, qkv: torch.Tensor, batch: ForwardBatch, cos_sin: torch.Tensor
-                   ) -> torch.Tensor:
+    def rope_store(self, qkv: torch.Tensor, batch: ForwardBatch | SegmentIO,
+                   cos_sin: torch.Tensor) -> torch.Tensor:
         """q [T, Hq, D] of the projection qkv [T, (Hq + 2 Hkv) D], rotated; the rotated k and
         v stored in the layer's KV cache."""
         T, D = qkv.shape[0], self.head_dim
@@ -250,6 +281,47 @@ class LlamaForCausalLM(nn.Module):
         residual = None
         for layer in self.layers:
             x, residual = layer(x, residual, batch, self.cos_sin_cache)
+        return self.logits(x, residual, batch)
+
+    def segment(self, k: int, io: SegmentIO) -> None:
+        """Segment k of a step's work between its attention calls, on io's static tensors
+        (the prefill graphs capture each one): segment 0 embeds the tokens and runs layer 0
+        up to its attention; segment k (0 < k < L) finishes layer k-1 from its attention
+        output io.o (o_proj, norm, MLP) and runs layer k up to its attention (norm, qkv,
+        rotary, KV store); segment L finishes the last layer into io.x. The residual stream
+        stays in io.residual (float32: layer 0's bf16 embedding is exact in it). Host-sync
+        free and shape-static; only for models without tensor parallelism or MoE layers
+        (graph_segments)."""
+        L = len(self.layers)
+        if k == 0:
+            x = self.embed_tokens(io.input_ids)
+            io.residual.copy_(x)
+            h = self.layers[0].input_layernorm(x)
+        else:
+            layer = self.layers[k - 1]
+            h = layer.self_attn.o_proj(io.o)
+            h, _ = layer.post_attention_layernorm(h, io.residual, io.residual)
+            x = layer.mlp(h)
+            if k == L:
+                io.x.copy_(x)
+                return
+            h, _ = self.layers[k].input_layernorm(x, io.residual, io.residual)
+        attn = self.layers[k].self_attn
+        qkv = linear_into(h, attn.qkv_proj, io.qkv)
+        q = attn.rope_store(qkv, io, self.cos_sin_cache)
+        if q.data_ptr() != qkv.data_ptr():  # q/k norms made a new q: the attention reads io.qkv
+            qkv[:, : attn.q_size].view_as(q).copy_(q)
+
+    @property
+    def graph_segments(self) -> bool:
+        """Whether segment() covers this model: no tensor parallelism (o_proj and down_proj
+        all-reduce) and no MoE layers (their routing sizes kernels on the host)."""
+        return self.fused_small
+
+    def logits(self, x: torch.Tensor, residual: torch.Tensor, batch: ForwardBatch
+               ) -> torch.Tensor:
+        """Logits [B, vocab] float32 of each request's last new token from the last layer's
+        output x [T, H] and the residual stream [T, H]; prompt logprobs when asked for."""
         # Only the last token of each request needs logits: select before the final norm.
         idx = batch.logits_index
         h, _ = self.norm(x[idx], residual[idx])

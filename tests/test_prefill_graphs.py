@@ -1,0 +1,175 @@
+"""Prefill graphs (aiollm/engine/prefill_graphs.py): eager steps as graph segments between
+attention calls. On the CPU the segments run eagerly on the same padded static buffers that
+the graphs replay on a GPU; they must give transformers' logits and model.forward's, store
+the same K/V, and write nothing else but the pool's scratch slot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+
+from aiollm import Engine, SamplingParams
+from aiollm.engine.prefill_graphs import PrefillGraphs, token_buckets
+from aiollm.model import load_model, load_tokenizer
+from test_loader import save_random_hf_model
+from test_model import Steps
+
+TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+            tie_word_embeddings=False)
+FAMILIES = {
+    "llama": LlamaConfig(**TINY),
+    "qwen2": Qwen2Config(**TINY),  # q/k/v biases
+    "qwen3": Qwen3Config(**TINY, head_dim=16),  # q/k norms
+}
+PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2],
+           [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]]
+
+
+def test_every_step_size_has_a_bucket_with_bounded_padding():
+    buckets = token_buckets(2048)
+    assert buckets == sorted(set(buckets)) and buckets[0] == 16 and buckets[-1] == 2048
+    for t in range(1, 2049):
+        pad = next(b for b in buckets if b >= t) - t
+        assert pad < (16 if t <= 256 else 32)
+    assert token_buckets(100)[-1] == 100 and token_buckets(1) == [1]
+    with pytest.raises(ValueError, match="max_tokens"):
+        token_buckets(0)
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def tiny(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    hf = save_random_hf_model(FAMILIES[request.param], str(path))
+    return hf, load_model(str(path), dtype=torch.float32, device="cpu")
+
+
+def hf_last_logits(hf, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(torch.tensor([ids])).logits[0, -1].float()
+
+
+def test_mixed_steps_match_transformers_and_the_eager_forward(tiny):
+    """A prefill step, then a mixed one (two decodes and a new prompt), run twice on two KV
+    pools: once by model.forward, once by the segments on padded buffers."""
+    hf, loaded = tiny
+    eager, graphs = Steps(loaded), Steps(loaded)
+    pg = PrefillGraphs(loaded.model, graphs.pool, max_tokens=64, capture=False)
+    rows = {}
+    for s in (eager, graphs):
+        rows[id(s)] = [s.new_request() for _ in PROMPTS]
+    first = {}
+    for s, run in ((eager, loaded.model), (graphs, pg.forward)):
+        r = rows[id(s)]
+        batch = s.batch({r[0]: PROMPTS[0], r[1]: PROMPTS[1]})
+        assert pg.covers(batch) and pg.bucket(batch.num_tokens) == 32  # 18 tokens, padded
+        first[id(s)] = run(batch)
+    want = torch.stack([hf_last_logits(hf, p) for p in PROMPTS[:2]])
+    for out in first.values():
+        assert (out - want).abs().max() < 1e-4
+    nxt = [int(t) for t in want.argmax(-1)]
+    for s, run in ((eager, loaded.model), (graphs, pg.forward)):
+        r = rows[id(s)]
+        batch = s.batch({r[0]: [nxt[0]], r[1]: [nxt[1]], r[2]: PROMPTS[2]})
+        assert batch.mixed_parts is not None and batch.num_decode == 2
+        first[id(s)] = run(batch)
+    want = torch.stack([hf_last_logits(hf, PROMPTS[0] + [nxt[0]]),
+                        hf_last_logits(hf, PROMPTS[1] + [nxt[1]]), hf_last_logits(hf, PROMPTS[2])])
+    assert (first[id(graphs)] - want).abs().max() < 1e-4
+    assert (first[id(graphs)] - first[id(eager)]).abs().max() < 1e-5
+    # a smaller step after a larger one: its padding rows must not reuse the stale slots
+    last = [int(t) for t in want.argmax(-1)]
+    for s, run in ((eager, loaded.model), (graphs, pg.forward)):
+        r = rows[id(s)]
+        batch = s.batch({r[0]: [last[0]], r[1]: [last[1]], r[2]: [last[2]]})
+        assert batch.is_decode and pg.bucket(batch.num_tokens) == 16
+        first[id(s)] = run(batch)
+    assert (first[id(graphs)] - first[id(eager)]).abs().max() < 1e-5
+    # the same K/V in every slot but the scratch one, which only the padding rows wrote
+    scratch = graphs.pool.scratch_slot
+    for a, b in ((eager.pool.k_cache, graphs.pool.k_cache),
+                 (eager.pool.v_cache, graphs.pool.v_cache)):
+        for la, lb in zip(a, b):
+            assert (la[:scratch] - lb[:scratch]).abs().max() < 1e-5
+            assert lb[scratch].any()
+
+
+def test_steps_outside_the_graphs_are_refused_by_covers(tiny):
+    _, loaded = tiny
+    s = Steps(loaded)
+    pg = PrefillGraphs(loaded.model, s.pool, max_tokens=16, capture=False)
+    r = s.new_request()
+    assert not pg.covers(s.batch({r: [5]}))  # one token: the fused GEMV path
+    assert not pg.covers(s.batch({r: list(range(1, 18))}))  # 17 tokens > max_tokens
+
+
+def test_a_moe_model_is_refused_by_name():
+    class Moe:
+        graph_segments = False
+    with pytest.raises(ValueError, match="MoE"):
+        PrefillGraphs(Moe(), None)
+
+
+def test_engine_greedy_output_is_unchanged(tmp_path):
+    """Through the Engine, with streams decoding while prompts arrive (mixed steps): the same
+    greedy tokens with the segments on padded buffers as with model.forward; nothing leaks."""
+    save_random_hf_model(FAMILIES["llama"], str(tmp_path))
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    steps = []
+
+    async def run(use_graphs: bool):
+        async with Engine(str(tmp_path), kv_tokens=1024, max_model_len=256) as engine:
+            runner = engine.runner
+            if use_graphs:
+                runner.prefill_graphs = PrefillGraphs(runner.model, engine.kv_pool,
+                                                      max_tokens=64, capture=False)
+                real = runner.prefill_graphs.forward
+
+                def spy(batch):
+                    steps.append(batch.num_tokens)
+                    return real(batch)
+                runner.prefill_graphs.forward = spy
+            first = asyncio.ensure_future(engine.generate(PROMPTS[0], params))
+            await asyncio.sleep(0.2)
+            outs = await asyncio.gather(first, *(engine.generate(p, params) for p in PROMPTS[1:]))
+            assert engine.stats()["kv_used"] == 0
+        return [o.token_ids for o in outs]
+
+    plain = asyncio.run(run(False))
+    assert asyncio.run(run(True)) == plain
+    assert steps and max(steps) > 1
+
+
+@pytest.mark.gpu
+def test_gpu_captured_segments_give_the_eager_tokens(tmp_path, monkeypatch):
+    """On CUDA (fp32, no TF32): the same greedy tokens with captured segments as with
+    AIOLLM_PREFILL_GRAPHS=0, each bucket captured once, L + 1 graphs in it."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    save_random_hf_model(FAMILIES["qwen3"], str(tmp_path))
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+
+    async def run():
+        async with Engine(str(tmp_path), kv_tokens=2048, max_model_len=256, device="cuda",
+                          dtype="float32") as engine:
+            first = asyncio.ensure_future(engine.generate(PROMPTS[0], params))
+            await asyncio.sleep(0.2)
+            outs = await asyncio.gather(first, *(engine.generate(p, params) for p in PROMPTS[1:]))
+            again = await engine.generate(PROMPTS[2], params)  # a bucket captured already
+            assert engine.stats()["kv_used"] == 0
+            pg = engine.runner.prefill_graphs
+            return [o.token_ids for o in outs] + [again.token_ids], pg
+
+    with_graphs, pg = asyncio.run(run())
+    assert pg is not None and pg.graphs
+    assert all(len(g) == FAMILIES["qwen3"].num_hidden_layers + 1 for g in pg.graphs.values())
+    monkeypatch.setenv("AIOLLM_PREFILL_GRAPHS", "0")
+    eager, off = asyncio.run(run())
+    assert off is None
+    assert with_graphs == eager
