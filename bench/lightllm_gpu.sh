@@ -8,8 +8,8 @@
 # prefix cache stays on, as users run it, and cannot reuse an earlier pass). The server's step
 # log goes to $OUT_DIR/steps.jsonl unless STEP_LOG= (empty) is set.
 # Usage: CLIENT=path/to/bench_client.py TOKENIZER=dir bench/lightllm_gpu.sh [MODEL_DIR]
-# (env: OUT_DIR, PORT, REPS (default 3), PASSES (default "lightllm openai goodput"), EXTRA:
-# more serve flags, TAG: a suffix for the result names)
+# (env: OUT_DIR, PORT, REPS (default 3), PASSES (default "lightllm openai goodput"), GOODPUT=1:
+# one goodput pass after the rounds, EXTRA: more serve flags, TAG: a suffix for result names)
 set -u
 MODEL=${1:-bench/configs/llama-3.1-8b}
 PORT=${PORT:-8013}
@@ -35,20 +35,24 @@ peer() {  # api seed label
   python3 "$CLIENT" --url "http://127.0.0.1:$PORT" --api "$1" --seed "$2" --tokenizer "$TOKENIZER" \
     --label "$3" --model "$NAME"
 }
+goodput() {  # bench/serve.py on /generate_stream: goodput, roofline fraction
+  python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend lightllm \
+    --concurrency 100 --num-requests 400 --input-len 1024 --output-len-mean 128 \
+    --tokenizer "$TOKENIZER" --seed "$((1000 + $1))" --slo-ttft 1 --slo-tpot 0.05 \
+    --roofline-json "$OUT_DIR/roofline-$NAME$TAG.json" --label "lightllm-$NAME-r$1" \
+    --out "$OUT_DIR/serve-$(date +%F)-lightllm-$NAME$TAG-r$1.json" | tail -12
+}
 peer lightllm 100 prewarm > "$OUT_DIR/prewarm.jsonl"
 for k in $(seq "${REPS:-3}"); do
   for p in ${PASSES:-lightllm openai goodput}; do
     case $p in
       lightllm) peer lightllm "$((10 * k + 1))" "lightllm-r$k" >> "$OUT_DIR/peer-$NAME$TAG.jsonl" ;;
       openai) peer openai "$((10 * k + 2))" "openai-r$k" >> "$OUT_DIR/peer-$NAME$TAG.jsonl" ;;
-      goodput) python3 bench/serve.py --url "http://127.0.0.1:$PORT" --backend lightllm \
-          --concurrency 100 --num-requests 400 --input-len 1024 --output-len-mean 128 \
-          --tokenizer "$TOKENIZER" --seed "$((1000 + k))" --slo-ttft 1 --slo-tpot 0.05 \
-          --roofline-json "$OUT_DIR/roofline-$NAME$TAG.json" --label "lightllm-$NAME-r$k" \
-          --out "$OUT_DIR/serve-$(date +%F)-lightllm-$NAME$TAG-r$k.json" | tail -12 ;;
+      goodput) goodput "$k" ;;
     esac
   done
 done
+[ "${GOODPUT:-0}" = 1 ] && goodput 0  # one goodput pass after the rounds
 tail -n +1 "$OUT_DIR/peer-$NAME$TAG.jsonl"
 stop_server
 grep -E "KV pool|captured|model |healthy" "$OUT_DIR/server-$NAME$TAG.log" | head -6
