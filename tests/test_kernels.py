@@ -327,6 +327,12 @@ def test_autotune_modes(tmp_path, monkeypatch):
 
 @gpu
 @needs_cuda
+def test_gpu_rms_norm_adds_into_the_residual_stream_in_place():
+    test_rms_norm_adds_into_the_residual_stream_in_place(kernels.rms_norm_triton, device=CUDA)
+
+
+@gpu
+@needs_cuda
 @pytest.mark.parametrize("T", [1, 333])
 def test_gpu_elementwise(T):
     dt = torch.bfloat16
