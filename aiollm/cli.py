@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="benchmarks: show the scheduler ignore_eos requests as ordinary ones "
                         "capped at this many new tokens, so fixed benchmark lengths stay unknown")
     e.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
-                   help="run decode steps eagerly instead of replaying CUDA graphs")
+                   help="run every step eagerly: no decode CUDA graphs, no graph segments "
+                        "for prompt steps")
     e.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                    help="skip the start-up launch of prefill, mixed and sampling step shapes "
                         "(their kernels then compile at first use, while serving)")

@@ -42,6 +42,8 @@ class EngineConfig:
     scheduler_blind_cap: int | None = None
     served_model_name: str | None = None
     seed: int = 0
+    # on a GPU, decode steps replay CUDA graphs and eager steps graph segments around their
+    # attention (engine/cuda_graph.py, engine/prefill_graphs.py)
     cuda_graph: bool = True
     cuda_graph_max_batch: int = 256
     # on a GPU, launch the prefill, mixed and sampling step shapes once at start-up, so their
