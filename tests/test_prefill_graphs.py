@@ -121,6 +121,22 @@ def test_steps_outside_the_graphs_are_refused_by_covers(tiny):
     assert not pg.covers(s.batch({r: list(range(1, 18))}))  # 17 tokens > max_tokens
 
 
+def test_a_bucket_whose_capture_fails_runs_its_segments_eagerly(tiny, caplog):
+    """A capture that fails (out of memory on a full GPU, a kernel that cannot be captured;
+    here a machine without CUDA) fails neither its step nor the later ones of its size: the
+    bucket runs its segments eagerly, with model.forward's logits, and is not tried again."""
+    _, loaded = tiny
+    eager, graphs = Steps(loaded), Steps(loaded)
+    pg = PrefillGraphs(loaded.model, graphs.pool, max_tokens=64, capture=True)
+    for prompt in PROMPTS[:2]:
+        want = loaded.model(eager.batch({eager.new_request(): prompt}))
+        with caplog.at_level("WARNING", logger="aiollm.engine.prefill_graphs"):
+            got = pg.forward(graphs.batch({graphs.new_request(): prompt}))
+        assert (got - want).abs().max() < 1e-5
+    failed = [r for r in caplog.records if "capturing" in r.getMessage()]
+    assert len(failed) == 1 and "16 tokens" in failed[0].getMessage()
+
+
 def test_a_moe_model_is_refused_by_name():
     class Moe:
         graph_segments = False

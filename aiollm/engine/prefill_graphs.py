@@ -82,7 +82,8 @@ class PrefillGraphs:
             o=torch.zeros(T, cfg.q_size, dtype=dt, device=dev),
             residual=torch.zeros(T, cfg.hidden_size, dtype=torch.float32, device=dev),
             x=torch.zeros(T, cfg.hidden_size, dtype=dt, device=dev))
-        self.graphs: dict[int, list[torch.cuda.CUDAGraph]] = {}
+        # bucket -> its segments' graphs; None where the capture failed (eager segments)
+        self.graphs: dict[int, list[torch.cuda.CUDAGraph] | None] = {}
         self._pool = self._stream = None
         self.capture_s = 0.0  # seconds spent capturing so far
 
@@ -108,7 +109,7 @@ class PrefillGraphs:
         t = batch.num_tokens
         tp = self.bucket(t)
         if self.capture and tp not in self.graphs:
-            self._capture(tp)
+            self.graphs[tp] = self._capture(tp)
         io = self.io
         io.input_ids[:t].copy_(batch.input_ids)
         io.positions[:t].copy_(batch.positions)
@@ -132,31 +133,46 @@ class PrefillGraphs:
             segment(k + 1)
         return self.model.logits(io.x[:t], io.residual[:t], batch)
 
-    def _capture(self, rows: int) -> None:
-        """Capture bucket `rows`' segments on a side stream, after one eager run of each (its
-        kernels compile and its cuBLAS workspace exists outside the capture). Kernel configs
-        come from the committed tables (autotune.untuned), as in the decode graphs."""
+    def _capture(self, rows: int) -> list[torch.cuda.CUDAGraph] | None:
+        """Bucket `rows`' segments captured, or None where the capture failed: running out
+        of memory mid-serving (the graphs' pool comes on top of the KV pool), or a kernel
+        that cannot be captured, must not fail every step of that size, which then runs
+        its segments eagerly instead."""
         t0 = time.monotonic()
+        try:
+            graphs = self._capture_segments(rows)
+        except Exception:
+            log.warning("capturing the prefill graph segments for %d tokens failed: steps "
+                        "of that size run them eagerly", rows, exc_info=True)
+            return None
+        dt = time.monotonic() - t0
+        self.capture_s += dt
+        log.info("captured the prefill graph segments for %d tokens (%d graphs) in %.2fs",
+                 rows, len(graphs), dt)
+        return graphs
+
+    def _capture_segments(self, rows: int) -> list[torch.cuda.CUDAGraph]:
+        """Capture the segments on a side stream, after one eager run of each (its kernels
+        compile and its cuBLAS workspace exists outside the capture). Kernel configs come
+        from the committed tables (autotune.untuned), as in the decode graphs."""
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
             self._stream = torch.cuda.Stream()
         stream, view = self._stream, self._view(rows)
         stream.wait_stream(torch.cuda.current_stream())  # the step in flight uses the buffers
         graphs = []
-        with autotune.untuned(), torch.cuda.stream(stream):
-            view.out_cache_loc.fill_(self.scratch)  # the runs here write only the scratch slot
-            for k in range(len(self.model.layers) + 1):
-                self.model.segment(k, view)
-                g = torch.cuda.CUDAGraph()
-                g.capture_begin(pool=self._pool, capture_error_mode="thread_local")
-                try:
+        try:
+            with autotune.untuned(), torch.cuda.stream(stream):
+                view.out_cache_loc.fill_(self.scratch)  # the runs here write only the scratch slot
+                for k in range(len(self.model.layers) + 1):
                     self.model.segment(k, view)
-                finally:
-                    g.capture_end()
-                graphs.append(g)
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graphs[rows] = graphs
-        dt = time.monotonic() - t0
-        self.capture_s += dt
-        log.info("captured the prefill graph segments for %d tokens (%d graphs) in %.2fs",
-                 rows, len(graphs), dt)
+                    g = torch.cuda.CUDAGraph()
+                    g.capture_begin(pool=self._pool, capture_error_mode="thread_local")
+                    try:
+                        self.model.segment(k, view)
+                    finally:
+                        g.capture_end()
+                    graphs.append(g)
+        finally:  # the step writes the buffers after the eager runs here, failed or not
+            torch.cuda.current_stream().wait_stream(stream)
+        return graphs
