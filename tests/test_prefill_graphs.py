@@ -18,6 +18,7 @@ from aiollm.engine.prefill_graphs import PrefillGraphs, token_buckets
 from aiollm.model import load_model, load_tokenizer
 from test_loader import save_random_hf_model
 from test_model import Steps
+from test_moe_model import FAMILIES as MOE
 
 TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
@@ -137,11 +138,12 @@ def test_a_bucket_whose_capture_fails_runs_its_segments_eagerly(tiny, caplog):
     assert len(failed) == 1 and "16 tokens" in failed[0].getMessage()
 
 
-def test_a_moe_model_is_refused_by_name():
-    class Moe:
-        graph_segments = False
+def test_a_moe_model_is_refused_by_name(tmp_path):
+    """MoE routing sizes its kernels on the host: no segments, even with some dense layers."""
+    save_random_hf_model(MOE["qwen3_moe"], str(tmp_path))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
     with pytest.raises(ValueError, match="MoE"):
-        PrefillGraphs(Moe(), None)
+        PrefillGraphs(loaded.model, Steps(loaded).pool)
 
 
 def test_engine_greedy_output_is_unchanged(tmp_path):
@@ -173,6 +175,39 @@ def test_engine_greedy_output_is_unchanged(tmp_path):
     plain = asyncio.run(run(False))
     assert asyncio.run(run(True)) == plain
     assert steps and max(steps) > 1
+
+
+def test_engine_prefix_hits_chunks_and_long_steps_are_unchanged(tmp_path):
+    """Every kind of prompt step through the Engine: an extend over a cached prefix, a prompt
+    chunked by max_prefill_tokens, steps at a bucket's edge and past max_tokens (those run
+    model.forward): the same greedy tokens with the segments as without; nothing leaks."""
+    save_random_hf_model(FAMILIES["qwen3"], str(tmp_path))
+    save_any_tokenizer(str(tmp_path))
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    shared = [(7 * i) % 150 + 1 for i in range(40)]
+    prompts = [shared + [3, 4], shared + [5, 6, 7, 8, 9], list(range(100, 116)),
+               [(3 * i) % 155 + 2 for i in range(150)]]
+    steps = []
+
+    async def run(use_graphs: bool):
+        async with Engine(str(tmp_path), kv_tokens=1024, max_model_len=256,
+                          max_prefill_tokens=64) as engine:
+            if use_graphs:
+                runner = engine.runner
+                pg = runner.prefill_graphs = PrefillGraphs(runner.model, engine.kv_pool,
+                                                           max_tokens=32, capture=False)
+                real = pg.forward
+                pg.forward = lambda batch: steps.append(batch.num_tokens) or real(batch)
+            outs = [await engine.generate(p, params) for p in prompts[:3]]
+            outs += await asyncio.gather(*(engine.generate(p, params) for p in prompts[2:]))
+            engine.flush_cache()
+            assert engine.stats()["kv_used"] == 0
+        return [o.token_ids for o in outs]
+
+    plain = asyncio.run(run(False))
+    assert asyncio.run(run(True)) == plain
+    # 5: the extend over the cached prefix; 16: a bucket edge; no step past max_tokens
+    assert {5, 16} <= set(steps) and max(steps) <= 32
 
 
 @pytest.mark.gpu
