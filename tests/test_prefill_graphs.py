@@ -126,6 +126,8 @@ def test_a_bucket_whose_capture_fails_runs_its_segments_eagerly(tiny, caplog):
     """A capture that fails (out of memory on a full GPU, a kernel that cannot be captured;
     here a machine without CUDA) fails neither its step nor the later ones of its size: the
     bucket runs its segments eagerly, with model.forward's logits, and is not tried again."""
+    if torch.cuda.is_available():
+        pytest.skip("the capture fails here for want of CUDA")
     _, loaded = tiny
     eager, graphs = Steps(loaded), Steps(loaded)
     pg = PrefillGraphs(loaded.model, graphs.pool, max_tokens=64, capture=True)
