@@ -26,7 +26,7 @@ TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_lay
 FAMILIES = {
     "llama": LlamaConfig(**TINY),
     "qwen2": Qwen2Config(**TINY),  # q/k/v biases
-    "qwen3": Qwen3Config(**TINY, head_dim=16),  # q/k norms
+    "qwen3": Qwen3Config(**TINY, head_dim=24),  # q/k norms; q_size 96 != hidden_size 64
 }
 PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2],
            [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]]
