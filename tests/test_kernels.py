@@ -77,6 +77,8 @@ def test_rms_norm_adds_into_the_residual_stream_in_place(fn, device=CPU):
     assert_close(h, want[0], torch.bfloat16)
     with pytest.raises(ValueError, match="residual_out"):
         fn(x, w, 1e-6, stream, residual_out=stream.to(torch.bfloat16))
+    with pytest.raises(ValueError, match="residual_out needs a residual"):
+        fn(x, w, 1e-6, None, residual_out=stream)
 
 
 @pytest.mark.parametrize("T,I", [(1, 8), (7, 37), (3, 300)])

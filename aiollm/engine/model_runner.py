@@ -172,8 +172,9 @@ class ModelRunner:
                                    capture=capture)
         # eager steps (prompt tokens) replay their dense parts as graphs between attention
         # calls (prefill_graphs.py); None runs them as model.forward
-        self.prefill_graphs = (PrefillGraphs(model, kv_pool) if capture and getattr(model, "graph_segments", False)
-                               and prefill_graphs_enabled() else None)
+        segments = capture and getattr(model, "graph_segments", False)
+        self.prefill_graphs = (PrefillGraphs(model, kv_pool)
+                               if segments and prefill_graphs_enabled() else None)
         pin = device.type == "cuda"
         self._out = [torch.zeros(2 * max_bs, dtype=torch.int64, pin_memory=pin)
                      for _ in range(STAGING)]

@@ -155,11 +155,13 @@ class PrefillGraphs:
         """Capture the segments on a side stream, after one eager run of each (its kernels
         compile and its cuBLAS workspace exists outside the capture). Kernel configs come
         from the committed tables (autotune.untuned), as in the decode graphs."""
+        dev = self.io.qkv.device  # the engine's, which need not be the current device
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
-            self._stream = torch.cuda.Stream()
+            self._stream = torch.cuda.Stream(device=dev)
         stream, view = self._stream, self._view(rows)
-        stream.wait_stream(torch.cuda.current_stream())  # the step in flight uses the buffers
+        main = torch.cuda.current_stream(dev)
+        stream.wait_stream(main)  # the step in flight uses the buffers
         graphs = []
         try:
             with autotune.untuned(), torch.cuda.stream(stream):
@@ -174,5 +176,5 @@ class PrefillGraphs:
                         g.capture_end()
                     graphs.append(g)
         finally:  # the step writes the buffers after the eager runs here, failed or not
-            torch.cuda.current_stream().wait_stream(stream)
+            main.wait_stream(stream)
         return graphs

@@ -39,6 +39,8 @@ def rms_norm_triton(
     assert x.dim() == 2 and x.stride(1) == 1, "x must be [T, H] with contiguous rows"
     T, H = x.shape
     assert weight.shape == (H,) and weight.is_contiguous()
+    if residual_out is not None and residual is None:
+        raise ValueError("residual_out needs a residual to add")
     out = torch.empty_like(x)
     res_out = None
     if residual is not None:
@@ -64,6 +66,8 @@ def rms_norm_ref(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
     residual_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    if residual_out is not None and residual is None:
+        raise ValueError("residual_out needs a residual to add")
     res_out = None
     if residual is not None:
         res_out = x.float() + residual.float()
