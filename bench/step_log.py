@@ -7,7 +7,8 @@ device's idle time between steps (gap_s: the host launched the next step late), 
 decode steps (no prefill token) and prefill steps apart: count, median device_s, and where
 the step was constrained, median forward_s and the median and sum of the device's wait for
 the mask (device_s - forward_s: the sampling queued after the forward had ended), and the
-median host time to fill the mask and to queue the sampling.
+median host time to fill the mask and to queue the sampling; and the Triton kernel compiles
+that happened within the burst (count, seconds, kernel names).
 
 Usage: python bench/step_log.py steps.jsonl[.gz] [--gap 1.0] [--json out.json]
 """
@@ -73,7 +74,15 @@ def main() -> None:
     # the benches keep step logs gzipped next to their results
     with (gzip.open(a.log, "rt") if a.log.endswith(".gz") else open(a.log)) as f:
         recs = [json.loads(line) for line in f if line.strip()]
+    compiles = [r for r in recs if "compile" in r]  # kernel compiles, not steps
+    recs = [r for r in recs if "launched" in r]
     rows = [summary(b) for b in bursts(recs, a.gap)]
+    for row, b in zip(rows, bursts(recs, a.gap)):
+        t0, t1 = b[0].get("turn_start") or b[0]["launched"], b[-1]["processed"]
+        inside = [c for c in compiles if t0 <= c["at"] <= t1]
+        row["compiles"] = len(inside)
+        row["compile_s"] = sum(c["s"] for c in inside)
+        row["compiled"] = sorted({c["compile"] for c in inside})
     for i, r in enumerate(rows):
         d, p = r["decode"], r["prefill"]
         print(f"burst {i}: {r['steps']} steps, {r['wall_s']:.2f} s wall, device "
@@ -81,7 +90,8 @@ def main() -> None:
               f"(constrained {d['constrained']}: forward {d['forward_ms_p50']} ms, mask wait "
               f"p50 {d['mask_wait_ms_p50']} ms, sum {d['mask_wait_s_sum']:.3f} s, host: mask "
               f"{d['mask_host_ms_p50']} ms, sampling {d['sample_host_ms_p50']} ms); prefill "
-              f"{p['steps']} x {p['device_ms_p50']} ms (mask wait sum {p['mask_wait_s_sum']:.3f} s)")
+              f"{p['steps']} x {p['device_ms_p50']} ms (mask wait sum {p['mask_wait_s_sum']:.3f} s); "
+              f"{r['compiles']} kernel compiles, {r['compile_s']:.2f} s {r['compiled']}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(rows, f, indent=1)

@@ -21,11 +21,15 @@ class StepLog:
     device_s in a constrained step (the rest waited for its mask), all from CUDA events and
     None on the CPU; mask_host_s and sample_host_s the host seconds a
     constrained step took to fill its mask and to queue its sampling (None otherwise); reqs,
-    tokens and prefill_tokens its size."""
+    tokens and prefill_tokens its size. Kernel compiles get entries of their own:
+    {"compile": kernel name, "at": perf_counter seconds it began, "s": seconds it took} (a
+    Triton kernel variant compiled or loaded from its cache while serving stalls the loop; the
+    times place it in a step's turn)."""
 
     def __init__(self, path: str):
         self.path = path
         self.records: list[dict] = []
+        self._hooks = _watch_compiles(self.records)
 
     @classmethod
     def from_env(cls) -> StepLog | None:
@@ -48,6 +52,39 @@ class StepLog:
             "prefill_tokens": sum(n for n in step.extend_lens if n > 1)})
 
     def write(self) -> None:
-        """Write every entry to the path, one JSON object a line (the file is replaced)."""
+        """Write every entry to the path, one JSON object a line (the file is replaced), and
+        stop watching compiles."""
+        if self._hooks is not None:
+            self._hooks()
+            self._hooks = None
         with open(self.path, "w") as f:
             f.writelines(json.dumps(rec) + "\n" for rec in self.records)
+
+
+def _watch_compiles(records: list[dict]):
+    """Append an entry to `records` for each Triton kernel compile (or load from Triton's
+    cache) through Triton's JIT hooks (triton.knobs.runtime, Triton >= 3.4); returns the
+    function that restores the hooks, or None where Triton lacks them or others use them."""
+    try:
+        from triton import knobs
+        rt = knobs.runtime
+        if rt.jit_cache_hook is not None or rt.jit_post_compile_hook is not None:
+            return None
+    except (ImportError, AttributeError):
+        return None
+    started: list[float] = []  # compiles run one at a time on the launching thread
+
+    def before(**_) -> bool:
+        started.append(time.perf_counter())
+        return False  # a true value would make Triton skip the compile
+
+    def after(*, fn, **_) -> None:
+        t = time.perf_counter()
+        t0 = started.pop() if started else t
+        records.append({"compile": getattr(fn, "name", str(fn)), "at": t0, "s": t - t0})
+
+    rt.jit_cache_hook, rt.jit_post_compile_hook = before, after
+
+    def restore() -> None:
+        rt.jit_cache_hook = rt.jit_post_compile_hook = None
+    return restore
