@@ -115,8 +115,22 @@ class Attention(nn.Module):
         self.qk_norm = config.qk_norm
 
     def forward(self, x: torch.Tensor, batch: ForwardBatch, cos_sin: torch.Tensor) -> torch.Tensor:
-        q = self.rope_store(self.qkv_proj(x), batch, cos_sin)
-        return self.o_proj(self.attend(q, batch).reshape(x.shape[0], self.q_size))
+        return self.o_proj(self.attend(self.project(x, batch, cos_sin), batch)
+                           .reshape(x.shape[0], self.q_size))
+
+    def project(self, x: torch.Tensor, batch: ForwardBatch | SegmentIO, cos_sin: torch.Tensor,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """The attention's input: q [T, Hq, D] of x [T, H], rotated, with k and v rotated and
+        stored in the KV cache. With `out` ([T, (Hq + 2 Hkv) D], a static buffer) the
+        projection is written there and q is a view of it, q/k norms or not."""
+        if out is None:
+            return self.rope_store(self.qkv_proj(x), batch, cos_sin)
+        qkv = linear_into(x, self.qkv_proj, out)
+        q = self.rope_store(qkv, batch, cos_sin)
+        if q.data_ptr() != qkv.data_ptr():  # the q norm made a new q: put it in the buffer
+            qkv[:, : self.q_size].view_as(q).copy_(q)
+            q = qkv[:, : self.q_size].view_as(q)
+        return q
 
     def rope_store(self, qkv: torch.Tensor, batch: ForwardBatch | SegmentIO,
                    cos_sin: torch.Tensor) -> torch.Tensor:
@@ -223,12 +237,23 @@ class DecoderLayer(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # The residual add of each sub-block is fused into the norm that follows it: the layer
         # returns (sub-block output, residual stream before adding it).
+        h, residual = self.attention_input(x, residual)
+        return self.mlp_block(self.self_attn(h, batch, cos_sin), residual)
+
+    def attention_input(self, x: torch.Tensor, residual: torch.Tensor | None,
+                        residual_out: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(input norm of x + residual, the new residual stream); the first layer's stream is
+        x itself (residual None). residual_out: where the stream goes (rms_norm's)."""
         if residual is None:
-            residual, h = x, self.input_layernorm(x)
-        else:
-            h, residual = self.input_layernorm(x, residual)
-        h = self.self_attn(h, batch, cos_sin)
-        h, residual = self.post_attention_layernorm(h, residual)
+            return self.input_layernorm(x), x
+        return self.input_layernorm(x, residual, residual_out)
+
+    def mlp_block(self, a: torch.Tensor, residual: torch.Tensor,
+                  residual_out: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(MLP output, new residual stream) after the attention block's output a [T, H]."""
+        h, residual = self.post_attention_layernorm(a, residual, residual_out)
         return self.mlp(h), residual
 
     def forward_small(self, residual: torch.Tensor, batch: ForwardBatch,
@@ -292,25 +317,18 @@ class LlamaForCausalLM(nn.Module):
         stays in io.residual (float32: layer 0's bf16 embedding is exact in it). Host-sync
         free and shape-static; only for models without tensor parallelism or MoE layers
         (graph_segments)."""
-        L = len(self.layers)
+        # the same blocks as DecoderLayer.forward, cut at the attention
         if k == 0:
-            x = self.embed_tokens(io.input_ids)
+            h, x = self.layers[0].attention_input(self.embed_tokens(io.input_ids), None)
             io.residual.copy_(x)
-            h = self.layers[0].input_layernorm(x)
         else:
             layer = self.layers[k - 1]
-            h = layer.self_attn.o_proj(io.o)
-            h, _ = layer.post_attention_layernorm(h, io.residual, io.residual)
-            x = layer.mlp(h)
-            if k == L:
+            x, _ = layer.mlp_block(layer.self_attn.o_proj(io.o), io.residual, io.residual)
+            if k == len(self.layers):
                 io.x.copy_(x)
                 return
-            h, _ = self.layers[k].input_layernorm(x, io.residual, io.residual)
-        attn = self.layers[k].self_attn
-        qkv = linear_into(h, attn.qkv_proj, io.qkv)
-        q = attn.rope_store(qkv, io, self.cos_sin_cache)
-        if q.data_ptr() != qkv.data_ptr():  # q/k norms made a new q: the attention reads io.qkv
-            qkv[:, : attn.q_size].view_as(q).copy_(q)
+            h, _ = self.layers[k].attention_input(x, io.residual, io.residual)
+        self.layers[k].self_attn.project(h, io, self.cos_sin_cache, io.qkv)
 
     @property
     def graph_segments(self) -> bool:
