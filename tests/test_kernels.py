@@ -256,6 +256,32 @@ def test_extend_attention_lazy_rescale_with_growing_scores():
                  torch.float32)
 
 
+@pytest.mark.parametrize("impl", ["triton", "ref"])
+def test_attention_writes_into_a_given_out(impl, device=CPU):
+    """out=: a mixed step's extend rows and decode rows land in one buffer (the prefill
+    graphs' static o), the rest of it untouched; a buffer of another shape is refused."""
+    ext_fn = getattr(kernels, f"extend_attention_{impl}")
+    dec_fn = getattr(kernels, f"decode_attention_{impl}")
+    HQ, HKV, D = 4, 2, 16
+    seq = [9, 14, 5, 20]  # two decodes (contexts 9, 14), then two prompts of 5 and 20 tokens
+    k_cache, v_cache, table, rows = make_pool(seq, HKV, D, torch.float32, device)
+    T = 2 + 5 + 20
+    q = torch.randn(T, HQ, D, device=device)
+    i32 = lambda *v: torch.tensor(v, dtype=torch.int32, device=device)  # noqa: E731
+    e_args = (q, k_cache, v_cache, table, rows[2:], i32(0, 0), i32(5, 20), i32(2, 7),
+              D**-0.5, 20)
+    d_args = (q[:2], k_cache, v_cache, table, rows[:2], i32(9, 14), D**-0.5, 14)
+    buf = torch.full((T + 3, HQ, D), 7.0, device=device)
+    out = buf[:T]
+    assert ext_fn(*e_args, out=out).data_ptr() == out.data_ptr()
+    assert dec_fn(*d_args, out=out[:2]).data_ptr() == out.data_ptr()
+    assert_close(out[2:], kernels.extend_attention_ref(*e_args)[2:], torch.float32)
+    assert_close(out[:2], kernels.decode_attention_ref(*d_args), torch.float32)
+    assert (buf[T:] == 7.0).all()
+    with pytest.raises(ValueError, match="attention out"):
+        ext_fn(*e_args, out=buf)
+
+
 def test_extend_without_prefix_matches_decode_of_last_token():
     # The last query of a prefill sees exactly what a decode step at that length sees.
     HQ, HKV, D, n = 4, 2, 16, 21

@@ -126,10 +126,10 @@ class PrefillGraphs:
                 self.model.segment(k, view)
 
         q = io.qkv[:t, : self.q_size].view(t, self.heads, self.head_dim)
+        o = io.o[:t].view(t, self.heads, self.head_dim)
         segment(0)
         for k, layer in enumerate(self.model.layers):
-            o = layer.self_attn.attend(q, batch)
-            io.o[:t].copy_(o.view(t, self.q_size))
+            layer.self_attn.attend(q, batch, out=o)  # the next segment reads io.o
             segment(k + 1)
         return self.model.logits(io.x[:t], io.residual[:t], batch)
 

@@ -81,21 +81,26 @@ def store_kv(
 def decode_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One query token per request over req_to_token[req_rows[b], :seq_lens[b]] -> [B,Hq,D]."""
+    """One query token per request over req_to_token[req_rows[b], :seq_lens[b]] -> [B,Hq,D],
+    written into `out` when given (q's shape and dtype, contiguous head dim)."""
     fn = decode_attention_triton if q.is_cuda else decode_attention_ref
-    return fn(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len)
+    return fn(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
+              out=out)
 
 
 def extend_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Causal attention of the new tokens over prefix + themselves -> [T,Hq,D]."""
+    """Causal attention of the new tokens over prefix + themselves -> [T,Hq,D], written into
+    `out` when given (rows of the requests given; q's shape and dtype, contiguous head dim)."""
     fn = extend_attention_triton if q.is_cuda else extend_attention_ref
     return fn(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens,
-              q_start_loc, sm_scale, max_extend_len)
+              q_start_loc, sm_scale, max_extend_len, out=out)
 
 
 def fused_moe(

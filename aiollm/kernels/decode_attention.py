@@ -25,6 +25,7 @@ import triton.language as tl
 
 from aiollm.kernels import pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
+from aiollm.kernels.extend_attention import attention_out
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 LOG2E = 1.4426950408889634
@@ -270,7 +271,7 @@ def decode_attention_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     *, config: Config | None = None, num_splits: int | None = None,
-    merge_in_kernel: bool | None = None,
+    merge_in_kernel: bool | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """`config` and `num_splits` override the tuned config and the split rule, and
     `merge_in_kernel` (default MERGE_IN_KERNEL) where split outputs merge (tests, bench)."""
@@ -282,7 +283,7 @@ def decode_attention_triton(
     assert req_rows.shape == (B,) and seq_lens.shape == (B,)
     assert q.stride(2) == 1 and k_cache.stride(2) == 1 and v_cache.stride(2) == 1
     assert req_to_token.stride(1) == 1 and req_to_token.dtype == torch.int32
-    out = torch.empty_like(q)
+    out = attention_out(q, out)
     if B == 0:
         return out
     if config is None and not q.is_cuda:
@@ -306,6 +307,7 @@ def decode_attention_triton(
 def decode_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
+    *, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Padded to the longest context in the batch and masked; computed in fp32."""
     B, HQ, D = q.shape
@@ -321,4 +323,4 @@ def decode_attention_ref(
     scores = (qg @ k.transpose(-1, -2)) * sm_scale                         # [B, HKV, G, L]
     scores = scores.masked_fill(~valid[:, None, None, :], -math.inf)
     o = torch.softmax(scores, dim=-1) @ v                                  # [B, HKV, G, D]
-    return o.reshape(B, HQ, D).to(q.dtype)
+    return attention_out(q, out).copy_(o.reshape(B, HQ, D))

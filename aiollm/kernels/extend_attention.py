@@ -163,9 +163,10 @@ def extend_attention_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
-    *, config: Config | None = None,
+    *, config: Config | None = None, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`config` overrides the tuned launch config (tests, bench)."""
+    """`config` overrides the tuned launch config (tests, bench); `out` is where the rows go
+    (attention_out)."""
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     B = req_rows.shape[0]
@@ -173,7 +174,7 @@ def extend_attention_triton(
     assert prefix_lens.shape == extend_lens.shape == q_start_loc.shape == (B,)
     assert q.stride(2) == 1 and k_cache.stride(2) == 1 and v_cache.stride(2) == 1
     assert req_to_token.stride(1) == 1 and req_to_token.dtype == torch.int32
-    out = torch.empty_like(q)
+    out = attention_out(q, out)
     if T == 0 or B == 0:
         return out
     if config is None and not q.is_cuda:
@@ -200,13 +201,13 @@ def extend_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
-    q_chunk: int = 256,
+    q_chunk: int = 256, *, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per request, in fp32; queries in chunks so long prompts stay within memory."""
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     G = HQ // HKV
-    out = torch.empty_like(q)
+    out = attention_out(q, out)
     for row, prefix, ext, qs in zip(req_rows.tolist(), prefix_lens.tolist(),
                                     extend_lens.tolist(), q_start_loc.tolist()):
         slots = req_to_token[row, : prefix + ext].long()
@@ -222,4 +223,16 @@ def extend_attention_ref(
             scores = scores.masked_fill(hidden, -math.inf)
             o = torch.softmax(scores, dim=-1) @ v[:, None]                  # [HKV, G, C, D]
             out[qs + c0 : qs + c1] = o.permute(2, 0, 1, 3).reshape(c1 - c0, HQ, D).to(q.dtype)
+    return out
+
+
+def attention_out(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    """The attention kernels' output for queries q [T, Hq, D]: `out` when given (same shape
+    and dtype, contiguous head dim: a static buffer or a part of another output), else new.
+    Raises ValueError naming what differs."""
+    if out is None:
+        return torch.empty_like(q)
+    if out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
+        raise ValueError(f"attention out must be {q.dtype} {tuple(q.shape)} with a contiguous "
+                         f"head dim, got {out.dtype} {tuple(out.shape)}")
     return out

@@ -168,35 +168,36 @@ class Attention(nn.Module):
         o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
         return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
 
-    def attend(self, q: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """Attention of q [T, Hq, D] over the layer's KV cache -> [T, Hq, D]."""
+    def attend(self, q: torch.Tensor, batch: ForwardBatch, out: torch.Tensor | None = None
+               ) -> torch.Tensor:
+        """Attention of q [T, Hq, D] over the layer's KV cache -> [T, Hq, D], written into
+        `out` when given (a static buffer of the prefill graphs)."""
         k_cache = batch.kv_pool.k_cache[self.layer_id]
         v_cache = batch.kv_pool.v_cache[self.layer_id]
         if batch.is_decode:
-            o = decode_attention(
+            return decode_attention(
                 q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,
-                self.sm_scale, batch.max_seq_len,
+                self.sm_scale, batch.max_seq_len, out=out,
             )
-        elif batch.mixed_parts is not None:
+        if batch.mixed_parts is not None:
             # A mixed step: the decodes go through the decode kernel, which reads each KV
             # head once for its query group; in the extend kernel each would fill a query
-            # tile of one row per query head.
+            # tile of one row per query head. Each kernel writes its own rows of o.
             n = batch.num_decode
             (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = batch.mixed_parts
             o = extend_attention(
                 q, k_cache, v_cache, batch.req_to_token, e_rows, e_pre, e_ext, e_start,
-                self.sm_scale, batch.max_extend_len,
+                self.sm_scale, batch.max_extend_len, out=out,
             )
-            o[:n] = decode_attention(
+            decode_attention(
                 q[:n], k_cache, v_cache, batch.req_to_token, d_rows, d_seq, self.sm_scale,
-                batch.decode_max_seq_len,
+                batch.decode_max_seq_len, out=o[:n],
             )
-        else:
-            o = extend_attention(
-                q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
-                batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len,
-            )
-        return o
+            return o
+        return extend_attention(
+            q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
+            batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len, out=out,
+        )
 
 
 class MLP(nn.Module):
