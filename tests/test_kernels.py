@@ -282,6 +282,26 @@ def test_attention_writes_into_a_given_out(impl, device=CPU):
         ext_fn(*e_args, out=buf)
 
 
+@pytest.mark.parametrize("num_splits,merge_in_kernel", [(1, True), (5, True), (5, False)])
+def test_decode_attention_writes_into_a_strided_view(num_splits, merge_in_kernel, device=CPU):
+    """The split paths write their merged rows through out's strides: a view of a larger
+    buffer (rows and heads around it) gets the reference, and nothing around it changes."""
+    HQ, HKV, D = 6, 2, 16
+    seq = [1, 40, 97]
+    k_cache, v_cache, table, rows = make_pool(seq, HKV, D, torch.float32, device)
+    q = torch.randn(len(seq), HQ, D, device=device)
+    args = (q, k_cache, v_cache, table, rows, torch.tensor(seq, dtype=torch.int32,
+                                                           device=device), D**-0.5, max(seq))
+    buf = torch.full((len(seq) + 4, HQ + 3, D), 7.0, device=device)
+    out = buf[2 : 2 + len(seq), 1 : 1 + HQ]
+    kernels.decode_attention_triton(*args, num_splits=num_splits,
+                                    merge_in_kernel=merge_in_kernel, out=out)
+    assert_close(out, kernels.decode_attention_ref(*args), torch.float32)
+    outside = torch.ones_like(buf, dtype=torch.bool)
+    outside[2 : 2 + len(seq), 1 : 1 + HQ] = False
+    assert (buf[outside] == 7.0).all()
+
+
 def test_extend_without_prefix_matches_decode_of_last_token():
     # The last query of a prefill sees exactly what a decode step at that length sees.
     HQ, HKV, D, n = 4, 2, 16, 21
