@@ -302,6 +302,22 @@ def test_decode_attention_writes_into_a_strided_view(num_splits, merge_in_kernel
     assert (buf[outside] == 7.0).all()
 
 
+@pytest.mark.parametrize("impl", ["triton", "ref"])
+def test_attention_out_of_another_kind_is_refused_saying_what_differs(impl, device=CPU):
+    """A transposed head dim is named by its strides (its dtype and shape are right), and a
+    buffer on another device is refused, not copied into."""
+    fn = getattr(kernels, f"decode_attention_{impl}")
+    HQ, HKV, D = 4, 2, 16
+    k_cache, v_cache, table, rows = make_pool([5, 9], HKV, D, torch.float32, device)
+    q = torch.randn(2, HQ, D, device=device)
+    args = (q, k_cache, v_cache, table, rows,
+            torch.tensor([5, 9], dtype=torch.int32, device=device), D**-0.5, 9)
+    with pytest.raises(ValueError, match=r"strides \(64, 1, 4\)"):
+        fn(*args, out=torch.empty(2, D, HQ, device=device).transpose(1, 2))
+    with pytest.raises(ValueError, match="on meta"):
+        fn(*args, out=torch.empty(2, HQ, D, device="meta"))
+
+
 def test_extend_without_prefix_matches_decode_of_last_token():
     # The last query of a prefill sees exactly what a decode step at that length sees.
     HQ, HKV, D, n = 4, 2, 16, 21

@@ -227,12 +227,14 @@ def extend_attention_ref(
 
 
 def attention_out(q: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
-    """The attention kernels' output for queries q [T, Hq, D]: `out` when given (same shape
-    and dtype, contiguous head dim: a static buffer or a part of another output), else new.
-    Raises ValueError naming what differs."""
+    """The attention kernels' output for queries q [T, Hq, D]: `out` when given (same shape,
+    dtype and device, contiguous head dim: a static buffer or a part of another output), else
+    new. Raises ValueError naming what it got, strides included."""
     if out is None:
         return torch.empty_like(q)
-    if out.shape != q.shape or out.dtype != q.dtype or out.stride(2) != 1:
-        raise ValueError(f"attention out must be {q.dtype} {tuple(q.shape)} with a contiguous "
-                         f"head dim, got {out.dtype} {tuple(out.shape)}")
+    if (out.shape != q.shape or out.dtype != q.dtype or out.device != q.device
+            or out.stride(2) != 1):
+        raise ValueError(f"attention out must be {q.dtype} {tuple(q.shape)} on {q.device} with "
+                         f"a contiguous head dim, got {out.dtype} {tuple(out.shape)} on "
+                         f"{out.device} with strides {out.stride()}")
     return out
