@@ -190,3 +190,15 @@ def test_mixed_batch_parts_are_packed_aligned(ours):
               d_rows, d_seq, e_rows, e_pre, e_ext, e_start):
         assert t.data_ptr() % 16 == 0
     assert fb.positions.tolist() == [n0, n1] + list(range(7))
+
+
+def test_first_layer_attention_input_writes_its_stream_into_residual_out(ours):
+    """Layer 0's stream is its input x itself: with residual_out given (the prefill graphs'
+    float32 stream) x goes there, as rms_norm's residual_out does on the later layers, and
+    the norm still reads x."""
+    layer = ours.model.layers[0]
+    x = torch.randn(3, ours.config.hidden_size)
+    buf = torch.zeros_like(x)
+    h, stream = layer.attention_input(x, None, buf)
+    assert stream.data_ptr() == buf.data_ptr() and torch.equal(buf, x)
+    assert torch.equal(h, layer.attention_input(x, None)[0])

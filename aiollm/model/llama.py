@@ -245,9 +245,10 @@ class DecoderLayer(nn.Module):
                         residual_out: torch.Tensor | None = None
                         ) -> tuple[torch.Tensor, torch.Tensor]:
         """(input norm of x + residual, the new residual stream); the first layer's stream is
-        x itself (residual None). residual_out: where the stream goes (rms_norm's)."""
+        x itself (residual None). residual_out: where the stream goes (rms_norm's), x too."""
         if residual is None:
-            return self.input_layernorm(x), x
+            stream = x if residual_out is None else residual_out.copy_(x)
+            return self.input_layernorm(x), stream
         return self.input_layernorm(x, residual, residual_out)
 
     def mlp_block(self, a: torch.Tensor, residual: torch.Tensor,
@@ -320,8 +321,8 @@ class LlamaForCausalLM(nn.Module):
         (graph_segments)."""
         # the same blocks as DecoderLayer.forward, cut at the attention
         if k == 0:
-            h, x = self.layers[0].attention_input(self.embed_tokens(io.input_ids), None)
-            io.residual.copy_(x)
+            h, _ = self.layers[0].attention_input(self.embed_tokens(io.input_ids), None,
+                                                  io.residual)
         else:
             layer = self.layers[k - 1]
             x, _ = layer.mlp_block(layer.self_attn.o_proj(io.o), io.residual, io.residual)
