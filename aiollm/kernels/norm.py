@@ -39,14 +39,11 @@ def rms_norm_triton(
     assert x.dim() == 2 and x.stride(1) == 1, "x must be [T, H] with contiguous rows"
     T, H = x.shape
     assert weight.shape == (H,) and weight.is_contiguous()
-    if residual_out is not None and residual is None:
-        raise ValueError("residual_out needs a residual to add")
     out = torch.empty_like(x)
-    res_out = None
+    # each row is read whole before it is written: residual_out may be residual itself
+    res_out = _residual_out(residual, residual_out, x)
     if residual is not None:
         assert residual.shape == x.shape and residual.stride(1) == 1
-        # each row is read whole before it is written: residual_out may be residual itself
-        res_out = _residual_out(residual_out, x)
     if T == 0:
         return out if residual is None else (out, res_out)
     block = triton.next_power_of_2(H)
@@ -66,21 +63,23 @@ def rms_norm_ref(
     x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None,
     residual_out: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    if residual_out is not None and residual is None:
-        raise ValueError("residual_out needs a residual to add")
-    res_out = None
-    if residual is not None:
-        res_out = x.float() + residual.float()
-        if residual_out is not None:
-            res_out = _residual_out(residual_out, x).copy_(res_out)
+    res_out = _residual_out(residual, residual_out, x)
+    if res_out is not None:
+        res_out.copy_(x.float() + residual.float())
     xf = x.float() if res_out is None else res_out
     out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()
     out = out.to(x.dtype)
     return out if res_out is None else (out, res_out)
 
 
-def _residual_out(given: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """Where the residual sum goes: `given` (float32, x's shape, contiguous rows), else new."""
+def _residual_out(residual: torch.Tensor | None, given: torch.Tensor | None,
+                  x: torch.Tensor) -> torch.Tensor | None:
+    """Where the residual sum goes: None without a residual (then `given` is refused), else
+    `given` (float32, x's shape, contiguous rows) or a new tensor."""
+    if residual is None:
+        if given is not None:
+            raise ValueError("residual_out needs a residual to add")
+        return None
     if given is None:
         return torch.empty(x.shape, dtype=torch.float32, device=x.device)
     if given.shape != x.shape or given.dtype != torch.float32 or given.stride(1) != 1:
