@@ -85,7 +85,6 @@ class PrefillGraphs:
         # bucket -> its segments' graphs; None where the capture failed (eager segments)
         self.graphs: dict[int, list[torch.cuda.CUDAGraph] | None] = {}
         self._pool = self._stream = None
-        self.capture_s = 0.0  # seconds spent capturing so far
 
     def covers(self, batch: ForwardBatch) -> bool:
         """Whether forward() takes this batch: more tokens than the fused one-token path
@@ -145,10 +144,8 @@ class PrefillGraphs:
             log.warning("capturing the prefill graph segments for %d tokens failed: steps "
                         "of that size run them eagerly", rows, exc_info=True)
             return None
-        dt = time.monotonic() - t0
-        self.capture_s += dt
         log.info("captured the prefill graph segments for %d tokens (%d graphs) in %.2fs",
-                 rows, len(graphs), dt)
+                 rows, len(graphs), time.monotonic() - t0)
         return graphs
 
     def _capture_segments(self, rows: int) -> list[torch.cuda.CUDAGraph]:

@@ -29,6 +29,7 @@ from aiollm.kernels import (
 from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_norm_silu, gemv_residual
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
+from aiollm.model.kv_pool import KVPool
 from aiollm.model.parallel import (
     RowParallelLinear,
     VocabParallelEmbedding,
@@ -89,7 +90,7 @@ class SegmentIO:
     input_ids: torch.Tensor
     positions: torch.Tensor
     out_cache_loc: torch.Tensor
-    kv_pool: "object"
+    kv_pool: KVPool
     qkv: torch.Tensor
     o: torch.Tensor
     residual: torch.Tensor
