@@ -76,8 +76,9 @@ def main() -> None:
         recs = [json.loads(line) for line in f if line.strip()]
     compiles = [r for r in recs if "compile" in r]  # kernel compiles, not steps
     recs = [r for r in recs if "launched" in r]
-    rows = [summary(b) for b in bursts(recs, a.gap)]
-    for row, b in zip(rows, bursts(recs, a.gap)):
+    groups = bursts(recs, a.gap)
+    rows = [summary(b) for b in groups]
+    for row, b in zip(rows, groups):
         t0, t1 = b[0].get("turn_start") or b[0]["launched"], b[-1]["processed"]
         inside = [c for c in compiles if t0 <= c["at"] <= t1]
         row["compiles"] = len(inside)
