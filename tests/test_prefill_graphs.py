@@ -43,10 +43,24 @@ def test_every_step_size_has_a_bucket_with_bounded_padding():
         token_buckets(0)
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+def save_family(name: str, path: str) -> torch.nn.Module:
+    """A tiny random model of FAMILIES or of test_moe_model's MoE families, saved at path;
+    MoE routers made decisive (near-ties between experts flip under any summation order)."""
+    if name not in MOE:
+        return save_random_hf_model(FAMILIES[name], path)
+    hf = save_random_hf_model(MOE[name], path)
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if n.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
+                p.normal_(0, 1.0)
+    hf.save_pretrained(path)
+    return hf
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES) + ["qwen3_moe"])
 def tiny(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param)
-    hf = save_random_hf_model(FAMILIES[request.param], str(path))
+    hf = save_family(request.param, str(path))
     return hf, load_model(str(path), dtype=torch.float32, device="cpu")
 
 
@@ -140,12 +154,13 @@ def test_a_bucket_whose_capture_fails_runs_its_segments_eagerly(tiny, caplog):
     assert len(failed) == 1 and "16 tokens" in failed[0].getMessage()
 
 
-def test_a_moe_model_is_refused_by_name(tmp_path):
-    """MoE routing sizes its kernels on the host: no segments, even with some dense layers."""
-    save_random_hf_model(MOE["qwen3_moe"], str(tmp_path))
+def test_a_moe_model_has_segments_with_sparse_and_dense_layers(tmp_path):
+    """Routing, alignment and the grouped GEMMs size their launches by the token count
+    alone, so MoE layers (here with a dense one between them) run in the segments too."""
+    save_family("qwen3_moe", str(tmp_path))
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
-    with pytest.raises(ValueError, match="MoE"):
-        PrefillGraphs(loaded.model, Steps(loaded).pool)
+    assert loaded.model.graph_segments and not loaded.model.fused_small
+    assert [hasattr(layer.mlp, "experts") for layer in loaded.model.layers] == [True, False, True]
 
 
 def test_engine_greedy_output_is_unchanged(tmp_path):
@@ -213,13 +228,14 @@ def test_engine_prefix_hits_chunks_and_long_steps_are_unchanged(tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_captured_segments_give_the_eager_tokens(tmp_path, monkeypatch):
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+def test_gpu_captured_segments_give_the_eager_tokens(tmp_path, monkeypatch, family):
     """On CUDA (fp32, no TF32): the same greedy tokens with captured segments as with
     AIOLLM_PREFILL_GRAPHS=0, each bucket captured once, L + 1 graphs in it."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     torch.backends.cuda.matmul.allow_tf32 = False
-    save_random_hf_model(FAMILIES["qwen3"], str(tmp_path))
+    save_family(family, str(tmp_path))
     save_any_tokenizer(str(tmp_path))
     params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
 
@@ -236,7 +252,7 @@ def test_gpu_captured_segments_give_the_eager_tokens(tmp_path, monkeypatch):
 
     with_graphs, pg = asyncio.run(run())
     assert pg is not None and pg.graphs
-    assert all(len(g) == FAMILIES["qwen3"].num_hidden_layers + 1 for g in pg.graphs.values())
+    assert all(len(g) == TINY["num_hidden_layers"] + 1 for g in pg.graphs.values())
     monkeypatch.setenv("AIOLLM_PREFILL_GRAPHS", "0")
     eager, off = asyncio.run(run())
     assert off is None

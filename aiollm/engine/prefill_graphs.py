@@ -62,7 +62,7 @@ class PrefillGraphs:
     def __init__(self, model: torch.nn.Module, kv_pool: KVPool, max_tokens: int = MAX_TOKENS,
                  *, capture: bool = True):
         if not model.graph_segments:
-            raise ValueError("prefill graphs need a model without tensor parallelism or MoE")
+            raise ValueError("prefill graphs need a model without tensor parallelism")
         self.model = model
         self.capture = capture
         self.max_tokens = max_tokens

@@ -286,7 +286,8 @@ class LlamaForCausalLM(nn.Module):
         # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as four
         # fused GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
         # their all-reduce before the residual add) nor with mixture-of-experts layers.
-        self.fused_small = current() is None and all(
+        self.single_rank = current() is None
+        self.fused_small = self.single_rank and all(
             isinstance(layer.mlp, MLP) for layer in self.layers)
         self.init_rope()
 
@@ -318,8 +319,7 @@ class LlamaForCausalLM(nn.Module):
         output io.o (o_proj, norm, MLP) and runs layer k up to its attention (norm, qkv,
         rotary, KV store); segment L finishes the last layer into io.x. The residual stream
         stays in io.residual (float32: layer 0's bf16 embedding is exact in it). Host-sync
-        free and shape-static; only for models without tensor parallelism or MoE layers
-        (graph_segments)."""
+        free and shape-static; only for models without tensor parallelism (graph_segments)."""
         # the same blocks as DecoderLayer.forward, cut at the attention
         if k == 0:
             h, _ = self.layers[0].attention_input(self.embed_tokens(io.input_ids), None,
@@ -336,8 +336,9 @@ class LlamaForCausalLM(nn.Module):
     @property
     def graph_segments(self) -> bool:
         """Whether segment() covers this model: no tensor parallelism (o_proj and down_proj
-        all-reduce) and no MoE layers (their routing sizes kernels on the host)."""
-        return self.fused_small
+        all-reduce between ranks). MoE layers are covered: routing, alignment and the grouped
+        GEMMs size their launches by the token count alone (kernels/fused_moe.py)."""
+        return self.single_rank
 
     def logits(self, x: torch.Tensor, residual: torch.Tensor, batch: ForwardBatch
                ) -> torch.Tensor:
