@@ -87,6 +87,7 @@ def _moe_tile(
     A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
     ROW_MAP: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     """One output tile: BLOCK_M aligned pairs from slot row0 (one expert's) x BLOCK_N."""
     rows = tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M))
@@ -157,13 +158,13 @@ def _moe_tile(
             if FUSE_SILU:
                 b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=b_k, other=0.0)
         if SWAP_AB:
-            acc = tl.dot(b, a, acc)
+            acc = tl.dot(b, a, acc, input_precision=PRECISION)
             if FUSE_SILU == 1:
-                acc_up = tl.dot(b_up, a, acc_up)
+                acc_up = tl.dot(b_up, a, acc_up, input_precision=PRECISION)
         else:
-            acc = tl.dot(a, b, acc)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
             if FUSE_SILU == 1:
-                acc_up = tl.dot(a, b_up, acc_up)
+                acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
     if FUSE_SILU == 2:  # split the gate and up halves of the tile's columns (rows, swapped)
@@ -203,6 +204,7 @@ def _moe_gemm_kernel(
     ROW_MAP: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -225,22 +227,22 @@ def _moe_gemm_kernel(
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
-                  BLOCK_M, BLOCK_N, BLOCK_K)
+                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
     elif SPLIT == 1:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
-                  BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                  BLOCK_M // 2, BLOCK_N, BLOCK_K, PRECISION)
     elif used > BLOCK_M // 4:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
-                  BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                  BLOCK_M // 2, BLOCK_N, BLOCK_K, PRECISION)
     else:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
-                  BLOCK_M // 4, BLOCK_N, BLOCK_K)
+                  BLOCK_M // 4, BLOCK_N, BLOCK_K, PRECISION)
 
 
 def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_weight: bool,
@@ -250,6 +252,12 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
     sorted_ids, expert_ids, num_padded = aligned[:3]
     n = c.shape[1]
     k = a.shape[1]
+    if a.element_size() > 2:
+        # configs are tuned (and the defaults sized) for 2-byte inputs, and the keys carry no
+        # dtype: a float32 model takes half the K tile, so the pipeline's shared memory stays
+        # what was tuned (a bf16 gate/up config asked for 240 KiB in float32, past the 227 KiB
+        # an H100/H200 block may use); its products are exact (no TF32), as in attention
+        cfg = {**cfg, "BLOCK_K": max(16, cfg["BLOCK_K"] * 2 // a.element_size())}
     grid = (expert_ids.numel() * triton.cdiv(n, cfg["BLOCK_N"]),)
     tma = bool(cfg.get("TMA", 0))
     if fuse_silu == 2:  # [2, BLOCK_N, BLOCK_K] boxes of b viewed as [experts * 2, n, k]
@@ -267,7 +275,8 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
         ROW_MAP=0 if row_map is None else 2 if map_a else 1, EVEN_K=k % cfg["BLOCK_K"] == 0,
         SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
         USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0), num_warps=cfg["num_warps"],
+        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0),
+        PRECISION="ieee" if a.dtype == torch.float32 else "tf32", num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
 
