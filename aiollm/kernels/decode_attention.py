@@ -49,6 +49,36 @@ CANDIDATES: list[Config] = [
 ]
 
 
+@triton.jit
+def _load_kv(r2t_row, k_base, v_base, offs_n, nmask, d, dmask, stride_ks, stride_vs,
+             FULL_D: tl.constexpr):
+    """K and V [BLOCK_N, BLOCK_D] of a request's positions offs_n (masked: zeros)."""
+    slots = tl.load(r2t_row + offs_n, mask=nmask, other=0).to(tl.int64)
+    if FULL_D:
+        kv_mask = nmask[:, None]
+    else:
+        kv_mask = nmask[:, None] & dmask[None, :]
+    k = tl.load(k_base + slots[:, None] * stride_ks + d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(v_base + slots[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0)
+    return k, v
+
+
+@triton.jit
+def _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION: tl.constexpr):
+    """One block of keys into the running max m_i, sum l_i and output acc (online softmax).
+    A block with no valid key (a split without older tokens) leaves them as they are."""
+    qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
+    qk = tl.where(nmask[None, :], qk, float("-inf"))
+    # The softmax scale is applied inside max and exp2 so that it fuses into one FMA.
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * sm_scale_log2)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(qk * sm_scale_log2 - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
 # The split count and the strides that follow from it are runtime values: specialising on
 # them (Triton compiles a variant for 1, for multiples of 16 and for the rest) would compile
 # one more variant per split count a batch size or context class picks.
@@ -63,12 +93,14 @@ def _decode_kernel(
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr, PRECISION: tl.constexpr,
     PDL: tl.constexpr,
 ):
-    if PDL:  # q comes from the kernel before (pdl.py); the next may start its own loads
-        gdc_wait()
-        gdc_launch_dependents()
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    # Only q and the newest token's K/V come from the kernel before (the qkv projection);
+    # the request's length, its slots and the older tokens' K/V were written by earlier
+    # kernels, which had completed before the kernel before could let this one start
+    # (pdl.py), so they are loaded first: the first block's reads overlap the qkv kernel's
+    # tail instead of following it.
     seq_len = tl.load(SeqLens + b)
     row = tl.load(ReqRows + b).to(tl.int64)
     # Each request splits its own length, so a launch sized for a long max_seq_len (as a
@@ -77,39 +109,50 @@ def _decode_kernel(
     split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
+    newest = seq_len - 1
+    end_old = tl.minimum(end, newest)  # [start, end_old): tokens of earlier steps
 
     g = tl.arange(0, BLOCK_H)
     heads = kvh * GROUP + g
     d = tl.arange(0, BLOCK_D)
     hmask = g < GROUP
     dmask = d < HEAD_DIM
+    k_base = KCache + kvh * stride_kh
+    v_base = VCache + kvh * stride_vh
+    offs_n = start + tl.arange(0, BLOCK_N)
+    nmask = offs_n < end_old
+    k, v = _load_kv(ReqToToken + row * stride_r2t, k_base, v_base, offs_n, nmask, d, dmask,
+                    stride_ks, stride_vs, BLOCK_D == HEAD_DIM)
+    slot_new = tl.load(ReqToToken + row * stride_r2t + newest).to(tl.int64)
+    if PDL:  # q comes from the kernel before (pdl.py); the next may start its own loads
+        gdc_wait()
+        gdc_launch_dependents()
     q = tl.load(Q + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
                 mask=hmask[:, None] & dmask[None, :], other=0.0)
+    # every split reads the newest token (a few hundred bytes); the one holding it counts it
+    k_new = tl.load(k_base + slot_new * stride_ks + d, mask=dmask, other=0.0)
+    v_new = tl.load(v_base + slot_new * stride_vs + d, mask=dmask, other=0.0)
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    k_base = KCache + kvh * stride_kh
-    v_base = VCache + kvh * stride_vh
-    for start_n in range(start, end, BLOCK_N):
+    m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
+    for start_n in range(start + BLOCK_N, end_old, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        nmask = offs_n < end
-        slots = tl.load(ReqToToken + row * stride_r2t + offs_n, mask=nmask, other=0).to(tl.int64)
-        if BLOCK_D == HEAD_DIM:
-            kv_mask = nmask[:, None]
-        else:
-            kv_mask = nmask[:, None] & dmask[None, :]
-        k = tl.load(k_base + slots[:, None] * stride_ks + d[None, :], mask=kv_mask, other=0.0)
-        qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
-        qk = tl.where(nmask[None, :], qk, float("-inf"))
-        # The softmax scale is applied inside max and exp2 so that it fuses into one FMA.
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * sm_scale_log2)
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk * sm_scale_log2 - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + slots[:, None] * stride_vs + d[None, :], mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-        m_i = m_new
+        nmask = offs_n < end_old
+        k, v = _load_kv(ReqToToken + row * stride_r2t, k_base, v_base, offs_n, nmask, d,
+                        dmask, stride_ks, stride_vs, BLOCK_D == HEAD_DIM)
+        m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
+    # the newest token: one score per query head, in float32
+    s = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * sm_scale_log2
+    s = tl.where((newest >= start) & (newest < end), s, float("-inf"))
+    m_new = tl.maximum(m_i, s)
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use)
+    l_i = l_i * alpha + p
+    acc = acc * alpha[:, None] + p[:, None] * v_new.to(tl.float32)[None, :]
+    m_i = m_new
 
     out_mask = hmask[:, None] & dmask[None, :]
     out_ptrs = Out + b * stride_ob + heads[:, None] * stride_oh + split * stride_os + d[None, :]
