@@ -37,6 +37,9 @@ import triton
 import triton.language as tl
 
 
+SCAN_BLOCK = 256  # chunks a scan step covers (one BLOCK_C whatever the count: one variant)
+
+
 def max_padded_pairs(num_pairs: int, num_experts: int, block_m: int) -> int:
     """Upper bound of the padded length: each expert pads by < block_m, and no block holds
     fewer than one pair."""
@@ -45,7 +48,10 @@ def max_padded_pairs(num_pairs: int, num_experts: int, block_m: int) -> int:
 
 # -- routing ------------------------------------------------------------------------------------
 
-@triton.jit
+# The kernels below take token and pair counts unspecialised: Triton would compile a variant
+# for a count of 1, for multiples of 16 and for the rest (~1 s each for the placement), and a
+# server meets new counts mid-serving (a 3,073-token step compiled three of them there).
+@triton.jit(do_not_specialize=["T"])
 def _route_kernel(Logits, Weights, Ids, T, E, stride_l, TOP_K: tl.constexpr,
                   RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
                   BLOCK_K: tl.constexpr):
@@ -137,7 +143,7 @@ def _onehot(TopkIds, chunk, num_pairs, expert_start, num_experts,
     return offs, inb, ok, local, hot
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_pairs"])
 def _hist_kernel(TopkIds, Hist, num_pairs, expert_start, num_experts,
                  CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
     """Hist[c, e]: pairs of chunk c on local expert e (no atomics: one program a chunk)."""
@@ -146,7 +152,7 @@ def _hist_kernel(TopkIds, Hist, num_pairs, expert_start, num_experts,
     tl.store(Hist + c * BLOCK_E + tl.arange(0, BLOCK_E), tl.sum(hot, 0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_chunks"])
 def _scan_kernel(Hist, Base, Counts, num_chunks, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
     """One program an expert: the exclusive scan of its histogram column over the chunks (each
     chunk's first rank within the expert's group) and its pair count."""
@@ -160,7 +166,7 @@ def _scan_kernel(Hist, Base, Counts, num_chunks, BLOCK_E: tl.constexpr, BLOCK_C:
     tl.store(Counts + e, count)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_pairs", "num_chunks", "num_blocks"])
 def _place_kernel(TopkIds, Base, Counts, Ends, SortedIds, ExpertIds, NumPadded, Positions,
                   Tokens, num_pairs, expert_start, num_experts, top_k, num_chunks, num_blocks,
                   PADDED: tl.constexpr, TOKENS: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -246,7 +252,7 @@ def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int,
     _hist_kernel[(num_chunks,)](flat, hist, n, expert_start, num_experts, CHUNK=chunk,
                                 BLOCK_E=block_e, num_warps=warps)
     _scan_kernel[(num_experts,)](hist, base, counts, num_chunks, BLOCK_E=block_e,
-                                 BLOCK_C=min(1024, triton.next_power_of_2(num_chunks)),
+                                 BLOCK_C=SCAN_BLOCK,
                                  num_warps=4)
     _place_kernel[(num_chunks,)](flat, base, counts, ends, sorted_ids, expert_ids, num_padded,
                                  positions, toks, n, expert_start, num_experts, top_k,

@@ -96,7 +96,7 @@ def row_scan_ref(values, scale_floor=None, keys=None, ids=None, stats=True):
 
 if triton is not None:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["B"])  # the batch size: one variant for every size
     def _row_scan_kernel(
         Values, Ids, ScaleFloor, Keys, Fl, Ix,
         B, C, stride_v, stride_ids, n_blocks,
