@@ -23,9 +23,11 @@ class EngineConfig:
     # from the model's context
     cpu_kv_tokens: int | None = None
     max_running_requests: int = 256
-    # token budget of one step (prefill chunks + decodes); 4096 measured best on the 8B
-    # LightLLM workload (bench/README.md): larger chunks stall decodes longer
-    max_prefill_tokens: int = 4096
+    # token budget of one step (prefill chunks + decodes); 2048 on the 8B LightLLM workload
+    # (H200, prefill graphs on, bench/README.md "Serving on the H200"): ITL p99 45 ms against
+    # 56-60 ms at 4096 (a burst's 3,072-prompt-token steps), output tok/s the same within the
+    # passes' spread; every step then fits the prefill graphs (MAX_TOKENS)
+    max_prefill_tokens: int = 2048
     # most prompt tokens in a step that also decodes, while no more prompts are in line than
     # streams decode (None: max_prefill_tokens): such a step delays every running stream's
     # next token, so a smaller cap bounds inter-token latency; 1024 measured on the 8B
