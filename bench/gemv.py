@@ -189,7 +189,10 @@ def tune_attention(s: dict) -> dict:
                     out[f"b{B}-max{max_len}-ctx{ctx}"] = 1e3 * float(
                         do_bench(fn, warmup=10, rep=50, return_mode="median"))
     finally:
-        os.environ["AIOLLM_AUTOTUNE"] = saved if saved is not None else "1"
+        if saved is None:
+            del os.environ["AIOLLM_AUTOTUNE"]
+        else:
+            os.environ["AIOLLM_AUTOTUNE"] = saved
     return out
 
 

@@ -8,10 +8,11 @@ writes bench/results/kernels-<date>-<device>.json.
 
     python bench/kernels.py [--tune-serving-shapes] [--out-dir DIR]
 
-AIOLLM_AUTOTUNE applies as in serving (1: tune shape classes missing from
-aiollm/kernels/configs/, 2: retune all). --tune-serving-shapes also tunes the shape classes a
-server meets (Llama-3-8B and SmolLM2-135M heads over batch and length buckets) so that the
-shipped config file covers them.
+AIOLLM_AUTOTUNE applies as in serving (auto: a class missing from aiollm/kernels/configs/
+takes its nearest tuned class's config, a shape missing there is tuned; 1: tune every missing
+class; 2: retune all). --tune-serving-shapes also tunes the shape classes a server meets
+(Llama-3-8B and SmolLM2-135M heads over batch and length buckets; AIOLLM_AUTOTUNE=1 unless 2
+is set) so that the shipped config file covers them.
 """
 
 from __future__ import annotations
@@ -117,6 +118,8 @@ def sdpa_case(B: int, n: int) -> dict:
 
 
 def tune_serving_shapes() -> None:
+    if os.environ.get("AIOLLM_AUTOTUNE") != "2":
+        os.environ["AIOLLM_AUTOTUNE"] = "1"  # tune the missing classes, not borrow
     for hq, hkv, d in ((32, 8, 128), (9, 3, 64)):
         k_cache, v_cache = make_pool(256 * 8192 if hq == 9 else 256 * 4096, hkv, d)
         for B in (1, 4, 16, 64, 256):
@@ -180,7 +183,7 @@ def main() -> None:
     result = {
         "date": today, "device": device, "git_commit": tree_commit(),
         "torch": torch.__version__, "triton": triton.__version__,
-        "autotune": os.environ.get("AIOLLM_AUTOTUNE", "1"),
+        "autotune": os.environ.get("AIOLLM_AUTOTUNE", "auto"),
         "shapes": {"num_q_heads": HQ, "num_kv_heads": HKV, "head_dim": D, "dtype": "bfloat16"},
         "copy_bytes_per_s": copy_bw, "matmul_bf16_flops_per_s": mm_rate,
         "decode": decode, "extend": extend, "torch_sdpa_causal": sdpa,

@@ -12,7 +12,7 @@ expert intermediate 768; random bf16 weights, random routing), at each token cou
   ceilings measured in the same run.
 
 Before timing, every token-count class of the autotuner is tuned for this shape (AIOLLM_AUTOTUNE
-applies: 1 tunes missing keys, 2 retunes all), so aiollm/kernels/configs/<gpu>.json covers
+applies, 1 unless set: 1 tunes missing keys, 2 retunes all), so aiollm/kernels/configs/<gpu>.json covers
 serving too; --configs-out copies that file out. --precompile N first compiles every tuning
 candidate in N worker processes (Triton's disk cache is shared), so that tuning, which runs
 one candidate at a time, finds them compiled. --breakdown T... times each stage of the layer
@@ -301,6 +301,7 @@ def main() -> None:
                     help="only drop this GPU's cached fused-MoE configs of the token classes "
                          "from T on (so that AIOLLM_AUTOTUNE=1 retunes those), then exit")
     args = ap.parse_args()
+    os.environ.setdefault("AIOLLM_AUTOTUNE", "1")  # tune the missing classes, not borrow
     if args.drop_configs_from is not None:
         drop_configs(args.drop_configs_from)
         return

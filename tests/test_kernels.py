@@ -355,6 +355,33 @@ def test_autotune_on_cpu_uses_default(monkeypatch):
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "3")
     with pytest.raises(ValueError, match="AIOLLM_AUTOTUNE"):
         autotune.autotune_mode()
+    monkeypatch.delenv("AIOLLM_AUTOTUNE")
+    assert autotune.autotune_mode() == autotune.AUTO
+
+
+def test_nearest_class_matches_the_shape_and_takes_an_adjacent_class():
+    entries = {"hq32-hkv8-d128-bfloat16-b256-n1024": {"c": 1},
+               "hq32-hkv8-d128-bfloat16-b256-n4096": {"c": 2},
+               "hq32-hkv8-d128-bfloat16-b64-n2048": {"c": 3},
+               "hq32-hkv8-d128-bfloat16-b1-n512": {"c": 7},
+               "hq32-hkv4-d128-bfloat16-b256-n2048": {"c": 4},  # another shape
+               "hq32-hkv8-d128-float16-b256-n2048": {"c": 5}}  # another dtype
+    near = autotune.nearest_class
+    sizes = {"b": (1, 4, 16, 64, 256), "n": (512, 1024, 2048, 4096)}
+    key = "hq32-hkv8-d128-bfloat16-b256-n2048"
+    # three classes one step away: the tie goes to the larger classes
+    assert near(entries, key, sizes) == ("hq32-hkv8-d128-bfloat16-b256-n4096", {"c": 2})
+    assert near(entries, "hq32-hkv8-d128-bfloat16-b16-n2048", sizes)[1] == {"c": 3}
+    # two steps away (b4-n1024 from b1-n512) is too far: tune instead
+    assert near(entries, "hq32-hkv8-d128-bfloat16-b4-n1024", sizes) is None
+    assert near(entries, "hq32-hkv8-d128-bfloat16-b4-n1024", sizes, max_steps=2)[1] == {"c": 7}
+    assert near(entries, "hq32-hkv2-d128-bfloat16-b256-n2048", sizes) is None
+    assert near(entries, key, {}) is None  # no size classes: nothing to borrow from
+    # "bfloat16" is no class part though it ends in digits; other shape parts must match
+    t = {"t": (16, 32, 64)}
+    assert near({"e8-n64-k32-top2-t16": {"c": 6}}, "e8-n64-k32-top2-t32", t)[1] == {"c": 6}
+    assert near({"e8-n64-k32-top2-t16": {"c": 6}}, "e8-n64-k64-top2-t32", t) is None
+
 
 
 def test_autotune_modes(tmp_path, monkeypatch):
@@ -385,6 +412,27 @@ def test_autotune_modes(tmp_path, monkeypatch):
     assert lookup("y", 0) == {"a": 3} and len(timed) == 3  # read back from the file
     autotune._resolved.clear()
     assert lookup("y", 2) == {"a": 3} and len(timed) == 6
+
+    # size classes (AIOLLM_AUTOTUNE=auto, the default): a key missing from the table takes
+    # its nearest class's config untimed when the table knows the shape, and tunes otherwise
+    def lookup_sized(key, mode):
+        if mode is None:
+            monkeypatch.delenv("AIOLLM_AUTOTUNE", raising=False)
+        else:
+            monkeypatch.setenv("AIOLLM_AUTOTUNE", str(mode))
+        return autotune.get_config("s", key, dev, {"a": 0}, [{"a": 1}, {"a": 3}], bench,
+                                   classes={"b": (1, 4, 16, 64, 256)})
+
+    assert lookup_sized("h4-b64", None) == {"a": 3} and len(timed) == 8  # unknown shape: tuned
+    assert lookup_sized("h4-b256", None) == {"a": 3} and len(timed) == 8  # borrowed from b64
+    assert "h4-b256" not in json.loads((tmp_path / "Fake_GPU.json").read_text())["s"]
+    assert lookup_sized("h8-b256", 0) == {"a": 0} and len(timed) == 8  # no h8 class: default
+    assert lookup_sized("h4-b4", 0) == {"a": 0} and len(timed) == 8  # 2 classes off: default
+    autotune._resolved.clear()
+    assert lookup_sized("h4-b4", None) == {"a": 3} and len(timed) == 10  # auto: tuned
+    assert lookup_sized("h4-b1", 1) == {"a": 3} and len(timed) == 12  # mode 1 tunes it
+    with autotune.untuned():  # a capture: b16 borrows from b64 (the larger tie), timing nothing
+        assert lookup_sized("h4-b16", None) == {"a": 3} and len(timed) == 12
 
 
 # ---- GPU: real shapes (Llama-3-8B heads), bf16 -------------------------------------------------

@@ -2,11 +2,17 @@
 
 A config is a small dict (block sizes, num_warps, num_stages, ...). Configs live in
 `aiollm/kernels/configs/<gpu-name>.json` as {kernel: {shape_key: config}} and ship with the
-package. AIOLLM_AUTOTUNE picks what happens when a key is looked up:
+package. A key names a shape and, for most kernels, a size class (batch, context length,
+token count: the parts the caller lists in `classes`). AIOLLM_AUTOTUNE picks what happens when
+a key is looked up:
 
-  0  use the cached config, else the kernel's default; never time anything
-  1  (default) tune when the key is missing from the cache, then write it back
-  2  retune every key (once per process), then write it back
+  auto  (default) the cached config; for a key missing from the cache, the config of an
+        adjacent size class of the same shape when the cache has one (not timed: a server
+        would stall for seconds tuning a class next to tuned ones, issue 18), else tune
+        the key and write it back (a shape or a class far from those the table holds)
+  0     the cached config, else an adjacent class's, else the kernel's default; never time
+  1     tune every key missing from the cache, then write it back (the tuning scripts)
+  2     retune every key (once per process), then write it back
 
 Tuning times each candidate on the caller's real inputs with `triton.testing.do_bench`, so it
 only suits kernels that write a fresh output (attention), not in-place ones. It never runs on
@@ -43,11 +49,56 @@ _resolved: dict[tuple[str, str, int], Config] = {}
 _untuned = threading.local()  # .active: inside untuned(), on this thread
 
 
+AUTO = 3  # autotune_mode() for AIOLLM_AUTOTUNE=auto (the default)
+
+
 def autotune_mode() -> int:
-    raw = os.environ.get("AIOLLM_AUTOTUNE", "1")
+    """0, 1, 2 or AUTO from AIOLLM_AUTOTUNE (module doc); ValueError naming a bad value."""
+    raw = os.environ.get("AIOLLM_AUTOTUNE", "auto")
+    if raw == "auto":
+        return AUTO
     if raw not in ("0", "1", "2"):
-        raise ValueError(f"AIOLLM_AUTOTUNE must be 0, 1 or 2, got {raw!r}")
+        raise ValueError(f"AIOLLM_AUTOTUNE must be auto, 0, 1 or 2, got {raw!r}")
     return int(raw)
+
+
+_CLASS_PART = re.compile(r"([a-z]+)(\d+)")
+
+
+def nearest_class(entries: dict[str, Config], key: str, classes: dict[str, tuple[int, ...]],
+                  max_steps: int = 1) -> tuple[str, Config] | None:
+    """(key, config) of `entries` with the same shape as `key` at a size class at most
+    `max_steps` classes away, the nearest, or None. Keys are '-'-joined parts; a part that is
+    a prefix of `classes` followed by one of its class edges is a size class, and every other
+    part must match. Steps: the sum over the class parts of how many edges apart the two are;
+    ties go to the larger classes (configs for more work are the conservative ones)."""
+    def split(k: str) -> tuple[tuple[str, ...], list[int]] | None:
+        shape, steps = [], []
+        for part in k.split("-"):
+            m = _CLASS_PART.fullmatch(part)
+            if m and m.group(1) in classes:
+                edges = classes[m.group(1)]
+                if int(m.group(2)) not in edges:
+                    return None
+                shape.append(m.group(1))
+                steps.append(edges.index(int(m.group(2))))
+            else:
+                shape.append(part)
+        return tuple(shape), steps
+
+    mine = split(key)
+    if mine is None or not mine[1]:
+        return None
+    best = None
+    for k, cfg in entries.items():
+        other = split(k)
+        if other is None or other[0] != mine[0] or k == key:
+            continue
+        dist = sum(abs(a - b) for a, b in zip(mine[1], other[1]))
+        rank = (dist, -sum(other[1]), k)
+        if dist <= max_steps and (best is None or rank < best[0]):
+            best = (rank, k, cfg)
+    return None if best is None else (best[1], best[2])
 
 
 @functools.cache
@@ -94,8 +145,12 @@ def get_config(
     default: Config,
     candidates: list[Config],
     bench: Callable[[Config], float],
+    classes: dict[str, tuple[int, ...]] | None = None,
 ) -> Config:
-    """The config to launch `kernel` with for shape class `key` on `device`.
+    """The config to launch `kernel` with for shape class `key` on `device` (AIOLLM_AUTOTUNE
+    in the module doc says which). `classes`: the key parts that are size classes, each with its
+    class edges (see nearest_class); without them a missing key is tuned, as for a shape the
+    table lacks.
 
     `bench(config)` runs the kernel once with that config on the caller's inputs and returns
     its median time in ms (see `time_config`); it is called only when tuning.
@@ -108,12 +163,18 @@ def get_config(
         return resolved
     slug = gpu_slug(index)
     with _lock:
-        cached = _table(slug).get(kernel, {}).get(key)
+        entries = _table(slug).get(kernel, {})
+        cached = entries.get(key)
+        near = nearest_class(entries, key, classes) if cached is None and classes else None
+    borrowed = near[1] if near else None
     mode = autotune_mode()
     if torch.cuda.is_current_stream_capturing() or getattr(_untuned, "active", False):
-        return cached or default  # not remembered: a later eager call may still tune
-    if mode == 0 or (mode == 1 and cached is not None):
-        best = cached or default
+        return cached or borrowed or default  # not remembered: a later eager call may tune
+    if mode == 0 or (mode in (1, AUTO) and cached is not None) or (mode == AUTO and near):
+        best = cached or borrowed or default
+        if cached is None and near:
+            log.info("%s [%s]: no config in the table, using its nearest class's [%s] %s",
+                     kernel, key, near[0], best)
     else:
         best = _tune(kernel, key, candidates, bench)
         with _lock:
@@ -125,10 +186,10 @@ def get_config(
 
 @contextlib.contextmanager
 def untuned():
-    """Launches on this thread inside the block use the cached config (else the default) and
-    tune nothing, as during a CUDA graph capture. The start-up warm-up runs under it: its
-    inputs are not the real ones (its decodes all read one context, from cache), so timings
-    taken on them could pick a config that is slower in serving."""
+    """Launches on this thread inside the block use the cached config (else an adjacent
+    class's, else the default) and tune nothing, as during a CUDA graph capture. The start-up
+    warm-up runs under it: its inputs are not the real ones (its decodes all read one context,
+    from cache), so timings taken on them could pick a config that is slower in serving."""
     outer = getattr(_untuned, "active", False)  # nested: leave the outer block's state
     _untuned.active = True
     try:

@@ -341,7 +341,8 @@ def decode_attention_triton(
                                                seq_lens, sm_scale, max_seq_len, scratch, cfg,
                                                num_splits, merge_in_kernel))
 
-        config = get_config("decode_attention", key, q.device, DEFAULT_CONFIG, CANDIDATES, bench)
+        config = get_config("decode_attention", key, q.device, DEFAULT_CONFIG, CANDIDATES, bench,
+                            classes={"b": BATCH_CLASSES, "n": LENGTH_CLASSES})
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
             out, config, num_splits, merge_in_kernel)
     return out

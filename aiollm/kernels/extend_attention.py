@@ -191,7 +191,8 @@ def extend_attention_triton(
                                                prefix_lens, extend_lens, q_start_loc, sm_scale,
                                                max_extend_len, scratch, cfg))
 
-        config = get_config("extend_attention", key, q.device, DEFAULT_CONFIG, candidates, bench)
+        config = get_config("extend_attention", key, q.device, DEFAULT_CONFIG, candidates, bench,
+                            classes={"m": LENGTH_CLASSES})
     _launch(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens, q_start_loc,
             sm_scale, max_extend_len, out, config)
     return out

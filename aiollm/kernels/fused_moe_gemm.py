@@ -334,7 +334,8 @@ def moe_configs(tokens: int, num_experts: int, hidden: int, inter: int, top_k: i
         aligned = moe_align_triton(ids, num_experts, cfg["BLOCK_M"], start)
         return time_config(lambda: _gate_up(x, w13, aligned, tw, top_k, cfg))
 
-    up = get_config("fused_moe_gate_up", key, device, up_default, _candidates(bms, True), run_up)
+    up = get_config("fused_moe_gate_up", key, device, up_default, _candidates(bms, True), run_up,
+                    classes={"t": TOKEN_CLASSES})
     bm = up["BLOCK_M"]
     down_default = {k: v for k, v in up_default.items() if k != "BLOCK_M"}
 
@@ -348,5 +349,6 @@ def moe_configs(tokens: int, num_experts: int, hidden: int, inter: int, top_k: i
 
     down_key = f"e{num_experts}-n{hidden}-k{inter}-top{top_k}-t{cls}-m{bm}"
     down = get_config("fused_moe_down", down_key, device, down_default,
-                      _candidates([bm], False), run_down)
+                      _candidates([bm], False), run_down,
+                      classes={"t": TOKEN_CLASSES})
     return up, {"BLOCK_M": bm, **down}
