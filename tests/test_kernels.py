@@ -383,16 +383,22 @@ def test_nearest_class_matches_the_shape_and_takes_an_adjacent_class():
     assert near({"e8-n64-k32-top2-t16": {"c": 6}}, "e8-n64-k64-top2-t32", t) is None
 
 
-
-def test_autotune_modes(tmp_path, monkeypatch):
-    # The cache logic on a pretend GPU: tune when missing, reuse, retune in mode 2, never in 0.
+@pytest.fixture
+def fake_gpu(tmp_path, monkeypatch):
+    """get_config on a pretend GPU whose config table is tmp_path/Fake_GPU.json: write the
+    table, then look keys up on the returned device."""
     monkeypatch.setattr(autotune, "CONFIG_DIR", tmp_path)
     monkeypatch.setattr(autotune, "_tables", {})
     monkeypatch.setattr(autotune, "_resolved", {})
     monkeypatch.setattr(autotune, "gpu_slug", lambda index: "Fake_GPU")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
-    dev = torch.device("cuda")
+    return torch.device("cuda")
+
+
+def test_autotune_modes(fake_gpu, tmp_path, monkeypatch):
+    # The cache logic on a pretend GPU: tune when missing, reuse, retune in mode 2, never in 0.
+    dev = fake_gpu
     timed = []
 
     def bench(cfg):
@@ -433,6 +439,29 @@ def test_autotune_modes(tmp_path, monkeypatch):
     assert lookup_sized("h4-b1", 1) == {"a": 3} and len(timed) == 12  # mode 1 tunes it
     with autotune.untuned():  # a capture: b16 borrows from b64 (the larger tie), timing nothing
         assert lookup_sized("h4-b16", None) == {"a": 3} and len(timed) == 12
+
+
+def test_autotune_tunes_a_borrowed_class_once_mode_1_is_set(fake_gpu, tmp_path, monkeypatch):
+    # bench/kernels.py --tune-serving-shapes times kernels in the default mode first (classes
+    # missing from the table borrow), then sets AIOLLM_AUTOTUNE=1 to tune those classes: the
+    # borrowed answer this process remembered must not stand in for the tuning
+    (tmp_path / "Fake_GPU.json").write_text(json.dumps({"s": {"h4-b64": {"a": 1}}}))
+    timed = []
+
+    def lookup(mode):
+        if mode is None:
+            monkeypatch.delenv("AIOLLM_AUTOTUNE", raising=False)
+        else:
+            monkeypatch.setenv("AIOLLM_AUTOTUNE", mode)
+        return autotune.get_config("s", "h4-b256", fake_gpu, {"a": 0}, [{"a": 1}, {"a": 3}],
+                                   lambda cfg: timed.append(cfg) or 1.0 / cfg["a"],
+                                   classes={"b": (1, 4, 16, 64, 256)})
+
+    assert lookup(None) == {"a": 1} and not timed  # borrowed from b64
+    assert lookup("0") == {"a": 1} and not timed
+    assert lookup("1") == {"a": 3} and len(timed) == 2  # tuned now, and written back
+    assert json.loads((tmp_path / "Fake_GPU.json").read_text())["s"]["h4-b256"] == {"a": 3}
+    assert lookup(None) == {"a": 3} and lookup("2") == {"a": 3} and len(timed) == 2
 
 
 # ---- GPU: real shapes (Llama-3-8B heads), bf16 -------------------------------------------------

@@ -43,9 +43,11 @@ CONFIG_DIR = Path(__file__).with_name("configs")
 
 _lock = threading.Lock()
 _tables: dict[str, dict[str, dict[str, Config]]] = {}  # gpu slug -> kernel -> key -> config
-# What each (kernel, key, device index) resolved to in this process: the hot path is one dict
-# lookup, and mode 2 retunes a key once per process, not at every call.
-_resolved: dict[tuple[str, str, int], Config] = {}
+# What each (kernel, key, device index) resolved to in this process, and whether that is a
+# stand-in (an adjacent class's config or the default, not the key's own): the hot path is one
+# dict lookup, and mode 2 retunes a key once per process, not at every call. A stand-in is
+# looked up again once mode 1 or 2 is set (a tuning script after its untuned runs).
+_resolved: dict[tuple[str, str, int], tuple[Config, bool]] = {}
 _untuned = threading.local()  # .active: inside untuned(), on this thread
 
 
@@ -159,8 +161,8 @@ def get_config(
         return default
     index = device.index if device.index is not None else torch.cuda.current_device()
     resolved = _resolved.get((kernel, key, index))
-    if resolved is not None:
-        return resolved
+    if resolved is not None and (not resolved[1] or autotune_mode() in (0, AUTO)):
+        return resolved[0]
     slug = gpu_slug(index)
     with _lock:
         entries = _table(slug).get(kernel, {})
@@ -172,6 +174,7 @@ def get_config(
         return cached or borrowed or default  # not remembered: a later eager call may tune
     if mode == 0 or (mode in (1, AUTO) and cached is not None) or (mode == AUTO and near):
         best = cached or borrowed or default
+        stand_in = cached is None
         if cached is None and near:
             log.info("%s [%s]: no config in the table, using its nearest class's [%s] %s",
                      kernel, key, near[0], best)
@@ -180,7 +183,8 @@ def get_config(
         with _lock:
             _table(slug).setdefault(kernel, {})[key] = best
             _save(slug)
-    _resolved[(kernel, key, index)] = best
+        stand_in = False
+    _resolved[(kernel, key, index)] = (best, stand_in)
     return best
 
 
