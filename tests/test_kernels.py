@@ -464,6 +464,43 @@ def test_autotune_tunes_a_borrowed_class_once_mode_1_is_set(fake_gpu, tmp_path, 
     assert lookup(None) == {"a": 3} and lookup("2") == {"a": 3} and len(timed) == 2
 
 
+def test_autotune_borrows_a_config_the_key_could_be_tuned_to_first(fake_gpu, tmp_path,
+                                                                    monkeypatch):
+    # Of two adjacent classes, the one whose config is among this key's candidates (extend
+    # attention's BLOCK_M up to the longest extend, a MoE BLOCK_M near the pairs per expert)
+    # is borrowed before the larger one; a lone neighbour outside them is still borrowed
+    (tmp_path / "Fake_GPU.json").write_text(json.dumps({"s": {"h4-m64": {"a": 1},
+                                                              "h4-m1024": {"a": 3}}}))
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
+    sized = {"m": (64, 256, 1024, 4096)}
+    assert autotune.get_config("s", "h4-m256", fake_gpu, {"a": 0}, [{"a": 1}, {"a": 2}], None,
+                               classes=sized) == {"a": 1}
+    assert autotune.get_config("s", "h4-m4096", fake_gpu, {"a": 0}, [{"a": 1}], None,
+                               classes=sized) == {"a": 3}
+
+
+def test_moe_borrows_a_block_m_of_its_own_token_class(fake_gpu, tmp_path, monkeypatch):
+    # Qwen3-30B-A3B's shape (128 experts, top 8): 256 tokens are 16 pairs per expert, tuned
+    # among BLOCK_M 16 and 32. With its class missing, the tie between t128 (BLOCK_M 16) and
+    # t512 (BLOCK_M 64, 4x the rows an expert fills) goes to the config t256 could have had
+    from aiollm.kernels.fused_moe_gemm import moe_configs
+
+    def up(bm):
+        return {"BLOCK_M": bm, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4,
+                "num_stages": 4}
+
+    down = {"BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4, "num_stages": 4}
+    down_big = {"BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "TMA": 1, "num_warps": 4,
+                "num_stages": 4}
+    shape = "e128-n1536-k2048-top8"
+    (tmp_path / "Fake_GPU.json").write_text(json.dumps({
+        "fused_moe_gate_up": {f"{shape}-t128": up(16), f"{shape}-t512": up(64)},
+        "fused_moe_down": {"e128-n2048-k768-top8-t128-m16": down,
+                           "e128-n2048-k768-top8-t512-m64": down_big}}))
+    monkeypatch.delenv("AIOLLM_AUTOTUNE", raising=False)
+    assert moe_configs(200, 128, 2048, 768, 8, fake_gpu) == (up(16), {"BLOCK_M": 16, **down})
+
+
 # ---- GPU: real shapes (Llama-3-8B heads), bf16 -------------------------------------------------
 
 @gpu

@@ -68,12 +68,19 @@ _CLASS_PART = re.compile(r"([a-z]+)(\d+)")
 
 
 def nearest_class(entries: dict[str, Config], key: str, classes: dict[str, tuple[int, ...]],
-                  max_steps: int = 1) -> tuple[str, Config] | None:
+                  max_steps: int = 1, candidates: list[Config] | None = None
+                  ) -> tuple[str, Config] | None:
     """(key, config) of `entries` with the same shape as `key` at a size class at most
     `max_steps` classes away, the nearest, or None. Keys are '-'-joined parts; a part that is
     a prefix of `classes` followed by one of its class edges is a size class, and every other
     part must match. Steps: the sum over the class parts of how many edges apart the two are;
-    ties go to the larger classes (configs for more work are the conservative ones)."""
+    ties go first to a config among `candidates` (what tuning `key` would choose among, when
+    given: they can depend on the size, as extend attention's BLOCK_M on the longest extend or
+    a MoE BLOCK_M on the pairs per expert), then to the larger classes (configs for more work
+    are the conservative ones). A config outside `candidates` is still taken when no other
+    is near: a caller that lists `classes` keeps every config of a shape valid at all of its
+    classes (the MoE down GEMM's key carries the gate/up BLOCK_M for that), so it is only
+    slower there, which beats a stall."""
     def split(k: str) -> tuple[tuple[str, ...], list[int]] | None:
         shape, steps = [], []
         for part in k.split("-"):
@@ -97,8 +104,10 @@ def nearest_class(entries: dict[str, Config], key: str, classes: dict[str, tuple
         if other is None or other[0] != mine[0] or k == key:
             continue
         dist = sum(abs(a - b) for a, b in zip(mine[1], other[1]))
-        rank = (dist, -sum(other[1]), k)
-        if dist <= max_steps and (best is None or rank < best[0]):
+        if dist > max_steps:
+            continue
+        rank = (dist, candidates is not None and cfg not in candidates, -sum(other[1]), k)
+        if best is None or rank < best[0]:
             best = (rank, k, cfg)
     return None if best is None else (best[1], best[2])
 
@@ -151,7 +160,8 @@ def get_config(
 ) -> Config:
     """The config to launch `kernel` with for shape class `key` on `device` (AIOLLM_AUTOTUNE
     in the module doc says which). `classes`: the key parts that are size classes, each with its
-    class edges (see nearest_class); without them a missing key is tuned, as for a shape the
+    class edges (see nearest_class: of adjacent classes, one whose config is among
+    `candidates` is borrowed first); without them a missing key is tuned, as for a shape the
     table lacks.
 
     `bench(config)` runs the kernel once with that config on the caller's inputs and returns
@@ -167,7 +177,8 @@ def get_config(
     with _lock:
         entries = _table(slug).get(kernel, {})
         cached = entries.get(key)
-        near = nearest_class(entries, key, classes) if cached is None and classes else None
+        near = (nearest_class(entries, key, classes, candidates=candidates)
+                if cached is None and classes else None)
     borrowed = near[1] if near else None
     mode = autotune_mode()
     if torch.cuda.is_current_stream_capturing() or getattr(_untuned, "active", False):
