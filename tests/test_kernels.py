@@ -501,6 +501,28 @@ def test_moe_borrows_a_block_m_of_its_own_token_class(fake_gpu, tmp_path, monkey
     assert moe_configs(200, 128, 2048, 768, 8, fake_gpu) == (up(16), {"BLOCK_M": 16, **down})
 
 
+
+def test_moe_path_and_gemv_classes_borrow_too(fake_gpu, tmp_path, monkeypatch):
+    # The layer's path is tuned per token class by timing whole forwards (and the GEMV path's
+    # configs per class too): a class missing next to tuned ones borrows like the GEMMs'
+    # configs, instead of stalling a server for the forwards' timings (no bench_inputs here:
+    # a tuning would fail)
+    from aiollm.kernels.fused_moe import moe_path
+    from aiollm.kernels.fused_moe_gemm import TOKEN_CLASSES
+    from aiollm.kernels.fused_moe_gemv import gemv_configs
+
+    gemv_up = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 2, "num_stages": 3}
+    gemv_down = {"BLOCK_N": 16, "BLOCK_K": 128, "num_warps": 8, "num_stages": 2}
+    (tmp_path / "Fake_GPU.json").write_text(json.dumps({
+        "fused_moe_path": {"e128-n1536-k2048-top8-t8192": {"GEMV": 0, "TORCH_MM": 1},
+                           "e128-n1536-k2048-top8-t8": {"GEMV": 1}},
+        "fused_moe_gemv_gate_up": {"e128-n1536-k2048-top8-t8": gemv_up},
+        "fused_moe_gemv_down": {"e128-n2048-k768-top8-t8": gemv_down}}))
+    monkeypatch.delenv("AIOLLM_AUTOTUNE", raising=False)
+    assert moe_path(10000, 128, 2048, 768, 8, fake_gpu) == {"GEMV": 0, "TORCH_MM": 1}
+    assert moe_path(16, 128, 2048, 768, 8, fake_gpu) == {"GEMV": 1}
+    assert gemv_configs(16, TOKEN_CLASSES, 128, 2048, 768, 8, fake_gpu) == (gemv_up, gemv_down)
+
 # ---- GPU: real shapes (Llama-3-8B heads), bf16 -------------------------------------------------
 
 @gpu

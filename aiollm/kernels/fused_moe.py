@@ -57,7 +57,8 @@ def moe_path(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
         return time_config(lambda: _forward(cfg, *bench_inputs))
 
     key = f"e{num_experts}-n{2 * inter}-k{hidden}-top{top_k}-t{cls}"
-    return get_config("fused_moe_path", key, device, {"GEMV": 0}, candidates, run)
+    return get_config("fused_moe_path", key, device, {"GEMV": 0}, candidates, run,
+                      classes={"t": TOKEN_CLASSES})
 
 
 def use_gemv_path(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,

@@ -156,10 +156,11 @@ def gemv_configs(tokens: int, token_classes: tuple[int, ...], num_experts: int, 
 
     key = f"e{num_experts}-n{2 * inter}-k{hidden}-top{top_k}-t{cls}"
     up = get_config("fused_moe_gemv_gate_up", key, device, default,
-                    [_as_config(c) for c in UP_CANDIDATES], run_up)
+                    [_as_config(c) for c in UP_CANDIDATES], run_up, classes={"t": token_classes})
     key = f"e{num_experts}-n{hidden}-k{inter}-top{top_k}-t{cls}"
     down = get_config("fused_moe_gemv_down", key, device, default,
-                      [_as_config(c) for c in DOWN_CANDIDATES], run_down)
+                      [_as_config(c) for c in DOWN_CANDIDATES], run_down,
+                      classes={"t": token_classes})
     return up, down
 
 
