@@ -9,10 +9,11 @@ writes bench/results/kernels-<date>-<device>.json.
     python bench/kernels.py [--tune-serving-shapes] [--out-dir DIR]
 
 AIOLLM_AUTOTUNE applies as in serving (auto: a class missing from aiollm/kernels/configs/
-takes its nearest tuned class's config, a shape missing there is tuned; 1: tune every missing
-class; 2: retune all). --tune-serving-shapes also tunes the shape classes a server meets
-(Llama-3-8B and SmolLM2-135M heads over batch and length buckets; AIOLLM_AUTOTUNE=1 unless 2
-is set) so that the shipped config file covers them.
+takes the config of a tuned class one step away, a shape or a farther class missing there is
+tuned; 1: tune every missing class; 2: retune all). --tune-serving-shapes also tunes the shape
+classes a server meets (Llama-3-8B and SmolLM2-135M heads over batch and length buckets;
+AIOLLM_AUTOTUNE=1 unless 2 is set, classes borrowed for the timings above included) so that
+the shipped config file covers them.
 """
 
 from __future__ import annotations

@@ -7,17 +7,19 @@ token count: the parts the caller lists in `classes`). AIOLLM_AUTOTUNE picks wha
 a key is looked up:
 
   auto  (default) the cached config; for a key missing from the cache, the config of an
-        adjacent size class of the same shape when the cache has one (not timed: a server
-        would stall for seconds tuning a class next to tuned ones, issue 18), else tune
-        the key and write it back (a shape or a class far from those the table holds)
+        adjacent size class (one class step) of the same shape when the cache has one (not
+        timed, not written back: a server would stall for seconds tuning a class next to
+        tuned ones, issue 18), else tune the key and write it back (a shape or a class
+        farther from those the table holds)
   0     the cached config, else an adjacent class's, else the kernel's default; never time
-  1     tune every key missing from the cache, then write it back (the tuning scripts)
+  1     tune every key missing from the cache, then write it back (the tuning scripts;
+        a key this process borrowed for earlier, under auto or 0, is tuned too)
   2     retune every key (once per process), then write it back
 
 Tuning times each candidate on the caller's real inputs with `triton.testing.do_bench`, so it
 only suits kernels that write a fresh output (attention), not in-place ones. It never runs on
 the CPU interpreter, while a CUDA graph is being captured, or inside `untuned()` (the
-default or cached config is used then).
+cached config is used then, else an adjacent class's, else the default).
 """
 
 from __future__ import annotations
