@@ -69,6 +69,27 @@ def autotune_mode() -> int:
 _CLASS_PART = re.compile(r"([a-z]+)(\d+)")
 
 
+@functools.lru_cache(maxsize=4096)
+def _split_key(key: str, classes: tuple[tuple[str, tuple[int, ...]], ...]
+               ) -> tuple[tuple[str, ...], tuple[int, ...]] | None:
+    """(the key's parts with each size class's value left out, each class's edge index), or
+    None when a class value is not an edge. Cached: a capture looks a missing key up at every
+    launch (nothing is remembered there) and each lookup splits every key of the kernel."""
+    sizes = dict(classes)
+    shape, steps = [], []
+    for part in key.split("-"):
+        m = _CLASS_PART.fullmatch(part)
+        if m and m.group(1) in sizes:
+            edges = sizes[m.group(1)]
+            if int(m.group(2)) not in edges:
+                return None
+            shape.append(m.group(1))
+            steps.append(edges.index(int(m.group(2))))
+        else:
+            shape.append(part)
+    return tuple(shape), tuple(steps)
+
+
 def nearest_class(entries: dict[str, Config], key: str, classes: dict[str, tuple[int, ...]],
                   max_steps: int = 1, candidates: list[Config] | None = None
                   ) -> tuple[str, Config] | None:
@@ -83,26 +104,13 @@ def nearest_class(entries: dict[str, Config], key: str, classes: dict[str, tuple
     is near: a caller that lists `classes` keeps every config of a shape valid at all of its
     classes (the MoE down GEMM's key carries the gate/up BLOCK_M for that), so it is only
     slower there, which beats a stall."""
-    def split(k: str) -> tuple[tuple[str, ...], list[int]] | None:
-        shape, steps = [], []
-        for part in k.split("-"):
-            m = _CLASS_PART.fullmatch(part)
-            if m and m.group(1) in classes:
-                edges = classes[m.group(1)]
-                if int(m.group(2)) not in edges:
-                    return None
-                shape.append(m.group(1))
-                steps.append(edges.index(int(m.group(2))))
-            else:
-                shape.append(part)
-        return tuple(shape), steps
-
-    mine = split(key)
+    sizes = tuple(classes.items())
+    mine = _split_key(key, sizes)
     if mine is None or not mine[1]:
         return None
     best = None
     for k, cfg in entries.items():
-        other = split(k)
+        other = _split_key(k, sizes)
         if other is None or other[0] != mine[0] or k == key:
             continue
         dist = sum(abs(a - b) for a, b in zip(mine[1], other[1]))
