@@ -475,6 +475,49 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     assert_all_free(engine)
 
 
+def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine):
+    """With Planner.fill_to (the prefill graphs' bucket of a step), a step whose prompt tokens
+    the mixed cap limits takes more, up to the rows its bucket computes anyway; the output
+    is unchanged and nothing leaks."""
+    steps = []
+    real = engine.runner.prepare
+
+    def spy(step, table):
+        decodes = sum(1 for n, p, r in zip(step.extend_lens, step.prefix_lens, step.reqs)
+                      if n == 1 and p >= len(r.prompt_ids))
+        steps.append((decodes, step.num_tokens))
+        return real(step, table)
+
+    long_prompt = " ".join(PROMPTS * 8)
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    alone = [run(loop, engine.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
+
+    async def pair():
+        # two streams decoding when the long prompt arrives: no burst, the cap holds
+        first = [asyncio.ensure_future(engine.generate(PROMPTS[0], params)) for _ in range(2)]
+        await asyncio.sleep(0.5)
+        outs = await asyncio.gather(*first, engine.generate(long_prompt, params))
+        return [o.token_ids for o in outs[1:]]
+
+    engine.runner.prepare = spy
+    saved = engine.planner.mixed_budget, engine.planner.fill_to
+    engine.planner.mixed_budget = 40
+    engine.planner.fill_to = lambda t: -(-t // 16) * 16 if t > 1 else t
+    try:
+        engine.flush_cache()
+        outs = run(loop, pair())
+    finally:
+        engine.planner.mixed_budget, engine.planner.fill_to = saved
+        engine.runner.prepare = real
+    assert outs == alone
+    mixed = [(d, t) for d, t in steps if d and t > d]
+    assert any(t - d > 40 for d, t in mixed), mixed  # the cap was lifted to fill a bucket
+    # up to the bucket, but for the prompt's last chunk (what was left of it)
+    assert all(t - d <= 40 or t % 16 == 0 for d, t in mixed[:-1]), mixed
+    assert all(t - d <= 40 + 15 for d, t in mixed), mixed
+    assert_all_free(engine)
+
+
 def test_warm_up_plan_covers_each_kernel_shape_class():
     from aiollm.engine.warm_up import plan
 

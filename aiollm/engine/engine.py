@@ -122,7 +122,8 @@ class Engine:
                                on_evict=lambda r: self.metrics.evictions.inc(),
                                on_admit=self._on_admit,
                                mixed_budget=cfg.mixed_prefill_tokens,
-                               prefix_cache=self.prefix_cache)
+                               prefix_cache=self.prefix_cache,
+                               fill_to=getattr(self.runner.prefill_graphs, "fill_to", None))
         self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size,
                                  self.eos_ids.tolist(), device, max_rows=self.planner.max_running)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")

@@ -54,6 +54,7 @@ class Planner:
         on_admit=None,
         mixed_budget: int | None = None,
         prefix_cache: PrefixCache | None = None,
+        fill_to=None,
     ):
         self.table = table
         self.kv = kv_pool
@@ -62,6 +63,10 @@ class Planner:
         self.max_running = min(max_running, req_to_token.rows)
         self.token_budget = token_budget
         self.mixed_budget = mixed_budget  # most prefill tokens in a step that decodes
+        # fill_to(t): the rows a step of t tokens computes (the prefill graphs pad a step to
+        # its bucket); a step whose prompt tokens are capped takes more up to that count,
+        # which costs no step time: those rows are computed anyway
+        self.fill_to = fill_to
         self.running: list[Request] = []
         self.waiting: collections.deque[Request] = collections.deque()
         self._admit_counter = 0
@@ -142,6 +147,9 @@ class Planner:
             # the cap holds while the streams outnumber the prompts in line; in a burst (a
             # longer queue) the prompts take the full budget, as the streams are few
             budget = min(budget, self.mixed_budget)
+        if self.fill_to is not None and budget > 0:
+            filled = min(self.fill_to(len(decodes) + budget), self.token_budget)
+            budget = max(budget, filled - len(decodes))
         taken = len(decodes)  # KV slots this step allocates
         free = self.free_tokens() - taken
         # 2. running requests still prefilling (new or resumed) continue with a chunk

@@ -96,6 +96,11 @@ class PrefillGraphs:
         """The token count a step of t tokens runs at."""
         return next(b for b in self.buckets if b >= t)
 
+    def fill_to(self, t: int) -> int:
+        """Rows a step of t tokens computes: its bucket when the graphs take such a step,
+        else t. The planner fills the padding with prompt tokens (Planner.fill_to)."""
+        return self.bucket(t) if FUSED_MAX_TOKENS < t <= self.max_tokens else t
+
     def _view(self, rows: int) -> SegmentIO:
         io = self.io
         return SegmentIO(io.input_ids[:rows], io.positions[:rows], io.out_cache_loc[:rows],
