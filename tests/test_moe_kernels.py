@@ -97,6 +97,22 @@ def test_alignment_groups_pairs_by_expert_padded_to_the_block(case, chunk):
         assert all(int(flat[p]) - start == e for p in pairs if p < T * k)
 
 
+def test_alignment_scans_the_chunks_in_several_blocks(monkeypatch):
+    """The scan over the chunks runs in blocks of SCAN_BLOCK chunks (256: more than 256
+    chunks take 4,096 pairs or more, slow in the interpreter); at 2, 40 pairs in chunks of
+    16 take three blocks, the last one partial."""
+    from aiollm.kernels import moe_align
+
+    monkeypatch.setattr(moe_align, "SCAN_BLOCK", 2)
+    torch.manual_seed(6)
+    ids = torch.randint(0, 5, (20, 2), dtype=torch.int32)
+    got = moe_align_triton(ids, 5, 4, tokens=True, chunk=16)
+    ref = moe_align_ref(ids, 5, 4, tokens=True)
+    assert canonical(got, 4) == canonical(ref, 4)
+    for name in ("positions", "ends", "tokens"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name
+
+
 def moe_case(case: str, T: int = 9):
     """x, w13, w2, weights, ids, (start, n_local) for one of the routing cases."""
     torch.manual_seed(2)
@@ -157,6 +173,28 @@ def test_fused_moe_split_tiles_match_reference(case, variant):
                            configs=SPLIT[variant])
     torch.testing.assert_close(out, fused_moe_ref(x, w13[ws], w2[ws], weights, ids, start),
                                rtol=1e-4, atol=1e-5)
+
+
+# float32 inputs take half the configs' K tile (fused_moe_gemm._gemm, as the configs are sized
+# for 2-byte inputs): 64 -> 32 here, so the gate/up loop (H 40) and the down loop (I 24) each
+# end on a masked tile, and H 8 lies below the smallest tile; float16 keeps the configs' tile
+@pytest.mark.parametrize("variant,H,I,dtype", [
+    ("plain", 40, 24, torch.float32), ("paired-swapped", 40, 24, torch.float32),
+    ("plain", 8, 8, torch.float32), ("plain", 40, 24, torch.float16)])
+def test_fused_moe_with_k_tiles_sized_for_two_byte_inputs(variant, H, I, dtype):
+    torch.manual_seed(5)
+    T, E, k = 9, 8, 2
+    x = torch.randn(T, H).to(dtype)
+    w13 = (torch.randn(E, 2 * I, H) / H**0.5).to(dtype)
+    w2 = (torch.randn(E, H, I) / I**0.5).to(dtype)
+    logits = torch.randn(T, E)
+    logits[:, 6:] -= 100  # experts 6 and 7 get no token
+    weights, ids = moe_route_ref(logits, k, True)
+    configs = tuple({**c, "BLOCK_K": 64} for c in VARIANTS[variant])
+    out = fused_moe_triton(x, w13, w2, weights, ids, configs=configs)
+    ref = fused_moe_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
+    err = ((out.double() - ref).norm() / ref.norm()).item()
+    assert err <= (1e-6 if dtype == torch.float32 else 2e-3), err
 
 
 @pytest.mark.parametrize("weighted", [False, True])

@@ -57,7 +57,8 @@ def save_family(name: str, path: str) -> torch.nn.Module:
     return hf
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES) + ["qwen3_moe"])
+# qwen3_moe: sparse layers around a dense one; qwen2_moe: a shared expert beside the routed
+@pytest.fixture(scope="module", params=list(FAMILIES) + ["qwen3_moe", "qwen2_moe"])
 def tiny(request, tmp_path_factory):
     path = tmp_path_factory.mktemp(request.param)
     hf = save_family(request.param, str(path))
