@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-prefill-tokens", type=int, default=d.max_prefill_tokens,
                    help="token budget of one step (prefill chunks + decodes)")
     e.add_argument("--mixed-prefill-tokens", type=int, default=d.mixed_prefill_tokens,
-                   help="most prompt tokens in a step that also decodes: caps how long running "
+                   help="most prompt tokens in a step that also decodes (with prefill graphs, "
+                        "plus up to 31 that fill the step's graph bucket): caps how long running "
                         "streams wait for a token while prompts are prefilled; lifted while "
                         "more prompts wait than streams decode (a burst); 0: no cap "
                         "(default: %(default)s)")

@@ -31,7 +31,8 @@ class EngineConfig:
     # most prompt tokens in a step that also decodes, while no more prompts are in line than
     # streams decode (None: max_prefill_tokens): such a step delays every running stream's
     # next token, so a smaller cap bounds inter-token latency; 1024 measured on the 8B
-    # LightLLM workload (bench/README.md)
+    # LightLLM workload (bench/README.md); with prefill graphs a capped step takes up to 31
+    # more, the padding rows of its graph bucket (Planner.fill_to)
     mixed_prefill_tokens: int | None = 1024
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission
