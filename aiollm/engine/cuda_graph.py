@@ -133,24 +133,26 @@ class DecodeGraphs:
         (aiollm.kernels.autotune.untuned): the inputs here are all padding rows (one-token
         contexts), on which tuning would time launch overhead, not the kernels."""
         t0 = time.monotonic()
-        reserved = torch.cuda.memory_reserved()
+        dev = self.inp.device  # the engine's, which need not be the current device
+        reserved = torch.cuda.memory_reserved(dev)
         pool = torch.cuda.graph_pool_handle()
-        stream = torch.cuda.Stream()
-        with autotune.untuned():
+        stream = torch.cuda.Stream(device=dev)
+        main = torch.cuda.current_stream(dev)
+        with autotune.untuned(), torch.cuda.device(dev):
             for bs in reversed(self.buckets):
                 self._pad(self.inp[: FIELDS * bs].view(FIELDS, bs), 0)
-                stream.wait_stream(torch.cuda.current_stream())
+                stream.wait_stream(main)
                 with torch.cuda.stream(stream):
                     self._step(bs)  # one eager step: its kernels compile outside the capture
-                torch.cuda.current_stream().wait_stream(stream)
+                main.wait_stream(stream)
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g, pool=pool, stream=stream):
                     logits, packed = self._step(bs)
                 self.graphs[bs] = (g, logits, packed)
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(dev)
         log.info("captured %d decode CUDA graphs (batch sizes %s, %.0f MiB) in %.1fs",
                  len(self.graphs), ",".join(map(str, self.buckets)),
-                 (torch.cuda.memory_reserved() - reserved) / 2**20, time.monotonic() - t0)
+                 (torch.cuda.memory_reserved(dev) - reserved) / 2**20, time.monotonic() - t0)
 
     def run(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the staged batch at bucket bs: (logits [bs, V], packed [2, bs] int64 of the
