@@ -274,6 +274,43 @@ def test_repeated_1500_token_system_prompt_is_5x_faster(loop, engines, text_ids)
     assert_idle_and_flush(on)
 
 
+def test_a_hit_with_no_slot_left_for_its_new_tokens_waits(loop, tmp_path):
+    """A full pool: a running request's KV, and the cached prefix of a waiting one (paused
+    under the pressure). While the running request's last token is in flight it plans no
+    decode, so the waiting one was admitted: its hit locked every free slot, it got no chunk,
+    the planner paused it to make room and admitted it again, until RecursionError failed
+    every request. It waits for the running request to finish now."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512).save_pretrained(tmp_path)
+    params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+    prefix = [(7 * i) % 150 + 1 for i in range(30)]
+    first = [(11 * i) % 140 + 3 for i in range(50)]  # 70 tokens with its output
+    second = prefix + [(5 * i) % 130 + 9 for i in range(10)]
+
+    async def go():
+        eng = Engine(str(tmp_path), load_format="dummy", kv_tokens=100, max_prefill_tokens=128)
+        await eng.start()
+        try:
+            # the second request arrives once the first holds k slots: its pauses, and the
+            # free slots left at the first's last step, depend on k
+            for k in range(58, 68):
+                await eng.generate(prefix, SamplingParams(max_tokens=1))  # cached
+                running = asyncio.ensure_future(eng.generate(first, params))
+                while eng.stats()["kv_used"] < k and not running.done():
+                    await asyncio.sleep(0.001)
+                late = await eng.generate(second, SamplingParams(max_tokens=1))
+                assert len((await running).token_ids) == 20 and len(late.token_ids) == 1
+                assert_idle_and_flush(eng)
+            assert eng.stats()["evictions"] > 0
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 # -- nothing leaks: a randomized run --------------------------------------------------------
 
 def test_randomized_traffic_keeps_the_invariants_after_every_step(loop, tmp_path):

@@ -219,8 +219,11 @@ class Planner:
         for r, m in zip(head[:n], matches):
             if m is not None and self._prefix_in_flight(r, m[1], prefilling):
                 break  # another request computes more of its prefix now: reuse it next step
-            if m is not None and self.free_tokens() - self.cache.tree.unreferenced(m[0]) < taken:
-                break  # its hit would lock cached tokens this step's chunks are counting on
+            if m is not None and self.free_tokens() - self.cache.tree.unreferenced(m[0]) <= taken:
+                # its hit would lock cached tokens this step's chunks are counting on, or
+                # leave no slot for a token of its own: admitted, it would only be paused
+                # again (plan()'s stuck case), then admitted again, for ever
+                break
             self.waiting.popleft()
             r.row = self.r2t.alloc_row()
             assert r.row is not None
