@@ -135,6 +135,9 @@ def test_steps_outside_the_graphs_are_refused_by_covers(tiny):
     r = s.new_request()
     assert not pg.covers(s.batch({r: [5]}))  # one token: the fused GEMV path
     assert not pg.covers(s.batch({r: list(range(1, 18))}))  # 17 tokens > max_tokens
+    # the planner fills a step up to the rows it computes (Planner.fill_to): the bucket of a
+    # step the graphs take, the step itself where they refuse it (nothing padded to fill)
+    assert [pg.fill_to(t) for t in (1, 2, 9, 16, 17, 40)] == [1, 16, 16, 16, 17, 40]
 
 
 def test_a_bucket_whose_capture_fails_runs_its_segments_eagerly(tiny, caplog):
