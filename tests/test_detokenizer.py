@@ -152,6 +152,34 @@ def test_finish_releases_an_incomplete_character_as_decoded(tokenizer):
     assert "".join(deltas) == tokenizer.decode(ids)
 
 
+def test_a_prompt_ending_inside_a_character_gives_its_bytes_to_the_output_only_if_completed(
+        tokenizer):
+    """A prompt of token ids may end inside a character. Output that completes it starts
+    with the whole character; output that does not carries none of the prompt's U+FFFD."""
+    emoji = tokenizer.encode("ok 😀", add_special_tokens=False)
+    prompt, last = emoji[:-1], emoji[-1:]  # cut inside the emoji
+    assert tokenizer.decode(prompt).endswith(REPLACEMENT)
+    json_ids = tokenizer.encode('{"name": "x"}', add_special_tokens=False)
+    for finish_only in (False, True):
+        det, deltas = stream(tokenizer, prompt, json_ids if not finish_only else [])
+        assert "".join(deltas) == ('{"name": "x"}' if not finish_only else "")
+    _, deltas = stream(tokenizer, prompt, last + tokenizer.encode(" ok", add_special_tokens=False))
+    assert "".join(deltas) == "😀 ok"
+    # random byte tokens after a prompt that ends in random byte tokens
+    byte_ids = [i for i in range(len(tokenizer)) if REPLACEMENT in tokenizer.decode([i])]
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        pool = byte_ids + tokenizer.encode(" a{", add_special_tokens=False)
+        head = [int(pool[j]) for j in rng.integers(0, len(pool), size=int(rng.integers(1, 4)))]
+        ids = [int(pool[j]) for j in rng.integers(0, len(pool), size=int(rng.integers(1, 12)))]
+        prompt = tokenizer.encode("x", add_special_tokens=False) + head
+        before, full = tokenizer.decode(prompt), tokenizer.decode(prompt + ids)
+        want = (full[len(before):] if full.startswith(before)
+                else full[len(before.rstrip(REPLACEMENT)):])
+        _, deltas = stream(tokenizer, prompt, ids)
+        assert "".join(deltas) == want, (prompt, ids)
+
+
 class CountingTokenizer:
     """Wraps the real tokenizer and records how many ids each decode is given."""
 

@@ -67,8 +67,12 @@ class IncrementalDetokenizer:
         self._decode = _decoder(tokenizer, skip_special_tokens)
         self._window: list[int] = _as_list(prompt_ids[-CONTEXT:])
         # The prompt's text is context, not output; an incomplete character at its end is
-        # left to be completed (and emitted) by the first output tokens.
-        self._emitted = len(self._decode(self._window).rstrip(REPLACEMENT))
+        # left to be completed (and emitted) by the first output tokens. If they do not
+        # complete it (the text still starts with the prompt's, U+FFFD included), those
+        # U+FFFD are the prompt's: _skip_prompt_tail moves past them.
+        prompt_text = self._decode(self._window)
+        self._emitted = len(prompt_text.rstrip(REPLACEMENT))
+        self._prompt_tail = prompt_text if len(prompt_text) > self._emitted else None
         self._stop = StopStringMatcher(stop) if any(stop) else None
         self._pending = ""  # released by the decoder, held back by the stop filter
         self.decoded = 0  # characters of output decoded, before the stop filter
@@ -102,6 +106,8 @@ class IncrementalDetokenizer:
         self._window.extend(_as_list(new_ids))
         text = self._decode(self._window)
         stable = len(text.rstrip(REPLACEMENT))
+        if self._prompt_tail is not None and stable > self._emitted:
+            self._skip_prompt_tail(text)
         self.partial = stable < len(text)
         delta = ""
         if stable > self._emitted:
@@ -118,6 +124,8 @@ class IncrementalDetokenizer:
             return ""
         self.finished = True
         text = self._decode(self._window)
+        if self._prompt_tail is not None:
+            self._skip_prompt_tail(text)
         out = self._release(text[self._emitted :])
         self._emitted = len(text)
         if not self.stopped and self._stop is not None:
@@ -129,6 +137,14 @@ class IncrementalDetokenizer:
             self._released += len(self._pending)
             self._pending = ""
         return out
+
+    def _skip_prompt_tail(self, text: str) -> None:
+        """Once output text follows the prompt's incomplete character: if the output did not
+        complete it (the decoded text still starts with the prompt's, U+FFFD and all), its
+        U+FFFD belong to the prompt and are not output; else the completed character is."""
+        if text.startswith(self._prompt_tail):
+            self._emitted = len(self._prompt_tail)
+        self._prompt_tail = None
 
     def _reanchor(self) -> None:
         """Cut the window to its last CONTEXT tokens, all of whose text is emitted."""
