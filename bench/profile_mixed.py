@@ -9,6 +9,9 @@ kernels, the device idle time between its first and last kernel (the device wait
 host inside the step) and the idle gap before it. The CUDA runtime calls that took longest
 on the loop's thread follow: a call that blocks the host shows there.
 
+With AIOLLM_PREFILL_GRAPHS=0 the steps with prompt tokens run eagerly and their kernels are
+listed by name with their device time a step (a graph replay shows as one launch).
+
 `--cprofile PATH` runs cProfile instead of torch.profiler around the launches of steps that
 carry prompt tokens (the eager ones) and prints where their host time goes, by function: the
 device idles whenever such a launch takes longer than the step queued before it.
@@ -146,6 +149,10 @@ def analyse(trace: dict, top: int) -> dict:
                        idle_in_step_ms=(end - start - busy) / 1e3,
                        gap_before_ms=None if prev_end is None else (start - prev_end) / 1e3,
                        kernels=len(ks))
+            by_name = collections.Counter()
+            for k in ks:
+                by_name[k["name"][:90]] += k["dur"] / 1e3
+            cur["kernel_ms"] = dict(by_name.most_common())
             prev_end = end
         steps.append(cur)
         cur = None
@@ -205,6 +212,16 @@ def main() -> None:
               f"{s.get('device_busy_ms', 0):8.2f} {s.get('device_span_ms', 0):8.2f} "
               f"{s.get('idle_in_step_ms', 0):8.2f} {'' if gap is None else f'{gap:.2f}':>10} "
               f"{s.get('kernels', 0):7d}")
+    eager = [s for s in res["steps"] if s.get("kernels", 0) > 8]
+    if eager:  # graph replays show as one launch: run with AIOLLM_PREFILL_GRAPHS=0 to see these
+        total = collections.Counter()
+        for s in eager:
+            total.update(s["kernel_ms"])
+        busy = sum(total.values())
+        print(f"\nkernels of the {len(eager)} eager steps ({', '.join(s['step'] for s in eager)}),"
+              f" device ms a step by name:")
+        for name, ms in total.most_common(args.top):
+            print(f"  {ms / len(eager):8.3f} ms {100 * ms / busy:5.1f}%  {name}")
     print("\nCUDA runtime/driver calls on the loop thread, by total time:")
     for c in res["runtime_calls"]:
         print(f"  {c['total_ms']:9.2f} ms total {c['max_ms']:8.2f} max {c['count']:6d} x  "
