@@ -127,7 +127,9 @@ def tune_serving_shapes() -> None:
             for ctx in (512, 2048, 4096, 8192):
                 if B * ctx <= k_cache.shape[0]:
                     decode_case(k_cache, v_cache, B, ctx, "scattered", hq, hkv, d)
-        for B, ext in ((16, 64), (8, 256), (4, 1024), (2, 4096)):
+        # a mixed step of the serving workload carries one prompt (bench/attn_serving.py: at
+        # the 8B heads 1 x 1,024 wants 128 x 128 tiles, 4 x 1,024 128 x 64 ones)
+        for B, ext in ((16, 64), (8, 256), (1, 1024), (2, 4096)):
             extend_case(k_cache, v_cache, B, 0, ext, hq, hkv, d)
         del k_cache, v_cache
         torch.cuda.empty_cache()

@@ -1,0 +1,112 @@
+"""Attention launch configs at the shapes of LightLLM's serving workload, every candidate timed.
+
+    python bench/attn_serving.py [--out PATH]
+
+The tuner's classes key decode attention by (batch, longest context) bucket and extend
+attention by the longest new-token run, and `bench/kernels.py --tune-serving-shapes` tunes
+them at class-edge shapes (batch 256 at 2,048 tokens, 4 prompts of 1,024). A mixed step of the
+serving workload (8B heads, 32 query / 8 KV of 128, bf16) is instead ~96 decodes at ~1,100
+tokens of context and one 1,024-token prompt with no prefix; a prefill burst is two such
+prompts. This times each candidate config (and forced split counts for decode) at those
+shapes, with the table's choice (config=None, AIOLLM_AUTOTUNE as set) beside them, so a
+class's config can be judged where it is used. Needs a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402
+from kernels import D, DT, HKV, HQ, make_pool, median_ms  # noqa: E402
+
+# the modules, not the functions aiollm.kernels re-exports under the same names
+da = importlib.import_module("aiollm.kernels.decode_attention")
+ea = importlib.import_module("aiollm.kernels.extend_attention")
+
+
+def decode_cases(k_cache, v_cache, B: int, lo: int, hi: int) -> list[dict]:
+    g = torch.Generator(device="cuda").manual_seed(B)
+    lens = torch.randint(lo, hi + 1, (B,), device="cuda", generator=g, dtype=torch.int32)
+    slots = torch.randperm(k_cache.shape[0], device="cuda", generator=g)[: B * hi]
+    r2t = slots.view(B, hi).to(torch.int32)
+    rows = torch.arange(B, dtype=torch.int32, device="cuda")
+    q = torch.randn(B, HQ, D, dtype=DT, device="cuda")
+    nbytes = 2 * int(lens.sum()) * HKV * D * 2
+    out = []
+
+    def time(cfg, splits):
+        def run():
+            da.decode_attention_triton(q, k_cache, v_cache, r2t, rows, lens, D**-0.5, hi,
+                                       config=cfg, num_splits=splits)
+        run()
+        ms = median_ms(run)
+        out.append({"kernel": "decode", "batch": B, "context": [lo, hi], "config": cfg,
+                    "num_splits": splits, "ms": ms, "tb_per_s": nbytes / ms / 1e9})
+    time(None, None)
+    for cfg in da.CANDIDATES:
+        for s in (None, 1, 2, 4):
+            if s is None or s <= hi // cfg["BLOCK_N"]:
+                time(cfg, s)
+    return out
+
+
+def extend_cases(k_cache, v_cache, B: int, prefix: int, ext: int) -> list[dict]:
+    seq = prefix + ext
+    slots = torch.randperm(k_cache.shape[0], device="cuda")[: B * seq]
+    r2t = slots.view(B, seq).to(torch.int32)
+    i32 = dict(dtype=torch.int32, device="cuda")
+    rows, pre = torch.arange(B, **i32), torch.full((B,), prefix, **i32)
+    ext_lens, starts = torch.full((B,), ext, **i32), torch.arange(B, **i32) * ext
+    q = torch.randn(B * ext, HQ, D, dtype=DT, device="cuda")
+    flops = 4 * D * HQ * B * (ext * prefix + ext * (ext + 1) // 2)
+    out = []
+    for cfg in [None] + ea.CANDIDATES:
+        def run():
+            ea.extend_attention_triton(q, k_cache, v_cache, r2t, rows, pre, ext_lens, starts,
+                                       D**-0.5, ext, config=cfg)
+        run()
+        ms = median_ms(run)
+        out.append({"kernel": "extend", "batch": B, "prefix": prefix, "extend": ext,
+                    "config": cfg, "ms": ms, "tflops": flops / ms / 1e9})
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "bench/attn_serving.py needs a CUDA GPU"
+    k_cache, v_cache = make_pool(256 * 4096, HKV, D)
+    rows = []
+    for B, prefix, ext in ((1, 0, 1024), (2, 0, 1024), (1, 1024, 1024)):
+        rows += extend_cases(k_cache, v_cache, B, prefix, ext)
+    for B, lo, hi in ((96, 1024, 1200), (64, 1024, 1200), (32, 1024, 1200)):
+        rows += decode_cases(k_cache, v_cache, B, lo, hi)
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        shape = (f"extend {r['batch']}x{r['extend']} prefix {r['prefix']}" if r["kernel"] == "extend"
+                 else f"decode b{r['batch']} ctx {r['context'][0]}-{r['context'][1]}")
+        groups.setdefault(shape, []).append(r)
+    for shape, rs in groups.items():
+        table = rs[0]
+        best = sorted(rs[1:], key=lambda r: r["ms"])[:5]
+        rate = "tflops" if table["kernel"] == "extend" else "tb_per_s"
+        print(f"{shape}: table {table['ms']:.4f} ms ({table[rate]:.1f}); best:")
+        for r in best:
+            print(f"   {r['ms']:.4f} ms ({r[rate]:.1f})  {r['config']} splits {r.get('num_splits')}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
+            "git_commit": tree_commit(), "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
