@@ -9,8 +9,8 @@ kernels, the device idle time between its first and last kernel (the device wait
 host inside the step) and the idle gap before it. The CUDA runtime calls that took longest
 on the loop's thread follow: a call that blocks the host shows there.
 
-With AIOLLM_PREFILL_GRAPHS=0 the steps with prompt tokens run eagerly and their kernels are
-listed by name with their device time a step (a graph replay shows as one launch).
+The kernels of the steps with prompt tokens are then listed by name with their device time a
+step (graph replays included: compare with AIOLLM_PREFILL_GRAPHS=0, the eager steps).
 
 `--cprofile PATH` runs cProfile instead of torch.profiler around the launches of steps that
 carry prompt tokens (the eager ones) and prints where their host time goes, by function: the
@@ -124,9 +124,11 @@ def analyse(trace: dict, top: int) -> dict:
     loop_tid = ann[0]["tid"]
     runtime = sorted((e for e in ev if e.get("cat") in ("cuda_runtime", "cuda_driver")),
                      key=lambda e: e["ts"])
-    dev = {e["args"]["correlation"]: e for e in ev
-           if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
-           and "correlation" in e.get("args", {})}
+    dev = collections.defaultdict(list)  # a graph launch's kernels share its correlation id
+    for e in ev:
+        if (e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+                and "correlation" in e.get("args", {})):
+            dev[e["args"]["correlation"]].append(e)
     steps, prev_end, cur = [], None, None
     for a in ann:
         if a["name"].startswith("aiollm.prepare"):
@@ -138,9 +140,10 @@ def analyse(trace: dict, top: int) -> dict:
         cur["launch_ms"] = a["dur"] / 1e3
         t0, t1 = cur.pop("t0"), a["ts"] + a["dur"]
         cur.pop("t1")
-        ks = [dev[r["args"]["correlation"]] for r in runtime
+        ks = [k for r in runtime
               if r["tid"] == loop_tid and t0 <= r["ts"] <= t1
-              and r.get("args", {}).get("correlation") in dev]
+              and r.get("args", {}).get("correlation") in dev
+              for k in dev[r["args"]["correlation"]]]
         if ks:
             start = min(k["ts"] for k in ks)
             end = max(k["ts"] + k["dur"] for k in ks)
@@ -212,13 +215,14 @@ def main() -> None:
               f"{s.get('device_busy_ms', 0):8.2f} {s.get('device_span_ms', 0):8.2f} "
               f"{s.get('idle_in_step_ms', 0):8.2f} {'' if gap is None else f'{gap:.2f}':>10} "
               f"{s.get('kernels', 0):7d}")
-    eager = [s for s in res["steps"] if s.get("kernels", 0) > 8]
-    if eager:  # graph replays show as one launch: run with AIOLLM_PREFILL_GRAPHS=0 to see these
+    eager = [s for s in res["steps"] if s.get("kernels", 0) > 8
+             and s["step"].split("tokens=")[-1] != s["step"].split()[0].split("=")[-1]]
+    if eager:
         total = collections.Counter()
         for s in eager:
             total.update(s["kernel_ms"])
         busy = sum(total.values())
-        print(f"\nkernels of the {len(eager)} eager steps ({', '.join(s['step'] for s in eager)}),"
+        print(f"\nkernels of the {len(eager)} steps with prompt tokens ({', '.join(s['step'] for s in eager)}),"
               f" device ms a step by name:")
         for name, ms in total.most_common(args.top):
             print(f"  {ms / len(eager):8.3f} ms {100 * ms / busy:5.1f}%  {name}")
