@@ -215,17 +215,19 @@ def main() -> None:
               f"{s.get('device_busy_ms', 0):8.2f} {s.get('device_span_ms', 0):8.2f} "
               f"{s.get('idle_in_step_ms', 0):8.2f} {'' if gap is None else f'{gap:.2f}':>10} "
               f"{s.get('kernels', 0):7d}")
-    eager = [s for s in res["steps"] if s.get("kernels", 0) > 8
-             and s["step"].split("tokens=")[-1] != s["step"].split()[0].split("=")[-1]]
-    if eager:
+    def has_prompt(s):  # "reqs=R tokens=T": more tokens than requests
+        reqs, tokens = (int(part.split("=")[1]) for part in s["step"].split())
+        return tokens > reqs and "kernel_ms" in s
+    prompt_steps = [s for s in res["steps"] if has_prompt(s)]
+    if prompt_steps:
         total = collections.Counter()
-        for s in eager:
+        for s in prompt_steps:
             total.update(s["kernel_ms"])
         busy = sum(total.values())
-        print(f"\nkernels of the {len(eager)} steps with prompt tokens ({', '.join(s['step'] for s in eager)}),"
-              f" device ms a step by name:")
+        print(f"\nkernels of the {len(prompt_steps)} steps with prompt tokens "
+              f"({', '.join(s['step'] for s in prompt_steps)}), device ms a step by name:")
         for name, ms in total.most_common(args.top):
-            print(f"  {ms / len(eager):8.3f} ms {100 * ms / busy:5.1f}%  {name}")
+            print(f"  {ms / len(prompt_steps):8.3f} ms {100 * ms / busy:5.1f}%  {name}")
     print("\nCUDA runtime/driver calls on the loop thread, by total time:")
     for c in res["runtime_calls"]:
         print(f"  {c['total_ms']:9.2f} ms total {c['max_ms']:8.2f} max {c['count']:6d} x  "
