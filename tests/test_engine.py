@@ -597,3 +597,18 @@ def test_prompt_logprobs_match_transformers_over_chunked_prefill(loop, engine, h
     assert [lp.logprob for lp in scored.prompt_logprobs[1:]] == pytest.approx(got.tolist(),
                                                                              abs=1e-4)
     assert_all_free(engine)
+
+
+def test_scoring_a_prompt_one_token_past_the_budget_finishes(loop, engine):
+    """max_tokens 0 on a prompt of the step budget plus one (257 tokens, budget 256): its
+    first chunk leaves one prompt token, which the planner read as neither a prefill chunk
+    (one token left is a decode's share) nor a decode (max_tokens 0 counted it done), so the
+    request stayed running and its caller waited for ever (found by helper r30)."""
+    ids = engine.tokenize(" ".join(PROMPTS * 6))[:257]
+    assert len(ids) == 257
+    params = SamplingParams(max_tokens=0, prompt_logprobs=0)
+    out = loop.run_until_complete(asyncio.wait_for(engine.generate(ids, params), 60))
+    assert out.token_ids == [] and out.finish_reason == "length"
+    assert len(out.prompt_logprobs) == 257 and out.prompt_logprobs[0] is None
+    assert [lp.token_id for lp in out.prompt_logprobs[1:]] == ids[1:]
+    assert_all_free(engine)

@@ -131,9 +131,12 @@ class Planner:
         budget = self.token_budget
         # 1. decodes first: each needs one slot; evict the latest admitted when short.
         # A request whose pending token is its last (max_tokens) has nothing left to decode.
+        # One that only scores its prompt (max_tokens 0) still samples the token that ends
+        # it (the table counts it as max(1, max_tokens)), so a chunk that left it one prompt
+        # token makes it a decode like any other.
         def decoding(r: Request) -> bool:
             return (r.num_tokens - r.kv_len == 1
-                    and len(r.output_ids) + r.pending < r.params.max_tokens)
+                    and len(r.output_ids) + r.pending < max(1, r.params.max_tokens))
 
         decodes = [r for r in self.running if decoding(r)]
         while len(decodes) > self.free_tokens():
