@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402
-from kernels import D, DT, HKV, HQ, make_pool, median_ms  # noqa: E402
+from kernels import D, HKV, decode_inputs, extend_inputs, make_pool, median_ms  # noqa: E402
 
 # the modules, not the functions aiollm.kernels re-exports under the same names
 da = importlib.import_module("aiollm.kernels.decode_attention")
@@ -33,47 +33,23 @@ ea = importlib.import_module("aiollm.kernels.extend_attention")
 
 
 def decode_cases(k_cache, v_cache, B: int, lo: int, hi: int) -> list[dict]:
-    g = torch.Generator(device="cuda").manual_seed(B)
-    lens = torch.randint(lo, hi + 1, (B,), device="cuda", generator=g, dtype=torch.int32)
-    slots = torch.randperm(k_cache.shape[0], device="cuda", generator=g)[: B * hi]
-    r2t = slots.view(B, hi).to(torch.int32)
-    rows = torch.arange(B, dtype=torch.int32, device="cuda")
-    q = torch.randn(B, HQ, D, dtype=DT, device="cuda")
-    nbytes = 2 * int(lens.sum()) * HKV * D * 2
+    run, nbytes = decode_inputs(k_cache, v_cache, B, hi, "scattered", min_ctx=lo)
     out = []
-
-    def time(cfg, splits):
-        def run():
-            da.decode_attention_triton(q, k_cache, v_cache, r2t, rows, lens, D**-0.5, hi,
-                                       config=cfg, num_splits=splits)
-        run()
-        ms = median_ms(run)
+    for cfg, splits in [(None, None)] + [(c, s) for c in da.CANDIDATES for s in (None, 1, 2, 4)
+                                         if s is None or s <= hi // c["BLOCK_N"]]:
+        run(cfg, splits)
+        ms = median_ms(lambda: run(cfg, splits))
         out.append({"kernel": "decode", "batch": B, "context": [lo, hi], "config": cfg,
                     "num_splits": splits, "ms": ms, "tb_per_s": nbytes / ms / 1e9})
-    time(None, None)
-    for cfg in da.CANDIDATES:
-        for s in (None, 1, 2, 4):
-            if s is None or s <= hi // cfg["BLOCK_N"]:
-                time(cfg, s)
     return out
 
 
 def extend_cases(k_cache, v_cache, B: int, prefix: int, ext: int) -> list[dict]:
-    seq = prefix + ext
-    slots = torch.randperm(k_cache.shape[0], device="cuda")[: B * seq]
-    r2t = slots.view(B, seq).to(torch.int32)
-    i32 = dict(dtype=torch.int32, device="cuda")
-    rows, pre = torch.arange(B, **i32), torch.full((B,), prefix, **i32)
-    ext_lens, starts = torch.full((B,), ext, **i32), torch.arange(B, **i32) * ext
-    q = torch.randn(B * ext, HQ, D, dtype=DT, device="cuda")
-    flops = 4 * D * HQ * B * (ext * prefix + ext * (ext + 1) // 2)
+    run, flops = extend_inputs(k_cache, v_cache, B, prefix, ext)
     out = []
     for cfg in [None] + ea.CANDIDATES:
-        def run():
-            ea.extend_attention_triton(q, k_cache, v_cache, r2t, rows, pre, ext_lens, starts,
-                                       D**-0.5, ext, config=cfg)
-        run()
-        ms = median_ms(run)
+        run(cfg)
+        ms = median_ms(lambda: run(cfg))
         out.append({"kernel": "extend", "batch": B, "prefix": prefix, "extend": ext,
                     "config": cfg, "ms": ms, "tflops": flops / ms / 1e9})
     return out

@@ -64,27 +64,40 @@ def make_pool(num_tokens: int, hkv: int, d: int) -> tuple[torch.Tensor, torch.Te
     return k, torch.randn_like(k)
 
 
-def decode_case(k_cache, v_cache, B: int, ctx: int, layout: str, hq=HQ, hkv=HKV, d=D,
-                num_splits: int | None = None) -> dict:
+def decode_inputs(k_cache, v_cache, B: int, ctx: int, layout: str, hq=HQ, hkv=HKV, d=D,
+                  min_ctx: int | None = None):
+    """(run(config=None, num_splits=None), bytes of K/V and q it reads) for B requests of ctx
+    tokens (each drawn from [min_ctx, ctx] when given) over slots scattered over (or
+    contiguous in) the first B * ctx of the pool: one set of inputs for every config timed."""
     n = B * ctx
     slots = torch.randperm(n, device="cuda") if layout == "scattered" else torch.arange(n, device="cuda")
     req_to_token = slots.view(B, ctx).to(torch.int32)
     rows = torch.arange(B, dtype=torch.int32, device="cuda")
-    lens = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+    if min_ctx is None:
+        lens = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
+    else:
+        lens = torch.randint(min_ctx, ctx + 1, (B,), dtype=torch.int32, device="cuda")
     q = torch.randn(B, hq, d, dtype=DT, device="cuda")
 
-    def run():
+    def run(config=None, num_splits=None):
         return decode_attention_triton(q, k_cache, v_cache, req_to_token, rows, lens, d**-0.5, ctx,
-                                       num_splits=num_splits)
+                                       config=config, num_splits=num_splits)
 
-    run()  # compile, and tune if the config cache says so
-    ms = median_ms(run)
-    nbytes = 2 * n * hkv * d * ELT + 2 * q.numel() * ELT
+    return run, 2 * int(lens.sum()) * hkv * d * ELT + 2 * q.numel() * ELT
+
+
+def decode_case(k_cache, v_cache, B: int, ctx: int, layout: str, hq=HQ, hkv=HKV, d=D,
+                num_splits: int | None = None) -> dict:
+    run, nbytes = decode_inputs(k_cache, v_cache, B, ctx, layout, hq, hkv, d)
+    run(num_splits=num_splits)  # compile, and tune if the config cache says so
+    ms = median_ms(lambda: run(num_splits=num_splits))
     return {"batch": B, "context": ctx, "layout": layout, "ms": ms, "bytes": nbytes,
             "bytes_per_s": nbytes / (ms * 1e-3)}
 
 
-def extend_case(k_cache, v_cache, B: int, prefix: int, ext: int, hq=HQ, hkv=HKV, d=D) -> dict:
+def extend_inputs(k_cache, v_cache, B: int, prefix: int, ext: int, hq=HQ, hkv=HKV, d=D):
+    """(run(config=None), FLOPs) for B requests of ext new tokens over a prefix of `prefix`,
+    slots scattered over the first B * (prefix + ext) of the pool."""
     seq = prefix + ext
     slots = torch.randperm(B * seq, device="cuda")
     req_to_token = slots.view(B, seq).to(torch.int32)
@@ -95,15 +108,19 @@ def extend_case(k_cache, v_cache, B: int, prefix: int, ext: int, hq=HQ, hkv=HKV,
     starts = torch.arange(B, **i32) * ext
     q = torch.randn(B * ext, hq, d, dtype=DT, device="cuda")
 
-    def run():
+    def run(config=None):
         return extend_attention_triton(q, k_cache, v_cache, req_to_token, rows, pre, ext_lens,
-                                       starts, d**-0.5, ext)
+                                       starts, d**-0.5, ext, config=config)
 
-    run()
-    ms = median_ms(run)
     # Each query i attends to prefix + i + 1 keys; 2 FLOPs per multiply-add in QK^T and PV.
     pairs = B * (ext * prefix + ext * (ext + 1) // 2)
-    flops = 4 * d * hq * pairs
+    return run, 4 * d * hq * pairs
+
+
+def extend_case(k_cache, v_cache, B: int, prefix: int, ext: int, hq=HQ, hkv=HKV, d=D) -> dict:
+    run, flops = extend_inputs(k_cache, v_cache, B, prefix, ext, hq, hkv, d)
+    run()
+    ms = median_ms(run)
     return {"batch": B, "prefix": prefix, "extend": ext, "ms": ms, "flops": flops,
             "flops_per_s": flops / (ms * 1e-3)}
 
