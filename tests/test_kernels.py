@@ -205,10 +205,13 @@ def test_decode_attention(seq_lens, HQ, HKV, D, num_splits, dtype, device=CPU, c
 
 @pytest.mark.parametrize("merge_in_kernel", [True, False])
 def test_decode_attention_merge(merge_in_kernel, device=CPU):
-    """Splits merged by the last split program or by a reduce launch; more splits than the
-    merge reads at a time, some of them empty; twice, so a counter left non-zero shows."""
+    """Splits merged by the last split program or by a reduce launch, some of them empty;
+    the long request uses 35 of its 64 splits, more than the merge reads at a time (16 at
+    these heads); twice, so a counter left non-zero shows."""
     for _ in range(2):
         test_decode_attention([1, 40, 97], 8, 2, 16, 7, torch.float32, device,
+                              merge_in_kernel=merge_in_kernel)
+        test_decode_attention([1, 40, 1100], 8, 2, 64, 64, torch.float32, device,
                               merge_in_kernel=merge_in_kernel)
 
 

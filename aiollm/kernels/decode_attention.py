@@ -11,7 +11,11 @@ Two variants, picked by `num_kv_splits` from batch size and length:
   log-sum-exp. The last split of a (request, KV head) to finish merges them, in the same
   launch: each split counts itself in on an atomic counter after writing its partial (a
   second reduce launch would add its own launch and ramp to every layer of a batch-1 step,
-  where the whole attention reads well under a megabyte).
+  where the whole attention reads well under a megabyte). Only the splits a request's
+  length reaches take part: a CUDA graph's launch is sized for the longest context, so a
+  short one leaves most splits empty, and the merge reads the used ones in one pass (online
+  rescaling, as within a split), most often in a single round of loads: at batch 1 the
+  merge's dependent loads, not bytes, are the kernel's cost.
 """
 
 from __future__ import annotations
@@ -30,7 +34,9 @@ from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
-MERGE_CHUNK = tl.constexpr(4)  # splits the merging program reads at a time
+# the merging program reads up to this many partial-output elements (float32) at a time:
+# MERGE_CHUNK = MERGE_ELEMENTS / (query heads of the group x head dim) splits, at most 16
+MERGE_ELEMENTS = 4096
 MAX_COUNTERS = 1 << 16  # (request, KV head) pairs of one split launch
 # Split outputs merge in the split launch itself (else in a second, reduce launch)
 MERGE_IN_KERNEL = True
@@ -91,7 +97,7 @@ def _decode_kernel(
     num_splits,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr, PRECISION: tl.constexpr,
-    PDL: tl.constexpr,
+    PDL: tl.constexpr, GROUP_P2: tl.constexpr, MERGE_CHUNK: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -106,7 +112,8 @@ def _decode_kernel(
     # Each request splits its own length, so a launch sized for a long max_seq_len (as a
     # CUDA graph must be) still spreads a short context over all its splits. Splits cover
     # whole blocks so that only a split's last block needs masking.
-    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
+    split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N), 1) * BLOCK_N
+    used_splits = tl.cdiv(seq_len, split_len)  # the rest are empty
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
     newest = seq_len - 1
@@ -164,47 +171,54 @@ def _decode_kernel(
         lse = tl.where(nonempty, m_i + tl.log2(tl.where(nonempty, l_i, 1.0)), float("-inf"))
         tl.store(Lse + b * stride_lb + heads * stride_lh + split, lse, mask=hmask)
         if MERGE:
-            # Every thread's partial is written before this program counts itself in
-            # (barrier, then a release); the program that counts last (acquire) merges.
-            tl.debug_barrier()
-            counter = Counters + b * tl.num_programs(1) + kvh
-            done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            if done == num_splits - 1:
-                tl.atomic_xchg(counter, 0)  # ready for the next launch
-                _merge_splits(Out, Lse, Merged, b, heads, hmask, d, dmask, num_splits,
-                              stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
-                              stride_mb, stride_mh, BLOCK_H, BLOCK_D, MERGE_CHUNK)
+            # Only the used splits count in. Every thread's partial is written before this
+            # program counts itself in (barrier, then a release); the program that counts
+            # last (acquire) merges.
+            if split < used_splits:
+                tl.debug_barrier()
+                counter = Counters + b * tl.num_programs(1) + kvh
+                done = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                if done == used_splits - 1:
+                    tl.atomic_xchg(counter, 0)  # ready for the next launch
+                    _merge_splits(Out, Lse, Merged, b, kvh, d, dmask, used_splits,
+                                  stride_ob, stride_oh, stride_os, stride_lb, stride_lh,
+                                  stride_mb, stride_mh, GROUP, GROUP_P2, BLOCK_D, MERGE_CHUNK)
     else:
         tl.store(out_ptrs, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
-def _merge_splits(Partial, Lse, Out, b, heads, hmask, d, dmask, num_splits,
+def _merge_splits(Partial, Lse, Out, b, kvh, d, dmask, num_splits,
                   stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ob, stride_oh,
-                  BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, CHUNK: tl.constexpr):
-    """Out[b, heads] = the splits' partial outputs weighted by their softmax mass (exp2 of
-    their log-sum-exp against the largest), read CHUNK splits at a time. Partials written by
-    other programs are read past L1 (.cg)."""
+                  GROUP: tl.constexpr, GROUP_P2: tl.constexpr, BLOCK_D: tl.constexpr,
+                  CHUNK: tl.constexpr):
+    """Out[b, the GROUP query heads of KV head kvh] = the first num_splits partial outputs
+    weighted by their softmax mass (exp2 of their log-sum-exp), in one pass of CHUNK splits
+    at a time with the running maximum rescaled as it grows (the online softmax of Milakov &
+    Gimelshein 2018, over splits). Partials written by other programs are read past L1
+    (.cg)."""
+    g = tl.arange(0, GROUP_P2)
+    heads = kvh * GROUP + g
+    hmask = g < GROUP
     s = tl.arange(0, CHUNK)
     lse_ptrs = Lse + b * stride_lb + heads[:, None] * stride_lh + s[None, :]
     part_ptrs = (Partial + b * stride_pb + heads[:, None, None] * stride_ph
                  + s[None, :, None] * stride_ps + d[None, None, :])
-    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    m = tl.full([GROUP_P2], float("-inf"), tl.float32)
+    total = tl.zeros([GROUP_P2], tl.float32)
+    acc = tl.zeros([GROUP_P2, BLOCK_D], tl.float32)
     for s0 in range(0, num_splits, CHUNK):
         ok = hmask[:, None] & (s[None, :] < num_splits - s0)
         lse = tl.load(lse_ptrs + s0, mask=ok, other=float("-inf"), cache_modifier=".cg")
-        m = tl.maximum(m, tl.max(lse, 1))
-    m = tl.where(m == float("-inf"), 0.0, m)  # padding heads: every weight 0
-    total = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for s0 in range(0, num_splits, CHUNK):
-        ok = hmask[:, None] & (s[None, :] < num_splits - s0)
-        lse = tl.load(lse_ptrs + s0, mask=ok, other=float("-inf"), cache_modifier=".cg")
-        w = tl.exp2(lse - m[:, None])  # [BLOCK_H, CHUNK]; empty splits weigh 0
         part = tl.load(part_ptrs + s0 * stride_ps, mask=ok[:, :, None] & dmask[None, None, :],
                        other=0.0, cache_modifier=".cg")
-        total += tl.sum(w, 1)
-        acc += tl.sum(w[:, :, None] * part, 1)
+        m_new = tl.maximum(m, tl.max(lse, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing yet: weights 0
+        alpha = tl.exp2(m - m_use)
+        w = tl.exp2(lse - m_use[:, None])  # [GROUP_P2, CHUNK]; empty splits weigh 0
+        total = total * alpha + tl.sum(w, 1)
+        acc = acc * alpha[:, None] + tl.sum(w[:, :, None] * part, 1)
+        m = m_new
     o = acc / tl.where(total > 0, total, 1.0)[:, None]
     tl.store(Out + b * stride_ob + heads[:, None] * stride_oh + d[None, :],
              o.to(Out.dtype.element_ty), mask=hmask[:, None] & dmask[None, :])
@@ -275,9 +289,10 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     if num_splits is None:
         num_sms = _num_sms(q.device) if q.is_cuda else 4
         num_splits = num_kv_splits(B, HKV, max_seq_len, num_sms, cfg["split_tokens"])
+    group_p2, block_d = triton.next_power_of_2(group), triton.next_power_of_2(D)
     common = dict(
-        GROUP=group, BLOCK_H=max(16, triton.next_power_of_2(group)), HEAD_DIM=D,
-        BLOCK_D=triton.next_power_of_2(D), BLOCK_N=block_n,
+        GROUP=group, BLOCK_H=max(16, group_p2), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_N=block_n,
+        GROUP_P2=group_p2, MERGE_CHUNK=max(1, min(16, MERGE_ELEMENTS // (group_p2 * block_d))),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_kwargs(q.device),
     )
