@@ -6,7 +6,8 @@
 # TTFT <= 1 s and TPOT <= 50 ms and the roofline fraction, bench/serve.py on /generate_stream.
 # One discarded pass first; then REPS rounds of the passes, each pass with its own prompts (the
 # prefix cache stays on, as users run it, and cannot reuse an earlier pass). The server's step
-# log goes to $OUT_DIR/steps.jsonl unless STEP_LOG= (empty) is set.
+# log goes to $OUT_DIR/steps.jsonl unless STEP_LOG= (empty) is set; nvidia-smi's clock and power
+# samples of the measured passes to $OUT_DIR/gpu-clocks-*.csv (summary printed at the end).
 # Usage: CLIENT=path/to/bench_client.py TOKENIZER=dir bench/lightllm_gpu.sh [MODEL_DIR]
 # (env: OUT_DIR, PORT, REPS (default 3), PASSES (default "lightllm openai goodput"), GOODPUT=1:
 # one goodput pass after the rounds, EXTRA: more serve flags, TAG: a suffix for result names)
@@ -43,6 +44,14 @@ goodput() {  # bench/serve.py on /generate_stream: goodput, roofline fraction
     --out "$OUT_DIR/serve-$(date +%F)-lightllm-$NAME$TAG-r$1.json" | tail -12
 }
 peer lightllm 100 prewarm > "$OUT_DIR/prewarm.jsonl"
+# SM clock and power during the measured passes (bench/gpu_clocks.py): at the power cap?
+CLOCKS="$OUT_DIR/gpu-clocks-$NAME$TAG.csv"
+SMI_PID=
+if command -v nvidia-smi >/dev/null; then
+  python3 bench/gpu_clocks.py --sample "$CLOCKS" >/dev/null 2>&1 &
+  SMI_PID=$!
+  trap 'kill "$SMI_PID" 2>/dev/null' EXIT  # also when a timeout ends the script
+fi
 for k in $(seq "${REPS:-3}"); do
   for p in ${PASSES:-lightllm openai goodput}; do
     case $p in
@@ -53,6 +62,10 @@ for k in $(seq "${REPS:-3}"); do
   done
 done
 [ "${GOODPUT:-0}" = 1 ] && goodput 0  # one goodput pass after the rounds
+if [ -n "$SMI_PID" ]; then
+  kill "$SMI_PID"; wait "$SMI_PID" 2>/dev/null
+  echo "gpu clocks $(python3 bench/gpu_clocks.py "$CLOCKS")"
+fi
 tail -n +1 "$OUT_DIR/peer-$NAME$TAG.jsonl"
 stop_server
 grep -E "KV pool|captured|model |healthy" "$OUT_DIR/server-$NAME$TAG.log" | head -6
