@@ -160,9 +160,10 @@ def test_peak_policies_admit_exactly_what_their_prediction_fits(name):
         if k and not forced:
             assert predicted_peak(sched, running, waiting, k) <= pool
             admitted_some += 1
-        # Maximal: one more would overflow the prediction or break a shared limit.
+        # Maximal: one more would overflow the prediction or break a shared limit (its
+        # prefill would not start within the budget).
         if k < len(waiting) and len(running) + k < cfg.max_running:
-            over_budget = k >= 1 and waiting.prompt_len[: k + 1].sum() > budget
+            over_budget = k >= 1 and waiting.prompt_len[:k].sum() >= budget
             assert over_budget or predicted_peak(sched, running, waiting, k + 1) > pool
     assert admitted_some > 30
 
@@ -177,8 +178,31 @@ def test_aggressive_admits_what_fits_now():
         if k and len(running):
             assert waiting.prompt_len[:k].sum() <= room
         more = waiting.prompt_len[: k + 1].sum()
-        if k < len(waiting) and len(running) + k < 40 and more <= budget:
+        if k < len(waiting) and len(running) + k < 40 and waiting.prompt_len[:k].sum() < budget:
             assert more > room
+
+
+@pytest.mark.parametrize("name", ["aggressive", "past_future", "conservative"])
+def test_budget_admits_a_first_chunk_but_kv_counts_whole_prompts(name):
+    # 1,024-token prompts, a 2,048-token step with three decodes: the head whole and a
+    # first chunk of 1,021 tokens of the next (the planner prefills its rest next step).
+    sched = make_scheduler(name)
+    running = RunningBatch([1100] * 3, [10] * 3, [20] * 3, [True] * 3)
+    cands = Candidates([1024] * 5, [16] * 5, ignore_eos=[True] * 5)
+    pool = 100_000
+    assert sched.admit(running, cands, pool, pool - 3300, 2048 - 3) == 2
+    # the prompts before a candidate take the whole budget: its prefill cannot start
+    assert sched.admit(running, cands, pool, pool - 3300, 2048) == 2
+    assert sched.admit(running, cands, pool, pool - 3300, 2049) == 3
+    # a candidate with a single token of budget left still starts
+    mixed = Candidates([1000, 1047, 500], [16] * 3, ignore_eos=[True] * 3)
+    assert sched.admit(running, mixed, pool, pool - 3300, 1001) == 2
+    # a head longer than the whole budget is admitted alone, as before
+    assert sched.admit(running, Candidates([5000, 10], [16] * 2), pool, pool - 3300, 2048) == 1
+    # KV: the second prompt's first chunk would fit in the pool, its whole prompt does not
+    # (aggressive: 3 decode tokens and a 1% watermark of 50 beside the prompts; the peak
+    # policies: 3,330 held by the batch at its end plus 2 x 1,033 passes the pool of 5,000)
+    assert sched.admit(running, cands, 5000, 3 + 50 + 1024 + 1021, 2045) == 1
 
 
 def test_resumed_request_is_charged_for_what_it_has_left():

@@ -4,7 +4,8 @@ The engine, before each step:
 
     sched = make_scheduler("past_future", SchedulerConfig())         # once
     k = sched.admit(running, waiting, pool_capacity, pool_free, prefill_budget)
-    # prefill waiting[:k] in this step; then, for the running batch:
+    # start the prefill of waiting[:k] in this step (the last may get a first chunk only);
+    # then, for the running batch:
     table.col("predicted_output_len")[slots] = sched.predict(g, max_new_tokens, ignore_eos)
     sched.on_finish(output_len, max_new_tokens, ignore_eos)          # finished, not aborted
 

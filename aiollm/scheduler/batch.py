@@ -8,9 +8,11 @@ the scheduler sums them over the batch.
 Accounting used by every policy (and by bench/sim.py): one step of the engine appends one
 token of KV to every running request, so a request that holds `kv_len` tokens now holds
 `kv_len + t` after t more steps and frees them all after the step that produces its last
-token. A waiting request admitted now is prefilled in the coming step: it needs
+token. A waiting request admitted now is counted as prefilled in the coming step: it needs
 `prompt_len` free tokens at once (for a resumed request, prompt + tokens generated before
-it was paused, recomputed) and that prefill also samples its next output token.
+it was paused, recomputed) and that prefill also samples its next output token. (The engine
+may prefill its prompt in chunks over more steps when the step's budget runs out; counting
+it whole at once errs on the safe side.)
 """
 
 from __future__ import annotations

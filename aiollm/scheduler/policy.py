@@ -3,9 +3,11 @@
 Before each step the engine asks `admit(running, waiting, pool_capacity, pool_free,
 prefill_budget)` how many requests from the front of the waiting queue to prefill in that
 step (strict queue order: a request that does not fit blocks those behind it). All policies
-respect the same hard limits: at most `max_running` requests running, prompts of the
-admitted requests summing to at most `prefill_budget` (a single prompt longer than the
-budget is admitted alone), and never a prompt that does not fit in the free pool now.
+respect the same hard limits: at most `max_running` requests running, each admitted request
+starting within `prefill_budget` (the prompts before it take less than the budget; the last
+one admitted may get only a first chunk, and the engine prefills the rest of it in the next
+steps), and never a prompt that does not fit in the free pool now: KV is reserved for whole
+prompts, only the step's prefill is cut into chunks.
 """
 
 from __future__ import annotations
@@ -70,12 +72,19 @@ class Scheduler(ABC):
     def admission_limit(
         self, running: RunningBatch, waiting: Candidates, prefill_budget: int
     ) -> int:
-        """The most candidates the shared limits allow, before looking at KV."""
+        """The most candidates the shared limits allow, before looking at KV: free running
+        slots, and the candidates whose prefill starts this step, those the prompts before
+        them leave budget for (at least the head). The last may get a first chunk of a few
+        tokens only, and is admitted all the same: the engine would otherwise leave those
+        tokens unused (or computing padding rows of the step's graph bucket), and the
+        request, first in line, finishes its prefill no later than if it were admitted
+        whole in the next step, leaving that step more budget for the ones behind it."""
         slots = self.cfg.max_running - len(running)
         if slots <= 0 or len(waiting) == 0:
             return 0
-        prompts = np.cumsum(waiting.prompt_len[:slots])
-        within_budget = max(1, int(np.searchsorted(prompts, prefill_budget, side="right")))
+        prompts = waiting.prompt_len[:slots]
+        before = np.cumsum(prompts) - prompts  # prompt tokens ahead of each candidate
+        within_budget = max(1, int(np.searchsorted(before, prefill_budget, side="left")))
         return min(slots, within_budget)
 
     @staticmethod
