@@ -1,7 +1,10 @@
 """Step planning: which requests run in the next step, with how many tokens each.
 
 One step mixes decodes (one token each) and prefill chunks under a token budget, so a long
-prompt is prefilled over several steps while running decodes go on (chunked prefill).
+prompt is prefilled over several steps while running decodes go on (chunked prefill). A
+waiting request is admitted when its prefill can start in the step, not only when all of it
+fits: the last one admitted takes what is left of the budget and goes on as a running
+request still prefilling in the next step, so a burst of prompts fills every step.
 The planner owns the running set, the waiting queue, KV allocation and eviction;
 admission decisions come from the scheduler policy (aiollm.scheduler). With a prefix cache
 (prefix_cache.py) it matches requests at admission, hands it planned prefill chunks and
@@ -165,14 +168,15 @@ class Planner:
                     budget -= n
                     free -= n
                     taken += n
-        # 3. admission of waiting requests, as the scheduler policy allows
+        # 3. admission of waiting requests, as the scheduler policy allows: each starts
+        # within the budget (the last may get a first chunk only: 2. goes on with it)
         if self.waiting and budget > 0 and len(self.running) < self.max_running:
             admitted = self._admit(budget, free)
             # a cache hit locks cached tokens that counted as free (evictable) before
             free = self.free_tokens() - taken
             for r in admitted:
                 n = min(r.num_tokens - r.kv_len, budget, free)
-                if n <= 0:
+                if n <= 0:  # no free slot left (the budget covers every admitted one)
                     break
                 chunks.append((r, n))
                 budget -= n
@@ -247,8 +251,9 @@ class Planner:
         return admitted
 
     def _match(self, head: list[Request], budget: int) -> list[tuple | None]:
-        """The cache's match of each candidate, for as many as the prefill budget could
-        admit (the scheduler looks no further); all of head's length without a cache."""
+        """The cache's match of each candidate, for as many as the prefill budget lets
+        start (the new tokens before each below it: the scheduler looks no further); all of
+        head's length without a cache."""
         if self.cache is None:
             return [None] * len(head)
         out, new = [], 0
@@ -258,7 +263,7 @@ class Planner:
             m = self.cache.match_for(r)
             out.append(m)
             new += r.num_tokens - m[1]
-            if new > budget:
+            if new >= budget:
                 break
         return out
 

@@ -1,0 +1,140 @@
+"""The planner's steps (aiollm/engine/planner.py), seen through the Engine on a tiny random
+Llama: a burst of prompts fills every step's prefill budget, the last prompt a step admits
+starting with a first chunk, and the outputs are those of each prompt alone."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from aiollm import Engine, SamplingParams
+
+BUDGET = 64
+GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def run(loop, coro):
+    return loop.run_until_complete(asyncio.wait_for(coro, 300))
+
+
+@pytest.fixture(scope="module")
+def engine(loop, tmp_path_factory):
+    from transformers import LlamaConfig
+
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512).save_pretrained(path)
+    eng = Engine(str(path), load_format="dummy", kv_tokens=4096, max_prefill_tokens=BUDGET)
+    run(loop, eng.start())
+    yield eng
+    run(loop, eng.stop())
+
+
+def prompt(first: int, n: int, seed: int) -> list[int]:
+    """n token ids starting with `first`: prompts with different first tokens share no
+    prefix, so none waits for another's prefill to reuse it."""
+    rng = random.Random(seed)
+    return [first] + [rng.randrange(1, 256) for _ in range(n - 1)]
+
+
+def record_steps(eng: Engine) -> list[tuple]:
+    """Every planned step as (tokens, requests waiting after it, running, [(request id,
+    prompt length, prefix_len, extend_len)])."""
+    steps: list[tuple] = []
+    plan = eng.planner.plan
+
+    def spy():
+        step = plan()
+        if step is not None:
+            steps.append((step.num_tokens, len(eng.planner.waiting), len(eng.planner.running),
+                          [(r.rid, len(r.prompt_ids), pre, ext) for r, pre, ext
+                           in zip(step.reqs, step.prefix_lens, step.extend_lens)]))
+        return step
+
+    eng.planner.plan = spy
+    return steps
+
+
+async def collect(streams) -> list[list[int]]:
+    out = []
+    for s in streams:
+        tokens = []
+        async for d in s:
+            tokens += d.token_ids
+        out.append(tokens)
+    return out
+
+
+def test_burst_fills_each_step_with_a_first_chunk_of_the_next_prompt(loop, engine):
+    """Three streams decode when six 40-token prompts arrive at once. A step of 64 tokens
+    takes the three decodes, one prompt whole and a first chunk of the next, whose rest
+    comes first in the next step: no step leaves budget unused while a prompt waits (the
+    whole-prompt rule admitted one prompt a step, 43 tokens). Greedy outputs are those of
+    each prompt alone, prefilled in one step."""
+    burst = [prompt(10 + i, 40, i) for i in range(6)]
+    engine.flush_cache()
+    alone = [run(loop, engine.generate(p, GREEDY)).token_ids for p in burst]
+    engine.flush_cache()
+    steps = record_steps(engine)
+    long = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+
+    async def go():
+        streams = [engine.stream(prompt(100 + i, 10, 50 + i), long) for i in range(3)]
+        first = [await s.__anext__() for s in streams]  # all three decode now
+        assert all(d.token_ids for d in first)
+        n = len(steps)
+        outs = await collect([engine.stream(p, GREEDY) for p in burst])  # arrive together
+        await collect(streams)
+        return outs, n
+
+    try:
+        outs, n = run(loop, go())
+    finally:
+        del engine.planner.plan
+    assert outs == alone
+    burst_steps = steps[n:]
+    waited = [s for s in burst_steps if s[1]]
+    assert len(waited) >= 2, burst_steps
+    assert all(tokens == BUDGET for tokens, *_ in waited), burst_steps
+    # the first chunks: a prompt started with fewer tokens than it has, and its next
+    # chunk (the next step's) starts where the first ended
+    first_chunks = [(rid, ext) for *_, chunks in burst_steps for rid, n, pre, ext in chunks
+                    if n == 40 and pre == 0 and ext < 40]
+    assert len(first_chunks) >= 2, burst_steps
+    for (*_, chunks), (*_, after) in zip(burst_steps, burst_steps[1:]):
+        for rid, ext in first_chunks:
+            if (rid, 40, 0, ext) in chunks:
+                assert (rid, 40, ext, 40 - ext) in after, (chunks, after)
+    assert engine.stats()["kv_used"] == 0
+
+
+def test_cache_hit_candidate_takes_budget_for_its_new_tokens_only(loop, engine):
+    """Three prompts arrive at an idle engine: A (30 new tokens), B (70, of which a cached
+    50-token prefix) and C (30 new). B's 20 new tokens leave C 14 of the 64: all three start
+    in one step, C with a first chunk. Outputs as each prompt's alone, with no hit."""
+    prefix = prompt(200, 50, 7)
+    a, b, c = prompt(201, 30, 8), prefix + prompt(202, 20, 9), prompt(203, 30, 10)
+    engine.flush_cache()
+    alone = [run(loop, engine.generate(p, GREEDY)).token_ids for p in (a, b, c)]
+    engine.flush_cache()
+    run(loop, engine.generate(prefix, SamplingParams(max_tokens=1)))  # now in the cache
+    steps = record_steps(engine)
+    try:
+        outs = run(loop, collect([engine.stream(p, GREEDY) for p in (a, b, c)]))
+    finally:
+        del engine.planner.plan
+    assert outs == alone
+    first = [(n, pre, ext) for _, n, pre, ext in steps[0][3]]
+    assert first == [(30, 0, 30), (70, 50, 20), (30, 0, 14)], steps[0]
+    assert steps[0][0] == BUDGET
+    assert engine.stats()["kv_used"] == 0
