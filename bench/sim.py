@@ -3,11 +3,13 @@
 Each run replays one Poisson trace through one policy. Every step the engine's loop is
 imitated: admit (the policy's own `admit`), pause the most recently admitted requests while
 the running batch cannot get its decode tokens (they return to the front of the queue and
-are resumed by recomputing prompt + generated tokens), run one mixed step (the admitted
-prompts' prefill plus one decode token for every running request, one KV token each),
-finish requests that reached their true length and report them to `on_finish`. Step time
-comes from a cost model of an 8B-class model on one H100 (see StepCost). KV is counted
-per token against a fixed pool.
+are resumed by recomputing prompt + generated tokens), run one mixed step (one decode token
+for every running request done with its prefill, one KV token each, and prefill chunks
+under the prefill budget: first of running requests still prefilling, then of the admitted
+ones, the last of which may start with a first chunk, as in the engine; a prompt's KV is
+taken whole at admission, as the policies count it), finish requests that reached their
+true length and report them to `on_finish`. Step time comes from a cost model of an
+8B-class model on one H100 (see StepCost). KV is counted per token against a fixed pool.
 
 An extra reference policy, "oracle", is the peak rule fed the true output lengths: the
 ceiling of what better length prediction could bring.
@@ -211,6 +213,11 @@ class OracleScheduler(PeakScheduler):
         return held, self.true_len[self.ids[: len(running) + k]] - g
 
 
+def chunks(need: np.ndarray, budget: int) -> np.ndarray:
+    """Tokens each request gets of a prefill budget shared in order (chunked prefill)."""
+    return np.clip(budget - (np.cumsum(need) - need), 0, need)
+
+
 def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
              sched_cfg: SchedulerConfig, timeline: bool = False, clients: int = 0) -> dict:
     """One run. clients > 0: a closed loop of that many clients, each sending its next
@@ -232,6 +239,7 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
     t_last, stall = np.zeros(n), np.zeros(n)  # last token time, longest gap between tokens
     paused = np.zeros(n, np.int64)
     running = np.zeros(0, np.int64)  # in admission order: the last is the most recent
+    left = np.zeros(n, np.int64)  # prompt tokens of a running request still to prefill
     waiting: deque[int] = deque()
     free, now, nxt = sim.pool_tokens, 0.0, 0
     steps, used_time, recomputed = 0, 0.0, 0
@@ -244,16 +252,20 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
             now = float(arrival[nxt])
             continue
         look = min(len(waiting), sim.max_running - running.size)
+        # The engine's prefill budget goes first to running requests still prefilling, in
+        # admission order; what is left starts the admitted prompts (the last maybe with a
+        # first chunk only).
+        budget = sim.prefill_budget - int(chunks(left[running], sim.prefill_budget).sum())
         k = 0
         # No policy admits a head whose prompt does not fit in the free pool now: skip the
         # call then (a shortcut of the simulator; the decision is the same).
-        if look and P[waiting[0]] + g[waiting[0]] + running.size <= free:
+        if look and budget and P[waiting[0]] + g[waiting[0]] + running.size <= free:
             cand = np.fromiter(islice(waiting, look), np.int64, look)
             if oracle:
                 sched.ids = np.concatenate([running, cand])
             k = sched.admit(RunningBatch(kv[running], g[running], cap[running]),
                             Candidates(P[cand] + g[cand], cap[cand], g[cand]),
-                            sim.pool_tokens, free, sim.prefill_budget)
+                            sim.pool_tokens, free, budget)
         else:
             cand = np.zeros(0, np.int64)
         new = cand[:k]
@@ -261,32 +273,40 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
             waiting.popleft()
         fill = P[new] + g[new]  # resumed requests recompute prompt + generated tokens
         assert k == 0 or int(fill.sum()) + running.size <= free, f"{policy} overfilled the pool"
-        # The pool cannot give every running request its next token: pause the most
+        # The pool cannot give every decoding request its next token: pause the most
         # recently admitted ones; they go back to the front of the queue, oldest first.
-        while running.size > free:
+        while np.count_nonzero(left[running] == 0) > free:
             v = int(running[-1])
             running = running[:-1]
             free += int(kv[v])
-            kv[v] = 0
+            kv[v] = left[v] = 0
             paused[v] += 1
             waiting.appendleft(v)
-        free -= int(fill.sum()) + running.size
-        kv[new] = fill
-        kv[running] += 1
+        # KV is reserved for the whole prompt at admission, as the policies count it
+        free -= int(fill.sum())
+        kv[new] = left[new] = fill
         recomputed += int(fill[g[new] > 0].sum())
         t_admit[new] = np.where(np.isnan(t_admit[new]), now, t_admit[new])
-        dt = cost.step(running.size + k, int(kv[running].sum()), int(fill.sum()))
+        decode = running[left[running] == 0]
+        free -= decode.size
+        kv[decode] += 1
+        running = np.concatenate([running, new])
+        pre = running[left[running] > 0]
+        took = chunks(left[pre], sim.prefill_budget)
+        left[pre] -= took
+        dt = cost.step(decode.size + np.count_nonzero(took), int(kv[decode].sum()),
+                       int(took.sum()))
         now += dt
         used_time += dt * (sim.pool_tokens - free)
         steps += 1
-        batch = np.concatenate([running, new])
+        prefilled = pre[left[pre] == 0]  # their prefill samples their next token
+        batch = np.concatenate([decode, prefilled])
         g[batch] += 1
-        t_first[new] = np.where(np.isnan(t_first[new]), now, t_first[new])
+        t_first[prefilled] = np.where(np.isnan(t_first[prefilled]), now, t_first[prefilled])
         old = batch[g[batch] > 1]
         stall[old] = np.maximum(stall[old], now - t_last[old])
         t_last[batch] = now
-        done = g[batch] >= L[batch]
-        fin = batch[done]
+        fin = batch[g[batch] >= L[batch]]
         if fin.size:
             free += int(kv[fin].sum())
             kv[fin] = 0
@@ -295,7 +315,7 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
             new_issued = min(issued + fin.size, n)  # closed loop: each client sends its next
             arrival[issued:new_issued] = now
             issued = new_issued
-        running = batch[~done]
+            running = running[~np.isin(running, fin)]
         if timeline:
             tl.append((now, sim.pool_tokens - free, running.size, len(waiting)))
     assert free == sim.pool_tokens
