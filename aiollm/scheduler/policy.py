@@ -1,13 +1,13 @@
 """The admission interface every policy implements, and the limits all of them share.
 
 Before each step the engine asks `admit(running, waiting, pool_capacity, pool_free,
-prefill_budget)` how many requests from the front of the waiting queue to prefill in that
-step (strict queue order: a request that does not fit blocks those behind it). All policies
-respect the same hard limits: at most `max_running` requests running, each admitted request
-starting within `prefill_budget` (the prompts before it take less than the budget; the last
-one admitted may get only a first chunk, and the engine prefills the rest of it in the next
-steps), and never a prompt that does not fit in the free pool now: KV is reserved for whole
-prompts, only the step's prefill is cut into chunks.
+prefill_budget)` how many requests from the front of the waiting queue start their prefill
+in that step (strict queue order: a request that does not fit blocks those behind it). All
+policies respect the same hard limits: at most `max_running` requests running, each
+admitted request starting within `prefill_budget` (the prompts before it take less than the
+budget; the last one admitted may get only a first chunk, and the engine prefills the rest
+of it in the next steps), and never a prompt that does not fit in the free pool now: KV is
+reserved for whole prompts, only the step's prefill is cut into chunks.
 """
 
 from __future__ import annotations
