@@ -215,7 +215,7 @@ class OracleScheduler(PeakScheduler):
 
 def chunks(need: np.ndarray, budget: int) -> np.ndarray:
     """Tokens each request gets of a prefill budget shared in order (chunked prefill)."""
-    return np.clip(budget - (np.cumsum(need) - need), 0, need)
+    return np.minimum(need, np.maximum(budget - (np.cumsum(need) - need), 0))
 
 
 def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
@@ -255,7 +255,8 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
         # The engine's prefill budget goes first to running requests still prefilling, in
         # admission order; what is left starts the admitted prompts (the last maybe with a
         # first chunk only).
-        budget = sim.prefill_budget - int(chunks(left[running], sim.prefill_budget).sum())
+        ahead = int(left[running].sum())  # most steps: 0, nothing mid-prefill
+        budget = max(sim.prefill_budget - ahead, 0)
         k = 0
         # No policy admits a head whose prompt does not fit in the free pool now: skip the
         # call then (a shortcut of the simulator; the decision is the same).
@@ -275,7 +276,7 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
         assert k == 0 or int(fill.sum()) + running.size <= free, f"{policy} overfilled the pool"
         # The pool cannot give every decoding request its next token: pause the most
         # recently admitted ones; they go back to the front of the queue, oldest first.
-        while np.count_nonzero(left[running] == 0) > free:
+        while running.size > free and np.count_nonzero(left[running] == 0) > free:
             v = int(running[-1])
             running = running[:-1]
             free += int(kv[v])
@@ -287,19 +288,21 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
         kv[new] = left[new] = fill
         recomputed += int(fill[g[new] > 0].sum())
         t_admit[new] = np.where(np.isnan(t_admit[new]), now, t_admit[new])
-        decode = running[left[running] == 0]
+        decode = running[left[running] == 0] if ahead else running
         free -= decode.size
         kv[decode] += 1
-        running = np.concatenate([running, new])
-        pre = running[left[running] > 0]
-        took = chunks(left[pre], sim.prefill_budget)
-        left[pre] -= took
+        took = prefilled = np.zeros(0, np.int64)
+        if ahead or k:
+            running = np.concatenate([running, new])
+            pre = running[left[running] > 0]
+            took = chunks(left[pre], sim.prefill_budget)
+            left[pre] -= took
+            prefilled = pre[left[pre] == 0]  # their prefill samples their next token
         dt = cost.step(decode.size + np.count_nonzero(took), int(kv[decode].sum()),
                        int(took.sum()))
         now += dt
         used_time += dt * (sim.pool_tokens - free)
         steps += 1
-        prefilled = pre[left[pre] == 0]  # their prefill samples their next token
         batch = np.concatenate([decode, prefilled])
         g[batch] += 1
         t_first[prefilled] = np.where(np.isnan(t_first[prefilled]), now, t_first[prefilled])
@@ -315,7 +318,7 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
             new_issued = min(issued + fin.size, n)  # closed loop: each client sends its next
             arrival[issued:new_issued] = now
             issued = new_issued
-            running = running[~np.isin(running, fin)]
+            running = running[g[running] < L[running]]
         if timeline:
             tl.append((now, sim.pool_tokens - free, running.size, len(waiting)))
     assert free == sim.pool_tokens
