@@ -138,3 +138,37 @@ def test_cache_hit_candidate_takes_budget_for_its_new_tokens_only(loop, engine):
     assert first == [(30, 0, 30), (70, 50, 20), (30, 0, 14)], steps[0]
     assert steps[0][0] == BUDGET
     assert engine.stats()["kv_used"] == 0
+
+
+def test_scoring_request_whose_chunk_leaves_one_prompt_token_finishes(loop, engine):
+    """A request that only scores its prompt (max_tokens 0, prompt logprobs; the API's echo
+    with max_tokens 0) starts with a first chunk behind a 10-token prompt: 54 of its 55
+    tokens. Its last prompt token was neither a prefill chunk (one token left reads as a
+    decode) nor a decode (max_tokens 0 counted it as done): it stayed running, its stream
+    waiting for ever. So did a prompt of the budget plus one, alone. Now both finish, with
+    the scores of the prompt prefilled in one step."""
+    scoring = SamplingParams(max_tokens=0, prompt_logprobs=0)
+    short, scored = prompt(30, 10, 20), prompt(31, 55, 21)
+    engine.flush_cache()
+    alone = run(loop, engine.generate(scored, scoring))
+    engine.flush_cache()
+    steps = record_steps(engine)
+
+    async def go():
+        burst = [engine.generate(short, GREEDY), engine.generate(scored, scoring)]
+        outs = await asyncio.wait_for(asyncio.gather(*burst), 30)
+        longer = await asyncio.wait_for(engine.generate(prompt(32, BUDGET + 1, 22), scoring), 30)
+        return outs[1], longer
+
+    try:
+        out, longer = run(loop, go())
+    finally:
+        del engine.planner.plan
+    assert [(n, pre, ext) for _, n, pre, ext in steps[0][3]] == [(10, 0, 10), (55, 0, 54)]
+    assert out.token_ids == [] and out.finish_reason == "length"
+    assert out.prompt_logprobs[0] is None and len(out.prompt_logprobs) == 55
+    assert [lp.token_id for lp in out.prompt_logprobs[1:]] == scored[1:]
+    assert [lp.logprob for lp in out.prompt_logprobs[1:]] == pytest.approx(
+        [lp.logprob for lp in alone.prompt_logprobs[1:]], abs=1e-5)
+    assert longer.finish_reason == "length" and len(longer.prompt_logprobs) == BUDGET + 1
+    assert engine.stats()["kv_used"] == 0
