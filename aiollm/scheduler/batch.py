@@ -11,8 +11,10 @@ token of KV to every running request, so a request that holds `kv_len` tokens no
 token. A waiting request admitted now is counted as prefilled in the coming step: it needs
 `prompt_len` free tokens at once (for a resumed request, prompt + tokens generated before
 it was paused, recomputed) and that prefill also samples its next output token. (The engine
-may prefill its prompt in chunks over more steps when the step's budget runs out; counting
-it whole at once errs on the safe side.)
+may prefill its prompt in chunks over more steps when the step's budget runs out. Counting
+it whole at once overstates what it holds meanwhile, but not how long it lives: prefilled
+over s steps, it frees its tokens s - 1 steps later than counted, so a peak policy that
+filled the pool to the token can overrun it then, and the engine pauses a request.)
 """
 
 from __future__ import annotations
