@@ -124,7 +124,8 @@ def random_state(rng, sched):
     g = rng.integers(1, 300, n)
     cap = g + rng.integers(1, 600, n)
     kv = rng.integers(1, 1500, n) + g
-    running = RunningBatch(kv, g, cap, rng.random(n) < 0.1)
+    left = np.where(rng.random(n) < 0.1, rng.integers(1, 500, n), 0)  # some mid-prefill
+    running = RunningBatch(kv, g, cap, rng.random(n) < 0.1, left)
     m = int(rng.integers(0, 30))
     g_w = np.where(rng.random(m) < 0.3, rng.integers(1, 200, m), 0)  # some resumed
     cap_w = g_w + rng.integers(1, 800, m)
@@ -135,14 +136,18 @@ def random_state(rng, sched):
     return running, waiting, capacity, free, int(rng.integers(1, 6000))
 
 
-def predicted_peak(sched, running, waiting, k):
+def predicted_peak(sched, running, waiting, k, budget):
+    """The peak of the first k candidates, those still prefilling after a step of `budget`
+    prefill tokens running as many steps longer as they have prompt tokens left."""
     held = np.r_[running.kv_len, waiting.prompt_len[:k] - 1]
     g = np.r_[running.output_len, waiting.output_len[:k]]
     pred = np.r_[
         sched.predict(running.output_len, running.max_new_tokens, running.ignore_eos),
         sched.predict(waiting.output_len[:k], waiting.max_new_tokens[:k], waiting.ignore_eos[:k]),
     ]
-    return future_peak(held, pred - g)
+    prompts = waiting.prompt_len[:k]
+    late = np.r_[running.prefill_left, np.clip(np.cumsum(prompts) - budget, 0, prompts)]
+    return future_peak(held, pred - g + late)
 
 
 @pytest.mark.parametrize("name", ["past_future", "conservative"])
@@ -158,13 +163,13 @@ def test_peak_policies_admit_exactly_what_their_prediction_fits(name):
         pool = free + int(running.kv_len.sum())
         forced = len(running) == 0 and k == 1  # the progress rule
         if k and not forced:
-            assert predicted_peak(sched, running, waiting, k) <= pool
+            assert predicted_peak(sched, running, waiting, k, budget) <= pool
             admitted_some += 1
         # Maximal: one more would overflow the prediction or break a shared limit (its
         # prefill would not start within the budget).
         if k < len(waiting) and len(running) + k < cfg.max_running:
             over_budget = k >= 1 and waiting.prompt_len[:k].sum() >= budget
-            assert over_budget or predicted_peak(sched, running, waiting, k + 1) > pool
+            assert over_budget or predicted_peak(sched, running, waiting, k + 1, budget) > pool
     assert admitted_some > 30
 
 
@@ -203,6 +208,82 @@ def test_budget_admits_a_first_chunk_but_kv_counts_whole_prompts(name):
     # (aggressive: 3 decode tokens and a 1% watermark of 50 beside the prompts; the peak
     # policies: 3,330 held by the batch at its end plus 2 x 1,033 passes the pool of 5,000)
     assert sched.admit(running, cands, 5000, 3 + 50 + 1024 + 1021, 2045) == 1
+
+
+def chunked_peak(held, runs, prefill, budget):
+    """The most KV tokens a batch holds after any step when its prefill is chunked: every
+    step shares `budget` prefill tokens in batch order among the requests with `prefill`
+    tokens left; one samples a token in each step that ends its prefill and in each later
+    one, holds held + (tokens sampled, at least 1) and frees them all after the step that
+    samples its runs-th token (as peak.py counts a request prefilled at once)."""
+    held, runs, left = (np.array(x, np.int64) for x in (held, runs, prefill))
+    sampled = np.zeros_like(held)
+    peak = 0
+    while (sampled < runs).any():
+        alive = sampled < runs
+        prefilling = alive & (left > 0)
+        take = np.minimum(left, np.maximum(budget - (np.cumsum(left * prefilling)
+                                                     - left * prefilling), 0)) * prefilling
+        sampled += alive & ((left == 0) | (take == left))
+        left -= take
+        peak = max(peak, int((held[alive] + np.maximum(sampled[alive], 1)).sum()))
+    return peak
+
+
+def test_chunked_candidate_runs_longer_by_the_prompt_it_has_left():
+    # One request decodes 50 more tokens holding 1,000; a candidate of 250 prompt tokens
+    # asks for 10. Prefilled at once, the two peak at 1,269 tokens (the candidate's last
+    # step: 1,010 + 259), so a pool of 1,269 takes it. With 100 prefill tokens a step its
+    # prefill takes 3 steps and it ends 2 steps later, holding 2 tokens more for the
+    # request beside it: the pool would be 2 tokens short.
+    sched = make_scheduler("conservative")
+    running = RunningBatch([1000], [0], [50], [True])
+    cand = Candidates([250], [10], ignore_eos=[True])
+    pool = 1269
+    assert chunked_peak([1000, 249], [50, 10], [0, 250], 250) == pool
+    assert chunked_peak([1000, 249], [50, 10], [0, 250], 100) == pool + 2
+    assert sched.admit(running, cand, pool, pool - 1000, 250) == 1
+    assert sched.admit(running, cand, pool, pool - 1000, 100) == 0
+    # the same of a running request mid-prefill, 150 of its prompt left after this step
+    mid = RunningBatch([1000, 250], [0, 0], [50, 10], [True, True], [0, 150])
+    assert sched.admit(mid, Candidates([1], [1]), pool + 1, 20, 100) == 0
+    assert sched.admit(mid, Candidates([1], [1]), pool + 153, 172, 100) == 1
+
+
+@pytest.mark.parametrize("name, estimator", [("conservative", "quantile"),
+                                             ("past_future", "quantile"),
+                                             ("past_future", "paper")])
+def test_peak_policies_never_overrun_the_pool_with_chunked_prefill(name, estimator):
+    # Exact lengths (ignore_eos: every policy predicts the cap), so what a peak policy
+    # admits must fit the pool at every step, however the prefill is cut into chunks.
+    rng = np.random.default_rng(5)
+    sched = make_scheduler(name, SchedulerConfig(max_running=40, estimator=estimator,
+                                                 paper_pool_fraction=1.0))
+    chunked = 0
+    for _ in range(200):
+        n, m = int(rng.integers(1, 8)), int(rng.integers(1, 8))
+        budget = int(rng.integers(1, 400))
+        g = rng.integers(0, 20, n)
+        cap = g + rng.integers(1, 60, n)
+        kv = rng.integers(1, 600, n) + g
+        pre = np.where(rng.random(n) < 0.3, rng.integers(2, 400, n), 0)  # mid-prefill
+        took = np.minimum(pre, np.maximum(budget - (np.cumsum(pre) - pre), 0))
+        if took.sum() >= budget:
+            continue  # no budget left for admission: the engine admits no one
+        prompt, cap_w = rng.integers(1, 600, m), rng.integers(1, 60, m)
+        # a pool the first j fill exactly, were they prefilled at once
+        j = int(rng.integers(1, m + 1))
+        exact = future_peak(np.r_[kv, prompt[:j] - 1], np.r_[cap - g, cap_w[:j]])
+        capacity = max(chunked_peak(kv, cap - g, pre, budget), exact)
+        k = sched.admit(RunningBatch(kv, g, cap, True, pre - took),
+                        Candidates(prompt, cap_w, ignore_eos=True),
+                        capacity, capacity - int(kv.sum()), budget - int(took.sum()))
+        held = np.r_[kv, prompt[:k] - 1]
+        runs = np.r_[cap - g, cap_w[:k]]
+        prefill = np.r_[pre, prompt[:k]]
+        chunked += int(prefill.sum() > budget)
+        assert chunked_peak(held, runs, prefill, budget) <= capacity
+    assert chunked > 30
 
 
 def test_resumed_request_is_charged_for_what_it_has_left():

@@ -40,8 +40,10 @@ class LengthBlind(Scheduler):
         cap_r, eos_r = self._hide(len(running), running.max_new_tokens, running.ignore_eos)
         cap_w, eos_w = self._hide(len(waiting), waiting.max_new_tokens, waiting.ignore_eos)
         return self.inner.fitting(
-            RunningBatch(running.kv_len, running.output_len, cap_r, eos_r),
-            Candidates(waiting.prompt_len, cap_w, waiting.output_len, eos_w),
+            RunningBatch(running.kv_len, running.output_len, cap_r, eos_r,
+                         running.prefill_left),
+            Candidates(waiting.prompt_len, cap_w, waiting.output_len, eos_w,
+                       waiting.prefill_left),
             k_max, pool_capacity, pool_free)
 
     def predict(self, output_len: ArrayLike, max_new_tokens: ArrayLike,

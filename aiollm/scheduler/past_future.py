@@ -26,6 +26,12 @@ from aiollm.scheduler.policy import Scheduler
 from aiollm.scheduler.sampled import SampledFuture, n_draws
 
 
+def prefill_delay(running: RunningBatch, cand: Candidates) -> np.ndarray:
+    """Steps each request may start decoding late, running ones first (batch.py): at most
+    one per prefill token it has left after the coming step."""
+    return np.concatenate([running.prefill_left, cand.prefill_left])
+
+
 class PeakScheduler(Scheduler):
     """Admits the longest queue prefix whose predicted future peak fits the pool."""
 
@@ -36,10 +42,12 @@ class PeakScheduler(Scheduler):
         self, running: RunningBatch, waiting: Candidates, k: int
     ) -> tuple[np.ndarray, np.ndarray]:
         """(held [n], remaining [n] or [draws, n]) of the running batch followed by the
-        first k candidates, in the terms of peak.future_peak. An admitted candidate holds its prompt after the
-        coming step and one token more after each later one, like a running request that
-        holds prompt - 1 now; its prefill already samples a token, so it runs
-        predicted - g steps, counting the prefill step."""
+        first k candidates, in the terms of peak.future_peak (tokens, steps). An admitted
+        candidate holds its prompt after the coming step and one token more after each
+        later one, like a running request that holds prompt - 1 now; its prefill already
+        samples a token, so it runs predicted - g steps, counting the prefill step. A
+        request still prefilling after the coming step runs up to prefill_left steps more
+        (batch.py): counted in full."""
         cand = waiting.head(k)
         held = np.concatenate([running.kv_len, cand.prompt_len - 1])
         g = np.concatenate([running.output_len, cand.output_len])
@@ -48,7 +56,7 @@ class PeakScheduler(Scheduler):
             np.concatenate([running.max_new_tokens, cand.max_new_tokens]),
             np.concatenate([running.ignore_eos, cand.ignore_eos]),
         )
-        return held, pred - g
+        return held, pred - g + prefill_delay(running, cand)
 
     def fitting(self, running: RunningBatch, waiting: Candidates, k_max: int,
                 pool_capacity: int, pool_free: int) -> int:
@@ -108,7 +116,7 @@ class PastFutureScheduler(PeakScheduler):
             np.concatenate([running.ignore_eos, cand.ignore_eos]),
             n_draws(len(running)),
         )
-        return held, remaining
+        return held, remaining + prefill_delay(running, cand)
 
     def on_finish(
         self, output_len: ArrayLike, max_new_tokens: ArrayLike, ignore_eos: ArrayLike = False

@@ -42,10 +42,12 @@ class Scheduler(ABC):
         """How many requests from the front of `waiting` to admit now (0..len(waiting)):
         of the candidates the shared limits allow (admission_limit), those the policy's
         view of the KV pool holds (fitting), and with nothing running at least the head
-        when its prompt fits (ensure_progress). Sizes in tokens."""
+        when its prompt fits (ensure_progress). Sizes in tokens. `running.prefill_left` is
+        the caller's; the candidates' is set here, from prefill_budget."""
         k_max = self.admission_limit(running, waiting, prefill_budget)
         if k_max == 0:
             return 0
+        waiting = waiting.head(k_max).chunked(prefill_budget)
         k = self.fitting(running, waiting, k_max, pool_capacity, pool_free)
         return self.ensure_progress(k, running, waiting, pool_free)
 
