@@ -27,14 +27,19 @@ def run(loop, coro):
 
 
 @pytest.fixture(scope="module")
-def engine(loop, tmp_path_factory):
+def tiny(tmp_path_factory) -> str:
     from transformers import LlamaConfig
 
     path = tmp_path_factory.mktemp("tiny")
     LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2,
                 max_position_embeddings=512).save_pretrained(path)
-    eng = Engine(str(path), load_format="dummy", kv_tokens=4096, max_prefill_tokens=BUDGET)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def engine(loop, tiny):
+    eng = Engine(tiny, load_format="dummy", kv_tokens=4096, max_prefill_tokens=BUDGET)
     run(loop, eng.start())
     yield eng
     run(loop, eng.stop())
@@ -172,3 +177,29 @@ def test_scoring_request_whose_chunk_leaves_one_prompt_token_finishes(loop, engi
         [lp.logprob for lp in alone.prompt_logprobs[1:]], abs=1e-5)
     assert longer.finish_reason == "length" and len(longer.prompt_logprobs) == BUDGET + 1
     assert engine.stats()["kv_used"] == 0
+
+
+@pytest.mark.parametrize("prefix_cache", [False, True])
+def test_conservative_admission_pauses_no_one_while_a_prompt_is_chunked(loop, tiny,
+                                                                          prefix_cache):
+    """The conservative policy never pauses a request, chunked prompts included. A
+    10-token prompt asks for 30 tokens, a 200-token one behind it for 10: prefilled at
+    once, the two would peak at 228 tokens, the pool's size. With 64 prefill tokens a step
+    the long prompt takes 4 steps and ends 3 later, past the pool: the policy must count
+    that (it waits until the short one is done) instead of pausing a request."""
+    async def go():
+        eng = Engine(tiny, load_format="dummy", kv_tokens=228, max_prefill_tokens=BUDGET,
+                     scheduler="conservative", prefix_cache=prefix_cache)
+        await eng.start()
+        try:
+            outs = await asyncio.gather(
+                eng.generate(prompt(1, 10, 0), SamplingParams(max_tokens=30, ignore_eos=True)),
+                eng.generate(prompt(2, 200, 1), SamplingParams(max_tokens=10, ignore_eos=True)))
+            return [len(o.token_ids) for o in outs], eng.stats()
+        finally:
+            await eng.stop()
+
+    lengths, stats = run(loop, go())
+    assert lengths == [30, 10]
+    assert stats["evictions"] == 0
+    assert stats["kv_used"] == 0

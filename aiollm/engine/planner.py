@@ -171,7 +171,7 @@ class Planner:
         # 3. admission of waiting requests, as the scheduler policy allows: each starts
         # within the budget (the last may get a first chunk only: 2. goes on with it)
         if self.waiting and budget > 0 and len(self.running) < self.max_running:
-            admitted = self._admit(budget, free)
+            admitted = self._admit(budget, free, chunks)
             # a cache hit locks cached tokens that counted as free (evictable) before
             free = self.free_tokens() - taken
             for r in admitted:
@@ -193,17 +193,27 @@ class Planner:
         """Requests whose prompt is not all in the KV cache: waiting, or admitted mid-prefill."""
         return len(self.waiting) + sum(1 for r in self.running if r.num_tokens - r.kv_len > 1)
 
-    def _admit(self, budget: int, free: int) -> list[Request]:
+    def _admit(self, budget: int, free: int,
+               chunks: list[tuple[Request, int]]) -> list[Request]:
+        """Admit what the scheduler allows of the waiting queue, given this step's planned
+        chunks of running requests and the budget and free slots they leave (tokens)."""
         tab = self.table
-        run_slots = np.fromiter((r.slot for r in self.running), np.int32, len(self.running))
+        n_run = len(self.running)
+        run_slots = np.fromiter((r.slot for r in self.running), np.int32, n_run)
         rec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), run_slots)
         # a running request holds (or is about to hold, mid-prefill) KV for all its tokens;
         # its cached prefix is the tree's (shared, held outside the batch: counted once)
-        held = np.fromiter((r.num_tokens - r.cache_len for r in self.running), np.int64,
-                           len(self.running))
+        held = np.fromiter((r.num_tokens - r.cache_len for r in self.running), np.int64, n_run)
+        # prefill tokens each has left after its chunk of this step: it starts decoding up
+        # to that many steps late (aiollm/scheduler/batch.py). A single token left (its last
+        # prompt token or its pending one) is a decode.
+        planned = {r.slot: n for r, n in chunks}
+        left = np.fromiter((max(r.num_tokens - r.kv_len - planned.get(r.slot, 0), 0)
+                            if r.num_tokens - r.kv_len > 1 else 0 for r in self.running),
+                           np.int64, n_run)
         running = RunningBatch(kv_len=held, output_len=rec["output_len"],
                                max_new_tokens=rec["max_new_tokens"],
-                               ignore_eos=rec["ignore_eos"].astype(bool))
+                               ignore_eos=rec["ignore_eos"].astype(bool), prefill_left=left)
         if len(run_slots):  # the scheduler's view, kept in the table for metrics and debugging
             tab.col("predicted_output_len")[run_slots] = self.scheduler.predict(
                 running.output_len, running.max_new_tokens, running.ignore_eos)
