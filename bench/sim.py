@@ -44,6 +44,7 @@ from aiollm.scheduler import (
     SchedulerConfig,
     make_scheduler,
 )
+from aiollm.scheduler.past_future import prefill_delay
 from commit import tree_commit
 from sim_report import POLICIES, aggregate, plot, print_table, verdict
 
@@ -210,7 +211,8 @@ class OracleScheduler(PeakScheduler):
     def future_load(self, running, waiting, k):
         held = np.concatenate([running.kv_len, waiting.prompt_len[:k] - 1])
         g = np.concatenate([running.output_len, waiting.output_len[:k]])
-        return held, self.true_len[self.ids[: len(running) + k]] - g
+        late = prefill_delay(running, waiting.head(k))
+        return held, self.true_len[self.ids[: len(running) + k]] - g + late
 
 
 def chunks(need: np.ndarray, budget: int) -> np.ndarray:
@@ -264,7 +266,11 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
             cand = np.fromiter(islice(waiting, look), np.int64, look)
             if oracle:
                 sched.ids = np.concatenate([running, cand])
-            k = sched.admit(RunningBatch(kv[running], g[running], cap[running]),
+            # prefill left to running requests after this step's chunks: none here, as they
+            # go first and leave budget to admission only once planned whole; passed as the
+            # engine passes it, so that the two stay alike
+            rest = left[running] - chunks(left[running], sim.prefill_budget)
+            k = sched.admit(RunningBatch(kv[running], g[running], cap[running], None, rest),
                             Candidates(P[cand] + g[cand], cap[cand], g[cand]),
                             sim.pool_tokens, free, budget)
         else:
