@@ -203,3 +203,31 @@ def test_conservative_admission_pauses_no_one_while_a_prompt_is_chunked(loop, ti
     assert lengths == [30, 10]
     assert stats["evictions"] == 0
     assert stats["kv_used"] == 0
+
+
+def test_conservative_admission_counts_cached_tokens_a_hit_locks(loop, tiny):
+    """A prompt whose 100-token prefix sits unused in the prefix cache (evictable, so
+    counted as free) arrives while another request decodes: its hit locks those 100 tokens
+    without prefilling them. The conservative policy counted only the 5 new tokens: it
+    admitted the request, the two then outgrew the 300-token pool and one was paused. It
+    must count the tokens the hit takes from the free pool, and wait instead."""
+    async def go():
+        eng = Engine(tiny, load_format="dummy", kv_tokens=300, max_prefill_tokens=BUDGET,
+                     scheduler="conservative")
+        await eng.start()
+        try:
+            cached = prompt(1, 100, 0)
+            await eng.generate(cached, SamplingParams(max_tokens=1))  # now cached, unused
+            first = eng.stream(prompt(2, 100, 1), SamplingParams(max_tokens=60, ignore_eos=True))
+            await first.__anext__()  # decoding now
+            hit = eng.generate(cached + prompt(3, 5, 2),
+                               SamplingParams(max_tokens=90, ignore_eos=True))
+            outs = await asyncio.gather(hit, collect([first]))
+            return len(outs[0].token_ids), eng.stats()
+        finally:
+            await eng.stop()
+
+    n, stats = run(loop, go())
+    assert n == 90
+    assert stats["evictions"] == 0
+    assert stats["kv_used"] == 0

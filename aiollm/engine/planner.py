@@ -224,9 +224,12 @@ class Planner:
         cand_slots = np.fromiter((r.slot for r in head), np.int32, len(head))
         crec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), cand_slots)
         new_tokens = [r.num_tokens - (m[1] if m else 0) for r, m in zip(head, matches)]
+        # a hit on cached tokens no one uses takes them out of the free pool, unprefilled
+        locked = [self.cache.tree.unreferenced(m[0]) if m else 0 for m in matches]
         cands = Candidates(prompt_len=np.array(new_tokens, np.int64),
                            output_len=crec["output_len"], max_new_tokens=crec["max_new_tokens"],
-                           ignore_eos=crec["ignore_eos"].astype(bool))
+                           ignore_eos=crec["ignore_eos"].astype(bool),
+                           locked=np.array(locked, np.int64))
         n = self.scheduler.admit(running, cands, pool_capacity=self.kv.capacity,
                                  pool_free=free, prefill_budget=budget)
         admitted = []

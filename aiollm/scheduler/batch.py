@@ -92,7 +92,11 @@ class Candidates:
     for a resumed request). output_len: tokens generated before a pause (0 for a new
     request). max_new_tokens, ignore_eos: as in RunningBatch. prefill_left: tokens of its
     prompt_len left to prefill after the coming step, if it were admitted in it (0 by
-    default; Scheduler.admit sets it from the step's prefill budget, see chunked).
+    default; Scheduler.admit sets it from the step's prefill budget, see chunked). locked:
+    tokens of a cached prefix that no request uses yet, which admitting it takes out of the
+    free pool (they count as free, evictable, until then) without prefilling them: the peak
+    policies count them as held from its admission, the prefill budget does not (0 without
+    a cache hit). Aggressive ignores them: the planner holds back a hit that leaves no slot.
     """
 
     prompt_len: np.ndarray
@@ -100,6 +104,7 @@ class Candidates:
     max_new_tokens: np.ndarray
     ignore_eos: np.ndarray
     prefill_left: np.ndarray
+    locked: np.ndarray
 
     def __init__(
         self,
@@ -108,6 +113,7 @@ class Candidates:
         output_len: ArrayLike | None = None,
         ignore_eos: ArrayLike | None = None,
         prefill_left: ArrayLike | None = None,
+        locked: ArrayLike | None = None,
     ):
         self.prompt_len = as_column(prompt_len)
         n = self.prompt_len.shape[0]
@@ -115,9 +121,15 @@ class Candidates:
         self.output_len = as_column(0 if output_len is None else output_len, n)
         self.ignore_eos = as_column(False if ignore_eos is None else ignore_eos, n, bool)
         self.prefill_left = as_column(0 if prefill_left is None else prefill_left, n)
+        self.locked = as_column(0 if locked is None else locked, n)
 
     def __len__(self) -> int:
         return self.prompt_len.shape[0]
+
+    def kv_need(self, k: int) -> np.ndarray:
+        """Free KV tokens each of the first k takes on admission: its prompt_len and the
+        cached tokens it locks."""
+        return self.prompt_len[:k] + self.locked[:k]
 
     def head(self, k: int) -> Candidates:
         """The first k candidates (views, no copy)."""
@@ -127,6 +139,7 @@ class Candidates:
         out.max_new_tokens = self.max_new_tokens[:k]
         out.ignore_eos = self.ignore_eos[:k]
         out.prefill_left = self.prefill_left[:k]
+        out.locked = self.locked[:k]
         return out
 
     def chunked(self, prefill_budget: int) -> Candidates:

@@ -43,7 +43,7 @@ class LengthBlind(Scheduler):
             RunningBatch(running.kv_len, running.output_len, cap_r, eos_r,
                          running.prefill_left),
             Candidates(waiting.prompt_len, cap_w, waiting.output_len, eos_w,
-                       waiting.prefill_left),
+                       waiting.prefill_left, waiting.locked),
             k_max, pool_capacity, pool_free)
 
     def predict(self, output_len: ArrayLike, max_new_tokens: ArrayLike,

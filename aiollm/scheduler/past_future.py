@@ -49,7 +49,7 @@ class PeakScheduler(Scheduler):
         request still prefilling after the coming step runs up to prefill_left steps more
         (batch.py): counted in full."""
         cand = waiting.head(k)
-        held = np.concatenate([running.kv_len, cand.prompt_len - 1])
+        held = np.concatenate([running.kv_len, cand.kv_need(k) - 1])
         g = np.concatenate([running.output_len, cand.output_len])
         pred = self.predict(
             g,
@@ -109,7 +109,7 @@ class PastFutureScheduler(PeakScheduler):
         if self.sampled is None:
             return super().future_load(running, waiting, k)
         cand = waiting.head(k)
-        held = np.concatenate([running.kv_len, cand.prompt_len - 1])
+        held = np.concatenate([running.kv_len, cand.kv_need(k) - 1])
         remaining = self.sampled.remaining(
             np.concatenate([running.output_len, cand.output_len]),
             np.concatenate([running.max_new_tokens, cand.max_new_tokens]),

@@ -93,7 +93,7 @@ class Scheduler(ABC):
     def fits_now(waiting: Candidates, k: int, n_running: int, pool_free: int) -> bool:
         """Whether the first k prompts plus this step's decode token of every running
         request fit in the free pool."""
-        return int(waiting.prompt_len[:k].sum()) + n_running <= pool_free
+        return int(waiting.kv_need(k).sum()) + n_running <= pool_free
 
     def ensure_progress(
         self, k: int, running: RunningBatch, waiting: Candidates, pool_free: int
