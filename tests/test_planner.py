@@ -231,3 +231,27 @@ def test_conservative_admission_counts_cached_tokens_a_hit_locks(loop, tiny):
     assert n == 90
     assert stats["evictions"] == 0
     assert stats["kv_used"] == 0
+
+
+@pytest.mark.parametrize("scheduler", ["conservative", "past_future"])
+def test_burst_on_an_unused_cached_prefix_counts_it_once(loop, tiny, scheduler):
+    """Three prompts share a 40-token prefix that sits unused in the cache. Admitting the
+    first locks it; the two behind it lock nothing more: the peak policies count it once,
+    and all three start in one step, as with the pool to spare they should."""
+    async def go():
+        eng = Engine(tiny, load_format="dummy", kv_tokens=400, max_prefill_tokens=BUDGET,
+                     scheduler=scheduler)
+        await eng.start()
+        try:
+            shared = prompt(1, 40, 0)
+            await eng.generate(shared, SamplingParams(max_tokens=1))  # cached, unused
+            steps = record_steps(eng)
+            params = SamplingParams(max_tokens=100, ignore_eos=True)
+            await collect([eng.stream(shared + prompt(2 + i, 5, i), params) for i in range(3)])
+            return steps, eng.stats()
+        finally:
+            await eng.stop()
+
+    steps, stats = run(loop, go())
+    assert [(n, pre, ext) for _, n, pre, ext in steps[0][3]] == [(45, 40, 5)] * 3, steps[0]
+    assert stats["evictions"] == 0

@@ -224,8 +224,7 @@ class Planner:
         cand_slots = np.fromiter((r.slot for r in head), np.int32, len(head))
         crec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), cand_slots)
         new_tokens = [r.num_tokens - (m[1] if m else 0) for r, m in zip(head, matches)]
-        # a hit on cached tokens no one uses takes them out of the free pool, unprefilled
-        locked = [self.cache.tree.unreferenced(m[0]) if m else 0 for m in matches]
+        locked = self._locked_by(matches)
         cands = Candidates(prompt_len=np.array(new_tokens, np.int64),
                            output_len=crec["output_len"], max_new_tokens=crec["max_new_tokens"],
                            ignore_eos=crec["ignore_eos"].astype(bool),
@@ -278,6 +277,20 @@ class Planner:
             new += r.num_tokens - m[1]
             if new >= budget:
                 break
+        return out
+
+    def _locked_by(self, matches: list[tuple | None]) -> list[int]:
+        """Cached tokens no one uses that each match, admitted in queue order, takes out of
+        the free pool unprefilled (a node shared with a match before it is counted there)."""
+        tree, seen, out = (self.cache.tree if self.cache else None), set(), []
+        for m in matches:
+            n, node = 0, m[0] if m else None
+            while node is not None and node is not tree.root and node.ref == 0 \
+                    and id(node) not in seen:
+                seen.add(id(node))
+                n += node.key.shape[0]
+                node = node.parent
+            out.append(n)
         return out
 
     @staticmethod
