@@ -6,8 +6,12 @@ in that step (strict queue order: a request that does not fit blocks those behin
 policies respect the same hard limits: at most `max_running` requests running, each
 admitted request starting within `prefill_budget` (the prompts before it take less than the
 budget; the last one admitted may get only a first chunk, and the engine prefills the rest
-of it in the next steps), and never a prompt that does not fit in the free pool now: KV is
-reserved for whole prompts, only the step's prefill is cut into chunks.
+of it in the next steps), and never a prompt that does not fit in the free pool now: the
+policies count KV for whole prompts, only the step's prefill is cut into chunks. (The engine
+allocates each chunk's KV as it runs; a running request's next chunk is planned before
+anyone is admitted, so no admission takes what a chunked prompt still needs; only the
+running requests' decode tokens can, in a pool a policy let grow too full, and the engine
+then pauses the latest request.)
 """
 
 from __future__ import annotations
