@@ -12,6 +12,7 @@ except ImportError:  # pragma: no cover
 if not _cuda:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import asyncio
 import atexit
 import importlib.util
 import shutil
@@ -38,6 +39,19 @@ def load_bench(name: str):
         sys.modules[mod_name] = mod  # dataclasses resolve their module through sys.modules
         spec.loader.exec_module(mod)
     return sys.modules[mod_name]
+
+
+@pytest.fixture(scope="module")
+def loop():
+    """An event loop per test module, for the modules that drive an Engine through run()."""
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def run(loop, coro, timeout: float = 300):
+    """coro run to completion on loop; asyncio.TimeoutError after timeout seconds."""
+    return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
 def pytest_collection_modifyitems(config, items):

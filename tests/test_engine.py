@@ -13,16 +13,9 @@ import torch
 from aiollm import Engine, SamplingParams
 from aiollm.errors import InvalidRequest
 from aiollm.model import default_model_path
-from conftest import load_bench
+from conftest import load_bench, run
 
 PROMPTS = load_bench("accuracy").PROMPTS[:8] + ["A haiku about autumn:"]
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +24,6 @@ def engine(loop):
     loop.run_until_complete(eng.start())
     yield eng
     loop.run_until_complete(eng.stop())
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, 300))
 
 
 def assert_all_free(engine):

@@ -10,20 +10,10 @@ import random
 import pytest
 
 from aiollm import Engine, SamplingParams
+from conftest import run
 
 BUDGET = 64
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
-def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, 300))
 
 
 @pytest.fixture(scope="module")

@@ -17,21 +17,14 @@ from live_server import http, sse_events
 
 from aiollm import Engine, SamplingParams
 from aiollm.engine.prefix_cache import RadixTree
-from conftest import load_bench
+from conftest import load_bench, run as run_with_timeout
 
 PROMPTS = load_bench("accuracy").PROMPTS
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def loop():
-    loop = asyncio.new_event_loop()
-    yield loop
-    loop.close()
-
-
 def run(loop, coro):
-    return loop.run_until_complete(asyncio.wait_for(coro, 600))
+    return run_with_timeout(loop, coro, 600)
 
 
 @pytest.fixture(scope="module")
