@@ -282,16 +282,10 @@ class Planner:
     def _locked_by(self, matches: list[tuple | None]) -> list[int]:
         """Cached tokens no one uses that each match, admitted in queue order, takes out of
         the free pool unprefilled (a node shared with a match before it is counted there)."""
-        tree, seen, out = (self.cache.tree if self.cache else None), set(), []
-        for m in matches:
-            n, node = 0, m[0] if m else None
-            while node is not None and node is not tree.root and node.ref == 0 \
-                    and id(node) not in seen:
-                seen.add(id(node))
-                n += node.key.shape[0]
-                node = node.parent
-            out.append(n)
-        return out
+        if self.cache is None:
+            return [0] * len(matches)
+        seen: set = set()
+        return [self.cache.tree.unreferenced(m[0], seen) if m else 0 for m in matches]
 
     @staticmethod
     def _prefix_in_flight(req: Request, matched: int, prefilling: list[Request]) -> bool:

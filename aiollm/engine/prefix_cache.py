@@ -132,11 +132,17 @@ class RadixTree:
         self.evictable += leaf.key.shape[0]  # unreferenced until someone locks it
         return leaf, pos
 
-    def unreferenced(self, node: Node) -> int:
+    def unreferenced(self, node: Node, seen: set[Node] | None = None) -> int:
         """Tokens on node's path that no request references (what locking it takes from
-        the evictable count)."""
+        the evictable count). With `seen`, the nodes counted are added to it and a node
+        already in it ends the walk (its path was counted): locks of several paths taken
+        together, each token counted once."""
         n = 0
         while node is not self.root and node.ref == 0:
+            if seen is not None:
+                if node in seen:
+                    break
+                seen.add(node)
             n += node.key.shape[0]
             node = node.parent
         return n
