@@ -44,6 +44,7 @@ from aiollm.scheduler import (
     SchedulerConfig,
     make_scheduler,
 )
+from aiollm.scheduler.batch import prefill_chunks
 from aiollm.scheduler.past_future import prefill_delay
 from commit import tree_commit
 from sim_report import POLICIES, aggregate, plot, print_table, verdict
@@ -215,11 +216,6 @@ class OracleScheduler(PeakScheduler):
         return held, self.true_len[self.ids[: len(running) + k]] - g + late
 
 
-def chunks(need: np.ndarray, budget: int) -> np.ndarray:
-    """Tokens each request gets of a prefill budget shared in order (chunked prefill)."""
-    return np.minimum(need, np.maximum(budget - (np.cumsum(need) - need), 0))
-
-
 def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
              sched_cfg: SchedulerConfig, timeline: bool = False, clients: int = 0) -> dict:
     """One run. clients > 0: a closed loop of that many clients, each sending its next
@@ -269,7 +265,7 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
             # prefill left to running requests after this step's chunks: none here, as they
             # go first and leave budget to admission only once planned whole; passed as the
             # engine passes it, so that the two stay alike
-            rest = left[running] - chunks(left[running], sim.prefill_budget)
+            rest = left[running] - prefill_chunks(left[running], sim.prefill_budget)
             k = sched.admit(RunningBatch(kv[running], g[running], cap[running], None, rest),
                             Candidates(P[cand] + g[cand], cap[cand], g[cand]),
                             sim.pool_tokens, free, budget)
@@ -301,7 +297,7 @@ def simulate(policy: str, trace: Trace, sim: SimConfig, cost: StepCost,
         if ahead or k:
             running = np.concatenate([running, new])
             pre = running[left[running] > 0]
-            took = chunks(left[pre], sim.prefill_budget)
+            took = prefill_chunks(left[pre], sim.prefill_budget)
             left[pre] -= took
             prefilled = pre[left[pre] == 0]  # their prefill samples their next token
         dt = cost.step(decode.size + np.count_nonzero(took), int(kv[decode].sum()),

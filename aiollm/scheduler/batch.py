@@ -44,6 +44,12 @@ def as_column(x: ArrayLike, n: int | None = None, dtype: type = np.int64) -> np.
     return a
 
 
+def prefill_chunks(need: np.ndarray, budget: int) -> np.ndarray:
+    """Tokens each request gets of a step's prefill budget shared in queue order (chunked
+    prefill): what the requests before it leave, up to its own need. Sizes in tokens."""
+    return np.minimum(need, np.maximum(budget - (np.cumsum(need) - need), 0))
+
+
 @dataclass(slots=True, init=False)
 class RunningBatch:
     """Requests holding KV now (state RUNNING).
@@ -147,6 +153,5 @@ class Candidates:
         prefill_budget tokens, shared in queue order, leaves it: candidate j gets what the
         prompts before it leave of the budget, up to its prompt_len, and has the rest left."""
         out = self.head(len(self))
-        after = np.cumsum(self.prompt_len) - prefill_budget  # tokens past the budget
-        out.prefill_left = np.clip(after, 0, self.prompt_len)
+        out.prefill_left = self.prompt_len - prefill_chunks(self.prompt_len, prefill_budget)
         return out
