@@ -1,5 +1,5 @@
 """Decode attention fused with o_proj and the residual add (aiollm/kernels/attention_oproj.py)
-against its PyTorch reference.
+against its PyTorch reference, and a tiny Llama decoding through it.
 
 Without CUDA the kernel runs under Triton's CPU interpreter with CPU_CONFIG (16-token K/V
 blocks, 16 rows a program: contexts 16, 17 and 50 end inside, on and past a block's end; H
@@ -134,6 +134,79 @@ def test_takes_one_request_up_to_its_longest_context(monkeypatch):
     assert not ao.takes(1, ao.MAX_SEQ_LEN + 1)
     monkeypatch.setattr(ao, "ENABLED", False)
     assert not ao.takes(1, 16)
+
+
+# ---- a tiny Llama decoding through the fused kernel ------------------------------------------
+
+def tiny_llama():
+    from aiollm.model.config import ModelConfig, RopeConfig
+    from aiollm.model.llama import LlamaForCausalLM
+
+    cfg = ModelConfig(architecture="llama", vocab_size=101, hidden_size=48,
+                      intermediate_size=80, num_layers=3, num_heads=8, num_kv_heads=2,
+                      head_dim=16, rms_norm_eps=1e-5, rope=RopeConfig(), max_position=128)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg, max_len=128)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.8, 1.2)
+            else:
+                p.normal_(0.0, 1.0 if "embed" in name else 0.3)
+    return model.eval()
+
+
+def greedy(model, prompt: list[int], steps: int) -> tuple[list[int], torch.Tensor]:
+    """Prefill then `steps` decode steps of one request, the way the engine drives them:
+    (the tokens, the decode steps' logits [steps, V])."""
+    from aiollm.model.forward_batch import ForwardBatch
+    from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+
+    cfg = model.config
+    pool = KVPool(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 64, torch.float32, "cpu")
+    table = ReqToTokenTable(2, 64, "cpu")
+    row = table.alloc_row()
+
+    def step(ids: list[int], prefix: int) -> torch.Tensor:
+        slots = pool.alloc(len(ids))
+        table.write_cpu([row] * len(ids), list(range(prefix, prefix + len(ids))), slots)
+        batch = ForwardBatch.build(torch.tensor(ids), slots, torch.tensor([row]),
+                                   torch.tensor([prefix]), torch.tensor([len(ids)]),
+                                   table.table, pool, torch.device("cpu"))
+        return model(batch)[0]
+
+    tokens, logits = [], []
+    last = step(prompt, 0)
+    for i in range(steps):
+        tokens.append(int(last.argmax()))
+        last = step([tokens[-1]], len(prompt) + i)
+        logits.append(last)
+    return tokens, torch.stack(logits)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU model path")
+def test_tiny_llama_decodes_the_same_through_the_fused_kernel(monkeypatch):
+    """float32: the decode steps through the Triton kernel (the interpreter), through the
+    fused path's reference (the CPU path) and through attention + o_proj GEMV give the same
+    greedy tokens, logits within float32 rounding; 20 steps cross a 16-token block."""
+    model = tiny_llama()
+    prompt = [3, 14, 15, 92, 65]
+    monkeypatch.setattr(ao, "ENABLED", False)
+    unfused = greedy(model, prompt, 20)
+    monkeypatch.setattr(ao, "ENABLED", True)
+    fused_ref = greedy(model, prompt, 20)
+    assert fused_ref[0] == unfused[0] and torch.equal(fused_ref[1], unfused[1])
+    calls = []
+
+    def triton_on_cpu(*args):
+        calls.append(1)
+        return ao.attention_oproj_triton(*args)
+
+    monkeypatch.setattr(ao, "attention_oproj", triton_on_cpu)
+    fused = greedy(model, prompt, 20)
+    assert len(calls) == 20 * model.config.num_layers
+    assert fused[0] == unfused[0]
+    assert rel_err(fused[1], unfused[1]) <= 1e-5
 
 
 @pytest.mark.gpu

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from aiollm.kernels import (
+    attention_oproj,
     decode_attention,
     extend_attention,
     rms_norm,
@@ -155,7 +156,8 @@ class Attention(nn.Module):
                       cos_sin: torch.Tensor) -> torch.Tensor:
         """The attention block of a step of at most FUSED_MAX_TOKENS tokens on the residual
         stream [T, H]: norm, projection, rotary and KV store fused (gemv.py), attention, and
-        o_proj adding into the stream; returns the stream (float32, updated in place when it
+        o_proj adding into the stream (for a decode of one request all three in one kernel,
+        kernels/attention_oproj.py); returns the stream (float32, updated in place when it
         was float32)."""
         qkv_w, qkv_b = self.qkv_proj.weight, self.qkv_proj.bias
         if self.qk_norm:  # the per-head norms sit between the projection and the rotation
@@ -166,6 +168,13 @@ class Attention(nn.Module):
                 residual, norm.weight, norm.eps, qkv_w, qkv_b, batch.positions, cos_sin,
                 batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
                 batch.out_cache_loc, self.num_heads)
+        if (batch.is_decode and self.o_proj.bias is None
+                and attention_oproj.takes(residual.shape[0], batch.max_seq_len)):
+            # one kernel: attention, o_proj and the residual add (kernels/attention_oproj.py)
+            return attention_oproj.attention_oproj(
+                q, batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
+                batch.req_to_token, batch.req_rows, batch.seq_lens, self.sm_scale,
+                batch.max_seq_len, self.o_proj.weight, residual)
         o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
         return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
 
