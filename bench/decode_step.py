@@ -10,10 +10,12 @@ and times its replays with CUDA events: --rounds rounds over all variants in tur
 replays each, median per variant. Nothing is tuned (AIOLLM_AUTOTUNE=0): the graph takes the
 committed configs, with a variant's "cfg" ({kernel: {shape key: config}}) laid over them.
 A variant may also set "pdl" (false: plain launches), "merge" (decode attention's split
-outputs merged in its own launch, else by a reduce launch) and "skip", a list of parts left
-out of the graph (what the step costs without them, a bound, not a model; the outputs are
-garbage): "attention" (the attention kernel), "attention_block" (qkv, attention, o_proj),
-"mlp" (gate/up and down), "layers" (every layer: embedding, lm_head and sampling remain).
+outputs merged in its own launch, else by a reduce launch), "attn_oproj" (true or false:
+attention, o_proj and the residual add in one kernel, kernels/attention_oproj.py; default
+that module's ENABLED) and "skip", a list of parts left out of the graph (what the step
+costs without them, a bound, not a model; the outputs are garbage): "attention" (the
+attention kernel, of the unfused path), "attention_block" (qkv, attention, o_proj), "mlp"
+(gate/up and down), "layers" (every layer: embedding, lm_head and sampling remain).
 Prints µs per step and the step's share of the weight-read roofline (--copy-tbs, the copy
 bandwidth bench/decode.py measures), and writes the timings and each variant's spec as JSON
 to --out when given. With --combine it then takes,
@@ -57,7 +59,7 @@ def main() -> None:
 
     from aiollm import Engine
     from aiollm.engine.cuda_graph import DecodeGraphs
-    from aiollm.kernels import autotune, decode_attention, pdl
+    from aiollm.kernels import attention_oproj, autotune, decode_attention, pdl
     from aiollm.model import llama
 
     eng = Engine(args.model, load_format="dummy", dtype="bfloat16", cuda_graph=False,
@@ -87,6 +89,7 @@ def main() -> None:
         "layers": (llama.DecoderLayer, "forward_small", lambda self, r, *a: r),
     }
     plain = {part: getattr(cls, attr) for part, (cls, attr, _) in skips.items()}
+    fused_default = attention_oproj.ENABLED
     def capture(v: dict):
         table = copy.deepcopy(base_table)
         for kernel, entries in v.get("cfg", {}).items():
@@ -95,6 +98,9 @@ def main() -> None:
         autotune._resolved.clear()
         pdl._ON = v.get("pdl", True)
         decode_attention.MERGE_IN_KERNEL = v.get("merge", True)
+        # the attention kernel is left out of the unfused path only
+        attention_oproj.ENABLED = v.get("attn_oproj", fused_default
+                                        and "attention" not in v.get("skip", []))
         for part in v.get("skip", []):
             cls, attr, stub = skips[part]
             setattr(cls, attr, stub)
@@ -105,6 +111,7 @@ def main() -> None:
                 setattr(skips[part][0], skips[part][1], fn)
             autotune._tables[slug] = base_table
             pdl._ON, decode_attention.MERGE_IN_KERNEL = True, True
+            attention_oproj.ENABLED = fused_default
         return g, g.stage(1, [7], [ctx], [ctx], [0])
 
     def time_all(graphs: dict) -> dict[str, list[float]]:
