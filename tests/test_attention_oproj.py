@@ -223,11 +223,12 @@ def test_gpu_every_candidate_at_model_shapes(HQ, HKV, D, H):
     q, kc, vc, table, rows, lens, w_o = make_inputs(1000, HQ, HKV, D, H, torch.bfloat16)
     args = (q, kc, vc, table, rows, lens, D**-0.5, table.shape[1], w_o)
     res = torch.zeros(1, H, device=DEV)
-    ao.attention_oproj_triton(*args, res)  # compiles outside the capture
+    cfg = ao.DEFAULT_CONFIG  # given: nothing tuned, no config table written
+    ao.attention_oproj_triton(*args, res, config=cfg)  # compiles outside the capture
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = ao.attention_oproj_triton(*args, res)
+        out = ao.attention_oproj_triton(*args, res, config=cfg)
     for n in (1000, 1, 192):
         q.copy_(torch.randn_like(q))
         lens.fill_(n)
