@@ -55,14 +55,15 @@ from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 # The model takes this kernel for a decode batch of one request (llama.Attention.forward_small)
 ENABLED = True
-# ... whose graph's (or step's) longest context is at most this many tokens: past it every
-# program's serial pass over the context costs more than the split kernel's (a guess, to be
-# measured: bench/decode_step.py --max-model-len).
-MAX_SEQ_LEN = 1024
+# ... whose graph's (or step's) longest context is at most this many tokens: past some
+# length every program's serial pass over the context costs more than the split kernel's.
+# A guess that covers bench/decode.py's 264-token graphs; to be measured (decode_step.py
+# --context and --max-model-len).
+MAX_SEQ_LEN = 512
 TILE_ELEMENTS = 32  # W_o elements a thread holds in one tile (_tile_rows)
 MAX_BLOCKS = 1 << 12  # row blocks of one launch: the counters
 # The shape classes of the tuned configs: the longest context
-LENGTH_CLASSES = (256, 512, 1024)
+LENGTH_CLASSES = (256, 512)
 # BLOCK_N: rows of o_proj a program; BLOCK_KV: context tokens a block (a block covering the
 # whole context is loaded before the wait). A program's W_o rows are read in tiles of at
 # most TILE_ELEMENTS elements a thread (_tile_rows), the next tile in flight while one is
