@@ -31,6 +31,8 @@ def main() -> None:
     variants: dict[str, dict] = {"base": {"attn_oproj": False}, "fused": {"attn_oproj": True}}
     for c in attention_oproj.candidates(cfg.head_dim):
         name = f"fused-n{c['BLOCK_N']}-kv{c['BLOCK_KV']}-w{c['num_warps']}"
+        if "TILE" in c:
+            name += f"-t{c['TILE']}"
         variants[name] = {"attn_oproj": True, "cfg": {"attention_oproj": {key: c}}}
     print(json.dumps(variants, indent=1))
 

@@ -12,7 +12,7 @@ committed configs, with a variant's "cfg" ({kernel: {shape key: config}}) laid o
 A variant may also set "pdl" (false: plain launches), "merge" (decode attention's split
 outputs merged in its own launch, else by a reduce launch), "attn_oproj" (true or false:
 attention, o_proj and the residual add in one kernel, kernels/attention_oproj.py; default
-that module's ENABLED) and "skip", a list of parts left out of the graph (what the step
+that module's ENABLED: where a config is committed for the shape) and "skip", a list of parts left out of the graph (what the step
 costs without them, a bound, not a model; the outputs are garbage): "attention" (the
 attention kernel, of the unfused path), "attention_block" (qkv, attention, o_proj), "mlp"
 (gate/up and down), "layers" (every layer: embedding, lm_head and sampling remain).
@@ -99,8 +99,8 @@ def main() -> None:
         pdl._ON = v.get("pdl", True)
         decode_attention.MERGE_IN_KERNEL = v.get("merge", True)
         # the attention kernel is left out of the unfused path only
-        attention_oproj.ENABLED = v.get("attn_oproj", fused_default
-                                        and "attention" not in v.get("skip", []))
+        attention_oproj.ENABLED = v.get(
+            "attn_oproj", False if "attention" in v.get("skip", []) else fused_default)
         for part in v.get("skip", []):
             cls, attr, stub = skips[part]
             setattr(cls, attr, stub)

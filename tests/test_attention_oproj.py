@@ -19,6 +19,7 @@ if not torch.cuda.is_available():  # must precede the first import of triton
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from aiollm.kernels import attention_oproj as ao  # noqa: E402
+from aiollm.kernels import autotune  # noqa: E402
 
 DEV = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -130,10 +131,33 @@ def test_more_than_one_request_is_refused():
 
 
 def test_takes_one_request_up_to_its_longest_context(monkeypatch):
-    assert ao.takes(1, ao.MAX_SEQ_LEN) and not ao.takes(2, 16)
-    assert not ao.takes(1, ao.MAX_SEQ_LEN + 1)
+    q, kc, _, _, _, _, w_o = make_inputs(5, 4, 2, 16, 40, torch.float32)
+    q2 = torch.cat([q, q])
+    monkeypatch.setattr(ao, "ENABLED", True)
+    assert ao.takes(q, kc, w_o, ao.MAX_SEQ_LEN) and not ao.takes(q2, kc, w_o, 16)
+    assert not ao.takes(q, kc, w_o, ao.MAX_SEQ_LEN + 1)
     monkeypatch.setattr(ao, "ENABLED", False)
-    assert not ao.takes(1, 16)
+    assert not ao.takes(q, kc, w_o, 16)
+
+
+def test_takes_by_default_only_where_a_config_is_committed(monkeypatch):
+    """ENABLED None: the CPU never (no GPU table); a GPU where its table holds the shape's
+    config, at its class or the adjacent one, not for another shape."""
+    q, kc, _, _, _, _, w_o = make_inputs(5, 4, 2, 16, 40, torch.float32)
+    monkeypatch.setattr(ao, "ENABLED", None)
+    assert not ao.takes(q, kc, w_o, 16)
+    key = ao.config_key(4, 2, 16, 40, torch.float32, 512)
+    table = {"attention_oproj": {key: dict(ao.DEFAULT_CONFIG)}}
+    monkeypatch.setattr(autotune, "gpu_slug", lambda index: "TEST_GPU")
+    monkeypatch.setitem(autotune._tables, "TEST_GPU", table)
+    gpu = torch.device("cuda", 0)
+    assert autotune.committed("attention_oproj", key, gpu) == ao.DEFAULT_CONFIG
+    near = ao.config_key(4, 2, 16, 40, torch.float32, 256)
+    assert autotune.committed("attention_oproj", near, gpu, {"n": ao.LENGTH_CLASSES})
+    assert autotune.committed("attention_oproj", near, gpu) is None
+    other = ao.config_key(4, 2, 16, 80, torch.float32, 512)
+    assert autotune.committed("attention_oproj", other, gpu, {"n": ao.LENGTH_CLASSES}) is None
+    assert autotune.committed("attention_oproj", key, torch.device("cpu")) is None
 
 
 # ---- a tiny Llama decoding through the fused kernel ------------------------------------------

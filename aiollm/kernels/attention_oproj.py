@@ -43,24 +43,30 @@ candidates(head_dim) leaves out the configs that spilled.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from aiollm.kernels import pdl
+from aiollm.kernels import autotune, pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 from aiollm.kernels.decode_attention import LOG2E, _attend, _load_kv, decode_attention_ref
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
-# The model takes this kernel for a decode batch of one request (llama.Attention.forward_small)
-ENABLED = True
+# The model takes this kernel for a decode batch of one request (llama.Attention.forward_small):
+# None (the default) where the GPU's config table holds a config for the shape, which is
+# committed only where the fused kernel made the decode step faster than the unfused path
+# (bench/decode_step.py; on the H200 the 1B shape's, not the 8B's, where it lost); True
+# always (tests, benchmarks), also on the CPU (its reference); False never.
+ENABLED: bool | None = None
 # ... whose graph's (or step's) longest context is at most this many tokens: past some
 # length every program's serial pass over the context costs more than the split kernel's.
 # A guess that covers bench/decode.py's 264-token graphs; to be measured (decode_step.py
 # --context and --max-model-len).
 MAX_SEQ_LEN = 512
-TILE_ELEMENTS = 32  # W_o elements a thread holds in one tile (_tile_rows)
+TILE_ELEMENTS = 32  # W_o elements a thread holds in one tile (_tile_rows), unless a config's TILE says
 MAX_BLOCKS = 1 << 12  # row blocks of one launch: the counters
 # The shape classes of the tuned configs: the longest context
 LENGTH_CLASSES = (256, 512)
@@ -73,6 +79,9 @@ CPU_CONFIG: Config = {"BLOCK_N": 16, "BLOCK_KV": 16, "num_warps": 1, "num_stages
 CANDIDATES: list[Config] = [
     {"BLOCK_N": bn, "BLOCK_KV": bkv, "num_warps": w, "num_stages": 1}
     for bn in (16, 32, 64, 128, 256) for bkv in (32, 64, 128, 256) for w in (4, 8)
+] + [  # 16 warps: a larger K/V block or W_o tile (TILE elements a thread) loaded before the wait
+    {"BLOCK_N": bn, "BLOCK_KV": bkv, "num_warps": 16, "num_stages": 1, "TILE": tile}
+    for bn in (64, 128, 256) for bkv in (128, 256, 512) for tile in (32, 64)
 ]
 
 
@@ -206,7 +215,7 @@ def _tile_rows(cfg: Config, group_p2: int, block_d: int) -> int:
     """Rows of a W_o tile: at most TILE_ELEMENTS of its elements a thread, at most the
     program's rows."""
     per_row = group_p2 * block_d
-    budget = TILE_ELEMENTS * 32 * cfg["num_warps"]
+    budget = cfg.get("TILE", TILE_ELEMENTS) * 32 * cfg["num_warps"]
     rows = 1 << max(0, (budget // per_row).bit_length() - 1) if budget >= per_row else 1
     return min(cfg["BLOCK_N"], rows)
 
@@ -320,7 +329,20 @@ def attention_oproj(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_sc
               w_o, residual)
 
 
-def takes(batch_size: int, max_seq_len: int) -> bool:
-    """Whether a decode step of batch_size requests and this longest context takes the fused
-    kernel (ENABLED, one request, a context of at most MAX_SEQ_LEN)."""
-    return ENABLED and batch_size == 1 and max_seq_len <= MAX_SEQ_LEN
+def takes(q: torch.Tensor, k_cache: torch.Tensor, w_o: torch.Tensor, max_seq_len: int) -> bool:
+    """Whether a decode step with queries q [B, HQ, D], this layer's k_cache [S, HKV, D] and
+    o_proj weight w_o [H, HQ*D], sized for contexts up to max_seq_len tokens, takes the fused
+    kernel: one request (B == 1), max_seq_len at most MAX_SEQ_LEN, and ENABLED (None: a
+    config committed for the shape on q's GPU, autotune.committed)."""
+    if ENABLED is False or q.shape[0] != 1 or max_seq_len > MAX_SEQ_LEN:
+        return False
+    if ENABLED:
+        return True
+    key = config_key(q.shape[1], k_cache.shape[1], q.shape[2], w_o.shape[0], q.dtype,
+                     max_seq_len)
+    return _committed(key, q.device)
+
+
+@functools.cache
+def _committed(key: str, device: torch.device) -> bool:
+    return autotune.committed("attention_oproj", key, device, {"n": LENGTH_CLASSES}) is not None

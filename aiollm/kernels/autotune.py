@@ -209,6 +209,22 @@ def get_config(
     return best
 
 
+def committed(kernel: str, key: str, device: torch.device,
+              classes: dict[str, tuple[int, ...]] | None = None) -> Config | None:
+    """The config the table of `device`'s GPU holds for `kernel` at `key`, else an adjacent
+    size class's (nearest_class, one step); None when it holds neither or `device` is not a
+    GPU. Never tunes: for a caller that takes a kernel only where one was measured."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with _lock:
+        entries = _table(gpu_slug(index)).get(kernel, {})
+        if key in entries:
+            return entries[key]
+        near = nearest_class(entries, key, classes) if classes else None
+    return near[1] if near else None
+
+
 @contextlib.contextmanager
 def untuned():
     """Launches on this thread inside the block use the cached config (else an adjacent

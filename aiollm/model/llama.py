@@ -169,7 +169,8 @@ class Attention(nn.Module):
                 batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
                 batch.out_cache_loc, self.num_heads)
         if (batch.is_decode and self.o_proj.bias is None
-                and attention_oproj.takes(residual.shape[0], batch.max_seq_len)):
+                and attention_oproj.takes(q, batch.kv_pool.k_cache[self.layer_id],
+                                          self.o_proj.weight, batch.max_seq_len)):
             # one kernel: attention, o_proj and the residual add (kernels/attention_oproj.py)
             return attention_oproj.attention_oproj(
                 q, batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
