@@ -416,6 +416,46 @@ def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, engi
     assert_all_free(engine)
 
 
+def test_batch_one_short_context_steps_take_the_short_graph(loop, engine):
+    """A decode batch of one request whose context fits short_len runs the step sized for
+    short_len (on a GPU its own CUDA graph, SHORT_CONTEXT), a longer one and any larger batch
+    the step sized for the table's longest; the tokens are those of the plain steps."""
+    graphs = engine.runner.graphs
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    prompt = engine.tokenizer.encode(PROMPTS[0])
+    short = len(prompt) + 5  # the first decode steps fit, the later ones do not
+    assert short < engine.max_model_len
+
+    async def one():
+        return (await engine.generate(prompt, params)).token_ids
+
+    async def two():
+        return [o.token_ids for o in await asyncio.gather(
+            engine.generate(prompt, params), engine.generate(PROMPTS[1], params))]
+
+    plain, plain_two = run(loop, one()), run(loop, two())
+    seen = []
+    model = engine.runner.model
+    forward = model.forward
+
+    def spy(batch):
+        if batch.is_decode:
+            seen.append((batch.input_ids.shape[0], int(batch.seq_lens.max()), batch.max_seq_len))
+        return forward(batch)
+
+    graphs.short_len, model.forward = short, spy
+    try:
+        assert run(loop, one()) == plain and run(loop, two()) == plain_two
+    finally:
+        graphs.short_len, graphs._short = None, False
+        del model.forward
+    long = engine.req_to_token.max_len
+    assert {m for b, n, m in seen if b == 1 and n <= short} == {short}
+    assert {m for b, n, m in seen if b == 1 and n > short} == {long}
+    assert {m for b, n, m in seen if b > 1} == {long}
+    assert_all_free(engine)
+
+
 def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     """With mixed_prefill_tokens, a step that decodes carries at most that many prompt
     tokens (running streams wait less for their next token); a step with nothing to decode

@@ -15,6 +15,12 @@ step is one copy in, one replay and one copy out:
 - after the forward pass it takes each row's argmax and whether its logits are all finite,
   packed as [2, bs] int64, and leaves the argmax in `prev_ids` for the next step.
 
+Batch 1 gets a second graph when the engine's longest context is longer than SHORT_CONTEXT:
+the same step sized for contexts up to SHORT_CONTEXT tokens (kernels that size their launch
+by the longest context launch less, and the fused attention + o_proj kernel, which takes
+only such steps, runs: kernels/attention_oproj.py), replayed when the request's context
+fits it.
+
 A batch is padded up to its bucket: padding rows read and write the req_to_token table's
 padding row and the KV pool's scratch slot. Buckets are few (batch_buckets): a padding row
 costs little next to the weights every step reads, and each graph costs start-up time. Prefill and larger batches run eagerly. Without
@@ -29,7 +35,7 @@ import time
 
 import torch
 
-from aiollm.kernels import autotune
+from aiollm.kernels import attention_oproj, autotune
 from aiollm.kernels.decode_io import FIELDS, decode_inputs, greedy_pick
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
@@ -37,6 +43,8 @@ from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 log = logging.getLogger(__name__)
 
 STAGING = 3  # staging buffers in turn (a buffer is reused once its step has completed)
+# Batch 1's second graph serves contexts up to this many tokens (attention_oproj's limit)
+SHORT_CONTEXT = attention_oproj.MAX_SEQ_LEN
 
 
 def batch_buckets(max_bs: int) -> list[int]:
@@ -79,6 +87,12 @@ class DecodeGraphs:
         self._arange32 = torch.arange(max_bs, dtype=torch.int32, device=dev)
         self._arange64 = torch.arange(max_bs, dtype=torch.int64, device=dev)
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        # batch 1 at contexts up to short_len (None: no second graph); whether the batch
+        # staged last takes it (stage() and run() alternate: the engine launches each step
+        # right after preparing it)
+        self.short_len = SHORT_CONTEXT if capture and r2t.max_len > SHORT_CONTEXT else None
+        self.short_graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
+        self._short = False
         if capture:
             self._capture()
 
@@ -101,6 +115,7 @@ class DecodeGraphs:
         v[2, :b] = out_cache_loc
         v[3, :b] = req_rows
         self._pad(v, b)
+        self._short = bs == 1 and self.short_len is not None and int(v[1, 0]) < self.short_len
         self.inp[: FIELDS * bs].copy_(buf[: FIELDS * bs], non_blocking=True)
         return bs
 
@@ -111,8 +126,9 @@ class DecodeGraphs:
         v[2, b:] = self.kv_pool.scratch_slot
         v[3, b:] = self.r2t.pad_row
 
-    def _step(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decode step on the static inputs of bucket bs: (logits [bs, V], [2, bs])."""
+    def _step(self, bs: int, max_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decode step on the static inputs of bucket bs, for contexts up to max_len
+        tokens (default the table's longest): (logits [bs, V], [2, bs])."""
         _, pos, loc, rows = self.inp[: FIELDS * bs].view(FIELDS, bs).unbind(0)
         table = self.r2t.table
         # placeholders resolved from prev_ids, slots written to req_to_token, int32 views
@@ -121,7 +137,7 @@ class DecodeGraphs:
             input_ids=ids, positions=pos, out_cache_loc=loc, req_rows=i32[0],
             prefix_lens=i32[1], extend_lens=self._ones[:bs], seq_lens=i32[2],
             q_start_loc=self._arange32[:bs], logits_index=self._arange64[:bs], is_decode=True,
-            max_extend_len=1, max_seq_len=self.r2t.max_len, req_to_token=table,
+            max_extend_len=1, max_seq_len=max_len or self.r2t.max_len, req_to_token=table,
             kv_pool=self.kv_pool, token_rows=rows)
         logits = self.model.forward(fb)
         return logits, greedy_pick(logits, self.prev_ids)
@@ -140,25 +156,34 @@ class DecodeGraphs:
         main = torch.cuda.current_stream(dev)
         with autotune.untuned(), torch.cuda.device(dev):
             for bs in reversed(self.buckets):
-                self._pad(self.inp[: FIELDS * bs].view(FIELDS, bs), 0)
-                stream.wait_stream(main)
-                with torch.cuda.stream(stream):
-                    self._step(bs)  # one eager step: its kernels compile outside the capture
-                main.wait_stream(stream)
-                g = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(g, pool=pool, stream=stream):
-                    logits, packed = self._step(bs)
-                self.graphs[bs] = (g, logits, packed)
+                self.graphs[bs] = self._capture_one(bs, None, pool, stream, main)
+            if self.short_len is not None:
+                self.short_graph = self._capture_one(1, self.short_len, pool, stream, main)
         torch.cuda.synchronize(dev)
-        log.info("captured %d decode CUDA graphs (batch sizes %s, %.0f MiB) in %.1fs",
-                 len(self.graphs), ",".join(map(str, self.buckets)),
+        log.info("captured %d decode CUDA graphs (batch sizes %s%s, %.0f MiB) in %.1fs",
+                 len(self.graphs) + (self.short_graph is not None),
+                 ",".join(map(str, self.buckets)),
+                 f"; batch 1 again for contexts up to {self.short_len}" if self.short_len else "",
                  (torch.cuda.memory_reserved(dev) - reserved) / 2**20, time.monotonic() - t0)
+
+    def _capture_one(self, bs: int, max_len: int | None, pool, stream, main):
+        """(graph, logits, packed) of the step at bucket bs for contexts up to max_len."""
+        self._pad(self.inp[: FIELDS * bs].view(FIELDS, bs), 0)
+        stream.wait_stream(main)
+        with torch.cuda.stream(stream):
+            self._step(bs, max_len)  # one eager step: its kernels compile outside the capture
+        main.wait_stream(stream)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=pool, stream=stream):
+            logits, packed = self._step(bs, max_len)
+        return g, logits, packed
 
     def run(self, bs: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the staged batch at bucket bs: (logits [bs, V], packed [2, bs] int64 of the
         argmax and the non-finite flag of each row)."""
-        if not self.capture:
-            return self._step(bs)
-        g, logits, packed = self.graphs[bs]
+        if not self.capture:  # (a test may set short_len here)
+            return self._step(bs, self.short_len if self._short else None)
+        short = self._short and self.short_graph is not None
+        g, logits, packed = self.short_graph if short else self.graphs[bs]
         g.replay()
         return logits, packed

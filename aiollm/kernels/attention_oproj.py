@@ -24,7 +24,10 @@ of K/V a program: at BLOCK_N 64 (32 row blocks, 256 programs) 12 MiB of L2 reads
 next to 8 MiB of W_o read from memory, at BLOCK_N 128 6 MiB. At the 8B shape (128 dims,
 H 4,096) it is 96 KiB a program, 12 MiB a layer at BLOCK_N 256 (128 programs) against
 32 MiB of W_o. The cost grows with the context, so the model takes this kernel only up to
-MAX_SEQ_LEN (a graph's longest context; not measured where the two paths cross).
+MAX_SEQ_LEN (a graph's longest context; not measured where the two paths cross). An engine
+whose longest context is longer captures batch 1 a second time for contexts up to
+MAX_SEQ_LEN (engine/cuda_graph.py, SHORT_CONTEXT), so its short-context steps take this
+kernel too.
 
 Reduction, deterministic (no float atomics): each program writes its partial to a float32
 scratch [HKV, H], then counts itself in on its row block's int32 counter (a barrier, then
@@ -61,12 +64,11 @@ from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 # (bench/decode_step.py; on the H200 the 1B shape's, not the 8B's, where it lost); True
 # always (tests, benchmarks), also on the CPU (its reference); False never.
 ENABLED: bool | None = None
-# ... whose graph's (or step's) longest context is at most this many tokens: past some
-# length every program's serial pass over the context costs more than the split kernel's.
-# A guess that covers bench/decode.py's 264-token graphs; to be measured (decode_step.py
-# --context and --max-model-len).
+# ... whose step is sized for contexts of at most this many tokens (the batch-1 graph of
+# contexts up to it, engine/cuda_graph.py): past some length every program's serial pass
+# over the context costs more than the split kernel's. Where they cross is not measured.
 MAX_SEQ_LEN = 512
-TILE_ELEMENTS = 32  # W_o elements a thread holds in one tile (_tile_rows), unless a config's TILE says
+TILE_ELEMENTS = 32  # W_o elements a thread holds in a tile (_tile_rows), unless a config's TILE
 MAX_BLOCKS = 1 << 12  # row blocks of one launch: the counters
 # The shape classes of the tuned configs: the longest context
 LENGTH_CLASSES = (256, 512)
