@@ -55,7 +55,8 @@ import triton.language as tl
 
 from aiollm.kernels import autotune, pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
-from aiollm.kernels.decode_attention import LOG2E, _attend, _load_kv, decode_attention_ref
+from aiollm.kernels.decode_attention import (LOG2E, _attend_context, _load_kv,
+                                             arrival_counters, decode_attention_ref)
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 # The model takes this kernel for a decode batch of one request (llama.Attention.forward_small):
@@ -140,16 +141,9 @@ def _attention_oproj_kernel(
     k_new = tl.load(k_base + slot_new * stride_ks + d, mask=dmask, other=0.0)
     v_new = tl.load(v_base + slot_new * stride_vs + d, mask=dmask, other=0.0)
 
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
-    for start_n in range(BLOCK_KV, newest, BLOCK_KV):
-        offs_n = start_n + tl.arange(0, BLOCK_KV)
-        nmask = offs_n < newest
-        k, v = _load_kv(r2t_row, k_base, v_base, offs_n, nmask, d, dmask, stride_ks,
-                        stride_vs, BLOCK_D == HEAD_DIM)
-        m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
+    m_i, l_i, acc = _attend_context(q, k, v, nmask, r2t_row, k_base, v_base, 0, newest, d,
+                                    dmask, stride_ks, stride_vs, sm_scale_log2, BLOCK_H,
+                                    BLOCK_D, BLOCK_KV, BLOCK_D == HEAD_DIM, PRECISION)
     # the newest token: one score per query head, in float32; it always has weight > 0
     s = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * sm_scale_log2
     m_new = tl.maximum(m_i, s)
@@ -226,14 +220,8 @@ _counters: dict[torch.device, torch.Tensor] = {}
 
 
 def _block_counters(device: torch.device) -> torch.Tensor:
-    """The row blocks' arrival counters on `device`: zero between launches, allocated once and
-    kept, since captured graphs hold its address."""
-    c = _counters.get(device)
-    if c is None:
-        assert not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()), \
-            "attention_oproj's counters must be allocated before a CUDA graph capture"
-        c = _counters[device] = torch.zeros(MAX_BLOCKS, dtype=torch.int32, device=device)
-    return c
+    """The row blocks' arrival counters on `device` (the last program of a block resets it)."""
+    return arrival_counters(_counters, device, MAX_BLOCKS, "attention_oproj")
 
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o, res_in,

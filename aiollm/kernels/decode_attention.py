@@ -88,6 +88,27 @@ def _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION: tl.constexp
     return m_new, l_i, acc
 
 
+@triton.jit
+def _attend_context(q, k, v, nmask, r2t_row, k_base, v_base, start, end, d, dmask,
+                    stride_ks, stride_vs, sm_scale_log2, BLOCK_H: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, FULL_D: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """Online softmax of q [BLOCK_H, BLOCK_D] over positions [start, end) of a request:
+    the first block k, v (its mask nmask), already loaded by the caller (before its
+    dependent-launch wait), then the rest BLOCK_N at a time. Returns (m_i, l_i, acc)."""
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
+    for start_n in range(start + BLOCK_N, end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        nmask = offs_n < end
+        k, v = _load_kv(r2t_row, k_base, v_base, offs_n, nmask, d, dmask, stride_ks,
+                        stride_vs, FULL_D)
+        m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
+    return m_i, l_i, acc
+
+
 # The split count and the strides that follow from it are runtime values: specialising on
 # them (Triton compiles a variant for 1, for multiples of 16 and for the rest) would compile
 # one more variant per split count a batch size or context class picks.
@@ -143,16 +164,10 @@ def _decode_kernel(
     k_new = tl.load(k_base + slot_new * stride_ks + d, mask=dmask, other=0.0)
     v_new = tl.load(v_base + slot_new * stride_vs + d, mask=dmask, other=0.0)
 
-    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
-    for start_n in range(start + BLOCK_N, end_old, BLOCK_N):
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        nmask = offs_n < end_old
-        k, v = _load_kv(ReqToToken + row * stride_r2t, k_base, v_base, offs_n, nmask, d,
-                        dmask, stride_ks, stride_vs, BLOCK_D == HEAD_DIM)
-        m_i, l_i, acc = _attend(q, k, v, nmask, m_i, l_i, acc, sm_scale_log2, PRECISION)
+    m_i, l_i, acc = _attend_context(
+        q, k, v, nmask, ReqToToken + row * stride_r2t, k_base, v_base, start, end_old, d,
+        dmask, stride_ks, stride_vs, sm_scale_log2, BLOCK_H, BLOCK_D, BLOCK_N,
+        BLOCK_D == HEAD_DIM, PRECISION)
     # the newest token: one score per query head, in float32
     s = tl.sum(q.to(tl.float32) * k_new.to(tl.float32)[None, :], 1) * sm_scale_log2
     s = tl.where((newest >= start) & (newest < end), s, float("-inf"))
@@ -272,15 +287,23 @@ def num_kv_splits(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
 _counters: dict[torch.device, torch.Tensor] = {}
 
 
-def _merge_counters(device: torch.device) -> torch.Tensor:
-    """The split launches' arrival counters on `device`: zero between launches (the merging
-    program resets its own), allocated once and kept, since captured graphs hold its address."""
-    c = _counters.get(device)
+def arrival_counters(cache: dict[torch.device, torch.Tensor], device: torch.device, size: int,
+                     kernel: str) -> torch.Tensor:
+    """int32 [size] counters on `device` that a kernel's programs count themselves in on
+    (the last one resets its counter, so they are zero between launches): allocated once per
+    `cache` and device and kept, since captured CUDA graphs hold their address.
+    AssertionError when first asked for during a capture."""
+    c = cache.get(device)
     if c is None:
         assert not (device.type == "cuda" and torch.cuda.is_current_stream_capturing()), \
-            "decode attention's counters must be allocated before a CUDA graph capture"
-        c = _counters[device] = torch.zeros(MAX_COUNTERS, dtype=torch.int32, device=device)
+            f"{kernel}'s counters must be allocated before a CUDA graph capture"
+        c = cache[device] = torch.zeros(size, dtype=torch.int32, device=device)
     return c
+
+
+def _merge_counters(device: torch.device) -> torch.Tensor:
+    """The split launches' arrival counters on `device` (the merging program resets its own)."""
+    return arrival_counters(_counters, device, MAX_COUNTERS, "decode attention")
 
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
