@@ -12,10 +12,11 @@ committed configs, with a variant's "cfg" ({kernel: {shape key: config}}) laid o
 A variant may also set "pdl" (false: plain launches), "merge" (decode attention's split
 outputs merged in its own launch, else by a reduce launch), "attn_oproj" (true or false:
 attention, o_proj and the residual add in one kernel, kernels/attention_oproj.py; default
-that module's ENABLED: where a config is committed for the shape) and "skip", a list of parts left out of the graph (what the step
-costs without them, a bound, not a model; the outputs are garbage): "attention" (the
-attention kernel, of the unfused path), "attention_block" (qkv, attention, o_proj), "mlp"
-(gate/up and down), "layers" (every layer: embedding, lm_head and sampling remain).
+that module's ENABLED: where a config is committed for the shape) and "skip", a list of
+parts left out of the graph (what the step costs without them, a bound, not a model; the
+outputs are garbage): "attention" (the attention kernel, of the unfused path),
+"attention_block" (qkv, attention, o_proj), "mlp" (gate/up and down), "layers" (every
+layer: embedding, lm_head and sampling remain).
 Prints µs per step and the step's share of the weight-read roofline (--copy-tbs, the copy
 bandwidth bench/decode.py measures), and writes the timings and each variant's spec as JSON
 to --out when given. With --combine it then takes,

@@ -18,8 +18,8 @@ step is one copy in, one replay and one copy out:
 Batch 1 gets a second graph when the engine's longest context is longer than SHORT_CONTEXT:
 the same step sized for contexts up to SHORT_CONTEXT tokens (kernels that size their launch
 by the longest context launch less, and the fused attention + o_proj kernel, which takes
-only such steps, runs: kernels/attention_oproj.py), replayed when the request's context
-fits it.
+only such steps, runs where it is enabled for the shape: kernels/attention_oproj.py),
+replayed when the request's context fits it.
 
 A batch is padded up to its bucket: padding rows read and write the req_to_token table's
 padding row and the KV pool's scratch slot. Buckets are few (batch_buckets): a padding row
