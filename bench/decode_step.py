@@ -97,6 +97,7 @@ def main() -> None:
             table.setdefault(kernel, {}).update(entries)
         autotune._tables[slug] = table
         autotune._resolved.clear()
+        attention_oproj._committed.cache_clear()  # ENABLED None reads this variant's table
         pdl._ON = v.get("pdl", True)
         decode_attention.MERGE_IN_KERNEL = v.get("merge", True)
         # the attention kernel is left out of the unfused path only
