@@ -134,3 +134,44 @@ def test_mixed_steps_match_alone_on_gpu(smol):
     alone, together, steps = asyncio.run(run())
     assert any(1 in s and max(s) > 1 for s in steps), steps  # some step was mixed
     assert together == alone
+
+
+def test_batch_one_across_the_short_graph_matches_eager(smol, monkeypatch):
+    """One request whose decode crosses SHORT_CONTEXT (engine/cuda_graph.py): its steps up to
+    it replay batch 1's short graph, with the fused attention + o_proj kernel forced into it,
+    the later ones the full-length graph, whose first step reads the token the short graph
+    left in prev_ids. The greedy tokens (fp32) are those of eager steps without the kernel."""
+    from aiollm import Engine, SamplingParams
+    from aiollm.engine.cuda_graph import SHORT_CONTEXT
+    from aiollm.kernels import attention_oproj
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    # no config is committed for this shape: never tune (nor write the package's table)
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
+    model, tok = smol
+    text = " ".join(PROMPTS * 40)
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    fused = []
+
+    def counted(*args):
+        fused.append(1)
+        return attention_oproj_call(*args)
+
+    attention_oproj_call = attention_oproj.attention_oproj
+    monkeypatch.setattr(attention_oproj, "attention_oproj", counted)
+
+    async def run(**opts):
+        async with Engine(model, device="cuda", dtype="float32", kv_tokens=16384,
+                          tokenizer=tok, **opts) as eng:
+            assert eng.req_to_token.max_len > SHORT_CONTEXT
+            prompt = eng.tokenizer.encode(text)[: SHORT_CONTEXT - 12]
+            assert len(prompt) == SHORT_CONTEXT - 12
+            return (await eng.generate(prompt, params)).token_ids, eng.runner.graphs
+
+    monkeypatch.setattr(attention_oproj, "ENABLED", False)
+    eager, _ = asyncio.run(run(cuda_graph=False))
+    assert not fused
+    monkeypatch.setattr(attention_oproj, "ENABLED", True)
+    graphed, graphs = asyncio.run(run())
+    assert graphs.short_graph is not None and fused  # captured with the kernel in it
+    assert graphed == eager
