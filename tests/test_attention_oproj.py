@@ -180,6 +180,20 @@ def tiny_llama():
     return model.eval()
 
 
+def test_short_context_step_says_where_the_decode_graphs_capture_batch_one_again(monkeypatch):
+    """The model's short_context_step (what engine/cuda_graph.py captures a second batch-1
+    graph for): the fused kernel taken at that size; not on the CPU by default, not past
+    MAX_SEQ_LEN, not with an o_proj bias."""
+    model = tiny_llama()
+    assert not model.short_context_step(ao.MAX_SEQ_LEN)  # ENABLED None: no GPU table here
+    monkeypatch.setattr(ao, "ENABLED", True)
+    assert model.short_context_step(ao.MAX_SEQ_LEN)
+    assert not model.short_context_step(ao.MAX_SEQ_LEN + 1)
+    o_proj = model.layers[0].self_attn.o_proj
+    monkeypatch.setattr(o_proj, "bias", torch.nn.Parameter(torch.zeros(48)))
+    assert not model.short_context_step(ao.MAX_SEQ_LEN)
+
+
 def greedy(model, prompt: list[int], steps: int) -> tuple[list[int], torch.Tensor]:
     """Prefill then `steps` decode steps of one request, the way the engine drives them:
     (the tokens, the decode steps' logits [steps, V])."""

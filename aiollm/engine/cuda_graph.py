@@ -15,11 +15,11 @@ step is one copy in, one replay and one copy out:
 - after the forward pass it takes each row's argmax and whether its logits are all finite,
   packed as [2, bs] int64, and leaves the argmax in `prev_ids` for the next step.
 
-Batch 1 gets a second graph when the engine's longest context is longer than SHORT_CONTEXT:
-the same step sized for contexts up to SHORT_CONTEXT tokens (kernels that size their launch
-by the longest context launch less, and the fused attention + o_proj kernel, which takes
-only such steps, runs where it is enabled for the shape: kernels/attention_oproj.py),
-replayed when the request's context fits it.
+Batch 1 gets a second graph, the same step sized for contexts up to SHORT_CONTEXT tokens,
+when the engine's longest context is longer and the model runs a kernel in such a step that
+it does not in a longer one (model.short_context_step: the fused attention + o_proj, where
+it is enabled for the shape, kernels/attention_oproj.py); it is replayed when the request's
+context fits it.
 
 A batch is padded up to its bucket: padding rows read and write the req_to_token table's
 padding row and the KV pool's scratch slot. Buckets are few (batch_buckets): a padding row
@@ -90,7 +90,8 @@ class DecodeGraphs:
         # batch 1 at contexts up to short_len (None: no second graph); whether the batch
         # staged last takes it (stage() and run() alternate: the engine launches each step
         # right after preparing it)
-        self.short_len = SHORT_CONTEXT if capture and r2t.max_len > SHORT_CONTEXT else None
+        self.short_len = (SHORT_CONTEXT if capture and r2t.max_len > SHORT_CONTEXT
+                          and model.short_context_step(SHORT_CONTEXT) else None)
         self.short_graph: tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor] | None = None
         self._short = False
         if capture:

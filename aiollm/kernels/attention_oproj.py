@@ -323,15 +323,23 @@ def attention_oproj(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_sc
 def takes(q: torch.Tensor, k_cache: torch.Tensor, w_o: torch.Tensor, max_seq_len: int) -> bool:
     """Whether a decode step with queries q [B, HQ, D], this layer's k_cache [S, HKV, D] and
     o_proj weight w_o [H, HQ*D], sized for contexts up to max_seq_len tokens, takes the fused
-    kernel: one request (B == 1), max_seq_len at most MAX_SEQ_LEN, and ENABLED (None: a
-    config committed for the shape on q's GPU, autotune.committed)."""
-    if ENABLED is False or q.shape[0] != 1 or max_seq_len > MAX_SEQ_LEN:
+    kernel: one request (B == 1) and takes_shape."""
+    return q.shape[0] == 1 and takes_shape(q.shape[1], k_cache.shape[1], q.shape[2],
+                                           w_o.shape[0], q.dtype, q.device, max_seq_len)
+
+
+def takes_shape(num_heads: int, num_kv_heads: int, head_dim: int, hidden: int,
+                dtype: torch.dtype, device: torch.device, max_seq_len: int) -> bool:
+    """Whether a one-request decode step of this attention shape on `device`, sized for
+    contexts up to max_seq_len tokens, takes the fused kernel: max_seq_len at most
+    MAX_SEQ_LEN, and ENABLED (None: a config committed for the shape on the device's GPU,
+    autotune.committed)."""
+    if ENABLED is False or max_seq_len > MAX_SEQ_LEN:
         return False
     if ENABLED:
         return True
-    key = config_key(q.shape[1], k_cache.shape[1], q.shape[2], w_o.shape[0], q.dtype,
-                     max_seq_len)
-    return _committed(key, q.device)
+    key = config_key(num_heads, num_kv_heads, head_dim, hidden, dtype, max_seq_len)
+    return _committed(key, device)
 
 
 @functools.cache

@@ -307,6 +307,18 @@ class LlamaForCausalLM(nn.Module):
             cache = cos_sin_cache(self.config.rope, self.config.head_dim, self.max_len)
             self.cos_sin_cache = cache.to(self.cos_sin_cache.device)
 
+    def short_context_step(self, max_seq_len: int) -> bool:
+        """Whether a one-request decode step sized for contexts up to max_seq_len tokens runs
+        a kernel that one sized for longer contexts does not: attention, o_proj and the
+        residual add fused (kernels/attention_oproj.py), which the decode graphs capture a
+        batch-1 graph for (engine/cuda_graph.py)."""
+        attn = self.layers[0].self_attn
+        w_o = attn.o_proj.weight
+        return (self.fused_small and attn.o_proj.bias is None
+                and attention_oproj.takes_shape(attn.num_heads, attn.num_kv_heads,
+                                                attn.head_dim, w_o.shape[0], w_o.dtype,
+                                                w_o.device, max_seq_len))
+
     @property
     def lm_head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
