@@ -184,7 +184,6 @@ class DecodeGraphs:
         argmax and the non-finite flag of each row)."""
         if not self.capture:  # (a test may set short_len here)
             return self._step(bs, self.short_len if self._short else None)
-        short = self._short and self.short_graph is not None
-        g, logits, packed = self.short_graph if short else self.graphs[bs]
+        g, logits, packed = self.short_graph if self._short else self.graphs[bs]
         g.replay()
         return logits, packed

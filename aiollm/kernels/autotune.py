@@ -179,16 +179,12 @@ def get_config(
     """
     if device.type != "cuda":
         return default
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     resolved = _resolved.get((kernel, key, index))
     if resolved is not None and (not resolved[1] or autotune_mode() in (0, AUTO)):
         return resolved[0]
     slug = gpu_slug(index)
-    with _lock:
-        entries = _table(slug).get(kernel, {})
-        cached = entries.get(key)
-        near = (nearest_class(entries, key, classes, candidates=candidates)
-                if cached is None and classes else None)
+    cached, near = _lookup(kernel, key, slug, classes, candidates)
     borrowed = near[1] if near else None
     mode = autotune_mode()
     if torch.cuda.is_current_stream_capturing() or getattr(_untuned, "active", False):
@@ -216,13 +212,28 @@ def committed(kernel: str, key: str, device: torch.device,
     GPU. Never tunes: for a caller that takes a kernel only where one was measured."""
     if device.type != "cuda":
         return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    with _lock:
-        entries = _table(gpu_slug(index)).get(kernel, {})
-        if key in entries:
-            return entries[key]
-        near = nearest_class(entries, key, classes) if classes else None
+    cached, near = _lookup(kernel, key, gpu_slug(_index(device)), classes)
+    if cached is not None:
+        return cached
     return near[1] if near else None
+
+
+def _index(device: torch.device) -> int:
+    """The CUDA device index of `device` (the current device when it names none)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _lookup(kernel: str, key: str, slug: str, classes: dict[str, tuple[int, ...]] | None,
+            candidates: list[Config] | None = None
+            ) -> tuple[Config | None, tuple[str, Config] | None]:
+    """(the table's config for `key`, else None; when it has none, the nearest adjacent
+    size class's (key, config) when `classes` are given and one exists, else None)."""
+    with _lock:
+        entries = _table(slug).get(kernel, {})
+        cached = entries.get(key)
+        near = (nearest_class(entries, key, classes, candidates=candidates)
+                if cached is None and classes else None)
+    return cached, near
 
 
 @contextlib.contextmanager
