@@ -58,7 +58,7 @@ from aiollm.kernels import autotune, l2_prefetch, pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 from aiollm.kernels.decode_attention import (LOG2E, _attend_context, _load_kv,
                                              arrival_counters, decode_attention_ref)
-from aiollm.kernels.l2_prefetch import prefetch_rows_l2
+from aiollm.kernels.l2_prefetch import prefetch_rows_l2, prefetch_runs_l2
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 # The model takes this kernel for a decode batch of one request (llama.Attention.forward_small):
@@ -108,13 +108,18 @@ def _attention_oproj_kernel(
     BLOCK_H: tl.constexpr, GROUP_P2: tl.constexpr, BLOCK_N: tl.constexpr,
     TILE_N: tl.constexpr, BLOCK_KV: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
     PREFETCH: tl.constexpr, PF_EARLY: tl.constexpr, PREFETCH_WO: tl.constexpr,
+    PF_RUNS: tl.constexpr,
 ):
     h = tl.program_id(0)
     j = tl.program_id(1)
     # the next kernel's weight into L2 while this one's attention waits on memory (l2_prefetch)
     if PREFETCH and PF_EARLY:
-        prefetch_rows_l2(Pf, pf_items, pf_rows, pf_group, pf_stride, pf_bytes,
-                         h * tl.num_programs(1) + j, HKV * tl.num_programs(1), 256)
+        if PF_RUNS:
+            prefetch_runs_l2(Pf, pf_items, pf_rows, pf_group, pf_bytes,
+                             h * tl.num_programs(1) + j, HKV * tl.num_programs(1))
+        else:
+            prefetch_rows_l2(Pf, pf_items, pf_rows, pf_group, pf_stride, pf_bytes,
+                             h * tl.num_programs(1) + j, HKV * tl.num_programs(1), 256)
     # Loaded before the wait: what earlier kernels wrote (the request's length and slots, the
     # older tokens' K/V) and the weights (pdl.py; decode_attention.py says why).
     seq_len = tl.load(SeqLens)
@@ -152,8 +157,12 @@ def _attention_oproj_kernel(
         gdc_wait()
         gdc_launch_dependents()
     if PREFETCH and not PF_EARLY:
-        prefetch_rows_l2(Pf, pf_items, pf_rows, pf_group, pf_stride, pf_bytes,
-                         h * tl.num_programs(1) + j, HKV * tl.num_programs(1), 256)
+        if PF_RUNS:
+            prefetch_runs_l2(Pf, pf_items, pf_rows, pf_group, pf_bytes,
+                             h * tl.num_programs(1) + j, HKV * tl.num_programs(1))
+        else:
+            prefetch_rows_l2(Pf, pf_items, pf_rows, pf_group, pf_stride, pf_bytes,
+                             h * tl.num_programs(1) + j, HKV * tl.num_programs(1), 256)
     q = tl.load(Q + heads[:, None] * stride_qh + d[None, :],
                 mask=hmask[:, None] & dmask[None, :], other=0.0)
     k_new = tl.load(k_base + slot_new * stride_ks + d, mask=dmask, other=0.0)
@@ -267,6 +276,7 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o
         GROUP_P2=group_p2, BLOCK_N=block_n, TILE_N=_tile_rows(cfg, group_p2, block_d),
         BLOCK_KV=cfg["BLOCK_KV"], PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         PREFETCH=items > 0, PF_EARLY=bool(cfg.get("PREFETCH_EARLY", 0)),
+        PF_RUNS=nbytes == pf_w.shape[1] * pf_w.element_size() == pf_w.stride(0) * pf_w.element_size(),
         PREFETCH_WO=bool(cfg.get("PREFETCH_WO", 0)) and l2_prefetch.enabled(q.device)
         and (group * D * w_o.element_size()) % l2_prefetch.ALIGN == 0
         and (w_o.stride(0) * w_o.element_size()) % l2_prefetch.ALIGN == 0

@@ -35,6 +35,26 @@ def _bulk_prefetch(ptrs, nbytes):
 
 
 @triton.jit
+def prefetch_runs_l2(W, n_items, rows, group, row_bytes, pid, nprog):
+    """prefetch_rows_l2 for whole rows of a contiguous weight (row stride = row_bytes): this
+    program's items are one run of rows, or two where it crosses a group's end; one
+    instruction each."""
+    per = tl.cdiv(n_items, nprog)
+    start = pid * per
+    end = tl.minimum(start + per, n_items)
+    if start < end:
+        k = tl.arange(0, 2)
+        # piece 0: from start to the end of its group's rows; piece 1: the rest (next group)
+        split = tl.minimum((start // rows + 1) * rows, end)
+        first = tl.where(k == 0, start, split)
+        count = tl.where(k == 0, split - start, end - split)
+        r = (first // rows) * group + first % rows
+        nbytes = tl.where(count > 0, count, 1) * row_bytes  # an empty piece repeats one row
+        _bulk_prefetch(W.to(tl.pointer_type(tl.int8)) + r.to(tl.int64) * row_bytes,
+                       nbytes.to(tl.int32))
+
+
+@triton.jit
 def prefetch_rows_l2(W, n_items, rows, group, stride_w, nbytes, pid, nprog,
                      BLOCK: tl.constexpr):
     """This program's share (pid of nprog) of the n_items = (N / group) * rows prefetches of
