@@ -654,8 +654,17 @@ def test_greedy_pick(B, V, block, dtype, device=CPU):
         logits[1, 7] = float("nan")
         logits[2, V - 1] = float("-inf")
     prev = [torch.full((B + 4,), -5, dtype=torch.int64, device=device) for _ in range(2)]
-    want = decode_io.greedy_pick_ref(logits, prev[0])
-    got = decode_io.greedy_pick_triton(logits, prev[1], block=block)
+    # the result also goes to slot 1 of a host buffer (page-locked where there is a GPU)
+    hosts = [torch.full((3, 2 * B + 2), -7, dtype=torch.int64,
+                        pin_memory=device.type == "cuda") for _ in range(2)]
+    slot = torch.tensor([1], dtype=torch.int64, device=device)
+    want = decode_io.greedy_pick_ref(logits, prev[0], hosts[0], slot)
+    got = decode_io.greedy_pick_triton(logits, prev[1], hosts[1], slot, block=block)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    for host, out in zip(hosts, (want, got)):
+        assert torch.equal(host[1, : 2 * B], out.cpu().view(-1))
+        assert (host[1, 2 * B:] == -7).all() and (host[0] == -7).all() and (host[2] == -7).all()
     assert got.dtype == torch.int64 and got.shape == (2, B)
     assert torch.equal(got[1], want[1])  # the non-finite flags
     ok = want[1] == 0  # a bad row's pick only has to be a valid id

@@ -4,7 +4,7 @@ sharing one memory pool.
 A decode step of a small model is mostly launch overhead: hundreds of small kernels at a
 few microseconds each, plus the host's own work to feed them. A captured graph launches
 them all at once, and it captures more than the forward pass, so the host's part of a decode
-step is one copy in, one replay and one copy out:
+step is one copy in and one replay (a greedy step's result comes back with no copy):
 
 - the inputs arrive in one host-to-device copy, packed as [4, bs] int64 rows (input ids,
   positions, KV slots, req_to_token rows) from a page-locked staging buffer;
@@ -13,7 +13,10 @@ step is one copy in, one replay and one copy out:
   from `prev_ids`, which every step leaves its sampled ids in;
 - the graph writes the new tokens' slots into the device req_to_token map;
 - after the forward pass it takes each row's argmax and whether its logits are all finite,
-  packed as [2, bs] int64, and leaves the argmax in `prev_ids` for the next step.
+  packed as [2, bs] int64, and leaves the argmax in `prev_ids` for the next step. It also
+  writes them into a page-locked host buffer (`results`, one row per staging turn; the
+  staged inputs carry the turn after their [4, bs] rows), so a greedy step's result needs no
+  copy back: the host reads `host_result()` once the step's event has completed.
 
 Batch 1 gets a second graph, the same step sized for contexts up to SHORT_CONTEXT tokens,
 when the engine's longest context is longer and the model runs a kernel in such a step that
@@ -77,12 +80,15 @@ class DecodeGraphs:
         self.pad = capture  # pad batches up to their bucket (a test pads without capture)
         self.buckets = batch_buckets(max_bs)
         dev = kv_pool.device
-        self.inp = torch.zeros(FIELDS * max_bs, dtype=torch.int64, device=dev)
+        # the packed inputs, then the step's turn (which row of `results` its graph writes)
+        self.inp = torch.zeros(FIELDS * max_bs + 1, dtype=torch.int64, device=dev)
         pin = dev.type == "cuda"
-        self._stage = [torch.zeros(FIELDS * max_bs, dtype=torch.int64, pin_memory=pin)
+        self._stage = [torch.zeros(FIELDS * max_bs + 1, dtype=torch.int64, pin_memory=pin)
                        for _ in range(STAGING)]
         self._stage_np = [t.numpy() for t in self._stage]
+        self.results = torch.zeros((STAGING, 2 * max_bs), dtype=torch.int64, pin_memory=pin)
         self._turn = 0
+        self._staged_turn = 0
         self._ones = torch.ones(max_bs, dtype=torch.int32, device=dev)
         self._arange32 = torch.arange(max_bs, dtype=torch.int32, device=dev)
         self._arange64 = torch.arange(max_bs, dtype=torch.int64, device=dev)
@@ -108,17 +114,25 @@ class DecodeGraphs:
         returns the bucket it runs at. The copy is ordered on the stream after the step
         running now, which may still read the buffer."""
         bs = self.bucket(b)
-        buf, arr = self._stage[self._turn], self._stage_np[self._turn]
-        self._turn = (self._turn + 1) % STAGING
+        turn = self._staged_turn = self._turn
+        buf, arr = self._stage[turn], self._stage_np[turn]
+        self._turn = (turn + 1) % STAGING
         v = arr[: FIELDS * bs].reshape(FIELDS, bs)
         v[0, :b] = input_ids
         v[1, :b] = positions
         v[2, :b] = out_cache_loc
         v[3, :b] = req_rows
         self._pad(v, b)
+        arr[FIELDS * bs] = turn
         self._short = bs == 1 and self.short_len is not None and int(v[1, 0]) < self.short_len
-        self.inp[: FIELDS * bs].copy_(buf[: FIELDS * bs], non_blocking=True)
+        self.inp[: FIELDS * bs + 1].copy_(buf[: FIELDS * bs + 1], non_blocking=True)
         return bs
+
+    def host_result(self, bs: int) -> torch.Tensor:
+        """The staged step's [2 * bs] int64 result (argmaxes, then non-finite flags) in host
+        memory, written by its graph: valid once the step has completed, until the step
+        STAGING stages later runs."""
+        return self.results[self._staged_turn, : 2 * bs]
 
     def _pad(self, v, b: int) -> None:
         """Fill columns b: of packed inputs v ([FIELDS, bs], numpy or torch) as padding rows:
@@ -141,7 +155,8 @@ class DecodeGraphs:
             max_extend_len=1, max_seq_len=max_len or self.r2t.max_len, req_to_token=table,
             kv_pool=self.kv_pool, token_rows=rows)
         logits = self.model.forward(fb)
-        return logits, greedy_pick(logits, self.prev_ids)
+        turn = self.inp[FIELDS * bs : FIELDS * bs + 1]
+        return logits, greedy_pick(logits, self.prev_ids, self.results, turn)
 
     @torch.inference_mode()
     def _capture(self) -> None:
@@ -170,6 +185,7 @@ class DecodeGraphs:
     def _capture_one(self, bs: int, max_len: int | None, pool, stream, main):
         """(graph, logits, packed) of the step at bucket bs for contexts up to max_len."""
         self._pad(self.inp[: FIELDS * bs].view(FIELDS, bs), 0)
+        self.inp[FIELDS * bs] = 0  # a valid turn for the eager step and the capture
         stream.wait_stream(main)
         with torch.cuda.stream(stream):
             self._step(bs, max_len)  # one eager step: its kernels compile outside the capture

@@ -284,8 +284,9 @@ class ModelRunner:
     def _launch_decode(self, inp: StepInputs) -> Launched:
         n, bs = inp.n, inp.decode_bs
         logits, packed = self.graphs.run(bs)
-        if inp.argmax_only:  # the graph's argmax is the result: one copy back
-            return self._packed_result(inp, packed)
+        if inp.argmax_only:  # the graph's argmax is the result, which it wrote to the host
+            return Launched(None, None, None, None, None, inp.start, self._record_done(inp),
+                            packed=self.graphs.host_result(bs).numpy(), n=n, bs=bs)
         if inp.masked_argmax:  # the argmax once the mask is known
             return _deferred(inp, logits[:n], packed)
         if inp.constrained:
