@@ -54,11 +54,10 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from aiollm.kernels import autotune, l2_prefetch, pdl
+from aiollm.kernels import autotune, pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 from aiollm.kernels.decode_attention import (LOG2E, _attend_context, _load_kv,
                                              arrival_counters, decode_attention_ref)
-from aiollm.kernels.l2_prefetch import prefetch_rows_l2, prefetch_runs_l2
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 # The model takes this kernel for a decode batch of one request (llama.Attention.forward_small):
@@ -103,23 +102,12 @@ def _attention_oproj_kernel(
     Q, KCache, VCache, ReqToToken, ReqRows, SeqLens, Wo, ResIn, Out, Partial, Counters,
     H, sm_scale_log2,
     stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t, stride_wn, stride_ph,
-    Pf, pf_items, pf_rows, pf_group, pf_stride, pf_bytes,
     GROUP: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr, GROUP_P2: tl.constexpr, BLOCK_N: tl.constexpr,
     TILE_N: tl.constexpr, BLOCK_KV: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
-    PREFETCH: tl.constexpr, PF_EARLY: tl.constexpr, PREFETCH_WO: tl.constexpr,
-    PF_RUNS: tl.constexpr,
 ):
     h = tl.program_id(0)
     j = tl.program_id(1)
-    # the next kernel's weight into L2 while this one's attention waits on memory (l2_prefetch)
-    if PREFETCH and PF_EARLY:
-        if PF_RUNS:
-            prefetch_runs_l2(Pf, pf_items, pf_rows, pf_group, pf_bytes,
-                             h * tl.num_programs(1) + j, HKV * tl.num_programs(1))
-        else:
-            prefetch_rows_l2(Pf, pf_items, pf_rows, pf_group, pf_stride, pf_bytes,
-                             h * tl.num_programs(1) + j, HKV * tl.num_programs(1), 256)
     # Loaded before the wait: what earlier kernels wrote (the request's length and slots, the
     # older tokens' K/V) and the weights (pdl.py; decode_attention.py says why).
     seq_len = tl.load(SeqLens)
@@ -146,23 +134,9 @@ def _attention_oproj_kernel(
     w_ptrs = (Wo + (row0 + n).to(tl.int64)[:, None, None] * stride_wn
               + ((h * GROUP + gw) * HEAD_DIM)[None, :, None] + d[None, None, :])
     w = tl.load(w_ptrs, mask=((row0 + n) < H)[:, None, None] & col_mask, other=0.0)
-    if PREFETCH_WO:  # the rest of this program's W_o rows into L2, read after the attention
-        rest = tl.minimum(BLOCK_N, H - row0) - TILE_N
-        if rest > 0:
-            prefetch_rows_l2(Wo + (row0 + TILE_N).to(tl.int64) * stride_wn
-                             + h * GROUP * HEAD_DIM, rest, rest, rest, stride_wn,
-                             GROUP * HEAD_DIM * Wo.dtype.element_ty.primitive_bitwidth // 8,
-                             0, 1, 128)
     if PDL:  # q and the newest K/V come from the kernel before; the next may start its loads
         gdc_wait()
         gdc_launch_dependents()
-    if PREFETCH and not PF_EARLY:
-        if PF_RUNS:
-            prefetch_runs_l2(Pf, pf_items, pf_rows, pf_group, pf_bytes,
-                             h * tl.num_programs(1) + j, HKV * tl.num_programs(1))
-        else:
-            prefetch_rows_l2(Pf, pf_items, pf_rows, pf_group, pf_stride, pf_bytes,
-                             h * tl.num_programs(1) + j, HKV * tl.num_programs(1), 256)
     q = tl.load(Q + heads[:, None] * stride_qh + d[None, :],
                 mask=hmask[:, None] & dmask[None, :], other=0.0)
     k_new = tl.load(k_base + slot_new * stride_ks + d, mask=dmask, other=0.0)
@@ -252,7 +226,7 @@ def _block_counters(device: torch.device) -> torch.Tensor:
 
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o, res_in,
-            out, cfg: Config, prefetch=None) -> None:
+            out, cfg: Config) -> None:
     _, HQ, D = q.shape
     HKV = k_cache.shape[1]
     H = w_o.shape[0]
@@ -262,25 +236,14 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o
     n_blocks = triton.cdiv(H, block_n)
     assert n_blocks <= MAX_BLOCKS, f"{n_blocks} row blocks, more than {MAX_BLOCKS} counters"
     partial = torch.empty((HKV, H), dtype=torch.float32, device=q.device)
-    pf_w, pf_group = prefetch if prefetch is not None else (w_o, H)
-    items, rows, nbytes = (l2_prefetch.plan(pf_w, pf_group, cfg.get("PREFETCH"))
-                           if prefetch is not None and l2_prefetch.enabled(q.device)
-                           else (0, 1, 0))
     _attention_oproj_kernel[(HKV, n_blocks)](
         q, k_cache, v_cache, req_to_token, req_rows, seq_lens, w_o, res_in, out, partial,
         _block_counters(q.device), H, sm_scale * LOG2E,
         q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
         v_cache.stride(1), req_to_token.stride(0), w_o.stride(0), partial.stride(0),
-        pf_w, items, rows, pf_group, pf_w.stride(0), nbytes,
         GROUP=group, HKV=HKV, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_H=max(16, group_p2),
         GROUP_P2=group_p2, BLOCK_N=block_n, TILE_N=_tile_rows(cfg, group_p2, block_d),
         BLOCK_KV=cfg["BLOCK_KV"], PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        PREFETCH=items > 0, PF_EARLY=bool(cfg.get("PREFETCH_EARLY", 0)),
-        PF_RUNS=nbytes == pf_w.shape[1] * pf_w.element_size() == pf_w.stride(0) * pf_w.element_size(),
-        PREFETCH_WO=bool(cfg.get("PREFETCH_WO", 0)) and l2_prefetch.enabled(q.device)
-        and (group * D * w_o.element_size()) % l2_prefetch.ALIGN == 0
-        and (w_o.stride(0) * w_o.element_size()) % l2_prefetch.ALIGN == 0
-        and w_o.data_ptr() % l2_prefetch.ALIGN == 0,
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         **pdl.launch_kwargs(q.device))
 
@@ -301,7 +264,6 @@ def attention_oproj_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     w_o: torch.Tensor, residual: torch.Tensor, *, config: Config | None = None,
-    prefetch: tuple[torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """residual + o_proj(decode attention of q) for one request, in float32.
 
@@ -311,11 +273,7 @@ def attention_oproj_triton(
     max_seq_len the longest length a launch is sized for (the shape class of its config);
     w_o [H, HQ*D] (o_proj's weight, no bias); residual [1, H] of any float dtype. Returns
     [1, H] float32, written into residual itself when it is float32 (the residual stream).
-    `config` overrides the tuned one. `prefetch` (weight [N, K], group): the next kernel's
-    weight, of which the config's "PREFETCH" [rows per group, bytes per row] go into L2
-    during the attention (l2_prefetch.py; "PREFETCH_EARLY" 1: before the dependent-launch
-    wait); no effect on the result. AssertionError when the shapes or strides do not fit;
-    ValueError for a group that does not divide N.
+    `config` overrides the tuned one. AssertionError when the shapes or strides do not fit.
     """
     _check(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, w_o, residual)
     out = residual if residual.dtype == torch.float32 else torch.empty(
@@ -335,18 +293,17 @@ def attention_oproj_triton(
         config = get_config("attention_oproj", key, q.device, DEFAULT_CONFIG, candidates(D),
                             bench, classes={"n": LENGTH_CLASSES})
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o, residual,
-            out, config, prefetch)
+            out, config)
     return out
 
 
 def attention_oproj_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
-    w_o: torch.Tensor, residual: torch.Tensor, *, prefetch=None,
+    w_o: torch.Tensor, residual: torch.Tensor,
 ) -> torch.Tensor:
     """decode_attention_ref, then o_proj, then the residual add, all in float32 (the
-    attention output is not rounded to q's dtype); in place when residual is float32.
-    `prefetch` is a hint to the GPU kernel only."""
+    attention output is not rounded to q's dtype); in place when residual is float32."""
     o = decode_attention_ref(q.float(), k_cache, v_cache, req_to_token, req_rows, seq_lens,
                              sm_scale, max_seq_len)
     y = residual.float() + F.linear(o.reshape(q.shape[0], -1), w_o.float())
@@ -356,11 +313,11 @@ def attention_oproj_ref(
 
 
 def attention_oproj(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale,
-                    max_seq_len, w_o, residual, prefetch=None):
+                    max_seq_len, w_o, residual):
     """Triton on CUDA tensors, the reference otherwise (attention_oproj_triton's contract)."""
     fn = attention_oproj_triton if q.is_cuda else attention_oproj_ref
     return fn(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-              w_o, residual, prefetch=prefetch)
+              w_o, residual)
 
 
 def takes(q: torch.Tensor, k_cache: torch.Tensor, w_o: torch.Tensor, max_seq_len: int) -> bool:

@@ -153,14 +153,12 @@ class Attention(nn.Module):
         return q
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm, batch: ForwardBatch,
-                      cos_sin: torch.Tensor,
-                      prefetch: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+                      cos_sin: torch.Tensor) -> torch.Tensor:
         """The attention block of a step of at most FUSED_MAX_TOKENS tokens on the residual
         stream [T, H]: norm, projection, rotary and KV store fused (gemv.py), attention, and
         o_proj adding into the stream (for a decode of one request all three in one kernel,
-        kernels/attention_oproj.py, which may prefetch into L2 part of `prefetch`'s weight,
-        the next kernel's: (weight, row group) as there); returns the stream (float32,
-        updated in place when it was float32)."""
+        kernels/attention_oproj.py); returns the stream (float32, updated in place when it
+        was float32)."""
         qkv_w, qkv_b = self.qkv_proj.weight, self.qkv_proj.bias
         if self.qk_norm:  # the per-head norms sit between the projection and the rotation
             q = self.rope_store(gemv_norm(residual, norm.weight, norm.eps, qkv_w, qkv_b),
@@ -177,7 +175,7 @@ class Attention(nn.Module):
             return attention_oproj.attention_oproj(
                 q, batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
                 batch.req_to_token, batch.req_rows, batch.seq_lens, self.sm_scale,
-                batch.max_seq_len, self.o_proj.weight, residual, prefetch=prefetch)
+                batch.max_seq_len, self.o_proj.weight, residual)
         o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
         return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
 
@@ -275,11 +273,7 @@ class DecoderLayer(nn.Module):
                       cos_sin: torch.Tensor) -> torch.Tensor:
         """The layer on the residual stream of a step of at most FUSED_MAX_TOKENS tokens: four
         fused GEMVs, rotary and attention between them (LlamaForCausalLM.fused_small)."""
-        # the MLP's gate/up weight (gate row n and up row I + n read together) is what the
-        # attention block may prefetch into L2 while it waits on memory
-        gate_up = self.mlp.gate_up_proj.weight
-        residual = self.self_attn.forward_small(residual, self.input_layernorm, batch, cos_sin,
-                                                (gate_up, gate_up.shape[0] // 2))
+        residual = self.self_attn.forward_small(residual, self.input_layernorm, batch, cos_sin)
         return self.mlp.forward_small(residual, self.post_attention_layernorm)
 
 
