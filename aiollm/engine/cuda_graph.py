@@ -45,7 +45,10 @@ from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 
 log = logging.getLogger(__name__)
 
-STAGING = 3  # staging buffers in turn (a buffer is reused once its step has completed)
+# staging buffers and result rows in turn: a turn is reused three stages later, when its
+# step has completed and been collected (the loop stages a step only after collecting the
+# step two before it)
+STAGING = 3
 # Batch 1's second graph serves contexts up to this many tokens (attention_oproj's limit)
 SHORT_CONTEXT = attention_oproj.MAX_SEQ_LEN
 

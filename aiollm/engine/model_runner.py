@@ -3,14 +3,15 @@
 prepare() reads the request table and starts the batch metadata's copies to the device
 (from page-locked memory, so they queue behind the running step instead of waiting for it).
 launch() queues the forward pass, the sampling and the copy of the sampled ids into
-page-locked host memory, then records a CUDA event and returns without waiting. collect()
-turns a finished launch into numpy. On a GPU both run on the event loop's thread (queuing
-kernels does not block); on the CPU launch() computes the step, on the engine's model
-thread.
+page-locked host memory (a greedy decode batch's graph writes them there itself), then
+records a CUDA event and returns without waiting. collect() turns a finished launch into
+numpy. On a GPU both run on the event loop's thread (queuing kernels does not block); on
+the CPU launch() computes the step, on the engine's model thread.
 
 Decode batches (every request feeds one token and samples one) take the short way:
 their inputs go through DecodeGraphs' static buffers in one copy, and when every request is
-plain greedy the graph's own argmax comes back in one copy, with no sampling pass.
+plain greedy the graph's own argmax is the result, which the graph writes into page-locked
+host memory itself (DecodeGraphs.host_result): no sampling pass and no copy back.
 
 A step with constrained rows (a grammar, allowed ids or logit biases: engine/grammar.py)
 is launched in two parts: launch() queues the forward pass and returns a Launched whose
@@ -19,7 +20,7 @@ previous step's tokens, has advanced the grammars and built the masks. The forwa
 waits for a mask, and the mask's host time hides behind it. When every sampled row is
 greedy (the constrained ones under a bitmask only, no biases), the sampling is the mask
 applied in place to the logits and the argmax: a decode batch keeps its graph, and its
-result comes back in the same one copy as an unconstrained one.
+result (the graph's [2, bs], the masked argmax in its first row) comes back in one copy.
 
 Tokens sampled by the step still running are not on the host when the next step is
 planned: the planner writes them as placeholders -(row + 1), and the device replaces them
