@@ -416,6 +416,54 @@ def test_decode_batches_padded_to_a_graph_bucket_give_the_same_tokens(loop, engi
     assert_all_free(engine)
 
 
+def test_a_staging_turn_is_reused_only_after_its_step_is_collected(loop, engine):
+    """DecodeGraphs reuses a staging turn (its input buffer, and the host row its graph writes
+    a greedy result to) STAGING stages later: the loop must have collected that turn's step
+    by then. On a GPU a step staged too early overwrites a result the host has not read, so
+    check the order here, under joins, aborts and sampled rows."""
+    from aiollm.engine.cuda_graph import STAGING
+
+    graphs, runner = engine.runner.graphs, engine.runner
+    real_stage, real_launch, real_collect = graphs.stage, runner.launch, runner.collect
+    uncollected: dict[int, object] = {}  # turn -> the launch of the step staged there
+    reused = []
+
+    def stage(*args):
+        reused.append(graphs._turn in uncollected)
+        return real_stage(*args)
+
+    def launch(inp):
+        out = real_launch(inp)
+        if inp.decode_bs:
+            uncollected[graphs._staged_turn] = out
+        return out
+
+    def collect(out):
+        for turn in [t for t, o in uncollected.items() if o is out]:
+            del uncollected[turn]
+        return real_collect(out)
+
+    async def go():
+        greedy = SamplingParams(max_tokens=3 * STAGING + 4, temperature=0, ignore_eos=True)
+        tasks = [asyncio.ensure_future(engine.generate(p, greedy)) for p in PROMPTS[:3]]
+        await asyncio.sleep(0.05)
+        tasks.append(asyncio.ensure_future(engine.generate(PROMPTS[3], SamplingParams(
+            max_tokens=STAGING + 2, temperature=0.8, seed=1))))
+        stream = engine.stream(PROMPTS[4], greedy)
+        async for _ in stream:
+            break
+        await stream.aclose()
+        return await asyncio.gather(*tasks)
+
+    graphs.stage, runner.launch, runner.collect = stage, launch, collect
+    try:
+        run(loop, go())
+    finally:
+        del graphs.stage, runner.launch, runner.collect
+    assert len(reused) > 2 * STAGING and not any(reused)
+    assert_all_free(engine)
+
+
 def test_batch_one_short_context_steps_take_the_short_graph(loop, engine):
     """A decode batch of one request whose context fits short_len runs the step sized for
     short_len (on a GPU its own CUDA graph, SHORT_CONTEXT), a longer one and any larger batch
