@@ -262,6 +262,23 @@ def test_unknown_fields_are_ignored(server, path, body):
     assert "error" not in json.loads(raw_body)
 
 
+NULL_FIELDS = [  # OpenAI's schema makes these nullable; clients that serialize every
+    # field send null for "not set", which must mean the default
+    (C, prompt(n=None, stream=None, echo=None, logprobs=None, ignore_eos=None, min_tokens=None,
+               skip_special_tokens=None, stream_options=None)),
+    (CH, chat(n=None, stream=None, logprobs=None, top_logprobs=None, ignore_eos=None,
+              min_tokens=None, skip_special_tokens=None, parallel_tool_calls=None)),
+]
+
+
+@pytest.mark.parametrize("path,body", NULL_FIELDS, ids=["completions", "chat"])
+def test_null_fields_mean_their_defaults(server, path, body):
+    status, _, raw_body = http(server, "POST", path, json=body)
+    assert status == 200, raw_body
+    out = json.loads(raw_body)
+    assert len(out["choices"]) == 1 and out["choices"][0]["logprobs"] is None, out
+
+
 EDGE_VALUES = [  # valid values at the ends of their ranges
     (C, prompt(seed=2**63 - 1, n=2, temperature=1.0)),
     (G, lightllm(seed=2**63 - 1, n=2, do_sample=True)),

@@ -58,17 +58,17 @@ class SamplingFields(Struct, kw_only=True):
     top_p: float | None = None
     top_k: TopK | None = None
     min_p: float | None = None
-    n: N = 1
+    n: N | None = 1
     stop: Stop = None
     stop_token_ids: list[TokenId] | None = None
     seed: int | None = None
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     repetition_penalty: float | None = None
-    ignore_eos: bool = False
-    min_tokens: int = 0
-    skip_special_tokens: bool = True
-    stream: bool = False
+    ignore_eos: bool | None = False
+    min_tokens: int | None = 0
+    skip_special_tokens: bool | None = True
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     # output constraints (api/structured.py checks their shapes)
     response_format: Any = None
@@ -79,6 +79,15 @@ class SamplingFields(Struct, kw_only=True):
     guided_grammar: Any = None
     logit_bias: Any = None
     allowed_token_ids: Any = None
+
+    def __post_init__(self) -> None:
+        # OpenAI's schema makes its fields nullable, null meaning the default, and clients
+        # that serialize every field send null for "not set": null takes the field's default.
+        # max_tokens keeps its null, which asks for the rest of the context (as in vLLM).
+        for f in msgspec.structs.fields(self):
+            if (f.default not in (None, msgspec.NODEFAULT) and f.name != "max_tokens"
+                    and getattr(self, f.name) is None):
+                setattr(self, f.name, f.default)
 
     def constraint(self) -> Constraint | None:
         fields = {f: getattr(self, f) for f in ("guided_json", "guided_regex", "guided_choice",
@@ -135,7 +144,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     prompt: Prompt
     max_tokens: int | None = 16
     logprobs: int | None = None
-    echo: bool = False
+    echo: bool | None = False
     prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob and top-N
     # chat's: refused here (refuse_unserved)
     tools: Any = None
@@ -263,7 +272,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None  # the newer name of max_tokens
-    logprobs: bool = False
+    logprobs: bool | None = False
     top_logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
     tools: Any = None
     tool_choice: Any = None
