@@ -184,6 +184,10 @@ BAD_INPUT = [
     bad("lightllm-n-0", G, lightllm(n=0), 400, "parameters.n"),
     bad("lightllm-best-of", G, lightllm(best_of=65), 400, "parameters.best_of"),
     bad("stream-n-2", GS, lightllm(n=2), 400, "parameters.n"),
+    # OpenAI fields that change the output and are not served: refused, never ignored
+    bad("suffix", C, prompt(suffix="return x"), 400, "suffix", "suffix"),
+    bad("best-of-above-n", C, prompt(best_of=3), 400, "best_of", "best_of"),
+    bad("best-of-below-n", C, prompt(best_of=1, n=2), 400, "best_of"),
     # too many stop strings / ids
     bad("stop-too-many", C, prompt(stop=STOPS), 400, "stop", "16"),
     bad("chat-stop-too-many", CH, chat(stop=STOPS), 400, "stop"),
@@ -244,7 +248,7 @@ def test_bad_input(server, method, path, kw, status, param, text):
 
 
 UNKNOWN_FIELDS = [  # what OpenAI and LightLLM clients send beside the fields we use
-    (C, prompt(user="u1", logit_bias={"50": -100}, suffix=None, best_of=1,
+    (C, prompt(user="u1", logit_bias={"50": -100}, suffix="", best_of=1,
                some_vendor_field={"x": [1, {"y": None}]})),
     (CH, chat(user="u1", tools=[], tool_choice="none", parallel_tool_calls=False,
               response_format={"type": "text"}, metadata={"k": "v"}, store=False,

@@ -146,6 +146,9 @@ class CompletionRequest(SamplingFields, kw_only=True):
     logprobs: int | None = None
     echo: bool | None = False
     prompt_logprobs: int | None = None  # vLLM's: each prompt token's logprob and top-N
+    # OpenAI's, not served: refused when they would change the output (check_unserved)
+    suffix: str | None = None
+    best_of: int | None = None
     # chat's: refused here (refuse_unserved)
     tools: Any = None
     tool_choice: Any = None
@@ -155,6 +158,12 @@ class CompletionRequest(SamplingFields, kw_only=True):
     def check_unserved(self) -> None:
         refuse_unserved(self, ("tools", "tool_choice", "functions", "function_call"), "",
                         "tool calls are served by /v1/chat/completions")
+        if self.suffix:
+            raise InvalidRequest("suffix is not supported: the server does not insert text "
+                                 "(fill-in-the-middle); send the prompt alone", param="suffix")
+        if self.best_of is not None and self.best_of != self.n:
+            raise InvalidRequest(f"best_of must equal n ({self.n}) or be left out: the server "
+                                 f"does not rank choices, got {self.best_of}", param="best_of")
 
     def prompt_batch(self) -> list[str | list[int]]:
         """The prompts of this request: one string or token-id list each."""
