@@ -18,6 +18,9 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 8  # the request table holds 8 stop ids per slot
 MAX_LOGPROBS = 20
+# Seen tokens' positive logits are divided by the repetition penalty in float32: far below
+# this they overflow to inf (a float32 zero below ~1e-45), and the logprobs become NaN
+MIN_REPETITION_PENALTY = 0.01
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf", "structural_tag")
 
 
@@ -92,8 +95,9 @@ class SamplingParams:
             raise bad("top_k", "must be -1 (off) or an integer in [1, 2**31)")
         if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", "must be in [0, 1]")
-        if not is_num(self.repetition_penalty) or not 0 < self.repetition_penalty <= 10:
-            raise bad("repetition_penalty", "must be in (0, 10]")
+        if not is_num(self.repetition_penalty) or not (
+                MIN_REPETITION_PENALTY <= self.repetition_penalty <= 10):
+            raise bad("repetition_penalty", f"must be in [{MIN_REPETITION_PENALTY}, 10]")
         for name in ("presence_penalty", "frequency_penalty"):
             if not is_num(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
                 raise bad(name, "must be in [-2, 2]")

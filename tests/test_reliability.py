@@ -211,6 +211,10 @@ BAD_INPUT = [
     bad("presence-penalty", C, prompt(presence_penalty=3), 400, "presence_penalty"),
     bad("frequency-penalty", CH, chat(frequency_penalty=-3), 400, "frequency_penalty"),
     bad("repetition-penalty", C, prompt(repetition_penalty=0), 400, "repetition_penalty"),
+    # in float32 a penalty this small divides seen logits to inf: NaN logprobs, output that
+    # ignores the sampling parameters
+    bad("repetition-penalty-tiny", C, prompt(repetition_penalty=1e-300, logprobs=1), 400,
+        "repetition_penalty"),
     bad("min-p", C, prompt(min_p=2), 400, "min_p"),
     bad("image-content", CH, chat(messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]), 400,
