@@ -286,8 +286,7 @@ class ModelRunner:
         n, bs = inp.n, inp.decode_bs
         logits, packed = self.graphs.run(bs)
         if inp.argmax_only:  # the graph's argmax is the result, which it wrote to the host
-            return Launched(None, None, None, None, None, inp.start, self._record_done(inp),
-                            packed=self.graphs.host_result(bs).numpy(), n=n, bs=bs)
+            return self._packed_launch(inp, self.graphs.host_result(bs))
         if inp.masked_argmax:  # the argmax once the mask is known
             return _deferred(inp, logits[:n], packed)
         if inp.constrained:
@@ -297,13 +296,17 @@ class ModelRunner:
 
     def _packed_result(self, inp: StepInputs, packed: torch.Tensor) -> Launched:
         """Queue the copy of a decode batch's [2, bs] argmax and non-finite flags."""
-        n, bs = inp.n, inp.decode_bs
+        bs = inp.decode_bs
         host = self._out[self._out_turn]
         self._out_turn = (self._out_turn + 1) % len(self._out)
         host[: 2 * bs].copy_(packed.view(-1), non_blocking=True)
-        done = self._record_done(inp)
-        return Launched(None, None, None, None, None, inp.start, done,
-                        packed=host.numpy()[: 2 * bs], n=n, bs=bs)
+        return self._packed_launch(inp, host[: 2 * bs])
+
+    def _packed_launch(self, inp: StepInputs, host: torch.Tensor) -> Launched:
+        """The launch of a decode batch whose [2 * bs] result (argmaxes, then non-finite
+        flags) lands in host memory `host` by the time the step's done event completes."""
+        return Launched(None, None, None, None, None, inp.start, self._record_done(inp),
+                        packed=host.numpy(), n=inp.n, bs=inp.decode_bs)
 
     def _sample(self, logits: torch.Tensor, inp: StepInputs) -> SampleResult:
         """sample(); under tensor parallelism rank 0 samples and broadcasts the ids (the
