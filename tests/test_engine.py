@@ -607,6 +607,43 @@ def test_warm_up_plan_covers_each_kernel_shape_class():
     assert prefills == [64, 100] and mixed == [(1, 300), (4, 300), (8, 300)]
 
 
+def test_warm_up_plan_compiles_every_decode_kernel_a_step_can_launch():
+    """Within one shape class the split rule can pick the split or the unsplit decode kernel:
+    on the H200, a mixed step of 65 decodes at 1,025-2,048 tokens of context runs the batch-256
+    class's config split, while the class edge the warm-up ran (256 decodes) runs it unsplit,
+    and that kernel compiled while serving. Here each class has a config of its own, as in a
+    tuned table, and the split rule is the kernel's."""
+    import torch
+
+    from aiollm.engine.warm_up import plan
+    from aiollm.kernels.autotune import bucket
+    from aiollm.kernels.decode_attention import (
+        BATCH_CLASSES,
+        LENGTH_CLASSES,
+        launch_variant,
+        num_kv_splits,
+    )
+
+    def variant(b, n):
+        config = (bucket(b, BATCH_CLASSES), bucket(n, LENGTH_CLASSES))
+        return config, num_kv_splits(b, 8, n, 132, 256) > 1
+
+    max_batch, max_context = 256, 4096
+    _, mixed = plan(max_prefill=2048, max_batch=max_batch, max_context=max_context,
+                    variant=variant)
+    reachable = {variant(b, n) for b in range(1, max_batch + 1)
+                 for n in range(1, max_context + 1, 13)}
+    assert reachable <= {variant(b, n) for b, n in mixed}
+    _, edges = plan(max_prefill=2048, max_batch=max_batch, max_context=max_context)
+    assert (65, 2048) in set(mixed) - set(edges)
+    assert not reachable <= {variant(b, n) for b, n in edges}  # the edges alone miss it
+    assert set(edges) <= set(mixed) and len(mixed) < 2 * len(edges)
+    # the kernel's own variant names its config and the split rule's answer
+    cpu = torch.device("cpu")
+    assert launch_variant(1, 8, 2, 64, torch.float32, cpu, 4000)[1:] == (True, True)
+    assert launch_variant(64, 8, 2, 64, torch.float32, cpu, 4000)[1:] == (False, False)
+
+
 def test_warm_up_frees_what_it_takes_and_changes_no_output(engine, loop):
     from aiollm.engine.warm_up import warm_up
 

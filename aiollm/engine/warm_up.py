@@ -7,7 +7,8 @@ sampling run eagerly, and the first prompt of each length class or the first mix
 each decode-batch class would stall every running stream while its kernels compile.
 warm_up() launches those shapes on throwaway KV slots first: prefills at each length class of
 the extend kernel, and mixed steps (decodes plus one prompt chunk) at each batch and context
-class of the decode kernel, then the sampling kernels.
+class of the decode kernel (and at a class's corners where a different split rule, hence a
+different kernel, applies), then the sampling kernels.
 
 Kernel configs are not tuned here (aiollm.kernels.autotune.untuned): the decodes of a
 warm-up step all read one context, whose KV then sits in cache, so timings taken on it could
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Hashable
 
 import numpy as np
 import torch
 
 from aiollm.engine.model_runner import StepInputs
 from aiollm.kernels import autotune
-from aiollm.kernels.decode_attention import BATCH_CLASSES, LENGTH_CLASSES
+from aiollm.kernels.decode_attention import BATCH_CLASSES, LENGTH_CLASSES, launch_variant
 from aiollm.kernels.extend_attention import LENGTH_CLASSES as EXTEND_CLASSES
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.sampler import SamplingTensors, apply_bitmask_, sample
@@ -35,17 +37,34 @@ log = logging.getLogger(__name__)
 CHUNK = 16  # the prompt chunk of a warm-up mixed step
 
 
-def plan(max_prefill: int, max_batch: int, max_context: int
+def plan(max_prefill: int, max_batch: int, max_context: int,
+         variant: Callable[[int, int], Hashable] | None = None
          ) -> tuple[list[int], list[tuple[int, int]]]:
     """The warm-up's prefill lengths, and its mixed steps as (decodes, context length):
-    each class edge within the limits, and the limit itself where it falls inside a class."""
+    each class edge within the limits, and the limit itself where it falls inside a class.
+    `variant(decodes, context)` names the decode kernel such a step compiles
+    (decode_attention.launch_variant); with it, each class's two other corners are added
+    where they compile a kernel no step before them does: the fewest decodes at the longest
+    context (the most splits) and the most decodes at the shortest context (the fewest)."""
     def classes(edges, limit):
         return sorted({min(e, limit) for e in edges}) if limit >= 1 else []
 
     prefills = classes(EXTEND_CLASSES, max_prefill)
     batches = classes(BATCH_CLASSES, min(max_batch, max_prefill - 1))
     contexts = classes(LENGTH_CLASSES, max_context)
-    return prefills, [(b, n) for b in batches for n in contexts]
+    mixed = [(b, n) for b in batches for n in contexts]
+    if variant is not None:
+        seen = {variant(b, n) for b, n in mixed}
+        for i, b in enumerate(batches):
+            for j, n in enumerate(contexts):
+                first_b = batches[i - 1] + 1 if i else 1  # the class's smallest batch
+                first_n = contexts[j - 1] + 1 if j else 1  # and shortest context
+                for corner in ((first_b, n), (b, first_n)):
+                    v = variant(*corner)
+                    if v not in seen:
+                        seen.add(v)
+                        mixed.append(corner)
+    return prefills, mixed
 
 
 @torch.inference_mode()
@@ -54,7 +73,8 @@ def warm_up(runner, *, max_prefill: int, max_mixed: int, max_batch: int) -> None
     slot and req_to_token row it took."""
     kv, r2t = runner.kv_pool, runner.r2t
     max_prefill = min(max_prefill, r2t.max_len, kv.n_free // 2)
-    prefills, mixed = plan(max_prefill, max_batch, min(r2t.max_len, kv.n_free - max_prefill))
+    prefills, mixed = plan(max_prefill, max_batch, min(r2t.max_len, kv.n_free - max_prefill),
+                           _decode_variant(runner))
     if not prefills or r2t.n_free_rows < 2:
         return
     rows = [r2t.alloc_row(), r2t.alloc_row()]  # one context for every decode, one prompt
@@ -84,6 +104,17 @@ def warm_up(runner, *, max_prefill: int, max_mixed: int, max_batch: int) -> None
             r2t.free_row(r)
     log.info("warm-up: %d prefill and %d mixed step shapes, sampling, in %.1fs", len(prefills),
              len(mixed), time.monotonic() - t0)
+
+
+def _decode_variant(runner) -> Callable[[int, int], Hashable] | None:
+    """(decodes, context) -> the decode attention kernel a mixed step of the runner's model
+    launches, for plan(); None for a model without the shard config that names its heads."""
+    cfg = getattr(runner.model, "shard_config", None)
+    if cfg is None:
+        return None
+    k_cache = runner.kv_pool.k_cache[0]
+    return lambda b, n: launch_variant(b, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                       k_cache.dtype, runner.device, n)
 
 
 def _forward(runner, rows, prefix_lens, extend_lens, out_cache_loc) -> None:

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from aiollm.kernels import pdl
-from aiollm.kernels.autotune import Config, bucket, get_config, time_config
+from aiollm.kernels.autotune import Config, bucket, get_config, time_config, untuned
 from aiollm.kernels.extend_attention import attention_out
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
@@ -351,6 +351,34 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
         **pdl.launch_kwargs(q.device))
 
 
+def _config(batch: int, num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+            device: torch.device, max_seq_len: int, bench) -> Config:
+    """The tuned config of this shape class (autotune.get_config; `bench` times a candidate)."""
+    key = (f"hq{num_q_heads}-hkv{num_kv_heads}-d{head_dim}-{str(dtype).removeprefix('torch.')}"
+           f"-b{bucket(batch, BATCH_CLASSES)}-n{bucket(max_seq_len, LENGTH_CLASSES)}")
+    return get_config("decode_attention", key, device, DEFAULT_CONFIG, CANDIDATES, bench,
+                      classes={"b": BATCH_CLASSES, "n": LENGTH_CLASSES})
+
+
+def launch_variant(batch: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+                   dtype: torch.dtype, device: torch.device, max_seq_len: int) -> tuple:
+    """What picks the compiled kernel of a launch of `batch` requests whose longest context is
+    `max_seq_len` tokens: its config's compile-time fields, whether the contexts are split (the
+    split count itself is a runtime value) and whether the splits merge in the same launch. Within one shape class (one config) the split
+    count falls with the batch and grows with the context (num_kv_splits), so a class can launch
+    both the split and the unsplit kernel; the warm-up (aiollm/engine/warm_up.py) compiles every
+    variant a class can reach. Looks the config up without tuning (autotune.untuned)."""
+    with untuned():
+        cfg = _config(batch, num_q_heads, num_kv_heads, head_dim, dtype, device, max_seq_len,
+                      None)
+    if device.type != "cuda":
+        cfg = CPU_CONFIG  # as decode_attention_triton launches there
+    num_sms = _num_sms(device) if device.type == "cuda" else 4
+    split = num_kv_splits(batch, num_kv_heads, max_seq_len, num_sms, cfg["split_tokens"]) > 1
+    merge = split and MERGE_IN_KERNEL and batch * num_kv_heads <= MAX_COUNTERS
+    return tuple(sorted((k, v) for k, v in cfg.items() if k != "split_tokens")), split, merge
+
+
 def decode_attention_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
@@ -373,17 +401,13 @@ def decode_attention_triton(
     if config is None and not q.is_cuda:
         config = CPU_CONFIG
     if config is None:
-        key = (f"hq{HQ}-hkv{HKV}-d{D}-{str(q.dtype).removeprefix('torch.')}"
-               f"-b{bucket(B, BATCH_CLASSES)}-n{bucket(max_seq_len, LENGTH_CLASSES)}")
-
         def bench(cfg: Config) -> float:
             scratch = torch.empty_like(q)
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
                                                seq_lens, sm_scale, max_seq_len, scratch, cfg,
                                                num_splits, merge_in_kernel))
 
-        config = get_config("decode_attention", key, q.device, DEFAULT_CONFIG, CANDIDATES, bench,
-                            classes={"b": BATCH_CLASSES, "n": LENGTH_CLASSES})
+        config = _config(B, HQ, HKV, D, q.dtype, q.device, max_seq_len, bench)
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
             out, config, num_splits, merge_in_kernel)
     return out
