@@ -364,10 +364,11 @@ def launch_variant(batch: int, num_q_heads: int, num_kv_heads: int, head_dim: in
                    dtype: torch.dtype, device: torch.device, max_seq_len: int) -> tuple:
     """What picks the compiled kernel of a launch of `batch` requests whose longest context is
     `max_seq_len` tokens: its config's compile-time fields, whether the contexts are split (the
-    split count itself is a runtime value) and whether the splits merge in the same launch. Within one shape class (one config) the split
-    count falls with the batch and grows with the context (num_kv_splits), so a class can launch
-    both the split and the unsplit kernel; the warm-up (aiollm/engine/warm_up.py) compiles every
-    variant a class can reach. Looks the config up without tuning (autotune.untuned)."""
+    split count itself is a runtime value) and whether the splits merge in the same launch.
+    Within one shape class (one config) the split count falls with the batch and grows with
+    the context (num_kv_splits), so a class can launch both the split and the unsplit kernel;
+    the warm-up (aiollm/engine/warm_up.py) compiles every variant a class can reach. Looks the
+    config up without tuning (autotune.untuned)."""
     with untuned():
         cfg = _config(batch, num_q_heads, num_kv_heads, head_dim, dtype, device, max_seq_len,
                       None)
