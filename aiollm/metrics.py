@@ -26,6 +26,13 @@ class EngineMetrics:
             "kv_cached": Gauge(p + "prefix_cache_tokens", "KV slots held by the prefix cache "
                                "(shared prefixes of running requests and reusable ones)",
                                registry=r),
+            # every request holds one from submission to its end (waiting, paused and
+            # finishing ones too): a count that stays up on an idle server is a leak, and a
+            # full table refuses requests with 503
+            "table_used": Gauge(p + "request_table_slots_used", "Request table slots held by "
+                                "requests (running, waiting, paused)", registry=r),
+            "table_total": Gauge(p + "request_table_slots_total", "Request table capacity",
+                                 registry=r),
         }
         # gauges read the engine when scraped, so the hot path never updates them
         for key, g in gauges.items():

@@ -191,7 +191,8 @@ def test_gc_pauses_are_timed():
     from aiollm.metrics import EngineMetrics
 
     m = EngineMetrics(lambda: dict.fromkeys(
-        ("running", "waiting", "kv_used", "kv_total", "kv_cached"), 0))
+        ("running", "waiting", "kv_used", "kv_total", "kv_cached", "table_used",
+         "table_total"), 0))
 
     def count():
         return m.registry.get_sample_value("aiollm_gc_pause_seconds_count", {"generation": "2"})

@@ -210,6 +210,26 @@ def test_cancelling_half_leaves_nothing_held(loop, engine):
     assert_all_free(engine)
 
 
+def test_request_table_slots_are_a_metric(loop, engine):
+    """/metrics shows the request table's slots in use (aiollm_request_table_slots_used):
+    a waiting or running request holds one until it ends, so a count that stays up on an
+    idle server is a leak; the capacity is beside it."""
+    def gauge(name: str) -> float:
+        return engine.metrics.registry.get_sample_value(name)
+
+    async def go():
+        assert gauge("aiollm_request_table_slots_used") == 0
+        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=50, ignore_eos=True))
+        await stream.__anext__()
+        held = gauge("aiollm_request_table_slots_used")
+        await stream.aclose()
+        return held
+
+    assert run(loop, go()) == 1
+    assert gauge("aiollm_request_table_slots_used") == 0
+    assert gauge("aiollm_request_table_slots_total") == engine.table.capacity
+
+
 def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     with pytest.raises(InvalidRequest, match=str(engine.max_model_len)):
         engine.stream([1] * (engine.max_model_len + 5), SamplingParams())

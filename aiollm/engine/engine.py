@@ -234,6 +234,7 @@ class Engine:
             "kv_evictable": evictable,
             "kv_total": self.kv_pool.capacity,
             "table_used": self.table.n_used,
+            "table_total": self.table.capacity,
             "evictions": self.planner.evictions,
             "kv_cached": self.prefix_cache.size if self.prefix_cache else 0,
         }
