@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aiollm import Engine, SamplingParams
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, Overloaded
 from aiollm.model import default_model_path
 from conftest import load_bench, run
 
@@ -228,6 +228,26 @@ def test_request_table_slots_are_a_metric(loop, engine):
     assert run(loop, go()) == 1
     assert gauge("aiollm_request_table_slots_used") == 0
     assert gauge("aiollm_request_table_slots_total") == engine.table.capacity
+
+
+def test_a_stream_that_fails_while_its_consumer_holds_a_delta_raises(loop):
+    """A request that fails between two deltas (here: the engine stops while the consumer
+    works on one) makes the stream raise, not end as if it had finished: it once ended
+    quietly, with no finish_reason and no error, because the generator saw the request done
+    when it resumed after the yield (over HTTP: [DONE] instead of the error event)."""
+    async def go():
+        async with Engine(None, kv_tokens=1024, max_model_len=512) as eng:
+            stream = eng.stream("Once upon a time", SamplingParams(max_tokens=200,
+                                                                   ignore_eos=True))
+            first = await stream.__anext__()
+            await eng.stop()  # the consumer holds `first` meanwhile
+            with pytest.raises(Overloaded, match="shut down"):
+                await stream.__anext__()
+            return first, eng.stats()
+
+    first, stats = run(loop, go())
+    assert first.finish_reason is None
+    assert stats["table_used"] == 0 and stats["kv_used"] == 0
 
 
 def test_invalid_requests_raise_and_hold_nothing(loop, engine):

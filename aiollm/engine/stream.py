@@ -51,12 +51,15 @@ async def deltas(req: Request, out: OutputText, finish: Finish) -> AsyncIterator
             new_ids = req.output_ids[sent:sent + n]
             lps = req.logprobs[sent:sent + n] if req.logprobs is not None else None
             sent += n
-            if req.done or text or new_ids:
+            # decided before the yield: a request that ends while its consumer holds this
+            # delta (an engine failure, a shutdown) is seen at the next wait, and raises
+            final = req.done
+            if final or text or new_ids:
                 yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids), sent,
                             cached_tokens=max(req.cached_tokens, 0), token_texts=texts,
                             prompt_logprobs=req.prompt_logprobs if first else None)
                 first = False
-            if req.done:
+            if final:
                 return
     finally:
         if not req.done:
