@@ -125,8 +125,9 @@ class SamplingParams:
                 f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",
                 param="stop_token_ids",
             )
-        if not isinstance(self.ignore_eos, bool):
-            raise bad("ignore_eos", "must be a boolean")
+        for name in ("ignore_eos", "skip_special_tokens"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "must be a boolean")
         if self.logprobs is not None and (
             not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):

@@ -268,6 +268,15 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
         with pytest.raises(InvalidRequest, match=str(bad)) as e:
             engine.stream("hi", SamplingParams(stop_token_ids=[bad], min_tokens=2))
         assert e.value.param == "stop_token_ids"
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(skip_special_tokens="no")
+    assert e.value.param == "skip_special_tokens"
+    # a field set wrong after the checks fails the submission before it takes a table slot
+    # (the detokenizer refused it after the slot was taken, which then stayed in use)
+    params = SamplingParams()
+    params.skip_special_tokens = "no"
+    with pytest.raises(TypeError):
+        engine.stream("hi", params)
     assert_all_free(engine)
 
 

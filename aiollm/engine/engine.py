@@ -261,10 +261,11 @@ class Engine:
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         grammar = self.grammars.start(params.constraint) if params.constraint else None
-        req = new_request(self.table, ids, params, self._rng, grammar,
-                          keep_prompt_array=self.prefix_cache is not None)
+        # everything that can raise comes before the table slot: nothing would give it back
         detok = OutputText(IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
                                                   params.stop), params.min_tokens)
+        req = new_request(self.table, ids, params, self._rng, grammar,
+                          keep_prompt_array=self.prefix_cache is not None)
         self._requests[req.rid] = req
         self.planner.enqueue(req)
         self.metrics.prompt_tokens.inc(len(ids))
