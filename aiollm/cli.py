@@ -153,6 +153,8 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(str(e))
     if args.shutdown_timeout < 0:
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
+        parser.error(f"--port must be in [0, 65535], got {args.port}")
 
     if args.node_rank > 0:  # another node's ranks: no HTTP, they follow node 0's rank 0
         from aiollm.distributed.follower import follow

@@ -43,6 +43,10 @@ def test_serve_rejects_bad_options():
     out = subprocess.run([AIOLLM, "serve", "--max-running-requests", "0"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "max_running_requests" in out.stderr
+    for port in ("70000", "-1"):  # 70000 served on port 4464; -1 failed only after loading
+        out = subprocess.run([AIOLLM, "serve", "--port", port], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
 
 
 def test_binds_loopback_by_default():
