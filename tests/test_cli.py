@@ -47,6 +47,14 @@ def test_serve_rejects_bad_options():
         out = subprocess.run([AIOLLM, "serve", "--port", port], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
+    # both ended in a traceback (torch's RuntimeError; "Torch not compiled with CUDA enabled")
+    out = subprocess.run([AIOLLM, "serve", "--device", "tpu"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 2 and "device must be auto, cpu, cuda or cuda:N" in out.stderr
+    out = subprocess.run([AIOLLM, "serve", "--device", "cuda:99", "--port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "device cuda:99 is not available" in out.stderr
 
 
 def test_binds_loopback_by_default():

@@ -28,10 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str) -> torch.device:
-    """EngineConfig.device as a torch device: "auto" is cuda when a GPU is visible, else cpu."""
+    """EngineConfig.device as a torch device: "auto" is cuda when a GPU is visible, else cpu.
+    Raises ValueError for a CUDA device this process does not see."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= seen:
+            raise ValueError(f"device {name} is not available: this process sees {seen} CUDA "
+                             f"GPU(s) (torch {torch.__version__}); use --device cpu or auto")
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
