@@ -186,6 +186,16 @@ def test_allowed_token_ids_and_logit_bias(client, server):
                       "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}}, "guided_json"),
     ({"guided_json": {"$defs": {"n": {"type": "integer"}}, "type": "object", "properties": {
         "x": {"$ref": "#/$defs/n", "maximum": 3}}}}, "guided_json"),
+    # a $ref outside the schema, and a required property 'properties' does not name: xgrammar
+    # let any JSON value stand for the one and never wrote the other
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {"a": {"$ref": "https://example.com/a.json"}}}}}},
+     "response_format.json_schema.schema"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"city": NAME}, "required": ["city", "country"]}}}]},
+     "tools[0].function.parameters"),
+    ({"guided_json": {"type": "object", "required": ["a"], "additionalProperties": True}},
+     "guided_json"),
     # escapes xgrammar would match as the letter itself (\A and \Z are anchors)
     ({"guided_regex": r"\Aabc\Z"}, "guided_regex"),
     ({"structured_outputs": {"regex": r"[0-9]+\Z"}}, "structured_outputs.regex"),

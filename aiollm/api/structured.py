@@ -156,6 +156,18 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
         if beside is not None:
             refuse(f"{beside!r} beside {combinator!r}",
                    f"move it into the schemas {combinator!r} names")
+    ref = node.get("$ref")
+    if isinstance(ref, str) and not (ref == "#" or ref.startswith("#/")):
+        refuse(f"the $ref {ref!r}", "only references into the schema itself ('#', '#/...') "
+               "are resolved; inline the schema it names")
+    required, props = node.get("required"), node.get("properties")
+    # xgrammar writes only the properties `properties` names: another required one never
+    # appears, whatever additionalProperties or patternProperties allow
+    missing = next((r for r in required if isinstance(r, str) and not (
+        isinstance(props, dict) and r in props)), None) if isinstance(required, list) else None
+    if missing is not None:
+        refuse(f"the required property {missing!r}, which 'properties' does not name",
+               "add it to 'properties'")
     if node.get("uniqueItems") is True:
         refuse("'uniqueItems'")
     if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
