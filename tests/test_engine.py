@@ -260,6 +260,14 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
         engine.stream("", SamplingParams())
     with pytest.raises(InvalidRequest):
         engine.stream([10**9], SamplingParams())
+    # TypeError for None and 5; bytes were read as token ids (b"hello": 104, 101...), bools too
+    for bad in (None, 5, b"hello", [True, False]):
+        with pytest.raises(InvalidRequest) as e:
+            engine.stream(bad, SamplingParams())
+        assert e.value.param == "prompt"
+    with pytest.raises(InvalidRequest) as e:  # was AttributeError: 'str' has no 'get'
+        engine.stream_chat("hello", SamplingParams())
+    assert e.value.param == "messages"
     with pytest.raises(InvalidRequest) as e:
         SamplingParams(temperature=-1)
     assert e.value.param == "temperature"

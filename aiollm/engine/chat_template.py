@@ -36,6 +36,9 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     """Token ids of `messages` with the generation prompt. `specials`: the control-token
     texts to keep as plain text inside string content (None: none, the template's tokenizing
     as it is). Raises InvalidRequest (param "messages") when the template fails."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
+                             param="messages")
     pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
     if pattern is None or not any(isinstance(m.get("content"), str)
                                   and pattern.search(m["content"]) for m in messages):

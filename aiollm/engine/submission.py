@@ -18,7 +18,7 @@ from aiollm.engine.request import Request
 from aiollm.errors import InvalidRequest, Overloaded
 from aiollm.model.sampler import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
-from aiollm.sampling_params import SamplingParams
+from aiollm.sampling_params import SamplingParams, is_int
 
 Prompt = str | Sequence[int]
 
@@ -27,18 +27,22 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
     """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids is
     checked to be ints in [0, vocab_size).
 
-    Raises InvalidRequest (param "prompt") for an empty prompt, a bad id, or ids that alone
-    reach max_model_len (tokens)."""
+    Raises InvalidRequest (param "prompt") for a prompt of another type, an empty prompt, a
+    bad id, or ids that alone reach max_model_len (tokens)."""
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         return list(tokenizer.encode(prompt))
+    # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
+    if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
+        raise InvalidRequest(f"prompt must be a string or a list of token ids, got "
+                             f"{type(prompt).__name__}", param="prompt")
     ids = list(prompt)
     if not ids:
         raise InvalidRequest("prompt must not be empty", param="prompt")
     if len(ids) >= max_model_len:  # refused anyway: spare checking each id
         raise too_long(len(ids), max_model_len)
-    if not all(isinstance(t, int) and 0 <= t < vocab_size for t in ids):
+    if not all(is_int(t) and 0 <= t < vocab_size for t in ids):
         raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab_size})",
                              param="prompt")
     return ids
