@@ -250,6 +250,17 @@ def test_a_stream_that_fails_while_its_consumer_holds_a_delta_raises(loop):
     assert stats["table_used"] == 0 and stats["kv_used"] == 0
 
 
+def test_a_failing_batch_holds_nothing(loop, engine):
+    """generate_batch raises the first failure and aborts the rest of the batch: they went
+    on running, holding table slots and KV for results nobody would read (with the offline
+    LLM, into its next generate call)."""
+    prompts = ["Tell me a long story"] * 4 + [""]
+    with pytest.raises(InvalidRequest):
+        run(loop, engine.generate_batch(prompts, SamplingParams(max_tokens=100, ignore_eos=True),
+                                        progress=False))
+    assert_all_free(engine)
+
+
 def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     with pytest.raises(InvalidRequest, match=str(engine.max_model_len)):
         engine.stream([1] * (engine.max_model_len + 5), SamplingParams())

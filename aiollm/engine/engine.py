@@ -217,9 +217,15 @@ class Engine:
             bar.update(1)
             return out
 
+        tasks = [asyncio.ensure_future(one(p)) for p in prompts]
         try:
-            return await asyncio.gather(*(one(p) for p in prompts))
+            return await asyncio.gather(*tasks)
         finally:
+            # one failure ends the batch: the others would run on, holding their slots and
+            # KV (in LLM's loop, into its next call), for results nobody reads
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             bar.close()
 
     def stats(self) -> dict[str, int]:
