@@ -35,7 +35,13 @@ class GrammarSpec:
     param: str = "response_format"
 
     def __post_init__(self) -> None:
-        assert self.kind in GRAMMAR_KINDS, self.kind
+        # the HTTP API makes only good ones; the Engine API's users write their own
+        if self.kind not in GRAMMAR_KINDS:
+            raise InvalidRequest(f"a grammar's kind must be one of {', '.join(GRAMMAR_KINDS)}, "
+                                 f"got {self.kind!r}", param=self.param)
+        if not isinstance(self.value, str):
+            raise InvalidRequest(f"a grammar's value must be text (a schema as JSON text), got "
+                                 f"{type(self.value).__name__}", param=self.param)
 
 
 @dataclass(slots=True)
@@ -45,6 +51,14 @@ class Constraint:
     grammar: GrammarSpec | None = None
     allowed_token_ids: list[int] | None = None
     logit_bias: dict[int, float] | None = None
+
+    def __post_init__(self) -> None:
+        for name, kinds in (("grammar", (GrammarSpec,)), ("allowed_token_ids", (list, tuple)),
+                            ("logit_bias", (dict,))):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, kinds):
+                raise InvalidRequest(f"{name} must be a {kinds[0].__name__} or None, got "
+                                     f"{type(v).__name__}", param=name)
 
 
 @dataclass(slots=True)

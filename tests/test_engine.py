@@ -13,6 +13,7 @@ import torch
 from aiollm import Engine, SamplingParams
 from aiollm.errors import InvalidRequest, Overloaded
 from aiollm.model import default_model_path
+from aiollm.sampling_params import Constraint, GrammarSpec
 from conftest import load_bench, run
 
 PROMPTS = load_bench("accuracy").PROMPTS[:8] + ["A haiku about autumn:"]
@@ -279,6 +280,15 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     with pytest.raises(InvalidRequest) as e:  # was AttributeError: 'str' has no 'get'
         engine.stream_chat("hello", SamplingParams())
     assert e.value.param == "messages"
+    # constraints the Engine API's users write themselves (AssertionError, TypeError,
+    # AttributeError deep in the grammar module)
+    for make, param in ((lambda: GrammarSpec("yaml", "x"), "response_format"),
+                        (lambda: GrammarSpec("json_schema", {"type": "object"}), "response_format"),
+                        (lambda: Constraint(grammar='root ::= "a"'), "grammar"),
+                        (lambda: Constraint(logit_bias=[1, 2]), "logit_bias")):
+        with pytest.raises(InvalidRequest) as e:
+            make()
+        assert e.value.param == param
     with pytest.raises(InvalidRequest) as e:
         SamplingParams(temperature=-1)
     assert e.value.param == "temperature"
