@@ -151,7 +151,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading
     except ValueError as e:
         parser.error(str(e))
-    if args.shutdown_timeout < 0:
+    if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")

@@ -112,7 +112,7 @@ class EngineConfig:
             host, _, port = self.dist_init_addr.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"dist_init_addr must be HOST:PORT, got {self.dist_init_addr!r}")
-        if self.queue_timeout is not None and self.queue_timeout <= 0:
+        if self.queue_timeout is not None and not self.queue_timeout > 0:  # NaN too
             raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")
 
     def cpu_pool_tokens(self, context_len: int) -> int:

@@ -47,6 +47,12 @@ def test_serve_rejects_bad_options():
         out = subprocess.run([AIOLLM, "serve", "--port", port], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
+    # NaN passed every check: no queue timeout at all, and a shutdown that aborted at once
+    for opt, name in (("--queue-timeout", "queue_timeout"),
+                      ("--shutdown-timeout", "--shutdown-timeout")):
+        out = subprocess.run([AIOLLM, "serve", opt, "nan"], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2 and f"{name} must be" in out.stderr
     # both ended in a traceback (torch's RuntimeError; "Torch not compiled with CUDA enabled")
     out = subprocess.run([AIOLLM, "serve", "--device", "tpu"], capture_output=True, text=True,
                          timeout=60)
