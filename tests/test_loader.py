@@ -18,6 +18,7 @@ from transformers import (
     AutoModelForCausalLM,
     LlamaConfig,
     MistralConfig,
+    MixtralConfig,
     Qwen2Config,
     Qwen3Config,
 )
@@ -267,6 +268,20 @@ def test_bad_paths_and_lengths_fail_clearly(tmp_path):
     with open(tmp_path / "config.json", "w") as f:
         json.dump({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, f)
     with pytest.raises(ValueError, match="'gpt2' is not supported"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+@pytest.mark.parametrize("config, field", [
+    # transformers runs these MLPs with GELU; our kernels compute SiLU only
+    (LlamaConfig(**TINY, hidden_act="gelu"), "hidden_act 'gelu'"),
+    (MistralConfig(**TINY, hidden_act="gelu_pytorch_tanh"), "hidden_act 'gelu_pytorch_tanh'"),
+    (MixtralConfig(**TINY, num_local_experts=4, hidden_act="relu"), "hidden_act 'relu'"),
+], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu"])
+def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
+    """A config field we do not implement is refused at load, naming the field and value,
+    instead of running a model whose outputs differ from transformers'."""
+    config.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=field):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 

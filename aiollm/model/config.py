@@ -192,6 +192,12 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         )
     if getattr(hf, "mlp_bias", False):
         raise ValueError("models with mlp_bias=True are not supported")
+    # Every MLP (dense, expert, shared expert) runs the fused SiLU kernels; transformers
+    # applies ACT2FN[hidden_act], where "swish" is SiLU too.
+    act = getattr(hf, "hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise ValueError(f"hidden_act {act!r} is not supported (aiollm's MLPs compute SiLU: "
+                         "hidden_act must be 'silu')")
     attention_bias = bool(getattr(hf, "attention_bias", False))
     max_position = int(hf.max_position_embeddings)
     # We attend over the whole sequence; a model trained with a sliding window is exact only
