@@ -269,6 +269,11 @@ def test_bad_paths_and_lengths_fail_clearly(tmp_path):
         json.dump({**cfg, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}, f)
     with pytest.raises(ValueError, match="'gpt2' is not supported"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    # a model_type transformers does not know either: our message, not AutoConfig's
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump({**cfg, "model_type": "frobnicator"}, f)
+    with pytest.raises(ValueError, match="'frobnicator' is not supported.*supported: llama"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
 @pytest.mark.parametrize("config, field", [
@@ -276,7 +281,12 @@ def test_bad_paths_and_lengths_fail_clearly(tmp_path):
     (LlamaConfig(**TINY, hidden_act="gelu"), "hidden_act 'gelu'"),
     (MistralConfig(**TINY, hidden_act="gelu_pytorch_tanh"), "hidden_act 'gelu_pytorch_tanh'"),
     (MixtralConfig(**TINY, num_local_experts=4, hidden_act="relu"), "hidden_act 'relu'"),
-], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu"])
+    # a checkpoint of another family relabelled, or another head on a Llama body
+    (LlamaConfig(**TINY, architectures=["GemmaForCausalLM"]), r"architectures \['Gemma"),
+    (Qwen2Config(**TINY, architectures=["Qwen2ForRewardModel"]), "Qwen2ForRewardModel"),
+    (LlamaConfig(**TINY, quantization_config={"quant_method": "fp8"}), "quant_method 'fp8'"),
+], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
+        "fp8-quantized"])
 def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
     """A config field we do not implement is refused at load, naming the field and value,
     instead of running a model whose outputs differ from transformers'."""

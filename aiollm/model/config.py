@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
                            "qwen3_moe")
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
+# transformers' causal-LM classes of those model types: a config.json's `architectures` must
+# name one (another class on a supported model_type is another head, e.g. a reward model, or
+# another family's checkpoint relabelled)
+CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
+                     "Qwen3ForCausalLM", "MixtralForCausalLM", "Qwen2MoeForCausalLM",
+                     "Qwen3MoeForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -185,11 +191,18 @@ def _checkpoint_dtype(hf: Any) -> torch.dtype | None:
 def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelConfig:
     """ModelConfig from a transformers PretrainedConfig of a supported model_type."""
     arch = hf.model_type
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"model_type {arch!r} is not supported "
-            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
-        )
+    _check_model_type(arch)
+    classes = list(getattr(hf, "architectures", None) or [])
+    if classes and not set(classes) & set(CAUSAL_LM_CLASSES):
+        raise ValueError(f"architectures {classes} is not supported "
+                         f"(supported: {', '.join(CAUSAL_LM_CLASSES)})")
+    quant = getattr(hf, "quantization_config", None)
+    if quant:
+        method = quant.get("quant_method") if isinstance(quant, dict) else getattr(
+            quant, "quant_method", None)
+        raise ValueError(f"quantized checkpoints are not supported (quantization_config has "
+                         f"quant_method {method!r}): use a float16/bfloat16/float32 checkpoint "
+                         "or a GGUF file")
     if getattr(hf, "mlp_bias", False):
         raise ValueError("models with mlp_bias=True are not supported")
     # Every MLP (dense, expert, shared expert) runs the fused SiLU kernels; transformers
@@ -235,6 +248,14 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
     )
 
 
+def _check_model_type(model_type: Any) -> None:
+    if model_type not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(
+            f"model_type {model_type!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
+        )
+
+
 def _moe_from_hf(hf: Any) -> MoeConfig:
     if hf.model_type == "mixtral":
         # Mixtral: every layer sparse, experts of intermediate_size, top-k always renormalised
@@ -256,8 +277,11 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     """ModelConfig of an HF model directory (config.json, generation_config.json if present)."""
     from transformers import AutoConfig
 
-    if not os.path.exists(os.path.join(model_dir, "config.json")):
+    path = os.path.join(model_dir, "config.json")
+    if not os.path.exists(path):
         raise FileNotFoundError(f"{model_dir} has no config.json (nor a single .gguf file)")
+    with open(path) as f:  # before AutoConfig, whose error for a type it lacks lists its own
+        _check_model_type(json.load(f).get("model_type"))
     hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     generation_eos: list[int] = []
     gen_path = os.path.join(model_dir, "generation_config.json")
