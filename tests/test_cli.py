@@ -63,6 +63,22 @@ def test_serve_rejects_bad_options():
     assert "device cuda:99 is not available" in out.stderr
 
 
+def test_serve_refuses_an_unsupported_model_in_one_line(tmp_path):
+    """A config we refuse ends `aiollm serve` with its message, not a traceback (rope
+    scaling raised NotImplementedError, which the CLI did not catch)."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=2, rope_parameters={
+                    "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8,
+                    "long_factor": [2.0] * 8, "original_max_position_embeddings": 64,
+                }).save_pretrained(tmp_path)
+    out = subprocess.run([AIOLLM, "serve", str(tmp_path), "--load-format", "dummy", "--port",
+                          "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "rope scaling 'longrope' is not supported" in out.stderr
+
+
 def test_binds_loopback_by_default():
     from aiollm.api import run_server, serve
     from aiollm.cli import build_parser

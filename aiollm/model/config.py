@@ -46,7 +46,8 @@ class RopeConfig:
 
     def __post_init__(self) -> None:
         if self.type not in ROPE_TYPES:
-            raise NotImplementedError(
+            # ValueError like every other refused config: the CLI reports those in one line
+            raise ValueError(
                 f"rope scaling {self.type!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
             )
         if self.theta <= 0 or self.factor <= 0:
