@@ -149,8 +149,9 @@ def gguf_writer(c, path: str, arch: str):
     return w
 
 
-def write_gguf(hf, path: str) -> None:
-    """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted)."""
+def write_gguf(hf, path: str, raw_types: dict | None = None) -> None:
+    """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted); a tensor
+    named in raw_types (GGUF name -> GGMLQuantizationType) is written as zero bytes of it."""
     c = hf.config
     arch = c.model_type
     w = gguf_writer(c, path, arch)
@@ -173,6 +174,13 @@ def write_gguf(hf, path: str) -> None:
         if arch == "llama" and heads:
             half = t.shape[0] // heads // 2
             t = t.reshape(heads, 2, half, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
+        if gguf_name in (raw_types or {}):
+            import gguf
+
+            block, size = gguf.GGML_QUANT_SIZES[raw_types[gguf_name]]
+            raw = torch.zeros(t.shape[0], t.shape[1] // block * size, dtype=torch.uint8)
+            w.add_tensor(gguf_name, raw.numpy(), raw_dtype=raw_types[gguf_name])
+            continue
         # llama.cpp keeps 1-D tensors (norms, biases) in fp32
         w.add_tensor(gguf_name, t.numpy().astype("float16" if t.dim() == 2 else "float32"))
     w.write_header_to_file()
@@ -204,6 +212,18 @@ def test_gguf_file_matches_hf_model(tmp_path, family):
     again = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
     assert again.config == cfg
     assert torch.equal(all_position_logits(again, PROMPTS), logits)
+
+
+def test_gguf_tensor_type_without_dequantization_is_refused(tmp_path):
+    """Q8_1 (and Q8_K, integer types) have no dequantization in the gguf package: refused
+    when the file is read, naming the tensor and its type, before anything is loaded."""
+    from gguf import GGMLQuantizationType
+
+    hf = save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path / "hf"))
+    write_gguf(hf, str(tmp_path / "model.gguf"),
+               raw_types={"blk.1.ffn_up.weight": GGMLQuantizationType.Q8_1})
+    with pytest.raises(ValueError, match="'blk.1.ffn_up.weight' has type Q8_1"):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
 
 
 def test_dummy_weights_from_config_only(tmp_path):

@@ -20,8 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
-from gguf import GGUFReader, ReaderTensor
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
 from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, MoeConfig, RopeConfig
@@ -76,6 +77,26 @@ def _dequantized(tensor: Any) -> torch.Tensor:
     return torch.from_numpy(w if w.flags.writeable else w.copy())
 
 
+@functools.cache
+def _can_dequantize(qtype: GGMLQuantizationType) -> bool:
+    """Whether the gguf package dequantizes `qtype` (tried on one zero block)."""
+    try:
+        dequantize(np.zeros((1, GGML_QUANT_SIZES[qtype][1]), dtype=np.uint8), qtype)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
+    # Refuse before anything is allocated, rather than at that tensor midway through a load.
+    for t in tensors:
+        if not _can_dequantize(t.tensor_type):
+            raise ValueError(
+                f"GGUF tensor {t.name!r} has type {t.tensor_type.name}, which aiollm cannot "
+                "dequantize (the gguf package has no dequantization for it): use a file of "
+                "another quantization, e.g. Q8_0, Q4_K, Q6_K or F16")
+
+
 def config_from_gguf(reader: GGUFReader) -> ModelConfig:
     gguf_arch = _field(reader, "general.architecture")
     p = f"{gguf_arch}."
@@ -88,6 +109,7 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
+    _check_tensor_types(reader.tensors)
     hidden = int(_field(reader, p + "embedding_length"))
     heads = int(_field(reader, p + "attention.head_count"))
     rope = RopeConfig(theta=float(_field(reader, p + "rope.freq_base", 10000.0)))
