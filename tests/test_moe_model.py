@@ -38,8 +38,8 @@ PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2],
 NEW_TOKENS = 12
 
 
-def save_moe_model(family: str, path) -> torch.nn.Module:
-    hf = save_random_hf_model(FAMILIES[family], str(path))
+def save_moe_model(family: str, path, config=None) -> torch.nn.Module:
+    hf = save_random_hf_model(config or FAMILIES[family], str(path))
     with torch.no_grad():
         # routers at the default init (std 0.02) give near-ties between experts, which any
         # change of summation order may flip: make the routing decisive, then save again
@@ -82,6 +82,20 @@ def test_logits_match_transformers_at_every_position(tmp_path, family):
         "num_experts", FAMILIES[family].to_dict().get("num_local_experts"))
     sparse = [hasattr(layer.mlp, "experts") for layer in loaded.model.layers]
     assert sparse == ([True, False, True] if family == "qwen3_moe" else [True] * 3)
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+def test_qwen2_moe_without_qkv_bias_matches_transformers(tmp_path):
+    """Qwen2MoeConfig's qkv_bias=False leaves q/k/v without biases (the loader expected them
+    whatever the config said, and refused the checkpoint as missing weights)."""
+    config = Qwen2MoeConfig(**{**FAMILIES["qwen2_moe"].to_dict(), "qkv_bias": False})
+    hf = save_moe_model("qwen2_moe", tmp_path, config)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert not loaded.config.qkv_bias
     logits = all_position_logits(loaded, PROMPTS)
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])

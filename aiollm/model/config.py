@@ -238,8 +238,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         rope=_rope_from_hf(hf),
         max_position=max_position,
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
-        # Qwen2 always has q/k/v biases and no o_proj bias; the others follow attention_bias.
-        qkv_bias=arch in ("qwen2", "qwen2_moe") or attention_bias,
+        # Qwen2 always has q/k/v biases (Qwen2-MoE unless its qkv_bias says otherwise) and no
+        # o_proj bias; the others follow attention_bias.
+        qkv_bias=(arch == "qwen2" or attention_bias
+                  or arch == "qwen2_moe" and bool(getattr(hf, "qkv_bias", True))),
         o_bias=arch not in ("qwen2", "qwen2_moe") and attention_bias,
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         eos_token_ids=eos,
