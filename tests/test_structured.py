@@ -196,6 +196,12 @@ def test_allowed_token_ids_and_logit_bias(client, server):
      "tools[0].function.parameters"),
     ({"guided_json": {"type": "object", "required": ["a"], "additionalProperties": True}},
      "guided_json"),
+    # parameters that are not an object: a call's arguments came back as text that is no
+    # JSON ("f" for {"type": "string"}) or as a JSON array
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "string"}}}], "tool_choice": "required"}, "tools[0].function.parameters"),
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "array", "items": {"type": "integer"}}}}]}, "tools[1].function.parameters"),
     # escapes xgrammar would match as the letter itself (\A and \Z are anchors)
     ({"guided_regex": r"\Aabc\Z"}, "guided_regex"),
     ({"structured_outputs": {"regex": r"[0-9]+\Z"}}, "structured_outputs.regex"),

@@ -290,6 +290,11 @@ def check_tools(tools: Any) -> list[dict]:
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("parameters must be a JSON schema object",
                                  param=f"tools[{i}].function.parameters")
+        if params and params.get("type") != "object":  # as OpenAI refuses it
+            raise InvalidRequest(f'parameters must be an object schema ({{"type": "object", '
+                                 f'"properties": ...}}): a call\'s arguments are a JSON object, '
+                                 f'got type {params.get("type")!r}',
+                                 param=f"tools[{i}].function.parameters")
         if params is not None:
             check_schema(params, f"tools[{i}].function.parameters")
     return tools
