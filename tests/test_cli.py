@@ -30,6 +30,11 @@ def test_serve_help():
                 "--scheduler", "--max-waiting-requests", "--queue-timeout", "--no-cuda-graph",
                 "--shutdown-timeout", "MODEL"):
         assert opt in out.stdout
+    from aiollm.api import lightllm, ops
+    from aiollm.api import openai as openai_api
+
+    for route in ops.ROUTES + openai_api.ROUTES + lightllm.ROUTES:  # every endpoint it serves
+        assert route.path in out.stdout, route.path
     # one default per option, and none that reads as the opposite of the truth
     assert "(default: None)" not in out.stdout and "(default: True)" not in out.stdout
     for line in out.stdout.replace("\n", " ").split("  --")[1:]:
