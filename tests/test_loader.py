@@ -45,6 +45,8 @@ FAMILIES = {
     "qwen3-qk-norm": Qwen3Config(**{**TINY, "num_key_value_heads": 1}, head_dim=32,
                                  tie_word_embeddings=False),
 }
+YARN_ROPE = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+             "original_max_position_embeddings": 64}
 PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2]]
 
 
@@ -149,13 +151,20 @@ def gguf_writer(c, path: str, arch: str):
     return w
 
 
-def write_gguf(hf, path: str, raw_types: dict | None = None) -> None:
+def write_gguf(hf, path: str, raw_types: dict | None = None, rope_scaling: str | None = None
+               ) -> None:
     """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted); a tensor
-    named in raw_types (GGUF name -> GGMLQuantizationType) is written as zero bytes of it."""
+    named in raw_types (GGUF name -> GGMLQuantizationType) is written as zero bytes of it,
+    and rope_scaling is written as the file's rope.scaling.type (factor 4)."""
     c = hf.config
     arch = c.model_type
     w = gguf_writer(c, path, arch)
     w.add_eos_token_id(7)
+    if rope_scaling is not None:
+        import gguf
+
+        w.add_rope_scaling_type(gguf.RopeScalingType(rope_scaling))
+        w.add_rope_scaling_factor(4.0)
     if c.rope_parameters["rope_type"] == "llama3":
         w.add_tensor("rope_freqs.weight", torch.tensor(llama_cpp_rope_factors(c)).numpy())
     for name, t in hf.state_dict().items():
@@ -226,6 +235,19 @@ def test_gguf_tensor_type_without_dequantization_is_refused(tmp_path):
         load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
 
 
+def test_gguf_rope_scaling_other_than_linear_is_refused(tmp_path):
+    """llama.cpp's YaRN parameters are not transformers': a GGUF file with yarn scaling is
+    refused rather than run with the HF defaults (and longrope has none)."""
+    hf = save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path / "hf"))
+    for kind in ("yarn", "longrope"):
+        write_gguf(hf, str(tmp_path / f"{kind}.gguf"), rope_scaling=kind)
+        with pytest.raises(ValueError, match=f"rope scaling '{kind}' is not supported"):
+            load_model(str(tmp_path / f"{kind}.gguf"), dtype=torch.float32, device="cpu")
+    write_gguf(hf, str(tmp_path / "linear.gguf"), rope_scaling="linear")
+    loaded = load_model(str(tmp_path / "linear.gguf"), dtype=torch.float32, device="cpu")
+    assert (loaded.config.rope.type, loaded.config.rope.factor) == ("linear", 4.0)
+
+
 def test_dummy_weights_from_config_only(tmp_path):
     config = FAMILIES["qwen3-qk-norm"]
     config.save_pretrained(tmp_path)
@@ -250,13 +272,20 @@ def test_dummy_weights_from_config_only(tmp_path):
     {"rope_type": "default", "rope_theta": 10000.0},
     {"rope_type": "linear", "rope_theta": 500000.0, "factor": 4.0},
     {**LLAMA3_ROPE, "rope_theta": 500000.0},
-], ids=lambda r: r["rope_type"])
+    # dynamic NTK changes the frequencies only past max_position_embeddings, where we never go
+    {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+    YARN_ROPE,
+    # DeepSeek-style: attention factor from mscale / mscale_all_dim, range not truncated
+    {**YARN_ROPE, "factor": 40.0, "mscale": 1.0, "mscale_all_dim": 0.707, "beta_fast": 16,
+     "beta_slow": 2, "truncate": False},
+    {**YARN_ROPE, "attention_factor": 0.5},
+], ids=["default", "linear", "llama3", "dynamic", "yarn", "yarn-mscale", "yarn-attn-factor"])
 def test_rope_cache_matches_transformers(rope_parameters):
     from aiollm.model.config import config_from_hf
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     hf_config = LlamaConfig(hidden_size=1024, num_attention_heads=8,
-                            rope_parameters=rope_parameters)
+                            max_position_embeddings=4096, rope_parameters=dict(rope_parameters))
     cfg = config_from_hf(hf_config)
     cache = cos_sin_cache(cfg.rope, cfg.head_dim, 4096)
     positions = torch.arange(4096)[None]
@@ -264,6 +293,23 @@ def test_rope_cache_matches_transformers(rope_parameters):
     half = cfg.head_dim // 2
     assert torch.equal(cache[:, :half], cos[0, :, :half])
     assert torch.equal(cache[:, half:], sin[0, :, :half])
+
+
+@pytest.mark.parametrize("config", [
+    Qwen2Config(**TINY, rope_parameters=dict(YARN_ROPE)),
+    Qwen3Config(**TINY, head_dim=32, rope_parameters={**YARN_ROPE, "factor": 8.0}),
+    LlamaConfig(**TINY, rope_parameters={"rope_type": "dynamic", "rope_theta": 10000.0,
+                                         "factor": 4.0}),
+], ids=["qwen2-yarn", "qwen3-yarn", "llama-dynamic"])
+def test_scaled_rope_models_match_transformers(tmp_path, config):
+    hf = save_random_hf_model(config, str(tmp_path))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.rope.type == config.rope_parameters["rope_type"]
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
 
 
 def test_gguf_freq_factors_divide_the_frequencies():

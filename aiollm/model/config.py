@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,17 +30,22 @@ MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
 CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
                      "Qwen3ForCausalLM", "MixtralForCausalLM", "Qwen2MoeForCausalLM",
                      "Qwen3MoeForCausalLM")
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn")
 
 
 @dataclass(slots=True)
 class RopeConfig:
     theta: float = 10000.0
-    type: str = "default"  # default | linear | llama3
+    type: str = "default"  # one of ROPE_TYPES
     factor: float = 1.0
     low_freq_factor: float = 1.0  # llama3
     high_freq_factor: float = 4.0  # llama3
-    original_max_position: int = 8192  # llama3: context length before the scaling
+    # llama3, yarn: context length before the scaling; dynamic: max_position_embeddings
+    original_max_position: int = 8192
+    attention_factor: float = 1.0  # yarn: multiplies cos and sin
+    beta_fast: float = 32.0  # yarn: the ramp between extrapolated and interpolated frequencies
+    beta_slow: float = 1.0
+    truncate: bool = True  # yarn: round the ramp's ends to whole dimensions
     # llama.cpp stores llama3 scaling as precomputed per-frequency divisors (the rope_freqs
     # tensor of a GGUF file); when present they replace `type`-based scaling.
     freq_factors: tuple[float, ...] | None = None
@@ -174,7 +180,31 @@ def _rope_from_hf(hf: Any) -> RopeConfig:
         rope.low_freq_factor = float(params["low_freq_factor"])
         rope.high_freq_factor = float(params["high_freq_factor"])
         rope.original_max_position = int(params["original_max_position_embeddings"])
+    elif kind == "dynamic":
+        rope.original_max_position = int(hf.max_position_embeddings)
+    elif kind == "yarn":
+        _yarn_from_hf(rope, params, hf)
     return rope
+
+
+def _yarn_from_hf(rope: RopeConfig, params: dict, hf: Any) -> None:
+    """YaRN's parameters as transformers' _compute_yarn_parameters reads them."""
+    original = int(params.get("original_max_position_embeddings") or hf.max_position_embeddings)
+    rope.original_max_position = original
+    if params.get("factor") is None:  # DeepSeek-V3 style: the ratio of the two contexts
+        rope.factor = hf.max_position_embeddings / original
+
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    factor = params.get("attention_factor")
+    if factor is None and params.get("mscale") and params.get("mscale_all_dim"):
+        factor = mscale(rope.factor, params["mscale"]) / mscale(rope.factor,
+                                                                 params["mscale_all_dim"])
+    rope.attention_factor = float(mscale(rope.factor) if factor is None else factor)
+    rope.beta_fast = float(params.get("beta_fast") or 32)
+    rope.beta_slow = float(params.get("beta_slow") or 1)
+    rope.truncate = bool(params.get("truncate", True))
 
 
 def _as_dtype(value: Any) -> torch.dtype | None:

@@ -118,6 +118,11 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
         rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
     else:
         scaling = _field(reader, p + "rope.scaling.type", "none")
+        if scaling not in ("none", "linear"):
+            # llama.cpp's yarn (its attn_factor, ramp and original context keys) is not
+            # transformers' yarn that RopeConfig implements
+            raise ValueError(f"GGUF rope scaling {scaling!r} is not supported "
+                             "(supported: none, linear)")
         if scaling != "none":
             factor = float(_field(reader, p + "rope.scaling.factor"))
             rope = RopeConfig(theta=rope.theta, type=scaling, factor=factor)
