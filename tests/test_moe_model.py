@@ -136,9 +136,11 @@ def test_greedy_through_the_server_matches_transformers(moe_model):
         server.close()
 
 
-def write_moe_gguf(hf, path: str) -> None:
+def write_moe_gguf(hf, path: str, per_expert: bool = False) -> None:
     """Write an HF MoE model as llama.cpp lays it out: experts stacked per projection
-    (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k."""
+    (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k.
+    per_expert: one tensor per expert (blk.N.ffn_gate.E), the layout of llama.cpp's Mixtral
+    files before April 2024, which llama.cpp still reads."""
     c = hf.config
     mixtral = c.model_type == "mixtral"
     arch = "llama" if mixtral else c.model_type.replace("_", "")
@@ -162,6 +164,12 @@ def write_moe_gguf(hf, path: str) -> None:
             continue
         _, _, layer, rest = name.split(".", 3)
         module = rest.removesuffix(".weight")
+        if per_expert and module.startswith("mlp.experts."):
+            parts = t.chunk(2, dim=1) if module.endswith("gate_up_proj") else (t,)
+            for proj, stacked in zip(("gate", "up") if len(parts) == 2 else ("down",), parts):
+                for e, one in enumerate(stacked):
+                    w.add_tensor(f"blk.{layer}.ffn_{proj}.{e}.weight", one.contiguous().numpy())
+            continue
         if module == "mlp.experts.gate_up_proj":  # transformers keeps experts stacked too
             gate, up = t.chunk(2, dim=1)
             w.add_tensor(f"blk.{layer}.ffn_gate_exps.weight", gate.contiguous().numpy())
@@ -179,10 +187,11 @@ def write_moe_gguf(hf, path: str) -> None:
     w.close()
 
 
-@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral"])
+@pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "mixtral-per-expert"])
 def test_gguf_file_matches_transformers(tmp_path, family):
+    family, _, layout = family.partition("-")
     hf = save_moe_model(family, tmp_path / "hf")
-    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"), per_expert=layout == "per-expert")
     loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
     assert loaded.config.architecture == family
     assert loaded.config.moe.dense_layers == ((1,) if family == "qwen3_moe" else ())

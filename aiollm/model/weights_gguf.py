@@ -61,6 +61,7 @@ _LAYER_NAMES = {
     "ffn_up_shexp": "mlp.shared_expert.up_proj",
     "ffn_down_shexp": "mlp.shared_expert.down_proj",
 }
+_PER_EXPERT_NAMES = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
 # Weights that carry configuration, not parameters: read by config_from_gguf.
 _CONFIG_TENSORS = ("rope_freqs.weight",)
 
@@ -177,9 +178,16 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
 def _hf_name(gguf_name: str) -> str:
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
-    blk, layer, module, suffix = gguf_name.split(".")
-    if blk != "blk" or module not in _LAYER_NAMES:
+    parts = gguf_name.split(".")
+    if (len(parts) == 5 and parts[0] == "blk" and parts[2] in _PER_EXPERT_NAMES
+            and parts[3].isdigit()):
+        # llama.cpp's Mixtral files before April 2024: one tensor per expert
+        # (blk.N.ffn_gate.E.weight), which llama.cpp still reads
+        blk, layer, module, expert, suffix = parts
+        return f"model.layers.{layer}.mlp.experts.{expert}.{_PER_EXPERT_NAMES[module]}.{suffix}"
+    if len(parts) != 4 or parts[0] != "blk" or parts[2] not in _LAYER_NAMES:
         raise ValueError(f"GGUF tensor {gguf_name!r} is not part of a supported model")
+    _, layer, module, suffix = parts
     return f"model.layers.{layer}.{_LAYER_NAMES[module]}.{suffix}"
 
 
