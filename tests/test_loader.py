@@ -151,15 +151,18 @@ def gguf_writer(c, path: str, arch: str):
     return w
 
 
-def write_gguf(hf, path: str, raw_types: dict | None = None, rope_scaling: str | None = None
-               ) -> None:
+def write_gguf(hf, path: str, raw_types: dict | None = None, rope_scaling: str | None = None,
+               rope_dims: int | None = None) -> None:
     """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted); a tensor
     named in raw_types (GGUF name -> GGMLQuantizationType) is written as zero bytes of it,
-    and rope_scaling is written as the file's rope.scaling.type (factor 4)."""
+    rope_scaling as the file's rope.scaling.type (factor 4), rope_dims as its
+    rope.dimension_count (the rotated part of each head)."""
     c = hf.config
     arch = c.model_type
     w = gguf_writer(c, path, arch)
     w.add_eos_token_id(7)
+    if rope_dims is not None:
+        w.add_rope_dimension_count(rope_dims)
     if rope_scaling is not None:
         import gguf
 
@@ -235,7 +238,7 @@ def test_gguf_tensor_type_without_dequantization_is_refused(tmp_path):
         load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
 
 
-def test_gguf_rope_scaling_other_than_linear_is_refused(tmp_path):
+def test_gguf_rope_other_than_ours_is_refused(tmp_path):
     """llama.cpp's YaRN parameters are not transformers': a GGUF file with yarn scaling is
     refused rather than run with the HF defaults (and longrope has none)."""
     hf = save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path / "hf"))
@@ -246,6 +249,12 @@ def test_gguf_rope_scaling_other_than_linear_is_refused(tmp_path):
     write_gguf(hf, str(tmp_path / "linear.gguf"), rope_scaling="linear")
     loaded = load_model(str(tmp_path / "linear.gguf"), dtype=torch.float32, device="cpu")
     assert (loaded.config.rope.type, loaded.config.rope.factor) == ("linear", 4.0)
+    # llama.cpp rotates only the first rope.dimension_count dimensions of each head
+    write_gguf(hf, str(tmp_path / "partial.gguf"), rope_dims=8)
+    with pytest.raises(ValueError, match="rope.dimension_count 8 .*head_dim 16"):
+        load_model(str(tmp_path / "partial.gguf"), dtype=torch.float32, device="cpu")
+    write_gguf(hf, str(tmp_path / "full.gguf"), rope_dims=16)
+    load_model(str(tmp_path / "full.gguf"), dtype=torch.float32, device="cpu")
 
 
 def test_dummy_weights_from_config_only(tmp_path):

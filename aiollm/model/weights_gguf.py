@@ -113,6 +113,11 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
     _check_tensor_types(reader.tensors)
     hidden = int(_field(reader, p + "embedding_length"))
     heads = int(_field(reader, p + "attention.head_count"))
+    head_dim = int(_field(reader, p + "attention.key_length", hidden // heads))
+    rotated = int(_field(reader, p + "rope.dimension_count", head_dim))
+    if rotated != head_dim:  # llama.cpp rotates only that many dimensions of each head
+        raise ValueError(f"GGUF {p}rope.dimension_count {rotated} differs from head_dim "
+                         f"{head_dim}: partial rotary is not supported")
     rope = RopeConfig(theta=float(_field(reader, p + "rope.freq_base", 10000.0)))
     if "rope_freqs.weight" in tensors:
         # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
@@ -140,7 +145,7 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
         num_layers=int(_field(reader, p + "block_count")),
         num_heads=heads,
         num_kv_heads=int(_field(reader, p + "attention.head_count_kv", heads)),
-        head_dim=int(_field(reader, p + "attention.key_length", hidden // heads)),
+        head_dim=head_dim,
         rms_norm_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon")),
         rope=rope,
         max_position=int(_field(reader, p + "context_length")),
