@@ -257,6 +257,24 @@ def test_gguf_rope_other_than_ours_is_refused(tmp_path):
     load_model(str(tmp_path / "full.gguf"), dtype=torch.float32, device="cpu")
 
 
+def test_gguf_without_a_required_field_is_refused(tmp_path):
+    """A GGUF file without a shape field every model file has (here embedding_length): a
+    ValueError naming it, which aiollm serve reports in one line, not a TypeError traceback."""
+    import gguf
+    import numpy as np
+
+    path = str(tmp_path / "partial.gguf")
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_context_length(128)
+    w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="'llama.embedding_length'"):
+        load_model(path, dtype=torch.float32, device="cpu")
+
+
 def test_dummy_weights_from_config_only(tmp_path):
     config = FAMILIES["qwen3-qk-norm"]
     config.save_pretrained(tmp_path)

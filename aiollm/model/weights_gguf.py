@@ -71,6 +71,15 @@ def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
     return default if f is None else f.contents()
 
 
+def _required(reader: GGUFReader, key: str) -> Any:
+    """A metadata field every model file carries: ValueError naming it if absent (int(None)
+    was a TypeError traceback from aiollm serve)."""
+    v = _field(reader, key)
+    if v is None:
+        raise ValueError(f"GGUF file has no {key!r} metadata: it is not a complete model file")
+    return v
+
+
 def _dequantized(tensor: Any) -> torch.Tensor:
     """float32 [rows, cols] (torch order: [out_features, in_features])."""
     w = dequantize(tensor.data, tensor.tensor_type)
@@ -111,8 +120,8 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
     _check_tensor_types(reader.tensors)
-    hidden = int(_field(reader, p + "embedding_length"))
-    heads = int(_field(reader, p + "attention.head_count"))
+    hidden = int(_required(reader, p + "embedding_length"))
+    heads = int(_required(reader, p + "attention.head_count"))
     head_dim = int(_field(reader, p + "attention.key_length", hidden // heads))
     rotated = int(_field(reader, p + "rope.dimension_count", head_dim))
     if rotated != head_dim:  # llama.cpp rotates only that many dimensions of each head
@@ -130,7 +139,7 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
             raise ValueError(f"GGUF rope scaling {scaling!r} is not supported "
                              "(supported: none, linear)")
         if scaling != "none":
-            factor = float(_field(reader, p + "rope.scaling.factor"))
+            factor = float(_required(reader, p + "rope.scaling.factor"))
             rope = RopeConfig(theta=rope.theta, type=scaling, factor=factor)
     eos = [
         int(v)
@@ -141,14 +150,14 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
         architecture=arch,
         vocab_size=int(tensors["token_embd.weight"].shape[1]),  # ggml order: [hidden, vocab]
         hidden_size=hidden,
-        intermediate_size=int(_field(reader, p + "feed_forward_length")),
-        num_layers=int(_field(reader, p + "block_count")),
+        intermediate_size=int(_required(reader, p + "feed_forward_length")),
+        num_layers=int(_required(reader, p + "block_count")),
         num_heads=heads,
         num_kv_heads=int(_field(reader, p + "attention.head_count_kv", heads)),
         head_dim=head_dim,
-        rms_norm_eps=float(_field(reader, p + "attention.layer_norm_rms_epsilon")),
+        rms_norm_eps=float(_required(reader, p + "attention.layer_norm_rms_epsilon")),
         rope=rope,
-        max_position=int(_field(reader, p + "context_length")),
+        max_position=int(_required(reader, p + "context_length")),
         tie_word_embeddings="output.weight" not in tensors,
         qkv_bias="blk.0.attn_q.bias" in tensors,
         o_bias="blk.0.attn_output.bias" in tensors,
