@@ -102,6 +102,23 @@ def test_hf_directory_matches_transformers(tmp_path, family, sharded):
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
 
 
+def test_hf_directory_reads_model_safetensors_only(tmp_path):
+    """Beside model.safetensors a directory may hold other safetensors files: Mistral's own
+    consolidated.safetensors, a LoRA adapter. transformers reads model.safetensors alone
+    (without an index), and so do we; they were read and refused as tensors with no place."""
+    from safetensors.torch import save_file
+
+    hf = save_random_hf_model(FAMILIES["mistral"], str(tmp_path))
+    save_file({"tok_embeddings.weight": torch.zeros(160, 64)},
+              str(tmp_path / "consolidated.safetensors"))
+    save_file({"base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64)},
+              str(tmp_path / "adapter_model.safetensors"))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
+
+
 GGUF_LAYER_NAMES = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",

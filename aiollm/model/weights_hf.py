@@ -1,8 +1,8 @@
 """Tensors of a Hugging Face model directory: one or many *.safetensors files.
 
-A sharded checkpoint names its files in model.safetensors.index.json; otherwise every
-*.safetensors file of the directory is read. Files are memory-mapped by safetensors and each
-tensor is read straight onto the target device.
+A sharded checkpoint names its files in model.safetensors.index.json; otherwise
+model.safetensors is read, or, without one, every *.safetensors file of the directory. Files
+are memory-mapped by safetensors and each tensor is read straight onto the target device.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 
 INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
 
 
 def safetensors_files(model_dir: str) -> list[str]:
@@ -24,7 +25,11 @@ def safetensors_files(model_dir: str) -> list[str]:
         with open(index) as f:
             names = sorted(set(json.load(f)["weight_map"].values()))
         return [os.path.join(model_dir, n) for n in names]
-    files = sorted(glob(os.path.join(model_dir, "*.safetensors")))
+    single = os.path.join(model_dir, SINGLE_FILE)
+    # As transformers: model.safetensors alone when it is there, whatever else sits beside it
+    # (Mistral's consolidated.safetensors, a LoRA adapter); else any *.safetensors file.
+    files = [single] if os.path.exists(single) else sorted(
+        glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
         raise FileNotFoundError(
             f"no *.safetensors file in {model_dir} (PyTorch .bin checkpoints are not supported; "
