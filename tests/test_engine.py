@@ -262,6 +262,15 @@ def test_a_failing_batch_holds_nothing(loop, engine):
     assert_all_free(engine)
 
 
+def test_a_string_is_one_prompt_of_a_batch(loop, engine):
+    """generate_batch("Hello") (LLM.generate("Hello")) is one prompt: it was five, one per
+    character, since a str is a sequence of strings."""
+    params = SamplingParams(max_tokens=4, temperature=0)
+    outs = run(loop, engine.generate_batch("Hello", params, progress=False))
+    one = run(loop, engine.generate("Hello", params))
+    assert [o.token_ids for o in outs] == [one.token_ids]
+
+
 def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     with pytest.raises(InvalidRequest, match=str(engine.max_model_len)):
         engine.stream([1] * (engine.max_model_len + 5), SamplingParams())

@@ -207,8 +207,12 @@ class Engine:
 
     async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
                              progress: bool = True) -> list[RequestOutput]:
-        """Offline generation of many prompts at once, with a progress bar."""
+        """Offline generation of many prompts at once, with a progress bar. A single string
+        is one prompt (as in vLLM's LLM.generate), not a batch of its characters."""
         from tqdm.auto import tqdm
+
+        if isinstance(prompts, str):
+            prompts = [prompts]
 
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
 
