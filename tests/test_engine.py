@@ -682,6 +682,38 @@ def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine):
     assert_all_free(engine)
 
 
+def test_a_stream_dropped_on_another_thread_is_released_on_its_loop(loop):
+    """The cycle collector may free an Engine.stream() on any thread (the model's, a
+    tokenizer worker's); its release (Engine._finish: planner, table, events) must run on the
+    loop the stream was made on."""
+    import threading
+
+    from aiollm.engine.stream import RequestStream
+
+    class Req:
+        done = False
+
+    calls = []
+
+    def finish(req, reason):
+        calls.append((threading.get_ident(), reason))
+        req.done = True
+
+    async def gen():
+        yield None
+
+    async def make():
+        return RequestStream(Req(), gen(), finish)
+
+    held = [run(loop, make())]
+    dropper = threading.Thread(target=held.clear)
+    dropper.start()
+    dropper.join()
+    assert calls == []  # not on the dropping thread
+    run(loop, asyncio.sleep(0))
+    assert calls == [(threading.get_ident(), "abort")]
+
+
 def test_warm_up_plan_covers_each_kernel_shape_class():
     from aiollm.engine.warm_up import plan
 

@@ -9,6 +9,7 @@ request's event; detokenizing and stop strings happen here, in the consumer's ta
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from aiollm.engine.output_text import OutputText
@@ -86,12 +87,18 @@ async def collect(req: Request, stream: AsyncIterator[Delta]) -> RequestOutput:
 class RequestStream:
     """The async iterator Engine.stream() returns: a request is released when its stream is
     closed or garbage-collected, also if it was never iterated (an async generator that never
-    started runs no finally block)."""
+    started runs no finally block). The release touches the engine's loop-thread state (the
+    planner, the table, events), so a stream the cycle collector frees on another thread (the
+    model's, a tokenizer worker's) hands its release to the loop it was made on."""
 
-    __slots__ = ("_req", "_gen", "_finish")
+    __slots__ = ("_req", "_gen", "_finish", "_loop")
 
     def __init__(self, req: Request, gen: AsyncIterator[Delta], finish: Finish):
         self._req, self._gen, self._finish = req, gen, finish
+        try:
+            self._loop = asyncio.get_running_loop()
+        except RuntimeError:  # made outside a loop: released where it is dropped
+            self._loop = None
 
     def __aiter__(self) -> "RequestStream":
         return self
@@ -108,4 +115,18 @@ class RequestStream:
             self._finish(self._req, "abort")
 
     def __del__(self) -> None:
+        if self._req.done:
+            return
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                here = asyncio.get_running_loop()
+            except RuntimeError:
+                here = None
+            if here is not loop:
+                try:
+                    loop.call_soon_threadsafe(self._release)
+                except RuntimeError:  # the loop closed meanwhile: its engine is gone
+                    pass
+                return
         self._release()
