@@ -219,6 +219,21 @@ def test_bad_constraint_is_400(server, body, param):
         assert "frobnicate" in err["message"] or "position" in err["message"], err
 
 
+@pytest.mark.parametrize("choice", [None, "required"])
+def test_tools_with_response_format_name_what_was_sent(server, choice):
+    """tools and a response format both constrain the output: the 400 names the tool_choice
+    the client sent, or says it defaulted (it blamed a tool_choice "auto" nobody sent)."""
+    body = {"messages": ASK, "max_tokens": 4, "tools": [WEATHER],
+            "response_format": {"type": "json_object"}}
+    if choice:
+        body["tool_choice"] = choice
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "tool_choice", err
+    assert ("'required'" in err["message"]) == (choice == "required"), err
+    assert ("absent" in err["message"]) == (choice is None), err
+
+
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/completions", {"tools": [WEATHER], "tool_choice": "required"}, "tools"),
     ("/v1/completions", {"tool_choice": "required"}, "tool_choice"),
@@ -319,6 +334,8 @@ def test_tool_call_round_trip(client, choice):
         assert finish in ("stop", "length") and msg.content
         return
     assert finish == "tool_calls" and msg.tool_calls, msg
+    if choice == "named":  # one call of that function, as vLLM and SGLang answer
+        assert len(msg.tool_calls) == 1, msg
     call = msg.tool_calls[0]
     tool = WEATHER if call.function.name == "get_weather" else TIME
     _check_call(call, tool)

@@ -221,11 +221,15 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if tool_calls.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
         if constraint is not None and constraint.grammar is not None:
-            raise ApiError(400, f"tool_choice {mode!r} and {constraint.grammar.param} both "
-                           f"constrain the output; send one (or tool_choice \"none\")",
-                           param="tool_choice")
+            sent = (f"tool_choice {mode!r}" if req.tool_choice is not None else
+                    "tools (with tool_choice absent, \"auto\")")
+            raise ApiError(400, f"{sent} and {constraint.grammar.param} both constrain the "
+                           f"output; send one (or tool_choice \"none\")", param="tool_choice")
+        # a named function is one call, as vLLM and SGLang answer it; else several may come
+        # unless parallel_tool_calls is false
+        named = isinstance(req.tool_choice, dict)
         spec = parser.grammar(callable_tools, required=mode == "required",
-                              parallel=req.parallel_tool_calls is not False)
+                              parallel=req.parallel_tool_calls is not False and not named)
         constraint = Constraint(spec, *((constraint.allowed_token_ids, constraint.logit_bias)
                                         if constraint else ()))
     # the template is applied here rather than by engine.chat so that a request without
