@@ -219,10 +219,14 @@ def test_bad_constraint_is_400(server, body, param):
         assert "frobnicate" in err["message"] or "position" in err["message"], err
 
 
-@pytest.mark.parametrize("choice", [None, "required"])
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+@pytest.mark.parametrize("choice", [None, "required", NAMED], ids=["absent", "required", "named"])
 def test_tools_with_response_format_name_what_was_sent(server, choice):
     """tools and a response format both constrain the output: the 400 names the tool_choice
-    the client sent, or says it defaulted (it blamed a tool_choice "auto" nobody sent)."""
+    the client sent, or says it defaulted (it blamed a tool_choice "auto" nobody sent, and a
+    named function as a tool_choice "required")."""
     body = {"messages": ASK, "max_tokens": 4, "tools": [WEATHER],
             "response_format": {"type": "json_object"}}
     if choice:
@@ -232,6 +236,7 @@ def test_tools_with_response_format_name_what_was_sent(server, choice):
     assert status == 400 and err["param"] == "tool_choice", err
     assert ("'required'" in err["message"]) == (choice == "required"), err
     assert ("absent" in err["message"]) == (choice is None), err
+    assert ("'get_weather'" in err["message"]) == (choice is NAMED), err
 
 
 @pytest.mark.parametrize("path,body,param", [

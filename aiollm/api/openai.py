@@ -221,8 +221,12 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if tool_calls.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
         if constraint is not None and constraint.grammar is not None:
-            sent = (f"tool_choice {mode!r}" if req.tool_choice is not None else
-                    "tools (with tool_choice absent, \"auto\")")
+            if isinstance(req.tool_choice, dict):  # mode "required", which it was not sent as
+                sent = f"tool_choice naming the function {callable_tools[0]['function']['name']!r}"
+            elif req.tool_choice is not None:
+                sent = f"tool_choice {mode!r}"
+            else:
+                sent = "tools (with tool_choice absent, \"auto\")"
             raise ApiError(400, f"{sent} and {constraint.grammar.param} both constrain the "
                            f"output; send one (or tool_choice \"none\")", param="tool_choice")
         # a named function is one call, as vLLM and SGLang answer it; else several may come
