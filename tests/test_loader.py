@@ -405,6 +405,17 @@ def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field)
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
+@pytest.mark.parametrize("classes", [["LLaMAForCausalLM"], None, []], ids=str)
+def test_llama_configs_transformers_loads_by_model_type_load(tmp_path, classes):
+    """The architectures check refuses other heads and families, not the old class name of
+    the first converted Llama checkpoints (LLaMAForCausalLM, still in their fine-tunes'
+    configs) nor a config that names no class: transformers loads both by model_type."""
+    config = LlamaConfig(**TINY, architectures=classes)
+    config.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    assert loaded.config.architecture == "llama"
+
+
 def test_default_tokenizer_has_smollm2_chat_template(tmp_path):
     tok = load_tokenizer(None)
     messages = [{"role": "user", "content": "What is 2+2?"}]

@@ -26,10 +26,12 @@ SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwe
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
 # transformers' causal-LM classes of those model types: a config.json's `architectures` must
 # name one (another class on a supported model_type is another head, e.g. a reward model, or
-# another family's checkpoint relabelled)
-CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM",
-                     "Qwen3ForCausalLM", "MixtralForCausalLM", "Qwen2MoeForCausalLM",
-                     "Qwen3MoeForCausalLM")
+# another family's checkpoint relabelled). LLaMAForCausalLM is the name the first converted
+# Llama checkpoints (decapoda-research's) wrote, which their many fine-tunes still carry:
+# transformers loads them by model_type as LlamaForCausalLM, and so did we.
+CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM",
+                     "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
+                     "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn")
 
 
