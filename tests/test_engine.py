@@ -714,6 +714,28 @@ def test_a_stream_dropped_on_another_thread_is_released_on_its_loop(loop):
     assert calls == [(threading.get_ident(), "abort")]
 
 
+def test_a_stream_the_collector_frees_amid_loop_code_is_released_after_it(loop, engine):
+    """The cycle collector runs where an allocation trips it, on the loop's thread too: in
+    the middle of the step loop or the planner. A stream it frees there must not release its
+    request (planner, table, KV) inside the code it interrupted, only when the loop next
+    turns; it did so at once, changing the planner's state under it."""
+    import gc
+
+    async def go():
+        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=50, ignore_eos=True))
+        await stream.__anext__()
+        cycle = [stream]
+        cycle.append(cycle)  # garbage only the collector frees
+        del stream, cycle
+        gc.collect()  # as an allocation amid the engine's code would trip it
+        during = engine.stats()["table_used"]
+        await asyncio.sleep(0.05)
+        return during
+
+    assert run(loop, go()) == 1
+    assert_all_free(engine)
+
+
 def test_warm_up_plan_covers_each_kernel_shape_class():
     from aiollm.engine.warm_up import plan
 

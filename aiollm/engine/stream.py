@@ -88,8 +88,9 @@ class RequestStream:
     """The async iterator Engine.stream() returns: a request is released when its stream is
     closed or garbage-collected, also if it was never iterated (an async generator that never
     started runs no finally block). The release touches the engine's loop-thread state (the
-    planner, the table, events), so a stream the cycle collector frees on another thread (the
-    model's, a tokenizer worker's) hands its release to the loop it was made on."""
+    planner, the table, events), so a dropped stream hands its release to the loop it was made
+    on: the cycle collector may free it on another thread (the model's, a tokenizer worker's)
+    or amid the loop's own code."""
 
     __slots__ = ("_req", "_gen", "_finish", "_loop")
 
@@ -119,14 +120,13 @@ class RequestStream:
             return
         loop = self._loop
         if loop is not None and not loop.is_closed():
+            # Never inline, not even on the loop's own thread: the cycle collector runs where
+            # an allocation trips it, which there is often the middle of the step loop or
+            # the planner, whose state the release changes. The loop runs it next turn (as
+            # asyncio's own hook runs a dropped async generator's aclose).
             try:
-                here = asyncio.get_running_loop()
-            except RuntimeError:
-                here = None
-            if here is not loop:
-                try:
-                    loop.call_soon_threadsafe(self._release)
-                except RuntimeError:  # the loop closed meanwhile: its engine is gone
-                    pass
-                return
+                loop.call_soon_threadsafe(self._release)
+            except RuntimeError:  # the loop closed meanwhile: its engine is gone
+                pass
+            return
         self._release()
