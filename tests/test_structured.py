@@ -202,6 +202,9 @@ def test_allowed_token_ids_and_logit_bias(client, server):
         "type": "string"}}}], "tool_choice": "required"}, "tools[0].function.parameters"),
     ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
         "type": "array", "items": {"type": "integer"}}}}]}, "tools[1].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "$defs": {"S": {"type": "string"}}, "$ref": "#/$defs/S"}}}]},
+     "tools[0].function.parameters"),
     # escapes xgrammar would match as the letter itself (\A and \Z are anchors)
     ({"guided_regex": r"\Aabc\Z"}, "guided_regex"),
     ({"structured_outputs": {"regex": r"[0-9]+\Z"}}, "structured_outputs.regex"),
@@ -321,6 +324,28 @@ def _check_call(call, tool: dict) -> dict:
     args = json.loads(call.function.arguments)
     jsonschema.validate(args, tool["function"]["parameters"])
     return args
+
+
+class TreeNode(pydantic.BaseModel):
+    name: str = pydantic.Field(max_length=8)
+    children: list["TreeNode"] = pydantic.Field(default=[], max_length=2)
+
+
+def test_tool_of_a_recursive_pydantic_model(client):
+    """pydantic writes a recursive model as {"$defs": {...}, "$ref": "#/$defs/TreeNode"}: an
+    object schema whose "type" sits in its definition. As a tool's parameters it is served
+    (it was refused as 'got type None', as if it were a string or array schema)."""
+    schema = TreeNode.model_json_schema()
+    assert "type" not in schema and schema["$ref"] == "#/$defs/TreeNode"
+    tool = {"type": "function", "function": {"name": "make_tree", "parameters": schema}}
+    r = client.chat.completions.create(
+        model=None, messages=[{"role": "user", "content": "Make a tree of two nodes."}],
+        tools=[tool], tool_choice="required", max_tokens=60, temperature=0)
+    msg, finish = r.choices[0].message, r.choices[0].finish_reason
+    if finish == "tool_calls":
+        _check_call(msg.tool_calls[0], tool)
+    else:  # the model nests children until max_tokens cuts the call, under the grammar
+        assert finish == "length" and '"name": "make_tree"' in msg.content, msg
 
 
 @pytest.mark.parametrize("choice", ["required", "named", "auto"])

@@ -276,6 +276,24 @@ def marker_is_skipped(tokenizer, marker: str) -> bool:
 MAX_TOOLS = 128
 
 
+def _root_type(schema: dict) -> Any:
+    """The "type" of a schema's root, through a root "$ref" into the schema itself: pydantic
+    writes a recursive model as {"$defs": {"Node": {"type": "object", ...}}, "$ref":
+    "#/$defs/Node"}, an object schema whose type sits in its definition."""
+    node: Any = schema
+    for _ in range(8):  # a reference to a reference; a loop of them ends here
+        ref = node.get("$ref")
+        if "type" in node or not (isinstance(ref, str) and ref.startswith("#/")):
+            break
+        node = schema
+        for step in ref[2:].split("/"):
+            step = step.replace("~1", "/").replace("~0", "~")
+            node = node.get(step) if isinstance(node, dict) else None
+        if not isinstance(node, dict):
+            return None
+    return node.get("type")
+
+
 def check_tools(tools: Any) -> list[dict]:
     if not isinstance(tools, list):
         raise InvalidRequest("tools must be a list", param="tools")
@@ -290,10 +308,10 @@ def check_tools(tools: Any) -> list[dict]:
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("parameters must be a JSON schema object",
                                  param=f"tools[{i}].function.parameters")
-        if params and params.get("type") != "object":  # as OpenAI refuses it
+        if params and _root_type(params) != "object":  # as OpenAI refuses a string, an array
             raise InvalidRequest(f'parameters must be an object schema ({{"type": "object", '
                                  f'"properties": ...}}): a call\'s arguments are a JSON object, '
-                                 f'got type {params.get("type")!r}',
+                                 f'got type {_root_type(params)!r}',
                                  param=f"tools[{i}].function.parameters")
         if params is not None:
             check_schema(params, f"tools[{i}].function.parameters")
