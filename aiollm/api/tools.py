@@ -13,8 +13,9 @@ template (or `--tool-call-parser`):
 
 tool_choice "required" and a named function are enforced with an xgrammar structural tag
 built from the tools' parameter schemas (calls and nothing else, each one valid for its tool:
-one or more for "required", exactly one for a named function); "auto" constrains a call once its opening marker appears (the tag's trigger), so a
-call the model starts always parses; "none" leaves the output free and parses nothing.
+one or more for "required", exactly one for a named function); "auto" constrains a call once
+its opening marker appears (the tag's trigger), so a call the model starts always parses;
+"none" leaves the output free and parses nothing.
 """
 
 from __future__ import annotations
