@@ -241,3 +241,16 @@ def test_make_setup_says_what_each_step_does():
     assert len(installs) >= 3
     for i in installs:
         assert lines[i - 1].startswith("echo \"aiollm setup"), lines[i - 1]
+
+
+def test_engine_config_takes_a_torch_device():
+    """The Python API took device=torch.device('cpu') before the CLI's device check; it still
+    does (as the string), and a bad one is still refused naming it."""
+    import torch
+
+    from aiollm.config import EngineConfig
+
+    assert EngineConfig(device=torch.device("cpu")).device == "cpu"
+    assert EngineConfig(device=torch.device("cuda", 1)).device == "cuda:1"
+    with pytest.raises(ValueError, match="'meta'"):
+        EngineConfig(device=torch.device("meta"))
