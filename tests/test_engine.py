@@ -289,6 +289,8 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     with pytest.raises(InvalidRequest) as e:  # was AttributeError: 'str' has no 'get'
         engine.stream_chat("hello", SamplingParams())
     assert e.value.param == "messages"
+    ask = [{"role": "user", "content": "Hi"}]  # a tuple of messages is as good as a list
+    assert engine.chat_prompt(tuple(ask)) == engine.chat_prompt(ask)
     # constraints the Engine API's users write themselves (AssertionError, TypeError,
     # AttributeError deep in the grammar module)
     for make, param in ((lambda: GrammarSpec("yaml", "x"), "response_format"),

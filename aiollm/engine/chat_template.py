@@ -36,6 +36,8 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     """Token ids of `messages` with the generation prompt. `specials`: the control-token
     texts to keep as plain text inside string content (None: none, the template's tokenizing
     as it is). Raises InvalidRequest (param "messages") when the template fails."""
+    if isinstance(messages, tuple):  # a sequence of dicts as good as a list
+        messages = list(messages)
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
                              param="messages")
