@@ -220,8 +220,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         parser = tool_calls.parser_for(template, engine.config.tool_call_parser)
         if tool_calls.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
+        named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
         if constraint is not None and constraint.grammar is not None:
-            if isinstance(req.tool_choice, dict):  # mode "required", which it was not sent as
+            if named:  # not the "required" it was turned into
                 sent = f"tool_choice naming the function {callable_tools[0]['function']['name']!r}"
             elif req.tool_choice is not None:
                 sent = f"tool_choice {mode!r}"
@@ -231,7 +232,6 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                            f"output; send one (or tool_choice \"none\")", param="tool_choice")
         # a named function is one call, as vLLM and SGLang answer it; else several may come
         # unless parallel_tool_calls is false
-        named = isinstance(req.tool_choice, dict)
         spec = parser.grammar(callable_tools, required=mode == "required",
                               parallel=req.parallel_tool_calls is not False and not named)
         constraint = Constraint(spec, *((constraint.allowed_token_ids, constraint.logit_bias)

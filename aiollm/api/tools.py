@@ -309,11 +309,11 @@ def check_tools(tools: Any) -> list[dict]:
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("parameters must be a JSON schema object",
                                  param=f"tools[{i}].function.parameters")
-        if params and _root_type(params) != "object":  # as OpenAI refuses a string, an array
+        root = _root_type(params) if params else None
+        if params and root != "object":  # as OpenAI refuses a string, an array
             raise InvalidRequest(f'parameters must be an object schema ({{"type": "object", '
                                  f'"properties": ...}}): a call\'s arguments are a JSON object, '
-                                 f'got type {_root_type(params)!r}',
-                                 param=f"tools[{i}].function.parameters")
+                                 f'got type {root!r}', param=f"tools[{i}].function.parameters")
         if params is not None:
             check_schema(params, f"tools[{i}].function.parameters")
     return tools
