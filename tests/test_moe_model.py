@@ -103,6 +103,27 @@ def test_qwen2_moe_without_qkv_bias_matches_transformers(tmp_path):
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
 
 
+def test_qwen2_moe_without_shared_expert_matches_transformers(tmp_path):
+    """shared_expert_intermediate_size=0: transformers builds a zero-width shared expert
+    (its checkpoint holds [0, H] and [H, 0] projections and a [1, H] gate) that adds
+    sigmoid(gate) * 0 to every token. It runs as a model without a shared expert; those
+    tensors were refused as having "no place in the model"."""
+    config = Qwen2MoeConfig(**{**FAMILIES["qwen2_moe"].to_dict(),
+                               "shared_expert_intermediate_size": 0})
+    hf = save_moe_model("qwen2_moe", tmp_path, config)
+    want = [hf_greedy(hf, p, NEW_TOKENS) for p in PROMPTS]
+
+    async def main():
+        params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+        async with Engine(str(tmp_path), kv_tokens=1024, max_model_len=256) as engine:
+            layer = engine.runner.model.layers[0]
+            assert not hasattr(layer.mlp, "shared_expert")
+            outs = await asyncio.gather(*(engine.generate(p, params) for p in PROMPTS))
+        return [o.token_ids for o in outs]
+
+    assert asyncio.run(main()) == want
+
+
 def test_greedy_through_engine_matches_transformers(moe_model):
     family, path, _, want = moe_model
 

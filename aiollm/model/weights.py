@@ -27,6 +27,8 @@ _EXPERT = re.compile(r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.
 _STACKED = re.compile(
     r"layers\.(\d+)\.mlp\.experts\.(gate_proj|up_proj|down_proj)(?:\.weight)?$")
 _EXPERT_PROJ = {"gate_proj": 0, "w1": 0, "up_proj": 1, "w3": 1, "down_proj": None, "w2": None}
+# Qwen2-MoE's shared expert and its gate.
+_SHARED_EXPERT = re.compile(r"layers\.\d+\.mlp\.shared_expert(?:_gate)?\.")
 
 
 class WeightFiller:
@@ -61,12 +63,22 @@ class WeightFiller:
             str(n): layer.mlp.expert_range for n, layer in enumerate(model.layers)
             if hasattr(layer.mlp, "expert_range")
         }
+        # transformers builds shared_expert_intermediate_size=0 as a zero-width shared expert
+        # (and saves its empty projections and its gate), which adds sigmoid(gate) * 0: ours
+        # has none, and those tensors are skipped
+        self.no_shared_expert = cfg.moe is not None and not cfg.moe.shared_expert_intermediate_size
 
     def fill(self, hf_name: str, tensor: torch.Tensor) -> None:
         name = hf_name.removeprefix("model.")
         if name.endswith(_IGNORED_SUFFIXES) or (self.tied and name == "lm_head.weight"):
             return
         name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's name of the MoE block
+        if self.no_shared_expert and _SHARED_EXPERT.search(name):
+            if ".shared_expert." in name and tensor.numel():
+                raise ValueError(
+                    f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, but the "
+                    "config's shared_expert_intermediate_size is 0 (no shared expert)")
+            return
         if (m := _EXPERT.search(name) or _STACKED.search(name)) is not None:
             return self._fill_experts(hf_name, m, tensor)
         parts = name.split(".")
