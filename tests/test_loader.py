@@ -395,14 +395,35 @@ def test_bad_paths_and_lengths_fail_clearly(tmp_path):
     (LlamaConfig(**TINY, architectures=["GemmaForCausalLM"]), r"architectures \['Gemma"),
     (Qwen2Config(**TINY, architectures=["Qwen2ForRewardModel"]), "Qwen2ForRewardModel"),
     (LlamaConfig(**TINY, quantization_config={"quant_method": "fp8"}), "quant_method 'fp8'"),
+    # transformers fails on partial rotary with a scaled rope (frequencies for part of the
+    # head, applied to all of it); we rotated the whole head as if it were not there
+    (LlamaConfig(**TINY, rope_parameters={**YARN_ROPE, "partial_rotary_factor": 0.5}),
+     "partial_rotary_factor 0.5 with rope scaling 'yarn'"),
+    (LlamaConfig(**TINY, rope_parameters={**LLAMA3_ROPE, "partial_rotary_factor": 0.25}),
+     "partial_rotary_factor 0.25 with rope scaling 'llama3'"),
+    (Qwen2Config(**TINY, partial_rotary_factor=0.5,
+                 rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}),
+     "partial_rotary_factor 0.5 with rope scaling 'linear'"),
 ], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
-        "fp8-quantized"])
+        "fp8-quantized", "partial-yarn", "partial-llama3", "partial-linear"])
 def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
     """A config field we do not implement is refused at load, naming the field and value,
     instead of running a model whose outputs differ from transformers'."""
     config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=field):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_partial_rotary_factor_with_the_default_rope_matches_transformers(tmp_path):
+    """The default rotary of these model types rotates the whole head in transformers,
+    whatever partial_rotary_factor says: such a config is not refused, and runs as there."""
+    config = Qwen2Config(**TINY, rope_parameters={"rope_type": "default", "rope_theta": 1e4,
+                                                  "partial_rotary_factor": 0.5})
+    hf = save_random_hf_model(config, str(tmp_path))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("classes", [["LLaMAForCausalLM"], None, []], ids=str)

@@ -177,6 +177,7 @@ def _rope_from_hf(hf: Any) -> RopeConfig:
     params = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
     theta = params.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0
     kind = params.get("rope_type") or params.get("type") or "default"
+    _check_partial_rotary(hf, params, kind)
     rope = RopeConfig(theta=float(theta), type=kind, factor=float(params.get("factor", 1.0) or 1.0))
     if kind == "llama3":
         rope.low_freq_factor = float(params["low_freq_factor"])
@@ -187,6 +188,20 @@ def _rope_from_hf(hf: Any) -> RopeConfig:
     elif kind == "yarn":
         _yarn_from_hf(rope, params, hf)
     return rope
+
+
+def _check_partial_rotary(hf: Any, params: dict, kind: str) -> None:
+    """Refuse partial_rotary_factor < 1 with a scaled rope. These model types' default rotary
+    (transformers' compute_default_rope_parameters of each) rotates the whole head whatever
+    the factor, as ours does; the scaled ones compute frequencies for the rotated part only,
+    which transformers then applies to the whole head and fails (a shape mismatch)."""
+    factor = params.get("partial_rotary_factor", getattr(hf, "partial_rotary_factor", None))
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    if kind != "default" and factor is not None and int(head_dim * factor) != head_dim:
+        raise ValueError(
+            f"partial_rotary_factor {factor} with rope scaling {kind!r} (rope_scaling / "
+            "rope_parameters) is not supported: aiollm rotates the whole head, and "
+            "transformers cannot run this combination either")
 
 
 def _yarn_from_hf(rope: RopeConfig, params: dict, hf: Any) -> None:
