@@ -386,6 +386,19 @@ def test_bad_paths_and_lengths_fail_clearly(tmp_path):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
+def test_max_model_len_past_a_sliding_window_names_the_window(tmp_path):
+    """A sliding-window model's context is capped at its window: a longer max_model_len is
+    refused naming sliding_window and its value, not max_position_embeddings' 256."""
+    MistralConfig(**TINY, sliding_window=128).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="max_model_len 200 exceeds the model's context of "
+                                         "128 .*sliding_window 128"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy",
+                   max_model_len=200)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy",
+                        max_model_len=128)
+    assert loaded.max_model_len == 128
+
+
 @pytest.mark.parametrize("config, field", [
     # transformers runs these MLPs with GELU; our kernels compute SiLU only
     (LlamaConfig(**TINY, hidden_act="gelu"), "hidden_act 'gelu'"),

@@ -115,6 +115,7 @@ class ModelConfig:
     bos_token_id: int | None = None
     torch_dtype: torch.dtype | None = None  # the checkpoint's dtype; None when unknown (GGUF)
     moe: MoeConfig | None = None  # mixture-of-experts layers (None: every layer is dense)
+    sliding_window: int | None = None  # the window max_position is capped at (None: no cap)
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -270,6 +271,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         log.warning("sliding window %d < max_position_embeddings %d: context capped at the window",
                     window, max_position)
         max_position = int(window)
+    else:
+        window = None
     eos = _as_list(hf.eos_token_id)
     eos += [t for t in generation_eos or [] if t not in eos]
     return ModelConfig(
@@ -295,6 +298,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         bos_token_id=getattr(hf, "bos_token_id", None),
         torch_dtype=_checkpoint_dtype(hf),
         moe=_moe_from_hf(hf) if arch in MOE_ARCHITECTURES else None,
+        sliding_window=int(window) if window else None,
     )
 
 

@@ -181,9 +181,11 @@ def load_model(
     else:
         config = load_hf_config(model_dir)
     if max_model_len is not None and max_model_len > config.max_position:
-        raise ValueError(
-            f"max_model_len {max_model_len} exceeds the model's context of {config.max_position}"
-        )
+        why = (f" (its sliding_window {config.sliding_window}: aiollm attends over the whole "
+               "sequence, which matches the model only within one window)"
+               if config.sliding_window else "")
+        raise ValueError(f"max_model_len {max_model_len} exceeds the model's context of "
+                         f"{config.max_position}{why}")
     max_len = max_model_len or config.max_position
     model = _empty_model(config, max_len, dtype, device)
 
