@@ -13,6 +13,7 @@ import torch
 from test_loader import FAMILIES, save_random_hf_model, write_gguf
 
 from aiollm.model import load_model
+from aiollm.model.loader import read_config
 from aiollm.model.config import ModelConfig, MoeConfig, RopeConfig
 from aiollm.model.derived_cache import (
     GGUFCache,
@@ -44,9 +45,9 @@ def test_a_load_stores_config_and_parameters_and_the_next_reads_them(gguf_file):
     with open(gguf_file, "rb") as f:
         assert os.path.basename(entry) == hashlib.sha256(f.read()).hexdigest()
     stored = sorted(os.listdir(entry))
-    assert stored[0] == "config.json" and stored[1].startswith("params-")
+    assert stored[0].startswith("config-") and stored[1].startswith("params-")
     assert stored[1].endswith("-float32.safetensors") and len(stored) == 2
-    assert config_from_dict(json.load(open(os.path.join(entry, "config.json")))) == \
+    assert config_from_dict(json.load(open(os.path.join(entry, stored[0])))) == \
         read_gguf(gguf_file).config
     second = params(gguf_file)
     assert second.keys() == first.keys()
@@ -65,7 +66,7 @@ def test_a_damaged_entry_is_derived_again(gguf_file):
     [name] = [n for n in os.listdir(entry) if n.startswith("params-")]
     with open(os.path.join(entry, name), "wb") as f:
         f.write(b"\x00not a safetensors file")
-    with open(os.path.join(entry, "config.json"), "w") as f:
+    with open(GGUFCache(gguf_file).config_path, "w") as f:
         f.write("{not json")
     second = params(gguf_file)
     assert all(torch.equal(second[n], first[n]) for n in first)
@@ -83,6 +84,32 @@ def test_a_changed_file_is_another_entry(gguf_file, tmp_path):
     second = params(gguf_file)
     assert not torch.equal(second["embed_tokens.weight"], first["embed_tokens.weight"])
     assert len(os.listdir(os.path.join(str(tmp_path / "cache"), "gguf-v1"))) == 2
+
+
+def test_a_config_derived_by_other_code_is_not_used(tmp_path, monkeypatch):
+    """A config stored by another aiollm version is derived again: one stored before GGUF
+    rope.dimension_count was checked let a file with partial rotary skip the check (with the
+    dequantized weights a GPU start stores, nothing parsed the file again)."""
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    hf = save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path / "hf"))
+    full, partial = str(tmp_path / "full.gguf"), str(tmp_path / "partial.gguf")
+    write_gguf(hf, full)
+    write_gguf(hf, partial, rope_dims=8)
+    # the partial file's entry as older code left it: the config derived without the check
+    # (the full file's) under the name versions before config-<code>.json used, and under
+    # another code's key; the dequantized weights
+    gguf = read_gguf(full)
+    entry = GGUFCache(partial).dir
+    os.makedirs(entry)
+    for name in ("config.json", "config-0123456789abcdef.json"):
+        with open(os.path.join(entry, name), "w") as f:
+            json.dump(config_to_dict(gguf.config), f)
+    dict(GGUFCache(partial).recording(iter_gguf(gguf), gguf.config))
+    assert GGUFCache(partial).weights_path is not None
+    with pytest.raises(ValueError, match="rope.dimension_count 8 differs from head_dim 16"):
+        read_config(partial)
+    with pytest.raises(ValueError, match="rope.dimension_count 8 differs from head_dim 16"):
+        load_model(partial, dtype=torch.float32, device="cpu")
 
 
 def test_the_cache_can_be_turned_off(gguf_file, tmp_path, monkeypatch):

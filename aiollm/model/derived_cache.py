@@ -6,7 +6,9 @@ dequantized block by block in numpy, and transformers parses the file a second t
 its tokenizer. The first start stores the results; later starts read them back:
 
     <root>/gguf-v1/<sha256 of the file>/
-        config.json        the ModelConfig (JSON)
+        config-<code>.json the ModelConfig (JSON); <code>: a hash of the code that derives it
+                           (config.py, weights_gguf.py), so a config derived by another
+                           version, without a check added since, is derived again
         model.safetensors  float32 weights under transformers' names, llama.cpp's q/k row
                            permutation undone (for GPU or tensor-parallel loads)
         params-<layout>-<dtype>.safetensors
@@ -48,7 +50,7 @@ FORMAT = "gguf-v1"  # bump when what is stored, or how it is derived, changes
 # Dequantized float32 weights take 4 bytes a parameter (4-8x the quantized file): models whose
 # weights or parameters would exceed this are dequantized at every start, not stored.
 MAX_WEIGHT_BYTES = 4 * 2**30
-CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR = "config.json", "model.safetensors", "tokenizer"
+WEIGHTS_FILE, TOKENIZER_DIR = "model.safetensors", "tokenizer"
 MANIFEST_FILE = "sha256.json"  # in TOKENIZER_DIR: {file name: hex SHA-256 of its content}
 
 
@@ -101,7 +103,7 @@ class GGUFCache:
         if self.dir is None:
             return None
         try:
-            with open(os.path.join(self.dir, CONFIG_FILE)) as f:
+            with open(self.config_path) as f:
                 return config_from_dict(json.load(f))
         except (OSError, ValueError, TypeError, KeyError) as e:
             if not isinstance(e, FileNotFoundError):
@@ -111,7 +113,12 @@ class GGUFCache:
     def store_config(self, config: ModelConfig) -> None:
         if self.dir is not None:
             text = json.dumps(config_to_dict(config), indent=1)
-            _write_atomic(os.path.join(self.dir, CONFIG_FILE), lambda tmp: _write_text(tmp, text))
+            _write_atomic(self.config_path, lambda tmp: _write_text(tmp, text))
+
+    @property
+    def config_path(self) -> str:
+        assert self.dir is not None
+        return os.path.join(self.dir, f"config-{_source_key(_CONFIG_CODE)}.json")
 
     # -- weights --------------------------------------------------------------------------
     @property
@@ -154,7 +161,8 @@ class GGUFCache:
     # -- parameters of a CPU model --------------------------------------------------------
     def params_path(self, dtype: torch.dtype) -> str:
         assert self.dir is not None
-        name = f"params-{_layout_key()}-{str(dtype).removeprefix('torch.')}.safetensors"
+        name = (f"params-{_source_key(_LAYOUT_CODE)}-{str(dtype).removeprefix('torch.')}"
+                ".safetensors")
         return os.path.join(self.dir, name)
 
     def load_params(self, model: torch.nn.Module, dtype: torch.dtype) -> bool:
@@ -222,12 +230,18 @@ class GGUFCache:
             _write_atomic(os.path.join(self.dir, TOKENIZER_DIR), write)
 
 
+# The modules of aiollm.model whose code decides a stored part: a change to one of them
+# invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
+# refused on the way; the parameters: their layout from a GGUF file's tensors.
+_CONFIG_CODE = ("config", "weights_gguf")
+_LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf")
+
+
 @functools.cache
-def _layout_key() -> str:
-    """A hash of the code that decides our parameters' layout from a GGUF file's tensors: a
-    change to it invalidates the stored parameters (not the config, weights or tokenizer)."""
+def _source_key(modules: tuple[str, ...]) -> str:
+    """A hash of the source of `modules` (of aiollm.model): 16 hex digits."""
     h = hashlib.sha256()
-    for module in ("llama", "moe", "weights", "weights_gguf"):
+    for module in modules:
         spec = importlib.util.find_spec(f"aiollm.model.{module}")
         with open(spec.origin, "rb") as f:
             h.update(f.read())
