@@ -128,6 +128,30 @@ GGUF_LAYER_NAMES = {
 }
 
 
+def test_hf_directory_with_both_model_safetensors_and_an_index_reads_model_safetensors(
+        tmp_path):
+    """transformers' from_pretrained (its _get_resolved_checkpoint_files) takes
+    model.safetensors when that file is there, and the index only without it; we read the
+    index first, so the two served different weights from one directory."""
+    import shutil
+
+    save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path),
+                         max_shard_size="40KB")
+    torch.manual_seed(1)  # other weights in model.safetensors
+    other = AutoModelForCausalLM.from_config(FAMILIES["qwen2-qkv-bias-tied"])
+    other.save_pretrained(str(tmp_path / "other"))
+    shutil.copy(tmp_path / "other" / "model.safetensors", tmp_path / "model.safetensors")
+    assert os.path.exists(tmp_path / "model.safetensors.index.json")
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path)).eval()
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+        assert (ref - torch.cat([other(torch.tensor([p])).logits[0] for p in PROMPTS])
+                ).abs().max() < 1e-4
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
+
+
 def llama_cpp_rope_factors(config) -> list[float]:
     """llama.cpp's converter turns llama3 rope scaling into per-frequency divisors."""
     r = config.rope_parameters

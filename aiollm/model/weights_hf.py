@@ -1,8 +1,8 @@
 """Tensors of a Hugging Face model directory: one or many *.safetensors files.
 
-A sharded checkpoint names its files in model.safetensors.index.json; otherwise
-model.safetensors is read, or, without one, every *.safetensors file of the directory. Files
-are memory-mapped by safetensors and each tensor is read straight onto the target device.
+model.safetensors is read when it is there (as transformers does, even beside an index); else
+the files model.safetensors.index.json names; else every *.safetensors file of the directory.
+Files are memory-mapped by safetensors and each tensor is read straight onto the target device.
 """
 
 from __future__ import annotations
@@ -20,16 +20,20 @@ SINGLE_FILE = "model.safetensors"
 
 
 def safetensors_files(model_dir: str) -> list[str]:
+    """The safetensors files holding the weights of an HF directory, in the order transformers'
+    from_pretrained picks them: model.safetensors alone when it is there, whatever sits beside
+    it (an index, Mistral's consolidated.safetensors, a LoRA adapter); else the files the index
+    names; else (beyond transformers) every *.safetensors file. Raises FileNotFoundError when
+    there is none."""
+    single = os.path.join(model_dir, SINGLE_FILE)
+    if os.path.isfile(single):
+        return [single]
     index = os.path.join(model_dir, INDEX_FILE)
-    if os.path.exists(index):
+    if os.path.isfile(index):
         with open(index) as f:
             names = sorted(set(json.load(f)["weight_map"].values()))
         return [os.path.join(model_dir, n) for n in names]
-    single = os.path.join(model_dir, SINGLE_FILE)
-    # As transformers: model.safetensors alone when it is there, whatever else sits beside it
-    # (Mistral's consolidated.safetensors, a LoRA adapter); else any *.safetensors file.
-    files = [single] if os.path.exists(single) else sorted(
-        glob(os.path.join(model_dir, "*.safetensors")))
+    files = sorted(glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
         raise FileNotFoundError(
             f"no *.safetensors file in {model_dir} (PyTorch .bin checkpoints are not supported; "
