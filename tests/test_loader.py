@@ -8,6 +8,7 @@ wrong mapping of them would go unnoticed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -66,8 +67,10 @@ def save_random_hf_model(config, path: str, **save_kwargs):
 def all_position_logits(loaded, prompts: list[list[int]]) -> torch.Tensor:
     """Our logits at every token of `prompts`, prefilled together in one extend step."""
     cfg = loaded.config
-    pool = KVPool(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, 64, loaded.dtype, "cpu")
-    table = ReqToTokenTable(4, 32, "cpu")
+    longest, total = max(len(p) for p in prompts), sum(len(p) for p in prompts)
+    pool = KVPool(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, max(64, total), loaded.dtype,
+                  "cpu")
+    table = ReqToTokenTable(4, max(32, longest), "cpu")
     rows = torch.tensor([table.alloc_row() for _ in prompts])
     lens = torch.tensor([len(p) for p in prompts])
     slots = pool.alloc(int(lens.sum()))
@@ -378,6 +381,57 @@ def test_scaled_rope_models_match_transformers(tmp_path, config):
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
     assert (logits - ref).abs().max() < 1e-4
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+def test_yarn_extends_the_context_to_original_times_factor(tmp_path):
+    """YaRN scales a model to factor x its original context (Qwen2.5's docs: add
+    rope_scaling yarn, factor 4, original_max_position_embeddings 32768 to reach 131,072
+    tokens), while max_position_embeddings keeps the original. vLLM derives the context as
+    original_max_position_embeddings x factor, and so do we: the table's frequencies do not
+    depend on the position, and transformers does not cap positions either. Logits past
+    max_position_embeddings match transformers'; the context stopped there before."""
+    config = Qwen2Config(**{**TINY, "max_position_embeddings": 64},
+                         rope_parameters=dict(YARN_ROPE))
+    hf = save_random_hf_model(config, str(tmp_path))
+    with pytest.raises(ValueError, match="max_model_len 257 exceeds the model's context of 256"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", max_model_len=257)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.max_position == loaded.max_model_len == 256
+    assert loaded.model.cos_sin_cache.shape[0] == 256
+    torch.manual_seed(2)
+    prompts = [torch.randint(0, 160, (200,)).tolist(), PROMPTS[0]]
+    logits = all_position_logits(loaded, prompts)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in prompts])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+def test_yarn_context_through_engine_max_model_len(tmp_path):
+    """EngineConfig.max_model_len (--max-model-len) up to original x factor is accepted, and
+    greedy generation past max_position_embeddings gives transformers' ids; one more is
+    refused at start-up."""
+    from test_moe_model import hf_greedy
+
+    from aiollm import Engine, SamplingParams
+
+    config = Qwen2Config(**{**TINY, "max_position_embeddings": 64},
+                         rope_parameters=dict(YARN_ROPE))
+    hf = save_random_hf_model(config, str(tmp_path))
+    load_tokenizer(None).save_pretrained(str(tmp_path))  # any tokenizer: the prompt is ids
+    torch.manual_seed(3)
+    prompt = torch.randint(0, 160, (90,)).tolist()
+    want = hf_greedy(hf, prompt, 10)
+
+    async def generate(max_model_len: int) -> list[int]:
+        params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+        async with Engine(str(tmp_path), max_model_len=max_model_len, kv_tokens=512) as engine:
+            assert engine.max_model_len == max_model_len
+            return (await engine.generate(prompt, params)).token_ids
+
+    assert asyncio.run(generate(256)) == want
+    with pytest.raises(ValueError, match="max_model_len 257 exceeds the model's context of 256"):
+        asyncio.run(generate(257))
 
 
 def test_gguf_freq_factors_divide_the_frequencies():

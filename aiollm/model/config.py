@@ -261,14 +261,15 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         raise ValueError(f"hidden_act {act!r} is not supported (aiollm's MLPs compute SiLU: "
                          "hidden_act must be 'silu')")
     attention_bias = bool(getattr(hf, "attention_bias", False))
-    max_position = int(hf.max_position_embeddings)
+    rope = _rope_from_hf(hf)
+    max_position = _context_of(hf, rope)
     # We attend over the whole sequence; a model trained with a sliding window is exact only
     # within one window, so its context is capped there rather than silently drifting.
     window = getattr(hf, "sliding_window", None)
     if arch.startswith("qwen") and not getattr(hf, "use_sliding_window", False):
         window = None
     if window and window < max_position:
-        log.warning("sliding window %d < max_position_embeddings %d: context capped at the window",
+        log.warning("sliding window %d < the model's context %d: context capped at the window",
                     window, max_position)
         max_position = int(window)
     else:
@@ -285,7 +286,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         num_kv_heads=int(getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads),
         head_dim=int(getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads),
         rms_norm_eps=float(hf.rms_norm_eps),
-        rope=_rope_from_hf(hf),
+        rope=rope,
         max_position=max_position,
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         # Qwen2 always has q/k/v biases (Qwen2-MoE unless its qkv_bias says otherwise) and no
@@ -300,6 +301,18 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         moe=_moe_from_hf(hf) if arch in MOE_ARCHITECTURES else None,
         sliding_window=int(window) if window else None,
     )
+
+
+def _context_of(hf: Any, rope: RopeConfig) -> int:
+    """The model's context before any sliding-window cap: max_position_embeddings, or with
+    YaRN original_max_position_embeddings x factor (as vLLM derives it: YaRN configs such as
+    Qwen2.5's keep max_position_embeddings at the original context). YaRN's frequencies do not
+    depend on the position, so a longer context is only more rows of the rotary table. Never
+    less than max_position_embeddings (a config whose factor says less keeps its own)."""
+    max_position = int(hf.max_position_embeddings)
+    if rope.type == "yarn":
+        max_position = max(max_position, int(rope.original_max_position * rope.factor))
+    return max_position
 
 
 def _check_model_type(model_type: Any) -> None:
