@@ -112,6 +112,29 @@ def test_a_config_derived_by_other_code_is_not_used(tmp_path, monkeypatch):
         load_model(partial, dtype=torch.float32, device="cpu")
 
 
+def test_storing_a_part_removes_its_copies_under_other_keys(gguf_file):
+    """After an upgrade (another code key) a store replaces the old copy of the same part
+    instead of leaving it beside the new one: the parameters and dequantized weights can be
+    up to MAX_WEIGHT_BYTES each. Other parts, and other dtypes' parameters, stay."""
+    gguf = read_gguf(gguf_file)
+    cache = GGUFCache(gguf_file)
+    os.makedirs(cache.dir)
+    stale = ["config.json", "config-0123456789abcdef.json", "model.safetensors",
+             "model-0123456789abcdef.safetensors", "params-0123456789abcdef-float32.safetensors"]
+    kept = ["params-0123456789abcdef-bfloat16.safetensors"]
+    for name in stale + kept:
+        with open(os.path.join(cache.dir, name), "wb") as f:
+            f.write(b"from another version")
+    params(gguf_file)  # stores the config and the float32 parameters
+    dict(cache.recording(iter_gguf(gguf), gguf.config))  # and the dequantized weights
+    left = sorted(os.listdir(cache.dir))
+    assert not set(stale) & set(left), left
+    assert set(kept) <= set(left)
+    assert os.path.basename(cache.weights_path).startswith("model-")
+    assert os.path.basename(cache.weights_path) != "model-0123456789abcdef.safetensors"
+    assert len(left) == 4, left  # config, weights, float32 and the old bfloat16 parameters
+
+
 def test_the_cache_can_be_turned_off(gguf_file, tmp_path, monkeypatch):
     monkeypatch.setenv("AIOLLM_CACHE_DIR", "off")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))

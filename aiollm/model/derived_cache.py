@@ -9,8 +9,10 @@ its tokenizer. The first start stores the results; later starts read them back:
         config-<code>.json the ModelConfig (JSON); <code>: a hash of the code that derives it
                            (config.py, weights_gguf.py), so a config derived by another
                            version, without a check added since, is derived again
-        model.safetensors  float32 weights under transformers' names, llama.cpp's q/k row
-                           permutation undone (for GPU or tensor-parallel loads)
+        model-<code>.safetensors
+                           float32 weights under transformers' names, llama.cpp's q/k row
+                           permutation undone (for GPU or tensor-parallel loads; <code>: a
+                           hash of weights_gguf.py, which derives them)
         params-<layout>-<dtype>.safetensors
                            a one-rank CPU model's own parameters (q/k/v and gate/up fused),
                            memory-mapped as the parameters at the next start: no copy
@@ -22,6 +24,8 @@ its tokenizer. The first start stores the results; later starts read them back:
 root: $AIOLLM_CACHE_DIR, else $XDG_CACHE_HOME/aiollm, else ~/.cache/aiollm. AIOLLM_CACHE_DIR=off
 turns the cache off. Each part is written under a temporary name and renamed into place, so
 concurrent writers (the ranks of a tensor-parallel group, two servers) never read half a part.
+Storing a keyed part removes the same part under other keys (what an older or newer aiollm
+stored): an upgrade would otherwise leave a dead copy of up to MAX_WEIGHT_BYTES behind each time.
 A file's SHA-256 (0.1 s per 100 MB) is computed once per (path, size, mtime, ctime, inode) and
 kept in
 <root>/digests/. A part that fails to read is ignored and derived again; a cache that cannot be
@@ -50,7 +54,7 @@ FORMAT = "gguf-v1"  # bump when what is stored, or how it is derived, changes
 # Dequantized float32 weights take 4 bytes a parameter (4-8x the quantized file): models whose
 # weights or parameters would exceed this are dequantized at every start, not stored.
 MAX_WEIGHT_BYTES = 4 * 2**30
-WEIGHTS_FILE, TOKENIZER_DIR = "model.safetensors", "tokenizer"
+TOKENIZER_DIR = "tokenizer"
 MANIFEST_FILE = "sha256.json"  # in TOKENIZER_DIR: {file name: hex SHA-256 of its content}
 
 
@@ -113,7 +117,7 @@ class GGUFCache:
     def store_config(self, config: ModelConfig) -> None:
         if self.dir is not None:
             text = json.dumps(config_to_dict(config), indent=1)
-            _write_atomic(self.config_path, lambda tmp: _write_text(tmp, text))
+            _write_keyed(self.config_path, lambda tmp: _write_text(tmp, text), "config", ".json")
 
     @property
     def config_path(self) -> str:
@@ -125,7 +129,7 @@ class GGUFCache:
     def weights_path(self) -> str | None:
         if self.dir is None:
             return None
-        path = os.path.join(self.dir, WEIGHTS_FILE)
+        path = self._weights_file
         if not os.path.exists(path):
             return None
         from safetensors import safe_open
@@ -155,8 +159,14 @@ class GGUFCache:
             yield name, t
         from safetensors.torch import save_file
 
-        _write_atomic(os.path.join(self.dir, WEIGHTS_FILE),
-                      lambda tmp: save_file({n: t.contiguous() for n, t in kept.items()}, tmp))
+        _write_keyed(self._weights_file,
+                     lambda tmp: save_file({n: t.contiguous() for n, t in kept.items()}, tmp),
+                     "model", ".safetensors")
+
+    @property
+    def _weights_file(self) -> str:
+        assert self.dir is not None
+        return os.path.join(self.dir, f"model-{_source_key(_WEIGHTS_CODE)}.safetensors")
 
     # -- parameters of a CPU model --------------------------------------------------------
     def params_path(self, dtype: torch.dtype) -> str:
@@ -200,7 +210,8 @@ class GGUFCache:
             return
         from safetensors.torch import save_file
 
-        _write_atomic(self.params_path(dtype), lambda tmp: save_file(params, tmp))
+        _write_keyed(self.params_path(dtype), lambda tmp: save_file(params, tmp), "params",
+                     f"-{str(dtype).removeprefix('torch.')}.safetensors")
 
     # -- tokenizer ------------------------------------------------------------------------
     @property
@@ -232,8 +243,10 @@ class GGUFCache:
 
 # The modules of aiollm.model whose code decides a stored part: a change to one of them
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
-# refused on the way; the parameters: their layout from a GGUF file's tensors.
+# refused on the way; the weights: their names and values from a GGUF file's tensors; the
+# parameters: their layout from those.
 _CONFIG_CODE = ("config", "weights_gguf")
+_WEIGHTS_CODE = ("weights_gguf",)
 _LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf")
 
 
@@ -322,6 +335,22 @@ def _write_atomic(final: str, write: Callable[[str], object]) -> None:
     finally:
         if tmp is not None:
             _remove_tree(tmp)
+
+
+def _write_keyed(final: str, write: Callable[[str], object], prefix: str, suffix: str) -> None:
+    """_write_atomic, then remove the entry's other files named prefix*suffix: the same part
+    stored under another code's key (or under the unkeyed name older versions used). A reader
+    that has one of them open or memory-mapped keeps reading it (POSIX unlink)."""
+    _write_atomic(final, write)
+    if not os.path.exists(final):
+        return  # not written: leave what is there
+    parent, keep = os.path.dirname(final), os.path.basename(final)
+    for name in os.listdir(parent):
+        if name != keep and name.startswith(prefix) and name.endswith(suffix):
+            try:
+                os.remove(os.path.join(parent, name))
+            except OSError as e:  # another process removed it first, or read-only
+                log.debug("could not remove %s: %s", name, e)
 
 
 def _remove_tree(path: str) -> None:
