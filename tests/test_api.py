@@ -10,6 +10,7 @@ import re
 import time
 
 import aiohttp
+import openai
 import pytest
 from live_server import KV_TOKENS, MAX_MODEL_LEN, http, sse_events
 
@@ -124,6 +125,11 @@ def test_stop_and_penalties(client, model):
 def test_models(client, model):
     models = client.models.list().data
     assert [m.id for m in models] == [model] and "SmolLM2" in model
+    card = client.models.retrieve(model)
+    assert card.id == model and card.object == "model" and card.created == models[0].created
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("meta-llama/Llama-3.1-8B")  # a name with a slash
+    assert e.value.body["param"] == "model" and e.value.body["code"] == "model_not_found"
 
 
 # -- LightLLM API ----------------------------------------------------------------------------

@@ -26,12 +26,21 @@ if TYPE_CHECKING:
     from aiollm.engine import Delta, RequestOutput, TokenLogprob
 
 
+def _model_card(st: ApiState) -> dict:
+    return {"id": st.model_name, "object": "model", "created": st.created, "owned_by": "aiollm",
+            "max_model_len": st.engine.max_model_len}
+
+
 async def list_models(request: web.Request) -> web.Response:
+    return json_response({"object": "list", "data": [_model_card(state(request))]})
+
+
+async def retrieve_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{model} (the openai client's models.retrieve): the served model's card,
+    404 model_not_found for any other name (which may hold slashes, as HF names do)."""
     st = state(request)
-    return json_response({"object": "list", "data": [{
-        "id": st.model_name, "object": "model", "created": st.created, "owned_by": "aiollm",
-        "max_model_len": st.engine.max_model_len,
-    }]})
+    st.check_model(request.match_info["model"])
+    return json_response(_model_card(st))
 
 
 def _usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
@@ -345,6 +354,7 @@ def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequen
 
 ROUTES = [
     web.get("/v1/models", list_models),
+    web.get("/v1/models/{model:.+}", retrieve_model),
     web.post("/v1/completions", completions),
     web.post("/v1/chat/completions", chat_completions),
 ]
