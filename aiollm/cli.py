@@ -35,8 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="serve a model over HTTP",
                        formatter_class=_HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
-                       "/v1/chat/completions, /v1/models[/MODEL], /generate, /generate_stream, "
-                       "/health, /metrics, /tokenize, /detokenize, /flush_cache.")
+                       "/v1/chat/completions, /v1/models, /v1/models/{model}, /generate, "
+                       "/generate_stream, /health, /metrics, /tokenize, /detokenize, "
+                       "/flush_cache.")
     s.add_argument("model", nargs="?", default=None, metavar="MODEL",
                    help="a Hugging Face model directory or a .gguf file "
                         "(default: the bundled SmolLM2-135M-Instruct)")

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import re
 import subprocess
 import sys
 import time
@@ -34,7 +35,8 @@ def test_serve_help():
     from aiollm.api import openai as openai_api
 
     for route in ops.ROUTES + openai_api.ROUTES + lightllm.ROUTES:  # every endpoint it serves
-        assert route.path in out.stdout, route.path
+        path = re.sub(r":[^}]*}", "}", route.path)  # {model:.+} is {model} to a reader
+        assert path in out.stdout, path
     # one default per option, and none that reads as the opposite of the truth
     assert "(default: None)" not in out.stdout and "(default: True)" not in out.stdout
     for line in out.stdout.replace("\n", " ").split("  --")[1:]:
