@@ -320,6 +320,32 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     assert_all_free(engine)
 
 
+@pytest.mark.parametrize("kind,value,bad", [
+    ("json_schema", '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}',
+     "uniqueItems"),
+    ("json_schema", '{"type": "object", "properties": {"a": {"not": {"type": "string"}}}}',
+     "'not'"),
+    ("json_schema", '{"type": "object", "properties": {"a": {"$ref": "https://x.org/a.json"}}}',
+     "https://x.org/a.json"),
+    ("json_schema", '{"type": "object", "required": ["a"]}', "'a'"),
+    ("json_schema", '{"enum": [%s]}' % ", ".join(str(i) for i in range(1001)), "1001 enum"),
+    ("regex", r"\Aab\Z", r"escape \\A"),
+    ("structural_tag", '{"type": "structural_tag", "format": {"type": "json_schema", '
+     '"json_schema": {"type": "integer", "multipleOf": 0.5}}}', "multipleOf"),
+])
+def test_engine_refuses_grammars_the_http_api_refuses(loop, engine, kind, value, bad):
+    """What the grammar would compile without enforcing is refused for the Engine API's
+    callers as for HTTP's (a ValueError naming the keyword; they compiled and the output was
+    left free of it), by generate(), by stream() and before anything is held."""
+    params = SamplingParams(max_tokens=4, constraint=Constraint(GrammarSpec(kind, value, "g")))
+    with pytest.raises(ValueError, match=bad) as e:
+        run(loop, engine.generate("Hi", params))
+    assert isinstance(e.value, InvalidRequest) and e.value.param == "g"
+    with pytest.raises(ValueError, match=bad):
+        engine.stream("Hi", params)
+    assert_all_free(engine)
+
+
 def test_step_model_seconds_count_the_cpu_forward(loop, engine):
     """On the CPU the forward runs during the launch: aiollm_step_model_seconds must count
     it (it once started after it and read about 0; issue 15, rough edges)."""

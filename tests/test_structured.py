@@ -303,6 +303,18 @@ def test_very_deep_schema_is_400(server):
         assert status == 400 and json.loads(raw)["error"]["param"] == param, raw[:300]
 
 
+def test_schema_nearly_as_deep_as_the_body_decoder_takes_is_400(server):
+    """Just below the depth the body's decoder refuses, a schema object overflowed the
+    recursion of the encoder that turns it into grammar text (a 500 at ~984 levels)."""
+    for depth in range(965, 1000):  # where the decoder stops varies with the stack
+        body = ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, '
+                '"guided_json": ' + '{"items": ' * depth + "{}" + "}" * depth + "}")
+        status, _, raw = http(server, "POST", "/v1/chat/completions", data=body,
+                              headers={"Content-Type": "application/json"})
+        assert status == 400, (depth, raw[:300])
+        assert json.loads(raw)["error"]["param"] in ("guided_json", None), raw[:300]
+
+
 def test_keyword_names_as_property_names_are_fine(client):
     """Only keywords are refused: properties named like them ("not", "if") are data."""
     schema = {"type": "object", "properties": {"not": {"type": "boolean"}, "if": {"enum": [
@@ -500,7 +512,7 @@ def test_format_lengths_that_cannot_bind_are_accepted():
     """pydantic's URL fields carry {"format": "uri", "minLength": 1, "maxLength": 2083}: a uri
     is never empty and no generated one nears 2,083 characters, so the schema is accepted;
     lengths that could bind beside a format stay refused (the grammar drops them)."""
-    from aiollm.api.structured import check_schema
+    from aiollm.engine.grammar_check import check_schema
     from aiollm.errors import InvalidRequest
 
     class Page(pydantic.BaseModel):

@@ -28,7 +28,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiollm.api.structured import check_schema, grammar_schema
+from aiollm.engine.grammar_check import check_schema, grammar_schema
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import GrammarSpec
 

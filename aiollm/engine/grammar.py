@@ -44,6 +44,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from aiollm.engine.grammar_check import compilable
 from aiollm.errors import InvalidRequest, RequestFailed
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
@@ -362,14 +363,8 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
 
 
 def _compile(compiler, spec: GrammarSpec):
-    kind, value = spec.kind, spec.value
+    kind, value = spec.kind, compilable(spec)  # what xgrammar would not enforce: refused
     if kind == "json_schema":
-        try:
-            schema = json.loads(value)
-        except ValueError as e:
-            raise InvalidRequest(f"{spec.param} is not valid JSON: {e}", param=spec.param) from e
-        if not isinstance(schema, dict):
-            raise InvalidRequest(f"{spec.param} must be a JSON schema object", param=spec.param)
         # compact JSON, as OpenAI's structured outputs write it: no whitespace to wander in
         return compiler.compile_json_schema(value, any_whitespace=False, strict_mode=True)
     if kind == "json_object":  # OpenAI's json_object is an object, not any JSON value
