@@ -346,6 +346,46 @@ def test_engine_refuses_grammars_the_http_api_refuses(loop, engine, kind, value,
     assert_all_free(engine)
 
 
+def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
+    """generate() encodes text past TOKENIZE_INLINE_CHARS on a worker thread, as the HTTP API
+    does: the loop keeps ticking while a multi-megabyte prompt is encoded (it held the loop
+    for the whole encode), and a long prompt that fits gets the ids tokenize() gives."""
+    text = " ".join(f"word{i % 5000} w" for i in range(120_000))  # ~1.4 MB
+    t0 = time.perf_counter()
+    n = len(engine.tokenize(text))
+    encode_s = time.perf_counter() - t0
+    assert encode_s > 0.2, encode_s  # long enough to see the loop held
+
+    async def longest_gap() -> float:
+        gaps, done = [], asyncio.Event()
+
+        async def tick():
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.01)
+        with pytest.raises(InvalidRequest, match=f"has {n} tokens"):  # then refused
+            await engine.generate(text, SamplingParams(max_tokens=1))
+        done.set()
+        await ticker
+        return max(gaps)
+
+    gap = run(loop, longest_gap())
+    assert gap < encode_s / 4, (gap, encode_s)
+    fits = " ".join(f"word{i}" for i in range(300))  # 2,589 characters
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    out = run(loop, engine.generate(fits, params))
+    ids = engine.tokenize(fits)
+    assert out.prompt_tokens == len(ids)
+    assert out.token_ids == run(loop, engine.generate(ids, params)).token_ids
+    assert_all_free(engine)
+
+
 def test_step_model_seconds_count_the_cpu_forward(loop, engine):
     """On the CPU the forward runs during the launch: aiollm_step_model_seconds must count
     it (it once started after it and read about 0; issue 15, rough edges)."""

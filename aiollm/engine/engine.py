@@ -41,7 +41,7 @@ from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
 from aiollm.engine.step_log import StepLog
 from aiollm.engine.stream import RequestStream, collect, deltas
-from aiollm.engine.submission import Prompt, check_request, new_request, tokenize
+from aiollm.engine.submission import Prompt, check_request, new_request, off_loop, tokenize
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
 from aiollm.native import FinishReason, ReqState
@@ -176,10 +176,12 @@ class Engine:
             await self.grammars.compile(c.grammar)
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
-        """The whole result of one request: prompt as text or token ids. Raises
-        InvalidRequest / Overloaded before it starts, RequestFailed if it fails inside."""
-        await self.compile_grammar(params or SamplingParams())
-        req, text = self._submit(prompt, params or SamplingParams())
+        """The whole result of one request: prompt as text (long text tokenized off the loop)
+        or token ids. Raises InvalidRequest / Overloaded before it starts, RequestFailed inside."""
+        await self.compile_grammar(params := params or SamplingParams())
+        if self._started and isinstance(prompt, str):
+            prompt = await off_loop(len(prompt), self.tokenize, prompt)
+        req, text = self._submit(prompt, params)
         return await collect(req, deltas(req, text, self._finish))
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
