@@ -386,6 +386,61 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     assert_all_free(engine)
 
 
+def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, monkeypatch):
+    """Grammars compile on the engine's own threads: compilations held for as long as the
+    test likes (xgrammar's compile call waits; a large schema takes seconds) filled the loop's
+    default pool, where a plain request's long prompt waited to be tokenized. Stopping the
+    engine ends the compile threads and fails the compilations still queued (Overloaded)."""
+    import os
+    import threading
+
+    import xgrammar as xgr
+
+    real, release = xgr.GrammarCompiler.compile_json_schema, threading.Event()
+
+    def held(self, schema, *args, **kwargs):
+        if '"held"' in schema:
+            release.wait(120)
+        return real(self, schema, *args, **kwargs)
+
+    monkeypatch.setattr(xgr.GrammarCompiler, "compile_json_schema", held)
+
+    def compile_threads() -> set:
+        return {t for t in threading.enumerate() if t.name.startswith("aiollm-grammar")}
+
+    others = compile_threads()  # other engines' (the module's)
+    default_workers = min(32, (os.cpu_count() or 1) + 4)  # the loop's default pool
+    eng = Engine(None, kv_tokens=2048)
+
+    def held_params(i: int) -> SamplingParams:
+        schema = f'{{"title": "held", "type": "object", "properties": {{"p{i}": {{}}}}}}'
+        return SamplingParams(constraint=Constraint(GrammarSpec("json_schema", schema)))
+
+    async def scenario():
+        await eng.start()
+        compiles = [asyncio.ensure_future(eng.compile_grammar(held_params(i)))
+                    for i in range(default_workers + 2)]
+        await asyncio.sleep(0.5)
+        assert not any(c.done() for c in compiles)
+        long_text = " ".join(f"word{i}" for i in range(200))  # tokenized off the loop
+        out = await asyncio.wait_for(eng.generate(long_text, SamplingParams(
+            max_tokens=2, temperature=0)), 30)
+        assert out.completion_tokens == 2 and not any(c.done() for c in compiles)
+        stopping = asyncio.ensure_future(eng.stop())  # waits for the two compiling
+        await asyncio.sleep(0.5)
+        release.set()
+        await stopping
+        return await asyncio.gather(*compiles, return_exceptions=True)
+
+    try:
+        results = run(loop, scenario())
+    finally:
+        release.set()
+    assert results[:2] == [None, None], results  # under way: finished
+    assert all(isinstance(r, Overloaded) for r in results[2:]), results  # queued: dropped
+    assert compile_threads() <= others, compile_threads() - others
+
+
 def test_step_model_seconds_count_the_cpu_forward(loop, engine):
     """On the CPU the forward runs during the launch: aiollm_step_model_seconds must count
     it (it once started after it and read about 0; issue 15, rough edges)."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import random
 import time
@@ -145,12 +146,11 @@ class Engine:
         self._fail_all("the server shut down before the request finished; retry it", Overloaded)
         if self._loop_task:
             self._loop_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-            except asyncio.CancelledError:
-                pass
         self._executor.shutdown(wait=True)
         self._waiter.shutdown(wait=True)
+        await self.grammars.close()
         if self.ranks is not None:
             self.ranks.stop()
         self._inflight = None
