@@ -348,8 +348,9 @@ def test_engine_refuses_grammars_the_http_api_refuses(loop, engine, kind, value,
 
 def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     """generate() encodes text past TOKENIZE_INLINE_CHARS on a worker thread, as the HTTP API
-    does: the loop keeps ticking while a multi-megabyte prompt is encoded (it held the loop
-    for the whole encode), and a long prompt that fits gets the ids tokenize() gives."""
+    does, and chat() a long conversation: the loop keeps ticking while a megabyte prompt is
+    encoded (each held the loop for the whole encode), and a long prompt that fits gets the
+    ids tokenize() gives."""
     text = " ".join(f"word{i % 5000} w" for i in range(120_000))  # ~1.4 MB
     t0 = time.perf_counter()
     n = len(engine.tokenize(text))
@@ -371,6 +372,8 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
         await asyncio.sleep(0.01)
         with pytest.raises(InvalidRequest, match=f"has {n} tokens"):  # then refused
             await engine.generate(text, SamplingParams(max_tokens=1))
+        with pytest.raises(InvalidRequest, match="tokens"):  # a conversation: likewise
+            await engine.chat([{"role": "user", "content": text}], SamplingParams(max_tokens=1))
         done.set()
         await ticker
         return max(gaps)

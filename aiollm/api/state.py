@@ -11,6 +11,7 @@ from aiohttp import web
 
 from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.engine.chat_template import rendered_size
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
 
 if TYPE_CHECKING:
@@ -69,8 +70,8 @@ class ApiState:
                           ) -> list[int]:
         """Token ids of a conversation with the chat template applied (the template's cost
         grows with the number of messages and tools too)."""
-        size = sum(len(m["content"] or "") + 64 for m in messages) + 256 * len(tools or ())
-        return await off_loop(size, self.engine.chat_prompt, messages, tools)
+        return await off_loop(rendered_size(messages, tools), self.engine.chat_prompt,
+                              messages, tools)
 
 
 STATE = web.AppKey("aiollm_state", ApiState)

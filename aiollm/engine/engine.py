@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from aiollm.config import EngineConfig
-from aiollm.engine.chat_template import chat_token_ids, special_texts
+from aiollm.engine.chat_template import chat_token_ids, rendered_size, special_texts
 from aiollm.engine.detokenizer import IncrementalDetokenizer
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
 from aiollm.engine.loading import load, resolve_device
@@ -199,8 +199,10 @@ class Engine:
         return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials)
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
-        """generate() on a conversation ({"role", "content"} dicts) under the chat template."""
-        return await self.generate(self.chat_prompt(messages), params)
+        """generate() on a conversation ({"role", "content"} dicts) under the chat template
+        (a long one rendered and tokenized off the loop)."""
+        ids = await off_loop(rendered_size(messages), self.chat_prompt, messages)
+        return await self.generate(ids, params)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None
                     ) -> AsyncIterator[Delta]:
