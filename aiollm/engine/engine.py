@@ -313,10 +313,8 @@ class Engine:
         if step is None and self._inflight is None:
             self._wake.clear()
             timeout = 0.05 if self.planner.has_work() else None
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
             return
         launch = out = err = issued = None
         if step is not None:
