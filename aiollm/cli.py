@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     e.add_argument("--max-waiting-requests", type=int, default=d.max_waiting_requests,
                    help="queue length beyond which requests get 503")
+    e.add_argument("--table-capacity", type=int, default=d.table_capacity,
+                   help="request-table slots: requests running, waiting and paused together; "
+                        "past them a request gets 503 (at most 1048576)")
     e.add_argument("--queue-timeout", type=float, default=d.queue_timeout,
                    help="seconds a request may wait for admission (default: no limit)")
     e.add_argument("--scheduler", default=d.scheduler,
@@ -106,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
                    help="run every step eagerly: no decode CUDA graphs, no graph segments "
                         "for prompt steps")
+    e.add_argument("--cuda-graph-max-batch", "--cuda-graph-max-bs", type=int,
+                   default=d.cuda_graph_max_batch,
+                   help="largest decode batch captured as a CUDA graph (larger ones run "
+                        "eagerly; SGLang's --cuda-graph-max-bs)")
     e.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                    help="skip the start-up launch of prefill, mixed and sampling step shapes "
                         "(their kernels then compile at first use, while serving)")
@@ -128,10 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
 _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed", "kv_tokens",
                    "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
                    "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
-                   "past_future_estimator", "scheduler_blind_cap",
-                   "cuda_graph", "warm_up", "served_model_name", "tool_call_parser",
+                   "past_future_estimator", "scheduler_blind_cap", "table_capacity",
+                   "cuda_graph", "cuda_graph_max_batch", "warm_up", "served_model_name", "tool_call_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
                    "dist_init_addr", "special_tokens_in_content")
+
+
+def _naming_flag(message: str) -> str:
+    """EngineConfig's message about an option ("table_capacity must be ...") led by the
+    option's flag, as argparse names the flag of a value it refuses."""
+    name = next((n for n in _ENGINE_OPTIONS if message.startswith(n + " ")), None)
+    return f"argument --{name.replace('_', '-')}: {message}" if name else message
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +165,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(_naming_flag(str(e)))
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 
 
 CPU_KV_CONTEXTS = 4  # full contexts the default CPU KV pool holds
 CPU_KV_MAX_TOKENS = 65536
+# request-table slots: 160 bytes each (160 MiB at this), slot ids are int32; 2**31 slots got
+# past the checks and then failed after loading. A million queued requests is already far
+# past what one process serves (max_waiting_requests: 4096 by default)
+MAX_TABLE_CAPACITY = 2**20
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -22,7 +27,9 @@ class EngineConfig:
     kv_tokens: int | None = None  # KV pool size in tokens; overrides kv_memory_fraction
     kv_memory_fraction: float = 0.85  # of free GPU memory after loading, for the KV pool
     # KV pool size on the CPU when kv_tokens is not given; None: cpu_pool_tokens() sizes it
-    # from the model's context
+    # from the model's context. No CLI flag: on the command line the device is known, and
+    # --kv-tokens sizes the pool on it; this only lets Python code with device="auto" size
+    # the CPU's pool apart from the GPU's kv_memory_fraction
     cpu_kv_tokens: int | None = None
     max_running_requests: int = 256
     # token budget of one step (prefill chunks + decodes); 2048 on the 8B LightLLM workload
@@ -38,7 +45,8 @@ class EngineConfig:
     mixed_prefill_tokens: int | None = 1024
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission
-    table_capacity: int = 8192  # request table slots (running + waiting + paused)
+    # request table slots (running + waiting + paused): a request past them gets Overloaded
+    table_capacity: int = 8192
     # aggressive | past_future | conservative; aggressive matched or beat Past-Future's goodput
     # in every setting measured (bench/README.md, "Past-Future in the paper's setting")
     scheduler: str = "aggressive"
@@ -50,7 +58,7 @@ class EngineConfig:
     # on a GPU, decode steps replay CUDA graphs and eager steps graph segments around their
     # attention (engine/cuda_graph.py, engine/prefill_graphs.py)
     cuda_graph: bool = True
-    cuda_graph_max_batch: int = 256
+    cuda_graph_max_batch: int = 256  # largest decode batch replayed as a graph (SGLang's max bs)
     # on a GPU, launch the prefill, mixed and sampling step shapes once at start-up, so their
     # kernels compile before serving rather than stalling the first streams
     warm_up: bool = True
@@ -87,8 +95,13 @@ class EngineConfig:
         SchedulerConfig(estimator=self.past_future_estimator, blind_cap=self.scheduler_blind_cap)
         for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
                      "table_capacity", "cuda_graph_max_batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+            setattr(self, name, int(v))  # a numpy int too: the request table takes an int
+        if self.table_capacity > MAX_TABLE_CAPACITY:
+            raise ValueError(f"table_capacity must be at most {MAX_TABLE_CAPACITY}, got "
+                             f"{self.table_capacity}")
         if self.cpu_kv_tokens is not None and self.cpu_kv_tokens < 1:
             raise ValueError(f"cpu_kv_tokens must be >= 1, got {self.cpu_kv_tokens}")
         if self.mixed_prefill_tokens is not None and self.mixed_prefill_tokens < 1:

@@ -1,7 +1,7 @@
 """What tokenizing a prompt costs the event loop: inline (the loop's thread runs the encode)
 against on a worker thread (asyncio.to_thread; the tokenizer lets the GIL go while it
 encodes, so the loop's thread pays only the hand-off). The API tokenizes text longer than
-aiollm.api.state.TOKENIZE_INLINE_CHARS on a worker thread; this measures where that line
+aiollm.engine.submission.TOKENIZE_INLINE_CHARS on a worker thread; this measures where that line
 pays, with the default model's tokenizer on bench/serve.py's random-word prompts.
 
     python bench/tokenize_loop.py [--reps 50] [--out FILE]
@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    from aiollm.api.state import TOKENIZE_INLINE_CHARS
+    from aiollm.engine.submission import TOKENIZE_INLINE_CHARS
 
     rows = measure(a.reps)
     commit = tree_commit()

@@ -29,7 +29,8 @@ def test_serve_help():
                 "--kv-memory-fraction", "--max-running-requests", "--max-prefill-tokens",
                 "--served-model-name", "--api-key", "--load-format", "--log-level",
                 "--scheduler", "--max-waiting-requests", "--queue-timeout", "--no-cuda-graph",
-                "--shutdown-timeout", "MODEL"):
+                "--shutdown-timeout", "--table-capacity", "--cuda-graph-max-batch",
+                "--cuda-graph-max-bs", "MODEL"):
         assert opt in out.stdout
     from aiollm.api import lightllm, ops
     from aiollm.api import openai as openai_api
@@ -60,6 +61,18 @@ def test_serve_rejects_bad_options():
         out = subprocess.run([AIOLLM, "serve", opt, "nan"], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 2 and f"{name} must be" in out.stderr
+    # each names its flag; 2**31 table slots passed every check, then failed after loading
+    for args, says in ((["--table-capacity", "0"], "must be an integer >= 1"),
+                       (["--table-capacity", str(2**31)], "at most 1048576"),
+                       (["--table-capacity", "1e3"], "invalid int value"),
+                       (["--cuda-graph-max-batch", "0"], "must be an integer >= 1"),
+                       (["--cuda-graph-max-bs", "-3"], "must be an integer >= 1"),
+                       (["--max-running-requests", "0"], "must be an integer >= 1")):
+        out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
+                             timeout=60)
+        flag = args[0].replace("-max-bs", "-max-batch")
+        assert out.returncode == 2 and f"argument {flag}" in out.stderr, out.stderr
+        assert says in out.stderr, out.stderr
     # both ended in a traceback (torch's RuntimeError; "Torch not compiled with CUDA enabled")
     out = subprocess.run([AIOLLM, "serve", "--device", "tpu"], capture_output=True, text=True,
                          timeout=60)
@@ -129,7 +142,7 @@ def test_serve_subprocess(tmp_path):
     # one running and one waiting request at most: the third concurrent request is refused
     cmd = [AIOLLM, "serve", "--port", str(port), "--kv-tokens", "4096", "--max-model-len", "1024",
            "--max-running-requests", "1", "--max-waiting-requests", "1",
-           "--shutdown-timeout", "60"]
+           "--table-capacity", "64", "--shutdown-timeout", "60"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
@@ -145,8 +158,9 @@ def test_serve_subprocess(tmp_path):
         status, headers, _ = asyncio.run(_get(
             base + "/metrics", headers={"Authorization": "Bearer wrong-key-12"}))
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
-        assert asyncio.run(_get(base + "/metrics",
-                                headers={"Authorization": f"Bearer {KEY}"}))[0] == 200
+        status, _, metrics = asyncio.run(_get(base + "/metrics",
+                                              headers={"Authorization": f"Bearer {KEY}"}))
+        assert status == 200 and b"\naiollm_request_table_slots_total 64.0\n" in metrics
 
         client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=120)
         model = client.models.list().data[0].id

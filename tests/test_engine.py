@@ -320,6 +320,130 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     assert_all_free(engine)
 
 
+@pytest.mark.parametrize("kind,value,bad", [
+    ("json_schema", '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}',
+     "uniqueItems"),
+    ("json_schema", '{"type": "object", "properties": {"a": {"not": {"type": "string"}}}}',
+     "'not'"),
+    ("json_schema", '{"type": "object", "properties": {"a": {"$ref": "https://x.org/a.json"}}}',
+     "https://x.org/a.json"),
+    ("json_schema", '{"type": "object", "required": ["a"]}', "'a'"),
+    ("json_schema", '{"enum": [%s]}' % ", ".join(str(i) for i in range(1001)), "1001 enum"),
+    ("regex", r"\Aab\Z", r"escape \\A"),
+    ("structural_tag", '{"type": "structural_tag", "format": {"type": "json_schema", '
+     '"json_schema": {"type": "integer", "multipleOf": 0.5}}}', "multipleOf"),
+])
+def test_engine_refuses_grammars_the_http_api_refuses(loop, engine, kind, value, bad):
+    """What the grammar would compile without enforcing is refused for the Engine API's
+    callers as for HTTP's (a ValueError naming the keyword; they compiled and the output was
+    left free of it), by generate(), by stream() and before anything is held."""
+    params = SamplingParams(max_tokens=4, constraint=Constraint(GrammarSpec(kind, value, "g")))
+    with pytest.raises(ValueError, match=bad) as e:
+        run(loop, engine.generate("Hi", params))
+    assert isinstance(e.value, InvalidRequest) and e.value.param == "g"
+    with pytest.raises(ValueError, match=bad):
+        engine.stream("Hi", params)
+    assert_all_free(engine)
+
+
+def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
+    """generate() encodes text past TOKENIZE_INLINE_CHARS on a worker thread, as the HTTP API
+    does, and chat() a long conversation: the loop keeps ticking while a megabyte prompt is
+    encoded (each held the loop for the whole encode), and a long prompt that fits gets the
+    ids tokenize() gives."""
+    text = " ".join(f"word{i % 5000} w" for i in range(120_000))  # ~1.4 MB
+    t0 = time.perf_counter()
+    n = len(engine.tokenize(text))
+    encode_s = time.perf_counter() - t0
+    assert encode_s > 0.2, encode_s  # long enough to see the loop held
+
+    async def longest_gap() -> float:
+        gaps, done = [], asyncio.Event()
+
+        async def tick():
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.01)
+        with pytest.raises(InvalidRequest, match=f"has {n} tokens"):  # then refused
+            await engine.generate(text, SamplingParams(max_tokens=1))
+        with pytest.raises(InvalidRequest, match="tokens"):  # a conversation: likewise
+            await engine.chat([{"role": "user", "content": text}], SamplingParams(max_tokens=1))
+        done.set()
+        await ticker
+        return max(gaps)
+
+    gap = run(loop, longest_gap())
+    assert gap < encode_s / 4, (gap, encode_s)
+    fits = " ".join(f"word{i}" for i in range(300))  # 2,589 characters
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    out = run(loop, engine.generate(fits, params))
+    ids = engine.tokenize(fits)
+    assert out.prompt_tokens == len(ids)
+    assert out.token_ids == run(loop, engine.generate(ids, params)).token_ids
+    assert_all_free(engine)
+
+
+def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, monkeypatch):
+    """Grammars compile on the engine's own threads: compilations held for as long as the
+    test likes (xgrammar's compile call waits; a large schema takes seconds) filled the loop's
+    default pool, where a plain request's long prompt waited to be tokenized. Stopping the
+    engine ends the compile threads and fails the compilations still queued (Overloaded)."""
+    import os
+    import threading
+
+    import xgrammar as xgr
+
+    real, release = xgr.GrammarCompiler.compile_json_schema, threading.Event()
+
+    def held(self, schema, *args, **kwargs):
+        if '"held"' in schema:
+            release.wait(120)
+        return real(self, schema, *args, **kwargs)
+
+    monkeypatch.setattr(xgr.GrammarCompiler, "compile_json_schema", held)
+
+    def compile_threads() -> set:
+        return {t for t in threading.enumerate() if t.name.startswith("aiollm-grammar")}
+
+    others = compile_threads()  # other engines' (the module's)
+    default_workers = min(32, (os.cpu_count() or 1) + 4)  # the loop's default pool
+    eng = Engine(None, kv_tokens=2048)
+
+    def held_params(i: int) -> SamplingParams:
+        schema = f'{{"title": "held", "type": "object", "properties": {{"p{i}": {{}}}}}}'
+        return SamplingParams(constraint=Constraint(GrammarSpec("json_schema", schema)))
+
+    async def scenario():
+        await eng.start()
+        compiles = [asyncio.ensure_future(eng.compile_grammar(held_params(i)))
+                    for i in range(default_workers + 2)]
+        await asyncio.sleep(0.5)
+        assert not any(c.done() for c in compiles)
+        long_text = " ".join(f"word{i}" for i in range(200))  # tokenized off the loop
+        out = await asyncio.wait_for(eng.generate(long_text, SamplingParams(
+            max_tokens=2, temperature=0)), 30)
+        assert out.completion_tokens == 2 and not any(c.done() for c in compiles)
+        stopping = asyncio.ensure_future(eng.stop())  # waits for the two compiling
+        await asyncio.sleep(0.5)
+        release.set()
+        await stopping
+        return await asyncio.gather(*compiles, return_exceptions=True)
+
+    try:
+        results = run(loop, scenario())
+    finally:
+        release.set()
+    assert results[:2] == [None, None], results  # under way: finished
+    assert all(isinstance(r, Overloaded) for r in results[2:]), results  # queued: dropped
+    assert compile_threads() <= others, compile_threads() - others
+
+
 def test_step_model_seconds_count_the_cpu_forward(loop, engine):
     """On the CPU the forward runs during the launch: aiollm_step_model_seconds must count
     it (it once started after it and read about 0; issue 15, rough edges)."""

@@ -222,6 +222,37 @@ def test_bad_constraint_is_400(server, body, param):
         assert "frobnicate" in err["message"] or "position" in err["message"], err
 
 
+def _tool(name: str) -> dict:
+    return {"type": "function", "function": {"name": name, "parameters": {
+        "type": "object", "properties": {}}}}
+
+
+@pytest.mark.parametrize("tools,param", [
+    ([_tool("get weather")], "tools[0].function.name"),  # OpenAI's ^[a-zA-Z0-9_-]{1,64}$
+    ([WEATHER, _tool("search.web")], "tools[1].function.name"),
+    ([_tool("")], "tools[0].function.name"),
+    ([_tool("f" * 65)], "tools[0].function.name"),
+    ([_tool('say "hi"')], "tools[0].function.name"),
+    ([_tool("f\n")], "tools[0].function.name"),
+    # two tools of one name: a call could not say which it is (nor which schema holds it)
+    ([WEATHER, TIME, {**WEATHER}], "tools[2].function.name"),
+])
+def test_bad_tool_names_are_400(server, tools, param):
+    for choice in ("auto", "none"):  # also where no grammar is built from them
+        status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+            "messages": ASK, "max_tokens": 1, "tools": tools, "tool_choice": choice})
+        assert status == 400, (choice, raw)
+        err = json.loads(raw)["error"]
+        assert err["param"] == param and err["type"] == "invalid_request_error", err
+        assert "name" in err["message"], err
+
+
+def test_longest_tool_name_is_served(server):
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        "messages": ASK, "max_tokens": 1, "tools": [_tool("A-z_9" * 12 + "abcd")]})
+    assert status == 200, raw
+
+
 NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
@@ -270,6 +301,18 @@ def test_very_deep_schema_is_400(server):
             '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, '
             f'"guided_json": {schema}}}'), headers={"Content-Type": "application/json"})
         assert status == 400 and json.loads(raw)["error"]["param"] == param, raw[:300]
+
+
+def test_schema_nearly_as_deep_as_the_body_decoder_takes_is_400(server):
+    """Just below the depth the body's decoder refuses, a schema object overflowed the
+    recursion of the encoder that turns it into grammar text (a 500 at ~984 levels)."""
+    for depth in range(965, 1000):  # where the decoder stops varies with the stack
+        body = ('{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, '
+                '"guided_json": ' + '{"items": ' * depth + "{}" + "}" * depth + "}")
+        status, _, raw = http(server, "POST", "/v1/chat/completions", data=body,
+                              headers={"Content-Type": "application/json"})
+        assert status == 400, (depth, raw[:300])
+        assert json.loads(raw)["error"]["param"] in ("guided_json", None), raw[:300]
 
 
 def test_keyword_names_as_property_names_are_fine(client):
@@ -397,14 +440,14 @@ def test_past_tool_calls_are_in_the_prompt_without_tool_choice(client, tools):
 def test_required_answers_with_calls_only(client):
     """"required" ends after the calls (it ran on as free text to max_tokens), and a tool
     without parameters gets closed arguments (the model wrote whitespace into `{` forever)."""
-    ping = {"type": "function", "function": {"name": 'ping "now"'}}
+    ping = {"type": "function", "function": {"name": "ping-now"}}
     r = client.chat.completions.create(model=None, messages=ASK, tools=[ping, TIME],
                                        tool_choice="required", parallel_tool_calls=False,
                                        max_tokens=60, temperature=0)
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and not choice.message.content, choice
     [call] = choice.message.tool_calls
-    assert call.function.name in ('ping "now"', "get_time")
+    assert call.function.name in ("ping-now", "get_time")
     assert isinstance(json.loads(call.function.arguments), dict)
 
 
@@ -469,7 +512,7 @@ def test_format_lengths_that_cannot_bind_are_accepted():
     """pydantic's URL fields carry {"format": "uri", "minLength": 1, "maxLength": 2083}: a uri
     is never empty and no generated one nears 2,083 characters, so the schema is accepted;
     lengths that could bind beside a format stay refused (the grammar drops them)."""
-    from aiollm.api.structured import check_schema
+    from aiollm.engine.grammar_check import check_schema
     from aiollm.errors import InvalidRequest
 
     class Page(pydantic.BaseModel):

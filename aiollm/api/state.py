@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.engine.chat_template import rendered_size
+from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine
-
-# Text longer than this is tokenized on a worker thread: the tokenizer releases the GIL while
-# it encodes, so the loop's thread pays only the hand-off (0.05-0.2 ms on a 2-core CPU)
-# instead of the encode, which grows with the text (0.11 ms at 471 characters, 3.1 ms at
-# LightLLM's 1,024-token prompts of 7,914, 16 ms at 4,096 tokens, seconds at 16 MiB:
-# bench/tokenize_loop.py), while every stream on the loop waits. Below this the two are even.
-TOKENIZE_INLINE_CHARS = 512
-R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -55,9 +49,9 @@ class ApiState:
         checked by the engine, as is an empty prompt."""
         if isinstance(prompt, str) and prompt:
             encode = self.engine.tokenizer.encode
-            return list(await _off_loop(len(prompt), encode, prompt,
+            return list(await off_loop(len(prompt), encode, prompt,
                                         add_special_tokens=add_special_tokens))
-        return await _off_loop(len(prompt), self.engine.tokenize, prompt)  # ids are checked
+        return await off_loop(len(prompt), self.engine.tokenize, prompt)  # ids are checked
 
     async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
         """Token ids of each prompt of a batch: off the event loop when the batch is long,
@@ -70,20 +64,14 @@ class ApiState:
                      else self.engine.tokenize(p) for p in prompts])
 
     async def detokenize(self, ids: list[int]) -> str:
-        return await _off_loop(len(ids), self.engine.tokenizer.decode, ids)
+        return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
 
     async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None
                           ) -> list[int]:
         """Token ids of a conversation with the chat template applied (the template's cost
         grows with the number of messages and tools too)."""
-        size = sum(len(m["content"] or "") + 64 for m in messages) + 256 * len(tools or ())
-        return await _off_loop(size, self.engine.chat_prompt, messages, tools)
-
-
-async def _off_loop(size: int, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-    if size <= TOKENIZE_INLINE_CHARS:
-        return fn(*args, **kwargs)
-    return await asyncio.to_thread(fn, *args, **kwargs)
+        return await off_loop(rendered_size(messages, tools), self.engine.chat_prompt,
+                              messages, tools)
 
 
 STATE = web.AppKey("aiollm_state", ApiState)

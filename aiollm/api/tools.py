@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiollm.api.structured import check_schema, grammar_schema
+from aiollm.engine.grammar_check import check_schema, grammar_schema
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import GrammarSpec
 
@@ -272,6 +273,9 @@ def marker_is_skipped(tokenizer, marker: str) -> bool:
 
 # -- the request ---------------------------------------------------------------------------
 
+# OpenAI's rule for a function's name (it answers 400 otherwise): names go into the grammar's
+# tags and the chat template's text, and clients match calls back to tools by them
+TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 # OpenAI's limit. The template render, its tokenizing and the grammar of the tools all grow
 # faster than the list: 20,000 tools took 30 s of CPU (slowing every stream), 100,000 over 10 min
 MAX_TOOLS = 128
@@ -296,15 +300,28 @@ def _root_type(schema: dict) -> Any:
 
 
 def check_tools(tools: Any) -> list[dict]:
+    """`tools` as OpenAI takes them (InvalidRequest naming the field otherwise): at most
+    MAX_TOOLS functions with unique names of TOOL_NAME's form, each `parameters` an object
+    schema the grammar can enforce."""
     if not isinstance(tools, list):
         raise InvalidRequest("tools must be a list", param="tools")
     if len(tools) > MAX_TOOLS:
         raise InvalidRequest(f"at most {MAX_TOOLS} tools, got {len(tools)}", param="tools")
+    seen: dict[str, int] = {}  # name -> its tool's index
     for i, t in enumerate(tools):
         if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(
                 t.get("function"), dict) or not isinstance(t["function"].get("name"), str):
             raise InvalidRequest('each tool must be {"type": "function", "function": '
                                  '{"name", "parameters"}}', param=f"tools[{i}]")
+        name = t["function"]["name"]
+        if not TOOL_NAME.fullmatch(name):
+            raise InvalidRequest(f"a function name must be 1 to 64 letters, digits, '_' or "
+                                 f"'-', got {name!r}", param=f"tools[{i}].function.name")
+        if name in seen:  # a call names its function: which schema would hold it?
+            raise InvalidRequest(f"tools[{seen[name]}] and tools[{i}] are both named {name!r}; "
+                                 "function names must be unique",
+                                 param=f"tools[{i}].function.name")
+        seen[name] = i
         params = t["function"].get("parameters")
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("parameters must be a JSON schema object",

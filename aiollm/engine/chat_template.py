@@ -30,6 +30,21 @@ def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return sorted((t for t in texts if t), key=len, reverse=True)
 
 
+def rendered_size(messages: Any, tools: list[dict] | None = None) -> int:
+    """About how many characters the template renders for `messages` and `tools`, what
+    off_loop weighs: each message's text plus 64 for its framing, 256 per tool; 0 for what is
+    not a sequence of messages (chat_token_ids refuses it at once)."""
+    if not isinstance(messages, (list, tuple)):
+        return 0
+    size = 256 * len(tools or ())
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        parts = content if isinstance(content, list) else [{"text": content}]
+        size += 64 + sum(len(p["text"]) for p in parts
+                         if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return size
+
+
 def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
                    tools: list[dict] | None = None, *, specials: list[str] | None = None
                    ) -> list[int]:

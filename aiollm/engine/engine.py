@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import random
 import time
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from aiollm.config import EngineConfig
-from aiollm.engine.chat_template import chat_token_ids, special_texts
+from aiollm.engine.chat_template import chat_token_ids, rendered_size, special_texts
 from aiollm.engine.detokenizer import IncrementalDetokenizer
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
 from aiollm.engine.loading import load, resolve_device
@@ -41,7 +42,7 @@ from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
 from aiollm.engine.step_log import StepLog
 from aiollm.engine.stream import RequestStream, collect, deltas
-from aiollm.engine.submission import Prompt, check_request, new_request, tokenize
+from aiollm.engine.submission import Prompt, check_request, new_request, off_loop, tokenize
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
 from aiollm.native import FinishReason, ReqState
@@ -145,12 +146,11 @@ class Engine:
         self._fail_all("the server shut down before the request finished; retry it", Overloaded)
         if self._loop_task:
             self._loop_task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-            except asyncio.CancelledError:
-                pass
         self._executor.shutdown(wait=True)
         self._waiter.shutdown(wait=True)
+        await self.grammars.close()
         if self.ranks is not None:
             self.ranks.stop()
         self._inflight = None
@@ -176,10 +176,12 @@ class Engine:
             await self.grammars.compile(c.grammar)
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
-        """The whole result of one request: prompt as text or token ids. Raises
-        InvalidRequest / Overloaded before it starts, RequestFailed if it fails inside."""
-        await self.compile_grammar(params or SamplingParams())
-        req, text = self._submit(prompt, params or SamplingParams())
+        """The whole result of one request: prompt as text (long text tokenized off the loop)
+        or token ids. Raises InvalidRequest / Overloaded before it starts, RequestFailed inside."""
+        await self.compile_grammar(params := params or SamplingParams())
+        if self._started and isinstance(prompt, str):
+            prompt = await off_loop(len(prompt), self.tokenize, prompt)
+        req, text = self._submit(prompt, params)
         return await collect(req, deltas(req, text, self._finish))
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
@@ -197,8 +199,10 @@ class Engine:
         return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials)
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
-        """generate() on a conversation ({"role", "content"} dicts) under the chat template."""
-        return await self.generate(self.chat_prompt(messages), params)
+        """generate() on a conversation ({"role", "content"} dicts) under the chat template
+        (a long one rendered and tokenized off the loop)."""
+        ids = await off_loop(rendered_size(messages), self.chat_prompt, messages)
+        return await self.generate(ids, params)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None
                     ) -> AsyncIterator[Delta]:
@@ -309,10 +313,8 @@ class Engine:
         if step is None and self._inflight is None:
             self._wake.clear()
             timeout = 0.05 if self.planner.has_work() else None
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
             return
         launch = out = err = issued = None
         if step is not None:

@@ -6,9 +6,10 @@ and logit biases. The grammar library is xgrammar (bench/grammar_libs.py measure
 llguidance on this CPU: its masks are 3-10x faster per token, which is the cost paid on every
 step; its compile step is cached here). The engine owns one `Grammars`:
 
-- `compile()` turns a grammar into an xgrammar CompiledGrammar on a worker thread (never on
-  the event loop), kept in an LRU cache keyed by (tokenizer, kind, grammar text); concurrent
-  requests for the same grammar share one compilation;
+- `compile()` turns a grammar into an xgrammar CompiledGrammar on one of the engine's
+  compile threads (never on the event loop, nor in its default pool; `close()` ends them),
+  kept in an LRU cache keyed by (tokenizer, kind, grammar text); concurrent requests for
+  the same grammar share one compilation;
 - `start()` gives a request its `GrammarState` (the matcher, the allowed-ids row, the bias);
 - `accept()` advances the matchers by the tokens a step sampled (one batched call); a
   matcher that reaches its end finishes its request with "stop";
@@ -37,19 +38,25 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
 import numpy as np
 import torch
 
-from aiollm.errors import InvalidRequest, RequestFailed
+from aiollm.engine.grammar_check import compilable
+from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
+# Compilations run on the engine's own threads, not the loop's default pool: a large schema
+# compiles for seconds, and a few of them at once held every default worker while other
+# requests' tokenizing (also there) waited. Two, so one slow grammar does not hold up every
+# other new one (xgrammar spreads each compilation over threads of its own)
+COMPILE_THREADS = 2
 MAX_BIAS = 100.0
 ENDED, REJECTED = 1, -1  # accept() results
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: "
@@ -112,7 +119,9 @@ class Grammars:
         self.device = device
         self.max_rows = max_rows
         self._key = _tokenizer_key(tokenizer, vocab_size)
-        self._pending: dict[tuple, Future] = {}
+        self._pending: dict[tuple, asyncio.Future] = {}
+        # threads start at the first compile; close() ends them
+        self._pool = ThreadPoolExecutor(COMPILE_THREADS, thread_name_prefix="aiollm-grammar")
         self._bitmasks: _BitmaskBuffers | None = None  # made at the first constrained step
         self._batch = None  # xgrammar.BatchGrammarMatcher
 
@@ -161,11 +170,24 @@ class Grammars:
                 return _CACHE.compiled[key]
         fut = self._pending.get(key)
         if fut is None:
-            loop = asyncio.get_running_loop()
-            fut = loop.run_in_executor(None, self.compile_now, spec)
+            try:
+                fut = asyncio.get_running_loop().run_in_executor(self._pool, self.compile_now,
+                                                                 spec)
+            except RuntimeError:  # the pool is shut down
+                raise Overloaded("the engine is shutting down") from None
             self._pending[key] = fut
             fut.add_done_callback(lambda _: self._pending.pop(key, None))
-        return await asyncio.shield(fut)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            if fut.cancelled():  # close() dropped it before it started, not our caller
+                raise Overloaded("the engine shut down before the grammar compiled") from None
+            raise
+
+    async def close(self) -> None:
+        """End the compile threads (a compilation under way finishes first, on a thread that
+        keeps the event loop free; queued ones are dropped: their requests get Overloaded)."""
+        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
 
     # -- per request ------------------------------------------------------------------------
     def check(self, c: Constraint) -> None:
@@ -362,14 +384,8 @@ def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
 
 
 def _compile(compiler, spec: GrammarSpec):
-    kind, value = spec.kind, spec.value
+    kind, value = spec.kind, compilable(spec)  # what xgrammar would not enforce: refused
     if kind == "json_schema":
-        try:
-            schema = json.loads(value)
-        except ValueError as e:
-            raise InvalidRequest(f"{spec.param} is not valid JSON: {e}", param=spec.param) from e
-        if not isinstance(schema, dict):
-            raise InvalidRequest(f"{spec.param} must be a JSON schema object", param=spec.param)
         # compact JSON, as OpenAI's structured outputs write it: no whitespace to wander in
         return compiler.compile_json_schema(value, any_whitespace=False, strict_mode=True)
     if kind == "json_object":  # OpenAI's json_object is an object, not any JSON value
