@@ -184,6 +184,10 @@ BAD_INPUT = [
     bad("lightllm-n-0", G, lightllm(n=0), 400, "parameters.n"),
     bad("lightllm-best-of", G, lightllm(best_of=65), 400, "parameters.best_of"),
     bad("stream-n-2", GS, lightllm(n=2), 400, "parameters.n"),
+    # LightLLM serves n == best_of only (n defaults to best_of): not n outputs of best_of
+    bad("lightllm-best-of-above-n", G, lightllm(n=1, best_of=2), 400, "parameters.best_of",
+        "best_of"),
+    bad("lightllm-best-of-below-n", G, lightllm(n=3, best_of=2), 400, "parameters.best_of"),
     # OpenAI fields that change the output and are not served: refused, never ignored
     bad("suffix", C, prompt(suffix="return x"), 400, "suffix", "suffix"),
     bad("best-of-above-n", C, prompt(best_of=3), 400, "best_of", "best_of"),

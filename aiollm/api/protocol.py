@@ -312,8 +312,8 @@ class GenerateParameters(Struct, kw_only=True):
     skip_special_tokens: bool = True
     add_special_tokens: bool = True
     seed: int | None = None
-    n: N = 1
-    best_of: N = 1
+    n: N | None = None  # LightLLM's default: best_of
+    best_of: N | None = None
     return_details: bool = False
     guided_json: Any = None
     guided_grammar: Any = None
@@ -332,6 +332,15 @@ class GenerateParameters(Struct, kw_only=True):
                         "LightLLM's constraints are guided_json, guided_grammar, "
                         "regular_constraint and allowed_token_ids; /v1/completions takes "
                         "OpenAI's and vLLM's")
+
+    def choices(self) -> int:
+        """How many sequences to generate: n, which LightLLM requires to equal best_of when
+        both are given (it generates best_of and returns them all); either alone sets both."""
+        if self.n is not None and self.best_of is not None and self.n != self.best_of:
+            raise InvalidRequest(f"best_of must equal n ({self.n}) or be left out: the "
+                                 f"server returns every sequence it generates, got "
+                                 f"{self.best_of}", param="parameters.best_of")
+        return self.n or self.best_of or 1
 
 
 class GenerateRequest(Struct, kw_only=True):
