@@ -192,6 +192,14 @@ BAD_INPUT = [
     bad("suffix", C, prompt(suffix="return x"), 400, "suffix", "suffix"),
     bad("best-of-above-n", C, prompt(best_of=3), 400, "best_of", "best_of"),
     bad("best-of-below-n", C, prompt(best_of=1, n=2), 400, "best_of"),
+    # vLLM's chat fields that change the prompt or the output, not served: refused
+    bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
+    bad("chat-continue-final-message", CH, chat(continue_final_message=True), 400,
+        "continue_final_message"),
+    bad("chat-no-generation-prompt", CH, chat(add_generation_prompt=False), 400,
+        "add_generation_prompt"),
+    bad("chat-template", CH, chat(chat_template="{{ messages[0].content }}"), 400,
+        "chat_template"),
     # too many stop strings / ids
     bad("stop-too-many", C, prompt(stop=STOPS), 400, "stop", "16"),
     bad("chat-stop-too-many", CH, chat(stop=STOPS), 400, "stop"),
@@ -260,6 +268,7 @@ UNKNOWN_FIELDS = [  # what OpenAI and LightLLM clients send beside the fields we
                some_vendor_field={"x": [1, {"y": None}]})),
     (CH, chat(user="u1", tools=[], tool_choice="none", parallel_tool_calls=False,
               response_format={"type": "text"}, metadata={"k": "v"}, store=False,
+              echo=False, add_generation_prompt=True, continue_final_message=False,
               messages=[{"role": "user", "content": "hi", "refusal": None, "extra": 1}])),
     (G, {"inputs": "x", "parameters": {"max_new_tokens": 1, "future_option": True,
                                       "group_request_id": 7},

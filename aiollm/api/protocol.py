@@ -288,9 +288,31 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     parallel_tool_calls: bool | None = None
     functions: Any = None
     function_call: Any = None
+    # vLLM's: they change the prompt or the output, and are not served (check_unserved)
+    echo: bool | None = False
+    add_generation_prompt: bool | None = True
+    continue_final_message: bool | None = False
+    chat_template: str | None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict(i) for i, m in enumerate(self.messages)]
+
+    def check_unserved(self) -> None:
+        """Refuse vLLM's chat fields the server does not serve, when they would change the
+        prompt or the output: ignored, they would answer another question than the one asked."""
+        if self.chat_template is not None:
+            raise InvalidRequest("chat_template is not served: the model's own chat template "
+                                 "renders the messages", param="chat_template")
+        for name, default, why in (
+                ("echo", False, "send the conversation to /v1/completions as a prompt to have "
+                 "it echoed"),
+                ("add_generation_prompt", True, "the messages always end with the "
+                 "assistant's turn opened"),
+                ("continue_final_message", False, "a final assistant message is a finished "
+                 "turn; send the text to continue to /v1/completions")):
+            if getattr(self, name) != default:
+                raise InvalidRequest(f"{name} {str(not default).lower()} is not served: {why}",
+                                     param=name)
 
 
 class GenerateParameters(Struct, kw_only=True):
