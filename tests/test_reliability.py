@@ -184,6 +184,13 @@ BAD_INPUT = [
     bad("lightllm-n-0", G, lightllm(n=0), 400, "parameters.n"),
     bad("lightllm-best-of", G, lightllm(best_of=65), 400, "parameters.best_of"),
     bad("stream-n-2", GS, lightllm(n=2), 400, "parameters.n"),
+    # LightLLM's own fields that change the output, not served: refused
+    bad("lightllm-input-penalty", G, lightllm(input_penalty=True, presence_penalty=1), 400,
+        "parameters.input_penalty"),
+    bad("lightllm-length-penalty", GS, lightllm(exponential_decay_length_penalty=[4, 1.5]),
+        400, "parameters.exponential_decay_length_penalty"),
+    bad("lightllm-print-eos", G, lightllm(print_eos_token=True), 400,
+        "parameters.print_eos_token"),
     # LightLLM serves n == best_of only (n defaults to best_of): not n outputs of best_of
     bad("lightllm-best-of-above-n", G, lightllm(n=1, best_of=2), 400, "parameters.best_of",
         "best_of"),
@@ -271,7 +278,9 @@ UNKNOWN_FIELDS = [  # what OpenAI and LightLLM clients send beside the fields we
               echo=False, add_generation_prompt=True, continue_final_message=False,
               messages=[{"role": "user", "content": "hi", "refusal": None, "extra": 1}])),
     (G, {"inputs": "x", "parameters": {"max_new_tokens": 1, "future_option": True,
-                                      "group_request_id": 7},
+                                      "group_request_id": 7, "input_penalty": False,
+                                      "exponential_decay_length_penalty": [1, 1.0],
+                                      "print_eos_token": False},
          "multimodal_params": {"images": []}}),
 ]
 

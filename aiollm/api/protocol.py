@@ -347,6 +347,10 @@ class GenerateParameters(Struct, kw_only=True):
     guided_regex: Any = None
     guided_choice: Any = None
     logit_bias: Any = None
+    # LightLLM's own, not served: refused where they would change the output
+    input_penalty: bool = False
+    exponential_decay_length_penalty: Any = None
+    print_eos_token: bool = False
 
     def check_unserved(self) -> None:
         refuse_unserved(self, ("response_format", "structured_outputs", "guided_regex",
@@ -354,6 +358,18 @@ class GenerateParameters(Struct, kw_only=True):
                         "LightLLM's constraints are guided_json, guided_grammar, "
                         "regular_constraint and allowed_token_ids; /v1/completions takes "
                         "OpenAI's and vLLM's")
+        decay = self.exponential_decay_length_penalty
+        for name, served, why in (
+                ("input_penalty", not self.input_penalty, "presence and frequency penalties "
+                 "count the output's tokens only (repetition_penalty counts the prompt's too)"),
+                ("exponential_decay_length_penalty", decay is None or (
+                    isinstance(decay, list) and len(decay) == 2 and decay[1] == 1),
+                 "the server has no length penalty"),
+                ("print_eos_token", not self.print_eos_token, "the eos token that ends an "
+                 "output is counted with an empty text")):
+            if not served:
+                raise InvalidRequest(f"parameters.{name} is not served: {why}",
+                                     param=f"parameters.{name}")
 
     def choices(self) -> int:
         """How many sequences to generate: n, which LightLLM requires to equal best_of when
