@@ -199,6 +199,17 @@ BAD_INPUT = [
     bad("suffix", C, prompt(suffix="return x"), 400, "suffix", "suffix"),
     bad("best-of-above-n", C, prompt(best_of=3), 400, "best_of", "best_of"),
     bad("best-of-below-n", C, prompt(best_of=1, n=2), 400, "best_of"),
+    # vLLM's sampling fields that change the prompt or the output, not served: refused
+    bad("beam-search", C, prompt(use_beam_search=True), 400, "use_beam_search"),
+    bad("length-penalty", CH, chat(length_penalty=0.5), 400, "length_penalty"),
+    bad("bad-words", C, prompt(bad_words=["x"]), 400, "bad_words"),
+    bad("truncate-prompt-tokens", CH, chat(truncate_prompt_tokens=8), 400,
+        "truncate_prompt_tokens"),
+    bad("tokens-as-ids", C, prompt(logprobs=1, return_tokens_as_token_ids=True), 400,
+        "return_tokens_as_token_ids"),
+    bad("whitespace-pattern", C, prompt(guided_json={"type": "object"},
+                                        guided_whitespace_pattern=" *"), 400,
+        "guided_whitespace_pattern"),
     # vLLM's chat fields that change the prompt or the output, not served: refused
     bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
     bad("chat-continue-final-message", CH, chat(continue_final_message=True), 400,
@@ -272,6 +283,8 @@ def test_bad_input(server, method, path, kw, status, param, text):
 
 UNKNOWN_FIELDS = [  # what OpenAI and LightLLM clients send beside the fields we use
     (C, prompt(user="u1", logit_bias={"50": -100}, suffix="", best_of=1,
+               use_beam_search=False, length_penalty=1.0, bad_words=[],
+               truncate_prompt_tokens=None, return_tokens_as_token_ids=False,
                some_vendor_field={"x": [1, {"y": None}]})),
     (CH, chat(user="u1", tools=[], tool_choice="none", parallel_tool_calls=False,
               response_format={"type": "text"}, metadata={"k": "v"}, store=False,

@@ -50,6 +50,18 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool = False
 
 
+# vLLM's sampling fields the server does not serve: (the value that changes nothing, why).
+# Refused when sent with another value: ignored, they would change the output unasked.
+_VLLM_UNSERVED = {
+    "use_beam_search": (False, "beam search is not served"),
+    "length_penalty": (1.0, "it weighs beam search, which is not served"),
+    "bad_words": ([], "send logit_bias with -100 for their tokens"),
+    "truncate_prompt_tokens": (None, "prompts are never truncated: shorten the prompt"),
+    "return_tokens_as_token_ids": (False, "logprobs name tokens by their text"),
+    "guided_whitespace_pattern": (None, "the grammar's own whitespace rules apply"),
+}
+
+
 class SamplingFields(Struct, kw_only=True):
     """Fields shared by /v1/completions and /v1/chat/completions. None means the default."""
 
@@ -79,6 +91,21 @@ class SamplingFields(Struct, kw_only=True):
     guided_grammar: Any = None
     logit_bias: Any = None
     allowed_token_ids: Any = None
+    # vLLM's, not served (_VLLM_UNSERVED)
+    use_beam_search: Any = None
+    length_penalty: Any = None
+    bad_words: Any = None
+    truncate_prompt_tokens: Any = None
+    return_tokens_as_token_ids: Any = None
+    guided_whitespace_pattern: Any = None
+
+    def check_unserved(self) -> None:
+        """InvalidRequest naming the first vLLM field the server does not serve that is sent
+        with a value that would change the output."""
+        for name, (neutral, why) in _VLLM_UNSERVED.items():
+            value = getattr(self, name)
+            if value is not None and value != neutral:
+                raise InvalidRequest(f"{name} is not served: {why}", param=name)
 
     def __post_init__(self) -> None:
         # OpenAI's schema makes its fields nullable, null meaning the default, and clients
@@ -156,6 +183,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     function_call: Any = None
 
     def check_unserved(self) -> None:
+        SamplingFields.check_unserved(self)
         refuse_unserved(self, ("tools", "tool_choice", "functions", "function_call"), "",
                         "tool calls are served by /v1/chat/completions")
         if self.suffix:
@@ -300,6 +328,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     def check_unserved(self) -> None:
         """Refuse vLLM's chat fields the server does not serve, when they would change the
         prompt or the output: ignored, they would answer another question than the one asked."""
+        SamplingFields.check_unserved(self)
         if self.chat_template is not None:
             raise InvalidRequest("chat_template is not served: the model's own chat template "
                                  "renders the messages", param="chat_template")
