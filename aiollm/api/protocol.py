@@ -80,6 +80,7 @@ class SamplingFields(Struct, kw_only=True):
     ignore_eos: bool | None = False
     min_tokens: int | None = 0
     skip_special_tokens: bool | None = True
+    include_stop_str_in_output: bool | None = False  # vLLM's
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # output constraints (api/structured.py checks their shapes)
@@ -146,6 +147,7 @@ class SamplingFields(Struct, kw_only=True):
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
             skip_special_tokens=self.skip_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output,
             logprobs=logprobs,
             constraint=constraint,
             prompt_logprobs=prompt_logprobs,
