@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 
-class InvalidRequest(ValueError):
-    """Bad input from a caller (HTTP 400). `param` names the offending field when known."""
+# InvalidRequest.code of a prompt (with max_tokens) past the model's context: OpenAI's code,
+# which clients read to shorten the conversation and retry
+CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 
-    def __init__(self, message: str, param: str | None = None):
+
+class InvalidRequest(ValueError):
+    """Bad input from a caller (HTTP 400). `param` names the offending field when known;
+    `code` is OpenAI's error code when it has one (CONTEXT_LENGTH_EXCEEDED), else None."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.param = param
+        self.code = code
 
 
 class Overloaded(RuntimeError):

@@ -81,6 +81,9 @@ class SamplingParams:
     # With it, max_tokens may be 0: the prompt is scored and nothing generated.
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    # vLLM's: the output ends after the stop string that matched (and a stop token id's
+    # text stays), instead of before it
+    include_stop_str_in_output: bool = False
     # a grammar, allowed token ids, logit biases (aiollm.engine.grammar applies them)
     constraint: Constraint | None = None
 
@@ -139,7 +142,7 @@ class SamplingParams:
                 f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",
                 param="stop_token_ids",
             )
-        for name in ("ignore_eos", "skip_special_tokens"):
+        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
         if self.logprobs is not None and (

@@ -132,6 +132,34 @@ def test_models(client, model):
     assert e.value.body["param"] == "model" and e.value.body["code"] == "model_not_found"
 
 
+def test_context_length_errors_have_openai_code(client, model, server):
+    """A prompt (or prompt + max_tokens) past the context is OpenAI's 400 with code
+    "context_length_exceeded", which clients (LangChain, LiteLLM) read to trim and retry;
+    other 400s keep code null."""
+    import openai
+
+    calls = [
+        lambda: client.completions.create(model=model, prompt="hello " * 600, max_tokens=1),
+        lambda: client.completions.create(model=model, prompt="x", max_tokens=MAX_MODEL_LEN),
+        lambda: client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hello " * 600}]),
+        lambda: client.chat.completions.create(
+            model=model, messages=FRANCE, max_completion_tokens=MAX_MODEL_LEN),
+    ]
+    for call in calls:
+        with pytest.raises(openai.BadRequestError) as e:
+            call()
+        assert e.value.code == "context_length_exceeded", e.value
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt="x", temperature=-1)
+    assert e.value.code is None
+    status, _, body = http(server, "POST", "/generate", json={
+        "inputs": "x", "parameters": {"max_new_tokens": MAX_MODEL_LEN}})
+    err = json.loads(body)["error"]
+    assert status == 400 and err["code"] == "context_length_exceeded"
+    assert err["param"] == "parameters.max_new_tokens"
+
+
 # -- LightLLM API ----------------------------------------------------------------------------
 
 def test_lightllm_generate_and_stream(server):

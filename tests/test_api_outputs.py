@@ -109,6 +109,31 @@ def test_stop_string_output_tokens_text_and_usage_agree(server):
     assert events[-1]["generated_text"] == " Paris" and events[-1]["finish_reason"] == "stop"
 
 
+def test_include_stop_str_in_output_ends_the_output_after_the_stop(server):
+    """vLLM's include_stop_str_in_output: the output ends after the stop string (or with the
+    stop token id's text), not before it; it changes the output, so it must not be ignored."""
+    greedy = completion(server, {"prompt": PARIS, "max_tokens": 8, "temperature": 0,
+                                 "logprobs": 0})["choices"][0]["logprobs"]["tokens"]
+    assert greedy[:3] == [" Paris", ".", "\n"]
+    body = {"prompt": PARIS, "max_tokens": 20, "temperature": 0, "logprobs": 0,
+            "include_stop_str_in_output": True}
+    for extra, text, tokens in (
+            ({"stop": ["is.\n"]}, " Paris.\n", [" Paris", ".", "\n"]),  # across tokens
+            ({"stop": ["ar"]}, " Par", [" Par"]),  # ends inside a token: it keeps its part
+            ({"stop_token_ids": [198]}, " Paris.\n", [" Paris", ".", "\n"])):
+        out = completion(server, {**body, **extra})
+        choice = out["choices"][0]
+        assert (choice["text"], choice["logprobs"]["tokens"]) == (text, tokens), extra
+        assert choice["finish_reason"] == "stop"
+        assert out["usage"]["completion_tokens"] == len(tokens)
+        stext, slp, chunks = completion_stream(server, {**body, **extra})
+        assert (stext, slp["tokens"]) == (text, tokens), extra
+        assert chunks[-1]["usage"]["completion_tokens"] == len(tokens)
+    # off (the default): the stop string is cut, the stop token has no text
+    assert completion(server, {**body, "include_stop_str_in_output": False,
+                               "stop": ["is.\n"]})["choices"][0]["text"] == " Par"
+
+
 # -- fault 2: logprob bytes are the tokens' real bytes -----------------------------------------
 
 def test_logprob_bytes_are_the_tokens_bytes(client, server):

@@ -184,10 +184,40 @@ BAD_INPUT = [
     bad("lightllm-n-0", G, lightllm(n=0), 400, "parameters.n"),
     bad("lightllm-best-of", G, lightllm(best_of=65), 400, "parameters.best_of"),
     bad("stream-n-2", GS, lightllm(n=2), 400, "parameters.n"),
+    # LightLLM's own fields that change the output, not served: refused
+    bad("lightllm-input-penalty", G, lightllm(input_penalty=True, presence_penalty=1), 400,
+        "parameters.input_penalty"),
+    bad("lightllm-length-penalty", GS, lightllm(exponential_decay_length_penalty=[4, 1.5]),
+        400, "parameters.exponential_decay_length_penalty"),
+    bad("lightllm-print-eos", G, lightllm(print_eos_token=True), 400,
+        "parameters.print_eos_token"),
+    # LightLLM serves n == best_of only (n defaults to best_of): not n outputs of best_of
+    bad("lightllm-best-of-above-n", G, lightllm(n=1, best_of=2), 400, "parameters.best_of",
+        "best_of"),
+    bad("lightllm-best-of-below-n", G, lightllm(n=3, best_of=2), 400, "parameters.best_of"),
     # OpenAI fields that change the output and are not served: refused, never ignored
     bad("suffix", C, prompt(suffix="return x"), 400, "suffix", "suffix"),
     bad("best-of-above-n", C, prompt(best_of=3), 400, "best_of", "best_of"),
     bad("best-of-below-n", C, prompt(best_of=1, n=2), 400, "best_of"),
+    # vLLM's sampling fields that change the prompt or the output, not served: refused
+    bad("beam-search", C, prompt(use_beam_search=True), 400, "use_beam_search"),
+    bad("length-penalty", CH, chat(length_penalty=0.5), 400, "length_penalty"),
+    bad("bad-words", C, prompt(bad_words=["x"]), 400, "bad_words"),
+    bad("truncate-prompt-tokens", CH, chat(truncate_prompt_tokens=8), 400,
+        "truncate_prompt_tokens"),
+    bad("tokens-as-ids", C, prompt(logprobs=1, return_tokens_as_token_ids=True), 400,
+        "return_tokens_as_token_ids"),
+    bad("whitespace-pattern", C, prompt(guided_json={"type": "object"},
+                                        guided_whitespace_pattern=" *"), 400,
+        "guided_whitespace_pattern"),
+    # vLLM's chat fields that change the prompt or the output, not served: refused
+    bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
+    bad("chat-continue-final-message", CH, chat(continue_final_message=True), 400,
+        "continue_final_message"),
+    bad("chat-no-generation-prompt", CH, chat(add_generation_prompt=False), 400,
+        "add_generation_prompt"),
+    bad("chat-template", CH, chat(chat_template="{{ messages[0].content }}"), 400,
+        "chat_template"),
     # too many stop strings / ids
     bad("stop-too-many", C, prompt(stop=STOPS), 400, "stop", "16"),
     bad("chat-stop-too-many", CH, chat(stop=STOPS), 400, "stop"),
@@ -253,12 +283,17 @@ def test_bad_input(server, method, path, kw, status, param, text):
 
 UNKNOWN_FIELDS = [  # what OpenAI and LightLLM clients send beside the fields we use
     (C, prompt(user="u1", logit_bias={"50": -100}, suffix="", best_of=1,
+               use_beam_search=False, length_penalty=1.0, bad_words=[],
+               truncate_prompt_tokens=None, return_tokens_as_token_ids=False,
                some_vendor_field={"x": [1, {"y": None}]})),
     (CH, chat(user="u1", tools=[], tool_choice="none", parallel_tool_calls=False,
               response_format={"type": "text"}, metadata={"k": "v"}, store=False,
+              echo=False, add_generation_prompt=True, continue_final_message=False,
               messages=[{"role": "user", "content": "hi", "refusal": None, "extra": 1}])),
     (G, {"inputs": "x", "parameters": {"max_new_tokens": 1, "future_option": True,
-                                      "group_request_id": 7},
+                                      "group_request_id": 7, "input_penalty": False,
+                                      "exponential_decay_length_penalty": [1, 1.0],
+                                      "print_eos_token": False},
          "multimodal_params": {"images": []}}),
 ]
 

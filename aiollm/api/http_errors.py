@@ -64,7 +64,7 @@ def as_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, InvalidRequest):
-        return ApiError(400, str(exc), param=exc.param)
+        return ApiError(400, str(exc), param=exc.param, code=exc.code)
     if isinstance(exc, Overloaded):
         return ApiError(503, str(exc) or "server overloaded, retry later",
                         headers={"Retry-After": str(RETRY_AFTER_S)})
@@ -90,7 +90,7 @@ def param_names(names: dict[str, str]) -> Iterator[None]:
         for name, theirs in names.items():  # also the other fields a message names
             if name != "prompt":  # "the prompt has N tokens" reads right as it is
                 message = re.sub(rf"\b{name}\b", theirs.rsplit(".", 1)[-1], message)
-        raise InvalidRequest(message, param=names[e.param]) from None
+        raise InvalidRequest(message, param=names[e.param], code=e.code) from None
 
 
 _AT = re.compile(r" - at `\$\.?(.*)`$")

@@ -80,7 +80,7 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
 
 async def _prepare(st: ApiState, req: GenerateRequest
                    ) -> tuple[list[int], list[SamplingParams]]:
-    n = max(req.parameters.n, req.parameters.best_of)
+    n = req.parameters.choices()
     if not req.inputs:
         raise InvalidRequest("inputs must not be empty", param="inputs")
     ids = await st.tokenize(req.inputs, add_special_tokens=req.parameters.add_special_tokens)

@@ -210,6 +210,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     st = state(request)
     engine = st.engine
     st.check_model(req.model)
+    req.check_unserved()
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.functions is not None or req.function_call is not None:

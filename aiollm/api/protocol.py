@@ -50,6 +50,18 @@ class StreamOptions(Struct, kw_only=True):
     include_usage: bool = False
 
 
+# vLLM's sampling fields the server does not serve: (the value that changes nothing, why).
+# Refused when sent with another value: ignored, they would change the output unasked.
+_VLLM_UNSERVED = {
+    "use_beam_search": (False, "beam search is not served"),
+    "length_penalty": (1.0, "it weighs beam search, which is not served"),
+    "bad_words": ([], "send logit_bias with -100 for their tokens"),
+    "truncate_prompt_tokens": (None, "prompts are never truncated: shorten the prompt"),
+    "return_tokens_as_token_ids": (False, "logprobs name tokens by their text"),
+    "guided_whitespace_pattern": (None, "the grammar's own whitespace rules apply"),
+}
+
+
 class SamplingFields(Struct, kw_only=True):
     """Fields shared by /v1/completions and /v1/chat/completions. None means the default."""
 
@@ -68,6 +80,7 @@ class SamplingFields(Struct, kw_only=True):
     ignore_eos: bool | None = False
     min_tokens: int | None = 0
     skip_special_tokens: bool | None = True
+    include_stop_str_in_output: bool | None = False  # vLLM's
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     # output constraints (api/structured.py checks their shapes)
@@ -79,6 +92,21 @@ class SamplingFields(Struct, kw_only=True):
     guided_grammar: Any = None
     logit_bias: Any = None
     allowed_token_ids: Any = None
+    # vLLM's, not served (_VLLM_UNSERVED)
+    use_beam_search: Any = None
+    length_penalty: Any = None
+    bad_words: Any = None
+    truncate_prompt_tokens: Any = None
+    return_tokens_as_token_ids: Any = None
+    guided_whitespace_pattern: Any = None
+
+    def check_unserved(self) -> None:
+        """InvalidRequest naming the first vLLM field the server does not serve that is sent
+        with a value that would change the output."""
+        for name, (neutral, why) in _VLLM_UNSERVED.items():
+            value = getattr(self, name)
+            if value is not None and value != neutral:
+                raise InvalidRequest(f"{name} is not served: {why}", param=name)
 
     def __post_init__(self) -> None:
         # OpenAI's schema makes its fields nullable, null meaning the default, and clients
@@ -119,6 +147,7 @@ class SamplingFields(Struct, kw_only=True):
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
             skip_special_tokens=self.skip_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output,
             logprobs=logprobs,
             constraint=constraint,
             prompt_logprobs=prompt_logprobs,
@@ -156,6 +185,7 @@ class CompletionRequest(SamplingFields, kw_only=True):
     function_call: Any = None
 
     def check_unserved(self) -> None:
+        SamplingFields.check_unserved(self)
         refuse_unserved(self, ("tools", "tool_choice", "functions", "function_call"), "",
                         "tool calls are served by /v1/chat/completions")
         if self.suffix:
@@ -288,9 +318,32 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     parallel_tool_calls: bool | None = None
     functions: Any = None
     function_call: Any = None
+    # vLLM's: they change the prompt or the output, and are not served (check_unserved)
+    echo: bool | None = False
+    add_generation_prompt: bool | None = True
+    continue_final_message: bool | None = False
+    chat_template: str | None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict(i) for i, m in enumerate(self.messages)]
+
+    def check_unserved(self) -> None:
+        """Refuse vLLM's chat fields the server does not serve, when they would change the
+        prompt or the output: ignored, they would answer another question than the one asked."""
+        SamplingFields.check_unserved(self)
+        if self.chat_template is not None:
+            raise InvalidRequest("chat_template is not served: the model's own chat template "
+                                 "renders the messages", param="chat_template")
+        for name, default, why in (
+                ("echo", False, "send the conversation to /v1/completions as a prompt to have "
+                 "it echoed"),
+                ("add_generation_prompt", True, "the messages always end with the "
+                 "assistant's turn opened"),
+                ("continue_final_message", False, "a final assistant message is a finished "
+                 "turn; send the text to continue to /v1/completions")):
+            if getattr(self, name) != default:
+                raise InvalidRequest(f"{name} {str(not default).lower()} is not served: {why}",
+                                     param=name)
 
 
 class GenerateParameters(Struct, kw_only=True):
@@ -312,8 +365,8 @@ class GenerateParameters(Struct, kw_only=True):
     skip_special_tokens: bool = True
     add_special_tokens: bool = True
     seed: int | None = None
-    n: N = 1
-    best_of: N = 1
+    n: N | None = None  # LightLLM's default: best_of
+    best_of: N | None = None
     return_details: bool = False
     guided_json: Any = None
     guided_grammar: Any = None
@@ -325,6 +378,10 @@ class GenerateParameters(Struct, kw_only=True):
     guided_regex: Any = None
     guided_choice: Any = None
     logit_bias: Any = None
+    # LightLLM's own, not served: refused where they would change the output
+    input_penalty: bool = False
+    exponential_decay_length_penalty: Any = None
+    print_eos_token: bool = False
 
     def check_unserved(self) -> None:
         refuse_unserved(self, ("response_format", "structured_outputs", "guided_regex",
@@ -332,6 +389,27 @@ class GenerateParameters(Struct, kw_only=True):
                         "LightLLM's constraints are guided_json, guided_grammar, "
                         "regular_constraint and allowed_token_ids; /v1/completions takes "
                         "OpenAI's and vLLM's")
+        decay = self.exponential_decay_length_penalty
+        for name, served, why in (
+                ("input_penalty", not self.input_penalty, "presence and frequency penalties "
+                 "count the output's tokens only (repetition_penalty counts the prompt's too)"),
+                ("exponential_decay_length_penalty", decay is None or (
+                    isinstance(decay, list) and len(decay) == 2 and decay[1] == 1),
+                 "the server has no length penalty"),
+                ("print_eos_token", not self.print_eos_token, "the eos token that ends an "
+                 "output is counted with an empty text")):
+            if not served:
+                raise InvalidRequest(f"parameters.{name} is not served: {why}",
+                                     param=f"parameters.{name}")
+
+    def choices(self) -> int:
+        """How many sequences to generate: n, which LightLLM requires to equal best_of when
+        both are given (it generates best_of and returns them all); either alone sets both."""
+        if self.n is not None and self.best_of is not None and self.n != self.best_of:
+            raise InvalidRequest(f"best_of must equal n ({self.n}) or be left out: the "
+                                 f"server returns every sequence it generates, got "
+                                 f"{self.best_of}", param="parameters.best_of")
+        return self.n or self.best_of or 1
 
 
 class GenerateRequest(Struct, kw_only=True):

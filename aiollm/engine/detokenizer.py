@@ -55,7 +55,8 @@ class IncrementalDetokenizer:
     """add(new_ids) -> text safe to emit now; finish() -> what was held back, at the end.
 
     After a stop string matched, `stopped` is True, `matched_stop` names it, and add() and
-    finish() return "". `text` is everything emitted so far."""
+    finish() return "". `text` is everything emitted so far: it ends where the stop string
+    starts, or where it ends with include_stop."""
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class IncrementalDetokenizer:
         prompt_ids: Sequence[int],
         skip_special_tokens: bool = True,
         stop: Sequence[str] = (),
+        include_stop: bool = False,
     ):
         self._decode = _decoder(tokenizer, skip_special_tokens)
         self._window: list[int] = _as_list(prompt_ids[-CONTEXT:])
@@ -74,6 +76,7 @@ class IncrementalDetokenizer:
         self._emitted = len(prompt_text.rstrip(REPLACEMENT))
         self._prompt_tail = prompt_text if len(prompt_text) > self._emitted else None
         self._stop = StopStringMatcher(stop) if any(stop) else None
+        self._include_stop = include_stop  # the output ends after the stop string
         self._pending = ""  # released by the decoder, held back by the stop filter
         self.decoded = 0  # characters of output decoded, before the stop filter
         self.partial = False  # the latest token ended inside a character
@@ -167,7 +170,8 @@ class IncrementalDetokenizer:
         self._pending += delta
         stop.feed(delta)
         if stop.match_start is not None:
-            end = stop.match_start
+            # the match is decided only once all of it was fed: its end is in _pending
+            end = stop.match_start + (len(stop.matched) if self._include_stop else 0)
             self.stopped = True
             self.matched_stop = stop.matched
         else:

@@ -31,7 +31,6 @@ import torch
 
 from aiollm.config import EngineConfig
 from aiollm.engine.chat_template import chat_token_ids, rendered_size, special_texts
-from aiollm.engine.detokenizer import IncrementalDetokenizer
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
@@ -276,8 +275,7 @@ class Engine:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         grammar = self.grammars.start(params.constraint) if params.constraint else None
         # everything that can raise comes before the table slot: nothing would give it back
-        detok = OutputText(IncrementalDetokenizer(self.tokenizer, ids, params.skip_special_tokens,
-                                                  params.stop), params.min_tokens)
+        detok = OutputText.of_request(self.tokenizer, ids, params)
         req = new_request(self.table, ids, params, self._rng, grammar,
                           keep_prompt_array=self.prefix_cache is not None)
         self._requests[req.rid] = req

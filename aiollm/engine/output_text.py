@@ -11,13 +11,15 @@ join of its tokens' texts, in streams as in whole results.
 When a stop string matches, the output ends where it starts: the tokens whose text starts
 at or after that point are dropped (they are not part of the output: not in its token ids,
 logprobs or token count), and a token whose text runs into the stop string keeps only the
-part before it. Stop strings count only once the first min_tokens tokens are out, and only
+part before it (with include_stop_str_in_output the output ends where the stop string
+ends instead). Stop strings count only once the first min_tokens tokens are out, and only
 after their text: a request never ends with fewer than min_tokens tokens.
 """
 
 from __future__ import annotations
 
 from aiollm.engine.detokenizer import IncrementalDetokenizer
+from aiollm.sampling_params import SamplingParams
 
 
 class OutputText:
@@ -26,6 +28,14 @@ class OutputText:
 
     __slots__ = ("_detok", "_ends", "_min_tokens", "_unsent", "_released", "_sent_chars",
                  "_sent_tokens", "_kept", "_finished")
+
+    @classmethod
+    def of_request(cls, tokenizer, prompt_ids: list[int], params: SamplingParams) -> OutputText:
+        """The output text of a request with these prompt ids and parameters (its stop
+        strings, min_tokens, special tokens skipped or not, stop string kept or not)."""
+        return cls(IncrementalDetokenizer(tokenizer, prompt_ids, params.skip_special_tokens,
+                                          params.stop, params.include_stop_str_in_output),
+                   params.min_tokens)
 
     def __init__(self, detok: IncrementalDetokenizer, min_tokens: int = 0):
         self._detok = detok

@@ -33,7 +33,9 @@ async def deltas(req: Request, out: OutputText, finish: Finish) -> AsyncIterator
             if req.failed:
                 raise req.error_type(req.error or "the request failed")
             # the final stop token (eos, a stop id) is part of the output, not of its text
-            text_end = len(req.output_ids) - (req.done and req.last_is_stop_token)
+            # (unless include_stop_str_in_output: then its text is, as in vLLM)
+            text_end = len(req.output_ids) - (req.done and req.last_is_stop_token
+                                              and not req.params.include_stop_str_in_output)
             while out.fed < text_end and not out.stopped:
                 out.feed(req.output_ids[out.fed])
             if out.stopped and not req.done:

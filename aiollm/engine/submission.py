@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aiollm.engine.request import Request
-from aiollm.errors import InvalidRequest, Overloaded
+from aiollm.errors import CONTEXT_LENGTH_EXCEEDED, InvalidRequest, Overloaded
 from aiollm.model.sampler import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, is_int
@@ -72,7 +72,8 @@ def too_long(n: int, max_model_len: int) -> InvalidRequest:
     """The error for a prompt of n tokens that leaves no room for output."""
     return InvalidRequest(
         f"the prompt has {n} tokens, but this model's maximum context length is "
-        f"{max_model_len} tokens (prompt and output together)", param="prompt")
+        f"{max_model_len} tokens (prompt and output together)", param="prompt",
+        code=CONTEXT_LENGTH_EXCEEDED)
 
 
 def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len: int) -> None:
@@ -88,7 +89,7 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
             f"this model's maximum context length is {max_model_len} tokens, but "
             f"{n + params.max_tokens} were requested ({n} in the prompt, {params.max_tokens} "
             f"for the output): lower max_tokens to at most {max_model_len - n}",
-            param="max_tokens")
+            param="max_tokens", code=CONTEXT_LENGTH_EXCEEDED)
     bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
