@@ -160,6 +160,33 @@ def test_context_length_errors_have_openai_code(client, model, server):
     assert err["param"] == "parameters.max_new_tokens"
 
 
+def test_chat_continues_the_final_message(client, model, server):
+    """continue_final_message (with add_generation_prompt false, as vLLM takes them): the
+    prompt ends inside the assistant's message, the answer continues it, and it is the
+    prompt /tokenize gives for the same options; chat_template_kwargs reach the template."""
+    msgs = [{"role": "user", "content": "What is the capital of France?"},
+            {"role": "assistant", "content": "The capital of France is"}]
+    opts = {"add_generation_prompt": False, "continue_final_message": True}
+    out = client.chat.completions.create(model=model, messages=msgs, temperature=0,
+                                         max_tokens=8, extra_body=opts)
+    _, _, body = http(server, "POST", "/tokenize", json={"messages": msgs, **opts})
+    ids = json.loads(body)["tokens"]
+    assert server.engine.tokenizer.decode(ids).endswith("The capital of France is")
+    same = client.completions.create(model=model, prompt=ids, temperature=0, max_tokens=8)
+    assert out.choices[0].message.content == same.choices[0].text
+    assert "Paris" in out.choices[0].message.content
+    assert out.usage.prompt_tokens == len(ids)
+    # no turn opened: the prompt is the conversation alone, shorter than with one opened
+    _, _, plain = http(server, "POST", "/tokenize", json={"messages": msgs[:1]})
+    _, _, closed = http(server, "POST", "/tokenize",
+                        json={"messages": msgs[:1], "add_generation_prompt": False})
+    assert json.loads(closed)["count"] < json.loads(plain)["count"]
+    # a variable the template does not use changes nothing (SmolLM2's ignores it)
+    _, _, kw = http(server, "POST", "/tokenize",
+                    json={"messages": msgs[:1], "chat_template_kwargs": {"enable_thinking": False}})
+    assert json.loads(kw)["tokens"] == json.loads(plain)["tokens"]
+
+
 # -- LightLLM API ----------------------------------------------------------------------------
 
 def test_lightllm_generate_and_stream(server):

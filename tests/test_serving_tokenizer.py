@@ -147,6 +147,51 @@ def test_chat_templates_render_as_transformers_renders_them(pair, tool_pair, whi
             hf.apply_chat_template(conv, tokenize=False, extra="E")
 
 
+@pytest.mark.parametrize("which", ["default", "tools"])
+def test_template_options_render_as_transformers_renders_them(pair, tool_pair, which):
+    """chat_token_ids with TemplateOptions (the chat API's add_generation_prompt,
+    continue_final_message, chat_template_kwargs) gives transformers' ids for the same
+    arguments, on both tokenizers and through the placeholder path (control-token text in
+    content); invalid options raise InvalidRequest naming the field."""
+    from aiollm.engine.chat_template import TemplateOptions, chat_token_ids, special_texts
+    from aiollm.errors import InvalidRequest
+
+    serving, hf = pair if which == "default" else tool_pair
+    partial = [{"role": "user", "content": "Name a colour."},
+               {"role": "assistant", "content": "My favourite colour is"}]
+    cases = [(partial, TemplateOptions(False, True), dict(add_generation_prompt=False,
+                                                          continue_final_message=True)),
+             (partial[:1], TemplateOptions(False), dict(add_generation_prompt=False)),
+             (partial[:1], TemplateOptions(kwargs={"extra": "E", "enable_thinking": False}),
+              dict(add_generation_prompt=True, extra="E", enable_thinking=False))]
+    for conv, options, kwargs in cases:
+        want = hf.apply_chat_template(conv, return_dict=False, **kwargs)
+        assert chat_token_ids(serving, conv, options=options) == want, kwargs
+        assert chat_token_ids(hf, conv, options=options) == want, kwargs
+    if which == "tools":  # the variable reaches the template
+        text = serving.decode(chat_token_ids(serving, partial[:1], options=cases[2][1]))
+        assert text.endswith("(1 turns, E)")
+    # content with control-token text (rendered through placeholders) continued as well
+    forged = [partial[0], {"role": "assistant", "content": "I said <|im_end|> and"}]
+    got = chat_token_ids(serving, forged, specials=special_texts(serving),
+                         options=TemplateOptions(False, True))
+    assert serving.decode(got).endswith("I said <|im_end|> and")
+    [im_end] = serving.encode("<|im_end|>", add_special_tokens=False)
+    plain = chat_token_ids(serving, [partial[0], {"role": "assistant", "content": "I said and"}],
+                           specials=special_texts(serving), options=TemplateOptions(False, True))
+    assert got.count(im_end) == plain.count(im_end)  # the content's stayed plain text
+    for options, param in [(TemplateOptions(True, True), "continue_final_message"),
+                           (TemplateOptions(kwargs={"tools": []}), "chat_template_kwargs.tools"),
+                           (TemplateOptions(kwargs={"eos_token": "x"}),
+                            "chat_template_kwargs.eos_token"),
+                           (TemplateOptions(kwargs={"x": [1]}), "chat_template_kwargs.x"),
+                           (TemplateOptions(kwargs={"x": "a<|im_end|>"}),
+                            "chat_template_kwargs.x")]:
+        with pytest.raises(InvalidRequest) as e:
+            chat_token_ids(serving, partial, options=options)
+        assert e.value.param == param
+
+
 def test_template_errors_are_those_of_transformers(tool_pair):
     serving, hf = tool_pair
     bad = [{"role": "wizard", "content": "hi"}]

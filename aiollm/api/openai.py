@@ -248,7 +248,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                                         if constraint else ()))
     # the template is applied here rather than by engine.chat so that a request without
     # max_tokens can be given the rest of the context
-    ids = await st.chat_prompt(messages, tools if mode != "none" else None)
+    ids = await st.chat_prompt(messages, tools if mode != "none" else None,
+                               req.template_options())
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else _room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

@@ -32,7 +32,8 @@ async def tokenize(request: web.Request) -> web.Response:
     if (req.prompt is None) == (req.messages is None):
         raise ApiError(400, "give exactly one of prompt and messages", param="prompt")
     if req.messages is not None:
-        ids = await st.chat_prompt([m.as_dict(i) for i, m in enumerate(req.messages)])
+        ids = await st.chat_prompt([m.as_dict(i) for i, m in enumerate(req.messages)], None,
+                                   req.template_options())
     elif req.prompt:
         ids = await st.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
     else:

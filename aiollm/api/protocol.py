@@ -17,6 +17,7 @@ from msgspec import Meta, Struct
 
 from aiollm.api import structured
 from aiollm.api.http_errors import ApiError
+from aiollm.engine.chat_template import TemplateOptions
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import MAX_LOGPROBS, Constraint, SamplingParams
 
@@ -318,14 +319,20 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     parallel_tool_calls: bool | None = None
     functions: Any = None
     function_call: Any = None
+    # vLLM's and SGLang's rendering options (TemplateOptions)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
     # vLLM's: they change the prompt or the output, and are not served (check_unserved)
     echo: bool | None = False
-    add_generation_prompt: bool | None = True
-    continue_final_message: bool | None = False
     chat_template: str | None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict(i) for i, m in enumerate(self.messages)]
+
+    def template_options(self) -> TemplateOptions:
+        return TemplateOptions(self.add_generation_prompt, self.continue_final_message,
+                               self.chat_template_kwargs or {})
 
     def check_unserved(self) -> None:
         """Refuse vLLM's chat fields the server does not serve, when they would change the
@@ -334,16 +341,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         if self.chat_template is not None:
             raise InvalidRequest("chat_template is not served: the model's own chat template "
                                  "renders the messages", param="chat_template")
-        for name, default, why in (
-                ("echo", False, "send the conversation to /v1/completions as a prompt to have "
-                 "it echoed"),
-                ("add_generation_prompt", True, "the messages always end with the "
-                 "assistant's turn opened"),
-                ("continue_final_message", False, "a final assistant message is a finished "
-                 "turn; send the text to continue to /v1/completions")):
-            if getattr(self, name) != default:
-                raise InvalidRequest(f"{name} {str(not default).lower()} is not served: {why}",
-                                     param=name)
+        if self.echo:
+            raise InvalidRequest("echo true is not served: send the conversation to "
+                                 "/v1/completions as a prompt to have it echoed", param="echo")
 
 
 class GenerateParameters(Struct, kw_only=True):
@@ -422,6 +422,13 @@ class TokenizeRequest(Struct, kw_only=True):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     add_special_tokens: bool = True
+    add_generation_prompt: bool = True  # with messages, as in ChatCompletionRequest
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    def template_options(self) -> TemplateOptions:
+        return TemplateOptions(self.add_generation_prompt, self.continue_final_message,
+                               self.chat_template_kwargs or {})
 
 
 class DetokenizeRequest(Struct, kw_only=True):

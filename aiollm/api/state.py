@@ -11,7 +11,7 @@ from aiohttp import web
 
 from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
-from aiollm.engine.chat_template import rendered_size
+from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
 
 if TYPE_CHECKING:
@@ -66,12 +66,12 @@ class ApiState:
     async def detokenize(self, ids: list[int]) -> str:
         return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
 
-    async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None
-                          ) -> list[int]:
-        """Token ids of a conversation with the chat template applied (the template's cost
-        grows with the number of messages and tools too)."""
+    async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
+                          template: TemplateOptions | None = None) -> list[int]:
+        """Token ids of a conversation with the chat template applied as `template` says (the
+        template's cost grows with the number of messages and tools too)."""
         return await off_loop(rendered_size(messages, tools), self.engine.chat_prompt,
-                              messages, tools)
+                              messages, tools, template)
 
 
 STATE = web.AppKey("aiollm_state", ApiState)

@@ -9,18 +9,68 @@ rendering, and each placeholder is tokenized as plain text (the tokenizer's
 `split_special_tokens`) while the rest of the rendered string is tokenized as usual, so the
 template's own control tokens stay real. A conversation without control-token text in its
 content takes the plain path: the ids are exactly what `apply_chat_template` gives.
+
+TemplateOptions carries what a client may ask of the rendering, as vLLM and SGLang take it:
+no generation prompt, continuing the final (assistant) message, and the template's own
+variables (`chat_template_kwargs`, e.g. Qwen3's `enable_thinking`).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiollm.errors import InvalidRequest
 
 if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
     from transformers import PreTrainedTokenizerBase
+
+
+# Names a template variable may not take: apply_chat_template's own arguments and what the
+# renderer puts in the template's context (the special-token texts are added per tokenizer).
+_RESERVED = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length",
+    "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs",
+    "raise_exception", "strftime_now", "special_tokens_map"})
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateOptions:
+    """How a conversation is rendered (transformers' apply_chat_template arguments of the
+    same names). add_generation_prompt: open the assistant's turn after the messages;
+    continue_final_message: end the prompt inside the final message (its end-of-turn left
+    out) so that the model continues it, which needs add_generation_prompt false; kwargs:
+    variables of the template (`chat_template_kwargs`), each a bool, number, None or a
+    string without control-token text. `check` raises InvalidRequest naming the field."""
+
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def check(self, specials: list[str], reserved: frozenset[str] = frozenset()) -> None:
+        """specials: control-token texts a string variable may not hold (it would be
+        tokenized as the control token); reserved: more names variables may not take."""
+        if self.add_generation_prompt and self.continue_final_message:
+            raise InvalidRequest("continue_final_message needs add_generation_prompt false (a "
+                                 "final message continued leaves no turn to open)",
+                                 param="continue_final_message")
+        if not isinstance(self.kwargs, dict):
+            raise InvalidRequest("chat_template_kwargs must be an object",
+                                 param="chat_template_kwargs")
+        for name, value in self.kwargs.items():
+            param = f"chat_template_kwargs.{name}"
+            if name in _RESERVED or name in reserved:
+                raise InvalidRequest(f"{name!r} cannot be a template variable: the server "
+                                     "sets it", param=param)
+            if value is not None and not isinstance(value, (bool, int, float, str)):
+                raise InvalidRequest("template variables are booleans, numbers, strings or "
+                                     "null", param=param)
+            if isinstance(value, str) and any(t in value for t in specials):
+                raise InvalidRequest("a template variable cannot hold control-token text",
+                                     param=param)
 
 
 def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
@@ -46,11 +96,15 @@ def rendered_size(messages: Any, tools: list[dict] | None = None) -> int:
 
 
 def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
-                   tools: list[dict] | None = None, *, specials: list[str] | None = None
-                   ) -> list[int]:
-    """Token ids of `messages` with the generation prompt. `specials`: the control-token
-    texts to keep as plain text inside string content (None: none, the template's tokenizing
-    as it is). Raises InvalidRequest (param "messages") when the template fails."""
+                   tools: list[dict] | None = None, *, specials: list[str] | None = None,
+                   options: TemplateOptions | None = None) -> list[int]:
+    """Token ids of `messages` rendered as `options` say (default: with the generation
+    prompt). `specials`: the control-token texts to keep as plain text inside string content
+    (None: none, the template's tokenizing as it is). Raises InvalidRequest: param "messages"
+    when the template fails, the option's name when an option is invalid."""
+    options = options or TemplateOptions()
+    options.check(special_texts(tokenizer) if options.kwargs else [],
+                  frozenset(tokenizer.special_tokens_map))
     if isinstance(messages, tuple):  # a sequence of dicts as good as a list
         messages = list(messages)
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
@@ -59,7 +113,7 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
     if pattern is None or not any(isinstance(m.get("content"), str)
                                   and pattern.search(m["content"]) for m in messages):
-        ids = _render(tokenizer, messages, tools, tokenize=True)
+        ids = _render(tokenizer, messages, tools, options, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
@@ -74,7 +128,7 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
 
     hidden = [{**m, "content": pattern.sub(hide, m["content"])}
               if isinstance(m.get("content"), str) else m for m in messages]
-    text = _render(tokenizer, hidden, tools, tokenize=False)
+    text = _render(tokenizer, hidden, tools, options, tokenize=False)
     ids: list[int] = []
     # split() with a group alternates: rendered text, placeholder index, rendered text...
     for k, part in enumerate(re.split(f"\x00{nonce}:(\\d+)\x00", text)):
@@ -87,9 +141,11 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
-            tools: list[dict] | None, *, tokenize: bool) -> Any:
+            tools: list[dict] | None, options: TemplateOptions, *, tokenize: bool) -> Any:
+    extra = {"continue_final_message": True} if options.continue_final_message else {}
     try:
-        return tokenizer.apply_chat_template(messages, tools=tools or None,
-                                             add_generation_prompt=True, tokenize=tokenize)
+        return tokenizer.apply_chat_template(
+            messages, tools=tools or None, add_generation_prompt=options.add_generation_prompt,
+            tokenize=tokenize, **extra, **options.kwargs)
     except Exception as e:  # a malformed conversation is the caller's input
         raise InvalidRequest(f"cannot apply the chat template: {e}", param="messages") from e

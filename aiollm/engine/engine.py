@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from aiollm.config import EngineConfig
-from aiollm.engine.chat_template import chat_token_ids, rendered_size, special_texts
+from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
+                                          special_texts)
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
@@ -189,24 +190,28 @@ class Engine:
         req, text = self._submit(prompt, params or SamplingParams())
         return RequestStream(req, deltas(req, text, self._finish), self._finish)
 
-    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
-        """Token ids of a conversation with the chat template applied; control-token text in
-        message content stays plain text unless config.special_tokens_in_content."""
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
+                    template: TemplateOptions | None = None) -> list[int]:
+        """Token ids of a conversation with the chat template applied as `template` says
+        (default: the assistant's turn opened); control-token text in message content stays
+        plain text unless config.special_tokens_in_content."""
         if self._content_specials is None:
             self._content_specials = ([] if self.config.special_tokens_in_content
                                       else special_texts(self.tokenizer))
-        return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials)
+        return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials,
+                              options=template)
 
-    async def chat(self, messages: list[dict], params: SamplingParams | None = None) -> RequestOutput:
+    async def chat(self, messages: list[dict], params: SamplingParams | None = None,
+                   template: TemplateOptions | None = None) -> RequestOutput:
         """generate() on a conversation ({"role", "content"} dicts) under the chat template
         (a long one rendered and tokenized off the loop)."""
-        ids = await off_loop(rendered_size(messages), self.chat_prompt, messages)
+        ids = await off_loop(rendered_size(messages), self.chat_prompt, messages, None, template)
         return await self.generate(ids, params)
 
-    def stream_chat(self, messages: list[dict], params: SamplingParams | None = None
-                    ) -> AsyncIterator[Delta]:
+    def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
+                    template: TemplateOptions | None = None) -> AsyncIterator[Delta]:
         """stream() on a conversation under the chat template."""
-        return self.stream(self.chat_prompt(messages), params)
+        return self.stream(self.chat_prompt(messages, None, template), params)
 
     async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
                              progress: bool = True) -> list[RequestOutput]:
