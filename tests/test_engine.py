@@ -389,6 +389,34 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     assert_all_free(engine)
 
 
+def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
+    """A request whose long prompt (or conversation) is still being tokenized off the loop
+    when stop() ends gets Overloaded, as one that arrives while stop() runs, and so does one
+    that arrives after: they got RuntimeError('the engine is not started'), which a server
+    shutting down (it stops the engine once no request is submitted) answered with a 500.
+    An engine that was never started still raises RuntimeError."""
+    eng = Engine(None, kv_tokens=2048)
+    with pytest.raises(RuntimeError, match="not started"):
+        eng.stream([1, 2], SamplingParams())
+    text = " ".join(f"word{i % 5000} w" for i in range(120_000))  # ~1.4 MB: ~1 s to encode
+    params = SamplingParams(max_tokens=1)
+
+    async def scenario():
+        await eng.start()
+        tasks = [asyncio.ensure_future(eng.generate(text, params)),
+                 asyncio.ensure_future(eng.chat([{"role": "user", "content": text}], params))]
+        await asyncio.sleep(0.05)
+        await eng.stop()
+        assert not any(t.done() for t in tasks)  # still tokenizing
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        with pytest.raises(Overloaded, match="stopped"):
+            await eng.generate([1, 2], params)
+        return results
+
+    results = run(loop, scenario())
+    assert all(isinstance(r, Overloaded) for r in results), results
+
+
 def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, monkeypatch):
     """Grammars compile on the engine's own threads: compilations held for as long as the
     test likes (xgrammar's compile call waits; a large schema takes seconds) filled the loop's

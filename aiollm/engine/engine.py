@@ -268,8 +268,12 @@ class Engine:
         return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len)
 
     def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
-        if not self._started:
+        if not self._started and self._loop_task is None:  # never started: a usage error
             raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
+        # stopped (a request tokenized or compiled off the loop meanwhile, or a server's
+        # handler during its shutdown) or stopping: as any request a shutdown catches
+        if not self._started:
+            raise Overloaded("the engine was stopped before the request was submitted; retry it")
         if not self._accepting:
             raise Overloaded("the server is shutting down")
         if not isinstance(params, SamplingParams):
