@@ -346,6 +346,28 @@ def test_engine_refuses_grammars_the_http_api_refuses(loop, engine, kind, value,
     assert_all_free(engine)
 
 
+def test_one_bad_schema_in_two_fields_at_once_names_each_field(loop, engine):
+    """Concurrent compilations of one grammar are shared, but a refusal names the field of
+    the request it answers: the same schema under response_format and guided_json at once
+    (two clients) gave both the first one's param and message."""
+    bad = '{"type": "object", "properties": {"a": {"not": {"type": "string"}}}}'
+    fields = ("response_format.json_schema.schema", "guided_json")
+
+    def params(field: str) -> SamplingParams:
+        return SamplingParams(max_tokens=2,
+                              constraint=Constraint(GrammarSpec("json_schema", bad, field)))
+
+    async def both():
+        return await asyncio.gather(*(engine.generate("Hi", params(f)) for f in fields),
+                                    return_exceptions=True)
+
+    errors = run(loop, both())
+    assert all(isinstance(e, InvalidRequest) for e in errors), errors
+    assert [e.param for e in errors] == list(fields)
+    assert [str(e).split(":")[0] for e in errors] == list(fields)
+    assert_all_free(engine)
+
+
 def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     """generate() encodes text past TOKENIZE_INLINE_CHARS on a worker thread, as the HTTP API
     does, and chat() a long conversation: the loop keeps ticking while a megabyte prompt is

@@ -9,7 +9,7 @@ step; its compile step is cached here). The engine owns one `Grammars`:
 - `compile()` turns a grammar into an xgrammar CompiledGrammar on one of the engine's
   compile threads (never on the event loop, nor in its default pool; `close()` ends them),
   kept in an LRU cache keyed by (tokenizer, kind, grammar text); concurrent requests for
-  the same grammar share one compilation;
+  the same grammar from the same field share one compilation;
 - `start()` gives a request its `GrammarState` (the matcher, the allowed-ids row, the bias);
 - `accept()` advances the matchers by the tokens a step sampled (one batched call); a
   matcher that reaches its end finishes its request with "stop";
@@ -162,21 +162,24 @@ class Grammars:
         return compiled
 
     async def compile(self, spec: GrammarSpec):
-        """compile_now on a worker thread; concurrent calls for one grammar share the work."""
+        """compile_now on a worker thread; concurrent calls for one grammar from one field
+        (GrammarSpec.param) share the work."""
         key = (self._key, spec.kind, spec.value)
         with _CACHE.lock:
             if key in _CACHE.compiled:
                 _CACHE.compiled.move_to_end(key)
                 return _CACHE.compiled[key]
-        fut = self._pending.get(key)
+        # shared per field too: a refusal names the field of the request it answers
+        pending = (*key, spec.param)
+        fut = self._pending.get(pending)
         if fut is None:
             try:
                 fut = asyncio.get_running_loop().run_in_executor(self._pool, self.compile_now,
                                                                  spec)
             except RuntimeError:  # the pool is shut down
                 raise Overloaded("the engine is shutting down") from None
-            self._pending[key] = fut
-            fut.add_done_callback(lambda _: self._pending.pop(key, None))
+            self._pending[pending] = fut
+            fut.add_done_callback(lambda _: self._pending.pop(pending, None))
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:
