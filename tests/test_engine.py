@@ -411,6 +411,62 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     assert_all_free(engine)
 
 
+def test_long_tool_call_arguments_are_rendered_off_the_loop(loop, tmp_path):
+    """A short conversation whose assistant turn carries a long tool call (an agent's file
+    write) is rendered and tokenized on a worker thread when the template writes the call's
+    arguments: the size estimate counted the messages' content only, so 1.4 MB of arguments
+    in three messages was rendered and encoded on the loop, holding it for the whole encode."""
+    from aiollm.model.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(None)
+    tok.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
+        "{% for c in m.tool_calls or [] %}<tool_call>{{ c.function.arguments }}</tool_call>"
+        "{% endfor %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.save_pretrained(tmp_path)
+    eng = Engine(None, kv_tokens=2048, tokenizer=str(tmp_path))
+    args = '{"path": "a.txt", "text": "%s"}' % " ".join(f"w{i % 5000} x" for i in range(150_000))
+    messages = [{"role": "user", "content": "Write it."},
+                {"role": "assistant", "content": "", "tool_calls": [{
+                    "id": "c1", "type": "function",
+                    "function": {"name": "write_file", "arguments": args}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+
+    async def longest_gap() -> float:
+        gaps, done = [], asyncio.Event()
+
+        async def tick():
+            last = time.perf_counter()
+            while not done.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.ensure_future(tick())
+        await asyncio.sleep(0.01)
+        with pytest.raises(InvalidRequest, match="tokens"):  # far past the context
+            await eng.chat(messages, SamplingParams(max_tokens=1))
+        done.set()
+        await ticker
+        return max(gaps)
+
+    async def scenario():
+        await eng.start()
+        try:
+            t0 = time.perf_counter()
+            n = len(eng.chat_prompt(messages[:2]))
+            encode_s = time.perf_counter() - t0
+            return n, encode_s, await longest_gap()
+        finally:
+            await eng.stop()
+
+    n, encode_s, gap = run(loop, scenario())
+    assert n > 100_000 and encode_s > 0.2, (n, encode_s)  # the template wrote the arguments
+    assert gap < encode_s / 4, (gap, encode_s)
+
+
 def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
     """A request whose long prompt (or conversation) is still being tokenized off the loop
     when stop() ends gets Overloaded, as one that arrives while stop() runs, and so does one

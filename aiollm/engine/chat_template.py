@@ -82,16 +82,20 @@ def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
 
 def rendered_size(messages: Any, tools: list[dict] | None = None) -> int:
     """About how many characters the template renders for `messages` and `tools`, what
-    off_loop weighs: each message's text plus 64 for its framing, 256 per tool; 0 for what is
-    not a sequence of messages (chat_token_ids refuses it at once)."""
+    off_loop weighs: each message's text and its tool calls' arguments (which templates that
+    know tools write out: an agent's file write can be megabytes) plus 64 for its framing,
+    256 per tool; 0 for what is not a sequence of messages (chat_token_ids refuses it)."""
     if not isinstance(messages, (list, tuple)):
         return 0
     size = 256 * len(tools or ())
     for m in messages:
-        content = m.get("content") if isinstance(m, dict) else None
-        parts = content if isinstance(content, list) else [{"text": content}]
-        size += 64 + sum(len(p["text"]) for p in parts
-                         if isinstance(p, dict) and isinstance(p.get("text"), str))
+        m = m if isinstance(m, dict) else {}
+        content, calls = m.get("content"), m.get("tool_calls")
+        parts = [*content] if isinstance(content, list) else [{"text": content}]
+        if isinstance(calls, list):
+            parts += [c.get("function") for c in calls if isinstance(c, dict)]
+        size += 64 + sum(len(text) for p in parts if isinstance(p, dict)
+                         for text in (p.get("text"), p.get("arguments")) if isinstance(text, str))
     return size
 
 
