@@ -112,27 +112,36 @@ def test_a_config_derived_by_other_code_is_not_used(tmp_path, monkeypatch):
         load_model(partial, dtype=torch.float32, device="cpu")
 
 
-def test_storing_a_part_removes_its_copies_under_other_keys(gguf_file):
-    """After an upgrade (another code key) a store replaces the old copy of the same part
-    instead of leaving it beside the new one: the parameters and dequantized weights can be
-    up to MAX_WEIGHT_BYTES each. Other parts, and other dtypes' parameters, stay."""
+def test_storing_a_part_keeps_one_copy_under_another_key(gguf_file):
+    """After an upgrade (another code key) a store keeps the most recently written copy of
+    the same part under another key (two versions sharing the cache keep theirs, instead of
+    deleting each other's at every start) and removes the older ones: the parameters and
+    dequantized weights can be up to MAX_WEIGHT_BYTES each. Other parts, and other dtypes'
+    parameters, stay."""
     gguf = read_gguf(gguf_file)
     cache = GGUFCache(gguf_file)
     os.makedirs(cache.dir)
-    stale = ["config.json", "config-0123456789abcdef.json", "model.safetensors",
-             "model-0123456789abcdef.safetensors", "params-0123456789abcdef-float32.safetensors"]
-    kept = ["params-0123456789abcdef-bfloat16.safetensors"]
-    for name in stale + kept:
-        with open(os.path.join(cache.dir, name), "wb") as f:
-            f.write(b"from another version")
+    older = ["config.json", "model.safetensors", "params-0000000000000000-float32.safetensors"]
+    newer = ["config-0123456789abcdef.json", "model-0123456789abcdef.safetensors",
+             "params-0123456789abcdef-float32.safetensors"]
+    other_dtype = ["params-0000000000000000-bfloat16.safetensors"]
+    for t, names in ((1_000, older + other_dtype), (2_000, newer)):
+        for name in names:
+            path = os.path.join(cache.dir, name)
+            with open(path, "wb") as f:
+                f.write(b"from another version")
+            os.utime(path, (t, t))
     params(gguf_file)  # stores the config and the float32 parameters
     dict(cache.recording(iter_gguf(gguf), gguf.config))  # and the dequantized weights
     left = sorted(os.listdir(cache.dir))
-    assert not set(stale) & set(left), left
-    assert set(kept) <= set(left)
+    assert not set(older) & set(left), left
+    assert set(newer + other_dtype) <= set(left), left
     assert os.path.basename(cache.weights_path).startswith("model-")
     assert os.path.basename(cache.weights_path) != "model-0123456789abcdef.safetensors"
-    assert len(left) == 4, left  # config, weights, float32 and the old bfloat16 parameters
+    assert len(left) == 7, left  # our three parts, the newer three, the other dtype's
+    # a part another version reads back stays in place at our next start
+    params(gguf_file)
+    assert set(newer) <= set(os.listdir(cache.dir))
 
 
 def test_the_cache_can_be_turned_off(gguf_file, tmp_path, monkeypatch):

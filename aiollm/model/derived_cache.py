@@ -24,8 +24,11 @@ its tokenizer. The first start stores the results; later starts read them back:
 root: $AIOLLM_CACHE_DIR, else $XDG_CACHE_HOME/aiollm, else ~/.cache/aiollm. AIOLLM_CACHE_DIR=off
 turns the cache off. Each part is written under a temporary name and renamed into place, so
 concurrent writers (the ranks of a tensor-parallel group, two servers) never read half a part.
-Storing a keyed part removes the same part under other keys (what an older or newer aiollm
-stored): an upgrade would otherwise leave a dead copy of up to MAX_WEIGHT_BYTES behind each time.
+Storing a keyed part keeps at most one copy of it under another key (the most recently
+written: what the version before an upgrade stored, or what another version sharing the cache
+uses) and removes the rest: upgrades would otherwise leave a dead copy of up to
+MAX_WEIGHT_BYTES behind each time, and removing every other copy would make two versions that
+share the cache delete each other's parts and derive them again at every start.
 A file's SHA-256 (0.1 s per 100 MB) is computed once per (path, size, mtime, ctime, inode) and
 kept in
 <root>/digests/. A part that fails to read is ignored and derived again; a cache that cannot be
@@ -337,20 +340,30 @@ def _write_atomic(final: str, write: Callable[[str], object]) -> None:
             _remove_tree(tmp)
 
 
+KEPT_OTHER_COPIES = 1  # copies of a part under other keys that a store leaves in place
+
+
 def _write_keyed(final: str, write: Callable[[str], object], prefix: str, suffix: str) -> None:
-    """_write_atomic, then remove the entry's other files named prefix*suffix: the same part
-    stored under another code's key (or under the unkeyed name older versions used). A reader
-    that has one of them open or memory-mapped keeps reading it (POSIX unlink)."""
+    """_write_atomic, then remove the entry's other files named prefix*suffix (the same part
+    stored under another code's key, or under the unkeyed name older versions used) but the
+    KEPT_OTHER_COPIES most recently written. A reader that has a removed one open or
+    memory-mapped keeps reading it (POSIX unlink)."""
     _write_atomic(final, write)
     if not os.path.exists(final):
         return  # not written: leave what is there
     parent, keep = os.path.dirname(final), os.path.basename(final)
+    others = []
     for name in os.listdir(parent):
         if name != keep and name.startswith(prefix) and name.endswith(suffix):
             try:
-                os.remove(os.path.join(parent, name))
-            except OSError as e:  # another process removed it first, or read-only
-                log.debug("could not remove %s: %s", name, e)
+                others.append((os.stat(os.path.join(parent, name)).st_mtime_ns, name))
+            except OSError:  # removed meanwhile
+                pass
+    for _, name in sorted(others, reverse=True)[KEPT_OTHER_COPIES:]:
+        try:
+            os.remove(os.path.join(parent, name))
+        except OSError as e:  # another process removed it first, or read-only
+            log.debug("could not remove %s: %s", name, e)
 
 
 def _remove_tree(path: str) -> None:
