@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import pytest
 
@@ -104,3 +105,149 @@ def test_helpers():
     assert prompt_state("assistant\n") is None
     with pytest.raises(ValueError, match="unknown reasoning parser 'r1'"):
         splitter_for("r1", "", shaped=False)
+
+
+# -- through the server ---------------------------------------------------------------------
+
+ASK = [{"role": "user", "content": "Think about the sky, then name a colour."}]
+THINK = r"<think>[a-z ]{3,24}</think>\n\n[A-Z][a-z]{2,8}"  # a forced thinking answer
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather of a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "minLength": 1, "maxLength": 12}},
+        "required": ["city"], "additionalProperties": False}}}
+
+
+@pytest.fixture(scope="module", params=["deepseek_r1", "qwen3"])
+def thinker(request):
+    """A server started with --reasoning-parser (one per parser)."""
+    from live_server import LiveServer
+
+    srv = LiveServer(reasoning_parser=request.param).start()
+    yield srv
+    srv.close()
+
+
+def _post(srv, body: dict, path: str = "/v1/chat/completions") -> dict:
+    from live_server import http
+
+    status, _, raw = http(srv, "POST", path, json=body)
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+def _whole(srv, **kw) -> tuple[dict, dict]:
+    r = _post(srv, {"messages": ASK, "temperature": 0, **kw})
+    return r["choices"][0], r["usage"]
+
+
+def _streamed(srv, **kw) -> tuple[str | None, str, str, list[dict]]:
+    """(joined reasoning deltas or None if none came, joined content, finish, chunks)."""
+    from live_server import http, sse_events
+
+    status, _, raw = http(srv, "POST", "/v1/chat/completions", json={
+        "messages": ASK, "temperature": 0, "stream": True, **kw})
+    assert status == 200, raw
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    reasoning, content, finish = None, "", None
+    for c in chunks:
+        for ch in c["choices"]:
+            d = ch["delta"]
+            if "reasoning_content" in d:
+                reasoning = (reasoning or "") + d["reasoning_content"]
+            content += d.get("content") or ""
+            finish = ch["finish_reason"] or finish
+    return reasoning, content, finish, chunks
+
+
+def test_forced_thinking_split_and_streamed_alike(thinker):
+    """The grammar writes <think>...</think> at the output's start: both parsers put its text
+    in reasoning_content, the rest (with the blank line after the tag) in content; the stream
+    (one token a delta, the tags split over several) joins to the same fields, and the
+    logprobs, as without a parser, cover every token of the raw output."""
+    kw = {"guided_regex": THINK, "max_tokens": 40, "logprobs": True}
+    choice, usage = _whole(thinker, **kw)
+    m = choice["message"]
+    assert m["reasoning_content"] and re.fullmatch(r"[a-z ]{3,24}", m["reasoning_content"]), m
+    assert re.fullmatch(r"\n\n[A-Z][a-z]{2,8}", m["content"]), m
+    assert choice["finish_reason"] == "stop"
+    raw = b"".join(bytes(t["bytes"]) for t in choice["logprobs"]["content"]).decode()
+    assert raw == f"<think>{m['reasoning_content']}</think>{m['content']}"
+    assert usage["completion_tokens"] == len(choice["logprobs"]["content"])
+    reasoning, content, finish, chunks = _streamed(thinker, **kw)
+    assert (reasoning, content, finish) == (m["reasoning_content"], m["content"], "stop")
+    assert sum("reasoning_content" in c["choices"][0]["delta"] for c in chunks if c["choices"]
+               ) > 1, "the reasoning was not streamed as it came"
+    assert not any("think>" in (c["choices"][0]["delta"].get("content") or "") + c["choices"][0][
+        "delta"].get("reasoning_content", "") for c in chunks if c["choices"])
+
+
+def test_forced_unclosed_thinking_is_reasoning(thinker):
+    kw = {"guided_regex": r"<think>[a-z ]{30,60}", "max_tokens": 6}
+    choice, _ = _whole(thinker, **kw)
+    m = choice["message"]
+    assert choice["finish_reason"] == "length" and m["content"] is None and m["reasoning_content"]
+    assert _streamed(thinker, **kw)[:3] == (m["reasoning_content"], "", "length")
+
+
+def test_grammar_without_tags_is_content(thinker):
+    """A grammar that starts the output (here a regex) left no room to reason: its output is
+    the answer, with deepseek_r1 too (whose free output starts inside the reasoning)."""
+    kw = {"guided_regex": r"[A-Z][a-z]{2,8}", "max_tokens": 10}
+    choice, _ = _whole(thinker, **kw)
+    m = choice["message"]
+    assert m["reasoning_content"] is None and re.fullmatch(r"[A-Z][a-z]{2,8}", m["content"])
+    assert _streamed(thinker, **kw)[:2] == (None, m["content"])
+
+
+def test_free_output_without_tags(thinker):
+    """No tags in a free output: deepseek_r1 takes it all as reasoning (its template opens the
+    block), qwen3 all as content; either way it is the raw text /v1/completions gives for the
+    same prompt, unchanged there."""
+    ids = _post(thinker, {"messages": ASK}, "/tokenize")["tokens"]
+    raw = _post(thinker, {"prompt": ids, "max_tokens": 8, "temperature": 0},
+                "/v1/completions")["choices"][0]["text"]
+    assert "think>" not in raw
+    choice, usage = _whole(thinker, max_tokens=8)
+    m = choice["message"]
+    parser = thinker.engine.config.reasoning_parser
+    assert (m["reasoning_content"], m["content"]) == (
+        (raw, None) if parser == "deepseek_r1" else (None, raw))
+    reasoning, content, _, _ = _streamed(thinker, max_tokens=8)
+    assert (reasoning, content) == ((raw, "") if parser == "deepseek_r1" else (None, raw))
+    assert usage["completion_tokens"] == 8
+
+
+def test_prompt_that_opens_the_reasoning(thinker):
+    """A prompt that ends with <think> (as Qwen3-2507 Thinking's and DeepSeek-R1's templates
+    write it; here a continued assistant message): the output starts inside the reasoning for
+    both parsers."""
+    kw = {"messages": [*ASK, {"role": "assistant", "content": "<think>\n"}],
+          "continue_final_message": True, "add_generation_prompt": False, "max_tokens": 6}
+    r = _post(thinker, {**kw, "temperature": 0})
+    m = r["choices"][0]["message"]
+    assert m["reasoning_content"] and m["content"] is None, m
+
+
+def test_required_tool_call_is_content(thinker):
+    """tool_choice "required": the grammar writes the call from the first token, so it is
+    content and parsed as a call (deepseek_r1 would otherwise take it as reasoning)."""
+    choice, _ = _whole(thinker, tools=[WEATHER], tool_choice="required", max_tokens=40,
+                       parallel_tool_calls=False)
+    m = choice["message"]
+    assert choice["finish_reason"] == "tool_calls", m
+    assert m["reasoning_content"] is None and m["tool_calls"][0]["function"]["name"] == \
+        "get_weather"
+
+
+def test_no_parser_leaves_the_output_alone(server):
+    """Without --reasoning-parser the tags stay in content and there is no reasoning field."""
+    from live_server import http
+
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        "messages": ASK, "temperature": 0, "max_tokens": 40, "guided_regex": THINK})
+    m = json.loads(raw)["choices"][0]["message"]
+    assert status == 200 and "reasoning_content" not in m
+    assert re.fullmatch(THINK, m["content"]), m
