@@ -107,6 +107,24 @@ def test_helpers():
         splitter_for("r1", "", shaped=False)
 
 
+def test_option(capsys):
+    """--reasoning-parser takes the two parsers (refusing others before loading, naming the
+    flag), says what it does in --help, and reaches EngineConfig, which checks it too."""
+    from aiollm.cli import build_parser, main
+    from aiollm.config import EngineConfig
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--reasoning-parser", "r1"])
+    assert e.value.code == 2 and "argument --reasoning-parser" in capsys.readouterr().err
+    helps = build_parser()._subparsers._group_actions[0].choices["serve"].format_help()
+    assert "--reasoning-parser {deepseek_r1,qwen3}" in helps and "reasoning_content" in helps
+    args = build_parser().parse_args(["serve", "--reasoning-parser", "qwen3"])
+    assert args.reasoning_parser == "qwen3"
+    assert EngineConfig().reasoning_parser is None
+    with pytest.raises(ValueError, match="reasoning_parser must be one of deepseek_r1, qwen3"):
+        EngineConfig(reasoning_parser="qwq")
+
+
 # -- through the server ---------------------------------------------------------------------
 
 ASK = [{"role": "user", "content": "Think about the sky, then name a colour."}]
