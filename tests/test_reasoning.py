@@ -173,6 +173,7 @@ def _streamed(srv, **kw) -> tuple[str | None, str, str, list[dict]]:
     for c in chunks:
         for ch in c["choices"]:
             d = ch["delta"]
+            assert d.get("reasoning") == d.get("reasoning_content")  # vLLM's name, SGLang's
             if "reasoning_content" in d:
                 reasoning = (reasoning or "") + d["reasoning_content"]
             content += d.get("content") or ""
@@ -189,6 +190,7 @@ def test_forced_thinking_split_and_streamed_alike(thinker):
     choice, usage = _whole(thinker, **kw)
     m = choice["message"]
     assert m["reasoning_content"] and re.fullmatch(r"[a-z ]{3,24}", m["reasoning_content"]), m
+    assert m["reasoning"] == m["reasoning_content"]
     assert re.fullmatch(r"\n\n[A-Z][a-z]{2,8}", m["content"]), m
     assert choice["finish_reason"] == "stop"
     raw = b"".join(bytes(t["bytes"]) for t in choice["logprobs"]["content"]).decode()
@@ -267,5 +269,5 @@ def test_no_parser_leaves_the_output_alone(server):
     status, _, raw = http(server, "POST", "/v1/chat/completions", json={
         "messages": ASK, "temperature": 0, "max_tokens": 40, "guided_regex": THINK})
     m = json.loads(raw)["choices"][0]["message"]
-    assert status == 200 and "reasoning_content" not in m
+    assert status == 200 and "reasoning_content" not in m and "reasoning" not in m
     assert re.fullmatch(THINK, m["content"]), m

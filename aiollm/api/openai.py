@@ -265,7 +265,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": st.model_name}
     vocab = await st.token_bytes() if logprobs is not None else None
-    prompt_tail = engine.tokenizer.decode(ids[-8:], skip_special_tokens=False) if thinking else ""
+    prompt_tail = engine.tokenizer.decode(ids[-16:], skip_special_tokens=False) if thinking else ""
 
     def splitter() -> reasoning.ReasoningSplitter | None:
         return reasoning.splitter_for(thinking, prompt_tail, shaped=shaped) if thinking else None
@@ -277,7 +277,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             text, thought, answer = out.text, {}, out.text
             if thinking:  # tool calls are read from the content only
                 r, text = reasoning.split(splitter(), out.text)
-                thought = {"reasoning_content": r}
+                # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
+                thought = {"reasoning_content": r, "reasoning": r}
                 # after reasoning, an empty answer is null (as vLLM sends it)
                 answer = text if r is None else text or None
             message: dict = {"role": "assistant", "content": answer, **thought}
@@ -326,7 +327,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             started[j] = True
             delta = {"role": "assistant", "content": text}
         if thought:
-            delta["reasoning_content"] = thought
+            delta["reasoning_content"] = delta["reasoning"] = thought
         done_tokens[j] = d.completion_tokens
         cached_tokens[j] = d.cached_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
@@ -359,7 +360,8 @@ def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequen
     """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
     character has only those bytes), so the bytes of all tokens join to the content's UTF-8.
     A token whose text is not all in the content (skipped special, stop token, cut by a stop
-    string) reports the bytes of the part that is."""
+    string) reports the bytes of the part that is. With a reasoning parser they join to the
+    whole output: the reasoning, its tags and the content."""
     def entry(token_id: int, logprob: float) -> dict:
         return {"token": vocab.text_of(token_id), "logprob": logprob,
                 "bytes": list(vocab.bytes_of(token_id))}
