@@ -1,6 +1,7 @@
 """Reasoning parsers for /v1/chat/completions (`--reasoning-parser`): the model's thinking,
 written between `<think>` and `</think>`, goes to `message.reasoning_content` (streamed:
-`delta.reasoning_content`) and the rest to `content`, the tags removed.
+`delta.reasoning_content`; both also as `reasoning`, vLLM's name) and the rest to `content`,
+the tags removed.
 
 Where the output starts, inside the reasoning or outside it, is decided before the first token:
 
@@ -16,9 +17,9 @@ Where the output starts, inside the reasoning or outside it, is decided before t
   first, so its output is the answer, unless the grammar itself opens with `<think>`.
 
 Inside the reasoning, the first `</think>` ends it; everything after it, the whitespace that
-follows the tag included, is content (as vLLM sends it). A `<think>` at the very start of the
-output is dropped as markup wherever the output starts. An output that never closes its
-reasoning (cut by max_tokens) is all reasoning.
+follows the tag included, is content (as vLLM sends it). A `<think>` that opens the output is
+markup and dropped, unless the prompt closed the reasoning (then the output is all content,
+tags and all). An output that never closes its reasoning (cut by max_tokens) is all reasoning.
 
 One `ReasoningSplitter` serves both the streamed and the whole answer, so the reasoning and
 content deltas of a stream join to exactly the non-streamed fields: text that may be the start
