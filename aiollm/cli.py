@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 
-from aiollm.config import EngineConfig
+from aiollm.config import REASONING_PARSERS, EngineConfig
 
 log = logging.getLogger("aiollm.cli")
 
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the model name clients send and see (default: the model's name)")
     net.add_argument("--tool-call-parser", default=None, choices=["hermes", "llama3", "mistral"],
                      help="the format of the model's tool calls (default: from its chat template)")
+    net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
+                     help="chat: put the model's <think>...</think> text in reasoning_content "
+                          "and the rest in content (deepseek_r1: the output starts inside the "
+                          "reasoning; qwen3: only where the output or prompt opens <think>); "
+                          "default: none, the output is all content")
     net.add_argument("--special-tokens-in-content", action="store_true",
                      help="chat: let control-token text in message content (<|im_start|>...) "
                           "become control tokens; by default it is plain text, so a user "
@@ -137,6 +142,7 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
                    "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
                    "past_future_estimator", "scheduler_blind_cap", "table_capacity",
                    "cuda_graph", "cuda_graph_max_batch", "warm_up", "served_model_name", "tool_call_parser",
+                   "reasoning_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
                    "dist_init_addr", "special_tokens_in_content")
 

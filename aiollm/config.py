@@ -13,6 +13,8 @@ CPU_KV_MAX_TOKENS = 65536
 # past the checks and then failed after loading. A million queued requests is already far
 # past what one process serves (max_waiting_requests: 4096 by default)
 MAX_TABLE_CAPACITY = 2**20
+# --reasoning-parser's choices (aiollm/api/reasoning.py); here so the config need not import the API
+REASONING_PARSERS = ("deepseek_r1", "qwen3")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -65,6 +67,9 @@ class EngineConfig:
     # how /v1/chat/completions reads tool calls: hermes | llama3 | mistral (None: from the
     # chat template; see aiollm/api/tools.py)
     tool_call_parser: str | None = None
+    # how /v1/chat/completions splits <think>...</think> into reasoning_content: deepseek_r1 |
+    # qwen3 (None: no split, the output is all content; see aiollm/api/reasoning.py)
+    reasoning_parser: str | None = None
     # chat: control-token text inside message content becomes real control tokens (by
     # default it is plain text, so a user cannot forge a turn; aiollm/engine/chat_template.py)
     special_tokens_in_content: bool = False
@@ -127,6 +132,9 @@ class EngineConfig:
             host, _, port = self.dist_init_addr.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"dist_init_addr must be HOST:PORT, got {self.dist_init_addr!r}")
+        if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
+            raise ValueError(f"reasoning_parser must be one of {', '.join(REASONING_PARSERS)} "
+                             f"(or None), got {self.reasoning_parser!r}")
         if self.queue_timeout is not None and not self.queue_timeout > 0:  # NaN too
             raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from aiollm.api import sse, tools as tool_calls
+from aiollm.api import reasoning, sse, tools as tool_calls
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, decode_body, json_response
@@ -219,6 +219,12 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                        is not None else "function_call")
     tools, mode, callable_tools = tool_calls.choose(req.tools, req.tool_choice)
     constraint = req.constraint()
+    # a grammar that holds the output from its first token leaves no room to reason first
+    shaped = mode == "required" or constraint is not None and constraint.grammar is not None
+    thinking = engine.config.reasoning_parser
+    if thinking and any(tool_calls.marker_is_skipped(engine.tokenizer, tag)
+                        for tag in (reasoning.START, reasoning.END)):
+        req.skip_special_tokens = False  # the splitter must see the tags in the text
     template = engine.tokenizer.chat_template
     # past calls reach a template that knows none in any mode: the follow-up turn (often
     # tool_choice "none", or no tools) must show the model what it called
@@ -259,16 +265,27 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
             "model": st.model_name}
     vocab = await st.token_bytes() if logprobs is not None else None
+    prompt_tail = engine.tokenizer.decode(ids[-16:], skip_special_tokens=False) if thinking else ""
+
+    def splitter() -> reasoning.ReasoningSplitter | None:
+        return reasoning.splitter_for(thinking, prompt_tail, shaped=shaped) if thinking else None
 
     if not req.stream:
         outs = await gather_all([engine.generate(ids, sp) for sp in params])
         choices = []
         for j, out in enumerate(outs):
-            message: dict = {"role": "assistant", "content": out.text}
+            text, thought, answer = out.text, {}, out.text
+            if thinking:  # tool calls are read from the content only
+                r, text = reasoning.split(splitter(), out.text)
+                # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
+                thought = {"reasoning_content": r, "reasoning": r}
+                # after reasoning, an empty answer is null (as vLLM sends it)
+                answer = text if r is None else text or None
+            message: dict = {"role": "assistant", "content": answer, **thought}
             finish = out.finish_reason
-            content, calls = parser.calls(out.text, names) if parser else (out.text, [])
+            content, calls = parser.calls(text, names) if parser else (text, [])
             if calls:
-                message = {"role": "assistant", "content": content or None,
+                message = {"role": "assistant", "content": content or None, **thought,
                            "tool_calls": [c.as_openai() for c in calls]}
                 finish = "tool_calls" if finish == "stop" else finish
             choices.append({
@@ -286,11 +303,17 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     started = [False] * req.n
 
     calls = [tool_calls.StreamingToolParser(parser, names) if parser else None for _ in params]
+    splits = [splitter() for _ in params]
 
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item
         text, finish = d.text, d.finish_reason
-        found = []
+        found, thought = [], ""
+        if splits[j] is not None:  # the tool parser sees the content only
+            thought, text = splits[j].feed(text)
+            if finish is not None:
+                r, c = splits[j].finish()
+                thought, text = thought + r, text + c
         if calls[j] is not None:
             text = calls[j].feed(text)
             if finish is not None:
@@ -303,6 +326,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if not started[j]:
             started[j] = True
             delta = {"role": "assistant", "content": text}
+        if thought:
+            delta["reasoning_content"] = delta["reasoning"] = thought
         done_tokens[j] = d.completion_tokens
         cached_tokens[j] = d.cached_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
@@ -335,7 +360,8 @@ def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequen
     """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
     character has only those bytes), so the bytes of all tokens join to the content's UTF-8.
     A token whose text is not all in the content (skipped special, stop token, cut by a stop
-    string) reports the bytes of the part that is."""
+    string) reports the bytes of the part that is. With a reasoning parser they join to the
+    whole output: the reasoning, its tags and the content."""
     def entry(token_id: int, logprob: float) -> dict:
         return {"token": vocab.text_of(token_id), "logprob": logprob,
                 "bytes": list(vocab.bytes_of(token_id))}
