@@ -29,6 +29,7 @@ CASES = [
     (*DS, False, "", "", ""),
     (*DS, False, "<thi", "<thi", ""),
     (*DS, False, "abc</thi", "abc</thi", ""),
+    (*DS, False, "<think>", "", ""),  # cut right after the opening tag: it is markup
     # qwen3: reasoning only where the output opens with <think>
     (*QWEN, False, "<think>\nabc\n</think>\n\nxyz", "\nabc\n", "\n\nxyz"),
     (*QWEN, False, "plain answer", None, "plain answer"),
@@ -36,6 +37,7 @@ CASES = [
     (*QWEN, False, " <think>late</think>", None, " <think>late</think>"),
     (*QWEN, False, "<think>truncated", "truncated", ""),
     (*QWEN, False, "<thi", None, "<thi"),
+    (*QWEN, False, "<think>", "", ""),
     (*QWEN, False, "<thinking>", None, "<thinking>"),
     (*QWEN, False, "", None, ""),
     # a prompt that opens the block (Qwen3-2507 Thinking, DeepSeek-R1's template)
@@ -49,6 +51,7 @@ CASES = [
     # a grammar shapes the output from its first token: content unless it opens <think>
     ("deepseek_r1", "<think>\n", True, '{"a": 1}', None, '{"a": 1}'),
     ("deepseek_r1", "", True, "<think>r</think>c", "r", "c"),
+    ("qwen3", "", True, "<think>", "", ""),
 ]
 
 
@@ -249,6 +252,19 @@ def test_prompt_that_opens_the_reasoning(thinker):
     r = _post(thinker, {**kw, "temperature": 0})
     m = r["choices"][0]["message"]
     assert m["reasoning_content"] and m["content"] is None, m
+
+
+def test_output_ended_right_after_the_opening_tag(thinker):
+    """A stop string ("\n") ends the output just after its <think>: the tag is whole, so it is
+    markup as it is in a longer output: an empty reasoning and no content, not "<think>" as
+    the answer."""
+    kw = {"guided_regex": r"<think>\n[a-z ]{3,24}</think>\n\n[A-Z][a-z]{2,8}",
+          "max_tokens": 40, "stop": ["\n"]}
+    choice, _ = _whole(thinker, **kw)
+    m = choice["message"]
+    assert (m["reasoning_content"], m["content"], choice["finish_reason"]) == ("", None, "stop")
+    reasoning, content, finish, _ = _streamed(thinker, **kw)
+    assert (reasoning or "", content, finish) == ("", "", "stop")
 
 
 def test_required_tool_call_is_content(thinker):

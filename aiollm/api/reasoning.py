@@ -81,7 +81,7 @@ class ReasoningSplitter:
             return "", text
         self.held += text
         if self.state == _OPENING:
-            if START.startswith(self.held):
+            if len(self.held) < len(START) and START.startswith(self.held):
                 return "", ""  # all of it may still be the opening tag: wait
             if self.held.startswith(START):
                 self.held = self.held[len(START):]
