@@ -106,6 +106,11 @@ def test_helpers():
     assert prompt_state("x<think>\n") == "reasoning"
     assert prompt_state("<think></think>\n\n") == "content"
     assert prompt_state("assistant\n") is None
+    # a continued message: its last tag decides, else the prompt's end
+    assert prompt_state(" is", "<think>\nThe sky is") == "reasoning"
+    assert prompt_state(" is", "<think>a</think>\n\nIt is") == "content"
+    assert prompt_state("<think>\n", "<think>\n") == "reasoning"
+    assert prompt_state(" is", "It is") is None
     with pytest.raises(ValueError, match="unknown reasoning parser 'r1'"):
         splitter_for("r1", "", shaped=False)
 
@@ -265,6 +270,28 @@ def test_output_ended_right_after_the_opening_tag(thinker):
     assert (m["reasoning_content"], m["content"], choice["finish_reason"]) == ("", None, "stop")
     reasoning, content, finish, _ = _streamed(thinker, **kw)
     assert (reasoning or "", content, finish) == ("", "", "stop")
+
+
+@pytest.mark.parametrize("prefill,inside", [
+    ("<think>\nThe sky is", True),  # the reasoning opened and left open: continued
+    ("<think>\nThe sky.</think>\n\nThe colour is", False),  # closed: the answer continued
+])
+def test_continued_message_with_its_own_reasoning(thinker, prefill, inside):
+    """A continued assistant message (continue_final_message) that holds reasoning tags: the
+    output continues where the message left off, inside the reasoning when its last tag opens
+    it and in the answer when its last tag closes it, for both parsers (as vLLM reads the
+    prompt's last tag); the text is the raw continuation /v1/completions gives."""
+    msgs = [*ASK, {"role": "assistant", "content": prefill}]
+    opts = {"add_generation_prompt": False, "continue_final_message": True}
+    ids = _post(thinker, {"messages": msgs, **opts}, "/tokenize")["tokens"]
+    raw = _post(thinker, {"prompt": ids, "max_tokens": 6, "temperature": 0},
+                "/v1/completions")["choices"][0]["text"]
+    assert raw and "think>" not in raw
+    choice, _ = _whole(thinker, messages=msgs, max_tokens=6, **opts)
+    m = choice["message"]
+    assert (m["reasoning_content"], m["content"]) == ((raw, None) if inside else (None, raw))
+    reasoning, content, _, _ = _streamed(thinker, messages=msgs, max_tokens=6, **opts)
+    assert (reasoning, content) == ((raw, "") if inside else (None, raw))
 
 
 def test_required_tool_call_is_content(thinker):

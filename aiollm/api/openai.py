@@ -266,9 +266,12 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             "model": st.model_name}
     vocab = await st.token_bytes() if logprobs is not None else None
     prompt_tail = engine.tokenizer.decode(ids[-16:], skip_special_tokens=False) if thinking else ""
+    # a continued message's own tags say whether it stopped inside its reasoning
+    continued = messages[-1].get("content") if req.continue_final_message else None
 
     def splitter() -> reasoning.ReasoningSplitter | None:
-        return reasoning.splitter_for(thinking, prompt_tail, shaped=shaped) if thinking else None
+        return reasoning.splitter_for(thinking, prompt_tail, shaped=shaped,
+                                      continued=continued) if thinking else None
 
     if not req.stream:
         outs = await gather_all([engine.generate(ids, sp) for sp in params])

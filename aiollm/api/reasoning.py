@@ -9,6 +9,9 @@ Where the output starts, inside the reasoning or outside it, is decided before t
   and its distills, Qwen3-2507 "Thinking", QwQ), so the output starts inside it;
 - the prompt ends with `</think>` (and whitespace): the template closed it (Qwen3 with
   enable_thinking false), so the output is all content;
+- a continued assistant message (continue_final_message) that holds a tag: its last tag
+  decides, as the output goes on from the message's end: inside the reasoning after `<think>`
+  ("<think>\nThe sky is"), in the answer after `</think>` ("<think>..</think>\n\nIt is");
 - otherwise "deepseek_r1" starts inside the reasoning (its templates add `<think>` and older
   ones leave it to the model) and "qwen3" outside it, entering only when the output's very
   first characters are `<think>` (Qwen3's hybrid models write it themselves);
@@ -43,10 +46,17 @@ def partial_tail(text: str, tag: str) -> int:
     return 0
 
 
-def prompt_state(prompt_tail: str) -> str | None:
+def prompt_state(prompt_tail: str, continued: str | None = None) -> str | None:
     """"reasoning" when the prompt's end opens a think block, "content" when it closes one,
     None when it does neither. `prompt_tail`: the decoded end of the prompt (special tokens
-    kept), a few tokens are enough."""
+    kept), a few tokens are enough; `continued`: the text of the message the prompt ends
+    inside (continue_final_message), whose last tag, if it has one, decides."""
+    if continued:
+        opened, closed = continued.rfind(START), continued.rfind(END)
+        if opened > closed:
+            return _REASONING
+        if closed >= 0:
+            return _CONTENT
     tail = prompt_tail.rstrip()
     if tail.endswith(START):
         return _REASONING
@@ -116,15 +126,17 @@ class ReasoningSplitter:
         return "", held
 
 
-def splitter_for(parser: str, prompt_tail: str, *, shaped: bool) -> ReasoningSplitter:
+def splitter_for(parser: str, prompt_tail: str, *, shaped: bool,
+                 continued: str | None = None) -> ReasoningSplitter:
     """The splitter for one output of `parser` ("deepseek_r1" or "qwen3"; ValueError
-    otherwise), given the end of its prompt and whether a grammar shapes the output from its
-    first token (`shaped`; see the module's docstring)."""
+    otherwise), given the end of its prompt, the continued message's text (None when the
+    prompt opens a turn) and whether a grammar shapes the output from its first token
+    (`shaped`; see the module's docstring)."""
     if parser not in PARSERS:
         raise ValueError(f"unknown reasoning parser {parser!r}; one of {PARSERS}")
     if shaped:
         return ReasoningSplitter(_OPENING)
-    start = prompt_state(prompt_tail)
+    start = prompt_state(prompt_tail, continued)
     if start is None:
         start = _REASONING if parser == "deepseek_r1" else _OPENING
     return ReasoningSplitter(start)
