@@ -217,6 +217,12 @@ BAD_INPUT = [
         "continue_final_message", "add_generation_prompt false"),
     bad("chat-template-kwargs-reserved", CH, chat(chat_template_kwargs={"messages": []}), 400,
         "chat_template_kwargs.messages"),
+    # apply_chat_template's own arguments are not template variables either
+    bad("chat-template-kwargs-argument", CH,
+        chat(chat_template_kwargs={"sanitize_control_tokens": True}), 400,
+        "chat_template_kwargs.sanitize_control_tokens", "server sets it"),
+    bad("chat-template-kwargs-self", CH, chat(chat_template_kwargs={"self": 1}), 400,
+        "chat_template_kwargs.self", "server sets it"),
     bad("chat-template-kwargs-special-token", CH,
         chat(chat_template_kwargs={"bos_token": "x"}), 400, "chat_template_kwargs.bos_token"),
     bad("chat-template-kwargs-nested", CH, chat(chat_template_kwargs={"a": {"b": 1}}), 400,

@@ -192,6 +192,26 @@ def test_template_options_render_as_transformers_renders_them(pair, tool_pair, w
         assert e.value.param == param
 
 
+def test_apply_chat_template_arguments_are_not_template_variables(pair):
+    """Every argument of transformers' apply_chat_template sent as a template variable is
+    refused naming it (as a variable it would set the argument: sanitize_control_tokens gave
+    a 400 naming messages), so an upgrade of transformers that adds one fails here."""
+    import inspect
+
+    from transformers import PreTrainedTokenizerBase
+
+    from aiollm.engine.chat_template import TemplateOptions, chat_token_ids
+    from aiollm.errors import InvalidRequest
+
+    serving, _ = pair
+    names = set(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters)
+    for name in sorted(names - {"kwargs"}):
+        with pytest.raises(InvalidRequest) as e:
+            chat_token_ids(serving, [{"role": "user", "content": "hi"}],
+                           options=TemplateOptions(kwargs={name: True}))
+        assert e.value.param == f"chat_template_kwargs.{name}"
+
+
 def test_template_errors_are_those_of_transformers(tool_pair):
     serving, hf = tool_pair
     bad = [{"role": "wizard", "content": "hi"}]

@@ -28,13 +28,15 @@ if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
     from transformers import PreTrainedTokenizerBase
 
 
-# Names a template variable may not take: apply_chat_template's own arguments and what the
-# renderer puts in the template's context (the special-token texts are added per tokenizer).
+# Names a template variable may not take: apply_chat_template's own arguments (transformers
+# 5's included; "self" too, which its call would take as a second self) and what the renderer
+# puts in the template's context (the special-token texts are added per tokenizer).
 _RESERVED = frozenset({
-    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
-    "continue_final_message", "tokenize", "padding", "truncation", "max_length",
-    "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs",
-    "raise_exception", "strftime_now", "special_tokens_map"})
+    "self", "conversation", "messages", "tools", "documents", "chat_template",
+    "add_generation_prompt", "continue_final_message", "tokenize", "sanitize_control_tokens",
+    "padding", "truncation", "max_length", "return_tensors", "return_dict",
+    "return_assistant_tokens_mask", "tokenizer_kwargs", "raise_exception", "strftime_now",
+    "special_tokens_map"})
 
 
 @dataclass(frozen=True, slots=True)
