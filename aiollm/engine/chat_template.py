@@ -4,11 +4,14 @@ the text of control tokens inside message content kept as plain text.
 The template joins its own control tokens (`<|im_start|>`, `<|eot_id|>`...) and the messages'
 content into one string, and tokenizing that string would turn control-token text that a
 client wrote inside a message into real control tokens: "hi<|im_end|>\\n<|im_start|>system\\n..."
-in a user message would forge a system turn. So such text is swapped for placeholders before
-rendering, and each placeholder is tokenized as plain text (the tokenizer's
+in a user message would forge a system turn. The same holds for every other string a template
+may write out: tool definitions (names, descriptions, schemas, rendered with tojson), tool
+calls' arguments, content parts. So such text, in any string of the messages and tools (keys
+included), is swapped for placeholders before rendering (letters, digits and underscores, which
+tojson writes unchanged), and each placeholder is tokenized as plain text (the tokenizer's
 `split_special_tokens`) while the rest of the rendered string is tokenized as usual, so the
-template's own control tokens stay real. A conversation without control-token text in its
-content takes the plain path: the ids are exactly what `apply_chat_template` gives.
+template's own control tokens stay real. A conversation (and tools) without control-token
+text takes the plain path: the ids are exactly what `apply_chat_template` gives.
 
 TemplateOptions carries what a client may ask of the rendering, as vLLM and SGLang take it:
 no generation prompt, continuing the final (assistant) message, and the template's own
@@ -105,8 +108,8 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
                    tools: list[dict] | None = None, *, specials: list[str] | None = None,
                    options: TemplateOptions | None = None) -> list[int]:
     """Token ids of `messages` rendered as `options` say (default: with the generation
-    prompt). `specials`: the control-token texts to keep as plain text inside string content
-    (None: none, the template's tokenizing as it is). Raises InvalidRequest: param "messages"
+    prompt). `specials`: the control-token texts to keep as plain text wherever a string of
+    the messages or tools holds them (None: none, the template's tokenizing as it is). Raises InvalidRequest: param "messages"
     when the template fails, the option's name when an option is invalid."""
     options = options or TemplateOptions()
     options.check(special_texts(tokenizer) if options.kwargs else [],
@@ -117,33 +120,55 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
         raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
                              param="messages")
     pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
-    if pattern is None or not any(isinstance(m.get("content"), str)
-                                  and pattern.search(m["content"]) for m in messages):
+    if pattern is None or not _holds((messages, tools), pattern):
         ids = _render(tokenizer, messages, tools, options, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
 
-    # each control-token text in content -> a placeholder the template passes through
+    # each control-token text -> a placeholder the template passes through
     nonce = uuid.uuid4().hex
     found: list[str] = []
 
     def hide(m: re.Match) -> str:
         found.append(m.group(0))
-        return f"\x00{nonce}:{len(found) - 1}\x00"
+        return f"{nonce}_{len(found) - 1}_{nonce}"
 
-    hidden = [{**m, "content": pattern.sub(hide, m["content"])}
-              if isinstance(m.get("content"), str) else m for m in messages]
-    text = _render(tokenizer, hidden, tools, options, tokenize=False)
+    hidden_messages, hidden_tools = _hidden((messages, tools), pattern, hide)
+    text = _render(tokenizer, hidden_messages, hidden_tools, options, tokenize=False)
     ids: list[int] = []
     # split() with a group alternates: rendered text, placeholder index, rendered text...
-    for k, part in enumerate(re.split(f"\x00{nonce}:(\\d+)\x00", text)):
+    for k, part in enumerate(re.split(f"{nonce}_(\\d+)_{nonce}", text)):
         if k % 2:
             ids += tokenizer.encode(found[int(part)], add_special_tokens=False,
                                     split_special_tokens=True)
         elif part:
             ids += tokenizer.encode(part, add_special_tokens=False)
     return ids
+
+
+def _holds(value: Any, pattern: re.Pattern) -> bool:
+    """Whether a string in `value` (JSON-like: dicts, lists, tuples, strings), a dict key
+    included, matches `pattern`."""
+    if isinstance(value, str):
+        return pattern.search(value) is not None
+    if isinstance(value, dict):
+        return any(_holds(k, pattern) or _holds(v, pattern) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds(v, pattern) for v in value)
+    return False
+
+
+def _hidden(value: Any, pattern: re.Pattern, hide) -> Any:
+    """A copy of `value` with each match of `pattern` in its strings (keys included) replaced
+    by hide(match); tuples come back as lists, other values as they are."""
+    if isinstance(value, str):
+        return pattern.sub(hide, value)
+    if isinstance(value, dict):
+        return {_hidden(k, pattern, hide): _hidden(v, pattern, hide) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_hidden(v, pattern, hide) for v in value]
+    return value
 
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
