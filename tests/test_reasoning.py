@@ -212,6 +212,47 @@ def test_forced_thinking_split_and_streamed_alike(thinker):
         "delta"].get("reasoning_content", "") for c in chunks if c["choices"])
 
 
+def test_include_and_separate_reasoning(thinker):
+    """vLLM's include_reasoning false drops the reasoning (content as with it), streamed and
+    not; SGLang's separate_reasoning false leaves the output unsplit, tags and all, in
+    content."""
+    kw = {"guided_regex": THINK, "max_tokens": 40}
+    split = _whole(thinker, **kw)[0]["message"]
+    dropped = _whole(thinker, include_reasoning=False, **kw)[0]["message"]
+    assert "reasoning_content" not in dropped and "reasoning" not in dropped
+    assert dropped["content"] == split["content"]
+    reasoning, content, _, _ = _streamed(thinker, include_reasoning=False, **kw)
+    assert reasoning is None and content == split["content"]
+    raw = _whole(thinker, separate_reasoning=False, **kw)[0]["message"]
+    assert raw["content"] == f"<think>{split['reasoning_content']}</think>{split['content']}"
+    assert "reasoning_content" not in raw
+    _, content, _, _ = _streamed(thinker, separate_reasoning=False, **kw)
+    assert content == raw["content"]
+
+
+def test_reasoning_sent_back_reaches_the_template(thinker):
+    """An assistant message's reasoning_content (or reasoning) in the history is passed to
+    the template (here through /tokenize, as the chat handler renders it): SmolLM2's template
+    ignores it, so the ids are those without it, and a non-string is a 400."""
+    from live_server import http
+
+    turn = [ASK[0], {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Ok?"}]
+    plain = _post(thinker, {"messages": turn}, "/tokenize")["tokens"]
+    for key in ("reasoning_content", "reasoning"):
+        with_it = [turn[0], {**turn[1], key: "thought"}, turn[2]]
+        assert _post(thinker, {"messages": with_it}, "/tokenize")["tokens"] == plain
+    status, _, _ = http(thinker, "POST", "/v1/chat/completions", json={
+        "messages": [turn[0], {**turn[1], "reasoning_content": 5}, turn[2]], "max_tokens": 1})
+    assert status == 400
+    import msgspec
+
+    from aiollm.api.protocol import ChatMessage
+
+    for key in ("reasoning_content", "reasoning"):  # what the template is given
+        m = msgspec.json.decode(json.dumps({**turn[1], key: "thought"}), type=ChatMessage)
+        assert m.as_dict(1)["reasoning_content"] == "thought"
+
+
 def test_forced_unclosed_thinking_is_reasoning(thinker):
     kw = {"guided_regex": r"<think>[a-z ]{30,60}", "max_tokens": 6}
     choice, _ = _whole(thinker, **kw)

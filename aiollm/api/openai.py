@@ -221,7 +221,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     constraint = req.constraint()
     # a grammar that holds the output from its first token leaves no room to reason first
     shaped = mode == "required" or constraint is not None and constraint.grammar is not None
-    thinking = engine.config.reasoning_parser
+    # SGLang's separate_reasoning false: the output unsplit, tags and all, in content
+    thinking = engine.config.reasoning_parser if req.separate_reasoning else None
     if thinking and any(tool_calls.marker_is_skipped(engine.tokenizer, tag)
                         for tag in (reasoning.START, reasoning.END)):
         req.skip_special_tokens = False  # the splitter must see the tags in the text
@@ -281,7 +282,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             if thinking:  # tool calls are read from the content only
                 r, text = reasoning.split(splitter(), out.text)
                 # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
-                thought = {"reasoning_content": r, "reasoning": r}
+                thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
                 # after reasoning, an empty answer is null (as vLLM sends it)
                 answer = text if r is None else text or None
             message: dict = {"role": "assistant", "content": answer, **thought}
@@ -329,7 +330,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if not started[j]:
             started[j] = True
             delta = {"role": "assistant", "content": text}
-        if thought:
+        if thought and req.include_reasoning:  # vLLM's include_reasoning false: dropped
             delta["reasoning_content"] = delta["reasoning"] = thought
         done_tokens[j] = d.completion_tokens
         cached_tokens[j] = d.cached_tokens

@@ -235,6 +235,11 @@ class ChatMessage(Struct, kw_only=True):
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, in the history
     tool_call_id: str | None = None  # a tool message answers this call
+    # an assistant's reasoning, sent back in the history (DeepSeek's and SGLang's name, and
+    # vLLM's newer one): templates such as Qwen3's render it (transformers also passes it as
+    # `thinking`)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
     def as_dict(self, index: int) -> dict[str, Any]:
         """The message as the chat template wants it: role and plain-text content. Raises
@@ -263,6 +268,9 @@ class ChatMessage(Struct, kw_only=True):
             msg["tool_calls"] = _template_tool_calls(self.tool_calls)
         if self.tool_call_id is not None:
             msg["tool_call_id"] = self.tool_call_id
+        if (thought := self.reasoning_content if self.reasoning_content is not None
+                else self.reasoning) is not None:
+            msg["reasoning_content"] = thought
         return msg
 
 
@@ -323,6 +331,10 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # with --reasoning-parser: vLLM's include_reasoning false leaves the reasoning out of the
+    # answer; SGLang's separate_reasoning false leaves the output unsplit (aiollm/api/reasoning.py)
+    include_reasoning: bool = True
+    separate_reasoning: bool = True
     # vLLM's: they change the prompt or the output, and are not served (check_unserved)
     echo: bool | None = False
     chat_template: str | None = None
