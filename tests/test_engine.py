@@ -148,6 +148,29 @@ def test_stop_string_is_not_emitted(loop, engine):
     assert_all_free(engine)
 
 
+async def _longest_loop_gap(work) -> float:
+    """Seconds of the longest stretch the event loop was held while `await work()` ran (a
+    ticker that sleeps 2 ms at a time records its gaps)."""
+    gaps, done = [], asyncio.Event()
+
+    async def tick():
+        last = time.perf_counter()
+        while not done.is_set():
+            await asyncio.sleep(0.002)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.ensure_future(tick())
+    await asyncio.sleep(0.01)
+    try:
+        await work()
+    finally:
+        done.set()
+        await ticker
+    return max(gaps)
+
+
 async def _collect(agen):
     return [d async for d in agen]
 
@@ -379,28 +402,13 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     encode_s = time.perf_counter() - t0
     assert encode_s > 0.2, encode_s  # long enough to see the loop held
 
-    async def longest_gap() -> float:
-        gaps, done = [], asyncio.Event()
-
-        async def tick():
-            last = time.perf_counter()
-            while not done.is_set():
-                await asyncio.sleep(0.002)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        ticker = asyncio.ensure_future(tick())
-        await asyncio.sleep(0.01)
+    async def refused():
         with pytest.raises(InvalidRequest, match=f"has {n} tokens"):  # then refused
             await engine.generate(text, SamplingParams(max_tokens=1))
         with pytest.raises(InvalidRequest, match="tokens"):  # a conversation: likewise
             await engine.chat([{"role": "user", "content": text}], SamplingParams(max_tokens=1))
-        done.set()
-        await ticker
-        return max(gaps)
 
-    gap = run(loop, longest_gap())
+    gap = run(loop, _longest_loop_gap(refused))
     assert gap < encode_s / 4, (gap, encode_s)
     fits = " ".join(f"word{i}" for i in range(300))  # 2,589 characters
     params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
@@ -433,24 +441,9 @@ def test_long_tool_call_arguments_are_rendered_off_the_loop(loop, tmp_path):
                     "function": {"name": "write_file", "arguments": args}}]},
                 {"role": "tool", "tool_call_id": "c1", "content": "done"}]
 
-    async def longest_gap() -> float:
-        gaps, done = [], asyncio.Event()
-
-        async def tick():
-            last = time.perf_counter()
-            while not done.is_set():
-                await asyncio.sleep(0.002)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
-
-        ticker = asyncio.ensure_future(tick())
-        await asyncio.sleep(0.01)
+    async def refused():
         with pytest.raises(InvalidRequest, match="tokens"):  # far past the context
             await eng.chat(messages, SamplingParams(max_tokens=1))
-        done.set()
-        await ticker
-        return max(gaps)
 
     async def scenario():
         await eng.start()
@@ -458,7 +451,7 @@ def test_long_tool_call_arguments_are_rendered_off_the_loop(loop, tmp_path):
             t0 = time.perf_counter()
             n = len(eng.chat_prompt(messages[:2]))
             encode_s = time.perf_counter() - t0
-            return n, encode_s, await longest_gap()
+            return n, encode_s, await _longest_loop_gap(refused)
         finally:
             await eng.stop()
 
