@@ -137,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed", "kv_tokens",
-                   "kv_memory_fraction", "max_running_requests", "max_prefill_tokens",
-                   "mixed_prefill_tokens", "max_waiting_requests", "queue_timeout", "scheduler",
-                   "past_future_estimator", "scheduler_blind_cap", "table_capacity",
-                   "cuda_graph", "cuda_graph_max_batch", "warm_up", "served_model_name", "tool_call_parser",
-                   "reasoning_parser",
+_ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
+                   "kv_tokens", "kv_memory_fraction", "max_running_requests",
+                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",
+                   "queue_timeout", "scheduler", "past_future_estimator", "scheduler_blind_cap",
+                   "table_capacity", "cuda_graph", "cuda_graph_max_batch", "warm_up",
+                   "served_model_name", "tool_call_parser", "reasoning_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
                    "dist_init_addr", "special_tokens_in_content")
 

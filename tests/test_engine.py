@@ -460,6 +460,19 @@ def test_long_tool_call_arguments_are_rendered_off_the_loop(loop, tmp_path):
     assert gap < encode_s / 4, (gap, encode_s)
 
 
+def test_chat_before_start_is_a_usage_error():
+    """An engine never started answers chat as it answers generate: RuntimeError saying how
+    to start it (chat raised AttributeError from inside the template path)."""
+    eng = Engine(None)
+    msgs = [{"role": "user", "content": "hi"}]
+    with pytest.raises(RuntimeError, match="not started"):
+        eng.chat_prompt(msgs)
+    with pytest.raises(RuntimeError, match="not started"):
+        asyncio.run(eng.chat(msgs))
+    with pytest.raises(RuntimeError, match="not started"):
+        asyncio.run(eng.generate("hi"))
+
+
 def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
     """A request whose long prompt (or conversation) is still being tokenized off the loop
     when stop() ends gets Overloaded, as one that arrives while stop() runs, and so does one

@@ -109,8 +109,9 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
                    options: TemplateOptions | None = None) -> list[int]:
     """Token ids of `messages` rendered as `options` say (default: with the generation
     prompt). `specials`: the control-token texts to keep as plain text wherever a string of
-    the messages or tools holds them (None: none, the template's tokenizing as it is). Raises InvalidRequest: param "messages"
-    when the template fails, the option's name when an option is invalid."""
+    the messages or tools holds them (None: none, the template's tokenizing as it is).
+    Raises InvalidRequest: param "messages" when the template fails, the option's name when
+    an option is invalid."""
     options = options or TemplateOptions()
     options.check(special_texts(tokenizer) if options.kwargs else [],
                   frozenset(tokenizer.special_tokens_map))

@@ -195,6 +195,7 @@ class Engine:
         """Token ids of a conversation with the chat template applied as `template` says
         (default: the assistant's turn opened); control-token text in message content stays
         plain text unless config.special_tokens_in_content."""
+        self._check_started()
         if self._content_specials is None:
             self._content_specials = ([] if self.config.special_tokens_in_content
                                       else special_texts(self.tokenizer))
@@ -267,9 +268,12 @@ class Engine:
         InvalidRequest naming "prompt" (see submission.tokenize)."""
         return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len)
 
-    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
+    def _check_started(self) -> None:
         if not self._started and self._loop_task is None:  # never started: a usage error
             raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
+
+    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
+        self._check_started()
         # stopped (a request tokenized or compiled off the loop meanwhile, or a server's
         # handler during its shutdown) or stopping: as any request a shutdown catches
         if not self._started:
