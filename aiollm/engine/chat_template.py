@@ -120,14 +120,7 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
                              param="messages")
-    pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
-    if pattern is None or not _holds((messages, tools), pattern):
-        ids = _render(tokenizer, messages, tools, options, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return list(ids)
-
-    # each control-token text -> a placeholder the template passes through
+    # each control-token text in any string -> a placeholder the template passes through
     nonce = uuid.uuid4().hex
     found: list[str] = []
 
@@ -135,7 +128,15 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
         found.append(m.group(0))
         return f"{nonce}_{len(found) - 1}_{nonce}"
 
-    hidden_messages, hidden_tools = _hidden((messages, tools), pattern, hide)
+    if specials:
+        pattern = re.compile("|".join(map(re.escape, specials)))
+        hidden_messages, hidden_tools = _hidden((messages, tools), pattern, hide)
+    if not found:  # nothing to hide: exactly what apply_chat_template gives
+        ids = _render(tokenizer, messages, tools, options, tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+            ids = ids["input_ids"]
+        return list(ids)
+
     text = _render(tokenizer, hidden_messages, hidden_tools, options, tokenize=False)
     ids: list[int] = []
     # split() with a group alternates: rendered text, placeholder index, rendered text...
@@ -146,18 +147,6 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
         elif part:
             ids += tokenizer.encode(part, add_special_tokens=False)
     return ids
-
-
-def _holds(value: Any, pattern: re.Pattern) -> bool:
-    """Whether a string in `value` (JSON-like: dicts, lists, tuples, strings), a dict key
-    included, matches `pattern`."""
-    if isinstance(value, str):
-        return pattern.search(value) is not None
-    if isinstance(value, dict):
-        return any(_holds(k, pattern) or _holds(v, pattern) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_holds(v, pattern) for v in value)
-    return False
 
 
 def _hidden(value: Any, pattern: re.Pattern, hide) -> Any:
