@@ -63,6 +63,12 @@ _VLLM_UNSERVED = {
 }
 
 
+def _template_options(req: ChatCompletionRequest | TokenizeRequest) -> TemplateOptions:
+    """The request's chat-template options (the method of both request types that take them)."""
+    return TemplateOptions(req.add_generation_prompt, req.continue_final_message,
+                           req.chat_template_kwargs or {})
+
+
 class SamplingFields(Struct, kw_only=True):
     """Fields shared by /v1/completions and /v1/chat/completions. None means the default."""
 
@@ -342,9 +348,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict(i) for i, m in enumerate(self.messages)]
 
-    def template_options(self) -> TemplateOptions:
-        return TemplateOptions(self.add_generation_prompt, self.continue_final_message,
-                               self.chat_template_kwargs or {})
+    template_options = _template_options
 
     def check_unserved(self) -> None:
         """Refuse vLLM's chat fields the server does not serve, when they would change the
@@ -438,9 +442,7 @@ class TokenizeRequest(Struct, kw_only=True):
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
 
-    def template_options(self) -> TemplateOptions:
-        return TemplateOptions(self.add_generation_prompt, self.continue_final_message,
-                               self.chat_template_kwargs or {})
+    template_options = _template_options
 
 
 class DetokenizeRequest(Struct, kw_only=True):
