@@ -97,6 +97,25 @@ def test_alignment_groups_pairs_by_expert_padded_to_the_block(case, chunk):
         assert all(int(flat[p]) - start == e for p in pairs if p < T * k)
 
 
+@pytest.mark.parametrize("T,chunk", [(5, None), (300, 16)])
+def test_alignment_at_128_experts_writes_every_block_and_padding_slot(T, chunk):
+    """128 experts, 16-slot blocks: 5 tokens' 40 pairs make one chunk that owns all 123
+    blocks (its per-block loop runs 8 times: their experts and padding slots); 300 tokens
+    in 150 chunks of 16 own one block or none each. Every output equals the stable
+    sort's."""
+    torch.manual_seed(8)
+    ids = torch.stack([torch.randperm(128)[:8] for _ in range(T)]).to(torch.int32)
+    ids[: T // 2, 0] = 7  # one expert with several blocks
+    got = moe_align_triton(ids, 128, 16, tokens=True, chunk=chunk)
+    ref = moe_align_ref(ids, 128, 16, tokens=True)
+    n = int(ref.num_padded)
+    assert int(got.num_padded) == n
+    assert torch.equal(got.sorted_ids[:n], ref.sorted_ids[:n])
+    assert torch.equal(got.expert_ids, ref.expert_ids)
+    for name in ("positions", "ends", "tokens"):
+        assert torch.equal(getattr(got, name), getattr(ref, name)), name
+
+
 def test_alignment_scans_the_chunks_in_several_blocks(monkeypatch):
     """The scan over the chunks runs in blocks of SCAN_BLOCK chunks (256: more than 256
     chunks take 4,096 pairs or more, slow in the interpreter); at 2, 40 pairs in chunks of
