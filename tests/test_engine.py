@@ -108,12 +108,12 @@ def test_stream_deltas_join_to_final_text(loop, engine):
 
     async def one(p):
         params = SamplingParams(max_tokens=40, temperature=0.7, seed=7)
-        deltas = [d async for d in engine.stream(p, params)]
-        final = await engine.generate(p, params)
-        return deltas, final
+        return await asyncio.gather(_collect(engine.stream(p, params)), engine.generate(p, params))
 
-    for p in prompts:
-        deltas, final = run(loop, one(p))
+    async def all_at_once():  # one batch: the seed, not the neighbours, fixes each sample
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+    for deltas, final in run(loop, all_at_once()):
         # a delta cut inside a multi-byte character would carry U+FFFD where the final
         # text has the real character, so equality proves whole characters only
         assert "".join(d.text for d in deltas) == final.text
