@@ -819,7 +819,19 @@ def test_batch_one_short_context_steps_take_the_short_graph(loop, engine):
     assert_all_free(engine)
 
 
-def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
+LONG_PROMPT = " ".join(PROMPTS * 8)  # 464 tokens: prefilled in several steps
+MIXED_PARAMS = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def alone(loop, engine):
+    """The greedy tokens of PROMPTS[0] and LONG_PROMPT (MIXED_PARAMS), each run alone: what
+    the tests of mixed steps compare their output with."""
+    return [run(loop, engine.generate(p, MIXED_PARAMS)).token_ids
+            for p in (PROMPTS[0], LONG_PROMPT)]
+
+
+def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine, alone):
     """With mixed_prefill_tokens, a step that decodes carries at most that many prompt
     tokens (running streams wait less for their next token); a step with nothing to decode
     still takes the full max_prefill_tokens, and so does a step while more prompts are in
@@ -833,8 +845,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
         steps.append((decodes, step.num_tokens - decodes))
         return real(step, table)
 
-    long_prompt = " ".join(PROMPTS * 8)
-    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    long_prompt, params = LONG_PROMPT, MIXED_PARAMS
 
     async def pair(n_long=1):
         first = asyncio.ensure_future(engine.generate(PROMPTS[0], params))
@@ -843,7 +854,6 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
                                              for _ in range(n_long)))
         return [o.token_ids for o in outs]
 
-    alone = [run(loop, engine.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
     engine.runner.prepare = spy
     saved, engine.planner.mixed_budget = engine.planner.mixed_budget, 40
     try:
@@ -851,7 +861,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
         engine.flush_cache()
         mixed = run(loop, pair())
         engine.flush_cache()
-        run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
+        again = run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
         capped = list(steps)
         steps.clear()
         engine.flush_cache()
@@ -860,6 +870,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
         engine.planner.mixed_budget = saved
         engine.runner.prepare = real
     assert mixed == alone and burst == alone[:1] + alone[1:] * 3
+    assert again.token_ids == alone[1]
     assert any(d and p for d, p in capped), capped  # some step mixed decodes and prefill
     assert all(p <= 40 for d, p in capped if d), capped
     assert max(p for d, p in capped) > 40, capped  # prefill-only steps use the full budget
@@ -867,7 +878,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     assert_all_free(engine)
 
 
-def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine):
+def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine, alone):
     """With Planner.fill_to (the prefill graphs' bucket of a step), a step whose prompt tokens
     the mixed cap limits takes more, up to the rows its bucket computes anyway; the output
     is unchanged and nothing leaks."""
@@ -880,9 +891,7 @@ def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine):
         steps.append((decodes, step.num_tokens))
         return real(step, table)
 
-    long_prompt = " ".join(PROMPTS * 8)
-    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
-    alone = [run(loop, engine.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
+    long_prompt, params = LONG_PROMPT, MIXED_PARAMS
 
     async def pair():
         # two streams decoding when the long prompt arrives: no burst, the cap holds
