@@ -50,20 +50,29 @@ def _hf_greedy_mismatch(model, ids: list[int], out: list[int]) -> int | None:
     return int(wrong[0]) if len(wrong) else None
 
 
-def test_greedy_matches_transformers(loop, engine, hf_model):
-    params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
+GREEDY_48 = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def greedy_outs(loop, engine):
+    """(prompt ids, output) of each of PROMPTS: 48 greedy tokens, all generated at once by the
+    module engine. test_greedy_matches_transformers checks them against transformers, and
+    test_eviction_resumes_with_identical_greedy_output compares a tight pool's with them."""
     prompt_ids = [engine.tokenizer.encode(p) for p in PROMPTS]
 
     async def all_at_once():
-        return await asyncio.gather(*(engine.generate(ids, params) for ids in prompt_ids))
+        return await asyncio.gather(*(engine.generate(ids, GREEDY_48) for ids in prompt_ids))
 
-    outs = run(loop, all_at_once())
-    for ids, out in zip(prompt_ids, outs):
-        assert len(out.token_ids) == 32
+    return list(zip(prompt_ids, run(loop, all_at_once())))
+
+
+def test_greedy_matches_transformers(loop, engine, hf_model, greedy_outs):
+    for ids, out in greedy_outs:
+        assert len(out.token_ids) == 48
         assert _hf_greedy_mismatch(hf_model, ids, out.token_ids) is None, (
             engine.tokenizer.decode(ids), out.text)
         assert out.finish_reason == "length"
-        assert out.prompt_tokens == len(ids) and out.completion_tokens == 32
+        assert out.prompt_tokens == len(ids) and out.completion_tokens == 48
     assert_all_free(engine)
 
 
@@ -590,27 +599,27 @@ def test_control_token_text_in_chat_content_stays_text(engine):
     assert allowed.count(start) == 4
 
 
-def test_eviction_resumes_with_identical_greedy_output(loop):
+def test_eviction_resumes_with_identical_greedy_output(loop, greedy_outs):
     """A KV pool too small for the batch forces pauses; paused requests are recomputed and
-    must produce exactly the tokens they would have produced uninterrupted."""
-    prompts = PROMPTS[:6]
-    params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+    must produce exactly the tokens they would have produced uninterrupted (greedy_outs: the
+    module engine's, with room for all)."""
+    roomy = [out for _, out in greedy_outs[:6]]
+    prompts = [ids for ids, _ in greedy_outs[:6]]
 
     async def go(**opts):
         eng = Engine(None, **opts)
         await eng.start()
         try:
-            outs = await asyncio.gather(*(eng.generate(p, params) for p in prompts))
+            outs = await asyncio.gather(*(eng.generate(p, GREEDY_48) for p in prompts))
             return outs, eng.stats()
         finally:
             await eng.stop()
 
-    roomy, _ = run(loop, go(kv_tokens=4096))
     # aggressive admission fills the pool with all six, then decodes run out of slots
     tight, stats = run(loop, go(kv_tokens=200, scheduler="aggressive"))
     assert stats["evictions"] > 0
     assert stats["kv_used"] == 0
-    for a, b in zip(roomy, tight):
+    for a, b in zip(roomy, tight, strict=True):
         assert a.token_ids == b.token_ids
 
 
