@@ -70,7 +70,14 @@ def hf_reference():
     the CPU, so the session loads it once; tests only run its forward and must not change it.
 
     from_pretrained(..., gguf_file=) needs accelerate, which aiollm does not depend on; this
-    is the same path without it: transformers' config and tensors from the GGUF file."""
+    is the same path without it: transformers' config and tensors from the GGUF file.
+    transformers builds gguf's tensor-name map (a pure function of the architecture and the
+    layer count) once per submodule, 397 times here, 7 of the 20 s: it is memoised while
+    the tensors load, which changes no name and no value."""
+    import functools
+    from unittest import mock
+
+    import gguf
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
@@ -80,7 +87,9 @@ def hf_reference():
     path = default_model_path()
     config = AutoConfig.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
     model = LlamaForCausalLM(config).eval()
-    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+    name_map = functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)
+    with mock.patch.object(gguf, "get_tensor_name_map", name_map):
+        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
     model.load_state_dict(tensors, strict=False)
     model.tie_weights()
     assert torch.equal(model.lm_head.weight, tensors["model.embed_tokens.weight"])
