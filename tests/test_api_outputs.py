@@ -5,10 +5,9 @@ and LightLLM endpoints, streaming and not (issue 15, faults 1, 2, 3, 9)."""
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from live_server import http, sse_events
+from live_server import at_once, http, sse_events
 
 PARIS = "The capital of France is"
 ROCKETS = [{"role": "user", "content": "Repeat exactly: 🚀🚀🚀 rocket 🚀🚀🚀"}]
@@ -42,13 +41,6 @@ def lightllm(server, body: dict) -> tuple[dict, list[dict]]:
     status, _, sraw = http(server, "POST", "/generate_stream", json=body)
     assert status == 200, sraw
     return json.loads(raw), [json.loads(e) for e in sse_events(sraw)]
-
-
-def at_once(*calls):
-    """The results of the zero-argument calls, made at the same time (threads): requests
-    the server batches together, in the time of the longest."""
-    with ThreadPoolExecutor(len(calls)) as pool:
-        return [f.result() for f in [pool.submit(c) for c in calls]]
 
 
 def token_events(events: list[dict]) -> list[dict]:
