@@ -66,25 +66,22 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def hf_reference():
     """transformers' LlamaForCausalLM (fp32, eval mode) on the default GGUF model: the
-    reference that the model and engine tests compare with. Loading it costs about 20 s on
-    the CPU, so the session loads it once; tests only run its forward and must not change it.
+    reference that the model and engine tests compare with. Loading it costs 10-25 s on the
+    CPU, so the session loads it once; tests only run its forward and must not change it.
 
     from_pretrained(..., gguf_file=) needs accelerate, which aiollm does not depend on; this
     is the same path without it: transformers' config and tensors from the GGUF file.
 
-    Three costs of that path are left out, none of which changes a name or a value: the
+    Two costs of that path are left out, neither of which changes a name or a value: the
     file's metadata (a 49,152-token vocabulary) is parsed once, not once for the config and
-    again for the tensors; gguf's tensor-name map (a pure function of the architecture and
-    the layer count), built for each of the model's 397 submodules, is built once; and the
-    random initialisation of parameters the checkpoint then overwrites is skipped (every
-    parameter is in the file: the load is strict but for the lm_head, tied below)."""
+    again for the tensors; and gguf's tensor-name map (a pure function of the architecture
+    and the layer count), built for each of the model's 397 submodules, is built once."""
     import functools
     from unittest import mock
 
     import gguf
     import torch
     from transformers import AutoConfig, LlamaForCausalLM
-    from transformers.initialization import no_init_weights
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     from aiollm.model import default_model_path
@@ -95,8 +92,7 @@ def hf_reference():
                               functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)):
         config = AutoConfig.from_pretrained(os.path.dirname(path),
                                             gguf_file=os.path.basename(path))
-        with no_init_weights():
-            model = LlamaForCausalLM(config).eval()
+        model = LlamaForCausalLM(config).eval()
         tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     assert missing == ["lm_head.weight"] and not unexpected, (missing, unexpected)
