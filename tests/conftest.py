@@ -63,6 +63,45 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def hf_reference():
+    """transformers' LlamaForCausalLM (fp32, eval mode) on the default GGUF model: the
+    reference that the model and engine tests compare with. Loading it costs 10-25 s on the
+    CPU, so the session loads it once; tests only run its forward and must not change it.
+
+    from_pretrained(..., gguf_file=) needs accelerate, which aiollm does not depend on; this
+    is the same path without it: transformers' config and tensors from the GGUF file.
+
+    Two costs of that path are left out, neither of which changes a name or a value: the
+    file's metadata (a 49,152-token vocabulary) is parsed once, not once for the config and
+    again for the tensors; and gguf's tensor-name map (a pure function of the architecture
+    and the layer count), built for each of the model's 397 submodules, is built once."""
+    import functools
+    from unittest import mock
+
+    import gguf
+    import torch
+    from transformers import AutoConfig, LlamaForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from aiollm.model import default_model_path
+
+    path = default_model_path()
+    with mock.patch.object(gguf, "GGUFReader", functools.lru_cache(maxsize=1)(gguf.GGUFReader)), \
+            mock.patch.object(gguf, "get_tensor_name_map",
+                              functools.lru_cache(maxsize=None)(gguf.get_tensor_name_map)):
+        config = AutoConfig.from_pretrained(os.path.dirname(path),
+                                            gguf_file=os.path.basename(path))
+        model = LlamaForCausalLM(config).eval()
+        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    assert missing == ["lm_head.weight"] and not unexpected, (missing, unexpected)
+    model.tie_weights()
+    assert torch.equal(model.lm_head.weight, tensors["model.embed_tokens.weight"])
+    assert model.dtype == torch.float32
+    return model
+
+
 @pytest.fixture(scope="module")
 def server(request):
     """The live server shared by the HTTP tests (tests/live_server.py); a module that needs

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import aiohttp
@@ -131,6 +132,14 @@ def http(server: LiveServer, method: str, path: str, **kw) -> tuple[int, dict, b
             async with s.request(method, server.base + path, **kw) as r:
                 return r.status, dict(r.headers), await r.read()
     return asyncio.run(go())
+
+
+def at_once(*calls: Callable[[], Any]) -> list[Any]:
+    """The results of the zero-argument calls (requests made with the helpers here), made at
+    the same time from threads: the server batches them, so they take the time of the
+    longest. For requests that do not depend on each other's answers."""
+    with ThreadPoolExecutor(len(calls)) as pool:
+        return [f.result() for f in [pool.submit(c) for c in calls]]
 
 
 def sse_events(body: bytes) -> list[str]:

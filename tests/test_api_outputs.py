@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from live_server import http, sse_events
+from live_server import at_once, http, sse_events
 
 PARIS = "The capital of France is"
 ROCKETS = [{"role": "user", "content": "Repeat exactly: 🚀🚀🚀 rocket 🚀🚀🚀"}]
@@ -60,26 +60,28 @@ def first_stop_after(pieces: list[str], stop: str, min_tokens: int) -> str:
 # -- fault 1: min_tokens holds back stop strings -----------------------------------------------
 
 def test_min_tokens_holds_back_stop_strings(server):
-    free = completion(server, {"prompt": PARIS, "max_tokens": 20, "temperature": 0,
-                               "logprobs": 0})["choices"][0]
-    assert free["text"].startswith(" Paris.")  # the stop would end it after 2 tokens
-    expected = first_stop_after(free["logprobs"]["tokens"], ".", 10)
     body = {"prompt": PARIS, "max_tokens": 20, "temperature": 0, "stop": ["."],
             "min_tokens": 10}
-    out = completion(server, body)
+    free, out, (text, _, chunks), (gen, events), first = at_once(
+        lambda: completion(server, {"prompt": PARIS, "max_tokens": 20, "temperature": 0,
+                                    "logprobs": 0}),
+        lambda: completion(server, body), lambda: completion_stream(server, body),
+        lambda: lightllm(server, {"inputs": PARIS, "parameters": {
+            "max_new_tokens": 20, "stop_sequences": ["."], "min_new_tokens": 10}}),
+        lambda: completion(server, {**body, "min_tokens": 0}))
+    free = free["choices"][0]
+    assert free["text"].startswith(" Paris.")  # the stop would end it after 2 tokens
+    expected = first_stop_after(free["logprobs"]["tokens"], ".", 10)
     assert out["choices"][0]["text"] == expected and len(expected) > len(" Paris")
     assert out["usage"]["completion_tokens"] >= 10
-    text, _, chunks = completion_stream(server, body)
     assert text == expected and chunks[-1]["usage"]["completion_tokens"] >= 10
 
-    gen, events = lightllm(server, {"inputs": PARIS, "parameters": {
-        "max_new_tokens": 20, "stop_sequences": ["."], "min_new_tokens": 10}})
     assert gen["generated_text"] == [expected] and gen["count_output_tokens"] >= 10
     assert "".join(e["token"]["text"] for e in events) == expected
     assert len(token_events(events)) == gen["count_output_tokens"]
 
     # and without min_tokens the first "." ends it
-    assert completion(server, {**body, "min_tokens": 0})["choices"][0]["text"] == " Paris"
+    assert first["choices"][0]["text"] == " Paris"
 
 
 # -- fault 9: with a stop string, tokens, logprobs, usage and text agree -----------------------
@@ -139,7 +141,14 @@ def test_include_stop_str_in_output_ends_the_output_after_the_stop(server):
 def test_logprob_bytes_are_the_tokens_bytes(client, server):
     kw = dict(model=client.models.list().data[0].id, messages=ROCKETS, temperature=0,
               max_tokens=24, logprobs=True, top_logprobs=2)
-    out = client.chat.completions.create(**kw)
+    rockets = "🚀🚀🚀 rocket 🚀🚀🚀 rocket"
+    body = {"prompt": rockets, "max_tokens": 12, "temperature": 0, "logprobs": 1}
+    out, chunks, choice, (text, slp, _), (gen, events) = at_once(
+        lambda: client.chat.completions.create(**kw),
+        lambda: list(client.chat.completions.create(**kw, stream=True)),
+        lambda: completion(server, body)["choices"][0], lambda: completion_stream(server, body),
+        lambda: lightllm(server, {"inputs": rockets, "parameters": {
+            "max_new_tokens": 12, "return_details": True}}))
     content = out.choices[0].message.content
     assert "🚀" in content
     entries = out.choices[0].logprobs.content
@@ -150,21 +159,14 @@ def test_logprob_bytes_are_the_tokens_bytes(client, server):
     for e in entries:
         for top in e.top_logprobs:
             assert bytes(top.bytes).decode("utf-8", "backslashreplace") == top.token
-    chunks = list(client.chat.completions.create(**kw, stream=True))
     streamed = [e for c in chunks if c.choices and c.choices[0].logprobs
                 for e in c.choices[0].logprobs.content]
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == content
     assert [(e.token, e.bytes) for e in streamed] == [(e.token, e.bytes) for e in entries]
 
     # the legacy completions tokens and LightLLM's token texts join to the text
-    rockets = "🚀🚀🚀 rocket 🚀🚀🚀 rocket"
-    body = {"prompt": rockets, "max_tokens": 12, "temperature": 0, "logprobs": 1}
-    choice = completion(server, body)["choices"][0]
     assert "".join(choice["logprobs"]["tokens"]) == choice["text"]
-    text, slp, _ = completion_stream(server, body)
     assert text == choice["text"] and slp["tokens"] == choice["logprobs"]["tokens"]
-    gen, events = lightllm(server, {"inputs": rockets, "parameters": {
-        "max_new_tokens": 12, "return_details": True}})
     assert "".join(t["text"] for t in gen["tokens"]) == gen["generated_text"][0]
     assert "".join(e["token"]["text"] for e in events) == gen["generated_text"][0]
     assert "🚀" in gen["generated_text"][0]

@@ -12,7 +12,6 @@ import torch
 
 from aiollm import Engine, SamplingParams
 from aiollm.errors import InvalidRequest, Overloaded
-from aiollm.model import default_model_path
 from aiollm.sampling_params import Constraint, GrammarSpec
 from conftest import load_bench, run
 
@@ -36,44 +35,44 @@ def assert_all_free(engine):
 
 
 @pytest.fixture(scope="module")
-def hf_model():
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM
-
-    path = Path(default_model_path())
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                                 dtype=torch.float32)
-    return model.eval()
+def hf_model(hf_reference):
+    return hf_reference  # conftest.py: transformers' own GGUF loading, shared by the session
 
 
-def _hf_greedy(model, ids: list[int], n: int) -> list[int]:
-    """Plain greedy decoding with transformers' forward (eos does not stop it)."""
-    seq = torch.tensor([ids])
-    past = None
-    out = []
+def _hf_greedy_mismatch(model, ids: list[int], out: list[int]) -> int | None:
+    """The first i at which transformers' greedy choice after ids + out[:i] is not out[i], or
+    None: out is then exactly what greedy decoding with transformers generates from ids (by
+    induction on i; eos does not stop it). One causal forward over the whole sequence scores
+    every position, in place of one forward per generated token."""
     with torch.no_grad():
-        for _ in range(n):
-            res = model(seq if past is None else seq[:, -1:], past_key_values=past, use_cache=True)
-            past = res.past_key_values
-            tok = int(res.logits[0, -1].argmax())
-            out.append(tok)
-            seq = torch.cat([seq, torch.tensor([[tok]])], dim=1)
-    return out
+        logits = model(torch.tensor([ids + out])).logits[0, len(ids) - 1:-1]
+    wrong = (logits.argmax(-1) != torch.tensor(out)).nonzero()
+    return int(wrong[0]) if len(wrong) else None
 
 
-def test_greedy_matches_transformers(loop, engine, hf_model):
-    params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
+GREEDY_48 = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def greedy_outs(loop, engine):
+    """(prompt ids, output) of each of PROMPTS: 48 greedy tokens, all generated at once by the
+    module engine. test_greedy_matches_transformers checks them against transformers, and
+    test_eviction_resumes_with_identical_greedy_output compares a tight pool's with them."""
     prompt_ids = [engine.tokenizer.encode(p) for p in PROMPTS]
 
     async def all_at_once():
-        return await asyncio.gather(*(engine.generate(ids, params) for ids in prompt_ids))
+        return await asyncio.gather(*(engine.generate(ids, GREEDY_48) for ids in prompt_ids))
 
-    outs = run(loop, all_at_once())
-    for ids, out in zip(prompt_ids, outs):
-        assert out.token_ids == _hf_greedy(hf_model, ids, 32), engine.tokenizer.decode(ids)
+    return list(zip(prompt_ids, run(loop, all_at_once())))
+
+
+def test_greedy_matches_transformers(loop, engine, hf_model, greedy_outs):
+    for ids, out in greedy_outs:
+        assert len(out.token_ids) == 48
+        assert _hf_greedy_mismatch(hf_model, ids, out.token_ids) is None, (
+            engine.tokenizer.decode(ids), out.text)
         assert out.finish_reason == "length"
-        assert out.prompt_tokens == len(ids) and out.completion_tokens == 32
+        assert out.prompt_tokens == len(ids) and out.completion_tokens == 48
     assert_all_free(engine)
 
 
@@ -118,12 +117,12 @@ def test_stream_deltas_join_to_final_text(loop, engine):
 
     async def one(p):
         params = SamplingParams(max_tokens=40, temperature=0.7, seed=7)
-        deltas = [d async for d in engine.stream(p, params)]
-        final = await engine.generate(p, params)
-        return deltas, final
+        return await asyncio.gather(_collect(engine.stream(p, params)), engine.generate(p, params))
 
-    for p in prompts:
-        deltas, final = run(loop, one(p))
+    async def all_at_once():  # one batch: the seed, not the neighbours, fixes each sample
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+    for deltas, final in run(loop, all_at_once()):
         # a delta cut inside a multi-byte character would carry U+FFFD where the final
         # text has the real character, so equality proves whole characters only
         assert "".join(d.text for d in deltas) == final.text
@@ -600,27 +599,27 @@ def test_control_token_text_in_chat_content_stays_text(engine):
     assert allowed.count(start) == 4
 
 
-def test_eviction_resumes_with_identical_greedy_output(loop):
+def test_eviction_resumes_with_identical_greedy_output(loop, greedy_outs):
     """A KV pool too small for the batch forces pauses; paused requests are recomputed and
-    must produce exactly the tokens they would have produced uninterrupted."""
-    prompts = PROMPTS[:6]
-    params = SamplingParams(max_tokens=48, temperature=0, ignore_eos=True)
+    must produce exactly the tokens they would have produced uninterrupted (greedy_outs: the
+    module engine's, with room for all)."""
+    roomy = [out for _, out in greedy_outs[:6]]
+    prompts = [ids for ids, _ in greedy_outs[:6]]
 
     async def go(**opts):
         eng = Engine(None, **opts)
         await eng.start()
         try:
-            outs = await asyncio.gather(*(eng.generate(p, params) for p in prompts))
+            outs = await asyncio.gather(*(eng.generate(p, GREEDY_48) for p in prompts))
             return outs, eng.stats()
         finally:
             await eng.stop()
 
-    roomy, _ = run(loop, go(kv_tokens=4096))
     # aggressive admission fills the pool with all six, then decodes run out of slots
     tight, stats = run(loop, go(kv_tokens=200, scheduler="aggressive"))
     assert stats["evictions"] > 0
     assert stats["kv_used"] == 0
-    for a, b in zip(roomy, tight):
+    for a, b in zip(roomy, tight, strict=True):
         assert a.token_ids == b.token_ids
 
 
@@ -829,7 +828,19 @@ def test_batch_one_short_context_steps_take_the_short_graph(loop, engine):
     assert_all_free(engine)
 
 
-def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
+LONG_PROMPT = " ".join(PROMPTS * 8)  # 464 tokens: prefilled in several steps
+MIXED_PARAMS = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def alone(loop, engine):
+    """The greedy tokens of PROMPTS[0] and LONG_PROMPT (MIXED_PARAMS), each run alone: what
+    the tests of mixed steps compare their output with."""
+    return [run(loop, engine.generate(p, MIXED_PARAMS)).token_ids
+            for p in (PROMPTS[0], LONG_PROMPT)]
+
+
+def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine, alone):
     """With mixed_prefill_tokens, a step that decodes carries at most that many prompt
     tokens (running streams wait less for their next token); a step with nothing to decode
     still takes the full max_prefill_tokens, and so does a step while more prompts are in
@@ -843,8 +854,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
         steps.append((decodes, step.num_tokens - decodes))
         return real(step, table)
 
-    long_prompt = " ".join(PROMPTS * 8)
-    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    long_prompt, params = LONG_PROMPT, MIXED_PARAMS
 
     async def pair(n_long=1):
         first = asyncio.ensure_future(engine.generate(PROMPTS[0], params))
@@ -853,7 +863,6 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
                                              for _ in range(n_long)))
         return [o.token_ids for o in outs]
 
-    alone = [run(loop, engine.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
     engine.runner.prepare = spy
     saved, engine.planner.mixed_budget = engine.planner.mixed_budget, 40
     try:
@@ -861,7 +870,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
         engine.flush_cache()
         mixed = run(loop, pair())
         engine.flush_cache()
-        run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
+        again = run(loop, engine.generate(long_prompt, params))  # alone: nothing else decodes
         capped = list(steps)
         steps.clear()
         engine.flush_cache()
@@ -870,6 +879,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
         engine.planner.mixed_budget = saved
         engine.runner.prepare = real
     assert mixed == alone and burst == alone[:1] + alone[1:] * 3
+    assert again.token_ids == alone[1]
     assert any(d and p for d, p in capped), capped  # some step mixed decodes and prefill
     assert all(p <= 40 for d, p in capped if d), capped
     assert max(p for d, p in capped) > 40, capped  # prefill-only steps use the full budget
@@ -877,7 +887,7 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine):
     assert_all_free(engine)
 
 
-def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine):
+def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine, alone):
     """With Planner.fill_to (the prefill graphs' bucket of a step), a step whose prompt tokens
     the mixed cap limits takes more, up to the rows its bucket computes anyway; the output
     is unchanged and nothing leaks."""
@@ -890,9 +900,7 @@ def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine):
         steps.append((decodes, step.num_tokens))
         return real(step, table)
 
-    long_prompt = " ".join(PROMPTS * 8)
-    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
-    alone = [run(loop, engine.generate(p, params)).token_ids for p in (PROMPTS[0], long_prompt)]
+    long_prompt, params = LONG_PROMPT, MIXED_PARAMS
 
     async def pair():
         # two streams decoding when the long prompt arrives: no burst, the cap holds

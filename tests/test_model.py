@@ -8,8 +8,6 @@ decode of requests of different lengths, chunked prefill with a prefix already i
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -27,20 +25,8 @@ def ours():
 
 
 @pytest.fixture(scope="module")
-def hf():
-    # from_pretrained(..., gguf_file=) needs accelerate, which aiollm does not depend on; this is
-    # the same path without it: transformers' config and tensors from the GGUF file.
-    from transformers import AutoConfig, LlamaForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    path = default_model_path()
-    config = AutoConfig.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path))
-    model = LlamaForCausalLM(config).eval()
-    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=model)["tensors"]
-    model.load_state_dict(tensors, strict=False)
-    model.tie_weights()
-    assert torch.equal(model.lm_head.weight, tensors["model.embed_tokens.weight"])
-    return model
+def hf(hf_reference):
+    return hf_reference  # conftest.py: transformers' own GGUF loading, shared by the session
 
 
 def hf_logits(hf, ids: list[int]) -> torch.Tensor:

@@ -216,18 +216,21 @@ def test_include_and_separate_reasoning(thinker):
     """vLLM's include_reasoning false drops the reasoning (content as with it), streamed and
     not; SGLang's separate_reasoning false leaves the output unsplit, tags and all, in
     content."""
+    from live_server import at_once
+
     kw = {"guided_regex": THINK, "max_tokens": 40}
-    split = _whole(thinker, **kw)[0]["message"]
-    dropped = _whole(thinker, include_reasoning=False, **kw)[0]["message"]
+    split, dropped, (reasoning, content, _, _), raw, (_, raw_streamed, _, _) = at_once(
+        lambda: _whole(thinker, **kw)[0]["message"],
+        lambda: _whole(thinker, include_reasoning=False, **kw)[0]["message"],
+        lambda: _streamed(thinker, include_reasoning=False, **kw),
+        lambda: _whole(thinker, separate_reasoning=False, **kw)[0]["message"],
+        lambda: _streamed(thinker, separate_reasoning=False, **kw))
     assert "reasoning_content" not in dropped and "reasoning" not in dropped
     assert dropped["content"] == split["content"]
-    reasoning, content, _, _ = _streamed(thinker, include_reasoning=False, **kw)
     assert reasoning is None and content == split["content"]
-    raw = _whole(thinker, separate_reasoning=False, **kw)[0]["message"]
     assert raw["content"] == f"<think>{split['reasoning_content']}</think>{split['content']}"
     assert "reasoning_content" not in raw
-    _, content, _, _ = _streamed(thinker, separate_reasoning=False, **kw)
-    assert content == raw["content"]
+    assert raw_streamed == raw["content"]
 
 
 def test_reasoning_sent_back_reaches_the_template(thinker):
