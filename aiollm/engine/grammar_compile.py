@@ -1,0 +1,175 @@
+"""The grammar compile threads: compilations with a deadline, shared by the requests that
+wait for the same one.
+
+A compilation cannot be interrupted (xgrammar compiles in C++), and some small schemas take
+minutes (an object of 5,000 optional properties: ~10 min on a 2-core CPU). So each waiting
+request gives up after `timeout` seconds (Grammars turns that into an InvalidRequest naming
+the grammar's field), and a compilation still running when its first request gives up
+stops holding one of the THREADS slots: it runs on, unwaited, on a daemon thread of its own
+(one per compilation, so the process can exit while it runs and shutdown never waits for
+it), and its result still reaches the process-wide cache. At most MAX_OVERDUE such
+compilations may run on; while that many do, a new compilation is refused at once
+(Overloaded), so the CPU they burn stays bounded. SGLang likewise fails a request whose
+grammar is not ready within a timeout (SGLANG_GRAMMAR_TIMEOUT, 300 s) and leaves its
+thread running.
+
+Concurrent requests for one key share one compilation; one that is still queued when its
+last request leaves (timed out, cancelled) is dropped. close() drops the queued ones and
+releases every waiting request with Overloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+from aiollm.errors import Overloaded
+
+log = logging.getLogger(__name__)
+# Two slots, so one slow grammar does not hold up every other new one (xgrammar spreads
+# each compilation over threads of its own)
+THREADS = 2
+MAX_OVERDUE = 2  # compilations past their deadline that may run on
+_NAME = "aiollm-grammar"
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    fn: Callable
+    args: tuple
+    future: concurrent.futures.Future
+    deadline: float  # time.monotonic() when its first request gives up on it
+    finished: bool = False
+    overdue: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class _Shared:
+    """One compilation as the event loop sees it, and how many requests wait for it."""
+
+    job: _Job
+    done: asyncio.Future
+    waiters: int = 0
+
+
+class CompileThreads:
+    """Runs fn(*args) off the event loop with a deadline of `timeout` seconds (see the
+    module docstring). run() is called on the event loop; close() too."""
+
+    def __init__(self, timeout: float, threads: int = THREADS, max_overdue: int = MAX_OVERDUE):
+        assert timeout > 0 and threads >= 1 and max_overdue >= 0
+        self.timeout, self.threads, self.max_overdue = timeout, threads, max_overdue
+        self._cond = threading.Condition()
+        self._queue: deque[_Job] = deque()
+        self._busy = 0  # slots running a compilation within its deadline
+        self._overdue = 0  # compilations past their deadline, still running
+        self._slots: list[threading.Thread] = []  # started at the first compilation
+        self._closed = False
+        self._shared: dict[Hashable, _Shared] = {}  # the event loop's side
+
+    async def run(self, key: Hashable, fn: Callable, *args):
+        """fn(*args)'s result, computed once for concurrent calls with one key. Raises what
+        fn raises; TimeoutError when it has not finished within `timeout` seconds of this
+        call (it runs on); Overloaded when closed (or closing meanwhile), or when
+        max_overdue compilations run past their deadline."""
+        shared = self._shared.get(key)
+        if shared is None:
+            shared = self._shared[key] = self._submit(key, fn, args)
+        shared.waiters += 1
+        try:
+            return await asyncio.wait_for(asyncio.shield(shared.done), self.timeout)
+        except asyncio.CancelledError:
+            if shared.done.cancelled():  # close() released it, not our caller
+                raise Overloaded("the engine shut down before the grammar compiled") from None
+            raise
+        finally:
+            shared.waiters -= 1
+            if not shared.waiters and shared.job.future.cancel():  # queued, and unwanted
+                self._forget(key, shared)
+
+    def close(self) -> None:
+        """Refuse new compilations, drop the queued ones and release their waiters with
+        Overloaded. Running compilations finish unwaited on their daemon threads."""
+        with self._cond:
+            self._closed = True
+            dropped = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()  # the idle slots end
+        for job in dropped:
+            job.future.cancel()
+        for shared in list(self._shared.values()):
+            shared.done.cancel()
+
+    def _submit(self, key: Hashable, fn: Callable, args: tuple) -> _Shared:
+        with self._cond:
+            if self._closed:
+                raise Overloaded("the engine is shutting down")
+            if self._overdue >= self.max_overdue:
+                raise Overloaded(f"grammar compiler busy: {self._overdue} grammars are still "
+                                 "compiling past their deadline; retry later")
+            job = _Job(fn, args, concurrent.futures.Future(), time.monotonic() + self.timeout)
+            self._queue.append(job)
+            if not self._slots:
+                self._slots = [threading.Thread(target=self._slot, name=f"{_NAME}-{i}",
+                                                daemon=True) for i in range(self.threads)]
+                for t in self._slots:
+                    t.start()
+            self._cond.notify_all()
+        shared = _Shared(job, asyncio.wrap_future(job.future))
+        shared.done.add_done_callback(lambda _: self._forget(key, shared))
+        return shared
+
+    def _forget(self, key: Hashable, shared: _Shared) -> None:
+        if self._shared.get(key) is shared:
+            del self._shared[key]
+
+    def _slot(self) -> None:
+        """One slot: starts a queued compilation on a thread of its own and waits for it
+        until its deadline (its first request's), when the slot takes the next one."""
+        cond = self._cond
+        while True:
+            with cond:
+                # the slot's own compilation and the overdue ones: at most threads + max_overdue
+                cond.wait_for(lambda: self._closed or (
+                    self._queue and self._busy + self._overdue < self.threads + self.max_overdue))
+                if self._closed:
+                    return
+                job = self._queue.popleft()
+                if not job.future.set_running_or_notify_cancel():  # dropped meanwhile
+                    continue
+                self._busy += 1
+            threading.Thread(target=self._compile, args=(job,), name=f"{_NAME}-compile",
+                             daemon=True).start()
+            with cond:
+                cond.wait_for(lambda: job.finished or self._closed,
+                              max(0.0, job.deadline - time.monotonic()))
+                self._busy -= 1
+                if not job.finished and not self._closed:
+                    job.overdue = True
+                    self._overdue += 1
+                    log.warning("a grammar compilation ran past its %g s deadline: it runs on, "
+                                "unwaited (%d do)", self.timeout, self._overdue)
+                cond.notify_all()
+
+    def _compile(self, job: _Job) -> None:
+        try:
+            result, error = job.fn(*job.args), None
+        except BaseException as e:  # the waiters' to raise
+            result, error = None, e
+        with self._cond:
+            job.finished = True
+            if job.overdue:
+                self._overdue -= 1
+                log.info("a grammar compilation ended %.0f s past its deadline",
+                         time.monotonic() - job.deadline)
+            self._cond.notify_all()
+        if error is None:
+            job.future.set_result(result)
+        else:
+            job.future.set_exception(error)
