@@ -101,6 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "past them a request gets 503 (at most 1048576)")
     e.add_argument("--queue-timeout", type=float, default=d.queue_timeout,
                    help="seconds a request may wait for admission (default: no limit)")
+    e.add_argument("--grammar-compile-timeout", type=float, default=d.grammar_compile_timeout,
+                   metavar="SECONDS",
+                   help="seconds a structured-output request waits for its grammar to compile "
+                        "before it fails with 400 (the compilation runs on and is cached)")
     e.add_argument("--scheduler", default=d.scheduler,
                    choices=["past_future", "aggressive", "conservative"],
                    help="admission policy")
@@ -140,8 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
                    "kv_tokens", "kv_memory_fraction", "max_running_requests",
                    "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",
-                   "queue_timeout", "scheduler", "past_future_estimator", "scheduler_blind_cap",
-                   "table_capacity", "cuda_graph", "cuda_graph_max_batch", "warm_up",
+                   "queue_timeout", "grammar_compile_timeout", "scheduler",
+                   "past_future_estimator", "scheduler_blind_cap", "table_capacity",
+                   "cuda_graph", "cuda_graph_max_batch", "warm_up",
                    "served_model_name", "tool_call_parser", "reasoning_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
                    "dist_init_addr", "special_tokens_in_content")

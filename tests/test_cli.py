@@ -30,7 +30,7 @@ def test_serve_help():
                 "--served-model-name", "--api-key", "--load-format", "--log-level",
                 "--scheduler", "--max-waiting-requests", "--queue-timeout", "--no-cuda-graph",
                 "--shutdown-timeout", "--table-capacity", "--cuda-graph-max-batch",
-                "--cuda-graph-max-bs", "MODEL"):
+                "--cuda-graph-max-bs", "--grammar-compile-timeout", "MODEL"):
         assert opt in out.stdout
     from aiollm.api import lightllm, ops
     from aiollm.api import openai as openai_api
@@ -67,6 +67,8 @@ def test_serve_rejects_bad_options():
                        (["--table-capacity", "1e3"], "invalid int value"),
                        (["--cuda-graph-max-batch", "0"], "must be an integer >= 1"),
                        (["--cuda-graph-max-bs", "-3"], "must be an integer >= 1"),
+                       (["--grammar-compile-timeout", "0"], "finite number of seconds > 0"),
+                       (["--grammar-compile-timeout", "nan"], "finite number of seconds > 0"),
                        (["--max-running-requests", "0"], "must be an integer >= 1")):
         out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
                              timeout=60)
@@ -270,3 +272,15 @@ def test_engine_config_takes_a_torch_device():
     assert EngineConfig(device=torch.device("cuda", 1)).device == "cuda:1"
     with pytest.raises(ValueError, match="'meta'"):
         EngineConfig(device=torch.device("meta"))
+
+
+def test_grammar_compile_timeout_is_checked():
+    """The Engine API's keyword is checked where the CLI's flag is: a timeout of 0, NaN or
+    infinity is refused naming it (infinity would have failed each compile thread's wait)."""
+    from aiollm.config import EngineConfig
+
+    assert EngineConfig().grammar_compile_timeout == 60.0
+    assert EngineConfig(grammar_compile_timeout=2).grammar_compile_timeout == 2
+    for bad in (0, -1.0, float("nan"), float("inf"), "60", None, True):
+        with pytest.raises(ValueError, match="grammar_compile_timeout must be"):
+            EngineConfig(grammar_compile_timeout=bad)
