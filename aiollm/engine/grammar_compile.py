@@ -6,11 +6,11 @@ minutes (an object of 5,000 optional properties: ~10 min on a 2-core CPU). So ea
 request gives up after `timeout` seconds (Grammars turns that into an InvalidRequest naming
 the grammar's field), and a compilation still running when its first request gives up
 stops holding one of the THREADS slots: it runs on, unwaited, on a daemon thread of its own
-(one per compilation, so the process can exit while it runs and shutdown never waits for
-it), and its result still reaches the process-wide cache. At most MAX_OVERDUE such
-compilations may run on; while that many do, a new compilation is refused at once
-(Overloaded), so the CPU they burn stays bounded. SGLang likewise fails a request whose
-grammar is not ready within a timeout (SGLANG_GRAMMAR_TIMEOUT, 300 s) and leaves its
+(one per compilation, so shutdown never waits for it, and the interpreter's exit for
+EXIT_WAIT seconds at most), and its result still reaches the process-wide cache. At most
+MAX_OVERDUE such compilations may run on; while that many do, a new compilation is refused
+at once (Overloaded), so the CPU they burn stays bounded. SGLang likewise fails a request
+whose grammar is not ready within a timeout (SGLANG_GRAMMAR_TIMEOUT, 300 s) and leaves its
 thread running.
 
 Concurrent requests for one key share one compilation; one that is still queued when its
@@ -21,6 +21,7 @@ releases every waiting request with Overloaded.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import logging
 import threading
@@ -36,7 +37,14 @@ log = logging.getLogger(__name__)
 # each compilation over threads of its own)
 THREADS = 2
 MAX_OVERDUE = 2  # compilations past their deadline that may run on
+# A compile thread that comes back from xgrammar's C++ while the interpreter finalizes is
+# ended by pthread_exit, whose unwinding through C++ aborts the process ("terminate called
+# without an active exception"). So the interpreter's exit waits for the compilations under
+# way, up to this many seconds; one that runs longer is killed with the process (exit()
+# ends every thread), unless it happens to end during the finalization (~1 s here)
+EXIT_WAIT = 5.0
 _NAME = "aiollm-grammar"
+_compiling: set[threading.Thread] = set()  # every engine's compile threads now running
 
 
 @dataclass(slots=True, eq=False)
@@ -144,8 +152,10 @@ class CompileThreads:
                 if not job.future.set_running_or_notify_cancel():  # dropped meanwhile
                     continue
                 self._busy += 1
-            threading.Thread(target=self._compile, args=(job,), name=f"{_NAME}-compile",
-                             daemon=True).start()
+            thread = threading.Thread(target=self._compile, args=(job,),
+                                      name=f"{_NAME}-compile", daemon=True)
+            _compiling.add(thread)
+            thread.start()
             with cond:
                 cond.wait_for(lambda: job.finished or self._closed,
                               max(0.0, job.deadline - time.monotonic()))
@@ -169,7 +179,17 @@ class CompileThreads:
                 log.info("a grammar compilation ended %.0f s past its deadline",
                          time.monotonic() - job.deadline)
             self._cond.notify_all()
+        _compiling.discard(threading.current_thread())
         if error is None:
             job.future.set_result(result)
         else:
             job.future.set_exception(error)
+
+
+@atexit.register
+def _wait_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_WAIT
+    for thread in list(_compiling):
+        thread.join(max(0.0, deadline - time.monotonic()))
+    if _compiling:
+        log.warning("exiting while %d grammar compilations run", len(_compiling))
