@@ -103,8 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds a request may wait for admission (default: no limit)")
     e.add_argument("--grammar-compile-timeout", type=float, default=d.grammar_compile_timeout,
                    metavar="SECONDS",
-                   help="seconds a structured-output request waits for its grammar to compile "
-                        "before it fails with 400 (the compilation runs on and is cached)")
+                   help="seconds a request's grammar may compile before the request fails "
+                        "with 400 (the compilation runs on and is cached); a request that "
+                        "waits as long for a compile thread gets 503")
     e.add_argument("--scheduler", default=d.scheduler,
                    choices=["past_future", "aggressive", "conservative"],
                    help="admission policy")

@@ -47,9 +47,9 @@ class EngineConfig:
     mixed_prefill_tokens: int | None = 1024
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission
-    # seconds a request waits for its grammar to compile before it fails (400); legitimate
-    # large schemas took up to ~30 s on a 2-core CPU, pathological ones minutes
-    # (aiollm/engine/grammar_compile.py)
+    # seconds a request's grammar may compile before the request fails (400; as long queued
+    # for a compile thread: 503); legitimate large schemas took up to ~30 s on a 2-core CPU,
+    # pathological ones minutes (aiollm/engine/grammar_compile.py)
     grammar_compile_timeout: float = 60.0
     # request table slots (running + waiting + paused): a request past them gets Overloaded
     table_capacity: int = 8192

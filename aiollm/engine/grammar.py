@@ -99,7 +99,7 @@ class Grammars:
 
     vocab_size is the model's (logits') width, which may exceed the tokenizer's; ids past the
     tokenizer are never allowed under a grammar. stop_ids end a grammar (the model's eos).
-    compile_timeout: seconds a request waits for its grammar to compile."""
+    compile_timeout: seconds a grammar may compile (and wait for a compile thread)."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], device: torch.device,
                  max_rows: int = 256, compile_timeout: float = 60.0):
@@ -160,8 +160,10 @@ class Grammars:
     async def compile(self, spec: GrammarSpec):
         """compile_now on a compile thread; concurrent calls for one grammar from one field
         (GrammarSpec.param) share the work. Raises InvalidRequest (param: spec.param) when
-        the grammar is bad or has not compiled within compile_timeout seconds (it compiles
-        on, into the cache), Overloaded when closed or the compile threads are clogged."""
+        the grammar is bad or has not compiled within compile_timeout seconds of compiling
+        (it compiles on, into the cache), Overloaded when closed or the compile threads are
+        clogged (none started it within compile_timeout seconds, or too many compilations
+        run past their deadline)."""
         key = (self._key, spec.kind, spec.value)
         with _CACHE.lock:
             if key in _CACHE.compiled:

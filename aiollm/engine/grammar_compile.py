@@ -2,16 +2,21 @@
 wait for the same one.
 
 A compilation cannot be interrupted (xgrammar compiles in C++), and some small schemas take
-minutes (an object of 5,000 optional properties: ~10 min on a 2-core CPU). So each waiting
-request gives up after `timeout` seconds (Grammars turns that into an InvalidRequest naming
-the grammar's field), and a compilation still running when its first request gives up
-stops holding one of the THREADS slots: it runs on, unwaited, on a daemon thread of its own
-(one per compilation, so shutdown never waits for it, and the interpreter's exit for
-EXIT_WAIT seconds at most), and its result still reaches the process-wide cache. At most
-MAX_OVERDUE such compilations may run on; while that many do, a new compilation is refused
-at once (Overloaded), so the CPU they burn stays bounded. SGLang likewise fails a request
-whose grammar is not ready within a timeout (SGLANG_GRAMMAR_TIMEOUT, 300 s) and leaves its
-thread running.
+minutes (an object of 5,000 optional properties: ~10 min on a 2-core CPU). So a compilation
+gets `timeout` seconds from its start (or from a request's arrival, for a request that joins
+it later); a request whose grammar has not compiled by then gives up (Grammars turns that
+into an InvalidRequest naming the grammar's field). Time spent queued for a slot is not the
+grammar's: a request whose compilation no slot started within `timeout` seconds gets
+Overloaded (the server is busy; a grammar queued behind slow ones got a 400 telling its
+client to simplify a schema that compiles in a fraction of the timeout). A compilation
+still running at its deadline stops holding one of the THREADS slots: it runs on,
+unwaited, on a daemon thread of its own (one per compilation, so shutdown never waits for
+it, and the interpreter's exit for EXIT_WAIT seconds at most), and its result still reaches
+the process-wide cache. While MAX_OVERDUE such compilations run on, a new compilation is
+refused at once (Overloaded), and the slots start one only while fewer than THREADS +
+MAX_OVERDUE run (those queued before can take the overdue count past MAX_OVERDUE), so the
+CPU they burn stays bounded. SGLang likewise fails a request whose grammar is not ready
+within a timeout (SGLANG_GRAMMAR_TIMEOUT, 300 s) and leaves its thread running.
 
 Concurrent requests for one key share one compilation; one that is still queued when its
 last request leaves (timed out, cancelled) is dropped. close() drops the queued ones and
@@ -52,7 +57,9 @@ class _Job:
     fn: Callable
     args: tuple
     future: concurrent.futures.Future
-    deadline: float  # time.monotonic() when its first request gives up on it
+    # time.monotonic() when a slot started it, and `timeout` later; None while queued
+    started: float | None = None
+    deadline: float | None = None
     finished: bool = False
     overdue: bool = False
 
@@ -83,15 +90,32 @@ class CompileThreads:
 
     async def run(self, key: Hashable, fn: Callable, *args):
         """fn(*args)'s result, computed once for concurrent calls with one key. Raises what
-        fn raises; TimeoutError when it has not finished within `timeout` seconds of this
-        call (it runs on); Overloaded when closed (or closing meanwhile), or when
-        max_overdue compilations run past their deadline."""
+        fn raises; TimeoutError when it has been running for `timeout` seconds, counted from
+        this call or from its start, whichever is later (it runs on); Overloaded when no
+        slot started it within `timeout` seconds of this call (the compilations under way
+        hold them all), when closed (or closing meanwhile), or when max_overdue
+        compilations run past their deadline. So a call waits at most 2 * timeout."""
+        called = time.monotonic()
         shared = self._shared.get(key)
         if shared is None:
             shared = self._shared[key] = self._submit(key, fn, args)
         shared.waiters += 1
         try:
-            return await asyncio.wait_for(asyncio.shield(shared.done), self.timeout)
+            while True:  # time in the queue is not the grammar's: its limit moves to its start
+                started = shared.job.started
+                limit = max(called, started or called) + self.timeout
+                try:
+                    return await asyncio.wait_for(asyncio.shield(shared.done),
+                                                  max(0.0, limit - time.monotonic()))
+                except TimeoutError:
+                    if shared.done.done():  # fn's own
+                        raise
+                    started = shared.job.started
+                    if started is None:
+                        raise Overloaded(f"grammar compiler busy: no compile thread was free "
+                                         f"within {self.timeout:g} s; retry later") from None
+                    if max(called, started) + self.timeout <= time.monotonic():
+                        raise
         except asyncio.CancelledError:
             if shared.done.cancelled():  # close() released it, not our caller
                 raise Overloaded("the engine shut down before the grammar compiled") from None
@@ -121,7 +145,7 @@ class CompileThreads:
             if self._overdue >= self.max_overdue:
                 raise Overloaded(f"grammar compiler busy: {self._overdue} grammars are still "
                                  "compiling past their deadline; retry later")
-            job = _Job(fn, args, concurrent.futures.Future(), time.monotonic() + self.timeout)
+            job = _Job(fn, args, concurrent.futures.Future())
             self._queue.append(job)
             if not self._slots:
                 self._slots = [threading.Thread(target=self._slot, name=f"{_NAME}-{i}",
@@ -139,7 +163,7 @@ class CompileThreads:
 
     def _slot(self) -> None:
         """One slot: starts a queued compilation on a thread of its own and waits for it
-        until its deadline (its first request's), when the slot takes the next one."""
+        until its deadline (`timeout` after its start), when the slot takes the next one."""
         cond = self._cond
         while True:
             with cond:
@@ -151,6 +175,8 @@ class CompileThreads:
                 job = self._queue.popleft()
                 if not job.future.set_running_or_notify_cancel():  # dropped meanwhile
                     continue
+                job.started = time.monotonic()
+                job.deadline = job.started + self.timeout
                 self._busy += 1
             thread = threading.Thread(target=self._compile, args=(job,),
                                       name=f"{_NAME}-compile", daemon=True)

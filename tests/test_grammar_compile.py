@@ -1,0 +1,81 @@
+"""CompileThreads (aiollm/engine/grammar_compile.py) on its own: functions that stand in for
+xgrammar's compilations, held on events or sleeping, so the timings are the test's."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from aiollm.engine.grammar_compile import CompileThreads
+from aiollm.errors import Overloaded
+
+
+def _held(event: threading.Event) -> str:
+    event.wait(30)
+    return "held"
+
+
+def test_time_in_the_queue_is_not_the_grammars():
+    """A grammar's deadline counts from the start of its compilation: one queued behind a
+    slow compilation got only what was left of its deadline when a thread took it (here
+    0.05 s of 0.5), and its request a TimeoutError (a 400 saying "simplify the schema") for
+    a grammar that compiles in 0.2 s, as a 400-property schema queued behind two slow ones
+    did. A grammar that never got a thread is the server's fault: Overloaded (a 503)."""
+    release = threading.Event()
+
+    async def quick_behind_slow():
+        threads = CompileThreads(0.5, threads=1, max_overdue=1)
+        slow = asyncio.ensure_future(threads.run("slow", _held, release))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        quick = await threads.run("quick", lambda: time.sleep(0.2) or "quick")
+        took = time.monotonic() - t0
+        with pytest.raises(TimeoutError):
+            await slow
+        threads.close()
+        return quick, took
+
+    async def never_started():
+        # the slow ones, the first past its deadline and the second running, take all the
+        # room there is (a thread and one overdue), then both run past their deadlines
+        threads = CompileThreads(0.5, threads=1, max_overdue=1)
+        slow = [asyncio.ensure_future(threads.run(i, _held, release)) for i in range(2)]
+        await asyncio.sleep(0.3)
+        t0 = time.monotonic()
+        with pytest.raises(Overloaded, match="busy"):
+            await threads.run("queued", lambda: "queued")
+        took = time.monotonic() - t0
+        for s in slow:
+            with pytest.raises(TimeoutError):
+                await s
+        threads.close()
+        return took
+
+    try:
+        quick, quick_took = asyncio.run(quick_behind_slow())
+        queued_took = asyncio.run(never_started())
+    finally:
+        release.set()
+    assert quick == "quick" and 0.6 < quick_took < 1.5, quick_took
+    assert 0.45 < queued_took < 1.5, queued_took
+
+
+def test_a_timeout_the_function_raises_is_raised_at_once():
+    """fn's own TimeoutError is not taken for the deadline (the wait would spin on the
+    finished compilation until the deadline)."""
+
+    def fails():
+        raise TimeoutError("fn's")
+
+    async def scenario():
+        threads = CompileThreads(5.0)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="fn's"):
+            await threads.run("k", fails)
+        threads.close()
+        return time.monotonic() - t0
+
+    assert asyncio.run(scenario()) < 1.0
