@@ -208,7 +208,23 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (FileNotFoundError, OSError, ValueError) as e:
         log.error("%s", e)
         return 1
+    _exit_if_compiling()
     return 0
+
+
+def _exit_if_compiling() -> None:
+    """End the process at once (code 0) while a grammar compilation runs: it cannot be
+    interrupted, and the interpreter's exit waited for it (EXIT_WAIT, 5 s), then finalized
+    for seconds more beside its threads (~7 s on 2 cores), and aborted with "terminate
+    called without an active exception" (code 134) when it ended meanwhile."""
+    from aiollm.engine.grammar_compile import compiling
+
+    if n := compiling():
+        log.info("exiting with %d grammar compilations under way", n)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

@@ -246,6 +246,41 @@ def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
             proc.wait()
 
 
+def test_serve_exits_at_once_while_a_grammar_compiles(tmp_path):
+    """SIGTERM while a grammar compiles past --grammar-compile-timeout: the process exits 0
+    at once. A compilation cannot be interrupted; the interpreter's exit waited 5 s for it,
+    then finalized for seconds beside its threads (13 s in all with a 2,000-property schema),
+    and aborted ("terminate called without an active exception", 134) when it ended then."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "aiollm.cli", "serve", "--port", str(port), "--kv-tokens",
+           "1024", "--max-model-len", "512", "--grammar-compile-timeout", "1"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(proc, base, log)
+        props = {f"p{i}": {"type": "string"} for i in range(2000)}  # ~30 s here
+        status, _, raw = asyncio.run(_get(base + "/v1/chat/completions", method="POST", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "big", "schema": {"type": "object", "properties": props}}}}))
+        err = json.loads(raw)["error"]
+        assert status == 400 and err["param"] == "response_format.json_schema.schema", err
+        assert "did not compile within 1 s" in err["message"], err
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+        assert time.monotonic() - t0 < 4, time.monotonic() - t0
+        text = log.read_text()
+        assert "exiting with 1 grammar compilations under way" in text, text[-2000:]
+        assert "terminate called" not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_make_setup_says_what_each_step_does():
     """`make serve` on a fresh machine spends about a minute installing: each install step
     is announced before it runs (issue 15, rough edges: it was a silent minute)."""

@@ -212,6 +212,11 @@ class CompileThreads:
             job.future.set_exception(error)
 
 
+def compiling() -> int:
+    """How many compilations (every engine's) run now, past their deadline or not."""
+    return len(_compiling)
+
+
 @atexit.register
 def _wait_at_exit() -> None:
     deadline = time.monotonic() + EXIT_WAIT
