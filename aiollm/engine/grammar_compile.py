@@ -103,13 +103,13 @@ class CompileThreads:
         try:
             while True:  # time in the queue is not the grammar's: its limit moves to its start
                 started = shared.job.started
-                limit = max(called, started or called) + self.timeout
+                limit = (called if started is None else max(called, started)) + self.timeout
                 try:
                     return await asyncio.wait_for(asyncio.shield(shared.done),
                                                   max(0.0, limit - time.monotonic()))
                 except TimeoutError:
-                    if shared.done.done():  # fn's own
-                        raise
+                    if shared.done.done():  # ended as the time ran out, or fn's own timeout
+                        return shared.done.result()
                     started = shared.job.started
                     if started is None:
                         raise Overloaded(f"grammar compiler busy: no compile thread was free "
