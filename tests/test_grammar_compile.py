@@ -79,3 +79,24 @@ def test_a_timeout_the_function_raises_is_raised_at_once():
         return time.monotonic() - t0
 
     assert asyncio.run(scenario()) < 1.0
+
+
+def test_a_compilation_that_ends_as_the_time_runs_out_is_the_result(monkeypatch):
+    """The wait's timer and the compilation's end can come in one turn of the event loop:
+    the wait raises TimeoutError with the result there (here made so: the wait sees the end
+    and still times out). That was a 400 for a grammar already compiled."""
+
+    async def ends_as_time_runs_out(awaitable, timeout):
+        await awaitable
+        raise TimeoutError
+
+    async def scenario():
+        threads = CompileThreads(5.0)
+        monkeypatch.setattr(asyncio, "wait_for", ends_as_time_runs_out)
+        try:
+            return await threads.run("k", lambda: "compiled")
+        finally:
+            monkeypatch.undo()
+            threads.close()
+
+    assert asyncio.run(scenario()) == "compiled"
