@@ -608,6 +608,54 @@ def test_grammar_compile_deadline(loop, held_json_schemas):
     assert run(loop, scenario()) < 1.0
 
 
+def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monkeypatch):
+    """The first grammar's compilation built xgrammar's view of the tokenizer (~1.6 s for
+    this 49k vocabulary, more for larger ones) within that grammar's deadline: with
+    --grammar-compile-timeout 1 the first constrained request failed ("did not compile
+    within 1 s; simplify the schema", for json_object too), and the event loop stalled
+    while it built (the cache's lock, which every compile() takes on the loop, was held)."""
+    import xgrammar as xgr
+
+    from aiollm.engine import grammar
+
+    real = xgr.TokenizerInfo.from_huggingface
+
+    def slow(*args, **kwargs):  # a larger vocabulary's build, on any machine
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grammar._CACHE, "infos", {})  # built by other tests for the process
+    monkeypatch.setattr(xgr.TokenizerInfo, "from_huggingface", slow)
+    eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
+
+    def params(spec: GrammarSpec) -> SamplingParams:
+        return SamplingParams(constraint=Constraint(spec))
+
+    async def scenario():
+        await eng.start()
+        lags = []
+
+        async def tick():
+            while True:
+                t = time.monotonic()
+                await asyncio.sleep(0.01)
+                lags.append(time.monotonic() - t)
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            first = asyncio.ensure_future(eng.compile_grammar(params(GrammarSpec(
+                "json_object", "", "response_format"))))
+            await asyncio.sleep(0.2)  # building
+            await asyncio.wait_for(asyncio.gather(first, eng.compile_grammar(params(
+                GrammarSpec("regex", "(info|built)[0-3]{2}", "guided_regex")))), 30)
+        finally:
+            ticker.cancel()
+            await eng.stop()
+        return max(lags)
+
+    assert run(loop, scenario()) < 0.5
+
+
 def test_process_exits_while_a_grammar_compiles():
     """A compilation cannot be interrupted, and the compile threads were joined when the
     engine stopped and again at interpreter exit: a server told to stop while a large
