@@ -110,3 +110,36 @@ def test_a_compilation_that_ends_as_the_time_runs_out_is_the_result(monkeypatch)
             threads.close()
 
     assert asyncio.run(scenario()) == "compiled"
+
+
+def test_the_deadline_is_a_timeout_error_on_python_3_10_too(monkeypatch):
+    """Python 3.10 (which pyproject.toml accepts) has asyncio.TimeoutError apart from the
+    builtin TimeoutError: the deadline's asyncio.TimeoutError slipped past `except
+    TimeoutError` (Grammars' 400), a 500. Here 3.10's classes are imitated on 3.11."""
+
+    class AsyncioTimeout(Exception):  # 3.10's asyncio.TimeoutError: not a TimeoutError
+        pass
+
+    real = asyncio.wait_for
+
+    async def wait_for_310(awaitable, timeout):
+        try:
+            return await real(awaitable, timeout)
+        except TimeoutError:
+            raise AsyncioTimeout from None
+
+    release = threading.Event()
+
+    async def scenario():
+        threads = CompileThreads(0.2)
+        monkeypatch.setattr(asyncio, "TimeoutError", AsyncioTimeout)
+        monkeypatch.setattr(asyncio, "wait_for", wait_for_310)
+        try:
+            with pytest.raises(TimeoutError):
+                await threads.run("k", _held, release)
+        finally:
+            monkeypatch.undo()
+            release.set()
+            threads.close()
+
+    asyncio.run(scenario())

@@ -107,7 +107,7 @@ class CompileThreads:
                 try:
                     return await asyncio.wait_for(asyncio.shield(shared.done),
                                                   max(0.0, limit - time.monotonic()))
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin one on Python 3.10
                     if shared.done.done():  # ended as the time ran out, or fn's own timeout
                         return shared.done.result()
                     started = shared.job.started
@@ -115,7 +115,7 @@ class CompileThreads:
                         raise Overloaded(f"grammar compiler busy: no compile thread was free "
                                          f"within {self.timeout:g} s; retry later") from None
                     if max(called, started) + self.timeout <= time.monotonic():
-                        raise
+                        raise TimeoutError(f"not done within {self.timeout:g} s") from None
         except asyncio.CancelledError:
             if shared.done.cancelled():  # close() released it, not our caller
                 raise Overloaded("the engine shut down before the grammar compiled") from None
