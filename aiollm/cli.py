@@ -101,6 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "past them a request gets 503 (at most 1048576)")
     e.add_argument("--queue-timeout", type=float, default=d.queue_timeout,
                    help="seconds a request may wait for admission (default: no limit)")
+    e.add_argument("--grammar-compile-timeout", type=float, default=d.grammar_compile_timeout,
+                   metavar="SECONDS",
+                   help="seconds a request's grammar may compile before the request fails "
+                        "with 400 (the compilation runs on and is cached); a request that "
+                        "waits as long for a compile thread gets 503")
     e.add_argument("--scheduler", default=d.scheduler,
                    choices=["past_future", "aggressive", "conservative"],
                    help="admission policy")
@@ -140,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
 _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
                    "kv_tokens", "kv_memory_fraction", "max_running_requests",
                    "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",
-                   "queue_timeout", "scheduler", "past_future_estimator", "scheduler_blind_cap",
-                   "table_capacity", "cuda_graph", "cuda_graph_max_batch", "warm_up",
+                   "queue_timeout", "grammar_compile_timeout", "scheduler",
+                   "past_future_estimator", "scheduler_blind_cap", "table_capacity",
+                   "cuda_graph", "cuda_graph_max_batch", "warm_up",
                    "served_model_name", "tool_call_parser", "reasoning_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
                    "dist_init_addr", "special_tokens_in_content")
@@ -202,7 +208,23 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except (FileNotFoundError, OSError, ValueError) as e:
         log.error("%s", e)
         return 1
+    _exit_if_compiling()
     return 0
+
+
+def _exit_if_compiling() -> None:
+    """End the process at once (code 0) while a grammar compilation runs: it cannot be
+    interrupted, and the interpreter's exit waited for it (EXIT_WAIT, 5 s), then finalized
+    for seconds more beside its threads (~7 s on 2 cores), and aborted with "terminate
+    called without an active exception" (code 134) when it ended meanwhile."""
+    from aiollm.engine.grammar_compile import compiling
+
+    if n := compiling():
+        log.info("exiting with %d grammar compilations under way", n)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":

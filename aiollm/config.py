@@ -47,6 +47,10 @@ class EngineConfig:
     mixed_prefill_tokens: int | None = 1024
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission
+    # seconds a request's grammar may compile before the request fails (400; as long queued
+    # for a compile thread: 503); legitimate large schemas took up to ~30 s on a 2-core CPU,
+    # pathological ones minutes (aiollm/engine/grammar_compile.py)
+    grammar_compile_timeout: float = 60.0
     # request table slots (running + waiting + paused): a request past them gets Overloaded
     table_capacity: int = 8192
     # aggressive | past_future | conservative; aggressive matched or beat Past-Future's goodput
@@ -137,6 +141,11 @@ class EngineConfig:
                              f"(or None), got {self.reasoning_parser!r}")
         if self.queue_timeout is not None and not self.queue_timeout > 0:  # NaN too
             raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")
+        t = self.grammar_compile_timeout
+        if not (isinstance(t, numbers.Real) and not isinstance(t, bool)
+                and 0 < t < float("inf")):  # NaN too
+            raise ValueError(f"grammar_compile_timeout must be a finite number of seconds > 0, "
+                             f"got {t!r}")
 
     def cpu_pool_tokens(self, context_len: int) -> int:
         """KV pool tokens on the CPU: cpu_kv_tokens, or CPU_KV_CONTEXTS full contexts of

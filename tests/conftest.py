@@ -111,6 +111,35 @@ def server(request):
     return shared_server(request.config)
 
 
+@pytest.fixture
+def held_json_schemas(monkeypatch):
+    """xgrammar's JSON schema compilation made to wait, for a schema titled "held" with
+    property p<i>, until release[i] is set (a real large schema takes seconds to minutes);
+    calls[i] counts its compilations. Compiled grammars are cached for the process: each
+    test holds schemas of its own i. Yields (release, calls); all are released at the end."""
+    import re
+    import threading
+    from collections import defaultdict
+
+    import xgrammar as xgr
+
+    real = xgr.GrammarCompiler.compile_json_schema
+    release: dict = defaultdict(threading.Event)
+    calls: dict = defaultdict(int)
+
+    def held(self, schema, *args, **kwargs):
+        if '"held"' in schema:
+            i = int(re.search(r'"p(\d+)"', schema)[1])
+            calls[i] += 1
+            release[i].wait(30)
+        return real(self, schema, *args, **kwargs)
+
+    monkeypatch.setattr(xgr.GrammarCompiler, "compile_json_schema", held)
+    yield release, calls
+    for event in list(release.values()):
+        event.set()
+
+
 @pytest.fixture(scope="module")
 def client(server):
     """The official `openai` client on the shared server."""

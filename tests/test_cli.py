@@ -30,7 +30,7 @@ def test_serve_help():
                 "--served-model-name", "--api-key", "--load-format", "--log-level",
                 "--scheduler", "--max-waiting-requests", "--queue-timeout", "--no-cuda-graph",
                 "--shutdown-timeout", "--table-capacity", "--cuda-graph-max-batch",
-                "--cuda-graph-max-bs", "MODEL"):
+                "--cuda-graph-max-bs", "--grammar-compile-timeout", "MODEL"):
         assert opt in out.stdout
     from aiollm.api import lightllm, ops
     from aiollm.api import openai as openai_api
@@ -67,6 +67,8 @@ def test_serve_rejects_bad_options():
                        (["--table-capacity", "1e3"], "invalid int value"),
                        (["--cuda-graph-max-batch", "0"], "must be an integer >= 1"),
                        (["--cuda-graph-max-bs", "-3"], "must be an integer >= 1"),
+                       (["--grammar-compile-timeout", "0"], "finite number of seconds > 0"),
+                       (["--grammar-compile-timeout", "nan"], "finite number of seconds > 0"),
                        (["--max-running-requests", "0"], "must be an integer >= 1")):
         out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
                              timeout=60)
@@ -244,6 +246,41 @@ def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
             proc.wait()
 
 
+def test_serve_exits_at_once_while_a_grammar_compiles(tmp_path):
+    """SIGTERM while a grammar compiles past --grammar-compile-timeout: the process exits 0
+    at once. A compilation cannot be interrupted; the interpreter's exit waited 5 s for it,
+    then finalized for seconds beside its threads (13 s in all with a 2,000-property schema),
+    and aborted ("terminate called without an active exception", 134) when it ended then."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    cmd = [sys.executable, "-m", "aiollm.cli", "serve", "--port", str(port), "--kv-tokens",
+           "1024", "--max-model-len", "512", "--grammar-compile-timeout", "1"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(proc, base, log)
+        props = {f"p{i}": {"type": "string"} for i in range(2000)}  # ~30 s here
+        status, _, raw = asyncio.run(_get(base + "/v1/chat/completions", method="POST", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "big", "schema": {"type": "object", "properties": props}}}}))
+        err = json.loads(raw)["error"]
+        assert status == 400 and err["param"] == "response_format.json_schema.schema", err
+        assert "did not compile within 1 s" in err["message"], err
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+        assert time.monotonic() - t0 < 4, time.monotonic() - t0
+        text = log.read_text()
+        assert "exiting with 1 grammar compilations under way" in text, text[-2000:]
+        assert "terminate called" not in text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_make_setup_says_what_each_step_does():
     """`make serve` on a fresh machine spends about a minute installing: each install step
     is announced before it runs (issue 15, rough edges: it was a silent minute)."""
@@ -270,3 +307,15 @@ def test_engine_config_takes_a_torch_device():
     assert EngineConfig(device=torch.device("cuda", 1)).device == "cuda:1"
     with pytest.raises(ValueError, match="'meta'"):
         EngineConfig(device=torch.device("meta"))
+
+
+def test_grammar_compile_timeout_is_checked():
+    """The Engine API's keyword is checked where the CLI's flag is: a timeout of 0, NaN or
+    infinity is refused naming it (infinity would have failed each compile thread's wait)."""
+    from aiollm.config import EngineConfig
+
+    assert EngineConfig().grammar_compile_timeout == 60.0
+    assert EngineConfig(grammar_compile_timeout=2).grammar_compile_timeout == 2
+    for bad in (0, -1.0, float("nan"), float("inf"), "60", None, True):
+        with pytest.raises(ValueError, match="grammar_compile_timeout must be"):
+            EngineConfig(grammar_compile_timeout=bad)

@@ -500,39 +500,35 @@ def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
     assert all(isinstance(r, Overloaded) for r in results), results
 
 
-def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, monkeypatch):
+def _held(i: int) -> SamplingParams:
+    schema = f'{{"title": "held", "type": "object", "properties": {{"p{i}": {{}}}}}}'
+    return SamplingParams(constraint=Constraint(GrammarSpec("json_schema", schema,
+                                                            "guided_json")))
+
+
+def _grammar_threads() -> set:
+    import threading
+
+    return {t for t in threading.enumerate() if t.name.startswith("aiollm-grammar")}
+
+
+def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, held_json_schemas):
     """Grammars compile on the engine's own threads: compilations held for as long as the
     test likes (xgrammar's compile call waits; a large schema takes seconds) filled the loop's
     default pool, where a plain request's long prompt waited to be tokenized. Stopping the
-    engine ends the compile threads and fails the compilations still queued (Overloaded)."""
+    engine does not wait for the compilations under way (it waited for them: up to ~10 min
+    for a 5,000-property schema) and fails every request still waiting for one (Overloaded);
+    the compile threads end by themselves."""
     import os
-    import threading
 
-    import xgrammar as xgr
-
-    real, release = xgr.GrammarCompiler.compile_json_schema, threading.Event()
-
-    def held(self, schema, *args, **kwargs):
-        if '"held"' in schema:
-            release.wait(120)
-        return real(self, schema, *args, **kwargs)
-
-    monkeypatch.setattr(xgr.GrammarCompiler, "compile_json_schema", held)
-
-    def compile_threads() -> set:
-        return {t for t in threading.enumerate() if t.name.startswith("aiollm-grammar")}
-
-    others = compile_threads()  # other engines' (the module's)
+    release, _ = held_json_schemas
+    others = _grammar_threads()  # other engines' (the module's)
     default_workers = min(32, (os.cpu_count() or 1) + 4)  # the loop's default pool
     eng = Engine(None, kv_tokens=2048)
 
-    def held_params(i: int) -> SamplingParams:
-        schema = f'{{"title": "held", "type": "object", "properties": {{"p{i}": {{}}}}}}'
-        return SamplingParams(constraint=Constraint(GrammarSpec("json_schema", schema)))
-
     async def scenario():
         await eng.start()
-        compiles = [asyncio.ensure_future(eng.compile_grammar(held_params(i)))
+        compiles = [asyncio.ensure_future(eng.compile_grammar(_held(i)))
                     for i in range(default_workers + 2)]
         await asyncio.sleep(0.5)
         assert not any(c.done() for c in compiles)
@@ -540,19 +536,166 @@ def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, monkeypatch):
         out = await asyncio.wait_for(eng.generate(long_text, SamplingParams(
             max_tokens=2, temperature=0)), 30)
         assert out.completion_tokens == 2 and not any(c.done() for c in compiles)
-        stopping = asyncio.ensure_future(eng.stop())  # waits for the two compiling
-        await asyncio.sleep(0.5)
-        release.set()
-        await stopping
-        return await asyncio.gather(*compiles, return_exceptions=True)
+        t0 = time.monotonic()
+        await eng.stop()  # two compilations are under way, held
+        stopped_in = time.monotonic() - t0
+        return stopped_in, await asyncio.gather(*compiles, return_exceptions=True)
 
-    try:
-        results = run(loop, scenario())
-    finally:
-        release.set()
-    assert results[:2] == [None, None], results  # under way: finished
-    assert all(isinstance(r, Overloaded) for r in results[2:]), results  # queued: dropped
-    assert compile_threads() <= others, compile_threads() - others
+    stopped_in, results = run(loop, scenario())
+    for i in range(default_workers + 2):
+        release[i].set()
+    assert stopped_in < 1.0, stopped_in
+    assert all(isinstance(r, Overloaded) for r in results), results
+    deadline = time.monotonic() + 10
+    while not _grammar_threads() <= others and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _grammar_threads() <= others, _grammar_threads() - others
+
+
+def test_grammar_compile_deadline(loop, held_json_schemas):
+    """A grammar not compiled within grammar_compile_timeout fails its request with an
+    InvalidRequest naming its field, and its compilation, which cannot be interrupted, stops
+    holding a compile thread: other grammars compile meanwhile. A schema of 5,000 optional
+    properties compiled for ~10 min on one of the two threads (two stalled every constrained
+    request) while its client waited. Past-deadline compilations run on up to a cap, beyond
+    which a new grammar is refused at once (Overloaded); one that ends late is cached, and
+    stop() does not wait for them."""
+    import re
+
+    release, calls = held_json_schemas
+    eng = Engine(None, kv_tokens=2048, grammar_compile_timeout=0.5)
+    regex = r"(yes|no), [a-c]{3}"  # a grammar no other test compiles
+    guided = SamplingParams(max_tokens=12, temperature=0,
+                            constraint=Constraint(GrammarSpec("regex", regex, "guided_regex")))
+
+    async def scenario():
+        await eng.start()
+        await eng.compile_grammar(SamplingParams(constraint=Constraint(
+            GrammarSpec("json_object"))))  # the tokenizer's grammar info: built once
+        t0 = time.monotonic()
+        with pytest.raises(InvalidRequest, match="did not compile within 0.5 s") as e:
+            await asyncio.wait_for(eng.compile_grammar(_held(101)), 10)
+        assert e.value.param == "guided_json" and 0.45 < time.monotonic() - t0 < 5
+        # the other thread held too: a new grammar still compiles, and its request runs
+        second = asyncio.ensure_future(eng.compile_grammar(_held(102)))
+        await asyncio.sleep(0.05)
+        out = await asyncio.wait_for(eng.generate("Answer yes or no:", guided), 30)
+        assert re.fullmatch(regex, out.text) and out.finish_reason == "stop", out
+        out = await asyncio.wait_for(eng.generate("Hello", SamplingParams(max_tokens=2)), 30)
+        assert out.completion_tokens == 2
+        with pytest.raises(InvalidRequest, match="guided_json"):
+            await second
+        await asyncio.sleep(0.5)  # its thread marks it past its deadline
+        # both run on past their deadline: the cap; a cached grammar needs no thread
+        t0 = time.monotonic()
+        with pytest.raises(Overloaded, match="grammar compiler busy"):
+            await eng.compile_grammar(_held(103))
+        assert time.monotonic() - t0 < 0.2 and calls[103] == 0
+        out = await asyncio.wait_for(eng.generate("Answer yes or no:", guided), 30)
+        assert re.fullmatch(regex, out.text), out
+        # the first ends late: cached (its retry compiles nothing), and a thread is free
+        release[101].set()
+        await asyncio.wait_for(eng.compile_grammar(_held(101)), 5)
+        assert calls[101] == 1
+        await asyncio.sleep(0.1)
+        release[104].set()
+        await asyncio.wait_for(eng.compile_grammar(_held(104)), 5)
+        t0 = time.monotonic()
+        await eng.stop()  # the second compiles on, held
+        return time.monotonic() - t0
+
+    assert run(loop, scenario()) < 1.0
+
+
+def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monkeypatch):
+    """The first grammar's compilation built xgrammar's view of the tokenizer (~1.6 s for
+    this 49k vocabulary, more for larger ones) within that grammar's deadline: with
+    --grammar-compile-timeout 1 the first constrained request failed ("did not compile
+    within 1 s; simplify the schema", for json_object too), and the event loop stalled
+    while it built (the cache's lock, which every compile() takes on the loop, was held)."""
+    import xgrammar as xgr
+
+    from aiollm.engine import grammar
+
+    real = xgr.TokenizerInfo.from_huggingface
+
+    def slow(*args, **kwargs):  # a larger vocabulary's build, on any machine
+        time.sleep(1.0)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(grammar._CACHE, "infos", {})  # built by other tests for the process
+    monkeypatch.setattr(xgr.TokenizerInfo, "from_huggingface", slow)
+    eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
+
+    def params(spec: GrammarSpec) -> SamplingParams:
+        return SamplingParams(constraint=Constraint(spec))
+
+    async def scenario():
+        await eng.start()
+        lags = []
+
+        async def tick():
+            while True:
+                t = time.monotonic()
+                await asyncio.sleep(0.01)
+                lags.append(time.monotonic() - t)
+
+        ticker = asyncio.ensure_future(tick())
+        try:
+            first = asyncio.ensure_future(eng.compile_grammar(params(GrammarSpec(
+                "json_object", "", "response_format"))))
+            await asyncio.sleep(0.2)  # building
+            await asyncio.wait_for(asyncio.gather(first, eng.compile_grammar(params(
+                GrammarSpec("regex", "(info|built)[0-3]{2}", "guided_regex")))), 30)
+        finally:
+            ticker.cancel()
+            await eng.stop()
+        return max(lags)
+
+    assert run(loop, scenario()) < 0.5
+
+
+def test_process_exits_while_a_grammar_compiles():
+    """A compilation cannot be interrupted, and the compile threads were joined when the
+    engine stopped and again at interpreter exit: a server told to stop while a large
+    schema compiled lived on until it had compiled (~10 min for 5,000 properties). Nor may
+    the exit abort: a compile thread that came back from xgrammar's C++ while the interpreter
+    finalized was ended by pthread_exit, and the process with "terminate called without an
+    active exception" (here: the tokenizer's grammar info, ~1 s, and a real schema)."""
+    import subprocess
+    import sys
+
+    script = """if True:
+        import asyncio, json, threading
+        import xgrammar as xgr
+        from aiollm import Engine, SamplingParams
+        from aiollm.sampling_params import Constraint, GrammarSpec
+
+        real = xgr.GrammarCompiler.compile_json_schema
+        def held(self, schema, *args, **kwargs):
+            if '"held"' in schema:
+                threading.Event().wait()  # for ever
+            return real(self, schema, *args, **kwargs)
+        xgr.GrammarCompiler.compile_json_schema = held
+
+        def params(schema):
+            return SamplingParams(constraint=Constraint(GrammarSpec("json_schema", schema)))
+
+        async def main():
+            async with Engine(None, kv_tokens=1024) as eng:
+                props = {f"p{i}": {"type": "string"} for i in range(600)}
+                for schema in ('{"title": "held"}', json.dumps({"properties": props})):
+                    asyncio.ensure_future(eng.compile_grammar(params(schema)))
+                await asyncio.sleep(0.5)  # compiling
+
+        asyncio.run(main())
+        print("stopped")
+    """
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0 and out.stdout == "stopped\n", out.stderr[-2000:]
+    assert "terminate called" not in out.stderr and time.monotonic() - t0 < 40
 
 
 def test_step_model_seconds_count_the_cpu_forward(loop, engine):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import time
 
 import jsonschema
 import openai
@@ -313,6 +314,48 @@ def test_schema_nearly_as_deep_as_the_body_decoder_takes_is_400(server):
                               headers={"Content-Type": "application/json"})
         assert status == 400, (depth, raw[:300])
         assert json.loads(raw)["error"]["param"] in ("guided_json", None), raw[:300]
+
+
+def test_grammar_not_compiled_in_time_is_400_and_past_the_cap_503(held_json_schemas):
+    """--grammar-compile-timeout: a grammar that has not compiled in time is a 400 naming
+    its field (a 5,000-property schema held a compile thread and its client for ~10 min);
+    while two such compilations run on, a new grammar is a 503 with Retry-After, and
+    requests without one are served. A compilation that ends late is cached: its retry is
+    served without compiling again."""
+    from live_server import LiveServer
+
+    release, calls = held_json_schemas
+    param = "response_format.json_schema.schema"
+
+    def ask(i: int | None) -> tuple[int, dict, dict]:
+        body = {"messages": ASK, "max_tokens": 4}
+        if i is not None:
+            body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x",
+                "schema": {"title": "held", "type": "object", "properties": {f"p{i}": {}}}}}
+        status, headers, raw = http(srv, "POST", "/v1/chat/completions", json=body)
+        return status, headers, json.loads(raw)
+
+    srv = LiveServer(grammar_compile_timeout=0.5).start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both compile threads
+            replies = list(pool.map(ask, (201, 202)))
+        for status, _, body in replies:
+            err = body["error"]
+            assert status == 400 and err["param"] == param, err
+            assert err["message"] == (f"{param}: the grammar did not compile within 0.5 s; "
+                                      "simplify the schema"), err
+        time.sleep(0.5)  # the compile threads mark both past their deadline
+        status, headers, body = ask(203)
+        assert status == 503 and "Retry-After" in headers, body
+        assert "grammar compiler busy" in body["error"]["message"] and calls[203] == 0, body
+        status, _, body = ask(None)
+        assert status == 200 and body["choices"][0]["message"]["content"], body
+        release[201].set()
+        time.sleep(0.2)
+        status, _, body = ask(201)
+        assert status == 200 and calls[201] == 1, body
+    finally:
+        srv.close()
 
 
 def test_keyword_names_as_property_names_are_fine(client):

@@ -126,7 +126,8 @@ class Engine:
                                prefix_cache=self.prefix_cache,
                                fill_to=getattr(self.runner.prefill_graphs, "fill_to", None))
         self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size,
-                                 self.eos_ids.tolist(), device, max_rows=self.planner.max_running)
+                                 self.eos_ids.tolist(), device, max_rows=self.planner.max_running,
+                                 compile_timeout=cfg.grammar_compile_timeout)
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-model")
         # waits for device events, so the model thread is free to launch the next step
         self._waiter = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="aiollm-wait")
@@ -150,7 +151,7 @@ class Engine:
                 await self._loop_task
         self._executor.shutdown(wait=True)
         self._waiter.shutdown(wait=True)
-        await self.grammars.close()
+        self.grammars.close()  # never waits for a compilation under way
         if self.ranks is not None:
             self.ranks.stop()
         self._inflight = None

@@ -6,10 +6,10 @@ and logit biases. The grammar library is xgrammar (bench/grammar_libs.py measure
 llguidance on this CPU: its masks are 3-10x faster per token, which is the cost paid on every
 step; its compile step is cached here). The engine owns one `Grammars`:
 
-- `compile()` turns a grammar into an xgrammar CompiledGrammar on one of the engine's
-  compile threads (never on the event loop, nor in its default pool; `close()` ends them),
-  kept in an LRU cache keyed by (tokenizer, kind, grammar text); concurrent requests for
-  the same grammar from the same field share one compilation;
+- `compile()` turns a grammar into an xgrammar CompiledGrammar on the engine's compile
+  threads (never on the event loop, nor in its default pool; grammar_compile.py), within
+  a deadline, kept in an LRU cache keyed by (tokenizer, kind, grammar text); concurrent
+  requests for the same grammar from the same field share one compilation;
 - `start()` gives a request its `GrammarState` (the matcher, the allowed-ids row, the bias);
 - `accept()` advances the matchers by the tokens a step sampled (one batched call); a
   matcher that reaches its end finishes its request with "stop";
@@ -38,7 +38,6 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -46,17 +45,13 @@ import numpy as np
 import torch
 
 from aiollm.engine.grammar_check import compilable
-from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
+from aiollm.engine.grammar_compile import CompileThreads
+from aiollm.errors import InvalidRequest, RequestFailed
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
-# Compilations run on the engine's own threads, not the loop's default pool: a large schema
-# compiles for seconds, and a few of them at once held every default worker while other
-# requests' tokenizing (also there) waited. Two, so one slow grammar does not hold up every
-# other new one (xgrammar spreads each compilation over threads of its own)
-COMPILE_THREADS = 2
 MAX_BIAS = 100.0
 ENDED, REJECTED = 1, -1  # accept() results
 _LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: "
@@ -94,7 +89,9 @@ class _Cache:
 
     infos: dict = field(default_factory=dict)
     compiled: OrderedDict = field(default_factory=OrderedDict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: threading.Lock = field(default_factory=threading.Lock)  # compiled's (taken on the loop)
+    # infos' builds (seconds): a lock of their own, so that the loop never waits for one
+    info_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _CACHE = _Cache()
@@ -104,10 +101,11 @@ class Grammars:
     """The engine's grammar compiler, cache and mask builder (see the module docstring).
 
     vocab_size is the model's (logits') width, which may exceed the tokenizer's; ids past the
-    tokenizer are never allowed under a grammar. stop_ids end a grammar (the model's eos)."""
+    tokenizer are never allowed under a grammar. stop_ids end a grammar (the model's eos).
+    compile_timeout: seconds a grammar may compile (and wait for a compile thread)."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_ids: list[int], device: torch.device,
-                 max_rows: int = 256):
+                 max_rows: int = 256, compile_timeout: float = 60.0):
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.words = (vocab_size + 31) // 32
@@ -119,9 +117,11 @@ class Grammars:
         self.device = device
         self.max_rows = max_rows
         self._key = _tokenizer_key(tokenizer, vocab_size)
-        self._pending: dict[tuple, asyncio.Future] = {}
-        # threads start at the first compile; close() ends them
-        self._pool = ThreadPoolExecutor(COMPILE_THREADS, thread_name_prefix="aiollm-grammar")
+        # Compilations run on the engine's own threads, not the loop's default pool: a large
+        # schema compiles for seconds, and a few of them at once held every default worker
+        # while other requests' tokenizing (also there) waited
+        self._threads = CompileThreads(compile_timeout)
+        self._info: asyncio.Future | None = None  # the tokenizer info's build, off the loop
         self._bitmasks: _BitmaskBuffers | None = None  # made at the first constrained step
         self._batch = None  # xgrammar.BatchGrammarMatcher
 
@@ -129,14 +129,27 @@ class Grammars:
     def _compiler(self):
         import xgrammar as xgr
 
-        with _CACHE.lock:
-            if self._key not in _CACHE.infos:
-                # xgrammar needs transformers' tokenizer (ServingTokenizer has one inside)
-                hf = getattr(self.tokenizer, "hf_tokenizer", self.tokenizer)
-                info = xgr.TokenizerInfo.from_huggingface(
-                    hf, vocab_size=self.grammar_vocab, stop_token_ids=self.stop_ids or None)
-                _CACHE.infos[self._key] = xgr.GrammarCompiler(info, cache_enabled=False)
-            return _CACHE.infos[self._key]
+        compiler = _CACHE.infos.get(self._key)
+        if compiler is None:
+            with _CACHE.info_lock:
+                compiler = _CACHE.infos.get(self._key)
+                if compiler is None:
+                    # xgrammar needs transformers' tokenizer (ServingTokenizer has one inside)
+                    hf = getattr(self.tokenizer, "hf_tokenizer", self.tokenizer)
+                    info = xgr.TokenizerInfo.from_huggingface(
+                        hf, vocab_size=self.grammar_vocab, stop_token_ids=self.stop_ids or None)
+                    compiler = _CACHE.infos[self._key] = xgr.GrammarCompiler(
+                        info, cache_enabled=False)
+        return compiler
+
+    async def _info_built(self) -> None:
+        """The tokenizer's xgrammar info, built once (seconds: ~1.6 for a 49k vocabulary)
+        off the loop and outside any grammar's deadline, shared by the requests that wait."""
+        if self._key in _CACHE.infos:
+            return
+        if self._info is None or self._info.done():  # a failed build is tried again
+            self._info = asyncio.ensure_future(asyncio.to_thread(self._compiler))
+        await asyncio.shield(self._info)
 
     def compile_now(self, spec: GrammarSpec):
         """The compiled grammar of `spec` (blocking: call from a thread, or see compile()).
@@ -162,35 +175,30 @@ class Grammars:
         return compiled
 
     async def compile(self, spec: GrammarSpec):
-        """compile_now on a worker thread; concurrent calls for one grammar from one field
-        (GrammarSpec.param) share the work."""
+        """compile_now on a compile thread; concurrent calls for one grammar from one field
+        (GrammarSpec.param) share the work. Raises InvalidRequest (param: spec.param) when
+        the grammar is bad or has not compiled within compile_timeout seconds of compiling
+        (it compiles on, into the cache), Overloaded when closed or the compile threads are
+        clogged (none started it within compile_timeout seconds, or too many compilations
+        run past their deadline)."""
         key = (self._key, spec.kind, spec.value)
         with _CACHE.lock:
             if key in _CACHE.compiled:
                 _CACHE.compiled.move_to_end(key)
                 return _CACHE.compiled[key]
-        # shared per field too: a refusal names the field of the request it answers
-        pending = (*key, spec.param)
-        fut = self._pending.get(pending)
-        if fut is None:
-            try:
-                fut = asyncio.get_running_loop().run_in_executor(self._pool, self.compile_now,
-                                                                 spec)
-            except RuntimeError:  # the pool is shut down
-                raise Overloaded("the engine is shutting down") from None
-            self._pending[pending] = fut
-            fut.add_done_callback(lambda _: self._pending.pop(pending, None))
-        try:
-            return await asyncio.shield(fut)
-        except asyncio.CancelledError:
-            if fut.cancelled():  # close() dropped it before it started, not our caller
-                raise Overloaded("the engine shut down before the grammar compiled") from None
-            raise
+        await self._info_built()
+        try:  # shared per field too: a refusal names the field of the request it answers
+            return await self._threads.run((*key, spec.param), self.compile_now, spec)
+        except TimeoutError:
+            what = "grammar" if spec.kind in ("regex", "choice", "ebnf") else "schema"
+            raise InvalidRequest(f"{spec.param}: the grammar did not compile within "
+                                 f"{self._threads.timeout:g} s; simplify the {what}",
+                                 param=spec.param) from None
 
-    async def close(self) -> None:
-        """End the compile threads (a compilation under way finishes first, on a thread that
-        keeps the event loop free; queued ones are dropped: their requests get Overloaded)."""
-        await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)
+    def close(self) -> None:
+        """Stop compiling: queued compilations are dropped and every request waiting for one
+        gets Overloaded; one under way finishes on its own thread, unwaited."""
+        self._threads.close()
 
     # -- per request ------------------------------------------------------------------------
     def check(self, c: Constraint) -> None:

@@ -1,0 +1,145 @@
+"""CompileThreads (aiollm/engine/grammar_compile.py) on its own: functions that stand in for
+xgrammar's compilations, held on events or sleeping, so the timings are the test's."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from aiollm.engine.grammar_compile import CompileThreads
+from aiollm.errors import Overloaded
+
+
+def _held(event: threading.Event) -> str:
+    event.wait(30)
+    return "held"
+
+
+def test_time_in_the_queue_is_not_the_grammars():
+    """A grammar's deadline counts from the start of its compilation: one queued behind a
+    slow compilation got only what was left of its deadline when a thread took it (here
+    0.05 s of 0.5), and its request a TimeoutError (a 400 saying "simplify the schema") for
+    a grammar that compiles in 0.2 s, as a 400-property schema queued behind two slow ones
+    did."""
+    release = threading.Event()
+
+    async def scenario():
+        threads = CompileThreads(0.5, threads=1, max_overdue=1)
+        slow = asyncio.ensure_future(threads.run("slow", _held, release))
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        quick = await threads.run("quick", lambda: time.sleep(0.2) or "quick")
+        took = time.monotonic() - t0
+        with pytest.raises(TimeoutError):
+            await slow
+        threads.close()
+        return quick, took
+
+    try:
+        quick, took = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert quick == "quick" and 0.2 < took < 5, took
+
+
+def test_a_grammar_no_thread_started_is_overloaded():
+    """A grammar that never got a thread within the timeout is the server's fault:
+    Overloaded (a 503 with Retry-After), not a TimeoutError (a 400 naming its field)."""
+    release = threading.Event()
+
+    async def scenario():
+        # the slow ones, the first past its deadline and the second running, take all the
+        # room there is (a thread and one overdue), then both run past their deadlines
+        threads = CompileThreads(1.0, threads=1, max_overdue=1)
+        slow = [asyncio.ensure_future(threads.run(i, _held, release)) for i in range(2)]
+        await asyncio.sleep(0.2)
+        t0 = time.monotonic()
+        with pytest.raises(Overloaded, match="no compile thread was free within 1 s"):
+            await threads.run("queued", lambda: "queued")
+        took = time.monotonic() - t0
+        for s in slow:
+            with pytest.raises(TimeoutError):
+                await s
+        threads.close()
+        return took
+
+    try:
+        took = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert 0.9 < took < 5, took
+
+
+def test_a_timeout_the_function_raises_is_raised_at_once():
+    """fn's own TimeoutError is not taken for the deadline (the wait would spin on the
+    finished compilation until the deadline)."""
+
+    def fails():
+        raise TimeoutError("fn's")
+
+    async def scenario():
+        threads = CompileThreads(5.0)
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError, match="fn's"):
+            await threads.run("k", fails)
+        threads.close()
+        return time.monotonic() - t0
+
+    assert asyncio.run(scenario()) < 1.0
+
+
+def test_a_compilation_that_ends_as_the_time_runs_out_is_the_result(monkeypatch):
+    """The wait's timer and the compilation's end can come in one turn of the event loop:
+    the wait raises TimeoutError with the result there (here made so: the wait sees the end
+    and still times out). That was a 400 for a grammar already compiled."""
+
+    async def ends_as_time_runs_out(awaitable, timeout):
+        await awaitable
+        raise TimeoutError
+
+    async def scenario():
+        threads = CompileThreads(5.0)
+        monkeypatch.setattr(asyncio, "wait_for", ends_as_time_runs_out)
+        try:
+            return await threads.run("k", lambda: "compiled")
+        finally:
+            monkeypatch.undo()
+            threads.close()
+
+    assert asyncio.run(scenario()) == "compiled"
+
+
+def test_the_deadline_is_a_timeout_error_on_python_3_10_too(monkeypatch):
+    """Python 3.10 (which pyproject.toml accepts) has asyncio.TimeoutError apart from the
+    builtin TimeoutError: the deadline's asyncio.TimeoutError slipped past `except
+    TimeoutError` (Grammars' 400), a 500. Here 3.10's classes are imitated on 3.11."""
+
+    class AsyncioTimeout(Exception):  # 3.10's asyncio.TimeoutError: not a TimeoutError
+        pass
+
+    real = asyncio.wait_for
+
+    async def wait_for_310(awaitable, timeout):
+        try:
+            return await real(awaitable, timeout)
+        except TimeoutError:
+            raise AsyncioTimeout from None
+
+    release = threading.Event()
+
+    async def scenario():
+        threads = CompileThreads(0.2)
+        monkeypatch.setattr(asyncio, "TimeoutError", AsyncioTimeout)
+        monkeypatch.setattr(asyncio, "wait_for", wait_for_310)
+        try:
+            with pytest.raises(TimeoutError):
+                await threads.run("k", _held, release)
+        finally:
+            monkeypatch.undo()
+            release.set()
+            threads.close()
+
+    asyncio.run(scenario())
