@@ -143,3 +143,34 @@ def test_the_deadline_is_a_timeout_error_on_python_3_10_too(monkeypatch):
             threads.close()
 
     asyncio.run(scenario())
+
+
+def test_a_compilation_uses_half_the_cpus_at_most_eight(monkeypatch):
+    """xgrammar's compiler defaults to 8 threads: on a 2-core machine a slow grammar then took
+    the CPU from the event loop and the model thread. The engine's compiler gets half the
+    CPUs this process may run on, 1 to 8."""
+    import os
+
+    import torch
+    import xgrammar as xgr
+
+    from aiollm.engine import grammar
+    from aiollm.engine.grammar import Grammars, compiler_threads
+
+    for cpus, want in ((1, 1), (2, 1), (6, 3), (16, 8), (64, 8)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _, n=cpus: set(range(n)),
+                            raising=False)
+        assert compiler_threads() == want, cpus
+    made = []
+
+    class Tok:  # what Grammars reads of a tokenizer before xgrammar takes it
+        name_or_path, eos_token_id = "tiny", 0
+
+        def __len__(self):
+            return 100
+
+    monkeypatch.setattr(xgr.TokenizerInfo, "from_huggingface", lambda *a, **k: "info")
+    monkeypatch.setattr(xgr, "GrammarCompiler", lambda info, **kw: made.append((info, kw)))
+    monkeypatch.setattr(grammar, "_CACHE", grammar._Cache())  # no compiler built before
+    Grammars(Tok(), 100, [0], torch.device("cpu"), compile_timeout=1.0)._compiler()
+    assert made == [("info", {"max_threads": 8, "cache_enabled": False})]
