@@ -191,6 +191,23 @@ def test_token_bytes_agree_with_the_tokenizer_for_every_id():
 
 # -- fault 3: echo with logprobs scores the prompt ------------------------------------------------
 
+def test_completion_top_logprobs_list_the_chosen_token(server):
+    """Legacy completions list the chosen token among its top_logprobs even when it is not
+    one of the `logprobs` most likely ("up to logprobs+1 elements", as OpenAI and vLLM do):
+    a sampled token outside the top 1 was missing, so a client could not find it there."""
+    body = {"prompt": "Once upon a time", "max_tokens": 24, "temperature": 1.8, "seed": 3,
+            "logprobs": 1}
+    extra = 0
+    for lp in (completion(server, body)["choices"][0]["logprobs"],
+               completion_stream(server, body)[1]):
+        for t, v, top in zip(lp["tokens"], lp["token_logprobs"], lp["top_logprobs"]):
+            if t.isascii() and t:  # a token's share is its own text
+                assert top[t] == v
+            assert len(top) in (1, 2) and v <= max(top.values())
+            extra += len(top) == 2
+    assert extra >= 2  # the sampling did pick tokens outside the top 1
+
+
 def test_echo_logprobs_include_the_prompt(server):
     body = {"prompt": PARIS, "max_tokens": 3, "temperature": 0, "echo": True, "logprobs": 1}
     out = completion(server, body)
@@ -204,7 +221,9 @@ def test_echo_logprobs_include_the_prompt(server):
                                  for i in range(len(lp["tokens"]))]
     assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
     assert all(v < 0 for v in lp["token_logprobs"][1:])
-    assert all(len(top) == 1 for top in lp["top_logprobs"][1:])
+    # the most likely token, and the prompt's own token when it is not that one
+    assert all(1 <= len(top) <= 2 and top.get(t, v) == v for t, v, top in zip(
+        lp["tokens"][1:], lp["token_logprobs"][1:], lp["top_logprobs"][1:]))
     # each prompt logprob is what generating that token from the prompt before it gives
     ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
     compared = 0

@@ -246,6 +246,46 @@ def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
             proc.wait()
 
 
+def test_a_second_sigint_aborts_at_once(tmp_path):
+    """Ctrl-C twice (as uvicorn, so vLLM, reads it): the second signal ends the drain now
+    instead of waiting out --shutdown-timeout; the stream still gets its final error event
+    and the process exits 0. The second signal was ignored (a 60 s wait here)."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
+    cmd = [AIOLLM, "serve", "--port", str(port), "--kv-tokens", "2048", "--max-model-len", "512",
+           "--shutdown-timeout", "60"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_healthy(proc, base, log)
+
+        async def stream_through_two_sigints():
+            async with aiohttp.ClientSession() as s:
+                async with s.post(base + "/v1/completions", json={
+                        "prompt": "Count:", "max_tokens": 480, "ignore_eos": True,
+                        "stream": True}) as resp:
+                    assert resp.status == 200
+                    first = await resp.content.readline()
+                    proc.send_signal(signal.SIGINT)
+                    await asyncio.sleep(1.0)
+                    proc.send_signal(signal.SIGINT)
+                    return first + await resp.read()
+
+        t0 = time.monotonic()
+        body = asyncio.run(stream_through_two_sigints())
+        events = [b[5:].strip() for b in body.split(b"\n\n") if b.strip()]
+        assert b"[DONE]" not in events
+        assert "shut down" in json.loads(events[-1])["error"]["message"]
+        assert proc.wait(timeout=30) == 0
+        assert time.monotonic() - t0 < 15
+        assert "second signal" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_serve_exits_at_once_while_a_grammar_compiles(tmp_path):
     """SIGTERM while a grammar compiles past --grammar-compile-timeout: the process exits 0
     at once. A compilation cannot be interrupted; the interpreter's exit waited 5 s for it,

@@ -273,6 +273,24 @@ def test_a_stream_that_fails_while_its_consumer_holds_a_delta_raises(loop):
     assert stats["table_used"] == 0 and stats["kv_used"] == 0
 
 
+def test_a_lone_surrogate_is_refused_naming_its_field(loop, engine):
+    """A Python str may hold a lone surrogate ("\\ud800") that UTF-8 cannot encode: the
+    tokenizer failed on it with a TypeError ("TextEncodeInput must be Union[...]") for a
+    prompt, and with that text as the message of the chat template's error for messages."""
+    with pytest.raises(InvalidRequest, match="U\\+D800 at character 2") as e:
+        engine.stream("ok\ud800", SamplingParams(max_tokens=2))
+    assert e.value.param == "prompt"
+    for messages, param in (
+            ([{"role": "user", "content": "a\udc00"}], "messages[0].content"),
+            ([{"role": "system", "content": "x"},
+              {"role": "user", "content": [{"type": "text", "text": "\udfff"}]}],
+             "messages[1].content[0].text")):
+        with pytest.raises(InvalidRequest, match="lone surrogate") as e:
+            engine.stream_chat(messages, SamplingParams(max_tokens=2))
+        assert e.value.param == param
+    assert_all_free(engine)
+
+
 def test_a_failing_batch_holds_nothing(loop, engine):
     """generate_batch raises the first failure and aborts the rest of the batch: they went
     on running, holding table slots and KV for results nobody would read (with the offline

@@ -212,6 +212,8 @@ BAD_INPUT = [
         "guided_whitespace_pattern"),
     # vLLM's chat fields that change the prompt or the output, not served: refused
     bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
+    bad("chat-prompt-logprobs", CH, chat(prompt_logprobs=1), 400, "prompt_logprobs",
+        "/v1/completions"),  # was ignored: the answer came without the scores asked for
     # rendering options: served (test_api), but not in a combination that cannot render
     bad("chat-continue-and-open-a-turn", CH, chat(continue_final_message=True), 400,
         "continue_final_message", "add_generation_prompt false"),

@@ -53,7 +53,10 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
     vocab = st.engine.model_config.vocab_size
     for s in seqs:
         if isinstance(s, str):
-            stop.append(s)
+            stop.append(s)  # "" is refused by SamplingParams, naming this field
+        elif not s:  # was ignored, where an empty stop string is refused
+            raise InvalidRequest("a stop sequence must hold at least one token id, got []",
+                                 param="parameters.stop_sequences")
         elif len(s) == 1:
             stop_ids.append(s[0])
         elif len(s) > MAX_STOP_STRING_CHARS:  # decoded on the event loop: bound it
@@ -62,7 +65,7 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         elif not all(0 <= t < vocab for t in s):
             raise InvalidRequest(f"stop_sequences token ids must be in [0, {vocab}), got {s}",
                                  param="parameters.stop_sequences")
-        elif s:  # a multi-token stop sequence is matched as its text
+        else:  # a multi-token stop sequence is matched as its text
             stop.append(st.engine.tokenizer.decode(s))
     # a negative temperature stays an error even where sampling is off
     greedy = (not p.do_sample or p.temperature < _GREEDY_BELOW) and p.temperature >= 0

@@ -154,7 +154,8 @@ def _echo_text(st: ApiState, prompt: str | list[int]) -> str:
 
 def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
                          texts: Sequence[str], offset: int) -> dict:
-    """The legacy completions format: parallel lists, top alternatives as {text: logprob}.
+    """The legacy completions format: parallel lists, top alternatives as {text: logprob}
+    (the `logprobs` most likely, and the chosen token if it is not one of them).
     `texts` are the tokens' shares of the text (they join to it), so the offsets index it; a
     None entry (the prompt's first token) has no logprob."""
     tokens, values, tops, offsets = [], [], [], []
@@ -167,8 +168,11 @@ def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
             tops.append(None)
             continue
         values.append(lp.logprob)
-        tops.append({vocab.text_of(t): v for t, v in lp.top}
-                    or {vocab.text_of(lp.token_id): lp.logprob})
+        # the chosen token is always listed, after the top alternatives when not among them
+        # (OpenAI: "up to logprobs+1 elements"; vLLM likewise), so a client can compare it
+        top = {vocab.text_of(t): v for t, v in lp.top}
+        top.setdefault(vocab.text_of(lp.token_id), lp.logprob)
+        tops.append(top)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
             "text_offset": offsets}
 

@@ -344,6 +344,7 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # vLLM's: they change the prompt or the output, and are not served (check_unserved)
     echo: bool | None = False
     chat_template: str | None = None
+    prompt_logprobs: int | None = None
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict(i) for i, m in enumerate(self.messages)]
@@ -360,6 +361,11 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         if self.echo:
             raise InvalidRequest("echo true is not served: send the conversation to "
                                  "/v1/completions as a prompt to have it echoed", param="echo")
+        if self.prompt_logprobs is not None:  # was ignored: no scores, and no error
+            raise InvalidRequest("prompt_logprobs is not served on chat: send the "
+                                 "conversation's token ids (/tokenize with messages) to "
+                                 "/v1/completions as the prompt, with prompt_logprobs",
+                                 param="prompt_logprobs")
 
 
 class GenerateParameters(Struct, kw_only=True):

@@ -4,7 +4,7 @@ One event loop runs it all: the app's handlers, the engine's scheduler and model
 `create_app` builds the app around an Engine; the app starts the engine (loads the model)
 when it starts and stops it when it is cleaned up. `serve` runs the app until SIGINT/SIGTERM
 (or a given event) and then shuts down gracefully: stop accepting, let in-flight requests
-finish within shutdown_timeout, abort the rest.
+finish within shutdown_timeout (a second signal: at once), abort the rest.
 """
 
 from __future__ import annotations
@@ -79,8 +79,18 @@ async def _drain(app: web.Application) -> None:
     every handler ends by itself with what it got."""
     st = app[STATE]
     st.draining = True
-    log.info("shutting down: finishing in-flight requests (up to %.0fs)", st.shutdown_timeout)
-    await st.engine.shutdown(st.shutdown_timeout)
+    log.info("shutting down: finishing in-flight requests (up to %.0fs; signal again to "
+             "abort them now)", st.shutdown_timeout)
+    drain = asyncio.ensure_future(st.engine.shutdown(st.shutdown_timeout))
+    hurry = asyncio.ensure_future(st.hurry.wait())
+    try:
+        await asyncio.wait({drain, hurry}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():  # a second signal: abort what is in flight now
+            log.info("second signal: aborting the requests in flight")
+            await st.engine.stop()
+        await drain
+    finally:
+        hurry.cancel()
 
 
 def _auth_middleware(api_key: str) -> Callable:
@@ -106,7 +116,8 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
                 stop: asyncio.Event | None = None,
                 on_started: Callable[[str, int], None] | None = None) -> None:
     """Run `app` until `stop` is set, or until SIGINT/SIGTERM when no event is given
-    (signal handlers need the main thread). Returns after a graceful shutdown."""
+    (signal handlers need the main thread). Returns after a graceful shutdown; a second
+    signal during it aborts the requests still in flight at once (sets ApiState.hurry)."""
     st = app[STATE]
     runner = web.AppRunner(
         app,
@@ -124,8 +135,13 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
     signals = []
     if stop is None:
         stop = asyncio.Event()
+        def on_signal(event: asyncio.Event = stop) -> None:
+            if event.is_set():  # the second one (Ctrl-C twice): stop waiting for requests
+                st.hurry.set()
+            event.set()
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
             signals.append(sig)
     await runner.setup()  # starts the engine: loads the model
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -25,6 +25,8 @@ class ApiState:
     shutdown_timeout: float
     created: int  # unix time the app was made: /v1/models reports it
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
+    # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
+    hurry: asyncio.Event = field(default_factory=asyncio.Event)
     _token_bytes: TokenBytes | None = None
 
     @property

@@ -25,6 +25,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiollm.engine.submission import check_unicode
 from aiollm.errors import InvalidRequest
 
 if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
@@ -120,6 +121,8 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
                              param="messages")
+    _check_strings(messages, "messages")
+    _check_strings(tools, "tools")
     # each control-token text in any string -> a placeholder the template passes through
     nonce = uuid.uuid4().hex
     found: list[str] = []
@@ -147,6 +150,21 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
         elif part:
             ids += tokenizer.encode(part, add_special_tokens=False)
     return ids
+
+
+def _check_strings(value: Any, path: str) -> None:
+    """check_unicode on every string in `value` (keys included), naming it by its path
+    (`messages[0].content`): a lone surrogate failed deep in the tokenizer with a TypeError."""
+    if isinstance(value, str):
+        check_unicode(value, path)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str):
+                check_unicode(k, path)
+            _check_strings(v, f"{path}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_strings(v, f"{path}[{i}]")
 
 
 def _hidden(value: Any, pattern: re.Pattern, hide) -> Any:

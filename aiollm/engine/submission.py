@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -43,15 +44,32 @@ async def off_loop(size: int, fn: Callable[..., R], *args: Any, **kwargs: Any) -
     return await asyncio.to_thread(fn, *args, **kwargs)
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(text: str, param: str) -> None:
+    """Raise InvalidRequest naming `param` when `text` holds a lone surrogate (U+D800 to
+    U+DFFF, which a Python str can hold but UTF-8 cannot encode): the tokenizer would fail on
+    it with a TypeError that names neither the field nor the character."""
+    if text.isascii():
+        return
+    bad = _SURROGATE.search(text)
+    if bad is not None:
+        raise InvalidRequest(f"{param} is not valid Unicode: it holds the lone surrogate "
+                             f"U+{ord(bad.group()):04X} at character {bad.start()}",
+                             param=param)
+
+
 def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> list[int]:
     """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids is
     checked to be ints in [0, vocab_size).
 
     Raises InvalidRequest (param "prompt") for a prompt of another type, an empty prompt, a
-    bad id, or ids that alone reach max_model_len (tokens)."""
+    lone surrogate in the text, a bad id, or ids that alone reach max_model_len (tokens)."""
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
+        check_unicode(prompt, "prompt")
         return list(tokenizer.encode(prompt))
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
