@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import os
@@ -136,21 +137,35 @@ def _wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float =
     pytest.fail(f"aiollm serve did not become healthy:\n{log.read_text()}")
 
 
-def test_serve_subprocess(tmp_path):
+@contextlib.contextmanager
+def _served(tmp_path: Path, *options: str, env: dict | None = None,
+            command: tuple[str, ...] = (AIOLLM,)):
+    """`aiollm serve` on a free port with `options`, healthy: yields (process, base URL, log
+    path); the process is killed on the way out if it still runs."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
-    env = {**os.environ, "AIOLLM_API_KEY": KEY}
-    # one running and one waiting request at most: the third concurrent request is refused
-    cmd = [AIOLLM, "serve", "--port", str(port), "--kv-tokens", "4096", "--max-model-len", "1024",
-           "--max-running-requests", "1", "--max-waiting-requests", "1",
-           "--table-capacity", "64", "--shutdown-timeout", "60"]
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([*command, "serve", "--port", str(port), *options], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
     try:
         _wait_healthy(proc, base, log)
+        yield proc, base, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_subprocess(tmp_path):
+    env = {**os.environ, "AIOLLM_API_KEY": KEY}
+    # one running and one waiting request at most: the third concurrent request is refused
+    with _served(tmp_path, "--kv-tokens", "4096", "--max-model-len", "1024",
+                 "--max-running-requests", "1", "--max-waiting-requests", "1",
+                 "--table-capacity", "64", "--shutdown-timeout", "60",
+                 env=env) as (proc, base, log):
         text = log.read_text()
-        assert f"http://127.0.0.1:{port}" in text and "dtype float32" in text
+        assert base in text and "dtype float32" in text
         assert "KV capacity 4096 tokens" in text
 
         # auth: everything but /health needs the key
@@ -194,45 +209,42 @@ def test_serve_subprocess(tmp_path):
         assert proc.wait(timeout=60) == 0
         assert "server stopped" in log.read_text()
         assert "leaked" not in log.read_text()  # nanobind's exit report (gc.freeze)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+
+
+async def _stream_through_sigint(proc: subprocess.Popen, base: str, max_tokens: int,
+                                 after_signal) -> list[bytes]:
+    """A completions stream of `max_tokens` (eos ignored) during which the server gets SIGINT
+    once the first event came; `after_signal()` is awaited next. Its SSE events' data."""
+    async with aiohttp.ClientSession() as s:
+        async with s.post(base + "/v1/completions", json={
+                "prompt": "Count:", "max_tokens": max_tokens, "ignore_eos": True,
+                "stream": True}) as resp:
+            assert resp.status == 200
+            first = await resp.content.readline()
+            proc.send_signal(signal.SIGINT)
+            await after_signal()
+            body = first + await resp.read()
+    return [b[5:].strip() for b in body.split(b"\n\n") if b.strip()]
 
 
 def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
     """SIGINT: no new connections; a stream still running when --shutdown-timeout is over
     ends with a final error event; the process exits 0."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    cmd = [AIOLLM, "serve", "--port", str(port), "--kv-tokens", "2048", "--max-model-len", "512",
-           "--shutdown-timeout", "1"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(proc, base, log)
+    with _served(tmp_path, "--kv-tokens", "2048", "--max-model-len", "512",
+                 "--shutdown-timeout", "1") as (proc, base, log):
+        refused = []
 
-        async def stream_through_sigint():
-            async with aiohttp.ClientSession() as s:
-                async with s.post(base + "/v1/completions", json={
-                        "prompt": "Count:", "max_tokens": 400, "ignore_eos": True,
-                        "stream": True}) as resp:
-                    assert resp.status == 200
-                    first = await resp.content.readline()
-                    proc.send_signal(signal.SIGINT)
-                    await asyncio.sleep(0.5)
-                    try:
-                        await _get(base + "/health")
-                        refused = False
-                    except aiohttp.ClientConnectionError:
-                        refused = True
-                    return first + await resp.read(), refused
+        async def health_refused():
+            await asyncio.sleep(0.5)
+            try:
+                await _get(base + "/health")
+                refused.append(False)
+            except aiohttp.ClientConnectionError:
+                refused.append(True)
 
         t0 = time.monotonic()
-        body, refused = asyncio.run(stream_through_sigint())
-        events = [b[5:].strip() for b in body.split(b"\n\n") if b.strip()]
-        assert refused
+        events = asyncio.run(_stream_through_sigint(proc, base, 400, health_refused))
+        assert refused == [True]
         assert b"[DONE]" not in events and len(events) > 1
         err = json.loads(events[-1])["error"]
         assert err["type"] == "overloaded_error" and "shut down" in err["message"]
@@ -240,50 +252,26 @@ def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
         assert time.monotonic() - t0 < 20
         assert "server stopped" in log.read_text()
         assert "leaked" not in log.read_text()  # nanobind's exit report (gc.freeze)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_a_second_sigint_aborts_at_once(tmp_path):
     """Ctrl-C twice (as uvicorn, so vLLM, reads it): the second signal ends the drain now
     instead of waiting out --shutdown-timeout; the stream still gets its final error event
     and the process exits 0. The second signal was ignored (a 60 s wait here)."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    cmd = [AIOLLM, "serve", "--port", str(port), "--kv-tokens", "2048", "--max-model-len", "512",
-           "--shutdown-timeout", "60"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(proc, base, log)
+    with _served(tmp_path, "--kv-tokens", "2048", "--max-model-len", "512",
+                 "--shutdown-timeout", "60") as (proc, base, log):
 
-        async def stream_through_two_sigints():
-            async with aiohttp.ClientSession() as s:
-                async with s.post(base + "/v1/completions", json={
-                        "prompt": "Count:", "max_tokens": 480, "ignore_eos": True,
-                        "stream": True}) as resp:
-                    assert resp.status == 200
-                    first = await resp.content.readline()
-                    proc.send_signal(signal.SIGINT)
-                    await asyncio.sleep(1.0)
-                    proc.send_signal(signal.SIGINT)
-                    return first + await resp.read()
+        async def second_sigint():
+            await asyncio.sleep(1.0)
+            proc.send_signal(signal.SIGINT)
 
         t0 = time.monotonic()
-        body = asyncio.run(stream_through_two_sigints())
-        events = [b[5:].strip() for b in body.split(b"\n\n") if b.strip()]
+        events = asyncio.run(_stream_through_sigint(proc, base, 480, second_sigint))
         assert b"[DONE]" not in events
         assert "shut down" in json.loads(events[-1])["error"]["message"]
         assert proc.wait(timeout=30) == 0
         assert time.monotonic() - t0 < 15
         assert "second signal" in log.read_text()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_serve_exits_at_once_while_a_grammar_compiles(tmp_path):
@@ -291,15 +279,9 @@ def test_serve_exits_at_once_while_a_grammar_compiles(tmp_path):
     at once. A compilation cannot be interrupted; the interpreter's exit waited 5 s for it,
     then finalized for seconds beside its threads (13 s in all with a 2,000-property schema),
     and aborted ("terminate called without an active exception", 134) when it ended then."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "serve.log"
-    cmd = [sys.executable, "-m", "aiollm.cli", "serve", "--port", str(port), "--kv-tokens",
-           "1024", "--max-model-len", "512", "--grammar-compile-timeout", "1"]
-    with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        _wait_healthy(proc, base, log)
+    with _served(tmp_path, "--kv-tokens", "1024", "--max-model-len", "512",
+                 "--grammar-compile-timeout", "1",
+                 command=(sys.executable, "-m", "aiollm.cli")) as (proc, base, log):
         props = {f"p{i}": {"type": "string"} for i in range(2000)}  # ~30 s here
         status, _, raw = asyncio.run(_get(base + "/v1/chat/completions", method="POST", json={
             "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
@@ -315,10 +297,6 @@ def test_serve_exits_at_once_while_a_grammar_compiles(tmp_path):
         text = log.read_text()
         assert "exiting with 1 grammar compilations under way" in text, text[-2000:]
         assert "terminate called" not in text
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_make_setup_says_what_each_step_does():
