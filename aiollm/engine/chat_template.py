@@ -121,8 +121,6 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
                              param="messages")
-    _check_strings(messages, "messages")
-    _check_strings(tools, "tools")
     # each control-token text in any string -> a placeholder the template passes through
     nonce = uuid.uuid4().hex
     found: list[str] = []
@@ -131,9 +129,9 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
         found.append(m.group(0))
         return f"{nonce}_{len(found) - 1}_{nonce}"
 
-    if specials:
-        pattern = re.compile("|".join(map(re.escape, specials)))
-        hidden_messages, hidden_tools = _hidden((messages, tools), pattern, hide)
+    pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
+    hidden_messages = _checked(messages, "messages", pattern, hide)
+    hidden_tools = _checked(tools, "tools", pattern, hide)
     if not found:  # nothing to hide: exactly what apply_chat_template gives
         ids = _render(tokenizer, messages, tools, options, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
@@ -152,30 +150,19 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     return ids
 
 
-def _check_strings(value: Any, path: str) -> None:
-    """check_unicode on every string in `value` (keys included), naming it by its path
-    (`messages[0].content`): a lone surrogate failed deep in the tokenizer with a TypeError."""
+def _checked(value: Any, path: str, pattern: re.Pattern | None, hide) -> Any:
+    """A copy of `value` (tuples as lists) in which every string (keys included) has passed
+    check_unicode, named by its path (`messages[0].content`: a lone surrogate failed deep in
+    the tokenizer with a TypeError), and has each match of `pattern`, if given, replaced by
+    hide(match). Other values come back as they are."""
     if isinstance(value, str):
         check_unicode(value, path)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(k, str):
-                check_unicode(k, path)
-            _check_strings(v, f"{path}.{k}")
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_strings(v, f"{path}[{i}]")
-
-
-def _hidden(value: Any, pattern: re.Pattern, hide) -> Any:
-    """A copy of `value` with each match of `pattern` in its strings (keys included) replaced
-    by hide(match); tuples come back as lists, other values as they are."""
-    if isinstance(value, str):
-        return pattern.sub(hide, value)
+        return pattern.sub(hide, value) if pattern is not None else value
     if isinstance(value, dict):
-        return {_hidden(k, pattern, hide): _hidden(v, pattern, hide) for k, v in value.items()}
+        return {_checked(k, path, pattern, hide): _checked(v, f"{path}.{k}", pattern, hide)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_hidden(v, pattern, hide) for v in value]
+        return [_checked(v, f"{path}[{i}]", pattern, hide) for i, v in enumerate(value)]
     return value
 
 
