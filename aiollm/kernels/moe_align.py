@@ -138,15 +138,14 @@ class MoeAlignment(NamedTuple):
 
 
 @triton.jit
-def _onehot(TopkIds, chunk, num_pairs, expert_start, num_experts,
-            CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+def _chunk_pairs(TopkIds, chunk, num_pairs, expert_start, num_experts, CHUNK: tl.constexpr):
+    """The chunk's pair numbers, which are in range, which go to a local expert, and their
+    local experts (-1 - expert_start past the pairs)."""
     offs = chunk * CHUNK + tl.arange(0, CHUNK)
     inb = offs < num_pairs
     local = tl.load(TopkIds + offs, mask=inb, other=-1) - expert_start
     ok = inb & (local >= 0) & (local < num_experts)
-    e = tl.arange(0, BLOCK_E)
-    hot = ((local[:, None] == e[None, :]) & ok[:, None]).to(tl.int32)  # [CHUNK, BLOCK_E]
-    return offs, inb, ok, local, hot
+    return offs, inb, ok, local
 
 
 @triton.jit(do_not_specialize=["num_pairs"])
@@ -154,8 +153,10 @@ def _hist_kernel(TopkIds, Hist, num_pairs, expert_start, num_experts,
                  CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
     """Hist[c, e]: pairs of chunk c on local expert e (no atomics: one program a chunk)."""
     c = tl.program_id(0)
-    _, _, _, _, hot = _onehot(TopkIds, c, num_pairs, expert_start, num_experts, CHUNK, BLOCK_E)
-    tl.store(Hist + c * BLOCK_E + tl.arange(0, BLOCK_E), tl.sum(hot, 0))
+    _, _, ok, local = _chunk_pairs(TopkIds, c, num_pairs, expert_start, num_experts, CHUNK)
+    e = tl.arange(0, BLOCK_E)
+    hot = ((local[:, None] == e[None, :]) & ok[:, None]).to(tl.int32)  # [CHUNK, BLOCK_E]
+    tl.store(Hist + c * BLOCK_E + e, tl.sum(hot, 0))
 
 
 @triton.jit(do_not_specialize=["num_chunks"])
@@ -189,10 +190,8 @@ def _place_kernel(TopkIds, Base, Counts, Ends, SortedIds, ExpertIds, NumPadded, 
     # the chunk's first rank in each group (the scan writes the columns of local experts)
     base = tl.load(Base + c * BLOCK_E + e_all, mask=e_ok, other=0)
     ends = tl.cumsum(counts, 0)
-    offs = c * CHUNK + tl.arange(0, CHUNK)
-    inb = offs < num_pairs
-    local = tl.load(TopkIds + offs, mask=inb, other=-1) - expert_start
-    ok = inb & (local >= 0) & (local < num_experts)
+    offs, inb, ok, local = _chunk_pairs(TopkIds, c, num_pairs, expert_start, num_experts,
+                                        CHUNK)
     e = tl.where(ok, local, 0)
     # rank in the expert's group: the chunk's base plus the pairs of the same expert earlier
     # in the chunk
