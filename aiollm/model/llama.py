@@ -293,12 +293,12 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer(
             "cos_sin_cache", torch.empty(self.max_len, config.head_dim), persistent=False
         )
-        # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as four
-        # fused GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
-        # their all-reduce before the residual add) nor with mixture-of-experts layers.
+        # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as fused
+        # GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
+        # their all-reduce before the residual add) nor with a shared expert (moe.py).
         self.single_rank = current() is None
         self.fused_small = self.single_rank and all(
-            isinstance(layer.mlp, MLP) for layer in self.layers)
+            isinstance(layer.mlp, MLP) or layer.mlp.takes_small for layer in self.layers)
         self.init_rope()
 
     def init_rope(self) -> None:
