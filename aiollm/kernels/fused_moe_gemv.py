@@ -61,9 +61,12 @@ def _pair_experts(TopkIds, Logits, t, stride_l, E_all, TOP_K: tl.constexpr,
         x = tl.load(Logits + t.to(tl.int64) * stride_l + e[None, :], mask=e[None, :] < E_all,
                     other=0.0).to(tl.float32)
         w, ids = route_rows(x, E_all, TOP_K, RENORMALIZE, 1, BLOCK_E, BLOCK_TOPK)
-        return tl.sum(w, 0), tl.where(j < TOP_K, tl.sum(ids, 0), -1)
-    ids = tl.load(TopkIds + t * TOP_K + j, mask=j < TOP_K, other=-1)
-    return tl.zeros([BLOCK_TOPK], dtype=tl.float32), ids
+        w = tl.sum(w, 0)
+        ids = tl.where(j < TOP_K, tl.sum(ids, 0), -1)
+    else:  # one return: Triton 3.6 types every return, even one a constexpr branch skips
+        w = tl.zeros([BLOCK_TOPK], dtype=tl.float32)
+        ids = tl.load(TopkIds + t * TOP_K + j, mask=j < TOP_K, other=-1)
+    return w, ids
 
 
 @triton.jit
