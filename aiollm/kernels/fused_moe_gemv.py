@@ -15,10 +15,11 @@ The decode form (fused_moe_decode_triton, llama's one-token steps: SparseMoe.for
 folds the layer's neighbours into the same two launches, so that a one-token MoE block is
 the router's GEMV (gemv.py, the RMSNorm folded in) and these two: gate/up reads the float32
 residual stream and applies the RMSNorm as gemv.py does (sum(x^2) accumulated over the same
-pass, the sums scaled at the end); both kernels route the token from the router's logits
-themselves (moe_align.route_rows, the routing kernel's code: no routing launch); the down
-kernel adds into the stream. Both are launched with PDL (pdl.py), waiting first: nothing they
-read is known before the kernel before them ends.
+pass, the sums scaled at the end) and routes the token from the router's logits itself
+(moe_align.route_rows, the routing kernel's code: no routing launch), each pair's first
+program writing the pair's expert and weight for the down kernel, which adds into the
+stream. Both are launched with PDL (pdl.py), waiting first: nothing they read is known
+before the kernel before them ends.
 
 Products are elementwise multiplies and row sums in float32 (no MMA: a token block of one
 row would waste at least 15 of the MMA's 16 rows). Two pairs of one expert read its weights
@@ -49,42 +50,34 @@ DOWN_CANDIDATES = [(4, 256, 4, 2), (8, 128, 4, 2), (8, 256, 4, 2), (16, 128, 4, 
 
 
 @triton.jit
-def _pair_experts(TopkIds, Logits, t, stride_l, E_all, TOP_K: tl.constexpr,
-                  DECODE: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_TOPK: tl.constexpr):
-    """(routing weights [BLOCK_TOPK] float32, global expert ids [BLOCK_TOPK] int32, -1 past
-    TOP_K) of token t: read from topk_ids (weights 0: the caller loads them), or with DECODE
-    routed here from its router logits (moe_align.route_rows, the routing kernel's code)."""
-    j = tl.arange(0, BLOCK_TOPK)
-    if DECODE:
-        e = tl.arange(0, BLOCK_E)
-        x = tl.load(Logits + t.to(tl.int64) * stride_l + e[None, :], mask=e[None, :] < E_all,
-                    other=0.0).to(tl.float32)
-        w, ids = route_rows(x, E_all, TOP_K, RENORMALIZE, 1, BLOCK_E, BLOCK_TOPK)
-        w = tl.sum(w, 0)
-        ids = tl.where(j < TOP_K, tl.sum(ids, 0), -1)
-    else:  # one return: Triton 3.6 types every return, even one a constexpr branch skips
-        w = tl.zeros([BLOCK_TOPK], dtype=tl.float32)
-        ids = tl.load(TopkIds + t * TOP_K + j, mask=j < TOP_K, other=-1)
-    return w, ids
-
-
-@triton.jit
-def _gemv_gate_up_kernel(X, NormW, W13, Act, TopkIds, Logits, I, H, E_all, expert_start,
-                         num_experts, eps, stride_x, stride_l, stride_we, stride_wn, stride_act,
+def _gemv_gate_up_kernel(X, NormW, W13, Act, TopkIds, TopkWeights, Logits, I, H, E_all,
+                         expert_start, num_experts, eps, stride_x, stride_l, stride_we,
+                         stride_wn, stride_act,
                          TOP_K: tl.constexpr, EVEN_K: tl.constexpr, DECODE: tl.constexpr,
                          RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr,
                          BLOCK_TOPK: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                          PDL: tl.constexpr):
     # DECODE: X is the float32 residual stream, RMSNorm (NormW, eps) folded in as in gemv.py
     # (the sums scaled by rsqrt(mean(x^2) + eps) at the end), the pair's expert routed here
+    # from the logits (moe_align.route_rows) and, by the pair's first program, written to
+    # TopkIds / TopkWeights for the down kernel
     pair = tl.program_id(0)
     if PDL:
         gdc_wait()
         gdc_launch_dependents()
-    _, ids = _pair_experts(TopkIds, Logits, pair // TOP_K, stride_l, E_all, TOP_K, DECODE,
-                           RENORMALIZE, BLOCK_E, BLOCK_TOPK)
-    e = tl.sum(tl.where(tl.arange(0, BLOCK_TOPK) == pair % TOP_K, ids, 0), 0) - expert_start
+    if DECODE:
+        ee = tl.arange(0, BLOCK_E)
+        logits = tl.load(Logits + (pair // TOP_K).to(tl.int64) * stride_l + ee[None, :],
+                         mask=ee[None, :] < E_all, other=0.0).to(tl.float32)
+        w, ids = route_rows(logits, E_all, TOP_K, RENORMALIZE, 1, BLOCK_E, BLOCK_TOPK)
+        mine = tl.arange(0, BLOCK_TOPK)[None, :] == pair % TOP_K
+        e = tl.sum(tl.sum(tl.where(mine, ids, 0), 1), 0)
+        if tl.program_id(1) == 0:
+            tl.store(TopkIds + pair, e)
+            tl.store(TopkWeights + pair, tl.sum(tl.sum(tl.where(mine, w, 0.0), 1), 0))
+    else:
+        e = tl.load(TopkIds + pair)
+    e = e - expert_start
     if (e < 0) | (e >= num_experts):
         return  # held elsewhere: the down kernel skips this pair too
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -130,14 +123,14 @@ def _gemv_gate_up_kernel(X, NormW, W13, Act, TopkIds, Logits, I, H, E_all, exper
 
 
 @triton.jit
-def _gemv_down_kernel(Act, W2, Out, TopkIds, TopkWeights, Logits, H, I, E_all, expert_start,
-                      num_experts, stride_act, stride_l, stride_we, stride_wn, stride_out,
+def _gemv_down_kernel(Act, W2, Out, TopkIds, TopkWeights, H, I, expert_start, num_experts,
+                      stride_act, stride_we, stride_wn, stride_out,
                       TOP_K: tl.constexpr, BLOCK_TOPK: tl.constexpr, EVEN_K: tl.constexpr,
-                      DECODE: tl.constexpr, RENORMALIZE: tl.constexpr, BLOCK_E: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                      RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                      PDL: tl.constexpr):
     # all top_k experts' tiles in one [BLOCK_TOPK, BLOCK_N, BLOCK_K] load per step: at one
-    # token there are few programs, and each must keep many bytes in flight. DECODE: routed
-    # here from the logits, and Out is the float32 residual stream, added into in place.
+    # token there are few programs, and each must keep many bytes in flight. RESIDUAL: Out
+    # is the float32 residual stream, added into in place.
     t = tl.program_id(0)
     if PDL:
         gdc_wait()
@@ -147,13 +140,9 @@ def _gemv_down_kernel(Act, W2, Out, TopkIds, TopkWeights, Logits, H, I, E_all, e
     offs_k = tl.arange(0, BLOCK_K)
     j = tl.arange(0, BLOCK_TOPK)
     pairs = t * TOP_K + j
-    weight, e = _pair_experts(TopkIds, Logits, t, stride_l, E_all, TOP_K, DECODE,
-                              RENORMALIZE, BLOCK_E, BLOCK_TOPK)
-    e = e - expert_start
+    e = tl.load(TopkIds + pairs, mask=j < TOP_K, other=-1) - expert_start
     ok = (j < TOP_K) & (e >= 0) & (e < num_experts)
-    if not DECODE:
-        weight = tl.load(TopkWeights + pairs, mask=ok, other=0.0)
-    weight = tl.where(ok, weight, 0.0)
+    weight = tl.load(TopkWeights + pairs, mask=ok, other=0.0)
     a_ptrs = Act + pairs[:, None].to(tl.int64) * stride_act + offs_k[None, :]
     w_ptrs = W2 + tl.where(ok, e, 0).to(tl.int64)[:, None, None] * stride_we \
         + offs_n[None, :, None].to(tl.int64) * stride_wn + offs_k[None, None, :]
@@ -172,7 +161,7 @@ def _gemv_down_kernel(Act, W2, Out, TopkIds, TopkWeights, Logits, H, I, E_all, e
         w_ptrs += BLOCK_K
     out = tl.sum(acc * weight[:, None], 0)
     out_ptrs = Out + t.to(tl.int64) * stride_out + offs_n
-    if DECODE:
+    if RESIDUAL:
         out += tl.load(out_ptrs, mask=n_ok, other=0.0)
     tl.store(out_ptrs, out.to(Out.dtype.element_ty), mask=n_ok)
 
@@ -192,45 +181,40 @@ class Route(NamedTuple):
     renormalize: bool
 
 
-def _route_args(route: Route | None, top_k: int) -> dict:
-    if route is None:
-        return {"DECODE": False, "RENORMALIZE": False, "BLOCK_E": 1}
-    return {"DECODE": True, "RENORMALIZE": route.renormalize,
-            "BLOCK_E": triton.next_power_of_2(route.logits.shape[1])}
-
-
 def _gate_up(x, w13, act, topk_ids, expert_start: int, cfg: Config,
-             route: Route | None = None) -> None:
+             route: Route | None = None, topk_weights: torch.Tensor | None = None) -> None:
+    """act [T * top_k, I] of x [T, H]; with `route` (the decode form) x is the residual
+    stream and the routing is written into topk_ids / topk_weights [T, top_k]."""
     T, H = x.shape
     E, two_i, _ = w13.shape
-    top_k = route.top_k if route is not None else topk_ids.shape[1]
+    top_k = topk_ids.shape[1]
     logits = route.logits if route is not None else x
     grid = (T * top_k, triton.cdiv(two_i // 2, cfg["BLOCK_N"]))
     _gemv_gate_up_kernel[grid](
-        x, route.norm_w if route is not None else x, w13, act,
-        topk_ids if topk_ids is not None else logits, logits, two_i // 2, H, logits.shape[1],
-        expert_start, E, route.eps if route is not None else 0.0,
+        x, route.norm_w if route is not None else x, w13, act, topk_ids,
+        topk_weights if topk_weights is not None else x, logits, two_i // 2, H,
+        logits.shape[1], expert_start, E, route.eps if route is not None else 0.0,
         x.stride(0), logits.stride(0), w13.stride(0), w13.stride(1), act.stride(0),
-        TOP_K=top_k, EVEN_K=H % cfg["BLOCK_K"] == 0, **_route_args(route, top_k),
+        TOP_K=top_k, EVEN_K=H % cfg["BLOCK_K"] == 0, DECODE=route is not None,
+        RENORMALIZE=route is not None and route.renormalize,
+        BLOCK_E=triton.next_power_of_2(logits.shape[1]) if route is not None else 1,
         BLOCK_TOPK=triton.next_power_of_2(top_k), BLOCK_N=cfg["BLOCK_N"],
         BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         **pdl.launch_kwargs(x.device))
 
 
 def _down(act, w2, out, topk_ids, topk_weights, expert_start: int, cfg: Config,
-          route: Route | None = None) -> None:
+          residual: bool = False) -> None:
+    """out [T, H] = the weighted sum of each token's pairs' down projections, or with
+    `residual` that sum added into out (the decode form's float32 residual stream)."""
     T, H = out.shape
     E, _, inter = w2.shape
-    top_k = route.top_k if route is not None else topk_ids.shape[1]
-    logits = route.logits if route is not None else act
     grid = (T, triton.cdiv(H, cfg["BLOCK_N"]))
     _gemv_down_kernel[grid](
-        act, w2, out, topk_ids if topk_ids is not None else logits,
-        topk_weights if topk_weights is not None else logits, logits, H, inter,
-        logits.shape[1], expert_start, E,
-        act.stride(0), logits.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
-        TOP_K=top_k, BLOCK_TOPK=triton.next_power_of_2(top_k),
-        EVEN_K=inter % cfg["BLOCK_K"] == 0, **_route_args(route, top_k),
+        act, w2, out, topk_ids, topk_weights, H, inter, expert_start, E,
+        act.stride(0), w2.stride(0), w2.stride(1), out.stride(0),
+        TOP_K=topk_ids.shape[1], BLOCK_TOPK=triton.next_power_of_2(topk_ids.shape[1]),
+        EVEN_K=inter % cfg["BLOCK_K"] == 0, RESIDUAL=residual,
         BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"], num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], **pdl.launch_kwargs(act.device))
 
@@ -239,8 +223,8 @@ def gemv_configs(tokens: int, token_classes: tuple[int, ...], num_experts: int, 
                  inter: int, top_k: int, device: torch.device, bench_inputs=None,
                  route: Route | None = None) -> tuple[Config, Config]:
     """(gate/up config, down config) for this shape class; `bench_inputs` is
-    (x, w13, w2, topk_weights, topk_ids, expert_start) to tune on when a key is missing, or
-    with `route` (the decode form) (residual, w13, w2, None, None, expert_start). Both forms
+    (x, w13, w2, topk_weights, topk_ids, expert_start) to tune on when a key is missing
+    (with `route`, the decode form: x the residual stream, topk_* its buffers). Both forms
     share the keys: they read the same weight tiles."""
     cls = bucket(tokens, token_classes)
     default = _as_config((16, 256, 4, 2))
@@ -248,13 +232,13 @@ def gemv_configs(tokens: int, token_classes: tuple[int, ...], num_experts: int, 
     def run_up(cfg):
         x, w13, _, _, ids, start = bench_inputs
         act = torch.empty((x.shape[0] * top_k, inter), dtype=w13.dtype, device=x.device)
-        return time_config(lambda: _gate_up(x, w13, act, ids, start, cfg, route))
+        return time_config(lambda: _gate_up(x, w13, act, ids, start, cfg, route, tw))
 
     def run_down(cfg):
         x, _, w2, tw, ids, start = bench_inputs
         act = torch.randn((x.shape[0] * top_k, inter), dtype=w2.dtype, device=x.device)
         out = torch.zeros_like(x)  # a scratch stream: the decode form adds into it
-        return time_config(lambda: _down(act, w2, out, ids, tw, start, cfg, route))
+        return time_config(lambda: _down(act, w2, out, ids, tw, start, cfg, route is not None))
 
     key = f"e{num_experts}-n{2 * inter}-k{hidden}-top{top_k}-t{cls}"
     up = get_config("fused_moe_gemv_gate_up", key, device, default,
@@ -289,8 +273,9 @@ def fused_moe_decode_triton(residual: torch.Tensor, norm_w: torch.Tensor, eps: f
     """The mixture-of-experts MLP of a decode step of a few tokens on the residual stream,
     its neighbours folded into the two GEMV launches: residual [T, H] float32 (updated in
     place and returned) += sum_k w[t,k] * down_e(silu(gate_e(h)) * up_e(h)) with h =
-    rmsnorm(residual) * norm_w [H] (eps), experts routed in both kernels from the router's
-    logits [T, E_all] float32 (softmax, top_k, renormalised if asked: moe_align.route_rows).
+    rmsnorm(residual) * norm_w [H] (eps), experts routed by the gate/up kernel from the
+    router's logits [T, E_all] float32 (softmax, top_k, renormalised if asked:
+    moe_align.route_rows), which hands the routing to the down kernel.
     w13 [E, 2I, H] and w2 [E, H, I] hold experts [expert_start, expert_start + E); routes
     elsewhere add 0. The GEMV path's configs for T tokens (shared keys, gemv_configs)."""
     T, H = residual.shape
@@ -299,10 +284,12 @@ def fused_moe_decode_triton(residual: torch.Tensor, norm_w: torch.Tensor, eps: f
     assert logits.dtype == torch.float32 and logits.shape[0] == T and logits.stride(1) == 1
     assert w13.is_contiguous() and w2.is_contiguous() and norm_w.is_contiguous()
     route = Route(logits, norm_w, eps, top_k, renormalize)
+    ids = torch.empty((T, top_k), dtype=torch.int32, device=residual.device)
+    weights = torch.empty((T, top_k), dtype=torch.float32, device=residual.device)
     up_cfg, down_cfg = gemv_configs(T, TOKEN_CLASSES, E, H, two_i // 2, top_k,
                                     residual.device,
-                                    (residual, w13, w2, None, None, expert_start), route)
+                                    (residual, w13, w2, weights, ids, expert_start), route)
     act = torch.empty((T * top_k, two_i // 2), dtype=w13.dtype, device=residual.device)
-    _gate_up(residual, w13, act, None, expert_start, up_cfg, route)
-    _down(act, w2, residual, None, None, expert_start, down_cfg, route)
+    _gate_up(residual, w13, act, ids, expert_start, up_cfg, route, weights)
+    _down(act, w2, residual, ids, weights, expert_start, down_cfg, residual=True)
     return residual
