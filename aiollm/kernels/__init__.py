@@ -60,16 +60,24 @@ def apply_rotary(
 def rotary_store_kv(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
     cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    out_cache_loc: torch.Tensor,
-) -> None:
-    """apply_rotary(q, k, ...) then store_kv(k_cache, v_cache, k, v, out_cache_loc);
-    one fused kernel on CUDA."""
+    out_cache_loc: torch.Tensor, q_norm_w: torch.Tensor | None = None,
+    k_norm_w: torch.Tensor | None = None, eps: float = 0.0,
+) -> torch.Tensor:
+    """q [T, Hq, D], k and v [T, Hkv, D] (views of the projection): with q_norm_w / k_norm_w
+    [D], each head RMS-normalised (eps) and scaled first; then apply_rotary(q, k, ...) and
+    store_kv(k_cache, v_cache, k, v, out_cache_loc); one fused kernel on CUDA. Returns q,
+    rotated (in place on CUDA; the reference's norm makes a new tensor)."""
     if q.is_cuda:
         rotary_store_kv_triton(q, k, v, positions, cos_sin_cache, k_cache, v_cache,
-                               out_cache_loc)
-    else:
-        apply_rotary_ref(q, k, positions, cos_sin_cache)
-        store_kv_ref(k_cache, v_cache, k, v, out_cache_loc)
+                               out_cache_loc, q_norm_w, k_norm_w, eps)
+        return q
+    if q_norm_w is not None:
+        T, D = q.shape[0], q.shape[-1]
+        q = rms_norm_ref(q.reshape(-1, D), q_norm_w, eps).view(T, -1, D)
+        k = rms_norm_ref(k.reshape(-1, D), k_norm_w, eps).view(T, -1, D)
+    apply_rotary_ref(q, k, positions, cos_sin_cache)
+    store_kv_ref(k_cache, v_cache, k, v, out_cache_loc)
+    return q
 
 
 def store_kv(

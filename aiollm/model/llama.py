@@ -144,13 +144,12 @@ class Attention(nn.Module):
         q = q.view(T, self.num_heads, D)
         k = k.view(T, self.num_kv_heads, D)
         v = v.view(T, self.num_kv_heads, D)
-        if self.qk_norm:
-            q = self.q_norm(q.reshape(-1, D)).view(T, self.num_heads, D)
-            k = self.k_norm(k.reshape(-1, D)).view(T, self.num_kv_heads, D)
         k_cache = batch.kv_pool.k_cache[self.layer_id]
         v_cache = batch.kv_pool.v_cache[self.layer_id]
-        rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.out_cache_loc)
-        return q
+        norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else ()
+        # the per-head q/k norms (Qwen3) run in the same kernel as the rotation and KV store
+        return rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache,
+                               batch.out_cache_loc, *norms)
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm, batch: ForwardBatch,
                       cos_sin: torch.Tensor) -> torch.Tensor:
