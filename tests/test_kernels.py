@@ -139,6 +139,38 @@ def test_rotary_store_kv(T, HQ, HKV, D, dtype, device=CPU):
     assert torch.equal(k_cache[other], kc_ref[other])
 
 
+@pytest.mark.parametrize("T,HQ,HKV,D", [(1, 2, 2, 16), (5, 6, 3, 16)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rotary_store_kv_with_qk_norms(T, HQ, HKV, D, dtype, device=CPU):
+    """With Qwen3's per-head q/k norms folded in: each head normalised and scaled, then
+    rotated and stored, against the reference in float32 (the kernel does not round the
+    normalised heads before rotating them)."""
+    qkv = torch.randn(T, (HQ + 2 * HKV) * D, dtype=dtype, device=device) * 3
+    q = qkv[:, : HQ * D].view(T, HQ, D)
+    k = qkv[:, HQ * D : (HQ + HKV) * D].view(T, HKV, D)
+    v = qkv[:, (HQ + HKV) * D :].view(T, HKV, D)
+    qw = (torch.rand(D, device=device) + 0.5).to(dtype)
+    kw = (torch.rand(D, device=device) + 0.5).to(dtype)
+    positions = torch.randint(0, 100, (T,), device=device)
+    cos_sin = make_cos_sin(100, D, device)
+    S = 3 * T + 5
+    k_cache = torch.zeros(S, HKV, D, dtype=dtype, device=device)
+    v_cache = torch.zeros(S, HKV, D, dtype=dtype, device=device)
+    loc = torch.randperm(S, device=device)[:T]
+    kc_ref, vc_ref = k_cache.float(), v_cache.float()
+    q_ref = kernels.rotary_store_kv(q.float(), k.float(), v.float(), positions, cos_sin.float(),
+                                    kc_ref, vc_ref, loc, qw.float(),
+                                    kw.float(), 1e-6)
+    kernels.rotary_store_kv_triton(q, k, v, positions, cos_sin, k_cache, v_cache, loc, qw, kw,
+                                   1e-6)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 1e-2,
+                                                                         "atol": 2e-2}
+    torch.testing.assert_close(q.float(), q_ref, **tol)
+    torch.testing.assert_close(k_cache.float(), kc_ref, **tol)
+    torch.testing.assert_close(v_cache.float(), vc_ref, **tol)
+    torch.testing.assert_close(k.float(), kc_ref[loc], **tol)  # k rotated in place too
+
+
 @pytest.mark.parametrize("T,HKV,D", [(1, 1, 16), (9, 2, 32), (4, 3, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_store_kv(T, HKV, D, dtype, device=CPU):
@@ -545,6 +577,7 @@ def test_gpu_elementwise(T):
     test_apply_rotary(T, 32, 8, 128, dt, device=CUDA)
     test_store_kv(min(T, 40), 8, 128, dt, device=CUDA)
     test_rotary_store_kv(T, 32, 8, 128, dt, device=CUDA)
+    test_rotary_store_kv_with_qk_norms(T, 32, 4, 128, dt, device=CUDA)
 
 
 @gpu

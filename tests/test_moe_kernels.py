@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aiollm.kernels.fused_moe import fused_moe_ref, fused_moe_triton
-from aiollm.kernels.fused_moe_gemv import fused_moe_gemv_triton
+from aiollm.kernels.fused_moe import fused_moe_decode_ref, fused_moe_ref, fused_moe_triton
+from aiollm.kernels.fused_moe_gemv import fused_moe_decode_triton, fused_moe_gemv_triton
 from aiollm.kernels.fused_moe_grouped_mm import grouped_mm_usable
 from aiollm.kernels.moe_align import (
     moe_align_ref,
@@ -20,6 +20,7 @@ from aiollm.kernels.moe_align import (
     moe_route_triton,
 )
 from aiollm.kernels.moe_combine import moe_combine_ref, moe_combine_triton
+from aiollm.kernels.norm import rms_norm_ref
 
 # tiny configs: the interpreter runs every program of the grid in Python
 SMALL = ({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4,
@@ -141,13 +142,17 @@ def moe_case(case: str, T: int = 9):
     x = torch.randn(T, H)
     w13 = torch.randn(E, 2 * I, H) / H**0.5
     w2 = torch.randn(E, H, I) / I**0.5
+    weights, ids = moe_route_ref(case_logits(case, T, E), k, True)
+    return x, w13, w2, weights, ids, (3, 4) if case == "local-slice" else (0, E)
+
+
+def case_logits(case: str, T: int, E: int) -> torch.Tensor:
     logits = torch.randn(T, E)
     if case == "one-expert":
         logits[:, 4] += 100  # every token's first choice is expert 4
     elif case == "empty-experts":
         logits[:, 5:] -= 100  # experts 5..7 get no token
-    weights, ids = moe_route_ref(logits, k, True)
-    return x, w13, w2, weights, ids, (3, 4) if case == "local-slice" else (0, E)
+    return logits
 
 
 CASES = ["odd-tokens", "one-expert", "empty-experts", "local-slice"]
@@ -247,6 +252,31 @@ def test_fused_moe_gemv_path_matches_reference(case, T):
                                rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("T,renorm", [(1, True), (3, False)])
+@pytest.mark.parametrize("case", CASES)
+def test_fused_moe_decode_matches_reference(case, T, renorm):
+    """The one-token form: RMSNorm and routing folded into the GEMVs, the result added into
+    the float32 residual stream in place; its reference routes and normalises unfused."""
+    x, w13, w2, _, _, (start, n_local) = moe_case(case, T)
+    E, k, H = w13.shape[0], 2, x.shape[1]
+    ws = slice(start, start + n_local)
+    logits = case_logits(case, T, E) * 3
+    norm_w = torch.rand(H) + 0.5
+    residual = x * 4
+    want = fused_moe_decode_ref(residual.clone(), norm_w, 1e-5, logits, w13[ws], w2[ws], k,
+                                renorm, start)
+    got = residual.clone()
+    out = fused_moe_decode_triton(got, norm_w, 1e-5, logits, w13[ws].contiguous(),
+                                  w2[ws].contiguous(), k, renorm, start)
+    assert out is got  # in place
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # the experts' part alone, against the plain layer on the normalised stream
+    h = rms_norm_ref(residual, norm_w, 1e-5)
+    weights, ids = moe_route_ref(logits, k, renorm)
+    torch.testing.assert_close(got - residual, fused_moe_ref(h, w13[ws], w2[ws], weights, ids,
+                                                             start), rtol=1e-4, atol=1e-4)
+
+
 def test_fused_moe_reference_equals_a_dense_loop():
     """The reference against the plain definition, token by token."""
     torch.manual_seed(3)
@@ -309,3 +339,44 @@ def test_gpu_fused_moe_in_float32_with_the_configs_found(shape, T, monkeypatch):
     ref = fused_moe_ref(x.double(), w13.double(), w2.double(), weights.double(), ids)
     err = ((out.double() - ref).norm() / ref.norm()).item()
     assert err <= 1e-5, err  # TF32 products gave 2.3e-3
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_fused_moe_decode_at_qwen3_30b_a3b_shape(dtype, monkeypatch):
+    """The one-token form at the real shape with the configs found without tuning, after the
+    router's GEMV as SparseMoe.forward_small runs them (programmatic dependent launches), eager
+    and replayed from a CUDA graph, against the layer in float64."""
+    from aiollm.kernels import autotune
+    from aiollm.kernels.gemv import gemv_norm
+
+    torch.manual_seed(7)
+    E, k, H, I = 128, 8, 2048, 768
+    dev, eps = "cuda", 1e-6
+    residual = torch.randn(1, H, device=dev) * 4
+    norm_w = (torch.rand(H, device=dev) + 0.5).to(dtype)
+    gate_w = (torch.randn(E, H, device=dev) / H**0.5).to(dtype)
+    w13 = (torch.randn(E, 2 * I, H, device=dev) / H**0.5).to(dtype)
+    w2 = (torch.randn(E, H, I, device=dev) / I**0.5).to(dtype)
+
+    def step(stream):
+        logits = gemv_norm(stream, norm_w, eps, gate_w, None, torch.float32)
+        return fused_moe_decode_triton(stream, norm_w, eps, logits, w13, w2, k, True)
+
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "0")
+    with autotune.untuned():
+        eager = step(residual.clone())
+        static = residual.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step(static)
+    static.copy_(residual)
+    graph.replay()
+    h = rms_norm_ref(residual.double(), norm_w.double(), eps)
+    weights, ids = moe_route_ref(h @ gate_w.double().t(), k, True)
+    want = residual.double() + fused_moe_ref(h, w13.double(), w2.double(), weights.double(), ids)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2  # bf16: the activations are rounded
+    for got in (eager, static):
+        err = ((got.double() - want).norm() / (want - residual.double()).norm()).item()
+        assert err <= tol, err

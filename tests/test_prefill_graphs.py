@@ -160,11 +160,15 @@ def test_a_bucket_whose_capture_fails_runs_its_segments_eagerly(tiny, caplog):
 
 def test_a_moe_model_has_segments_with_sparse_and_dense_layers(tmp_path):
     """Routing, alignment and the grouped GEMMs size their launches by the token count
-    alone, so MoE layers (here with a dense one between them) run in the segments too."""
-    save_family("qwen3_moe", str(tmp_path))
-    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
-    assert loaded.model.graph_segments and not loaded.model.fused_small
+    alone, so MoE layers (here with a dense one between them) run in the segments too; and
+    one-token steps run fused (SparseMoe.forward_small), except with Qwen2-MoE's shared
+    expert."""
+    save_family("qwen3_moe", str(tmp_path / "q3"))
+    loaded = load_model(str(tmp_path / "q3"), dtype=torch.float32, device="cpu")
+    assert loaded.model.graph_segments and loaded.model.fused_small
     assert [hasattr(layer.mlp, "experts") for layer in loaded.model.layers] == [True, False, True]
+    save_family("qwen2_moe", str(tmp_path / "q2"))
+    assert not load_model(str(tmp_path / "q2"), dtype=torch.float32, device="cpu").model.fused_small
 
 
 def test_engine_greedy_output_is_unchanged(tmp_path):

@@ -12,7 +12,8 @@ import torch
 from aiollm.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
 from aiollm.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from aiollm.kernels.extend_attention import extend_attention_ref, extend_attention_triton
-from aiollm.kernels.fused_moe import fused_moe_ref, fused_moe_triton
+from aiollm.kernels.fused_moe import fused_moe_decode_ref, fused_moe_ref, fused_moe_triton
+from aiollm.kernels.fused_moe_gemv import fused_moe_decode_triton
 from aiollm.kernels.kv_store import store_kv_ref, store_kv_triton
 from aiollm.kernels.moe_align import moe_route_ref, moe_route_triton
 from aiollm.kernels.norm import rms_norm_ref, rms_norm_triton
@@ -20,13 +21,15 @@ from aiollm.kernels.rotary import apply_rotary_ref, apply_rotary_triton, rotary_
 
 __all__ = [
     "rms_norm", "silu_and_mul", "apply_rotary", "store_kv", "rotary_store_kv",
-    "decode_attention", "extend_attention", "fused_moe",
+    "decode_attention", "extend_attention", "fused_moe", "fused_moe_decode",
     "rms_norm_triton", "silu_and_mul_triton", "apply_rotary_triton", "store_kv_triton",
     "rotary_store_kv_triton",
     "decode_attention_triton", "extend_attention_triton", "fused_moe_triton",
+    "fused_moe_decode_triton",
     "moe_route_triton",
     "rms_norm_ref", "silu_and_mul_ref", "apply_rotary_ref", "store_kv_ref",
     "decode_attention_ref", "extend_attention_ref", "fused_moe_ref", "moe_route_ref",
+    "fused_moe_decode_ref",
 ]
 
 
@@ -57,16 +60,24 @@ def apply_rotary(
 def rotary_store_kv(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
     cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    out_cache_loc: torch.Tensor,
-) -> None:
-    """apply_rotary(q, k, ...) then store_kv(k_cache, v_cache, k, v, out_cache_loc);
-    one fused kernel on CUDA."""
+    out_cache_loc: torch.Tensor, q_norm_w: torch.Tensor | None = None,
+    k_norm_w: torch.Tensor | None = None, eps: float = 0.0,
+) -> torch.Tensor:
+    """q [T, Hq, D], k and v [T, Hkv, D] (views of the projection): with q_norm_w / k_norm_w
+    [D], each head RMS-normalised (eps) and scaled first; then apply_rotary(q, k, ...) and
+    store_kv(k_cache, v_cache, k, v, out_cache_loc); one fused kernel on CUDA. Returns q,
+    rotated (in place on CUDA; the reference's norm makes a new tensor)."""
     if q.is_cuda:
         rotary_store_kv_triton(q, k, v, positions, cos_sin_cache, k_cache, v_cache,
-                               out_cache_loc)
-    else:
-        apply_rotary_ref(q, k, positions, cos_sin_cache)
-        store_kv_ref(k_cache, v_cache, k, v, out_cache_loc)
+                               out_cache_loc, q_norm_w, k_norm_w, eps)
+        return q
+    if q_norm_w is not None:
+        T, D = q.shape[0], q.shape[-1]
+        q = rms_norm_ref(q.reshape(-1, D), q_norm_w, eps).view(T, -1, D)
+        k = rms_norm_ref(k.reshape(-1, D), k_norm_w, eps).view(T, -1, D)
+    apply_rotary_ref(q, k, positions, cos_sin_cache)
+    store_kv_ref(k_cache, v_cache, k, v, out_cache_loc)
+    return q
 
 
 def store_kv(
@@ -115,3 +126,15 @@ def fused_moe(
         return fused_moe_triton(x, w13, w2, weights, ids, expert_start, router_logits.shape[1])
     weights, ids = moe_route_ref(router_logits, top_k, renormalize)
     return fused_moe_ref(x, w13, w2, weights, ids, expert_start)
+
+
+def fused_moe_decode(
+    residual: torch.Tensor, norm_w: torch.Tensor, eps: float, router_logits: torch.Tensor,
+    w13: torch.Tensor, w2: torch.Tensor, top_k: int, renormalize: bool, expert_start: int = 0,
+) -> torch.Tensor:
+    """The mixture-of-experts MLP of a one-token step on the float32 residual stream
+    residual [T, H], updated in place and returned: residual += fused_moe(rmsnorm(residual) *
+    norm_w, ...) with router_logits [T, E_all] float32 the router's output on that normalised
+    stream (see fused_moe_gemv.fused_moe_decode_triton)."""
+    fn = fused_moe_decode_triton if residual.is_cuda else fused_moe_decode_ref
+    return fn(residual, norm_w, eps, router_logits, w13, w2, top_k, renormalize, expert_start)

@@ -27,7 +27,8 @@ from aiollm.kernels.fused_moe_grouped_mm import (
     grouped_mm_gate_up,
     usable_for,
 )
-from aiollm.kernels.moe_align import moe_align_triton
+from aiollm.kernels.moe_align import moe_align_triton, moe_route_ref
+from aiollm.kernels.norm import rms_norm_ref
 from aiollm.kernels.moe_combine import moe_combine_triton
 
 GEMV_MAX_TOKENS = 16  # token classes up to here also try fused_moe_gemv.py's path
@@ -158,3 +159,15 @@ def fused_moe_ref(x: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor,
         h = F.linear(F.silu(gate) * up, w2[e])
         out.index_add_(0, tok, h * topk_weights[tok, pos, None].to(h.dtype))
     return out
+
+
+def fused_moe_decode_ref(residual: torch.Tensor, norm_w: torch.Tensor, eps: float,
+                         logits: torch.Tensor, w13: torch.Tensor, w2: torch.Tensor, top_k: int,
+                         renormalize: bool, expert_start: int = 0) -> torch.Tensor:
+    """fused_moe_gemv.fused_moe_decode_triton's contract, unfused: the stream normalised in
+    float32 then cast to the experts' dtype, routed by moe_route_ref, fused_moe_ref, added
+    into residual [T, H] float32 in place."""
+    h = rms_norm_ref(residual.float(), norm_w, eps).to(w13.dtype)
+    weights, ids = moe_route_ref(logits, top_k, renormalize)
+    residual += fused_moe_ref(h, w13, w2, weights, ids, expert_start).float()
+    return residual

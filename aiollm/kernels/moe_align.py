@@ -53,6 +53,34 @@ def max_padded_pairs(num_pairs: int, num_experts: int, block_m: int) -> int:
 
 # -- routing ------------------------------------------------------------------------------------
 
+@triton.jit
+def route_rows(x, E, TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, ROWS: tl.constexpr,
+               BLOCK_E: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Routing of ROWS tokens in registers: x [ROWS, BLOCK_E] float32 logits (lanes >= E ignored,
+    any finite value) -> (weights [ROWS, BLOCK_K] float32, ids [ROWS, BLOCK_K] int32), lanes >=
+    TOP_K zero. Softmax, top_k (the lowest index among ties), renormalised if asked. Shared by
+    the routing kernel and the one-token decode kernels (fused_moe_gemv.py), so both pick
+    the same experts."""
+    e = tl.arange(0, BLOCK_E)
+    x = tl.where(e[None, :] < E, x, -float("inf"))
+    p = tl.exp(x - tl.max(x, 1)[:, None])
+    p = p / tl.sum(p, 1)[:, None]
+    p = tl.where(e[None, :] < E, p, -1.0)
+    kk = tl.arange(0, BLOCK_K)
+    w = tl.zeros([ROWS, BLOCK_K], dtype=tl.float32)
+    ids = tl.zeros([ROWS, BLOCK_K], dtype=tl.int32)
+    for j in tl.static_range(TOP_K):
+        best = tl.max(p, 1)
+        # the lowest index among ties
+        arg = tl.min(tl.where(p == best[:, None], e[None, :], BLOCK_E), 1)
+        w = tl.where(kk[None, :] == j, best[:, None], w)
+        ids = tl.where(kk[None, :] == j, arg[:, None], ids)
+        p = tl.where(e[None, :] == arg[:, None], -2.0, p)
+    if RENORMALIZE:
+        w = w / tl.sum(w, 1)[:, None]
+    return w, ids
+
+
 # The kernels below take token and pair counts unspecialised: Triton would compile a variant
 # for a count of 1, for multiples of 16 and for the rest (~1 s each for the placement), and a
 # server meets new counts mid-serving (on an H200, eager steps of 3,076-3,094 tokens of
@@ -66,23 +94,9 @@ def _route_kernel(Logits, Weights, Ids, T, E, stride_l, TOP_K: tl.constexpr,
     t_ok = t < T
     e = tl.arange(0, BLOCK_E)
     x = tl.load(Logits + t[:, None] * stride_l + e[None, :],
-                mask=t_ok[:, None] & (e[None, :] < E), other=-float("inf")).to(tl.float32)
-    x = tl.where(t_ok[:, None], x, 0.0)  # rows past T: finite, never stored
-    p = tl.exp(x - tl.max(x, 1)[:, None])
-    p = p / tl.sum(p, 1)[:, None]
-    p = tl.where(e[None, :] < E, p, -1.0)
+                mask=t_ok[:, None] & (e[None, :] < E), other=0.0).to(tl.float32)
+    w, ids = route_rows(x, E, TOP_K, RENORMALIZE, BLOCK_T, BLOCK_E, BLOCK_K)
     kk = tl.arange(0, BLOCK_K)
-    w = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.float32)
-    ids = tl.zeros([BLOCK_T, BLOCK_K], dtype=tl.int32)
-    for j in tl.static_range(TOP_K):
-        best = tl.max(p, 1)
-        # the lowest index among ties
-        arg = tl.min(tl.where(p == best[:, None], e[None, :], BLOCK_E), 1)
-        w = tl.where(kk[None, :] == j, best[:, None], w)
-        ids = tl.where(kk[None, :] == j, arg[:, None], ids)
-        p = tl.where(e[None, :] == arg[:, None], -2.0, p)
-    if RENORMALIZE:
-        w = w / tl.sum(w, 1)[:, None]
     out = t[:, None] * TOP_K + kk[None, :]
     ok = t_ok[:, None] & (kk[None, :] < TOP_K)
     tl.store(Weights + out, w, mask=ok)

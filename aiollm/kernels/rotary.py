@@ -5,7 +5,8 @@ the two halves of each head vector are the rotated pairs: (x1, x2) -> (x1 cos - 
 x2 cos + x1 sin).
 
 rotary_store_kv_triton fuses the rotation with the KV store of the same layer: one kernel
-per token instead of two (a decode step of a 32-layer model launches 32 fewer kernels).
+per token instead of two (a decode step of a 32-layer model launches 32 fewer kernels), and
+for models with per-head q/k RMSNorms (Qwen3) those norms too (two launches fewer a layer).
 """
 
 from __future__ import annotations
@@ -27,13 +28,28 @@ def _cos_sin(CosSin, Positions, t, stride_cs, HALF: tl.constexpr, BLOCK_HALF: tl
 
 
 @triton.jit
+def _load_halves(ptrs, mask, NormW, eps, j, jmask, NORM: tl.constexpr, HALF: tl.constexpr):
+    """The two halves [heads, BLOCK_HALF] of each head vector at ptrs, float32; with NORM each
+    head RMS-normalised over its 2 * HALF entries and scaled by NormW [2 * HALF] first (the
+    q/k norms of Qwen3 and OLMo-2, folded into the rotation: no rounding in between)."""
+    x1 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
+    if NORM:
+        rstd = tl.rsqrt((tl.sum(x1 * x1, 1) + tl.sum(x2 * x2, 1)) / (2 * HALF) + eps)
+        g1 = tl.load(NormW + j, mask=jmask, other=0.0).to(tl.float32)
+        g2 = tl.load(NormW + HALF + j, mask=jmask, other=0.0).to(tl.float32)
+        x1 = x1 * rstd[:, None] * g1[None, :]
+        x2 = x2 * rstd[:, None] * g2[None, :]
+    return x1, x2
+
+
+@triton.jit
 def _rotate_heads(Ptr, stride_h, cos, sin, j, jmask, NUM_HEADS: tl.constexpr,
-                  HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+                  HALF: tl.constexpr, BLOCK_H: tl.constexpr, NormW, eps, NORM: tl.constexpr):
     h = tl.arange(0, BLOCK_H)
     mask = (h < NUM_HEADS)[:, None] & jmask[None, :]
     ptrs = Ptr + h[:, None] * stride_h + j[None, :]
-    x1 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
+    x1, x2 = _load_halves(ptrs, mask, NormW, eps, j, jmask, NORM, HALF)
     tl.store(ptrs, (x1 * cos[None, :] - x2 * sin[None, :]).to(Ptr.dtype.element_ty), mask=mask)
     tl.store(ptrs + HALF, (x2 * cos[None, :] + x1 * sin[None, :]).to(Ptr.dtype.element_ty), mask=mask)
 
@@ -47,28 +63,31 @@ def _rotary_kernel(
 ):
     t = tl.program_id(0).to(tl.int64)
     cos, sin, j, jmask = _cos_sin(CosSin, Positions, t, stride_cs, HALF, BLOCK_HALF)
-    _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, j, jmask, HQ, HALF, BLOCK_HQ)
-    _rotate_heads(K + t * stride_kt, stride_kh, cos, sin, j, jmask, HKV, HALF, BLOCK_HKV)
+    _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, j, jmask, HQ, HALF, BLOCK_HQ,
+                  Q, 0.0, False)
+    _rotate_heads(K + t * stride_kt, stride_kh, cos, sin, j, jmask, HKV, HALF, BLOCK_HKV,
+                  K, 0.0, False)
 
 
 @triton.jit
 def _rotary_store_kernel(
-    Q, K, V, Positions, CosSin, KCache, VCache, Loc,
+    Q, K, V, Positions, CosSin, KCache, VCache, Loc, QNormW, KNormW, eps,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_cs,
     stride_kcs, stride_kch, stride_vcs, stride_vch,
     HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr,
     BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    NORM: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(Loc + t).to(tl.int64)
     cos, sin, j, jmask = _cos_sin(CosSin, Positions, t, stride_cs, HALF, BLOCK_HALF)
-    _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, j, jmask, HQ, HALF, BLOCK_HQ)
+    _rotate_heads(Q + t * stride_qt, stride_qh, cos, sin, j, jmask, HQ, HALF, BLOCK_HQ,
+                  QNormW, eps, NORM)
     # k: rotated into its cache slot (and in place); v: copied to its slot
     h = tl.arange(0, BLOCK_HKV)
     mask = (h < HKV)[:, None] & jmask[None, :]
     src = K + t * stride_kt + h[:, None] * stride_kh + j[None, :]
-    x1 = tl.load(src, mask=mask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + HALF, mask=mask, other=0.0).to(tl.float32)
+    x1, x2 = _load_halves(src, mask, KNormW, eps, j, jmask, NORM, HALF)
     r1 = (x1 * cos[None, :] - x2 * sin[None, :]).to(KCache.dtype.element_ty)
     r2 = (x2 * cos[None, :] + x1 * sin[None, :]).to(KCache.dtype.element_ty)
     dst = KCache + slot * stride_kcs + h[:, None] * stride_kch + j[None, :]
@@ -85,9 +104,12 @@ def _rotary_store_kernel(
 def rotary_store_kv_triton(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
     cos_sin_cache: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    out_cache_loc: torch.Tensor,
+    out_cache_loc: torch.Tensor, q_norm_w: torch.Tensor | None = None,
+    k_norm_w: torch.Tensor | None = None, eps: float = 0.0,
 ) -> None:
-    """apply_rotary(q, k) then store_kv(k, v) at out_cache_loc, in one kernel."""
+    """apply_rotary(q, k) then store_kv(k, v) at out_cache_loc, in one kernel; with
+    q_norm_w and k_norm_w [D] each q and k head is RMS-normalised (eps) and scaled by them
+    first (the per-head q/k norms), in float32 without rounding before the rotation."""
     T, HQ, D = q.shape
     HKV = k.shape[1]
     assert k.shape == (T, HKV, D) and v.shape == k.shape and positions.shape == (T,)
@@ -99,15 +121,20 @@ def rotary_store_kv_triton(
     assert cos_sin_cache.dtype == torch.float32
     if T == 0:
         return
+    norm = q_norm_w is not None
+    assert norm == (k_norm_w is not None), "q and k norms come together"
+    assert not norm or (q_norm_w.shape == (D,) and k_norm_w.shape == (D,)
+                        and q_norm_w.is_contiguous() and k_norm_w.is_contiguous())
     half = D // 2
     _rotary_store_kernel[(T,)](
         q, k, v, positions, cos_sin_cache, k_cache, v_cache, out_cache_loc,
+        q_norm_w if norm else q, k_norm_w if norm else k, eps,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         cos_sin_cache.stride(0),
         k_cache.stride(0), k_cache.stride(1), v_cache.stride(0), v_cache.stride(1),
         HQ=HQ, HKV=HKV, HALF=half,
         BLOCK_HQ=triton.next_power_of_2(HQ), BLOCK_HKV=triton.next_power_of_2(HKV),
-        BLOCK_HALF=triton.next_power_of_2(half),
+        BLOCK_HALF=triton.next_power_of_2(half), NORM=norm,
         num_warps=4,
     )
 

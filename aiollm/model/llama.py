@@ -144,13 +144,12 @@ class Attention(nn.Module):
         q = q.view(T, self.num_heads, D)
         k = k.view(T, self.num_kv_heads, D)
         v = v.view(T, self.num_kv_heads, D)
-        if self.qk_norm:
-            q = self.q_norm(q.reshape(-1, D)).view(T, self.num_heads, D)
-            k = self.k_norm(k.reshape(-1, D)).view(T, self.num_kv_heads, D)
         k_cache = batch.kv_pool.k_cache[self.layer_id]
         v_cache = batch.kv_pool.v_cache[self.layer_id]
-        rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache, batch.out_cache_loc)
-        return q
+        norms = (self.q_norm.weight, self.k_norm.weight, self.q_norm.eps) if self.qk_norm else ()
+        # the per-head q/k norms (Qwen3) run in the same kernel as the rotation and KV store
+        return rotary_store_kv(q, k, v, batch.positions, cos_sin, k_cache, v_cache,
+                               batch.out_cache_loc, *norms)
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm, batch: ForwardBatch,
                       cos_sin: torch.Tensor) -> torch.Tensor:
@@ -293,12 +292,12 @@ class LlamaForCausalLM(nn.Module):
         self.register_buffer(
             "cos_sin_cache", torch.empty(self.max_len, config.head_dim), persistent=False
         )
-        # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as four
-        # fused GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
-        # their all-reduce before the residual add) nor with mixture-of-experts layers.
+        # Steps of at most FUSED_MAX_TOKENS tokens (batch-1 decode) run each layer as fused
+        # GEMVs on a float32 residual stream; not under tensor parallelism (o/down need
+        # their all-reduce before the residual add) nor with a shared expert (moe.py).
         self.single_rank = current() is None
         self.fused_small = self.single_rank and all(
-            isinstance(layer.mlp, MLP) for layer in self.layers)
+            isinstance(layer.mlp, MLP) or layer.mlp.takes_small for layer in self.layers)
         self.init_rope()
 
     def init_rope(self) -> None:

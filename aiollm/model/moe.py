@@ -19,9 +19,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aiollm.kernels import fused_moe
+from aiollm.kernels import fused_moe, fused_moe_decode
+from aiollm.kernels.gemv import gemv_norm
 from aiollm.model.config import ModelConfig
-from aiollm.model.llama import MLP, Linear
+from aiollm.model.llama import MLP, Linear, RMSNorm
 
 
 class Experts(nn.Module):
@@ -59,3 +60,20 @@ class SparseMoe(nn.Module):
         if self.has_shared:
             out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
         return out
+
+    @property
+    def takes_small(self) -> bool:
+        """Whether forward_small serves this layer (not with a shared expert, whose sigmoid
+        gate the fused kernels do not fold in: Qwen2-MoE runs its steps layer by layer)."""
+        return not self.has_shared
+
+    def forward_small(self, residual: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+        """The block on the float32 residual stream [T, H] of a one-token step, as
+        llama.MLP.forward_small: the router's GEMV with `norm` folded in (gemv.py), then the
+        experts' two GEMVs with the norm, the routing and the residual add folded in
+        (fused_moe_gemv.fused_moe_decode_triton); returns the stream, updated in place."""
+        logits = gemv_norm(residual, norm.weight, norm.eps, self.gate.weight, None,
+                           torch.float32)
+        return fused_moe_decode(residual, norm.weight, norm.eps, logits,
+                                self.experts.gate_up_proj, self.experts.down_proj, self.top_k,
+                                self.renormalize, self.expert_range.start)
