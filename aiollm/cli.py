@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from aiollm.config import REASONING_PARSERS, EngineConfig
+
+if TYPE_CHECKING:
+    from aiollm.api.cors import CorsOptions
 
 log = logging.getLogger("aiollm.cli")
 
@@ -60,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' on every endpoint but /health "
                           "(if not given: $AIOLLM_API_KEY; neither: no auth)")
+    net.add_argument("--allowed-origins", type=_string_list, default=None, metavar="LIST",
+                     help="let web pages of these origins call the server from a browser "
+                          "(CORS), as a JSON list ('[\"http://localhost:3000\"]', '[\"*\"]' "
+                          "for any page) or comma-separated; default: none, CORS off, so a web "
+                          "page the user visits cannot drive the server")
+    net.add_argument("--allowed-methods", type=_string_list, default=None, metavar="LIST",
+                     help="with --allowed-origins: the methods those pages may use (default: "
+                          "any)")
+    net.add_argument("--allowed-headers", type=_string_list, default=None, metavar="LIST",
+                     help="with --allowed-origins: the request headers those pages may send "
+                          "(default: any; Content-Type and Accept always)")
+    net.add_argument("--allow-credentials", action="store_true",
+                     help="with --allowed-origins: let those pages send the browser's "
+                          "credentials (cookies, HTTP auth)")
     net.add_argument("--shutdown-timeout", type=float, default=30.0,
                      help="seconds in-flight requests may take to finish on SIGINT/SIGTERM "
                           "before they are aborted")
@@ -153,6 +172,41 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
                    "dist_init_addr", "special_tokens_in_content")
 
 
+def _string_list(value: str) -> list[str]:
+    """A list option: a JSON list of strings (vLLM's form) or comma-separated names."""
+    if value.lstrip().startswith("["):
+        try:
+            items = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise argparse.ArgumentTypeError(f"not a JSON list: {e}") from None
+        if not all(isinstance(item, str) for item in items):
+            raise argparse.ArgumentTypeError(f"must be a list of strings, got {value}")
+    else:
+        items = [item.strip() for item in value.split(",")]
+    if not items or not all(items):
+        raise argparse.ArgumentTypeError(f"must name at least one, without empty names, got "
+                                         f"{value!r}")
+    return items
+
+
+def _cors(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CorsOptions | None:
+    """The CORS options the flags give; None (CORS off) without --allowed-origins."""
+    from aiollm.api.cors import CorsOptions
+
+    if args.allowed_origins is None:
+        for flag in ("allowed_methods", "allowed_headers", "allow_credentials"):
+            if getattr(args, flag):  # alone it would do nothing, silently
+                parser.error(f"--{flag.replace('_', '-')} needs --allowed-origins (without "
+                             "it CORS is off)")
+        return None
+    given = {"allowed_methods": args.allowed_methods, "allowed_headers": args.allowed_headers}
+    try:  # _string_list has checked the lists; what is left is an origin's form
+        return CorsOptions(tuple(args.allowed_origins), allow_credentials=args.allow_credentials,
+                           **{k: tuple(v) for k, v in given.items() if v is not None})
+    except ValueError as e:
+        parser.error(f"argument --allowed-origins: {e}")
+
+
 def _naming_flag(message: str) -> str:
     """EngineConfig's message about an option ("table_capacity must be ...") led by the
     option's flag, as argparse names the flag of a value it refuses."""
@@ -197,10 +251,11 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     from aiollm.api import create_app, serve
     from aiollm.engine import Engine
 
+    cors = _cors(parser, args)
     api_key = args.api_key or os.environ.get("AIOLLM_API_KEY") or None
     app = create_app(Engine(args.model, **options), api_key=api_key,
                      served_model_name=args.served_model_name,
-                     shutdown_timeout=args.shutdown_timeout)
+                     shutdown_timeout=args.shutdown_timeout, cors=cors)
     try:
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist

@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 import uvloop
 
-from aiollm.api import create_app, serve
+from aiollm.api import CorsOptions, create_app, serve
 from aiollm.engine import Engine
 
 MAX_MODEL_LEN = 512  # small, so that "prompt too long" is cheap to provoke
@@ -30,8 +30,8 @@ KV_TOKENS = 8192
 
 class LiveServer:
     def __init__(self, *, api_key: str | None = None, shutdown_timeout: float = 5.0,
-                 **engine_options: Any) -> None:
-        self.api_key, self.shutdown_timeout = api_key, shutdown_timeout
+                 cors: CorsOptions | None = None, **engine_options: Any) -> None:
+        self.api_key, self.shutdown_timeout, self.cors = api_key, shutdown_timeout, cors
         self.engine_options = {"max_model_len": MAX_MODEL_LEN, "kv_tokens": KV_TOKENS,
                                **engine_options}
         self.started = threading.Event()
@@ -59,7 +59,7 @@ class LiveServer:
         self.stop = asyncio.Event()
         self.engine = Engine(**self.engine_options)
         self.app = create_app(self.engine, api_key=self.api_key,
-                              shutdown_timeout=self.shutdown_timeout)
+                              shutdown_timeout=self.shutdown_timeout, cors=self.cors)
         await serve(self.app, "127.0.0.1", 0, stop=self.stop, on_started=self._on_started)
 
     def _on_started(self, host: str, port: int) -> None:

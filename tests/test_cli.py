@@ -31,7 +31,8 @@ def test_serve_help():
                 "--served-model-name", "--api-key", "--load-format", "--log-level",
                 "--scheduler", "--max-waiting-requests", "--queue-timeout", "--no-cuda-graph",
                 "--shutdown-timeout", "--table-capacity", "--cuda-graph-max-batch",
-                "--cuda-graph-max-bs", "--grammar-compile-timeout", "MODEL"):
+                "--cuda-graph-max-bs", "--grammar-compile-timeout", "--allowed-origins",
+                "--allowed-methods", "--allowed-headers", "--allow-credentials", "MODEL"):
         assert opt in out.stdout
     from aiollm.api import lightllm, ops
     from aiollm.api import openai as openai_api
@@ -76,6 +77,15 @@ def test_serve_rejects_bad_options():
         flag = args[0].replace("-max-bs", "-max-batch")
         assert out.returncode == 2 and f"argument {flag}" in out.stderr, out.stderr
         assert says in out.stderr, out.stderr
+    # CORS: lists as JSON or comma-separated; the other options alone would do nothing
+    for args, says in ((["--allowed-methods", "GET"], "needs --allowed-origins"),
+                       (["--allow-credentials"], "needs --allowed-origins"),
+                       (["--allowed-origins", "[1]"], "must be a list of strings"),
+                       (["--allowed-origins", "a,,b"], "without empty names"),
+                       (["--allowed-origins", "http://localhost:3000/"], "not an origin")):
+        out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2 and says in out.stderr, out.stderr
     # both ended in a traceback (torch's RuntimeError; "Torch not compiled with CUDA enabled")
     out = subprocess.run([AIOLLM, "serve", "--device", "tpu"], capture_output=True, text=True,
                          timeout=60)
@@ -163,7 +173,7 @@ def test_serve_subprocess(tmp_path):
     with _served(tmp_path, "--kv-tokens", "4096", "--max-model-len", "1024",
                  "--max-running-requests", "1", "--max-waiting-requests", "1",
                  "--table-capacity", "64", "--shutdown-timeout", "60",
-                 env=env) as (proc, base, log):
+                 "--allowed-origins", '["*"]', env=env) as (proc, base, log):
         text = log.read_text()
         assert base in text and "dtype float32" in text
         assert "KV capacity 4096 tokens" in text
@@ -178,6 +188,15 @@ def test_serve_subprocess(tmp_path):
         status, _, metrics = asyncio.run(_get(base + "/metrics",
                                               headers={"Authorization": f"Bearer {KEY}"}))
         assert status == 200 and b"\naiollm_request_table_slots_total 64.0\n" in metrics
+
+        # CORS for any page: its preflight needs no key, its request does
+        page = {"Origin": "http://localhost:5173"}
+        status, headers, _ = asyncio.run(_get(base + "/v1/chat/completions", method="OPTIONS",
+                                              headers={**page, "Access-Control-Request-Method":
+                                                       "POST"}))
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == page["Origin"]
+        status, headers, _ = asyncio.run(_get(base + "/metrics", headers=page))
+        assert status == 401 and headers["Access-Control-Allow-Origin"] == page["Origin"]
 
         client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=120)
         model = client.models.list().data[0].id

@@ -98,6 +98,8 @@ def request(draw, fields: dict, required: tuple[str, ...]) -> dict:
     body = draw(st.fixed_dictionaries(
         {k: fields[k] for k in required},
         optional={k: v for k, v in fields.items() if k not in required}))
+    if body.get("stream") is not True:  # stream_options without a stream is a 400
+        body.pop("stream_options", None)
     for key in draw(st.lists(st.sampled_from(sorted(fields)), max_size=2, unique=True)):
         body[key] = draw(wild(key))
     return {**draw(extras), **body}

@@ -210,6 +210,14 @@ BAD_INPUT = [
     bad("whitespace-pattern", C, prompt(guided_json={"type": "object"},
                                         guided_whitespace_pattern=" *"), 400,
         "guided_whitespace_pattern"),
+    # OpenAI refuses stream_options without stream (it only shapes a stream), as vLLM does
+    bad("stream-options-no-stream", C, prompt(stream_options={"include_usage": True}), 400,
+        "stream_options", "stream"),
+    bad("chat-stream-options-stream-false", CH,
+        chat(stream=False, stream_options={"include_usage": False}), 400, "stream_options",
+        "stream"),
+    bad("stream-options-stream-null", CH, chat(stream=None, stream_options={}), 400,
+        "stream_options"),
     # vLLM's chat fields that change the prompt or the output, not served: refused
     bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
     bad("chat-prompt-logprobs", CH, chat(prompt_logprobs=1), 400, "prompt_logprobs",
@@ -327,8 +335,9 @@ NULL_FIELDS = [  # OpenAI's schema makes these nullable; clients that serialize 
     # field send null for "not set", which must mean the default
     (C, prompt(n=None, stream=None, echo=None, logprobs=None, ignore_eos=None, min_tokens=None,
                skip_special_tokens=None, stream_options=None)),
-    (CH, chat(n=None, stream=None, logprobs=None, top_logprobs=None, ignore_eos=None,
-              min_tokens=None, skip_special_tokens=None, parallel_tool_calls=None)),
+    (CH, chat(n=None, stream=False, logprobs=None, top_logprobs=None, ignore_eos=None,
+              min_tokens=None, skip_special_tokens=None, parallel_tool_calls=None,
+              stream_options=None)),
 ]
 
 

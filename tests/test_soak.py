@@ -34,8 +34,9 @@ def random_request(rng: random.Random) -> tuple[str, dict, bool]:
     if kind == "completion":
         body = {**common, "prompt": rng.choice(["Once upon a time", "1, 2, 3,",
                                                 [rng.randrange(1000, 9000) for _ in range(40)]]),
-                "n": rng.choice([1, 1, 2]), "stream": stream,
-                "stream_options": {"include_usage": rng.random() < 0.5}}
+                "n": rng.choice([1, 1, 2]), "stream": stream}
+        if stream:  # stream_options without a stream is a 400
+            body["stream_options"] = {"include_usage": rng.random() < 0.5}
         return "/v1/completions", body, stream
     if kind == "chat":
         body = {**common, "messages": [{"role": "user", "content": rng.choice(

@@ -109,11 +109,17 @@ class SamplingFields(Struct, kw_only=True):
 
     def check_unserved(self) -> None:
         """InvalidRequest naming the first vLLM field the server does not serve that is sent
-        with a value that would change the output."""
+        with a value that would change the output, or stream_options without stream."""
         for name, (neutral, why) in _VLLM_UNSERVED.items():
             value = getattr(self, name)
             if value is not None and value != neutral:
                 raise InvalidRequest(f"{name} is not served: {why}", param=name)
+        # as OpenAI and vLLM answer it: its options shape a stream, and an answer in one
+        # piece would silently leave out what they ask for (a null is "not set")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest("stream_options is only allowed with stream true: send "
+                                 "stream true, or leave stream_options out",
+                                 param="stream_options")
 
     def __post_init__(self) -> None:
         # OpenAI's schema makes its fields nullable, null meaning the default, and clients

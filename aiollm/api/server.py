@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from aiohttp import hdrs, web
 
 from aiollm.api import lightllm, openai, ops
+from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
 from aiollm.api.state import STATE, ApiState
 
@@ -39,8 +40,10 @@ OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (probes car
 
 def create_app(engine: Engine, *, api_key: str | None = None,
                served_model_name: str | None = None, shutdown_timeout: float = 30.0,
-               max_body_bytes: int = MAX_BODY_BYTES) -> web.Application:
-    """The HTTP app around `engine` (not yet started: the app starts and stops it)."""
+               max_body_bytes: int = MAX_BODY_BYTES,
+               cors: CorsOptions | None = None) -> web.Application:
+    """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
+    may call it from other origins only as `cors` allows (None: from none, CORS off)."""
     middlewares = [error_middleware]
     if api_key:
         middlewares.append(_auth_middleware(api_key))
@@ -48,6 +51,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     app[STATE] = ApiState(engine=engine, served_model_name=served_model_name,
                           shutdown_timeout=shutdown_timeout, created=int(time.time()))
     app.add_routes(ops.ROUTES + openai.ROUTES + lightllm.ROUTES)
+    if cors is not None:
+        enable_cors(app, cors)
     app.cleanup_ctx.append(_engine_lifetime)
     app.on_shutdown.append(_drain)
     return app
@@ -98,7 +103,10 @@ def _auth_middleware(api_key: str) -> Callable:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
+        # OPTIONS routes exist only with CORS on: its preflights, which carry no credentials
+        # (browsers never send them) and run nothing
+        if (request.path not in OPEN_PATHS
+                and request.match_info.route.method != hdrs.METH_OPTIONS):
             scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
             # compare_digest: the time taken must not tell how much of the key was right.
             # Header bytes that are not UTF-8 arrive as surrogates: encode them back.
@@ -162,10 +170,10 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
 
 def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, *,
                api_key: str | None = None, served_model_name: str | None = None,
-               shutdown_timeout: float = 30.0) -> None:
+               shutdown_timeout: float = 30.0, cors: CorsOptions | None = None) -> None:
     """Serve `engine` on uvloop until SIGINT/SIGTERM."""
     import uvloop
 
     app = create_app(engine, api_key=api_key, served_model_name=served_model_name,
-                     shutdown_timeout=shutdown_timeout)
+                     shutdown_timeout=shutdown_timeout, cors=cors)
     uvloop.run(serve(app, host, port))

@@ -1,0 +1,67 @@
+"""Cross-origin requests (CORS): which web pages a browser lets call the server.
+
+Off unless origins are allowed: the server listens on 127.0.0.1 by default, and a server
+that allowed every origin would let any page the user visits drive it. With origins given,
+every route answers the browser's preflight OPTIONS (before the API key is asked for: a
+preflight carries no credentials and runs nothing) and every response to an allowed origin,
+streams and errors included, carries Access-Control-Allow-Origin. aiohttp-cors does the
+protocol; this module turns the server's options into its configuration.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import aiohttp_cors
+from aiohttp import web
+
+# what a browser sends as Origin: scheme://host[:port], no path; "null" from file:// pages
+_ORIGIN = re.compile(r"null|[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
+# request headers a browser may send without asking (the CORS-safelisted ones; it still lists
+# Content-Type in a preflight when it is application/json): allowed with any list, as
+# vLLM (Starlette) allows them
+_SAFELISTED_HEADERS = ("Accept", "Accept-Language", "Content-Language", "Content-Type")
+PREFLIGHT_MAX_AGE_S = 600  # how long a browser may reuse a preflight's answer
+
+
+@dataclass(frozen=True)
+class CorsOptions:
+    """The origins (scheme://host[:port], "null", or "*" for any) whose pages may call the
+    server, the methods and request headers they may use ("*": any), and whether the browser
+    may send its credentials (cookies, HTTP auth) with them. Raises ValueError naming a value
+    a browser would never match."""
+
+    allowed_origins: tuple[str, ...]
+    allowed_methods: tuple[str, ...] = ("*",)
+    allowed_headers: tuple[str, ...] = ("*",)
+    allow_credentials: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.allowed_origins:
+            raise ValueError("allowed_origins must name at least one origin (or \"*\")")
+        for origin in self.allowed_origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] "
+                                 "without a path, as browsers send it (e.g. "
+                                 "http://localhost:3000), or \"*\" for any")
+        for name in ("allowed_methods", "allowed_headers"):
+            if not getattr(self, name) or not all(getattr(self, name)):
+                raise ValueError(f"{name} must name at least one, without empty names "
+                                 "(or \"*\" for any)")
+
+
+def enable_cors(app: web.Application, options: CorsOptions) -> None:
+    """Add CORS to every route `app` has now: call it after the routes are added."""
+    methods = "*" if "*" in options.allowed_methods else options.allowed_methods
+    headers = ("*" if "*" in options.allowed_headers
+               else tuple({*options.allowed_headers, *_SAFELISTED_HEADERS}))
+    resource = aiohttp_cors.ResourceOptions(
+        allow_credentials=options.allow_credentials, allow_headers=headers,
+        allow_methods=methods, max_age=PREFLIGHT_MAX_AGE_S)
+    origins = ("*",) if "*" in options.allowed_origins else options.allowed_origins
+    cors = aiohttp_cors.setup(app, defaults={origin: resource for origin in origins})
+    # by resource, not by route: aiohttp-cors allows a route's own method whatever
+    # allow_methods says, so --allowed-methods would restrict nothing
+    for res in list(app.router.resources()):
+        cors.add(res)

@@ -1,0 +1,141 @@
+"""CORS against the real app (tests/live_server.py), as a browser uses it: off by default;
+with allowed origins, the preflight OPTIONS of every route is answered without the API key,
+the request itself still needs it, and every response to an allowed origin (errors and
+streams too) carries Access-Control-Allow-Origin. A browser refuses what lacks it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from live_server import LiveServer, http, sse_events
+
+from aiollm.api import CorsOptions, lightllm, ops
+from aiollm.api import openai as openai_api
+from aiollm.api.cors import enable_cors
+
+KEY = "cors-key-0123"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+ORIGIN = "http://localhost:3000"
+ELSEWHERE = "https://elsewhere.example"
+# what a browser asks before a chat UI's POST with the key and a JSON body
+PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+             "Access-Control-Request-Headers": "authorization,content-type"}
+CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+# every route the server has, as (method, a path it serves)
+ROUTES = [(r.method, re.sub(r"{[^}]*}", "some-model", r.path))
+          for r in ops.ROUTES + openai_api.ROUTES + lightllm.ROUTES]
+
+
+@pytest.fixture(scope="module")
+def cors_server() -> LiveServer:
+    """An API key, one allowed origin, GET and POST with the Authorization header (and the
+    safelisted ones, Content-Type among them)."""
+    srv = LiveServer(api_key=KEY, cors=CorsOptions(
+        (ORIGIN,), allowed_methods=("GET", "POST"), allowed_headers=("Authorization",))).start()
+    yield srv
+    srv.close()
+
+
+def cors_headers(headers: dict) -> dict:
+    return {k: v for k, v in headers.items() if k.lower().startswith("access-control-")}
+
+
+def test_off_by_default(server):
+    status, headers, body = http(server, "OPTIONS", "/v1/chat/completions", headers=PREFLIGHT)
+    assert status == 405 and json.loads(body)["error"]["message"], body
+    assert cors_headers(headers) == {}
+    status, headers, _ = http(server, "POST", "/v1/chat/completions", json=CHAT,
+                              headers={"Origin": ORIGIN})
+    assert status == 200 and cors_headers(headers) == {}
+
+
+@pytest.mark.parametrize("method,path", ROUTES, ids=[p for _, p in ROUTES])
+def test_preflight_is_answered_on_every_route_without_the_key(cors_server, method, path):
+    status, headers, _ = http(cors_server, "OPTIONS", path, headers={
+        **PREFLIGHT, "Access-Control-Request-Method": method})
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert headers["Access-Control-Allow-Methods"] == method
+    allowed = {h.strip().lower() for h in headers["Access-Control-Allow-Headers"].split(",")}
+    assert allowed == {"authorization", "content-type"}
+    assert headers["Access-Control-Max-Age"] == "600"
+    assert "Access-Control-Allow-Credentials" not in headers
+
+
+def test_the_request_itself_still_needs_the_key(cors_server):
+    # the 401 carries the CORS headers: the page can read why it was refused
+    status, headers, body = http(cors_server, "POST", "/v1/chat/completions", json=CHAT,
+                                 headers={"Origin": ORIGIN})
+    assert status == 401 and json.loads(body)["error"]["code"] == "invalid_api_key"
+    assert headers["Access-Control-Allow-Origin"] == ORIGIN
+    status, headers, body = http(cors_server, "POST", "/v1/chat/completions", json=CHAT,
+                                 headers={"Origin": ORIGIN, **AUTH})
+    assert status == 200 and json.loads(body)["choices"], body
+    assert headers["Access-Control-Allow-Origin"] == ORIGIN
+    # an OPTIONS that is no preflight is refused by aiohttp-cors, not served
+    status, headers, _ = http(cors_server, "OPTIONS", "/v1/chat/completions")
+    assert status == 403 and cors_headers(headers) == {}
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {**CHAT, "stream": True, "stream_options": {"include_usage": True}}),
+    ("/generate_stream", {"inputs": "hi", "parameters": {"max_new_tokens": 2}}),
+], ids=["chat", "generate_stream"])
+def test_streams_carry_the_cors_headers(cors_server, path, body):
+    status, headers, raw = http(cors_server, "POST", path, json=body,
+                                headers={"Origin": ORIGIN, **AUTH})
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream")
+    assert headers["Access-Control-Allow-Origin"] == ORIGIN
+    events = sse_events(raw)
+    assert events and not any("error" in json.loads(e) for e in events if e != "[DONE]")
+
+
+def test_other_origins_get_no_cors_headers(cors_server):
+    status, headers, _ = http(cors_server, "OPTIONS", "/v1/chat/completions",
+                              headers={**PREFLIGHT, "Origin": ELSEWHERE})
+    assert status == 403 and cors_headers(headers) == {}
+    # the server answers (CORS is not access control: the key is), the browser hides it
+    status, headers, _ = http(cors_server, "GET", "/v1/models",
+                              headers={"Origin": ELSEWHERE, **AUTH})
+    assert status == 200 and cors_headers(headers) == {}
+
+
+@pytest.mark.parametrize("asks", [
+    {"Access-Control-Request-Method": "DELETE"},
+    {"Access-Control-Request-Headers": "authorization,content-type,x-tracking"},
+], ids=["method", "header"])
+def test_preflight_outside_the_allowed_methods_and_headers_is_refused(cors_server, asks):
+    status, headers, _ = http(cors_server, "OPTIONS", "/v1/chat/completions",
+                              headers={**PREFLIGHT, **asks})
+    assert status == 403 and cors_headers(headers) == {}
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:3000/", "localhost:3000", ""])
+def test_an_origin_no_browser_sends_is_refused(origin):
+    with pytest.raises(ValueError, match="not an origin"):
+        CorsOptions((origin,))
+
+
+def test_allowed_methods_hold_for_routes_that_serve_the_method():
+    """aiohttp-cors lets a route's own method through whatever allow_methods says, when CORS
+    is added route by route: a POST route took POST preflights with only GET allowed."""
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def preflight(method: str) -> int:
+        app = web.Application()
+        app.add_routes([web.get("/get", ok), web.post("/post", ok)])
+        enable_cors(app, CorsOptions(("*",), allowed_methods=("GET",)))
+        async with TestClient(TestServer(app)) as client:
+            path = "/get" if method == "GET" else "/post"
+            resp = await client.options(path, headers={
+                "Origin": ORIGIN, "Access-Control-Request-Method": method})
+            return resp.status
+
+    assert asyncio.run(preflight("GET")) == 200
+    assert asyncio.run(preflight("POST")) == 403
