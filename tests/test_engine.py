@@ -376,13 +376,14 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
 def test_engine_refuses_grammars_the_http_api_refuses(loop, engine, kind, value, bad):
     """What the grammar would compile without enforcing is refused for the Engine API's
     callers as for HTTP's (a ValueError naming the keyword; they compiled and the output was
-    left free of it), by generate(), by stream() and before anything is held."""
+    left free of it), by generate(), by stream() (at its first iteration, where its grammar
+    compiles off the loop) and before anything is held."""
     params = SamplingParams(max_tokens=4, constraint=Constraint(GrammarSpec(kind, value, "g")))
     with pytest.raises(ValueError, match=bad) as e:
         run(loop, engine.generate("Hi", params))
     assert isinstance(e.value, InvalidRequest) and e.value.param == "g"
     with pytest.raises(ValueError, match=bad):
-        engine.stream("Hi", params)
+        run(loop, _collect(engine.stream("Hi", params)))
     assert_all_free(engine)
 
 
@@ -623,6 +624,48 @@ def test_grammar_compile_deadline(loop, held_json_schemas):
         return time.monotonic() - t0
 
     assert run(loop, scenario()) < 1.0
+
+
+def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
+    """stream() compiled a grammar not compiled yet on the event loop, with no deadline
+    (Grammars.start): a slow schema held every stream and handler for as long as it
+    compiled (minutes for some small schemas), and then ran. It now compiles as generate()
+    does, off the loop within grammar_compile_timeout, and raises generate()'s error from
+    its first iteration; the stream held nothing meanwhile."""
+    import threading
+
+    release, calls = held_json_schemas
+    threading.Timer(5, release[201].set).start()  # unfixed, stream() held the loop until then
+    eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
+    refused = {}
+
+    async def scenario():
+        await eng.start()
+        try:
+            await eng.compile_grammar(SamplingParams(constraint=Constraint(
+                GrammarSpec("json_object"))))  # the tokenizer's grammar info: built once
+            with pytest.raises(InvalidRequest) as e:
+                await asyncio.wait_for(eng.generate("Hi", _held(201)), 10)
+            refused["generate"] = e.value
+
+            async def streamed():
+                stream = eng.stream("Hi", _held(201))
+                with pytest.raises(InvalidRequest) as e:
+                    await asyncio.wait_for(_collect(stream), 10)
+                refused["stream"] = e.value
+
+            gap = await _longest_loop_gap(streamed)
+            return gap, eng.stats()
+        finally:
+            await eng.stop()
+
+    gap, stats = run(loop, scenario())
+    assert gap < 0.25, gap
+    generate, stream = refused["generate"], refused["stream"]
+    assert stream.param == generate.param == "guided_json"
+    assert str(stream) == str(generate) and "did not compile within 0.5 s" in str(stream)
+    assert calls[201] == 1  # one compilation, shared
+    assert stats["table_used"] == 0 and stats["waiting"] == 0
 
 
 def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monkeypatch):

@@ -170,8 +170,10 @@ class Engine:
 
     # -- public API ------------------------------------------------------------------------
     async def compile_grammar(self, params: SamplingParams) -> None:
-        """Compile the request's grammar, if any, on a worker thread (cached). stream() and
-        generate() would compile a missing one on the event loop: await this first."""
+        """Compile the request's grammar, if any, on a compile thread within
+        grammar_compile_timeout (cached): what generate() and stream() do before they submit
+        a request with a grammar. Raises InvalidRequest naming the grammar's field (a bad
+        grammar, or one not compiled in time), Overloaded (the compile threads are busy)."""
         c = params.constraint if isinstance(params, SamplingParams) else None
         if c is not None and self._started and c.grammar is not None:
             await self.grammars.compile(c.grammar)
@@ -187,9 +189,28 @@ class Engine:
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
-        Closing the stream (or dropping it, even unstarted) aborts the request."""
-        req, text = self._submit(prompt, params or SamplingParams())
+        Closing the stream (or dropping it, even unstarted) aborts the request.
+
+        A grammar not compiled yet is compiled as generate() compiles it (compile_grammar:
+        off the loop, within grammar_compile_timeout), at the first iteration, and the
+        request is submitted once it has: its errors (InvalidRequest naming the grammar's
+        field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
+        params = params or SamplingParams()
+        c = params.constraint if isinstance(params, SamplingParams) else None
+        if c is not None and c.grammar is not None:
+            prompt = self._checked(prompt, params)
+            if not self.grammars.compiled(c.grammar):
+                return self._stream_compiled(prompt, params)
+        req, text = self._submit(prompt, params)
         return RequestStream(req, deltas(req, text, self._finish), self._finish)
+
+    async def _stream_compiled(self, ids: list[int], params: SamplingParams
+                               ) -> AsyncIterator[Delta]:
+        await self.compile_grammar(params)
+        req, text = self._submit(ids, params)  # checked again: the engine may have stopped
+        async with contextlib.aclosing(deltas(req, text, self._finish)) as gen:
+            async for delta in gen:
+                yield delta
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
                     template: TemplateOptions | None = None) -> list[int]:
@@ -273,7 +294,9 @@ class Engine:
         if not self._started and self._loop_task is None:  # never started: a usage error
             raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
 
-    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
+    def _checked(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, once the engine takes requests and the prompt and params
+        fit the model (what stream() checks before a grammar compiles)."""
         self._check_started()
         # stopped (a request tokenized or compiled off the loop meanwhile, or a server's
         # handler during its shutdown) or stopping: as any request a shutdown catches
@@ -285,6 +308,10 @@ class Engine:
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
         ids = self.tokenize(prompt)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
+        return ids
+
+    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
+        ids = self._checked(prompt, params)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         grammar = self.grammars.start(params.constraint) if params.constraint else None
