@@ -519,6 +519,37 @@ def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
     assert all(isinstance(r, Overloaded) for r in results), results
 
 
+def test_a_stopped_engine_says_it_is_stopped(loop):
+    """generate, chat and stream after stop() raised Overloaded("...; retry it"), though no
+    retry can succeed on a stopped engine: they raise EngineStopped, which says so. It is an
+    Overloaded, so a server's request racing its shutdown still gets 503, not a 500."""
+    from aiollm.api.http_errors import as_api_error
+    from aiollm.errors import EngineStopped
+
+    eng = Engine(None, kv_tokens=1024)
+    messages = [{"role": "user", "content": "hi"}]
+    params = SamplingParams(max_tokens=1)
+    uncompiled = SamplingParams(max_tokens=1, constraint=Constraint(GrammarSpec(
+        "regex", "(stopped|engine)[4-6]{2}", "guided_regex")))  # no other test's grammar
+
+    async def scenario():
+        await eng.start()
+        await eng.stop()
+        errors = []
+        for call in (lambda: eng.generate("hi", params), lambda: eng.chat(messages, params),
+                     lambda: _collect(eng.stream("hi", params)),
+                     lambda: _collect(eng.stream_chat(messages, params)),
+                     lambda: _collect(eng.stream("hi", uncompiled))):
+            with pytest.raises(EngineStopped) as e:
+                await call()
+            errors.append(e.value)
+        return errors
+
+    for e in run(loop, scenario()):
+        assert "stopped" in str(e) and "retry" not in str(e), e
+        assert isinstance(e, Overloaded) and as_api_error(e).status == 503
+
+
 def _held(i: int) -> SamplingParams:
     schema = f'{{"title": "held", "type": "object", "properties": {{"p{i}": {{}}}}}}'
     return SamplingParams(constraint=Constraint(GrammarSpec("json_schema", schema,

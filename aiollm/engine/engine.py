@@ -43,7 +43,7 @@ from aiollm.engine.request import Phase, Request
 from aiollm.engine.step_log import StepLog
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, check_request, new_request, off_loop, tokenize
-from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
+from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
 from aiollm.native import FinishReason, ReqState
 from aiollm.sampling_params import SamplingParams
@@ -58,7 +58,8 @@ class Engine:
     model: an HF safetensors directory or a .gguf file (None: the default SmolLM2-135M);
     options: the other EngineConfig fields (aiollm/config.py), which raises ValueError
     naming a bad one. Request errors: InvalidRequest (bad input, naming the field),
-    Overloaded (queue or table full, shutting down), RequestFailed (failed inside)."""
+    Overloaded (queue or table full, shutting down), EngineStopped (an Overloaded: the
+    engine is stopped, a retry cannot help), RequestFailed (failed inside)."""
 
     def __init__(self, model: str | None = None, **options):
         self.config = EngineConfig(model=model, **options)
@@ -298,10 +299,11 @@ class Engine:
         """The prompt's token ids, once the engine takes requests and the prompt and params
         fit the model (what stream() checks before a grammar compiles)."""
         self._check_started()
-        # stopped (a request tokenized or compiled off the loop meanwhile, or a server's
-        # handler during its shutdown) or stopping: as any request a shutdown catches
+        # stopped: after stop(), or during it (a request tokenized or compiled off the loop
+        # meanwhile, or a server's handler during its shutdown: an Overloaded, so HTTP 503)
         if not self._started:
-            raise Overloaded("the engine was stopped before the request was submitted; retry it")
+            raise EngineStopped("the engine is stopped (Engine.stop() ran before this request "
+                                "was submitted); it takes no request until started again")
         if not self._accepting:
             raise Overloaded("the server is shutting down")
         if not isinstance(params, SamplingParams):
