@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from aiollm.config import EngineConfig
+from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
@@ -217,7 +218,8 @@ class Engine:
                     template: TemplateOptions | None = None) -> list[int]:
         """Token ids of a conversation with the chat template applied as `template` says
         (default: the assistant's turn opened); control-token text in message content stays
-        plain text unless config.special_tokens_in_content."""
+        plain text unless config.special_tokens_in_content. `messages` as the template takes
+        them: chat() and the HTTP API check and shape theirs first (chat_messages.py)."""
         self._check_started()
         if self._content_specials is None:
             self._content_specials = ([] if self.config.special_tokens_in_content
@@ -227,15 +229,20 @@ class Engine:
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None,
                    template: TemplateOptions | None = None) -> RequestOutput:
-        """generate() on a conversation ({"role", "content"} dicts) under the chat template
-        (a long one rendered and tokenized off the loop)."""
-        ids = await off_loop(rendered_size(messages), self.chat_prompt, messages, None, template)
+        """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
+        checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
+        chat template (a long one rendered and tokenized off the loop)."""
+        ids = await off_loop(rendered_size(messages), self._chat_ids, messages, template)
         return await self.generate(ids, params)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
                     template: TemplateOptions | None = None) -> AsyncIterator[Delta]:
-        """stream() on a conversation under the chat template."""
-        return self.stream(self.chat_prompt(messages, None, template), params)
+        """stream() on a conversation under the chat template, checked as chat() checks it."""
+        return self.stream(self._chat_ids(messages, template), params)
+
+    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None) -> list[int]:
+        self._check_started()  # a usage error before any complaint about the messages
+        return self.chat_prompt(checked_messages(messages), None, template)
 
     async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
                              progress: bool = True) -> list[RequestOutput]:
