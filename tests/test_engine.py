@@ -417,6 +417,22 @@ def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
     assert_all_free(engine)
 
 
+def test_offline_chat_checks_messages_as_engine_chat_does():
+    """LLM.chat rendered each conversation unchecked (Engine.chat_prompt), as Engine.chat did:
+    a role outside OpenAI's was rendered as a turn; it is refused as Engine.chat refuses it."""
+    from aiollm import LLM
+
+    params = SamplingParams(max_tokens=1)
+    with LLM(None, kv_tokens=1024) as llm:
+        hi = [{"role": "user", "content": "Hi"}]
+        with pytest.raises(InvalidRequest) as e:
+            llm.chat([hi, [{"role": "wizard", "content": "hi"}]], params, progress=False)
+        assert e.value.param == "messages[0].role"
+        system, developer = llm.chat([[{"role": role, "content": "Be terse."}, *hi]
+                                      for role in ("system", "developer")], params, False)
+        assert developer.prompt_token_ids == system.prompt_token_ids
+
+
 @pytest.mark.parametrize("kind,value,bad", [
     ("json_schema", '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}',
      "uniqueItems"),
