@@ -739,7 +739,8 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
     import threading
 
     release, calls = held_json_schemas
-    threading.Timer(5, release[201].set).start()  # unfixed, stream() held the loop until then
+    unhold = threading.Timer(5, release[201].set)  # unfixed, stream() held the loop until then
+    unhold.start()
     eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
     refused = {}
 
@@ -763,7 +764,10 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
         finally:
             await eng.stop()
 
-    gap, stats = run(loop, scenario())
+    try:
+        gap, stats = run(loop, scenario())
+    finally:
+        unhold.cancel()  # the fixture releases it: no thread left to wait for at exit
     assert gap < 0.25, gap
     generate, stream = refused["generate"], refused["stream"]
     assert stream.param == generate.param == "guided_json"
