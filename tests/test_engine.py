@@ -740,7 +740,6 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
 
     release, calls = held_json_schemas
     unhold = threading.Timer(5, release[201].set)  # unfixed, stream() held the loop until then
-    unhold.start()
     eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
     refused = {}
 
@@ -749,6 +748,7 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
         try:
             await eng.compile_grammar(SamplingParams(constraint=Constraint(
                 GrammarSpec("json_object"))))  # the tokenizer's grammar info: built once
+            unhold.start()
             with pytest.raises(InvalidRequest) as e:
                 await asyncio.wait_for(eng.generate("Hi", _held(201)), 10)
             refused["generate"] = e.value
