@@ -768,7 +768,7 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
         gap, stats = run(loop, scenario())
     finally:
         unhold.cancel()  # the fixture releases it: no thread left to wait for at exit
-    assert gap < 0.25, gap
+    assert gap < 0.5, gap  # unfixed: ~4.5 s
     generate, stream = refused["generate"], refused["stream"]
     assert stream.param == generate.param == "guided_json"
     assert str(stream) == str(generate) and "did not compile within 0.5 s" in str(stream)
