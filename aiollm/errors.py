@@ -22,5 +22,12 @@ class Overloaded(RuntimeError):
     """The waiting queue is full (HTTP 503 with Retry-After)."""
 
 
+class EngineStopped(Overloaded):
+    """The engine is stopped (Engine.stop() has run): it takes no request until it is
+    started again, so retrying on it cannot help. An Overloaded, so that a server's
+    request racing its shutdown still gets HTTP 503 (its client retries elsewhere, or once
+    the server is back); the Engine API's callers catch it first to stop retrying."""
+
+
 class RequestFailed(RuntimeError):
     """Serving one request failed inside the engine (HTTP 500); other requests go on."""

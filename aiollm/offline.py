@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
+from aiollm.engine.chat_messages import checked_messages
 from aiollm.sampling_params import SamplingParams
 
 
@@ -28,7 +29,9 @@ class LLM:
 
     def chat(self, conversations: Sequence[list[dict]], params: SamplingParams | None = None,
              progress: bool = True) -> list[RequestOutput]:
-        prompts = [self.engine.chat_prompt(c) for c in conversations]
+        """generate() on conversations, each checked as Engine.chat checks one (InvalidRequest
+        naming the field) and rendered by the chat template."""
+        prompts = [self.engine.chat_prompt(checked_messages(c)) for c in conversations]
         return self.generate(prompts, params, progress)
 
     def close(self) -> None:

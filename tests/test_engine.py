@@ -360,6 +360,79 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     assert_all_free(engine)
 
 
+def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
+    """Engine.chat and stream_chat passed any dicts to the chat template: a role outside
+    OpenAI's, an image part, content that is not text were rendered (the template wrote the
+    role as a turn, the part as its Python repr) where /v1/chat/completions answers 400. They
+    now raise InvalidRequest naming the same field (one check for both: chat_messages.py),
+    and render what HTTP renders: developer as system, text parts joined."""
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    hi = [{"role": "user", "content": "Hi"}]
+    bad = [
+        ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
+        ([*hi, {"role": "function", "content": "1"}], "messages[1].role"),
+        ([{"content": "hi"}], "messages[0].role"),
+        ([{"role": "user"}], "messages[0].content"),
+        ([{"role": "user", "content": 5}], "messages[0].content"),
+        ([{"role": "user", "content": {"text": "hi"}}], "messages[0].content"),
+        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+         "messages[0].content[0]"),
+        ([{"role": "user", "content": ["hi"]}], "messages[0].content[0]"),
+        ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
+        ([{"role": "user", "content": "hi", "name": 3}], "messages[0].name"),
+        ([*hi, {"role": "tool", "content": "1"}], "messages[1].tool_call_id"),
+        ([{"role": "user", "content": "hi", "tool_calls": [call]}], "messages[0].tool_calls"),
+        ([*hi, {"role": "assistant", "tool_calls": [{"id": "c1"}]}],
+         "messages[1].tool_calls[0].function"),
+        ([*hi, {"role": "assistant", "tool_calls": [{**call, "type": "x"}]}],
+         "messages[1].tool_calls[0].type"),
+        ([*hi, {"role": "assistant", "tool_calls": [
+            {**call, "function": {"name": "f", "arguments": 5}}]}],
+         "messages[1].tool_calls[0].function.arguments"),
+        ([*hi, "hello"], "messages[1]"),
+        ([], "messages"),
+    ]
+    params = SamplingParams(max_tokens=1)
+    for messages, param in bad:
+        with pytest.raises(InvalidRequest) as e:
+            run(loop, engine.chat(messages, params))
+        assert e.value.param == param, (messages, e.value)
+        with pytest.raises(InvalidRequest) as e:
+            engine.stream_chat(messages, params)
+        assert e.value.param == param, (messages, e.value)
+
+    def prompt(messages):
+        return run(loop, engine.chat(messages, params)).prompt_token_ids
+
+    assert prompt([{"role": "developer", "content": "Be terse."}, *hi]) == \
+        prompt([{"role": "system", "content": "Be terse."}, *hi])
+    assert prompt([{"role": "user", "content": [{"type": "text", "text": "H"},
+                                                {"type": "text", "text": "i"}]}]) == prompt(hi)
+    tool_turns = [*hi, {"role": "assistant", "content": None, "tool_calls": [call]},
+                  {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    assert prompt(tool_turns) == engine.chat_prompt(
+        [*hi, {"role": "assistant", "content": "", "tool_calls": [
+            {**call, "function": {"name": "f", "arguments": {}}}]},
+         {"role": "tool", "tool_call_id": "c1", "content": "42"}])
+    assert_all_free(engine)
+
+
+def test_offline_chat_checks_messages_as_engine_chat_does():
+    """LLM.chat rendered each conversation unchecked (Engine.chat_prompt), as Engine.chat did:
+    a role outside OpenAI's was rendered as a turn; it is refused as Engine.chat refuses it."""
+    from aiollm import LLM
+
+    params = SamplingParams(max_tokens=1)
+    with LLM(None, kv_tokens=1024) as llm:
+        hi = [{"role": "user", "content": "Hi"}]
+        with pytest.raises(InvalidRequest) as e:
+            llm.chat([hi, [{"role": "wizard", "content": "hi"}]], params, progress=False)
+        assert e.value.param == "messages[0].role"
+        system, developer = llm.chat([[{"role": role, "content": "Be terse."}, *hi]
+                                      for role in ("system", "developer")], params, False)
+        assert developer.prompt_token_ids == system.prompt_token_ids
+
+
 @pytest.mark.parametrize("kind,value,bad", [
     ("json_schema", '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}',
      "uniqueItems"),
@@ -376,13 +449,14 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
 def test_engine_refuses_grammars_the_http_api_refuses(loop, engine, kind, value, bad):
     """What the grammar would compile without enforcing is refused for the Engine API's
     callers as for HTTP's (a ValueError naming the keyword; they compiled and the output was
-    left free of it), by generate(), by stream() and before anything is held."""
+    left free of it), by generate(), by stream() (at its first iteration, where its grammar
+    compiles off the loop) and before anything is held."""
     params = SamplingParams(max_tokens=4, constraint=Constraint(GrammarSpec(kind, value, "g")))
     with pytest.raises(ValueError, match=bad) as e:
         run(loop, engine.generate("Hi", params))
     assert isinstance(e.value, InvalidRequest) and e.value.param == "g"
     with pytest.raises(ValueError, match=bad):
-        engine.stream("Hi", params)
+        run(loop, _collect(engine.stream("Hi", params)))
     assert_all_free(engine)
 
 
@@ -518,6 +592,37 @@ def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
     assert all(isinstance(r, Overloaded) for r in results), results
 
 
+def test_a_stopped_engine_says_it_is_stopped(loop):
+    """generate, chat and stream after stop() raised Overloaded("...; retry it"), though no
+    retry can succeed on a stopped engine: they raise EngineStopped, which says so. It is an
+    Overloaded, so a server's request racing its shutdown still gets 503, not a 500."""
+    from aiollm.api.http_errors import as_api_error
+    from aiollm.errors import EngineStopped
+
+    eng = Engine(None, kv_tokens=1024)
+    messages = [{"role": "user", "content": "hi"}]
+    params = SamplingParams(max_tokens=1)
+    uncompiled = SamplingParams(max_tokens=1, constraint=Constraint(GrammarSpec(
+        "regex", "(stopped|engine)[4-6]{2}", "guided_regex")))  # no other test's grammar
+
+    async def scenario():
+        await eng.start()
+        await eng.stop()
+        errors = []
+        for call in (lambda: eng.generate("hi", params), lambda: eng.chat(messages, params),
+                     lambda: _collect(eng.stream("hi", params)),
+                     lambda: _collect(eng.stream_chat(messages, params)),
+                     lambda: _collect(eng.stream("hi", uncompiled))):
+            with pytest.raises(EngineStopped) as e:
+                await call()
+            errors.append(e.value)
+        return errors
+
+    for e in run(loop, scenario()):
+        assert "stopped" in str(e) and "retry" not in str(e), e
+        assert isinstance(e, Overloaded) and as_api_error(e).status == 503
+
+
 def _held(i: int) -> SamplingParams:
     schema = f'{{"title": "held", "type": "object", "properties": {{"p{i}": {{}}}}}}'
     return SamplingParams(constraint=Constraint(GrammarSpec("json_schema", schema,
@@ -623,6 +728,52 @@ def test_grammar_compile_deadline(loop, held_json_schemas):
         return time.monotonic() - t0
 
     assert run(loop, scenario()) < 1.0
+
+
+def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
+    """stream() compiled a grammar not compiled yet on the event loop, with no deadline
+    (Grammars.start): a slow schema held every stream and handler for as long as it
+    compiled (minutes for some small schemas), and then ran. It now compiles as generate()
+    does, off the loop within grammar_compile_timeout, and raises generate()'s error from
+    its first iteration; the stream held nothing meanwhile."""
+    import threading
+
+    release, calls = held_json_schemas
+    unhold = threading.Timer(5, release[201].set)  # unfixed, stream() held the loop until then
+    eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
+    refused = {}
+
+    async def scenario():
+        await eng.start()
+        try:
+            await eng.compile_grammar(SamplingParams(constraint=Constraint(
+                GrammarSpec("json_object"))))  # the tokenizer's grammar info: built once
+            unhold.start()
+            with pytest.raises(InvalidRequest) as e:
+                await asyncio.wait_for(eng.generate("Hi", _held(201)), 10)
+            refused["generate"] = e.value
+
+            async def streamed():
+                stream = eng.stream("Hi", _held(201))
+                with pytest.raises(InvalidRequest) as e:
+                    await asyncio.wait_for(_collect(stream), 10)
+                refused["stream"] = e.value
+
+            gap = await _longest_loop_gap(streamed)
+            return gap, eng.stats()
+        finally:
+            await eng.stop()
+
+    try:
+        gap, stats = run(loop, scenario())
+    finally:
+        unhold.cancel()  # the fixture releases it: no thread left to wait for at exit
+    assert gap < 0.5, gap  # unfixed: ~4.5 s
+    generate, stream = refused["generate"], refused["stream"]
+    assert stream.param == generate.param == "guided_json"
+    assert str(stream) == str(generate) and "did not compile within 0.5 s" in str(stream)
+    assert calls[201] == 1  # one compilation, shared
+    assert stats["table_used"] == 0 and stats["waiting"] == 0
 
 
 def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monkeypatch):

@@ -17,6 +17,7 @@ from msgspec import Meta, Struct
 
 from aiollm.api import structured
 from aiollm.api.http_errors import ApiError
+from aiollm.engine.chat_messages import checked_message
 from aiollm.engine.chat_template import TemplateOptions
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import MAX_LOGPROBS, Constraint, SamplingParams
@@ -232,10 +233,6 @@ class CompletionRequest(SamplingFields, kw_only=True):
             "token-id lists", param="prompt")
 
 
-# the roles OpenAI accepts (developer is rendered as system)
-CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
-
-
 class ContentPart(Struct, kw_only=True):
     type: str
     text: str | None = None
@@ -254,78 +251,10 @@ class ChatMessage(Struct, kw_only=True):
     reasoning: str | None = None
 
     def as_dict(self, index: int) -> dict[str, Any]:
-        """The message as the chat template wants it: role and plain-text content. Raises
-        InvalidRequest naming the field for a role or shape OpenAI refuses (a role the
-        template would render anyway, and the model answer as if it were a turn)."""
-        self._check(f"messages[{index}]")
-        content = self.content
-        if isinstance(content, list):
-            texts = []
-            for j, part in enumerate(content):
-                if part.type != "text":
-                    raise InvalidRequest(
-                        f"only text content parts are supported, got type {part.type!r}",
-                        param=f"messages[{index}].content[{j}]")
-                if part.text is None:
-                    raise InvalidRequest("a text content part needs a `text` field",
-                                         param=f"messages[{index}].content[{j}].text")
-                texts.append(part.text)
-            content = "".join(texts)
-        # developer is OpenAI's newer name for system; chat templates know only system
-        role = "system" if self.role == "developer" else self.role
-        msg = {"role": role, "content": content or ""}
-        if self.name is not None:
-            msg["name"] = self.name
-        if self.tool_calls is not None:
-            msg["tool_calls"] = _template_tool_calls(self.tool_calls)
-        if self.tool_call_id is not None:
-            msg["tool_call_id"] = self.tool_call_id
-        if (thought := self.reasoning_content if self.reasoning_content is not None
-                else self.reasoning) is not None:
-            msg["reasoning_content"] = thought
-        return msg
-
-
-    def _check(self, at: str) -> None:
-        if self.role not in CHAT_ROLES:
-            raise InvalidRequest(f"{at}.role must be one of {', '.join(CHAT_ROLES)}, got "
-                                 f"{self.role!r}", param=f"{at}.role")
-        if self.content is None and not (self.role == "assistant" and self.tool_calls):
-            raise InvalidRequest(f"{at}.content is required for a {self.role} message "
-                                 "(only an assistant message with tool_calls may omit it)",
-                                 param=f"{at}.content")
-        if self.tool_calls and self.role != "assistant":
-            raise InvalidRequest(f"only assistant messages have tool_calls, {at} is a "
-                                 f"{self.role} message", param=f"{at}.tool_calls")
-        if self.role == "tool" and self.tool_call_id is None:
-            raise InvalidRequest("a tool message needs the tool_call_id of the call it "
-                                 "answers", param=f"{at}.tool_call_id")
-        for j, call in enumerate(self.tool_calls or ()):
-            fn = call.get("function")
-            if call.get("type", "function") != "function":
-                raise InvalidRequest(f'{at}.tool_calls[{j}].type must be "function", got '
-                                     f"{call.get('type')!r}", param=f"{at}.tool_calls[{j}].type")
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
-                raise InvalidRequest(f'{at}.tool_calls[{j}].function must be an object with '
-                                     'a "name"', param=f"{at}.tool_calls[{j}].function")
-            if not isinstance(fn.get("arguments", ""), (str, dict)):
-                raise InvalidRequest(f"{at}.tool_calls[{j}].function.arguments must be a JSON "
-                                     "string", param=f"{at}.tool_calls[{j}].function.arguments")
-
-
-def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """OpenAI's calls carry arguments as a JSON string; chat templates (HF's convention)
-    want the object, which they render themselves."""
-    out = []
-    for c in calls:
-        fn = dict(c.get("function") or {})
-        if isinstance(fn.get("arguments"), str):
-            try:
-                fn["arguments"] = msgspec.json.decode(fn["arguments"])
-            except msgspec.DecodeError:
-                pass
-        out.append({**c, "function": fn})
-    return out
+        """The message as the chat template wants it (engine/chat_messages.py, the Engine
+        API's check too). Raises InvalidRequest naming the field for a role or shape OpenAI
+        refuses."""
+        return checked_message(msgspec.to_builtins(self), f"messages[{index}]")
 
 
 class ChatCompletionRequest(SamplingFields, kw_only=True):

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from aiollm.config import EngineConfig
+from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
@@ -43,7 +44,7 @@ from aiollm.engine.request import Phase, Request
 from aiollm.engine.step_log import StepLog
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, check_request, new_request, off_loop, tokenize
-from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
+from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
 from aiollm.native import FinishReason, ReqState
 from aiollm.sampling_params import SamplingParams
@@ -58,7 +59,8 @@ class Engine:
     model: an HF safetensors directory or a .gguf file (None: the default SmolLM2-135M);
     options: the other EngineConfig fields (aiollm/config.py), which raises ValueError
     naming a bad one. Request errors: InvalidRequest (bad input, naming the field),
-    Overloaded (queue or table full, shutting down), RequestFailed (failed inside)."""
+    Overloaded (queue or table full, shutting down), EngineStopped (an Overloaded: the
+    engine is stopped, a retry cannot help), RequestFailed (failed inside)."""
 
     def __init__(self, model: str | None = None, **options):
         self.config = EngineConfig(model=model, **options)
@@ -170,8 +172,10 @@ class Engine:
 
     # -- public API ------------------------------------------------------------------------
     async def compile_grammar(self, params: SamplingParams) -> None:
-        """Compile the request's grammar, if any, on a worker thread (cached). stream() and
-        generate() would compile a missing one on the event loop: await this first."""
+        """Compile the request's grammar, if any, on a compile thread within
+        grammar_compile_timeout (cached): what generate() and stream() do before they submit
+        a request with a grammar. Raises InvalidRequest naming the grammar's field (a bad
+        grammar, or one not compiled in time), Overloaded (the compile threads are busy)."""
         c = params.constraint if isinstance(params, SamplingParams) else None
         if c is not None and self._started and c.grammar is not None:
             await self.grammars.compile(c.grammar)
@@ -187,15 +191,35 @@ class Engine:
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
-        Closing the stream (or dropping it, even unstarted) aborts the request."""
-        req, text = self._submit(prompt, params or SamplingParams())
+        Closing the stream (or dropping it, even unstarted) aborts the request.
+
+        A grammar not compiled yet is compiled as generate() compiles it (compile_grammar:
+        off the loop, within grammar_compile_timeout), at the first iteration, and the
+        request is submitted once it has: its errors (InvalidRequest naming the grammar's
+        field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
+        params = params or SamplingParams()
+        c = params.constraint if isinstance(params, SamplingParams) else None
+        if c is not None and c.grammar is not None:
+            prompt = self._checked(prompt, params)
+            if not self.grammars.compiled(c.grammar):
+                return self._stream_compiled(prompt, params)
+        req, text = self._submit(prompt, params)
         return RequestStream(req, deltas(req, text, self._finish), self._finish)
+
+    async def _stream_compiled(self, ids: list[int], params: SamplingParams
+                               ) -> AsyncIterator[Delta]:
+        await self.compile_grammar(params)
+        req, text = self._submit(ids, params)  # checked again: the engine may have stopped
+        async with contextlib.aclosing(deltas(req, text, self._finish)) as gen:
+            async for delta in gen:
+                yield delta
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
                     template: TemplateOptions | None = None) -> list[int]:
         """Token ids of a conversation with the chat template applied as `template` says
         (default: the assistant's turn opened); control-token text in message content stays
-        plain text unless config.special_tokens_in_content."""
+        plain text unless config.special_tokens_in_content. `messages` as the template takes
+        them: chat() and the HTTP API check and shape theirs first (chat_messages.py)."""
         self._check_started()
         if self._content_specials is None:
             self._content_specials = ([] if self.config.special_tokens_in_content
@@ -205,15 +229,20 @@ class Engine:
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None,
                    template: TemplateOptions | None = None) -> RequestOutput:
-        """generate() on a conversation ({"role", "content"} dicts) under the chat template
-        (a long one rendered and tokenized off the loop)."""
-        ids = await off_loop(rendered_size(messages), self.chat_prompt, messages, None, template)
+        """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
+        checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
+        chat template (a long one rendered and tokenized off the loop)."""
+        ids = await off_loop(rendered_size(messages), self._chat_ids, messages, template)
         return await self.generate(ids, params)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
                     template: TemplateOptions | None = None) -> AsyncIterator[Delta]:
-        """stream() on a conversation under the chat template."""
-        return self.stream(self.chat_prompt(messages, None, template), params)
+        """stream() on a conversation under the chat template, checked as chat() checks it."""
+        return self.stream(self._chat_ids(messages, template), params)
+
+    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None) -> list[int]:
+        self._check_started()  # a usage error before any complaint about the messages
+        return self.chat_prompt(checked_messages(messages), None, template)
 
     async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
                              progress: bool = True) -> list[RequestOutput]:
@@ -273,18 +302,25 @@ class Engine:
         if not self._started and self._loop_task is None:  # never started: a usage error
             raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
 
-    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
+    def _checked(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, once the engine takes requests and the prompt and params
+        fit the model (what stream() checks before a grammar compiles)."""
         self._check_started()
-        # stopped (a request tokenized or compiled off the loop meanwhile, or a server's
-        # handler during its shutdown) or stopping: as any request a shutdown catches
+        # stopped: after stop(), or during it (a request tokenized or compiled off the loop
+        # meanwhile, or a server's handler during its shutdown: an Overloaded, so HTTP 503)
         if not self._started:
-            raise Overloaded("the engine was stopped before the request was submitted; retry it")
+            raise EngineStopped("the engine is stopped (Engine.stop() ran before this request "
+                                "was submitted); it takes no request until started again")
         if not self._accepting:
             raise Overloaded("the server is shutting down")
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
         ids = self.tokenize(prompt)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
+        return ids
+
+    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
+        ids = self._checked(prompt, params)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         grammar = self.grammars.start(params.constraint) if params.constraint else None

@@ -186,6 +186,11 @@ class Grammars:
                 _CACHE.compiled.popitem(last=False)
         return compiled
 
+    def compiled(self, spec: GrammarSpec) -> bool:
+        """Whether `spec` is compiled already (cached): start() then compiles nothing."""
+        with _CACHE.lock:
+            return (self._key, spec.kind, spec.value) in _CACHE.compiled
+
     async def compile(self, spec: GrammarSpec):
         """compile_now on a compile thread; concurrent calls for one grammar from one field
         (GrammarSpec.param) share the work. Raises InvalidRequest (param: spec.param) when

@@ -1,0 +1,128 @@
+"""The messages of a conversation checked as OpenAI's chat API takes them, and put in the form
+chat templates take: one check for the Engine API (Engine.chat, stream_chat) and the HTTP API
+(api/protocol.ChatMessage), so a message one refuses the other refuses too, naming the same
+field (`messages[1].content[0]`).
+
+Refused: a role outside OpenAI's (a template would render it anyway, and the model answer as
+if it were a turn), content that is not text or text parts, a message without content (only
+an assistant's tool calls stand in for it), tool calls anywhere but on an assistant message
+or malformed, a tool message without the id of the call it answers. The form: developer
+(OpenAI's newer name of system, which templates do not know) as system, text parts joined,
+no content as "", a call's JSON arguments as the object templates render themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from aiollm.engine.submission import check_unicode
+from aiollm.errors import InvalidRequest
+
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
+_STRINGS = ("name", "tool_call_id", "reasoning_content", "reasoning")
+
+
+def checked_messages(messages: Any) -> list[dict[str, Any]]:
+    """Each message of a conversation (a list or tuple of dicts) checked and in the form
+    chat templates take (checked_message). Raises InvalidRequest naming "messages" for
+    another type or an empty conversation, else the field at fault."""
+    if not isinstance(messages, (list, tuple)):
+        raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
+                             param="messages")
+    if not messages:
+        raise InvalidRequest("messages must hold at least one message", param="messages")
+    return [checked_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+
+
+def checked_message(m: Any, at: str) -> dict[str, Any]:
+    """The message `m` (a dict, at the path `at`) as chat templates take it: role and text
+    content, its name, tool calls, tool_call_id and reasoning (`reasoning_content`, also
+    from vLLM's `reasoning`) when given; other keys as they are. Raises InvalidRequest
+    naming the field (`{at}.role`...) for a message OpenAI's chat API refuses."""
+    if not isinstance(m, dict):
+        raise InvalidRequest(f'{at} must be a {{"role", "content"}} dict', param=at)
+    role, calls = m.get("role"), m.get("tool_calls")
+    if not isinstance(role, str) or role not in CHAT_ROLES:
+        raise InvalidRequest(f"{at}.role must be one of {', '.join(CHAT_ROLES)}, got "
+                             f"{role!r}", param=f"{at}.role")
+    for key in _STRINGS:
+        if m.get(key) is not None and not isinstance(m[key], str):
+            raise InvalidRequest(f"{at}.{key} must be a string", param=f"{at}.{key}")
+    if calls is not None and not (isinstance(calls, list)
+                                  and all(isinstance(c, dict) for c in calls)):
+        raise InvalidRequest(f"{at}.tool_calls must be a list of objects",
+                             param=f"{at}.tool_calls")
+    if m.get("content") is None and not (role == "assistant" and calls):
+        raise InvalidRequest(f"{at}.content is required for a {role} message "
+                             "(only an assistant message with tool_calls may omit it)",
+                             param=f"{at}.content")
+    if calls and role != "assistant":
+        raise InvalidRequest(f"only assistant messages have tool_calls, {at} is a "
+                             f"{role} message", param=f"{at}.tool_calls")
+    if role == "tool" and m.get("tool_call_id") is None:
+        raise InvalidRequest("a tool message needs the tool_call_id of the call it "
+                             "answers", param=f"{at}.tool_call_id")
+    for j, call in enumerate(calls or ()):
+        fn = call.get("function")
+        if call.get("type", "function") != "function":
+            raise InvalidRequest(f'{at}.tool_calls[{j}].type must be "function", got '
+                                 f"{call.get('type')!r}", param=f"{at}.tool_calls[{j}].type")
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise InvalidRequest(f'{at}.tool_calls[{j}].function must be an object with '
+                                 'a "name"', param=f"{at}.tool_calls[{j}].function")
+        if not isinstance(fn.get("arguments", ""), (str, dict)):
+            raise InvalidRequest(f"{at}.tool_calls[{j}].function.arguments must be a JSON "
+                                 "string", param=f"{at}.tool_calls[{j}].function.arguments")
+    msg = {k: v for k, v in m.items() if v is not None and k != "reasoning"}
+    msg["role"] = "system" if role == "developer" else role
+    msg["content"] = _text(m.get("content"), at)
+    if calls is not None:
+        msg["tool_calls"] = _template_tool_calls(calls)
+    thought = m.get("reasoning_content")
+    if thought is None:
+        thought = m.get("reasoning")
+    if thought is not None:
+        msg["reasoning_content"] = thought
+    return msg
+
+
+def _text(content: Any, at: str) -> str:
+    """A message's content as one string: text parts joined (each checked for lone
+    surrogates here, by its own path: joined, the template's check names only the content)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{at}.content must be a string or a list of content parts, got "
+                             f"{type(content).__name__}", param=f"{at}.content")
+    texts = []
+    for j, part in enumerate(content):
+        where = f"{at}.content[{j}]"
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise InvalidRequest(f'{where} must be a content part: an object with a "type"',
+                                 param=where)
+        if part["type"] != "text":
+            raise InvalidRequest(f"only text content parts are supported, got type "
+                                 f"{part['type']!r}", param=where)
+        if not isinstance(part.get("text"), str):
+            raise InvalidRequest("a text content part needs a `text` field (a string)",
+                                 param=f"{where}.text")
+        check_unicode(part["text"], f"{where}.text")
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """OpenAI's calls carry arguments as a JSON string; chat templates (HF's convention)
+    want the object, which they render themselves."""
+    out = []
+    for c in calls:
+        fn = dict(c.get("function") or {})
+        if isinstance(fn.get("arguments"), str):
+            try:
+                fn["arguments"] = msgspec.json.decode(fn["arguments"])
+            except msgspec.DecodeError:
+                pass
+        out.append({**c, "function": fn})
+    return out
