@@ -2,6 +2,10 @@
 # Set up a bare GPU machine that has torch/triton/transformers but no package index:
 # install the carried wheels (.whl, filled by ../shared/tools/device-wheels.sh) and build the
 # native request table in place. Source it:  source bench/gpu_setup.sh
+# The wheels the image lacks (2026-12-02): ../shared/tools/device-wheels.sh cffi msgspec
+#   meson-python gguf aiohttp-cors xgrammar apache-tvm-ffi pydantic pydantic-core
+#   annotated-types typing-inspection jsonschema referencing rpds-py
+#   jsonschema-specifications attrs
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || return 1
 export PYTHONPATH=$PWD:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
