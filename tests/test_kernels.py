@@ -112,21 +112,26 @@ def test_apply_rotary(T, HQ, HKV, D, dtype, device=CPU):
     assert torch.equal(qkv[:, (HQ + HKV) * D :], v_before), "v must be untouched"
 
 
+def _rotary_store_case(T, HQ, HKV, D, dtype, device, scale=1.0):
+    """q, k, v (views of one random projection [T, (HQ + 2 HKV) D]), positions, the cos/sin
+    cache, T distinct KV slots and the cache size S they lie in."""
+    qkv = torch.randn(T, (HQ + 2 * HKV) * D, dtype=dtype, device=device) * scale
+    q = qkv[:, : HQ * D].view(T, HQ, D)
+    k = qkv[:, HQ * D : (HQ + HKV) * D].view(T, HKV, D)
+    v = qkv[:, (HQ + HKV) * D :].view(T, HKV, D)
+    S = 3 * T + 5
+    return (q, k, v, torch.randint(0, 100, (T,), device=device), make_cos_sin(100, D, device),
+            torch.randperm(S, device=device)[:T], S)
+
+
 @pytest.mark.parametrize("T,HQ,HKV,D", [(1, 2, 2, 16), (7, 4, 1, 32), (5, 6, 3, 16)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rotary_store_kv(T, HQ, HKV, D, dtype, device=CPU):
     """The fused kernel equals apply_rotary then store_kv: q rotated in place, rotated k in
     its cache slot, v copied to its slot, every other slot untouched."""
-    qkv = torch.randn(T, (HQ + 2 * HKV) * D, dtype=dtype, device=device)
-    q = qkv[:, : HQ * D].view(T, HQ, D)
-    k = qkv[:, HQ * D : (HQ + HKV) * D].view(T, HKV, D)
-    v = qkv[:, (HQ + HKV) * D :].view(T, HKV, D)
-    positions = torch.randint(0, 100, (T,), device=device)
-    cos_sin = make_cos_sin(100, D, device)
-    S = 3 * T + 5
+    q, k, v, positions, cos_sin, loc, S = _rotary_store_case(T, HQ, HKV, D, dtype, device)
     k_cache = torch.randn(S, HKV, D, dtype=dtype, device=device)
     v_cache = torch.randn(S, HKV, D, dtype=dtype, device=device)
-    loc = torch.randperm(S, device=device)[:T]
     q_ref, k_ref, kc_ref, vc_ref = q.clone(), k.clone(), k_cache.clone(), v_cache.clone()
     kernels.apply_rotary_ref(q_ref, k_ref, positions, cos_sin)
     kernels.store_kv_ref(kc_ref, vc_ref, k_ref, v.clone(), loc)
@@ -145,18 +150,11 @@ def test_rotary_store_kv_with_qk_norms(T, HQ, HKV, D, dtype, device=CPU):
     """With Qwen3's per-head q/k norms folded in: each head normalised and scaled, then
     rotated and stored, against the reference in float32 (the kernel does not round the
     normalised heads before rotating them)."""
-    qkv = torch.randn(T, (HQ + 2 * HKV) * D, dtype=dtype, device=device) * 3
-    q = qkv[:, : HQ * D].view(T, HQ, D)
-    k = qkv[:, HQ * D : (HQ + HKV) * D].view(T, HKV, D)
-    v = qkv[:, (HQ + HKV) * D :].view(T, HKV, D)
+    q, k, v, positions, cos_sin, loc, S = _rotary_store_case(T, HQ, HKV, D, dtype, device, 3.0)
     qw = (torch.rand(D, device=device) + 0.5).to(dtype)
     kw = (torch.rand(D, device=device) + 0.5).to(dtype)
-    positions = torch.randint(0, 100, (T,), device=device)
-    cos_sin = make_cos_sin(100, D, device)
-    S = 3 * T + 5
     k_cache = torch.zeros(S, HKV, D, dtype=dtype, device=device)
     v_cache = torch.zeros(S, HKV, D, dtype=dtype, device=device)
-    loc = torch.randperm(S, device=device)[:T]
     kc_ref, vc_ref = k_cache.float(), v_cache.float()
     q_ref = kernels.rotary_store_kv(q.float(), k.float(), v.float(), positions, cos_sin.float(),
                                     kc_ref, vc_ref, loc, qw.float(),
