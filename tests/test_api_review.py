@@ -13,6 +13,26 @@ from live_server import http, sse_events
 
 OOV = 60000  # past SmolLM2's 49,152-token vocabulary
 HI = [{"role": "user", "content": "hi"}]
+TOOL_CALL = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+# messages OpenAI's chat API refuses, with the field each error names (the Engine API's test
+# in test_engine.py refuses the same ones)
+BAD_MESSAGES = [
+    ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
+    ([*HI, {"role": "function", "content": "1"}], "messages[1].role"),
+    ([{"role": "user"}], "messages[0].content"),
+    ([{"role": "user", "content": None}], "messages[0].content"),
+    ([*HI, {"role": "tool", "content": "1"}], "messages[1].tool_call_id"),
+    ([{"role": "user", "content": "hi", "tool_calls": [TOOL_CALL]}], "messages[0].tool_calls"),
+    ([*HI, {"role": "assistant", "tool_calls": [{"id": "c1"}]}],
+     "messages[1].tool_calls[0].function"),
+    ([*HI, {"role": "assistant", "tool_calls": [{**TOOL_CALL, "type": "x"}]}],
+     "messages[1].tool_calls[0].type"),
+    ([*HI, {"role": "assistant", "tool_calls": [
+        {**TOOL_CALL, "function": {"name": "f", "arguments": 5}}]}],
+     "messages[1].tool_calls[0].function.arguments"),
+    ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
+    ([{"role": "user", "content": 5}], "messages[0].content"),
+]
 
 # (path, body, param the 400 names): every field that takes a token id, with one past the
 # vocabulary; min_tokens makes the engine index the logits with a stop id
@@ -154,25 +174,7 @@ def test_chat_roles_and_message_shapes(server):
     """Roles outside OpenAI's and malformed messages are 400s naming the field, on chat and
     /tokenize (issue 15, fault 8); developer is rendered as system; a tool exchange is
     accepted."""
-    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
-    bad = [
-        ([{"role": "wizard", "content": "hi"}], "messages[0].role"),
-        ([*HI, {"role": "function", "content": "1"}], "messages[1].role"),
-        ([{"role": "user"}], "messages[0].content"),
-        ([{"role": "user", "content": None}], "messages[0].content"),
-        ([*HI, {"role": "tool", "content": "1"}], "messages[1].tool_call_id"),
-        ([{"role": "user", "content": "hi", "tool_calls": [call]}], "messages[0].tool_calls"),
-        ([*HI, {"role": "assistant", "tool_calls": [{"id": "c1"}]}],
-         "messages[1].tool_calls[0].function"),
-        ([*HI, {"role": "assistant", "tool_calls": [{**call, "type": "x"}]}],
-         "messages[1].tool_calls[0].type"),
-        ([*HI, {"role": "assistant", "tool_calls": [
-            {**call, "function": {"name": "f", "arguments": 5}}]}],
-         "messages[1].tool_calls[0].function.arguments"),
-        ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
-        ([{"role": "user", "content": 5}], "messages[0].content"),
-    ]
-    for messages, param in bad:
+    for messages, param in BAD_MESSAGES:
         for path, extra in (("/v1/chat/completions", {"max_tokens": 2}),
                             ("/v1/chat/completions", {"max_tokens": 2, "stream": True}),
                             ("/tokenize", {})):
@@ -187,7 +189,7 @@ def test_chat_roles_and_message_shapes(server):
 
     assert ids([{"role": "developer", "content": "Be terse."}, *HI]) == \
         ids([{"role": "system", "content": "Be terse."}, *HI])
-    tool_turns = [*HI, {"role": "assistant", "content": None, "tool_calls": [call]},
+    tool_turns = [*HI, {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
                   {"role": "tool", "tool_call_id": "c1", "content": "42"}]
     status, _, raw = http(server, "POST", "/v1/chat/completions",
                           json={"messages": tool_turns, "max_tokens": 2})
