@@ -95,6 +95,21 @@ def test_streams_carry_the_cors_headers(cors_server, path, body):
     assert events and not any("error" in json.loads(e) for e in events if e != "[DONE]")
 
 
+@pytest.mark.parametrize("method,path,code", [("GET", "/v1/no-such-route", 404),
+                                              ("DELETE", "/v1/models", 405)],
+                         ids=["404", "405"])
+def test_errors_of_the_router_carry_the_cors_headers(cors_server, method, path, code):
+    """A path or method no route serves was answered by the router, outside every resource
+    aiohttp-cors knows: the 404/405 carried no Access-Control-Allow-Origin, so the page saw a
+    network error and not the server's JSON error. Other origins still get none."""
+    status, headers, body = http(cors_server, method, path, headers={"Origin": ORIGIN, **AUTH})
+    assert status == code and json.loads(body)["error"]["message"], body
+    assert headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "Access-Control-Allow-Credentials" not in headers
+    status, headers, _ = http(cors_server, method, path, headers={"Origin": ELSEWHERE, **AUTH})
+    assert status == code and cors_headers(headers) == {}
+
+
 def test_other_origins_get_no_cors_headers(cors_server):
     status, headers, _ = http(cors_server, "OPTIONS", "/v1/chat/completions",
                               headers={**PREFLIGHT, "Origin": ELSEWHERE})

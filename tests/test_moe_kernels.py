@@ -277,6 +277,37 @@ def test_fused_moe_decode_matches_reference(case, T, renorm):
                                                              start), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("decode", [False, True])
+def test_tuning_the_gemv_path_runs_its_candidates(decode, monkeypatch):
+    """A GPU without table entries for a shape tunes the GEMV path's two kernels on the first
+    step (AIOLLM_AUTOTUNE). The gate/up kernel's bench named a `tw` it never bound: every
+    candidate failed with a NameError, which the tuner takes for a candidate that does not
+    compile, so the step failed with "no candidate config ran" (both forms). Here the tuner
+    runs one small candidate of each kernel once, under the interpreter."""
+    from aiollm.kernels import autotune, fused_moe_gemv
+
+    x, w13, w2, weights, ids, (start, n_local) = moe_case("local-slice", 1)
+    ws = slice(start, start + n_local)
+    w13, w2 = w13[ws].contiguous(), w2[ws].contiguous()
+    E, two_i, H = w13.shape
+    k = ids.shape[1]
+    route = None
+    if decode:
+        route = fused_moe_gemv.Route(case_logits("local-slice", 1, 8), torch.rand(H) + 0.5,
+                                     1e-5, k, True)
+    tried = []
+
+    def tune_now(kernel, key, device, default, candidates, bench, classes=None):
+        tried.append(kernel)
+        return autotune._tune(kernel, key, [GEMV[0] if "up" in kernel else GEMV[1]], bench)
+
+    monkeypatch.setattr(fused_moe_gemv, "get_config", tune_now)
+    monkeypatch.setattr(fused_moe_gemv, "time_config", lambda fn: (fn(), 1.0)[1])
+    up, down = fused_moe_gemv.gemv_configs(1, (1, 2), E, H, two_i // 2, k, x.device,
+                                           (x, w13, w2, weights, ids.int(), start), route)
+    assert (up, down) == GEMV and tried == ["fused_moe_gemv_gate_up", "fused_moe_gemv_down"]
+
+
 def test_fused_moe_reference_equals_a_dense_loop():
     """The reference against the plain definition, token by token."""
     torch.manual_seed(3)

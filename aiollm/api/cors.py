@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 
 import aiohttp_cors
-from aiohttp import web
+from aiohttp import hdrs, web
 
 # what a browser sends as Origin: scheme://host[:port], no path; "null" from file:// pages
 _ORIGIN = re.compile(r"null|[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
@@ -65,3 +65,25 @@ def enable_cors(app: web.Application, options: CorsOptions) -> None:
     # allow_methods says, so --allowed-methods would restrict nothing
     for res in list(app.router.resources()):
         cors.add(res)
+    app.on_response_prepare.append(_unrouted_responses(options))
+
+
+def _unrouted_responses(options: CorsOptions):
+    """The CORS headers of the router's own answers (404: no route has the path, 405: none
+    serves the method), which come from no resource aiohttp-cors configured: without them the
+    page sees a network error in place of the server's JSON error."""
+    anywhere = "*" in options.allowed_origins
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        origin = request.headers.get(hdrs.ORIGIN)
+        if (origin is None or request.match_info.http_exception is None
+                or request.method == hdrs.METH_OPTIONS
+                or hdrs.ACCESS_CONTROL_ALLOW_ORIGIN in response.headers
+                or not (anywhere or origin in options.allowed_origins)):
+            return
+        # as aiohttp-cors answers a routed request: the origin itself, not "*"
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+        if options.allow_credentials:
+            response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
+
+    return on_prepare

@@ -230,7 +230,7 @@ def gemv_configs(tokens: int, token_classes: tuple[int, ...], num_experts: int, 
     default = _as_config((16, 256, 4, 2))
 
     def run_up(cfg):
-        x, w13, _, _, ids, start = bench_inputs
+        x, w13, _, tw, ids, start = bench_inputs
         act = torch.empty((x.shape[0] * top_k, inter), dtype=w13.dtype, device=x.device)
         return time_config(lambda: _gate_up(x, w13, act, ids, start, cfg, route, tw))
 

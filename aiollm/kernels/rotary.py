@@ -31,7 +31,8 @@ def _cos_sin(CosSin, Positions, t, stride_cs, HALF: tl.constexpr, BLOCK_HALF: tl
 def _load_halves(ptrs, mask, NormW, eps, j, jmask, NORM: tl.constexpr, HALF: tl.constexpr):
     """The two halves [heads, BLOCK_HALF] of each head vector at ptrs, float32; with NORM each
     head RMS-normalised over its 2 * HALF entries and scaled by NormW [2 * HALF] first (the
-    q/k norms of Qwen3 and OLMo-2, folded into the rotation: no rounding in between)."""
+    q/k norms of Qwen3, folded into the rotation: no rounding in between; not OLMo-2's,
+    which normalise the whole projection, all heads at once)."""
     x1 = tl.load(ptrs, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(ptrs + HALF, mask=mask, other=0.0).to(tl.float32)
     if NORM:
