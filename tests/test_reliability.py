@@ -341,6 +341,14 @@ NULL_FIELDS = [  # OpenAI's schema makes these nullable; clients that serialize 
 ]
 
 
+def test_stream_options_include_usage_null_means_not_set(server):
+    """{"include_usage": null} is "not set" (vLLM takes it; it was a 400): no usage chunk."""
+    status, _, raw_body = http(server, "POST", CH, json=chat(
+        stream=True, stream_options={"include_usage": None}))
+    assert status == 200, raw_body
+    assert b'"usage"' not in raw_body.replace(b'"usage":null', b"") and b"[DONE]" in raw_body
+
+
 @pytest.mark.parametrize("path,body", NULL_FIELDS, ids=["completions", "chat"])
 def test_null_fields_mean_their_defaults(server, path, body):
     status, _, raw_body = http(server, "POST", path, json=body)

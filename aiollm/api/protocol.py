@@ -49,7 +49,7 @@ def choice_seed(seed: int | None, choice: int) -> int | None:
 
 
 class StreamOptions(Struct, kw_only=True):
-    include_usage: bool = False
+    include_usage: bool | None = False  # null: not set (vLLM takes it; clients send it)
 
 
 # vLLM's sampling fields the server does not serve: (the value that changes nothing, why).
@@ -170,7 +170,7 @@ class SamplingFields(Struct, kw_only=True):
 
     @property
     def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
 
 
 def refuse_unserved(fields: Struct, names: tuple[str, ...], prefix: str, why: str) -> None:
