@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from aiollm import Engine, SamplingParams
-from aiollm.errors import InvalidRequest, Overloaded
+from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
 from aiollm.sampling_params import Constraint, GrammarSpec
 from conftest import load_bench, run
 from test_api_review import TOOL_CALL, BAD_MESSAGES
@@ -265,7 +265,7 @@ def test_a_stream_that_fails_while_its_consumer_holds_a_delta_raises(loop):
                                                                    ignore_eos=True))
             first = await stream.__anext__()
             await eng.stop()  # the consumer holds `first` meanwhile
-            with pytest.raises(Overloaded, match="shut down"):
+            with pytest.raises(EngineStopped, match="shut down before the request finished"):
                 await stream.__anext__()
             return first, eng.stats()
 

@@ -146,7 +146,10 @@ class Engine:
         if not self._started:
             return
         self._accepting = False
-        self._fail_all("the server shut down before the request finished; retry it", Overloaded)
+        # an Overloaded (HTTP 503: a server's client may retry elsewhere or later), but one
+        # that tells an Engine API caller that retrying on this engine cannot help
+        self._fail_all("the engine shut down before the request finished; retry it on a "
+                       "running server or engine", EngineStopped)
         if self._loop_task:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
