@@ -115,29 +115,50 @@ def server(request):
 def held_json_schemas(monkeypatch):
     """xgrammar's JSON schema compilation made to wait, for a schema titled "held" with
     property p<i>, until release[i] is set (a real large schema takes seconds to minutes);
-    calls[i] counts its compilations. Compiled grammars are cached for the process: each
-    test holds schemas of its own i. Yields (release, calls); all are released at the end."""
+    calls[i] counts its compilations. Yields (release, calls). At the end all are released,
+    and once their compilations have returned, the held grammars are dropped from the
+    process's grammar cache: a test's stopped engine leaves its compile threads running, and
+    a held grammar they cached late was found compiled by the next test using the same i."""
     import re
     import threading
+    import time
     from collections import defaultdict
 
     import xgrammar as xgr
 
+    from aiollm.engine import grammar
+
     real = xgr.GrammarCompiler.compile_json_schema
     release: dict = defaultdict(threading.Event)
     calls: dict = defaultdict(int)
+    running = [0]  # held compilations not yet returned
+    lock = threading.Lock()
 
     def held(self, schema, *args, **kwargs):
-        if '"held"' in schema:
-            i = int(re.search(r'"p(\d+)"', schema)[1])
+        if '"held"' not in schema:
+            return real(self, schema, *args, **kwargs)
+        i = int(re.search(r'"p(\d+)"', schema)[1])
+        with lock:
             calls[i] += 1
+            running[0] += 1
+        try:
             release[i].wait(30)
-        return real(self, schema, *args, **kwargs)
+            return real(self, schema, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
 
     monkeypatch.setattr(xgr.GrammarCompiler, "compile_json_schema", held)
     yield release, calls
     for event in list(release.values()):
         event.set()
+    deadline = time.monotonic() + 10
+    while running[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # from the compile's return to the cache's insert
+    with grammar._CACHE.lock:
+        for key in [k for k in grammar._CACHE.compiled if '"held"' in str(k)]:
+            del grammar._CACHE.compiled[key]
 
 
 @pytest.fixture(scope="module")

@@ -725,7 +725,7 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
     import threading
 
     release, calls = held_json_schemas
-    unhold = threading.Timer(5, release[201].set)  # unfixed, stream() held the loop until then
+    unhold = threading.Timer(5, release[301].set)  # unfixed, stream() held the loop until then
     eng = Engine(None, kv_tokens=1024, grammar_compile_timeout=0.5)
     refused = {}
 
@@ -736,11 +736,11 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
                 GrammarSpec("json_object"))))  # the tokenizer's grammar info: built once
             unhold.start()
             with pytest.raises(InvalidRequest) as e:
-                await asyncio.wait_for(eng.generate("Hi", _held(201)), 10)
+                await asyncio.wait_for(eng.generate("Hi", _held(301)), 10)
             refused["generate"] = e.value
 
             async def streamed():
-                stream = eng.stream("Hi", _held(201))
+                stream = eng.stream("Hi", _held(301))
                 with pytest.raises(InvalidRequest) as e:
                     await asyncio.wait_for(_collect(stream), 10)
                 refused["stream"] = e.value
@@ -758,7 +758,7 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
     generate, stream = refused["generate"], refused["stream"]
     assert stream.param == generate.param == "guided_json"
     assert str(stream) == str(generate) and "did not compile within 0.5 s" in str(stream)
-    assert calls[201] == 1  # one compilation, shared
+    assert calls[301] == 1  # one compilation, shared
     assert stats["table_used"] == 0 and stats["waiting"] == 0
 
 
