@@ -592,13 +592,16 @@ def test_a_stopped_engine_says_it_is_stopped(loop):
         "regex", "(stopped|engine)[4-6]{2}", "guided_regex")))  # no other test's grammar
 
     async def scenario():
+        with pytest.raises(RuntimeError, match="not started"):  # it did nothing, silently
+            await eng.compile_grammar(uncompiled)
         await eng.start()
         await eng.stop()
         errors = []
         for call in (lambda: eng.generate("hi", params), lambda: eng.chat(messages, params),
                      lambda: _collect(eng.stream("hi", params)),
                      lambda: _collect(eng.stream_chat(messages, params)),
-                     lambda: _collect(eng.stream("hi", uncompiled))):
+                     lambda: _collect(eng.stream("hi", uncompiled)),
+                     lambda: eng.compile_grammar(uncompiled)):
             with pytest.raises(EngineStopped) as e:
                 await call()
             errors.append(e.value)

@@ -178,9 +178,12 @@ class Engine:
         """Compile the request's grammar, if any, on a compile thread within
         grammar_compile_timeout (cached): what generate() and stream() do before they submit
         a request with a grammar. Raises InvalidRequest naming the grammar's field (a bad
-        grammar, or one not compiled in time), Overloaded (the compile threads are busy)."""
+        grammar, or one not compiled in time), Overloaded (the compile threads are busy, or
+        shutting down), EngineStopped after stop(), RuntimeError before start (it did
+        nothing then, silently)."""
         c = params.constraint if isinstance(params, SamplingParams) else None
-        if c is not None and self._started and c.grammar is not None:
+        if c is not None and c.grammar is not None:
+            self._check_accepting()
             await self.grammars.compile(c.grammar)
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
@@ -305,9 +308,7 @@ class Engine:
         if not self._started and self._loop_task is None:  # never started: a usage error
             raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
 
-    def _checked(self, prompt: Prompt, params: SamplingParams) -> list[int]:
-        """The prompt's token ids, once the engine takes requests and the prompt and params
-        fit the model (what stream() checks before a grammar compiles)."""
+    def _check_accepting(self) -> None:
         self._check_started()
         # stopped: after stop(), or during it (a request tokenized or compiled off the loop
         # meanwhile, or a server's handler during its shutdown: an Overloaded, so HTTP 503)
@@ -316,6 +317,11 @@ class Engine:
                                 "was submitted); it takes no request until started again")
         if not self._accepting:
             raise Overloaded("the server is shutting down")
+
+    def _checked(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The prompt's token ids, once the engine takes requests and the prompt and params
+        fit the model (what stream() checks before a grammar compiles)."""
+        self._check_accepting()
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
         ids = self.tokenize(prompt)
