@@ -294,7 +294,7 @@ def test_tuning_the_gemv_path_runs_its_candidates(decode, monkeypatch):
     route = None
     if decode:
         route = fused_moe_gemv.Route(case_logits("local-slice", 1, 8), torch.rand(H) + 0.5,
-                                     1e-5, k, True)
+                                     1e-5, True)
     tried = []
 
     def tune_now(kernel, key, device, default, candidates, bench, classes=None):

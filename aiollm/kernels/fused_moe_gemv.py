@@ -172,12 +172,11 @@ def _as_config(c: tuple[int, int, int, int]) -> Config:
 
 class Route(NamedTuple):
     """The decode form's inputs (fused_moe_decode): router logits [T, E_all] float32 from the
-    RMSNorm-ed stream, the norm's weight [H] and eps, and the routing's top_k and
-    renormalisation (moe_align.route_rows)."""
+    RMSNorm-ed stream, the norm's weight [H] and eps, and whether the routing renormalises
+    (moe_align.route_rows; top_k is the routing buffers' width)."""
     logits: torch.Tensor
     norm_w: torch.Tensor
     eps: float
-    top_k: int
     renormalize: bool
 
 
@@ -283,7 +282,7 @@ def fused_moe_decode_triton(residual: torch.Tensor, norm_w: torch.Tensor, eps: f
     assert residual.dtype == torch.float32 and residual.is_contiguous()
     assert logits.dtype == torch.float32 and logits.shape[0] == T and logits.stride(1) == 1
     assert w13.is_contiguous() and w2.is_contiguous() and norm_w.is_contiguous()
-    route = Route(logits, norm_w, eps, top_k, renormalize)
+    route = Route(logits, norm_w, eps, renormalize)
     ids = torch.empty((T, top_k), dtype=torch.int32, device=residual.device)
     weights = torch.empty((T, top_k), dtype=torch.float32, device=residual.device)
     up_cfg, down_cfg = gemv_configs(T, TOKEN_CLASSES, E, H, two_i // 2, top_k,
