@@ -205,10 +205,8 @@ class Engine:
         field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
         params = params or SamplingParams()
         c = params.constraint if isinstance(params, SamplingParams) else None
-        if c is not None and c.grammar is not None:
-            prompt = self._checked(prompt, params)
-            if not self.grammars.compiled(c.grammar):
-                return self._stream_compiled(prompt, params)
+        if c is not None and c.grammar is not None and not self.grammars.compiled(c.grammar):
+            return self._stream_compiled(self._checked(prompt, params), params)
         req, text = self._submit(prompt, params)
         return RequestStream(req, deltas(req, text, self._finish), self._finish)
 
