@@ -166,7 +166,7 @@ class Grammars:
     def compile_now(self, spec: GrammarSpec):
         """The compiled grammar of `spec` (blocking: call from a thread, or see compile()).
         Raises InvalidRequest (param: spec.param) with the library's message."""
-        key = (self._key, spec.kind, spec.value)
+        key = self._cache_key(spec)
         with _CACHE.lock:
             hit = _CACHE.compiled.get(key)
             if hit is not None:
@@ -189,7 +189,10 @@ class Grammars:
     def compiled(self, spec: GrammarSpec) -> bool:
         """Whether `spec` is compiled already (cached): start() then compiles nothing."""
         with _CACHE.lock:
-            return (self._key, spec.kind, spec.value) in _CACHE.compiled
+            return self._cache_key(spec) in _CACHE.compiled
+
+    def _cache_key(self, spec: GrammarSpec) -> tuple:
+        return (self._key, spec.kind, spec.value)
 
     async def compile(self, spec: GrammarSpec):
         """compile_now on a compile thread; concurrent calls for one grammar from one field
@@ -198,7 +201,7 @@ class Grammars:
         (it compiles on, into the cache), Overloaded when closed or the compile threads are
         clogged (none started it within compile_timeout seconds, or too many compilations
         run past their deadline)."""
-        key = (self._key, spec.kind, spec.value)
+        key = self._cache_key(spec)
         with _CACHE.lock:
             if key in _CACHE.compiled:
                 _CACHE.compiled.move_to_end(key)
