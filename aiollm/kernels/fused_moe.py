@@ -28,8 +28,8 @@ from aiollm.kernels.fused_moe_grouped_mm import (
     usable_for,
 )
 from aiollm.kernels.moe_align import moe_align_triton, moe_route_ref
-from aiollm.kernels.norm import rms_norm_ref
 from aiollm.kernels.moe_combine import moe_combine_triton
+from aiollm.kernels.norm import rms_norm_ref
 
 GEMV_MAX_TOKENS = 16  # token classes up to here also try fused_moe_gemv.py's path
 TORCH_MM_MIN_TOKENS = 1024  # and from here torch._grouped_mm (fused_moe_grouped_mm.py)
