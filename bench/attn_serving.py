@@ -1,6 +1,6 @@
 """Attention launch configs at the shapes of LightLLM's serving workload, every candidate timed.
 
-    python bench/attn_serving.py [--out PATH]
+    python bench/attn_serving.py [--heads 32 8] [--out PATH]
 
 The tuner's classes key decode attention by (batch, longest context) bucket and extend
 attention by the longest new-token run, and `bench/kernels.py --tune-serving-shapes` tunes
@@ -9,7 +9,8 @@ serving workload (8B heads, 32 query / 8 KV of 128, bf16) is instead ~96 decodes
 tokens of context and one 1,024-token prompt with no prefix; a prefill burst is two such
 prompts. This times each candidate config (and forced split counts for decode) at those
 shapes, with the table's choice (config=None, AIOLLM_AUTOTUNE as set) beside them, so a
-class's config can be judged where it is used. Needs a CUDA GPU.
+class's config can be judged where it is used. `--heads HQ HKV` sets the head counts (32 8
+for the 8B shape; 32 4 for Qwen3-30B-A3B's). Needs a CUDA GPU.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ da = importlib.import_module("aiollm.kernels.decode_attention")
 ea = importlib.import_module("aiollm.kernels.extend_attention")
 
 
-def decode_cases(k_cache, v_cache, B: int, lo: int, hi: int) -> list[dict]:
-    run, nbytes = decode_inputs(k_cache, v_cache, B, hi, "scattered", min_ctx=lo)
+def decode_cases(k_cache, v_cache, B: int, lo: int, hi: int, hq: int, hkv: int) -> list[dict]:
+    run, nbytes = decode_inputs(k_cache, v_cache, B, hi, "scattered", hq, hkv, min_ctx=lo)
     out = []
     for cfg, splits in [(None, None)] + [(c, s) for c in da.CANDIDATES for s in (None, 1, 2, 4)
                                          if s is None or s <= hi // c["BLOCK_N"]]:
@@ -44,8 +45,9 @@ def decode_cases(k_cache, v_cache, B: int, lo: int, hi: int) -> list[dict]:
     return out
 
 
-def extend_cases(k_cache, v_cache, B: int, prefix: int, ext: int) -> list[dict]:
-    run, flops = extend_inputs(k_cache, v_cache, B, prefix, ext)
+def extend_cases(k_cache, v_cache, B: int, prefix: int, ext: int, hq: int, hkv: int
+                 ) -> list[dict]:
+    run, flops = extend_inputs(k_cache, v_cache, B, prefix, ext, hq, hkv)
     out = []
     for cfg in [None] + ea.CANDIDATES:
         run(cfg)
@@ -57,15 +59,17 @@ def extend_cases(k_cache, v_cache, B: int, prefix: int, ext: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--heads", type=int, nargs=2, default=[HQ, HKV], metavar=("HQ", "HKV"))
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     assert torch.cuda.is_available(), "bench/attn_serving.py needs a CUDA GPU"
-    k_cache, v_cache = make_pool(256 * 4096, HKV, D)
+    hq, hkv = args.heads
+    k_cache, v_cache = make_pool(256 * 4096, hkv, D)
     rows = []
     for B, prefix, ext in ((1, 0, 1024), (2, 0, 1024), (1, 1024, 1024)):
-        rows += extend_cases(k_cache, v_cache, B, prefix, ext)
+        rows += extend_cases(k_cache, v_cache, B, prefix, ext, hq, hkv)
     for B, lo, hi in ((96, 1024, 1200), (64, 1024, 1200), (32, 1024, 1200)):
-        rows += decode_cases(k_cache, v_cache, B, lo, hi)
+        rows += decode_cases(k_cache, v_cache, B, lo, hi, hq, hkv)
     groups: dict[str, list[dict]] = {}
     for r in rows:
         shape = (f"extend {r['batch']}x{r['extend']} prefix {r['prefix']}" if r["kernel"] == "extend"
@@ -81,7 +85,7 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({
             "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-            "git_commit": tree_commit(), "rows": rows}, indent=1) + "\n")
+            "git_commit": tree_commit(), "heads": [hq, hkv], "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -392,6 +392,24 @@ def test_autotune_on_cpu_uses_default(monkeypatch):
     assert autotune.autotune_mode() == autotune.AUTO
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_time_graph_times_the_device_not_the_host():
+    """A forward whose host work dwarfs its device work (a 20 ms sleep between two tiny
+    launches): time_config times the host, time_graph the graph's two kernels."""
+    import time
+
+    x = torch.ones(1024, device="cuda")
+
+    def fn():
+        x.add_(1)
+        time.sleep(0.02)
+        x.mul_(1)
+
+    assert autotune.time_config(fn) > 15
+    assert autotune.time_graph(fn) < 1
+
+
 def test_nearest_class_matches_the_shape_and_takes_an_adjacent_class():
     entries = {"hq32-hkv8-d128-bfloat16-b256-n1024": {"c": 1},
                "hq32-hkv8-d128-bfloat16-b256-n4096": {"c": 2},

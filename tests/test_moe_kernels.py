@@ -411,3 +411,38 @@ def test_gpu_fused_moe_decode_at_qwen3_30b_a3b_shape(dtype, monkeypatch):
     for got in (eager, static):
         err = ((got.double() - want).norm() / (want - residual.double()).norm()).item()
         assert err <= tol, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_moe_path_is_tuned_from_graphs_at_qwen3_30b_a3b_shape(monkeypatch):
+    """The 1,024-token class's forward chosen again with its GEMM configs from the table:
+    every candidate path (Triton GEMMs, torch._grouped_mm for down, both, gate/up) captures in
+    a CUDA graph and is timed from it, and the layer then runs the path chosen."""
+    from aiollm.kernels import autotune
+    from aiollm.kernels.fused_moe import moe_path
+
+    torch.manual_seed(8)
+    E, k, H, I, T = 128, 8, 2048, 768, 1000
+    dev, dt = "cuda", torch.bfloat16
+    x = torch.randn(T, H, device=dev, dtype=dt)
+    w13 = (torch.randn(E, 2 * I, H, device=dev) / H**0.5).to(dt)
+    w2 = (torch.randn(E, H, I, device=dev) / I**0.5).to(dt)
+    weights, ids = moe_route_triton(torch.randn(T, E, device=dev), k, True)
+    slug = autotune.gpu_slug(torch.cuda.current_device())
+    table = {kern: dict(v) for kern, v in autotune._table(slug).items()}
+    table.get("fused_moe_path", {}).pop(f"e{E}-n{2 * I}-k{H}-top{k}-t1024", None)
+    monkeypatch.setitem(autotune._tables, slug, table)
+    monkeypatch.setattr(autotune, "_resolved", {})
+    monkeypatch.setattr(autotune, "_save", lambda slug: None)
+    monkeypatch.setenv("AIOLLM_AUTOTUNE", "1")
+    timed = []
+    time_graph = autotune.time_graph
+    monkeypatch.setattr("aiollm.kernels.fused_moe.time_graph",
+                        lambda fn: timed.append(time_graph(fn)) or timed[-1])
+    path = moe_path(T, E, H, I, k, x.device, (x, w13, w2, weights, ids, 0))
+    assert len(timed) == (4 if grouped_mm_usable(dev, None, dt) else 1), timed
+    assert path in ([{"GEMV": 0}] + [{"GEMV": 0, "TORCH_MM": m} for m in (1, 2, 3)])
+    out = fused_moe_triton(x, w13, w2, weights, ids)
+    ref = fused_moe_ref(x.float(), w13.float(), w2.float(), weights, ids)
+    torch.testing.assert_close(out.float(), ref, rtol=3e-2, atol=3e-2)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from aiollm.kernels.autotune import Config, bucket, get_config, time_config
+from aiollm.kernels.autotune import Config, bucket, get_config, time_graph
 from aiollm.kernels.fused_moe_gemm import TOKEN_CLASSES, _gate_up, _gemm, moe_configs
 from aiollm.kernels.fused_moe_gemv import fused_moe_gemv_triton, gemv_configs
 from aiollm.kernels.fused_moe_grouped_mm import (
@@ -41,7 +41,8 @@ def moe_path(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
     fused_moe_gemv.py's path; else the grouped GEMMs here, with "TORCH_MM" 1 the down GEMM by
     torch._grouped_mm on the compact layout, 2 both GEMMs by it, 3 the gate/up GEMM by it
     (fused_moe_grouped_mm.py).
-    Tuned by timing the whole forwards, each with its own tuned configs, for the classes
+    Tuned by timing the whole forwards replayed from a CUDA graph (as steps run them; eager
+    timing measured the host's launches), each with its own tuned configs, for the classes
     where more than one is offered: GEMV up to GEMV_MAX_TOKENS, torch._grouped_mm from
     TORCH_MM_MIN_TOKENS (where it runs here); `bench_inputs` as in moe_configs."""
     cls = bucket(tokens, TOKEN_CLASSES)
@@ -55,7 +56,7 @@ def moe_path(tokens: int, num_experts: int, hidden: int, inter: int, top_k: int,
     def run(cfg):
         if cfg.get("TORCH_MM", 0) and not usable_for(bench_inputs[0]):
             raise RuntimeError("torch._grouped_mm does not run here")  # the tuner skips it
-        return time_config(lambda: _forward(cfg, *bench_inputs))
+        return time_graph(lambda: _forward(cfg, *bench_inputs))
 
     key = f"e{num_experts}-n{2 * inter}-k{hidden}-top{top_k}-t{cls}"
     return get_config("fused_moe_path", key, device, {"GEMV": 0}, candidates, run,
