@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402
-from kernels import D, HKV, decode_inputs, extend_inputs, make_pool, median_ms  # noqa: E402
+from kernels import HQ, HKV, D, decode_inputs, extend_inputs, make_pool, median_ms  # noqa: E402
 
 # the modules, not the functions aiollm.kernels re-exports under the same names
 da = importlib.import_module("aiollm.kernels.decode_attention")

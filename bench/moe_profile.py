@@ -5,9 +5,11 @@ time and leaves the stages' sum above the graph's replay. This captures the laye
 (bench/moe.py's make_layer: random bf16 weights, random routing) at each token count in one
 CUDA graph, replays it under torch.profiler (CUPTI records the graph's kernel nodes) and
 reports each kernel's device time per replay, in microseconds, beside the replay's median
-wall time (triton's do_bench). The configs are the committed ones (no tuning).
+wall time (triton's do_bench). The configs are the committed ones (no tuning). --paths also times, from graphs in the same
+process, each forward fused_moe.moe_path offers from TORCH_MM_MIN_TOKENS on (the Triton GEMMs,
+torch._grouped_mm for down, for both, for gate/up), routing done, with the class's GEMM configs.
 
-    python bench/moe_profile.py [bench/configs/qwen3-30b-a3b] [--tokens 4096 2048]
+    python bench/moe_profile.py [bench/configs/qwen3-30b-a3b] [--tokens 4096 2048] [--paths]
         [--out-dir bench/results]
 """
 
@@ -24,7 +26,13 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
-from moe import DEV, DT, GPU, ceilings, make_layer, median_ms  # noqa: E402
+from moe import DEV, DT, GPU, ceilings, graph_ms, make_layer, median_ms  # noqa: E402
+
+from aiollm.kernels.fused_moe import fused_moe_triton  # noqa: E402
+from aiollm.kernels.fused_moe_gemm import moe_configs  # noqa: E402
+from aiollm.kernels.moe_align import moe_route_triton  # noqa: E402
+
+PATHS = {"triton": 0, "grouped_mm down": 1, "grouped_mm both": 2, "grouped_mm gate/up": 3}
 
 REPLAYS = 20
 
@@ -40,10 +48,25 @@ def kernel_times(graph: torch.cuda.CUDAGraph) -> list[tuple[str, float, int]]:
     return sorted(rows, key=lambda r: -r[1])
 
 
+def path_times(layer, config, t: int) -> dict[str, float | None]:
+    """{forward: ms replayed from a CUDA graph (None: the capture failed)} of the experts part
+    at t tokens by each forward in PATHS, with the class's committed GEMM configs."""
+    m, H = config.moe, config.hidden_size
+    x = torch.randn(t, H, dtype=DT, device=DEV)
+    tw, ids = moe_route_triton(layer.gate(x), m.top_k, m.norm_topk_prob)
+    w13, w2 = layer.experts.gate_up_proj, layer.experts.down_proj
+    cfgs = moe_configs(t, m.num_experts, H, m.intermediate_size, m.top_k, x.device,
+                       (x, w13, w2, tw, ids, 0))
+    return {name: graph_ms(lambda mm=mm: fused_moe_triton(x, w13, w2, tw, ids, configs=cfgs,
+                                                          torch_mm=mm))
+            for name, mm in PATHS.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", default="bench/configs/qwen3-30b-a3b")
     ap.add_argument("--tokens", type=int, nargs="+", default=[4096, 2048])
+    ap.add_argument("--paths", action="store_true")
     ap.add_argument("--out-dir", default="bench/results")
     args = ap.parse_args()
     if not GPU:
@@ -77,6 +100,11 @@ def main() -> None:
         out["rows"].append({"tokens": t, "replay_ms": replay_ms, "roofline_ms": roof_ms,
                             "kernels": [{"name": n, "us": us, "launches": c}
                                         for n, us, c in kernels]})
+        if args.paths:
+            paths = path_times(layer, config, t)
+            print("  forwards from graphs (routing done): " + ", ".join(
+                f"{name} {ms * 1e3:.1f} us" if ms else f"{name} failed" for name, ms in paths.items()))
+            out["rows"][-1]["paths_ms"] = paths
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     path = Path(args.out_dir) / (f"moe-profile-{out['date']}-"
                                  f"{out['device'].replace(' ', '-')}-{out['commit']}.json")

@@ -7,6 +7,8 @@ of the experts."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -438,7 +440,8 @@ def test_gpu_moe_path_is_tuned_from_graphs_at_qwen3_30b_a3b_shape(monkeypatch):
     monkeypatch.setenv("AIOLLM_AUTOTUNE", "1")
     timed = []
     time_graph = autotune.time_graph
-    monkeypatch.setattr("aiollm.kernels.fused_moe.time_graph",
+    # the module, not the function aiollm.kernels re-exports under its name
+    monkeypatch.setattr(importlib.import_module("aiollm.kernels.fused_moe"), "time_graph",
                         lambda fn: timed.append(time_graph(fn)) or timed[-1])
     path = moe_path(T, E, H, I, k, x.device, (x, w13, w2, weights, ids, 0))
     assert len(timed) == (4 if grouped_mm_usable(dev, None, dt) else 1), timed
