@@ -33,18 +33,18 @@ from aiollm.config import EngineConfig
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
+from aiollm.engine.engine_api import EngineAPI
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
-from aiollm.engine.output_text import OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
 from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
 from aiollm.engine.step_log import StepLog
 from aiollm.engine.stream import RequestStream, collect, deltas
-from aiollm.engine.submission import Prompt, check_request, new_request, off_loop, tokenize
-from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, RequestFailed
+from aiollm.engine.submission import Prompt, off_loop
+from aiollm.errors import EngineStopped, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
 from aiollm.native import FinishReason, ReqState
 from aiollm.sampling_params import SamplingParams
@@ -52,7 +52,7 @@ from aiollm.sampling_params import SamplingParams
 log = logging.getLogger(__name__)
 
 
-class Engine:
+class Engine(EngineAPI):
     """An LLM inference engine on the caller's event loop: start() loads the model, then
     generate() / stream() / chat() serve requests concurrently until stop().
 
@@ -295,51 +295,6 @@ class Engine:
     def flush_cache(self) -> int:
         """Empty the prefix cache of what no request uses; returns the KV slots freed."""
         return self.prefix_cache.flush() if self.prefix_cache else 0
-
-    # -- submission ------------------------------------------------------------------------
-    def tokenize(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt (text, or ids checked against the vocabulary); raises
-        InvalidRequest naming "prompt" (see submission.tokenize)."""
-        return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len)
-
-    def _check_started(self) -> None:
-        if not self._started and self._loop_task is None:  # never started: a usage error
-            raise RuntimeError("the engine is not started: use `async with Engine() as engine`")
-
-    def _check_accepting(self) -> None:
-        self._check_started()
-        # stopped: after stop(), or during it (a request tokenized or compiled off the loop
-        # meanwhile, or a server's handler during its shutdown: an Overloaded, so HTTP 503)
-        if not self._started:
-            raise EngineStopped("the engine is stopped (Engine.stop() ran before this request "
-                                "was submitted); it takes no request until started again")
-        if not self._accepting:
-            raise Overloaded("the server is shutting down")
-
-    def _checked(self, prompt: Prompt, params: SamplingParams) -> list[int]:
-        """The prompt's token ids, once the engine takes requests and the prompt and params
-        fit the model (what stream() checks before a grammar compiles)."""
-        self._check_accepting()
-        if not isinstance(params, SamplingParams):
-            raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
-        ids = self.tokenize(prompt)
-        check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
-        return ids
-
-    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
-        ids = self._checked(prompt, params)
-        if len(self.planner.waiting) >= self.config.max_waiting_requests:
-            raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
-        grammar = self.grammars.start(params.constraint) if params.constraint else None
-        # everything that can raise comes before the table slot: nothing would give it back
-        detok = OutputText.of_request(self.tokenizer, ids, params)
-        req = new_request(self.table, ids, params, self._rng, grammar,
-                          keep_prompt_array=self.prefix_cache is not None)
-        self._requests[req.rid] = req
-        self.planner.enqueue(req)
-        self.metrics.prompt_tokens.inc(len(ids))
-        self._wake.set()
-        return req, detok
 
     # -- the loop ----------------------------------------------------------------------------
     async def _run(self) -> None:
