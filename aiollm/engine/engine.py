@@ -1,5 +1,6 @@
 """Engine: the one object users hold. Owns the model, the KV pool, the request table and the
-step loop, all on the caller's event loop.
+step loop, all on the caller's event loop. This file is its life cycle and the loop; the
+request API (generate, stream, chat, ...) it inherits from EngineAPI (engine_api.py).
 
     async with Engine() as engine:                      # default SmolLM2-135M-Instruct
         out = await engine.generate("Hello", SamplingParams(max_tokens=32))
@@ -24,30 +25,23 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from aiollm.config import EngineConfig
-from aiollm.engine.chat_messages import checked_messages
-from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
-                                          special_texts)
 from aiollm.engine.engine_api import EngineAPI
 from aiollm.engine.grammar import ENDED, REJECTED, Grammars, rejection
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
-from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.planner import Planner, Step
 from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Phase, Request
 from aiollm.engine.step_log import StepLog
-from aiollm.engine.stream import RequestStream, collect, deltas
-from aiollm.engine.submission import Prompt, off_loop
 from aiollm.errors import EngineStopped, Overloaded, RequestFailed
 from aiollm.metrics import EngineMetrics
 from aiollm.native import FinishReason, ReqState
-from aiollm.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -173,108 +167,7 @@ class Engine(EngineAPI):
             await asyncio.sleep(0.05)
         await self.stop()
 
-    # -- public API ------------------------------------------------------------------------
-    async def compile_grammar(self, params: SamplingParams) -> None:
-        """Compile the request's grammar, if any, on a compile thread within
-        grammar_compile_timeout (cached): what generate() and stream() do before they submit
-        a request with a grammar. Raises InvalidRequest naming the grammar's field (a bad
-        grammar, or one not compiled in time), Overloaded (the compile threads are busy, or
-        shutting down), EngineStopped after stop(), RuntimeError before start (it did
-        nothing then, silently)."""
-        c = params.constraint if isinstance(params, SamplingParams) else None
-        if c is not None and c.grammar is not None:
-            self._check_accepting()
-            await self.grammars.compile(c.grammar)
-
-    async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
-        """The whole result of one request: prompt as text (long text tokenized off the loop)
-        or token ids. Raises InvalidRequest / Overloaded before it starts, RequestFailed inside."""
-        await self.compile_grammar(params := params or SamplingParams())
-        if self._started and isinstance(prompt, str):
-            prompt = await off_loop(len(prompt), self.tokenize, prompt)
-        req, text = self._submit(prompt, params)
-        return await collect(req, deltas(req, text, self._finish))
-
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
-        """Text deltas of one request. Validation errors raise here, before iteration.
-        Closing the stream (or dropping it, even unstarted) aborts the request.
-
-        A grammar not compiled yet is compiled as generate() compiles it (compile_grammar:
-        off the loop, within grammar_compile_timeout), at the first iteration, and the
-        request is submitted once it has: its errors (InvalidRequest naming the grammar's
-        field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
-        params = params or SamplingParams()
-        c = params.constraint if isinstance(params, SamplingParams) else None
-        if c is not None and c.grammar is not None and not self.grammars.compiled(c.grammar):
-            return self._stream_compiled(self._checked(prompt, params), params)
-        req, text = self._submit(prompt, params)
-        return RequestStream(req, deltas(req, text, self._finish), self._finish)
-
-    async def _stream_compiled(self, ids: list[int], params: SamplingParams
-                               ) -> AsyncIterator[Delta]:
-        await self.compile_grammar(params)
-        req, text = self._submit(ids, params)  # checked again: the engine may have stopped
-        async with contextlib.aclosing(deltas(req, text, self._finish)) as gen:
-            async for delta in gen:
-                yield delta
-
-    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
-                    template: TemplateOptions | None = None) -> list[int]:
-        """Token ids of a conversation with the chat template applied as `template` says
-        (default: the assistant's turn opened); control-token text in message content stays
-        plain text unless config.special_tokens_in_content. `messages` as the template takes
-        them: chat() and the HTTP API check and shape theirs first (chat_messages.py)."""
-        self._check_started()
-        if self._content_specials is None:
-            self._content_specials = ([] if self.config.special_tokens_in_content
-                                      else special_texts(self.tokenizer))
-        return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials,
-                              options=template)
-
-    async def chat(self, messages: list[dict], params: SamplingParams | None = None,
-                   template: TemplateOptions | None = None) -> RequestOutput:
-        """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
-        checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
-        chat template (a long one rendered and tokenized off the loop)."""
-        ids = await off_loop(rendered_size(messages), self._chat_ids, messages, template)
-        return await self.generate(ids, params)
-
-    def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
-                    template: TemplateOptions | None = None) -> AsyncIterator[Delta]:
-        """stream() on a conversation under the chat template, checked as chat() checks it."""
-        return self.stream(self._chat_ids(messages, template), params)
-
-    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None) -> list[int]:
-        self._check_started()  # a usage error before any complaint about the messages
-        return self.chat_prompt(checked_messages(messages), None, template)
-
-    async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
-                             progress: bool = True) -> list[RequestOutput]:
-        """Offline generation of many prompts at once, with a progress bar. A single string
-        is one prompt (as in vLLM's LLM.generate), not a batch of its characters."""
-        from tqdm.auto import tqdm
-
-        if isinstance(prompts, str):
-            prompts = [prompts]
-
-        bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
-
-        async def one(p):
-            out = await self.generate(p, params)
-            bar.update(1)
-            return out
-
-        tasks = [asyncio.ensure_future(one(p)) for p in prompts]
-        try:
-            return await asyncio.gather(*tasks)
-        finally:
-            # one failure ends the batch: the others would run on, holding their slots and
-            # KV (in LLM's loop, into its next call), for results nobody reads
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            bar.close()
-
+    # -- stats and the prefix cache -----------------------------------------------------
     def stats(self) -> dict[str, int]:
         """Counts of now. kv_used: KV slots held by requests (their shared cached prefixes
         included); kv_cached: slots the prefix cache holds, kv_evictable the part of them no

@@ -1,26 +1,139 @@
-"""EngineAPI: the Engine's request API, the half of Engine that callers use to submit
-requests (engine.py holds the other half: start-up, shutdown and the step loop).
+"""EngineAPI: the Engine's request API, what callers submit requests through: generate,
+stream, chat, generate_batch, tokenize (engine.py holds the rest of Engine: its life cycle
+and the step loop).
 
-Every method checks at the edge, before anything is held: a usage error (not started)
-raises RuntimeError, bad input InvalidRequest naming the field, a full queue or a
-shutdown Overloaded, a stopped engine EngineStopped; the checks on the prompt and params
+A request is checked here, at the edge, before anything is held: a usage error (not
+started) raises RuntimeError, bad input InvalidRequest naming the field, a full queue or a
+shutdown Overloaded, a stopped engine EngineStopped. The checks of the prompt and params
 themselves and the table writes are submission.py's.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+from aiollm.engine.chat_messages import checked_messages
+from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
+                                          special_texts)
 from aiollm.engine.output_text import OutputText
+from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
-from aiollm.engine.submission import Prompt, check_request, new_request, tokenize
+from aiollm.engine.stream import RequestStream, collect, deltas
+from aiollm.engine.submission import Prompt, check_request, new_request, off_loop, tokenize
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
 from aiollm.sampling_params import SamplingParams
 
 
 class EngineAPI:
-    """The request methods of Engine, which inherits them. They read the state Engine
-    sets up in start() (config, tokenizer, model_config, max_model_len, table, planner,
-    grammars, prefix_cache, metrics, the started/accepting flags) and hand finished
-    streams to Engine._finish."""
+    """The request methods of Engine, which inherits them (a mixin with no state of its
+    own). They read what Engine's __init__ and start() set up (config, tokenizer,
+    model_config, max_model_len, table, planner, grammars, prefix_cache, metrics, the
+    started and accepting flags), add requests to Engine._requests, wake the loop, and end
+    requests through Engine._finish."""
+
+    # -- public API ------------------------------------------------------------------------
+    async def compile_grammar(self, params: SamplingParams) -> None:
+        """Compile the request's grammar, if any, on a compile thread within
+        grammar_compile_timeout (cached): what generate() and stream() do before they submit
+        a request with a grammar. Raises InvalidRequest naming the grammar's field (a bad
+        grammar, or one not compiled in time), Overloaded (the compile threads are busy, or
+        shutting down), EngineStopped after stop(), RuntimeError before start (it did
+        nothing then, silently)."""
+        c = params.constraint if isinstance(params, SamplingParams) else None
+        if c is not None and c.grammar is not None:
+            self._check_accepting()
+            await self.grammars.compile(c.grammar)
+
+    async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
+        """The whole result of one request: prompt as text (long text tokenized off the loop)
+        or token ids. Raises InvalidRequest / Overloaded before it starts, RequestFailed inside."""
+        await self.compile_grammar(params := params or SamplingParams())
+        if self._started and isinstance(prompt, str):
+            prompt = await off_loop(len(prompt), self.tokenize, prompt)
+        req, text = self._submit(prompt, params)
+        return await collect(req, deltas(req, text, self._finish))
+
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
+        """Text deltas of one request. Validation errors raise here, before iteration.
+        Closing the stream (or dropping it, even unstarted) aborts the request.
+
+        A grammar not compiled yet is compiled as generate() compiles it (compile_grammar:
+        off the loop, within grammar_compile_timeout), at the first iteration, and the
+        request is submitted once it has: its errors (InvalidRequest naming the grammar's
+        field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
+        params = params or SamplingParams()
+        c = params.constraint if isinstance(params, SamplingParams) else None
+        if c is not None and c.grammar is not None and not self.grammars.compiled(c.grammar):
+            return self._stream_compiled(self._checked(prompt, params), params)
+        req, text = self._submit(prompt, params)
+        return RequestStream(req, deltas(req, text, self._finish), self._finish)
+
+    async def _stream_compiled(self, ids: list[int], params: SamplingParams
+                               ) -> AsyncIterator[Delta]:
+        await self.compile_grammar(params)
+        req, text = self._submit(ids, params)  # checked again: the engine may have stopped
+        async with contextlib.aclosing(deltas(req, text, self._finish)) as gen:
+            async for delta in gen:
+                yield delta
+
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
+                    template: TemplateOptions | None = None) -> list[int]:
+        """Token ids of a conversation with the chat template applied as `template` says
+        (default: the assistant's turn opened); control-token text in message content stays
+        plain text unless config.special_tokens_in_content. `messages` as the template takes
+        them: chat() and the HTTP API check and shape theirs first (chat_messages.py)."""
+        self._check_started()
+        if self._content_specials is None:
+            self._content_specials = ([] if self.config.special_tokens_in_content
+                                      else special_texts(self.tokenizer))
+        return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials,
+                              options=template)
+
+    async def chat(self, messages: list[dict], params: SamplingParams | None = None,
+                   template: TemplateOptions | None = None) -> RequestOutput:
+        """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
+        checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
+        chat template (a long one rendered and tokenized off the loop)."""
+        ids = await off_loop(rendered_size(messages), self._chat_ids, messages, template)
+        return await self.generate(ids, params)
+
+    def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
+                    template: TemplateOptions | None = None) -> AsyncIterator[Delta]:
+        """stream() on a conversation under the chat template, checked as chat() checks it."""
+        return self.stream(self._chat_ids(messages, template), params)
+
+    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None) -> list[int]:
+        self._check_started()  # a usage error before any complaint about the messages
+        return self.chat_prompt(checked_messages(messages), None, template)
+
+    async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
+                             progress: bool = True) -> list[RequestOutput]:
+        """Offline generation of many prompts at once, with a progress bar. A single string
+        is one prompt (as in vLLM's LLM.generate), not a batch of its characters."""
+        from tqdm.auto import tqdm
+
+        if isinstance(prompts, str):
+            prompts = [prompts]
+
+        bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
+
+        async def one(p):
+            out = await self.generate(p, params)
+            bar.update(1)
+            return out
+
+        tasks = [asyncio.ensure_future(one(p)) for p in prompts]
+        try:
+            return await asyncio.gather(*tasks)
+        finally:
+            # one failure ends the batch: the others would run on, holding their slots and
+            # KV (in LLM's loop, into its next call), for results nobody reads
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            bar.close()
 
     # -- submission ------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> list[int]:
