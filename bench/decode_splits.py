@@ -1,0 +1,72 @@
+"""Decode attention: the split rule's count against one split, at serving batch sizes (GPU).
+
+decode_attention.num_kv_splits cuts each context into more splits when batch x KV heads
+gives fewer than about four programs a multiprocessor. At serving shapes of Qwen3-30B-A3B
+(32 query / 4 KV heads) `bench/attn_serving.py --heads 32 4` read one split faster than the
+rule's two at 96 requests of ~1,100 tokens (0.070 against 0.076-0.13 ms), but its single
+timings moved by more than that between configs that launch the same variant. This times
+the table's config (AIOLLM_AUTOTUNE as set) with the rule's split count and with 1, 2 and 4
+splits, in ROUNDS interleaved rounds, and prints each variant's median of rounds.
+
+    python bench/decode_splits.py [--heads 32 4] [--batch 32 48 64 96 128] [--out PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402
+from kernels import HKV, HQ, D, decode_inputs, make_pool, median_ms  # noqa: E402
+
+from aiollm.kernels.decode_attention import _config, num_kv_splits  # noqa: E402
+
+ROUNDS = 5
+CONTEXTS = ((1024, 1200), (1800, 2048))  # each request's tokens drawn from [lo, hi]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--heads", type=int, nargs=2, default=[HQ, HKV], metavar=("HQ", "HKV"))
+    ap.add_argument("--batch", type=int, nargs="+", default=[32, 48, 64, 96, 128])
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "bench/decode_splits.py needs a CUDA GPU"
+    hq, hkv = args.heads
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    k_cache, v_cache = make_pool(max(args.batch) * CONTEXTS[-1][1], hkv, D)
+    rows = []
+    for lo, hi in CONTEXTS:
+        for B in args.batch:
+            run, nbytes = decode_inputs(k_cache, v_cache, B, hi, "scattered", hq, hkv, min_ctx=lo)
+            variants = {"rule": None, "1": 1, "2": 2, "4": 4}
+            for splits in variants.values():
+                run(num_splits=splits)  # compile (and resolve the table's config)
+            times: dict[str, list[float]] = {name: [] for name in variants}
+            for _ in range(ROUNDS):
+                for name, splits in variants.items():
+                    times[name].append(median_ms(lambda: run(num_splits=splits), rep=50))
+            med = {name: statistics.median(ts) for name, ts in times.items()}
+            cfg = _config(B, hq, hkv, D, torch.bfloat16, torch.device("cuda"), hi, None)
+            rule = num_kv_splits(B, hkv, hi, sms, cfg["split_tokens"])
+            rows.append({"batch": B, "context": [lo, hi], "config": cfg, "rule_splits": rule,
+                         "ms": med, "rounds_ms": times, "bytes": nbytes})
+            print(f"b{B:<4} ctx {lo}-{hi}: rule ({rule} splits) {med['rule']:.4f} ms; "
+                  f"1: {med['1']:.4f}  2: {med['2']:.4f}  4: {med['4']:.4f}  "
+                  f"({nbytes / med['1'] / 1e9:.2f} TB/s at 1)")
+    if args.out:
+        Path(args.out).write_text(json.dumps({
+            "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
+            "git_commit": tree_commit(), "heads": [hq, hkv], "rounds": ROUNDS, "rows": rows},
+            indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
