@@ -8,7 +8,8 @@ timings moved by more than that between configs that launch the same variant. Th
 the table's config (AIOLLM_AUTOTUNE as set) with the rule's split count and with 1, 2 and 4
 splits, in ROUNDS interleaved rounds, and prints each variant's median of rounds.
 
-    python bench/decode_splits.py [--heads 32 4] [--batch 32 48 64 96 128] [--out PATH]
+    python bench/decode_splits.py [--heads 32 4] [--batch 32 48 64 96 128]
+        [--contexts 1024 1200 1800 2048] [--out PATH]
 """
 
 from __future__ import annotations
@@ -29,21 +30,23 @@ from kernels import HKV, HQ, D, decode_inputs, make_pool, median_ms  # noqa: E40
 from aiollm.kernels.decode_attention import _config, num_kv_splits  # noqa: E402
 
 ROUNDS = 5
-CONTEXTS = ((1024, 1200), (1800, 2048))  # each request's tokens drawn from [lo, hi]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--heads", type=int, nargs=2, default=[HQ, HKV], metavar=("HQ", "HKV"))
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 48, 64, 96, 128])
+    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 1200, 1800, 2048],
+                    help="LO HI pairs: each request's tokens drawn from [LO, HI]")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    contexts = list(zip(args.contexts[::2], args.contexts[1::2]))
     assert torch.cuda.is_available(), "bench/decode_splits.py needs a CUDA GPU"
     hq, hkv = args.heads
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    k_cache, v_cache = make_pool(max(args.batch) * CONTEXTS[-1][1], hkv, D)
+    k_cache, v_cache = make_pool(max(args.batch) * max(hi for _, hi in contexts), hkv, D)
     rows = []
-    for lo, hi in CONTEXTS:
+    for lo, hi in contexts:
         for B in args.batch:
             run, nbytes = decode_inputs(k_cache, v_cache, B, hi, "scattered", hq, hkv, min_ctx=lo)
             variants = {"rule": None, "1": 1, "2": 2, "4": 4}
