@@ -370,7 +370,12 @@ def test_split_rule():
     assert num_kv_splits(256, 8, 4096, 132, 256) == 1
     assert num_kv_splits(1, 8, 4096, 132, 256) == 16
     assert num_kv_splits(1, 8, 300, 132, 256) == 2
-    assert num_kv_splits(64, 8, 4096, 132, 256) == 2
+    # one program an SM (batch x KV heads >= SMs) is enough: no split (bench/decode_splits.py)
+    assert num_kv_splits(64, 8, 4096, 132, 256) == 1
+    assert num_kv_splits(17, 8, 4096, 132, 256) == 1
+    assert num_kv_splits(33, 4, 1200, 132, 32) == 1
+    assert num_kv_splits(16, 8, 4096, 132, 256) == 5  # 128 programs: toward four an SM
+    assert num_kv_splits(32, 4, 4096, 132, 1024) == 4
 
 
 def test_dispatch_uses_reference_on_cpu():

@@ -274,11 +274,19 @@ def num_kv_splits(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
                   split_tokens: int) -> int:
     """How many splits to cut each context into: the rule that picks the variant.
 
-    Aim for about four programs per SM, but never give a split fewer than `split_tokens`
-    tokens: below that its fixed cost (q load, partial write, reduce) stops paying. On an H100
-    at Llama-3-8B heads and 4k context this picks 2 splits at batch 64 (0.380 ms against 0.394
-    for 1, 0.387 for 4) and 1 at batch 256 (1.434 ms against 1.458 for 2).
+    One split once batch x KV heads gives every SM a program of its own; below that, aim for
+    about four programs per SM, but never give a split fewer than `split_tokens` tokens: below
+    that its fixed cost (q load, partial write, merge) stops paying.
+
+    The four-per-SM target alone split serving batches too (H200, `bench/decode_splits.py`,
+    2026-12-02, 32 query heads of 128): at 48-128 requests of 1-2k tokens, with 4 or 8 KV
+    heads, one split took 4-30% less time than the rule's two or three (96 requests, 4 KV
+    heads, ~1,100 tokens: 0.071 against 0.080 ms), losing once by 6% (32 requests, 8 KV heads,
+    1.8-2k tokens). On an H100 at 4k tokens two splits had won at batch 64 with 8 KV heads
+    (0.380 ms against 0.394 for one).
     """
+    if batch * num_kv_heads >= num_sms:
+        return 1
     by_length = triton.cdiv(max_seq_len, split_tokens)
     by_occupancy = triton.cdiv(4 * num_sms, batch * num_kv_heads)
     return max(1, min(by_length, by_occupancy, MAX_SPLITS))
