@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
+from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
 
@@ -29,9 +30,19 @@ class LLM:
 
     def chat(self, conversations: Sequence[list[dict]], params: SamplingParams | None = None,
              progress: bool = True) -> list[RequestOutput]:
-        """generate() on conversations, each checked as Engine.chat checks one (InvalidRequest
-        naming the field) and rendered by the chat template."""
-        prompts = [self.engine.chat_prompt(checked_messages(c)) for c in conversations]
+        """generate() on conversations, each checked as Engine.chat checks one and rendered by
+        the chat template. Raises InvalidRequest naming the conversation and its field
+        (param `conversations[2].messages[1].role`), before any is generated."""
+        prompts = []
+        for i, conversation in enumerate(conversations):
+            try:
+                prompts.append(self.engine.chat_prompt(checked_messages(conversation)))
+            except InvalidRequest as e:
+                # the same check serves one conversation (Engine.chat, HTTP), whose names
+                # start at messages: say which of the batch it was
+                at = f"conversations[{i}]"
+                raise InvalidRequest(f"{at}: {e}", param=f"{at}.{e.param}" if e.param else at,
+                                     code=e.code) from e
         return self.generate(prompts, params, progress)
 
     def close(self) -> None:

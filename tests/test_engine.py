@@ -405,7 +405,8 @@ def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
 
 def test_offline_chat_checks_messages_as_engine_chat_does():
     """LLM.chat rendered each conversation unchecked (Engine.chat_prompt), as Engine.chat did:
-    a role outside OpenAI's was rendered as a turn; it is refused as Engine.chat refuses it."""
+    a role outside OpenAI's was rendered as a turn; it is refused as Engine.chat refuses it,
+    naming the conversation of the batch too (its error named only messages[0])."""
     from aiollm import LLM
 
     params = SamplingParams(max_tokens=1)
@@ -413,7 +414,14 @@ def test_offline_chat_checks_messages_as_engine_chat_does():
         hi = [{"role": "user", "content": "Hi"}]
         with pytest.raises(InvalidRequest) as e:
             llm.chat([hi, [{"role": "wizard", "content": "hi"}]], params, progress=False)
-        assert e.value.param == "messages[0].role"
+        assert e.value.param == "conversations[1].messages[0].role"
+        assert str(e.value).startswith("conversations[1]: messages[0].role must be one of")
+        with pytest.raises(InvalidRequest) as e:  # the check of the template's rendering
+            llm.chat([hi, hi, [{"role": "user", "content": "\ud800"}]], params, False)
+        assert e.value.param == "conversations[2].messages[0].content"
+        with pytest.raises(InvalidRequest) as e:
+            llm.chat([hi, []], params, False)
+        assert e.value.param == "conversations[1].messages"
         system, developer = llm.chat([[{"role": role, "content": "Be terse."}, *hi]
                                       for role in ("system", "developer")], params, False)
         assert developer.prompt_token_ids == system.prompt_token_ids
