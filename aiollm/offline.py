@@ -28,11 +28,14 @@ class LLM:
         return self._loop.run_until_complete(
             self.engine.generate_batch(prompts, params, progress=progress))
 
-    def chat(self, conversations: Sequence[list[dict]], params: SamplingParams | None = None,
-             progress: bool = True) -> list[RequestOutput]:
+    def chat(self, conversations: Sequence[list[dict]] | list[dict],
+             params: SamplingParams | None = None, progress: bool = True) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
-        the chat template. Raises InvalidRequest naming the conversation and its field
+        the chat template. A single conversation (a list of message dicts) is a batch of one,
+        as in vLLM's LLM.chat. Raises InvalidRequest naming the conversation and its field
         (param `conversations[2].messages[1].role`), before any is generated."""
+        if conversations and isinstance(conversations[0], dict):
+            conversations = [conversations]
         prompts = []
         for i, conversation in enumerate(conversations):
             try:

@@ -422,6 +422,10 @@ def test_offline_chat_checks_messages_as_engine_chat_does():
         with pytest.raises(InvalidRequest) as e:
             llm.chat([hi, []], params, False)
         assert e.value.param == "conversations[1].messages"
+        # one conversation, not in a list of them, is a batch of one (as vLLM takes it): it
+        # was refused as a conversation that is not a list
+        one, = llm.chat(hi, params, False)
+        assert one.prompt_token_ids == llm.chat([hi], params, False)[0].prompt_token_ids
         system, developer = llm.chat([[{"role": role, "content": "Be terse."}, *hi]
                                       for role in ("system", "developer")], params, False)
         assert developer.prompt_token_ids == system.prompt_token_ids
