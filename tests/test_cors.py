@@ -154,3 +154,41 @@ def test_allowed_methods_hold_for_routes_that_serve_the_method():
 
     assert asyncio.run(preflight("GET")) == 200
     assert asyncio.run(preflight("POST")) == 403
+
+
+@pytest.mark.parametrize("method,path,body,headers", [
+    ("POST", "/v1/chat/completions", CHAT, {"Origin": ORIGIN, **AUTH}),
+    ("POST", "/v1/chat/completions", {**CHAT, "stream": True}, {"Origin": ORIGIN, **AUTH}),
+    ("POST", "/v1/chat/completions", CHAT, {"Origin": ORIGIN}),  # the 401
+    ("GET", "/v1/no-such-route", None, {"Origin": ORIGIN, **AUTH}),
+    ("GET", "/v1/models", None, {"Origin": ELSEWHERE, **AUTH}),
+    ("GET", "/v1/models", None, AUTH),
+    ("OPTIONS", "/v1/chat/completions", None, PREFLIGHT),
+], ids=["ok", "stream", "401", "404", "other-origin", "no-origin", "preflight"])
+def test_responses_vary_on_origin(cors_server, method, path, body, headers):
+    """Access-Control-Allow-Origin echoes the request's Origin and is absent for other
+    origins and for requests without one, so each response must say it varies on Origin
+    (Fetch standard): without Vary a shared cache served one page's answer to another
+    origin, or an Origin-less one to a page, and the browser refused it."""
+    status, got, _ = http(cors_server, method, path, json=body, headers=headers)
+    assert status in (200, 401, 404), status
+    assert "origin" in {v.strip().lower() for v in got.get("Vary", "").split(",")}, got
+
+
+def test_vary_keeps_what_the_handler_set_and_is_off_without_cors(server):
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok", headers={"Vary": request.query.get("vary", "")})
+
+    async def vary(query: str) -> str:
+        app = web.Application()
+        app.add_routes([web.get("/", ok)])
+        enable_cors(app, CorsOptions(("*",)))
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/", params={"vary": query}, headers={"Origin": ORIGIN})
+            assert resp.headers["Access-Control-Allow-Origin"] == ORIGIN  # echoed even for *
+            return resp.headers["Vary"]
+
+    assert asyncio.run(vary("Accept-Encoding")) == "Accept-Encoding, Origin"
+    assert asyncio.run(vary("origin")) == "origin"
+    _, headers, _ = http(server, "GET", "/v1/models", headers={"Origin": ORIGIN})
+    assert "Vary" not in headers

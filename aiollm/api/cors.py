@@ -4,8 +4,9 @@ Off unless origins are allowed: the server listens on 127.0.0.1 by default, and 
 that allowed every origin would let any page the user visits drive it. With origins given,
 every route answers the browser's preflight OPTIONS (before the API key is asked for: a
 preflight carries no credentials and runs nothing) and every response to an allowed origin,
-streams and errors included, carries Access-Control-Allow-Origin. aiohttp-cors does the
-protocol; this module turns the server's options into its configuration.
+streams and errors included, carries Access-Control-Allow-Origin, and every response
+carries Vary: Origin. aiohttp-cors does the protocol; this module turns the server's options
+into its configuration.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def enable_cors(app: web.Application, options: CorsOptions) -> None:
     for res in list(app.router.resources()):
         cors.add(res)
     app.on_response_prepare.append(_unrouted_responses(options))
+    app.on_response_prepare.append(_vary_on_origin)
+
+
+async def _vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
+    """Vary: Origin on every response, as the Fetch standard asks of a server whose CORS
+    headers depend on the request's Origin. aiohttp-cors always echoes the origin (never
+    "*", even when any is allowed) and sends nothing to other origins or to requests without
+    one, so a shared cache that kept one origin's answer would hand it to another page (or
+    an Origin-less answer to a page), which the browser would then refuse."""
+    vary = response.headers.get(hdrs.VARY)
+    if vary is None:
+        response.headers[hdrs.VARY] = hdrs.ORIGIN
+    elif not {v.strip().lower() for v in vary.split(",")} & {"*", "origin"}:
+        response.headers[hdrs.VARY] = f"{vary}, {hdrs.ORIGIN}"
 
 
 def _unrouted_responses(options: CorsOptions):
