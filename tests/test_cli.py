@@ -46,6 +46,17 @@ def test_serve_help():
         assert line.count("default") <= 1, line
 
 
+def test_python_m_aiollm_is_the_command():
+    """`python -m aiollm serve` failed ('aiollm' is a package and cannot be directly
+    executed): the way to start a server whose scripts are not on PATH."""
+    out = subprocess.run([sys.executable, "-m", "aiollm", "serve", "--help"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "--max-model-len" in out.stdout, out.stderr
+    out = subprocess.run([sys.executable, "-m", "aiollm", "serve", "--port", "-1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
+
+
 def test_serve_rejects_bad_options():
     out = subprocess.run([AIOLLM, "serve", "--scheduler", "fifo"], capture_output=True,
                          text=True, timeout=60)
