@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
-from aiollm.errors import InvalidRequest
+from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
 
@@ -25,6 +25,9 @@ class LLM:
 
     def generate(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None,
                  progress: bool = True) -> list[RequestOutput]:
+        """The outputs of `prompts` (a string is one prompt), in order. Raises EngineStopped
+        once close() has run."""
+        self._check_open()
         return self._loop.run_until_complete(
             self.engine.generate_batch(prompts, params, progress=progress))
 
@@ -33,7 +36,9 @@ class LLM:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template. A single conversation (a list of message dicts) is a batch of one,
         as in vLLM's LLM.chat. Raises InvalidRequest naming the conversation and its field
-        (param `conversations[2].messages[1].role`), before any is generated."""
+        (param `conversations[2].messages[1].role`), before any is generated; EngineStopped
+        once close() has run."""
+        self._check_open()
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
         prompts = []
@@ -47,6 +52,10 @@ class LLM:
                 raise InvalidRequest(f"{at}: {e}", param=f"{at}.{e.param}" if e.param else at,
                                      code=e.code) from e
         return self.generate(prompts, params, progress)
+
+    def _check_open(self) -> None:
+        if self._loop.is_closed():  # else asyncio's "Event loop is closed", and a warning
+            raise EngineStopped("this LLM is closed (close() ran): make a new LLM")
 
     def close(self) -> None:
         if not self._loop.is_closed():

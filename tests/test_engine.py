@@ -429,6 +429,10 @@ def test_offline_chat_checks_messages_as_engine_chat_does():
         system, developer = llm.chat([[{"role": role, "content": "Be terse."}, *hi]
                                       for role in ("system", "developer")], params, False)
         assert developer.prompt_token_ids == system.prompt_token_ids
+    # closed: asyncio's "Event loop is closed" (and a never-awaited coroutine's warning)
+    for call in (lambda: llm.generate("Hi", params, False), lambda: llm.chat(hi, params, False)):
+        with pytest.raises(EngineStopped, match="LLM is closed"):
+            call()
 
 
 @pytest.mark.parametrize("kind,value,bad", [
