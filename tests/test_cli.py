@@ -123,6 +123,20 @@ def test_serve_refuses_an_unsupported_model_in_one_line(tmp_path):
     assert "rope scaling 'longrope' is not supported" in out.stderr
 
 
+def test_a_port_in_use_fails_before_the_model_loads():
+    """A taken port was found only once the model had loaded (minutes for a large one), and
+    the log then told of finishing in-flight requests that never were."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run([sys.executable, "-m", "aiollm", "serve", "--port", str(port)],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"('127.0.0.1', {port}): address already in use" in out.stderr, out.stderr
+    assert "loaded" not in out.stderr and "in-flight" not in out.stderr, out.stderr
+
+
 def test_binds_loopback_by_default():
     from aiollm.api import run_server, serve
     from aiollm.cli import build_parser

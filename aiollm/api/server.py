@@ -14,6 +14,7 @@ import gc
 import hmac
 import logging
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
@@ -125,7 +126,8 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
                 on_started: Callable[[str, int], None] | None = None) -> None:
     """Run `app` until `stop` is set, or until SIGINT/SIGTERM when no event is given
     (signal handlers need the main thread). Returns after a graceful shutdown; a second
-    signal during it aborts the requests still in flight at once (sets ApiState.hurry)."""
+    signal during it aborts the requests still in flight at once (sets ApiState.hurry).
+    Raises OSError before the model loads when the address cannot be bound (a port in use)."""
     st = app[STATE]
     runner = web.AppRunner(
         app,
@@ -151,6 +153,8 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
             signals.append(sig)
+    if port:  # a taken port is told now, not after the model has loaded
+        await _check_bindable(host, port)
     await runner.setup()  # starts the engine: loads the model
     try:
         site = web.TCPSite(runner, host, port)
@@ -166,6 +170,30 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("server stopped")
+
+
+async def _check_bindable(host: str, port: int) -> None:
+    """Raise the OSError TCPSite would raise for an address of `host`:`port` that cannot be
+    bound (in use, not this machine's), as asyncio words it. Bound and closed at once, never
+    listening: until the model has loaded, connections are refused, not left waiting."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, addr in set(infos):
+        try:
+            sock = socket.socket(family, kind, proto)
+        except OSError:  # a family this machine lacks: asyncio skips it too
+            continue
+        with sock:
+            # as asyncio's create_server sets them: only a live socket on it is a conflict
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as e:
+                raise OSError(e.errno, f"error while attempting to bind on address {addr!r}: "
+                                       f"{(e.strerror or str(e)).lower()}") from None
 
 
 def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, *,
