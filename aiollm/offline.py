@@ -36,9 +36,16 @@ class LLM:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template. A single conversation (a list of message dicts) is a batch of one,
         as in vLLM's LLM.chat. Raises InvalidRequest naming the conversation and its field
-        (param `conversations[2].messages[1].role`), before any is generated; EngineStopped
-        once close() has run."""
+        (param `conversations[2].messages[1].role`), or `conversations` for a value that is
+        neither a list (or tuple) of conversations nor one, before any is generated;
+        EngineStopped once close() has run."""
         self._check_open()
+        if not isinstance(conversations, (list, tuple)):
+            # else None, a message dict or a generator raised Python's own errors, and a
+            # string was read as a batch of one-letter conversations
+            raise InvalidRequest("conversations must be a list of conversations (each a list "
+                                 "of message dicts) or one conversation, got "
+                                 f"{type(conversations).__name__}", param="conversations")
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
         prompts = []

@@ -435,6 +435,32 @@ def test_offline_chat_checks_messages_as_engine_chat_does():
             call()
 
 
+def test_offline_chat_names_conversations_that_are_no_list_of_conversations():
+    """LLM.chat on a value that is neither a list of conversations nor one raised Python's
+    own errors (None: 'NoneType' object is not iterable; a message dict: KeyError: 0; a
+    generator: not subscriptable), and a string was read as a batch of one-letter
+    conversations ('conversations[0]: messages must be a list'). Each is an InvalidRequest
+    naming `conversations` and the type given; a message in the wrong place says its type."""
+    from aiollm import LLM
+
+    params = SamplingParams(max_tokens=1)
+    hi = {"role": "user", "content": "Hi"}
+    with LLM(None, kv_tokens=1024) as llm:
+        for value, got in [(None, "NoneType"), (hi, "dict"), ("Hi", "str"), (5, "int"),
+                           (b"Hi", "bytes"), ((c for c in [[hi]]), "generator")]:
+            with pytest.raises(InvalidRequest, match=f"got {got}") as e:
+                llm.chat(value, params, progress=False)
+            assert e.value.param == "conversations"
+        with pytest.raises(InvalidRequest, match="got list") as e:  # a message that is a list
+            llm.chat([hi, [hi]], params, progress=False)
+        assert e.value.param == "conversations[0].messages[1]"
+        with pytest.raises(InvalidRequest, match="got NoneType") as e:
+            llm.chat([[hi], None], params, progress=False)
+        assert e.value.param == "conversations[1].messages"
+        assert llm.chat([], params, progress=False) == []  # as generate([]) is
+        assert len(llm.chat((hi,), params, progress=False)) == 1
+
+
 @pytest.mark.parametrize("kind,value,bad", [
     ("json_schema", '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}',
      "uniqueItems"),

@@ -29,8 +29,8 @@ def checked_messages(messages: Any) -> list[dict[str, Any]]:
     chat templates take (checked_message). Raises InvalidRequest naming "messages" for
     another type or an empty conversation, else the field at fault."""
     if not isinstance(messages, (list, tuple)):
-        raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
-                             param="messages")
+        raise InvalidRequest('messages must be a list of {"role", "content"} dicts, got '
+                             f"{type(messages).__name__}", param="messages")
     if not messages:
         raise InvalidRequest("messages must hold at least one message", param="messages")
     return [checked_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
@@ -42,7 +42,8 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
     from vLLM's `reasoning`) when given; other keys as they are. Raises InvalidRequest
     naming the field (`{at}.role`...) for a message OpenAI's chat API refuses."""
     if not isinstance(m, dict):
-        raise InvalidRequest(f'{at} must be a {{"role", "content"}} dict', param=at)
+        raise InvalidRequest(f'{at} must be a {{"role", "content"}} dict, got '
+                             f"{type(m).__name__}", param=at)
     role, calls = m.get("role"), m.get("tool_calls")
     if not isinstance(role, str) or role not in CHAT_ROLES:
         raise InvalidRequest(f"{at}.role must be one of {', '.join(CHAT_ROLES)}, got "
