@@ -137,6 +137,30 @@ def test_a_port_in_use_fails_before_the_model_loads():
     assert "loaded" not in out.stderr and "in-flight" not in out.stderr, out.stderr
 
 
+def test_serve_that_cannot_bind_leaves_no_signal_handler_and_names_the_host():
+    """serve() on a port in use raised before the model loaded, but left its SIGINT and SIGTERM
+    handlers on the caller's loop: a program that caught the OSError and went on could no
+    longer be stopped by Ctrl-C (the handler set an event nobody waits on). A host that does
+    not resolve was told as '[Errno -2] Name or service not known', naming no host."""
+    from aiollm.api import create_app, serve
+    from aiollm.engine import Engine
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            with pytest.raises(OSError, match="address already in use"):
+                await serve(create_app(Engine(None)), "127.0.0.1", taken.getsockname()[1])
+        assert not loop.remove_signal_handler(signal.SIGINT)  # False: none was left
+        assert not loop.remove_signal_handler(signal.SIGTERM)
+        with pytest.raises(OSError, match="host 'no-such-host.invalid'"):
+            await serve(create_app(Engine(None)), "no-such-host.invalid", 8000)
+        assert not loop.remove_signal_handler(signal.SIGINT)
+
+    asyncio.run(main())
+
+
 def test_binds_loopback_by_default():
     from aiollm.api import run_server, serve
     from aiollm.cli import build_parser

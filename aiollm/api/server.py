@@ -153,20 +153,22 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
             signals.append(sig)
-    if port:  # a taken port is told now, not after the model has loaded
-        await _check_bindable(host, port)
-    await runner.setup()  # starts the engine: loads the model
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound_host, bound_port = runner.addresses[0][:2]
-        log.info("serving %s on http://%s:%d (KV capacity %d tokens)", st.model_name,
-                 bound_host, bound_port, st.engine.stats()["kv_total"])
-        if on_started is not None:
-            on_started(bound_host, bound_port)
-        await stop.wait()
+    try:  # the handlers go with serve(), however it ends: else Ctrl-C sets a dead event
+        if port:  # a taken port is told now, not after the model has loaded
+            await _check_bindable(host, port)
+        await runner.setup()  # starts the engine: loads the model
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound_host, bound_port = runner.addresses[0][:2]
+            log.info("serving %s on http://%s:%d (KV capacity %d tokens)", st.model_name,
+                     bound_host, bound_port, st.engine.stats()["kv_total"])
+            if on_started is not None:
+                on_started(bound_host, bound_port)
+            await stop.wait()
+        finally:
+            await runner.cleanup()
     finally:
-        await runner.cleanup()
         for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("server stopped")
@@ -174,11 +176,16 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
 
 async def _check_bindable(host: str, port: int) -> None:
     """Raise the OSError TCPSite would raise for an address of `host`:`port` that cannot be
-    bound (in use, not this machine's), as asyncio words it. Bound and closed at once, never
-    listening: until the model has loaded, connections are refused, not left waiting."""
+    bound (in use, not this machine's), as asyncio words it, or socket.gaierror naming a
+    host that does not resolve. Bound and closed at once, never listening: until the model
+    has loaded, connections are refused, not left waiting."""
     loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+    try:
+        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:  # its own words name no host
+        raise socket.gaierror(e.errno, f"host {host!r} does not resolve: "
+                                       f"{(e.strerror or str(e)).lower()}") from None
     for family, kind, proto, _, addr in set(infos):
         try:
             sock = socket.socket(family, kind, proto)
