@@ -192,3 +192,28 @@ def test_vary_keeps_what_the_handler_set_and_is_off_without_cors(server):
     assert asyncio.run(vary("origin")) == "origin"
     _, headers, _ = http(server, "GET", "/v1/models", headers={"Origin": ORIGIN})
     assert "Vary" not in headers
+
+
+def test_vary_keeps_every_vary_header_and_adds_no_empty_member():
+    """A handler's Vary given as two headers lost the second (the first was overwritten
+    with itself plus Origin: a cache then served one cookie's answer for another), and an
+    empty Vary became ', Origin'."""
+    async def ok(request: web.Request) -> web.Response:
+        resp = web.Response(text="ok")
+        for value in request.query.getall("vary", []):
+            resp.headers.add("Vary", value)
+        return resp
+
+    async def vary(*values: str) -> list[str]:
+        app = web.Application()
+        app.add_routes([web.get("/", ok)])
+        enable_cors(app, CorsOptions(("*",)))
+        async with TestClient(TestServer(app)) as client:
+            resp = await client.get("/", params=[("vary", v) for v in values],
+                                    headers={"Origin": ORIGIN})
+            return resp.headers.getall("Vary")
+
+    assert asyncio.run(vary("Accept-Encoding", "Cookie")) == ["Accept-Encoding, Cookie, Origin"]
+    assert asyncio.run(vary("Cookie", "origin")) == ["Cookie", "origin"]
+    assert asyncio.run(vary("")) == ["Origin"]
+    assert asyncio.run(vary(" , ")) == ["Origin"]

@@ -76,11 +76,11 @@ async def _vary_on_origin(request: web.Request, response: web.StreamResponse) ->
     "*", even when any is allowed) and sends nothing to other origins or to requests without
     one, so a shared cache that kept one origin's answer would hand it to another page (or
     an Origin-less answer to a page), which the browser would then refuse."""
-    vary = response.headers.get(hdrs.VARY)
-    if vary is None:
-        response.headers[hdrs.VARY] = hdrs.ORIGIN
-    elif not {v.strip().lower() for v in vary.split(",")} & {"*", "origin"}:
-        response.headers[hdrs.VARY] = f"{vary}, {hdrs.ORIGIN}"
+    # every Vary header the handler set (a list of them is one list), without empty members
+    names = [name.strip() for vary in response.headers.getall(hdrs.VARY, ())
+             for name in vary.split(",") if name.strip()]
+    if not {name.lower() for name in names} & {"*", "origin"}:
+        response.headers[hdrs.VARY] = ", ".join([*names, hdrs.ORIGIN])
 
 
 def _unrouted_responses(options: CorsOptions):
