@@ -312,6 +312,31 @@ def test_a_string_is_one_prompt_of_a_batch(loop, engine):
     assert [o.token_ids for o in outs] == [one.token_ids]
 
 
+def test_a_batch_names_its_bad_prompt_and_refuses_what_is_no_batch(loop, engine):
+    """generate_batch (LLM.generate) on None, an int or a generator raised Python's own
+    TypeError (no len()), and a dict generated from its keys; a bad prompt of a batch was
+    named `prompt` alone (a flat list of ids: 'prompt must be ... got int', which of them?).
+    Now InvalidRequest naming `prompts` and the type given, or `prompts[i]`."""
+    params = SamplingParams(max_tokens=1)
+    for value, got in [(None, "NoneType"), (5, "int"), ({"Hi": 1}, "dict"),
+                       ((p for p in ["Hi"]), "generator")]:
+        with pytest.raises(InvalidRequest, match=f"got {got}") as e:
+            run(loop, engine.generate_batch(value, params, progress=False))
+        assert e.value.param == "prompts"
+    with pytest.raises(InvalidRequest, match=r"^prompts\[2\]: prompt must be") as e:
+        run(loop, engine.generate_batch(["Hi", [1, 2], None], params, progress=False))
+    assert e.value.param == "prompts[2]"
+    with pytest.raises(InvalidRequest) as e:  # a flat list of ids is a batch of ints
+        run(loop, engine.generate_batch([1, 2, 3], params, progress=False))
+    assert e.value.param == "prompts[0]"
+    with pytest.raises(InvalidRequest) as e:  # a field of params keeps its name
+        run(loop, engine.generate_batch(["Hi"], SamplingParams(max_tokens=10**7),
+                                        progress=False))
+    assert e.value.param != "prompts[0]"
+    assert run(loop, engine.generate_batch((["Hi"]), params, progress=False))[0].token_ids
+    assert_all_free(engine)
+
+
 def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     with pytest.raises(InvalidRequest, match=str(engine.max_model_len)):
         engine.stream([1] * (engine.max_model_len + 5), SamplingParams())

@@ -111,20 +111,32 @@ class EngineAPI:
     async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
                              progress: bool = True) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
-        is one prompt (as in vLLM's LLM.generate), not a batch of its characters."""
+        is one prompt (as in vLLM's LLM.generate), not a batch of its characters. Raises
+        InvalidRequest naming `prompts` for a value that is no list or tuple of prompts, and
+        `prompts[i]` for a bad prompt (a bad field of params keeps its own name)."""
         from tqdm.auto import tqdm
 
         if isinstance(prompts, str):
             prompts = [prompts]
+        elif not isinstance(prompts, (list, tuple)):  # else no len(), or a dict's keys
+            raise InvalidRequest("prompts must be a list of prompts (strings or lists of token "
+                                 f"ids) or one string, got {type(prompts).__name__}",
+                                 param="prompts")
 
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
 
-        async def one(p):
-            out = await self.generate(p, params)
+        async def one(i, p):
+            try:
+                out = await self.generate(p, params)
+            except InvalidRequest as e:
+                if e.param != "prompt":
+                    raise
+                raise InvalidRequest(f"prompts[{i}]: {e}", param=f"prompts[{i}]",
+                                     code=e.code) from e
             bar.update(1)
             return out
 
-        tasks = [asyncio.ensure_future(one(p)) for p in prompts]
+        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(prompts)]
         try:
             return await asyncio.gather(*tasks)
         finally:
