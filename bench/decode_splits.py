@@ -40,6 +40,9 @@ def main() -> None:
                     help="LO HI pairs: each request's tokens drawn from [LO, HI]")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if len(args.contexts) % 2 or any(lo > hi for lo, hi in zip(args.contexts[::2],
+                                                                  args.contexts[1::2])):
+        ap.error(f"--contexts takes LO HI pairs with LO <= HI, got {args.contexts}")
     contexts = list(zip(args.contexts[::2], args.contexts[1::2]))
     assert torch.cuda.is_available(), "bench/decode_splits.py needs a CUDA GPU"
     hq, hkv = args.heads

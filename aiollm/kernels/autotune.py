@@ -290,6 +290,13 @@ def time_graph(fn: Callable[[], object]) -> float:
         fn()
         torch.cuda.synchronize()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
+        caller = torch.cuda.current_stream()
+        try:
+            with torch.cuda.graph(graph):
+                fn()
+        finally:
+            # torch.cuda.graph ends the capture before it restores the caller's stream, so a
+            # capture that fails there (the tuner goes on to the next candidate) would leave
+            # this thread on the capture's side stream
+            torch.cuda.set_stream(caller)
         return float(triton.testing.do_bench(graph.replay, warmup=5, rep=25, return_mode="median"))
