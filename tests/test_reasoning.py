@@ -167,8 +167,10 @@ def _whole(srv, **kw) -> tuple[dict, dict]:
     return r["choices"][0], r["usage"]
 
 
-def _streamed(srv, **kw) -> tuple[str | None, str, str, list[dict]]:
-    """(joined reasoning deltas or None if none came, joined content, finish, chunks)."""
+def _streamed(srv, **kw) -> tuple[str | None, str | None, str, list[dict]]:
+    """(joined reasoning deltas or None if none came, joined content or None if none came,
+    finish, chunks): the fields as the openai SDK's stream state builds them, where a null
+    content stays null until a string comes."""
     from live_server import http, sse_events
 
     status, _, raw = http(srv, "POST", "/v1/chat/completions", json={
@@ -177,14 +179,15 @@ def _streamed(srv, **kw) -> tuple[str | None, str, str, list[dict]]:
     events = sse_events(raw)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
-    reasoning, content, finish = None, "", None
+    reasoning, content, finish = None, None, None
     for c in chunks:
         for ch in c["choices"]:
             d = ch["delta"]
             assert d.get("reasoning") == d.get("reasoning_content")  # vLLM's name, SGLang's
             if "reasoning_content" in d:
                 reasoning = (reasoning or "") + d["reasoning_content"]
-            content += d.get("content") or ""
+            if d.get("content") is not None:
+                content = (content or "") + d["content"]
             finish = ch["finish_reason"] or finish
     return reasoning, content, finish, chunks
 
@@ -261,7 +264,7 @@ def test_forced_unclosed_thinking_is_reasoning(thinker):
     choice, _ = _whole(thinker, **kw)
     m = choice["message"]
     assert choice["finish_reason"] == "length" and m["content"] is None and m["reasoning_content"]
-    assert _streamed(thinker, **kw)[:3] == (m["reasoning_content"], "", "length")
+    assert _streamed(thinker, **kw)[:3] == (m["reasoning_content"], None, "length")
 
 
 def test_grammar_without_tags_is_content(thinker):
@@ -288,7 +291,7 @@ def test_free_output_without_tags(thinker):
     assert (m["reasoning_content"], m["content"]) == (
         (raw, None) if parser == "deepseek_r1" else (None, raw))
     reasoning, content, _, _ = _streamed(thinker, max_tokens=8)
-    assert (reasoning, content) == ((raw, "") if parser == "deepseek_r1" else (None, raw))
+    assert (reasoning, content) == (m["reasoning_content"], m["content"])
     assert usage["completion_tokens"] == 8
 
 
@@ -313,7 +316,7 @@ def test_output_ended_right_after_the_opening_tag(thinker):
     m = choice["message"]
     assert (m["reasoning_content"], m["content"], choice["finish_reason"]) == ("", None, "stop")
     reasoning, content, finish, _ = _streamed(thinker, **kw)
-    assert (reasoning or "", content, finish) == ("", "", "stop")
+    assert (reasoning or "", content, finish) == ("", None, "stop")
 
 
 @pytest.mark.parametrize("prefill,inside", [
@@ -335,7 +338,7 @@ def test_continued_message_with_its_own_reasoning(thinker, prefill, inside):
     m = choice["message"]
     assert (m["reasoning_content"], m["content"]) == ((raw, None) if inside else (None, raw))
     reasoning, content, _, _ = _streamed(thinker, messages=msgs, max_tokens=6, **opts)
-    assert (reasoning, content) == ((raw, "") if inside else (None, raw))
+    assert (reasoning, content) == (m["reasoning_content"], m["content"])
 
 
 def test_required_tool_call_is_content(thinker):

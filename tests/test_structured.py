@@ -462,6 +462,43 @@ def test_tool_call_round_trip(client, choice):
     assert r.choices[0].message.content and not r.choices[0].message.tool_calls
 
 
+def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(server):
+    """While the tool parser holds a call's text back, no chunk is sent (a {"content": ""}
+    chunk came for each of its tokens), and the message the SDK's stream state builds is the
+    non-streamed one: content null (it was "" from those chunks), the same call, the same
+    finish; the stream still ends with its finish chunk and [DONE]."""
+    from live_server import sse_events
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+    from openai.types.chat import ChatCompletionChunk
+
+    body = {"messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+            "tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": False,
+            "max_tokens": 100, "temperature": 0}
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    assert status == 200, raw
+    whole = json.loads(raw)["choices"][0]
+    assert whole["message"]["content"] is None and whole["message"]["tool_calls"], whole
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={**body, "stream": True})
+    assert status == 200, raw
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    choices = [c["choices"][0] for c in chunks]
+    assert choices[0]["delta"]["role"] == "assistant" and choices[-1]["finish_reason"]
+    for ch in choices[1:-1]:  # each says something
+        assert ch["delta"].get("content") or ch["delta"].get("tool_calls"), ch
+    assert len(chunks) <= 3, chunks  # the role, the call, the finish
+    state = ChatCompletionStreamState()
+    for c in chunks:
+        state.handle_chunk(ChatCompletionChunk.model_validate(c))
+    built = state.get_final_completion().choices[0]
+    assert built.finish_reason == whole["finish_reason"] == "tool_calls"
+    assert built.message.content is None
+    assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
+        (c["function"]["name"], c["function"]["arguments"])
+        for c in whole["message"]["tool_calls"]]
+
+
 @pytest.mark.parametrize("tools", [{"tools": [WEATHER], "tool_choice": "none"}, {}])
 def test_past_tool_calls_are_in_the_prompt_without_tool_choice(client, tools):
     """The follow-up turn (tool_choice "none", or no tools sent at all) still shows the model

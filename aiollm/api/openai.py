@@ -309,6 +309,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     done_tokens = [0] * req.n
     cached_tokens = [0] * req.n
     started = [False] * req.n
+    said = [False] * req.n  # whether content has been sent
 
     calls = [tool_calls.StreamingToolParser(parser, names) if parser else None for _ in params]
     splits = [splitter() for _ in params]
@@ -329,18 +330,28 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 text += rest
                 if found and finish == "stop":
                     finish = "tool_calls"
-        # `content` is always present: simple clients index delta["content"] on every chunk
-        delta: dict = {"content": text}
-        if not started[j]:
+        delta: dict = {}
+        if not started[j]:  # null until some comes: the message may turn out calls alone
             started[j] = True
-            delta = {"role": "assistant", "content": text}
+            delta = {"role": "assistant", "content": text or None}
+        # once content has begun every chunk carries it (simple clients index
+        # delta["content"]); before, a "" would make a client's joined content "" where
+        # the whole answer has null
+        if text or said[j]:
+            said[j] = True
+            delta["content"] = text
         if thought and req.include_reasoning:  # vLLM's include_reasoning false: dropped
             delta["reasoning_content"] = delta["reasoning"] = thought
+        if finish is not None and not said[j] and not found and not (
+                splits[j] is not None and splits[j].entered):
+            delta["content"] = ""  # the whole answer's content is "", not null
         done_tokens[j] = d.completion_tokens
         cached_tokens[j] = d.cached_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
                                                                      d.token_texts)
         if not found:
+            if not delta and finish is None and logprobs is None:
+                return b""  # text the parsers hold back: OpenAI sends no chunk for it
             return sse.event({**head, "choices": [{
                 "index": j, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]})
         # the calls, then a chunk of their own for the finish, as OpenAI sends them (the
@@ -349,8 +360,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         return sse.event({**head, "choices": [{
             "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs}]}) + (
             sse.event({**head, "choices": [{
-                "index": j, "delta": {"content": ""}, "finish_reason": finish,
-                "logprobs": None}]}))
+                "index": j, "delta": {"content": ""} if said[j] else {},
+                "finish_reason": finish, "logprobs": None}]}))
 
     def tail() -> bytes:
         usage = b""

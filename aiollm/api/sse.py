@@ -38,7 +38,8 @@ async def start(request: web.Request) -> web.StreamResponse:
 async def send(request: web.Request, events: AsyncIterator[T],
                render: Callable[[T], bytes], tail: Callable[[], bytes],
                prefix: bytes = b"data: ") -> web.StreamResponse:
-    """Streams `events` as SSE: render(item) per event, then tail() at the end.
+    """Streams `events` as SSE: render(item) per event (b"" sends nothing), then tail() at
+    the end.
 
     The first event is awaited before the response starts, so failures that come before any
     output still get their HTTP status. `events` is always closed on the way out, which aborts
@@ -49,7 +50,9 @@ async def send(request: web.Request, events: AsyncIterator[T],
         resp = await start(request)
         try:
             while item is not _END:
-                await resp.write(render(item))  # type: ignore[arg-type]
+                data = render(item)  # type: ignore[arg-type]
+                if data:  # b"": nothing to say for this item
+                    await resp.write(data)
                 item = await anext(events, _END)  # type: ignore[call-overload]
             await resp.write(tail())
         except ConnectionResetError:
