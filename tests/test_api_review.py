@@ -9,6 +9,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 from live_server import http, sse_events
 
 OOV = 60000  # past SmolLM2's 49,152-token vocabulary
@@ -226,11 +227,25 @@ def test_readme_examples_give_what_they_show(server):
     assert checked >= 4
 
 
-def test_errors_name_fields_as_the_client_wrote_them(server):
-    """A LightLLM error that mentions another field names it LightLLM's way too."""
-    status, _, raw = http(server, "POST", "/generate", json={
-        "inputs": "Hi", "parameters": {"max_new_tokens": 2, "min_new_tokens": 5}})
+# (path, body, the field the error names, the limit it quotes as the client wrote it)
+SHORTER_THAN_MIN = [
+    ("/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 2, "min_new_tokens": 5}},
+     "parameters.min_new_tokens", "max_new_tokens (2)"),
+    ("/v1/chat/completions", {"messages": HI, "max_completion_tokens": 2, "min_tokens": 5},
+     "min_tokens", "max_completion_tokens (2)"),
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 2, "min_tokens": 5},
+     "min_tokens", "max_tokens (2)"),
+]
+
+
+@pytest.mark.parametrize("path,body,param,limit", SHORTER_THAN_MIN)
+def test_errors_name_fields_as_the_client_wrote_them(server, path, body, param, limit):
+    """An error that mentions another field names it the client's way too: LightLLM's
+    max_new_tokens, chat's max_completion_tokens (the message said max_tokens, a field the
+    request did not send, though the error's param was right)."""
+    status, _, raw = http(server, "POST", path, json=body)
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == "parameters.min_new_tokens"
-    assert "max_new_tokens (2)" in err["message"] and "max_tokens" not in \
-        err["message"].replace("max_new_tokens", ""), err["message"]
+    assert status == 400 and err["param"] == param, err
+    other = {"max_new_tokens (2)": "max_tokens", "max_completion_tokens (2)": "max_tokens",
+             "max_tokens (2)": "max_completion_tokens"}[limit]
+    assert limit in err["message"] and other not in err["message"].replace(limit, ""), err

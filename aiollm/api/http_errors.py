@@ -4,6 +4,7 @@ aiohttp's router or body reader)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from contextlib import contextmanager
@@ -13,10 +14,13 @@ import msgspec
 from aiohttp import web
 
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
+from aiollm.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1  # what an overloaded server tells clients to wait
+# the fields SamplingParams and the engine name in their errors
+_ENGINE_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)} | {"prompt"}
 
 _TYPES = {
     400: "invalid_request_error",
@@ -80,17 +84,19 @@ def as_api_error(exc: BaseException) -> ApiError:
 def param_names(names: dict[str, str]) -> Iterator[None]:
     """Report InvalidRequest errors under the field names the client used: SamplingParams and
     the engine name their own fields (max_tokens); an endpoint may call them otherwise
-    (parameters.max_new_tokens)."""
+    (parameters.max_new_tokens). An error about a field the endpoint does not rename has the
+    others its message mentions renamed too (min_tokens' quotes max_tokens); the endpoint's
+    own errors (their param not an engine name) already speak the client's words."""
     try:
         yield
     except InvalidRequest as e:
-        if e.param not in names:
+        if e.param not in names and e.param not in _ENGINE_FIELDS:
             raise
         message = str(e)
         for name, theirs in names.items():  # also the other fields a message names
             if name != "prompt":  # "the prompt has N tokens" reads right as it is
                 message = re.sub(rf"\b{name}\b", theirs.rsplit(".", 1)[-1], message)
-        raise InvalidRequest(message, param=names[e.param], code=e.code) from None
+        raise InvalidRequest(message, param=names.get(e.param, e.param), code=e.code) from None
 
 
 _AT = re.compile(r" - at `\$\.?(.*)`$")
