@@ -249,3 +249,34 @@ def test_errors_name_fields_as_the_client_wrote_them(server, path, body, param, 
     other = {"max_new_tokens (2)": "max_tokens", "max_completion_tokens (2)": "max_tokens",
              "max_tokens (2)": "max_completion_tokens"}[limit]
     assert limit in err["message"] and other not in err["message"].replace(limit, ""), err
+
+
+# (path, body, the field the error names, what the message says allows 0 there: nothing on
+# chat and LightLLM, which score no prompt)
+NO_OUTPUT = [
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 0}, "max_tokens", ()),
+    ("/v1/chat/completions", {"messages": HI, "max_completion_tokens": 0},
+     "max_completion_tokens", ()),
+    ("/generate", {"inputs": "Hi", "parameters": {"max_new_tokens": 0}},
+     "parameters.max_new_tokens", ()),
+    ("/generate_stream", {"inputs": "Hi", "parameters": {"max_new_tokens": -1}},
+     "parameters.max_new_tokens", ()),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 0}, "max_tokens",
+     ("echo", "prompt_logprobs")),
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": -1, "echo": True}, "max_tokens",
+     ("echo", "prompt_logprobs")),
+]
+
+
+@pytest.mark.parametrize("path,body,param,zero_with", NO_OUTPUT)
+def test_max_tokens_0_is_explained_as_each_endpoint_allows_it(server, path, body, param,
+                                                              zero_with):
+    """A max_tokens below 1 is told what allows 0 on that endpoint: echo or prompt_logprobs on
+    completions (echo was left out), nothing on chat and LightLLM (they were told
+    prompt_logprobs, which they do not take)."""
+    status, _, raw = http(server, "POST", path, json=body)
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == param, err
+    assert ">= 1" in err["message"], err
+    for word in ("echo", "prompt_logprobs"):
+        assert (word in err["message"]) == (word in zero_with), err

@@ -63,6 +63,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     req = await decode_body(request, CompletionRequest)
     st.check_model(req.model)
     req.check_unserved()
+    req.check_max_tokens()
     prompts = req.prompt_batch()
     prompt_ids = await st.tokenize_batch(prompts)
     constraint = req.constraint()
@@ -215,6 +216,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     engine = st.engine
     st.check_model(req.model)
     req.check_unserved()
+    req.check_max_tokens()
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.functions is not None or req.function_call is not None:

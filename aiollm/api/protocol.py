@@ -183,6 +183,19 @@ def refuse_unserved(fields: Struct, names: tuple[str, ...], prefix: str, why: st
                                  param=prefix + name)
 
 
+def check_max_tokens(value: int | None, param: str, *, zero_with: tuple[str, ...] = (),
+                     zero_ok: bool = False) -> None:
+    """InvalidRequest naming `param` when `value` (None: not sent) is below 1, or below 0
+    where `zero_ok` (the request scores its prompt, so it may generate nothing). `zero_with`
+    names the fields that allow 0 on this endpoint, for the message: an endpoint that scores
+    no prompt has none, and its message mentions none (the engine's names prompt_logprobs)."""
+    if value is None or value >= (0 if zero_ok else 1):
+        return
+    allows = f" (0 only with {' or '.join(zero_with)}: the prompt scored, nothing generated)"
+    raise InvalidRequest(f"{param} must be an integer >= 1{allows if zero_with else ''}, got "
+                         f"{value}", param=param)
+
+
 class CompletionRequest(SamplingFields, kw_only=True):
     prompt: Prompt
     max_tokens: int | None = 16
@@ -208,6 +221,10 @@ class CompletionRequest(SamplingFields, kw_only=True):
         if self.best_of is not None and self.best_of != self.n:
             raise InvalidRequest(f"best_of must equal n ({self.n}) or be left out: the server "
                                  f"does not rank choices, got {self.best_of}", param="best_of")
+
+    def check_max_tokens(self) -> None:
+        check_max_tokens(self.max_tokens, "max_tokens", zero_with=("echo", "prompt_logprobs"),
+                         zero_ok=bool(self.echo) or self.prompt_logprobs is not None)
 
     def prompt_batch(self) -> list[str | list[int]]:
         """The prompts of this request: one string or token-id list each."""
@@ -280,6 +297,14 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     echo: bool | None = False
     chat_template: str | None = None
     prompt_logprobs: int | None = None
+
+    def check_max_tokens(self) -> None:
+        """The length field the request uses (max_completion_tokens over max_tokens) is >= 1:
+        chat scores no prompt, so 0 has no use."""
+        if self.max_completion_tokens is not None:
+            check_max_tokens(self.max_completion_tokens, "max_completion_tokens")
+        else:
+            check_max_tokens(self.max_tokens, "max_tokens")
 
     def message_dicts(self) -> list[dict[str, Any]]:
         return [m.as_dict(i) for i, m in enumerate(self.messages)]
@@ -358,6 +383,9 @@ class GenerateParameters(Struct, kw_only=True):
             if not served:
                 raise InvalidRequest(f"parameters.{name} is not served: {why}",
                                      param=f"parameters.{name}")
+
+    def check_max_tokens(self) -> None:
+        check_max_tokens(self.max_new_tokens, "parameters.max_new_tokens")
 
     def choices(self) -> int:
         """How many sequences to generate: n, which LightLLM requires to equal best_of when
