@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import inspect
 import json
+import logging
 import os
 import signal
 import socket
@@ -159,6 +160,38 @@ def test_serve_that_cannot_bind_leaves_no_signal_handler_and_names_the_host():
         assert not loop.remove_signal_handler(signal.SIGINT)
 
     asyncio.run(main())
+
+
+def test_serve_logs_an_ipv6_address_in_brackets(tmp_path, caplog):
+    """The start-up line gives a URL a client can use: http://[::1]:PORT for an IPv6 host
+    (it was http://::1:PORT, whose port reads as part of the address)."""
+    from aiollm.api import create_app, serve
+    from aiollm.engine import Engine
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    (tmp_path / "config.json").write_text(json.dumps({  # a tiny model of random weights
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}))
+
+    async def main() -> list[tuple[str, int]]:
+        stop, started = asyncio.Event(), []
+
+        def on_started(host: str, port: int) -> None:
+            started.append((host, port))
+            stop.set()
+        engine = Engine(str(tmp_path), load_format="dummy", kv_tokens=512)
+        await serve(create_app(engine), "::1", 0, stop=stop, on_started=on_started)
+        return started
+
+    with caplog.at_level(logging.INFO, logger="aiollm.api.server"):
+        [(host, port)] = asyncio.run(main())
+    assert host == "::1"
+    assert f" on http://[::1]:{port} (" in caplog.text, caplog.text
 
 
 def test_binds_loopback_by_default():

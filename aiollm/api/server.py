@@ -161,8 +161,11 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
             site = web.TCPSite(runner, host, port)
             await site.start()
             bound_host, bound_port = runner.addresses[0][:2]
+            # an IPv6 address goes in brackets, as a URL writes it (else its port reads as
+            # part of it)
+            url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
             log.info("serving %s on http://%s:%d (KV capacity %d tokens)", st.model_name,
-                     bound_host, bound_port, st.engine.stats()["kv_total"])
+                     url_host, bound_port, st.engine.stats()["kv_total"])
             if on_started is not None:
                 on_started(bound_host, bound_port)
             await stop.wait()
