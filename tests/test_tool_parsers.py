@@ -166,3 +166,25 @@ def test_llama3_calls_streamed_or_not_alike():
         assert ((sent + rest).strip(), [c.name for c in calls]) == (
             whole[0], [c.name for c in whole[1]]), text
     assert parser.calls('{"name":"get_weather","parameters":{}}', names)[1] == []
+
+
+@pytest.mark.parametrize("parser", [HermesParser(), Llama3Parser(), MistralParser()],
+                         ids=lambda p: p.name)
+@pytest.mark.parametrize("before,after", [
+    ("Sure.\n\n", ""), ("\n", ""), ("", "\n"), ("a ", " b"), ("\n Sure ", " done\n"),
+    ("Hello world", ""), ("x\t", "\n\ny ")])
+def test_streamed_content_joins_to_the_whole_content(parser, before, after):
+    """The content a stream sends (feed, then finish) is the whole answer's, to the character:
+    the whitespace before a call was sent ("Sure.\\n\\n" where the whole answer had "Sure.",
+    "\\n" where it had none) and the whitespace after a call was dropped ("a b" for "a  b")."""
+    call = {"hermes": '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>',
+            "llama3": '{"name": "f", "parameters": {}}',
+            "mistral": '[TOOL_CALLS][{"name": "f", "arguments": {}}]'}[parser.name]
+    for text in (before + call + after, before + after):  # with a call, and without
+        content, calls = parser.calls(text, {"f"})
+        assert len(calls) == (call in text), text
+        for step in (1, 2, 5):
+            stream = StreamingToolParser(parser, {"f"})
+            sent = "".join(stream.feed(text[i:i + step]) for i in range(0, len(text), step))
+            rest, streamed = stream.finish()
+            assert sent + rest == content and len(streamed) == len(calls), (text, step)

@@ -64,7 +64,9 @@ class ToolParser:
     separator = "\n"
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
-        """(the text outside calls, the calls); text that does not parse stays content."""
+        """(the text outside calls, the calls); text that does not parse stays content. With
+        calls, the content's trailing whitespace is dropped (what a model writes before a call
+        or after the last), its leading kept: a stream has sent that before any call came."""
         raise NotImplementedError
 
     def calls(self, text: str, names: Collection[str]) -> tuple[str, list[ToolCall]]:
@@ -180,7 +182,7 @@ class HermesParser(ToolParser):
             pos = j
             i = text.find(self.start, j)
         content.append(text[pos:])
-        return "".join(content).strip() if calls else text, calls
+        return "".join(content).rstrip() if calls else text, calls
 
     def tags(self, tools):
         return [{"type": "tag", "begin": f'<tool_call>\n{{"name": {_name(t)}, "arguments": ',
@@ -201,7 +203,7 @@ class Llama3Parser(ToolParser):
         calls, end = _json_calls(text, i, "parameters", "; \t\n")
         if not calls:
             return text, []
-        return (text[:i].replace("<|python_tag|>", "") + text[end:]).strip(), calls
+        return (text[:i].replace("<|python_tag|>", "") + text[end:]).rstrip(), calls
 
     def tags(self, tools):
         return [{"type": "tag", "begin": f'{{"name": {_name(t)}, "parameters": ',
@@ -225,7 +227,7 @@ class MistralParser(ToolParser):
             pos = end
             i = text.find(self.start, end)
         content.append(text[pos:])
-        return "".join(content).strip(), calls
+        return "".join(content).rstrip(), calls
 
     def tags(self, tools):
         return [{"type": "tag", "begin": f'[TOOL_CALLS][{{"name": {_name(t)}, "arguments": ',
@@ -397,12 +399,13 @@ class StreamingToolParser:
     def __init__(self, parser: ToolParser, names: Collection[str]):
         self.parser = parser
         self.names = names
-        self.held = ""
+        self.held = ""  # from the first character not sent
         self.calling = False
         self.calls: list[ToolCall] = []
 
     def feed(self, text: str) -> str:
-        """The content that can be sent now."""
+        """The content that can be sent now: never a trailing whitespace, which the whole
+        answer drops when calls follow (ToolParser.parse), until more text comes."""
         self.held += text
         if self.calling:
             return ""
@@ -410,19 +413,20 @@ class StreamingToolParser:
         i = self.held.find(marker)
         if i >= 0:
             self.calling = True
-            out, self.held = self.held[:i], self.held[i:]
-            return out
-        # keep a tail that may be the start of the marker
-        keep = 0
-        for k in range(min(len(marker) - 1, len(self.held)), 0, -1):
-            if marker.startswith(self.held[-k:]):
-                keep = k
-                break
-        out, self.held = self.held[: len(self.held) - keep], self.held[len(self.held) - keep:]
+            end = i
+        else:  # keep a tail that may be the start of the marker
+            end = len(self.held)
+            for k in range(min(len(marker) - 1, len(self.held)), 0, -1):
+                if marker.startswith(self.held[-k:]):
+                    end -= k
+                    break
+        end = len(self.held[:end].rstrip())
+        out, self.held = self.held[:end], self.held[end:]
         return out
 
     def finish(self) -> tuple[str, list[ToolCall]]:
-        """At the end of the output: (content still held, the calls)."""
+        """At the end of the output: (content still held, the calls). The content sent and
+        this join to the whole answer's content (ToolParser.calls of all the text)."""
         content, self.calls = self.parser.calls(self.held, self.names)
         self.held = ""
         return content, self.calls
