@@ -131,8 +131,8 @@ class SamplingParams:
         for i, s in enumerate(self.stop):
             if len(s) > MAX_STOP_STRING_CHARS:
                 raise InvalidRequest(
-                    f"a stop string may have at most {MAX_STOP_STRING_CHARS} characters, "
-                    f"stop[{i}] has {len(s)}", param="stop")
+                    f"stop[{i}] has {len(s)} characters, more than the "
+                    f"{MAX_STOP_STRING_CHARS} allowed", param="stop")
         if not isinstance(self.stop_token_ids, list) or not all(
             is_int(t) and 0 <= t < 2**31 for t in self.stop_token_ids
         ):

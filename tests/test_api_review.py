@@ -280,3 +280,32 @@ def test_max_tokens_0_is_explained_as_each_endpoint_allows_it(server, path, body
     assert ">= 1" in err["message"], err
     for word in ("echo", "prompt_logprobs"):
         assert (word in err["message"]) == (word in zero_with), err
+
+
+LONG_STOP = "a" * 1500  # past MAX_STOP_STRING_CHARS
+# (path, body, the field the error names, what its message must say, what it must not)
+RENAMED_WRONGLY = [
+    # the client's own values are quoted as sent: a stop string "logprobs" read "top_logprobs"
+    ("/v1/chat/completions", {"messages": HI, "stop": ["", "logprobs"]}, "stop",
+     "['', 'logprobs']", "top_logprobs"),
+    ("/v1/chat/completions", {"messages": HI, "stop": ["", "max_tokens"],
+                              "max_completion_tokens": 4}, "stop", "'max_tokens'",
+     "max_completion_tokens"),
+    # LightLLM's stop_sequences mixes token ids and strings: the index is the client's, and
+    # "stop" as a word was renamed ("a stop_sequences string")
+    ("/generate", {"inputs": "Hi", "parameters": {"stop_sequences": [[5], LONG_STOP]}},
+     "parameters.stop_sequences", "stop_sequences[1]", "stop_sequences[0]"),
+    ("/generate", {"inputs": "Hi", "parameters": {"stop_sequences": [LONG_STOP]}},
+     "parameters.stop_sequences", "stop_sequences[0]", "stop_sequences string"),
+]
+
+
+@pytest.mark.parametrize("path,body,param,says,not_says", RENAMED_WRONGLY)
+def test_renamed_fields_leave_the_rest_of_the_message_alone(server, path, body, param, says,
+                                                            not_says):
+    """Field names in an error are renamed to the client's words, not the client's quoted
+    values, nor an index into another list than the one the client sent."""
+    status, _, raw = http(server, "POST", path, json=body)
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == param, err
+    assert says in err["message"] and not_says not in err["message"], err

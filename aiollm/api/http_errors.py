@@ -80,6 +80,10 @@ def as_api_error(exc: BaseException) -> ApiError:
     return ApiError(500, f"internal error: {type(exc).__name__}")
 
 
+# a string value a message quotes as Python's repr() writes it (not an apostrophe: "model's")
+_QUOTED = r"""(?<!\w)('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")(?!\w)"""
+
+
 @contextmanager
 def param_names(names: dict[str, str]) -> Iterator[None]:
     """Report InvalidRequest errors under the field names the client used: SamplingParams and
@@ -95,7 +99,10 @@ def param_names(names: dict[str, str]) -> Iterator[None]:
         message = str(e)
         for name, theirs in names.items():  # also the other fields a message names
             if name != "prompt":  # "the prompt has N tokens" reads right as it is
-                message = re.sub(rf"\b{name}\b", theirs.rsplit(".", 1)[-1], message)
+                # a quoted span is the client's own value (a stop string "logprobs"): as sent
+                short = theirs.rsplit(".", 1)[-1]
+                message = re.sub(rf"{_QUOTED}|\b{name}\b",
+                                 lambda m, short=short: m.group(1) or short, message)
         raise InvalidRequest(message, param=names.get(e.param, e.param), code=e.code) from None
 
 

@@ -51,9 +51,10 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
                              f"stop token ids, got {len(seqs)} stop_sequences",
                              param="parameters.stop_sequences")
     vocab = st.engine.model_config.vocab_size
-    for s in seqs:
+    for i, s in enumerate(seqs):
+        text = None
         if isinstance(s, str):
-            stop.append(s)  # "" is refused by SamplingParams, naming this field
+            text = s  # "" is refused by SamplingParams, naming this field
         elif not s:  # was ignored, where an empty stop string is refused
             raise InvalidRequest("a stop sequence must hold at least one token id, got []",
                                  param="parameters.stop_sequences")
@@ -66,7 +67,15 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
             raise InvalidRequest(f"stop_sequences token ids must be in [0, {vocab}), got {s}",
                                  param="parameters.stop_sequences")
         else:  # a multi-token stop sequence is matched as its text
-            stop.append(st.engine.tokenizer.decode(s))
+            text = st.engine.tokenizer.decode(s)
+        if text is None:
+            continue
+        # checked here, where i is the client's index (SamplingParams' counts strings alone)
+        if len(text) > MAX_STOP_STRING_CHARS:
+            raise InvalidRequest(f"stop_sequences[{i}] has {len(text)} characters, more than "
+                                 f"the {MAX_STOP_STRING_CHARS} allowed",
+                                 param="parameters.stop_sequences")
+        stop.append(text)
     # a negative temperature stays an error even where sampling is off
     greedy = (not p.do_sample or p.temperature < _GREEDY_BELOW) and p.temperature >= 0
     return SamplingParams(
