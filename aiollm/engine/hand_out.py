@@ -1,0 +1,134 @@
+"""HandOut: how the Engine hands a finished step's tokens to its requests and ends requests
+(engine.py holds the life cycle and the step loop; engine_api.py the request API).
+
+_process takes one step's sampled token ids (a numpy int array, one row per sampled request
+of the step) and, for the requests still running, appends each token, checks the stop
+conditions of the whole batch in one C call (`RequestTable.stop_check`: eos ids, stop token
+ids, max_new_tokens, the model length), advances constrained requests' grammars, records
+logprobs and the TTFT / ITL metrics, and wakes each request's stream. _finish ends one
+request: it gives back its KV slots and its request-table slot, keeps the scheduler's
+history of output lengths, and wakes its stream, which raises the request's error if it
+failed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from aiollm.engine.grammar import ENDED, REJECTED, rejection
+from aiollm.engine.planner import Step
+from aiollm.engine.request import Phase, Request
+from aiollm.errors import Overloaded, RequestFailed
+from aiollm.native import FinishReason, ReqState
+
+
+class HandOut:
+    """The token hand-out and request ends of Engine, which inherits them (a mixin with no
+    state of its own). They read what Engine's start() set up (table, planner, scheduler,
+    grammars, metrics, eos_ids, config, _requests, _wake, _event_loop)."""
+
+    def _process(self, step: Step, result) -> None:
+        if result.scoring is not None:
+            result.record_prompt_logprobs()
+        if result.next_ids is None:
+            return
+        now_ns = time.monotonic_ns()
+        # result rows follow the sampled requests of the step; a request paused since keeps
+        # its token, one finished or aborted since drops it
+        row_of = np.cumsum(step.sample) - 1
+        idx = []
+        for i, (r, s) in enumerate(zip(step.reqs, step.sample)):
+            if s:
+                r.pending -= 1
+                if not r.done:
+                    idx.append(i)
+        if not idx:
+            return
+        rows = row_of[idx]
+        reqs = [step.reqs[i] for i in idx]
+        tokens = result.next_ids[rows]
+        slots = np.fromiter((r.slot for r in reqs), np.int32, len(reqs))
+        finished = self.table.stop_check(slots, tokens, self.eos_ids, now_ns)
+        bad = result.bad[rows] if result.bad is not None else None
+        constrained = [k for k, r in enumerate(reqs) if r.grammar is not None]
+        grammar_end = np.zeros(len(reqs), dtype=np.int8)
+        if constrained:
+            grammar_end[constrained] = self.grammars.accept(
+                [reqs[k].grammar for k in constrained], tokens[constrained])
+        self.metrics.generation_tokens.inc(len(reqs))
+        for k, r in enumerate(reqs):
+            if r.params.max_tokens == 0:  # prompt scoring: the prefill's token is no output
+                self._finish(r, "length")
+                continue
+            r.output_ids.append(int(tokens[k]))
+            if r.logprobs is not None:
+                r.logprobs.append(result.logprob_entry(rows[k], r.params.logprobs))
+            if len(r.output_ids) == 1:
+                self.metrics.ttft.observe(time.monotonic() - r.arrival)
+            elif r.t_last_ns:
+                self.metrics.itl.observe((now_ns - r.t_last_ns) / 1e9)
+            r.t_last_ns = now_ns
+            if bad is not None and bad[k]:
+                self._finish(r, "abort", error="the model produced non-finite logits", failed=True,
+                             error_type=RequestFailed)
+            elif grammar_end[k] == REJECTED:
+                why, kind = rejection(r.params, len(r.output_ids))
+                self._finish(r, "abort", error=why, failed=True, error_type=kind)
+            elif finished[k]:
+                r.last_is_stop_token = finished[k] == FinishReason.STOP
+                self._finish(r, FinishReason(finished[k]).label)
+            elif grammar_end[k] == ENDED:  # the grammar's end: its final (stop) token is eos
+                r.last_is_stop_token = True
+                self._finish(r, "stop")
+            r.event.set()
+
+    def _on_admit(self, req: Request, now: float) -> None:
+        if req.admitted_seq >= 0 and not req.output_ids:
+            self.metrics.queue_time.observe(now - req.arrival)
+
+    def _expire_queued(self) -> None:
+        timeout = self.config.queue_timeout
+        if timeout is None or not self.planner.waiting:
+            return
+        cutoff = time.monotonic() - timeout
+        for r in [r for r in self.planner.waiting if r.arrival < cutoff and not r.output_ids
+                  and not r.pending]:
+            self._finish(r, "abort", error=f"the request waited more than {timeout}s in the queue",
+                         failed=True, error_type=Overloaded)
+
+    def _fail_all(self, message: str, error_type: type[Exception]) -> None:
+        """End every request in flight: its stream raises error_type(message)."""
+        for r in list(self._requests.values()):
+            self._finish(r, "abort", error=message, failed=True, error_type=error_type)
+
+    def _fail_all_threadsafe(self, message: str) -> None:
+        """From any thread: stop accepting and fail every request with `message`."""
+        def fail_all():
+            self._accepting = False
+            self._fail_all(message, RequestFailed)
+        self._event_loop.call_soon_threadsafe(fail_all)
+
+    def _finish(self, req: Request, reason: str, error: str | None = None, failed: bool = False,
+                error_type: Callable[[str], Exception] = RequestFailed) -> None:
+        """End a request: give back its KV, row and table slot; wake its stream."""
+        if req.done:
+            return
+        req.failed = failed
+        req.error_type = error_type
+        self.planner.release(req)
+        req.phase = Phase.DONE
+        req.finish_reason = reason
+        req.error = error
+        rec = self.table[req.slot]
+        if reason != "abort":
+            self.scheduler.on_finish(int(rec["output_len"]), int(rec["max_new_tokens"]),
+                                     bool(rec["ignore_eos"]))
+        rec["state"] = ReqState.ABORTED if reason == "abort" else ReqState.FINISHED
+        self.table.free(req.slot)
+        self._requests.pop(req.rid, None)
+        self.metrics.requests.labels(reason).inc()
+        req.event.set()
+        self._wake.set()
