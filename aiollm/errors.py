@@ -17,6 +17,15 @@ class InvalidRequest(ValueError):
         self.param = param
         self.code = code
 
+    def within(self, at: str, replace_param: bool = False) -> "InvalidRequest":
+        """This error as the error of one item of a batch: the message prefixed with `at`
+        (e.g. "conversations[2]: ..."), the param `at` followed by this one's
+        ("conversations[2].messages[1].role"), or `at` alone when replace_param is set (the
+        item is the bad field itself: "prompts[3]" for a bad "prompt") or no param is
+        known; the code kept."""
+        param = at if replace_param or not self.param else f"{at}.{self.param}"
+        return InvalidRequest(f"{at}: {self}", param=param, code=self.code)
+
 
 class Overloaded(RuntimeError):
     """The waiting queue is full (HTTP 503 with Retry-After)."""

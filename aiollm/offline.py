@@ -55,9 +55,7 @@ class LLM:
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
-                at = f"conversations[{i}]"
-                raise InvalidRequest(f"{at}: {e}", param=f"{at}.{e.param}" if e.param else at,
-                                     code=e.code) from e
+                raise e.within(f"conversations[{i}]") from e
         return self.generate(prompts, params, progress)
 
     def _check_open(self) -> None:

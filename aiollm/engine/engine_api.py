@@ -131,8 +131,7 @@ class EngineAPI:
             except InvalidRequest as e:
                 if e.param != "prompt":
                     raise
-                raise InvalidRequest(f"prompts[{i}]: {e}", param=f"prompts[{i}]",
-                                     code=e.code) from e
+                raise e.within(f"prompts[{i}]", replace_param=True) from e
             bar.update(1)
             return out
 
