@@ -9,7 +9,11 @@ the table's config (AIOLLM_AUTOTUNE as set) with the rule's split count and with
 splits, in ROUNDS interleaved rounds, and prints each variant's median of rounds.
 
     python bench/decode_splits.py [--heads 32 4] [--batch 32 48 64 96 128]
-        [--contexts 1024 1200 1800 2048] [--out PATH]
+        [--contexts 1024 1200 1800 2048] [--long 32768] [--out PATH]
+
+With --long L the last request of each batch has L tokens (the others drawn from the pair's
+range), and 8 and 16 splits are timed too: one long context among short ones, which a
+launch with one split gives to a single program per KV head.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, nargs="+", default=[32, 48, 64, 96, 128])
     ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 1200, 1800, 2048],
                     help="LO HI pairs: each request's tokens drawn from [LO, HI]")
+    ap.add_argument("--long", type=int, default=None, metavar="L",
+                    help="the last request of each batch has L tokens")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if len(args.contexts) % 2 or any(lo > hi for lo, hi in zip(args.contexts[::2],
@@ -47,12 +53,19 @@ def main() -> None:
     assert torch.cuda.is_available(), "bench/decode_splits.py needs a CUDA GPU"
     hq, hkv = args.heads
     sms = torch.cuda.get_device_properties(0).multi_processor_count
-    k_cache, v_cache = make_pool(max(args.batch) * max(hi for _, hi in contexts), hkv, D)
+    longest = max([hi for _, hi in contexts] + [args.long or 0])
+    if args.long is not None and args.long < longest:
+        ap.error(f"--long must be at least every context's HI, got {args.long}")
+    k_cache, v_cache = make_pool(max(args.batch) * longest, hkv, D)
     rows = []
     for lo, hi in contexts:
         for B in args.batch:
-            run, nbytes = decode_inputs(k_cache, v_cache, B, hi, "scattered", hq, hkv, min_ctx=lo)
+            top = args.long or hi
+            run, nbytes = decode_inputs(k_cache, v_cache, B, top, "scattered", hq, hkv, min_ctx=lo,
+                                        max_other=hi if args.long else None)
             variants = {"rule": None, "1": 1, "2": 2, "4": 4}
+            if args.long:
+                variants.update({"8": 8, "16": 16})
             for splits in variants.values():
                 run(num_splits=splits)  # compile (and resolve the table's config)
             times: dict[str, list[float]] = {name: [] for name in variants}
@@ -60,12 +73,13 @@ def main() -> None:
                 for name, splits in variants.items():
                     times[name].append(median_ms(lambda: run(num_splits=splits), rep=50))
             med = {name: statistics.median(ts) for name, ts in times.items()}
-            cfg = _config(B, hq, hkv, D, torch.bfloat16, torch.device("cuda"), hi, None)
-            rule = num_kv_splits(B, hkv, hi, sms, cfg["split_tokens"])
-            rows.append({"batch": B, "context": [lo, hi], "config": cfg, "rule_splits": rule,
-                         "ms": med, "rounds_ms": times, "bytes": nbytes})
-            print(f"b{B:<4} ctx {lo}-{hi}: rule ({rule} splits) {med['rule']:.4f} ms; "
-                  f"1: {med['1']:.4f}  2: {med['2']:.4f}  4: {med['4']:.4f}  "
+            cfg = _config(B, hq, hkv, D, torch.bfloat16, torch.device("cuda"), top, None)
+            rule = num_kv_splits(B, hkv, top, sms, cfg["split_tokens"])
+            rows.append({"batch": B, "context": [lo, hi], "long": args.long, "config": cfg,
+                         "rule_splits": rule, "ms": med, "rounds_ms": times, "bytes": nbytes})
+            others = "  ".join(f"{n}: {med[n]:.4f}" for n in variants if n != "rule")
+            print(f"b{B:<4} ctx {lo}-{hi}{f' + one of {args.long}' if args.long else ''}: "
+                  f"rule ({rule} splits) {med['rule']:.4f} ms; {others}  "
                   f"({nbytes / med['1'] / 1e9:.2f} TB/s at 1)")
     if args.out:
         Path(args.out).write_text(json.dumps({

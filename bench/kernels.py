@@ -65,10 +65,12 @@ def make_pool(num_tokens: int, hkv: int, d: int) -> tuple[torch.Tensor, torch.Te
 
 
 def decode_inputs(k_cache, v_cache, B: int, ctx: int, layout: str, hq=HQ, hkv=HKV, d=D,
-                  min_ctx: int | None = None):
+                  min_ctx: int | None = None, max_other: int | None = None):
     """(run(config=None, num_splits=None), bytes of K/V and q it reads) for B requests of ctx
-    tokens (each drawn from [min_ctx, ctx] when given) over slots scattered over (or
-    contiguous in) the first B * ctx of the pool: one set of inputs for every config timed."""
+    tokens (each drawn from [min_ctx, ctx] when given; with max_other, the first B - 1 from
+    [min_ctx, max_other] and the last one of ctx: one long context among short ones) over
+    slots scattered over (or contiguous in) the first B * ctx of the pool: one set of inputs
+    for every config timed."""
     n = B * ctx
     slots = torch.randperm(n, device="cuda") if layout == "scattered" else torch.arange(n, device="cuda")
     req_to_token = slots.view(B, ctx).to(torch.int32)
@@ -76,7 +78,10 @@ def decode_inputs(k_cache, v_cache, B: int, ctx: int, layout: str, hq=HQ, hkv=HK
     if min_ctx is None:
         lens = torch.full((B,), ctx, dtype=torch.int32, device="cuda")
     else:
-        lens = torch.randint(min_ctx, ctx + 1, (B,), dtype=torch.int32, device="cuda")
+        lens = torch.randint(min_ctx, (max_other or ctx) + 1, (B,), dtype=torch.int32,
+                             device="cuda")
+        if max_other is not None:
+            lens[-1] = ctx
     q = torch.randn(B, hq, d, dtype=DT, device="cuda")
 
     def run(config=None, num_splits=None):
