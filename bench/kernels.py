@@ -65,12 +65,14 @@ def make_pool(num_tokens: int, hkv: int, d: int) -> tuple[torch.Tensor, torch.Te
 
 
 def decode_inputs(k_cache, v_cache, B: int, ctx: int, layout: str, hq=HQ, hkv=HKV, d=D,
-                  min_ctx: int | None = None, max_other: int | None = None):
+                  min_ctx: int | None = None, max_other: int | None = None,
+                  bound: int | None = None):
     """(run(config=None, num_splits=None), bytes of K/V and q it reads) for B requests of ctx
     tokens (each drawn from [min_ctx, ctx] when given; with max_other, the first B - 1 from
     [min_ctx, max_other] and the last one of ctx: one long context among short ones) over
     slots scattered over (or contiguous in) the first B * ctx of the pool: one set of inputs
-    for every config timed."""
+    for every config timed. `bound`: the longest context the launch is told of (a CUDA
+    graph's, captured at its length limit), ctx by default."""
     n = B * ctx
     slots = torch.randperm(n, device="cuda") if layout == "scattered" else torch.arange(n, device="cuda")
     req_to_token = slots.view(B, ctx).to(torch.int32)
@@ -85,8 +87,8 @@ def decode_inputs(k_cache, v_cache, B: int, ctx: int, layout: str, hq=HQ, hkv=HK
     q = torch.randn(B, hq, d, dtype=DT, device="cuda")
 
     def run(config=None, num_splits=None):
-        return decode_attention_triton(q, k_cache, v_cache, req_to_token, rows, lens, d**-0.5, ctx,
-                                       config=config, num_splits=num_splits)
+        return decode_attention_triton(q, k_cache, v_cache, req_to_token, rows, lens, d**-0.5,
+                                       bound or ctx, config=config, num_splits=num_splits)
 
     return run, 2 * int(lens.sum()) * hkv * d * ELT + 2 * q.numel() * ELT
 

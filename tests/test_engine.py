@@ -1396,8 +1396,8 @@ def test_warm_up_plan_compiles_every_decode_kernel_a_step_can_launch():
     assert set(edges) <= set(mixed) and len(mixed) < 2 * len(edges)
     # the kernel's own variant names its config and the split rule's answer
     cpu = torch.device("cpu")
-    assert launch_variant(1, 8, 2, 64, torch.float32, cpu, 4000)[1:] == (True, True)
-    assert launch_variant(64, 8, 2, 64, torch.float32, cpu, 4000)[1:] == (False, False)
+    assert launch_variant(1, 8, 2, 64, torch.float32, cpu, 4000)[1:] == (True, True, False)
+    assert launch_variant(64, 8, 2, 64, torch.float32, cpu, 4000)[1:] == (False, False, False)
 
 
 def test_warm_up_frees_what_it_takes_and_changes_no_output(engine, loop):

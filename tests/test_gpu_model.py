@@ -136,6 +136,35 @@ def test_mixed_steps_match_alone_on_gpu(smol):
     assert together == alone
 
 
+def test_one_long_context_among_short_ones_matches_alone_on_gpu(smol):
+    """48 decodes in one CUDA-graph step (SmolLM2's 3 KV heads: one split a context by the
+    rule), one of them over a context ten times the others': the decode graphs launch the
+    long-only split kernel (decode_attention.long_splits at the 8,192-token limit), which
+    splits that context alone. Every request's greedy tokens (fp32) are its tokens alone."""
+    from aiollm import Engine, SamplingParams
+    from aiollm.kernels.decode_attention import launch_variant
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model, tok = smol
+    long_prompt = " ".join(PROMPTS * 30)
+    prompts = [PROMPTS[i % len(PROMPTS)] + f" ({i})" for i in range(47)] + [long_prompt]
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+
+    async def run():
+        async with Engine(model, device="cuda", dtype="float32", kv_tokens=65536,
+                          tokenizer=tok) as eng:
+            assert eng.req_to_token.max_len >= 8192
+            assert launch_variant(48, 9, 3, 64, torch.float32, eng.device,
+                                  eng.req_to_token.max_len)[3]  # long-only
+            alone = [(await eng.generate(p, params)).token_ids for p in (prompts[0],
+                                                                          prompts[-1])]
+            together = await asyncio.gather(*(eng.generate(p, params) for p in prompts))
+            return alone, [o.token_ids for o in together]
+
+    alone, together = asyncio.run(run())
+    assert len(together[-1]) == 16 and together[0] == alone[0] and together[-1] == alone[1]
+
+
 def test_batch_one_across_the_short_graph_matches_eager(smol, monkeypatch):
     """One request whose decode crosses SHORT_CONTEXT (engine/cuda_graph.py): its steps up to
     it replay batch 1's short graph, with the fused attention + o_proj kernel forced into it,

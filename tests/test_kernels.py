@@ -222,15 +222,43 @@ DECODE_CASES = [
 # bfloat16 operands (relative error ~1e9, 2026-12-01); the gpu tests run bfloat16
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_decode_attention(seq_lens, HQ, HKV, D, num_splits, dtype, device=CPU, config=None,
-                          merge_in_kernel=None):
+                          merge_in_kernel=None, long_only=None):
     k_cache, v_cache, table, rows = make_pool(seq_lens, HKV, D, dtype, device)
     B = len(seq_lens)
     q = torch.randn(B, HQ, D, dtype=dtype, device=device)
     lens = torch.tensor(seq_lens, dtype=torch.int32, device=device)
     args = (q, k_cache, v_cache, table, rows, lens, D**-0.5, max(seq_lens))
     out = kernels.decode_attention_triton(*args, num_splits=num_splits, config=config,
-                                          merge_in_kernel=merge_in_kernel)
+                                          merge_in_kernel=merge_in_kernel, long_only=long_only)
     assert_close(out, kernels.decode_attention_ref(*args), dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_decode_attention_splits_only_long_contexts(dtype, device=CPU):
+    """A launch of one split still splits a context over twice the batch's mean (one long
+    conversation among short ones): up to `long_only` splits for it, the others whole and
+    written directly, their empty splits returning at once. Twice, so an arrival counter
+    left non-zero shows; a batch with no long context; a batch of one."""
+    for _ in range(2):
+        test_decode_attention([10, 12, 9, 11, 300, 7], 4, 2, 16, None, dtype, device,
+                              long_only=4)
+    test_decode_attention([40, 33, 47, 35], 4, 2, 16, None, dtype, device, long_only=4)
+    test_decode_attention([301], 6, 2, 32, None, dtype, device, long_only=8)
+    # two long ones of different lengths, one of them past long_only x twice the mean
+    test_decode_attention([5, 6, 200, 7, 900, 4, 5, 6], 8, 2, 16, None, dtype, device,
+                          long_only=3)
+
+
+def test_long_only_launches_from_eight_thousand_tokens():
+    """long_splits offers splits to long contexts only where a launch's bound allows four or
+    more of them; launch_variant names the long-only kernel for the warm-up."""
+    from aiollm.kernels.decode_attention import launch_variant, long_splits
+
+    assert [long_splits(n) for n in (4096, 8191, 8192, 16384, 131072)] == [1, 1, 4, 4, 4]
+    cpu = torch.device("cpu")
+    assert launch_variant(64, 8, 2, 64, torch.float32, cpu, 8192)[1:] == (True, True, True)
+    assert launch_variant(64, 8, 2, 64, torch.float32, cpu, 4096)[1:] == (False, False, False)
+    assert launch_variant(1, 8, 2, 64, torch.float32, cpu, 8192)[1:] == (True, True, False)
 
 
 @pytest.mark.parametrize("merge_in_kernel", [True, False])
@@ -611,6 +639,18 @@ def test_gpu_decode_attention(num_splits):
         for splits in (5, 64):
             test_decode_attention([700], 32, 8, 64, splits, torch.bfloat16, CUDA,
                                   merge_in_kernel=merge)
+
+
+@gpu
+@needs_cuda
+def test_gpu_decode_attention_splits_long_contexts_only():
+    """The rule's long-only launch at serving batches with one long context (8B and
+    Qwen3-30B-A3B heads), and explicit long-only launches with no long context at all."""
+    test_decode_attention([700] * 40 + [9000], 32, 8, 128, None, torch.bfloat16, CUDA)
+    test_decode_attention([1200] * 95 + [32768], 32, 4, 128, None, torch.bfloat16, CUDA)
+    test_decode_attention([129] * 64, 32, 8, 128, None, torch.bfloat16, CUDA, long_only=4)
+    test_decode_attention([1, 5000, 3, 40000], 32, 8, 128, None, torch.bfloat16, CUDA,
+                          long_only=8)
 
 
 @gpu

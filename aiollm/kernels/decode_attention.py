@@ -4,7 +4,7 @@ K/V are gathered through req_to_token, so a request's tokens may sit in any slot
 handles one (request, KV head, split): the GROUP query heads that share the KV head form the
 rows of one tile, so each K/V vector is loaded once per group (GQA), not once per query head.
 
-Two variants, picked by `num_kv_splits` from batch size and length:
+Three variants, picked by `num_kv_splits` and `long_splits` from batch size and length:
 - direct (1 split): enough (request, KV head) programs to fill the GPU; write o at once.
 - split-K ("flash decoding"): few requests with long contexts would leave most SMs idle, so the
   context is cut into splits that run in parallel, each writing a partial output and its
@@ -16,6 +16,10 @@ Two variants, picked by `num_kv_splits` from batch size and length:
   short one leaves most splits empty, and the merge reads the used ones in one pass (online
   rescaling, as within a split), most often in a single round of loads: at batch 1 the
   merge's dependent loads, not bytes, are the kernel's cost.
+- long-only splits (a batch large enough for one split): a context over twice the batch's mean
+  length is still split (up to `long_splits`), so one long conversation among short ones is
+  not read by a single program per KV head while the rest of the GPU idles; the other
+  contexts run whole and write their output directly, their empty splits return at once.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 LOG2E = 1.4426950408889634
 MAX_SPLITS = 64
+# long_splits: at most this many splits for a long context in a launch of one split
+LONG_SPLITS = 4
+LONG_SPLIT_TOKENS = 2048
 # the merging program reads up to this many partial-output elements (float32) at a time:
 # MERGE_CHUNK = MERGE_ELEMENTS / (query heads of the group x head dim) splits, at most 16
 MERGE_ELEMENTS = 4096
@@ -122,6 +129,7 @@ def _decode_kernel(
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr, PRECISION: tl.constexpr,
     PDL: tl.constexpr, GROUP_P2: tl.constexpr, MERGE_CHUNK: tl.constexpr,
+    LONG_ONLY: tl.constexpr = False,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -137,7 +145,14 @@ def _decode_kernel(
     # CUDA graph must be) still spreads a short context over all its splits. Splits cover
     # whole blocks so that only a split's last block needs masking.
     split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N), 1) * BLOCK_N
+    if LONG_ONLY:
+        # split only contexts longer than twice the batch's mean, into pieces of at least
+        # that length: the others run whole, as in the one-split kernel
+        split_len = tl.maximum(split_len, _long_split_len(SeqLens, tl.num_programs(0), BLOCK_N))
     used_splits = tl.cdiv(seq_len, split_len)  # the rest are empty
+    if LONG_ONLY:
+        if split >= used_splits:
+            return
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
     newest = seq_len - 1
@@ -181,7 +196,10 @@ def _decode_kernel(
 
     out_mask = hmask[:, None] & dmask[None, :]
     out_ptrs = Out + b * stride_ob + heads[:, None] * stride_oh + split * stride_os + d[None, :]
-    if SPLIT:
+    if LONG_ONLY and used_splits == 1:  # a context run whole: no partial, no merge
+        tl.store(Merged + b * stride_mb + heads[:, None] * stride_mh + d[None, :],
+                 (acc / l_i[:, None]).to(Merged.dtype.element_ty), mask=out_mask)
+    elif SPLIT:
         # A split past the end of a shorter request is empty: weight 0 in the reduce.
         nonempty = l_i > 0
         acc = acc / tl.where(nonempty, l_i, 1.0)[:, None]
@@ -203,6 +221,19 @@ def _decode_kernel(
                                   stride_mb, stride_mh, GROUP, GROUP_P2, BLOCK_D, MERGE_CHUNK)
     else:
         tl.store(out_ptrs, (acc / l_i[:, None]).to(Out.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def _long_split_len(SeqLens, batch, BLOCK_N: tl.constexpr):
+    """Twice the mean of the batch's `batch` context lengths, rounded up to whole blocks:
+    the shortest split of a long-only launch (every program reads the lengths, under a
+    kilobyte for a serving batch)."""
+    offs = tl.arange(0, 256)
+    total = tl.zeros([256], tl.int64)
+    for b0 in range(0, batch, 256):
+        total += tl.load(SeqLens + b0 + offs, mask=b0 + offs < batch, other=0).to(tl.int64)
+    twice_mean = tl.cdiv(2 * tl.sum(total), batch)
+    return (tl.maximum(tl.cdiv(twice_mean, BLOCK_N), 1) * BLOCK_N).to(tl.int32)
 
 
 @triton.jit
@@ -292,6 +323,24 @@ def num_kv_splits(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
     return max(1, min(by_length, by_occupancy, MAX_SPLITS))
 
 
+def long_splits(max_seq_len: int) -> int:
+    """Where num_kv_splits gives one split, the splits a launch still offers to a context far
+    longer than the others' (a long conversation among short ones), which one program per KV
+    head would otherwise read alone: up to LONG_SPLITS, one per LONG_SPLIT_TOKENS of the
+    longest context the launch allows (a CUDA graph's bound); 1 (no long-only launch) below
+    four, where too few splits are on offer to pay for the empty programs. The kernel splits only contexts over twice the batch's mean length
+    (_long_split_len); the others run whole and write their output directly.
+
+    H200, `bench/decode_splits.py --long / --bound`, 2026-12-02, 32 query heads, 4 or 8 KV
+    heads, 48 or 96 requests of 1-2k tokens: with one context of 32,768 tokens one split took
+    1.02-1.06 ms, long-only launches of 8 splits 0.20-0.29 ms, even splits of 4 0.30-0.41;
+    with one of 8,192, 0.24-0.33 ms against 0.12-0.22 for long-only 4. With no long context
+    the empty programs cost: at a bound of 8,192 (4 splits offered) 0-7% over one split
+    (48-256 requests), at 32,768 with 8 offered 4-16%; hence at most four."""
+    n = max_seq_len // LONG_SPLIT_TOKENS
+    return min(LONG_SPLITS, n) if n >= 4 else 1
+
+
 _counters: dict[torch.device, torch.Tensor] = {}
 
 
@@ -315,7 +364,8 @@ def _merge_counters(device: torch.device) -> torch.Tensor:
 
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-            out, cfg: Config, num_splits: int | None, merge_in_kernel: bool = True) -> None:
+            out, cfg: Config, num_splits: int | None, merge_in_kernel: bool = True,
+            long_only: int | None = None) -> None:
     B, HQ, D = q.shape
     HKV = k_cache.shape[1]
     group = HQ // HKV
@@ -323,6 +373,13 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     if num_splits is None:
         num_sms = _num_sms(q.device) if q.is_cuda else 4
         num_splits = num_kv_splits(B, HKV, max_seq_len, num_sms, cfg["split_tokens"])
+        if num_splits == 1 and long_only is None:
+            long_only = long_splits(max_seq_len)
+    # a long-only launch merges in its own launch (a reduce launch would read unused splits)
+    if long_only is not None and long_only > 1 and merge_in_kernel and B * HKV <= MAX_COUNTERS:
+        num_splits = long_only
+    else:
+        long_only = None
     group_p2, block_d = triton.next_power_of_2(group), triton.next_power_of_2(D)
     common = dict(
         GROUP=group, BLOCK_H=max(16, group_p2), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_N=block_n,
@@ -346,7 +403,8 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     _decode_kernel[(B, HKV, num_splits)](
         *args, partial, lse, out, counters, scale, *strides,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1), num_splits, SPLIT=True, MERGE=merge, **common)
+        out.stride(0), out.stride(1), num_splits, SPLIT=True, MERGE=merge,
+        LONG_ONLY=bool(long_only), **common)
     if merge:
         return
     _decode_reduce_kernel[(B, HQ)](
@@ -372,7 +430,8 @@ def launch_variant(batch: int, num_q_heads: int, num_kv_heads: int, head_dim: in
                    dtype: torch.dtype, device: torch.device, max_seq_len: int) -> tuple:
     """What picks the compiled kernel of a launch of `batch` requests whose longest context is
     `max_seq_len` tokens: its config's compile-time fields, whether the contexts are split (the
-    split count itself is a runtime value) and whether the splits merge in the same launch.
+    split count itself is a runtime value), whether the splits merge in the same launch and
+    whether only long contexts are split (long_splits).
     Within one shape class (one config) the split count falls with the batch and grows with
     the context (num_kv_splits), so a class can launch both the split and the unsplit kernel;
     the warm-up (aiollm/engine/warm_up.py) compiles every variant a class can reach. Looks the
@@ -384,8 +443,11 @@ def launch_variant(batch: int, num_q_heads: int, num_kv_heads: int, head_dim: in
         cfg = CPU_CONFIG  # as decode_attention_triton launches there
     num_sms = _num_sms(device) if device.type == "cuda" else 4
     split = num_kv_splits(batch, num_kv_heads, max_seq_len, num_sms, cfg["split_tokens"]) > 1
-    merge = split and MERGE_IN_KERNEL and batch * num_kv_heads <= MAX_COUNTERS
-    return tuple(sorted((k, v) for k, v in cfg.items() if k != "split_tokens")), split, merge
+    fits = MERGE_IN_KERNEL and batch * num_kv_heads <= MAX_COUNTERS
+    long_only = not split and long_splits(max_seq_len) > 1 and fits
+    merge = (split or long_only) and fits
+    return (tuple(sorted((k, v) for k, v in cfg.items() if k != "split_tokens")),
+            split or long_only, merge, long_only)
 
 
 def decode_attention_triton(
@@ -393,9 +455,11 @@ def decode_attention_triton(
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     *, config: Config | None = None, num_splits: int | None = None,
     merge_in_kernel: bool | None = None, out: torch.Tensor | None = None,
+    long_only: int | None = None,
 ) -> torch.Tensor:
-    """`config` and `num_splits` override the tuned config and the split rule, and
-    `merge_in_kernel` (default MERGE_IN_KERNEL) where split outputs merge (tests, bench)."""
+    """`config` and `num_splits` override the tuned config and the split rule,
+    `merge_in_kernel` (default MERGE_IN_KERNEL) where split outputs merge, and `long_only`
+    the splits a launch of one split offers to long contexts (long_splits) (tests, bench)."""
     if merge_in_kernel is None:
         merge_in_kernel = MERGE_IN_KERNEL
     B, HQ, D = q.shape
@@ -414,11 +478,11 @@ def decode_attention_triton(
             scratch = torch.empty_like(q)
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
                                                seq_lens, sm_scale, max_seq_len, scratch, cfg,
-                                               num_splits, merge_in_kernel))
+                                               num_splits, merge_in_kernel, long_only))
 
         config = _config(B, HQ, HKV, D, q.dtype, q.device, max_seq_len, bench)
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-            out, config, num_splits, merge_in_kernel)
+            out, config, num_splits, merge_in_kernel, long_only)
     return out
 
 
