@@ -76,3 +76,39 @@ def test_an_index_that_is_not_one_is_named(copy, text):
     (path / INDEX).write_text(text)
     with pytest.raises(ValueError, match=f"{INDEX} (is not a safetensors index|has no weight_map)"):
         load(path)
+
+
+@pytest.mark.parametrize("text", ["{bad", "[]", "\xff\xfe"])
+def test_a_config_json_that_is_not_a_json_object_is_named(copy, text):
+    """json's own error named no file; a list raised AttributeError."""
+    path, _ = copy
+    (path / "config.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match="config.json (is not valid JSON|holds a JSON list)"):
+        load(path)
+
+
+def _real_gguf(path) -> bytes:
+    from transformers import LlamaConfig
+
+    from test_loader import write_gguf
+
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128)
+    write_gguf(save_random_hf_model(config, str(path / "hf")), str(path / "real.gguf"))
+    return (path / "real.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "truncated", "lone-in-a-directory"])
+def test_a_gguf_path_that_is_not_a_gguf_file_is_named(tmp_path, kind):
+    """The gguf package's errors ("GGUF magic invalid", "cannot mmap an empty file", a numpy
+    reshape or IndexError of a truncated file) named no file."""
+    data = {"text": b"this is not a GGUF file\n" * 8, "empty": b""}.get(kind)
+    if data is None:
+        data = _real_gguf(tmp_path)
+        data = data[: len(data) // 2] if kind == "truncated" else data[:40]
+    (tmp_path / "dir").mkdir()
+    gguf = tmp_path / "dir" / "model.gguf"
+    gguf.write_bytes(data)
+    with pytest.raises(ValueError, match="model.gguf is not a readable GGUF file"):
+        load(gguf.parent if kind == "lone-in-a-directory" else gguf)

@@ -341,14 +341,22 @@ def _moe_from_hf(hf: Any) -> MoeConfig:
 
 
 def load_hf_config(model_dir: str) -> ModelConfig:
-    """ModelConfig of an HF model directory (config.json, generation_config.json if present)."""
+    """ModelConfig of an HF model directory (config.json, generation_config.json if present).
+    Raises FileNotFoundError without config.json, ValueError naming config.json when it is
+    not a JSON object or describes a model aiollm does not run."""
     from transformers import AutoConfig
 
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{model_dir} has no config.json (nor a single .gguf file)")
     with open(path) as f:  # before AutoConfig, whose error for a type it lacks lists its own
-        _check_model_type(json.load(f).get("model_type"))
+        try:
+            fields = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} holds a JSON {type(fields).__name__}, not an object")
+    _check_model_type(fields.get("model_type"))
     hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     generation_eos: list[int] = []
     gen_path = os.path.join(model_dir, "generation_config.json")

@@ -218,7 +218,8 @@ class GGUFModel:
 
 
 def read_gguf(path: str) -> GGUFModel:
-    """Config and tensor index of a GGUF file (cached per file and modification time)."""
+    """Config and tensor index of a GGUF file (cached per file and modification time).
+    Raises ValueError naming the file when it is not a GGUF file or is truncated."""
     # GGUFReader parses every metadata field, the tokenizer's ~100k strings included, which
     # takes seconds; engines started again in one process (tests) reuse the parse.
     parsed = _read_gguf(os.path.abspath(path), os.stat(path).st_mtime_ns)
@@ -227,7 +228,13 @@ def read_gguf(path: str) -> GGUFModel:
 
 @functools.lru_cache(maxsize=2)
 def _read_gguf(path: str, mtime_ns: int) -> GGUFModel:
-    reader = GGUFReader(path)
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, KeyError) as e:
+        # the gguf package's errors ("GGUF magic invalid", a numpy reshape of a truncated
+        # tensor) name no file
+        raise ValueError(f"{path} is not a readable GGUF file ({e}): not a GGUF file, or a "
+                         "truncated one; download or convert it again") from None
     # Keeping only the tensors lets the parsed metadata fields be freed.
     return GGUFModel(config_from_gguf(reader), list(reader.tensors))
 
