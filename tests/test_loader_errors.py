@@ -112,3 +112,57 @@ def test_a_gguf_path_that_is_not_a_gguf_file_is_named(tmp_path, kind):
     gguf.write_bytes(data)
     with pytest.raises(ValueError, match="model.gguf is not a readable GGUF file"):
         load(gguf.parent if kind == "lone-in-a-directory" else gguf)
+
+
+def _edit(path, edit) -> None:
+    """Apply `edit` to the tensors of each shard of the checkpoint at `path`, in place."""
+    from safetensors.torch import load_file, save_file
+
+    for name in sorted(n for n in os.listdir(path) if n.startswith("model-")):
+        tensors = load_file(path / name)
+        edit(tensors)
+        save_file(tensors, path / name, metadata={"format": "pt"})
+
+
+EXPERT = "model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight"
+
+
+def test_a_missing_expert_tensor_is_named_by_expert(copy):
+    """The message named the stacked parameter (layers.1.mlp.experts.gate_up_proj), not which
+    of the 8 experts' tensors the checkpoint lacks."""
+    path, _ = copy
+    gone = [EXPERT.format(layer=1, e=5, w="w3"), "model.layers.0.self_attn.k_proj.weight"]
+    _edit(path, lambda t: [t.pop(n, None) for n in gone])
+    with pytest.raises(ValueError, match=f"missing weights: {gone[1]}, {gone[0]}$"):
+        load(path)
+
+
+def test_an_expert_past_num_experts_is_refused(copy):
+    """Expert 8 of a config with 8 experts was skipped as if another expert-parallel rank
+    held it: a checkpoint of more experts than its config loaded without a word."""
+    path, _ = copy
+    first = EXPERT.format(layer=0, e=0, w="w2")
+    _edit(path, lambda t: t.update({first.replace(".0.w2", ".8.w2"): t[first].clone()} if first in t
+                                   else {}))
+    with pytest.raises(ValueError, match="'model.layers.0.block_sparse_moe.experts.8.w2.weight' "
+                       "is of expert 8, but the config has 8 experts"):
+        load(path)
+
+
+def test_a_repeated_tensor_is_refused_even_when_another_is_missing(copy):
+    """Without an index every *.safetensors file of the directory is read: here a stray file
+    repeats expert 3's w1 while expert 5's is missing. The element counts came out even and
+    expert 5 ran on uninitialised memory; the repeat is now refused as it comes."""
+    from safetensors.torch import load_file, save_file
+
+    path, shards = copy
+    os.remove(path / INDEX)
+    kept, gone = EXPERT.format(layer=0, e=3, w="w1"), EXPERT.format(layer=0, e=5, w="w1")
+    stray = {}
+    for name in shards:
+        tensors = load_file(path / name)
+        stray.update({kept: tensors[kept]} if kept in tensors else {})
+    _edit(path, lambda t: t.pop(gone, None))
+    save_file(stray, path / "zz-stray.safetensors")
+    with pytest.raises(ValueError, match=f"{kept!r} is given twice"):
+        load(path)
