@@ -166,3 +166,37 @@ def test_a_repeated_tensor_is_refused_even_when_another_is_missing(copy):
     save_file(stray, path / "zz-stray.safetensors")
     with pytest.raises(ValueError, match=f"{kept!r} is given twice"):
         load(path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_experts_per_tok", 0, r"num_experts_per_tok must be in \[1, num_local_experts = 8\], "
+                               "got 0"),
+    ("num_experts_per_tok", 9, r"num_experts_per_tok must be in \[1, num_local_experts = 8\], "
+                               "got 9"),
+])
+@pytest.mark.parametrize("load_format", ["auto", "dummy"])
+def test_a_bad_moe_field_of_config_json_is_named(copy, field, value, message, load_format):
+    """MoeConfig's message spoke of top_k, a name no config.json has."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=f"config.json: {message}"):
+        load_model(str(path), dtype=torch.float32, device="cpu", load_format=load_format)
+
+
+@pytest.mark.parametrize("field, value", [("decoder_sparse_step", 0),
+                                          ("moe_intermediate_size", 0)])
+def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
+    """decoder_sparse_step 0 was read as 1 (every layer sparse, where transformers fails
+    dividing by zero); MoeConfig's messages spoke of sparse_step and intermediate_size."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                            moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
+    config.save_pretrained(tmp_path)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got {value}"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")

@@ -324,18 +324,31 @@ def _check_model_type(model_type: Any) -> None:
 
 
 def _moe_from_hf(hf: Any) -> MoeConfig:
-    if hf.model_type == "mixtral":
+    """MoeConfig of a Mixtral / Qwen MoE config; a bad value is refused naming its config.json
+    field (MoeConfig's own checks speak of top_k and sparse_step, which no config.json has)."""
+    mixtral = hf.model_type == "mixtral"
+    experts_field = "num_local_experts" if mixtral else "num_experts"
+    num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"config.json: num_experts_per_tok must be in [1, {experts_field} = "
+                         f"{num_experts}], got {top_k}")
+    if mixtral:
         # Mixtral: every layer sparse, experts of intermediate_size, top-k always renormalised
-        return MoeConfig(num_experts=int(hf.num_local_experts),
-                         top_k=int(hf.num_experts_per_tok),
+        return MoeConfig(num_experts=num_experts, top_k=top_k,
                          intermediate_size=int(hf.intermediate_size), norm_topk_prob=True)
+    step = getattr(hf, "decoder_sparse_step", None)  # 0 is refused, not read as the default
+    step = 1 if step is None else int(step)
+    for field, value in (("moe_intermediate_size", int(hf.moe_intermediate_size)),
+                         ("decoder_sparse_step", step)):
+        if value < 1:
+            raise ValueError(f"config.json: {field} must be >= 1, got {value}")
     return MoeConfig(
-        num_experts=int(hf.num_experts),
-        top_k=int(hf.num_experts_per_tok),
+        num_experts=num_experts,
+        top_k=top_k,
         intermediate_size=int(hf.moe_intermediate_size),
         norm_topk_prob=bool(hf.norm_topk_prob),
         shared_expert_intermediate_size=int(getattr(hf, "shared_expert_intermediate_size", 0)),
-        sparse_step=int(getattr(hf, "decoder_sparse_step", 1) or 1),
+        sparse_step=step,
         dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
     )
 
