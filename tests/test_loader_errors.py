@@ -200,3 +200,17 @@ def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
     (tmp_path / "config.json").write_text(json.dumps({**fields, field: value}))
     with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got {value}"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_a_tokenizer_path_that_does_not_exist_is_called_the_tokenizer_path(sharded, tmp_path):
+    """The message called the --tokenizer value the 'model path'."""
+    import asyncio
+
+    from aiollm import Engine
+
+    async def start():
+        async with Engine(str(sharded), tokenizer=str(tmp_path / "nope"), kv_tokens=256):
+            pass
+
+    with pytest.raises(FileNotFoundError, match=r"tokenizer path '.*nope' does not exist"):
+        asyncio.run(start())
