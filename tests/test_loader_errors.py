@@ -214,3 +214,30 @@ def test_a_tokenizer_path_that_does_not_exist_is_called_the_tokenizer_path(shard
 
     with pytest.raises(FileNotFoundError, match=r"tokenizer path '.*nope' does not exist"):
         asyncio.run(start())
+
+
+@pytest.mark.parametrize("used", [None, 0, 9])
+def test_a_moe_gguf_without_a_valid_expert_used_count_names_it(tmp_path, used):
+    """A missing count was int(None), a TypeError traceback from aiollm serve; a count out of
+    range was refused as 'top_k', a name the file does not use."""
+    import numpy as np
+    from transformers import Qwen3MoeConfig
+
+    from test_loader import gguf_writer
+
+    config = Qwen3MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                            moe_intermediate_size=16, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
+    path = str(tmp_path / "moe.gguf")
+    w = gguf_writer(config, path, "qwen3moe")
+    w.add_expert_count(8)
+    if used is not None:
+        w.add_expert_used_count(used)
+    w.add_tensor("token_embd.weight", np.zeros((96, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="'?qwen3moe.expert_used_count'?( metadata| must be)"):
+        load(path)

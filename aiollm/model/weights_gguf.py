@@ -174,11 +174,17 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
     if not experts:
         return None
     layers = int(_field(reader, p + "block_count"))
-    inter = _field(reader, p + "expert_feed_forward_length") or _field(
+    inter = _field(reader, p + "expert_feed_forward_length") or _required(
         reader, p + "feed_forward_length")
+    # int(None) of a missing count was a TypeError traceback; MoeConfig's own range check
+    # speaks of top_k, a name the file does not use
+    top_k = int(_required(reader, p + "expert_used_count"))
+    if not 1 <= top_k <= experts:
+        raise ValueError(f"GGUF metadata {p}expert_used_count must be in [1, {p}expert_count "
+                         f"= {experts}], got {top_k}")
     return MoeConfig(
         num_experts=experts,
-        top_k=int(_field(reader, p + "expert_used_count")),
+        top_k=top_k,
         intermediate_size=int(inter),
         norm_topk_prob=bool(_field(reader, p + "expert_weights_norm", _NORM_TOPK[arch])),
         shared_expert_intermediate_size=int(
