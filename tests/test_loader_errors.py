@@ -241,3 +241,25 @@ def test_a_moe_gguf_without_a_valid_expert_used_count_names_it(tmp_path, used):
     w.close()
     with pytest.raises(ValueError, match="'?qwen3moe.expert_used_count'?( metadata| must be)"):
         load(path)
+
+
+@pytest.mark.parametrize("fields", [{"mlp_only_layers": []}, {"decoder_sparse_step": 2}])
+def test_a_config_whose_dense_layers_disagree_with_the_checkpoint_says_so(tmp_path, fields):
+    """A checkpoint saved with layer 1 dense (mlp_only_layers [1]) under a config that makes
+    it sparse, or layer 0 sparse under one that makes it dense: the message named the tensor
+    only ("has no place in the model"), not the config fields that decide a layer's MLP."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                            moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128,
+                            mlp_only_layers=[1])
+    save_random_hf_model(config, str(tmp_path))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, **fields}))
+    kind = "experts" if "mlp_only_layers" in fields else "a dense MLP"
+    layer = 1 if "mlp_only_layers" in fields else 0
+    with pytest.raises(ValueError, match=rf"layer {layer} has {kind} by the config "
+                       rf"\(mlp_only_layers \[.*\], decoder_sparse_step \d\)"):
+        load(tmp_path)

@@ -31,6 +31,9 @@ _STACKED = re.compile(
 _EXPERT_PROJ = {"gate_proj": 0, "w1": 0, "up_proj": 1, "w3": 1, "down_proj": None, "w2": None}
 # Qwen2-MoE's shared expert and its gate.
 _SHARED_EXPERT = re.compile(r"layers\.\d+\.mlp\.shared_expert(?:_gate)?\.")
+# a tensor of a dense MLP or of a sparse one (router, experts, shared expert)
+_LAYER_MLP = re.compile(
+    r"layers\.(\d+)\.mlp\.(?:gate_up_proj|gate_proj|up_proj|down_proj|gate|experts|shared_)")
 
 
 class WeightFiller:
@@ -63,6 +66,7 @@ class WeightFiller:
         # where each copy into a parameter began (its storage offset): a second copy to the
         # same place is a repeated tensor, and the places never written name what is missing
         self.starts: dict[str, set[int]] = {}
+        self.moe, self.architecture = cfg.moe, cfg.architecture
         self.num_experts = cfg.moe.num_experts if cfg.moe is not None else 0
         self.mixtral_names = False  # the checkpoint names experts w1/w3/w2 (for messages)
         # experts each sparse layer holds: (first global expert id, count)
@@ -70,6 +74,8 @@ class WeightFiller:
             str(n): layer.mlp.expert_range for n, layer in enumerate(model.layers)
             if hasattr(layer.mlp, "expert_range")
         }
+        self.layer_kinds = ["experts" if str(n) in self.expert_ranges else "a dense MLP"
+                            for n in range(len(model.layers))]
         # transformers builds shared_expert_intermediate_size=0 as a zero-width shared expert
         # (and saves its empty projections and its gate), which adds sigmoid(gate) * 0: ours
         # has none, and those tensors are skipped
@@ -98,7 +104,7 @@ class WeightFiller:
             name = ".".join(parts)
         param = self.params.get(name)
         if param is None:
-            raise ValueError(f"checkpoint tensor {hf_name!r} has no place in the model")
+            raise self._no_place(hf_name, name)
         if shard is None:
             dst = param.data
         elif shard[0] == "gate_up_proj":  # the MLP's, or a shared expert's of its own width
@@ -138,7 +144,7 @@ class WeightFiller:
         layer, proj = m.group(1), m.group(m.lastindex)
         experts = self.expert_ranges.get(layer)
         if experts is None or proj not in _EXPERT_PROJ:
-            raise ValueError(f"checkpoint tensor {hf_name!r} has no place in the model")
+            raise self._no_place(hf_name, m.group(0))
         half = _EXPERT_PROJ[proj]
         name = f"layers.{layer}.mlp.experts.{'down_proj' if half is None else 'gate_up_proj'}"
         param = self.params[name].data
@@ -160,6 +166,20 @@ class WeightFiller:
             rows = dst.shape[-2] // 2
             dst = dst.narrow(-2, half * rows, rows)
         self._copy(hf_name, name, dst, tensor)
+
+    def _no_place(self, hf_name: str, name: str) -> ValueError:
+        """The error for a tensor the model has no parameter for; for an MLP tensor of a
+        MoE model, with which kind of MLP (dense or experts) the config gives its layer: a
+        config whose mlp_only_layers / decoder_sparse_step disagree with the checkpoint."""
+        m = _LAYER_MLP.search(name)
+        why = ""
+        if m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
+            layer = int(m.group(1))
+            why = f": layer {layer} has {self.layer_kinds[layer]} by the config"
+            if self.architecture != "mixtral":
+                why += (f" (mlp_only_layers {list(self.moe.dense_layers)}, "
+                        f"decoder_sparse_step {self.moe.sparse_step})")
+        return ValueError(f"checkpoint tensor {hf_name!r} has no place in the model{why}")
 
     def check_complete(self) -> None:
         """Raise ValueError naming (up to 5 of) the checkpoint tensors never given."""
