@@ -65,7 +65,8 @@ def test_a_truncated_shard_is_named(copy, keep):
     path, shards = copy
     size = os.path.getsize(path / shards[1])
     os.truncate(path / shards[1], max(4, int(size * keep)))
-    with pytest.raises(ValueError, match=f"{shards[1]} is not a readable safetensors file"):
+    with pytest.raises(ValueError, match=f"{shards[1]} is not a readable safetensors file "
+                       ".*: a truncated or corrupt file"):
         load(path)
 
 
@@ -110,7 +111,8 @@ def test_a_gguf_path_that_is_not_a_gguf_file_is_named(tmp_path, kind):
     (tmp_path / "dir").mkdir()
     gguf = tmp_path / "dir" / "model.gguf"
     gguf.write_bytes(data)
-    with pytest.raises(ValueError, match="model.gguf is not a readable GGUF file"):
+    with pytest.raises(ValueError, match="model.gguf is not a readable GGUF file "
+                       ".*: a truncated or corrupt file"):
         load(gguf.parent if kind == "lone-in-a-directory" else gguf)
 
 
@@ -263,3 +265,19 @@ def test_a_config_whose_dense_layers_disagree_with_the_checkpoint_says_so(tmp_pa
     with pytest.raises(ValueError, match=rf"layer {layer} has {kind} by the config "
                        rf"\(mlp_only_layers \[.*\], decoder_sparse_step \d\)"):
         load(tmp_path)
+
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0"
+               "ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 16777216\n")
+
+
+def test_git_lfs_pointers_in_place_of_weights_say_git_lfs_pull(copy, tmp_path):
+    """A repository cloned without git-lfs holds small text pointers in place of its weights:
+    the message called them truncated or corrupt and advised a new download."""
+    path, shards = copy
+    (path / shards[0]).write_text(LFS_POINTER)
+    with pytest.raises(ValueError, match=f"{shards[0]} .*Git LFS pointer.*git lfs pull"):
+        load(path)
+    (tmp_path / "model.gguf").write_text(LFS_POINTER)
+    with pytest.raises(ValueError, match="model.gguf .*Git LFS pointer.*git lfs pull"):
+        load(tmp_path / "model.gguf")

@@ -26,6 +26,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTenso
 from gguf.quants import dequantize
 
 from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, MoeConfig, RopeConfig
+from aiollm.model.weights_hf import damaged_file_advice
 
 log = logging.getLogger(__name__)
 
@@ -239,8 +240,8 @@ def _read_gguf(path: str, mtime_ns: int) -> GGUFModel:
     except (ValueError, IndexError, KeyError) as e:
         # the gguf package's errors ("GGUF magic invalid", a numpy reshape of a truncated
         # tensor) name no file
-        raise ValueError(f"{path} is not a readable GGUF file ({e}): not a GGUF file, or a "
-                         "truncated one; download or convert it again") from None
+        raise ValueError(f"{path} is not a readable GGUF file ({e}): "
+                         f"{damaged_file_advice(path)}") from None
     # Keeping only the tensors lets the parsed metadata fields be freed.
     return GGUFModel(config_from_gguf(reader), list(reader.tensors))
 

@@ -20,6 +20,8 @@ from safetensors import SafetensorError, safe_open
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+# how a Git LFS pointer file begins (what a clone without git-lfs holds in place of a file)
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 def safetensors_files(model_dir: str) -> list[str]:
@@ -64,6 +66,17 @@ def _indexed_files(index: str) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
+def damaged_file_advice(path: str) -> str:
+    """What to do about a weights file that cannot be parsed: a Git LFS pointer (a repository
+    cloned without git-lfs leaves these ~130-byte text files in place of the weights) needs
+    `git lfs pull`; anything else, a new download."""
+    with open(path, "rb") as f:
+        if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            return "it is a Git LFS pointer, not the file itself: run `git lfs pull` in its " \
+                   "repository"
+    return "a truncated or corrupt file; download or save it again"
+
+
 @contextmanager
 def _open(path: str, **kwargs):
     """safe_open, with a corrupt or truncated file reported by name (safetensors' own error
@@ -71,8 +84,8 @@ def _open(path: str, **kwargs):
     try:
         handle = safe_open(path, framework="pt", **kwargs)
     except SafetensorError as e:
-        raise ValueError(f"{path} is not a readable safetensors file ({e}): a truncated or "
-                         "corrupt file; download or save it again") from None
+        raise ValueError(f"{path} is not a readable safetensors file ({e}): "
+                         f"{damaged_file_advice(path)}") from None
     with handle as f:
         yield f
 
