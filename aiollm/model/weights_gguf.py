@@ -188,12 +188,22 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
         top_k=top_k,
         intermediate_size=int(inter),
         norm_topk_prob=bool(_field(reader, p + "expert_weights_norm", _NORM_TOPK[arch])),
-        shared_expert_intermediate_size=int(
-            _field(reader, p + "expert_shared_feed_forward_length", 0) or 0),
+        shared_expert_intermediate_size=_shared_expert_width(reader, p, tensors),
         # the file has no mlp_only_layers: a layer without a router is dense
         dense_layers=tuple(i for i in range(layers)
                            if f"blk.{i}.ffn_gate_inp.weight" not in tensors),
     )
+
+
+def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
+    """The shared expert's intermediate size (0: none). Files converted before llama.cpp
+    wrote expert_shared_feed_forward_length (Qwen1.5-MoE's of spring 2024) lack the key,
+    and llama.cpp sizes their shared expert by other means: here, by its tensor."""
+    width = int(_field(reader, p + "expert_shared_feed_forward_length", 0) or 0)
+    if width:
+        return width
+    gate = next((t for n, t in tensors.items() if n.endswith(".ffn_gate_shexp.weight")), None)
+    return int(gate.shape[1]) if gate is not None else 0  # ggml order: [hidden, width]
 
 
 def _hf_name(gguf_name: str) -> str:
