@@ -175,7 +175,11 @@ def write_moe_gguf(hf, path: str, per_expert: bool = False) -> None:
              "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
              "self_attn.k_norm": "attn_k_norm", "post_attention_layernorm": "ffn_norm",
              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
-             "mlp.gate": "ffn_gate_inp", "mlp.experts.down_proj": "ffn_down_exps"}
+             "mlp.gate": "ffn_gate_inp", "mlp.experts.down_proj": "ffn_down_exps",
+             "mlp.shared_expert.gate_proj": "ffn_gate_shexp",
+             "mlp.shared_expert.up_proj": "ffn_up_shexp",
+             "mlp.shared_expert.down_proj": "ffn_down_shexp",
+             "mlp.shared_expert_gate": "ffn_gate_inp_shexp"}
     for name, t in hf.state_dict().items():
         t = t.float()
         if not name.startswith("model.layers."):
@@ -184,7 +188,8 @@ def write_moe_gguf(hf, path: str, per_expert: bool = False) -> None:
                           "lm_head.weight": "output.weight"}[name], t.numpy())
             continue
         _, _, layer, rest = name.split(".", 3)
-        module = rest.removesuffix(".weight")
+        suffix = "bias" if rest.endswith(".bias") else "weight"
+        module = rest.removesuffix(".weight").removesuffix(".bias")
         if per_expert and module.startswith("mlp.experts."):
             parts = t.chunk(2, dim=1) if module.endswith("gate_up_proj") else (t,)
             for proj, stacked in zip(("gate", "up") if len(parts) == 2 else ("down",), parts):
@@ -201,7 +206,7 @@ def write_moe_gguf(hf, path: str, per_expert: bool = False) -> None:
         if mixtral and heads:
             half = t.shape[0] // heads // 2
             t = t.reshape(heads, 2, half, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
-        w.add_tensor(f"blk.{layer}.{names[module]}.weight", t.contiguous().numpy())
+        w.add_tensor(f"blk.{layer}.{names[module]}.{suffix}", t.contiguous().numpy())
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -216,6 +221,20 @@ def test_gguf_file_matches_transformers(tmp_path, family):
     loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
     assert loaded.config.architecture == family
     assert loaded.config.moe.dense_layers == ((1,) if family == "qwen3_moe" else ())
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+
+
+def test_qwen2_moe_gguf_without_its_shared_expert_width_matches_transformers(tmp_path):
+    """Qwen2-MoE files converted before llama.cpp wrote expert_shared_feed_forward_length
+    lack it: the shared expert was taken as absent and its tensors refused. Its width now
+    comes from its tensor, as llama.cpp loads those files."""
+    hf = save_moe_model("qwen2_moe", tmp_path / "hf")
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))  # writes no shared-expert width
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    assert loaded.config.moe.shared_expert_intermediate_size == 48
     logits = all_position_logits(loaded, PROMPTS)
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])

@@ -10,6 +10,7 @@ The loop's own parts (scheduler, planner, grammars, metrics) stay with the Engin
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,10 @@ def tokenizer_for(cfg: EngineConfig, model_path: str):
     from aiollm.model import load_serving_tokenizer as load_tokenizer
 
     if cfg.tokenizer is not None:
+        if not os.path.exists(os.path.expanduser(cfg.tokenizer)):
+            # the loader's own message would call it the model path
+            raise FileNotFoundError(f"tokenizer path {cfg.tokenizer!r} does not exist (give "
+                                    "a model directory or .gguf file that holds a tokenizer)")
         return load_tokenizer(cfg.tokenizer)
     try:
         return load_tokenizer(model_path)

@@ -324,31 +324,52 @@ def _check_model_type(model_type: Any) -> None:
 
 
 def _moe_from_hf(hf: Any) -> MoeConfig:
-    if hf.model_type == "mixtral":
+    """MoeConfig of a Mixtral / Qwen MoE config; a bad value is refused naming its config.json
+    field (MoeConfig's own checks speak of top_k and sparse_step, which no config.json has)."""
+    mixtral = hf.model_type == "mixtral"
+    experts_field = "num_local_experts" if mixtral else "num_experts"
+    num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
+    if not 1 <= top_k <= num_experts:
+        raise ValueError(f"config.json: num_experts_per_tok must be in [1, {experts_field} = "
+                         f"{num_experts}], got {top_k}")
+    if mixtral:
         # Mixtral: every layer sparse, experts of intermediate_size, top-k always renormalised
-        return MoeConfig(num_experts=int(hf.num_local_experts),
-                         top_k=int(hf.num_experts_per_tok),
+        return MoeConfig(num_experts=num_experts, top_k=top_k,
                          intermediate_size=int(hf.intermediate_size), norm_topk_prob=True)
+    step = getattr(hf, "decoder_sparse_step", None)  # 0 is refused, not read as the default
+    step = 1 if step is None else int(step)
+    for field, value in (("moe_intermediate_size", int(hf.moe_intermediate_size)),
+                         ("decoder_sparse_step", step)):
+        if value < 1:
+            raise ValueError(f"config.json: {field} must be >= 1, got {value}")
     return MoeConfig(
-        num_experts=int(hf.num_experts),
-        top_k=int(hf.num_experts_per_tok),
+        num_experts=num_experts,
+        top_k=top_k,
         intermediate_size=int(hf.moe_intermediate_size),
         norm_topk_prob=bool(hf.norm_topk_prob),
         shared_expert_intermediate_size=int(getattr(hf, "shared_expert_intermediate_size", 0)),
-        sparse_step=int(getattr(hf, "decoder_sparse_step", 1) or 1),
+        sparse_step=step,
         dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
     )
 
 
 def load_hf_config(model_dir: str) -> ModelConfig:
-    """ModelConfig of an HF model directory (config.json, generation_config.json if present)."""
+    """ModelConfig of an HF model directory (config.json, generation_config.json if present).
+    Raises FileNotFoundError without config.json, ValueError naming config.json when it is
+    not a JSON object or describes a model aiollm does not run."""
     from transformers import AutoConfig
 
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{model_dir} has no config.json (nor a single .gguf file)")
     with open(path) as f:  # before AutoConfig, whose error for a type it lacks lists its own
-        _check_model_type(json.load(f).get("model_type"))
+        try:
+            fields = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} holds a JSON {type(fields).__name__}, not an object")
+    _check_model_type(fields.get("model_type"))
     hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     generation_eos: list[int] = []
     gen_path = os.path.join(model_dir, "generation_config.json")

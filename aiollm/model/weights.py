@@ -4,9 +4,11 @@ Both loaders (safetensors directories and GGUF files) translate their tensors to
 names; this is the one place that knows how those names land in llama.py's modules: q/k/v
 become row ranges of qkv_proj, gate/up row ranges of gate_up_proj, everything else maps one to
 one. The copy casts to the run dtype and moves to the model's device in one step, and the
-filler checks that every parameter was written exactly once. Under tensor parallelism
-(aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
-gate/up, the embedding and lm_head, its columns of o_proj and down_proj.
+filler checks that every parameter was written exactly once: a tensor given twice is refused
+when it comes, the tensors never given are named at the end in the checkpoint's terms (which
+of q/k/v, which expert). Under tensor parallelism (aiollm.model.parallel) it copies only the
+rank's part of each tensor: its rows of q/k/v, gate/up, the embedding and lm_head, its columns
+of o_proj and down_proj.
 """
 
 from __future__ import annotations
@@ -29,6 +31,9 @@ _STACKED = re.compile(
 _EXPERT_PROJ = {"gate_proj": 0, "w1": 0, "up_proj": 1, "w3": 1, "down_proj": None, "w2": None}
 # Qwen2-MoE's shared expert and its gate.
 _SHARED_EXPERT = re.compile(r"layers\.\d+\.mlp\.shared_expert(?:_gate)?\.")
+# a tensor of a dense MLP or of a sparse one (router, experts, shared expert)
+_LAYER_MLP = re.compile(
+    r"layers\.(\d+)\.mlp\.(?:gate_up_proj|gate_proj|up_proj|down_proj|gate|experts|shared_)")
 
 
 class WeightFiller:
@@ -58,11 +63,19 @@ class WeightFiller:
         self.columns = {"o_proj": q, "down_proj": i}  # row-parallel: the rank's input features
         self.vocab = plan.vocab
         self.filled: dict[str, int] = {}  # elements written per parameter
+        # where each copy into a parameter began (its storage offset): a second copy to the
+        # same place is a repeated tensor, and the places never written name what is missing
+        self.starts: dict[str, set[int]] = {}
+        self.moe, self.architecture = cfg.moe, cfg.architecture
+        self.num_experts = cfg.moe.num_experts if cfg.moe is not None else 0
+        self.mixtral_names = False  # the checkpoint names experts w1/w3/w2 (for messages)
         # experts each sparse layer holds: (first global expert id, count)
         self.expert_ranges = {
             str(n): layer.mlp.expert_range for n, layer in enumerate(model.layers)
             if hasattr(layer.mlp, "expert_range")
         }
+        self.layer_kinds = ["experts" if str(n) in self.expert_ranges else "a dense MLP"
+                            for n in range(len(model.layers))]
         # transformers builds shared_expert_intermediate_size=0 as a zero-width shared expert
         # (and saves its empty projections and its gate), which adds sigmoid(gate) * 0: ours
         # has none, and those tensors are skipped
@@ -72,7 +85,9 @@ class WeightFiller:
         name = hf_name.removeprefix("model.")
         if name.endswith(_IGNORED_SUFFIXES) or (self.tied and name == "lm_head.weight"):
             return
-        name = name.replace(".block_sparse_moe.", ".mlp.")  # Mixtral's name of the MoE block
+        if ".block_sparse_moe." in name:  # Mixtral's name of the MoE block
+            name = name.replace(".block_sparse_moe.", ".mlp.")
+            self.mixtral_names = True
         if self.no_shared_expert and _SHARED_EXPERT.search(name):
             if ".shared_expert." in name and tensor.numel():
                 raise ValueError(
@@ -89,7 +104,7 @@ class WeightFiller:
             name = ".".join(parts)
         param = self.params.get(name)
         if param is None:
-            raise ValueError(f"checkpoint tensor {hf_name!r} has no place in the model")
+            raise self._no_place(hf_name, name)
         if shard is None:
             dst = param.data
         elif shard[0] == "gate_up_proj":  # the MLP's, or a shared expert's of its own width
@@ -115,6 +130,11 @@ class WeightFiller:
                 f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, "
                 f"the model expects {tuple(dst.shape)}"
             )
+        starts = self.starts.setdefault(name, set())
+        if dst.storage_offset() in starts:
+            raise ValueError(f"checkpoint tensor {hf_name!r} is given twice (two files of the "
+                             "directory hold it, or two names of one weight)")
+        starts.add(dst.storage_offset())
         dst.copy_(tensor)
         self.filled[name] = self.filled.get(name, 0) + dst.numel()
 
@@ -124,26 +144,78 @@ class WeightFiller:
         layer, proj = m.group(1), m.group(m.lastindex)
         experts = self.expert_ranges.get(layer)
         if experts is None or proj not in _EXPERT_PROJ:
-            raise ValueError(f"checkpoint tensor {hf_name!r} has no place in the model")
+            raise self._no_place(hf_name, m.group(0))
         half = _EXPERT_PROJ[proj]
         name = f"layers.{layer}.mlp.experts.{'down_proj' if half is None else 'gate_up_proj'}"
         param = self.params[name].data
         if m.lastindex == 3:  # one expert
             e = int(m.group(2))
+            if e >= self.num_experts:
+                raise ValueError(f"checkpoint tensor {hf_name!r} is of expert {e}, but the "
+                                 f"config has {self.num_experts} experts (0 to "
+                                 f"{self.num_experts - 1})")
             if e not in experts:
                 return  # held by another expert-parallel rank
             dst = param[e - experts.start]
         else:
+            if tensor.shape[0] != self.num_experts:
+                raise ValueError(f"checkpoint tensor {hf_name!r} stacks {tensor.shape[0]} "
+                                 f"experts, but the config has {self.num_experts}")
             dst, tensor = param, tensor[experts.start:experts.stop]
         if half is not None:
             rows = dst.shape[-2] // 2
             dst = dst.narrow(-2, half * rows, rows)
         self._copy(hf_name, name, dst, tensor)
 
+    def _no_place(self, hf_name: str, name: str) -> ValueError:
+        """The error for a tensor the model has no parameter for; for an MLP tensor of a
+        MoE model, with which kind of MLP (dense or experts) the config gives its layer: a
+        config whose mlp_only_layers / decoder_sparse_step disagree with the checkpoint."""
+        m = _LAYER_MLP.search(name)
+        why = ""
+        if m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
+            layer = int(m.group(1))
+            why = f": layer {layer} has {self.layer_kinds[layer]} by the config"
+            if self.architecture != "mixtral":
+                why += (f" (mlp_only_layers {list(self.moe.dense_layers)}, "
+                        f"decoder_sparse_step {self.moe.sparse_step})")
+        return ValueError(f"checkpoint tensor {hf_name!r} has no place in the model{why}")
+
     def check_complete(self) -> None:
-        wrong = [n for n, p in self.params.items() if self.filled.get(n, 0) != p.numel()]
-        if wrong:
-            more = f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""
-            raise ValueError(
-                f"checkpoint is missing (or repeats) weights: {', '.join(wrong[:5])}{more}"
-            )
+        """Raise ValueError naming (up to 5 of) the checkpoint tensors never given."""
+        missing = [t for n, p in self.params.items() if self.filled.get(n, 0) != p.numel()
+                   for t in self._missing_parts(n, p)]
+        if missing:
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{more}")
+
+    def _missing_parts(self, name: str, param: torch.Tensor) -> list[str]:
+        """The checkpoint's names of the parts of parameter `name` never written: which of
+        q/k/v, gate/up, which expert (in the checkpoint's own naming, Mixtral's or Qwen's)."""
+        written = {s - param.storage_offset() for s in self.starts.get(name, ())}
+        base, _, kind = name.rpartition(".")
+        row = param[0].numel()
+        parts: list[tuple[int, str]]  # (offset of the part in the parameter, its name)
+        if base.endswith(".experts"):  # stacked [E, rows, cols]: one part per expert (and half)
+            first = self.expert_ranges[name.split(".")[1]].start
+            halves = ((0, "gate_proj", "w1"), (1, "up_proj", "w3")) if kind == "gate_up_proj" \
+                else ((0, "down_proj", "w2"),)
+            block = base.replace(".mlp.", ".block_sparse_moe.") if self.mixtral_names else base
+            parts = [(e * row + h * row // 2,
+                      f"{block}.{e + first}.{w if self.mixtral_names else q}.weight")
+                     for e in range(param.shape[0]) for h, q, w in halves]
+        elif base.endswith(".qkv_proj"):
+            cols = param[0].numel()
+            q, kv = self.shards["k_proj"][1], self.shards["v_proj"][2][1]
+            stem = base.removesuffix("qkv_proj")
+            parts = [(0, f"{stem}q_proj.{kind}"), (q * cols, f"{stem}k_proj.{kind}"),
+                     ((q + kv) * cols, f"{stem}v_proj.{kind}")]
+        elif base.endswith("gate_up_proj"):
+            stem = base.removesuffix("gate_up_proj")
+            parts = [(0, f"{stem}gate_proj.{kind}"),
+                     (param.numel() // 2, f"{stem}up_proj.{kind}")]
+        else:
+            parts = [(0, name)]
+        names = [f"model.{n}" if not n.startswith("lm_head") else n
+                 for offset, n in parts if offset not in written]
+        return names or [name]  # every part begun, yet a count short: name the parameter

@@ -26,6 +26,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTenso
 from gguf.quants import dequantize
 
 from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, MoeConfig, RopeConfig
+from aiollm.model.weights_hf import damaged_file_advice
 
 log = logging.getLogger(__name__)
 
@@ -174,19 +175,35 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
     if not experts:
         return None
     layers = int(_field(reader, p + "block_count"))
-    inter = _field(reader, p + "expert_feed_forward_length") or _field(
+    inter = _field(reader, p + "expert_feed_forward_length") or _required(
         reader, p + "feed_forward_length")
+    # int(None) of a missing count was a TypeError traceback; MoeConfig's own range check
+    # speaks of top_k, a name the file does not use
+    top_k = int(_required(reader, p + "expert_used_count"))
+    if not 1 <= top_k <= experts:
+        raise ValueError(f"GGUF metadata {p}expert_used_count must be in [1, {p}expert_count "
+                         f"= {experts}], got {top_k}")
     return MoeConfig(
         num_experts=experts,
-        top_k=int(_field(reader, p + "expert_used_count")),
+        top_k=top_k,
         intermediate_size=int(inter),
         norm_topk_prob=bool(_field(reader, p + "expert_weights_norm", _NORM_TOPK[arch])),
-        shared_expert_intermediate_size=int(
-            _field(reader, p + "expert_shared_feed_forward_length", 0) or 0),
+        shared_expert_intermediate_size=_shared_expert_width(reader, p, tensors),
         # the file has no mlp_only_layers: a layer without a router is dense
         dense_layers=tuple(i for i in range(layers)
                            if f"blk.{i}.ffn_gate_inp.weight" not in tensors),
     )
+
+
+def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
+    """The shared expert's intermediate size (0: none). Files converted before llama.cpp
+    wrote expert_shared_feed_forward_length (Qwen1.5-MoE's of spring 2024) lack the key,
+    and llama.cpp sizes their shared expert by other means: here, by its tensor."""
+    width = int(_field(reader, p + "expert_shared_feed_forward_length", 0) or 0)
+    if width:
+        return width
+    gate = next((t for n, t in tensors.items() if n.endswith(".ffn_gate_shexp.weight")), None)
+    return int(gate.shape[1]) if gate is not None else 0  # ggml order: [hidden, width]
 
 
 def _hf_name(gguf_name: str) -> str:
@@ -218,7 +235,8 @@ class GGUFModel:
 
 
 def read_gguf(path: str) -> GGUFModel:
-    """Config and tensor index of a GGUF file (cached per file and modification time)."""
+    """Config and tensor index of a GGUF file (cached per file and modification time).
+    Raises ValueError naming the file when it is not a GGUF file or is truncated."""
     # GGUFReader parses every metadata field, the tokenizer's ~100k strings included, which
     # takes seconds; engines started again in one process (tests) reuse the parse.
     parsed = _read_gguf(os.path.abspath(path), os.stat(path).st_mtime_ns)
@@ -227,7 +245,13 @@ def read_gguf(path: str) -> GGUFModel:
 
 @functools.lru_cache(maxsize=2)
 def _read_gguf(path: str, mtime_ns: int) -> GGUFModel:
-    reader = GGUFReader(path)
+    try:
+        reader = GGUFReader(path)
+    except (ValueError, IndexError, KeyError) as e:
+        # the gguf package's errors ("GGUF magic invalid", a numpy reshape of a truncated
+        # tensor) name no file
+        raise ValueError(f"{path} is not a readable GGUF file ({e}): "
+                         f"{damaged_file_advice(path)}") from None
     # Keeping only the tensors lets the parsed metadata fields be freed.
     return GGUFModel(config_from_gguf(reader), list(reader.tensors))
 

@@ -3,6 +3,8 @@
 model.safetensors is read when it is there (as transformers does, even beside an index); else
 the files model.safetensors.index.json names; else every *.safetensors file of the directory.
 Files are memory-mapped by safetensors and each tensor is read straight onto the target device.
+A broken directory (an index that is not JSON or lists a missing shard, a truncated or corrupt
+file) fails with a ValueError or FileNotFoundError naming the file, before any weight is read.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from glob import glob
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+# how a Git LFS pointer file begins (what a clone without git-lfs holds in place of a file)
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
 
 def safetensors_files(model_dir: str) -> list[str]:
@@ -24,15 +29,21 @@ def safetensors_files(model_dir: str) -> list[str]:
     from_pretrained picks them: model.safetensors alone when it is there, whatever sits beside
     it (an index, Mistral's consolidated.safetensors, a LoRA adapter); else the files the index
     names; else (beyond transformers) every *.safetensors file. Raises FileNotFoundError when
-    there is none."""
+    there is none or the index names a file that is not there, ValueError when the index is
+    not one."""
     single = os.path.join(model_dir, SINGLE_FILE)
     if os.path.isfile(single):
         return [single]
     index = os.path.join(model_dir, INDEX_FILE)
     if os.path.isfile(index):
-        with open(index) as f:
-            names = sorted(set(json.load(f)["weight_map"].values()))
-        return [os.path.join(model_dir, n) for n in names]
+        files = [os.path.join(model_dir, n) for n in _indexed_files(index)]
+        missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise FileNotFoundError(
+                f"{index} lists {', '.join(missing[:3])}{more}, missing from {model_dir} "
+                "(an interrupted download or copy?)")
+        return files
     files = sorted(glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
         raise FileNotFoundError(
@@ -42,18 +53,58 @@ def safetensors_files(model_dir: str) -> list[str]:
     return files
 
 
+def _indexed_files(index: str) -> list[str]:
+    """The file names an index's weight_map maps tensors to, sorted and without repeats."""
+    try:
+        with open(index) as f:
+            weight_map = json.load(f).get("weight_map")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        raise ValueError(f"{index} is not a safetensors index (a JSON object): {e}") from None
+    if not isinstance(weight_map, dict) or not all(
+            isinstance(n, str) for n in weight_map.values()):
+        raise ValueError(f"{index} has no weight_map object of tensor name -> file name")
+    return sorted(set(weight_map.values()))
+
+
+def damaged_file_advice(path: str) -> str:
+    """What to do about a weights file that cannot be parsed: a Git LFS pointer (a repository
+    cloned without git-lfs leaves these ~130-byte text files in place of the weights) needs
+    `git lfs pull`; anything else, a new download."""
+    with open(path, "rb") as f:
+        if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+            return "it is a Git LFS pointer, not the file itself: run `git lfs pull` in its " \
+                   "repository"
+    return "a truncated or corrupt file; download or save it again"
+
+
+@contextmanager
+def _open(path: str, **kwargs):
+    """safe_open, with a corrupt or truncated file reported by name (safetensors' own error
+    names neither the file nor what to do)."""
+    try:
+        handle = safe_open(path, framework="pt", **kwargs)
+    except SafetensorError as e:
+        raise ValueError(f"{path} is not a readable safetensors file ({e}): "
+                         f"{damaged_file_advice(path)}") from None
+    with handle as f:
+        yield f
+
+
 def count_tensors(files: list[str]) -> int:
+    """Tensors in `files`, reading their headers only (which checks that each file is as long
+    as its header says). Raises ValueError naming a file that is not a safetensors file."""
     total = 0
     for path in files:
-        with safe_open(path, framework="pt") as f:  # reads the header only
+        with _open(path) as f:
             total += len(f.keys())
     return total
 
 
 def iter_safetensors(files: list[str], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor on `device`) of every tensor of `files`, file by file."""
     # safetensors takes "cpu" or "cuda:N", not torch.device objects.
     target = "cpu" if device.type == "cpu" else str(device)
     for path in files:
-        with safe_open(path, framework="pt", device=target) as f:
+        with _open(path, device=target) as f:
             for name in f.keys():
                 yield name, f.get_tensor(name)

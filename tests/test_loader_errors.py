@@ -1,0 +1,283 @@
+"""Broken model directories and files: each fails with a ValueError or FileNotFoundError (the
+errors `aiollm serve` reports in one line) that names the bad file, tensor or field, never
+with an error from deep inside safetensors, json or torch, and never as a silently wrong model.
+
+The checkpoint is a tiny random Mixtral (8 experts, top-2) saved sharded by transformers, then
+damaged one way per test in a copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+from transformers import MixtralConfig
+
+from aiollm.model import load_model
+from test_loader import save_random_hf_model
+
+CONFIG = MixtralConfig(vocab_size=96, hidden_size=32, intermediate_size=24, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, num_local_experts=8,
+                       num_experts_per_tok=2, max_position_embeddings=128, sliding_window=None,
+                       tie_word_embeddings=False)
+INDEX = "model.safetensors.index.json"
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    path = tmp_path_factory.mktemp("mixtral-sharded")
+    save_random_hf_model(CONFIG, str(path), max_shard_size="20KB")
+    return path
+
+
+@pytest.fixture
+def copy(sharded, tmp_path):
+    """A fresh copy of the sharded checkpoint and its shard file names, in order."""
+    dst = tmp_path / "model"
+    shutil.copytree(sharded, dst)
+    return dst, sorted(n for n in os.listdir(dst) if n.startswith("model-"))
+
+
+def load(path):
+    return load_model(str(path), dtype=torch.float32, device="cpu")
+
+
+def test_the_intact_copy_loads(copy):
+    path, shards = copy
+    assert len(shards) > 2 and os.path.exists(path / INDEX)
+    assert load(path).config.moe.num_experts == 8
+
+
+def test_a_shard_the_index_lists_but_the_directory_lacks_is_named(copy):
+    path, shards = copy
+    os.remove(path / shards[1])
+    with pytest.raises(FileNotFoundError, match=f"{INDEX} lists {shards[1]}, missing from"):
+        load(path)
+
+
+@pytest.mark.parametrize("keep", [0.5, 4 / 1e9], ids=["half", "4-bytes"])
+def test_a_truncated_shard_is_named(copy, keep):
+    """safetensors' own error (SafetensorError, not a ValueError: a traceback from the CLI)
+    named no file."""
+    path, shards = copy
+    size = os.path.getsize(path / shards[1])
+    os.truncate(path / shards[1], max(4, int(size * keep)))
+    with pytest.raises(ValueError, match=f"{shards[1]} is not a readable safetensors file "
+                       ".*: a truncated or corrupt file"):
+        load(path)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "{}", '{"weight_map": {"a": 3}}'])
+def test_an_index_that_is_not_one_is_named(copy, text):
+    """json's error named no file; an index without weight_map raised KeyError."""
+    path, _ = copy
+    (path / INDEX).write_text(text)
+    with pytest.raises(ValueError, match=f"{INDEX} (is not a safetensors index|has no weight_map)"):
+        load(path)
+
+
+@pytest.mark.parametrize("text", ["{bad", "[]", "\xff\xfe"])
+def test_a_config_json_that_is_not_a_json_object_is_named(copy, text):
+    """json's own error named no file; a list raised AttributeError."""
+    path, _ = copy
+    (path / "config.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(ValueError, match="config.json (is not valid JSON|holds a JSON list)"):
+        load(path)
+
+
+def _real_gguf(path) -> bytes:
+    from transformers import LlamaConfig
+
+    from test_loader import write_gguf
+
+    config = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                         num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=128)
+    write_gguf(save_random_hf_model(config, str(path / "hf")), str(path / "real.gguf"))
+    return (path / "real.gguf").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "truncated", "lone-in-a-directory"])
+def test_a_gguf_path_that_is_not_a_gguf_file_is_named(tmp_path, kind):
+    """The gguf package's errors ("GGUF magic invalid", "cannot mmap an empty file", a numpy
+    reshape or IndexError of a truncated file) named no file."""
+    data = {"text": b"this is not a GGUF file\n" * 8, "empty": b""}.get(kind)
+    if data is None:
+        data = _real_gguf(tmp_path)
+        data = data[: len(data) // 2] if kind == "truncated" else data[:40]
+    (tmp_path / "dir").mkdir()
+    gguf = tmp_path / "dir" / "model.gguf"
+    gguf.write_bytes(data)
+    with pytest.raises(ValueError, match="model.gguf is not a readable GGUF file "
+                       ".*: a truncated or corrupt file"):
+        load(gguf.parent if kind == "lone-in-a-directory" else gguf)
+
+
+def _edit(path, edit) -> None:
+    """Apply `edit` to the tensors of each shard of the checkpoint at `path`, in place."""
+    from safetensors.torch import load_file, save_file
+
+    for name in sorted(n for n in os.listdir(path) if n.startswith("model-")):
+        tensors = load_file(path / name)
+        edit(tensors)
+        save_file(tensors, path / name, metadata={"format": "pt"})
+
+
+EXPERT = "model.layers.{layer}.block_sparse_moe.experts.{e}.{w}.weight"
+
+
+def test_a_missing_expert_tensor_is_named_by_expert(copy):
+    """The message named the stacked parameter (layers.1.mlp.experts.gate_up_proj), not which
+    of the 8 experts' tensors the checkpoint lacks."""
+    path, _ = copy
+    gone = [EXPERT.format(layer=1, e=5, w="w3"), "model.layers.0.self_attn.k_proj.weight"]
+    _edit(path, lambda t: [t.pop(n, None) for n in gone])
+    with pytest.raises(ValueError, match=f"missing weights: {gone[1]}, {gone[0]}$"):
+        load(path)
+
+
+def test_an_expert_past_num_experts_is_refused(copy):
+    """Expert 8 of a config with 8 experts was skipped as if another expert-parallel rank
+    held it: a checkpoint of more experts than its config loaded without a word."""
+    path, _ = copy
+    first = EXPERT.format(layer=0, e=0, w="w2")
+    _edit(path, lambda t: t.update({first.replace(".0.w2", ".8.w2"): t[first].clone()} if first in t
+                                   else {}))
+    with pytest.raises(ValueError, match="'model.layers.0.block_sparse_moe.experts.8.w2.weight' "
+                       "is of expert 8, but the config has 8 experts"):
+        load(path)
+
+
+def test_a_repeated_tensor_is_refused_even_when_another_is_missing(copy):
+    """Without an index every *.safetensors file of the directory is read: here a stray file
+    repeats expert 3's w1 while expert 5's is missing. The element counts came out even and
+    expert 5 ran on uninitialised memory; the repeat is now refused as it comes."""
+    from safetensors.torch import load_file, save_file
+
+    path, shards = copy
+    os.remove(path / INDEX)
+    kept, gone = EXPERT.format(layer=0, e=3, w="w1"), EXPERT.format(layer=0, e=5, w="w1")
+    stray = {}
+    for name in shards:
+        tensors = load_file(path / name)
+        stray.update({kept: tensors[kept]} if kept in tensors else {})
+    _edit(path, lambda t: t.pop(gone, None))
+    save_file(stray, path / "zz-stray.safetensors")
+    with pytest.raises(ValueError, match=f"{kept!r} is given twice"):
+        load(path)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_experts_per_tok", 0, r"num_experts_per_tok must be in \[1, num_local_experts = 8\], "
+                               "got 0"),
+    ("num_experts_per_tok", 9, r"num_experts_per_tok must be in \[1, num_local_experts = 8\], "
+                               "got 9"),
+])
+@pytest.mark.parametrize("load_format", ["auto", "dummy"])
+def test_a_bad_moe_field_of_config_json_is_named(copy, field, value, message, load_format):
+    """MoeConfig's message spoke of top_k, a name no config.json has."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=f"config.json: {message}"):
+        load_model(str(path), dtype=torch.float32, device="cpu", load_format=load_format)
+
+
+@pytest.mark.parametrize("field, value", [("decoder_sparse_step", 0),
+                                          ("moe_intermediate_size", 0)])
+def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
+    """decoder_sparse_step 0 was read as 1 (every layer sparse, where transformers fails
+    dividing by zero); MoeConfig's messages spoke of sparse_step and intermediate_size."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                            moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
+    config.save_pretrained(tmp_path)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got {value}"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_a_tokenizer_path_that_does_not_exist_is_called_the_tokenizer_path(sharded, tmp_path):
+    """The message called the --tokenizer value the 'model path'."""
+    import asyncio
+
+    from aiollm import Engine
+
+    async def start():
+        async with Engine(str(sharded), tokenizer=str(tmp_path / "nope"), kv_tokens=256):
+            pass
+
+    with pytest.raises(FileNotFoundError, match=r"tokenizer path '.*nope' does not exist"):
+        asyncio.run(start())
+
+
+@pytest.mark.parametrize("used", [None, 0, 9])
+def test_a_moe_gguf_without_a_valid_expert_used_count_names_it(tmp_path, used):
+    """A missing count was int(None), a TypeError traceback from aiollm serve; a count out of
+    range was refused as 'top_k', a name the file does not use."""
+    import numpy as np
+    from transformers import Qwen3MoeConfig
+
+    from test_loader import gguf_writer
+
+    config = Qwen3MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                            moe_intermediate_size=16, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
+    path = str(tmp_path / "moe.gguf")
+    w = gguf_writer(config, path, "qwen3moe")
+    w.add_expert_count(8)
+    if used is not None:
+        w.add_expert_used_count(used)
+    w.add_tensor("token_embd.weight", np.zeros((96, 32), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match="'?qwen3moe.expert_used_count'?( metadata| must be)"):
+        load(path)
+
+
+@pytest.mark.parametrize("fields", [{"mlp_only_layers": []}, {"decoder_sparse_step": 2}])
+def test_a_config_whose_dense_layers_disagree_with_the_checkpoint_says_so(tmp_path, fields):
+    """A checkpoint saved with layer 1 dense (mlp_only_layers [1]) under a config that makes
+    it sparse, or layer 0 sparse under one that makes it dense: the message named the tensor
+    only ("has no place in the model"), not the config fields that decide a layer's MLP."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                            moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128,
+                            mlp_only_layers=[1])
+    save_random_hf_model(config, str(tmp_path))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, **fields}))
+    kind = "experts" if "mlp_only_layers" in fields else "a dense MLP"
+    layer = 1 if "mlp_only_layers" in fields else 0
+    with pytest.raises(ValueError, match=rf"layer {layer} has {kind} by the config "
+                       rf"\(mlp_only_layers \[.*\], decoder_sparse_step \d\)"):
+        load(tmp_path)
+
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\noid sha256:4d7a214614ab2935c943f9e0"
+               "ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 16777216\n")
+
+
+def test_git_lfs_pointers_in_place_of_weights_say_git_lfs_pull(copy, tmp_path):
+    """A repository cloned without git-lfs holds small text pointers in place of its weights:
+    the message called them truncated or corrupt and advised a new download."""
+    path, shards = copy
+    (path / shards[0]).write_text(LFS_POINTER)
+    with pytest.raises(ValueError, match=f"{shards[0]} .*Git LFS pointer.*git lfs pull"):
+        load(path)
+    (tmp_path / "model.gguf").write_text(LFS_POINTER)
+    with pytest.raises(ValueError, match="model.gguf .*Git LFS pointer.*git lfs pull"):
+        load(tmp_path / "model.gguf")
