@@ -87,7 +87,19 @@ BAD_INPUT = [
     # the body itself
     bad("invalid-json", C, raw(b'{"prompt": "x",'), 400, None, "not valid JSON"),
     bad("json-nan-literal", C, raw(b'{"prompt": "x", "temperature": NaN}'), 400, None, "JSON"),
-    bad("lone-surrogate", C, raw(rb'{"prompt": "\ud800"}'), 400, None, "JSON"),
+    # JSON may escape a lone surrogate (a string cut inside an emoji by a UTF-16 client):
+    # the field is named (it was "not valid JSON ... (byte 17)", param null)
+    bad("lone-surrogate", C, raw(rb'{"prompt": "\ud800"}'), 400, "prompt", "U+D800"),
+    bad("lone-surrogate-chat", CH, raw(rb'{"messages": [{"role": "user", "content": '
+                                       rb'"hi \ud83d"}], "max_tokens": 1}'), 400,
+        "messages[0].content", "lone surrogate U+D83D at character 3"),
+    bad("lone-surrogate-lightllm", G, raw(rb'{"inputs": "x", "parameters": '
+                                          rb'{"stop_sequences": ["a", "\udc00b"]}}'), 400,
+        "parameters.stop_sequences[1]", "U+DC00"),
+    # a body the client compressed wrongly is its fault: it was a 500 (RequestPayloadError)
+    bad("bad-gzip-body", C, {"data": b'{"prompt": "x"}', "headers": {
+        "Content-Type": "application/json", "Content-Encoding": "gzip"}}, 400, None,
+        "content-encoding: gzip"),
     bad("not-utf8", C, raw(b'{"prompt": "\xff\xfe"}'), 400, None, "UTF-8"),
     bad("empty-body", C, raw(b""), 400, None, "empty"),
     bad("not-an-object", C, raw(b"[1, 2]"), 400, None, "object"),
@@ -377,6 +389,17 @@ def test_edge_values_are_served(server, path, body):
     status, _, raw_body = http(server, "POST", path, json=body)
     assert status == 200, raw_body
     server.wait_idle()
+
+
+def test_a_byte_order_mark_before_the_json_is_skipped(server):
+    """A body saved by Windows tools (PowerShell's Out-File, Notepad) starts with a UTF-8
+    BOM; Python's json, which vLLM and LightLLM parse with, skips it: it was a 400 here."""
+    for path, body in ((C, prompt()), (G, lightllm())):
+        data = b"\xef\xbb\xbf" + json.dumps(body).encode()
+        status, _, raw_body = http(server, "POST", path, **raw(data))
+        assert status == 200, raw_body
+    status, _, raw_body = http(server, "POST", C, **raw(b"\xef\xbb\xbf"))
+    assert_error(status, raw_body, 400, None, "empty")
 
 
 def test_top_p_below_float32_is_not_a_server_error(server):
