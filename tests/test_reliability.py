@@ -105,6 +105,12 @@ BAD_INPUT = [
     bad("not-an-object", C, raw(b"[1, 2]"), 400, None, "object"),
     bad("number-out-of-range", C, raw(b'{"prompt": "x", "temperature": 1e400}'), 400,
         "temperature"),
+    # inside an object of free keys msgspec writes the key as [...]: the field is the object
+    bad("number-out-of-range-in-object", C, raw(b'{"prompt": "x", "logit_bias": {"5": 1e400}}'),
+        400, "logit_bias"),
+    bad("number-out-of-range-in-kwargs", CH, raw(b'{"messages": [{"role": "user", "content": '
+                                                 b'"hi"}], "chat_template_kwargs": {"a": '
+                                                 b'[1e400]}}'), 400, "chat_template_kwargs"),
     bad("too-large", C, raw(b" " * (17 * 2**20)), 413, None, "too large"),
     bad("wrong-content-type", C, raw(b'{"prompt": "x"}', "text/plain"), 415, None,
         "Content-Type"),
