@@ -147,8 +147,8 @@ BAD_INPUT = [
     # empty prompt / messages
     bad("empty-prompt", C, prompt(prompt=""), 400, "prompt", "empty"),
     bad("empty-prompt-ids", C, prompt(prompt=[]), 400, "prompt", "empty"),
-    bad("empty-prompt-in-batch", C, prompt(prompt=["x", ""]), 400, "prompt", "empty"),
-    bad("empty-ids-in-batch", C, prompt(prompt=[[1, 2], []]), 400, "prompt", "empty"),
+    bad("empty-prompt-in-batch", C, prompt(prompt=["x", ""]), 400, "prompt[1]", "empty"),
+    bad("empty-ids-in-batch", C, prompt(prompt=[[1, 2], [], []]), 400, "prompt[1]", "empty"),
     bad("empty-messages", CH, chat(messages=[]), 400, "messages"),
     bad("empty-inputs", G, {"inputs": ""}, 400, "inputs", "empty"),
     bad("empty-input-ids", GS, {"inputs": []}, 400, "inputs", "empty"),

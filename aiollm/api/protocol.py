@@ -245,8 +245,10 @@ class CompletionRequest(SamplingFields, kw_only=True):
                     f"a batch may have at most {MAX_CHOICES} choices (prompts x n), got "
                     f"{len(p)} prompts x n {self.n}", param="prompt" if len(p) > MAX_CHOICES
                     else "n")
-            if any(len(x) == 0 for x in p):  # type: ignore[arg-type]
-                raise InvalidRequest("prompt must not contain empty prompts", param="prompt")
+            empty = next((i for i, x in enumerate(p) if len(x) == 0), None)  # type: ignore
+            if empty is not None:
+                raise InvalidRequest(f"prompt[{empty}] is empty: a batch must not contain "
+                                     f"empty prompts", param=f"prompt[{empty}]")
             return list(p)  # type: ignore[arg-type]
         raise InvalidRequest(
             "prompt must be a string, a list of token ids, a list of strings or a list of "
