@@ -96,6 +96,10 @@ BAD_INPUT = [
     bad("lone-surrogate-lightllm", G, raw(rb'{"inputs": "x", "parameters": '
                                           rb'{"stop_sequences": ["a", "\udc00b"]}}'), 400,
         "parameters.stop_sequences[1]", "U+DC00"),
+    bad("lone-surrogate-key", C, raw(rb'{"prompt": "x", "logit_bias": {"\udfff": 1}}'), 400,
+        "logit_bias", "a key of logit_bias is not valid Unicode"),
+    bad("lone-surrogate-top-level-key", C, raw(rb'{"prompt": "x", "\ud800": 1}'), 400, None,
+        "a key of the request body is not valid Unicode"),
     # a body the client compressed wrongly is its fault: it was a 500 (RequestPayloadError)
     bad("bad-gzip-body", C, {"data": b'{"prompt": "x"}', "headers": {
         "Content-Type": "application/json", "Content-Encoding": "gzip"}}, 400, None,

@@ -476,10 +476,15 @@ def _check_surrogates(body: bytes) -> None:
 
     def walk(v: Any, path: str) -> None:
         if isinstance(v, str):
-            check_unicode(v, path or "body")
+            check_unicode(v, path or "the request body")
         elif isinstance(v, dict):
             for k, item in v.items():
-                check_unicode(k, path or "body")  # a key names no field: its parent
+                try:
+                    check_unicode(k, "key")
+                except InvalidRequest as e:  # a key is no field: its object is named
+                    raise InvalidRequest(f"a key of {path or 'the request body'}"
+                                         f"{str(e).removeprefix('key')}",
+                                         param=path or None) from None
                 walk(item, f"{path}.{k}" if path else k)
         elif isinstance(v, list):
             for i, item in enumerate(v):
