@@ -27,6 +27,17 @@ class InvalidRequest(ValueError):
         return InvalidRequest(f"{at}: {self}", param=param, code=self.code)
 
 
+def of_batch_item(exc: InvalidRequest, field: str, index: int) -> InvalidRequest:
+    """`exc` told of item `index` of the batch in `field` ("prompt" -> "prompt[3]"): an error
+    about the item (param `field`) is named after it, and one about its length (a prompt and
+    max_tokens past the context) says which item it counted; others come back as they are."""
+    if exc.param != field and exc.code != CONTEXT_LENGTH_EXCEEDED:
+        return exc
+    item = f"{field}[{index}]"
+    return InvalidRequest(f"{item}: {exc}", param=item if exc.param == field else exc.param,
+                          code=exc.code)
+
+
 class Overloaded(RuntimeError):
     """The waiting queue is full (HTTP 503 with Retry-After)."""
 

@@ -314,7 +314,7 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
             "max_new_tokens": 4}}, 200, None),
         ("/v1/completions", {"prompt": "hi " * 300, "max_tokens": 2, "echo": True,
                              "logprobs": MAX_LOGPROBS, "prompt_logprobs": MAX_LOGPROBS}, 200, None),
-        ("/v1/completions", {"prompt": [word] * 300, "max_tokens": 1}, 400, "prompt"),
+        ("/v1/completions", {"prompt": [word] * 300, "max_tokens": 1}, 400, "prompt[0]"),
         ("/v1/completions", {"prompt": "x" * 2_000_000, "max_tokens": 1}, 400, "prompt"),
         ("/v1/completions", {"prompt": [42] * 2_000_000, "max_tokens": 1}, 400, "prompt"),
         ("/generate", {"inputs": [42] * 2_000_000}, 400, "inputs"),

@@ -57,7 +57,7 @@ REFUSED = [
     ("/generate_stream", {"inputs": "Hi", "parameters": {"stop_sequences": ["x", []]}},
      "parameters.stop_sequences"),  # an empty id sequence was ignored
     ("/v1/completions", {"prompt": [1, OOV], "max_tokens": 2}, "prompt"),
-    ("/v1/completions", {"prompt": [[1], [OOV]], "max_tokens": 2, "stream": True}, "prompt"),
+    ("/v1/completions", {"prompt": [[1], [OOV]], "max_tokens": 2, "stream": True}, "prompt[1]"),
     ("/generate", {"inputs": [1, OOV]}, "inputs"),
     ("/v1/completions", {"prompt": "Hi", "logit_bias": {str(OOV): 1}}, "logit_bias"),
     ("/v1/chat/completions", {"messages": HI, "allowed_token_ids": [OOV]}, "allowed_token_ids"),

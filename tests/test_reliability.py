@@ -87,12 +87,34 @@ BAD_INPUT = [
     # the body itself
     bad("invalid-json", C, raw(b'{"prompt": "x",'), 400, None, "not valid JSON"),
     bad("json-nan-literal", C, raw(b'{"prompt": "x", "temperature": NaN}'), 400, None, "JSON"),
-    bad("lone-surrogate", C, raw(rb'{"prompt": "\ud800"}'), 400, None, "JSON"),
+    # JSON may escape a lone surrogate (a string cut inside an emoji by a UTF-16 client):
+    # the field is named (it was "not valid JSON ... (byte 17)", param null)
+    bad("lone-surrogate", C, raw(rb'{"prompt": "\ud800"}'), 400, "prompt", "U+D800"),
+    bad("lone-surrogate-chat", CH, raw(rb'{"messages": [{"role": "user", "content": '
+                                       rb'"hi \ud83d"}], "max_tokens": 1}'), 400,
+        "messages[0].content", "lone surrogate U+D83D at character 3"),
+    bad("lone-surrogate-lightllm", G, raw(rb'{"inputs": "x", "parameters": '
+                                          rb'{"stop_sequences": ["a", "\udc00b"]}}'), 400,
+        "parameters.stop_sequences[1]", "U+DC00"),
+    bad("lone-surrogate-key", C, raw(rb'{"prompt": "x", "logit_bias": {"\udfff": 1}}'), 400,
+        "logit_bias", "a key of logit_bias is not valid Unicode"),
+    bad("lone-surrogate-top-level-key", C, raw(rb'{"prompt": "x", "\ud800": 1}'), 400, None,
+        "a key of the request body is not valid Unicode"),
+    # a body the client compressed wrongly is its fault: it was a 500 (RequestPayloadError)
+    bad("bad-gzip-body", C, {"data": b'{"prompt": "x"}', "headers": {
+        "Content-Type": "application/json", "Content-Encoding": "gzip"}}, 400, None,
+        "content-encoding: gzip"),
     bad("not-utf8", C, raw(b'{"prompt": "\xff\xfe"}'), 400, None, "UTF-8"),
     bad("empty-body", C, raw(b""), 400, None, "empty"),
     bad("not-an-object", C, raw(b"[1, 2]"), 400, None, "object"),
     bad("number-out-of-range", C, raw(b'{"prompt": "x", "temperature": 1e400}'), 400,
         "temperature"),
+    # inside an object of free keys msgspec writes the key as [...]: the field is the object
+    bad("number-out-of-range-in-object", C, raw(b'{"prompt": "x", "logit_bias": {"5": 1e400}}'),
+        400, "logit_bias"),
+    bad("number-out-of-range-in-kwargs", CH, raw(b'{"messages": [{"role": "user", "content": '
+                                                 b'"hi"}], "chat_template_kwargs": {"a": '
+                                                 b'[1e400]}}'), 400, "chat_template_kwargs"),
     bad("too-large", C, raw(b" " * (17 * 2**20)), 413, None, "too large"),
     bad("wrong-content-type", C, raw(b'{"prompt": "x"}', "text/plain"), 415, None,
         "Content-Type"),
@@ -129,8 +151,8 @@ BAD_INPUT = [
     # empty prompt / messages
     bad("empty-prompt", C, prompt(prompt=""), 400, "prompt", "empty"),
     bad("empty-prompt-ids", C, prompt(prompt=[]), 400, "prompt", "empty"),
-    bad("empty-prompt-in-batch", C, prompt(prompt=["x", ""]), 400, "prompt", "empty"),
-    bad("empty-ids-in-batch", C, prompt(prompt=[[1, 2], []]), 400, "prompt", "empty"),
+    bad("empty-prompt-in-batch", C, prompt(prompt=["x", ""]), 400, "prompt[1]", "empty"),
+    bad("empty-ids-in-batch", C, prompt(prompt=[[1, 2], [], []]), 400, "prompt[1]", "empty"),
     bad("empty-messages", CH, chat(messages=[]), 400, "messages"),
     bad("empty-inputs", G, {"inputs": ""}, 400, "inputs", "empty"),
     bad("empty-input-ids", GS, {"inputs": []}, 400, "inputs", "empty"),
@@ -142,6 +164,20 @@ BAD_INPUT = [
         "messages", str(MAX_MODEL_LEN)),
     bad("long-inputs", G, {"inputs": LONG_TEXT}, 400, "inputs", str(MAX_MODEL_LEN)),
     bad("long-input-ids", GS, {"inputs": LONG_IDS}, 400, "inputs", str(MAX_MODEL_LEN)),
+    # in a batch the error says which prompt (it said "the prompt has 601 tokens" of 100)
+    bad("long-prompt-in-batch", C, prompt(prompt=["x", LONG_TEXT]), 400, "prompt[1]",
+        "prompt[1]: the prompt has"),
+    bad("long-prompt-in-batch-of-one", C, prompt(prompt=[LONG_TEXT]), 400, "prompt[0]"),
+    bad("long-ids-in-batch-stream", C, prompt(prompt=[[1, 2], LONG_IDS], stream=True), 400,
+        "prompt[1]", str(MAX_MODEL_LEN)),
+    bad("bad-id-in-batch", C, prompt(prompt=[[1, 2], [3], [10**9]]), 400, "prompt[2]",
+        "token ids"),
+    bad("max-tokens-past-len-in-batch", C, prompt(prompt=["x", "hello " * 300],
+                                                   max_tokens=300), 400, "max_tokens",
+        "prompt[1]: this model's maximum context length is 512"),
+    bad("max-tokens-past-len-in-batch-stream", C, prompt(prompt=["x", "hello " * 300],
+                                                          max_tokens=300, n=2, stream=True),
+        400, "max_tokens", "prompt[1]:"),
     bad("prompt-id-out-of-vocab", C, prompt(prompt=[10**9]), 400, "prompt", "token ids"),
     bad("prompt-id-negative", G, {"inputs": [-1]}, 400, "inputs", "token ids"),
     # max_tokens <= 0 or past the model length
@@ -377,6 +413,17 @@ def test_edge_values_are_served(server, path, body):
     status, _, raw_body = http(server, "POST", path, json=body)
     assert status == 200, raw_body
     server.wait_idle()
+
+
+def test_a_byte_order_mark_before_the_json_is_skipped(server):
+    """A body saved by Windows tools (PowerShell's Out-File, Notepad) starts with a UTF-8
+    BOM; Python's json, which vLLM and LightLLM parse with, skips it: it was a 400 here."""
+    for path, body in ((C, prompt()), (G, lightllm())):
+        data = b"\xef\xbb\xbf" + json.dumps(body).encode()
+        status, _, raw_body = http(server, "POST", path, **raw(data))
+        assert status == 200, raw_body
+    status, _, raw_body = http(server, "POST", C, **raw(b"\xef\xbb\xbf"))
+    assert_error(status, raw_body, 400, None, "empty")
 
 
 def test_top_p_below_float32_is_not_a_server_error(server):

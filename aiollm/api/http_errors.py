@@ -112,9 +112,11 @@ _MISSING = re.compile(r"missing required field `([^`]+)`")
 
 def _param_of(message: str) -> str | None:
     """The field a msgspec ValidationError is about: `... - at `$.messages[0].content``
-    -> "messages[0].content"; a missing field is named after its parent's path."""
+    -> "messages[0].content"; a missing field is named after its parent's path. Inside an
+    object of free keys msgspec writes `[...]` for the key it does not name: the field is
+    the object (`$.logit_bias[...]` -> "logit_bias")."""
     at = _AT.search(message)
-    path = at.group(1) if at else ""
+    path = at.group(1).split("[...]", 1)[0] if at else ""
     missing = _MISSING.search(message)
     if missing:
         path = f"{path}.{missing.group(1)}" if path else missing.group(1)

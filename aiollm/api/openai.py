@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
@@ -20,10 +20,13 @@ from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, decode_body, json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.errors import InvalidRequest, of_batch_item
 from aiollm.sampling_params import Constraint
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta, RequestOutput, TokenLogprob
+
+T = TypeVar("T")
 
 
 def _model_card(st: ApiState) -> dict:
@@ -65,7 +68,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     req.check_unserved()
     req.check_max_tokens()
     prompts = req.prompt_batch()
-    prompt_ids = await st.tokenize_batch(prompts)
+    # a list of prompts (even of one) is a batch: its errors say which prompt (prompt[i])
+    batched = prompts[0] is not req.prompt
+    prompt_ids = (await st.tokenize_batch(prompts) if batched
+                  else [await st.tokenize(prompts[0])])
     constraint = req.constraint()
     # echo with logprobs (or max_tokens 0: prompt scoring) reports the prompt's tokens too
     echo_scores = req.echo and (req.logprobs is not None or req.max_tokens == 0)
@@ -73,13 +79,13 @@ async def completions(request: web.Request) -> web.StreamResponse:
     if echo_scores:
         scoring = max(scoring or 0, req.logprobs or 0)
     jobs = []  # choice index k = prompt index * n + j, as OpenAI numbers them
-    for ids in prompt_ids:
+    for i, ids in enumerate(prompt_ids):
         max_tokens = req.max_tokens if req.max_tokens is not None else _room(st, len(ids))
         for j in range(req.n):
-            jobs.append((ids, req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs,
-                                                  choice=j, constraint=constraint,
-                                                  prompt_logprobs=scoring)))
-    await engine.compile_grammar(jobs[0][1])
+            sp = req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs, choice=j,
+                                     constraint=constraint, prompt_logprobs=scoring)
+            jobs.append((i if batched else None, ids, sp))
+    await engine.compile_grammar(jobs[0][2])
     vocab = await st.token_bytes() if req.logprobs is not None or scoring is not None else None
     echo = []  # each choice's echoed prompt: text and its tokens' texts
     for p, ids in zip(prompts, prompt_ids):
@@ -106,7 +112,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return {"prompt_logprobs": _vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
 
     if not req.stream:
-        outs = await gather_all([engine.generate(ids, sp) for ids, sp in jobs])
+        outs = await gather_all([_of_prompt(i, engine.generate(ids, sp))
+                                 for i, ids, sp in jobs])
         choices = [{
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
             "logprobs": logprobs_of(k, out, 0 if echo_scores else len(echo[k][0])),
@@ -145,8 +152,30 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 prompt_tokens, sum(done_tokens), sum(cached_tokens[::req.n]))})
         return usage + sse.DONE
 
-    starts = [partial(engine.stream, ids, sp) for ids, sp in jobs]
+    starts = [partial(_stream_of_prompt, i, engine.stream, ids, sp) for i, ids, sp in jobs]
     return await sse.send(request, merge(starts), render, tail)
+
+
+async def _of_prompt(i: int | None, result: Awaitable[T]) -> T:
+    """`result`, whose errors about its prompt name prompt i of the batch (None: no batch)."""
+    try:
+        return await result
+    except InvalidRequest as e:
+        if i is None:
+            raise
+        raise of_batch_item(e, "prompt", i) from None
+
+
+def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *args
+                      ) -> AsyncIterator[T]:
+    """stream(*args), whose errors about its prompt (raised as it is called) name prompt i
+    of the batch (None: no batch)."""
+    try:
+        return stream(*args)
+    except InvalidRequest as e:
+        if i is None:
+            raise
+        raise of_batch_item(e, "prompt", i) from None
 
 
 def _echo_text(st: ApiState, prompt: str | list[int]) -> str:

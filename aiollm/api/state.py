@@ -13,6 +13,7 @@ from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
+from aiollm.errors import InvalidRequest, of_batch_item
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine
@@ -57,13 +58,28 @@ class ApiState:
 
     async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
         """Token ids of each prompt of a batch: off the event loop when the batch is long,
-        also when it is many short prompts."""
+        also when it is many short prompts. A bad prompt is named by its index (prompt[i])."""
         size = sum(len(p) for p in prompts)
         if size <= TOKENIZE_INLINE_CHARS:
-            return [await self.tokenize(p) for p in prompts]
-        return await asyncio.to_thread(
-            lambda: [list(self.engine.tokenizer.encode(p)) if isinstance(p, str) and p
-                     else self.engine.tokenize(p) for p in prompts])
+            return [await self._tokenize_item(i, p) for i, p in enumerate(prompts)]
+
+        def all_of_them() -> list[list[int]]:
+            out = []
+            for i, p in enumerate(prompts):
+                try:
+                    out.append(list(self.engine.tokenizer.encode(p)) if isinstance(p, str) and p
+                               else self.engine.tokenize(p))
+                except InvalidRequest as e:
+                    raise of_batch_item(e, "prompt", i) from None
+            return out
+
+        return await asyncio.to_thread(all_of_them)
+
+    async def _tokenize_item(self, i: int, prompt: str | Sequence[int]) -> list[int]:
+        try:
+            return await self.tokenize(prompt)
+        except InvalidRequest as e:
+            raise of_batch_item(e, "prompt", i) from None
 
     async def detokenize(self, ids: list[int]) -> str:
         return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
