@@ -17,25 +17,27 @@ class InvalidRequest(ValueError):
         self.param = param
         self.code = code
 
-    def within(self, at: str, replace_param: bool = False) -> "InvalidRequest":
+    def within(self, at: str, param: str | None = None) -> "InvalidRequest":
         """This error as the error of one item of a batch: the message prefixed with `at`
-        (e.g. "conversations[2]: ..."), the param `at` followed by this one's
-        ("conversations[2].messages[1].role"), or `at` alone when replace_param is set (the
-        item is the bad field itself: "prompts[3]" for a bad "prompt") or no param is
-        known; the code kept."""
-        param = at if replace_param or not self.param else f"{at}.{self.param}"
+        (e.g. "conversations[2]: ..."), the param `param` when given, else `at` followed by
+        this one's ("conversations[2].messages[1].role"), or `at` alone when this one names
+        none; the code kept."""
+        if param is None:
+            param = f"{at}.{self.param}" if self.param else at
         return InvalidRequest(f"{at}: {self}", param=param, code=self.code)
 
 
-def of_batch_item(exc: InvalidRequest, field: str, index: int) -> InvalidRequest:
-    """`exc` told of item `index` of the batch in `field` ("prompt" -> "prompt[3]"): an error
-    about the item (param `field`) is named after it, and one about its length (a prompt and
-    max_tokens past the context) says which item it counted; others come back as they are."""
+def of_batch_item(exc: InvalidRequest, field: str, index: int,
+                  name: str | None = None) -> InvalidRequest:
+    """`exc` told of item `index` of the batch in `field` ("prompt" -> "prompt[3]"; `name`:
+    the batch's own name when it differs, LLM.generate's "prompts"): an error about the item
+    (param `field`) is named after it, and one about its length (a prompt and max_tokens past
+    the context) says which item it counted, keeping its param; others come back as they
+    are."""
     if exc.param != field and exc.code != CONTEXT_LENGTH_EXCEEDED:
         return exc
-    item = f"{field}[{index}]"
-    return InvalidRequest(f"{item}: {exc}", param=item if exc.param == field else exc.param,
-                          code=exc.code)
+    item = f"{name or field}[{index}]"
+    return exc.within(item, param=item if exc.param == field else exc.param)
 
 
 class Overloaded(RuntimeError):

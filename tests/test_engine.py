@@ -333,6 +333,15 @@ def test_a_batch_names_its_bad_prompt_and_refuses_what_is_no_batch(loop, engine)
         run(loop, engine.generate_batch(["Hi"], SamplingParams(max_tokens=10**7),
                                         progress=False))
     assert e.value.param != "prompts[0]"
+    # past the context: which prompt, and the field to change (errors.of_batch_item)
+    too_long = [1] * (engine.max_model_len + 1)
+    with pytest.raises(InvalidRequest, match=r"^prompts\[1\]: ") as e:
+        run(loop, engine.generate_batch(["Hi", too_long], params, progress=False))
+    assert e.value.param == "prompts[1]" and e.value.code == "context_length_exceeded"
+    no_room = SamplingParams(max_tokens=engine.max_model_len - 2)
+    with pytest.raises(InvalidRequest, match=r"^prompts\[1\]: ") as e:
+        run(loop, engine.generate_batch(["Hi", [1] * 8], no_room, progress=False))
+    assert e.value.param == "max_tokens" and e.value.code == "context_length_exceeded"
     assert run(loop, engine.generate_batch((["Hi"]), params, progress=False))[0].token_ids
     assert_all_free(engine)
 

@@ -22,7 +22,7 @@ from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, check_request, new_request, off_loop, tokenize
-from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
+from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, of_batch_item
 from aiollm.sampling_params import SamplingParams
 
 
@@ -113,7 +113,8 @@ class EngineAPI:
         """Offline generation of many prompts at once, with a progress bar. A single string
         is one prompt (as in vLLM's LLM.generate), not a batch of its characters. Raises
         InvalidRequest naming `prompts` for a value that is no list or tuple of prompts, and
-        `prompts[i]` for a bad prompt (a bad field of params keeps its own name)."""
+        `prompts[i]` for a bad prompt; one too long for the context says which prompt and keeps
+        its param (errors.of_batch_item); a bad field of params keeps its own name."""
         from tqdm.auto import tqdm
 
         if isinstance(prompts, str):
@@ -129,9 +130,7 @@ class EngineAPI:
             try:
                 out = await self.generate(p, params)
             except InvalidRequest as e:
-                if e.param != "prompt":
-                    raise
-                raise e.within(f"prompts[{i}]", replace_param=True) from e
+                raise of_batch_item(e, "prompt", i, "prompts") from None
             bar.update(1)
             return out
 
