@@ -27,9 +27,12 @@ class LLM:
                  progress: bool = True) -> list[RequestOutput]:
         """The outputs of `prompts` (a string is one prompt), in order. Raises EngineStopped
         once close() has run."""
+        return self._generate(prompts, params, progress, "prompts")
+
+    def _generate(self, prompts, params, progress, batch_name: str) -> list[RequestOutput]:
         self._check_open()
         return self._loop.run_until_complete(
-            self.engine.generate_batch(prompts, params, progress=progress))
+            self.engine.generate_batch(prompts, params, progress=progress, batch_name=batch_name))
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict],
              params: SamplingParams | None = None, progress: bool = True) -> list[RequestOutput]:
@@ -37,8 +40,9 @@ class LLM:
         the chat template. A single conversation (a list of message dicts) is a batch of one,
         as in vLLM's LLM.chat. Raises InvalidRequest naming the conversation and its field
         (param `conversations[2].messages[1].role`), or `conversations` for a value that is
-        neither a list (or tuple) of conversations nor one, before any is generated;
-        EngineStopped once close() has run."""
+        neither a list (or tuple) of conversations nor one, before any is generated, and
+        `conversations[i]` for one too long for the context (or the param to change, as
+        Engine.generate_batch names prompts); EngineStopped once close() has run."""
         self._check_open()
         if not isinstance(conversations, (list, tuple)):
             # else None, a message dict or a generator raised Python's own errors, and a
@@ -56,7 +60,8 @@ class LLM:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
                 raise e.within(f"conversations[{i}]") from e
-        return self.generate(prompts, params, progress)
+        # one too long for the context is named as the caller knows it: conversations[i]
+        return self._generate(prompts, params, progress, "conversations")
 
     def _check_open(self) -> None:
         if self._loop.is_closed():  # else asyncio's "Event loop is closed", and a warning

@@ -469,6 +469,30 @@ def test_offline_chat_checks_messages_as_engine_chat_does():
             call()
 
 
+def test_offline_chat_names_the_conversation_past_the_context():
+    """A conversation that does not fit the context with max_tokens was named prompts[i],
+    a batch LLM.chat's caller never passed (generate_batch's name for its prompts); it is
+    conversations[i], with the param to change kept as errors.of_batch_item keeps it."""
+    from aiollm import LLM
+
+    params = SamplingParams(max_tokens=1)
+    hi = [{"role": "user", "content": "Hi"}]
+    with LLM(None, kv_tokens=1024) as llm:
+        n = llm.engine.max_model_len
+        too_long = [{"role": "user", "content": "hi " * n}]
+        with pytest.raises(InvalidRequest, match=r"^conversations\[1\]: the prompt has") as e:
+            llm.chat([hi, too_long], params, progress=False)
+        assert e.value.param == "conversations[1]"
+        assert e.value.code == "context_length_exceeded"
+        with pytest.raises(InvalidRequest, match=r"^conversations\[0\]: this model's") as e:
+            llm.chat([hi], SamplingParams(max_tokens=n - 2), progress=False)
+        assert e.value.param == "max_tokens"
+        # generate keeps its own name
+        with pytest.raises(InvalidRequest, match=r"^prompts\[0\]: ") as e:
+            llm.generate(["hi " * n], params, progress=False)
+        assert e.value.param == "prompts[0]"
+
+
 def test_offline_chat_names_conversations_that_are_no_list_of_conversations():
     """LLM.chat on a value that is neither a list of conversations nor one raised Python's
     own errors (None: 'NoneType' object is not iterable; a message dict: KeyError: 0; a

@@ -109,12 +109,15 @@ class EngineAPI:
         return self.chat_prompt(checked_messages(messages), None, template)
 
     async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
-                             progress: bool = True) -> list[RequestOutput]:
+                             progress: bool = True, *, batch_name: str = "prompts"
+                             ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
         is one prompt (as in vLLM's LLM.generate), not a batch of its characters. Raises
         InvalidRequest naming `prompts` for a value that is no list or tuple of prompts, and
         `prompts[i]` for a bad prompt; one too long for the context says which prompt and keeps
-        its param (errors.of_batch_item); a bad field of params keeps its own name."""
+        its param (errors.of_batch_item); a bad field of params keeps its own name.
+        `batch_name`: what those errors call the batch where the caller's differs (LLM.chat:
+        "conversations", whose token ids the prompts are)."""
         from tqdm.auto import tqdm
 
         if isinstance(prompts, str):
@@ -130,7 +133,7 @@ class EngineAPI:
             try:
                 out = await self.generate(p, params)
             except InvalidRequest as e:
-                raise of_batch_item(e, "prompt", i, "prompts") from None
+                raise of_batch_item(e, "prompt", i, batch_name) from None
             bar.update(1)
             return out
 
