@@ -244,9 +244,10 @@ def test_decode_attention_splits_only_long_contexts(dtype, device=CPU):
                               long_only=4)
     test_decode_attention([40, 33, 47, 35], 4, 2, 16, None, dtype, device, long_only=4)
     test_decode_attention([301], 6, 2, 32, None, dtype, device, long_only=8)
-    # two long ones of different lengths, one of them past long_only x twice the mean
-    test_decode_attention([5, 6, 200, 7, 900, 4, 5, 6], 8, 2, 16, None, dtype, device,
-                          long_only=3)
+    # two long ones of different lengths (over twice the mean of 113: 240 tokens in whole
+    # blocks), one of them past long_only x that: 400 in two splits, 900 in three
+    test_decode_attention([5, 6, 400, 7, 900, 4, 5, 6, 5, 6, 7, 4], 8, 2, 16, None, dtype,
+                          device, long_only=3)
 
 
 def test_long_only_launches_from_eight_thousand_tokens():
