@@ -1,14 +1,14 @@
 """HandOut: how the Engine hands a finished step's tokens to its requests and ends requests
 (engine.py holds the life cycle and the step loop; engine_api.py the request API).
 
-_process takes one step's sampled token ids (a numpy int array, one row per sampled request
+_process takes one step and its result (the sampled token ids, one row per sampled request
 of the step) and, for the requests still running, appends each token, checks the stop
-conditions of the whole batch in one C call (`RequestTable.stop_check`: eos ids, stop token
-ids, max_new_tokens, the model length), advances constrained requests' grammars, records
-logprobs and the TTFT / ITL metrics, and wakes each request's stream. _finish ends one
-request: it gives back its KV slots and its request-table slot, keeps the scheduler's
-history of output lengths, and wakes its stream, which raises the request's error if it
-failed.
+conditions of the whole batch in one C call (`RequestTable.stop_check`: eos and stop token
+ids once min_tokens are out, max_new_tokens, which admission keeps within the model's
+length), advances constrained requests' grammars, records logprobs and the TTFT / ITL
+metrics, and wakes each request's stream. _finish ends one request: it gives back its KV
+slots and its request-table slot, keeps the scheduler's history of output lengths, and wakes
+its stream, which raises the request's error if it failed.
 """
 
 from __future__ import annotations
