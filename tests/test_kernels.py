@@ -240,14 +240,16 @@ def test_decode_attention_splits_only_long_contexts(dtype, device=CPU):
     written directly, their empty splits returning at once. Twice, so an arrival counter
     left non-zero shows; a batch with no long context; a batch of one."""
     for _ in range(2):
-        test_decode_attention([10, 12, 9, 11, 300, 7], 4, 2, 16, None, dtype, device,
+        test_decode_attention([10, 12, 9, 11, 300, 7], 4, 2, 16, 1, dtype, device,
                               long_only=4)
-    test_decode_attention([40, 33, 47, 35], 4, 2, 16, None, dtype, device, long_only=4)
-    test_decode_attention([301], 6, 2, 32, None, dtype, device, long_only=8)
+    test_decode_attention([40, 33, 47, 35], 4, 2, 16, 1, dtype, device, long_only=4)
+    test_decode_attention([301], 6, 2, 32, 1, dtype, device, long_only=8)
     # two long ones of different lengths (over twice the mean of 113: 240 tokens in whole
     # blocks), one of them past long_only x that: 400 in two splits, 900 in three
-    test_decode_attention([5, 6, 400, 7, 900, 4, 5, 6, 5, 6, 7, 4], 8, 2, 16, None, dtype,
+    test_decode_attention([5, 6, 400, 7, 900, 4, 5, 6, 5, 6, 7, 4], 8, 2, 16, 1, dtype,
                           device, long_only=3)
+    # long_only takes the place of one split only: an explicit split count stands
+    test_decode_attention([10, 12, 9, 11, 300, 7], 4, 2, 16, 3, dtype, device, long_only=4)
 
 
 def test_long_only_launches_from_eight_thousand_tokens():
@@ -649,8 +651,8 @@ def test_gpu_decode_attention_splits_long_contexts_only():
     Qwen3-30B-A3B heads), and explicit long-only launches with no long context at all."""
     test_decode_attention([700] * 40 + [9000], 32, 8, 128, None, torch.bfloat16, CUDA)
     test_decode_attention([1200] * 95 + [32768], 32, 4, 128, None, torch.bfloat16, CUDA)
-    test_decode_attention([129] * 64, 32, 8, 128, None, torch.bfloat16, CUDA, long_only=4)
-    test_decode_attention([1, 5000, 3, 40000], 32, 8, 128, None, torch.bfloat16, CUDA,
+    test_decode_attention([129] * 64, 32, 8, 128, 1, torch.bfloat16, CUDA, long_only=4)
+    test_decode_attention([1, 5000, 3, 40000], 32, 8, 128, 1, torch.bfloat16, CUDA,
                           long_only=8)
 
 

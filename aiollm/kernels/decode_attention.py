@@ -376,8 +376,10 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
         num_splits = num_kv_splits(B, HKV, max_seq_len, num_sms, cfg["split_tokens"])
         if num_splits == 1 and long_only is None:
             long_only = long_splits(max_seq_len)
-    # a long-only launch merges in its own launch (a reduce launch would read unused splits)
-    if long_only is not None and long_only > 1 and merge_in_kernel and B * HKV <= MAX_COUNTERS:
+    # only in place of one split; it merges in its own launch (a reduce launch would read
+    # the unused splits)
+    if (num_splits == 1 and long_only is not None and long_only > 1 and merge_in_kernel
+            and B * HKV <= MAX_COUNTERS):
         num_splits = long_only
     else:
         long_only = None
@@ -460,7 +462,8 @@ def decode_attention_triton(
 ) -> torch.Tensor:
     """`config` and `num_splits` override the tuned config and the split rule,
     `merge_in_kernel` (default MERGE_IN_KERNEL) where split outputs merge, and `long_only`
-    the splits a launch of one split offers to long contexts (long_splits) (tests, bench)."""
+    the splits a launch of one split (by the rule or num_splits=1) offers to long contexts
+    (long_splits) (tests, bench)."""
     if merge_in_kernel is None:
         merge_in_kernel = MERGE_IN_KERNEL
     B, HQ, D = q.shape
