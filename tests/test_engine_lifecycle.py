@@ -1,0 +1,83 @@
+"""The Engine's life cycle as a Python user meets it: event loops that end under it or are
+not its own, interrupted offline batches, parameters changed after they were checked.
+Each test checks that nothing stays held afterwards (table slots, KV, req_to_token rows,
+prefix-cache locks, asyncio tasks)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aiollm import LLM, Engine, SamplingParams
+from aiollm.errors import EngineStopped, InvalidRequest
+from conftest import run
+
+LONG = SamplingParams(max_tokens=400, ignore_eos=True)
+
+
+def assert_idle(eng: Engine) -> None:
+    """Nothing held by a request: what an idle engine shows (the prefix cache may keep
+    unlocked prefixes; they are evictable, not used)."""
+    s = eng.stats()
+    assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
+    assert eng.req_to_token.n_free_rows == eng.req_to_token.rows
+    assert not eng._requests
+    if eng.prefix_cache is not None:
+        assert eng.prefix_cache.tree.protected == 0
+        assert eng.kv_pool.n_used == eng.prefix_cache.size
+
+
+def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
+    """asyncio.run(engine.start()) ends the loop the engine's step loop runs on; a request
+    made later (in the next asyncio.run) waited forever: the engine still took it, and no
+    loop was left to serve it. It raises EngineStopped saying why, and start() on the new
+    loop starts the engine afresh."""
+    eng = Engine(None, kv_tokens=1024)
+    asyncio.run(eng.start())
+    params = SamplingParams(max_tokens=3, temperature=0)
+
+    async def after():
+        with pytest.raises(EngineStopped, match="event loop"):
+            await asyncio.wait_for(eng.generate("Hello", params), 30)
+        with pytest.raises(EngineStopped, match="event loop"):
+            eng.stream("Hello", params)
+        await eng.start()
+        out = await asyncio.wait_for(eng.generate("Hello", params), 60)
+        assert_idle(eng)
+        await eng.stop()
+        return out
+
+    assert len(asyncio.run(after()).token_ids) == 3
+
+
+def test_a_call_from_another_event_loop_is_a_usage_error(loop):
+    """An engine serves the loop it was started on: a request from another loop (another
+    thread's asyncio.run) was taken, and its waiter then hung or woke on the wrong loop."""
+    import threading
+
+    async def start():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        return eng
+
+    eng = run(loop, start())
+    errors = []
+
+    def other_thread():
+        async def call():
+            await eng.generate("Hello", SamplingParams(max_tokens=2))
+        try:
+            asyncio.run(asyncio.wait_for(call(), 30))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(60)
+    try:
+        assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
+        assert "another event loop" in str(errors[0])
+        assert_idle(eng)
+    finally:
+        run(loop, eng.stop())
