@@ -9,6 +9,7 @@ your own).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
@@ -28,8 +29,7 @@ class LLM:
         """The outputs of `prompts` (a string is one prompt), in order. Raises EngineStopped
         once close() has run."""
         self._check_open()
-        return self._loop.run_until_complete(
-            self.engine.generate_batch(prompts, params, progress=progress))
+        return self._run(self.engine.generate_batch(prompts, params, progress=progress))
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict],
              params: SamplingParams | None = None, progress: bool = True) -> list[RequestOutput]:
@@ -59,6 +59,20 @@ class LLM:
                 raise InvalidRequest(f"{at}: {e}", param=f"{at}.{e.param}" if e.param else at,
                                      code=e.code) from e
         return self.generate(prompts, params, progress)
+
+    def _run(self, coro):
+        """coro run to completion on the LLM's loop. Interrupted (Ctrl-C in a notebook), its
+        requests are aborted before the interrupt goes on: they held their table slots and
+        KV, and ran on inside the next call, for results nobody would read."""
+        task = self._loop.create_task(coro)
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    self._loop.run_until_complete(task)
+            raise
 
     def _check_open(self) -> None:
         if self._loop.is_closed():  # else asyncio's "Event loop is closed", and a warning

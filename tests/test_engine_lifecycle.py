@@ -81,3 +81,22 @@ def test_a_call_from_another_event_loop_is_a_usage_error(loop):
         assert_idle(eng)
     finally:
         run(loop, eng.stop())
+
+
+def test_an_interrupted_offline_batch_holds_nothing():
+    """Ctrl-C during LLM.generate (a notebook's interrupt) left the batch's requests in the
+    LLM's loop: they held their table slots and KV and ran on inside the next call. The
+    interrupt is a KeyboardInterrupt raised from a callback of the loop, as the default
+    SIGINT handler raises it between two of the loop's callbacks."""
+    def interrupt():
+        raise KeyboardInterrupt
+
+    with LLM(None, kv_tokens=2048) as llm:
+        llm._loop.call_later(1.0, interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(["Tell me a story"] * 4, LONG, progress=False)
+        assert_idle(llm.engine)
+        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        assert len(out) == 1 and len(out[0].token_ids) == 2
+        assert_idle(llm.engine)
+        assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
