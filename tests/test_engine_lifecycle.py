@@ -100,3 +100,34 @@ def test_an_interrupted_offline_batch_holds_nothing():
         assert len(out) == 1 and len(out[0].token_ids) == 2
         assert_idle(llm.engine)
         assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
+
+
+@pytest.fixture(scope="module")
+def engine(loop):
+    eng = Engine(None, kv_tokens=2048)
+    loop.run_until_complete(eng.start())
+    yield eng
+    loop.run_until_complete(eng.stop())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", -1.0), ("top_p", 0.0), ("top_k", 0), ("min_p", 2.0),
+    ("repetition_penalty", 0.0), ("presence_penalty", 5.0), ("max_tokens", 0),
+    ("logprobs", 100), ("seed", -5)])
+def test_a_field_set_after_the_params_were_made_is_checked(loop, engine, field, value):
+    """SamplingParams checks its fields when it is made, but they stay assignable: a bad
+    value set afterwards reached the sampler unchecked (min_p=2 generated token 0 over and
+    over, max_tokens=0 an empty "length" output). The engine checks them again."""
+    params = SamplingParams(max_tokens=4)
+    setattr(params, field, value)
+
+    async def go():
+        with pytest.raises(InvalidRequest, match=f"{field}.*{value!r}") as e1:
+            await engine.generate("Hello", params)
+        with pytest.raises(InvalidRequest, match=f"{field}.*{value!r}") as e2:
+            engine.stream("Hello", params)
+        return e1.value, e2.value
+
+    for e in run(loop, go()):
+        assert e.param == field
+    assert_idle(engine)

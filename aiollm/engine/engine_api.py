@@ -188,6 +188,7 @@ class EngineAPI:
         self._check_accepting()
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
+        params.check()  # again: a field may have been set since it was made
         ids = self.tokenize(prompt)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         return ids
