@@ -63,7 +63,9 @@ class LLM:
     def _run(self, coro):
         """coro run to completion on the LLM's loop. Interrupted (Ctrl-C in a notebook), its
         requests are aborted before the interrupt goes on: they held their table slots and
-        KV, and ran on inside the next call, for results nobody would read."""
+        KV, and ran on inside the next call, for results nobody would read. An interrupt
+        that lands in the engine's step loop ends it: the engine is started again (the next
+        call raised EngineStopped)."""
         task = self._loop.create_task(coro)
         try:
             return self._loop.run_until_complete(task)
@@ -72,6 +74,7 @@ class LLM:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     self._loop.run_until_complete(task)
+            self._loop.run_until_complete(self.engine.start())  # a no-op unless it ended
             raise
 
     def _check_open(self) -> None:

@@ -38,9 +38,9 @@ def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
     params = SamplingParams(max_tokens=3, temperature=0)
 
     async def after():
-        with pytest.raises(EngineStopped, match="event loop"):
+        with pytest.raises(EngineStopped, match="step loop has ended"):
             await asyncio.wait_for(eng.generate("Hello", params), 30)
-        with pytest.raises(EngineStopped, match="event loop"):
+        with pytest.raises(EngineStopped, match="step loop has ended"):
             eng.stream("Hello", params)
         await eng.start()
         out = await asyncio.wait_for(eng.generate("Hello", params), 60)
@@ -131,3 +131,27 @@ def test_a_field_set_after_the_params_were_made_is_checked(loop, engine, field, 
     for e in run(loop, go()):
         assert e.param == field
     assert_idle(engine)
+
+
+def test_an_interrupt_inside_the_step_loop_leaves_the_offline_llm_usable():
+    """A Ctrl-C that lands while the engine's step loop runs Python code (planning a step,
+    handing out tokens) ends that loop's task: every later LLM.generate waited forever
+    (EngineStopped once the engine checks its loop). Injected at the runner boundary, as
+    test_loop_error_fails_in_flight_requests_and_keeps_serving injects its error."""
+    with LLM(None, kv_tokens=2048) as llm:
+        runner = llm.engine.runner
+        real = runner.prepare
+        calls = {"n": 0}
+
+        def interrupted_once(step, table):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return real(step, table)
+
+        runner.prepare = interrupted_once
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(["Tell me a story"] * 2, LONG, progress=False)
+        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        assert len(out[0].token_ids) == 2
+        assert_idle(llm.engine)

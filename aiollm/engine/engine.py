@@ -148,10 +148,12 @@ class Engine(EngineAPI):
         # that tells an Engine API caller that retrying on this engine cannot help
         self._fail_all("the engine shut down before the request finished; retry it on a "
                        "running server or engine", EngineStopped)
-        if self._loop_task and not self._loop_task.done():  # done: its event loop ended
+        if self._loop_task and not self._loop_task.done():
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        elif self._loop_task and not self._loop_task.cancelled():
+            self._loop_task.exception()  # an interrupt ended it: seen, not logged at exit
         self._executor.shutdown(wait=True)
         self._waiter.shutdown(wait=True)
         self.grammars.close()  # never waits for a compilation under way

@@ -168,11 +168,13 @@ class EngineAPI:
         if not self._accepting:
             raise Overloaded("the server is shutting down")
         if self._loop_task.done():
-            # its event loop ended without stop(): the request would wait forever
+            # its event loop ended without stop() (or an interrupt raised inside it ended
+            # it): the request would wait forever
             raise EngineStopped(
-                "the engine's step loop ended with the event loop it was started on (as "
-                "asyncio.run(engine.start()) ends it): start and use the engine in one event "
-                "loop (`async with Engine() as engine`), or await engine.start() again here")
+                "the engine's step loop has ended without Engine.stop(): the event loop it was "
+                "started on ended (as asyncio.run(engine.start()) ends it) or an interrupt "
+                "stopped it. Start and use the engine in one event loop (`async with Engine() "
+                "as engine`), or await engine.start() again to start it afresh")
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:  # stream() made outside a loop: it is iterated in one later
