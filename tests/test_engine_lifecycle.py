@@ -155,3 +155,50 @@ def test_an_interrupt_inside_the_step_loop_leaves_the_offline_llm_usable():
         out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
         assert len(out[0].token_ids) == 2
         assert_idle(llm.engine)
+
+
+def test_stop_waits_for_the_model_thread_without_blocking_the_loop(loop):
+    """stop() waits for the forward on the model thread to end (a long CPU prefill takes
+    seconds; here a launch held 2 s at the runner boundary); it did so on the event loop's
+    own thread, so every other task on that loop (a server's handlers, another engine, the
+    aborted requests' waiters) froze until the forward ended."""
+    import threading
+    import time
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        runner = eng.runner
+        real = runner.launch
+        launched = threading.Event()
+
+        def slow_launch(inputs):
+            launched.set()
+            time.sleep(2.0)
+            return real(inputs)
+
+        runner.launch = slow_launch
+        gen = asyncio.ensure_future(eng.generate("Hello", SamplingParams(max_tokens=4)))
+        while not launched.is_set():
+            await asyncio.sleep(0.01)
+        ticks = []
+
+        async def ticker():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        tick = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await eng.stop()
+        t1 = time.monotonic()
+        tick.cancel()
+        inside = [t0] + [t for t in ticks if t0 < t < t1] + [t1]
+        with pytest.raises(EngineStopped):
+            await gen
+        return t1 - t0, max(b - a for a, b in zip(inside, inside[1:]))
+
+    took, longest_gap = run(loop, go())
+    assert took > 1.0  # the forward was still running when stop() began
+    assert longest_gap < 0.5, (took, longest_gap)

@@ -154,8 +154,10 @@ class Engine(EngineAPI):
                 await self._loop_task
         elif self._loop_task and not self._loop_task.cancelled():
             self._loop_task.exception()  # an interrupt ended it: seen, not logged at exit
-        self._executor.shutdown(wait=True)
-        self._waiter.shutdown(wait=True)
+        # the model thread may be inside a forward (a long CPU prefill takes seconds): wait
+        # for it off the loop, which goes on serving meanwhile (it was blocked until then)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self._waiter.shutdown, wait=True)
         self.grammars.close()  # never waits for a compilation under way
         if self.ranks is not None:
             self.ranks.stop()
