@@ -9,6 +9,7 @@ your own).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
@@ -31,8 +32,8 @@ class LLM:
 
     def _generate(self, prompts, params, progress, batch_name: str) -> list[RequestOutput]:
         self._check_open()
-        return self._loop.run_until_complete(
-            self.engine.generate_batch(prompts, params, progress=progress, batch_name=batch_name))
+        return self._run(self.engine.generate_batch(prompts, params, progress=progress,
+                                                    batch_name=batch_name))
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict],
              params: SamplingParams | None = None, progress: bool = True) -> list[RequestOutput]:
@@ -62,6 +63,23 @@ class LLM:
                 raise e.within(f"conversations[{i}]") from e
         # one too long for the context is named as the caller knows it: conversations[i]
         return self._generate(prompts, params, progress, "conversations")
+
+    def _run(self, coro):
+        """coro run to completion on the LLM's loop. Interrupted (Ctrl-C in a notebook), its
+        requests are aborted before the interrupt goes on: they held their table slots and
+        KV, and ran on inside the next call, for results nobody would read. An interrupt
+        that lands in the engine's step loop ends it: the engine is started again (the next
+        call raised EngineStopped)."""
+        task = self._loop.create_task(coro)
+        try:
+            return self._loop.run_until_complete(task)
+        except BaseException:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    self._loop.run_until_complete(task)
+            self._loop.run_until_complete(self.engine.start())  # a no-op unless it ended
+            raise
 
     def _check_open(self) -> None:
         if self._loop.is_closed():  # else asyncio's "Event loop is closed", and a warning

@@ -88,6 +88,13 @@ class SamplingParams:
     constraint: Constraint | None = None
 
     def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Raise InvalidRequest naming the first bad field and its value. Run at
+        construction, and again by the Engine at submission: the fields stay assignable
+        (p.temperature = -1 after SamplingParams() skipped every check, and reached the
+        sampler as it was)."""
         def bad(name: str, why: str) -> InvalidRequest:
             return InvalidRequest(f"{name} {why}, got {getattr(self, name)!r}", param=name)
 

@@ -387,11 +387,13 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
         SamplingParams(skip_special_tokens="no")
     assert e.value.param == "skip_special_tokens"
     # a field set wrong after the checks fails the submission before it takes a table slot
-    # (the detokenizer refused it after the slot was taken, which then stayed in use)
+    # (the detokenizer refused it after the slot was taken, which then stayed in use), and
+    # names the field (test_engine_lifecycle.py checks the others)
     params = SamplingParams()
     params.skip_special_tokens = "no"
-    with pytest.raises(TypeError):
+    with pytest.raises(InvalidRequest) as e:
         engine.stream("hi", params)
+    assert e.value.param == "skip_special_tokens"
     assert_all_free(engine)
 
 

@@ -73,9 +73,13 @@ class Engine(EngineAPI, HandOut):
 
     async def start(self) -> None:
         """Load the model (on a worker thread) and start the loop; a no-op once started.
-        Raises what loading raises (OSError / ValueError: model or tokenizer unreadable)."""
+        Raises what loading raises (OSError / ValueError: model or tokenizer unreadable).
+        An engine whose event loop ended without stop() (asyncio.run(engine.start())) is
+        stopped and started afresh on this loop."""
         if self._started:
-            return
+            if not self._loop_task.done():
+                return
+            await self.stop()
         # loading takes seconds to minutes: keep the event loop free meanwhile
         self._event_loop = asyncio.get_running_loop()
         try:
@@ -144,12 +148,16 @@ class Engine(EngineAPI, HandOut):
         # that tells an Engine API caller that retrying on this engine cannot help
         self._fail_all("the engine shut down before the request finished; retry it on a "
                        "running server or engine", EngineStopped)
-        if self._loop_task:
+        if self._loop_task and not self._loop_task.done():
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
-        self._executor.shutdown(wait=True)
-        self._waiter.shutdown(wait=True)
+        elif self._loop_task and not self._loop_task.cancelled():
+            self._loop_task.exception()  # an interrupt ended it: seen, not logged at exit
+        # the model thread may be inside a forward (a long CPU prefill takes seconds): wait
+        # for it off the loop, which goes on serving meanwhile (it was blocked until then)
+        await asyncio.to_thread(self._executor.shutdown, wait=True)
+        await asyncio.to_thread(self._waiter.shutdown, wait=True)
         self.grammars.close()  # never waits for a compilation under way
         if self.ranks is not None:
             self.ranks.stop()

@@ -3,8 +3,9 @@ stream, chat, generate_batch, tokenize (engine.py holds the rest of Engine: its 
 and the step loop).
 
 A request is checked here, at the edge, before anything is held: a usage error (not
-started) raises RuntimeError, bad input InvalidRequest naming the field, a full queue or a
-shutdown Overloaded, a stopped engine EngineStopped. The checks of the prompt and params
+started, or a call from another event loop than the engine's) raises RuntimeError, bad input
+InvalidRequest naming the field, a full queue or a shutdown Overloaded, a stopped engine (or
+one whose event loop ended under it) EngineStopped. The checks of the prompt and params
 themselves and the table writes are submission.py's.
 """
 
@@ -167,6 +168,22 @@ class EngineAPI:
                                 "was submitted); it takes no request until started again")
         if not self._accepting:
             raise Overloaded("the server is shutting down")
+        if self._loop_task.done():
+            # its event loop ended without stop() (or an interrupt raised inside it ended
+            # it): the request would wait forever
+            raise EngineStopped(
+                "the engine's step loop has ended without Engine.stop(): the event loop it was "
+                "started on ended (as asyncio.run(engine.start()) ends it) or an interrupt "
+                "stopped it. Start and use the engine in one event loop (`async with Engine() "
+                "as engine`), or await engine.start() again to start it afresh")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # stream() made outside a loop: it is iterated in one later
+            running = None
+        if running is not None and running is not self._event_loop:
+            raise RuntimeError(
+                "the engine runs on another event loop than this call's: call it from the "
+                "loop that started it (from another thread: asyncio.run_coroutine_threadsafe)")
 
     def _checked(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """The prompt's token ids, once the engine takes requests and the prompt and params
@@ -174,6 +191,7 @@ class EngineAPI:
         self._check_accepting()
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
+        params.check()  # again: a field may have been set since it was made
         ids = self.tokenize(prompt)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         return ids

@@ -1,0 +1,204 @@
+"""The Engine's life cycle as a Python user meets it: event loops that end under it or are
+not its own, interrupted offline batches, parameters changed after they were checked.
+Each test checks that nothing stays held afterwards (table slots, KV, req_to_token rows,
+prefix-cache locks, asyncio tasks)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from aiollm import LLM, Engine, SamplingParams
+from aiollm.errors import EngineStopped, InvalidRequest
+from conftest import run
+
+LONG = SamplingParams(max_tokens=400, ignore_eos=True)
+
+
+def assert_idle(eng: Engine) -> None:
+    """Nothing held by a request: what an idle engine shows (the prefix cache may keep
+    unlocked prefixes; they are evictable, not used)."""
+    s = eng.stats()
+    assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
+    assert eng.req_to_token.n_free_rows == eng.req_to_token.rows
+    assert not eng._requests
+    if eng.prefix_cache is not None:
+        assert eng.prefix_cache.tree.protected == 0
+        assert eng.kv_pool.n_used == eng.prefix_cache.size
+
+
+def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
+    """asyncio.run(engine.start()) ends the loop the engine's step loop runs on; a request
+    made later (in the next asyncio.run) waited forever: the engine still took it, and no
+    loop was left to serve it. It raises EngineStopped saying why, and start() on the new
+    loop starts the engine afresh."""
+    eng = Engine(None, kv_tokens=1024)
+    asyncio.run(eng.start())
+    params = SamplingParams(max_tokens=3, temperature=0)
+
+    async def after():
+        with pytest.raises(EngineStopped, match="step loop has ended"):
+            await asyncio.wait_for(eng.generate("Hello", params), 30)
+        with pytest.raises(EngineStopped, match="step loop has ended"):
+            eng.stream("Hello", params)
+        await eng.start()
+        out = await asyncio.wait_for(eng.generate("Hello", params), 60)
+        assert_idle(eng)
+        await eng.stop()
+        return out
+
+    assert len(asyncio.run(after()).token_ids) == 3
+
+
+def test_a_call_from_another_event_loop_is_a_usage_error(loop):
+    """An engine serves the loop it was started on: a request from another loop (another
+    thread's asyncio.run) was taken, and its waiter then hung or woke on the wrong loop."""
+    import threading
+
+    async def start():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        return eng
+
+    eng = run(loop, start())
+    errors = []
+
+    def other_thread():
+        async def call():
+            await eng.generate("Hello", SamplingParams(max_tokens=2))
+        try:
+            asyncio.run(asyncio.wait_for(call(), 30))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(60)
+    try:
+        assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
+        assert "another event loop" in str(errors[0])
+        assert_idle(eng)
+    finally:
+        run(loop, eng.stop())
+
+
+def test_an_interrupted_offline_batch_holds_nothing():
+    """Ctrl-C during LLM.generate (a notebook's interrupt) left the batch's requests in the
+    LLM's loop: they held their table slots and KV and ran on inside the next call. The
+    interrupt is a KeyboardInterrupt raised from a callback of the loop, as the default
+    SIGINT handler raises it between two of the loop's callbacks."""
+    def interrupt():
+        raise KeyboardInterrupt
+
+    with LLM(None, kv_tokens=2048) as llm:
+        llm._loop.call_later(1.0, interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(["Tell me a story"] * 4, LONG, progress=False)
+        assert_idle(llm.engine)
+        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        assert len(out) == 1 and len(out[0].token_ids) == 2
+        assert_idle(llm.engine)
+        assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
+
+
+@pytest.fixture(scope="module")
+def engine(loop):
+    eng = Engine(None, kv_tokens=2048)
+    loop.run_until_complete(eng.start())
+    yield eng
+    loop.run_until_complete(eng.stop())
+
+
+@pytest.mark.parametrize("field, value", [
+    ("temperature", -1.0), ("top_p", 0.0), ("top_k", 0), ("min_p", 2.0),
+    ("repetition_penalty", 0.0), ("presence_penalty", 5.0), ("max_tokens", 0),
+    ("logprobs", 100), ("seed", -5)])
+def test_a_field_set_after_the_params_were_made_is_checked(loop, engine, field, value):
+    """SamplingParams checks its fields when it is made, but they stay assignable: a bad
+    value set afterwards reached the sampler unchecked (min_p=2 generated token 0 over and
+    over, max_tokens=0 an empty "length" output). The engine checks them again."""
+    params = SamplingParams(max_tokens=4)
+    setattr(params, field, value)
+
+    async def go():
+        with pytest.raises(InvalidRequest, match=f"{field}.*{value!r}") as e1:
+            await engine.generate("Hello", params)
+        with pytest.raises(InvalidRequest, match=f"{field}.*{value!r}") as e2:
+            engine.stream("Hello", params)
+        return e1.value, e2.value
+
+    for e in run(loop, go()):
+        assert e.param == field
+    assert_idle(engine)
+
+
+def test_an_interrupt_inside_the_step_loop_leaves_the_offline_llm_usable():
+    """A Ctrl-C that lands while the engine's step loop runs Python code (planning a step,
+    handing out tokens) ends that loop's task: every later LLM.generate waited forever
+    (EngineStopped once the engine checks its loop). Injected at the runner boundary, as
+    test_loop_error_fails_in_flight_requests_and_keeps_serving injects its error."""
+    with LLM(None, kv_tokens=2048) as llm:
+        runner = llm.engine.runner
+        real = runner.prepare
+        calls = {"n": 0}
+
+        def interrupted_once(step, table):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return real(step, table)
+
+        runner.prepare = interrupted_once
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(["Tell me a story"] * 2, LONG, progress=False)
+        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        assert len(out[0].token_ids) == 2
+        assert_idle(llm.engine)
+
+
+def test_stop_waits_for_the_model_thread_without_blocking_the_loop(loop):
+    """stop() waits for the forward on the model thread to end (a long CPU prefill takes
+    seconds; here a launch held 2 s at the runner boundary); it did so on the event loop's
+    own thread, so every other task on that loop (a server's handlers, another engine, the
+    aborted requests' waiters) froze until the forward ended."""
+    import threading
+    import time
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        runner = eng.runner
+        real = runner.launch
+        launched = threading.Event()
+
+        def slow_launch(inputs):
+            launched.set()
+            time.sleep(2.0)
+            return real(inputs)
+
+        runner.launch = slow_launch
+        gen = asyncio.ensure_future(eng.generate("Hello", SamplingParams(max_tokens=4)))
+        while not launched.is_set():
+            await asyncio.sleep(0.01)
+        ticks = []
+
+        async def ticker():
+            while True:
+                ticks.append(time.monotonic())
+                await asyncio.sleep(0.01)
+
+        tick = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0.05)
+        t0 = time.monotonic()
+        await eng.stop()
+        t1 = time.monotonic()
+        tick.cancel()
+        inside = [t0] + [t for t in ticks if t0 < t < t1] + [t1]
+        with pytest.raises(EngineStopped):
+            await gen
+        return t1 - t0, max(b - a for a, b in zip(inside, inside[1:]))
+
+    took, longest_gap = run(loop, go())
+    assert took > 1.0  # the forward was still running when stop() began
+    assert longest_gap < 0.5, (took, longest_gap)
