@@ -18,6 +18,14 @@ def _held(event: threading.Event) -> str:
     return "held"
 
 
+async def _until(condition, limit: float = 20.0) -> None:
+    """Polls condition() every 10 ms; fails the test after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "the compile threads never reached the state"
+        await asyncio.sleep(0.01)
+
+
 def test_time_in_the_queue_is_not_the_grammars():
     """A grammar's deadline counts from the start of its compilation: one queued behind a
     slow compilation got only what was left of its deadline when a thread took it (here
@@ -54,8 +62,15 @@ def test_a_grammar_no_thread_started_is_overloaded():
         # the slow ones, the first past its deadline and the second running, take all the
         # room there is (a thread and one overdue), then both run past their deadlines
         threads = CompileThreads(1.0, threads=1, max_overdue=1)
-        slow = [asyncio.ensure_future(threads.run(i, _held, release)) for i in range(2)]
-        await asyncio.sleep(0.2)
+        slow = [asyncio.ensure_future(threads.run(0, _held, release))]
+        # the second joins the queue 0.3 s after the first started, so the slot takes it
+        # (at the first's deadline) before its own second in the queue runs out, even with
+        # the 2-core CI machine's thread wake-ups lagging (both joining at once raced)
+        await _until(lambda: threads._busy == 1)
+        await asyncio.sleep(0.3)
+        slow.append(asyncio.ensure_future(threads.run(1, _held, release)))
+        await asyncio.sleep(0.05)
+        assert len(threads._queue) == 1 and not threads._overdue
         t0 = time.monotonic()
         with pytest.raises(Overloaded, match="no compile thread was free within 1 s"):
             await threads.run("queued", lambda: "queued")
