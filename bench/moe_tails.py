@@ -1,0 +1,265 @@
+"""What an expert's last, mostly empty block costs the fused-MoE grouped GEMMs (GPU), and the
+tile forms offered for it.
+
+Each expert's pairs are padded to a multiple of BLOCK_M, so with random routing about half the
+experts of Qwen3-30B-A3B at 4,096 tokens (256 pairs each on average) end in a block of a few
+pairs. Such a tile loads as many weight tiles as a full one. This script times each GEMM alone
+and the whole experts part, replayed from CUDA graphs, in interleaved rounds (medians), under
+three routings at the Qwen3-30B-A3B shape (random bf16 weights):
+
+- random: softmax top-8 of random logits, 4,096 tokens (the bench/moe.py layer's routing);
+- balanced: every expert exactly 256 pairs (4,096 tokens): no partial block at all;
+- tails: every expert exactly 264 pairs (4,224 tokens): every expert ends in 8 pairs,
+
+with the H200's tuned configs of the 4,096-token class and these tail forms on top of them:
+WIDE (a tail block as a half-height tile over two N-blocks), MERGE (the tail computed by the
+expert's previous block, sharing its weight tiles), and down GEMMs whose shared memory lets
+two programs share a multiprocessor. cuBLAS's batched GEMM on the balanced routing (no
+gather, no padding) is the comparator. The layer's FLOPs over this run's dense bf16 matmul
+rate give the compute roofline. nvidia-smi samples the SM clock during sustained runs of the
+dense matmul and of the experts part. Writes bench/results/moe-tails-DATE-DEVICE-COMMIT.json.
+
+    python bench/moe_tails.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import triton.testing
+
+from aiollm.kernels.fused_moe import _grouped
+from aiollm.kernels.fused_moe_gemm import _gate_up, _gemm
+from aiollm.kernels.moe_align import moe_align_triton, moe_route_triton
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commit import tree_commit  # noqa: E402
+from gpu_clocks import sampler_command  # noqa: E402
+
+E, K_TOP, H, I = 128, 8, 2048, 768
+# the H200's configs of the 4,096-token class (aiollm/kernels/configs/NVIDIA_H200.json)
+UP = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "FUSED": 2, "GROUP_M": 8, "SPLIT": 1,
+      "TMA": 1, "num_stages": 4, "num_warps": 8}
+DOWN = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT": 1, "TMA": 1,
+        "num_stages": 4, "num_warps": 8}
+UP_FORMS = {"tuned": UP, "wide": {**UP, "WIDE": 1}, "merge": {**UP, "MERGE": 1},
+            "wide+merge": {**UP, "WIDE": 1, "MERGE": 1}}
+# two programs a multiprocessor: 128 x 128 tiles, 4 warps, 3 stages of 32 KiB
+DOWN_2CTA = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT": 1, "TMA": 1,
+             "num_stages": 3, "num_warps": 4}
+DOWN_FORMS = {"tuned": DOWN, "wide": {**DOWN, "WIDE": 1}, "merge": {**DOWN, "MERGE": 1},
+              "wide+merge": {**DOWN, "WIDE": 1, "MERGE": 1}, "2cta": DOWN_2CTA,
+              "2cta+wide": {**DOWN_2CTA, "WIDE": 1}, "2cta-s2": {**DOWN_2CTA, "num_stages": 2}}
+
+
+def routing(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(topk_weights [T, 8] float32, topk_ids [T, 8] int32) of one routing kind."""
+    if kind == "random":
+        logits = torch.randn(4096, E, device="cuda", generator=gen)
+        return moe_route_triton(logits, K_TOP, True)
+    per = {"balanced": 256, "tails": 264}[kind]
+    T = E * per // K_TOP
+    # token t's k-th expert: (t + k * T / 8) // (T / 8) ... spread so that a token's eight
+    # experts differ: the labels sorted, token t takes positions t, t + T, ..., t + 7T
+    labels = torch.arange(E, device="cuda").repeat_interleave(per)
+    ids = labels.view(K_TOP, T).t().contiguous()
+    perm = torch.randperm(T, device="cuda", generator=gen)
+    ids = ids[perm].to(torch.int32)
+    assert all((ids[:, a] != ids[:, b]).all() for a in range(K_TOP) for b in range(a))
+    w = torch.softmax(torch.randn(T, K_TOP, device="cuda", generator=gen), dim=1)
+    return w, ids
+
+
+def graph_of(fn) -> torch.cuda.CUDAGraph:
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g
+
+
+def replay_ms(g: torch.cuda.CUDAGraph) -> float:
+    return float(triton.testing.do_bench(g.replay, warmup=10, rep=100, return_mode="median"))
+
+
+def sustained(fn, seconds: float = 1.5) -> tuple[float, float]:
+    """Runs fn back to back for about `seconds`: (start, end) in time.time()."""
+    torch.cuda.synchronize()
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+    return t0, time.time()
+
+
+def clocks_between(path: str, t0: float, t1: float) -> dict:
+    """Median SM clock (MHz) and power (W) of nvidia-smi's samples in [t0, t1]."""
+    from datetime import datetime
+    mhz, watts = [], []
+    for line in open(path):
+        p = [x.strip() for x in line.split(",")]
+        try:
+            ts = datetime.strptime(p[0], "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            if t0 + 0.2 <= ts <= t1:
+                mhz.append(float(p[1]))
+                watts.append(float(p[2]))
+        except (ValueError, IndexError):
+            continue
+    if not mhz:
+        return {}
+    return {"sm_mhz": statistics.median(mhz), "power_w": statistics.median(watts),
+            "samples": len(mhz)}
+
+
+@torch.inference_mode()
+def _warm(forms: list[tuple[str, dict]]) -> int:
+    """Compiles the kernels of `forms` (Triton's disk cache is shared) at a small routing."""
+    dt = torch.bfloat16
+    x = torch.randn(64, H, device="cuda", dtype=dt)
+    tw, ids = moe_route_triton(torch.randn(64, E, device="cuda"), K_TOP, True)
+    aligned = moe_align_triton(ids, E, 128)
+    w13 = torch.zeros(E, 2 * I, H, device="cuda", dtype=dt)
+    w2 = torch.zeros(E, H, I, device="cuda", dtype=dt)
+    act = torch.zeros(64 * K_TOP, I, device="cuda", dtype=dt)
+    y = torch.empty(64 * K_TOP, H, device="cuda", dtype=dt)
+    for kind, cfg in forms:
+        if kind == "up":
+            _gate_up(x, w13, aligned, tw, K_TOP, cfg)
+        else:
+            _gemm(act, w2, y, aligned, tw, 1, False, True, cfg)
+    torch.cuda.synchronize()
+    return len(forms)
+
+
+def warm(workers: int) -> None:
+    import multiprocessing
+    forms = [("up", c) for c in UP_FORMS.values()] + [("down", c) for c in DOWN_FORMS.values()]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        pool.map(_warm, [[f] for f in forms])
+
+
+@torch.inference_mode()
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out-dir", default="bench/results")
+    ap.add_argument("--warm", type=int, default=0, metavar="N",
+                    help="compile the forms in N processes first")
+    args = ap.parse_args()
+    assert torch.cuda.is_available(), "a GPU benchmark"
+    if args.warm:
+        t0 = time.time()
+        warm(args.warm)
+        print(f"compiled the forms in {time.time() - t0:.0f} s")
+    dev, dt = "cuda", torch.bfloat16
+    gen = torch.Generator(device=dev).manual_seed(0)
+    w13 = (torch.randn(E, 2 * I, H, device=dev, generator=gen) * 0.02).to(dt)
+    w2 = (torch.randn(E, H, I, device=dev, generator=gen) * 0.02).to(dt)
+    csv = tempfile.mktemp(suffix=".csv")
+    sampler = subprocess.Popen(sampler_command(csv, 100), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    report = {"bench": "moe-tails", "date": str(date.today()),
+              "device": torch.cuda.get_device_name(), "commit": tree_commit(),
+              "up_forms": UP_FORMS, "down_forms": DOWN_FORMS, "cases": {}}
+    try:
+        a = torch.randn(8192, 8192, device=dev, dtype=dt)
+        b = torch.randn(8192, 8192, device=dev, dtype=dt)
+        mm_ms = float(triton.testing.do_bench(lambda: a @ b, warmup=25, rep=200,
+                                              return_mode="median"))
+        report["matmul_tflops"] = 2 * 8192**3 / mm_ms / 1e9
+        report["matmul_clocks"] = clocks_between(csv, *sustained(lambda: a @ b))
+        del a, b
+        print(f"matmul {report['matmul_tflops']:.0f} TFLOP/s, {report['matmul_clocks']}")
+        for kind in ("random", "balanced", "tails"):
+            tw, ids = routing(kind, gen)
+            T = ids.shape[0]
+            x = torch.randn(T, H, device=dev, dtype=dt, generator=gen) * 0.5
+            aligned = moe_align_triton(ids, E, 128)
+            padded = int(aligned.num_padded[0])
+            act = torch.randn(T * K_TOP, I, device=dev, dtype=dt, generator=gen)
+            y = torch.empty(T * K_TOP, H, device=dev, dtype=dt)
+            ref_up = _gate_up(x, w13, aligned, tw, K_TOP, UP)
+            _gemm(act, w2, y, aligned, tw, 1, False, True, DOWN)
+            ref_down = y.clone()
+            graphs, diffs = {}, {}
+            for name, cfg in UP_FORMS.items():
+                out = _gate_up(x, w13, aligned, tw, K_TOP, cfg)
+                diffs[f"up-{name}"] = (out.float() - ref_up.float()).abs().max().item()
+                graphs[f"up-{name}"] = graph_of(lambda c=cfg: _gate_up(x, w13, aligned, tw,
+                                                                       K_TOP, c))
+            for name, cfg in DOWN_FORMS.items():
+                y.zero_()
+                _gemm(act, w2, y, aligned, tw, 1, False, True, cfg)
+                diffs[f"down-{name}"] = (y.float() - ref_down.float()).abs().max().item()
+                graphs[f"down-{name}"] = graph_of(
+                    lambda c=cfg: _gemm(act, w2, y, aligned, tw, 1, False, True, c))
+            layer = {"tuned": (UP, DOWN), "wide": (UP_FORMS["wide"], DOWN_FORMS["wide"]),
+                     "merge": (UP_FORMS["merge"], DOWN_FORMS["merge"]),
+                     "wide+merge": (UP_FORMS["wide+merge"], DOWN_FORMS["wide+merge"]),
+                     "wide, 2cta+wide down": (UP_FORMS["wide"], DOWN_FORMS["2cta+wide"])}
+            base_out = _grouped(x, w13, w2, tw, ids, 0, layer["tuned"])
+            for name, cfgs in layer.items():
+                out = _grouped(x, w13, w2, tw, ids, 0, cfgs)
+                diffs[f"layer-{name}"] = (out.float() - base_out.float()).abs().max().item()
+                graphs[f"layer-{name}"] = graph_of(
+                    lambda c=cfgs: _grouped(x, w13, w2, tw, ids, 0, c))
+            if kind == "balanced":  # cuBLAS, no gather and no padding: rows already by expert
+                xs = torch.randn(E, 256, H, device=dev, dtype=dt, generator=gen)
+                hs = torch.empty(E, 256, 2 * I, device=dev, dtype=dt)
+                acts = torch.randn(E, 256, I, device=dev, dtype=dt, generator=gen)
+                ys = torch.empty(E, 256, H, device=dev, dtype=dt)
+                graphs["cublas-bmm-up"] = graph_of(
+                    lambda: torch.bmm(xs, w13.transpose(1, 2), out=hs))
+                graphs["cublas-bmm-down"] = graph_of(
+                    lambda: torch.bmm(acts, w2.transpose(1, 2), out=ys))
+            times = {n: [] for n in graphs}
+            for _ in range(args.rounds):
+                for n, g in graphs.items():
+                    times[n].append(replay_ms(g))
+            flops_up = 2 * T * K_TOP * 2 * I * H
+            flops_down = 2 * T * K_TOP * I * H
+            case = {"tokens": T, "padded_rows": padded, "max_abs_diff": diffs,
+                    "median_ms": {n: statistics.median(v) for n, v in times.items()},
+                    "rounds_ms": times}
+            case["tflops_on_pairs"] = {
+                n: (flops_up if n.startswith("up-") or n.endswith("-up") else
+                    flops_down if n.startswith("down-") or n.endswith("-down") else
+                    flops_up + flops_down) / ms / 1e9
+                for n, ms in case["median_ms"].items()}
+            roof = (flops_up + flops_down) / (report["matmul_tflops"] * 1e9)
+            case["layer_compute_roofline_ms"] = roof
+            case["clocks"] = {n: clocks_between(csv, *sustained(graphs[n].replay))
+                              for n in ("layer-tuned", "layer-wide")}
+            report["cases"][kind] = case
+            print(f"== {kind}: {T} tokens, {padded} padded rows, compute roofline "
+                  f"{roof:.4f} ms (experts' GEMMs only)")
+            for n, ms in case["median_ms"].items():
+                print(f"  {n:28s} {ms:8.4f} ms  {case['tflops_on_pairs'][n]:6.0f} TFLOP/s "
+                      f"on pairs  diff {diffs.get(n, 0):.4g}")
+            print(f"  clocks {case['clocks']}")
+            del graphs
+            torch.cuda.empty_cache()
+    finally:
+        sampler.terminate()
+        os.unlink(csv) if os.path.exists(csv) else None
+    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+    out = Path(args.out_dir) / (f"moe-tails-{date.today()}-"
+                                f"{report['device'].replace(' ', '-')}-{report['commit']}.json")
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
