@@ -286,7 +286,7 @@ def _moe_gemm_kernel(
     if SPLIT > 0 or MERGE or WIDE:
         used = tl.sum((tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M)) < num_pairs)
                       .to(tl.int32), 0)
-    take_tail = False
+    take_tail = False  # Triton 3.6 compiles the branch below anyway: its TAIL is 0 then
     if MERGE:
         # an expert's last block of at most BLOCK_M / 2 pairs after a block of its own is
         # computed by that block's program, as TAIL rows of its tile: the expert's weight
@@ -304,7 +304,7 @@ def _moe_gemm_kernel(
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
-                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, BLOCK_M // 2)
+                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, MERGE * (BLOCK_M // 2))
     elif used > BLOCK_M // 2:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
