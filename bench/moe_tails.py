@@ -53,21 +53,17 @@ UP = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "FUSED": 2, "GROUP_M": 8, "
 DOWN = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT": 1, "TMA": 1,
         "num_stages": 4, "num_warps": 8}
 # WIDE and MERGE tiles hold more in shared memory a stage (WIDE at 4 stages asked for 288 KiB,
-# past the 227 KiB a block may use), so they run 3 stages; the tuned configs at 3 stages too
-UP_FORMS = {"tuned": UP, "tuned-s3": {**UP, "num_stages": 3},
-            "wide-s3": {**UP, "WIDE": 1, "num_stages": 3},
-            "merge-s3": {**UP, "MERGE": 1, "num_stages": 3}}
+# past the 227 KiB a block may use): 3 stages, or (WIDE 2) the wide tiles' K tile halved
+UP_FORMS = {"tuned": UP, "wide-s3": {**UP, "WIDE": 1, "num_stages": 3},
+            "wide-half-k": {**UP, "WIDE": 2}, "merge-s3": {**UP, "MERGE": 1, "num_stages": 3}}
 # two programs a multiprocessor: 128 x 128 tiles, 4 warps, 3 stages of 32 KiB
 DOWN_2CTA = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT": 1, "TMA": 1,
              "num_stages": 3, "num_warps": 4}
-DOWN_FORMS = {"tuned": DOWN, "tuned-s3": {**DOWN, "num_stages": 3},
+DOWN_FORMS = {"tuned": DOWN, "wide-half-k": {**DOWN, "WIDE": 2},
               "wide-s3": {**DOWN, "WIDE": 1, "num_stages": 3},
-              "merge-s3": {**DOWN, "MERGE": 1, "num_stages": 3}, "2cta": DOWN_2CTA,
-              "2cta+wide": {**DOWN_2CTA, "WIDE": 1}, "2cta-s2": {**DOWN_2CTA, "num_stages": 2}}
-LAYERS = {"tuned": ("tuned", "tuned"), "tuned-s3": ("tuned-s3", "tuned-s3"),
-          "wide-s3": ("wide-s3", "wide-s3"), "merge-s3": ("merge-s3", "merge-s3"),
-          "tuned, 2cta+wide down": ("tuned", "2cta+wide"),
-          "wide-s3, 2cta+wide down": ("wide-s3", "2cta+wide")}
+              "merge-s3": {**DOWN, "MERGE": 1, "num_stages": 3}, "2cta": DOWN_2CTA}
+LAYERS = {"tuned": ("tuned", "tuned"), "wide-half-k up": ("wide-half-k", "tuned"),
+          "wide-half-k both": ("wide-half-k", "wide-half-k")}
 
 
 def routing(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,9 +188,9 @@ def main() -> None:
         mm_ms = float(triton.testing.do_bench(lambda: a @ b, warmup=25, rep=200,
                                               return_mode="median"))
         report["matmul_tflops"] = 2 * 8192**3 / mm_ms / 1e9
-        report["matmul_clocks"] = clocks_between(csv, *sustained(lambda: a @ b))
+        windows = {"matmul": sustained(lambda: a @ b)}  # clocks read once nvidia-smi ends
         del a, b
-        print(f"matmul {report['matmul_tflops']:.0f} TFLOP/s, {report['matmul_clocks']}")
+        print(f"matmul {report['matmul_tflops']:.0f} TFLOP/s")
         for kind in ("random", "balanced", "tails"):
             tw, ids = routing(kind, gen)
             T = ids.shape[0]
@@ -255,19 +251,22 @@ def main() -> None:
                 for n, ms in case["median_ms"].items()}
             roof = (flops_up + flops_down) / (report["matmul_tflops"] * 1e9)
             case["layer_compute_roofline_ms"] = roof
-            case["clocks"] = {n: clocks_between(csv, *sustained(graphs[n].replay))
-                              for n in ("layer-tuned", "layer-wide-s3") if n in graphs}
+            for n in ("layer-tuned", "layer-wide-half-k up"):
+                if n in graphs:
+                    windows[f"{kind} {n}"] = sustained(graphs[n].replay)
             report["cases"][kind] = case
             print(f"== {kind}: {T} tokens, {padded} padded rows, compute roofline "
                   f"{roof:.4f} ms (experts' GEMMs only)")
             for n, ms in case["median_ms"].items():
                 print(f"  {n:28s} {ms:8.4f} ms  {case['tflops_on_pairs'][n]:6.0f} TFLOP/s "
                       f"on pairs  diff {diffs.get(n, 0):.4g}")
-            print(f"  clocks {case['clocks']}")
             del graphs
             torch.cuda.empty_cache()
     finally:
         sampler.terminate()
+        sampler.wait()
+        report["clocks"] = {n: clocks_between(csv, *w) for n, w in windows.items()}
+        print(f"SM clocks and power (median of nvidia-smi samples): {report['clocks']}")
         os.unlink(csv) if os.path.exists(csv) else None
     Path(args.out_dir).mkdir(parents=True, exist_ok=True)
     out = Path(args.out_dir) / (f"moe-tails-{date.today()}-"

@@ -218,6 +218,8 @@ MERGE = {"paired": ({**SMALL[0], "FUSED": 2, "MERGE": 1}, {**SMALL[1], "MERGE": 
          "wide": ({**SMALL[0], "FUSED": 2, "WIDE": 1}, {**SMALL[0], "WIDE": 1}),
          "wide-tma-unfused": ({**SMALL[0], "FUSED": 0, "TMA": 1, "WIDE": 1},
                               {**SMALL[0], "TMA": 1, "WIDE": 1}),
+         "wide-half-k": ({**SMALL[0], "FUSED": 2, "TMA": 1, "WIDE": 2},
+                         {**SMALL[0], "TMA": 1, "WIDE": 2, "BLOCK_K": 32}),
          "wide-merge": ({**SMALL[0], "FUSED": 2, "TMA": 1, "WIDE": 1, "MERGE": 1},
                         {**SMALL[0], "TMA": 1, "WIDE": 1, "MERGE": 1})}
 

@@ -259,14 +259,14 @@ def _moe_tile(
 
 @triton.jit(do_not_specialize=["num_pairs", "num_blocks_m"])
 def _moe_gemm_kernel(
-    A, B, BDesc, C, SortedIds, ExpertIds, NumPadded, TopkWeights, RowMap,
+    A, B, BDesc, BDescW, C, SortedIds, ExpertIds, NumPadded, TopkWeights, RowMap,
     N, K, num_pairs, num_blocks_m,
     stride_am, stride_be, stride_bn, stride_cm, up_offset,
     A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
     ROW_MAP: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE: tl.constexpr, WIDE: tl.constexpr, PRECISION: tl.constexpr,
+    MERGE: tl.constexpr, WIDE: tl.constexpr, WIDE_K: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -312,13 +312,14 @@ def _moe_gemm_kernel(
                   BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
     elif WIDE:
         # a block of at most BLOCK_M / 2 pairs: a tile of half the height over two N-blocks
-        # (the even one's program), so the tail's A tiles serve twice the weight columns
+        # (the even one's program), so the tail's A tiles serve twice the weight columns;
+        # its K tile is WIDE_K (BDescW's boxes), so that its stages fit the shared memory
         if pid_n % 2 == 0:
             if pid_n + 1 < num_pid_n:
-                _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+                _moe_tile(A, B, BDescW, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                           N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm,
                           up_offset, A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K,
-                          SWAP_AB, USE_TMA, BLOCK_M // 2, BLOCK_N, BLOCK_K, PRECISION, 0, True)
+                          SWAP_AB, USE_TMA, BLOCK_M // 2, BLOCK_N, WIDE_K, PRECISION, 0, True)
             else:
                 _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                           N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm,
@@ -356,18 +357,25 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
         cfg = {**cfg, "BLOCK_K": max(16, cfg["BLOCK_K"] * 2 // a.element_size())}
     grid = (expert_ids.numel() * triton.cdiv(n, cfg["BLOCK_N"]),)
     tma = bool(cfg.get("TMA", 0))
-    merge, wide = bool(cfg.get("MERGE", 0)), bool(cfg.get("WIDE", 0))
+    merge, wide = bool(cfg.get("MERGE", 0)), cfg.get("WIDE", 0)
     if (merge or wide) and (cfg.get("SWAP_AB", 0) or fuse_silu == 1):
         raise ValueError(f"MERGE and WIDE take neither SWAP_AB nor gate/up FUSED 1: {cfg}")
-    if fuse_silu == 2:  # [2, BLOCK_N, BLOCK_K] boxes of b viewed as [experts * 2, n, k]
-        b_desc = TensorDescriptor.from_tensor(b.view(-1, n, k),
-                                              [2, cfg["BLOCK_N"], cfg["BLOCK_K"]])
-    elif tma:
-        b_desc = TensorDescriptor.from_tensor(b.view(-1, k), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
-    else:
-        b_desc = None
+    # WIDE 2: the wide tiles take half the K tile (their two weight tiles a stage would
+    # take the pipeline past the shared memory a block may use)
+    wide_k = cfg["BLOCK_K"] // 2 if wide == 2 else cfg["BLOCK_K"]
+
+    def descriptor(block_k: int):
+        if fuse_silu == 2:  # [2, BLOCK_N, BLOCK_K] boxes of b viewed as [experts * 2, n, k]
+            return TensorDescriptor.from_tensor(b.view(-1, n, k),
+                                                [2, cfg["BLOCK_N"], block_k])
+        if tma:
+            return TensorDescriptor.from_tensor(b.view(-1, k), [cfg["BLOCK_N"], block_k])
+        return None
+
+    b_desc = descriptor(cfg["BLOCK_K"])
+    b_desc_w = descriptor(wide_k) if wide_k != cfg["BLOCK_K"] else b_desc
     _moe_gemm_kernel[grid](
-        a, b, b_desc, c, sorted_ids, expert_ids, num_padded, topk_weights, row_map,
+        a, b, b_desc, b_desc_w, c, sorted_ids, expert_ids, num_padded, topk_weights, row_map,
         n, k, a.shape[0] * a_row_div, expert_ids.numel(),
         a.stride(0), b.stride(0), b.stride(1), c.stride(0), n if fuse_silu else 0,
         A_ROW_DIV=a_row_div, FUSE_SILU=int(fuse_silu), MUL_WEIGHT=mul_weight,
@@ -375,7 +383,7 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
         SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
         USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0), MERGE=merge,
-        WIDE=wide,
+        WIDE=bool(wide), WIDE_K=wide_k,
         PRECISION="ieee" if a.dtype == torch.float32 else "tf32", num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
