@@ -1,25 +1,24 @@
-"""What an expert's last, mostly empty block costs the fused-MoE grouped GEMMs (GPU), and the
-tile forms offered for it.
+"""Where the fused-MoE layer's time goes at 4,096 tokens of Qwen3-30B-A3B (GPU): the routing's
+imbalance, and the grouped GEMMs against cuBLAS.
 
-Each expert's pairs are padded to a multiple of BLOCK_M, so with random routing about half the
-experts of Qwen3-30B-A3B at 4,096 tokens (256 pairs each on average) end in a block of a few
-pairs. Such a tile loads as many weight tiles as a full one. This script times each GEMM alone
-and the whole experts part, replayed from CUDA graphs, in interleaved rounds (medians), under
-three routings at the Qwen3-30B-A3B shape (random bf16 weights):
+Each expert's pairs are padded to a multiple of BLOCK_M (128), so with random routing about
+half the experts (256 pairs each on average, 16 either side) end in a block of a few pairs,
+which runs a tile of 64 rows (SPLIT 1). This script times the GEMMs alone and the whole
+experts part (alignment, gate/up, down, top-k combine), replayed from CUDA graphs, in
+interleaved rounds (medians), under three routings (random bf16 weights):
 
 - random: softmax top-8 of random logits, 4,096 tokens (the bench/moe.py layer's routing);
 - balanced: every expert exactly 256 pairs (4,096 tokens): no partial block at all;
 - tails: every expert exactly 264 pairs (4,224 tokens): every expert ends in 8 pairs,
 
-with the H200's tuned configs of the 4,096-token class and these tail forms on top of them:
-WIDE (a tail block as a half-height tile over two N-blocks), MERGE (the tail computed by the
-expert's previous block, sharing its weight tiles), and down GEMMs whose shared memory lets
-two programs share a multiprocessor. cuBLAS's batched GEMM on the balanced routing (no
-gather, no padding) is the comparator. The layer's FLOPs over this run's dense bf16 matmul
-rate give the compute roofline. nvidia-smi samples the SM clock during sustained runs of the
-dense matmul and of the experts part. Writes bench/results/moe-tails-DATE-DEVICE-COMMIT.json.
+with the H200's tuned configs of the 4,096-token class and a few launch variants of them (the
+tile order's GROUP_M, the down GEMM's K tile). cuBLAS's batched GEMM on the balanced routing
+(no gather, no padding) is the comparator, and the layer's FLOPs over this run's dense bf16
+matmul rate the compute roofline. nvidia-smi samples the SM clock and power during sustained
+runs of the dense matmul and of the experts part. Writes
+bench/results/moe-tails-DATE-DEVICE-COMMIT.json.
 
-    python bench/moe_tails.py [--rounds 5]
+    python bench/moe_tails.py [--rounds 5] [--warm N]
 """
 
 from __future__ import annotations
@@ -52,18 +51,13 @@ UP = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "FUSED": 2, "GROUP_M": 8, "
       "TMA": 1, "num_stages": 4, "num_warps": 8}
 DOWN = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT": 1, "TMA": 1,
         "num_stages": 4, "num_warps": 8}
-# WIDE and MERGE tiles hold more in shared memory a stage (WIDE at 4 stages asked for 288 KiB,
-# past the 227 KiB a block may use): 3 stages, or (WIDE 2) the wide tiles' K tile halved
-UP_FORMS = {"tuned": UP, "wide-s3": {**UP, "WIDE": 1, "num_stages": 3},
-            "wide-half-k": {**UP, "WIDE": 2}, "merge-s3": {**UP, "MERGE": 1, "num_stages": 3}}
-# two programs a multiprocessor: 128 x 128 tiles, 4 warps, 3 stages of 32 KiB
-DOWN_2CTA = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT": 1, "TMA": 1,
-             "num_stages": 3, "num_warps": 4}
-DOWN_FORMS = {"tuned": DOWN, "wide-half-k": {**DOWN, "WIDE": 2},
-              "wide-s3": {**DOWN, "WIDE": 1, "num_stages": 3},
-              "merge-s3": {**DOWN, "MERGE": 1, "num_stages": 3}, "2cta": DOWN_2CTA}
-LAYERS = {"tuned": ("tuned", "tuned"), "wide-half-k up": ("wide-half-k", "tuned"),
-          "wide-half-k both": ("wide-half-k", "wide-half-k")}
+UP_FORMS = {"tuned": UP, "group-1": {**UP, "GROUP_M": 1}, "group-4": {**UP, "GROUP_M": 4},
+            "group-16": {**UP, "GROUP_M": 16}}
+DOWN_FORMS = {"tuned": DOWN, "group-4": {**DOWN, "GROUP_M": 4},
+              "group-16": {**DOWN, "GROUP_M": 16},
+              "k128-s2": {**DOWN, "BLOCK_K": 128, "num_stages": 2},
+              "n128-k128-s3": {**DOWN, "BLOCK_N": 128, "BLOCK_K": 128, "num_stages": 3}}
+LAYERS = {"tuned": ("tuned", "tuned")}
 
 
 def routing(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +245,7 @@ def main() -> None:
                 for n, ms in case["median_ms"].items()}
             roof = (flops_up + flops_down) / (report["matmul_tflops"] * 1e9)
             case["layer_compute_roofline_ms"] = roof
-            for n in ("layer-tuned", "layer-wide-half-k up"):
+            for n in ("layer-tuned",):
                 if n in graphs:
                     windows[f"{kind} {n}"] = sustained(graphs[n].replay)
             report["cases"][kind] = case

@@ -81,66 +81,21 @@ _LARGE_DOWN = [_c(128, 64, 8, 3), _c(128, 64, 4, 4), _c(256, 64, 8, 3), _c(64, 6
 
 
 @triton.jit
-def _tile_rows(SortedIds, RowMap, start, num_pairs, A_ROW_DIV: tl.constexpr,
-               ROW_MAP: tl.constexpr, ROWS: tl.constexpr):
-    """The pairs in slots [start, start + ROWS), whether each is one (not padding), and the
-    row of A each reads."""
-    rows = tl.load(SortedIds + start + tl.arange(0, ROWS))
-    row_ok = rows < num_pairs
-    if ROW_MAP == 2:  # A's rows by the pair's row in the compact layout (moe_align.py)
-        a_rows = tl.load(RowMap + rows, mask=row_ok, other=0).to(tl.int64)
-    else:
-        a_rows = (rows // A_ROW_DIV).to(tl.int64)
-    return rows, row_ok, a_rows
-
-
-@triton.jit
-def _tile_out(acc, acc_up, rows, row_ok, offs_n, n_ok, C, TopkWeights, RowMap, stride_cm,
-              FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr, ROW_MAP: tl.constexpr,
-              SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The epilogue of BLOCK_M pairs' rows: SiLU-and-mul, the routing weight, the store."""
-    if FUSE_SILU == 2:  # split the gate and up halves of the tile's columns (rows, swapped)
-        if SWAP_AB:
-            pair = tl.permute(tl.reshape(acc, (2, BLOCK_N, BLOCK_M)), (1, 2, 0))
-        else:
-            pair = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1))
-        gate, up = tl.split(pair)
-        acc = gate * tl.sigmoid(gate) * up
-    elif FUSE_SILU == 1:
-        acc = acc * tl.sigmoid(acc) * acc_up
-    # the output row of each pair: its own number, or with ROW_MAP 1 its row in the compact
-    # layout, for a down GEMM by group offsets
-    if ROW_MAP == 1:
-        out_rows = tl.load(RowMap + rows, mask=row_ok, other=0)
-    else:
-        out_rows = rows
-    if SWAP_AB:
-        if MUL_WEIGHT:
-            acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[None, :]
-        c_ptrs = C + out_rows[None, :].to(tl.int64) * stride_cm + offs_n[:, None]
-        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[None, :] & n_ok[:, None])
-    else:
-        if MUL_WEIGHT:
-            acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[:, None]
-        c_ptrs = C + out_rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
-        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
-
-
-@triton.jit
 def _moe_tile(
     A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
     N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
     A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
     ROW_MAP: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr, TAIL: tl.constexpr = 0, WIDE: tl.constexpr = False,
+    PRECISION: tl.constexpr,
 ):
-    """One output tile: BLOCK_M aligned pairs from slot row0 (one expert's) x BLOCK_N; with
-    TAIL > 0 (not SWAP_AB, FUSE_SILU 0 or 2) also the TAIL slots after them, the
-    same expert's, as a second accumulator fed by the same weight tiles; with WIDE (same
-    restrictions) also N-block pid_n + 1, as a second accumulator fed by the same A tiles."""
-    rows, row_ok, a_rows = _tile_rows(SortedIds, RowMap, row0, num_pairs, A_ROW_DIV, ROW_MAP,
-                                      BLOCK_M)
+    """One output tile: BLOCK_M aligned pairs from slot row0 (one expert's) x BLOCK_N."""
+    rows = tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M))
+    row_ok = rows < num_pairs
+    if ROW_MAP == 2:  # A's rows by the pair's row in the compact layout (moe_align.py)
+        a_rows = tl.load(RowMap + rows, mask=row_ok, other=0).to(tl.int64)
+    else:
+        a_rows = (rows // A_ROW_DIV).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
@@ -167,33 +122,12 @@ def _moe_tile(
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FUSE_SILU == 1:
         acc_up = tl.zeros_like(acc)
-    else:
-        acc_up = acc  # unused
-    if WIDE:
-        offs_nw = offs_n + BLOCK_N
-        nw_ok = offs_nw < N
-        acc_w = tl.zeros_like(acc)
-    if TAIL > 0:
-        rows2, row2_ok, a2_rows = _tile_rows(SortedIds, RowMap, row0 + BLOCK_M, num_pairs,
-                                             A_ROW_DIV, ROW_MAP, TAIL)
-        a2_ptrs = A + a2_rows[:, None] * stride_am + offs_k[None, :]  # [TAIL, BLOCK_K]
-        if FUSE_SILU == 2:
-            acc2 = tl.zeros((TAIL, 2 * BLOCK_N), dtype=tl.float32)
-        else:
-            acc2 = tl.zeros((TAIL, BLOCK_N), dtype=tl.float32)
     # with USE_TMA, B tiles come by the bulk tensor copy engine: BDesc views B as
     # [experts * rows, K] in [BLOCK_N, BLOCK_K] boxes, zero-filled past K; with FUSE_SILU 2
     # as [experts * 2, N, K] in [2, BLOCK_N, BLOCK_K] boxes: the gate rows and the matching
     # up rows in one tile, one MMA 2 * BLOCK_N wide
     b_row = (expert * (stride_be // stride_bn)).to(tl.int32) + pid_n * BLOCK_N
     for k0 in range(0, K, BLOCK_K):
-        if TAIL > 0:
-            if EVEN_K:
-                a2 = tl.load(a2_ptrs, mask=row2_ok[:, None], other=0.0)
-            else:
-                a2 = tl.load(a2_ptrs, mask=row2_ok[:, None] & (offs_k[None, :] < K - k0),
-                             other=0.0)
-            a2_ptrs += BLOCK_K
         if EVEN_K:
             a = tl.load(a_ptrs, mask=a_mask, other=0.0)
         elif SWAP_AB:
@@ -231,42 +165,46 @@ def _moe_tile(
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
             if FUSE_SILU == 1:
                 acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
-            if TAIL > 0:
-                acc2 = tl.dot(a2, b, acc2, input_precision=PRECISION)
-            if WIDE:
-                if FUSE_SILU == 2:
-                    b_w = BDesc.load([2 * expert.to(tl.int32), pid_n * BLOCK_N + BLOCK_N, k0])
-                    b_w = tl.reshape(b_w, (2 * BLOCK_N, BLOCK_K)).T
-                elif USE_TMA:
-                    b_w = BDesc.load([b_row + BLOCK_N, k0]).T
-                elif EVEN_K:
-                    b_w = tl.load(b_ptrs + BLOCK_N * stride_bn, mask=nw_ok[None, :], other=0.0)
-                else:
-                    b_w = tl.load(b_ptrs + BLOCK_N * stride_bn,
-                                  mask=nw_ok[None, :] & (offs_k[:, None] < K - k0), other=0.0)
-                acc_w = tl.dot(a, b_w, acc_w, input_precision=PRECISION)
         a_ptrs += BLOCK_K
         b_ptrs += BLOCK_K
-    _tile_out(acc, acc_up, rows, row_ok, offs_n, n_ok, C, TopkWeights, RowMap, stride_cm,
-              FUSE_SILU, MUL_WEIGHT, ROW_MAP, SWAP_AB, BLOCK_M, BLOCK_N)
-    if WIDE:
-        _tile_out(acc_w, acc_w, rows, row_ok, offs_nw, nw_ok, C, TopkWeights, RowMap, stride_cm,
-                  FUSE_SILU, MUL_WEIGHT, ROW_MAP, SWAP_AB, BLOCK_M, BLOCK_N)
-    if TAIL > 0:
-        _tile_out(acc2, acc2, rows2, row2_ok, offs_n, n_ok, C, TopkWeights, RowMap, stride_cm,
-                  FUSE_SILU, MUL_WEIGHT, ROW_MAP, SWAP_AB, TAIL, BLOCK_N)
+    if FUSE_SILU == 2:  # split the gate and up halves of the tile's columns (rows, swapped)
+        if SWAP_AB:
+            pair = tl.permute(tl.reshape(acc, (2, BLOCK_N, BLOCK_M)), (1, 2, 0))
+        else:
+            pair = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N)), (0, 2, 1))
+        gate, up = tl.split(pair)
+        acc = gate * tl.sigmoid(gate) * up
+    elif FUSE_SILU == 1:
+        acc = acc * tl.sigmoid(acc) * acc_up
+    # the output row of each pair: its own number, or with ROW_MAP 1 its row in the compact
+    # layout, for a down GEMM by group offsets
+    if ROW_MAP == 1:
+        out_rows = tl.load(RowMap + rows, mask=row_ok, other=0)
+    else:
+        out_rows = rows
+    if SWAP_AB:
+        if MUL_WEIGHT:
+            acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[None, :]
+        c_ptrs = C + out_rows[None, :].to(tl.int64) * stride_cm + offs_n[:, None]
+        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[None, :] & n_ok[:, None])
+    else:
+        if MUL_WEIGHT:
+            acc = acc * tl.load(TopkWeights + rows, mask=row_ok, other=0.0)[:, None]
+        c_ptrs = C + out_rows[:, None].to(tl.int64) * stride_cm + offs_n[None, :]
+        tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
 
 
 @triton.jit(do_not_specialize=["num_pairs", "num_blocks_m"])
 def _moe_gemm_kernel(
-    A, B, BDesc, BDescW, C, SortedIds, ExpertIds, NumPadded, TopkWeights, RowMap,
+    A, B, BDesc, C, SortedIds, ExpertIds, NumPadded, TopkWeights, RowMap,
     N, K, num_pairs, num_blocks_m,
     stride_am, stride_be, stride_bn, stride_cm, up_offset,
     A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
     ROW_MAP: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE: tl.constexpr, WIDE: tl.constexpr, WIDE_K: tl.constexpr, PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -275,56 +213,21 @@ def _moe_gemm_kernel(
     group_size = tl.minimum(num_blocks_m - first_m, GROUP_M)
     pid_m = first_m + (pid % in_group) % group_size
     pid_n = (pid % in_group) // group_size
-    num_padded = tl.load(NumPadded)
-    if pid_m * BLOCK_M >= num_padded:
+    if pid_m * BLOCK_M >= tl.load(NumPadded):
         return
     expert = tl.load(ExpertIds + pid_m).to(tl.int64)
     row0 = pid_m * BLOCK_M
     # only an expert's last block holds padding (at its end): with SPLIT, a block whose pairs
     # fit in half (or, SPLIT 2, a quarter) of it runs a tile of that height instead
     used = BLOCK_M
-    if SPLIT > 0 or MERGE or WIDE:
+    if SPLIT > 0:
         used = tl.sum((tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M)) < num_pairs)
                       .to(tl.int32), 0)
-    take_tail = False  # Triton 3.6 compiles the branch below anyway: its TAIL is 0 then
-    if MERGE:
-        # an expert's last block of at most BLOCK_M / 2 pairs after a block of its own is
-        # computed by that block's program, as TAIL rows of its tile: the expert's weight
-        # tiles are loaded once for both (a tile of its own would load them all again for a
-        # few rows). The block whose slot BLOCK_M / 2 is padding holds at most that many pairs.
-        before = tl.load(ExpertIds + pid_m - 1, mask=pid_m > 0, other=-1)
-        if (used <= BLOCK_M // 2) & (before == expert):
-            return
-        has_next = (pid_m + 1) * BLOCK_M < num_padded
-        after = tl.load(ExpertIds + pid_m + 1, mask=has_next, other=-1)
-        next_small = tl.load(SortedIds + row0 + BLOCK_M + BLOCK_M // 2, mask=has_next,
-                             other=0) >= num_pairs
-        take_tail = has_next & (after == expert) & next_small
-    if take_tail:
-        _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
-                  N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
-                  A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
-                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, MERGE * (BLOCK_M // 2))
-    elif used > BLOCK_M // 2:
+    if used > BLOCK_M // 2:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
                   BLOCK_M, BLOCK_N, BLOCK_K, PRECISION)
-    elif WIDE:
-        # a block of at most BLOCK_M / 2 pairs: a tile of half the height over two N-blocks
-        # (the even one's program), so the tail's A tiles serve twice the weight columns;
-        # its K tile is WIDE_K (BDescW's boxes), so that its stages fit the shared memory
-        if pid_n % 2 == 0:
-            if pid_n + 1 < num_pid_n:
-                _moe_tile(A, B, BDescW, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
-                          N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm,
-                          up_offset, A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K,
-                          SWAP_AB, USE_TMA, BLOCK_M // 2, BLOCK_N, WIDE_K, PRECISION, 0, True)
-            else:
-                _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
-                          N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm,
-                          up_offset, A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K,
-                          SWAP_AB, USE_TMA, BLOCK_M // 2, BLOCK_N, BLOCK_K, PRECISION)
     elif SPLIT == 1:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
@@ -357,33 +260,22 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
         cfg = {**cfg, "BLOCK_K": max(16, cfg["BLOCK_K"] * 2 // a.element_size())}
     grid = (expert_ids.numel() * triton.cdiv(n, cfg["BLOCK_N"]),)
     tma = bool(cfg.get("TMA", 0))
-    merge, wide = bool(cfg.get("MERGE", 0)), cfg.get("WIDE", 0)
-    if (merge or wide) and (cfg.get("SWAP_AB", 0) or fuse_silu == 1):
-        raise ValueError(f"MERGE and WIDE take neither SWAP_AB nor gate/up FUSED 1: {cfg}")
-    # WIDE 2: the wide tiles take half the K tile (their two weight tiles a stage would
-    # take the pipeline past the shared memory a block may use)
-    wide_k = cfg["BLOCK_K"] // 2 if wide == 2 else cfg["BLOCK_K"]
-
-    def descriptor(block_k: int):
-        if fuse_silu == 2:  # [2, BLOCK_N, BLOCK_K] boxes of b viewed as [experts * 2, n, k]
-            return TensorDescriptor.from_tensor(b.view(-1, n, k),
-                                                [2, cfg["BLOCK_N"], block_k])
-        if tma:
-            return TensorDescriptor.from_tensor(b.view(-1, k), [cfg["BLOCK_N"], block_k])
-        return None
-
-    b_desc = descriptor(cfg["BLOCK_K"])
-    b_desc_w = descriptor(wide_k) if wide_k != cfg["BLOCK_K"] else b_desc
+    if fuse_silu == 2:  # [2, BLOCK_N, BLOCK_K] boxes of b viewed as [experts * 2, n, k]
+        b_desc = TensorDescriptor.from_tensor(b.view(-1, n, k),
+                                              [2, cfg["BLOCK_N"], cfg["BLOCK_K"]])
+    elif tma:
+        b_desc = TensorDescriptor.from_tensor(b.view(-1, k), [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+    else:
+        b_desc = None
     _moe_gemm_kernel[grid](
-        a, b, b_desc, b_desc_w, c, sorted_ids, expert_ids, num_padded, topk_weights, row_map,
+        a, b, b_desc, c, sorted_ids, expert_ids, num_padded, topk_weights, row_map,
         n, k, a.shape[0] * a_row_div, expert_ids.numel(),
         a.stride(0), b.stride(0), b.stride(1), c.stride(0), n if fuse_silu else 0,
         A_ROW_DIV=a_row_div, FUSE_SILU=int(fuse_silu), MUL_WEIGHT=mul_weight,
         ROW_MAP=0 if row_map is None else 2 if map_a else 1, EVEN_K=k % cfg["BLOCK_K"] == 0,
         SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
         USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0), MERGE=merge,
-        WIDE=bool(wide), WIDE_K=wide_k,
+        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0),
         PRECISION="ieee" if a.dtype == torch.float32 else "tf32", num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
