@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, TypeVar
 from aiohttp import web
 
 from aiollm.api import reasoning, sse, tools as tool_calls
+from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import ApiError, param_names
-from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, decode_body, json_response
+from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.errors import InvalidRequest, of_batch_item
