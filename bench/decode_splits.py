@@ -1,6 +1,6 @@
 """Decode attention: the split rule's count against one split, at serving batch sizes (GPU).
 
-decode_attention.num_kv_splits cuts each context into more splits when batch x KV heads
+decode_splits.num_kv_splits cuts each context into more splits when batch x KV heads
 gives fewer than about four programs a multiprocessor. At serving shapes of Qwen3-30B-A3B
 (32 query / 4 KV heads) `bench/attn_serving.py --heads 32 4` read one split faster than the
 rule's two at 96 requests of ~1,100 tokens (0.070 against 0.076-0.13 ms), but its single
@@ -15,7 +15,7 @@ With --long L the last request of each batch has L tokens (the others drawn from
 range), and 8 and 16 splits are timed too: one long context among short ones, which a
 launch with one split gives to a single program per KV head. With --bound N every launch
 is told its longest context may be N tokens, as a CUDA graph captured at that length limit
-is (the rule then launches long-only splits from 8,192 on: decode_attention.long_splits).
+is (the rule then launches long-only splits from 8,192 on: decode_splits.long_splits).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402
 from kernels import HKV, HQ, D, decode_inputs, make_pool, median_ms  # noqa: E402
 
-from aiollm.kernels.decode_attention import _config, long_splits, num_kv_splits  # noqa: E402
+from aiollm.kernels.decode_attention import _config  # noqa: E402
+from aiollm.kernels.decode_splits import long_splits, num_kv_splits  # noqa: E402
 
 ROUNDS = 5
 

@@ -1408,12 +1408,8 @@ def test_warm_up_plan_compiles_every_decode_kernel_a_step_can_launch():
 
     from aiollm.engine.warm_up import plan
     from aiollm.kernels.autotune import bucket
-    from aiollm.kernels.decode_attention import (
-        BATCH_CLASSES,
-        LENGTH_CLASSES,
-        launch_variant,
-        num_kv_splits,
-    )
+    from aiollm.kernels.decode_attention import BATCH_CLASSES, LENGTH_CLASSES, launch_variant
+    from aiollm.kernels.decode_splits import num_kv_splits
 
     def variant(b, n):
         config = (bucket(b, BATCH_CLASSES), bucket(n, LENGTH_CLASSES))

@@ -139,7 +139,7 @@ def test_mixed_steps_match_alone_on_gpu(smol):
 def test_one_long_context_among_short_ones_matches_alone_on_gpu(smol):
     """48 decodes in one CUDA-graph step (SmolLM2's 3 KV heads: one split a context by the
     rule), one of them over a context ten times the others': the decode graphs launch the
-    long-only split kernel (decode_attention.long_splits at the 8,192-token limit), which
+    long-only split kernel (decode_splits.long_splits at the 8,192-token limit), which
     splits that context alone. Every request's greedy tokens (fp32) are its tokens alone."""
     from aiollm import Engine, SamplingParams
     from aiollm.kernels.decode_attention import launch_variant

@@ -20,7 +20,7 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 from aiollm import kernels  # noqa: E402
 from aiollm.kernels import autotune  # noqa: E402
 from aiollm.kernels.decode_attention import CANDIDATES as DECODE_CANDIDATES  # noqa: E402
-from aiollm.kernels.decode_attention import num_kv_splits  # noqa: E402
+from aiollm.kernels.decode_splits import num_kv_splits  # noqa: E402
 from aiollm.kernels.extend_attention import CANDIDATES as EXTEND_CANDIDATES  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -255,7 +255,8 @@ def test_decode_attention_splits_only_long_contexts(dtype, device=CPU):
 def test_long_only_launches_from_eight_thousand_tokens():
     """long_splits offers splits to long contexts only where a launch's bound allows four or
     more of them; launch_variant names the long-only kernel for the warm-up."""
-    from aiollm.kernels.decode_attention import launch_variant, long_splits
+    from aiollm.kernels.decode_attention import launch_variant
+    from aiollm.kernels.decode_splits import long_splits
 
     assert [long_splits(n) for n in (4096, 8191, 8192, 16384, 131072)] == [1, 1, 4, 4, 4]
     cpu = torch.device("cpu")

@@ -195,6 +195,14 @@ def gguf_writer(c, path: str, arch: str):
     return w
 
 
+def finish_gguf(w) -> None:
+    """Write a gguf.GGUFWriter's header, metadata and tensors to its file, and close it."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def write_gguf(hf, path: str, raw_types: dict | None = None, rope_scaling: str | None = None,
                rope_dims: int | None = None) -> None:
     """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted); a tensor
@@ -239,10 +247,7 @@ def write_gguf(hf, path: str, raw_types: dict | None = None, rope_scaling: str |
             continue
         # llama.cpp keeps 1-D tensors (norms, biases) in fp32
         w.add_tensor(gguf_name, t.numpy().astype("float16" if t.dim() == 2 else "float32"))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w)
 
 
 @pytest.mark.parametrize("family", ["llama3-rope-untied", "qwen2-qkv-bias-tied", "qwen3-qk-norm"])
@@ -311,10 +316,7 @@ def test_gguf_without_a_required_field_is_refused(tmp_path):
     w = gguf.GGUFWriter(path, "llama")
     w.add_context_length(128)
     w.add_tensor("token_embd.weight", np.zeros((16, 8), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w)
     with pytest.raises(ValueError, match="'llama.embedding_length'"):
         load_model(path, dtype=torch.float32, device="cpu")
 

@@ -225,7 +225,7 @@ def test_a_moe_gguf_without_a_valid_expert_used_count_names_it(tmp_path, used):
     import numpy as np
     from transformers import Qwen3MoeConfig
 
-    from test_loader import gguf_writer
+    from test_loader import finish_gguf, gguf_writer
 
     config = Qwen3MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
                             moe_intermediate_size=16, num_hidden_layers=1,
@@ -237,10 +237,7 @@ def test_a_moe_gguf_without_a_valid_expert_used_count_names_it(tmp_path, used):
     if used is not None:
         w.add_expert_used_count(used)
     w.add_tensor("token_embd.weight", np.zeros((96, 32), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w)
     with pytest.raises(ValueError, match="'?qwen3moe.expert_used_count'?( metadata| must be)"):
         load(path)
 

@@ -18,7 +18,7 @@ from transformers import MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
 from aiollm import Engine, SamplingParams
 from aiollm.model import load_model, load_tokenizer
 from live_server import LiveServer, http, sse_events
-from test_loader import all_position_logits, gguf_writer, save_random_hf_model
+from test_loader import all_position_logits, finish_gguf, gguf_writer, save_random_hf_model
 
 TINY = dict(vocab_size=160, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False)
@@ -207,10 +207,7 @@ def write_moe_gguf(hf, path: str, per_expert: bool = False) -> None:
             half = t.shape[0] // heads // 2
             t = t.reshape(heads, 2, half, *t.shape[1:]).transpose(1, 2).reshape(t.shape)
         w.add_tensor(f"blk.{layer}.{names[module]}.{suffix}", t.contiguous().numpy())
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w)
 
 
 @pytest.mark.parametrize("family", ["qwen3_moe", "mixtral", "mixtral-per-expert"])

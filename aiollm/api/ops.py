@@ -5,8 +5,9 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from aiollm.api.body import decode_body
 from aiollm.api.http_errors import ApiError
-from aiollm.api.protocol import DetokenizeRequest, TokenizeRequest, decode_body, json_response
+from aiollm.api.protocol import DetokenizeRequest, TokenizeRequest, json_response
 from aiollm.api.state import state
 
 

@@ -4,7 +4,7 @@ K/V are gathered through req_to_token, so a request's tokens may sit in any slot
 handles one (request, KV head, split): the GROUP query heads that share the KV head form the
 rows of one tile, so each K/V vector is loaded once per group (GQA), not once per query head.
 
-Three variants, picked by `num_kv_splits` and `long_splits` from batch size and length:
+Three variants, picked by the split rule (decode_splits.py) from batch size and length:
 - direct (1 split): enough (request, KV head) programs to fill the GPU; write o at once.
 - split-K ("flash decoding"): few requests with long contexts would leave most SMs idle, so the
   context is cut into splits that run in parallel, each writing a partial output and its
@@ -33,14 +33,11 @@ import triton.language as tl
 
 from aiollm.kernels import pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config, untuned
+from aiollm.kernels.decode_splits import MAX_SPLITS, long_splits, num_kv_splits
 from aiollm.kernels.extend_attention import attention_out
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 LOG2E = 1.4426950408889634
-MAX_SPLITS = 64
-# long_splits: at most this many splits for a long context in a launch of one split
-LONG_SPLITS = 4
-LONG_SPLIT_TOKENS = 2048
 # the merging program reads up to this many partial-output elements (float32) at a time:
 # MERGE_CHUNK = MERGE_ELEMENTS / (query heads of the group x head dim) splits, at most 16
 MERGE_ELEMENTS = 4096
@@ -299,47 +296,6 @@ def _decode_reduce_kernel(
 @functools.cache
 def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
-
-
-def num_kv_splits(batch: int, num_kv_heads: int, max_seq_len: int, num_sms: int,
-                  split_tokens: int) -> int:
-    """How many splits to cut each context into: the rule that picks the variant.
-
-    One split once batch x KV heads gives every SM a program of its own; below that, aim for
-    about four programs per SM, but never give a split fewer than `split_tokens` tokens: below
-    that its fixed cost (q load, partial write, merge) stops paying.
-
-    The four-per-SM target alone split serving batches too (H200, `bench/decode_splits.py`,
-    2026-12-02, 32 query heads of 128): at 48-128 requests of 1-2k tokens, with 4 or 8 KV
-    heads, one split took 4-30% less time than the rule's two or three (96 requests, 4 KV
-    heads, ~1,100 tokens: 0.071 against 0.080 ms), losing once by 6% (32 requests, 8 KV heads,
-    1.8-2k tokens). On an H100 at 4k tokens two splits had won at batch 64 with 8 KV heads
-    (0.380 ms against 0.394 for one).
-    """
-    if batch * num_kv_heads >= num_sms:
-        return 1
-    by_length = triton.cdiv(max_seq_len, split_tokens)
-    by_occupancy = triton.cdiv(4 * num_sms, batch * num_kv_heads)
-    return max(1, min(by_length, by_occupancy, MAX_SPLITS))
-
-
-def long_splits(max_seq_len: int) -> int:
-    """Where num_kv_splits gives one split, the splits a launch still offers to a context far
-    longer than the others' (a long conversation among short ones), which one program per KV
-    head would otherwise read alone: up to LONG_SPLITS, one per LONG_SPLIT_TOKENS of the
-    longest context the launch allows (a CUDA graph's bound); 1 (no long-only launch) below
-    four, where too few splits are on offer to pay for the empty programs. The kernel splits
-    only contexts over twice the batch's mean length (_long_split_len; a graph's padding rows,
-    of one token, lower that mean); the others run whole and write their output directly.
-
-    H200, `bench/decode_splits.py --long / --bound`, 2026-12-02, 32 query heads, 4 or 8 KV
-    heads, 48 or 96 requests of 1-2k tokens: with one context of 32,768 tokens one split took
-    1.02-1.06 ms, long-only launches of 8 splits 0.20-0.29 ms, even splits of 4 0.30-0.41;
-    with one of 8,192, 0.24-0.33 ms against 0.12-0.22 for long-only 4. With no long context
-    the empty programs cost: at a bound of 8,192 (4 splits offered) 0-7% over one split
-    (48-256 requests), at 32,768 with 8 offered 4-16%; hence at most four."""
-    n = max_seq_len // LONG_SPLIT_TOKENS
-    return min(LONG_SPLITS, n) if n >= 4 else 1
 
 
 _counters: dict[torch.device, torch.Tensor] = {}
