@@ -51,13 +51,11 @@ UP = {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "FUSED": 2, "GROUP_M": 8, "
       "TMA": 1, "num_stages": 4, "num_warps": 8}
 DOWN = {"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8, "SPLIT": 1, "TMA": 1,
         "num_stages": 4, "num_warps": 8}
-UP_FORMS = {"tuned": UP, "group-1": {**UP, "GROUP_M": 1}, "group-4": {**UP, "GROUP_M": 4},
-            "group-16": {**UP, "GROUP_M": 16}}
-DOWN_FORMS = {"tuned": DOWN, "group-4": {**DOWN, "GROUP_M": 4},
-              "group-16": {**DOWN, "GROUP_M": 16},
-              "k128-s2": {**DOWN, "BLOCK_K": 128, "num_stages": 2},
-              "n128-k128-s3": {**DOWN, "BLOCK_N": 128, "BLOCK_K": 128, "num_stages": 3}}
-LAYERS = {"tuned": ("tuned", "tuned")}
+UP_FORMS = {"tuned": UP, "merge": {**UP, "MERGE": 1}, "group-4": {**UP, "GROUP_M": 4}}
+DOWN_FORMS = {"tuned": DOWN, "merge": {**DOWN, "MERGE": 1},
+              "group-16": {**DOWN, "GROUP_M": 16}}
+LAYERS = {"tuned": ("tuned", "tuned"), "merge up": ("merge", "tuned"),
+          "merge both": ("merge", "merge")}
 
 
 def routing(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -245,7 +243,7 @@ def main() -> None:
                 for n, ms in case["median_ms"].items()}
             roof = (flops_up + flops_down) / (report["matmul_tflops"] * 1e9)
             case["layer_compute_roofline_ms"] = roof
-            for n in ("layer-tuned",):
+            for n in ("layer-tuned", "layer-merge both"):
                 if n in graphs:
                     windows[f"{kind} {n}"] = sustained(graphs[n].replay)
             report["cases"][kind] = case

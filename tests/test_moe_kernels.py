@@ -201,6 +201,62 @@ def test_fused_moe_split_tiles_match_reference(case, variant):
                                rtol=1e-4, atol=1e-5)
 
 
+# MERGE: an expert's last block of at most 32 pairs after a block of its own is computed by
+# that block's program, as a swapped second accumulator of 16 or 32 columns on the same
+# weight tiles. Pairs per expert at BLOCK_M 64: 74 = 64 + 10 (a tail of 16 columns), 84 =
+# 64 + 20 (32), 104 = 64 + 40 (more than 32: a tile of its own), 96 = 64 + 32 (exactly 32),
+# 144 = 128 + 16 (exactly 16, after two full blocks), 5 (one small block: its own tile),
+# none, 71; a tail that no program computed would leave its rows unwritten
+MERGE_COUNTS = (74, 84, 104, 96, 144, 5, 0, 71)
+_M64 = ({"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4,
+         "num_stages": 1},
+        {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4,
+         "num_stages": 1})
+MERGE = {"paired": ({**_M64[0], "FUSED": 2, "MERGE": 1}, {**_M64[1], "TMA": 1, "MERGE": 1}),
+         "paired-split": ({**_M64[0], "FUSED": 2, "TMA": 1, "SPLIT": 1, "MERGE": 1},
+                          {**_M64[1], "TMA": 1, "SPLIT": 1, "MERGE": 1}),
+         "unfused-tma": ({**_M64[0], "FUSED": 0, "TMA": 1, "MERGE": 1},
+                         {**_M64[1], "TMA": 1, "MERGE": 1})}
+
+
+def merge_case_ids(counts=MERGE_COUNTS) -> torch.Tensor:
+    """topk_ids [T, 2] giving expert e exactly counts[e] pairs, a token's two experts distinct
+    (the sorted labels' halves never meet on one expert: no count reaches T), rows shuffled."""
+    labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
+    T = labels.numel() // 2
+    ids = torch.stack([labels[:T], labels[T:]], dim=1)
+    assert (ids[:, 0] != ids[:, 1]).all()
+    return ids[torch.randperm(T, generator=torch.Generator().manual_seed(5))].to(torch.int32)
+
+
+@pytest.mark.parametrize("variant", list(MERGE))
+@pytest.mark.parametrize("local", [False, True])
+def test_fused_moe_merged_tails_match_reference(variant, local):
+    torch.manual_seed(3)
+    ids = merge_case_ids()
+    T, E, H, I = ids.shape[0], len(MERGE_COUNTS), 32, 24
+    x = torch.randn(T, H)
+    w13 = torch.randn(E, 2 * I, H) / H**0.5
+    w2 = torch.randn(E, H, I) / I**0.5
+    weights = torch.softmax(torch.randn(T, 2), dim=1)
+    start, n = (2, 4) if local else (0, E)
+    ws = slice(start, start + n)
+    out = fused_moe_triton(x, w13[ws].contiguous(), w2[ws].contiguous(), weights, ids, start,
+                           configs=MERGE[variant])
+    torch.testing.assert_close(out, fused_moe_ref(x, w13[ws], w2[ws], weights, ids, start),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_merge_refuses_the_tiles_it_does_not_take():
+    x, w13, w2, weights, ids, _ = moe_case("odd-tokens")
+    for up in ({**_M64[0], "MERGE": 1, "TMA": 1},  # FUSED 1: two weight tiles
+               {**_M64[0], "FUSED": 2, "SWAP_AB": 1, "MERGE": 1},
+               {**_M64[0], "FUSED": 0, "MERGE": 1},  # weight tiles by pointers
+               {**SMALL[0], "FUSED": 2, "MERGE": 1}):  # BLOCK_M 16
+        with pytest.raises(ValueError, match="MERGE needs"):
+            fused_moe_triton(x, w13, w2, weights, ids, configs=(up, _M64[1]))
+
+
 # float32 inputs take half the configs' K tile (fused_moe_gemm._gemm, as the configs are sized
 # for 2-byte inputs): 64 -> 32 here, so the gate/up loop (H 40) and the down loop (I 24) each
 # end on a masked tile, and H 8 lies below the smallest tile; float16 keeps the configs' tile

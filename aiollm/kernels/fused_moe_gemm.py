@@ -81,92 +81,24 @@ _LARGE_DOWN = [_c(128, 64, 8, 3), _c(128, 64, 4, 4), _c(256, 64, 8, 3), _c(64, 6
 
 
 @triton.jit
-def _moe_tile(
-    A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
-    N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
-    A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
-    ROW_MAP: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """One output tile: BLOCK_M aligned pairs from slot row0 (one expert's) x BLOCK_N."""
-    rows = tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M))
+def _tile_rows(SortedIds, RowMap, start, num_pairs, A_ROW_DIV: tl.constexpr,
+               ROW_MAP: tl.constexpr, ROWS: tl.constexpr):
+    """The pairs in slots [start, start + ROWS), whether each is one (not padding), and the
+    row of A each reads."""
+    rows = tl.load(SortedIds + start + tl.arange(0, ROWS))
     row_ok = rows < num_pairs
     if ROW_MAP == 2:  # A's rows by the pair's row in the compact layout (moe_align.py)
         a_rows = tl.load(RowMap + rows, mask=row_ok, other=0).to(tl.int64)
     else:
         a_rows = (rows // A_ROW_DIV).to(tl.int64)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = offs_n < N
-    offs_k = tl.arange(0, BLOCK_K)
-    b_base = B + expert * stride_be
-    if SWAP_AB:
-        # C^T = W A^T: the expert's weight rows fill the MMA's M dimension and the few
-        # tokens its N dimension, so a small token block wastes no MMA rows
-        a_ptrs = A + a_rows[None, :] * stride_am + offs_k[:, None]  # [BLOCK_K, BLOCK_M]
-        b_ptrs = b_base + offs_n[:, None].to(tl.int64) * stride_bn + offs_k[None, :]
-        a_mask = row_ok[None, :]
-        b_mask = n_ok[:, None]
-        if FUSE_SILU == 2:
-            acc = tl.zeros((2 * BLOCK_N, BLOCK_M), dtype=tl.float32)
-        else:
-            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:
-        a_ptrs = A + a_rows[:, None] * stride_am + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
-        b_ptrs = b_base + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None]
-        a_mask = row_ok[:, None]
-        b_mask = n_ok[None, :]
-        if FUSE_SILU == 2:
-            acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
-        else:
-            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if FUSE_SILU == 1:
-        acc_up = tl.zeros_like(acc)
-    # with USE_TMA, B tiles come by the bulk tensor copy engine: BDesc views B as
-    # [experts * rows, K] in [BLOCK_N, BLOCK_K] boxes, zero-filled past K; with FUSE_SILU 2
-    # as [experts * 2, N, K] in [2, BLOCK_N, BLOCK_K] boxes: the gate rows and the matching
-    # up rows in one tile, one MMA 2 * BLOCK_N wide
-    b_row = (expert * (stride_be // stride_bn)).to(tl.int32) + pid_n * BLOCK_N
-    for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            a = tl.load(a_ptrs, mask=a_mask, other=0.0)
-        elif SWAP_AB:
-            a = tl.load(a_ptrs, mask=a_mask & (offs_k[:, None] < K - k0), other=0.0)
-        else:
-            a = tl.load(a_ptrs, mask=a_mask & (offs_k[None, :] < K - k0), other=0.0)
-        if FUSE_SILU == 2:
-            b = BDesc.load([2 * expert.to(tl.int32), pid_n * BLOCK_N, k0])  # [2, BN, BK]
-            b = tl.reshape(b, (2 * BLOCK_N, BLOCK_K))
-            if not SWAP_AB:
-                b = b.T
-        elif USE_TMA:
-            b = BDesc.load([b_row, k0])  # [BLOCK_N, BLOCK_K]
-            if not SWAP_AB:
-                b = b.T
-            if FUSE_SILU:
-                b_up = BDesc.load([b_row + up_offset, k0])
-                if not SWAP_AB:
-                    b_up = b_up.T
-        else:
-            if EVEN_K:
-                b_k = b_mask
-            elif SWAP_AB:
-                b_k = b_mask & (offs_k[None, :] < K - k0)
-            else:
-                b_k = b_mask & (offs_k[:, None] < K - k0)
-            b = tl.load(b_ptrs, mask=b_k, other=0.0)
-            if FUSE_SILU:
-                b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=b_k, other=0.0)
-        if SWAP_AB:
-            acc = tl.dot(b, a, acc, input_precision=PRECISION)
-            if FUSE_SILU == 1:
-                acc_up = tl.dot(b_up, a, acc_up, input_precision=PRECISION)
-        else:
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-            if FUSE_SILU == 1:
-                acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
-        a_ptrs += BLOCK_K
-        b_ptrs += BLOCK_K
+    return rows, row_ok, a_rows
+
+
+@triton.jit
+def _tile_out(acc, acc_up, rows, row_ok, offs_n, n_ok, C, TopkWeights, RowMap, stride_cm,
+              FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr, ROW_MAP: tl.constexpr,
+              SWAP_AB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The epilogue of BLOCK_M pairs' rows: SiLU-and-mul, the routing weight, the store."""
     if FUSE_SILU == 2:  # split the gate and up halves of the tile's columns (rows, swapped)
         if SWAP_AB:
             pair = tl.permute(tl.reshape(acc, (2, BLOCK_N, BLOCK_M)), (1, 2, 0))
@@ -194,6 +126,125 @@ def _moe_tile(
         tl.store(c_ptrs, acc.to(C.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _moe_tile(
+    A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+    N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
+    A_ROW_DIV: tl.constexpr, FUSE_SILU: tl.constexpr, MUL_WEIGHT: tl.constexpr,
+    ROW_MAP: tl.constexpr, EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr, TAIL: tl.constexpr = 0,
+):
+    """One output tile: BLOCK_M aligned pairs from slot row0 (one expert's) x BLOCK_N; with
+    TAIL > 0 (not SWAP_AB, FUSE_SILU 0 or 2, weight tiles by descriptor) also the TAIL
+    slots after them, the same expert's, in the swapped order (C^T = W A^T: the weight tile
+    is the MMA's M side, the TAIL pairs its N side, so a few pairs take few MMA columns) as
+    a second accumulator on the same weight tiles."""
+    rows, row_ok, a_rows = _tile_rows(SortedIds, RowMap, row0, num_pairs, A_ROW_DIV, ROW_MAP,
+                                      BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    offs_k = tl.arange(0, BLOCK_K)
+    b_base = B + expert * stride_be
+    if SWAP_AB:
+        # C^T = W A^T: the expert's weight rows fill the MMA's M dimension and the few
+        # tokens its N dimension, so a small token block wastes no MMA rows
+        a_ptrs = A + a_rows[None, :] * stride_am + offs_k[:, None]  # [BLOCK_K, BLOCK_M]
+        b_ptrs = b_base + offs_n[:, None].to(tl.int64) * stride_bn + offs_k[None, :]
+        a_mask = row_ok[None, :]
+        b_mask = n_ok[:, None]
+        if FUSE_SILU == 2:
+            acc = tl.zeros((2 * BLOCK_N, BLOCK_M), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        a_ptrs = A + a_rows[:, None] * stride_am + offs_k[None, :]  # [BLOCK_M, BLOCK_K]
+        b_ptrs = b_base + offs_n[None, :].to(tl.int64) * stride_bn + offs_k[:, None]
+        a_mask = row_ok[:, None]
+        b_mask = n_ok[None, :]
+        if FUSE_SILU == 2:
+            acc = tl.zeros((BLOCK_M, 2 * BLOCK_N), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FUSE_SILU == 1:
+        acc_up = tl.zeros_like(acc)
+    else:
+        acc_up = acc  # unused
+    if TAIL > 0:
+        rows2, row2_ok, a2_rows = _tile_rows(SortedIds, RowMap, row0 + BLOCK_M, num_pairs,
+                                             A_ROW_DIV, ROW_MAP, TAIL)
+        a2_ptrs = A + a2_rows[:, None] * stride_am + offs_k[None, :]  # [TAIL, BLOCK_K]
+        if FUSE_SILU == 2:
+            acc2 = tl.zeros((2 * BLOCK_N, TAIL), dtype=tl.float32)
+        else:
+            acc2 = tl.zeros((BLOCK_N, TAIL), dtype=tl.float32)
+    # with USE_TMA, B tiles come by the bulk tensor copy engine: BDesc views B as
+    # [experts * rows, K] in [BLOCK_N, BLOCK_K] boxes, zero-filled past K; with FUSE_SILU 2
+    # as [experts * 2, N, K] in [2, BLOCK_N, BLOCK_K] boxes: the gate rows and the matching
+    # up rows in one tile, one MMA 2 * BLOCK_N wide
+    b_row = (expert * (stride_be // stride_bn)).to(tl.int32) + pid_n * BLOCK_N
+    for k0 in range(0, K, BLOCK_K):
+        if TAIL > 0:
+            if EVEN_K:
+                a2 = tl.load(a2_ptrs, mask=row2_ok[:, None], other=0.0)
+            else:
+                a2 = tl.load(a2_ptrs, mask=row2_ok[:, None] & (offs_k[None, :] < K - k0),
+                             other=0.0)
+            a2_ptrs += BLOCK_K
+        if EVEN_K:
+            a = tl.load(a_ptrs, mask=a_mask, other=0.0)
+        elif SWAP_AB:
+            a = tl.load(a_ptrs, mask=a_mask & (offs_k[:, None] < K - k0), other=0.0)
+        else:
+            a = tl.load(a_ptrs, mask=a_mask & (offs_k[None, :] < K - k0), other=0.0)
+        if FUSE_SILU == 2:
+            b = BDesc.load([2 * expert.to(tl.int32), pid_n * BLOCK_N, k0])  # [2, BN, BK]
+            b = tl.reshape(b, (2 * BLOCK_N, BLOCK_K))
+            b_nk = b
+            if not SWAP_AB:
+                b = b.T
+        elif USE_TMA:
+            b = BDesc.load([b_row, k0])  # [BLOCK_N, BLOCK_K]
+            b_nk = b
+            if not SWAP_AB:
+                b = b.T
+            if FUSE_SILU:
+                b_up = BDesc.load([b_row + up_offset, k0])
+                if not SWAP_AB:
+                    b_up = b_up.T
+        else:
+            if EVEN_K:
+                b_k = b_mask
+            elif SWAP_AB:
+                b_k = b_mask & (offs_k[None, :] < K - k0)
+            else:
+                b_k = b_mask & (offs_k[:, None] < K - k0)
+            b = tl.load(b_ptrs, mask=b_k, other=0.0)
+            if FUSE_SILU:
+                b_up = tl.load(b_ptrs + up_offset * stride_bn, mask=b_k, other=0.0)
+        if SWAP_AB:
+            acc = tl.dot(b, a, acc, input_precision=PRECISION)
+            if FUSE_SILU == 1:
+                acc_up = tl.dot(b_up, a, acc_up, input_precision=PRECISION)
+        else:
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            if FUSE_SILU == 1:
+                acc_up = tl.dot(a, b_up, acc_up, input_precision=PRECISION)
+            if TAIL > 0:
+                acc2 = tl.dot(b_nk, a2.T, acc2, input_precision=PRECISION)
+        a_ptrs += BLOCK_K
+        b_ptrs += BLOCK_K
+    _tile_out(acc, acc_up, rows, row_ok, offs_n, n_ok, C, TopkWeights, RowMap, stride_cm,
+              FUSE_SILU, MUL_WEIGHT, ROW_MAP, SWAP_AB, BLOCK_M, BLOCK_N)
+    if TAIL > 0:
+        _tile_out(acc2, acc2, rows2, row2_ok, offs_n, n_ok, C, TopkWeights, RowMap, stride_cm,
+                  FUSE_SILU, MUL_WEIGHT, ROW_MAP, True, TAIL, BLOCK_N)
+
+
+# MERGE: an expert's last block of at most MERGE_ROWS pairs is computed by the program of
+# the block before it, in the swapped order (_moe_tile's TAIL)
+MERGE_ROWS = 32
+
 
 @triton.jit(do_not_specialize=["num_pairs", "num_blocks_m"])
 def _moe_gemm_kernel(
@@ -204,7 +255,7 @@ def _moe_gemm_kernel(
     ROW_MAP: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT: tl.constexpr,
-    PRECISION: tl.constexpr,
+    MERGE: tl.constexpr, PRECISION: tl.constexpr,
 ):
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -213,17 +264,46 @@ def _moe_gemm_kernel(
     group_size = tl.minimum(num_blocks_m - first_m, GROUP_M)
     pid_m = first_m + (pid % in_group) % group_size
     pid_n = (pid % in_group) // group_size
-    if pid_m * BLOCK_M >= tl.load(NumPadded):
+    num_padded = tl.load(NumPadded)
+    if pid_m * BLOCK_M >= num_padded:
         return
     expert = tl.load(ExpertIds + pid_m).to(tl.int64)
     row0 = pid_m * BLOCK_M
     # only an expert's last block holds padding (at its end): with SPLIT, a block whose pairs
     # fit in half (or, SPLIT 2, a quarter) of it runs a tile of that height instead
     used = BLOCK_M
-    if SPLIT > 0:
+    if SPLIT > 0 or MERGE:
         used = tl.sum((tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M)) < num_pairs)
                       .to(tl.int32), 0)
-    if used > BLOCK_M // 2:
+    # Triton 3.6 compiles the two branches below even when MERGE is off: their TAIL is 0 then
+    tail_16 = False
+    tail_32 = False
+    if MERGE:
+        # an expert's last block of at most 32 pairs after a block of its own is computed
+        # by that block's program, as a swapped second accumulator of 16 or 32 columns on
+        # the same weight tiles: a tile of its own would compute 64 rows or more for them
+        # (the tails' MMAs, not their weight loads, are what they cost). Padding sits at a
+        # block's end, so a block whose slot j is padding holds at most j pairs.
+        before = tl.load(ExpertIds + pid_m - 1, mask=pid_m > 0, other=-1)
+        if (used <= 32) & (before == expert):
+            return
+        has_next = (pid_m + 1) * BLOCK_M < num_padded
+        after = tl.load(ExpertIds + pid_m + 1, mask=has_next, other=-1)
+        same = has_next & (after == expert)
+        next_slot = SortedIds + row0 + BLOCK_M
+        tail_16 = same & (tl.load(next_slot + 16, mask=same, other=0) >= num_pairs)
+        tail_32 = same & (tl.load(next_slot + 32, mask=same, other=0) >= num_pairs)
+    if tail_16:
+        _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+                  N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
+                  A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
+                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, MERGE * 16)
+    elif tail_32:
+        _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
+                  N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
+                  A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
+                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, MERGE * 32)
+    elif used > BLOCK_M // 2:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
@@ -260,6 +340,11 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
         cfg = {**cfg, "BLOCK_K": max(16, cfg["BLOCK_K"] * 2 // a.element_size())}
     grid = (expert_ids.numel() * triton.cdiv(n, cfg["BLOCK_N"]),)
     tma = bool(cfg.get("TMA", 0))
+    merge = bool(cfg.get("MERGE", 0))
+    if merge and (cfg.get("SWAP_AB", 0) or fuse_silu == 1 or not (tma or fuse_silu == 2)
+                  or cfg["BLOCK_M"] <= MERGE_ROWS):
+        raise ValueError("MERGE needs weight tiles by descriptor (TMA or FUSED 2), BLOCK_M "
+                         f"over {MERGE_ROWS}, and neither SWAP_AB nor gate/up FUSED 1: {cfg}")
     if fuse_silu == 2:  # [2, BLOCK_N, BLOCK_K] boxes of b viewed as [experts * 2, n, k]
         b_desc = TensorDescriptor.from_tensor(b.view(-1, n, k),
                                               [2, cfg["BLOCK_N"], cfg["BLOCK_K"]])
@@ -275,7 +360,7 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
         ROW_MAP=0 if row_map is None else 2 if map_a else 1, EVEN_K=k % cfg["BLOCK_K"] == 0,
         SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
         USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0),
+        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0), MERGE=merge,
         PRECISION="ieee" if a.dtype == torch.float32 else "tf32", num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
