@@ -22,7 +22,13 @@ Variants, chosen per token-count class by the autotuner:
 - SPLIT: an expert's group is padded to a multiple of BLOCK_M, so its last block may hold
   mostly padding (at 4,096 tokens of Qwen3-30B-A3B's routing, 128-row blocks add 25% rows);
   with SPLIT 1 (2) a block whose pairs fit in half (a quarter) of it runs a tile of that
-  height, chosen at run time from the block's pair count.
+  height, chosen at run time from the block's pair count;
+- MERGE (not with SWAP_AB or FUSED 1, weight tiles by descriptor, BLOCK_M over 32): an
+  expert's last block of at most 32 pairs after a full block of its own is computed by that
+  block's program, as a second accumulator in the swapped order (the same weight tile is the
+  MMA's M side, the 16 or 32 tail pairs its N side): a tile of its own computes 64 rows or
+  more for them, and on an H200 the tails cost their MMAs (bench/README.md, MoE section).
+  Same outputs bit for bit.
 
 A row map (the pairs' rows in the alignment's compact layout) can replace the output's rows
 (gate/up feeding torch._grouped_mm) or A's (down reading its rows). Program ids are swizzled
@@ -54,7 +60,8 @@ def _c(bn: int, bk: int, warps: int, stages: int, **flags: int) -> Config:
 # Tuning candidates, without BLOCK_M. Flags: SWAP_AB (C^T = W A^T), TMA (weight tiles by tensor
 # descriptor), FUSED 0 (gate/up as one plain GEMM, then silu_and_mul) or 2 (gate and up tiles
 # in one TMA box and one MMA of 2 * BLOCK_N columns), SPLIT 1/2 (an expert's
-# last block, if its pairs fit, as a tile of 1/2 or 1/4 the height: less padding computed);
+# last block, if its pairs fit, as a tile of 1/2 or 1/4 the height: less padding computed),
+# MERGE (an expert's last block of at most 32 pairs inside the previous block's tile);
 # absent means 0, FUSED 1.
 _SMALL = [_c(32, 128, 4, 4), _c(64, 128, 4, 4), _c(64, 64, 4, 4), _c(128, 64, 4, 3),
           _c(32, 256, 4, 3), _c(64, 256, 8, 3), _c(128, 128, 8, 3),
@@ -72,12 +79,14 @@ _LARGE_UP = [_c(64, 64, 4, 4), _c(128, 64, 8, 3), _c(64, 128, 4, 3),
              _c(256, 64, 8, 3, TMA=1, FUSED=0, SPLIT=1), _c(256, 64, 8, 4, TMA=1, FUSED=0, SPLIT=1),
              _c(128, 64, 8, 3, TMA=1, FUSED=2, SPLIT=1), _c(128, 64, 8, 4, TMA=1, FUSED=2, SPLIT=1),
              _c(128, 64, 8, 3, TMA=1, FUSED=2), _c(64, 64, 4, 4, TMA=1, FUSED=2, SPLIT=1),
-             _c(64, 64, 8, 4, TMA=1, FUSED=2, SPLIT=1)]
+             _c(64, 64, 8, 4, TMA=1, FUSED=2, SPLIT=1),
+             _c(128, 64, 8, 4, TMA=1, FUSED=2, SPLIT=1, MERGE=1)]
 _LARGE_DOWN = [_c(128, 64, 8, 3), _c(128, 64, 4, 4), _c(256, 64, 8, 3), _c(64, 64, 4, 4),
                _c(128, 64, 8, 3, TMA=1), _c(128, 64, 8, 4, TMA=1), _c(128, 64, 4, 4, TMA=1),
                _c(256, 64, 8, 3, TMA=1), _c(256, 64, 8, 4, TMA=1), _c(128, 128, 8, 2, TMA=1),
                _c(256, 64, 8, 4, TMA=1, SPLIT=1), _c(256, 64, 8, 4, TMA=1, SPLIT=2),
-               _c(128, 64, 8, 4, TMA=1, SPLIT=1), _c(256, 64, 8, 3, TMA=1, SPLIT=1)]
+               _c(128, 64, 8, 4, TMA=1, SPLIT=1), _c(256, 64, 8, 3, TMA=1, SPLIT=1),
+               _c(256, 64, 8, 4, TMA=1, SPLIT=1, MERGE=1)]
 
 
 @triton.jit
