@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import itertools
 import json
+import logging
 import time
+import zlib
 from contextlib import contextmanager
 
 import aiohttp
@@ -103,7 +106,14 @@ BAD_INPUT = [
     # a body the client compressed wrongly is its fault: it was a 500 (RequestPayloadError)
     bad("bad-gzip-body", C, {"data": b'{"prompt": "x"}', "headers": {
         "Content-Type": "application/json", "Content-Encoding": "gzip"}}, 400, None,
-        "content-encoding: gzip"),
+        "Content-Encoding: gzip"),
+    bad("gzip-body-cut-short", C, {"data": gzip.compress(b'{"prompt": "x"}')[:-4], "headers": {
+        "Content-Type": "application/json", "Content-Encoding": "gzip"}}, 400, None,
+        "cut short"),
+    bad("bytes-after-the-gzip-body", C, {"data": gzip.compress(b'{"prompt": "x"}') + b"{}",
+                                         "headers": {"Content-Type": "application/json",
+                                                     "Content-Encoding": "gzip"}}, 400, None,
+        "2 bytes after its gzip data"),
     bad("not-utf8", C, raw(b'{"prompt": "\xff\xfe"}'), 400, None, "UTF-8"),
     bad("empty-body", C, raw(b""), 400, None, "empty"),
     bad("not-an-object", C, raw(b"[1, 2]"), 400, None, "object"),
@@ -424,6 +434,53 @@ def test_a_byte_order_mark_before_the_json_is_skipped(server):
         assert status == 200, raw_body
     status, _, raw_body = http(server, "POST", C, **raw(b"\xef\xbb\xbf"))
     assert_error(status, raw_body, 400, None, "empty")
+
+
+def compressed(body: dict, coding: str) -> bytes:
+    data = json.dumps(body).encode()
+    if coding in ("gzip", "x-gzip"):
+        return gzip.compress(data)
+    if coding == "deflate":  # RFC 9110's deflate: zlib's format
+        return zlib.compress(data)
+    if coding == "raw-deflate":  # what some clients send as deflate: no zlib header
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return c.compress(data) + c.flush()
+    return data
+
+
+@pytest.mark.parametrize("coding,header", [
+    ("gzip", "gzip"), ("gzip", "GZip"), ("x-gzip", "x-gzip"), ("deflate", "deflate"),
+    ("raw-deflate", "deflate"), ("identity", "identity"), ("identity", "")])
+def test_compressed_bodies_are_decoded(server, coding, header):
+    """A body in a content coding the server decodes is served as its JSON; x-gzip is
+    gzip's old name, which RFC 9110 asks recipients to take as gzip (it was a 400)."""
+    status, _, raw_body = http(server, "POST", C, data=compressed(prompt(), coding), headers={
+        "Content-Type": "application/json", "Content-Encoding": header})
+    assert status == 200, raw_body
+
+
+def test_a_body_that_decodes_past_the_size_limit_is_413(server):
+    data = gzip.compress(b" " * (17 * 2**20) + b"{}")
+    status, _, raw_body = http(server, "POST", C, data=data, headers={
+        "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert_error(status, raw_body, 413, None, "too large")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_body_that_does_not_decode_logs_no_error(server, caplog, coding):
+    """A body that is not the gzip its header says gets its 400 and the server logs no error:
+    aiohttp decoded it, failed, and after the handler had answered read the rest of the body
+    again to drain it, logging the client's fault at ERROR as "Unhandled exception" with a
+    traceback of three exceptions (and closing the connection)."""
+    with caplog.at_level(logging.INFO):
+        status, _, raw_body = http(server, "POST", C, data=b'{"prompt": "x"}', headers={
+            "Content-Type": "application/json", "Content-Encoding": coding})
+        err = assert_error(status, raw_body, 400, None)
+        assert f"content-encoding: {coding}" in err["message"].lower(), err
+        # the drain ran right after the answer was sent: a request later it has logged
+        assert http(server, "GET", "/health")[0] == 200
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING or r.exc_info] == []
 
 
 def test_top_p_below_float32_is_not_a_server_error(server):

@@ -44,7 +44,9 @@ def create_app(engine: Engine, *, api_key: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES,
                cors: CorsOptions | None = None) -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
-    may call it from other origins only as `cors` allows (None: from none, CORS off)."""
+    may call it from other origins only as `cors` allows (None: from none, CORS off).
+    Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
+    bodies' content codings itself."""
     middlewares = [error_middleware]
     if api_key:
         middlewares.append(_auth_middleware(api_key))
@@ -133,6 +135,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         app,
         # a client that disconnects cancels its handler, which aborts its engine request
         handler_cancellation=True,
+        # request bodies come as sent: api/body.py decodes their content coding, so a body
+        # that does not decode is a client's 400, not an error inside aiohttp's parser
+        auto_decompress=False,
         # the engine drains within shutdown_timeout (see _drain); this is what aiohttp then
         # gives the handlers to write their last bytes
         shutdown_timeout=5.0,
