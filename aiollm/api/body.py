@@ -2,7 +2,7 @@
 
 Owns the checks of the body as bytes, before any field is looked at: the Content-Type, a
 body the client could not send whole, its content coding (gzip and deflate are decoded
-here, not by aiohttp: see decode_body), an empty body, a UTF-8 byte order mark, bytes that
+here, not by aiohttp: see decode_body; any other is a 415), an empty body, a UTF-8 byte order mark, bytes that
 are not UTF-8 or not JSON, and strings that escape a lone surrogate (named by their field).
 The Structs themselves, and the rules of their fields, live in api/protocol.py.
 """
@@ -25,7 +25,8 @@ T = TypeVar("T")
 
 
 async def decode_body(request: web.Request, type_: type[T]) -> T:
-    """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one,
+    """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one
+    (415: a Content-Type not JSON, a Content-Encoding not gzip, deflate or identity),
     InvalidRequest naming the field whose string holds a lone surrogate escape ("\\ud800").
     A UTF-8 byte order mark before the JSON is skipped, as Python's json (vLLM's and
     LightLLM's parser) skips it. aiohttp's reader raises 413 itself past the app's
@@ -73,17 +74,25 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # msgspec's words for it 
 # name, which RFC 9110 asks recipients to take as gzip; deflate is the zlib format
 _CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
             "deflate": zlib.MAX_WBITS}
+_ACCEPTED = ("gzip", "deflate")  # as a 415 names them
 
 
 def _content_coding(request: web.Request) -> str | None:
-    """The content coding of the body to undo (a name in _CODINGS), None for none."""
-    codings = [c.strip().lower()
-               for value in request.headers.getall(hdrs.CONTENT_ENCODING, ())
-               for c in value.split(",")]
-    codings = [c for c in codings if c and c != "identity"]
+    """The content coding of the body to undo (a name in _CODINGS), None for none (no
+    Content-Encoding, or identity); ApiError 415 for any other, and for more than one,
+    with Accept-Encoding naming the codings decoded (RFC 9110 12.5.3, 15.5.16): br, zstd
+    or compress must not be taken as JSON, nor reach aiohttp's decoders, whose refusal is
+    plain text."""
+    values = request.headers.getall(hdrs.CONTENT_ENCODING, ())
+    codings = [c for c in (c.strip().lower() for v in values for c in v.split(","))
+               if c and c != "identity"]
+    if not codings:
+        return None
     if len(codings) == 1 and codings[0] in _CODINGS:
         return codings[0]
-    return None
+    raise ApiError(415, f"Content-Encoding {', '.join(values)!r} is not supported: send the "
+                        f"body as it is, or with Content-Encoding {' or '.join(_ACCEPTED)}",
+                   headers={hdrs.ACCEPT_ENCODING: ", ".join(_ACCEPTED)})
 
 
 def _decoded(body: bytes, coding: str, limit: int) -> bytes:
