@@ -354,6 +354,13 @@ BAD_INPUT = [
     bad("delete-health", "/health", {}, 405, None, method="DELETE"),
     bad("unknown-route", "/no/such/route", {}, 404, None, "no such route", method="GET"),
     bad("unknown-post-route", "/v1/embeddings", {"input": "x"}, 404, None),
+    # routes are served with a trailing slash too, unknown paths still are not
+    bad("unknown-route-slash", "/no/such/route/", {}, 404, None, "/no/such/route/",
+        method="GET"),
+    bad("unknown-post-route-slash", "/v1/embeddings/", {"input": "x"}, 404, None),
+    bad("two-trailing-slashes", C + "//", prompt(), 404, None),
+    bad("get-chat-slash", CH + "/", {}, 405, None, "allowed", method="GET"),
+    bad("unknown-model-slash", "/v1/models/gpt-4/", {}, 404, "model", method="GET"),
 ]
 
 
@@ -527,6 +534,24 @@ def test_request_head_limits(server):
     assert status == 200
 
 
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", CH, chat()), ("POST", C, prompt()), ("GET", "/v1/models", None),
+    ("POST", G, lightllm()), ("POST", GS, lightllm()), ("GET", "/health", None),
+    ("POST", "/tokenize", {"prompt": "x"})])
+def test_a_trailing_slash_is_served_as_without(server, method, path, body):
+    """POST /v1/chat/completions/ (a base URL joined with a slash too many) was a 404.
+    vLLM and SGLang (FastAPI) answer it with a 307 to the path without the slash, which
+    curl without -L, and clients that follow no redirect for a POST, stop at; here the
+    route serves it at once, as it serves the path without the slash."""
+    want, _, want_body = http(server, method, path, json=body)
+    got, _, got_body = http(server, method, path + "/", json=body, allow_redirects=False)
+    assert got == want == 200, got_body
+    if method == "GET" or path == "/tokenize":
+        assert got_body == want_body
+    else:  # the same kind of answer: JSON, or a stream of SSE events
+        assert got_body[:5] == want_body[:5], (got_body, want_body)
+
+
 def test_model_path_is_never_opened(server):
     """Only the served name is accepted; the real file of the model, sent as `model`, is
     just another unknown name."""
@@ -562,6 +587,10 @@ async def raw_request(srv: LiveServer, head: bytes) -> int:
 
 def test_api_key(tight):
     assert http(tight, "GET", "/health")[0] == 200  # probes need no key
+    assert http(tight, "GET", "/health/")[0] == 200
+    for path in ("/v1/models/", "/v1/models", "/v1/models//"):  # the key is asked for first
+        got, _, body = http(tight, "GET", path)
+        assert_error(got, body, 401, None)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"},
                     {"Authorization": f"Bearer {KEY}x"}, {"Authorization": KEY}):
         got, h, body = http(tight, "GET", "/v1/models", headers=headers)

@@ -36,7 +36,8 @@ MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is f
 # one header line, the number of header lines.
 MAX_HEADER_LINE_BYTES = 8190
 MAX_HEADERS = 128
-OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (probes carry no secrets)
+# reachable without the API key (probes carry no secrets), with or without a trailing slash
+OPEN_PATHS = frozenset({"/health", "/health/"})
 
 
 def create_app(engine: Engine, *, api_key: str | None = None,
@@ -53,12 +54,27 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ApiState(engine=engine, served_model_name=served_model_name,
                           shutdown_timeout=shutdown_timeout, created=int(time.time()))
-    app.add_routes(ops.ROUTES + openai.ROUTES + lightllm.ROUTES)
+    app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES))
     if cors is not None:
         enable_cors(app, cors)
     app.cleanup_ctx.append(_engine_lifetime)
     app.on_shutdown.append(_drain)
     return app
+
+
+def _with_trailing_slash(routes: list[web.RouteDef]) -> list[web.RouteDef]:
+    """`routes`, each also at its path with a trailing slash (POST /v1/chat/completions/:
+    a base URL joined with one slash too many). Served, not redirected as FastAPI
+    (vLLM, SGLang) redirects it: curl without -L and clients that follow no redirect for a
+    POST stop at a redirect, which also costs a round trip and must resend the body. A
+    path with a variable ({model:.+}) already takes what follows it, slash included."""
+    out = []
+    for route in routes:
+        out.append(route)
+        if not route.path.endswith("/") and "{" not in route.path:
+            out.append(web.RouteDef(route.method, route.path + "/", route.handler,
+                                    route.kwargs))
+    return out
 
 
 async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
