@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import itertools
 import json
+import logging
 import time
+import zlib
 from contextlib import contextmanager
 
 import aiohttp
@@ -61,6 +64,11 @@ def raw(data: bytes, content_type: str = "application/json") -> dict:
     return {"data": data, "headers": {"Content-Type": content_type}}
 
 
+def coded(data: bytes, coding: str) -> dict:
+    return {"data": data, "headers": {"Content-Type": "application/json",
+                                      "Content-Encoding": coding}}
+
+
 C, CH, G, GS = "/v1/completions", "/v1/chat/completions", "/generate", "/generate_stream"
 
 
@@ -103,7 +111,24 @@ BAD_INPUT = [
     # a body the client compressed wrongly is its fault: it was a 500 (RequestPayloadError)
     bad("bad-gzip-body", C, {"data": b'{"prompt": "x"}', "headers": {
         "Content-Type": "application/json", "Content-Encoding": "gzip"}}, 400, None,
-        "content-encoding: gzip"),
+        "Content-Encoding: gzip"),
+    bad("gzip-body-cut-short", C, {"data": gzip.compress(b'{"prompt": "x"}')[:-4], "headers": {
+        "Content-Type": "application/json", "Content-Encoding": "gzip"}}, 400, None,
+        "cut short"),
+    bad("bytes-after-the-gzip-body", C, {"data": gzip.compress(b'{"prompt": "x"}') + b"{}",
+                                         "headers": {"Content-Type": "application/json",
+                                                     "Content-Encoding": "gzip"}}, 400, None,
+        "2 bytes after its gzip data"),
+    # a content coding the server does not decode: 415 (RFC 9110 15.5.16) naming the header;
+    # br and zstd were aiohttp's plain-text 400 (it decodes them only with Brotli or zstd
+    # installed), others were taken as no coding at all
+    bad("br-body", C, coded(b'{"prompt": "x"}', "br"), 415, None, "Content-Encoding 'br'"),
+    bad("zstd-body", CH, coded(b'{"messages": []}', "zstd"), 415, None,
+        "Content-Encoding 'zstd'"),
+    bad("compress-body", G, coded(b'{"inputs": "x"}', "compress"), 415, None,
+        "Content-Encoding 'compress'"),
+    bad("two-codings", GS, coded(gzip.compress(gzip.compress(b'{"inputs": "x"}')),
+                                 "gzip, gzip"), 415, None, "Content-Encoding 'gzip, gzip'"),
     bad("not-utf8", C, raw(b'{"prompt": "\xff\xfe"}'), 400, None, "UTF-8"),
     bad("empty-body", C, raw(b""), 400, None, "empty"),
     bad("not-an-object", C, raw(b"[1, 2]"), 400, None, "object"),
@@ -329,6 +354,13 @@ BAD_INPUT = [
     bad("delete-health", "/health", {}, 405, None, method="DELETE"),
     bad("unknown-route", "/no/such/route", {}, 404, None, "no such route", method="GET"),
     bad("unknown-post-route", "/v1/embeddings", {"input": "x"}, 404, None),
+    # routes are served with a trailing slash too, unknown paths still are not
+    bad("unknown-route-slash", "/no/such/route/", {}, 404, None, "/no/such/route/",
+        method="GET"),
+    bad("unknown-post-route-slash", "/v1/embeddings/", {"input": "x"}, 404, None),
+    bad("two-trailing-slashes", C + "//", prompt(), 404, None),
+    bad("get-chat-slash", CH + "/", {}, 405, None, "allowed", method="GET"),
+    bad("unknown-model-slash", "/v1/models/gpt-4/", {}, 404, "model", method="GET"),
 ]
 
 
@@ -426,6 +458,65 @@ def test_a_byte_order_mark_before_the_json_is_skipped(server):
     assert_error(status, raw_body, 400, None, "empty")
 
 
+def compressed(body: dict, coding: str) -> bytes:
+    data = json.dumps(body).encode()
+    if coding in ("gzip", "x-gzip"):
+        return gzip.compress(data)
+    if coding == "deflate":  # RFC 9110's deflate: zlib's format
+        return zlib.compress(data)
+    if coding == "raw-deflate":  # what some clients send as deflate: no zlib header
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return c.compress(data) + c.flush()
+    return data
+
+
+@pytest.mark.parametrize("coding,header", [
+    ("gzip", "gzip"), ("gzip", "GZip"), ("x-gzip", "x-gzip"), ("deflate", "deflate"),
+    ("raw-deflate", "deflate"), ("identity", "identity"), ("identity", "")])
+def test_compressed_bodies_are_decoded(server, coding, header):
+    """A body in a content coding the server decodes is served as its JSON; x-gzip is
+    gzip's old name, which RFC 9110 asks recipients to take as gzip (it was a 400)."""
+    status, _, raw_body = http(server, "POST", C, data=compressed(prompt(), coding), headers={
+        "Content-Type": "application/json", "Content-Encoding": header})
+    assert status == 200, raw_body
+
+
+def test_a_body_that_decodes_past_the_size_limit_is_413(server):
+    data = gzip.compress(b" " * (17 * 2**20) + b"{}")
+    status, _, raw_body = http(server, "POST", C, data=data, headers={
+        "Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert_error(status, raw_body, 413, None, "too large")
+
+
+def test_a_content_coding_not_decoded_says_which_are(server):
+    """A 415 for a content coding tells the client the codings it may use instead
+    (Accept-Encoding, as RFC 9110 12.5.3 suggests), which serve the same request."""
+    status, headers, raw_body = http(server, "POST", C, **coded(b'{"prompt": "x"}', "br"))
+    assert_error(status, raw_body, 415, None, "send the body as it is, or with")
+    assert headers["Accept-Encoding"] == "gzip, deflate"
+    for coding in headers["Accept-Encoding"].split(", "):
+        status, _, raw_body = http(server, "POST", C, **coded(compressed(prompt(), coding),
+                                                              coding))
+        assert status == 200, raw_body
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_body_that_does_not_decode_logs_no_error(server, caplog, coding):
+    """A body that is not the gzip its header says gets its 400 and the server logs no error:
+    aiohttp decoded it, failed, and after the handler had answered read the rest of the body
+    again to drain it, logging the client's fault at ERROR as "Unhandled exception" with a
+    traceback of three exceptions (and closing the connection)."""
+    with caplog.at_level(logging.INFO):
+        status, _, raw_body = http(server, "POST", C, data=b'{"prompt": "x"}', headers={
+            "Content-Type": "application/json", "Content-Encoding": coding})
+        err = assert_error(status, raw_body, 400, None)
+        assert f"content-encoding: {coding}" in err["message"].lower(), err
+        # the drain ran right after the answer was sent: a request later it has logged
+        assert http(server, "GET", "/health")[0] == 200
+    assert [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.WARNING or r.exc_info] == []
+
+
 def test_top_p_below_float32_is_not_a_server_error(server):
     status, _, raw_body = http(server, "POST", C, json=prompt(top_p=5e-324))
     assert status in (200, 400), raw_body
@@ -441,6 +532,24 @@ def test_request_head_limits(server):
     assert status == 400
     status, _, _ = http(server, "GET", "/health", headers={"X-Fine": "a" * 4000})
     assert status == 200
+
+
+@pytest.mark.parametrize("method,path,body", [
+    ("POST", CH, chat()), ("POST", C, prompt()), ("GET", "/v1/models", None),
+    ("POST", G, lightllm()), ("POST", GS, lightllm()), ("GET", "/health", None),
+    ("POST", "/tokenize", {"prompt": "x"})])
+def test_a_trailing_slash_is_served_as_without(server, method, path, body):
+    """POST /v1/chat/completions/ (a base URL joined with a slash too many) was a 404.
+    vLLM and SGLang (FastAPI) answer it with a 307 to the path without the slash, which
+    curl without -L, and clients that follow no redirect for a POST, stop at; here the
+    route serves it at once, as it serves the path without the slash."""
+    want, _, want_body = http(server, method, path, json=body)
+    got, _, got_body = http(server, method, path + "/", json=body, allow_redirects=False)
+    assert got == want == 200, got_body
+    if method == "GET" or path == "/tokenize":
+        assert got_body == want_body
+    else:  # the same kind of answer: JSON, or a stream of SSE events
+        assert got_body[:5] == want_body[:5], (got_body, want_body)
 
 
 def test_model_path_is_never_opened(server):
@@ -478,6 +587,10 @@ async def raw_request(srv: LiveServer, head: bytes) -> int:
 
 def test_api_key(tight):
     assert http(tight, "GET", "/health")[0] == 200  # probes need no key
+    assert http(tight, "GET", "/health/")[0] == 200
+    for path in ("/v1/models/", "/v1/models", "/v1/models//"):  # the key is asked for first
+        got, _, body = http(tight, "GET", path)
+        assert_error(got, body, 401, None)
     for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {KEY}"},
                     {"Authorization": f"Bearer {KEY}x"}, {"Authorization": KEY}):
         got, h, body = http(tight, "GET", "/v1/models", headers=headers)

@@ -1,8 +1,9 @@
 """Decoding of HTTP request bodies: the JSON body of a request into its msgspec Struct.
 
 Owns the checks of the body as bytes, before any field is looked at: the Content-Type, a
-body the client could not send whole, an empty one, a UTF-8 byte order mark, bytes that are
-not UTF-8 or not JSON, and strings that escape a lone surrogate (named by their field).
+body the client could not send whole, its content coding (gzip and deflate are decoded
+here, not by aiohttp: see decode_body; any other is a 415), an empty body, a UTF-8 byte order mark, bytes that
+are not UTF-8 or not JSON, and strings that escape a lone surrogate (named by their field).
 The Structs themselves, and the rules of their fields, live in api/protocol.py.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from typing import Any, TypeVar
 
 import msgspec
@@ -23,19 +25,29 @@ T = TypeVar("T")
 
 
 async def decode_body(request: web.Request, type_: type[T]) -> T:
-    """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one,
+    """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one
+    (415: a Content-Type not JSON, a Content-Encoding not gzip, deflate or identity),
     InvalidRequest naming the field whose string holds a lone surrogate escape ("\\ud800").
     A UTF-8 byte order mark before the JSON is skipped, as Python's json (vLLM's and
     LightLLM's parser) skips it. aiohttp's reader raises 413 itself past the app's
-    client_max_size."""
+    client_max_size; a body that decodes past it is a 413 here.
+
+    A gzip or deflate body (Content-Encoding) is decoded here, so the server must hand
+    bodies over as sent (aiohttp's auto_decompress=False, as serve() runs it): aiohttp's
+    own decoding fails inside its parser, where a body that is not the gzip it claims
+    left aiohttp draining the broken body after our 400 and logging the client's fault as
+    an "Unhandled exception" with a traceback."""
     ctype = request.headers.get(hdrs.CONTENT_TYPE)
     if ctype is not None and not _is_json(request.content_type):
         raise ApiError(415, f"Content-Type must be application/json, got {ctype!r}")
+    coding = _content_coding(request)
     try:
         body = await request.read()
     except web.RequestPayloadError as exc:  # the client's bytes, not the server, are at fault
         detail = getattr(exc.__cause__, "message", "") or str(exc)
         raise ApiError(400, f"request body could not be read: {detail}") from None
+    if coding is not None:  # a compressed body is small: its size is no measure of the work
+        body = await off_loop(len(body), _decoded, body, coding, request.client_max_size)
     body = body.removeprefix(_UTF8_BOM)  # a file saved by Windows tools starts with one
     if not body:
         raise ApiError(400, "request body is empty; expected a JSON object")
@@ -57,6 +69,58 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # msgspec's words for it vary
+
+# the content codings decoded (RFC 9110 8.4.1), as zlib's wbits: gzip, and x-gzip, its old
+# name, which RFC 9110 asks recipients to take as gzip; deflate is the zlib format
+_CODINGS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS,
+            "deflate": zlib.MAX_WBITS}
+_ACCEPTED = ("gzip", "deflate")  # as a 415 names them
+
+
+def _content_coding(request: web.Request) -> str | None:
+    """The content coding of the body to undo (a name in _CODINGS), None for none (no
+    Content-Encoding, or identity); ApiError 415 for any other, and for more than one,
+    with Accept-Encoding naming the codings decoded (RFC 9110 12.5.3, 15.5.16): br, zstd
+    or compress must not be taken as JSON, nor reach aiohttp's decoders, whose refusal is
+    plain text."""
+    values = request.headers.getall(hdrs.CONTENT_ENCODING, ())
+    codings = [c for c in (c.strip().lower() for v in values for c in v.split(","))
+               if c and c != "identity"]
+    if not codings:
+        return None
+    if len(codings) == 1 and codings[0] in _CODINGS:
+        return codings[0]
+    raise ApiError(415, f"Content-Encoding {', '.join(values)!r} is not supported: send the "
+                        f"body as it is, or with Content-Encoding {' or '.join(_ACCEPTED)}",
+                   headers={hdrs.ACCEPT_ENCODING: ", ".join(_ACCEPTED)})
+
+
+def _decoded(body: bytes, coding: str, limit: int) -> bytes:
+    """`body` decoded from `coding`; ApiError 400 when it is not that coding's data (or
+    holds more after it), 413 when it decodes to more than `limit` bytes (a small body
+    may decode to a huge one: it is never decoded past the limit)."""
+    wbits = _CODINGS[coding]
+    if coding == "deflate" and body and body[0] & 0x0F != 8:
+        # no zlib header (its first byte's low bits say deflate): raw deflate data, which
+        # some clients send as deflate; aiohttp's decoder took it too
+        wbits = -zlib.MAX_WBITS
+    decoder = zlib.decompressobj(wbits)
+    header = f"Content-Encoding: {coding}"
+    try:
+        out = decoder.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise ApiError(400, f"request body is not the {coding} data its header {header} "
+                            f"says it is: {exc}") from None
+    if len(out) > limit:
+        raise ApiError(413, f"request body too large: it decodes ({header}) to more than "
+                            f"{limit} bytes")
+    if body and not decoder.eof:
+        raise ApiError(400, f"request body is cut short: its {coding} data ({header}) "
+                            "is incomplete")
+    if decoder.unused_data:
+        raise ApiError(400, f"request body holds {len(decoder.unused_data)} bytes after its "
+                            f"{coding} data ({header})")
+    return out
 
 
 def _check_surrogates(body: bytes) -> None:

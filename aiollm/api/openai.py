@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
@@ -20,9 +19,8 @@ from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, json_response
-from aiollm.api.state import ApiState, state
+from aiollm.api.state import ApiState, naming_prompt, state
 from aiollm.api.token_bytes import TokenBytes
-from aiollm.errors import InvalidRequest, of_batch_item
 from aiollm.sampling_params import Constraint
 
 if TYPE_CHECKING:
@@ -158,21 +156,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     return await sse.send(request, merge(starts), render, tail)
 
 
-@contextmanager
-def _naming_prompt(i: int | None) -> Iterator[None]:
-    """An InvalidRequest raised in the block about its prompt is raised naming prompt i of
-    the batch (errors.of_batch_item); with i None (no batch), as it is."""
-    try:
-        yield
-    except InvalidRequest as e:
-        if i is None:
-            raise
-        raise of_batch_item(e, "prompt", i) from None
-
-
 async def _of_prompt(i: int | None, result: Awaitable[T]) -> T:
     """`result`, whose errors about its prompt name prompt i of the batch (None: no batch)."""
-    with _naming_prompt(i):
+    with naming_prompt(i):
         return await result
 
 
@@ -180,7 +166,7 @@ def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *a
                       ) -> AsyncIterator[T]:
     """stream(*args), whose errors about its prompt (raised as it is called) name prompt i
     of the batch (None: no batch)."""
-    with _naming_prompt(i):
+    with naming_prompt(i):
         return stream(*args)
 
 

@@ -36,7 +36,8 @@ MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is f
 # one header line, the number of header lines.
 MAX_HEADER_LINE_BYTES = 8190
 MAX_HEADERS = 128
-OPEN_PATHS = frozenset({"/health"})  # reachable without the API key (probes carry no secrets)
+# reachable without the API key (probes carry no secrets), with or without a trailing slash
+OPEN_PATHS = frozenset({"/health", "/health/"})
 
 
 def create_app(engine: Engine, *, api_key: str | None = None,
@@ -44,19 +45,36 @@ def create_app(engine: Engine, *, api_key: str | None = None,
                max_body_bytes: int = MAX_BODY_BYTES,
                cors: CorsOptions | None = None) -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
-    may call it from other origins only as `cors` allows (None: from none, CORS off)."""
+    may call it from other origins only as `cors` allows (None: from none, CORS off).
+    Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
+    bodies' content codings itself."""
     middlewares = [error_middleware]
     if api_key:
         middlewares.append(_auth_middleware(api_key))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ApiState(engine=engine, served_model_name=served_model_name,
                           shutdown_timeout=shutdown_timeout, created=int(time.time()))
-    app.add_routes(ops.ROUTES + openai.ROUTES + lightllm.ROUTES)
+    app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES))
     if cors is not None:
         enable_cors(app, cors)
     app.cleanup_ctx.append(_engine_lifetime)
     app.on_shutdown.append(_drain)
     return app
+
+
+def _with_trailing_slash(routes: list[web.RouteDef]) -> list[web.RouteDef]:
+    """`routes`, each also at its path with a trailing slash (POST /v1/chat/completions/:
+    a base URL joined with one slash too many). Served, not redirected as FastAPI
+    (vLLM, SGLang) redirects it: curl without -L and clients that follow no redirect for a
+    POST stop at a redirect, which also costs a round trip and must resend the body. A
+    path with a variable ({model:.+}) already takes what follows it, slash included."""
+    out = []
+    for route in routes:
+        out.append(route)
+        if not route.path.endswith("/") and "{" not in route.path:
+            out.append(web.RouteDef(route.method, route.path + "/", route.handler,
+                                    route.kwargs))
+    return out
 
 
 async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -133,6 +151,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         app,
         # a client that disconnects cancels its handler, which aborts its engine request
         handler_cancellation=True,
+        # request bodies come as sent: api/body.py decodes their content coding, so a body
+        # that does not decode is a client's 400, not an error inside aiohttp's parser
+        auto_decompress=False,
         # the engine drains within shutdown_timeout (see _drain); this is what aiohttp then
         # gives the handlers to write their last bytes
         shutdown_timeout=5.0,

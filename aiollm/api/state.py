@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -61,25 +62,21 @@ class ApiState:
         also when it is many short prompts. A bad prompt is named by its index (prompt[i])."""
         size = sum(len(p) for p in prompts)
         if size <= TOKENIZE_INLINE_CHARS:
-            return [await self._tokenize_item(i, p) for i, p in enumerate(prompts)]
+            out = []
+            for i, p in enumerate(prompts):
+                with naming_prompt(i):
+                    out.append(await self.tokenize(p))
+            return out
 
         def all_of_them() -> list[list[int]]:
             out = []
             for i, p in enumerate(prompts):
-                try:
+                with naming_prompt(i):
                     out.append(list(self.engine.tokenizer.encode(p)) if isinstance(p, str) and p
                                else self.engine.tokenize(p))
-                except InvalidRequest as e:
-                    raise of_batch_item(e, "prompt", i) from None
             return out
 
         return await asyncio.to_thread(all_of_them)
-
-    async def _tokenize_item(self, i: int, prompt: str | Sequence[int]) -> list[int]:
-        try:
-            return await self.tokenize(prompt)
-        except InvalidRequest as e:
-            raise of_batch_item(e, "prompt", i) from None
 
     async def detokenize(self, ids: list[int]) -> str:
         return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
@@ -97,3 +94,15 @@ STATE = web.AppKey("aiollm_state", ApiState)
 
 def state(request: web.Request) -> ApiState:
     return request.app[STATE]
+
+
+@contextmanager
+def naming_prompt(i: int | None) -> Iterator[None]:
+    """An InvalidRequest raised in the block about its prompt is raised naming prompt i of
+    the batch (errors.of_batch_item); with i None (no batch), as it is."""
+    try:
+        yield
+    except InvalidRequest as e:
+        if i is None:
+            raise
+        raise of_batch_item(e, "prompt", i) from None
