@@ -426,6 +426,26 @@ def test_a_byte_order_mark_before_the_json_is_skipped(server):
     assert_error(status, raw_body, 400, None, "empty")
 
 
+def test_a_body_that_cannot_be_read_closes_its_connection(server):
+    """A body aiohttp cannot read (gzip that is not gzip) gets its 400, then the server drops
+    the connection (the rest of the body cannot be parsed): the 400 says so (Connection:
+    close), so a client's pool opens a new connection for its next request. It said
+    keep-alive, and the client's next POST on the pooled connection failed ('Can not write
+    request body', or 'Connection reset by peer')."""
+    async def go():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
+            async with s.post(server.base + C, data=b'{"prompt": "x"}', headers={
+                    "Content-Type": "application/json", "Content-Encoding": "gzip"}) as r:
+                first = r.status, r.headers.get("Connection"), await r.read()
+            async with s.post(server.base + C, json=prompt()) as r:  # a GET got through
+                return first, r.status
+
+    (status, connection, body), after = asyncio.run(go())
+    assert_error(status, body, 400, None, "content-encoding: gzip")
+    assert after == 200
+    assert connection == "close"
+
+
 def test_top_p_below_float32_is_not_a_server_error(server):
     status, _, raw_body = http(server, "POST", C, json=prompt(top_p=5e-324))
     assert status in (200, 400), raw_body
