@@ -11,12 +11,12 @@ interleaved rounds (medians), under three routings (random bf16 weights):
 - balanced: every expert exactly 256 pairs (4,096 tokens): no partial block at all;
 - tails: every expert exactly 264 pairs (4,224 tokens): every expert ends in 8 pairs,
 
-with the H200's tuned configs of the 4,096-token class and a few launch variants of them (the
-tile order's GROUP_M, the down GEMM's K tile). cuBLAS's batched GEMM on the balanced routing
-(no gather, no padding) is the comparator, and the layer's FLOPs over this run's dense bf16
-matmul rate the compute roofline. nvidia-smi samples the SM clock and power during sustained
-runs of the dense matmul and of the experts part. Writes
-bench/results/moe-tails-DATE-DEVICE-COMMIT.json.
+with the H200's tuned configs of the 4,096-token class and variants of them (MERGE: the
+tails inside the previous block's tile, fused_moe_gemm.py; the tile order's GROUP_M). cuBLAS's batched GEMM on the balanced routing
+(no gather, no padding) is the comparator, and the experts' GEMM FLOPs over this run's dense
+bf16 matmul rate their compute roofline (layer_compute_roofline_ms: no router GEMM in it).
+nvidia-smi samples the SM clock and power during sustained runs of the dense matmul and of
+the experts part. Writes bench/results/moe-tails-DATE-DEVICE-COMMIT.json.
 
     python bench/moe_tails.py [--rounds 5] [--warm N]
 """
@@ -65,8 +65,8 @@ def routing(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
         return moe_route_triton(logits, K_TOP, True)
     per = {"balanced": 256, "tails": 264}[kind]
     T = E * per // K_TOP
-    # token t's k-th expert: (t + k * T / 8) // (T / 8) ... spread so that a token's eight
-    # experts differ: the labels sorted, token t takes positions t, t + T, ..., t + 7T
+    # the labels sorted, token t takes positions t, t + T, ..., t + 7T: its k-th expert is
+    # (t + k * T) // per, and T = 16 * per, so its eight experts are 16 apart (all differ)
     labels = torch.arange(E, device="cuda").repeat_interleave(per)
     ids = labels.view(K_TOP, T).t().contiguous()
     perm = torch.randperm(T, device="cuda", generator=gen)
@@ -77,6 +77,7 @@ def routing(kind: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor
 
 
 def graph_of(fn) -> torch.cuda.CUDAGraph:
+    """fn captured in a CUDA graph, after one run outside it (Triton compiles there)."""
     fn()
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
@@ -86,6 +87,7 @@ def graph_of(fn) -> torch.cuda.CUDAGraph:
 
 
 def replay_ms(g: torch.cuda.CUDAGraph) -> float:
+    """Median ms of one replay of g (triton's do_bench: L2 flushed between replays)."""
     return float(triton.testing.do_bench(g.replay, warmup=10, rep=100, return_mode="median"))
 
 
@@ -143,6 +145,7 @@ def _warm(forms: list[tuple[str, dict]]) -> str:
 
 
 def warm(workers: int) -> None:
+    """Compiles every form in `workers` spawned processes; prints those that fail."""
     import multiprocessing
     forms = [("up", c) for c in UP_FORMS.values()] + [("down", c) for c in DOWN_FORMS.values()]
     with multiprocessing.get_context("spawn").Pool(workers) as pool:
@@ -169,6 +172,7 @@ def main() -> None:
     w13 = (torch.randn(E, 2 * I, H, device=dev, generator=gen) * 0.02).to(dt)
     w2 = (torch.randn(E, H, I, device=dev, generator=gen) * 0.02).to(dt)
     csv = tempfile.mktemp(suffix=".csv")
+    windows: dict[str, tuple[float, float]] = {}  # read in `finally`, even after a failure
     sampler = subprocess.Popen(sampler_command(csv, 100), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     report = {"bench": "moe-tails", "date": str(date.today()),
@@ -180,7 +184,7 @@ def main() -> None:
         mm_ms = float(triton.testing.do_bench(lambda: a @ b, warmup=25, rep=200,
                                               return_mode="median"))
         report["matmul_tflops"] = 2 * 8192**3 / mm_ms / 1e9
-        windows = {"matmul": sustained(lambda: a @ b)}  # clocks read once nvidia-smi ends
+        windows["matmul"] = sustained(lambda: a @ b)  # clocks read once nvidia-smi ends
         del a, b
         print(f"matmul {report['matmul_tflops']:.0f} TFLOP/s")
         for kind in ("random", "balanced", "tails"):

@@ -517,6 +517,26 @@ def test_a_body_that_does_not_decode_logs_no_error(server, caplog, coding):
             if r.levelno >= logging.WARNING or r.exc_info] == []
 
 
+def test_a_body_that_cannot_be_read_closes_its_connection(server):
+    """A body that is not the gzip its header says gets its 400, and the client's next request
+    on the same pooled connection is served: when aiohttp decoded the body, it dropped the
+    connection after a 400 that said keep-alive, and the next POST failed ('Can not write
+    request body'). The server decodes bodies itself now, so the connection stays usable;
+    a body aiohttp still cannot read (a broken chunked encoding) gets Connection: close."""
+    async def go():
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as s:
+            async with s.post(server.base + C, data=b'{"prompt": "x"}', headers={
+                    "Content-Type": "application/json", "Content-Encoding": "gzip"}) as r:
+                first = r.status, r.headers.get("Connection"), await r.read()
+            async with s.post(server.base + C, json=prompt()) as r:  # a GET got through
+                return first, r.status
+
+    (status, connection, body), after = asyncio.run(go())
+    assert_error(status, body, 400, None, "Content-Encoding: gzip")
+    assert after == 200
+    assert connection != "close"  # nothing was left unread: the connection is reused
+
+
 def test_top_p_below_float32_is_not_a_server_error(server):
     status, _, raw_body = http(server, "POST", C, json=prompt(top_p=5e-324))
     assert status in (200, 400), raw_body

@@ -45,7 +45,10 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         body = await request.read()
     except web.RequestPayloadError as exc:  # the client's bytes, not the server, are at fault
         detail = getattr(exc.__cause__, "message", "") or str(exc)
-        raise ApiError(400, f"request body could not be read: {detail}") from None
+        # the rest of the body cannot be read past, so aiohttp drops the connection after
+        # the response: the response says so, or a client's pool sends its next request
+        # on a connection being closed
+        raise ApiError(400, f"request body could not be read: {detail}", close=True) from None
     if coding is not None:  # a compressed body is small: its size is no measure of the work
         body = await off_loop(len(body), _decoded, body, coding, request.client_max_size)
     body = body.removeprefix(_UTF8_BOM)  # a file saved by Windows tools starts with one

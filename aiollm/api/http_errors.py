@@ -35,16 +35,20 @@ _TYPES = {
 
 
 class ApiError(Exception):
-    """An HTTP error with a message for the client; `param` names the field at fault."""
+    """An HTTP error with a message for the client; `param` names the field at fault;
+    `close` ends the connection after the response (Connection: close), for a request whose
+    bytes the server could not read to their end."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, headers: dict[str, str] | None = None):
+                 code: str | None = None, headers: dict[str, str] | None = None,
+                 close: bool = False):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
         self.headers = headers or {}
+        self.close = close
 
 
 def error_body(status: int, message: str, param: str | None = None,
@@ -54,13 +58,16 @@ def error_body(status: int, message: str, param: str | None = None,
 
 
 def error_response(err: ApiError) -> web.Response:
-    return web.Response(
+    resp = web.Response(
         status=err.status,
         body=msgspec.json.encode(error_body(err.status, err.message, err.param, err.code)),
         content_type="application/json",
         charset="utf-8",  # clients that honour only the header must not guess ISO-8859-1
         headers=err.headers,
     )
+    if err.close:
+        resp.force_close()  # aiohttp then writes Connection: close
+    return resp
 
 
 def as_api_error(exc: BaseException) -> ApiError:
