@@ -219,13 +219,14 @@ MERGE = {"paired": ({**_M64[0], "FUSED": 2, "MERGE": 1}, {**_M64[1], "TMA": 1, "
                          {**_M64[1], "TMA": 1, "MERGE": 1})}
 
 
-def merge_case_ids(counts=MERGE_COUNTS) -> torch.Tensor:
-    """topk_ids [T, 2] giving expert e exactly counts[e] pairs, a token's two experts distinct
-    (the sorted labels' halves never meet on one expert: no count reaches T), rows shuffled."""
+def merge_case_ids(counts=MERGE_COUNTS, top_k: int = 2) -> torch.Tensor:
+    """topk_ids [T, top_k] giving expert e exactly counts[e] pairs, a token's experts distinct
+    (the sorted labels' T-long slices never meet on one expert: no count exceeds T), rows
+    shuffled."""
     labels = torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts))
-    T = labels.numel() // 2
-    ids = torch.stack([labels[:T], labels[T:]], dim=1)
-    assert (ids[:, 0] != ids[:, 1]).all()
+    T = labels.numel() // top_k
+    assert T * top_k == labels.numel() and max(counts) <= T
+    ids = labels.view(top_k, T).T
     return ids[torch.randperm(T, generator=torch.Generator().manual_seed(5))].to(torch.int32)
 
 
@@ -243,6 +244,44 @@ def test_fused_moe_merged_tails_match_reference(variant, local):
     ws = slice(start, start + n)
     out = fused_moe_triton(x, w13[ws].contiguous(), w2[ws].contiguous(), weights, ids, start,
                            configs=MERGE[variant])
+    torch.testing.assert_close(out, fused_moe_ref(x, w13[ws], w2[ws], weights, ids, start),
+                               rtol=1e-4, atol=1e-5)
+
+
+# MERGE at the layout's edges: (BLOCK_M, top_k, pair counts, local slice, torch_mm, gate/up
+# flags, down flags). "full": every expert 1 mod 64, so the padded layout is exactly full
+# (the last tail ends sorted_ids and expert_ids), tails of 1 after 1, 2 and 3 full blocks and
+# a lone pair; "bm128": tails of 16, 17 (32 columns), 33 (its own tile), 32 after two full
+# blocks, 40 alone, 1 in the last expert; "row-maps": top_k 4, the last local expert's tail
+# of 1 merged, gate/up rows by the compact layout (torch_mm 1) or down's A rows by it (3)
+MERGE_EDGES = {
+    "full": (64, 2, (65, 129, 1, 193), (0, 4), 0, {"FUSED": 0, "TMA": 1, "GROUP_M": 3},
+             {"GROUP_M": 3}),
+    "bm128": (128, 1, (144, 145, 288, 161, 40, 0, 129), (0, 7), 0, {"FUSED": 2, "GROUP_M": 1},
+              {"SPLIT": 1, "GROUP_M": 2}),
+    "row-maps-up": (64, 4, (60, 97, 33, 80, 65, 0, 57), (1, 4), 1,
+                    {"FUSED": 0, "TMA": 1, "GROUP_M": 1}, {}),
+    "row-maps-down": (64, 4, (60, 97, 33, 80, 65, 0, 57), (1, 4), 3,
+                      {"FUSED": 2, "TMA": 1, "SPLIT": 1}, {"GROUP_M": 1})}
+
+
+@pytest.mark.parametrize("case", list(MERGE_EDGES))
+def test_fused_moe_merged_tails_at_the_layout_edges(case):
+    bm, top_k, counts, (start, n), torch_mm, up, down = MERGE_EDGES[case]
+    if torch_mm and not HAS_GROUPED_MM:
+        pytest.skip("torch._grouped_mm does not run on this CPU build")
+    torch.manual_seed(6)
+    ids = merge_case_ids(counts, top_k)
+    T, E, H, I = ids.shape[0], len(counts), 40, 24  # H 40: gate/up's K loop masked too
+    x = torch.randn(T, H)
+    w13 = torch.randn(E, 2 * I, H) / H**0.5
+    w2 = torch.randn(E, H, I) / I**0.5
+    weights = torch.softmax(torch.randn(T, top_k), dim=1)
+    ws = slice(start, start + n)
+    configs = ({**_M64[0], "BLOCK_M": bm, "MERGE": 1, **up},
+               {**_M64[1], "BLOCK_M": bm, "TMA": 1, "MERGE": 1, **down})
+    out = fused_moe_triton(x, w13[ws].contiguous(), w2[ws].contiguous(), weights, ids, start,
+                           configs=configs, torch_mm=torch_mm)
     torch.testing.assert_close(out, fused_moe_ref(x, w13[ws], w2[ws], weights, ids, start),
                                rtol=1e-4, atol=1e-5)
 
