@@ -281,7 +281,7 @@ def _moe_gemm_kernel(
     # only an expert's last block holds padding (at its end): with SPLIT, a block whose pairs
     # fit in half (or, SPLIT 2, a quarter) of it runs a tile of that height instead
     used = BLOCK_M
-    if SPLIT > 0 or MERGE:
+    if SPLIT > 0:
         used = tl.sum((tl.load(SortedIds + row0 + tl.arange(0, BLOCK_M)) < num_pairs)
                       .to(tl.int32), 0)
     # Triton 3.6 compiles the two branches below even when MERGE is off: their TAIL is 0 then
@@ -294,7 +294,8 @@ def _moe_gemm_kernel(
         # (the tails' MMAs, not their weight loads, are what they cost). Padding sits at a
         # block's end, so a block whose slot j is padding holds at most j pairs.
         before = tl.load(ExpertIds + pid_m - 1, mask=pid_m > 0, other=-1)
-        if (used <= 32) & (before == expert):
+        at_most_32 = tl.load(SortedIds + row0 + 32) >= num_pairs
+        if at_most_32 & (before == expert):
             return
         has_next = (pid_m + 1) * BLOCK_M < num_padded
         after = tl.load(ExpertIds + pid_m + 1, mask=has_next, other=-1)
