@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 # InvalidRequest.code of a prompt (with max_tokens) past the model's context: OpenAI's code,
 # which clients read to shorten the conversation and retry
@@ -38,6 +41,19 @@ def of_batch_item(exc: InvalidRequest, field: str, index: int,
         return exc
     item = f"{name or field}[{index}]"
     return exc.within(item, param=item if exc.param == field else exc.param)
+
+
+@contextmanager
+def naming_batch_item(field: str, index: int | None, name: str | None = None
+                      ) -> Iterator[None]:
+    """An InvalidRequest raised in the block is raised as of_batch_item(exc, field, index,
+    name) tells it; with index None (no batch), as it is."""
+    try:
+        yield
+    except InvalidRequest as e:
+        if index is None:
+            raise
+        raise of_batch_item(e, field, index, name) from None
 
 
 class Overloaded(RuntimeError):

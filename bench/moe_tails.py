@@ -12,9 +12,10 @@ interleaved rounds (medians), under three routings (random bf16 weights):
 - tails: every expert exactly 264 pairs (4,224 tokens): every expert ends in 8 pairs,
 
 with the H200's tuned configs of the 4,096-token class and variants of them (MERGE: the
-tails inside the previous block's tile, fused_moe_gemm.py; the tile order's GROUP_M). cuBLAS's batched GEMM on the balanced routing
-(no gather, no padding) is the comparator, and the experts' GEMM FLOPs over this run's dense
-bf16 matmul rate their compute roofline (layer_compute_roofline_ms: no router GEMM in it).
+tails inside the previous block's tile, fused_moe_gemm.py; the tile order's GROUP_M).
+cuBLAS's batched GEMM on the balanced routing (no gather, no padding) is the comparator,
+and the experts' GEMM FLOPs over this run's dense bf16 matmul rate their compute roofline
+(layer_compute_roofline_ms: no router GEMM in it).
 nvidia-smi samples the SM clock and power during sustained runs of the dense matmul and of
 the experts part. Writes bench/results/moe-tails-DATE-DEVICE-COMMIT.json.
 

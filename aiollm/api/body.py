@@ -2,8 +2,9 @@
 
 Owns the checks of the body as bytes, before any field is looked at: the Content-Type, a
 body the client could not send whole, its content coding (gzip and deflate are decoded
-here, not by aiohttp: see decode_body; any other is a 415), an empty body, a UTF-8 byte order mark, bytes that
-are not UTF-8 or not JSON, and strings that escape a lone surrogate (named by their field).
+here, not by aiohttp: see decode_body; any other is a 415), an empty body, a UTF-8 byte
+order mark, bytes that are not UTF-8 or not JSON, and strings that escape a lone surrogate
+(named by their field).
 The Structs themselves, and the rules of their fields, live in api/protocol.py.
 """
 

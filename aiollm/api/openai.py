@@ -19,8 +19,9 @@ from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, json_response
-from aiollm.api.state import ApiState, naming_prompt, state
+from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.errors import naming_batch_item
 from aiollm.sampling_params import Constraint
 
 if TYPE_CHECKING:
@@ -158,7 +159,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 async def _of_prompt(i: int | None, result: Awaitable[T]) -> T:
     """`result`, whose errors about its prompt name prompt i of the batch (None: no batch)."""
-    with naming_prompt(i):
+    with naming_batch_item("prompt", i):
         return await result
 
 
@@ -166,7 +167,7 @@ def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *a
                       ) -> AsyncIterator[T]:
     """stream(*args), whose errors about its prompt (raised as it is called) name prompt i
     of the batch (None: no batch)."""
-    with naming_prompt(i):
+    with naming_batch_item("prompt", i):
         return stream(*args)
 
 

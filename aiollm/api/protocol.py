@@ -1,8 +1,9 @@
 """Request bodies of the HTTP API as msgspec Structs.
 
 Types are checked here, strictly, while the body is decoded (api/body.py decodes it); value
-ranges are checked once, by SamplingParams, so every rule lives in one place. Unknown fields are accepted and ignored:
-clients send vendor extensions (`user`, `metadata`, `multimodal_params`...) that must not fail.
+ranges are checked once, by SamplingParams, so every rule lives in one place. Unknown fields
+are accepted and ignored: clients send vendor extensions (`user`, `metadata`,
+`multimodal_params`...) that must not fail.
 Known fields that would change the output, sent to an endpoint that does not serve them (tools
 on /v1/completions, logit_bias on /generate), are refused instead (refuse_unserved).
 """

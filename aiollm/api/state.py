@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,7 +13,7 @@ from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
-from aiollm.errors import InvalidRequest, of_batch_item
+from aiollm.errors import naming_batch_item
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine
@@ -64,14 +63,14 @@ class ApiState:
         if size <= TOKENIZE_INLINE_CHARS:
             out = []
             for i, p in enumerate(prompts):
-                with naming_prompt(i):
+                with naming_batch_item("prompt", i):
                     out.append(await self.tokenize(p))
             return out
 
         def all_of_them() -> list[list[int]]:
             out = []
             for i, p in enumerate(prompts):
-                with naming_prompt(i):
+                with naming_batch_item("prompt", i):
                     out.append(list(self.engine.tokenizer.encode(p)) if isinstance(p, str) and p
                                else self.engine.tokenize(p))
             return out
@@ -95,14 +94,3 @@ STATE = web.AppKey("aiollm_state", ApiState)
 def state(request: web.Request) -> ApiState:
     return request.app[STATE]
 
-
-@contextmanager
-def naming_prompt(i: int | None) -> Iterator[None]:
-    """An InvalidRequest raised in the block about its prompt is raised naming prompt i of
-    the batch (errors.of_batch_item); with i None (no batch), as it is."""
-    try:
-        yield
-    except InvalidRequest as e:
-        if i is None:
-            raise
-        raise of_batch_item(e, "prompt", i) from None

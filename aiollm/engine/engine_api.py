@@ -23,7 +23,7 @@ from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, check_request, new_request, off_loop, tokenize
-from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, of_batch_item
+from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
 from aiollm.sampling_params import SamplingParams
 
 
@@ -131,10 +131,8 @@ class EngineAPI:
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
 
         async def one(i, p):
-            try:
+            with naming_batch_item("prompt", i, batch_name):
                 out = await self.generate(p, params)
-            except InvalidRequest as e:
-                raise of_batch_item(e, "prompt", i, batch_name) from None
             bar.update(1)
             return out
 
