@@ -61,7 +61,7 @@ def _c(bn: int, bk: int, warps: int, stages: int, **flags: int) -> Config:
 # descriptor), FUSED 0 (gate/up as one plain GEMM, then silu_and_mul) or 2 (gate and up tiles
 # in one TMA box and one MMA of 2 * BLOCK_N columns), SPLIT 1/2 (an expert's
 # last block, if its pairs fit, as a tile of 1/2 or 1/4 the height: less padding computed),
-# MERGE (an expert's last block of at most 32 pairs inside the previous block's tile);
+# MERGE (an expert's last block of at most MERGE_ROWS pairs inside the previous block's tile);
 # absent means 0, FUSED 1.
 _SMALL = [_c(32, 128, 4, 4), _c(64, 128, 4, 4), _c(64, 64, 4, 4), _c(128, 64, 4, 3),
           _c(32, 256, 4, 3), _c(64, 256, 8, 3), _c(128, 128, 8, 3),
@@ -288,31 +288,32 @@ def _moe_gemm_kernel(
     tail_16 = False
     tail_32 = False
     if MERGE:
-        # an expert's last block of at most 32 pairs after a block of its own is computed
-        # by that block's program, as a swapped second accumulator of 16 or 32 columns on
-        # the same weight tiles: a tile of its own would compute 64 rows or more for them
-        # (the tails' MMAs, not their weight loads, are what they cost). Padding sits at a
-        # block's end, so a block whose slot j is padding holds at most j pairs.
+        # MERGE is 0 or MERGE_ROWS: an expert's last block of at most MERGE pairs after a
+        # block of its own is computed by that block's program, as a swapped second
+        # accumulator of MERGE / 2 or MERGE columns on the same weight tiles: a tile of its
+        # own would compute 64 rows or more for them (the tails' MMAs, not their weight
+        # loads, are what they cost). Padding sits at a block's end, so a block whose slot j
+        # is padding holds at most j pairs.
         before = tl.load(ExpertIds + pid_m - 1, mask=pid_m > 0, other=-1)
-        at_most_32 = tl.load(SortedIds + row0 + 32) >= num_pairs
-        if at_most_32 & (before == expert):
+        tail_only = tl.load(SortedIds + row0 + MERGE) >= num_pairs
+        if tail_only & (before == expert):
             return
         has_next = (pid_m + 1) * BLOCK_M < num_padded
         after = tl.load(ExpertIds + pid_m + 1, mask=has_next, other=-1)
         same = has_next & (after == expert)
         next_slot = SortedIds + row0 + BLOCK_M
-        tail_16 = same & (tl.load(next_slot + 16, mask=same, other=0) >= num_pairs)
-        tail_32 = same & (tl.load(next_slot + 32, mask=same, other=0) >= num_pairs)
+        tail_16 = same & (tl.load(next_slot + MERGE // 2, mask=same, other=0) >= num_pairs)
+        tail_32 = same & (tl.load(next_slot + MERGE, mask=same, other=0) >= num_pairs)
     if tail_16:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
-                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, MERGE * 16)
+                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, MERGE // 2)
     elif tail_32:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
                   A_ROW_DIV, FUSE_SILU, MUL_WEIGHT, ROW_MAP, EVEN_K, SWAP_AB, USE_TMA,
-                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, MERGE * 32)
+                  BLOCK_M, BLOCK_N, BLOCK_K, PRECISION, MERGE)
     elif used > BLOCK_M // 2:
         _moe_tile(A, B, BDesc, C, SortedIds, TopkWeights, RowMap, expert, row0, pid_n,
                   N, K, num_pairs, stride_am, stride_be, stride_bn, stride_cm, up_offset,
@@ -370,7 +371,7 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
         ROW_MAP=0 if row_map is None else 2 if map_a else 1, EVEN_K=k % cfg["BLOCK_K"] == 0,
         SWAP_AB=bool(cfg.get("SWAP_AB", 0)),
         USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
-        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0), MERGE=merge,
+        GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0), MERGE=MERGE_ROWS if merge else 0,
         PRECISION="ieee" if a.dtype == torch.float32 else "tf32", num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
