@@ -124,6 +124,31 @@ def test_qwen2_moe_without_shared_expert_matches_transformers(tmp_path):
     assert asyncio.run(main()) == want
 
 
+def without_experts(family: str):
+    """FAMILIES[family] with num_experts 0 (transformers 5 writes it as num_local_experts)."""
+    fields = FAMILIES[family].to_dict()
+    fields.pop("num_local_experts", None)
+    return type(FAMILIES[family])(**{**fields, "num_experts": 0})
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe"])
+def test_qwen_moe_with_no_experts_runs_dense_as_transformers_does(tmp_path, family):
+    """num_experts 0: transformers builds every layer with a dense MLP of intermediate_size
+    (whatever num_experts_per_tok says); it was refused as num_experts_per_tok out of
+    [1, 0]."""
+    config = without_experts(family)
+    assert config.num_experts == 0 and config.num_experts_per_tok == 2
+    hf = save_moe_model(family, tmp_path, config)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.moe is None
+    assert loaded.config.num_params() == sum(p.numel() for p in hf.parameters())
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
 def test_greedy_through_engine_matches_transformers(moe_model):
     family, path, _, want = moe_model
 

@@ -323,12 +323,17 @@ def _check_model_type(model_type: Any) -> None:
         )
 
 
-def _moe_from_hf(hf: Any) -> MoeConfig:
-    """MoeConfig of a Mixtral / Qwen MoE config; a bad value is refused naming its config.json
-    field (MoeConfig's own checks speak of top_k and sparse_step, which no config.json has)."""
+def _moe_from_hf(hf: Any) -> MoeConfig | None:
+    """MoeConfig of a Mixtral / Qwen MoE config, None for a Qwen one without experts; a bad
+    value is refused naming its config.json field (MoeConfig's own checks speak of top_k and
+    sparse_step, which no config.json has)."""
     mixtral = hf.model_type == "mixtral"
     experts_field = "num_local_experts" if mixtral else "num_experts"
     num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
+    if num_experts == 0 and not mixtral:
+        # transformers' Qwen MoE layers are sparse only when num_experts > 0: every MLP is
+        # then dense (intermediate_size), num_experts_per_tok unread
+        return None
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"config.json: num_experts_per_tok must be in [1, {experts_field} = "
                          f"{num_experts}], got {top_k}")
