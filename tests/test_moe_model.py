@@ -182,15 +182,24 @@ def test_greedy_through_the_server_matches_transformers(moe_model):
         server.close()
 
 
-def write_moe_gguf(hf, path: str, per_expert: bool = False) -> None:
+def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None) -> None:
     """Write an HF MoE model as llama.cpp lays it out: experts stacked per projection
     (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k.
     per_expert: one tensor per expert (blk.N.ffn_gate.E), the layout of llama.cpp's Mixtral
-    files before April 2024, which llama.cpp still reads."""
+    files before April 2024, which llama.cpp still reads. edit(GGUF name, array) -> the
+    array to write instead, or None to leave the tensor out (a damaged file)."""
     c = hf.config
     mixtral = c.model_type == "mixtral"
     arch = "llama" if mixtral else c.model_type.replace("_", "")
     w = gguf_writer(c, path, arch)
+    if edit is not None:
+        add = w.add_tensor
+
+        def add_edited(name, t):
+            if (t := edit(name, t)) is not None:
+                add(name, t)
+
+        w.add_tensor = add_edited
     w.add_expert_count(c.num_local_experts if mixtral else c.num_experts)
     w.add_expert_used_count(c.num_experts_per_tok)
     if not mixtral:
