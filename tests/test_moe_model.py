@@ -124,6 +124,85 @@ def test_qwen2_moe_without_shared_expert_matches_transformers(tmp_path):
     assert asyncio.run(main()) == want
 
 
+def variant(family: str, **fields):
+    return type(FAMILIES[family])(**{**FAMILIES[family].to_dict(), **fields})
+
+
+# config variants transformers accepts, beyond FAMILIES: where the sparse layers are, the
+# routing's edges (one expert a token, every expert), renormalisation the other way, tied
+# embeddings, a sliding window longer than the prompts, one expert with a shared one
+VARIANTS = {
+    "qwen3_moe-sparse-step-2": ("qwen3_moe", dict(num_hidden_layers=4, decoder_sparse_step=2,
+                                                  mlp_only_layers=[3])),
+    "qwen3_moe-top1-unnormalised": ("qwen3_moe", dict(num_experts_per_tok=1,
+                                                      norm_topk_prob=False)),
+    "qwen3_moe-top-all-tied": ("qwen3_moe", dict(num_experts_per_tok=16,
+                                                 tie_word_embeddings=True)),
+    "mixtral-sliding-window-tied": ("mixtral", dict(sliding_window=300,
+                                                    tie_word_embeddings=True)),
+    "qwen2_moe-one-expert-normalised": ("qwen2_moe", dict(num_experts=1, num_experts_per_tok=1,
+                                                          norm_topk_prob=True,
+                                                          decoder_sparse_step=2)),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_config_variants_match_transformers(tmp_path, name):
+    family, fields = VARIANTS[name]
+    hf = save_moe_model(family, tmp_path, variant(family, **fields))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    sparse = [hasattr(layer.mlp, "experts") for layer in loaded.model.layers]
+    assert sparse == [hasattr(layer.mlp, "experts") for layer in hf.model.layers], name
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("layout", ["shards-with-index", "stacked-experts"])
+def test_checkpoint_layouts_match_transformers(tmp_path, layout):
+    """Shards with an index json (each shard holding some experts of a layer), and the
+    experts stacked as transformers 5 holds them (experts.gate_up_proj [E, 2I, H],
+    experts.down_proj [E, H, I]: a state dict saved as it is)."""
+    from safetensors.torch import save_file
+
+    hf = save_moe_model("qwen2_moe", tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    if layout == "shards-with-index":
+        hf.save_pretrained(str(tmp_path), max_shard_size="20KB")
+        assert len(list(tmp_path.glob("model-*.safetensors"))) > 3
+        assert (tmp_path / "model.safetensors.index.json").exists()
+    else:
+        save_file({n: t.contiguous() for n, t in hf.state_dict().items()},
+                  tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+
+
+def test_mixed_lengths_in_chunks_through_generate_batch_match_transformers(tmp_path):
+    """Prompts of 1 to 150 tokens in one generate_batch, prefilled in chunks of 48 tokens
+    beside running decodes, on the model with a shared expert (whose steps run layer by
+    layer, not through forward_small)."""
+    hf = save_moe_model("qwen2_moe", tmp_path)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 160, (n,), generator=gen).tolist()
+               for n in (150, 1, 37, 90, 2, 64)]
+    want = [hf_greedy(hf, p, 6) for p in prompts]
+
+    async def main():
+        params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+        async with Engine(str(tmp_path), kv_tokens=2048, max_model_len=256,
+                          max_prefill_tokens=48, mixed_prefill_tokens=16) as engine:
+            outs = await engine.generate_batch(prompts, params, progress=False)
+        return [o.token_ids for o in outs]
+
+    assert asyncio.run(main()) == want
+
+
 def without_experts(family: str):
     """FAMILIES[family] with num_experts 0 (transformers 5 writes it as num_local_experts)."""
     fields = FAMILIES[family].to_dict()
