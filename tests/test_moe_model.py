@@ -89,6 +89,23 @@ def test_logits_match_transformers_at_every_position(tmp_path, family):
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
 
 
+@pytest.mark.parametrize("family, dtype", [("qwen3_moe", torch.bfloat16),
+                                           ("mixtral", torch.float16),
+                                           ("qwen2_moe", torch.bfloat16),
+                                           ("qwen2_moe", torch.float16)])
+def test_half_precision_logits_are_close_to_transformers(tmp_path, family, dtype):
+    """The CPU path in bf16 / fp16 (experts, router, shared expert in the run dtype): close
+    to transformers in the same dtype, not equal (summation orders differ)."""
+    hf = save_moe_model(family, tmp_path).to(dtype)
+    loaded = load_model(str(tmp_path), dtype=dtype, device="cpu")
+    assert loaded.model.layers[0].mlp.experts.gate_up_proj.dtype == dtype
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS]).float()
+    assert (logits - ref).abs().max() < 0.05
+    assert (logits.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
 def test_qwen2_moe_without_qkv_bias_matches_transformers(tmp_path):
     """Qwen2MoeConfig's qkv_bias=False leaves q/k/v without biases (the loader expected them
     whatever the config said, and refused the checkpoint as missing weights)."""
