@@ -283,7 +283,8 @@ def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None) -> None:
     (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k.
     per_expert: one tensor per expert (blk.N.ffn_gate.E), the layout of llama.cpp's Mixtral
     files before April 2024, which llama.cpp still reads. edit(GGUF name, array) -> the
-    array to write instead, or None to leave the tensor out (a damaged file)."""
+    array to write instead, or (raw bytes, gguf.GGMLQuantizationType) for a quantized
+    tensor, or None to leave the tensor out (a damaged file)."""
     c = hf.config
     mixtral = c.model_type == "mixtral"
     arch = "llama" if mixtral else c.model_type.replace("_", "")
@@ -292,7 +293,9 @@ def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None) -> None:
         add = w.add_tensor
 
         def add_edited(name, t):
-            if (t := edit(name, t)) is not None:
+            if isinstance(t := edit(name, t), tuple):
+                add(name, t[0], raw_dtype=t[1])
+            elif t is not None:
                 add(name, t)
 
         w.add_tensor = add_edited
@@ -352,6 +355,26 @@ def test_gguf_file_matches_transformers(tmp_path, family):
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
     assert (logits - ref).abs().max() < 1e-4
+
+
+def test_gguf_with_quantized_stacked_experts_is_close_to_transformers(tmp_path):
+    """ffn_*_exps quantized (Q8_0): 3-D tensors of blocks, dequantized into the stacked
+    layout expert by expert as llama.cpp stores them."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    def q8(name, t):
+        return (quantize(t, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0) \
+            if "_exps." in name else t
+
+    hf = save_moe_model("qwen3_moe", tmp_path / "hf")
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"), edit=q8)
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 0.01  # Q8_0's rounding; a misplaced block is ~1
+    assert (logits.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
 
 
 def test_qwen2_moe_gguf_without_its_shared_expert_width_matches_transformers(tmp_path):
