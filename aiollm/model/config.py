@@ -268,6 +268,11 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
     window = getattr(hf, "sliding_window", None)
     if arch.startswith("qwen") and not getattr(hf, "use_sliding_window", False):
         window = None
+    # transformers 5 slides only the layers layer_types marks (Qwen2 and Qwen2-MoE derive it
+    # from max_window_layers): with none marked it attends over the whole sequence too
+    layer_types = getattr(hf, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        window = None
     if window and window < max_position:
         log.warning("sliding window %d < the model's context %d: context capped at the window",
                     window, max_position)
