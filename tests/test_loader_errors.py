@@ -278,3 +278,64 @@ def test_git_lfs_pointers_in_place_of_weights_say_git_lfs_pull(copy, tmp_path):
     (tmp_path / "model.gguf").write_text(LFS_POINTER)
     with pytest.raises(ValueError, match="model.gguf .*Git LFS pointer.*git lfs pull"):
         load(tmp_path / "model.gguf")
+
+
+def _moe_gguf(tmp_path, family: str, edit, per_expert: bool = False) -> str:
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    path = str(tmp_path / "moe.gguf")
+    write_moe_gguf(save_moe_model(family, tmp_path / "hf"), path, per_expert, edit)
+    return path
+
+
+@pytest.mark.parametrize("family, gone, per_expert", [
+    ("qwen3_moe", "blk.2.ffn_gate_exps.weight", False),
+    ("qwen3_moe", "blk.0.ffn_down_exps.weight", False),
+    ("mixtral", "blk.1.ffn_up.3.weight", True),
+    ("qwen2_moe", "blk.0.ffn_gate_inp_shexp.weight", False)])
+def test_a_moe_gguf_missing_a_tensor_names_it_as_the_file_does(tmp_path, family, gone,
+                                                                per_expert):
+    """The message listed transformers' per-expert names (experts.0.gate_proj.weight ... and
+    26 more), among them the up_proj halves the file did give: a stacked copy was counted
+    at its first expert only. It names the file's own tensor now."""
+    path = _moe_gguf(tmp_path, family, lambda name, t: None if name == gone else t,
+                     per_expert)
+    with pytest.raises(ValueError, match=rf"checkpoint is missing weights: {gone}$"):
+        load(path)
+
+
+def test_a_moe_gguf_tensor_of_a_wrong_shape_is_named_as_the_file_does(tmp_path):
+    bad = "blk.0.ffn_down_exps.weight"
+    path = _moe_gguf(tmp_path, "qwen3_moe",
+                     lambda name, t: t[..., :-1].copy() if name == bad else t)
+    with pytest.raises(ValueError, match=rf"tensor '{bad}' has shape \(16, 64, 31\), the "
+                       r"model expects \(16, 64, 32\)"):
+        load(path)
+
+
+def test_a_moe_gguf_without_a_router_names_the_router(tmp_path):
+    """A layer without ffn_gate_inp is dense in a GGUF file (no mlp_only_layers there): the
+    message spoke of mlp_only_layers and decoder_sparse_step, which the file has not."""
+    path = _moe_gguf(tmp_path, "qwen3_moe",
+                     lambda name, t: None if name == "blk.0.ffn_gate_inp.weight" else t)
+    with pytest.raises(ValueError, match=r"tensor 'blk.0.ffn_\w+_exps.weight' has no place in "
+                       r"the model: layer 0 has a dense MLP by the file \(it has no router "
+                       r"blk.0.ffn_gate_inp.weight\)$"):
+        load(path)
+
+
+@pytest.mark.parametrize("gone", ["model.layers.0.mlp.experts.gate_up_proj",
+                                  "model.layers.2.mlp.experts.down_proj"])
+def test_a_checkpoint_of_stacked_experts_missing_one_names_it(tmp_path, gone):
+    """transformers 5 holds a layer's experts stacked (experts.gate_up_proj [E, 2I, H],
+    experts.down_proj [E, H, I]); a checkpoint saved from its state dict has those names.
+    One missing was reported as 16 or 32 per-expert names the file never had."""
+    from safetensors.torch import save_file
+
+    from test_moe_model import save_moe_model
+
+    hf = save_moe_model("qwen3_moe", tmp_path)
+    save_file({n: t.contiguous() for n, t in hf.state_dict().items() if n != gone},
+              tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=rf"checkpoint is missing weights: {gone}$"):
+        load(tmp_path)

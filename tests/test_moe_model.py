@@ -89,6 +89,23 @@ def test_logits_match_transformers_at_every_position(tmp_path, family):
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
 
 
+@pytest.mark.parametrize("family, dtype", [("qwen3_moe", torch.bfloat16),
+                                           ("mixtral", torch.float16),
+                                           ("qwen2_moe", torch.bfloat16),
+                                           ("qwen2_moe", torch.float16)])
+def test_half_precision_logits_are_close_to_transformers(tmp_path, family, dtype):
+    """The CPU path in bf16 / fp16 (experts, router, shared expert in the run dtype): close
+    to transformers in the same dtype, not equal (summation orders differ)."""
+    hf = save_moe_model(family, tmp_path).to(dtype)
+    loaded = load_model(str(tmp_path), dtype=dtype, device="cpu")
+    assert loaded.model.layers[0].mlp.experts.gate_up_proj.dtype == dtype
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS]).float()
+    assert (logits - ref).abs().max() < 0.05
+    assert (logits.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+
+
 def test_qwen2_moe_without_qkv_bias_matches_transformers(tmp_path):
     """Qwen2MoeConfig's qkv_bias=False leaves q/k/v without biases (the loader expected them
     whatever the config said, and refused the checkpoint as missing weights)."""
@@ -124,6 +141,128 @@ def test_qwen2_moe_without_shared_expert_matches_transformers(tmp_path):
     assert asyncio.run(main()) == want
 
 
+def variant(family: str, **fields):
+    return type(FAMILIES[family])(**{**FAMILIES[family].to_dict(), **fields})
+
+
+# config variants transformers accepts, beyond FAMILIES: where the sparse layers are, the
+# routing's edges (one expert a token, every expert), renormalisation the other way, tied
+# embeddings, a sliding window longer than the prompts, one expert with a shared one
+VARIANTS = {
+    "qwen3_moe-sparse-step-2": ("qwen3_moe", dict(num_hidden_layers=4, decoder_sparse_step=2,
+                                                  mlp_only_layers=[3])),
+    "qwen3_moe-top1-unnormalised": ("qwen3_moe", dict(num_experts_per_tok=1,
+                                                      norm_topk_prob=False)),
+    "qwen3_moe-top-all-tied": ("qwen3_moe", dict(num_experts_per_tok=16,
+                                                 tie_word_embeddings=True)),
+    "mixtral-sliding-window-tied": ("mixtral", dict(sliding_window=300,
+                                                    tie_word_embeddings=True)),
+    "qwen2_moe-one-expert-normalised": ("qwen2_moe", dict(num_experts=1, num_experts_per_tok=1,
+                                                          norm_topk_prob=True,
+                                                          decoder_sparse_step=2)),
+}
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_config_variants_match_transformers(tmp_path, name):
+    family, fields = VARIANTS[name]
+    hf = save_moe_model(family, tmp_path, variant(family, **fields))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    sparse = [hasattr(layer.mlp, "experts") for layer in loaded.model.layers]
+    assert sparse == [hasattr(layer.mlp, "experts") for layer in hf.model.layers], name
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("layout", ["shards-with-index", "stacked-experts"])
+def test_checkpoint_layouts_match_transformers(tmp_path, layout):
+    """Shards with an index json (each shard holding some experts of a layer), and the
+    experts stacked as transformers 5 holds them (experts.gate_up_proj [E, 2I, H],
+    experts.down_proj [E, H, I]: a state dict saved as it is)."""
+    from safetensors.torch import save_file
+
+    hf = save_moe_model("qwen2_moe", tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    if layout == "shards-with-index":
+        hf.save_pretrained(str(tmp_path), max_shard_size="20KB")
+        assert len(list(tmp_path.glob("model-*.safetensors"))) > 3
+        assert (tmp_path / "model.safetensors.index.json").exists()
+    else:
+        save_file({n: t.contiguous() for n, t in hf.state_dict().items()},
+                  tmp_path / "model.safetensors", metadata={"format": "pt"})
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+
+
+def test_mixed_lengths_in_chunks_through_generate_batch_match_transformers(tmp_path):
+    """Prompts of 1 to 150 tokens in one generate_batch, prefilled in chunks of 48 tokens
+    beside running decodes, on the model with a shared expert (whose steps run layer by
+    layer, not through forward_small)."""
+    hf = save_moe_model("qwen2_moe", tmp_path)
+    gen = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(0, 160, (n,), generator=gen).tolist()
+               for n in (150, 1, 37, 90, 2, 64)]
+    want = [hf_greedy(hf, p, 6) for p in prompts]
+
+    async def main():
+        params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+        async with Engine(str(tmp_path), kv_tokens=2048, max_model_len=256,
+                          max_prefill_tokens=48, mixed_prefill_tokens=16) as engine:
+            outs = await engine.generate_batch(prompts, params, progress=False)
+        return [o.token_ids for o in outs]
+
+    assert asyncio.run(main()) == want
+
+
+def test_a_sliding_window_no_layer_uses_does_not_cap_the_context(tmp_path):
+    """Qwen2-MoE slides only the layers its layer_types marks (odd ones below
+    max_window_layers): with max_window_layers 0 none is, and transformers attends over the
+    whole sequence. The context was capped at the window all the same, and a prompt longer
+    than it refused."""
+    config = variant("qwen2_moe", use_sliding_window=True, sliding_window=32,
+                     max_window_layers=0)
+    assert "sliding_attention" not in config.layer_types
+    hf = save_moe_model("qwen2_moe", tmp_path, config)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", max_model_len=256)
+    assert loaded.config.sliding_window is None and loaded.config.max_position == 512
+    prompts = [list(range(100)), PROMPTS[1]]
+    logits = all_position_logits(loaded, prompts)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in prompts])
+    assert (logits - ref).abs().max() < 1e-4
+
+
+def without_experts(family: str):
+    """FAMILIES[family] with num_experts 0 (transformers 5 writes it as num_local_experts)."""
+    fields = FAMILIES[family].to_dict()
+    fields.pop("num_local_experts", None)
+    return type(FAMILIES[family])(**{**fields, "num_experts": 0})
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe"])
+def test_qwen_moe_with_no_experts_runs_dense_as_transformers_does(tmp_path, family):
+    """num_experts 0: transformers builds every layer with a dense MLP of intermediate_size
+    (whatever num_experts_per_tok says); it was refused as num_experts_per_tok out of
+    [1, 0]."""
+    config = without_experts(family)
+    assert config.num_experts == 0 and config.num_experts_per_tok == 2
+    hf = save_moe_model(family, tmp_path, config)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.moe is None
+    assert loaded.config.num_params() == sum(p.numel() for p in hf.parameters())
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
 def test_greedy_through_engine_matches_transformers(moe_model):
     family, path, _, want = moe_model
 
@@ -157,15 +296,27 @@ def test_greedy_through_the_server_matches_transformers(moe_model):
         server.close()
 
 
-def write_moe_gguf(hf, path: str, per_expert: bool = False) -> None:
+def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None) -> None:
     """Write an HF MoE model as llama.cpp lays it out: experts stacked per projection
     (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k.
     per_expert: one tensor per expert (blk.N.ffn_gate.E), the layout of llama.cpp's Mixtral
-    files before April 2024, which llama.cpp still reads."""
+    files before April 2024, which llama.cpp still reads. edit(GGUF name, array) -> the
+    array to write instead, or (raw bytes, gguf.GGMLQuantizationType) for a quantized
+    tensor, or None to leave the tensor out (a damaged file)."""
     c = hf.config
     mixtral = c.model_type == "mixtral"
     arch = "llama" if mixtral else c.model_type.replace("_", "")
     w = gguf_writer(c, path, arch)
+    if edit is not None:
+        add = w.add_tensor
+
+        def add_edited(name, t):
+            if isinstance(t := edit(name, t), tuple):
+                add(name, t[0], raw_dtype=t[1])
+            elif t is not None:
+                add(name, t)
+
+        w.add_tensor = add_edited
     w.add_expert_count(c.num_local_experts if mixtral else c.num_experts)
     w.add_expert_used_count(c.num_experts_per_tok)
     if not mixtral:
@@ -222,6 +373,26 @@ def test_gguf_file_matches_transformers(tmp_path, family):
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
     assert (logits - ref).abs().max() < 1e-4
+
+
+def test_gguf_with_quantized_stacked_experts_is_close_to_transformers(tmp_path):
+    """ffn_*_exps quantized (Q8_0): 3-D tensors of blocks, dequantized into the stacked
+    layout expert by expert as llama.cpp stores them."""
+    from gguf import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    def q8(name, t):
+        return (quantize(t, GGMLQuantizationType.Q8_0), GGMLQuantizationType.Q8_0) \
+            if "_exps." in name else t
+
+    hf = save_moe_model("qwen3_moe", tmp_path / "hf")
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"), edit=q8)
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 0.01  # Q8_0's rounding; a misplaced block is ~1
+    assert (logits.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
 
 
 def test_qwen2_moe_gguf_without_its_shared_expert_width_matches_transformers(tmp_path):

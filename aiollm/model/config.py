@@ -268,6 +268,11 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
     window = getattr(hf, "sliding_window", None)
     if arch.startswith("qwen") and not getattr(hf, "use_sliding_window", False):
         window = None
+    # transformers 5 slides only the layers layer_types marks (Qwen2 and Qwen2-MoE derive it
+    # from max_window_layers): with none marked it attends over the whole sequence too
+    layer_types = getattr(hf, "layer_types", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        window = None
     if window and window < max_position:
         log.warning("sliding window %d < the model's context %d: context capped at the window",
                     window, max_position)
@@ -323,12 +328,17 @@ def _check_model_type(model_type: Any) -> None:
         )
 
 
-def _moe_from_hf(hf: Any) -> MoeConfig:
-    """MoeConfig of a Mixtral / Qwen MoE config; a bad value is refused naming its config.json
-    field (MoeConfig's own checks speak of top_k and sparse_step, which no config.json has)."""
+def _moe_from_hf(hf: Any) -> MoeConfig | None:
+    """MoeConfig of a Mixtral / Qwen MoE config, None for a Qwen one without experts; a bad
+    value is refused naming its config.json field (MoeConfig's own checks speak of top_k and
+    sparse_step, which no config.json has)."""
     mixtral = hf.model_type == "mixtral"
     experts_field = "num_local_experts" if mixtral else "num_experts"
     num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
+    if num_experts == 0 and not mixtral:
+        # transformers' Qwen MoE layers are sparse only when num_experts > 0: every MLP is
+        # then dense (intermediate_size), num_experts_per_tok unread
+        return None
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"config.json: num_experts_per_tok must be in [1, {experts_field} = "
                          f"{num_experts}], got {top_k}")

@@ -211,6 +211,8 @@ def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: G
     """Fill `model` with a GGUF file's weights, from the cache of an earlier start when it has
     them: a one-rank CPU model maps its stored parameters; others read the dequantized
     tensors; only a miss dequantizes (and stores the result)."""
+    from aiollm.model.weights_gguf import gguf_name
+
     tp = parallel.current()
     alone_on_cpu = device.type == "cpu" and tp is None
     if alone_on_cpu and cache.load_params(model, dtype):
@@ -219,7 +221,8 @@ def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: G
     if (weights := cache.weights_path) is not None:
         from aiollm.model.weights_hf import count_tensors, iter_safetensors
 
-        _fill(model, iter_safetensors([weights], device), count_tensors([weights]), name)
+        _fill(model, iter_safetensors([weights], device), count_tensors([weights]), name,
+              gguf_name)
     else:
         from aiollm.model.weights_gguf import iter_gguf, num_weight_tensors
 
@@ -229,13 +232,15 @@ def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: G
         tensors = iter_gguf(gguf)
         if not alone_on_cpu and (tp is None or tp.rank == 0):  # one writer per group
             tensors = cache.recording(tensors, config)
-        _fill(model, tensors, num_weight_tensors(gguf), name)
+        _fill(model, tensors, num_weight_tensors(gguf), name, gguf_name)
     if alone_on_cpu:
         cache.store_params(model, dtype)
 
 
-def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str) -> None:
-    filler = WeightFiller(model)
+def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str,
+          source_name=None) -> None:
+    """Fill `model` from (transformers name, tensor) pairs; source_name: WeightFiller's."""
+    filler = WeightFiller(model, source_name)
     # disable=None: the bar shows on a terminal and stays silent in logs and tests.
     for name, tensor in tqdm(tensors, total=total, desc=f"loading {label}", unit="tensor",
                              disable=None):

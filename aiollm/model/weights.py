@@ -6,14 +6,17 @@ become row ranges of qkv_proj, gate/up row ranges of gate_up_proj, everything el
 one. The copy casts to the run dtype and moves to the model's device in one step, and the
 filler checks that every parameter was written exactly once: a tensor given twice is refused
 when it comes, the tensors never given are named at the end in the checkpoint's terms (which
-of q/k/v, which expert). Under tensor parallelism (aiollm.model.parallel) it copies only the
-rank's part of each tensor: its rows of q/k/v, gate/up, the embedding and lm_head, its columns
-of o_proj and down_proj.
+of q/k/v, which expert, or which stacked tensor of all experts when the checkpoint stacks
+them). A loader whose files use other names (GGUF's) passes their mapping from transformers'
+names, and every message names the file's tensor. Under tensor parallelism
+(aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
+gate/up, the embedding and lm_head, its columns of o_proj and down_proj.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 
@@ -37,8 +40,12 @@ _LAYER_MLP = re.compile(
 
 
 class WeightFiller:
-    def __init__(self, model: LlamaForCausalLM):
+    def __init__(self, model: LlamaForCausalLM,
+                 source_name: Callable[[str], str] | None = None):
+        """source_name: transformers' name of a tensor -> the checkpoint's own name of it,
+        for messages (None: the checkpoint uses transformers' names)."""
         cfg = model.config
+        self.source_name = source_name
         self.params = dict(model.named_parameters())
         self.tied = cfg.tie_word_embeddings
         tp = model.embed_tokens.tp
@@ -69,6 +76,10 @@ class WeightFiller:
         self.moe, self.architecture = cfg.moe, cfg.architecture
         self.num_experts = cfg.moe.num_experts if cfg.moe is not None else 0
         self.mixtral_names = False  # the checkpoint names experts w1/w3/w2 (for messages)
+        # how the checkpoint lays out experts (for messages): one tensor per expert and
+        # projection ("per-expert"), or all experts in one per projection, gate and up apart
+        # (GGUF's *_exps: "stacked") or together (transformers 5's state dict: "fused")
+        self.expert_layout = "per-expert"
         # experts each sparse layer holds: (first global expert id, count)
         self.expert_ranges = {
             str(n): layer.mlp.expert_range for n, layer in enumerate(model.layers)
@@ -91,8 +102,9 @@ class WeightFiller:
         if self.no_shared_expert and _SHARED_EXPERT.search(name):
             if ".shared_expert." in name and tensor.numel():
                 raise ValueError(
-                    f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, but the "
-                    "config's shared_expert_intermediate_size is 0 (no shared expert)")
+                    f"checkpoint tensor {self._src(hf_name)!r} has shape "
+                    f"{tuple(tensor.shape)}, but the config's shared_expert_intermediate_size "
+                    "is 0 (no shared expert)")
             return
         if (m := _EXPERT.search(name) or _STACKED.search(name)) is not None:
             return self._fill_experts(hf_name, m, tensor)
@@ -105,6 +117,8 @@ class WeightFiller:
         param = self.params.get(name)
         if param is None:
             raise self._no_place(hf_name, name)
+        if ".experts." in name:  # a parameter of ours in the checkpoint: all experts at once
+            self.expert_layout = "fused"
         if shard is None:
             dst = param.data
         elif shard[0] == "gate_up_proj":  # the MLP's, or a shared expert's of its own width
@@ -127,13 +141,13 @@ class WeightFiller:
     def _copy(self, hf_name: str, name: str, dst: torch.Tensor, tensor: torch.Tensor) -> None:
         if dst.shape != tensor.shape:
             raise ValueError(
-                f"checkpoint tensor {hf_name!r} has shape {tuple(tensor.shape)}, "
+                f"checkpoint tensor {self._src(hf_name)!r} has shape {tuple(tensor.shape)}, "
                 f"the model expects {tuple(dst.shape)}"
             )
         starts = self.starts.setdefault(name, set())
         if dst.storage_offset() in starts:
-            raise ValueError(f"checkpoint tensor {hf_name!r} is given twice (two files of the "
-                             "directory hold it, or two names of one weight)")
+            raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is given twice (two "
+                             "files of the directory hold it, or two names of one weight)")
         starts.add(dst.storage_offset())
         dst.copy_(tensor)
         self.filled[name] = self.filled.get(name, 0) + dst.numel()
@@ -151,35 +165,49 @@ class WeightFiller:
         if m.lastindex == 3:  # one expert
             e = int(m.group(2))
             if e >= self.num_experts:
-                raise ValueError(f"checkpoint tensor {hf_name!r} is of expert {e}, but the "
-                                 f"config has {self.num_experts} experts (0 to "
+                raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is of expert {e}, "
+                                 f"but the config has {self.num_experts} experts (0 to "
                                  f"{self.num_experts - 1})")
             if e not in experts:
                 return  # held by another expert-parallel rank
             dst = param[e - experts.start]
         else:
+            self.expert_layout = "stacked"
             if tensor.shape[0] != self.num_experts:
-                raise ValueError(f"checkpoint tensor {hf_name!r} stacks {tensor.shape[0]} "
-                                 f"experts, but the config has {self.num_experts}")
+                raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} stacks "
+                                 f"{tensor.shape[0]} experts, but the config has "
+                                 f"{self.num_experts}")
             dst, tensor = param, tensor[experts.start:experts.stop]
         if half is not None:
             rows = dst.shape[-2] // 2
             dst = dst.narrow(-2, half * rows, rows)
         self._copy(hf_name, name, dst, tensor)
 
+    def _src(self, hf_name: str) -> str:
+        """The checkpoint's own name of the tensor transformers calls `hf_name`."""
+        return hf_name if self.source_name is None else self.source_name(hf_name)
+
     def _no_place(self, hf_name: str, name: str) -> ValueError:
         """The error for a tensor the model has no parameter for; for an MLP tensor of a
         MoE model, with which kind of MLP (dense or experts) the config gives its layer: a
-        config whose mlp_only_layers / decoder_sparse_step disagree with the checkpoint."""
+        config whose mlp_only_layers / decoder_sparse_step disagree with the checkpoint (a
+        GGUF file has neither: its layers with a router are the sparse ones)."""
         m = _LAYER_MLP.search(name)
         why = ""
         if m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
             layer = int(m.group(1))
-            why = f": layer {layer} has {self.layer_kinds[layer]} by the config"
-            if self.architecture != "mixtral":
-                why += (f" (mlp_only_layers {list(self.moe.dense_layers)}, "
-                        f"decoder_sparse_step {self.moe.sparse_step})")
-        return ValueError(f"checkpoint tensor {hf_name!r} has no place in the model{why}")
+            if self.source_name is not None:
+                router = self._src(f"model.layers.{layer}.mlp.gate.weight")
+                has = "it has no" if self.layer_kinds[layer] == "a dense MLP" else "it has the"
+                why = f": layer {layer} has {self.layer_kinds[layer]} by the file ({has} " \
+                      f"router {router})"
+            else:
+                why = f": layer {layer} has {self.layer_kinds[layer]} by the config"
+                if self.architecture != "mixtral":
+                    why += (f" (mlp_only_layers {list(self.moe.dense_layers)}, "
+                            f"decoder_sparse_step {self.moe.sparse_step})")
+        return ValueError(f"checkpoint tensor {self._src(hf_name)!r} has no place in the "
+                          f"model{why}")
 
     def check_complete(self) -> None:
         """Raise ValueError naming (up to 5 of) the checkpoint tensors never given."""
@@ -187,16 +215,24 @@ class WeightFiller:
                    for t in self._missing_parts(n, p)]
         if missing:
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise ValueError(f"checkpoint is missing weights: {', '.join(missing[:5])}{more}")
+            names = [self._src(n) for n in missing[:5]]
+            raise ValueError(f"checkpoint is missing weights: {', '.join(names)}{more}")
 
     def _missing_parts(self, name: str, param: torch.Tensor) -> list[str]:
-        """The checkpoint's names of the parts of parameter `name` never written: which of
-        q/k/v, gate/up, which expert (in the checkpoint's own naming, Mixtral's or Qwen's)."""
+        """transformers' names of the parts of parameter `name` never written: which of
+        q/k/v, gate/up, which expert (Mixtral's naming or Qwen's, as the checkpoint's), or
+        which stacked projection when the checkpoint stacks its experts."""
         written = {s - param.storage_offset() for s in self.starts.get(name, ())}
         base, _, kind = name.rpartition(".")
         row = param[0].numel()
         parts: list[tuple[int, str]]  # (offset of the part in the parameter, its name)
-        if base.endswith(".experts"):  # stacked [E, rows, cols]: one part per expert (and half)
+        if base.endswith(".experts") and self.expert_layout == "fused":
+            parts = [(0, name)]
+        elif base.endswith(".experts") and self.expert_layout == "stacked":
+            # one copy per projection of all experts, begun at expert 0's gate or up half
+            parts = [(0, f"{base}.gate_proj.weight"), (row // 2, f"{base}.up_proj.weight")] \
+                if kind == "gate_up_proj" else [(0, f"{base}.down_proj.weight")]
+        elif base.endswith(".experts"):  # one part per expert (and half)
             first = self.expert_ranges[name.split(".")[1]].start
             halves = ((0, "gate_proj", "w1"), (1, "up_proj", "w3")) if kind == "gate_up_proj" \
                 else ((0, "down_proj", "w2"),)

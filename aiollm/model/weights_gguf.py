@@ -222,6 +222,28 @@ def _hf_name(gguf_name: str) -> str:
     return f"model.layers.{layer}.{_LAYER_NAMES[module]}.{suffix}"
 
 
+_GGUF_GLOBAL_NAMES = {hf: g for g, hf in _GLOBAL_NAMES.items()}
+_GGUF_LAYER_NAMES = {hf: g for g, hf in _LAYER_NAMES.items()}
+_GGUF_PER_EXPERT_NAMES = {hf: g for g, hf in _PER_EXPERT_NAMES.items()}
+
+
+def gguf_name(hf_name: str) -> str:
+    """The GGUF tensor name of transformers' `hf_name` (_hf_name's inverse), for messages
+    about a file; a name the file cannot hold comes back unchanged."""
+    if hf_name in _GGUF_GLOBAL_NAMES:
+        return _GGUF_GLOBAL_NAMES[hf_name]
+    parts = hf_name.split(".")
+    if len(parts) < 5 or parts[:2] != ["model", "layers"] or not parts[2].isdigit():
+        return hf_name
+    layer, module, suffix = parts[2], ".".join(parts[3:-1]), parts[-1]
+    if module in _GGUF_LAYER_NAMES:
+        return f"blk.{layer}.{_GGUF_LAYER_NAMES[module]}.{suffix}"
+    if (len(parts) == 8 and parts[3:5] == ["mlp", "experts"] and parts[5].isdigit()
+            and parts[6] in _GGUF_PER_EXPERT_NAMES):
+        return f"blk.{layer}.{_GGUF_PER_EXPERT_NAMES[parts[6]]}.{parts[5]}.{suffix}"
+    return hf_name
+
+
 def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:
     # llama.cpp stored rows of each head as (half, pair) -> (pair, half); swap back.
     half = w.shape[0] // num_heads // 2
