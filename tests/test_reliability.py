@@ -425,6 +425,17 @@ def test_null_fields_mean_their_defaults(server, path, body):
     assert len(out["choices"]) == 1 and out["choices"][0]["logprobs"] is None, out
 
 
+@pytest.mark.parametrize("path,body", [(C, prompt(model="")), (CH, chat(model="", stream=True)),
+                                       ("/tokenize", {"model": "", "prompt": "x"})],
+                         ids=["completions", "chat", "tokenize"])
+def test_an_empty_model_name_is_the_served_model(server, path, body):
+    """model "" is the served model, as null or no model is (and as vLLM takes it): clients
+    with no model configured send "". It was a 404 model_not_found."""
+    status, _, raw_body = http(server, "POST", path, json=body)
+    assert status == 200, raw_body
+    assert b'"error"' not in raw_body
+
+
 EDGE_VALUES = [  # valid values at the ends of their ranges
     (C, prompt(seed=2**63 - 1, n=2, temperature=1.0)),
     (G, lightllm(seed=2**63 - 1, n=2, do_sample=True)),

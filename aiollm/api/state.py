@@ -35,8 +35,10 @@ class ApiState:
         return self.served_model_name or self.engine.model_name
 
     def check_model(self, name: str | None) -> None:
-        """A request's `model` is only ever matched against the served name, never opened."""
-        if name is not None and name != self.model_name:
+        """A request's `model` is only ever matched against the served name, never opened.
+        None (absent or null) and "" mean the served model, as in vLLM: clients with no model
+        configured send "" (the one model there is is what they want)."""
+        if name and name != self.model_name:
             raise ApiError(404, f"model {name!r} does not exist; this server serves "
                                 f"{self.model_name!r}", param="model", code="model_not_found")
 
