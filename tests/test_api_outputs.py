@@ -479,3 +479,19 @@ def test_continuous_usage_stats_count_the_tokens_so_far(server, path, body):
         **body, "max_tokens": 3, "stream": True,
         "stream_options": {"continuous_usage_stats": True}})
     assert status == 200 and b'"usage"' not in raw, raw
+
+
+def test_chat_messages_have_the_fields_openai_requires(server):
+    """OpenAI's schema requires role, content and refusal on a response's message (null when
+    there is none): clients generated from it with required-field checks failed on the
+    missing refusal. With text and with tool calls."""
+    for body in ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+                 {"messages": [{"role": "user", "content": "Weather in Paris?"}],
+                  "tools": WEATHER, "tool_choice": "required", "max_tokens": 40,
+                  "temperature": 0}):
+        status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+        assert status == 200, raw
+        message = json.loads(raw)["choices"][0]["message"]
+        assert {"role", "content", "refusal"} <= set(message), message
+        assert message["refusal"] is None
+    assert "tool_calls" in message, message  # the second is a call

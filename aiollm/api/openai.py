@@ -323,12 +323,14 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
                 # after reasoning, an empty answer is null (as vLLM sends it)
                 answer = text if r is None else text or None
-            message: dict = {"role": "assistant", "content": answer, **thought}
+            # refusal is one of the message's required fields in OpenAI's schema (typed
+            # clients check it); the model's own refusals are plain content
+            message: dict = {"role": "assistant", "content": answer, "refusal": None, **thought}
             finish = out.finish_reason
             content, calls = parser.calls(text, names) if parser else (text, [])
             if calls:
-                message = {"role": "assistant", "content": content or None, **thought,
-                           "tool_calls": [c.as_openai() for c in calls]}
+                message = {"role": "assistant", "content": content or None, "refusal": None,
+                           **thought, "tool_calls": [c.as_openai() for c in calls]}
                 finish = "tool_calls" if finish == "stop" else finish
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
