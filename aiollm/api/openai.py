@@ -69,6 +69,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     req.check_unserved()
     req.check_max_tokens()
     prompts = req.prompt_batch()
+    st.check_choices(len(prompts) * req.n, "n" if req.n > 1 else "prompt")
     # a list of prompts (even of one) is a batch: its errors say which prompt (prompt[i])
     batched = prompts[0] is not req.prompt
     prompt_ids = (await st.tokenize_batch(prompts) if batched
@@ -249,6 +250,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     st.check_model(req.model)
     req.check_unserved()
     req.check_max_tokens()
+    st.check_choices(req.n, "n")
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.functions is not None or req.function_call is not None:
