@@ -419,3 +419,79 @@ def test_top_logprobs_list_no_token_a_constraint_forbids(server):
         assert len(lp["top_logprobs"]) == 3
         for top in lp["top_logprobs"]:
             assert 1 <= len(top) <= 2 and all(isinstance(v, float) for v in top.values()), top
+
+
+# -- usage in a stream ----------------------------------------------------------------------------
+
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+STREAMS = [  # each with n > 1: the count is the request's, all choices together
+    pytest.param("/v1/completions", {"prompt": ["Hello", "Bye"], "n": 2, "echo": True,
+                                     "logprobs": 1}, id="completions-batch"),
+    pytest.param("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                          "n": 2, "logprobs": True}, id="chat"),
+    # the call and its finish go out as two chunks of one render
+    pytest.param("/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "Weather in Paris?"}], "n": 2,
+        "tools": WEATHER, "tool_choice": "required", "max_tokens": 40, "ignore_eos": False},
+        id="chat-tool-calls"),
+]
+
+
+def usage_stream(server, path: str, body: dict, **options) -> list[dict]:
+    """The chunks (not [DONE]) of `body` streamed with include_usage and `options`."""
+    body = {"max_tokens": 5, "ignore_eos": True, "temperature": 0, **body, "stream": True,
+            "stream_options": {"include_usage": True, **options}}
+    status, _, raw = http(server, "POST", path, json=body)
+    assert status == 200, raw
+    events = sse_events(raw)
+    assert events[-1] == "[DONE]"
+    return [json.loads(e) for e in events[:-1]]
+
+
+@pytest.mark.parametrize("path,body", STREAMS)
+def test_include_usage_gives_every_other_chunk_a_null_usage(server, path, body):
+    """OpenAI's stream_options.include_usage: "All other chunks will also include a usage
+    field, but with a null value". Other chunks had no usage field at all (a client reading
+    chunk["usage"] failed on the first one)."""
+    *others, last = usage_stream(server, path, body)
+    assert last["choices"] == [] and last["usage"]["completion_tokens"] > 0, last
+    assert others and all("usage" in c and c["usage"] is None for c in others), others
+    # without include_usage no chunk has the field, as OpenAI sends them
+    status, _, raw = http(server, "POST", path, json={**body, "max_tokens": 3, "stream": True})
+    assert status == 200 and b'"usage"' not in raw, raw
+
+
+@pytest.mark.parametrize("path,body", STREAMS)
+def test_continuous_usage_stats_count_the_tokens_so_far(server, path, body):
+    """vLLM's (and SGLang's) stream_options.continuous_usage_stats: every chunk carries the
+    usage so far, the last one the whole request's. It was ignored: null on every chunk."""
+    chunks = usage_stream(server, path, body, continuous_usage_stats=True)
+    usages = [c["usage"] for c in chunks]
+    assert all(u is not None for u in usages), chunks
+    final = usages[-1]
+    assert {u["prompt_tokens"] for u in usages} == {final["prompt_tokens"]}
+    done = [u["completion_tokens"] for u in usages]
+    assert done == sorted(done) and done[0] > 0 and done[-2] == done[-1], done
+    assert all(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] for u in usages)
+    # only with include_usage, as in vLLM: alone it asks for nothing
+    status, _, raw = http(server, "POST", path, json={
+        **body, "max_tokens": 3, "stream": True,
+        "stream_options": {"continuous_usage_stats": True}})
+    assert status == 200 and b'"usage"' not in raw, raw
+
+
+def test_chat_messages_have_the_fields_openai_requires(server):
+    """OpenAI's schema requires role, content and refusal on a response's message (null when
+    there is none): clients generated from it with required-field checks failed on the
+    missing refusal. With text and with tool calls."""
+    for body in ({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3},
+                 {"messages": [{"role": "user", "content": "Weather in Paris?"}],
+                  "tools": WEATHER, "tool_choice": "required", "max_tokens": 40,
+                  "temperature": 0}):
+        status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+        assert status == 200, raw
+        message = json.loads(raw)["choices"][0]["message"]
+        assert {"role", "content", "refusal"} <= set(message), message
+        assert message["refusal"] is None
+    assert "tool_calls" in message, message  # the second is a call

@@ -33,6 +33,9 @@ BAD_MESSAGES = [
      "messages[1].tool_calls[0].function.arguments"),
     ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
     ([{"role": "user", "content": 5}], "messages[0].content"),
+    # OpenAI refuses an empty list of parts (it rendered an empty turn)
+    ([{"role": "user", "content": []}], "messages[0].content"),
+    ([*HI, {"role": "assistant", "content": []}], "messages[1].content"),
 ]
 
 # (path, body, param the 400 names): every field that takes a token id, with one past the

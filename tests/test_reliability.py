@@ -425,6 +425,17 @@ def test_null_fields_mean_their_defaults(server, path, body):
     assert len(out["choices"]) == 1 and out["choices"][0]["logprobs"] is None, out
 
 
+@pytest.mark.parametrize("path,body", [(C, prompt(model="")), (CH, chat(model="", stream=True)),
+                                       ("/tokenize", {"model": "", "prompt": "x"})],
+                         ids=["completions", "chat", "tokenize"])
+def test_an_empty_model_name_is_the_served_model(server, path, body):
+    """model "" is the served model, as null or no model is (and as vLLM takes it): clients
+    with no model configured send "". It was a 404 model_not_found."""
+    status, _, raw_body = http(server, "POST", path, json=body)
+    assert status == 200, raw_body
+    assert b'"error"' not in raw_body
+
+
 EDGE_VALUES = [  # valid values at the ends of their ranges
     (C, prompt(seed=2**63 - 1, n=2, temperature=1.0)),
     (G, lightllm(seed=2**63 - 1, n=2, do_sample=True)),
@@ -687,6 +698,42 @@ def test_overload_and_queue_timeout(tight):
         assert_error(status, body, 503, None, "queue")
         assert headers["Retry-After"] == "1" and elapsed >= QUEUE_TIMEOUT * 0.9
     tight.wait_idle()
+
+
+@pytest.mark.parametrize("path,body,param", [
+    (C, prompt(n=3), "n"),
+    (C, prompt(prompt=["a", "b", "c"], stream=True), "prompt"),
+    (C, prompt(prompt=["a", "b"], n=2), "n"),
+    (CH, chat(n=3, stream=True), "n"),
+    (G, lightllm(n=3, best_of=3), "parameters.n"),
+    (G, lightllm(best_of=3), "parameters.best_of"),
+])
+def test_more_choices_than_the_queue_holds_are_400(tight, path, body, param):
+    """A request's choices all enter the queue at once: with more of them than
+    --max-waiting-requests it was a 503 on an idle server too (retried in vain, the
+    openai client twice). Now a 400 naming the field, while as many as the queue holds are
+    served."""
+    status, _, raw_body = http(tight, "POST", path, json=body, headers=AUTH)
+    assert_error(status, raw_body, 400, param, "(--max-waiting-requests 2)")
+    status, _, raw_body = http(tight, "POST", path, headers=AUTH, json={
+        **body, **({"parameters": {**body["parameters"], "n": 2, "best_of": 2}} if path == G
+                   else {"n": 2, "prompt": "a"} if path == C else {"n": 2})})
+    assert status == 200, raw_body
+    tight.wait_idle()
+
+
+def test_more_choices_than_the_request_table_holds_are_400():
+    """As the queue, the request table (a slot per choice): n past --table-capacity was a 503
+    however idle the server."""
+    srv = LiveServer(table_capacity=2).start()
+    try:
+        status, _, raw_body = http(srv, "POST", CH, json=chat(n=3))
+        assert_error(status, raw_body, 400, "n", "(--table-capacity 2)")
+        status, _, raw_body = http(srv, "POST", CH, json=chat(n=2))
+        assert status == 200, raw_body
+        srv.wait_idle()
+    finally:
+        srv.close()
 
 
 # -- clients that leave -----------------------------------------------------------------------

@@ -93,6 +93,8 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
 async def _prepare(st: ApiState, req: GenerateRequest
                    ) -> tuple[list[int], list[SamplingParams]]:
     n = req.parameters.choices()
+    st.check_choices(n, "parameters.n" if req.parameters.n is not None
+                     else "parameters.best_of")
     if not req.inputs:
         raise InvalidRequest("inputs must not be empty", param="inputs")
     ids = await st.tokenize(req.inputs, add_special_tokens=req.parameters.add_special_tokens)

@@ -69,6 +69,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     req.check_unserved()
     req.check_max_tokens()
     prompts = req.prompt_batch()
+    st.check_choices(len(prompts) * req.n, "n" if req.n > 1 else "prompt")
     # a list of prompts (even of one) is a batch: its errors say which prompt (prompt[i])
     batched = prompts[0] is not req.prompt
     prompt_ids = (await st.tokenize_batch(prompts) if batched
@@ -131,6 +132,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     offsets = [0 if echo_scores else len(e[0]) for e in echo]  # text_offset of the next token
     echoed = [False] * len(jobs)
 
+    def usage() -> dict:
+        return _usage(prompt_tokens, sum(done_tokens), sum(cached_tokens[::req.n]))
+
     def render(item: tuple[int, Delta]) -> bytes:
         k, delta = item
         text = delta.text
@@ -144,17 +148,24 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return sse.event({**head, "choices": [{
             "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
             **prompt_scores(delta),
-        }]})
+        }], **_chunk_usage(req, usage)})
 
     def tail() -> bytes:
-        usage = b""
-        if req.include_usage:
-            usage = sse.event({**head, "choices": [], "usage": _usage(
-                prompt_tokens, sum(done_tokens), sum(cached_tokens[::req.n]))})
-        return usage + sse.DONE
+        last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
+        return last + sse.DONE
 
     starts = [partial(_stream_of_prompt, i, engine.stream, ids, sp) for i, ids, sp in jobs]
     return await sse.send(request, merge(starts), render, tail)
+
+
+def _chunk_usage(req: CompletionRequest | ChatCompletionRequest, usage: Callable[[], dict]
+                 ) -> dict:
+    """The usage field of a chunk before the last: none without include_usage; with it null,
+    as OpenAI sends it on every chunk but the last; with vLLM's continuous_usage_stats too,
+    the request's usage so far (all its choices' tokens, as the last chunk counts them)."""
+    if not req.include_usage:
+        return {}
+    return {"usage": usage() if req.continuous_usage else None}
 
 
 async def _of_prompt(i: int | None, result: Awaitable[T]) -> T:
@@ -239,6 +250,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     st.check_model(req.model)
     req.check_unserved()
     req.check_max_tokens()
+    st.check_choices(req.n, "n")
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.functions is not None or req.function_call is not None:
@@ -313,12 +325,14 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
                 # after reasoning, an empty answer is null (as vLLM sends it)
                 answer = text if r is None else text or None
-            message: dict = {"role": "assistant", "content": answer, **thought}
+            # refusal is one of the message's required fields in OpenAI's schema (typed
+            # clients check it); the model's own refusals are plain content
+            message: dict = {"role": "assistant", "content": answer, "refusal": None, **thought}
             finish = out.finish_reason
             content, calls = parser.calls(text, names) if parser else (text, [])
             if calls:
-                message = {"role": "assistant", "content": content or None, **thought,
-                           "tool_calls": [c.as_openai() for c in calls]}
+                message = {"role": "assistant", "content": content or None, "refusal": None,
+                           **thought, "tool_calls": [c.as_openai() for c in calls]}
                 finish = "tool_calls" if finish == "stop" else finish
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
@@ -337,6 +351,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
 
     calls = [tool_calls.StreamingToolParser(parser, names) if parser else None for _ in params]
     splits = [splitter() for _ in params]
+
+    def usage() -> dict:
+        return _usage(len(ids), sum(done_tokens), cached_tokens[0])
 
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item
@@ -373,26 +390,25 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         cached_tokens[j] = d.cached_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
                                                                      d.token_texts)
+        counts = _chunk_usage(req, usage)
         if not found:
             if not delta and finish is None and logprobs is None:
                 return b""  # text the parsers hold back: OpenAI sends no chunk for it
             return sse.event({**head, "choices": [{
-                "index": j, "delta": delta, "finish_reason": finish, "logprobs": logprobs}]})
+                "index": j, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
+                **counts})
         # the calls, then a chunk of their own for the finish, as OpenAI sends them (the
         # SDK's stream helper ends a call, arguments.done, only once it has seen it)
         delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
         return sse.event({**head, "choices": [{
-            "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs}]}) + (
-            sse.event({**head, "choices": [{
+            "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs}],
+            **counts}) + sse.event({**head, "choices": [{
                 "index": j, "delta": {"content": ""} if said[j] else {},
-                "finish_reason": finish, "logprobs": None}]}))
+                "finish_reason": finish, "logprobs": None}], **counts})
 
     def tail() -> bytes:
-        usage = b""
-        if req.include_usage:
-            usage = sse.event({**head, "choices": [],
-                               "usage": _usage(len(ids), sum(done_tokens), cached_tokens[0])})
-        return usage + sse.DONE
+        last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
+        return last + sse.DONE
 
     starts = [partial(engine.stream, ids, sp) for sp in params]
     return await sse.send(request, merge(starts), render, tail)

@@ -50,6 +50,8 @@ def choice_seed(seed: int | None, choice: int) -> int | None:
 
 class StreamOptions(Struct, kw_only=True):
     include_usage: bool | None = False  # null: not set (vLLM takes it; clients send it)
+    # vLLM's and SGLang's: with include_usage, every chunk carries the usage so far
+    continuous_usage_stats: bool | None = False
 
 
 # vLLM's sampling fields the server does not serve: (the value that changes nothing, why).
@@ -171,6 +173,11 @@ class SamplingFields(Struct, kw_only=True):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and bool(self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's continuous_usage_stats, which (as there) counts only with include_usage."""
+        return self.include_usage and bool(self.stream_options.continuous_usage_stats)
 
 
 def refuse_unserved(fields: Struct, names: tuple[str, ...], prefix: str, why: str) -> None:

@@ -35,10 +35,25 @@ class ApiState:
         return self.served_model_name or self.engine.model_name
 
     def check_model(self, name: str | None) -> None:
-        """A request's `model` is only ever matched against the served name, never opened."""
-        if name is not None and name != self.model_name:
+        """A request's `model` is only ever matched against the served name, never opened.
+        None (absent or null) and "" mean the served model, as in vLLM: clients with no model
+        configured send "" (the one model there is is what they want)."""
+        if name and name != self.model_name:
             raise ApiError(404, f"model {name!r} does not exist; this server serves "
                                 f"{self.model_name!r}", param="model", code="model_not_found")
+
+    def check_choices(self, count: int, param: str) -> None:
+        """A request's `count` engine requests (its choices: prompts x n) all enter the queue,
+        each in a request-table slot, at once: more than the queue or the table holds were a
+        503 on an idle server too, which a client retries in vain. ApiError 400 naming `param`
+        instead."""
+        config = self.engine.config
+        limit, flag = min((config.max_waiting_requests, "--max-waiting-requests"),
+                          (config.table_capacity, "--table-capacity"))
+        if count > limit:
+            raise ApiError(400, f"{count} choices (prompts x n) are more than this server "
+                                f"holds at once ({flag} {limit}); send at most {limit}",
+                           param=param)
 
     async def token_bytes(self) -> TokenBytes:
         """Each token id's bytes (for logprobs), read from the vocabulary on first use."""

@@ -4,11 +4,12 @@ chat templates take: one check for the Engine API (Engine.chat, stream_chat) and
 field (`messages[1].content[0]`).
 
 Refused: a role outside OpenAI's (a template would render it anyway, and the model answer as
-if it were a turn), content that is not text or text parts, a message without content (only
-an assistant's tool calls stand in for it), tool calls anywhere but on an assistant message
-or malformed, a tool message without the id of the call it answers. The form: developer
-(OpenAI's newer name of system, which templates do not know) as system, text parts joined,
-no content as "", a call's JSON arguments as the object templates render themselves.
+if it were a turn), content that is not text or text parts, a message without content or
+with an empty list of parts (only an assistant's tool calls stand in for it), tool calls
+anywhere but on an assistant message or malformed, a tool message without the id of the call
+it answers. The form: developer (OpenAI's newer name of system, which templates do not know)
+as system, text parts joined, no content as "", a call's JSON arguments as the object templates
+render themselves.
 """
 
 from __future__ import annotations
@@ -55,10 +56,13 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
                                   and all(isinstance(c, dict) for c in calls)):
         raise InvalidRequest(f"{at}.tool_calls must be a list of objects",
                              param=f"{at}.tool_calls")
-    if m.get("content") is None and not (role == "assistant" and calls):
-        raise InvalidRequest(f"{at}.content is required for a {role} message "
-                             "(only an assistant message with tool_calls may omit it)",
-                             param=f"{at}.content")
+    if m.get("content") in (None, []) and not (role == "assistant" and calls):
+        # OpenAI refuses an empty list of parts as it refuses no content: the turn would
+        # render empty, and the model answer a question nobody asked
+        given = "an empty list of content parts" if m.get("content") == [] else "missing"
+        raise InvalidRequest(f"{at}.content is required for {_article(role)} {role} message, "
+                             f"got {given} (only an assistant message with tool_calls may "
+                             "omit it)", param=f"{at}.content")
     if calls and role != "assistant":
         raise InvalidRequest(f"only assistant messages have tool_calls, {at} is a "
                              f"{role} message", param=f"{at}.tool_calls")
@@ -87,6 +91,10 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
     if thought is not None:
         msg["reasoning_content"] = thought
     return msg
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
 
 
 def _text(content: Any, at: str) -> str:
