@@ -211,8 +211,6 @@ def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: G
     """Fill `model` with a GGUF file's weights, from the cache of an earlier start when it has
     them: a one-rank CPU model maps its stored parameters; others read the dequantized
     tensors; only a miss dequantizes (and stores the result)."""
-    from aiollm.model.weights_gguf import gguf_name
-
     tp = parallel.current()
     alone_on_cpu = device.type == "cpu" and tp is None
     if alone_on_cpu and cache.load_params(model, dtype):
@@ -235,6 +233,14 @@ def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: G
         _fill(model, tensors, num_weight_tensors(gguf), name, gguf_name)
     if alone_on_cpu:
         cache.store_params(model, dtype)
+
+
+def gguf_name(hf_name: str) -> str:
+    """weights_gguf.gguf_name, imported only when a message needs it: a load from the GGUF
+    cache must not import the gguf package."""
+    from aiollm.model.weights_gguf import gguf_name as name_in_file
+
+    return name_in_file(hf_name)
 
 
 def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str,
