@@ -202,3 +202,27 @@ def test_stop_waits_for_the_model_thread_without_blocking_the_loop(loop):
     took, longest_gap = run(loop, go())
     assert took > 1.0  # the forward was still running when stop() began
     assert longest_gap < 0.5, (took, longest_gap)
+
+
+def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
+    """generate_batch (LLM.generate) submitted every prompt at once: past the request
+    table's slots (or the waiting queue) the rest got Overloaded, and so the whole batch, so
+    an offline batch of 10,000 prompts failed on a default engine (max_waiting_requests
+    4096). Its prompts now wait for room, and the outputs are those of one at a time."""
+    params = SamplingParams(max_tokens=3, temperature=0)
+    prompts = [f"Question {i}:" for i in range(7)]
+
+    async def go(**options):
+        eng = Engine(None, kv_tokens=1024, **options)
+        await eng.start()
+        try:
+            outs = await eng.generate_batch(prompts, params, progress=False)
+            assert_idle(eng)
+            return [o.token_ids for o in outs]
+        finally:
+            await eng.stop()
+
+    one_by_one = run(loop, go(max_running_requests=1))
+    assert run(loop, go(table_capacity=3)) == one_by_one
+    assert run(loop, go(max_waiting_requests=2)) == one_by_one
+
