@@ -226,3 +226,71 @@ def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
     assert run(loop, go(table_capacity=3)) == one_by_one
     assert run(loop, go(max_waiting_requests=2)) == one_by_one
 
+
+def test_concurrent_starts_load_once_and_run_one_step_loop(loop):
+    """Two start() calls at once (two tasks that each make sure the engine runs) both saw
+    it unstarted: the model loaded twice and two step loops ran on one request table, the
+    first one's task left pending when the engine was collected. The second waits for the
+    first; a stop() meanwhile waits for it too and then stops the engine."""
+    def step_loops() -> int:  # the module's engine may run its own on this loop
+        return [t.get_name() for t in asyncio.all_tasks()].count("aiollm-loop")
+
+    async def go():
+        others = step_loops()
+        eng = Engine(None, kv_tokens=1024)
+        loads = []
+        real = eng._load
+        eng._load = lambda: (loads.append(1), real())
+        await asyncio.gather(eng.start(), eng.start())
+        assert len(loads) == 1
+        assert step_loops() == others + 1
+        out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+        assert len(out.token_ids) == 2
+        await eng.stop()
+        assert step_loops() == others
+        starting = asyncio.ensure_future(eng.start())
+        await asyncio.sleep(0)  # loading on its thread
+        await eng.stop()
+        await starting
+        assert step_loops() == others
+        with pytest.raises(EngineStopped):
+            await eng.generate("Hello", SamplingParams(max_tokens=2))
+
+    run(loop, go())
+
+
+def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
+    """stop() from another thread's event loop failed the requests in flight and stopped
+    the engine's accepting, then raised asyncio's 'attached to a different loop' from its
+    await of the step loop: the engine was left running but refusing every request ('the
+    server is shutting down'). It raises the usage error before it changes anything, as a
+    request from another loop does; start() there says the same rather than nothing."""
+    import threading
+
+    async def start():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        return eng
+
+    eng = run(loop, start())
+    errors = []
+
+    def other_thread():
+        for call in (eng.stop, eng.start):
+            try:
+                asyncio.run(asyncio.wait_for(call(), 30))
+            except BaseException as e:
+                errors.append(e)
+
+    try:
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join(60)
+        assert len(errors) == 2, errors
+        for e in errors:
+            assert isinstance(e, RuntimeError) and "another event loop" in str(e), errors
+        out = run(loop, eng.generate("Hello", SamplingParams(max_tokens=2)))
+        assert len(out.token_ids) == 2
+        assert_idle(eng)
+    finally:
+        run(loop, eng.stop())

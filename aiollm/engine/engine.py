@@ -61,6 +61,7 @@ class Engine(EngineAPI, HandOut):
         self._started = False
         self._accepting = False
         self._loop_task: asyncio.Task | None = None
+        self._loading: asyncio.Event | None = None  # set while a start() loads the model
         self._requests: dict[int, Request] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -75,11 +76,24 @@ class Engine(EngineAPI, HandOut):
         """Load the model (on a worker thread) and start the loop; a no-op once started.
         Raises what loading raises (OSError / ValueError: model or tokenizer unreadable).
         An engine whose event loop ended without stop() (asyncio.run(engine.start())) is
-        stopped and started afresh on this loop."""
+        stopped and started afresh on this loop. A start() while another loads waits for
+        it (then loads only if that one failed); RuntimeError from another event loop than
+        the running engine's."""
+        while self._loading is not None:
+            await self._loading.wait()
         if self._started:
             if not self._loop_task.done():
+                self._check_own_loop()
                 return
             await self.stop()
+        self._loading = asyncio.Event()
+        try:
+            await self._start()
+        finally:
+            self._loading.set()
+            self._loading = None
+
+    async def _start(self) -> None:
         # loading takes seconds to minutes: keep the event loop free meanwhile
         self._event_loop = asyncio.get_running_loop()
         try:
@@ -140,9 +154,15 @@ class Engine(EngineAPI, HandOut):
         self._oom = OomBackoff(self.planner, device)
 
     async def stop(self) -> None:
-        """Abort everything in flight and stop the loop."""
+        """Abort everything in flight and stop the loop; a start() under way is waited for,
+        then stopped. RuntimeError, changing nothing, from another event loop than the
+        running engine's (its step loop can be awaited only there)."""
+        while self._loading is not None:
+            await self._loading.wait()
         if not self._started:
             return
+        if not self._loop_task.done():
+            self._check_own_loop()
         self._accepting = False
         # an Overloaded (HTTP 503: a server's client may retry elsewhere or later), but one
         # that tells an Engine API caller that retrying on this engine cannot help

@@ -181,11 +181,17 @@ class EngineAPI:
                 "started on ended (as asyncio.run(engine.start()) ends it) or an interrupt "
                 "stopped it. Start and use the engine in one event loop (`async with Engine() "
                 "as engine`), or await engine.start() again to start it afresh")
+        self._check_own_loop()
+
+    def _check_own_loop(self) -> None:
+        """Raise RuntimeError when called from another event loop than the one the engine
+        was started on (a call outside any loop passes: a stream made there is iterated in
+        one later)."""
         try:
             running = asyncio.get_running_loop()
-        except RuntimeError:  # stream() made outside a loop: it is iterated in one later
-            running = None
-        if running is not None and running is not self._event_loop:
+        except RuntimeError:
+            return
+        if running is not self._event_loop:
             raise RuntimeError(
                 "the engine runs on another event loop than this call's: call it from the "
                 "loop that started it (from another thread: asyncio.run_coroutine_threadsafe)")
