@@ -264,7 +264,8 @@ def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its
     await of the step loop: the engine was left running but refusing every request ('the
     server is shutting down'). It raises the usage error before it changes anything, as a
-    request from another loop does; start() there says the same rather than nothing."""
+    request from another loop does; start() there says the same rather than nothing, and
+    shutdown() too (it stopped the engine's accepting first)."""
     import threading
 
     async def start():
@@ -276,7 +277,7 @@ def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop
     errors = []
 
     def other_thread():
-        for call in (eng.stop, eng.start):
+        for call in (eng.stop, eng.start, lambda: eng.shutdown(0)):
             try:
                 asyncio.run(asyncio.wait_for(call(), 30))
             except BaseException as e:
@@ -286,7 +287,7 @@ def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop
         t = threading.Thread(target=other_thread)
         t.start()
         t.join(60)
-        assert len(errors) == 2, errors
+        assert len(errors) == 3, errors
         for e in errors:
             assert isinstance(e, RuntimeError) and "another event loop" in str(e), errors
         out = run(loop, eng.generate("Hello", SamplingParams(max_tokens=2)))
