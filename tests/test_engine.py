@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 
 import pytest
@@ -396,6 +397,28 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     assert e.value.param == "skip_special_tokens"
     assert_all_free(engine)
 
+
+def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
+    """Ids from numpy (list(array), a tokenizer's array output) were refused with 'prompt
+    token ids must be integers in [0, 49152)', which they were; a bad id among many was not
+    named. numpy integers are ids now, and the message says which id is bad."""
+    import numpy as np
+
+    vocab = engine.model_config.vocab_size
+    ids = engine.tokenizer.encode("The capital of France is")
+    params = SamplingParams(max_tokens=3, temperature=0)
+    want = run(loop, engine.generate(ids, params)).token_ids
+    for as_numpy in (list(np.array(ids)), [np.int32(t) for t in ids]):
+        out = run(loop, engine.generate(as_numpy, params))
+        assert out.token_ids == want and all(type(t) is int for t in out.prompt_token_ids)
+    for bad, says in (([1, vocab, 2], f"prompt[1] is {vocab}"), ([1, 2, -1], "prompt[2] is -1"),
+                      ([1, 2.0], "prompt[1] is 2.0"), ([np.int64(vocab)], f"prompt[0] is {vocab}")):
+        with pytest.raises(InvalidRequest, match=re.escape(says)) as e:
+            engine.stream(bad, params)
+        assert e.value.param == "prompt"
+    with pytest.raises(InvalidRequest, match=r"got ndarray \(an array's ids: pass \.tolist\(\)\)"):
+        engine.stream(np.array(ids), params)
+    assert_all_free(engine)
 
 def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
     """Engine.chat and stream_chat passed any dicts to the chat template: a role outside
