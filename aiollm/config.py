@@ -13,6 +13,9 @@ CPU_KV_MAX_TOKENS = 65536
 # past the checks and then failed after loading. A million queued requests is already far
 # past what one process serves (max_waiting_requests: 4096 by default)
 MAX_TABLE_CAPACITY = 2**20
+# KV slot ids are int32 (req_to_token, the kernels' indices); one more slot is the scratch
+# slot CUDA-graph padding writes to
+MAX_KV_TOKENS = 2**31 - 2
 # --reasoning-parser's choices (aiollm/api/reasoning.py); here so the config need not import the API
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -97,10 +100,18 @@ class EngineConfig:
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
         from aiollm.scheduler import SCHEDULERS, SchedulerConfig
+        from aiollm.scheduler.config import ESTIMATORS
 
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
-        # checks the estimator and the blind cap, naming the bad value
+        # SchedulerConfig checks them too, under its own names (estimator, blind_cap)
+        if self.past_future_estimator not in ESTIMATORS:
+            raise ValueError(f"past_future_estimator must be one of {', '.join(ESTIMATORS)}, "
+                             f"got {self.past_future_estimator!r}")
+        cap = self.scheduler_blind_cap
+        if cap is not None and (not isinstance(cap, numbers.Integral) or isinstance(cap, bool)
+                                or cap < 1):
+            raise ValueError(f"scheduler_blind_cap must be an integer >= 1 (or None), got {cap!r}")
         SchedulerConfig(estimator=self.past_future_estimator, blind_cap=self.scheduler_blind_cap)
         for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
                      "table_capacity", "cuda_graph_max_batch"):
@@ -115,15 +126,15 @@ class EngineConfig:
             raise ValueError(f"cpu_kv_tokens must be >= 1, got {self.cpu_kv_tokens}")
         if self.mixed_prefill_tokens is not None and self.mixed_prefill_tokens < 1:
             raise ValueError(f"mixed_prefill_tokens must be >= 1, got {self.mixed_prefill_tokens}")
-        if self.kv_tokens is not None and self.kv_tokens < 1:
-            raise ValueError(f"kv_tokens must be >= 1, got {self.kv_tokens}")
+        if self.kv_tokens is not None and not 1 <= self.kv_tokens <= MAX_KV_TOKENS:
+            raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
-        if self.tensor_parallel_size < 1 or self.nnodes < 1:
-            raise ValueError(f"tensor_parallel_size and nnodes must be >= 1, got "
-                             f"{self.tensor_parallel_size} and {self.nnodes}")
+        for name in ("tensor_parallel_size", "nnodes"):  # one message each: the CLI names it
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.tensor_parallel_size % self.nnodes:
             raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} is not a multiple "
                              f"of nnodes {self.nnodes}")
@@ -136,6 +147,9 @@ class EngineConfig:
             host, _, port = self.dist_init_addr.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"dist_init_addr must be HOST:PORT, got {self.dist_init_addr!r}")
+        if self.served_model_name is not None and not self.served_model_name.strip():
+            raise ValueError("served_model_name must not be empty (None: the model's name), "
+                             f"got {self.served_model_name!r}")
         if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
             raise ValueError(f"reasoning_parser must be one of {', '.join(REASONING_PARSERS)} "
                              f"(or None), got {self.reasoning_parser!r}")

@@ -108,6 +108,42 @@ def test_serve_rejects_bad_options():
     assert "device cuda:99 is not available" in out.stderr
 
 
+def test_each_bad_option_names_its_own_flag():
+    """--nnodes 0 was reported as --tensor-parallel-size's, --scheduler-blind-cap 0 as
+    "blind_cap" (no flag), --past-future-estimator by the scheduler's own name; an empty
+    --host and --served-model-name were taken (the host failed after loading, "Name or
+    service not known"), and --kv-tokens 2**31 (past the int32 slot ids) only after
+    loading. Each is a usage error now (exit 2, no traceback) naming its flag."""
+    for args, says in ((["--nnodes", "0"], "argument --nnodes: nnodes must be >= 1"),
+                       (["--tensor-parallel-size", "0"],
+                        "argument --tensor-parallel-size: tensor_parallel_size must be >= 1"),
+                       (["--scheduler-blind-cap", "0"], "argument --scheduler-blind-cap: "
+                        "scheduler_blind_cap must be an integer >= 1"),
+                       (["--kv-tokens", str(2**31)], "argument --kv-tokens: kv_tokens must "
+                        "be in [1, 2147483646]"),
+                       (["--served-model-name", " "], "argument --served-model-name: "
+                        "served_model_name must not be empty"),
+                       (["--host", ""], "--host must not be empty")):
+        out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    from aiollm.config import EngineConfig
+
+    with pytest.raises(ValueError, match="past_future_estimator must be one of"):
+        EngineConfig(past_future_estimator="median")
+
+
+def test_a_kv_pool_past_the_memory_names_kv_tokens():
+    """--kv-tokens 2000000000 on the CPU (1.4 TiB of KV for the default model) ended in a
+    traceback of numpy's MemoryError after loading. It fails with one line naming
+    --kv-tokens."""
+    out = subprocess.run([AIOLLM, "serve", "--device", "cpu", "--load-format", "dummy",
+                          "--port", "0", "--kv-tokens", "2000000000"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "KV pool of 2000000000 tokens" in out.stderr and "--kv-tokens" in out.stderr
+
 def test_serve_refuses_an_unsupported_model_in_one_line(tmp_path):
     """A config we refuse ends `aiollm serve` with its message, not a traceback (rope
     scaling raised NotImplementedError, which the CLI did not catch)."""
