@@ -789,6 +789,33 @@ def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, held_json_sch
     assert _grammar_threads() <= others, _grammar_threads() - others
 
 
+def test_requests_whose_grammar_compiles_as_the_engine_stops_get_engine_stopped(
+        loop, held_json_schemas):
+    """generate(), stream() and compile_grammar() waiting for a grammar to compile when
+    stop() ran raised a plain Overloaded ('the engine shut down before the grammar compiled'),
+    which tells an Engine API caller to retry, where every other request in flight gets
+    EngineStopped. They get EngineStopped too (an Overloaded, so HTTP still says 503)."""
+    from aiollm.errors import EngineStopped
+
+    _, compiled = held_json_schemas
+    eng = Engine(None, kv_tokens=1024)
+
+    async def scenario():
+        await eng.start()
+        calls = [eng.generate("Hi", _held(401)), _collect(eng.stream("Hi", _held(402))),
+                 eng.compile_grammar(_held(403))]
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        deadline = time.monotonic() + 30  # the tokenizer's grammar info first, then held
+        while not all(compiled[i] for i in (401, 402)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not any(t.done() for t in tasks)
+        await eng.stop()  # two compile, held; the third waits for a compile thread
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run(loop, scenario())
+    assert all(isinstance(r, EngineStopped) for r in results), results
+    assert all("stop" in str(r) for r in results), results
+
 def test_grammar_compile_deadline(loop, held_json_schemas):
     """A grammar not compiled within grammar_compile_timeout fails its request with an
     InvalidRequest naming its field, and its compilation, which cannot be interrupted, stops

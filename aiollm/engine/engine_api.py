@@ -40,12 +40,16 @@ class EngineAPI:
         grammar_compile_timeout (cached): what generate() and stream() do before they submit
         a request with a grammar. Raises InvalidRequest naming the grammar's field (a bad
         grammar, or one not compiled in time), Overloaded (the compile threads are busy, or
-        shutting down), EngineStopped after stop(), RuntimeError before start (it did
-        nothing then, silently)."""
+        shutting down), EngineStopped after stop() (also one that ran while it compiled),
+        RuntimeError before start (it did nothing then, silently)."""
         c = params.constraint if isinstance(params, SamplingParams) else None
         if c is not None and c.grammar is not None:
             self._check_accepting()
-            await self.grammars.compile(c.grammar)
+            try:
+                await self.grammars.compile(c.grammar)
+            except Overloaded:
+                self._check_accepting()  # stopped meanwhile: EngineStopped says so
+                raise
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
         """The whole result of one request: prompt as text (long text tokenized off the loop)
