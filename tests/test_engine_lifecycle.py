@@ -295,3 +295,14 @@ def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop
         assert_idle(eng)
     finally:
         run(loop, eng.stop())
+
+
+def test_an_unstarted_engine_says_so_from_every_method():
+    """stats(), flush_cache() and tokenize() before start() raised AttributeError ('Engine'
+    object has no attribute 'prefix_cache' / 'tokenizer'); generate() and stream() already
+    said what to do. All raise the same usage error now."""
+    eng = Engine(None)
+    for call in (eng.stats, eng.flush_cache, lambda: eng.tokenize("Hello"),
+                 lambda: eng.stream("Hello")):
+        with pytest.raises(RuntimeError, match="not started: use `async with Engine"):
+            call()

@@ -202,7 +202,9 @@ class Engine(EngineAPI, HandOut):
     def stats(self) -> dict[str, int]:
         """Counts of now. kv_used: KV slots held by requests (their shared cached prefixes
         included); kv_cached: slots the prefix cache holds, kv_evictable the part of them no
-        request uses (free for allocation; an idle engine has kv_used 0)."""
+        request uses (free for allocation; an idle engine has kv_used 0). RuntimeError
+        before the engine was first started (nothing is counted yet)."""
+        self._check_started()
         evictable = self.prefix_cache.evictable if self.prefix_cache else 0
         return {
             "running": len(self.planner.running),
@@ -217,7 +219,9 @@ class Engine(EngineAPI, HandOut):
         }
 
     def flush_cache(self) -> int:
-        """Empty the prefix cache of what no request uses; returns the KV slots freed."""
+        """Empty the prefix cache of what no request uses; returns the KV slots freed.
+        RuntimeError before the engine was first started."""
+        self._check_started()
         return self.prefix_cache.flush() if self.prefix_cache else 0
 
     # -- the loop ----------------------------------------------------------------------------

@@ -161,7 +161,9 @@ class EngineAPI:
     # -- submission ------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt (text, or ids checked against the vocabulary); raises
-        InvalidRequest naming "prompt" (see submission.tokenize)."""
+        InvalidRequest naming "prompt" (see submission.tokenize), RuntimeError before the
+        engine was first started (no tokenizer yet)."""
+        self._check_started()
         return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len)
 
     def _check_started(self) -> None:
