@@ -145,8 +145,9 @@ class EngineConfig:
                              "node 0 that every node can reach)")
         if self.dist_init_addr is not None:
             host, _, port = self.dist_init_addr.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"dist_init_addr must be HOST:PORT, got {self.dist_init_addr!r}")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"dist_init_addr must be HOST:PORT with a port in [1, 65535], "
+                                 f"got {self.dist_init_addr!r}")
         if self.served_model_name is not None and not self.served_model_name.strip():
             raise ValueError("served_model_name must not be empty (None: the model's name), "
                              f"got {self.served_model_name!r}")

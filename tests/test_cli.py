@@ -112,7 +112,8 @@ def test_each_bad_option_names_its_own_flag():
     """--nnodes 0 was reported as --tensor-parallel-size's, --scheduler-blind-cap 0 as
     "blind_cap" (no flag), --past-future-estimator by the scheduler's own name; an empty
     --host and --served-model-name were taken (the host failed after loading, "Name or
-    service not known"), and --kv-tokens 2**31 (past the int32 slot ids) only after
+    service not known"), and --kv-tokens 2**31 (past the int32 slot ids) and a rendezvous
+    port past 65535 ("Port out of range", with -tp 2 after its ranks started) only after
     loading. Each is a usage error now (exit 2, no traceback) naming its flag."""
     for args, says in ((["--nnodes", "0"], "argument --nnodes: nnodes must be >= 1"),
                        (["--tensor-parallel-size", "0"],
@@ -123,7 +124,10 @@ def test_each_bad_option_names_its_own_flag():
                         "be in [1, 2147483646]"),
                        (["--served-model-name", " "], "argument --served-model-name: "
                         "served_model_name must not be empty"),
-                       (["--host", ""], "--host must not be empty")):
+                       (["--host", ""], "--host must not be empty"),
+                       (["--dist-init-addr", "127.0.0.1:99999"],
+                        "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
+                        "port in [1, 65535]")):
         out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
                              timeout=60)
         assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
