@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from aiollm.config import REASONING_PARSERS, EngineConfig
+from aiollm.config import REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
 
 if TYPE_CHECKING:
     from aiollm.api.cors import CorsOptions
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     net.add_argument("--served-model-name", default=None,
                      help="the model name clients send and see (default: the model's name)")
-    net.add_argument("--tool-call-parser", default=None, choices=["hermes", "llama3", "mistral"],
+    net.add_argument("--tool-call-parser", default=None, choices=list(TOOL_CALL_PARSERS),
                      help="the format of the model's tool calls (default: from its chat template)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "

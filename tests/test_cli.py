@@ -478,3 +478,32 @@ def test_grammar_compile_timeout_is_checked():
     for bad in (0, -1.0, float("nan"), float("inf"), "60", None, True):
         with pytest.raises(ValueError, match="grammar_compile_timeout must be"):
             EngineConfig(grammar_compile_timeout=bad)
+
+
+def test_engine_config_checks_each_fields_kind():
+    """The Python API's options were checked for their ranges only: "100" for a number (from
+    an environment variable) raised TypeError naming no field, and 1.5 KV tokens, "no" for a
+    switch, 5 for a path and an unknown tool_call_parser (refused only by the first request
+    with tools) were taken. Each is a ValueError naming the field; numpy integers and a
+    pathlib.Path still do."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from aiollm.config import EngineConfig
+
+    for name, bad, says in (("kv_tokens", "100", "an integer or None"),
+                            ("max_model_len", 1.5, "an integer or None"),
+                            ("kv_memory_fraction", "0.5", "a number"),
+                            ("queue_timeout", "5", "a number or None"),
+                            ("seed", 1.5, "an integer"), ("table_capacity", True, "an integer"),
+                            ("prefix_cache", "no", "True or False"),
+                            ("warm_up", 0, "True or False"),
+                            ("tokenizer", 5, "a string or None"),
+                            ("served_model_name", 5, "a string or None"),
+                            ("tool_call_parser", "foo", "one of hermes, llama3, mistral")):
+        with pytest.raises(ValueError, match=f"^{name} must be {says}"):
+            EngineConfig(**{name: bad})
+    c = EngineConfig(model=Path("/models/m.gguf"), kv_tokens=np.int64(64), seed=np.int32(3))
+    assert (c.model, c.kv_tokens, c.seed) == ("/models/m.gguf", 64, 3)
+    assert type(c.kv_tokens) is int and type(c.seed) is int
