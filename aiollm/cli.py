@@ -234,6 +234,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(_naming_flag(str(e)))
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    if args.tokenizer is not None and not os.path.exists(os.path.expanduser(args.tokenizer)):
+        # else found only once the weights have loaded (seconds to minutes)
+        parser.error(f"argument --tokenizer: {args.tokenizer!r} does not exist (give a model "
+                     "directory or .gguf file that holds a tokenizer)")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading

@@ -138,6 +138,22 @@ def test_each_bad_option_names_its_own_flag():
         EngineConfig(past_future_estimator="median")
 
 
+def test_values_the_model_refuses_name_their_flag():
+    """A --tokenizer path that does not exist was found only once the weights had loaded;
+    a --max-model-len past the model's context said so without the flag or what to set it
+    to. The first is a usage error before anything loads; the second names the flag and
+    the largest value."""
+    out = subprocess.run([AIOLLM, "serve", "--tokenizer", "/nonexistent/tok"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "argument --tokenizer: '/nonexistent/tok' does not exist" \
+        in out.stderr, out.stderr
+    out = subprocess.run([AIOLLM, "serve", "--device", "cpu", "--load-format", "dummy",
+                          "--port", "0", "--max-model-len", "100000"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "set max_model_len (--max-model-len) to at most 8192" in out.stderr, out.stderr
+
+
 def test_a_kv_pool_past_the_memory_names_kv_tokens():
     """--kv-tokens 2000000000 on the CPU (1.4 TiB of KV for the default model) ended in a
     traceback of numpy's MemoryError after loading. It fails with one line naming
