@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from aiollm import LLM, Engine, SamplingParams
+from aiollm.engine import engine as engine_module
 from aiollm.errors import EngineStopped, InvalidRequest
 from conftest import run
 
@@ -227,7 +228,7 @@ def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
     assert run(loop, go(max_waiting_requests=2)) == one_by_one
 
 
-def test_concurrent_starts_load_once_and_run_one_step_loop(loop):
+def test_concurrent_starts_load_once_and_run_one_step_loop(loop, monkeypatch):
     """Two start() calls at once (two tasks that each make sure the engine runs) both saw
     it unstarted: the model loaded twice and two step loops ran on one request table, the
     first one's task left pending when the engine was collected. The second waits for the
@@ -239,8 +240,8 @@ def test_concurrent_starts_load_once_and_run_one_step_loop(loop):
         others = step_loops()
         eng = Engine(None, kv_tokens=1024)
         loads = []
-        real = eng._load
-        eng._load = lambda: (loads.append(1), real())
+        real = engine_module.load
+        monkeypatch.setattr(engine_module, "load", lambda *a: (loads.append(1), real(*a))[1])
         await asyncio.gather(eng.start(), eng.start())
         assert len(loads) == 1
         assert step_loops() == others + 1
@@ -306,3 +307,37 @@ def test_an_unstarted_engine_says_so_from_every_method():
                  lambda: eng.stream("Hello")):
         with pytest.raises(RuntimeError, match="not started: use `async with Engine"):
             call()
+
+
+def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monkeypatch):
+    """The model loads on a thread, which a cancelled start() (a wait_for's timeout, Ctrl-C)
+    cannot stop: it loaded on and then wrote the engine's table, planner, runner... over
+    those of the start() that came next and was serving meanwhile. Now a load writes nothing
+    of the engine; only the start() that awaited it to the end takes what it loaded."""
+    import threading
+    import time
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        real = engine_module.load
+        slow = threading.Event()
+
+        def load_once_slowly(*args):
+            if not slow.is_set():
+                slow.set()
+                time.sleep(2.0)  # done after the next start() is up
+            return real(*args)
+
+        monkeypatch.setattr(engine_module, "load", load_once_slowly)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(eng.start(), 0.2)
+        await eng.start()
+        table, planner, runner = eng.table, eng.planner, eng.runner
+        await asyncio.sleep(3.0)  # the cancelled load has ended
+        assert (eng.table, eng.planner, eng.runner) == (table, planner, runner)
+        out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+        assert len(out.token_ids) == 2
+        assert_idle(eng)
+        await eng.stop()
+
+    run(loop, go())

@@ -96,11 +96,20 @@ class Engine(EngineAPI, HandOut):
     async def _start(self) -> None:
         # loading takes seconds to minutes: keep the event loop free meanwhile
         self._event_loop = asyncio.get_running_loop()
+        # the thread cannot be interrupted: a start() cancelled meanwhile (a wait_for's
+        # timeout, Ctrl-C) leaves it loading, so it builds objects and writes no attribute
+        # of the engine, which a later start() may be loading again
+        load = asyncio.ensure_future(asyncio.to_thread(self._load_model))
         try:
-            await asyncio.to_thread(self._load)
+            ranks, device, loaded = await asyncio.shield(load)
         except BaseException:
-            if getattr(self, "ranks", None) is not None:  # ranks started: they must not wait
-                self.ranks.abort()
+            load.add_done_callback(_abandon)
+            raise
+        try:
+            self._adopt(ranks, device, loaded)
+        except BaseException:
+            if ranks is not None:
+                ranks.abort()
             raise
         self._wake = asyncio.Event()
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="aiollm-loop")
@@ -108,17 +117,32 @@ class Engine(EngineAPI, HandOut):
         self._accepting = True
 
     def _load(self) -> None:
+        """start()'s loading without the step loop, on this thread (bench/decode_step.py)."""
+        self._adopt(*self._load_model())
+
+    def _load_model(self) -> tuple:
+        """(ranks, device, Loaded): the slow part of start(), on a worker thread."""
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        ranks = None  # tensor parallelism: the ranks this process started
+        try:
+            if cfg.tensor_parallel_size > 1:
+                from aiollm.distributed import NodeRanks
+
+                ranks = NodeRanks(cfg, on_failure=self._fail_all_threadsafe)
+                device = ranks.start().device
+            return ranks, device, load(cfg, device, ranks.tp if ranks else None)
+        except BaseException:
+            if ranks is not None:  # ranks started: they must not wait
+                ranks.abort()
+            raise
+
+    def _adopt(self, ranks, device, loaded) -> None:
+        """The engine's state around what _load loaded (on the loop: quick)."""
         from aiollm.scheduler import SchedulerConfig, make_scheduler
 
         cfg = self.config
-        device = resolve_device(cfg.device)
-        self.ranks = None  # tensor parallelism: the ranks this process started
-        if cfg.tensor_parallel_size > 1:
-            from aiollm.distributed import NodeRanks
-
-            self.ranks = NodeRanks(cfg, on_failure=self._fail_all_threadsafe)
-            device = self.ranks.start().device
-        loaded = load(cfg, device, self.ranks.tp if self.ranks else None)
+        self.ranks = ranks
         self.device, self.dtype = loaded.device, loaded.dtype
         self.model_config, self.model_path = loaded.model_config, loaded.model_path
         self.model_name, self.tokenizer = loaded.model_name, loaded.tokenizer
@@ -362,6 +386,15 @@ class Engine(EngineAPI, HandOut):
                 self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
                              error_type=RequestFailed)
         self.flush_cache()  # the step's KV went into the cache unwritten
+
+
+def _abandon(load: asyncio.Future) -> None:
+    """A load whose start() was cancelled, once its thread is done: the ranks it started
+    (tensor parallelism) must not wait for a step that will never come."""
+    if not load.cancelled() and load.exception() is None:
+        ranks = load.result()[0]
+        if ranks is not None:
+            ranks.abort()
 
 
 def _timed(fn, *args):
