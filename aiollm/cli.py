@@ -10,7 +10,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from aiollm.config import REASONING_PARSERS, EngineConfig
+from aiollm.config import REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
 
 if TYPE_CHECKING:
     from aiollm.api.cors import CorsOptions
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     net.add_argument("--served-model-name", default=None,
                      help="the model name clients send and see (default: the model's name)")
-    net.add_argument("--tool-call-parser", default=None, choices=["hermes", "llama3", "mistral"],
+    net.add_argument("--tool-call-parser", default=None, choices=list(TOOL_CALL_PARSERS),
                      help="the format of the model's tool calls (default: from its chat template)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
@@ -234,6 +234,12 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(_naming_flag(str(e)))
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    if args.tokenizer is not None and not os.path.exists(os.path.expanduser(args.tokenizer)):
+        # else found only once the weights have loaded (seconds to minutes)
+        parser.error(f"argument --tokenizer: {args.tokenizer!r} does not exist (give a model "
+                     "directory or .gguf file that holds a tokenizer)")
+    if not args.host.strip():  # failed only after loading: "Name or service not known"
+        parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numbers
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 CPU_KV_CONTEXTS = 4  # full contexts the default CPU KV pool holds
@@ -13,8 +14,12 @@ CPU_KV_MAX_TOKENS = 65536
 # past the checks and then failed after loading. A million queued requests is already far
 # past what one process serves (max_waiting_requests: 4096 by default)
 MAX_TABLE_CAPACITY = 2**20
+# KV slot ids are int32 (req_to_token, the kernels' indices); one more slot is the scratch
+# slot CUDA-graph padding writes to
+MAX_KV_TOKENS = 2**31 - 2
 # --reasoning-parser's choices (aiollm/api/reasoning.py); here so the config need not import the API
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
+TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")  # --tool-call-parser's (aiollm/api/tools.py)
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -92,22 +97,32 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if not isinstance(self.device, str):  # a torch.device, as the Python API took before
             self.device = str(self.device)
+        for name in ("model", "tokenizer"):  # a pathlib.Path is a path too
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        self._check_types()
         if not _DEVICE.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
         from aiollm.scheduler import SCHEDULERS, SchedulerConfig
+        from aiollm.scheduler.config import ESTIMATORS
 
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
-        # checks the estimator and the blind cap, naming the bad value
+        # SchedulerConfig checks them too, under its own names (estimator, blind_cap)
+        if self.past_future_estimator not in ESTIMATORS:
+            raise ValueError(f"past_future_estimator must be one of {', '.join(ESTIMATORS)}, "
+                             f"got {self.past_future_estimator!r}")
+        if self.scheduler_blind_cap is not None and self.scheduler_blind_cap < 1:
+            raise ValueError(f"scheduler_blind_cap must be an integer >= 1 (or None), got "
+                             f"{self.scheduler_blind_cap}")
         SchedulerConfig(estimator=self.past_future_estimator, blind_cap=self.scheduler_blind_cap)
         for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
                      "table_capacity", "cuda_graph_max_batch"):
             v = getattr(self, name)
-            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+            if v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-            setattr(self, name, int(v))  # a numpy int too: the request table takes an int
         if self.table_capacity > MAX_TABLE_CAPACITY:
             raise ValueError(f"table_capacity must be at most {MAX_TABLE_CAPACITY}, got "
                              f"{self.table_capacity}")
@@ -115,15 +130,15 @@ class EngineConfig:
             raise ValueError(f"cpu_kv_tokens must be >= 1, got {self.cpu_kv_tokens}")
         if self.mixed_prefill_tokens is not None and self.mixed_prefill_tokens < 1:
             raise ValueError(f"mixed_prefill_tokens must be >= 1, got {self.mixed_prefill_tokens}")
-        if self.kv_tokens is not None and self.kv_tokens < 1:
-            raise ValueError(f"kv_tokens must be >= 1, got {self.kv_tokens}")
+        if self.kv_tokens is not None and not 1 <= self.kv_tokens <= MAX_KV_TOKENS:
+            raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
         if not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
-        if self.tensor_parallel_size < 1 or self.nnodes < 1:
-            raise ValueError(f"tensor_parallel_size and nnodes must be >= 1, got "
-                             f"{self.tensor_parallel_size} and {self.nnodes}")
+        for name in ("tensor_parallel_size", "nnodes"):  # one message each: the CLI names it
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.tensor_parallel_size % self.nnodes:
             raise ValueError(f"tensor_parallel_size {self.tensor_parallel_size} is not a multiple "
                              f"of nnodes {self.nnodes}")
@@ -134,8 +149,15 @@ class EngineConfig:
                              "node 0 that every node can reach)")
         if self.dist_init_addr is not None:
             host, _, port = self.dist_init_addr.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"dist_init_addr must be HOST:PORT, got {self.dist_init_addr!r}")
+            if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"dist_init_addr must be HOST:PORT with a port in [1, 65535], "
+                                 f"got {self.dist_init_addr!r}")
+        if self.served_model_name is not None and not self.served_model_name.strip():
+            raise ValueError("served_model_name must not be empty (None: the model's name), "
+                             f"got {self.served_model_name!r}")
+        if self.tool_call_parser is not None and self.tool_call_parser not in TOOL_CALL_PARSERS:
+            raise ValueError(f"tool_call_parser must be one of {', '.join(TOOL_CALL_PARSERS)} "
+                             f"(or None), got {self.tool_call_parser!r}")
         if self.reasoning_parser is not None and self.reasoning_parser not in REASONING_PARSERS:
             raise ValueError(f"reasoning_parser must be one of {', '.join(REASONING_PARSERS)} "
                              f"(or None), got {self.reasoning_parser!r}")
@@ -146,6 +168,29 @@ class EngineConfig:
                 and 0 < t < float("inf")):  # NaN too
             raise ValueError(f"grammar_compile_timeout must be a finite number of seconds > 0, "
                              f"got {t!r}")
+
+    def _check_types(self) -> None:
+        """Each field of the kind its annotation names (None where it allows None), before
+        the ranges are checked: the Python API's callers pass what they like ("100" from an
+        environment variable raised TypeError naming no field; 1.5 tokens, "no" for a flag
+        and 5 for a path were taken). numpy's integers count as integers and become ints."""
+        kinds = {"int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+                         "an integer"),
+                 "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+                           "a number"),
+                 "bool": (lambda v: isinstance(v, bool), "True or False"),
+                 "str": (lambda v: isinstance(v, str), "a string")}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            optional = "None" in f.type
+            if v is None and optional:
+                continue
+            ok, what = kinds[f.type.split(" | ")[0]]
+            if not ok(v):
+                raise ValueError(f"{f.name} must be {what}{' or None' if optional else ''}, "
+                                 f"got {v!r}")
+            if f.type.startswith("int"):
+                setattr(self, f.name, int(v))  # a numpy int too: the request table takes an int
 
     def cpu_pool_tokens(self, context_len: int) -> int:
         """KV pool tokens on the CPU: cpu_kv_tokens, or CPU_KV_CONTEXTS full contexts of

@@ -108,6 +108,62 @@ def test_serve_rejects_bad_options():
     assert "device cuda:99 is not available" in out.stderr
 
 
+def test_each_bad_option_names_its_own_flag():
+    """--nnodes 0 was reported as --tensor-parallel-size's, --scheduler-blind-cap 0 as
+    "blind_cap" (no flag), --past-future-estimator by the scheduler's own name; an empty
+    --host and --served-model-name were taken (the host failed after loading, "Name or
+    service not known"), and --kv-tokens 2**31 (past the int32 slot ids) and a rendezvous
+    port past 65535 ("Port out of range", with -tp 2 after its ranks started) only after
+    loading. Each is a usage error now (exit 2, no traceback) naming its flag."""
+    for args, says in ((["--nnodes", "0"], "argument --nnodes: nnodes must be >= 1"),
+                       (["--tensor-parallel-size", "0"],
+                        "argument --tensor-parallel-size: tensor_parallel_size must be >= 1"),
+                       (["--scheduler-blind-cap", "0"], "argument --scheduler-blind-cap: "
+                        "scheduler_blind_cap must be an integer >= 1"),
+                       (["--kv-tokens", str(2**31)], "argument --kv-tokens: kv_tokens must "
+                        "be in [1, 2147483646]"),
+                       (["--served-model-name", " "], "argument --served-model-name: "
+                        "served_model_name must not be empty"),
+                       (["--host", ""], "--host must not be empty"),
+                       (["--dist-init-addr", "127.0.0.1:99999"],
+                        "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
+                        "port in [1, 65535]")):
+        out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
+        assert "Traceback" not in out.stderr
+    from aiollm.config import EngineConfig
+
+    with pytest.raises(ValueError, match="past_future_estimator must be one of"):
+        EngineConfig(past_future_estimator="median")
+
+
+def test_values_the_model_refuses_name_their_flag():
+    """A --tokenizer path that does not exist was found only once the weights had loaded;
+    a --max-model-len past the model's context said so without the flag or what to set it
+    to. The first is a usage error before anything loads; the second names the flag and
+    the largest value."""
+    out = subprocess.run([AIOLLM, "serve", "--tokenizer", "/nonexistent/tok"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "argument --tokenizer: '/nonexistent/tok' does not exist" \
+        in out.stderr, out.stderr
+    out = subprocess.run([AIOLLM, "serve", "--device", "cpu", "--load-format", "dummy",
+                          "--port", "0", "--max-model-len", "100000"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "set max_model_len (--max-model-len) to at most 8192" in out.stderr, out.stderr
+
+
+def test_a_kv_pool_past_the_memory_names_kv_tokens():
+    """--kv-tokens 2000000000 on the CPU (1.4 TiB of KV for the default model) ended in a
+    traceback of numpy's MemoryError after loading. It fails with one line naming
+    --kv-tokens."""
+    out = subprocess.run([AIOLLM, "serve", "--device", "cpu", "--load-format", "dummy",
+                          "--port", "0", "--kv-tokens", "2000000000"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert "KV pool of 2000000000 tokens" in out.stderr and "--kv-tokens" in out.stderr
+
 def test_serve_refuses_an_unsupported_model_in_one_line(tmp_path):
     """A config we refuse ends `aiollm serve` with its message, not a traceback (rope
     scaling raised NotImplementedError, which the CLI did not catch)."""
@@ -438,3 +494,32 @@ def test_grammar_compile_timeout_is_checked():
     for bad in (0, -1.0, float("nan"), float("inf"), "60", None, True):
         with pytest.raises(ValueError, match="grammar_compile_timeout must be"):
             EngineConfig(grammar_compile_timeout=bad)
+
+
+def test_engine_config_checks_each_fields_kind():
+    """The Python API's options were checked for their ranges only: "100" for a number (from
+    an environment variable) raised TypeError naming no field, and 1.5 KV tokens, "no" for a
+    switch, 5 for a path and an unknown tool_call_parser (refused only by the first request
+    with tools) were taken. Each is a ValueError naming the field; numpy integers and a
+    pathlib.Path still do."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from aiollm.config import EngineConfig
+
+    for name, bad, says in (("kv_tokens", "100", "an integer or None"),
+                            ("max_model_len", 1.5, "an integer or None"),
+                            ("kv_memory_fraction", "0.5", "a number"),
+                            ("queue_timeout", "5", "a number or None"),
+                            ("seed", 1.5, "an integer"), ("table_capacity", True, "an integer"),
+                            ("prefix_cache", "no", "True or False"),
+                            ("warm_up", 0, "True or False"),
+                            ("tokenizer", 5, "a string or None"),
+                            ("served_model_name", 5, "a string or None"),
+                            ("tool_call_parser", "foo", "one of hermes, llama3, mistral")):
+        with pytest.raises(ValueError, match=f"^{name} must be {says}"):
+            EngineConfig(**{name: bad})
+    c = EngineConfig(model=Path("/models/m.gguf"), kv_tokens=np.int64(64), seed=np.int32(3))
+    assert (c.model, c.kv_tokens, c.seed) == ("/models/m.gguf", 64, 3)
+    assert type(c.kv_tokens) is int and type(c.seed) is int

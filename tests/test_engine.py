@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 
 import pytest
@@ -397,6 +398,28 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     assert_all_free(engine)
 
 
+def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
+    """Ids from numpy (list(array), a tokenizer's array output) were refused with 'prompt
+    token ids must be integers in [0, 49152)', which they were; a bad id among many was not
+    named. numpy integers are ids now, and the message says which id is bad."""
+    import numpy as np
+
+    vocab = engine.model_config.vocab_size
+    ids = engine.tokenizer.encode("The capital of France is")
+    params = SamplingParams(max_tokens=3, temperature=0)
+    want = run(loop, engine.generate(ids, params)).token_ids
+    for as_numpy in (list(np.array(ids)), [np.int32(t) for t in ids]):
+        out = run(loop, engine.generate(as_numpy, params))
+        assert out.token_ids == want and all(type(t) is int for t in out.prompt_token_ids)
+    for bad, says in (([1, vocab, 2], f"prompt[1] is {vocab}"), ([1, 2, -1], "prompt[2] is -1"),
+                      ([1, 2.0], "prompt[1] is 2.0"), ([np.int64(vocab)], f"prompt[0] is {vocab}")):
+        with pytest.raises(InvalidRequest, match=re.escape(says)) as e:
+            engine.stream(bad, params)
+        assert e.value.param == "prompt"
+    with pytest.raises(InvalidRequest, match=r"got ndarray \(an array's ids: pass \.tolist\(\)\)"):
+        engine.stream(np.array(ids), params)
+    assert_all_free(engine)
+
 def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
     """Engine.chat and stream_chat passed any dicts to the chat template: a role outside
     OpenAI's, an image part, content that is not text were rendered (the template wrote the
@@ -765,6 +788,33 @@ def test_slow_grammar_compiles_do_not_hold_up_plain_requests(loop, held_json_sch
         time.sleep(0.05)
     assert _grammar_threads() <= others, _grammar_threads() - others
 
+
+def test_requests_whose_grammar_compiles_as_the_engine_stops_get_engine_stopped(
+        loop, held_json_schemas):
+    """generate(), stream() and compile_grammar() waiting for a grammar to compile when
+    stop() ran raised a plain Overloaded ('the engine shut down before the grammar compiled'),
+    which tells an Engine API caller to retry, where every other request in flight gets
+    EngineStopped. They get EngineStopped too (an Overloaded, so HTTP still says 503)."""
+    from aiollm.errors import EngineStopped
+
+    _, compiled = held_json_schemas
+    eng = Engine(None, kv_tokens=1024)
+
+    async def scenario():
+        await eng.start()
+        calls = [eng.generate("Hi", _held(401)), _collect(eng.stream("Hi", _held(402))),
+                 eng.compile_grammar(_held(403))]
+        tasks = [asyncio.ensure_future(c) for c in calls]
+        deadline = time.monotonic() + 30  # the tokenizer's grammar info first, then held
+        while not all(compiled[i] for i in (401, 402)) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert not any(t.done() for t in tasks)
+        await eng.stop()  # two compile, held; the third waits for a compile thread
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    results = run(loop, scenario())
+    assert all(isinstance(r, EngineStopped) for r in results), results
+    assert all("stop" in str(r) for r in results), results
 
 def test_grammar_compile_deadline(loop, held_json_schemas):
     """A grammar not compiled within grammar_compile_timeout fails its request with an

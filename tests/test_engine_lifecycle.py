@@ -10,6 +10,7 @@ import asyncio
 import pytest
 
 from aiollm import LLM, Engine, SamplingParams
+from aiollm.engine import engine as engine_module
 from aiollm.errors import EngineStopped, InvalidRequest
 from conftest import run
 
@@ -202,3 +203,141 @@ def test_stop_waits_for_the_model_thread_without_blocking_the_loop(loop):
     took, longest_gap = run(loop, go())
     assert took > 1.0  # the forward was still running when stop() began
     assert longest_gap < 0.5, (took, longest_gap)
+
+
+def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
+    """generate_batch (LLM.generate) submitted every prompt at once: past the request
+    table's slots (or the waiting queue) the rest got Overloaded, and so the whole batch, so
+    an offline batch of 10,000 prompts failed on a default engine (max_waiting_requests
+    4096). Its prompts now wait for room, and the outputs are those of one at a time."""
+    params = SamplingParams(max_tokens=3, temperature=0)
+    prompts = [f"Question {i}:" for i in range(7)]
+
+    async def go(**options):
+        eng = Engine(None, kv_tokens=1024, **options)
+        await eng.start()
+        try:
+            outs = await eng.generate_batch(prompts, params, progress=False)
+            assert_idle(eng)
+            return [o.token_ids for o in outs]
+        finally:
+            await eng.stop()
+
+    one_by_one = run(loop, go(max_running_requests=1))
+    assert run(loop, go(table_capacity=3)) == one_by_one
+    assert run(loop, go(max_waiting_requests=2)) == one_by_one
+
+
+def test_concurrent_starts_load_once_and_run_one_step_loop(loop, monkeypatch):
+    """Two start() calls at once (two tasks that each make sure the engine runs) both saw
+    it unstarted: the model loaded twice and two step loops ran on one request table, the
+    first one's task left pending when the engine was collected. The second waits for the
+    first; a stop() meanwhile waits for it too and then stops the engine."""
+    def step_loops() -> int:  # the module's engine may run its own on this loop
+        return [t.get_name() for t in asyncio.all_tasks()].count("aiollm-loop")
+
+    async def go():
+        others = step_loops()
+        eng = Engine(None, kv_tokens=1024)
+        loads = []
+        real = engine_module.load
+        monkeypatch.setattr(engine_module, "load", lambda *a: (loads.append(1), real(*a))[1])
+        await asyncio.gather(eng.start(), eng.start())
+        assert len(loads) == 1
+        assert step_loops() == others + 1
+        out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+        assert len(out.token_ids) == 2
+        await eng.stop()
+        assert step_loops() == others
+        starting = asyncio.ensure_future(eng.start())
+        await asyncio.sleep(0)  # loading on its thread
+        await eng.stop()
+        await starting
+        assert step_loops() == others
+        with pytest.raises(EngineStopped):
+            await eng.generate("Hello", SamplingParams(max_tokens=2))
+
+    run(loop, go())
+
+
+def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
+    """stop() from another thread's event loop failed the requests in flight and stopped
+    the engine's accepting, then raised asyncio's 'attached to a different loop' from its
+    await of the step loop: the engine was left running but refusing every request ('the
+    server is shutting down'). It raises the usage error before it changes anything, as a
+    request from another loop does; start() there says the same rather than nothing, and
+    shutdown() too (it stopped the engine's accepting first)."""
+    import threading
+
+    async def start():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        return eng
+
+    eng = run(loop, start())
+    errors = []
+
+    def other_thread():
+        for call in (eng.stop, eng.start, lambda: eng.shutdown(0)):
+            try:
+                asyncio.run(asyncio.wait_for(call(), 30))
+            except BaseException as e:
+                errors.append(e)
+
+    try:
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join(60)
+        assert len(errors) == 3, errors
+        for e in errors:
+            assert isinstance(e, RuntimeError) and "another event loop" in str(e), errors
+        out = run(loop, eng.generate("Hello", SamplingParams(max_tokens=2)))
+        assert len(out.token_ids) == 2
+        assert_idle(eng)
+    finally:
+        run(loop, eng.stop())
+
+
+def test_an_unstarted_engine_says_so_from_every_method():
+    """stats(), flush_cache() and tokenize() before start() raised AttributeError ('Engine'
+    object has no attribute 'prefix_cache' / 'tokenizer'); generate() and stream() already
+    said what to do. All raise the same usage error now."""
+    eng = Engine(None)
+    for call in (eng.stats, eng.flush_cache, lambda: eng.tokenize("Hello"),
+                 lambda: eng.stream("Hello")):
+        with pytest.raises(RuntimeError, match="not started: use `async with Engine"):
+            call()
+
+
+def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monkeypatch):
+    """The model loads on a thread, which a cancelled start() (a wait_for's timeout, Ctrl-C)
+    cannot stop: it loaded on and then wrote the engine's table, planner, runner... over
+    those of the start() that came next and was serving meanwhile. Now a load writes nothing
+    of the engine; only the start() that awaited it to the end takes what it loaded."""
+    import threading
+    import time
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        real = engine_module.load
+        slow = threading.Event()
+
+        def load_once_slowly(*args):
+            if not slow.is_set():
+                slow.set()
+                time.sleep(2.0)  # done after the next start() is up
+            return real(*args)
+
+        monkeypatch.setattr(engine_module, "load", load_once_slowly)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(eng.start(), 0.2)
+        await eng.start()
+        table, planner, runner = eng.table, eng.planner, eng.runner
+        await asyncio.sleep(3.0)  # the cancelled load has ended
+        assert (eng.table, eng.planner, eng.runner) == (table, planner, runner)
+        out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+        assert len(out.token_ids) == 2
+        assert_idle(eng)
+        await eng.stop()
+
+    run(loop, go())

@@ -28,11 +28,12 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import check_schema, grammar_schema
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import GrammarSpec
 
-PARSERS = ("hermes", "llama3", "mistral")
+PARSERS = TOOL_CALL_PARSERS  # EngineConfig checks --tool-call-parser against them
 
 
 @dataclass(slots=True)

@@ -61,6 +61,7 @@ class Engine(EngineAPI, HandOut):
         self._started = False
         self._accepting = False
         self._loop_task: asyncio.Task | None = None
+        self._loading: asyncio.Event | None = None  # set while a start() loads the model
         self._requests: dict[int, Request] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -75,18 +76,40 @@ class Engine(EngineAPI, HandOut):
         """Load the model (on a worker thread) and start the loop; a no-op once started.
         Raises what loading raises (OSError / ValueError: model or tokenizer unreadable).
         An engine whose event loop ended without stop() (asyncio.run(engine.start())) is
-        stopped and started afresh on this loop."""
+        stopped and started afresh on this loop. A start() while another loads waits for
+        it (then loads only if that one failed); RuntimeError from another event loop than
+        the running engine's."""
+        while self._loading is not None:
+            await self._loading.wait()
         if self._started:
             if not self._loop_task.done():
+                self._check_own_loop()
                 return
             await self.stop()
+        self._loading = asyncio.Event()
+        try:
+            await self._start()
+        finally:
+            self._loading.set()
+            self._loading = None
+
+    async def _start(self) -> None:
         # loading takes seconds to minutes: keep the event loop free meanwhile
         self._event_loop = asyncio.get_running_loop()
+        # the thread cannot be interrupted: a start() cancelled meanwhile (a wait_for's
+        # timeout, Ctrl-C) leaves it loading, so it builds objects and writes no attribute
+        # of the engine, which a later start() may be loading again
+        load = asyncio.ensure_future(asyncio.to_thread(self._load_model))
         try:
-            await asyncio.to_thread(self._load)
+            ranks, device, loaded = await asyncio.shield(load)
         except BaseException:
-            if getattr(self, "ranks", None) is not None:  # ranks started: they must not wait
-                self.ranks.abort()
+            load.add_done_callback(_abandon)
+            raise
+        try:
+            self._adopt(ranks, device, loaded)
+        except BaseException:
+            if ranks is not None:
+                ranks.abort()
             raise
         self._wake = asyncio.Event()
         self._loop_task = asyncio.get_running_loop().create_task(self._run(), name="aiollm-loop")
@@ -94,17 +117,32 @@ class Engine(EngineAPI, HandOut):
         self._accepting = True
 
     def _load(self) -> None:
+        """start()'s loading without the step loop, on this thread (bench/decode_step.py)."""
+        self._adopt(*self._load_model())
+
+    def _load_model(self) -> tuple:
+        """(ranks, device, Loaded): the slow part of start(), on a worker thread."""
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        ranks = None  # tensor parallelism: the ranks this process started
+        try:
+            if cfg.tensor_parallel_size > 1:
+                from aiollm.distributed import NodeRanks
+
+                ranks = NodeRanks(cfg, on_failure=self._fail_all_threadsafe)
+                device = ranks.start().device
+            return ranks, device, load(cfg, device, ranks.tp if ranks else None)
+        except BaseException:
+            if ranks is not None:  # ranks started: they must not wait
+                ranks.abort()
+            raise
+
+    def _adopt(self, ranks, device, loaded) -> None:
+        """The engine's state around what _load loaded (on the loop: quick)."""
         from aiollm.scheduler import SchedulerConfig, make_scheduler
 
         cfg = self.config
-        device = resolve_device(cfg.device)
-        self.ranks = None  # tensor parallelism: the ranks this process started
-        if cfg.tensor_parallel_size > 1:
-            from aiollm.distributed import NodeRanks
-
-            self.ranks = NodeRanks(cfg, on_failure=self._fail_all_threadsafe)
-            device = self.ranks.start().device
-        loaded = load(cfg, device, self.ranks.tp if self.ranks else None)
+        self.ranks = ranks
         self.device, self.dtype = loaded.device, loaded.dtype
         self.model_config, self.model_path = loaded.model_config, loaded.model_path
         self.model_name, self.tokenizer = loaded.model_name, loaded.tokenizer
@@ -140,9 +178,15 @@ class Engine(EngineAPI, HandOut):
         self._oom = OomBackoff(self.planner, device)
 
     async def stop(self) -> None:
-        """Abort everything in flight and stop the loop."""
+        """Abort everything in flight and stop the loop; a start() under way is waited for,
+        then stopped. RuntimeError, changing nothing, from another event loop than the
+        running engine's (its step loop can be awaited only there)."""
+        while self._loading is not None:
+            await self._loading.wait()
         if not self._started:
             return
+        if not self._loop_task.done():
+            self._check_own_loop()
         self._accepting = False
         # an Overloaded (HTTP 503: a server's client may retry elsewhere or later), but one
         # that tells an Engine API caller that retrying on this engine cannot help
@@ -168,7 +212,10 @@ class Engine(EngineAPI, HandOut):
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
-        abort the rest (their streams end with finish_reason "abort")."""
+        abort the rest (their streams end with finish_reason "abort"). RuntimeError, as
+        stop() raises it, from another event loop than the running engine's."""
+        if self._started and not self._loop_task.done():
+            self._check_own_loop()
         self._accepting = False
         deadline = time.monotonic() + timeout
         while self._requests and time.monotonic() < deadline:
@@ -179,7 +226,9 @@ class Engine(EngineAPI, HandOut):
     def stats(self) -> dict[str, int]:
         """Counts of now. kv_used: KV slots held by requests (their shared cached prefixes
         included); kv_cached: slots the prefix cache holds, kv_evictable the part of them no
-        request uses (free for allocation; an idle engine has kv_used 0)."""
+        request uses (free for allocation; an idle engine has kv_used 0). RuntimeError
+        before the engine was first started (nothing is counted yet)."""
+        self._check_started()
         evictable = self.prefix_cache.evictable if self.prefix_cache else 0
         return {
             "running": len(self.planner.running),
@@ -194,7 +243,9 @@ class Engine(EngineAPI, HandOut):
         }
 
     def flush_cache(self) -> int:
-        """Empty the prefix cache of what no request uses; returns the KV slots freed."""
+        """Empty the prefix cache of what no request uses; returns the KV slots freed.
+        RuntimeError before the engine was first started."""
+        self._check_started()
         return self.prefix_cache.flush() if self.prefix_cache else 0
 
     # -- the loop ----------------------------------------------------------------------------
@@ -335,6 +386,15 @@ class Engine(EngineAPI, HandOut):
                 self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
                              error_type=RequestFailed)
         self.flush_cache()  # the step's KV went into the cache unwritten
+
+
+def _abandon(load: asyncio.Future) -> None:
+    """A load whose start() was cancelled, once its thread is done: the ranks it started
+    (tensor parallelism) must not wait for a step that will never come."""
+    if not load.cancelled() and load.exception() is None:
+        ranks = load.result()[0]
+        if ranks is not None:
+            ranks.abort()
 
 
 def _timed(fn, *args):

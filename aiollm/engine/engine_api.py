@@ -40,12 +40,16 @@ class EngineAPI:
         grammar_compile_timeout (cached): what generate() and stream() do before they submit
         a request with a grammar. Raises InvalidRequest naming the grammar's field (a bad
         grammar, or one not compiled in time), Overloaded (the compile threads are busy, or
-        shutting down), EngineStopped after stop(), RuntimeError before start (it did
-        nothing then, silently)."""
+        shutting down), EngineStopped after stop() (also one that ran while it compiled),
+        RuntimeError before start (it did nothing then, silently)."""
         c = params.constraint if isinstance(params, SamplingParams) else None
         if c is not None and c.grammar is not None:
             self._check_accepting()
-            await self.grammars.compile(c.grammar)
+            try:
+                await self.grammars.compile(c.grammar)
+            except Overloaded:
+                self._check_accepting()  # stopped meanwhile: EngineStopped says so
+                raise
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
         """The whole result of one request: prompt as text (long text tokenized off the loop)
@@ -113,7 +117,9 @@ class EngineAPI:
                              progress: bool = True, *, batch_name: str = "prompts"
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
-        is one prompt (as in vLLM's LLM.generate), not a batch of its characters. Raises
+        is one prompt (as in vLLM's LLM.generate), not a batch of its characters. A batch
+        larger than the request table or the waiting queue is submitted as they make room
+        (other callers of the engine may still fill them: Overloaded). Raises
         InvalidRequest naming `prompts` for a value that is no list or tuple of prompts, and
         `prompts[i]` for a bad prompt; one too long for the context says which prompt and keeps
         its param (errors.of_batch_item); a bad field of params keeps its own name.
@@ -129,10 +135,15 @@ class EngineAPI:
                                  param="prompts")
 
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
+        # a batch may be longer than the engine holds at once: past the request table or the
+        # waiting queue its prompts got Overloaded, and so the whole batch; they wait here
+        room = asyncio.Semaphore(min(self.config.table_capacity,
+                                     self.config.max_waiting_requests))
 
         async def one(i, p):
-            with naming_batch_item("prompt", i, batch_name):
-                out = await self.generate(p, params)
+            async with room:
+                with naming_batch_item("prompt", i, batch_name):
+                    out = await self.generate(p, params)
             bar.update(1)
             return out
 
@@ -150,7 +161,9 @@ class EngineAPI:
     # -- submission ------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt (text, or ids checked against the vocabulary); raises
-        InvalidRequest naming "prompt" (see submission.tokenize)."""
+        InvalidRequest naming "prompt" (see submission.tokenize), RuntimeError before the
+        engine was first started (no tokenizer yet)."""
+        self._check_started()
         return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len)
 
     def _check_started(self) -> None:
@@ -174,11 +187,17 @@ class EngineAPI:
                 "started on ended (as asyncio.run(engine.start()) ends it) or an interrupt "
                 "stopped it. Start and use the engine in one event loop (`async with Engine() "
                 "as engine`), or await engine.start() again to start it afresh")
+        self._check_own_loop()
+
+    def _check_own_loop(self) -> None:
+        """Raise RuntimeError when called from another event loop than the one the engine
+        was started on (a call outside any loop passes: a stream made there is iterated in
+        one later)."""
         try:
             running = asyncio.get_running_loop()
-        except RuntimeError:  # stream() made outside a loop: it is iterated in one later
-            running = None
-        if running is not None and running is not self._event_loop:
+        except RuntimeError:
+            return
+        if running is not self._event_loop:
             raise RuntimeError(
                 "the engine runs on another event loop than this call's: call it from the "
                 "loop that started it (from another thread: asyncio.run_coroutine_threadsafe)")

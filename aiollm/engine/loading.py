@@ -117,7 +117,8 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     table and model runner. Takes seconds to minutes: call it off the event loop.
 
     Raises what loading raises: OSError / ValueError for a missing or unreadable model or
-    tokenizer, torch.OutOfMemoryError when the weights or the pool do not fit."""
+    tokenizer or a KV pool that does not fit (naming kv_tokens), torch.OutOfMemoryError when
+    the weights do not fit."""
     from aiollm.model import load_model
 
     dtype = resolve_dtype(cfg.dtype, device)

@@ -61,11 +61,12 @@ def check_unicode(text: str, param: str) -> None:
 
 
 def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> list[int]:
-    """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids is
-    checked to be ints in [0, vocab_size).
+    """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids (ints
+    or numpy integers) is checked to be in [0, vocab_size) and returned as a list of ints.
 
     Raises InvalidRequest (param "prompt") for a prompt of another type, an empty prompt, a
-    lone surrogate in the text, a bad id, or ids that alone reach max_model_len (tokens)."""
+    lone surrogate in the text, a bad id (the message says which), or ids that alone reach
+    max_model_len (tokens)."""
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
@@ -73,16 +74,19 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
         return list(tokenizer.encode(prompt))
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
+        hint = " (an array's ids: pass .tolist())" if hasattr(prompt, "tolist") else ""
         raise InvalidRequest(f"prompt must be a string or a list of token ids, got "
-                             f"{type(prompt).__name__}", param="prompt")
-    ids = list(prompt)
+                             f"{type(prompt).__name__}{hint}", param="prompt")
+    # numpy's integers (list(array), a tokenizer's output) are ids too, kept as Python ints
+    ids = [int(t) if isinstance(t, np.integer) else t for t in prompt]
     if not ids:
         raise InvalidRequest("prompt must not be empty", param="prompt")
     if len(ids) >= max_model_len:  # refused anyway: spare checking each id
         raise too_long(len(ids), max_model_len)
-    if not all(is_int(t) and 0 <= t < vocab_size for t in ids):
-        raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab_size})",
-                             param="prompt")
+    bad = next((i for i, t in enumerate(ids) if not (is_int(t) and 0 <= t < vocab_size)), None)
+    if bad is not None:
+        raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab_size}): "
+                             f"prompt[{bad}] is {repr(ids[bad])[:40]}", param="prompt")
     return ids
 
 

@@ -41,6 +41,10 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 
 class KVPool:
+    """K and V of every layer for num_tokens token slots (plus one scratch slot), and the
+    free list of those slots. Raises ValueError naming kv_tokens when the pool does not fit
+    in the device's memory."""
+
     def __init__(
         self,
         num_layers: int,
@@ -57,8 +61,14 @@ class KVPool:
         # one extra slot, never handed out: padding rows of a CUDA-graph batch write there
         self.scratch_slot = num_tokens
         shape = (num_tokens + 1, num_kv_heads, head_dim)
-        self.k_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
-        self.v_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
+        try:
+            self.k_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
+            self.v_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
+        except (MemoryError, torch.OutOfMemoryError) as e:  # numpy's on the CPU is a MemoryError
+            need = num_tokens * self.bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
+            raise ValueError(f"a KV pool of {num_tokens} tokens ({need / 2**30:.1f} GiB) does "
+                             f"not fit in the memory of {self.device}: lower kv_tokens "
+                             f"(--kv-tokens) or kv_memory_fraction") from e
         # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end
         # hands out the most recently freed slots first (they are warm in cache).
         self._stack = np.arange(num_tokens - 1, -1, -1, dtype=np.int64)

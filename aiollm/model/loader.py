@@ -185,7 +185,8 @@ def load_model(
                "sequence, which matches the model only within one window)"
                if config.sliding_window else "")
         raise ValueError(f"max_model_len {max_model_len} exceeds the model's context of "
-                         f"{config.max_position}{why}")
+                         f"{config.max_position}{why}: set max_model_len (--max-model-len) to "
+                         f"at most {config.max_position}")
     max_len = max_model_len or config.max_position
     model = _empty_model(config, max_len, dtype, device)
 
