@@ -23,6 +23,36 @@ def assert_idle(eng: Engine) -> None:
     s = eng.stats()
     assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
     assert eng.req_to_token.n_free_rows == eng.req_to_token.rows
+
+
+def started_engine(loop) -> Engine:
+    """A default-model engine started on `loop`."""
+    async def start():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        return eng
+
+    return run(loop, start())
+
+
+def errors_from_another_loop(*calls) -> list[BaseException]:
+    """What each of `calls` (coroutine functions) raised when awaited in another thread's
+    event loop, in order."""
+    import threading
+
+    errors = []
+
+    def other_thread():
+        for call in calls:
+            try:
+                asyncio.run(asyncio.wait_for(call(), 30))
+            except BaseException as e:
+                errors.append(e)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(60)
+    return errors
     assert not eng._requests
     if eng.prefix_cache is not None:
         assert eng.prefix_cache.tree.protected == 0
@@ -55,28 +85,10 @@ def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
 def test_a_call_from_another_event_loop_is_a_usage_error(loop):
     """An engine serves the loop it was started on: a request from another loop (another
     thread's asyncio.run) was taken, and its waiter then hung or woke on the wrong loop."""
-    import threading
-
-    async def start():
-        eng = Engine(None, kv_tokens=1024)
-        await eng.start()
-        return eng
-
-    eng = run(loop, start())
-    errors = []
-
-    def other_thread():
-        async def call():
-            await eng.generate("Hello", SamplingParams(max_tokens=2))
-        try:
-            asyncio.run(asyncio.wait_for(call(), 30))
-        except BaseException as e:
-            errors.append(e)
-
-    t = threading.Thread(target=other_thread)
-    t.start()
-    t.join(60)
+    eng = started_engine(loop)
     try:
+        errors = errors_from_another_loop(
+            lambda: eng.generate("Hello", SamplingParams(max_tokens=2)))
         assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
         assert "another event loop" in str(errors[0])
         assert_idle(eng)
@@ -267,27 +279,9 @@ def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop
     server is shutting down'). It raises the usage error before it changes anything, as a
     request from another loop does; start() there says the same rather than nothing, and
     shutdown() too (it stopped the engine's accepting first)."""
-    import threading
-
-    async def start():
-        eng = Engine(None, kv_tokens=1024)
-        await eng.start()
-        return eng
-
-    eng = run(loop, start())
-    errors = []
-
-    def other_thread():
-        for call in (eng.stop, eng.start, lambda: eng.shutdown(0)):
-            try:
-                asyncio.run(asyncio.wait_for(call(), 30))
-            except BaseException as e:
-                errors.append(e)
-
+    eng = started_engine(loop)
     try:
-        t = threading.Thread(target=other_thread)
-        t.start()
-        t.join(60)
+        errors = errors_from_another_loop(eng.stop, eng.start, lambda: eng.shutdown(0))
         assert len(errors) == 3, errors
         for e in errors:
             assert isinstance(e, RuntimeError) and "another event loop" in str(e), errors
