@@ -201,6 +201,19 @@ def test_chat_roles_and_message_shapes(server):
     server.wait_idle()
 
 
+@pytest.mark.parametrize("role, words", [("user", "for a user message"),
+                                         ("system", "for a system message"),
+                                         ("assistant", "for an assistant message")])
+def test_missing_content_reads_right_for_each_role(server, role, words):
+    """The 400 for a message without content names its role in plain English: it said
+    "an user message" (the article was picked by the first letter)."""
+    messages = [*HI, {"role": role, "content": []}]
+    status, _, raw = http(server, "POST", "/tokenize", json={"messages": messages})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "messages[1].content", raw
+    assert f"messages[1].content is required {words}" in err["message"], err
+
+
 def test_readme_examples_give_what_they_show(server):
     """Each README curl example followed by `# -> {...}` answers what it shows: every key,
     and every value that is not a placeholder or this server's setting (issue 15, rough

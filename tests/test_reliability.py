@@ -233,9 +233,9 @@ BAD_INPUT = [
     bad("top-p-above-1", C, prompt(top_p=1.5), 400, "top_p"),
     bad("top-p-negative", CH, chat(top_p=-0.1), 400, "top_p"),
     bad("lightllm-top-p-0", G, lightllm(top_p=0), 400, "parameters.top_p"),
-    # top_k < -1 (and 0, which means nothing)
+    # top_k < -1 (0 is off on the OpenAI endpoints, as in vLLM; LightLLM refuses it)
     bad("top-k-below-minus-1", C, prompt(top_k=-2), 400, "top_k"),
-    bad("top-k-0", CH, chat(top_k=0), 400, "top_k"),
+    bad("lightllm-top-k-0", G, lightllm(do_sample=True, top_k=0), 400, "parameters.top_k"),
     bad("top-k-past-int32", C, prompt(top_k=2**40), 400, "top_k"),
     bad("lightllm-top-k", GS, lightllm(top_k=-5), 400, "parameters.top_k"),
     # n < 1 or above the limit
@@ -455,6 +455,29 @@ EDGE_VALUES = [  # valid values at the ends of their ranges
 def test_edge_values_are_served(server, path, body):
     status, _, raw_body = http(server, "POST", path, json=body)
     assert status == 200, raw_body
+    server.wait_idle()
+
+
+@pytest.mark.parametrize("path,body", [
+    (C, prompt(prompt="Once upon a time", max_tokens=8, temperature=1.5, seed=11)),
+    (CH, chat(max_tokens=8, temperature=1.5, seed=11, stream=True)),
+])
+def test_top_k_0_is_off_as_in_vllm(server, path, body):
+    """top_k 0 on the OpenAI endpoints samples from every token, as -1 does: vLLM's default
+    and its documented "0 (or -1) considers all tokens", which clients written against it
+    send; it was a 400. Seeded at a high temperature, both give the same text, where a
+    top_k of 1 gives another."""
+    def text_of(top_k: int) -> str:
+        status, _, raw_body = http(server, "POST", path, json={**body, "top_k": top_k})
+        assert status == 200, raw_body
+        if not body.get("stream"):
+            return json.loads(raw_body)["choices"][0]["text"]
+        return "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                       for e in sse_events(raw_body) if e != "[DONE]")
+
+    off = text_of(-1)
+    assert text_of(0) == off
+    assert text_of(1) != off  # the seed and temperature do sample past the top token
     server.wait_idle()
 
 

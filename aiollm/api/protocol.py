@@ -149,7 +149,9 @@ class SamplingFields(Struct, kw_only=True):
         given = {
             "temperature": self.temperature,
             "top_p": self.top_p,
-            "top_k": self.top_k,
+            # 0 is off, as -1 is: vLLM's default and its documented "consider all tokens"
+            # (clients written against it send top_k 0)
+            "top_k": -1 if self.top_k == 0 else self.top_k,
             "min_p": self.min_p,
             "presence_penalty": self.presence_penalty,
             "frequency_penalty": self.frequency_penalty,

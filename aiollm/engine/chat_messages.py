@@ -93,8 +93,9 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
     return msg
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def _article(role: str) -> str:
+    """The article a role's name takes: "an assistant", but "a user" (a consonant sound)."""
+    return "an" if role == "assistant" else "a"
 
 
 def _text(content: Any, at: str) -> str:
