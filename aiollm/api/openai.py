@@ -390,10 +390,10 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         cached_tokens[j] = d.cached_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
                                                                      d.token_texts)
+        if not found and not delta and finish is None and logprobs is None:
+            return b""  # text the parsers hold back: OpenAI sends no chunk for it
         counts = _chunk_usage(req, usage)
         if not found:
-            if not delta and finish is None and logprobs is None:
-                return b""  # text the parsers hold back: OpenAI sends no chunk for it
             return sse.event({**head, "choices": [{
                 "index": j, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
                 **counts})
