@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--dist-init-addr", default=d.dist_init_addr, metavar="HOST:PORT",
                     help="TCP rendezvous address on node 0, reachable from every node "
                          "(default on one node: a free port of 127.0.0.1)")
+    # the checks after parsing report through serve's parser, as argparse's own do: its
+    # usage line, "aiollm serve: error: ..."
+    s.set_defaults(command_parser=s)
     return parser
 
 
@@ -220,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "mixed_prefill_tokens", None) == 0:
         args.mixed_prefill_tokens = None  # no cap of its own: --max-prefill-tokens
     if args.command == "serve":
-        return _serve(parser, args)
+        return _serve(args.command_parser, args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
     return 2
 

@@ -138,6 +138,21 @@ def test_each_bad_option_names_its_own_flag():
         EngineConfig(past_future_estimator="median")
 
 
+def test_checks_after_parsing_report_as_serve_usage_errors(capsys):
+    """A bad --port, say, printed the top-level usage ("usage: aiollm [-h] {serve} ...",
+    "aiollm: error: ...") where argparse's own errors of the same command (--dtype fp8)
+    print serve's usage and "aiollm serve: error: ..."."""
+    from aiollm.cli import main
+
+    for args in (["--dtype", "fp8"], ["--port", "70000"], ["--kv-tokens", "0"],
+                 ["--allowed-methods", "GET"]):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2, args
+        assert err.startswith("usage: aiollm serve ") and "\naiollm serve: error: " in err, err
+
+
 def test_values_the_model_refuses_name_their_flag():
     """A --tokenizer path that does not exist was found only once the weights had loaded;
     a --max-model-len past the model's context said so without the flag or what to set it
