@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "any)")
     net.add_argument("--allowed-headers", type=_string_list, default=None, metavar="LIST",
                      help="with --allowed-origins: the request headers those pages may send "
-                          "(default: any; Content-Type and Accept always)")
+                          "(default: any; Accept, Accept-Language, Content-Language and "
+                          "Content-Type always)")
     net.add_argument("--allow-credentials", action="store_true",
                      help="with --allowed-origins: let those pages send the browser's "
                           "credentials (cookies, HTTP auth)")

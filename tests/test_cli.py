@@ -138,6 +138,18 @@ def test_each_bad_option_names_its_own_flag():
         EngineConfig(past_future_estimator="median")
 
 
+def test_allowed_headers_help_names_every_header_always_allowed():
+    """--allowed-headers' help named Content-Type and Accept as always allowed; the server
+    (and the README) always allow the four CORS-safelisted headers."""
+    from aiollm.api.cors import _SAFELISTED_HEADERS
+    from aiollm.cli import build_parser
+
+    serve = build_parser().parse_args(["serve"]).command_parser
+    action = next(a for a in serve._actions if "--allowed-headers" in a.option_strings)
+    for header in _SAFELISTED_HEADERS:
+        assert header in action.help, header
+
+
 def test_checks_after_parsing_report_as_serve_usage_errors(capsys):
     """A bad --port, say, printed the top-level usage ("usage: aiollm [-h] {serve} ...",
     "aiollm: error: ...") where argparse's own errors of the same command (--dtype fp8)
