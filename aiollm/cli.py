@@ -221,8 +221,6 @@ def _naming_flag(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "mixed_prefill_tokens", None) == 0:
-        args.mixed_prefill_tokens = None  # no cap of its own: --max-prefill-tokens
     if args.command == "serve":
         return _serve(args.command_parser, args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it

@@ -540,6 +540,21 @@ def test_engine_config_takes_a_torch_device():
         EngineConfig(device=torch.device("meta"))
 
 
+def test_mixed_prefill_tokens_zero_is_no_cap_in_python_too():
+    """`--mixed-prefill-tokens 0` removes the cap; Engine(mixed_prefill_tokens=0), the same
+    option under the same name (README, Python API), raised "must be >= 1"."""
+    from aiollm.config import EngineConfig
+
+    assert EngineConfig(mixed_prefill_tokens=0).mixed_prefill_tokens is None
+    assert EngineConfig(mixed_prefill_tokens=None).mixed_prefill_tokens is None
+    assert EngineConfig(mixed_prefill_tokens=512).mixed_prefill_tokens == 512
+    with pytest.raises(ValueError, match="mixed_prefill_tokens must be >= 0"):
+        EngineConfig(mixed_prefill_tokens=-1)
+    for bad in (False, 1.5):
+        with pytest.raises(ValueError, match="mixed_prefill_tokens"):
+            EngineConfig(mixed_prefill_tokens=bad)
+
+
 def test_grammar_compile_timeout_is_checked():
     """The Engine API's keyword is checked where the CLI's flag is: a timeout of 0, NaN or
     infinity is refused naming it (infinity would have failed each compile thread's wait)."""
