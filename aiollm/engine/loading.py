@@ -145,8 +145,8 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         asked = (f"max_model_len {cfg.max_model_len}" if cfg.max_model_len == context
                  else f"the model's context of {context}")
         log.warning("the KV cache holds %d tokens, less than %s: a request's prompt and "
-                    "output are limited to %d tokens; give the cache more (--kv-tokens, or "
-                    "--kv-memory-fraction on a GPU) or lower --max-model-len",
+                    "output are limited to %d tokens; raise kv_tokens (--kv-tokens; on a "
+                    "GPU, kv_memory_fraction) or lower max_model_len (--max-model-len)",
                     rank.kv_tokens, asked, rank.max_model_len)
     return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank)
 
