@@ -498,13 +498,13 @@ def test_make_setup_says_what_each_step_does():
         assert lines[i - 1].startswith("echo \"aiollm setup"), lines[i - 1]
 
 
-@pytest.mark.parametrize("has_torch", [True, False])
-def test_make_setup_keeps_a_torch_already_in_the_venv(tmp_path, has_torch):
+@pytest.mark.parametrize("has_torch,index", [(True, ""), (False, ""), (False, "https://x/cpu")])
+def test_make_setup_keeps_a_torch_already_in_the_venv(tmp_path, has_torch, index):
     """The README's GPU set-up: install the CUDA build of torch into .venv first, then `make
-    serve`. Setup installed torch==2.13.0 over it anyway, which replaced a CUDA build of any
-    other version with the CPU one; a .venv without torch still gets the pinned CPU build.
-    Run on a copy of the build files, with a .venv whose python and pip only record what
-    they are asked."""
+    serve`. Setup installed torch==2.13.0 over it anyway, which replaced a build of any other
+    version with PyPI's; a .venv without torch still gets the pinned one, from TORCH_INDEX
+    alone when that is set (the README's CPU-only set-up). Run on a copy of the build files,
+    with a .venv whose python and pip only record what they are asked."""
     root = Path(__file__).resolve().parent.parent
     for name in ("Makefile", "pyproject.toml", "meson.build"):
         (tmp_path / name).write_bytes((root / name).read_bytes())
@@ -518,13 +518,17 @@ def test_make_setup_keeps_a_torch_already_in_the_venv(tmp_path, has_torch):
     for name, body in fakes.items():
         (bin_dir / name).write_text("#!/bin/sh\n" + body)
         (bin_dir / name).chmod(0o755)
-    out = subprocess.run(["make", "setup"], cwd=tmp_path, capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run(["make", "setup", f"TORCH_INDEX={index}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     installs = calls.read_text().splitlines()
     torch_installs = [line for line in installs if "torch==" in line]
     assert any("-e .[test,bench]" in line for line in installs), installs
     assert len(torch_installs) == (0 if has_torch else 1), installs
+    for line in torch_installs:
+        assert ("--index-url" in line) == bool(index), line
+        if index:
+            assert f"--no-deps --index-url {index}" in line, line
 
 
 def test_engine_config_takes_a_torch_device():
