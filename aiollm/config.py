@@ -128,8 +128,11 @@ class EngineConfig:
                              f"{self.table_capacity}")
         if self.cpu_kv_tokens is not None and self.cpu_kv_tokens < 1:
             raise ValueError(f"cpu_kv_tokens must be >= 1, got {self.cpu_kv_tokens}")
-        if self.mixed_prefill_tokens is not None and self.mixed_prefill_tokens < 1:
-            raise ValueError(f"mixed_prefill_tokens must be >= 1, got {self.mixed_prefill_tokens}")
+        if self.mixed_prefill_tokens == 0:  # --mixed-prefill-tokens 0: no cap, here too
+            self.mixed_prefill_tokens = None
+        if self.mixed_prefill_tokens is not None and self.mixed_prefill_tokens < 0:
+            raise ValueError(f"mixed_prefill_tokens must be >= 0 (0 or None: no cap), got "
+                             f"{self.mixed_prefill_tokens}")
         if self.kv_tokens is not None and not 1 <= self.kv_tokens <= MAX_KV_TOKENS:
             raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:

@@ -138,6 +138,33 @@ def test_each_bad_option_names_its_own_flag():
         EngineConfig(past_future_estimator="median")
 
 
+def test_allowed_headers_help_names_every_header_always_allowed():
+    """--allowed-headers' help named Content-Type and Accept as always allowed; the server
+    (and the README) always allow the four CORS-safelisted headers."""
+    from aiollm.api.cors import _SAFELISTED_HEADERS
+    from aiollm.cli import build_parser
+
+    serve = build_parser().parse_args(["serve"]).command_parser
+    action = next(a for a in serve._actions if "--allowed-headers" in a.option_strings)
+    for header in _SAFELISTED_HEADERS:
+        assert header in action.help, header
+
+
+def test_checks_after_parsing_report_as_serve_usage_errors(capsys):
+    """A bad --port, say, printed the top-level usage ("usage: aiollm [-h] {serve} ...",
+    "aiollm: error: ...") where argparse's own errors of the same command (--dtype fp8)
+    print serve's usage and "aiollm serve: error: ..."."""
+    from aiollm.cli import main
+
+    for args in (["--dtype", "fp8"], ["--port", "70000"], ["--kv-tokens", "0"],
+                 ["--allowed-methods", "GET"]):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", *args])
+        err = capsys.readouterr().err
+        assert e.value.code == 2, args
+        assert err.startswith("usage: aiollm serve ") and "\naiollm serve: error: " in err, err
+
+
 def test_values_the_model_refuses_name_their_flag():
     """A --tokenizer path that does not exist was found only once the weights had loaded;
     a --max-model-len past the model's context said so without the flag or what to set it
@@ -471,6 +498,39 @@ def test_make_setup_says_what_each_step_does():
         assert lines[i - 1].startswith("echo \"aiollm setup"), lines[i - 1]
 
 
+@pytest.mark.parametrize("has_torch,index", [(True, ""), (False, ""), (False, "https://x/cpu")])
+def test_make_setup_keeps_a_torch_already_in_the_venv(tmp_path, has_torch, index):
+    """The README's GPU set-up: install the CUDA build of torch into .venv first, then `make
+    serve`. Setup installed torch==2.13.0 over it anyway, which replaced a build of any other
+    version with PyPI's; a .venv without torch still gets the pinned one, from TORCH_INDEX
+    alone when that is set (the README's CPU-only set-up). Run on a copy of the build files,
+    with a .venv whose python and pip only record what they are asked."""
+    root = Path(__file__).resolve().parent.parent
+    for name in ("Makefile", "pyproject.toml", "meson.build"):
+        (tmp_path / name).write_bytes((root / name).read_bytes())
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "calls.txt"
+    fakes = {  # python: "import torch" succeeds only with has_torch; pip records its args
+        "python": f'if [ "$1" = -c ]; then exit {0 if has_torch else 1}; fi\n',
+        "pip": f'echo "pip $*" >> {calls}\n',
+    }
+    for name, body in fakes.items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + body)
+        (bin_dir / name).chmod(0o755)
+    out = subprocess.run(["make", "setup", f"TORCH_INDEX={index}"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    installs = calls.read_text().splitlines()
+    torch_installs = [line for line in installs if "torch==" in line]
+    assert any("-e .[test,bench]" in line for line in installs), installs
+    assert len(torch_installs) == (0 if has_torch else 1), installs
+    for line in torch_installs:
+        assert ("--index-url" in line) == bool(index), line
+        if index:
+            assert f"--no-deps --index-url {index}" in line, line
+
+
 def test_engine_config_takes_a_torch_device():
     """The Python API took device=torch.device('cpu') before the CLI's device check; it still
     does (as the string), and a bad one is still refused naming it."""
@@ -482,6 +542,21 @@ def test_engine_config_takes_a_torch_device():
     assert EngineConfig(device=torch.device("cuda", 1)).device == "cuda:1"
     with pytest.raises(ValueError, match="'meta'"):
         EngineConfig(device=torch.device("meta"))
+
+
+def test_mixed_prefill_tokens_zero_is_no_cap_in_python_too():
+    """`--mixed-prefill-tokens 0` removes the cap; Engine(mixed_prefill_tokens=0), the same
+    option under the same name (README, Python API), raised "must be >= 1"."""
+    from aiollm.config import EngineConfig
+
+    assert EngineConfig(mixed_prefill_tokens=0).mixed_prefill_tokens is None
+    assert EngineConfig(mixed_prefill_tokens=None).mixed_prefill_tokens is None
+    assert EngineConfig(mixed_prefill_tokens=512).mixed_prefill_tokens == 512
+    with pytest.raises(ValueError, match="mixed_prefill_tokens must be >= 0"):
+        EngineConfig(mixed_prefill_tokens=-1)
+    for bad in (False, 1.5):
+        with pytest.raises(ValueError, match="mixed_prefill_tokens"):
+            EngineConfig(mixed_prefill_tokens=bad)
 
 
 def test_grammar_compile_timeout_is_checked():

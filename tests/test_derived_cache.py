@@ -184,6 +184,25 @@ def test_file_digest_is_the_sha256_of_the_content(tmp_path, monkeypatch):
     assert file_digest(str(path)) == hashlib.sha256(b"abd" * 1000).hexdigest()
 
 
+def test_a_gguf_loads_and_is_cached_without_hashlib_file_digest(gguf_file, tmp_path,
+                                                                  monkeypatch):
+    """hashlib.file_digest is Python 3.11's; pyproject and the README say 3.10+, where every
+    GGUF load (the default model's too) raised AttributeError. Without it files are hashed
+    in blocks, to the same digests: a load stores its entry and the next reads it back."""
+    monkeypatch.delattr(hashlib, "file_digest")  # as on Python 3.10
+    path = tmp_path / "f.bin"
+    data = os.urandom(3 << 20) + b"tail"  # more than one block
+    path.write_bytes(data)
+    assert file_digest(str(path)) == hashlib.sha256(data).hexdigest()
+    first = params(gguf_file)
+    entry = GGUFCache(gguf_file).dir
+    with open(gguf_file, "rb") as f:
+        assert os.path.basename(entry) == hashlib.sha256(f.read()).hexdigest()
+    assert any(n.startswith("params-") for n in os.listdir(entry))
+    second = params(gguf_file)
+    assert all(torch.equal(second[n], first[n]) for n in first)
+
+
 def test_a_cache_dir_under_home_is_expanded(tmp_path, monkeypatch):
     """AIOLLM_CACHE_DIR='~/x' (quoted, so the shell left the ~) is x in the home directory,
     not a folder named '~' in the working directory."""

@@ -335,3 +335,26 @@ def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monke
         await eng.stop()
 
     run(loop, go())
+
+
+def test_a_kv_cache_smaller_than_the_context_is_a_warning(loop, caplog):
+    """--kv-tokens 256 with --max-model-len 512 (or the model's 8192) served requests of at
+    most 256 tokens, said only in the INFO line "max model len 256": a vLLM user expects to
+    hear when the context they asked for does not fit the KV cache."""
+    async def started_len(**options) -> int:
+        async with Engine(None, **options) as eng:
+            return eng.max_model_len
+
+    import logging
+
+    for options, asked in (({"kv_tokens": 256, "max_model_len": 512}, "max_model_len 512"),
+                           ({"kv_tokens": 256}, "the model's context of 8192")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="aiollm.engine.loading"):
+            assert run(loop, started_len(**options)) == 256
+        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(asked in m and "256 tokens" in m and "--kv-tokens" in m for m in said), said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aiollm.engine.loading"):
+        assert run(loop, started_len(kv_tokens=1024, max_model_len=512)) == 512
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]

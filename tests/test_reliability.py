@@ -261,8 +261,11 @@ BAD_INPUT = [
     bad("best-of-above-n", C, prompt(best_of=3), 400, "best_of", "best_of"),
     bad("best-of-below-n", C, prompt(best_of=1, n=2), 400, "best_of"),
     # vLLM's sampling fields that change the prompt or the output, not served: refused
-    bad("beam-search", C, prompt(use_beam_search=True), 400, "use_beam_search"),
-    bad("length-penalty", CH, chat(length_penalty=0.5), 400, "length_penalty"),
+    # (the messages said "beam search is not served" and no more: they say what to send)
+    bad("beam-search", C, prompt(use_beam_search=True), 400, "use_beam_search",
+        "send false or leave it out"),
+    bad("length-penalty", CH, chat(length_penalty=0.5), 400, "length_penalty",
+        "send 1.0 or leave it out"),
     bad("bad-words", C, prompt(bad_words=["x"]), 400, "bad_words"),
     bad("truncate-prompt-tokens", CH, chat(truncate_prompt_tokens=8), 400,
         "truncate_prompt_tokens"),

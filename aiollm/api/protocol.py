@@ -57,8 +57,10 @@ class StreamOptions(Struct, kw_only=True):
 # vLLM's sampling fields the server does not serve: (the value that changes nothing, why).
 # Refused when sent with another value: ignored, they would change the output unasked.
 _VLLM_UNSERVED = {
-    "use_beam_search": (False, "beam search is not served"),
-    "length_penalty": (1.0, "it weighs beam search, which is not served"),
+    "use_beam_search": (False, "the server samples, it does not search beams: send false "
+                               "or leave it out"),
+    "length_penalty": (1.0, "it weighs beam search, which the server does not do: send 1.0 "
+                            "or leave it out"),
     "bad_words": ([], "send logit_bias with -100 for their tokens"),
     "truncate_prompt_tokens": (None, "prompts are never truncated: shorten the prompt"),
     "return_tokens_as_token_ids": (False, "logprobs name tokens by their text"),

@@ -140,6 +140,14 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler, prefix cache %s",
              rank.kv_tokens, rank.kv_tokens * rank.kv_bytes_per_token / 2**30,
              rank.max_model_len, cfg.scheduler, "on" if cfg.prefix_cache else "off")
+    context = min(x for x in (mc.max_position, cfg.max_model_len) if x)
+    if rank.max_model_len < context:  # the pool, not the context asked for, is the limit
+        asked = (f"max_model_len {cfg.max_model_len}" if cfg.max_model_len == context
+                 else f"the model's context of {context}")
+        log.warning("the KV cache holds %d tokens, less than %s: a request's prompt and "
+                    "output are limited to %d tokens; raise kv_tokens (--kv-tokens; on a "
+                    "GPU, kv_memory_fraction) or lower max_model_len (--max-model-len)",
+                    rank.kv_tokens, asked, rank.max_model_len)
     return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank)
 
 

@@ -91,8 +91,7 @@ def file_digest(path: str) -> str:
                 return digest
         except OSError:
             pass
-    with open(path, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = _sha256(path)
     if memo is not None:
         _write_atomic(memo, lambda tmp: _write_text(tmp, digest))
     return digest
@@ -284,8 +283,15 @@ def config_from_dict(d: dict) -> ModelConfig:
 
 
 def _sha256(path: str) -> str:
+    """Hex SHA-256 of a file's content. hashlib.file_digest is Python 3.11's; on 3.10 the
+    file is read in 1 MiB blocks."""
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        if hasattr(hashlib, "file_digest"):
+            return hashlib.file_digest(f, "sha256").hexdigest()
+        h = hashlib.sha256()
+        while block := f.read(1 << 20):
+            h.update(block)
+        return h.hexdigest()
 
 
 def _matches_manifest(directory: str) -> bool:
