@@ -23,6 +23,10 @@ def assert_idle(eng: Engine) -> None:
     s = eng.stats()
     assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
     assert eng.req_to_token.n_free_rows == eng.req_to_token.rows
+    assert not eng._requests
+    if eng.prefix_cache is not None:
+        assert eng.prefix_cache.tree.protected == 0
+        assert eng.kv_pool.n_used == eng.prefix_cache.size
 
 
 def started_engine(loop) -> Engine:
@@ -53,10 +57,6 @@ def errors_from_another_loop(*calls) -> list[BaseException]:
     t.start()
     t.join(60)
     return errors
-    assert not eng._requests
-    if eng.prefix_cache is not None:
-        assert eng.prefix_cache.tree.protected == 0
-        assert eng.kv_pool.n_used == eng.prefix_cache.size
 
 
 def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
