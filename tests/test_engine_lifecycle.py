@@ -272,6 +272,29 @@ def test_concurrent_starts_load_once_and_run_one_step_loop(loop, monkeypatch):
     run(loop, go())
 
 
+def test_a_start_while_stop_runs_starts_the_engine_again(loop):
+    """A start() called while a stop() ran (its step loop cancelled, not yet ended: two
+    tasks that restart an engine, a reload handler beside a shutdown) saw the engine
+    started and returned at once; the stop() then ended it, and the caller's next request
+    got EngineStopped from an engine start() had just returned on. It waits for the stop()
+    and starts the engine again."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        stopping = asyncio.ensure_future(eng.stop())
+        await asyncio.sleep(0)  # stop() is awaiting the end of the step loop
+        await eng.start()
+        await stopping
+        try:
+            out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+            assert len(out.token_ids) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
     """stop() from another thread's event loop failed the requests in flight and stopped
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its

@@ -61,7 +61,8 @@ class Engine(EngineAPI, HandOut):
         self._started = False
         self._accepting = False
         self._loop_task: asyncio.Task | None = None
-        self._loading: asyncio.Event | None = None  # set while a start() loads the model
+        # set while a start() or stop() runs: another one waits for it, then sees its outcome
+        self._changing: asyncio.Event | None = None
         self._requests: dict[int, Request] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -76,22 +77,26 @@ class Engine(EngineAPI, HandOut):
         """Load the model (on a worker thread) and start the loop; a no-op once started.
         Raises what loading raises (OSError / ValueError: model or tokenizer unreadable).
         An engine whose event loop ended without stop() (asyncio.run(engine.start())) is
-        stopped and started afresh on this loop. A start() while another loads waits for
-        it (then loads only if that one failed); RuntimeError from another event loop than
-        the running engine's."""
-        while self._loading is not None:
-            await self._loading.wait()
+        stopped and started afresh on this loop. A start() while another start() or a stop()
+        runs waits for it (then loads only if the engine is not running); RuntimeError from
+        another event loop than the running engine's."""
+        while self._changing is not None:
+            await self._changing.wait()
         if self._started:
             if not self._loop_task.done():
                 self._check_own_loop()
                 return
             await self.stop()
-        self._loading = asyncio.Event()
+        await self._changing_by(self._start())
+
+    async def _changing_by(self, change) -> None:
+        """Await `change` (start's or stop's coroutine) as the one change under way."""
+        self._changing = asyncio.Event()
         try:
-            await self._start()
+            await change
         finally:
-            self._loading.set()
-            self._loading = None
+            self._changing.set()
+            self._changing = None
 
     async def _start(self) -> None:
         # loading takes seconds to minutes: keep the event loop free meanwhile
@@ -179,14 +184,18 @@ class Engine(EngineAPI, HandOut):
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop; a start() under way is waited for,
-        then stopped. RuntimeError, changing nothing, from another event loop than the
-        running engine's (its step loop can be awaited only there)."""
-        while self._loading is not None:
-            await self._loading.wait()
+        then stopped, a stop() under way waited for. RuntimeError, changing nothing, from
+        another event loop than the running engine's (its step loop can be awaited only
+        there)."""
+        while self._changing is not None:
+            await self._changing.wait()
         if not self._started:
             return
         if not self._loop_task.done():
             self._check_own_loop()
+        await self._changing_by(self._stop())
+
+    async def _stop(self) -> None:
         self._accepting = False
         # an Overloaded (HTTP 503: a server's client may retry elsewhere or later), but one
         # that tells an Engine API caller that retrying on this engine cannot help
