@@ -295,6 +295,33 @@ def test_a_start_while_stop_runs_starts_the_engine_again(loop):
     run(loop, go())
 
 
+def test_a_request_after_a_cancelled_stop_gets_engine_stopped(loop):
+    """A stop() cancelled once it had ended the step loop (asyncio.wait_for(engine.stop(),
+    timeout) timing out) left the engine not accepting: its requests got Overloaded ('the
+    server is shutting down', HTTP 503 that clients retry) from a shutdown that would never
+    end. They get EngineStopped, and start() starts the engine afresh."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        stopping = asyncio.ensure_future(eng.stop())
+        while not eng._loop_task.done():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # stop() is waiting for the model thread
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        with pytest.raises(EngineStopped, match="stop\\(\\) was cancelled"):
+            await eng.generate("Hello", SamplingParams(max_tokens=2))
+        await eng.start()
+        try:
+            assert len((await eng.generate("Hello", SamplingParams(max_tokens=2))).token_ids) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
     """stop() from another thread's event loop failed the requests in flight and stopped
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its

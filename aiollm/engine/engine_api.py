@@ -177,16 +177,18 @@ class EngineAPI:
         if not self._started:
             raise EngineStopped("the engine is stopped (Engine.stop() ran before this request "
                                 "was submitted); it takes no request until started again")
-        if not self._accepting:
-            raise Overloaded("the server is shutting down")
         if self._loop_task.done():
             # its event loop ended without stop() (or an interrupt raised inside it ended
-            # it): the request would wait forever
+            # it, or a stop() was cancelled once it had cancelled it): the request would
+            # wait forever, also while not accepting (no shutdown will end)
             raise EngineStopped(
                 "the engine's step loop has ended without Engine.stop(): the event loop it was "
-                "started on ended (as asyncio.run(engine.start()) ends it) or an interrupt "
-                "stopped it. Start and use the engine in one event loop (`async with Engine() "
-                "as engine`), or await engine.start() again to start it afresh")
+                "started on ended (as asyncio.run(engine.start()) ends it), an interrupt "
+                "stopped it or a stop() was cancelled. Start and use the engine in one event "
+                "loop (`async with Engine() as engine`), or await engine.start() again to "
+                "start it afresh")
+        if not self._accepting:
+            raise Overloaded("the server is shutting down")
         self._check_own_loop()
 
     def _check_own_loop(self) -> None:
