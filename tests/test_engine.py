@@ -304,6 +304,24 @@ def test_a_failing_batch_holds_nothing(loop, engine):
     assert_all_free(engine)
 
 
+def test_a_batch_checks_every_prompt_before_it_runs_any(loop, engine):
+    """A bad prompt late in a batch failed it only once the prompts before it had run (for
+    hours in a long offline batch), their results thrown away with the error. Every prompt is
+    checked first: the batch fails before a prompt token is processed."""
+    def prompt_tokens() -> float:
+        return engine.metrics.registry.get_sample_value("aiollm_prompt_tokens_total")
+
+    before = prompt_tokens()
+    params = SamplingParams(max_tokens=100, ignore_eos=True)
+    for bad in ("", [engine.model_config.vocab_size], [1] * engine.max_model_len):
+        with pytest.raises(InvalidRequest) as e:
+            run(loop, engine.generate_batch(["Tell me a long story"] * 40 + [bad], params,
+                                            progress=False))
+        assert e.value.param == "prompts[40]"
+    assert prompt_tokens() == before
+    assert_all_free(engine)
+
+
 def test_a_string_is_one_prompt_of_a_batch(loop, engine):
     """generate_batch("Hello") (LLM.generate("Hello")) is one prompt: it was five, one per
     character, since a str is a sequence of strings."""

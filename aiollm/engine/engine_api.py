@@ -122,7 +122,8 @@ class EngineAPI:
         (other callers of the engine may still fill them: Overloaded). Raises
         InvalidRequest naming `prompts` for a value that is no list or tuple of prompts, and
         `prompts[i]` for a bad prompt; one too long for the context says which prompt and keeps
-        its param (errors.of_batch_item); a bad field of params keeps its own name.
+        its param (errors.of_batch_item); a bad field of params keeps its own name. Every
+        prompt is checked before any is submitted.
         `batch_name`: what those errors call the batch where the caller's differs (LLM.chat:
         "conversations", whose token ids the prompts are)."""
         from tqdm.auto import tqdm
@@ -134,6 +135,12 @@ class EngineAPI:
                                  f"ids) or one string, got {type(prompts).__name__}",
                                  param="prompts")
 
+        # a bad prompt late in a long batch failed it only once those before had run, their
+        # results thrown away (text is tokenized here once: the ids are submitted)
+        self._check_accepting()
+        params = params or SamplingParams()
+        prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
+                                 self._checked_batch, prompts, params, batch_name)
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
         # a batch may be longer than the engine holds at once: past the request table or the
         # waiting queue its prompts got Overloaded, and so the whole batch; they wait here
@@ -157,6 +164,14 @@ class EngineAPI:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             bar.close()
+
+    def _checked_batch(self, prompts: Sequence[Prompt], params: SamplingParams,
+                       batch_name: str) -> list[list[int]]:
+        ids = []
+        for i, p in enumerate(prompts):
+            with naming_batch_item("prompt", i, batch_name):
+                ids.append(self._checked(p, params))
+        return ids
 
     # -- submission ------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> list[int]:
