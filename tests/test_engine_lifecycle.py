@@ -342,6 +342,40 @@ def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop
         run(loop, eng.stop())
 
 
+def test_a_call_from_a_thread_outside_the_engines_running_loop_is_a_usage_error():
+    """An engine serving on a loop in another thread took a stream() or flush_cache() from a
+    plain thread (no event loop there, so the check of the loop passed): they changed the
+    request table, the planner and the prefix cache under the running step loop, and woke
+    it through an asyncio.Event set off the loop's thread (not thread-safe). They raise the usage error that a call from another loop raises, changing nothing."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+
+    async def idle():
+        assert_idle(eng)
+
+    eng = Engine(None, kv_tokens=1024)
+    on_loop(eng.start())
+    try:
+        with pytest.raises(RuntimeError, match="another event loop"):
+            eng.stream("Hello", SamplingParams(max_tokens=2))
+        with pytest.raises(RuntimeError, match="another event loop"):
+            eng.flush_cache()
+        on_loop(idle())
+        out = on_loop(eng.generate("Hello", SamplingParams(max_tokens=2)))  # the way to call it
+        assert len(out.token_ids) == 2
+    finally:
+        on_loop(eng.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
 def test_an_unstarted_engine_says_so_from_every_method():
     """stats(), flush_cache() and tokenize() before start() raised AttributeError ('Engine'
     object has no attribute 'prefix_cache' / 'tokenizer'); generate() and stream() already

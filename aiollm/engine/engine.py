@@ -253,8 +253,10 @@ class Engine(EngineAPI, HandOut):
 
     def flush_cache(self) -> int:
         """Empty the prefix cache of what no request uses; returns the KV slots freed.
-        RuntimeError before the engine was first started."""
+        RuntimeError before the engine was first started, or from another thread or event
+        loop than its running one's."""
         self._check_started()
+        self._check_own_loop()
         return self.prefix_cache.flush() if self.prefix_cache else 0
 
     # -- the loop ----------------------------------------------------------------------------

@@ -208,12 +208,14 @@ class EngineAPI:
 
     def _check_own_loop(self) -> None:
         """Raise RuntimeError when called from another event loop than the one the engine
-        was started on (a call outside any loop passes: a stream made there is iterated in
-        one later)."""
+        was started on, or from a thread outside any loop while the engine's runs on
+        another thread (the call would change the engine's state under its running loop);
+        a call outside any loop passes while the engine's loop is not running (a stream made
+        there is iterated in it later)."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
-            return
+            running = self._event_loop if not self._event_loop.is_running() else None
         if running is not self._event_loop:
             raise RuntimeError(
                 "the engine runs on another event loop than this call's: call it from the "
