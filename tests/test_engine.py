@@ -319,6 +319,10 @@ def test_a_batch_checks_every_prompt_before_it_runs_any(loop, engine):
                                             progress=False))
         assert e.value.param == "prompts[40]"
     assert prompt_tokens() == before
+    # long text is checked off the loop's thread
+    outs = run(loop, engine.generate_batch(["word " * 200, "Hi"], SamplingParams(max_tokens=1),
+                                           progress=False))
+    assert [len(o.token_ids) for o in outs] == [1, 1]
     assert_all_free(engine)
 
 

@@ -170,7 +170,7 @@ class EngineAPI:
         ids = []
         for i, p in enumerate(prompts):
             with naming_batch_item("prompt", i, batch_name):
-                ids.append(self._checked(p, params))
+                ids.append(self._checked_input(p, params))  # maybe off the loop's thread
         return ids
 
     # -- submission ------------------------------------------------------------------------
@@ -225,6 +225,10 @@ class EngineAPI:
         """The prompt's token ids, once the engine takes requests and the prompt and params
         fit the model (what stream() checks before a grammar compiles)."""
         self._check_accepting()
+        return self._checked_input(prompt, params)
+
+    def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """_checked's part that reads only the model and the tokenizer (any thread)."""
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
         params.check()  # again: a field may have been set since it was made
