@@ -221,8 +221,8 @@ class Engine(EngineAPI, HandOut):
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
-        abort the rest (their streams end with finish_reason "abort"). RuntimeError, as
-        stop() raises it, from another event loop than the running engine's."""
+        abort the rest as stop() does (their generate() and streams raise EngineStopped).
+        RuntimeError, as stop() raises it, from another event loop than the running engine's."""
         if self._started and not self._loop_task.done():
             self._check_own_loop()
         self._accepting = False
