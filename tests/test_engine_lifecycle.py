@@ -240,6 +240,26 @@ def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
     assert run(loop, go(max_waiting_requests=2)) == one_by_one
 
 
+def test_concurrent_batches_share_the_room(loop):
+    """Batches run at once (asyncio.gather over generate_batch calls, one per data set) each
+    let as many prompts in as the request table or the waiting queue holds, so together
+    they overfilled them: all but one raised Overloaded from an engine nobody else used.
+    They share the room and all finish."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024, table_capacity=4, max_waiting_requests=4)
+        await eng.start()
+        try:
+            batches = [[f"Question {i}-{j}:" for j in range(6)] for i in range(3)]
+            outs = await asyncio.gather(*(eng.generate_batch(b, SamplingParams(max_tokens=2),
+                                                             progress=False) for b in batches))
+            assert [len(o) for o in outs] == [6, 6, 6]
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_concurrent_starts_load_once_and_run_one_step_loop(loop, monkeypatch):
     """Two start() calls at once (two tasks that each make sure the engine runs) both saw
     it unstarted: the model loaded twice and two step loops ran on one request table, the

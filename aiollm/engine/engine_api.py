@@ -118,8 +118,9 @@ class EngineAPI:
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
         is one prompt (as in vLLM's LLM.generate), not a batch of its characters. A batch
-        larger than the request table or the waiting queue is submitted as they make room
-        (other callers of the engine may still fill them: Overloaded). Raises
+        larger than the request table or the waiting queue is submitted as they make room,
+        which all batches share (other callers of the engine may still fill them:
+        Overloaded). Raises
         InvalidRequest naming `prompts` for a value that is no list or tuple of prompts, and
         `prompts[i]` for a bad prompt; one too long for the context says which prompt and keeps
         its param (errors.of_batch_item); a bad field of params keeps its own name. Every
@@ -142,13 +143,8 @@ class EngineAPI:
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
                                  self._checked_batch, prompts, params, batch_name)
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
-        # a batch may be longer than the engine holds at once: past the request table or the
-        # waiting queue its prompts got Overloaded, and so the whole batch; they wait here
-        room = asyncio.Semaphore(min(self.config.table_capacity,
-                                     self.config.max_waiting_requests))
-
         async def one(i, p):
-            async with room:
+            async with self._batch_room:
                 with naming_batch_item("prompt", i, batch_name):
                     out = await self.generate(p, params)
             bar.update(1)
