@@ -238,6 +238,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # else found only once the weights have loaded (seconds to minutes)
         parser.error(f"argument --tokenizer: {args.tokenizer!r} does not exist (give a model "
                      "directory or .gguf file that holds a tokenizer)")
+    if args.api_key is not None and not args.api_key.strip():
+        # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
+        parser.error("argument --api-key: must not be empty (leave the flag out to serve "
+                     "without auth)")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading

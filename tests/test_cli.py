@@ -114,7 +114,8 @@ def test_each_bad_option_names_its_own_flag():
     --host and --served-model-name were taken (the host failed after loading, "Name or
     service not known"), and --kv-tokens 2**31 (past the int32 slot ids) and a rendezvous
     port past 65535 ("Port out of range", with -tp 2 after its ranks started) only after
-    loading. Each is a usage error now (exit 2, no traceback) naming its flag."""
+    loading; an empty --api-key (`--api-key "$KEY"`, KEY unset) served without auth. Each is
+    a usage error now (exit 2, no traceback) naming its flag."""
     for args, says in ((["--nnodes", "0"], "argument --nnodes: nnodes must be >= 1"),
                        (["--tensor-parallel-size", "0"],
                         "argument --tensor-parallel-size: tensor_parallel_size must be >= 1"),
@@ -125,6 +126,7 @@ def test_each_bad_option_names_its_own_flag():
                        (["--served-model-name", " "], "argument --served-model-name: "
                         "served_model_name must not be empty"),
                        (["--host", ""], "--host must not be empty"),
+                       (["--api-key", " "], "argument --api-key: must not be empty"),
                        (["--dist-init-addr", "127.0.0.1:99999"],
                         "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
                         "port in [1, 65535]")):
