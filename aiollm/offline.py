@@ -1,5 +1,6 @@
 """LLM: a synchronous wrapper for offline batch generation (no server, no event loop of
-your own).
+your own; inside a running one, async code or a notebook's cell, it raises RuntimeError:
+use the Engine there).
 
     llm = LLM()                                   # default model
     outs = llm.generate(["Hello", "Bonjour"], SamplingParams(max_tokens=32))
@@ -20,6 +21,7 @@ from aiollm.sampling_params import SamplingParams
 
 class LLM:
     def __init__(self, model: str | None = None, **options):
+        _outside_event_loops()
         self._loop = asyncio.new_event_loop()
         self.engine = Engine(model, **options)
         self._loop.run_until_complete(self.engine.start())
@@ -82,11 +84,13 @@ class LLM:
             raise
 
     def _check_open(self) -> None:
+        _outside_event_loops()
         if self._loop.is_closed():  # else asyncio's "Event loop is closed", and a warning
             raise EngineStopped("this LLM is closed (close() ran): make a new LLM")
 
     def close(self) -> None:
         if not self._loop.is_closed():
+            _outside_event_loops()
             self._loop.run_until_complete(self.engine.stop())
             self._loop.close()
 
@@ -95,3 +99,18 @@ class LLM:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _outside_event_loops() -> None:
+    """Raise RuntimeError, saying what to use instead, when called inside a running event
+    loop (async code, a notebook's cell): LLM runs its own loop until each call ends, which
+    asyncio refuses there ('Cannot run the event loop while another loop is running'),
+    leaving the LLM's loop and its coroutines unclosed."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError("LLM blocks until each call ends, so it cannot run inside a running "
+                       "event loop (async code, a notebook's cell): there use the Engine, "
+                       "`engine = Engine(); await engine.start()`, then `await "
+                       "engine.generate_batch(prompts, params)`")

@@ -115,6 +115,28 @@ def test_an_interrupted_offline_batch_holds_nothing():
         assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
 
 
+def test_the_offline_llm_inside_a_running_event_loop_says_what_to_use():
+    """LLM() or its calls inside a running event loop (async code, a notebook's cell) raised
+    asyncio's 'Cannot run the event loop while another loop is running', naming neither LLM
+    nor what works there, and left a loop unclosed and a coroutine never awaited. They raise
+    a RuntimeError that points to the Engine, and the LLM goes on serving outside."""
+    async def make():
+        with pytest.raises(RuntimeError, match="running event loop.*Engine"):
+            LLM(None, kv_tokens=1024)
+
+    asyncio.run(make())
+    with LLM(None, kv_tokens=1024) as llm:
+        async def use():
+            with pytest.raises(RuntimeError, match="running event loop.*Engine"):
+                llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+
+        asyncio.run(use())
+        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        assert len(out[0].token_ids) == 2
+        assert_idle(llm.engine)
+        assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
+
+
 @pytest.fixture(scope="module")
 def engine(loop):
     eng = Engine(None, kv_tokens=2048)
