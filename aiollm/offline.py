@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
@@ -22,6 +23,9 @@ from aiollm.sampling_params import SamplingParams
 class LLM:
     def __init__(self, model: str | None = None, **options):
         _outside_event_loops()
+        # the loop runs one call at a time: another thread's call waits for its turn (it
+        # raised 'This event loop is already running')
+        self._turn = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self.engine = Engine(model, **options)
         self._loop.run_until_complete(self.engine.start())
@@ -71,17 +75,21 @@ class LLM:
         requests are aborted before the interrupt goes on: they held their table slots and
         KV, and ran on inside the next call, for results nobody would read. An interrupt
         that lands in the engine's step loop ends it: the engine is started again (the next
-        call raised EngineStopped)."""
-        task = self._loop.create_task(coro)
-        try:
-            return self._loop.run_until_complete(task)
-        except BaseException:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    self._loop.run_until_complete(task)
-            self._loop.run_until_complete(self.engine.start())  # a no-op unless it ended
-            raise
+        call raised EngineStopped). Calls from several threads take turns."""
+        with self._turn:
+            if self._loop.is_closed():  # by another thread's close() while this one waited
+                coro.close()
+                self._check_open()
+            task = self._loop.create_task(coro)
+            try:
+                return self._loop.run_until_complete(task)
+            except BaseException:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        self._loop.run_until_complete(task)
+                self._loop.run_until_complete(self.engine.start())  # a no-op unless it ended
+                raise
 
     def _check_open(self) -> None:
         _outside_event_loops()
@@ -89,10 +97,11 @@ class LLM:
             raise EngineStopped("this LLM is closed (close() ran): make a new LLM")
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            _outside_event_loops()
-            self._loop.run_until_complete(self.engine.stop())
-            self._loop.close()
+        with self._turn:  # after another thread's call under way
+            if not self._loop.is_closed():
+                _outside_event_loops()
+                self._loop.run_until_complete(self.engine.stop())
+                self._loop.close()
 
     def __enter__(self) -> "LLM":
         return self

@@ -137,6 +137,33 @@ def test_the_offline_llm_inside_a_running_event_loop_says_what_to_use():
         assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
 
 
+def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
+    """LLM.generate from several threads at once (a thread pool over data shards): all but
+    one raised asyncio's 'This event loop is already running'. They take turns, and each
+    gets the outputs it would get alone."""
+    import threading
+
+    params = SamplingParams(max_tokens=4, temperature=0)
+    with LLM(None, kv_tokens=2048) as llm:
+        alone = [o.token_ids for o in llm.generate(["Hello", "Hi"], params, progress=False)]
+        results = []
+
+        def call():
+            try:
+                results.append([o.token_ids for o in llm.generate(["Hello", "Hi"], params,
+                                                                  progress=False)])
+            except Exception as e:
+                results.append(e)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert results == [alone] * 3
+        assert_idle(llm.engine)
+
+
 @pytest.fixture(scope="module")
 def engine(loop):
     eng = Engine(None, kv_tokens=2048)
