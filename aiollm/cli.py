@@ -256,17 +256,18 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).
     # The app collects once and freezes them when the engine is up, then turns it back on.
     gc.disable()
-    import uvloop
-
-    from aiollm.api import create_app, serve
-    from aiollm.engine import Engine
-
-    cors = _cors(parser, args)
-    api_key = args.api_key or os.environ.get("AIOLLM_API_KEY") or None
-    app = create_app(Engine(args.model, **options), api_key=api_key,
-                     served_model_name=args.served_model_name,
-                     shutdown_timeout=args.shutdown_timeout, cors=cors)
     try:
+        # Ctrl-C while torch & co. import (seconds) printed a traceback of their imports
+        import uvloop
+
+        from aiollm.api import create_app, serve
+        from aiollm.engine import Engine
+
+        cors = _cors(parser, args)
+        api_key = args.api_key or os.environ.get("AIOLLM_API_KEY") or None
+        app = create_app(Engine(args.model, **options), api_key=api_key,
+                         served_model_name=args.served_model_name,
+                         shutdown_timeout=args.shutdown_timeout, cors=cors)
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
         return 130

@@ -370,6 +370,24 @@ def test_serve_subprocess(tmp_path):
         assert "leaked" not in log.read_text()  # nanobind's exit report (gc.freeze)
 
 
+def test_ctrl_c_while_importing_exits_130_without_a_traceback():
+    """Ctrl-C in the seconds `aiollm serve` imports torch & co. (before its signal handlers
+    and its own Ctrl-C handling) printed a traceback of those imports and died by SIGINT;
+    it exits 130 quietly, as during loading."""
+    proc = subprocess.Popen([AIOLLM, "serve", "--port", "0", "--kv-tokens", "64"],
+                            stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if not maps.exists():
+        proc.kill()
+        pytest.skip("needs /proc to see the import under way")
+    deadline = time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)  # torch's libraries are mapped: its modules are importing
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+
+
 async def _stream_through_sigint(proc: subprocess.Popen, base: str, max_tokens: int,
                                  after_signal) -> list[bytes]:
     """A completions stream of `max_tokens` (eos ignored) during which the server gets SIGINT
