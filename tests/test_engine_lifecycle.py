@@ -488,3 +488,40 @@ def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monke
         await eng.stop()
 
     run(loop, go())
+
+
+def test_a_start_after_a_cancelled_one_takes_its_load_over(loop, monkeypatch):
+    """A start() retried after a wait_for's timeout loaded the model a second time while the
+    cancelled start()'s thread still loaded it: two models in memory at once (on a GPU, twice
+    the weights: out of memory for a model over half of it). The retry takes that load over;
+    after a stop() the next start() loads afresh."""
+    import threading
+    import time
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        real = engine_module.load
+        loads = []
+
+        def load_slowly(*args):
+            loads.append(threading.get_ident())
+            time.sleep(1.0)
+            return real(*args)
+
+        monkeypatch.setattr(engine_module, "load", load_slowly)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(eng.start(), 0.2)
+        await eng.start()
+        assert len(loads) == 1
+        out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+        assert len(out.token_ids) == 2
+        assert_idle(eng)
+        await eng.stop()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(eng.start(), 0.2)
+        await eng.stop()  # drops the cancelled load
+        await eng.start()
+        assert len(loads) == 3
+        await eng.stop()
+
+    run(loop, go())

@@ -63,6 +63,7 @@ class Engine(EngineAPI, HandOut):
         self._loop_task: asyncio.Task | None = None
         # set while a start() or stop() runs: another one waits for it, then sees its outcome
         self._changing: asyncio.Event | None = None
+        self._left_load: asyncio.Future | None = None  # a cancelled start()'s load
         self._requests: dict[int, Request] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -104,11 +105,18 @@ class Engine(EngineAPI, HandOut):
         # the thread cannot be interrupted: a start() cancelled meanwhile (a wait_for's
         # timeout, Ctrl-C) leaves it loading, so it builds objects and writes no attribute
         # of the engine, which a later start() may be loading again
-        load = asyncio.ensure_future(asyncio.to_thread(self._load_model))
+        load, self._left_load = self._left_load, None
+        if load is None or load.get_loop() is not self._event_loop or (
+                load.done() and (load.cancelled() or load.exception() is not None)):
+            load = asyncio.ensure_future(asyncio.to_thread(self._load_model))
         try:
             ranks, device, loaded = await asyncio.shield(load)
         except BaseException:
             load.add_done_callback(_abandon)
+            if self.config.tensor_parallel_size == 1:  # (else its ranks are aborted)
+                # the next start() takes it over: a retry after a wait_for's timeout loaded
+                # a second model beside it (twice the device memory)
+                self._left_load = load
             raise
         try:
             self._adopt(ranks, device, loaded)
@@ -193,6 +201,7 @@ class Engine(EngineAPI, HandOut):
         while self._changing is not None:
             await self._changing.wait()
         if not self._started:
+            self._left_load = None  # what it loads is dropped once loaded
             return
         if not self._loop_task.done():
             self._check_own_loop()
