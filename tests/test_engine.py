@@ -442,6 +442,29 @@ def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
         engine.stream(np.array(ids), params)
     assert_all_free(engine)
 
+
+def test_sampling_params_of_numpy_numbers_are_taken(loop, engine):
+    """SamplingParams(max_tokens=np.int64(3)) (a length from np.percentile, ids from an array)
+    was refused with 'max_tokens must be an integer >= 1, got np.int64(3)', which it was,
+    while prompt ids and EngineConfig take numpy's numbers. They are taken here too, as
+    Python's int and float; a bool or NaN still is not."""
+    import numpy as np
+
+    ids = engine.tokenizer.encode("The capital of France is")
+    plain = SamplingParams(max_tokens=3, temperature=0.5, top_k=5, seed=7, logprobs=2,
+                           stop_token_ids=[5], min_tokens=1)
+    params = SamplingParams(max_tokens=np.int64(3), temperature=np.float32(0.5),
+                            top_k=np.int32(5), seed=np.uint64(7), logprobs=np.int8(2),
+                            stop_token_ids=list(np.array([5])), min_tokens=np.int64(1))
+    assert params == plain and type(params.max_tokens) is int
+    assert type(params.stop_token_ids[0]) is int
+    want = run(loop, engine.generate(ids, plain))
+    assert run(loop, engine.generate(ids, params)).token_ids == want.token_ids
+    for bad in (dict(max_tokens=np.bool_(True)), dict(temperature=np.float64("nan"))):
+        with pytest.raises(InvalidRequest):
+            SamplingParams(**bad)
+    assert_all_free(engine)
+
 def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
     """Engine.chat and stream_chat passed any dicts to the chat template: a role outside
     OpenAI's, an image part, content that is not text were rendered (the template wrote the
