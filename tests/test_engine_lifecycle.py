@@ -415,7 +415,8 @@ def test_a_call_from_a_thread_outside_the_engines_running_loop_is_a_usage_error(
     """An engine serving on a loop in another thread took a stream() or flush_cache() from a
     plain thread (no event loop there, so the check of the loop passed): they changed the
     request table, the planner and the prefix cache under the running step loop, and woke
-    it through an asyncio.Event set off the loop's thread (not thread-safe). They raise the usage error that a call from another loop raises, changing nothing."""
+    it through an asyncio.Event set off the loop's thread (not thread-safe). They raise the
+    usage error that a call from another loop raises, changing nothing."""
     import threading
 
     loop = asyncio.new_event_loop()

@@ -104,7 +104,7 @@ class Engine(EngineAPI, HandOut):
         self._event_loop = asyncio.get_running_loop()
         # the thread cannot be interrupted: a start() cancelled meanwhile (a wait_for's
         # timeout, Ctrl-C) leaves it loading, so it builds objects and writes no attribute
-        # of the engine, which a later start() may be loading again
+        # of the engine; the start() that awaits it to its end (maybe a later one) adopts them
         load, self._left_load = self._left_load, None
         if load is None or load.get_loop() is not self._event_loop or (
                 load.done() and (load.cancelled() or load.exception() is not None)):
