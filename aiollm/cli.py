@@ -240,6 +240,10 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # else found only once the weights have loaded (seconds to minutes)
         parser.error(f"argument --tokenizer: {args.tokenizer!r} does not exist (give a model "
                      "directory or .gguf file that holds a tokenizer)")
+    if args.api_key is not None and not args.api_key.strip():
+        # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
+        parser.error("argument --api-key: must not be empty (leave the flag out to serve "
+                     "without auth)")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
@@ -254,17 +258,18 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).
     # The app collects once and freezes them when the engine is up, then turns it back on.
     gc.disable()
-    import uvloop
-
-    from aiollm.api import create_app, serve
-    from aiollm.engine import Engine
-
-    cors = _cors(parser, args)
-    api_key = args.api_key or os.environ.get("AIOLLM_API_KEY") or None
-    app = create_app(Engine(args.model, **options), api_key=api_key,
-                     served_model_name=args.served_model_name,
-                     shutdown_timeout=args.shutdown_timeout, cors=cors)
     try:
+        # Ctrl-C while torch & co. import (seconds) printed a traceback of their imports
+        import uvloop
+
+        from aiollm.api import create_app, serve
+        from aiollm.engine import Engine
+
+        cors = _cors(parser, args)
+        api_key = args.api_key or os.environ.get("AIOLLM_API_KEY") or None
+        app = create_app(Engine(args.model, **options), api_key=api_key,
+                         served_model_name=args.served_model_name,
+                         shutdown_timeout=args.shutdown_timeout, cors=cors)
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
         return 130

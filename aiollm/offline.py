@@ -1,5 +1,6 @@
 """LLM: a synchronous wrapper for offline batch generation (no server, no event loop of
-your own).
+your own; inside a running one, async code or a notebook's cell, it raises RuntimeError:
+use the Engine there).
 
     llm = LLM()                                   # default model
     outs = llm.generate(["Hello", "Bonjour"], SamplingParams(max_tokens=32))
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
@@ -20,6 +22,10 @@ from aiollm.sampling_params import SamplingParams
 
 class LLM:
     def __init__(self, model: str | None = None, **options):
+        _outside_event_loops()
+        # the loop runs one call at a time: another thread's call waits for its turn (it
+        # raised 'This event loop is already running')
+        self._turn = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self.engine = Engine(model, **options)
         self._loop.run_until_complete(self.engine.start())
@@ -69,29 +75,51 @@ class LLM:
         requests are aborted before the interrupt goes on: they held their table slots and
         KV, and ran on inside the next call, for results nobody would read. An interrupt
         that lands in the engine's step loop ends it: the engine is started again (the next
-        call raised EngineStopped)."""
-        task = self._loop.create_task(coro)
-        try:
-            return self._loop.run_until_complete(task)
-        except BaseException:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    self._loop.run_until_complete(task)
-            self._loop.run_until_complete(self.engine.start())  # a no-op unless it ended
-            raise
+        call raised EngineStopped). Calls from several threads take turns."""
+        with self._turn:
+            if self._loop.is_closed():  # by another thread's close() while this one waited
+                coro.close()
+                self._check_open()
+            task = self._loop.create_task(coro)
+            try:
+                return self._loop.run_until_complete(task)
+            except BaseException:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        self._loop.run_until_complete(task)
+                self._loop.run_until_complete(self.engine.start())  # a no-op unless it ended
+                raise
 
     def _check_open(self) -> None:
+        _outside_event_loops()
         if self._loop.is_closed():  # else asyncio's "Event loop is closed", and a warning
             raise EngineStopped("this LLM is closed (close() ran): make a new LLM")
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            self._loop.run_until_complete(self.engine.stop())
-            self._loop.close()
+        with self._turn:  # after another thread's call under way
+            if not self._loop.is_closed():
+                _outside_event_loops()
+                self._loop.run_until_complete(self.engine.stop())
+                self._loop.close()
 
     def __enter__(self) -> "LLM":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _outside_event_loops() -> None:
+    """Raise RuntimeError, saying what to use instead, when called inside a running event
+    loop (async code, a notebook's cell): LLM runs its own loop until each call ends, which
+    asyncio refuses there ('Cannot run the event loop while another loop is running'),
+    leaving the LLM's loop and its coroutines unclosed."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError("LLM blocks until each call ends, so it cannot run inside a running "
+                       "event loop (async code, a notebook's cell): there use the Engine, "
+                       "`engine = Engine(); await engine.start()`, then `await "
+                       "engine.generate_batch(prompts, params)`")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 from aiollm.errors import InvalidRequest
@@ -10,6 +11,21 @@ from aiollm.errors import InvalidRequest
 def is_int(v: object) -> bool:
     """Whether `v` is an int of JSON's kind (bool, which Python counts as int, is not)."""
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _plain(v: object) -> object:
+    """numpy's integers and reals as Python's int and float (a length from np.percentile, an
+    id from an array); anything else as it is."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, (int, bool)):
+        return int(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
+        return float(v)
+    return v
+
+
+_NUMBERS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p",
+            "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "logprobs",
+            "prompt_logprobs")
 
 
 MAX_STOP_STRINGS = 16
@@ -94,7 +110,12 @@ class SamplingParams:
         """Raise InvalidRequest naming the first bad field and its value. Run at
         construction, and again by the Engine at submission: the fields stay assignable
         (p.temperature = -1 after SamplingParams() skipped every check, and reached the
-        sampler as it was)."""
+        sampler as it was). numpy's numbers are taken, as Python's int and float."""
+        for name in _NUMBERS:
+            setattr(self, name, _plain(getattr(self, name)))
+        if isinstance(self.stop_token_ids, list):
+            self.stop_token_ids = [_plain(t) for t in self.stop_token_ids]
+
         def bad(name: str, why: str) -> InvalidRequest:
             return InvalidRequest(f"{name} {why}, got {getattr(self, name)!r}", param=name)
 

@@ -114,7 +114,8 @@ def test_each_bad_option_names_its_own_flag():
     --host and --served-model-name were taken (the host failed after loading, "Name or
     service not known"), and --kv-tokens 2**31 (past the int32 slot ids) and a rendezvous
     port past 65535 ("Port out of range", with -tp 2 after its ranks started) only after
-    loading. Each is a usage error now (exit 2, no traceback) naming its flag."""
+    loading; an empty --api-key (`--api-key "$KEY"`, KEY unset) served without auth. Each is
+    a usage error now (exit 2, no traceback) naming its flag."""
     for args, says in ((["--nnodes", "0"], "argument --nnodes: nnodes must be >= 1"),
                        (["--tensor-parallel-size", "0"],
                         "argument --tensor-parallel-size: tensor_parallel_size must be >= 1"),
@@ -125,6 +126,7 @@ def test_each_bad_option_names_its_own_flag():
                        (["--served-model-name", " "], "argument --served-model-name: "
                         "served_model_name must not be empty"),
                        (["--host", ""], "--host must not be empty"),
+                       (["--api-key", " "], "argument --api-key: must not be empty"),
                        (["--dist-init-addr", "127.0.0.1:99999"],
                         "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
                         "port in [1, 65535]")):
@@ -393,6 +395,24 @@ def test_serve_subprocess(tmp_path):
         assert proc.wait(timeout=60) == 0
         assert "server stopped" in log.read_text()
         assert "leaked" not in log.read_text()  # nanobind's exit report (gc.freeze)
+
+
+def test_ctrl_c_while_importing_exits_130_without_a_traceback():
+    """Ctrl-C in the seconds `aiollm serve` imports torch & co. (before its signal handlers
+    and its own Ctrl-C handling) printed a traceback of those imports and died by SIGINT;
+    it exits 130 quietly, as during loading."""
+    proc = subprocess.Popen([AIOLLM, "serve", "--port", "0", "--kv-tokens", "64"],
+                            stderr=subprocess.PIPE, text=True)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    if not maps.exists():
+        proc.kill()
+        pytest.skip("needs /proc to see the import under way")
+    deadline = time.monotonic() + 60
+    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)  # torch's libraries are mapped: its modules are importing
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
 
 
 async def _stream_through_sigint(proc: subprocess.Popen, base: str, max_tokens: int,

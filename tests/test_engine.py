@@ -304,6 +304,28 @@ def test_a_failing_batch_holds_nothing(loop, engine):
     assert_all_free(engine)
 
 
+def test_a_batch_checks_every_prompt_before_it_runs_any(loop, engine):
+    """A bad prompt late in a batch failed it only once the prompts before it had run (for
+    hours in a long offline batch), their results thrown away with the error. Every prompt is
+    checked first: the batch fails before a prompt token is processed."""
+    def prompt_tokens() -> float:
+        return engine.metrics.registry.get_sample_value("aiollm_prompt_tokens_total")
+
+    before = prompt_tokens()
+    params = SamplingParams(max_tokens=100, ignore_eos=True)
+    for bad in ("", [engine.model_config.vocab_size], [1] * engine.max_model_len):
+        with pytest.raises(InvalidRequest) as e:
+            run(loop, engine.generate_batch(["Tell me a long story"] * 40 + [bad], params,
+                                            progress=False))
+        assert e.value.param == "prompts[40]"
+    assert prompt_tokens() == before
+    # long text is checked off the loop's thread
+    outs = run(loop, engine.generate_batch(["word " * 200, "Hi"], SamplingParams(max_tokens=1),
+                                           progress=False))
+    assert [len(o.token_ids) for o in outs] == [1, 1]
+    assert_all_free(engine)
+
+
 def test_a_string_is_one_prompt_of_a_batch(loop, engine):
     """generate_batch("Hello") (LLM.generate("Hello")) is one prompt: it was five, one per
     character, since a str is a sequence of strings."""
@@ -418,6 +440,29 @@ def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
         assert e.value.param == "prompt"
     with pytest.raises(InvalidRequest, match=r"got ndarray \(an array's ids: pass \.tolist\(\)\)"):
         engine.stream(np.array(ids), params)
+    assert_all_free(engine)
+
+
+def test_sampling_params_of_numpy_numbers_are_taken(loop, engine):
+    """SamplingParams(max_tokens=np.int64(3)) (a length from np.percentile, ids from an array)
+    was refused with 'max_tokens must be an integer >= 1, got np.int64(3)', which it was,
+    while prompt ids and EngineConfig take numpy's numbers. They are taken here too, as
+    Python's int and float; a bool or NaN still is not."""
+    import numpy as np
+
+    ids = engine.tokenizer.encode("The capital of France is")
+    plain = SamplingParams(max_tokens=3, temperature=0.5, top_k=5, seed=7, logprobs=2,
+                           stop_token_ids=[5], min_tokens=1)
+    params = SamplingParams(max_tokens=np.int64(3), temperature=np.float32(0.5),
+                            top_k=np.int32(5), seed=np.uint64(7), logprobs=np.int8(2),
+                            stop_token_ids=list(np.array([5])), min_tokens=np.int64(1))
+    assert params == plain and type(params.max_tokens) is int
+    assert type(params.stop_token_ids[0]) is int
+    want = run(loop, engine.generate(ids, plain))
+    assert run(loop, engine.generate(ids, params)).token_ids == want.token_ids
+    for bad in (dict(max_tokens=np.bool_(True)), dict(temperature=np.float64("nan"))):
+        with pytest.raises(InvalidRequest):
+            SamplingParams(**bad)
     assert_all_free(engine)
 
 def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):

@@ -23,6 +23,10 @@ def assert_idle(eng: Engine) -> None:
     s = eng.stats()
     assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
     assert eng.req_to_token.n_free_rows == eng.req_to_token.rows
+    assert not eng._requests
+    if eng.prefix_cache is not None:
+        assert eng.prefix_cache.tree.protected == 0
+        assert eng.kv_pool.n_used == eng.prefix_cache.size
 
 
 def started_engine(loop) -> Engine:
@@ -53,10 +57,6 @@ def errors_from_another_loop(*calls) -> list[BaseException]:
     t.start()
     t.join(60)
     return errors
-    assert not eng._requests
-    if eng.prefix_cache is not None:
-        assert eng.prefix_cache.tree.protected == 0
-        assert eng.kv_pool.n_used == eng.prefix_cache.size
 
 
 def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
@@ -113,6 +113,55 @@ def test_an_interrupted_offline_batch_holds_nothing():
         assert len(out) == 1 and len(out[0].token_ids) == 2
         assert_idle(llm.engine)
         assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
+
+
+def test_the_offline_llm_inside_a_running_event_loop_says_what_to_use():
+    """LLM() or its calls inside a running event loop (async code, a notebook's cell) raised
+    asyncio's 'Cannot run the event loop while another loop is running', naming neither LLM
+    nor what works there, and left a loop unclosed and a coroutine never awaited. They raise
+    a RuntimeError that points to the Engine, and the LLM goes on serving outside."""
+    async def make():
+        with pytest.raises(RuntimeError, match="running event loop.*Engine"):
+            LLM(None, kv_tokens=1024)
+
+    asyncio.run(make())
+    with LLM(None, kv_tokens=1024) as llm:
+        async def use():
+            with pytest.raises(RuntimeError, match="running event loop.*Engine"):
+                llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+
+        asyncio.run(use())
+        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        assert len(out[0].token_ids) == 2
+        assert_idle(llm.engine)
+        assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
+
+
+def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
+    """LLM.generate from several threads at once (a thread pool over data shards): all but
+    one raised asyncio's 'This event loop is already running'. They take turns, and each
+    gets the outputs it would get alone."""
+    import threading
+
+    params = SamplingParams(max_tokens=4, temperature=0)
+    with LLM(None, kv_tokens=2048) as llm:
+        alone = [o.token_ids for o in llm.generate(["Hello", "Hi"], params, progress=False)]
+        results = []
+
+        def call():
+            try:
+                results.append([o.token_ids for o in llm.generate(["Hello", "Hi"], params,
+                                                                  progress=False)])
+            except Exception as e:
+                results.append(e)
+
+        threads = [threading.Thread(target=call) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert results == [alone] * 3
+        assert_idle(llm.engine)
 
 
 @pytest.fixture(scope="module")
@@ -240,6 +289,26 @@ def test_a_batch_larger_than_the_request_table_waits_for_room(loop):
     assert run(loop, go(max_waiting_requests=2)) == one_by_one
 
 
+def test_concurrent_batches_share_the_room(loop):
+    """Batches run at once (asyncio.gather over generate_batch calls, one per data set) each
+    let as many prompts in as the request table or the waiting queue holds, so together
+    they overfilled them: all but one raised Overloaded from an engine nobody else used.
+    They share the room and all finish."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024, table_capacity=4, max_waiting_requests=4)
+        await eng.start()
+        try:
+            batches = [[f"Question {i}-{j}:" for j in range(6)] for i in range(3)]
+            outs = await asyncio.gather(*(eng.generate_batch(b, SamplingParams(max_tokens=2),
+                                                             progress=False) for b in batches))
+            assert [len(o) for o in outs] == [6, 6, 6]
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_concurrent_starts_load_once_and_run_one_step_loop(loop, monkeypatch):
     """Two start() calls at once (two tasks that each make sure the engine runs) both saw
     it unstarted: the model loaded twice and two step loops ran on one request table, the
@@ -272,6 +341,56 @@ def test_concurrent_starts_load_once_and_run_one_step_loop(loop, monkeypatch):
     run(loop, go())
 
 
+def test_a_start_while_stop_runs_starts_the_engine_again(loop):
+    """A start() called while a stop() ran (its step loop cancelled, not yet ended: two
+    tasks that restart an engine, a reload handler beside a shutdown) saw the engine
+    started and returned at once; the stop() then ended it, and the caller's next request
+    got EngineStopped from an engine start() had just returned on. It waits for the stop()
+    and starts the engine again."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        stopping = asyncio.ensure_future(eng.stop())
+        await asyncio.sleep(0)  # stop() is awaiting the end of the step loop
+        await eng.start()
+        await stopping
+        try:
+            out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+            assert len(out.token_ids) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_a_request_after_a_cancelled_stop_gets_engine_stopped(loop):
+    """A stop() cancelled once it had ended the step loop (asyncio.wait_for(engine.stop(),
+    timeout) timing out) left the engine not accepting: its requests got Overloaded ('the
+    server is shutting down', HTTP 503 that clients retry) from a shutdown that would never
+    end. They get EngineStopped, and start() starts the engine afresh."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        stopping = asyncio.ensure_future(eng.stop())
+        while not eng._loop_task.done():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # stop() is waiting for the model thread
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        with pytest.raises(EngineStopped, match="stop\\(\\) was cancelled"):
+            await eng.generate("Hello", SamplingParams(max_tokens=2))
+        await eng.start()
+        try:
+            assert len((await eng.generate("Hello", SamplingParams(max_tokens=2))).token_ids) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
     """stop() from another thread's event loop failed the requests in flight and stopped
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its
@@ -290,6 +409,41 @@ def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop
         assert_idle(eng)
     finally:
         run(loop, eng.stop())
+
+
+def test_a_call_from_a_thread_outside_the_engines_running_loop_is_a_usage_error():
+    """An engine serving on a loop in another thread took a stream() or flush_cache() from a
+    plain thread (no event loop there, so the check of the loop passed): they changed the
+    request table, the planner and the prefix cache under the running step loop, and woke
+    it through an asyncio.Event set off the loop's thread (not thread-safe). They raise the
+    usage error that a call from another loop raises, changing nothing."""
+    import threading
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+
+    async def idle():
+        assert_idle(eng)
+
+    eng = Engine(None, kv_tokens=1024)
+    on_loop(eng.start())
+    try:
+        with pytest.raises(RuntimeError, match="another event loop"):
+            eng.stream("Hello", SamplingParams(max_tokens=2))
+        with pytest.raises(RuntimeError, match="another event loop"):
+            eng.flush_cache()
+        on_loop(idle())
+        out = on_loop(eng.generate("Hello", SamplingParams(max_tokens=2)))  # the way to call it
+        assert len(out.token_ids) == 2
+    finally:
+        on_loop(eng.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
 
 
 def test_an_unstarted_engine_says_so_from_every_method():
@@ -358,3 +512,40 @@ def test_a_kv_cache_smaller_than_the_context_is_a_warning(loop, caplog):
     with caplog.at_level(logging.WARNING, logger="aiollm.engine.loading"):
         assert run(loop, started_len(kv_tokens=1024, max_model_len=512)) == 512
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_start_after_a_cancelled_one_takes_its_load_over(loop, monkeypatch):
+    """A start() retried after a wait_for's timeout loaded the model a second time while the
+    cancelled start()'s thread still loaded it: two models in memory at once (on a GPU, twice
+    the weights: out of memory for a model over half of it). The retry takes that load over;
+    after a stop() the next start() loads afresh."""
+    import threading
+    import time
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        real = engine_module.load
+        loads = []
+
+        def load_slowly(*args):
+            loads.append(threading.get_ident())
+            time.sleep(1.0)
+            return real(*args)
+
+        monkeypatch.setattr(engine_module, "load", load_slowly)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(eng.start(), 0.2)
+        await eng.start()
+        assert len(loads) == 1
+        out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+        assert len(out.token_ids) == 2
+        assert_idle(eng)
+        await eng.stop()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(eng.start(), 0.2)
+        await eng.stop()  # drops the cancelled load
+        await eng.start()
+        assert len(loads) == 3
+        await eng.stop()
+
+    run(loop, go())

@@ -61,7 +61,9 @@ class Engine(EngineAPI, HandOut):
         self._started = False
         self._accepting = False
         self._loop_task: asyncio.Task | None = None
-        self._loading: asyncio.Event | None = None  # set while a start() loads the model
+        # set while a start() or stop() runs: another one waits for it, then sees its outcome
+        self._changing: asyncio.Event | None = None
+        self._left_load: asyncio.Future | None = None  # a cancelled start()'s load
         self._requests: dict[int, Request] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -76,34 +78,45 @@ class Engine(EngineAPI, HandOut):
         """Load the model (on a worker thread) and start the loop; a no-op once started.
         Raises what loading raises (OSError / ValueError: model or tokenizer unreadable).
         An engine whose event loop ended without stop() (asyncio.run(engine.start())) is
-        stopped and started afresh on this loop. A start() while another loads waits for
-        it (then loads only if that one failed); RuntimeError from another event loop than
-        the running engine's."""
-        while self._loading is not None:
-            await self._loading.wait()
+        stopped and started afresh on this loop. A start() while another start() or a stop()
+        runs waits for it (then loads only if the engine is not running); RuntimeError from
+        another event loop than the running engine's."""
+        while self._changing is not None:
+            await self._changing.wait()
         if self._started:
             if not self._loop_task.done():
                 self._check_own_loop()
                 return
             await self.stop()
-        self._loading = asyncio.Event()
+        await self._changing_by(self._start())
+
+    async def _changing_by(self, change) -> None:
+        """Await `change` (start's or stop's coroutine) as the one change under way."""
+        self._changing = asyncio.Event()
         try:
-            await self._start()
+            await change
         finally:
-            self._loading.set()
-            self._loading = None
+            self._changing.set()
+            self._changing = None
 
     async def _start(self) -> None:
         # loading takes seconds to minutes: keep the event loop free meanwhile
         self._event_loop = asyncio.get_running_loop()
         # the thread cannot be interrupted: a start() cancelled meanwhile (a wait_for's
         # timeout, Ctrl-C) leaves it loading, so it builds objects and writes no attribute
-        # of the engine, which a later start() may be loading again
-        load = asyncio.ensure_future(asyncio.to_thread(self._load_model))
+        # of the engine; the start() that awaits it to its end (maybe a later one) adopts them
+        load, self._left_load = self._left_load, None
+        if load is None or load.get_loop() is not self._event_loop or (
+                load.done() and (load.cancelled() or load.exception() is not None)):
+            load = asyncio.ensure_future(asyncio.to_thread(self._load_model))
         try:
             ranks, device, loaded = await asyncio.shield(load)
         except BaseException:
             load.add_done_callback(_abandon)
+            if self.config.tensor_parallel_size == 1:  # (else its ranks are aborted)
+                # the next start() takes it over: a retry after a wait_for's timeout loaded
+                # a second model beside it (twice the device memory)
+                self._left_load = load
             raise
         try:
             self._adopt(ranks, device, loaded)
@@ -175,18 +188,26 @@ class Engine(EngineAPI, HandOut):
         self._host_time = 0.0
         self._step_log = StepLog.from_env()  # AIOLLM_STEP_LOG: bench diagnostics
         self._rng = random.Random(cfg.seed)
+        # generate_batch's prompts in flight, of all batches: past the request table or the
+        # waiting queue they got Overloaded, and so their whole batch; they wait here
+        self._batch_room = asyncio.Semaphore(min(cfg.table_capacity, cfg.max_waiting_requests))
         self._oom = OomBackoff(self.planner, device)
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop; a start() under way is waited for,
-        then stopped. RuntimeError, changing nothing, from another event loop than the
-        running engine's (its step loop can be awaited only there)."""
-        while self._loading is not None:
-            await self._loading.wait()
+        then stopped, a stop() under way waited for. RuntimeError, changing nothing, from
+        another event loop than the running engine's (its step loop can be awaited only
+        there)."""
+        while self._changing is not None:
+            await self._changing.wait()
         if not self._started:
+            self._left_load = None  # what it loads is dropped once loaded
             return
         if not self._loop_task.done():
             self._check_own_loop()
+        await self._changing_by(self._stop())
+
+    async def _stop(self) -> None:
         self._accepting = False
         # an Overloaded (HTTP 503: a server's client may retry elsewhere or later), but one
         # that tells an Engine API caller that retrying on this engine cannot help
@@ -212,8 +233,8 @@ class Engine(EngineAPI, HandOut):
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
-        abort the rest (their streams end with finish_reason "abort"). RuntimeError, as
-        stop() raises it, from another event loop than the running engine's."""
+        abort the rest as stop() does (their generate() and streams raise EngineStopped).
+        RuntimeError, as stop() raises it, from another event loop than the running engine's."""
         if self._started and not self._loop_task.done():
             self._check_own_loop()
         self._accepting = False
@@ -244,8 +265,10 @@ class Engine(EngineAPI, HandOut):
 
     def flush_cache(self) -> int:
         """Empty the prefix cache of what no request uses; returns the KV slots freed.
-        RuntimeError before the engine was first started."""
+        RuntimeError before the engine was first started, or from another thread or event
+        loop than its running one's."""
         self._check_started()
+        self._check_own_loop()
         return self.prefix_cache.flush() if self.prefix_cache else 0
 
     # -- the loop ----------------------------------------------------------------------------

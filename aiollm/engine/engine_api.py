@@ -118,11 +118,13 @@ class EngineAPI:
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
         is one prompt (as in vLLM's LLM.generate), not a batch of its characters. A batch
-        larger than the request table or the waiting queue is submitted as they make room
-        (other callers of the engine may still fill them: Overloaded). Raises
+        larger than the request table or the waiting queue is submitted as they make room,
+        which all batches share (other callers of the engine may still fill them:
+        Overloaded). Raises
         InvalidRequest naming `prompts` for a value that is no list or tuple of prompts, and
         `prompts[i]` for a bad prompt; one too long for the context says which prompt and keeps
-        its param (errors.of_batch_item); a bad field of params keeps its own name.
+        its param (errors.of_batch_item); a bad field of params keeps its own name. Every
+        prompt is checked before any is submitted.
         `batch_name`: what those errors call the batch where the caller's differs (LLM.chat:
         "conversations", whose token ids the prompts are)."""
         from tqdm.auto import tqdm
@@ -134,14 +136,15 @@ class EngineAPI:
                                  f"ids) or one string, got {type(prompts).__name__}",
                                  param="prompts")
 
+        # a bad prompt late in a long batch failed it only once those before had run, their
+        # results thrown away (text is tokenized here once: the ids are submitted)
+        self._check_accepting()
+        params = params or SamplingParams()
+        prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
+                                 self._checked_batch, prompts, params, batch_name)
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
-        # a batch may be longer than the engine holds at once: past the request table or the
-        # waiting queue its prompts got Overloaded, and so the whole batch; they wait here
-        room = asyncio.Semaphore(min(self.config.table_capacity,
-                                     self.config.max_waiting_requests))
-
         async def one(i, p):
-            async with room:
+            async with self._batch_room:
                 with naming_batch_item("prompt", i, batch_name):
                     out = await self.generate(p, params)
             bar.update(1)
@@ -157,6 +160,14 @@ class EngineAPI:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             bar.close()
+
+    def _checked_batch(self, prompts: Sequence[Prompt], params: SamplingParams,
+                       batch_name: str) -> list[list[int]]:
+        ids = []
+        for i, p in enumerate(prompts):
+            with naming_batch_item("prompt", i, batch_name):
+                ids.append(self._checked_input(p, params))  # maybe off the loop's thread
+        return ids
 
     # -- submission ------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> list[int]:
@@ -177,26 +188,30 @@ class EngineAPI:
         if not self._started:
             raise EngineStopped("the engine is stopped (Engine.stop() ran before this request "
                                 "was submitted); it takes no request until started again")
-        if not self._accepting:
-            raise Overloaded("the server is shutting down")
         if self._loop_task.done():
             # its event loop ended without stop() (or an interrupt raised inside it ended
-            # it): the request would wait forever
+            # it, or a stop() was cancelled once it had cancelled it): the request would
+            # wait forever, also while not accepting (no shutdown will end)
             raise EngineStopped(
                 "the engine's step loop has ended without Engine.stop(): the event loop it was "
-                "started on ended (as asyncio.run(engine.start()) ends it) or an interrupt "
-                "stopped it. Start and use the engine in one event loop (`async with Engine() "
-                "as engine`), or await engine.start() again to start it afresh")
+                "started on ended (as asyncio.run(engine.start()) ends it), an interrupt "
+                "stopped it or a stop() was cancelled. Start and use the engine in one event "
+                "loop (`async with Engine() as engine`), or await engine.start() again to "
+                "start it afresh")
+        if not self._accepting:
+            raise Overloaded("the server is shutting down")
         self._check_own_loop()
 
     def _check_own_loop(self) -> None:
         """Raise RuntimeError when called from another event loop than the one the engine
-        was started on (a call outside any loop passes: a stream made there is iterated in
-        one later)."""
+        was started on, or from a thread outside any loop while the engine's runs on
+        another thread (the call would change the engine's state under its running loop);
+        a call outside any loop passes while the engine's loop is not running (a stream made
+        there is iterated in it later)."""
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
-            return
+            running = self._event_loop if not self._event_loop.is_running() else None
         if running is not self._event_loop:
             raise RuntimeError(
                 "the engine runs on another event loop than this call's: call it from the "
@@ -206,6 +221,10 @@ class EngineAPI:
         """The prompt's token ids, once the engine takes requests and the prompt and params
         fit the model (what stream() checks before a grammar compiles)."""
         self._check_accepting()
+        return self._checked_input(prompt, params)
+
+    def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """_checked's part that reads only the model and the tokenizer (any thread)."""
         if not isinstance(params, SamplingParams):
             raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
         params.check()  # again: a field may have been set since it was made
