@@ -391,6 +391,45 @@ def test_a_request_after_a_cancelled_stop_gets_engine_stopped(loop):
     run(loop, go())
 
 
+def test_a_start_while_shutdown_runs_starts_the_engine_again(loop):
+    """A start() called while a shutdown() let its requests finish (up to its timeout:
+    seconds; a reload handler beside a server's shutdown) saw the engine started and
+    returned at once; the shutdown then stopped it, and the caller's next request got
+    EngineStopped from an engine start() had just returned on. It waits for the shutdown
+    and starts the engine again. A stop() meanwhile (a server's second signal) still ends
+    the shutdown's wait at once."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        try:
+            for _ in range(2):
+                long = asyncio.ensure_future(eng.generate("Hello", LONG))
+                while not eng._requests:
+                    await asyncio.sleep(0.01)
+                shutting = asyncio.ensure_future(eng.shutdown(0.5))
+                await asyncio.sleep(0.1)  # shutdown() waits for the request
+                await eng.start()
+                assert shutting.done()
+                with pytest.raises(EngineStopped):
+                    await long
+                out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+                assert len(out.token_ids) == 2
+                assert_idle(eng)
+            long = asyncio.ensure_future(eng.generate("Hello", LONG))
+            while not eng._requests:
+                await asyncio.sleep(0.01)
+            shutting = asyncio.ensure_future(eng.shutdown(60))
+            await asyncio.sleep(0.1)
+            await asyncio.wait_for(eng.stop(), 10)
+            await asyncio.wait_for(shutting, 10)
+            with pytest.raises(EngineStopped):
+                await long
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
     """stop() from another thread's event loop failed the requests in flight and stopped
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its

@@ -45,6 +45,11 @@ from aiollm.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
 
+# an Overloaded (HTTP 503: a server's client may retry elsewhere or later), but one that tells
+# an Engine API caller that retrying on this engine cannot help
+_STOPPED = ("the engine shut down before the request finished; retry it on a running server "
+            "or engine")
+
 
 class Engine(EngineAPI, HandOut):
     """An LLM inference engine on the caller's event loop: start() loads the model, then
@@ -198,6 +203,10 @@ class Engine(EngineAPI, HandOut):
         then stopped, a stop() under way waited for. RuntimeError, changing nothing, from
         another event loop than the running engine's (its step loop can be awaited only
         there)."""
+        if self._changing is not None and self._started and not self._loop_task.done():
+            # a shutdown() letting its requests finish: they end now (a server's second signal)
+            self._check_own_loop()
+            self._fail_all(_STOPPED, EngineStopped)
         while self._changing is not None:
             await self._changing.wait()
         if not self._started:
@@ -209,10 +218,7 @@ class Engine(EngineAPI, HandOut):
 
     async def _stop(self) -> None:
         self._accepting = False
-        # an Overloaded (HTTP 503: a server's client may retry elsewhere or later), but one
-        # that tells an Engine API caller that retrying on this engine cannot help
-        self._fail_all("the engine shut down before the request finished; retry it on a "
-                       "running server or engine", EngineStopped)
+        self._fail_all(_STOPPED, EngineStopped)
         if self._loop_task and not self._loop_task.done():
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -234,14 +240,23 @@ class Engine(EngineAPI, HandOut):
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
         abort the rest as stop() does (their generate() and streams raise EngineStopped).
+        A start() meanwhile waits for it, then starts the engine again; a stop() aborts the
+        rest now.
         RuntimeError, as stop() raises it, from another event loop than the running engine's."""
         if self._started and not self._loop_task.done():
             self._check_own_loop()
+        while self._changing is not None:
+            await self._changing.wait()
+        # its wait is a change under way: a start() meanwhile returned at once (the engine
+        # ran), and its caller's next request got EngineStopped from the stop() that followed
+        await self._changing_by(self._drain(timeout))
+        await self.stop()  # (takes over as the change under way before any wait)
+
+    async def _drain(self, timeout: float) -> None:
         self._accepting = False
         deadline = time.monotonic() + timeout
         while self._requests and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        await self.stop()
 
     # -- stats and the prefix cache -----------------------------------------------------
     def stats(self) -> dict[str, int]:
