@@ -430,6 +430,31 @@ def test_a_start_while_shutdown_runs_starts_the_engine_again(loop):
     run(loop, go())
 
 
+def test_a_cancelled_shutdown_leaves_the_engine_serving(loop):
+    """A shutdown() cancelled while it let requests finish (asyncio.wait_for(engine.shutdown(
+    30), 5) timing out) left a running engine that refused every request with Overloaded
+    ('the server is shutting down', HTTP 503 that clients retry) for a shutdown that would
+    never end, and start() left it so. Not shut down, it serves on, its request in flight
+    too."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        try:
+            long = asyncio.ensure_future(eng.generate("Hello", LONG))
+            while not eng._requests:
+                await asyncio.sleep(0.01)
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(eng.shutdown(60), 0.2)
+            out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+            assert len(out.token_ids) == 2
+            assert len((await long).token_ids) == LONG.max_tokens
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
     """stop() from another thread's event loop failed the requests in flight and stopped
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its

@@ -241,7 +241,7 @@ class Engine(EngineAPI, HandOut):
         """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
         abort the rest as stop() does (their generate() and streams raise EngineStopped).
         A start() meanwhile waits for it, then starts the engine again; a stop() aborts the
-        rest now.
+        rest now; cancelled while it waits (a wait_for's timeout), the engine serves on.
         RuntimeError, as stop() raises it, from another event loop than the running engine's."""
         if self._started and not self._loop_task.done():
             self._check_own_loop()
@@ -253,10 +253,16 @@ class Engine(EngineAPI, HandOut):
         await self.stop()  # (takes over as the change under way before any wait)
 
     async def _drain(self, timeout: float) -> None:
-        self._accepting = False
+        accepting, self._accepting = self._accepting, False
         deadline = time.monotonic() + timeout
-        while self._requests and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        try:
+            while self._requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            # not shut down: refusing every request ('shutting down', which clients retry)
+            # for a shutdown that would never end was a dead end that start() left as it was
+            self._accepting = accepting
+            raise
 
     # -- stats and the prefix cache -----------------------------------------------------
     def stats(self) -> dict[str, int]:
