@@ -5,6 +5,8 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from aiollm.errors import InvalidRequest
 
 
@@ -21,6 +23,12 @@ def _plain(v: object) -> object:
     if isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
         return float(v)
     return v
+
+
+def _plain_bool(v: object) -> object:
+    """numpy's bool (a flag from a mask or a data frame) as Python's; anything else as it is
+    (a numpy bool stays refused where a number is asked for)."""
+    return bool(v) if isinstance(v, np.bool_) else v
 
 
 _NUMBERS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p",
@@ -69,6 +77,14 @@ class Constraint:
     logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
+        # ids from an array (list(np.flatnonzero(mask))) as SamplingParams takes stop ids: the
+        # engine refused them as no token ids, and a numpy bias as no number
+        # (only then: a vocabulary's worth of Python's ints is the HTTP API's common case)
+        ids = self.allowed_token_ids
+        if isinstance(ids, (list, tuple)) and not all(type(t) is int for t in ids):
+            self.allowed_token_ids = [_plain(t) for t in ids]
+        if isinstance(self.logit_bias, dict):
+            self.logit_bias = {_plain(t): _plain(b) for t, b in self.logit_bias.items()}
         for name, kinds in (("grammar", (GrammarSpec,)), ("allowed_token_ids", (list, tuple)),
                             ("logit_bias", (dict,))):
             v = getattr(self, name)
@@ -110,7 +126,8 @@ class SamplingParams:
         """Raise InvalidRequest naming the first bad field and its value. Run at
         construction, and again by the Engine at submission: the fields stay assignable
         (p.temperature = -1 after SamplingParams() skipped every check, and reached the
-        sampler as it was). numpy's numbers are taken, as Python's int and float."""
+        sampler as it was). numpy's numbers are taken, as Python's int and float, and numpy's
+        bools where a bool is asked for."""
         for name in _NUMBERS:
             setattr(self, name, _plain(getattr(self, name)))
         if isinstance(self.stop_token_ids, list):
@@ -171,6 +188,7 @@ class SamplingParams:
                 param="stop_token_ids",
             )
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
+            setattr(self, name, _plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
         if self.logprobs is not None and (

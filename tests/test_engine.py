@@ -465,6 +465,34 @@ def test_sampling_params_of_numpy_numbers_are_taken(loop, engine):
             SamplingParams(**bad)
     assert_all_free(engine)
 
+
+def test_numpy_bools_and_constraint_ids_are_taken(loop, engine):
+    """After numpy's numbers were taken, SamplingParams(ignore_eos=np.True_) (a flag from a
+    mask or a data frame) still said 'ignore_eos must be a boolean, got np.True_', and a
+    Constraint's allowed_token_ids from an array (list(np.flatnonzero(mask))) or its
+    logit_bias of numpy numbers were refused as no token ids / no number. They are taken as
+    Python's; a numpy bool where a number is asked for still is not."""
+    import numpy as np
+
+    ids = engine.tokenizer.encode("The capital of France is")
+    allowed = [int(t) for t in engine.tokenizer.encode(" Paris London Rome")]
+    plain = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True,
+                           skip_special_tokens=False,
+                           constraint=Constraint(allowed_token_ids=allowed,
+                                                 logit_bias={allowed[1]: 5.0}))
+    params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=np.True_,
+                            skip_special_tokens=np.bool_(False),
+                            constraint=Constraint(allowed_token_ids=list(np.array(allowed)),
+                                                  logit_bias={np.int64(allowed[1]):
+                                                              np.float32(5.0)}))
+    assert params == plain and type(params.ignore_eos) is bool
+    want = run(loop, engine.generate(ids, plain))
+    assert run(loop, engine.generate(ids, params)).token_ids == want.token_ids
+    with pytest.raises(InvalidRequest, match="top_k"):
+        SamplingParams(top_k=np.bool_(True))
+    assert_all_free(engine)
+
+
 def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
     """Engine.chat and stream_chat passed any dicts to the chat template: a role outside
     OpenAI's, an image part, content that is not text were rendered (the template wrote the
