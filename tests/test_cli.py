@@ -140,6 +140,22 @@ def test_each_bad_option_names_its_own_flag():
         EngineConfig(past_future_estimator="median")
 
 
+def test_an_api_key_with_whitespace_around_it_is_a_usage_error():
+    """A key that begins or ends with whitespace (AIOLLM_API_KEY from a key file with its
+    newline, a pasted space) was taken as it was, while a client's key arrives without it
+    (HTTP trims header values): every request got 401, silently. A usage error (exit 2,
+    before loading) names the flag or the variable, and not the key (a secret)."""
+    clean = {k: v for k, v in os.environ.items() if k != "AIOLLM_API_KEY"}
+    for args, env, says in ((["--api-key", "secret "], clean, "argument --api-key: the key "
+                             "must not begin or end with whitespace"),
+                            ([], {**clean, "AIOLLM_API_KEY": "secret\n"},
+                             "AIOLLM_API_KEY: the key must not begin or end with whitespace")):
+        out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
+                             timeout=60, env=env)
+        assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
+        assert "secret" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_allowed_headers_help_names_every_header_always_allowed():
     """--allowed-headers' help named Content-Type and Accept as always allowed; the server
     (and the README) always allow the four CORS-safelisted headers."""
