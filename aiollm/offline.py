@@ -76,7 +76,12 @@ class LLM:
         KV, and ran on inside the next call, for results nobody would read. An interrupt
         that lands in the engine's step loop ends it: the engine is started again (the next
         call raised EngineStopped). Calls from several threads take turns."""
-        with self._turn:
+        try:
+            self._turn.acquire()
+        except BaseException:  # Ctrl-C while another thread's call ran: asyncio then
+            coro.close()       # warned of a coroutine never awaited
+            raise
+        try:
             if self._loop.is_closed():  # by another thread's close() while this one waited
                 coro.close()
                 self._check_open()
@@ -90,6 +95,8 @@ class LLM:
                         self._loop.run_until_complete(task)
                 self._loop.run_until_complete(self.engine.start())  # a no-op unless it ended
                 raise
+        finally:
+            self._turn.release()
 
     def _check_open(self) -> None:
         _outside_event_loops()
