@@ -86,14 +86,23 @@ class Engine(EngineAPI, HandOut):
         stopped and started afresh on this loop. A start() while another start() or a stop()
         runs waits for it (then loads only if the engine is not running); RuntimeError from
         another event loop than the running engine's."""
-        while self._changing is not None:
-            await self._changing.wait()
+        await self._after_changes()
+        if self._running:
+            self._check_own_loop()
+            return
         if self._started:
-            if not self._loop_task.done():
-                self._check_own_loop()
-                return
             await self.stop()
         await self._changing_by(self._start())
+
+    @property
+    def _running(self) -> bool:
+        """Whether the step loop runs: started, and its task not ended."""
+        return self._started and not self._loop_task.done()
+
+    async def _after_changes(self) -> None:
+        """Wait until no start(), stop() or shutdown() is under way."""
+        while self._changing is not None:
+            await self._changing.wait()
 
     async def _changing_by(self, change) -> None:
         """Await `change` (start's or stop's coroutine) as the one change under way."""
@@ -203,16 +212,15 @@ class Engine(EngineAPI, HandOut):
         then stopped, a stop() under way waited for. RuntimeError, changing nothing, from
         another event loop than the running engine's (its step loop can be awaited only
         there)."""
-        if self._changing is not None and self._started and not self._loop_task.done():
+        if self._changing is not None and self._running:
             # a shutdown() letting its requests finish: they end now (a server's second signal)
             self._check_own_loop()
             self._fail_all(_STOPPED, EngineStopped)
-        while self._changing is not None:
-            await self._changing.wait()
+        await self._after_changes()
         if not self._started:
             self._left_load = None  # what it loads is dropped once loaded
             return
-        if not self._loop_task.done():
+        if self._running:
             self._check_own_loop()
         await self._changing_by(self._stop())
 
@@ -243,10 +251,9 @@ class Engine(EngineAPI, HandOut):
         A start() meanwhile waits for it, then starts the engine again; a stop() aborts the
         rest now; cancelled while it waits (a wait_for's timeout), the engine serves on.
         RuntimeError, as stop() raises it, from another event loop than the running engine's."""
-        if self._started and not self._loop_task.done():
+        if self._running:
             self._check_own_loop()
-        while self._changing is not None:
-            await self._changing.wait()
+        await self._after_changes()
         # its wait is a change under way: a start() meanwhile returned at once (the engine
         # ran), and its caller's next request got EngineStopped from the stop() that followed
         await self._changing_by(self._drain(timeout))
@@ -290,6 +297,10 @@ class Engine(EngineAPI, HandOut):
         loop than its running one's."""
         self._check_started()
         self._check_own_loop()
+        return self._flush_prefix_cache()
+
+    def _flush_prefix_cache(self) -> int:
+        """flush_cache without its caller's checks: the step loop's own recovery."""
         return self.prefix_cache.flush() if self.prefix_cache else 0
 
     # -- the loop ----------------------------------------------------------------------------
@@ -302,7 +313,7 @@ class Engine(EngineAPI, HandOut):
                 # fail what is in flight and go on serving new requests
                 log.exception("engine loop error")
                 self._fail_all(f"engine error: {e}", RequestFailed)
-                self.flush_cache()
+                self._flush_prefix_cache()
                 await asyncio.sleep(0.01)
 
     async def _step(self) -> None:
@@ -429,7 +440,7 @@ class Engine(EngineAPI, HandOut):
             for r in step.reqs:
                 self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
                              error_type=RequestFailed)
-        self.flush_cache()  # the step's KV went into the cache unwritten
+        self._flush_prefix_cache()  # the step's KV went into the cache unwritten
 
 
 def _abandon(load: asyncio.Future) -> None:
