@@ -105,19 +105,19 @@ class EngineConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
-        from aiollm.scheduler import SCHEDULERS, SchedulerConfig
+        from aiollm.scheduler import SCHEDULERS
         from aiollm.scheduler.config import ESTIMATORS
 
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {sorted(SCHEDULERS)}, got {self.scheduler!r}")
-        # SchedulerConfig checks them too, under its own names (estimator, blind_cap)
+        # SchedulerConfig checks them too, under its own names (estimator, blind_cap), when
+        # the engine makes it: here they are named as the options are
         if self.past_future_estimator not in ESTIMATORS:
             raise ValueError(f"past_future_estimator must be one of {', '.join(ESTIMATORS)}, "
                              f"got {self.past_future_estimator!r}")
         if self.scheduler_blind_cap is not None and self.scheduler_blind_cap < 1:
             raise ValueError(f"scheduler_blind_cap must be an integer >= 1 (or None), got "
                              f"{self.scheduler_blind_cap}")
-        SchedulerConfig(estimator=self.past_future_estimator, blind_cap=self.scheduler_blind_cap)
         for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
                      "table_capacity", "cuda_graph_max_batch"):
             v = getattr(self, name)
