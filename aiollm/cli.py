@@ -244,14 +244,14 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
         parser.error("argument --api-key: must not be empty (leave the flag out to serve "
                      "without auth)")
-    env_key = os.environ.get("AIOLLM_API_KEY") if args.api_key is None else None
-    for source, key in (("argument --api-key", args.api_key), ("AIOLLM_API_KEY", env_key)):
-        if key and key != key.strip():
-            # a client's key arrives without them (HTTP trims header values): every request
-            # was refused 401, silently (a key file's newline, a pasted space). Not printed:
-            # it is a secret
-            parser.error(f"{source}: the key must not begin or end with whitespace (a "
-                         "newline from a key file?)")
+    source, api_key = (("argument --api-key", args.api_key) if args.api_key is not None
+                       else ("AIOLLM_API_KEY", os.environ.get("AIOLLM_API_KEY")))
+    if api_key and api_key != api_key.strip():
+        # a client's key arrives without them (HTTP trims header values): every request
+        # was refused 401, silently (a key file's newline, a pasted space). Not printed:
+        # it is a secret
+        parser.error(f"{source}: the key must not begin or end with whitespace (a "
+                     "newline from a key file?)")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
@@ -274,8 +274,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from aiollm.engine import Engine
 
         cors = _cors(parser, args)
-        api_key = args.api_key or os.environ.get("AIOLLM_API_KEY") or None
-        app = create_app(Engine(args.model, **options), api_key=api_key,
+        app = create_app(Engine(args.model, **options), api_key=api_key or None,
                          served_model_name=args.served_model_name,
                          shutdown_timeout=args.shutdown_timeout, cors=cors)
         uvloop.run(serve(app, args.host, args.port))
