@@ -45,9 +45,11 @@ import triton
 import triton.language as tl
 from triton.tools.tensor_descriptor import TensorDescriptor
 
+from aiollm.kernels import pdl
 from aiollm.kernels.activation import silu_and_mul_triton
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
 from aiollm.kernels.moe_align import moe_align_triton
+from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 TOKEN_CLASSES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
@@ -264,9 +266,12 @@ def _moe_gemm_kernel(
     ROW_MAP: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE: tl.constexpr, PRECISION: tl.constexpr,
+    MERGE: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
 ):
     pid = tl.program_id(0)
+    if PDL:  # the alignment and A come from the kernels before (pdl.py)
+        gdc_wait()
+        gdc_launch_dependents()
     num_pid_n = tl.cdiv(N, BLOCK_N)
     in_group = GROUP_M * num_pid_n
     first_m = pid // in_group * GROUP_M
@@ -373,7 +378,7 @@ def _gemm(a, b, c, aligned, topk_weights, a_row_div: int, fuse_silu: int, mul_we
         USE_TMA=tma, BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_K=cfg["BLOCK_K"],
         GROUP_M=cfg.get("GROUP_M", 8), SPLIT=cfg.get("SPLIT", 0), MERGE=MERGE_ROWS if merge else 0,
         PRECISION="ieee" if a.dtype == torch.float32 else "tf32", num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
+        num_stages=cfg["num_stages"], **pdl.launch_kwargs(a.device),
     )
 
 

@@ -41,6 +41,9 @@ import torch
 import triton
 import triton.language as tl
 
+from aiollm.kernels import pdl
+from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
+
 
 SCAN_BLOCK = 256  # chunks a scan step covers (one BLOCK_C whatever the count: one variant)
 
@@ -88,8 +91,11 @@ def route_rows(x, E, TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, ROWS: tl.co
 @triton.jit(do_not_specialize=["T"])
 def _route_kernel(Logits, Weights, Ids, T, E, stride_l, TOP_K: tl.constexpr,
                   RENORMALIZE: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_E: tl.constexpr,
-                  BLOCK_K: tl.constexpr):
+                  BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     # BLOCK_T tokens a program, one row each: the reductions stay along a row
+    if PDL:  # the logits come from the kernel before (pdl.py)
+        gdc_wait()
+        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64) * BLOCK_T + tl.arange(0, BLOCK_T)
     t_ok = t < T
     e = tl.arange(0, BLOCK_E)
@@ -115,7 +121,8 @@ def moe_route_triton(logits: torch.Tensor, top_k: int, renormalize: bool
         _route_kernel[(triton.cdiv(T, block_t),)](
             logits, weights, ids, T, E, logits.stride(0), TOP_K=top_k, RENORMALIZE=renormalize,
             BLOCK_T=block_t, BLOCK_E=triton.next_power_of_2(E),
-            BLOCK_K=triton.next_power_of_2(top_k), num_warps=4)
+            BLOCK_K=triton.next_power_of_2(top_k), num_warps=4,
+            **pdl.launch_kwargs(logits.device))
     return weights, ids
 
 
@@ -164,9 +171,12 @@ def _chunk_pairs(TopkIds, chunk, num_pairs, expert_start, num_experts, CHUNK: tl
 
 @triton.jit(do_not_specialize=["num_pairs"])
 def _hist_kernel(TopkIds, Hist, num_pairs, expert_start, num_experts,
-                 CHUNK: tl.constexpr, BLOCK_E: tl.constexpr):
+                 CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, PDL: tl.constexpr):
     """Hist[c, e]: pairs of chunk c on local expert e (no atomics: one program a chunk)."""
     c = tl.program_id(0)
+    if PDL:  # the ids come from the kernel before (pdl.py)
+        gdc_wait()
+        gdc_launch_dependents()
     _, _, ok, local = _chunk_pairs(TopkIds, c, num_pairs, expert_start, num_experts, CHUNK)
     e = tl.arange(0, BLOCK_E)
     hot = ((local[:, None] == e[None, :]) & ok[:, None]).to(tl.int32)  # [CHUNK, BLOCK_E]
@@ -174,10 +184,14 @@ def _hist_kernel(TopkIds, Hist, num_pairs, expert_start, num_experts,
 
 
 @triton.jit(do_not_specialize=["num_chunks"])
-def _scan_kernel(Hist, Base, Counts, num_chunks, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+def _scan_kernel(Hist, Base, Counts, num_chunks, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
+                 PDL: tl.constexpr):
     """One program an expert: the exclusive scan of its histogram column over the chunks (each
     chunk's first rank within the expert's group) and its pair count."""
     e = tl.program_id(0)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     count = 0
     for c0 in range(0, num_chunks, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
@@ -191,13 +205,17 @@ def _scan_kernel(Hist, Base, Counts, num_chunks, BLOCK_E: tl.constexpr, BLOCK_C:
 def _place_kernel(TopkIds, Base, Counts, Ends, SortedIds, ExpertIds, NumPadded, Positions,
                   Tokens, num_pairs, expert_start, num_experts, top_k, num_chunks, num_blocks,
                   PADDED: tl.constexpr, TOKENS: tl.constexpr, BLOCK_M: tl.constexpr,
-                  CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr):
+                  CHUNK: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_B: tl.constexpr,
+                  PDL: tl.constexpr):
     """Each pair's place: its chunk's base plus the pairs of the same expert before it in the
     chunk, from the group starts that every program derives from the counts (a scan over
     the experts), each picked at the pair's expert by tl.gather (no [CHUNK, BLOCK_E] one-hot
     tile). Each program also writes its share of the experts' ends and, per block it owns,
     the block's expert and the block's padding slots."""
     c = tl.program_id(0)
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     e_all = tl.arange(0, BLOCK_E)
     e_ok = e_all < num_experts
     counts = tl.load(Counts + e_all, mask=e_ok, other=0)
@@ -278,16 +296,16 @@ def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int,
         blocks, sorted_ids, expert_ids, num_padded = 0, None, None, None
     flat = topk_ids.reshape(-1)
     warps = 8 if chunk * block_e >= 8192 else 4
+    launch = pdl.launch_kwargs(dev)
     _hist_kernel[(num_chunks,)](flat, hist, n, expert_start, num_experts, CHUNK=chunk,
-                                BLOCK_E=block_e, num_warps=warps)
+                                BLOCK_E=block_e, num_warps=warps, **launch)
     _scan_kernel[(num_experts,)](hist, base, counts, num_chunks, BLOCK_E=block_e,
-                                 BLOCK_C=SCAN_BLOCK,
-                                 num_warps=4)
+                                 BLOCK_C=SCAN_BLOCK, num_warps=4, **launch)
     _place_kernel[(num_chunks,)](flat, base, counts, ends, sorted_ids, expert_ids, num_padded,
                                  positions, toks, n, expert_start, num_experts, top_k,
                                  num_chunks, blocks, PADDED=padded, TOKENS=tokens,
                                  BLOCK_M=max(block_m, 1), CHUNK=chunk, BLOCK_E=block_e,
-                                 BLOCK_B=16, num_warps=warps)
+                                 BLOCK_B=16, num_warps=warps, **launch)
     return MoeAlignment(sorted_ids, expert_ids, num_padded, positions, ends, toks)
 
 

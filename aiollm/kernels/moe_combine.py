@@ -22,11 +22,17 @@ import torch
 import triton
 import triton.language as tl
 
+from aiollm.kernels import pdl
+from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
+
 
 @triton.jit
 def _combine_kernel(Y, Out, TopkIds, Weights, Positions, H, expert_start, num_experts,
                     stride_y, stride_o, TOP_K: tl.constexpr, BLOCK_K: tl.constexpr,
-                    INDEXED: tl.constexpr, BLOCK_H: tl.constexpr):
+                    INDEXED: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
+    if PDL:  # y comes from the kernel before (pdl.py)
+        gdc_wait()
+        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     col_ok = cols < H
@@ -63,7 +69,7 @@ def moe_combine_triton(y: torch.Tensor, topk_ids: torch.Tensor, expert_start: in
     _combine_kernel[(T, triton.cdiv(H, block_h))](
         y, out, topk_ids, topk_weights, positions, H, expert_start, num_experts,
         y.stride(0), out.stride(0), TOP_K=top_k, BLOCK_K=triton.next_power_of_2(top_k),
-        INDEXED=indexed, BLOCK_H=block_h, num_warps=4)
+        INDEXED=indexed, BLOCK_H=block_h, num_warps=4, **pdl.launch_kwargs(y.device))
     return out
 
 
