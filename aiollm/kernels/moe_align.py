@@ -296,7 +296,9 @@ def moe_align_triton(topk_ids: torch.Tensor, num_experts: int, block_m: int,
         blocks, sorted_ids, expert_ids, num_padded = 0, None, None, None
     flat = topk_ids.reshape(-1)
     warps = 8 if chunk * block_e >= 8192 else 4
-    launch = pdl.launch_kwargs(dev)
+    # PDL (pdl.py) only after a kernel: `tokens`' zeroing is a memset, not a kernel, and a
+    # programmatic dependency on one is not documented
+    launch = {"PDL": False} if tokens else pdl.launch_kwargs(dev)
     _hist_kernel[(num_chunks,)](flat, hist, n, expert_start, num_experts, CHUNK=chunk,
                                 BLOCK_E=block_e, num_warps=warps, **launch)
     _scan_kernel[(num_experts,)](hist, base, counts, num_chunks, BLOCK_E=block_e,

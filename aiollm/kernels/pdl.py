@@ -1,4 +1,5 @@
-"""Programmatic dependent launch (PDL; CUDA 12, Hopper and later) for the decode kernels.
+"""Programmatic dependent launch (PDL; CUDA 12, Hopper and later) for the decode kernels and the
+MoE layer's (routing, alignment, grouped GEMMs, combine).
 
 A kernel launched with PDL may start while the kernel before it on the stream is finishing,
 so its launch and its first independent loads (a GEMV's weights) overlap that kernel's tail
