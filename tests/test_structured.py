@@ -152,6 +152,18 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "frobnicate"}}}}, "response_format.json_schema.schema"),
     ({"guided_regex": "[a-"}, "guided_regex"),
+    # OpenAI requires json_schema.name, of a function name's form: it was taken without one
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMAS[0]}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a person",
+                                                                 "schema": SCHEMAS[0]}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x" * 65,
+                                                                 "schema": SCHEMAS[0]}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": 7,
+                                                                 "schema": SCHEMAS[0]}}},
+     "response_format.json_schema.name"),
     ({"guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"logit_bias": {"99999999": 5}}, "logit_bias"),
@@ -220,6 +232,8 @@ def test_bad_constraint_is_400(server, body, param):
                           {"messages": ASK, "max_tokens": 4, **body})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == param, err
+    if param == "response_format.json_schema.name":
+        assert "a-z, A-Z, 0-9" in err["message"] and "64" in err["message"], err
     if "frobnicate" in json.dumps(body) or "[a-" in json.dumps(body):
         assert "frobnicate" in err["message"] or "position" in err["message"], err
 
