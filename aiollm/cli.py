@@ -236,10 +236,13 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         parser.error(_naming_flag(str(e)))
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
-    if args.tokenizer is not None and not os.path.exists(os.path.expanduser(args.tokenizer)):
-        # else found only once the weights have loaded (seconds to minutes)
-        parser.error(f"argument --tokenizer: {args.tokenizer!r} does not exist (give a model "
-                     "directory or .gguf file that holds a tokenizer)")
+    if args.tokenizer is not None:  # else found only once the weights have loaded
+        from aiollm.model.tokenizer_files import check_tokenizer_path
+
+        try:
+            check_tokenizer_path(args.tokenizer)
+        except FileNotFoundError as e:
+            parser.error(f"argument --tokenizer: {e}")
     if args.api_key is not None and not args.api_key.strip():
         # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
         parser.error("argument --api-key: must not be empty (leave the flag out to serve "

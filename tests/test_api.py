@@ -122,6 +122,31 @@ def test_stop_and_penalties(client, model):
     assert out.usage.completion_tokens == 5 and out.choices[0].finish_reason == "length"
 
 
+def test_system_fingerprint_is_one_value_everywhere(client, model, server):
+    """OpenAI's system_fingerprint, missing before: the same "fp_" value on chat and
+    completions, whole and in every chunk, read by the openai client's types; the head of a
+    whole answer and of a chunk has the same fields in the same order."""
+    chat = dict(model=model, messages=FRANCE, max_tokens=2)
+    whole = client.chat.completions.create(**chat)
+    fp = whole.system_fingerprint
+    assert re.fullmatch(r"fp_[0-9a-f]{10}", fp or ""), fp
+    chunks = list(client.chat.completions.create(**chat, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = client.completions.create(model=model, prompt="Hi", max_tokens=2)
+    pieces = list(client.completions.create(model=model, prompt="Hi", max_tokens=2,
+                                            stream=True))
+    assert {c.system_fingerprint for c in [*chunks, text, *pieces]} == {fp}
+    head = ["id", "object", "created", "model", "system_fingerprint", "choices"]
+    for path, body in (("/v1/chat/completions", {"messages": FRANCE}),
+                       ("/v1/completions", {"prompt": "Hi"})):
+        body = {**body, "max_tokens": 2}
+        _, _, raw = http(server, "POST", path, json=body)
+        assert list(json.loads(raw)) == [*head, "usage"], raw
+        _, _, raw = http(server, "POST", path, json={**body, "stream": True})
+        events = [json.loads(e) for e in sse_events(raw)[:-1]]
+        assert events and all(list(e) == head for e in events), events
+
+
 def test_models(client, model):
     models = client.models.list().data
     assert [m.id for m in models] == [model] and "SmolLM2" in model

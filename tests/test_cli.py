@@ -183,6 +183,37 @@ def test_checks_after_parsing_report_as_serve_usage_errors(capsys):
         assert err.startswith("usage: aiollm serve ") and "\naiollm serve: error: " in err, err
 
 
+def test_tokenizer_directory_without_a_tokenizer_is_a_usage_error(tmp_path, capsys):
+    """A --tokenizer directory that exists but holds no tokenizer failed once the weights had
+    loaded, exit code 1, its message calling it the model path or naming no flag. It is a
+    usage error before anything loads (no "loaded" line), naming the flag, the directory
+    and the files it lacks; so are a directory holding only a model's config.json and a
+    file that is not a .gguf."""
+    from aiollm.cli import main
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = subprocess.run([AIOLLM, "serve", "--device", "cpu", "--port", "0", "--tokenizer",
+                          str(empty)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("usage: aiollm serve ") and "loaded" not in out.stderr, out.stderr
+    assert (f"aiollm serve: error: argument --tokenizer: {str(empty)!r} is a directory "
+            "without a tokenizer: it has none of tokenizer.json, tokenizer_config.json") \
+        in out.stderr, out.stderr
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    (config_only / "config.json").write_text("{}")
+    text = tmp_path / "tokenizer.txt"
+    text.write_text("hi")
+    for path, says in ((config_only, "is a directory without a tokenizer"),
+                       (text, "is a file but not a .gguf")):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--device", "cpu", "--tokenizer", str(path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "argument --tokenizer: " in err and str(path) in err, err
+        assert says in err, err
+
+
 def test_values_the_model_refuses_name_their_flag():
     """A --tokenizer path that does not exist was found only once the weights had loaded;
     a --max-model-len past the model's context said so without the flag or what to set it

@@ -218,6 +218,23 @@ def test_a_tokenizer_path_that_does_not_exist_is_called_the_tokenizer_path(shard
         asyncio.run(start())
 
 
+def test_a_tokenizer_directory_without_a_tokenizer_fails_before_the_weights_load(tmp_path):
+    """An existing --tokenizer directory without tokenizer files failed once the weights had
+    loaded, as "<dir> has no tokenizer files": the Engine refuses it before loading (its
+    model path here does not exist, so loading would fail otherwise), naming the files."""
+    import asyncio
+
+    from aiollm import Engine
+
+    async def start():
+        async with Engine(str(tmp_path / "no-model"), tokenizer=str(tmp_path), kv_tokens=256):
+            pass
+
+    with pytest.raises(FileNotFoundError, match=r"tokenizer path '.*' is a directory without "
+                                                r"a tokenizer: it has none of tokenizer.json"):
+        asyncio.run(start())
+
+
 @pytest.mark.parametrize("used", [None, 0, 9])
 def test_a_moe_gguf_without_a_valid_expert_used_count_names_it(tmp_path, used):
     """A missing count was int(None), a TypeError traceback from aiollm serve; a count out of

@@ -378,6 +378,45 @@ def test_bad_input(server, method, path, kw, status, param, text):
     server.wait_idle(timeout=5)
 
 
+# a wrong type is reported in plain words, its field named first (it read as msgspec's own
+# "Expected `int | null`, got `str` - at `$.max_tokens`")
+WRONG_TYPES = [
+    bad("max-tokens-string", C, prompt(max_tokens="5"), 400, "max_tokens",
+        "max_tokens: expected an integer, got a string"),
+    bad("n-decimal", C, prompt(n=1.5), 400, "n", "n: expected an integer, got a decimal number"),
+    bad("n-0", C, prompt(n=0), 400, "n", "n: expected an integer >= 1"),
+    bad("stop-number", C, prompt(stop=3), 400, "stop",
+        "stop: expected a string or an array, got an integer"),
+    bad("include-usage-number", C, prompt(stream_options={"include_usage": 1}), 400,
+        "stream_options.include_usage",
+        "stream_options.include_usage: expected a boolean, got an integer"),
+    bad("body-array", C, raw(b"[]"), 400, None, "request body: expected an object, got an array"),
+    bad("second-content-number", CH, chat(messages=[*MSGS, {"role": "user", "content": 3}]),
+        400, "messages[1].content",
+        "messages[1].content: expected a string or an array, got an integer"),
+    bad("no-messages", CH, chat(messages=[]), 400, "messages",
+        "messages: expected an array with at least 1 item"),
+    bad("role-missing", CH, chat(messages=[{"content": "hi"}]), 400, "messages[0].role",
+        "messages[0].role is required"),
+    bad("top-logprobs-past-limit", CH, chat(logprobs=True, top_logprobs=21), 400,
+        "top_logprobs", "top_logprobs: expected an integer <= 20"),
+    bad("lightllm-top-p-string", G, lightllm(top_p="a"), 400, "parameters.top_p",
+        "parameters.top_p: expected a number, got a string"),
+    bad("lightllm-parameters-array", G, {"inputs": "x", "parameters": []}, 400, "parameters",
+        "parameters: expected an object, got an array"),
+    bad("lightllm-input-id-string", G, {"inputs": [1, "a"]}, 400, "inputs[1]",
+        "inputs[1]: expected an integer, got a string"),
+    bad("lightllm-inputs-missing", G, {"parameters": {}}, 400, "inputs", "inputs is required"),
+]
+
+
+@pytest.mark.parametrize("method,path,kw,status,param,text", WRONG_TYPES)
+def test_wrong_types_are_named_in_plain_words(server, method, path, kw, status, param, text):
+    got, _, body = http(server, method, path, **kw)
+    err = assert_error(got, body, status, param)
+    assert err["message"] == text, err
+
+
 UNKNOWN_FIELDS = [  # what OpenAI and LightLLM clients send beside the fields we use
     (C, prompt(user="u1", logit_bias={"50": -100}, suffix="", best_of=1,
                use_beam_search=False, length_penalty=1.0, bad_words=[],

@@ -47,6 +47,7 @@ WEATHER = {"type": "function", "function": {
 DEEP: dict = {"type": "integer"}
 for _ in range(100):
     DEEP = {"type": "array", "items": DEEP}
+NAMED = {"type": "function", "function": {"name": "get_weather"}}  # tool_choice naming WEATHER
 TIME = {"type": "function", "function": {
     "name": "get_time", "description": "Current time in a time zone",
     "parameters": {"type": "object", "properties": {"zone": NAME}, "required": ["zone"],
@@ -151,6 +152,18 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "frobnicate"}}}}, "response_format.json_schema.schema"),
     ({"guided_regex": "[a-"}, "guided_regex"),
+    # OpenAI requires json_schema.name, of a function name's form: it was taken without one
+    ({"response_format": {"type": "json_schema", "json_schema": {"schema": SCHEMAS[0]}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "a person",
+                                                                 "schema": SCHEMAS[0]}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x" * 65,
+                                                                 "schema": SCHEMAS[0]}}},
+     "response_format.json_schema.name"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": 7,
+                                                                 "schema": SCHEMAS[0]}}},
+     "response_format.json_schema.name"),
     ({"guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"logit_bias": {"99999999": 5}}, "logit_bias"),
@@ -219,6 +232,8 @@ def test_bad_constraint_is_400(server, body, param):
                           {"messages": ASK, "max_tokens": 4, **body})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == param, err
+    if param == "response_format.json_schema.name":
+        assert "a-z, A-Z, 0-9" in err["message"] and "64" in err["message"], err
     if "frobnicate" in json.dumps(body) or "[a-" in json.dumps(body):
         assert "frobnicate" in err["message"] or "position" in err["message"], err
 
@@ -248,13 +263,36 @@ def test_bad_tool_names_are_400(server, tools, param):
         assert "name" in err["message"], err
 
 
+@pytest.mark.parametrize("choice", [None, "auto", "none"], ids=["absent", "auto", "none"])
+def test_empty_tools_are_no_tools(server, choice):
+    """`tools: []` (LangChain sends it) with tool_choice "auto" or absent is no tools, as
+    vLLM answers it: it was a 400 ("tool_choice needs tools") for "auto". The answer is
+    the model's text, as without tools."""
+    body = {"messages": ASK, "max_tokens": 4, "temperature": 0, "tools": []}
+    if choice:
+        body["tool_choice"] = choice
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    assert status == 200, raw
+    plain = {k: v for k, v in body.items() if k not in ("tools", "tool_choice")}
+    _, _, alone = http(server, "POST", "/v1/chat/completions", json=plain)
+    got, want = json.loads(raw)["choices"][0], json.loads(alone)["choices"][0]
+    assert got["message"] == want["message"] and "tool_calls" not in got["message"], got
+
+
+@pytest.mark.parametrize("choice", ["required", NAMED], ids=["required", "named"])
+def test_empty_tools_with_a_call_required_are_400(server, choice):
+    """A call is asked for, and there is nothing to call: the 400 names tool_choice."""
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        "messages": ASK, "max_tokens": 1, "tools": [], "tool_choice": choice})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "tool_choice", err
+    assert "tools" in err["message"], err
+
+
 def test_longest_tool_name_is_served(server):
     status, _, raw = http(server, "POST", "/v1/chat/completions", json={
         "messages": ASK, "max_tokens": 1, "tools": [_tool("A-z_9" * 12 + "abcd")]})
     assert status == 200, raw
-
-
-NAMED = {"type": "function", "function": {"name": "get_weather"}}
 
 
 @pytest.mark.parametrize("choice", [None, "required", NAMED], ids=["absent", "required", "named"])

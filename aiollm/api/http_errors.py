@@ -13,6 +13,7 @@ from typing import Awaitable, Callable, Iterator
 import msgspec
 from aiohttp import web
 
+from aiollm.api import validation_errors
 from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
 from aiollm.sampling_params import SamplingParams
 
@@ -82,7 +83,8 @@ def as_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, RequestFailed):
         return ApiError(500, str(exc) or "the request failed in the engine")
     if isinstance(exc, msgspec.ValidationError):
-        return ApiError(400, f"invalid request body: {exc}", param=_param_of(str(exc)))
+        message, param = validation_errors.describe(exc)
+        return ApiError(400, message, param=param)
     log.exception("unexpected error while serving a request", exc_info=exc)
     return ApiError(500, f"internal error: {type(exc).__name__}")
 
@@ -111,23 +113,6 @@ def param_names(names: dict[str, str]) -> Iterator[None]:
                 message = re.sub(rf"{_QUOTED}|\b{name}\b",
                                  lambda m, short=short: m.group(1) or short, message)
         raise InvalidRequest(message, param=names.get(e.param, e.param), code=e.code) from None
-
-
-_AT = re.compile(r" - at `\$\.?(.*)`$")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
-
-
-def _param_of(message: str) -> str | None:
-    """The field a msgspec ValidationError is about: `... - at `$.messages[0].content``
-    -> "messages[0].content"; a missing field is named after its parent's path. Inside an
-    object of free keys msgspec writes `[...]` for the key it does not name: the field is
-    the object (`$.logit_bias[...]` -> "logit_bias")."""
-    at = _AT.search(message)
-    path = at.group(1).split("[...]", 1)[0] if at else ""
-    missing = _MISSING.search(message)
-    if missing:
-        path = f"{path}.{missing.group(1)}" if path else missing.group(1)
-    return path or None
 
 
 def _from_http_exception(exc: web.HTTPException) -> ApiError:

@@ -95,7 +95,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         text = "".join(pieces) if pieces else _echo_text(st, p) if req.echo else ""
         echo += [(text, pieces)] * req.n
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
-            "created": int(time.time()), "model": st.model_name}
+            "created": int(time.time()), "model": st.model_name,
+            "system_fingerprint": st.system_fingerprint}
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
 
     def logprobs_of(k: int, out: Delta | RequestOutput, offset: int) -> dict | None:
@@ -303,8 +304,11 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     params = [req.sampling_params(max_tokens=max_tokens, logprobs=logprobs, choice=j,
                                   constraint=constraint) for j in range(req.n)]
     await engine.compile_grammar(params[0])
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()),
-            "model": st.model_name}
+    # one head, in OpenAI's order, for the whole answer and for every chunk of a stream
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk" if req.stream else "chat.completion",
+            "created": int(time.time()), "model": st.model_name,
+            "system_fingerprint": st.system_fingerprint}
     vocab = await st.token_bytes() if logprobs is not None else None
     prompt_tail = engine.tokenizer.decode(ids[-16:], skip_special_tokens=False) if thinking else ""
     # a continued message's own tags say whether it stopped inside its reasoning
@@ -339,11 +343,10 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 "logprobs": (None if out.logprobs is None
                              else _chat_logprobs(vocab, out.logprobs, out.token_texts)),
             })
-        return json_response({**head, "object": "chat.completion", "choices": choices,
+        return json_response({**head, "choices": choices,
                               "usage": _usage(len(ids), sum(o.completion_tokens for o in outs),
                                               outs[0].cached_tokens)})
 
-    head["object"] = "chat.completion.chunk"
     done_tokens = [0] * req.n
     cached_tokens = [0] * req.n
     started = [False] * req.n

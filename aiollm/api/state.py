@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from aiollm import __version__
 from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.engine.chat_template import TemplateOptions, rendered_size
@@ -29,10 +32,23 @@ class ApiState:
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     _token_bytes: TokenBytes | None = None
+    _fingerprint: str | None = None
 
     @property
     def model_name(self) -> str:
         return self.served_model_name or self.engine.model_name
+
+    @property
+    def system_fingerprint(self) -> str:
+        """OpenAI's system_fingerprint of every completion: "fp_" and 10 hex digits of a hash
+        of what a seeded output depends on beside the request: aiollm's version, the weights
+        (their file or directory name) and the dtype they run in. Stable across restarts and
+        machines; a client comparing seeded outputs sees it change when one of them does."""
+        if self._fingerprint is None:
+            e = self.engine
+            what = f"aiollm {__version__}\0{os.path.basename(e.model_path)}\0{e.dtype}"
+            self._fingerprint = "fp_" + hashlib.sha256(what.encode()).hexdigest()[:10]
+        return self._fingerprint
 
     def check_model(self, name: str | None) -> None:
         """A request's `model` is only ever matched against the served name, never opened.

@@ -16,10 +16,14 @@ escape) is refused where grammars are compiled, for HTTP and Engine callers alik
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
+
+# OpenAI's form of response_format.json_schema.name (as of a function name)
+FORMAT_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
 def _text(value: Any, param: str) -> str:
@@ -92,7 +96,15 @@ def response_format(value: Any) -> GrammarSpec | None:
         js = value.get("json_schema")
         if not isinstance(js, dict) or "schema" not in js:
             raise InvalidRequest('response_format.json_schema must be an object with a '
-                                 '"schema"', param=f"{p}.json_schema")
+                                 '"name" and a "schema"', param=f"{p}.json_schema")
+        # OpenAI requires a name, of this form (its clients name it after the output's type)
+        name, form = js.get("name"), "1 to 64 of a-z, A-Z, 0-9, '_' or '-'"
+        if name is None:
+            raise InvalidRequest(f"response_format.json_schema.name is required: {form}",
+                                 param=f"{p}.json_schema.name")
+        if not isinstance(name, str) or not FORMAT_NAME.fullmatch(name):
+            raise InvalidRequest(f"response_format.json_schema.name must be {form}, got "
+                                 f"{name!r}", param=f"{p}.json_schema.name")
         return GrammarSpec("json_schema", _schema(js["schema"], f"{p}.json_schema.schema"),
                            f"{p}.json_schema.schema")
     raise InvalidRequest(f'response_format.type must be "text", "json_object" or '

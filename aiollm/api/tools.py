@@ -341,11 +341,19 @@ def check_tools(tools: Any) -> list[dict]:
 
 def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
     """(all tools, mode "none" | "auto" | "required", the tools a call may use).
-    An empty list is no tools: clients (LangChain, some SDK wrappers) send `tools: []`."""
+    An empty list is no tools: clients (LangChain, some SDK wrappers) send `tools: []`, with
+    tool_choice "auto" or none, as vLLM takes it; "auto" with nothing to call is "none".
+    InvalidRequest naming tool_choice when it asks for a call ("required", a named function)
+    and there are no tools, or is none of OpenAI's forms."""
     if tools is None or tools == []:
-        if tool_choice not in (None, "none"):
-            raise InvalidRequest("tool_choice needs tools", param="tool_choice")
-        return [], "none", []
+        if tool_choice in (None, "none", "auto"):
+            return [], "none", []
+        if tool_choice == "required" or isinstance(tool_choice, dict):
+            sent = "tools is empty" if tools == [] else "no tools were sent"
+            raise InvalidRequest(f"tool_choice {_choice_text(tool_choice)} asks for a call, "
+                                 f"but {sent}: send the tools, or tool_choice \"auto\" or "
+                                 f"\"none\"", param="tool_choice")
+        raise InvalidRequest(_CHOICE_FORMS, param="tool_choice")
     tools = check_tools(tools)
     choice = "auto" if tool_choice is None else tool_choice
     if choice in ("none", "auto", "required"):
@@ -358,8 +366,18 @@ def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
             raise InvalidRequest(f"tool_choice names {name!r}, which is not among the tools",
                                  param="tool_choice")
         return tools, "required", named
-    raise InvalidRequest('tool_choice must be "none", "auto", "required" or {"type": '
-                         '"function", "function": {"name": ...}}', param="tool_choice")
+    raise InvalidRequest(_CHOICE_FORMS, param="tool_choice")
+
+
+_CHOICE_FORMS = ('tool_choice must be "none", "auto", "required" or {"type": "function", '
+                 '"function": {"name": ...}}')
+
+
+def _choice_text(tool_choice: Any) -> str:
+    """A tool_choice as a message names it: "required", or the function it names."""
+    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("function"), dict):
+        return f"naming the function {tool_choice['function'].get('name')!r}"
+    return repr(tool_choice)
 
 
 def template_messages(messages: list[dict], tools: list[dict], template: str | None

@@ -10,7 +10,6 @@ The loop's own parts (scheduler, planner, grammars, metrics) stay with the Engin
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
+from aiollm.model.tokenizer_files import check_tokenizer_path
 from aiollm.native import RequestTable
 
 log = logging.getLogger(__name__)
@@ -122,6 +122,11 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     from aiollm.model import load_model
 
     dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.tokenizer is not None:  # else found without a tokenizer once the weights loaded
+        try:
+            check_tokenizer_path(cfg.tokenizer)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"tokenizer path {e}") from None  # not the model's
     t0 = time.monotonic()
     loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
                         max_model_len=cfg.max_model_len)
@@ -158,11 +163,7 @@ def tokenizer_for(cfg: EngineConfig, model_path: str):
     Raises OSError / ValueError when the tokenizer cannot be read."""
     from aiollm.model import load_serving_tokenizer as load_tokenizer
 
-    if cfg.tokenizer is not None:
-        if not os.path.exists(os.path.expanduser(cfg.tokenizer)):
-            # the loader's own message would call it the model path
-            raise FileNotFoundError(f"tokenizer path {cfg.tokenizer!r} does not exist (give "
-                                    "a model directory or .gguf file that holds a tokenizer)")
+    if cfg.tokenizer is not None:  # load() has checked that it holds one
         return load_tokenizer(cfg.tokenizer)
     try:
         return load_tokenizer(model_path)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from aiollm.model.derived_cache import GGUFCache
 from aiollm.model.loader import resolve_model_path
+from aiollm.model.tokenizer_files import TOKENIZER_FILES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -28,11 +29,6 @@ if TYPE_CHECKING:
     from aiollm.model.serving_tokenizer import ServingTokenizer
 
 log = logging.getLogger(__name__)
-
-
-# Files a Hugging Face tokenizer is built from; without one, AutoTokenizer may still return a
-# tokenizer (Qwen's, with an empty vocabulary) that encodes every text to no tokens.
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def load_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
@@ -74,9 +70,9 @@ def load_serving_tokenizer(path: str | None) -> ServingTokenizer | PreTrainedTok
 def _source(path: str | None) -> tuple[str, str | None]:
     model_dir, gguf_name = resolve_model_path(path)
     if gguf_name is None and not any(
-            os.path.exists(os.path.join(model_dir, f)) for f in _TOKENIZER_FILES):
+            os.path.exists(os.path.join(model_dir, f)) for f in TOKENIZER_FILES):
         raise FileNotFoundError(
-            f"{model_dir} has no tokenizer files ({', '.join(_TOKENIZER_FILES)})")
+            f"{model_dir} has no tokenizer files ({', '.join(TOKENIZER_FILES)})")
     return model_dir, gguf_name
 
 

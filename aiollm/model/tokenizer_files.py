@@ -1,0 +1,47 @@
+"""Which paths hold a tokenizer, told from their files alone (no torch, no transformers), so
+that a --tokenizer path without one is refused before the weights load (seconds to minutes).
+
+A path holds one as aiollm/model/tokenizer.py reads it: a .gguf file; a directory with one of
+the files a Hugging Face tokenizer is built from; or a directory whose one .gguf file is the
+model (no config.json beside it, as resolve_model_path reads it).
+"""
+
+from __future__ import annotations
+
+import os
+from glob import glob
+
+# Files a Hugging Face tokenizer is built from; without one, AutoTokenizer may still return a
+# tokenizer (Qwen's, with an empty vocabulary) that encodes every text to no tokens.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_tokenizer_path(path: str) -> None:
+    """Returns when `path` (a user's path: ~ is expanded) holds a tokenizer; raises
+    FileNotFoundError saying what is missing otherwise: the path itself, a file that is not
+    a .gguf, or a directory without tokenizer files (naming them, and the .gguf files that
+    were not taken for one). The message starts with the path as given, for the caller to
+    name the option before it."""
+    full = os.path.expanduser(path)
+    give = "give a model directory or .gguf file that holds a tokenizer"
+    if not os.path.exists(full):
+        raise FileNotFoundError(f"{path!r} does not exist ({give})")
+    if os.path.isfile(full):
+        if full.endswith(".gguf"):
+            return
+        raise FileNotFoundError(f"{path!r} is a file but not a .gguf file ({give})")
+    if any(os.path.exists(os.path.join(full, f)) for f in TOKENIZER_FILES):
+        return
+    ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(full, "*.gguf")))
+    config = os.path.exists(os.path.join(full, "config.json"))
+    if len(ggufs) == 1 and not config:
+        return
+    why = ""
+    if len(ggufs) > 1:
+        names = ", ".join(ggufs[:3]) + (", ..." if len(ggufs) > 3 else "")
+        why = f"; it has {len(ggufs)} .gguf files ({names}): give one of them"
+    elif ggufs:
+        why = (f"; beside config.json its .gguf file is not read as the tokenizer: give "
+               f"{os.path.join(path, ggufs[0])!r}")
+    raise FileNotFoundError(f"{path!r} is a directory without a tokenizer: it has none of "
+                            f"{', '.join(TOKENIZER_FILES)}{why}")
