@@ -642,3 +642,36 @@ def test_a_start_after_a_cancelled_one_takes_its_load_over(loop, monkeypatch):
         await eng.stop()
 
     run(loop, go())
+
+
+def test_shutdown_after_the_step_loop_ended_does_not_wait_out_its_timeout(loop):
+    """shutdown(timeout) let the requests in flight finish for up to `timeout` seconds even
+    when the step loop had already ended (an interrupt raised inside it): nothing could
+    finish them, so it waited the whole timeout (a server's exit held for its grace period).
+    It stops the engine at once; the requests get EngineStopped."""
+    import time
+
+    class Interrupt(BaseException):  # ends the step loop's task, as KeyboardInterrupt would
+        pass
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+
+        def interrupted(step, table):
+            raise Interrupt
+
+        eng.runner.prepare = interrupted
+        gen = asyncio.ensure_future(eng.generate("Hello", SamplingParams(max_tokens=4)))
+        await asyncio.wait([eng._loop_task], timeout=30)
+        assert isinstance(eng._loop_task.exception(), Interrupt)
+        assert eng._requests  # its request is in flight, with no loop to end it
+        t0 = time.monotonic()
+        await eng.shutdown(3.0)
+        took = time.monotonic() - t0
+        with pytest.raises(EngineStopped):
+            await gen
+        assert_idle(eng)
+        return took
+
+    assert run(loop, go()) < 1.0

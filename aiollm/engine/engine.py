@@ -246,8 +246,9 @@ class Engine(EngineAPI, HandOut):
             self._step_log.write()
 
     async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
-        abort the rest as stop() does (their generate() and streams raise EngineStopped).
+        """Stop accepting, let in-flight requests finish for up to `timeout` seconds (not
+        once the step loop has ended: nothing would finish them), then abort the rest as
+        stop() does (their generate() and streams raise EngineStopped).
         A start() meanwhile waits for it, then starts the engine again; a stop() aborts the
         rest now; cancelled while it waits (a wait_for's timeout), the engine serves on.
         RuntimeError, as stop() raises it, from another event loop than the running engine's."""
@@ -263,7 +264,8 @@ class Engine(EngineAPI, HandOut):
         accepting, self._accepting = self._accepting, False
         deadline = time.monotonic() + timeout
         try:
-            while self._requests and time.monotonic() < deadline:
+            # a step loop that has ended (an interrupt inside it) ends none of them
+            while self._requests and self._running and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         except asyncio.CancelledError:
             # not shut down: refusing every request ('shutting down', which clients retry)
