@@ -397,7 +397,9 @@ def test_a_request_after_a_cancelled_stop_gets_engine_stopped(loop):
     """A stop() cancelled once it had ended the step loop (asyncio.wait_for(engine.stop(),
     timeout) timing out) left the engine not accepting: its requests got Overloaded ('the
     server is shutting down', HTTP 503 that clients retry) from a shutdown that would never
-    end. They get EngineStopped, and start() starts the engine afresh."""
+    end. They get EngineStopped, and start() starts the engine afresh. The cancelled stop()
+    ends the engine all the same, its model threads too (it left them, the ranks and the
+    step log to a later start(): the engine said its step loop had ended without stop())."""
     async def go():
         eng = Engine(None, kv_tokens=1024)
         await eng.start()
@@ -408,7 +410,8 @@ def test_a_request_after_a_cancelled_stop_gets_engine_stopped(loop):
         stopping.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stopping
-        with pytest.raises(EngineStopped, match="stop\\(\\) was cancelled"):
+        assert not any(t.is_alive() for t in eng._executor._threads)
+        with pytest.raises(EngineStopped, match="Engine.stop\\(\\) ran"):
             await eng.generate("Hello", SamplingParams(max_tokens=2))
         await eng.start()
         try:
@@ -640,6 +643,35 @@ def test_a_start_after_a_cancelled_one_takes_its_load_over(loop, monkeypatch):
         await eng.start()
         assert len(loads) == 3
         await eng.stop()
+
+    run(loop, go())
+
+
+def test_a_stop_cancelled_while_the_step_loop_ends_raises_the_cancel(loop):
+    """A stop() cancelled while it awaited the end of the step loop (asyncio.wait_for(
+    engine.stop(), timeout), a task cancelled by its owner) swallowed the cancel with the
+    step loop's own and returned as if nothing had happened: the caller's task went on, a
+    wait_for never timed out. The cancel reaches the caller, once the engine is stopped
+    all the same (its model threads ended), and start() serves again."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        stopping = asyncio.ensure_future(eng.stop())
+        await asyncio.sleep(0)  # stop() is awaiting the end of the step loop
+        assert not eng._loop_task.done()
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert stopping.cancelled()
+        assert not any(t.is_alive() for t in eng._executor._threads)
+        with pytest.raises(EngineStopped, match="Engine.stop\\(\\) ran"):
+            await eng.generate("Hello", SamplingParams(max_tokens=2))
+        await eng.start()
+        try:
+            assert len((await eng.generate("Hello", SamplingParams(max_tokens=2))).token_ids) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
 
     run(loop, go())
 
