@@ -96,16 +96,25 @@ def test_a_call_from_another_event_loop_is_a_usage_error(loop):
         run(loop, eng.stop())
 
 
-def test_an_interrupted_offline_batch_holds_nothing():
+@pytest.mark.parametrize("where", ["caller's thread", "LLM's loop"])
+def test_an_interrupted_offline_batch_holds_nothing(where):
     """Ctrl-C during LLM.generate (a notebook's interrupt) left the batch's requests in the
-    LLM's loop: they held their table slots and KV and ran on inside the next call. The
-    interrupt is a KeyboardInterrupt raised from a callback of the loop, as the default
-    SIGINT handler raises it between two of the loop's callbacks."""
+    LLM's loop: they held their table slots and KV and ran on inside the next call. Ctrl-C
+    is a SIGINT to the main thread, which waits for the LLM's loop (on a thread of its own)
+    to end the call; a KeyboardInterrupt raised from a callback of that loop is the one an
+    interrupt inside it raises."""
+    import signal
+    import threading
+
     def interrupt():
         raise KeyboardInterrupt
 
     with LLM(None, kv_tokens=2048) as llm:
-        llm._loop.call_later(1.0, interrupt)
+        if where == "caller's thread":
+            threading.Timer(1.0, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT)).start()
+        else:
+            llm._loop.call_soon_threadsafe(llm._loop.call_later, 1.0, interrupt)
         with pytest.raises(KeyboardInterrupt):
             llm.generate(["Tell me a story"] * 4, LONG, progress=False)
         assert_idle(llm.engine)
@@ -115,26 +124,72 @@ def test_an_interrupted_offline_batch_holds_nothing():
         assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
 
 
-def test_the_offline_llm_inside_a_running_event_loop_says_what_to_use():
-    """LLM() or its calls inside a running event loop (async code, a notebook's cell) raised
-    asyncio's 'Cannot run the event loop while another loop is running', naming neither LLM
-    nor what works there, and left a loop unclosed and a coroutine never awaited. They raise
-    a RuntimeError that points to the Engine, and the LLM goes on serving outside."""
-    async def make():
-        with pytest.raises(RuntimeError, match="running event loop.*Engine"):
-            LLM(None, kv_tokens=1024)
+def test_the_offline_llm_works_inside_a_running_event_loop():
+    """LLM() and its calls inside a running event loop raised RuntimeError pointing to the
+    Engine, so LLM was unusable in a notebook (its cells run inside the kernel's loop) and
+    from async code, where vLLM's LLM works. The LLM runs its engine on a loop of its own
+    thread, the same way with or without a loop in the caller's: made, called and closed
+    inside one, it gives the outputs it gives outside. A call from the LLM's own loop (code
+    the engine runs) would wait for itself: it raises RuntimeError."""
+    params = SamplingParams(max_tokens=4, temperature=0)
+    prompts = ["Hello", "Bonjour"]
+    conversation = [{"role": "user", "content": "Hi"}]
 
-    asyncio.run(make())
+    def outputs(llm):
+        return ([o.token_ids for o in llm.generate(prompts, params, progress=False)],
+                llm.chat(conversation, params, progress=False)[0].token_ids)
+
     with LLM(None, kv_tokens=1024) as llm:
-        async def use():
-            with pytest.raises(RuntimeError, match="running event loop.*Engine"):
-                llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        outside = outputs(llm)
 
-        asyncio.run(use())
-        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
-        assert len(out[0].token_ids) == 2
+        async def use():
+            return outputs(llm)
+
+        assert asyncio.run(use()) == outside
+
+        async def from_its_own_loop():
+            llm.generate(prompts, params, progress=False)
+
+        with pytest.raises(RuntimeError, match="own event loop"):
+            asyncio.run_coroutine_threadsafe(from_its_own_loop(), llm._loop).result(30)
+        assert outputs(llm) == outside
         assert_idle(llm.engine)
-        assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
+
+    async def make_and_use():
+        with LLM(None, kv_tokens=1024) as llm:
+            return outputs(llm)
+
+    assert asyncio.run(make_and_use()) == outside
+
+
+def threads_left(before: set) -> list:
+    """The threads not in `before` that still run once a moment has passed for them to end
+    (tqdm's monitor, one for the process, is tqdm's)."""
+    import threading
+    import time
+
+    for _ in range(100):
+        left = [t for t in threading.enumerate()
+                if t not in before and t.name != "tqdm_monitor"]
+        if not left:
+            break
+        time.sleep(0.05)
+    return left
+
+
+def test_an_offline_llm_dropped_unclosed_ends_its_thread():
+    """An LLM dropped without close() (a notebook's cell run again binds `llm` to a new
+    one) stops its engine and ends the thread its loop runs on, which held the engine and
+    its model's memory to the end of the process."""
+    import gc
+    import threading
+
+    before = set(threading.enumerate())
+    llm = LLM(None, kv_tokens=1024)
+    assert len(llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)) == 1
+    del llm
+    gc.collect()
+    assert not threads_left(before)
 
 
 def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
