@@ -29,15 +29,21 @@ class LLM:
     ends the thread, as does dropping the LLM unclosed. A call from code that runs on the
     LLM's own loop (code the engine calls) raises RuntimeError: it would wait for itself.
     Raises what Engine() and Engine.start() raise (TypeError or ValueError for a bad option,
-    OSError for a model it cannot read)."""
+    OSError for a model it cannot read), once what it made has ended."""
 
     def __init__(self, model: str | None = None, **options):
-        self.engine = Engine(model, **options)
+        self.engine = Engine(model, **options)  # a bad option raises before any thread
         # the loop runs one call at a time: another thread's call waits for its turn
         self._turn = threading.Lock()
         self._thread = LoopThread("aiollm-llm")
         self._loop = self._thread.loop
-        self._thread.call(self.engine.start())
+        try:
+            self._thread.call(self.engine.start())
+        except BaseException:
+            # a model it cannot load, Ctrl-C: the loop and its thread were left running
+            self._thread.end(self.engine.stop)
+            self._thread.join()
+            raise
         # dropped unclosed (a notebook's cell run again binds `llm` to a new LLM), the engine
         # stops and the thread ends: they held the model's memory to the end of the process
         self._finalizer = weakref.finalize(self, self._thread.end, self.engine.stop)

@@ -177,6 +177,28 @@ def threads_left(before: set) -> list:
     return left
 
 
+@pytest.mark.parametrize("model, options", [
+    ("/nonexistent/model", {}), (None, {"no_such_option": 1}), ("empty dir", {})])
+def test_an_offline_llm_that_fails_to_start_leaves_nothing_behind(tmp_path, model, options):
+    """LLM() whose engine failed to start (a bad model path or option, a directory with no
+    model: its load fails) raised the error and left its event loop unclosed (asyncio's
+    ResourceWarning 'unclosed event loop' once collected). It ends what it made, its loop
+    and its thread, and raises the error."""
+    import gc
+    import threading
+    import warnings
+
+    model = str(tmp_path) if model == "empty dir" else model
+    before = set(threading.enumerate())
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with pytest.raises((FileNotFoundError, TypeError)):
+            LLM(model, kv_tokens=1024, **options)
+        gc.collect()
+    assert not [w for w in said if issubclass(w.category, ResourceWarning)], said
+    assert not threads_left(before)
+
+
 def test_an_offline_llm_dropped_unclosed_ends_its_thread():
     """An LLM dropped without close() (a notebook's cell run again binds `llm` to a new
     one) stops its engine and ends the thread its loop runs on, which held the engine and
