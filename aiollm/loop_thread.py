@@ -43,6 +43,12 @@ class LoopThread:
                     if self._result is not None and not self._result.done():
                         self._result.set_exception(e)
         finally:
+            # what still runs (a model load that Ctrl-C left behind) ends cancelled, as
+            # asyncio.run ends it: else 'Task was destroyed but it is pending!'
+            left = asyncio.all_tasks(self.loop)
+            for task in left:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
 

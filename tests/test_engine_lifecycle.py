@@ -162,13 +162,13 @@ def test_the_offline_llm_works_inside_a_running_event_loop():
     assert asyncio.run(make_and_use()) == outside
 
 
-def threads_left(before: set) -> list:
-    """The threads not in `before` that still run once a moment has passed for them to end
-    (tqdm's monitor, one for the process, is tqdm's)."""
+def threads_left(before: set, wait: float = 5.0) -> list:
+    """The threads not in `before` that still run once `wait` seconds have passed for them
+    to end (tqdm's monitor, one for the process, is tqdm's)."""
     import threading
     import time
 
-    for _ in range(100):
+    for _ in range(int(wait / 0.05)):
         left = [t for t in threading.enumerate()
                 if t not in before and t.name != "tqdm_monitor"]
         if not left:
@@ -197,6 +197,35 @@ def test_an_offline_llm_that_fails_to_start_leaves_nothing_behind(tmp_path, mode
         gc.collect()
     assert not [w for w in said if issubclass(w.category, ResourceWarning)], said
     assert not threads_left(before)
+
+
+def test_ctrl_c_while_the_offline_llm_loads_leaves_nothing_behind(monkeypatch, caplog):
+    """Ctrl-C while LLM() loaded its model ended the loop's thread with the load's task
+    pending (its thread cannot be stopped, so it loads on): asyncio logged 'Task was
+    destroyed but it is pending!'. The interrupt goes on at once; the task ends cancelled,
+    and the load's thread drops what it loaded."""
+    import gc
+    import signal
+    import threading
+    import time
+
+    real = engine_module.load
+
+    def load_slowly(*args):
+        time.sleep(1.5)
+        return real(*args)
+
+    monkeypatch.setattr(engine_module, "load", load_slowly)
+    before = set(threading.enumerate())
+    threading.Timer(0.3, signal.pthread_kill,
+                    (threading.main_thread().ident, signal.SIGINT)).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        LLM(None, kv_tokens=1024)
+    assert time.monotonic() - t0 < 1.2
+    assert not threads_left(before, wait=60)  # the load's thread, once it has loaded
+    gc.collect()
+    assert not [r for r in caplog.records if "destroyed" in r.getMessage()], caplog.records
 
 
 def test_an_offline_llm_dropped_unclosed_ends_its_thread():
