@@ -1,6 +1,7 @@
-"""LLM: a synchronous wrapper for offline batch generation (no server, no event loop of
-your own; inside a running one, async code or a notebook's cell, it raises RuntimeError:
-use the Engine there).
+"""LLM: a synchronous wrapper for offline batch generation: no server, no event loop to
+manage. It works the same from plain code, async code and a notebook's cell (whose thread
+runs the kernel's event loop): its engine runs on an event loop of its own thread
+(loop_thread.py), and each call blocks its caller until the engine is done with it.
 
     llm = LLM()                                   # default model
     outs = llm.generate(["Hello", "Bonjour"], SamplingParams(max_tokens=32))
@@ -9,26 +10,44 @@ use the Engine there).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import threading
+import weakref
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.errors import EngineStopped, InvalidRequest
+from aiollm.loop_thread import LoopThread
 from aiollm.sampling_params import SamplingParams
 
 
 class LLM:
+    """An Engine (model and options as Engine takes them) started on a thread of its own,
+    with blocking generate() and chat(). Calls from several threads take turns. Ctrl-C
+    (KeyboardInterrupt) during a call cancels its requests in the engine, then goes on; the
+    LLM serves the next call. close() (or the end of a `with` block) stops the engine and
+    ends the thread, as does dropping the LLM unclosed. A call from code that runs on the
+    LLM's own loop (code the engine calls) raises RuntimeError: it would wait for itself.
+    Raises what Engine() and Engine.start() raise (TypeError or ValueError for a bad option,
+    OSError for a model it cannot read), once what it made has ended."""
+
     def __init__(self, model: str | None = None, **options):
-        _outside_event_loops()
-        # the loop runs one call at a time: another thread's call waits for its turn (it
-        # raised 'This event loop is already running')
+        self.engine = Engine(model, **options)  # a bad option raises before any thread
+        # the loop runs one call at a time: another thread's call waits for its turn
         self._turn = threading.Lock()
-        self._loop = asyncio.new_event_loop()
-        self.engine = Engine(model, **options)
-        self._loop.run_until_complete(self.engine.start())
+        self._thread = LoopThread("aiollm-llm")
+        self._loop = self._thread.loop
+        try:
+            self._thread.call(self.engine.start())
+        except BaseException:
+            # a model it cannot load, Ctrl-C: the loop and its thread were left running
+            self._thread.end(self.engine.stop)
+            self._thread.join()
+            raise
+        # dropped unclosed (a notebook's cell run again binds `llm` to a new LLM), the engine
+        # stops and the thread ends: they held the model's memory to the end of the process
+        self._finalizer = weakref.finalize(self, self._thread.end, self.engine.stop)
+        self._finalizer.atexit = False  # the interpreter's exit ends a daemon thread itself
 
     def generate(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None,
                  progress: bool = True) -> list[RequestOutput]:
@@ -71,11 +90,13 @@ class LLM:
         return self._generate(prompts, params, progress, "conversations")
 
     def _run(self, coro):
-        """coro run to completion on the LLM's loop. Interrupted (Ctrl-C in a notebook), its
-        requests are aborted before the interrupt goes on: they held their table slots and
-        KV, and ran on inside the next call, for results nobody would read. An interrupt
-        that lands in the engine's step loop ends it: the engine is started again (the next
-        call raised EngineStopped). Calls from several threads take turns."""
+        """coro run to completion on the LLM's loop. Interrupted (Ctrl-C, in a notebook too:
+        a KeyboardInterrupt in the caller's thread, which waits), its requests are aborted
+        before the interrupt goes on: they held their table slots and KV, and ran on inside
+        the next call, for results nobody would read. A KeyboardInterrupt raised inside the
+        engine's step loop ends the call as Ctrl-C does, and that loop: the engine is
+        started again (the next call raised EngineStopped). Calls from several threads take
+        turns."""
         try:
             self._turn.acquire()
         except BaseException:  # Ctrl-C while another thread's call ran: asyncio then
@@ -85,48 +106,42 @@ class LLM:
             if self._loop.is_closed():  # by another thread's close() while this one waited
                 coro.close()
                 self._check_open()
-            task = self._loop.create_task(coro)
             try:
-                return self._loop.run_until_complete(task)
+                return self._thread.call(coro)
             except BaseException:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        self._loop.run_until_complete(task)
-                self._loop.run_until_complete(self.engine.start())  # a no-op unless it ended
+                self._thread.call(self.engine.start())  # a no-op unless its step loop ended
                 raise
         finally:
             self._turn.release()
 
+    def _check_thread(self) -> None:
+        if self._thread.on_own_thread():
+            # (the call's turn and its wait would block the loop that must end them)
+            raise RuntimeError("the LLM was called from its own event loop (code the engine "
+                               "runs): the call would wait for itself; call it from "
+                               "another thread")
+
     def _check_open(self) -> None:
-        _outside_event_loops()
+        self._check_thread()
         if self._loop.is_closed():  # else asyncio's "Event loop is closed", and a warning
             raise EngineStopped("this LLM is closed (close() ran): make a new LLM")
 
     def close(self) -> None:
-        with self._turn:  # after another thread's call under way
-            if not self._loop.is_closed():
-                _outside_event_loops()
-                self._loop.run_until_complete(self.engine.stop())
-                self._loop.close()
+        """Stop the engine and end the LLM's thread, after the call under way of another
+        thread; later calls raise EngineStopped. A second close() does nothing."""
+        self._check_thread()
+        with self._turn:
+            if self._loop.is_closed():
+                return
+            self._finalizer.detach()
+            try:
+                self._thread.call(self.engine.stop())
+            finally:
+                self._thread.end()
+                self._thread.join()
 
     def __enter__(self) -> "LLM":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _outside_event_loops() -> None:
-    """Raise RuntimeError, saying what to use instead, when called inside a running event
-    loop (async code, a notebook's cell): LLM runs its own loop until each call ends, which
-    asyncio refuses there ('Cannot run the event loop while another loop is running'),
-    leaving the LLM's loop and its coroutines unclosed."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError("LLM blocks until each call ends, so it cannot run inside a running "
-                       "event loop (async code, a notebook's cell): there use the Engine, "
-                       "`engine = Engine(); await engine.start()`, then `await "
-                       "engine.generate_batch(prompts, params)`")

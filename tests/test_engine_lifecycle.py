@@ -96,16 +96,25 @@ def test_a_call_from_another_event_loop_is_a_usage_error(loop):
         run(loop, eng.stop())
 
 
-def test_an_interrupted_offline_batch_holds_nothing():
+@pytest.mark.parametrize("where", ["caller's thread", "LLM's loop"])
+def test_an_interrupted_offline_batch_holds_nothing(where):
     """Ctrl-C during LLM.generate (a notebook's interrupt) left the batch's requests in the
-    LLM's loop: they held their table slots and KV and ran on inside the next call. The
-    interrupt is a KeyboardInterrupt raised from a callback of the loop, as the default
-    SIGINT handler raises it between two of the loop's callbacks."""
+    LLM's loop: they held their table slots and KV and ran on inside the next call. Ctrl-C
+    is a SIGINT to the main thread, which waits for the LLM's loop (on a thread of its own)
+    to end the call; a KeyboardInterrupt raised from a callback of that loop is the one an
+    interrupt inside it raises."""
+    import signal
+    import threading
+
     def interrupt():
         raise KeyboardInterrupt
 
     with LLM(None, kv_tokens=2048) as llm:
-        llm._loop.call_later(1.0, interrupt)
+        if where == "caller's thread":
+            threading.Timer(1.0, signal.pthread_kill,
+                            (threading.main_thread().ident, signal.SIGINT)).start()
+        else:
+            llm._loop.call_soon_threadsafe(llm._loop.call_later, 1.0, interrupt)
         with pytest.raises(KeyboardInterrupt):
             llm.generate(["Tell me a story"] * 4, LONG, progress=False)
         assert_idle(llm.engine)
@@ -115,26 +124,123 @@ def test_an_interrupted_offline_batch_holds_nothing():
         assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
 
 
-def test_the_offline_llm_inside_a_running_event_loop_says_what_to_use():
-    """LLM() or its calls inside a running event loop (async code, a notebook's cell) raised
-    asyncio's 'Cannot run the event loop while another loop is running', naming neither LLM
-    nor what works there, and left a loop unclosed and a coroutine never awaited. They raise
-    a RuntimeError that points to the Engine, and the LLM goes on serving outside."""
-    async def make():
-        with pytest.raises(RuntimeError, match="running event loop.*Engine"):
-            LLM(None, kv_tokens=1024)
+def test_the_offline_llm_works_inside_a_running_event_loop():
+    """LLM() and its calls inside a running event loop raised RuntimeError pointing to the
+    Engine, so LLM was unusable in a notebook (its cells run inside the kernel's loop) and
+    from async code, where vLLM's LLM works. The LLM runs its engine on a loop of its own
+    thread, the same way with or without a loop in the caller's: made, called and closed
+    inside one, it gives the outputs it gives outside. A call from the LLM's own loop (code
+    the engine runs) would wait for itself: it raises RuntimeError."""
+    params = SamplingParams(max_tokens=4, temperature=0)
+    prompts = ["Hello", "Bonjour"]
+    conversation = [{"role": "user", "content": "Hi"}]
 
-    asyncio.run(make())
+    def outputs(llm):
+        return ([o.token_ids for o in llm.generate(prompts, params, progress=False)],
+                llm.chat(conversation, params, progress=False)[0].token_ids)
+
     with LLM(None, kv_tokens=1024) as llm:
-        async def use():
-            with pytest.raises(RuntimeError, match="running event loop.*Engine"):
-                llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        outside = outputs(llm)
 
-        asyncio.run(use())
-        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
-        assert len(out[0].token_ids) == 2
+        async def use():
+            return outputs(llm)
+
+        assert asyncio.run(use()) == outside
+
+        async def from_its_own_loop():
+            llm.generate(prompts, params, progress=False)
+
+        with pytest.raises(RuntimeError, match="own event loop"):
+            asyncio.run_coroutine_threadsafe(from_its_own_loop(), llm._loop).result(30)
+        assert outputs(llm) == outside
         assert_idle(llm.engine)
-        assert [t.get_name() for t in asyncio.all_tasks(llm._loop)] == ["aiollm-loop"]
+
+    async def make_and_use():
+        with LLM(None, kv_tokens=1024) as llm:
+            return outputs(llm)
+
+    assert asyncio.run(make_and_use()) == outside
+
+
+def threads_left(before: set, wait: float = 5.0) -> list:
+    """The threads not in `before` that still run once `wait` seconds have passed for them
+    to end (tqdm's monitor, one for the process, is tqdm's)."""
+    import threading
+    import time
+
+    for _ in range(int(wait / 0.05)):
+        left = [t for t in threading.enumerate()
+                if t not in before and t.name != "tqdm_monitor"]
+        if not left:
+            break
+        time.sleep(0.05)
+    return left
+
+
+@pytest.mark.parametrize("model, options", [
+    ("/nonexistent/model", {}), (None, {"no_such_option": 1}), ("empty dir", {})])
+def test_an_offline_llm_that_fails_to_start_leaves_nothing_behind(tmp_path, model, options):
+    """LLM() whose engine failed to start (a bad model path or option, a directory with no
+    model: its load fails) raised the error and left its event loop unclosed (asyncio's
+    ResourceWarning 'unclosed event loop' once collected). It ends what it made, its loop
+    and its thread, and raises the error."""
+    import gc
+    import threading
+    import warnings
+
+    model = str(tmp_path) if model == "empty dir" else model
+    before = set(threading.enumerate())
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        with pytest.raises((FileNotFoundError, TypeError)):
+            LLM(model, kv_tokens=1024, **options)
+        gc.collect()
+    assert not [w for w in said if issubclass(w.category, ResourceWarning)], said
+    assert not threads_left(before)
+
+
+def test_ctrl_c_while_the_offline_llm_loads_leaves_nothing_behind(monkeypatch, caplog):
+    """Ctrl-C while LLM() loaded its model ended the loop's thread with the load's task
+    pending (its thread cannot be stopped, so it loads on): asyncio logged 'Task was
+    destroyed but it is pending!'. The interrupt goes on at once; the task ends cancelled,
+    and the load's thread drops what it loaded."""
+    import gc
+    import signal
+    import threading
+    import time
+
+    real = engine_module.load
+
+    def load_slowly(*args):
+        time.sleep(1.5)
+        return real(*args)
+
+    monkeypatch.setattr(engine_module, "load", load_slowly)
+    before = set(threading.enumerate())
+    threading.Timer(0.3, signal.pthread_kill,
+                    (threading.main_thread().ident, signal.SIGINT)).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        LLM(None, kv_tokens=1024)
+    assert time.monotonic() - t0 < 1.2
+    assert not threads_left(before, wait=60)  # the load's thread, once it has loaded
+    gc.collect()
+    assert not [r for r in caplog.records if "destroyed" in r.getMessage()], caplog.records
+
+
+def test_an_offline_llm_dropped_unclosed_ends_its_thread():
+    """An LLM dropped without close() (a notebook's cell run again binds `llm` to a new
+    one) stops its engine and ends the thread its loop runs on, which held the engine and
+    its model's memory to the end of the process."""
+    import gc
+    import threading
+
+    before = set(threading.enumerate())
+    llm = LLM(None, kv_tokens=1024)
+    assert len(llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)) == 1
+    del llm
+    gc.collect()
+    assert not threads_left(before)
 
 
 def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
@@ -397,7 +503,9 @@ def test_a_request_after_a_cancelled_stop_gets_engine_stopped(loop):
     """A stop() cancelled once it had ended the step loop (asyncio.wait_for(engine.stop(),
     timeout) timing out) left the engine not accepting: its requests got Overloaded ('the
     server is shutting down', HTTP 503 that clients retry) from a shutdown that would never
-    end. They get EngineStopped, and start() starts the engine afresh."""
+    end. They get EngineStopped, and start() starts the engine afresh. The cancelled stop()
+    ends the engine all the same, its model threads too (it left them, the ranks and the
+    step log to a later start(): the engine said its step loop had ended without stop())."""
     async def go():
         eng = Engine(None, kv_tokens=1024)
         await eng.start()
@@ -408,7 +516,8 @@ def test_a_request_after_a_cancelled_stop_gets_engine_stopped(loop):
         stopping.cancel()
         with pytest.raises(asyncio.CancelledError):
             await stopping
-        with pytest.raises(EngineStopped, match="stop\\(\\) was cancelled"):
+        assert not any(t.is_alive() for t in eng._executor._threads)
+        with pytest.raises(EngineStopped, match="Engine.stop\\(\\) ran"):
             await eng.generate("Hello", SamplingParams(max_tokens=2))
         await eng.start()
         try:
@@ -642,3 +751,65 @@ def test_a_start_after_a_cancelled_one_takes_its_load_over(loop, monkeypatch):
         await eng.stop()
 
     run(loop, go())
+
+
+def test_a_stop_cancelled_while_the_step_loop_ends_raises_the_cancel(loop):
+    """A stop() cancelled while it awaited the end of the step loop (asyncio.wait_for(
+    engine.stop(), timeout), a task cancelled by its owner) swallowed the cancel with the
+    step loop's own and returned as if nothing had happened: the caller's task went on, a
+    wait_for never timed out. The cancel reaches the caller, once the engine is stopped
+    all the same (its model threads ended), and start() serves again."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        stopping = asyncio.ensure_future(eng.stop())
+        await asyncio.sleep(0)  # stop() is awaiting the end of the step loop
+        assert not eng._loop_task.done()
+        stopping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await stopping
+        assert stopping.cancelled()
+        assert not any(t.is_alive() for t in eng._executor._threads)
+        with pytest.raises(EngineStopped, match="Engine.stop\\(\\) ran"):
+            await eng.generate("Hello", SamplingParams(max_tokens=2))
+        await eng.start()
+        try:
+            assert len((await eng.generate("Hello", SamplingParams(max_tokens=2))).token_ids) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_shutdown_after_the_step_loop_ended_does_not_wait_out_its_timeout(loop):
+    """shutdown(timeout) let the requests in flight finish for up to `timeout` seconds even
+    when the step loop had already ended (an interrupt raised inside it): nothing could
+    finish them, so it waited the whole timeout (a server's exit held for its grace period).
+    It stops the engine at once; the requests get EngineStopped."""
+    import time
+
+    class Interrupt(BaseException):  # ends the step loop's task, as KeyboardInterrupt would
+        pass
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+
+        def interrupted(step, table):
+            raise Interrupt
+
+        eng.runner.prepare = interrupted
+        gen = asyncio.ensure_future(eng.generate("Hello", SamplingParams(max_tokens=4)))
+        await asyncio.wait([eng._loop_task], timeout=30)
+        assert isinstance(eng._loop_task.exception(), Interrupt)
+        assert eng._requests  # its request is in flight, with no loop to end it
+        t0 = time.monotonic()
+        await eng.shutdown(3.0)
+        took = time.monotonic() - t0
+        with pytest.raises(EngineStopped):
+            await gen
+        assert_idle(eng)
+        return took
+
+    assert run(loop, go()) < 1.0

@@ -209,9 +209,10 @@ class Engine(EngineAPI, HandOut):
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop; a start() under way is waited for,
-        then stopped, a stop() under way waited for. RuntimeError, changing nothing, from
-        another event loop than the running engine's (its step loop can be awaited only
-        there)."""
+        then stopped, a stop() under way waited for. Cancelled (a wait_for's timeout), it
+        stops the engine to the end all the same (its model threads ended), then raises the
+        CancelledError. RuntimeError, changing nothing, from another event loop than the
+        running engine's (its step loop can be awaited only there)."""
         if self._changing is not None and self._running:
             # a shutdown() letting its requests finish: they end now (a server's second signal)
             self._check_own_loop()
@@ -225,11 +226,17 @@ class Engine(EngineAPI, HandOut):
         await self._changing_by(self._stop())
 
     async def _stop(self) -> None:
+        # in a task of its own: the await of the step loop's end below took a cancel of
+        # stop()'s caller for the step loop's own and swallowed it, and a cancel during the
+        # waits for the threads left them, the ranks and the step log to a later start()
+        await _to_the_end(self._stopping())
+
+    async def _stopping(self) -> None:
         self._accepting = False
         self._fail_all(_STOPPED, EngineStopped)
         if self._loop_task and not self._loop_task.done():
             self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError):  # the step loop's own
                 await self._loop_task
         elif self._loop_task and not self._loop_task.cancelled():
             self._loop_task.exception()  # an interrupt ended it: seen, not logged at exit
@@ -246,8 +253,9 @@ class Engine(EngineAPI, HandOut):
             self._step_log.write()
 
     async def shutdown(self, timeout: float) -> None:
-        """Stop accepting, let in-flight requests finish for up to `timeout` seconds, then
-        abort the rest as stop() does (their generate() and streams raise EngineStopped).
+        """Stop accepting, let in-flight requests finish for up to `timeout` seconds (not
+        once the step loop has ended: nothing would finish them), then abort the rest as
+        stop() does (their generate() and streams raise EngineStopped).
         A start() meanwhile waits for it, then starts the engine again; a stop() aborts the
         rest now; cancelled while it waits (a wait_for's timeout), the engine serves on.
         RuntimeError, as stop() raises it, from another event loop than the running engine's."""
@@ -263,7 +271,8 @@ class Engine(EngineAPI, HandOut):
         accepting, self._accepting = self._accepting, False
         deadline = time.monotonic() + timeout
         try:
-            while self._requests and time.monotonic() < deadline:
+            # a step loop that has ended (an interrupt inside it) ends none of them
+            while self._requests and self._running and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
         except asyncio.CancelledError:
             # not shut down: refusing every request ('shutting down', which clients retry)
@@ -450,6 +459,24 @@ def _abandon(load: asyncio.Future) -> None:
         ranks = load.result()[0]
         if ranks is not None:
             ranks.abort()
+
+
+async def _to_the_end(coro) -> None:
+    """Await `coro` in a task of its own to its end, also when the caller is cancelled
+    meanwhile; that CancelledError is raised once the task has ended. Raises what the task
+    raises."""
+    task = asyncio.ensure_future(coro)
+    cancel = None
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError as e:
+            if task.done():  # the task's own (its event loop ending cancels every task)
+                raise
+            cancel = e
+    if cancel is not None:
+        raise cancel
 
 
 def _timed(fn, *args):

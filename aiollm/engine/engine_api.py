@@ -190,12 +190,12 @@ class EngineAPI:
                                 "was submitted); it takes no request until started again")
         if self._loop_task.done():
             # its event loop ended without stop() (or an interrupt raised inside it ended
-            # it, or a stop() was cancelled once it had cancelled it): the request would
-            # wait forever, also while not accepting (no shutdown will end)
+            # it, or a stop() under way has ended it): the request would wait forever, also
+            # while not accepting (no shutdown will end)
             raise EngineStopped(
                 "the engine's step loop has ended without Engine.stop(): the event loop it was "
                 "started on ended (as asyncio.run(engine.start()) ends it), an interrupt "
-                "stopped it or a stop() was cancelled. Start and use the engine in one event "
+                "stopped it or a stop() is under way. Start and use the engine in one event "
                 "loop (`async with Engine() as engine`), or await engine.start() again to "
                 "start it afresh")
         if not self._accepting:

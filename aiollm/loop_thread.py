@@ -1,0 +1,124 @@
+"""LoopThread: an asyncio event loop that runs on a daemon thread of its own, to which other
+threads hand coroutines and wait for their ends. The offline LLM's engine lives there, so its
+blocking calls work the same from plain code, from async code and from a notebook's cell
+(whose thread already runs the kernel's loop, where a loop of the caller's thread cannot run).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """An event loop run by a daemon thread named `name` from construction until end().
+    call() runs a coroutine on it and blocks its caller until the coroutine ends; one call
+    at a time (the caller takes turns: calls do not queue here)."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        # the call under way: its task and the future its caller waits on (loop thread only)
+        self._task: asyncio.Task | None = None
+        self._result: concurrent.futures.Future | None = None
+        self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            while True:
+                try:
+                    self.loop.run_forever()
+                    return
+                except BaseException as e:
+                    # a KeyboardInterrupt or SystemExit raised inside a task or a callback
+                    # (the engine's step loop) leaves run_forever, as asyncio lets them out:
+                    # the call under way ends with it, and the loop runs on (what was left to
+                    # run is still queued)
+                    if self._result is not None and not self._result.done():
+                        self._result.set_exception(e)
+        finally:
+            # what still runs (a model load that Ctrl-C left behind) ends cancelled, as
+            # asyncio.run ends it: else 'Task was destroyed but it is pending!'
+            left = asyncio.all_tasks(self.loop)
+            for task in left:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.loop.close()
+
+    def on_own_thread(self) -> bool:
+        """Whether the caller runs on the loop's thread (where a call would wait for itself)."""
+        return threading.current_thread() is self.thread
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """coro's result, run as a task on the loop while this thread waits; raises what it
+        raises. Interrupted (KeyboardInterrupt: Ctrl-C in this thread, or one raised inside
+        the loop), the task is cancelled and awaited to its end before the interrupt goes
+        on. RuntimeError once the loop is closed. Never from the loop's own thread (see
+        on_own_thread): it would wait forever."""
+        assert not self.on_own_thread()
+        result: concurrent.futures.Future = concurrent.futures.Future()
+
+        def begin() -> None:
+            self._result = result
+            self._task = self.loop.create_task(coro)
+            self._task.add_done_callback(lambda task: _hand_over(task, result))
+
+        try:
+            self.loop.call_soon_threadsafe(begin)
+        except BaseException:  # the loop is closed: the coroutine would never be awaited
+            coro.close()
+            raise
+        try:
+            return result.result()
+        except BaseException:
+            asyncio.run_coroutine_threadsafe(self._cancel_call(), self.loop).result()
+            raise
+
+    async def _cancel_call(self) -> None:
+        """Cancel the task of the call under way, if it still runs, and await its end."""
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+
+    def end(self, last: Callable[[], Coroutine] | None = None) -> None:
+        """Stop the loop, after awaiting last() on it when given; the thread then closes the
+        loop and ends. Returns at once, from any thread (a finalizer's, the loop's own);
+        nothing once the loop is closed."""
+        async def ending() -> None:
+            try:
+                if last is not None:
+                    await last()
+            finally:
+                self.loop.stop()
+
+        try:
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(ending()))
+        except RuntimeError:  # closed already
+            pass
+
+    def join(self) -> None:
+        """Wait for the thread to end (after end())."""
+        self.thread.join()
+
+
+def _hand_over(task: asyncio.Task, result: concurrent.futures.Future) -> None:
+    """The end of a call's task to the future its caller waits on, unless an interrupt
+    inside the loop has ended the call first."""
+    # retrieved in any case: asyncio logs a task's exception nobody retrieved
+    error = None if task.cancelled() else task.exception()
+    if result.done():
+        return
+    if task.cancelled():
+        result.cancel()
+    elif error is not None:
+        result.set_exception(error)
+    else:
+        result.set_result(task.result())
