@@ -116,7 +116,8 @@ def graph_ms(fn) -> float | None:
         return None
 
 
-def _graph_ms(fn) -> float:
+def capture(fn) -> torch.cuda.CUDAGraph:
+    """fn captured into a CUDA graph, after one run on a side stream (its warm-up)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
@@ -125,7 +126,11 @@ def _graph_ms(fn) -> float:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
-    return median_ms(graph.replay)
+    return graph
+
+
+def _graph_ms(fn) -> float:
+    return median_ms(capture(fn).replay)
 
 
 def _compile_tasks(config, classes: list[int]) -> list[tuple[int, str, dict]]:

@@ -26,19 +26,7 @@ from aiollm.kernels.moe_align import moe_route_ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
-from moe import DEV, DT, GPU, ceilings, make_layer, median_ms  # noqa: E402
-
-
-def capture(fn) -> torch.cuda.CUDAGraph:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
+from moe import DEV, DT, GPU, capture, ceilings, make_layer, median_ms  # noqa: E402
 
 
 @torch.inference_mode()
