@@ -76,6 +76,7 @@ class LoopThread:
             coro.close()
             raise
         try:
+            wait_interruptibly(result)
             return result.result()
         except BaseException:
             asyncio.run_coroutine_threadsafe(self._cancel_call(), self.loop).result()
@@ -107,6 +108,22 @@ class LoopThread:
     def join(self) -> None:
         """Wait for the thread to end (after end())."""
         self.thread.join()
+
+
+# how long a waiting caller sleeps before it looks for an interrupt (see wait_interruptibly)
+POLL_S = 0.05
+
+
+def wait_interruptibly(future: concurrent.futures.Future) -> None:
+    """Return once `future` is done; a KeyboardInterrupt for this thread raises here within
+    POLL_S. An untimed wait sleeps through an interrupt whose signal another thread took
+    (signal.raise_signal or _thread.interrupt_main there, a SIGINT the kernel handed to
+    another thread): Python runs the handler only when the waiting thread returns to its
+    bytecode, which an untimed wait does once the future is done, at the end of the call."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    while not done.wait(POLL_S):
+        pass
 
 
 def _hand_over(task: asyncio.Task, result: concurrent.futures.Future) -> None:

@@ -299,6 +299,38 @@ def test_ctrl_c_while_another_threads_call_runs_leaves_no_coroutine_unawaited():
         assert_idle(llm.engine)
 
 
+@pytest.mark.parametrize("waiting_for", ["its call", "another thread's call"])
+def test_an_interrupt_another_thread_took_ends_the_offline_call_at_once(waiting_for):
+    """An interrupt whose signal another thread took (_thread.interrupt_main or
+    signal.raise_signal from a timer's thread, a SIGINT the kernel gave to another thread)
+    ended LLM.generate only when the batch was done (52 s for this one), or never while
+    the call waited for another thread's turn: the waiting main thread slept in an untimed
+    wait, and Python runs a signal's handler only when that thread runs bytecode. It
+    raises within a fraction of a second, and the batch holds nothing after it."""
+    import _thread
+    import threading
+    import time
+
+    with LLM(None, kv_tokens=2048) as llm:
+        if waiting_for == "another thread's call":
+            llm._turn.acquire()
+            # the other call's end, should the interrupt never come
+            other_call = threading.Timer(20, llm._turn.release)
+            other_call.start()
+        threading.Timer(0.5, _thread.interrupt_main).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(["Tell me a story"] * 4, LONG, progress=False)
+        assert time.monotonic() - t0 < 3.0
+        if waiting_for == "another thread's call":
+            other_call.cancel()
+            llm._turn.release()
+        assert_idle(llm.engine)
+        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        assert len(out[0].token_ids) == 2
+        assert_idle(llm.engine)
+
+
 @pytest.fixture(scope="module")
 def engine(loop):
     eng = Engine(None, kv_tokens=2048)
