@@ -111,7 +111,8 @@ class LLM:
             try:
                 return self._thread.call(coro)
             except BaseException:
-                self._thread.call(self.engine.start())  # a no-op unless its step loop ended
+                if not self._loop.is_closed():  # (closed: the interpreter's exit ended it)
+                    self._thread.call(self.engine.start())  # a no-op unless its step loop ended
                 raise
         finally:
             self._turn.release()

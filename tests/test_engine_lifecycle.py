@@ -243,6 +243,30 @@ def test_an_offline_llm_dropped_unclosed_ends_its_thread():
     assert not threads_left(before)
 
 
+def test_a_script_that_ends_without_closing_its_llm_exits_quietly():
+    """A script that made an LLM, used it and ended without close() (as vLLM's examples
+    do) printed asyncio's 'Task was destroyed but it is pending!' for the engine's step loop
+    at every exit: the interpreter dropped the LLM's loop with its tasks pending. The exit
+    ends the loop's tasks cancelled first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("from aiollm import LLM, SamplingParams\n"
+              "llm = LLM(None, kv_tokens=1024)\n"
+              "out = llm.generate(['Hello'], SamplingParams(max_tokens=2), progress=False)\n"
+              "print('generated', len(out[0].token_ids))\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "generated 2\n"
+    assert "destroyed" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
     """LLM.generate from several threads at once (a thread pool over data shards): all but
     one raised asyncio's 'This event loop is already running'. They take turns, and each
