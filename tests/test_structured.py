@@ -289,6 +289,27 @@ def test_empty_tools_with_a_call_required_are_400(server, choice):
     assert "tools" in err["message"], err
 
 
+@pytest.mark.parametrize("tools", [None, [], [WEATHER]], ids=["absent", "empty", "one"])
+@pytest.mark.parametrize("choice", [{}, {"type": "function"}, {"type": "function",
+                                    "function": "get_weather"},
+                                    {"type": "function", "function": {"name": 5}}],
+                         ids=["empty", "no function", "function a string", "name a number"])
+def test_a_tool_choice_of_no_form_is_told_the_forms(server, tools, choice):
+    """A tool_choice object of none of OpenAI's forms was, without tools, told that it
+    "asks for a call, but no tools were sent" (a Python repr of it in the message), and
+    with tools, for a name not a string, that it named a function not among them: it is
+    told the forms, with what was sent, wherever tools are."""
+    body = {"messages": ASK, "max_tokens": 1, "tool_choice": choice}
+    if tools is not None:
+        body["tools"] = tools
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "tool_choice", err
+    assert err["message"].startswith('tool_choice must be "none", "auto", "required" or '
+                                     '{"type": "function", "function": {"name": ...}}, got '
+                                     + json.dumps(choice)), err
+
+
 def test_longest_tool_name_is_served(server):
     status, _, raw = http(server, "POST", "/v1/chat/completions", json={
         "messages": ASK, "max_tokens": 1, "tools": [_tool("A-z_9" * 12 + "abcd")]})
