@@ -219,6 +219,18 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "$defs": {"S": {"type": "string"}}, "$ref": "#/$defs/S"}}}]},
      "tools[0].function.parameters"),
+    # keywords of the wrong JSON type: xgrammar refused them under param "tools", not the
+    # tool's parameters
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": 5}}}]}, "tools[1].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": 5}}}}}]}, "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": NAME}, "required": "a"}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"anyOf": {"type": "string"}}}}}}]},
+     "tools[0].function.parameters"),
     # escapes xgrammar would match as the letter itself (\A and \Z are anchors)
     ({"guided_regex": r"\Aabc\Z"}, "guided_regex"),
     ({"structured_outputs": {"regex": r"[0-9]+\Z"}}, "structured_outputs.regex"),
