@@ -7,12 +7,16 @@ blocking calls work the same from plain code, from async code and from a noteboo
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+# the LoopThreads whose loops still run: the interpreter's exit ends them (see _end_all)
+_RUNNING: set[LoopThread] = set()
 
 
 class LoopThread:
@@ -26,6 +30,7 @@ class LoopThread:
         self._task: asyncio.Task | None = None
         self._result: concurrent.futures.Future | None = None
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        _RUNNING.add(self)
         self.thread.start()
 
     def _serve(self) -> None:
@@ -51,6 +56,7 @@ class LoopThread:
             self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
             self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             self.loop.close()
+            _RUNNING.discard(self)
 
     def on_own_thread(self) -> bool:
         """Whether the caller runs on the loop's thread (where a call would wait for itself)."""
@@ -76,17 +82,33 @@ class LoopThread:
             coro.close()
             raise
         try:
+            wait_interruptibly(result)
             return result.result()
         except BaseException:
-            asyncio.run_coroutine_threadsafe(self._cancel_call(), self.loop).result()
+            self._cancel_call()
             raise
 
-    async def _cancel_call(self) -> None:
-        """Cancel the task of the call under way, if it still runs, and await its end."""
-        task = self._task
-        if task is not None and not task.done():
-            task.cancel()
-            await asyncio.wait([task])
+    def _cancel_call(self) -> None:
+        """Cancel the task of the call under way, if it still runs, and wait for its end,
+        unless the loop ends first (the interpreter's exit ends it under a daemon thread's
+        call). A callback, not a coroutine: one handed to a loop that then closed was never
+        awaited, and asyncio warned of it."""
+        ended = threading.Event()
+
+        def cancel() -> None:
+            task = self._task
+            if task is None or task.done():
+                ended.set()
+            else:
+                task.add_done_callback(lambda _: ended.set())
+                task.cancel()
+
+        try:
+            self.loop.call_soon_threadsafe(cancel)
+        except RuntimeError:  # the loop is closed: nothing of the call runs there
+            return
+        while not ended.wait(POLL_S) and self.thread.is_alive():
+            pass
 
     def end(self, last: Callable[[], Coroutine] | None = None) -> None:
         """Stop the loop, after awaiting last() on it when given; the thread then closes the
@@ -107,6 +129,38 @@ class LoopThread:
     def join(self) -> None:
         """Wait for the thread to end (after end())."""
         self.thread.join()
+
+
+@atexit.register
+def _end_all() -> None:
+    """At the interpreter's exit, end the loops still running (an LLM never closed: a script
+    that ends without close(), as vLLM's examples do) and wait a little for their threads.
+    Left to die with the process, a loop's tasks (the engine's step loop) were destroyed
+    pending, and asyncio logged 'Task was destroyed but it is pending!' at every such exit.
+    What still runs ends cancelled (_serve), as asyncio.run ends it."""
+    for loop_thread in list(_RUNNING):
+        loop_thread.end()
+    for loop_thread in list(_RUNNING):
+        loop_thread.thread.join(_EXIT_WAIT_S)
+
+
+# how long the exit waits for each loop's thread to end its tasks (a step under way)
+_EXIT_WAIT_S = 5.0
+
+# how long a waiting caller sleeps before it looks for an interrupt (see wait_interruptibly)
+POLL_S = 0.05
+
+
+def wait_interruptibly(future: concurrent.futures.Future) -> None:
+    """Return once `future` is done; a KeyboardInterrupt for this thread raises here within
+    POLL_S. An untimed wait sleeps through an interrupt whose signal another thread took
+    (signal.raise_signal or _thread.interrupt_main there, a SIGINT the kernel handed to
+    another thread): Python runs the handler only when the waiting thread returns to its
+    bytecode, which an untimed wait does once the future is done, at the end of the call."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    while not done.wait(POLL_S):
+        pass
 
 
 def _hand_over(task: asyncio.Task, result: concurrent.futures.Future) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.errors import EngineStopped, InvalidRequest
-from aiollm.loop_thread import LoopThread
+from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
 
 
@@ -98,7 +98,9 @@ class LLM:
         started again (the next call raised EngineStopped). Calls from several threads take
         turns."""
         try:
-            self._turn.acquire()
+            # in slices, as LoopThread.call waits: an interrupt another thread took raises
+            while not self._turn.acquire(timeout=POLL_S):
+                pass
         except BaseException:  # Ctrl-C while another thread's call ran: asyncio then
             coro.close()       # warned of a coroutine never awaited
             raise
@@ -109,7 +111,8 @@ class LLM:
             try:
                 return self._thread.call(coro)
             except BaseException:
-                self._thread.call(self.engine.start())  # a no-op unless its step loop ended
+                if not self._loop.is_closed():  # (closed: the interpreter's exit ended it)
+                    self._thread.call(self.engine.start())  # a no-op unless its step loop ended
                 raise
         finally:
             self._turn.release()

@@ -122,6 +122,32 @@ def test_stop_and_penalties(client, model):
     assert out.usage.completion_tokens == 5 and out.choices[0].finish_reason == "length"
 
 
+def test_system_fingerprint_tells_model_directories_apart(tmp_path):
+    """A model directory given with a trailing slash (as a shell's completion writes it)
+    had "" for its name in the fingerprint's hash: every such directory served in one dtype
+    had the same system_fingerprint, so a client comparing seeded outputs could not tell
+    that the model had changed. The directory's own name counts, with or without a slash."""
+    from transformers import LlamaConfig
+
+    from aiollm import Engine
+    from aiollm.api.state import ApiState
+
+    def fingerprint(path: str) -> str:
+        async def go():
+            async with Engine(path, load_format="dummy", kv_tokens=256) as eng:
+                return ApiState(eng, None, 0.0, 0).system_fingerprint
+
+        return asyncio.run(go())
+
+    for name in ("tiny-a", "tiny-b"):
+        LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=256).save_pretrained(tmp_path / name)
+    a, b = fingerprint(f"{tmp_path / 'tiny-a'}/"), fingerprint(f"{tmp_path / 'tiny-b'}/")
+    assert a != b
+    assert fingerprint(str(tmp_path / "tiny-a")) == a
+
+
 def test_system_fingerprint_is_one_value_everywhere(client, model, server):
     """OpenAI's system_fingerprint, missing before: the same "fp_" value on chat and
     completions, whole and in every chunk, read by the openai client's types; the head of a

@@ -214,6 +214,30 @@ def test_tokenizer_directory_without_a_tokenizer_is_a_usage_error(tmp_path, caps
         assert says in err, err
 
 
+def test_tokenizer_gguf_that_is_not_gguf_is_a_usage_error(tmp_path, capsys):
+    """A --tokenizer .gguf file that is not one (empty, or an error page saved by a failed
+    download), alone or as the one .gguf of a directory, passed the check and failed once
+    the weights had loaded, exit code 1, as "cannot mmap an empty file": neither the flag
+    nor the path named. It is a usage error naming both; the real GGUF passes the check."""
+    from aiollm.cli import main
+    from aiollm.model import default_model_path
+    from aiollm.model.tokenizer_files import check_tokenizer_path
+
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    page = tmp_path / "page"
+    page.mkdir()
+    (page / "model.gguf").write_text("<html>Not Found</html>")
+    for path, says in ((empty, "is not a GGUF file: it is empty"),
+                       (page, "is not a GGUF file: it does not start with GGUF's magic")):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--device", "cpu", "--tokenizer", str(path)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and "argument --tokenizer: " in err and str(path) in err, err
+        assert says in err and "loaded" not in err, err
+    check_tokenizer_path(default_model_path())
+
+
 def test_values_the_model_refuses_name_their_flag():
     """A --tokenizer path that does not exist was found only once the weights had loaded;
     a --max-model-len past the model's context said so without the flag or what to set it

@@ -243,6 +243,30 @@ def test_an_offline_llm_dropped_unclosed_ends_its_thread():
     assert not threads_left(before)
 
 
+def test_a_script_that_ends_without_closing_its_llm_exits_quietly():
+    """A script that made an LLM, used it and ended without close() (as vLLM's examples
+    do) printed asyncio's 'Task was destroyed but it is pending!' for the engine's step loop
+    at every exit: the interpreter dropped the LLM's loop with its tasks pending. The exit
+    ends the loop's tasks cancelled first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = ("from aiollm import LLM, SamplingParams\n"
+              "llm = LLM(None, kv_tokens=1024)\n"
+              "out = llm.generate(['Hello'], SamplingParams(max_tokens=2), progress=False)\n"
+              "print('generated', len(out[0].token_ids))\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env=env, cwd=root)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "generated 2\n"
+    assert "destroyed" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
 def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
     """LLM.generate from several threads at once (a thread pool over data shards): all but
     one raised asyncio's 'This event loop is already running'. They take turns, and each
@@ -294,6 +318,38 @@ def test_ctrl_c_while_another_threads_call_runs_leaves_no_coroutine_unawaited():
         llm._turn.release()
         assert interrupted
         assert not [w for w in said if "never awaited" in str(w.message)], said
+        out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
+        assert len(out[0].token_ids) == 2
+        assert_idle(llm.engine)
+
+
+@pytest.mark.parametrize("waiting_for", ["its call", "another thread's call"])
+def test_an_interrupt_another_thread_took_ends_the_offline_call_at_once(waiting_for):
+    """An interrupt whose signal another thread took (_thread.interrupt_main or
+    signal.raise_signal from a timer's thread, a SIGINT the kernel gave to another thread)
+    ended LLM.generate only when the batch was done (52 s for this one), or never while
+    the call waited for another thread's turn: the waiting main thread slept in an untimed
+    wait, and Python runs a signal's handler only when that thread runs bytecode. It
+    raises within a fraction of a second, and the batch holds nothing after it."""
+    import _thread
+    import threading
+    import time
+
+    with LLM(None, kv_tokens=2048) as llm:
+        if waiting_for == "another thread's call":
+            llm._turn.acquire()
+            # the other call's end, should the interrupt never come
+            other_call = threading.Timer(20, llm._turn.release)
+            other_call.start()
+        threading.Timer(0.5, _thread.interrupt_main).start()
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            llm.generate(["Tell me a story"] * 4, LONG, progress=False)
+        assert time.monotonic() - t0 < 3.0
+        if waiting_for == "another thread's call":
+            other_call.cancel()
+            llm._turn.release()
+        assert_idle(llm.engine)
         out = llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)
         assert len(out[0].token_ids) == 2
         assert_idle(llm.engine)

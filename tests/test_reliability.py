@@ -108,6 +108,12 @@ BAD_INPUT = [
         "logit_bias", "a key of logit_bias is not valid Unicode"),
     bad("lone-surrogate-top-level-key", C, raw(rb'{"prompt": "x", "\ud800": 1}'), 400, None,
         "a key of the request body is not valid Unicode"),
+    # a body that is no object is refused as such: its surrogate was named with param
+    # "the request body", as if that were a field
+    bad("lone-surrogate-string-body", CH, raw(rb'"\ud800"'), 400, None,
+        "request body: expected an object, got a string"),
+    bad("lone-surrogate-array-body", G, raw(rb'["\ud800"]'), 400, None,
+        "request body: expected an object, got an array"),
     # a body the client compressed wrongly is its fault: it was a 500 (RequestPayloadError)
     bad("bad-gzip-body", C, {"data": b'{"prompt": "x"}', "headers": {
         "Content-Type": "application/json", "Content-Encoding": "gzip"}}, 400, None,

@@ -219,6 +219,18 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "$defs": {"S": {"type": "string"}}, "$ref": "#/$defs/S"}}}]},
      "tools[0].function.parameters"),
+    # keywords of the wrong JSON type: xgrammar refused them under param "tools", not the
+    # tool's parameters
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": 5}}}]}, "tools[1].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": 5}}}}}]}, "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": NAME}, "required": "a"}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"anyOf": {"type": "string"}}}}}}]},
+     "tools[0].function.parameters"),
     # escapes xgrammar would match as the letter itself (\A and \Z are anchors)
     ({"guided_regex": r"\Aabc\Z"}, "guided_regex"),
     ({"structured_outputs": {"regex": r"[0-9]+\Z"}}, "structured_outputs.regex"),
@@ -287,6 +299,27 @@ def test_empty_tools_with_a_call_required_are_400(server, choice):
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == "tool_choice", err
     assert "tools" in err["message"], err
+
+
+@pytest.mark.parametrize("tools", [None, [], [WEATHER]], ids=["absent", "empty", "one"])
+@pytest.mark.parametrize("choice", [{}, {"type": "function"}, {"type": "function",
+                                    "function": "get_weather"},
+                                    {"type": "function", "function": {"name": 5}}],
+                         ids=["empty", "no function", "function a string", "name a number"])
+def test_a_tool_choice_of_no_form_is_told_the_forms(server, tools, choice):
+    """A tool_choice object of none of OpenAI's forms was, without tools, told that it
+    "asks for a call, but no tools were sent" (a Python repr of it in the message), and
+    with tools, for a name not a string, that it named a function not among them: it is
+    told the forms, with what was sent, wherever tools are."""
+    body = {"messages": ASK, "max_tokens": 1, "tool_choice": choice}
+    if tools is not None:
+        body["tools"] = tools
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "tool_choice", err
+    assert err["message"].startswith('tool_choice must be "none", "auto", "required" or '
+                                     '{"type": "function", "function": {"name": ...}}, got '
+                                     + json.dumps(choice)), err
 
 
 def test_longest_tool_name_is_served(server):

@@ -136,6 +136,11 @@ def _check_surrogates(body: bytes) -> None:
         value = json.loads(body)
     except (ValueError, RecursionError):
         return
+    if not isinstance(value, dict):
+        # a body that is no object is refused as such, as msgspec refuses one without a
+        # surrogate; its surrogate named "the request body" as if that were a field (param)
+        got = "a string" if isinstance(value, str) else "an array"  # (what holds a string)
+        raise ApiError(400, f"request body: expected an object, got {got}")
 
     def walk(v: Any, path: str) -> None:
         if isinstance(v, str):

@@ -348,36 +348,50 @@ def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
     if tools is None or tools == []:
         if tool_choice in (None, "none", "auto"):
             return [], "none", []
-        if tool_choice == "required" or isinstance(tool_choice, dict):
+        if tool_choice == "required" or _named_function(tool_choice) is not None:
             sent = "tools is empty" if tools == [] else "no tools were sent"
             raise InvalidRequest(f"tool_choice {_choice_text(tool_choice)} asks for a call, "
                                  f"but {sent}: send the tools, or tool_choice \"auto\" or "
                                  f"\"none\"", param="tool_choice")
-        raise InvalidRequest(_CHOICE_FORMS, param="tool_choice")
+        raise InvalidRequest(_choice_forms(tool_choice), param="tool_choice")
     tools = check_tools(tools)
     choice = "auto" if tool_choice is None else tool_choice
     if choice in ("none", "auto", "required"):
         return tools, choice, tools
-    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(
-            choice.get("function"), dict):
-        name = choice["function"].get("name")
+    name = _named_function(choice)
+    if name is not None:
         named = [t for t in tools if t["function"]["name"] == name]
         if not named:
             raise InvalidRequest(f"tool_choice names {name!r}, which is not among the tools",
                                  param="tool_choice")
         return tools, "required", named
-    raise InvalidRequest(_CHOICE_FORMS, param="tool_choice")
+    raise InvalidRequest(_choice_forms(choice), param="tool_choice")
 
 
-_CHOICE_FORMS = ('tool_choice must be "none", "auto", "required" or {"type": "function", '
-                 '"function": {"name": ...}}')
+def _named_function(tool_choice: Any) -> str | None:
+    """The function name of a tool_choice of the form {"type": "function", "function":
+    {"name": NAME}}, None for anything else (a dict of another shape is no call asked for:
+    it was told "asks for a call, but no tools were sent" where tools were absent)."""
+    if isinstance(tool_choice, dict) and tool_choice.get("type") == "function":
+        function = tool_choice.get("function")
+        if isinstance(function, dict) and isinstance(function.get("name"), str):
+            return function["name"]
+    return None
+
+
+def _choice_forms(tool_choice: Any) -> str:
+    """The message for a tool_choice of none of OpenAI's forms, showing it as JSON."""
+    got = json.dumps(tool_choice, ensure_ascii=False)
+    got = got if len(got) <= 80 else got[:77] + "..."
+    return ('tool_choice must be "none", "auto", "required" or {"type": "function", '
+            f'"function": {{"name": ...}}}}, got {got}')
 
 
 def _choice_text(tool_choice: Any) -> str:
-    """A tool_choice as a message names it: "required", or the function it names."""
-    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("function"), dict):
-        return f"naming the function {tool_choice['function'].get('name')!r}"
-    return repr(tool_choice)
+    """A tool_choice that asks for a call as a message names it: "required", or the
+    function it names."""
+    name = _named_function(tool_choice)
+    return f"naming the function {name!r}" if name is not None else repr(tool_choice)
 
 
 def template_messages(messages: list[dict], tools: list[dict], template: str | None

@@ -114,6 +114,7 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     for key in _UNENFORCED:
         if key in node:
             refuse(repr(key))
+    _check_shapes(node, at, param)
     combinator = next((k for k in _COMBINATORS if k in node), None)
     if combinator is not None:
         beside = next((k for k in (*_COMBINATORS, *_ASSERTIONS)
@@ -153,6 +154,30 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
                f"remove them (a maxLength of {LOOSE_MAX_LENGTH} or more is accepted)")
     for step, sub in _subschemas(node):
         _check_keywords(sub, at + step, param)
+
+
+def _check_shapes(node: dict, at: str, param: str) -> None:
+    """InvalidRequest naming `param` and the keyword's place when a keyword that holds
+    schemas or types is of the wrong JSON type ('properties': 5, 'type': 5). xgrammar
+    refused them itself, but its error was named after the whole grammar: for tools,
+    param "tools" and no word of which tool or where."""
+    def wrong(key: str, want: str) -> None:
+        raise InvalidRequest(f"{param}: {key!r} at {at or '/'} must be {want}, got "
+                             f"{json.dumps(node[key])[:40]}", param=param)
+
+    for key in _SCHEMA_MAPS:
+        if key in node and not isinstance(node[key], dict):
+            wrong(key, "an object of schemas")
+    for key in _SCHEMA_LISTS:
+        if key != "items" and key in node and not isinstance(node[key], list):
+            wrong(key, "an array of schemas")
+    kind = node.get("type")
+    if "type" in node and not (isinstance(kind, str) or (
+            isinstance(kind, list) and kind and all(isinstance(k, str) for k in kind))):
+        wrong("type", "a type name or an array of type names")
+    if "required" in node and not (isinstance(node["required"], list) and all(
+            isinstance(r, str) for r in node["required"])):
+        wrong("required", "an array of property names")
 
 
 # A maxLength this large beside a format is accepted though the grammar cannot hold it:

@@ -28,6 +28,7 @@ def check_tokenizer_path(path: str) -> None:
         raise FileNotFoundError(f"{path!r} does not exist ({give})")
     if os.path.isfile(full):
         if full.endswith(".gguf"):
+            _check_gguf(full, path)
             return
         raise FileNotFoundError(f"{path!r} is a file but not a .gguf file ({give})")
     if any(os.path.exists(os.path.join(full, f)) for f in TOKENIZER_FILES):
@@ -35,6 +36,7 @@ def check_tokenizer_path(path: str) -> None:
     ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(full, "*.gguf")))
     config = os.path.exists(os.path.join(full, "config.json"))
     if len(ggufs) == 1 and not config:
+        _check_gguf(os.path.join(full, ggufs[0]), os.path.join(path, ggufs[0]))
         return
     why = ""
     if len(ggufs) > 1:
@@ -45,3 +47,24 @@ def check_tokenizer_path(path: str) -> None:
                f"{os.path.join(path, ggufs[0])!r}")
     raise FileNotFoundError(f"{path!r} is a directory without a tokenizer: it has none of "
                             f"{', '.join(TOKENIZER_FILES)}{why}")
+
+
+# every GGUF file starts with these bytes (the format's magic number)
+_GGUF_MAGIC = b"GGUF"
+
+
+def _check_gguf(full: str, path: str) -> None:
+    """FileNotFoundError when the file `full` (given as `path`) does not start as a GGUF file
+    does: empty, or another file named .gguf (a cut download, an error page saved in its
+    place). Such a file passed for a tokenizer until it was read, once the weights had
+    loaded, as "cannot mmap an empty file" without the path or the option."""
+    try:
+        with open(full, "rb") as f:
+            head = f.read(len(_GGUF_MAGIC))
+    except OSError as e:
+        raise FileNotFoundError(f"{path!r} cannot be read: {e.strerror or e}") from None
+    if head != _GGUF_MAGIC:
+        what = "is empty" if not head else "does not start with GGUF's magic bytes"
+        raise FileNotFoundError(f"{path!r} is not a GGUF file: it {what} (a download cut "
+                                "short? give a model directory or .gguf file that holds a "
+                                "tokenizer)")
