@@ -28,6 +28,24 @@ def assert_idle(eng: Engine) -> None:
         assert eng.prefix_cache.tree.protected == 0
         assert eng.kv_pool.n_used == eng.prefix_cache.size
 
+async def assert_cancelled_stop_ended_the_engine(eng: Engine, stopping: asyncio.Future) -> None:
+    """`stopping`, an eng.stop() just cancelled, raises the cancel once the engine is stopped
+    to the end (its model threads ended); requests then get EngineStopped, and start() serves
+    again, idle after a request."""
+    with pytest.raises(asyncio.CancelledError):
+        await stopping
+    assert stopping.cancelled()
+    assert not any(t.is_alive() for t in eng._executor._threads)
+    with pytest.raises(EngineStopped, match="Engine.stop\\(\\) ran"):
+        await eng.generate("Hello", SamplingParams(max_tokens=2))
+    await eng.start()
+    try:
+        assert len((await eng.generate("Hello", SamplingParams(max_tokens=2))).token_ids) == 2
+        assert_idle(eng)
+    finally:
+        await eng.stop()
+
+
 
 def started_engine(loop) -> Engine:
     """A default-model engine started on `loop`."""
@@ -570,17 +588,7 @@ def test_a_request_after_a_cancelled_stop_gets_engine_stopped(loop):
             await asyncio.sleep(0)
         await asyncio.sleep(0)  # stop() is waiting for the model thread
         stopping.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await stopping
-        assert not any(t.is_alive() for t in eng._executor._threads)
-        with pytest.raises(EngineStopped, match="Engine.stop\\(\\) ran"):
-            await eng.generate("Hello", SamplingParams(max_tokens=2))
-        await eng.start()
-        try:
-            assert len((await eng.generate("Hello", SamplingParams(max_tokens=2))).token_ids) == 2
-            assert_idle(eng)
-        finally:
-            await eng.stop()
+        await assert_cancelled_stop_ended_the_engine(eng, stopping)
 
     run(loop, go())
 
@@ -822,18 +830,7 @@ def test_a_stop_cancelled_while_the_step_loop_ends_raises_the_cancel(loop):
         await asyncio.sleep(0)  # stop() is awaiting the end of the step loop
         assert not eng._loop_task.done()
         stopping.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await stopping
-        assert stopping.cancelled()
-        assert not any(t.is_alive() for t in eng._executor._threads)
-        with pytest.raises(EngineStopped, match="Engine.stop\\(\\) ran"):
-            await eng.generate("Hello", SamplingParams(max_tokens=2))
-        await eng.start()
-        try:
-            assert len((await eng.generate("Hello", SamplingParams(max_tokens=2))).token_ids) == 2
-            assert_idle(eng)
-        finally:
-            await eng.stop()
+        await assert_cancelled_stop_ended_the_engine(eng, stopping)
 
     run(loop, go())
 
