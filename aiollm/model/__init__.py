@@ -13,7 +13,7 @@ _EXPORTS = {
     "LoadedModel": "aiollm.model.loader",
     "ModelConfig": "aiollm.model.config",
     "RopeConfig": "aiollm.model.config",
-    "default_model_path": "aiollm.model.loader",
+    "default_model_path": "aiollm.model.paths",
     "load_model": "aiollm.model.loader",
     "load_serving_tokenizer": "aiollm.model.tokenizer",
     "load_tokenizer": "aiollm.model.tokenizer",
@@ -22,7 +22,8 @@ __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
     from aiollm.model.config import ModelConfig, RopeConfig
-    from aiollm.model.loader import LoadedModel, default_model_path, load_model
+    from aiollm.model.loader import LoadedModel, load_model
+    from aiollm.model.paths import default_model_path
     from aiollm.model.tokenizer import load_serving_tokenizer, load_tokenizer
 
 

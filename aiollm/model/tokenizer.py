@@ -20,7 +20,7 @@ import os
 from typing import TYPE_CHECKING
 
 from aiollm.model.derived_cache import GGUFCache
-from aiollm.model.loader import resolve_model_path
+from aiollm.model.paths import resolve_model_path
 from aiollm.model.tokenizer_files import TOKENIZER_FILES
 
 if TYPE_CHECKING:

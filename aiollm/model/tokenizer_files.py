@@ -3,13 +3,15 @@ that a --tokenizer path without one is refused before the weights load (seconds 
 
 A path holds one as aiollm/model/tokenizer.py reads it: a .gguf file; a directory with one of
 the files a Hugging Face tokenizer is built from; or a directory whose one .gguf file is the
-model (no config.json beside it, as resolve_model_path reads it).
+model (no config.json beside it: paths.resolve_model_path's rule, which the loader reads it by).
 """
 
 from __future__ import annotations
 
 import os
 from glob import glob
+
+from aiollm.model.paths import resolve_model_path
 
 # Files a Hugging Face tokenizer is built from; without one, AutoTokenizer may still return a
 # tokenizer (Qwen's, with an empty vocabulary) that encodes every text to no tokens.
@@ -33,11 +35,11 @@ def check_tokenizer_path(path: str) -> None:
         raise FileNotFoundError(f"{path!r} is a file but not a .gguf file ({give})")
     if any(os.path.exists(os.path.join(full, f)) for f in TOKENIZER_FILES):
         return
-    ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(full, "*.gguf")))
-    config = os.path.exists(os.path.join(full, "config.json"))
-    if len(ggufs) == 1 and not config:
-        _check_gguf(os.path.join(full, ggufs[0]), os.path.join(path, ggufs[0]))
+    model_dir, gguf = resolve_model_path(full)  # the directory's .gguf, as the loader takes it
+    if gguf is not None:
+        _check_gguf(os.path.join(model_dir, gguf), os.path.join(path, gguf))
         return
+    ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(full, "*.gguf")))
     why = ""
     if len(ggufs) > 1:
         names = ", ".join(ggufs[:3]) + (", ..." if len(ggufs) > 3 else "")
