@@ -148,6 +148,27 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     assert r.choices[0].text == json.loads(body)["prompt"]
 
 
+# logit_bias keys that int() reads as a token id but are none: " 1", "+1", "1_0" and other
+# scripts' digits were token 1 (or 10); a number's other spellings were refused by accident
+@pytest.mark.parametrize("bias", [{" 1": 5}, {"1 ": 5}, {"+1": 5}, {"-1": 5}, {"1.0": 5},
+                                  {"1_0": 5}, {"\u0661": 5}, {"": 5}, {"0x1": 5},
+                                  {"1": 5, "01": -5}, {"9" * 5000: 5}])
+def test_logit_bias_keys_are_decimal_token_ids(server, bias):
+    status, _, raw = http(server, "POST", "/v1/completions", json={
+        "prompt": "Hi", "max_tokens": 1, "logit_bias": bias})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "logit_bias", err
+    assert repr(list(bias)[-1][:20]) in err["message"], err
+
+
+def test_logit_bias_key_with_leading_zeros_is_its_token(client):
+    r = client.completions.create(model=None, prompt="Hello", max_tokens=2, temperature=0,
+                                  logit_bias={"0314": 100}, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == client.completions.create(
+        model=None, prompt="Hello", max_tokens=2, temperature=0, logit_bias={"314": 100},
+        extra_body={"ignore_eos": True}).choices[0].text
+
+
 @pytest.mark.parametrize("body,param", [
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "frobnicate"}}}}, "response_format.json_schema.schema"),

@@ -165,18 +165,30 @@ def logit_bias(value: Any) -> dict[int, float] | None:
         return None
     if not isinstance(value, dict):
         raise InvalidRequest("logit_bias must be an object of token id -> bias", param="logit_bias")
-    out = {}
+    out: dict[int, float] = {}
+    keys: dict[int, str] = {}  # token id -> the key that named it
     for k, v in value.items():
-        try:
-            t = int(k)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"logit_bias key {k!r} is not a token id",
-                                 param="logit_bias") from None
+        # int() would read " 1", "+1", "1_0" and non-ASCII digits as ids: a key is the id
+        # written in decimal digits, nothing else
+        if not isinstance(k, str) or not _TOKEN_ID.fullmatch(k):
+            raise InvalidRequest(f"logit_bias key {k!r} is not a token id: keys are token ids "
+                                 f'written in decimal digits ("1234")', param="logit_bias")
+        if len(k) > _MAX_ID_DIGITS:  # past any vocabulary (and past int()'s digit limit)
+            raise InvalidRequest(f"logit_bias key {k[:20]!r}... is past any vocabulary",
+                                 param="logit_bias")
+        t = int(k)
+        if t in keys:  # "1" and "01": which bias would hold?
+            raise InvalidRequest(f"logit_bias keys {keys[t]!r} and {k!r} both name token {t}",
+                                 param="logit_bias")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not -100 <= v <= 100:
             raise InvalidRequest(f"logit_bias[{k}] must be a number in [-100, 100], got {v!r}",
                                  param="logit_bias")
-        out[t] = float(v)
+        keys[t], out[t] = k, float(v)
     return out or None
+
+
+_TOKEN_ID = re.compile(r"[0-9]+")  # ASCII digits only (\d takes any script's)
+_MAX_ID_DIGITS = 12
 
 
 def constraint(grammars: list[GrammarSpec | None], *, allowed_token_ids: Any = None,
