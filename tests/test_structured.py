@@ -100,6 +100,19 @@ def test_json_object_and_guided_json_on_completions(client):
     jsonschema.validate(json.loads(r.choices[0].text), SCHEMAS[2])
 
 
+@pytest.mark.parametrize("json_schema", [{"name": "x"}, {"name": "x", "schema": None,
+                                                       "strict": True, "description": "d"}])
+def test_json_schema_without_a_schema_is_any_json_object(client, json_schema):
+    """OpenAI's json_schema.schema is optional (it was a 400): without one the output is
+    held to a JSON object, as json_object holds it."""
+    kw = dict(messages=ASK, max_tokens=12, temperature=0)
+    want = _chat(client, False, **kw, response_format={"type": "json_object"})
+    fmt = {"type": "json_schema", "json_schema": json_schema}
+    assert want[0].startswith("{")
+    assert _chat(client, False, **kw, response_format=fmt) == want
+    assert _chat(client, True, **kw, response_format=fmt) == want
+
+
 def test_regex_and_choice(client, server):
     text, _ = _chat(client, True, messages=ASK, max_tokens=20, temperature=0.9, seed=1,
                     extra_body={"guided_regex": r"[A-Z][a-z]{2,6}-[0-9]{3}"})
@@ -185,6 +198,19 @@ def test_logit_bias_key_with_leading_zeros_is_its_token(client):
     ({"response_format": {"type": "json_schema", "json_schema": {"name": 7,
                                                                  "schema": SCHEMAS[0]}}},
      "response_format.json_schema.name"),
+    # fields nested in response_format are typed as OpenAI types them: they were taken
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": SCHEMAS[0], "strict": "yes"}}}, "response_format.json_schema.strict"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": SCHEMAS[0], "description": 5}}},
+     "response_format.json_schema.description"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": 1}}},
+     "response_format.json_schema.strict"),
+    ({"response_format": {"type": "json_schema", "json_schema": "x"}},
+     "response_format.json_schema"),
+    ({"response_format": {"type": 5}}, "response_format.type"),
+    ({"response_format": {"type": None}}, "response_format.type"),
+    ({"structured_outputs": {"json_object": "yes"}}, "structured_outputs.json_object"),
     ({"guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"logit_bias": {"99999999": 5}}, "logit_bias"),
@@ -265,6 +291,9 @@ def test_bad_constraint_is_400(server, body, param):
                           {"messages": ASK, "max_tokens": 4, **body})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == param, err
+    if param.endswith((".strict", ".description", ".type", ".json_object")) and (
+            "yaml" not in json.dumps(body)):
+        assert err["message"].startswith(f"{param}: expected "), err
     if param == "response_format.json_schema.name":
         assert "a-z, A-Z, 0-9" in err["message"] and "64" in err["message"], err
     if "frobnicate" in json.dumps(body) or "[a-" in json.dumps(body):

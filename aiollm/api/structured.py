@@ -26,6 +26,25 @@ from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 FORMAT_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 
 
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object", type(None): "null"}
+
+
+def check_type(value: Any, kinds: tuple[type, ...], param: str, *, required: bool = False
+               ) -> Any:
+    """`value`, when it is null (unless `required`) or of one of `kinds` (JSON's types as
+    Python decodes them); InvalidRequest naming `param` otherwise, worded as the body's own
+    type errors are ("response_format.json_schema.strict: expected a boolean, got a
+    string"). A field nested in a free-form object (response_format, tools) is not typed
+    by the body's Struct, so it is checked here."""
+    if (value is None and not required) or (
+            isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
+        return value
+    want = " or ".join(_TYPE_NAMES[k] for k in kinds)
+    got = _TYPE_NAMES.get(type(value), type(value).__name__)
+    raise InvalidRequest(f"{param}: expected {want}, got {got}", param=param)
+
+
 def _text(value: Any, param: str) -> str:
     if isinstance(value, str):
         return value
@@ -85,8 +104,9 @@ def response_format(value: Any) -> GrammarSpec | None:
     p = "response_format"
     if value is None:
         return None
-    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+    if not isinstance(value, dict) or "type" not in value:
         raise InvalidRequest('response_format must be an object with a "type"', param=p)
+    check_type(value["type"], (str,), f"{p}.type", required=True)
     kind = value["type"]
     if kind == "text":
         return None
@@ -94,9 +114,9 @@ def response_format(value: Any) -> GrammarSpec | None:
         return GrammarSpec("json_object", "", p)
     if kind == "json_schema":
         js = value.get("json_schema")
-        if not isinstance(js, dict) or "schema" not in js:
+        if not isinstance(js, dict):
             raise InvalidRequest('response_format.json_schema must be an object with a '
-                                 '"name" and a "schema"', param=f"{p}.json_schema")
+                                 '"name" (and a "schema")', param=f"{p}.json_schema")
         # OpenAI requires a name, of this form (its clients name it after the output's type)
         name, form = js.get("name"), "1 to 64 of a-z, A-Z, 0-9, '_' or '-'"
         if name is None:
@@ -105,6 +125,12 @@ def response_format(value: Any) -> GrammarSpec | None:
         if not isinstance(name, str) or not FORMAT_NAME.fullmatch(name):
             raise InvalidRequest(f"response_format.json_schema.name must be {form}, got "
                                  f"{name!r}", param=f"{p}.json_schema.name")
+        for field, kinds in (("description", (str,)), ("strict", (bool,))):
+            check_type(js.get(field), kinds, f"{p}.json_schema.{field}")
+        if js.get("schema") is None:
+            # OpenAI's schema is optional: without one the output is any JSON object, as
+            # json_object asks (vLLM and SGLang left such a request unconstrained)
+            return GrammarSpec("json_object", "", f"{p}.json_schema")
         return GrammarSpec("json_schema", _schema(js["schema"], f"{p}.json_schema.schema"),
                            f"{p}.json_schema.schema")
     raise InvalidRequest(f'response_format.type must be "text", "json_object" or '
@@ -128,7 +154,8 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
         "regex": lambda v, q: GrammarSpec("regex", _text(v, q), q),
         "choice": lambda v, q: GrammarSpec("choice", _choice(v, q), q),
         "grammar": lambda v, q: GrammarSpec("ebnf", _text(v, q), q),
-        "json_object": lambda v, q: GrammarSpec("json_object", "", q) if v else None,
+        "json_object": lambda v, q: (GrammarSpec("json_object", "", q)
+                                     if check_type(v, (bool,), q) else None),
         "structural_tag": lambda v, q: GrammarSpec("structural_tag", _structural_tag(v, q), q),
     }
     unknown = [k for k in value if k not in makers and k not in _STRUCTURED_OPTIONS]
