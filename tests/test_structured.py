@@ -551,8 +551,11 @@ def test_tool_of_a_recursive_pydantic_model(client):
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
     if finish == "tool_calls":
         _check_call(msg.tool_calls[0], tool)
-    else:  # the model nests children until max_tokens cuts the call, under the grammar
-        assert finish == "length" and '"name": "make_tree"' in msg.content, msg
+    else:  # the model nests children until max_tokens cuts the call, under the grammar:
+        # the cut call is a call with the arguments written so far (cut_calls.py)
+        assert finish == "length" and msg.content is None, msg
+        assert [c.function.name for c in msg.tool_calls] == ["make_tree"], msg
+        assert msg.tool_calls[0].function.arguments.startswith("{"), msg
 
 
 @pytest.mark.parametrize("choice", ["required", "named", "auto"])
@@ -618,6 +621,32 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
     assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
         (c["function"]["name"], c["function"]["arguments"])
         for c in whole["message"]["tool_calls"]]
+
+
+@pytest.mark.parametrize("choice", ["required", NAMED])
+def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
+    """A call max_tokens cuts ends with finish_reason "length" (not "tool_calls": it is not
+    complete) as a call whose arguments are the text written so far, as OpenAI answers it;
+    the call's markup ('<tool_call>', the name) is no content. Its text stayed in content,
+    under a tool_choice that allows calls only. Streamed and not, the message is the same."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
+              tools=[WEATHER], tool_choice=choice, max_tokens=22, temperature=0)
+    r = client.chat.completions.create(**kw)
+    msg, finish = r.choices[0].message, r.choices[0].finish_reason
+    assert finish == "length" and msg.content is None, msg
+    [call] = msg.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments.startswith("{")
+    with pytest.raises(ValueError):  # cut: no JSON yet
+        json.loads(call.function.arguments)
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        state.handle_chunk(chunk)
+    built = state.current_completion_snapshot.choices[0]  # the final one raises on "length"
+    assert built.finish_reason == "length" and built.message.content is None, built
+    assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
+        (call.function.name, call.function.arguments)]
 
 
 @pytest.mark.parametrize("tools", [{"tools": [WEATHER], "tool_choice": "none"}, {}])
