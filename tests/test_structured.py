@@ -211,6 +211,12 @@ def test_logit_bias_key_with_leading_zeros_is_its_token(client):
     ({"response_format": {"type": 5}}, "response_format.type"),
     ({"response_format": {"type": None}}, "response_format.type"),
     ({"structured_outputs": {"json_object": "yes"}}, "structured_outputs.json_object"),
+    ({"structured_outputs": {"json": SCHEMAS[0], "disable_fallback": "x"}},
+     "structured_outputs.disable_fallback"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},
+     "tools[0].function.description"),
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "strict": "yes"}}]},
+     "tools[1].function.strict"),
     ({"guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"logit_bias": {"99999999": 5}}, "logit_bias"),
@@ -291,7 +297,8 @@ def test_bad_constraint_is_400(server, body, param):
                           {"messages": ASK, "max_tokens": 4, **body})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == param, err
-    if param.endswith((".strict", ".description", ".type", ".json_object")) and (
+    if param.endswith((".strict", ".description", ".type", ".json_object",
+                       ".disable_fallback")) and (
             "yaml" not in json.dumps(body)):
         assert err["message"].startswith(f"{param}: expected "), err
     if param == "response_format.json_schema.name":

@@ -137,9 +137,11 @@ def response_format(value: Any) -> GrammarSpec | None:
                          f'"json_schema", got {kind!r}', param=f"{p}.type")
 
 
-# vLLM's options beside the grammar: its output here is already compact, strict JSON
-_STRUCTURED_OPTIONS = ("disable_fallback", "disable_any_whitespace",
-                       "disable_additional_properties", "whitespace_pattern")
+# vLLM's options beside the grammar, with their types: its output here is already compact,
+# strict JSON, so they change nothing, but a value of the wrong type is refused as vLLM
+# refuses it
+_STRUCTURED_OPTIONS = {"disable_fallback": (bool,), "disable_any_whitespace": (bool,),
+                       "disable_additional_properties": (bool,), "whitespace_pattern": (str,)}
 
 
 def structured_outputs(value: Any) -> GrammarSpec | None:
@@ -162,6 +164,8 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
     if unknown:  # a misspelt grammar field would leave the output free
         raise InvalidRequest(f"structured_outputs has no field {unknown[0]!r}; it takes one of "
                              f"{', '.join(makers)}", param=f"{p}.{unknown[0]}")
+    for option, kinds in _STRUCTURED_OPTIONS.items():
+        check_type(value.get(option), kinds, f"{p}.{option}")
     specs = [makers[k](v, f"{p}.{k}") for k, v in value.items()
              if k in makers and v is not None]
     specs = [s for s in specs if s is not None]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiollm.api.cut_calls import cut_calls
+from aiollm.api.structured import check_type
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import check_schema, grammar_schema
 from aiollm.errors import InvalidRequest
@@ -344,6 +345,8 @@ def check_tools(tools: Any) -> list[dict]:
                                  "function names must be unique",
                                  param=f"tools[{i}].function.name")
         seen[name] = i
+        for field, kinds in (("description", (str,)), ("strict", (bool,))):
+            check_type(t["function"].get(field), kinds, f"tools[{i}].function.{field}")
         params = t["function"].get("parameters")
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("parameters must be a JSON schema object",
