@@ -1,7 +1,8 @@
 """The request fields that constrain the output, turned into one aiollm Constraint.
 
 OpenAI: `response_format` ({"type": "text" | "json_object" | "json_schema", "json_schema":
-{"name", "schema", "strict"}}), `logit_bias` ({"token id": bias in [-100, 100]}). vLLM's
+{"name", "schema", "strict", "description"}}; without a schema, any JSON object),
+`logit_bias` ({"token id in decimal digits": bias in [-100, 100]}). vLLM's
 extensions: `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (EBNF, as
 xgrammar takes it) and the newer `structured_outputs` object ({"json" | "regex" | "choice" |
 "grammar" | "json_object" | "structural_tag": ...}), `allowed_token_ids`. LightLLM's
