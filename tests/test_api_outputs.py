@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from live_server import at_once, http, sse_events
+from live_server import MAX_MODEL_LEN, at_once, http, sse_events
 
 PARIS = "The capital of France is"
 ROCKETS = [{"role": "user", "content": "Repeat exactly: 🚀🚀🚀 rocket 🚀🚀🚀"}]
@@ -252,6 +252,35 @@ def test_echo_logprobs_include_the_prompt(server):
     status, _, raw = http(server, "POST", "/v1/completions",
                           json={"prompt": PARIS, "max_tokens": 0})
     assert status == 400 and json.loads(raw)["error"]["param"] == "max_tokens"
+
+
+def test_echo_of_a_prompt_that_fills_the_context(server):
+    """echo with max_tokens 0 on a prompt of exactly max_model_len tokens scores it (it was
+    refused as too long): nothing is generated, so it fits. With max_tokens 1 it is a 400
+    naming the prompt and both numbers."""
+    ids = json.loads(http(server, "POST", "/tokenize", json={
+        "prompt": "The quick brown fox jumps over the lazy dog. " * 60})[2])["tokens"]
+    ids = ids[:MAX_MODEL_LEN]
+    assert len(ids) == MAX_MODEL_LEN
+    body = {"prompt": ids, "max_tokens": 0, "echo": True, "logprobs": 0}
+    out = completion(server, body)
+    choice = out["choices"][0]
+    assert choice["finish_reason"] == "length"
+    assert out["usage"]["prompt_tokens"] == MAX_MODEL_LEN
+    assert out["usage"]["completion_tokens"] == 0
+    assert len(choice["logprobs"]["tokens"]) == MAX_MODEL_LEN
+    assert choice["text"] == "".join(choice["logprobs"]["tokens"])
+    text, lps, chunks = completion_stream(server, body)
+    assert text == choice["text"] and chunks[-1]["usage"]["completion_tokens"] == 0
+    status, _, raw = http(server, "POST", "/v1/completions", json={**body, "max_tokens": 1})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "prompt", err
+    assert f"has {MAX_MODEL_LEN} tokens" in err["message"], err
+    status, _, raw = http(server, "POST", "/v1/completions", json={
+        **body, "prompt": ids[:-2], "max_tokens": 3})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "max_tokens", err
+    assert f"{MAX_MODEL_LEN + 1} were requested" in err["message"], err
 
 
 def test_vllm_prompt_logprobs(server):

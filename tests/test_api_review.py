@@ -28,6 +28,8 @@ BAD_MESSAGES = [
      "messages[1].tool_calls[0].function"),
     ([*HI, {"role": "assistant", "tool_calls": [{**TOOL_CALL, "type": "x"}]}],
      "messages[1].tool_calls[0].type"),
+    ([*HI, {"role": "assistant", "tool_calls": [{**TOOL_CALL, "id": 5}]}],
+     "messages[1].tool_calls[0].id"),
     ([*HI, {"role": "assistant", "tool_calls": [
         {**TOOL_CALL, "function": {"name": "f", "arguments": 5}}]}],
      "messages[1].tool_calls[0].function.arguments"),

@@ -275,6 +275,32 @@ def test_a_stream_that_fails_while_its_consumer_holds_a_delta_raises(loop):
     assert stats["table_used"] == 0 and stats["kv_used"] == 0
 
 
+def test_a_prompt_that_fills_the_context_is_scored_with_max_tokens_0(loop):
+    """A prompt of exactly max_model_len tokens was refused whatever max_tokens: with
+    max_tokens 0 it generates nothing, so it fits (in a pool of exactly that many tokens
+    too), streamed or not. With any output it is refused, naming both numbers."""
+    async def go():
+        async with Engine(None, kv_tokens=64, max_model_len=64) as eng:
+            ids = eng.tokenize("hello world " * 40)[:64]
+            score = SamplingParams(max_tokens=0, prompt_logprobs=0)
+            out = await eng.generate(ids, score)
+            deltas = [d async for d in eng.stream(ids, score)]
+            with pytest.raises(InvalidRequest) as e:
+                await eng.generate(ids, SamplingParams(max_tokens=1))
+            with pytest.raises(InvalidRequest) as more:
+                await eng.generate(ids[:60], SamplingParams(max_tokens=5))
+            assert_all_free(eng)
+            return ids, out, deltas, e.value, more.value
+
+    ids, out, deltas, err, more = run(loop, go())
+    assert out.token_ids == [] and out.finish_reason == "length"
+    assert [lp and lp.token_id for lp in out.prompt_logprobs] == [None, *ids[1:]]
+    assert deltas[-1].finish_reason == "length" and not any(d.token_ids for d in deltas)
+    assert err.param == "prompt" and err.code == "context_length_exceeded"
+    assert "has 64 tokens" in str(err) and "length of 64" in str(err), err
+    assert more.param == "max_tokens" and "65 were requested" in str(more), more
+
+
 def test_a_lone_surrogate_is_refused_naming_its_field(loop, engine):
     """A Python str may hold a lone surrogate ("\\ud800") that UTF-8 cannot encode: the
     tokenizer failed on it with a TypeError ("TextEncodeInput must be Union[...]") for a

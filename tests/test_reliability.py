@@ -95,6 +95,20 @@ BAD_INPUT = [
     # the body itself
     bad("invalid-json", C, raw(b'{"prompt": "x",'), 400, None, "not valid JSON"),
     bad("json-nan-literal", C, raw(b'{"prompt": "x", "temperature": NaN}'), 400, None, "JSON"),
+    # a body cut short (or with bytes after it) is no JSON, whatever type error msgspec met
+    # first: "[1,2" was "expected an object, got an array", a wrong type before the missing
+    # brace named that field
+    bad("truncated-array", C, raw(b"[1,2"), 400, None, "not valid JSON: it ends before"),
+    bad("truncated-object", CH, raw(b'{"model": "x", "messages": []'), 400, None,
+        "not valid JSON: it ends before"),
+    bad("truncated-after-a-wrong-type", C, raw(b'{"model": 5, "prompt": "hi"'), 400, None,
+        "not valid JSON: it ends before"),
+    bad("truncated-lightllm", G, raw(b'{"inputs": 5, "parameters": {'), 400, None,
+        "not valid JSON"),
+    bad("bytes-after-a-wrong-type", C, raw(b'{"prompt": "x", "n": "a"}}'), 400, None,
+        "not valid JSON: trailing characters (byte 26)"),
+    bad("bad-literal-after-a-wrong-type", C, raw(b'{"n": "a", "prompt": tru}'), 400, None,
+        "not valid JSON: invalid character"),
     # JSON may escape a lone surrogate (a string cut inside an emoji by a UTF-16 client):
     # the field is named (it was "not valid JSON ... (byte 17)", param null)
     bad("lone-surrogate", C, raw(rb'{"prompt": "\ud800"}'), 400, "prompt", "U+D800"),

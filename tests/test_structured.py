@@ -100,6 +100,19 @@ def test_json_object_and_guided_json_on_completions(client):
     jsonschema.validate(json.loads(r.choices[0].text), SCHEMAS[2])
 
 
+@pytest.mark.parametrize("json_schema", [{"name": "x"}, {"name": "x", "schema": None,
+                                                       "strict": True, "description": "d"}])
+def test_json_schema_without_a_schema_is_any_json_object(client, json_schema):
+    """OpenAI's json_schema.schema is optional (it was a 400): without one the output is
+    held to a JSON object, as json_object holds it."""
+    kw = dict(messages=ASK, max_tokens=12, temperature=0)
+    want = _chat(client, False, **kw, response_format={"type": "json_object"})
+    fmt = {"type": "json_schema", "json_schema": json_schema}
+    assert want[0].startswith("{")
+    assert _chat(client, False, **kw, response_format=fmt) == want
+    assert _chat(client, True, **kw, response_format=fmt) == want
+
+
 def test_regex_and_choice(client, server):
     text, _ = _chat(client, True, messages=ASK, max_tokens=20, temperature=0.9, seed=1,
                     extra_body={"guided_regex": r"[A-Z][a-z]{2,6}-[0-9]{3}"})
@@ -148,6 +161,27 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     assert r.choices[0].text == json.loads(body)["prompt"]
 
 
+# logit_bias keys that int() reads as a token id but are none: " 1", "+1", "1_0" and other
+# scripts' digits were token 1 (or 10); a number's other spellings were refused by accident
+@pytest.mark.parametrize("bias", [{" 1": 5}, {"1 ": 5}, {"+1": 5}, {"-1": 5}, {"1.0": 5},
+                                  {"1_0": 5}, {"\u0661": 5}, {"": 5}, {"0x1": 5},
+                                  {"1": 5, "01": -5}, {"9" * 5000: 5}])
+def test_logit_bias_keys_are_decimal_token_ids(server, bias):
+    status, _, raw = http(server, "POST", "/v1/completions", json={
+        "prompt": "Hi", "max_tokens": 1, "logit_bias": bias})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "logit_bias", err
+    assert repr(list(bias)[-1][:20]) in err["message"], err
+
+
+def test_logit_bias_key_with_leading_zeros_is_its_token(client):
+    r = client.completions.create(model=None, prompt="Hello", max_tokens=2, temperature=0,
+                                  logit_bias={"0314": 100}, extra_body={"ignore_eos": True})
+    assert r.choices[0].text == client.completions.create(
+        model=None, prompt="Hello", max_tokens=2, temperature=0, logit_bias={"314": 100},
+        extra_body={"ignore_eos": True}).choices[0].text
+
+
 @pytest.mark.parametrize("body,param", [
     ({"response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "frobnicate"}}}}, "response_format.json_schema.schema"),
@@ -164,6 +198,25 @@ def test_allowed_token_ids_and_logit_bias(client, server):
     ({"response_format": {"type": "json_schema", "json_schema": {"name": 7,
                                                                  "schema": SCHEMAS[0]}}},
      "response_format.json_schema.name"),
+    # fields nested in response_format are typed as OpenAI types them: they were taken
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": SCHEMAS[0], "strict": "yes"}}}, "response_format.json_schema.strict"),
+    ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": SCHEMAS[0], "description": 5}}},
+     "response_format.json_schema.description"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": 1}}},
+     "response_format.json_schema.strict"),
+    ({"response_format": {"type": "json_schema", "json_schema": "x"}},
+     "response_format.json_schema"),
+    ({"response_format": {"type": 5}}, "response_format.type"),
+    ({"response_format": {"type": None}}, "response_format.type"),
+    ({"structured_outputs": {"json_object": "yes"}}, "structured_outputs.json_object"),
+    ({"structured_outputs": {"json": SCHEMAS[0], "disable_fallback": "x"}},
+     "structured_outputs.disable_fallback"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},
+     "tools[0].function.description"),
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "strict": "yes"}}]},
+     "tools[1].function.strict"),
     ({"guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"logit_bias": {"99999999": 5}}, "logit_bias"),
@@ -244,6 +297,10 @@ def test_bad_constraint_is_400(server, body, param):
                           {"messages": ASK, "max_tokens": 4, **body})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == param, err
+    if param.endswith((".strict", ".description", ".type", ".json_object",
+                       ".disable_fallback")) and (
+            "yaml" not in json.dumps(body)):
+        assert err["message"].startswith(f"{param}: expected "), err
     if param == "response_format.json_schema.name":
         assert "a-z, A-Z, 0-9" in err["message"] and "64" in err["message"], err
     if "frobnicate" in json.dumps(body) or "[a-" in json.dumps(body):
@@ -501,8 +558,11 @@ def test_tool_of_a_recursive_pydantic_model(client):
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
     if finish == "tool_calls":
         _check_call(msg.tool_calls[0], tool)
-    else:  # the model nests children until max_tokens cuts the call, under the grammar
-        assert finish == "length" and '"name": "make_tree"' in msg.content, msg
+    else:  # the model nests children until max_tokens cuts the call, under the grammar:
+        # the cut call is a call with the arguments written so far (cut_calls.py)
+        assert finish == "length" and msg.content is None, msg
+        assert [c.function.name for c in msg.tool_calls] == ["make_tree"], msg
+        assert msg.tool_calls[0].function.arguments.startswith("{"), msg
 
 
 @pytest.mark.parametrize("choice", ["required", "named", "auto"])
@@ -568,6 +628,32 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
     assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
         (c["function"]["name"], c["function"]["arguments"])
         for c in whole["message"]["tool_calls"]]
+
+
+@pytest.mark.parametrize("choice", ["required", NAMED])
+def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
+    """A call max_tokens cuts ends with finish_reason "length" (not "tool_calls": it is not
+    complete) as a call whose arguments are the text written so far, as OpenAI answers it;
+    the call's markup ('<tool_call>', the name) is no content. Its text stayed in content,
+    under a tool_choice that allows calls only. Streamed and not, the message is the same."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
+              tools=[WEATHER], tool_choice=choice, max_tokens=22, temperature=0)
+    r = client.chat.completions.create(**kw)
+    msg, finish = r.choices[0].message, r.choices[0].finish_reason
+    assert finish == "length" and msg.content is None, msg
+    [call] = msg.tool_calls
+    assert call.function.name == "get_weather" and call.function.arguments.startswith("{")
+    with pytest.raises(ValueError):  # cut: no JSON yet
+        json.loads(call.function.arguments)
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        state.handle_chunk(chunk)
+    built = state.current_completion_snapshot.choices[0]  # the final one raises on "length"
+    assert built.finish_reason == "length" and built.message.content is None, built
+    assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
+        (call.function.name, call.function.arguments)]
 
 
 @pytest.mark.parametrize("tools", [{"tools": [WEATHER], "tool_choice": "none"}, {}])

@@ -188,3 +188,42 @@ def test_streamed_content_joins_to_the_whole_content(parser, before, after):
             sent = "".join(stream.feed(text[i:i + step]) for i in range(0, len(text), step))
             rest, streamed = stream.finish()
             assert sent + rest == content and len(streamed) == len(calls), (text, step)
+
+
+@pytest.mark.parametrize("parser", [HermesParser(), Llama3Parser(), MistralParser()],
+                         ids=lambda p: p.name)
+@pytest.mark.parametrize("required", [True, False], ids=["required", "auto"])
+def test_calls_cut_by_max_tokens_are_calls_streamed_or_not(parser, required):
+    """Every output the tool grammar allows, cut after each character (max_tokens), reads
+    as calls: the complete ones whole, the cut one (once its name is written) with the
+    arguments written so far; no call markup is content, and the stream reads it alike. The
+    partial call's text stayed in content (finish_reason "length")."""
+    names = {t["function"]["name"] for t in TOOLS}
+    spec = parser.grammar(TOOLS, required=required, parallel=True)
+    before = "" if required else "Sure. "
+    outs = _walks(spec.value, 4, seed=7) if required else []
+    if not required:  # "auto": text, then calls once the marker is written
+        one = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>',
+               "llama3": '{"name": "get_weather", "parameters": %s}',
+               "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]'}
+        outs = [before + one[parser.name] % '{"city": "Paris", "unit": "c"}']
+    for text in outs:
+        _, whole = parser.calls(text, names)
+        assert whole, text
+        for n in range(len(before) + 1, len(text)):
+            cut = text[:n]
+            content, calls = parser.calls(cut, names, cut=True, required=required)
+            # under "auto" a marker cut part way may be text ("a <"): it stays content
+            opened = required or parser.start in cut
+            assert content == (before.strip() if opened else cut), (cut, content)
+            assert [c.name for c in calls] == [c.name for c in whole[:len(calls)]], cut
+            for got, want in zip(calls[:-1], whole):
+                assert got.arguments == want.arguments, cut
+            if calls and calls[-1].arguments != whole[len(calls) - 1].arguments:
+                assert cut.endswith(calls[-1].arguments), (cut, calls[-1])  # as written
+            stream = StreamingToolParser(parser, names, required=required)
+            sent = "".join(stream.feed(cut[i:i + 3]) for i in range(0, len(cut), 3))
+            rest, streamed = stream.finish(cut=True)
+            assert (sent + rest).strip() == content.strip(), cut
+            assert [(c.name, c.arguments) for c in streamed] == [
+                (c.name, c.arguments) for c in calls], cut

@@ -57,18 +57,45 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
         return msgspec.json.decode(body, type=type_)
-    except msgspec.ValidationError:
-        raise  # mapped with its field path by the error middleware
+    except msgspec.ValidationError as exc:
+        # msgspec checks types as it reads, so a type error may come before the bytes that
+        # make the body no JSON at all ("[1,2", a brace missing after a wrong type): the
+        # client is told what to fix first, that the JSON is broken
+        error: Exception = _syntax_error(body) or exc
+        if error is exc:
+            raise  # mapped with its field path by the error middleware
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ApiError(400, "request body is not valid UTF-8") from None
-        if _SURROGATE_ESCAPE.search(body):  # valid JSON syntax, but no text: name the field
-            await off_loop(len(body), _check_surrogates, body)
-        raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        error = exc
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    if _SURROGATE_ESCAPE.search(body):  # valid JSON syntax, but no text: name the field
+        await off_loop(len(body), _check_surrogates, body)
+    raise ApiError(400, f"request body is not valid JSON: {_why(error)}") from None
+
+
+def _syntax_error(body: bytes) -> msgspec.DecodeError | None:
+    """Why `body` is no JSON at all, None when it is JSON: a scan that builds no objects
+    (msgspec skips a Raw value, checking its syntax: milliseconds for megabytes)."""
+    try:
+        msgspec.json.decode(body, type=msgspec.Raw)
+    except RecursionError:
+        return None  # well formed as far as it goes; the typed decode said what is wrong
+    except msgspec.DecodeError as exc:
+        return exc
+    return None
+
+
+def _why(exc: Exception) -> str:
+    """msgspec's reason a body is no JSON, as the rest of a sentence; where it failed (the
+    byte) when msgspec says."""
+    text = str(exc)
+    if text == "Input data was truncated":
+        return "it ends before its JSON value does (cut short, or a closing bracket missing)"
+    return text.removeprefix("JSON is malformed: ")
 
 
 _UTF8_BOM = b"\xef\xbb\xbf"

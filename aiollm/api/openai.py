@@ -322,18 +322,20 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         outs = await gather_all([engine.generate(ids, sp) for sp in params])
         choices = []
         for j, out in enumerate(outs):
-            text, thought, answer = out.text, {}, out.text
+            text, thought, r = out.text, {}, None
             if thinking:  # tool calls are read from the content only
                 r, text = reasoning.split(splitter(), out.text)
                 # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
-                # after reasoning, an empty answer is null (as vLLM sends it)
-                answer = text if r is None else text or None
+            finish = out.finish_reason
+            # a call cut by max_tokens is a call too, as the stream reads it (cut_calls.py)
+            content, calls = parser.calls(text, names, cut=finish == "length",
+                                          required=mode == "required") if parser else (text, [])
+            # after reasoning, an empty answer is null (as vLLM sends it)
+            answer = content if r is None else content or None
             # refusal is one of the message's required fields in OpenAI's schema (typed
             # clients check it); the model's own refusals are plain content
             message: dict = {"role": "assistant", "content": answer, "refusal": None, **thought}
-            finish = out.finish_reason
-            content, calls = parser.calls(text, names) if parser else (text, [])
             if calls:
                 message = {"role": "assistant", "content": content or None, "refusal": None,
                            **thought, "tool_calls": [c.as_openai() for c in calls]}
@@ -352,7 +354,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     started = [False] * req.n
     said = [False] * req.n  # whether content has been sent
 
-    calls = [tool_calls.StreamingToolParser(parser, names) if parser else None for _ in params]
+    calls = [tool_calls.StreamingToolParser(parser, names, required=mode == "required")
+             if parser else None for _ in params]
     splits = [splitter() for _ in params]
 
     def usage() -> dict:
@@ -370,7 +373,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if calls[j] is not None:
             text = calls[j].feed(text)
             if finish is not None:
-                rest, found = calls[j].finish()
+                rest, found = calls[j].finish(cut=finish == "length")
                 text += rest
                 if found and finish == "stop":
                     finish = "tool_calls"

@@ -1,7 +1,8 @@
 """The request fields that constrain the output, turned into one aiollm Constraint.
 
 OpenAI: `response_format` ({"type": "text" | "json_object" | "json_schema", "json_schema":
-{"name", "schema", "strict"}}), `logit_bias` ({"token id": bias in [-100, 100]}). vLLM's
+{"name", "schema", "strict", "description"}}; without a schema, any JSON object),
+`logit_bias` ({"token id in decimal digits": bias in [-100, 100]}). vLLM's
 extensions: `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (EBNF, as
 xgrammar takes it) and the newer `structured_outputs` object ({"json" | "regex" | "choice" |
 "grammar" | "json_object" | "structural_tag": ...}), `allowed_token_ids`. LightLLM's
@@ -24,6 +25,25 @@ from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 # OpenAI's form of response_format.json_schema.name (as of a function name)
 FORMAT_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object", type(None): "null"}
+
+
+def check_type(value: Any, kinds: tuple[type, ...], param: str, *, required: bool = False
+               ) -> Any:
+    """`value`, when it is null (unless `required`) or of one of `kinds` (JSON's types as
+    Python decodes them); InvalidRequest naming `param` otherwise, worded as the body's own
+    type errors are ("response_format.json_schema.strict: expected a boolean, got a
+    string"). A field nested in a free-form object (response_format, tools) is not typed
+    by the body's Struct, so it is checked here."""
+    if (value is None and not required) or (
+            isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
+        return value
+    want = " or ".join(_TYPE_NAMES[k] for k in kinds)
+    got = _TYPE_NAMES.get(type(value), type(value).__name__)
+    raise InvalidRequest(f"{param}: expected {want}, got {got}", param=param)
 
 
 def _text(value: Any, param: str) -> str:
@@ -85,8 +105,9 @@ def response_format(value: Any) -> GrammarSpec | None:
     p = "response_format"
     if value is None:
         return None
-    if not isinstance(value, dict) or not isinstance(value.get("type"), str):
+    if not isinstance(value, dict) or "type" not in value:
         raise InvalidRequest('response_format must be an object with a "type"', param=p)
+    check_type(value["type"], (str,), f"{p}.type", required=True)
     kind = value["type"]
     if kind == "text":
         return None
@@ -94,9 +115,9 @@ def response_format(value: Any) -> GrammarSpec | None:
         return GrammarSpec("json_object", "", p)
     if kind == "json_schema":
         js = value.get("json_schema")
-        if not isinstance(js, dict) or "schema" not in js:
+        if not isinstance(js, dict):
             raise InvalidRequest('response_format.json_schema must be an object with a '
-                                 '"name" and a "schema"', param=f"{p}.json_schema")
+                                 '"name" (and a "schema")', param=f"{p}.json_schema")
         # OpenAI requires a name, of this form (its clients name it after the output's type)
         name, form = js.get("name"), "1 to 64 of a-z, A-Z, 0-9, '_' or '-'"
         if name is None:
@@ -105,15 +126,23 @@ def response_format(value: Any) -> GrammarSpec | None:
         if not isinstance(name, str) or not FORMAT_NAME.fullmatch(name):
             raise InvalidRequest(f"response_format.json_schema.name must be {form}, got "
                                  f"{name!r}", param=f"{p}.json_schema.name")
+        for field, kinds in (("description", (str,)), ("strict", (bool,))):
+            check_type(js.get(field), kinds, f"{p}.json_schema.{field}")
+        if js.get("schema") is None:
+            # OpenAI's schema is optional: without one the output is any JSON object, as
+            # json_object asks (vLLM and SGLang left such a request unconstrained)
+            return GrammarSpec("json_object", "", f"{p}.json_schema")
         return GrammarSpec("json_schema", _schema(js["schema"], f"{p}.json_schema.schema"),
                            f"{p}.json_schema.schema")
     raise InvalidRequest(f'response_format.type must be "text", "json_object" or '
                          f'"json_schema", got {kind!r}', param=f"{p}.type")
 
 
-# vLLM's options beside the grammar: its output here is already compact, strict JSON
-_STRUCTURED_OPTIONS = ("disable_fallback", "disable_any_whitespace",
-                       "disable_additional_properties", "whitespace_pattern")
+# vLLM's options beside the grammar, with their types: its output here is already compact,
+# strict JSON, so they change nothing, but a value of the wrong type is refused as vLLM
+# refuses it
+_STRUCTURED_OPTIONS = {"disable_fallback": (bool,), "disable_any_whitespace": (bool,),
+                       "disable_additional_properties": (bool,), "whitespace_pattern": (str,)}
 
 
 def structured_outputs(value: Any) -> GrammarSpec | None:
@@ -128,13 +157,16 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
         "regex": lambda v, q: GrammarSpec("regex", _text(v, q), q),
         "choice": lambda v, q: GrammarSpec("choice", _choice(v, q), q),
         "grammar": lambda v, q: GrammarSpec("ebnf", _text(v, q), q),
-        "json_object": lambda v, q: GrammarSpec("json_object", "", q) if v else None,
+        "json_object": lambda v, q: (GrammarSpec("json_object", "", q)
+                                     if check_type(v, (bool,), q) else None),
         "structural_tag": lambda v, q: GrammarSpec("structural_tag", _structural_tag(v, q), q),
     }
     unknown = [k for k in value if k not in makers and k not in _STRUCTURED_OPTIONS]
     if unknown:  # a misspelt grammar field would leave the output free
         raise InvalidRequest(f"structured_outputs has no field {unknown[0]!r}; it takes one of "
                              f"{', '.join(makers)}", param=f"{p}.{unknown[0]}")
+    for option, kinds in _STRUCTURED_OPTIONS.items():
+        check_type(value.get(option), kinds, f"{p}.{option}")
     specs = [makers[k](v, f"{p}.{k}") for k, v in value.items()
              if k in makers and v is not None]
     specs = [s for s in specs if s is not None]
@@ -165,18 +197,30 @@ def logit_bias(value: Any) -> dict[int, float] | None:
         return None
     if not isinstance(value, dict):
         raise InvalidRequest("logit_bias must be an object of token id -> bias", param="logit_bias")
-    out = {}
+    out: dict[int, float] = {}
+    keys: dict[int, str] = {}  # token id -> the key that named it
     for k, v in value.items():
-        try:
-            t = int(k)
-        except (TypeError, ValueError):
-            raise InvalidRequest(f"logit_bias key {k!r} is not a token id",
-                                 param="logit_bias") from None
+        # int() would read " 1", "+1", "1_0" and non-ASCII digits as ids: a key is the id
+        # written in decimal digits, nothing else
+        if not isinstance(k, str) or not _TOKEN_ID.fullmatch(k):
+            raise InvalidRequest(f"logit_bias key {k!r} is not a token id: keys are token ids "
+                                 f'written in decimal digits ("1234")', param="logit_bias")
+        if len(k) > _MAX_ID_DIGITS:  # past any vocabulary (and past int()'s digit limit)
+            raise InvalidRequest(f"logit_bias key {k[:20]!r}... is past any vocabulary",
+                                 param="logit_bias")
+        t = int(k)
+        if t in keys:  # "1" and "01": which bias would hold?
+            raise InvalidRequest(f"logit_bias keys {keys[t]!r} and {k!r} both name token {t}",
+                                 param="logit_bias")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not -100 <= v <= 100:
             raise InvalidRequest(f"logit_bias[{k}] must be a number in [-100, 100], got {v!r}",
                                  param="logit_bias")
-        out[t] = float(v)
+        keys[t], out[t] = k, float(v)
     return out or None
+
+
+_TOKEN_ID = re.compile(r"[0-9]+")  # ASCII digits only (\d takes any script's)
+_MAX_ID_DIGITS = 12
 
 
 def constraint(grammars: list[GrammarSpec | None], *, allowed_token_ids: Any = None,

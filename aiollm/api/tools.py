@@ -28,6 +28,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
+from aiollm.api.cut_calls import cut_calls
+from aiollm.api.structured import check_type
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import check_schema, grammar_schema
 from aiollm.errors import InvalidRequest
@@ -63,6 +65,7 @@ class ToolParser:
     name = ""
     start = ""
     separator = "\n"
+    args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """(the text outside calls, the calls); text that does not parse stays content. With
@@ -70,13 +73,24 @@ class ToolParser:
         or after the last), its leading kept: a stream has sent that before any call came."""
         raise NotImplementedError
 
-    def calls(self, text: str, names: Collection[str]) -> tuple[str, list[ToolCall]]:
+    def calls(self, text: str, names: Collection[str], *, cut: bool = False,
+              required: bool = False) -> tuple[str, list[ToolCall]]:
         """parse(), where a call to a function not among `names` makes the whole text
         content: free text that only looked like a call (Llama 3's format is any JSON object
-        that starts with "name"; the grammar holds only what follows its trigger)."""
+        that starts with "name"; the grammar holds only what follows its trigger).
+
+        `cut`: max_tokens ended the output (finish_reason "length"), maybe inside a call:
+        the calls it holds are returned with the cut one's arguments as written so far, and
+        no call markup stays content (aiollm/api/cut_calls.py). `required`: the output can
+        only be calls (tool_choice "required" or a named function)."""
         content, calls = self.parse(text)
         if any(c.name not in names for c in calls):
             return text, []
+        if cut:
+            content, more = cut_calls(content, marker=self.start, separator=self.separator,
+                                      args_key=self.args_key, names=names,
+                                      only_calls=required or bool(calls))
+            calls += [ToolCall(name, arguments) for name, arguments in more]
         return content, calls
 
     def tags(self, tools: list[dict]) -> list[dict]:
@@ -191,7 +205,7 @@ class HermesParser(ToolParser):
 
 
 class Llama3Parser(ToolParser):
-    name, start, separator = "llama3", '{"name": ', ";"
+    name, start, separator, args_key = "llama3", '{"name": ', ";", "parameters"
 
     def parse(self, text):
         # the calls, after <|python_tag|> or alone, separated by ';' (Llama 3.1's parallel
@@ -205,6 +219,12 @@ class Llama3Parser(ToolParser):
         if not calls:
             return text, []
         return (text[:i].replace("<|python_tag|>", "") + text[end:]).rstrip(), calls
+
+    def calls(self, text, names, *, cut=False, required=False):
+        content, calls = super().calls(text, names, cut=cut, required=required)
+        if cut and calls:  # the tag before a cut call is markup too
+            content = content.replace("<|python_tag|>", "").rstrip()
+        return content, calls
 
     def tags(self, tools):
         return [{"type": "tag", "begin": f'{{"name": {_name(t)}, "parameters": ',
@@ -325,6 +345,8 @@ def check_tools(tools: Any) -> list[dict]:
                                  "function names must be unique",
                                  param=f"tools[{i}].function.name")
         seen[name] = i
+        for field, kinds in (("description", (str,)), ("strict", (bool,))):
+            check_type(t["function"].get(field), kinds, f"tools[{i}].function.{field}")
         params = t["function"].get("parameters")
         if params is not None and not isinstance(params, dict):
             raise InvalidRequest("parameters must be a JSON schema object",
@@ -429,9 +451,10 @@ class StreamingToolParser:
     delta.tool_calls fragment (its whole arguments string at once, which OpenAI clients
     accumulate like smaller fragments)."""
 
-    def __init__(self, parser: ToolParser, names: Collection[str]):
+    def __init__(self, parser: ToolParser, names: Collection[str], *, required: bool = False):
         self.parser = parser
         self.names = names
+        self.required = required  # the output can only be calls (ToolParser.calls)
         self.held = ""  # from the first character not sent
         self.calling = False
         self.calls: list[ToolCall] = []
@@ -457,9 +480,11 @@ class StreamingToolParser:
         out, self.held = self.held[:end], self.held[end:]
         return out
 
-    def finish(self) -> tuple[str, list[ToolCall]]:
+    def finish(self, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
         """At the end of the output: (content still held, the calls). The content sent and
-        this join to the whole answer's content (ToolParser.calls of all the text)."""
-        content, self.calls = self.parser.calls(self.held, self.names)
+        this join to the whole answer's content (ToolParser.calls of all the text, `cut`
+        when max_tokens ended it)."""
+        content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
+                                                required=self.required)
         self.held = ""
         return content, self.calls

@@ -71,6 +71,10 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
                              "answers", param=f"{at}.tool_call_id")
     for j, call in enumerate(calls or ()):
         fn = call.get("function")
+        if call.get("id") is not None and not isinstance(call["id"], str):
+            # a tool message answers the call by this id (tool_call_id, a string)
+            raise InvalidRequest(f"{at}.tool_calls[{j}].id must be a string",
+                                 param=f"{at}.tool_calls[{j}].id")
         if call.get("type", "function") != "function":
             raise InvalidRequest(f'{at}.tool_calls[{j}].type must be "function", got '
                                  f"{call.get('type')!r}", param=f"{at}.tool_calls[{j}].type")

@@ -66,7 +66,8 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
 
     Raises InvalidRequest (param "prompt") for a prompt of another type, an empty prompt, a
     lone surrogate in the text, a bad id (the message says which), or ids that alone reach
-    max_model_len (tokens)."""
+    exceed max_model_len (tokens; a prompt of exactly max_model_len is checked with its
+    max_tokens by check_request)."""
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
@@ -81,7 +82,7 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
     ids = [int(t) if isinstance(t, np.integer) else t for t in prompt]
     if not ids:
         raise InvalidRequest("prompt must not be empty", param="prompt")
-    if len(ids) >= max_model_len:  # refused anyway: spare checking each id
+    if len(ids) > max_model_len:  # refused anyway: spare checking each id
         raise too_long(len(ids), max_model_len)
     bad = next((i for i, t in enumerate(ids) if not (is_int(t) and 0 <= t < vocab_size)), None)
     if bad is not None:
@@ -91,7 +92,7 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
 
 
 def too_long(n: int, max_model_len: int) -> InvalidRequest:
-    """The error for a prompt of n tokens that leaves no room for output."""
+    """The error for a prompt of n > max_model_len tokens."""
     return InvalidRequest(
         f"the prompt has {n} tokens, but this model's maximum context length is "
         f"{max_model_len} tokens (prompt and output together)", param="prompt",
@@ -99,13 +100,20 @@ def too_long(n: int, max_model_len: int) -> InvalidRequest:
 
 
 def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len: int) -> None:
-    """Check that a prompt of n tokens and params.max_tokens fit in max_model_len, and that
-    params.stop_token_ids index the vocabulary: they index the logits (min_tokens masks them),
-    so one past the vocabulary would fail the whole step, every request in it.
+    """Check that a prompt of n tokens and params.max_tokens fit in max_model_len (a prompt
+    that is only scored, max_tokens 0, may fill it: nothing follows it in the context), and
+    that params.stop_token_ids index the vocabulary: they index the logits (min_tokens masks
+    them), so one past the vocabulary would fail the whole step, every request in it.
 
     Raises InvalidRequest naming "prompt", "max_tokens" or "stop_token_ids"."""
-    if n >= max_model_len:
+    if n > max_model_len:
         raise too_long(n, max_model_len)
+    if n == max_model_len and params.max_tokens > 0:
+        raise InvalidRequest(
+            f"the prompt has {n} tokens, which fill this model's maximum context length of "
+            f"{max_model_len} tokens: none is left for the output; shorten it (only a prompt "
+            f"scored with max_tokens 0, which generates nothing, may fill the context)",
+            param="prompt", code=CONTEXT_LENGTH_EXCEEDED)
     if n + params.max_tokens > max_model_len:
         raise InvalidRequest(
             f"this model's maximum context length is {max_model_len} tokens, but "
