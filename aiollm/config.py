@@ -19,7 +19,8 @@ MAX_TABLE_CAPACITY = 2**20
 MAX_KV_TOKENS = 2**31 - 2
 # --reasoning-parser's choices (aiollm/api/reasoning.py); here so the config need not import the API
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
-TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")  # --tool-call-parser's (aiollm/api/tools.py)
+# --tool-call-parser's choices (aiollm/api/tool_parsers.py)
+TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -74,7 +75,7 @@ class EngineConfig:
     # kernels compile before serving rather than stalling the first streams
     warm_up: bool = True
     # how /v1/chat/completions reads tool calls: hermes | llama3 | mistral (None: from the
-    # chat template; see aiollm/api/tools.py)
+    # chat template; see aiollm/api/tool_parsers.py)
     tool_call_parser: str | None = None
     # how /v1/chat/completions splits <think>...</think> into reasoning_content: deepseek_r1 |
     # qwen3 (None: no split, the output is all content; see aiollm/api/reasoning.py)

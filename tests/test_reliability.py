@@ -427,6 +427,15 @@ WRONG_TYPES = [
     bad("lightllm-input-id-string", G, {"inputs": [1, "a"]}, 400, "inputs[1]",
         "inputs[1]: expected an integer, got a string"),
     bad("lightllm-inputs-missing", G, {"parameters": {}}, 400, "inputs", "inputs is required"),
+    # a template variable the server gives a meaning to has its type: "no" turned thinking on
+    # (other variables pass through as they are); /tokenize renders through the same check
+    bad("enable-thinking-string", CH, chat(chat_template_kwargs={"enable_thinking": "no"}),
+        400, "chat_template_kwargs.enable_thinking",
+        "chat_template_kwargs.enable_thinking: expected a boolean, got a string"),
+    bad("tokenize-enable-thinking-integer", "/tokenize",
+        {"messages": MSGS, "chat_template_kwargs": {"enable_thinking": 0}}, 400,
+        "chat_template_kwargs.enable_thinking",
+        "chat_template_kwargs.enable_thinking: expected a boolean, got an integer"),
 ]
 
 

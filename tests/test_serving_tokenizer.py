@@ -185,11 +185,41 @@ def test_template_options_render_as_transformers_renders_them(pair, tool_pair, w
                            (TemplateOptions(kwargs={"eos_token": "x"}),
                             "chat_template_kwargs.eos_token"),
                            (TemplateOptions(kwargs={"x": [1]}), "chat_template_kwargs.x"),
+                           (TemplateOptions(kwargs={"enable_thinking": "no"}),
+                            "chat_template_kwargs.enable_thinking"),
                            (TemplateOptions(kwargs={"x": "a<|im_end|>"}),
                             "chat_template_kwargs.x")]:
         with pytest.raises(InvalidRequest) as e:
             chat_token_ids(serving, partial, options=options)
         assert e.value.param == param
+
+
+def test_enable_thinking_is_a_boolean_and_null_leaves_it_unset():
+    """enable_thinking, the variable the server gives a meaning to, takes a boolean: "no"
+    (which a template's `is false` reads as thinking on) is refused naming it, and null
+    leaves it unset, so the template's own default applies; other variables reach the
+    template as they are, strings and numbers alike."""
+    from aiollm.engine.chat_template import TemplateOptions, chat_token_ids
+    from aiollm.errors import InvalidRequest
+
+    hf = load_tokenizer(None)
+    hf.chat_template = ("{{ 'set' if enable_thinking is defined else 'unset' }} "
+                        "{{ 'off' if enable_thinking is false else 'on' }} {{ other }}")
+
+    def render(**kwargs) -> str:
+        ids = chat_token_ids(hf, [{"role": "user", "content": "hi"}],
+                             options=TemplateOptions(kwargs=kwargs))
+        return hf.decode(ids)
+
+    assert render(enable_thinking=False, other="no") == "set off no"
+    assert render(enable_thinking=True, other=0) == "set on 0"
+    assert render(enable_thinking=None, other=None) == "unset on None"
+    for value in ("no", 0, 1.0, "false"):
+        with pytest.raises(InvalidRequest) as e:
+            render(enable_thinking=value)
+        assert e.value.param == "chat_template_kwargs.enable_thinking"
+        assert str(e.value).startswith("chat_template_kwargs.enable_thinking: expected a "
+                                       "boolean, got "), str(e.value)
 
 
 def test_apply_chat_template_arguments_are_not_template_variables(pair):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import xgrammar as xgr
 
-from aiollm.api.tools import HermesParser, Llama3Parser, MistralParser, StreamingToolParser
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser, StreamingToolParser
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from aiohttp import web
 
-from aiollm.api import reasoning, sse, tools as tool_calls
+from aiollm.api import reasoning, sse, tool_parsers, tool_request
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import ApiError, param_names
@@ -258,25 +258,25 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         raise ApiError(400, "functions and function_call are deprecated and not supported: "
                        "send tools and tool_choice", param="functions" if req.functions
                        is not None else "function_call")
-    tools, mode, callable_tools = tool_calls.choose(req.tools, req.tool_choice)
+    tools, mode, callable_tools = tool_request.choose(req.tools, req.tool_choice)
     constraint = req.constraint()
     # a grammar that holds the output from its first token leaves no room to reason first
     shaped = mode == "required" or constraint is not None and constraint.grammar is not None
     # SGLang's separate_reasoning false: the output unsplit, tags and all, in content
     thinking = engine.config.reasoning_parser if req.separate_reasoning else None
-    if thinking and any(tool_calls.marker_is_skipped(engine.tokenizer, tag)
+    if thinking and any(tool_parsers.marker_is_skipped(engine.tokenizer, tag)
                         for tag in (reasoning.START, reasoning.END)):
         req.skip_special_tokens = False  # the splitter must see the tags in the text
     template = engine.tokenizer.chat_template
     # past calls reach a template that knows none in any mode: the follow-up turn (often
     # tool_choice "none", or no tools) must show the model what it called
-    messages = tool_calls.template_messages(req.message_dicts(),
-                                            tools if mode != "none" else [], template)
+    messages = tool_request.template_messages(req.message_dicts(),
+                                              tools if mode != "none" else [], template)
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
-        parser = tool_calls.parser_for(template, engine.config.tool_call_parser)
-        if tool_calls.marker_is_skipped(engine.tokenizer, parser.start):
+        parser = tool_parsers.parser_for(template, engine.config.tool_call_parser)
+        if tool_parsers.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
         named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
         if constraint is not None and constraint.grammar is not None:
@@ -354,7 +354,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     started = [False] * req.n
     said = [False] * req.n  # whether content has been sent
 
-    calls = [tool_calls.StreamingToolParser(parser, names, required=mode == "required")
+    calls = [tool_parsers.StreamingToolParser(parser, names, required=mode == "required")
              if parser else None for _ in params]
     splits = [splitter() for _ in params]
 

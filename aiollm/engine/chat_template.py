@@ -15,7 +15,9 @@ text takes the plain path: the ids are exactly what `apply_chat_template` gives.
 
 TemplateOptions carries what a client may ask of the rendering, as vLLM and SGLang take it:
 no generation prompt, continuing the final (assistant) message, and the template's own
-variables (`chat_template_kwargs`, e.g. Qwen3's `enable_thinking`).
+variables (`chat_template_kwargs`, e.g. Qwen3's `enable_thinking`). Variables pass through to
+the template as they are, except that those the server gives a meaning to are type-checked
+(`enable_thinking` is a boolean: "no" would turn thinking on).
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ _RESERVED = frozenset({
     "return_assistant_tokens_mask", "tokenizer_kwargs", "raise_exception", "strftime_now",
     "special_tokens_map"})
 
+# Variables the server gives a meaning to, and the one type each takes (null: not set, left
+# out of the render). Templates test enable_thinking with `is false` or plain truth, so "no"
+# or 0 would turn thinking on; and the reasoning split reads where the rendered prompt left
+# the output (aiollm/api/reasoning.py), so a wrong value answers another question quietly.
+_TYPED = {"enable_thinking": bool}
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object"}
+
 
 @dataclass(frozen=True, slots=True)
 class TemplateOptions:
@@ -50,7 +60,9 @@ class TemplateOptions:
     continue_final_message: end the prompt inside the final message (its end-of-turn left
     out) so that the model continues it, which needs add_generation_prompt false; kwargs:
     variables of the template (`chat_template_kwargs`), each a bool, number, None or a
-    string without control-token text. `check` raises InvalidRequest naming the field."""
+    string without control-token text, and `enable_thinking` a bool or None (None: not set,
+    the template's default). `check` raises InvalidRequest naming the field
+    (`chat_template_kwargs.enable_thinking`)."""
 
     add_generation_prompt: bool = True
     continue_final_message: bool = False
@@ -71,6 +83,11 @@ class TemplateOptions:
             if name in _RESERVED or name in reserved:
                 raise InvalidRequest(f"{name!r} cannot be a template variable: the server "
                                      "sets it", param=param)
+            want = _TYPED.get(name)
+            if want is not None and value is not None and type(value) is not want:
+                got = _JSON_TYPES.get(type(value), type(value).__name__)
+                raise InvalidRequest(f"{param}: expected {_JSON_TYPES[want]}, got {got}",
+                                     param=param)
             if value is not None and not isinstance(value, (bool, int, float, str)):
                 raise InvalidRequest("template variables are booleans, numbers, strings or "
                                      "null", param=param)
@@ -169,9 +186,12 @@ def _checked(value: Any, path: str, pattern: re.Pattern | None, hide) -> Any:
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
             tools: list[dict] | None, options: TemplateOptions, *, tokenize: bool) -> Any:
     extra = {"continue_final_message": True} if options.continue_final_message else {}
+    # a typed variable sent as null is left out: passed as None it would count as set for the
+    # template's `is defined` and `| default(...)`, not give the template's default
+    variables = {k: v for k, v in options.kwargs.items() if v is not None or k not in _TYPED}
     try:
         return tokenizer.apply_chat_template(
             messages, tools=tools or None, add_generation_prompt=options.add_generation_prompt,
-            tokenize=tokenize, **extra, **options.kwargs)
+            tokenize=tokenize, **extra, **variables)
     except Exception as e:  # a malformed conversation is the caller's input
         raise InvalidRequest(f"cannot apply the chat template: {e}", param="messages") from e
