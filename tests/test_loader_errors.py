@@ -204,6 +204,43 @@ def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("num_experts_per_tok", None, "Field 'num_experts_per_tok' expected int, got NoneType"),
+    ("num_experts_per_tok", 1.5, "Field 'num_experts_per_tok' expected int, got float"),
+    ("num_local_experts", "8", "Field 'num_local_experts' expected int, got str"),
+    ("layer_types", ["full_attention"], "`num_hidden_layers` .2. must be equal to the number "
+                                        "of `layer_types` .1."),
+])
+def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, message):
+    """transformers 5 checks each field's type, and some fields against others, as it reads
+    config.json, raising huggingface_hub's StrictDataclass errors, which are no ValueError:
+    `aiollm serve` printed a two-exception traceback instead of its one-line error."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=rf"config.json: {message}"):
+        load(path)
+
+
+@pytest.mark.parametrize("field, value", [("num_experts", -2),
+                                          ("shared_expert_intermediate_size", -1)])
+def test_a_negative_qwen_moe_size_is_named(tmp_path, field, value):
+    """num_experts -2 was refused as "num_experts_per_tok must be in [1, -2]", naming the
+    field that was right; shared_expert_intermediate_size -1 was read as "no shared expert"
+    and the checkpoint's shared-expert tensors refused as having no place in the model."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                            moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
+    config.save_pretrained(tmp_path)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=f"config.json: {field} must be >= 0, got {value}"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
 def test_a_tokenizer_path_that_does_not_exist_is_called_the_tokenizer_path(sharded, tmp_path):
     """The message called the --tokenizer value the 'model path'."""
     import asyncio

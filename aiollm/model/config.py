@@ -19,6 +19,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
+try:  # huggingface_hub >= 0.35, which transformers 5 requires; older ones raise ValueErrors
+    from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
+except ImportError:  # pragma: no cover
+    _StrictDataclassError = ()  # type: ignore[assignment,misc]
+
 # model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
 # mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
@@ -335,6 +340,10 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
     mixtral = hf.model_type == "mixtral"
     experts_field = "num_local_experts" if mixtral else "num_experts"
     num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
+    shared = 0 if mixtral else int(getattr(hf, "shared_expert_intermediate_size", 0))
+    for name, value in ((experts_field, num_experts), ("shared_expert_intermediate_size", shared)):
+        if value < 0:
+            raise ValueError(f"config.json: {name} must be >= 0, got {value}")
     if num_experts == 0 and not mixtral:
         # transformers' Qwen MoE layers are sparse only when num_experts > 0: every MLP is
         # then dense (intermediate_size), num_experts_per_tok unread
@@ -357,7 +366,7 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
         top_k=top_k,
         intermediate_size=int(hf.moe_intermediate_size),
         norm_topk_prob=bool(hf.norm_topk_prob),
-        shared_expert_intermediate_size=int(getattr(hf, "shared_expert_intermediate_size", 0)),
+        shared_expert_intermediate_size=shared,
         sparse_step=step,
         dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
     )
@@ -380,7 +389,13 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     if not isinstance(fields, dict):
         raise ValueError(f"{path} holds a JSON {type(fields).__name__}, not an object")
     _check_model_type(fields.get("model_type"))
-    hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    try:
+        hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except _StrictDataclassError as e:
+        # transformers 5 checks each field's type (num_experts_per_tok: null) and some fields
+        # against others (layer_types) as it reads them; its error is no ValueError and
+        # spans two lines, the second (its cause) naming the field: that line alone
+        raise ValueError(f"{path}: {' '.join(str(e.__cause__ or e).split())}") from None
     generation_eos: list[int] = []
     gen_path = os.path.join(model_dir, "generation_config.json")
     if os.path.exists(gen_path):
