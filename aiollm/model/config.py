@@ -257,7 +257,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         raise ValueError(f"quantized checkpoints are not supported (quantization_config has "
                          f"quant_method {method!r}): use a float16/bfloat16/float32 checkpoint "
                          "or a GGUF file")
-    if getattr(hf, "mlp_bias", False):
+    # transformers reads mlp_bias for Llama only, attention_bias for Llama and Qwen3 (MoE
+    # too) only: Mistral and Mixtral have no biases, Qwen2 q/k/v biases always, Qwen2-MoE
+    # by qkv_bias. Other families run with either field in their config.json, ignored.
+    if arch == "llama" and getattr(hf, "mlp_bias", False):
         raise ValueError("models with mlp_bias=True are not supported")
     # Every MLP (dense, expert, shared expert) runs the fused SiLU kernels; transformers
     # applies ACT2FN[hidden_act], where "swish" is SiLU too.
@@ -265,7 +268,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
     if act not in ("silu", "swish"):
         raise ValueError(f"hidden_act {act!r} is not supported (aiollm's MLPs compute SiLU: "
                          "hidden_act must be 'silu')")
-    attention_bias = bool(getattr(hf, "attention_bias", False))
+    attention_bias = arch in ("llama", "qwen3", "qwen3_moe") and bool(
+        getattr(hf, "attention_bias", False))
     rope = _rope_from_hf(hf)
     max_position = _context_of(hf, rope)
     # We attend over the whole sequence; a model trained with a sliding window is exact only
@@ -300,10 +304,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         max_position=max_position,
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         # Qwen2 always has q/k/v biases (Qwen2-MoE unless its qkv_bias says otherwise) and no
-        # o_proj bias; the others follow attention_bias.
+        # o_proj bias; Llama and Qwen3 follow attention_bias (see above).
         qkv_bias=(arch == "qwen2" or attention_bias
                   or arch == "qwen2_moe" and bool(getattr(hf, "qkv_bias", True))),
-        o_bias=arch not in ("qwen2", "qwen2_moe") and attention_bias,
+        o_bias=attention_bias,
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         eos_token_ids=eos,
         bos_token_id=getattr(hf, "bos_token_id", None),
