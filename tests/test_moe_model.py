@@ -452,3 +452,31 @@ def test_a_config_only_directory_has_no_tokenizer(tmp_path):
     FAMILIES["qwen3_moe"].save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         load_tokenizer(str(tmp_path))
+
+
+@pytest.mark.parametrize("vocab_size", [160, None])
+def test_a_tokenizer_larger_than_the_vocabulary_is_warned_of_at_start_up(tmp_path, caplog,
+                                                                          vocab_size):
+    """--load-format dummy on a config-only directory serves with the default model's
+    tokenizer (49,152 tokens); a config of a smaller vocabulary (Mixtral's real one has 32,000)
+    then refused each text whose tokens happened to fall past it, one request at a time
+    ("prompt token ids must be integers in [0, 160)"), with nothing said at start-up."""
+    import logging
+
+    size = len(load_tokenizer(None))
+    variant("mixtral", vocab_size=vocab_size or size).save_pretrained(tmp_path)
+
+    async def start():
+        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=256,
+                          max_model_len=128):
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="aiollm.engine.loading"):
+        asyncio.run(start())
+    warned = [r.getMessage() for r in caplog.records if "tokenizer has" in r.getMessage()]
+    if vocab_size is None:
+        assert not warned, warned
+    else:
+        assert warned == [f"the tokenizer has {size} tokens, more than the model's vocabulary "
+                          f"of {vocab_size}: a prompt holding a token id of {vocab_size} or "
+                          "more is refused; serve the model's own tokenizer (--tokenizer)"]
