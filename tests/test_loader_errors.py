@@ -175,6 +175,8 @@ def test_a_repeated_tensor_is_refused_even_when_another_is_missing(copy):
                                "got 0"),
     ("num_experts_per_tok", 9, r"num_experts_per_tok must be in \[1, num_local_experts = 8\], "
                                "got 9"),
+    # Mixtral has no dense form (Qwen's num_experts 0 is one): blamed on num_experts_per_tok
+    ("num_local_experts", 0, r"num_local_experts must be >= 1, got 0"),
 ])
 @pytest.mark.parametrize("load_format", ["auto", "dummy"])
 def test_a_bad_moe_field_of_config_json_is_named(copy, field, value, message, load_format):

@@ -345,9 +345,11 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
     experts_field = "num_local_experts" if mixtral else "num_experts"
     num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
     shared = 0 if mixtral else int(getattr(hf, "shared_expert_intermediate_size", 0))
-    for name, value in ((experts_field, num_experts), ("shared_expert_intermediate_size", shared)):
-        if value < 0:
-            raise ValueError(f"config.json: {name} must be >= 0, got {value}")
+    # Qwen's num_experts 0 means every MLP dense (below); Mixtral has no such form
+    for name, value, least in ((experts_field, num_experts, int(mixtral)),
+                               ("shared_expert_intermediate_size", shared, 0)):
+        if value < least:
+            raise ValueError(f"config.json: {name} must be >= {least}, got {value}")
     if num_experts == 0 and not mixtral:
         # transformers' Qwen MoE layers are sparse only when num_experts > 0: every MLP is
         # then dense (intermediate_size), num_experts_per_tok unread
