@@ -212,11 +212,15 @@ def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
     ("num_local_experts", "8", "Field 'num_local_experts' expected int, got str"),
     ("layer_types", ["full_attention"], "`num_hidden_layers` .2. must be equal to the number "
                                         "of `layer_types` .1."),
+    # transformers' rope validation raises KeyError
+    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4},
+     r"Missing required keys in `rope_parameters` for 'rope_type'='yarn': \{'factor'\}$"),
 ])
 def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, message):
     """transformers 5 checks each field's type, and some fields against others, as it reads
-    config.json, raising huggingface_hub's StrictDataclass errors, which are no ValueError:
-    `aiollm serve` printed a two-exception traceback instead of its one-line error."""
+    config.json, raising huggingface_hub's StrictDataclass errors (or a KeyError for a rope
+    type's missing parameter), which are no ValueError: `aiollm serve` printed a traceback
+    instead of its one-line error."""
     path, _ = copy
     fields = json.loads((path / "config.json").read_text())
     (path / "config.json").write_text(json.dumps({**fields, field: value}))

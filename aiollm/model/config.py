@@ -402,6 +402,8 @@ def load_hf_config(model_dir: str) -> ModelConfig:
         # against others (layer_types) as it reads them; its error is no ValueError and
         # spans two lines, the second (its cause) naming the field: that line alone
         raise ValueError(f"{path}: {' '.join(str(e.__cause__ or e).split())}") from None
+    except KeyError as e:  # its rope validation: a rope type's required parameter missing
+        raise ValueError(f"{path}: {e.args[0] if e.args else e}") from None
     generation_eos: list[int] = []
     gen_path = os.path.join(model_dir, "generation_config.json")
     if os.path.exists(gen_path):
