@@ -88,6 +88,21 @@ def test_a_config_json_that_is_not_a_json_object_is_named(copy, text):
         load(path)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("{bad", "is not valid JSON"), ("[1]", "holds a JSON list, not an object"),
+    ('{"eos_token_id": "x"}', "eos_token_id must be a token id or a list of them, got 'x'"),
+    ('{"eos_token_id": [2, null]}', r"eos_token_id must be .*, got \[2, None\]"),
+])
+def test_a_generation_config_json_that_is_not_one_is_named(copy, text, message):
+    """generation_config.json (read for its end-of-turn ids) failed as json's error naming no
+    file, int()'s "invalid literal for int() with base 10: 'x'", or an AttributeError
+    traceback for a list."""
+    path, _ = copy
+    (path / "generation_config.json").write_text(text)
+    with pytest.raises(ValueError, match=f"generation_config.json:? {message}"):
+        load(path)
+
+
 def _real_gguf(path) -> bytes:
     from transformers import LlamaConfig
 

@@ -381,7 +381,8 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
 def load_hf_config(model_dir: str) -> ModelConfig:
     """ModelConfig of an HF model directory (config.json, generation_config.json if present).
     Raises FileNotFoundError without config.json, ValueError naming config.json when it is
-    not a JSON object or describes a model aiollm does not run."""
+    not a JSON object or describes a model aiollm does not run (or generation_config.json
+    when it is not a JSON object with token ids for eos_token_id)."""
     from transformers import AutoConfig
 
     path = os.path.join(model_dir, "config.json")
@@ -404,10 +405,25 @@ def load_hf_config(model_dir: str) -> ModelConfig:
         raise ValueError(f"{path}: {' '.join(str(e.__cause__ or e).split())}") from None
     except KeyError as e:  # its rope validation: a rope type's required parameter missing
         raise ValueError(f"{path}: {e.args[0] if e.args else e}") from None
-    generation_eos: list[int] = []
     gen_path = os.path.join(model_dir, "generation_config.json")
-    if os.path.exists(gen_path):
-        # Instruct checkpoints (Llama 3.x) list their end-of-turn ids here, not in config.json.
-        with open(gen_path) as f:
-            generation_eos = _as_list(json.load(f).get("eos_token_id"))
+    # Instruct checkpoints (Llama 3.x) list their end-of-turn ids there, not in config.json.
+    generation_eos = _generation_eos(gen_path) if os.path.exists(gen_path) else []
     return config_from_hf(hf, generation_eos)
+
+
+def _generation_eos(path: str) -> list[int]:
+    """The eos_token_id (a token id, a list of them, or none) of a generation_config.json.
+    Raises ValueError naming the file when it is not a JSON object or the ids are not ids."""
+    with open(path) as f:
+        try:
+            fields = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} holds a JSON {type(fields).__name__}, not an object")
+    eos = fields.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{path}: eos_token_id must be a token id or a list of them, "
+                         f"got {eos!r}")
+    return ids
