@@ -230,6 +230,10 @@ def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
     # transformers' rope validation raises KeyError
     ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4},
      r"Missing required keys in `rope_parameters` for 'rope_type'='yarn': \{'factor'\}$"),
+    # ... and only warns of this one, which float() then refused naming nothing:
+    # "could not convert string to float: 'x'"
+    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": "x"},
+     r"rope_parameters \(rope_scaling\) factor must be a number, got 'x'"),
 ])
 def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, message):
     """transformers 5 checks each field's type, and some fields against others, as it reads

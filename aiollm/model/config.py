@@ -177,10 +177,21 @@ def _as_list(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
+# the numbers of a rope_parameters (rope_scaling) dict that _rope_from_hf reads
+_ROPE_NUMBERS = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor",
+                 "original_max_position_embeddings", "attention_factor", "beta_fast",
+                 "beta_slow", "mscale", "mscale_all_dim", "partial_rotary_factor")
+
+
 def _rope_from_hf(hf: Any) -> RopeConfig:
     # transformers 5 keeps theta and scaling together in rope_parameters; 4.x had rope_theta and
     # an optional rope_scaling dict whose type key was "type" before "rope_type".
     params = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
+    for key in _ROPE_NUMBERS:  # transformers warns of a string here and goes on
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"config.json: rope_parameters (rope_scaling) {key} must be a "
+                             f"number, got {value!r}")
     theta = params.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0
     kind = params.get("rope_type") or params.get("type") or "default"
     _check_partial_rotary(hf, params, kind)
