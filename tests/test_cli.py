@@ -280,6 +280,32 @@ def test_serve_refuses_an_unsupported_model_in_one_line(tmp_path):
     assert "rope scaling 'longrope' is not supported" in out.stderr
 
 
+@pytest.mark.parametrize("file, edit, says", [
+    ("config.json", {"num_experts_per_tok": None},
+     "Field 'num_experts_per_tok' expected int, got NoneType"),
+    ("config.json", {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}},
+     "Missing required keys in `rope_parameters` for 'rope_type'='yarn'"),
+    ("generation_config.json", [2], "generation_config.json holds a JSON list, not an object"),
+], ids=["field-type", "rope-keys", "generation-config"])
+def test_serve_refuses_a_broken_moe_config_in_one_line(tmp_path, file, edit, says):
+    """A Mixtral config.json transformers 5 refuses while reading it (a field of the wrong
+    type; a rope type without its parameters) and a generation_config.json that is not an
+    object ended `aiollm serve` in a traceback (a StrictDataclass error, a KeyError, an
+    AttributeError), not its one-line error naming the file and field."""
+    from transformers import MixtralConfig
+
+    MixtralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                  num_attention_heads=2, num_key_value_heads=1, num_local_experts=4,
+                  num_experts_per_tok=2, max_position_embeddings=64).save_pretrained(tmp_path)
+    path = tmp_path / file
+    fields = json.loads(path.read_text()) if path.exists() else {}
+    path.write_text(json.dumps({**fields, **edit} if isinstance(edit, dict) else edit))
+    out = subprocess.run([AIOLLM, "serve", str(tmp_path), "--load-format", "dummy", "--port",
+                          "0"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert f"{path}" in out.stderr and says in out.stderr, out.stderr
+
+
 def test_a_port_in_use_fails_before_the_model_loads():
     """A taken port was found only once the model had loaded (minutes for a large one), and
     the log then told of finishing in-flight requests that never were."""

@@ -88,6 +88,21 @@ def test_a_config_json_that_is_not_a_json_object_is_named(copy, text):
         load(path)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("{bad", "is not valid JSON"), ("[1]", "holds a JSON list, not an object"),
+    ('{"eos_token_id": "x"}', "eos_token_id must be a token id or a list of them, got 'x'"),
+    ('{"eos_token_id": [2, null]}', r"eos_token_id must be .*, got \[2, None\]"),
+])
+def test_a_generation_config_json_that_is_not_one_is_named(copy, text, message):
+    """generation_config.json (read for its end-of-turn ids) failed as json's error naming no
+    file, int()'s "invalid literal for int() with base 10: 'x'", or an AttributeError
+    traceback for a list."""
+    path, _ = copy
+    (path / "generation_config.json").write_text(text)
+    with pytest.raises(ValueError, match=f"generation_config.json:? {message}"):
+        load(path)
+
+
 def _real_gguf(path) -> bytes:
     from transformers import LlamaConfig
 
@@ -175,6 +190,8 @@ def test_a_repeated_tensor_is_refused_even_when_another_is_missing(copy):
                                "got 0"),
     ("num_experts_per_tok", 9, r"num_experts_per_tok must be in \[1, num_local_experts = 8\], "
                                "got 9"),
+    # Mixtral has no dense form (Qwen's num_experts 0 is one): blamed on num_experts_per_tok
+    ("num_local_experts", 0, r"num_local_experts must be >= 1, got 0"),
 ])
 @pytest.mark.parametrize("load_format", ["auto", "dummy"])
 def test_a_bad_moe_field_of_config_json_is_named(copy, field, value, message, load_format):
@@ -201,6 +218,51 @@ def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
     fields = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**fields, field: value}))
     with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got {value}"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("num_experts_per_tok", None, "Field 'num_experts_per_tok' expected int, got NoneType"),
+    ("num_experts_per_tok", 1.5, "Field 'num_experts_per_tok' expected int, got float"),
+    ("num_local_experts", "8", "Field 'num_local_experts' expected int, got str"),
+    ("layer_types", ["full_attention"], "`num_hidden_layers` .2. must be equal to the number "
+                                        "of `layer_types` .1."),
+    # transformers' rope validation raises KeyError
+    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4},
+     r"Missing required keys in `rope_parameters` for 'rope_type'='yarn': \{'factor'\}$"),
+    # ... and only warns of this one, which float() then refused naming nothing:
+    # "could not convert string to float: 'x'"
+    ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": "x"},
+     r"rope_parameters \(rope_scaling\) factor must be a number, got 'x'"),
+])
+def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, message):
+    """transformers 5 checks each field's type, and some fields against others, as it reads
+    config.json, raising huggingface_hub's StrictDataclass errors (or a KeyError for a rope
+    type's missing parameter), which are no ValueError: `aiollm serve` printed a traceback
+    instead of its one-line error."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=rf"config.json: {message}"):
+        load(path)
+
+
+@pytest.mark.parametrize("field, value", [("num_experts", -2),
+                                          ("shared_expert_intermediate_size", -1)])
+def test_a_negative_qwen_moe_size_is_named(tmp_path, field, value):
+    """num_experts -2 was refused as "num_experts_per_tok must be in [1, -2]", naming the
+    field that was right; shared_expert_intermediate_size -1 was read as "no shared expert"
+    and the checkpoint's shared-expert tensors refused as having no place in the model."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                            moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
+    config.save_pretrained(tmp_path)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=f"config.json: {field} must be >= 0, got {value}"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 

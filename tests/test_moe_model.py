@@ -177,6 +177,32 @@ def test_config_variants_match_transformers(tmp_path, name):
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
 
 
+@pytest.mark.parametrize("family, fields", [
+    ("mixtral", {"attention_bias": True, "mlp_bias": True}),
+    ("qwen2_moe", {"attention_bias": True, "qkv_bias": False, "mlp_bias": True}),
+])
+def test_bias_fields_the_family_does_not_read_are_ignored_as_transformers_does(
+        tmp_path, family, fields):
+    """transformers builds Mixtral's (and Mistral's) attention without biases whatever
+    attention_bias says, Qwen2-MoE's q/k/v biases from qkv_bias alone, and reads mlp_bias
+    only for Llama. A config.json carrying those fields (left by a conversion or a merge
+    tool) runs there; here it was refused, as missing q/k/v/o biases or as mlp_bias."""
+    from transformers import AutoModelForCausalLM
+
+    save_moe_model(family, tmp_path, variant(family, **{
+        k: v for k, v in fields.items() if k == "qkv_bias"}))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved, **fields}))
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    assert hf.config.attention_bias and hf.model.layers[0].self_attn.q_proj.bias is None
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert not loaded.config.qkv_bias and not loaded.config.o_bias
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+
+
 @pytest.mark.parametrize("layout", ["shards-with-index", "stacked-experts"])
 def test_checkpoint_layouts_match_transformers(tmp_path, layout):
     """Shards with an index json (each shard holding some experts of a layer), and the
@@ -426,3 +452,31 @@ def test_a_config_only_directory_has_no_tokenizer(tmp_path):
     FAMILIES["qwen3_moe"].save_pretrained(tmp_path)
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         load_tokenizer(str(tmp_path))
+
+
+@pytest.mark.parametrize("vocab_size", [160, None])
+def test_a_tokenizer_larger_than_the_vocabulary_is_warned_of_at_start_up(tmp_path, caplog,
+                                                                          vocab_size):
+    """--load-format dummy on a config-only directory serves with the default model's
+    tokenizer (49,152 tokens); a config of a smaller vocabulary (Mixtral's real one has 32,000)
+    then refused each text whose tokens happened to fall past it, one request at a time
+    ("prompt token ids must be integers in [0, 160)"), with nothing said at start-up."""
+    import logging
+
+    size = len(load_tokenizer(None))
+    variant("mixtral", vocab_size=vocab_size or size).save_pretrained(tmp_path)
+
+    async def start():
+        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=256,
+                          max_model_len=128):
+            pass
+
+    with caplog.at_level(logging.WARNING, logger="aiollm.engine.loading"):
+        asyncio.run(start())
+    warned = [r.getMessage() for r in caplog.records if "tokenizer has" in r.getMessage()]
+    if vocab_size is None:
+        assert not warned, warned
+    else:
+        assert warned == [f"the tokenizer has {size} tokens, more than the model's vocabulary "
+                          f"of {vocab_size}: a prompt holding a token id of {vocab_size} or "
+                          "more is refused; serve the model's own tokenizer (--tokenizer)"]

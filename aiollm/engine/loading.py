@@ -134,6 +134,12 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     mc = loaded.config
     model_name = cfg.served_model_name or model_name_of(loaded.path, cfg.model)
     log.info("weights and tokenizer loaded in %.1fs", time.monotonic() - t0)
+    if len(tokenizer) > mc.vocab_size:
+        # e.g. dummy weights of a config-only directory, served with the default model's
+        # tokenizer: a prompt is refused only when one of its tokens falls past the vocabulary
+        log.warning("the tokenizer has %d tokens, more than the model's vocabulary of %d: a "
+                    "prompt holding a token id of %d or more is refused; serve the model's own "
+                    "tokenizer (--tokenizer)", len(tokenizer), mc.vocab_size, mc.vocab_size)
     eos = set(mc.eos_token_ids)
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))

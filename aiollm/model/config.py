@@ -19,6 +19,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
+try:  # huggingface_hub >= 0.35, which transformers 5 requires; older ones raise ValueErrors
+    from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
+except ImportError:  # pragma: no cover
+    _StrictDataclassError = ()  # type: ignore[assignment,misc]
+
 # model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
 # mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
@@ -172,10 +177,21 @@ def _as_list(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
+# the numbers of a rope_parameters (rope_scaling) dict that _rope_from_hf reads
+_ROPE_NUMBERS = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor",
+                 "original_max_position_embeddings", "attention_factor", "beta_fast",
+                 "beta_slow", "mscale", "mscale_all_dim", "partial_rotary_factor")
+
+
 def _rope_from_hf(hf: Any) -> RopeConfig:
     # transformers 5 keeps theta and scaling together in rope_parameters; 4.x had rope_theta and
     # an optional rope_scaling dict whose type key was "type" before "rope_type".
     params = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
+    for key in _ROPE_NUMBERS:  # transformers warns of a string here and goes on
+        value = params.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"config.json: rope_parameters (rope_scaling) {key} must be a "
+                             f"number, got {value!r}")
     theta = params.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0
     kind = params.get("rope_type") or params.get("type") or "default"
     _check_partial_rotary(hf, params, kind)
@@ -252,7 +268,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         raise ValueError(f"quantized checkpoints are not supported (quantization_config has "
                          f"quant_method {method!r}): use a float16/bfloat16/float32 checkpoint "
                          "or a GGUF file")
-    if getattr(hf, "mlp_bias", False):
+    # transformers reads mlp_bias for Llama only, attention_bias for Llama and Qwen3 (MoE
+    # too) only: Mistral and Mixtral have no biases, Qwen2 q/k/v biases always, Qwen2-MoE
+    # by qkv_bias. Other families run with either field in their config.json, ignored.
+    if arch == "llama" and getattr(hf, "mlp_bias", False):
         raise ValueError("models with mlp_bias=True are not supported")
     # Every MLP (dense, expert, shared expert) runs the fused SiLU kernels; transformers
     # applies ACT2FN[hidden_act], where "swish" is SiLU too.
@@ -260,7 +279,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
     if act not in ("silu", "swish"):
         raise ValueError(f"hidden_act {act!r} is not supported (aiollm's MLPs compute SiLU: "
                          "hidden_act must be 'silu')")
-    attention_bias = bool(getattr(hf, "attention_bias", False))
+    attention_bias = arch in ("llama", "qwen3", "qwen3_moe") and bool(
+        getattr(hf, "attention_bias", False))
     rope = _rope_from_hf(hf)
     max_position = _context_of(hf, rope)
     # We attend over the whole sequence; a model trained with a sliding window is exact only
@@ -295,10 +315,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         max_position=max_position,
         tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
         # Qwen2 always has q/k/v biases (Qwen2-MoE unless its qkv_bias says otherwise) and no
-        # o_proj bias; the others follow attention_bias.
+        # o_proj bias; Llama and Qwen3 follow attention_bias (see above).
         qkv_bias=(arch == "qwen2" or attention_bias
                   or arch == "qwen2_moe" and bool(getattr(hf, "qkv_bias", True))),
-        o_bias=arch not in ("qwen2", "qwen2_moe") and attention_bias,
+        o_bias=attention_bias,
         qk_norm=arch in ("qwen3", "qwen3_moe"),
         eos_token_ids=eos,
         bos_token_id=getattr(hf, "bos_token_id", None),
@@ -335,6 +355,12 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
     mixtral = hf.model_type == "mixtral"
     experts_field = "num_local_experts" if mixtral else "num_experts"
     num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
+    shared = 0 if mixtral else int(getattr(hf, "shared_expert_intermediate_size", 0))
+    # Qwen's num_experts 0 means every MLP dense (below); Mixtral has no such form
+    for name, value, least in ((experts_field, num_experts, int(mixtral)),
+                               ("shared_expert_intermediate_size", shared, 0)):
+        if value < least:
+            raise ValueError(f"config.json: {name} must be >= {least}, got {value}")
     if num_experts == 0 and not mixtral:
         # transformers' Qwen MoE layers are sparse only when num_experts > 0: every MLP is
         # then dense (intermediate_size), num_experts_per_tok unread
@@ -357,7 +383,7 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
         top_k=top_k,
         intermediate_size=int(hf.moe_intermediate_size),
         norm_topk_prob=bool(hf.norm_topk_prob),
-        shared_expert_intermediate_size=int(getattr(hf, "shared_expert_intermediate_size", 0)),
+        shared_expert_intermediate_size=shared,
         sparse_step=step,
         dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
     )
@@ -366,7 +392,8 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
 def load_hf_config(model_dir: str) -> ModelConfig:
     """ModelConfig of an HF model directory (config.json, generation_config.json if present).
     Raises FileNotFoundError without config.json, ValueError naming config.json when it is
-    not a JSON object or describes a model aiollm does not run."""
+    not a JSON object or describes a model aiollm does not run (or generation_config.json
+    when it is not a JSON object with token ids for eos_token_id)."""
     from transformers import AutoConfig
 
     path = os.path.join(model_dir, "config.json")
@@ -380,11 +407,34 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     if not isinstance(fields, dict):
         raise ValueError(f"{path} holds a JSON {type(fields).__name__}, not an object")
     _check_model_type(fields.get("model_type"))
-    hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    generation_eos: list[int] = []
+    try:
+        hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except _StrictDataclassError as e:
+        # transformers 5 checks each field's type (num_experts_per_tok: null) and some fields
+        # against others (layer_types) as it reads them; its error is no ValueError and
+        # spans two lines, the second (its cause) naming the field: that line alone
+        raise ValueError(f"{path}: {' '.join(str(e.__cause__ or e).split())}") from None
+    except KeyError as e:  # its rope validation: a rope type's required parameter missing
+        raise ValueError(f"{path}: {e.args[0] if e.args else e}") from None
     gen_path = os.path.join(model_dir, "generation_config.json")
-    if os.path.exists(gen_path):
-        # Instruct checkpoints (Llama 3.x) list their end-of-turn ids here, not in config.json.
-        with open(gen_path) as f:
-            generation_eos = _as_list(json.load(f).get("eos_token_id"))
+    # Instruct checkpoints (Llama 3.x) list their end-of-turn ids there, not in config.json.
+    generation_eos = _generation_eos(gen_path) if os.path.exists(gen_path) else []
     return config_from_hf(hf, generation_eos)
+
+
+def _generation_eos(path: str) -> list[int]:
+    """The eos_token_id (a token id, a list of them, or none) of a generation_config.json.
+    Raises ValueError naming the file when it is not a JSON object or the ids are not ids."""
+    with open(path) as f:
+        try:
+            fields = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"{path} holds a JSON {type(fields).__name__}, not an object")
+    eos = fields.get("eos_token_id")
+    ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{path}: eos_token_id must be a token id or a list of them, "
+                         f"got {eos!r}")
+    return ids
