@@ -185,6 +185,23 @@ def test_a_repeated_tensor_is_refused_even_when_another_is_missing(copy):
         load(path)
 
 
+@pytest.mark.parametrize("field", ["num_key_value_heads", "head_dim"])
+def test_a_zero_head_count_or_size_is_named(copy, field):
+    """0 was read as absent (num_attention_heads KV heads, hidden / heads wide): the load then
+    failed on k_proj's shape, naming no field of config.json."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**fields, field: 0}))
+    with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got 0"):
+        load(path)
+
+
+def test_a_model_path_that_does_not_exist_says_so(tmp_path):
+    """It was 'neither a .gguf file nor a directory', as for a file of another kind."""
+    with pytest.raises(FileNotFoundError, match=r"model path '.*nope' does not exist"):
+        load(tmp_path / "nope")
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("num_experts_per_tok", 0, r"num_experts_per_tok must be in \[1, num_local_experts = 8\], "
                                "got 0"),

@@ -308,8 +308,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         intermediate_size=int(hf.intermediate_size),
         num_layers=int(hf.num_hidden_layers),
         num_heads=int(hf.num_attention_heads),
-        num_kv_heads=int(getattr(hf, "num_key_value_heads", None) or hf.num_attention_heads),
-        head_dim=int(getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads),
+        num_kv_heads=_given(hf, "num_key_value_heads", hf.num_attention_heads),
+        head_dim=_given(hf, "head_dim", hf.hidden_size // hf.num_attention_heads),
         rms_norm_eps=float(hf.rms_norm_eps),
         rope=rope,
         max_position=max_position,
@@ -346,6 +346,18 @@ def _check_model_type(model_type: Any) -> None:
             f"model_type {model_type!r} is not supported "
             f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})"
         )
+
+
+def _given(hf: Any, field: str, default: int) -> int:
+    """config.json's `field` as an int, `default` when absent or null; a value below 1 is
+    refused by the field's name (0 was read as absent: the model then failed on a weight's
+    shape, naming no field)."""
+    value = getattr(hf, field, None)
+    if value is None:
+        return int(default)
+    if int(value) < 1:
+        raise ValueError(f"config.json: {field} must be >= 1, got {value}")
+    return int(value)
 
 
 def _moe_from_hf(hf: Any) -> MoeConfig | None:

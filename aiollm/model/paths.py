@@ -35,6 +35,8 @@ def resolve_model_path(path: str | None) -> tuple[str, str | None]:
         if len(ggufs) == 1 and not os.path.exists(os.path.join(path, "config.json")):
             return path, os.path.basename(ggufs[0])
         return path, None
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"model path {path!r} does not exist")
     raise FileNotFoundError(
         f"model path {path!r} is neither a .gguf file nor a directory "
         "(aiollm loads local files only)"
