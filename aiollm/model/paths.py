@@ -36,7 +36,8 @@ def resolve_model_path(path: str | None) -> tuple[str, str | None]:
             return path, os.path.basename(ggufs[0])
         return path, None
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model path {path!r} does not exist")
+        raise FileNotFoundError(f"model path {path!r} does not exist (aiollm loads local "
+                                "files only: a model hub's name is not fetched)")
     raise FileNotFoundError(
         f"model path {path!r} is neither a .gguf file nor a directory "
         "(aiollm loads local files only)"
