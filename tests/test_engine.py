@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from aiollm import Engine, SamplingParams
+from aiollm.engine.submission import TOKENIZE_INLINE_CHARS
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
 from aiollm.sampling_params import Constraint, GrammarSpec
 from conftest import load_bench, run
@@ -691,8 +692,11 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
 
     gap = run(loop, _longest_loop_gap(refused))
     assert gap < encode_s / 4, (gap, encode_s)
-    fits = " ".join(f"word{i}" for i in range(300))  # 2,589 characters
+    # past TOKENIZE_INLINE_CHARS (512), so tokenized on a worker thread: 689 characters, 290
+    # tokens to prefill twice (2,589 characters and 1,090 tokens took 10 s on a 2-core CPU)
+    fits = " ".join(f"word{i}" for i in range(100))
     params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    assert len(fits) > TOKENIZE_INLINE_CHARS
     out = run(loop, engine.generate(fits, params))
     ids = engine.tokenize(fits)
     assert out.prompt_tokens == len(ids)
