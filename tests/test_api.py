@@ -259,6 +259,10 @@ def test_lightllm_generate_and_stream(server):
     assert events[-1]["finish_reason"] == "length"
     assert events[-1]["generated_text"] == out["generated_text"][0]
     assert all(isinstance(e["token"]["id"], int) and e["token"]["logprob"] <= 0 for e in events)
+    # without max_new_tokens: LightLLM's default, 16 (the fuzz tests give theirs 4)
+    status, _, body = http(server, "POST", "/generate", json={
+        "inputs": "The capital of France is", "parameters": {"ignore_eos": True}})
+    assert status == 200 and json.loads(body)["count_output_tokens"] == 16, body
 
     sampled = {"inputs": [1, 2, 3], "parameters": {
         "do_sample": True, "temperature": 0.8, "top_k": 10, "max_new_tokens": 3,

@@ -58,54 +58,60 @@ def test_python_m_aiollm_is_the_command():
     assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
 
 
+def serve_all(arg_lists: list[list[str]], timeout: float = 120
+              ) -> list[subprocess.CompletedProcess]:
+    """`aiollm serve` with each of arg_lists, the processes started all at once (each one a
+    usage error that exits in under a second, most of it Python's start-up, which runs one
+    after another took 10 s on a 2-core CPU): the CompletedProcess of each, in order."""
+    procs = [subprocess.Popen([AIOLLM, "serve", *args], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in arg_lists]
+    try:
+        outs = [p.communicate(timeout=timeout) for p in procs]
+        return [subprocess.CompletedProcess(p.args, p.returncode, *out)
+                for p, out in zip(procs, outs)]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def test_serve_rejects_bad_options():
-    out = subprocess.run([AIOLLM, "serve", "--scheduler", "fifo"], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 2 and "--scheduler" in out.stderr
-    out = subprocess.run([AIOLLM, "serve", "--max-running-requests", "0"], capture_output=True,
-                         text=True, timeout=60)
-    assert out.returncode == 2 and "max_running_requests" in out.stderr
-    for port in ("70000", "-1"):  # 70000 served on port 4464; -1 failed only after loading
-        out = subprocess.run([AIOLLM, "serve", "--port", port], capture_output=True, text=True,
-                             timeout=60)
-        assert out.returncode == 2 and "--port must be in [0, 65535]" in out.stderr
+    checks = [  # (args, exit status, what stderr says)
+        (["--scheduler", "fifo"], 2, ["--scheduler"]),
+        (["--max-running-requests", "0"], 2, ["max_running_requests"])]
+    # 70000 served on port 4464; -1 failed only after loading
+    checks += [(["--port", port], 2, ["--port must be in [0, 65535]"]) for port in ("70000", "-1")]
     # NaN passed every check: no queue timeout at all, and a shutdown that aborted at once
-    for opt, name in (("--queue-timeout", "queue_timeout"),
-                      ("--shutdown-timeout", "--shutdown-timeout")):
-        out = subprocess.run([AIOLLM, "serve", opt, "nan"], capture_output=True, text=True,
-                             timeout=60)
-        assert out.returncode == 2 and f"{name} must be" in out.stderr
+    checks += [([opt, "nan"], 2, [f"{name} must be"]) for opt, name in (
+        ("--queue-timeout", "queue_timeout"), ("--shutdown-timeout", "--shutdown-timeout"))]
     # each names its flag; 2**31 table slots passed every check, then failed after loading
-    for args, says in ((["--table-capacity", "0"], "must be an integer >= 1"),
-                       (["--table-capacity", str(2**31)], "at most 1048576"),
-                       (["--table-capacity", "1e3"], "invalid int value"),
-                       (["--cuda-graph-max-batch", "0"], "must be an integer >= 1"),
-                       (["--cuda-graph-max-bs", "-3"], "must be an integer >= 1"),
-                       (["--grammar-compile-timeout", "0"], "finite number of seconds > 0"),
-                       (["--grammar-compile-timeout", "nan"], "finite number of seconds > 0"),
-                       (["--max-running-requests", "0"], "must be an integer >= 1")):
-        out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
-                             timeout=60)
-        flag = args[0].replace("-max-bs", "-max-batch")
-        assert out.returncode == 2 and f"argument {flag}" in out.stderr, out.stderr
-        assert says in out.stderr, out.stderr
+    checks += [(args, 2, [f"argument {args[0].replace('-max-bs', '-max-batch')}", says])
+               for args, says in ((["--table-capacity", "0"], "must be an integer >= 1"),
+                                  (["--table-capacity", str(2**31)], "at most 1048576"),
+                                  (["--table-capacity", "1e3"], "invalid int value"),
+                                  (["--cuda-graph-max-batch", "0"], "must be an integer >= 1"),
+                                  (["--cuda-graph-max-bs", "-3"], "must be an integer >= 1"),
+                                  (["--grammar-compile-timeout", "0"],
+                                   "finite number of seconds > 0"),
+                                  (["--grammar-compile-timeout", "nan"],
+                                   "finite number of seconds > 0"),
+                                  (["--max-running-requests", "0"], "must be an integer >= 1"))]
     # CORS: lists as JSON or comma-separated; the other options alone would do nothing
-    for args, says in ((["--allowed-methods", "GET"], "needs --allowed-origins"),
-                       (["--allow-credentials"], "needs --allowed-origins"),
-                       (["--allowed-origins", "[1]"], "must be a list of strings"),
-                       (["--allowed-origins", "a,,b"], "without empty names"),
-                       (["--allowed-origins", "http://localhost:3000/"], "not an origin")):
-        out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
-                             timeout=60)
-        assert out.returncode == 2 and says in out.stderr, out.stderr
+    checks += [(args, 2, [says]) for args, says in (
+        (["--allowed-methods", "GET"], "needs --allowed-origins"),
+        (["--allow-credentials"], "needs --allowed-origins"),
+        (["--allowed-origins", "[1]"], "must be a list of strings"),
+        (["--allowed-origins", "a,,b"], "without empty names"),
+        (["--allowed-origins", "http://localhost:3000/"], "not an origin"))]
     # both ended in a traceback (torch's RuntimeError; "Torch not compiled with CUDA enabled")
-    out = subprocess.run([AIOLLM, "serve", "--device", "tpu"], capture_output=True, text=True,
-                         timeout=60)
-    assert out.returncode == 2 and "device must be auto, cpu, cuda or cuda:N" in out.stderr
-    out = subprocess.run([AIOLLM, "serve", "--device", "cuda:99", "--port", "0"],
-                         capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert "device cuda:99 is not available" in out.stderr
+    checks += [(["--device", "tpu"], 2, ["device must be auto, cpu, cuda or cuda:N"]),
+               (["--device", "cuda:99", "--port", "0"], 1, ["device cuda:99 is not available"])]
+    for (args, status, says), out in zip(checks, serve_all([c[0] for c in checks]),
+                                         strict=True):
+        assert out.returncode == status, (args, out.returncode, out.stderr)
+        assert all(s in out.stderr for s in says), (args, out.stderr)
+    assert "Traceback" not in out.stderr  # the last: cuda:99
 
 
 def test_each_bad_option_names_its_own_flag():
@@ -116,22 +122,21 @@ def test_each_bad_option_names_its_own_flag():
     port past 65535 ("Port out of range", with -tp 2 after its ranks started) only after
     loading; an empty --api-key (`--api-key "$KEY"`, KEY unset) served without auth. Each is
     a usage error now (exit 2, no traceback) naming its flag."""
-    for args, says in ((["--nnodes", "0"], "argument --nnodes: nnodes must be >= 1"),
-                       (["--tensor-parallel-size", "0"],
-                        "argument --tensor-parallel-size: tensor_parallel_size must be >= 1"),
-                       (["--scheduler-blind-cap", "0"], "argument --scheduler-blind-cap: "
-                        "scheduler_blind_cap must be an integer >= 1"),
-                       (["--kv-tokens", str(2**31)], "argument --kv-tokens: kv_tokens must "
-                        "be in [1, 2147483646]"),
-                       (["--served-model-name", " "], "argument --served-model-name: "
-                        "served_model_name must not be empty"),
-                       (["--host", ""], "--host must not be empty"),
-                       (["--api-key", " "], "argument --api-key: must not be empty"),
-                       (["--dist-init-addr", "127.0.0.1:99999"],
-                        "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
-                        "port in [1, 65535]")):
-        out = subprocess.run([AIOLLM, "serve", *args], capture_output=True, text=True,
-                             timeout=60)
+    checks = ((["--nnodes", "0"], "argument --nnodes: nnodes must be >= 1"),
+              (["--tensor-parallel-size", "0"],
+               "argument --tensor-parallel-size: tensor_parallel_size must be >= 1"),
+              (["--scheduler-blind-cap", "0"], "argument --scheduler-blind-cap: "
+               "scheduler_blind_cap must be an integer >= 1"),
+              (["--kv-tokens", str(2**31)], "argument --kv-tokens: kv_tokens must "
+               "be in [1, 2147483646]"),
+              (["--served-model-name", " "], "argument --served-model-name: "
+               "served_model_name must not be empty"),
+              (["--host", ""], "--host must not be empty"),
+              (["--api-key", " "], "argument --api-key: must not be empty"),
+              (["--dist-init-addr", "127.0.0.1:99999"],
+               "argument --dist-init-addr: dist_init_addr must be HOST:PORT with a "
+               "port in [1, 65535]"))
+    for (args, says), out in zip(checks, serve_all([args for args, _ in checks]), strict=True):
         assert out.returncode == 2 and says in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr
     from aiollm.config import EngineConfig

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from aiollm import Engine, SamplingParams
+from aiollm.engine.submission import TOKENIZE_INLINE_CHARS
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
 from aiollm.sampling_params import Constraint, GrammarSpec
 from conftest import load_bench, run
@@ -79,7 +80,7 @@ def test_greedy_matches_transformers(loop, engine, hf_model, greedy_outs):
 
 
 def test_chunked_prefill_and_batch_mix_do_not_change_greedy_output(loop, engine):
-    long_prompt = " ".join(PROMPTS * 12)  # several chunks of max_prefill_tokens=256
+    long_prompt = " ".join(PROMPTS * 9)  # 522 tokens: three chunks of max_prefill_tokens=256
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
     alone = run(loop, engine.generate(long_prompt, params))
 
@@ -95,7 +96,9 @@ def test_chunked_prefill_and_batch_mix_do_not_change_greedy_output(loop, engine)
 
 
 def test_seeded_sampling_reproducible_across_batch_mixes(loop, engine):
-    params = SamplingParams(max_tokens=24, temperature=1.0, top_p=0.95, top_k=50, seed=1234)
+    # 16 tokens: the neighbours (8 to 15 tokens) finish one by one while it samples, so the
+    # batch it shares changes under it
+    params = SamplingParams(max_tokens=16, temperature=1.0, top_p=0.95, top_k=50, seed=1234)
 
     async def with_neighbours(n):
         others = [engine.generate(p, SamplingParams(max_tokens=8 + i, temperature=1.0))
@@ -109,7 +112,7 @@ def test_seeded_sampling_reproducible_across_batch_mixes(loop, engine):
     c = run(loop, with_neighbours(8))
     assert a.token_ids == b.token_ids == c.token_ids
     other_seed = run(loop, engine.generate(PROMPTS[0], SamplingParams(
-        max_tokens=24, temperature=1.0, top_p=0.95, top_k=50, seed=99)))
+        max_tokens=16, temperature=1.0, top_p=0.95, top_k=50, seed=99)))
     assert other_seed.token_ids != a.token_ids
 
 
@@ -134,7 +137,8 @@ def test_stream_deltas_join_to_final_text(loop, engine):
 
 
 def test_stop_string_is_not_emitted(loop, engine):
-    base = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    # " 5, 6, 7," is 6 tokens: 20 hold it with room to spare
+    base = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
     full = run(loop, engine.generate(PROMPTS[4], base)).text  # "1, 2, 3, 4," -> " 5, 6, ..."
     assert " 7" in full, full
     stop = "7,"
@@ -204,7 +208,10 @@ def test_many_concurrent_requests_then_everything_is_free(loop, engine):
         reqs = []
         for i in range(64):
             prompt = " ".join(rnd.choice(PROMPTS) for _ in range(rnd.randint(1, 6)))
-            params = SamplingParams(max_tokens=rnd.randint(1, 40), temperature=rnd.choice([0, 1]),
+            # 64 requests of mixed lengths are the load; their decode steps (up to 64 rows
+            # on the CPU) the cost: 16 tokens at most still keeps prompts waiting to be
+            # admitted while others decode and finish (1,456 prompt tokens, 256 a step)
+            params = SamplingParams(max_tokens=rnd.randint(1, 16), temperature=rnd.choice([0, 1]),
                                     ignore_eos=rnd.random() < 0.5)
             reqs.append(engine.generate(prompt, params))
         return await asyncio.gather(*reqs)
@@ -711,8 +718,11 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
 
     gap = run(loop, _longest_loop_gap(refused))
     assert gap < encode_s / 4, (gap, encode_s)
-    fits = " ".join(f"word{i}" for i in range(300))  # 2,589 characters
+    # past TOKENIZE_INLINE_CHARS (512), so tokenized on a worker thread: 689 characters, 290
+    # tokens to prefill twice (2,589 characters and 1,090 tokens took 10 s on a 2-core CPU)
+    fits = " ".join(f"word{i}" for i in range(100))
     params = SamplingParams(max_tokens=3, temperature=0, ignore_eos=True)
+    assert len(fits) > TOKENIZE_INLINE_CHARS
     out = run(loop, engine.generate(fits, params))
     ids = engine.tokenize(fits)
     assert out.prompt_tokens == len(ids)
@@ -1155,24 +1165,27 @@ def test_eviction_resumes_with_identical_greedy_output(loop, greedy_outs):
     """A KV pool too small for the batch forces pauses; paused requests are recomputed and
     must produce exactly the tokens they would have produced uninterrupted (greedy_outs: the
     module engine's, with room for all)."""
-    roomy = [out for _, out in greedy_outs[:6]]
+    # greedy output is prefix-stable: the first 32 of the 48 tokens are what 32 would be
+    roomy = [out.token_ids[:32] for _, out in greedy_outs[:6]]
     prompts = [ids for ids, _ in greedy_outs[:6]]
+    params = SamplingParams(max_tokens=32, temperature=0, ignore_eos=True)
 
     async def go(**opts):
         eng = Engine(None, **opts)
         await eng.start()
         try:
-            outs = await asyncio.gather(*(eng.generate(p, GREEDY_48) for p in prompts))
+            outs = await asyncio.gather(*(eng.generate(p, params) for p in prompts))
             return outs, eng.stats()
         finally:
             await eng.stop()
 
-    # aggressive admission fills the pool with all six, then decodes run out of slots
-    tight, stats = run(loop, go(kv_tokens=200, scheduler="aggressive"))
+    # aggressive admission fills the pool with all six (44 prompt tokens), then decodes run
+    # out of slots: 6 x 32 more do not fit in 150
+    tight, stats = run(loop, go(kv_tokens=150, scheduler="aggressive"))
     assert stats["evictions"] > 0
     assert stats["kv_used"] == 0
     for a, b in zip(roomy, tight, strict=True):
-        assert a.token_ids == b.token_ids
+        assert a == b.token_ids
 
 
 def test_loop_error_fails_in_flight_requests_and_keeps_serving(loop, engine):
@@ -1380,7 +1393,7 @@ def test_batch_one_short_context_steps_take_the_short_graph(loop, engine):
     assert_all_free(engine)
 
 
-LONG_PROMPT = " ".join(PROMPTS * 8)  # 464 tokens: prefilled in several steps
+LONG_PROMPT = " ".join(PROMPTS * 5)  # 290 tokens: prefilled in several steps, even alone
 MIXED_PARAMS = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
 
 

@@ -554,7 +554,7 @@ def test_tool_of_a_recursive_pydantic_model(client):
     tool = {"type": "function", "function": {"name": "make_tree", "parameters": schema}}
     r = client.chat.completions.create(
         model=None, messages=[{"role": "user", "content": "Make a tree of two nodes."}],
-        tools=[tool], tool_choice="required", max_tokens=60, temperature=0)
+        tools=[tool], tool_choice="required", max_tokens=30, temperature=0)
     msg, finish = r.choices[0].message, r.choices[0].finish_reason
     if finish == "tool_calls":
         _check_call(msg.tool_calls[0], tool)
