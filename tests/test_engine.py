@@ -1071,7 +1071,9 @@ def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monk
             await eng.stop()
         return max(lags)
 
-    assert run(loop, scenario()) < 0.5
+    # the stall this is about lasts the whole build (the 1 s sleep and more); 0.5 s was
+    # reached once by a loaded 2-core machine's scheduling alone (0.556 s)
+    assert run(loop, scenario()) < 0.9
 
 
 def test_process_exits_while_a_grammar_compiles():
