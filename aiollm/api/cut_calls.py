@@ -25,7 +25,8 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
 
     The calls are read from the last `marker` on: each head `{"name": <one of names>,
     "<args_key>": ` starts one, whose arguments are the JSON value after it (re-encoded,
-    as complete calls are) or, for the one cut, the text after it. The content is the text
+    as complete calls are) or, for the one cut, the text after it ("" when the cut falls
+    in the head, after the name). The content is the text
     before that marker, without the `separator` between it and a complete call.
     `only_calls` (the output can only be calls: "required", or calls already found) also
     drops a marker cut part way at the end. Without a marker the content is returned as it
@@ -36,16 +37,23 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
     region, content = content[at:], content[:at].rstrip()
     if separator.strip():
         content = content.removesuffix(separator.strip()).rstrip()
-    heads = re.compile(r'\{"name": (%s), "%s": ' % (
-        "|".join(re.escape(json.dumps(n)) for n in sorted(names, key=len, reverse=True)),
-        re.escape(args_key)))
+    # a JSON string's closing quote ends it: no name is a prefix of another's here
+    heads = re.compile(r'\{"name": (%s)' % "|".join(re.escape(json.dumps(n)) for n in names))
+    between = f', "{args_key}": '
     decoder, calls, pos = json.JSONDecoder(), [], 0
     while (m := heads.search(region, pos)) is not None:
-        name = json.loads(m.group(1))
+        name, rest = json.loads(m.group(1)), region[m.end():]
+        if not rest.startswith(between):
+            if between.startswith(rest):  # cut after the name, before its arguments
+                calls.append((name, ""))
+                break
+            pos = m.end()  # not a call's head
+            continue
+        start = m.end() + len(between)
         try:
-            args, pos = decoder.raw_decode(region, m.end())
+            args, pos = decoder.raw_decode(region, start)
         except ValueError:  # the call cut: what it wrote of its arguments
-            calls.append((name, region[m.end():]))
+            calls.append((name, region[start:]))
             break
         calls.append((name, args if isinstance(args, str) else json.dumps(args)))
     return content, calls
