@@ -174,6 +174,18 @@ def test_logit_bias_keys_are_decimal_token_ids(server, bias):
     assert repr(list(bias)[-1][:20]) in err["message"], err
 
 
+@pytest.mark.parametrize("value,shown", [(True, "true"), (None, "null"), ("1", '"1"'),
+                                         ([1], "[1]"), (101, "101")])
+def test_logit_bias_value_is_shown_as_the_client_wrote_it(server, value, shown):
+    """A bias that is no number in [-100, 100] is named in JSON's spelling (true, null),
+    not Python's (True, None), which a JSON client never sent."""
+    status, _, raw = http(server, "POST", "/v1/completions", json={
+        "prompt": "Hi", "max_tokens": 1, "logit_bias": {"5": value}})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "logit_bias", err
+    assert err["message"].endswith(f"got {shown}"), err
+
+
 def test_logit_bias_key_with_leading_zeros_is_its_token(client):
     r = client.completions.create(model=None, prompt="Hello", max_tokens=2, temperature=0,
                                   logit_bias={"0314": 100}, extra_body={"ignore_eos": True})
