@@ -668,6 +668,30 @@ def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
         (call.function.name, call.function.arguments)]
 
 
+@pytest.mark.parametrize("stop,arguments", [('"arguments"', ""), ('"city"', "{")])
+def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, arguments):
+    """A stop string inside a forced call ends the output there, as it ends any output; what
+    was written is a call cut like one max_tokens cuts (its arguments as written, no markup
+    in content), with finish_reason "stop", not "tool_calls": it is not complete. Its text
+    ('<tool_call>\n{"name": "get_weather", ') came back as content. Streamed and not alike."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
+              tools=[WEATHER], tool_choice="required", max_tokens=60, temperature=0, stop=[stop])
+    r = client.chat.completions.create(**kw)
+    msg, finish = r.choices[0].message, r.choices[0].finish_reason
+    assert finish == "stop" and msg.content is None, msg
+    assert [(c.function.name, c.function.arguments.strip()) for c in msg.tool_calls] == [
+        ("get_weather", arguments)], msg
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        state.handle_chunk(chunk)
+    built = state.current_completion_snapshot.choices[0]
+    assert built.finish_reason == "stop" and built.message.content is None, built
+    assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
+        (c.function.name, c.function.arguments) for c in msg.tool_calls]
+
+
 @pytest.mark.parametrize("tools", [{"tools": [WEATHER], "tool_choice": "none"}, {}])
 def test_past_tool_calls_are_in_the_prompt_without_tool_choice(client, tools):
     """The follow-up turn (tool_choice "none", or no tools sent at all) still shows the model

@@ -3,7 +3,8 @@
 Under a tool grammar (tool_choice "required" or a named function, or "auto" once a call's
 marker is written) every call is written as `{"name": NAME, "<arguments key>": ARGUMENTS`
 after its family's marker, so a call cut by max_tokens is still known by its name once
-that head is written. Such an output ends with finish_reason "length" and its calls are
+that head is written. Such an output ends with finish_reason "length" (or "stop", where a
+stop string or stop token id ended it inside a call) and its calls are
 returned as calls, the cut one with the arguments text written so far (no complete JSON),
 as OpenAI answers a call cut by max_tokens; the call markup is never content. A call cut
 before its name is complete is no call and is dropped; so is a marker cut part way when
@@ -19,8 +20,9 @@ from collections.abc import Collection
 
 
 def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
-              names: Collection[str], only_calls: bool) -> tuple[str, list[tuple[str, str]]]:
-    """(content left, [(name, arguments text)]) of the text a tool parser could not read as
+              names: Collection[str], only_calls: bool
+              ) -> tuple[str, list[tuple[str, str]], bool]:
+    """(content left, [(name, arguments text)], whether the last call is cut) of the text a tool parser could not read as
     complete calls (`content`), from an output that max_tokens cut.
 
     The calls are read from the last `marker` on: each head `{"name": <one of names>,
@@ -33,7 +35,7 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
     is, with no calls."""
     at = content.rfind(marker)
     if at < 0:
-        return (_without_cut_marker(content, marker) if only_calls else content), []
+        return (_without_cut_marker(content, marker) if only_calls else content), [], False
     region, content = content[at:], content[:at].rstrip()
     if separator.strip():
         content = content.removesuffix(separator.strip()).rstrip()
@@ -46,7 +48,7 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
         if not rest.startswith(between):
             if between.startswith(rest):  # cut after the name, before its arguments
                 calls.append((name, ""))
-                break
+                return content, calls, True
             pos = m.end()  # not a call's head
             continue
         start = m.end() + len(between)
@@ -54,9 +56,9 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
             args, pos = decoder.raw_decode(region, start)
         except ValueError:  # the call cut: what it wrote of its arguments
             calls.append((name, region[start:]))
-            break
+            return content, calls, True
         calls.append((name, args if isinstance(args, str) else json.dumps(args)))
-    return content, calls
+    return content, calls, False
 
 
 def _without_cut_marker(text: str, marker: str) -> str:
