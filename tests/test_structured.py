@@ -174,6 +174,18 @@ def test_logit_bias_keys_are_decimal_token_ids(server, bias):
     assert repr(list(bias)[-1][:20]) in err["message"], err
 
 
+@pytest.mark.parametrize("value,shown", [(True, "true"), (None, "null"), ("1", '"1"'),
+                                         ([1], "[1]"), (101, "101")])
+def test_logit_bias_value_is_shown_as_the_client_wrote_it(server, value, shown):
+    """A bias that is no number in [-100, 100] is named in JSON's spelling (true, null),
+    not Python's (True, None), which a JSON client never sent."""
+    status, _, raw = http(server, "POST", "/v1/completions", json={
+        "prompt": "Hi", "max_tokens": 1, "logit_bias": {"5": value}})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "logit_bias", err
+    assert err["message"].endswith(f"got {shown}"), err
+
+
 def test_logit_bias_key_with_leading_zeros_is_its_token(client):
     r = client.completions.create(model=None, prompt="Hello", max_tokens=2, temperature=0,
                                   logit_bias={"0314": 100}, extra_body={"ignore_eos": True})
@@ -654,6 +666,30 @@ def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
     assert built.finish_reason == "length" and built.message.content is None, built
     assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
         (call.function.name, call.function.arguments)]
+
+
+@pytest.mark.parametrize("stop,arguments", [('"arguments"', ""), ('"city"', "{")])
+def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, arguments):
+    """A stop string inside a forced call ends the output there, as it ends any output; what
+    was written is a call cut like one max_tokens cuts (its arguments as written, no markup
+    in content), with finish_reason "stop", not "tool_calls": it is not complete. Its text
+    ('<tool_call>\n{"name": "get_weather", ') came back as content. Streamed and not alike."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
+              tools=[WEATHER], tool_choice="required", max_tokens=60, temperature=0, stop=[stop])
+    r = client.chat.completions.create(**kw)
+    msg, finish = r.choices[0].message, r.choices[0].finish_reason
+    assert finish == "stop" and msg.content is None, msg
+    assert [(c.function.name, c.function.arguments.strip()) for c in msg.tool_calls] == [
+        ("get_weather", arguments)], msg
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        state.handle_chunk(chunk)
+    built = state.current_completion_snapshot.choices[0]
+    assert built.finish_reason == "stop" and built.message.content is None, built
+    assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
+        (c.function.name, c.function.arguments) for c in msg.tool_calls]
 
 
 @pytest.mark.parametrize("tools", [{"tools": [WEATHER], "tool_choice": "none"}, {}])

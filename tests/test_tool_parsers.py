@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import jsonschema
 import numpy as np
@@ -207,6 +208,7 @@ def test_calls_cut_by_max_tokens_are_calls_streamed_or_not(parser, required):
                "llama3": '{"name": "get_weather", "parameters": %s}',
                "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]'}
         outs = [before + one[parser.name] % '{"city": "Paris", "unit": "c"}']
+    heads = re.compile("|".join(re.escape('{"name": ' + json.dumps(n)) for n in names))
     for text in outs:
         _, whole = parser.calls(text, names)
         assert whole, text
@@ -217,6 +219,9 @@ def test_calls_cut_by_max_tokens_are_calls_streamed_or_not(parser, required):
             opened = required or parser.start in cut
             assert content == (before.strip() if opened else cut), (cut, content)
             assert [c.name for c in calls] == [c.name for c in whole[:len(calls)]], cut
+            # a call is a call once its name is written, whatever of its head is cut
+            # ('{"name": "get_weather", "arguments":' is get_weather with no arguments yet)
+            assert len(calls) == len(heads.findall(cut)), (cut, calls)
             for got, want in zip(calls[:-1], whole):
                 assert got.arguments == want.arguments, cut
             if calls and calls[-1].arguments != whole[len(calls) - 1].arguments:

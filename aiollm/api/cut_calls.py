@@ -3,7 +3,8 @@
 Under a tool grammar (tool_choice "required" or a named function, or "auto" once a call's
 marker is written) every call is written as `{"name": NAME, "<arguments key>": ARGUMENTS`
 after its family's marker, so a call cut by max_tokens is still known by its name once
-that head is written. Such an output ends with finish_reason "length" and its calls are
+that head is written. Such an output ends with finish_reason "length" (or "stop", where a
+stop string or stop token id ended it inside a call) and its calls are
 returned as calls, the cut one with the arguments text written so far (no complete JSON),
 as OpenAI answers a call cut by max_tokens; the call markup is never content. A call cut
 before its name is complete is no call and is dropped; so is a marker cut part way when
@@ -19,36 +20,45 @@ from collections.abc import Collection
 
 
 def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
-              names: Collection[str], only_calls: bool) -> tuple[str, list[tuple[str, str]]]:
-    """(content left, [(name, arguments text)]) of the text a tool parser could not read as
+              names: Collection[str], only_calls: bool
+              ) -> tuple[str, list[tuple[str, str]], bool]:
+    """(content left, [(name, arguments text)], whether the last call is cut) of the text a tool parser could not read as
     complete calls (`content`), from an output that max_tokens cut.
 
     The calls are read from the last `marker` on: each head `{"name": <one of names>,
     "<args_key>": ` starts one, whose arguments are the JSON value after it (re-encoded,
-    as complete calls are) or, for the one cut, the text after it. The content is the text
+    as complete calls are) or, for the one cut, the text after it ("" when the cut falls
+    in the head, after the name). The content is the text
     before that marker, without the `separator` between it and a complete call.
     `only_calls` (the output can only be calls: "required", or calls already found) also
     drops a marker cut part way at the end. Without a marker the content is returned as it
     is, with no calls."""
     at = content.rfind(marker)
     if at < 0:
-        return (_without_cut_marker(content, marker) if only_calls else content), []
+        return (_without_cut_marker(content, marker) if only_calls else content), [], False
     region, content = content[at:], content[:at].rstrip()
     if separator.strip():
         content = content.removesuffix(separator.strip()).rstrip()
-    heads = re.compile(r'\{"name": (%s), "%s": ' % (
-        "|".join(re.escape(json.dumps(n)) for n in sorted(names, key=len, reverse=True)),
-        re.escape(args_key)))
+    # a JSON string's closing quote ends it: no name is a prefix of another's here
+    heads = re.compile(r'\{"name": (%s)' % "|".join(re.escape(json.dumps(n)) for n in names))
+    between = f', "{args_key}": '
     decoder, calls, pos = json.JSONDecoder(), [], 0
     while (m := heads.search(region, pos)) is not None:
-        name = json.loads(m.group(1))
+        name, rest = json.loads(m.group(1)), region[m.end():]
+        if not rest.startswith(between):
+            if between.startswith(rest):  # cut after the name, before its arguments
+                calls.append((name, ""))
+                return content, calls, True
+            pos = m.end()  # not a call's head
+            continue
+        start = m.end() + len(between)
         try:
-            args, pos = decoder.raw_decode(region, m.end())
+            args, pos = decoder.raw_decode(region, start)
         except ValueError:  # the call cut: what it wrote of its arguments
-            calls.append((name, region[m.end():]))
-            break
+            calls.append((name, region[start:]))
+            return content, calls, True
         calls.append((name, args if isinstance(args, str) else json.dumps(args)))
-    return content, calls
+    return content, calls, False
 
 
 def _without_cut_marker(text: str, marker: str) -> str:

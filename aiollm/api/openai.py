@@ -328,8 +328,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
             finish = out.finish_reason
-            # a call cut by max_tokens is a call too, as the stream reads it (cut_calls.py)
-            content, calls = parser.calls(text, names, cut=finish == "length",
+            # a call cut by max_tokens or a stop string is a call too, as the stream reads
+            # it (cut_calls.py); a grammar never ends an output inside a call by itself
+            content, calls = parser.calls(text, names, cut=finish in ("length", "stop"),
                                           required=mode == "required") if parser else (text, [])
             # after reasoning, an empty answer is null (as vLLM sends it)
             answer = content if r is None else content or None
@@ -339,7 +340,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             if calls:
                 message = {"role": "assistant", "content": content or None, "refusal": None,
                            **thought, "tool_calls": [c.as_openai() for c in calls]}
-                finish = "tool_calls" if finish == "stop" else finish
+                # a call a stop string cut is no complete call: "stop" stays
+                finish = "tool_calls" if finish == "stop" and calls[-1].complete else finish
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
                 "logprobs": (None if out.logprobs is None
@@ -373,9 +375,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if calls[j] is not None:
             text = calls[j].feed(text)
             if finish is not None:
-                rest, found = calls[j].finish(cut=finish == "length")
+                rest, found = calls[j].finish(cut=finish in ("length", "stop"))
                 text += rest
-                if found and finish == "stop":
+                if found and finish == "stop" and found[-1].complete:
                     finish = "tool_calls"
         delta: dict = {}
         if not started[j]:  # null until some comes: the message may turn out calls alone

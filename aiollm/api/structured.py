@@ -213,7 +213,10 @@ def logit_bias(value: Any) -> dict[int, float] | None:
             raise InvalidRequest(f"logit_bias keys {keys[t]!r} and {k!r} both name token {t}",
                                  param="logit_bias")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not -100 <= v <= 100:
-            raise InvalidRequest(f"logit_bias[{k}] must be a number in [-100, 100], got {v!r}",
+            # shown as the client wrote it (true, null), not as Python would (True, None)
+            shown = json.dumps(v)
+            shown = shown if len(shown) <= 40 else shown[:40] + "..."
+            raise InvalidRequest(f"logit_bias[{k}] must be a number in [-100, 100], got {shown}",
                                  param="logit_bias")
         keys[t], out[t] = k, float(v)
     return out or None

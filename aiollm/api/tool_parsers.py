@@ -41,6 +41,7 @@ class ToolCall:
     name: str
     arguments: str  # JSON text
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+    complete: bool = True  # False: the output ended inside it (its arguments are cut)
 
     def as_openai(self, index: int | None = None) -> dict:
         out = {"id": self.id, "type": "function",
@@ -77,7 +78,8 @@ class ToolParser:
         content: free text that only looked like a call (Llama 3's format is any JSON object
         that starts with "name"; the grammar holds only what follows its trigger).
 
-        `cut`: max_tokens ended the output (finish_reason "length"), maybe inside a call:
+        `cut`: max_tokens, a stop string or a stop token id ended the output, maybe inside
+        a call:
         the calls it holds are returned with the cut one's arguments as written so far, and
         no call markup stays content (aiollm/api/cut_calls.py). `required`: the output can
         only be calls (tool_choice "required" or a named function)."""
@@ -85,10 +87,12 @@ class ToolParser:
         if any(c.name not in names for c in calls):
             return text, []
         if cut:
-            content, more = cut_calls(content, marker=self.start, separator=self.separator,
-                                      args_key=self.args_key, names=names,
-                                      only_calls=required or bool(calls))
+            content, more, last_cut = cut_calls(
+                content, marker=self.start, separator=self.separator, args_key=self.args_key,
+                names=names, only_calls=required or bool(calls))
             calls += [ToolCall(name, arguments) for name, arguments in more]
+            if last_cut:
+                calls[-1].complete = False
         return content, calls
 
     def tags(self, tools: list[dict]) -> list[dict]:
