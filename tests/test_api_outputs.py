@@ -303,6 +303,84 @@ def test_vllm_prompt_logprobs(server):
     assert status == 400 and json.loads(raw)["error"]["param"] == "prompt_logprobs"
 
 
+# -- echo alone: max_tokens 0, echo, no logprobs -----------------------------------------------
+
+def engine_work(server) -> tuple[float, float]:
+    """(prompt tokens submitted, model steps run) so far, from the server's /metrics."""
+    _, _, body = http(server, "GET", "/metrics")
+    text = body.decode()
+    return tuple(float(next(line.split()[1] for line in text.splitlines()
+                            if line.startswith(name + " ")))
+                 for name in ("aiollm_prompt_tokens_total", "aiollm_step_model_seconds_count"))
+
+
+def answers(server, body: dict) -> list:
+    """The answer to `body`, whole and streamed (without stream_options, with include_usage
+    and with continuous usage), with each answer's id and created time left out: what must
+    not change. The chunks are grouped by choice, in order (the choices' streams
+    interleave as they finish)."""
+    def plain(x: dict) -> dict:
+        return {k: v for k, v in x.items() if k not in ("id", "created")}
+
+    out = [plain(completion(server, body))]
+    for options in (None, {"include_usage": True},
+                    {"include_usage": True, "continuous_usage_stats": True}):
+        sent = {**body, "stream": True, **({"stream_options": options} if options else {})}
+        status, _, raw = http(server, "POST", "/v1/completions", json=sent)
+        assert status == 200, raw
+        events = sse_events(raw)
+        assert events[-1] == "[DONE]"
+        chunks = [plain(json.loads(e)) for e in events[:-1]]
+        out.append(sorted(chunks, key=lambda c: [ch["index"] for ch in c["choices"]] or [1e9]))
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_echo_alone_asks_the_engine_nothing_and_answers_as_it_did(server, monkeypatch, n):
+    """max_tokens 0 with echo and no logprobs asks for the prompt's text alone: it is
+    answered without the engine (no prompt submitted, no model step; the engine's path
+    prefilled every choice's prompt: an 8,192-token one took minutes on a CPU), with
+    exactly what the engine's path answered, whole and streamed, for a string prompt, a
+    token-id prompt and batches of each. A request past the context, or with a bad field,
+    is refused as before."""
+    import aiollm.api.openai as openai_api
+
+    ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
+    prompts = [PARIS, ids, [PARIS, "Hello, my name is"], [ids, ids[:3]]]
+    bodies = [{"prompt": p, "max_tokens": 0, "echo": True, "n": n} for p in prompts]
+    before = engine_work(server)
+    echoed = [answers(server, b) for b in bodies]
+    assert engine_work(server) == before
+    with monkeypatch.context() as m:  # the engine's path, as every such request took it
+        m.setattr(openai_api, "echo_only", lambda req: False)
+        by_engine = [answers(server, b) for b in bodies]
+    after = engine_work(server)
+    assert after[0] > before[0] and after[1] > before[1]  # it counts what the engine is asked
+    for body, mine, engine in zip(bodies, echoed, by_engine):
+        assert mine == engine, body
+    whole = echoed[2][0]
+    assert [c["text"] for c in whole["choices"]] == [PARIS] * n + ["Hello, my name is"] * n
+    assert {c["finish_reason"] for c in whole["choices"]} == {"length"}
+    assert whole["usage"]["completion_tokens"] == 0 and whole["usage"]["prompt_tokens"] > 0
+
+    # the checks that ran in the engine still run
+    long_text = "The quick brown fox jumps over the lazy dog. " * 60
+    too_long = json.loads(http(server, "POST", "/tokenize", json={"prompt": long_text})[2])[
+        "tokens"][:MAX_MODEL_LEN + 1]
+    assert len(too_long) == MAX_MODEL_LEN + 1
+    for body, param in [({"prompt": long_text}, "prompt"), ({"prompt": too_long}, "prompt"),
+                        ({"prompt": [PARIS, long_text]}, "prompt[1]"),
+                        ({"prompt": [ids, too_long]}, "prompt[1]"),
+                        ({"prompt": [ids[0], 10**9]}, "prompt"),
+                        ({"prompt": PARIS, "stop_token_ids": [10**9]}, "stop_token_ids"),
+                        ({"prompt": PARIS, "temperature": -1}, "temperature")]:
+        for stream in (False, True):
+            status, _, raw = http(server, "POST", "/v1/completions", json={
+                "max_tokens": 0, "echo": True, "n": n, "stream": stream, **body})
+            assert status == 400 and json.loads(raw)["error"]["param"] == param, (body, raw)
+    assert engine_work(server) == after
+
+
 # -- fault 5: no per-request input stalls the other streams --------------------------------------
 
 # The server's event loop may fall behind by at most MAX_LAG_S (the 40 KB stop string held

@@ -151,6 +151,12 @@ BAD_INPUT = [
                                  "gzip, gzip"), 415, None, "Content-Encoding 'gzip, gzip'"),
     bad("not-utf8", C, raw(b'{"prompt": "\xff\xfe"}'), 400, None, "UTF-8"),
     bad("empty-body", C, raw(b""), 400, None, "empty"),
+    # JSON's whitespace alone is no value either: it was "not valid JSON: it ends before its
+    # JSON value does (cut short...)", as if a value had been cut
+    bad("whitespace-body", C, raw(b" \r\n\t "), 400, None,
+        "request body is empty; expected a JSON object"),
+    bad("bom-and-whitespace-body", CH, raw(b"\xef\xbb\xbf\n"), 400, None,
+        "request body is empty; expected a JSON object"),
     bad("not-an-object", C, raw(b"[1, 2]"), 400, None, "object"),
     bad("number-out-of-range", C, raw(b'{"prompt": "x", "temperature": 1e400}'), 400,
         "temperature"),

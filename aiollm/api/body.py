@@ -2,9 +2,9 @@
 
 Owns the checks of the body as bytes, before any field is looked at: the Content-Type, a
 body the client could not send whole, its content coding (gzip and deflate are decoded
-here, not by aiohttp: see decode_body; any other is a 415), an empty body, a UTF-8 byte
-order mark, bytes that are not UTF-8 or not JSON, and strings that escape a lone surrogate
-(named by their field).
+here, not by aiohttp: see decode_body; any other is a 415), an empty body (or one of
+whitespace alone), a UTF-8 byte order mark, bytes that are not UTF-8 or not JSON, and
+strings that escape a lone surrogate (named by their field).
 The Structs themselves, and the rules of their fields, live in api/protocol.py.
 """
 
@@ -53,7 +53,7 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     if coding is not None:  # a compressed body is small: its size is no measure of the work
         body = await off_loop(len(body), _decoded, body, coding, request.client_max_size)
     body = body.removeprefix(_UTF8_BOM)  # a file saved by Windows tools starts with one
-    if not body:
+    if not body.strip(_JSON_WHITESPACE):  # whitespace alone holds no value, cut or not
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
         return msgspec.json.decode(body, type=type_)
@@ -99,6 +99,7 @@ def _why(exc: Exception) -> str:
 
 
 _UTF8_BOM = b"\xef\xbb\xbf"
+_JSON_WHITESPACE = b" \t\r\n"  # RFC 8259's; bytes.strip() would take \v and \f too
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # msgspec's words for it vary
 
 # the content codings decoded (RFC 9110 8.4.1), as zlib's wbits: gzip, and x-gzip, its old

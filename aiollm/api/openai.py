@@ -1,7 +1,8 @@
 """OpenAI-compatible endpoints: /v1/completions, /v1/chat/completions, /v1/models.
 
-Each choice (n > 1, or each prompt of a batch) is its own engine request; a seeded request
-gives choice i the seed + i. Streams follow OpenAI's chunk format and end with `data: [DONE]`.
+Each choice (n > 1, or each prompt of a batch) is its own engine request (a completion that
+only echoes its prompt asks the engine nothing: prompt_echo.py); a seeded request gives
+choice i the seed + i. Streams follow OpenAI's chunk format and end with `data: [DONE]`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from aiollm.api import reasoning, sse, tool_parsers, tool_request
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import ApiError, param_names
+from aiollm.api.prompt_echo import PromptEcho, echo_only
 from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
@@ -88,6 +90,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
                                      constraint=constraint, prompt_logprobs=scoring)
             jobs.append((i if batched else None, ids, sp))
     await engine.compile_grammar(jobs[0][2])
+    # a request that asks for nothing computed is checked and answered without the model
+    source = PromptEcho(engine, jobs) if echo_only(req) else engine
     vocab = await st.token_bytes() if req.logprobs is not None or scoring is not None else None
     echo = []  # each choice's echoed prompt: text and its tokens' texts
     for p, ids in zip(prompts, prompt_ids):
@@ -115,7 +119,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return {"prompt_logprobs": _vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
 
     if not req.stream:
-        outs = await gather_all([_of_prompt(i, engine.generate(ids, sp))
+        outs = await gather_all([_of_prompt(i, source.generate(ids, sp))
                                  for i, ids, sp in jobs])
         choices = [{
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
@@ -155,7 +159,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
         return last + sse.DONE
 
-    starts = [partial(_stream_of_prompt, i, engine.stream, ids, sp) for i, ids, sp in jobs]
+    starts = [partial(_stream_of_prompt, i, source.stream, ids, sp) for i, ids, sp in jobs]
     return await sse.send(request, merge(starts), render, tail)
 
 

@@ -83,6 +83,16 @@ class EngineAPI:
             async for delta in gen:
                 yield delta
 
+    def check(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The prompt's token ids once every check that generate() and stream() make before
+        they submit a request has passed (the engine takes requests; params; the prompt's
+        ids or text; prompt and max_tokens within the context; stop_token_ids in the
+        vocabulary), nothing submitted: for a caller that answers a request needing no model
+        step itself (api/prompt_echo.py). Text is tokenized on the calling thread. Raises
+        InvalidRequest naming the field, Overloaded, EngineStopped, RuntimeError (not
+        started, or another event loop's call), as generate() does."""
+        return self._checked(prompt, params)
+
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
                     template: TemplateOptions | None = None) -> list[int]:
         """Token ids of a conversation with the chat template applied as `template` says
