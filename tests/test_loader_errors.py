@@ -41,6 +41,24 @@ def copy(sharded, tmp_path):
     return dst, sorted(n for n in os.listdir(dst) if n.startswith("model-"))
 
 
+def set_field(path, field, value):
+    """config.json of the model directory `path` with `field` set to `value`."""
+    fields = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+
+
+def qwen2_moe_dir(path, field, value):
+    """A config-only tiny Qwen2-MoE directory (shared expert, 8 experts, top-2) at `path`,
+    with `field` set to `value`."""
+    from transformers import Qwen2MoeConfig
+
+    Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48, moe_intermediate_size=16,
+                   shared_expert_intermediate_size=16, num_hidden_layers=2,
+                   num_attention_heads=4, num_key_value_heads=2, num_experts=8,
+                   num_experts_per_tok=2, max_position_embeddings=128).save_pretrained(path)
+    set_field(path, field, value)
+
+
 def load(path):
     return load_model(str(path), dtype=torch.float32, device="cpu")
 
@@ -190,8 +208,7 @@ def test_a_zero_head_count_or_size_is_named(copy, field):
     """0 was read as absent (num_attention_heads KV heads, hidden / heads wide): the load then
     failed on k_proj's shape, naming no field of config.json."""
     path, _ = copy
-    fields = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**fields, field: 0}))
+    set_field(path, field, 0)
     with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got 0"):
         load(path)
 
@@ -214,8 +231,7 @@ def test_a_model_path_that_does_not_exist_says_so(tmp_path):
 def test_a_bad_moe_field_of_config_json_is_named(copy, field, value, message, load_format):
     """MoeConfig's message spoke of top_k, a name no config.json has."""
     path, _ = copy
-    fields = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    set_field(path, field, value)
     with pytest.raises(ValueError, match=f"config.json: {message}"):
         load_model(str(path), dtype=torch.float32, device="cpu", load_format=load_format)
 
@@ -225,15 +241,7 @@ def test_a_bad_moe_field_of_config_json_is_named(copy, field, value, message, lo
 def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
     """decoder_sparse_step 0 was read as 1 (every layer sparse, where transformers fails
     dividing by zero); MoeConfig's messages spoke of sparse_step and intermediate_size."""
-    from transformers import Qwen2MoeConfig
-
-    config = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
-                            moe_intermediate_size=16, shared_expert_intermediate_size=16,
-                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
-    config.save_pretrained(tmp_path)
-    fields = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**fields, field: value}))
+    qwen2_moe_dir(tmp_path, field, value)
     with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got {value}"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
@@ -258,8 +266,7 @@ def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, m
     type's missing parameter), which are no ValueError: `aiollm serve` printed a traceback
     instead of its one-line error."""
     path, _ = copy
-    fields = json.loads((path / "config.json").read_text())
-    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    set_field(path, field, value)
     with pytest.raises(ValueError, match=rf"config.json: {message}"):
         load(path)
 
@@ -270,15 +277,7 @@ def test_a_negative_qwen_moe_size_is_named(tmp_path, field, value):
     """num_experts -2 was refused as "num_experts_per_tok must be in [1, -2]", naming the
     field that was right; shared_expert_intermediate_size -1 was read as "no shared expert"
     and the checkpoint's shared-expert tensors refused as having no place in the model."""
-    from transformers import Qwen2MoeConfig
-
-    config = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
-                            moe_intermediate_size=16, shared_expert_intermediate_size=16,
-                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                            num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
-    config.save_pretrained(tmp_path)
-    fields = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**fields, field: value}))
+    qwen2_moe_dir(tmp_path, field, value)
     with pytest.raises(ValueError, match=f"config.json: {field} must be >= 0, got {value}"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
