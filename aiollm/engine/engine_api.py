@@ -84,13 +84,15 @@ class EngineAPI:
                 yield delta
 
     def check(self, prompt: Prompt, params: SamplingParams) -> list[int]:
-        """The prompt's token ids once every check that generate() and stream() make before
-        they submit a request has passed (the engine takes requests; params; the prompt's
-        ids or text; prompt and max_tokens within the context; stop_token_ids in the
-        vocabulary; allowed_token_ids and logit_bias keys in it), nothing submitted: for a caller that answers a request needing no model
-        step itself (api/prompt_echo.py). Text is tokenized on the calling thread. Raises
-        InvalidRequest naming the field, Overloaded, EngineStopped, RuntimeError (not
-        started, or another event loop's call), as generate() does."""
+        """The prompt's token ids once every check that generate() and stream() make of
+        the request itself has passed (the engine takes requests; params; the prompt's ids
+        or text; prompt and max_tokens within the context; stop_token_ids, allowed_token_ids
+        and logit_bias keys in the vocabulary), nothing submitted: for a caller that answers
+        a request needing no model step itself (api/prompt_echo.py). Text is tokenized on
+        the calling thread. Raises InvalidRequest naming the field, EngineStopped,
+        Overloaded while the server shuts down, RuntimeError (not started, or another event
+        loop's call), as generate() does. Room is not checked: a full waiting queue or
+        request table refuses a submission (Overloaded), and this takes no place in either."""
         return self._checked(prompt, params)
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
