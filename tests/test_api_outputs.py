@@ -373,6 +373,10 @@ def test_echo_alone_asks_the_engine_nothing_and_answers_as_it_did(server, monkey
                         ({"prompt": [ids, too_long]}, "prompt[1]"),
                         ({"prompt": [ids[0], 10**9]}, "prompt"),
                         ({"prompt": PARIS, "stop_token_ids": [10**9]}, "stop_token_ids"),
+                        ({"prompt": PARIS, "logit_bias": {"1000000000": 1}}, "logit_bias"),
+                        ({"prompt": [PARIS, PARIS], "allowed_token_ids": [10**9]},
+                         "allowed_token_ids"),
+                        ({"prompt": PARIS, "guided_regex": "(("}, "guided_regex"),
                         ({"prompt": PARIS, "temperature": -1}, "temperature")]:
         for stream in (False, True):
             status, _, raw = http(server, "POST", "/v1/completions", json={

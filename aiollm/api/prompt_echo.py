@@ -35,9 +35,11 @@ class PromptEcho:
     """Engine.generate and Engine.stream for the choices of an echo-only request
     (echo_only). Every choice is checked when a PromptEcho is made, all before any is
     answered, as the engine checks each as it is submitted (Engine.check: InvalidRequest
-    naming the field, prompt i of a batch as prompt[i]; Overloaded; EngineStopped): a
-    stream whose later prompt is bad gets its 400 before any output, not an error after
-    a first choice.
+    naming the field, prompt i of a batch as prompt[i]; Overloaded while the server shuts
+    down; EngineStopped): a stream whose later prompt is bad gets its 400 before any
+    output, not an error after a first choice. A full waiting queue (max_waiting_requests)
+    or request table does not refuse it, as it does a request submitted to the engine:
+    it takes no place in them, and costs the server next to nothing.
     Each is then given the output the engine gives a request with max_tokens 0: no text
     and no tokens, finish_reason "length", its prompt counted, none of it from the prefix
     cache. A constraint's grammar is compiled by the handler first, as for the engine.

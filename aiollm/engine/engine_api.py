@@ -84,13 +84,15 @@ class EngineAPI:
                 yield delta
 
     def check(self, prompt: Prompt, params: SamplingParams) -> list[int]:
-        """The prompt's token ids once every check that generate() and stream() make before
-        they submit a request has passed (the engine takes requests; params; the prompt's
-        ids or text; prompt and max_tokens within the context; stop_token_ids in the
-        vocabulary), nothing submitted: for a caller that answers a request needing no model
-        step itself (api/prompt_echo.py). Text is tokenized on the calling thread. Raises
-        InvalidRequest naming the field, Overloaded, EngineStopped, RuntimeError (not
-        started, or another event loop's call), as generate() does."""
+        """The prompt's token ids once every check that generate() and stream() make of
+        the request itself has passed (the engine takes requests; params; the prompt's ids
+        or text; prompt and max_tokens within the context; stop_token_ids, allowed_token_ids
+        and logit_bias keys in the vocabulary), nothing submitted: for a caller that answers
+        a request needing no model step itself (api/prompt_echo.py). Text is tokenized on
+        the calling thread. Raises InvalidRequest naming the field, EngineStopped,
+        Overloaded while the server shuts down, RuntimeError (not started, or another event
+        loop's call), as generate() does. Room is not checked: a full waiting queue or
+        request table refuses a submission (Overloaded), and this takes no place in either."""
         return self._checked(prompt, params)
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
@@ -240,6 +242,8 @@ class EngineAPI:
         params.check()  # again: a field may have been set since it was made
         ids = self.tokenize(prompt)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
+        if params.constraint is not None:  # allowed_token_ids, logit_bias in the vocabulary
+            self.grammars.check(params.constraint)
         return ids
 
     def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
