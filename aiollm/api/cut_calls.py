@@ -22,8 +22,9 @@ from collections.abc import Collection
 def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
               names: Collection[str], only_calls: bool
               ) -> tuple[str, list[tuple[str, str]], bool]:
-    """(content left, [(name, arguments text)], whether the last call is cut) of the text a tool parser could not read as
-    complete calls (`content`), from an output that max_tokens cut.
+    """(content left, [(name, arguments text)], whether the last call is cut) of the text
+    a tool parser could not read as complete calls (`content`), from an output that
+    max_tokens (or a stop string) cut.
 
     The calls are read from the last `marker` on: each head `{"name": <one of names>,
     "<args_key>": ` starts one, whose arguments are the JSON value after it (re-encoded,
