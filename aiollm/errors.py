@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 # InvalidRequest.code of a prompt (with max_tokens) past the model's context: OpenAI's code,
@@ -28,6 +29,25 @@ class InvalidRequest(ValueError):
         if param is None:
             param = f"{at}.{self.param}" if self.param else at
         return InvalidRequest(f"{at}: {self}", param=param, code=self.code)
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+               list: "an array", dict: "an object", type(None): "null"}
+
+
+def check_type(value: Any, kinds: tuple[type, ...], param: str, *, required: bool = False
+               ) -> Any:
+    """`value`, when it is null (unless `required`) or of one of `kinds` (JSON's types as
+    Python decodes them); InvalidRequest naming `param` otherwise, worded as the body's own
+    type errors are ("response_format.json_schema.strict: expected a boolean, got a
+    string"). For a field the body's Struct does not type: one nested in a free-form object
+    (response_format, tools, chat_template_kwargs)."""
+    if (value is None and not required) or (
+            isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
+        return value
+    want = " or ".join(_TYPE_NAMES[k] for k in kinds)
+    got = _TYPE_NAMES.get(type(value), type(value).__name__)
+    raise InvalidRequest(f"{param}: expected {want}, got {got}", param=param)
 
 
 def of_batch_item(exc: InvalidRequest, field: str, index: int,

@@ -20,30 +20,11 @@ import json
 import re
 from typing import Any
 
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, check_type
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 # OpenAI's form of response_format.json_schema.name (as of a function name)
 FORMAT_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-
-
-_TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-               list: "an array", dict: "an object", type(None): "null"}
-
-
-def check_type(value: Any, kinds: tuple[type, ...], param: str, *, required: bool = False
-               ) -> Any:
-    """`value`, when it is null (unless `required`) or of one of `kinds` (JSON's types as
-    Python decodes them); InvalidRequest naming `param` otherwise, worded as the body's own
-    type errors are ("response_format.json_schema.strict: expected a boolean, got a
-    string"). A field nested in a free-form object (response_format, tools) is not typed
-    by the body's Struct, so it is checked here."""
-    if (value is None and not required) or (
-            isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
-        return value
-    want = " or ".join(_TYPE_NAMES[k] for k in kinds)
-    got = _TYPE_NAMES.get(type(value), type(value).__name__)
-    raise InvalidRequest(f"{param}: expected {want}, got {got}", param=param)
 
 
 def _text(value: Any, param: str) -> str:

@@ -11,9 +11,8 @@ import json
 import re
 from typing import Any
 
-from aiollm.api.structured import check_type
 from aiollm.engine.grammar_check import check_schema
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, check_type
 
 
 # OpenAI's rule for a function's name (it answers 400 otherwise): names go into the grammar's

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiollm.engine.submission import check_unicode
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, check_type
 
 if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
     from transformers import PreTrainedTokenizerBase
@@ -49,8 +49,6 @@ _RESERVED = frozenset({
 # or 0 would turn thinking on; and the reasoning split reads where the rendered prompt left
 # the output (aiollm/api/reasoning.py), so a wrong value answers another question quietly.
 _TYPED = {"enable_thinking": bool}
-_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-               list: "an array", dict: "an object"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,11 +81,8 @@ class TemplateOptions:
             if name in _RESERVED or name in reserved:
                 raise InvalidRequest(f"{name!r} cannot be a template variable: the server "
                                      "sets it", param=param)
-            want = _TYPED.get(name)
-            if want is not None and value is not None and type(value) is not want:
-                got = _JSON_TYPES.get(type(value), type(value).__name__)
-                raise InvalidRequest(f"{param}: expected {_JSON_TYPES[want]}, got {got}",
-                                     param=param)
+            if name in _TYPED:
+                check_type(value, (_TYPED[name],), param)
             if value is not None and not isinstance(value, (bool, int, float, str)):
                 raise InvalidRequest("template variables are booleans, numbers, strings or "
                                      "null", param=param)
