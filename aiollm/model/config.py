@@ -213,7 +213,7 @@ def _check_partial_rotary(hf: Any, params: dict, kind: str) -> None:
     the factor, as ours does; the scaled ones compute frequencies for the rotated part only,
     which transformers then applies to the whole head and fails (a shape mismatch)."""
     factor = params.get("partial_rotary_factor", getattr(hf, "partial_rotary_factor", None))
-    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads
+    head_dim = _head_dim(hf)
     if kind != "default" and factor is not None and int(head_dim * factor) != head_dim:
         raise ValueError(
             f"partial_rotary_factor {factor} with rope scaling {kind!r} (rope_scaling / "
@@ -309,7 +309,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         num_layers=int(hf.num_hidden_layers),
         num_heads=int(hf.num_attention_heads),
         num_kv_heads=_given(hf, "num_key_value_heads", hf.num_attention_heads),
-        head_dim=_given(hf, "head_dim", hf.hidden_size // hf.num_attention_heads),
+        head_dim=_head_dim(hf),
         rms_norm_eps=float(hf.rms_norm_eps),
         rope=rope,
         max_position=max_position,
@@ -358,6 +358,11 @@ def _given(hf: Any, field: str, default: int) -> int:
     if int(value) < 1:
         raise ValueError(f"config.json: {field} must be >= 1, got {value}")
     return int(value)
+
+
+def _head_dim(hf: Any) -> int:
+    """config.json's head_dim, or hidden_size / num_attention_heads without one."""
+    return _given(hf, "head_dim", hf.hidden_size // hf.num_attention_heads)
 
 
 def _moe_from_hf(hf: Any) -> MoeConfig | None:
