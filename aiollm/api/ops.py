@@ -1,4 +1,4 @@
-"""Operations endpoints: /health, /metrics, /tokenize, /detokenize, /flush_cache."""
+"""Operations endpoints: /health (/healthz), /metrics, /tokenize, /detokenize, /flush_cache."""
 
 from __future__ import annotations
 
@@ -13,10 +13,15 @@ from aiollm.api.state import state
 
 async def health(request: web.Request) -> web.Response:
     """200 while serving. The app only starts listening once the model is loaded; from the
-    start of a shutdown on it answers 503 so load balancers move traffic away."""
+    start of a shutdown on it answers 503 so load balancers move traffic away, and so it
+    does when the engine takes no request for another reason (stopped, its step loop
+    ended, a tensor-parallel rank lost), as vLLM's and LightLLM's checks ask their engine.
+    Also at /healthz, LightLLM's (and Kubernetes') name for it."""
     st = state(request)
     if st.draining:
         return json_response({"status": "shutting down"}, status=503)
+    if not st.engine.serving:
+        return json_response({"status": "engine not serving"}, status=503)
     return json_response({"status": "ok", "model": st.model_name})
 
 
@@ -63,6 +68,7 @@ async def flush_cache(request: web.Request) -> web.Response:
 
 ROUTES = [
     web.get("/health", health),
+    web.get("/healthz", health),
     web.get("/metrics", metrics),
     web.post("/tokenize", tokenize),
     web.post("/detokenize", detokenize),

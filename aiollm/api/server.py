@@ -37,7 +37,7 @@ MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is f
 MAX_HEADER_LINE_BYTES = 8190
 MAX_HEADERS = 128
 # reachable without the API key (probes carry no secrets), with or without a trailing slash
-OPEN_PATHS = frozenset({"/health", "/health/"})
+OPEN_PATHS = frozenset({"/health", "/health/", "/healthz", "/healthz/"})
 
 
 def create_app(engine: Engine, *, api_key: str | None = None,

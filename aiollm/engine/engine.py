@@ -99,6 +99,13 @@ class Engine(EngineAPI, HandOut):
         """Whether the step loop runs: started, and its task not ended."""
         return self._started and not self._loop_task.done()
 
+    @property
+    def serving(self) -> bool:
+        """Whether a request submitted now would be served: started, its step loop running
+        (not ended by a stop(), an interrupt or the end of its event loop) and not shutting
+        down or failed (a tensor-parallel rank lost). What a health probe asks."""
+        return self._running and self._accepting
+
     async def _after_changes(self) -> None:
         """Wait until no start(), stop() or shutdown() is under way."""
         while self._changing is not None:

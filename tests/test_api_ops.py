@@ -1,0 +1,63 @@
+"""The operations endpoints as a load balancer, an orchestrator's probes and a Prometheus
+scraper use them: /health (and LightLLM's /healthz) must tell a server that cannot serve
+from one that can. An app around a tiny random-weight model, served in-process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from transformers import LlamaConfig
+
+from aiollm.api import create_app
+from aiollm.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(path)
+    return str(path)
+
+
+def serve_tiny(tiny: str, check, **app_options):
+    """check(client, engine) awaited against a started app around a tiny dummy engine."""
+    async def main():
+        engine = Engine(tiny, load_format="dummy", kv_tokens=512)  # the default tokenizer
+        app = create_app(engine, **app_options)
+        async with TestClient(TestServer(app)) as client:
+            return await check(client, engine)
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize("path", ["/health", "/healthz"])
+def test_health_fails_once_the_engine_no_longer_serves(tiny, path):
+    """A stopped engine refuses every request (503); /health said 200 "ok" all the same, so
+    a load balancer kept sending traffic to a server that could serve none of it. vLLM's
+    and LightLLM's health checks ask the engine."""
+    async def check(client, engine):
+        ok = await client.get(path)
+        assert ok.status == 200, await ok.text()
+        await engine.stop()
+        gen = await client.post("/generate", json={"inputs": "hi"})
+        assert gen.status == 503, await gen.text()
+        down = await client.get(path)
+        assert down.status == 503, await down.text()
+        assert (await down.json())["status"] != "ok"
+        head = await client.head(path)
+        assert head.status == 503
+    serve_tiny(tiny, check)
+
+
+def test_healthz_needs_no_api_key(tiny):
+    """Probes carry no secrets: /healthz is as open as /health; the rest stays behind the
+    key."""
+    async def check(client, engine):
+        for path in ("/health", "/healthz", "/healthz/"):
+            resp = await client.get(path)
+            assert resp.status == 200, (path, await resp.text())
+        assert (await client.get("/metrics")).status == 401
+    serve_tiny(tiny, check, api_key="secret")
