@@ -732,6 +732,23 @@ def test_min_tokens_past_the_grammars_end_is_400(server):
     assert "min_new_tokens (4)" in err["message"], err
 
 
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/completions", {"prompt": "x", "max_tokens": 4, "min_tokens": 1,
+                         "allowed_token_ids": [2]}, "min_tokens"),
+    ("/generate", {"inputs": "x", "parameters": {"max_new_tokens": 4, "min_new_tokens": 3,
+                                                 "allowed_token_ids": [2]}},
+     "parameters.min_new_tokens"),
+])
+def test_min_tokens_that_ban_every_allowed_token_is_400(server, path, body, param):
+    """allowed_token_ids that allow only eos (2), under min_tokens, which bans eos: no token
+    is left. The sampler then drew token 0, which allowed_token_ids forbid, with a null
+    logprob, and the request went on as if it were allowed (finish_reason stop, HTTP 200)."""
+    status, _, raw = http(server, "POST", path, json=body)
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == param, (status, raw)
+    assert "allowed_token_ids" in err["message"], err
+
+
 @pytest.mark.parametrize("listed", [True, False], ids=["listed", "added"])
 def test_call_marker_that_is_a_special_token_is_parsed(server, tmp_path, listed):
     """Mistral's [TOOL_CALLS] is a special token: the output keeps it for the parser (text

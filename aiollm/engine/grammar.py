@@ -266,11 +266,19 @@ class Grammars:
     def accept(self, states: list[GrammarState], tokens: np.ndarray) -> list[int]:
         """Advance each matcher by its request's new token. Per request: ENDED when its
         grammar has reached its end (the request finishes with "stop"), REJECTED when the
-        grammar refuses the token (the mask makes that a bug: the request fails), else 0."""
+        grammar or allowed_token_ids refuse the token, else 0. The mask keeps refused
+        tokens out unless it left no token at all (min_tokens banning the only ones
+        allowed): then the sampler's draw among -inf logits is refused here."""
         import xgrammar as xgr
 
         status = [0] * len(states)
-        live = [k for k, s in enumerate(states) if s.matcher is not None and not s.terminated]
+        for k, s in enumerate(states):
+            if s.allowed is not None:
+                t = int(tokens[k])
+                if not (int(s.allowed[t >> 5]) >> (t & 31)) & 1:
+                    status[k] = REJECTED
+        live = [k for k, s in enumerate(states) if s.matcher is not None and not s.terminated
+                and status[k] != REJECTED]
         if not live:
             return status
         toks = tokens[live]
@@ -329,6 +337,10 @@ def rejection(params, n_out: int) -> tuple[str, Callable[[str], Exception]]:
     the grammar ends, or allowed_token_ids when they are outside it)."""
     c = params.constraint
     if params.min_tokens > n_out - 1:
+        if c is not None and c.grammar is None:  # allowed_token_ids alone
+            return (f"min_tokens ({params.min_tokens}) forbids ending the output, and "
+                    "allowed_token_ids allow only tokens that end it (eos or a stop token "
+                    "id)", partial(InvalidRequest, param="min_tokens"))
         return (f"min_tokens ({params.min_tokens}) forbids ending the output where the "
                 "grammar ends it", partial(InvalidRequest, param="min_tokens"))
     if c is not None and c.allowed_token_ids is not None:
