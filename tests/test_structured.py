@@ -747,6 +747,8 @@ def test_min_tokens_that_ban_every_allowed_token_is_400(server, path, body, para
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == param, (status, raw)
     assert "allowed_token_ids" in err["message"], err
+    if path == "/generate":  # quoted as sent
+        assert "min_new_tokens (3)" in err["message"], err
 
 
 @pytest.mark.parametrize("listed", [True, False], ids=["listed", "added"])

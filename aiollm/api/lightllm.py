@@ -8,6 +8,8 @@ unchanged: {"inputs": str | [ids], "parameters": {...}} in; {"generated_text": [
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -79,7 +81,7 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
     # a negative temperature stays an error even where sampling is off
     greedy = (not p.do_sample or p.temperature < _GREEDY_BELOW) and p.temperature >= 0
     return SamplingParams(
-        max_tokens=p.max_new_tokens, min_tokens=p.min_new_tokens,
+        max_tokens=p.max_new_tokens, min_tokens=_min_tokens(p),
         temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
         min_p=p.min_p, repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
@@ -88,6 +90,35 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         logprobs=0,  # LightLLM reports each token's logprob
         constraint=constraint,
     )
+
+
+def _min_tokens(p: GenerateParameters) -> int:
+    """SamplingParams' min_tokens for LightLLM's min_new_tokens. LightLLM masks eos while
+    fewer than min_new_tokens - 1 tokens are out, so the eos that ends an output may be its
+    min_new_tokens-th token (counted): its default, 1, sets no minimum. min_tokens counts
+    the tokens before the eos: one less. (LightLLM also matches stop_sequences from the
+    first token whatever min_new_tokens, where min_tokens holds them back too: the same
+    once min_new_tokens is 1.) 0 is taken as 1; a negative one is refused by
+    SamplingParams as sent."""
+    k = p.min_new_tokens
+    if k > p.max_new_tokens:  # LightLLM's rule, told here: SamplingParams sees k - 1
+        raise InvalidRequest(f"min_new_tokens ({k}) must not exceed max_new_tokens "
+                             f"({p.max_new_tokens})", param="parameters.min_new_tokens")
+    return k - 1 if k >= 1 else k
+
+
+@contextmanager
+def _min_new_tokens_quoted(p: GenerateParameters) -> Iterator[None]:
+    """An engine error quoting min_tokens (a grammar or allowed_token_ids that only eos
+    ends, under min_tokens) quotes min_new_tokens as the client sent it."""
+    try:
+        yield
+    except InvalidRequest as e:
+        if e.param != "min_tokens":
+            raise
+        message = str(e).replace(f"min_tokens ({_min_tokens(p)})",
+                                 f"min_new_tokens ({p.min_new_tokens})")
+        raise InvalidRequest(message, param="parameters.min_new_tokens", code=e.code) from None
 
 
 async def _prepare(st: ApiState, req: GenerateRequest
@@ -114,7 +145,7 @@ async def _prepare(st: ApiState, req: GenerateRequest
 async def generate(request: web.Request) -> web.Response:
     st = state(request)
     req = await decode_body(request, GenerateRequest)
-    with param_names(_PARAM_NAMES):
+    with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
         ids, params = await _prepare(st, req)
         outs = await gather_all([st.engine.generate(ids, sp) for sp in params])
 
@@ -175,7 +206,7 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
             }, prefix=b"data:"))
         return b"".join(out)
 
-    with param_names(_PARAM_NAMES):
+    with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
         return await sse.send(request, merge([partial(st.engine.stream, ids, params[0])]),
                               render, lambda: b"", prefix=b"data:")
 
