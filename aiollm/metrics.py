@@ -64,6 +64,10 @@ class EngineMetrics:
                                       "a step and the next one planned while it ran (GPU only)",
                                       buckets=(1e-6, 5e-6, 1e-5, 2e-5, 5e-5) + step_buckets,
                                       registry=r)
+        # every request's end counts: finished, aborted (a client gone) or failed
+        self.e2e = Histogram(p + "e2e_request_latency_seconds", "Arrival to the end of a "
+                             "request", buckets=_LATENCY_BUCKETS + (60.0, 120.0, 300.0),
+                             registry=r)
         self.queue_time = Histogram(p + "queue_time_seconds", "Arrival to admission",
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.gc_pause = Histogram(p + "gc_pause_seconds", "Python garbage collections while "

@@ -5,6 +5,7 @@ from one that can. An app around a tiny random-weight model, served in-process."
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -61,3 +62,31 @@ def test_healthz_needs_no_api_key(tiny):
             assert resp.status == 200, (path, await resp.text())
         assert (await client.get("/metrics")).status == 401
     serve_tiny(tiny, check, api_key="secret")
+
+
+async def scrape(client) -> dict[str, float]:
+    """The /metrics samples: {"name{labels}": value}."""
+    text = await (await client.get("/metrics")).text()
+    return {k: float(v) for k, v in (line.rsplit(" ", 1) for line in text.splitlines()
+                                      if line and not line.startswith("#"))}
+
+
+def test_metrics_time_each_request_end_to_end(tiny):
+    """A request's latency from arrival to its end (vLLM's e2e_request_latency_seconds),
+    the figure latency objectives are set on: TTFT and inter-token latency alone do not
+    give it (queueing, a long output). Concurrent requests are each counted once."""
+    name = "aiollm_e2e_request_latency_seconds"
+
+    async def check(client, engine):
+        before = await scrape(client)
+        body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 4, "ignore_eos": True}}
+        t0 = time.monotonic()
+        resps = await asyncio.gather(*[client.post("/generate", json=body) for _ in range(3)])
+        wall = time.monotonic() - t0
+        assert [r.status for r in resps] == [200] * 3
+        after = await scrape(client)
+        assert after[name + "_count"] - before.get(name + "_count", 0) == 3
+        spent = after[name + "_sum"] - before.get(name + "_sum", 0)
+        assert 0 < spent <= 3 * wall
+        assert after[name + '_bucket{le="+Inf"}'] == after[name + "_count"]
+    serve_tiny(tiny, check)

@@ -130,5 +130,6 @@ class HandOut:
         self.table.free(req.slot)
         self._requests.pop(req.rid, None)
         self.metrics.requests.labels(reason).inc()
+        self.metrics.e2e.observe(time.monotonic() - req.arrival)
         req.event.set()
         self._wake.set()
