@@ -90,3 +90,32 @@ def test_metrics_time_each_request_end_to_end(tiny):
         assert 0 < spent <= 3 * wall
         assert after[name + '_bucket{le="+Inf"}'] == after[name + "_count"]
     serve_tiny(tiny, check)
+
+
+def test_expect_100_continue_refuses_a_body_too_large_before_it_is_sent(tiny):
+    """curl asks `Expect: 100-continue` before a large body. A Content-Length past the
+    limit was answered "100 Continue", and the client sent megabytes only to get a 413;
+    RFC 9110 (10.1.1) asks for the final status at once. A body within it still gets 100."""
+    async def exchange(client, head: bytes, body: bytes = b"") -> bytes:
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        writer.write(head)
+        await writer.drain()
+        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        if body and first.startswith(b"HTTP/1.1 100"):
+            writer.write(body)
+            first += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.close()
+        return first
+
+    async def check(client, engine):
+        big = await exchange(client, b"POST /generate HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                             b"Content-Length: %d\r\n\r\n" % (17 * 2**20))
+        assert big.startswith(b"HTTP/1.1 413"), big
+        assert b"Connection: close" in big, big
+        body = b'{"inputs": [1, 2], "parameters": {"max_new_tokens": 1}}'
+        small = await exchange(client, b"POST /generate HTTP/1.1\r\nHost: x\r\n"
+                               b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                               b"Content-Length: %d\r\n\r\n" % len(body), body)
+        assert small.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), small
+    serve_tiny(tiny, check)

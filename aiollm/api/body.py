@@ -1,6 +1,7 @@
 """Decoding of HTTP request bodies: the JSON body of a request into its msgspec Struct.
 
-Owns the checks of the body as bytes, before any field is looked at: the Content-Type, a
+Owns the checks of the body as bytes, before any field is looked at: an `Expect:
+100-continue` whose body would be too large (expect_continue), the Content-Type, a
 body the client could not send whole, its content coding (gzip and deflate are decoded
 here, not by aiohttp: see decode_body; any other is a 415), an empty body (or one of
 whitespace alone), a UTF-8 byte order mark, bytes that are not UTF-8 or not JSON, and
@@ -16,9 +17,9 @@ import zlib
 from typing import Any, TypeVar
 
 import msgspec
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 
-from aiollm.api.http_errors import ApiError
+from aiollm.api.http_errors import ApiError, error_response
 from aiollm.engine.submission import check_unicode, off_loop
 from aiollm.errors import InvalidRequest
 
@@ -75,6 +76,30 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     if _SURROGATE_ESCAPE.search(body):  # valid JSON syntax, but no text: name the field
         await off_loop(len(body), _check_surrogates, body)
     raise ApiError(400, f"request body is not valid JSON: {_why(error)}") from None
+
+
+async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+    """The API routes' answer to an `Expect` header (aiohttp calls it before the handler
+    and its middlewares). `100-continue` with a Content-Length past the app's
+    client_max_size gets its 413 at once, as RFC 9110 (10.1.1) asks of a request refused
+    on its header fields alone: aiohttp's own handler said 100 Continue to any size, and
+    the client (curl, for bodies past 1 MB) sent megabytes only to be refused. Otherwise
+    100 Continue, as aiohttp's handler says it; another expectation is a 417."""
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if request.version != HttpVersion11:  # HTTP/1.0 has no 100 (Continue)
+        return None
+    if expect.lower() != "100-continue":
+        return error_response(ApiError(417, f"unknown Expect: {expect!r}; only 100-continue "
+                                            "is served"))
+    size, limit = request.content_length, request.client_max_size
+    if size is not None and size > limit:
+        # the body is never read: the connection cannot be reused past it
+        return error_response(ApiError(413, f"request body too large: Content-Length {size} "
+                                            f"is more than the {limit} bytes allowed",
+                                       close=True))
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0  # the 100 is no part of the response's size
+    return None
 
 
 def _syntax_error(body: bytes) -> msgspec.DecodeError | None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from aiohttp import hdrs, web
 
 from aiollm.api import lightllm, openai, ops
+from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
 from aiollm.api.state import STATE, ApiState
@@ -54,7 +55,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ApiState(engine=engine, served_model_name=served_model_name,
                           shutdown_timeout=shutdown_timeout, created=int(time.time()))
-    app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES))
+    app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES,
+                                        expect_handler=expect_continue))
     if cors is not None:
         enable_cors(app, cors)
     app.cleanup_ctx.append(_engine_lifetime)
@@ -62,18 +64,19 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     return app
 
 
-def _with_trailing_slash(routes: list[web.RouteDef]) -> list[web.RouteDef]:
-    """`routes`, each also at its path with a trailing slash (POST /v1/chat/completions/:
+def _with_trailing_slash(routes: list[web.RouteDef], **options) -> list[web.RouteDef]:
+    """`routes` with `options` (aiohttp's route options: expect_handler), each also at its
+    path with a trailing slash (POST /v1/chat/completions/:
     a base URL joined with one slash too many). Served, not redirected as FastAPI
     (vLLM, SGLang) redirects it: curl without -L and clients that follow no redirect for a
     POST stop at a redirect, which also costs a round trip and must resend the body. A
     path with a variable ({model:.+}) already takes what follows it, slash included."""
     out = []
     for route in routes:
-        out.append(route)
+        kwargs = {**options, **route.kwargs}
+        out.append(web.RouteDef(route.method, route.path, route.handler, kwargs))
         if not route.path.endswith("/") and "{" not in route.path:
-            out.append(web.RouteDef(route.method, route.path + "/", route.handler,
-                                    route.kwargs))
+            out.append(web.RouteDef(route.method, route.path + "/", route.handler, kwargs))
     return out
 
 
