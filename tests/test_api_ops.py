@@ -119,3 +119,13 @@ def test_expect_100_continue_refuses_a_body_too_large_before_it_is_sent(tiny):
                                b"Content-Length: %d\r\n\r\n" % len(body), body)
         assert small.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), small
     serve_tiny(tiny, check)
+
+
+def test_version_says_which_aiollm_serves(tiny):
+    """vLLM's GET /version: which build a server runs, for the operator rolling one out."""
+    import aiollm
+
+    async def check(client, engine):
+        resp = await client.get("/version")
+        assert resp.status == 200 and await resp.json() == {"version": aiollm.__version__}
+    serve_tiny(tiny, check)

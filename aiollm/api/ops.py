@@ -1,10 +1,12 @@
-"""Operations endpoints: /health (/healthz), /metrics, /tokenize, /detokenize, /flush_cache."""
+"""Operations endpoints: /health (/healthz), /metrics, /version, /tokenize, /detokenize,
+/flush_cache."""
 
 from __future__ import annotations
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from aiollm import __version__
 from aiollm.api.body import decode_body
 from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import DetokenizeRequest, TokenizeRequest, json_response
@@ -28,6 +30,11 @@ async def health(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(state(request).engine.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def version(request: web.Request) -> web.Response:
+    """The aiollm version serving, as vLLM's /version reports its own."""
+    return json_response({"version": __version__})
 
 
 async def tokenize(request: web.Request) -> web.Response:
@@ -70,6 +77,7 @@ ROUTES = [
     web.get("/health", health),
     web.get("/healthz", health),
     web.get("/metrics", metrics),
+    web.get("/version", version),
     web.post("/tokenize", tokenize),
     web.post("/detokenize", detokenize),
     web.post("/flush_cache", flush_cache),
