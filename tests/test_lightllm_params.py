@@ -43,3 +43,19 @@ def test_eos_may_end_the_output_at_once_by_default(server):
     body = {"inputs": PARIS, "parameters": {"max_new_tokens": 6, "allowed_token_ids": [EOS]}}
     for got in both(server, body):
         assert got == {"finish_reason": "stop", "count": 1}, got
+
+
+@pytest.mark.parametrize("parameters,says", [
+    ({"min_new_tokens": -1}, "min_new_tokens must be an integer >= 0, got -1"),
+    ({"min_new_tokens": 5, "max_new_tokens": 2}, "min_new_tokens (5)"),
+    ({"min_new_tokens": 3, "max_new_tokens": 8, "allowed_token_ids": [EOS]},
+     "min_new_tokens (3)"),
+])
+def test_min_new_tokens_errors_quote_it_as_sent(server, parameters, says):
+    """SamplingParams holds min_new_tokens - 1: its errors must still speak of
+    min_new_tokens and quote the client's value."""
+    status, _, raw = http(server, "POST", "/generate", json={"inputs": PARIS,
+                                                             "parameters": parameters})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "parameters.min_new_tokens", err
+    assert says in err["message"] and "min_tokens" not in err["message"], err

@@ -109,8 +109,9 @@ def _min_tokens(p: GenerateParameters) -> int:
 
 @contextmanager
 def _min_new_tokens_quoted(p: GenerateParameters) -> Iterator[None]:
-    """An engine error quoting min_tokens (a grammar or allowed_token_ids that only eos
-    ends, under min_tokens) quotes min_new_tokens as the client sent it."""
+    """An error quoting min_tokens' value (a grammar or allowed_token_ids that only eos
+    ends, under min_tokens) quotes min_new_tokens as the client sent it; param_names
+    (outside) renames the field in the rest of the message."""
     try:
         yield
     except InvalidRequest as e:
@@ -118,7 +119,7 @@ def _min_new_tokens_quoted(p: GenerateParameters) -> Iterator[None]:
             raise
         message = str(e).replace(f"min_tokens ({_min_tokens(p)})",
                                  f"min_new_tokens ({p.min_new_tokens})")
-        raise InvalidRequest(message, param="parameters.min_new_tokens", code=e.code) from None
+        raise InvalidRequest(message, param=e.param, code=e.code) from None
 
 
 async def _prepare(st: ApiState, req: GenerateRequest
