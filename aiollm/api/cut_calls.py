@@ -9,7 +9,7 @@ returned as calls, the cut one with the arguments text written so far (no comple
 as OpenAI answers a call cut by max_tokens; the call markup is never content. A call cut
 before its name is complete is no call and is dropped; so is a marker cut part way when
 the text can only be calls. Streamed and whole answers read the output alike
-(aiollm/api/tool_parsers.py calls this for both).
+(ToolParser.calls, aiollm/api/tool_calls.py, calls this for both).
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from aiollm.api.prompt_echo import PromptEcho, echo_only
 from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.errors import naming_batch_item
 from aiollm.sampling_params import Constraint
 
@@ -360,7 +361,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     started = [False] * req.n
     said = [False] * req.n  # whether content has been sent
 
-    calls = [tool_parsers.StreamingToolParser(parser, names, required=mode == "required")
+    calls = [StreamingToolParser(parser, names, required=mode == "required")
              if parser else None for _ in params]
     splits = [splitter() for _ in params]
 
