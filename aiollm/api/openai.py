@@ -17,10 +17,12 @@ from aiohttp import web
 
 from aiollm.api import reasoning, sse, tool_parsers, tool_request
 from aiollm.api.body import decode_body
+from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.choices import gather_all, merge
+from aiollm.api.completion_request import CompletionRequest
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.prompt_echo import PromptEcho, echo_only
-from aiollm.api.protocol import ChatCompletionRequest, CompletionRequest, json_response
+from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.tool_stream import StreamingToolParser
