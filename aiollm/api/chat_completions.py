@@ -17,6 +17,7 @@ from aiollm.api import reasoning, sse, tool_parsers, tool_request
 from aiollm.api.body import decode_body
 from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.choices import gather_all, merge
+from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.state import state
@@ -122,9 +123,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
             finish = out.finish_reason
-            # a call cut by max_tokens or a stop string is a call too, as the stream reads
-            # it (cut_calls.py); a grammar never ends an output inside a call by itself
-            content, calls = parser.calls(text, names, cut=finish in ("length", "stop"),
+            content, calls = parser.calls(text, names, cut=may_cut_a_call(finish),
                                           required=mode == "required") if parser else (text, [])
             # after reasoning, an empty answer is null (as vLLM sends it)
             answer = content if r is None else content or None
@@ -134,8 +133,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             if calls:
                 message = {"role": "assistant", "content": content or None, "refusal": None,
                            **thought, "tool_calls": [c.as_openai() for c in calls]}
-                # a call a stop string cut is no complete call: "stop" stays
-                finish = "tool_calls" if finish == "stop" and calls[-1].complete else finish
+                finish = finish_with_calls(finish, calls)
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
                 "logprobs": (None if out.logprobs is None
@@ -169,10 +167,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if calls[j] is not None:
             text = calls[j].feed(text)
             if finish is not None:
-                rest, found = calls[j].finish(cut=finish in ("length", "stop"))
+                rest, found = calls[j].finish(cut=may_cut_a_call(finish))
                 text += rest
-                if found and finish == "stop" and found[-1].complete:
-                    finish = "tool_calls"
+                finish = finish_with_calls(finish, found)
         delta: dict = {}
         if not started[j]:  # null until some comes: the message may turn out calls alone
             started[j] = True
