@@ -343,7 +343,7 @@ def test_echo_alone_asks_the_engine_nothing_and_answers_as_it_did(server, monkey
     exactly what the engine's path answered, whole and streamed, for a string prompt, a
     token-id prompt and batches of each. A request past the context, or with a bad field,
     is refused as before."""
-    import aiollm.api.openai as openai_api
+    import aiollm.api.completions as completions_api
 
     ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
     prompts = [PARIS, ids, [PARIS, "Hello, my name is"], [ids, ids[:3]]]
@@ -352,7 +352,7 @@ def test_echo_alone_asks_the_engine_nothing_and_answers_as_it_did(server, monkey
     echoed = [answers(server, b) for b in bodies]
     assert engine_work(server) == before
     with monkeypatch.context() as m:  # the engine's path, as every such request took it
-        m.setattr(openai_api, "echo_only", lambda req: False)
+        m.setattr(completions_api, "echo_only", lambda req: False)
         by_engine = [answers(server, b) for b in bodies]
     after = engine_work(server)
     assert after[0] > before[0] and after[1] > before[1]  # it counts what the engine is asked

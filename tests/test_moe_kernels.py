@@ -61,6 +61,33 @@ def test_routing_matches_reference(T, E, k, renorm):
         torch.testing.assert_close(w.sum(-1), torch.ones(T))
 
 
+
+@pytest.mark.parametrize("nan_lanes", ["one", "all"])
+def test_routing_of_a_nan_row_gives_nan_weights_on_experts_in_range(nan_lanes):
+    """A token whose router logits hold a NaN (non-finite hidden states) has NaN routing
+    weights, so its layer output is NaN and the engine fails that request, as on the CPU
+    path. Its expert ids were BLOCK_E, which the alignment dropped: a finite wrong row. On
+    a GPU when there is one (its max skips NaN lanes, the interpreter's propagates them)."""
+    T, E, k = 5, 16, 3
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    logits = torch.randn(T, E, device=dev)
+    if nan_lanes == "one":
+        logits[2, 7] = float("nan")
+    else:
+        logits[2] = float("nan")
+    w, ids = moe_route_triton(logits, k, True)
+    assert ((ids >= 0) & (ids < E)).all()
+    assert torch.isnan(w[2]).all()
+    ok = torch.tensor([0, 1, 3, 4], device=dev)
+    w_ref, ids_ref = moe_route_ref(logits[ok], k, True)
+    assert torch.equal(ids[ok], ids_ref)
+    torch.testing.assert_close(w[ok], w_ref, rtol=1e-6, atol=1e-6)
+    H, I = 8, 4
+    w13, w2 = torch.randn(E, 2 * I, H, device=dev), torch.randn(E, H, I, device=dev)
+    out = fused_moe_gemv_triton(torch.randn(T, H, device=dev), w13, w2, w, ids, 0, GEMV)
+    assert torch.isnan(out[2]).all() and torch.isfinite(out[ok]).all()
+
 def canonical(aligned, block_m: int):
     """Each block's expert and its pairs in order."""
     n = int(aligned.num_padded)

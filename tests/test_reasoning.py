@@ -252,7 +252,7 @@ def test_reasoning_sent_back_reaches_the_template(thinker):
     assert status == 400
     import msgspec
 
-    from aiollm.api.protocol import ChatMessage
+    from aiollm.api.chat_request import ChatMessage
 
     for key in ("reasoning_content", "reasoning"):  # what the template is given
         m = msgspec.json.decode(json.dumps({**turn[1], key: "thought"}), type=ChatMessage)

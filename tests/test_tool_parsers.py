@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import xgrammar as xgr
 
-from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser, StreamingToolParser
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_stream import StreamingToolParser
 
 TOOLS = [
     {"type": "function", "function": {"name": "get_weather", "parameters": {

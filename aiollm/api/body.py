@@ -6,7 +6,8 @@ body the client could not send whole, its content coding (gzip and deflate are d
 here, not by aiohttp: see decode_body; any other is a 415), an empty body (or one of
 whitespace alone), a UTF-8 byte order mark, bytes that are not UTF-8 or not JSON, and
 strings that escape a lone surrogate (named by their field).
-The Structs themselves, and the rules of their fields, live in api/protocol.py.
+The Structs themselves, and the rules of their fields, live in api/protocol.py and the
+files it names.
 """
 
 from __future__ import annotations

@@ -9,14 +9,20 @@ returned as calls, the cut one with the arguments text written so far (no comple
 as OpenAI answers a call cut by max_tokens; the call markup is never content. A call cut
 before its name is complete is no call and is dropped; so is a marker cut part way when
 the text can only be calls. Streamed and whole answers read the output alike
-(aiollm/api/tool_parsers.py calls this for both).
+(ToolParser.calls, aiollm/api/tool_calls.py, calls this for both), and both take the rules
+of when to look for a cut call and which finish_reason the calls give from here
+(may_cut_a_call, finish_with_calls).
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiollm.api.tool_calls import ToolCall
 
 
 def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
@@ -60,6 +66,24 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
             return content, calls, True
         calls.append((name, args if isinstance(args, str) else json.dumps(args)))
     return content, calls, False
+
+
+def may_cut_a_call(finish_reason: str) -> bool:
+    """Whether an output that ended with `finish_reason` may have ended inside a tool call,
+    whose calls are then read with cut_calls: max_tokens ("length"), a stop string or a stop
+    token id ("stop") end it wherever they fall; a grammar never ends an output inside a call
+    by itself."""
+    return finish_reason in ("length", "stop")
+
+
+def finish_with_calls(finish_reason: str, calls: Sequence[ToolCall]) -> str:
+    """The finish_reason of an answer with `calls`, whose output ended with `finish_reason`:
+    "tool_calls" only where it stopped ("stop") after a complete last call; else as it was (a
+    call a stop string cut is no complete call, so "stop" stays; a call max_tokens cut keeps
+    "length")."""
+    if calls and finish_reason == "stop" and calls[-1].complete:
+        return "tool_calls"
+    return finish_reason
 
 
 def _without_cut_marker(text: str, marker: str) -> str:

@@ -19,7 +19,8 @@ from aiollm.api import sse, structured
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import param_names
-from aiollm.api.protocol import GenerateParameters, GenerateRequest, choice_seed, json_response
+from aiollm.api.generate_request import GenerateParameters, GenerateRequest
+from aiollm.api.protocol import choice_seed, json_response
 from aiollm.api.state import ApiState, state
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,

@@ -9,8 +9,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from aiollm import __version__
 from aiollm.api.body import decode_body
 from aiollm.api.http_errors import ApiError
-from aiollm.api.protocol import DetokenizeRequest, TokenizeRequest, json_response
+from aiollm.api.protocol import json_response
 from aiollm.api.state import state
+from aiollm.api.tokenize_request import DetokenizeRequest, TokenizeRequest
 
 
 async def health(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from aiollm.errors import naming_batch_item
 from aiollm.sampling_params import SamplingParams
 
 if TYPE_CHECKING:
-    from aiollm.api.protocol import CompletionRequest
+    from aiollm.api.completion_request import CompletionRequest
     from aiollm.engine import Engine
 
 

@@ -1,6 +1,7 @@
-"""Tool calls in the model's output, for /v1/chat/completions: the parsers that turn the
-model's text into OpenAI's `tool_calls` (whole answers and streams alike), and the grammar
-that enforces a call.
+"""Tool calls in the model's output, for /v1/chat/completions: each model family's parser,
+which turns the model's text into OpenAI's `tool_calls` and builds the grammar that enforces
+a call, and the choice of one. What the parsers share (`ToolCall`, `ToolParser`) is in
+aiollm/api/tool_calls.py; a stream is read with one of them by aiollm/api/tool_stream.py.
 
 Model families write calls differently; one `ToolParser` per family, chosen from the chat
 template (or `--tool-call-parser`):
@@ -23,104 +24,19 @@ from __future__ import annotations
 
 import functools
 import json
-import uuid
-from collections.abc import Collection
-from dataclasses import dataclass, field
 from typing import Any
 
-from aiollm.api.cut_calls import cut_calls
+from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser, structural_tag
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
-from aiollm.sampling_params import GrammarSpec
 
 PARSERS = TOOL_CALL_PARSERS  # EngineConfig checks --tool-call-parser against them
-
-
-@dataclass(slots=True)
-class ToolCall:
-    name: str
-    arguments: str  # JSON text
-    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
-    complete: bool = True  # False: the output ended inside it (its arguments are cut)
-
-    def as_openai(self, index: int | None = None) -> dict:
-        out = {"id": self.id, "type": "function",
-               "function": {"name": self.name, "arguments": self.arguments}}
-        if index is not None:
-            out["index"] = index
-        return out
 
 
 # Whitespace a call's JSON may have in one run: enough to pretty-print a few levels, and a
 # bound on a model that would otherwise write newlines forever (seen: a tool without
 # parameters, whose `{}` the default model never closed)
 MAX_WHITESPACE = 16
-
-
-class ToolParser:
-    """One family's call format. `start` opens a call in the text (the streaming parser holds
-    text back from it on); `separator` goes between the calls of a "required" output."""
-
-    name = ""
-    start = ""
-    separator = "\n"
-    args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
-
-    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
-        """(the text outside calls, the calls); text that does not parse stays content. With
-        calls, the content's trailing whitespace is dropped (what a model writes before a call
-        or after the last), its leading kept: a stream has sent that before any call came."""
-        raise NotImplementedError
-
-    def calls(self, text: str, names: Collection[str], *, cut: bool = False,
-              required: bool = False) -> tuple[str, list[ToolCall]]:
-        """parse(), where a call to a function not among `names` makes the whole text
-        content: free text that only looked like a call (Llama 3's format is any JSON object
-        that starts with "name"; the grammar holds only what follows its trigger).
-
-        `cut`: max_tokens, a stop string or a stop token id ended the output, maybe inside
-        a call:
-        the calls it holds are returned with the cut one's arguments as written so far, and
-        no call markup stays content (aiollm/api/cut_calls.py). `required`: the output can
-        only be calls (tool_choice "required" or a named function)."""
-        content, calls = self.parse(text)
-        if any(c.name not in names for c in calls):
-            return text, []
-        if cut:
-            content, more, last_cut = cut_calls(
-                content, marker=self.start, separator=self.separator, args_key=self.args_key,
-                names=names, only_calls=required or bool(calls))
-            calls += [ToolCall(name, arguments) for name, arguments in more]
-            if last_cut:
-                calls[-1].complete = False
-        return content, calls
-
-    def tags(self, tools: list[dict]) -> list[dict]:
-        """xgrammar structural tags: one per tool, its arguments under its schema."""
-        raise NotImplementedError
-
-    def grammar(self, tools: list[dict], *, required: bool, parallel: bool) -> GrammarSpec:
-        """"required": calls only (no text around them, the grammar ends after the last);
-        else text until a call's marker, then the call."""
-        if required:
-            fmt = {"type": "sequence", "elements": [
-                {"type": "tags_with_separator", "tags": self.tags(tools),
-                 "separator": self.separator, "at_least_one": True,
-                 "stop_after_first": not parallel}, _NEWLINE]}
-        else:
-            fmt = {"type": "triggered_tags", "triggers": [self.start], "tags": self.tags(tools),
-                   "at_least_one": False, "stop_after_first": not parallel}
-        return _structural_tag(fmt)
-
-
-# may end a "required" output: models write one after a call, then the end (else the
-# separator "\n" would oblige them to open another call)
-_NEWLINE = {"type": "optional", "content": {"type": "const_string", "value": "\n"}}
-
-
-def _structural_tag(fmt: dict) -> GrammarSpec:
-    return GrammarSpec("structural_tag", json.dumps({"type": "structural_tag", "format": fmt}),
-                       "tools")
 
 
 def _arguments(tool: dict) -> dict:
@@ -262,11 +178,11 @@ class MistralParser(ToolParser):
         # one array of calls: [TOOL_CALLS][{...}, {...}]
         calls = [{"type": "tag", "begin": f'{{"name": {_name(t)}, "arguments": ',
                   "content": _arguments(t), "end": "}"} for t in tools]
-        return _structural_tag({"type": "sequence", "elements": [
+        return structural_tag({"type": "sequence", "elements": [
             {"type": "const_string", "value": "[TOOL_CALLS]["},
             {"type": "tags_with_separator", "tags": calls, "separator": ", ",
              "at_least_one": True, "stop_after_first": not parallel},
-            {"type": "const_string", "value": "]"}, _NEWLINE]})
+            {"type": "const_string", "value": "]"}, OPTIONAL_NEWLINE]})
 
 
 _BY_NAME = {p.name: p for p in (HermesParser, Llama3Parser, MistralParser)}
@@ -295,47 +211,3 @@ def marker_is_skipped(tokenizer, marker: str) -> bool:
     ids = tokenizer.encode(marker, add_special_tokens=False)
     return marker not in tokenizer.decode(ids, skip_special_tokens=True)
 
-
-class StreamingToolParser:
-    """Splits a stream of text deltas into content and complete calls: text from the call
-    marker on is held back until the output ends, then parsed; each call is sent as one
-    delta.tool_calls fragment (its whole arguments string at once, which OpenAI clients
-    accumulate like smaller fragments)."""
-
-    def __init__(self, parser: ToolParser, names: Collection[str], *, required: bool = False):
-        self.parser = parser
-        self.names = names
-        self.required = required  # the output can only be calls (ToolParser.calls)
-        self.held = ""  # from the first character not sent
-        self.calling = False
-        self.calls: list[ToolCall] = []
-
-    def feed(self, text: str) -> str:
-        """The content that can be sent now: never a trailing whitespace, which the whole
-        answer drops when calls follow (ToolParser.parse), until more text comes."""
-        self.held += text
-        if self.calling:
-            return ""
-        marker = self.parser.start
-        i = self.held.find(marker)
-        if i >= 0:
-            self.calling = True
-            end = i
-        else:  # keep a tail that may be the start of the marker
-            end = len(self.held)
-            for k in range(min(len(marker) - 1, len(self.held)), 0, -1):
-                if marker.startswith(self.held[-k:]):
-                    end -= k
-                    break
-        end = len(self.held[:end].rstrip())
-        out, self.held = self.held[:end], self.held[end:]
-        return out
-
-    def finish(self, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
-        """At the end of the output: (content still held, the calls). The content sent and
-        this join to the whole answer's content (ToolParser.calls of all the text, `cut`
-        when max_tokens ended it)."""
-        content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
-                                                required=self.required)
-        self.held = ""
-        return content, self.calls

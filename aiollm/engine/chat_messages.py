@@ -1,6 +1,6 @@
 """The messages of a conversation checked as OpenAI's chat API takes them, and put in the form
 chat templates take: one check for the Engine API (Engine.chat, stream_chat) and the HTTP API
-(api/protocol.ChatMessage), so a message one refuses the other refuses too, naming the same
+(api/chat_request.ChatMessage), so a message one refuses the other refuses too, naming the same
 field (`messages[1].content[0]`).
 
 Refused: a role outside OpenAI's (a template would render it anyway, and the model answer as

@@ -63,7 +63,10 @@ def route_rows(x, E, TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, ROWS: tl.co
     any finite value) -> (weights [ROWS, BLOCK_K] float32, ids [ROWS, BLOCK_K] int32), lanes >=
     TOP_K zero. Softmax, top_k (the lowest index among ties), renormalised if asked. Shared by
     the routing kernel and the one-token decode kernels (fused_moe_gemv.py), so both pick
-    the same experts."""
+    the same experts. A row with a NaN logit gets NaN weights on experts 0..TOP_K-1, so the
+    layer's output is NaN there, as in the reference (torch.topk), and the engine fails that
+    request for non-finite logits; no expert would match the NaN softmax, and an expert id
+    past E was left out by the alignment, giving a finite wrong row."""
     e = tl.arange(0, BLOCK_E)
     x = tl.where(e[None, :] < E, x, -float("inf"))
     p = tl.exp(x - tl.max(x, 1)[:, None])
@@ -76,6 +79,7 @@ def route_rows(x, E, TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, ROWS: tl.co
         best = tl.max(p, 1)
         # the lowest index among ties
         arg = tl.min(tl.where(p == best[:, None], e[None, :], BLOCK_E), 1)
+        arg = tl.where(arg < BLOCK_E, arg, j)  # a NaN row: best is NaN, no lane equals it
         w = tl.where(kk[None, :] == j, best[:, None], w)
         ids = tl.where(kk[None, :] == j, arg[:, None], ids)
         p = tl.where(e[None, :] == arg[:, None], -2.0, p)

@@ -1,0 +1,238 @@
+"""/v1/chat/completions: a conversation answered, whole or streamed, with its reasoning
+split off (reasoning.py) and its tool calls read (tool_parsers.py, tool_stream.py); and the
+chat logprob format.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from functools import partial
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from aiollm.api import reasoning, sse, tool_parsers, tool_request
+from aiollm.api.body import decode_body
+from aiollm.api.chat_request import ChatCompletionRequest
+from aiollm.api.choices import gather_all, merge
+from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
+from aiollm.api.http_errors import ApiError, param_names
+from aiollm.api.protocol import json_response
+from aiollm.api.state import state
+from aiollm.api.token_bytes import TokenBytes
+from aiollm.api.tool_stream import StreamingToolParser
+from aiollm.api.usage import chunk_usage, room, usage_of
+from aiollm.sampling_params import Constraint
+
+if TYPE_CHECKING:
+    from aiollm.engine import Delta, TokenLogprob
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    req = await decode_body(request, ChatCompletionRequest)
+    names = {"logprobs": "top_logprobs", "prompt": "messages"}
+    if req.max_completion_tokens is not None:
+        names["max_tokens"] = "max_completion_tokens"
+    with param_names(names):
+        return await _chat_completions(request, req)
+
+
+async def _chat_completions(request: web.Request, req: ChatCompletionRequest
+                            ) -> web.StreamResponse:
+    st = state(request)
+    engine = st.engine
+    st.check_model(req.model)
+    req.check_unserved()
+    req.check_max_tokens()
+    st.check_choices(req.n, "n")
+    if req.top_logprobs is not None and not req.logprobs:
+        raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    if req.functions is not None or req.function_call is not None:
+        raise ApiError(400, "functions and function_call are deprecated and not supported: "
+                       "send tools and tool_choice", param="functions" if req.functions
+                       is not None else "function_call")
+    tools, mode, callable_tools = tool_request.choose(req.tools, req.tool_choice)
+    constraint = req.constraint()
+    # a grammar that holds the output from its first token leaves no room to reason first
+    shaped = mode == "required" or constraint is not None and constraint.grammar is not None
+    # SGLang's separate_reasoning false: the output unsplit, tags and all, in content
+    thinking = engine.config.reasoning_parser if req.separate_reasoning else None
+    if thinking and any(tool_parsers.marker_is_skipped(engine.tokenizer, tag)
+                        for tag in (reasoning.START, reasoning.END)):
+        req.skip_special_tokens = False  # the splitter must see the tags in the text
+    template = engine.tokenizer.chat_template
+    # past calls reach a template that knows none in any mode: the follow-up turn (often
+    # tool_choice "none", or no tools) must show the model what it called
+    messages = tool_request.template_messages(req.message_dicts(),
+                                              tools if mode != "none" else [], template)
+    parser = None
+    names = {t["function"]["name"] for t in callable_tools}
+    if mode != "none":
+        parser = tool_parsers.parser_for(template, engine.config.tool_call_parser)
+        if tool_parsers.marker_is_skipped(engine.tokenizer, parser.start):
+            req.skip_special_tokens = False  # the parser must see it in the text
+        named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
+        if constraint is not None and constraint.grammar is not None:
+            if named:  # not the "required" it was turned into
+                sent = f"tool_choice naming the function {callable_tools[0]['function']['name']!r}"
+            elif req.tool_choice is not None:
+                sent = f"tool_choice {mode!r}"
+            else:
+                sent = "tools (with tool_choice absent, \"auto\")"
+            raise ApiError(400, f"{sent} and {constraint.grammar.param} both constrain the "
+                           f"output; send one (or tool_choice \"none\")", param="tool_choice")
+        # a named function is one call, as vLLM and SGLang answer it; else several may come
+        # unless parallel_tool_calls is false
+        spec = parser.grammar(callable_tools, required=mode == "required",
+                              parallel=req.parallel_tool_calls is not False and not named)
+        constraint = Constraint(spec, *((constraint.allowed_token_ids, constraint.logit_bias)
+                                        if constraint else ()))
+    # the template is applied here rather than by engine.chat so that a request without
+    # max_tokens can be given the rest of the context
+    ids = await st.chat_prompt(messages, tools if mode != "none" else None,
+                               req.template_options())
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
+        req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    params = [req.sampling_params(max_tokens=max_tokens, logprobs=logprobs, choice=j,
+                                  constraint=constraint) for j in range(req.n)]
+    await engine.compile_grammar(params[0])
+    # one head, in OpenAI's order, for the whole answer and for every chunk of a stream
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}",
+            "object": "chat.completion.chunk" if req.stream else "chat.completion",
+            "created": int(time.time()), "model": st.model_name,
+            "system_fingerprint": st.system_fingerprint}
+    vocab = await st.token_bytes() if logprobs is not None else None
+    prompt_tail = engine.tokenizer.decode(ids[-16:], skip_special_tokens=False) if thinking else ""
+    # a continued message's own tags say whether it stopped inside its reasoning
+    continued = messages[-1].get("content") if req.continue_final_message else None
+
+    def splitter() -> reasoning.ReasoningSplitter | None:
+        return reasoning.splitter_for(thinking, prompt_tail, shaped=shaped,
+                                      continued=continued) if thinking else None
+
+    if not req.stream:
+        outs = await gather_all([engine.generate(ids, sp) for sp in params])
+        choices = []
+        for j, out in enumerate(outs):
+            text, thought, r = out.text, {}, None
+            if thinking:  # tool calls are read from the content only
+                r, text = reasoning.split(splitter(), out.text)
+                # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
+                thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
+            finish = out.finish_reason
+            content, calls = parser.calls(text, names, cut=may_cut_a_call(finish),
+                                          required=mode == "required") if parser else (text, [])
+            # after reasoning, an empty answer is null (as vLLM sends it)
+            answer = content if r is None else content or None
+            # refusal is one of the message's required fields in OpenAI's schema (typed
+            # clients check it); the model's own refusals are plain content
+            message: dict = {"role": "assistant", "content": answer, "refusal": None, **thought}
+            if calls:
+                message = {"role": "assistant", "content": content or None, "refusal": None,
+                           **thought, "tool_calls": [c.as_openai() for c in calls]}
+                finish = finish_with_calls(finish, calls)
+            choices.append({
+                "index": j, "message": message, "finish_reason": finish,
+                "logprobs": (None if out.logprobs is None
+                             else _chat_logprobs(vocab, out.logprobs, out.token_texts)),
+            })
+        return json_response({**head, "choices": choices,
+                              "usage": usage_of(len(ids), sum(o.completion_tokens for o in outs),
+                                                outs[0].cached_tokens)})
+
+    done_tokens = [0] * req.n
+    cached_tokens = [0] * req.n
+    started = [False] * req.n
+    said = [False] * req.n  # whether content has been sent
+
+    calls = [StreamingToolParser(parser, names, required=mode == "required")
+             if parser else None for _ in params]
+    splits = [splitter() for _ in params]
+
+    def usage() -> dict:
+        return usage_of(len(ids), sum(done_tokens), cached_tokens[0])
+
+    def render(item: tuple[int, Delta]) -> bytes:
+        j, d = item
+        text, finish = d.text, d.finish_reason
+        found, thought = [], ""
+        if splits[j] is not None:  # the tool parser sees the content only
+            thought, text = splits[j].feed(text)
+            if finish is not None:
+                r, c = splits[j].finish()
+                thought, text = thought + r, text + c
+        if calls[j] is not None:
+            text = calls[j].feed(text)
+            if finish is not None:
+                rest, found = calls[j].finish(cut=may_cut_a_call(finish))
+                text += rest
+                finish = finish_with_calls(finish, found)
+        delta: dict = {}
+        if not started[j]:  # null until some comes: the message may turn out calls alone
+            started[j] = True
+            delta = {"role": "assistant", "content": text or None}
+        # once content has begun every chunk carries it (simple clients index
+        # delta["content"]); before, a "" would make a client's joined content "" where
+        # the whole answer has null
+        if text or said[j]:
+            said[j] = True
+            delta["content"] = text
+        if thought and req.include_reasoning:  # vLLM's include_reasoning false: dropped
+            delta["reasoning_content"] = delta["reasoning"] = thought
+        if finish is not None and not said[j] and not found and not (
+                splits[j] is not None and splits[j].entered):
+            delta["content"] = ""  # the whole answer's content is "", not null
+        done_tokens[j] = d.completion_tokens
+        cached_tokens[j] = d.cached_tokens
+        logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
+                                                                     d.token_texts)
+        if not found and not delta and finish is None and logprobs is None:
+            return b""  # text the parsers hold back: OpenAI sends no chunk for it
+        counts = chunk_usage(req, usage)
+        if not found:
+            return sse.event({**head, "choices": [{
+                "index": j, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
+                **counts})
+        # the calls, then a chunk of their own for the finish, as OpenAI sends them (the
+        # SDK's stream helper ends a call, arguments.done, only once it has seen it)
+        delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
+        return sse.event({**head, "choices": [{
+            "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs}],
+            **counts}) + sse.event({**head, "choices": [{
+                "index": j, "delta": {"content": ""} if said[j] else {},
+                "finish_reason": finish, "logprobs": None}], **counts})
+
+    def tail() -> bytes:
+        last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
+        return last + sse.DONE
+
+    starts = [partial(engine.stream, ids, sp) for sp in params]
+    return await sse.send(request, merge(starts), render, tail)
+
+
+def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str]
+                   ) -> dict:
+    """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
+    character has only those bytes), so the bytes of all tokens join to the content's UTF-8.
+    A token whose text is not all in the content (skipped special, stop token, cut by a stop
+    string) reports the bytes of the part that is. With a reasoning parser they join to the
+    whole output: the reasoning, its tags and the content."""
+    def entry(token_id: int, logprob: float) -> dict:
+        return {"token": vocab.text_of(token_id), "logprob": logprob,
+                "bytes": list(vocab.bytes_of(token_id))}
+
+    content = []
+    for lp, text in zip(lps, texts):
+        e = entry(lp.token_id, lp.logprob)
+        real = vocab.bytes_of(lp.token_id)
+        try:
+            whole = real.decode()
+        except UnicodeDecodeError:  # part of a character: its neighbours complete it
+            whole = text
+        if whole != text:
+            e["bytes"] = list(text.encode())
+        content.append({**e, "top_logprobs": [entry(t, v) for t, v in lp.top]})
+    return {"content": content}

@@ -1,0 +1,104 @@
+"""The body of /v1/chat/completions (`ChatCompletionRequest`): its messages (`ChatMessage`),
+tools, logprobs, reasoning and chat-template options, and vLLM's chat fields it refuses.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any, Union
+
+import msgspec
+from msgspec import Meta, Struct
+
+from aiollm.api.protocol import check_max_tokens
+from aiollm.api.sampling_fields import SamplingFields
+from aiollm.engine.chat_messages import checked_message
+from aiollm.engine.chat_template import TemplateOptions
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import MAX_LOGPROBS
+
+if TYPE_CHECKING:
+    from aiollm.api.tokenize_request import TokenizeRequest
+
+
+def chat_template_options(req: ChatCompletionRequest | TokenizeRequest) -> TemplateOptions:
+    """The request's chat-template options (the method of both request types that take them)."""
+    return TemplateOptions(req.add_generation_prompt, req.continue_final_message,
+                           req.chat_template_kwargs or {})
+
+
+class ContentPart(Struct, kw_only=True):
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(Struct, kw_only=True):
+    role: str
+    content: Union[str, list[ContentPart], None] = None
+    name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, in the history
+    tool_call_id: str | None = None  # a tool message answers this call
+    # an assistant's reasoning, sent back in the history (DeepSeek's and SGLang's name, and
+    # vLLM's newer one): templates such as Qwen3's render it (transformers also passes it as
+    # `thinking`)
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+    def as_dict(self, index: int) -> dict[str, Any]:
+        """The message as the chat template wants it (engine/chat_messages.py, the Engine
+        API's check too). Raises InvalidRequest naming the field for a role or shape OpenAI
+        refuses."""
+        return checked_message(msgspec.to_builtins(self), f"messages[{index}]")
+
+
+class ChatCompletionRequest(SamplingFields, kw_only=True):
+    messages: Annotated[list[ChatMessage], Meta(min_length=1)]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None  # the newer name of max_tokens
+    logprobs: bool | None = False
+    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
+    tools: Any = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    functions: Any = None
+    function_call: Any = None
+    # vLLM's and SGLang's rendering options (TemplateOptions)
+    add_generation_prompt: bool = True
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+    # with --reasoning-parser: vLLM's include_reasoning false leaves the reasoning out of the
+    # answer; SGLang's separate_reasoning false leaves the output unsplit (aiollm/api/reasoning.py)
+    include_reasoning: bool = True
+    separate_reasoning: bool = True
+    # vLLM's: they change the prompt or the output, and are not served (check_unserved)
+    echo: bool | None = False
+    chat_template: str | None = None
+    prompt_logprobs: int | None = None
+
+    def check_max_tokens(self) -> None:
+        """The length field the request uses (max_completion_tokens over max_tokens) is >= 1:
+        chat scores no prompt, so 0 has no use."""
+        if self.max_completion_tokens is not None:
+            check_max_tokens(self.max_completion_tokens, "max_completion_tokens")
+        else:
+            check_max_tokens(self.max_tokens, "max_tokens")
+
+    def message_dicts(self) -> list[dict[str, Any]]:
+        return [m.as_dict(i) for i, m in enumerate(self.messages)]
+
+    template_options = chat_template_options
+
+    def check_unserved(self) -> None:
+        """Refuse vLLM's chat fields the server does not serve, when they would change the
+        prompt or the output: ignored, they would answer another question than the one asked."""
+        SamplingFields.check_unserved(self)
+        if self.chat_template is not None:
+            raise InvalidRequest("chat_template is not served: the model's own chat template "
+                                 "renders the messages", param="chat_template")
+        if self.echo:
+            raise InvalidRequest("echo true is not served: send the conversation to "
+                                 "/v1/completions as a prompt to have it echoed", param="echo")
+        if self.prompt_logprobs is not None:  # was ignored: no scores, and no error
+            raise InvalidRequest("prompt_logprobs is not served on chat: send the "
+                                 "conversation's token ids (/tokenize with messages) to "
+                                 "/v1/completions as the prompt, with prompt_logprobs",
+                                 param="prompt_logprobs")

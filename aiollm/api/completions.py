@@ -1,0 +1,197 @@
+"""/v1/completions: a prompt (or a batch of them) continued, whole or streamed, with the
+prompt echoed and scored on request; and the logprob formats it answers in (OpenAI's legacy
+one, vLLM's prompt_logprobs).
+
+Each choice (n > 1, or each prompt of a batch) is its own engine request (a completion that
+only echoes its prompt asks the engine nothing: prompt_echo.py).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
+
+from aiohttp import web
+
+from aiollm.api import sse
+from aiollm.api.body import decode_body
+from aiollm.api.choices import gather_all, merge
+from aiollm.api.completion_request import CompletionRequest
+from aiollm.api.prompt_echo import PromptEcho, echo_only
+from aiollm.api.protocol import json_response
+from aiollm.api.state import ApiState, state
+from aiollm.api.token_bytes import TokenBytes
+from aiollm.api.usage import chunk_usage, room, usage_of
+from aiollm.errors import naming_batch_item
+
+if TYPE_CHECKING:
+    from aiollm.engine import Delta, RequestOutput, TokenLogprob
+
+T = TypeVar("T")
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    st = state(request)
+    engine = st.engine
+    req = await decode_body(request, CompletionRequest)
+    st.check_model(req.model)
+    req.check_unserved()
+    req.check_max_tokens()
+    prompts = req.prompt_batch()
+    st.check_choices(len(prompts) * req.n, "n" if req.n > 1 else "prompt")
+    # a list of prompts (even of one) is a batch: its errors say which prompt (prompt[i])
+    batched = prompts[0] is not req.prompt
+    prompt_ids = (await st.tokenize_batch(prompts) if batched
+                  else [await st.tokenize(prompts[0])])
+    constraint = req.constraint()
+    # echo with logprobs (or max_tokens 0: prompt scoring) reports the prompt's tokens too
+    echo_scores = req.echo and (req.logprobs is not None or req.max_tokens == 0)
+    scoring = req.prompt_logprobs
+    if echo_scores:
+        scoring = max(scoring or 0, req.logprobs or 0)
+    jobs = []  # choice index k = prompt index * n + j, as OpenAI numbers them
+    for i, ids in enumerate(prompt_ids):
+        max_tokens = req.max_tokens if req.max_tokens is not None else room(st, len(ids))
+        for j in range(req.n):
+            sp = req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs, choice=j,
+                                     constraint=constraint, prompt_logprobs=scoring)
+            jobs.append((i if batched else None, ids, sp))
+    await engine.compile_grammar(jobs[0][2])
+    # a request that asks for nothing computed is checked and answered without the model
+    source = PromptEcho(engine, jobs) if echo_only(req) else engine
+    vocab = await st.token_bytes() if req.logprobs is not None or scoring is not None else None
+    echo = []  # each choice's echoed prompt: text and its tokens' texts
+    for p, ids in zip(prompts, prompt_ids):
+        pieces = vocab.pieces(ids) if echo_scores else None
+        text = "".join(pieces) if pieces else _echo_text(st, p) if req.echo else ""
+        echo += [(text, pieces)] * req.n
+    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+            "created": int(time.time()), "model": st.model_name,
+            "system_fingerprint": st.system_fingerprint}
+    prompt_tokens = sum(len(ids) for ids in prompt_ids)
+
+    def logprobs_of(k: int, out: Delta | RequestOutput, offset: int) -> dict | None:
+        if req.logprobs is None:
+            return None
+        prompt_part = None
+        if echo_scores and out.prompt_logprobs is not None:  # the prompt's tokens first
+            prompt_part = _completion_logprobs(vocab, out.prompt_logprobs, echo[k][1], offset)
+            offset += len(echo[k][0])
+        lp = _completion_logprobs(vocab, out.logprobs, out.token_texts, offset)
+        return _joined(prompt_part, lp) if prompt_part else lp
+
+    def prompt_scores(out: Delta | RequestOutput) -> dict:
+        if req.prompt_logprobs is None or out.prompt_logprobs is None:
+            return {}
+        return {"prompt_logprobs": _vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
+
+    if not req.stream:
+        outs = await gather_all([_of_prompt(i, source.generate(ids, sp))
+                                 for i, ids, sp in jobs])
+        choices = [{
+            "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
+            "logprobs": logprobs_of(k, out, 0 if echo_scores else len(echo[k][0])),
+            **prompt_scores(out),
+        } for k, out in enumerate(outs)]
+        # a prompt counts once however many choices it has: its first choice's hit (the
+        # others reuse what that one computed)
+        cached = sum(o.cached_tokens for o in outs[::req.n])
+        return json_response({**head, "choices": choices, "usage": usage_of(
+            prompt_tokens, sum(o.completion_tokens for o in outs), cached)})
+
+    done_tokens = [0] * len(jobs)
+    cached_tokens = [0] * len(jobs)
+    offsets = [0 if echo_scores else len(e[0]) for e in echo]  # text_offset of the next token
+    echoed = [False] * len(jobs)
+
+    def usage() -> dict:
+        return usage_of(prompt_tokens, sum(done_tokens), sum(cached_tokens[::req.n]))
+
+    def render(item: tuple[int, Delta]) -> bytes:
+        k, delta = item
+        text = delta.text
+        if not echoed[k]:
+            text, echoed[k] = echo[k][0] + text, True
+        logprobs = logprobs_of(k, delta, offsets[k])
+        if logprobs is not None:
+            offsets[k] += sum(len(t) for t in logprobs["tokens"])
+        done_tokens[k] = delta.completion_tokens
+        cached_tokens[k] = delta.cached_tokens
+        return sse.event({**head, "choices": [{
+            "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
+            **prompt_scores(delta),
+        }], **chunk_usage(req, usage)})
+
+    def tail() -> bytes:
+        last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
+        return last + sse.DONE
+
+    starts = [partial(_stream_of_prompt, i, source.stream, ids, sp) for i, ids, sp in jobs]
+    return await sse.send(request, merge(starts), render, tail)
+
+
+async def _of_prompt(i: int | None, result: Awaitable[T]) -> T:
+    """`result`, whose errors about its prompt name prompt i of the batch (None: no batch)."""
+    with naming_batch_item("prompt", i):
+        return await result
+
+
+def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *args
+                      ) -> AsyncIterator[T]:
+    """stream(*args), whose errors about its prompt (raised as it is called) name prompt i
+    of the batch (None: no batch)."""
+    with naming_batch_item("prompt", i):
+        return stream(*args)
+
+
+def _echo_text(st: ApiState, prompt: str | list[int]) -> str:
+    return prompt if isinstance(prompt, str) else st.engine.tokenizer.decode(prompt)
+
+
+def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
+                         texts: Sequence[str], offset: int) -> dict:
+    """The legacy completions format: parallel lists, top alternatives as {text: logprob}
+    (the `logprobs` most likely, and the chosen token if it is not one of them).
+    `texts` are the tokens' shares of the text (they join to it), so the offsets index it; a
+    None entry (the prompt's first token) has no logprob."""
+    tokens, values, tops, offsets = [], [], [], []
+    for lp, text in zip(lps, texts):
+        tokens.append(text)
+        offsets.append(offset)
+        offset += len(text)
+        if lp is None:
+            values.append(None)
+            tops.append(None)
+            continue
+        values.append(lp.logprob)
+        # the chosen token is always listed, after the top alternatives when not among them
+        # (OpenAI: "up to logprobs+1 elements"; vLLM likewise), so a client can compare it
+        top = {vocab.text_of(t): v for t, v in lp.top}
+        top.setdefault(vocab.text_of(lp.token_id), lp.logprob)
+        tops.append(top)
+    return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
+            "text_offset": offsets}
+
+
+def _joined(a: dict, b: dict) -> dict:
+    return {key: a[key] + b[key] for key in a}
+
+
+def _vllm_prompt_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None]) -> list:
+    """vLLM's prompt_logprobs: per prompt token None (the first) or {id: {logprob, rank,
+    decoded_token}} for the prompt token and its top alternatives."""
+    out: list[dict | None] = []
+    for lp in lps:
+        if lp is None:
+            out.append(None)
+            continue
+        entry = {str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank,
+                                    "decoded_token": vocab.text_of(lp.token_id)}}
+        for rank, (t, v) in enumerate(lp.top, 1):
+            entry.setdefault(str(t), {"logprob": v, "rank": rank,
+                                      "decoded_token": vocab.text_of(t)})
+        out.append(entry)
+    return out

@@ -1,0 +1,87 @@
+"""The body of LightLLM's /generate and /generate_stream (`GenerateRequest`): the inputs and
+LightLLM's `parameters` (`GenerateParameters`), with the OpenAI and LightLLM fields it refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Union
+
+import msgspec
+from msgspec import Struct
+
+from aiollm.api.protocol import N, TokenId, TopK, check_max_tokens, refuse_unserved
+from aiollm.errors import InvalidRequest
+
+
+class GenerateParameters(Struct, kw_only=True):
+    """LightLLM's `parameters`: sampling is off unless do_sample is true."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: TopK = -1
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    max_new_tokens: int = 16
+    min_new_tokens: int = 1
+    # strings, or token-id sequences (a sequence of one id is a stop token id)
+    stop_sequences: Union[str, list[Union[str, list[TokenId]]], None] = None
+    ignore_eos: bool = False
+    skip_special_tokens: bool = True
+    add_special_tokens: bool = True
+    seed: int | None = None
+    n: N | None = None  # LightLLM's default: best_of
+    best_of: N | None = None
+    return_details: bool = False
+    guided_json: Any = None
+    guided_grammar: Any = None
+    regular_constraint: Any = None
+    allowed_token_ids: Any = None
+    # OpenAI's and vLLM's: refused here (refuse_unserved)
+    response_format: Any = None
+    structured_outputs: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    logit_bias: Any = None
+    # LightLLM's own, not served: refused where they would change the output
+    input_penalty: bool = False
+    exponential_decay_length_penalty: Any = None
+    print_eos_token: bool = False
+
+    def check_unserved(self) -> None:
+        refuse_unserved(self, ("response_format", "structured_outputs", "guided_regex",
+                               "guided_choice", "logit_bias"), "parameters.",
+                        "LightLLM's constraints are guided_json, guided_grammar, "
+                        "regular_constraint and allowed_token_ids; /v1/completions takes "
+                        "OpenAI's and vLLM's")
+        decay = self.exponential_decay_length_penalty
+        for name, served, why in (
+                ("input_penalty", not self.input_penalty, "presence and frequency penalties "
+                 "count the output's tokens only (repetition_penalty counts the prompt's too)"),
+                ("exponential_decay_length_penalty", decay is None or (
+                    isinstance(decay, list) and len(decay) == 2 and decay[1] == 1),
+                 "the server has no length penalty"),
+                ("print_eos_token", not self.print_eos_token, "the eos token that ends an "
+                 "output is counted with an empty text")):
+            if not served:
+                raise InvalidRequest(f"parameters.{name} is not served: {why}",
+                                     param=f"parameters.{name}")
+
+    def check_max_tokens(self) -> None:
+        check_max_tokens(self.max_new_tokens, "parameters.max_new_tokens")
+
+    def choices(self) -> int:
+        """How many sequences to generate: n, which LightLLM requires to equal best_of when
+        both are given (it generates best_of and returns them all); either alone sets both."""
+        if self.n is not None and self.best_of is not None and self.n != self.best_of:
+            raise InvalidRequest(f"best_of must equal n ({self.n}) or be left out: the "
+                                 f"server returns every sequence it generates, got "
+                                 f"{self.best_of}", param="parameters.best_of")
+        return self.n or self.best_of or 1
+
+
+class GenerateRequest(Struct, kw_only=True):
+    inputs: Union[str, list[int]]
+    parameters: GenerateParameters = msgspec.field(default_factory=GenerateParameters)

@@ -1,0 +1,145 @@
+"""The sampling fields that /v1/completions and /v1/chat/completions share (`SamplingFields`,
+the base of both request bodies), and their translation into one choice's SamplingParams.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from aiollm.api import structured
+from aiollm.api.protocol import N, Stop, TokenId, TopK, choice_seed
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import Constraint, SamplingParams
+
+
+class StreamOptions(Struct, kw_only=True):
+    include_usage: bool | None = False  # null: not set (vLLM takes it; clients send it)
+    # vLLM's and SGLang's: with include_usage, every chunk carries the usage so far
+    continuous_usage_stats: bool | None = False
+
+
+# vLLM's sampling fields the server does not serve: (the value that changes nothing, why).
+# Refused when sent with another value: ignored, they would change the output unasked.
+_VLLM_UNSERVED = {
+    "use_beam_search": (False, "the server samples, it does not search beams: send false "
+                               "or leave it out"),
+    "length_penalty": (1.0, "it weighs beam search, which the server does not do: send 1.0 "
+                            "or leave it out"),
+    "bad_words": ([], "send logit_bias with -100 for their tokens"),
+    "truncate_prompt_tokens": (None, "prompts are never truncated: shorten the prompt"),
+    "return_tokens_as_token_ids": (False, "logprobs name tokens by their text"),
+    "guided_whitespace_pattern": (None, "the grammar's own whitespace rules apply"),
+}
+
+
+class SamplingFields(Struct, kw_only=True):
+    """Fields shared by /v1/completions and /v1/chat/completions. None means the default."""
+
+    model: str | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: TopK | None = None
+    min_p: float | None = None
+    n: N | None = 1
+    stop: Stop = None
+    stop_token_ids: list[TokenId] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool | None = False
+    min_tokens: int | None = 0
+    skip_special_tokens: bool | None = True
+    include_stop_str_in_output: bool | None = False  # vLLM's
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    # output constraints (api/structured.py checks their shapes)
+    response_format: Any = None
+    structured_outputs: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+    logit_bias: Any = None
+    allowed_token_ids: Any = None
+    # vLLM's, not served (_VLLM_UNSERVED)
+    use_beam_search: Any = None
+    length_penalty: Any = None
+    bad_words: Any = None
+    truncate_prompt_tokens: Any = None
+    return_tokens_as_token_ids: Any = None
+    guided_whitespace_pattern: Any = None
+
+    def check_unserved(self) -> None:
+        """InvalidRequest naming the first vLLM field the server does not serve that is sent
+        with a value that would change the output, or stream_options without stream."""
+        for name, (neutral, why) in _VLLM_UNSERVED.items():
+            value = getattr(self, name)
+            if value is not None and value != neutral:
+                raise InvalidRequest(f"{name} is not served: {why}", param=name)
+        # as OpenAI and vLLM answer it: its options shape a stream, and an answer in one
+        # piece would silently leave out what they ask for (a null is "not set")
+        if self.stream_options is not None and not self.stream:
+            raise InvalidRequest("stream_options is only allowed with stream true: send "
+                                 "stream true, or leave stream_options out",
+                                 param="stream_options")
+
+    def __post_init__(self) -> None:
+        # OpenAI's schema makes its fields nullable, null meaning the default, and clients
+        # that serialize every field send null for "not set": null takes the field's default.
+        # max_tokens keeps its null, which asks for the rest of the context (as in vLLM).
+        for f in msgspec.structs.fields(self):
+            if (f.default not in (None, msgspec.NODEFAULT) and f.name != "max_tokens"
+                    and getattr(self, f.name) is None):
+                setattr(self, f.name, f.default)
+
+    def constraint(self) -> Constraint | None:
+        fields = {f: getattr(self, f) for f in ("guided_json", "guided_regex", "guided_choice",
+                                                "guided_grammar")}
+        return structured.constraint(
+            [structured.response_format(self.response_format),
+             structured.structured_outputs(self.structured_outputs), *structured.guided(fields)],
+            allowed_token_ids=self.allowed_token_ids, bias=structured.logit_bias(self.logit_bias))
+
+    def sampling_params(self, *, max_tokens: int, logprobs: int | None, choice: int,
+                        constraint: Constraint | None = None,
+                        prompt_logprobs: int | None = None) -> SamplingParams:
+        """SamplingParams of one choice; choice i of a seeded request samples with seed + i so
+        the n choices differ and the whole request stays reproducible."""
+        given = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            # 0 is off, as -1 is: vLLM's default and its documented "consider all tokens"
+            # (clients written against it send top_k 0)
+            "top_k": -1 if self.top_k == 0 else self.top_k,
+            "min_p": self.min_p,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "repetition_penalty": self.repetition_penalty,
+            "stop": self.stop,
+            "stop_token_ids": self.stop_token_ids,
+            "seed": choice_seed(self.seed, choice),
+        }
+        return SamplingParams(
+            max_tokens=max_tokens,
+            min_tokens=self.min_tokens,
+            ignore_eos=self.ignore_eos,
+            skip_special_tokens=self.skip_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output,
+            logprobs=logprobs,
+            constraint=constraint,
+            prompt_logprobs=prompt_logprobs,
+            **{k: v for k, v in given.items() if v is not None},
+        )
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and bool(self.stream_options.include_usage)
+
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's continuous_usage_stats, which (as there) counts only with include_usage."""
+        return self.include_usage and bool(self.stream_options.continuous_usage_stats)

@@ -1,0 +1,28 @@
+"""The bodies of /tokenize (`TokenizeRequest`: a prompt, or messages for the chat template)
+and /detokenize (`DetokenizeRequest`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from msgspec import Struct
+
+from aiollm.api.chat_request import ChatMessage, chat_template_options
+
+
+class TokenizeRequest(Struct, kw_only=True):
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = True
+    add_generation_prompt: bool = True  # with messages, as in ChatCompletionRequest
+    continue_final_message: bool = False
+    chat_template_kwargs: dict[str, Any] | None = None
+
+    template_options = chat_template_options
+
+
+class DetokenizeRequest(Struct, kw_only=True):
+    model: str | None = None
+    tokens: list[int]

@@ -1,0 +1,98 @@
+"""A tool call (`ToolCall`) and what every model family's parser shares (`ToolParser`):
+reading the calls of a whole output, the ones max_tokens or a stop cut included
+(aiollm/api/cut_calls.py), and the xgrammar structural tag that enforces them. The families
+themselves, and the choice among them, are in aiollm/api/tool_parsers.py; a stream's calls
+are read in aiollm/api/tool_stream.py.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from aiollm.api.cut_calls import cut_calls
+from aiollm.sampling_params import GrammarSpec
+
+
+@dataclass(slots=True)
+class ToolCall:
+    name: str
+    arguments: str  # JSON text
+    id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
+    complete: bool = True  # False: the output ended inside it (its arguments are cut)
+
+    def as_openai(self, index: int | None = None) -> dict:
+        out = {"id": self.id, "type": "function",
+               "function": {"name": self.name, "arguments": self.arguments}}
+        if index is not None:
+            out["index"] = index
+        return out
+
+
+class ToolParser:
+    """One family's call format. `start` opens a call in the text (the streaming parser holds
+    text back from it on); `separator` goes between the calls of a "required" output."""
+
+    name = ""
+    start = ""
+    separator = "\n"
+    args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
+
+    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+        """(the text outside calls, the calls); text that does not parse stays content. With
+        calls, the content's trailing whitespace is dropped (what a model writes before a call
+        or after the last), its leading kept: a stream has sent that before any call came."""
+        raise NotImplementedError
+
+    def calls(self, text: str, names: Collection[str], *, cut: bool = False,
+              required: bool = False) -> tuple[str, list[ToolCall]]:
+        """parse(), where a call to a function not among `names` makes the whole text
+        content: free text that only looked like a call (Llama 3's format is any JSON object
+        that starts with "name"; the grammar holds only what follows its trigger).
+
+        `cut`: max_tokens, a stop string or a stop token id ended the output, maybe inside
+        a call:
+        the calls it holds are returned with the cut one's arguments as written so far, and
+        no call markup stays content (aiollm/api/cut_calls.py). `required`: the output can
+        only be calls (tool_choice "required" or a named function)."""
+        content, calls = self.parse(text)
+        if any(c.name not in names for c in calls):
+            return text, []
+        if cut:
+            content, more, last_cut = cut_calls(
+                content, marker=self.start, separator=self.separator, args_key=self.args_key,
+                names=names, only_calls=required or bool(calls))
+            calls += [ToolCall(name, arguments) for name, arguments in more]
+            if last_cut:
+                calls[-1].complete = False
+        return content, calls
+
+    def tags(self, tools: list[dict]) -> list[dict]:
+        """xgrammar structural tags: one per tool, its arguments under its schema."""
+        raise NotImplementedError
+
+    def grammar(self, tools: list[dict], *, required: bool, parallel: bool) -> GrammarSpec:
+        """"required": calls only (no text around them, the grammar ends after the last);
+        else text until a call's marker, then the call."""
+        if required:
+            fmt = {"type": "sequence", "elements": [
+                {"type": "tags_with_separator", "tags": self.tags(tools),
+                 "separator": self.separator, "at_least_one": True,
+                 "stop_after_first": not parallel}, OPTIONAL_NEWLINE]}
+        else:
+            fmt = {"type": "triggered_tags", "triggers": [self.start], "tags": self.tags(tools),
+                   "at_least_one": False, "stop_after_first": not parallel}
+        return structural_tag(fmt)
+
+
+# may end a "required" output: models write one after a call, then the end (else the
+# separator "\n" would oblige them to open another call)
+OPTIONAL_NEWLINE = {"type": "optional", "content": {"type": "const_string", "value": "\n"}}
+
+
+def structural_tag(fmt: dict) -> GrammarSpec:
+    """The grammar of a structural tag of format `fmt`, named "tools" in its errors."""
+    return GrammarSpec("structural_tag", json.dumps({"type": "structural_tag", "format": fmt}),
+                       "tools")

@@ -1,0 +1,35 @@
+"""Token counts in the answers of the OpenAI endpoints: the room a prompt leaves in the
+context (max_tokens's default), the `usage` object of a whole answer and of a stream's last
+chunk, and the usage field of a stream's other chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aiollm.api.sampling_fields import SamplingFields
+    from aiollm.api.state import ApiState
+
+
+def room(st: ApiState, prompt_len: int) -> int:
+    """max_tokens when the client gives none: the rest of the context (at least 1, so a prompt
+    that is itself too long is reported as such by the engine)."""
+    return max(1, st.engine.max_model_len - prompt_len)
+
+
+def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's `usage` object: the request's token counts (cached_tokens: of the prompt)."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+
+
+def chunk_usage(req: SamplingFields, usage: Callable[[], dict]) -> dict:
+    """The usage field of a chunk before the last: none without include_usage; with it null,
+    as OpenAI sends it on every chunk but the last; with vLLM's continuous_usage_stats too,
+    the request's usage so far (all its choices' tokens, as the last chunk counts them)."""
+    if not req.include_usage:
+        return {}
+    return {"usage": usage() if req.continuous_usage else None}
