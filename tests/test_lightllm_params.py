@@ -59,3 +59,22 @@ def test_min_new_tokens_errors_quote_it_as_sent(server, parameters, says):
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == "parameters.min_new_tokens", err
     assert says in err["message"] and "min_tokens" not in err["message"], err
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
+@pytest.mark.parametrize("kind", ["images", "audios"])
+def test_multimodal_inputs_are_refused_not_ignored(server, path, kind):
+    """LightLLM's multimodal_params carries images and audio for multimodal models. The
+    model served reads text alone: the request was answered as if the image were not
+    there (HTTP 200), an answer to another question. An empty one, as LightLLM clients
+    send it with text alone, changes nothing and is served."""
+    item = {"type": "base64", "data": "AAAA"}
+    status, _, raw = http(server, "POST", path, json={
+        "inputs": PARIS, "parameters": {"max_new_tokens": 1},
+        "multimodal_params": {kind: [item]}})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == f"multimodal_params.{kind}", (status, raw)
+    status, _, raw = http(server, "POST", path, json={
+        "inputs": PARIS, "parameters": {"max_new_tokens": 1},
+        "multimodal_params": {kind: []}})
+    assert status == 200, raw

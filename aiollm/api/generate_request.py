@@ -85,3 +85,15 @@ class GenerateParameters(Struct, kw_only=True):
 class GenerateRequest(Struct, kw_only=True):
     inputs: Union[str, list[int]]
     parameters: GenerateParameters = msgspec.field(default_factory=GenerateParameters)
+    # LightLLM's images and audio for multimodal models: the models served read text alone
+    multimodal_params: dict[str, Any] | None = None
+
+    def check_unserved(self) -> None:
+        """Refuse images or audio (LightLLM's multimodal_params.images and .audios): the
+        answer to the text alone would answer another question. Empty lists, as LightLLM's
+        clients send them with text alone, are served."""
+        for kind in ("images", "audios"):
+            if (self.multimodal_params or {}).get(kind):
+                raise InvalidRequest(f"multimodal_params.{kind} is not served: the model "
+                                     "reads text alone", param=f"multimodal_params.{kind}")
+        self.parameters.check_unserved()

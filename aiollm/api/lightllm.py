@@ -132,7 +132,7 @@ async def _prepare(st: ApiState, req: GenerateRequest
         raise InvalidRequest("inputs must not be empty", param="inputs")
     ids = await st.tokenize(req.inputs, add_special_tokens=req.parameters.add_special_tokens)
     p = req.parameters
-    p.check_unserved()
+    req.check_unserved()
     p.check_max_tokens()
     fields = {"guided_json": p.guided_json, "guided_grammar": p.guided_grammar,
               "regular_constraint": p.regular_constraint}
