@@ -7,9 +7,11 @@ blocking calls work the same from plain code, from async code and from a noteboo
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures
+import concurrent.futures.thread  # its exit hook registered before ours: ours runs first
 import threading
+import time
+import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
@@ -22,10 +24,15 @@ _RUNNING: set[LoopThread] = set()
 class LoopThread:
     """An event loop run by a daemon thread named `name` from construction until end().
     call() runs a coroutine on it and blocks its caller until the coroutine ends; one call
-    at a time (the caller takes turns: calls do not queue here)."""
+    at a time (the caller takes turns: calls do not queue here). last() (the engine's
+    stop), when given, is awaited on the loop before it ends: by end() unless it is given
+    its own, and by the interpreter's exit (see _end_all)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, last: Callable[[], Coroutine] | None = None) -> None:
         self.loop = asyncio.new_event_loop()
+        self.last = last
+        # the threads that called it: the interpreter's exit waits for the non-daemon ones
+        self._callers: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
         # the call under way: its task and the future its caller waits on (loop thread only)
         self._task: asyncio.Task | None = None
         self._result: concurrent.futures.Future | None = None
@@ -69,6 +76,7 @@ class LoopThread:
         on. RuntimeError once the loop is closed. Never from the loop's own thread (see
         on_own_thread): it would wait forever."""
         assert not self.on_own_thread()
+        self._callers.add(threading.current_thread())
         result: concurrent.futures.Future = concurrent.futures.Future()
 
         def begin() -> None:
@@ -83,6 +91,7 @@ class LoopThread:
             raise
         try:
             wait_interruptibly(result)
+            _abandon_if_exiting()
             return result.result()
         except BaseException:
             self._cancel_call()
@@ -111,9 +120,11 @@ class LoopThread:
             pass
 
     def end(self, last: Callable[[], Coroutine] | None = None) -> None:
-        """Stop the loop, after awaiting last() on it when given; the thread then closes the
-        loop and ends. Returns at once, from any thread (a finalizer's, the loop's own);
-        nothing once the loop is closed."""
+        """Stop the loop, after awaiting last() on it (else the LoopThread's own last(),
+        when given); the thread then closes the loop and ends. Returns at once, from any
+        thread (a finalizer's, the loop's own); nothing once the loop is closed."""
+        last = last or self.last
+
         async def ending() -> None:
             try:
                 if last is not None:
@@ -131,21 +142,52 @@ class LoopThread:
         self.thread.join()
 
 
-@atexit.register
 def _end_all() -> None:
     """At the interpreter's exit, end the loops still running (an LLM never closed: a script
-    that ends without close(), as vLLM's examples do) and wait a little for their threads.
-    Left to die with the process, a loop's tasks (the engine's step loop) were destroyed
-    pending, and asyncio logged 'Task was destroyed but it is pending!' at every such exit.
-    What still runs ends cancelled (_serve), as asyncio.run ends it."""
+    that ends without close(), as vLLM's examples do), each after its last() (the engine's
+    stop: its requests' slots and KV given back, its model threads and tensor-parallel
+    ranks ended, its step log written), within _EXIT_WAIT_S in all. Left to die with the
+    process, a loop's tasks were destroyed pending ('Task was destroyed but it is
+    pending!').
+
+    It runs once the main thread's code has ended and before concurrent.futures shuts
+    every thread pool down (threading runs its exit hooks in reverse order of
+    registration): the engine's model thread, its event waits and asyncio.to_thread are
+    such pools, and a step loop that met them shut logged 'cannot schedule new futures
+    after shutdown' and failed the calls still under way. So the non-daemon threads that
+    called a loop, which the interpreter would wait for anyway, end their calls first; a
+    daemon thread's call under way is left waiting (see _abandon_if_exiting)."""
+    global _exiting
+    _exiting = True
+    try:
+        for loop_thread in list(_RUNNING):
+            for caller in list(loop_thread._callers):
+                if not caller.daemon and caller is not threading.current_thread():
+                    caller.join()
+    except KeyboardInterrupt:  # Ctrl-C at the exit: stop the engines now
+        pass
     for loop_thread in list(_RUNNING):
         loop_thread.end()
+    deadline = time.monotonic() + _EXIT_WAIT_S
     for loop_thread in list(_RUNNING):
-        loop_thread.thread.join(_EXIT_WAIT_S)
+        loop_thread.thread.join(max(0.0, deadline - time.monotonic()))
 
 
-# how long the exit waits for each loop's thread to end its tasks (a step under way)
+threading._register_atexit(_end_all)  # (CPython's hook before thread pools shut down)
+_exiting = False  # set once _end_all has begun
+
+# how long the exit waits for the loops' threads to stop their engines (a step under way)
 _EXIT_WAIT_S = 5.0
+
+
+def _abandon_if_exiting() -> None:
+    """A daemon thread's call ended by the interpreter's exit never returns: the thread
+    waits here until the process ends it, as Python ends daemon threads at exit. Returning,
+    it raised the engine's EngineStopped, printed as the thread's traceback at every such
+    exit, or started the engine again (LLM._run's recovery)."""
+    if _exiting and threading.current_thread().daemon:
+        threading.Event().wait()
+
 
 # how long a waiting caller sleeps before it looks for an interrupt (see wait_interruptibly)
 POLL_S = 0.05

@@ -35,19 +35,21 @@ class LLM:
         self.engine = Engine(model, **options)  # a bad option raises before any thread
         # the loop runs one call at a time: another thread's call waits for its turn
         self._turn = threading.Lock()
-        self._thread = LoopThread("aiollm-llm")
+        # the engine stops whenever its loop ends: close(), a failed start, dropped unclosed,
+        # the interpreter's exit
+        self._thread = LoopThread("aiollm-llm", last=self.engine.stop)
         self._loop = self._thread.loop
         try:
             self._thread.call(self.engine.start())
         except BaseException:
             # a model it cannot load, Ctrl-C: the loop and its thread were left running
-            self._thread.end(self.engine.stop)
+            self._thread.end()
             self._thread.join()
             raise
         # dropped unclosed (a notebook's cell run again binds `llm` to a new LLM), the engine
         # stops and the thread ends: they held the model's memory to the end of the process
-        self._finalizer = weakref.finalize(self, self._thread.end, self.engine.stop)
-        self._finalizer.atexit = False  # the interpreter's exit ends a daemon thread itself
+        self._finalizer = weakref.finalize(self, self._thread.end)
+        self._finalizer.atexit = False  # the interpreter's exit ends it (loop_thread._end_all)
 
     def generate(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None,
                  progress: bool = True) -> list[RequestOutput]:

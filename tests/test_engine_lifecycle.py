@@ -261,28 +261,53 @@ def test_an_offline_llm_dropped_unclosed_ends_its_thread():
     assert not threads_left(before)
 
 
-def test_a_script_that_ends_without_closing_its_llm_exits_quietly():
+def test_a_script_that_ends_without_closing_its_llm_exits_quietly(tmp_path):
     """A script that made an LLM, used it and ended without close() (as vLLM's examples
     do) printed asyncio's 'Task was destroyed but it is pending!' for the engine's step loop
     at every exit: the interpreter dropped the LLM's loop with its tasks pending. The exit
-    ends the loop's tasks cancelled first."""
+    stops the engine, as close() does (its step log is written; its tensor-parallel ranks
+    told to stop, which otherwise logged that their parent was gone), before the
+    interpreter shuts its thread pools: the engine's model thread is one, and a step that
+    met it shut logged 'engine loop error ... cannot schedule new futures after shutdown'
+    and failed the calls under way. A non-daemon thread's calls after the main thread's
+    end (which the interpreter waits for) are served to their end; a daemon thread's call
+    under way ends with the process, silently."""
+    import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    script = ("from aiollm import LLM, SamplingParams\n"
+    script = ("import threading, time\n"
+              "from aiollm import LLM, SamplingParams\n"
               "llm = LLM(None, kv_tokens=1024)\n"
               "out = llm.generate(['Hello'], SamplingParams(max_tokens=2), progress=False)\n"
-              "print('generated', len(out[0].token_ids))\n")
+              "print('generated', len(out[0].token_ids), flush=True)\n"
+              "first = threading.Event()\n"
+              "def endless():\n"
+              "    llm.generate(['Tell'], SamplingParams(max_tokens=900, ignore_eos=True),\n"
+              "                 progress=False)\n"
+              "    print('the daemon thread returned', flush=True)\n"
+              "def batches():\n"
+              "    for i in range(2):\n"
+              "        out = llm.generate(['Hi'], SamplingParams(max_tokens=3), progress=False)\n"
+              "        print('batch', i, len(out[0].token_ids), flush=True)\n"
+              "        first.set()\n"
+              "    threading.Thread(target=endless, daemon=True).start()\n"
+              "    time.sleep(0.5)  # its call under way at the exit\n"
+              "threading.Thread(target=batches).start()\n"
+              "first.wait()\n")
     root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    step_log = tmp_path / "steps.jsonl"
+    env = {**os.environ, "AIOLLM_STEP_LOG": str(step_log), "PYTHONPATH": os.pathsep.join(
         [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, env=env, cwd=root)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == "generated 2\n"
-    assert "destroyed" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout == "generated 2\nbatch 0 3\nbatch 1 3\n", done.stderr
+    for said in ("destroyed", "Traceback", "error", "cannot schedule"):
+        assert said not in done.stderr, done.stderr
+    assert [json.loads(line) for line in step_log.read_text().splitlines()]  # stop() ran
 
 
 def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
