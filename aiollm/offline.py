@@ -100,9 +100,7 @@ class LLM:
         started again (the next call raised EngineStopped). Calls from several threads take
         turns."""
         try:
-            # in slices, as LoopThread.call waits: an interrupt another thread took raises
-            while not self._turn.acquire(timeout=POLL_S):
-                pass
+            self._take_turn()
         except BaseException:  # Ctrl-C while another thread's call ran: asyncio then
             coro.close()       # warned of a coroutine never awaited
             raise
@@ -118,6 +116,12 @@ class LLM:
                 raise
         finally:
             self._turn.release()
+
+    def _take_turn(self) -> None:
+        """Wait for the call under way of another thread to end, in slices, as
+        LoopThread.call waits: an interrupt another thread took raises here at once."""
+        while not self._turn.acquire(timeout=POLL_S):
+            pass
 
     def _check_thread(self) -> None:
         if self._thread.on_own_thread():
@@ -135,7 +139,8 @@ class LLM:
         """Stop the engine and end the LLM's thread, after the call under way of another
         thread; later calls raise EngineStopped. A second close() does nothing."""
         self._check_thread()
-        with self._turn:
+        self._take_turn()
+        try:
             if self._loop.is_closed():
                 return
             self._finalizer.detach()
@@ -144,6 +149,8 @@ class LLM:
             finally:
                 self._thread.end()
                 self._thread.join()
+        finally:
+            self._turn.release()
 
     def __enter__(self) -> "LLM":
         return self

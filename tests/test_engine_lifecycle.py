@@ -398,6 +398,33 @@ def test_an_interrupt_another_thread_took_ends_the_offline_call_at_once(waiting_
         assert_idle(llm.engine)
 
 
+def test_an_interrupt_another_thread_took_ends_a_waiting_close_at_once():
+    """close() waits for the call under way of another thread (its turn); an interrupt
+    whose signal another thread took (_thread.interrupt_main, signal.raise_signal from a
+    timer's thread) ended that wait only when the other call was done, as it did for
+    generate(). It raises within a fraction of a second, the LLM still open; a close()
+    after it closes it."""
+    import _thread
+    import threading
+    import time
+
+    llm = LLM(None, kv_tokens=1024)
+    llm._turn.acquire()  # another thread's call under way
+    other_call = threading.Timer(10, llm._turn.release)  # its end, should the interrupt never come
+    other_call.start()
+    threading.Timer(0.3, _thread.interrupt_main).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        llm.close()
+    assert time.monotonic() - t0 < 2.0
+    other_call.cancel()
+    llm._turn.release()
+    assert len(llm.generate(["Hello"], SamplingParams(max_tokens=2), progress=False)) == 1
+    llm.close()
+    with pytest.raises(EngineStopped):
+        llm.generate(["Hello"], progress=False)
+
+
 @pytest.fixture(scope="module")
 def engine(loop):
     eng = Engine(None, kv_tokens=2048)
