@@ -36,6 +36,8 @@ class LoopThread:
         # the call under way: its task and the future its caller waits on (loop thread only)
         self._task: asyncio.Task | None = None
         self._result: concurrent.futures.Future | None = None
+        self._ending = False  # end() has run
+        self._ended = threading.Event()  # set as the thread ends, the loop closed
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         _RUNNING.add(self)
         self.thread.start()
@@ -55,15 +57,18 @@ class LoopThread:
                     if self._result is not None and not self._result.done():
                         self._result.set_exception(e)
         finally:
-            # what still runs (a model load that Ctrl-C left behind) ends cancelled, as
-            # asyncio.run ends it: else 'Task was destroyed but it is pending!'
-            left = asyncio.all_tasks(self.loop)
-            for task in left:
-                task.cancel()
-            self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
-            self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-            self.loop.close()
-            _RUNNING.discard(self)
+            try:
+                # what still runs (a model load that Ctrl-C left behind) ends cancelled, as
+                # asyncio.run ends it: else 'Task was destroyed but it is pending!'
+                left = asyncio.all_tasks(self.loop)
+                for task in left:
+                    task.cancel()
+                self.loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+                self.loop.close()
+            finally:  # else join() waited for ever
+                _RUNNING.discard(self)
+                self._ended.set()
 
     def on_own_thread(self) -> bool:
         """Whether the caller runs on the loop's thread (where a call would wait for itself)."""
@@ -116,30 +121,46 @@ class LoopThread:
             self.loop.call_soon_threadsafe(cancel)
         except RuntimeError:  # the loop is closed: nothing of the call runs there
             return
-        while not ended.wait(POLL_S) and self.thread.is_alive():
+        while not ended.wait(POLL_S) and not self._ended.is_set():
             pass
 
     def end(self, last: Callable[[], Coroutine] | None = None) -> None:
         """Stop the loop, after awaiting last() on it (else the LoopThread's own last(),
         when given); the thread then closes the loop and ends. Returns at once, from any
         thread (a finalizer's, the loop's own); nothing once the loop is closed."""
+        if self._ending:
+            return
         last = last or self.last
 
         async def ending() -> None:
             try:
                 if last is not None:
                     await last()
-            finally:
+            except asyncio.CancelledError:
+                # by the loop's own end (_serve), which stopped it already: stopped again,
+                # that end's cleanup raised, and its thread died with join() waiting
+                return
+            except BaseException:
                 self.loop.stop()
+                raise
+            self.loop.stop()
 
         try:
             self.loop.call_soon_threadsafe(lambda: self.loop.create_task(ending()))
+            self._ending = True
         except RuntimeError:  # closed already
             pass
 
-    def join(self) -> None:
-        """Wait for the thread to end (after end())."""
-        self.thread.join()
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the thread to end (after end()), at most `timeout` seconds; whether it
+        has. Interrupted (Ctrl-C), it leaves the thread ending, and a later join() waits
+        again: an interrupted Thread.join marked a thread that still ran as ended (CPython
+        3.11), and the next join() returned at once."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ended.wait(POLL_S):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
 
 
 def _end_all() -> None:
@@ -169,8 +190,11 @@ def _end_all() -> None:
     for loop_thread in list(_RUNNING):
         loop_thread.end()
     deadline = time.monotonic() + _EXIT_WAIT_S
-    for loop_thread in list(_RUNNING):
-        loop_thread.thread.join(max(0.0, deadline - time.monotonic()))
+    try:
+        for loop_thread in list(_RUNNING):
+            loop_thread.join(max(0.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:  # (raised on, it kept the thread pools' own exit from running)
+        pass
 
 
 threading._register_atexit(_end_all)  # (CPython's hook before thread pools shut down)

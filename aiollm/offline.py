@@ -137,18 +137,19 @@ class LLM:
 
     def close(self) -> None:
         """Stop the engine and end the LLM's thread, after the call under way of another
-        thread; later calls raise EngineStopped. A second close() does nothing."""
+        thread; later calls raise EngineStopped. Ctrl-C raises at once and leaves the stop
+        running to its end on the LLM's thread (a later close() waits for it). A close()
+        after one that returned does nothing."""
         self._check_thread()
         self._take_turn()
         try:
             if self._loop.is_closed():
                 return
             self._finalizer.detach()
-            try:
-                self._thread.call(self.engine.stop())
-            finally:
-                self._thread.end()
-                self._thread.join()
+            # the engine's stop runs as the loop's last (not a call: an interrupt would
+            # cancel it, and the cancelled stop ran to its end while Ctrl-C waited)
+            self._thread.end()
+            self._thread.join()
         finally:
             self._turn.release()
 

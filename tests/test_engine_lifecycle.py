@@ -425,6 +425,46 @@ def test_an_interrupt_another_thread_took_ends_a_waiting_close_at_once():
         llm.generate(["Hello"], progress=False)
 
 
+def test_ctrl_c_during_close_raises_at_once_and_a_second_close_finishes_the_stop():
+    """Ctrl-C during close() while the engine's stop waited for the model thread (a step
+    under way: a long CPU prefill takes seconds) raised only once that step had ended;
+    a second Ctrl-C, once its stop had ended and it waited for the loop's thread, marked
+    that thread ended while it still ran (CPython's Thread.join), and the next close()
+    returned before the stop was done. Ctrl-C raises at once and the stop runs on to its
+    end; a close() after it waits for that end; nothing is left running."""
+    import signal
+    import threading
+    import time
+
+    before = set(threading.enumerate())
+    llm = LLM(None, kv_tokens=1024)
+    launch = llm.engine.runner.launch
+
+    def slow_step(*args):
+        time.sleep(1.5)
+        return launch(*args)
+
+    llm.engine.runner.launch = slow_step
+
+    def ctrl_c(after: float) -> None:
+        threading.Timer(after, signal.pthread_kill,
+                        (threading.main_thread().ident, signal.SIGINT)).start()
+
+    ctrl_c(0.3)
+    with pytest.raises(KeyboardInterrupt):  # its step runs on, for 1.5 s
+        llm.generate(["Hello"], LONG, progress=False)
+    ctrl_c(0.3)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        llm.close()
+    assert time.monotonic() - t0 < 1.0
+    llm.close()
+    assert not llm.engine._started  # stopped to the end
+    with pytest.raises(EngineStopped):
+        llm.generate(["Hello"], progress=False)
+    assert not threads_left(before, wait=1.0)
+
+
 @pytest.fixture(scope="module")
 def engine(loop):
     eng = Engine(None, kv_tokens=2048)
