@@ -310,6 +310,43 @@ def test_a_script_that_ends_without_closing_its_llm_exits_quietly(tmp_path):
     assert [json.loads(line) for line in step_log.read_text().splitlines()]  # stop() ran
 
 
+def test_repeated_ctrl_c_during_a_scripts_batch_exits_by_the_interrupt():
+    """Ctrl-C pressed three times during a script's LLM.generate: the first ends the call,
+    the others came while the exit waited for the model thread's step under way, cut that
+    wait short, and the interpreter finalized beside the thread still in torch, which
+    aborted the process ('terminate called without an active exception', SIGABRT, 3 runs
+    of 3). The exit waits for the engine's stop, Ctrl-C or not, and the script ends by its
+    interrupt as Python scripts do (killed by SIGINT), with one traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = ("from aiollm import LLM, SamplingParams\n"
+              "llm = LLM(None, kv_tokens=2048)\n"
+              "print('ready', flush=True)\n"
+              "llm.generate(['Tell me a story'] * 4,\n"
+              "             SamplingParams(max_tokens=400, ignore_eos=True), progress=False)\n")
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        time.sleep(1.0)  # its steps under way
+        for _ in range(3):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.15)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGINT, err
+    assert err.count("Traceback") == 1 and "terminate called" not in err, err
+
+
 def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
     """LLM.generate from several threads at once (a thread pool over data shards): all but
     one raised asyncio's 'This event loop is already running'. They take turns, and each
