@@ -189,12 +189,17 @@ def _end_all() -> None:
         pass
     for loop_thread in list(_RUNNING):
         loop_thread.end()
+    # Ctrl-C does not cut this wait short: the interpreter then finalized beside a model
+    # thread still in torch, which aborted the process ('terminate called without an
+    # active exception'); raised on, it also kept the thread pools' own exit from running
     deadline = time.monotonic() + _EXIT_WAIT_S
-    try:
-        for loop_thread in list(_RUNNING):
-            loop_thread.join(max(0.0, deadline - time.monotonic()))
-    except KeyboardInterrupt:  # (raised on, it kept the thread pools' own exit from running)
-        pass
+    for loop_thread in list(_RUNNING):
+        while True:
+            try:
+                loop_thread.join(max(0.0, deadline - time.monotonic()))
+                break
+            except KeyboardInterrupt:
+                pass
 
 
 threading._register_atexit(_end_all)  # (CPython's hook before thread pools shut down)
