@@ -1495,6 +1495,33 @@ def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine, a
     assert_all_free(engine)
 
 
+def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop, engine):
+    """stream.aclose() from another task (a timeout watcher, a disconnect handler) while the
+    consumer's `async for` waits for tokens: it raised Python's "asynchronous generator is
+    already running" and the request ran on to max_tokens. It now aborts the request: the
+    consumer's loop ends with finish_reason "abort", and nothing is held."""
+    async def go():
+        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=400, ignore_eos=True))
+        got = []
+
+        async def consume():
+            async for delta in stream:
+                got.append(delta)
+
+        consumer = asyncio.ensure_future(consume())
+        while not got:
+            await asyncio.sleep(0.01)
+        await stream.aclose()
+        await asyncio.wait_for(consumer, 10)
+        await stream.aclose()  # again: nothing more to do
+        return got
+
+    got = run(loop, go())
+    assert got[-1].finish_reason == "abort"
+    assert got[-1].completion_tokens < 400
+    assert_all_free(engine)
+
+
 def test_a_stream_dropped_on_another_thread_is_released_on_its_loop(loop):
     """The cycle collector may free an Engine.stream() on any thread (the model's, a
     tokenizer worker's); its release (Engine._finish: planner, table, events) must run on the

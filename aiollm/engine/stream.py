@@ -110,6 +110,13 @@ class RequestStream:
         return self._gen.__anext__()
 
     async def aclose(self) -> None:
+        """Abort the request (if unfinished) and close the stream. Called from another task
+        while one iterates the stream (waiting for tokens), it ends the request, whose last
+        delta (finish_reason "abort") then ends that task's `async for`: an async generator
+        cannot be closed while it runs (Python raises RuntimeError), and the request ran on."""
+        if self._gen.ag_running:
+            self._release()
+            return
         await self._gen.aclose()
         self._release()
 
