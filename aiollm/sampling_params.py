@@ -99,14 +99,14 @@ class SamplingParams:
     min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = -1
+    top_k: int = -1  # -1 or 0: off
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)  # also one string, a tuple or None
+    stop_token_ids: list[int] = field(default_factory=list)  # also a tuple or None
     ignore_eos: bool = False
     logprobs: int | None = None  # top-N logprobs of each chosen token; 0: the chosen one only
     # logprob of each prompt token and its top-N alternatives; 0: the prompt token's only.
@@ -130,6 +130,14 @@ class SamplingParams:
         bools where a bool is asked for."""
         for name in _NUMBERS:
             setattr(self, name, _plain(getattr(self, name)))
+        # vLLM's spellings: None for no stop strings or ids, a tuple for a list, top_k 0 for
+        # off (its default; the HTTP API takes it too)
+        for name in ("stop", "stop_token_ids"):
+            v = getattr(self, name)
+            if v is None or isinstance(v, tuple):
+                setattr(self, name, list(v or ()))
+        if is_int(self.top_k) and self.top_k == 0:
+            self.top_k = -1
         if isinstance(self.stop_token_ids, list):
             self.stop_token_ids = [_plain(t) for t in self.stop_token_ids]
 
@@ -154,7 +162,7 @@ class SamplingParams:
         if not is_num(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "must be in (0, 1]")
         if not is_int(self.top_k) or self.top_k < -1 or self.top_k == 0 or self.top_k >= 2**31:
-            raise bad("top_k", "must be -1 (off) or an integer in [1, 2**31)")
+            raise bad("top_k", "must be -1 or 0 (off) or an integer in [1, 2**31)")
         if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", "must be in [0, 1]")
         if not is_num(self.repetition_penalty) or not (

@@ -526,6 +526,25 @@ def test_numpy_bools_and_constraint_ids_are_taken(loop, engine):
     assert_all_free(engine)
 
 
+def test_sampling_params_take_vllms_spellings_of_off():
+    """What vLLM's SamplingParams takes and aiollm's refused: top_k 0 for no top-k (vLLM's
+    default, and what the HTTP API already took), None for no stop strings or stop ids, and
+    tuples for their lists; set after construction too (the engine checks again)."""
+    import numpy as np
+
+    p = SamplingParams(top_k=0, stop=None, stop_token_ids=None)
+    assert (p.top_k, p.stop, p.stop_token_ids) == (-1, [], [])
+    p = SamplingParams(stop=("a", "b"), stop_token_ids=(1, np.int64(2)))
+    assert p.stop == ["a", "b"] and p.stop_token_ids == [1, 2]
+    p.top_k, p.stop = 0, None
+    p.check()
+    assert (p.top_k, p.stop) == (-1, [])
+    for field, value in (("top_k", -2), ("stop", ("a", 1)), ("stop_token_ids", (1, -1))):
+        with pytest.raises(InvalidRequest, match=field) as e:
+            SamplingParams(**{field: value})
+        assert e.value.param == field
+
+
 def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
     """Engine.chat and stream_chat passed any dicts to the chat template: a role outside
     OpenAI's, an image part, content that is not text were rendered (the template wrote the
