@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
+from aiollm.engine.chat_template import TemplateOptions, checked_options
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
@@ -63,11 +64,15 @@ class LLM:
                                                     batch_name=batch_name))
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict],
-             params: SamplingParams | None = None, progress: bool = True) -> list[RequestOutput]:
+             params: SamplingParams | None = None, progress: bool = True,
+             template: TemplateOptions | None = None) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
-        the chat template. A single conversation (a list of message dicts) is a batch of one,
-        as in vLLM's LLM.chat. Raises InvalidRequest naming the conversation and its field
-        (param `conversations[2].messages[1].role`), or `conversations` for a value that is
+        the chat template as `template` says (Engine.chat's options: add_generation_prompt,
+        continue_final_message, chat_template_kwargs such as enable_thinking; default: the
+        assistant's turn opened). A single conversation (a list of message dicts) is a batch
+        of one, as in vLLM's LLM.chat. Raises InvalidRequest naming the conversation and its
+        field (param `conversations[2].messages[1].role`; a bad template option by its own
+        name, `continue_final_message`), or `conversations` for a value that is
         neither a list (or tuple) of conversations nor one, before any is generated, and
         `conversations[i]` for one too long for the context (or the param to change, as
         Engine.generate_batch names prompts); EngineStopped once close() has run."""
@@ -80,10 +85,13 @@ class LLM:
                                  f"{type(conversations).__name__}", param="conversations")
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
+        # once, before any conversation: a bad option is no conversation's field
+        template = checked_options(self.engine.tokenizer, template)
         prompts = []
         for i, conversation in enumerate(conversations):
             try:
-                prompts.append(self.engine.chat_prompt(checked_messages(conversation)))
+                prompts.append(self.engine.chat_prompt(checked_messages(conversation), None,
+                                                       template))
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was

@@ -669,6 +669,33 @@ def test_offline_chat_names_conversations_that_are_no_list_of_conversations():
         assert len(llm.chat((hi,), params, progress=False)) == 1
 
 
+def test_offline_chat_takes_the_template_options_engine_chat_takes():
+    """LLM.chat had no way to render as Engine.chat(template=...) does: no continuing the
+    final assistant message (vLLM's continue_final_message), no turn left unopened, no
+    chat_template_kwargs. It takes the same TemplateOptions; a bad option is named by its
+    own name, not as a field of the first conversation."""
+    from aiollm import LLM
+    from aiollm.engine.chat_template import TemplateOptions
+
+    params = SamplingParams(max_tokens=1)
+    started = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hel"}]
+    go_on = TemplateOptions(add_generation_prompt=False, continue_final_message=True)
+    with LLM(None, kv_tokens=1024) as llm:
+        out, = llm.chat(started, params, False, template=go_on)
+        assert out.prompt_token_ids == llm.engine.chat_prompt(started, None, go_on)
+        text = llm.engine.tokenizer.decode(out.prompt_token_ids)
+        assert text.endswith("assistant\nHel"), text
+        default, = llm.chat(started, params, False)
+        assert llm.engine.tokenizer.decode(default.prompt_token_ids).endswith(
+            "<|im_start|>assistant\n")
+        for template, param in ((TemplateOptions(continue_final_message=True),
+                                 "continue_final_message"), ({"x": 1}, "template")):
+            with pytest.raises(InvalidRequest) as e:
+                llm.chat([started, started], params, False, template=template)
+            assert e.value.param == param
+        assert_all_free(llm.engine)
+
+
 @pytest.mark.parametrize("kind,value,bad", [
     ("json_schema", '{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}',
      "uniqueItems"),

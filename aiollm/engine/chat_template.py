@@ -117,6 +117,22 @@ def rendered_size(messages: Any, tools: list[dict] | None = None) -> int:
     return size
 
 
+def checked_options(tokenizer: PreTrainedTokenizerBase,
+                    options: TemplateOptions | None) -> TemplateOptions:
+    """`options` (None: the defaults) once checked for `tokenizer`'s template (what
+    chat_token_ids checks first; a batch of conversations under one set of options checks
+    them once, before any conversation). Raises InvalidRequest naming the option, or
+    `template` for a value that is no TemplateOptions."""
+    options = TemplateOptions() if options is None else options
+    if not isinstance(options, TemplateOptions):
+        raise InvalidRequest("the template options must be an "
+                             "aiollm.engine.chat_template.TemplateOptions, got "
+                             f"{type(options).__name__}", param="template")
+    options.check(special_texts(tokenizer) if options.kwargs else [],
+                  frozenset(tokenizer.special_tokens_map))
+    return options
+
+
 def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
                    tools: list[dict] | None = None, *, specials: list[str] | None = None,
                    options: TemplateOptions | None = None) -> list[int]:
@@ -125,9 +141,7 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     the messages or tools holds them (None: none, the template's tokenizing as it is).
     Raises InvalidRequest: param "messages" when the template fails, the option's name when
     an option is invalid."""
-    options = options or TemplateOptions()
-    options.check(special_texts(tokenizer) if options.kwargs else [],
-                  frozenset(tokenizer.special_tokens_map))
+    options = checked_options(tokenizer, options)
     if isinstance(messages, tuple):  # a sequence of dicts as good as a list
         messages = list(messages)
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
