@@ -95,7 +95,8 @@ class Constraint:
 
 @dataclass(slots=True)
 class SamplingParams:
-    max_tokens: int = 16
+    # None: as many as the context has room for after the prompt (vLLM's None)
+    max_tokens: int | None = 16
     min_tokens: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
@@ -148,11 +149,13 @@ class SamplingParams:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
         scoring = self.prompt_logprobs is not None
-        if not is_int(self.max_tokens) or self.max_tokens < (0 if scoring else 1):
-            raise bad("max_tokens", "must be an integer >= 1 (0 only with prompt_logprobs)")
+        if self.max_tokens is not None and (
+                not is_int(self.max_tokens) or self.max_tokens < (0 if scoring else 1)):
+            raise bad("max_tokens", "must be None (the rest of the context) or an integer "
+                      ">= 1 (0 only with prompt_logprobs)")
         if not is_int(self.min_tokens) or self.min_tokens < 0:
             raise bad("min_tokens", "must be an integer >= 0")
-        if self.min_tokens > self.max_tokens:
+        if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise InvalidRequest(
                 f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
                 param="min_tokens",

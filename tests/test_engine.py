@@ -308,6 +308,32 @@ def test_a_prompt_that_fills_the_context_is_scored_with_max_tokens_0(loop):
     assert more.param == "max_tokens" and "65 were requested" in str(more), more
 
 
+def test_max_tokens_none_generates_to_the_end_of_the_context(loop):
+    """max_tokens None (vLLM's: no limit but the context) was refused; each prompt of a batch
+    now gets the room the context leaves it, streams too, and a prompt that leaves none (or
+    less than min_tokens) is refused naming the field."""
+    params = SamplingParams(max_tokens=None, temperature=0, ignore_eos=True)
+
+    async def go():
+        async with Engine(None, kv_tokens=1024, max_model_len=24) as eng:
+            short, longer = await eng.generate_batch([[5] * 4, [5] * 14], params, False)
+            streamed = [t async for d in eng.stream([5] * 14, params) for t in d.token_ids]
+            with pytest.raises(InvalidRequest, match="none is left") as e:
+                await eng.generate([5] * 24, params)
+            assert e.value.param == "prompt"
+            with pytest.raises(InvalidRequest, match="min_tokens") as e:
+                await eng.generate([5] * 14, SamplingParams(max_tokens=None, min_tokens=11))
+            assert e.value.param == "min_tokens"
+            assert_all_free(eng)
+            return short, longer, streamed
+
+    short, longer, streamed = run(loop, go())
+    assert (short.completion_tokens, longer.completion_tokens) == (20, 10)
+    assert short.finish_reason == longer.finish_reason == "length"
+    assert streamed == longer.token_ids
+    assert params.max_tokens is None  # the caller's params are left as they were
+
+
 def test_a_lone_surrogate_is_refused_naming_its_field(loop, engine):
     """A Python str may hold a lone surrogate ("\\ud800") that UTF-8 cannot encode: the
     tokenizer failed on it with a TypeError ("TextEncodeInput must be Union[...]") for a

@@ -10,6 +10,7 @@ share; a request that fails after its slot is taken gives the slot back.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 import time
@@ -101,20 +102,28 @@ def too_long(n: int, max_model_len: int) -> InvalidRequest:
 
 def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len: int) -> None:
     """Check that a prompt of n tokens and params.max_tokens fit in max_model_len (a prompt
-    that is only scored, max_tokens 0, may fill it: nothing follows it in the context), and
+    that is only scored, max_tokens 0, may fill it: nothing follows it in the context; with
+    max_tokens None the output takes what the prompt leaves, at least one token) and
     that params.stop_token_ids index the vocabulary: they index the logits (min_tokens masks
     them), so one past the vocabulary would fail the whole step, every request in it.
 
-    Raises InvalidRequest naming "prompt", "max_tokens" or "stop_token_ids"."""
+    Raises InvalidRequest naming "prompt", "max_tokens", "min_tokens" or "stop_token_ids"."""
     if n > max_model_len:
         raise too_long(n, max_model_len)
-    if n == max_model_len and params.max_tokens > 0:
+    if n == max_model_len and params.max_tokens != 0:
         raise InvalidRequest(
             f"the prompt has {n} tokens, which fill this model's maximum context length of "
             f"{max_model_len} tokens: none is left for the output; shorten it (only a prompt "
             f"scored with max_tokens 0, which generates nothing, may fill the context)",
             param="prompt", code=CONTEXT_LENGTH_EXCEEDED)
-    if n + params.max_tokens > max_model_len:
+    if params.max_tokens is None:
+        if n + params.min_tokens > max_model_len:
+            raise InvalidRequest(
+                f"this model's maximum context length is {max_model_len} tokens, but the "
+                f"prompt has {n} and min_tokens asks for {params.min_tokens} more: lower "
+                f"min_tokens to at most {max_model_len - n}",
+                param="min_tokens", code=CONTEXT_LENGTH_EXCEEDED)
+    elif n + params.max_tokens > max_model_len:
         raise InvalidRequest(
             f"this model's maximum context length is {max_model_len} tokens, but "
             f"{n + params.max_tokens} were requested ({n} in the prompt, {params.max_tokens} "
@@ -124,6 +133,15 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     if bad is not None:
         raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
                              param="stop_token_ids")
+
+
+def with_room(params: SamplingParams, n: int, max_model_len: int) -> SamplingParams:
+    """`params` for a checked prompt of n tokens, with max_tokens None made the room the
+    context leaves after the prompt (a copy; the caller's params stay as they were, for the
+    other prompts of a batch)."""
+    if params.max_tokens is not None:
+        return params
+    return dataclasses.replace(params, max_tokens=max_model_len - n)
 
 
 def new_request(table: RequestTable, ids: list[int], params: SamplingParams, rng: random.Random,
