@@ -52,10 +52,12 @@ class LLM:
         self._finalizer = weakref.finalize(self, self._thread.end)
         self._finalizer.atexit = False  # the interpreter's exit ends it (loop_thread._end_all)
 
-    def generate(self, prompts: Sequence[str | Sequence[int]], params: SamplingParams | None = None,
+    def generate(self, prompts: Sequence[str | Sequence[int]],
+                 params: SamplingParams | Sequence[SamplingParams] | None = None,
                  progress: bool = True) -> list[RequestOutput]:
-        """The outputs of `prompts` (a string is one prompt), in order. Raises EngineStopped
-        once close() has run."""
+        """The outputs of `prompts` (a string is one prompt), in order; `params` one
+        SamplingParams for all or a list of one per prompt (Engine.generate_batch). Raises
+        EngineStopped once close() has run."""
         return self._generate(prompts, params, progress, "prompts")
 
     def _generate(self, prompts, params, progress, batch_name: str) -> list[RequestOutput]:
@@ -64,7 +66,8 @@ class LLM:
                                                     batch_name=batch_name))
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict],
-             params: SamplingParams | None = None, progress: bool = True,
+             params: SamplingParams | Sequence[SamplingParams] | None = None,
+             progress: bool = True,
              template: TemplateOptions | None = None) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,

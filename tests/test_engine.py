@@ -394,6 +394,35 @@ def test_a_string_is_one_prompt_of_a_batch(loop, engine):
     assert [o.token_ids for o in outs] == [one.token_ids]
 
 
+def test_a_batch_takes_one_sampling_params_per_prompt(loop, engine):
+    """vLLM's LLM.generate takes a list of SamplingParams, one per prompt; generate_batch
+    (and so LLM.generate) refused it ('params must be SamplingParams, got list', naming no
+    field). Each prompt now runs with its own; a list of another length, or a bad item, is
+    named."""
+    greedy = [SamplingParams(max_tokens=n, temperature=0, ignore_eos=True) for n in (2, 5)]
+    prompts = ["The capital of France is", "Once upon a time"]
+
+    async def go():
+        batch = await engine.generate_batch(prompts, greedy, progress=False)
+        alone = [await engine.generate(p, sp) for p, sp in zip(prompts, greedy)]
+        return batch, alone
+
+    batch, alone = run(loop, go())
+    assert [o.completion_tokens for o in batch] == [2, 5]
+    assert [o.token_ids for o in batch] == [o.token_ids for o in alone]
+    bad = SamplingParams()
+    bad.temperature = -1
+    for params, param in ((greedy[:1], "params"), ([greedy[0], bad], "params[1].temperature"),
+                          ((greedy[0], {"max_tokens": 2}), "params[1]")):
+        with pytest.raises(InvalidRequest) as e:
+            run(loop, engine.generate_batch(prompts, params, progress=False))
+        assert e.value.param == param
+    with pytest.raises(InvalidRequest) as e:
+        run(loop, engine.generate(prompts[0], {"max_tokens": 2}))
+    assert e.value.param == "params"
+    assert_all_free(engine)
+
+
 def test_a_batch_names_its_bad_prompt_and_refuses_what_is_no_batch(loop, engine):
     """generate_batch (LLM.generate) on None, an int or a generator raised Python's own
     TypeError (no len()), and a dict generated from its keys; a bad prompt of a batch was

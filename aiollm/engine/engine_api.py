@@ -126,11 +126,15 @@ class EngineAPI:
         self._check_started()  # a usage error before any complaint about the messages
         return self.chat_prompt(checked_messages(messages), None, template)
 
-    async def generate_batch(self, prompts: Sequence[Prompt], params: SamplingParams | None = None,
+    async def generate_batch(self, prompts: Sequence[Prompt],
+                             params: SamplingParams | Sequence[SamplingParams] | None = None,
                              progress: bool = True, *, batch_name: str = "prompts"
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
-        is one prompt (as in vLLM's LLM.generate), not a batch of its characters. A batch
+        is one prompt (as in vLLM's LLM.generate), not a batch of its characters. `params`:
+        one SamplingParams for every prompt, or a list (or tuple) of one per prompt, as
+        vLLM's LLM.generate takes them (InvalidRequest naming `params` for another length,
+        `params[i].field` for a bad one). A batch
         larger than the request table or the waiting queue is submitted as they make room,
         which all batches share (other callers of the engine may still fill them:
         Overloaded). Raises
@@ -152,14 +156,14 @@ class EngineAPI:
         # a bad prompt late in a long batch failed it only once those before had run, their
         # results thrown away (text is tokenized here once: the ids are submitted)
         self._check_accepting()
-        params = params or SamplingParams()
+        each = _params_of_batch(params, len(prompts), batch_name)
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
-                                 self._checked_batch, prompts, params, batch_name)
+                                 self._checked_batch, prompts, each, batch_name)
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
         async def one(i, p):
             async with self._batch_room:
                 with naming_batch_item("prompt", i, batch_name):
-                    out = await self.generate(p, params)
+                    out = await self.generate(p, each[i])
             bar.update(1)
             return out
 
@@ -174,12 +178,12 @@ class EngineAPI:
             await asyncio.gather(*tasks, return_exceptions=True)
             bar.close()
 
-    def _checked_batch(self, prompts: Sequence[Prompt], params: SamplingParams,
+    def _checked_batch(self, prompts: Sequence[Prompt], params: list[SamplingParams],
                        batch_name: str) -> list[list[int]]:
         ids = []
         for i, p in enumerate(prompts):
             with naming_batch_item("prompt", i, batch_name):
-                ids.append(self._checked_input(p, params))  # maybe off the loop's thread
+                ids.append(self._checked_input(p, params[i]))  # maybe off the loop's thread
         return ids
 
     # -- submission ------------------------------------------------------------------------
@@ -238,9 +242,7 @@ class EngineAPI:
 
     def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """_checked's part that reads only the model and the tokenizer (any thread)."""
-        if not isinstance(params, SamplingParams):
-            raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}")
-        params.check()  # again: a field may have been set since it was made
+        checked_params(params)
         ids = self.tokenize(prompt)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         if params.constraint is not None:  # allowed_token_ids, logit_bias in the vocabulary
@@ -262,3 +264,31 @@ class EngineAPI:
         self.metrics.prompt_tokens.inc(len(ids))
         self._wake.set()
         return req, detok
+
+
+def checked_params(params: SamplingParams) -> None:
+    """Raise InvalidRequest naming `params` when it is no SamplingParams, or the bad field;
+    checked again at each submission: a field may have been set since it was made."""
+    if not isinstance(params, SamplingParams):
+        raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}",
+                             param="params")
+    params.check()
+
+
+def _params_of_batch(params: SamplingParams | Sequence[SamplingParams] | None, n: int,
+                     batch_name: str) -> list[SamplingParams]:
+    """One SamplingParams for each of a batch's n items: `params` for all (None: the
+    defaults) or, given a list or tuple, its items, each checked (InvalidRequest naming
+    `params[i]` and its field, or `params` for a list of another length)."""
+    if not isinstance(params, (list, tuple)):
+        return [params or SamplingParams()] * n
+    if len(params) != n:
+        raise InvalidRequest(f"params holds {len(params)} SamplingParams for {n} {batch_name}: "
+                             f"give one for all of them, or one for each", param="params")
+    for i, p in enumerate(params):
+        try:
+            checked_params(p)
+        except InvalidRequest as e:
+            raise e.within(f"params[{i}]", f"params[{i}]" if e.param == "params"
+                           else f"params[{i}].{e.param}") from None
+    return list(params)
