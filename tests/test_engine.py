@@ -508,6 +508,24 @@ def test_invalid_requests_raise_and_hold_nothing(loop, engine):
     assert_all_free(engine)
 
 
+def test_min_tokens_that_ban_every_allowed_token_are_refused(loop, engine):
+    """allowed_token_ids that are all eos or stop token ids, with min_tokens (which bans
+    those until it is reached), left no token to sample: the sampler drew token 0, which the
+    request did not allow, with NaN logprobs. Refused, naming min_tokens."""
+    eos = int(engine.eos_ids[0])
+    for allowed, stop_ids in (([eos], []), ([eos, 7], [7])):
+        params = SamplingParams(max_tokens=5, min_tokens=2, stop_token_ids=stop_ids,
+                                constraint=Constraint(allowed_token_ids=allowed))
+        with pytest.raises(InvalidRequest, match=r"min_tokens \(2\) bans every") as e:
+            run(loop, engine.generate("Hi", params))
+        assert e.value.param == "min_tokens"
+    out = run(loop, engine.generate("Hi", SamplingParams(
+        max_tokens=3, min_tokens=2, logprobs=1, constraint=Constraint(allowed_token_ids=[eos, 7]))))
+    assert out.token_ids[:2] == [7, 7]  # the token min_tokens leaves
+    assert out.logprobs[0].logprob == out.logprobs[0].logprob  # not NaN
+    assert_all_free(engine)
+
+
 def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
     """Ids from numpy (list(array), a tokenizer's array output) were refused with 'prompt
     token ids must be integers in [0, 49152)', which they were; a bad id among many was not

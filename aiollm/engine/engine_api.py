@@ -246,7 +246,7 @@ class EngineAPI:
         ids = self.tokenize(prompt)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         if params.constraint is not None:  # allowed_token_ids, logit_bias in the vocabulary
-            self.grammars.check(params.constraint)
+            self.grammars.check(params.constraint, params.min_tokens, params.stop_token_ids)
         return ids
 
     def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:

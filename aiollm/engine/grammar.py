@@ -38,7 +38,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -125,6 +125,7 @@ class Grammars:
         self.grammar_vocab = min(len(tokenizer), vocab_size)
         self.grammar_words = (self.grammar_vocab + 31) // 32
         self.stop_ids = [t for t in stop_ids if t < self.grammar_vocab]
+        self._eos = frozenset(stop_ids)  # what min_tokens bans (with the request's stop ids)
         self._stops = np.asarray(self.stop_ids, dtype=np.int64)  # what ends a matcher
         self.device = device
         self.max_rows = max_rows
@@ -221,14 +222,24 @@ class Grammars:
         self._threads.close()
 
     # -- per request ------------------------------------------------------------------------
-    def check(self, c: Constraint) -> None:
-        """Validate allowed_token_ids and logit_bias against the vocabulary (InvalidRequest)."""
+    def check(self, c: Constraint, min_tokens: int = 0, stop_token_ids: Sequence[int] = ()
+              ) -> None:
+        """Validate allowed_token_ids and logit_bias against the vocabulary, and
+        allowed_token_ids against the request's min_tokens, which bans the eos and
+        `stop_token_ids` until that many tokens are out (InvalidRequest naming the field)."""
         v = self.vocab_size
         if c.allowed_token_ids is not None:
             ids = c.allowed_token_ids
             if not ids or not all(is_int(t) and 0 <= t < v for t in ids):
                 raise InvalidRequest(f"allowed_token_ids must be a non-empty list of token ids "
                                      f"in [0, {v})", param="allowed_token_ids")
+            if min_tokens and self._eos.union(stop_token_ids).issuperset(ids):
+                # no token would be left to sample: the sampler drew a forbidden one, NaN
+                # logprobs
+                raise InvalidRequest(
+                    f"min_tokens ({min_tokens}) bans every token allowed_token_ids allow: each "
+                    f"is an end-of-sequence or stop token id, which min_tokens forbids until "
+                    f"{min_tokens} tokens are out", param="min_tokens")
         if c.logit_bias is not None:
             for t, b in c.logit_bias.items():
                 if not is_int(t) or not 0 <= t < v:
