@@ -334,6 +334,27 @@ def test_max_tokens_none_generates_to_the_end_of_the_context(loop):
     assert params.max_tokens is None  # the caller's params are left as they were
 
 
+def test_params_changed_after_submission_leave_the_request_as_submitted(loop, engine):
+    """A request read its caller's SamplingParams to its end: one object reused for the next
+    request with a lower max_tokens left the running one undecoded and unfinished forever
+    (the planner read the new max_tokens, the table the old), and stop strings added
+    meanwhile did not apply. Each request now runs with the params it was submitted with,
+    as vLLM copies them."""
+    params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True, stop=["zzz"])
+
+    async def go():
+        stream = engine.stream("Count to ten:", params)
+        params.max_tokens = 1
+        params.stop.append(",")
+        return [t async for d in stream for t in d.token_ids]
+
+    ids = run(loop, go(), timeout=15)
+    assert len(ids) == 12
+    assert ids == run(loop, engine.generate("Count to ten:", SamplingParams(
+        max_tokens=12, temperature=0, ignore_eos=True))).token_ids
+    assert_all_free(engine)
+
+
 def test_a_lone_surrogate_is_refused_naming_its_field(loop, engine):
     """A Python str may hold a lone surrogate ("\\ud800") that UTF-8 cannot encode: the
     tokenizer failed on it with a TypeError ("TextEncodeInput must be Union[...]") for a

@@ -23,7 +23,7 @@ from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import (Prompt, check_request, new_request, off_loop, tokenize,
-                                      with_room)
+                                      request_params)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
 from aiollm.sampling_params import SamplingParams
 
@@ -251,7 +251,7 @@ class EngineAPI:
 
     def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
         ids = self._checked(prompt, params)
-        params = with_room(params, len(ids), self.max_model_len)
+        params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         grammar = self.grammars.start(params.constraint) if params.constraint else None

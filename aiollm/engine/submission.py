@@ -135,13 +135,16 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
                              param="stop_token_ids")
 
 
-def with_room(params: SamplingParams, n: int, max_model_len: int) -> SamplingParams:
-    """`params` for a checked prompt of n tokens, with max_tokens None made the room the
-    context leaves after the prompt (a copy; the caller's params stay as they were, for the
-    other prompts of a batch)."""
-    if params.max_tokens is not None:
-        return params
-    return dataclasses.replace(params, max_tokens=max_model_len - n)
+def request_params(params: SamplingParams, n: int, max_model_len: int) -> SamplingParams:
+    """The request's own copy of `params` (checked) for a prompt of n tokens, with its own
+    stop lists and max_tokens None made the room the context leaves after the prompt. The
+    caller may change or reuse theirs (for the next request, the other prompts of a batch)
+    while the request runs: the planner, the hand-out and the stream read the request's
+    params to its end, and a max_tokens lowered meanwhile left it undecoded, unfinished,
+    forever."""
+    room = max_model_len - n if params.max_tokens is None else params.max_tokens
+    return dataclasses.replace(params, max_tokens=room, stop=list(params.stop),
+                               stop_token_ids=list(params.stop_token_ids))
 
 
 def new_request(table: RequestTable, ids: list[int], params: SamplingParams, rng: random.Random,
