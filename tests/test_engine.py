@@ -547,6 +547,26 @@ def test_min_tokens_that_ban_every_allowed_token_are_refused(loop, engine):
     assert_all_free(engine)
 
 
+def test_vllms_prompt_dicts_are_prompts(loop, engine):
+    """vLLM's LLM.generate takes token ids as {"prompt_token_ids": ids} (its TokensPrompt;
+    the prompt_token_ids argument is gone) and text as {"prompt": text}; they were refused
+    ('got dict'). Either is the prompt it holds; any other dict is named."""
+    text = "The capital of France is"
+    ids = engine.tokenizer.encode(text)
+    greedy = SamplingParams(max_tokens=3, temperature=0)
+    outs = run(loop, engine.generate_batch([text, {"prompt": text}, {"prompt_token_ids": ids}],
+                                           greedy, progress=False))
+    assert all(o.prompt_token_ids == ids and o.token_ids == outs[0].token_ids for o in outs)
+    for bad, says in (({"prompt": text, "prompt_token_ids": ids}, "one key"),
+                      ({"text": text}, "one key"), ({"prompt": ids}, "must be text"),
+                      ({"prompt_token_ids": text}, "must be token ids"),
+                      ({"prompt_token_ids": []}, "must not be empty")):
+        with pytest.raises(InvalidRequest, match=says) as e:
+            engine.stream(bad, greedy)
+        assert e.value.param == "prompt"
+    assert_all_free(engine)
+
+
 def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
     """Ids from numpy (list(array), a tokenizer's array output) were refused with 'prompt
     token ids must be integers in [0, 49152)', which they were; a bad id among many was not

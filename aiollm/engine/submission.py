@@ -25,7 +25,7 @@ from aiollm.model.sampler import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, is_int
 
-Prompt = str | Sequence[int]
+Prompt = str | Sequence[int] | dict  # a dict: vLLM's {"prompt"} or {"prompt_token_ids"}
 R = TypeVar("R")
 
 # Text longer than this is tokenized on a worker thread: the tokenizer releases the GIL while
@@ -64,11 +64,25 @@ def check_unicode(text: str, param: str) -> None:
 def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> list[int]:
     """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids (ints
     or numpy integers) is checked to be in [0, vocab_size) and returned as a list of ints.
+    vLLM's prompt dicts are taken too: {"prompt": text} (TextPrompt) and
+    {"prompt_token_ids": ids} (TokensPrompt), vLLM's way to pass ids to LLM.generate.
 
-    Raises InvalidRequest (param "prompt") for a prompt of another type, an empty prompt, a
-    lone surrogate in the text, a bad id (the message says which), or ids that alone reach
-    exceed max_model_len (tokens; a prompt of exactly max_model_len is checked with its
-    max_tokens by check_request)."""
+    Raises InvalidRequest (param "prompt") for a prompt of another type, a dict with other
+    keys, an empty prompt, a lone surrogate in the text, a bad id (the message says which),
+    or ids that alone exceed max_model_len (tokens; a prompt of exactly max_model_len is
+    checked with its max_tokens by check_request)."""
+    if isinstance(prompt, dict):
+        if len(prompt) != 1 or not {"prompt", "prompt_token_ids"}.issuperset(prompt):
+            raise InvalidRequest('a prompt dict must hold one key, "prompt" (text) or '
+                                 f'"prompt_token_ids" (token ids), got {sorted(prompt)!r:.80}',
+                                 param="prompt")
+        (key, prompt), = prompt.items()
+        if key == "prompt" and not isinstance(prompt, str):
+            raise InvalidRequest(f'a prompt dict\'s "prompt" must be text, got '
+                                 f"{type(prompt).__name__}", param="prompt")
+        if key == "prompt_token_ids" and isinstance(prompt, str):
+            raise InvalidRequest('a prompt dict\'s "prompt_token_ids" must be token ids, got '
+                                 "str", param="prompt")
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
