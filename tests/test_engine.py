@@ -1186,6 +1186,28 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
     assert stats["table_used"] == 0 and stats["waiting"] == 0
 
 
+def test_a_stream_closed_while_its_grammar_compiles_submits_nothing(loop, engine,
+                                                                     held_json_schemas):
+    """A stream whose grammar still compiles, closed by another task meanwhile (its consumer
+    waits for the compilation): the request is never submitted, and the consumer's loop ends
+    without a delta once the compilation is done. (It raised "asynchronous generator is
+    already running", and the request ran once compiled.)"""
+    release, _ = held_json_schemas
+
+    async def go():
+        params = _held(501)
+        params.max_tokens = 50
+        stream = engine.stream("Hi", params)
+        consumer = asyncio.ensure_future(_collect(stream))
+        await asyncio.sleep(0.2)  # the consumer waits for the compilation
+        await stream.aclose()
+        release[501].set()
+        return await asyncio.wait_for(consumer, 30)
+
+    assert run(loop, go()) == []
+    assert_all_free(engine)
+
+
 def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monkeypatch):
     """The first grammar's compilation built xgrammar's view of the tokenizer (~1.6 s for
     this 49k vocabulary, more for larger ones) within that grammar's deadline: with
@@ -1655,13 +1677,20 @@ def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine, a
     assert_all_free(engine)
 
 
-def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop, engine):
+@pytest.mark.parametrize("grammar", [False, True])
+def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop, engine,
+                                                                           grammar):
     """stream.aclose() from another task (a timeout watcher, a disconnect handler) while the
     consumer's `async for` waits for tokens: it raised Python's "asynchronous generator is
     already running" and the request ran on to max_tokens. It now aborts the request: the
-    consumer's loop ends with finish_reason "abort", and nothing is held."""
+    consumer's loop ends with finish_reason "abort", and nothing is held. So does a stream
+    whose grammar was not compiled when it was made (it compiles at the first iteration)."""
+    # a regex compiled by no other test: stream() returns before it has compiled
+    constraint = Constraint(GrammarSpec("regex", "[a-z ]{1,4000}h86", "r")) if grammar else None
+
     async def go():
-        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=400, ignore_eos=True))
+        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=400, ignore_eos=True,
+                                                               constraint=constraint))
         got = []
 
         async def consume():

@@ -72,14 +72,19 @@ class EngineAPI:
         params = params or SamplingParams()
         c = params.constraint if isinstance(params, SamplingParams) else None
         if c is not None and c.grammar is not None and not self.grammars.compiled(c.grammar):
-            return self._stream_compiled(self._checked(prompt, params), params)
+            ids = self._checked(prompt, params)
+            return RequestStream.submitted_later(
+                self._finish, lambda stream: self._stream_compiled(ids, params, stream))
         req, text = self._submit(prompt, params)
         return RequestStream(req, deltas(req, text, self._finish), self._finish)
 
-    async def _stream_compiled(self, ids: list[int], params: SamplingParams
-                               ) -> AsyncIterator[Delta]:
+    async def _stream_compiled(self, ids: list[int], params: SamplingParams,
+                               stream: RequestStream) -> AsyncIterator[Delta]:
         await self.compile_grammar(params)
+        if stream.closed:  # by another task while it compiled
+            return
         req, text = self._submit(ids, params)  # checked again: the engine may have stopped
+        stream.bind(req)
         async with contextlib.aclosing(deltas(req, text, self._finish)) as gen:
             async for delta in gen:
                 yield delta

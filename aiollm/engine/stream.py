@@ -94,10 +94,12 @@ class RequestStream:
     on: the cycle collector may free it on another thread (the model's, a tokenizer worker's)
     or amid the loop's own code."""
 
-    __slots__ = ("_req", "_gen", "_finish", "_loop")
+    __slots__ = ("_req", "_gen", "_finish", "_loop", "closed")
 
-    def __init__(self, req: Request, gen: AsyncIterator[Delta], finish: Finish):
+    def __init__(self, req: Request | None, gen: AsyncIterator[Delta] | None, finish: Finish):
+        """req None: a stream whose request is submitted later (submitted_later)."""
         self._req, self._gen, self._finish = req, gen, finish
+        self.closed = False
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # made outside a loop: released where it is dropped
@@ -114,18 +116,34 @@ class RequestStream:
         while one iterates the stream (waiting for tokens), it ends the request, whose last
         delta (finish_reason "abort") then ends that task's `async for`: an async generator
         cannot be closed while it runs (Python raises RuntimeError), and the request ran on."""
+        self.closed = True
         if self._gen.ag_running:
             self._release()
             return
         await self._gen.aclose()
         self._release()
 
+    @classmethod
+    def submitted_later(cls, finish: Finish,
+                        make: Callable[["RequestStream"], AsyncIterator[Delta]]
+                        ) -> "RequestStream":
+        """A stream whose request is not submitted yet (its grammar compiles first): make(s)
+        gives the deltas' generator, which submits nothing once s.closed and calls
+        s.bind(req) when it submits."""
+        stream = cls(None, None, finish)
+        stream._gen = make(stream)
+        return stream
+
+    def bind(self, req: Request) -> None:
+        """The request of a stream made before it was submitted (its grammar compiling)."""
+        self._req = req
+
     def _release(self) -> None:
-        if not self._req.done:
+        if self._req is not None and not self._req.done:
             self._finish(self._req, "abort")
 
     def __del__(self) -> None:
-        if self._req.done:
+        if self._req is None or self._req.done:
             return
         loop = self._loop
         if loop is not None and not loop.is_closed():
