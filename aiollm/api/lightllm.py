@@ -79,6 +79,9 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
                                  f"the {MAX_STOP_STRING_CHARS} allowed",
                                  param="parameters.stop_sequences")
         stop.append(text)
+    if p.top_k == 0:  # LightLLM refuses it, where SamplingParams takes it as off (vLLM's)
+        raise InvalidRequest("top_k must be -1 (off) or an integer >= 1, got 0",
+                             param="parameters.top_k")
     # a negative temperature stays an error even where sampling is off
     greedy = (not p.do_sample or p.temperature < _GREEDY_BELOW) and p.temperature >= 0
     return SamplingParams(
