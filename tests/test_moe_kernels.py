@@ -77,7 +77,7 @@ def test_routing_of_a_nan_row_gives_nan_weights_on_experts_in_range(nan_lanes):
     else:
         logits[2] = float("nan")
     w, ids = moe_route_triton(logits, k, True)
-    assert ((ids >= 0) & (ids < E)).all()
+    assert ids[2].tolist() == list(range(k))
     assert torch.isnan(w[2]).all()
     ok = torch.tensor([0, 1, 3, 4], device=dev)
     w_ref, ids_ref = moe_route_ref(logits[ok], k, True)

@@ -79,12 +79,16 @@ def route_rows(x, E, TOP_K: tl.constexpr, RENORMALIZE: tl.constexpr, ROWS: tl.co
         best = tl.max(p, 1)
         # the lowest index among ties
         arg = tl.min(tl.where(p == best[:, None], e[None, :], BLOCK_E), 1)
-        arg = tl.where(arg < BLOCK_E, arg, j)  # a NaN row: best is NaN, no lane equals it
         w = tl.where(kk[None, :] == j, best[:, None], w)
         ids = tl.where(kk[None, :] == j, arg[:, None], ids)
         p = tl.where(e[None, :] == arg[:, None], -2.0, p)
     if RENORMALIZE:
         w = w / tl.sum(w, 1)[:, None]
+    # a NaN row: no lane equals its NaN best (an id of BLOCK_E, or on a GPU, whose max skips
+    # NaN lanes, the lanes already taken again)
+    nan_row = (tl.max((x != x).to(tl.int32), 1) > 0)[:, None] & (kk[None, :] < TOP_K)
+    w = tl.where(nan_row, float("nan"), w)
+    ids = tl.where(nan_row, kk[None, :], ids)
     return w, ids
 
 
