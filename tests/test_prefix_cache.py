@@ -170,6 +170,33 @@ def test_shared_prefix_of_any_length(loop, engines, text_ids):
     assert_idle_and_flush(on)
 
 
+def test_a_burst_of_one_prompt_scored_takes_one_step(loop, engines, text_ids):
+    """Requests that ask for prompt logprobs compute their whole prompt (no cache hit can
+    give those logits), so a burst of them with one prompt (n choices, echo with logprobs)
+    starts together: each waited a step for the one before it to fill the cache it would
+    not use, one prefill step per request (k of them took k steps)."""
+    on, off = engines
+    prompt = text_ids[:20]
+    scored = SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=1)
+    prefills = []
+    real = on.runner.prepare
+
+    def spy(step, table):
+        prefills.append(sum(n > 1 for n in step.extend_lens))
+        return real(step, table)
+
+    on.runner.prepare = spy
+    try:
+        a, b = run(loop, both(engines, [prompt] * 4, scored))
+    finally:
+        on.runner.prepare = real
+    assert [n for n in prefills if n] == [4], prefills  # all four prefilled in one step
+    assert [o.cached_tokens for o in a] == [0] * 4
+    assert_same(a, b)
+    assert [o.prompt_logprobs for o in a] == [b[0].prompt_logprobs] * 4
+    assert_idle_and_flush(on)
+
+
 def test_chunked_prefill_over_a_cached_prefix(loop, engines, text_ids):
     on, off = engines
     run(loop, on.generate(text_ids[:150], GREEDY))

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from aiollm.engine.prefix_cache import PrefixCache, common_prefix, known_tokens
+from aiollm.engine.prefix_cache import PrefixCache, common_prefix, known_tokens, reuse_limit
 from aiollm.engine.request import Phase, Request
 from aiollm.model.forward_batch import new_token_coords
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
@@ -290,8 +290,9 @@ class Planner:
     @staticmethod
     def _prefix_in_flight(req: Request, matched: int, prefilling: list[Request]) -> bool:
         """Does a running request still prefilling share more of req's tokens than the
-        cache holds? Then its chunks will be in the cache soon: req waits for them."""
-        limit = req.num_tokens - 1
+        cache holds, and may req reuse them? Then its chunks will be in the cache soon: req
+        waits for them."""
+        limit = reuse_limit(req)
         if matched >= limit:
             return False
         key = None

@@ -239,11 +239,8 @@ class PrefixCache:
         return n
 
     def match_for(self, req) -> tuple[Node, int, np.ndarray]:
-        """Longest cached prefix of req's known tokens, leaving the last token (and with
-        prompt logprobs asked for, the whole prompt) to compute."""
-        limit = req.num_tokens - 1
-        if _wants_prompt_logprobs(req):
-            limit = 0
+        """Longest cached prefix of req's known tokens, at most reuse_limit(req) long."""
+        limit = reuse_limit(req)
         return self.tree.match(known_tokens(req, limit), limit)
 
     def on_chunk(self, req) -> None:
@@ -320,6 +317,12 @@ def known_tokens(req, n: int) -> np.ndarray:
     if n <= p.shape[0]:
         return p[:n]
     return np.concatenate([p, np.asarray(req.output_ids[: n - p.shape[0]], np.int32)])
+
+
+def reuse_limit(req) -> int:
+    """How many of req's tokens a cache hit may cover: all but the last (its logits give
+    the next token), none when prompt logprobs are asked for."""
+    return 0 if _wants_prompt_logprobs(req) else req.num_tokens - 1
 
 
 def _wants_prompt_logprobs(req) -> bool:
