@@ -314,25 +314,32 @@ def engine_work(server) -> tuple[float, float]:
                  for name in ("aiollm_prompt_tokens_total", "aiollm_step_model_seconds_count"))
 
 
-def answers(server, body: dict) -> list:
-    """The answer to `body`, whole and streamed (without stream_options, with include_usage
-    and with continuous usage), with each answer's id and created time left out: what must
-    not change. The chunks are grouped by choice, in order (the choices' streams
-    interleave as they finish)."""
+def answers(server, bodies: list[dict]) -> list[list]:
+    """The answers to each of `bodies`, whole and streamed (without stream_options, with
+    include_usage and with continuous usage), with each answer's id and created time left
+    out: what must not change. The chunks are grouped by choice, in order (the choices'
+    streams interleave as they finish). All requests are made at once (at_once): none
+    depends on another's answer, and one step serves them all."""
     def plain(x: dict) -> dict:
         return {k: v for k, v in x.items() if k not in ("id", "created")}
 
-    out = [plain(completion(server, body))]
-    for options in (None, {"include_usage": True},
-                    {"include_usage": True, "continuous_usage_stats": True}):
+    def streamed(body: dict, options: dict | None) -> list[dict]:
         sent = {**body, "stream": True, **({"stream_options": options} if options else {})}
         status, _, raw = http(server, "POST", "/v1/completions", json=sent)
         assert status == 200, raw
         events = sse_events(raw)
         assert events[-1] == "[DONE]"
         chunks = [plain(json.loads(e)) for e in events[:-1]]
-        out.append(sorted(chunks, key=lambda c: [ch["index"] for ch in c["choices"]] or [1e9]))
-    return out
+        return sorted(chunks, key=lambda c: [ch["index"] for ch in c["choices"]] or [1e9])
+
+    calls = []
+    for body in bodies:
+        calls.append(lambda body=body: plain(completion(server, body)))
+        for options in (None, {"include_usage": True},
+                        {"include_usage": True, "continuous_usage_stats": True}):
+            calls.append(lambda body=body, options=options: streamed(body, options))
+    results = at_once(*calls)
+    return [results[i:i + 4] for i in range(0, len(results), 4)]
 
 
 @pytest.mark.parametrize("n", [1, 2])
@@ -349,11 +356,11 @@ def test_echo_alone_asks_the_engine_nothing_and_answers_as_it_did(server, monkey
     prompts = [PARIS, ids, [PARIS, "Hello, my name is"], [ids, ids[:3]]]
     bodies = [{"prompt": p, "max_tokens": 0, "echo": True, "n": n} for p in prompts]
     before = engine_work(server)
-    echoed = [answers(server, b) for b in bodies]
+    echoed = answers(server, bodies)
     assert engine_work(server) == before
     with monkeypatch.context() as m:  # the engine's path, as every such request took it
         m.setattr(completions_api, "echo_only", lambda req: False)
-        by_engine = [answers(server, b) for b in bodies]
+        by_engine = answers(server, bodies)
     after = engine_work(server)
     assert after[0] > before[0] and after[1] > before[1]  # it counts what the engine is asked
     for body, mine, engine in zip(bodies, echoed, by_engine):
