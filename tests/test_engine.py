@@ -121,13 +121,18 @@ def test_stream_deltas_join_to_final_text(loop, engine):
                "Some emoji: 🎉🚀", PROMPTS[2]]
 
     async def one(p):
-        params = SamplingParams(max_tokens=40, temperature=0.7, seed=7)
+        # 13 tokens: the Japanese (2 tokens a character) and emoji (3) samples already
+        # hold back several characters, and both end inside one (cut by max_tokens)
+        params = SamplingParams(max_tokens=13, temperature=0.7, seed=7)
         return await asyncio.gather(_collect(engine.stream(p, params)), engine.generate(p, params))
 
     async def all_at_once():  # one batch: the seed, not the neighbours, fixes each sample
         return await asyncio.gather(*(one(p) for p in prompts))
 
-    for deltas, final in run(loop, all_at_once()):
+    outs = run(loop, all_at_once())
+    # characters split across tokens were streamed: a delta carries their tokens together
+    assert any(len(d.token_ids) > 1 for deltas, _ in outs for d in deltas)
+    for deltas, final in outs:
         # a delta cut inside a multi-byte character would carry U+FFFD where the final
         # text has the real character, so equality proves whole characters only
         assert "".join(d.text for d in deltas) == final.text
