@@ -1010,10 +1010,15 @@ def test_step_exception_fails_its_requests_and_the_server_goes_on(server):
     server.wait_idle()
 
 
-def test_out_of_memory_pauses_and_resumes(server):
+def test_out_of_memory_pauses_and_resumes(server, monkeypatch):
     """An out-of-memory error in a decode step pauses the step's requests and halves the batch
     limits; the requests resume by recompute and finish with the output they would have had,
     and good steps double the limits back."""
+    import aiollm.engine.oom as oom
+
+    # every 32 good steps, not 64: the count is a tuning value, the doubling is the check,
+    # and each step here is a model forward (~0.15 s on 2 cores)
+    monkeypatch.setattr(oom, "REGROW_STEPS", 32)
     bodies = [(C, prompt(prompt=p, max_tokens=6, temperature=0, ignore_eos=True))
               for p in ("The sky is", "One, two, three,", "Paris is the capital of")]
     expected = [json.loads(b)["choices"][0]["text"] for _, b in asyncio.run(
@@ -1035,8 +1040,10 @@ def test_out_of_memory_pauses_and_resumes(server):
         with wrapped_forward(server, oom_once):
             results = asyncio.run(post_all(server, bodies))
         shrunk = server.call(lambda: (planner.max_running, planner.token_budget))
-        # 64 good steps double the limits back (one request's decode steps)
-        long = (C, prompt(prompt="Count:", max_tokens=70, temperature=0, ignore_eos=True))
+        # REGROW_STEPS good steps double the limits back, once: the resumed requests took
+        # fewer than 24 (3 requests of 6 tokens, one at a time), one request's 40 decode
+        # steps bring the count past 32 and keep it under 64
+        long = (C, prompt(prompt="Count:", max_tokens=40, temperature=0, ignore_eos=True))
         assert [s for s, _ in asyncio.run(post_all(server, [long]))] == [200]
         regrown = server.call(lambda: (planner.max_running, planner.token_budget))
     finally:  # the shared server's limits, for the tests after this one
