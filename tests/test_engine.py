@@ -186,21 +186,30 @@ async def _collect(agen):
 
 
 def test_stop_token_ids_min_tokens_and_eos(loop, engine):
-    base = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
-    ref = run(loop, engine.generate(PROMPTS[4], base))
+    # greedy throughout: each request gets the tokens it would alone, so the ones that do
+    # not need another's answer run together. The reference needs its first 4 tokens (the
+    # stop token is the 4th, or an earlier one with the same id)
+    base = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+
+    async def together(*coros):
+        return await asyncio.gather(*coros)
+
+    ref, chat = run(loop, together(
+        engine.generate(PROMPTS[4], base),
+        # a chat reply ends with eos on its own
+        engine.chat([{"role": "user", "content": "Say OK."}],
+                    SamplingParams(max_tokens=64, temperature=0))))
     stop_tok = ref.token_ids[3]
-    out = run(loop, engine.generate(PROMPTS[4], SamplingParams(
-        max_tokens=20, temperature=0, stop_token_ids=[stop_tok])))
     first = ref.token_ids.index(stop_tok)
+    out, held = run(loop, together(
+        engine.generate(PROMPTS[4], SamplingParams(
+            max_tokens=20, temperature=0, stop_token_ids=[stop_tok])),
+        # min_tokens holds the stop token back until it is reached
+        engine.generate(PROMPTS[4], SamplingParams(
+            max_tokens=20, min_tokens=first + 3, temperature=0, stop_token_ids=[stop_tok]))))
     assert out.token_ids == ref.token_ids[: first + 1]
     assert out.finish_reason == "stop"
-    # min_tokens holds the stop token back until it is reached
-    out = run(loop, engine.generate(PROMPTS[4], SamplingParams(
-        max_tokens=20, min_tokens=first + 3, temperature=0, stop_token_ids=[stop_tok])))
-    assert len(out.token_ids) >= first + 3
-    # a chat reply ends with eos on its own
-    chat = run(loop, engine.chat([{"role": "user", "content": "Say OK."}],
-                                 SamplingParams(max_tokens=64, temperature=0)))
+    assert len(held.token_ids) >= first + 3
     assert chat.finish_reason == "stop"
     assert chat.token_ids[-1] in engine.eos_ids
     assert "<|im_end|>" not in chat.text
