@@ -92,21 +92,24 @@ def test_metrics_time_each_request_end_to_end(tiny):
     serve_tiny(tiny, check)
 
 
+async def exchange(client, head: bytes, body: bytes = b"") -> bytes:
+    """The response heads `head` gets on a raw connection; `body` is sent only after a
+    100 Continue."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(head)
+    await writer.drain()
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    if body and first.startswith(b"HTTP/1.1 100"):
+        writer.write(body)
+        first += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    writer.close()
+    return first
+
+
 def test_expect_100_continue_refuses_a_body_too_large_before_it_is_sent(tiny):
     """curl asks `Expect: 100-continue` before a large body. A Content-Length past the
     limit was answered "100 Continue", and the client sent megabytes only to get a 413;
     RFC 9110 (10.1.1) asks for the final status at once. A body within it still gets 100."""
-    async def exchange(client, head: bytes, body: bytes = b"") -> bytes:
-        reader, writer = await asyncio.open_connection(client.host, client.port)
-        writer.write(head)
-        await writer.drain()
-        first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        if body and first.startswith(b"HTTP/1.1 100"):
-            writer.write(body)
-            first += await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        writer.close()
-        return first
-
     async def check(client, engine):
         big = await exchange(client, b"POST /generate HTTP/1.1\r\nHost: x\r\n"
                              b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
@@ -119,6 +122,27 @@ def test_expect_100_continue_refuses_a_body_too_large_before_it_is_sent(tiny):
                                b"Content-Length: %d\r\n\r\n" % len(body), body)
         assert small.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), small
     serve_tiny(tiny, check)
+
+
+def test_expect_100_continue_without_the_api_key_is_refused_before_the_body(tiny):
+    """The API key is in the headers: a request without it was told 100 Continue (aiohttp
+    asks the expect handler before the auth middleware) and sent its body only to get a
+    401. It gets the 401 at once; with the key, 100 Continue as before."""
+    body = b'{"inputs": [1, 2], "parameters": {"max_new_tokens": 1}}'
+    head = (b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Expect: 100-continue\r\nContent-Length: %d\r\n" % len(body))
+
+    async def check(client, engine):
+        for auth in (b"", b"Authorization: Bearer wrong\r\n"):
+            got = await exchange(client, head + auth + b"\r\n", body)
+            assert got.startswith(b"HTTP/1.1 401"), got
+            assert b"Connection: close" in got, got
+        ok = await exchange(client, head + b"Authorization: Bearer secret\r\n\r\n", body)
+        assert ok.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), ok
+        probe = await exchange(client, b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                               b"Expect: 100-continue\r\nContent-Length: 2\r\n\r\n", b"{}")
+        assert probe.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200"), probe
+    serve_tiny(tiny, check, api_key="secret")
 
 
 def test_version_says_which_aiollm_serves(tiny):

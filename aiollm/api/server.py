@@ -50,13 +50,14 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
     bodies' content codings itself."""
     middlewares = [error_middleware]
-    if api_key:
-        middlewares.append(_auth_middleware(api_key))
+    allowed = _key_check(api_key) if api_key else None
+    if allowed is not None:
+        middlewares.append(_auth_middleware(allowed))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     app[STATE] = ApiState(engine=engine, served_model_name=served_model_name,
                           shutdown_timeout=shutdown_timeout, created=int(time.time()))
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES,
-                                        expect_handler=expect_continue))
+                                        expect_handler=_expect_handler(allowed)))
     if cors is not None:
         enable_cors(app, cors)
     app.cleanup_ctx.append(_engine_lifetime)
@@ -120,26 +121,53 @@ async def _drain(app: web.Application) -> None:
         hurry.cancel()
 
 
-def _auth_middleware(api_key: str) -> Callable:
+def _key_check(api_key: str) -> Callable[[web.Request], bool]:
+    """Whether a request may reach its route under `api_key`: it carries the key, or its
+    route needs none."""
     expected = api_key.encode()
 
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def allowed(request: web.Request) -> bool:
         # OPTIONS routes exist only with CORS on: its preflights, which carry no credentials
         # (browsers never send them) and run nothing
-        if (request.path not in OPEN_PATHS
-                and request.match_info.route.method != hdrs.METH_OPTIONS):
-            scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-            # compare_digest: the time taken must not tell how much of the key was right.
-            # Header bytes that are not UTF-8 arrive as surrogates: encode them back.
-            given = token.strip().encode("utf-8", "surrogateescape")
-            if not (scheme.lower() == "bearer" and hmac.compare_digest(given, expected)):
-                return error_response(ApiError(
-                    401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-                    code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}))
+        if (request.path in OPEN_PATHS
+                or request.match_info.route.method == hdrs.METH_OPTIONS):
+            return True
+        scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
+        # compare_digest: the time taken must not tell how much of the key was right.
+        # Header bytes that are not UTF-8 arrive as surrogates: encode them back.
+        given = token.strip().encode("utf-8", "surrogateescape")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given, expected)
+
+    return allowed
+
+
+def _unauthorized(*, close: bool = False) -> web.Response:
+    return error_response(ApiError(
+        401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}, close=close))
+
+
+def _auth_middleware(allowed: Callable[[web.Request], bool]) -> Callable:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not allowed(request):
+            return _unauthorized()
         return await handler(request)
 
     return auth
+
+
+def _expect_handler(allowed: Callable[[web.Request], bool] | None) -> Callable:
+    """expect_continue behind the API key: aiohttp asks the route's expect handler before
+    any middleware runs, so a request without the key was told 100 Continue and sent its
+    whole body only to get its 401. Refused on its headers alone, it gets the 401 at once
+    (RFC 9110 10.1.1), and the connection closes: the body is never read."""
+    async def expect(request: web.Request) -> web.StreamResponse | None:
+        if allowed is not None and not allowed(request):
+            return _unauthorized(close=True)
+        return await expect_continue(request)
+
+    return expect
 
 
 async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000, *,
