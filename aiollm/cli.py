@@ -41,8 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=_HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
                        "/v1/chat/completions, /v1/models, /v1/models/{model}, /generate, "
-                       "/generate_stream, /health, /metrics, /tokenize, /detokenize, "
-                       "/flush_cache.")
+                       "/generate_stream, /health, /healthz, /metrics, /version, /tokenize, "
+                       "/detokenize, /flush_cache.")
     s.add_argument("model", nargs="?", default=None, metavar="MODEL",
                    help="a Hugging Face model directory or a .gguf file "
                         "(default: the bundled SmolLM2-135M-Instruct)")

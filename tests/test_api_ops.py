@@ -5,6 +5,7 @@ from one that can. An app around a tiny random-weight model, served in-process."
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -153,3 +154,16 @@ def test_version_says_which_aiollm_serves(tiny):
         resp = await client.get("/version")
         assert resp.status == 200 and await resp.json() == {"version": aiollm.__version__}
     serve_tiny(tiny, check)
+
+
+def test_serve_help_names_every_endpoint(capsys):
+    """`aiollm serve --help` lists the endpoints it serves; /healthz and /version were
+    added to the routes and not to the list, so an operator reading it missed them."""
+    from aiollm.api import lightllm, openai, ops
+    from aiollm.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    listed = set(re.findall(r"(/[\w/{}]+)[,.]", capsys.readouterr().out))
+    served = {r.path.replace(":.+", "") for r in ops.ROUTES + openai.ROUTES + lightllm.ROUTES}
+    assert served - listed == set(), served - listed
