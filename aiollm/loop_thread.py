@@ -151,6 +151,11 @@ class LoopThread:
         except RuntimeError:  # closed already
             pass
 
+    @property
+    def ending(self) -> bool:
+        """Whether end() has run: the loop stops once last() has ended."""
+        return self._ending
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait for the thread to end (after end()), at most `timeout` seconds; whether it
         has. Interrupted (Ctrl-C), it leaves the thread ending, and a later join() waits
@@ -184,7 +189,10 @@ def _end_all() -> None:
         for loop_thread in list(_RUNNING):
             for caller in list(loop_thread._callers):
                 if not caller.daemon and caller is not threading.current_thread():
-                    caller.join()
+                    # in slices: an untimed join slept through a Ctrl-C whose signal another
+                    # thread took (see wait_interruptibly), to that thread's end
+                    while caller.is_alive():
+                        caller.join(POLL_S)
     except KeyboardInterrupt:  # Ctrl-C at the exit: stop the engines now
         pass
     for loop_thread in list(_RUNNING):

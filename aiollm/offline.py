@@ -122,7 +122,10 @@ class LLM:
             try:
                 return self._thread.call(coro)
             except BaseException:
-                if not self._loop.is_closed():  # (closed: the interpreter's exit ended it)
+                # not once the loop ends (close() from another thread, the interpreter's
+                # exit: a Ctrl-C there stopped the engine under a non-daemon thread's call,
+                # which started it again, cancelled, and raised CancelledError)
+                if not self._loop.is_closed() and not self._thread.ending:
                     self._thread.call(self.engine.start())  # a no-op unless its step loop ended
                 raise
         finally:
