@@ -581,6 +581,17 @@ def test_vllms_prompt_dicts_are_prompts(loop, engine):
     assert_all_free(engine)
 
 
+def test_one_prompt_dict_is_a_batch_of_one(loop, engine):
+    """vLLM's LLM.generate takes one prompt dict as it takes one string; generate_batch
+    refused it ('prompts must be a list of prompts ... got dict')."""
+    ids = engine.tokenizer.encode("The capital of France is")
+    greedy = SamplingParams(max_tokens=3, temperature=0)
+    for prompt in ({"prompt_token_ids": ids}, {"prompt": "The capital of France is"}):
+        outs = run(loop, engine.generate_batch(prompt, greedy, progress=False))
+        assert len(outs) == 1 and outs[0].prompt_token_ids == ids
+    assert_all_free(engine)
+
+
 def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
     """Ids from numpy (list(array), a tokenizer's array output) were refused with 'prompt
     token ids must be integers in [0, 49152)', which they were; a bad id among many was not

@@ -136,7 +136,8 @@ class EngineAPI:
                              progress: bool = True, *, batch_name: str = "prompts"
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
-        is one prompt (as in vLLM's LLM.generate), not a batch of its characters. `params`:
+        is one prompt (as in vLLM's LLM.generate), not a batch of its characters, and so is
+        one prompt dict ({"prompt": text}, {"prompt_token_ids": ids}). `params`:
         one SamplingParams for every prompt, or a list (or tuple) of one per prompt, as
         vLLM's LLM.generate takes them (InvalidRequest naming `params` for another length,
         `params[i].field` for a bad one). A batch
@@ -151,12 +152,12 @@ class EngineAPI:
         "conversations", whose token ids the prompts are)."""
         from tqdm.auto import tqdm
 
-        if isinstance(prompts, str):
+        if isinstance(prompts, (str, dict)):  # one prompt dict too, as vLLM takes it
             prompts = [prompts]
-        elif not isinstance(prompts, (list, tuple)):  # else no len(), or a dict's keys
-            raise InvalidRequest("prompts must be a list of prompts (strings or lists of token "
-                                 f"ids) or one string, got {type(prompts).__name__}",
-                                 param="prompts")
+        elif not isinstance(prompts, (list, tuple)):  # else no len()
+            raise InvalidRequest("prompts must be a list of prompts (strings, lists of token "
+                                 "ids or prompt dicts) or one prompt, got "
+                                 f"{type(prompts).__name__}", param="prompts")
 
         # a bad prompt late in a long batch failed it only once those before had run, their
         # results thrown away (text is tokenized here once: the ids are submitted)
