@@ -464,11 +464,13 @@ def test_a_batch_names_its_bad_prompt_and_refuses_what_is_no_batch(loop, engine)
     named `prompt` alone (a flat list of ids: 'prompt must be ... got int', which of them?).
     Now InvalidRequest naming `prompts` and the type given, or `prompts[i]`."""
     params = SamplingParams(max_tokens=1)
-    for value, got in [(None, "NoneType"), (5, "int"), ({"Hi": 1}, "dict"),
-                       ((p for p in ["Hi"]), "generator")]:
+    for value, got in [(None, "NoneType"), (5, "int"), ((p for p in ["Hi"]), "generator")]:
         with pytest.raises(InvalidRequest, match=f"got {got}") as e:
             run(loop, engine.generate_batch(value, params, progress=False))
         assert e.value.param == "prompts"
+    with pytest.raises(InvalidRequest, match="prompt dict") as e:  # one prompt, a bad one
+        run(loop, engine.generate_batch({"Hi": 1}, params, progress=False))
+    assert e.value.param == "prompts[0]"
     with pytest.raises(InvalidRequest, match=r"^prompts\[2\]: prompt must be") as e:
         run(loop, engine.generate_batch(["Hi", [1, 2], None], params, progress=False))
     assert e.value.param == "prompts[2]"
