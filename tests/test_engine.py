@@ -594,6 +594,32 @@ def test_one_prompt_dict_is_a_batch_of_one(loop, engine):
     assert_all_free(engine)
 
 
+def test_a_batch_runs_on_its_params_as_they_were_when_it_was_called(loop, engine):
+    """generate_batch's prompts past the room (the request table, the waiting queue) are
+    submitted later, and read the caller's SamplingParams then: params changed meanwhile
+    (reused by another thread for its next batch) changed the batch's later prompts, and a
+    max_tokens past the context failed the whole batch it had accepted. vLLM's
+    LLM.generate takes each request's params as they are at the call."""
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    room = engine._batch_room
+    engine._batch_room = asyncio.Semaphore(1)  # one prompt at a time: the others wait
+
+    async def go():
+        batch = asyncio.ensure_future(engine.generate_batch(["Hi", "Hello", "Hey"], params,
+                                                            progress=False))
+        while not engine._requests:  # the first prompt submitted, the others waiting
+            await asyncio.sleep(0.001)
+        params.max_tokens = 10 ** 6
+        return await batch
+
+    try:
+        outs = run(loop, go())
+    finally:
+        engine._batch_room = room
+    assert [len(o.token_ids) for o in outs] == [4, 4, 4]
+    assert_all_free(engine)
+
+
 def test_token_ids_of_numpy_are_ids_and_a_bad_id_is_named(loop, engine):
     """Ids from numpy (list(array), a tokenizer's array output) were refused with 'prompt
     token ids must be integers in [0, 49152)', which they were; a bad id among many was not

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
 from aiollm.engine.chat_messages import checked_messages
@@ -283,11 +284,13 @@ def checked_params(params: SamplingParams) -> None:
 
 def _params_of_batch(params: SamplingParams | Sequence[SamplingParams] | None, n: int,
                      batch_name: str) -> list[SamplingParams]:
-    """One SamplingParams for each of a batch's n items: `params` for all (None: the
-    defaults) or, given a list or tuple, its items, each checked (InvalidRequest naming
+    """One SamplingParams for each of a batch's n items, copied as they are at the call:
+    `params` for all (None: the defaults) or, given a list or tuple, its items, each checked (InvalidRequest naming
     `params[i]` and its field, or `params` for a list of another length)."""
     if not isinstance(params, (list, tuple)):
-        return [params or SamplingParams()] * n
+        params = params or SamplingParams()
+        checked_params(params)
+        return [_as_called(params)] * n
     if len(params) != n:
         raise InvalidRequest(f"params holds {len(params)} SamplingParams for {n} {batch_name}: "
                              f"give one for all of them, or one for each", param="params")
@@ -297,4 +300,14 @@ def _params_of_batch(params: SamplingParams | Sequence[SamplingParams] | None, n
         except InvalidRequest as e:
             raise e.within(f"params[{i}]", f"params[{i}]" if e.param == "params"
                            else f"params[{i}].{e.param}") from None
-    return list(params)
+    called = {id(p): _as_called(p) for p in params}  # one copy of a params given twice
+    return [called[id(p)] for p in params]
+
+
+def _as_called(params: SamplingParams) -> SamplingParams:
+    """A copy of checked params as they are now, for a batch's prompts submitted later (as
+    the table and the waiting queue make room): the caller may change or reuse theirs
+    meanwhile (another thread's next batch), which changed those prompts, and a max_tokens
+    past the context failed the whole batch it had accepted."""
+    return dataclasses.replace(params, stop=list(params.stop),
+                               stop_token_ids=list(params.stop_token_ids))
