@@ -235,11 +235,22 @@ def wait_interruptibly(future: concurrent.futures.Future) -> None:
     POLL_S. An untimed wait sleeps through an interrupt whose signal another thread took
     (signal.raise_signal or _thread.interrupt_main there, a SIGINT the kernel handed to
     another thread): Python runs the handler only when the waiting thread returns to its
-    bytecode, which an untimed wait does once the future is done, at the end of the call."""
+    bytecode, which an untimed wait does once the future is done, at the end of the call.
+
+    Called from a task of an event loop (async code that calls the blocking LLM), a
+    cancellation of that task requested meanwhile raises asyncio.CancelledError here:
+    asyncio.run's Ctrl-C only cancels its main task (KeyboardInterrupt at the second
+    press), which waited for the whole call."""
     done = threading.Event()
     future.add_done_callback(lambda _: done.set())
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no loop runs on this thread
+        task = None
+    cancels = task.cancelling() if task is not None else 0
     while not done.wait(POLL_S):
-        pass
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError
 
 
 def _hand_over(task: asyncio.Task, result: concurrent.futures.Future) -> None:

@@ -38,3 +38,32 @@ def test_ctrl_c_during_the_exits_wait_for_a_non_daemon_threads_call_ends_it():
     assert done.stdout == "main ends\n", done.stderr
     assert "EngineStopped" in done.stderr, done.stderr
     assert "CancelledError" not in done.stderr and "destroyed" not in done.stderr, done.stderr
+
+
+def test_ctrl_c_in_asyncio_run_ends_an_llm_call_of_its_main_task():
+    """Async code that calls the blocking LLM.generate under asyncio.run, then Ctrl-C:
+    asyncio.run's handler only cancels the main task (KeyboardInterrupt comes at a second
+    press), and the task stayed blocked in the call to its end (minutes here). The call
+    now ends at the cancellation, its requests aborted, and the script ends by its
+    interrupt as asyncio.run ends it."""
+    import signal
+
+    script = ("import asyncio, signal, threading\n"
+              "from aiollm import LLM, SamplingParams\n"
+              "async def main():\n"
+              "    llm = LLM(None, kv_tokens=4096)\n"
+              "    threading.Timer(0.5, signal.raise_signal, (signal.SIGINT,)).start()\n"
+              "    llm.generate(['Tell'], SamplingParams(max_tokens=4000, ignore_eos=True),\n"
+              "                 progress=False)\n"
+              "    print('the call ran to its end', flush=True)\n"
+              "asyncio.run(main())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=30, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the call ran on: {e.stderr}") from None
+    assert done.returncode == -signal.SIGINT, done.stderr
+    assert done.stdout == "" and "KeyboardInterrupt" in done.stderr, done.stderr
+    assert "destroyed" not in done.stderr and "cannot schedule" not in done.stderr, done.stderr
