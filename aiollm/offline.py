@@ -55,8 +55,9 @@ class LLM:
     def generate(self, prompts: Sequence[str | Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
                  progress: bool = True) -> list[RequestOutput]:
-        """The outputs of `prompts` (a string or a prompt dict is one prompt), in order; `params` one
-        SamplingParams for all or a list of one per prompt (Engine.generate_batch). Raises
+        """The outputs of `prompts` (a string or a prompt dict is one prompt), in order;
+        `params` one SamplingParams for all or a list of one per prompt
+        (Engine.generate_batch). Raises
         EngineStopped once close() has run."""
         return self._generate(prompts, params, progress, "prompts")
 

@@ -285,8 +285,9 @@ def checked_params(params: SamplingParams) -> None:
 def _params_of_batch(params: SamplingParams | Sequence[SamplingParams] | None, n: int,
                      batch_name: str) -> list[SamplingParams]:
     """One SamplingParams for each of a batch's n items, copied as they are at the call:
-    `params` for all (None: the defaults) or, given a list or tuple, its items, each checked (InvalidRequest naming
-    `params[i]` and its field, or `params` for a list of another length)."""
+    `params` for all (None: the defaults) or, given a list or tuple, its items, each
+    checked (InvalidRequest naming `params[i]` and its field, or `params` for a list of
+    another length)."""
     if not isinstance(params, (list, tuple)):
         params = params or SamplingParams()
         checked_params(params)
