@@ -81,7 +81,7 @@ class LoopThread:
         on. RuntimeError once the loop is closed. Never from the loop's own thread (see
         on_own_thread): it would wait forever."""
         assert not self.on_own_thread()
-        self._callers.add(threading.current_thread())
+        self.add_caller()
         result: concurrent.futures.Future = concurrent.futures.Future()
 
         def begin() -> None:
@@ -101,6 +101,11 @@ class LoopThread:
         except BaseException:
             self._cancel_call()
             raise
+
+    def add_caller(self) -> None:
+        """Count the calling thread among those that called (or wait to call) the loop:
+        the interpreter's exit waits for the non-daemon ones (see _end_all)."""
+        self._callers.add(threading.current_thread())
 
     def _cancel_call(self) -> None:
         """Cancel the task of the call under way, if it still runs, and wait for its end,
@@ -184,7 +189,6 @@ def _end_all() -> None:
     called a loop, which the interpreter would wait for anyway, end their calls first; a
     daemon thread's call under way is left waiting (see _abandon_if_exiting)."""
     global _exiting
-    _exiting = True
     try:
         for loop_thread in list(_RUNNING):
             for caller in list(loop_thread._callers):
@@ -195,6 +199,9 @@ def _end_all() -> None:
                         caller.join(POLL_S)
     except KeyboardInterrupt:  # Ctrl-C at the exit: stop the engines now
         pass
+    # only now: a daemon thread's call that ends while a non-daemon one waits for its turn
+    # returns (parked, it kept its turn, and the waiting thread and the exit waited forever)
+    _exiting = True
     for loop_thread in list(_RUNNING):
         loop_thread.end()
     # Ctrl-C does not cut this wait short: the interpreter then finalized beside a model
@@ -211,7 +218,7 @@ def _end_all() -> None:
 
 
 threading._register_atexit(_end_all)  # (CPython's hook before thread pools shut down)
-_exiting = False  # set once _end_all has begun
+_exiting = False  # set once _end_all stops the engines
 
 # how long the exit waits for the loops' threads to stop their engines (a step under way)
 _EXIT_WAIT_S = 5.0

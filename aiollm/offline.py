@@ -112,7 +112,8 @@ class LLM:
         started again (the next call raised EngineStopped). Calls from several threads take
         turns."""
         try:
-            self._take_turn()
+            if not self._take_turn():
+                self._check_open()  # the loop is closed: EngineStopped
         except BaseException:  # Ctrl-C while another thread's call ran: asyncio then
             coro.close()       # warned of a coroutine never awaited
             raise
@@ -132,11 +133,18 @@ class LLM:
         finally:
             self._turn.release()
 
-    def _take_turn(self) -> None:
+    def _take_turn(self) -> bool:
         """Wait for the call under way of another thread to end, in slices, as
-        LoopThread.call waits: an interrupt another thread took raises here at once."""
+        LoopThread.call waits: an interrupt another thread took raises here at once. The
+        waiting thread is a caller the interpreter's exit waits for (when non-daemon), as
+        for one whose call is under way. False, without the turn, once the loop has
+        closed: the exit ended it under a daemon thread's call, which keeps its turn
+        forever, and a non-daemon thread waiting here hung the exit."""
+        self._thread.add_caller()
         while not self._turn.acquire(timeout=POLL_S):
-            pass
+            if self._loop.is_closed():
+                return False
+        return True
 
     def _check_thread(self) -> None:
         if self._thread.on_own_thread():
@@ -156,7 +164,8 @@ class LLM:
         running to its end on the LLM's thread (a later close() waits for it). A close()
         after one that returned does nothing."""
         self._check_thread()
-        self._take_turn()
+        if not self._take_turn():
+            return
         try:
             if self._loop.is_closed():
                 return

@@ -67,3 +67,34 @@ def test_ctrl_c_in_asyncio_run_ends_an_llm_call_of_its_main_task():
     assert done.returncode == -signal.SIGINT, done.stderr
     assert done.stdout == "" and "KeyboardInterrupt" in done.stderr, done.stderr
     assert "destroyed" not in done.stderr and "cannot schedule" not in done.stderr, done.stderr
+
+
+def test_a_non_daemon_thread_waiting_for_its_turn_behind_a_daemon_threads_call_is_served():
+    """A script whose daemon thread's LLM call was under way while a non-daemon thread
+    waited for its turn, and whose main thread then ended: the exit did not wait for the
+    waiting thread (it had not called yet), stopped the engine and parked the daemon
+    thread's call, which kept the turn forever, and the interpreter waited for the
+    non-daemon thread forever. It is waited for as a caller, and served."""
+    script = ("import threading, time\n"
+              "from aiollm import LLM, SamplingParams\n"
+              "llm = LLM(None, kv_tokens=2048)\n"
+              "def daemon():\n"
+              "    llm.generate(['Tell'], SamplingParams(max_tokens=40, ignore_eos=True),\n"
+              "                 progress=False)\n"
+              "def waiting():\n"
+              "    out = llm.generate(['Hi'], SamplingParams(max_tokens=3), progress=False)\n"
+              "    print('served', len(out[0].token_ids), flush=True)\n"
+              "threading.Thread(target=daemon, daemon=True).start()\n"
+              "time.sleep(0.3)\n"
+              "threading.Thread(target=waiting).start()\n"
+              "time.sleep(0.2)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    try:
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                              timeout=30, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired as e:
+        raise AssertionError(f"the exit hung: {e.stderr}") from None
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "served 3\n", done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
