@@ -13,6 +13,7 @@ from aiollm import LLM, Engine, SamplingParams
 from aiollm.engine import engine as engine_module
 from aiollm.errors import EngineStopped, InvalidRequest
 from conftest import run
+from script_run import ROOT, run_script, script_env
 
 LONG = SamplingParams(max_tokens=400, ignore_eos=True)
 
@@ -273,10 +274,6 @@ def test_a_script_that_ends_without_closing_its_llm_exits_quietly(tmp_path):
     end (which the interpreter waits for) are served to their end; a daemon thread's call
     under way ends with the process, silently."""
     import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
 
     script = ("import threading, time\n"
               "from aiollm import LLM, SamplingParams\n"
@@ -297,12 +294,8 @@ def test_a_script_that_ends_without_closing_its_llm_exits_quietly(tmp_path):
               "    time.sleep(0.5)  # its call under way at the exit\n"
               "threading.Thread(target=batches).start()\n"
               "first.wait()\n")
-    root = str(Path(__file__).resolve().parent.parent)
     step_log = tmp_path / "steps.jsonl"
-    env = {**os.environ, "AIOLLM_STEP_LOG": str(step_log), "PYTHONPATH": os.pathsep.join(
-        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          timeout=120, env=env, cwd=root)
+    done = run_script(script, timeout=120, AIOLLM_STEP_LOG=str(step_log))
     assert done.returncode == 0, done.stderr
     assert done.stdout == "generated 2\nbatch 0 3\nbatch 1 3\n", done.stderr
     for said in ("destroyed", "Traceback", "error", "cannot schedule"):
@@ -317,23 +310,18 @@ def test_repeated_ctrl_c_during_a_scripts_batch_exits_by_the_interrupt():
     aborted the process ('terminate called without an active exception', SIGABRT, 3 runs
     of 3). The exit waits for the engine's stop, Ctrl-C or not, and the script ends by its
     interrupt as Python scripts do (killed by SIGINT), with one traceback."""
-    import os
     import signal
     import subprocess
     import sys
     import time
-    from pathlib import Path
 
     script = ("from aiollm import LLM, SamplingParams\n"
               "llm = LLM(None, kv_tokens=2048)\n"
               "print('ready', flush=True)\n"
               "llm.generate(['Tell me a story'] * 4,\n"
               "             SamplingParams(max_tokens=400, ignore_eos=True), progress=False)\n")
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [root, *filter(None, [os.environ.get("PYTHONPATH")])])}
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+                            stderr=subprocess.PIPE, text=True, env=script_env(), cwd=ROOT)
     try:
         assert proc.stdout.readline() == "ready\n"
         time.sleep(1.0)  # its steps under way

@@ -1,12 +1,8 @@
 """The exit of a script whose LLM is still generating (loop_thread._end_all), interrupted."""
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = str(Path(__file__).resolve().parent.parent)
+from script_run import run_script
 
 
 def test_ctrl_c_during_the_exits_wait_for_a_non_daemon_threads_call_ends_it():
@@ -26,14 +22,8 @@ def test_ctrl_c_during_the_exits_wait_for_a_non_daemon_threads_call_ends_it():
               "time.sleep(0.3)\n"
               "threading.Timer(0.5, signal.raise_signal, (signal.SIGINT,)).start()\n"
               "print('main ends', flush=True)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
     t0 = time.monotonic()
-    try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=30, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"the exit hung: {e.stderr}") from None
+    done = run_script(script, timeout=30)
     assert time.monotonic() - t0 < 30
     assert done.stdout == "main ends\n", done.stderr
     assert "EngineStopped" in done.stderr, done.stderr
@@ -57,13 +47,7 @@ def test_ctrl_c_in_asyncio_run_ends_an_llm_call_of_its_main_task():
               "                 progress=False)\n"
               "    print('the call ran to its end', flush=True)\n"
               "asyncio.run(main())\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=30, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"the call ran on: {e.stderr}") from None
+    done = run_script(script, timeout=30)
     assert done.returncode == -signal.SIGINT, done.stderr
     assert done.stdout == "" and "KeyboardInterrupt" in done.stderr, done.stderr
     assert "destroyed" not in done.stderr and "cannot schedule" not in done.stderr, done.stderr
@@ -88,13 +72,7 @@ def test_a_non_daemon_thread_waiting_for_its_turn_behind_a_daemon_threads_call_i
               "time.sleep(0.3)\n"
               "threading.Thread(target=waiting).start()\n"
               "time.sleep(0.2)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])}
-    try:
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                              timeout=30, env=env, cwd=ROOT)
-    except subprocess.TimeoutExpired as e:
-        raise AssertionError(f"the exit hung: {e.stderr}") from None
+    done = run_script(script, timeout=30)
     assert done.returncode == 0, done.stderr
     assert done.stdout == "served 3\n", done.stderr
     assert "Traceback" not in done.stderr, done.stderr
