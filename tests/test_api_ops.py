@@ -54,14 +54,24 @@ def test_health_fails_once_the_engine_no_longer_serves(tiny, path):
     serve_tiny(tiny, check)
 
 
-def test_healthz_needs_no_api_key(tiny):
-    """Probes carry no secrets: /healthz is as open as /health; the rest stays behind the
-    key."""
+def test_probes_metrics_and_version_need_no_api_key(tiny):
+    """What a probe, a Prometheus scraper or a deploy script reads carries no secrets and
+    runs no model: /health, /healthz, /metrics and /version are open, as vLLM leaves all but
+    its /v1 routes open (a scraper set up for vLLM sends no key and got 401 here). The
+    routes that take input or change state stay behind the key, and so do unknown paths."""
     async def check(client, engine):
-        for path in ("/health", "/healthz", "/healthz/"):
+        for path in ("/health", "/healthz", "/healthz/", "/metrics", "/metrics/", "/version",
+                     "/version/"):
             resp = await client.get(path)
             assert resp.status == 200, (path, await resp.text())
-        assert (await client.get("/metrics")).status == 401
+        assert "aiollm_" in await (await client.get("/metrics")).text()
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/completions"),
+                             ("POST", "/generate"), ("POST", "/generate_stream"),
+                             ("POST", "/tokenize"), ("POST", "/detokenize"),
+                             ("POST", "/flush_cache"), ("GET", "/nowhere"),
+                             ("GET", "/metrics/x")):
+            resp = await client.request(method, path, json={})
+            assert resp.status == 401, (method, path, await resp.text())
     serve_tiny(tiny, check, api_key="secret")
 
 

@@ -68,8 +68,8 @@ async def detokenize(request: web.Request) -> web.Response:
 
 
 async def flush_cache(request: web.Request) -> web.Response:
-    """Empty the prefix cache of everything no running request uses (behind the API key,
-    like every path but /health)."""
+    """Empty the prefix cache of everything no running request uses (behind the API key:
+    it changes the server's state, unlike /health, /metrics and /version)."""
     freed = state(request).engine.flush_cache()
     return json_response({"flushed_tokens": freed})
 
