@@ -14,6 +14,7 @@ from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
+from aiollm.engine.step_health import FAILING_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,39 @@ def test_health_fails_once_the_engine_no_longer_serves(tiny, path):
         assert (await down.json())["status"] != "ok"
         head = await client.head(path)
         assert head.status == 503
+    serve_tiny(tiny, check)
+
+
+def test_health_fails_while_every_model_step_fails(tiny):
+    """A sticky device error (CUDA's illegal memory access stays for the process's life)
+    fails every step, so every request got its 500, while /health said 200 "ok" and a load
+    balancer kept sending it traffic it could only fail. One failed request is no dead
+    engine; FAILING_STEPS failed steps in a row are: 503 naming the error, until a step
+    completes again."""
+    body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 2}}
+
+    def broken(batch):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+    async def check(client, engine):
+        model = engine.runner.model
+        model.forward = broken
+        try:
+            for _ in range(FAILING_STEPS):
+                assert (await client.get("/health")).status == 200
+                resp = await client.post("/generate", json=body)
+                assert resp.status == 500, await resp.text()
+            for path in ("/health", "/healthz"):
+                down = await client.get(path)
+                assert down.status == 503, await down.text()
+                got = await down.json()
+                assert got["status"] == "engine failing", got
+                assert "illegal memory access" in got["error"], got
+        finally:
+            del model.forward  # the class's forward again
+        resp = await client.post("/generate", json=body)
+        assert resp.status == 200, await resp.text()
+        assert (await client.get("/health")).status == 200
     serve_tiny(tiny, check)
 
 
