@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "become control tokens; by default it is plain text, so a user "
                           "cannot forge a system turn")
     net.add_argument("--api-key", default=None,
-                     help="require 'Authorization: Bearer KEY' on every endpoint but /health "
-                          "(if not given: $AIOLLM_API_KEY; neither: no auth)")
+                     help="require 'Authorization: Bearer KEY' on every endpoint but /health, "
+                          "/healthz, /metrics and /version (if not given: $AIOLLM_API_KEY; "
+                          "neither: no auth)")
     net.add_argument("--allowed-origins", type=_string_list, default=None, metavar="LIST",
                      help="let web pages of these origins call the server from a browser "
                           "(CORS), as a JSON list ('[\"http://localhost:3000\"]', '[\"*\"]' "

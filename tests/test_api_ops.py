@@ -14,6 +14,7 @@ from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
+from aiollm.engine.step_health import FAILING_STEPS
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +55,57 @@ def test_health_fails_once_the_engine_no_longer_serves(tiny, path):
     serve_tiny(tiny, check)
 
 
-def test_healthz_needs_no_api_key(tiny):
-    """Probes carry no secrets: /healthz is as open as /health; the rest stays behind the
-    key."""
+def test_health_fails_while_every_model_step_fails(tiny):
+    """A sticky device error (CUDA's illegal memory access stays for the process's life)
+    fails every step, so every request got its 500, while /health said 200 "ok" and a load
+    balancer kept sending it traffic it could only fail. One failed request is no dead
+    engine; FAILING_STEPS failed steps in a row are: 503 naming the error, until a step
+    completes again."""
+    body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 2}}
+
+    def broken(batch):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
     async def check(client, engine):
-        for path in ("/health", "/healthz", "/healthz/"):
+        model = engine.runner.model
+        model.forward = broken
+        try:
+            for _ in range(FAILING_STEPS):
+                assert (await client.get("/health")).status == 200
+                resp = await client.post("/generate", json=body)
+                assert resp.status == 500, await resp.text()
+            for path in ("/health", "/healthz"):
+                down = await client.get(path)
+                assert down.status == 503, await down.text()
+                got = await down.json()
+                assert got["status"] == "engine failing", got
+                assert "illegal memory access" in got["error"], got
+        finally:
+            del model.forward  # the class's forward again
+        resp = await client.post("/generate", json=body)
+        assert resp.status == 200, await resp.text()
+        assert (await client.get("/health")).status == 200
+    serve_tiny(tiny, check)
+
+
+def test_probes_metrics_and_version_need_no_api_key(tiny):
+    """What a probe, a Prometheus scraper or a deploy script reads carries no secrets and
+    runs no model: /health, /healthz, /metrics and /version are open, as vLLM leaves all but
+    its /v1 routes open (a scraper set up for vLLM sends no key and got 401 here). The
+    routes that take input or change state stay behind the key, and so do unknown paths."""
+    async def check(client, engine):
+        for path in ("/health", "/healthz", "/healthz/", "/metrics", "/metrics/", "/version",
+                     "/version/"):
             resp = await client.get(path)
             assert resp.status == 200, (path, await resp.text())
-        assert (await client.get("/metrics")).status == 401
+        assert "aiollm_" in await (await client.get("/metrics")).text()
+        for method, path in (("GET", "/v1/models"), ("POST", "/v1/completions"),
+                             ("POST", "/generate"), ("POST", "/generate_stream"),
+                             ("POST", "/tokenize"), ("POST", "/detokenize"),
+                             ("POST", "/flush_cache"), ("GET", "/nowhere"),
+                             ("GET", "/metrics/x")):
+            resp = await client.request(method, path, json={})
+            assert resp.status == 401, (method, path, await resp.text())
     serve_tiny(tiny, check, api_key="secret")
 
 

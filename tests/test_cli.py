@@ -447,15 +447,14 @@ def test_serve_subprocess(tmp_path):
         assert base in text and "dtype float32" in text
         assert "KV capacity 4096 tokens" in text
 
-        # auth: everything but /health needs the key
+        # auth: everything but the probes, /metrics and /version needs the key
         chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
         assert asyncio.run(_get(base + "/v1/chat/completions", method="POST",
                                 json=chat))[0] == 401
         status, headers, _ = asyncio.run(_get(
-            base + "/metrics", headers={"Authorization": "Bearer wrong-key-12"}))
+            base + "/v1/models", headers={"Authorization": "Bearer wrong-key-12"}))
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
-        status, _, metrics = asyncio.run(_get(base + "/metrics",
-                                              headers={"Authorization": f"Bearer {KEY}"}))
+        status, _, metrics = asyncio.run(_get(base + "/metrics"))
         assert status == 200 and b"\naiollm_request_table_slots_total 64.0\n" in metrics
 
         # CORS for any page: its preflight needs no key, its request does
@@ -464,7 +463,7 @@ def test_serve_subprocess(tmp_path):
                                               headers={**page, "Access-Control-Request-Method":
                                                        "POST"}))
         assert status == 200 and headers["Access-Control-Allow-Origin"] == page["Origin"]
-        status, headers, _ = asyncio.run(_get(base + "/metrics", headers=page))
+        status, headers, _ = asyncio.run(_get(base + "/v1/models", headers=page))
         assert status == 401 and headers["Access-Control-Allow-Origin"] == page["Origin"]
 
         client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0, timeout=120)

@@ -18,13 +18,16 @@ async def health(request: web.Request) -> web.Response:
     """200 while serving. The app only starts listening once the model is loaded; from the
     start of a shutdown on it answers 503 so load balancers move traffic away, and so it
     does when the engine takes no request for another reason (stopped, its step loop
-    ended, a tensor-parallel rank lost), as vLLM's and LightLLM's checks ask their engine.
-    Also at /healthz, LightLLM's (and Kubernetes') name for it."""
+    ended, a tensor-parallel rank lost), as vLLM's and LightLLM's checks ask their engine,
+    and while its step loop runs but every step fails (Engine.failing: a sticky device
+    error), with that error. Also at /healthz, LightLLM's (and Kubernetes') name for it."""
     st = state(request)
     if st.draining:
         return json_response({"status": "shutting down"}, status=503)
     if not st.engine.serving:
         return json_response({"status": "engine not serving"}, status=503)
+    if (failing := st.engine.failing) is not None:
+        return json_response({"status": "engine failing", "error": failing}, status=503)
     return json_response({"status": "ok", "model": st.model_name})
 
 
@@ -68,8 +71,8 @@ async def detokenize(request: web.Request) -> web.Response:
 
 
 async def flush_cache(request: web.Request) -> web.Response:
-    """Empty the prefix cache of everything no running request uses (behind the API key,
-    like every path but /health)."""
+    """Empty the prefix cache of everything no running request uses (behind the API key:
+    it changes the server's state, unlike /health, /metrics and /version)."""
     freed = state(request).engine.flush_cache()
     return json_response({"flushed_tokens": freed})
 

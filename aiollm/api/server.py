@@ -37,8 +37,14 @@ MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is f
 # one header line, the number of header lines.
 MAX_HEADER_LINE_BYTES = 8190
 MAX_HEADERS = 128
-# reachable without the API key (probes carry no secrets), with or without a trailing slash
-OPEN_PATHS = frozenset({"/health", "/health/", "/healthz", "/healthz/"})
+# Reachable without the API key, with or without a trailing slash: the operations a probe,
+# a Prometheus scraper or a deploy script reads, which carry no secrets, run no model and
+# change nothing (vLLM's key guards /v1 alone; its /metrics and /version are open). Every
+# other path needs the key, unknown ones included: a route added later is guarded unless
+# it is listed here. /tokenize, /detokenize and /flush_cache stay behind it, unlike vLLM's
+# open /tokenize: they run the tokenizer on the caller's input or change the cache.
+OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/metrics", "/version")
+                       for end in ("", "/"))
 
 
 def create_app(engine: Engine, *, api_key: str | None = None,

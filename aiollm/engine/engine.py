@@ -39,6 +39,7 @@ from aiollm.engine.oom import OomBackoff
 from aiollm.engine.planner import Planner, Step
 from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Request
+from aiollm.engine.step_health import StepHealth
 from aiollm.engine.step_log import StepLog
 from aiollm.errors import EngineStopped, RequestFailed
 from aiollm.metrics import EngineMetrics
@@ -105,6 +106,13 @@ class Engine(EngineAPI, HandOut):
         (not ended by a stop(), an interrupt or the end of its event loop) and not shutting
         down or failed (a tensor-parallel rank lost). What a health probe asks."""
         return self._running and self._accepting
+
+    @property
+    def failing(self) -> str | None:
+        """Why a serving engine cannot make progress, None while it can: its last steps
+        all failed (step_health.py: a sticky device error fails every step, and so every
+        request, while the loop runs on). Cleared by the next step that completes."""
+        return self._step_health.failing if self._started else None
 
     async def _after_changes(self) -> None:
         """Wait until no start(), stop() or shutdown() is under way."""
@@ -213,6 +221,7 @@ class Engine(EngineAPI, HandOut):
         # waiting queue they got Overloaded, and so their whole batch; they wait here
         self._batch_room = asyncio.Semaphore(min(cfg.table_capacity, cfg.max_waiting_requests))
         self._oom = OomBackoff(self.planner, device)
+        self._step_health = StepHealth()
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop; a start() under way is waited for,
@@ -328,6 +337,7 @@ class Engine(EngineAPI, HandOut):
                 # a bug outside the model step must not leave every stream waiting forever:
                 # fail what is in flight and go on serving new requests
                 log.exception("engine loop error")
+                self._step_health.failed(e)
                 self._fail_all(f"engine error: {e}", RequestFailed)
                 self._flush_prefix_cache()
                 await asyncio.sleep(0.01)
@@ -435,6 +445,7 @@ class Engine(EngineAPI, HandOut):
         if self._step_log is not None:
             self._step_log.record(step, out, t_launch, t0, model_s if out.done else None, gap)
         self._oom.step_done()
+        self._step_health.completed()
         # host time: what the loop spends around the model (planning, metadata, stop checks,
         # waking streams), counted from the plan of a step to the processing of its tokens
         self.metrics.step_host.observe(self._host_time + perf() - t0)
@@ -453,6 +464,7 @@ class Engine(EngineAPI, HandOut):
         if isinstance(e, torch.OutOfMemoryError):
             self._oom.shrink(step)
         else:
+            self._step_health.failed(e)
             for r in step.reqs:
                 self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
                              error_type=RequestFailed)
