@@ -22,6 +22,26 @@ from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
 
 
+_UNSET = object()  # progress not passed: a bar unless use_tqdm says otherwise
+
+
+def _vllm_names(params, sampling_params, progress, use_tqdm) -> tuple:
+    """(params, progress) of a call that may name them as vLLM does (sampling_params,
+    use_tqdm). Raises TypeError naming both names when both are given (as Python refuses a
+    value given twice); params None counts as not given (it stands for the defaults)."""
+    if sampling_params is not None:
+        if params is not None:
+            raise TypeError("got both params and sampling_params (vLLM's name for params): "
+                            "pass one of them")
+        params = sampling_params
+    if use_tqdm is not None:
+        if progress is not _UNSET:
+            raise TypeError("got both progress and use_tqdm (vLLM's name for progress): pass "
+                            "one of them")
+        progress = use_tqdm
+    return params, True if progress is _UNSET else progress
+
+
 class LLM:
     """An Engine (model and options as Engine takes them) started on a thread of its own,
     with blocking generate() and chat(). Calls from several threads take turns. Ctrl-C
@@ -54,11 +74,17 @@ class LLM:
 
     def generate(self, prompts: Sequence[str | Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 progress: bool = True) -> list[RequestOutput]:
-        """The outputs of `prompts` (a string or a prompt dict is one prompt), in order;
-        `params` one SamplingParams for all or a list of one per prompt
-        (Engine.generate_batch). Raises
+                 progress: bool = _UNSET, *,
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 use_tqdm: bool | None = None) -> list[RequestOutput]:
+        """The outputs of `prompts` (a string or a prompt dict is one prompt), in order, one
+        per prompt with its SamplingParams.n completions in `.outputs`; `params` one
+        SamplingParams for all or a list of one per prompt (Engine.generate_batch);
+        `progress`: a tqdm bar unless false (default: shown). `sampling_params` and
+        `use_tqdm` are vLLM's names for `params` and `progress`.
+        Raises TypeError naming both when a value is given under both names,
         EngineStopped once close() has run."""
+        params, progress = _vllm_names(params, sampling_params, progress, use_tqdm)
         return self._generate(prompts, params, progress, "prompts")
 
     def _generate(self, prompts, params, progress, batch_name: str) -> list[RequestOutput]:
@@ -68,18 +94,25 @@ class LLM:
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict],
              params: SamplingParams | Sequence[SamplingParams] | None = None,
-             progress: bool = True,
-             template: TemplateOptions | None = None) -> list[RequestOutput]:
+             progress: bool = _UNSET,
+             template: TemplateOptions | None = None, *,
+             sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+             use_tqdm: bool | None = None) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,
         continue_final_message, chat_template_kwargs such as enable_thinking; default: the
         assistant's turn opened). A single conversation (a list of message dicts) is a batch
-        of one, as in vLLM's LLM.chat. Raises InvalidRequest naming the conversation and its
-        field (param `conversations[2].messages[1].role`; a bad template option by its own
-        name, `continue_final_message`), or `conversations` for a value that is
+        of one, as in vLLM's LLM.chat; each output's `prompt` is its conversation rendered
+        (the prompt's tokens decoded, control tokens included), as vLLM's. `sampling_params`
+        and `use_tqdm` as generate() takes them. Raises InvalidRequest naming the
+        conversation and its field (param `conversations[2].messages[1].role`; a bad
+        template option by its own name, `continue_final_message`), or `conversations` for
+        a value that is
         neither a list (or tuple) of conversations nor one, before any is generated, and
         `conversations[i]` for one too long for the context (or the param to change, as
-        Engine.generate_batch names prompts); EngineStopped once close() has run."""
+        Engine.generate_batch names prompts); TypeError as generate(); EngineStopped once
+        close() has run."""
+        params, progress = _vllm_names(params, sampling_params, progress, use_tqdm)
         self._check_open()
         if not isinstance(conversations, (list, tuple)):
             # else None, a message dict or a generator raised Python's own errors, and a
@@ -101,7 +134,23 @@ class LLM:
                 # start at messages: say which of the batch it was
                 raise e.within(f"conversations[{i}]") from e
         # one too long for the context is named as the caller knows it: conversations[i]
-        return self._generate(prompts, params, progress, "conversations")
+        outs = self._generate(prompts, params, progress, "conversations")
+        for out in outs:
+            text = self.engine.tokenizer.decode(out.prompt_token_ids)
+            for choice in (out, *out.other_choices):
+                choice.prompt = text
+        return outs
+
+    def get_tokenizer(self):
+        """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's
+        LLM.get_tokenizer, which gives transformers' tokenizer): transformers' own for a
+        model directory; for a GGUF file (the default model) an
+        aiollm.model.serving_tokenizer.ServingTokenizer, which answers encode, decode,
+        convert_ids_to_tokens, apply_chat_template and the special tokens as transformers'
+        tokenizer of the same vocabulary does, and anything else from that tokenizer (its
+        `hf_tokenizer`, loaded on first use). Encoding text with it gives the ids
+        generate() submits for that text."""
+        return self.engine.tokenizer
 
     def _run(self, coro):
         """coro run to completion on the LLM's loop. Interrupted (Ctrl-C, in a notebook too:

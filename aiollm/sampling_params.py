@@ -31,11 +31,12 @@ def _plain_bool(v: object) -> object:
     return bool(v) if isinstance(v, np.bool_) else v
 
 
-_NUMBERS = ("max_tokens", "min_tokens", "temperature", "top_p", "top_k", "min_p",
-            "repetition_penalty", "presence_penalty", "frequency_penalty", "seed", "logprobs",
-            "prompt_logprobs")
+_NUMBERS = ("n", "best_of", "max_tokens", "min_tokens", "temperature", "top_p", "top_k",
+            "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
+            "logprobs", "prompt_logprobs")
 
 
+SEED_RANGE = 2**63  # seeds are in [0, 2**63)
 MAX_STOP_STRINGS = 16
 # characters per stop string: bounds the text a stream holds back while a stop string may be
 # completing, and the matcher's size (aiollm/engine/stop_strings.py)
@@ -46,6 +47,17 @@ MAX_LOGPROBS = 20
 # this they overflow to inf (a float32 zero below ~1e-45), and the logprobs become NaN
 MIN_REPETITION_PENALTY = 0.01
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf", "structural_tag")
+
+
+def choice_seed(seed: int | None, choice: int) -> int | None:
+    """The seed of choice i of a seeded request (n > 1): seed + i, as vLLM seeds the
+    choices of one request, wrapped within the seed range so that every valid seed works
+    for every n: the choices differ and the request stays reproducible. None (each choice
+    draws its own) and an invalid seed are passed on as they are, for SamplingParams to
+    report."""
+    if seed is None or not is_int(seed) or not 0 <= seed < SEED_RANGE:
+        return seed
+    return (seed + choice) % SEED_RANGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +131,12 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     # a grammar, allowed token ids, logit biases (aiollm.engine.grammar applies them)
     constraint: Constraint | None = None
+    # completions of each prompt (vLLM's n): each its own engine request on the same prompt
+    # (whose KV the prefix cache shares), choice i seeded with seed + i (choice_seed).
+    # Engine.generate, generate_batch and LLM take it; a stream is one completion.
+    n: int = 1
+    # vLLM's: generate best_of and keep the n most likely. Only None or n (nothing ranked)
+    best_of: int | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -149,6 +167,12 @@ class SamplingParams:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
         scoring = self.prompt_logprobs is not None
+        if not is_int(self.n) or self.n < 1:
+            raise bad("n", "must be an integer >= 1")
+        if self.best_of is not None and self.best_of != self.n:
+            raise bad("best_of", f"must be None or n ({self.n}): choices are not ranked; "
+                      "for the n most likely of k, generate n=k with logprobs=0 and keep the "
+                      "n of highest outputs[i].cumulative_logprob")
         if self.max_tokens is not None and (
                 not is_int(self.max_tokens) or self.max_tokens < (0 if scoring else 1)):
             raise bad("max_tokens", "must be None (the rest of the context) or an integer "

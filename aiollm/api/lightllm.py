@@ -20,11 +20,11 @@ from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_all, merge
 from aiollm.api.http_errors import param_names
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
-from aiollm.api.protocol import choice_seed, json_response
+from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
-                                    SamplingParams)
+                                    SamplingParams, choice_seed)
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta

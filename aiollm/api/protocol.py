@@ -27,7 +27,6 @@ MAX_N = 64  # choices per request: each is a full request in the engine
 # loop, so a batch of a million prompts would hold up every stream for a minute
 MAX_CHOICES = 1024
 INT32_MAX = 2**31 - 1  # the request table stores top_k and stop token ids as int32
-SEED_RANGE = 2**63  # seeds are in [0, 2**63), as SamplingParams checks
 
 # A prompt: text, token ids, or a batch of either. msgspec allows one array type per union,
 # so the batch forms share one list type and `prompt_batch` sorts them out.
@@ -37,15 +36,6 @@ N = Annotated[int, Meta(ge=1, le=MAX_N)]
 # Only the upper bounds live here (the table's storage); SamplingParams checks the ranges.
 TopK = Annotated[int, Meta(le=INT32_MAX)]
 TokenId = Annotated[int, Meta(le=INT32_MAX)]
-
-
-def choice_seed(seed: int | None, choice: int) -> int | None:
-    """The seed of choice i of a seeded request: seed + i, wrapped within the seed range so
-    that every valid seed works for every n. An invalid seed is passed on as it is, for
-    SamplingParams to report."""
-    if seed is None or not 0 <= seed < SEED_RANGE:
-        return seed
-    return (seed + choice) % SEED_RANGE
 
 
 def refuse_unserved(fields: Struct, names: tuple[str, ...], prefix: str, why: str) -> None:

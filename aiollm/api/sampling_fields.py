@@ -10,9 +10,9 @@ import msgspec
 from msgspec import Struct
 
 from aiollm.api import structured
-from aiollm.api.protocol import N, Stop, TokenId, TopK, choice_seed
+from aiollm.api.protocol import N, Stop, TokenId, TopK
 from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import Constraint, SamplingParams
+from aiollm.sampling_params import Constraint, SamplingParams, choice_seed
 
 
 class StreamOptions(Struct, kw_only=True):

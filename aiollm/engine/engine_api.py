@@ -19,12 +19,13 @@ from collections.abc import AsyncIterator, Sequence
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
+from aiollm.engine.choices import completions, n_of
 from aiollm.engine.output_text import OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.stream import RequestStream, collect, deltas
-from aiollm.engine.submission import (Prompt, check_request, new_request, off_loop, tokenize,
-                                      request_params)
+from aiollm.engine.submission import (Prompt, check_request, new_request, off_loop,
+                                      prompt_text, request_params, tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
 from aiollm.sampling_params import SamplingParams
 
@@ -55,12 +56,31 @@ class EngineAPI:
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
         """The whole result of one request: prompt as text (long text tokenized off the loop)
-        or token ids. Raises InvalidRequest / Overloaded before it starts, RequestFailed inside."""
+        or token ids; with params.n > 1, of n requests on the prompt, one per choice, joined
+        (engine/choices.py) and submitted as generate_batch submits its prompts, as the
+        table and the waiting queue make room. Raises InvalidRequest / Overloaded before it
+        starts, RequestFailed inside."""
         await self.compile_grammar(params := params or SamplingParams())
+        given = prompt_text(prompt)
         if self._started and isinstance(prompt, str):
             prompt = await off_loop(len(prompt), self.tokenize, prompt)
-        req, text = self._submit(prompt, params)
-        return await collect(req, deltas(req, text, self._finish))
+        room = self._batch_room if n_of(params) > 1 else None
+        return await self._completions(prompt, params, given, room)
+
+    async def _completions(self, prompt: Prompt, params: SamplingParams, given: str | None,
+                           room: asyncio.Semaphore | None = None) -> RequestOutput:
+        """generate()'s requests, each compiling its grammar (cached: the choices of a
+        prompt compile it once) and submitted once `room` lets it (generate_batch's: as many
+        compiles under way as requests); `given`: the prompt's text as the caller gave it."""
+        async def one(p: SamplingParams) -> RequestOutput:
+            async with room or contextlib.nullcontext():
+                await self.compile_grammar(p)
+                req, text = self._submit(prompt, p)
+                out = await collect(req, deltas(req, text, self._finish))
+            out.prompt = given
+            return out
+
+        return await (one(params) if n_of(params) == 1 else completions(params, one))
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
@@ -71,6 +91,10 @@ class EngineAPI:
         request is submitted once it has: its errors (InvalidRequest naming the grammar's
         field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
         params = params or SamplingParams()
+        if n_of(params) > 1:
+            raise InvalidRequest(f"n must be 1 in a stream (one completion), got {params.n}: "
+                                 "stream each choice with its own seed, or generate() all n",
+                                 param="n")
         c = params.constraint if isinstance(params, SamplingParams) else None
         if c is not None and c.grammar is not None and not self.grammars.compiled(c.grammar):
             ids = self._checked(prompt, params)
@@ -164,13 +188,14 @@ class EngineAPI:
         # results thrown away (text is tokenized here once: the ids are submitted)
         self._check_accepting()
         each = _params_of_batch(params, len(prompts), batch_name)
+        given = [prompt_text(p) for p in prompts]
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
                                  self._checked_batch, prompts, each, batch_name)
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
         async def one(i, p):
-            async with self._batch_room:
-                with naming_batch_item("prompt", i, batch_name):
-                    out = await self.generate(p, each[i])
+            with naming_batch_item("prompt", i, batch_name):
+                # each choice of a prompt (n > 1) takes room of its own
+                out = await self._completions(p, each[i], given[i], self._batch_room)
             bar.update(1)
             return out
 

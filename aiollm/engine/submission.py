@@ -61,6 +61,14 @@ def check_unicode(text: str, param: str) -> None:
                              param=param)
 
 
+def prompt_text(prompt: Prompt) -> str | None:
+    """A prompt's text as its caller gave it (a string, or vLLM's {"prompt": text}); None
+    for token ids, and for what is no prompt (tokenize refuses it)."""
+    if isinstance(prompt, dict) and len(prompt) == 1:
+        prompt = prompt.get("prompt")
+    return prompt if isinstance(prompt, str) else None
+
+
 def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> list[int]:
     """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids (ints
     or numpy integers) is checked to be in [0, vocab_size) and returned as a list of ints.

@@ -1,0 +1,47 @@
+"""A prompt's n completions (SamplingParams.n, vLLM's n): each choice is an engine request
+of its own on the same prompt ids, as the HTTP API runs the choices of one request, so the
+prefix cache lets the choices share the prompt's KV, and choice i of a seeded request samples
+with choice_seed(seed, i) (seed + i: the choices differ, the whole stays reproducible). The
+choices' outputs come back as one RequestOutput: choice 0's, the others in other_choices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Awaitable, Callable
+
+from aiollm.engine.outputs import RequestOutput
+from aiollm.sampling_params import SamplingParams, choice_seed, is_int
+
+
+def n_of(params: object) -> int:
+    """params' n when it asks for several completions, else 1 (a bad n, or no
+    SamplingParams, goes the one-request way, whose submission refuses it by name)."""
+    n = params.n if isinstance(params, SamplingParams) else 1
+    return n if is_int(n) and n > 1 else 1
+
+
+def choice_params(params: SamplingParams) -> list[SamplingParams]:
+    """One SamplingParams per choice: n 1, choice i's seed. Raises InvalidRequest naming a
+    bad field of params (the copies are checked as they are made)."""
+    return [dataclasses.replace(params, n=1, best_of=None, seed=choice_seed(params.seed, i))
+            for i in range(params.n)]
+
+
+async def completions(params: SamplingParams,
+                      one: Callable[[SamplingParams], Awaitable[RequestOutput]]
+                      ) -> RequestOutput:
+    """params.n completions, choice i from one(choice i's params), run at once; their
+    outputs joined (choice 0's RequestOutput, the others its other_choices). The first
+    failure cancels the other choices (each would hold its table slot and KV to its end,
+    for a result nobody reads) and is raised."""
+    tasks = [asyncio.ensure_future(one(p)) for p in choice_params(params)]
+    try:
+        first, *others = await asyncio.gather(*tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    first.other_choices = tuple(others)
+    return first

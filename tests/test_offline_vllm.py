@@ -1,0 +1,126 @@
+"""LLM (offline) code written for vLLM runs as it is: RequestOutput.outputs and its
+CompletionOutputs, SamplingParams.n (and best_of refused), vLLM's keyword names
+(sampling_params, use_tqdm) and get_tokenizer(), on the default model."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiollm import LLM, SamplingParams
+from aiollm.errors import InvalidRequest
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with LLM(None, kv_tokens=2048) as llm:
+        yield llm
+
+
+def test_outputs_are_vllms_view_of_the_completion(llm):
+    """vLLM code reads out.outputs[0].text, .token_ids, .finish_reason, .cumulative_logprob
+    and .logprobs (per token {id: Logprob}), and out.prompt: aiollm's RequestOutput had
+    only its own flat fields (AttributeError: outputs, prompt)."""
+    tok = llm.get_tokenizer()
+    ids = tok.encode("Bonjour")
+    sp = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True, logprobs=2)
+    text_out, ids_out = llm.generate(["Hello", {"prompt_token_ids": ids}], sp, False)
+    assert (text_out.prompt, ids_out.prompt) == ("Hello", None)
+    assert ids_out.prompt_token_ids == ids
+    for out in (text_out, ids_out):
+        one, = out.outputs
+        assert one.index == 0
+        assert (one.text, one.token_ids, one.finish_reason) == (
+            out.text, out.token_ids, out.finish_reason)
+        assert one.token_ids is out.token_ids  # a view: nothing copied
+        assert one.cumulative_logprob == pytest.approx(sum(lp.logprob for lp in out.logprobs))
+        assert len(one.logprobs) == len(out.token_ids) == 4
+        for step, chosen, lp, text in zip(one.logprobs, out.token_ids, out.logprobs,
+                                          out.token_texts):
+            first = next(iter(step))
+            assert first == chosen  # the chosen token first, as vLLM lists it
+            assert step[chosen].logprob == lp.logprob
+            assert step[chosen].decoded_token == text
+            assert step[chosen].rank == 1  # greedy: the most likely
+            assert [step[t].rank for t, _ in lp.top] == [1, 2]
+            assert {t: step[t].logprob for t, _ in lp.top} == dict(lp.top)
+    plain, = llm.generate("Hello", SamplingParams(max_tokens=2), False)
+    assert plain.outputs[0].logprobs is None  # none asked: None, as vLLM
+    assert plain.outputs[0].cumulative_logprob is None
+
+
+def test_n_completions_per_prompt_seeded_as_the_http_api_seeds_them(llm):
+    """SamplingParams had no n: vLLM's LLM.generate returns one RequestOutput per prompt
+    with n completions in .outputs. Choice i of a seeded request samples with seed + i (the
+    HTTP API's rule, and vLLM's): the choices differ, and each is the completion a request
+    of seed + i alone gives."""
+    sp = SamplingParams(n=3, seed=7, max_tokens=4, temperature=1.0, ignore_eos=True)
+    outs = llm.generate(["Once upon a time", "Bonjour"], sp, False)
+    assert len(outs) == 2
+    for out in outs:
+        assert [c.index for c in out.outputs] == [0, 1, 2]
+        assert len({tuple(c.token_ids) for c in out.outputs}) == 3
+        assert out.text == out.outputs[0].text  # the flat fields: choice 0's
+        assert out.other_choices[1].prompt == out.prompt
+    # the other choices reuse the prompt's KV that the first computes (the prefix cache)
+    n_prompt = len(outs[0].prompt_token_ids)
+    assert [c.cached_tokens for c in outs[0].other_choices] == [n_prompt - 1] * 2
+    again, = llm.generate("Once upon a time", sp, False)
+    assert [c.token_ids for c in again.outputs] == [c.token_ids for c in outs[0].outputs]
+    alone, = llm.generate("Once upon a time", SamplingParams(
+        seed=9, max_tokens=4, temperature=1.0, ignore_eos=True), False)
+    assert alone.token_ids == outs[0].outputs[2].token_ids
+    chat, = llm.chat(HI, SamplingParams(n=2, max_tokens=1), False)
+    assert len(chat.outputs) == 2
+
+
+def test_n_and_best_of_are_checked(llm):
+    """best_of (vLLM's: keep the n most likely of best_of) is refused by name unless it is
+    n, as the HTTP API refuses it; n < 1 is refused, and n > 1 in a stream (one
+    completion)."""
+    for kwargs, param in (({"n": 0}, "n"), ({"n": 1.5}, "n"), ({"n": 2, "best_of": 4},
+                                                                "best_of")):
+        with pytest.raises(InvalidRequest, match=f"^{param} ") as e:
+            SamplingParams(**kwargs)
+        assert e.value.param == param
+    sp = SamplingParams(n=2, best_of=2, max_tokens=1)
+    assert len(llm.generate("Hi", sp, False)[0].outputs) == 2
+    sp.n = 0  # set after it was checked: checked again at the call
+    with pytest.raises(InvalidRequest) as e:
+        llm.generate(["Hi", "Yo"], sp, False)
+    assert e.value.param == "n"
+    with pytest.raises(InvalidRequest, match="^n must be 1 in a stream") as e:
+        llm.engine.stream("Hi", SamplingParams(n=2))
+    assert e.value.param == "n"
+
+
+def test_vllms_keyword_names(llm, capsys):
+    """LLM.generate(prompts, sampling_params=..., use_tqdm=...) is how vLLM code calls it:
+    TypeError (unexpected keyword). Both names of one value given is a TypeError naming
+    both."""
+    sp = SamplingParams(max_tokens=1, temperature=0)
+    out, = llm.generate("Hi", sampling_params=SamplingParams(max_tokens=3, temperature=0,
+                                                             ignore_eos=True), use_tqdm=False)
+    assert out.completion_tokens == 3
+    assert "generate" not in capsys.readouterr().err  # no bar
+    llm.chat(HI, sampling_params=sp, use_tqdm=True)
+    assert "generate" in capsys.readouterr().err
+    for call in (llm.generate, llm.chat):
+        prompt = HI if call is llm.chat else "Hi"
+        with pytest.raises(TypeError, match="both params and sampling_params"):
+            call(prompt, sp, sampling_params=sp)
+        with pytest.raises(TypeError, match="both progress and use_tqdm"):
+            call(prompt, sp, False, use_tqdm=False)
+
+
+def test_get_tokenizer_is_the_engines(llm):
+    """vLLM's llm.get_tokenizer(): the tokenizer prompts are encoded with (it was missing).
+    A chat output's prompt is its rendered conversation, as vLLM's."""
+    tok = llm.get_tokenizer()
+    assert tok is llm.engine.tokenizer
+    out, = llm.generate("The capital of France is", SamplingParams(max_tokens=1), False)
+    assert tok.encode("The capital of France is") == out.prompt_token_ids
+    chat, = llm.chat(HI, SamplingParams(max_tokens=1), False)
+    assert chat.prompt == tok.decode(chat.prompt_token_ids)
+    assert chat.prompt.rstrip().endswith("assistant") and "Hi" in chat.prompt
