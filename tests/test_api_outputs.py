@@ -395,10 +395,11 @@ def test_echo_alone_asks_the_engine_nothing_and_answers_as_it_did(server, monkey
 # -- fault 5: no per-request input stalls the other streams --------------------------------------
 
 # The server's event loop may fall behind by at most MAX_LAG_S (the 40 KB stop string held
-# it for 3-4.5 s); a stream's tokens also wait for the model, so on this shared 2-core CPU,
+# it for 3-4.5 s; the suite's other process and other load on the machine have taken it to
+# 1.8 s with the fix); a stream's tokens also wait for the model, so on this shared 2-core CPU,
 # where a step carrying 64 new requests or a scored 300-token prompt takes seconds, the bound
 # on their gaps is looser.
-MAX_LAG_S = 1.0
+MAX_LAG_S = 2.5
 MAX_GAP_S = 15.0
 
 

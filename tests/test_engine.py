@@ -1231,7 +1231,7 @@ def test_stream_compiles_its_grammar_as_generate_does(loop, held_json_schemas):
         gap, stats = run(loop, scenario())
     finally:
         unhold.cancel()  # the fixture releases it: no thread left to wait for at exit
-    assert gap < 0.5, gap  # unfixed: ~4.5 s
+    assert gap < 1.5, gap  # unfixed: ~4.5 s (the bound leaves room for a loaded CPU)
     generate, stream = refused["generate"], refused["stream"]
     assert stream.param == generate.param == "guided_json"
     assert str(stream) == str(generate) and "did not compile within 0.5 s" in str(stream)
@@ -1707,7 +1707,8 @@ def test_capped_steps_fill_their_graph_bucket_with_prompt_tokens(loop, engine, a
     async def pair():
         # two streams decoding when the long prompt arrives: no burst, the cap holds
         first = [asyncio.ensure_future(engine.generate(PROMPTS[0], params)) for _ in range(2)]
-        await asyncio.sleep(0.5)
+        while not any(d == 2 for d, _ in steps):  # both decoding (a fixed sleep was too short
+            await asyncio.sleep(0.01)             # on a loaded CPU)
         outs = await asyncio.gather(*first, engine.generate(long_prompt, params))
         return [o.token_ids for o in outs[1:]]
 
