@@ -88,6 +88,39 @@ def test_health_fails_while_every_model_step_fails(tiny):
     serve_tiny(tiny, check)
 
 
+def test_health_fails_while_every_request_runs_out_of_memory_alone(tiny):
+    """A device with no memory left for any step (another process took it) paused and
+    resumed every request for ever: none ended, and /health said 200 as out-of-memory steps
+    are no failed steps. A request out of memory alone in the smallest step fails (500
+    naming out of memory); FAILING_STEPS of them in a row make the engine failing."""
+    import torch
+
+    body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 2}}
+
+    def no_memory(batch):
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    async def check(client, engine):
+        model = engine.runner.model
+        model.forward = no_memory
+        try:
+            for _ in range(FAILING_STEPS):
+                assert (await client.get("/health")).status == 200
+                resp = await asyncio.wait_for(client.post("/generate", json=body), 30)
+                assert resp.status == 500, await resp.text()
+                assert "out of device memory" in (await resp.json())["error"]["message"]
+            down = await client.get("/health")
+            assert down.status == 503, await down.text()
+            assert "out of memory" in (await down.json())["error"]
+        finally:
+            del model.forward  # the class's forward again
+        resp = await client.post("/generate", json=body)
+        assert resp.status == 200, await resp.text()
+        assert (await client.get("/health")).status == 200
+        assert engine.stats()["kv_used"] == engine.stats()["table_used"] == 0
+    serve_tiny(tiny, check)
+
+
 def test_probes_metrics_and_version_need_no_api_key(tiny):
     """What a probe, a Prometheus scraper or a deploy script reads carries no secrets and
     runs no model: /health, /healthz, /metrics and /version are open, as vLLM leaves all but

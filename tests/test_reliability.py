@@ -16,6 +16,7 @@ import gzip
 import itertools
 import json
 import logging
+import re
 import time
 import zlib
 from contextlib import contextmanager
@@ -1054,6 +1055,48 @@ def test_out_of_memory_pauses_and_resumes(server, monkeypatch):
     assert server.stats()["evictions"] > evictions
     assert shrunk[0] < limits[0] and shrunk[1] <= limits[1]
     assert regrown == (min(limits[0], 2 * shrunk[0]), min(limits[1], 2 * shrunk[1]))
+    server.wait_idle()
+
+
+def test_out_of_memory_alone_at_the_smallest_step_fails_the_request(server):
+    """A request that runs out of device memory even alone in a step of the fewest tokens the
+    backoff plans (one decode token, or a prefill chunk of at most its smallest token
+    budget, 64) was paused and resumed for ever: its client waited for ever and /health
+    said 200. Now it fails (500 naming out of memory and its tokens) and gives back what it
+    held; the requests beside it and after it are served.
+    The victim's prompt (100 tokens) takes two chunks once the budget is down to 64."""
+    n = 100  # shorter than the module's victims: each resume recomputes the prompt
+
+    def oom_on_victim(forward):
+        def wrapper(batch):  # once the victim has produced three tokens
+            if (batch.seq_lens.to(torch.int64) > n + 2).any():
+                raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+            return forward(batch)
+        return wrapper
+
+    others = [(C, prompt(prompt="Hello", max_tokens=4, ignore_eos=True)),
+              (CH, chat(max_tokens=4, ignore_eos=True, stream=True))]
+    planner = server.engine.planner
+    limits = (planner.max_running, planner.token_budget)
+    try:
+        with wrapped_forward(server, oom_on_victim):
+            # before the fix the victim never ended: the timeout fails the test instead
+            results = asyncio.run(asyncio.wait_for(post_all(server, [
+                (C, prompt(prompt=list(range(1000, 1000 + n)), max_tokens=20, ignore_eos=True)),
+                *others]), 60))
+            after = asyncio.run(post_all(server, [(C, prompt(prompt="Hi", max_tokens=3))]))[0]
+            health = http(server, "GET", "/health")[0]
+    finally:  # the shared server's limits, for the tests after this one
+        server.call(lambda: (setattr(planner, "max_running", limits[0]),
+                             setattr(planner, "token_budget", limits[1])))
+    err = assert_error(*results[0], 500, None, "out of device memory")
+    assert re.search(r"request \(10\d tokens: 100 prompt \+ \d generated\)", err["message"]), err
+    for (path, _), (status, body) in zip(others, results[1:]):
+        assert status == 200, body
+        if path == CH:
+            assert sse_events(body)[-1] == "[DONE]"
+    assert after[0] == 200, after[1]
+    assert health == 200
     server.wait_idle()
 
 

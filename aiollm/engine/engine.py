@@ -462,7 +462,14 @@ class Engine(EngineAPI, HandOut):
             self.ranks.fail(f"tensor parallel rank 0: model step failed: {e}")
         self._undo_pending(step)
         if isinstance(e, torch.OutOfMemoryError):
-            self._oom.shrink(step)
+            # paused and resumed unless it is a request alone that nothing smaller can help:
+            # that one fails, and counts toward failing as any failed step does (a device
+            # with no memory left fails every request this way)
+            too_large = self._oom.out_of_memory(step, e)
+            if too_large is not None:
+                self._step_health.failed(e)
+                self._finish(too_large[0], "abort", error=too_large[1], failed=True,
+                             error_type=RequestFailed)
         else:
             self._step_health.failed(e)
             for r in step.reqs:

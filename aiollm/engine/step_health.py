@@ -21,8 +21,9 @@ FAILING_STEPS = 3
 
 class StepHealth:
     """The step loop's record of failed steps: failed(e) for a step that raised (not one
-    that ran out of memory: its requests are paused and resumed, which is progress),
-    completed() for a step whose tokens were handed out."""
+    that ran out of memory and whose requests are paused and resumed, which is progress;
+    one whose request fails as too large alone, oom.py, is), completed() for a step whose
+    tokens were handed out."""
 
     def __init__(self) -> None:
         self.failed_in_a_row = 0
