@@ -299,6 +299,22 @@ def test_health_metrics_tokenize(server):
     assert status == 200 and json.loads(body)["count"] > len(tok["tokens"])
 
 
+def test_tokenize_renders_the_tools_as_the_chat_request_does(client, model, server):
+    """/tokenize with messages and tools (vLLM's TokenizeChatRequest takes them) gives the
+    prompt of the chat request with those tools: the tools were ignored, so a client counting
+    a request's tokens before sending it was told 70 fewer than the prompt it sent held."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    out = client.chat.completions.create(model=model, messages=FRANCE, tools=tools,
+                                         max_tokens=1)
+    status, _, body = http(server, "POST", "/tokenize", json={"messages": FRANCE,
+                                                              "tools": tools})
+    assert status == 200 and json.loads(body)["count"] == out.usage.prompt_tokens, body
+    status, _, body = http(server, "POST", "/tokenize", json={"messages": FRANCE,
+                                                              "tools": [{"type": "x"}]})
+    assert status == 400 and json.loads(body)["error"]["param"] == "tools[0]", body
+
+
 def test_gc_pauses_are_timed():
     """The server times each garbage collection (aiollm_gc_pause_seconds), and stops when
     it stops."""
