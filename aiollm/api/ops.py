@@ -51,11 +51,10 @@ async def tokenize(request: web.Request) -> web.Response:
         raise ApiError(400, "tools are rendered by the chat template: send them with "
                        "messages", param="tools")
     if req.messages is not None:
-        tools = tool_request.choose(req.tools, None)[0]
-        messages = tool_request.template_messages(
-            [m.as_dict(i) for i, m in enumerate(req.messages)], tools,
-            st.engine.tokenizer.chat_template)
-        ids = await st.chat_prompt(messages, tools or None, req.template_options())
+        ids, _ = await tool_request.tools_prompt(
+            st.chat_prompt, [m.as_dict(i) for i, m in enumerate(req.messages)],
+            tool_request.choose(req.tools, None)[0], st.engine.tokenizer.chat_template,
+            req.template_options())
     elif req.prompt:
         ids = await st.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
     else:
