@@ -434,3 +434,19 @@ def test_a_checkpoint_of_stacked_experts_missing_one_names_it(tmp_path, gone):
               tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"checkpoint is missing weights: {gone}$"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("name,text", [("tokenizer.json", "{}"),
+                                       ("tokenizer.json", "{not json"),
+                                       ("tokenizer_config.json", "{oops")])
+def test_a_damaged_tokenizer_file_is_named_with_its_directory(tmp_path, name, text):
+    """A tokenizer file cut short or replaced ('{}': a KeyError traceback from aiollm serve;
+    bad JSON: 'Expecting property name...' without a path) is a ValueError that names the
+    directory and its tokenizer files, which aiollm serve reports as one line."""
+    from aiollm.model import load_tokenizer
+
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {tmp_path} \(.*"
+                                         rf"{name}.*\): "):
+        load_tokenizer(str(tmp_path))

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
     """The transformers tokenizer of a model path (None: the default model);
-    FileNotFoundError for a directory without one."""
+    FileNotFoundError for a directory without one, ValueError naming the directory and its
+    tokenizer files for one transformers cannot read."""
     model_dir, gguf_name = _source(path)
     source = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
     tok = _load(model_dir, gguf_name, _stamp(source))
@@ -88,7 +89,15 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
     from transformers import AutoTokenizer
 
     if gguf_name is None:
-        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        try:
+            return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself)
+            # a file cut short or replaced fails deep in transformers (a KeyError for "{}",
+            # a JSONDecodeError), naming neither the file nor the directory
+            files = ", ".join(f for f in sorted(os.listdir(model_dir))
+                              if f.startswith("tokenizer") or f in TOKENIZER_FILES)
+            raise ValueError(f"cannot read the tokenizer in {model_dir} ({files}): "
+                             f"{type(e).__name__}: {e}") from e
     path = os.path.join(model_dir, gguf_name)
     cache = GGUFCache(path)
     if cache.tokenizer_dir is not None:
