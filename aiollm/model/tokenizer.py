@@ -38,8 +38,7 @@ def load_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
     model_dir, gguf_name = _source(path)
     source = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
     tok = _load(model_dir, gguf_name, _stamp(source))
-    if not tok.chat_template:
-        log.warning("tokenizer of %s has no chat template: chat requests will fail", source)
+    _check_chat_template(tok.chat_template, source)
     # a copy of the cached one takes a few milliseconds and leaves callers free to modify it
     return copy.deepcopy(tok)
 
@@ -63,9 +62,27 @@ def load_serving_tokenizer(path: str | None) -> ServingTokenizer | PreTrainedTok
     except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself)
         log.warning("serving the tokenizer of %s through transformers: %s", gguf_path, e)
         return load_tokenizer(path)
-    if not tok.chat_template:
-        log.warning("tokenizer of %s has no chat template: chat requests will fail", gguf_path)
+    _check_chat_template(tok.chat_template, gguf_path)
     return tok
+
+
+def _check_chat_template(template: str | dict | None, source: str) -> None:
+    """Warns when the tokenizer of `source` has no chat template, or one that does not
+    compile (a syntax error): the server still serves completions, and every chat request
+    fails, with the template's error."""
+    if not template:
+        log.warning("tokenizer of %s has no chat template: chat requests will fail", source)
+        return
+    from jinja2 import TemplateError
+
+    from aiollm.model.serving_tokenizer import compile_chat_template
+
+    for t in template.values() if isinstance(template, dict) else [template]:
+        try:
+            compile_chat_template(t)
+        except TemplateError as e:
+            log.warning("the chat template of %s does not compile (%s: %s): chat requests "
+                        "will fail", source, type(e).__name__, e)
 
 
 def _source(path: str | None) -> tuple[str, str | None]:
