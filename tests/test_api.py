@@ -148,6 +148,30 @@ def test_system_fingerprint_tells_model_directories_apart(tmp_path):
     assert fingerprint(str(tmp_path / "tiny-a")) == a
 
 
+def test_a_model_directory_given_as_dot_is_named_by_the_directory(tmp_path, monkeypatch):
+    """`aiollm serve .` from inside the model's directory served it as "" (/v1/models' id,
+    every answer's model: a client sending the directory's name got 404), and every model
+    served so in one dtype had one system_fingerprint. The directory's own name counts."""
+    from transformers import LlamaConfig
+
+    from aiollm import Engine
+    from aiollm.api.state import ApiState
+
+    async def served(path: str) -> tuple[str, str]:
+        async with Engine(path, load_format="dummy", kv_tokens=256) as eng:
+            return eng.model_name, ApiState(eng, None, 0.0, 0).system_fingerprint
+
+    seen = []
+    for name in ("tiny-a", "tiny-b"):
+        LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                    num_attention_heads=4, num_key_value_heads=2,
+                    max_position_embeddings=256).save_pretrained(tmp_path / name)
+        monkeypatch.chdir(tmp_path / name)
+        seen.append(asyncio.run(served(".")))
+    assert [n for n, _ in seen] == ["tiny-a", "tiny-b"]
+    assert seen[0][1] != seen[1][1]
+
+
 def test_system_fingerprint_is_one_value_everywhere(client, model, server):
     """OpenAI's system_fingerprint, missing before: the same "fp_" value on chat and
     completions, whole and in every chunk, read by the openai client's types; the head of a
@@ -297,6 +321,22 @@ def test_health_metrics_tokenize(server):
     assert status == 200 and json.loads(body)["prompt"] == text
     status, _, body = http(server, "POST", "/tokenize", json={"messages": FRANCE})
     assert status == 200 and json.loads(body)["count"] > len(tok["tokens"])
+
+
+def test_tokenize_renders_the_tools_as_the_chat_request_does(client, model, server):
+    """/tokenize with messages and tools (vLLM's TokenizeChatRequest takes them) gives the
+    prompt of the chat request with those tools: the tools were ignored, so a client counting
+    a request's tokens before sending it was told 70 fewer than the prompt it sent held."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    out = client.chat.completions.create(model=model, messages=FRANCE, tools=tools,
+                                         max_tokens=1)
+    status, _, body = http(server, "POST", "/tokenize", json={"messages": FRANCE,
+                                                              "tools": tools})
+    assert status == 200 and json.loads(body)["count"] == out.usage.prompt_tokens, body
+    status, _, body = http(server, "POST", "/tokenize", json={"messages": FRANCE,
+                                                              "tools": [{"type": "x"}]})
+    assert status == 400 and json.loads(body)["error"]["param"] == "tools[0]", body
 
 
 def test_gc_pauses_are_timed():

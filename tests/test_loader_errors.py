@@ -434,3 +434,33 @@ def test_a_checkpoint_of_stacked_experts_missing_one_names_it(tmp_path, gone):
               tmp_path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=rf"checkpoint is missing weights: {gone}$"):
         load(tmp_path)
+
+
+@pytest.mark.parametrize("name,text", [("tokenizer.json", "{}"),
+                                       ("tokenizer.json", "{not json"),
+                                       ("tokenizer_config.json", "{oops")])
+def test_a_damaged_tokenizer_file_is_named_with_its_directory(tmp_path, name, text):
+    """A tokenizer file cut short or replaced ('{}': a KeyError traceback from aiollm serve;
+    bad JSON: 'Expecting property name...' without a path) is a ValueError that names the
+    directory and its tokenizer files, which aiollm serve reports as one line."""
+    from aiollm.model import load_tokenizer
+
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {tmp_path} \(.*"
+                                         rf"{name}.*\): "):
+        load_tokenizer(str(tmp_path))
+
+
+def test_a_chat_template_that_does_not_compile_is_warned_of_at_start_up(tmp_path, caplog):
+    """A chat template with a syntax error loaded without a word: the server started, and
+    every chat request was a 400 blaming the client's messages. Loading the tokenizer now
+    warns, as it does of a missing template, with the template's error."""
+    from aiollm.model import load_tokenizer
+
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }")
+    with caplog.at_level("WARNING", logger="aiollm.model.tokenizer"):
+        load_tokenizer(str(tmp_path))
+    assert any(f"chat template of {tmp_path} does not compile" in r.getMessage()
+               and "unexpected '}'" in r.getMessage() for r in caplog.records), caplog.text

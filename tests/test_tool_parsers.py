@@ -124,6 +124,20 @@ def test_a_call_to_no_tool_is_content():
     assert content == "" and call.name == "get_weather"
 
 
+@pytest.mark.parametrize("parser", [HermesParser(), Llama3Parser(), MistralParser()],
+                         ids=lambda p: p.name)
+def test_an_answer_without_a_call_is_the_text_as_written(parser):
+    """Under "auto" an answer with no call is the model's text to the character, streamed or
+    not, as the same answer without tools is: the Mistral parser stripped its trailing
+    whitespace (a model that wrote "\\n\\n" answered "")."""
+    for text in ("\n\n\n", "Sure.\n", "a b "):
+        assert parser.calls(text, {"f"}) == (text, []), text
+        stream = StreamingToolParser(parser, {"f"})
+        sent = "".join(stream.feed(c) for c in text)
+        rest, calls = stream.finish()
+        assert (sent + rest, calls) == (text, []), text
+
+
 @pytest.mark.parametrize("spelled", [True, False], ids=["spelled", "token"])
 def test_auto_calls_parse_whether_the_marker_is_spelled_or_a_token(spelled):
     """Under "auto" a model may open a Mistral call with the [TOOL_CALLS] token or write the

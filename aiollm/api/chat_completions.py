@@ -63,10 +63,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                         for tag in (reasoning.START, reasoning.END)):
         req.skip_special_tokens = False  # the splitter must see the tags in the text
     template = engine.tokenizer.chat_template
-    # past calls reach a template that knows none in any mode: the follow-up turn (often
-    # tool_choice "none", or no tools) must show the model what it called
-    messages = tool_request.template_messages(req.message_dicts(),
-                                              tools if mode != "none" else [], template)
+    dicts = req.message_dicts()
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
@@ -91,8 +88,11 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                                         if constraint else ()))
     # the template is applied here rather than by engine.chat so that a request without
     # max_tokens can be given the rest of the context
-    ids = await st.chat_prompt(messages, tools if mode != "none" else None,
-                               req.template_options())
+    # past calls reach a template that knows none in any mode: the follow-up turn (often
+    # tool_choice "none", or no tools) must show the model what it called
+    ids, messages = await tool_request.tools_prompt(
+        st.chat_prompt, dicts, tools if mode != "none" else [], template,
+        req.template_options())
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

@@ -7,6 +7,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aiollm import __version__
+from aiollm.api import tool_request
 from aiollm.api.body import decode_body
 from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import json_response
@@ -42,15 +43,21 @@ async def version(request: web.Request) -> web.Response:
 
 
 async def tokenize(request: web.Request) -> web.Response:
-    """{"prompt": text} or {"messages": [...]} (the chat template applied) -> token ids."""
+    """{"prompt": text} or {"messages": [...], "tools": [...]} (the chat template applied,
+    the tools as a chat request with them renders them) -> token ids."""
     st = state(request)
     req = await decode_body(request, TokenizeRequest)
     st.check_model(req.model)
     if (req.prompt is None) == (req.messages is None):
         raise ApiError(400, "give exactly one of prompt and messages", param="prompt")
+    if req.tools is not None and req.messages is None:
+        raise ApiError(400, "tools are rendered by the chat template: send them with "
+                       "messages", param="tools")
     if req.messages is not None:
-        ids = await st.chat_prompt([m.as_dict(i) for i, m in enumerate(req.messages)], None,
-                                   req.template_options())
+        ids, _ = await tool_request.tools_prompt(
+            st.chat_prompt, [m.as_dict(i) for i, m in enumerate(req.messages)],
+            tool_request.choose(req.tools, None)[0], st.engine.tokenizer.chat_template,
+            req.template_options())
     elif req.prompt:
         ids = await st.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
     else:

@@ -46,8 +46,8 @@ class ApiState:
         machines; a client comparing seeded outputs sees it change when one of them does."""
         if self._fingerprint is None:
             e = self.engine
-            # normpath: a directory given as "dir/" has no basename otherwise
-            name = os.path.basename(os.path.normpath(e.model_path))
+            # abspath: a directory given as "dir/" or "." has no basename otherwise
+            name = os.path.basename(os.path.abspath(e.model_path))
             what = f"aiollm {__version__}\0{name}\0{e.dtype}"
             self._fingerprint = "fp_" + hashlib.sha256(what.encode()).hexdigest()[:10]
         return self._fingerprint

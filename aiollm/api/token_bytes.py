@@ -12,7 +12,9 @@ taken from the vocabulary instead:
 - added tokens (chat control tokens and the like) are their own text.
 
 Any other vocabulary falls back to decoding each id alone. The table is built once per
-tokenizer (tens of milliseconds for a 128k vocabulary).
+tokenizer (tens of milliseconds for a 128k vocabulary). An id past the tokenizer (the
+padding logits of a model whose vocabulary is wider than its tokenizer's, e.g. Qwen2.5's
+151,936 over 151,665 tokens) stands for no bytes, as the tokenizer decodes it to "".
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def _decoder_kinds(tokenizer: PreTrainedTokenizerBase) -> set[str]:
 class TokenBytes:
     """bytes_of(id) -> the token's bytes; text_of(id) -> them as text (bytes that are not
     UTF-8 on their own written as \\xNN escapes); pieces(ids) -> each token's share of the
-    text of ids (a character split over tokens belongs to the token that completes it)."""
+    text of ids (a character split over tokens belongs to the token that completes it).
+    Ids past the tokenizer's vocabulary (a padded model vocabulary) are b"" / ""."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase):
         self._tokenizer = tokenizer
@@ -109,10 +112,10 @@ class TokenBytes:
         return len(self._table)
 
     def bytes_of(self, token_id: int) -> bytes:
-        return self._table[token_id]
+        return self._table[token_id] if token_id < len(self._table) else b""
 
     def text_of(self, token_id: int) -> str:
-        return self._table[token_id].decode("utf-8", errors="backslashreplace")
+        return self.bytes_of(token_id).decode("utf-8", errors="backslashreplace")
 
     def pieces(self, ids: Sequence[int], skip_special_tokens: bool = False) -> list[str]:
         """Each token's share of the text of `ids`: the characters its bytes complete, so
@@ -123,7 +126,7 @@ class TokenBytes:
             if skip_special_tokens and t in self.special_ids:
                 out.append("")
             else:
-                out.append(dec.decode(self._table[t]))
+                out.append(dec.decode(self.bytes_of(t)))
         if out:
             out[-1] += dec.decode(b"", final=True)
         return out

@@ -1,5 +1,5 @@
-"""The bodies of /tokenize (`TokenizeRequest`: a prompt, or messages for the chat template)
-and /detokenize (`DetokenizeRequest`).
+"""The bodies of /tokenize (`TokenizeRequest`: a prompt, or messages and tools for the chat
+template) and /detokenize (`DetokenizeRequest`).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ class TokenizeRequest(Struct, kw_only=True):
     model: str | None = None
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
+    tools: Any = None  # with messages: rendered as the chat request renders them (vLLM's)
     add_special_tokens: bool = True
     add_generation_prompt: bool = True  # with messages, as in ChatCompletionRequest
     continue_final_message: bool = False

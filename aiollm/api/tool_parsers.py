@@ -165,6 +165,8 @@ class MistralParser(ToolParser):
             calls += found
             pos = end
             i = text.find(self.start, end)
+        if not calls:
+            return text, []
         content.append(text[pos:])
         return "".join(content).rstrip(), calls
 

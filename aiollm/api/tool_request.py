@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiollm.engine.grammar_check import check_schema
@@ -135,11 +136,12 @@ def _choice_text(tool_choice: Any) -> str:
     return f"naming the function {name!r}" if name is not None else repr(tool_choice)
 
 
-def template_messages(messages: list[dict], tools: list[dict], template: str | None
-                      ) -> list[dict]:
+def template_messages(messages: list[dict], tools: list[dict], template: str | None, *,
+                      in_system: bool = True) -> list[dict]:
     """Messages for a chat template that knows nothing of tools (the default model's):
-    the tools go in a system message in the Hermes format, past calls into the assistant's
-    text. Templates that render tools themselves get the messages unchanged."""
+    the tools go in a system message in the Hermes format (with in_system false, at the head
+    of the first user message), past calls into the assistant's text. Templates that render
+    tools themselves get the messages unchanged."""
     t = template or ""
     out = messages
     if "tool_calls" not in t and any(m.get("tool_calls") for m in messages):
@@ -157,8 +159,33 @@ def template_messages(messages: list[dict], tools: list[dict], template: str | N
         system = ("You may call functions. Their signatures, in <tools></tools>:\n<tools>\n"
                   f"{listing}\n</tools>\nTo call one, answer with <tool_call>\n"
                   '{"name": <function name>, "arguments": <arguments object>}\n</tool_call>')
+        if not in_system:
+            i = next((i for i, m in enumerate(out) if m.get("role") == "user"), None)
+            if i is not None:
+                return [*out[:i], {**out[i], "content": system + "\n\n" + out[i]["content"]},
+                        *out[i + 1:]]
         if out and out[0].get("role") == "system":
             out = [{**out[0], "content": out[0]["content"] + "\n\n" + system}, *out[1:]]
         else:
             out = [{"role": "system", "content": system}, *out]
     return out
+
+
+async def tools_prompt(chat_prompt: Callable[..., Awaitable[list[int]]], messages: list[dict],
+                       tools: list[dict], template: str | None, options: Any
+                       ) -> tuple[list[int], list[dict]]:
+    """(token ids, the messages rendered) of a conversation with `tools` shown to the chat
+    template as template_messages shows them; `chat_prompt(messages, tools, options)` is
+    ApiState's. When the template refuses the system message the tools were put in
+    (Mistral's and Mixtral's v0.1 templates take alternating user and assistant turns only,
+    and raise otherwise), they go at the head of the first user message instead, as a
+    template that takes no system turn expects instructions. InvalidRequest as chat_prompt
+    raises it (the second render's, when both fail)."""
+    shown = template_messages(messages, tools, template)
+    try:
+        return await chat_prompt(shown, tools or None, options), shown
+    except InvalidRequest:
+        user_turn = template_messages(messages, tools, template, in_system=False)
+        if user_turn == shown:  # no tools listed apart from the template, or no user turn
+            raise
+    return await chat_prompt(user_turn, tools or None, options), user_turn

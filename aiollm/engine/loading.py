@@ -10,6 +10,7 @@ The loop's own parts (scheduler, planner, grammars, metrics) stay with the Engin
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,10 +183,11 @@ def tokenizer_for(cfg: EngineConfig, model_path: str):
 
 def model_name_of(path: str | None, given: str | None) -> str:
     """The name the API reports for a model: the file stem of a .gguf, else the directory
-    name, of what the user gave (or of the resolved path when they gave none)."""
+    name, of what the user gave (or of the resolved path when they gave none); a relative
+    path is read from the working directory ("." is the directory's own name, not "")."""
     if given is None and path is not None:
-        return Path(path).stem if str(path).endswith(".gguf") else Path(path).name
+        given = path
     if given is None:
         return "default"
-    p = Path(given)
+    p = Path(os.path.abspath(os.path.expanduser(given)))
     return p.stem if p.suffix == ".gguf" else p.name

@@ -155,7 +155,7 @@ class ServingTokenizer:
             return self.hf_tokenizer.apply_chat_template(
                 conversation, tools=tools, add_generation_prompt=add_generation_prompt,
                 tokenize=tokenize, **options, **kwargs)
-        template = _compile(self.chat_template)
+        template = compile_chat_template(self.chat_template)
         if not messages:
             raise ValueError("Cannot apply chat template to an empty conversation. "
                              "Provide at least one message.")
@@ -287,7 +287,9 @@ _compiled: dict[str, jinja2.Template] = {}
 _compile_lock = threading.Lock()
 
 
-def _compile(source: str) -> jinja2.Template:
+def compile_chat_template(source: str) -> jinja2.Template:
+    """The chat template `source` compiled as transformers compiles it (its extensions and
+    globals), cached; jinja2.TemplateSyntaxError for one that does not compile."""
     with _compile_lock:
         template = _compiled.get(source)
         if template is None:

@@ -33,12 +33,12 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
     """The transformers tokenizer of a model path (None: the default model);
-    FileNotFoundError for a directory without one."""
+    FileNotFoundError for a directory without one, ValueError naming the directory and its
+    tokenizer files for one transformers cannot read."""
     model_dir, gguf_name = _source(path)
     source = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
     tok = _load(model_dir, gguf_name, _stamp(source))
-    if not tok.chat_template:
-        log.warning("tokenizer of %s has no chat template: chat requests will fail", source)
+    _check_chat_template(tok.chat_template, source)
     # a copy of the cached one takes a few milliseconds and leaves callers free to modify it
     return copy.deepcopy(tok)
 
@@ -62,9 +62,27 @@ def load_serving_tokenizer(path: str | None) -> ServingTokenizer | PreTrainedTok
     except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself)
         log.warning("serving the tokenizer of %s through transformers: %s", gguf_path, e)
         return load_tokenizer(path)
-    if not tok.chat_template:
-        log.warning("tokenizer of %s has no chat template: chat requests will fail", gguf_path)
+    _check_chat_template(tok.chat_template, gguf_path)
     return tok
+
+
+def _check_chat_template(template: str | dict | None, source: str) -> None:
+    """Warns when the tokenizer of `source` has no chat template, or one that does not
+    compile (a syntax error): the server still serves completions, and every chat request
+    fails, with the template's error."""
+    if not template:
+        log.warning("tokenizer of %s has no chat template: chat requests will fail", source)
+        return
+    from jinja2 import TemplateError
+
+    from aiollm.model.serving_tokenizer import compile_chat_template
+
+    for t in template.values() if isinstance(template, dict) else [template]:
+        try:
+            compile_chat_template(t)
+        except TemplateError as e:
+            log.warning("the chat template of %s does not compile (%s: %s): chat requests "
+                        "will fail", source, type(e).__name__, e)
 
 
 def _source(path: str | None) -> tuple[str, str | None]:
@@ -88,7 +106,15 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
     from transformers import AutoTokenizer
 
     if gguf_name is None:
-        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        try:
+            return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself)
+            # a file cut short or replaced fails deep in transformers (a KeyError for "{}",
+            # a JSONDecodeError), naming neither the file nor the directory
+            files = ", ".join(f for f in sorted(os.listdir(model_dir))
+                              if f.startswith("tokenizer") or f in TOKENIZER_FILES)
+            raise ValueError(f"cannot read the tokenizer in {model_dir} ({files}): "
+                             f"{type(e).__name__}: {e}") from e
     path = os.path.join(model_dir, gguf_name)
     cache = GGUFCache(path)
     if cache.tokenizer_dir is not None:

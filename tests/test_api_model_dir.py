@@ -1,0 +1,118 @@
+"""HTTP answers of a Hugging Face model directory unlike the default model: tiny random weights
+whose logits are wider than the tokenizer (49,216 over the default model's 49,152-token
+tokenizer, as Qwen2.5's 151,936 over 151,665 and most checkpoints whose embedding was padded to
+a multiple of 64 or 128), and a chat template that takes only alternating user and assistant
+turns and raises on anything else (Mistral-7B-Instruct's and Mixtral-8x7B-Instruct's v0.1)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from live_server import LiveServer, http, sse_events
+
+from aiollm.model import load_tokenizer
+
+VOCAB = 49152  # the default model's tokenizer
+PAD_ID = VOCAB + 5  # a logit past the tokenizer
+CONFIG = {
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": VOCAB + 64,
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
+}
+# Mistral-7B-Instruct-v0.1's template, as its tokenizer_config.json gives it
+ALTERNATING = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+    "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and "
+    "assistant roles are supported!') }}{% endif %}{% endfor %}")
+HI = [{"role": "user", "content": "Hi"}]
+# the padding id first, then a real token (logit_bias makes both all but certain)
+FORCE = {"logit_bias": {str(PAD_ID): 100}, "max_tokens": 2, "temperature": 0}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("padded-vocab")
+    (d / "config.json").write_text(json.dumps(CONFIG))
+    tok = load_tokenizer(None)
+    tok.chat_template = ALTERNATING
+    tok.save_pretrained(str(d))
+    srv = LiveServer(model=str(d), load_format="dummy", max_model_len=256,
+                     kv_tokens=1024).start()
+    yield srv
+    srv.close()
+
+
+def _post(server, path: str, body: dict) -> dict:
+    status, _, raw = http(server, "POST", path, json=body)
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+def _events(server, path: str, body: dict) -> list[dict]:
+    status, _, raw = http(server, "POST", path, json={**body, "stream": True})
+    assert status == 200, raw
+    events = [json.loads(e) for e in sse_events(raw) if e != "[DONE]"]
+    assert all("error" not in e for e in events), events
+    return events
+
+
+def test_logprobs_of_a_padding_id_are_an_empty_token(server):
+    """A padding id has no text (the tokenizer decodes it to ""), as vLLM reports it.
+    Completions and chat logprobs, whole and streamed, echo and prompt_logprobs: a
+    padding id among the tokens or top logprobs was a 500 (IndexError in the table of token
+    bytes), or an error event ending the stream."""
+    out = _post(server, "/v1/completions", {"prompt": "Hi", "logprobs": 2, **FORCE})
+    lp = out["choices"][0]["logprobs"]
+    assert lp["tokens"][0] == "" and "" in lp["top_logprobs"][0], lp
+    assert "".join(lp["tokens"]) == out["choices"][0]["text"]
+    chunks = _events(server, "/v1/completions", {"prompt": "Hi", "logprobs": 2, **FORCE})
+    assert [t for c in chunks for t in c["choices"][0]["logprobs"]["tokens"]] == lp["tokens"]
+
+    chat = _post(server, "/v1/chat/completions",
+                 {"messages": HI, "logprobs": True, "top_logprobs": 2, **FORCE})
+    first = chat["choices"][0]["logprobs"]["content"][0]
+    assert (first["token"], first["bytes"]) == ("", []), first
+    assert {"token": "", "bytes": [], "logprob": first["logprob"]} in first["top_logprobs"]
+    chunks = _events(server, "/v1/chat/completions",
+                     {"messages": HI, "logprobs": True, "top_logprobs": 2, **FORCE})
+    streamed = [e for c in chunks if c["choices"] and c["choices"][0]["logprobs"]
+                for e in c["choices"][0]["logprobs"]["content"]]
+    assert streamed == chat["choices"][0]["logprobs"]["content"]
+
+    # a padding id in the prompt: echoed and scored
+    prompt = [19556, PAD_ID, 905]
+    echo = _post(server, "/v1/completions", {"prompt": prompt, "echo": True, "max_tokens": 1,
+                                             "logprobs": 1, "temperature": 0})
+    assert echo["choices"][0]["logprobs"]["tokens"][:3] == ["Hello", "", " world"]
+    scored = _post(server, "/v1/completions", {"prompt": prompt, "max_tokens": 1,
+                                               "prompt_logprobs": 1})
+    entry = scored["choices"][0]["prompt_logprobs"][1][str(PAD_ID)]
+    assert entry["decoded_token"] == "", entry
+
+
+def test_tools_reach_a_template_that_takes_no_system_turn(server):
+    """A template that knows no tools gets them as text: in a system message, or where the
+    template refuses one, at the head of the first user message. Every request with tools
+    was a 400 blaming the client's messages ("Conversation roles must alternate"), which
+    held no system turn; /tokenize gives the same prompt."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]
+    body = {"messages": HI, "tools": tools, "max_tokens": 1, "temperature": 0}
+    plain = _post(server, "/v1/chat/completions", {**body, "tool_choice": "none"})
+    out = _post(server, "/v1/chat/completions", body)
+    assert out["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 20, out
+    ids = _post(server, "/tokenize", {"messages": HI, "tools": tools})["tokens"]
+    assert len(ids) == out["usage"]["prompt_tokens"]
+    text = _post(server, "/detokenize", {"tokens": ids})["prompt"]
+    assert text.startswith("<|im_start|>[INST] You may call functions.") and "get_weather" in text
+    assert text.endswith("\n\nHi [/INST]"), text
+    # the client's own system turn is still the client's error, named as the template says
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        **body, "messages": [{"role": "system", "content": "Be brief."}, *HI]})
+    assert status == 400 and "alternate" in json.loads(raw)["error"]["message"], raw
