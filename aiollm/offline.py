@@ -89,8 +89,11 @@ class LLM:
 
     def _generate(self, prompts, params, progress, batch_name: str) -> list[RequestOutput]:
         self._check_open()
-        return self._run(self.engine.generate_batch(prompts, params, progress=progress,
+        outs = self._run(self.engine.generate_batch(prompts, params, progress=progress,
                                                     batch_name=batch_name))
+        for out in outs:  # here, on the caller's thread: not the engine's loop
+            out.decode_alternatives(self.engine.tokenizer)
+        return outs
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict],
              params: SamplingParams | Sequence[SamplingParams] | None = None,

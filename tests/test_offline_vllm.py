@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from aiollm import LLM, SamplingParams
+from aiollm.sampling_params import Constraint
 from aiollm.errors import InvalidRequest
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -124,3 +125,49 @@ def test_get_tokenizer_is_the_engines(llm):
     chat, = llm.chat(HI, SamplingParams(max_tokens=1), False)
     assert chat.prompt == tok.decode(chat.prompt_token_ids)
     assert chat.prompt.rstrip().endswith("assistant") and "Hi" in chat.prompt
+
+
+def test_finished_cached_tokens_and_stop_reason(llm):
+    """vLLM's RequestOutput.finished and .num_cached_tokens, and CompletionOutput.stop_reason
+    (the stop string or stop token id that ended it; None for eos and length) were missing
+    (AttributeError). The outputs pickle (vLLM code sends them between processes)."""
+    import pickle
+
+    sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    base, = llm.generate("The capital of France is", sp, False)
+    assert base.finished and base.outputs[0].stop_reason is None  # length
+    again, = llm.generate("The capital of France is", sp, False)
+    assert again.num_cached_tokens == again.cached_tokens > 0
+    stop_id = base.token_ids[3]
+    by_id, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, temperature=0, ignore_eos=True, stop_token_ids=[stop_id]), False)
+    assert (by_id.finish_reason, by_id.outputs[0].stop_reason) == ("stop", stop_id)
+    word = base.token_texts[2].strip() or base.token_texts[1].strip()
+    by_text, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, temperature=0, ignore_eos=True, stop=["zzzq", word]), False)
+    assert (by_text.finish_reason, by_text.outputs[0].stop_reason) == ("stop", word)
+    eos = int(llm.engine.eos_ids[0])
+    only_eos = Constraint(allowed_token_ids=[eos])
+    ended, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, stop_token_ids=[eos], constraint=only_eos), False)
+    assert ended.token_ids == [eos]  # eos and a stop id: the eos, as vLLM says
+    assert (ended.finish_reason, ended.outputs[0].stop_reason) == ("stop", None)
+    ended, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, ignore_eos=True, stop_token_ids=[eos], constraint=only_eos), False)
+    assert (ended.token_ids, ended.outputs[0].stop_reason) == ([eos], eos)  # the stop id
+    back = pickle.loads(pickle.dumps(by_text))
+    assert back.outputs[0].stop_reason == word and back.text == by_text.text
+
+
+def test_alternative_tokens_have_their_text(llm):
+    """Logprob.decoded_token of an alternative (not chosen) token was None: vLLM gives each
+    token's text (its id decoded alone). The outputs stay picklable (no tokenizer on them)."""
+    import pickle
+
+    tok = llm.get_tokenizer()
+    out, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=3, temperature=0, logprobs=3), False)
+    for step in pickle.loads(pickle.dumps(out)).outputs[0].logprobs:
+        assert len(step) == 3
+        for token_id, lp in list(step.items())[1:]:  # the alternatives
+            assert lp.decoded_token == tok.decode([token_id])
