@@ -127,6 +127,58 @@ def test_get_tokenizer_is_the_engines(llm):
     assert chat.prompt.rstrip().endswith("assistant") and "Hi" in chat.prompt
 
 
+def test_chat_takes_vllms_template_keywords_and_tools(llm):
+    """vLLM code calls llm.chat(messages=..., add_generation_prompt=...,
+    continue_final_message=..., chat_template_kwargs=..., tools=...): TypeError (unexpected
+    keyword). Each renders as aiollm's template=TemplateOptions(...) does; an option given
+    both ways is a TypeError naming both."""
+    from aiollm.api.tool_request import template_messages
+    from aiollm.engine.chat_template import TemplateOptions
+
+    tok = llm.get_tokenizer()
+    sp = SamplingParams(max_tokens=1, temperature=0)
+    convo = [*HI, {"role": "assistant", "content": "Hello th"}]
+    for vllm, ours in (
+            ({"add_generation_prompt": False}, TemplateOptions(add_generation_prompt=False)),
+            ({"add_generation_prompt": False, "continue_final_message": True},
+             TemplateOptions(add_generation_prompt=False, continue_final_message=True)),
+            ({"chat_template_kwargs": {"enable_thinking": False}},
+             TemplateOptions(kwargs={"enable_thinking": False}))):
+        a, = llm.chat(messages=convo, sampling_params=sp, use_tqdm=False, **vllm)
+        b, = llm.chat(convo, sp, False, ours)
+        assert a.prompt_token_ids == b.prompt_token_ids
+    cont, = llm.chat(convo, sp, False, add_generation_prompt=False,
+                     continue_final_message=True)
+    assert cont.prompt.endswith("Hello th")  # the final message left open
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    # the default model's template knows no tools: they reach it as the HTTP API gives
+    # them (a system message), so the prompt is the server's for the same request
+    with_tools, = llm.chat(HI, sp, False, tools=tools)
+    assert with_tools.prompt_token_ids == llm.engine.chat_prompt(
+        template_messages(HI, tools, tok.chat_template), tools)
+    assert '"name": "get_weather"' in with_tools.prompt
+    with pytest.raises(InvalidRequest) as e:
+        llm.chat(HI, sp, False, tools={"name": "get_weather"})
+    assert e.value.param == "tools"
+    with pytest.raises(InvalidRequest) as e:  # aiollm's check, under vLLM's name
+        llm.chat(HI, sp, False, continue_final_message=True)
+    assert e.value.param == "continue_final_message"
+    for name, value in (("add_generation_prompt", False), ("continue_final_message", False),
+                        ("chat_template_kwargs", {})):
+        with pytest.raises(TypeError, match=f"both template and {name}"):
+            llm.chat(HI, sp, False, TemplateOptions(), **{name: value})
+    with pytest.raises(TypeError, match="both conversations and messages"):
+        llm.chat(HI, sp, messages=HI)
+    with pytest.raises(TypeError, match="conversations"):
+        llm.chat(sampling_params=sp)
+    batch = llm.chat([HI, convo], sp, False, add_generation_prompt=False)  # a batch
+    assert [o.prompt_token_ids for o in batch] == [
+        llm.engine.chat_prompt(c, None, TemplateOptions(add_generation_prompt=False))
+        for c in (HI, convo)]
+
+
 def test_finished_cached_tokens_and_stop_reason(llm):
     """vLLM's RequestOutput.finished and .num_cached_tokens, and CompletionOutput.stop_reason
     (the stop string or stop token id that ended it; None for eos and length) were missing
