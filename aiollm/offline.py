@@ -14,32 +14,14 @@ import threading
 import weakref
 from collections.abc import Sequence
 
+from aiollm.api.tool_request import check_tools, template_messages
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
-
-
-_UNSET = object()  # progress not passed: a bar unless use_tqdm says otherwise
-
-
-def _vllm_names(params, sampling_params, progress, use_tqdm) -> tuple:
-    """(params, progress) of a call that may name them as vLLM does (sampling_params,
-    use_tqdm). Raises TypeError naming both names when both are given (as Python refuses a
-    value given twice); params None counts as not given (it stands for the defaults)."""
-    if sampling_params is not None:
-        if params is not None:
-            raise TypeError("got both params and sampling_params (vLLM's name for params): "
-                            "pass one of them")
-        params = sampling_params
-    if use_tqdm is not None:
-        if progress is not _UNSET:
-            raise TypeError("got both progress and use_tqdm (vLLM's name for progress): pass "
-                            "one of them")
-        progress = use_tqdm
-    return params, True if progress is _UNSET else progress
+from aiollm.vllm_names import UNSET, either, template_options
 
 
 class LLM:
@@ -74,7 +56,7 @@ class LLM:
 
     def generate(self, prompts: Sequence[str | Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 progress: bool = _UNSET, *,
+                 progress: bool = UNSET, *,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: bool | None = None) -> list[RequestOutput]:
         """The outputs of `prompts` (a string or a prompt dict is one prompt), in order, one
@@ -84,35 +66,56 @@ class LLM:
         `use_tqdm` are vLLM's names for `params` and `progress`.
         Raises TypeError naming both when a value is given under both names,
         EngineStopped once close() has run."""
-        params, progress = _vllm_names(params, sampling_params, progress, use_tqdm)
+        params = either(params, "params", sampling_params, "sampling_params")
+        progress = either(progress, "progress", use_tqdm, "use_tqdm", UNSET)
         return self._generate(prompts, params, progress, "prompts")
 
     def _generate(self, prompts, params, progress, batch_name: str) -> list[RequestOutput]:
         self._check_open()
-        return self._run(self.engine.generate_batch(prompts, params, progress=progress,
-                                                    batch_name=batch_name))
+        outs = self._run(self.engine.generate_batch(
+            prompts, params, progress=True if progress is UNSET else progress,
+            batch_name=batch_name))
+        for out in outs:  # here, on the caller's thread: not the engine's loop
+            out.decode_alternatives(self.engine.tokenizer)
+        return outs
 
-    def chat(self, conversations: Sequence[list[dict]] | list[dict],
+    def chat(self, conversations: Sequence[list[dict]] | list[dict] = UNSET,
              params: SamplingParams | Sequence[SamplingParams] | None = None,
-             progress: bool = _UNSET,
+             progress: bool = UNSET,
              template: TemplateOptions | None = None, *,
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-             use_tqdm: bool | None = None) -> list[RequestOutput]:
+             use_tqdm: bool | None = None,
+             messages: Sequence[list[dict]] | list[dict] | None = None,
+             add_generation_prompt: bool | None = None,
+             continue_final_message: bool | None = None,
+             chat_template_kwargs: dict | None = None,
+             tools: list[dict] | None = None) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,
         continue_final_message, chat_template_kwargs such as enable_thinking; default: the
-        assistant's turn opened). A single conversation (a list of message dicts) is a batch
-        of one, as in vLLM's LLM.chat; each output's `prompt` is its conversation rendered
-        (the prompt's tokens decoded, control tokens included), as vLLM's. `sampling_params`
-        and `use_tqdm` as generate() takes them. Raises InvalidRequest naming the
-        conversation and its field (param `conversations[2].messages[1].role`; a bad
-        template option by its own name, `continue_final_message`), or `conversations` for
-        a value that is
-        neither a list (or tuple) of conversations nor one, before any is generated, and
-        `conversations[i]` for one too long for the context (or the param to change, as
-        Engine.generate_batch names prompts); TypeError as generate(); EngineStopped once
-        close() has run."""
-        params, progress = _vllm_names(params, sampling_params, progress, use_tqdm)
+        assistant's turn opened), with `tools` (OpenAI's function tools, checked as the
+        HTTP API checks them) given to the template for every conversation. A single
+        conversation (a list of message dicts) is a batch of one, as in vLLM's LLM.chat;
+        each output's `prompt` is its conversation rendered (the prompt's tokens decoded,
+        control tokens included), as vLLM's. vLLM's keywords: `sampling_params` and
+        `use_tqdm` as generate() takes them, `messages` for conversations, and
+        add_generation_prompt, continue_final_message and chat_template_kwargs for the
+        template's options of those names (None: not given, the default).
+        Raises InvalidRequest naming the conversation and its field (param
+        `conversations[2].messages[1].role`; a bad template option by its own name,
+        `continue_final_message`; a bad tool by its place, `tools[0].function.name`), or
+        `conversations` for a value that is neither a list (or tuple) of conversations nor
+        one, before any is generated, and `conversations[i]` for one too long for the
+        context (or the param to change, as Engine.generate_batch names prompts);
+        TypeError naming both names of a value given twice (template and one of its
+        options) or no conversations at all; EngineStopped once close() has run."""
+        params = either(params, "params", sampling_params, "sampling_params")
+        progress = either(progress, "progress", use_tqdm, "use_tqdm", UNSET)
+        conversations = either(conversations, "conversations", messages, "messages", UNSET)
+        if conversations is UNSET:
+            raise TypeError("chat() missing its conversations (or vLLM's messages)")
+        template = template_options(template, add_generation_prompt, continue_final_message,
+                                    chat_template_kwargs)
         self._check_open()
         if not isinstance(conversations, (list, tuple)):
             # else None, a message dict or a generator raised Python's own errors, and a
@@ -124,11 +127,16 @@ class LLM:
             conversations = [conversations]
         # once, before any conversation: a bad option is no conversation's field
         template = checked_options(self.engine.tokenizer, template)
+        if tools is not None:
+            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
         prompts = []
         for i, conversation in enumerate(conversations):
             try:
-                prompts.append(self.engine.chat_prompt(checked_messages(conversation), None,
-                                                       template))
+                # as the HTTP API renders a chat: a template that knows no tools (the
+                # default model's) is given them, and past calls, in the messages
+                shown = template_messages(checked_messages(conversation), tools or [],
+                                          self.engine.tokenizer.chat_template)
+                prompts.append(self.engine.chat_prompt(shown, tools, template))
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was

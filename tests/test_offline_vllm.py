@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 from aiollm import LLM, SamplingParams
+from aiollm.sampling_params import Constraint
 from aiollm.errors import InvalidRequest
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -124,3 +125,101 @@ def test_get_tokenizer_is_the_engines(llm):
     chat, = llm.chat(HI, SamplingParams(max_tokens=1), False)
     assert chat.prompt == tok.decode(chat.prompt_token_ids)
     assert chat.prompt.rstrip().endswith("assistant") and "Hi" in chat.prompt
+
+
+def test_chat_takes_vllms_template_keywords_and_tools(llm):
+    """vLLM code calls llm.chat(messages=..., add_generation_prompt=...,
+    continue_final_message=..., chat_template_kwargs=..., tools=...): TypeError (unexpected
+    keyword). Each renders as aiollm's template=TemplateOptions(...) does; an option given
+    both ways is a TypeError naming both."""
+    from aiollm.api.tool_request import template_messages
+    from aiollm.engine.chat_template import TemplateOptions
+
+    tok = llm.get_tokenizer()
+    sp = SamplingParams(max_tokens=1, temperature=0)
+    convo = [*HI, {"role": "assistant", "content": "Hello th"}]
+    for vllm, ours in (
+            ({"add_generation_prompt": False}, TemplateOptions(add_generation_prompt=False)),
+            ({"add_generation_prompt": False, "continue_final_message": True},
+             TemplateOptions(add_generation_prompt=False, continue_final_message=True)),
+            ({"chat_template_kwargs": {"enable_thinking": False}},
+             TemplateOptions(kwargs={"enable_thinking": False}))):
+        a, = llm.chat(messages=convo, sampling_params=sp, use_tqdm=False, **vllm)
+        b, = llm.chat(convo, sp, False, ours)
+        assert a.prompt_token_ids == b.prompt_token_ids
+    cont, = llm.chat(convo, sp, False, add_generation_prompt=False,
+                     continue_final_message=True)
+    assert cont.prompt.endswith("Hello th")  # the final message left open
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    # the default model's template knows no tools: they reach it as the HTTP API gives
+    # them (a system message), so the prompt is the server's for the same request
+    with_tools, = llm.chat(HI, sp, False, tools=tools)
+    assert with_tools.prompt_token_ids == llm.engine.chat_prompt(
+        template_messages(HI, tools, tok.chat_template), tools)
+    assert '"name": "get_weather"' in with_tools.prompt
+    with pytest.raises(InvalidRequest) as e:
+        llm.chat(HI, sp, False, tools={"name": "get_weather"})
+    assert e.value.param == "tools"
+    with pytest.raises(InvalidRequest) as e:  # aiollm's check, under vLLM's name
+        llm.chat(HI, sp, False, continue_final_message=True)
+    assert e.value.param == "continue_final_message"
+    for name, value in (("add_generation_prompt", False), ("continue_final_message", False),
+                        ("chat_template_kwargs", {})):
+        with pytest.raises(TypeError, match=f"both template and {name}"):
+            llm.chat(HI, sp, False, TemplateOptions(), **{name: value})
+    with pytest.raises(TypeError, match="both conversations and messages"):
+        llm.chat(HI, sp, messages=HI)
+    with pytest.raises(TypeError, match="conversations"):
+        llm.chat(sampling_params=sp)
+    batch = llm.chat([HI, convo], sp, False, add_generation_prompt=False)  # a batch
+    assert [o.prompt_token_ids for o in batch] == [
+        llm.engine.chat_prompt(c, None, TemplateOptions(add_generation_prompt=False))
+        for c in (HI, convo)]
+
+
+def test_finished_cached_tokens_and_stop_reason(llm):
+    """vLLM's RequestOutput.finished and .num_cached_tokens, and CompletionOutput.stop_reason
+    (the stop string or stop token id that ended it; None for eos and length) were missing
+    (AttributeError). The outputs pickle (vLLM code sends them between processes)."""
+    import pickle
+
+    sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    base, = llm.generate("The capital of France is", sp, False)
+    assert base.finished and base.outputs[0].stop_reason is None  # length
+    again, = llm.generate("The capital of France is", sp, False)
+    assert again.num_cached_tokens == again.cached_tokens > 0
+    stop_id = base.token_ids[3]
+    by_id, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, temperature=0, ignore_eos=True, stop_token_ids=[stop_id]), False)
+    assert (by_id.finish_reason, by_id.outputs[0].stop_reason) == ("stop", stop_id)
+    word = base.token_texts[2].strip() or base.token_texts[1].strip()
+    by_text, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, temperature=0, ignore_eos=True, stop=["zzzq", word]), False)
+    assert (by_text.finish_reason, by_text.outputs[0].stop_reason) == ("stop", word)
+    eos = int(llm.engine.eos_ids[0])
+    only_eos = Constraint(allowed_token_ids=[eos])
+    ended, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, stop_token_ids=[eos], constraint=only_eos), False)
+    assert ended.token_ids == [eos]  # eos and a stop id: the eos, as vLLM says
+    assert (ended.finish_reason, ended.outputs[0].stop_reason) == ("stop", None)
+    ended, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, ignore_eos=True, stop_token_ids=[eos], constraint=only_eos), False)
+    assert (ended.token_ids, ended.outputs[0].stop_reason) == ([eos], eos)  # the stop id
+    back = pickle.loads(pickle.dumps(by_text))
+    assert back.outputs[0].stop_reason == word and back.text == by_text.text
+
+
+def test_alternative_tokens_have_their_text(llm):
+    """Logprob.decoded_token of an alternative (not chosen) token was None: vLLM gives each
+    token's text (its id decoded alone). The outputs stay picklable (no tokenizer on them)."""
+    import pickle
+
+    tok = llm.get_tokenizer()
+    out, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=3, temperature=0, logprobs=3), False)
+    for step in pickle.loads(pickle.dumps(out)).outputs[0].logprobs:
+        assert len(step) == 3
+        for token_id, lp in list(step.items())[1:]:  # the alternatives
+            assert lp.decoded_token == tok.decode([token_id])

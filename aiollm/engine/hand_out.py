@@ -79,6 +79,12 @@ class HandOut:
                 self._finish(r, "abort", error=why, failed=True, error_type=kind)
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP
+                tok = r.output_ids[-1]
+                # the model's eos is no stop reason, also when it is a stop id too (vLLM's
+                # rule), unless ignore_eos made only the stop id end it
+                if r.last_is_stop_token and tok in r.params.stop_token_ids and (
+                        r.params.ignore_eos or tok not in self.eos_ids):
+                    r.stop_reason = tok
                 self._finish(r, FinishReason(finished[k]).label)
             elif grammar_end[k] == ENDED:  # the grammar's end: its final (stop) token is eos
                 r.last_is_stop_token = True

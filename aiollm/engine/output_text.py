@@ -56,6 +56,11 @@ class OutputText:
         return self._detok.stopped
 
     @property
+    def matched_stop(self) -> str | None:
+        """The stop string that matched (None: none did)."""
+        return self._detok.matched_stop
+
+    @property
     def fed(self) -> int:
         return len(self._ends)
 

@@ -46,6 +46,32 @@ class RequestOutput:
     prompt: str | None = None
     # n > 1: the results of choices 1 to n-1, each its own engine request (this one is 0)
     other_choices: tuple[RequestOutput, ...] = ()
+    # finish_reason "stop": the stop string or the stop token id (of stop_token_ids) that
+    # ended it; None for the model's eos (and for "length", "abort")
+    stop_reason: int | str | None = None
+    # with logprobs, where filled (LLM fills it): each id among the logprobs' alternatives,
+    # decoded alone (vLLM's Logprob.decoded_token); a dict, so the output pickles
+    decoded_tokens: dict[int, str] | None = None
+
+    @property
+    def finished(self) -> bool:
+        """vLLM's RequestOutput.finished: True, a whole result is one of a finished request
+        (aborted ones too); aiollm's unfinished outputs are stream Deltas."""
+        return True
+
+    @property
+    def num_cached_tokens(self) -> int:
+        """vLLM's name for cached_tokens."""
+        return self.cached_tokens
+
+    def decode_alternatives(self, tokenizer) -> None:
+        """Fill decoded_tokens (of this choice and the others) with the text of each
+        alternative in logprobs, its id decoded alone by `tokenizer` (as vLLM decodes
+        them), each distinct id once. Nothing to do without logprobs."""
+        for out in (self, *self.other_choices):
+            if out.logprobs is not None and out.decoded_tokens is None:
+                ids = {t for lp in out.logprobs for t, _ in lp.top}
+                out.decoded_tokens = {t: tokenizer.decode([t]) for t in ids}
 
     @property
     def outputs(self) -> list[CompletionOutput]:
@@ -71,7 +97,8 @@ class CompletionOutput:
     SamplingParams.logprobs). Where vLLM knows more than aiollm keeps: an alternative's
     rank is its place in the top list, the chosen token's is that too, or None when it is
     not among them (logprobs=0); the chosen token's decoded_token is its share of `text`
-    (token_texts), an alternative's None (decode its id with LLM.get_tokenizer())."""
+    (token_texts), an alternative's its id decoded alone where the output carries
+    decoded_tokens (LLM's outputs do; Engine's do not: None)."""
 
     __slots__ = ("index", "_of")
 
@@ -92,6 +119,10 @@ class CompletionOutput:
         return self._of.finish_reason
 
     @property
+    def stop_reason(self) -> int | str | None:
+        return self._of.stop_reason
+
+    @property
     def cumulative_logprob(self) -> float | None:
         """The sum of the chosen tokens' logprobs; None without SamplingParams.logprobs (as
         vLLM)."""
@@ -104,6 +135,7 @@ class CompletionOutput:
         if lps is None:
             return None
         texts = self._of.token_texts
+        decoded = self._of.decoded_tokens or {}
         steps = []
         for i, lp in enumerate(lps):
             # the chosen token first, then the alternatives most likely first (as vLLM)
@@ -111,7 +143,7 @@ class CompletionOutput:
             text = texts[i] if i < len(texts) else None
             step = {lp.token_id: Logprob(lp.logprob, rank, text)}
             for r, (t, v) in enumerate(lp.top, 1):
-                step.setdefault(t, Logprob(v, r))
+                step.setdefault(t, Logprob(v, r, decoded.get(t)))
             steps.append(step)
         return steps
 

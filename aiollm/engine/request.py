@@ -54,6 +54,9 @@ class Request:
     kv_len: int = 0  # tokens of all_ids whose KV is in the pool
     admitted_seq: int = -1  # admission order, for choosing whom to evict
     finish_reason: str | None = None
+    # what ended it with "stop": the stop string or the stop token id (of the request's
+    # stop_token_ids); None for the model's eos, length and abort
+    stop_reason: int | str | None = None
     error: str | None = None
     failed: bool = False  # ended by an error: its stream raises error_type(error)
     error_type: Callable[[str], Exception] = RuntimeError

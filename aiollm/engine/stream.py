@@ -44,6 +44,7 @@ async def deltas(req: Request, out: OutputText, finish: Finish) -> AsyncIterator
                 out.finish()
                 if out.stopped:  # the tokens of the stop string are not output
                     req.finish_reason = "stop"
+                    req.stop_reason = out.matched_stop
                     del req.output_ids[out.kept:]
                     if req.logprobs is not None:
                         del req.logprobs[out.kept:]
@@ -83,7 +84,8 @@ async def collect(req: Request, stream: AsyncIterator[Delta]) -> RequestOutput:
         finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
         completion_tokens=len(req.output_ids), logprobs=req.logprobs,
         prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0),
-        token_texts=token_texts, prompt_logprobs=req.prompt_logprobs)
+        token_texts=token_texts, prompt_logprobs=req.prompt_logprobs,
+        stop_reason=req.stop_reason)
 
 
 class RequestStream:
