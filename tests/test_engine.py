@@ -1274,7 +1274,7 @@ def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monk
     real = xgr.TokenizerInfo.from_huggingface
 
     def slow(*args, **kwargs):  # a larger vocabulary's build, on any machine
-        time.sleep(1.0)
+        time.sleep(3.0)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(grammar._CACHE, "infos", {})  # built by other tests for the process
@@ -1306,9 +1306,10 @@ def test_the_tokenizers_grammar_info_is_not_the_grammars_compile_time(loop, monk
             await eng.stop()
         return max(lags)
 
-    # the stall this is about lasts the whole build (the 1 s sleep and more); 0.5 s was
-    # reached once by a loaded 2-core machine's scheduling alone (0.556 s)
-    assert run(loop, scenario()) < 0.9
+    # the stall this is about lasts the whole build (the 3 s sleep and more); a loaded
+    # 2-core machine's scheduling alone has reached 0.556 s, and 1.73 s under the suite's
+    # two processes beside other work
+    assert run(loop, scenario()) < 2.0
 
 
 def test_process_exits_while_a_grammar_compiles():
