@@ -67,6 +67,10 @@ class EngineConfig:
     scheduler_blind_cap: int | None = None
     served_model_name: str | None = None
     seed: int = 0
+    # the sampling defaults of requests that leave a field out: auto, the model's
+    # generation_config.json; vllm, SamplingParams' own; or a folder holding a
+    # generation_config.json (vLLM's --generation-config; aiollm/model/generation_defaults.py)
+    generation_config: str = "auto"
     # on a GPU, decode steps replay CUDA graphs and eager steps graph segments around their
     # attention (engine/cuda_graph.py, engine/prefill_graphs.py)
     cuda_graph: bool = True
@@ -98,7 +102,7 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if not isinstance(self.device, str):  # a torch.device, as the Python API took before
             self.device = str(self.device)
-        for name in ("model", "tokenizer"):  # a pathlib.Path is a path too
+        for name in ("model", "tokenizer", "generation_config"):  # a pathlib.Path too
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         self._check_types()
@@ -106,6 +110,8 @@ class EngineConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
+        from aiollm.model.generation_defaults import check_mode
+        check_mode(self.generation_config)
         from aiollm.scheduler import SCHEDULERS
         from aiollm.scheduler.config import ESTIMATORS
 

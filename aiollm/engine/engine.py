@@ -71,6 +71,8 @@ class Engine(EngineAPI, HandOut):
         self._changing: asyncio.Event | None = None
         self._left_load: asyncio.Future | None = None  # a cancelled start()'s load
         self._requests: dict[int, Request] = {}
+        # SamplingParams' fields the model's generation config gives defaults (set at start)
+        self.sampling_defaults: dict = {}
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -190,6 +192,7 @@ class Engine(EngineAPI, HandOut):
         self.model_name, self.tokenizer = loaded.model_name, loaded.tokenizer
         self._content_specials: list[str] | None = None  # chat_prompt's, read on first use
         self.eos_ids, self.table = loaded.eos_ids, loaded.table
+        self.sampling_defaults = loaded.sampling_defaults
         self.runner, self.kv_pool = loaded.rank.runner, loaded.rank.kv_pool
         self.req_to_token, self.max_model_len = loaded.rank.req_to_token, loaded.rank.max_model_len
         self.scheduler = make_scheduler(cfg.scheduler, SchedulerConfig(

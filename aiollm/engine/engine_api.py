@@ -38,6 +38,13 @@ class EngineAPI:
     requests through Engine._finish."""
 
     # -- public API ------------------------------------------------------------------------
+    def default_params(self) -> SamplingParams:
+        """The SamplingParams of a call given none: SamplingParams' defaults, those the
+        model's generation config recommends in their place (config.generation_config;
+        aiollm/model/generation_defaults.py), as vLLM's LLM.generate takes them."""
+        return SamplingParams(**{k: v for k, v in self.sampling_defaults.items()
+                                 if k != "do_sample"})
+
     async def compile_grammar(self, params: SamplingParams) -> None:
         """Compile the request's grammar, if any, on a compile thread within
         grammar_compile_timeout (cached): what generate() and stream() do before they submit
@@ -60,7 +67,7 @@ class EngineAPI:
         (engine/choices.py) and submitted as generate_batch submits its prompts, as the
         table and the waiting queue make room. Raises InvalidRequest / Overloaded before it
         starts, RequestFailed inside."""
-        await self.compile_grammar(params := params or SamplingParams())
+        await self.compile_grammar(params := params or self.default_params())
         given = prompt_text(prompt)
         if self._started and isinstance(prompt, str):
             prompt = await off_loop(len(prompt), self.tokenize, prompt)
@@ -90,7 +97,7 @@ class EngineAPI:
         off the loop, within grammar_compile_timeout), at the first iteration, and the
         request is submitted once it has: its errors (InvalidRequest naming the grammar's
         field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
-        params = params or SamplingParams()
+        params = params or self.default_params()
         if n_of(params) > 1:
             raise InvalidRequest(f"n must be 1 in a stream (one completion), got {params.n}: "
                                  "stream each choice with its own seed, or generate() all n",
@@ -187,7 +194,8 @@ class EngineAPI:
         # a bad prompt late in a long batch failed it only once those before had run, their
         # results thrown away (text is tokenized here once: the ids are submitted)
         self._check_accepting()
-        each = _params_of_batch(params, len(prompts), batch_name)
+        each = _params_of_batch(self.default_params() if params is None else params,
+                                len(prompts), batch_name)
         given = [prompt_text(p) for p in prompts]
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
                                  self._checked_batch, prompts, each, batch_name)
@@ -310,11 +318,10 @@ def checked_params(params: SamplingParams) -> None:
 def _params_of_batch(params: SamplingParams | Sequence[SamplingParams] | None, n: int,
                      batch_name: str) -> list[SamplingParams]:
     """One SamplingParams for each of a batch's n items, copied as they are at the call:
-    `params` for all (None: the defaults) or, given a list or tuple, its items, each
+    `params` for all or, given a list or tuple, its items, each
     checked (InvalidRequest naming `params[i]` and its field, or `params` for a list of
     another length)."""
     if not isinstance(params, (list, tuple)):
-        params = params or SamplingParams()
         checked_params(params)
         return [_as_called(params)] * n
     if len(params) != n:

@@ -22,6 +22,7 @@ from aiollm.config import EngineConfig
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
+from aiollm.model.generation_defaults import log_defaults, sampling_defaults
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
 from aiollm.model.tokenizer_files import check_tokenizer_path
 from aiollm.native import RequestTable
@@ -100,7 +101,9 @@ class Loaded:
     """What rank 0's Engine serves with, built by load().
 
     eos_ids: int32 token ids that end a request (the model config's and the tokenizer's);
-    table: the request table, page-locked on a GPU so batch metadata copies asynchronously."""
+    table: the request table, page-locked on a GPU so batch metadata copies asynchronously;
+    sampling_defaults: SamplingParams' fields a request leaves out take these values
+    (aiollm/model/generation_defaults.py)."""
 
     device: torch.device
     dtype: torch.dtype
@@ -111,6 +114,7 @@ class Loaded:
     eos_ids: np.ndarray
     table: RequestTable
     rank: RankModel
+    sampling_defaults: dict
 
 
 def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
@@ -128,6 +132,8 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
             check_tokenizer_path(cfg.tokenizer)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"tokenizer path {e}") from None  # not the model's
+    # before the weights: a bad value in the file fails in a moment, not after minutes
+    defaults = sampling_defaults(cfg.generation_config, cfg.model or "")
     t0 = time.monotonic()
     loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
                         max_model_len=cfg.max_model_len)
@@ -160,7 +166,9 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
                     "output are limited to %d tokens; raise kv_tokens (--kv-tokens; on a "
                     "GPU, kv_memory_fraction) or lower max_model_len (--max-model-len)",
                     rank.kv_tokens, asked, rank.max_model_len)
-    return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank)
+    log_defaults(defaults, cfg.generation_config)
+    return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank,
+                  defaults)
 
 
 def tokenizer_for(cfg: EngineConfig, model_path: str):

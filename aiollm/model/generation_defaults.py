@@ -1,0 +1,85 @@
+"""The sampling defaults a model's generation_config.json recommends (`sampling_defaults`):
+what a request that leaves temperature, top_p, top_k, min_p, repetition_penalty or its length
+out is generated with, as vLLM does by default (its `--generation-config auto`).
+
+do_sample is read for LightLLM's /generate alone, whose sampling is off unless it is true (as
+LightLLM reads it); vLLM's OpenAI API ignores it, and so does aiollm's.
+
+A Qwen2.5-Instruct directory, say, recommends temperature 0.7, top_p 0.8, top_k 20 and
+repetition_penalty 1.05; served without them it samples differently than it does on vLLM.
+GGUF files carry no generation config: their defaults stay SamplingParams' own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from aiollm.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+FILE = "generation_config.json"
+# generation_config.json's sampling keys, with SamplingParams' name for each: transformers'
+# max_new_tokens is the output length SamplingParams calls max_tokens
+KEYS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+        "repetition_penalty": "repetition_penalty", "max_new_tokens": "max_tokens"}
+MODES = ("auto", "vllm")
+
+
+def check_mode(mode: str) -> None:
+    """Raise ValueError naming generation_config unless `mode` is auto, vllm or a folder
+    that holds a generation_config.json."""
+    if mode in MODES:
+        return
+    if not isinstance(mode, str) or not os.path.isfile(os.path.join(mode, FILE)):
+        raise ValueError(f"generation_config must be auto (the model's {FILE}), vllm (none) "
+                         f"or a folder holding a {FILE}, got {mode!r}")
+
+
+def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
+    """SamplingParams' defaults under `mode`, by SamplingParams' field names (max_tokens for
+    max_new_tokens): auto, those of `model_path`'s generation_config.json (none for a GGUF
+    file or a directory without one); vllm, none; else a folder's generation_config.json.
+    Only the keys the file gives a value are in it (null is no value), each checked as
+    SamplingParams checks it; do_sample (a bool) under its own name, for /generate. Raises ValueError naming the file and the key of a bad value,
+    or the file when it is no JSON object."""
+    from aiollm.model.config import _json_object
+    from aiollm.sampling_params import SamplingParams
+
+    if mode == "vllm":
+        return {}
+    path = os.path.join(model_path if mode == "auto" else mode, FILE)
+    if mode == "auto" and not (os.path.isdir(model_path) and os.path.isfile(path)):
+        return {}
+    fields = _json_object(path)
+    defaults = {}
+    for key, name in KEYS.items():
+        value = fields.get(key)
+        if value is None:
+            continue
+        try:
+            SamplingParams(**{name: value})
+        except InvalidRequest as e:
+            # SamplingParams' message names its own field; the file's key is what to fix
+            raise ValueError(f"{path}: {key}: {str(e).replace(name, key, 1)}") from None
+        # transformers' top_k 0 is off, as SamplingParams' -1 is (LightLLM's API refuses 0)
+        defaults[name] = -1 if key == "top_k" and value == 0 else value
+    do_sample = fields.get("do_sample")
+    if do_sample is not None:
+        if not isinstance(do_sample, bool):
+            raise ValueError(f"{path}: do_sample must be true or false, got {do_sample!r}")
+        defaults["do_sample"] = do_sample
+    return defaults
+
+
+def log_defaults(defaults: dict[str, float | int], mode: str) -> None:
+    """Say at start-up which defaults requests that leave the fields out are generated with."""
+    if defaults:
+        shown = ", ".join(f"{k}={v}" for k, v in defaults.items())
+        log.info("sampling defaults from %s (%s): %s; requests that set a field keep "
+                 "their value (--generation-config vllm: none)",
+                 FILE if mode == "auto" else os.path.join(mode, FILE), mode, shown)
+    else:
+        log.info("sampling defaults: none from a generation config (--generation-config %s)",
+                 mode)
