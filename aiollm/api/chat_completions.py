@@ -96,8 +96,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    params = [req.sampling_params(max_tokens=max_tokens, logprobs=logprobs, choice=j,
-                                  constraint=constraint) for j in range(req.n)]
+    params = [req.sampling_params(defaults=engine.sampling_defaults, max_tokens=max_tokens,
+                                  logprobs=logprobs, choice=j, constraint=constraint)
+              for j in range(req.n)]
     await engine.compile_grammar(params[0])
     # one head, in OpenAI's order, for the whole answer and for every chunk of a stream
     head = {"id": f"chatcmpl-{uuid.uuid4().hex}",

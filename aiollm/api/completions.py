@@ -56,7 +56,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
     for i, ids in enumerate(prompt_ids):
         max_tokens = req.max_tokens if req.max_tokens is not None else room(st, len(ids))
         for j in range(req.n):
-            sp = req.sampling_params(max_tokens=max_tokens, logprobs=req.logprobs, choice=j,
+            sp = req.sampling_params(defaults=engine.sampling_defaults, max_tokens=max_tokens,
+                                     logprobs=req.logprobs, choice=j,
                                      constraint=constraint, prompt_logprobs=scoring)
             jobs.append((i if batched else None, ids, sp))
     await engine.compile_grammar(jobs[0][2])

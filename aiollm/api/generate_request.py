@@ -14,17 +14,19 @@ from aiollm.errors import InvalidRequest
 
 
 class GenerateParameters(Struct, kw_only=True):
-    """LightLLM's `parameters`: sampling is off unless do_sample is true."""
+    """LightLLM's `parameters`: sampling is off unless do_sample is true. None (left out or
+    null) takes the model's generation config's value (do_sample too, as LightLLM reads
+    it; aiollm/model/generation_defaults.py), else LightLLM's default (`with_defaults`)."""
 
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: TopK = -1
-    min_p: float = 0.0
+    do_sample: bool | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: TopK | None = None
+    min_p: float | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    repetition_penalty: float = 1.0
-    max_new_tokens: int = 16
+    repetition_penalty: float | None = None
+    max_new_tokens: int | None = None
     min_new_tokens: int = 1
     # strings, or token-id sequences (a sequence of one id is a stop token id)
     stop_sequences: Union[str, list[Union[str, list[TokenId]]], None] = None
@@ -68,6 +70,18 @@ class GenerateParameters(Struct, kw_only=True):
             if not served:
                 raise InvalidRequest(f"parameters.{name} is not served: {why}",
                                      param=f"parameters.{name}")
+
+    def with_defaults(self, defaults: dict) -> None:
+        """Fill the fields left None from `defaults` (the model's generation config's, by
+        SamplingParams' names, do_sample under its own), else from LightLLM's defaults."""
+        for name, field, lightllm in (("do_sample", "do_sample", False),
+                                      ("temperature", "temperature", 1.0),
+                                      ("top_p", "top_p", 1.0), ("top_k", "top_k", -1),
+                                      ("min_p", "min_p", 0.0),
+                                      ("repetition_penalty", "repetition_penalty", 1.0),
+                                      ("max_new_tokens", "max_tokens", 16)):
+            if getattr(self, name) is None:
+                setattr(self, name, defaults.get(field, lightllm))
 
     def check_max_tokens(self) -> None:
         check_max_tokens(self.max_new_tokens, "parameters.max_new_tokens")

@@ -136,6 +136,7 @@ async def _prepare(st: ApiState, req: GenerateRequest
     ids = await st.tokenize(req.inputs, add_special_tokens=req.parameters.add_special_tokens)
     p = req.parameters
     req.check_unserved()
+    p.with_defaults(st.engine.sampling_defaults)
     p.check_max_tokens()
     fields = {"guided_json": p.guided_json, "guided_grammar": p.guided_grammar,
               "regular_constraint": p.regular_constraint}

@@ -106,9 +106,12 @@ class SamplingFields(Struct, kw_only=True):
 
     def sampling_params(self, *, max_tokens: int, logprobs: int | None, choice: int,
                         constraint: Constraint | None = None,
-                        prompt_logprobs: int | None = None) -> SamplingParams:
+                        prompt_logprobs: int | None = None,
+                        defaults: dict | None = None) -> SamplingParams:
         """SamplingParams of one choice; choice i of a seeded request samples with seed + i so
-        the n choices differ and the whole request stays reproducible."""
+        the n choices differ and the whole request stays reproducible. A field left out
+        takes its value from `defaults` (the model's generation config's, by SamplingParams'
+        names; its max_tokens is the caller's to apply), else SamplingParams' default."""
         given = {
             "temperature": self.temperature,
             "top_p": self.top_p,
@@ -123,6 +126,9 @@ class SamplingFields(Struct, kw_only=True):
             "stop_token_ids": self.stop_token_ids,
             "seed": choice_seed(self.seed, choice),
         }
+        for name, value in (defaults or {}).items():
+            if name in given and given[name] is None:
+                given[name] = value
         return SamplingParams(
             max_tokens=max_tokens,
             min_tokens=self.min_tokens,

@@ -15,8 +15,10 @@ if TYPE_CHECKING:
 
 def room(st: ApiState, prompt_len: int) -> int:
     """max_tokens when the client gives none: the rest of the context (at least 1, so a prompt
-    that is itself too long is reported as such by the engine)."""
-    return max(1, st.engine.max_model_len - prompt_len)
+    that is itself too long is reported as such by the engine), or the model's generation
+    config's max_new_tokens where that is less (vLLM's default)."""
+    rest = max(1, st.engine.max_model_len - prompt_len)
+    return min(rest, st.engine.sampling_defaults.get("max_tokens", rest))
 
 
 def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
