@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dummy: random weights of the model's shape (benchmarks)")
     m.add_argument("--max-model-len", type=int, default=d.max_model_len,
                    help="longest prompt + output in tokens (default: the model's own limit)")
+    m.add_argument("--generation-config", default=d.generation_config, metavar="{auto,vllm,PATH}",
+                   help="sampling defaults of requests that leave temperature, top_p, top_k, "
+                        "min_p, repetition_penalty or their length out: auto, the model's "
+                        "generation_config.json; vllm, none (the API's own); PATH, a folder "
+                        "holding a generation_config.json")
     m.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the server's sampling when a request gives none")
     e = s.add_argument_group("engine")
@@ -174,7 +179,7 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
                    "cuda_graph", "cuda_graph_max_batch", "warm_up",
                    "served_model_name", "tool_call_parser", "reasoning_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
-                   "dist_init_addr", "special_tokens_in_content")
+                   "dist_init_addr", "special_tokens_in_content", "generation_config")
 
 
 def _string_list(value: str) -> list[str]:
