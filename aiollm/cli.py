@@ -98,10 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-model-len", type=int, default=d.max_model_len,
                    help="longest prompt + output in tokens (default: the model's own limit)")
     m.add_argument("--generation-config", default=d.generation_config, metavar="{auto,vllm,PATH}",
-                   help="sampling defaults of requests that leave temperature, top_p, top_k, "
-                        "min_p, repetition_penalty or their length out: auto, the model's "
-                        "generation_config.json; vllm, none (the API's own); PATH, a folder "
-                        "holding a generation_config.json")
+                   help="what requests that leave temperature, top_p, top_k, min_p, "
+                        "repetition_penalty or their length out are sampled with: auto, the "
+                        "model's generation_config.json; vllm, the API's own values; PATH, a "
+                        "folder holding a generation_config.json")
     m.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the server's sampling when a request gives none")
     e = s.add_argument_group("engine")

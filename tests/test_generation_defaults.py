@@ -7,7 +7,9 @@ sampled with and without top_k 20 gives other tokens."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 
 import pytest
 
@@ -15,7 +17,7 @@ from live_server import LiveServer, http
 
 from aiollm.cli import main
 from aiollm.model import load_tokenizer
-from aiollm.model.generation_defaults import sampling_defaults
+from aiollm.model.generation_defaults import log_defaults, sampling_defaults
 from aiollm.sampling_params import SamplingParams
 
 CONFIG = {
@@ -132,11 +134,24 @@ def test_generate_takes_the_defaults_do_sample_too(auto):
 def test_the_engine_calls_without_params_take_them(auto):
     engine = auto.engine
     assert engine.default_params() == SamplingParams(**FILE_VALUES, max_tokens=5)
+    outs = asyncio.run_coroutine_threadsafe(
+        engine.generate_batch(["Hi", "Hello"], progress=False), auto.loop).result(30)
+    # 5 tokens (SamplingParams' default is 16), unless an end-of-text token came first
+    assert all(o.completion_tokens == 5 or o.finish_reason == "stop" for o in outs), outs
 
 
-def test_vllm_mode_leaves_them_out(model_dir):
+def test_start_up_says_which_defaults_it_takes(model_dir, caplog):
+    caplog.set_level(logging.INFO, "aiollm.model.generation_defaults")
+    log_defaults(sampling_defaults("auto", str(model_dir)), "auto")
+    assert ("from generation_config.json: temperature=0.7, top_p=0.8, top_k=20, "
+            "repetition_penalty=1.05, max_new_tokens=5, do_sample=True") in caplog.text
+
+
+def test_vllm_mode_leaves_them_out(model_dir, caplog):
+    caplog.set_level(logging.INFO, "aiollm.model.generation_defaults")
     srv = _serve(model_dir, "vllm")
     try:
+        assert "none from a generation config (--generation-config vllm)" in caplog.text
         assert srv.engine.default_params() == SamplingParams()
         left_out = _complete(srv, {**PROMPT, "max_tokens": 5})
         assert left_out == _complete(srv, {**PROMPT, **NEUTRAL, "max_tokens": 5})

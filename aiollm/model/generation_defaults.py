@@ -76,10 +76,11 @@ def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
 def log_defaults(defaults: dict[str, float | int], mode: str) -> None:
     """Say at start-up which defaults requests that leave the fields out are generated with."""
     if defaults:
-        shown = ", ".join(f"{k}={v}" for k, v in defaults.items())
-        log.info("sampling defaults from %s (%s): %s; requests that set a field keep "
-                 "their value (--generation-config vllm: none)",
-                 FILE if mode == "auto" else os.path.join(mode, FILE), mode, shown)
+        key = {name: key for key, name in KEYS.items()}
+        shown = ", ".join(f"{key.get(k, k)}={v}" for k, v in defaults.items())
+        log.info("sampling defaults of requests that leave them out, from %s: %s "
+                 "(do_sample: /generate's alone; --generation-config vllm ignores them)",
+                 FILE if mode == "auto" else os.path.join(mode, FILE), shown)
     else:
         log.info("sampling defaults: none from a generation config (--generation-config %s)",
                  mode)
