@@ -81,7 +81,7 @@ def test_the_files_keys_are_read_by_sampling_params_names(model_dir, tmp_path):
 
 @pytest.mark.parametrize("key, value, message", [
     ("top_p", 1.5, "top_p must be in"), ("temperature", "hot", "temperature "),
-    ("max_new_tokens", 0, "max_new_tokens "), ("do_sample", "yes", "do_sample must be"),
+    ("max_new_tokens", 0, "max_new_tokens must be an integer >= 1"), ("do_sample", "yes", "do_sample must be"),
 ])
 def test_a_bad_value_names_the_file_and_the_key(tmp_path, key, value, message):
     path = tmp_path / "generation_config.json"
@@ -159,5 +159,25 @@ def test_vllm_mode_leaves_them_out(model_dir, caplog):
         greedy = _generate(srv, {"ignore_eos": True, "seed": 7})
         assert greedy[1] == 16
         assert greedy == _generate(srv, {"ignore_eos": True, "seed": 8})
+    finally:
+        srv.close()
+
+
+def test_a_length_past_the_context_is_the_rest_of_the_context(tmp_path):
+    """max_new_tokens 100000 (past a 64-token context) made every /generate that left the
+    length out a 400 naming parameters.max_new_tokens, a field it never sent."""
+    (tmp_path / "config.json").write_text(json.dumps(CONFIG))
+    (tmp_path / "generation_config.json").write_text(json.dumps({"max_new_tokens": 100000}))
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    srv = LiveServer(model=str(tmp_path), load_format="dummy", max_model_len=64,
+                     kv_tokens=256).start()
+    try:
+        status, _, raw = http(srv, "POST", "/generate", json={
+            "inputs": PROMPT["prompt"], "parameters": {"ignore_eos": True}})
+        assert status == 200, raw
+        out = json.loads(raw)
+        assert out["count_output_tokens"] + out["prompt_tokens"] == 64, out
+        text, tokens = _complete(srv, {**PROMPT, "max_tokens": None})
+        assert tokens == 64 - out["prompt_tokens"]
     finally:
         srv.close()

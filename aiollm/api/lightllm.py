@@ -22,6 +22,7 @@ from aiollm.api.http_errors import param_names
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
+from aiollm.api.usage import room
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
                                     SamplingParams, choice_seed)
@@ -136,7 +137,12 @@ async def _prepare(st: ApiState, req: GenerateRequest
     ids = await st.tokenize(req.inputs, add_special_tokens=req.parameters.add_special_tokens)
     p = req.parameters
     req.check_unserved()
+    length_left_out = p.max_new_tokens is None
     p.with_defaults(st.engine.sampling_defaults)
+    if length_left_out and "max_tokens" in st.engine.sampling_defaults:
+        # the file's length, within the context: a 32k default refused a short context's
+        # request naming a field it never sent
+        p.max_new_tokens = room(st, len(ids))
     p.check_max_tokens()
     fields = {"guided_json": p.guided_json, "guided_grammar": p.guided_grammar,
               "regular_constraint": p.regular_constraint}

@@ -42,10 +42,11 @@ def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
     max_new_tokens): auto, those of `model_path`'s generation_config.json (none for a GGUF
     file or a directory without one); vllm, none; else a folder's generation_config.json.
     Only the keys the file gives a value are in it (null is no value), each checked as
-    SamplingParams checks it; do_sample (a bool) under its own name, for /generate. Raises ValueError naming the file and the key of a bad value,
-    or the file when it is no JSON object."""
+    SamplingParams checks it; do_sample (a bool) under its own name, for /generate.
+    Raises ValueError naming the file and the key of a bad value, or the file when it is no
+    JSON object."""
     from aiollm.model.config import _json_object
-    from aiollm.sampling_params import SamplingParams
+    from aiollm.sampling_params import SamplingParams, is_int
 
     if mode == "vllm":
         return {}
@@ -58,11 +59,14 @@ def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
         value = fields.get(key)
         if value is None:
             continue
+        if key == "max_new_tokens" and not (is_int(value) and value >= 1):
+            # SamplingParams' message speaks of its None and prompt_logprobs, no file's
+            raise ValueError(f"{path}: max_new_tokens must be an integer >= 1, got {value!r}")
         try:
             SamplingParams(**{name: value})
         except InvalidRequest as e:
             # SamplingParams' message names its own field; the file's key is what to fix
-            raise ValueError(f"{path}: {key}: {str(e).replace(name, key, 1)}") from None
+            raise ValueError(f"{path}: {str(e).replace(name, key, 1)}") from None
         # transformers' top_k 0 is off, as SamplingParams' -1 is (LightLLM's API refuses 0)
         defaults[name] = -1 if key == "top_k" and value == 0 else value
     do_sample = fields.get("do_sample")
