@@ -160,6 +160,12 @@ class LLM:
         generate() submits for that text."""
         return self.engine.tokenizer
 
+    def get_default_sampling_params(self) -> SamplingParams:
+        """The SamplingParams generate() and chat() use when given none (vLLM's name):
+        SamplingParams' defaults, or the model's generation_config.json's in their place
+        (the generation_config option: auto, vllm or a folder)."""
+        return self.engine.default_params()
+
     def _run(self, coro):
         """coro run to completion on the LLM's loop. Interrupted (Ctrl-C, in a notebook too:
         a KeyboardInterrupt in the caller's thread, which waits), its requests are aborted

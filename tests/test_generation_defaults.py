@@ -181,3 +181,13 @@ def test_a_length_past_the_context_is_the_rest_of_the_context(tmp_path):
         assert tokens == 64 - out["prompt_tokens"]
     finally:
         srv.close()
+
+
+def test_the_python_llm_takes_them_as_vllms_does(model_dir):
+    from aiollm import LLM
+
+    with LLM(str(model_dir), load_format="dummy", max_model_len=256, kv_tokens=1024) as llm:
+        assert llm.get_default_sampling_params() == SamplingParams(**FILE_VALUES, max_tokens=5)
+        [out] = llm.generate(["Hi"], progress=False)
+        # 5 tokens (SamplingParams' default is 16), unless an end-of-text token came first
+        assert out.completion_tokens == 5 or out.finish_reason == "stop"
