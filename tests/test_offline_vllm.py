@@ -260,3 +260,25 @@ def test_chat_tools_reach_a_template_that_takes_no_system_turn(tmp_path):
     assert out.prompt.startswith("<|im_start|>[INST] You may call functions")  # bos: SmolLM2's
     assert '"name": "get_weather"' in out.prompt and out.prompt.endswith(
         "Weather in Paris? [/INST]")
+
+
+def test_sampling_params_take_vllms_logit_bias_and_allowed_token_ids(llm):
+    """vLLM's SamplingParams(allowed_token_ids=..., logit_bias=...) was a TypeError
+    (unexpected keyword): aiollm took them only inside constraint=Constraint(...). They
+    are folded into the constraint; given both ways, an InvalidRequest names the field."""
+    tok = llm.get_tokenizer()
+    allowed = tok.encode(" yes") + tok.encode(" no")
+    out, = llm.generate("Is Paris in France?", SamplingParams(
+        max_tokens=3, temperature=1.0, seed=0, allowed_token_ids=allowed), False)
+    assert out.token_ids and set(out.token_ids) <= set(allowed)
+    favoured = tok.encode(" banana")[0]
+    out, = llm.generate("Is Paris in France?", SamplingParams(
+        max_tokens=2, temperature=0, logit_bias={favoured: 100.0}), False)
+    assert out.token_ids == [favoured] * 2
+    sp = SamplingParams(logit_bias={favoured: 1.0},
+                        constraint=Constraint(allowed_token_ids=allowed))
+    assert sp.constraint == Constraint(allowed_token_ids=allowed,
+                                       logit_bias={favoured: 1.0})
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(allowed_token_ids=allowed, constraint=Constraint(allowed_token_ids=[1]))
+    assert e.value.param == "allowed_token_ids"
