@@ -10,11 +10,12 @@ runs the kernel's event loop): its engine runs on an event loop of its own threa
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Sequence
 
-from aiollm.api.tool_request import check_tools, template_messages
+from aiollm.api.tool_request import check_tools, tool_renderings
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
@@ -132,11 +133,8 @@ class LLM:
         prompts = []
         for i, conversation in enumerate(conversations):
             try:
-                # as the HTTP API renders a chat: a template that knows no tools (the
-                # default model's) is given them, and past calls, in the messages
-                shown = template_messages(checked_messages(conversation), tools or [],
-                                          self.engine.tokenizer.chat_template)
-                prompts.append(self.engine.chat_prompt(shown, tools, template))
+                prompts.append(self._chat_prompt(checked_messages(conversation), tools,
+                                                 template))
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
@@ -148,6 +146,19 @@ class LLM:
             for choice in (out, *out.other_choices):
                 choice.prompt = text
         return outs
+
+    def _chat_prompt(self, messages: list[dict], tools: list[dict] | None,
+                     template: TemplateOptions | None) -> list[int]:
+        """A conversation's token ids as the HTTP API renders the chat (tool_request): a
+        template that knows no tools (the default model's) is given them, and past calls,
+        in the messages; one that refuses a system turn, at the head of the first user
+        message. InvalidRequest as Engine.chat_prompt raises it (the last rendering's)."""
+        *first, last = tool_renderings(messages, tools or [],
+                                       self.engine.tokenizer.chat_template)
+        for shown in first:
+            with contextlib.suppress(InvalidRequest):
+                return self.engine.chat_prompt(shown, tools, template)
+        return self.engine.chat_prompt(last, tools, template)
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

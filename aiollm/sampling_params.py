@@ -137,6 +137,11 @@ class SamplingParams:
     n: int = 1
     # vLLM's: generate best_of and keep the n most likely. Only None or n (nothing ranked)
     best_of: int | None = None
+    # vLLM's names for the constraint's token ids the output is restricted to and its logit
+    # biases (token id -> added to the logit): check() moves them into `constraint`, and
+    # these read None after
+    allowed_token_ids: list[int] | None = None
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -149,6 +154,7 @@ class SamplingParams:
         bools where a bool is asked for."""
         for name in _NUMBERS:
             setattr(self, name, _plain(getattr(self, name)))
+        self._fold_into_constraint()
         # vLLM's spellings: None for no stop strings or ids, a tuple for a list, top_k 0 for
         # off (its default; the HTTP API takes it too)
         for name in ("stop", "stop_token_ids"):
@@ -235,6 +241,27 @@ class SamplingParams:
         if scoring and (not is_int(self.prompt_logprobs)
                         or not 0 <= self.prompt_logprobs <= MAX_LOGPROBS):
             raise bad("prompt_logprobs", f"must be an integer in [0, {MAX_LOGPROBS}]")
+
+    def _fold_into_constraint(self) -> None:
+        """vLLM's allowed_token_ids and logit_bias moved into a copy of `constraint` (the
+        engine reads the constraint alone). InvalidRequest naming the field when the
+        constraint has one of its own too."""
+        given = {name: getattr(self, name) for name in ("allowed_token_ids", "logit_bias")
+                 if getattr(self, name) is not None}
+        if not given:
+            return
+        if self.constraint is not None and not isinstance(self.constraint, Constraint):
+            return  # check() reports the constraint
+        c = self.constraint or Constraint()
+        for name in given:
+            if getattr(c, name) is not None:
+                raise InvalidRequest(f"{name} is given both as a field and in constraint: "
+                                     "give it once", param=name)
+        self.constraint = Constraint(
+            grammar=c.grammar, allowed_token_ids=given.get("allowed_token_ids",
+                                                           c.allowed_token_ids),
+            logit_bias=given.get("logit_bias", c.logit_bias))
+        self.allowed_token_ids = self.logit_bias = None
 
     @property
     def greedy(self) -> bool:

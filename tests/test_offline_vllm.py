@@ -223,3 +223,62 @@ def test_alternative_tokens_have_their_text(llm):
         assert len(step) == 3
         for token_id, lp in list(step.items())[1:]:  # the alternatives
             assert lp.decoded_token == tok.decode([token_id])
+
+
+# Mistral-7B-Instruct-v0.1's template (as in test_api_model_dir): alternating user and
+# assistant turns only, no system turn
+ALTERNATING = (
+    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
+    "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
+    "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
+    "{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and "
+    "assistant roles are supported!') }}{% endif %}{% endfor %}")
+
+
+def test_chat_tools_reach_a_template_that_takes_no_system_turn(tmp_path):
+    """LLM.chat(tools=...) on a model whose template refuses a system turn (Mistral's v0.1)
+    was an InvalidRequest blaming conversations[0] ('Conversation roles must alternate'),
+    which held no system turn: the tools go at the head of the first user message, as the
+    HTTP API renders the same chat (api/tool_request.tools_prompt)."""
+    import json
+
+    from aiollm.model import load_tokenizer
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 512}))
+    tok = load_tokenizer(None)
+    tok.chat_template = ALTERNATING
+    tok.save_pretrained(str(tmp_path))
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "parameters": {"type": "object"}}}]
+    with LLM(str(tmp_path), load_format="dummy", max_model_len=512, kv_tokens=1024) as llm:
+        out, = llm.chat([{"role": "user", "content": "Weather in Paris?"}],
+                        SamplingParams(max_tokens=1), False, tools=tools)
+    assert out.prompt.startswith("<|im_start|>[INST] You may call functions")  # bos: SmolLM2's
+    assert '"name": "get_weather"' in out.prompt and out.prompt.endswith(
+        "Weather in Paris? [/INST]")
+
+
+def test_sampling_params_take_vllms_logit_bias_and_allowed_token_ids(llm):
+    """vLLM's SamplingParams(allowed_token_ids=..., logit_bias=...) was a TypeError
+    (unexpected keyword): aiollm took them only inside constraint=Constraint(...). They
+    are folded into the constraint; given both ways, an InvalidRequest names the field."""
+    tok = llm.get_tokenizer()
+    allowed = tok.encode(" yes") + tok.encode(" no")
+    out, = llm.generate("Is Paris in France?", SamplingParams(
+        max_tokens=3, temperature=1.0, seed=0, allowed_token_ids=allowed), False)
+    assert out.token_ids and set(out.token_ids) <= set(allowed)
+    favoured = tok.encode(" banana")[0]
+    out, = llm.generate("Is Paris in France?", SamplingParams(
+        max_tokens=2, temperature=0, logit_bias={favoured: 100.0}), False)
+    assert out.token_ids == [favoured] * 2
+    sp = SamplingParams(logit_bias={favoured: 1.0},
+                        constraint=Constraint(allowed_token_ids=allowed))
+    assert sp.constraint == Constraint(allowed_token_ids=allowed,
+                                       logit_bias={favoured: 1.0})
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(allowed_token_ids=allowed, constraint=Constraint(allowed_token_ids=[1]))
+    assert e.value.param == "allowed_token_ids"

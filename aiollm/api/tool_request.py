@@ -171,21 +171,30 @@ def template_messages(messages: list[dict], tools: list[dict], template: str | N
     return out
 
 
+def tool_renderings(messages: list[dict], tools: list[dict], template: str | None
+                     ) -> list[list[dict]]:
+    """The messages to render a conversation with `tools` in, in the order to try them:
+    template_messages' (the tools in a system message), then, where it differs, the tools at
+    the head of the first user message, for a template that refuses the system message
+    (Mistral's and Mixtral's v0.1 templates take alternating user and assistant turns only,
+    and raise otherwise) and expects instructions in the user's turn."""
+    shown = template_messages(messages, tools, template)
+    user_turn = template_messages(messages, tools, template, in_system=False)
+    # the same: no tools listed apart from the template, or no user turn
+    return [shown] if user_turn == shown else [shown, user_turn]
+
+
 async def tools_prompt(chat_prompt: Callable[..., Awaitable[list[int]]], messages: list[dict],
                        tools: list[dict], template: str | None, options: Any
                        ) -> tuple[list[int], list[dict]]:
-    """(token ids, the messages rendered) of a conversation with `tools` shown to the chat
-    template as template_messages shows them; `chat_prompt(messages, tools, options)` is
-    ApiState's. When the template refuses the system message the tools were put in
-    (Mistral's and Mixtral's v0.1 templates take alternating user and assistant turns only,
-    and raise otherwise), they go at the head of the first user message instead, as a
-    template that takes no system turn expects instructions. InvalidRequest as chat_prompt
-    raises it (the second render's, when both fail)."""
-    shown = template_messages(messages, tools, template)
-    try:
-        return await chat_prompt(shown, tools or None, options), shown
-    except InvalidRequest:
-        user_turn = template_messages(messages, tools, template, in_system=False)
-        if user_turn == shown:  # no tools listed apart from the template, or no user turn
-            raise
-    return await chat_prompt(user_turn, tools or None, options), user_turn
+    """(token ids, the messages rendered) of a conversation with `tools`, the first of
+    tool_renderings that the template takes; `chat_prompt(messages, tools, options)` is
+    ApiState's. InvalidRequest as chat_prompt raises it (the last rendering's, when all
+    fail)."""
+    *first, last = tool_renderings(messages, tools, template)
+    for shown in first:
+        try:
+            return await chat_prompt(shown, tools or None, options), shown
+        except InvalidRequest:
+            pass
+    return await chat_prompt(last, tools or None, options), last
