@@ -10,6 +10,7 @@ import json
 
 import pytest
 
+from chat_templates import ALTERNATING
 from live_server import LiveServer, http, sse_events
 
 from aiollm.model import load_tokenizer
@@ -22,14 +23,6 @@ CONFIG = {
     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
     "rms_norm_eps": 1e-6, "tie_word_embeddings": False,
 }
-# Mistral-7B-Instruct-v0.1's template, as its tokenizer_config.json gives it
-ALTERNATING = (
-    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
-    "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
-    "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
-    "{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and "
-    "assistant roles are supported!') }}{% endif %}{% endfor %}")
 HI = [{"role": "user", "content": "Hi"}]
 # the padding id first, then a real token (logit_bias makes both all but certain)
 FORCE = {"logit_bias": {str(PAD_ID): 100}, "max_tokens": 2, "temperature": 0}

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from chat_templates import ALTERNATING
+
 from aiollm import LLM, SamplingParams
 from aiollm.sampling_params import Constraint
 from aiollm.errors import InvalidRequest
@@ -223,17 +225,6 @@ def test_alternative_tokens_have_their_text(llm):
         assert len(step) == 3
         for token_id, lp in list(step.items())[1:]:  # the alternatives
             assert lp.decoded_token == tok.decode([token_id])
-
-
-# Mistral-7B-Instruct-v0.1's template (as in test_api_model_dir): alternating user and
-# assistant turns only, no system turn
-ALTERNATING = (
-    "{{ bos_token }}{% for message in messages %}{% if (message['role'] == 'user') != "
-    "(loop.index0 % 2 == 0) %}{{ raise_exception('Conversation roles must alternate "
-    "user/assistant/user/assistant/...') }}{% endif %}{% if message['role'] == 'user' %}"
-    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% elif message['role'] == 'assistant' %}"
-    "{{ message['content'] + eos_token + ' ' }}{% else %}{{ raise_exception('Only user and "
-    "assistant roles are supported!') }}{% endif %}{% endfor %}")
 
 
 def test_chat_tools_reach_a_template_that_takes_no_system_turn(tmp_path):
