@@ -121,6 +121,104 @@ def test_health_fails_while_every_request_runs_out_of_memory_alone(tiny):
     serve_tiny(tiny, check)
 
 
+def test_health_probes_a_failing_engine_until_the_fault_has_passed(tiny):
+    """Another process held the device memory for a moment: FAILING_STEPS requests failed
+    out of memory and /health turned 503. A load balancer then sends the server nothing,
+    and only a completed step cleared the state: 503 for ever on a server that would
+    serve. While the engine is failing, /health runs a one-token probe request (as TGI's
+    does): still out of memory, 503 naming the probe's failure; memory back, 200 with no
+    other traffic. Concurrent checks share one probe, a check within a second of the last
+    probe runs none, and probes hold nothing nor count as requests."""
+    import torch
+
+    from aiollm.engine.health_probe import PROBE_INTERVAL_S
+    from aiollm.engine.oom import SMALLEST_TRIES
+
+    body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 2}}
+    fault = {"on": True}
+    forwards = []
+
+    async def check(client, engine):
+        model = engine.runner.model
+
+        def forward(batch):
+            forwards.append(batch)
+            if fault["on"]:
+                raise torch.OutOfMemoryError("CUDA out of memory (injected: another process)")
+            return type(model).forward(model, batch)
+
+        model.forward = forward
+        try:
+            for _ in range(FAILING_STEPS):
+                resp = await asyncio.wait_for(client.post("/generate", json=body), 30)
+                assert resp.status == 500, await resp.text()
+            before = len(forwards)
+            downs = await asyncio.gather(*(client.get("/health") for _ in range(4)))
+            # one probe for the four checks: a request alone out of memory SMALLEST_TRIES
+            # times, one forward each
+            assert len(forwards) - before == SMALLEST_TRIES
+            for down in downs:
+                assert down.status == 503, await down.text()
+                error = (await down.json())["error"]
+                assert "health probe" in error and "out of memory" in error, error
+            again = await client.get("/healthz")  # within a second of that probe: none
+            assert again.status == 503
+            assert len(forwards) - before == SMALLEST_TRIES
+            fault["on"] = False  # the other process let the memory go
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            before = len(forwards)
+            up = await client.get("/health")
+            assert up.status == 200, await up.text()
+            assert len(forwards) - before == 1  # the probe's prefill gave its one token
+            assert engine.failing is None
+            stats = engine.stats()
+            assert stats["kv_used"] == stats["table_used"] == 0, stats
+            finished = engine.metrics.registry.get_sample_value
+            assert finished("aiollm_requests_finished_total", {"finish_reason": "abort"}) \
+                == FAILING_STEPS  # the clients' requests, no probe
+            assert not finished("aiollm_requests_finished_total", {"finish_reason": "length"})
+        finally:
+            del model.forward  # the class's forward again
+    serve_tiny(tiny, check)
+
+
+def test_health_probe_that_times_out_is_aborted_and_holds_nothing(tiny):
+    """A probe whose step does not end within the check's timeout answers naming the
+    timeout and is aborted: its KV and table slot are given back at once, and the late
+    end of its step frees nothing twice. A stopped engine is not probed."""
+    from aiollm import SamplingParams
+    from aiollm.errors import RequestFailed
+
+    def broken(batch):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+    def stuck(batch):
+        time.sleep(1.0)
+        broken(batch)
+
+    async def main():
+        async with Engine(tiny, load_format="dummy", kv_tokens=512) as engine:
+            model = engine.runner.model
+            model.forward = broken
+            for _ in range(FAILING_STEPS):
+                with pytest.raises(RequestFailed):
+                    await engine.generate([1, 2, 3], SamplingParams(max_tokens=2))
+            model.forward = stuck
+            t0 = time.monotonic()
+            why = await engine.check_health(timeout=0.2)
+            assert time.monotonic() - t0 < 0.9
+            assert "did not complete within 0.2 s" in why, why
+            stats = engine.stats()
+            assert stats["kv_used"] == stats["table_used"] == 0, stats
+            await asyncio.sleep(1.2)  # the stuck step ends, failing
+            stats = engine.stats()
+            assert stats["kv_used"] == stats["table_used"] == 0, stats
+            assert "illegal memory access" in engine.failing
+            await engine.stop()
+            assert await engine.check_health() == "the engine is not serving"
+    asyncio.run(main())
+
+
 def test_probes_metrics_and_version_need_no_api_key(tiny):
     """What a probe, a Prometheus scraper or a deploy script reads carries no secrets and
     runs no model: /health, /healthz, /metrics and /version are open, as vLLM leaves all but

@@ -21,13 +21,17 @@ async def health(request: web.Request) -> web.Response:
     does when the engine takes no request for another reason (stopped, its step loop
     ended, a tensor-parallel rank lost), as vLLM's and LightLLM's checks ask their engine,
     and while its step loop runs but every step fails (Engine.failing: a sticky device
-    error), with that error. Also at /healthz, LightLLM's (and Kubernetes') name for it."""
+    error), with that error. While it is failing, the check runs a one-token probe request
+    (Engine.check_health: shared by concurrent checks, at most one a second, within a few
+    seconds), as Hugging Face TGI's does: a fault that has passed answers 200 again with
+    no other traffic, which a load balancer that took the server out of rotation sends
+    none of. Also at /healthz, LightLLM's (and Kubernetes') name for it."""
     st = state(request)
     if st.draining:
         return json_response({"status": "shutting down"}, status=503)
     if not st.engine.serving:
         return json_response({"status": "engine not serving"}, status=503)
-    if (failing := st.engine.failing) is not None:
+    if (failing := await st.engine.check_health()) is not None:
         return json_response({"status": "engine failing", "error": failing}, status=503)
     return json_response({"status": "ok", "model": st.model_name})
 

@@ -34,6 +34,7 @@ from aiollm.config import EngineConfig
 from aiollm.engine.engine_api import EngineAPI
 from aiollm.engine.grammar import Grammars
 from aiollm.engine.hand_out import HandOut
+from aiollm.engine.health_probe import PROBE_TIMEOUT_S, HealthProbe
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
 from aiollm.engine.planner import Planner, Step
@@ -115,6 +116,19 @@ class Engine(EngineAPI, HandOut):
         all failed (step_health.py: a sticky device error fails every step, and so every
         request, while the loop runs on). Cleared by the next step that completes."""
         return self._step_health.failing if self._started else None
+
+    async def check_health(self, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+        """None while the engine serves and makes progress; else why not, in words. While
+        it is failing, a probe request of one token (health_probe.py; shared with the
+        checks under way, at most one a second, within `timeout` seconds) tells a fault that
+        has passed, whose completed step clears the failing state, from one that is still
+        there. What a health check asks; never raises (only RuntimeError from another event
+        loop than the engine's, or before the engine was first started)."""
+        self._check_started()
+        if not self.serving:
+            return "the engine is not serving"
+        self._check_own_loop()
+        return await self._health_probe.check(timeout)
 
     async def _after_changes(self) -> None:
         """Wait until no start(), stop() or shutdown() is under way."""
@@ -225,6 +239,7 @@ class Engine(EngineAPI, HandOut):
         self._batch_room = asyncio.Semaphore(min(cfg.table_capacity, cfg.max_waiting_requests))
         self._oom = OomBackoff(self.planner, device)
         self._step_health = StepHealth()
+        self._health_probe = HealthProbe(self)
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop; a start() under way is waited for,

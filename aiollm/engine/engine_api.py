@@ -289,7 +289,10 @@ class EngineAPI:
             self.grammars.check(params.constraint, params.min_tokens, params.stop_token_ids)
         return ids
 
-    def _submit(self, prompt: Prompt, params: SamplingParams) -> tuple[Request, OutputText]:
+    def _submit(self, prompt: Prompt, params: SamplingParams, *,
+                counted: bool = True) -> tuple[Request, OutputText]:
+        """A checked request in the waiting queue, and its output text's decoder. counted
+        False: kept out of the metrics and the scheduler's history (a health probe)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
@@ -299,9 +302,11 @@ class EngineAPI:
         detok = OutputText.of_request(self.tokenizer, ids, params)
         req = new_request(self.table, ids, params, self._rng, grammar,
                           keep_prompt_array=self.prefix_cache is not None)
+        req.counted = counted
         self._requests[req.rid] = req
         self.planner.enqueue(req)
-        self.metrics.prompt_tokens.inc(len(ids))
+        if counted:
+            self.metrics.prompt_tokens.inc(len(ids))
         self._wake.set()
         return req, detok
 

@@ -58,7 +58,7 @@ class HandOut:
         if constrained:
             grammar_end[constrained] = self.grammars.accept(
                 [reqs[k].grammar for k in constrained], tokens[constrained])
-        self.metrics.generation_tokens.inc(len(reqs))
+        self.metrics.generation_tokens.inc(sum(r.counted for r in reqs))
         for k, r in enumerate(reqs):
             if r.params.max_tokens == 0:  # prompt scoring: the prefill's token is no output
                 self._finish(r, "length")
@@ -66,10 +66,11 @@ class HandOut:
             r.output_ids.append(int(tokens[k]))
             if r.logprobs is not None:
                 r.logprobs.append(result.logprob_entry(rows[k], r.params.logprobs))
-            if len(r.output_ids) == 1:
-                self.metrics.ttft.observe(time.monotonic() - r.arrival)
-            elif r.t_last_ns:
-                self.metrics.itl.observe((now_ns - r.t_last_ns) / 1e9)
+            if r.counted:  # (a health probe is no client's request)
+                if len(r.output_ids) == 1:
+                    self.metrics.ttft.observe(time.monotonic() - r.arrival)
+                elif r.t_last_ns:
+                    self.metrics.itl.observe((now_ns - r.t_last_ns) / 1e9)
             r.t_last_ns = now_ns
             if bad is not None and bad[k]:
                 self._finish(r, "abort", error="the model produced non-finite logits", failed=True,
@@ -92,7 +93,7 @@ class HandOut:
             r.event.set()
 
     def _on_admit(self, req: Request, now: float) -> None:
-        if req.admitted_seq >= 0 and not req.output_ids:
+        if req.admitted_seq >= 0 and not req.output_ids and req.counted:
             self.metrics.queue_time.observe(now - req.arrival)
 
     def _expire_queued(self) -> None:
@@ -129,13 +130,14 @@ class HandOut:
         req.finish_reason = reason
         req.error = error
         rec = self.table[req.slot]
-        if reason != "abort":
+        if reason != "abort" and req.counted:
             self.scheduler.on_finish(int(rec["output_len"]), int(rec["max_new_tokens"]),
                                      bool(rec["ignore_eos"]))
         rec["state"] = ReqState.ABORTED if reason == "abort" else ReqState.FINISHED
         self.table.free(req.slot)
         self._requests.pop(req.rid, None)
-        self.metrics.requests.labels(reason).inc()
-        self.metrics.e2e.observe(time.monotonic() - req.arrival)
+        if req.counted:
+            self.metrics.requests.labels(reason).inc()
+            self.metrics.e2e.observe(time.monotonic() - req.arrival)
         req.event.set()
         self._wake.set()

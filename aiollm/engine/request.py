@@ -65,6 +65,9 @@ class Request:
     # placeholder id is -(pending_row + 1), its row among that step's sampled requests.
     pending: int = 0
     pending_row: int = -1
+    # in the metrics and the scheduler's history of output lengths; False for a health
+    # probe (health_probe.py), which no client sent
+    counted: bool = True
     smallest_ooms: int = 0  # its out-of-memory steps alone at the smallest size (oom.py)
     t_last_ns: int = 0  # when its latest token arrived, for inter-token latency
     last_is_stop_token: bool = False  # the final token (eos/stop id) is not part of the text

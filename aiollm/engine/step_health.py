@@ -8,7 +8,8 @@ running; /health must then stop saying 200, or a load balancer keeps sending the
 traffic it can only fail. vLLM treats the first error in its engine loop as fatal (the
 engine is dead, every later request fails, its /health fails); aiollm keeps serving after
 one, and calls the engine failing only once FAILING_STEPS steps in a row have failed with
-none completing between them. The next step that completes clears it.
+none completing between them. The next step that completes clears it; while it is set,
+health checks run a probe request to make one (health_probe.py).
 """
 
 from __future__ import annotations
