@@ -16,7 +16,7 @@ from aiohttp import web
 from aiollm.api import reasoning, sse, tool_parsers, tool_request
 from aiollm.api.body import decode_body
 from aiollm.api.chat_request import ChatCompletionRequest
-from aiollm.api.choices import gather_all, merge
+from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import json_response
@@ -115,7 +115,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                                       continued=continued) if thinking else None
 
     if not req.stream:
-        outs = await gather_all([engine.generate(ids, sp) for sp in params])
+        outs = await gather_outputs([engine.generate(ids, sp) for sp in params])
         choices = []
         for j, out in enumerate(outs):
             text, thought, r = out.text, {}, None
