@@ -94,6 +94,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                                      for i, ids, sp in jobs])
         choices = [{
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
+            "stop_reason": out.stop_reason,
             "logprobs": logprobs_of(k, out, 0 if echo_scores else len(echo[k][0])),
             **prompt_scores(out),
         } for k, out in enumerate(outs)]
@@ -123,6 +124,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         cached_tokens[k] = delta.cached_tokens
         return sse.event({**head, "choices": [{
             "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
+            "stop_reason": delta.stop_reason,  # null until the last (vLLM sends it in each)
             **prompt_scores(delta),
         }], **chunk_usage(req, usage)})
 
