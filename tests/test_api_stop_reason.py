@@ -55,3 +55,48 @@ def test_stop_reason_says_which_stop_ended_the_choice(server, path, base):
         if path == "/v1/completions":
             assert all("stop_reason" in c for c in before), before
 
+
+# -- the model's other end-of-sequence ids -----------------------------------------------------
+
+TINY = {  # tiny random weights of a Qwen2 shape, on the default model's tokenizer (eos 2)
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 49152,
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "eos_token_id": EOS,
+}
+END_OF_TURN = 0  # listed beside the eos as Llama 3's <|eot_id|> is in its generation_config
+
+
+@pytest.fixture(scope="module")
+def two_eos(tmp_path_factory):
+    from live_server import LiveServer
+
+    from aiollm.model import load_tokenizer
+
+    d = tmp_path_factory.mktemp("two-eos")
+    (d / "config.json").write_text(json.dumps(TINY))
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [EOS, END_OF_TURN]}))
+    load_tokenizer(None).save_pretrained(str(d))
+    srv = LiveServer(model=str(d), load_format="dummy", max_model_len=256,
+                     kv_tokens=1024).start()
+    yield srv
+    srv.close()
+
+
+def test_a_models_other_eos_id_is_its_stop_reason(two_eos):
+    """generation_config.json's eos ids other than the tokenizer's eos (Llama 3's
+    <|eot_id|>) end a request as stop ids do in vLLM, which reports the id; aiollm said
+    null, as for the eos. With ignore_eos they end nothing (vLLM's rule too)."""
+    def forced(token: int, **fields) -> dict:
+        return {"prompt": "Hi", "logit_bias": {str(token): 100}, "temperature": 0,
+                "max_tokens": 2, **fields}
+
+    other, eos, ignored, stream = at_once(
+        lambda: _whole(two_eos, "/v1/completions", forced(END_OF_TURN)),
+        lambda: _whole(two_eos, "/v1/completions", forced(EOS)),
+        lambda: _whole(two_eos, "/v1/completions", forced(END_OF_TURN, ignore_eos=True)),
+        lambda: _chunks(two_eos, "/v1/completions", forced(END_OF_TURN)))
+    assert (other["finish_reason"], other["stop_reason"]) == ("stop", END_OF_TURN), other
+    assert (eos["finish_reason"], eos["stop_reason"]) == ("stop", None), eos
+    assert (ignored["finish_reason"], ignored["stop_reason"]) == ("length", None), ignored
+    assert (stream[-1]["finish_reason"], stream[-1]["stop_reason"]) == ("stop", END_OF_TURN)
