@@ -16,7 +16,7 @@ from aiohttp import web
 from aiollm.api import reasoning, sse, tool_parsers, tool_request
 from aiollm.api.body import decode_body
 from aiollm.api.chat_request import ChatCompletionRequest
-from aiollm.api.choices import gather_all, merge
+from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import ApiError, param_names
 from aiollm.api.protocol import json_response
@@ -115,7 +115,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                                       continued=continued) if thinking else None
 
     if not req.stream:
-        outs = await gather_all([engine.generate(ids, sp) for sp in params])
+        outs = await gather_outputs([engine.generate(ids, sp) for sp in params])
         choices = []
         for j, out in enumerate(outs):
             text, thought, r = out.text, {}, None
@@ -137,6 +137,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 finish = finish_with_calls(finish, calls)
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
+                "stop_reason": out.stop_reason,
                 "logprobs": (None if out.logprobs is None
                              else _chat_logprobs(vocab, out.logprobs, out.token_texts)),
             })
@@ -193,10 +194,12 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if not found and not delta and finish is None and logprobs is None:
             return b""  # text the parsers hold back: OpenAI sends no chunk for it
         counts = chunk_usage(req, usage)
+        # the finish's chunk says which stop ended it (vLLM's stop_reason: the others lack it)
+        ended = {} if finish is None else {"stop_reason": d.stop_reason}
         if not found:
             return sse.event({**head, "choices": [{
-                "index": j, "delta": delta, "finish_reason": finish, "logprobs": logprobs}],
-                **counts})
+                "index": j, "delta": delta, "finish_reason": finish, **ended,
+                "logprobs": logprobs}], **counts})
         # the calls, then a chunk of their own for the finish, as OpenAI sends them (the
         # SDK's stream helper ends a call, arguments.done, only once it has seen it)
         delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
@@ -204,7 +207,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs}],
             **counts}) + sse.event({**head, "choices": [{
                 "index": j, "delta": {"content": ""} if said[j] else {},
-                "finish_reason": finish, "logprobs": None}], **counts})
+                "finish_reason": finish, **ended, "logprobs": None}], **counts})
 
     def tail() -> bytes:
         last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""

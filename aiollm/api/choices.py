@@ -12,6 +12,7 @@ import asyncio
 from contextlib import aclosing
 from typing import AsyncIterator, Awaitable, Callable, Sequence, TypeVar
 
+from aiollm.engine.request_group import gather_all
 from aiollm.errors import Overloaded
 
 T = TypeVar("T")
@@ -19,18 +20,10 @@ T = TypeVar("T")
 _END = object()
 
 
-async def gather_all(coros: Sequence[Awaitable[T]]) -> list[T]:
-    """Like asyncio.gather, but the first failure cancels the others (gather leaves them
-    running, and each would keep its KV slots until it finished)."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        return [_unless_aborted(out) for out in await asyncio.gather(*tasks)]
-    finally:
-        pending = [t for t in tasks if not t.done()]
-        for t in pending:
-            t.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+async def gather_outputs(coros: Sequence[Awaitable[T]]) -> list[T]:
+    """The engine outputs of `coros`, run as one group (request_group.gather_all: the first
+    failure cancels the others); Overloaded when one was aborted."""
+    return [_unless_aborted(out) for out in await gather_all(coros)]
 
 
 async def merge(starts: Sequence[Callable[[], AsyncIterator[T]]]

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from aiollm.api import sse
 from aiollm.api.body import decode_body
-from aiollm.api.choices import gather_all, merge
+from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.completion_request import CompletionRequest
 from aiollm.api.prompt_echo import PromptEcho, echo_only
 from aiollm.api.protocol import json_response
@@ -90,10 +90,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return {"prompt_logprobs": _vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
 
     if not req.stream:
-        outs = await gather_all([_of_prompt(i, source.generate(ids, sp))
-                                 for i, ids, sp in jobs])
+        outs = await gather_outputs([_of_prompt(i, source.generate(ids, sp))
+                                     for i, ids, sp in jobs])
         choices = [{
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
+            "stop_reason": out.stop_reason,
             "logprobs": logprobs_of(k, out, 0 if echo_scores else len(echo[k][0])),
             **prompt_scores(out),
         } for k, out in enumerate(outs)]
@@ -123,6 +124,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         cached_tokens[k] = delta.cached_tokens
         return sse.event({**head, "choices": [{
             "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
+            "stop_reason": delta.stop_reason,  # null until the last (vLLM sends it in each)
             **prompt_scores(delta),
         }], **chunk_usage(req, usage)})
 

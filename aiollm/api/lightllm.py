@@ -17,7 +17,7 @@ from aiohttp import web
 
 from aiollm.api import sse, structured
 from aiollm.api.body import decode_body
-from aiollm.api.choices import gather_all, merge
+from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.http_errors import param_names
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
@@ -159,7 +159,7 @@ async def generate(request: web.Request) -> web.Response:
     req = await decode_body(request, GenerateRequest)
     with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
         ids, params = await _prepare(st, req)
-        outs = await gather_all([st.engine.generate(ids, sp) for sp in params])
+        outs = await gather_outputs([st.engine.generate(ids, sp) for sp in params])
 
     def one_or_all(values: list) -> object:  # LightLLM unwraps single results, except the text
         return values[0] if len(values) == 1 else values

@@ -206,6 +206,8 @@ class Engine(EngineAPI, HandOut):
         self.model_name, self.tokenizer = loaded.model_name, loaded.tokenizer
         self._content_specials: list[str] | None = None  # chat_prompt's, read on first use
         self.eos_ids, self.table = loaded.eos_ids, loaded.table
+        # of eos_ids, the one that is no stop_reason (hand_out.py)
+        self.eos_token_id = loaded.tokenizer.eos_token_id
         self.sampling_defaults = loaded.sampling_defaults
         self.runner, self.kv_pool = loaded.rank.runner, loaded.rank.kv_pool
         self.req_to_token, self.max_model_len = loaded.rank.req_to_token, loaded.rank.max_model_len

@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
-from aiollm.engine.choices import completions, n_of
+from aiollm.engine.request_group import completions, gather_all, n_of
 from aiollm.engine.output_text import OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
@@ -64,7 +64,7 @@ class EngineAPI:
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
         """The whole result of one request: prompt as text (long text tokenized off the loop)
         or token ids; with params.n > 1, of n requests on the prompt, one per choice, joined
-        (engine/choices.py) and submitted as generate_batch submits its prompts, as the
+        (engine/request_group.py) and submitted as generate_batch submits its prompts, as the
         table and the waiting queue make room. Raises InvalidRequest / Overloaded before it
         starts, RequestFailed inside."""
         await self.compile_grammar(params := params or self.default_params())
@@ -207,15 +207,9 @@ class EngineAPI:
             bar.update(1)
             return out
 
-        tasks = [asyncio.ensure_future(one(i, p)) for i, p in enumerate(prompts)]
-        try:
-            return await asyncio.gather(*tasks)
+        try:  # one failure ends the batch (gather_all cancels the other prompts)
+            return await gather_all([one(i, p) for i, p in enumerate(prompts)])
         finally:
-            # one failure ends the batch: the others would run on, holding their slots and
-            # KV (in LLM's loop, into its next call), for results nobody reads
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             bar.close()
 
     def _checked_batch(self, prompts: Sequence[Prompt], params: list[SamplingParams],

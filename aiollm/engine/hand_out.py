@@ -28,7 +28,7 @@ from aiollm.native import FinishReason, ReqState
 class HandOut:
     """The token hand-out and request ends of Engine, which inherits them (a mixin with no
     state of its own). They read what Engine's start() set up (table, planner, scheduler,
-    grammars, metrics, eos_ids, config, _requests, _wake, _event_loop)."""
+    grammars, metrics, eos_ids, eos_token_id, config, _requests, _wake, _event_loop)."""
 
     def _process(self, step: Step, result) -> None:
         if result.scoring is not None:
@@ -81,10 +81,11 @@ class HandOut:
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP
                 tok = r.output_ids[-1]
-                # the model's eos is no stop reason, also when it is a stop id too (vLLM's
-                # rule), unless ignore_eos made only the stop id end it
-                if r.last_is_stop_token and tok in r.params.stop_token_ids and (
-                        r.params.ignore_eos or tok not in self.eos_ids):
+                # the tokenizer's eos is no stop reason, also when it is a stop id too
+                # (vLLM's rule), unless ignore_eos made only the stop id end it; the model's
+                # other eos ids (generation_config's, e.g. Llama 3's <|eot_id|>) are, as
+                # vLLM makes them stop ids (so ignore_eos turns them off: the C check)
+                if r.last_is_stop_token and (r.params.ignore_eos or tok != self.eos_token_id):
                     r.stop_reason = tok
                 self._finish(r, FinishReason(finished[k]).label)
             elif grammar_end[k] == ENDED:  # the grammar's end: its final (stop) token is eos

@@ -20,6 +20,8 @@ class Delta:
     # each token's text: they join to `text` (see engine/output_text.py)
     token_texts: list[str] = field(default_factory=list)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # the first delta's, if asked
+    # the last delta's: the stop string or stop token id that ended it (RequestOutput's)
+    stop_reason: int | str | None = None
 
 
 @dataclass(slots=True)

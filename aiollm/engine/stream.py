@@ -61,7 +61,8 @@ async def deltas(req: Request, out: OutputText, finish: Finish) -> AsyncIterator
             if final or text or new_ids:
                 yield Delta(text, new_ids, lps, req.finish_reason, len(req.prompt_ids), sent,
                             cached_tokens=max(req.cached_tokens, 0), token_texts=texts,
-                            prompt_logprobs=req.prompt_logprobs if first else None)
+                            prompt_logprobs=req.prompt_logprobs if first else None,
+                            stop_reason=req.stop_reason if final else None)
                 first = False
             if final:
                 return

@@ -1,0 +1,102 @@
+"""vLLM's stop_reason in the OpenAI responses, through the real server: each completion and
+chat choice (whole, and the final chunk of a streamed one) says which stop string or stop
+token id ended it; null for the model's eos and for the length limit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from live_server import at_once, http, sse_events
+
+EOS = 2  # the default model's <|im_end|>
+NEWLINE = 198  # "\n"
+# logit_bias makes the first token all but certain: "\n", or the eos
+FORCE_NEWLINE = {"logit_bias": {str(NEWLINE): 100}, "temperature": 0, "max_tokens": 3}
+CASES = [  # (fields, finish_reason, stop_reason)
+    ({**FORCE_NEWLINE, "stop": ["zzq", "\n"]}, "stop", "\n"),
+    ({**FORCE_NEWLINE, "stop_token_ids": [7, NEWLINE]}, "stop", NEWLINE),
+    ({**FORCE_NEWLINE, "max_tokens": 1}, "length", None),
+    ({"logit_bias": {str(EOS): 100}, "temperature": 0, "max_tokens": 3}, "stop", None),
+]
+ENDPOINTS = [("/v1/completions", {"prompt": "The capital of France is"}),
+             ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})]
+
+
+def _whole(server, path: str, body: dict) -> dict:
+    status, _, raw = http(server, "POST", path, json=body)
+    assert status == 200, raw
+    return json.loads(raw)["choices"][0]
+
+
+def _chunks(server, path: str, body: dict) -> list[dict]:
+    """The choice of each streamed chunk that has one."""
+    status, _, raw = http(server, "POST", path, json={**body, "stream": True})
+    assert status == 200, raw
+    return [c for e in sse_events(raw) if e != "[DONE]" for c in json.loads(e)["choices"]]
+
+
+@pytest.mark.parametrize("path, base", ENDPOINTS, ids=["completions", "chat"])
+def test_stop_reason_says_which_stop_ended_the_choice(server, path, base):
+    """stop_reason was missing from every choice (vLLM clients read it to know which stop
+    string or stop token ended the output: finish_reason "stop" alone does not say)."""
+    calls = []
+    for fields, _, _ in CASES:
+        body = {**base, **fields}
+        calls += [lambda b=body: _whole(server, path, b), lambda b=body: _chunks(server, path, b)]
+    results = at_once(*calls)
+    for (fields, finish, reason), whole, chunks in zip(CASES, results[::2], results[1::2]):
+        assert (whole["finish_reason"], whole["stop_reason"]) == (finish, reason), (fields, whole)
+        *before, last = chunks
+        assert (last["finish_reason"], last["stop_reason"]) == (finish, reason), (fields, last)
+        # the other chunks: null (completions, as vLLM sends every field) or left out (chat)
+        assert all(c["finish_reason"] is None and c.get("stop_reason") is None
+                   for c in before), (fields, before)
+        if path == "/v1/completions":
+            assert all("stop_reason" in c for c in before), before
+
+
+# -- the model's other end-of-sequence ids -----------------------------------------------------
+
+TINY = {  # tiny random weights of a Qwen2 shape, on the default model's tokenizer (eos 2)
+    "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "vocab_size": 49152,
+    "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 256,
+    "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "eos_token_id": EOS,
+}
+END_OF_TURN = 0  # listed beside the eos as Llama 3's <|eot_id|> is in its generation_config
+
+
+@pytest.fixture(scope="module")
+def two_eos(tmp_path_factory):
+    from live_server import LiveServer
+
+    from aiollm.model import load_tokenizer
+
+    d = tmp_path_factory.mktemp("two-eos")
+    (d / "config.json").write_text(json.dumps(TINY))
+    (d / "generation_config.json").write_text(json.dumps({"eos_token_id": [EOS, END_OF_TURN]}))
+    load_tokenizer(None).save_pretrained(str(d))
+    srv = LiveServer(model=str(d), load_format="dummy", max_model_len=256,
+                     kv_tokens=1024).start()
+    yield srv
+    srv.close()
+
+
+def test_a_models_other_eos_id_is_its_stop_reason(two_eos):
+    """generation_config.json's eos ids other than the tokenizer's eos (Llama 3's
+    <|eot_id|>) end a request as stop ids do in vLLM, which reports the id; aiollm said
+    null, as for the eos. With ignore_eos they end nothing (vLLM's rule too)."""
+    def forced(token: int, **fields) -> dict:
+        return {"prompt": "Hi", "logit_bias": {str(token): 100}, "temperature": 0,
+                "max_tokens": 2, **fields}
+
+    other, eos, ignored, stream = at_once(
+        lambda: _whole(two_eos, "/v1/completions", forced(END_OF_TURN)),
+        lambda: _whole(two_eos, "/v1/completions", forced(EOS)),
+        lambda: _whole(two_eos, "/v1/completions", forced(END_OF_TURN, ignore_eos=True)),
+        lambda: _chunks(two_eos, "/v1/completions", forced(END_OF_TURN)))
+    assert (other["finish_reason"], other["stop_reason"]) == ("stop", END_OF_TURN), other
+    assert (eos["finish_reason"], eos["stop_reason"]) == ("stop", None), eos
+    assert (ignored["finish_reason"], ignored["stop_reason"]) == ("length", None), ignored
+    assert (stream[-1]["finish_reason"], stream[-1]["stop_reason"]) == ("stop", END_OF_TURN)
