@@ -34,7 +34,7 @@ from aiollm.config import EngineConfig
 from aiollm.engine.engine_api import EngineAPI
 from aiollm.engine.grammar import Grammars
 from aiollm.engine.hand_out import HandOut
-from aiollm.engine.health_probe import PROBE_TIMEOUT_S, HealthProbe
+from aiollm.engine.health_probe import EngineHealth, HealthProbe
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
 from aiollm.engine.planner import Planner, Step
@@ -53,7 +53,7 @@ _STOPPED = ("the engine shut down before the request finished; retry it on a run
             "or engine")
 
 
-class Engine(EngineAPI, HandOut):
+class Engine(EngineAPI, HandOut, EngineHealth):
     """An LLM inference engine on the caller's event loop: start() loads the model, then
     generate() / stream() / chat() serve requests concurrently until stop().
 
@@ -109,26 +109,6 @@ class Engine(EngineAPI, HandOut):
         (not ended by a stop(), an interrupt or the end of its event loop) and not shutting
         down or failed (a tensor-parallel rank lost). What a health probe asks."""
         return self._running and self._accepting
-
-    @property
-    def failing(self) -> str | None:
-        """Why a serving engine cannot make progress, None while it can: its last steps
-        all failed (step_health.py: a sticky device error fails every step, and so every
-        request, while the loop runs on). Cleared by the next step that completes."""
-        return self._step_health.failing if self._started else None
-
-    async def check_health(self, timeout: float = PROBE_TIMEOUT_S) -> str | None:
-        """None while the engine serves and makes progress; else why not, in words. While
-        it is failing, a probe request of one token (health_probe.py; shared with the
-        checks under way, at most one a second, within `timeout` seconds) tells a fault that
-        has passed, whose completed step clears the failing state, from one that is still
-        there. What a health check asks; never raises (only RuntimeError from another event
-        loop than the engine's, or before the engine was first started)."""
-        self._check_started()
-        if not self.serving:
-            return "the engine is not serving"
-        self._check_own_loop()
-        return await self._health_probe.check(timeout)
 
     async def _after_changes(self) -> None:
         """Wait until no start(), stop() or shutdown() is under way."""

@@ -99,3 +99,28 @@ def _prompt(engine: Engine) -> list[int]:
     """PROBE_PROMPT within the model's vocabulary and context (a tiny test model's too)."""
     n = min(len(PROBE_PROMPT), engine.model_config.vocab_size, engine.max_model_len - 1)
     return PROBE_PROMPT[:n]
+
+
+class EngineHealth:
+    """The Engine's health, as a health check asks it (a mixin of Engine: it reads the
+    step loop's StepHealth and HealthProbe, made at start)."""
+
+    @property
+    def failing(self) -> str | None:
+        """Why a serving engine cannot make progress, None while it can: its last steps
+        all failed (step_health.py: a sticky device error fails every step, and so every
+        request, while the loop runs on). Cleared by the next step that completes."""
+        return self._step_health.failing if self._started else None
+
+    async def check_health(self, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+        """None while the engine serves and makes progress; else why not, in words. While
+        it is failing, a probe request of one token (HealthProbe above; shared with the
+        checks under way, at most one a second, within `timeout` seconds) tells a fault that
+        has passed, whose completed step clears the failing state, from one that is still
+        there. What a health check asks; never raises (only RuntimeError from another event
+        loop than the engine's, or before the engine was first started)."""
+        self._check_started()
+        if not self.serving:
+            return "the engine is not serving"
+        self._check_own_loop()
+        return await self._health_probe.check(timeout)
