@@ -153,6 +153,9 @@ def test_health_probes_a_failing_engine_until_the_fault_has_passed(tiny):
                 resp = await asyncio.wait_for(client.post("/generate", json=body), 30)
                 assert resp.status == 500, await resp.text()
             before = len(forwards)
+            sample = engine.metrics.registry.get_sample_value
+            looked_up = sample("aiollm_prefix_cache_queried_tokens_total")
+            assert looked_up  # the clients' prompts
             downs = await asyncio.gather(*(client.get("/health") for _ in range(4)))
             # one probe for the four checks: a request alone out of memory SMALLEST_TRIES
             # times, one forward each
@@ -177,6 +180,8 @@ def test_health_probes_a_failing_engine_until_the_fault_has_passed(tiny):
             assert finished("aiollm_requests_finished_total", {"finish_reason": "abort"}) \
                 == FAILING_STEPS  # the clients' requests, no probe
             assert not finished("aiollm_requests_finished_total", {"finish_reason": "length"})
+            assert sample("aiollm_prefix_cache_queried_tokens_total") == looked_up
+            assert engine.prefix_cache.queried == looked_up  # (its hit rate's log)
         finally:
             del model.forward  # the class's forward again
     serve_tiny(tiny, check)

@@ -225,6 +225,7 @@ class PrefixCache:
         first = req.cached_tokens < 0  # not a resume: count it for usage and the hit rate
         if first:
             req.cached_tokens = n
+        if first and req.counted:  # a health probe is no client's prompt
             self.queried += len(req.prompt_ids)
             self.hit += n
             if self.metrics is not None:
