@@ -179,6 +179,19 @@ def test_a_length_past_the_context_is_the_rest_of_the_context(tmp_path):
         assert out["count_output_tokens"] + out["prompt_tokens"] == 64, out
         text, tokens = _complete(srv, {**PROMPT, "max_tokens": None})
         assert tokens == 64 - out["prompt_tokens"]
+        # the engine's calls without params, as vLLM's LLM caps an output at the context
+        # (InvalidRequest naming max_tokens, a field never given, before)
+        engine, ids = srv.engine, load_tokenizer(None).encode(PROMPT["prompt"])
+        prompts = [PROMPT["prompt"], ids, {"prompt_token_ids": ids}]
+        outs = asyncio.run_coroutine_threadsafe(
+            engine.generate_batch(prompts, progress=False), srv.loop).result(30)
+        outs.append(asyncio.run_coroutine_threadsafe(engine.generate(ids), srv.loop).result(30))
+        assert all(len(ids) + o.completion_tokens == 64 or o.finish_reason == "stop"
+                   for o in outs), outs
+
+        async def stream():
+            return [d async for d in engine.stream(PROMPT["prompt"])]
+        assert asyncio.run_coroutine_threadsafe(stream(), srv.loop).result(30)
     finally:
         srv.close()
 

@@ -24,8 +24,9 @@ from aiollm.engine.output_text import OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.stream import RequestStream, collect, deltas
-from aiollm.engine.submission import (Prompt, check_request, new_request, off_loop,
-                                      prompt_text, request_params, tokenize)
+from aiollm.engine.submission import (Prompt, check_request, default_length_within,
+                                      new_request, off_loop, prompt_text, request_params,
+                                      tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
 from aiollm.sampling_params import SamplingParams
 
@@ -67,10 +68,13 @@ class EngineAPI:
         (engine/request_group.py) and submitted as generate_batch submits its prompts, as the
         table and the waiting queue make room. Raises InvalidRequest / Overloaded before it
         starts, RequestFailed inside."""
+        defaulted = params is None
         await self.compile_grammar(params := params or self.default_params())
         given = prompt_text(prompt)
         if self._started and isinstance(prompt, str):
             prompt = await off_loop(len(prompt), self.tokenize, prompt)
+        if defaulted:
+            prompt, params = self._with_defaults(prompt)
         room = self._batch_room if n_of(params) > 1 else None
         return await self._completions(prompt, params, given, room)
 
@@ -97,7 +101,8 @@ class EngineAPI:
         off the loop, within grammar_compile_timeout), at the first iteration, and the
         request is submitted once it has: its errors (InvalidRequest naming the grammar's
         field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
-        params = params or self.default_params()
+        if params is None:
+            prompt, params = self._with_defaults(prompt)
         if n_of(params) > 1:
             raise InvalidRequest(f"n must be 1 in a stream (one completion), got {params.n}: "
                                  "stream each choice with its own seed, or generate() all n",
@@ -194,11 +199,12 @@ class EngineAPI:
         # a bad prompt late in a long batch failed it only once those before had run, their
         # results thrown away (text is tokenized here once: the ids are submitted)
         self._check_accepting()
-        each = _params_of_batch(self.default_params() if params is None else params,
+        defaulted = params is None
+        each = _params_of_batch(self.default_params() if defaulted else params,
                                 len(prompts), batch_name)
         given = [prompt_text(p) for p in prompts]
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
-                                 self._checked_batch, prompts, each, batch_name)
+                                 self._checked_batch, prompts, each, batch_name, defaulted)
         bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
         async def one(i, p):
             with naming_batch_item("prompt", i, batch_name):
@@ -213,12 +219,22 @@ class EngineAPI:
             bar.close()
 
     def _checked_batch(self, prompts: Sequence[Prompt], params: list[SamplingParams],
-                       batch_name: str) -> list[list[int]]:
+                       batch_name: str, defaulted: bool = False) -> list[list[int]]:
+        """The prompts' ids, each checked with its params; `defaulted` (the call gave no
+        params): each prompt's are the engine's defaults within its context (set in params)."""
         ids = []
         for i, p in enumerate(prompts):
             with naming_batch_item("prompt", i, batch_name):
+                if defaulted:
+                    p, params[i] = self._with_defaults(p)
                 ids.append(self._checked_input(p, params[i]))  # maybe off the loop's thread
         return ids
+
+    def _with_defaults(self, prompt: Prompt) -> tuple[list[int], SamplingParams]:
+        """The prompt's ids and the params of a call given none for it: default_params()
+        with the generation config's length within the context the prompt leaves."""
+        ids = self.tokenize(prompt)
+        return ids, default_length_within(self.default_params(), len(ids), self.max_model_len)
 
     # -- submission ------------------------------------------------------------------------
     def tokenize(self, prompt: Prompt) -> list[int]:

@@ -157,6 +157,18 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
                              param="stop_token_ids")
 
 
+def default_length_within(params: SamplingParams, n: int, max_model_len: int
+                          ) -> SamplingParams:
+    """`params` (the engine's defaults, for a call given none) for a prompt of n tokens: a
+    max_tokens (a generation config's max_new_tokens) cut to the room the context leaves
+    after the prompt, at least 1 (a prompt that fills the context is refused as too long).
+    The caller never gave that length: past the context, it refused every such call naming
+    max_tokens; vLLM's LLM ends such an output at the context too."""
+    if params.max_tokens is None or n + params.max_tokens <= max_model_len:
+        return params
+    return dataclasses.replace(params, max_tokens=max(1, max_model_len - n))
+
+
 def request_params(params: SamplingParams, n: int, max_model_len: int) -> SamplingParams:
     """The request's own copy of `params` (checked) for a prompt of n tokens, with its own
     stop lists and max_tokens None made the room the context leaves after the prompt. The
