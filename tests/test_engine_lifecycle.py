@@ -332,7 +332,11 @@ def test_repeated_ctrl_c_during_a_scripts_batch_exits_by_the_interrupt():
     finally:
         proc.kill()
     assert proc.returncode == -signal.SIGINT, err
-    assert err.count("Traceback") == 1 and "terminate called" not in err, err
+    # a press that lands once the interpreter runs its atexit callbacks (torch's own, on a
+    # loaded machine) is reported by Python as "Exception ignored in atexit callback" with
+    # a traceback of its own, as in any script: those are not counted
+    ignored = err.count("Exception ignored in atexit callback")
+    assert err.count("Traceback") - ignored == 1 and "terminate called" not in err, err
 
 
 def test_the_offline_llm_takes_calls_from_several_threads_in_turn():
