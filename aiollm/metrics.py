@@ -76,11 +76,18 @@ class EngineMetrics:
         self._gc_start = 0.0
 
     def _on_gc(self, phase: str, info: dict) -> None:
-        if phase == "start":
-            self._gc_start = time.perf_counter()
-        else:
-            self.gc_pause.labels(str(info["generation"])).observe(
-                time.perf_counter() - self._gc_start)
+        # a collection can start at any depth of the stack, also a few frames short of the
+        # recursion limit (a deeply nested request body being decoded): this callback's own
+        # calls then overflow it, and Python reports the RecursionError as unraisable on
+        # stderr; that collection goes untimed instead
+        try:
+            if phase == "start":
+                self._gc_start = time.perf_counter()
+            else:
+                self.gc_pause.labels(str(info["generation"])).observe(
+                    time.perf_counter() - self._gc_start)
+        except RecursionError:
+            pass
 
     def watch_gc(self, on: bool = True) -> None:
         """Time every garbage collection from now on (off again with on=False)."""
