@@ -203,6 +203,32 @@ def test_chat_roles_and_message_shapes(server):
     server.wait_idle()
 
 
+def test_assistant_refusal_parts_are_what_the_assistant_said(server):
+    """OpenAI's assistant content parts are text and refusal parts (the SDK types both); a
+    conversation sent back with a refusal part got a 400 ("only text content parts"). It is
+    rendered as the refusal's text (vLLM reads it so). A user's refusal part is still refused:
+    only an assistant refuses."""
+    def tokenize(messages):
+        status, _, raw = http(server, "POST", "/tokenize", json={"messages": messages})
+        return status, json.loads(raw)
+
+    said = [*HI, {"role": "assistant", "content": [
+        {"type": "text", "text": "I cannot "}, {"type": "refusal", "refusal": "do that."}]}]
+    status, got = tokenize(said)
+    assert status == 200, got
+    assert got == tokenize([*HI, {"role": "assistant", "content": "I cannot do that."}])[1]
+    status, _, raw = http(server, "POST", "/v1/chat/completions",
+                          json={"messages": [*said, *HI], "max_tokens": 2})
+    assert status == 200, raw
+    for part, param in (({"type": "refusal"}, "messages[1].content[0].refusal"),
+                        ({"type": "refusal", "refusal": 5}, "messages[1].content[0].refusal")):
+        status, got = tokenize([*HI, {"role": "assistant", "content": [part]}])
+        assert status == 400 and got["error"]["param"] == param, got
+    status, got = tokenize([{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}])
+    assert status == 400 and got["error"]["param"] == "messages[0].content[0]", got
+    server.wait_idle()
+
+
 @pytest.mark.parametrize("role, words", [("user", "for a user message"),
                                          ("system", "for a system message"),
                                          ("assistant", "for an assistant message")])

@@ -29,6 +29,7 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest) -> Templ
 class ContentPart(Struct, kw_only=True):
     type: str
     text: str | None = None
+    refusal: str | None = None  # an assistant's refusal part
 
 
 class ChatMessage(Struct, kw_only=True):

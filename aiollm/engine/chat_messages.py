@@ -4,12 +4,12 @@ chat templates take: one check for the Engine API (Engine.chat, stream_chat) and
 field (`messages[1].content[0]`).
 
 Refused: a role outside OpenAI's (a template would render it anyway, and the model answer as
-if it were a turn), content that is not text or text parts, a message without content or
-with an empty list of parts (only an assistant's tool calls stand in for it), tool calls
-anywhere but on an assistant message or malformed, a tool message without the id of the call
-it answers. The form: developer (OpenAI's newer name of system, which templates do not know)
-as system, text parts joined, no content as "", a call's JSON arguments as the object templates
-render themselves.
+if it were a turn), content that is not text or text parts (or, an assistant's, refusal
+parts), a message without content or with an empty list of parts (only an assistant's tool
+calls stand in for it), tool calls anywhere but on an assistant message or malformed, a tool
+message without the id of the call it answers. The form: developer (OpenAI's newer name of
+system, which templates do not know) as system, text (and refusal) parts joined, no content
+as "", a call's JSON arguments as the object templates render themselves.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
                                  "string", param=f"{at}.tool_calls[{j}].function.arguments")
     msg = {k: v for k, v in m.items() if v is not None and k != "reasoning"}
     msg["role"] = "system" if role == "developer" else role
-    msg["content"] = _text(m.get("content"), at)
+    msg["content"] = _text(m.get("content"), at, role)
     if calls is not None:
         msg["tool_calls"] = _template_tool_calls(calls)
     thought = m.get("reasoning_content")
@@ -102,9 +102,10 @@ def _article(role: str) -> str:
     return "an" if role == "assistant" else "a"
 
 
-def _text(content: Any, at: str) -> str:
-    """A message's content as one string: text parts joined (each checked for lone
-    surrogates here, by its own path: joined, the template's check names only the content)."""
+def _text(content: Any, at: str, role: str) -> str:
+    """A message's content as one string: text parts (and an assistant's refusal parts, what
+    it said, as OpenAI's schema allows them there) joined, each checked for lone surrogates
+    here, by its own path: joined, the template's check names only the content."""
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -116,14 +117,15 @@ def _text(content: Any, at: str) -> str:
         if not isinstance(part, dict) or not isinstance(part.get("type"), str):
             raise InvalidRequest(f'{where} must be a content part: an object with a "type"',
                                  param=where)
-        if part["type"] != "text":
-            raise InvalidRequest(f"only text content parts are supported, got type "
-                                 f"{part['type']!r}", param=where)
-        if not isinstance(part.get("text"), str):
-            raise InvalidRequest("a text content part needs a `text` field (a string)",
-                                 param=f"{where}.text")
-        check_unicode(part["text"], f"{where}.text")
-        texts.append(part["text"])
+        kind = part["type"]
+        if kind != "text" and not (kind == "refusal" and role == "assistant"):
+            raise InvalidRequest("only text content parts (and an assistant's refusal parts) "
+                                 f"are supported, got type {kind!r}", param=where)
+        if not isinstance(part.get(kind), str):
+            raise InvalidRequest(f"a {kind} content part needs a `{kind}` field (a string)",
+                                 param=f"{where}.{kind}")
+        check_unicode(part[kind], f"{where}.{kind}")
+        texts.append(part[kind])
     return "".join(texts)
 
 
