@@ -313,6 +313,13 @@ BAD_INPUT = [
     bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
     bad("chat-prompt-logprobs", CH, chat(prompt_logprobs=1), 400, "prompt_logprobs",
         "/v1/completions"),  # was ignored: the answer came without the scores asked for
+    # OpenAI's audio output: the model writes text alone (was ignored: a 200 whose message
+    # has no audio, where OpenAI answers audio or an error)
+    bad("chat-audio-modality", CH, chat(modalities=["text", "audio"]), 400, "modalities",
+        "audio"),
+    bad("chat-modalities-not-list", CH, chat(modalities="text"), 400, "modalities"),
+    bad("chat-audio-output", CH, chat(audio={"voice": "alloy", "format": "wav"}), 400,
+        "audio"),
     # rendering options: served (test_api), but not in a combination that cannot render
     bad("chat-continue-and-open-a-turn", CH, chat(continue_final_message=True), 400,
         "continue_final_message", "add_generation_prompt false"),
@@ -461,6 +468,7 @@ UNKNOWN_FIELDS = [  # what OpenAI and LightLLM clients send beside the fields we
     (CH, chat(user="u1", tools=[], tool_choice="none", parallel_tool_calls=False,
               response_format={"type": "text"}, metadata={"k": "v"}, store=False,
               echo=False, add_generation_prompt=True, continue_final_message=False,
+              modalities=["text"], audio=None,
               messages=[{"role": "user", "content": "hi", "refusal": None, "extra": 1}])),
     (G, {"inputs": "x", "parameters": {"max_new_tokens": 1, "future_option": True,
                                       "group_request_id": 7, "input_penalty": False,

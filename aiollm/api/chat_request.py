@@ -74,6 +74,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     echo: bool | None = False
     chat_template: str | None = None
     prompt_logprobs: int | None = None
+    # OpenAI's audio output: served as text alone (check_unserved)
+    modalities: Any = None
+    audio: Any = None
 
     def check_max_tokens(self) -> None:
         """The length field the request uses (max_completion_tokens over max_tokens) is >= 1:
@@ -98,6 +101,14 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         if self.echo:
             raise InvalidRequest("echo true is not served: send the conversation to "
                                  "/v1/completions as a prompt to have it echoed", param="echo")
+        if self.modalities is not None and not (
+                isinstance(self.modalities, list)
+                and all(m == "text" for m in self.modalities)):
+            raise InvalidRequest('modalities other than ["text"] are not served: the model '
+                                 'writes text alone (no audio)', param="modalities")
+        if self.audio is not None:  # OpenAI's voice and format of an audio answer
+            raise InvalidRequest("audio output is not served: the model writes text alone; "
+                                 "leave audio out", param="audio")
         if self.prompt_logprobs is not None:  # was ignored: no scores, and no error
             raise InvalidRequest("prompt_logprobs is not served on chat: send the "
                                  "conversation's token ids (/tokenize with messages) to "
