@@ -428,17 +428,20 @@ class Engine(EngineAPI, HandOut, EngineHealth):
             self._step_failed(step, e)
             return
         t0 = perf()
+        # a step of nothing but health probes is no traffic: out of the step histograms
+        counted = any(r.counted for r in step.reqs)
         gap = None
         if out.done is not None:  # device time of the step, and the idle gap before it
             model_s = out.start.elapsed_time(out.done) / 1e3
             if self._prev_done is not None:
                 gap = max(0.0, self._prev_done.elapsed_time(out.start) / 1e3)
-                if step.after_busy_device:
+                if step.after_busy_device and counted:
                     self.metrics.step_gpu_gap.observe(gap)
             self._prev_done = out.done
         else:
             model_s = cpu_s or 0.0
-        self.metrics.step_model.observe(model_s)
+        if counted:
+            self.metrics.step_model.observe(model_s)
         result = self.runner.collect(out)
         if result is not None:
             self._process(step, result)
@@ -448,7 +451,8 @@ class Engine(EngineAPI, HandOut, EngineHealth):
         self._step_health.completed()
         # host time: what the loop spends around the model (planning, metadata, stop checks,
         # waking streams), counted from the plan of a step to the processing of its tokens
-        self.metrics.step_host.observe(self._host_time + perf() - t0)
+        if counted:
+            self.metrics.step_host.observe(self._host_time + perf() - t0)
         self._host_time = 0.0
 
     def _undo_pending(self, step: Step) -> None:
