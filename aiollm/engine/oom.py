@@ -82,7 +82,7 @@ class OomBackoff:
         up, never below the floors) and give the allocator's cached blocks back."""
         p = self.planner
         log.warning("out of device memory in a step of %d requests / %d tokens: pausing them "
-                    "and halving the batch limits to its size", len(step.reqs), step.num_tokens)
+                    "and planning steps of at most half that", len(step.reqs), step.num_tokens)
         for r in sorted(step.reqs, key=lambda r: -r.admitted_seq):
             if r.phase is Phase.RUNNING:
                 p.pause(r)
