@@ -213,6 +213,58 @@ def test_health_probe_that_times_out_is_aborted_and_holds_nothing(tiny):
     asyncio.run(main())
 
 
+def test_a_probe_alone_in_a_step_is_no_step_of_the_step_histograms(tiny):
+    """The health probe is kept out of the request metrics, but a step of nothing but the
+    probe was still observed in aiollm_step_model_seconds and aiollm_step_host_seconds, as
+    though it were traffic. A step that carries a client's request beside the probe is real
+    work and counts: every such step is observed once."""
+    from aiollm import SamplingParams
+    from aiollm.engine.health_probe import PROBE_INTERVAL_S
+    from aiollm.errors import RequestFailed
+
+    forwards = []  # the number of requests of each forward, failed ones too
+
+    def broken(batch):
+        forwards.append(len(batch.req_rows))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+    async def main():
+        async with Engine(tiny, load_format="dummy", kv_tokens=512) as engine:
+            model = engine.runner.model
+
+            def forward(batch):
+                forwards.append(len(batch.req_rows))
+                return type(model).forward(model, batch)
+
+            def steps() -> tuple[float, float]:
+                sample = engine.metrics.registry.get_sample_value
+                return (sample("aiollm_step_model_seconds_count"),
+                        sample("aiollm_step_host_seconds_count"))
+
+            async def fail() -> None:
+                model.forward = broken
+                for _ in range(FAILING_STEPS):
+                    with pytest.raises(RequestFailed):
+                        await engine.generate([1, 2, 3], SamplingParams(max_tokens=2))
+                model.forward = forward
+
+            await fail()
+            before, n = steps(), len(forwards)
+            assert await engine.check_health() is None  # the probe's one step completed
+            assert forwards[n:] == [1] and steps() == before
+
+            await fail()  # a client's request runs while the next probe joins it
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            before, n = steps(), len(forwards)
+            params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+            client = asyncio.ensure_future(engine.generate([5, 6, 7], params))
+            assert await engine.check_health() is None
+            await client
+            assert 2 in forwards[n:]  # a step of both
+            assert steps() == tuple(c + len(forwards) - n for c in before)
+    asyncio.run(main())
+
+
 def test_probes_metrics_and_version_need_no_api_key(tiny):
     """What a probe, a Prometheus scraper or a deploy script reads carries no secrets and
     runs no model: /health, /healthz, /metrics and /version are open, as vLLM leaves all but

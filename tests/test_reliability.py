@@ -1100,6 +1100,46 @@ def test_out_of_memory_alone_at_the_smallest_step_fails_the_request(server):
     server.wait_idle()
 
 
+def test_out_of_memory_halves_the_failed_steps_tokens(tmp_path):
+    """After an out-of-memory step the token budget halved from its own value, not from the
+    size of the step that failed: a 200-token prefill under a budget of 2048 on a device
+    with room for 120 tokens a step failed at 2048, 1024, 512 and 256 (the same 200
+    tokens each time, recomputed after each pause) and once more in a chunk of 128: five
+    failed steps. Half the failed step's tokens is a budget that can fit: one failed step,
+    then chunks of 100, and the output the request has without faults."""
+    from transformers import LlamaConfig
+
+    from aiollm import SamplingParams
+    from aiollm.engine import Engine
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(tmp_path)
+    prompt_ids = list(range(1, 201))
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    failed = []  # the tokens of each step that ran out of memory
+
+    async def main():
+        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=512,
+                          max_prefill_tokens=2048, prefix_cache=False) as engine:
+            expected = (await engine.generate(prompt_ids, params)).token_ids
+            model = engine.runner.model
+
+            def forward(batch):
+                if len(batch.input_ids) > 120:
+                    failed.append(len(batch.input_ids))
+                    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+                return type(model).forward(model, batch)
+
+            model.forward = forward
+            got = (await asyncio.wait_for(engine.generate(prompt_ids, params), 30)).token_ids
+            return expected, got, engine.planner.token_budget
+
+    expected, got, budget = asyncio.run(main())
+    assert failed == [200] and budget == 100, (failed, budget)
+    assert got == expected
+
+
 POISON = 12345  # a token id that ends the victims' prompts and no other prompt here
 
 

@@ -1,5 +1,6 @@
 """Out-of-memory recovery: a step that runs the device out of memory pauses its requests and
-halves the planner's batch limits; good steps double them back. A request that runs out of
+sets the planner's batch limits to half that step's size (its requests, its tokens); good
+steps double them back. A request that runs out of
 memory even alone in the smallest step the limits allow fails.
 
 A paused request keeps its tokens and gives back its KV (planner.pause); it resumes later
@@ -77,15 +78,18 @@ class OomBackoff:
 
     def shrink(self, step: Step) -> None:
         """The device ran out of memory in `step`: pause its running requests, latest
-        admitted first, halve the limits and give the allocator's cached blocks back."""
+        admitted first, bring the limits down to half the step's requests and tokens (never
+        up, never below the floors) and give the allocator's cached blocks back."""
         p = self.planner
         log.warning("out of device memory in a step of %d requests / %d tokens: pausing them "
-                    "and halving the batch limits", len(step.reqs), step.num_tokens)
+                    "and planning steps of at most half that", len(step.reqs), step.num_tokens)
         for r in sorted(step.reqs, key=lambda r: -r.admitted_seq):
             if r.phase is Phase.RUNNING:
                 p.pause(r)
+        # half of what failed, not of the limits: a step far under them that runs out of
+        # memory would otherwise fail again at each halving down to its size
         p.max_running = max(1, min(p.max_running, len(step.reqs)) // 2)
-        p.token_budget = max(self.min_token_budget, p.token_budget // 2)
+        p.token_budget = max(self.min_token_budget, min(p.token_budget, step.num_tokens) // 2)
         self._good_steps = 0
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
