@@ -1,5 +1,6 @@
 """Out-of-memory recovery: a step that runs the device out of memory pauses its requests and
-sets the planner's batch limits to half that step's size (its requests, its tokens); good
+sets the planner's batch limits to half that step's size (its requests; its tokens when it
+prefilled, else half the token budget: decodes alone say nothing of chunk sizes); good
 steps double them back. A request that runs out of
 memory even alone in the smallest step the limits allow fails.
 
@@ -87,9 +88,13 @@ class OomBackoff:
             if r.phase is Phase.RUNNING:
                 p.pause(r)
         # half of what failed, not of the limits: a step far under them that runs out of
-        # memory would otherwise fail again at each halving down to its size
+        # memory would otherwise fail again at each halving down to its size. A step of
+        # decodes alone (a token a request) says nothing of prefill chunks: the budget that
+        # bounds them halves, rather than falling to a handful of tokens for hundreds of steps
         p.max_running = max(1, min(p.max_running, len(step.reqs)) // 2)
-        p.token_budget = max(self.min_token_budget, min(p.token_budget, step.num_tokens) // 2)
+        prefilled = any(n > 1 for n in step.extend_lens)
+        tokens = step.num_tokens if prefilled else p.token_budget
+        p.token_budget = max(self.min_token_budget, min(p.token_budget, tokens) // 2)
         self._good_steps = 0
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
