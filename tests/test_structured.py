@@ -818,3 +818,29 @@ def test_format_lengths_that_cannot_bind_are_accepted():
     # uri-reference matches the empty string: its minLength 1 binds
     with pytest.raises(InvalidRequest, match="'format' with"):
         check_schema({"type": "string", "format": "uri-reference", "minLength": 1}, "guided_json")
+
+
+def test_tool_choice_none_shows_the_tools_and_reads_no_calls(server, monkeypatch):
+    """tool_choice "none" shows the model the tools, as vLLM renders them by default (and
+    OpenAI's model sees them: it just makes no call); they were left out of the prompt. No
+    call is read from the output (no parser runs under "none"). vLLM's
+    --exclude-tools-when-tool-choice-none leaves them out."""
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+
+    def prompt_tokens(**body) -> int:
+        status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+            "messages": ask, "max_tokens": 1, "temperature": 0, **body})
+        assert status == 200, raw
+        out = json.loads(raw)
+        assert "tool_calls" not in out["choices"][0]["message"], out
+        return out["usage"]["prompt_tokens"]
+
+    # the prompt of a request with tools (under "auto"), as /tokenize renders it
+    shown = len(json.loads(http(server, "POST", "/tokenize", json={
+        "messages": ask, "tools": [WEATHER]})[2])["tokens"])
+    bare = prompt_tokens()
+    assert shown > bare + 20
+    assert prompt_tokens(tools=[WEATHER], tool_choice="none") == shown
+    # the server's switch, read by each request (a server of its own loads the model again)
+    monkeypatch.setattr(server.engine.config, "exclude_tools_when_tool_choice_none", True)
+    assert prompt_tokens(tools=[WEATHER], tool_choice="none") == bare
