@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "and the rest in content (deepseek_r1: the output starts inside the "
                           "reasoning; qwen3: only where the output or prompt opens <think>); "
                           "default: none, the output is all content")
+    net.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
+                     help="chat: leave a request's tools out of the prompt when its "
+                          "tool_choice is \"none\" (by default the model sees them and no "
+                          "call is read from its output, as in vLLM)")
     net.add_argument("--special-tokens-in-content", action="store_true",
                      help="chat: let control-token text in message content (<|im_start|>...) "
                           "become control tokens; by default it is plain text, so a user "
@@ -207,7 +211,8 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
                    "cuda_graph", "cuda_graph_max_batch", "warm_up",
                    "served_model_name", "tool_call_parser", "reasoning_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
-                   "dist_init_addr", "special_tokens_in_content", "generation_config")
+                   "dist_init_addr", "special_tokens_in_content", "generation_config",
+                   "exclude_tools_when_tool_choice_none")
 
 
 def _string_list(value: str) -> list[str]:

@@ -84,6 +84,10 @@ class EngineConfig:
     # how /v1/chat/completions splits <think>...</think> into reasoning_content: deepseek_r1 |
     # qwen3 (None: no split, the output is all content; see aiollm/api/reasoning.py)
     reasoning_parser: str | None = None
+    # chat: tool_choice "none" leaves the request's tools out of the prompt (vLLM's
+    # --exclude-tools-when-tool-choice-none); by default the model sees them, as vLLM and
+    # OpenAI show them, and no call is read from its output
+    exclude_tools_when_tool_choice_none: bool = False
     # chat: control-token text inside message content becomes real control tokens (by
     # default it is plain text, so a user cannot forge a turn; aiollm/engine/chat_template.py)
     special_tokens_in_content: bool = False
