@@ -10,15 +10,14 @@ runs the kernel's event loop): its engine runs on an event loop of its own threa
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
 from collections.abc import Sequence
 
-from aiollm.api.tool_request import check_tools, tool_renderings
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
+from aiollm.engine.chat_tools import check_tools
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
@@ -101,7 +100,10 @@ class LLM:
         control tokens included), as vLLM's. vLLM's keywords: `sampling_params` and
         `use_tqdm` as generate() takes them, `messages` for conversations, and
         add_generation_prompt, continue_final_message and chat_template_kwargs for the
-        template's options of those names (None: not given, the default).
+        template's options of those names (None: not given, the default). The prompt is the
+        one /v1/chat/completions renders for the same messages, tools and options
+        (Engine.render_chat); the output is the model's text, any calls in it unparsed, as
+        vLLM's LLM.chat gives it.
         Raises InvalidRequest naming the conversation and its field (param
         `conversations[2].messages[1].role`; a bad template option by its own name,
         `continue_final_message`; a bad tool by its place, `tools[0].function.name`), or
@@ -133,8 +135,8 @@ class LLM:
         prompts = []
         for i, conversation in enumerate(conversations):
             try:
-                prompts.append(self._chat_prompt(checked_messages(conversation), tools,
-                                                 template))
+                prompts.append(self.engine.render_chat(checked_messages(conversation), tools,
+                                                       template)[0])
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
@@ -146,19 +148,6 @@ class LLM:
             for choice in (out, *out.other_choices):
                 choice.prompt = text
         return outs
-
-    def _chat_prompt(self, messages: list[dict], tools: list[dict] | None,
-                     template: TemplateOptions | None) -> list[int]:
-        """A conversation's token ids as the HTTP API renders the chat (tool_request): a
-        template that knows no tools (the default model's) is given them, and past calls,
-        in the messages; one that refuses a system turn, at the head of the first user
-        message. InvalidRequest as Engine.chat_prompt raises it (the last rendering's)."""
-        *first, last = tool_renderings(messages, tools or [],
-                                       self.engine.tokenizer.chat_template)
-        for shown in first:
-            with contextlib.suppress(InvalidRequest):
-                return self.engine.chat_prompt(shown, tools, template)
-        return self.engine.chat_prompt(last, tools, template)
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

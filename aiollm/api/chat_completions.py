@@ -90,9 +90,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # max_tokens can be given the rest of the context
     # past calls reach a template that knows none in any mode: the follow-up turn (often
     # tool_choice "none", or no tools) must show the model what it called
-    ids, messages = await tool_request.tools_prompt(
-        st.chat_prompt, dicts, tools if mode != "none" else [], template,
-        req.template_options())
+    ids, messages = await st.render_chat(dicts, tools if mode != "none" else [],
+                                         req.template_options())
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

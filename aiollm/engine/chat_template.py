@@ -105,7 +105,7 @@ def rendered_size(messages: Any, tools: list[dict] | None = None) -> int:
     256 per tool; 0 for what is not a sequence of messages (chat_token_ids refuses it)."""
     if not isinstance(messages, (list, tuple)):
         return 0
-    size = 256 * len(tools or ())
+    size = 256 * len(tools) if isinstance(tools, (list, tuple)) else 0  # else refused later
     for m in messages:
         m = m if isinstance(m, dict) else {}
         content, calls = m.get("content"), m.get("tool_calls")

@@ -17,6 +17,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Sequence
 
 from aiollm.engine.chat_messages import checked_messages
+from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.request_group import completions, gather_all, n_of
@@ -151,22 +152,50 @@ class EngineAPI:
         return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials,
                               options=template)
 
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None,
+                    template: TemplateOptions | None = None) -> tuple[list[int], list[dict]]:
+        """(token ids, the messages rendered) of a conversation as every chat of aiollm
+        renders it (the HTTP API, chat(), LLM.chat), under `template`'s options:
+        `messages` as chat_messages.checked_messages gives them and `tools` as
+        chat_tools.check_tools does, both given to a template that knows them; one that knows no tools (the default model's) is shown them, and past
+        calls, in the messages (chat_tools.tool_renderings), and one that refuses a system
+        turn, at the head of the first user message. InvalidRequest as chat_prompt raises
+        it (the last rendering's, when the template takes none); ChatTemplateError when the
+        template does not compile."""
+        *first, last = tool_renderings(messages, tools or [], self.tokenizer.chat_template)
+        for shown in first:
+            with contextlib.suppress(InvalidRequest):
+                return self.chat_prompt(shown, tools or None, template), shown
+        return self.chat_prompt(last, tools or None, template), last
+
     async def chat(self, messages: list[dict], params: SamplingParams | None = None,
-                   template: TemplateOptions | None = None) -> RequestOutput:
+                   template: TemplateOptions | None = None,
+                   tools: list[dict] | None = None) -> RequestOutput:
         """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
         checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
-        chat template (a long one rendered and tokenized off the loop)."""
-        ids = await off_loop(rendered_size(messages), self._chat_ids, messages, template)
+        chat template (a long one rendered and tokenized off the loop), with `tools`
+        (OpenAI's function tools, checked as the HTTP API checks them: InvalidRequest
+        naming `tools[i]...`): the prompt is the one /v1/chat/completions renders for the
+        same messages, tools and options (render_chat). The output is the model's text, any
+        calls in it unparsed, as vLLM's LLM.chat gives it."""
+        ids = await off_loop(rendered_size(messages, tools), self._chat_ids, messages,
+                             template, tools)
         return await self.generate(ids, params)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
-                    template: TemplateOptions | None = None) -> AsyncIterator[Delta]:
-        """stream() on a conversation under the chat template, checked as chat() checks it."""
-        return self.stream(self._chat_ids(messages, template), params)
+                    template: TemplateOptions | None = None,
+                    tools: list[dict] | None = None) -> AsyncIterator[Delta]:
+        """stream() on a conversation under the chat template, with `tools`, checked and
+        rendered as chat() checks and renders them."""
+        return self.stream(self._chat_ids(messages, template, tools), params)
 
-    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None) -> list[int]:
+    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None,
+                  tools: list[dict] | None) -> list[int]:
         self._check_started()  # a usage error before any complaint about the messages
-        return self.chat_prompt(checked_messages(messages), None, template)
+        messages = checked_messages(messages)
+        if tools is not None:
+            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
+        return self.render_chat(messages, tools, template)[0]
 
     async def generate_batch(self, prompts: Sequence[Prompt],
                              params: SamplingParams | Sequence[SamplingParams] | None = None,
