@@ -89,6 +89,7 @@ class LLM:
              add_generation_prompt: bool | None = None,
              continue_final_message: bool | None = None,
              chat_template_kwargs: dict | None = None,
+             chat_template: str | None = None,
              tools: list[dict] | None = None) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,
@@ -99,14 +100,16 @@ class LLM:
         each output's `prompt` is its conversation rendered (the prompt's tokens decoded,
         control tokens included), as vLLM's. vLLM's keywords: `sampling_params` and
         `use_tqdm` as generate() takes them, `messages` for conversations, and
-        add_generation_prompt, continue_final_message and chat_template_kwargs for the
-        template's options of those names (None: not given, the default). The prompt is the
-        one /v1/chat/completions renders for the same messages, tools and options
-        (Engine.render_chat); the output is the model's text, any calls in it unparsed, as
-        vLLM's LLM.chat gives it.
-        Raises InvalidRequest naming the conversation and its field (param
+        add_generation_prompt, continue_final_message, chat_template_kwargs and
+        chat_template (a Jinja template rendering the conversations in place of the
+        tokenizer's) for the template's options of those names (None: not given, the
+        default). The prompt is the one /v1/chat/completions renders for the same
+        messages, tools and options (Engine.render_chat); the output is the model's text,
+        any calls in it unparsed, as vLLM's LLM.chat gives it.
+        Raises InvalidRequest (a ValueError) naming the conversation and its field (param
         `conversations[2].messages[1].role`; a bad template option by its own name,
-        `continue_final_message`; a bad tool by its place, `tools[0].function.name`), or
+        `continue_final_message`, `chat_template` for a template that does not compile; a
+        bad tool by its place, `tools[0].function.name`), or
         `conversations` for a value that is neither a list (or tuple) of conversations nor
         one, before any is generated, and `conversations[i]` for one too long for the
         context (or the param to change, as Engine.generate_batch names prompts);
@@ -118,7 +121,7 @@ class LLM:
         if conversations is UNSET:
             raise TypeError("chat() missing its conversations (or vLLM's messages)")
         template = template_options(template, add_generation_prompt, continue_final_message,
-                                    chat_template_kwargs)
+                                    chat_template_kwargs, chat_template)
         self._check_open()
         if not isinstance(conversations, (list, tuple)):
             # else None, a message dict or a generator raised Python's own errors, and a

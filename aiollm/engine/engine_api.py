@@ -155,14 +155,17 @@ class EngineAPI:
     def render_chat(self, messages: list[dict], tools: list[dict] | None = None,
                     template: TemplateOptions | None = None) -> tuple[list[int], list[dict]]:
         """(token ids, the messages rendered) of a conversation as every chat of aiollm
-        renders it (the HTTP API, chat(), LLM.chat), under `template`'s options:
-        `messages` as chat_messages.checked_messages gives them and `tools` as
-        chat_tools.check_tools does, both given to a template that knows them; one that knows no tools (the default model's) is shown them, and past
+        renders it (the HTTP API, chat(), LLM.chat), under `template`'s options and its
+        chat_template if it gives one: `messages` as chat_messages.checked_messages gives
+        them and `tools` as chat_tools.check_tools does, both given to a template that
+        knows them; one that knows no tools (the default model's) is shown them, and past
         calls, in the messages (chat_tools.tool_renderings), and one that refuses a system
         turn, at the head of the first user message. InvalidRequest as chat_prompt raises
         it (the last rendering's, when the template takes none); ChatTemplateError when the
         template does not compile."""
-        *first, last = tool_renderings(messages, tools or [], self.tokenizer.chat_template)
+        source = (template.chat_template if isinstance(template, TemplateOptions) else None)
+        *first, last = tool_renderings(messages, tools or [],
+                                       source or self.tokenizer.chat_template)
         for shown in first:
             with contextlib.suppress(InvalidRequest):
                 return self.chat_prompt(shown, tools or None, template), shown
