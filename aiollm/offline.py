@@ -18,6 +18,7 @@ from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
 from aiollm.engine.chat_tools import check_tools
+from aiollm.engine.engine_api import Progress
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
@@ -56,13 +57,15 @@ class LLM:
 
     def generate(self, prompts: Sequence[str | Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 progress: bool = UNSET, *,
+                 progress: Progress = UNSET, *,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool | None = None) -> list[RequestOutput]:
+                 use_tqdm: Progress | None = None) -> list[RequestOutput]:
         """The outputs of `prompts` (a string or a prompt dict is one prompt), in order, one
         per prompt with its SamplingParams.n completions in `.outputs`; `params` one
         SamplingParams for all or a list of one per prompt (Engine.generate_batch);
-        `progress`: a tqdm bar unless false (default: shown). `sampling_params` and
+        `progress`: a tqdm bar unless false (default: shown), or, as vLLM's use_tqdm
+        takes it, a callable that makes the bar (a tqdm-like class or factory, e.g.
+        functools.partial(tqdm, leave=False); Engine.generate_batch). `sampling_params` and
         `use_tqdm` are vLLM's names for `params` and `progress`.
         Raises TypeError naming both when a value is given under both names,
         EngineStopped once close() has run."""
@@ -81,10 +84,10 @@ class LLM:
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict] = UNSET,
              params: SamplingParams | Sequence[SamplingParams] | None = None,
-             progress: bool = UNSET,
+             progress: Progress = UNSET,
              template: TemplateOptions | None = None, *,
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-             use_tqdm: bool | None = None,
+             use_tqdm: Progress | None = None,
              messages: Sequence[list[dict]] | list[dict] | None = None,
              add_generation_prompt: bool | None = None,
              continue_final_message: bool | None = None,

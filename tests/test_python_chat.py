@@ -1,6 +1,6 @@
 """Chats of the Python API render as the HTTP API's, and take vLLM's chat options:
 Engine.chat and stream_chat take tools (the prompt /v1/chat/completions builds for the same
-messages and tools); LLM.chat takes vLLM's chat_template=; the
+messages and tools); LLM.chat takes vLLM's chat_template= and a callable use_tqdm; the
 engine's chat_template option (`aiollm serve --chat-template`) replaces the tokenizer's;
 and a served template that does not compile is the server's fault (500), where what a
 template refuses of a conversation stays the client's (400)."""
@@ -8,6 +8,7 @@ template refuses of a conversation stays the client's (400)."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import pytest
@@ -127,6 +128,34 @@ def test_llm_chat_takes_vllms_chat_template(llm):
         assert e.value.param == "chat_template"
     with pytest.raises(TypeError, match="both template and chat_template"):
         llm.chat(HI, sp, False, TemplateOptions(), chat_template=KNOWS_TOOLS)
+
+
+def test_use_tqdm_may_make_the_bar(llm):
+    """vLLM's use_tqdm may be a callable that makes the progress bar (a tqdm class or a
+    factory such as functools.partial(tqdm, leave=False)); it was taken as true, and
+    tqdm's own bar shown."""
+    bars = []
+
+    class Bar:  # tqdm's interface as vLLM's LLM uses it
+        def __init__(self, **kwargs):
+            self.kwargs, self.done, self.closed = kwargs, 0, False
+            bars.append(self)
+
+        def update(self, n=1):
+            self.done += n
+
+        def close(self):
+            self.closed = True
+
+    sp = SamplingParams(max_tokens=1)
+    assert len(llm.generate(["a", "b", "c"], sp, use_tqdm=Bar)) == 3
+    assert [(b.kwargs["total"], b.done, b.closed) for b in bars] == [(3, 3, True)]
+    llm.chat([HI, HI], sp, use_tqdm=functools.partial(Bar, leave=False),
+             chat_template=KNOWS_TOOLS)
+    assert (bars[1].kwargs["leave"], bars[1].kwargs["total"], bars[1].done,
+            bars[1].closed) == (False, 2, 2, True)
+    llm.generate(["a"], sp, Bar)  # aiollm's own name, progress
+    assert len(bars) == 3
 
 
 def test_the_engines_chat_template_replaces_the_tokenizers(broken_model):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Union
 
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_tools import check_tools, tool_renderings
@@ -30,6 +31,11 @@ from aiollm.engine.submission import (Prompt, check_request, default_length_with
                                       tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
 from aiollm.sampling_params import SamplingParams
+
+
+# generate_batch's progress bar: shown or not, or (vLLM's use_tqdm) what makes it, called as
+# tqdm is, with total= and desc=, and answering update(n) and close()
+Progress = Union[bool, Callable[..., Any]]
 
 
 class EngineAPI:
@@ -202,7 +208,7 @@ class EngineAPI:
 
     async def generate_batch(self, prompts: Sequence[Prompt],
                              params: SamplingParams | Sequence[SamplingParams] | None = None,
-                             progress: bool = True, *, batch_name: str = "prompts"
+                             progress: Progress = True, *, batch_name: str = "prompts"
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
         is one prompt (as in vLLM's LLM.generate), not a batch of its characters, and so is
@@ -218,7 +224,11 @@ class EngineAPI:
         its param (errors.of_batch_item); a bad field of params keeps its own name. Every
         prompt is checked before any is submitted.
         `batch_name`: what those errors call the batch where the caller's differs (LLM.chat:
-        "conversations", whose token ids the prompts are)."""
+        "conversations", whose token ids the prompts are). `progress`: a tqdm bar while
+        true, none while false, or a callable that makes the bar, as vLLM's use_tqdm takes
+        one (a tqdm class or a factory such as functools.partial(tqdm, leave=False)): it is
+        called with total= and desc=, once the prompts are checked, and its bar is given
+        update(1) per prompt done and close() at the end, on the engine's event loop."""
         from tqdm.auto import tqdm
 
         if isinstance(prompts, (str, dict)):  # one prompt dict too, as vLLM takes it
@@ -237,7 +247,10 @@ class EngineAPI:
         given = [prompt_text(p) for p in prompts]
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
                                  self._checked_batch, prompts, each, batch_name, defaulted)
-        bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
+        if callable(progress):
+            bar = progress(total=len(prompts), desc="generate")
+        else:
+            bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
         async def one(i, p):
             with naming_batch_item("prompt", i, batch_name):
                 # each choice of a prompt (n > 1) takes room of its own
