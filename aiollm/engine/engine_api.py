@@ -1,6 +1,6 @@
 """EngineAPI: the Engine's request API, what callers submit requests through: generate,
-stream, chat, generate_batch, tokenize (engine.py holds the rest of Engine: its life cycle
-and the step loop).
+stream, chat, generate_batch, tokenize (engine.py holds the rest of Engine: its life cycle;
+step_loop.py the step loop).
 
 A request is checked here, at the edge, before anything is held: a usage error (not
 started, or a call from another event loop than the engine's) raises RuntimeError, bad input

@@ -157,16 +157,25 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
                              param="stop_token_ids")
 
 
+def default_length(max_tokens: int | None, n: int, max_model_len: int) -> int:
+    """The output length, in tokens, of a request whose caller gave none, for a prompt of n
+    tokens: the room the context leaves after the prompt, or the model's default length
+    (a generation config's max_new_tokens) where that is less; at least 1, so a prompt that
+    fills the context is refused as too long rather than given a length of 0. vLLM's LLM and
+    server end such an output at the context too."""
+    rest = max(1, max_model_len - n)
+    return rest if max_tokens is None else min(rest, max_tokens)
+
+
 def default_length_within(params: SamplingParams, n: int, max_model_len: int
                           ) -> SamplingParams:
-    """`params` (the engine's defaults, for a call given none) for a prompt of n tokens: a
-    max_tokens (a generation config's max_new_tokens) cut to the room the context leaves
-    after the prompt, at least 1 (a prompt that fills the context is refused as too long).
-    The caller never gave that length: past the context, it refused every such call naming
-    max_tokens; vLLM's LLM ends such an output at the context too."""
-    if params.max_tokens is None or n + params.max_tokens <= max_model_len:
+    """`params` (the engine's defaults, for a call given none) for a prompt of n tokens, its
+    max_tokens (a generation config's max_new_tokens) cut by `default_length`. The caller
+    never gave that length: past the context, it refused every such call naming max_tokens."""
+    if params.max_tokens is None:
         return params
-    return dataclasses.replace(params, max_tokens=max(1, max_model_len - n))
+    return dataclasses.replace(params, max_tokens=default_length(params.max_tokens, n,
+                                                                 max_model_len))
 
 
 def request_params(params: SamplingParams, n: int, max_model_len: int) -> SamplingParams:
