@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                      type=vllm_flags.tool_call_parser_name,
                      help="the format of the model's tool calls (vLLM's llama3_json: llama3; "
                           "default: from its chat template)")
+    net.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
+                     help="chat: render conversations with this Jinja chat template in place "
+                          "of the tokenizer's: the path of a file holding it, or the template "
+                          "itself (as vLLM's --chat-template; checked at start)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
@@ -212,7 +216,8 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
                    "served_model_name", "tool_call_parser", "reasoning_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
                    "dist_init_addr", "special_tokens_in_content", "generation_config",
-                   "exclude_tools_when_tool_choice_none")
+                   "exclude_tools_when_tool_choice_none",
+                   "chat_template")
 
 
 def _string_list(value: str) -> list[str]:

@@ -80,9 +80,6 @@ REFUSED = (
             "LoRA adapters are not supported: serve a checkpoint with the adapter merged "
             "into its weights"),
     Refusal(("--speculative-config",), "speculative decoding is not supported"),
-    Refusal(("--chat-template",),
-            "the model's own chat template is applied: to serve another, save it as "
-            "chat_template.jinja in the model's (or --tokenizer's) directory"),
     Refusal(("--max-logprobs",),
             "the most logprobs and prompt_logprobs a request may ask for is fixed at 20",
             same=("20",)),

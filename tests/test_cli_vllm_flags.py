@@ -93,7 +93,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--enable-lora", ("merged",)),
     ("--lora-modules a=/x", ("merged",)),
     ("--speculative-config {}", ("speculative",)),
-    ("--chat-template t.jinja", ("chat_template.jinja",)),
     ("--max-logprobs 50", ("20",)),
     ("--no-enable-chunked-prefill", ("--max-prefill-tokens",)),
     ("--enable-log-requests", ("--log-level debug",)),

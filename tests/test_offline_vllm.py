@@ -134,7 +134,7 @@ def test_chat_takes_vllms_template_keywords_and_tools(llm):
     continue_final_message=..., chat_template_kwargs=..., tools=...): TypeError (unexpected
     keyword). Each renders as aiollm's template=TemplateOptions(...) does; an option given
     both ways is a TypeError naming both."""
-    from aiollm.api.tool_request import template_messages
+    from aiollm.engine.chat_tools import template_messages
     from aiollm.engine.chat_template import TemplateOptions
 
     tok = llm.get_tokenizer()
@@ -231,7 +231,7 @@ def test_chat_tools_reach_a_template_that_takes_no_system_turn(tmp_path):
     """LLM.chat(tools=...) on a model whose template refuses a system turn (Mistral's v0.1)
     was an InvalidRequest blaming conversations[0] ('Conversation roles must alternate'),
     which held no system turn: the tools go at the head of the first user message, as the
-    HTTP API renders the same chat (api/tool_request.tools_prompt)."""
+    HTTP API renders the same chat (Engine.render_chat)."""
     import json
 
     from aiollm.model import load_tokenizer

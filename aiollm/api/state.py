@@ -113,11 +113,13 @@ class ApiState:
     async def detokenize(self, ids: list[int]) -> str:
         return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
 
-    async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
-                          template: TemplateOptions | None = None) -> list[int]:
-        """Token ids of a conversation with the chat template applied as `template` says (the
+    async def render_chat(self, messages: list[dict], tools: list[dict],
+                          template: TemplateOptions) -> tuple[list[int], list[dict]]:
+        """(token ids, the messages rendered) of a conversation with its checked `tools`,
+        rendered as `template` says (Engine.render_chat: the same prompt as the Python
+        API's chat for the same messages and tools), off the event loop when long (the
         template's cost grows with the number of messages and tools too)."""
-        return await off_loop(rendered_size(messages, tools), self.engine.chat_prompt,
+        return await off_loop(rendered_size(messages, tools), self.engine.render_chat,
                               messages, tools, template)
 
 

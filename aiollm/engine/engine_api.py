@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Union
 
 from aiollm.engine.chat_messages import checked_messages
+from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.request_group import completions, gather_all, n_of
@@ -29,6 +31,11 @@ from aiollm.engine.submission import (Prompt, check_request, default_length_with
                                       tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
 from aiollm.sampling_params import SamplingParams
+
+
+# generate_batch's progress bar: shown or not, or (vLLM's use_tqdm) what makes it, called as
+# tqdm is, with total= and desc=, and answering update(n) and close()
+Progress = Union[bool, Callable[..., Any]]
 
 
 class EngineAPI:
@@ -151,26 +158,57 @@ class EngineAPI:
         return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials,
                               options=template)
 
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None,
+                    template: TemplateOptions | None = None) -> tuple[list[int], list[dict]]:
+        """(token ids, the messages rendered) of a conversation as every chat of aiollm
+        renders it (the HTTP API, chat(), LLM.chat), under `template`'s options and its
+        chat_template if it gives one: `messages` as chat_messages.checked_messages gives
+        them and `tools` as chat_tools.check_tools does, both given to a template that
+        knows them; one that knows no tools (the default model's) is shown them, and past
+        calls, in the messages (chat_tools.tool_renderings), and one that refuses a system
+        turn, at the head of the first user message. InvalidRequest as chat_prompt raises
+        it (the last rendering's, when the template takes none); ChatTemplateError when the
+        template does not compile."""
+        source = (template.chat_template if isinstance(template, TemplateOptions) else None)
+        *first, last = tool_renderings(messages, tools or [],
+                                       source or self.tokenizer.chat_template)
+        for shown in first:
+            with contextlib.suppress(InvalidRequest):
+                return self.chat_prompt(shown, tools or None, template), shown
+        return self.chat_prompt(last, tools or None, template), last
+
     async def chat(self, messages: list[dict], params: SamplingParams | None = None,
-                   template: TemplateOptions | None = None) -> RequestOutput:
+                   template: TemplateOptions | None = None,
+                   tools: list[dict] | None = None) -> RequestOutput:
         """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
         checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
-        chat template (a long one rendered and tokenized off the loop)."""
-        ids = await off_loop(rendered_size(messages), self._chat_ids, messages, template)
+        chat template (a long one rendered and tokenized off the loop), with `tools`
+        (OpenAI's function tools, checked as the HTTP API checks them: InvalidRequest
+        naming `tools[i]...`): the prompt is the one /v1/chat/completions renders for the
+        same messages, tools and options (render_chat). The output is the model's text, any
+        calls in it unparsed, as vLLM's LLM.chat gives it."""
+        ids = await off_loop(rendered_size(messages, tools), self._chat_ids, messages,
+                             template, tools)
         return await self.generate(ids, params)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
-                    template: TemplateOptions | None = None) -> AsyncIterator[Delta]:
-        """stream() on a conversation under the chat template, checked as chat() checks it."""
-        return self.stream(self._chat_ids(messages, template), params)
+                    template: TemplateOptions | None = None,
+                    tools: list[dict] | None = None) -> AsyncIterator[Delta]:
+        """stream() on a conversation under the chat template, with `tools`, checked and
+        rendered as chat() checks and renders them."""
+        return self.stream(self._chat_ids(messages, template, tools), params)
 
-    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None) -> list[int]:
+    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None,
+                  tools: list[dict] | None) -> list[int]:
         self._check_started()  # a usage error before any complaint about the messages
-        return self.chat_prompt(checked_messages(messages), None, template)
+        messages = checked_messages(messages)
+        if tools is not None:
+            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
+        return self.render_chat(messages, tools, template)[0]
 
     async def generate_batch(self, prompts: Sequence[Prompt],
                              params: SamplingParams | Sequence[SamplingParams] | None = None,
-                             progress: bool = True, *, batch_name: str = "prompts"
+                             progress: Progress = True, *, batch_name: str = "prompts"
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
         is one prompt (as in vLLM's LLM.generate), not a batch of its characters, and so is
@@ -186,7 +224,11 @@ class EngineAPI:
         its param (errors.of_batch_item); a bad field of params keeps its own name. Every
         prompt is checked before any is submitted.
         `batch_name`: what those errors call the batch where the caller's differs (LLM.chat:
-        "conversations", whose token ids the prompts are)."""
+        "conversations", whose token ids the prompts are). `progress`: a tqdm bar while
+        true, none while false, or a callable that makes the bar, as vLLM's use_tqdm takes
+        one (a tqdm class or a factory such as functools.partial(tqdm, leave=False)): it is
+        called with total= and desc=, once the prompts are checked, and its bar is given
+        update(1) per prompt done and close() at the end, on the engine's event loop."""
         from tqdm.auto import tqdm
 
         if isinstance(prompts, (str, dict)):  # one prompt dict too, as vLLM takes it
@@ -205,7 +247,10 @@ class EngineAPI:
         given = [prompt_text(p) for p in prompts]
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
                                  self._checked_batch, prompts, each, batch_name, defaulted)
-        bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
+        if callable(progress):
+            bar = progress(total=len(prompts), desc="generate")
+        else:
+            bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
         async def one(i, p):
             with naming_batch_item("prompt", i, batch_name):
                 # each choice of a prompt (n > 1) takes room of its own

@@ -144,6 +144,10 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
                         max_model_len=cfg.max_model_len)
     tokenizer = tokenizer_for(cfg, loaded.path)
+    if cfg.chat_template is not None:  # every chat renders with it (checked: it compiles)
+        tokenizer.chat_template = cfg.chat_template
+        log.info("chats are rendered with the chat template given (chat_template, "
+                 "--chat-template), not the tokenizer's own")
     mc = loaded.config
     model_name = cfg.served_model_name or model_name_of(loaded.path, cfg.model)
     log.info("weights and tokenizer loaded in %.1fs", time.monotonic() - t0)
