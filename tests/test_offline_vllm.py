@@ -273,3 +273,25 @@ def test_sampling_params_take_vllms_logit_bias_and_allowed_token_ids(llm):
     with pytest.raises(InvalidRequest) as e:
         SamplingParams(allowed_token_ids=allowed, constraint=Constraint(allowed_token_ids=[1]))
     assert e.value.param == "allowed_token_ids"
+
+
+def test_chosen_tokens_rank_is_its_place_in_the_vocabulary(llm):
+    """The chosen token's Logprob.rank was None unless it was among the top `logprobs`
+    alternatives (always with logprobs=0); vLLM gives its rank in the whole vocabulary:
+    1 for a greedy pick, its place in the top list when it is there, past it when not."""
+    greedy, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=3, temperature=0, logprobs=0), False)
+    assert [step[t].rank for step, t in zip(greedy.outputs[0].logprobs, greedy.token_ids)
+            ] == [1, 1, 1]
+    hot, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, temperature=3.0, seed=1, ignore_eos=True, logprobs=3), False)
+    ranks = []
+    for step, t in zip(hot.outputs[0].logprobs, hot.token_ids):
+        rank = step[t].rank
+        ranks.append(rank)
+        by_likelihood = sorted(step, key=lambda a: -step[a].logprob)
+        if rank <= 3:  # among the top list, at its own place there
+            assert len(step) == 3 and by_likelihood.index(t) + 1 == rank
+        else:  # past it: each alternative is more likely
+            assert len(step) == 4 and by_likelihood[-1] == t
+    assert max(ranks) > 3, ranks

@@ -96,11 +96,11 @@ class CompletionOutput:
     """vLLM's CompletionOutput: one completion of a prompt (choice `index`), read through
     from that choice's RequestOutput. `logprobs` is vLLM's shape: per generated token a
     dict {token id: Logprob} of the chosen token and its top alternatives (None without
-    SamplingParams.logprobs). Where vLLM knows more than aiollm keeps: an alternative's
-    rank is its place in the top list, the chosen token's is that too, or None when it is
-    not among them (logprobs=0); the chosen token's decoded_token is its share of `text`
-    (token_texts), an alternative's its id decoded alone where the output carries
-    decoded_tokens (LLM's outputs do; Engine's do not: None)."""
+    SamplingParams.logprobs). An alternative's rank is its place in the top list, the
+    chosen token's its place in the whole vocabulary (1 + the tokens more likely), as
+    vLLM's; the chosen token's decoded_token is its share of `text` (token_texts; None
+    with detokenize=False), an alternative's its id decoded alone where the output
+    carries decoded_tokens (LLM's outputs do; Engine's do not: None)."""
 
     __slots__ = ("index", "_of")
 
@@ -141,9 +141,8 @@ class CompletionOutput:
         steps = []
         for i, lp in enumerate(lps):
             # the chosen token first, then the alternatives most likely first (as vLLM)
-            rank = next((r for r, (t, _) in enumerate(lp.top, 1) if t == lp.token_id), None)
             text = texts[i] if i < len(texts) else None
-            step = {lp.token_id: Logprob(lp.logprob, rank, text)}
+            step = {lp.token_id: Logprob(lp.logprob, lp.rank, text)}
             for r, (t, v) in enumerate(lp.top, 1):
                 step.setdefault(t, Logprob(v, r, decoded.get(t)))
             steps.append(step)
