@@ -295,3 +295,28 @@ def test_chosen_tokens_rank_is_its_place_in_the_vocabulary(llm):
         else:  # past it: each alternative is more likely
             assert len(step) == 4 and by_likelihood[-1] == t
     assert max(ranks) > 3, ranks
+
+
+def test_prompt_logprobs_are_vllms_dicts(llm):
+    """out.prompt_logprobs held aiollm's TokenLogprob per prompt token: vLLM code reads
+    None for the first token, then {token id: Logprob(logprob, rank, decoded_token)} of
+    the prompt token (its rank in the vocabulary) and its top-k alternatives (ranks 1..k).
+    aiollm's fields (.token_id, .logprob, .rank, .top) still read, and the output pickles."""
+    import pickle
+
+    tok = llm.get_tokenizer()
+    out, = llm.generate("The capital of France is Paris", SamplingParams(
+        max_tokens=1, temperature=0, prompt_logprobs=2), False)
+    plp = pickle.loads(pickle.dumps(out)).prompt_logprobs
+    ids = out.prompt_token_ids
+    assert len(plp) == len(ids) and plp[0] is None
+    for entry, t in zip(plp[1:], ids[1:]):
+        assert isinstance(entry, dict) and next(iter(entry)) == t  # the prompt token first
+        assert entry[t].logprob == entry.logprob and entry[t].rank == entry.rank >= 1
+        assert entry.token_id == t
+        assert all(lp.decoded_token == tok.decode([i]) for i, lp in entry.items())
+        assert [entry[i].rank for i, _ in entry.top] == [1, 2]
+        assert {i: entry[i].logprob for i, _ in entry.top} == dict(entry.top)
+        assert len(entry) == (2 if entry[t].rank <= 2 else 3)
+    assert max(entry.rank for entry in plp[1:]) > 2  # some prompt token outside the top 2
+

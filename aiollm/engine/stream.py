@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 
 from aiollm.engine.output_text import OutputText
-from aiollm.engine.outputs import Delta, RequestOutput
+from aiollm.engine.outputs import Delta, PromptTokenLogprobs, RequestOutput
 from aiollm.engine.request import Request
 
 Finish = Callable[[Request, str], None]  # Engine._finish: end a request with a reason
@@ -85,7 +85,8 @@ async def collect(req: Request, stream: AsyncIterator[Delta]) -> RequestOutput:
         finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
         completion_tokens=len(req.output_ids), logprobs=req.logprobs,
         prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0),
-        token_texts=token_texts, prompt_logprobs=req.prompt_logprobs,
+        token_texts=token_texts,
+        prompt_logprobs=PromptTokenLogprobs.of_prompt(req.prompt_logprobs),
         stop_reason=req.stop_reason)
 
 
