@@ -320,3 +320,81 @@ def test_prompt_logprobs_are_vllms_dicts(llm):
         assert len(entry) == (2 if entry[t].rank <= 2 else 3)
     assert max(entry.rank for entry in plp[1:]) > 2  # some prompt token outside the top 2
 
+
+PARIS = "The capital of France is"
+
+
+def test_bad_words_are_never_generated(llm):
+    """vLLM's SamplingParams(bad_words=[...]) was a TypeError (unexpected keyword). A word of
+    one token is banned at every step; of several, its last token is banned where the
+    output ends with the others: greedy "Paris" and then "capital of" give way to other
+    words, and a bad word the output never reaches leaves it as it was."""
+    tok = llm.get_tokenizer()
+    plain, = llm.generate(PARIS, SamplingParams(max_tokens=6, temperature=0), False)
+    assert plain.text.startswith(" Paris")
+    unreached, = llm.generate(PARIS, SamplingParams(max_tokens=6, temperature=0,
+                                                    bad_words=["zebra"]), False)
+    assert unreached.token_ids == plain.token_ids
+    words = ["Paris", "capital of"]
+    out, = llm.generate(PARIS, SamplingParams(max_tokens=6, temperature=0,
+                                              bad_words=words), False)
+    assert "Paris" not in out.text and "capital of" not in out.text, out.text
+    ids = out.token_ids
+    for word in words:
+        for form in (word, " " + word):
+            seq = tok.encode(form, add_special_tokens=False)
+            assert all(ids[i : i + len(seq)] != seq for i in range(len(ids))), (form, ids)
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(bad_words=["ok", ""])
+    assert e.value.param == "bad_words"
+
+
+def test_detokenize_false_gives_token_ids_only(llm):
+    """vLLM's SamplingParams(detokenize=False) was a TypeError: the output is its token ids
+    (the same as with text), its text "" and no token's text (decoded_token None); stop
+    strings, which need the text, are refused naming detokenize."""
+    plain, = llm.generate(PARIS, SamplingParams(max_tokens=4, temperature=0), False)
+    out, = llm.generate(PARIS, SamplingParams(max_tokens=4, temperature=0, logprobs=1,
+                                              detokenize=False), False)
+    assert out.token_ids == plain.token_ids and out.text == "" and out.outputs[0].text == ""
+    assert all(lp.decoded_token is None for step in out.outputs[0].logprobs
+               for lp in step.values())
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(detokenize=False, stop=["."])
+    assert e.value.param == "detokenize"
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_last_tokens(llm):
+    """vLLM's SamplingParams(truncate_prompt_tokens=k) was a TypeError: only the prompt's
+    last k tokens are generated from (text or ids; ids longer than the context too); -1
+    keeps the context's length; 0, -2 and more than the context are refused naming it."""
+    ids = llm.get_tokenizer().encode(PARIS)
+    out, = llm.generate(PARIS, SamplingParams(max_tokens=2, temperature=0,
+                                              truncate_prompt_tokens=2), False)
+    alone, = llm.generate({"prompt_token_ids": ids[-2:]}, SamplingParams(
+        max_tokens=2, temperature=0), False)
+    assert out.prompt_token_ids == ids[-2:] and out.token_ids == alone.token_ids
+    context = llm.engine.max_model_len
+    long_ids = ids * (context // len(ids) + 1)
+    out, = llm.generate({"prompt_token_ids": long_ids}, SamplingParams(
+        max_tokens=1, truncate_prompt_tokens=8), False)
+    assert out.prompt_token_ids == long_ids[-8:]
+    out, = llm.generate(PARIS, SamplingParams(max_tokens=1, truncate_prompt_tokens=-1), False)
+    assert out.prompt_token_ids == ids
+    for bad in (0, -2, 1.5):
+        with pytest.raises(InvalidRequest) as e:
+            SamplingParams(truncate_prompt_tokens=bad)
+        assert e.value.param == "truncate_prompt_tokens"
+    with pytest.raises(InvalidRequest) as e:
+        llm.generate(PARIS, SamplingParams(truncate_prompt_tokens=context + 1), False)
+    assert e.value.param.endswith("truncate_prompt_tokens")
+
+
+def test_per_request_logits_processors_are_refused_by_name():
+    """vLLM's SamplingParams(logits_processors=[...]) was a TypeError (unexpected keyword);
+    vLLM's V1 engine refuses per-request processors, and so does aiollm, naming the field
+    (None or an empty list is taken, as there)."""
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(logits_processors=[lambda ids, logits: logits])
+    assert e.value.param == "logits_processors"
+    assert SamplingParams(logits_processors=[]).logits_processors == []
