@@ -78,8 +78,10 @@ class LLM:
         outs = self._run(self.engine.generate_batch(
             prompts, params, progress=True if progress is UNSET else progress,
             batch_name=batch_name))
-        for out in outs:  # here, on the caller's thread: not the engine's loop
-            out.decode_alternatives(self.engine.tokenizer)
+        each = params if isinstance(params, (list, tuple)) else [params] * len(outs)
+        for out, p in zip(outs, each):  # here, on the caller's thread: not the engine's loop
+            if p is None or p.detokenize:  # detokenize=False: no text, decoded_token None
+                out.decode_alternatives(self.engine.tokenizer)
         return outs
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict] = UNSET,

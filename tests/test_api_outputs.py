@@ -614,3 +614,26 @@ def test_chat_messages_have_the_fields_openai_requires(server):
         assert {"role", "content", "refusal"} <= set(message), message
         assert message["refusal"] is None
     assert "tool_calls" in message, message  # the second is a call
+
+
+def test_vllm_truncate_prompt_tokens_and_bad_words_are_served(server):
+    """vLLM's truncate_prompt_tokens and bad_words were refused as not served (400). Only
+    the prompt's last k tokens are generated from (ids past the context too: the usage
+    counts k, the echo is what the model saw), on completions and chat; a bad word is
+    never generated."""
+    ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
+    long_ids = ids * (MAX_MODEL_LEN // len(ids) + 1)
+    out = completion(server, {"prompt": long_ids, "max_tokens": 1, "temperature": 0,
+                              "truncate_prompt_tokens": 4, "echo": True})
+    assert out["usage"]["prompt_tokens"] == 4
+    tail = json.loads(http(server, "POST", "/detokenize", json={"tokens": long_ids[-4:]})[2])
+    assert out["choices"][0]["text"].startswith(tail["prompt"])
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+        "truncate_prompt_tokens": 3})
+    assert status == 200 and json.loads(raw)["usage"]["prompt_tokens"] == 3, raw
+    plain = completion(server, {"prompt": PARIS, "max_tokens": 3, "temperature": 0})
+    word = plain["choices"][0]["text"].split()[0]
+    banned = completion(server, {"prompt": PARIS, "max_tokens": 3, "temperature": 0,
+                                 "bad_words": [word]})
+    assert word not in banned["choices"][0]["text"], (word, banned)

@@ -47,6 +47,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     req.check_unserved()
     req.check_max_tokens()
     st.check_choices(req.n, "n")
+    keep = req.kept_prompt_tokens(engine.max_model_len)
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.functions is not None or req.function_call is not None:
@@ -94,6 +95,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # unless the server was told to leave them out
     shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
     ids, messages = await st.render_chat(dicts, shown, req.template_options())
+    if keep:
+        ids = ids[-keep:]
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

@@ -44,8 +44,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     st.check_choices(len(prompts) * req.n, "n" if req.n > 1 else "prompt")
     # a list of prompts (even of one) is a batch: its errors say which prompt (prompt[i])
     batched = prompts[0] is not req.prompt
-    prompt_ids = (await st.tokenize_batch(prompts) if batched
-                  else [await st.tokenize(prompts[0])])
+    keep = req.kept_prompt_tokens(engine.max_model_len)
+    prompt_ids = (await st.tokenize_batch(prompts, keep) if batched
+                  else [await st.tokenize(prompts[0], keep_last=keep)])
     constraint = req.constraint()
     # echo with logprobs (or max_tokens 0: prompt scoring) reports the prompt's tokens too
     echo_scores = req.echo and (req.logprobs is not None or req.max_tokens == 0)
@@ -67,7 +68,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     echo = []  # each choice's echoed prompt: text and its tokens' texts
     for p, ids in zip(prompts, prompt_ids):
         pieces = await _echo_pieces(st, vocab, p, ids) if echo_scores else None
-        echo += [(_echo_text(st, p) if req.echo else "", pieces)] * req.n
+        # a truncated prompt is echoed as the model saw it
+        text = _echo_text(st, ids if keep else p) if req.echo else ""
+        echo += [(text, pieces)] * req.n
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": st.model_name,
             "system_fingerprint": st.system_fingerprint}

@@ -17,18 +17,19 @@ import dataclasses
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Union
 
+from aiollm.engine.bad_words import bad_word_ids
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.request_group import completions, gather_all, n_of
-from aiollm.engine.output_text import OutputText
+from aiollm.engine.output_text import NoText, OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import (Prompt, check_request, default_length_within,
-                                      new_request, off_loop, prompt_text, request_params,
-                                      tokenize)
+                                      kept_prompt_tokens, new_request, off_loop, prompt_text,
+                                      request_params, tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
 from aiollm.sampling_params import SamplingParams
 
@@ -282,12 +283,14 @@ class EngineAPI:
         return ids, default_length_within(self.default_params(), len(ids), self.max_model_len)
 
     # -- submission ------------------------------------------------------------------------
-    def tokenize(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt (text, or ids checked against the vocabulary); raises
-        InvalidRequest naming "prompt" (see submission.tokenize), RuntimeError before the
-        engine was first started (no tokenizer yet)."""
+    def tokenize(self, prompt: Prompt, keep_last: int | None = None) -> list[int]:
+        """Token ids of a prompt (text, or ids checked against the vocabulary), only its
+        last `keep_last` when given; raises InvalidRequest naming "prompt" (see
+        submission.tokenize), RuntimeError before the engine was first started (no
+        tokenizer yet)."""
         self._check_started()
-        return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len)
+        return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len,
+                        keep_last)
 
     def _check_started(self) -> None:
         if not self._started and self._loop_task is None:  # never started: a usage error
@@ -338,21 +341,25 @@ class EngineAPI:
     def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """_checked's part that reads only the model and the tokenizer (any thread)."""
         checked_params(params)
-        ids = self.tokenize(prompt)
+        ids = self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
+                                                       self.max_model_len))
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         if params.constraint is not None:  # allowed_token_ids, logit_bias in the vocabulary
             self.grammars.check(params.constraint, params.min_tokens, params.stop_token_ids)
         return ids
 
     def _submit(self, prompt: Prompt, params: SamplingParams, *,
-                counted: bool = True) -> tuple[Request, OutputText]:
+                counted: bool = True) -> tuple[Request, OutputText | NoText]:
         """A checked request in the waiting queue, and its output text's decoder. counted
         False: kept out of the metrics and the scheduler's history (a health probe)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
-        grammar = self.grammars.start(params.constraint) if params.constraint else None
+        bad_words = (bad_word_ids(self.tokenizer, params.bad_words, self.model_config.vocab_size)
+                     if params.bad_words else None)
+        grammar = (self.grammars.start(params.constraint, bad_words)
+                   if params.constraint or bad_words else None)
         # everything that can raise comes before the table slot: nothing would give it back
         detok = OutputText.of_request(self.tokenizer, ids, params)
         req = new_request(self.table, ids, params, self._rng, grammar,

@@ -30,9 +30,13 @@ class OutputText:
                  "_sent_tokens", "_kept", "_finished")
 
     @classmethod
-    def of_request(cls, tokenizer, prompt_ids: list[int], params: SamplingParams) -> OutputText:
+    def of_request(cls, tokenizer, prompt_ids: list[int], params: SamplingParams
+                   ) -> OutputText | NoText:
         """The output text of a request with these prompt ids and parameters (its stop
-        strings, min_tokens, special tokens skipped or not, stop string kept or not)."""
+        strings, min_tokens, special tokens skipped or not, stop string kept or not); none
+        with detokenize=False."""
+        if not params.detokenize:
+            return NoText()
         return cls(IncrementalDetokenizer(tokenizer, prompt_ids, params.skip_special_tokens,
                                           params.stop, params.include_stop_str_in_output),
                    params.min_tokens)
@@ -131,3 +135,31 @@ class OutputText:
     def _add(self, text: str) -> None:
         self._unsent += text
         self._released += len(text)
+
+
+class NoText:
+    """OutputText's interface for a request that asked for no text (vLLM's
+    detokenize=False): each token is handed out as it comes, with no text, neither the
+    output's ("") nor each token's (an empty list). Such a request has no stop strings."""
+
+    __slots__ = ("fed", "_sent")
+    stopped = False
+    matched_stop = None
+
+    def __init__(self):
+        self.fed = 0
+        self._sent = 0
+
+    @property
+    def kept(self) -> int:
+        return self.fed
+
+    def feed(self, token_id: int) -> None:
+        self.fed += 1
+
+    def finish(self) -> None:
+        pass
+
+    def take(self) -> tuple[str, int, list[str]]:
+        n, self._sent = self.fed - self._sent, self.fed
+        return "", n, []
