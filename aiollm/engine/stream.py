@@ -43,7 +43,7 @@ async def deltas(req: Request, out: OutputText | NoText,
                 finish(req, "stop")
             if req.done:
                 out.finish()
-                if out.stopped:  # the tokens of the stop string are not output
+                if out.stopped:  # the tokens after the one completing it are not output
                     req.finish_reason = "stop"
                     req.stop_reason = out.matched_stop
                     del req.output_ids[out.kept:]
