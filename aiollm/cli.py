@@ -8,8 +8,10 @@ import json
 import logging
 import os
 import sys
+import textwrap
 from typing import TYPE_CHECKING
 
+from aiollm import vllm_flags
 from aiollm.config import REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
 
 if TYPE_CHECKING:
@@ -18,6 +20,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("aiollm.cli")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+STATS_LOGGER = "aiollm.stats"  # periodic statistics (the prefix cache's hit rate)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -30,6 +33,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                 or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
             return text
         return super()._get_help_string(action)
+
+    # flag names are not broken at their hyphens ("--gpu-" / "memory-utilization")
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width,
+                             break_on_hyphens=False)
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return textwrap.fill(self._whitespace_matcher.sub(" ", text).strip(), width,
+                             initial_indent=indent, subsequent_indent=indent,
+                             break_on_hyphens=False)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,12 +65,22 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--served-model-name", default=None,
                      help="the model name clients send and see (default: the model's name)")
     net.add_argument("--tool-call-parser", default=None, choices=list(TOOL_CALL_PARSERS),
-                     help="the format of the model's tool calls (default: from its chat template)")
+                     type=vllm_flags.tool_call_parser_name,
+                     help="the format of the model's tool calls (vLLM's llama3_json: llama3; "
+                          "default: from its chat template)")
+    net.add_argument("--chat-template", default=None, metavar="FILE_OR_TEMPLATE",
+                     help="chat: render conversations with this Jinja chat template in place "
+                          "of the tokenizer's: the path of a file holding it, or the template "
+                          "itself (as vLLM's --chat-template; checked at start)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
                           "reasoning; qwen3: only where the output or prompt opens <think>); "
                           "default: none, the output is all content")
+    net.add_argument("--exclude-tools-when-tool-choice-none", action="store_true",
+                     help="chat: leave a request's tools out of the prompt when its "
+                          "tool_choice is \"none\" (by default the model sees them and no "
+                          "call is read from its output, as in vLLM)")
     net.add_argument("--special-tokens-in-content", action="store_true",
                      help="chat: let control-token text in message content (<|im_start|>...) "
                           "become control tokens; by default it is plain text, so a user "
@@ -87,9 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--log-level", default="info",
                      choices=["debug", "info", "warning", "error"],
                      help="logging level (debug also logs every HTTP request)")
+    net.add_argument("--disable-log-stats", dest="log_stats", action="store_false",
+                     help="do not log the periodic statistics (the prefix cache's hit rate, "
+                          "once a minute); /metrics keeps them")
     m = s.add_argument_group("model")
     m.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights and KV cache dtype (auto: bfloat16 on CUDA, float32 on CPU)")
+                   type=vllm_flags.dtype_name,
+                   help="weights and KV cache dtype (auto: bfloat16 on CUDA, float32 on CPU; "
+                        "vLLM's half and float: float16 and float32)")
     m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     m.add_argument("--tokenizer", default=d.tokenizer,
                    help="tokenizer path (HF directory or .gguf; default: the model's own)")
@@ -110,9 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "the CPU: 4 full contexts of --max-model-len, at most 65536)")
     e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
                    help="fraction of free GPU memory after loading to give the KV cache")
-    e.add_argument("--max-running-requests", type=int, default=d.max_running_requests,
-                   help="most requests decoding at once")
-    e.add_argument("--max-prefill-tokens", type=int, default=d.max_prefill_tokens,
+    e.add_argument("--max-running-requests", "--max-num-seqs", type=int, metavar="N",
+                   default=d.max_running_requests,
+                   help="most requests admitted at once (prefilling or decoding)")
+    e.add_argument("--max-prefill-tokens", "--max-num-batched-tokens", type=int, metavar="N",
+                   default=d.max_prefill_tokens,
                    help="token budget of one step (prefill chunks + decodes)")
     e.add_argument("--mixed-prefill-tokens", type=int, default=d.mixed_prefill_tokens,
                    help="most prompt tokens in a step that also decodes (with prefill graphs, "
@@ -142,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--scheduler-blind-cap", type=int, default=d.scheduler_blind_cap,
                    help="benchmarks: show the scheduler ignore_eos requests as ordinary ones "
                         "capped at this many new tokens, so fixed benchmark lengths stay unknown")
-    e.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false",
+    e.add_argument("--no-cuda-graph", "--enforce-eager", dest="cuda_graph", action="store_false",
                    help="run every step eagerly: no decode CUDA graphs, no graph segments "
                         "for prompt steps")
     e.add_argument("--cuda-graph-max-batch", "--cuda-graph-max-bs", type=int,
@@ -152,9 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-warm-up", dest="warm_up", action="store_false",
                    help="skip the start-up launch of prefill, mixed and sampling step shapes "
                         "(their kernels then compile at first use, while serving)")
-    e.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+    e.add_argument("--no-prefix-cache", "--no-enable-prefix-caching", dest="prefix_cache",
+                   action="store_false",
                    help="compute every prompt in full instead of reusing the KV of prefixes "
                         "seen before")
+    e.add_argument("--enable-prefix-caching", dest="prefix_cache", action="store_true",
+                   default=argparse.SUPPRESS,
+                   help="reuse the KV of prefixes seen before, as without --no-prefix-cache "
+                        "(the last of the two given counts)")
     tp = s.add_argument_group("tensor parallelism")
     tp.add_argument("-tp", "--tensor-parallel-size", type=int, default=d.tensor_parallel_size,
                     help="split the model over N ranks (one per GPU; gloo ranks on --device cpu)")
@@ -165,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--dist-init-addr", default=d.dist_init_addr, metavar="HOST:PORT",
                     help="TCP rendezvous address on node 0, reachable from every node "
                          "(default on one node: a free port of 127.0.0.1)")
+    vllm_flags.add_to(s)
     # the checks after parsing report through serve's parser, as argparse's own do: its
     # usage line, "aiollm serve: error: ..."
     s.set_defaults(command_parser=s)
@@ -179,7 +215,9 @@ _ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len
                    "cuda_graph", "cuda_graph_max_batch", "warm_up",
                    "served_model_name", "tool_call_parser", "reasoning_parser",
                    "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
-                   "dist_init_addr", "special_tokens_in_content", "generation_config")
+                   "dist_init_addr", "special_tokens_in_content", "generation_config",
+                   "exclude_tools_when_tool_choice_none",
+                   "chat_template")
 
 
 def _string_list(value: str) -> list[str]:
@@ -233,8 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def configure_logging(args: argparse.Namespace) -> None:
+    """The process's logging as serve's flags say: --log-level, --disable-log-stats."""
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    logging.getLogger(STATS_LOGGER).setLevel(logging.NOTSET if args.log_stats
+                                             else logging.WARNING)
+
+
+def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    configure_logging(args)
     options = {name: getattr(args, name) for name in _ENGINE_OPTIONS}
     try:
         EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading

@@ -84,6 +84,15 @@ class EngineConfig:
     # how /v1/chat/completions splits <think>...</think> into reasoning_content: deepseek_r1 |
     # qwen3 (None: no split, the output is all content; see aiollm/api/reasoning.py)
     reasoning_parser: str | None = None
+    # chat: tool_choice "none" leaves the request's tools out of the prompt (vLLM's
+    # --exclude-tools-when-tool-choice-none); by default the model sees them, as vLLM and
+    # OpenAI show them, and no call is read from its output
+    exclude_tools_when_tool_choice_none: bool = False
+    # the chat template every chat is rendered with, in place of the tokenizer's: a Jinja
+    # template, or the path of a file holding one, as vLLM's --chat-template reads it
+    # (aiollm/model/tokenizer.read_chat_template); once checked, the template's text. None:
+    # the tokenizer's own
+    chat_template: str | None = None
     # chat: control-token text inside message content becomes real control tokens (by
     # default it is plain text, so a user cannot forge a turn; aiollm/engine/chat_template.py)
     special_tokens_in_content: bool = False
@@ -102,7 +111,7 @@ class EngineConfig:
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if not isinstance(self.device, str):  # a torch.device, as the Python API took before
             self.device = str(self.device)
-        for name in ("model", "tokenizer", "generation_config"):  # a pathlib.Path too
+        for name in ("model", "tokenizer", "generation_config", "chat_template"):  # a Path too
             if isinstance(getattr(self, name), os.PathLike):
                 setattr(self, name, os.fspath(getattr(self, name)))
         self._check_types()
@@ -173,6 +182,9 @@ class EngineConfig:
                              f"(or None), got {self.reasoning_parser!r}")
         if self.queue_timeout is not None and not self.queue_timeout > 0:  # NaN too
             raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")
+        if self.chat_template is not None:
+            from aiollm.model.tokenizer import read_chat_template
+            self.chat_template = read_chat_template(self.chat_template)
         t = self.grammar_compile_timeout
         if not (isinstance(t, numbers.Real) and not isinstance(t, bool)
                 and 0 < t < float("inf")):  # NaN too

@@ -87,5 +87,12 @@ class EngineStopped(Overloaded):
     the server is back); the Engine API's callers catch it first to stop retrying."""
 
 
+class ChatTemplateError(RuntimeError):
+    """The chat template the engine serves with does not compile (a syntax error in the
+    model's template): no conversation can be rendered, whatever the request holds. The
+    server's fault, not the caller's (HTTP 500); what a template refuses of a conversation
+    (its raise_exception) is an InvalidRequest naming messages."""
+
+
 class RequestFailed(RuntimeError):
     """Serving one request failed inside the engine (HTTP 500); other requests go on."""

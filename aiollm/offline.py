@@ -10,15 +10,15 @@ runs the kernel's event loop): its engine runs on an event loop of its own threa
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import weakref
 from collections.abc import Sequence
 
-from aiollm.api.tool_request import check_tools, tool_renderings
 from aiollm.engine import Engine, RequestOutput
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
+from aiollm.engine.chat_tools import check_tools
+from aiollm.engine.engine_api import Progress
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
@@ -57,13 +57,15 @@ class LLM:
 
     def generate(self, prompts: Sequence[str | Sequence[int]],
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 progress: bool = UNSET, *,
+                 progress: Progress = UNSET, *,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: bool | None = None) -> list[RequestOutput]:
+                 use_tqdm: Progress | None = None) -> list[RequestOutput]:
         """The outputs of `prompts` (a string or a prompt dict is one prompt), in order, one
         per prompt with its SamplingParams.n completions in `.outputs`; `params` one
         SamplingParams for all or a list of one per prompt (Engine.generate_batch);
-        `progress`: a tqdm bar unless false (default: shown). `sampling_params` and
+        `progress`: a tqdm bar unless false (default: shown), or, as vLLM's use_tqdm
+        takes it, a callable that makes the bar (a tqdm-like class or factory, e.g.
+        functools.partial(tqdm, leave=False); Engine.generate_batch). `sampling_params` and
         `use_tqdm` are vLLM's names for `params` and `progress`.
         Raises TypeError naming both when a value is given under both names,
         EngineStopped once close() has run."""
@@ -76,20 +78,23 @@ class LLM:
         outs = self._run(self.engine.generate_batch(
             prompts, params, progress=True if progress is UNSET else progress,
             batch_name=batch_name))
-        for out in outs:  # here, on the caller's thread: not the engine's loop
-            out.decode_alternatives(self.engine.tokenizer)
+        each = params if isinstance(params, (list, tuple)) else [params] * len(outs)
+        for out, p in zip(outs, each):  # here, on the caller's thread: not the engine's loop
+            if p is None or p.detokenize:  # detokenize=False: no text, decoded_token None
+                out.decode_alternatives(self.engine.tokenizer)
         return outs
 
     def chat(self, conversations: Sequence[list[dict]] | list[dict] = UNSET,
              params: SamplingParams | Sequence[SamplingParams] | None = None,
-             progress: bool = UNSET,
+             progress: Progress = UNSET,
              template: TemplateOptions | None = None, *,
              sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-             use_tqdm: bool | None = None,
+             use_tqdm: Progress | None = None,
              messages: Sequence[list[dict]] | list[dict] | None = None,
              add_generation_prompt: bool | None = None,
              continue_final_message: bool | None = None,
              chat_template_kwargs: dict | None = None,
+             chat_template: str | None = None,
              tools: list[dict] | None = None) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,
@@ -100,11 +105,16 @@ class LLM:
         each output's `prompt` is its conversation rendered (the prompt's tokens decoded,
         control tokens included), as vLLM's. vLLM's keywords: `sampling_params` and
         `use_tqdm` as generate() takes them, `messages` for conversations, and
-        add_generation_prompt, continue_final_message and chat_template_kwargs for the
-        template's options of those names (None: not given, the default).
-        Raises InvalidRequest naming the conversation and its field (param
+        add_generation_prompt, continue_final_message, chat_template_kwargs and
+        chat_template (a Jinja template rendering the conversations in place of the
+        tokenizer's) for the template's options of those names (None: not given, the
+        default). The prompt is the one /v1/chat/completions renders for the same
+        messages, tools and options (Engine.render_chat); the output is the model's text,
+        any calls in it unparsed, as vLLM's LLM.chat gives it.
+        Raises InvalidRequest (a ValueError) naming the conversation and its field (param
         `conversations[2].messages[1].role`; a bad template option by its own name,
-        `continue_final_message`; a bad tool by its place, `tools[0].function.name`), or
+        `continue_final_message`, `chat_template` for a template that does not compile; a
+        bad tool by its place, `tools[0].function.name`), or
         `conversations` for a value that is neither a list (or tuple) of conversations nor
         one, before any is generated, and `conversations[i]` for one too long for the
         context (or the param to change, as Engine.generate_batch names prompts);
@@ -116,7 +126,7 @@ class LLM:
         if conversations is UNSET:
             raise TypeError("chat() missing its conversations (or vLLM's messages)")
         template = template_options(template, add_generation_prompt, continue_final_message,
-                                    chat_template_kwargs)
+                                    chat_template_kwargs, chat_template)
         self._check_open()
         if not isinstance(conversations, (list, tuple)):
             # else None, a message dict or a generator raised Python's own errors, and a
@@ -133,8 +143,8 @@ class LLM:
         prompts = []
         for i, conversation in enumerate(conversations):
             try:
-                prompts.append(self._chat_prompt(checked_messages(conversation), tools,
-                                                 template))
+                prompts.append(self.engine.render_chat(checked_messages(conversation), tools,
+                                                       template)[0])
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
@@ -146,19 +156,6 @@ class LLM:
             for choice in (out, *out.other_choices):
                 choice.prompt = text
         return outs
-
-    def _chat_prompt(self, messages: list[dict], tools: list[dict] | None,
-                     template: TemplateOptions | None) -> list[int]:
-        """A conversation's token ids as the HTTP API renders the chat (tool_request): a
-        template that knows no tools (the default model's) is given them, and past calls,
-        in the messages; one that refuses a system turn, at the head of the first user
-        message. InvalidRequest as Engine.chat_prompt raises it (the last rendering's)."""
-        *first, last = tool_renderings(messages, tools or [],
-                                       self.engine.tokenizer.chat_template)
-        for shown in first:
-            with contextlib.suppress(InvalidRequest):
-                return self.engine.chat_prompt(shown, tools, template)
-        return self.engine.chat_prompt(last, tools, template)
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

@@ -33,7 +33,7 @@ def _plain_bool(v: object) -> object:
 
 _NUMBERS = ("n", "best_of", "max_tokens", "min_tokens", "temperature", "top_p", "top_k",
             "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
-            "logprobs", "prompt_logprobs")
+            "logprobs", "prompt_logprobs", "truncate_prompt_tokens")
 
 
 SEED_RANGE = 2**63  # seeds are in [0, 2**63)
@@ -43,6 +43,10 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_STRING_CHARS = 1024
 MAX_STOP_TOKEN_IDS = 8  # the request table holds 8 stop ids per slot
 MAX_LOGPROBS = 20
+# bad words per request: each step's banned ids are found on the host, a few list
+# compares per word (aiollm/engine/bad_words.py)
+MAX_BAD_WORDS = 64
+MAX_BAD_WORD_CHARS = 256
 # Seen tokens' positive logits are divided by the repetition penalty in float32: far below
 # this they overflow to inf (a float32 zero below ~1e-45), and the logprobs become NaN
 MIN_REPETITION_PENALTY = 0.01
@@ -87,6 +91,16 @@ class Constraint:
     grammar: GrammarSpec | None = None
     allowed_token_ids: list[int] | None = None
     logit_bias: dict[int, float] | None = None
+    # vLLM's: False gives token ids only (text "", no token texts); stop strings need text
+    detokenize: bool = True
+    # vLLM's: words never generated. Each is tokenized as it is and after a space; a word's
+    # last token is banned wherever the output's last tokens are the rest of it
+    bad_words: list[str] | None = None
+    # vLLM's: keep only the prompt's last k tokens (-1: the model's context length)
+    truncate_prompt_tokens: int | None = None
+    # vLLM's per-request logits processors, which vLLM's V1 engine refuses too: only None
+    # or an empty list is taken
+    logits_processors: list | None = None
 
     def __post_init__(self) -> None:
         # ids from an array (list(np.flatnonzero(mask))) as SamplingParams takes stop ids: the
@@ -142,6 +156,16 @@ class SamplingParams:
     # these read None after
     allowed_token_ids: list[int] | None = None
     logit_bias: dict[int, float] | None = None
+    # vLLM's: False gives token ids only (text "", no token texts); stop strings need text
+    detokenize: bool = True
+    # vLLM's: words never generated. Each is tokenized as it is and after a space; a word's
+    # last token is banned wherever the output's last tokens are the rest of it
+    bad_words: list[str] | None = None
+    # vLLM's: keep only the prompt's last k tokens (-1: the model's context length)
+    truncate_prompt_tokens: int | None = None
+    # vLLM's per-request logits processors, which vLLM's V1 engine refuses too: only None
+    # or an empty list is taken
+    logits_processors: list | None = None
 
     def __post_init__(self) -> None:
         self.check()
@@ -241,6 +265,42 @@ class SamplingParams:
         if scoring and (not is_int(self.prompt_logprobs)
                         or not 0 <= self.prompt_logprobs <= MAX_LOGPROBS):
             raise bad("prompt_logprobs", f"must be an integer in [0, {MAX_LOGPROBS}]")
+        self._check_vllm_extras(bad)
+
+    def _check_vllm_extras(self, bad) -> None:
+        """detokenize, bad_words, truncate_prompt_tokens and logits_processors (vLLM's)."""
+        self.detokenize = _plain_bool(self.detokenize)
+        if not isinstance(self.detokenize, bool):
+            raise bad("detokenize", "must be a boolean")
+        if not self.detokenize and self.stop:
+            raise InvalidRequest("stop strings need the output's text: they cannot be used "
+                                 "with detokenize=False (stop_token_ids can)",
+                                 param="detokenize")
+        if isinstance(self.bad_words, str):
+            self.bad_words = [self.bad_words]
+        elif isinstance(self.bad_words, tuple):
+            self.bad_words = list(self.bad_words)
+        if self.bad_words is not None and (
+                not isinstance(self.bad_words, list)
+                or not all(isinstance(w, str) and w.strip() for w in self.bad_words)):
+            raise bad("bad_words", "must be a list of words (non-blank strings)")
+        if self.bad_words is not None and len(self.bad_words) > MAX_BAD_WORDS:
+            raise InvalidRequest(f"at most {MAX_BAD_WORDS} bad words, got "
+                                 f"{len(self.bad_words)}", param="bad_words")
+        for i, w in enumerate(self.bad_words or ()):
+            if len(w) > MAX_BAD_WORD_CHARS:
+                raise InvalidRequest(f"bad_words[{i}] has {len(w)} characters, more than the "
+                                     f"{MAX_BAD_WORD_CHARS} allowed", param="bad_words")
+        t = self.truncate_prompt_tokens
+        if t is not None and (not is_int(t) or not (t == -1 or 1 <= t < 2**31)):
+            raise bad("truncate_prompt_tokens", "must be None, -1 (the model's context "
+                      "length) or an integer >= 1 (the prompt tokens kept, its last)")
+        if self.logits_processors:
+            raise InvalidRequest(
+                "logits_processors are not supported: per-request Python logits processors "
+                "would run on every step of the batch; vLLM's V1 engine refuses them too. "
+                "Use allowed_token_ids, logit_bias, bad_words or a grammar (constraint)",
+                param="logits_processors")
 
     def _fold_into_constraint(self) -> None:
         """vLLM's allowed_token_ids and logit_bias moved into a copy of `constraint` (the

@@ -1,7 +1,8 @@
 """vLLM's keyword names for what LLM.generate and LLM.chat take under aiollm's own names, so
 that vLLM code runs as it is: sampling_params (params), use_tqdm (progress), messages
 (conversations), and the chat template's options add_generation_prompt,
-continue_final_message and chat_template_kwargs (aiollm's template=TemplateOptions(...)).
+continue_final_message, chat_template_kwargs and chat_template (aiollm's
+template=TemplateOptions(...)).
 A value given under both names is a TypeError naming both, as Python refuses an argument
 given twice."""
 
@@ -31,14 +32,14 @@ def either(ours: Any, ours_name: str, theirs: Any, theirs_name: str,
 
 
 def template_options(template: TemplateOptions | None, add_generation_prompt: bool | None,
-                     continue_final_message: bool | None,
-                     chat_template_kwargs: dict | None) -> TemplateOptions | None:
+                     continue_final_message: bool | None, chat_template_kwargs: dict | None,
+                     chat_template: str | None = None) -> TemplateOptions | None:
     """`template`, or the TemplateOptions that vLLM's keywords say (None among them: not
     given, the default). Raises TypeError naming template and the keyword when both are
     given."""
     given = {"add_generation_prompt": add_generation_prompt,
              "continue_final_message": continue_final_message,
-             "chat_template_kwargs": chat_template_kwargs}
+             "chat_template_kwargs": chat_template_kwargs, "chat_template": chat_template}
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return template

@@ -97,7 +97,8 @@ def test_tools_reach_a_template_that_takes_no_system_turn(server):
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": {"type": "string"}}}}}]
     body = {"messages": HI, "tools": tools, "max_tokens": 1, "temperature": 0}
-    plain = _post(server, "/v1/chat/completions", {**body, "tool_choice": "none"})
+    plain = _post(server, "/v1/chat/completions", {"messages": HI, "max_tokens": 1,
+                                                    "temperature": 0})
     out = _post(server, "/v1/chat/completions", body)
     assert out["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"] + 20, out
     ids = _post(server, "/tokenize", {"messages": HI, "tools": tools})["tokens"]
@@ -109,3 +110,71 @@ def test_tools_reach_a_template_that_takes_no_system_turn(server):
     status, _, raw = http(server, "POST", "/v1/chat/completions", json={
         **body, "messages": [{"role": "system", "content": "Be brief."}, *HI]})
     assert status == 400 and "alternate" in json.loads(raw)["error"]["message"], raw
+
+
+@pytest.fixture(scope="module")
+def bos_server(tmp_path_factory):
+    """The tiny model with the default tokenizer made to start every text with a start
+    token, as Llama's, Mistral's and Gemma's do (<s>, <|begin_of_text|>, <bos>): here its
+    <|endoftext|> (id 0)."""
+    import tokenizers
+
+    d = tmp_path_factory.mktemp("start-token")
+    (d / "config.json").write_text(json.dumps(CONFIG))
+    tok = load_tokenizer(None)
+    tok.backend_tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+        single=f"{START} $A", special_tokens=[(START, 0)])
+    tok.save_pretrained(str(d))
+    srv = LiveServer(model=str(d), load_format="dummy", max_model_len=256,
+                     kv_tokens=1024).start()
+    yield srv
+    srv.close()
+
+
+START = "<|endoftext|>"
+
+
+def _echo(server, body: dict) -> list[tuple[str, dict | None]]:
+    """(text, logprobs) of a completion, whole and streamed (its chunks' lists joined)."""
+    out = _post(server, "/v1/completions", body)["choices"][0]
+    text, lps = "", None
+    for c in _events(server, "/v1/completions", body):
+        text += c["choices"][0]["text"]
+        if c["choices"][0]["logprobs"] is not None:
+            lps = {k: (lps or {}).get(k, []) + v
+                   for k, v in c["choices"][0]["logprobs"].items()}
+    return [(out["text"], out["logprobs"]), (text, lps)]
+
+
+@pytest.mark.parametrize("body", [{"max_tokens": 0}, {"max_tokens": 0, "logprobs": 1},
+                                  {"max_tokens": 2, "logprobs": 1, "temperature": 0}],
+                         ids=["echo", "scored", "continued"])
+def test_echo_is_the_prompt_as_sent_under_a_start_token(bos_server, body):
+    """A tokenizer that starts every text with a start token: echo gives back the prompt as
+    the client sent it, as vLLM does; it came back with the start token ("<|endoftext|>Hello",
+    "<s>Hello"). The echoed tokens are still one per prompt token (usage counts the start
+    token, vLLM's prompt logprobs list it): the start token's is "" with no logprob (it
+    stands for none of the text), so the tokens join to the text and text_offset indexes it.
+    A start token the client sent (its id, or its text in the prompt) is echoed."""
+    body = {**body, "prompt": "Hello", "echo": True}
+    usage = _post(bos_server, "/v1/completions", body)["usage"]
+    assert usage["prompt_tokens"] == 2, usage  # the start token and "Hello"
+    for text, lp in _echo(bos_server, body):
+        assert text.startswith("Hello"), text
+        if "logprobs" not in body:
+            assert lp is None and text == "Hello"
+            continue
+        assert lp["tokens"][:2] == ["", "Hello"], lp
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None, lp
+        assert len(lp["tokens"]) == 2 + usage["completion_tokens"], lp
+        assert "".join(lp["tokens"]) == text, lp
+        assert lp["text_offset"] == [len("".join(lp["tokens"][:i]))
+                                     for i in range(len(lp["tokens"]))], lp
+    for prompt in ([0, 19556], START + "Hello"):  # the client's own start token
+        sent = {**body, "prompt": prompt}
+        for text, lp in _echo(bos_server, sent):
+            assert text.startswith(START + "Hello"), text
+            if lp is not None:
+                assert lp["tokens"][:3] == (["", START, "Hello"] if isinstance(prompt, str)
+                                            else [START, "Hello"] + lp["tokens"][2:3]), lp
+                assert "".join(lp["tokens"]) == text, lp

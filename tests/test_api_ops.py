@@ -55,37 +55,47 @@ def test_health_fails_once_the_engine_no_longer_serves(tiny, path):
     serve_tiny(tiny, check)
 
 
+async def fail_steps_then_recover(client, engine, fault: Exception, answer_says: str,
+                                  health_says: str) -> None:
+    """Every model step raises `fault` for FAILING_STEPS requests, each a 500 whose message
+    holds `answer_says`; then /health and /healthz are 503 with `health_says` in their error;
+    with the fault gone a request is served, /health is 200 again and nothing is held."""
+    body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 2}}
+
+    def broken(batch):
+        raise fault
+
+    model = engine.runner.model
+    model.forward = broken
+    try:
+        for _ in range(FAILING_STEPS):
+            assert (await client.get("/health")).status == 200
+            resp = await asyncio.wait_for(client.post("/generate", json=body), 30)
+            assert resp.status == 500, await resp.text()
+            assert answer_says in (await resp.json())["error"]["message"]
+        for path in ("/health", "/healthz"):
+            down = await client.get(path)
+            assert down.status == 503, await down.text()
+            got = await down.json()
+            assert got["status"] == "engine failing", got
+            assert health_says in got["error"], got
+    finally:
+        del model.forward  # the class's forward again
+    resp = await client.post("/generate", json=body)
+    assert resp.status == 200, await resp.text()
+    assert (await client.get("/health")).status == 200
+    assert engine.stats()["kv_used"] == engine.stats()["table_used"] == 0
+
+
 def test_health_fails_while_every_model_step_fails(tiny):
     """A sticky device error (CUDA's illegal memory access stays for the process's life)
     fails every step, so every request got its 500, while /health said 200 "ok" and a load
     balancer kept sending it traffic it could only fail. One failed request is no dead
     engine; FAILING_STEPS failed steps in a row are: 503 naming the error, until a step
     completes again."""
-    body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 2}}
-
-    def broken(batch):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
-
-    async def check(client, engine):
-        model = engine.runner.model
-        model.forward = broken
-        try:
-            for _ in range(FAILING_STEPS):
-                assert (await client.get("/health")).status == 200
-                resp = await client.post("/generate", json=body)
-                assert resp.status == 500, await resp.text()
-            for path in ("/health", "/healthz"):
-                down = await client.get(path)
-                assert down.status == 503, await down.text()
-                got = await down.json()
-                assert got["status"] == "engine failing", got
-                assert "illegal memory access" in got["error"], got
-        finally:
-            del model.forward  # the class's forward again
-        resp = await client.post("/generate", json=body)
-        assert resp.status == 200, await resp.text()
-        assert (await client.get("/health")).status == 200
-    serve_tiny(tiny, check)
+    fault = RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+    serve_tiny(tiny, lambda client, engine: fail_steps_then_recover(
+        client, engine, fault, "illegal memory access", "illegal memory access"))
 
 
 def test_health_fails_while_every_request_runs_out_of_memory_alone(tiny):
@@ -95,30 +105,9 @@ def test_health_fails_while_every_request_runs_out_of_memory_alone(tiny):
     naming out of memory); FAILING_STEPS of them in a row make the engine failing."""
     import torch
 
-    body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 2}}
-
-    def no_memory(batch):
-        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-
-    async def check(client, engine):
-        model = engine.runner.model
-        model.forward = no_memory
-        try:
-            for _ in range(FAILING_STEPS):
-                assert (await client.get("/health")).status == 200
-                resp = await asyncio.wait_for(client.post("/generate", json=body), 30)
-                assert resp.status == 500, await resp.text()
-                assert "out of device memory" in (await resp.json())["error"]["message"]
-            down = await client.get("/health")
-            assert down.status == 503, await down.text()
-            assert "out of memory" in (await down.json())["error"]
-        finally:
-            del model.forward  # the class's forward again
-        resp = await client.post("/generate", json=body)
-        assert resp.status == 200, await resp.text()
-        assert (await client.get("/health")).status == 200
-        assert engine.stats()["kv_used"] == engine.stats()["table_used"] == 0
-    serve_tiny(tiny, check)
+    fault = torch.OutOfMemoryError("CUDA out of memory (injected)")
+    serve_tiny(tiny, lambda client, engine: fail_steps_then_recover(
+        client, engine, fault, "out of device memory", "out of memory"))
 
 
 def test_health_probes_a_failing_engine_until_the_fault_has_passed(tiny):
@@ -221,6 +210,58 @@ def test_health_probe_that_times_out_is_aborted_and_holds_nothing(tiny):
             assert "illegal memory access" in engine.failing
             await engine.stop()
             assert await engine.check_health() == "the engine is not serving"
+    asyncio.run(main())
+
+
+def test_a_probe_alone_in_a_step_is_no_step_of_the_step_histograms(tiny):
+    """The health probe is kept out of the request metrics, but a step of nothing but the
+    probe was still observed in aiollm_step_model_seconds and aiollm_step_host_seconds, as
+    though it were traffic. A step that carries a client's request beside the probe is real
+    work and counts: every such step is observed once."""
+    from aiollm import SamplingParams
+    from aiollm.engine.health_probe import PROBE_INTERVAL_S
+    from aiollm.errors import RequestFailed
+
+    forwards = []  # the number of requests of each forward, failed ones too
+
+    def broken(batch):
+        forwards.append(len(batch.req_rows))
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+    async def main():
+        async with Engine(tiny, load_format="dummy", kv_tokens=512) as engine:
+            model = engine.runner.model
+
+            def forward(batch):
+                forwards.append(len(batch.req_rows))
+                return type(model).forward(model, batch)
+
+            def steps() -> tuple[float, float]:
+                sample = engine.metrics.registry.get_sample_value
+                return (sample("aiollm_step_model_seconds_count"),
+                        sample("aiollm_step_host_seconds_count"))
+
+            async def fail() -> None:
+                model.forward = broken
+                for _ in range(FAILING_STEPS):
+                    with pytest.raises(RequestFailed):
+                        await engine.generate([1, 2, 3], SamplingParams(max_tokens=2))
+                model.forward = forward
+
+            await fail()
+            before, n = steps(), len(forwards)
+            assert await engine.check_health() is None  # the probe's one step completed
+            assert forwards[n:] == [1] and steps() == before
+
+            await fail()  # a client's request runs while the next probe joins it
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            before, n = steps(), len(forwards)
+            params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+            client = asyncio.ensure_future(engine.generate([5, 6, 7], params))
+            assert await engine.check_health() is None
+            await client
+            assert 2 in forwards[n:]  # a step of both
+            assert steps() == tuple(c + len(forwards) - n for c in before)
     asyncio.run(main())
 
 

@@ -44,8 +44,8 @@ def lightllm(server, body: dict) -> tuple[dict, list[dict]]:
 
 
 def token_events(events: list[dict]) -> list[dict]:
-    """The events that carry a token: a stream that a stop string ends after its last
-    token was sent closes with an event without one (id null)."""
+    """The events that carry a token: a stream whose last delta brings none (an abort)
+    closes with an event without one (id null)."""
     return [e for e in events if e["token"]["id"] is not None]
 
 
@@ -87,16 +87,18 @@ def test_min_tokens_holds_back_stop_strings(server):
 # -- fault 9: with a stop string, tokens, logprobs, usage and text agree -----------------------
 
 def test_stop_string_output_tokens_text_and_usage_agree(server):
+    """The tokens end with the one that completes the stop string (".": vLLM keeps it in
+    token_ids and completion_tokens), whose share of the text is "" (the text is cut)."""
     body = {"prompt": PARIS, "max_tokens": 20, "temperature": 0, "stop": ["."], "logprobs": 1}
     out = completion(server, body)
     choice = out["choices"][0]
     lp = choice["logprobs"]
     assert choice["text"] == " Paris" and choice["finish_reason"] == "stop"
-    assert lp["tokens"] == [" Paris"] and "".join(lp["tokens"]) == choice["text"]
-    assert len(lp["token_logprobs"]) == out["usage"]["completion_tokens"] == 1
+    assert lp["tokens"] == [" Paris", ""] and "".join(lp["tokens"]) == choice["text"]
+    assert len(lp["token_logprobs"]) == out["usage"]["completion_tokens"] == 2
     text, slp, chunks = completion_stream(server, body)
-    assert text == " Paris" and slp["tokens"] == [" Paris"]
-    assert chunks[-1]["usage"]["completion_tokens"] == 1
+    assert text == " Paris" and slp["tokens"] == [" Paris", ""]
+    assert chunks[-1]["usage"]["completion_tokens"] == 2
 
     # a stop string that starts inside a token: that token keeps its part before it
     cut = completion(server, {**body, "stop": ["ris"]})["choices"][0]
@@ -104,10 +106,10 @@ def test_stop_string_output_tokens_text_and_usage_agree(server):
 
     gen, events = lightllm(server, {"inputs": PARIS, "parameters": {
         "max_new_tokens": 20, "stop_sequences": ["."], "return_details": True}})
-    assert gen["generated_text"] == [" Paris"] and gen["count_output_tokens"] == 1
-    assert [t["text"] for t in gen["tokens"]] == [" Paris"]
-    assert [e["token"]["text"] for e in token_events(events)] == [" Paris"]
-    assert events[-1]["finished"] and events[-1]["token"]["count_output_tokens"] == 1
+    assert gen["generated_text"] == [" Paris"] and gen["count_output_tokens"] == 2
+    assert [t["text"] for t in gen["tokens"]] == [" Paris", ""]
+    assert [e["token"]["text"] for e in token_events(events)] == [" Paris", ""]
+    assert events[-1]["finished"] and events[-1]["token"]["count_output_tokens"] == 2
     assert events[-1]["generated_text"] == " Paris" and events[-1]["finish_reason"] == "stop"
 
 
@@ -614,3 +616,26 @@ def test_chat_messages_have_the_fields_openai_requires(server):
         assert {"role", "content", "refusal"} <= set(message), message
         assert message["refusal"] is None
     assert "tool_calls" in message, message  # the second is a call
+
+
+def test_vllm_truncate_prompt_tokens_and_bad_words_are_served(server):
+    """vLLM's truncate_prompt_tokens and bad_words were refused as not served (400). Only
+    the prompt's last k tokens are generated from (ids past the context too: the usage
+    counts k, the echo is what the model saw), on completions and chat; a bad word is
+    never generated."""
+    ids = json.loads(http(server, "POST", "/tokenize", json={"prompt": PARIS})[2])["tokens"]
+    long_ids = ids * (MAX_MODEL_LEN // len(ids) + 1)
+    out = completion(server, {"prompt": long_ids, "max_tokens": 1, "temperature": 0,
+                              "truncate_prompt_tokens": 4, "echo": True})
+    assert out["usage"]["prompt_tokens"] == 4
+    tail = json.loads(http(server, "POST", "/detokenize", json={"tokens": long_ids[-4:]})[2])
+    assert out["choices"][0]["text"].startswith(tail["prompt"])
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1,
+        "truncate_prompt_tokens": 3})
+    assert status == 200 and json.loads(raw)["usage"]["prompt_tokens"] == 3, raw
+    plain = completion(server, {"prompt": PARIS, "max_tokens": 3, "temperature": 0})
+    word = plain["choices"][0]["text"].split()[0]
+    banned = completion(server, {"prompt": PARIS, "max_tokens": 3, "temperature": 0,
+                                 "bad_words": [word]})
+    assert word not in banned["choices"][0]["text"], (word, banned)

@@ -100,3 +100,68 @@ def test_a_models_other_eos_id_is_its_stop_reason(two_eos):
     assert (eos["finish_reason"], eos["stop_reason"]) == ("stop", None), eos
     assert (ignored["finish_reason"], ignored["stop_reason"]) == ("length", None), ignored
     assert (stream[-1]["finish_reason"], stream[-1]["stop_reason"]) == ("stop", END_OF_TURN)
+
+
+# -- the token that completes a stop string ----------------------------------------------------
+
+PARIS_ID = 7042  # " Paris", the default model's greedy first token after PARIS
+PARIS = "The capital of France is"
+ONLY_PARIS = {"logit_bias": {str(PARIS_ID): 100}, "temperature": 0, "max_tokens": 3,
+              "stop": [" Par"]}
+
+
+def test_the_token_that_completes_a_stop_string_is_counted(server):
+    """Stop " Par" with a first token " Paris": the text is "" and the output ends, but the
+    model generated that token. vLLM keeps it in token_ids, usage.completion_tokens (OpenAI
+    bills every generated token) and the logprobs; aiollm dropped it with the stop string's
+    text (completion_tokens 0, no logprobs). Its logprobs entry stands for its share of the
+    text, as a stop token's does: "" in completions' tokens (they join to the text), chat's
+    token " Paris" with the bytes of the content it holds (none)."""
+    usage = {"stream_options": {"include_usage": True}}
+    cmpl = {"prompt": PARIS, **ONLY_PARIS, "logprobs": 1}
+    chat = {"messages": [{"role": "user", "content": "Hi"}], **ONLY_PARIS,
+            "logprobs": True, "top_logprobs": 1}
+    lightllm = {"inputs": PARIS, "parameters": {
+        "max_new_tokens": 3, "stop_sequences": [" Par"], "allowed_token_ids": [PARIS_ID],
+        "return_details": True}}
+    whole_c, stream_c, whole_h, stream_h, gen, gen_stream = at_once(
+        lambda: http(server, "POST", "/v1/completions", json=cmpl),
+        lambda: http(server, "POST", "/v1/completions", json={**cmpl, "stream": True, **usage}),
+        lambda: http(server, "POST", "/v1/chat/completions", json=chat),
+        lambda: http(server, "POST", "/v1/chat/completions",
+                     json={**chat, "stream": True, **usage}),
+        lambda: http(server, "POST", "/generate", json=lightllm),
+        lambda: http(server, "POST", "/generate_stream", json=lightllm))
+    for status, _, raw in (whole_c, stream_c, whole_h, stream_h, gen, gen_stream):
+        assert status == 200, raw
+
+    out = json.loads(whole_c[2])
+    c = out["choices"][0]
+    assert (c["text"], c["finish_reason"], c["stop_reason"]) == ("", "stop", " Par"), c
+    assert out["usage"]["completion_tokens"] == 1, out["usage"]
+    assert c["logprobs"]["tokens"] == [""] and c["logprobs"]["text_offset"] == [0], c
+    assert c["logprobs"]["token_logprobs"][0] == pytest.approx(0, abs=1e-3)
+    events = [json.loads(e) for e in sse_events(stream_c[2]) if e != "[DONE]"]
+    chunks = [ch for e in events for ch in e["choices"]]
+    assert "".join(ch["text"] for ch in chunks) == ""
+    assert [t for ch in chunks if ch["logprobs"] for t in ch["logprobs"]["tokens"]] == [""]
+    assert events[-1]["usage"]["completion_tokens"] == 1, events[-1]
+
+    out = json.loads(whole_h[2])
+    c = out["choices"][0]
+    assert (c["message"]["content"] or "", c["finish_reason"]) == ("", "stop"), c
+    assert out["usage"]["completion_tokens"] == 1, out["usage"]
+    (entry,) = c["logprobs"]["content"]
+    assert (entry["token"], entry["bytes"]) == (" Paris", []), entry
+    events = [json.loads(e) for e in sse_events(stream_h[2]) if e != "[DONE]"]
+    chunks = [ch for e in events for ch in e["choices"]]
+    entries = [x for ch in chunks if ch.get("logprobs") for x in ch["logprobs"]["content"]]
+    assert [(x["token"], x["bytes"]) for x in entries] == [(" Paris", [])], entries
+    assert events[-1]["usage"]["completion_tokens"] == 1, events[-1]
+
+    out = json.loads(gen[2])
+    assert (out["generated_text"], out["count_output_tokens"]) == ([""], 1), out
+    assert [(t["id"], t["text"]) for t in out["tokens"]] == [(PARIS_ID, "")], out
+    (last,) = [json.loads(e) for e in sse_events(gen_stream[2])]
+    assert last["token"]["id"] == PARIS_ID and last["token"]["count_output_tokens"] == 1, last
+    assert (last["generated_text"], last["finish_reason"]) == ("", "stop"), last

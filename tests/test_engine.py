@@ -747,10 +747,12 @@ def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
                                                 {"type": "text", "text": "i"}]}]) == prompt(hi)
     tool_turns = [*hi, {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
                   {"role": "tool", "tool_call_id": "c1", "content": "42"}]
-    assert prompt(tool_turns) == engine.chat_prompt(
+    # rendered as the HTTP API renders them (Engine.render_chat): the default model's
+    # template knows no calls, so the call, its arguments an object, is written in the turn
+    assert prompt(tool_turns) == engine.render_chat(
         [*hi, {"role": "assistant", "content": "", "tool_calls": [
             {**TOOL_CALL, "function": {"name": "f", "arguments": {}}}]},
-         {"role": "tool", "tool_call_id": "c1", "content": "42"}])
+         {"role": "tool", "tool_call_id": "c1", "content": "42"}])[0]
     assert_all_free(engine)
 
 
@@ -1878,9 +1880,12 @@ def test_warm_up_frees_what_it_takes_and_changes_no_output(engine, loop):
     assert run(loop, engine.generate(PROMPTS[1], params)).token_ids == before
 
 
-def test_stop_strings_wait_for_min_tokens_and_leave_with_their_tokens(loop, engine):
+def test_stop_strings_wait_for_min_tokens_and_keep_the_token_that_completes_them(loop, engine):
     """Issue 15, faults 1 and 9 through Engine: no stop string ends a request before
-    min_tokens, and a stop string's tokens leave the output with its text."""
+    min_tokens, and the tokens after the stop string leave the output with its text. The
+    token that completes the stop string stays, as in vLLM (its token_ids, logprobs,
+    cumulative_logprob and completion_tokens count it: the model generated it); it was
+    dropped with the stop string's text."""
     base = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, logprobs=0)
     free = run(loop, engine.generate(PROMPTS[4], base))  # "1, 2, 3, 4," -> " 5, 6, 7, ..."
     assert "".join(free.token_texts) == free.text and len(free.token_texts) == 40
@@ -1888,16 +1893,20 @@ def test_stop_strings_wait_for_min_tokens_and_leave_with_their_tokens(loop, engi
         params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True, logprobs=0,
                                 stop=[","], min_tokens=min_tokens)
         at = free.text.find(",", len("".join(free.token_texts[:min_tokens])))
-        kept = next(k for k in range(41) if len("".join(free.token_texts[:k])) >= at)
+        kept = next(k for k in range(41) if len("".join(free.token_texts[:k])) > at)
+        assert free.token_texts[kept - 1].startswith(",")  # the stop string's own token
         deltas = run(loop, _collect(engine.stream(PROMPTS[4], params)))
         out = run(loop, engine.generate(PROMPTS[4], params))
         for got in (out, deltas[-1]):
             assert got.finish_reason == "stop"
         assert out.text == "".join(d.text for d in deltas) == free.text[:at]
         assert out.token_ids == free.token_ids[:kept] == [t for d in deltas for t in d.token_ids]
-        assert out.completion_tokens == len(out.logprobs) == kept >= min_tokens
-        assert all("".join(d.token_texts) == d.text for d in deltas)
+        assert out.completion_tokens == deltas[-1].completion_tokens == kept >= min_tokens
         assert [lp.token_id for lp in out.logprobs] == out.token_ids
+        assert all("".join(d.token_texts) == d.text for d in deltas)
+        assert out.token_texts[-1] == ""  # the comma's token: no text of its own is output
+        assert out.outputs[0].cumulative_logprob == pytest.approx(
+            sum(lp.logprob for lp in free.logprobs[:kept]), abs=1e-3)
     assert_all_free(engine)
 
 

@@ -464,3 +464,48 @@ def test_a_chat_template_that_does_not_compile_is_warned_of_at_start_up(tmp_path
         load_tokenizer(str(tmp_path))
     assert any(f"chat template of {tmp_path} does not compile" in r.getMessage()
                and "unexpected '}'" in r.getMessage() for r in caplog.records), caplog.text
+
+
+def test_a_model_directory_without_a_tokenizer_fails_before_the_weights_load(sharded,
+                                                                              monkeypatch):
+    """A model directory with weights but no tokenizer files was refused only once all its
+    weights had loaded (minutes for a large model): the Engine checks it first, naming the
+    files and --tokenizer."""
+    import asyncio
+
+    import aiollm.model
+    from aiollm import Engine
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the tokenizer was checked")
+
+    monkeypatch.setattr(aiollm.model, "load_model", no_load)
+
+    async def start():
+        async with Engine(str(sharded), kv_tokens=256):
+            pass
+
+    with pytest.raises(FileNotFoundError, match=r"model path '.*' is a directory without a "
+                                                r"tokenizer: .*give one with --tokenizer"):
+        asyncio.run(start())
+
+
+def test_dummy_weights_with_a_damaged_tokenizer_name_it(tmp_path):
+    """--load-format dummy falls back to the default model's tokenizer for a directory with
+    none (a config-only directory for benchmarks); it did so for a damaged one too, logging
+    "has no tokenizer" and serving another model's vocabulary. A damaged one is an error."""
+    import asyncio
+
+    from aiollm import Engine
+    from aiollm.model import load_tokenizer
+
+    CONFIG.save_pretrained(str(tmp_path))
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    (tmp_path / "tokenizer.json").write_text("{not json")
+
+    async def start():
+        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=256):
+            pass
+
+    with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {tmp_path}"):
+        asyncio.run(start())

@@ -134,7 +134,7 @@ def test_chat_takes_vllms_template_keywords_and_tools(llm):
     continue_final_message=..., chat_template_kwargs=..., tools=...): TypeError (unexpected
     keyword). Each renders as aiollm's template=TemplateOptions(...) does; an option given
     both ways is a TypeError naming both."""
-    from aiollm.api.tool_request import template_messages
+    from aiollm.engine.chat_tools import template_messages
     from aiollm.engine.chat_template import TemplateOptions
 
     tok = llm.get_tokenizer()
@@ -231,7 +231,7 @@ def test_chat_tools_reach_a_template_that_takes_no_system_turn(tmp_path):
     """LLM.chat(tools=...) on a model whose template refuses a system turn (Mistral's v0.1)
     was an InvalidRequest blaming conversations[0] ('Conversation roles must alternate'),
     which held no system turn: the tools go at the head of the first user message, as the
-    HTTP API renders the same chat (api/tool_request.tools_prompt)."""
+    HTTP API renders the same chat (Engine.render_chat)."""
     import json
 
     from aiollm.model import load_tokenizer
@@ -273,3 +273,128 @@ def test_sampling_params_take_vllms_logit_bias_and_allowed_token_ids(llm):
     with pytest.raises(InvalidRequest) as e:
         SamplingParams(allowed_token_ids=allowed, constraint=Constraint(allowed_token_ids=[1]))
     assert e.value.param == "allowed_token_ids"
+
+
+def test_chosen_tokens_rank_is_its_place_in_the_vocabulary(llm):
+    """The chosen token's Logprob.rank was None unless it was among the top `logprobs`
+    alternatives (always with logprobs=0); vLLM gives its rank in the whole vocabulary:
+    1 for a greedy pick, its place in the top list when it is there, past it when not."""
+    greedy, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=3, temperature=0, logprobs=0), False)
+    assert [step[t].rank for step, t in zip(greedy.outputs[0].logprobs, greedy.token_ids)
+            ] == [1, 1, 1]
+    hot, = llm.generate("The capital of France is", SamplingParams(
+        max_tokens=8, temperature=3.0, seed=1, ignore_eos=True, logprobs=3), False)
+    ranks = []
+    for step, t in zip(hot.outputs[0].logprobs, hot.token_ids):
+        rank = step[t].rank
+        ranks.append(rank)
+        by_likelihood = sorted(step, key=lambda a: -step[a].logprob)
+        if rank <= 3:  # among the top list, at its own place there
+            assert len(step) == 3 and by_likelihood.index(t) + 1 == rank
+        else:  # past it: each alternative is more likely
+            assert len(step) == 4 and by_likelihood[-1] == t
+    assert max(ranks) > 3, ranks
+
+
+def test_prompt_logprobs_are_vllms_dicts(llm):
+    """out.prompt_logprobs held aiollm's TokenLogprob per prompt token: vLLM code reads
+    None for the first token, then {token id: Logprob(logprob, rank, decoded_token)} of
+    the prompt token (its rank in the vocabulary) and its top-k alternatives (ranks 1..k).
+    aiollm's fields (.token_id, .logprob, .rank, .top) still read, and the output pickles."""
+    import pickle
+
+    tok = llm.get_tokenizer()
+    out, = llm.generate("The capital of France is Paris", SamplingParams(
+        max_tokens=1, temperature=0, prompt_logprobs=2), False)
+    plp = pickle.loads(pickle.dumps(out)).prompt_logprobs
+    ids = out.prompt_token_ids
+    assert len(plp) == len(ids) and plp[0] is None
+    for entry, t in zip(plp[1:], ids[1:]):
+        assert isinstance(entry, dict) and next(iter(entry)) == t  # the prompt token first
+        assert entry[t].logprob == entry.logprob and entry[t].rank == entry.rank >= 1
+        assert entry.token_id == t
+        assert all(lp.decoded_token == tok.decode([i]) for i, lp in entry.items())
+        assert [entry[i].rank for i, _ in entry.top] == [1, 2]
+        assert {i: entry[i].logprob for i, _ in entry.top} == dict(entry.top)
+        assert len(entry) == (2 if entry[t].rank <= 2 else 3)
+    assert max(entry.rank for entry in plp[1:]) > 2  # some prompt token outside the top 2
+
+
+PARIS = "The capital of France is"
+
+
+def test_bad_words_are_never_generated(llm):
+    """vLLM's SamplingParams(bad_words=[...]) was a TypeError (unexpected keyword). A word of
+    one token is banned at every step; of several, its last token is banned where the
+    output ends with the others: greedy "Paris" and then "capital of" give way to other
+    words, and a bad word the output never reaches leaves it as it was."""
+    tok = llm.get_tokenizer()
+    plain, = llm.generate(PARIS, SamplingParams(max_tokens=6, temperature=0), False)
+    assert plain.text.startswith(" Paris")
+    unreached, = llm.generate(PARIS, SamplingParams(max_tokens=6, temperature=0,
+                                                    bad_words=["zebra"]), False)
+    assert unreached.token_ids == plain.token_ids
+    words = ["Paris", "capital of"]
+    out, = llm.generate(PARIS, SamplingParams(max_tokens=6, temperature=0,
+                                              bad_words=words), False)
+    assert "Paris" not in out.text and "capital of" not in out.text, out.text
+    ids = out.token_ids
+    for word in words:
+        for form in (word, " " + word):
+            seq = tok.encode(form, add_special_tokens=False)
+            assert all(ids[i : i + len(seq)] != seq for i in range(len(ids))), (form, ids)
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(bad_words=["ok", ""])
+    assert e.value.param == "bad_words"
+
+
+def test_detokenize_false_gives_token_ids_only(llm):
+    """vLLM's SamplingParams(detokenize=False) was a TypeError: the output is its token ids
+    (the same as with text), its text "" and no token's text (decoded_token None); stop
+    strings, which need the text, are refused naming detokenize."""
+    plain, = llm.generate(PARIS, SamplingParams(max_tokens=4, temperature=0), False)
+    out, = llm.generate(PARIS, SamplingParams(max_tokens=4, temperature=0, logprobs=1,
+                                              detokenize=False), False)
+    assert out.token_ids == plain.token_ids and out.text == "" and out.outputs[0].text == ""
+    assert all(lp.decoded_token is None for step in out.outputs[0].logprobs
+               for lp in step.values())
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(detokenize=False, stop=["."])
+    assert e.value.param == "detokenize"
+
+
+def test_truncate_prompt_tokens_keeps_the_prompts_last_tokens(llm):
+    """vLLM's SamplingParams(truncate_prompt_tokens=k) was a TypeError: only the prompt's
+    last k tokens are generated from (text or ids; ids longer than the context too); -1
+    keeps the context's length; 0, -2 and more than the context are refused naming it."""
+    ids = llm.get_tokenizer().encode(PARIS)
+    out, = llm.generate(PARIS, SamplingParams(max_tokens=2, temperature=0,
+                                              truncate_prompt_tokens=2), False)
+    alone, = llm.generate({"prompt_token_ids": ids[-2:]}, SamplingParams(
+        max_tokens=2, temperature=0), False)
+    assert out.prompt_token_ids == ids[-2:] and out.token_ids == alone.token_ids
+    context = llm.engine.max_model_len
+    long_ids = ids * (context // len(ids) + 1)
+    out, = llm.generate({"prompt_token_ids": long_ids}, SamplingParams(
+        max_tokens=1, truncate_prompt_tokens=8), False)
+    assert out.prompt_token_ids == long_ids[-8:]
+    out, = llm.generate(PARIS, SamplingParams(max_tokens=1, truncate_prompt_tokens=-1), False)
+    assert out.prompt_token_ids == ids
+    for bad in (0, -2, 1.5):
+        with pytest.raises(InvalidRequest) as e:
+            SamplingParams(truncate_prompt_tokens=bad)
+        assert e.value.param == "truncate_prompt_tokens"
+    with pytest.raises(InvalidRequest) as e:
+        llm.generate(PARIS, SamplingParams(truncate_prompt_tokens=context + 1), False)
+    assert e.value.param.endswith("truncate_prompt_tokens")
+
+
+def test_per_request_logits_processors_are_refused_by_name():
+    """vLLM's SamplingParams(logits_processors=[...]) was a TypeError (unexpected keyword);
+    vLLM's V1 engine refuses per-request processors, and so does aiollm, naming the field
+    (None or an empty list is taken, as there)."""
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(logits_processors=[lambda ids, logits: logits])
+    assert e.value.param == "logits_processors"
+    assert SamplingParams(logits_processors=[]).logits_processors == []

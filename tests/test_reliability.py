@@ -293,9 +293,13 @@ BAD_INPUT = [
         "send false or leave it out"),
     bad("length-penalty", CH, chat(length_penalty=0.5), 400, "length_penalty",
         "send 1.0 or leave it out"),
-    bad("bad-words", C, prompt(bad_words=["x"]), 400, "bad_words"),
-    bad("truncate-prompt-tokens", CH, chat(truncate_prompt_tokens=8), 400,
-        "truncate_prompt_tokens"),
+    # vLLM's bad_words and truncate_prompt_tokens, served: their bad values are named
+    bad("bad-words-blank", C, prompt(bad_words=["x", " "]), 400, "bad_words"),
+    bad("bad-words-type", CH, chat(bad_words="x"), 400, "bad_words"),
+    bad("truncate-prompt-tokens-0", CH, chat(truncate_prompt_tokens=0), 400,
+        "truncate_prompt_tokens", "got 0"),
+    bad("truncate-prompt-tokens-past-context", C, prompt(truncate_prompt_tokens=10**6), 400,
+        "truncate_prompt_tokens", "maximum context length"),
     bad("tokens-as-ids", C, prompt(logprobs=1, return_tokens_as_token_ids=True), 400,
         "return_tokens_as_token_ids"),
     bad("whitespace-pattern", C, prompt(guided_json={"type": "object"},
@@ -1106,6 +1110,86 @@ def test_out_of_memory_alone_at_the_smallest_step_fails_the_request(server):
     assert after[0] == 200, after[1]
     assert health == 200
     server.wait_idle()
+
+
+def test_out_of_memory_halves_the_failed_steps_tokens(tmp_path):
+    """After an out-of-memory step the token budget halved from its own value, not from the
+    size of the step that failed: a 200-token prefill under a budget of 2048 on a device
+    with room for 120 tokens a step failed at 2048, 1024, 512 and 256 (the same 200
+    tokens each time, recomputed after each pause) and once more in a chunk of 128: five
+    failed steps. Half the failed step's tokens is a budget that can fit: one failed step,
+    then chunks of 100, and the output the request has without faults."""
+    from transformers import LlamaConfig
+
+    from aiollm import SamplingParams
+    from aiollm.engine import Engine
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(tmp_path)
+    prompt_ids = list(range(1, 201))
+    params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
+    failed = []  # the tokens of each step that ran out of memory
+
+    async def main():
+        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=512,
+                          max_prefill_tokens=2048, prefix_cache=False) as engine:
+            expected = (await engine.generate(prompt_ids, params)).token_ids
+            model = engine.runner.model
+
+            def forward(batch):
+                if len(batch.input_ids) > 120:
+                    failed.append(len(batch.input_ids))
+                    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+                return type(model).forward(model, batch)
+
+            model.forward = forward
+            got = (await asyncio.wait_for(engine.generate(prompt_ids, params), 30)).token_ids
+            return expected, got, engine.planner.token_budget
+
+    expected, got, budget = asyncio.run(main())
+    assert failed == [200] and budget == 100, (failed, budget)
+    assert got == expected
+
+
+def test_out_of_memory_in_a_decode_step_halves_the_prefill_budget(tmp_path):
+    """A step of decodes alone (four requests, a token each) that runs out of memory halves
+    the requests a step may run; its four tokens say nothing of prefill chunks, so the token
+    budget halves from its own value (2048 -> 1024) instead of falling to its floor of 64,
+    where prompts ran in chunks of 64 for the ~320 steps the budget took to regrow."""
+    from transformers import LlamaConfig
+
+    from aiollm import SamplingParams
+    from aiollm.engine import Engine
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(tmp_path)
+    prompts = [[i + 1, i + 2, i + 3] for i in range(4)]
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    failed = []
+
+    async def main():
+        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=512,
+                          max_prefill_tokens=2048, prefix_cache=False) as engine:
+            expected = [o.token_ids for o in await engine.generate_batch(prompts, params)]
+            model = engine.runner.model
+
+            def forward(batch):
+                if len(batch.input_ids) == 4 and not failed:  # the first decode step
+                    failed.append(4)
+                    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+                return type(model).forward(model, batch)
+
+            model.forward = forward
+            got = await asyncio.wait_for(engine.generate_batch(prompts, params), 30)
+            return expected, [o.token_ids for o in got], engine.planner
+
+    expected, got, planner = asyncio.run(main())
+    assert failed == [4]
+    assert planner.token_budget == 1024 and planner.max_running == 2, (
+        planner.token_budget, planner.max_running)
+    assert got == expected
 
 
 POISON = 12345  # a token id that ends the victims' prompts and no other prompt here

@@ -287,6 +287,23 @@ def test_logprobs_match_log_softmax(device):
     assert out.top_logprobs.exp().sum(-1).max().item() <= 1.0 + 1e-5
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_chosen_tokens_rank_is_its_place_in_the_vocabulary(device):
+    """The sampled token's rank (vLLM's Logprob.rank) was not computed: only its place in
+    the top-k list was known. It is 1 + the tokens whose logit is above it, on the row its
+    logprob comes from: 1 for greedy rows, also where the top-k list is empty."""
+    torch.manual_seed(6)
+    logits = torch.randn(6, 500, device=device) * 3
+    st = params(6, 500, device, temperature=[0, 2, 2, 0, 3, 2], seed=np.arange(6),
+                top_logprobs=[0, 0, 2, 0, 0, 5])
+    out = sample(logits, st)
+    chosen = logits.gather(1, out.next_ids[:, None])
+    assert out.ranks.tolist() == ((logits > chosen).sum(-1) + 1).tolist()
+    assert out.ranks[[0, 3]].tolist() == [1, 1]
+    assert out.ranks.max().item() > 5  # a draw outside the top list has its rank too
+    assert sample(logits, params(6, 500, device, top_logprobs=-1)).ranks is None
+
+
 def test_min_tokens_bans_stop_ids_until_reached():
     logits = torch.zeros(4, 10)
     logits[:, 2] = 10.0  # eos would win every time

@@ -145,6 +145,14 @@ def test_chat_templates_render_as_transformers_renders_them(pair, tool_pair, whi
         conv = CONVERSATIONS[0]
         assert serving.apply_chat_template(conv, tokenize=False, extra="E") == \
             hf.apply_chat_template(conv, tokenize=False, extra="E")
+    # the caller's template in place of the tokenizer's (LLM.chat's chat_template)
+    other = (tool_pair if which == "default" else pair)[1].chat_template
+    for conversation in CONVERSATIONS[:2]:
+        kwargs = dict(tools=None if which == "default" else TOOLS, chat_template=other)
+        assert serving.apply_chat_template(conversation, tokenize=False, **kwargs) == \
+            hf.apply_chat_template(conversation, tokenize=False, **kwargs)
+        assert serving.apply_chat_template(conversation, **kwargs) == \
+            hf.apply_chat_template(conversation, return_dict=False, **kwargs)
 
 
 @pytest.mark.parametrize("which", ["default", "tools"])

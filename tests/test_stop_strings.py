@@ -61,12 +61,23 @@ def tokenizer():
     return load_tokenizer(None)
 
 
+def _through(tokenizer, ids: list[int], end: int) -> int:
+    """How many of ids it takes to complete the first `end` characters of their text."""
+    return next(k for k in range(len(ids) + 1)
+                if len(tokenizer.decode(ids[:k]).rstrip("\ufffd")) >= end)
+
+
+@pytest.mark.parametrize("include_stop", [False, True], ids=["cut", "include_stop"])
 @pytest.mark.parametrize("min_tokens", [0, 3, 8])
-def test_output_tokens_and_text_agree(tokenizer, min_tokens):
+def test_output_tokens_and_text_agree(tokenizer, min_tokens, include_stop):
+    """The text ends where the stop string starts (or ends, include_stop); the tokens end
+    with the one that completes the stop string, as in vLLM: the model generated it, so it
+    stays in the token ids and their count (only the tokens after it leave)."""
     text = "One. Two 🚀🚀 three. Four, five. Six 日本. Seven."
     ids = tokenizer.encode(text)
     for stops in ([], ["."], ["🚀"], ["e."], ["ive. S"], ["zz"]):
-        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, stops), min_tokens)
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, stops, include_stop),
+                         min_tokens)
         deltas = []
         for t in ids:
             out.feed(t)
@@ -87,6 +98,23 @@ def test_output_tokens_and_text_agree(tokenizer, min_tokens):
                 floor = len(prefix)
                 break
         cut = reference(text, stops, floor)
-        assert got == (text if cut is None else text[:cut]), stops
+        end = None if cut is None else cut + len(stops[0])
+        assert got == (text if cut is None else text[:end if include_stop else cut]), stops
         assert len(pieces) == out.kept >= min(min_tokens, len(ids))
+        assert out.kept == (len(ids) if end is None else _through(tokenizer, ids, end)), stops
         assert tokenizer.decode(ids[:out.kept]).startswith(got)
+
+
+def test_the_token_that_completes_a_stop_string_stays(tokenizer):
+    """The reviewer's case: stop " Par" and a first token " Paris". The text is empty, but
+    the output is that one token (vLLM's token_ids and completion_tokens count it); it
+    was dropped, leaving an output of no tokens. The token after it leaves."""
+    ids = tokenizer.encode(" Paris is", add_special_tokens=False)
+    assert len(ids) == 2
+    for include_stop, text in ((False, ""), (True, " Par")):
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [" Par"], include_stop))
+        out.feed(ids[0])
+        assert out.stopped and out.matched_stop == " Par"
+        out.feed(ids[1])  # a token generated meanwhile (the loop runs a step ahead)
+        out.finish()
+        assert out.kept == 1 and out.take() == (text, 1, [text])

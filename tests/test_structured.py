@@ -692,6 +692,30 @@ def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, a
         (c.function.name, c.function.arguments) for c in msg.tool_calls]
 
 
+@pytest.mark.parametrize("choice,stop", [("required", "<tool"), (NAMED, "\n")],
+                         ids=["in-marker", "after-marker"])
+def test_a_stop_string_before_a_forced_call_is_no_call_streamed_or_not(client, choice, stop):
+    """A stop string that ends a forced output before a call's name is written (inside its
+    marker "<tool_call>", or the newline after it) ends it there: stop strings apply to the
+    whole output whatever grammar holds it, as vLLM matches them on the raw text of a
+    "required" output and then reads no call from it. The answer says so plainly:
+    finish_reason "stop" naming the string, no tool_calls, content "" (the markup written
+    is no content), whole and streamed alike; never part of a call, nor an error."""
+    from openai.lib.streaming.chat import ChatCompletionStreamState
+
+    kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
+              tools=[WEATHER], tool_choice=choice, max_tokens=20, temperature=0, stop=[stop])
+    r = client.chat.completions.create(**kw).choices[0]
+    assert (r.finish_reason, r.stop_reason) == ("stop", stop), r
+    assert r.message.content == "" and not r.message.tool_calls, r
+    state = ChatCompletionStreamState()
+    for chunk in client.chat.completions.create(**kw, stream=True):
+        state.handle_chunk(chunk)
+    built = state.get_final_completion().choices[0]
+    assert built.finish_reason == "stop" and built.message.content == "", built
+    assert not built.message.tool_calls, built
+
+
 @pytest.mark.parametrize("tools", [{"tools": [WEATHER], "tool_choice": "none"}, {}])
 def test_past_tool_calls_are_in_the_prompt_without_tool_choice(client, tools):
     """The follow-up turn (tool_choice "none", or no tools sent at all) still shows the model
@@ -818,3 +842,29 @@ def test_format_lengths_that_cannot_bind_are_accepted():
     # uri-reference matches the empty string: its minLength 1 binds
     with pytest.raises(InvalidRequest, match="'format' with"):
         check_schema({"type": "string", "format": "uri-reference", "minLength": 1}, "guided_json")
+
+
+def test_tool_choice_none_shows_the_tools_and_reads_no_calls(server, monkeypatch):
+    """tool_choice "none" shows the model the tools, as vLLM renders them by default (and
+    OpenAI's model sees them: it just makes no call); they were left out of the prompt. No
+    call is read from the output (no parser runs under "none"). vLLM's
+    --exclude-tools-when-tool-choice-none leaves them out."""
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+
+    def prompt_tokens(**body) -> int:
+        status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+            "messages": ask, "max_tokens": 1, "temperature": 0, **body})
+        assert status == 200, raw
+        out = json.loads(raw)
+        assert "tool_calls" not in out["choices"][0]["message"], out
+        return out["usage"]["prompt_tokens"]
+
+    # the prompt of a request with tools (under "auto"), as /tokenize renders it
+    shown = len(json.loads(http(server, "POST", "/tokenize", json={
+        "messages": ask, "tools": [WEATHER]})[2])["tokens"])
+    bare = prompt_tokens()
+    assert shown > bare + 20
+    assert prompt_tokens(tools=[WEATHER], tool_choice="none") == shown
+    # the server's switch, read by each request (a server of its own loads the model again)
+    monkeypatch.setattr(server.engine.config, "exclude_tools_when_tool_choice_none", True)
+    assert prompt_tokens(tools=[WEATHER], tool_choice="none") == bare

@@ -47,6 +47,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     req.check_unserved()
     req.check_max_tokens()
     st.check_choices(req.n, "n")
+    keep = req.kept_prompt_tokens(engine.max_model_len)
     if req.top_logprobs is not None and not req.logprobs:
         raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
     if req.functions is not None or req.function_call is not None:
@@ -89,10 +90,13 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # the template is applied here rather than by engine.chat so that a request without
     # max_tokens can be given the rest of the context
     # past calls reach a template that knows none in any mode: the follow-up turn (often
-    # tool_choice "none", or no tools) must show the model what it called
-    ids, messages = await tool_request.tools_prompt(
-        st.chat_prompt, dicts, tools if mode != "none" else [], template,
-        req.template_options())
+    # tool_choice "none", or no tools) must show the model what it called. Under "none" the
+    # model still sees the tools (vLLM's default; OpenAI's model sees them and calls none)
+    # unless the server was told to leave them out
+    shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
+    ids, messages = await st.render_chat(dicts, shown, req.template_options())
+    if keep:
+        ids = ids[-keep:]
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

@@ -96,8 +96,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         prompt or the output: ignored, they would answer another question than the one asked."""
         SamplingFields.check_unserved(self)
         if self.chat_template is not None:
-            raise InvalidRequest("chat_template is not served: the model's own chat template "
-                                 "renders the messages", param="chat_template")
+            raise InvalidRequest("chat_template is not served: the server's chat template "
+                                 "(the model's, or aiollm serve --chat-template's) renders "
+                                 "the messages", param="chat_template")
         if self.echo:
             raise InvalidRequest("echo true is not served: send the conversation to "
                                  "/v1/completions as a prompt to have it echoed", param="echo")

@@ -44,8 +44,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     st.check_choices(len(prompts) * req.n, "n" if req.n > 1 else "prompt")
     # a list of prompts (even of one) is a batch: its errors say which prompt (prompt[i])
     batched = prompts[0] is not req.prompt
-    prompt_ids = (await st.tokenize_batch(prompts) if batched
-                  else [await st.tokenize(prompts[0])])
+    keep = req.kept_prompt_tokens(engine.max_model_len)
+    prompt_ids = (await st.tokenize_batch(prompts, keep) if batched
+                  else [await st.tokenize(prompts[0], keep_last=keep)])
     constraint = req.constraint()
     # echo with logprobs (or max_tokens 0: prompt scoring) reports the prompt's tokens too
     echo_scores = req.echo and (req.logprobs is not None or req.max_tokens == 0)
@@ -66,8 +67,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     vocab = await st.token_bytes() if req.logprobs is not None or scoring is not None else None
     echo = []  # each choice's echoed prompt: text and its tokens' texts
     for p, ids in zip(prompts, prompt_ids):
-        pieces = vocab.pieces(ids) if echo_scores else None
-        text = "".join(pieces) if pieces else _echo_text(st, p) if req.echo else ""
+        pieces = await _echo_pieces(st, vocab, p, ids) if echo_scores else None
+        # a truncated prompt is echoed as the model saw it
+        text = _echo_text(st, ids if keep else p) if req.echo else ""
         echo += [(text, pieces)] * req.n
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": st.model_name,
@@ -118,8 +120,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         if not echoed[k]:
             text, echoed[k] = echo[k][0] + text, True
         logprobs = logprobs_of(k, delta, offsets[k])
-        if logprobs is not None:
-            offsets[k] += sum(len(t) for t in logprobs["tokens"])
+        offsets[k] += len(text)  # what the output's next token's offset counts from
         done_tokens[k] = delta.completion_tokens
         cached_tokens[k] = delta.cached_tokens
         return sse.event({**head, "choices": [{
@@ -151,7 +152,30 @@ def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *a
 
 
 def _echo_text(st: ApiState, prompt: str | list[int]) -> str:
+    """The echoed prompt, as vLLM echoes it: a text prompt as the client sent it (without
+    a start token the tokenizer added), token ids decoded (special tokens kept: the client
+    sent them)."""
     return prompt if isinstance(prompt, str) else st.engine.tokenizer.decode(prompt)
+
+
+async def _echo_pieces(st: ApiState, vocab: TokenBytes, prompt: str | list[int],
+                       ids: list[int]) -> list[str]:
+    """Each prompt token's text in the echo's logprobs, one per token of `ids` (what usage
+    counts and the model scored): its share of the text (TokenBytes.pieces), and "" for a
+    token the tokenizer added around a text prompt (a start token: <s>, <|begin_of_text|>),
+    which stands for none of the echoed text (_echo_text), so the tokens still join to
+    it and text_offset indexes it. The added tokens are those around the prompt's tokens
+    without special tokens; one the client wrote in its text is its own."""
+    pieces = vocab.pieces(ids)
+    if isinstance(prompt, str):
+        written = await st.tokenize(prompt, add_special_tokens=False)
+        extra = len(ids) - len(written)
+        start = next((k for k in range(extra + 1) if ids[k:k + len(written)] == written),
+                     None) if extra > 0 else None
+        if start is not None:
+            for k in (*range(start), *range(start + len(written), len(ids))):
+                pieces[k] = ""
+    return pieces
 
 
 def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from aiollm.api import validation_errors
-from aiollm.errors import InvalidRequest, Overloaded, RequestFailed
+from aiollm.errors import ChatTemplateError, InvalidRequest, Overloaded, RequestFailed
 from aiollm.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,9 @@ def as_api_error(exc: BaseException) -> ApiError:
                         headers={"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(exc, RequestFailed):
         return ApiError(500, str(exc) or "the request failed in the engine")
+    if isinstance(exc, ChatTemplateError):  # the load warned of it; each request says it too
+        log.error("%s", exc)
+        return ApiError(500, str(exc))
     if isinstance(exc, msgspec.ValidationError):
         message, param = validation_errors.describe(exc)
         return ApiError(400, message, param=param)

@@ -58,10 +58,9 @@ async def tokenize(request: web.Request) -> web.Response:
         raise ApiError(400, "tools are rendered by the chat template: send them with "
                        "messages", param="tools")
     if req.messages is not None:
-        ids, _ = await tool_request.tools_prompt(
-            st.chat_prompt, [m.as_dict(i) for i, m in enumerate(req.messages)],
-            tool_request.choose(req.tools, None)[0], st.engine.tokenizer.chat_template,
-            req.template_options())
+        ids, _ = await st.render_chat([m.as_dict(i) for i, m in enumerate(req.messages)],
+                                      tool_request.choose(req.tools, None)[0],
+                                      req.template_options())
     elif req.prompt:
         ids = await st.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
     else:

@@ -11,6 +11,7 @@ from msgspec import Struct
 
 from aiollm.api import structured
 from aiollm.api.protocol import N, Stop, TokenId, TopK
+from aiollm.engine.submission import kept_prompt_tokens
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, SamplingParams, choice_seed
 
@@ -28,8 +29,6 @@ _VLLM_UNSERVED = {
                                "or leave it out"),
     "length_penalty": (1.0, "it weighs beam search, which the server does not do: send 1.0 "
                             "or leave it out"),
-    "bad_words": ([], "send logit_bias with -100 for their tokens"),
-    "truncate_prompt_tokens": (None, "prompts are never truncated: shorten the prompt"),
     "return_tokens_as_token_ids": (False, "logprobs name tokens by their text"),
     "guided_whitespace_pattern": (None, "the grammar's own whitespace rules apply"),
 }
@@ -65,11 +64,13 @@ class SamplingFields(Struct, kw_only=True):
     guided_grammar: Any = None
     logit_bias: Any = None
     allowed_token_ids: Any = None
+    # vLLM's: words never generated (SamplingParams.bad_words checks them)
+    bad_words: list[str] | None = None
+    # vLLM's: only the prompt's last k tokens (-1: the context's length); kept_prompt_tokens
+    truncate_prompt_tokens: int | None = None
     # vLLM's, not served (_VLLM_UNSERVED)
     use_beam_search: Any = None
     length_penalty: Any = None
-    bad_words: Any = None
-    truncate_prompt_tokens: Any = None
     return_tokens_as_token_ids: Any = None
     guided_whitespace_pattern: Any = None
 
@@ -95,6 +96,17 @@ class SamplingFields(Struct, kw_only=True):
             if (f.default not in (None, msgspec.NODEFAULT) and f.name != "max_tokens"
                     and getattr(self, f.name) is None):
                 setattr(self, f.name, f.default)
+
+    def kept_prompt_tokens(self, max_model_len: int) -> int | None:
+        """How many of the prompt's last tokens are kept (None: all), from
+        truncate_prompt_tokens; InvalidRequest naming it for a value other than -1 or
+        1 to max_model_len."""
+        t = self.truncate_prompt_tokens
+        if t is not None and t != -1 and t < 1:
+            raise InvalidRequest(f"truncate_prompt_tokens must be -1 (the context's length) or "
+                                 f"an integer >= 1 (the prompt tokens kept, its last), got {t}",
+                                 param="truncate_prompt_tokens")
+        return kept_prompt_tokens(t, max_model_len)
 
     def constraint(self) -> Constraint | None:
         fields = {f: getattr(self, f) for f in ("guided_json", "guided_regex", "guided_choice",
@@ -135,6 +147,7 @@ class SamplingFields(Struct, kw_only=True):
             ignore_eos=self.ignore_eos,
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
+            bad_words=self.bad_words,
             logprobs=logprobs,
             constraint=constraint,
             prompt_logprobs=prompt_logprobs,

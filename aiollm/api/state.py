@@ -80,32 +80,39 @@ class ApiState:
         return self._token_bytes
 
     async def tokenize(self, prompt: str | Sequence[int], *,
-                       add_special_tokens: bool = True) -> list[int]:
+                       add_special_tokens: bool = True, keep_last: int | None = None
+                       ) -> list[int]:
         """Token ids of a prompt: text is tokenized (long text off the event loop), ids are
-        checked by the engine, as is an empty prompt."""
+        checked by the engine, as is an empty prompt; only the last `keep_last` when
+        given (vLLM's truncate_prompt_tokens)."""
         if isinstance(prompt, str) and prompt:
             encode = self.engine.tokenizer.encode
-            return list(await off_loop(len(prompt), encode, prompt,
-                                        add_special_tokens=add_special_tokens))
-        return await off_loop(len(prompt), self.engine.tokenize, prompt)  # ids are checked
+            ids = list(await off_loop(len(prompt), encode, prompt,
+                                      add_special_tokens=add_special_tokens))
+            return ids[-keep_last:] if keep_last else ids
+        # ids are checked
+        return await off_loop(len(prompt), self.engine.tokenize, prompt, keep_last)
 
-    async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]]) -> list[list[int]]:
-        """Token ids of each prompt of a batch: off the event loop when the batch is long,
-        also when it is many short prompts. A bad prompt is named by its index (prompt[i])."""
+    async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]],
+                             keep_last: int | None = None) -> list[list[int]]:
+        """Token ids of each prompt of a batch (each its last `keep_last` when given): off
+        the event loop when the batch is long, also when it is many short prompts. A bad
+        prompt is named by its index (prompt[i])."""
         size = sum(len(p) for p in prompts)
         if size <= TOKENIZE_INLINE_CHARS:
             out = []
             for i, p in enumerate(prompts):
                 with naming_batch_item("prompt", i):
-                    out.append(await self.tokenize(p))
+                    out.append(await self.tokenize(p, keep_last=keep_last))
             return out
 
         def all_of_them() -> list[list[int]]:
             out = []
             for i, p in enumerate(prompts):
                 with naming_batch_item("prompt", i):
-                    out.append(list(self.engine.tokenizer.encode(p)) if isinstance(p, str) and p
-                               else self.engine.tokenize(p))
+                    ids = (list(self.engine.tokenizer.encode(p)) if isinstance(p, str) and p
+                           else self.engine.tokenize(p, keep_last))
+                    out.append(ids[-keep_last:] if keep_last else ids)
             return out
 
         return await asyncio.to_thread(all_of_them)
@@ -113,11 +120,13 @@ class ApiState:
     async def detokenize(self, ids: list[int]) -> str:
         return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
 
-    async def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
-                          template: TemplateOptions | None = None) -> list[int]:
-        """Token ids of a conversation with the chat template applied as `template` says (the
+    async def render_chat(self, messages: list[dict], tools: list[dict],
+                          template: TemplateOptions) -> tuple[list[int], list[dict]]:
+        """(token ids, the messages rendered) of a conversation with its checked `tools`,
+        rendered as `template` says (Engine.render_chat: the same prompt as the Python
+        API's chat for the same messages and tools), off the event loop when long (the
         template's cost grows with the number of messages and tools too)."""
-        return await off_loop(rendered_size(messages, tools), self.engine.chat_prompt,
+        return await off_loop(rendered_size(messages, tools), self.engine.render_chat,
                               messages, tools, template)
 
 

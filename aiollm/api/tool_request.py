@@ -1,84 +1,18 @@
 """A chat request's `tools` and `tool_choice`, checked as OpenAI takes them (a 400 naming
 the field otherwise) and turned into the mode a call is made in ("none", "auto" or
-"required", and the tools a call may use), and the messages handed to a chat template that
-knows nothing of tools. Reading the calls out of the model's output, and the grammar that
-enforces them, is aiollm/api/tool_parsers.py.
+"required", and the tools a call may use). The tools' own check, and how a chat template
+that knows nothing of tools is shown them, are the engine's (aiollm/engine/chat_tools.py),
+shared with the Python API. Reading the calls out of the model's output, and the grammar
+that enforces them, is aiollm/api/tool_parsers.py.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiollm.engine.grammar_check import check_schema
-from aiollm.errors import InvalidRequest, check_type
-
-
-# OpenAI's rule for a function's name (it answers 400 otherwise): names go into the grammar's
-# tags and the chat template's text, and clients match calls back to tools by them
-TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
-# OpenAI's limit. The template render, its tokenizing and the grammar of the tools all grow
-# faster than the list: 20,000 tools took 30 s of CPU (slowing every stream), 100,000 over 10 min
-MAX_TOOLS = 128
-
-
-def _root_type(schema: dict) -> Any:
-    """The "type" of a schema's root, through a root "$ref" into the schema itself: pydantic
-    writes a recursive model as {"$defs": {"Node": {"type": "object", ...}}, "$ref":
-    "#/$defs/Node"}, an object schema whose type sits in its definition."""
-    node: Any = schema
-    for _ in range(8):  # a reference to a reference; a loop of them ends here
-        ref = node.get("$ref")
-        if "type" in node or not (isinstance(ref, str) and ref.startswith("#/")):
-            break
-        node = schema
-        for step in ref[2:].split("/"):
-            step = step.replace("~1", "/").replace("~0", "~")
-            node = node.get(step) if isinstance(node, dict) else None
-        if not isinstance(node, dict):
-            return None
-    return node.get("type")
-
-
-def check_tools(tools: Any) -> list[dict]:
-    """`tools` as OpenAI takes them (InvalidRequest naming the field otherwise): at most
-    MAX_TOOLS functions with unique names of TOOL_NAME's form, each `parameters` an object
-    schema the grammar can enforce."""
-    if not isinstance(tools, list):
-        raise InvalidRequest("tools must be a list", param="tools")
-    if len(tools) > MAX_TOOLS:
-        raise InvalidRequest(f"at most {MAX_TOOLS} tools, got {len(tools)}", param="tools")
-    seen: dict[str, int] = {}  # name -> its tool's index
-    for i, t in enumerate(tools):
-        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(
-                t.get("function"), dict) or not isinstance(t["function"].get("name"), str):
-            raise InvalidRequest('each tool must be {"type": "function", "function": '
-                                 '{"name", "parameters"}}', param=f"tools[{i}]")
-        name = t["function"]["name"]
-        if not TOOL_NAME.fullmatch(name):
-            raise InvalidRequest(f"a function name must be 1 to 64 letters, digits, '_' or "
-                                 f"'-', got {name!r}", param=f"tools[{i}].function.name")
-        if name in seen:  # a call names its function: which schema would hold it?
-            raise InvalidRequest(f"tools[{seen[name]}] and tools[{i}] are both named {name!r}; "
-                                 "function names must be unique",
-                                 param=f"tools[{i}].function.name")
-        seen[name] = i
-        for field, kinds in (("description", (str,)), ("strict", (bool,))):
-            check_type(t["function"].get(field), kinds, f"tools[{i}].function.{field}")
-        params = t["function"].get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise InvalidRequest("parameters must be a JSON schema object",
-                                 param=f"tools[{i}].function.parameters")
-        root = _root_type(params) if params else None
-        if params and root != "object":  # as OpenAI refuses a string, an array
-            raise InvalidRequest(f'parameters must be an object schema ({{"type": "object", '
-                                 f'"properties": ...}}): a call\'s arguments are a JSON object, '
-                                 f'got type {root!r}', param=f"tools[{i}].function.parameters")
-        if params is not None:
-            check_schema(params, f"tools[{i}].function.parameters")
-    return tools
+from aiollm.engine.chat_tools import check_tools
+from aiollm.errors import InvalidRequest
 
 
 def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
@@ -134,67 +68,3 @@ def _choice_text(tool_choice: Any) -> str:
     function it names."""
     name = _named_function(tool_choice)
     return f"naming the function {name!r}" if name is not None else repr(tool_choice)
-
-
-def template_messages(messages: list[dict], tools: list[dict], template: str | None, *,
-                      in_system: bool = True) -> list[dict]:
-    """Messages for a chat template that knows nothing of tools (the default model's):
-    the tools go in a system message in the Hermes format (with in_system false, at the head
-    of the first user message), past calls into the assistant's text. Templates that render
-    tools themselves get the messages unchanged."""
-    t = template or ""
-    out = messages
-    if "tool_calls" not in t and any(m.get("tool_calls") for m in messages):
-        out = []
-        for m in messages:
-            if m.get("tool_calls"):
-                calls = "\n".join("<tool_call>\n" + json.dumps(
-                    {"name": c["function"].get("name"), "arguments": c["function"].get(
-                        "arguments")}) + "\n</tool_call>" for c in m["tool_calls"])
-                m = {**m, "content": ((m.get("content") or "") + "\n" + calls).strip()}
-                m.pop("tool_calls")
-            out.append(m)
-    if tools and "tools" not in t:
-        listing = "\n".join(json.dumps(x["function"]) for x in tools)
-        system = ("You may call functions. Their signatures, in <tools></tools>:\n<tools>\n"
-                  f"{listing}\n</tools>\nTo call one, answer with <tool_call>\n"
-                  '{"name": <function name>, "arguments": <arguments object>}\n</tool_call>')
-        if not in_system:
-            i = next((i for i, m in enumerate(out) if m.get("role") == "user"), None)
-            if i is not None:
-                return [*out[:i], {**out[i], "content": system + "\n\n" + out[i]["content"]},
-                        *out[i + 1:]]
-        if out and out[0].get("role") == "system":
-            out = [{**out[0], "content": out[0]["content"] + "\n\n" + system}, *out[1:]]
-        else:
-            out = [{"role": "system", "content": system}, *out]
-    return out
-
-
-def tool_renderings(messages: list[dict], tools: list[dict], template: str | None
-                     ) -> list[list[dict]]:
-    """The messages to render a conversation with `tools` in, in the order to try them:
-    template_messages' (the tools in a system message), then, where it differs, the tools at
-    the head of the first user message, for a template that refuses the system message
-    (Mistral's and Mixtral's v0.1 templates take alternating user and assistant turns only,
-    and raise otherwise) and expects instructions in the user's turn."""
-    shown = template_messages(messages, tools, template)
-    user_turn = template_messages(messages, tools, template, in_system=False)
-    # the same: no tools listed apart from the template, or no user turn
-    return [shown] if user_turn == shown else [shown, user_turn]
-
-
-async def tools_prompt(chat_prompt: Callable[..., Awaitable[list[int]]], messages: list[dict],
-                       tools: list[dict], template: str | None, options: Any
-                       ) -> tuple[list[int], list[dict]]:
-    """(token ids, the messages rendered) of a conversation with `tools`, the first of
-    tool_renderings that the template takes; `chat_prompt(messages, tools, options)` is
-    ApiState's. InvalidRequest as chat_prompt raises it (the last rendering's, when all
-    fail)."""
-    *first, last = tool_renderings(messages, tools, template)
-    for shown in first:
-        try:
-            return await chat_prompt(shown, tools or None, options), shown
-        except InvalidRequest:
-            pass
-    return await chat_prompt(last, tools or None, options), last

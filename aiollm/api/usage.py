@@ -8,17 +8,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from aiollm.engine.submission import default_length
+
 if TYPE_CHECKING:
     from aiollm.api.sampling_fields import SamplingFields
     from aiollm.api.state import ApiState
 
 
 def room(st: ApiState, prompt_len: int) -> int:
-    """max_tokens when the client gives none: the rest of the context (at least 1, so a prompt
-    that is itself too long is reported as such by the engine), or the model's generation
-    config's max_new_tokens where that is less (vLLM's default)."""
-    rest = max(1, st.engine.max_model_len - prompt_len)
-    return min(rest, st.engine.sampling_defaults.get("max_tokens", rest))
+    """max_tokens when the client gives none (`submission.default_length`: the rest of the
+    context, or the model's generation config's max_new_tokens where that is less)."""
+    return default_length(st.engine.sampling_defaults.get("max_tokens"), prompt_len,
+                          st.engine.max_model_len)
 
 
 def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:

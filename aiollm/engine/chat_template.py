@@ -13,11 +13,12 @@ tojson writes unchanged), and each placeholder is tokenized as plain text (the t
 template's own control tokens stay real. A conversation (and tools) without control-token
 text takes the plain path: the ids are exactly what `apply_chat_template` gives.
 
-TemplateOptions carries what a client may ask of the rendering, as vLLM and SGLang take it:
-no generation prompt, continuing the final (assistant) message, and the template's own
-variables (`chat_template_kwargs`, e.g. Qwen3's `enable_thinking`). Variables pass through to
-the template as they are, except that those the server gives a meaning to are type-checked
-(`enable_thinking` is a boolean: "no" would turn thinking on).
+TemplateOptions carries what a caller may ask of the rendering, as vLLM and SGLang take it:
+no generation prompt, continuing the final (assistant) message, the template's own
+variables (`chat_template_kwargs`, e.g. Qwen3's `enable_thinking`), and (the Python API's
+alone: the HTTP API refuses it per request) another template than the tokenizer's.
+Variables pass through to the template as they are, except that those the server gives a
+meaning to are type-checked (`enable_thinking` is a boolean: "no" would turn thinking on).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiollm.engine.submission import check_unicode
-from aiollm.errors import InvalidRequest, check_type
+from aiollm.errors import ChatTemplateError, InvalidRequest, check_type
 
 if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
     from transformers import PreTrainedTokenizerBase
@@ -59,12 +60,15 @@ class TemplateOptions:
     out) so that the model continues it, which needs add_generation_prompt false; kwargs:
     variables of the template (`chat_template_kwargs`), each a bool, number, None or a
     string without control-token text, and `enable_thinking` a bool or None (None: not set,
-    the template's default). `check` raises InvalidRequest naming the field
-    (`chat_template_kwargs.enable_thinking`)."""
+    the template's default); chat_template: a Jinja chat template to render with in place
+    of the tokenizer's (vLLM's LLM.chat(chat_template=...); None: the tokenizer's). `check`
+    raises InvalidRequest naming the field (`chat_template_kwargs.enable_thinking`;
+    `chat_template` for one that is no string or does not compile)."""
 
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
+    chat_template: str | None = None
 
     def check(self, specials: list[str], reserved: frozenset[str] = frozenset()) -> None:
         """specials: control-token texts a string variable may not hold (it would be
@@ -73,6 +77,8 @@ class TemplateOptions:
             raise InvalidRequest("continue_final_message needs add_generation_prompt false (a "
                                  "final message continued leaves no turn to open)",
                                  param="continue_final_message")
+        if self.chat_template is not None:
+            check_template_source(self.chat_template)
         if not isinstance(self.kwargs, dict):
             raise InvalidRequest("chat_template_kwargs must be an object",
                                  param="chat_template_kwargs")
@@ -91,6 +97,24 @@ class TemplateOptions:
                                      param=param)
 
 
+def check_template_source(source: Any) -> None:
+    """Raise InvalidRequest naming chat_template unless `source` is a Jinja chat template
+    that compiles (as transformers compiles templates: the same sandbox and extensions)."""
+    from jinja2 import TemplateError
+
+    from aiollm.model.serving_tokenizer import compile_chat_template
+
+    if not isinstance(source, str) or not source:
+        raise InvalidRequest("chat_template must be a Jinja template (a non-empty string; "
+                             f"None: the tokenizer's own), got {source!r:.80}",
+                             param="chat_template")
+    try:
+        compile_chat_template(source)
+    except TemplateError as e:
+        raise InvalidRequest(f"chat_template does not compile ({type(e).__name__}: {e})",
+                             param="chat_template") from None
+
+
 def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The text of every special added token (the ones `split_special_tokens` splits),
     longest first so that one that contains another is matched whole."""
@@ -105,7 +129,7 @@ def rendered_size(messages: Any, tools: list[dict] | None = None) -> int:
     256 per tool; 0 for what is not a sequence of messages (chat_token_ids refuses it)."""
     if not isinstance(messages, (list, tuple)):
         return 0
-    size = 256 * len(tools or ())
+    size = 256 * len(tools) if isinstance(tools, (list, tuple)) else 0  # else refused later
     for m in messages:
         m = m if isinstance(m, dict) else {}
         content, calls = m.get("content"), m.get("tool_calls")
@@ -139,8 +163,9 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     """Token ids of `messages` rendered as `options` say (default: with the generation
     prompt). `specials`: the control-token texts to keep as plain text wherever a string of
     the messages or tools holds them (None: none, the template's tokenizing as it is).
-    Raises InvalidRequest: param "messages" when the template fails, the option's name when
-    an option is invalid."""
+    Raises InvalidRequest: param "messages" when the template refuses the conversation (its
+    raise_exception, or an error rendering it), the option's name when an option is invalid;
+    ChatTemplateError when the tokenizer's template does not compile."""
     options = checked_options(tokenizer, options)
     if isinstance(messages, tuple):  # a sequence of dicts as good as a list
         messages = list(messages)
@@ -194,7 +219,11 @@ def _checked(value: Any, path: str, pattern: re.Pattern | None, hide) -> Any:
 
 def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
             tools: list[dict] | None, options: TemplateOptions, *, tokenize: bool) -> Any:
+    from jinja2 import TemplateSyntaxError
+
     extra = {"continue_final_message": True} if options.continue_final_message else {}
+    if options.chat_template is not None:
+        extra["chat_template"] = options.chat_template
     # a typed variable sent as null is left out: passed as None it would count as set for the
     # template's `is defined` and `| default(...)`, not give the template's default
     variables = {k: v for k, v in options.kwargs.items() if v is not None or k not in _TYPED}
@@ -202,5 +231,12 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
         return tokenizer.apply_chat_template(
             messages, tools=tools or None, add_generation_prompt=options.add_generation_prompt,
             tokenize=tokenize, **extra, **variables)
+    except TemplateSyntaxError as e:
+        # the served template itself (one given in options compiled in check()): no request
+        # could change it, so no request's field is to blame
+        raise ChatTemplateError(
+            f"the chat template does not compile ({type(e).__name__}: {e}): no conversation "
+            "can be rendered; fix the template, or serve another in its place (aiollm "
+            "serve --chat-template, the engine's chat_template option)") from e
     except Exception as e:  # a malformed conversation is the caller's input
         raise InvalidRequest(f"cannot apply the chat template: {e}", param="messages") from e

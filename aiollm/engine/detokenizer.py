@@ -54,9 +54,10 @@ def _as_list(ids: Sequence[int]) -> list[int]:
 class IncrementalDetokenizer:
     """add(new_ids) -> text safe to emit now; finish() -> what was held back, at the end.
 
-    After a stop string matched, `stopped` is True, `matched_stop` names it, and add() and
-    finish() return "". `text` is everything emitted so far: it ends where the stop string
-    starts, or where it ends with include_stop."""
+    After a stop string matched, `stopped` is True, `matched_stop` names it, `stop_end` is
+    where it ends (in characters decoded, as `decoded`), and add() and finish() return "".
+    `text` is everything emitted so far: it ends where the stop string starts, or where it
+    ends with include_stop."""
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class IncrementalDetokenizer:
         self._pieces: list[str] = []
         self.stopped = False
         self.matched_stop: str | None = None
+        self.stop_end: int | None = None  # once stopped: where the stop string ends (decoded)
         self.finished = False
 
     @property
@@ -174,6 +176,7 @@ class IncrementalDetokenizer:
             end = stop.match_start + (len(stop.matched) if self._include_stop else 0)
             self.stopped = True
             self.matched_stop = stop.matched
+            self.stop_end = stop.match_start + len(stop.matched)
         else:
             end = stop.hold_from
         out = self._pending[: end - self._released]

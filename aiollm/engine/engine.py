@@ -1,22 +1,17 @@
 """Engine: the one object users hold. Owns the model, the KV pool, the request table and the
-step loop, all on the caller's event loop. This file is its life cycle and the loop; the
-request API (generate, stream, chat, ...) it inherits from EngineAPI (engine_api.py), the
-hand-out of a step's tokens to its requests and the ends of requests from HandOut
-(hand_out.py).
+step loop, all on the caller's event loop. This file is its life cycle; the step loop it
+inherits from StepLoop (step_loop.py), the request API (generate, stream, chat, ...) from
+EngineAPI (engine_api.py), the hand-out of a step's tokens to its requests and the ends of
+requests from HandOut (hand_out.py).
 
     async with Engine() as engine:                      # default SmolLM2-135M-Instruct
         out = await engine.generate("Hello", SamplingParams(max_tokens=32))
         async for delta in engine.stream("Hello", SamplingParams()):
             print(delta.text, end="")
 
-The loop coroutine is one step ahead of the device: it plans step N+1 (planner.py) and
-launches it while step N still runs (queuing kernels on a GPU; on the CPU, computing on
-the model runner's thread), then waits for step N's event (on a second thread, so HTTP
-handlers and streams keep running), appends its sampled tokens, checks stops for the
-whole batch in C and wakes each request's stream.
-Step N+1 takes step N's tokens from the device, so the GPU never waits for the host.
-Streams detokenize on their own time; a stream that stops early (stop string, client gone,
-task cancelled) releases its request at once.
+The step loop runs one step ahead of the device (step_loop.py). Streams detokenize on their
+own time; a stream that stops early (stop string, client gone, task cancelled) releases its
+request at once.
 """
 
 from __future__ import annotations
@@ -28,8 +23,6 @@ import logging
 import random
 import time
 
-import torch
-
 from aiollm.config import EngineConfig
 from aiollm.engine.engine_api import EngineAPI
 from aiollm.engine.grammar import Grammars
@@ -37,12 +30,13 @@ from aiollm.engine.hand_out import HandOut
 from aiollm.engine.health_probe import EngineHealth, HealthProbe
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
-from aiollm.engine.planner import Planner, Step
+from aiollm.engine.planner import Planner
 from aiollm.engine.prefix_cache import PrefixCache
 from aiollm.engine.request import Request
 from aiollm.engine.step_health import StepHealth
 from aiollm.engine.step_log import StepLog
-from aiollm.errors import EngineStopped, RequestFailed
+from aiollm.engine.step_loop import StepLoop
+from aiollm.errors import EngineStopped
 from aiollm.metrics import EngineMetrics
 
 log = logging.getLogger(__name__)
@@ -53,7 +47,7 @@ _STOPPED = ("the engine shut down before the request finished; retry it on a run
             "or engine")
 
 
-class Engine(EngineAPI, HandOut, EngineHealth):
+class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
     """An LLM inference engine on the caller's event loop: start() loads the model, then
     generate() / stream() / chat() serve requests concurrently until stop().
 
@@ -328,155 +322,6 @@ class Engine(EngineAPI, HandOut, EngineHealth):
         """flush_cache without its caller's checks: the step loop's own recovery."""
         return self.prefix_cache.flush() if self.prefix_cache else 0
 
-    # -- the loop ----------------------------------------------------------------------------
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._step()
-            except Exception as e:
-                # a bug outside the model step must not leave every stream waiting forever:
-                # fail what is in flight and go on serving new requests
-                log.exception("engine loop error")
-                self._step_health.failed(e)
-                self._fail_all(f"engine error: {e}", RequestFailed)
-                self._flush_prefix_cache()
-                await asyncio.sleep(0.01)
-
-    async def _step(self) -> None:
-        """One turn of the loop: plan and launch step N+1 while step N runs on the device,
-        then wait for step N and hand out its tokens. Tokens of step N that step N+1
-        feeds back stay on the device (see ModelRunner); a request that step N finishes
-        costs step N+1 one wasted token."""
-        perf = time.perf_counter
-        t0 = perf()
-        self._expire_queued()
-        if self._inflight is not None and self._must_wait_for(self._inflight[0]):
-            await self._complete_inflight()
-        step = self.planner.plan()
-        if step is None and self._inflight is None:
-            self._wake.clear()
-            timeout = 0.05 if self.planner.has_work() else None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            return
-        launch = out = err = issued = None
-        if step is not None:
-            step.after_busy_device = self._inflight is not None
-            try:
-                inputs = self.runner.prepare(step, self.table)
-            except Exception:
-                self._undo_pending(step)
-                raise
-            if self.device.type == "cuda":
-                # queuing kernels does not block: launch here, no thread hop
-                try:
-                    out = self.runner.launch(inputs)
-                    issued = perf()
-                except Exception as e:
-                    err = e
-            else:  # the CPU computes while launching: on the model thread, so the loop
-                # hands out step N's tokens meanwhile
-                launch = asyncio.get_running_loop().run_in_executor(
-                    self._executor, _timed, self.runner.launch, inputs)
-        self._host_time += perf() - t0
-        if self._inflight is not None:
-            await self._complete_inflight()
-        if step is None:
-            return
-        cpu_s = None  # the CPU's model time: the launch is the computation
-        if launch is not None:
-            try:
-                out, cpu_s = await launch
-            except Exception as e:
-                err = e
-        if err is None and out.deferred is not None:
-            # constrained rows: step N's tokens have advanced their grammars; sample now
-            try:
-                t_mask = perf()
-                mask = self.grammars.masks([r.grammar for r, s in zip(step.reqs, step.sample)
-                                            if s])
-                t_sample = perf()
-                out = self.runner.sample_deferred(out, mask)
-                out.mask_host_s, out.sample_host_s = t_sample - t_mask, perf() - t_sample
-            except Exception as e:
-                err = e
-        if err is not None:  # a failing step fails its requests, not the server
-            self._step_failed(step, err)
-            return
-        out.turn_start, out.issued = t0, issued  # the step log's host timeline
-        self._inflight = (step, out, perf(), cpu_s)
-
-    @staticmethod
-    def _must_wait_for(step: Step) -> bool:
-        """Penalties read the whole token history on the host: a request with one plans its
-        next step only once its pending token is back."""
-        return any(r.pending and r.params.uses_penalty for r in step.reqs)
-
-    async def _complete_inflight(self) -> None:
-        step, out, t_launch, cpu_s = self._inflight
-        self._inflight = None
-        perf = time.perf_counter
-        try:
-            if out.done is not None:
-                # yield once per step even when the device is already done: the loop would
-                # otherwise run step after step without letting streams and handlers in
-                await asyncio.sleep(0)
-                if not out.done.query():
-                    await asyncio.get_running_loop().run_in_executor(self._waiter,
-                                                                     out.done.synchronize)
-        except Exception as e:
-            self._step_failed(step, e)
-            return
-        t0 = perf()
-        gap = None
-        if out.done is not None:  # device time of the step, and the idle gap before it
-            model_s = out.start.elapsed_time(out.done) / 1e3
-            if self._prev_done is not None:
-                gap = max(0.0, self._prev_done.elapsed_time(out.start) / 1e3)
-                if step.after_busy_device:
-                    self.metrics.step_gpu_gap.observe(gap)
-            self._prev_done = out.done
-        else:
-            model_s = cpu_s or 0.0
-        self.metrics.step_model.observe(model_s)
-        result = self.runner.collect(out)
-        if result is not None:
-            self._process(step, result)
-        if self._step_log is not None:
-            self._step_log.record(step, out, t_launch, t0, model_s if out.done else None, gap)
-        self._oom.step_done()
-        self._step_health.completed()
-        # host time: what the loop spends around the model (planning, metadata, stop checks,
-        # waking streams), counted from the plan of a step to the processing of its tokens
-        self.metrics.step_host.observe(self._host_time + perf() - t0)
-        self._host_time = 0.0
-
-    def _undo_pending(self, step: Step) -> None:
-        for r, s in zip(step.reqs, step.sample):
-            if s:
-                r.pending -= 1
-
-    def _step_failed(self, step: Step, e: Exception) -> None:
-        log.error("model step failed", exc_info=e)
-        if self.ranks is not None:  # the ranks are out of step now: the server cannot go on
-            self.ranks.fail(f"tensor parallel rank 0: model step failed: {e}")
-        self._undo_pending(step)
-        if isinstance(e, torch.OutOfMemoryError):
-            # paused and resumed unless it is a request alone that nothing smaller can help:
-            # that one fails, and counts toward failing as any failed step does (a device
-            # with no memory left fails every request this way)
-            too_large = self._oom.out_of_memory(step, e)
-            if too_large is not None:
-                self._step_health.failed(e)
-                self._finish(too_large[0], "abort", error=too_large[1], failed=True,
-                             error_type=RequestFailed)
-        else:
-            self._step_health.failed(e)
-            for r in step.reqs:
-                self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
-                             error_type=RequestFailed)
-        self._flush_prefix_cache()  # the step's KV went into the cache unwritten
-
 
 def _abandon(load: asyncio.Future) -> None:
     """A load whose start() was cancelled, once its thread is done: the ranks it started
@@ -503,9 +348,3 @@ async def _to_the_end(coro) -> None:
             cancel = e
     if cancel is not None:
         raise cancel
-
-
-def _timed(fn, *args):
-    """(fn(*args), its wall seconds): the CPU model thread times its own forward."""
-    t = time.perf_counter()
-    return fn(*args), time.perf_counter() - t

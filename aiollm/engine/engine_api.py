@@ -1,6 +1,6 @@
 """EngineAPI: the Engine's request API, what callers submit requests through: generate,
-stream, chat, generate_batch, tokenize (engine.py holds the rest of Engine: its life cycle
-and the step loop).
+stream, chat, generate_batch, tokenize (engine.py holds the rest of Engine: its life cycle;
+step_loop.py the step loop).
 
 A request is checked here, at the edge, before anything is held: a usage error (not
 started, or a call from another event loop than the engine's) raises RuntimeError, bad input
@@ -14,21 +14,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Union
 
+from aiollm.engine.bad_words import bad_word_ids
 from aiollm.engine.chat_messages import checked_messages
+from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.request_group import completions, gather_all, n_of
-from aiollm.engine.output_text import OutputText
+from aiollm.engine.output_text import NoText, OutputText
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.request import Request
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import (Prompt, check_request, default_length_within,
-                                      new_request, off_loop, prompt_text, request_params,
-                                      tokenize)
+                                      kept_prompt_tokens, new_request, off_loop, prompt_text,
+                                      request_params, tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
 from aiollm.sampling_params import SamplingParams
+
+
+# generate_batch's progress bar: shown or not, or (vLLM's use_tqdm) what makes it, called as
+# tqdm is, with total= and desc=, and answering update(n) and close()
+Progress = Union[bool, Callable[..., Any]]
 
 
 class EngineAPI:
@@ -151,26 +159,57 @@ class EngineAPI:
         return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials,
                               options=template)
 
+    def render_chat(self, messages: list[dict], tools: list[dict] | None = None,
+                    template: TemplateOptions | None = None) -> tuple[list[int], list[dict]]:
+        """(token ids, the messages rendered) of a conversation as every chat of aiollm
+        renders it (the HTTP API, chat(), LLM.chat), under `template`'s options and its
+        chat_template if it gives one: `messages` as chat_messages.checked_messages gives
+        them and `tools` as chat_tools.check_tools does, both given to a template that
+        knows them; one that knows no tools (the default model's) is shown them, and past
+        calls, in the messages (chat_tools.tool_renderings), and one that refuses a system
+        turn, at the head of the first user message. InvalidRequest as chat_prompt raises
+        it (the last rendering's, when the template takes none); ChatTemplateError when the
+        template does not compile."""
+        source = (template.chat_template if isinstance(template, TemplateOptions) else None)
+        *first, last = tool_renderings(messages, tools or [],
+                                       source or self.tokenizer.chat_template)
+        for shown in first:
+            with contextlib.suppress(InvalidRequest):
+                return self.chat_prompt(shown, tools or None, template), shown
+        return self.chat_prompt(last, tools or None, template), last
+
     async def chat(self, messages: list[dict], params: SamplingParams | None = None,
-                   template: TemplateOptions | None = None) -> RequestOutput:
+                   template: TemplateOptions | None = None,
+                   tools: list[dict] | None = None) -> RequestOutput:
         """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
         checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
-        chat template (a long one rendered and tokenized off the loop)."""
-        ids = await off_loop(rendered_size(messages), self._chat_ids, messages, template)
+        chat template (a long one rendered and tokenized off the loop), with `tools`
+        (OpenAI's function tools, checked as the HTTP API checks them: InvalidRequest
+        naming `tools[i]...`): the prompt is the one /v1/chat/completions renders for the
+        same messages, tools and options (render_chat). The output is the model's text, any
+        calls in it unparsed, as vLLM's LLM.chat gives it."""
+        ids = await off_loop(rendered_size(messages, tools), self._chat_ids, messages,
+                             template, tools)
         return await self.generate(ids, params)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
-                    template: TemplateOptions | None = None) -> AsyncIterator[Delta]:
-        """stream() on a conversation under the chat template, checked as chat() checks it."""
-        return self.stream(self._chat_ids(messages, template), params)
+                    template: TemplateOptions | None = None,
+                    tools: list[dict] | None = None) -> AsyncIterator[Delta]:
+        """stream() on a conversation under the chat template, with `tools`, checked and
+        rendered as chat() checks and renders them."""
+        return self.stream(self._chat_ids(messages, template, tools), params)
 
-    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None) -> list[int]:
+    def _chat_ids(self, messages: list[dict], template: TemplateOptions | None,
+                  tools: list[dict] | None) -> list[int]:
         self._check_started()  # a usage error before any complaint about the messages
-        return self.chat_prompt(checked_messages(messages), None, template)
+        messages = checked_messages(messages)
+        if tools is not None:
+            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
+        return self.render_chat(messages, tools, template)[0]
 
     async def generate_batch(self, prompts: Sequence[Prompt],
                              params: SamplingParams | Sequence[SamplingParams] | None = None,
-                             progress: bool = True, *, batch_name: str = "prompts"
+                             progress: Progress = True, *, batch_name: str = "prompts"
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
         is one prompt (as in vLLM's LLM.generate), not a batch of its characters, and so is
@@ -186,7 +225,11 @@ class EngineAPI:
         its param (errors.of_batch_item); a bad field of params keeps its own name. Every
         prompt is checked before any is submitted.
         `batch_name`: what those errors call the batch where the caller's differs (LLM.chat:
-        "conversations", whose token ids the prompts are)."""
+        "conversations", whose token ids the prompts are). `progress`: a tqdm bar while
+        true, none while false, or a callable that makes the bar, as vLLM's use_tqdm takes
+        one (a tqdm class or a factory such as functools.partial(tqdm, leave=False)): it is
+        called with total= and desc=, once the prompts are checked, and its bar is given
+        update(1) per prompt done and close() at the end, on the engine's event loop."""
         from tqdm.auto import tqdm
 
         if isinstance(prompts, (str, dict)):  # one prompt dict too, as vLLM takes it
@@ -205,7 +248,10 @@ class EngineAPI:
         given = [prompt_text(p) for p in prompts]
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
                                  self._checked_batch, prompts, each, batch_name, defaulted)
-        bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
+        if callable(progress):
+            bar = progress(total=len(prompts), desc="generate")
+        else:
+            bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
         async def one(i, p):
             with naming_batch_item("prompt", i, batch_name):
                 # each choice of a prompt (n > 1) takes room of its own
@@ -237,12 +283,14 @@ class EngineAPI:
         return ids, default_length_within(self.default_params(), len(ids), self.max_model_len)
 
     # -- submission ------------------------------------------------------------------------
-    def tokenize(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt (text, or ids checked against the vocabulary); raises
-        InvalidRequest naming "prompt" (see submission.tokenize), RuntimeError before the
-        engine was first started (no tokenizer yet)."""
+    def tokenize(self, prompt: Prompt, keep_last: int | None = None) -> list[int]:
+        """Token ids of a prompt (text, or ids checked against the vocabulary), only its
+        last `keep_last` when given; raises InvalidRequest naming "prompt" (see
+        submission.tokenize), RuntimeError before the engine was first started (no
+        tokenizer yet)."""
         self._check_started()
-        return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len)
+        return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len,
+                        keep_last)
 
     def _check_started(self) -> None:
         if not self._started and self._loop_task is None:  # never started: a usage error
@@ -293,21 +341,25 @@ class EngineAPI:
     def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """_checked's part that reads only the model and the tokenizer (any thread)."""
         checked_params(params)
-        ids = self.tokenize(prompt)
+        ids = self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
+                                                       self.max_model_len))
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         if params.constraint is not None:  # allowed_token_ids, logit_bias in the vocabulary
             self.grammars.check(params.constraint, params.min_tokens, params.stop_token_ids)
         return ids
 
     def _submit(self, prompt: Prompt, params: SamplingParams, *,
-                counted: bool = True) -> tuple[Request, OutputText]:
+                counted: bool = True) -> tuple[Request, OutputText | NoText]:
         """A checked request in the waiting queue, and its output text's decoder. counted
         False: kept out of the metrics and the scheduler's history (a health probe)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
-        grammar = self.grammars.start(params.constraint) if params.constraint else None
+        bad_words = (bad_word_ids(self.tokenizer, params.bad_words, self.model_config.vocab_size)
+                     if params.bad_words else None)
+        grammar = (self.grammars.start(params.constraint, bad_words)
+                   if params.constraint or bad_words else None)
         # everything that can raise comes before the table slot: nothing would give it back
         detok = OutputText.of_request(self.tokenizer, ids, params)
         req = new_request(self.table, ids, params, self._rng, grammar,

@@ -45,6 +45,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from aiollm.engine.bad_words import banned_ids
 from aiollm.engine.grammar_check import compilable
 from aiollm.engine.grammar_compile import CompileThreads
 from aiollm.errors import InvalidRequest, RequestFailed
@@ -78,6 +79,15 @@ class GrammarState:
     bias_ids: np.ndarray | None  # [K] int64
     bias: np.ndarray | None  # [K] fp32
     terminated: bool = False
+    # bad_words' token id sequences (engine/bad_words.py), and the output's latest ids that
+    # could start one (the longest's length - 1 of them)
+    bad_words: list[tuple[int, ...]] | None = None
+    recent: list[int] = field(default_factory=list)
+
+    @property
+    def biased(self) -> bool:
+        """Its mask may carry logit biases: logit_bias, or the ids bad_words ban."""
+        return self.bias is not None or self.bad_words is not None
 
 
 @dataclass(slots=True)
@@ -250,14 +260,18 @@ class Grammars:
                     raise InvalidRequest(f"logit_bias[{t}] must be a number in [-100, 100], "
                                          f"got {b!r}", param="logit_bias")
 
-    def start(self, c: Constraint) -> GrammarState:
-        """A running request's state. Its grammar must be compiled already (compile()); if
-        it is not, it is compiled here, blocking (the Engine API's direct users)."""
-        import xgrammar as xgr
-
+    def start(self, c: Constraint | None,
+              bad_words: list[tuple[int, ...]] | None = None) -> GrammarState:
+        """A running request's state: of its constraint, and of the token id sequences of
+        its bad_words (engine/bad_words.py). Its grammar must be compiled already
+        (compile()); if it is not, it is compiled here, blocking (the Engine API's direct
+        users)."""
+        c = c or Constraint()
         self.check(c)
         matcher = None
         if c.grammar is not None:
+            import xgrammar as xgr
+
             matcher = xgr.GrammarMatcher(self.compile_now(c.grammar),
                                          override_stop_tokens=self.stop_ids or None)
             if not self.stop_ids:  # the tokenizer's own, as xgrammar found them
@@ -272,7 +286,7 @@ class Grammars:
         if c.logit_bias:
             bias_ids = np.fromiter(c.logit_bias, np.int64, len(c.logit_bias))
             bias = np.fromiter(c.logit_bias.values(), np.float32, len(c.logit_bias))
-        return GrammarState(matcher, allowed, bias_ids, bias)
+        return GrammarState(matcher, allowed, bias_ids, bias, bad_words=bad_words or None)
 
     def accept(self, states: list[GrammarState], tokens: np.ndarray) -> list[int]:
         """Advance each matcher by its request's new token. Per request: ENDED when its
@@ -284,6 +298,10 @@ class Grammars:
 
         status = [0] * len(states)
         for k, s in enumerate(states):
+            if s.bad_words is not None:
+                keep = max(map(len, s.bad_words)) - 1
+                s.recent.append(int(tokens[k]))
+                del s.recent[: max(0, len(s.recent) - keep)]
             if s.allowed is not None:
                 t = int(tokens[k])
                 if not (int(s.allowed[t >> 5]) >> (t & 31)) & 1:
@@ -327,16 +345,24 @@ class Grammars:
                 self._batch = xgr.BatchGrammarMatcher()
             bitmask = self._bitmasks.fill(b, grammar_rows, allowed_rows, states, self._batch)
         out = TokenMask(bitmask)
-        k = max((len(states[i].bias_ids) for i in rows if states[i].bias_ids is not None),
-                default=0)
+        # a row's biases: its logit_bias, then -inf on the ids its bad words ban now
+        banned = {i: banned_ids(states[i].bad_words, states[i].recent) for i in rows
+                  if states[i].bad_words is not None}
+        k = max((len(states[i].bias_ids if states[i].bias_ids is not None else ())
+                 + len(banned.get(i, ())) for i in rows), default=0)
         if k:
             ids = torch.zeros((b, k), dtype=torch.int64, pin_memory=pin)
             vals = torch.zeros((b, k), dtype=torch.float32, pin_memory=pin)
             for i in rows:
                 s = states[i]
+                n = 0
                 if s.bias_ids is not None:
-                    ids[i, : len(s.bias_ids)] = torch.from_numpy(s.bias_ids)
-                    vals[i, : len(s.bias)] = torch.from_numpy(s.bias)
+                    n = len(s.bias_ids)
+                    ids[i, :n] = torch.from_numpy(s.bias_ids)
+                    vals[i, :n] = torch.from_numpy(s.bias)
+                if banned.get(i):
+                    ids[i, n : n + len(banned[i])] = torch.tensor(banned[i])
+                    vals[i, n : n + len(banned[i])] = float("-inf")
             out.bias_ids, out.bias = _to(ids, self.device), _to(vals, self.device)
         return out
 

@@ -1,5 +1,5 @@
 """HandOut: how the Engine hands a finished step's tokens to its requests and ends requests
-(engine.py holds the life cycle and the step loop; engine_api.py the request API).
+(engine.py holds the life cycle, step_loop.py the step loop, engine_api.py the request API).
 
 _process takes one step and its result (the sampled token ids, one row per sampled request
 of the step) and, for the requests still running, appends each token, checks the stop

@@ -12,8 +12,9 @@ failing state as any completed step does; failed or timed out, the check names w
 Concurrent checks share the probe under way, and a probe starts at most every
 PROBE_INTERVAL_S seconds (a check in between answers from the state as it is), so a probe
 loop cannot load a sick server. The probe is an ordinary request kept out of the request
-metrics and the scheduler's history of output lengths (Request.counted); a probe that
-times out is aborted as a client that goes away is, which gives back its KV and its table
+metrics and the scheduler's history of output lengths (Request.counted), and a step of
+nothing but the probe out of the step histograms (a step it shares with a client's request
+is that request's work and counts); a probe that times out is aborted as a client that goes away is, which gives back its KV and its table
 slot.
 
 Hugging Face TGI's router works this way: once a generation failed, its /health runs a

@@ -127,17 +127,27 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     from aiollm.model import load_model
 
     dtype = resolve_dtype(cfg.dtype, device)
-    if cfg.tokenizer is not None:  # else found without a tokenizer once the weights loaded
+    if cfg.tokenizer is not None:
         try:
             check_tokenizer_path(cfg.tokenizer)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"tokenizer path {e}") from None  # not the model's
+    elif (cfg.model is not None and cfg.load_format != "dummy"
+          and os.path.isdir(os.path.expanduser(cfg.model))):
+        try:  # a directory without one was refused only once its weights had loaded
+            check_tokenizer_path(cfg.model)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"model path {e}; give one with --tokenizer") from None
     # before the weights: a bad value in the file fails in a moment, not after minutes
     defaults = sampling_defaults(cfg.generation_config, cfg.model or "")
     t0 = time.monotonic()
     loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
                         max_model_len=cfg.max_model_len)
     tokenizer = tokenizer_for(cfg, loaded.path)
+    if cfg.chat_template is not None:  # every chat renders with it (checked: it compiles)
+        tokenizer.chat_template = cfg.chat_template
+        log.info("chats are rendered with the chat template given (chat_template, "
+                 "--chat-template), not the tokenizer's own")
     mc = loaded.config
     model_name = cfg.served_model_name or model_name_of(loaded.path, cfg.model)
     log.info("weights and tokenizer loaded in %.1fs", time.monotonic() - t0)
@@ -180,13 +190,13 @@ def tokenizer_for(cfg: EngineConfig, model_path: str):
 
     if cfg.tokenizer is not None:  # load() has checked that it holds one
         return load_tokenizer(cfg.tokenizer)
-    try:
-        return load_tokenizer(model_path)
-    except (OSError, ValueError):
-        if cfg.load_format != "dummy":
-            raise
-        log.warning("%s has no tokenizer; using the default model's", model_path)
-        return load_tokenizer(None)
+    if cfg.load_format == "dummy":
+        try:
+            check_tokenizer_path(model_path)
+        except FileNotFoundError:  # not a damaged one: that is an error, as without dummy
+            log.warning("%s has no tokenizer; using the default model's", model_path)
+            return load_tokenizer(None)
+    return load_tokenizer(model_path)
 
 
 def model_name_of(path: str | None, given: str | None) -> str:

@@ -75,6 +75,7 @@ class Launched:
     start: torch.cuda.Event | None
     done: torch.cuda.Event | None
     packed: np.ndarray | None = None  # a decode batch's [2 * bs] argmax and non-finite flags
+    ranks: torch.Tensor | None = None  # [S] int64: the sampled tokens' ranks (with logprobs)
     n: int = 0
     bs: int = 0
     # a constrained step's forward only: (inputs, logits [S, V], non-finite flags [S])
@@ -100,6 +101,7 @@ class StepResult:
     top_logprobs: np.ndarray | None
     bad: np.ndarray | None  # [S] bool: non-finite logits
     scoring: PromptScoring | None = None
+    ranks: np.ndarray | None = None  # [S] int64: 1 + tokens more likely than the sampled one
 
     def record_prompt_logprobs(self) -> None:
         """Write the step's prompt logprobs into their requests' prompt_logprobs."""
@@ -127,7 +129,8 @@ class StepResult:
             top = [(int(t), float(lp)) for t, lp in
                    zip(self.top_ids[row, :n_top], self.top_logprobs[row, :n_top])
                    if lp != -np.inf]
-        return TokenLogprob(int(self.next_ids[row]), float(self.logprobs[row]), top)
+        rank = None if self.ranks is None else int(self.ranks[row])
+        return TokenLogprob(int(self.next_ids[row]), float(self.logprobs[row]), top, rank)
 
 
 def _deferred(inp: StepInputs, logits: torch.Tensor, bad: torch.Tensor) -> Launched:
@@ -381,6 +384,7 @@ class ModelRunner:
             start=inp.start,
             done=None,
             scoring=sc,
+            ranks=_to_host(res.ranks) if res else None,
         )
         out.done = self._record_done(inp)
         return out
@@ -400,4 +404,4 @@ class ModelRunner:
 
         return StepResult(next_ids=np_(out.next_ids), logprobs=np_(out.logprobs),
                           top_ids=np_(out.top_ids), top_logprobs=np_(out.top_logprobs),
-                          bad=np_(out.bad), scoring=out.scoring)
+                          bad=np_(out.bad), scoring=out.scoring, ranks=np_(out.ranks))

@@ -1,5 +1,7 @@
 """Out-of-memory recovery: a step that runs the device out of memory pauses its requests and
-halves the planner's batch limits; good steps double them back. A request that runs out of
+sets the planner's batch limits to half that step's size (its requests; its tokens when it
+prefilled, else half the token budget: decodes alone say nothing of chunk sizes); good
+steps double them back. A request that runs out of
 memory even alone in the smallest step the limits allow fails.
 
 A paused request keeps its tokens and gives back its KV (planner.pause); it resumes later
@@ -77,15 +79,22 @@ class OomBackoff:
 
     def shrink(self, step: Step) -> None:
         """The device ran out of memory in `step`: pause its running requests, latest
-        admitted first, halve the limits and give the allocator's cached blocks back."""
+        admitted first, bring the limits down to half the step's requests and tokens (never
+        up, never below the floors) and give the allocator's cached blocks back."""
         p = self.planner
         log.warning("out of device memory in a step of %d requests / %d tokens: pausing them "
-                    "and halving the batch limits", len(step.reqs), step.num_tokens)
+                    "and planning steps of at most half that", len(step.reqs), step.num_tokens)
         for r in sorted(step.reqs, key=lambda r: -r.admitted_seq):
             if r.phase is Phase.RUNNING:
                 p.pause(r)
+        # half of what failed, not of the limits: a step far under them that runs out of
+        # memory would otherwise fail again at each halving down to its size. A step of
+        # decodes alone (a token a request) says nothing of prefill chunks: the budget that
+        # bounds them halves, rather than falling to a handful of tokens for hundreds of steps
         p.max_running = max(1, min(p.max_running, len(step.reqs)) // 2)
-        p.token_budget = max(self.min_token_budget, p.token_budget // 2)
+        prefilled = any(n > 1 for n in step.extend_lens)
+        tokens = step.num_tokens if prefilled else p.token_budget
+        p.token_budget = max(self.min_token_budget, min(p.token_budget, tokens) // 2)
         self._good_steps = 0
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

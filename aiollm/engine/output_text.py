@@ -8,12 +8,15 @@ stop string may be completing, the tokens whose text is held back are held back 
 token with no text of its own until text after it is out), so every delta's text is the
 join of its tokens' texts, in streams as in whole results.
 
-When a stop string matches, the output ends where it starts: the tokens whose text starts
-at or after that point are dropped (they are not part of the output: not in its token ids,
-logprobs or token count), and a token whose text runs into the stop string keeps only the
-part before it (with include_stop_str_in_output the output ends where the stop string
-ends instead). Stop strings count only once the first min_tokens tokens are out, and only
-after their text: a request never ends with fewer than min_tokens tokens.
+When a stop string matches, the output text ends where it starts (with
+include_stop_str_in_output, where it ends). The output tokens end with the one that
+completes the stop string, as in vLLM: the model generated it, so it stays in the token ids,
+logprobs and token count (billed as OpenAI bills every generated token), while its text,
+and that of the tokens between the cut and it, is only what lies before the cut (often
+""). The tokens after it (generated while the match was undecided, or while the loop ran a
+step ahead) are dropped: vLLM, which stops at once, never generates them. Stop strings count
+only once the first min_tokens tokens are out, and only after their text: a request never
+ends with fewer than min_tokens tokens.
 """
 
 from __future__ import annotations
@@ -30,9 +33,13 @@ class OutputText:
                  "_sent_tokens", "_kept", "_finished")
 
     @classmethod
-    def of_request(cls, tokenizer, prompt_ids: list[int], params: SamplingParams) -> OutputText:
+    def of_request(cls, tokenizer, prompt_ids: list[int], params: SamplingParams
+                   ) -> OutputText | NoText:
         """The output text of a request with these prompt ids and parameters (its stop
-        strings, min_tokens, special tokens skipped or not, stop string kept or not)."""
+        strings, min_tokens, special tokens skipped or not, stop string kept or not); none
+        with detokenize=False."""
+        if not params.detokenize:
+            return NoText()
         return cls(IncrementalDetokenizer(tokenizer, prompt_ids, params.skip_special_tokens,
                                           params.stop, params.include_stop_str_in_output),
                    params.min_tokens)
@@ -85,9 +92,10 @@ class OutputText:
         self._finished = True
         self._add(self._detok.finish())
         if self.stopped:
-            cut = self._released
-            starts = [0] + self._ends[:-1]
-            self._kept = max(self._sent_tokens, sum(1 for s in starts if s < cut))
+            stop_end = self._detok.stop_end
+            through = next((k + 1 for k, end in enumerate(self._ends) if end >= stop_end),
+                           len(self._ends))
+            self._kept = max(self._sent_tokens, through)
             del self._ends[self._kept:]
         elif self._ends:
             self._ends[-1] = self._detok.decoded  # what finish() released ends the last token
@@ -131,3 +139,31 @@ class OutputText:
     def _add(self, text: str) -> None:
         self._unsent += text
         self._released += len(text)
+
+
+class NoText:
+    """OutputText's interface for a request that asked for no text (vLLM's
+    detokenize=False): each token is handed out as it comes, with no text, neither the
+    output's ("") nor each token's (an empty list). Such a request has no stop strings."""
+
+    __slots__ = ("fed", "_sent")
+    stopped = False
+    matched_stop = None
+
+    def __init__(self):
+        self.fed = 0
+        self._sent = 0
+
+    @property
+    def kept(self) -> int:
+        return self.fed
+
+    def feed(self, token_id: int) -> None:
+        self.fed += 1
+
+    def finish(self) -> None:
+        pass
+
+    def take(self) -> tuple[str, int, list[str]]:
+        n, self._sent = self.fed - self._sent, self.fed
+        return "", n, []

@@ -42,8 +42,9 @@ class RequestOutput:
     prompt_token_ids: list[int] | None = None
     cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
     token_texts: list[str] = field(default_factory=list)  # each token's text; they join to text
-    # one per prompt token when asked (SamplingParams.prompt_logprobs): None for the first
-    prompt_logprobs: list[TokenLogprob | None] | None = None
+    # one per prompt token when asked (SamplingParams.prompt_logprobs): None for the first,
+    # then vLLM's {token id: Logprob} (which reads as aiollm's TokenLogprob too)
+    prompt_logprobs: list[PromptTokenLogprobs | None] | None = None
     # the prompt's text as given (LLM.chat: the rendered conversation); None for token ids
     prompt: str | None = None
     # n > 1: the results of choices 1 to n-1, each its own engine request (this one is 0)
@@ -69,11 +70,17 @@ class RequestOutput:
     def decode_alternatives(self, tokenizer) -> None:
         """Fill decoded_tokens (of this choice and the others) with the text of each
         alternative in logprobs, its id decoded alone by `tokenizer` (as vLLM decodes
-        them), each distinct id once. Nothing to do without logprobs."""
+        them), and the decoded_token of each token in prompt_logprobs likewise, each
+        distinct id once."""
         for out in (self, *self.other_choices):
             if out.logprobs is not None and out.decoded_tokens is None:
                 ids = {t for lp in out.logprobs for t, _ in lp.top}
                 out.decoded_tokens = {t: tokenizer.decode([t]) for t in ids}
+            if out.prompt_logprobs is not None:
+                texts: dict[int, str] = {}
+                for entry in out.prompt_logprobs:
+                    if entry is not None:
+                        entry.decode(texts, tokenizer)
 
     @property
     def outputs(self) -> list[CompletionOutput]:
@@ -92,15 +99,63 @@ class Logprob:
     decoded_token: str | None = None
 
 
+class PromptTokenLogprobs(dict):
+    """One prompt token's entry of RequestOutput.prompt_logprobs, in vLLM's shape: a dict
+    {token id: Logprob} of the prompt token (first; its rank in the whole vocabulary) and
+    its top SamplingParams.prompt_logprobs alternatives (ranks 1 to k; the prompt token
+    once when it is one of them). Each decoded_token is None until decode() (LLM's
+    outputs are decoded). The aiollm TokenLogprob it was made from reads through
+    (.token_id, .logprob, .rank, .top), as Engine's callers read prompt_logprobs before."""
+
+    __slots__ = ("scored",)
+
+    def __init__(self, scored: TokenLogprob):
+        super().__init__()
+        self.scored = scored
+        self[scored.token_id] = Logprob(scored.logprob, scored.rank)
+        for rank, (t, v) in enumerate(scored.top, 1):
+            self.setdefault(t, Logprob(v, rank))
+
+    @classmethod
+    def of_prompt(cls, lps: list[TokenLogprob | None] | None
+                  ) -> list[PromptTokenLogprobs | None] | None:
+        """A request's prompt logprobs (None for the first token) as RequestOutput's."""
+        return None if lps is None else [None if lp is None else cls(lp) for lp in lps]
+
+    @property
+    def token_id(self) -> int:
+        return self.scored.token_id
+
+    @property
+    def logprob(self) -> float:
+        return self.scored.logprob
+
+    @property
+    def rank(self) -> int | None:
+        return self.scored.rank
+
+    @property
+    def top(self) -> list[tuple[int, float]]:
+        return self.scored.top
+
+    def decode(self, texts: dict[int, str], tokenizer) -> None:
+        """Set each Logprob's decoded_token to its id decoded alone by `tokenizer`; `texts`
+        holds the ids decoded so far (shared over a prompt: each id decoded once)."""
+        for t, lp in self.items():
+            if t not in texts:
+                texts[t] = tokenizer.decode([t])
+            self[t] = Logprob(lp.logprob, lp.rank, texts[t])
+
+
 class CompletionOutput:
     """vLLM's CompletionOutput: one completion of a prompt (choice `index`), read through
     from that choice's RequestOutput. `logprobs` is vLLM's shape: per generated token a
     dict {token id: Logprob} of the chosen token and its top alternatives (None without
-    SamplingParams.logprobs). Where vLLM knows more than aiollm keeps: an alternative's
-    rank is its place in the top list, the chosen token's is that too, or None when it is
-    not among them (logprobs=0); the chosen token's decoded_token is its share of `text`
-    (token_texts), an alternative's its id decoded alone where the output carries
-    decoded_tokens (LLM's outputs do; Engine's do not: None)."""
+    SamplingParams.logprobs). An alternative's rank is its place in the top list, the
+    chosen token's its place in the whole vocabulary (1 + the tokens more likely), as
+    vLLM's; the chosen token's decoded_token is its share of `text` (token_texts; None
+    with detokenize=False), an alternative's its id decoded alone where the output
+    carries decoded_tokens (LLM's outputs do; Engine's do not: None)."""
 
     __slots__ = ("index", "_of")
 
@@ -141,9 +196,8 @@ class CompletionOutput:
         steps = []
         for i, lp in enumerate(lps):
             # the chosen token first, then the alternatives most likely first (as vLLM)
-            rank = next((r for r, (t, _) in enumerate(lp.top, 1) if t == lp.token_id), None)
             text = texts[i] if i < len(texts) else None
-            step = {lp.token_id: Logprob(lp.logprob, rank, text)}
+            step = {lp.token_id: Logprob(lp.logprob, lp.rank, text)}
             for r, (t, v) in enumerate(lp.top, 1):
                 step.setdefault(t, Logprob(v, r, decoded.get(t)))
             steps.append(step)

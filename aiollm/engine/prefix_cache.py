@@ -37,6 +37,8 @@ import numpy as np
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 
 log = logging.getLogger(__name__)
+# the periodic hit-rate line: aiollm's statistics logger, which --disable-log-stats silences
+stats_log = logging.getLogger("aiollm.stats")
 
 _clock = itertools.count()  # last-use stamps: a counter orders uses without a clock read
 
@@ -303,9 +305,9 @@ class PrefixCache:
         now = time.monotonic()
         if now - self._last_log >= self._log_every:
             self._last_log = now
-            log.info("prefix cache: hit rate %.1f%% of %d prompt tokens, %d tokens cached "
-                     "(%d evictable), %d evicted", self.hit_rate * 100, self.queried,
-                     self.tree.size, self.tree.evictable, self.evicted)
+            stats_log.info("prefix cache: hit rate %.1f%% of %d prompt tokens, %d tokens "
+                           "cached (%d evictable), %d evicted", self.hit_rate * 100,
+                           self.queried, self.tree.size, self.tree.evictable, self.evicted)
 
     @property
     def hit_rate(self) -> float:

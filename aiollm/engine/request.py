@@ -32,7 +32,7 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
-    rank: int | None = None  # 1 + the number of more likely tokens (prompt logprobs only)
+    rank: int | None = None  # 1 + the number of more likely tokens in the vocabulary
 
 
 @dataclass(slots=True, eq=False)

@@ -1,7 +1,7 @@
 """Whether the step loop still makes progress: the failed steps in a row since the last step
 that completed, for the health probe.
 
-A failed step fails its own requests and the loop goes on (engine.py), so one bad request
+A failed step fails its own requests and the loop goes on (step_loop.py), so one bad request
 (a kernel fault on its input) costs only its batch. An error that every step meets (a
 sticky CUDA error, a lost device) fails every request from then on while the loop keeps
 running; /health must then stop saying 200, or a load balancer keeps sending the server

@@ -12,14 +12,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 
-from aiollm.engine.output_text import OutputText
-from aiollm.engine.outputs import Delta, RequestOutput
+from aiollm.engine.output_text import NoText, OutputText
+from aiollm.engine.outputs import Delta, PromptTokenLogprobs, RequestOutput
 from aiollm.engine.request import Request
 
 Finish = Callable[[Request, str], None]  # Engine._finish: end a request with a reason
 
 
-async def deltas(req: Request, out: OutputText, finish: Finish) -> AsyncIterator[Delta]:
+async def deltas(req: Request, out: OutputText | NoText,
+                 finish: Finish) -> AsyncIterator[Delta]:
     """Turn the request's new tokens into deltas (text with the tokens it comes from) until
     it finishes; a stop string ends it at its token (see OutputText), calling
     finish(req, "stop"). Raises req.error_type(req.error) when the request failed; a
@@ -42,7 +43,7 @@ async def deltas(req: Request, out: OutputText, finish: Finish) -> AsyncIterator
                 finish(req, "stop")
             if req.done:
                 out.finish()
-                if out.stopped:  # the tokens of the stop string are not output
+                if out.stopped:  # the tokens after the one completing it are not output
                     req.finish_reason = "stop"
                     req.stop_reason = out.matched_stop
                     del req.output_ids[out.kept:]
@@ -50,7 +51,8 @@ async def deltas(req: Request, out: OutputText, finish: Finish) -> AsyncIterator
                         del req.logprobs[out.kept:]
             text, n, texts = out.take()
             if req.done:  # the stop token, if it stayed, and the rest
-                texts += [""] * (len(req.output_ids) - sent - n)
+                if req.params.detokenize:  # (else no token has a text)
+                    texts += [""] * (len(req.output_ids) - sent - n)
                 n = len(req.output_ids) - sent
             new_ids = req.output_ids[sent:sent + n]
             lps = req.logprobs[sent:sent + n] if req.logprobs is not None else None
@@ -85,7 +87,8 @@ async def collect(req: Request, stream: AsyncIterator[Delta]) -> RequestOutput:
         finish_reason=final.finish_reason, prompt_tokens=len(req.prompt_ids),
         completion_tokens=len(req.output_ids), logprobs=req.logprobs,
         prompt_token_ids=req.prompt_ids, cached_tokens=max(req.cached_tokens, 0),
-        token_texts=token_texts, prompt_logprobs=req.prompt_logprobs,
+        token_texts=token_texts,
+        prompt_logprobs=PromptTokenLogprobs.of_prompt(req.prompt_logprobs),
         stop_reason=req.stop_reason)
 
 

@@ -69,7 +69,8 @@ def prompt_text(prompt: Prompt) -> str | None:
     return prompt if isinstance(prompt, str) else None
 
 
-def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> list[int]:
+def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
+             keep_last: int | None = None) -> list[int]:
     """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids (ints
     or numpy integers) is checked to be in [0, vocab_size) and returned as a list of ints.
     vLLM's prompt dicts are taken too: {"prompt": text} (TextPrompt) and
@@ -78,7 +79,8 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
     Raises InvalidRequest (param "prompt") for a prompt of another type, a dict with other
     keys, an empty prompt, a lone surrogate in the text, a bad id (the message says which),
     or ids that alone exceed max_model_len (tokens; a prompt of exactly max_model_len is
-    checked with its max_tokens by check_request)."""
+    checked with its max_tokens by check_request). keep_last: only the prompt's last that
+    many tokens are kept (see kept_prompt_tokens), before the length is checked."""
     if isinstance(prompt, dict):
         if len(prompt) != 1 or not {"prompt", "prompt_token_ids"}.issuperset(prompt):
             raise InvalidRequest('a prompt dict must hold one key, "prompt" (text) or '
@@ -95,7 +97,7 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         check_unicode(prompt, "prompt")
-        return list(tokenizer.encode(prompt))
+        return list(tokenizer.encode(prompt))[-keep_last if keep_last else None:]
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
         hint = " (an array's ids: pass .tolist())" if hasattr(prompt, "tolist") else ""
@@ -103,6 +105,8 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
                              f"{type(prompt).__name__}{hint}", param="prompt")
     # numpy's integers (list(array), a tokenizer's output) are ids too, kept as Python ints
     ids = [int(t) if isinstance(t, np.integer) else t for t in prompt]
+    if keep_last:
+        ids = ids[-keep_last:]
     if not ids:
         raise InvalidRequest("prompt must not be empty", param="prompt")
     if len(ids) > max_model_len:  # refused anyway: spare checking each id
@@ -112,6 +116,20 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int) -> 
         raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab_size}): "
                              f"prompt[{bad}] is {repr(ids[bad])[:40]}", param="prompt")
     return ids
+
+
+def kept_prompt_tokens(truncate_prompt_tokens: int | None, max_model_len: int) -> int | None:
+    """How many of a prompt's last tokens SamplingParams.truncate_prompt_tokens keeps
+    (None: all; -1: the context length), as vLLM reads it. Raises InvalidRequest naming
+    truncate_prompt_tokens when it is past the context, as vLLM refuses it."""
+    if truncate_prompt_tokens == -1:
+        return max_model_len
+    if truncate_prompt_tokens is not None and truncate_prompt_tokens > max_model_len:
+        raise InvalidRequest(
+            f"truncate_prompt_tokens ({truncate_prompt_tokens}) is more than this model's "
+            f"maximum context length ({max_model_len}): give at most {max_model_len}, or -1",
+            param="truncate_prompt_tokens")
+    return truncate_prompt_tokens
 
 
 def too_long(n: int, max_model_len: int) -> InvalidRequest:
@@ -157,16 +175,25 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
                              param="stop_token_ids")
 
 
+def default_length(max_tokens: int | None, n: int, max_model_len: int) -> int:
+    """The output length, in tokens, of a request whose caller gave none, for a prompt of n
+    tokens: the room the context leaves after the prompt, or the model's default length
+    (a generation config's max_new_tokens) where that is less; at least 1, so a prompt that
+    fills the context is refused as too long rather than given a length of 0. vLLM's LLM and
+    server end such an output at the context too."""
+    rest = max(1, max_model_len - n)
+    return rest if max_tokens is None else min(rest, max_tokens)
+
+
 def default_length_within(params: SamplingParams, n: int, max_model_len: int
                           ) -> SamplingParams:
-    """`params` (the engine's defaults, for a call given none) for a prompt of n tokens: a
-    max_tokens (a generation config's max_new_tokens) cut to the room the context leaves
-    after the prompt, at least 1 (a prompt that fills the context is refused as too long).
-    The caller never gave that length: past the context, it refused every such call naming
-    max_tokens; vLLM's LLM ends such an output at the context too."""
-    if params.max_tokens is None or n + params.max_tokens <= max_model_len:
+    """`params` (the engine's defaults, for a call given none) for a prompt of n tokens, its
+    max_tokens (a generation config's max_new_tokens) cut by `default_length`. The caller
+    never gave that length: past the context, it refused every such call naming max_tokens."""
+    if params.max_tokens is None:
         return params
-    return dataclasses.replace(params, max_tokens=max(1, max_model_len - n))
+    return dataclasses.replace(params, max_tokens=default_length(params.max_tokens, n,
+                                                                 max_model_len))
 
 
 def request_params(params: SamplingParams, n: int, max_model_len: int) -> SamplingParams:
@@ -208,7 +235,7 @@ def new_request(table: RequestTable, ids: list[int], params: SamplingParams, rng
     greedy = (params.temperature < GREEDY_EPS and params.logprobs is None
               and not params.uses_penalty and params.min_tokens == 0)
     req.argmax_only = greedy and grammar is None
-    req.masked_argmax = greedy and grammar is not None and grammar.bias is None
+    req.masked_argmax = greedy and grammar is not None and not grammar.biased
     try:
         _fill_record(table, req, params)
     except Exception:

@@ -417,7 +417,7 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{model_dir} has no config.json (nor a single .gguf file)")
     # read before AutoConfig, whose error for a type it lacks lists its own
-    _check_model_type(_json_object(path).get("model_type"))
+    _check_model_type(json_object(path).get("model_type"))
     try:
         hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except _StrictDataclassError as e:
@@ -433,7 +433,7 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     return config_from_hf(hf, generation_eos)
 
 
-def _json_object(path: str) -> dict:
+def json_object(path: str) -> dict:
     """The JSON object in the file at `path`. Raises ValueError naming the file when it is
     not JSON (or not UTF-8) or holds another JSON value."""
     with open(path) as f:
@@ -449,7 +449,7 @@ def _json_object(path: str) -> dict:
 def _generation_eos(path: str) -> list[int]:
     """The eos_token_id (a token id, a list of them, or none) of a generation_config.json.
     Raises ValueError naming the file when it is not a JSON object or the ids are not ids."""
-    eos = _json_object(path).get("eos_token_id")
+    eos = json_object(path).get("eos_token_id")
     ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
     if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ValueError(f"{path}: eos_token_id must be a token id or a list of them, "

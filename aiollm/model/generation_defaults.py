@@ -45,7 +45,7 @@ def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
     SamplingParams checks it; do_sample (a bool) under its own name, for /generate.
     Raises ValueError naming the file and the key of a bad value, or the file when it is no
     JSON object."""
-    from aiollm.model.config import _json_object
+    from aiollm.model.config import json_object  # imports torch: not for check_mode's CLI
     from aiollm.sampling_params import SamplingParams, is_int
 
     if mode == "vllm":
@@ -53,7 +53,7 @@ def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
     path = os.path.join(model_path if mode == "auto" else mode, FILE)
     if mode == "auto" and not (os.path.isdir(model_path) and os.path.isfile(path)):
         return {}
-    fields = _json_object(path)
+    fields = json_object(path)
     defaults = {}
     for key, name in KEYS.items():
         value = fields.get(key)

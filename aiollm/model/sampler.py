@@ -11,7 +11,7 @@ Order of operations on each row:
   2. min_tokens: eos and stop ids banned (-inf) while a request is under its min_tokens;
   3. logprobs are taken here: log_softmax of these logits, before temperature and
      truncation, i.e. the model's distribution as the request's penalties shaped it
-     (what OpenAI and vLLM report);
+     (what OpenAI and vLLM report), with the chosen token's rank on the same row;
   4. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
      temperature-scaled probabilities renormalised over the top-k set) and min-p (relative
      to the most likely token, after temperature) each keep a most-likely prefix of the
@@ -51,6 +51,9 @@ class SampleResult:
     logprobs: torch.Tensor | None  # [B] fp32: logprob of next_ids (None: no row asked)
     top_ids: torch.Tensor | None  # [B, K] int64, K = max top_logprobs in the batch
     top_logprobs: torch.Tensor | None  # [B, K] fp32
+    # [B] int64: 1 + the number of tokens more likely than next_ids on the row the logprobs
+    # come from (None: no row asked for logprobs)
+    ranks: torch.Tensor | None = None
 
 
 @dataclass(slots=True)
@@ -420,10 +423,15 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
         if st.any_greedy:
             next_ids = torch.where(st.is_greedy, greedy, next_ids)
 
-    logprobs = (logits.gather(1, next_ids[:, None]) - lse).squeeze(1)
-    top_ids = top_logprobs = None
+    chosen = logits.gather(1, next_ids[:, None])
+    logprobs = (chosen - lse).squeeze(1)
+    top_ids = top_logprobs = ranks = None
+    if st.want_logprobs:
+        # the chosen token's place in the vocabulary, as vLLM reports it: one compare over
+        # the row (no sort), only for a step where some row asked for logprobs
+        ranks = (logits > chosen).sum(dim=-1) + 1
     if st.max_top_logprobs > 0:
         k = min(st.max_top_logprobs, logits.shape[1])
         top_vals, top_ids = logits.topk(k, dim=-1)
         top_logprobs = top_vals - lse
-    return SampleResult(next_ids, logprobs, top_ids, top_logprobs)
+    return SampleResult(next_ids, logprobs, top_ids, top_logprobs, ranks)

@@ -143,19 +143,26 @@ class ServingTokenizer:
         """The conversation rendered by the chat template: its token ids (tokenize=True; a
         list, as transformers' return_dict=False gives them) or its text.
 
-        Options other than documents=None, chat_template=None, continue_final_message=False
-        and the tokenizer's own defaults go to transformers' apply_chat_template, as do inputs
-        that are not plain JSON data. Raises ValueError without a template, and jinja2's
-        TemplateError for what the template refuses (its raise_exception)."""
+        `chat_template`: the template to render with (the tokenizer's when None), or the
+        name of one of the tokenizer's named templates, as transformers takes it.
+        Options other than documents=None, continue_final_message=False and the tokenizer's
+        own defaults go to transformers' apply_chat_template, as do inputs that are not plain
+        JSON data. Raises ValueError without a template, and jinja2's TemplateError for what
+        the template refuses (its raise_exception; TemplateSyntaxError: it does not
+        compile)."""
         options = {k: kwargs.pop(k) for k in _TEMPLATE_DEFAULTS if k in kwargs}
+        source = options.pop("chat_template", None)
+        named = self.chat_template if isinstance(self.chat_template, dict) else {}
+        source = self.chat_template if source is None else named.get(source, source)
         messages = _plain_messages(conversation)
         if (any(v != _TEMPLATE_DEFAULTS[k] for k, v in options.items()) or messages is None
                 or not _is_plain(tools) or not _is_plain(kwargs)
-                or not isinstance(self.chat_template, str)):  # named templates, or none
+                or not isinstance(source, str)):  # named templates, or none
             return self.hf_tokenizer.apply_chat_template(
                 conversation, tools=tools, add_generation_prompt=add_generation_prompt,
-                tokenize=tokenize, **options, **kwargs)
-        template = compile_chat_template(self.chat_template)
+                tokenize=tokenize, chat_template=source if isinstance(source, str) else None,
+                **options, **kwargs)
+        template = compile_chat_template(source)
         if not messages:
             raise ValueError("Cannot apply chat template to an empty conversation. "
                              "Provide at least one message.")

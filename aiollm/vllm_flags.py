@@ -1,0 +1,172 @@
+"""`vllm serve` flags on `aiollm serve`, so that a launch line copied from vLLM runs as it
+asked or stops at once saying why (argparse's "unrecognized arguments" said neither).
+
+Flags whose meaning aiollm has under its own name are aliases where cli.py defines that name
+(--max-num-seqs, --max-num-batched-tokens, --enforce-eager, --[no-]enable-prefix-caching,
+--disable-log-stats, -tp), and so are vLLM's values of a choice (`dtype_name`,
+`tool_call_parser_name`). This module adds the rest to the serve parser (`add_to`):
+
+- NO_EFFECT: flags asking for what aiollm always does; accepted, each listed in --help
+  saying so;
+- REFUSED: flags asking for what aiollm cannot do; each is a usage error (exit 2) whose one
+  line names the flag and what aiollm offers instead. A value asking for aiollm's own
+  behaviour (-pp 1, --kv-cache-dtype auto) is accepted. Hidden from --help, which names them
+  in the group's description.
+
+Nothing here reaches EngineConfig: a flag is either an alias, or changes nothing, or stops
+the start; none is dropped while it would change outputs or memory use.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A vLLM flag aiollm refuses. names: the flag and its short form; message: what aiollm
+    offers instead (a callable when it must import to say it); takes_value: vLLM's flag
+    takes one value (else it is a switch); same: values asking for aiollm's own behaviour,
+    accepted."""
+
+    names: tuple[str, ...]
+    message: str | Callable[[], str]
+    takes_value: bool = True
+    same: tuple[str, ...] = ()
+
+
+def _no_checkpoint_code() -> str:
+    from aiollm.model.config import SUPPORTED_ARCHITECTURES  # not imported for --help
+
+    return ("aiollm runs no code from a checkpoint: it serves the model types it implements "
+            f"({', '.join(SUPPORTED_ARCHITECTURES)}) with their tokenizer.json; leave the "
+            "flag out")
+
+
+REFUSED = (
+    Refusal(("--gpu-memory-utilization",),
+            "vLLM's share of the whole GPU (weights, activations and KV cache) does not "
+            "convert to aiollm's settings, which size the KV cache alone once the weights "
+            "are loaded: --kv-memory-fraction F gives it F of the GPU memory then free "
+            "(default 0.85), --kv-tokens N exactly N tokens"),
+    Refusal(("--trust-remote-code",), _no_checkpoint_code, takes_value=False),
+    Refusal(("-q", "--quantization"),
+            "quantized checkpoints are not supported: serve float16/bfloat16/float32 "
+            "safetensors, or a GGUF file (dequantized as it loads)"),
+    Refusal(("--kv-cache-dtype",),
+            "the KV cache is kept in the weights' dtype (--dtype); there is no fp8 KV cache",
+            same=("auto",)),
+    Refusal(("-pp", "--pipeline-parallel-size"),
+            "there is no pipeline parallelism: split the model over GPUs with "
+            "--tensor-parallel-size (over nodes too, with --nnodes)", same=("1",)),
+    Refusal(("-dp", "--data-parallel-size"),
+            "there is no data parallelism in one server: run one aiollm server per replica "
+            "behind a load balancer", same=("1",)),
+    Refusal(("--block-size",),
+            "the KV cache is token-level, one slot per token, with no blocks to size; leave "
+            "the flag out", same=("1",)),
+    Refusal(("--swap-space",),
+            "nothing is swapped to the CPU: a request paused for KV memory keeps its tokens "
+            "and is resumed by recomputing its KV", same=("0",)),
+    Refusal(("--cpu-offload-gb",),
+            "weights are never offloaded to the CPU: split a model too large for one GPU "
+            "with --tensor-parallel-size", same=("0",)),
+    Refusal(("--enable-lora",),
+            "LoRA adapters are not supported: serve a checkpoint with the adapter merged "
+            "into its weights", takes_value=False),
+    Refusal(("--lora-modules",),
+            "LoRA adapters are not supported: serve a checkpoint with the adapter merged "
+            "into its weights"),
+    Refusal(("--speculative-config",), "speculative decoding is not supported"),
+    Refusal(("--max-logprobs",),
+            "the most logprobs and prompt_logprobs a request may ask for is fixed at 20",
+            same=("20",)),
+    Refusal(("--no-enable-chunked-prefill",),
+            "prompts are always prefilled in chunks of a step's token budget: to prefill a "
+            "prompt in one step, raise --max-prefill-tokens (--max-num-batched-tokens) to "
+            "--max-model-len", takes_value=False),
+    Refusal(("--enable-log-requests",),
+            "request contents are never logged; --log-level debug logs each HTTP request's "
+            "method and path", takes_value=False),
+    Refusal(("--download-dir",),
+            "models are never downloaded: MODEL is a local directory or .gguf file "
+            "(download it first, e.g. `hf download ID --local-dir DIR`)"),
+    Refusal(("--revision",),
+            "models are never downloaded: MODEL is a local directory or .gguf file "
+            "(download the revision first, e.g. `hf download ID --revision R --local-dir DIR`)"),
+    Refusal(("--tokenizer-mode",),
+            "the tokenizer is the model's tokenizer.json (or the GGUF file's vocabulary), "
+            "with no slow or mistral mode", same=("auto",)),
+)
+
+# vLLM flags that ask for what aiollm always does -> why they change nothing (--help)
+NO_EFFECT = {
+    "--enable-auto-tool-choice": "tool_choice \"auto\" is always served: tool calls are read "
+                                 "by --tool-call-parser, or by the parser the chat template "
+                                 "implies",
+    "--enable-chunked-prefill": "long prompts are always prefilled in chunks, within "
+                                "--max-prefill-tokens a step",
+    "--disable-log-requests": "request contents are never logged",
+    "--no-enable-log-requests": "request contents are never logged",
+    "--no-trust-remote-code": "no code from a checkpoint is ever run",
+    "--disable-custom-all-reduce": "tensor parallelism all-reduces with torch.distributed "
+                                   "(NCCL) only",
+}
+
+_DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them
+_TOOL_CALL_PARSERS = {"llama3_json": "llama3"}  # the same format under vLLM's name
+
+
+def dtype_name(value: str) -> str:
+    """--dtype's value under aiollm's name: vLLM's half is float16, float is float32."""
+    return _DTYPES.get(value, value)
+
+
+def tool_call_parser_name(value: str) -> str:
+    """--tool-call-parser's value under aiollm's name: vLLM's llama3_json is llama3."""
+    return _TOOL_CALL_PARSERS.get(value, value)
+
+
+class _NoEffect(argparse.Action):
+    """A switch that is accepted and sets nothing."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, nargs=0,
+                         default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        pass
+
+
+class _Refuse(argparse.Action):
+    """A refused flag: a usage error naming it, unless its value is one of refusal.same."""
+
+    def __init__(self, option_strings: list[str], dest: str, refusal: Refusal) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS,
+                         nargs=None if refusal.takes_value else 0,
+                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        self.refusal = refusal
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if self.refusal.takes_value and values in self.refusal.same:
+            return
+        message = self.refusal.message
+        raise argparse.ArgumentError(self, message() if callable(message) else message)
+
+
+def add_to(parser: argparse.ArgumentParser) -> None:
+    """Add NO_EFFECT and REFUSED to `parser` (aiollm serve's), in a group of their own."""
+    refused = ", ".join(r.names[-1] for r in REFUSED)
+    group = parser.add_argument_group(
+        "vLLM's flags", "`vllm serve` flags of the same meaning are aliases of aiollm's "
+        "above (--max-num-seqs, --max-num-batched-tokens, --enforce-eager, "
+        "--[no-]enable-prefix-caching, --disable-log-stats, -tp; --dtype half/float, "
+        "--tool-call-parser llama3_json). Those below ask for what aiollm always does and "
+        "change nothing. Refused, each with what to use instead (a value asking for "
+        f"aiollm's own behaviour, such as -pp 1, is taken): {refused}.")
+    for flag, why in NO_EFFECT.items():
+        group.add_argument(flag, action=_NoEffect, help=f"no effect: {why}")
+    for refusal in REFUSED:
+        group.add_argument(*refusal.names, action=_Refuse, refusal=refusal)

@@ -1,0 +1,155 @@
+"""`aiollm serve` given a launch line written for `vllm serve`: flags of the same meaning are
+aliases, flags that ask for what aiollm always does are accepted, and flags aiollm cannot
+honour stop the start with one line naming the flag and what to use instead. Parse-level:
+the parser is called directly, no model loads."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from aiollm.cli import build_parser
+
+VLLM_LINE = ("--max-num-seqs 256 --max-num-batched-tokens 8192 --enforce-eager "
+             "--enable-prefix-caching --enable-auto-tool-choice --tool-call-parser hermes "
+             "--disable-log-requests --tensor-parallel-size 2")
+
+
+def parse(line: str):
+    return build_parser().parse_args(["serve", "M", *line.split()])
+
+
+def options(line: str) -> dict:
+    """What `aiollm serve M line` sets, but the parser it reports errors through."""
+    return {k: v for k, v in vars(parse(line)).items() if k != "command_parser"}
+
+
+def refusal(line: str, capsys) -> str:
+    """The one error line `aiollm serve M line` stops with (argparse exits 2)."""
+    with pytest.raises(SystemExit) as e:
+        parse(line)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("aiollm serve: error: "), err
+    return err[-1]
+
+
+def test_a_vllm_launch_line_parses_to_aiollm_options():
+    args = parse(VLLM_LINE)
+    assert args.max_running_requests == 256
+    assert args.max_prefill_tokens == 8192  # the step's token budget, decodes included
+    assert args.cuda_graph is False
+    assert args.prefix_cache is True
+    assert args.tool_call_parser == "hermes"
+    assert args.tensor_parallel_size == 2
+
+
+@pytest.mark.parametrize("line, dest, value", [
+    ("--max-num-seqs 7", "max_running_requests", 7),
+    ("--max-num-batched-tokens 4096", "max_prefill_tokens", 4096),
+    ("--enforce-eager", "cuda_graph", False),
+    ("--no-enable-prefix-caching", "prefix_cache", False),
+    ("--no-prefix-cache --enable-prefix-caching", "prefix_cache", True),  # the last one wins
+    ("--enable-prefix-caching --no-enable-prefix-caching", "prefix_cache", False),
+    ("--dtype half", "dtype", "float16"),
+    ("--dtype float", "dtype", "float32"),
+    ("--tool-call-parser llama3_json", "tool_call_parser", "llama3"),
+    ("--disable-log-stats", "log_stats", False),
+])
+def test_vllm_names_set_the_aiollm_option_of_the_same_meaning(line, dest, value):
+    assert getattr(parse(line), dest) == value
+
+
+def test_aliases_leave_the_defaults_alone():
+    args = parse("")
+    assert (args.prefix_cache, args.cuda_graph, args.log_stats) == (True, True, True)
+    assert args.dtype == "auto" and args.tool_call_parser is None
+
+
+@pytest.mark.parametrize("line", [
+    "--enable-auto-tool-choice", "--enable-chunked-prefill", "--disable-log-requests",
+    "--no-enable-log-requests", "--no-trust-remote-code", "--disable-custom-all-reduce",
+    # values that ask for what aiollm does anyway
+    "--kv-cache-dtype auto", "--pipeline-parallel-size 1", "-pp 1", "-dp 1",
+    "--data-parallel-size 1", "--block-size 1", "--swap-space 0", "--cpu-offload-gb 0",
+    "--max-logprobs 20", "--tokenizer-mode auto",
+])
+def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
+    assert options(line) == options("")
+
+
+@pytest.mark.parametrize("line, names", [
+    ("--gpu-memory-utilization 0.9", ("--kv-memory-fraction", "--kv-tokens")),
+    ("--trust-remote-code", ("no code", "qwen2")),
+    ("--quantization awq", ("GGUF",)),
+    ("-q fp8", ("GGUF",)),
+    ("--kv-cache-dtype fp8", ("--dtype",)),
+    ("-pp 2", ("--tensor-parallel-size",)),
+    ("--data-parallel-size 2", ("one aiollm server",)),
+    ("--block-size 16", ("token",)),
+    ("--swap-space 4", ("recomput",)),
+    ("--cpu-offload-gb 8", ("--tensor-parallel-size",)),
+    ("--enable-lora", ("merged",)),
+    ("--lora-modules a=/x", ("merged",)),
+    ("--speculative-config {}", ("speculative",)),
+    ("--max-logprobs 50", ("20",)),
+    ("--no-enable-chunked-prefill", ("--max-prefill-tokens",)),
+    ("--enable-log-requests", ("--log-level debug",)),
+    ("--download-dir /d", ("local",)),
+    ("--revision main", ("local",)),
+    ("--tokenizer-mode mistral", ("tokenizer.json",)),
+])
+def test_flags_aiollm_cannot_honour_stop_with_what_to_use_instead(line, names, capsys):
+    flag = line.split()[0]
+    err = refusal(f"--max-num-seqs 4 {line} --port 1", capsys)
+    # argparse names the flag (with its other spelling: -q/--quantization)
+    assert f"argument {flag}" in err or f"/{flag}:" in err or f"{flag}/" in err, err
+    for name in names:
+        assert name in err, (name, err)
+
+
+def test_a_refused_flag_is_named_even_after_unknown_ones(capsys):
+    err = refusal("--gpu-memory-utilization 0.9 --no-such-flag", capsys)
+    assert "--gpu-memory-utilization" in err
+
+
+def test_help_names_the_vllm_flags_by_kind(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--max-num-seqs", "--max-num-batched-tokens", "--enforce-eager",
+                 "--enable-prefix-caching", "--no-enable-prefix-caching",
+                 "--enable-auto-tool-choice", "--disable-log-requests", "--disable-log-stats",
+                 "--gpu-memory-utilization", "--trust-remote-code", "--quantization"):
+        assert flag in out, flag
+    # one default per option, and none that reads as the opposite of the truth
+    assert "(default: None)" not in out and "(default: True)" not in out
+    for line in out.replace("\n", " ").split("  --")[1:]:
+        assert line.count("default") <= 1, line
+    assert "==SUPPRESS==" not in out
+
+
+def test_disable_log_stats_silences_the_periodic_statistics(caplog):
+    """The prefix cache's once-a-minute hit-rate line is aiollm's only periodic statistic;
+    --disable-log-stats turns it off, as vLLM's turns its own off."""
+    from aiollm.cli import configure_logging
+    from aiollm.engine.prefix_cache import PrefixCache
+    from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+
+    stats = logging.getLogger("aiollm.stats")
+    level = stats.level
+    cache = PrefixCache(KVPool(1, 1, 4, 8, dtype=__import__("torch").float32, device="cpu"),
+                        ReqToTokenTable(1, 8, "cpu"), log_every_s=0)
+    try:
+        caplog.set_level(logging.INFO)
+        caplog.clear()
+        configure_logging(parse(""))
+        cache._maybe_log()
+        assert [r.name for r in caplog.records] == ["aiollm.stats"]
+        caplog.clear()
+        configure_logging(parse("--disable-log-stats"))
+        cache._maybe_log()
+        assert caplog.records == []
+    finally:
+        stats.setLevel(level)
