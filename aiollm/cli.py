@@ -45,6 +45,19 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
                              break_on_hyphens=False)
 
 
+class _Model(argparse.Action):
+    """MODEL, given as the positional or as vLLM's --model (`vllm serve --model M`, its
+    api_server's launch line); both may name it, but not two different models, which
+    would serve one of them silently."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        given = getattr(namespace, self.dest, None)
+        if given is not None and given != values:
+            parser.error(f"MODEL and --model name two models ({given!r}, {values!r}): "
+                         "give one")
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = EngineConfig()  # the engine's defaults, shown in --help
     parser = argparse.ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
@@ -56,9 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                        "/v1/chat/completions, /v1/models, /v1/models/{model}, /generate, "
                        "/generate_stream, /health, /healthz, /metrics, /version, /tokenize, "
                        "/detokenize, /flush_cache.")
-    s.add_argument("model", nargs="?", default=None, metavar="MODEL",
+    s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
+    s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=_Model,
+                   metavar="MODEL",
                    help="a Hugging Face model directory or a .gguf file "
                         "(default: the bundled SmolLM2-135M-Instruct)")
+    s.add_argument("--model", dest="model", default=argparse.SUPPRESS, action=_Model,
+                   metavar="MODEL", help="MODEL given as a flag (vLLM's --model)")
     net = s.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on")
     net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")

@@ -2,9 +2,10 @@
 asked or stops at once saying why (argparse's "unrecognized arguments" said neither).
 
 Flags whose meaning aiollm has under its own name are aliases where cli.py defines that name
-(--max-num-seqs, --max-num-batched-tokens, --enforce-eager, --[no-]enable-prefix-caching,
---disable-log-stats, -tp), and so are vLLM's values of a choice (`dtype_name`,
-`tool_call_parser_name`). This module adds the rest to the serve parser (`add_to`):
+(--model, --max-num-seqs, --max-num-batched-tokens, --enforce-eager,
+--[no-]enable-prefix-caching, --disable-log-stats, -tp), and so are vLLM's values of a
+choice (`dtype_name`, `tool_call_parser_name`). This module adds the rest to the serve
+parser (`add_to`):
 
 - NO_EFFECT: flags asking for what aiollm always does; accepted, each listed in --help
   saying so;
@@ -161,7 +162,7 @@ def add_to(parser: argparse.ArgumentParser) -> None:
     refused = ", ".join(r.names[-1] for r in REFUSED)
     group = parser.add_argument_group(
         "vLLM's flags", "`vllm serve` flags of the same meaning are aliases of aiollm's "
-        "above (--max-num-seqs, --max-num-batched-tokens, --enforce-eager, "
+        "above (--model, --max-num-seqs, --max-num-batched-tokens, --enforce-eager, "
         "--[no-]enable-prefix-caching, --disable-log-stats, -tp; --dtype half/float, "
         "--tool-call-parser llama3_json). Those below ask for what aiollm always does and "
         "change nothing. Refused, each with what to use instead (a value asking for "

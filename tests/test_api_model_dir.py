@@ -178,3 +178,21 @@ def test_echo_is_the_prompt_as_sent_under_a_start_token(bos_server, body):
                 assert lp["tokens"][:3] == (["", START, "Hello"] if isinstance(prompt, str)
                                             else [START, "Hello"] + lp["tokens"][2:3]), lp
                 assert "".join(lp["tokens"]) == text, lp
+
+
+@pytest.mark.parametrize("keep", [-1, 2, 1], ids=["context", "all", "cut"])
+@pytest.mark.parametrize("body", [{"max_tokens": 0}, {"max_tokens": 0, "logprobs": 1},
+                                  {"max_tokens": 2, "logprobs": 1, "temperature": 0}],
+                         ids=["echo", "scored", "continued"])
+def test_echo_of_a_truncated_prompt_leaves_out_the_added_start_token(bos_server, body, keep):
+    """truncate_prompt_tokens that keeps the tokenizer's start token (-1, or as many tokens
+    as the prompt has) echoes the prompt as without truncation: it echoed
+    "<|endoftext|>Hello" while its logprobs' tokens gave the start token "" (they no longer
+    joined to the text). A cut that drops the start token echoes the tokens kept."""
+    body = {**body, "prompt": "Hello", "echo": True, "truncate_prompt_tokens": keep}
+    usage = _post(bos_server, "/v1/completions", body)["usage"]
+    assert usage["prompt_tokens"] == (1 if keep == 1 else 2), usage
+    for text, lp in _echo(bos_server, body):
+        assert text.startswith("Hello") and START not in text, text
+        if lp is not None:
+            assert "".join(lp["tokens"]) == text, lp

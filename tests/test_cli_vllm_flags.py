@@ -153,3 +153,26 @@ def test_disable_log_stats_silences_the_periodic_statistics(caplog):
         assert caplog.records == []
     finally:
         stats.setLevel(level)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--model", "M"],  # vLLM's `vllm serve --model M` and its api_server's launch line
+    ["--model=M"],
+    ["M", "--model", "M"],  # the same model twice is that model
+    ["--model", "M", "M"],
+])
+def test_model_flag_names_the_model_as_the_positional_does(argv):
+    assert build_parser().parse_args(["serve", *argv]).model == "M"
+
+
+@pytest.mark.parametrize("argv", [["A", "--model", "B"], ["--model", "B", "A"]])
+def test_two_different_models_are_refused_naming_both(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["serve", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--model" in err and "'A'" in err and "'B'" in err, err
+
+
+def test_no_model_is_the_default_model():
+    assert build_parser().parse_args(["serve"]).model is None

@@ -233,3 +233,18 @@ def test_a_template_that_does_not_compile_is_a_server_error(broken_server):
                           json={"prompt": "Hi", "max_tokens": 1})
     assert status == 200, raw
     broken_server.wait_idle()
+
+
+def test_a_chat_template_without_jinja_tags_is_refused(llm, tmp_path):
+    """A chat_template with no {{ }} or {% %} renders the same text for every conversation,
+    its messages unread: LLM.chat(chat_template="templates/chatml.jinja") (a path, which
+    LLM.chat takes as the template's text, as vLLM's does) made every prompt that path.
+    It is a ValueError naming chat_template, as is such a --chat-template file."""
+    with pytest.raises(ValueError, match="no Jinja tag") as e:
+        llm.chat(HI, SamplingParams(max_tokens=1), False,
+                 chat_template=str(tmp_path / "chatml.jinja"))
+    assert e.value.param == "chat_template"
+    path = tmp_path / "plain.jinja"
+    path.write_text("You are a helpful assistant.\n")
+    with pytest.raises(ValueError, match=f"chat_template file {path} has no Jinja tag"):
+        EngineConfig(chat_template=str(path))

@@ -68,8 +68,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     echo = []  # each choice's echoed prompt: text and its tokens' texts
     for p, ids in zip(prompts, prompt_ids):
         pieces = await _echo_pieces(st, vocab, p, ids) if echo_scores else None
-        # a truncated prompt is echoed as the model saw it
-        text = _echo_text(st, ids if keep else p) if req.echo else ""
+        text = await _echo_text(st, p, ids if keep else None) if req.echo else ""
         echo += [(text, pieces)] * req.n
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": st.model_name,
@@ -151,10 +150,18 @@ def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *a
         return stream(*args)
 
 
-def _echo_text(st: ApiState, prompt: str | list[int]) -> str:
+async def _echo_text(st: ApiState, prompt: str | list[int], kept: list[int] | None) -> str:
     """The echoed prompt, as vLLM echoes it: a text prompt as the client sent it (without
     a start token the tokenizer added), token ids decoded (special tokens kept: the client
-    sent them)."""
+    sent them). A prompt truncated to its `kept` tokens (truncate_prompt_tokens) is echoed
+    as the model saw it: those tokens decoded, or the text as sent where the cut left all of
+    its own tokens (-1, or as many as it has), so a kept start token is not echoed either."""
+    if kept is not None:
+        written = (await st.tokenize(prompt, add_special_tokens=False)
+                   if isinstance(prompt, str) else None)
+        if written is None or not any(kept[k:k + len(written)] == written
+                                      for k in range(len(kept) - len(written) + 1)):
+            return st.engine.tokenizer.decode(kept)
     return prompt if isinstance(prompt, str) else st.engine.tokenizer.decode(prompt)
 
 

@@ -99,7 +99,8 @@ class TemplateOptions:
 
 def check_template_source(source: Any) -> None:
     """Raise InvalidRequest naming chat_template unless `source` is a Jinja chat template
-    that compiles (as transformers compiles templates: the same sandbox and extensions)."""
+    that compiles (as transformers compiles templates: the same sandbox and extensions) and
+    has a tag (one without renders no message)."""
     from jinja2 import TemplateError
 
     from aiollm.model.serving_tokenizer import compile_chat_template
@@ -108,6 +109,11 @@ def check_template_source(source: Any) -> None:
         raise InvalidRequest("chat_template must be a Jinja template (a non-empty string; "
                              f"None: the tokenizer's own), got {source!r:.80}",
                              param="chat_template")
+    if "{{" not in source and "{%" not in source:  # a file's path given as the template
+        raise InvalidRequest(f"chat_template has no Jinja tag ({{{{ }}}} or {{% %}}), so it "
+                             "would render the same text for every conversation, its "
+                             f"messages unread (a file's path, not its text?): got "
+                             f"{source!r:.80}", param="chat_template")
     try:
         compile_chat_template(source)
     except TemplateError as e:
