@@ -58,6 +58,18 @@ class _Model(argparse.Action):
         setattr(namespace, self.dest, values)
 
 
+class _Alias(argparse._StoreAction):
+    """A flag with two spellings (aiollm's and vLLM's or SGLang's): stores its value as
+    `store` does and records the spelling typed, so that a check after parsing names the
+    flag the user wrote (`--max-num-seqs 0`), not aiollm's own."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        typed = dict(getattr(namespace, "flags_typed", {}))
+        typed[self.dest] = option_string
+        namespace.flags_typed = typed
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = EngineConfig()  # the engine's defaults, shown in --help
     parser = argparse.ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
@@ -155,10 +167,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the CPU: 4 full contexts of --max-model-len, at most 65536)")
     e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
                    help="fraction of free GPU memory after loading to give the KV cache")
-    e.add_argument("--max-running-requests", "--max-num-seqs", type=int, metavar="N",
+    e.add_argument("--max-running-requests", "--max-num-seqs", type=int, action=_Alias,
+                   metavar="N",
                    default=d.max_running_requests,
                    help="most requests admitted at once (prefilling or decoding)")
-    e.add_argument("--max-prefill-tokens", "--max-num-batched-tokens", type=int, metavar="N",
+    e.add_argument("--max-prefill-tokens", "--max-num-batched-tokens", type=int, action=_Alias,
+                   metavar="N",
                    default=d.max_prefill_tokens,
                    help="token budget of one step (prefill chunks + decodes)")
     e.add_argument("--mixed-prefill-tokens", type=int, default=d.mixed_prefill_tokens,
@@ -192,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--no-cuda-graph", "--enforce-eager", dest="cuda_graph", action="store_false",
                    help="run every step eagerly: no decode CUDA graphs, no graph segments "
                         "for prompt steps")
-    e.add_argument("--cuda-graph-max-batch", "--cuda-graph-max-bs", type=int,
+    e.add_argument("--cuda-graph-max-batch", "--cuda-graph-max-bs", type=int, action=_Alias,
                    default=d.cuda_graph_max_batch,
                    help="largest decode batch captured as a CUDA graph (larger ones run "
                         "eagerly; SGLang's --cuda-graph-max-bs)")
@@ -208,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse the KV of prefixes seen before, as without --no-prefix-cache "
                         "(the last of the two given counts)")
     tp = s.add_argument_group("tensor parallelism")
-    tp.add_argument("-tp", "--tensor-parallel-size", type=int, default=d.tensor_parallel_size,
+    tp.add_argument("-tp", "--tensor-parallel-size", type=int, action=_Alias,
+                    default=d.tensor_parallel_size,
                     help="split the model over N ranks (one per GPU; gloo ranks on --device cpu)")
     tp.add_argument("--nnodes", type=int, default=d.nnodes,
                     help="nodes the ranks are spread over (tensor parallel size / nnodes each)")
@@ -272,11 +287,15 @@ def _cors(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CorsOpti
         parser.error(f"argument --allowed-origins: {e}")
 
 
-def _naming_flag(message: str) -> str:
+def _naming_flag(message: str, args: argparse.Namespace) -> str:
     """EngineConfig's message about an option ("table_capacity must be ...") led by the
-    option's flag, as argparse names the flag of a value it refuses."""
+    option's flag as the user typed it (an alias's spelling too), as argparse names the
+    flag of a value it refuses."""
     name = next((n for n in _ENGINE_OPTIONS if message.startswith(n + " ")), None)
-    return f"argument --{name.replace('_', '-')}: {message}" if name else message
+    if name is None:
+        return message
+    flag = getattr(args, "flags_typed", {}).get(name) or "--" + name.replace("_", "-")
+    return f"argument {flag}: {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,7 +320,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     try:
         EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading
     except ValueError as e:
-        parser.error(_naming_flag(str(e)))
+        parser.error(_naming_flag(str(e), args))
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if args.tokenizer is not None:  # else found only once the weights have loaded

@@ -176,3 +176,22 @@ def test_two_different_models_are_refused_naming_both(argv, capsys):
 
 def test_no_model_is_the_default_model():
     assert build_parser().parse_args(["serve"]).model is None
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--max-num-seqs", "0"], "--max-num-seqs"),
+    (["--max-running-requests", "0"], "--max-running-requests"),
+    (["--max-num-batched-tokens", "0"], "--max-num-batched-tokens"),
+    (["--cuda-graph-max-bs", "0"], "--cuda-graph-max-bs"),
+    (["-tp", "0"], "-tp"),
+])
+def test_a_bad_value_of_an_alias_names_the_spelling_typed(argv, flag, capsys):
+    """`--max-num-seqs 0` was reported as "argument --max-running-requests: ...", a flag
+    the user of a vLLM launch line never wrote."""
+    from aiollm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"aiollm serve: error: argument {flag}: "), err
