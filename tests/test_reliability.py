@@ -429,6 +429,10 @@ WRONG_TYPES = [
         "stream_options.include_usage",
         "stream_options.include_usage: expected a boolean, got an integer"),
     bad("body-array", C, raw(b"[]"), 400, None, "request body: expected an object, got an array"),
+    # OpenAI's end-user identifier: a string; 5 was taken with 200, OpenAI answers 400
+    bad("user-number", C, prompt(user=5), 400, "user", "user: expected a string, got an integer"),
+    bad("chat-user-object", CH, chat(user={"id": "u1"}), 400, "user",
+        "user: expected a string, got an object"),
     bad("second-content-number", CH, chat(messages=[*MSGS, {"role": "user", "content": 3}]),
         400, "messages[1].content",
         "messages[1].content: expected a string or an array, got an integer"),

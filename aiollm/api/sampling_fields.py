@@ -68,6 +68,9 @@ class SamplingFields(Struct, kw_only=True):
     bad_words: list[str] | None = None
     # vLLM's: only the prompt's last k tokens (-1: the context's length); kept_prompt_tokens
     truncate_prompt_tokens: int | None = None
+    # OpenAI's end-user identifier: nothing is done with it, but it is a string there and
+    # another type is a 400, as OpenAI answers
+    user: str | None = None
     # vLLM's, not served (_VLLM_UNSERVED)
     use_beam_search: Any = None
     length_penalty: Any = None
