@@ -509,3 +509,31 @@ def test_dummy_weights_with_a_damaged_tokenizer_name_it(tmp_path):
 
     with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {tmp_path}"):
         asyncio.run(start())
+
+
+def test_a_damaged_tokenizer_of_a_model_directory_fails_before_the_weights_load(copy,
+                                                                                monkeypatch):
+    """A model directory whose tokenizer.json is present but unreadable passed the early
+    check (the file exists) and failed only once all its weights had loaded: the Engine
+    loads the tokenizer first."""
+    import asyncio
+
+    import aiollm.model
+    from aiollm import Engine
+    from aiollm.model import load_tokenizer
+
+    path, _ = copy
+    load_tokenizer(None).save_pretrained(str(path))
+    (path / "tokenizer.json").write_text("{not json")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the weights were loaded before the tokenizer was read")
+
+    monkeypatch.setattr(aiollm.model, "load_model", no_load)
+
+    async def start():
+        async with Engine(str(path), kv_tokens=256):
+            pass
+
+    with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {path}"):
+        asyncio.run(start())

@@ -127,23 +127,29 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     from aiollm.model import load_model
 
     dtype = resolve_dtype(cfg.dtype, device)
+    t0 = time.monotonic()
+    # the tokenizer before the weights where it is known (seconds at most): a missing or
+    # damaged one fails in a moment, not after minutes of loading
+    tokenizer = None
     if cfg.tokenizer is not None:
         try:
             check_tokenizer_path(cfg.tokenizer)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"tokenizer path {e}") from None  # not the model's
+        tokenizer = tokenizer_for(cfg, cfg.tokenizer)
     elif (cfg.model is not None and cfg.load_format != "dummy"
           and os.path.isdir(os.path.expanduser(cfg.model))):
-        try:  # a directory without one was refused only once its weights had loaded
+        try:
             check_tokenizer_path(cfg.model)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"model path {e}; give one with --tokenizer") from None
+        tokenizer = tokenizer_for(cfg, os.path.expanduser(cfg.model))
     # before the weights: a bad value in the file fails in a moment, not after minutes
     defaults = sampling_defaults(cfg.generation_config, cfg.model or "")
-    t0 = time.monotonic()
     loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
                         max_model_len=cfg.max_model_len)
-    tokenizer = tokenizer_for(cfg, loaded.path)
+    if tokenizer is None:  # the default model's, a .gguf file's, dummy weights'
+        tokenizer = tokenizer_for(cfg, loaded.path)
     if cfg.chat_template is not None:  # every chat renders with it (checked: it compiles)
         tokenizer.chat_template = cfg.chat_template
         log.info("chats are rendered with the chat template given (chat_template, "
