@@ -91,8 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     net = s.add_argument_group("server")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on")
     net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
-    net.add_argument("--served-model-name", default=None,
-                     help="the model name clients send and see (default: the model's name)")
+    net.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
+                     help="the model name clients send and see (default: the model's name); "
+                          "several, as in vLLM: responses report the first, requests may "
+                          "send any, /v1/models lists all")
     net.add_argument("--tool-call-parser", default=None, choices=list(TOOL_CALL_PARSERS),
                      type=vllm_flags.tool_call_parser_name,
                      help="the format of the model's tool calls (vLLM's llama3_json: llama3; "
@@ -298,6 +300,21 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     return f"argument {flag}: {message}"
 
 
+def _check_served_names(parser: argparse.ArgumentParser, model: str | None,
+                        names: list[str]) -> None:
+    """--served-model-name's names: none empty (EngineConfig checks the first), and not a
+    MODEL taken for a name: the flag takes every word after it, so `--served-model-name A
+    DIR` read DIR as a second name and served the default model under both."""
+    for name in names[1:]:
+        if not name.strip():
+            parser.error(f"argument --served-model-name: a name must not be empty, got "
+                         f"{name!r}")
+    if model is None and len(names) > 1:
+        parser.error(f"argument --served-model-name: it takes every word after it, so "
+                     f"{names[-1]!r} was read as a name and no MODEL was given: put MODEL "
+                     "before the flag or give it with --model")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -316,11 +333,14 @@ def configure_logging(args: argparse.Namespace) -> None:
 
 def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     configure_logging(args)
+    names = args.served_model_name or []
     options = {name: getattr(args, name) for name in _ENGINE_OPTIONS}
+    options["served_model_name"] = names[0] if names else None  # the name reported
     try:
         EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading
     except ValueError as e:
         parser.error(_naming_flag(str(e), args))
+    _check_served_names(parser, args.model, names)
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if args.tokenizer is not None:  # else found only once the weights have loaded
@@ -365,7 +385,7 @@ def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         cors = _cors(parser, args)
         app = create_app(Engine(args.model, **options), api_key=api_key or None,
-                         served_model_name=args.served_model_name,
+                         served_model_name=names or None,
                          shutdown_timeout=args.shutdown_timeout, cors=cors)
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist

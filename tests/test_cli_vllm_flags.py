@@ -195,3 +195,31 @@ def test_a_bad_value_of_an_alias_names_the_spelling_typed(argv, flag, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"aiollm serve: error: argument {flag}: "), err
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["M", "--served-model-name", "a", "b"], ["a", "b"]),
+    (["--served-model-name", "a", "b", "--model", "M"], ["a", "b"]),
+    (["--served-model-name", "a"], ["a"]),
+])
+def test_served_model_name_takes_several_names_as_vllm_does(argv, names):
+    """`--served-model-name a b` stopped with "unrecognized arguments: b"."""
+    assert build_parser().parse_args(["serve", *argv]).served_model_name == names
+
+
+@pytest.mark.parametrize("argv, says", [
+    # the flag takes every word after it: a MODEL there was read as a name, and the default
+    # model would have been served under both
+    (["--served-model-name", "a", "/models/qwen"], "'/models/qwen' was read as a name and no "
+                                                   "MODEL was given"),
+    (["M", "--served-model-name", "a", " "], "a name must not be empty"),
+])
+def test_served_names_that_cannot_be_meant_are_usage_errors(argv, says, capsys):
+    from aiollm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("aiollm serve: error: argument --served-model-name: "), err
+    assert says in err, err

@@ -16,21 +16,27 @@ from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
 
 
-def _model_card(st: ApiState) -> dict:
-    return {"id": st.model_name, "object": "model", "created": st.created, "owned_by": "aiollm",
+def _model_card(st: ApiState, name: str) -> dict:
+    return {"id": name, "object": "model", "created": st.created, "owned_by": "aiollm",
             "max_model_len": st.engine.max_model_len}
 
 
 async def list_models(request: web.Request) -> web.Response:
-    return json_response({"object": "list", "data": [_model_card(state(request))]})
+    """GET /v1/models: a card for each name the model is served under (as vLLM lists each
+    of --served-model-name's names)."""
+    st = state(request)
+    cards = [_model_card(st, name) for name in st.model_names]
+    return json_response({"object": "list", "data": cards})
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
-    """GET /v1/models/{model} (the openai client's models.retrieve): the served model's card,
-    404 model_not_found for any other name (which may hold slashes, as HF names do)."""
+    """GET /v1/models/{model} (the openai client's models.retrieve): the served model's card
+    under the name asked for, 404 model_not_found for any other name (which may hold
+    slashes, as HF names do)."""
     st = state(request)
-    st.check_model(request.match_info["model"])
-    return json_response(_model_card(st))
+    name = request.match_info["model"]
+    st.check_model(name)
+    return json_response(_model_card(st, name))
 
 
 ROUTES = [

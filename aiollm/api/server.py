@@ -16,7 +16,7 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
@@ -48,20 +48,24 @@ OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/metrics"
 
 
 def create_app(engine: Engine, *, api_key: str | None = None,
-               served_model_name: str | None = None, shutdown_timeout: float = 30.0,
-               max_body_bytes: int = MAX_BODY_BYTES,
+               served_model_name: str | Sequence[str] | None = None,
+               shutdown_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES,
                cors: CorsOptions | None = None) -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
     may call it from other origins only as `cors` allows (None: from none, CORS off).
     Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
-    bodies' content codings itself."""
+    bodies' content codings itself. served_model_name: the model's name in the API, or
+    several (vLLM's --served-model-name A B): the first is reported, each is accepted as a
+    request's model and listed by /v1/models; None: the engine's model name."""
     middlewares = [error_middleware]
     allowed = _key_check(api_key) if api_key else None
     if allowed is not None:
         middlewares.append(_auth_middleware(allowed))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
-    app[STATE] = ApiState(engine=engine, served_model_name=served_model_name,
-                          shutdown_timeout=shutdown_timeout, created=int(time.time()))
+    names = ((served_model_name,) if isinstance(served_model_name, str)
+             else tuple(served_model_name or ()))
+    app[STATE] = ApiState(engine=engine, served_model_name=names[0] if names else None,
+                          aliases=names[1:], shutdown_timeout=shutdown_timeout, created=int(time.time()))
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES,
                                         expect_handler=_expect_handler(allowed)))
     if cors is not None:
@@ -265,7 +269,8 @@ async def _check_bindable(host: str, port: int) -> None:
 
 
 def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, *,
-               api_key: str | None = None, served_model_name: str | None = None,
+               api_key: str | None = None,
+               served_model_name: str | Sequence[str] | None = None,
                shutdown_timeout: float = 30.0, cors: CorsOptions | None = None) -> None:
     """Serve `engine` on uvloop until SIGINT/SIGTERM."""
     import uvloop

@@ -28,6 +28,9 @@ class ApiState:
     served_model_name: str | None  # None: the engine's model name (known once it is loaded)
     shutdown_timeout: float
     created: int  # unix time the app was made: /v1/models reports it
+    # the model's other names (vLLM's --served-model-name A B: B): a request may name the
+    # model by one of them and /v1/models lists them, but responses report model_name
+    aliases: tuple[str, ...] = ()
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
@@ -52,13 +55,19 @@ class ApiState:
             self._fingerprint = "fp_" + hashlib.sha256(what.encode()).hexdigest()[:10]
         return self._fingerprint
 
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Every name the model is served under, the reported one first."""
+        return (self.model_name, *self.aliases)
+
     def check_model(self, name: str | None) -> None:
-        """A request's `model` is only ever matched against the served name, never opened.
+        """A request's `model` is only ever matched against the served names, never opened.
         None (absent or null) and "" mean the served model, as in vLLM: clients with no model
         configured send "" (the one model there is is what they want)."""
-        if name and name != self.model_name:
+        if name and name not in self.model_names:
+            served = ", ".join(repr(n) for n in self.model_names)
             raise ApiError(404, f"model {name!r} does not exist; this server serves "
-                                f"{self.model_name!r}", param="model", code="model_not_found")
+                                f"{served}", param="model", code="model_not_found")
 
     def check_choices(self, count: int, param: str) -> None:
         """A request's `count` engine requests (its choices: prompts x n) all enter the queue,

@@ -1,0 +1,48 @@
+"""A model served under several names (vLLM's `--served-model-name A B`): responses report the
+first, requests may name any, /v1/models lists each. An app around a tiny random-weight model,
+served in-process."""
+
+from __future__ import annotations
+
+import pytest
+from test_api_ops import serve_tiny
+from transformers import LlamaConfig
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    """A config-only Llama with the default tokenizer's vocabulary (a chat prompt's ids)."""
+    path = tmp_path_factory.mktemp("tiny-named")
+    LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2, num_key_value_heads=1,
+                max_position_embeddings=256).save_pretrained(path)
+    return str(path)
+
+
+def test_every_name_is_served_and_the_first_reported(tiny):
+    async def check(client, engine):
+        listed = await (await client.get("/v1/models")).json()
+        assert [card["id"] for card in listed["data"]] == ["gpt-4-0613", "gpt-4"]
+        card = await client.get("/v1/models/gpt-4")
+        assert card.status == 200 and (await card.json())["id"] == "gpt-4"
+        for path, body in (("/v1/completions", {"prompt": "hi"}),
+                           ("/v1/chat/completions", {"messages": HI})):
+            for name in ("gpt-4", "gpt-4-0613"):
+                resp = await client.post(path, json={**body, "model": name, "max_tokens": 1})
+                assert resp.status == 200, await resp.text()
+                assert (await resp.json())["model"] == "gpt-4-0613"
+            other = await client.post(path, json={**body, "model": "gpt-5", "max_tokens": 1})
+            err = (await other.json())["error"]
+            assert other.status == 404 and err["param"] == "model", err
+            assert "'gpt-4-0613', 'gpt-4'" in err["message"], err
+    serve_tiny(tiny, check, served_model_name=["gpt-4-0613", "gpt-4"])
+
+
+def test_one_name_is_served_as_before(tiny):
+    async def check(client, engine):
+        listed = await (await client.get("/v1/models")).json()
+        assert [card["id"] for card in listed["data"]] == ["m"]
+        assert (await client.get("/v1/models/gpt-4")).status == 404
+    serve_tiny(tiny, check, served_model_name="m")
