@@ -63,9 +63,10 @@ def create_app(engine: Engine, *, api_key: str | None = None,
         middlewares.append(_auth_middleware(allowed))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     names = ((served_model_name,) if isinstance(served_model_name, str)
-             else tuple(served_model_name or ()))
+             else tuple(dict.fromkeys(served_model_name or ())))  # each once, in order
     app[STATE] = ApiState(engine=engine, served_model_name=names[0] if names else None,
-                          aliases=names[1:], shutdown_timeout=shutdown_timeout, created=int(time.time()))
+                          aliases=names[1:], shutdown_timeout=shutdown_timeout,
+                          created=int(time.time()))
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES,
                                         expect_handler=_expect_handler(allowed)))
     if cors is not None:
