@@ -40,9 +40,10 @@ def test_every_name_is_served_and_the_first_reported(tiny):
     serve_tiny(tiny, check, served_model_name=["gpt-4-0613", "gpt-4"])
 
 
-def test_one_name_is_served_as_before(tiny):
+@pytest.mark.parametrize("names", ["m", ["m"], ["m", "m"]])  # a name given twice: one card
+def test_one_name_is_served_as_before(tiny, names):
     async def check(client, engine):
         listed = await (await client.get("/v1/models")).json()
         assert [card["id"] for card in listed["data"]] == ["m"]
         assert (await client.get("/v1/models/gpt-4")).status == 404
-    serve_tiny(tiny, check, served_model_name="m")
+    serve_tiny(tiny, check, served_model_name=names)
