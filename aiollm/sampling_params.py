@@ -84,6 +84,16 @@ class GrammarSpec:
                                  f"{type(self.value).__name__}", param=self.param)
 
 
+def check_truncate_prompt_tokens(t: object) -> None:
+    """Raise InvalidRequest naming truncate_prompt_tokens unless it is None, -1 (the
+    model's context length) or an integer >= 1 (the prompt's last tokens kept), as vLLM
+    takes it; the bound by the context is the engine's (submission.kept_prompt_tokens)."""
+    if t is not None and (not is_int(t) or not (t == -1 or 1 <= t < 2**31)):
+        raise InvalidRequest("truncate_prompt_tokens must be None, -1 (the model's context "
+                             "length) or an integer >= 1 (the prompt tokens kept, its last), "
+                             f"got {t!r}", param="truncate_prompt_tokens")
+
+
 @dataclass(slots=True)
 class Constraint:
     """What SamplingParams carries: any of a grammar, allowed token ids, logit biases."""
@@ -91,16 +101,6 @@ class Constraint:
     grammar: GrammarSpec | None = None
     allowed_token_ids: list[int] | None = None
     logit_bias: dict[int, float] | None = None
-    # vLLM's: False gives token ids only (text "", no token texts); stop strings need text
-    detokenize: bool = True
-    # vLLM's: words never generated. Each is tokenized as it is and after a space; a word's
-    # last token is banned wherever the output's last tokens are the rest of it
-    bad_words: list[str] | None = None
-    # vLLM's: keep only the prompt's last k tokens (-1: the model's context length)
-    truncate_prompt_tokens: int | None = None
-    # vLLM's per-request logits processors, which vLLM's V1 engine refuses too: only None
-    # or an empty list is taken
-    logits_processors: list | None = None
 
     def __post_init__(self) -> None:
         # ids from an array (list(np.flatnonzero(mask))) as SamplingParams takes stop ids: the
@@ -291,10 +291,7 @@ class SamplingParams:
             if len(w) > MAX_BAD_WORD_CHARS:
                 raise InvalidRequest(f"bad_words[{i}] has {len(w)} characters, more than the "
                                      f"{MAX_BAD_WORD_CHARS} allowed", param="bad_words")
-        t = self.truncate_prompt_tokens
-        if t is not None and (not is_int(t) or not (t == -1 or 1 <= t < 2**31)):
-            raise bad("truncate_prompt_tokens", "must be None, -1 (the model's context "
-                      "length) or an integer >= 1 (the prompt tokens kept, its last)")
+        check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         if self.logits_processors:
             raise InvalidRequest(
                 "logits_processors are not supported: per-request Python logits processors "

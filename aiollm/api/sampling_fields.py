@@ -103,13 +103,8 @@ class SamplingFields(Struct, kw_only=True):
     def kept_prompt_tokens(self, max_model_len: int) -> int | None:
         """How many of the prompt's last tokens are kept (None: all), from
         truncate_prompt_tokens; InvalidRequest naming it for a value other than -1 or
-        1 to max_model_len."""
-        t = self.truncate_prompt_tokens
-        if t is not None and t != -1 and t < 1:
-            raise InvalidRequest(f"truncate_prompt_tokens must be -1 (the context's length) or "
-                                 f"an integer >= 1 (the prompt tokens kept, its last), got {t}",
-                                 param="truncate_prompt_tokens")
-        return kept_prompt_tokens(t, max_model_len)
+        1 to max_model_len (submission.kept_prompt_tokens)."""
+        return kept_prompt_tokens(self.truncate_prompt_tokens, max_model_len)
 
     def constraint(self) -> Constraint | None:
         fields = {f: getattr(self, f) for f in ("guided_json", "guided_regex", "guided_choice",

@@ -23,7 +23,7 @@ from aiollm.engine.request import Request
 from aiollm.errors import CONTEXT_LENGTH_EXCEEDED, InvalidRequest, Overloaded
 from aiollm.model.sampler import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
-from aiollm.sampling_params import SamplingParams, is_int
+from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
 
 Prompt = str | Sequence[int] | dict  # a dict: vLLM's {"prompt"} or {"prompt_token_ids"}
 R = TypeVar("R")
@@ -121,7 +121,9 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
 def kept_prompt_tokens(truncate_prompt_tokens: int | None, max_model_len: int) -> int | None:
     """How many of a prompt's last tokens SamplingParams.truncate_prompt_tokens keeps
     (None: all; -1: the context length), as vLLM reads it. Raises InvalidRequest naming
-    truncate_prompt_tokens when it is past the context, as vLLM refuses it."""
+    truncate_prompt_tokens when it is no such value (check_truncate_prompt_tokens) or past
+    the context, as vLLM refuses it."""
+    check_truncate_prompt_tokens(truncate_prompt_tokens)
     if truncate_prompt_tokens == -1:
         return max_model_len
     if truncate_prompt_tokens is not None and truncate_prompt_tokens > max_model_len:
