@@ -67,8 +67,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     vocab = await st.token_bytes() if req.logprobs is not None or scoring is not None else None
     echo = []  # each choice's echoed prompt: text and its tokens' texts
     for p, ids in zip(prompts, prompt_ids):
-        pieces = await _echo_pieces(st, vocab, p, ids) if echo_scores else None
-        text = await _echo_text(st, p, ids if keep else None) if req.echo else ""
+        own = await _own_tokens(st, p, ids) if echo_scores or req.echo and keep else None
+        pieces = _echo_pieces(vocab, ids, own) if echo_scores else None
+        text = _echo_text(st, p, ids if keep else None, own) if req.echo else ""
         echo += [(text, pieces)] * req.n
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
             "created": int(time.time()), "model": st.model_name,
@@ -150,37 +151,41 @@ def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *a
         return stream(*args)
 
 
-async def _echo_text(st: ApiState, prompt: str | list[int], kept: list[int] | None) -> str:
+async def _own_tokens(st: ApiState, prompt: str | list[int], ids: list[int]) -> range | None:
+    """Where a text prompt's own tokens (its text tokenized without special tokens) stand in
+    its `ids`: the tokens around them are those the tokenizer added (a start token: <s>,
+    <|begin_of_text|>); one the client wrote in its text is its own. None for token ids, or
+    where `ids` do not hold them whole (a truncation cut into them)."""
+    if not isinstance(prompt, str):
+        return None
+    written = await st.tokenize(prompt, add_special_tokens=False)
+    n = len(written)
+    k = next((k for k in range(len(ids) - n + 1) if ids[k:k + n] == written), None)
+    return None if k is None else range(k, k + n)
+
+
+def _echo_text(st: ApiState, prompt: str | list[int], kept: list[int] | None,
+               own: range | None) -> str:
     """The echoed prompt, as vLLM echoes it: a text prompt as the client sent it (without
     a start token the tokenizer added), token ids decoded (special tokens kept: the client
     sent them). A prompt truncated to its `kept` tokens (truncate_prompt_tokens) is echoed
     as the model saw it: those tokens decoded, or the text as sent where the cut left all of
-    its own tokens (-1, or as many as it has), so a kept start token is not echoed either."""
-    if kept is not None:
-        written = (await st.tokenize(prompt, add_special_tokens=False)
-                   if isinstance(prompt, str) else None)
-        if written is None or not any(kept[k:k + len(written)] == written
-                                      for k in range(len(kept) - len(written) + 1)):
-            return st.engine.tokenizer.decode(kept)
+    its `own` tokens (-1, or as many as it has), so a kept start token is not echoed either."""
+    if kept is not None and own is None:
+        return st.engine.tokenizer.decode(kept)
     return prompt if isinstance(prompt, str) else st.engine.tokenizer.decode(prompt)
 
 
-async def _echo_pieces(st: ApiState, vocab: TokenBytes, prompt: str | list[int],
-                       ids: list[int]) -> list[str]:
+def _echo_pieces(vocab: TokenBytes, ids: list[int], own: range | None) -> list[str]:
     """Each prompt token's text in the echo's logprobs, one per token of `ids` (what usage
     counts and the model scored): its share of the text (TokenBytes.pieces), and "" for a
-    token the tokenizer added around a text prompt (a start token: <s>, <|begin_of_text|>),
-    which stands for none of the echoed text (_echo_text), so the tokens still join to
-    it and text_offset indexes it. The added tokens are those around the prompt's tokens
-    without special tokens; one the client wrote in its text is its own."""
+    token outside the prompt's `own` ones (_own_tokens: one the tokenizer added), which
+    stands for none of the echoed text (_echo_text), so the tokens still join to it and
+    text_offset indexes it."""
     pieces = vocab.pieces(ids)
-    if isinstance(prompt, str):
-        written = await st.tokenize(prompt, add_special_tokens=False)
-        extra = len(ids) - len(written)
-        start = next((k for k in range(extra + 1) if ids[k:k + len(written)] == written),
-                     None) if extra > 0 else None
-        if start is not None:
-            for k in (*range(start), *range(start + len(written), len(ids))):
+    if own is not None:
+        for k in range(len(ids)):
+            if k not in own:
                 pieces[k] = ""
     return pieces
 
