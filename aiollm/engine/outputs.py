@@ -99,6 +99,18 @@ class Logprob:
     decoded_token: str | None = None
 
 
+def logprob_dict(lp: TokenLogprob, text: str | None = None,
+                 decoded: dict[int, str] | None = None) -> dict[int, Logprob]:
+    """One token's logprobs in vLLM's shape: {token id: Logprob} of the token itself first
+    (its rank in the whole vocabulary, `text` as its decoded_token), then its top
+    alternatives most likely first (ranks 1 to k, decoded_token from `decoded`), the token
+    once when it is one of them."""
+    out = {lp.token_id: Logprob(lp.logprob, lp.rank, text)}
+    for rank, (t, v) in enumerate(lp.top, 1):
+        out.setdefault(t, Logprob(v, rank, decoded.get(t) if decoded else None))
+    return out
+
+
 class PromptTokenLogprobs(dict):
     """One prompt token's entry of RequestOutput.prompt_logprobs, in vLLM's shape: a dict
     {token id: Logprob} of the prompt token (first; its rank in the whole vocabulary) and
@@ -110,11 +122,8 @@ class PromptTokenLogprobs(dict):
     __slots__ = ("scored",)
 
     def __init__(self, scored: TokenLogprob):
-        super().__init__()
+        super().__init__(logprob_dict(scored))
         self.scored = scored
-        self[scored.token_id] = Logprob(scored.logprob, scored.rank)
-        for rank, (t, v) in enumerate(scored.top, 1):
-            self.setdefault(t, Logprob(v, rank))
 
     @classmethod
     def of_prompt(cls, lps: list[TokenLogprob | None] | None
@@ -193,15 +202,8 @@ class CompletionOutput:
             return None
         texts = self._of.token_texts
         decoded = self._of.decoded_tokens or {}
-        steps = []
-        for i, lp in enumerate(lps):
-            # the chosen token first, then the alternatives most likely first (as vLLM)
-            text = texts[i] if i < len(texts) else None
-            step = {lp.token_id: Logprob(lp.logprob, lp.rank, text)}
-            for r, (t, v) in enumerate(lp.top, 1):
-                step.setdefault(t, Logprob(v, r, decoded.get(t)))
-            steps.append(step)
-        return steps
+        return [logprob_dict(lp, texts[i] if i < len(texts) else None, decoded)
+                for i, lp in enumerate(lps)]
 
     def __repr__(self) -> str:
         return (f"CompletionOutput(index={self.index}, text={self.text!r}, "
