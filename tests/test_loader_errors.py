@@ -63,6 +63,29 @@ def load(path):
     return load_model(str(path), dtype=torch.float32, device="cpu")
 
 
+def start_engine(path, **options) -> None:
+    """Start (and stop) an Engine on the model at `path`: what its start raises."""
+    import asyncio
+
+    from aiollm import Engine
+
+    async def start():
+        async with Engine(str(path), **options):
+            pass
+
+    asyncio.run(start())
+
+
+def forbid_loading_weights(monkeypatch, why: str) -> None:
+    """Any load of weights from here on fails the test with `why`."""
+    import aiollm.model
+
+    def no_load(*args, **kwargs):
+        raise AssertionError(why)
+
+    monkeypatch.setattr(aiollm.model, "load_model", no_load)
+
+
 def test_the_intact_copy_loads(copy):
     path, shards = copy
     assert len(shards) > 2 and os.path.exists(path / INDEX)
@@ -284,33 +307,17 @@ def test_a_negative_qwen_moe_size_is_named(tmp_path, field, value):
 
 def test_a_tokenizer_path_that_does_not_exist_is_called_the_tokenizer_path(sharded, tmp_path):
     """The message called the --tokenizer value the 'model path'."""
-    import asyncio
-
-    from aiollm import Engine
-
-    async def start():
-        async with Engine(str(sharded), tokenizer=str(tmp_path / "nope"), kv_tokens=256):
-            pass
-
     with pytest.raises(FileNotFoundError, match=r"tokenizer path '.*nope' does not exist"):
-        asyncio.run(start())
+        start_engine(str(sharded), tokenizer=str(tmp_path / "nope"), kv_tokens=256)
 
 
 def test_a_tokenizer_directory_without_a_tokenizer_fails_before_the_weights_load(tmp_path):
     """An existing --tokenizer directory without tokenizer files failed once the weights had
     loaded, as "<dir> has no tokenizer files": the Engine refuses it before loading (its
     model path here does not exist, so loading would fail otherwise), naming the files."""
-    import asyncio
-
-    from aiollm import Engine
-
-    async def start():
-        async with Engine(str(tmp_path / "no-model"), tokenizer=str(tmp_path), kv_tokens=256):
-            pass
-
     with pytest.raises(FileNotFoundError, match=r"tokenizer path '.*' is a directory without "
                                                 r"a tokenizer: it has none of tokenizer.json"):
-        asyncio.run(start())
+        start_engine(str(tmp_path / "no-model"), tokenizer=str(tmp_path), kv_tokens=256)
 
 
 @pytest.mark.parametrize("used", [None, 0, 9])
@@ -471,44 +478,25 @@ def test_a_model_directory_without_a_tokenizer_fails_before_the_weights_load(sha
     """A model directory with weights but no tokenizer files was refused only once all its
     weights had loaded (minutes for a large model): the Engine checks it first, naming the
     files and --tokenizer."""
-    import asyncio
-
-    import aiollm.model
-    from aiollm import Engine
-
-    def no_load(*args, **kwargs):
-        raise AssertionError("the weights were loaded before the tokenizer was checked")
-
-    monkeypatch.setattr(aiollm.model, "load_model", no_load)
-
-    async def start():
-        async with Engine(str(sharded), kv_tokens=256):
-            pass
-
+    forbid_loading_weights(monkeypatch, "the weights were loaded before the tokenizer was "
+                                        "checked")
     with pytest.raises(FileNotFoundError, match=r"model path '.*' is a directory without a "
                                                 r"tokenizer: .*give one with --tokenizer"):
-        asyncio.run(start())
+        start_engine(str(sharded), kv_tokens=256)
 
 
 def test_dummy_weights_with_a_damaged_tokenizer_name_it(tmp_path):
     """--load-format dummy falls back to the default model's tokenizer for a directory with
     none (a config-only directory for benchmarks); it did so for a damaged one too, logging
     "has no tokenizer" and serving another model's vocabulary. A damaged one is an error."""
-    import asyncio
-
-    from aiollm import Engine
     from aiollm.model import load_tokenizer
 
     CONFIG.save_pretrained(str(tmp_path))
     load_tokenizer(None).save_pretrained(str(tmp_path))
     (tmp_path / "tokenizer.json").write_text("{not json")
 
-    async def start():
-        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=256):
-            pass
-
     with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {tmp_path}"):
-        asyncio.run(start())
+        start_engine(str(tmp_path), load_format="dummy", kv_tokens=256)
 
 
 def test_a_damaged_tokenizer_of_a_model_directory_fails_before_the_weights_load(copy,
@@ -516,24 +504,14 @@ def test_a_damaged_tokenizer_of_a_model_directory_fails_before_the_weights_load(
     """A model directory whose tokenizer.json is present but unreadable passed the early
     check (the file exists) and failed only once all its weights had loaded: the Engine
     loads the tokenizer first."""
-    import asyncio
-
-    import aiollm.model
-    from aiollm import Engine
     from aiollm.model import load_tokenizer
 
     path, _ = copy
     load_tokenizer(None).save_pretrained(str(path))
     (path / "tokenizer.json").write_text("{not json")
 
-    def no_load(*args, **kwargs):
-        raise AssertionError("the weights were loaded before the tokenizer was read")
-
-    monkeypatch.setattr(aiollm.model, "load_model", no_load)
-
-    async def start():
-        async with Engine(str(path), kv_tokens=256):
-            pass
+    forbid_loading_weights(monkeypatch, "the weights were loaded before the tokenizer was "
+                                        "read")
 
     with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {path}"):
-        asyncio.run(start())
+        start_engine(str(path), kv_tokens=256)
