@@ -46,6 +46,9 @@ def _no_checkpoint_code() -> str:
             "flag out")
 
 
+_NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapter merged "
+            "into its weights")
+
 REFUSED = (
     Refusal(("--gpu-memory-utilization",),
             "vLLM's share of the whole GPU (weights, activations and KV cache) does not "
@@ -74,12 +77,8 @@ REFUSED = (
     Refusal(("--cpu-offload-gb",),
             "weights are never offloaded to the CPU: split a model too large for one GPU "
             "with --tensor-parallel-size", same=("0",)),
-    Refusal(("--enable-lora",),
-            "LoRA adapters are not supported: serve a checkpoint with the adapter merged "
-            "into its weights", takes_value=False),
-    Refusal(("--lora-modules",),
-            "LoRA adapters are not supported: serve a checkpoint with the adapter merged "
-            "into its weights"),
+    Refusal(("--enable-lora",), _NO_LORA, takes_value=False),
+    Refusal(("--lora-modules",), _NO_LORA),
     Refusal(("--speculative-config",), "speculative decoding is not supported"),
     Refusal(("--max-logprobs",),
             "the most logprobs and prompt_logprobs a request may ask for is fixed at 20",
