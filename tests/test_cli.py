@@ -395,11 +395,12 @@ def test_exclude_tools_when_tool_choice_none_reaches_the_engine():
     """vLLM's --exclude-tools-when-tool-choice-none is taken and handed to the engine; off
     by default (tool_choice "none" shows the model the tools)."""
     from aiollm import cli
+    from aiollm.cli.serve_parser import ENGINE_OPTIONS
     from aiollm.config import EngineConfig
 
     def config(*flags: str) -> EngineConfig:
         args = cli.build_parser().parse_args(["serve", *flags])
-        return EngineConfig(**{name: getattr(args, name) for name in cli._ENGINE_OPTIONS})
+        return EngineConfig(**{name: getattr(args, name) for name in ENGINE_OPTIONS})
 
     assert config("--exclude-tools-when-tool-choice-none").exclude_tools_when_tool_choice_none
     assert not config().exclude_tools_when_tool_choice_none

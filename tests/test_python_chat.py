@@ -180,10 +180,11 @@ def test_serve_takes_a_chat_template_file_or_text(tmp_path, capsys):
     did not exist. The engine renders every chat with it; a file that cannot be read or a
     template that does not compile fails at start, before loading, naming the flag."""
     from aiollm import cli
+    from aiollm.cli.serve_parser import ENGINE_OPTIONS
 
     def config(*argv: str) -> EngineConfig:
         args = cli.build_parser().parse_args(["serve", *argv])
-        return EngineConfig(**{name: getattr(args, name) for name in cli._ENGINE_OPTIONS})
+        return EngineConfig(**{name: getattr(args, name) for name in ENGINE_OPTIONS})
 
     path = tmp_path / "template.jinja"
     path.write_text(KNOWS_TOOLS)

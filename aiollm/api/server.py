@@ -100,7 +100,7 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
         # 0.1-0.3 s, down to the objects that serving creates.
         gc.collect()
         gc.freeze()
-        gc.enable()  # `aiollm serve` starts with the collector off (cli.py)
+        gc.enable()  # `aiollm serve` starts with the collector off (cli/serve.py)
         metrics = app[STATE].engine.metrics
         metrics.watch_gc()
         try:

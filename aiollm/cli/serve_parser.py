@@ -1,48 +1,15 @@
-"""`aiollm serve [MODEL]`: the command line entry point (console script `aiollm`)."""
+"""`aiollm serve`'s parser: its positional MODEL and aiollm's flags by group (server, model,
+engine, tensor parallelism), then vLLM's (vllm_flags.py); ENGINE_OPTIONS, the flags that are
+EngineConfig's fields. What the flags give is checked after parsing in serve_checks.py."""
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import logging
-import os
-import sys
-import textwrap
-from typing import TYPE_CHECKING
 
 from aiollm import vllm_flags
+from aiollm.cli.help_format import HelpFormatter
 from aiollm.config import REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
-
-if TYPE_CHECKING:
-    from aiollm.api.cors import CorsOptions
-
-log = logging.getLogger("aiollm.cli")
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-STATS_LOGGER = "aiollm.stats"  # periodic statistics (the prefix cache's hit rate)
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default only where it tells something: not where the help already names it,
-    not a None, not the True of a --no-X switch (which reads as the opposite)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if ("default" in text or action.default in (None, argparse.SUPPRESS)
-                or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))):
-            return text
-        return super()._get_help_string(action)
-
-    # flag names are not broken at their hyphens ("--gpu-" / "memory-utilization")
-    def _split_lines(self, text: str, width: int) -> list[str]:
-        return textwrap.wrap(self._whitespace_matcher.sub(" ", text).strip(), width,
-                             break_on_hyphens=False)
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        return textwrap.fill(self._whitespace_matcher.sub(" ", text).strip(), width,
-                             initial_indent=indent, subsequent_indent=indent,
-                             break_on_hyphens=False)
 
 
 class _Model(argparse.Action):
@@ -70,13 +37,13 @@ class _Alias(argparse._StoreAction):
         namespace.flags_typed = typed
 
 
-def build_parser() -> argparse.ArgumentParser:
+def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """`serve`'s parser, added to the subcommands `sub`: aiollm's flags by group, then
+    vLLM's (vllm_flags.add_to). The parser is also in its namespace (command_parser), for the
+    checks after parsing to report through."""
     d = EngineConfig()  # the engine's defaults, shown in --help
-    parser = argparse.ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
-                                     "inference server (OpenAI- and LightLLM-compatible HTTP).")
-    sub = parser.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve a model over HTTP",
-                       formatter_class=_HelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
                        "/v1/chat/completions, /v1/models, /v1/models/{model}, /generate, "
                        "/generate_stream, /health, /healthz, /metrics, /version, /tokenize, "
@@ -238,20 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     # the checks after parsing report through serve's parser, as argparse's own do: its
     # usage line, "aiollm serve: error: ..."
     s.set_defaults(command_parser=s)
-    return parser
+    return s
 
 
-_ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
-                   "kv_tokens", "kv_memory_fraction", "max_running_requests",
-                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",
-                   "queue_timeout", "grammar_compile_timeout", "scheduler",
-                   "past_future_estimator", "scheduler_blind_cap", "table_capacity",
-                   "cuda_graph", "cuda_graph_max_batch", "warm_up",
-                   "served_model_name", "tool_call_parser", "reasoning_parser",
-                   "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
-                   "dist_init_addr", "special_tokens_in_content", "generation_config",
-                   "exclude_tools_when_tool_choice_none",
-                   "chat_template")
+# the flags' destinations that are EngineConfig's fields of the same names
+ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
+                  "kv_tokens", "kv_memory_fraction", "max_running_requests",
+                  "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",
+                  "queue_timeout", "grammar_compile_timeout", "scheduler",
+                  "past_future_estimator", "scheduler_blind_cap", "table_capacity",
+                  "cuda_graph", "cuda_graph_max_batch", "warm_up",
+                  "served_model_name", "tool_call_parser", "reasoning_parser",
+                  "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
+                  "dist_init_addr", "special_tokens_in_content", "generation_config",
+                  "exclude_tools_when_tool_choice_none",
+                  "chat_template")
 
 
 def _string_list(value: str) -> list[str]:
@@ -269,148 +237,3 @@ def _string_list(value: str) -> list[str]:
         raise argparse.ArgumentTypeError(f"must name at least one, without empty names, got "
                                          f"{value!r}")
     return items
-
-
-def _cors(parser: argparse.ArgumentParser, args: argparse.Namespace) -> CorsOptions | None:
-    """The CORS options the flags give; None (CORS off) without --allowed-origins."""
-    from aiollm.api.cors import CorsOptions
-
-    if args.allowed_origins is None:
-        for flag in ("allowed_methods", "allowed_headers", "allow_credentials"):
-            if getattr(args, flag):  # alone it would do nothing, silently
-                parser.error(f"--{flag.replace('_', '-')} needs --allowed-origins (without "
-                             "it CORS is off)")
-        return None
-    given = {"allowed_methods": args.allowed_methods, "allowed_headers": args.allowed_headers}
-    try:  # _string_list has checked the lists; what is left is an origin's form
-        return CorsOptions(tuple(args.allowed_origins), allow_credentials=args.allow_credentials,
-                           **{k: tuple(v) for k, v in given.items() if v is not None})
-    except ValueError as e:
-        parser.error(f"argument --allowed-origins: {e}")
-
-
-def _naming_flag(message: str, args: argparse.Namespace) -> str:
-    """EngineConfig's message about an option ("table_capacity must be ...") led by the
-    option's flag as the user typed it (an alias's spelling too), as argparse names the
-    flag of a value it refuses."""
-    name = next((n for n in _ENGINE_OPTIONS if message.startswith(n + " ")), None)
-    if name is None:
-        return message
-    flag = getattr(args, "flags_typed", {}).get(name) or "--" + name.replace("_", "-")
-    return f"argument {flag}: {message}"
-
-
-def _check_served_names(parser: argparse.ArgumentParser, model: str | None,
-                        names: list[str]) -> None:
-    """--served-model-name's names: none empty (EngineConfig checks the first), and not a
-    MODEL taken for a name: the flag takes every word after it, so `--served-model-name A
-    DIR` read DIR as a second name and served the default model under both."""
-    for name in names[1:]:
-        if not name.strip():
-            parser.error(f"argument --served-model-name: a name must not be empty, got "
-                         f"{name!r}")
-    if model is None and len(names) > 1:
-        parser.error(f"argument --served-model-name: it takes every word after it, so "
-                     f"{names[-1]!r} was read as a name and no MODEL was given: put MODEL "
-                     "before the flag or give it with --model")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "serve":
-        return _serve(args.command_parser, args)
-    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
-    return 2
-
-
-def configure_logging(args: argparse.Namespace) -> None:
-    """The process's logging as serve's flags say: --log-level, --disable-log-stats."""
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    logging.getLogger(STATS_LOGGER).setLevel(logging.NOTSET if args.log_stats
-                                             else logging.WARNING)
-
-
-def _serve(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    configure_logging(args)
-    names = args.served_model_name or []
-    options = {name: getattr(args, name) for name in _ENGINE_OPTIONS}
-    options["served_model_name"] = names[0] if names else None  # the name reported
-    try:
-        EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading
-    except ValueError as e:
-        parser.error(_naming_flag(str(e), args))
-    _check_served_names(parser, args.model, names)
-    if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
-        parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
-    if args.tokenizer is not None:  # else found only once the weights have loaded
-        from aiollm.model.tokenizer_files import check_tokenizer_path
-
-        try:
-            check_tokenizer_path(args.tokenizer)
-        except FileNotFoundError as e:
-            parser.error(f"argument --tokenizer: {e}")
-    if args.api_key is not None and not args.api_key.strip():
-        # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
-        parser.error("argument --api-key: must not be empty (leave the flag out to serve "
-                     "without auth)")
-    source, api_key = (("argument --api-key", args.api_key) if args.api_key is not None
-                       else ("AIOLLM_API_KEY", os.environ.get("AIOLLM_API_KEY")))
-    if api_key and api_key != api_key.strip():
-        # a client's key arrives without them (HTTP trims header values): every request
-        # was refused 401, silently (a key file's newline, a pasted space). Not printed:
-        # it is a secret
-        parser.error(f"{source}: the key must not begin or end with whitespace (a "
-                     "newline from a key file?)")
-    if not args.host.strip():  # failed only after loading: "Name or service not known"
-        parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
-    if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
-        parser.error(f"--port must be in [0, 65535], got {args.port}")
-
-    if args.node_rank > 0:  # another node's ranks: no HTTP, they follow node 0's rank 0
-        from aiollm.distributed.follower import follow
-
-        return follow(EngineConfig(model=args.model, **options))
-
-    # Importing torch & co. and loading create ~10^6 objects that live as long as the server;
-    # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).
-    # The app collects once and freezes them when the engine is up, then turns it back on.
-    gc.disable()
-    try:
-        # Ctrl-C while torch & co. import (seconds) printed a traceback of their imports
-        import uvloop
-
-        from aiollm.api import create_app, serve
-        from aiollm.engine import Engine
-
-        cors = _cors(parser, args)
-        app = create_app(Engine(args.model, **options), api_key=api_key or None,
-                         served_model_name=names or None,
-                         shutdown_timeout=args.shutdown_timeout, cors=cors)
-        uvloop.run(serve(app, args.host, args.port))
-    except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
-        return 130
-    except (FileNotFoundError, OSError, ValueError) as e:
-        log.error("%s", e)
-        return 1
-    _exit_if_compiling()
-    return 0
-
-
-def _exit_if_compiling() -> None:
-    """End the process at once (code 0) while a grammar compilation runs: it cannot be
-    interrupted, and the interpreter's exit waited for it (EXIT_WAIT, 5 s), then finalized
-    for seconds more beside its threads (~7 s on 2 cores), and aborted with "terminate
-    called without an active exception" (code 134) when it ended meanwhile."""
-    from aiollm.engine.grammar_compile import compiling
-
-    if n := compiling():
-        log.info("exiting with %d grammar compilations under way", n)
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

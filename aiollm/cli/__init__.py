@@ -1,0 +1,34 @@
+"""`aiollm`: the command line (console script `aiollm`; `python -m aiollm`). Its command,
+`aiollm serve [MODEL]`: serve_parser.py defines its flags (vllm_flags.py adds vLLM's),
+serve_checks.py checks what they give before anything loads, serve.py starts the server;
+log_config.py sets up the process's logging."""
+
+from __future__ import annotations
+
+import argparse
+
+from aiollm.cli import serve
+from aiollm.cli.log_config import LOG_FORMAT, configure_logging
+from aiollm.cli.serve_parser import add_serve_parser
+
+__all__ = ["LOG_FORMAT", "build_parser", "configure_logging", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `aiollm` parser, its subcommands included."""
+    parser = argparse.ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
+                                     "inference server (OpenAI- and LightLLM-compatible HTTP).")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command `argv` (default: the process's arguments) names: its exit status;
+    SystemExit 2 for a usage error."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        return serve.run(args.command_parser, args)
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
+    return 2

@@ -1,0 +1,70 @@
+"""`aiollm serve`'s start-up once its flags are checked: the HTTP server over an Engine (or, on
+a node other than 0, a follower of node 0's ranks), with Ctrl-C handled from the first import
+of torch & co. to the server's own signal handlers, and the exit."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+
+from aiollm.cli.log_config import configure_logging
+from aiollm.cli.serve_checks import checked_options, cors_options
+from aiollm.config import EngineConfig
+
+log = logging.getLogger("aiollm.cli")
+
+
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Serve as `args` (serve's parsed flags) say until SIGINT/SIGTERM: the exit status (0;
+    1 when the model or the address fails; 130 for Ctrl-C before the server's signal
+    handlers exist). A bad flag is parser.error, before anything loads."""
+    configure_logging(args)
+    options, api_key = checked_options(parser, args)
+    names = args.served_model_name or []
+
+    if args.node_rank > 0:  # another node's ranks: no HTTP, they follow node 0's rank 0
+        from aiollm.distributed.follower import follow
+
+        return follow(EngineConfig(model=args.model, **options))
+
+    # Importing torch & co. and loading create ~10^6 objects that live as long as the server;
+    # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).
+    # The app collects once and freezes them when the engine is up, then turns it back on.
+    gc.disable()
+    try:
+        # Ctrl-C while torch & co. import (seconds) printed a traceback of their imports
+        import uvloop
+
+        from aiollm.api import create_app, serve
+        from aiollm.engine import Engine
+
+        cors = cors_options(parser, args)
+        app = create_app(Engine(args.model, **options), api_key=api_key,
+                         served_model_name=names or None,
+                         shutdown_timeout=args.shutdown_timeout, cors=cors)
+        uvloop.run(serve(app, args.host, args.port))
+    except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
+        return 130
+    except (FileNotFoundError, OSError, ValueError) as e:
+        log.error("%s", e)
+        return 1
+    _exit_if_compiling()
+    return 0
+
+
+def _exit_if_compiling() -> None:
+    """End the process at once (code 0) while a grammar compilation runs: it cannot be
+    interrupted, and the interpreter's exit waited for it (EXIT_WAIT, 5 s), then finalized
+    for seconds more beside its threads (~7 s on 2 cores), and aborted with "terminate
+    called without an active exception" (code 134) when it ended meanwhile."""
+    from aiollm.engine.grammar_compile import compiling
+
+    if n := compiling():
+        log.info("exiting with %d grammar compilations under way", n)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,0 +1,101 @@
+"""The checks of `aiollm serve`'s flags after parsing: each bad value is a usage error (exit 2,
+serve's usage line) naming the flag as the user typed it, before anything loads; so is what
+the flags give together (EngineConfig's checks, CORS options without --allowed-origins)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import TYPE_CHECKING
+
+from aiollm.cli.serve_parser import ENGINE_OPTIONS
+from aiollm.config import EngineConfig
+
+if TYPE_CHECKING:
+    from aiollm.api.cors import CorsOptions
+
+
+def checked_options(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> tuple[dict, str | None]:
+    """The EngineConfig options the flags give (all but model, which is args.model) and the
+    API key (--api-key, else $AIOLLM_API_KEY; None: no auth), once every check passed;
+    parser.error (SystemExit 2) for the first that fails."""
+    names = args.served_model_name or []
+    options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
+    options["served_model_name"] = names[0] if names else None  # the name reported
+    try:
+        EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading
+    except ValueError as e:
+        parser.error(_naming_flag(str(e), args))
+    _check_served_names(parser, args.model, names)
+    if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
+        parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
+    if args.tokenizer is not None:  # else found only once the weights have loaded
+        from aiollm.model.tokenizer_files import check_tokenizer_path
+
+        try:
+            check_tokenizer_path(args.tokenizer)
+        except FileNotFoundError as e:
+            parser.error(f"argument --tokenizer: {e}")
+    if args.api_key is not None and not args.api_key.strip():
+        # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
+        parser.error("argument --api-key: must not be empty (leave the flag out to serve "
+                     "without auth)")
+    source, api_key = (("argument --api-key", args.api_key) if args.api_key is not None
+                       else ("AIOLLM_API_KEY", os.environ.get("AIOLLM_API_KEY")))
+    if api_key and api_key != api_key.strip():
+        # a client's key arrives without them (HTTP trims header values): every request
+        # was refused 401, silently (a key file's newline, a pasted space). Not printed:
+        # it is a secret
+        parser.error(f"{source}: the key must not begin or end with whitespace (a "
+                     "newline from a key file?)")
+    if not args.host.strip():  # failed only after loading: "Name or service not known"
+        parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
+    if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
+        parser.error(f"--port must be in [0, 65535], got {args.port}")
+    return options, api_key or None
+
+
+def cors_options(parser: argparse.ArgumentParser,
+                 args: argparse.Namespace) -> CorsOptions | None:
+    """The CORS options the flags give; None (CORS off) without --allowed-origins."""
+    from aiollm.api.cors import CorsOptions
+
+    if args.allowed_origins is None:
+        for flag in ("allowed_methods", "allowed_headers", "allow_credentials"):
+            if getattr(args, flag):  # alone it would do nothing, silently
+                parser.error(f"--{flag.replace('_', '-')} needs --allowed-origins (without "
+                             "it CORS is off)")
+        return None
+    given = {"allowed_methods": args.allowed_methods, "allowed_headers": args.allowed_headers}
+    try:  # the parser has checked the lists; what is left is an origin's form
+        return CorsOptions(tuple(args.allowed_origins), allow_credentials=args.allow_credentials,
+                           **{k: tuple(v) for k, v in given.items() if v is not None})
+    except ValueError as e:
+        parser.error(f"argument --allowed-origins: {e}")
+
+
+def _naming_flag(message: str, args: argparse.Namespace) -> str:
+    """EngineConfig's message about an option ("table_capacity must be ...") led by the
+    option's flag as the user typed it (an alias's spelling too), as argparse names the
+    flag of a value it refuses."""
+    name = next((n for n in ENGINE_OPTIONS if message.startswith(n + " ")), None)
+    if name is None:
+        return message
+    flag = getattr(args, "flags_typed", {}).get(name) or "--" + name.replace("_", "-")
+    return f"argument {flag}: {message}"
+
+
+def _check_served_names(parser: argparse.ArgumentParser, model: str | None,
+                        names: list[str]) -> None:
+    """--served-model-name's names: none empty (EngineConfig checks the first), and not a
+    MODEL taken for a name: the flag takes every word after it, so `--served-model-name A
+    DIR` read DIR as a second name and served the default model under both."""
+    for name in names[1:]:
+        if not name.strip():
+            parser.error(f"argument --served-model-name: a name must not be empty, got "
+                         f"{name!r}")
+    if model is None and len(names) > 1:
+        parser.error(f"argument --served-model-name: it takes every word after it, so "
+                     f"{names[-1]!r} was read as a name and no MODEL was given: put MODEL "
+                     "before the flag or give it with --model")
