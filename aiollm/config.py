@@ -90,8 +90,8 @@ class EngineConfig:
     exclude_tools_when_tool_choice_none: bool = False
     # the chat template every chat is rendered with, in place of the tokenizer's: a Jinja
     # template, or the path of a file holding one, as vLLM's --chat-template reads it
-    # (aiollm/model/tokenizer.read_chat_template); once checked, the template's text. None:
-    # the tokenizer's own
+    # (aiollm/model/chat_template_source.read_chat_template); once checked, the template's
+    # text. None: the tokenizer's own
     chat_template: str | None = None
     # chat: control-token text inside message content becomes real control tokens (by
     # default it is plain text, so a user cannot forge a turn; aiollm/engine/chat_template.py)
@@ -183,7 +183,7 @@ class EngineConfig:
         if self.queue_timeout is not None and not self.queue_timeout > 0:  # NaN too
             raise ValueError(f"queue_timeout must be > 0 seconds, got {self.queue_timeout}")
         if self.chat_template is not None:
-            from aiollm.model.tokenizer import read_chat_template
+            from aiollm.model.chat_template_source import read_chat_template
             self.chat_template = read_chat_template(self.chat_template)
         t = self.grammar_compile_timeout
         if not (isinstance(t, numbers.Real) and not isinstance(t, bool)

@@ -514,6 +514,24 @@ def test_serve_subprocess(tmp_path):
         assert "leaked" not in log.read_text()  # nanobind's exit report (gc.freeze)
 
 
+def test_a_chat_template_is_checked_before_torch_imports(tmp_path):
+    """--chat-template was checked through modules that import torch: before serve's Ctrl-C
+    handling existed (Ctrl-C in those seconds printed a traceback of torch's imports), and
+    for seconds before a bad template's usage error. The check imports no torch; the error
+    is what it was."""
+    broken = tmp_path / "broken.jinja"
+    broken.write_text("{% if %}")
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "aiollm", "serve",
+                          "--chat-template", str(broken)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert (f"aiollm serve: error: argument --chat-template: chat_template file {broken} "
+            "does not compile (TemplateSyntaxError: ") in out.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "aiollm.config" in imported and "torch" not in imported
+
+
 def test_ctrl_c_while_importing_exits_130_without_a_traceback():
     """Ctrl-C in the seconds `aiollm serve` imports torch & co. (before its signal handlers
     and its own Ctrl-C handling) printed a traceback of those imports and died by SIGINT;

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiollm.engine.submission import check_unicode
 from aiollm.errors import ChatTemplateError, InvalidRequest, check_type
+from aiollm.model.chat_template_source import check_template_source
 
 if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
     from transformers import PreTrainedTokenizerBase
@@ -95,30 +96,6 @@ class TemplateOptions:
             if isinstance(value, str) and any(t in value for t in specials):
                 raise InvalidRequest("a template variable cannot hold control-token text",
                                      param=param)
-
-
-def check_template_source(source: Any) -> None:
-    """Raise InvalidRequest naming chat_template unless `source` is a Jinja chat template
-    that compiles (as transformers compiles templates: the same sandbox and extensions) and
-    has a tag (one without renders no message)."""
-    from jinja2 import TemplateError
-
-    from aiollm.model.serving_tokenizer import compile_chat_template
-
-    if not isinstance(source, str) or not source:
-        raise InvalidRequest("chat_template must be a Jinja template (a non-empty string; "
-                             f"None: the tokenizer's own), got {source!r:.80}",
-                             param="chat_template")
-    if "{{" not in source and "{%" not in source:  # a file's path given as the template
-        raise InvalidRequest(f"chat_template has no Jinja tag ({{{{ }}}} or {{% %}}), so it "
-                             "would render the same text for every conversation, its "
-                             f"messages unread (a file's path, not its text?): got "
-                             f"{source!r:.80}", param="chat_template")
-    try:
-        compile_chat_template(source)
-    except TemplateError as e:
-        raise InvalidRequest(f"chat_template does not compile ({type(e).__name__}: {e})",
-                             param="chat_template") from None
 
 
 def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:

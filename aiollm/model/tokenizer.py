@@ -85,35 +85,6 @@ def _check_chat_template(template: str | dict | None, source: str) -> None:
                         "will fail", source, type(e).__name__, e)
 
 
-def read_chat_template(value: str) -> str:
-    """The chat template that `value` gives, as vLLM's --chat-template reads it: the text of
-    the file at that path, or, when no file can be opened there and the value holds "{",
-    "}" or a newline (no path does), the value itself (used as it is: backslash escapes
-    are not decoded). The text of a template read once reads the same again. Raises
-    ValueError, its message led by "chat_template", for a value that looks like a path but
-    cannot be read, or a template that does not compile."""
-    from aiollm.engine.chat_template import check_template_source
-    from aiollm.errors import InvalidRequest
-
-    what = "chat_template"
-    try:
-        with open(value, encoding="utf-8") as f:
-            text = f.read()
-        what = f"chat_template file {value}"
-    except (OSError, ValueError) as e:  # ValueError: a NUL in it; a file not UTF-8
-        if isinstance(e, UnicodeDecodeError) or not any(c in value for c in "{}\n"):
-            reason = "it is not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e
-            raise ValueError(f"chat_template {value!r} looks like a file path, but it cannot "
-                             f"be read ({reason}); give a readable file of a Jinja chat "
-                             "template, or the template itself") from None
-        text = value
-    try:
-        check_template_source(text)
-    except InvalidRequest as e:  # a config's error: not a request's
-        raise ValueError(f"{what}{str(e).removeprefix('chat_template')}") from None
-    return text
-
-
 def _source(path: str | None) -> tuple[str, str | None]:
     model_dir, gguf_name = resolve_model_path(path)
     if gguf_name is None and not any(
