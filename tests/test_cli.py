@@ -434,15 +434,20 @@ def _wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float =
 
 @contextlib.contextmanager
 def _served(tmp_path: Path, *options: str, env: dict | None = None,
-            command: tuple[str, ...] = (AIOLLM,)):
-    """`aiollm serve` on a free port with `options`, healthy: yields (process, base URL, log
-    path); the process is killed on the way out if it still runs."""
+            command: tuple[str, ...] = (AIOLLM,), stdin: str | None = None):
+    """`aiollm serve` on a free port with `options` (and `stdin` written to its standard
+    input, then closed), healthy: yields (process, base URL, log path); the process is
+    killed on the way out if it still runs."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([*command, "serve", "--port", str(port), *options], stdout=out,
-                                stderr=subprocess.STDOUT, env=env)
+                                stderr=subprocess.STDOUT, env=env, text=True,
+                                stdin=None if stdin is None else subprocess.PIPE)
+    if stdin is not None:
+        proc.stdin.write(stdin)
+        proc.stdin.close()
     try:
         _wait_healthy(proc, base, log)
         yield proc, base, log
@@ -530,6 +535,26 @@ def test_a_chat_template_is_checked_before_torch_imports(tmp_path):
     imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.splitlines()
                 if line.startswith("import time:")}
     assert "aiollm.config" in imported and "torch" not in imported
+
+
+def test_a_chat_template_from_a_pipe_is_read_once(tmp_path):
+    """`--chat-template /dev/stdin` (or bash's `<(...)`): a pipe reads once. The template
+    was read twice at start (checked, then read again for the engine), the second time
+    from the pipe it had emptied: the server exited 1 ("chat_template must be a Jinja
+    template"). It is read once, and every chat renders with it."""
+    template = "TEMPLATE{% for m in messages %} {{ m.content }}{% endfor %}"
+
+    async def rendered(base: str) -> str:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(base + "/tokenize", json={
+                    "messages": [{"role": "user", "content": "hi"}]}) as r:
+                ids = (await r.json())["tokens"]
+            async with s.post(base + "/detokenize", json={"tokens": ids}) as r:
+                return (await r.json())["prompt"]
+
+    with _served(tmp_path, "--kv-tokens", "64", "--no-warm-up", "--chat-template",
+                 "/dev/stdin", stdin=template) as (_, base, _):
+        assert asyncio.run(rendered(base)) == "TEMPLATE hi"
 
 
 def test_ctrl_c_while_importing_exits_130_without_a_traceback():

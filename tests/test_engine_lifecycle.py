@@ -78,6 +78,18 @@ def errors_from_another_loop(*calls) -> list[BaseException]:
     return errors
 
 
+def test_an_engine_from_a_config_keeps_that_config():
+    """Engine.from_config serves an EngineConfig as it was checked (`aiollm serve`'s, its
+    --chat-template read once, when the config was made): the same object, not a copy made
+    again from its fields; anything else is a TypeError naming what it got."""
+    from aiollm.config import EngineConfig
+
+    config = EngineConfig(kv_tokens=1024)
+    assert Engine.from_config(config).config is config
+    with pytest.raises(TypeError, match="config must be an EngineConfig, got dict"):
+        Engine.from_config({"kv_tokens": 1024})
+
+
 def test_an_engine_whose_event_loop_ended_says_so_and_starts_again():
     """asyncio.run(engine.start()) ends the loop the engine's step loop runs on; a request
     made later (in the next asyncio.run) waited forever: the engine still took it, and no

@@ -11,8 +11,7 @@ import os
 import sys
 
 from aiollm.cli.log_config import configure_logging
-from aiollm.cli.serve_checks import checked_options, cors_options
-from aiollm.config import EngineConfig
+from aiollm.cli.serve_checks import checked_config, cors_options
 
 log = logging.getLogger("aiollm.cli")
 
@@ -22,13 +21,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     1 when the model or the address fails; 130 for Ctrl-C before the server's signal
     handlers exist). A bad flag is parser.error, before anything loads."""
     configure_logging(args)
-    options, api_key = checked_options(parser, args)
+    config, api_key = checked_config(parser, args)
     names = args.served_model_name or []
 
     if args.node_rank > 0:  # another node's ranks: no HTTP, they follow node 0's rank 0
         from aiollm.distributed.follower import follow
 
-        return follow(EngineConfig(model=args.model, **options))
+        return follow(config)
 
     # Importing torch & co. and loading create ~10^6 objects that live as long as the server;
     # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).
@@ -42,7 +41,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from aiollm.engine import Engine
 
         cors = cors_options(parser, args)
-        app = create_app(Engine(args.model, **options), api_key=api_key,
+        app = create_app(Engine.from_config(config), api_key=api_key,
                          served_model_name=names or None,
                          shutdown_timeout=args.shutdown_timeout, cors=cors)
         uvloop.run(serve(app, args.host, args.port))

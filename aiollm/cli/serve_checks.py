@@ -15,16 +15,16 @@ if TYPE_CHECKING:
     from aiollm.api.cors import CorsOptions
 
 
-def checked_options(parser: argparse.ArgumentParser,
-                    args: argparse.Namespace) -> tuple[dict, str | None]:
-    """The EngineConfig options the flags give (all but model, which is args.model) and the
-    API key (--api-key, else $AIOLLM_API_KEY; None: no auth), once every check passed;
-    parser.error (SystemExit 2) for the first that fails."""
+def checked_config(parser: argparse.ArgumentParser,
+                   args: argparse.Namespace) -> tuple[EngineConfig, str | None]:
+    """The EngineConfig the flags give (its chat template read, once) and the API key
+    (--api-key, else $AIOLLM_API_KEY; None: no auth), once every check passed; parser.error
+    (SystemExit 2) for the first that fails."""
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     options["served_model_name"] = names[0] if names else None  # the name reported
     try:
-        EngineConfig(model=args.model, **options)  # bad values: a usage error, before loading
+        config = EngineConfig(model=args.model, **options)  # a usage error, before loading
     except ValueError as e:
         parser.error(_naming_flag(str(e), args))
     _check_served_names(parser, args.model, names)
@@ -53,7 +53,7 @@ def checked_options(parser: argparse.ArgumentParser,
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
-    return options, api_key or None
+    return config, api_key or None
 
 
 def cors_options(parser: argparse.ArgumentParser,

@@ -58,7 +58,21 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
     engine is stopped, a retry cannot help), RequestFailed (failed inside)."""
 
     def __init__(self, model: str | None = None, **options):
-        self.config = EngineConfig(model=model, **options)
+        self._set_up(EngineConfig(model=model, **options))
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> "Engine":
+        """An engine of `config` as it is, checked when it was made: `aiollm serve` checks
+        its flags' config before anything loads, and its --chat-template file (which may
+        be a pipe) is read then, once. TypeError for anything but an EngineConfig."""
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"config must be an EngineConfig, got {type(config).__name__}")
+        engine = cls.__new__(cls)
+        engine._set_up(config)
+        return engine
+
+    def _set_up(self, config: EngineConfig) -> None:
+        self.config = config
         self._started = False
         self._accepting = False
         self._loop_task: asyncio.Task | None = None
