@@ -335,3 +335,24 @@ def test_the_engine_path_does_not_import_transformers(pair):
                          env=os.environ, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split("\n")[-2] == "ServingTokenizer []"
+
+
+def test_compiled_chat_templates_are_kept_a_bounded_number():
+    """compile_chat_template kept every template it had compiled for the life of the
+    process: a Python caller rendering chats with many distinct templates (LLM.chat's
+    chat_template, checked and rendered through it) grew the cache without end. It keeps
+    the few used last; one used again is the compiled template kept."""
+    import gc
+    import weakref
+
+    from aiollm.model.serving_tokenizer import compile_chat_template
+
+    source = "{{ 'first' }}{% for m in messages %}{{ m.content }}{% endfor %}"
+    first = compile_chat_template(source)
+    assert compile_chat_template(source) is first
+    kept = weakref.ref(first)
+    del first
+    for i in range(256):
+        compile_chat_template(f"{{{{ {i} }}}}{{% for m in messages %}}{{% endfor %}}")
+    gc.collect()
+    assert kept() is None

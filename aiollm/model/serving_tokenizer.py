@@ -19,6 +19,7 @@ and reasoning aliased under its three names; the result encoded without added sp
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -290,22 +291,27 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
                       sort_keys=sort_keys)
 
 
-_compiled: dict[str, jinja2.Template] = {}
+# compiled chat templates kept, the most recently used: the served template (or its named
+# ones) is used by every chat and stays; a Python caller's per-chat templates (LLM.chat's
+# chat_template) beyond these are compiled again when used again (milliseconds)
+COMPILED_TEMPLATES = 16
 _compile_lock = threading.Lock()
 
 
 def compile_chat_template(source: str) -> jinja2.Template:
     """The chat template `source` compiled as transformers compiles it (its extensions and
-    globals), cached; jinja2.TemplateSyntaxError for one that does not compile."""
-    with _compile_lock:
-        template = _compiled.get(source)
-        if template is None:
-            env = ImmutableSandboxedEnvironment(
-                trim_blocks=True, lstrip_blocks=True,
-                extensions=[_GenerationTag, jinja2.ext.loopcontrols])
-            env.filters["tojson"] = _tojson
-            env.globals.update(raise_exception=_raise_exception,
-                               strftime_now=lambda fmt: datetime.now().strftime(fmt),
-                               dict=_SafeDict(), namespace=_SafeNamespace)
-            template = _compiled[source] = env.from_string(source)
-        return template
+    globals), kept among the COMPILED_TEMPLATES used last; jinja2.TemplateSyntaxError for
+    one that does not compile."""
+    with _compile_lock:  # two threads asking for the same template compile it once
+        return _compile(source)
+
+
+@functools.lru_cache(maxsize=COMPILED_TEMPLATES)
+def _compile(source: str) -> jinja2.Template:
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[_GenerationTag, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = _tojson
+    env.globals.update(raise_exception=_raise_exception,
+                       strftime_now=lambda fmt: datetime.now().strftime(fmt),
+                       dict=_SafeDict(), namespace=_SafeNamespace)
+    return env.from_string(source)
