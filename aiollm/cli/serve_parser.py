@@ -8,6 +8,7 @@ import argparse
 import json
 
 from aiollm import vllm_flags
+from aiollm.cli import token_counts
 from aiollm.cli.help_format import HelpFormatter
 from aiollm.config import REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
 
@@ -121,8 +122,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="tokenizer path (HF directory or .gguf; default: the model's own)")
     m.add_argument("--load-format", default=d.load_format, choices=["auto", "dummy"],
                    help="dummy: random weights of the model's shape (benchmarks)")
-    m.add_argument("--max-model-len", type=int, default=d.max_model_len,
-                   help="longest prompt + output in tokens (default: the model's own limit)")
+    m.add_argument("--max-model-len", type=token_counts.max_model_len,
+                   default=d.max_model_len,
+                   help="longest prompt + output in tokens, as vLLM takes it: 4k is 4000, 4K "
+                        "4096 (default, or auto: the model's own limit, within what the KV "
+                        "cache holds)")
     m.add_argument("--generation-config", default=d.generation_config, metavar="{auto,vllm,PATH}",
                    help="what requests that leave temperature, top_p, top_k, min_p, "
                         "repetition_penalty or their length out are sampled with: auto, the "
@@ -140,10 +144,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    metavar="N",
                    default=d.max_running_requests,
                    help="most requests admitted at once (prefilling or decoding)")
-    e.add_argument("--max-prefill-tokens", "--max-num-batched-tokens", type=int, action=_Alias,
-                   metavar="N",
+    e.add_argument("--max-prefill-tokens", "--max-num-batched-tokens",
+                   type=token_counts.token_count, action=_Alias, metavar="N",
                    default=d.max_prefill_tokens,
-                   help="token budget of one step (prefill chunks + decodes)")
+                   help="token budget of one step (prefill chunks + decodes); 8k is 8000, "
+                        "8K 8192")
     e.add_argument("--mixed-prefill-tokens", type=int, default=d.mixed_prefill_tokens,
                    help="most prompt tokens in a step that also decodes (with prefill graphs, "
                         "plus up to 31 that fill the step's graph bucket): caps how long running "
