@@ -22,21 +22,32 @@ from aiollm.engine.engine_api import Progress
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
-from aiollm.vllm_names import UNSET, either, template_options
+from aiollm.vllm_names import UNSET, either, engine_options, named_as_given, template_options
 
 
 class LLM:
-    """An Engine (model and options as Engine takes them) started on a thread of its own,
+    """An Engine (model and options as Engine takes them, or as vLLM's LLM takes them:
+    vllm_names.engine_options) started on a thread of its own,
     with blocking generate() and chat(). Calls from several threads take turns. Ctrl-C
     (KeyboardInterrupt) during a call cancels its requests in the engine, then goes on; the
     LLM serves the next call. close() (or the end of a `with` block) stops the engine and
     ends the thread, as does dropping the LLM unclosed. A call from code that runs on the
     LLM's own loop (code the engine calls) raises RuntimeError: it would wait for itself.
     Raises what Engine() and Engine.start() raise (TypeError or ValueError for a bad option,
-    OSError for a model it cannot read), once what it made has ended."""
+    OSError for a model it cannot read), once what it made has ended; a bad value of an
+    option given by vLLM's name is named so (max_num_seqs=0), and engine_options' errors:
+    ValueError for a vLLM keyword aiollm cannot honour (gpu_memory_utilization,
+    quantization, trust_remote_code=True, ...: its message says what to use instead),
+    TypeError for an option given under both names with different values."""
 
     def __init__(self, model: str | None = None, **options):
-        self.engine = Engine(model, **options)  # a bad option raises before any thread
+        options, named = engine_options(options)
+        try:
+            self.engine = Engine(model, **options)  # a bad option raises before any thread
+        except ValueError as e:
+            if (renamed := named_as_given(e, named)) is None:
+                raise
+            raise renamed from None
         # the loop runs one call at a time: another thread's call waits for its turn
         self._turn = threading.Lock()
         # the engine stops whenever its loop ends: close(), a failed start, dropped unclosed,

@@ -15,7 +15,8 @@ parser (`add_to`):
   in the group's description.
 
 Nothing here reaches EngineConfig: a flag is either an alias, or changes nothing, or stops
-the start; none is dropped while it would change outputs or memory use.
+the start; none is dropped while it would change outputs or memory use. The same tables
+answer vLLM's keywords of LLM(...) (aiollm/vllm_names.py), but for SERVER_ONLY.
 """
 
 from __future__ import annotations
@@ -114,6 +115,11 @@ NO_EFFECT = {
     "--disable-custom-all-reduce": "tensor parallelism all-reduces with torch.distributed "
                                    "(NCCL) only",
 }
+
+# flags of vLLM's server alone (its frontend's, AsyncEngineArgs'), not keywords of its LLM(...):
+# aiollm's LLM refuses them as unknown, as vLLM's does
+SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
+                         "--no-enable-log-requests", "--enable-log-requests", "--lora-modules"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them
 _TOOL_CALL_PARSERS = {"llama3_json": "llama3"}  # the same format under vLLM's name

@@ -1,16 +1,27 @@
-"""vLLM's keyword names for what LLM.generate and LLM.chat take under aiollm's own names, so
-that vLLM code runs as it is: sampling_params (params), use_tqdm (progress), messages
-(conversations), and the chat template's options add_generation_prompt,
+"""vLLM's keyword names for what LLM(...), LLM.generate and LLM.chat take under aiollm's own
+names, so that vLLM code runs as it is: sampling_params (params), use_tqdm (progress),
+messages (conversations), and the chat template's options add_generation_prompt,
 continue_final_message, chat_template_kwargs and chat_template (aiollm's
 template=TemplateOptions(...)).
 A value given under both names is a TypeError naming both, as Python refuses an argument
-given twice."""
+given twice.
+
+LLM(...)'s options (`engine_options`) are `aiollm serve`'s vLLM flags as keywords, from the
+CLI's own tables (aiollm/vllm_flags.py): its aliases (max_num_seqs, max_num_batched_tokens,
+enforce_eager, enable_prefix_caching; dtype="half"/"float"); its NO_EFFECT switches,
+accepted; its REFUSED flags, a ValueError with the flag's message, its flags written as
+keywords. A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM.
+"""
 
 from __future__ import annotations
 
+import numbers
+import re
 from typing import Any
 
+from aiollm import vllm_flags
 from aiollm.engine.chat_template import TemplateOptions
+from aiollm.vllm_flags import Refusal
 
 UNSET: Any = object()  # an argument not passed (where None is a value of its own)
 
@@ -48,3 +59,143 @@ def template_options(template: TemplateOptions | None, add_generation_prompt: bo
                         "one of template's options): pass one of them")
     kwargs = given.pop("chat_template_kwargs", {})
     return TemplateOptions(**given, kwargs=kwargs)
+
+
+# vLLM's keyword -> aiollm's option (EngineConfig field) of the same meaning, as cli.py
+# aliases the flags (tests/test_offline_vllm_options.py checks that they agree)
+_ALIASES = {"max_num_seqs": "max_running_requests",
+            "max_num_batched_tokens": "max_prefill_tokens",
+            "enforce_eager": "cuda_graph",  # negated: eager means no CUDA graphs
+            "enable_prefix_caching": "prefix_cache"}
+_ALIAS_SWITCHES = {"enforce_eager", "enable_prefix_caching"}
+# vLLM's LLM sets it by default; aiollm's configures no logging: the periodic statistics go
+# to the "aiollm.stats" logger at INFO and show where the program's logging shows them
+_SWITCHES_OF_NO_EFFECT = {"disable_log_stats"}
+
+
+def _keyword(flag: str) -> tuple[str, bool]:
+    """A `vllm serve` flag as vLLM's LLM keyword, and the value a switch of that name sets:
+    --no-enable-x is (enable_x, False), --x is (x, True)."""
+    name = flag.removeprefix("--")
+    return name.removeprefix("no-").replace("-", "_"), not name.startswith("no-")
+
+
+def _tables() -> tuple[set[str], dict[tuple[str, bool], Refusal], dict[str, Refusal]]:
+    """The CLI's NO_EFFECT and REFUSED flags (but SERVER_ONLY) as keywords: those taking
+    True or False; the (keyword, value) pairs of switches refused; the keywords taking a
+    value, refused but for None and refusal.same."""
+    switches = set(_SWITCHES_OF_NO_EFFECT)
+    refused_switches, refused_values = {}, {}
+    for flag in vllm_flags.NO_EFFECT:
+        if flag not in vllm_flags.SERVER_ONLY:
+            switches.add(_keyword(flag)[0])
+    for refusal in vllm_flags.REFUSED:
+        if refusal.names[-1] in vllm_flags.SERVER_ONLY:
+            continue
+        keyword, value = _keyword(refusal.names[-1])
+        if refusal.takes_value:
+            refused_values[keyword] = refusal
+        else:
+            switches.add(keyword)
+            refused_switches[keyword, value] = refusal
+    return switches, refused_switches, refused_values
+
+
+_SWITCHES, _REFUSED_SWITCHES, _REFUSED_VALUES = _tables()
+
+# a flag, and the one-letter value name after it (--kv-tokens N), outside `commands`
+_FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?: ([A-Z])\b)?")
+
+
+def _as_keywords(message: str) -> str:
+    """A CLI message in Python's terms: --kv-tokens N as kv_tokens=N, --dtype as dtype, the
+    flag as the keyword, MODEL as model; a `command` in backquotes is left as written."""
+    parts = re.split(r"(`[^`]*`)", message)
+    for i in range(0, len(parts), 2):  # the even parts are outside backquotes
+        text = _FLAG.sub(lambda m: m[1].replace("-", "_") + (f"={m[2]}" if m[2] else ""),
+                         parts[i])
+        parts[i] = re.sub(r"\bMODEL\b", "model", text.replace("the flag", "the keyword"))
+    return "".join(parts)
+
+
+def _refused(keyword: str, value: Any, refusal: Refusal) -> ValueError:
+    message = refusal.message() if callable(refusal.message) else refusal.message
+    return ValueError(f"{keyword}={value!r}: {_as_keywords(message)}")
+
+
+def _asks_for_ours(value: Any, same: tuple[str, ...]) -> bool:
+    """Whether `value` is one of a refusal's accepted values (written as the CLI takes
+    them: swap_space=0.0 is "0")."""
+    for text in same:
+        if value == text:
+            return True
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            try:
+                if float(text) == value:
+                    return True
+            except ValueError:
+                pass
+    return False
+
+
+def _check_switch(keyword: str, value: Any) -> None:
+    if value is not None and not isinstance(value, bool):  # not "no" would be False
+        raise ValueError(f"{keyword} must be True or False, got {value!r}")
+
+
+def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """LLM(...)'s keyword `options` as Engine takes them (EngineConfig's fields), and, for
+    each option set by vLLM's name, that name (option -> keyword, for `named_as_given`).
+    Aliases set their option (None: not given, vLLM's default); NO_EFFECT switches, and
+    refused keywords given None or the value that asks for aiollm's own behaviour
+    (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped. Other keywords pass
+    unchanged, for EngineConfig to check (an unknown one: its TypeError naming it).
+    Raises ValueError naming a refused keyword, its value and what to use instead, or a
+    switch given other than True, False or None; TypeError naming both names of an option
+    given under both with different values."""
+    ours: dict[str, Any] = {}
+    theirs: dict[str, Any] = {}
+    for keyword, value in options.items():
+        if keyword in _ALIASES:
+            theirs[keyword] = value
+        elif keyword in _SWITCHES:
+            _check_switch(keyword, value)
+            if (refusal := _REFUSED_SWITCHES.get((keyword, value))) is not None:
+                raise _refused(keyword, value, refusal)
+        elif keyword in _REFUSED_VALUES:
+            refusal = _REFUSED_VALUES[keyword]
+            if value is not None and not _asks_for_ours(value, refusal.same):
+                raise _refused(keyword, value, refusal)
+        else:
+            ours[keyword] = value
+    if isinstance(ours.get("dtype"), str):  # vLLM's half and float
+        ours["dtype"] = vllm_flags.dtype_name(ours["dtype"])
+    if isinstance(ours.get("tool_call_parser"), str):
+        ours["tool_call_parser"] = vllm_flags.tool_call_parser_name(ours["tool_call_parser"])
+    named = {}
+    for keyword, value in theirs.items():
+        if value is None:
+            continue
+        option = _ALIASES[keyword]
+        if keyword in _ALIAS_SWITCHES:
+            _check_switch(keyword, value)
+        if keyword == "enforce_eager":
+            value = not value
+        if option in ours and ours[option] != value:
+            raise TypeError(f"got both {option}={ours[option]!r} and {keyword}="
+                            f"{options[keyword]!r} (vLLM's name for {option}={value!r}), "
+                            "which disagree: pass one of them")
+        ours[option] = value
+        named[option] = keyword
+    return ours, named
+
+
+def named_as_given(error: ValueError, named: dict[str, str]) -> ValueError | None:
+    """EngineConfig's `error` about an option the caller set by vLLM's name ("max_running_
+    requests must be ..."), led by that name ("max_num_seqs (aiollm's max_running_requests)
+    must be ..."); None when it is about another option."""
+    text = str(error)
+    for option, keyword in named.items():
+        if text.startswith(option + " "):
+            return ValueError(f"{keyword} (aiollm's {option}){text[len(option):]}")
+    return None

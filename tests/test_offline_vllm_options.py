@@ -1,0 +1,193 @@
+"""LLM(...) given vLLM's keywords (its LLM's and EngineArgs'): those of an aiollm option's
+meaning set that option, those asking for what aiollm always does are taken, and those it
+cannot honour are refused with the `aiollm serve` flag's message, the keyword spelled as
+Python spells it. The checks run before any model loads: a missing model path shows that
+the options got past them (FileNotFoundError from the load)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from aiollm import LLM, SamplingParams
+from aiollm.cli import build_parser
+from aiollm.config import EngineConfig
+from aiollm.vllm_flags import NO_EFFECT, REFUSED
+
+MISSING = "/nonexistent/aiollm-test-model"  # loading it fails at once, after every check
+
+
+def past_the_checks(**options) -> None:
+    """LLM(MISSING, **options) got past every option check: it failed only to load."""
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LLM(MISSING, **options)
+
+
+def refused(**options) -> str:
+    """The message of LLM(MISSING, **options)'s ValueError."""
+    with pytest.raises(ValueError) as e:
+        LLM(MISSING, **options)
+    return str(e.value)
+
+
+def test_a_vllm_constructor_call_sets_aiollm_options():
+    """The call of a vLLM script: LLM's raised TypeError: EngineConfig.__init__() got an
+    unexpected keyword argument 'max_num_seqs'."""
+    with LLM(None, kv_tokens=512, max_model_len=512, max_num_seqs=5, max_num_batched_tokens=384,
+             enforce_eager=True, enable_prefix_caching=False, tensor_parallel_size=1,
+             dtype="float", enable_chunked_prefill=True, trust_remote_code=False,
+             disable_log_stats=True, seed=3) as llm:
+        c = llm.engine.config
+        assert (c.max_running_requests, c.max_prefill_tokens) == (5, 384)
+        assert (c.cuda_graph, c.prefix_cache) == (False, False)
+        assert (c.dtype, c.tensor_parallel_size, c.seed) == ("float32", 1, 3)
+        out, = llm.generate("Hi", SamplingParams(max_tokens=1), use_tqdm=False)
+        assert out.outputs[0].token_ids
+
+
+@pytest.mark.parametrize("vllm, ours", [
+    ({"max_num_seqs": 0}, "max_running_requests"),
+    ({"max_num_batched_tokens": -1}, "max_prefill_tokens"),
+])
+def test_a_bad_value_is_named_by_the_keyword_given(vllm, ours):
+    """EngineConfig names its own field: the caller wrote vLLM's name."""
+    (keyword, value), = vllm.items()
+    assert refused(**vllm) == (f"{keyword} (aiollm's {ours}) must be an integer >= 1, "
+                               f"got {value}")
+
+
+@pytest.mark.parametrize("keyword, value, line", [
+    ("max_num_seqs", 7, "--max-num-seqs 7"),
+    ("max_num_batched_tokens", 300, "--max-num-batched-tokens 300"),
+    ("enforce_eager", True, "--enforce-eager"),
+    ("enable_prefix_caching", False, "--no-enable-prefix-caching"),
+])
+def test_an_alias_sets_what_the_cli_flag_sets(keyword, value, line):
+    """The keyword sets the option the `aiollm serve` flag sets, to the same value: LLM()
+    takes that option beside it at that value, and refuses it at another."""
+    parse = lambda *flags: vars(build_parser().parse_args(["serve", "M", *flags]))
+    default, given = parse(), parse(*line.split())
+    option, = (k for k in given if k not in ("flags_typed", "command_parser")
+               and given[k] != default[k])
+    ours = given[option]
+    past_the_checks(**{keyword: value, option: ours})
+    with pytest.raises(TypeError, match=f"{option}.*{keyword}"):
+        LLM(MISSING, **{keyword: value, option: not ours if ours in (True, False) else ours + 1})
+
+
+@pytest.mark.parametrize("keyword", ["enforce_eager", "enable_prefix_caching",
+                                     "trust_remote_code", "enable_chunked_prefill"])
+def test_a_switch_takes_true_or_false(keyword):
+    """not "no" is False: a string would have been read as the opposite of what it says."""
+    assert refused(**{keyword: "no"}) == f"{keyword} must be True or False, got 'no'"
+
+
+@pytest.mark.parametrize("options", [
+    {"max_num_seqs": 8, "max_running_requests": 16},
+    {"max_num_batched_tokens": 512, "max_prefill_tokens": 1024},
+    {"enforce_eager": True, "cuda_graph": True},
+    {"enable_prefix_caching": True, "prefix_cache": False},
+])
+def test_an_option_given_both_ways_must_agree(options):
+    with pytest.raises(TypeError) as e:
+        LLM(MISSING, **options)
+    for name in options:
+        assert name in str(e.value)
+
+
+def test_an_option_given_both_ways_alike_is_taken():
+    past_the_checks(max_num_seqs=8, max_running_requests=8, enforce_eager=False,
+                    cuda_graph=True, enable_prefix_caching=None)
+
+
+def test_what_aiollm_always_does_is_taken():
+    """Every NO_EFFECT flag that is an LLM keyword, and refused flags given the value that
+    asks for aiollm's own behaviour (or None, vLLM's 'not set')."""
+    past_the_checks(enable_chunked_prefill=True, disable_custom_all_reduce=True,
+                    trust_remote_code=False, pipeline_parallel_size=1, data_parallel_size=1,
+                    kv_cache_dtype="auto", swap_space=0, cpu_offload_gb=0.0, block_size=1,
+                    max_logprobs=20, tokenizer_mode="auto", quantization=None,
+                    revision=None, download_dir=None, speculative_config=None,
+                    enable_lora=False)
+
+
+def _cli_error(flag: str, capsys) -> str:
+    """`aiollm serve M FLAG [VALUE]`'s error, after "argument FLAG: "."""
+    args = [flag] if flag.startswith("--no-") or flag in (
+        "--trust-remote-code", "--enable-lora") else [flag, "2"]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "M", *args])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    return line.split(": ", 3)[-1]
+
+
+@pytest.mark.parametrize("keyword, value, flag", [
+    ("gpu_memory_utilization", 0.9, "--gpu-memory-utilization"),
+    ("trust_remote_code", True, "--trust-remote-code"),
+    ("quantization", "awq", "--quantization"),
+    ("kv_cache_dtype", "fp8", "--kv-cache-dtype"),
+    ("pipeline_parallel_size", 2, "--pipeline-parallel-size"),
+    ("data_parallel_size", 2, "--data-parallel-size"),
+    ("block_size", 16, "--block-size"),
+    ("swap_space", 4, "--swap-space"),
+    ("cpu_offload_gb", 2, "--cpu-offload-gb"),
+    ("enable_lora", True, "--enable-lora"),
+    ("speculative_config", {"method": "ngram"}, "--speculative-config"),
+    ("max_logprobs", 5, "--max-logprobs"),
+    ("enable_chunked_prefill", False, "--no-enable-chunked-prefill"),
+    ("download_dir", "/d", "--download-dir"),
+    ("revision", "main", "--revision"),
+    ("tokenizer_mode", "slow", "--tokenizer-mode"),
+])
+def test_what_aiollm_cannot_honour_is_refused_as_the_cli_refuses_it(keyword, value, flag,
+                                                                    capsys):
+    """The CLI's message, its flags written as keywords (outside `commands`), led by the
+    keyword and its value."""
+    message = refused(**{keyword: value})
+    cli = _cli_error(flag, capsys)
+    lead = f"{keyword}={value!r}: "
+    assert message.startswith(lead)
+    text = message[len(lead):]
+    outside_commands = re.sub(r"`[^`]*`", "", text)
+    assert "--" not in outside_commands and "MODEL" not in outside_commands
+    # the same words, but for the flags' spelling
+    words = lambda s: re.findall(r"[a-z0-9.]+", re.sub(r"\bthe (flag|keyword)\b", "",
+                                                      s.lower()))
+    assert words(text) == words(cli)
+    # every flag the CLI offers instead is a keyword LLM() takes
+    for flag in re.findall(r"--([a-z-]+)", re.sub(r"`[^`]*`", "", cli)):
+        name = flag.replace("-", "_")
+        assert name in outside_commands
+        assert name in set(EngineConfig.__dataclass_fields__) | {
+            "max_num_batched_tokens", "max_num_seqs", "enforce_eager",
+            "enable_prefix_caching"}, name
+
+
+def test_the_gpu_memory_message_names_aiollms_keywords():
+    assert refused(gpu_memory_utilization=0.9).endswith(
+        "kv_memory_fraction=F gives it F of the GPU memory then free (default 0.85), "
+        "kv_tokens=N exactly N tokens")
+
+
+def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
+    """The tables are the CLI's: a flag added there is an LLM keyword too, refused or
+    taken alike, unless vLLM's LLM does not take it either (then it stays unknown)."""
+    server_only = {"enable_auto_tool_choice", "disable_log_requests",
+                   "enable_log_requests", "lora_modules"}
+    flags = [r.names[-1] for r in REFUSED] + list(NO_EFFECT)
+    for flag in flags:
+        keyword = flag.removeprefix("--").removeprefix("no-").replace("-", "_")
+        if keyword in server_only:
+            with pytest.raises(TypeError, match=keyword):
+                LLM(MISSING, **{keyword: True})
+        else:
+            with pytest.raises(ValueError, match=f"^{keyword}"):  # not unknown: TypeError
+                LLM(MISSING, **{keyword: "x"})
+
+
+@pytest.mark.parametrize("keyword", ["not_an_option", "enable_auto_tool_choice",
+                                     "max_seq_len_to_capture"])
+def test_an_unknown_keyword_is_a_type_error_naming_it(keyword):
+    with pytest.raises(TypeError, match=f"'{keyword}'"):
+        LLM(MISSING, **{keyword: 1})
