@@ -1,11 +1,11 @@
 """`vllm serve` flags on `aiollm serve`, so that a launch line copied from vLLM runs as it
 asked or stops at once saying why (argparse's "unrecognized arguments" said neither).
 
-Flags whose meaning aiollm has under its own name are aliases where cli.py defines that name
-(--model, --max-num-seqs, --max-num-batched-tokens, --enforce-eager,
---[no-]enable-prefix-caching, --disable-log-stats, -tp), and so are vLLM's values of a
-choice (`dtype_name`, `tool_call_parser_name`). This module adds the rest to the serve
-parser (`add_to`):
+Flags whose meaning aiollm has under its own name are aliases where
+aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
+--max-num-batched-tokens, --enforce-eager, --[no-]enable-prefix-caching,
+--disable-log-stats, -tp), and so are vLLM's values of a choice (`dtype_name`,
+`tool_call_parser_name`). This module adds the rest to the serve parser (`add_to`):
 
 - NO_EFFECT: flags asking for what aiollm always does; accepted, each listed in --help
   saying so;

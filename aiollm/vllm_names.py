@@ -61,8 +61,9 @@ def template_options(template: TemplateOptions | None, add_generation_prompt: bo
     return TemplateOptions(**given, kwargs=kwargs)
 
 
-# vLLM's keyword -> aiollm's option (EngineConfig field) of the same meaning, as cli.py
-# aliases the flags (tests/test_offline_vllm_options.py checks that they agree)
+# vLLM's keyword -> aiollm's option (EngineConfig field) of the same meaning, as
+# aiollm/cli/serve_parser.py aliases the flags (tests/test_offline_vllm_options.py checks
+# that they agree)
 _ALIASES = {"max_num_seqs": "max_running_requests",
             "max_num_batched_tokens": "max_prefill_tokens",
             "enforce_eager": "cuda_graph",  # negated: eager means no CUDA graphs
