@@ -756,6 +756,20 @@ def test_min_tokens_past_the_grammars_end_is_400(server):
     assert "min_new_tokens (4)" in err["message"], err
 
 
+def test_min_tokens_past_the_grammars_end_names_min_new_tokens_in_a_stream(server):
+    """/generate_stream finds it only once the grammar's end is reached, after the first
+    token went out: the stream's error event quoted min_tokens (3), SamplingParams' name and
+    value, with param "min_tokens", where /generate says min_new_tokens (4), as sent."""
+    from live_server import sse_events
+
+    status, _, raw = http(server, "POST", "/generate_stream", json={
+        "inputs": "x", "parameters": {"max_new_tokens": 8, "min_new_tokens": 4,
+                                      "guided_grammar": 'root ::= "a"'}})
+    err = json.loads(sse_events(raw)[-1])["error"]
+    assert status == 200 and err["param"] == "parameters.min_new_tokens", err
+    assert "min_new_tokens (4)" in err["message"], err
+
+
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/completions", {"prompt": "x", "max_tokens": 4, "min_tokens": 1,
                          "allowed_token_ids": [2]}, "min_tokens"),
