@@ -240,6 +240,10 @@ def test_logit_bias_key_with_leading_zeros_is_its_token(client):
      "tool_choice"),
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice"),
     ({"structured_outputs": {"jsonn": {"type": "object"}}}, "structured_outputs.jsonn"),
+    # no grammar field at all (vLLM refuses it): the output was left free
+    ({"structured_outputs": {}}, "structured_outputs"),
+    ({"structured_outputs": {"json": None, "disable_any_whitespace": True}},
+     "structured_outputs"),
     # keywords xgrammar compiles without enforcing them: refused, not silently dropped
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "array", "items": {"type": "integer"}, "uniqueItems": True}}}},
