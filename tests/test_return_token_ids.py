@@ -66,10 +66,10 @@ def test_chat_return_token_ids(server):
 
 
 def test_chat_stream_sends_the_ids_of_text_the_tool_parser_holds_back(server):
-    """A forced call's markup is held back until the call is whole: no content comes, but
-    the chunks still bring every generated id (a chunk with an empty delta where the parser
-    holds all of a token's text)."""
-    body = {"messages": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 40,
+    """A forced call's markup is held back until the output ends (here cut by max_tokens
+    inside the call): no content comes, but the chunks still bring every generated id (a
+    chunk with an empty delta where the parser holds all of a token's text)."""
+    body = {"messages": ASK, "tools": [WEATHER], "tool_choice": "required", "max_tokens": 16,
             "temperature": 0, "return_token_ids": True}
     whole = post(server, "/v1/chat/completions", body)
     [choice] = whole["choices"]
