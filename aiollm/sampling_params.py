@@ -247,6 +247,9 @@ class SamplingParams:
             is_int(t) and 0 <= t < 2**31 for t in self.stop_token_ids
         ):
             raise bad("stop_token_ids", "must be a list of integers in [0, 2**31)")
+        # an id given twice is one stop (clients merge end-id lists): only distinct ids
+        # take the table's places
+        self.stop_token_ids = list(dict.fromkeys(self.stop_token_ids))
         if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
             raise InvalidRequest(
                 f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",

@@ -339,6 +339,19 @@ def test_tokenize_renders_the_tools_as_the_chat_request_does(client, model, serv
     assert status == 400 and json.loads(body)["error"]["param"] == "tools[0]", body
 
 
+@pytest.mark.parametrize("body", [{"prompt": "Hello world"},
+                                  {"messages": [{"role": "user", "content": "Hi"}]}])
+def test_tokenize_returns_token_strs_on_request(server, body):
+    """vLLM's return_token_strs: the tokens' vocabulary strings beside their ids (was
+    ignored: no token_strs, which a vLLM client then reads as missing)."""
+    status, _, raw = http(server, "POST", "/tokenize", json={**body, "return_token_strs": True})
+    tok = json.loads(raw)
+    assert status == 200 and len(tok["token_strs"]) == tok["count"] > 0, tok
+    assert tok["token_strs"] == server.engine.tokenizer.convert_ids_to_tokens(tok["tokens"])
+    status, _, raw = http(server, "POST", "/tokenize", json=body)
+    assert status == 200 and "token_strs" not in json.loads(raw), raw
+
+
 def test_gc_pauses_are_timed():
     """The server times each garbage collection (aiollm_gc_pause_seconds), and stops when
     it stops."""

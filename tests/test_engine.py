@@ -712,6 +712,17 @@ def test_sampling_params_take_vllms_spellings_of_off():
         assert e.value.param == field
 
 
+def test_a_stop_token_id_given_twice_counts_once():
+    """Clients merge end-id lists (the model's eos, a generation config's, their own) and
+    send an id more than once: ten copies of one id were refused as more than the 8 stop
+    token ids a request may have, where vLLM takes them. Nine different ids still are."""
+    p = SamplingParams(stop_token_ids=[5] * 10 + [7, 5])
+    assert p.stop_token_ids == [5, 7]
+    with pytest.raises(InvalidRequest, match="at most 8 stop token ids, got 9") as e:
+        SamplingParams(stop_token_ids=[*range(9), 0])
+    assert e.value.param == "stop_token_ids"
+
+
 def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
     """Engine.chat and stream_chat passed any dicts to the chat template: a role outside
     OpenAI's, an image part, content that is not text were rendered (the template wrote the

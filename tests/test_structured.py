@@ -240,6 +240,10 @@ def test_logit_bias_key_with_leading_zeros_is_its_token(client):
      "tool_choice"),
     ({"guided_regex": "a+", "guided_choice": ["a"]}, "guided_choice"),
     ({"structured_outputs": {"jsonn": {"type": "object"}}}, "structured_outputs.jsonn"),
+    # no grammar field at all (vLLM refuses it): the output was left free
+    ({"structured_outputs": {}}, "structured_outputs"),
+    ({"structured_outputs": {"json": None, "disable_any_whitespace": True}},
+     "structured_outputs"),
     # keywords xgrammar compiles without enforcing them: refused, not silently dropped
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
         "type": "array", "items": {"type": "integer"}, "uniqueItems": True}}}},
@@ -753,6 +757,20 @@ def test_min_tokens_past_the_grammars_end_is_400(server):
         "max_new_tokens": 8, "min_new_tokens": 4, "guided_grammar": 'root ::= "a"'}})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == "parameters.min_new_tokens", err
+    assert "min_new_tokens (4)" in err["message"], err
+
+
+def test_min_tokens_past_the_grammars_end_names_min_new_tokens_in_a_stream(server):
+    """/generate_stream finds it only once the grammar's end is reached, after the first
+    token went out: the stream's error event quoted min_tokens (3), SamplingParams' name and
+    value, with param "min_tokens", where /generate says min_new_tokens (4), as sent."""
+    from live_server import sse_events
+
+    status, _, raw = http(server, "POST", "/generate_stream", json={
+        "inputs": "x", "parameters": {"max_new_tokens": 8, "min_new_tokens": 4,
+                                      "guided_grammar": 'root ::= "a"'}})
+    err = json.loads(sse_events(raw)[-1])["error"]
+    assert status == 200 and err["param"] == "parameters.min_new_tokens", err
     assert "min_new_tokens (4)" in err["message"], err
 
 

@@ -144,8 +144,11 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 "stop_reason": out.stop_reason,
                 "logprobs": (None if out.logprobs is None
                              else _chat_logprobs(vocab, out.logprobs, out.token_texts)),
+                **({"token_ids": list(out.token_ids)} if req.return_token_ids else {}),
             })
-        return json_response({**head, "choices": choices,
+        # vLLM's return_token_ids: the prompt's ids once, beside the choices
+        prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
+        return json_response({**head, **prompt_ids, "choices": choices,
                               "usage": usage_of(len(ids), sum(o.completion_tokens for o in outs),
                                                 outs[0].cached_tokens)})
 
@@ -153,6 +156,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     cached_tokens = [0] * req.n
     started = [False] * req.n
     said = [False] * req.n  # whether content has been sent
+    # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
+    prompt_ids = [{"prompt_token_ids": ids} if req.return_token_ids else {}]
 
     calls = [StreamingToolParser(parser, names, required=mode == "required")
              if parser else None for _ in params]
@@ -195,21 +200,25 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         cached_tokens[j] = d.cached_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
                                                                      d.token_texts)
-        if not found and not delta and finish is None and logprobs is None:
+        # return_token_ids: every id, also of text the parsers hold back
+        generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
+        if not (found or delta or generated.get("token_ids")) and finish is None and (
+                logprobs is None):
             return b""  # text the parsers hold back: OpenAI sends no chunk for it
         counts = chunk_usage(req, usage)
+        first, prompt_ids[0] = {**head, **prompt_ids[0]}, {}
         # the finish's chunk says which stop ended it (vLLM's stop_reason: the others lack it)
         ended = {} if finish is None else {"stop_reason": d.stop_reason}
         if not found:
-            return sse.event({**head, "choices": [{
+            return sse.event({**first, "choices": [{
                 "index": j, "delta": delta, "finish_reason": finish, **ended,
-                "logprobs": logprobs}], **counts})
+                "logprobs": logprobs, **generated}], **counts})
         # the calls, then a chunk of their own for the finish, as OpenAI sends them (the
         # SDK's stream helper ends a call, arguments.done, only once it has seen it)
         delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
-        return sse.event({**head, "choices": [{
-            "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs}],
-            **counts}) + sse.event({**head, "choices": [{
+        return sse.event({**first, "choices": [{
+            "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs,
+            **generated}], **counts}) + sse.event({**head, "choices": [{
                 "index": j, "delta": {"content": ""} if said[j] else {},
                 "finish_reason": finish, **ended, "logprobs": None}], **counts})
 

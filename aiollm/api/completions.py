@@ -91,6 +91,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return {}
         return {"prompt_logprobs": _vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
 
+    def token_ids(k: int, out: Delta | RequestOutput, first: bool) -> dict:
+        """vLLM's return_token_ids: the choice's prompt ids (a stream's first chunk of
+        the choice) and the ids it generated (a chunk: those it brings)."""
+        if not req.return_token_ids:
+            return {}
+        return {**({"prompt_token_ids": jobs[k][1]} if first else {}),
+                "token_ids": list(out.token_ids)}
+
     if not req.stream:
         outs = await gather_outputs([_of_prompt(i, source.generate(ids, sp))
                                      for i, ids, sp in jobs])
@@ -98,7 +106,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
             "stop_reason": out.stop_reason,
             "logprobs": logprobs_of(k, out, 0 if echo_scores else len(echo[k][0])),
-            **prompt_scores(out),
+            **prompt_scores(out), **token_ids(k, out, True),
         } for k, out in enumerate(outs)]
         # a prompt counts once however many choices it has: its first choice's hit (the
         # others reuse what that one computed)
@@ -116,8 +124,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     def render(item: tuple[int, Delta]) -> bytes:
         k, delta = item
-        text = delta.text
-        if not echoed[k]:
+        text, first = delta.text, not echoed[k]
+        if first:
             text, echoed[k] = echo[k][0] + text, True
         logprobs = logprobs_of(k, delta, offsets[k])
         offsets[k] += len(text)  # what the output's next token's offset counts from
@@ -126,7 +134,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return sse.event({**head, "choices": [{
             "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
             "stop_reason": delta.stop_reason,  # null until the last (vLLM sends it in each)
-            **prompt_scores(delta),
+            **prompt_scores(delta), **token_ids(k, delta, first),
         }], **chunk_usage(req, usage)})
 
     def tail() -> bytes:

@@ -8,8 +8,8 @@ unchanged: {"inputs": str | [ids], "parameters": {...}} in; {"generated_text": [
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, contextmanager
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -218,9 +218,15 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
             }, prefix=b"data:"))
         return b"".join(out)
 
-    with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
-        return await sse.send(request, merge([partial(st.engine.stream, ids, params[0])]),
-                              render, lambda: b"", prefix=b"data:")
+    async def events() -> AsyncIterator[tuple[int, Delta]]:
+        # errors are named as they are raised: one found mid-stream (min_tokens past a
+        # grammar's end) never leaves sse.send, which makes it the stream's last event
+        async with aclosing(merge([partial(st.engine.stream, ids, params[0])])) as deltas:
+            with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
+                async for item in deltas:
+                    yield item
+
+    return await sse.send(request, events(), render, lambda: b"", prefix=b"data:")
 
 
 ROUTES = [

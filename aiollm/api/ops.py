@@ -13,6 +13,7 @@ from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import json_response
 from aiollm.api.state import state
 from aiollm.api.tokenize_request import DetokenizeRequest, TokenizeRequest
+from aiollm.engine.submission import off_loop
 
 
 async def health(request: web.Request) -> web.Response:
@@ -48,7 +49,8 @@ async def version(request: web.Request) -> web.Response:
 
 async def tokenize(request: web.Request) -> web.Response:
     """{"prompt": text} or {"messages": [...], "tools": [...]} (the chat template applied,
-    the tools as a chat request with them renders them) -> token ids."""
+    the tools as a chat request with them renders them) -> token ids (and with vLLM's
+    return_token_strs, their vocabulary strings: "Ġworld")."""
     st = state(request)
     req = await decode_body(request, TokenizeRequest)
     st.check_model(req.model)
@@ -65,8 +67,12 @@ async def tokenize(request: web.Request) -> web.Response:
         ids = await st.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
     else:
         ids = []
-    return json_response({"tokens": ids, "count": len(ids),
-                          "max_model_len": st.engine.max_model_len})
+    out = {"tokens": ids, "count": len(ids), "max_model_len": st.engine.max_model_len}
+    if req.return_token_strs:
+        # a long prompt's strings are looked up off the event loop, as it was tokenized
+        out["token_strs"] = await off_loop(len(ids), st.engine.tokenizer.convert_ids_to_tokens,
+                                           ids)
+    return json_response(out)
 
 
 async def detokenize(request: web.Request) -> web.Response:

@@ -68,6 +68,9 @@ class SamplingFields(Struct, kw_only=True):
     bad_words: list[str] | None = None
     # vLLM's: only the prompt's last k tokens (-1: the context's length); kept_prompt_tokens
     truncate_prompt_tokens: int | None = None
+    # vLLM's: the prompt's and the output's token ids beside the text (completions.py and
+    # chat_completions.py say where)
+    return_token_ids: bool | None = False
     # OpenAI's end-user identifier: nothing is done with it, but it is a string there and
     # another type is a 400, as OpenAI answers
     user: str | None = None

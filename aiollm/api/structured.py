@@ -127,7 +127,8 @@ _STRUCTURED_OPTIONS = {"disable_fallback": (bool,), "disable_any_whitespace": (b
 
 
 def structured_outputs(value: Any) -> GrammarSpec | None:
-    """vLLM's structured_outputs object: exactly one of its grammar fields."""
+    """vLLM's structured_outputs object: exactly one of its grammar fields (json_object
+    false: none, the output free)."""
     p = "structured_outputs"
     if value is None:
         return None
@@ -148,8 +149,11 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
                              f"{', '.join(makers)}", param=f"{p}.{unknown[0]}")
     for option, kinds in _STRUCTURED_OPTIONS.items():
         check_type(value.get(option), kinds, f"{p}.{option}")
-    specs = [makers[k](v, f"{p}.{k}") for k, v in value.items()
-             if k in makers and v is not None]
+    given = [k for k, v in value.items() if k in makers and v is not None]
+    if not given:  # as vLLM refuses it: options alone would leave the output free, unasked
+        raise InvalidRequest(f"structured_outputs gives no grammar: send one of "
+                             f"{', '.join(makers)}, or leave structured_outputs out", param=p)
+    specs = [makers[k](value[k], f"{p}.{k}") for k in given]
     specs = [s for s in specs if s is not None]
     if len(specs) > 1:
         raise InvalidRequest("structured_outputs takes one of json, regex, choice, grammar, "
