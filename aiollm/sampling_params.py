@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aiollm.errors import InvalidRequest
+# vLLM's grammar object, importable from here as from vllm.sampling_params
+from aiollm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams, grammar_of
 
 
 def is_int(v: object) -> bool:
@@ -156,6 +158,10 @@ class SamplingParams:
     # these read None after
     allowed_token_ids: list[int] | None = None
     logit_bias: dict[int, float] | None = None
+    # vLLM's grammar: a StructuredOutputsParams (of this module, as vLLM's) or a dict of its
+    # fields; guided_decoding is its name before vLLM 0.11. Moved into `constraint` by check()
+    structured_outputs: object | None = None
+    guided_decoding: object | None = None
     # vLLM's: False gives token ids only (text "", no token texts); stop strings need text
     detokenize: bool = True
     # vLLM's: words never generated. Each is tokenized as it is and after a space; a word's
@@ -300,25 +306,38 @@ class SamplingParams:
                 param="logits_processors")
 
     def _fold_into_constraint(self) -> None:
-        """vLLM's allowed_token_ids and logit_bias moved into a copy of `constraint` (the
-        engine reads the constraint alone). InvalidRequest naming the field when the
-        constraint has one of its own too."""
+        """vLLM's allowed_token_ids, logit_bias and grammar (structured_outputs, or
+        guided_decoding) moved into a copy of `constraint` (the engine reads the constraint
+        alone). InvalidRequest naming the field when the constraint has one of its own too,
+        or both grammar fields are given."""
         given = {name: getattr(self, name) for name in ("allowed_token_ids", "logit_bias")
                  if getattr(self, name) is not None}
-        if not given:
+        grammars = [(name, getattr(self, name)) for name in ("structured_outputs",
+                                                             "guided_decoding")
+                    if getattr(self, name) is not None]
+        if not given and not grammars:
             return
         if self.constraint is not None and not isinstance(self.constraint, Constraint):
             return  # check() reports the constraint
         c = self.constraint or Constraint()
+        if len(grammars) > 1:
+            raise InvalidRequest("structured_outputs and guided_decoding (its former name) "
+                                 "are both given: give one", param="guided_decoding")
+        if grammars:
+            grammar = grammar_of(grammars[0][1], grammars[0][0])
+            if grammar is not None:  # (json_object=False: none)
+                given["grammar"] = grammar
         for name in given:
             if getattr(c, name) is not None:
-                raise InvalidRequest(f"{name} is given both as a field and in constraint: "
-                                     "give it once", param=name)
+                field_name = grammars[0][0] if name == "grammar" else name
+                raise InvalidRequest(f"{field_name} is given both as a field and in "
+                                     "constraint: give it once", param=field_name)
         self.constraint = Constraint(
-            grammar=c.grammar, allowed_token_ids=given.get("allowed_token_ids",
-                                                           c.allowed_token_ids),
+            grammar=given.get("grammar", c.grammar),
+            allowed_token_ids=given.get("allowed_token_ids", c.allowed_token_ids),
             logit_bias=given.get("logit_bias", c.logit_bias))
         self.allowed_token_ids = self.logit_bias = None
+        self.structured_outputs = self.guided_decoding = None
 
     @property
     def greedy(self) -> bool:

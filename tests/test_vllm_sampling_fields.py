@@ -1,0 +1,75 @@
+"""SamplingParams fields that vLLM code passes and aiollm took under other names or not at
+all: structured_outputs (StructuredOutputsParams; guided_decoding, its former name), on
+the default model through LLM."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aiollm import LLM, SamplingParams
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import (Constraint, GrammarSpec, GuidedDecodingParams,
+                                    StructuredOutputsParams)
+
+ASK = "Is Paris in France? Answer:"
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with LLM(None, kv_tokens=1024) as llm:
+        yield llm
+
+
+def test_structured_outputs_constrain_the_output(llm):
+    """vLLM's SamplingParams(structured_outputs=StructuredOutputsParams(choice=[...])) was
+    a TypeError (unexpected keyword): aiollm took a grammar only as
+    constraint=Constraint(GrammarSpec(...)). Each kind of vLLM's object (and the dict the
+    HTTP API takes, and guided_decoding=GuidedDecodingParams, vLLM's former name) is the
+    constraint of that kind."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+              "required": ["ok"], "additionalProperties": False}
+    cases = [
+        (StructuredOutputsParams(choice=["yes", "no"]), lambda t: t in ("yes", "no")),
+        (StructuredOutputsParams(regex="[0-9]{3}"), lambda t: len(t) == 3 and t.isdigit()),
+        (StructuredOutputsParams(json=schema), lambda t: isinstance(json.loads(t)["ok"], bool)),
+        (StructuredOutputsParams(json=json.dumps(schema)),
+         lambda t: isinstance(json.loads(t)["ok"], bool)),
+        (StructuredOutputsParams(grammar='root ::= "maybe"'), lambda t: t == "maybe"),
+        ({"choice": ["oui", "non"]}, lambda t: t in ("oui", "non")),
+    ]
+    params = [SamplingParams(max_tokens=20, temperature=1.0, seed=0, structured_outputs=so)
+              for so, _ in cases]
+    params.append(SamplingParams(max_tokens=20, temperature=0,
+                                 guided_decoding=GuidedDecodingParams(choice=["A", "B"])))
+    checks = [ok for _, ok in cases] + [lambda t: t in ("A", "B")]
+    outs = llm.generate([ASK] * len(params), params, False)
+    for out, ok in zip(outs, checks):
+        assert out.finish_reason == "stop" and ok(out.text), out.text
+    assert params[0].constraint.grammar == GrammarSpec(
+        "choice", '["yes", "no"]', "structured_outputs.choice")
+    assert params[0].structured_outputs is None  # moved into the constraint, as logit_bias
+
+
+@pytest.mark.parametrize("make, param", [
+    (lambda: StructuredOutputsParams(), "structured_outputs"),
+    (lambda: StructuredOutputsParams(regex="a", choice=["a"]), "structured_outputs"),
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(choice=[])),
+     "structured_outputs.choice"),
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex=3)),
+     "structured_outputs.regex"),
+    (lambda: SamplingParams(structured_outputs={"jsn": {}}), "structured_outputs.jsn"),
+    (lambda: SamplingParams(structured_outputs="[0-9]"), "structured_outputs"),
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex="a"),
+                            guided_decoding=StructuredOutputsParams(regex="b")),
+     "guided_decoding"),
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex="a"),
+                            constraint=Constraint(GrammarSpec("regex", "b"))),
+     "structured_outputs"),
+])
+def test_bad_structured_outputs_name_the_field(make, param):
+    """Each refusal is an InvalidRequest naming the field at fault, at construction."""
+    with pytest.raises(InvalidRequest) as e:
+        make()
+    assert e.value.param == param
