@@ -142,6 +142,9 @@ class SamplingParams:
     # With it, max_tokens may be 0: the prompt is scored and nothing generated.
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    # vLLM's (for its slow tokenizers): transformers 5's tokenizers, which aiollm decodes
+    # with, have no spacing rule of special tokens of their own; either value decodes alike
+    spaces_between_special_tokens: bool = True
     # vLLM's: the output ends after the stop string that matched (and a stop token id's
     # text stays), instead of before it
     include_stop_str_in_output: bool = False
@@ -258,7 +261,8 @@ class SamplingParams:
                 f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",
                 param="stop_token_ids",
             )
-        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
+        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
+                     "spaces_between_special_tokens"):
             setattr(self, name, _plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")

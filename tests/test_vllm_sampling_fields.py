@@ -73,3 +73,22 @@ def test_bad_structured_outputs_name_the_field(make, param):
     with pytest.raises(InvalidRequest) as e:
         make()
     assert e.value.param == param
+
+
+def test_spaces_between_special_tokens_is_taken(llm):
+    """vLLM's SamplingParams(spaces_between_special_tokens=False), which lm-eval-harness's
+    vLLM model passes on every request, was a TypeError (unexpected keyword). The tokenizers
+    aiollm decodes with (transformers 5's) have no such spacing rule: either value gives
+    the same text, special tokens kept and joined as the tokenizer joins them."""
+    texts = []
+    for spaces in (True, False):
+        out, = llm.generate("<|im_start|>user\nHi<|im_end|>\n", SamplingParams(
+            max_tokens=6, temperature=0, ignore_eos=True, skip_special_tokens=False,
+            logit_bias={1: 100.0, 2: 100.0}, spaces_between_special_tokens=spaces), False)
+        texts.append(out.text)
+    assert set(out.token_ids) <= {1, 2}  # <|im_start|>, <|im_end|>: special tokens only
+    assert texts[0] == texts[1] == "".join(llm.get_tokenizer().convert_ids_to_tokens(
+        out.token_ids))
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(spaces_between_special_tokens="no")
+    assert e.value.param == "spaces_between_special_tokens"
