@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
 from dataclasses import dataclass, field
 
@@ -342,6 +343,10 @@ class SamplingParams:
             logit_bias=given.get("logit_bias", c.logit_bias))
         self.allowed_token_ids = self.logit_bias = None
         self.structured_outputs = self.guided_decoding = None
+
+    def clone(self) -> SamplingParams:
+        """A deep copy (vLLM's SamplingParams.clone): its lists and constraint are its own."""
+        return copy.deepcopy(self)
 
     @property
     def greedy(self) -> bool:

@@ -92,3 +92,16 @@ def test_spaces_between_special_tokens_is_taken(llm):
     with pytest.raises(InvalidRequest) as e:
         SamplingParams(spaces_between_special_tokens="no")
     assert e.value.param == "spaces_between_special_tokens"
+
+
+def test_clone_is_a_deep_copy():
+    """vLLM's SamplingParams.clone() (code that varies one request's params from a shared
+    one: p = base.clone(); p.seed = i) was an AttributeError. The copy shares no list."""
+    base = SamplingParams(stop=["a"], stop_token_ids=[3], bad_words=["x"], seed=1,
+                          structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
+    copy = base.clone()
+    assert copy == base and copy is not base
+    copy.stop.append("b")
+    copy.seed = 2
+    assert (base.stop, base.seed) == (["a"], 1)
+    assert copy.constraint.grammar == base.constraint.grammar
