@@ -105,3 +105,12 @@ def test_clone_is_a_deep_copy():
     copy.seed = 2
     assert (base.stop, base.seed) == (["a"], 1)
     assert copy.constraint.grammar == base.constraint.grammar
+
+
+def test_outputs_answer_vllms_other_fields(llm):
+    """vLLM code reading out.metrics (None from vLLM's LLM, which logs no stats by
+    default), out.lora_request or completion.finished() got an AttributeError."""
+    out, = llm.generate("Hi", SamplingParams(max_tokens=2, n=2), False)
+    assert out.metrics is None and out.lora_request is None
+    assert [c.finished() for c in out.outputs] == [True, True]
+    assert [c.lora_request for c in out.outputs] == [None, None]
