@@ -209,7 +209,7 @@ class SamplingParams:
         scoring = self.prompt_logprobs is not None
         if not is_int(self.n) or self.n < 1:
             raise bad("n", "must be an integer >= 1")
-        if self.best_of is not None and self.best_of != self.n:
+        if self.best_of is not None and (not is_int(self.best_of) or self.best_of != self.n):
             raise bad("best_of", f"must be None or n ({self.n}): choices are not ranked; "
                       "for the n most likely of k, generate n=k with logprobs=0 and keep the "
                       "n of highest outputs[i].cumulative_logprob")
@@ -303,7 +303,8 @@ class SamplingParams:
                 raise InvalidRequest(f"bad_words[{i}] has {len(w)} characters, more than the "
                                      f"{MAX_BAD_WORD_CHARS} allowed", param="bad_words")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
-        if self.logits_processors:
+        lp = self.logits_processors
+        if lp is not None and not (isinstance(lp, (list, tuple)) and len(lp) == 0):
             raise InvalidRequest(
                 "logits_processors are not supported: per-request Python logits processors "
                 "would run on every step of the batch; vLLM's V1 engine refuses them too. "

@@ -1,11 +1,13 @@
-"""SamplingParams fields that vLLM code passes and aiollm took under other names or not at
-all: structured_outputs (StructuredOutputsParams; guided_decoding, its former name), on
-the default model through LLM."""
+"""vLLM's SamplingParams fields and methods, and output fields, that vLLM code uses and
+aiollm took under other names or not at all (structured_outputs, guided_decoding,
+spaces_between_special_tokens, clone(), RequestOutput.metrics...), or took with odd
+values; on the default model through LLM."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from aiollm import LLM, SamplingParams
@@ -114,3 +116,17 @@ def test_outputs_answer_vllms_other_fields(llm):
     assert out.metrics is None and out.lora_request is None
     assert [c.finished() for c in out.outputs] == [True, True]
     assert [c.lora_request for c in out.outputs] == [None, None]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("best_of", True), ("best_of", 1 + 0j), ("best_of", np.array([1, 2])),
+    ("logits_processors", np.array([1, 2])), ("logits_processors", 0),
+    ("logits_processors", {}),
+])
+def test_odd_values_of_vllms_fields_are_refused_by_name(field, value):
+    """best_of True or 1+0j passed as n (they equal 1), a numpy array raised numpy's
+    "truth value of an array is ambiguous", and logits_processors 0 or {} passed as none:
+    each is an InvalidRequest naming the field."""
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(**{field: value})
+    assert e.value.param == field
