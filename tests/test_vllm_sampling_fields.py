@@ -130,3 +130,21 @@ def test_odd_values_of_vllms_fields_are_refused_by_name(field, value):
     with pytest.raises(InvalidRequest) as e:
         SamplingParams(**{field: value})
     assert e.value.param == field
+
+
+def test_generate_and_chat_take_vllms_lora_request_none(llm):
+    """lm-eval-harness's vLLM model calls generate(..., lora_request=self.lora_request),
+    None unless an adapter is asked for: a TypeError (unexpected keyword). None is taken
+    (no adapter), by chat() too; an adapter is refused naming lora_request."""
+    sp = SamplingParams(max_tokens=2, temperature=0)
+    out, = llm.generate([{"prompt_token_ids": [1, 2, 3]}], sampling_params=sp,
+                        use_tqdm=False, lora_request=None)
+    assert out.token_ids == llm.generate([[1, 2, 3]], sp, False)[0].token_ids
+    assert llm.chat([{"role": "user", "content": "Hi"}], sp, use_tqdm=False,
+                    lora_request=None)[0].token_ids
+    for call in (lambda: llm.generate("Hi", sp, False, lora_request=object()),
+                 lambda: llm.chat([{"role": "user", "content": "Hi"}], sp, False,
+                                  lora_request=object())):
+        with pytest.raises(InvalidRequest) as e:
+            call()
+        assert e.value.param == "lora_request"
