@@ -333,6 +333,9 @@ class SamplingParams:
             grammar = grammar_of(grammars[0][1], grammars[0][0])
             if grammar is not None:  # (json_object=False: none)
                 given["grammar"] = grammar
+            self.structured_outputs = self.guided_decoding = None
+            if not given:
+                return
         for name in given:
             if getattr(c, name) is not None:
                 field_name = grammars[0][0] if name == "grammar" else name
@@ -343,7 +346,6 @@ class SamplingParams:
             allowed_token_ids=given.get("allowed_token_ids", c.allowed_token_ids),
             logit_bias=given.get("logit_bias", c.logit_bias))
         self.allowed_token_ids = self.logit_bias = None
-        self.structured_outputs = self.guided_decoding = None
 
     def clone(self) -> SamplingParams:
         """A deep copy (vLLM's SamplingParams.clone): its lists and constraint are its own."""

@@ -52,6 +52,9 @@ def test_structured_outputs_constrain_the_output(llm):
     assert params[0].constraint.grammar == GrammarSpec(
         "choice", '["yes", "no"]', "structured_outputs.choice")
     assert params[0].structured_outputs is None  # moved into the constraint, as logit_bias
+    # json_object False asks for nothing (as the HTTP API's): no constraint at all
+    assert SamplingParams(structured_outputs=StructuredOutputsParams(
+        json_object=False)).constraint is None
 
 
 @pytest.mark.parametrize("make, param", [
