@@ -164,8 +164,8 @@ class SamplingParams:
     logit_bias: dict[int, float] | None = None
     # vLLM's grammar: a StructuredOutputsParams (of this module, as vLLM's) or a dict of its
     # fields; guided_decoding is its name before vLLM 0.11. Moved into `constraint` by check()
-    structured_outputs: object | None = None
-    guided_decoding: object | None = None
+    structured_outputs: StructuredOutputsParams | dict | None = None
+    guided_decoding: StructuredOutputsParams | dict | None = None
     # vLLM's: False gives token ids only (text "", no token texts); stop strings need text
     detokenize: bool = True
     # vLLM's: words never generated. Each is tokenized as it is and after a space; a word's
