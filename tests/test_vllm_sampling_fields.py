@@ -151,3 +151,20 @@ def test_generate_and_chat_take_vllms_lora_request_none(llm):
         with pytest.raises(InvalidRequest) as e:
             call()
         assert e.value.param == "lora_request"
+
+
+def test_a_bad_field_of_one_prompts_params_names_its_place(llm):
+    """With one SamplingParams per prompt (vLLM's list), a field checked against the model
+    (a stop token id past the vocabulary, a regex that does not compile) was named without
+    saying which params held it (stop_token_ids), where the fields SamplingParams checks
+    alone were params[1].field. Shared params keep the field's own name."""
+    ok = SamplingParams(max_tokens=1)
+    for bad, param in ((SamplingParams(stop_token_ids=[10**6]), "params[1].stop_token_ids"),
+                       (SamplingParams(structured_outputs={"regex": "("}),
+                        "params[1].structured_outputs.regex")):
+        with pytest.raises(InvalidRequest) as e:
+            llm.generate(["a", "b"], [ok, bad], False)
+        assert e.value.param == param and str(e.value).startswith("params[1]: ")
+        with pytest.raises(InvalidRequest) as e:
+            llm.generate(["a", "b"], bad, False)
+        assert e.value.param == param.removeprefix("params[1].")
