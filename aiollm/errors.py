@@ -76,6 +76,21 @@ def naming_batch_item(field: str, index: int | None, name: str | None = None
         raise of_batch_item(e, field, index, name) from None
 
 
+@contextmanager
+def naming_params_item(index: int | None) -> Iterator[None]:
+    """An InvalidRequest about a field of params (not the prompt, not the context's
+    length) raised in the block is raised as params[index]'s (param
+    "params[1].stop_token_ids"): a batch given one SamplingParams per prompt. With index
+    None (params the batch shares), as it is."""
+    try:
+        yield
+    except InvalidRequest as e:
+        if (index is None or e.param in (None, "prompt") or e.code is not None
+                or e.param.startswith("params")):
+            raise
+        raise e.within(f"params[{index}]", f"params[{index}].{e.param}") from None
+
+
 class Overloaded(RuntimeError):
     """The waiting queue is full (HTTP 503 with Retry-After)."""
 

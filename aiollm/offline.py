@@ -22,7 +22,8 @@ from aiollm.engine.engine_api import Progress
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
-from aiollm.vllm_names import UNSET, either, engine_options, named_as_given, template_options
+from aiollm.vllm_names import (UNSET, either, engine_options, named_as_given, no_lora,
+                                template_options)
 
 
 class LLM:
@@ -70,16 +71,19 @@ class LLM:
                  params: SamplingParams | Sequence[SamplingParams] | None = None,
                  progress: Progress = UNSET, *,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
-                 use_tqdm: Progress | None = None) -> list[RequestOutput]:
+                 use_tqdm: Progress | None = None,
+                 lora_request: None = None) -> list[RequestOutput]:
         """The outputs of `prompts` (a string or a prompt dict is one prompt), in order, one
         per prompt with its SamplingParams.n completions in `.outputs`; `params` one
         SamplingParams for all or a list of one per prompt (Engine.generate_batch);
         `progress`: a tqdm bar unless false (default: shown), or, as vLLM's use_tqdm
         takes it, a callable that makes the bar (a tqdm-like class or factory, e.g.
         functools.partial(tqdm, leave=False); Engine.generate_batch). `sampling_params` and
-        `use_tqdm` are vLLM's names for `params` and `progress`.
+        `use_tqdm` are vLLM's names for `params` and `progress`; vLLM's `lora_request` is
+        taken as None alone (InvalidRequest naming it for an adapter).
         Raises TypeError naming both when a value is given under both names,
         EngineStopped once close() has run."""
+        no_lora(lora_request)
         params = either(params, "params", sampling_params, "sampling_params")
         progress = either(progress, "progress", use_tqdm, "use_tqdm", UNSET)
         return self._generate(prompts, params, progress, "prompts")
@@ -106,7 +110,8 @@ class LLM:
              continue_final_message: bool | None = None,
              chat_template_kwargs: dict | None = None,
              chat_template: str | None = None,
-             tools: list[dict] | None = None) -> list[RequestOutput]:
+             tools: list[dict] | None = None,
+             lora_request: None = None) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,
         continue_final_message, chat_template_kwargs such as enable_thinking; default: the
@@ -119,7 +124,7 @@ class LLM:
         add_generation_prompt, continue_final_message, chat_template_kwargs and
         chat_template (a Jinja template rendering the conversations in place of the
         tokenizer's) for the template's options of those names (None: not given, the
-        default). The prompt is the one /v1/chat/completions renders for the same
+        default); `lora_request` as generate() takes it. The prompt is the one /v1/chat/completions renders for the same
         messages, tools and options (Engine.render_chat); the output is the model's text,
         any calls in it unparsed, as vLLM's LLM.chat gives it.
         Raises InvalidRequest (a ValueError) naming the conversation and its field (param
@@ -131,6 +136,7 @@ class LLM:
         context (or the param to change, as Engine.generate_batch names prompts);
         TypeError naming both names of a value given twice (template and one of its
         options) or no conversations at all; EngineStopped once close() has run."""
+        no_lora(lora_request)
         params = either(params, "params", sampling_params, "sampling_params")
         progress = either(progress, "progress", use_tqdm, "use_tqdm", UNSET)
         conversations = either(conversations, "conversations", messages, "messages", UNSET)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from aiollm.errors import InvalidRequest
+# vLLM's grammar object, importable from here as from vllm.sampling_params
+from aiollm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams, grammar_of
 
 
 def is_int(v: object) -> bool:
@@ -140,6 +143,9 @@ class SamplingParams:
     # With it, max_tokens may be 0: the prompt is scored and nothing generated.
     prompt_logprobs: int | None = None
     skip_special_tokens: bool = True
+    # vLLM's (for its slow tokenizers): transformers 5's tokenizers, which aiollm decodes
+    # with, have no spacing rule of special tokens of their own; either value decodes alike
+    spaces_between_special_tokens: bool = True
     # vLLM's: the output ends after the stop string that matched (and a stop token id's
     # text stays), instead of before it
     include_stop_str_in_output: bool = False
@@ -156,6 +162,10 @@ class SamplingParams:
     # these read None after
     allowed_token_ids: list[int] | None = None
     logit_bias: dict[int, float] | None = None
+    # vLLM's grammar: a StructuredOutputsParams (of this module, as vLLM's) or a dict of its
+    # fields; guided_decoding is its name before vLLM 0.11. Moved into `constraint` by check()
+    structured_outputs: StructuredOutputsParams | dict | None = None
+    guided_decoding: StructuredOutputsParams | dict | None = None
     # vLLM's: False gives token ids only (text "", no token texts); stop strings need text
     detokenize: bool = True
     # vLLM's: words never generated. Each is tokenized as it is and after a space; a word's
@@ -199,7 +209,7 @@ class SamplingParams:
         scoring = self.prompt_logprobs is not None
         if not is_int(self.n) or self.n < 1:
             raise bad("n", "must be an integer >= 1")
-        if self.best_of is not None and self.best_of != self.n:
+        if self.best_of is not None and (not is_int(self.best_of) or self.best_of != self.n):
             raise bad("best_of", f"must be None or n ({self.n}): choices are not ranked; "
                       "for the n most likely of k, generate n=k with logprobs=0 and keep the "
                       "n of highest outputs[i].cumulative_logprob")
@@ -255,7 +265,8 @@ class SamplingParams:
                 f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",
                 param="stop_token_ids",
             )
-        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
+        for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
+                     "spaces_between_special_tokens"):
             setattr(self, name, _plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
@@ -295,7 +306,8 @@ class SamplingParams:
                 raise InvalidRequest(f"bad_words[{i}] has {len(w)} characters, more than the "
                                      f"{MAX_BAD_WORD_CHARS} allowed", param="bad_words")
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
-        if self.logits_processors:
+        lp = self.logits_processors
+        if lp is not None and not (isinstance(lp, (list, tuple)) and len(lp) == 0):
             raise InvalidRequest(
                 "logits_processors are not supported: per-request Python logits processors "
                 "would run on every step of the batch; vLLM's V1 engine refuses them too. "
@@ -303,25 +315,44 @@ class SamplingParams:
                 param="logits_processors")
 
     def _fold_into_constraint(self) -> None:
-        """vLLM's allowed_token_ids and logit_bias moved into a copy of `constraint` (the
-        engine reads the constraint alone). InvalidRequest naming the field when the
-        constraint has one of its own too."""
+        """vLLM's allowed_token_ids, logit_bias and grammar (structured_outputs, or
+        guided_decoding) moved into a copy of `constraint` (the engine reads the constraint
+        alone). InvalidRequest naming the field when the constraint has one of its own too,
+        or both grammar fields are given."""
         given = {name: getattr(self, name) for name in ("allowed_token_ids", "logit_bias")
                  if getattr(self, name) is not None}
-        if not given:
+        grammars = [(name, getattr(self, name)) for name in ("structured_outputs",
+                                                             "guided_decoding")
+                    if getattr(self, name) is not None]
+        if not given and not grammars:
             return
         if self.constraint is not None and not isinstance(self.constraint, Constraint):
             return  # check() reports the constraint
         c = self.constraint or Constraint()
+        if len(grammars) > 1:
+            raise InvalidRequest("structured_outputs and guided_decoding (its former name) "
+                                 "are both given: give one", param="guided_decoding")
+        if grammars:
+            grammar = grammar_of(grammars[0][1], grammars[0][0])
+            if grammar is not None:  # (json_object=False: none)
+                given["grammar"] = grammar
+            self.structured_outputs = self.guided_decoding = None
+            if not given:
+                return
         for name in given:
             if getattr(c, name) is not None:
-                raise InvalidRequest(f"{name} is given both as a field and in constraint: "
-                                     "give it once", param=name)
+                field_name = grammars[0][0] if name == "grammar" else name
+                raise InvalidRequest(f"{field_name} is given both as a field and in "
+                                     "constraint: give it once", param=field_name)
         self.constraint = Constraint(
-            grammar=c.grammar, allowed_token_ids=given.get("allowed_token_ids",
-                                                           c.allowed_token_ids),
+            grammar=given.get("grammar", c.grammar),
+            allowed_token_ids=given.get("allowed_token_ids", c.allowed_token_ids),
             logit_bias=given.get("logit_bias", c.logit_bias))
         self.allowed_token_ids = self.logit_bias = None
+
+    def clone(self) -> SamplingParams:
+        """A deep copy (vLLM's SamplingParams.clone): its lists and constraint are its own."""
+        return copy.deepcopy(self)
 
     @property
     def greedy(self) -> bool:

@@ -2,7 +2,7 @@
 names, so that vLLM code runs as it is: sampling_params (params), use_tqdm (progress),
 messages (conversations), and the chat template's options add_generation_prompt,
 continue_final_message, chat_template_kwargs and chat_template (aiollm's
-template=TemplateOptions(...)).
+template=TemplateOptions(...)); and lora_request, None alone.
 A value given under both names is a TypeError naming both, as Python refuses an argument
 given twice.
 
@@ -21,6 +21,7 @@ from typing import Any
 
 from aiollm import vllm_flags
 from aiollm.engine.chat_template import TemplateOptions
+from aiollm.errors import InvalidRequest
 from aiollm.vllm_flags import Refusal
 
 UNSET: Any = object()  # an argument not passed (where None is a value of its own)
@@ -40,6 +41,16 @@ def either(ours: Any, ours_name: str, theirs: Any, theirs_name: str,
     if ours is not ours_unset:
         raise _both(ours_name, theirs_name)
     return theirs
+
+
+def no_lora(lora_request: Any) -> None:
+    """vLLM's lora_request keyword of LLM.generate and LLM.chat: None (no adapter, which
+    callers such as lm-eval-harness pass always) is taken; an adapter raises InvalidRequest
+    naming lora_request."""
+    if lora_request is not None:
+        raise InvalidRequest("LoRA adapters are not supported (lora_request must be None): "
+                             "serve a checkpoint with the adapter merged into its weights",
+                             param="lora_request")
 
 
 def template_options(template: TemplateOptions | None, add_generation_prompt: bool | None,

@@ -30,7 +30,8 @@ from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import (Prompt, check_request, default_length_within,
                                       kept_prompt_tokens, new_request, off_loop, prompt_text,
                                       request_params, tokenize)
-from aiollm.errors import EngineStopped, InvalidRequest, Overloaded, naming_batch_item
+from aiollm.errors import (EngineStopped, InvalidRequest, Overloaded, naming_batch_item,
+                           naming_params_item)
 from aiollm.sampling_params import SamplingParams
 
 
@@ -246,14 +247,18 @@ class EngineAPI:
         each = _params_of_batch(self.default_params() if defaulted else params,
                                 len(prompts), batch_name)
         given = [prompt_text(p) for p in prompts]
+        # one SamplingParams per prompt: a bad field is named by its place (params[i].field)
+        per_prompt = isinstance(params, (list, tuple))
         prompts = await off_loop(sum(len(p) for p in prompts if isinstance(p, str)),
-                                 self._checked_batch, prompts, each, batch_name, defaulted)
+                                 self._checked_batch, prompts, each, batch_name, defaulted,
+                                 per_prompt)
         if callable(progress):
             bar = progress(total=len(prompts), desc="generate")
         else:
             bar = tqdm(total=len(prompts), desc="generate", disable=not progress)
         async def one(i, p):
-            with naming_batch_item("prompt", i, batch_name):
+            with (naming_batch_item("prompt", i, batch_name),
+                  naming_params_item(i if per_prompt else None)):
                 # each choice of a prompt (n > 1) takes room of its own
                 out = await self._completions(p, each[i], given[i], self._batch_room)
             bar.update(1)
@@ -265,12 +270,15 @@ class EngineAPI:
             bar.close()
 
     def _checked_batch(self, prompts: Sequence[Prompt], params: list[SamplingParams],
-                       batch_name: str, defaulted: bool = False) -> list[list[int]]:
+                       batch_name: str, defaulted: bool = False, per_prompt: bool = False
+                       ) -> list[list[int]]:
         """The prompts' ids, each checked with its params; `defaulted` (the call gave no
-        params): each prompt's are the engine's defaults within its context (set in params)."""
+        params): each prompt's are the engine's defaults within its context (set in params);
+        `per_prompt` (the call gave one per prompt): a bad field is named params[i].field."""
         ids = []
         for i, p in enumerate(prompts):
-            with naming_batch_item("prompt", i, batch_name):
+            with (naming_batch_item("prompt", i, batch_name),
+                  naming_params_item(i if per_prompt else None)):
                 if defaulted:
                     p, params[i] = self._with_defaults(p)
                 ids.append(self._checked_input(p, params[i]))  # maybe off the loop's thread

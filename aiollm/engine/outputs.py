@@ -67,6 +67,17 @@ class RequestOutput:
         """vLLM's name for cached_tokens."""
         return self.cached_tokens
 
+    @property
+    def metrics(self) -> None:
+        """vLLM's RequestOutput.metrics: None, as vLLM's LLM gives it (it logs no stats by
+        default); aiollm's timings are the engine's Prometheus metrics."""
+        return None
+
+    @property
+    def lora_request(self) -> None:
+        """vLLM's: None (aiollm serves no LoRA adapters)."""
+        return None
+
     def decode_alternatives(self, tokenizer) -> None:
         """Fill decoded_tokens (of this choice and the others) with the text of each
         alternative in logprobs, its id decoded alone by `tokenizer` (as vLLM decodes
@@ -187,6 +198,16 @@ class CompletionOutput:
     @property
     def stop_reason(self) -> int | str | None:
         return self._of.stop_reason
+
+    @property
+    def lora_request(self) -> None:
+        """vLLM's: None (aiollm serves no LoRA adapters)."""
+        return None
+
+    def finished(self) -> bool:
+        """vLLM's CompletionOutput.finished(): whether it has a finish_reason (always: a
+        whole result's)."""
+        return self.finish_reason is not None
 
     @property
     def cumulative_logprob(self) -> float | None:

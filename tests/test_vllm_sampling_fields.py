@@ -1,0 +1,170 @@
+"""vLLM's SamplingParams fields and methods, and output fields, that vLLM code uses and
+aiollm took under other names or not at all (structured_outputs, guided_decoding,
+spaces_between_special_tokens, clone(), RequestOutput.metrics...), or took with odd
+values; on the default model through LLM."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from aiollm import LLM, SamplingParams
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import (Constraint, GrammarSpec, GuidedDecodingParams,
+                                    StructuredOutputsParams)
+
+ASK = "Is Paris in France? Answer:"
+
+
+@pytest.fixture(scope="module")
+def llm():
+    with LLM(None, kv_tokens=1024) as llm:
+        yield llm
+
+
+def test_structured_outputs_constrain_the_output(llm):
+    """vLLM's SamplingParams(structured_outputs=StructuredOutputsParams(choice=[...])) was
+    a TypeError (unexpected keyword): aiollm took a grammar only as
+    constraint=Constraint(GrammarSpec(...)). Each kind of vLLM's object (and the dict the
+    HTTP API takes, and guided_decoding=GuidedDecodingParams, vLLM's former name) is the
+    constraint of that kind."""
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+              "required": ["ok"], "additionalProperties": False}
+    cases = [
+        (StructuredOutputsParams(choice=["yes", "no"]), lambda t: t in ("yes", "no")),
+        (StructuredOutputsParams(regex="[0-9]{3}"), lambda t: len(t) == 3 and t.isdigit()),
+        (StructuredOutputsParams(json=schema), lambda t: isinstance(json.loads(t)["ok"], bool)),
+        (StructuredOutputsParams(json=json.dumps(schema)),
+         lambda t: isinstance(json.loads(t)["ok"], bool)),
+        (StructuredOutputsParams(grammar='root ::= "maybe"'), lambda t: t == "maybe"),
+        ({"choice": ["oui", "non"]}, lambda t: t in ("oui", "non")),
+    ]
+    params = [SamplingParams(max_tokens=20, temperature=1.0, seed=0, structured_outputs=so)
+              for so, _ in cases]
+    params.append(SamplingParams(max_tokens=20, temperature=0,
+                                 guided_decoding=GuidedDecodingParams(choice=["A", "B"])))
+    checks = [ok for _, ok in cases] + [lambda t: t in ("A", "B")]
+    outs = llm.generate([ASK] * len(params), params, False)
+    for out, ok in zip(outs, checks):
+        assert out.finish_reason == "stop" and ok(out.text), out.text
+    assert params[0].constraint.grammar == GrammarSpec(
+        "choice", '["yes", "no"]', "structured_outputs.choice")
+    assert params[0].structured_outputs is None  # moved into the constraint, as logit_bias
+    # json_object False asks for nothing (as the HTTP API's): no constraint at all
+    assert SamplingParams(structured_outputs=StructuredOutputsParams(
+        json_object=False)).constraint is None
+
+
+@pytest.mark.parametrize("make, param", [
+    (lambda: StructuredOutputsParams(), "structured_outputs"),
+    (lambda: StructuredOutputsParams(regex="a", choice=["a"]), "structured_outputs"),
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(choice=[])),
+     "structured_outputs.choice"),
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex=3)),
+     "structured_outputs.regex"),
+    (lambda: SamplingParams(structured_outputs={"jsn": {}}), "structured_outputs.jsn"),
+    (lambda: SamplingParams(structured_outputs="[0-9]"), "structured_outputs"),
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex="a"),
+                            guided_decoding=StructuredOutputsParams(regex="b")),
+     "guided_decoding"),
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex="a"),
+                            constraint=Constraint(GrammarSpec("regex", "b"))),
+     "structured_outputs"),
+])
+def test_bad_structured_outputs_name_the_field(make, param):
+    """Each refusal is an InvalidRequest naming the field at fault, at construction."""
+    with pytest.raises(InvalidRequest) as e:
+        make()
+    assert e.value.param == param
+
+
+def test_spaces_between_special_tokens_is_taken(llm):
+    """vLLM's SamplingParams(spaces_between_special_tokens=False), which lm-eval-harness's
+    vLLM model passes on every request, was a TypeError (unexpected keyword). The tokenizers
+    aiollm decodes with (transformers 5's) have no such spacing rule: either value gives
+    the same text, special tokens kept and joined as the tokenizer joins them."""
+    texts = []
+    for spaces in (True, False):
+        out, = llm.generate("<|im_start|>user\nHi<|im_end|>\n", SamplingParams(
+            max_tokens=6, temperature=0, ignore_eos=True, skip_special_tokens=False,
+            logit_bias={1: 100.0, 2: 100.0}, spaces_between_special_tokens=spaces), False)
+        texts.append(out.text)
+    assert set(out.token_ids) <= {1, 2}  # <|im_start|>, <|im_end|>: special tokens only
+    assert texts[0] == texts[1] == "".join(llm.get_tokenizer().convert_ids_to_tokens(
+        out.token_ids))
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(spaces_between_special_tokens="no")
+    assert e.value.param == "spaces_between_special_tokens"
+
+
+def test_clone_is_a_deep_copy():
+    """vLLM's SamplingParams.clone() (code that varies one request's params from a shared
+    one: p = base.clone(); p.seed = i) was an AttributeError. The copy shares no list."""
+    base = SamplingParams(stop=["a"], stop_token_ids=[3], bad_words=["x"], seed=1,
+                          structured_outputs=StructuredOutputsParams(choice=["yes", "no"]))
+    copy = base.clone()
+    assert copy == base and copy is not base
+    copy.stop.append("b")
+    copy.seed = 2
+    assert (base.stop, base.seed) == (["a"], 1)
+    assert copy.constraint.grammar == base.constraint.grammar
+
+
+def test_outputs_answer_vllms_other_fields(llm):
+    """vLLM code reading out.metrics (None from vLLM's LLM, which logs no stats by
+    default), out.lora_request or completion.finished() got an AttributeError."""
+    out, = llm.generate("Hi", SamplingParams(max_tokens=2, n=2), False)
+    assert out.metrics is None and out.lora_request is None
+    assert [c.finished() for c in out.outputs] == [True, True]
+    assert [c.lora_request for c in out.outputs] == [None, None]
+
+
+@pytest.mark.parametrize("field, value", [
+    ("best_of", True), ("best_of", 1 + 0j), ("best_of", np.array([1, 2])),
+    ("logits_processors", np.array([1, 2])), ("logits_processors", 0),
+    ("logits_processors", {}),
+])
+def test_odd_values_of_vllms_fields_are_refused_by_name(field, value):
+    """best_of True or 1+0j passed as n (they equal 1), a numpy array raised numpy's
+    "truth value of an array is ambiguous", and logits_processors 0 or {} passed as none:
+    each is an InvalidRequest naming the field."""
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(**{field: value})
+    assert e.value.param == field
+
+
+def test_generate_and_chat_take_vllms_lora_request_none(llm):
+    """lm-eval-harness's vLLM model calls generate(..., lora_request=self.lora_request),
+    None unless an adapter is asked for: a TypeError (unexpected keyword). None is taken
+    (no adapter), by chat() too; an adapter is refused naming lora_request."""
+    sp = SamplingParams(max_tokens=2, temperature=0)
+    out, = llm.generate([{"prompt_token_ids": [1, 2, 3]}], sampling_params=sp,
+                        use_tqdm=False, lora_request=None)
+    assert out.token_ids == llm.generate([[1, 2, 3]], sp, False)[0].token_ids
+    assert llm.chat([{"role": "user", "content": "Hi"}], sp, use_tqdm=False,
+                    lora_request=None)[0].token_ids
+    for call in (lambda: llm.generate("Hi", sp, False, lora_request=object()),
+                 lambda: llm.chat([{"role": "user", "content": "Hi"}], sp, False,
+                                  lora_request=object())):
+        with pytest.raises(InvalidRequest) as e:
+            call()
+        assert e.value.param == "lora_request"
+
+
+def test_a_bad_field_of_one_prompts_params_names_its_place(llm):
+    """With one SamplingParams per prompt (vLLM's list), a field checked against the model
+    (a stop token id past the vocabulary, a regex that does not compile) was named without
+    saying which params held it (stop_token_ids), where the fields SamplingParams checks
+    alone were params[1].field. Shared params keep the field's own name."""
+    ok = SamplingParams(max_tokens=1)
+    for bad, param in ((SamplingParams(stop_token_ids=[10**6]), "params[1].stop_token_ids"),
+                       (SamplingParams(structured_outputs={"regex": "("}),
+                        "params[1].structured_outputs.regex")):
+        with pytest.raises(InvalidRequest) as e:
+            llm.generate(["a", "b"], [ok, bad], False)
+        assert e.value.param == param and str(e.value).startswith("params[1]: ")
+        with pytest.raises(InvalidRequest) as e:
+            llm.generate(["a", "b"], bad, False)
+        assert e.value.param == param.removeprefix("params[1].")
