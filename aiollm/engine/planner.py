@@ -289,8 +289,8 @@ class Planner:
 
     @staticmethod
     def _prefix_in_flight(req: Request, matched: int, prefilling: list[Request]) -> bool:
-        """Does a running request still prefilling share more of req's tokens than the
-        cache holds, and may req reuse them? Then its chunks will be in the cache soon: req
+        """Does a running request (of req's cache salt) still prefilling share more of
+        req's tokens than the cache holds, and may req reuse them? Then its chunks will be in the cache soon: req
         waits for them."""
         limit = reuse_limit(req)
         if matched >= limit:
@@ -298,7 +298,7 @@ class Planner:
         key = None
         for r in prefilling:
             p = r.prompt_array
-            if p is None or p.shape[0] <= matched:
+            if p is None or p.shape[0] <= matched or r.cache_salt != req.cache_salt:
                 continue
             if key is None:
                 key = known_tokens(req, limit)
