@@ -91,12 +91,37 @@ def test_engine_shares_kv_only_within_a_salt(loop, tiny):
             assert (await eng.chat(chat, ONE, cache_salt="F")).cached_tokens == 0
             again = await eng.chat(chat, ONE, cache_salt="E")
             assert again.cached_tokens == first.prompt_tokens - 1
-            # a request of salt B waits for no prefill of salt A's: it has nothing to reuse
-            long = [(3 * i) % 200 + 5 for i in range(300)]
-            a = asyncio.ensure_future(eng.generate(long, ONE, cache_salt="A"))
-            b = asyncio.ensure_future(eng.generate(long, ONE, cache_salt="B"))
-            assert [o.cached_tokens for o in await asyncio.gather(a, b)] == [0, 0]
             assert_idle_and_flush(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_no_wait_for_another_salts_prefill(loop, tiny):
+    """A request whose prompt another request is prefilling waits for its chunks to reuse
+    them, but not when their salts differ: it would reuse nothing, and its wait would tell
+    its tenant that someone prefills that prompt now. So B is admitted while A prefills."""
+    long = [(3 * i) % 200 + 5 for i in range(300)]
+
+    async def go():
+        eng = Engine(tiny, load_format="dummy", kv_tokens=1024, max_prefill_tokens=256)
+        await eng.start()
+        step, together = eng._step, []
+
+        async def watched_step():
+            await step()
+            together.append(len(eng.planner.running))
+
+        eng._step = watched_step
+        try:
+            for salts, overlap in [(("A", "B"), True), ((None, "B"), True), (("A", "A"), False)]:
+                together.clear()
+                outs = await asyncio.gather(*(eng.generate(long, ONE, cache_salt=s)
+                                              for s in salts))
+                assert max(together) == (2 if overlap else 1)  # admitted together
+                assert [o.cached_tokens for o in outs] == [0, 0 if overlap else 299]
+                assert_idle_and_flush(eng)
         finally:
             await eng.stop()
 

@@ -289,9 +289,10 @@ class Planner:
 
     @staticmethod
     def _prefix_in_flight(req: Request, matched: int, prefilling: list[Request]) -> bool:
-        """Does a running request (of req's cache salt) still prefilling share more of
-        req's tokens than the cache holds, and may req reuse them? Then its chunks will be in the cache soon: req
-        waits for them."""
+        """Does a running request still prefilling share more of req's tokens than the
+        cache holds, and may req reuse them? Then its chunks will be in the cache soon: req
+        waits for them. Only one of req's cache salt counts: req will reuse nothing of
+        another's, and its wait would tell a tenant that another prefills that prompt now."""
         limit = reuse_limit(req)
         if matched >= limit:
             return False
