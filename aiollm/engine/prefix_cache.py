@@ -24,12 +24,11 @@ calls it at four points:
 - evict(): an allocation that finds the pool short frees unreferenced leaves.
 The planner counts `evictable` tokens as free.
 
-Cache salts (vLLM's `cache_salt`) partition the tree between tenants: a request shares KV only
-with requests of the same salt, or of none when it has none, so no tenant can learn another's
-prompts by timing its hits. The salt is part of the key of the root's children, (salt, first
-token) for a salted path and the first token alone for an unsalted one: each salt's paths are a
-subtree of the one root, with nothing to create or free per salt, and the reference counts,
-the LRU eviction and the flush run over every salt's nodes as they do over one tree.
+Cache salts (vLLM's `cache_salt`) split the tree between tenants: a request shares KV only with
+requests of its salt (or of none, without one), so no tenant learns another's prompts by timing
+hits. The root's children are keyed by (salt, first token) on salted paths: each salt's paths
+are a subtree of the one root, nothing per salt is made or freed, and reference counts, LRU
+eviction and flush treat every salt's nodes as one tree's.
 """
 
 from __future__ import annotations
@@ -51,16 +50,14 @@ _clock = itertools.count()  # last-use stamps: a counter orders uses without a c
 
 
 class Node:
-    __slots__ = ("key", "slots", "children", "parent", "edge", "ref", "stamp")
+    __slots__ = ("key", "slots", "children", "parent", "branch", "ref", "stamp")
 
-    def __init__(self, key: np.ndarray, slots: np.ndarray, parent: Node | None, edge=b""):
+    def __init__(self, key: np.ndarray, slots: np.ndarray, parent: Node | None, branch=b""):
         self.key = key  # [n] int32 token ids of this edge
         self.slots = slots  # [n] int64 KV slots of those tokens
-        # by first token of the child's key (int32 bytes); the root's salted children by
-        # (salt, first token)
-        self.children: dict[bytes | tuple[str, bytes], Node] = {}
+        self.children: dict[bytes | tuple, Node] = {}  # by RadixTree.branch()
         self.parent = parent
-        self.edge = edge  # this node's key in parent.children
+        self.branch = branch  # this node's key in parent.children
         self.ref = 0  # requests whose locked path goes through this node
         self.stamp = next(_clock)
 
@@ -90,33 +87,32 @@ class RadixTree:
         """Tokens (and KV slots) the tree holds."""
         return self.evictable + self.protected
 
-    def edge(self, node: Node, first: bytes, salt: str | None) -> bytes | tuple[str, bytes]:
-        """The key in node.children of the child whose tokens start with `first` (one int32
-        token's bytes), on a path of cache salt `salt` (None: unsalted)."""
+    def branch(self, node: Node, first: bytes, salt: str | None) -> bytes | tuple[str, bytes]:
+        """The key in node.children of the child whose key starts with the token `first`
+        (int32 bytes) on a path of cache salt `salt`: (salt, first) at the root, else first."""
         return first if salt is None or node is not self.root else (salt, first)
 
     def _split(self, node: Node, k: int) -> Node:
         """Cut node's edge after k tokens; returns the new upper node (depth + k). The lower
         part stays the same object, so a request that references it keeps its depth."""
-        upper = Node(node.key[:k], node.slots[:k], node.parent, node.edge)
+        upper = Node(node.key[:k], node.slots[:k], node.parent, node.branch)
         upper.ref, upper.stamp = node.ref, node.stamp
-        node.edge = node.key[k:k + 1].tobytes()
-        upper.children[node.edge] = node
-        node.parent.children[upper.edge] = upper
+        node.branch = node.key[k:k + 1].tobytes()
+        upper.children[node.branch] = node
+        node.parent.children[upper.branch] = upper
         node.key, node.slots, node.parent = node.key[k:], node.slots[k:], upper
         return upper
 
     def _walk(self, node: Node, key: np.ndarray, path: list | None, salt: str | None):
-        """Follow key down from node (on a path of cache salt `salt`) as far as the tree
-        holds it, splitting the last edge if key ends or leaves it midway: (deepest node
-        reached, tokens of key matched). Appends each node passed to path. Whole edges are
-        compared as bytes (one memcmp), a partial one with numpy: the cost is a few µs per
-        node, not per token."""
+        """Follow key down from node, on `salt`'s paths, as far as the tree holds it, splitting
+        the last edge if key ends or leaves it midway: (deepest node reached, tokens of key
+        matched). Appends each node passed to path. Whole edges are compared as bytes (one
+        memcmp), a partial one with numpy: the cost is a few µs per node, not per token."""
         kb = key.tobytes()  # int32: token i is kb[4i:4i+4]
         n, pos = key.shape[0], 0
         stamp = next(_clock)
         while pos < n:
-            child = node.children.get(self.edge(node, kb[4 * pos:4 * pos + 4], salt))
+            child = node.children.get(self.branch(node, kb[4 * pos:4 * pos + 4], salt))
             if child is None:
                 break
             k = child.key.shape[0]
@@ -148,9 +144,9 @@ class RadixTree:
         node, pos = self._walk(node, key, None, salt)
         if pos == key.shape[0]:
             return node, pos
-        edge = self.edge(node, key[pos:pos + 1].tobytes(), salt)
-        leaf = Node(key[pos:].copy(), slots[pos:].copy(), node, edge)
-        node.children[edge] = leaf
+        branch = self.branch(node, key[pos:pos + 1].tobytes(), salt)
+        leaf = Node(key[pos:].copy(), slots[pos:].copy(), node, branch)
+        node.children[branch] = leaf
         self.evictable += leaf.key.shape[0]  # unreferenced until someone locks it
         return leaf, pos
 
@@ -198,7 +194,7 @@ class RadixTree:
         while freed < n and heap:
             _, _, leaf = heapq.heappop(heap)
             parent = leaf.parent
-            del parent.children[leaf.edge]
+            del parent.children[leaf.branch]
             out.append(leaf.slots)
             freed += leaf.key.shape[0]
             self.evictable -= leaf.key.shape[0]
@@ -276,7 +272,7 @@ class PrefixCache:
         if end <= start:
             return
         key = known_tokens(req, end)
-        if self.tree.edge(node, key[start:start + 1].tobytes(), req.cache_salt) in node.children:
+        if self.tree.branch(node, key[start:start + 1].tobytes(), req.cache_salt) in node.children:
             return
         slots = self.r2t.slots_of(req.row, start, end)
         leaf, there = self.tree.insert(node, key[start:], slots, req.cache_salt)
