@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Union
 
 from aiollm.engine.bad_words import bad_word_ids
-from aiollm.engine.cache_salt import salts_of_batch, split_salt
+from aiollm.engine.cache_salt import checked_salt, salts_of_batch, split_salt
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
@@ -202,7 +202,7 @@ class EngineAPI:
         same messages, tools and options (render_chat). The output is the model's text, any
         calls in it unparsed, as vLLM's LLM.chat gives it. `cache_salt`: as generate()
         takes it (checked before the messages are rendered)."""
-        split_salt(None, cache_salt)
+        checked_salt(cache_salt)
         ids = await off_loop(rendered_size(messages, tools), self._chat_ids, messages,
                              template, tools)
         return await self.generate(ids, params, cache_salt=cache_salt)
@@ -213,7 +213,7 @@ class EngineAPI:
                     cache_salt: str | None = None) -> AsyncIterator[Delta]:
         """stream() on a conversation under the chat template, with `tools`, checked and
         rendered as chat() checks and renders them; `cache_salt` as generate() takes it."""
-        split_salt(None, cache_salt)
+        checked_salt(cache_salt)
         return self.stream(self._chat_ids(messages, template, tools), params,
                            cache_salt=cache_salt)
 
@@ -374,7 +374,7 @@ class EngineAPI:
                 cache_salt: str | None = None) -> tuple[Request, OutputText | NoText]:
         """A checked request in the waiting queue, and its output text's decoder. counted
         False: kept out of the metrics and the scheduler's history (a health probe);
-        cache_salt: checked (split_salt)."""
+        cache_salt: the request's, checked (cache_salt.checked_salt)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
