@@ -230,3 +230,20 @@ def test_http_cache_salt(server):
     server.wait_idle()
     http(server, "POST", "/flush_cache")
     assert server.call(lambda: server.engine.kv_pool.n_used) == 0
+
+
+def test_llm_generate_takes_a_prompt_dicts_salt(tiny):
+    """vLLM's LLM.generate takes cache_salt in a prompt dict (TextPrompt, TokensPrompt)."""
+    from aiollm import LLM
+
+    llm = LLM(tiny, load_format="dummy", kv_tokens=256)
+    try:
+        prompt = "The quick brown fox jumps over the lazy dog, twice over."
+        hits = [llm.generate({"prompt": prompt, "cache_salt": s}, ONE, use_tqdm=False)[0]
+                .num_cached_tokens for s in ["a", "b", "a"]]
+        assert hits[:2] == [0, 0] and hits[2] > 0
+        with pytest.raises(InvalidRequest) as e:
+            llm.generate([{"prompt": prompt, "cache_salt": ""}], ONE, use_tqdm=False)
+        assert e.value.param == "prompts[0].cache_salt"
+    finally:
+        llm.close()
