@@ -119,7 +119,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                                       continued=continued) if thinking else None
 
     if not req.stream:
-        outs = await gather_outputs([engine.generate(ids, sp) for sp in params])
+        outs = await gather_outputs([engine.generate(ids, sp, cache_salt=req.cache_salt)
+                                     for sp in params])
         choices = []
         for j, out in enumerate(outs):
             text, thought, r = out.text, {}, None
@@ -226,7 +227,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
         return last + sse.DONE
 
-    starts = [partial(engine.stream, ids, sp) for sp in params]
+    starts = [partial(engine.stream, ids, sp, cache_salt=req.cache_salt) for sp in params]
     return await sse.send(request, merge(starts), render, tail)
 
 

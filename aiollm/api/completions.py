@@ -99,8 +99,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return {**({"prompt_token_ids": jobs[k][1]} if first else {}),
                 "token_ids": list(out.token_ids)}
 
+    salted = {"cache_salt": req.cache_salt}
     if not req.stream:
-        outs = await gather_outputs([_of_prompt(i, source.generate(ids, sp))
+        outs = await gather_outputs([_of_prompt(i, source.generate(ids, sp, **salted))
                                      for i, ids, sp in jobs])
         choices = [{
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
@@ -141,7 +142,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
         return last + sse.DONE
 
-    starts = [partial(_stream_of_prompt, i, source.stream, ids, sp) for i, ids, sp in jobs]
+    stream = partial(source.stream, **salted)
+    starts = [partial(_stream_of_prompt, i, stream, ids, sp) for i, ids, sp in jobs]
     return await sse.send(request, merge(starts), render, tail)
 
 

@@ -11,6 +11,7 @@ from msgspec import Struct
 
 from aiollm.api import structured
 from aiollm.api.protocol import N, Stop, TokenId, TopK
+from aiollm.engine.cache_salt import checked_salt
 from aiollm.engine.submission import kept_prompt_tokens
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, SamplingParams, choice_seed
@@ -74,6 +75,9 @@ class SamplingFields(Struct, kw_only=True):
     # OpenAI's end-user identifier: nothing is done with it, but it is a string there and
     # another type is a 400, as OpenAI answers
     user: str | None = None
+    # vLLM's: the request shares prefix-cache KV only with requests of the same salt (or of
+    # none, without one); a non-empty string, as vLLM takes it (engine/cache_salt.py)
+    cache_salt: str | None = None
     # vLLM's, not served (_VLLM_UNSERVED)
     use_beam_search: Any = None
     length_penalty: Any = None
@@ -93,6 +97,7 @@ class SamplingFields(Struct, kw_only=True):
             raise InvalidRequest("stream_options is only allowed with stream true: send "
                                  "stream true, or leave stream_options out",
                                  param="stream_options")
+        checked_salt(self.cache_salt)
 
     def __post_init__(self) -> None:
         # OpenAI's schema makes its fields nullable, null meaning the default, and clients

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Union
 
 from aiollm.engine.bad_words import bad_word_ids
+from aiollm.engine.cache_salt import checked_salt, salts_of_batch, split_salt
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
@@ -71,12 +72,16 @@ class EngineAPI:
                 self._check_accepting()  # stopped meanwhile: EngineStopped says so
                 raise
 
-    async def generate(self, prompt: Prompt, params: SamplingParams | None = None) -> RequestOutput:
+    async def generate(self, prompt: Prompt, params: SamplingParams | None = None, *,
+                       cache_salt: str | None = None) -> RequestOutput:
         """The whole result of one request: prompt as text (long text tokenized off the loop)
         or token ids; with params.n > 1, of n requests on the prompt, one per choice, joined
         (engine/request_group.py) and submitted as generate_batch submits its prompts, as the
-        table and the waiting queue make room. Raises InvalidRequest / Overloaded before it
-        starts, RequestFailed inside."""
+        table and the waiting queue make room. `cache_salt` (vLLM's; or a prompt dict's
+        "cache_salt"): a non-empty string; the request reuses only cached KV that requests
+        of the same salt computed, and only they reuse its KV (engine/cache_salt.py). Raises
+        InvalidRequest / Overloaded before it starts, RequestFailed inside."""
+        prompt, cache_salt = split_salt(prompt, cache_salt)
         defaulted = params is None
         await self.compile_grammar(params := params or self.default_params())
         given = prompt_text(prompt)
@@ -85,31 +90,35 @@ class EngineAPI:
         if defaulted:
             prompt, params = self._with_defaults(prompt)
         room = self._batch_room if n_of(params) > 1 else None
-        return await self._completions(prompt, params, given, room)
+        return await self._completions(prompt, params, given, room, cache_salt)
 
     async def _completions(self, prompt: Prompt, params: SamplingParams, given: str | None,
-                           room: asyncio.Semaphore | None = None) -> RequestOutput:
+                           room: asyncio.Semaphore | None = None,
+                           cache_salt: str | None = None) -> RequestOutput:
         """generate()'s requests, each compiling its grammar (cached: the choices of a
         prompt compile it once) and submitted once `room` lets it (generate_batch's: as many
         compiles under way as requests); `given`: the prompt's text as the caller gave it."""
         async def one(p: SamplingParams) -> RequestOutput:
             async with room or contextlib.nullcontext():
                 await self.compile_grammar(p)
-                req, text = self._submit(prompt, p)
+                req, text = self._submit(prompt, p, cache_salt=cache_salt)
                 out = await collect(req, deltas(req, text, self._finish))
             out.prompt = given
             return out
 
         return await (one(params) if n_of(params) == 1 else completions(params, one))
 
-    def stream(self, prompt: Prompt, params: SamplingParams | None = None) -> AsyncIterator[Delta]:
+    def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
+               cache_salt: str | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
         Closing the stream (or dropping it, even unstarted) aborts the request.
+        `cache_salt`: as generate() takes it.
 
         A grammar not compiled yet is compiled as generate() compiles it (compile_grammar:
         off the loop, within grammar_compile_timeout), at the first iteration, and the
         request is submitted once it has: its errors (InvalidRequest naming the grammar's
         field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
+        prompt, cache_salt = split_salt(prompt, cache_salt)
         if params is None:
             prompt, params = self._with_defaults(prompt)
         if n_of(params) > 1:
@@ -120,16 +129,19 @@ class EngineAPI:
         if c is not None and c.grammar is not None and not self.grammars.compiled(c.grammar):
             ids = self._checked(prompt, params)
             return RequestStream.submitted_later(
-                self._finish, lambda stream: self._stream_compiled(ids, params, stream))
-        req, text = self._submit(prompt, params)
+                self._finish, lambda stream: self._stream_compiled(ids, params, stream,
+                                                                   cache_salt))
+        req, text = self._submit(prompt, params, cache_salt=cache_salt)
         return RequestStream(req, deltas(req, text, self._finish), self._finish)
 
     async def _stream_compiled(self, ids: list[int], params: SamplingParams,
-                               stream: RequestStream) -> AsyncIterator[Delta]:
+                               stream: RequestStream, cache_salt: str | None
+                               ) -> AsyncIterator[Delta]:
         await self.compile_grammar(params)
         if stream.closed:  # by another task while it compiled
             return
-        req, text = self._submit(ids, params)  # checked again: the engine may have stopped
+        # checked again: the engine may have stopped
+        req, text = self._submit(ids, params, cache_salt=cache_salt)
         stream.bind(req)
         async with contextlib.aclosing(deltas(req, text, self._finish)) as gen:
             async for delta in gen:
@@ -181,24 +193,30 @@ class EngineAPI:
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None,
                    template: TemplateOptions | None = None,
-                   tools: list[dict] | None = None) -> RequestOutput:
+                   tools: list[dict] | None = None, *,
+                   cache_salt: str | None = None) -> RequestOutput:
         """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
         checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
         chat template (a long one rendered and tokenized off the loop), with `tools`
         (OpenAI's function tools, checked as the HTTP API checks them: InvalidRequest
         naming `tools[i]...`): the prompt is the one /v1/chat/completions renders for the
         same messages, tools and options (render_chat). The output is the model's text, any
-        calls in it unparsed, as vLLM's LLM.chat gives it."""
+        calls in it unparsed, as vLLM's LLM.chat gives it. `cache_salt`: as generate()
+        takes it (checked before the messages are rendered)."""
+        checked_salt(cache_salt)
         ids = await off_loop(rendered_size(messages, tools), self._chat_ids, messages,
                              template, tools)
-        return await self.generate(ids, params)
+        return await self.generate(ids, params, cache_salt=cache_salt)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
                     template: TemplateOptions | None = None,
-                    tools: list[dict] | None = None) -> AsyncIterator[Delta]:
+                    tools: list[dict] | None = None, *,
+                    cache_salt: str | None = None) -> AsyncIterator[Delta]:
         """stream() on a conversation under the chat template, with `tools`, checked and
-        rendered as chat() checks and renders them."""
-        return self.stream(self._chat_ids(messages, template, tools), params)
+        rendered as chat() checks and renders them; `cache_salt` as generate() takes it."""
+        checked_salt(cache_salt)
+        return self.stream(self._chat_ids(messages, template, tools), params,
+                           cache_salt=cache_salt)
 
     def _chat_ids(self, messages: list[dict], template: TemplateOptions | None,
                   tools: list[dict] | None) -> list[int]:
@@ -214,7 +232,9 @@ class EngineAPI:
                              ) -> list[RequestOutput]:
         """Offline generation of many prompts at once, with a progress bar. A single string
         is one prompt (as in vLLM's LLM.generate), not a batch of its characters, and so is
-        one prompt dict ({"prompt": text}, {"prompt_token_ids": ids}). `params`:
+        one prompt dict ({"prompt": text}, {"prompt_token_ids": ids}, either with a
+        "cache_salt" as generate() takes it: InvalidRequest naming `prompts[i].cache_salt`
+        for a bad one). `params`:
         one SamplingParams for every prompt, or a list (or tuple) of one per prompt, as
         vLLM's LLM.generate takes them (InvalidRequest naming `params` for another length,
         `params[i].field` for a bad one). A batch
@@ -243,6 +263,7 @@ class EngineAPI:
         # a bad prompt late in a long batch failed it only once those before had run, their
         # results thrown away (text is tokenized here once: the ids are submitted)
         self._check_accepting()
+        prompts, salts = salts_of_batch(prompts, batch_name)
         defaulted = params is None
         each = _params_of_batch(self.default_params() if defaulted else params,
                                 len(prompts), batch_name)
@@ -260,7 +281,8 @@ class EngineAPI:
             with (naming_batch_item("prompt", i, batch_name),
                   naming_params_item(i if per_prompt else None)):
                 # each choice of a prompt (n > 1) takes room of its own
-                out = await self._completions(p, each[i], given[i], self._batch_room)
+                out = await self._completions(p, each[i], given[i], self._batch_room,
+                                              salts[i])
             bar.update(1)
             return out
 
@@ -356,10 +378,11 @@ class EngineAPI:
             self.grammars.check(params.constraint, params.min_tokens, params.stop_token_ids)
         return ids
 
-    def _submit(self, prompt: Prompt, params: SamplingParams, *,
-                counted: bool = True) -> tuple[Request, OutputText | NoText]:
+    def _submit(self, prompt: Prompt, params: SamplingParams, *, counted: bool = True,
+                cache_salt: str | None = None) -> tuple[Request, OutputText | NoText]:
         """A checked request in the waiting queue, and its output text's decoder. counted
-        False: kept out of the metrics and the scheduler's history (a health probe)."""
+        False: kept out of the metrics and the scheduler's history (a health probe);
+        cache_salt: the request's, checked (cache_salt.checked_salt)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
@@ -373,6 +396,7 @@ class EngineAPI:
         req = new_request(self.table, ids, params, self._rng, grammar,
                           keep_prompt_array=self.prefix_cache is not None)
         req.counted = counted
+        req.cache_salt = cache_salt
         self._requests[req.rid] = req
         self.planner.enqueue(req)
         if counted:

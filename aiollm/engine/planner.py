@@ -291,14 +291,15 @@ class Planner:
     def _prefix_in_flight(req: Request, matched: int, prefilling: list[Request]) -> bool:
         """Does a running request still prefilling share more of req's tokens than the
         cache holds, and may req reuse them? Then its chunks will be in the cache soon: req
-        waits for them."""
+        waits for them. Only one of req's cache salt counts: req will reuse nothing of
+        another's, and its wait would tell a tenant that another prefills that prompt now."""
         limit = reuse_limit(req)
         if matched >= limit:
             return False
         key = None
         for r in prefilling:
             p = r.prompt_array
-            if p is None or p.shape[0] <= matched:
+            if p is None or p.shape[0] <= matched or r.cache_salt != req.cache_salt:
                 continue
             if key is None:
                 key = known_tokens(req, limit)

@@ -23,6 +23,12 @@ calls it at four points:
   the tree; duplicates of what the tree already holds go back to the pool;
 - evict(): an allocation that finds the pool short frees unreferenced leaves.
 The planner counts `evictable` tokens as free.
+
+Cache salts (vLLM's `cache_salt`) split the tree between tenants: a request shares KV only with
+requests of its salt (or of none, without one), so no tenant learns another's prompts by timing
+hits. The root's children are keyed by (salt, first token) on salted paths: each salt's paths
+are a subtree of the one root, nothing per salt is made or freed, and reference counts, LRU
+eviction and flush treat every salt's nodes as one tree's.
 """
 
 from __future__ import annotations
@@ -44,13 +50,14 @@ _clock = itertools.count()  # last-use stamps: a counter orders uses without a c
 
 
 class Node:
-    __slots__ = ("key", "slots", "children", "parent", "ref", "stamp")
+    __slots__ = ("key", "slots", "children", "parent", "branch", "ref", "stamp")
 
-    def __init__(self, key: np.ndarray, slots: np.ndarray, parent: Node | None):
+    def __init__(self, key: np.ndarray, slots: np.ndarray, parent: Node | None, branch=b""):
         self.key = key  # [n] int32 token ids of this edge
         self.slots = slots  # [n] int64 KV slots of those tokens
-        self.children: dict[bytes, Node] = {}  # first token of the child's key (int32 bytes)
+        self.children: dict[bytes | tuple, Node] = {}  # by RadixTree.branch()
         self.parent = parent
+        self.branch = branch  # this node's key in parent.children
         self.ref = 0  # requests whose locked path goes through this node
         self.stamp = next(_clock)
 
@@ -80,26 +87,32 @@ class RadixTree:
         """Tokens (and KV slots) the tree holds."""
         return self.evictable + self.protected
 
+    def branch(self, node: Node, first: bytes, salt: str | None) -> bytes | tuple[str, bytes]:
+        """The key in node.children of the child whose key starts with the token `first`
+        (int32 bytes) on a path of cache salt `salt`: (salt, first) at the root, else first."""
+        return first if salt is None or node is not self.root else (salt, first)
+
     def _split(self, node: Node, k: int) -> Node:
         """Cut node's edge after k tokens; returns the new upper node (depth + k). The lower
         part stays the same object, so a request that references it keeps its depth."""
-        upper = Node(node.key[:k], node.slots[:k], node.parent)
+        upper = Node(node.key[:k], node.slots[:k], node.parent, node.branch)
         upper.ref, upper.stamp = node.ref, node.stamp
-        upper.children[node.key[k:k + 1].tobytes()] = node
-        node.parent.children[node.key[:1].tobytes()] = upper
+        node.branch = node.key[k:k + 1].tobytes()
+        upper.children[node.branch] = node
+        node.parent.children[upper.branch] = upper
         node.key, node.slots, node.parent = node.key[k:], node.slots[k:], upper
         return upper
 
-    def _walk(self, node: Node, key: np.ndarray, path: list | None):
-        """Follow key down from node as far as the tree holds it, splitting the last edge
-        if key ends or leaves it midway: (deepest node reached, tokens of key matched).
-        Appends each node passed to path. Whole edges are compared as bytes (one memcmp),
-        a partial one with numpy: the cost is a few µs per node, not per token."""
+    def _walk(self, node: Node, key: np.ndarray, path: list | None, salt: str | None):
+        """Follow key down from node, on `salt`'s paths, as far as the tree holds it, splitting
+        the last edge if key ends or leaves it midway: (deepest node reached, tokens of key
+        matched). Appends each node passed to path. Whole edges are compared as bytes (one
+        memcmp), a partial one with numpy: the cost is a few µs per node, not per token."""
         kb = key.tobytes()  # int32: token i is kb[4i:4i+4]
         n, pos = key.shape[0], 0
         stamp = next(_clock)
         while pos < n:
-            child = node.children.get(kb[4 * pos:4 * pos + 4])
+            child = node.children.get(self.branch(node, kb[4 * pos:4 * pos + 4], salt))
             if child is None:
                 break
             k = child.key.shape[0]
@@ -112,25 +125,28 @@ class RadixTree:
             node, pos = child, pos + k
         return node, pos
 
-    def match(self, key: np.ndarray, limit: int | None = None) -> tuple[Node, int, np.ndarray]:
-        """Longest prefix of key[:limit] in the tree: (node ending exactly there, its length,
-        its KV slots as int64). Splits a node when the prefix ends inside it; marks the path
-        used now."""
+    def match(self, key: np.ndarray, limit: int | None = None, salt: str | None = None
+              ) -> tuple[Node, int, np.ndarray]:
+        """Longest prefix of key[:limit] in the tree among the paths of cache salt `salt`
+        (None: the unsalted ones): (node ending exactly there, its length, its KV slots as
+        int64). Splits a node when the prefix ends inside it; marks the path used now."""
         path: list[Node] = []
-        node, n = self._walk(self.root, key[:limit], path)
+        node, n = self._walk(self.root, key[:limit], path, salt)
         slots = np.concatenate([p.slots for p in path]) if path else self.root.slots
         return node, n, slots
 
-    def insert(self, node: Node, key: np.ndarray, slots: np.ndarray) -> tuple[Node, int]:
-        """Insert key (token ids that follow `node`'s path) with their slots. Where the tree
-        already holds a prefix of key it keeps its own slots: returns (the node where key
-        ends, how many tokens of key were there already); the caller frees its duplicates
-        slots[:that many]. The rest of `slots` now belongs to the tree."""
-        node, pos = self._walk(node, key, None)
+    def insert(self, node: Node, key: np.ndarray, slots: np.ndarray, salt: str | None = None
+               ) -> tuple[Node, int]:
+        """Insert key (token ids that follow `node`'s path, of cache salt `salt`) with their
+        slots. Where the tree already holds a prefix of key it keeps its own slots: returns
+        (the node where key ends, how many tokens of key were there already); the caller
+        frees its duplicates slots[:that many]. The rest of `slots` now belongs to the tree."""
+        node, pos = self._walk(node, key, None, salt)
         if pos == key.shape[0]:
             return node, pos
-        leaf = Node(key[pos:].copy(), slots[pos:].copy(), node)
-        node.children[key[pos:pos + 1].tobytes()] = leaf
+        branch = self.branch(node, key[pos:pos + 1].tobytes(), salt)
+        leaf = Node(key[pos:].copy(), slots[pos:].copy(), node, branch)
+        node.children[branch] = leaf
         self.evictable += leaf.key.shape[0]  # unreferenced until someone locks it
         return leaf, pos
 
@@ -178,7 +194,7 @@ class RadixTree:
         while freed < n and heap:
             _, _, leaf = heapq.heappop(heap)
             parent = leaf.parent
-            del parent.children[leaf.key[:1].tobytes()]
+            del parent.children[leaf.branch]
             out.append(leaf.slots)
             freed += leaf.key.shape[0]
             self.evictable -= leaf.key.shape[0]
@@ -242,9 +258,10 @@ class PrefixCache:
         return n
 
     def match_for(self, req) -> tuple[Node, int, np.ndarray]:
-        """Longest cached prefix of req's known tokens, at most reuse_limit(req) long."""
+        """Longest cached prefix of req's known tokens, at most reuse_limit(req) long, that
+        requests of its cache salt computed."""
         limit = reuse_limit(req)
-        return self.tree.match(known_tokens(req, limit), limit)
+        return self.tree.match(known_tokens(req, limit), limit, req.cache_salt)
 
     def on_chunk(self, req) -> None:
         """req's KV now covers req.kv_len tokens (planned this step): put the newly planned
@@ -255,10 +272,10 @@ class PrefixCache:
         if end <= start:
             return
         key = known_tokens(req, end)
-        if key[start:start + 1].tobytes() in node.children:
+        if self.tree.branch(node, key[start:start + 1].tobytes(), req.cache_salt) in node.children:
             return
         slots = self.r2t.slots_of(req.row, start, end)
-        leaf, there = self.tree.insert(node, key[start:], slots)
+        leaf, there = self.tree.insert(node, key[start:], slots, req.cache_salt)
         assert there == 0
         self.tree.lock(leaf)
         self.tree.unlock(node)
@@ -275,7 +292,7 @@ class PrefixCache:
             row_slots = self.r2t.slots_of(req.row, start, req.kv_len)
             if end > start:
                 key = known_tokens(req, end)[start:]
-                _, there = self.tree.insert(node, key, row_slots[: end - start])
+                _, there = self.tree.insert(node, key, row_slots[: end - start], req.cache_salt)
                 if there:
                     self.kv.free(row_slots[:there])
             if req.kv_len > end:

@@ -77,11 +77,13 @@ class Request:
     grammar: object | None = None  # its engine.grammar.GrammarState, when constrained
     # prefix cache (aiollm.engine.prefix_cache): the tree node its locked prefix ends at,
     # that prefix's length (its first cache_len KV slots belong to the tree), the prompt
-    # tokens the cache gave it at its first admission (-1 before), its prompt as an array
+    # tokens the cache gave it at its first admission (-1 before), its prompt as an array,
+    # and its cache salt: it shares cached KV only with requests of the same salt (or none)
     cache_node: object = None
     cache_len: int = 0
     cached_tokens: int = -1
     prompt_array: np.ndarray | None = None
+    cache_salt: str | None = None
 
     @property
     def num_tokens(self) -> int:
