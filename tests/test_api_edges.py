@@ -24,6 +24,48 @@ def error_of(status: int, raw: bytes, param: str | None) -> str:
     return err["message"]
 
 
+# -- integers sent as whole floats ------------------------------------------------------------
+
+def test_whole_floats_are_taken_for_integer_fields(server):
+    """256.0 is 256 where an integer is expected, as vLLM's (pydantic's lax) models take
+    it: it was a 400, "expected an integer, got a decimal number"."""
+    status, _, raw = http(server, "POST", C, json={
+        "prompt": [1000.0, 1001.0], "max_tokens": 2.0, "n": 1.0, "seed": 7.0, "top_k": 5.0,
+        "logprobs": 1.0, "min_tokens": 1.0, "stop_token_ids": [3.0], "priority": 0.0})
+    body = json.loads(raw)
+    assert status == 200, body
+    assert body["usage"] == {**body["usage"], "prompt_tokens": 2, "completion_tokens": 2}
+    assert len(body["choices"][0]["logprobs"]["tokens"]) == 2
+    status, _, raw = http(server, "POST", CHAT, json={
+        "messages": HI, "max_completion_tokens": 3.0, "logprobs": True, "top_logprobs": 2.0,
+        "temperature": 0})
+    body = json.loads(raw)
+    assert status == 200 and body["usage"]["completion_tokens"] <= 3, body
+    assert len(body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
+    status, _, raw = http(server, "POST", G, json={"inputs": "Hi", "parameters": {
+        "max_new_tokens": 3.0, "top_k": 5.0, "seed": 1.0, "n": 1.0, "ignore_eos": True,
+        "do_sample": True}})
+    assert status == 200 and json.loads(raw)["count_output_tokens"] == 3, raw
+
+
+@pytest.mark.parametrize("path, body, param", [
+    (C, {"prompt": "Hi", "max_tokens": 2.5}, "max_tokens"),
+    (C, {"prompt": "Hi", "max_tokens": True}, "max_tokens"),
+    (C, {"prompt": "Hi", "max_tokens": "2"}, "max_tokens"),
+    (C, b'{"prompt": "Hi", "max_tokens": 1e999}', "max_tokens"),  # inf, as parsers read it
+    (C, {"prompt": "Hi", "max_tokens": 2.0, "n": 1.5}, "n"),
+    (C, {"prompt": [1000.0, 1000.5], "max_tokens": 2}, "prompt[1]"),
+    (CHAT, {"messages": HI, "seed": 1.25}, "seed"),
+    (G, {"inputs": "Hi", "parameters": {"max_new_tokens": 2.5}}, "parameters.max_new_tokens"),
+])
+def test_what_is_no_whole_number_is_still_refused(server, path, body, param):
+    sent = {"json": body} if isinstance(body, dict) else {
+        "data": body, "headers": {"Content-Type": "application/json"}}
+    msg = error_of(*http(server, "POST", path, **sent)[::2], param)
+    assert msg.startswith(f"{param}: "), msg
+    assert "integer" in msg or "out of range" in msg, msg
+
+
 # -- priority -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("path, body", [
@@ -31,7 +73,7 @@ def error_of(status: int, raw: bytes, param: str | None) -> str:
 def test_priority_other_than_0_is_refused(server, path, body):
     """The server has no priority scheduling: a priority other than 0 is a 400 naming it,
     as vLLM answers unless it schedules by priority; it was ignored silently."""
-    for value in (0, None):
+    for value in (0, None, 0.0):
         status, _, raw = http(server, "POST", path, json={**body, "priority": value})
         assert status == 200, raw
     for value in (1, -5):
