@@ -80,3 +80,22 @@ def test_priority_other_than_0_is_refused(server, path, body):
         msg = error_of(*http(server, "POST", path, json={**body, "priority": value})[::2],
                        "priority")
         assert "priority" in msg and "0" in msg, msg
+
+
+# -- a prompt that fills the context -----------------------------------------------------------
+
+def test_a_full_context_is_told_in_each_endpoints_fields(server):
+    """A prompt of exactly max_model_len tokens leaves no room for output: the advice names
+    what the endpoint takes. It told chat and /generate to send "max_tokens 0", which both
+    refuse."""
+    ids = list(range(1000, 1000 + MAX_MODEL_LEN))
+    msg = error_of(*http(server, "POST", C, json={"prompt": ids, "max_tokens": 1})[::2],
+                   "prompt")
+    assert "max_tokens 0 with echo or prompt_logprobs" in msg, msg
+    msg = error_of(*http(server, "POST", CHAT, json={
+        "messages": [{"role": "user", "content": "hello " * 600}],
+        "truncate_prompt_tokens": MAX_MODEL_LEN})[::2], "messages")
+    assert "max_tokens" not in msg and "shorten the messages" in msg, msg
+    msg = error_of(*http(server, "POST", G, json={"inputs": ids})[::2], "inputs")
+    assert "max_new_tokens 0" not in msg and "max_tokens" not in msg, msg
+    assert "shorten the inputs" in msg and "max_new_tokens" in msg, msg
