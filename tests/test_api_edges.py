@@ -99,3 +99,68 @@ def test_a_full_context_is_told_in_each_endpoints_fields(server):
     msg = error_of(*http(server, "POST", G, json={"inputs": ids})[::2], "inputs")
     assert "max_new_tokens 0" not in msg and "max_tokens" not in msg, msg
     assert "shorten the inputs" in msg and "max_new_tokens" in msg, msg
+
+
+# -- malformed HTTP ----------------------------------------------------------------------------
+
+async def raw_exchange(base: str, data: bytes) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    return status_line
+
+
+MALFORMED = [
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\n\x01\x02 garbage\r\n\r\n",
+]
+
+
+def test_malformed_http_logs_one_short_line(server, caplog):
+    """A request aiohttp cannot parse gets its 400, and the server's log one WARNING line
+    without a traceback: it was an ERROR with a traceback, which any client could repeat to
+    fill the log."""
+    for data in MALFORMED:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            line = asyncio.run(raw_exchange(server.base, data))
+            assert http(server, "GET", "/health")[0] == 200  # still serving, log written
+        assert line.split()[1] == b"400", line
+        logged = [r for r in caplog.records if r.name.startswith("aiohttp")]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
+        assert logged[0].levelno == logging.WARNING and not logged[0].exc_info, logged[0]
+        assert len(logged[0].getMessage()) < 300, logged[0].getMessage()
+
+
+def test_a_server_fault_still_logs_its_traceback(caplog):
+    """The server log's change keeps a real fault (a handler's exception that reaches
+    aiohttp: its 500) at ERROR with its traceback."""
+    from aiollm.api.server import SERVER_LOG  # the logger serve() gives aiohttp
+
+    async def fail(request: web.Request) -> web.Response:
+        raise RuntimeError("a real fault")
+
+    async def go() -> bytes:
+        app = web.Application()
+        app.router.add_get("/", fail)
+        runner = web.AppRunner(app, logger=SERVER_LOG)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        try:
+            return await raw_exchange(f"http://{host}:{port}",
+                                      b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        line = asyncio.run(go())
+    assert line.split()[1] == b"500", line
+    logged = [r for r in caplog.records if r.name.startswith("aiohttp")]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR, logged
+    assert logged[0].exc_info and "a real fault" in str(logged[0].exc_info[1])
