@@ -24,7 +24,7 @@ T = TypeVar("T")
 _FLOAT_FOR_INT = re.compile(r"^Expected `([^`]+)`, got `float` - at `\$(.*)`$")
 _STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
 # decodes of one body, at most: one per integer field sent as a float (a list's floats are
-# made integers at once), far fewer than any body's fields
+# made integers at once); more than any body has integer fields
 _MAX_PASSES = 64
 
 
@@ -39,7 +39,8 @@ def decode(body: bytes, type_: type[T]) -> T:
         first = exc
         if _float_for_int(exc) is None:
             raise
-    value = msgspec.json.decode(body)  # JSON that decodes, with a float at an int field
+    # a body whose JSON breaks after the float raises DecodeError here, as bad JSON
+    value = msgspec.json.decode(body)
     for _ in range(_MAX_PASSES):
         try:
             return msgspec.json.decode(msgspec.json.encode(value), type=type_)
