@@ -31,6 +31,28 @@ class InvalidRequest(ValueError):
         return InvalidRequest(f"{at}: {self}", param=param, code=self.code)
 
 
+class PromptFillsContext(InvalidRequest):
+    """A prompt of exactly the context's length (`prompt_tokens` == `max_model_len`) with
+    output asked of it: no room is left for one token. Its message ends in `advice`, what
+    the caller may change: the Engine API's own by default; an endpoint whose fields differ
+    tells it in its own (`told`) rather than the engine knowing every endpoint."""
+
+    ENGINE_ADVICE = ("shorten it (only a prompt scored with max_tokens 0 and prompt_logprobs, "
+                     "which generates nothing, may fill the context)")
+
+    def __init__(self, prompt_tokens: int, max_model_len: int, advice: str = ENGINE_ADVICE,
+                 subject: str = "the prompt has"):
+        super().__init__(f"{subject} {prompt_tokens} tokens, which fill this model's maximum "
+                         f"context length of {max_model_len} tokens: none is left for the "
+                         f"output; {advice}", param="prompt", code=CONTEXT_LENGTH_EXCEEDED)
+        self.prompt_tokens, self.max_model_len = prompt_tokens, max_model_len
+
+    def told(self, subject: str, advice: str) -> PromptFillsContext:
+        """This error with `subject` naming the prompt as an endpoint takes it ("the
+        messages have") and `advice` in its fields."""
+        return PromptFillsContext(self.prompt_tokens, self.max_model_len, advice, subject)
+
+
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "an array", dict: "an object", type(None): "null"}
 

@@ -5,7 +5,8 @@ Owns the checks of the body as bytes, before any field is looked at: an `Expect:
 body the client could not send whole, its content coding (gzip and deflate are decoded
 here, not by aiohttp: see decode_body; any other is a 415), an empty body (or one of
 whitespace alone), a UTF-8 byte order mark, bytes that are not UTF-8 or not JSON, and
-strings that escape a lone surrogate (named by their field).
+strings that escape a lone surrogate (named by their field). An integer field sent as a
+whole float (256.0) is taken as vLLM takes it (api/whole_floats.py).
 The Structs themselves, and the rules of their fields, live in api/protocol.py and the
 files it names.
 """
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import HttpVersion11, hdrs, web
 
+from aiollm.api import whole_floats
 from aiollm.api.http_errors import ApiError, error_response
 from aiollm.engine.submission import check_unicode, off_loop
 from aiollm.errors import InvalidRequest
@@ -58,7 +60,14 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     if not body.strip(_JSON_WHITESPACE):  # whitespace alone holds no value, cut or not
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
-        return msgspec.json.decode(body, type=type_)
+        try:
+            return msgspec.json.decode(body, type=type_)
+        except msgspec.ValidationError as exc:
+            if not whole_floats.refused_whole_float(exc):
+                raise
+        # an integer field sent as a float: taken where it is a whole one (256.0), as vLLM
+        # takes it; the body is decoded again, off the loop when it is large
+        return await off_loop(len(body), whole_floats.decode, body, type_)
     except msgspec.ValidationError as exc:
         # msgspec checks types as it reads, so a type error may come before the bytes that
         # make the body no JSON at all ("[1,2", a brace missing after a wrong type): the

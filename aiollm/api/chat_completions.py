@@ -18,7 +18,7 @@ from aiollm.api.body import decode_body
 from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
-from aiollm.api.http_errors import ApiError, param_names
+from aiollm.api.http_errors import ApiError, full_context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.state import state
 from aiollm.api.token_bytes import TokenBytes
@@ -35,7 +35,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     names = {"logprobs": "top_logprobs", "prompt": "messages"}
     if req.max_completion_tokens is not None:
         names["max_tokens"] = "max_completion_tokens"
-    with param_names(names):
+    # chat scores no prompt: max_tokens 0, the engine's advice, is refused here
+    with param_names(names), full_context_told(
+            "the messages (as the chat template renders them) have",
+            "shorten the messages, or serve the model with a larger --max-model-len where it "
+            "allows one"):
         return await _chat_completions(request, req)
 
 

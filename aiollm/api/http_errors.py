@@ -14,7 +14,8 @@ import msgspec
 from aiohttp import web
 
 from aiollm.api import validation_errors
-from aiollm.errors import ChatTemplateError, InvalidRequest, Overloaded, RequestFailed
+from aiollm.errors import (ChatTemplateError, InvalidRequest, Overloaded, PromptFillsContext,
+                           RequestFailed)
 from aiollm.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,18 @@ def param_names(names: dict[str, str]) -> Iterator[None]:
                 message = re.sub(rf"{_QUOTED}|\b{name}\b",
                                  lambda m, short=short: m.group(1) or short, message)
         raise InvalidRequest(message, param=names.get(e.param, e.param), code=e.code) from None
+
+
+@contextmanager
+def full_context_told(subject: str, advice: str) -> Iterator[None]:
+    """A PromptFillsContext raised in the block told in the endpoint's words: `subject`
+    names its prompt ("the messages have"), `advice` says what its client may change (the
+    engine's advice, max_tokens 0 with prompt_logprobs, is refused where nothing is scored).
+    Inside param_names and naming_batch_item, which keep the message as it is then."""
+    try:
+        yield
+    except PromptFillsContext as e:
+        raise e.told(subject, advice) from None
 
 
 def _from_http_exception(exc: web.HTTPException) -> ApiError:

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiollm.api import sse, structured
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_outputs, merge
-from aiollm.api.http_errors import param_names
+from aiollm.api.http_errors import full_context_told, param_names
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
@@ -43,6 +43,9 @@ _PARAM_NAMES = {
         "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
         "frequency_penalty", "seed", "ignore_eos", "logprobs", "allowed_token_ids")},
 }
+# max_new_tokens is at least 1 here: an input of the whole context leaves it no room
+_FULL_CONTEXT = ("the inputs have", "shorten the inputs to leave room for max_new_tokens "
+                 "(at least 1)")
 
 
 def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
@@ -157,7 +160,8 @@ async def _prepare(st: ApiState, req: GenerateRequest
 async def generate(request: web.Request) -> web.Response:
     st = state(request)
     req = await decode_body(request, GenerateRequest)
-    with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
+    with (param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters),
+          full_context_told(*_FULL_CONTEXT)):
         ids, params = await _prepare(st, req)
         outs = await gather_outputs([st.engine.generate(ids, sp) for sp in params])
 
@@ -222,7 +226,8 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
         # errors are named as they are raised: one found mid-stream (min_tokens past a
         # grammar's end) never leaves sse.send, which makes it the stream's last event
         async with aclosing(merge([partial(st.engine.stream, ids, params[0])])) as deltas:
-            with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
+            with (param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters),
+                  full_context_told(*_FULL_CONTEXT)):
                 async for item in deltas:
                     yield item
 

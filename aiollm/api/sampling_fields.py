@@ -32,6 +32,8 @@ _VLLM_UNSERVED = {
                             "or leave it out"),
     "return_tokens_as_token_ids": (False, "logprobs name tokens by their text"),
     "guided_whitespace_pattern": (None, "the grammar's own whitespace rules apply"),
+    # vLLM refuses it too unless it runs with --scheduling-policy priority
+    "priority": (0, "the server has no priority scheduling: send 0 or leave it out"),
 }
 
 
@@ -83,6 +85,7 @@ class SamplingFields(Struct, kw_only=True):
     length_penalty: Any = None
     return_tokens_as_token_ids: Any = None
     guided_whitespace_pattern: Any = None
+    priority: int | None = 0
 
     def check_unserved(self) -> None:
         """InvalidRequest naming the first vLLM field the server does not serve that is sent

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
 
 from aiollm.api import lightllm, openai, ops
 from aiollm.api.body import expect_continue
@@ -45,6 +47,26 @@ MAX_HEADERS = 128
 # open /tokenize: they run the tokenizer on the caller's input or change the cache.
 OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/metrics", "/version")
                        for end in ("", "/"))
+
+
+class _ServerLog(logging.LoggerAdapter):
+    """aiohttp's server log (aiohttp.server), as serve() hands it to aiohttp. A request its
+    parser cannot read (a bad Content-Length, a header line past MAX_HEADER_LINE_BYTES, bytes
+    that are no HTTP) is the client's fault, which aiohttp answers with a 400 and logged at
+    ERROR with a traceback: any client could fill the log. It is one WARNING line here, as
+    uvicorn (vLLM's server) logs an invalid request; anything else aiohttp logs as an
+    exception (a fault of the server, its 500) keeps its level and traceback."""
+
+    def exception(self, msg: object, *args: object, exc_info: object = True,
+                  **kwargs: object) -> None:
+        if isinstance(exc_info, HttpProcessingError):
+            reason = " ".join(str(exc_info.message).split())[:200]  # one line, however sent
+            self.warning("%s: malformed HTTP, answered 400: %s", str(msg) % args, reason)
+            return
+        super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+SERVER_LOG = _ServerLog(server_logger)
 
 
 def create_app(engine: Engine, *, api_key: str | None = None,
@@ -203,6 +225,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         max_field_size=MAX_HEADER_LINE_BYTES,
         max_headers=MAX_HEADERS,
         access_log=log.getChild("access") if log.isEnabledFor(logging.DEBUG) else None,
+        logger=SERVER_LOG,
     )
     loop = asyncio.get_running_loop()
     signals = []

@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aiollm.engine.request import Request
-from aiollm.errors import CONTEXT_LENGTH_EXCEEDED, InvalidRequest, Overloaded
+from aiollm.errors import (CONTEXT_LENGTH_EXCEEDED, InvalidRequest, Overloaded,
+                           PromptFillsContext)
 from aiollm.model.sampler import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
@@ -149,15 +150,13 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     that params.stop_token_ids index the vocabulary: they index the logits (min_tokens masks
     them), so one past the vocabulary would fail the whole step, every request in it.
 
-    Raises InvalidRequest naming "prompt", "max_tokens", "min_tokens" or "stop_token_ids"."""
+    Raises InvalidRequest naming "prompt", "max_tokens", "min_tokens" or "stop_token_ids";
+    PromptFillsContext (an InvalidRequest naming "prompt") for a prompt of max_model_len
+    tokens, whose advice an endpoint may word in its own fields."""
     if n > max_model_len:
         raise too_long(n, max_model_len)
     if n == max_model_len and params.max_tokens != 0:
-        raise InvalidRequest(
-            f"the prompt has {n} tokens, which fill this model's maximum context length of "
-            f"{max_model_len} tokens: none is left for the output; shorten it (only a prompt "
-            f"scored with max_tokens 0, which generates nothing, may fill the context)",
-            param="prompt", code=CONTEXT_LENGTH_EXCEEDED)
+        raise PromptFillsContext(n, max_model_len)
     if params.max_tokens is None:
         if n + params.min_tokens > max_model_len:
             raise InvalidRequest(

@@ -1,0 +1,90 @@
+"""Integer fields sent as whole floats: `"max_tokens": 256.0` read as 256, where a body's
+Struct expects an integer.
+
+Clients compute these values in floating point (Python's `/`, JavaScript's one number type)
+and vLLM's pydantic models take a float with no fractional part for an int field; msgspec's
+strict decoding refuses it. msgspec's lax mode (strict=False) takes it too, but also numbers
+written as strings and 0/1 for booleans, which the API keeps refusing: so the body is decoded
+strictly, and only when that fails on a whole float where an integer was expected is the
+float made an integer and the body decoded again. 256.5, booleans, strings and numbers out of
+range are refused as before, naming the field. (pydantic also takes true as 1 and "256" as
+256 for an int field: not taken here.)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, TypeVar
+
+import msgspec
+
+T = TypeVar("T")
+
+# msgspec's type error for a float where the expected types include int; its path
+_FLOAT_FOR_INT = re.compile(r"^Expected `([^`]+)`, got `float` - at `\$(.*)`$")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+# decodes of one body, at most: one per integer field sent as a float (a list's floats are
+# made integers at once); more than any body has integer fields
+_MAX_PASSES = 64
+
+
+def decode(body: bytes, type_: type[T]) -> T:
+    """`body` (JSON) decoded into `type_` as msgspec.json.decode(body, type=type_) does, a
+    whole float (finite, no fractional part) taken where an integer is expected. Raises
+    msgspec's errors: a ValidationError naming the first field at fault once the whole
+    floats before it are taken (`{"max_tokens": 2.0, "n": 1.5}`: n)."""
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as exc:
+        first = exc
+        if _float_for_int(exc) is None:
+            raise
+    # a body whose JSON breaks after the float raises DecodeError here, as bad JSON
+    value = msgspec.json.decode(body)
+    for _ in range(_MAX_PASSES):
+        try:
+            return msgspec.json.decode(msgspec.json.encode(value), type=type_)
+        except msgspec.ValidationError as exc:
+            path = _float_for_int(exc)
+            if path is None or not _make_whole(value, path):
+                raise
+    raise first
+
+
+def refused_whole_float(exc: msgspec.ValidationError) -> bool:
+    """Whether `exc` may be msgspec's refusal of a whole float where an integer is expected
+    (a float of any value: `decode` tells them apart)."""
+    return _float_for_int(exc) is not None
+
+
+def _float_for_int(exc: msgspec.ValidationError) -> list[str | int] | None:
+    """The path (keys and indices) of the float that `exc` refused where an integer was
+    expected; None for another error, or a path through an object of free keys."""
+    m = _FLOAT_FOR_INT.match(str(exc))
+    if m is None or "int" not in m.group(1).split(" | ") or "[...]" in m.group(2):
+        return None
+    return [key if key else int(index)
+            for key, index in _STEP.findall(m.group(2))]
+
+
+def _make_whole(value: Any, path: list[str | int]) -> bool:
+    """Make the float at `path` in `value` an integer, and the whole floats of its list (and
+    of the lists beside it in a list of lists: a batch of token-id lists) too, so that a
+    list of floats takes one pass; False where it is no whole float."""
+    parent, container = None, value
+    for step in path[:-1]:
+        parent, container = container, container[step]
+    key = path[-1]
+    if not _is_whole(container[key]):
+        return False
+    container[key] = int(container[key])
+    if isinstance(container, list):
+        lists = parent if isinstance(parent, list) else [container]
+        for items in lists:
+            if isinstance(items, list):
+                items[:] = [int(v) if _is_whole(v) else v for v in items]
+    return True
+
+
+def _is_whole(v: Any) -> bool:
+    return type(v) is float and v.is_integer()  # NaN and the infinities are not

@@ -1,0 +1,166 @@
+"""The HTTP API's edges as clients meet them, through the real server: integer fields sent
+as whole floats (as Python's division and JavaScript compute them), vLLM's `priority`, the
+advice a prompt that fills the context gets on each endpoint, and the server's log of
+malformed HTTP requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import pytest
+from aiohttp import web
+from live_server import MAX_MODEL_LEN, http
+
+C, CHAT, G = "/v1/completions", "/v1/chat/completions", "/generate"
+HI = [{"role": "user", "content": "hi"}]
+
+
+def error_of(status: int, raw: bytes, param: str | None) -> str:
+    """The message of a 400 naming `param`."""
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == param, (status, err)
+    return err["message"]
+
+
+# -- integers sent as whole floats ------------------------------------------------------------
+
+def test_whole_floats_are_taken_for_integer_fields(server):
+    """256.0 is 256 where an integer is expected, as vLLM's (pydantic's lax) models take
+    it: it was a 400, "expected an integer, got a decimal number"."""
+    status, _, raw = http(server, "POST", C, json={
+        "prompt": [1000.0, 1001.0], "max_tokens": 2.0, "n": 1.0, "seed": 7.0, "top_k": 5.0,
+        "logprobs": 1.0, "min_tokens": 1.0, "stop_token_ids": [3.0], "priority": 0.0})
+    body = json.loads(raw)
+    assert status == 200, body
+    assert body["usage"] == {**body["usage"], "prompt_tokens": 2, "completion_tokens": 2}
+    assert len(body["choices"][0]["logprobs"]["tokens"]) == 2
+    status, _, raw = http(server, "POST", CHAT, json={
+        "messages": HI, "max_completion_tokens": 3.0, "logprobs": True, "top_logprobs": 2.0,
+        "temperature": 0})
+    body = json.loads(raw)
+    assert status == 200 and body["usage"]["completion_tokens"] <= 3, body
+    assert len(body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]) == 2
+    status, _, raw = http(server, "POST", G, json={"inputs": "Hi", "parameters": {
+        "max_new_tokens": 3.0, "top_k": 5.0, "seed": 1.0, "n": 1.0, "ignore_eos": True,
+        "do_sample": True}})
+    assert status == 200 and json.loads(raw)["count_output_tokens"] == 3, raw
+
+
+@pytest.mark.parametrize("path, body, param", [
+    (C, {"prompt": "Hi", "max_tokens": 2.5}, "max_tokens"),
+    (C, {"prompt": "Hi", "max_tokens": True}, "max_tokens"),
+    (C, {"prompt": "Hi", "max_tokens": "2"}, "max_tokens"),
+    (C, b'{"prompt": "Hi", "max_tokens": 1e999}', "max_tokens"),  # inf, as parsers read it
+    (C, {"prompt": "Hi", "max_tokens": 2.0, "n": 1.5}, "n"),
+    (C, {"prompt": [1000.0, 1000.5], "max_tokens": 2}, "prompt[1]"),
+    (CHAT, {"messages": HI, "seed": 1.25}, "seed"),
+    (G, {"inputs": "Hi", "parameters": {"max_new_tokens": 2.5}}, "parameters.max_new_tokens"),
+])
+def test_what_is_no_whole_number_is_still_refused(server, path, body, param):
+    sent = {"json": body} if isinstance(body, dict) else {
+        "data": body, "headers": {"Content-Type": "application/json"}}
+    msg = error_of(*http(server, "POST", path, **sent)[::2], param)
+    assert msg.startswith(f"{param}: "), msg
+    assert "integer" in msg or "out of range" in msg, msg
+
+
+# -- priority -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, body", [
+    (C, {"prompt": "Hi", "max_tokens": 1}), (CHAT, {"messages": HI, "max_tokens": 1})])
+def test_priority_other_than_0_is_refused(server, path, body):
+    """The server has no priority scheduling: a priority other than 0 is a 400 naming it,
+    as vLLM answers unless it schedules by priority; it was ignored silently."""
+    for value in (0, None, 0.0):
+        status, _, raw = http(server, "POST", path, json={**body, "priority": value})
+        assert status == 200, raw
+    for value in (1, -5):
+        msg = error_of(*http(server, "POST", path, json={**body, "priority": value})[::2],
+                       "priority")
+        assert "priority" in msg and "0" in msg, msg
+
+
+# -- a prompt that fills the context -----------------------------------------------------------
+
+def test_a_full_context_is_told_in_each_endpoints_fields(server):
+    """A prompt of exactly max_model_len tokens leaves no room for output: the advice names
+    what the endpoint takes. It told chat and /generate to send "max_tokens 0", which both
+    refuse."""
+    ids = list(range(1000, 1000 + MAX_MODEL_LEN))
+    msg = error_of(*http(server, "POST", C, json={"prompt": ids, "max_tokens": 1})[::2],
+                   "prompt")
+    assert "max_tokens 0 with echo or prompt_logprobs" in msg, msg
+    msg = error_of(*http(server, "POST", CHAT, json={
+        "messages": [{"role": "user", "content": "hello " * 600}],
+        "truncate_prompt_tokens": MAX_MODEL_LEN})[::2], "messages")
+    assert "max_tokens" not in msg and "shorten the messages" in msg, msg
+    msg = error_of(*http(server, "POST", G, json={"inputs": ids})[::2], "inputs")
+    assert "max_new_tokens 0" not in msg and "max_tokens" not in msg, msg
+    assert "shorten the inputs" in msg and "max_new_tokens" in msg, msg
+
+
+# -- malformed HTTP ----------------------------------------------------------------------------
+
+async def raw_exchange(base: str, data: bytes) -> bytes:
+    host, port = base.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(data)
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    return status_line
+
+
+MALFORMED = [
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+    b"GET /health HTTP/1.1\r\nHost: x\r\n\x01\x02 garbage\r\n\r\n",
+]
+
+
+def test_malformed_http_logs_one_short_line(server, caplog):
+    """A request aiohttp cannot parse gets its 400, and the server's log one WARNING line
+    without a traceback: it was an ERROR with a traceback, which any client could repeat to
+    fill the log."""
+    for data in MALFORMED:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="aiohttp.server"):
+            line = asyncio.run(raw_exchange(server.base, data))
+            assert http(server, "GET", "/health")[0] == 200  # still serving, log written
+        assert line.split()[1] == b"400", line
+        logged = [r for r in caplog.records if r.name.startswith("aiohttp")]
+        assert len(logged) == 1, [r.getMessage() for r in logged]
+        assert logged[0].levelno == logging.WARNING and not logged[0].exc_info, logged[0]
+        assert len(logged[0].getMessage()) < 300, logged[0].getMessage()
+
+
+def test_a_server_fault_still_logs_its_traceback(caplog):
+    """The server log's change keeps a real fault (a handler's exception that reaches
+    aiohttp: its 500) at ERROR with its traceback."""
+    from aiollm.api.server import SERVER_LOG  # the logger serve() gives aiohttp
+
+    async def fail(request: web.Request) -> web.Response:
+        raise RuntimeError("a real fault")
+
+    async def go() -> bytes:
+        app = web.Application()
+        app.router.add_get("/", fail)
+        runner = web.AppRunner(app, logger=SERVER_LOG)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        try:
+            return await raw_exchange(f"http://{host}:{port}",
+                                      b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        finally:
+            await runner.cleanup()
+
+    with caplog.at_level(logging.INFO, logger="aiohttp.server"):
+        line = asyncio.run(go())
+    assert line.split()[1] == b"500", line
+    logged = [r for r in caplog.records if r.name.startswith("aiohttp")]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR, logged
+    assert logged[0].exc_info and "a real fault" in str(logged[0].exc_info[1])
