@@ -191,3 +191,27 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
 def test_an_unknown_keyword_is_a_type_error_naming_it(keyword):
     with pytest.raises(TypeError, match=f"'{keyword}'"):
         LLM(MISSING, **{keyword: 1})
+
+
+def test_seed_none_is_vllms_default_seed():
+    """vLLM's LLM(seed=None) is its signature's default (seed 0 in its V1 engine, as
+    aiollm's): a script passing its own --seed (None unless given) raised "seed must be
+    an integer, got None"."""
+    with LLM(None, kv_tokens=256, max_model_len=256, seed=None) as llm:
+        assert llm.engine.config.seed == EngineConfig().seed
+
+
+@pytest.mark.parametrize("torch_dtype, name", [("half", "float16"), ("float32", "float32")])
+def test_dtype_takes_a_torch_dtype_as_vllms_llm_does(torch_dtype, name):
+    """vLLM's dtype is a name or a torch.dtype: LLM(dtype=torch.float16) raised "dtype must
+    be auto, float32, bfloat16 or float16, got torch.float16"."""
+    import torch
+
+    with LLM(None, kv_tokens=256, max_model_len=256, dtype=getattr(torch, torch_dtype)) as llm:
+        assert llm.engine.config.dtype == name
+
+
+def test_a_torch_dtype_aiollm_lacks_is_refused_naming_it():
+    import torch
+
+    assert "torch.float64" in refused(dtype=torch.float64)
