@@ -47,6 +47,18 @@ def test_serve_help():
         assert line.count("default") <= 1, line
 
 
+def test_what_cli_py_offered_importers_is_still_there():
+    """aiollm/cli.py became the package aiollm/cli/: the names its importers used (the
+    console script's main, the parser, the logging set-up and its logger names) still
+    import from aiollm.cli."""
+    import aiollm.cli as cli
+    from aiollm.engine.prefix_cache import stats_log
+
+    assert cli.STATS_LOGGER == stats_log.name
+    for name in ("LOG_FORMAT", "build_parser", "configure_logging", "main"):
+        assert callable(getattr(cli, name)) or isinstance(getattr(cli, name), str), name
+
+
 def test_python_m_aiollm_is_the_command():
     """`python -m aiollm serve` failed ('aiollm' is a package and cannot be directly
     executed): the way to start a server whose scripts are not on PATH."""
