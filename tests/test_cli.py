@@ -587,6 +587,32 @@ def test_ctrl_c_while_importing_exits_130_without_a_traceback():
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
 
 
+def test_ctrl_c_while_waiting_for_a_chat_template_pipe_exits_130_without_a_traceback(
+        tmp_path):
+    """--chat-template read from a named pipe waits for its writer while the flags are
+    checked, before serve's Ctrl-C handling: Ctrl-C there printed a traceback of the read
+    and died by SIGINT; it exits 130 quietly, as Ctrl-C later in the start does."""
+    fifo = tmp_path / "template.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([AIOLLM, "serve", "--port", "0", "--chat-template", str(fifo)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while True:  # a writer's open succeeds once the server has the pipe open to read
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:  # ENXIO: no reader yet
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+    try:  # the server now waits for the template's text, which never comes
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=30)[1]
+    finally:
+        os.close(writer)
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+
+
 async def _stream_through_sigint(proc: subprocess.Popen, base: str, max_tokens: int,
                                  after_signal) -> list[bytes]:
     """A completions stream of `max_tokens` (eos ignored) during which the server gets SIGINT
