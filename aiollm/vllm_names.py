@@ -10,7 +10,8 @@ LLM(...)'s options (`engine_options`) are `aiollm serve`'s vLLM flags as keyword
 CLI's own tables (aiollm/vllm_flags.py): its aliases (max_num_seqs, max_num_batched_tokens,
 enforce_eager, enable_prefix_caching; dtype="half"/"float" or a torch.dtype); its
 NO_EFFECT switches, accepted; its REFUSED flags, a ValueError with the flag's message, its
-flags written as keywords; seed=None, vLLM's default, is aiollm's (0). A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM.
+flags written as keywords; seed=None, vLLM's default, is aiollm's (0), and so is
+max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-len -1`). A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM.
 """
 
 from __future__ import annotations
@@ -161,8 +162,9 @@ def _check_switch(keyword: str, value: Any) -> None:
 def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """LLM(...)'s keyword `options` as Engine takes them (EngineConfig's fields), and, for
     each option set by vLLM's name, that name (option -> keyword, for `named_as_given`).
-    Aliases set their option (None: not given, vLLM's default), as seed=None and dtype
-    given as a torch.dtype aiollm takes set theirs; NO_EFFECT switches, and
+    Aliases set their option (None: not given, vLLM's default), as seed=None,
+    max_model_len=-1 and dtype given as a torch.dtype aiollm takes set theirs; NO_EFFECT
+    switches, and
     refused keywords given None or the value that asks for aiollm's own behaviour
     (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped. Other keywords pass
     unchanged, for EngineConfig to check (an unknown one: its TypeError naming it).
@@ -191,6 +193,9 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     for keyword in _NONE_IS_DEFAULT:
         if keyword in ours and ours[keyword] is None:
             del ours[keyword]
+    mml = ours.get("max_model_len")
+    if isinstance(mml, numbers.Integral) and not isinstance(mml, bool) and mml == -1:
+        ours["max_model_len"] = None  # vLLM's auto-fit: aiollm's default (--max-model-len -1)
     if isinstance(ours.get("tool_call_parser"), str):
         ours["tool_call_parser"] = vllm_flags.tool_call_parser_name(ours["tool_call_parser"])
     named = {}

@@ -215,3 +215,16 @@ def test_a_torch_dtype_aiollm_lacks_is_refused_naming_it():
     import torch
 
     assert "torch.float64" in refused(dtype=torch.float64)
+
+
+def test_max_model_len_minus_one_is_vllms_auto_fit():
+    """vLLM's engine takes max_model_len=-1 as "the longest that fits" (its --max-model-len
+    auto), which is aiollm's default, as `aiollm serve --max-model-len -1` takes it:
+    LLM(max_model_len=-1) raised "max_model_len must be >= 1, got -1". Other values below 1,
+    and vLLM's CLI forms ("4k", "auto"), which its LLM does not take, are still refused."""
+    with LLM(None, kv_tokens=256, max_model_len=-1) as llm:
+        assert llm.engine.config.max_model_len is None
+    assert refused(max_model_len=-2) == "max_model_len must be >= 1, got -2"
+    for text in ("4k", "auto"):
+        assert refused(max_model_len=text) == (f"max_model_len must be an integer or None, "
+                                               f"got {text!r}")
