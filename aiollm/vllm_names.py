@@ -159,13 +159,32 @@ def _check_switch(keyword: str, value: Any) -> None:
         raise ValueError(f"{keyword} must be True or False, got {value!r}")
 
 
+def _as_aiollm_values(options: dict[str, Any]) -> None:
+    """vLLM's values of aiollm's options, in `options`, as aiollm's: dtype "half"/"float"
+    or a torch.dtype as its name, tool_call_parser llama3_json as llama3, seed=None
+    (vLLM's default) left out, max_model_len=-1 (vLLM's "the longest that fits", as
+    `aiollm serve --max-model-len -1`) as None."""
+    if isinstance(options.get("dtype"), str):
+        options["dtype"] = vllm_flags.dtype_name(options["dtype"])
+    elif "dtype" in options:
+        options["dtype"] = _torch_dtype_name(options["dtype"])
+    if isinstance(options.get("tool_call_parser"), str):
+        options["tool_call_parser"] = vllm_flags.tool_call_parser_name(
+            options["tool_call_parser"])
+    for keyword in _NONE_IS_DEFAULT:
+        if keyword in options and options[keyword] is None:
+            del options[keyword]
+    mml = options.get("max_model_len")
+    if isinstance(mml, numbers.Integral) and not isinstance(mml, bool) and mml == -1:
+        options["max_model_len"] = None
+
+
 def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """LLM(...)'s keyword `options` as Engine takes them (EngineConfig's fields), and, for
     each option set by vLLM's name, that name (option -> keyword, for `named_as_given`).
-    Aliases set their option (None: not given, vLLM's default), as seed=None,
-    max_model_len=-1 and dtype given as a torch.dtype aiollm takes set theirs; NO_EFFECT
-    switches, and
-    refused keywords given None or the value that asks for aiollm's own behaviour
+    Aliases set their option (None: not given, vLLM's default); vLLM's values of aiollm's
+    own options become aiollm's (_as_aiollm_values); NO_EFFECT switches, and refused
+    keywords given None or the value that asks for aiollm's own behaviour
     (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped. Other keywords pass
     unchanged, for EngineConfig to check (an unknown one: its TypeError naming it).
     Raises ValueError naming a refused keyword, its value and what to use instead, or a
@@ -186,18 +205,7 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
                 raise _refused(keyword, value, refusal)
         else:
             ours[keyword] = value
-    if isinstance(ours.get("dtype"), str):  # vLLM's half and float
-        ours["dtype"] = vllm_flags.dtype_name(ours["dtype"])
-    elif "dtype" in ours:  # vLLM's dtype may be a torch.dtype too
-        ours["dtype"] = _torch_dtype_name(ours["dtype"])
-    for keyword in _NONE_IS_DEFAULT:
-        if keyword in ours and ours[keyword] is None:
-            del ours[keyword]
-    mml = ours.get("max_model_len")
-    if isinstance(mml, numbers.Integral) and not isinstance(mml, bool) and mml == -1:
-        ours["max_model_len"] = None  # vLLM's auto-fit: aiollm's default (--max-model-len -1)
-    if isinstance(ours.get("tool_call_parser"), str):
-        ours["tool_call_parser"] = vllm_flags.tool_call_parser_name(ours["tool_call_parser"])
+    _as_aiollm_values(ours)
     named = {}
     for keyword, value in theirs.items():
         if value is None:
