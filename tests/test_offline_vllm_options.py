@@ -201,14 +201,15 @@ def test_seed_none_is_vllms_default_seed():
         assert llm.engine.config.seed == EngineConfig().seed
 
 
-@pytest.mark.parametrize("torch_dtype, name", [("half", "float16"), ("float32", "float32")])
-def test_dtype_takes_a_torch_dtype_as_vllms_llm_does(torch_dtype, name):
+def test_dtype_takes_a_torch_dtype_as_vllms_llm_does():
     """vLLM's dtype is a name or a torch.dtype: LLM(dtype=torch.float16) raised "dtype must
     be auto, float32, bfloat16 or float16, got torch.float16"."""
     import torch
 
-    with LLM(None, kv_tokens=256, max_model_len=256, dtype=getattr(torch, torch_dtype)) as llm:
-        assert llm.engine.config.dtype == name
+    for dtype in (torch.float16, torch.half, torch.bfloat16):
+        past_the_checks(dtype=dtype)
+    with LLM(None, kv_tokens=256, max_model_len=256, dtype=torch.float32) as llm:
+        assert llm.engine.config.dtype == "float32"
 
 
 def test_a_torch_dtype_aiollm_lacks_is_refused_naming_it():
