@@ -8,9 +8,10 @@ given twice.
 
 LLM(...)'s options (`engine_options`) are `aiollm serve`'s vLLM flags as keywords, from the
 CLI's own tables (aiollm/vllm_flags.py): its aliases (max_num_seqs, max_num_batched_tokens,
-enforce_eager, enable_prefix_caching; dtype="half"/"float"); its NO_EFFECT switches,
-accepted; its REFUSED flags, a ValueError with the flag's message, its flags written as
-keywords. A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM.
+enforce_eager, enable_prefix_caching; dtype="half"/"float" or a torch.dtype); its
+NO_EFFECT switches, accepted; its REFUSED flags, a ValueError with the flag's message, its
+flags written as keywords; seed=None, vLLM's default, is aiollm's (0), and so is
+max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-len -1`). A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM.
 """
 
 from __future__ import annotations
@@ -83,6 +84,20 @@ _ALIAS_SWITCHES = {"enforce_eager", "enable_prefix_caching"}
 # vLLM's LLM sets it by default; aiollm's configures no logging: the periodic statistics go
 # to the "aiollm.stats" logger at INFO and show where the program's logging shows them
 _SWITCHES_OF_NO_EFFECT = {"disable_log_stats"}
+# aiollm's options that vLLM's LLM takes under the same name with None as its default:
+# None is that default, which is aiollm's (seed: vLLM's V1 engine seeds None as 0)
+_NONE_IS_DEFAULT = {"seed"}
+_DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def _torch_dtype_name(value: Any) -> Any:
+    """A torch.dtype aiollm takes (torch.float16, torch.half...) as its name; anything
+    else as it is, for EngineConfig to refuse naming it. torch is not imported here."""
+    if type(value).__module__ == "torch" and type(value).__name__ == "dtype":
+        name = str(value).removeprefix("torch.")
+        if name in _DTYPE_NAMES:
+            return name
+    return value
 
 
 def _keyword(flag: str) -> tuple[str, bool]:
@@ -155,11 +170,32 @@ def _check_switch(keyword: str, value: Any) -> None:
         raise ValueError(f"{keyword} must be True or False, got {value!r}")
 
 
+def _as_aiollm_values(options: dict[str, Any]) -> None:
+    """vLLM's values of aiollm's options, in `options`, as aiollm's: dtype "half"/"float"
+    or a torch.dtype as its name, tool_call_parser llama3_json as llama3, seed=None
+    (vLLM's default) left out, max_model_len=-1 (vLLM's "the longest that fits", as
+    `aiollm serve --max-model-len -1`) as None."""
+    if isinstance(options.get("dtype"), str):
+        options["dtype"] = vllm_flags.dtype_name(options["dtype"])
+    elif "dtype" in options:
+        options["dtype"] = _torch_dtype_name(options["dtype"])
+    if isinstance(options.get("tool_call_parser"), str):
+        options["tool_call_parser"] = vllm_flags.tool_call_parser_name(
+            options["tool_call_parser"])
+    for keyword in _NONE_IS_DEFAULT:
+        if keyword in options and options[keyword] is None:
+            del options[keyword]
+    mml = options.get("max_model_len")
+    if isinstance(mml, numbers.Integral) and not isinstance(mml, bool) and mml == -1:
+        options["max_model_len"] = None
+
+
 def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """LLM(...)'s keyword `options` as Engine takes them (EngineConfig's fields), and, for
     each option set by vLLM's name, that name (option -> keyword, for `named_as_given`).
-    Aliases set their option (None: not given, vLLM's default); NO_EFFECT switches, and
-    refused keywords given None or the value that asks for aiollm's own behaviour
+    Aliases set their option (None: not given, vLLM's default); vLLM's values of aiollm's
+    own options become aiollm's (_as_aiollm_values); NO_EFFECT switches, and refused
+    keywords given None or the value that asks for aiollm's own behaviour
     (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped. Other keywords pass
     unchanged, for EngineConfig to check (an unknown one: its TypeError naming it).
     Raises ValueError naming a refused keyword, its value and what to use instead, or a
@@ -180,10 +216,7 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
                 raise _refused(keyword, value, refusal)
         else:
             ours[keyword] = value
-    if isinstance(ours.get("dtype"), str):  # vLLM's half and float
-        ours["dtype"] = vllm_flags.dtype_name(ours["dtype"])
-    if isinstance(ours.get("tool_call_parser"), str):
-        ours["tool_call_parser"] = vllm_flags.tool_call_parser_name(ours["tool_call_parser"])
+    _as_aiollm_values(ours)
     named = {}
     for keyword, value in theirs.items():
         if value is None:

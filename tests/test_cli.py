@@ -47,6 +47,18 @@ def test_serve_help():
         assert line.count("default") <= 1, line
 
 
+def test_what_cli_py_offered_importers_is_still_there():
+    """aiollm/cli.py became the package aiollm/cli/: the names its importers used (the
+    console script's main, the parser, the logging set-up and its logger names) still
+    import from aiollm.cli."""
+    import aiollm.cli as cli
+    from aiollm.engine.prefix_cache import stats_log
+
+    assert cli.STATS_LOGGER == stats_log.name
+    for name in ("LOG_FORMAT", "build_parser", "configure_logging", "main"):
+        assert callable(getattr(cli, name)) or isinstance(getattr(cli, name), str), name
+
+
 def test_python_m_aiollm_is_the_command():
     """`python -m aiollm serve` failed ('aiollm' is a package and cannot be directly
     executed): the way to start a server whose scripts are not on PATH."""
@@ -572,6 +584,32 @@ def test_ctrl_c_while_importing_exits_130_without_a_traceback():
         time.sleep(0.01)  # torch's libraries are mapped: its modules are importing
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+
+
+def test_ctrl_c_while_waiting_for_a_chat_template_pipe_exits_130_without_a_traceback(
+        tmp_path):
+    """--chat-template read from a named pipe waits for its writer while the flags are
+    checked, before serve's Ctrl-C handling: Ctrl-C there printed a traceback of the read
+    and died by SIGINT; it exits 130 quietly, as Ctrl-C later in the start does."""
+    fifo = tmp_path / "template.fifo"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([AIOLLM, "serve", "--port", "0", "--chat-template", str(fifo)],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while True:  # a writer's open succeeds once the server has the pipe open to read
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:  # ENXIO: no reader yet
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+    try:  # the server now waits for the template's text, which never comes
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=30)[1]
+    finally:
+        os.close(writer)
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
 
 

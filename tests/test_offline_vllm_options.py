@@ -191,3 +191,41 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
 def test_an_unknown_keyword_is_a_type_error_naming_it(keyword):
     with pytest.raises(TypeError, match=f"'{keyword}'"):
         LLM(MISSING, **{keyword: 1})
+
+
+def test_seed_none_is_vllms_default_seed():
+    """vLLM's LLM(seed=None) is its signature's default (seed 0 in its V1 engine, as
+    aiollm's): a script passing its own --seed (None unless given) raised "seed must be
+    an integer, got None"."""
+    with LLM(None, kv_tokens=256, max_model_len=256, seed=None) as llm:
+        assert llm.engine.config.seed == EngineConfig().seed
+
+
+def test_dtype_takes_a_torch_dtype_as_vllms_llm_does():
+    """vLLM's dtype is a name or a torch.dtype: LLM(dtype=torch.float16) raised "dtype must
+    be auto, float32, bfloat16 or float16, got torch.float16"."""
+    import torch
+
+    for dtype in (torch.float16, torch.half, torch.bfloat16):
+        past_the_checks(dtype=dtype)
+    with LLM(None, kv_tokens=256, max_model_len=256, dtype=torch.float32) as llm:
+        assert llm.engine.config.dtype == "float32"
+
+
+def test_a_torch_dtype_aiollm_lacks_is_refused_naming_it():
+    import torch
+
+    assert "torch.float64" in refused(dtype=torch.float64)
+
+
+def test_max_model_len_minus_one_is_vllms_auto_fit():
+    """vLLM's engine takes max_model_len=-1 as "the longest that fits" (its --max-model-len
+    auto), which is aiollm's default, as `aiollm serve --max-model-len -1` takes it:
+    LLM(max_model_len=-1) raised "max_model_len must be >= 1, got -1". Other values below 1,
+    and vLLM's CLI forms ("4k", "auto"), which its LLM does not take, are still refused."""
+    with LLM(None, kv_tokens=256, max_model_len=-1) as llm:
+        assert llm.engine.config.max_model_len is None
+    assert refused(max_model_len=-2) == "max_model_len must be >= 1, got -2"
+    for text in ("4k", "auto"):
+        assert refused(max_model_len=text) == (f"max_model_len must be an integer or None, "
+                                               f"got {text!r}")

@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 
 from aiollm.cli import serve
-from aiollm.cli.log_config import LOG_FORMAT, configure_logging
+from aiollm.cli.log_config import LOG_FORMAT, STATS_LOGGER, configure_logging
 from aiollm.cli.serve_parser import add_serve_parser
 
-__all__ = ["LOG_FORMAT", "build_parser", "configure_logging", "main"]
+__all__ = ["LOG_FORMAT", "STATS_LOGGER", "build_parser", "configure_logging", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,7 @@
-"""`aiollm serve`'s start-up once its flags are checked: the HTTP server over an Engine (or, on
-a node other than 0, a follower of node 0's ranks), with Ctrl-C handled from the first import
-of torch & co. to the server's own signal handlers, and the exit."""
+"""`aiollm serve`'s start-up once its flags are parsed: their checks, then the HTTP server over
+an Engine (or, on a node other than 0, a follower of node 0's ranks), with Ctrl-C handled from
+the checks (a --chat-template pipe waits there) to the server's own signal handlers, and the
+exit."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     1 when the model or the address fails; 130 for Ctrl-C before the server's signal
     handlers exist). A bad flag is parser.error, before anything loads."""
     configure_logging(args)
-    config, api_key = checked_config(parser, args)
+    try:  # a --chat-template pipe waits for its writer here
+        config, api_key = checked_config(parser, args)
+    except KeyboardInterrupt:
+        return 130
     names = args.served_model_name or []
 
     if args.node_rank > 0:  # another node's ranks: no HTTP, they follow node 0's rank 0
