@@ -13,7 +13,7 @@ import random
 import numpy as np
 import pytest
 from live_server import http, sse_events
-from test_prefix_cache import assert_idle_and_flush, check_invariants
+from test_prefix_cache import assert_idle_and_flush, check_every_step
 
 from aiollm import Engine, SamplingParams
 from aiollm.engine.prefix_cache import RadixTree
@@ -168,14 +168,7 @@ def test_mixed_salts_keep_the_invariants_after_every_step(loop, tiny):
         eng = Engine(tiny, load_format="dummy", kv_tokens=300, max_prefill_tokens=48,
                      max_running_requests=6)
         await eng.start()
-        step, steps = eng._step, [0]
-
-        async def checked_step():
-            await step()
-            check_invariants(eng)
-            steps[0] += 1
-
-        eng._step = checked_step
+        steps = check_every_step(eng)
 
         async def one():
             await asyncio.sleep(rng.random() * 0.3)

@@ -87,6 +87,20 @@ def check_invariants(eng: Engine) -> None:
         assert tree.protected == 0 and kv.n_used == cache.size
 
 
+def check_every_step(eng: Engine) -> list[int]:
+    """Wraps the engine's step so that check_invariants runs after each; returns a one-item
+    list counting the steps taken."""
+    step, steps = eng._step, [0]
+
+    async def checked_step():
+        await step()
+        check_invariants(eng)
+        steps[0] += 1
+
+    eng._step = checked_step
+    return steps
+
+
 def assert_idle_and_flush(eng: Engine) -> None:
     check_invariants(eng)
     assert eng.stats()["kv_used"] == 0
@@ -347,14 +361,7 @@ def test_randomized_traffic_keeps_the_invariants_after_every_step(loop, tmp_path
         eng = Engine(str(tmp_path), load_format="dummy", kv_tokens=400, max_prefill_tokens=48,
                      max_running_requests=8)
         await eng.start()
-        step, steps = eng._step, [0]
-
-        async def checked_step():
-            await step()
-            check_invariants(eng)
-            steps[0] += 1
-
-        eng._step = checked_step
+        steps = check_every_step(eng)
 
         async def one(i):
             await asyncio.sleep(rng.random() * 0.5)
