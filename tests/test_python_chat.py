@@ -247,5 +247,10 @@ def test_a_chat_template_without_jinja_tags_is_refused(llm, tmp_path):
     assert e.value.param == "chat_template"
     path = tmp_path / "plain.jinja"
     path.write_text("You are a helpful assistant.\n")
-    with pytest.raises(ValueError, match=f"chat_template file {path} has no Jinja tag"):
+    with pytest.raises(ValueError, match=f"chat_template file {path} has no Jinja tag") as e:
         EngineConfig(chat_template=str(path))
+    assert "path, not its text" not in str(e.value)  # the hint fits a template given as text
+    path.write_text("")
+    with pytest.raises(ValueError, match=f"chat_template file {path} is empty") as e:
+        EngineConfig(chat_template=str(path))
+    assert "None" not in str(e.value)

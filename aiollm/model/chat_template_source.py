@@ -33,6 +33,13 @@ def read_chat_template(value: str) -> str:
                              f"be read ({reason}); give a readable file of a Jinja chat "
                              "template, or the template itself") from None
         text = value
+    else:  # the hints of check_template_source's messages are for a template given as text
+        if not text:
+            raise ValueError(f"{what} is empty: give a Jinja chat template")
+        if not _has_tag(text):
+            raise ValueError(f"{what} has no Jinja tag ({{{{ }}}} or {{% %}}), so it would "
+                             "render the same text for every conversation, its messages "
+                             "unread")
     try:
         check_template_source(text)
     except InvalidRequest as e:  # a config's error: not a request's
@@ -52,7 +59,7 @@ def check_template_source(source: Any) -> None:
         raise InvalidRequest("chat_template must be a Jinja template (a non-empty string; "
                              f"None: the tokenizer's own), got {source!r:.80}",
                              param="chat_template")
-    if "{{" not in source and "{%" not in source:  # a file's path given as the template
+    if not _has_tag(source):  # a file's path given as the template
         raise InvalidRequest(f"chat_template has no Jinja tag ({{{{ }}}} or {{% %}}), so it "
                              "would render the same text for every conversation, its "
                              f"messages unread (a file's path, not its text?): got "
@@ -62,3 +69,7 @@ def check_template_source(source: Any) -> None:
     except TemplateError as e:
         raise InvalidRequest(f"chat_template does not compile ({type(e).__name__}: {e})",
                              param="chat_template") from None
+
+
+def _has_tag(source: str) -> bool:
+    return "{{" in source or "{%" in source
