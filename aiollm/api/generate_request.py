@@ -123,7 +123,7 @@ def _refuse_salt(salt: Any, param: str) -> None:
     none, and ignored as an unknown field it would leave a tenant whose gateway salts every
     body sharing its prefix cache with everyone here, unknowingly (engine/cache_salt.py)."""
     if salt is not None:
-        raise InvalidRequest(f"{param} is not served on /generate: its requests share the "
-                             "prefix cache with every unsalted request; send salted "
-                             "requests to /v1/completions or /v1/chat/completions",
-                             param=param)
+        raise InvalidRequest(f"{param} is not served on LightLLM's endpoints: their "
+                             "requests share the prefix cache with every unsalted request; "
+                             "send salted requests to /v1/completions or "
+                             "/v1/chat/completions", param=param)
