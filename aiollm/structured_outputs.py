@@ -68,5 +68,6 @@ def grammar_of(value: Any, name: str):
     except InvalidRequest as e:
         if name == "structured_outputs" or not (e.param or "").startswith("structured_outputs"):
             raise
-        raise InvalidRequest(str(e).replace("structured_outputs", name, 1),
+        # every mention: the advice names the field too ("leave structured_outputs out")
+        raise InvalidRequest(str(e).replace("structured_outputs", name),
                              param=name + e.param[len("structured_outputs"):]) from None

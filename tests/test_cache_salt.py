@@ -240,3 +240,24 @@ def test_llm_generate_takes_a_prompt_dicts_salt(tiny):
         assert e.value.param == "prompts[0].cache_salt"
     finally:
         llm.close()
+
+
+@pytest.mark.parametrize("body, param", [
+    (b'{"inputs": "x", "cache_salt": "tenant-1"}', "cache_salt"),
+    (b'{"inputs": "x", "parameters": {"cache_salt": "tenant-1"}}', "parameters.cache_salt"),
+    (b'{"inputs": "x", "parameters": {"cache_salt": "none"}}', "parameters.cache_salt"),
+])
+def test_lightllm_generate_refuses_a_salt(body, param):
+    """LightLLM's /generate and /generate_stream ignored a cache_salt (an unknown field):
+    a tenant whose gateway salts every body got no isolation there, silently. It is
+    refused, naming where it was sent; null is no salt, as on the OpenAI endpoints."""
+    import msgspec
+
+    from aiollm.api.generate_request import GenerateRequest
+
+    with pytest.raises(InvalidRequest) as e:
+        msgspec.json.decode(body, type=GenerateRequest).check_unserved()
+    assert e.value.param == param and "/v1/completions" in str(e.value)
+    for ok in (b'{"inputs": "x", "cache_salt": null}',
+               b'{"inputs": "x", "parameters": {"cache_salt": null}}'):
+        msgspec.json.decode(ok, type=GenerateRequest).check_unserved()

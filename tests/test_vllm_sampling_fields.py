@@ -168,3 +168,14 @@ def test_a_bad_field_of_one_prompts_params_names_its_place(llm):
         with pytest.raises(InvalidRequest) as e:
             llm.generate(["a", "b"], bad, False)
         assert e.value.param == param.removeprefix("params[1].")
+
+
+@pytest.mark.parametrize("value", [{}, {"disable_any_whitespace": True}, {"jsn": {}},
+                                   {"regex": "a", "choice": ["a"]}])
+def test_guided_decoding_errors_speak_of_guided_decoding(value):
+    """An error of guided_decoding (vLLM's former name) is told in that name throughout: its
+    message said "or leave structured_outputs out", a field the caller never sent."""
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(guided_decoding=value)
+    assert e.value.param.startswith("guided_decoding")
+    assert "structured_outputs" not in str(e.value), str(e.value)

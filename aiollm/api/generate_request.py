@@ -47,12 +47,14 @@ class GenerateParameters(Struct, kw_only=True):
     guided_regex: Any = None
     guided_choice: Any = None
     logit_bias: Any = None
+    cache_salt: Any = None  # vLLM's tenant isolation: refused here too (_refuse_salt)
     # LightLLM's own, not served: refused where they would change the output
     input_penalty: bool = False
     exponential_decay_length_penalty: Any = None
     print_eos_token: bool = False
 
     def check_unserved(self) -> None:
+        _refuse_salt(self.cache_salt, "parameters.cache_salt")
         refuse_unserved(self, ("response_format", "structured_outputs", "guided_regex",
                                "guided_choice", "logit_bias"), "parameters.",
                         "LightLLM's constraints are guided_json, guided_grammar, "
@@ -101,13 +103,27 @@ class GenerateRequest(Struct, kw_only=True):
     parameters: GenerateParameters = msgspec.field(default_factory=GenerateParameters)
     # LightLLM's images and audio for multimodal models: the models served read text alone
     multimodal_params: dict[str, Any] | None = None
+    cache_salt: Any = None  # vLLM's, not served here (_refuse_salt)
 
     def check_unserved(self) -> None:
         """Refuse images or audio (LightLLM's multimodal_params.images and .audios): the
         answer to the text alone would answer another question. Empty lists, as LightLLM's
-        clients send them with text alone, are served."""
+        clients send them with text alone, are served. A cache salt is refused, in either
+        place (_refuse_salt)."""
+        _refuse_salt(self.cache_salt, "cache_salt")
         for kind in ("images", "audios"):
             if (self.multimodal_params or {}).get(kind):
                 raise InvalidRequest(f"multimodal_params.{kind} is not served: the model "
                                      "reads text alone", param=f"multimodal_params.{kind}")
         self.parameters.check_unserved()
+
+
+def _refuse_salt(salt: Any, param: str) -> None:
+    """InvalidRequest naming `param` for a cache salt (anything but null): LightLLM has
+    none, and ignored as an unknown field it would leave a tenant whose gateway salts every
+    body sharing its prefix cache with everyone here, unknowingly (engine/cache_salt.py)."""
+    if salt is not None:
+        raise InvalidRequest(f"{param} is not served on LightLLM's endpoints: their "
+                             "requests share the prefix cache with every unsalted request; "
+                             "send salted requests to /v1/completions or "
+                             "/v1/chat/completions", param=param)
