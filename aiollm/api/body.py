@@ -61,7 +61,7 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
         try:
-            return msgspec.json.decode(body, type=type_)
+            return whole_floats.strict(body, type_)
         except msgspec.ValidationError as exc:
             if not whole_floats.refused_whole_float(exc):
                 raise

@@ -13,6 +13,7 @@ also takes true as 1 and "256" as 256 for an int field: not taken here.)
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any, TypeVar
@@ -39,6 +40,33 @@ def _number(text: str) -> float | msgspec.Raw:
     return value if math.isfinite(value) else msgspec.Raw(text.encode())
 
 
+def _finite(text: str) -> float:
+    """A JSON number with a fraction or an exponent in a field of any type (Any: `tools`,
+    `logit_bias`), read by Python's float() for the reason `_number` gives: some 0.3-0.5 µs
+    for any value, where msgspec's own parse takes 0.05 µs for 0.5 but 8-10 µs for 1e300.
+    The same value as msgspec's parse (both round correctly); past a double (1e999) the
+    ValueError makes msgspec's own "Number out of range" error at the field's path."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError("Number out of range")
+    return value
+
+
+@functools.cache
+def _decoder(type_: type[T]) -> msgspec.json.Decoder[T]:
+    """The strict decoder of `type_`, made once per type. msgspec hands only floats of no
+    declared type to a float_hook: a typed float field (temperature) is one value, parsed by
+    msgspec, and no field holds a typed list or map of floats (logit_bias is Any)."""
+    return msgspec.json.Decoder(type_, float_hook=_finite)
+
+
+def strict(body: bytes, type_: type[T]) -> T:
+    """`body` (JSON) decoded into `type_` as msgspec.json.decode(body, type=type_) does,
+    the same values and errors, but the floats in fields typed Any read by float(): a 16 MB
+    body of 1e300 in `tools` held the event loop for 23 s; some 1.3 s now."""
+    return _decoder(type_).decode(body)
+
+
 # the body as plain JSON (_number)
 _PLAIN = msgspec.json.Decoder(float_hook=_number)
 # the 64-bit integers: a whole float outside them stays a float, refused as one
@@ -51,7 +79,7 @@ def decode(body: bytes, type_: type[T]) -> T:
     expected. Raises msgspec's errors: a ValidationError naming the first field at fault
     once the whole floats before it are taken (`{"max_tokens": 2.0, "n": 1.5}`: n)."""
     try:
-        return msgspec.json.decode(body, type=type_)
+        return strict(body, type_)
     except msgspec.ValidationError as exc:
         first = exc
         if _float_for_int(exc) is None:
@@ -60,7 +88,7 @@ def decode(body: bytes, type_: type[T]) -> T:
     value = _PLAIN.decode(body)
     for _ in range(_MAX_PASSES):
         try:
-            return msgspec.json.decode(msgspec.json.encode(value), type=type_)
+            return strict(msgspec.json.encode(value), type_)
         except msgspec.ValidationError as exc:
             path = _float_for_int(exc)
             if path is None or not _make_whole(value, path):
