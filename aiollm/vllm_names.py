@@ -16,11 +16,14 @@ max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-l
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
+from dataclasses import fields
 from typing import Any
 
 from aiollm import vllm_flags
+from aiollm.config import EngineConfig
 from aiollm.engine.chat_template import TemplateOptions
 from aiollm.errors import InvalidRequest
 from aiollm.vllm_flags import Refusal
@@ -190,14 +193,27 @@ def _as_aiollm_values(options: dict[str, Any]) -> None:
         options["max_model_len"] = None
 
 
+# EngineConfig's fields: the options LLM(...) takes under aiollm's own names
+_OPTIONS = frozenset(f.name for f in fields(EngineConfig))
+
+
+def _unknown(keyword: str) -> TypeError:
+    """Python's TypeError for an unknown keyword, named as LLM()'s, with the names near it."""
+    known = [*_OPTIONS, *_ALIASES, *_SWITCHES, *_REFUSED_VALUES]
+    near = difflib.get_close_matches(keyword, known, n=3, cutoff=0.8)
+    hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+    return TypeError(f"LLM() got an unexpected keyword argument {keyword!r}{hint}")
+
+
 def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """LLM(...)'s keyword `options` as Engine takes them (EngineConfig's fields), and, for
     each option set by vLLM's name, that name (option -> keyword, for `named_as_given`).
     Aliases set their option (None: not given, vLLM's default); vLLM's values of aiollm's
     own options become aiollm's (_as_aiollm_values); NO_EFFECT switches, and refused
     keywords given None or the value that asks for aiollm's own behaviour
-    (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped. Other keywords pass
-    unchanged, for EngineConfig to check (an unknown one: its TypeError naming it).
+    (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped. EngineConfig's own
+    fields pass unchanged, for it to check; any other keyword is a TypeError naming it (and
+    the near names, a misspelling's).
     Raises ValueError naming a refused keyword, its value and what to use instead, or a
     switch given other than True, False or None; TypeError naming both names of an option
     given under both with different values."""
@@ -214,8 +230,10 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
             refusal = _REFUSED_VALUES[keyword]
             if value is not None and not _asks_for_ours(value, refusal.same):
                 raise _refused(keyword, value, refusal)
-        else:
+        elif keyword in _OPTIONS:
             ours[keyword] = value
+        else:
+            raise _unknown(keyword)
     _as_aiollm_values(ours)
     named = {}
     for keyword, value in theirs.items():

@@ -189,8 +189,17 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
 @pytest.mark.parametrize("keyword", ["not_an_option", "enable_auto_tool_choice",
                                      "max_seq_len_to_capture"])
 def test_an_unknown_keyword_is_a_type_error_naming_it(keyword):
-    with pytest.raises(TypeError, match=f"'{keyword}'"):
+    """Named as LLM()'s (it said EngineConfig.__init__(), a class the caller never named)."""
+    with pytest.raises(TypeError, match=f"^LLM\\(\\) got an unexpected keyword argument "
+                                        f"'{keyword}'"):
         LLM(MISSING, **{keyword: 1})
+
+
+def test_a_misspelt_keyword_is_told_the_near_names():
+    with pytest.raises(TypeError, match="did you mean max_num_seqs"):
+        LLM(MISSING, max_num_seq=8)
+    with pytest.raises(TypeError, match="did you mean kv_tokens"):
+        LLM(MISSING, kv_token=8)
 
 
 def test_seed_none_is_vllms_default_seed():
