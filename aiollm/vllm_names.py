@@ -11,7 +11,9 @@ CLI's own tables (aiollm/vllm_flags.py): its aliases (max_num_seqs, max_num_batc
 enforce_eager, enable_prefix_caching; dtype="half"/"float" or a torch.dtype); its
 NO_EFFECT switches, accepted; its REFUSED flags, a ValueError with the flag's message, its
 flags written as keywords; seed=None, vLLM's default, is aiollm's (0), and so is
-max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-len -1`). A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM.
+max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-len -1`).
+A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM: a TypeError
+naming it, as is any keyword neither vLLM's nor aiollm's.
 """
 
 from __future__ import annotations
