@@ -124,8 +124,9 @@ class LLM:
         add_generation_prompt, continue_final_message, chat_template_kwargs and
         chat_template (a Jinja template rendering the conversations in place of the
         tokenizer's) for the template's options of those names (None: not given, the
-        default); `lora_request` as generate() takes it. The prompt is the one /v1/chat/completions renders for the same
-        messages, tools and options (Engine.render_chat); the output is the model's text,
+        default); `lora_request` as generate() takes it. The prompt is the one
+        /v1/chat/completions renders for the same messages, tools and options
+        (Engine.render_chat); the output is the model's text,
         any calls in it unparsed, as vLLM's LLM.chat gives it.
         Raises InvalidRequest (a ValueError) naming the conversation and its field (param
         `conversations[2].messages[1].role`; a bad template option by its own name,
