@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,9 +76,11 @@ async def _generate(model: str | None, tp: int, **options) -> tuple[list, list]:
     return [o.token_ids for o in outs], procs
 
 
-def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model):
+def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     one, _ = asyncio.run(_generate(tiny_model, 1))
     two, procs = asyncio.run(_generate(tiny_model, 2))
+    assert list(tmp_path.iterdir()) == []  # the ranks' error files went with them
     assert len({tuple(t) for t in one[:3]}) > 1 and len(set(one[0])) > 2  # not degenerate
     assert two == one
     # the engine's stop ended its rank: it exited by itself, cleanly
@@ -107,7 +110,9 @@ def test_tp2_prefix_cache_hits_give_the_same_tokens(tiny_model):
     assert cached[0] == 0 and min(cached[1:4]) >= 40 and cached[4] >= 41 + 8 - 1, cached
 
 
-def test_start_up_checks_the_heads_split(tiny_model):
+def test_start_up_checks_the_heads_split(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
     async def start():
         async with Engine(tiny_model, device="cpu", tensor_parallel_size=3):
             pass
@@ -115,6 +120,7 @@ def test_start_up_checks_the_heads_split(tiny_model):
     # 4 attention heads over 1 KV head: 3 ranks cannot share them out
     with pytest.raises(ValueError, match="tensor parallel size 3 does not fit this model"):
         asyncio.run(start())
+    assert list(tmp_path.iterdir()) == []
 
 
 def _children(pid: int) -> list[int]:
@@ -133,11 +139,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _serve(args: list[str], log: Path) -> subprocess.Popen:
+def _serve(args: list[str], log: Path, tmp: Path | None = None) -> subprocess.Popen:
+    """`aiollm serve` on the CPU, its output in `log`, its temporary files under `tmp`."""
+    env = {**os.environ, "TMPDIR": str(tmp)} if tmp is not None else None
     with open(log, "w") as out:
         return subprocess.Popen([AIOLLM, "serve", "--device", "cpu", "--kv-tokens", "1024",
                                  "--max-model-len", "256", *args],
-                                stdout=out, stderr=subprocess.STDOUT)
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
 async def _until_healthy(proc: subprocess.Popen, base: str, log: Path, timeout=240) -> None:
@@ -172,9 +180,10 @@ def test_default_model_tp2_equals_tp1():
 
 
 def test_a_killed_rank_ends_the_server(tiny_model, tmp_path):
-    port, log = _free_port(), tmp_path / "serve.log"
+    port, log, tmp = _free_port(), tmp_path / "serve.log", tmp_path / "tmp"
     base = f"http://127.0.0.1:{port}"
-    proc = _serve(["--port", str(port), "-tp", "2", tiny_model], log)
+    tmp.mkdir()
+    proc = _serve(["--port", str(port), "-tp", "2", tiny_model], log, tmp)
     try:
         asyncio.run(_until_healthy(proc, base, log))
         (rank1,) = _children(proc.pid)
@@ -200,6 +209,7 @@ def test_a_killed_rank_ends_the_server(tiny_model, tmp_path):
         text = log.read_text()
         assert "tensor parallel rank 1 was killed by SIGKILL: stopping the server" in text, text
         assert not _alive(rank1)
+        assert list(tmp.iterdir()) == []  # nor its error files
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -211,8 +221,11 @@ def test_two_nodes_on_loopback_serve_and_stop(tiny_model, tmp_path):
     base = f"http://127.0.0.1:{port}"
     common = ["-tp", "2", "--nnodes", "2", "--dist-init-addr", init, tiny_model]
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
-    nodes = [_serve(["--port", str(port), "--node-rank", "0", *common], logs[0]),
-             _serve(["--node-rank", "1", *common], logs[1])]
+    tmps = [tmp_path / "tmp0", tmp_path / "tmp1"]
+    for t in tmps:
+        t.mkdir()
+    nodes = [_serve(["--port", str(port), "--node-rank", "0", *common], logs[0], tmps[0]),
+             _serve(["--node-rank", "1", *common], logs[1], tmps[1])]
     try:
         asyncio.run(_until_healthy(nodes[0], base, logs[0]))
         assert _children(nodes[0].pid) == [] and _children(nodes[1].pid) == []
@@ -221,6 +234,7 @@ def test_two_nodes_on_loopback_serve_and_stop(tiny_model, tmp_path):
         nodes[0].send_signal(signal.SIGTERM)  # rank 0 stops rank 1 on the other node
         assert nodes[0].wait(timeout=30) == 0, logs[0].read_text()
         assert nodes[1].wait(timeout=15) == 0, logs[1].read_text()
+        assert [list(t.iterdir()) for t in tmps] == [[], []]
     finally:
         for p in nodes:
             if p.poll() is None:

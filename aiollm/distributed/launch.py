@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -175,6 +176,7 @@ class NodeRanks:
         message = self._lost_rank() or message
         log.error("%s: stopping the server", message)
         self._kill()
+        self._remove_files()
         if self.on_failure is not None:
             try:
                 self.on_failure(message)
@@ -191,10 +193,15 @@ class NodeRanks:
         for p in self.procs.values():
             p.wait()
 
+    def _remove_files(self) -> None:
+        # the ranks' error files: read by _cause while a rank may still be failing
+        shutil.rmtree(self._dir, ignore_errors=True)
+
     def abort(self) -> None:
         """Rank 0 failed to start: end this node's ranks and leave the group."""
         self.stopping = True
         self._kill()
+        self._remove_files()
         if dist.is_initialized():
             dist.destroy_process_group()
         parallel.set_current(None)
@@ -214,6 +221,7 @@ class NodeRanks:
             except subprocess.TimeoutExpired:
                 log.warning("tensor parallel rank %d did not exit in %.0fs: killed", rank, timeout)
         self._kill()
+        self._remove_files()
         if leave_group and dist.is_initialized():
             dist.destroy_process_group()
         parallel.set_current(None)
