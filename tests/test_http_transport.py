@@ -1,0 +1,56 @@
+"""The HTTP API below its JSON, through the real server (tests/live_server.py) and raw
+sockets: clients that leave as soon as they have sent, HTTP/1.0 clients, pipelined requests
+and connections reused after an error."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import socket
+import warnings
+
+from live_server import LiveServer
+
+C = "/v1/completions"
+
+
+def post(path: str, body: dict, *, version: str = "1.1", extra: str = "") -> bytes:
+    """A POST of `body` as JSON, written as bytes."""
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/{version}\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n{extra}\r\n").encode() + data
+
+
+def exchange(srv: LiveServer, data: bytes, *, half_close: bool = False,
+             timeout: float = 10.0) -> bytes:
+    """All the server sends back to `data` until it closes the connection. half_close:
+    the client shuts its write side once it has sent (a FIN, as `nc -N` sends)."""
+    host, port = srv.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+def test_a_client_gone_before_its_choices_start_leaves_no_coroutine_unawaited(server):
+    """A client that leaves while its handler submits its choices (here: it shuts its side
+    right after sending, which ends the connection as uvicorn, vLLM's server, ends it too)
+    cancels the choices before they start. Each completions choice wrapped the engine's
+    generate() coroutine in another; cancelled before it ran, the wrapper dropped the inner
+    one unawaited and Python warned 'coroutine EngineAPI.generate was never awaited' on the
+    server's stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in (1, 2):
+            got = exchange(server, post(C, {"prompt": "hi", "max_tokens": 4, "n": n}),
+                           half_close=True)
+            assert got == b""  # the connection ended with its client, nothing was sent
+        server.wait_idle()
+        server.call(gc.collect)
+    never = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert never == []
