@@ -4,9 +4,10 @@ Owns the checks of the body as bytes, before any field is looked at: an `Expect:
 100-continue` whose body would be too large (expect_continue), the Content-Type, a
 body the client could not send whole, its content coding (gzip and deflate are decoded
 here, not by aiohttp: see decode_body; any other is a 415), an empty body (or one of
-whitespace alone), a UTF-8 byte order mark, bytes that are not UTF-8 or not JSON, and
-strings that escape a lone surrogate (named by their field). An integer field sent as a
-whole float (256.0) is taken as vLLM takes it (api/whole_floats.py).
+whitespace alone), a UTF-8 byte order mark, JSON in UTF-16 or UTF-32 (read as UTF-8),
+bytes that are not UTF-8 or not JSON, and strings that escape a lone surrogate (named by
+their field). An integer field sent as a whole float (256.0) is taken as vLLM takes it
+(api/whole_floats.py).
 The Structs themselves, and the rules of their fields, live in api/protocol.py and the
 files it names.
 """
@@ -33,8 +34,9 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one
     (415: a Content-Type not JSON, a Content-Encoding not gzip, deflate or identity),
     InvalidRequest naming the field whose string holds a lone surrogate escape ("\\ud800").
-    A UTF-8 byte order mark before the JSON is skipped, as Python's json (vLLM's and
-    LightLLM's parser) skips it. aiohttp's reader raises 413 itself past the app's
+    A UTF-8 byte order mark before the JSON is skipped, and JSON in UTF-16 or UTF-32 is
+    read (400 when its bytes are not that encoding), as Python's json (vLLM's and
+    LightLLM's parser) reads them. aiohttp's reader raises 413 itself past the app's
     client_max_size; a body that decodes past it is a 413 here.
 
     A gzip or deflate body (Content-Encoding) is decoded here, so the server must hand
@@ -56,6 +58,9 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         raise ApiError(400, f"request body could not be read: {detail}", close=True) from None
     if coding is not None:  # a compressed body is small: its size is no measure of the work
         body = await off_loop(len(body), _decoded, body, coding, request.client_max_size)
+    encoding = json.detect_encoding(body)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        body = await off_loop(len(body), _as_utf8, body, encoding)
     body = body.removeprefix(_UTF8_BOM)  # a file saved by Windows tools starts with one
     if not body.strip(_JSON_WHITESPACE):  # whitespace alone holds no value, cut or not
         raise ApiError(400, "request body is empty; expected a JSON object")
@@ -188,6 +193,19 @@ def _decoded(body: bytes, coding: str, limit: int) -> bytes:
         raise ApiError(400, f"request body holds {len(decoder.unused_data)} bytes after its "
                             f"{coding} data ({header})")
     return out
+
+
+def _as_utf8(body: bytes, encoding: str) -> bytes:
+    """`body`, JSON in `encoding` (UTF-16 or UTF-32, as json.detect_encoding tells them: by a
+    byte order mark, or by the zero bytes around the first character, RFC 4627 3), as
+    UTF-8; ApiError 400 when its bytes are not that encoding (a lone surrogate). vLLM and
+    LightLLM read such bodies (Starlette's request.json() is json.loads of the bytes), and
+    Windows PowerShell 5.1's Out-File writes UTF-16: a file it saved, posted as it is."""
+    try:
+        return body.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not valid {encoding.upper()}: {exc.reason} at "
+                            f"byte {exc.start}") from None
 
 
 def _check_surrogates(body: bytes) -> None:
