@@ -1,16 +1,18 @@
 """The HTTP API below its JSON, through the real server (tests/live_server.py) and raw
-sockets: clients that leave as soon as they have sent, and bodies in the encodings JSON may
-come in."""
+sockets: clients that leave as soon as they have sent, bodies in the encodings JSON may come
+in, and bodies that stop arriving."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import json
 import socket
+import time
 import warnings
 
+import pytest
 from live_server import LiveServer, http
+from transformers import LlamaConfig
 
 C = "/v1/completions"
 JSON = {"Content-Type": "application/json"}
@@ -23,13 +25,17 @@ def post(path: str, body: dict, *, version: str = "1.1", extra: str = "") -> byt
             f"Content-Length: {len(data)}\r\n{extra}\r\n").encode() + data
 
 
-def exchange(srv: LiveServer, data: bytes, *, half_close: bool = False,
+def exchange(srv: LiveServer, *parts: bytes, half_close: bool = False, pause: float = 0.0,
              timeout: float = 10.0) -> bytes:
-    """All the server sends back to `data` until it closes the connection. half_close:
-    the client shuts its write side once it has sent (a FIN, as `nc -N` sends)."""
+    """All the server sends back to `parts`, sent `pause` seconds apart, until it closes the
+    connection. half_close: the client shuts its write side once it has sent (a FIN, as
+    `nc -N` sends)."""
     host, port = srv.base.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-        sock.sendall(data)
+        for i, data in enumerate(parts):
+            if i:
+                time.sleep(pause)
+            sock.sendall(data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
         out = b""
@@ -77,3 +83,70 @@ def test_json_bodies_in_utf16_and_utf32_are_read_as_python_reads_them(server):
         + '"}'.encode("utf-16-le")
     status, _, raw = http(server, "POST", "/tokenize", data=cut, headers=JSON)
     assert status == 400 and "UTF-16" in json.loads(raw)["error"]["message"], raw
+
+
+# -- bodies that stop arriving -----------------------------------------------------------------
+
+BODY_TIMEOUT = 0.5
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory) -> LiveServer:
+    """A server that waits BODY_TIMEOUT seconds for the next bytes of a body: a tiny dummy
+    model (the requests here never reach it)."""
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(path)
+    srv = LiveServer(model=str(path), load_format="dummy", max_model_len=256, kv_tokens=512,
+                     app_options={"body_timeout": BODY_TIMEOUT}).start()
+    yield srv
+    srv.close()
+
+
+def answer(raw: bytes) -> tuple[int, dict[str, str], dict]:
+    """The status, headers and JSON body of the one response in `raw`."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+HEAD = (b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+
+
+def test_a_body_that_stops_arriving_is_408_and_closes(impatient):
+    """A client that sends less than its Content-Length and then nothing held its handler and
+    socket for as long as it kept the connection open: aiohttp reads a body without a
+    timeout. After body_timeout seconds without a byte it gets a 408 (RFC 9110 15.5.9) and
+    the connection closes."""
+    start = time.monotonic()
+    raw = exchange(impatient, HEAD + b"Content-Length: 100\r\n\r\n{\"prompt\"")
+    waited = time.monotonic() - start
+    status, headers, body = answer(raw)
+    assert status == 408 and headers["Connection"] == "close", raw
+    assert "request body" in body["error"]["message"], body
+    assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + 5, waited
+
+
+def test_a_chunked_body_that_breaks_after_it_started_is_answered(impatient):
+    """A chunked body whose chunk size turns invalid in a later packet than the head: aiohttp's
+    C parser (llhttp) drops the body's stream without an error, so the handler waited for
+    the rest for ever and the client got no answer (the same bytes in one packet get
+    aiohttp's own 400). It ends as a body that stopped arriving: a 408 and a close."""
+    raw = exchange(impatient, HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"pro\r\n",
+                   b"zz\r\n", pause=0.2)
+    status, headers, _ = answer(raw)
+    assert status == 408 and headers["Connection"] == "close", raw
+
+
+def test_a_slow_body_that_keeps_arriving_is_read(impatient):
+    """The timeout is between two reads, not for the whole body: a body sent in pieces, the
+    whole taking three times body_timeout, is served."""
+    data = json.dumps({"prompt": "hello there"}).encode()
+    pieces = [data[i:i + 4] for i in range(0, len(data), 4)]
+    pause = 3 * BODY_TIMEOUT / len(pieces)
+    raw = exchange(impatient, HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n"
+                   % len(data), *pieces, pause=pause)
+    status, _, body = answer(raw)
+    assert status == 200 and body["count"] > 0, raw
