@@ -28,6 +28,7 @@ class ApiState:
     served_model_name: str | None  # None: the engine's model name (known once it is loaded)
     shutdown_timeout: float
     created: int  # unix time the app was made: /v1/models reports it
+    body_timeout: float  # seconds to wait for a request body's next bytes (api/body.py)
     # the model's other names (vLLM's --served-model-name A B: B): a request may name the
     # model by one of them and /v1/models lists them, but responses report model_name
     aliases: tuple[str, ...] = ()
