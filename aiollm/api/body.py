@@ -31,8 +31,6 @@ from aiollm.errors import InvalidRequest
 
 T = TypeVar("T")
 
-BODY_TIMEOUT_S = 60.0  # the longest wait for a request body's next bytes (nginx's default)
-
 
 async def decode_body(request: web.Request, type_: type[T]) -> T:
     """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one

@@ -24,10 +24,10 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 
 from aiollm.api import lightllm, openai, ops
-from aiollm.api.body import BODY_TIMEOUT_S, expect_continue
+from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
-from aiollm.api.state import STATE, ApiState
+from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine

@@ -22,16 +22,19 @@ if TYPE_CHECKING:
     from aiollm.engine import Engine
 
 
+BODY_TIMEOUT_S = 60.0  # the longest wait for a request body's next bytes (nginx's default)
+
+
 @dataclass(slots=True)
 class ApiState:
     engine: Engine
     served_model_name: str | None  # None: the engine's model name (known once it is loaded)
     shutdown_timeout: float
     created: int  # unix time the app was made: /v1/models reports it
-    body_timeout: float  # seconds to wait for a request body's next bytes (api/body.py)
     # the model's other names (vLLM's --served-model-name A B: B): a request may name the
     # model by one of them and /v1/models lists them, but responses report model_name
     aliases: tuple[str, ...] = ()
+    body_timeout: float = BODY_TIMEOUT_S  # wait for a body's next bytes, s (api/body.py)
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
