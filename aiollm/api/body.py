@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from aiollm.api import whole_floats
 from aiollm.api.http_errors import ApiError, error_response
@@ -53,8 +54,12 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     coding = _content_coding(request)
     try:
         body = await _read(request, state(request).body_timeout)
-    except web.RequestPayloadError as exc:  # the client's bytes, not the server, are at fault
-        detail = getattr(exc.__cause__, "message", "") or str(exc)
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # the client's bytes, not the server, are at fault: aiohttp's C parser reports a
+        # broken body as RequestPayloadError, its pure-Python one (AIOHTTP_NO_EXTENSIONS=1,
+        # platforms without the C extension) a bad chunk as the parser's own error
+        detail = (getattr(exc.__cause__, "message", "") or getattr(exc, "message", "")
+                  or str(exc))
         # the rest of the body cannot be read past, so aiohttp drops the connection after
         # the response: the response says so, or a client's pool sends its next request
         # on a connection being closed
