@@ -30,8 +30,11 @@ KV_TOKENS = 8192
 
 class LiveServer:
     def __init__(self, *, api_key: str | None = None, shutdown_timeout: float = 5.0,
-                 cors: CorsOptions | None = None, **engine_options: Any) -> None:
+                 cors: CorsOptions | None = None, app_options: dict[str, Any] | None = None,
+                 **engine_options: Any) -> None:
+        """app_options: create_app's other options; engine_options: Engine's."""
         self.api_key, self.shutdown_timeout, self.cors = api_key, shutdown_timeout, cors
+        self.app_options = app_options or {}
         self.engine_options = {"max_model_len": MAX_MODEL_LEN, "kv_tokens": KV_TOKENS,
                                **engine_options}
         self.started = threading.Event()
@@ -59,7 +62,8 @@ class LiveServer:
         self.stop = asyncio.Event()
         self.engine = Engine(**self.engine_options)
         self.app = create_app(self.engine, api_key=self.api_key,
-                              shutdown_timeout=self.shutdown_timeout, cors=self.cors)
+                              shutdown_timeout=self.shutdown_timeout, cors=self.cors,
+                              **self.app_options)
         await serve(self.app, "127.0.0.1", 0, stop=self.stop, on_started=self._on_started)
 
     def _on_started(self, host: str, port: int) -> None:

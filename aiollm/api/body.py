@@ -2,17 +2,19 @@
 
 Owns the checks of the body as bytes, before any field is looked at: an `Expect:
 100-continue` whose body would be too large (expect_continue), the Content-Type, a
-body the client could not send whole, its content coding (gzip and deflate are decoded
-here, not by aiohttp: see decode_body; any other is a 415), an empty body (or one of
-whitespace alone), a UTF-8 byte order mark, bytes that are not UTF-8 or not JSON, and
-strings that escape a lone surrogate (named by their field). An integer field sent as a
-whole float (256.0) is taken as vLLM takes it (api/whole_floats.py).
+body the client could not send whole or that stopped arriving (408), its content coding
+(gzip and deflate are decoded here, not by aiohttp: see decode_body; any other is a 415),
+an empty body (or one of whitespace alone), a UTF-8 byte order mark, JSON in UTF-16 or
+UTF-32 (read as UTF-8), bytes that are not UTF-8 or not JSON, and strings that escape a
+lone surrogate (named by their field). An integer field sent as a whole float (256.0) is
+taken as vLLM takes it (api/whole_floats.py).
 The Structs themselves, and the rules of their fields, live in api/protocol.py and the
 files it names.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import zlib
@@ -20,9 +22,11 @@ from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from aiollm.api import whole_floats
 from aiollm.api.http_errors import ApiError, error_response
+from aiollm.api.state import state
 from aiollm.engine.submission import check_unicode, off_loop
 from aiollm.errors import InvalidRequest
 
@@ -33,9 +37,11 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one
     (415: a Content-Type not JSON, a Content-Encoding not gzip, deflate or identity),
     InvalidRequest naming the field whose string holds a lone surrogate escape ("\\ud800").
-    A UTF-8 byte order mark before the JSON is skipped, as Python's json (vLLM's and
-    LightLLM's parser) skips it. aiohttp's reader raises 413 itself past the app's
-    client_max_size; a body that decodes past it is a 413 here.
+    A UTF-8 byte order mark before the JSON is skipped, and JSON in UTF-16 or UTF-32 is
+    read (400 when its bytes are not that encoding), as Python's json (vLLM's and
+    LightLLM's parser) reads them. A body past the app's client_max_size is a 413, before
+    or after its content coding is decoded; one whose next bytes do not come within the
+    app's body_timeout seconds a 408 (see _read).
 
     A gzip or deflate body (Content-Encoding) is decoded here, so the server must hand
     bodies over as sent (aiohttp's auto_decompress=False, as serve() runs it): aiohttp's
@@ -47,15 +53,22 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         raise ApiError(415, f"Content-Type must be application/json, got {ctype!r}")
     coding = _content_coding(request)
     try:
-        body = await request.read()
-    except web.RequestPayloadError as exc:  # the client's bytes, not the server, are at fault
-        detail = getattr(exc.__cause__, "message", "") or str(exc)
+        body = await _read(request, state(request).body_timeout)
+    except (web.RequestPayloadError, HttpProcessingError) as exc:
+        # the client's bytes, not the server, are at fault: aiohttp's C parser reports a
+        # broken body as RequestPayloadError, its pure-Python one (AIOHTTP_NO_EXTENSIONS=1,
+        # platforms without the C extension) a bad chunk as the parser's own error
+        detail = (getattr(exc.__cause__, "message", "") or getattr(exc, "message", "")
+                  or str(exc))
         # the rest of the body cannot be read past, so aiohttp drops the connection after
         # the response: the response says so, or a client's pool sends its next request
         # on a connection being closed
         raise ApiError(400, f"request body could not be read: {detail}", close=True) from None
     if coding is not None:  # a compressed body is small: its size is no measure of the work
         body = await off_loop(len(body), _decoded, body, coding, request.client_max_size)
+    encoding = json.detect_encoding(body)
+    if encoding not in ("utf-8", "utf-8-sig"):
+        body = await off_loop(len(body), _as_utf8, body, encoding)
     body = body.removeprefix(_UTF8_BOM)  # a file saved by Windows tools starts with one
     if not body.strip(_JSON_WHITESPACE):  # whitespace alone holds no value, cut or not
         raise ApiError(400, "request body is empty; expected a JSON object")
@@ -110,6 +123,33 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the 100 is no part of the response's size
     return None
+
+
+async def _read(request: web.Request, idle_timeout: float) -> bytes:
+    """The body of `request` as sent; ApiError 413 past its client_max_size, 408 (with
+    Connection: close, as RFC 9110 15.5.9 asks) when `idle_timeout` seconds pass without
+    its next bytes. aiohttp reads a body without a timeout, so a client that sent less
+    than its Content-Length held its handler and socket for as long as it kept the
+    connection open; so did a chunked body whose chunk size turns invalid in a later
+    packet than its head, whose stream aiohttp's C parser (llhttp) drops without an
+    error. Between two reads, not for the whole body (nginx's client_body_timeout): a
+    large body on a slow link keeps arriving."""
+    limit = request.client_max_size
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        try:  # (asyncio.timeout would spare a task per read; it needs Python 3.11)
+            chunk = await asyncio.wait_for(request.content.readany(), idle_timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"request body incomplete: no bytes of it came for "
+                                f"{idle_timeout:g} s (received {size})", close=True) from None
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body too large: more than the {limit} bytes "
+                                "allowed")
+        chunks.append(chunk)
 
 
 def _syntax_error(body: bytes) -> msgspec.DecodeError | None:
@@ -188,6 +228,19 @@ def _decoded(body: bytes, coding: str, limit: int) -> bytes:
         raise ApiError(400, f"request body holds {len(decoder.unused_data)} bytes after its "
                             f"{coding} data ({header})")
     return out
+
+
+def _as_utf8(body: bytes, encoding: str) -> bytes:
+    """`body`, JSON in `encoding` (UTF-16 or UTF-32, as json.detect_encoding tells them: by a
+    byte order mark, or by the zero bytes around the first character, RFC 4627 3), as
+    UTF-8; ApiError 400 when its bytes are not that encoding (a lone surrogate). vLLM and
+    LightLLM read such bodies (Starlette's request.json() is json.loads of the bytes), and
+    Windows PowerShell 5.1's Out-File writes UTF-16: a file it saved, posted as it is."""
+    try:
+        return body.decode(encoding).encode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, f"request body is not valid {encoding.upper()}: {exc.reason} at "
+                            f"byte {exc.start}") from None
 
 
 def _check_surrogates(body: bytes) -> None:

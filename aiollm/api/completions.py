@@ -102,7 +102,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     salted = {"cache_salt": req.cache_salt}
     if not req.stream:
-        outs = await gather_outputs([_of_prompt(i, source.generate(ids, sp, **salted))
+        outs = await gather_outputs([_of_prompt(i, partial(source.generate, ids, sp, **salted))
                                      for i, ids, sp in jobs])
         choices = [{
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
@@ -153,10 +153,12 @@ _FULL_CONTEXT = ("the prompt has", "shorten it, or only score it: max_tokens 0 w
                  "prompt_logprobs generates nothing and may fill the context")
 
 
-async def _of_prompt(i: int | None, result: Awaitable[T]) -> T:
-    """`result`, whose errors about its prompt name prompt i of the batch (None: no batch)."""
+async def _of_prompt(i: int | None, start: Callable[[], Awaitable[T]]) -> T:
+    """start()'s result, whose errors about its prompt name prompt i of the batch (None: no
+    batch). start is called here, not by the caller: a choice cancelled before it runs (its
+    client gone) then leaves no coroutine made and never awaited."""
     with naming_batch_item("prompt", i), full_context_told(*_FULL_CONTEXT):
-        return await result
+        return await start()
 
 
 def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *args

@@ -27,7 +27,7 @@ from aiollm.api import lightllm, openai, ops
 from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
-from aiollm.api.state import STATE, ApiState
+from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine
@@ -72,13 +72,18 @@ SERVER_LOG = _ServerLog(server_logger)
 def create_app(engine: Engine, *, api_key: str | None = None,
                served_model_name: str | Sequence[str] | None = None,
                shutdown_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES,
+               body_timeout: float = BODY_TIMEOUT_S,
                cors: CorsOptions | None = None) -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
     may call it from other origins only as `cors` allows (None: from none, CORS off).
     Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
     bodies' content codings itself. served_model_name: the model's name in the API, or
     several (vLLM's --served-model-name A B): the first is reported, each is accepted as a
-    request's model and listed by /v1/models; None: the engine's model name."""
+    request's model and listed by /v1/models; None: the engine's model name.
+    body_timeout: seconds a request body's next bytes may take (408 past it); ValueError
+    unless positive."""
+    if not body_timeout > 0:
+        raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")
     middlewares = [error_middleware]
     allowed = _key_check(api_key) if api_key else None
     if allowed is not None:
@@ -88,7 +93,7 @@ def create_app(engine: Engine, *, api_key: str | None = None,
              else tuple(dict.fromkeys(served_model_name or ())))  # each once, in order
     app[STATE] = ApiState(engine=engine, served_model_name=names[0] if names else None,
                           aliases=names[1:], shutdown_timeout=shutdown_timeout,
-                          created=int(time.time()))
+                          created=int(time.time()), body_timeout=body_timeout)
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES,
                                         expect_handler=_expect_handler(allowed)))
     if cors is not None:

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from aiollm.engine import Engine
 
 
+BODY_TIMEOUT_S = 60.0  # the longest wait for a request body's next bytes (nginx's default)
+
+
 @dataclass(slots=True)
 class ApiState:
     engine: Engine
@@ -31,6 +34,7 @@ class ApiState:
     # the model's other names (vLLM's --served-model-name A B: B): a request may name the
     # model by one of them and /v1/models lists them, but responses report model_name
     aliases: tuple[str, ...] = ()
+    body_timeout: float = BODY_TIMEOUT_S  # wait for a body's next bytes, s (api/body.py)
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)

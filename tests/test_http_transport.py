@@ -1,0 +1,163 @@
+"""The HTTP API below its JSON, through the real server (tests/live_server.py) and raw
+sockets: clients that leave as soon as they have sent, bodies in the encodings JSON may come
+in, and bodies that stop arriving."""
+
+from __future__ import annotations
+
+import gc
+import json
+import re
+import socket
+import time
+import warnings
+
+import pytest
+from live_server import LiveServer, http
+from transformers import LlamaConfig
+
+C = "/v1/completions"
+JSON = {"Content-Type": "application/json"}
+
+
+def post(path: str, body: dict, *, version: str = "1.1", extra: str = "") -> bytes:
+    """A POST of `body` as JSON, written as bytes."""
+    data = json.dumps(body).encode()
+    return (f"POST {path} HTTP/{version}\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\n{extra}\r\n").encode() + data
+
+
+def exchange(srv: LiveServer, *parts: bytes, half_close: bool = False, pause: float = 0.0,
+             timeout: float = 10.0) -> bytes:
+    """What the server sends back to `parts`, sent `pause` seconds apart: until it closes the
+    connection, or its first response is whole (its Content-Length read). half_close: the
+    client shuts its write side once it has sent (a FIN, as `nc -N` sends)."""
+    host, port = srv.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+        for i, data in enumerate(parts):
+            if i:
+                time.sleep(pause)
+            sock.sendall(data)
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        out = b""
+        while not _whole(out) and (chunk := sock.recv(65536)):
+            out += chunk
+        return out
+
+
+def _whole(raw: bytes) -> bool:
+    """Whether `raw` holds a response head and the Content-Length bytes it announces."""
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length: *(\d+)", head)
+    return bool(sep and length and len(body) >= int(length.group(1)))
+
+
+def test_a_client_gone_before_its_choices_start_leaves_no_coroutine_unawaited(server):
+    """A client that leaves while its handler submits its choices (here: it shuts its side
+    right after sending, which ends the connection as uvicorn, vLLM's server, ends it too)
+    cancels the choices before they start. Each completions choice wrapped the engine's
+    generate() coroutine in another; cancelled before it ran, the wrapper dropped the inner
+    one unawaited and Python warned 'coroutine EngineAPI.generate was never awaited' on the
+    server's stderr."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for n in (1, 2):
+            got = exchange(server, post(C, {"prompt": "hi", "max_tokens": 4, "n": n}),
+                           half_close=True)
+            assert got == b""  # the connection ended with its client, nothing was sent
+        server.wait_idle()
+        server.call(gc.collect)
+    never = [str(w.message) for w in caught if "never awaited" in str(w.message)]
+    assert never == []
+
+
+def test_json_bodies_in_utf16_and_utf32_are_read_as_python_reads_them(server):
+    """JSON in UTF-16 or UTF-32, with a byte order mark or without (told by the zero bytes
+    around the first character, as RFC 4627 tells them): Python's json reads it, and so do
+    vLLM's and LightLLM's servers (Starlette's request.json()); a file Windows PowerShell
+    5.1 saved with Out-File (UTF-16) and posted as it is was a 400 here, 'not valid UTF-8'
+    or, without the mark, 'object keys must be strings'."""
+    body = {"prompt": "héllo, 日本 🙂"}
+    want = http(server, "POST", "/tokenize", json=body)
+    assert want[0] == 200, want
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"):
+        data = json.dumps(body, ensure_ascii=False).encode(encoding)
+        got = http(server, "POST", "/tokenize", data=data, headers=JSON)
+        assert got[0] == 200 and json.loads(got[2]) == json.loads(want[2]), (encoding, got)
+    completion = json.dumps({"prompt": "hi", "max_tokens": 1}).encode("utf-16")
+    assert http(server, "POST", C, data=completion, headers=JSON)[0] == 200
+    # UTF-16 that is not: a lone surrogate (a string cut inside an emoji)
+    cut = "\ufeff".encode("utf-16-le") + '{"prompt": "'.encode("utf-16-le") + b"\x3d\xd8" \
+        + '"}'.encode("utf-16-le")
+    status, _, raw = http(server, "POST", "/tokenize", data=cut, headers=JSON)
+    assert status == 400 and "UTF-16" in json.loads(raw)["error"]["message"], raw
+
+
+# -- bodies that stop arriving -----------------------------------------------------------------
+
+BODY_TIMEOUT = 0.5
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory) -> LiveServer:
+    """A server that waits BODY_TIMEOUT seconds for the next bytes of a body: a tiny dummy
+    model (the requests here never reach it)."""
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(path)
+    srv = LiveServer(model=str(path), load_format="dummy", max_model_len=256, kv_tokens=512,
+                     app_options={"body_timeout": BODY_TIMEOUT}).start()
+    yield srv
+    srv.close()
+
+
+def answer(raw: bytes) -> tuple[int, dict[str, str], dict]:
+    """The status, headers and JSON body of the one response in `raw`."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+HEAD = (b"POST /tokenize HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n")
+
+
+def test_a_body_that_stops_arriving_is_408_and_closes(impatient):
+    """A client that sends less than its Content-Length and then nothing held its handler and
+    socket for as long as it kept the connection open: aiohttp reads a body without a
+    timeout. After body_timeout seconds without a byte it gets a 408 with Connection: close
+    (RFC 9110 15.5.9); aiohttp closes the connection once it has waited its lingering time
+    (10 s) for the rest of the body, or at once when the client closes first."""
+    start = time.monotonic()
+    raw = exchange(impatient, HEAD + b"Content-Length: 100\r\n\r\n{\"prompt\"")
+    waited = time.monotonic() - start
+    status, headers, body = answer(raw)
+    assert status == 408 and headers["Connection"] == "close", raw
+    assert "request body" in body["error"]["message"], body
+    assert BODY_TIMEOUT <= waited < BODY_TIMEOUT + 5, waited
+
+
+def test_a_chunked_body_that_breaks_after_it_started_is_answered(impatient):
+    """A chunked body whose chunk size turns invalid in a later packet than the head: aiohttp's
+    C parser (llhttp) drops the body's stream without an error, so the handler waited for
+    the rest for ever and the client got no answer (the same bytes in one packet get
+    aiohttp's own 400). It ends as a body that stopped arriving: a 408 and a close (aiohttp's
+    pure-Python parser, AIOHTTP_NO_EXTENSIONS=1, reports the bad chunk: a 400 and a close)."""
+    raw = exchange(impatient, HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\n{\"pro\r\n",
+                   b"zz\r\n", pause=0.2)
+    status, headers, body = answer(raw)
+    assert status in (400, 408) and headers["Connection"] == "close", raw
+    assert "request body" in body["error"]["message"], body
+
+
+def test_a_slow_body_that_keeps_arriving_is_read(impatient):
+    """The timeout is between two reads, not for the whole body: a body sent in pieces, the
+    whole taking three times body_timeout, is served."""
+    data = json.dumps({"prompt": "hello there"}).encode()
+    pieces = [data[i:i + 4] for i in range(0, len(data), 4)]
+    pause = 3 * BODY_TIMEOUT / len(pieces)
+    raw = exchange(impatient, HEAD + b"Connection: close\r\nContent-Length: %d\r\n\r\n"
+                   % len(data), *pieces, pause=pause)
+    status, _, body = answer(raw)
+    assert status == 200 and body["count"] > 0, raw
