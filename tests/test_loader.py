@@ -546,3 +546,33 @@ def test_default_tokenizer_has_smollm2_chat_template(tmp_path):
     again = load_tokenizer(str(tmp_path))
     assert again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == text
     assert again.encode("Hello world") == tok.encode("Hello world")
+
+
+@pytest.mark.parametrize("held", ["both-differ", "both-equal", "lm_head-only"])
+def test_tied_config_with_an_lm_head_in_the_checkpoint_loads_as_transformers_does(tmp_path,
+                                                                                  held):
+    """A config.json that ties the word embeddings over a checkpoint holding lm_head.weight
+    (a fine-tune that untied them, saved under the base model's config): transformers keeps
+    an lm_head that differs from the embedding apart (warning that the config is wrong),
+    ties an equal one, and takes an lm_head alone for the embedding too. We ignored every
+    lm_head.weight of a tied config: the first served other logits, the last was refused
+    as missing model.embed_tokens.weight."""
+    from safetensors.torch import load_file, save_file
+
+    save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path))
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    embed = tensors["model.embed_tokens.weight"]
+    tensors["lm_head.weight"] = embed.clone() if held == "both-equal" else torch.randn_like(embed)
+    if held == "lm_head-only":
+        del tensors["model.embed_tokens.weight"]
+    save_file(tensors, path, metadata={"format": "pt"})
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.tie_word_embeddings == (held != "both-differ")
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    logits = all_position_logits(loaded, PROMPTS)
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
