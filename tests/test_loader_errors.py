@@ -515,3 +515,19 @@ def test_a_damaged_tokenizer_of_a_model_directory_fails_before_the_weights_load(
 
     with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {path}"):
         start_engine(str(path), kv_tokens=256)
+
+
+def test_a_gguf_file_without_a_tokenizer_says_to_give_one(tmp_path):
+    """A GGUF file whose metadata holds no tokenizer (written without one, or with one
+    transformers cannot convert) failed at start-up with transformers' KeyError: 'tokens',
+    naming neither the file nor the way out: a tokenizer given with --tokenizer."""
+    from test_loader import FAMILIES, write_gguf
+
+    from aiollm.model import load_tokenizer
+
+    hf = save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path / "hf"))
+    write_gguf(hf, str(tmp_path / "model.gguf"))
+    with pytest.raises(ValueError, match=r"cannot read the tokenizer of .*model\.gguf "
+                                         r"\(its tokenizer\.ggml\.\* metadata\).*'tokens'.*"
+                                         r"--tokenizer"):
+        load_tokenizer(str(tmp_path / "model.gguf"))
