@@ -531,3 +531,45 @@ def test_a_gguf_file_without_a_tokenizer_says_to_give_one(tmp_path):
                                          r"\(its tokenizer\.ggml\.\* metadata\).*'tokens'.*"
                                          r"--tokenizer"):
         load_tokenizer(str(tmp_path / "model.gguf"))
+
+
+def test_a_gguf_file_named_without_gguf_loads(tmp_path):
+    """A GGUF file is told by its first bytes, as vLLM tells it (check_gguf_file), not by
+    its name alone: Ollama's model blobs (sha256-...) and files named .bin by old
+    conversions are GGUF files; they were refused as 'neither a .gguf file nor a
+    directory'."""
+    (tmp_path / "sha256-0123abcd").write_bytes(_real_gguf(tmp_path))
+    loaded = load(tmp_path / "sha256-0123abcd")
+    assert (loaded.config.architecture, loaded.config.num_layers) == ("llama", 1)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "notes.txt"])
+def test_a_model_path_that_is_another_file_says_what_to_give(sharded, tmp_path, name):
+    """A file of an HF directory given for the model is answered with that directory (the
+    path to give); another file with what a model path is. Both were 'neither a .gguf
+    file nor a directory', which left the user to guess."""
+    folder = sharded if name == "config.json" else tmp_path
+    if name == "model.safetensors":
+        shutil.copy(sharded / "config.json", folder)
+    if not (folder / name).exists():
+        (folder / name).write_text("x")
+    want = (f"give the directory that holds it: '{folder}'" if name != "notes.txt" else
+            r"give a Hugging Face model directory \(config.json and \*.safetensors files\) "
+            "or a GGUF file")
+    with pytest.raises(FileNotFoundError, match=rf"model path '.*{name}' is a file but not a "
+                                                rf"GGUF file: {want}"):
+        load(folder / name)
+
+
+def test_a_directory_of_several_gguf_files_names_them(tmp_path):
+    """Without config.json, a directory's one .gguf file is the model; with two, the user
+    must give one, and is told which there are. It said 'has no config.json (nor a single
+    .gguf file)'."""
+    data = _real_gguf(tmp_path)
+    (tmp_path / "two").mkdir()
+    for name in ("model-Q8_0.gguf", "model-Q4_K_M.gguf"):
+        (tmp_path / "two" / name).write_bytes(data)
+    with pytest.raises(FileNotFoundError, match=r"two has no config.json and 2 .gguf files "
+                                                r"\(model-Q4_K_M.gguf, model-Q8_0.gguf\): "
+                                                "give one of them"):
+        load(tmp_path / "two")
