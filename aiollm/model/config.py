@@ -13,6 +13,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from glob import glob
 from typing import Any
 
 import torch
@@ -415,7 +416,14 @@ def load_hf_config(model_dir: str) -> ModelConfig:
 
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{model_dir} has no config.json (nor a single .gguf file)")
+        ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(model_dir, "*.gguf")))
+        if ggufs:  # more than one: a lone .gguf file is the model (paths.py)
+            names = ", ".join(ggufs[:4]) + (", ..." if len(ggufs) > 4 else "")
+            raise FileNotFoundError(f"{model_dir} has no config.json and {len(ggufs)} .gguf "
+                                    f"files ({names}): give one of them")
+        raise FileNotFoundError(f"{model_dir} has no config.json (nor a .gguf file): give a "
+                                "Hugging Face model directory (config.json and *.safetensors "
+                                "files) or a GGUF file")
     # read before AutoConfig, whose error for a type it lacks lists its own
     _check_model_type(json_object(path).get("model_type"))
     try:
