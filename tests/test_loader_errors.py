@@ -573,3 +573,25 @@ def test_a_directory_of_several_gguf_files_names_them(tmp_path):
                                                 r"\(model-Q4_K_M.gguf, model-Q8_0.gguf\): "
                                                 "give one of them"):
         load(tmp_path / "two")
+
+
+def test_a_part_of_a_split_gguf_model_says_to_merge_the_parts(tmp_path):
+    """llama.cpp's gguf-split leaves a large model in parts (name-00001-of-00003.gguf...),
+    each a GGUF file, the metadata in the first. aiollm reads one file, as vLLM does: the
+    first part was refused as missing weights, the others as 'GGUF architecture None'."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "llama", split_max_tensors=2)
+    w.add_block_count(1)
+    for name in ("token_embd.weight", "output_norm.weight", "output.weight"):
+        w.add_tensor(name, np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for part in (1, 2):
+        with pytest.raises(ValueError, match=rf"model-0000{part}-of-00002.gguf is part {part} "
+                                             r"of 2 of a split GGUF model .*llama-gguf-split "
+                                             r"--merge .*model-00001-of-00002.gguf"):
+            load(tmp_path / f"model-0000{part}-of-00002.gguf")
