@@ -576,3 +576,19 @@ def test_tied_config_with_an_lm_head_in_the_checkpoint_loads_as_transformers_doe
     logits = all_position_logits(loaded, PROMPTS)
     assert (logits - ref).abs().max() < 1e-4
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+def test_a_llama_config_with_a_sliding_window_keeps_its_context(tmp_path):
+    """transformers' Llama attends over the whole sequence whatever sliding_window a
+    config.json carries (left there by a 'llamafied' Qwen2 or Mistral conversion, e.g.
+    DeepSeek-R1-Distill-Qwen's 4096 beside 131072 positions): its context was capped at
+    the window, and a longer prompt refused, although transformers runs it."""
+    config = LlamaConfig(**TINY, sliding_window=64)
+    hf = save_random_hf_model(config, str(tmp_path))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert (loaded.config.max_position, loaded.config.sliding_window) == (256, None)
+    torch.manual_seed(4)
+    prompts = [torch.randint(0, 160, (100,)).tolist()]
+    with torch.no_grad():
+        ref = hf(torch.tensor(prompts)).logits[0]
+    assert (all_position_logits(loaded, prompts) - ref).abs().max() < 1e-4
