@@ -375,7 +375,9 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
     mixtral = hf.model_type == "mixtral"
     experts_field = "num_local_experts" if mixtral else "num_experts"
     num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
-    shared = 0 if mixtral else int(getattr(hf, "shared_expert_intermediate_size", 0))
+    # only Qwen2-MoE has a shared expert (transformers' Qwen3-MoE leaves the field unread)
+    shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0) \
+        if hf.model_type == "qwen2_moe" else 0
     # Qwen's num_experts 0 means every MLP dense (below); Mixtral has no such form
     for name, value, least in ((experts_field, num_experts, int(mixtral)),
                                ("shared_expert_intermediate_size", shared, 0)):
