@@ -595,3 +595,18 @@ def test_a_part_of_a_split_gguf_model_says_to_merge_the_parts(tmp_path):
                                              r"of 2 of a split GGUF model .*llama-gguf-split "
                                              r"--merge .*model-00001-of-00002.gguf"):
             load(tmp_path / f"model-0000{part}-of-00002.gguf")
+
+
+@pytest.mark.parametrize("field, value", [("torch_dtype", "bf16"), ("dtype", "fp16"),
+                                          ("torch_dtype", "torch.bfloat16")])
+def test_a_dtype_of_config_json_that_is_no_torch_dtype_is_named(copy, field, value):
+    """transformers reads config.json's dtype (torch_dtype before 5.0) as a name in torch:
+    'bf16' raised AttributeError: module 'torch' has no attribute 'bf16', a traceback from
+    aiollm serve naming neither the file nor the field."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    fields.pop("dtype", None)
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=rf"config.json: {field} {value!r} is not a torch "
+                                         "dtype: give one of float32, float16, bfloat16"):
+        load(path)
