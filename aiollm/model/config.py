@@ -429,7 +429,9 @@ def load_hf_config(model_dir: str) -> ModelConfig:
                                 "Hugging Face model directory (config.json and *.safetensors "
                                 "files) or a GGUF file")
     # read before AutoConfig, whose error for a type it lacks lists its own
-    _check_model_type(json_object(path).get("model_type"))
+    fields = json_object(path)
+    _check_model_type(fields.get("model_type"))
+    _check_dtype_name(fields, path)
     try:
         hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except _StrictDataclassError as e:
@@ -443,6 +445,17 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     # Instruct checkpoints (Llama 3.x) list their end-of-turn ids there, not in config.json.
     generation_eos = _generation_eos(gen_path) if os.path.exists(gen_path) else []
     return config_from_hf(hf, generation_eos)
+
+
+def _check_dtype_name(fields: dict, path: str) -> None:
+    """Refuse a config.json dtype (torch_dtype before transformers 5; dtype wins when both are
+    given, as there) that names no torch dtype: transformers looks the name up in torch and
+    fails with AttributeError ('bf16'), naming neither the file nor the field."""
+    name = "dtype" if fields.get("dtype") is not None else "torch_dtype"
+    value = fields.get(name)
+    if isinstance(value, str) and not isinstance(getattr(torch, value, None), torch.dtype):
+        raise ValueError(f"{path}: {name} {value!r} is not a torch dtype: give one of float32, "
+                         "float16, bfloat16 (the type of the checkpoint's tensors)")
 
 
 def json_object(path: str) -> dict:
