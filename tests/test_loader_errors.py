@@ -226,10 +226,11 @@ def test_a_repeated_tensor_is_refused_even_when_another_is_missing(copy):
         load(path)
 
 
-@pytest.mark.parametrize("field", ["num_key_value_heads", "head_dim"])
+@pytest.mark.parametrize("field", ["num_key_value_heads", "head_dim", "num_attention_heads"])
 def test_a_zero_head_count_or_size_is_named(copy, field):
     """0 was read as absent (num_attention_heads KV heads, hidden / heads wide): the load then
-    failed on k_proj's shape, naming no field of config.json."""
+    failed on k_proj's shape, naming no field of config.json. num_attention_heads 0 failed
+    in transformers' own check (hidden_size % 0): a ZeroDivisionError traceback."""
     path, _ = copy
     set_field(path, field, 0)
     with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got 0"):
