@@ -431,7 +431,7 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     # read before AutoConfig, whose error for a type it lacks lists its own
     fields = json_object(path)
     _check_model_type(fields.get("model_type"))
-    _check_dtype_name(fields, path)
+    _check_raw_fields(fields, path)
     try:
         hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except _StrictDataclassError as e:
@@ -447,10 +447,14 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     return config_from_hf(hf, generation_eos)
 
 
-def _check_dtype_name(fields: dict, path: str) -> None:
-    """Refuse a config.json dtype (torch_dtype before transformers 5; dtype wins when both are
-    given, as there) that names no torch dtype: transformers looks the name up in torch and
-    fails with AttributeError ('bf16'), naming neither the file nor the field."""
+def _check_raw_fields(fields: dict, path: str) -> None:
+    """Refuse the config.json values transformers fails on without naming them: a dtype
+    (torch_dtype before transformers 5; dtype wins when both are given, as there) that names
+    no torch dtype (it looks the name up in torch: AttributeError for 'bf16'), and
+    num_attention_heads below 1 (its check of hidden_size % heads: ZeroDivisionError)."""
+    heads = fields.get("num_attention_heads")
+    if isinstance(heads, int) and heads < 1:
+        raise ValueError(f"{path}: num_attention_heads must be >= 1, got {heads}")
     name = "dtype" if fields.get("dtype") is not None else "torch_dtype"
     value = fields.get(name)
     if isinstance(value, str) and not isinstance(getattr(torch, value, None), torch.dtype):
