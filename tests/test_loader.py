@@ -519,11 +519,14 @@ def test_partial_rotary_factor_with_the_default_rope_matches_transformers(tmp_pa
     assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("classes", [["LLaMAForCausalLM"], None, []], ids=str)
+@pytest.mark.parametrize("classes", [["LLaMAForCausalLM"], None, [], "LlamaForCausalLM"],
+                         ids=str)
 def test_llama_configs_transformers_loads_by_model_type_load(tmp_path, classes):
     """The architectures check refuses other heads and families, not the old class name of
     the first converted Llama checkpoints (LLaMAForCausalLM, still in their fine-tunes'
-    configs) nor a config that names no class: transformers loads both by model_type."""
+    configs) nor a config that names no class: transformers loads both by model_type. Nor
+    a class named by a string, not a list, which transformers takes too: it was refused as
+    architectures ['L', 'l', 'a', ...]."""
     config = LlamaConfig(**TINY, architectures=classes)
     config.save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
