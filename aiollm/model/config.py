@@ -258,7 +258,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
     """ModelConfig from a transformers PretrainedConfig of a supported model_type."""
     arch = hf.model_type
     _check_model_type(arch)
-    classes = list(getattr(hf, "architectures", None) or [])
+    classes = getattr(hf, "architectures", None) or []
+    classes = [classes] if isinstance(classes, str) else list(classes)  # transformers takes one
     if classes and not set(classes) & set(CAUSAL_LM_CLASSES):
         raise ValueError(f"architectures {classes} is not supported "
                          f"(supported: {', '.join(CAUSAL_LM_CLASSES)})")
