@@ -611,3 +611,23 @@ def test_a_dtype_of_config_json_that_is_no_torch_dtype_is_named(copy, field, val
     with pytest.raises(ValueError, match=rf"config.json: {field} {value!r} is not a torch "
                                          "dtype: give one of float32, float16, bfloat16"):
         load(path)
+
+
+@pytest.mark.parametrize("field, value, tensor, fields", [
+    ("vocab_size", 90, r"(lm_head|model\.embed_tokens)\.weight", "vocab_size, hidden_size"),
+    ("num_key_value_heads", 4, "model.layers.0.self_attn.k_proj.weight",
+     "num_key_value_heads, head_dim, hidden_size"),
+    ("intermediate_size", 20, r"model\.layers\.0\.block_sparse_moe\.experts\.0\.w\d\.weight",
+     "intermediate_size, hidden_size"),
+])
+def test_a_config_that_does_not_size_the_checkpoint_names_its_fields(copy, field, value,
+                                                                    tensor, fields):
+    """A tensor of another shape than the config gives (the config.json of another size of
+    the model, or an edited one) named the tensor and both shapes, not which fields of
+    config.json size it, nor that the config is what to replace."""
+    path, _ = copy
+    set_field(path, field, value)
+    with pytest.raises(ValueError, match=rf"tensor '{tensor}' has shape .*, the model expects "
+                                         rf".* \(config.json's {fields}\): use the "
+                                         "config.json saved with these weights"):
+        load(path)
