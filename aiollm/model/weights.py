@@ -140,9 +140,14 @@ class WeightFiller:
 
     def _copy(self, hf_name: str, name: str, dst: torch.Tensor, tensor: torch.Tensor) -> None:
         if dst.shape != tensor.shape:
+            # a GGUF file's metadata and tensors come together; a directory's config.json
+            # may be another model's (another size of it), whose fields are named
+            advice = "" if self.source_name is not None else (
+                f" (config.json's {self._sized_by(hf_name)}): use the config.json saved with "
+                "these weights")
             raise ValueError(
                 f"checkpoint tensor {self._src(hf_name)!r} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(dst.shape)}"
+                f"the model expects {tuple(dst.shape)}{advice}"
             )
         starts = self.starts.setdefault(name, set())
         if dst.storage_offset() in starts:
@@ -182,6 +187,26 @@ class WeightFiller:
             rows = dst.shape[-2] // 2
             dst = dst.narrow(-2, half * rows, rows)
         self._copy(hf_name, name, dst, tensor)
+
+    def _sized_by(self, hf_name: str) -> str:
+        """The config.json fields that give the tensor `hf_name` its shape."""
+        parts = hf_name.split(".")
+        module = parts[-2] if parts[-1] in ("weight", "bias") else parts[-1]
+        if module in ("q_norm", "k_norm"):
+            return "head_dim"
+        if module.endswith("norm"):
+            return "hidden_size"
+        width = {"q_proj": "num_attention_heads, head_dim", "o_proj": "num_attention_heads, "
+                 "head_dim", "k_proj": "num_key_value_heads, head_dim",
+                 "v_proj": "num_key_value_heads, head_dim", "embed_tokens": "vocab_size",
+                 "lm_head": "vocab_size"}.get(module)
+        if width is None and module == "gate":  # the router
+            width = "num_local_experts" if self.architecture == "mixtral" else "num_experts"
+        elif width is None and "shared_expert" in hf_name:
+            width = "shared_expert_intermediate_size"
+        elif width is None and ".experts" in hf_name and self.architecture != "mixtral":
+            width = "moe_intermediate_size"
+        return f"{width or 'intermediate_size'}, hidden_size"
 
     def _src(self, hf_name: str) -> str:
         """The checkpoint's own name of the tensor transformers calls `hf_name`."""
