@@ -631,3 +631,15 @@ def test_a_config_that_does_not_size_the_checkpoint_names_its_fields(copy, field
                                          rf".* \(config.json's {fields}\): use the "
                                          "config.json saved with these weights"):
         load(path)
+
+
+def test_a_directory_of_a_config_and_a_gguf_file_says_to_give_the_file(tmp_path):
+    """A GGUF file downloaded beside its model's config.json and tokenizer (for --tokenizer,
+    as vLLM's docs advise) makes the directory an HF one with no weights: the error spoke
+    of .bin checkpoints and save_pretrained, not of the .gguf file there to give."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model-Q4_K_M.gguf").write_bytes(_real_gguf(tmp_path))
+    shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors file in .*model; it has "
+                                                r"model-Q4_K_M\.gguf: give that file"):
+        load(tmp_path / "model")
