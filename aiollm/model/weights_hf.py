@@ -48,6 +48,12 @@ def safetensors_files(model_dir: str) -> list[str]:
         return files
     files = sorted(glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
+        ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(model_dir, "*.gguf")))
+        if ggufs:  # beside config.json, a .gguf file is not taken for the model (paths.py)
+            raise FileNotFoundError(
+                f"no *.safetensors file in {model_dir}; it has {', '.join(ggufs[:3])}: give "
+                f"that file, e.g. {os.path.join(model_dir, ggufs[0])!r} (and --tokenizer "
+                f"{model_dir!r} for this directory's tokenizer)")
         raise FileNotFoundError(
             f"no *.safetensors file in {model_dir} (PyTorch .bin checkpoints are not supported; "
             "convert with save_pretrained(..., safe_serialization=True))"
