@@ -488,6 +488,11 @@ def test_max_model_len_past_a_sliding_window_names_the_window(tmp_path):
     (LlamaConfig(**TINY, architectures=["GemmaForCausalLM"]), r"architectures \['Gemma"),
     (Qwen2Config(**TINY, architectures=["Qwen2ForRewardModel"]), "Qwen2ForRewardModel"),
     (LlamaConfig(**TINY, quantization_config={"quant_method": "fp8"}), "quant_method 'fp8'"),
+    # mlx-lm's quantized checkpoints say so in `quantization`, which transformers leaves
+    # unread: their packed uint32 weights were refused as of the wrong shape, blaming the
+    # config's sizes
+    (LlamaConfig(**TINY, quantization={"group_size": 64, "bits": 4}),
+     r"quantization \{'bits': 4, 'group_size': 64\}: an MLX-quantized checkpoint"),
     # transformers fails on partial rotary with a scaled rope (frequencies for part of the
     # head, applied to all of it); we rotated the whole head as if it were not there
     (LlamaConfig(**TINY, rope_parameters={**YARN_ROPE, "partial_rotary_factor": 0.5}),
@@ -498,7 +503,7 @@ def test_max_model_len_past_a_sliding_window_names_the_window(tmp_path):
                  rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}),
      "partial_rotary_factor 0.5 with rope scaling 'linear'"),
 ], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
-        "fp8-quantized", "partial-yarn", "partial-llama3", "partial-linear"])
+        "fp8-quantized", "mlx-quantized", "partial-yarn", "partial-llama3", "partial-linear"])
 def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
     """A config field we do not implement is refused at load, naming the field and value,
     instead of running a model whose outputs differ from transformers'."""
