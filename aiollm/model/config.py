@@ -270,6 +270,11 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         raise ValueError(f"quantized checkpoints are not supported (quantization_config has "
                          f"quant_method {method!r}): use a float16/bfloat16/float32 checkpoint "
                          "or a GGUF file")
+    mlx = getattr(hf, "quantization", None)  # mlx-lm's key (transformers leaves it unread)
+    if mlx:
+        raise ValueError(f"quantized checkpoints are not supported (config.json has "
+                         f"quantization {mlx!r}: an MLX-quantized checkpoint): use a "
+                         "float16/bfloat16/float32 checkpoint or a GGUF file")
     # transformers reads mlp_bias for Llama only, attention_bias for Llama and Qwen3 (MoE
     # too) only: Mistral and Mixtral have no biases, Qwen2 q/k/v biases always, Qwen2-MoE
     # by qkv_bias. Other families run with either field in their config.json, ignored.
