@@ -643,3 +643,20 @@ def test_a_directory_of_a_config_and_a_gguf_file_says_to_give_the_file(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors file in .*model; it has "
                                                 r"model-Q4_K_M\.gguf: give that file"):
         load(tmp_path / "model")
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+def test_a_weight_of_a_quantized_type_is_named(copy, dtype):
+    """A weight stored as integers or float8 is quantized (its scales elsewhere, or a
+    quantization_config stripped from config.json): it was cast to the run dtype as if its
+    numbers were the weights, and the model served whatever came of it."""
+    path, shards = copy
+    name = "model.layers.1.self_attn.q_proj.weight"
+
+    def quantize(tensors):
+        if name in tensors:
+            tensors[name] = tensors[name].to(dtype)
+
+    _edit(path, quantize)
+    with pytest.raises(ValueError, match=rf"tensor '{name}' has dtype {dtype}: .*quantized"):
+        load(path)
