@@ -23,6 +23,8 @@ import torch
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.parallel import ShardPlan
 
+# dtypes of weights read as they are (an integer or float8 tensor is a quantized weight)
+_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Tensors some checkpoints carry that we recompute (old Llama checkpoints saved the rotary
 # inverse frequencies as buffers).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -139,6 +141,11 @@ class WeightFiller:
         self._copy(hf_name, name, dst, tensor)
 
     def _copy(self, hf_name: str, name: str, dst: torch.Tensor, tensor: torch.Tensor) -> None:
+        if tensor.dtype not in _WEIGHT_DTYPES:  # copy_ would cast its numbers as if weights
+            raise ValueError(
+                f"checkpoint tensor {self._src(hf_name)!r} has dtype {tensor.dtype}: a "
+                "quantized weight, which aiollm does not read: use a float16/bfloat16/float32 "
+                "checkpoint or a GGUF file")
         if dst.shape != tensor.shape:
             # a GGUF file's metadata and tensors come together; a directory's config.json
             # may be another model's (another size of it), whose fields are named
