@@ -660,3 +660,21 @@ def test_a_weight_of_a_quantized_type_is_named(copy, dtype):
     _edit(path, quantize)
     with pytest.raises(ValueError, match=rf"tensor '{name}' has dtype {dtype}: .*quantized"):
         load(path)
+
+
+def test_a_layer_past_the_configs_layers_names_num_hidden_layers(copy):
+    """A checkpoint with more layers than config.json gives (a config of a smaller variant,
+    or one edited to try fewer layers) was refused as a tensor with 'no place in the model',
+    without the field that counts the layers."""
+    path, _ = copy
+
+    def add_layer(tensors):
+        for name in [n for n in tensors if n.startswith("model.layers.1.")]:
+            tensors[name.replace("layers.1.", "layers.2.")] = tensors[name].clone()
+
+    _edit(path, add_layer)
+    with pytest.raises(ValueError, match=r"tensor 'model\.layers\.2\..*' has no place in the "
+                                         r"model: it has 2 layers \(config.json's "
+                                         r"num_hidden_layers\): use the config.json saved with "
+                                         "these weights"):
+        load(path)
