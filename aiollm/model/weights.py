@@ -220,13 +220,19 @@ class WeightFiller:
         return hf_name if self.source_name is None else self.source_name(hf_name)
 
     def _no_place(self, hf_name: str, name: str) -> ValueError:
-        """The error for a tensor the model has no parameter for; for an MLP tensor of a
+        """The error for a tensor the model has no parameter for; for a layer past the
+        model's, with the field that counts them; for an MLP tensor of a
         MoE model, with which kind of MLP (dense or experts) the config gives its layer: a
         config whose mlp_only_layers / decoder_sparse_step disagree with the checkpoint (a
         GGUF file has neither: its layers with a router are the sparse ones)."""
         m = _LAYER_MLP.search(name)
         why = ""
-        if m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
+        layer = re.match(r"layers\.(\d+)\.", name)
+        if layer is not None and int(layer.group(1)) >= len(self.layer_kinds):
+            why = f": it has {len(self.layer_kinds)} layers (" + (
+                "config.json's num_hidden_layers): use the config.json saved with these "
+                "weights" if self.source_name is None else "the file's block_count)")
+        elif m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
             layer = int(m.group(1))
             if self.source_name is not None:
                 router = self._src(f"model.layers.{layer}.mlp.gate.weight")
