@@ -678,3 +678,27 @@ def test_a_layer_past_the_configs_layers_names_num_hidden_layers(copy):
                                          r"num_hidden_layers\): use the config.json saved with "
                                          "these weights"):
         load(path)
+
+
+def test_a_model_hub_name_points_to_its_local_copy_or_to_the_download(tmp_path, monkeypatch):
+    """`aiollm serve Qwen/Qwen2.5-0.5B-Instruct`, a new user's first line: the name is not
+    fetched, and the error said so without the way on. A model already in the Hugging Face
+    cache (hf download) is named by its snapshot directory; another gets the download line.
+    Nothing is fetched either way."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # were anything fetched, the test would fail
+    with pytest.raises(FileNotFoundError, match=rf"'org/tiny' does not exist .*: it is in the "
+                                                rf"Hugging Face cache: give '{snapshot}'"):
+        load("org/tiny")
+    with pytest.raises(FileNotFoundError, match=r"'org/other' does not exist .*: download it "
+                                                r"with `hf download org/other` and give the "
+                                                "directory it prints"):
+        load("org/other")
