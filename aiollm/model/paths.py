@@ -56,7 +56,7 @@ def resolve_model_path(path: str | None) -> tuple[str, str | None]:
         return path, None
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path {path!r} does not exist (aiollm loads local "
-                                "files only: a model hub's name is not fetched)")
+                                f"files only: a model hub's name is not fetched){_hub_hint(path)}")
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isfile(os.path.join(folder, "config.json")):  # a file of an HF directory
         hint = f"give the directory that holds it: {folder!r}"
@@ -64,3 +64,21 @@ def resolve_model_path(path: str | None) -> tuple[str, str | None]:
         hint = ("give a Hugging Face model directory (config.json and *.safetensors files) "
                 "or a GGUF file")
     raise FileNotFoundError(f"model path {path!r} is a file but not a GGUF file: {hint}")
+
+
+def _hub_hint(path: str) -> str:
+    """For a path shaped as a model hub's name (org/name): its copy in the Hugging Face cache
+    to give instead, or how to download one. Reads the cache only: nothing is fetched."""
+    parts = path.split("/")
+    if len(parts) != 2 or not all(parts) or path.startswith((".", "~")):
+        return ""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return (": it is in the Hugging Face cache: give "
+                f"{snapshot_download(path, local_files_only=True)!r}")
+    except LocalEntryNotFoundError:
+        return f": download it with `hf download {path}` and give the directory it prints"
+    except HFValidationError:  # not a hub name after all
+        return ""
