@@ -224,7 +224,7 @@ def test_tokenizer_directory_without_a_tokenizer_is_a_usage_error(tmp_path, caps
     text = tmp_path / "tokenizer.txt"
     text.write_text("hi")
     for path, says in ((config_only, "is a directory without a tokenizer"),
-                       (text, "is a file but not a .gguf")):
+                       (text, "is a file but not a GGUF file")):
         with pytest.raises(SystemExit) as e:
             main(["serve", "--device", "cpu", "--tokenizer", str(path)])
         err = capsys.readouterr().err

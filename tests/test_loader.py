@@ -488,6 +488,11 @@ def test_max_model_len_past_a_sliding_window_names_the_window(tmp_path):
     (LlamaConfig(**TINY, architectures=["GemmaForCausalLM"]), r"architectures \['Gemma"),
     (Qwen2Config(**TINY, architectures=["Qwen2ForRewardModel"]), "Qwen2ForRewardModel"),
     (LlamaConfig(**TINY, quantization_config={"quant_method": "fp8"}), "quant_method 'fp8'"),
+    # mlx-lm's quantized checkpoints say so in `quantization`, which transformers leaves
+    # unread: their packed uint32 weights were refused as of the wrong shape, blaming the
+    # config's sizes
+    (LlamaConfig(**TINY, quantization={"group_size": 64, "bits": 4}),
+     r"quantization \{'bits': 4, 'group_size': 64\}: an MLX-quantized checkpoint"),
     # transformers fails on partial rotary with a scaled rope (frequencies for part of the
     # head, applied to all of it); we rotated the whole head as if it were not there
     (LlamaConfig(**TINY, rope_parameters={**YARN_ROPE, "partial_rotary_factor": 0.5}),
@@ -498,7 +503,7 @@ def test_max_model_len_past_a_sliding_window_names_the_window(tmp_path):
                  rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}),
      "partial_rotary_factor 0.5 with rope scaling 'linear'"),
 ], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
-        "fp8-quantized", "partial-yarn", "partial-llama3", "partial-linear"])
+        "fp8-quantized", "mlx-quantized", "partial-yarn", "partial-llama3", "partial-linear"])
 def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
     """A config field we do not implement is refused at load, naming the field and value,
     instead of running a model whose outputs differ from transformers'."""
@@ -519,11 +524,14 @@ def test_partial_rotary_factor_with_the_default_rope_matches_transformers(tmp_pa
     assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("classes", [["LLaMAForCausalLM"], None, []], ids=str)
+@pytest.mark.parametrize("classes", [["LLaMAForCausalLM"], None, [], "LlamaForCausalLM"],
+                         ids=str)
 def test_llama_configs_transformers_loads_by_model_type_load(tmp_path, classes):
     """The architectures check refuses other heads and families, not the old class name of
     the first converted Llama checkpoints (LLaMAForCausalLM, still in their fine-tunes'
-    configs) nor a config that names no class: transformers loads both by model_type."""
+    configs) nor a config that names no class: transformers loads both by model_type. Nor
+    a class named by a string, not a list, which transformers takes too: it was refused as
+    architectures ['L', 'l', 'a', ...]."""
     config = LlamaConfig(**TINY, architectures=classes)
     config.save_pretrained(tmp_path)
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
@@ -546,3 +554,49 @@ def test_default_tokenizer_has_smollm2_chat_template(tmp_path):
     again = load_tokenizer(str(tmp_path))
     assert again.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == text
     assert again.encode("Hello world") == tok.encode("Hello world")
+
+
+@pytest.mark.parametrize("held", ["both-differ", "both-equal", "lm_head-only"])
+def test_tied_config_with_an_lm_head_in_the_checkpoint_loads_as_transformers_does(tmp_path,
+                                                                                  held):
+    """A config.json that ties the word embeddings over a checkpoint holding lm_head.weight
+    (a fine-tune that untied them, saved under the base model's config): transformers keeps
+    an lm_head that differs from the embedding apart (warning that the config is wrong),
+    ties an equal one, and takes an lm_head alone for the embedding too. We ignored every
+    lm_head.weight of a tied config: the first served other logits, the last was refused
+    as missing model.embed_tokens.weight."""
+    from safetensors.torch import load_file, save_file
+
+    save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path))
+    path = tmp_path / "model.safetensors"
+    tensors = load_file(path)
+    embed = tensors["model.embed_tokens.weight"]
+    tensors["lm_head.weight"] = embed.clone() if held == "both-equal" else torch.randn_like(embed)
+    if held == "lm_head-only":
+        del tensors["model.embed_tokens.weight"]
+    save_file(tensors, path, metadata={"format": "pt"})
+
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.tie_word_embeddings == (held != "both-differ")
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    logits = all_position_logits(loaded, PROMPTS)
+    assert (logits - ref).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), ref.argmax(-1))
+
+
+def test_a_llama_config_with_a_sliding_window_keeps_its_context(tmp_path):
+    """transformers' Llama attends over the whole sequence whatever sliding_window a
+    config.json carries (left there by a 'llamafied' Qwen2 or Mistral conversion, e.g.
+    DeepSeek-R1-Distill-Qwen's 4096 beside 131072 positions): its context was capped at
+    the window, and a longer prompt refused, although transformers runs it."""
+    config = LlamaConfig(**TINY, sliding_window=64)
+    hf = save_random_hf_model(config, str(tmp_path))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert (loaded.config.max_position, loaded.config.sliding_window) == (256, None)
+    torch.manual_seed(4)
+    prompts = [torch.randint(0, 160, (100,)).tolist()]
+    with torch.no_grad():
+        ref = hf(torch.tensor(prompts)).logits[0]
+    assert (all_position_logits(loaded, prompts) - ref).abs().max() < 1e-4

@@ -226,10 +226,11 @@ def test_a_repeated_tensor_is_refused_even_when_another_is_missing(copy):
         load(path)
 
 
-@pytest.mark.parametrize("field", ["num_key_value_heads", "head_dim"])
+@pytest.mark.parametrize("field", ["num_key_value_heads", "head_dim", "num_attention_heads"])
 def test_a_zero_head_count_or_size_is_named(copy, field):
     """0 was read as absent (num_attention_heads KV heads, hidden / heads wide): the load then
-    failed on k_proj's shape, naming no field of config.json."""
+    failed on k_proj's shape, naming no field of config.json. num_attention_heads 0 failed
+    in transformers' own check (hidden_size % 0): a ZeroDivisionError traceback."""
     path, _ = copy
     set_field(path, field, 0)
     with pytest.raises(ValueError, match=f"config.json: {field} must be >= 1, got 0"):
@@ -515,3 +516,189 @@ def test_a_damaged_tokenizer_of_a_model_directory_fails_before_the_weights_load(
 
     with pytest.raises(ValueError, match=rf"cannot read the tokenizer in {path}"):
         start_engine(str(path), kv_tokens=256)
+
+
+def test_a_gguf_file_without_a_tokenizer_says_to_give_one(tmp_path):
+    """A GGUF file whose metadata holds no tokenizer (written without one, or with one
+    transformers cannot convert) failed at start-up with transformers' KeyError: 'tokens',
+    naming neither the file nor the way out: a tokenizer given with --tokenizer."""
+    from test_loader import FAMILIES, write_gguf
+
+    from aiollm.model import load_tokenizer
+
+    hf = save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path / "hf"))
+    write_gguf(hf, str(tmp_path / "model.gguf"))
+    with pytest.raises(ValueError, match=r"cannot read the tokenizer of .*model\.gguf "
+                                         r"\(its tokenizer\.ggml\.\* metadata\).*'tokens'.*"
+                                         r"--tokenizer"):
+        load_tokenizer(str(tmp_path / "model.gguf"))
+
+
+def test_a_gguf_file_named_without_gguf_loads(tmp_path):
+    """A GGUF file is told by its first bytes, as vLLM tells it (check_gguf_file), not by
+    its name alone: Ollama's model blobs (sha256-...) and files named .bin by old
+    conversions are GGUF files; they were refused as 'neither a .gguf file nor a
+    directory'."""
+    (tmp_path / "sha256-0123abcd").write_bytes(_real_gguf(tmp_path))
+    loaded = load(tmp_path / "sha256-0123abcd")
+    assert (loaded.config.architecture, loaded.config.num_layers) == ("llama", 1)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "notes.txt"])
+def test_a_model_path_that_is_another_file_says_what_to_give(sharded, tmp_path, name):
+    """A file of an HF directory given for the model is answered with that directory (the
+    path to give); another file with what a model path is. Both were 'neither a .gguf
+    file nor a directory', which left the user to guess."""
+    folder = sharded if name == "config.json" else tmp_path
+    if name == "model.safetensors":
+        shutil.copy(sharded / "config.json", folder)
+    if not (folder / name).exists():
+        (folder / name).write_text("x")
+    want = (f"give the directory that holds it: '{folder}'" if name != "notes.txt" else
+            r"give a Hugging Face model directory \(config.json and \*.safetensors files\) "
+            "or a GGUF file")
+    with pytest.raises(FileNotFoundError, match=rf"model path '.*{name}' is a file but not a "
+                                                rf"GGUF file: {want}"):
+        load(folder / name)
+
+
+def test_a_directory_of_several_gguf_files_names_them(tmp_path):
+    """Without config.json, a directory's one .gguf file is the model; with two, the user
+    must give one, and is told which there are. It said 'has no config.json (nor a single
+    .gguf file)'."""
+    data = _real_gguf(tmp_path)
+    (tmp_path / "two").mkdir()
+    for name in ("model-Q8_0.gguf", "model-Q4_K_M.gguf"):
+        (tmp_path / "two" / name).write_bytes(data)
+    with pytest.raises(FileNotFoundError, match=r"two has no config.json and 2 .gguf files "
+                                                r"\(model-Q4_K_M.gguf, model-Q8_0.gguf\): "
+                                                "give one of them"):
+        load(tmp_path / "two")
+
+
+def test_a_part_of_a_split_gguf_model_says_to_merge_the_parts(tmp_path):
+    """llama.cpp's gguf-split leaves a large model in parts (name-00001-of-00003.gguf...),
+    each a GGUF file, the metadata in the first. aiollm reads one file, as vLLM does: the
+    first part was refused as missing weights, the others as 'GGUF architecture None'."""
+    import gguf
+    import numpy as np
+
+    w = gguf.GGUFWriter(str(tmp_path / "model.gguf"), "llama", split_max_tensors=2)
+    w.add_block_count(1)
+    for name in ("token_embd.weight", "output_norm.weight", "output.weight"):
+        w.add_tensor(name, np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    for part in (1, 2):
+        with pytest.raises(ValueError, match=rf"model-0000{part}-of-00002.gguf is part {part} "
+                                             r"of 2 of a split GGUF model .*llama-gguf-split "
+                                             r"--merge .*model-00001-of-00002.gguf"):
+            load(tmp_path / f"model-0000{part}-of-00002.gguf")
+
+
+@pytest.mark.parametrize("field, value", [("torch_dtype", "bf16"), ("dtype", "fp16"),
+                                          ("torch_dtype", "torch.bfloat16")])
+def test_a_dtype_of_config_json_that_is_no_torch_dtype_is_named(copy, field, value):
+    """transformers reads config.json's dtype (torch_dtype before 5.0) as a name in torch:
+    'bf16' raised AttributeError: module 'torch' has no attribute 'bf16', a traceback from
+    aiollm serve naming neither the file nor the field."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    fields.pop("dtype", None)
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=rf"config.json: {field} {value!r} is not a torch "
+                                         "dtype: give one of float32, float16, bfloat16"):
+        load(path)
+
+
+@pytest.mark.parametrize("field, value, tensor, fields", [
+    ("vocab_size", 90, r"(lm_head|model\.embed_tokens)\.weight", "vocab_size, hidden_size"),
+    ("num_key_value_heads", 4, "model.layers.0.self_attn.k_proj.weight",
+     "num_key_value_heads, head_dim, hidden_size"),
+    ("intermediate_size", 20, r"model\.layers\.0\.block_sparse_moe\.experts\.0\.w\d\.weight",
+     "intermediate_size, hidden_size"),
+])
+def test_a_config_that_does_not_size_the_checkpoint_names_its_fields(copy, field, value,
+                                                                    tensor, fields):
+    """A tensor of another shape than the config gives (the config.json of another size of
+    the model, or an edited one) named the tensor and both shapes, not which fields of
+    config.json size it, nor that the config is what to replace."""
+    path, _ = copy
+    set_field(path, field, value)
+    with pytest.raises(ValueError, match=rf"tensor '{tensor}' has shape .*, the model expects "
+                                         rf".* \(config.json's {fields}\): use the "
+                                         "config.json saved with these weights"):
+        load(path)
+
+
+def test_a_directory_of_a_config_and_a_gguf_file_says_to_give_the_file(tmp_path):
+    """A GGUF file downloaded beside its model's config.json and tokenizer (for --tokenizer,
+    as vLLM's docs advise) makes the directory an HF one with no weights: the error spoke
+    of .bin checkpoints and save_pretrained, not of the .gguf file there to give."""
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model-Q4_K_M.gguf").write_bytes(_real_gguf(tmp_path))
+    shutil.copy(tmp_path / "hf" / "config.json", tmp_path / "model")
+    with pytest.raises(FileNotFoundError, match=r"no \*\.safetensors file in .*model; it has "
+                                                r"model-Q4_K_M\.gguf: give that file"):
+        load(tmp_path / "model")
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.float8_e4m3fn])
+def test_a_weight_of_a_quantized_type_is_named(copy, dtype):
+    """A weight stored as integers or float8 is quantized (its scales elsewhere, or a
+    quantization_config stripped from config.json): it was cast to the run dtype as if its
+    numbers were the weights, and the model served whatever came of it."""
+    path, shards = copy
+    name = "model.layers.1.self_attn.q_proj.weight"
+
+    def quantize(tensors):
+        if name in tensors:
+            tensors[name] = tensors[name].to(dtype)
+
+    _edit(path, quantize)
+    with pytest.raises(ValueError, match=rf"tensor '{name}' has dtype {dtype}: .*quantized"):
+        load(path)
+
+
+def test_a_layer_past_the_configs_layers_names_num_hidden_layers(copy):
+    """A checkpoint with more layers than config.json gives (a config of a smaller variant,
+    or one edited to try fewer layers) was refused as a tensor with 'no place in the model',
+    without the field that counts the layers."""
+    path, _ = copy
+
+    def add_layer(tensors):
+        for name in [n for n in tensors if n.startswith("model.layers.1.")]:
+            tensors[name.replace("layers.1.", "layers.2.")] = tensors[name].clone()
+
+    _edit(path, add_layer)
+    with pytest.raises(ValueError, match=r"tensor 'model\.layers\.2\..*' has no place in the "
+                                         r"model: it has 2 layers \(config.json's "
+                                         r"num_hidden_layers\): use the config.json saved with "
+                                         "these weights"):
+        load(path)
+
+
+def test_a_model_hub_name_points_to_its_local_copy_or_to_the_download(tmp_path, monkeypatch):
+    """`aiollm serve Qwen/Qwen2.5-0.5B-Instruct`, a new user's first line: the name is not
+    fetched, and the error said so without the way on. A model already in the Hugging Face
+    cache (hf download) is named by its snapshot directory; another gets the download line.
+    Nothing is fetched either way."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (cache / "models--org--tiny" / "refs").mkdir()
+    (cache / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # were anything fetched, the test would fail
+    with pytest.raises(FileNotFoundError, match=rf"'org/tiny' does not exist .*: it is in the "
+                                                rf"Hugging Face cache: give '{snapshot}'"):
+        load("org/tiny")
+    with pytest.raises(FileNotFoundError, match=r"'org/other' does not exist .*: download it "
+                                                r"with `hf download org/other` and give the "
+                                                "directory it prints"):
+        load("org/other")

@@ -203,6 +203,24 @@ def test_bias_fields_the_family_does_not_read_are_ignored_as_transformers_does(
     assert (logits - ref).abs().max() < 1e-4
 
 
+def test_a_shared_expert_width_qwen3_moe_does_not_read_is_ignored(tmp_path):
+    """Qwen3-MoE has no shared expert: transformers leaves shared_expert_intermediate_size
+    in its config.json unread (a config written from a Qwen2-MoE one carries it). We built
+    a shared expert from it, and refused the checkpoint as missing its weights."""
+    from transformers import AutoModelForCausalLM
+
+    save_moe_model("qwen3_moe", tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**saved,
+                                                       "shared_expert_intermediate_size": 48}))
+    hf = AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.moe.shared_expert_intermediate_size == 0
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
+
+
 @pytest.mark.parametrize("layout", ["shards-with-index", "stacked-experts"])
 def test_checkpoint_layouts_match_transformers(tmp_path, layout):
     """Shards with an index json (each shard holding some experts of a layer), and the

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from glob import glob
 from typing import Any
 
 import torch
@@ -257,7 +258,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
     """ModelConfig from a transformers PretrainedConfig of a supported model_type."""
     arch = hf.model_type
     _check_model_type(arch)
-    classes = list(getattr(hf, "architectures", None) or [])
+    classes = getattr(hf, "architectures", None) or []
+    classes = [classes] if isinstance(classes, str) else list(classes)  # transformers takes one
     if classes and not set(classes) & set(CAUSAL_LM_CLASSES):
         raise ValueError(f"architectures {classes} is not supported "
                          f"(supported: {', '.join(CAUSAL_LM_CLASSES)})")
@@ -268,6 +270,11 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         raise ValueError(f"quantized checkpoints are not supported (quantization_config has "
                          f"quant_method {method!r}): use a float16/bfloat16/float32 checkpoint "
                          "or a GGUF file")
+    mlx = getattr(hf, "quantization", None)  # mlx-lm's key (transformers leaves it unread)
+    if mlx:
+        raise ValueError(f"quantized checkpoints are not supported (config.json has "
+                         f"quantization {mlx!r}: an MLX-quantized checkpoint): use a "
+                         "float16/bfloat16/float32 checkpoint or a GGUF file")
     # transformers reads mlp_bias for Llama only, attention_bias for Llama and Qwen3 (MoE
     # too) only: Mistral and Mixtral have no biases, Qwen2 q/k/v biases always, Qwen2-MoE
     # by qkv_bias. Other families run with either field in their config.json, ignored.
@@ -285,7 +292,9 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
     max_position = _context_of(hf, rope)
     # We attend over the whole sequence; a model trained with a sliding window is exact only
     # within one window, so its context is capped there rather than silently drifting.
-    window = getattr(hf, "sliding_window", None)
+    # (transformers' Llama never slides: a sliding_window in its config.json is left by a
+    # conversion from another family, and ignored there)
+    window = None if arch == "llama" else getattr(hf, "sliding_window", None)
     if arch.startswith("qwen") and not getattr(hf, "use_sliding_window", False):
         window = None
     # transformers 5 slides only the layers layer_types marks (Qwen2 and Qwen2-MoE derive it
@@ -372,7 +381,9 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
     mixtral = hf.model_type == "mixtral"
     experts_field = "num_local_experts" if mixtral else "num_experts"
     num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
-    shared = 0 if mixtral else int(getattr(hf, "shared_expert_intermediate_size", 0))
+    # only Qwen2-MoE has a shared expert (transformers' Qwen3-MoE leaves the field unread)
+    shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0) \
+        if hf.model_type == "qwen2_moe" else 0
     # Qwen's num_experts 0 means every MLP dense (below); Mixtral has no such form
     for name, value, least in ((experts_field, num_experts, int(mixtral)),
                                ("shared_expert_intermediate_size", shared, 0)):
@@ -415,9 +426,18 @@ def load_hf_config(model_dir: str) -> ModelConfig:
 
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{model_dir} has no config.json (nor a single .gguf file)")
+        ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(model_dir, "*.gguf")))
+        if ggufs:  # more than one: a lone .gguf file is the model (paths.py)
+            names = ", ".join(ggufs[:4]) + (", ..." if len(ggufs) > 4 else "")
+            raise FileNotFoundError(f"{model_dir} has no config.json and {len(ggufs)} .gguf "
+                                    f"files ({names}): give one of them")
+        raise FileNotFoundError(f"{model_dir} has no config.json (nor a .gguf file): give a "
+                                "Hugging Face model directory (config.json and *.safetensors "
+                                "files) or a GGUF file")
     # read before AutoConfig, whose error for a type it lacks lists its own
-    _check_model_type(json_object(path).get("model_type"))
+    fields = json_object(path)
+    _check_model_type(fields.get("model_type"))
+    _check_raw_fields(fields, path)
     try:
         hf = AutoConfig.from_pretrained(model_dir, local_files_only=True)
     except _StrictDataclassError as e:
@@ -431,6 +451,21 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     # Instruct checkpoints (Llama 3.x) list their end-of-turn ids there, not in config.json.
     generation_eos = _generation_eos(gen_path) if os.path.exists(gen_path) else []
     return config_from_hf(hf, generation_eos)
+
+
+def _check_raw_fields(fields: dict, path: str) -> None:
+    """Refuse the config.json values transformers fails on without naming them: a dtype
+    (torch_dtype before transformers 5; dtype wins when both are given, as there) that names
+    no torch dtype (it looks the name up in torch: AttributeError for 'bf16'), and
+    num_attention_heads below 1 (its check of hidden_size % heads: ZeroDivisionError)."""
+    heads = fields.get("num_attention_heads")
+    if isinstance(heads, int) and heads < 1:
+        raise ValueError(f"{path}: num_attention_heads must be >= 1, got {heads}")
+    name = "dtype" if fields.get("dtype") is not None else "torch_dtype"
+    value = fields.get(name)
+    if isinstance(value, str) and not isinstance(getattr(torch, value, None), torch.dtype):
+        raise ValueError(f"{path}: {name} {value!r} is not a torch dtype: give one of float32, "
+                         "float16, bfloat16 (the type of the checkpoint's tensors)")
 
 
 def json_object(path: str) -> dict:

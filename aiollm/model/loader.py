@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from tqdm import tqdm
@@ -156,6 +156,8 @@ def load_model(
                          f"{config.max_position}{why}: set max_model_len (--max-model-len) to "
                          f"at most {config.max_position}")
     max_len = max_model_len or config.max_position
+    if gguf_name is None and load_format != "dummy":
+        config, tensors, total, source_name = _hf_checkpoint(model_dir, config, device)
     model = _empty_model(config, max_len, dtype, device)
 
     if load_format == "dummy" and parallel.current() is not None:
@@ -165,14 +167,46 @@ def load_model(
     elif gguf_name is not None:
         _load_gguf(model, config, full_path, cache, dtype, device)
     else:
-        from aiollm.model.weights_hf import count_tensors, iter_safetensors, safetensors_files
-
-        files = safetensors_files(model_dir)
-        _fill(model, iter_safetensors(files, device), count_tensors(files),
-              os.path.basename(os.path.normpath(model_dir)))
+        _fill(model, tensors, total, os.path.basename(os.path.normpath(model_dir)),
+              source_name)
     log.info("loaded %s (%s, %.1fM params, %s on %s, max_model_len %d)", full_path,
              config.architecture, config.num_params() / 1e6, dtype, device, max_len)
     return LoadedModel(model=model, config=config, path=full_path, max_model_len=max_len)
+
+
+def _head_as_embed(hf_name: str) -> str:
+    """The checkpoint's name of a tensor when its lm_head.weight is the tied embedding."""
+    return "lm_head.weight" if hf_name == "model.embed_tokens.weight" else hf_name
+
+
+def _hf_checkpoint(model_dir: str, config: ModelConfig, device: torch.device):
+    """(config, (transformers name, tensor) pairs, their count, WeightFiller's source_name)
+    of an HF directory. A config tying the word embeddings is read as transformers reads
+    it: untied over a checkpoint holding both with different values (its warning: the
+    config is wrong), and an lm_head.weight alone taken for the embedding."""
+    from aiollm.model.weights_hf import (
+        EMBED,
+        LM_HEAD,
+        count_tensors,
+        iter_safetensors,
+        safetensors_files,
+        tied_embedding_source,
+    )
+
+    files = safetensors_files(model_dir)
+    total = count_tensors(files)  # reads every header: a damaged file is named first
+    source = tied_embedding_source(files) if config.tie_word_embeddings else "embed"
+    tensors = iter_safetensors(files, device)
+    if source == "both":
+        log.warning("%s ties the word embeddings (tie_word_embeddings), but the checkpoint "
+                    "holds an %s that differs from %s: loading them untied, as transformers "
+                    "does; set tie_word_embeddings to false there to silence this warning",
+                    os.path.join(model_dir, "config.json"), LM_HEAD, EMBED)
+        config = replace(config, tie_word_embeddings=False)
+    elif source == "lm_head":
+        tensors = ((EMBED if name == LM_HEAD else name, t) for name, t in tensors)
+        return config, tensors, total, _head_as_embed
+    return config, tensors, total, None
 
 
 def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: GGUFCache,

@@ -25,10 +25,29 @@ def default_model_path() -> str:
     return files[0]
 
 
+# every GGUF file starts with these bytes (the format's magic number)
+GGUF_MAGIC = b"GGUF"
+
+
+def is_gguf_file(path: str) -> bool:
+    """Whether `path` is a file named .gguf, or one that starts as a GGUF file does (as vLLM
+    tells them: Ollama's model blobs, sha256-..., and old conversions named .bin are GGUF)."""
+    if not os.path.isfile(path):
+        return False
+    if path.endswith(".gguf"):
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(GGUF_MAGIC)) == GGUF_MAGIC
+    except OSError:
+        return False
+
+
 def resolve_model_path(path: str | None) -> tuple[str, str | None]:
-    """(directory, GGUF file name or None for an HF directory) of a model path."""
+    """(directory, GGUF file name or None for an HF directory) of a model path. Raises
+    FileNotFoundError for a path that does not exist or is a file of another kind."""
     path = os.path.expanduser(path) if path is not None else default_model_path()
-    if os.path.isfile(path) and path.endswith(".gguf"):
+    if is_gguf_file(path):
         return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
     if os.path.isdir(path):
         ggufs = glob(os.path.join(path, "*.gguf"))
@@ -37,8 +56,29 @@ def resolve_model_path(path: str | None) -> tuple[str, str | None]:
         return path, None
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path {path!r} does not exist (aiollm loads local "
-                                "files only: a model hub's name is not fetched)")
-    raise FileNotFoundError(
-        f"model path {path!r} is neither a .gguf file nor a directory "
-        "(aiollm loads local files only)"
-    )
+                                f"files only: a model hub's name is not fetched){_hub_hint(path)}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(os.path.join(folder, "config.json")):  # a file of an HF directory
+        hint = f"give the directory that holds it: {folder!r}"
+    else:
+        hint = ("give a Hugging Face model directory (config.json and *.safetensors files) "
+                "or a GGUF file")
+    raise FileNotFoundError(f"model path {path!r} is a file but not a GGUF file: {hint}")
+
+
+def _hub_hint(path: str) -> str:
+    """For a path shaped as a model hub's name (org/name): its copy in the Hugging Face cache
+    to give instead, or how to download one. Reads the cache only: nothing is fetched."""
+    parts = path.split("/")
+    if len(parts) != 2 or not all(parts) or path.startswith((".", "~")):
+        return ""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return (": it is in the Hugging Face cache: give "
+                f"{snapshot_download(path, local_files_only=True)!r}")
+    except LocalEntryNotFoundError:
+        return f": download it with `hf download {path}` and give the directory it prints"
+    except HFValidationError:  # not a hub name after all
+        return ""

@@ -127,6 +127,13 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
     log.info("converting the tokenizer of %s for transformers (%s)", gguf_name,
              "once: cached for later starts" if cache.dir else
              "the cache is off: AIOLLM_CACHE_DIR=off")
-    tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name, local_files_only=True)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir, gguf_file=gguf_name, local_files_only=True)
+    except Exception as e:  # noqa: BLE001 (as above)
+        # a file written without a tokenizer fails as KeyError: 'tokens', naming no file
+        raise ValueError(f"cannot read the tokenizer of {path} (its tokenizer.ggml.* "
+                         f"metadata): {type(e).__name__}: {e}: give one with --tokenizer "
+                         "(Engine's tokenizer=), e.g. the Hugging Face directory of the "
+                         "model it was converted from") from e
     cache.store_tokenizer(tok)
     return tok

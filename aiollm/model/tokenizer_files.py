@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from glob import glob
 
-from aiollm.model.paths import resolve_model_path
+from aiollm.model.paths import GGUF_MAGIC, is_gguf_file, resolve_model_path
 
 # Files a Hugging Face tokenizer is built from; without one, AutoTokenizer may still return a
 # tokenizer (Qwen's, with an empty vocabulary) that encodes every text to no tokens.
@@ -29,10 +29,10 @@ def check_tokenizer_path(path: str) -> None:
     if not os.path.exists(full):
         raise FileNotFoundError(f"{path!r} does not exist ({give})")
     if os.path.isfile(full):
-        if full.endswith(".gguf"):
+        if is_gguf_file(full):
             _check_gguf(full, path)
             return
-        raise FileNotFoundError(f"{path!r} is a file but not a .gguf file ({give})")
+        raise FileNotFoundError(f"{path!r} is a file but not a GGUF file ({give})")
     if any(os.path.exists(os.path.join(full, f)) for f in TOKENIZER_FILES):
         return
     model_dir, gguf = resolve_model_path(full)  # the directory's .gguf, as the loader takes it
@@ -51,10 +51,6 @@ def check_tokenizer_path(path: str) -> None:
                             f"{', '.join(TOKENIZER_FILES)}{why}")
 
 
-# every GGUF file starts with these bytes (the format's magic number)
-_GGUF_MAGIC = b"GGUF"
-
-
 def _check_gguf(full: str, path: str) -> None:
     """FileNotFoundError when the file `full` (given as `path`) does not start as a GGUF file
     does: empty, or another file named .gguf (a cut download, an error page saved in its
@@ -62,10 +58,10 @@ def _check_gguf(full: str, path: str) -> None:
     loaded, as "cannot mmap an empty file" without the path or the option."""
     try:
         with open(full, "rb") as f:
-            head = f.read(len(_GGUF_MAGIC))
+            head = f.read(len(GGUF_MAGIC))
     except OSError as e:
         raise FileNotFoundError(f"{path!r} cannot be read: {e.strerror or e}") from None
-    if head != _GGUF_MAGIC:
+    if head != GGUF_MAGIC:
         what = "is empty" if not head else "does not start with GGUF's magic bytes"
         raise FileNotFoundError(f"{path!r} is not a GGUF file: it {what} (a download cut "
                                 "short? give a model directory or .gguf file that holds a "

@@ -23,6 +23,8 @@ import torch
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.parallel import ShardPlan
 
+# dtypes of weights read as they are (an integer or float8 tensor is a quantized weight)
+_WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 # Tensors some checkpoints carry that we recompute (old Llama checkpoints saved the rotary
 # inverse frequencies as buffers).
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -139,10 +141,20 @@ class WeightFiller:
         self._copy(hf_name, name, dst, tensor)
 
     def _copy(self, hf_name: str, name: str, dst: torch.Tensor, tensor: torch.Tensor) -> None:
+        if tensor.dtype not in _WEIGHT_DTYPES:  # copy_ would cast its numbers as if weights
+            raise ValueError(
+                f"checkpoint tensor {self._src(hf_name)!r} has dtype {tensor.dtype}: a "
+                "quantized weight, which aiollm does not read: use a float16/bfloat16/float32 "
+                "checkpoint or a GGUF file")
         if dst.shape != tensor.shape:
+            # a GGUF file's metadata and tensors come together; a directory's config.json
+            # may be another model's (another size of it), whose fields are named
+            advice = "" if self.source_name is not None else (
+                f" (config.json's {self._sized_by(hf_name)}): use the config.json saved with "
+                "these weights")
             raise ValueError(
                 f"checkpoint tensor {self._src(hf_name)!r} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(dst.shape)}"
+                f"the model expects {tuple(dst.shape)}{advice}"
             )
         starts = self.starts.setdefault(name, set())
         if dst.storage_offset() in starts:
@@ -183,18 +195,44 @@ class WeightFiller:
             dst = dst.narrow(-2, half * rows, rows)
         self._copy(hf_name, name, dst, tensor)
 
+    def _sized_by(self, hf_name: str) -> str:
+        """The config.json fields that give the tensor `hf_name` its shape."""
+        parts = hf_name.split(".")
+        module = parts[-2] if parts[-1] in ("weight", "bias") else parts[-1]
+        if module in ("q_norm", "k_norm"):
+            return "head_dim"
+        if module.endswith("norm"):
+            return "hidden_size"
+        width = {"q_proj": "num_attention_heads, head_dim", "o_proj": "num_attention_heads, "
+                 "head_dim", "k_proj": "num_key_value_heads, head_dim",
+                 "v_proj": "num_key_value_heads, head_dim", "embed_tokens": "vocab_size",
+                 "lm_head": "vocab_size"}.get(module)
+        if width is None and module == "gate":  # the router
+            width = "num_local_experts" if self.architecture == "mixtral" else "num_experts"
+        elif width is None and "shared_expert" in hf_name:
+            width = "shared_expert_intermediate_size"
+        elif width is None and ".experts" in hf_name and self.architecture != "mixtral":
+            width = "moe_intermediate_size"
+        return f"{width or 'intermediate_size'}, hidden_size"
+
     def _src(self, hf_name: str) -> str:
         """The checkpoint's own name of the tensor transformers calls `hf_name`."""
         return hf_name if self.source_name is None else self.source_name(hf_name)
 
     def _no_place(self, hf_name: str, name: str) -> ValueError:
-        """The error for a tensor the model has no parameter for; for an MLP tensor of a
+        """The error for a tensor the model has no parameter for; for a layer past the
+        model's, with the field that counts them; for an MLP tensor of a
         MoE model, with which kind of MLP (dense or experts) the config gives its layer: a
         config whose mlp_only_layers / decoder_sparse_step disagree with the checkpoint (a
         GGUF file has neither: its layers with a router are the sparse ones)."""
         m = _LAYER_MLP.search(name)
         why = ""
-        if m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
+        layer = re.match(r"layers\.(\d+)\.", name)
+        if layer is not None and int(layer.group(1)) >= len(self.layer_kinds):
+            why = f": it has {len(self.layer_kinds)} layers (" + (
+                "config.json's num_hidden_layers): use the config.json saved with these "
+                "weights" if self.source_name is None else "the file's block_count)")
+        elif m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
             layer = int(m.group(1))
             if self.source_name is not None:
                 router = self._src(f"model.layers.{layer}.mlp.gate.weight")

@@ -16,6 +16,7 @@ import copy
 import functools
 import logging
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -274,8 +275,24 @@ def _read_gguf(path: str, mtime_ns: int) -> GGUFModel:
         # tensor) name no file
         raise ValueError(f"{path} is not a readable GGUF file ({e}): "
                          f"{damaged_file_advice(path)}") from None
+    _check_single_file(reader, path)
     # Keeping only the tensors lets the parsed metadata fields be freed.
     return GGUFModel(config_from_gguf(reader), list(reader.tensors))
+
+
+def _check_single_file(reader: GGUFReader, path: str) -> None:
+    """Refuse a part of a model llama.cpp's gguf-split cut into files (its split.count
+    metadata), naming the merge that makes it one: the first part parsed as a model with
+    weights missing, the others (no metadata but their tensors) as architecture None."""
+    count = int(_field(reader, "split.count", 1) or 1)
+    if count > 1:
+        part = int(_field(reader, "split.no", 0)) + 1
+        first = re.sub(r"-\d{5}-of-(\d{5})\.gguf$", r"-00001-of-\1.gguf", path)
+        first = first if first != path or part == 1 else "its first part"
+        raise ValueError(f"{path} is part {part} of {count} of a split GGUF model (llama.cpp's "
+                         "gguf-split): aiollm reads a model from one file, as vLLM does; merge "
+                         f"the parts with `llama-gguf-split --merge {first} merged.gguf` and "
+                         "give merged.gguf")
 
 
 def num_weight_tensors(gguf: GGUFModel) -> int:

@@ -20,6 +20,8 @@ from safetensors import SafetensorError, safe_open
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
+EMBED = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
 # how a Git LFS pointer file begins (what a clone without git-lfs holds in place of a file)
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 
@@ -46,6 +48,12 @@ def safetensors_files(model_dir: str) -> list[str]:
         return files
     files = sorted(glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
+        ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(model_dir, "*.gguf")))
+        if ggufs:  # beside config.json, a .gguf file is not taken for the model (paths.py)
+            raise FileNotFoundError(
+                f"no *.safetensors file in {model_dir}; it has {', '.join(ggufs[:3])}: give "
+                f"that file, e.g. {os.path.join(model_dir, ggufs[0])!r} (and --tokenizer "
+                f"{model_dir!r} for this directory's tokenizer)")
         raise FileNotFoundError(
             f"no *.safetensors file in {model_dir} (PyTorch .bin checkpoints are not supported; "
             "convert with save_pretrained(..., safe_serialization=True))"
@@ -98,6 +106,31 @@ def count_tensors(files: list[str]) -> int:
         with _open(path) as f:
             total += len(f.keys())
     return total
+
+
+def tied_embedding_source(files: list[str]) -> str:
+    """What a checkpoint whose config ties the word embeddings holds, told as transformers 5's
+    from_pretrained ties them: "embed" (the embedding alone, or lm_head.weight equal to it:
+    tied), "lm_head" (lm_head.weight alone: the embedding is that tensor, still tied) or
+    "both" (two different tensors: transformers keeps them apart, warning that the config is
+    wrong). Reads the headers, and both tensors only when both are there (in row blocks)."""
+    where = {}
+    for path in files:
+        with _open(path) as f:
+            where.update((name, path) for name in (EMBED, LM_HEAD) if name in f.keys())
+    if LM_HEAD not in where:
+        return "embed"
+    if EMBED not in where:
+        return "lm_head"
+    with _open(where[EMBED]) as e, _open(where[LM_HEAD]) as h:
+        embed, head = e.get_slice(EMBED), h.get_slice(LM_HEAD)
+        if embed.get_shape() != head.get_shape():
+            return "both"
+        rows = embed.get_shape()[0]
+        for start in range(0, rows, 4096):  # a block at a time: a vocabulary is ~GB
+            if not torch.equal(embed[start:start + 4096], head[start:start + 4096]):
+                return "both"
+    return "embed"
 
 
 def iter_safetensors(files: list[str], device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
