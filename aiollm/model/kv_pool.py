@@ -138,6 +138,11 @@ class ReqToTokenTable:
         # next step message carries them to the other ranks' tables
         self.mirror: list | None = None
 
+    def release(self) -> None:
+        """Drop the map's tensors (rows x max_len, on the device and the host) once no step
+        will run again (a stopped engine); the row counts stay readable."""
+        self.cpu = self.table = self._np = None
+
     @property
     def n_free_rows(self) -> int:
         return len(self._free_rows)
