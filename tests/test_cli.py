@@ -362,6 +362,32 @@ def test_serve_that_cannot_bind_leaves_no_signal_handler_and_names_the_host():
     asyncio.run(main())
 
 
+def test_a_signal_while_the_model_loads_never_opens_the_port(tmp_path, caplog):
+    """SIGINT/SIGTERM while the model loads (seconds to minutes, and the load cannot be
+    interrupted): once loaded, the server opened its port, logged 'serving ... on http://'
+    and took connections before it shut down, so a load balancer or a client saw it up.
+    It shuts down once loaded, never listening."""
+    from aiollm.api import create_app, serve
+    from aiollm.engine import Engine
+
+    (tmp_path / "config.json").write_text(json.dumps({  # a tiny model of random weights
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}))
+
+    async def main():
+        stop, started = asyncio.Event(), []
+        stop.set()  # the signal's event, set before the load ends (here before it starts)
+        engine = Engine(str(tmp_path), load_format="dummy", kv_tokens=512, warm_up=False)
+        await serve(create_app(engine), "127.0.0.1", _free_port(), stop=stop,
+                    on_started=lambda host, port: started.append(port))
+        return started
+
+    with caplog.at_level(logging.INFO, logger="aiollm.api.server"):
+        assert asyncio.run(main()) == []
+    assert "server stopped" in caplog.text and "serving" not in caplog.text, caplog.text
+
+
 def test_serve_logs_an_ipv6_address_in_brackets(tmp_path, caplog):
     """The start-up line gives a URL a client can use: http://[::1]:PORT for an IPv6 host
     (it was http://::1:PORT, whose port reads as part of the address)."""

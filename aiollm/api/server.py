@@ -249,23 +249,31 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
             await _check_bindable(host, port)
         await runner.setup()  # starts the engine: loads the model
         try:
-            site = web.TCPSite(runner, host, port)
-            await site.start()
-            bound_host, bound_port = runner.addresses[0][:2]
-            # an IPv6 address goes in brackets, as a URL writes it (else its port reads as
-            # part of it)
-            url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-            log.info("serving %s on http://%s:%d (KV capacity %d tokens)", st.model_name,
-                     url_host, bound_port, st.engine.stats()["kv_total"])
-            if on_started is not None:
-                on_started(bound_host, bound_port)
-            await stop.wait()
+            # a signal during the load (which cannot be interrupted): shut down unseen, as
+            # a server never up (it listened and said it served, clients found it up)
+            if not stop.is_set():
+                await _listen(runner, host, port, st, on_started)
+                await stop.wait()
         finally:
             await runner.cleanup()
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
     log.info("server stopped")
+
+
+async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
+                  on_started: Callable[[str, int], None] | None) -> None:
+    """Open the port of a set-up runner, say so, and call on_started(host, port)."""
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_host, bound_port = runner.addresses[0][:2]
+    # an IPv6 address goes in brackets, as a URL writes it (else its port reads as part of it)
+    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
+    log.info("serving %s on http://%s:%d (KV capacity %d tokens)", st.model_name,
+             url_host, bound_port, st.engine.stats()["kv_total"])
+    if on_started is not None:
+        on_started(bound_host, bound_port)
 
 
 async def _check_bindable(host: str, port: int) -> None:

@@ -272,9 +272,25 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
         if self.ranks is not None:
             self.ranks.stop()
         self._inflight = None
+        self._release_device_memory()
         self._started = False
         if self._step_log is not None:
             self._step_log.write()
+
+    def _release_device_memory(self) -> None:
+        """Drop the model (its weights, graphs and buffers), the KV pool's tensors and the
+        req_to_token map's: a stopped engine that its owner keeps (a closed LLM) held them,
+        and a start() again loaded a second model beside them, on a GPU sizing its pool
+        from the memory the old one left free. What stats() reads stays; start() loads
+        afresh."""
+        self.runner = None
+        self.planner.fill_to = None  # the prefill graphs' (they hold the model and the pool)
+        self.kv_pool.release()
+        self.req_to_token.release()
+        if self.device.type == "cuda":  # back to the driver: other processes, the next pool
+            import torch
+
+            torch.cuda.empty_cache()
 
     async def shutdown(self, timeout: float) -> None:
         """Stop accepting, let in-flight requests finish for up to `timeout` seconds (not

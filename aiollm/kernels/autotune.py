@@ -146,6 +146,7 @@ def _table(slug: str) -> dict[str, dict[str, Config]]:
 
 def _save(slug: str) -> None:
     path = CONFIG_DIR / f"{slug}.json"
+    tmp = None
     try:
         CONFIG_DIR.mkdir(parents=True, exist_ok=True)
         # Write-then-rename so that a concurrent reader never sees half a file.
@@ -155,8 +156,13 @@ def _save(slug: str) -> None:
             f.write("\n")
         os.chmod(tmp, 0o644)  # mkstemp makes it private; the package file must be readable
         os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         log.warning("could not write tuned kernel configs to %s: %s", path, exc)
+    finally:
+        if tmp is not None:  # not renamed into place: else one is left at each tuning
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def get_config(

@@ -79,6 +79,11 @@ class KVPool:
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
         return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
+    def release(self) -> None:
+        """Drop the K and V tensors (the pool's memory: most of a GPU's, by default) once no
+        step will run again (a stopped engine); the slot counts stay readable."""
+        self.k_cache, self.v_cache = [], []
+
     @property
     def n_free(self) -> int:
         return self._n_free
@@ -132,6 +137,11 @@ class ReqToTokenTable:
         # tensor parallelism, rank 0: write_row appends (row, start, slots) here, so the
         # next step message carries them to the other ranks' tables
         self.mirror: list | None = None
+
+    def release(self) -> None:
+        """Drop the map's tensors (rows x max_len, on the device and the host) once no step
+        will run again (a stopped engine); the row counts stay readable."""
+        self.cpu = self.table = self._np = None
 
     @property
     def n_free_rows(self) -> int:
