@@ -929,3 +929,18 @@ def test_an_integer_multiple_of_the_grammar_enforces_is_accepted(schema):
     twice = 2 * schema["multipleOf"]
     assert _is_grammar_accept_string(grammar, str(twice))
     assert _is_grammar_accept_string(grammar, str(twice + 1)) == (schema["multipleOf"] == 1)
+
+
+@pytest.mark.parametrize("fmt", ["date", "email", "uri", "uuid"])
+def test_a_pattern_beside_a_format_is_refused(fmt):
+    """xgrammar writes a string of a format it knows by the format alone and drops a pattern
+    beside it: {"format": "date", "pattern": "^2"} took "1999-01-01". Refused naming both, as a
+    format's lengths are."""
+    from aiollm.engine.grammar_check import check_schema
+    from aiollm.errors import InvalidRequest
+
+    schema = {"type": "object", "properties": {"d": {
+        "type": "string", "format": fmt, "pattern": "^2"}}}
+    with pytest.raises(InvalidRequest, match="'pattern' with 'format'") as e:
+        check_schema(schema, "guided_json")
+    assert e.value.param == "guided_json" and "/properties/d" in str(e.value)
