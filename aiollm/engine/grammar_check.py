@@ -151,7 +151,10 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
         refuse("a lookaround in 'pattern'")
     if isinstance(pattern, str) and ("minLength" in node or "maxLength" in node):
         refuse("'pattern' with 'minLength'/'maxLength'")
-    # xgrammar enforces a format (email, date, uri...) by dropping the string's lengths
+    # xgrammar enforces a format (email, date, uri...) by dropping the string's pattern and
+    # lengths
+    if isinstance(node.get("format"), str) and isinstance(pattern, str):
+        refuse("'pattern' with 'format'", "remove one of them")
     if isinstance(node.get("format"), str) and _binding_lengths(node):
         refuse("'format' with 'minLength'/'maxLength'",
                f"remove them (a maxLength of {LOOSE_MAX_LENGTH} or more is accepted)")
