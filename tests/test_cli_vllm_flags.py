@@ -223,3 +223,16 @@ def test_served_names_that_cannot_be_meant_are_usage_errors(argv, says, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("aiollm serve: error: argument --served-model-name: "), err
     assert says in err, err
+
+
+def test_several_names_without_model_say_how_to_name_the_default_model(capsys):
+    """`--served-model-name a b` with no MODEL (the default model meant under two names) is a
+    usage error that told to put MODEL first, and the default model has no name to put there:
+    the error gives its --model."""
+    from aiollm.cli import main
+    from aiollm.model.paths import default_model_path
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--served-model-name", "a", "b"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"--model {default_model_path()}" in err, err

@@ -886,3 +886,61 @@ def test_tool_choice_none_shows_the_tools_and_reads_no_calls(server, monkeypatch
     # the server's switch, read by each request (a server of its own loads the model again)
     monkeypatch.setattr(server.engine.config, "exclude_tools_when_tool_choice_none", True)
     assert prompt_tokens(tools=[WEATHER], tool_choice="none") == bare
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "integer", "multipleOf": 7, "minimum": 10},
+    {"type": "integer", "multipleOf": 7, "maximum": 1000},
+    {"type": "integer", "multipleOf": 7, "exclusiveMinimum": 0},
+    {"type": "integer", "multipleOf": 7, "minimum": 0, "maximum": 10000},  # 10,001 integers
+    {"type": "integer", "multipleOf": 1025},
+])
+def test_an_integer_multiple_of_the_grammar_drops_is_refused(schema):
+    """xgrammar drops an integer's multipleOf beside a one-sided range, over a range of more
+    than 10,000 integers, or above 1024 (it logs a warning and compiles the rest): the output
+    then held 632 for multipleOf 7 with maximum 1000. Refused naming the keyword."""
+    from aiollm.engine.grammar_check import check_schema
+    from aiollm.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="'multipleOf'") as e:
+        check_schema({"type": "object", "properties": {"n": schema}}, "guided_json")
+    assert e.value.param == "guided_json" and "/properties/n" in str(e.value)
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "integer", "multipleOf": 7},
+    {"type": "integer", "multipleOf": 1024},
+    {"type": "integer", "multipleOf": 7, "minimum": 1, "maximum": 10000},
+    {"type": "integer", "multipleOf": 7, "exclusiveMinimum": 0, "exclusiveMaximum": 10001},
+    {"type": "integer", "multipleOf": 7, "minimum": 10.0, "maximum": 100.0},
+    {"type": "integer", "multipleOf": 1, "minimum": 0},  # a multiple of 1: nothing dropped
+])
+def test_an_integer_multiple_of_the_grammar_enforces_is_accepted(schema):
+    """What stays accepted is what the grammar holds: twice the multiple passes, one more
+    does not."""
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string
+
+    from aiollm.engine.grammar_check import compilable
+    from aiollm.sampling_params import GrammarSpec
+
+    grammar = xgr.Grammar.from_json_schema(
+        compilable(GrammarSpec("json_schema", json.dumps(schema), "guided_json")))
+    twice = 2 * schema["multipleOf"]
+    assert _is_grammar_accept_string(grammar, str(twice))
+    assert _is_grammar_accept_string(grammar, str(twice + 1)) == (schema["multipleOf"] == 1)
+
+
+@pytest.mark.parametrize("fmt", ["date", "email", "uri", "uuid"])
+def test_a_pattern_beside_a_format_is_refused(fmt):
+    """xgrammar writes a string of a format it knows by the format alone and drops a pattern
+    beside it: {"format": "date", "pattern": "^2"} took "1999-01-01". Refused naming both, as a
+    format's lengths are."""
+    from aiollm.engine.grammar_check import check_schema
+    from aiollm.errors import InvalidRequest
+
+    schema = {"type": "object", "properties": {"d": {
+        "type": "string", "format": fmt, "pattern": "^2"}}}
+    with pytest.raises(InvalidRequest, match="'pattern' with 'format'") as e:
+        check_schema(schema, "guided_json")
+    assert e.value.param == "guided_json" and "/properties/d" in str(e.value)

@@ -98,4 +98,14 @@ def _check_served_names(parser: argparse.ArgumentParser, model: str | None,
     if model is None and len(names) > 1:
         parser.error(f"argument --served-model-name: it takes every word after it, so "
                      f"{names[-1]!r} was read as a name and no MODEL was given: put MODEL "
-                     "before the flag or give it with --model")
+                     f"before the flag or give it with --model{_default_model_flag()}")
+
+
+def _default_model_flag() -> str:
+    """How to name the default model on the command line, for a usage error; '' without it."""
+    from aiollm.model.paths import default_model_path
+
+    try:
+        return f" (the default model: --model {default_model_path()})"
+    except FileNotFoundError:
+        return ""

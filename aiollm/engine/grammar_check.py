@@ -141,6 +141,9 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     mult = node.get("multipleOf")
     if mult is not None and not (node.get("type") == "integer" and isinstance(mult, int)):
         refuse("'multipleOf' other than an integer's by an integer")
+    dropped = _dropped_multiple(node) if mult is not None else None
+    if dropped is not None:
+        refuse(*dropped)
     pattern = node.get("pattern")
     if isinstance(pattern, str) and _unread_escape(pattern):
         refuse(f"{_unread_escape(pattern)} of 'pattern'")
@@ -148,7 +151,10 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
         refuse("a lookaround in 'pattern'")
     if isinstance(pattern, str) and ("minLength" in node or "maxLength" in node):
         refuse("'pattern' with 'minLength'/'maxLength'")
-    # xgrammar enforces a format (email, date, uri...) by dropping the string's lengths
+    # xgrammar enforces a format (email, date, uri...) by dropping the string's pattern and
+    # lengths
+    if isinstance(node.get("format"), str) and isinstance(pattern, str):
+        refuse("'pattern' with 'format'", "remove one of them")
     if isinstance(node.get("format"), str) and _binding_lengths(node):
         refuse("'format' with 'minLength'/'maxLength'",
                f"remove them (a maxLength of {LOOSE_MAX_LENGTH} or more is accepted)")
@@ -178,6 +184,35 @@ def _check_shapes(node: dict, at: str, param: str) -> None:
     if "required" in node and not (isinstance(node["required"], list) and all(
             isinstance(r, str) for r in node["required"])):
         wrong("required", "an array of property names")
+
+
+# xgrammar 0.2.9 holds an integer's multipleOf alone up to this value, and beside a range only
+# when it has both ends at most this many integers apart; else it drops it with a warning
+MAX_MULTIPLE_OF = 1024
+MAX_MULTIPLE_OF_RANGE = 10_000
+
+
+def _dropped_multiple(node: dict) -> tuple[str, str] | None:
+    """Why xgrammar would drop this integer schema's multipleOf and how to keep it, or None.
+    Bounds that are no whole numbers are left to xgrammar, which refuses them itself."""
+    mult = node["multipleOf"]
+    if mult == 1:
+        return None
+    if mult > MAX_MULTIPLE_OF:
+        return f"'multipleOf' above {MAX_MULTIPLE_OF}", "remove it"
+    ends = [node.get(k) for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")]
+    if not all(e is None or is_int(e) or (isinstance(e, float) and e.is_integer())
+               for e in ends):
+        return None
+    lows = [int(e) + step for e, step in zip(ends[:2], (0, 1)) if e is not None]
+    highs = [int(e) - step for e, step in zip(ends[2:], (0, 1)) if e is not None]
+    if bool(lows) != bool(highs):
+        return ("'multipleOf' beside a range with one end", "give the range both ends, at "
+                f"most {MAX_MULTIPLE_OF_RANGE} integers apart, or none")
+    if lows and min(highs) - max(lows) + 1 > MAX_MULTIPLE_OF_RANGE:
+        return (f"'multipleOf' over a range of more than {MAX_MULTIPLE_OF_RANGE} integers",
+                f"narrow the range to at most {MAX_MULTIPLE_OF_RANGE}, or remove it")
+    return None
 
 
 # A maxLength this large beside a format is accepted though the grammar cannot hold it:
