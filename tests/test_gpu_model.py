@@ -204,3 +204,39 @@ def test_batch_one_across_the_short_graph_matches_eager(smol, monkeypatch):
     graphed, graphs = asyncio.run(run())
     assert graphs.short_graph is not None and fused  # captured with the kernel in it
     assert graphed == eager
+
+
+def test_a_stopped_engine_gives_back_its_gpu_memory(smol):
+    """stop() drops the weights, the CUDA graphs, the KV pool and the req_to_token map and
+    empties PyTorch's cache: the pool (sized from the free memory, by kv_memory_fraction)
+    is given back to the driver, and a start() again sizes the same pool and gives the same
+    greedy tokens. Before, a restarted engine loaded a second model beside the first and
+    sized its pool from what the old one left free."""
+    import gc
+
+    from aiollm import Engine, SamplingParams
+
+    model, tok = smol
+    params = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+
+    async def run():
+        free_before = torch.cuda.mem_get_info()[0]
+        eng = Engine(model, device="cuda", dtype="bfloat16", tokenizer=tok, max_model_len=4096,
+                     kv_memory_fraction=0.5)
+        seen = []
+        for _ in range(2):
+            await eng.start()
+            held = free_before - torch.cuda.mem_get_info()[0]
+            out = await eng.generate(PROMPTS[0], params)
+            kv_total = eng.stats()["kv_total"]
+            await eng.stop()
+            gc.collect()
+            seen.append((out.token_ids, kv_total, held,
+                         free_before - torch.cuda.mem_get_info()[0]))
+        return seen
+
+    (ids1, kv1, held1, left1), (ids2, kv2, held2, left2) = asyncio.run(run())
+    assert ids1 == ids2 and kv1 == kv2, (kv1, kv2)
+    assert held1 > 10 * 2**30, held1  # half the free memory went to the pool
+    # what stays: the CUDA context's own allocations (cuBLAS workspaces, Triton modules)
+    assert left1 < 2**30 and left2 < 2**30, (left1, left2)
