@@ -733,3 +733,23 @@ def test_a_lone_lm_head_of_a_tied_directory_is_told_as_a_directory(copy):
                                          r"model expects \(90, 32\) \(config.json's vocab_size, "
                                          "hidden_size\\): use the config.json saved"):
         load(path)
+
+
+@pytest.mark.parametrize("damage", ["ref-is-a-directory", "ref-not-utf8"])
+def test_a_model_hub_name_over_an_unreadable_cache_is_still_told_it_does_not_exist(
+        tmp_path, monkeypatch, damage):
+    """The Hugging Face cache is read only for a hint: a cache that cannot be read (a ref
+    that is no file, or not text) must leave the error the path's own, not raise the
+    cache's IsADirectoryError or UnicodeDecodeError in its place."""
+    import huggingface_hub.constants
+
+    refs = tmp_path / "hub" / "models--org--tiny" / "refs"
+    refs.mkdir(parents=True)
+    if damage == "ref-is-a-directory":
+        (refs / "main").mkdir()
+    else:
+        (refs / "main").write_bytes(b"\xff\xfe\x00")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"model path 'org/tiny' does not exist"):
+        load("org/tiny")
