@@ -702,3 +702,54 @@ def test_a_model_hub_name_points_to_its_local_copy_or_to_the_download(tmp_path, 
                                                 r"with `hf download org/other` and give the "
                                                 "directory it prints"):
         load("org/other")
+
+
+def test_a_lone_lm_head_of_a_tied_directory_is_told_as_a_directory(copy):
+    """An lm_head.weight alone under a tied config.json is read as the embedding (as
+    transformers swaps them), and the checkpoint's other faults are still told as a
+    directory's: the name mapping made the messages speak of a GGUF file's block_count
+    and drop the config.json advice."""
+    path, _ = copy
+    set_field(path, "tie_word_embeddings", True)
+    index = json.loads((path / INDEX).read_text())
+
+    def drop_embed_add_layer(tensors):
+        tensors.pop("model.embed_tokens.weight", None)
+        for name in [n for n in tensors if n.startswith("model.layers.1.")]:
+            tensors[name.replace("layers.1.", "layers.2.")] = tensors[name].clone()
+
+    _edit(path, drop_embed_add_layer)
+    weight_map = index["weight_map"]
+    del weight_map["model.embed_tokens.weight"]
+    weight_map.update({n.replace("layers.1.", "layers.2."): f for n, f in weight_map.items()
+                       if n.startswith("model.layers.1.")})
+    (path / INDEX).write_text(json.dumps(index))
+    with pytest.raises(ValueError, match=r"has no place in the model: it has 2 layers "
+                                         r"\(config.json's num_hidden_layers\)"):
+        load(path)
+    set_field(path, "num_hidden_layers", 3)
+    set_field(path, "vocab_size", 90)
+    with pytest.raises(ValueError, match=r"tensor 'lm_head\.weight' has shape \(96, 32\), the "
+                                         r"model expects \(90, 32\) \(config.json's vocab_size, "
+                                         "hidden_size\\): use the config.json saved"):
+        load(path)
+
+
+@pytest.mark.parametrize("damage", ["ref-is-a-directory", "ref-not-utf8"])
+def test_a_model_hub_name_over_an_unreadable_cache_is_still_told_it_does_not_exist(
+        tmp_path, monkeypatch, damage):
+    """The Hugging Face cache is read only for a hint: a cache that cannot be read (a ref
+    that is no file, or not text) must leave the error the path's own, not raise the
+    cache's IsADirectoryError or UnicodeDecodeError in its place."""
+    import huggingface_hub.constants
+
+    refs = tmp_path / "hub" / "models--org--tiny" / "refs"
+    refs.mkdir(parents=True)
+    if damage == "ref-is-a-directory":
+        (refs / "main").mkdir()
+    else:
+        (refs / "main").write_bytes(b"\xff\xfe\x00")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"model path 'org/tiny' does not exist"):
+        load("org/tiny")

@@ -123,6 +123,22 @@ def test_start_up_checks_the_heads_split(tiny_model, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_node_that_fails_to_start_leaves_no_temporary_directory(tiny_model, tmp_path,
+                                                                 monkeypatch):
+    """The lead process of a node other than 0 (aiollm serve --node-rank 1) whose start
+    fails (here: 6 ranks cannot share out the heads) removes its ranks' error-file
+    directory as rank 0's engine does: it left one aiollm-tp-* in /tmp per failed start."""
+    from aiollm.config import EngineConfig
+    from aiollm.distributed.follower import follow
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cfg = EngineConfig(model=tiny_model, device="cpu", tensor_parallel_size=6, nnodes=2,
+                       node_rank=1, dist_init_addr="127.0.0.1:1")
+    with pytest.raises(ValueError, match="tensor parallel size 6 does not fit this model"):
+        follow(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for tid in os.listdir(f"/proc/{pid}/task"):

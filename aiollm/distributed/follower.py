@@ -104,7 +104,11 @@ def follow(cfg: EngineConfig) -> int:
     """The lead process of a node other than 0 (`aiollm serve --node-rank K`): spawn the
     node's other ranks, then follow rank 0 as the node's first rank."""
     ranks = NodeRanks(cfg)
-    tp = ranks.start()
+    try:
+        tp = ranks.start()
+    except BaseException:
+        ranks.abort()  # as Engine's start does: the ranks started end, their files go
+        raise
     serve_steps(cfg, tp)
     # tearing the group down races rank 0's own exit (gloo can abort on a closed peer): the
     # work is done, leave as the spawned ranks do

@@ -223,7 +223,7 @@ def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: G
         from aiollm.model.weights_hf import count_tensors, iter_safetensors
 
         _fill(model, iter_safetensors([weights], device), count_tensors([weights]), name,
-              gguf_name)
+              gguf_name, gguf=True)
     else:
         from aiollm.model.weights_gguf import iter_gguf, num_weight_tensors
 
@@ -233,7 +233,7 @@ def _load_gguf(model: LlamaForCausalLM, config: ModelConfig, path: str, cache: G
         tensors = iter_gguf(gguf)
         if not alone_on_cpu and (tp is None or tp.rank == 0):  # one writer per group
             tensors = cache.recording(tensors, config)
-        _fill(model, tensors, num_weight_tensors(gguf), name, gguf_name)
+        _fill(model, tensors, num_weight_tensors(gguf), name, gguf_name, gguf=True)
     if alone_on_cpu:
         cache.store_params(model, dtype)
 
@@ -247,9 +247,9 @@ def gguf_name(hf_name: str) -> str:
 
 
 def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str,
-          source_name=None) -> None:
-    """Fill `model` from (transformers name, tensor) pairs; source_name: WeightFiller's."""
-    filler = WeightFiller(model, source_name)
+          source_name=None, *, gguf: bool = False) -> None:
+    """Fill `model` from (transformers name, tensor) pairs; source_name, gguf: WeightFiller's."""
+    filler = WeightFiller(model, source_name, gguf=gguf)
     # disable=None: the bar shows on a terminal and stays silent in logs and tests.
     for name, tensor in tqdm(tensors, total=total, desc=f"loading {label}", unit="tensor",
                              disable=None):

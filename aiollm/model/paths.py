@@ -68,7 +68,8 @@ def resolve_model_path(path: str | None) -> tuple[str, str | None]:
 
 def _hub_hint(path: str) -> str:
     """For a path shaped as a model hub's name (org/name): its copy in the Hugging Face cache
-    to give instead, or how to download one. Reads the cache only: nothing is fetched."""
+    to give instead, or how to download one; "" when the cache cannot be read. Reads the
+    cache only: nothing is fetched."""
     parts = path.split("/")
     if len(parts) != 2 or not all(parts) or path.startswith((".", "~")):
         return ""
@@ -80,5 +81,7 @@ def _hub_hint(path: str) -> str:
                 f"{snapshot_download(path, local_files_only=True)!r}")
     except LocalEntryNotFoundError:
         return f": download it with `hf download {path}` and give the directory it prints"
-    except HFValidationError:  # not a hub name after all
+    except (HFValidationError, OSError, ValueError):
+        # not a hub name after all, or a cache that cannot be read (a ref that is no file,
+        # or not text): the hint is left out, the path's own error stands
         return ""

@@ -43,11 +43,13 @@ _LAYER_MLP = re.compile(
 
 class WeightFiller:
     def __init__(self, model: LlamaForCausalLM,
-                 source_name: Callable[[str], str] | None = None):
+                 source_name: Callable[[str], str] | None = None, *, gguf: bool = False):
         """source_name: transformers' name of a tensor -> the checkpoint's own name of it,
-        for messages (None: the checkpoint uses transformers' names)."""
+        for messages (None: the checkpoint uses transformers' names). gguf: the checkpoint
+        is a GGUF file, whose metadata is its config (messages name no config.json)."""
         cfg = model.config
         self.source_name = source_name
+        self.gguf = gguf
         self.params = dict(model.named_parameters())
         self.tied = cfg.tie_word_embeddings
         tp = model.embed_tokens.tp
@@ -149,7 +151,7 @@ class WeightFiller:
         if dst.shape != tensor.shape:
             # a GGUF file's metadata and tensors come together; a directory's config.json
             # may be another model's (another size of it), whose fields are named
-            advice = "" if self.source_name is not None else (
+            advice = "" if self.gguf else (
                 f" (config.json's {self._sized_by(hf_name)}): use the config.json saved with "
                 "these weights")
             raise ValueError(
@@ -230,11 +232,11 @@ class WeightFiller:
         layer = re.match(r"layers\.(\d+)\.", name)
         if layer is not None and int(layer.group(1)) >= len(self.layer_kinds):
             why = f": it has {len(self.layer_kinds)} layers (" + (
-                "config.json's num_hidden_layers): use the config.json saved with these "
-                "weights" if self.source_name is None else "the file's block_count)")
+                "the file's block_count)" if self.gguf else "config.json's "
+                "num_hidden_layers): use the config.json saved with these weights")
         elif m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
             layer = int(m.group(1))
-            if self.source_name is not None:
+            if self.gguf:
                 router = self._src(f"model.layers.{layer}.mlp.gate.weight")
                 has = "it has no" if self.layer_kinds[layer] == "a dense MLP" else "it has the"
                 why = f": layer {layer} has {self.layer_kinds[layer]} by the file ({has} " \
