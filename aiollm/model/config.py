@@ -13,10 +13,11 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from glob import glob
 from typing import Any
 
 import torch
+
+from aiollm.model.paths import gguf_names
 
 log = logging.getLogger(__name__)
 
@@ -426,7 +427,7 @@ def load_hf_config(model_dir: str) -> ModelConfig:
 
     path = os.path.join(model_dir, "config.json")
     if not os.path.exists(path):
-        ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(model_dir, "*.gguf")))
+        ggufs = gguf_names(model_dir)
         if ggufs:  # more than one: a lone .gguf file is the model (paths.py)
             names = ", ".join(ggufs[:4]) + (", ..." if len(ggufs) > 4 else "")
             raise FileNotFoundError(f"{model_dir} has no config.json and {len(ggufs)} .gguf "

@@ -176,7 +176,9 @@ def load_model(
 
 def _head_as_embed(hf_name: str) -> str:
     """The checkpoint's name of a tensor when its lm_head.weight is the tied embedding."""
-    return "lm_head.weight" if hf_name == "model.embed_tokens.weight" else hf_name
+    from aiollm.model.weights_hf import EMBED, LM_HEAD
+
+    return LM_HEAD if hf_name == EMBED else hf_name
 
 
 def _hf_checkpoint(model_dir: str, config: ModelConfig, device: torch.device):

@@ -43,6 +43,11 @@ def is_gguf_file(path: str) -> bool:
         return False
 
 
+def gguf_names(directory: str) -> list[str]:
+    """The names of the .gguf files in `directory`, sorted."""
+    return sorted(os.path.basename(g) for g in glob(os.path.join(directory, "*.gguf")))
+
+
 def resolve_model_path(path: str | None) -> tuple[str, str | None]:
     """(directory, GGUF file name or None for an HF directory) of a model path. Raises
     FileNotFoundError for a path that does not exist or is a file of another kind."""
@@ -50,9 +55,9 @@ def resolve_model_path(path: str | None) -> tuple[str, str | None]:
     if is_gguf_file(path):
         return os.path.dirname(os.path.abspath(path)), os.path.basename(path)
     if os.path.isdir(path):
-        ggufs = glob(os.path.join(path, "*.gguf"))
+        ggufs = gguf_names(path)
         if len(ggufs) == 1 and not os.path.exists(os.path.join(path, "config.json")):
-            return path, os.path.basename(ggufs[0])
+            return path, ggufs[0]
         return path, None
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path {path!r} does not exist (aiollm loads local "

@@ -229,8 +229,8 @@ class WeightFiller:
         GGUF file has neither: its layers with a router are the sparse ones)."""
         m = _LAYER_MLP.search(name)
         why = ""
-        layer = re.match(r"layers\.(\d+)\.", name)
-        if layer is not None and int(layer.group(1)) >= len(self.layer_kinds):
+        past = re.match(r"layers\.(\d+)\.", name)
+        if past is not None and int(past.group(1)) >= len(self.layer_kinds):
             why = f": it has {len(self.layer_kinds)} layers (" + (
                 "the file's block_count)" if self.gguf else "config.json's "
                 "num_hidden_layers): use the config.json saved with these weights")

@@ -18,6 +18,8 @@ from glob import glob
 import torch
 from safetensors import SafetensorError, safe_open
 
+from aiollm.model.paths import gguf_names
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 EMBED = "model.embed_tokens.weight"
@@ -48,7 +50,7 @@ def safetensors_files(model_dir: str) -> list[str]:
         return files
     files = sorted(glob(os.path.join(model_dir, "*.safetensors")))
     if not files:
-        ggufs = sorted(os.path.basename(g) for g in glob(os.path.join(model_dir, "*.gguf")))
+        ggufs = gguf_names(model_dir)
         if ggufs:  # beside config.json, a .gguf file is not taken for the model (paths.py)
             raise FileNotFoundError(
                 f"no *.safetensors file in {model_dir}; it has {', '.join(ggufs[:3])}: give "
