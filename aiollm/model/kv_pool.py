@@ -20,9 +20,8 @@ log = logging.getLogger(__name__)
 def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
     """KV pool size in tokens for this process: cfg.kv_tokens (an EngineConfig) when given;
     on a GPU, kv_memory_fraction of the free memory after loading (PyTorch's cached blocks
-    counted free) over bytes_per_token; on
-    the CPU, cfg.cpu_pool_tokens of the context (the smaller of max_position and
-    max_model_len, tokens). The Engine and each tensor-parallel follower size theirs so."""
+    counted free) over bytes_per_token; on the CPU, cfg.cpu_pool_tokens of the context (the
+    smaller of max_position and max_model_len, tokens). The Engine and each tensor-parallel follower size theirs so."""
     if cfg.kv_tokens is not None:
         return cfg.kv_tokens
     if device.type == "cuda":
