@@ -10,7 +10,8 @@ of q/k/v, which expert, or which stacked tensor of all experts when the checkpoi
 them). A loader whose files use other names (GGUF's) passes their mapping from transformers'
 names, and every message names the file's tensor. Under tensor parallelism
 (aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
-gate/up, the embedding and lm_head, its columns of o_proj and down_proj.
+gate/up (of the MLP and of every expert), the embedding and lm_head, its columns of o_proj
+and down_proj; the router and the shared expert's gate whole.
 """
 
 from __future__ import annotations
@@ -73,6 +74,9 @@ class WeightFiller:
         }
         self.columns = {"o_proj": q, "down_proj": i}  # row-parallel: the rank's input features
         self.vocab = plan.vocab
+        # the rank's intermediate features of each routed expert and of the shared expert
+        self.expert_features, self.shared_features = plan.expert_intermediate, \
+            plan.shared_intermediate
         self.filled: dict[str, int] = {}  # elements written per parameter
         # where each copy into a parameter began (its storage offset): a second copy to the
         # same place is a repeated tensor, and the places never written name what is missing
@@ -130,11 +134,19 @@ class WeightFiller:
             dst = param.data.narrow(0, half * (module == "up_proj"), half)
         else:
             dst = param.data.narrow(0, shard[1], shard[2][1])
-        if self.sharded:  # this rank's part of the tensor (no MoE: parallel.check_divisible)
+        if self.sharded:  # this rank's part of the tensor
+            # a shared expert's gate/up rows and down columns are of its own width
+            features = self.shared_features if ".shared_expert." in name else None
             if shard is not None:
-                tensor = tensor.narrow(0, *shard[2])
+                tensor = tensor.narrow(0, *(features or shard[2]))
             elif module in self.columns and parts[-1] == "weight":
-                tensor = tensor.narrow(1, *self.columns[module])
+                tensor = tensor.narrow(1, *(features or self.columns[module]))
+            elif name.endswith(".experts.gate_up_proj"):  # all experts, gate and up fused
+                gate, up = tensor.chunk(2, dim=-2)
+                half = dst.shape[-2] // 2
+                self._copy(hf_name, name, dst.narrow(-2, 0, half),
+                           gate.narrow(-2, *self.expert_features))
+                dst, tensor = dst.narrow(-2, half, half), up.narrow(-2, *self.expert_features)
             elif name in ("embed_tokens.weight", "lm_head.weight"):
                 n = self.vocab[1]
                 dst[n:].zero_()  # the padding rows past the vocabulary, on the last rank
@@ -195,6 +207,8 @@ class WeightFiller:
         if half is not None:
             rows = dst.shape[-2] // 2
             dst = dst.narrow(-2, half * rows, rows)
+        if self.sharded:  # the rank's features: gate/up rows, down columns
+            tensor = tensor.narrow(-1 if half is None else -2, *self.expert_features)
         self._copy(hf_name, name, dst, tensor)
 
     def _sized_by(self, hf_name: str) -> str:
