@@ -273,7 +273,7 @@ def test_tp2_moe_matches_transformers(tmp_path, monkeypatch, layout):
     model_dir = tmp_path / "hf"
     hf = save_moe_model("qwen2_moe", model_dir, variant(
         "qwen2_moe", vocab_size=161, moe_intermediate_size=33,
-        shared_expert_intermediate_size=50, mlp_only_layers=[1]))
+        shared_expert_intermediate_size=50, mlp_only_layers=[1]), tokenizer=False)
     _save_tokenizer(str(model_dir))
     model, tokenizer = str(model_dir), None
     if layout == "fused":
@@ -287,3 +287,24 @@ def test_tp2_moe_matches_transformers(tmp_path, monkeypatch, layout):
     got, procs = asyncio.run(_generate(model, 2, tokenizer=tokenizer))
     assert got[:3] == want
     assert [p.poll() for p in procs] == [0]
+
+
+def test_start_up_checks_the_experts_split(tmp_path, monkeypatch):
+    """More ranks than an expert's intermediate features would leave a rank zero-width
+    experts: refused at start-up, naming both numbers."""
+    from test_moe_model import variant
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    variant("qwen2_moe", moe_intermediate_size=1).save_pretrained(tmp_path / "model")
+    _save_tokenizer(str(tmp_path / "model"))
+
+    async def start():
+        async with Engine(str(tmp_path / "model"), device="cpu", tensor_parallel_size=2,
+                          load_format="dummy"):
+            pass
+
+    with pytest.raises(ValueError, match="tensor parallel size 2 exceeds the 1 intermediate "
+                                         "features of this model's experts"):
+        asyncio.run(start())
+    assert list((tmp_path / "tmp").iterdir()) == []
