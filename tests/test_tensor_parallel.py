@@ -308,3 +308,35 @@ def test_start_up_checks_the_experts_split(tmp_path, monkeypatch):
                                          "features of this model's experts"):
         asyncio.run(start())
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+@pytest.mark.parametrize("field, value", [("intermediate_size", 64),
+                                          ("moe_intermediate_size", 24)])
+def test_tp2_refuses_a_config_json_of_another_size_as_one_rank_does(tiny_model, tmp_path,
+                                                                    monkeypatch, field, value):
+    """A config.json whose MLP (or experts') width is smaller than the checkpoint's: one rank
+    refuses it naming the field; two ranks each copied a slice of the wrong features and
+    served the garbage (and a larger width failed in torch's narrow, naming nothing)."""
+    import json
+    import shutil
+
+    from test_loader import save_random_hf_model
+    from test_moe_model import FAMILIES
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = tmp_path / "model"
+    if field == "intermediate_size":
+        shutil.copytree(tiny_model, model)
+    else:
+        save_random_hf_model(FAMILIES["qwen2_moe"], str(model))
+        _save_tokenizer(str(model))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, field: value}))
+
+    async def start():
+        async with Engine(str(model), device="cpu", tensor_parallel_size=2, kv_tokens=256,
+                          max_model_len=128):
+            pass
+
+    with pytest.raises(ValueError, match=rf"has shape .* \(config.json's {field}, "):
+        asyncio.run(start())
