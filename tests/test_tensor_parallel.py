@@ -289,27 +289,6 @@ def test_tp2_moe_matches_transformers(tmp_path, monkeypatch, layout):
     assert [p.poll() for p in procs] == [0]
 
 
-def test_start_up_checks_the_experts_split(tmp_path, monkeypatch):
-    """More ranks than an expert's intermediate features would leave a rank zero-width
-    experts: refused at start-up, naming both numbers."""
-    from test_moe_model import variant
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    variant("qwen2_moe", moe_intermediate_size=1).save_pretrained(tmp_path / "model")
-    _save_tokenizer(str(tmp_path / "model"))
-
-    async def start():
-        async with Engine(str(tmp_path / "model"), device="cpu", tensor_parallel_size=2,
-                          load_format="dummy"):
-            pass
-
-    with pytest.raises(ValueError, match="tensor parallel size 2 exceeds the 1 intermediate "
-                                         "features of this model's experts"):
-        asyncio.run(start())
-    assert list((tmp_path / "tmp").iterdir()) == []
-
-
 @pytest.mark.parametrize("field, value", [("intermediate_size", 64),
                                           ("moe_intermediate_size", 24)])
 def test_tp2_refuses_a_config_json_of_another_size_as_one_rank_does(tiny_model, tmp_path,
@@ -340,3 +319,39 @@ def test_tp2_refuses_a_config_json_of_another_size_as_one_rank_does(tiny_model, 
 
     with pytest.raises(ValueError, match=rf"has shape .* \(config.json's {field}, "):
         asyncio.run(start())
+
+
+def test_start_up_checks_the_experts_split(tmp_path, monkeypatch):
+    """More ranks than an expert's intermediate features would leave a rank zero-width
+    experts: refused at start-up, naming both numbers."""
+    from test_moe_model import variant
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    variant("qwen2_moe", moe_intermediate_size=1).save_pretrained(tmp_path / "model")
+    _save_tokenizer(str(tmp_path / "model"))
+
+    async def start():
+        async with Engine(str(tmp_path / "model"), device="cpu", tensor_parallel_size=2,
+                          load_format="dummy"):
+            pass
+
+    with pytest.raises(ValueError, match="tensor parallel size 2 exceeds the 1 intermediate "
+                                         "features of this model's experts"):
+        asyncio.run(start())
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_tp2_dummy_weights_of_a_moe_model_equal_tp1(tmp_path, monkeypatch):
+    """--load-format dummy serves the same random model at any rank count: each rank keeps
+    its part of the whole model's random tensors. A shared expert's gate/up were cut at the
+    dense MLP's width (intermediate_size), which failed under -tp 2."""
+    from test_moe_model import FAMILIES
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    FAMILIES["qwen2_moe"].save_pretrained(tmp_path / "model")
+    _save_tokenizer(str(tmp_path / "model"))
+    model = str(tmp_path / "model")
+    one, _ = asyncio.run(_generate(model, 1, load_format="dummy"))
+    two, _ = asyncio.run(_generate(model, 2, load_format="dummy"))
+    assert two == one
