@@ -58,7 +58,8 @@ def split(total: int, parts: int, index: int) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class ShardPlan:
-    """One rank's ranges of a model's heads, MLP features and vocabulary (start, size)."""
+    """One rank's ranges of a model's heads, MLP features (dense, each expert's, the shared
+    expert's) and vocabulary (start, size)."""
 
     q_heads: tuple[int, int]
     kv_heads: tuple[int, int]
@@ -93,7 +94,8 @@ class ShardPlan:
 
 
 def check_divisible(config: ModelConfig, ranks: int) -> None:
-    """Raise ValueError when the model's heads cannot be split over `ranks` ranks."""
+    """Raise ValueError when the model's heads, or its experts' features, cannot be split
+    over `ranks` ranks."""
     h, kv = config.num_heads, config.num_kv_heads
     if ranks < 1:
         raise ValueError(f"tensor parallel size must be >= 1, got {ranks}")
