@@ -90,6 +90,7 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--block-size 16", ("token",)),
     ("--swap-space 4", ("recomput",)),
     ("--cpu-offload-gb 8", ("--tensor-parallel-size",)),
+    ("--enable-expert-parallel", ("--tensor-parallel-size", "leave the flag out")),
     ("--enable-lora", ("merged",)),
     ("--lora-modules a=/x", ("merged",)),
     ("--speculative-config {}", ("speculative",)),

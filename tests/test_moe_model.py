@@ -38,7 +38,9 @@ PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2],
 NEW_TOKENS = 12
 
 
-def save_moe_model(family: str, path, config=None) -> torch.nn.Module:
+def save_moe_model(family: str, path, config=None, tokenizer: bool = True) -> torch.nn.Module:
+    """A random model of `family` (or `config`) saved in `path`, with the default model's
+    tokenizer unless `tokenizer` is False (it takes seconds to load)."""
     hf = save_random_hf_model(config or FAMILIES[family], str(path))
     with torch.no_grad():
         # routers at the default init (std 0.02) give near-ties between experts, which any
@@ -47,7 +49,8 @@ def save_moe_model(family: str, path, config=None) -> torch.nn.Module:
             if name.endswith(("mlp.gate.weight", "block_sparse_moe.gate.weight")):
                 p.normal_(0, 1.0)
     hf.save_pretrained(str(path))
-    load_tokenizer(None).save_pretrained(str(path))  # any tokenizer: the prompts are ids
+    if tokenizer:
+        load_tokenizer(None).save_pretrained(str(path))  # any tokenizer: the prompts are ids
     return hf
 
 

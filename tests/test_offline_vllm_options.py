@@ -109,13 +109,13 @@ def test_what_aiollm_always_does_is_taken():
                     kv_cache_dtype="auto", swap_space=0, cpu_offload_gb=0.0, block_size=1,
                     max_logprobs=20, tokenizer_mode="auto", quantization=None,
                     revision=None, download_dir=None, speculative_config=None,
-                    enable_lora=False)
+                    enable_lora=False, enable_expert_parallel=False)
 
 
 def _cli_error(flag: str, capsys) -> str:
     """`aiollm serve M FLAG [VALUE]`'s error, after "argument FLAG: "."""
     args = [flag] if flag.startswith("--no-") or flag in (
-        "--trust-remote-code", "--enable-lora") else [flag, "2"]
+        "--trust-remote-code", "--enable-lora", "--enable-expert-parallel") else [flag, "2"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "M", *args])
     line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -133,6 +133,7 @@ def _cli_error(flag: str, capsys) -> str:
     ("swap_space", 4, "--swap-space"),
     ("cpu_offload_gb", 2, "--cpu-offload-gb"),
     ("enable_lora", True, "--enable-lora"),
+    ("enable_expert_parallel", True, "--enable-expert-parallel"),
     ("speculative_config", {"method": "ngram"}, "--speculative-config"),
     ("max_logprobs", 5, "--max-logprobs"),
     ("enable_chunked_prefill", False, "--no-enable-chunked-prefill"),

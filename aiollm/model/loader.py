@@ -111,15 +111,18 @@ def _dummy_checkpoint(config: ModelConfig, dtype: torch.dtype, device: torch.dev
     finally:
         parallel.set_current(tp)
     gen = torch.Generator(device=device).manual_seed(seed)
-    q, kv, i = config.q_size, config.kv_size, config.intermediate_size
+    q, kv = config.q_size, config.kv_size
+    # gate/up in halves: a shared expert's are of its own width, not intermediate_size
     fused = {"qkv_proj": (("q_proj", "k_proj", "v_proj"), (q, kv, kv)),
-             "gate_up_proj": (("gate_proj", "up_proj"), (i, i))}
+             "gate_up_proj": (("gate_proj", "up_proj"), None)}
     for name, p in full.named_parameters():
         t = torch.empty(p.shape, dtype=dtype, device=device)
         _init_random(name, t, gen)
         module = name.split(".")[-2] if "." in name else ""
         if module in fused:
-            for part, piece in zip(fused[module][0], t.split(fused[module][1])):
+            parts, sizes = fused[module]
+            pieces = t.split(sizes) if sizes else t.chunk(2)
+            for part, piece in zip(parts, pieces):
                 yield name.replace(module, part), piece
         else:
             yield name, t

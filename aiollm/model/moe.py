@@ -11,18 +11,22 @@ experts.gate_up_proj [E, 2I, H] and experts.down_proj [E, H, I], the layout the 
 reads (kernels/fused_moe.py); the loaders fill them expert by expert. The layer holds the
 experts of `expert_range` only (all by default) and routes over all of them, so an
 expert-parallel split later gives each rank a range and sums the ranks' outputs; nothing else
-changes.
+changes. Under tensor parallelism (parallel.py) the config is the rank's: each expert and the
+shared expert hold the rank's slice of their intermediate features, the router is whole, and
+forward sums the ranks' partial outputs, shared expert included, in one all-reduce.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from aiollm.kernels import fused_moe, fused_moe_decode
+from aiollm.kernels import fused_moe, fused_moe_decode, silu_and_mul
 from aiollm.kernels.gemv import gemv_norm
 from aiollm.model.config import ModelConfig
 from aiollm.model.llama import MLP, Linear, RMSNorm
+from aiollm.model.parallel import current
 
 
 class Experts(nn.Module):
@@ -45,6 +49,7 @@ class SparseMoe(nn.Module):
                 and self.expert_range.step == 1):
             raise ValueError(f"expert_range {self.expert_range} is not a contiguous range "
                              f"within the model's {m.num_experts} experts")
+        self.tp = current()
         self.top_k, self.renormalize = m.top_k, m.norm_topk_prob
         self.gate = Linear(config.hidden_size, m.num_experts, bias=False)
         self.experts = Experts(len(self.expert_range), config.hidden_size, m.intermediate_size)
@@ -58,8 +63,13 @@ class SparseMoe(nn.Module):
         out = fused_moe(x, self.experts.gate_up_proj, self.experts.down_proj, self.gate(x),
                         self.top_k, self.renormalize, self.expert_range.start)
         if self.has_shared:
-            out = out + torch.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
-        return out
+            # the shared expert's down projection unreduced: its partial sum joins the
+            # experts' in the one all-reduce below
+            shared = self.shared_expert
+            act = silu_and_mul(shared.gate_up_proj(x))
+            out = out + torch.sigmoid(self.shared_expert_gate(x)) * F.linear(
+                act, shared.down_proj.weight)
+        return out if self.tp is None else self.tp.all_reduce(out)
 
     @property
     def takes_small(self) -> bool:

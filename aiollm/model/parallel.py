@@ -7,6 +7,11 @@ intermediate features, no communication), o_proj and down_proj are row-parallel 
 multiplies its slice of the input features and one all-reduce sums the partial outputs), and
 the embedding and lm_head are split along the vocabulary (each rank looks up / scores its
 range of token ids; the embedding is summed by an all-reduce, the logits all-gathered).
+A mixture-of-experts layer is split as its experts' MLPs are: every rank holds every expert,
+with its slice of each expert's (and the shared expert's) intermediate features, and
+computes the routing itself from the replicated router; one all-reduce sums the layer's
+partial outputs (moe.py). This is how vLLM splits experts under tensor parallelism when it
+is not asked for expert parallelism.
 
 Heads are split along KV groups, so that each rank's query heads attend only to its own KV
 heads: with G = num_heads / num_kv_heads query heads per KV head, a rank holding KV heads
@@ -53,13 +58,16 @@ def split(total: int, parts: int, index: int) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class ShardPlan:
-    """One rank's ranges of a model's heads, MLP features and vocabulary (start, size)."""
+    """One rank's ranges of a model's heads, MLP features (dense, each expert's, the shared
+    expert's) and vocabulary (start, size)."""
 
     q_heads: tuple[int, int]
     kv_heads: tuple[int, int]
     intermediate: tuple[int, int]
     vocab: tuple[int, int]  # the rows of the embedding and lm_head this rank holds
     vocab_padded: int  # rows per rank: ceil(vocab / ranks); the last rank's tail is padding
+    expert_intermediate: tuple[int, int] = (0, 0)  # of each routed expert (MoE models)
+    shared_intermediate: tuple[int, int] = (0, 0)  # of Qwen2-MoE's shared expert
 
     @classmethod
     def of(cls, config: ModelConfig, rank: int, ranks: int) -> "ShardPlan":
@@ -76,17 +84,30 @@ class ShardPlan:
         padded = -(-config.vocab_size // ranks)
         start = rank * padded
         vocab = (start, max(0, min(config.vocab_size, start + padded) - start))
-        return cls(q_heads, kv_heads, split(config.intermediate_size, ranks, rank), vocab, padded)
+        moe = config.moe
+        experts = shared = (0, 0)
+        if moe is not None:
+            experts = split(moe.intermediate_size, ranks, rank)
+            shared = split(moe.shared_expert_intermediate_size, ranks, rank)
+        return cls(q_heads, kv_heads, split(config.intermediate_size, ranks, rank), vocab, padded,
+                   experts, shared)
 
 
 def check_divisible(config: ModelConfig, ranks: int) -> None:
-    """Raise ValueError when the model's heads cannot be split over `ranks` ranks."""
+    """Raise ValueError when the model's heads, or its experts' features, cannot be split
+    over `ranks` ranks."""
     h, kv = config.num_heads, config.num_kv_heads
     if ranks < 1:
         raise ValueError(f"tensor parallel size must be >= 1, got {ranks}")
-    if ranks > 1 and getattr(config, "moe", None) is not None:
-        raise ValueError("tensor parallelism does not split mixture-of-experts layers yet: "
-                         "serve this model with --tensor-parallel-size 1")
+    moe = getattr(config, "moe", None)
+    if moe is not None:
+        # a rank with none of an expert's features would hold zero-width weights
+        for name, width in (("expert", moe.intermediate_size),
+                            ("shared expert", moe.shared_expert_intermediate_size)):
+            if 0 < width < ranks:
+                raise ValueError(f"tensor parallel size {ranks} exceeds the {width} "
+                                 f"intermediate features of this model's {name}s, which "
+                                 "the ranks split")
     if kv < ranks and (ranks % kv or h % ranks):
         raise ValueError(
             f"tensor parallel size {ranks} does not fit this model's heads: with fewer KV "
@@ -102,9 +123,13 @@ def local_config(config: ModelConfig, tp) -> ModelConfig:
     if tp is None:
         return config
     plan = ShardPlan.of(config, tp.rank, tp.size)
+    moe = config.moe
+    if moe is not None:
+        moe = dataclasses.replace(moe, intermediate_size=plan.expert_intermediate[1],
+                                  shared_expert_intermediate_size=plan.shared_intermediate[1])
     return dataclasses.replace(config, num_heads=plan.q_heads[1], num_kv_heads=plan.kv_heads[1],
                                intermediate_size=plan.intermediate[1],
-                               vocab_size=plan.vocab_padded)
+                               vocab_size=plan.vocab_padded, moe=moe)
 
 
 class RowParallelLinear(nn.Module):

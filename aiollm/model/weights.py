@@ -10,7 +10,8 @@ of q/k/v, which expert, or which stacked tensor of all experts when the checkpoi
 them). A loader whose files use other names (GGUF's) passes their mapping from transformers'
 names, and every message names the file's tensor. Under tensor parallelism
 (aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
-gate/up, the embedding and lm_head, its columns of o_proj and down_proj.
+gate/up (of the MLP and of every expert), the embedding and lm_head, its columns of o_proj
+and down_proj; the router and the shared expert's gate whole.
 """
 
 from __future__ import annotations
@@ -73,6 +74,17 @@ class WeightFiller:
         }
         self.columns = {"o_proj": q, "down_proj": i}  # row-parallel: the rank's input features
         self.vocab = plan.vocab
+        # the rank's intermediate features of each routed expert and of the shared expert
+        self.expert_features, self.shared_features = plan.expert_intermediate, \
+            plan.shared_intermediate
+        # the whole checkpoint tensor's size along the dimension the ranks split, by module
+        self.split_sizes = {"q_proj": cfg.q_size, "k_proj": cfg.kv_size, "v_proj": cfg.kv_size,
+                            "o_proj": cfg.q_size, "gate_proj": cfg.intermediate_size,
+                            "up_proj": cfg.intermediate_size,
+                            "down_proj": cfg.intermediate_size}
+        self.vocab_size = cfg.vocab_size
+        self.expert_size = cfg.moe.intermediate_size if cfg.moe is not None else 0
+        self.shared_size = cfg.moe.shared_expert_intermediate_size if cfg.moe is not None else 0
         self.filled: dict[str, int] = {}  # elements written per parameter
         # where each copy into a parameter began (its storage offset): a second copy to the
         # same place is a repeated tensor, and the places never written name what is missing
@@ -130,17 +142,52 @@ class WeightFiller:
             dst = param.data.narrow(0, half * (module == "up_proj"), half)
         else:
             dst = param.data.narrow(0, shard[1], shard[2][1])
-        if self.sharded:  # this rank's part of the tensor (no MoE: parallel.check_divisible)
+        if self.sharded:  # this rank's part of the tensor
+            # a shared expert's gate/up rows and down columns are of its own width
+            shared = ".shared_expert." in name
+            features = self.shared_features if shared else None
+            size = self.shared_size if shared else self.split_sizes.get(module)
             if shard is not None:
-                tensor = tensor.narrow(0, *shard[2])
+                tensor = self._part(hf_name, tensor, dst, 0, features or shard[2], size)
             elif module in self.columns and parts[-1] == "weight":
-                tensor = tensor.narrow(1, *self.columns[module])
+                tensor = self._part(hf_name, tensor, dst, 1, features or self.columns[module],
+                                    size)
+            elif name.endswith(".experts.gate_up_proj"):  # all experts, gate and up fused
+                self._part(hf_name, tensor, dst, -2, None, 2 * self.expert_size)
+                gate, up = tensor.chunk(2, dim=-2)
+                half = dst.shape[-2] // 2
+                self._copy(hf_name, name, dst.narrow(-2, 0, half),
+                           gate.narrow(-2, *self.expert_features))
+                dst, tensor = dst.narrow(-2, half, half), up.narrow(-2, *self.expert_features)
             elif name in ("embed_tokens.weight", "lm_head.weight"):
                 n = self.vocab[1]
                 dst[n:].zero_()  # the padding rows past the vocabulary, on the last rank
                 self.filled[name] = self.filled.get(name, 0) + dst[n:].numel()
-                dst, tensor = dst[:n], tensor.narrow(0, *self.vocab)
+                dst = dst[:n]
+                tensor = self._part(hf_name, tensor, dst, 0, self.vocab, self.vocab_size)
         self._copy(hf_name, name, dst, tensor)
+
+    def _part(self, hf_name: str, tensor: torch.Tensor, dst: torch.Tensor, dim: int,
+              part: tuple[int, int] | None, size: int) -> torch.Tensor:
+        """This rank's `part` (start, length) of checkpoint tensor `tensor` along `dim` (all
+        of it for None), once its whole shape is checked: `dst`'s (the rank's parameter
+        slice) with `size` along `dim`. A config.json of another model size would otherwise
+        have each rank copy a slice of the wrong features, or fail in narrow, where one rank
+        names the field (_copy)."""
+        want = list(dst.shape)
+        want[dim] = size
+        if list(tensor.shape) != want:
+            raise self._shape_error(hf_name, tensor, want)
+        return tensor if part is None else tensor.narrow(dim, *part)
+
+    def _shape_error(self, hf_name: str, tensor: torch.Tensor, want) -> ValueError:
+        # a GGUF file's metadata and tensors come together; a directory's config.json
+        # may be another model's (another size of it), whose fields are named
+        advice = "" if self.gguf else (
+            f" (config.json's {self._sized_by(hf_name)}): use the config.json saved with "
+            "these weights")
+        return ValueError(f"checkpoint tensor {self._src(hf_name)!r} has shape "
+                          f"{tuple(tensor.shape)}, the model expects {tuple(want)}{advice}")
 
     def _copy(self, hf_name: str, name: str, dst: torch.Tensor, tensor: torch.Tensor) -> None:
         if tensor.dtype not in _WEIGHT_DTYPES:  # copy_ would cast its numbers as if weights
@@ -149,15 +196,7 @@ class WeightFiller:
                 "quantized weight, which aiollm does not read: use a float16/bfloat16/float32 "
                 "checkpoint or a GGUF file")
         if dst.shape != tensor.shape:
-            # a GGUF file's metadata and tensors come together; a directory's config.json
-            # may be another model's (another size of it), whose fields are named
-            advice = "" if self.gguf else (
-                f" (config.json's {self._sized_by(hf_name)}): use the config.json saved with "
-                "these weights")
-            raise ValueError(
-                f"checkpoint tensor {self._src(hf_name)!r} has shape {tuple(tensor.shape)}, "
-                f"the model expects {tuple(dst.shape)}{advice}"
-            )
+            raise self._shape_error(hf_name, tensor, dst.shape)
         starts = self.starts.setdefault(name, set())
         if dst.storage_offset() in starts:
             raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is given twice (two "
@@ -195,6 +234,9 @@ class WeightFiller:
         if half is not None:
             rows = dst.shape[-2] // 2
             dst = dst.narrow(-2, half * rows, rows)
+        if self.sharded:  # the rank's features: gate/up rows, down columns
+            tensor = self._part(hf_name, tensor, dst, -1 if half is None else -2,
+                                self.expert_features, self.expert_size)
         self._copy(hf_name, name, dst, tensor)
 
     def _sized_by(self, hf_name: str) -> str:
