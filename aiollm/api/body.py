@@ -256,7 +256,11 @@ def _as_utf8(body: bytes, encoding: str) -> bytes:
     byte order mark, or by the zero bytes around the first character, RFC 4627 3), as
     UTF-8; ApiError 400 when its bytes are not that encoding (a lone surrogate). vLLM and
     LightLLM read such bodies (Starlette's request.json() is json.loads of the bytes), and
-    Windows PowerShell 5.1's Out-File writes UTF-16: a file it saved, posted as it is."""
+    Windows PowerShell 5.1's Out-File writes UTF-16: a file it saved, posted as it is.
+    The copy may be up to 1.5 times the body (U+0800 to U+FFFF: 2 bytes in UTF-16, 3 in
+    UTF-8) and client_max_size is not applied to it: the limit is on the bytes received, a
+    bounded growth is no decompression bomb, and the body holds at most half as many
+    characters (what the work after depends on) as a UTF-8 body of its size may."""
     try:
         return body.decode(encoding).encode("utf-8")
     except UnicodeDecodeError as exc:
