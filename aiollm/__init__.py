@@ -4,13 +4,17 @@
 first use, so `import aiollm.kernels` or the CLI's --help stay fast.
 """
 
-from aiollm.sampling_params import SamplingParams
-
 __version__ = "0.1.0"
 __all__ = ["LLM", "Engine", "SamplingParams", "__version__"]
 
 
 def __getattr__(name: str):
+    # numpy's import, for SamplingParams, was most of the `aiollm` command's before its own
+    # Ctrl-C handling (aiollm/cli/__init__.py)
+    if name == "SamplingParams":
+        from aiollm.sampling_params import SamplingParams
+
+        return SamplingParams
     if name == "Engine":
         from aiollm.engine import Engine
 

@@ -613,6 +613,39 @@ def test_ctrl_c_while_importing_exits_130_without_a_traceback():
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
 
 
+# `python -m aiollm`, with Ctrl-C sent (by the process to itself) as it starts importing one
+# module: at once, whatever the machine's speed, where a Ctrl-C by hand lands by chance
+CTRL_C_AT_IMPORT = """
+import importlib.abc, os, runpy, signal, sys
+
+MODULE = sys.argv.pop(1)
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == MODULE:
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+# Python raises KeyboardInterrupt only where it found SIGINT's default at its start, as a
+# terminal's foreground job does; a background job (a test runner's) inherits it ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.meta_path.insert(0, CtrlC())
+runpy.run_module("aiollm", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize("module", ["numpy", "aiollm.cli.serve_parser"])
+def test_ctrl_c_while_the_command_itself_imports_exits_130_without_a_traceback(module):
+    """Ctrl-C while `aiollm` imports what comes before its own Ctrl-C handling (numpy for
+    `aiollm`'s SamplingParams, its parser's modules: a tenth of a second warm, seconds from
+    a cold disk) printed a traceback of the imports and died by SIGINT; it exits 130
+    quietly, as Ctrl-C later in the start does."""
+    out = subprocess.run([sys.executable, "-c", CTRL_C_AT_IMPORT, module, "serve", "--port",
+                          "0"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 130 and out.stderr == "", (out.returncode, out.stderr)
+
+
 def test_ctrl_c_while_waiting_for_a_chat_template_pipe_exits_130_without_a_traceback(
         tmp_path):
     """--chat-template read from a named pipe waits for its writer while the flags are

@@ -275,3 +275,55 @@ def test_a_damaged_cached_tokenizer_is_removed_and_stored_again(tmp_path, monkey
     served = ServingTokenizer(GGUFCache(str(model)).tokenizer_dir)
     assert served.chat_template == hf.chat_template
     assert served.encode("Hello 🚀<|im_end|>") == hf.encode("Hello 🚀<|im_end|>")
+
+
+class _SlowTokenizer:
+    """Stands in for a transformers tokenizer whose save_pretrained takes as long as the test
+    wants: it writes one file, sets `started`, and waits for `finish`."""
+
+    def __init__(self, started, finish):
+        self.started, self.finish = started, finish
+
+    def save_pretrained(self, directory: str) -> None:
+        os.makedirs(directory)
+        with open(os.path.join(directory, "tokenizer.json"), "w") as f:
+            f.write("{}")
+        self.started.set()
+        self.finish.wait(30)
+
+
+def _temporaries(directory: str) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith("."))
+
+
+def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path, monkeypatch):
+    import multiprocessing
+    import signal
+
+    monkeypatch.setenv("AIOLLM_CACHE_DIR", str(tmp_path / "cache"))
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"stand-in for a GGUF file")
+    fork = multiprocessing.get_context("fork")  # the child needs no fresh interpreter
+    writers = []
+    for _ in range(2):
+        started, finish = fork.Event(), fork.Event()
+        writer = fork.Process(target=GGUFCache(str(model)).store_tokenizer,
+                              args=(_SlowTokenizer(started, finish),))
+        writer.start()
+        assert started.wait(30)
+        writers.append((writer, finish))
+    (killed, _), (live, finish_live) = writers
+    entry = GGUFCache(str(model)).dir
+    assert len(_temporaries(entry)) == 2  # both alive: a cache open leaves both
+    os.kill(killed.pid, signal.SIGKILL)
+    killed.join(30)
+    assert len(_temporaries(entry)) == 2
+    os.makedirs(os.path.join(entry, ".tmp-by-an-aiollm-that-took-no-lock", "tokenizer"))
+    GGUFCache(str(model))  # a later open removes the dead writers' temporaries only
+    assert len(_temporaries(entry)) == 1
+    finish_live.set()
+    live.join(30)
+    assert live.exitcode == 0
+    assert _temporaries(entry) == []
+    assert sorted(os.listdir(GGUFCache(str(model)).tokenizer_dir)) == ["sha256.json",
+                                                                        "tokenizer.json"]

@@ -1034,3 +1034,38 @@ def test_a_stopped_engine_holds_neither_its_model_nor_its_kv_pool(loop):
         return [ref() is not None for ref in held]
 
     assert run(loop, go()) == [False, False, False, False]
+
+
+def test_a_stopped_engine_trims_the_c_heap_once_its_model_is_freed(loop, monkeypatch):
+    """stop() (and so LLM.close()) hands what the engine freed in the C heap back to the OS
+    (glibc's malloc_trim, aiollm/engine/heap_trim.py), after its model and KV pool are
+    freed: a process that made and closed an LLM 25 times on the CPU grew from 372 to
+    1278 MB (the load's and the steps' freed memory kept in glibc's per-thread arenas),
+    and stayed at 340-570 MB with the trim. The C library's own trim is recorded here:
+    RSS says nothing reliable in a test."""
+    import platform
+    import weakref
+
+    from aiollm.engine import heap_trim
+
+    if platform.libc_ver()[0] == "glibc":
+        assert heap_trim.trim_heap()  # the real one is found and runs
+    trims = []
+
+    def malloc_trim(pad: int) -> int:
+        trims.append((pad, [ref() is not None for ref in held]))
+        return 1
+
+    monkeypatch.setattr(heap_trim, "_malloc_trim", lambda: malloc_trim)
+    held: list = []
+
+    async def go():
+        eng = Engine(None, kv_tokens=1024, max_model_len=256, warm_up=False)
+        await eng.start()
+        await eng.generate("Hello", SamplingParams(max_tokens=2))
+        held.extend([weakref.ref(eng.runner.model), weakref.ref(eng.kv_pool.k_cache[0])])
+        assert trims == []
+        await eng.stop()
+
+    run(loop, go())
+    assert trims == [(0, [False, False])]

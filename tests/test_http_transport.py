@@ -93,15 +93,15 @@ def test_json_bodies_in_utf16_and_utf32_are_read_as_python_reads_them(server):
     assert status == 400 and "UTF-16" in json.loads(raw)["error"]["message"], raw
 
 
-
-@pytest.mark.parametrize("encoding", ["utf-16", "utf-32-be"])
-def test_a_utf16_or_utf32_body_that_is_no_json_is_told_where_as_sent(server, encoding):
-    """Where a UTF-16 or UTF-32 body stops being JSON is the byte of the body as the client
-    sent it (its byte order mark and surrogate pairs counted), not of our UTF-8 copy of it:
-    the UTF-16 one here was told byte 24, where the client has it at byte 46."""
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-32-be", "utf-8-sig", "utf-8"])
+def test_a_body_that_is_no_json_is_told_where_as_sent(server, encoding):
+    """Where a body stops being JSON is the byte of the body as the client sent it (its byte
+    order mark and UTF-16 surrogate pairs counted), not of the UTF-8 copy without a mark that
+    is parsed: the UTF-16 one here was told byte 24, where the client has it at byte 46, and
+    a UTF-8 one with a mark (Windows Notepad's) 3 bytes before where it is."""
     text = '{"a": "\U0001F642", "prompt": x}'
     data = text.encode(encoding)
-    at = len(text[:text.index("x")].encode(encoding))  # a mark too, for "utf-16"
+    at = len(text[:text.index("x")].encode(encoding))  # a mark too, for "utf-16", "utf-8-sig"
     status, _, raw = http(server, "POST", "/tokenize", data=data, headers=JSON)
     assert status == 400, raw
     assert json.loads(raw)["error"]["message"].endswith(f"(byte {at})"), (at, raw)

@@ -66,11 +66,9 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         raise ApiError(400, f"request body could not be read: {detail}", close=True) from None
     if coding is not None:  # a compressed body is small: its size is no measure of the work
         body = await off_loop(len(body), _decoded, body, coding, request.client_max_size)
-    encoding = json.detect_encoding(body)
-    sent_as = None  # the encoding a transcoded body came in, for where its errors are
+    encoding = json.detect_encoding(body)  # "utf-8-sig": UTF-8 after a byte order mark
     if encoding not in ("utf-8", "utf-8-sig"):
         body = await off_loop(len(body), _as_utf8, body, encoding)
-        sent_as = encoding
     body = body.removeprefix(_UTF8_BOM)  # a file saved by Windows tools starts with one
     if not body.strip(_JSON_WHITESPACE):  # whitespace alone holds no value, cut or not
         raise ApiError(400, "request body is empty; expected a JSON object")
@@ -100,7 +98,7 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         raise ApiError(400, "request body is not valid UTF-8") from None
     if _SURROGATE_ESCAPE.search(body):  # valid JSON syntax, but no text: name the field
         await off_loop(len(body), _check_surrogates, body)
-    raise ApiError(400, f"request body is not valid JSON: {_why(error, body, sent_as)}") \
+    raise ApiError(400, f"request body is not valid JSON: {_why(error, body, encoding)}") \
         from None
 
 
@@ -167,28 +165,31 @@ def _syntax_error(body: bytes) -> msgspec.DecodeError | None:
     return None
 
 
-def _why(exc: Exception, body: bytes, sent_as: str | None) -> str:
+def _why(exc: Exception, body: bytes, sent_as: str) -> str:
     """msgspec's reason `body` is no JSON, as the rest of a sentence; where it failed (the
-    byte) when msgspec says, counted in the body as sent: `sent_as` names the encoding
-    (UTF-16 or UTF-32) a body transcoded to UTF-8 came in, None for a UTF-8 body."""
+    byte) when msgspec says, counted in the body as sent: `sent_as` names the encoding it
+    came in, as json.detect_encoding names them ("utf-8-sig" for UTF-8 after a byte order
+    mark), `body` being its UTF-8 copy without a mark."""
     text = str(exc)
     if text == "Input data was truncated":
         return "it ends before its JSON value does (cut short, or a closing bracket missing)"
-    if sent_as is not None:  # msgspec counts the bytes of our UTF-8 copy
+    if sent_as != "utf-8":  # msgspec counts the bytes of our UTF-8 copy
         text = _BYTE.sub(lambda m: f"(byte {_sent_byte(body, int(m[1]), sent_as)})", text)
     return text.removeprefix("JSON is malformed: ")
 
 
 def _sent_byte(body: bytes, offset: int, encoding: str) -> int:
-    """Where byte `offset` of `body`, the UTF-8 copy of a body sent in `encoding` (as
-    json.detect_encoding names UTF-16 and UTF-32), is in the body as sent: its characters
-    before that byte re-counted in `encoding`, a byte order mark (utf-16, utf-32) too."""
-    before = body[:offset].decode("utf-8", "ignore")
-    if encoding.startswith("utf-32"):
-        size = 4 * len(before)
+    """Where byte `offset` of `body`, the UTF-8 copy without a mark of a body sent in
+    `encoding` (as json.detect_encoding names them), is in the body as sent: its characters
+    before that byte re-counted in `encoding`, a byte order mark (utf-8-sig, utf-16,
+    utf-32) too."""
+    if encoding.startswith("utf-8"):
+        size = offset
+    elif encoding.startswith("utf-32"):
+        size = 4 * len(body[:offset].decode("utf-8", "ignore"))
     else:  # 2 bytes a character, 4 for one past U+FFFF (a surrogate pair)
-        size = len(before.encode("utf-16-le"))
-    mark = {"utf-16": 2, "utf-32": 4}.get(encoding, 0)
+        size = len(body[:offset].decode("utf-8", "ignore").encode("utf-16-le"))
+    mark = {"utf-8-sig": 3, "utf-16": 2, "utf-32": 4}.get(encoding, 0)
     return mark + size
 
 
@@ -255,7 +256,11 @@ def _as_utf8(body: bytes, encoding: str) -> bytes:
     byte order mark, or by the zero bytes around the first character, RFC 4627 3), as
     UTF-8; ApiError 400 when its bytes are not that encoding (a lone surrogate). vLLM and
     LightLLM read such bodies (Starlette's request.json() is json.loads of the bytes), and
-    Windows PowerShell 5.1's Out-File writes UTF-16: a file it saved, posted as it is."""
+    Windows PowerShell 5.1's Out-File writes UTF-16: a file it saved, posted as it is.
+    The copy may be up to 1.5 times the body (U+0800 to U+FFFF: 2 bytes in UTF-16, 3 in
+    UTF-8) and client_max_size is not applied to it: the limit is on the bytes received, a
+    bounded growth is no decompression bomb, and the body holds at most half as many
+    characters (what the work after depends on) as a UTF-8 body of its size may."""
     try:
         return body.decode(encoding).encode("utf-8")
     except UnicodeDecodeError as exc:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import argparse
 
-from aiollm.cli import serve
 from aiollm.cli.log_config import LOG_FORMAT, STATS_LOGGER, configure_logging
-from aiollm.cli.serve_parser import add_serve_parser
 
 __all__ = ["LOG_FORMAT", "STATS_LOGGER", "build_parser", "configure_logging", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The `aiollm` parser, its subcommands included."""
+    from aiollm.cli.serve_parser import add_serve_parser
+
     parser = argparse.ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
                                      "inference server (OpenAI- and LightLLM-compatible HTTP).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,11 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command `argv` (default: the process's arguments) names: its exit status;
-    SystemExit 2 for a usage error."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "serve":
-        return serve.run(args.command_parser, args)
+    """Run the command `argv` (default: the process's arguments) names: its exit status
+    (130 for Ctrl-C before the server's own signal handlers); SystemExit 2 for a usage
+    error.
+
+    Everything past the standard library is imported in here, not when this module is:
+    Ctrl-C while the console script imports `main` is Python's to report (a traceback of
+    the imports), and what is imported in here is ours (exit 130, quietly)."""
+    try:
+        from aiollm.cli import serve
+
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command == "serve":
+            return serve.run(args.command_parser, args)
+    except KeyboardInterrupt:
+        return 130
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
     return 2

@@ -28,6 +28,7 @@ from aiollm.engine.engine_api import EngineAPI
 from aiollm.engine.grammar import Grammars
 from aiollm.engine.hand_out import HandOut
 from aiollm.engine.health_probe import EngineHealth, HealthProbe
+from aiollm.engine.heap_trim import trim_heap
 from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
 from aiollm.engine.planner import Planner
@@ -273,6 +274,7 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
             self.ranks.stop()
         self._inflight = None
         self._release_device_memory()
+        trim_heap()  # what the load and the steps freed in the C heap, back to the OS
         self._started = False
         if self._step_log is not None:
             self._step_log.write()

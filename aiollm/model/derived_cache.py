@@ -23,7 +23,8 @@ its tokenizer. The first start stores the results; later starts read them back:
 
 root: $AIOLLM_CACHE_DIR, else $XDG_CACHE_HOME/aiollm, else ~/.cache/aiollm. AIOLLM_CACHE_DIR=off
 turns the cache off. Each part is written under a temporary name and renamed into place, so
-concurrent writers (the ranks of a tensor-parallel group, two servers) never read half a part.
+concurrent writers (the ranks of a tensor-parallel group, two servers) never read half a part;
+the temporaries of writers that died are removed at the next open or write (cache_files.py).
 Storing a keyed part keeps at most one copy of it under another key (the most recently
 written: what the version before an upgrade stored, or what another version sharing the cache
 uses) and removes the rest: upgrades would otherwise leave a dead copy of up to
@@ -44,11 +45,11 @@ import importlib.util
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from aiollm.model.cache_files import discard, remove_stale_temporaries, write_atomic, write_text
 from aiollm.model.config import ModelConfig, MoeConfig, RopeConfig
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def file_digest(path: str) -> str:
             pass
     digest = _sha256(path)
     if memo is not None:
-        _write_atomic(memo, lambda tmp: _write_text(tmp, digest))
+        write_atomic(memo, lambda tmp: write_text(tmp, digest))
     return digest
 
 
@@ -103,6 +104,8 @@ class GGUFCache:
     def __init__(self, gguf_path: str):
         root = cache_root()
         self.dir = (os.path.join(root, FORMAT, file_digest(gguf_path)) if root else None)
+        if self.dir is not None:  # those of writers that died (cache_files.py)
+            remove_stale_temporaries(self.dir)
 
     # -- config ---------------------------------------------------------------------------
     def load_config(self) -> ModelConfig | None:
@@ -119,7 +122,7 @@ class GGUFCache:
     def store_config(self, config: ModelConfig) -> None:
         if self.dir is not None:
             text = json.dumps(config_to_dict(config), indent=1)
-            _write_keyed(self.config_path, lambda tmp: _write_text(tmp, text), "config", ".json")
+            _write_keyed(self.config_path, lambda tmp: write_text(tmp, text), "config", ".json")
 
     @property
     def config_path(self) -> str:
@@ -229,7 +232,7 @@ class GGUFCache:
             return path
         log.warning("converting the tokenizer again: the cached one in %s is damaged, or was "
                     "stored without its files' SHA-256 (by an older aiollm)", path)
-        _discard(path)
+        discard(path)
         return None
 
     def store_tokenizer(self, tokenizer) -> None:
@@ -237,10 +240,10 @@ class GGUFCache:
         def write(tmp: str) -> None:
             tokenizer.save_pretrained(tmp)
             digests = {name: _sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
-            _write_text(os.path.join(tmp, MANIFEST_FILE), json.dumps(digests, indent=1))
+            write_text(os.path.join(tmp, MANIFEST_FILE), json.dumps(digests, indent=1))
 
         if self.dir is not None:
-            _write_atomic(os.path.join(self.dir, TOKENIZER_DIR), write)
+            write_atomic(os.path.join(self.dir, TOKENIZER_DIR), write)
 
 
 # The modules of aiollm.model whose code decides a stored part: a change to one of them
@@ -307,54 +310,15 @@ def _matches_manifest(directory: str) -> bool:
         return False
 
 
-def _discard(path: str) -> None:
-    """Remove a damaged directory: renamed aside first, so that no reader sees it half
-    removed and a writer can put a sound copy in its place at once."""
-    aside = None
-    try:
-        aside = tempfile.mkdtemp(prefix=".damaged-", dir=os.path.dirname(path))
-        os.replace(path, os.path.join(aside, "old"))
-    except OSError as e:  # another process removed it first, or the cache is read-only
-        log.debug("could not remove %s: %s", path, e)
-    finally:
-        if aside is not None:
-            _remove_tree(aside)
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def _write_atomic(final: str, write: Callable[[str], object]) -> None:
-    """write(tmp) a file or directory beside `final`, then rename it into place. Failures are
-    logged, never raised: the cache only saves time."""
-    parent = os.path.dirname(final)
-    tmp = None
-    try:
-        os.makedirs(parent, exist_ok=True)
-        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
-        target = os.path.join(tmp, os.path.basename(final))
-        write(target)
-        os.replace(target, final)
-    except OSError as e:
-        # a directory that another writer put in place first stays: same content
-        if not os.path.exists(final):
-            log.warning("could not write the cache entry %s: %s", final, e)
-    finally:
-        if tmp is not None:
-            _remove_tree(tmp)
-
-
 KEPT_OTHER_COPIES = 1  # copies of a part under other keys that a store leaves in place
 
 
 def _write_keyed(final: str, write: Callable[[str], object], prefix: str, suffix: str) -> None:
-    """_write_atomic, then remove the entry's other files named prefix*suffix (the same part
+    """write_atomic, then remove the entry's other files named prefix*suffix (the same part
     stored under another code's key, or under the unkeyed name older versions used) but the
     KEPT_OTHER_COPIES most recently written. A reader that has a removed one open or
     memory-mapped keeps reading it (POSIX unlink)."""
-    _write_atomic(final, write)
+    write_atomic(final, write)
     if not os.path.exists(final):
         return  # not written: leave what is there
     parent, keep = os.path.dirname(final), os.path.basename(final)
@@ -370,9 +334,3 @@ def _write_keyed(final: str, write: Callable[[str], object], prefix: str, suffix
             os.remove(os.path.join(parent, name))
         except OSError as e:  # another process removed it first, or read-only
             log.debug("could not remove %s: %s", name, e)
-
-
-def _remove_tree(path: str) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
