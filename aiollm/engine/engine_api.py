@@ -114,10 +114,14 @@ class EngineAPI:
         Closing the stream (or dropping it, even unstarted) aborts the request.
         `cache_salt`: as generate() takes it.
 
+        The request runs to its end (a stop string, max_tokens...) at the engine's pace,
+        whether or not the stream is read meanwhile; the deltas wait for their reader.
+
         A grammar not compiled yet is compiled as generate() compiles it (compile_grammar:
-        off the loop, within grammar_compile_timeout), at the first iteration, and the
-        request is submitted once it has: its errors (InvalidRequest naming the grammar's
-        field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
+        off the loop, within grammar_compile_timeout), from the next turn of the loop, and
+        the request is submitted once it has: its errors (InvalidRequest naming the grammar's
+        field, Overloaded) raise from the first iteration; a stream dropped or closed before
+        holds nothing (the compilation runs on, and is cached)."""
         prompt, cache_salt = split_salt(prompt, cache_salt)
         if params is None:
             prompt, params = self._with_defaults(prompt)

@@ -98,10 +98,11 @@ async def collect(req: Request, stream: AsyncIterator[Delta]) -> RequestOutput:
 
 
 class RequestStream:
-    """The async iterator Engine.stream() returns. Its first iteration starts its pump (_pump:
-    the deltas run to the request's end in a task of their own, into a queue that this
-    iterator reads), so the request ends at its stop string however slowly it is read; what
-    waits is bounded by the request's own output (max_tokens).
+    """The async iterator Engine.stream() returns. Its pump (_pump: the deltas run to the
+    request's end in a task of their own, into a queue that this iterator reads) starts with
+    it, so the request ends at its stop string however slowly it is read, or if it never is;
+    what waits is bounded by the request's own output (max_tokens). A stream made outside a
+    running loop starts its pump at its first iteration.
 
     A request is released when its stream is closed or garbage-collected, also if it was
     never iterated, or when its consumer is cancelled while it waits for a delta (as an
@@ -124,6 +125,12 @@ class RequestStream:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # made outside a loop: released where it is dropped
             self._loop = None
+        if gen is not None:
+            self._start()
+
+    def _start(self) -> None:
+        if self._loop is not None:
+            self._pump = self._loop.create_task(_pump(self._gen, self._queue))
 
     def __aiter__(self) -> "RequestStream":
         return self
@@ -131,7 +138,7 @@ class RequestStream:
     async def __anext__(self) -> Delta:
         if self._ended:
             raise StopAsyncIteration
-        if self._pump is None:
+        if self._pump is None:  # made outside a loop
             self._pump = asyncio.ensure_future(_pump(self._gen, self._queue))
         try:
             item = await self._queue.get()
@@ -150,7 +157,7 @@ class RequestStream:
         while one iterates the stream (waiting for tokens), it ends the request, whose last
         delta (finish_reason "abort") then ends that task's `async for`."""
         self._close()
-        if self._pump is None:  # never iterated: nothing runs its generator
+        if self._pump is None:  # made outside a loop, never iterated: nothing runs it
             await self._gen.aclose()
 
     def _close(self) -> None:
@@ -169,6 +176,7 @@ class RequestStream:
         and calls bind(req) on it when it submits."""
         stream = cls(None, None, finish)
         stream._gen = make(weakref.ref(stream))
+        stream._start()
         return stream
 
     def bind(self, req: Request) -> None:
