@@ -4,10 +4,11 @@ Engine.stream() returns, which releases the request when it is closed or dropped
 (RequestStream).
 
 Streams run on their own time, not the loop's: the loop only appends tokens and sets the
-request's event; detokenizing and stop strings happen here. generate() runs them in its own
-task; a stream runs them in a task of its own (its pump), at the loop's pace whatever its
-consumer's: a consumer that stops reading (an HTTP handler whose client's socket is full)
-delays only its deltas, not the end of its request at a stop string, nor the release of its KV.
+request's event; detokenizing and stop strings happen here. generate() runs them in its
+caller's task, which takes each delta as it comes; a stream runs them in a task of its own
+(its pump), at the loop's pace whatever its consumer's: a consumer that stops reading (an HTTP
+handler whose client's socket is full) delays only its deltas, not the end of its request at
+a stop string, nor the release of its KV.
 """
 
 from __future__ import annotations
@@ -145,12 +146,13 @@ class RequestStream:
         except asyncio.CancelledError:  # the consumer went away: its request ends
             self._close()
             raise
-        if isinstance(item, Delta):
-            return item
-        self._ended = True
         if item is _END:
+            self._ended = True
             raise StopAsyncIteration
-        raise item
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item
 
     async def aclose(self) -> None:
         """Abort the request (if unfinished) and close the stream. Called from another task
