@@ -1779,6 +1779,34 @@ def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop,
     assert_all_free(engine)
 
 
+def test_a_stream_its_consumer_stops_reading_ends_at_its_stop_string(loop, engine):
+    """A consumer that holds its stream and stops iterating (busy with the deltas it has, or
+    writing them to a socket that is full) held up the detokenizing and the stop-string
+    check, which ran in its own task: the model generated on to max_tokens, holding the
+    KV. The request now ends at its stop string at once; the deltas wait for the consumer,
+    whole, and the last says "stop"."""
+    params = SamplingParams(max_tokens=30, temperature=0, ignore_eos=True, stop=[", 7"])
+    tokens = engine.metrics.registry.get_sample_value
+
+    async def go():
+        before = tokens("aiollm_generation_tokens_total")
+        stream = engine.stream("1, 2, 3, 4,", params)
+        got = [await anext(stream)]
+        for _ in range(500):  # then reads nothing until the engine is idle
+            if engine.stats()["running"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        ran = tokens("aiollm_generation_tokens_total") - before
+        got += [d async for d in stream]
+        return ran, got
+
+    ran, got = run(loop, go())
+    assert "".join(d.text for d in got) == " 5, 6"
+    assert got[-1].finish_reason == "stop" and got[-1].stop_reason == ", 7"
+    assert ran < params.max_tokens // 2, ran  # unfixed: 30
+    assert_all_free(engine)
+
+
 def test_a_stream_dropped_on_another_thread_is_released_on_its_loop(loop):
     """The cycle collector may free an Engine.stream() on any thread (the model's, a
     tokenizer worker's); its release (Engine._finish: planner, table, events) must run on the

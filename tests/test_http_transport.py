@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import re
 import socket
+import stat
+import struct
 import time
 import warnings
 
 import pytest
-from live_server import LiveServer, http
+from live_server import LiveServer, http, sse_events
 from transformers import LlamaConfig
 
 C = "/v1/completions"
@@ -115,7 +118,8 @@ BODY_TIMEOUT = 0.5
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory) -> LiveServer:
     """A server that waits BODY_TIMEOUT seconds for the next bytes of a body: a tiny dummy
-    model (the requests here never reach it)."""
+    model (its output is nonsense, but it is deterministic and hundreds of tokens a second on
+    the CPU)."""
     path = tmp_path_factory.mktemp("tiny")
     LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=4, num_key_value_heads=2,
@@ -175,3 +179,93 @@ def test_a_slow_body_that_keeps_arriving_is_read(impatient):
                    % len(data), *pieces, pause=pause)
     status, _, body = answer(raw)
     assert status == 200 and body["count"] > 0, raw
+
+
+# -- responses that stop being read ------------------------------------------------------------
+
+def metric(srv: LiveServer, name: str) -> float:
+    _, _, body = http(srv, "GET", "/metrics")
+    return float(re.search(rf"^{name} (\S+)$", body.decode(), re.M).group(1))
+
+
+def shrink_send_buffers(srv: LiveServer, size: int) -> None:
+    """Set SO_SNDBUF on the server's listening socket, which the connections it accepts
+    inherit (Linux): a client that stops reading then blocks the server's writes after a few
+    KiB, not after the megabytes that the kernel's buffer autotuning allows on loopback."""
+    port = int(srv.base.rsplit(":", 1)[1])
+    for fd in map(int, os.listdir("/proc/self/fd")):
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+        except OSError:  # the listing's own descriptor, closed since
+            continue
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            if (sock.family in (socket.AF_INET, socket.AF_INET6)
+                    and sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+                    and sock.getsockname()[1] == port):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+                return
+    raise AssertionError(f"no listening socket on port {port}")
+
+
+def dechunked(body: bytes) -> bytes:
+    """A body sent with Transfer-Encoding: chunked, without its chunk sizes."""
+    out = b""
+    while body:
+        size, _, body = body.partition(b"\r\n")
+        n = int(size, 16)
+        out, body = out + body[:n], body[n + 2:]
+    return out
+
+
+@pytest.mark.parametrize("then", ["reads", "leaves"])
+def test_a_stream_nobody_reads_ends_at_its_stop_string(impatient, then):
+    """A streaming client that stops reading (its buffers full) blocked the handler's write,
+    and with it the detokenizing and stop-string check that ran in the same task: the model
+    generated on to max_tokens, holding its KV. Now the request ends at its stop string
+    whatever the client does; only the bytes wait for it. Once it reads, the stream is whole;
+    once it leaves instead, nothing is left behind."""
+    shrink_send_buffers(impatient, 4096)
+    # the first chunk (the echoed prompt, each token with 20 logprobs) fills the buffers
+    prompt = list(range(40, 240))
+    body = {"prompt": prompt, "max_tokens": 50, "temperature": 0, "ignore_eos": True}
+    _, _, raw = http(impatient, "POST", C, json=body)
+    text = json.loads(raw)["choices"][0]["text"]
+    # a stop string that first appears a few tokens in (not U+FFFD: a token's part of a
+    # character, whose text comes with the next token)
+    stop = next(c for i, c in enumerate(text) if i >= 3 and c != "\ufffd" and text.index(c) == i)
+    body.update(stop=[stop])
+    _, _, raw = http(impatient, "POST", C, json=body)
+    want = json.loads(raw)["choices"][0]
+    assert want["finish_reason"] == "stop" and want["text"] == text[:text.find(stop)]
+
+    idle = impatient.stats()["tasks"]
+    generated = metric(impatient, "aiollm_generation_tokens_total")
+    host, port = impatient.base.removeprefix("http://").split(":")
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+        sock.connect((host, int(port)))
+        sock.sendall(post(C, {**body, "stream": True, "echo": True, "logprobs": 20}))
+        deadline = time.monotonic() + 10
+        while (metric(impatient, "aiollm_generation_tokens_total") == generated
+               and time.monotonic() < deadline):
+            time.sleep(0.01)  # until the request runs
+        impatient.wait_idle(timeout=10)  # KV, slot and row given back, nothing read yet
+        ran = metric(impatient, "aiollm_generation_tokens_total") - generated
+        assert ran < body["max_tokens"] // 2, ran
+        if then == "reads":
+            sock.settimeout(10)
+            raw = b""
+            while not raw.endswith(b"0\r\n\r\n") and (chunk := sock.recv(65536)):
+                raw += chunk
+            *chunks, done = [json.loads(e) if e != "[DONE]" else e
+                             for e in sse_events(dechunked(raw.partition(b"\r\n\r\n")[2]))]
+            assert done == "[DONE]" and chunks[-1]["choices"][0]["finish_reason"] == "stop"
+            streamed = "".join(c["choices"][0]["text"] for c in chunks)
+            assert streamed.endswith(want["text"])  # after the echoed prompt
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    deadline = time.monotonic() + 5
+    while impatient.stats()["tasks"] > idle and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert impatient.stats()["tasks"] <= idle

@@ -114,10 +114,14 @@ class EngineAPI:
         Closing the stream (or dropping it, even unstarted) aborts the request.
         `cache_salt`: as generate() takes it.
 
+        The request runs to its end (a stop string, max_tokens...) at the engine's pace,
+        whether or not the stream is read meanwhile; the deltas wait for their reader.
+
         A grammar not compiled yet is compiled as generate() compiles it (compile_grammar:
-        off the loop, within grammar_compile_timeout), at the first iteration, and the
-        request is submitted once it has: its errors (InvalidRequest naming the grammar's
-        field, Overloaded) raise from that iteration; a stream dropped before holds nothing."""
+        off the loop, within grammar_compile_timeout), from the next turn of the loop, and
+        the request is submitted once it has: its errors (InvalidRequest naming the grammar's
+        field, Overloaded) raise from the first iteration; a stream dropped or closed before
+        holds nothing (the compilation runs on, and is cached)."""
         prompt, cache_salt = split_salt(prompt, cache_salt)
         if params is None:
             prompt, params = self._with_defaults(prompt)
@@ -129,20 +133,21 @@ class EngineAPI:
         if c is not None and c.grammar is not None and not self.grammars.compiled(c.grammar):
             ids = self._checked(prompt, params)
             return RequestStream.submitted_later(
-                self._finish, lambda stream: self._stream_compiled(ids, params, stream,
-                                                                   cache_salt))
+                self._finish, lambda ref: self._stream_compiled(ids, params, ref, cache_salt))
         req, text = self._submit(prompt, params, cache_salt=cache_salt)
         return RequestStream(req, deltas(req, text, self._finish), self._finish)
 
     async def _stream_compiled(self, ids: list[int], params: SamplingParams,
-                               stream: RequestStream, cache_salt: str | None
-                               ) -> AsyncIterator[Delta]:
+                               stream_ref: Callable[[], RequestStream | None],
+                               cache_salt: str | None) -> AsyncIterator[Delta]:
         await self.compile_grammar(params)
-        if stream.closed:  # by another task while it compiled
+        stream = stream_ref()
+        if stream is None or stream.closed:  # dropped, or closed by another task meanwhile
             return
         # checked again: the engine may have stopped
         req, text = self._submit(ids, params, cache_salt=cache_salt)
         stream.bind(req)
+        del stream  # held by its consumer only: dropped, it releases the request
         async with contextlib.aclosing(deltas(req, text, self._finish)) as gen:
             async for delta in gen:
                 yield delta

@@ -4,12 +4,17 @@ Engine.stream() returns, which releases the request when it is closed or dropped
 (RequestStream).
 
 Streams run on their own time, not the loop's: the loop only appends tokens and sets the
-request's event; detokenizing and stop strings happen here, in the consumer's task.
+request's event; detokenizing and stop strings happen here. generate() runs them in its
+caller's task, which takes each delta as it comes; a stream runs them in a task of its own
+(its pump), at the loop's pace whatever its consumer's: a consumer that stops reading (an HTTP
+handler whose client's socket is full) delays only its deltas, not the end of its request at
+a stop string, nor the release of its KV.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Callable
 
 from aiollm.engine.output_text import NoText, OutputText
@@ -17,6 +22,7 @@ from aiollm.engine.outputs import Delta, PromptTokenLogprobs, RequestOutput
 from aiollm.engine.request import Request
 
 Finish = Callable[[Request, str], None]  # Engine._finish: end a request with a reason
+_END = object()  # a pump's last item when its deltas ended without an error
 
 
 async def deltas(req: Request, out: OutputText | NoText,
@@ -93,51 +99,86 @@ async def collect(req: Request, stream: AsyncIterator[Delta]) -> RequestOutput:
 
 
 class RequestStream:
-    """The async iterator Engine.stream() returns: a request is released when its stream is
-    closed or garbage-collected, also if it was never iterated (an async generator that never
-    started runs no finally block). The release touches the engine's loop-thread state (the
-    planner, the table, events), so a dropped stream hands its release to the loop it was made
-    on: the cycle collector may free it on another thread (the model's, a tokenizer worker's)
-    or amid the loop's own code."""
+    """The async iterator Engine.stream() returns. Its pump (_pump: the deltas run to the
+    request's end in a task of their own, into a queue that this iterator reads) starts with
+    it, so the request ends at its stop string however slowly it is read, or if it never is;
+    what waits is bounded by the request's own output (max_tokens). A stream made outside a
+    running loop starts its pump at its first iteration.
 
-    __slots__ = ("_req", "_gen", "_finish", "_loop", "closed")
+    A request is released when its stream is closed or garbage-collected, also if it was
+    never iterated, or when its consumer is cancelled while it waits for a delta (as an
+    async generator's finally block would). The release touches the engine's loop-thread
+    state (the planner, the table, events), so a dropped stream hands its release to the
+    loop it was made on: the cycle collector may free it on another thread (the model's, a
+    tokenizer worker's) or amid the loop's own code."""
+
+    __slots__ = ("_req", "_gen", "_finish", "_loop", "closed", "_pump", "_queue", "_ended",
+                 "__weakref__")
 
     def __init__(self, req: Request | None, gen: AsyncIterator[Delta] | None, finish: Finish):
         """req None: a stream whose request is submitted later (submitted_later)."""
         self._req, self._gen, self._finish = req, gen, finish
         self.closed = False
+        self._pump: asyncio.Task | None = None
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._ended = False
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # made outside a loop: released where it is dropped
             self._loop = None
+        if gen is not None:
+            self._start()
+
+    def _start(self) -> None:
+        if self._loop is not None:
+            self._pump = self._loop.create_task(_pump(self._gen, self._queue))
 
     def __aiter__(self) -> "RequestStream":
         return self
 
-    def __anext__(self):
-        return self._gen.__anext__()
+    async def __anext__(self) -> Delta:
+        if self._ended:
+            raise StopAsyncIteration
+        if self._pump is None:  # made outside a loop
+            self._pump = asyncio.ensure_future(_pump(self._gen, self._queue))
+        try:
+            item = await self._queue.get()
+        except asyncio.CancelledError:  # the consumer went away: its request ends
+            self._close()
+            raise
+        if item is _END:
+            self._ended = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._ended = True
+            raise item
+        return item
 
     async def aclose(self) -> None:
         """Abort the request (if unfinished) and close the stream. Called from another task
         while one iterates the stream (waiting for tokens), it ends the request, whose last
-        delta (finish_reason "abort") then ends that task's `async for`: an async generator
-        cannot be closed while it runs (Python raises RuntimeError), and the request ran on."""
+        delta (finish_reason "abort") then ends that task's `async for`."""
+        self._close()
+        if self._pump is None:  # made outside a loop, never iterated: nothing runs it
+            await self._gen.aclose()
+
+    def _close(self) -> None:
         self.closed = True
-        if self._gen.ag_running:
-            self._release()
-            return
-        await self._gen.aclose()
-        self._release()
+        self._release()  # the pump hands on the abort's last delta, then ends
+        if self._req is None and self._pump is not None:
+            self._pump.cancel()  # its grammar still compiles: nothing is submitted now
 
     @classmethod
     def submitted_later(cls, finish: Finish,
-                        make: Callable[["RequestStream"], AsyncIterator[Delta]]
-                        ) -> "RequestStream":
-        """A stream whose request is not submitted yet (its grammar compiles first): make(s)
-        gives the deltas' generator, which submits nothing once s.closed and calls
-        s.bind(req) when it submits."""
+                        make: Callable[[Callable[[], "RequestStream | None"]],
+                                       AsyncIterator[Delta]]) -> "RequestStream":
+        """A stream whose request is not submitted yet (its grammar compiles first): make(ref)
+        gives the deltas' generator, which submits nothing once ref() (the stream, weakly
+        held: a dropped stream must be collectable while its pump runs) is None or closed,
+        and calls bind(req) on it when it submits."""
         stream = cls(None, None, finish)
-        stream._gen = make(stream)
+        stream._gen = make(weakref.ref(stream))
+        stream._start()
         return stream
 
     def bind(self, req: Request) -> None:
@@ -163,3 +204,18 @@ class RequestStream:
                 pass
             return
         self._release()
+
+
+async def _pump(gen: AsyncIterator[Delta], queue: asyncio.Queue) -> None:
+    """`gen`'s deltas into `queue` as they come, then _END, or the exception that ended it.
+    Holds no reference to its stream, which stays collectable (and released when dropped)."""
+    try:
+        async for delta in gen:
+            queue.put_nowait(delta)
+    except asyncio.CancelledError:  # closed before its request was submitted
+        queue.put_nowait(_END)
+        raise
+    except Exception as exc:  # noqa: BLE001 - raised by the stream's consumer
+        queue.put_nowait(exc)
+    else:
+        queue.put_nowait(_END)
