@@ -449,11 +449,13 @@ def test_fused_moe_reference_equals_a_dense_loop():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("I", [768, 384], ids=["whole", "tp2-rank"])
 @pytest.mark.parametrize("T", [1, 33, 300])
-def test_fused_moe_at_qwen3_30b_a3b_shape_in_bf16(T):
-    """The tuned (or default) configs at the real shape: 128 experts, top-8, H 2048, I 768."""
+def test_fused_moe_at_qwen3_30b_a3b_shape_in_bf16(T, I):
+    """The tuned (or default) configs at the real shape: 128 experts, top-8, H 2048, I 768,
+    and at one rank's share of it under tensor parallelism over two GPUs (I 384)."""
     torch.manual_seed(4)
-    E, k, H, I = 128, 8, 2048, 768
+    E, k, H = 128, 8, 2048
     dev, dt = "cuda", torch.bfloat16
     x = torch.randn(T, H, device=dev, dtype=dt)
     w13 = (torch.randn(E, 2 * I, H, device=dev) / H**0.5).to(dt)
