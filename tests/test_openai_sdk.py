@@ -37,7 +37,7 @@ def test_stream_helper_accumulates_each_choice_as_its_chunks_say(client, model, 
         snapshot = stream.current_completion_snapshot
     opening = [(c.choices[0].index, c.choices[0].delta.role, c.choices[0].delta.content,
                 c.choices[0].logprobs) for c in chunks[:n]]
-    assert opening == [(k, "assistant", None, None) for k in range(n)]
+    assert opening == [(k, "assistant", "", None) for k in range(n)]
     want = joined(chunks)
     assert [c.index for c in snapshot.choices] == list(range(n))
     for c in snapshot.choices:

@@ -173,6 +173,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
 
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item
+        roles = b"" if opened[0] else open_choices(chunk_usage(req, usage))
         text, finish = d.text, d.finish_reason
         found, thought = [], ""
         if splits[j] is not None:  # the tool parser sees the content only
@@ -205,7 +206,6 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
         counts = chunk_usage(req, usage)
-        roles = b"" if opened[0] else open_choices(counts)
         if not (found or delta or generated.get("token_ids")) and finish is None and (
                 logprobs is None):
             return roles  # text the parsers hold back: OpenAI sends no chunk for it
@@ -225,16 +225,22 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 "finish_reason": finish, **ended, "logprobs": None}], **counts})
 
     def open_choices(counts: dict) -> bytes:
-        """Each choice's first chunk, the role alone (content null until some comes: the
-        message may turn out calls alone), all in index order before any token, as vLLM
-        and OpenAI open a stream. The openai SDK's stream helper needs that order: a
-        choice first seen out of it (its first token held back, an incomplete character)
+        """Each choice's first chunk, the role alone, all in index order before any token,
+        as vLLM and OpenAI open a stream. The openai SDK's stream helper needs that order:
+        a choice first seen out of it (its first token held back, an incomplete character)
         crashed it (IndexError) or was filed under another index, and a first chunk of a
-        choice past 0 that carries logprobs has them counted twice."""
+        choice past 0 that carries logprobs has them counted twice. Its content is "", as
+        theirs, so every chunk carries content from the first (simple clients join
+        delta["content"]); null where a tool or reasoning parser may leave the message
+        without content (calls alone, or reasoning alone)."""
         opened[0] = True
-        return b"".join(sse.event({**head, **(prompt_ids if k == 0 else {}), "choices": [{
-            "index": k, "delta": {"role": "assistant", "content": None},
-            "finish_reason": None, "logprobs": None}], **counts}) for k in range(req.n))
+        events = []
+        for k in range(req.n):
+            said[k] = calls[k] is None and splits[k] is None
+            events.append(sse.event({**head, **(prompt_ids if k == 0 else {}), "choices": [{
+                "index": k, "delta": {"role": "assistant", "content": "" if said[k] else None},
+                "finish_reason": None, "logprobs": None}], **counts}))
+        return b"".join(events)
 
     def tail() -> bytes:
         last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
