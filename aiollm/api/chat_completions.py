@@ -159,7 +159,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
 
     done_tokens = [0] * req.n
     cached_tokens = [0] * req.n
-    opened = [False]  # whether each choice's role chunk has gone out
+    opened = [False]  # whether the choices' role chunks have gone out (open_choices)
     said = [False] * req.n  # whether content has been sent
     # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
     prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
