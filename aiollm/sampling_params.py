@@ -39,7 +39,9 @@ _NUMBERS = ("n", "best_of", "max_tokens", "min_tokens", "temperature", "top_p", 
             "logprobs", "prompt_logprobs", "truncate_prompt_tokens")
 
 
-SEED_RANGE = 2**63  # seeds are in [0, 2**63)
+# seeds are int64, as vLLM and OpenAI's API take them (-1 included): [-2**63, 2**63); the
+# noise keys read them as 64 bits (kernels/sampling.py's row_keys)
+SEED_RANGE = 2**63
 MAX_STOP_STRINGS = 16
 # characters per stop string: bounds the text a stream holds back while a stop string may be
 # completing, and the matcher's size (aiollm/engine/stop_strings.py)
@@ -58,13 +60,14 @@ GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf", "struc
 
 def choice_seed(seed: int | None, choice: int) -> int | None:
     """The seed of choice i of a seeded request (n > 1): seed + i, as vLLM seeds the
-    choices of one request, wrapped within the seed range so that every valid seed works
-    for every n: the choices differ and the request stays reproducible. None (each choice
-    draws its own) and an invalid seed are passed on as they are, for SamplingParams to
-    report."""
-    if seed is None or not is_int(seed) or not 0 <= seed < SEED_RANGE:
+    choices of one request, wrapped within the seed's half of the range (a seed >= 0 in
+    [0, 2**63), a negative one in [-2**63, 0)) so that every valid seed works for every n:
+    the choices differ and the request stays reproducible. None (each choice draws its own)
+    and an invalid seed are passed on as they are, for SamplingParams to report."""
+    if seed is None or not is_int(seed) or not -SEED_RANGE <= seed < SEED_RANGE:
         return seed
-    return (seed + choice) % SEED_RANGE
+    wrapped = (seed + choice) % SEED_RANGE
+    return wrapped if seed >= 0 else wrapped - SEED_RANGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,8 +241,9 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not is_num(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
                 raise bad(name, "must be in [-2, 2]")
-        if self.seed is not None and (not is_int(self.seed) or not 0 <= self.seed < 2**63):
-            raise bad("seed", "must be an integer in [0, 2**63)")
+        if self.seed is not None and (not is_int(self.seed)
+                                      or not -SEED_RANGE <= self.seed < SEED_RANGE):
+            raise bad("seed", "must be an integer in [-2**63, 2**63)")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):

@@ -140,9 +140,10 @@ def test_deferred_sampling_with_joins_and_aborts(engine):
 
 
 def test_constraints_that_leave_the_grammar_no_token_are_the_requests_error(engine):
-    """min_tokens past the grammar's end, or allowed_token_ids outside what the grammar allows,
-    leave no token: an InvalidRequest naming the field (was a RequestFailed, an HTTP 500,
-    saying a token was sampled against the grammar)."""
+    """min_tokens past the grammar's end, allowed_token_ids outside what the grammar allows,
+    or bad_words banning every token it allows, leave no token: an InvalidRequest naming the
+    field (was a RequestFailed, an HTTP 500, saying a token was sampled against the grammar,
+    which the openai client retried twice in vain)."""
     eng, loop = engine
     choice = Constraint(GrammarSpec("choice", json.dumps(["ok"])))
     ok_ids = eng.tokenizer.encode("ok", add_special_tokens=False)
@@ -151,6 +152,11 @@ def test_constraints_that_leave_the_grammar_no_token_are_the_requests_error(engi
         (SamplingParams(max_tokens=8, constraint=Constraint(
             GrammarSpec("choice", json.dumps(["ok"])),
             allowed_token_ids=[t for t in range(100, 110) if t not in ok_ids])),
+         "allowed_token_ids"),
+        (SamplingParams(max_tokens=8, bad_words=["a"], constraint=Constraint(
+            GrammarSpec("choice", json.dumps(["a"])))), "bad_words"),
+        (SamplingParams(max_tokens=8, bad_words=["a"], constraint=Constraint(
+            allowed_token_ids=eng.tokenizer.encode("a", add_special_tokens=False))),
          "allowed_token_ids"),
     ]
     for params, field in cases:

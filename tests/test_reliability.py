@@ -364,7 +364,7 @@ BAD_INPUT = [
         "top_logprobs"),
     bad("top-logprobs-without-logprobs", CH, chat(top_logprobs=2), 400, "top_logprobs"),
     # other ranges
-    bad("seed-negative", C, prompt(seed=-1), 400, "seed"),
+    bad("seed-below-int64", C, prompt(seed=-(2**63) - 1), 400, "seed"),
     bad("seed-past-int64", C, prompt(seed=2**64), 400, "seed"),
     bad("presence-penalty", C, prompt(presence_penalty=3), 400, "presence_penalty"),
     bad("frequency-penalty", CH, chat(frequency_penalty=-3), 400, "frequency_penalty"),
@@ -533,6 +533,10 @@ def test_an_empty_model_name_is_the_served_model(server, path, body):
 EDGE_VALUES = [  # valid values at the ends of their ranges
     (C, prompt(seed=2**63 - 1, n=2, temperature=1.0)),
     (G, lightllm(seed=2**63 - 1, n=2, do_sample=True)),
+    # int64's low end, as vLLM and OpenAI take seeds (-1 was a 400, which apps that send
+    # it for "any seed" hit)
+    (C, prompt(seed=-(2**63), n=2, temperature=1.0)),
+    (CH, chat(seed=-1, n=2, temperature=1.0)),
     (C, prompt(temperature=1e-300, top_p=1e-45, min_p=1.0, top_k=2**31 - 1)),
     # the vocabulary's last id (past it is a 400: it would index the logits)
     (C, prompt(stop_token_ids=[49151], stop=["\u0000", "\U0001F4A9"], logprobs=20)),

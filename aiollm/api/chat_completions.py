@@ -159,10 +159,10 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
 
     done_tokens = [0] * req.n
     cached_tokens = [0] * req.n
-    started = [False] * req.n
+    opened = [False]  # whether the choices' role chunks have gone out (open_choices)
     said = [False] * req.n  # whether content has been sent
     # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
-    prompt_ids = [{"prompt_token_ids": ids} if req.return_token_ids else {}]
+    prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
 
     calls = [StreamingToolParser(parser, names, required=mode == "required")
              if parser else None for _ in params]
@@ -173,6 +173,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
 
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item
+        roles = b"" if opened[0] else open_choices(chunk_usage(req, usage))
         text, finish = d.text, d.finish_reason
         found, thought = [], ""
         if splits[j] is not None:  # the tool parser sees the content only
@@ -187,9 +188,6 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 text += rest
                 finish = finish_with_calls(finish, found)
         delta: dict = {}
-        if not started[j]:  # null until some comes: the message may turn out calls alone
-            started[j] = True
-            delta = {"role": "assistant", "content": text or None}
         # once content has begun every chunk carries it (simple clients index
         # delta["content"]); before, a "" would make a client's joined content "" where
         # the whole answer has null
@@ -207,25 +205,42 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                                                                      d.token_texts)
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
+        counts = chunk_usage(req, usage)
         if not (found or delta or generated.get("token_ids")) and finish is None and (
                 logprobs is None):
-            return b""  # text the parsers hold back: OpenAI sends no chunk for it
-        counts = chunk_usage(req, usage)
-        first, prompt_ids[0] = {**head, **prompt_ids[0]}, {}
+            return roles  # text the parsers hold back: OpenAI sends no chunk for it
         # the finish's chunk says which stop ended it (vLLM's stop_reason: the others lack it)
         ended = {} if finish is None else {"stop_reason": d.stop_reason}
         if not found:
-            return sse.event({**first, "choices": [{
+            return roles + sse.event({**head, "choices": [{
                 "index": j, "delta": delta, "finish_reason": finish, **ended,
                 "logprobs": logprobs, **generated}], **counts})
         # the calls, then a chunk of their own for the finish, as OpenAI sends them (the
         # SDK's stream helper ends a call, arguments.done, only once it has seen it)
         delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
-        return sse.event({**first, "choices": [{
+        return roles + sse.event({**head, "choices": [{
             "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs,
             **generated}], **counts}) + sse.event({**head, "choices": [{
                 "index": j, "delta": {"content": ""} if said[j] else {},
                 "finish_reason": finish, **ended, "logprobs": None}], **counts})
+
+    def open_choices(counts: dict) -> bytes:
+        """Each choice's first chunk, the role alone, all in index order before any token,
+        as vLLM and OpenAI open a stream. The openai SDK's stream helper needs that order:
+        a choice first seen out of it (its first token held back, an incomplete character)
+        crashed it (IndexError) or was filed under another index, and a first chunk of a
+        choice past 0 that carries logprobs has them counted twice. Its content is "", as
+        theirs, so every chunk carries content from the first (simple clients join
+        delta["content"]); null where a tool or reasoning parser may leave the message
+        without content (calls alone, or reasoning alone)."""
+        opened[0] = True
+        events = []
+        for k in range(req.n):
+            said[k] = calls[k] is None and splits[k] is None
+            events.append(sse.event({**head, **(prompt_ids if k == 0 else {}), "choices": [{
+                "index": k, "delta": {"role": "assistant", "content": "" if said[k] else None},
+                "finish_reason": None, "logprobs": None}], **counts}))
+        return b"".join(events)
 
     def tail() -> bytes:
         last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
