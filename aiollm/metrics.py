@@ -7,36 +7,42 @@ import gc
 import time
 from typing import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+_P = "aiollm_"
+
+# Engine.stats()' keys: the gauge of each, read when scraped
+_GAUGES = {
+    "running": (_P + "requests_running", "Requests holding KV and decoding"),
+    "waiting": (_P + "requests_waiting", "Requests queued for admission"),
+    "kv_used": (_P + "kv_tokens_used", "KV pool slots held by requests (the prefix cache's "
+                "unused part counts as free)"),
+    "kv_total": (_P + "kv_tokens_total", "KV pool capacity in tokens"),
+    "kv_cached": (_P + "prefix_cache_tokens", "KV slots held by the prefix cache (shared "
+                  "prefixes of running requests and reusable ones)"),
+    # every request holds one from submission to its end (waiting, paused and finishing
+    # ones too): a count that stays up on an idle server is a leak, and a full table
+    # refuses requests with 503
+    "table_used": (_P + "request_table_slots_used", "Request table slots held by requests "
+                   "(running, waiting, paused)"),
+    "table_total": (_P + "request_table_slots_total", "Request table capacity"),
+}
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
                     1.0, 2.0, 5.0, 10.0, 30.0)
 
 
 class EngineMetrics:
+    """The metrics of one engine. `stats`: a callable giving the counts the gauges report
+    when scraped (Engine.stats' keys); a key it lacks reads 0 (the engine's own passes a
+    weak_method, which gives {} once the engine is gone)."""
+
     def __init__(self, stats: Callable[[], dict[str, int]]):
         r = self.registry = CollectorRegistry()
-        p = "aiollm_"
-        gauges = {
-            "running": Gauge(p + "requests_running", "Requests holding KV and decoding", registry=r),
-            "waiting": Gauge(p + "requests_waiting", "Requests queued for admission", registry=r),
-            "kv_used": Gauge(p + "kv_tokens_used", "KV pool slots held by requests (the "
-                             "prefix cache's unused part counts as free)", registry=r),
-            "kv_total": Gauge(p + "kv_tokens_total", "KV pool capacity in tokens", registry=r),
-            "kv_cached": Gauge(p + "prefix_cache_tokens", "KV slots held by the prefix cache "
-                               "(shared prefixes of running requests and reusable ones)",
-                               registry=r),
-            # every request holds one from submission to its end (waiting, paused and
-            # finishing ones too): a count that stays up on an idle server is a leak, and a
-            # full table refuses requests with 503
-            "table_used": Gauge(p + "request_table_slots_used", "Request table slots held by "
-                                "requests (running, waiting, paused)", registry=r),
-            "table_total": Gauge(p + "request_table_slots_total", "Request table capacity",
-                                 registry=r),
-        }
+        p = _P
         # gauges read the engine when scraped, so the hot path never updates them
-        for key, g in gauges.items():
-            g.set_function(lambda key=key: stats()[key])
+        r.register(_Counts(stats))
         self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed", registry=r)
         self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated", registry=r)
         self.requests = Counter(p + "requests_finished", "Finished requests", ["finish_reason"],
@@ -75,6 +81,16 @@ class EngineMetrics:
                                   ["generation"], buckets=step_buckets, registry=r)
         self._gc_start = 0.0
 
+    def admitted(self, req, now: float) -> None:
+        """A request admitted at `now` (time.monotonic()): its wait in the queue, counted
+        once (not a paused request's resumption) and not for a health probe's."""
+        if req.admitted_seq >= 0 and not req.output_ids and req.counted:
+            self.queue_time.observe(now - req.arrival)
+
+    def paused(self, req) -> None:
+        """A request paused to free KV (resumed later)."""
+        self.evictions.inc()
+
     def _on_gc(self, phase: str, info: dict) -> None:
         # a collection can start at any depth of the stack, also a few frames short of the
         # recursion limit (a deeply nested request body being decoded): this callback's own
@@ -95,3 +111,20 @@ class EngineMetrics:
             gc.callbacks.append(self._on_gc)
         elif not on and self._on_gc in gc.callbacks:
             gc.callbacks.remove(self._on_gc)
+
+
+class _Counts:
+    """The gauges of _GAUGES, one stats() call per scrape. A collector of its own, not
+    Gauge.set_function: each such gauge is a reference cycle (prometheus_client binds the
+    function to the gauge), which outlived a stopped engine until Python's collector ran."""
+
+    def __init__(self, stats: Callable[[], dict[str, int]]):
+        self._stats = stats
+
+    def describe(self):
+        return [GaugeMetricFamily(name, doc) for name, doc in _GAUGES.values()]
+
+    def collect(self):
+        counts = self._stats()
+        for key, (name, doc) in _GAUGES.items():
+            yield GaugeMetricFamily(name, doc, value=counts.get(key, 0))

@@ -39,6 +39,7 @@ from aiollm.engine.step_log import StepLog
 from aiollm.engine.step_loop import StepLoop
 from aiollm.errors import EngineStopped
 from aiollm.metrics import EngineMetrics
+from aiollm.weak_method import weak_method
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,7 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
             if cfg.tensor_parallel_size > 1:
                 from aiollm.distributed import NodeRanks
 
-                ranks = NodeRanks(cfg, on_failure=self._fail_all_threadsafe)
+                ranks = NodeRanks(cfg, on_failure=weak_method(self._fail_all_threadsafe))
                 device = ranks.start().device
             return ranks, device, load(cfg, device, ranks.tp if ranks else None)
         except BaseException:
@@ -203,13 +204,13 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
         self.scheduler = make_scheduler(cfg.scheduler, SchedulerConfig(
             max_running=cfg.max_running_requests, estimator=cfg.past_future_estimator,
             blind_cap=cfg.scheduler_blind_cap))
-        self.metrics = EngineMetrics(self.stats)
+        self.metrics = EngineMetrics(weak_method(self.stats, {}))
         self.prefix_cache = (PrefixCache(self.kv_pool, self.req_to_token, self.metrics)
                              if cfg.prefix_cache else None)
         self.planner = Planner(self.table, self.kv_pool, self.req_to_token, self.scheduler,
                                cfg.max_running_requests, cfg.max_prefill_tokens,
-                               on_evict=lambda r: self.metrics.evictions.inc(),
-                               on_admit=self._on_admit,
+                               on_evict=self.metrics.paused,
+                               on_admit=self.metrics.admitted,
                                mixed_budget=cfg.mixed_prefill_tokens,
                                prefix_cache=self.prefix_cache,
                                fill_to=getattr(self.runner.prefill_graphs, "fill_to", None))

@@ -93,10 +93,6 @@ class HandOut:
                 self._finish(r, "stop")
             r.event.set()
 
-    def _on_admit(self, req: Request, now: float) -> None:
-        if req.admitted_seq >= 0 and not req.output_ids and req.counted:
-            self.metrics.queue_time.observe(now - req.arrival)
-
     def _expire_queued(self) -> None:
         timeout = self.config.queue_timeout
         if timeout is None or not self.planner.waiting:

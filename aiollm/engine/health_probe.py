@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from typing import TYPE_CHECKING
 
 from aiollm.engine.stream import collect, deltas
@@ -48,7 +49,9 @@ class HealthProbe:
     """The probe of one started engine: check() is what a health check awaits."""
 
     def __init__(self, engine: Engine) -> None:
-        self._engine = engine
+        # the engine holds its probe: a strong reference back made a cycle that kept a
+        # stopped engine (its model, its request table) alive until Python's collector ran
+        self._engine = weakref.proxy(engine)
         self._task: asyncio.Task | None = None  # the probe under way, or the last one
         self._started_at = -float("inf")  # time.monotonic() of the last probe's start
 

@@ -5,10 +5,11 @@ keeps the pages freed in an arena mapped for its next allocations. An engine's l
 free hundreds of MB there from several threads (GGUF dequantization, the tokenizer's
 conversion, the model thread's buffers), and the next engine's threads are new ones, in other
 arenas: a process that made, used and closed an LLM 25 times on the CPU (2 cores) grew from
-372 to 1278 MB that it never used again. With the trim at each stop it ends at 574 MB: what
-is left is garbage in reference cycles, which the next trim after Python's collector frees it
-returns (the process stays at ~350 MB when the loop collects before each close). malloc_trim(0)
-returns the free pages of every arena (glibc 2.8 on); a close took 19 ms instead of 4.
+372 to 1278 MB that it never used again. With the trim at each stop it ended at 574 MB, the
+rest garbage in reference cycles that only Python's collector freed; with no cycle left (a
+dropped engine is freed by reference counting: tests/test_engine_freed.py) it ends at 356 MB
+(341 after the first). malloc_trim(0) returns the free pages of every arena (glibc 2.8
+on); a close took 19 ms instead of 4.
 Where the C library has no malloc_trim (musl, macOS, Windows) nothing runs.
 """
 

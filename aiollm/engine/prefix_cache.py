@@ -37,6 +37,7 @@ import heapq
 import itertools
 import logging
 import time
+import weakref
 
 import numpy as np
 
@@ -50,7 +51,7 @@ _clock = itertools.count()  # last-use stamps: a counter orders uses without a c
 
 
 class Node:
-    __slots__ = ("key", "slots", "children", "parent", "branch", "ref", "stamp")
+    __slots__ = ("key", "slots", "children", "_parent", "branch", "ref", "stamp", "__weakref__")
 
     def __init__(self, key: np.ndarray, slots: np.ndarray, parent: Node | None, branch=b""):
         self.key = key  # [n] int32 token ids of this edge
@@ -60,6 +61,18 @@ class Node:
         self.branch = branch  # this node's key in parent.children
         self.ref = 0  # requests whose locked path goes through this node
         self.stamp = next(_clock)
+
+    # weak: a node is in its parent's children, and a strong link back made every edge a
+    # reference cycle, so a stopped engine's tree (its key and slot arrays) stayed until
+    # Python's collector ran. Every node walked is reachable from the root (a locked path is
+    # never evicted, a match is used before the next eviction), so its parent lives.
+    @property
+    def parent(self) -> Node | None:
+        return self._parent() if self._parent is not None else None
+
+    @parent.setter
+    def parent(self, node: Node | None) -> None:
+        self._parent = weakref.ref(node) if node is not None else None
 
 
 def common_prefix(a: np.ndarray, b: np.ndarray) -> int:
