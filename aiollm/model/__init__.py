@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "LoadedModel": "aiollm.model.loader",
     "ModelConfig": "aiollm.model.config",
-    "RopeConfig": "aiollm.model.config",
+    "RopeConfig": "aiollm.model.rope_config",
     "default_model_path": "aiollm.model.paths",
     "load_model": "aiollm.model.loader",
     "load_serving_tokenizer": "aiollm.model.tokenizer",
@@ -21,9 +21,10 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 if TYPE_CHECKING:
-    from aiollm.model.config import ModelConfig, RopeConfig
+    from aiollm.model.config import ModelConfig
     from aiollm.model.loader import LoadedModel, load_model
     from aiollm.model.paths import default_model_path
+    from aiollm.model.rope_config import RopeConfig
     from aiollm.model.tokenizer import load_serving_tokenizer, load_tokenizer
 
 

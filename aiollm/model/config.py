@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from aiollm.model.paths import gguf_names
+from aiollm.model.rope_config import RopeConfig, rope_from_hf
 
 log = logging.getLogger(__name__)
 
@@ -39,36 +39,6 @@ MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
 CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM",
                      "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
                      "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
-ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn")
-
-
-@dataclass(slots=True)
-class RopeConfig:
-    theta: float = 10000.0
-    type: str = "default"  # one of ROPE_TYPES
-    factor: float = 1.0
-    low_freq_factor: float = 1.0  # llama3
-    high_freq_factor: float = 4.0  # llama3
-    # llama3, yarn: context length before the scaling; dynamic: max_position_embeddings
-    original_max_position: int = 8192
-    attention_factor: float = 1.0  # yarn: multiplies cos and sin
-    beta_fast: float = 32.0  # yarn: the ramp between extrapolated and interpolated frequencies
-    beta_slow: float = 1.0
-    truncate: bool = True  # yarn: round the ramp's ends to whole dimensions
-    # llama.cpp stores llama3 scaling as precomputed per-frequency divisors (the rope_freqs
-    # tensor of a GGUF file); when present they replace `type`-based scaling.
-    freq_factors: tuple[float, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.type not in ROPE_TYPES:
-            # ValueError like every other refused config: the CLI reports those in one line
-            raise ValueError(
-                f"rope scaling {self.type!r} is not supported (supported: {', '.join(ROPE_TYPES)})"
-            )
-        if self.theta <= 0 or self.factor <= 0:
-            raise ValueError(
-                f"rope theta and factor must be positive, got {self.theta}, {self.factor}"
-            )
 
 
 @dataclass(slots=True)
@@ -179,70 +149,6 @@ def _as_list(value: Any) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
-# the numbers of a rope_parameters (rope_scaling) dict that _rope_from_hf reads
-_ROPE_NUMBERS = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor",
-                 "original_max_position_embeddings", "attention_factor", "beta_fast",
-                 "beta_slow", "mscale", "mscale_all_dim", "partial_rotary_factor")
-
-
-def _rope_from_hf(hf: Any) -> RopeConfig:
-    # transformers 5 keeps theta and scaling together in rope_parameters; 4.x had rope_theta and
-    # an optional rope_scaling dict whose type key was "type" before "rope_type".
-    params = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
-    for key in _ROPE_NUMBERS:  # transformers warns of a string here and goes on
-        value = params.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"config.json: rope_parameters (rope_scaling) {key} must be a "
-                             f"number, got {value!r}")
-    theta = params.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0
-    kind = params.get("rope_type") or params.get("type") or "default"
-    _check_partial_rotary(hf, params, kind)
-    rope = RopeConfig(theta=float(theta), type=kind, factor=float(params.get("factor", 1.0) or 1.0))
-    if kind == "llama3":
-        rope.low_freq_factor = float(params["low_freq_factor"])
-        rope.high_freq_factor = float(params["high_freq_factor"])
-        rope.original_max_position = int(params["original_max_position_embeddings"])
-    elif kind == "dynamic":
-        rope.original_max_position = int(hf.max_position_embeddings)
-    elif kind == "yarn":
-        _yarn_from_hf(rope, params, hf)
-    return rope
-
-
-def _check_partial_rotary(hf: Any, params: dict, kind: str) -> None:
-    """Refuse partial_rotary_factor < 1 with a scaled rope. These model types' default rotary
-    (transformers' compute_default_rope_parameters of each) rotates the whole head whatever
-    the factor, as ours does; the scaled ones compute frequencies for the rotated part only,
-    which transformers then applies to the whole head and fails (a shape mismatch)."""
-    factor = params.get("partial_rotary_factor", getattr(hf, "partial_rotary_factor", None))
-    head_dim = _head_dim(hf)
-    if kind != "default" and factor is not None and int(head_dim * factor) != head_dim:
-        raise ValueError(
-            f"partial_rotary_factor {factor} with rope scaling {kind!r} (rope_scaling / "
-            "rope_parameters) is not supported: aiollm rotates the whole head, and "
-            "transformers cannot run this combination either")
-
-
-def _yarn_from_hf(rope: RopeConfig, params: dict, hf: Any) -> None:
-    """YaRN's parameters as transformers' _compute_yarn_parameters reads them."""
-    original = int(params.get("original_max_position_embeddings") or hf.max_position_embeddings)
-    rope.original_max_position = original
-    if params.get("factor") is None:  # DeepSeek-V3 style: the ratio of the two contexts
-        rope.factor = hf.max_position_embeddings / original
-
-    def mscale(scale: float, m: float = 1.0) -> float:
-        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
-
-    factor = params.get("attention_factor")
-    if factor is None and params.get("mscale") and params.get("mscale_all_dim"):
-        factor = mscale(rope.factor, params["mscale"]) / mscale(rope.factor,
-                                                                 params["mscale_all_dim"])
-    rope.attention_factor = float(mscale(rope.factor) if factor is None else factor)
-    rope.beta_fast = float(params.get("beta_fast") or 32)
-    rope.beta_slow = float(params.get("beta_slow") or 1)
-    rope.truncate = bool(params.get("truncate", True))
-
-
 def _as_dtype(value: Any) -> torch.dtype | None:
     if isinstance(value, torch.dtype) or value is None:
         return value
@@ -289,7 +195,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
                          "hidden_act must be 'silu')")
     attention_bias = arch in ("llama", "qwen3", "qwen3_moe") and bool(
         getattr(hf, "attention_bias", False))
-    rope = _rope_from_hf(hf)
+    rope = rope_from_hf(hf, _head_dim(hf))
     max_position = _context_of(hf, rope)
     # We attend over the whole sequence; a model trained with a sliding window is exact only
     # within one window, so its context is capped there rather than silently drifting.

@@ -50,7 +50,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 from aiollm.model.cache_files import discard, remove_stale_temporaries, write_atomic, write_text
-from aiollm.model.config import ModelConfig, MoeConfig, RopeConfig
+from aiollm.model.config import ModelConfig, MoeConfig
+from aiollm.model.rope_config import RopeConfig
 
 log = logging.getLogger(__name__)
 

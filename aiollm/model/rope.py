@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from aiollm.model.config import RopeConfig
+from aiollm.model.rope_config import RopeConfig
 
 
 def inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:

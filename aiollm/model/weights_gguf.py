@@ -26,7 +26,8 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
-from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, MoeConfig, RopeConfig
+from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, MoeConfig
+from aiollm.model.rope_config import RopeConfig
 from aiollm.model.weights_hf import damaged_file_advice
 
 log = logging.getLogger(__name__)
