@@ -355,3 +355,43 @@ def test_tp2_dummy_weights_of_a_moe_model_equal_tp1(tmp_path, monkeypatch):
     one, _ = asyncio.run(_generate(model, 1, load_format="dummy"))
     two, _ = asyncio.run(_generate(model, 2, load_format="dummy"))
     assert two == one
+
+
+_LOST_AFTER_STOP = """
+import asyncio, os, signal, sys, time
+from aiollm import Engine, SamplingParams
+from aiollm.errors import RequestFailed
+
+async def main():
+    engine = Engine(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=1024,
+                    max_model_len=256)
+    await engine.start()
+    (rank1,) = engine.ranks.procs.values()
+    stream = engine.stream([3, 17], SamplingParams(max_tokens=200, ignore_eos=True))
+    await anext(stream)
+    rank1.kill()
+    try:
+        async for _ in stream:
+            pass
+    except RequestFailed as e:
+        print("failed:", e, flush=True)
+    await engine.stop()
+
+asyncio.run(main())
+time.sleep(5)  # the lost rank ends the process meanwhile
+"""
+
+
+def test_a_rank_lost_as_an_offline_engine_stops_ends_the_process_cleanly(tiny_model):
+    """An Engine (not a server) whose rank dies, stopped by its user once its request
+    failed, before the watchdog ends the process: the watchdog's failing of the requests in
+    flight met the closed event loop and logged a traceback ("Event loop is closed") under
+    the rank's message."""
+    proc = subprocess.run([sys.executable, "-c", _LOST_AFTER_STOP, tiny_model],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "failed: tensor parallel rank 1 was killed by SIGKILL" in out, out
+    assert "tensor parallel rank 1 was killed by SIGKILL: stopping the server" in out, out
+    assert "while failing the requests in flight" not in out, out
+    assert "Event loop is closed" not in out, out
