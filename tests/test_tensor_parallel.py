@@ -342,6 +342,29 @@ def test_start_up_checks_the_experts_split(tmp_path, monkeypatch):
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_start_up_checks_the_dense_mlp_split(tmp_path, monkeypatch):
+    """A dense MLP (here Qwen3-MoE's layer 1, mlp_only_layers) with fewer intermediate
+    features than ranks: refused at start-up like the experts', naming both numbers. Rank 1
+    failed its load instead ("intermediate_size must be >= 1, got 0"), and rank 0 reported
+    gloo's "Connection closed by peer"."""
+    from test_moe_model import variant
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    variant("qwen3_moe", intermediate_size=1).save_pretrained(tmp_path / "model")
+    _save_tokenizer(str(tmp_path / "model"))
+
+    async def start():
+        async with Engine(str(tmp_path / "model"), device="cpu", tensor_parallel_size=2,
+                          load_format="dummy"):
+            pass
+
+    with pytest.raises(ValueError, match="tensor parallel size 2 exceeds the 1 intermediate "
+                                         "features of this model's dense MLPs"):
+        asyncio.run(start())
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_tp2_dummy_weights_of_a_moe_model_equal_tp1(tmp_path, monkeypatch):
     """--load-format dummy serves the same random model at any rank count: each rank keeps
     its part of the whole model's random tensors. A shared expert's gate/up were cut at the
