@@ -87,6 +87,28 @@ def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model, tmp_path, mon
     assert [p.poll() for p in procs] == [0]
 
 
+def test_tp2_refuses_prompt_logprobs_and_serves_on(tiny_model):
+    """Prompt logprobs need every rank's part of the vocabulary's scores, which only the
+    sampled rows' logits gather: rank 0 scored the prompt on its own part, so a request for
+    them failed its whole step ("index 99 is out of bounds") and the lost step took the
+    server down (or, with every prompt token in rank 0's part, answered wrong logprobs).
+    Refused as the request enters, naming the field; the engine serves on."""
+    from aiollm.errors import InvalidRequest
+
+    async def go():
+        async with Engine(tiny_model, device="cpu", tensor_parallel_size=2, kv_tokens=1024,
+                          max_model_len=256) as engine:
+            with pytest.raises(InvalidRequest, match="tensor parallel") as refused:
+                await engine.generate(PROMPTS[0] + [150, 99], SamplingParams(
+                    max_tokens=2, prompt_logprobs=1))
+            out = await engine.generate(PROMPTS[0], SamplingParams(max_tokens=3, logprobs=2))
+        return refused.value, out
+
+    refused, out = asyncio.run(go())
+    assert refused.param == "prompt_logprobs"
+    assert len(out.token_ids) == 3 and len(out.logprobs) == 3
+
+
 async def _prefix_outputs(model: str, tp: int, cache: bool) -> tuple[list, list]:
     """Greedy ids and cached-token counts of prompts that share a 40-token prefix, and of a
     second turn that extends the first prompt and its answer."""

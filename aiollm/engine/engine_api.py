@@ -376,6 +376,13 @@ class EngineAPI:
     def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """_checked's part that reads only the model and the tokenizer (any thread)."""
         checked_params(params)
+        ranks = self.config.tensor_parallel_size
+        if params.prompt_logprobs is not None and ranks > 1:
+            # each rank scores the prompt on its part of the vocabulary only
+            raise InvalidRequest(
+                f"prompt_logprobs (or echo with logprobs) is not served under tensor "
+                f"parallelism (tensor_parallel_size {ranks}): leave it out, or serve the "
+                "model on one rank", param="prompt_logprobs")
         ids = self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
                                                        self.max_model_len))
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
