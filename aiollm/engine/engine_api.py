@@ -380,9 +380,9 @@ class EngineAPI:
         if params.prompt_logprobs is not None and ranks > 1:
             # each rank scores the prompt on its part of the vocabulary only
             raise InvalidRequest(
-                f"prompt_logprobs (or echo with logprobs) is not served under tensor "
-                f"parallelism (tensor_parallel_size {ranks}): leave it out, or serve the "
-                "model on one rank", param="prompt_logprobs")
+                f"prompt scores (prompt_logprobs; echo with logprobs or with max_tokens 0) "
+                f"are not served under tensor parallelism (tensor_parallel_size {ranks}): "
+                "leave them out, or serve the model on one rank", param="prompt_logprobs")
         ids = self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
                                                        self.max_model_len))
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
