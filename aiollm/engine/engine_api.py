@@ -376,13 +376,6 @@ class EngineAPI:
     def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """_checked's part that reads only the model and the tokenizer (any thread)."""
         checked_params(params)
-        ranks = self.config.tensor_parallel_size
-        if params.prompt_logprobs is not None and ranks > 1:
-            # each rank scores the prompt on its part of the vocabulary only
-            raise InvalidRequest(
-                f"prompt scores (prompt_logprobs; echo with logprobs or with max_tokens 0) "
-                f"are not served under tensor parallelism (tensor_parallel_size {ranks}): "
-                "leave them out, or serve the model on one rank", param="prompt_logprobs")
         ids = self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
                                                        self.max_model_len))
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
@@ -396,6 +389,14 @@ class EngineAPI:
         False: kept out of the metrics and the scheduler's history (a health probe);
         cache_salt: the request's, checked (cache_salt.checked_salt)."""
         ids = self._checked(prompt, params)
+        ranks = self.config.tensor_parallel_size
+        if params.prompt_logprobs is not None and ranks > 1:
+            # each rank would score the prompt on its part of the vocabulary only (checked
+            # here, not in check(): an echo answered without the model asks for nothing)
+            raise InvalidRequest(
+                f"prompt scores (prompt_logprobs, or echo with logprobs) are not served under "
+                f"tensor parallelism (tensor_parallel_size {ranks}): leave them out, or serve "
+                "the model on one rank", param="prompt_logprobs")
         params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
