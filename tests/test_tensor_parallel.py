@@ -87,6 +87,38 @@ def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model, tmp_path, mon
     assert [p.poll() for p in procs] == [0]
 
 
+def test_tp2_refuses_prompt_scores_and_serves_on(tiny_model):
+    """Prompt scores need every rank's part of the vocabulary's logits, which only the
+    sampled rows' logits gather: rank 0 scored the prompt on its own part, so a request for
+    them failed its whole step ("index 99 is out of bounds") and the lost step took the
+    server down (or, with every prompt token in rank 0's part, answered wrong logprobs).
+    Refused as the request enters, naming the field; an echo that needs no model step is
+    still answered, and the server serves on."""
+    import json
+
+    from live_server import LiveServer, http
+
+    server = LiveServer(model=tiny_model, device="cpu", tensor_parallel_size=2,
+                        max_model_len=256, kv_tokens=1024).start()
+    try:
+        def complete(**body):
+            status, _, out = http(server, "POST", "/v1/completions",
+                                  json={"prompt": "w3 w17 w150 w99", **body})
+            return status, json.loads(out)
+
+        for body in ({"max_tokens": 2, "prompt_logprobs": 1},
+                     {"max_tokens": 2, "echo": True, "logprobs": 1}):
+            status, out = complete(**body)
+            assert status == 400 and out["error"]["param"] == "prompt_logprobs", out
+            assert "tensor parallel" in out["error"]["message"], out
+        status, out = complete(max_tokens=0, echo=True)  # answered without the model
+        assert status == 200 and out["choices"][0]["text"] == "w3 w17 w150 w99", out
+        status, out = complete(max_tokens=3, logprobs=2)
+        assert status == 200 and len(out["choices"][0]["logprobs"]["tokens"]) == 3, out
+    finally:
+        server.close()
+
+
 async def _prefix_outputs(model: str, tp: int, cache: bool) -> tuple[list, list]:
     """Greedy ids and cached-token counts of prompts that share a 40-token prefix, and of a
     second turn that extends the first prompt and its answer."""
@@ -213,15 +245,15 @@ def test_a_killed_rank_ends_the_server(tiny_model, tmp_path):
                     await r.content.readline()  # serving has begun
                     os.kill(rank1, signal.SIGKILL)
                     t0 = time.monotonic()
-                    try:
-                        await r.read()
-                    except aiohttp.ClientError:
-                        pass
-            return t0
+                    return t0, (await r.read()).decode()
 
-        t0 = asyncio.run(stream_then_kill())
+        t0, tail = asyncio.run(stream_then_kill())
         assert proc.wait(timeout=15) == 1
         assert time.monotonic() - t0 < 10
+        # the client is told which rank was lost (it was told gloo's "Connection reset by
+        # peer ... Check the logs of the remote worker") before the server exits
+        assert "tensor parallel rank 1 was killed by SIGKILL" in tail, tail
+        assert "gloo" not in tail, tail
         text = log.read_text()
         assert "tensor parallel rank 1 was killed by SIGKILL: stopping the server" in text, text
         assert not _alive(rank1)
@@ -342,6 +374,29 @@ def test_start_up_checks_the_experts_split(tmp_path, monkeypatch):
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_start_up_checks_the_dense_mlp_split(tmp_path, monkeypatch):
+    """A dense MLP (here Qwen3-MoE's layer 1, mlp_only_layers) with fewer intermediate
+    features than ranks: refused at start-up like the experts', naming both numbers. Rank 1
+    failed its load instead ("intermediate_size must be >= 1, got 0"), and rank 0 reported
+    gloo's "Connection closed by peer"."""
+    from test_moe_model import variant
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    variant("qwen3_moe", intermediate_size=1).save_pretrained(tmp_path / "model")
+    _save_tokenizer(str(tmp_path / "model"))
+
+    async def start():
+        async with Engine(str(tmp_path / "model"), device="cpu", tensor_parallel_size=2,
+                          load_format="dummy"):
+            pass
+
+    with pytest.raises(ValueError, match="tensor parallel size 2 exceeds the 1 intermediate "
+                                         "features of this model's dense MLPs"):
+        asyncio.run(start())
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_tp2_dummy_weights_of_a_moe_model_equal_tp1(tmp_path, monkeypatch):
     """--load-format dummy serves the same random model at any rank count: each rank keeps
     its part of the whole model's random tensors. A shared expert's gate/up were cut at the
@@ -355,3 +410,43 @@ def test_tp2_dummy_weights_of_a_moe_model_equal_tp1(tmp_path, monkeypatch):
     one, _ = asyncio.run(_generate(model, 1, load_format="dummy"))
     two, _ = asyncio.run(_generate(model, 2, load_format="dummy"))
     assert two == one
+
+
+_LOST_AFTER_STOP = """
+import asyncio, os, signal, sys, time
+from aiollm import Engine, SamplingParams
+from aiollm.errors import RequestFailed
+
+async def main():
+    engine = Engine(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=1024,
+                    max_model_len=256)
+    await engine.start()
+    (rank1,) = engine.ranks.procs.values()
+    stream = engine.stream([3, 17], SamplingParams(max_tokens=200, ignore_eos=True))
+    await anext(stream)
+    rank1.kill()
+    try:
+        async for _ in stream:
+            pass
+    except RequestFailed as e:
+        print("failed:", e, flush=True)
+    await engine.stop()
+
+asyncio.run(main())
+time.sleep(5)  # the lost rank ends the process meanwhile
+"""
+
+
+def test_a_rank_lost_as_an_offline_engine_stops_ends_the_process_cleanly(tiny_model):
+    """An Engine (not a server) whose rank dies, stopped by its user once its request
+    failed, before the watchdog ends the process: the watchdog's failing of the requests in
+    flight met the closed event loop and logged a traceback ("Event loop is closed") under
+    the rank's message."""
+    proc = subprocess.run([sys.executable, "-c", _LOST_AFTER_STOP, tiny_model],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "failed: tensor parallel rank 1 was killed by SIGKILL" in out, out
+    assert "tensor parallel rank 1 was killed by SIGKILL: stopping the server" in out, out
+    assert "while failing the requests in flight" not in out, out
+    assert "Event loop is closed" not in out, out

@@ -153,6 +153,15 @@ class NodeRanks:
                 return f"tensor parallel rank {rank} {self._cause(rank, code)}"
         return None
 
+    def lost_rank(self, wait: float = 0.0) -> str | None:
+        """Which spawned rank exited and why (as the watchdog logs it), looking for up to
+        `wait` seconds; None when all are alive. A collective that failed on rank 0 usually
+        means a rank died: its peers see its sockets close a moment before it can be reaped."""
+        deadline = time.monotonic() + wait
+        while (lost := self._lost_rank()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return lost
+
     def _watch(self) -> None:
         while not self.stopping:
             lost = self._lost_rank()

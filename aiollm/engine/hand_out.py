@@ -109,11 +109,16 @@ class HandOut:
             self._finish(r, "abort", error=message, failed=True, error_type=error_type)
 
     def _fail_all_threadsafe(self, message: str) -> None:
-        """From any thread: stop accepting and fail every request with `message`."""
+        """From any thread: stop accepting and fail every request with `message`; nothing
+        when the engine's event loop has closed (no request is left in flight)."""
         def fail_all():
             self._accepting = False
             self._fail_all(message, RequestFailed)
-        self._event_loop.call_soon_threadsafe(fail_all)
+        try:
+            self._event_loop.call_soon_threadsafe(fail_all)
+        except RuntimeError:  # closed: the engine stopped with it (a rank lost meanwhile)
+            if not self._event_loop.is_closed():
+                raise
 
     def _finish(self, req: Request, reason: str, error: str | None = None, failed: bool = False,
                 error_type: Callable[[str], Exception] = RequestFailed) -> None:

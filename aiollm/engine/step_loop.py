@@ -166,8 +166,13 @@ class StepLoop:
 
     def _step_failed(self, step: Step, e: Exception) -> None:
         log.error("model step failed", exc_info=e)
+        error = f"model step failed: {e}"
         if self.ranks is not None:  # the ranks are out of step now: the server cannot go on
-            self.ranks.fail(f"tensor parallel rank 0: model step failed: {e}")
+            # a lost rank is what the step's requests are told, not the collective's error
+            # (gloo's "Connection reset by peer ... Check the logs of the remote worker")
+            lost = self.ranks.lost_rank(wait=0.5)
+            error = lost or error
+            self.ranks.fail(lost or f"tensor parallel rank 0: model step failed: {e}")
         self._undo_pending(step)
         if isinstance(e, torch.OutOfMemoryError):
             # paused and resumed unless it is a request alone that nothing smaller can help:
@@ -181,7 +186,7 @@ class StepLoop:
         else:
             self._step_health.failed(e)
             for r in step.reqs:
-                self._finish(r, "abort", error=f"model step failed: {e}", failed=True,
+                self._finish(r, "abort", error=error, failed=True,
                              error_type=RequestFailed)
         self._flush_prefix_cache()  # the step's KV went into the cache unwritten
 

@@ -94,20 +94,24 @@ class ShardPlan:
 
 
 def check_divisible(config: ModelConfig, ranks: int) -> None:
-    """Raise ValueError when the model's heads, or its experts' features, cannot be split
-    over `ranks` ranks."""
+    """Raise ValueError when the model's heads, or its MLPs' (dense, experts', shared
+    expert's) features, cannot be split over `ranks` ranks."""
     h, kv = config.num_heads, config.num_kv_heads
     if ranks < 1:
         raise ValueError(f"tensor parallel size must be >= 1, got {ranks}")
     moe = getattr(config, "moe", None)
+    # a rank with none of an MLP's features would hold zero-width weights
+    widths = []
+    if moe is None or not all(moe.is_sparse(i) for i in range(config.num_layers)):
+        widths.append(("dense MLP", config.intermediate_size))
     if moe is not None:
-        # a rank with none of an expert's features would hold zero-width weights
-        for name, width in (("expert", moe.intermediate_size),
-                            ("shared expert", moe.shared_expert_intermediate_size)):
-            if 0 < width < ranks:
-                raise ValueError(f"tensor parallel size {ranks} exceeds the {width} "
-                                 f"intermediate features of this model's {name}s, which "
-                                 "the ranks split")
+        widths += [("expert", moe.intermediate_size),
+                   ("shared expert", moe.shared_expert_intermediate_size)]
+    for name, width in widths:
+        if 0 < width < ranks:
+            raise ValueError(f"tensor parallel size {ranks} exceeds the {width} "
+                             f"intermediate features of this model's {name}s, which the "
+                             "ranks split")
     if kv < ranks and (ranks % kv or h % ranks):
         raise ValueError(
             f"tensor parallel size {ranks} does not fit this model's heads: with fewer KV "
