@@ -137,13 +137,17 @@ def test_structural_tag_beside_tools_is_refused(server, choice):
     assert ("'get_weather'" in err["message"]) == (choice is NAMED), err
 
 
-def test_bad_format_beside_tools_names_its_field(server):
-    """The format's schema is checked as when it is alone: the 400 names its field."""
+@pytest.mark.parametrize("field,value", [
+    ("guided_json", {"type": "object", "not": {"required": ["a"]}}),  # not enforced
+    ("guided_grammar", 'root ::= "a" |'),  # does not parse
+    ("guided_regex", "\\Ayes"),  # an escape xgrammar reads as its letter
+])
+def test_bad_format_beside_tools_names_its_field(server, field, value):
+    """The format is checked as when it is alone: the 400 names its field."""
     status, _, raw = http(server, "POST", "/v1/chat/completions", json={
-        "messages": ASK, "max_tokens": 4, "tools": [WEATHER], "guided_json": {
-            "type": "object", "not": {"required": ["a"]}}})
+        "messages": ASK, "max_tokens": 4, "tools": [WEATHER], field: value})
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == "guided_json", err
+    assert status == 400 and err["param"] == field, err
 
 
 class Answer(pydantic.BaseModel):
