@@ -6,12 +6,13 @@ token of one branch, so both are exercised deterministically."""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Literal
 
 import pydantic
 import pytest
-from live_server import http, sse_events
+from live_server import at_once, http, sse_events
 
 ASK = [{"role": "user", "content": "Weather in Paris? Answer yes or no."}]
 WEATHER = {"type": "function", "function": {
@@ -75,16 +76,22 @@ def _body(server, fmt: str, call: bool, stream: bool, **kw) -> dict:
             "stream": stream, "logit_bias": bias, **FORMATS[fmt], **kw}
 
 
-@pytest.mark.parametrize("fmt,stream", [("json_schema", False), ("json_schema", True),
-                                        ("structured_outputs", True)])
-def test_auto_answers_calls_when_the_model_opens_one(server, fmt, stream):
+def test_auto_answers_calls_when_the_model_opens_one(server):
     """The first token opens a call: the grammar holds the rest to a call of one tool (one
-    call: parallel_tool_calls false), read into tool_calls (it was a 400)."""
-    m = _post(server, _body(server, fmt, True, stream, parallel_tool_calls=False))
-    assert m["finish_reason"] == "tool_calls" and not m["content"], m
-    [call] = m["tool_calls"]
-    assert call["function"]["name"] == "get_weather", m
-    assert json.loads(call["function"]["arguments"])["city"] in ("Paris", "Rome"), m
+    call: parallel_tool_calls false), read into tool_calls, whole or streamed (it was a 400).
+    Under "required" or a named function the format shapes a content, which a calls-only
+    answer has none of: calls, as OpenAI answers (it was a 400). The requests run at once
+    (the server batches them), for time."""
+    asked = [("json_schema", False, "auto"), ("guided_json", True, "auto"),
+             ("json_schema", False, "required"), ("json_schema", False, "named")]
+    bodies = [_body(server, fmt, True, stream, parallel_tool_calls=False,
+                    tool_choice=choice if choice in ("auto", "required") else NAMED)
+              for fmt, stream, choice in asked]
+    for how, m in zip(asked, at_once(*(functools.partial(_post, server, b) for b in bodies))):
+        assert m["finish_reason"] == "tool_calls" and not m["content"], (how, m)
+        [call] = m["tool_calls"]
+        assert call["function"]["name"] == "get_weather", (how, m)
+        assert json.loads(call["function"]["arguments"])["city"] in ("Paris", "Rome"), (how, m)
 
 
 @pytest.mark.parametrize("fmt,stream", [(f, False) for f in FORMATS] + [("json_schema", True)])
@@ -100,17 +107,6 @@ def test_auto_answers_the_format_when_the_model_opens_content(server, fmt, strea
         assert isinstance(answer, dict), m
         if fmt != "json_object":
             assert answer["answer"] in ("yes", "no") and len(answer) == 1, m
-
-
-@pytest.mark.parametrize("choice", ["required", NAMED], ids=["required", "named"])
-def test_required_or_named_answers_calls_only(server, choice):
-    """The format shapes a content, which a calls-only answer has none of: the calls, as
-    OpenAI answers (it was a 400)."""
-    m = _post(server, _body(server, "json_schema", True, False, tool_choice=choice,
-                            parallel_tool_calls=False))
-    assert m["finish_reason"] == "tool_calls" and not m["content"], m
-    [call] = m["tool_calls"]
-    assert json.loads(call["function"]["arguments"])["city"] in ("Paris", "Rome"), m
 
 
 def test_none_answers_the_format_only(server):
@@ -142,10 +138,13 @@ def test_structural_tag_beside_tools_is_refused(server, choice):
     ("guided_grammar", 'root ::= "a" |'),  # does not parse
     ("guided_regex", "\\Ayes"),  # an escape xgrammar reads as its letter
 ])
-def test_bad_format_beside_tools_names_its_field(server, field, value):
-    """The format is checked as when it is alone: the 400 names its field."""
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_bad_format_beside_tools_names_its_field(server, field, value, choice):
+    """The format is checked as when it is alone, even where calls only will answer: the
+    400 names its field."""
     status, _, raw = http(server, "POST", "/v1/chat/completions", json={
-        "messages": ASK, "max_tokens": 4, "tools": [WEATHER], field: value})
+        "messages": ASK, "max_tokens": 4, "tools": [WEATHER], "tool_choice": choice,
+        field: value})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == field, err
 

@@ -34,15 +34,17 @@ def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, p
     as the client sent it, for the 400 on a structural tag. The content grammar is turned
     into EBNF here (xgrammar's JSON schema conversion: milliseconds for any schema the checks
     let through); call it off the event loop. Raises InvalidRequest naming the content
-    grammar's field where that grammar is bad."""
+    grammar's field where that grammar is bad, whether or not it shapes the output (a calls-
+    only answer checks it too: a bad field is a 400 whatever the tool_choice)."""
     content = constraint.grammar if constraint is not None else None
     if content is not None and content.kind == "structural_tag":
         raise ApiError(400, f"{sent} and {content.param} both constrain the calls; send one "
                        f"(or tool_choice \"none\")", param="tool_choice")
-    if content is None or required:
+    fmt = content_format(content) if content is not None else None  # checked in any mode
+    if fmt is None or required:
         spec = parser.grammar(tools, required=required, parallel=parallel)
     else:
-        spec = parser.either(tools, content_format(content), parallel=parallel)
+        spec = parser.either(tools, fmt, parallel=parallel)
     kept = (constraint.allowed_token_ids, constraint.logit_bias) if constraint else ()
     return Constraint(spec, *kept)
 
