@@ -401,23 +401,6 @@ def test_longest_tool_name_is_served(server):
     assert status == 200, raw
 
 
-@pytest.mark.parametrize("choice", [None, "required", NAMED], ids=["absent", "required", "named"])
-def test_tools_with_response_format_name_what_was_sent(server, choice):
-    """tools and a response format both constrain the output: the 400 names the tool_choice
-    the client sent, or says it defaulted (it blamed a tool_choice "auto" nobody sent, and a
-    named function as a tool_choice "required")."""
-    body = {"messages": ASK, "max_tokens": 4, "tools": [WEATHER],
-            "response_format": {"type": "json_object"}}
-    if choice:
-        body["tool_choice"] = choice
-    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
-    err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == "tool_choice", err
-    assert ("'required'" in err["message"]) == (choice == "required"), err
-    assert ("absent" in err["message"]) == (choice is None), err
-    assert ("'get_weather'" in err["message"]) == (choice is NAMED), err
-
-
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/completions", {"tools": [WEATHER], "tool_choice": "required"}, "tools"),
     ("/v1/completions", {"tool_choice": "required"}, "tool_choice"),

@@ -247,3 +247,53 @@ def test_calls_cut_by_max_tokens_are_calls_streamed_or_not(parser, required):
             assert (sent + rest).strip() == content.strip(), cut
             assert [(c.name, c.arguments) for c in streamed] == [
                 (c.name, c.arguments) for c in calls], cut
+
+
+# a response format whose objects open as a Llama 3 call does ({"name": ...}): read as
+# content, its name being no tool's
+PERSON = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 6}, "ok": {"type": "boolean"}},
+    "required": ["name", "ok"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("parser", [HermesParser(), Llama3Parser(), MistralParser()],
+                         ids=lambda p: p.name)
+@pytest.mark.parametrize("parallel", [True, False])
+def test_auto_beside_a_format_is_calls_or_the_format(parser, parallel):
+    """tool_choice "auto" beside a response format: every output the grammar allows is
+    calls only, each valid for its tool (one unless parallel), or content that validates
+    against the format and holds no call; a stream reads it alike."""
+    from aiollm.api.tools_or_format import content_format
+    from aiollm.sampling_params import GrammarSpec
+
+    fmt = content_format(GrammarSpec("json_schema", json.dumps(PERSON), "response_format"))
+    spec = parser.either(TOOLS, fmt, parallel=parallel)
+    names = {t["function"]["name"]: t for t in TOOLS}
+    kinds = set()
+    for text in _walks(spec.value, 24, seed=len(parser.name) + parallel):
+        content, calls = parser.calls(text, names)
+        if calls:
+            assert not content and (parallel or len(calls) == 1), text
+            for call in calls:
+                schema = names[call.name]["function"].get("parameters") or {"type": "object"}
+                jsonschema.validate(json.loads(call.arguments), schema)
+        else:
+            jsonschema.validate(json.loads(content), PERSON)
+        kinds.add(bool(calls))
+        stream = StreamingToolParser(parser, names)
+        sent = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3))
+        rest, streamed = stream.finish()
+        assert (sent + rest, [(c.name, c.arguments) for c in streamed]) == (
+            content, [(c.name, c.arguments) for c in calls]), text
+    # a walk seldom spells a tool's name where a Llama 3 call and the content both open
+    # with '{"name": "'
+    assert kinds == ({False} if parser.name == "llama3" else {True, False}), kinds
+    call = {"hermes": '<tool_call>\n{"name": "tag", "arguments": {"t": [1]}}\n</tool_call>',
+            "llama3": '{"name": "tag", "parameters": {"t": [1]}}',
+            "mistral": '[TOOL_CALLS][{"name": "tag", "arguments": {"t": [1]}}]'}[parser.name]
+    info = xgr.TokenizerInfo(VOCAB, stop_token_ids=[EOS])
+    compiled = xgr.GrammarCompiler(info, cache_enabled=False).compile_structural_tag(spec.value)
+    for text in (call, '{"name": "Bob", "ok": true}'):
+        matcher = xgr.GrammarMatcher(compiled)
+        assert matcher.accept_string(text) and matcher.accept_token(EOS), text
+        assert bool(parser.calls(text, names)[1]) == (text == call), text

@@ -5,6 +5,7 @@ chat logprob format.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,8 +24,8 @@ from aiollm.api.protocol import json_response
 from aiollm.api.state import state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.tool_stream import StreamingToolParser
+from aiollm.api.tools_or_format import tools_constraint
 from aiollm.api.usage import chunk_usage, room, usage_of
-from aiollm.sampling_params import Constraint
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta, TokenLogprob
@@ -76,21 +77,21 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if tool_parsers.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
         named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
-        if constraint is not None and constraint.grammar is not None:
-            if named:  # not the "required" it was turned into
-                sent = f"tool_choice naming the function {callable_tools[0]['function']['name']!r}"
-            elif req.tool_choice is not None:
-                sent = f"tool_choice {mode!r}"
-            else:
-                sent = "tools (with tool_choice absent, \"auto\")"
-            raise ApiError(400, f"{sent} and {constraint.grammar.param} both constrain the "
-                           f"output; send one (or tool_choice \"none\")", param="tool_choice")
+        if named:  # not the "required" it was turned into
+            sent = f"tool_choice naming the function {callable_tools[0]['function']['name']!r}"
+        elif req.tool_choice is not None:
+            sent = f"tool_choice {mode!r}"
+        else:
+            sent = "tools (with tool_choice absent, \"auto\")"
         # a named function is one call, as vLLM and SGLang answer it; else several may come
-        # unless parallel_tool_calls is false
-        spec = parser.grammar(callable_tools, required=mode == "required",
-                              parallel=req.parallel_tool_calls is not False and not named)
-        constraint = Constraint(spec, *((constraint.allowed_token_ids, constraint.logit_bias)
-                                        if constraint else ()))
+        # unless parallel_tool_calls is false. A response format beside: calls or the
+        # format's content under "auto", calls only else (aiollm/api/tools_or_format.py)
+        combine = partial(tools_constraint, parser, callable_tools, required=mode == "required",
+                          parallel=req.parallel_tool_calls is not False and not named,
+                          constraint=constraint, sent=sent)
+        # a content grammar is converted to EBNF: off the event loop
+        constraint = (await asyncio.to_thread(combine) if constraint is not None
+                      and constraint.grammar is not None else combine())
     # the template is applied here rather than by engine.chat so that a request without
     # max_tokens can be given the rest of the context
     # past calls reach a template that knows none in any mode: the follow-up turn (often

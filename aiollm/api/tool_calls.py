@@ -77,14 +77,25 @@ class ToolParser:
         """"required": calls only (no text around them, the grammar ends after the last);
         else text until a call's marker, then the call."""
         if required:
-            fmt = {"type": "sequence", "elements": [
-                {"type": "tags_with_separator", "tags": self.tags(tools),
-                 "separator": self.separator, "at_least_one": True,
-                 "stop_after_first": not parallel}, OPTIONAL_NEWLINE]}
-        else:
-            fmt = {"type": "triggered_tags", "triggers": [self.start], "tags": self.tags(tools),
-                   "at_least_one": False, "stop_after_first": not parallel}
-        return structural_tag(fmt)
+            return structural_tag(self.calls_format(tools, parallel=parallel))
+        return structural_tag({
+            "type": "triggered_tags", "triggers": [self.start], "tags": self.tags(tools),
+            "at_least_one": False, "stop_after_first": not parallel})
+
+    def calls_format(self, tools: list[dict], *, parallel: bool) -> dict:
+        """The structural tag format of an output of calls only: one or more (one when not
+        `parallel`), each valid for its tool, nothing around them."""
+        return {"type": "sequence", "elements": [
+            {"type": "tags_with_separator", "tags": self.tags(tools),
+             "separator": self.separator, "at_least_one": True,
+             "stop_after_first": not parallel}, OPTIONAL_NEWLINE]}
+
+    def either(self, tools: list[dict], content: dict, *, parallel: bool) -> GrammarSpec:
+        """tool_choice "auto" beside a response format: the output is calls only
+        (calls_format) or a content of format `content` (tools_or_format.content_format), chosen
+        at its first token, as OpenAI answers such a request."""
+        return structural_tag({"type": "or", "elements": [
+            self.calls_format(tools, parallel=parallel), content]})
 
 
 # may end a "required" output: models write one after a call, then the end (else the

@@ -16,7 +16,8 @@ tool_choice "required" and a named function are enforced with an xgrammar struct
 built from the tools' parameter schemas (calls and nothing else, each one valid for its tool:
 one or more for "required", exactly one for a named function); "auto" constrains a call once
 its opening marker appears (the tag's trigger), so a call the model starts always parses;
-"none" leaves the output free and parses nothing. The request's `tools` and `tool_choice`
+"none" leaves the output free and parses nothing; "auto" beside a response format is calls
+or that format's content (aiollm/api/tools_or_format.py). The request's `tools` and `tool_choice`
 are checked, and turned into that mode, in aiollm/api/tool_request.py.
 """
 
@@ -26,7 +27,7 @@ import functools
 import json
 from typing import Any
 
-from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser, structural_tag
+from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
 
@@ -174,17 +175,15 @@ class MistralParser(ToolParser):
         return [{"type": "tag", "begin": f'[TOOL_CALLS][{{"name": {_name(t)}, "arguments": ',
                  "content": _arguments(t), "end": "}]"} for t in tools]
 
-    def grammar(self, tools, *, required, parallel):
-        if not required:
-            return super().grammar(tools, required=False, parallel=parallel)
+    def calls_format(self, tools, *, parallel):
         # one array of calls: [TOOL_CALLS][{...}, {...}]
         calls = [{"type": "tag", "begin": f'{{"name": {_name(t)}, "arguments": ',
                   "content": _arguments(t), "end": "}"} for t in tools]
-        return structural_tag({"type": "sequence", "elements": [
+        return {"type": "sequence", "elements": [
             {"type": "const_string", "value": "[TOOL_CALLS]["},
             {"type": "tags_with_separator", "tags": calls, "separator": ", ",
              "at_least_one": True, "stop_after_first": not parallel},
-            {"type": "const_string", "value": "]"}, OPTIONAL_NEWLINE]})
+            {"type": "const_string", "value": "]"}, OPTIONAL_NEWLINE]}
 
 
 _BY_NAME = {p.name: p for p in (HermesParser, Llama3Parser, MistralParser)}

@@ -1,0 +1,74 @@
+"""Tools beside a grammar on the content (`response_format`, vLLM's `guided_*` and
+`structured_outputs`): the one grammar a chat request's output is held to.
+
+OpenAI's rule, followed for every content grammar: the format describes the content of an
+assistant message, and the tools the calls. So
+- tool_choice "auto" (or absent): the output is either calls, in the model's call format and
+  nothing else, or a content that matches the format; the model picks at its first token;
+- tool_choice "required" or a named function: calls only (a calls-only message has no
+  content for the format to shape);
+- tool_choice "none": the format only (no parser runs, as without tools).
+An xgrammar structural tag (`structured_outputs.structural_tag`) is no content format: it
+shapes the whole output, calls included, so beside tools (other than "none") it is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import xgrammar as xgr
+
+from aiollm.api.http_errors import ApiError
+from aiollm.api.tool_calls import ToolParser
+from aiollm.engine.grammar_check import compilable
+from aiollm.errors import InvalidRequest
+from aiollm.sampling_params import Constraint, GrammarSpec
+
+_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: "
+
+
+def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, parallel: bool,
+                     constraint: Constraint | None, sent: str) -> Constraint:
+    """The request's constraint with its tools' grammar in it. `sent` names the tool_choice
+    as the client sent it, for the 400 on a structural tag. The content grammar is turned
+    into EBNF here (xgrammar's JSON schema conversion: milliseconds for any schema the checks
+    let through); call it off the event loop. Raises InvalidRequest naming the content
+    grammar's field where that grammar is bad, whether or not it shapes the output (a calls-
+    only answer checks it too: a bad field is a 400 whatever the tool_choice)."""
+    content = constraint.grammar if constraint is not None else None
+    if content is not None and content.kind == "structural_tag":
+        raise ApiError(400, f"{sent} and {content.param} both constrain the calls; send one "
+                       f"(or tool_choice \"none\")", param="tool_choice")
+    fmt = content_format(content) if content is not None else None  # checked in any mode
+    if fmt is None or required:
+        spec = parser.grammar(tools, required=required, parallel=parallel)
+    else:
+        spec = parser.either(tools, fmt, parallel=parallel)
+    kept = (constraint.allowed_token_ids, constraint.logit_bias) if constraint else ()
+    return Constraint(spec, *kept)
+
+
+def content_format(spec: GrammarSpec) -> dict:
+    """A structural tag format (an EBNF grammar) that holds text to `spec` exactly as `spec`
+    compiled alone would (aiollm/engine/grammar.py compiles each kind this way). Raises
+    InvalidRequest naming spec.param where the grammar checks refuse it."""
+    value = compilable(spec)  # checked (and a schema rewritten) as when compiled alone
+    try:
+        if spec.kind == "json_schema":
+            grammar = xgr.Grammar.from_json_schema(value, any_whitespace=False,
+                                                   strict_mode=True)
+        elif spec.kind == "json_object":
+            grammar = xgr.Grammar.from_json_schema('{"type": "object"}', any_whitespace=False)
+        elif spec.kind == "regex":
+            grammar = xgr.Grammar.from_regex(value)
+        elif spec.kind == "choice":
+            grammar = xgr.Grammar.from_ebnf("root ::= " + " | ".join(
+                json.dumps(c, ensure_ascii=False) for c in json.loads(value)))
+        else:
+            assert spec.kind == "ebnf", spec.kind
+            grammar = xgr.Grammar.from_ebnf(value)
+    except Exception as e:  # the library's own error types: the client's grammar is bad
+        msg = _LOG_PREFIX.sub("", str(e)).strip()
+        raise InvalidRequest(f"invalid {spec.param}: {msg}", param=spec.param) from e
+    return {"type": "grammar", "grammar": str(grammar)}

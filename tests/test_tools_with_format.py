@@ -1,0 +1,177 @@
+"""Tools beside a response format (or vLLM's guided_json / structured_outputs) on
+/v1/chat/completions, against the real server: under tool_choice "auto" the output is calls or
+the format's content, the model's pick; under "required" or a named function calls only;
+structural tags beside tools refused. The model's pick is forced with a logit bias on the first
+token of one branch, so both are exercised deterministically."""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Literal
+
+import pydantic
+import pytest
+from live_server import at_once, http, sse_events
+
+ASK = [{"role": "user", "content": "Weather in Paris? Answer yes or no."}]
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "enum": ["Paris", "Rome"]}},
+        "required": ["city"], "additionalProperties": False}}}
+ANSWER = {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+          "required": ["answer"], "additionalProperties": False}
+NAMED = {"type": "function", "function": {"name": "get_weather"}}  # tool_choice naming it
+FORMATS = {
+    "json_schema": {"response_format": {"type": "json_schema", "json_schema": {
+        "name": "answer", "schema": ANSWER}}},
+    "json_object": {"response_format": {"type": "json_object"}},
+    "guided_json": {"guided_json": ANSWER},
+    "structured_outputs": {"structured_outputs": {"choice": ["yes", "no"]}},
+}
+
+
+def _call_first(server) -> dict[str, int]:
+    """A logit bias that makes the model open a call: toward the first token of a call's
+    marker (the marker is several tokens)."""
+    t = server.engine.tokenizer.encode("<tool_call>", add_special_tokens=False)[0]
+    return {str(t): 100}
+
+
+def _content_first(server) -> dict[str, int]:
+    """A logit bias that keeps the model from opening a call: every token that could begin
+    the marker banned (a bias toward the content's first token, "{", would hold in its
+    strings too)."""
+    vocab = server.engine.tokenizer.hf_tokenizer.get_vocab()
+    return {str(t): -100 for piece, t in vocab.items() if "<tool_call>".startswith(piece)}
+
+
+def _post(server, body: dict) -> dict:
+    """The first choice's message and finish reason, from the whole answer or joined from
+    the stream's chunks: {"content", "tool_calls", "finish_reason"}."""
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    assert status == 200, raw
+    if not body.get("stream"):
+        choice = json.loads(raw)["choices"][0]
+        return {**choice["message"], "finish_reason": choice["finish_reason"]}
+    content, calls, finish = None, {}, None
+    for data in sse_events(raw)[:-1]:
+        for c in json.loads(data)["choices"]:
+            d = c["delta"]
+            if d.get("content"):
+                content = (content or "") + d["content"]
+            for tc in d.get("tool_calls") or []:
+                got = calls.setdefault(tc["index"], {"name": "", "arguments": ""})
+                got["name"] += tc.get("function", {}).get("name") or ""
+                got["arguments"] += tc.get("function", {}).get("arguments") or ""
+            finish = c["finish_reason"] or finish
+    return {"content": content, "finish_reason": finish,
+            "tool_calls": [{"function": calls[i]} for i in sorted(calls)] or None}
+
+
+def _body(server, fmt: str, call: bool, stream: bool, **kw) -> dict:
+    """A request of tools and format `fmt`, biased to open a call or not."""
+    bias = _call_first(server) if call else _content_first(server)
+    return {"messages": ASK, "tools": [WEATHER], "max_tokens": 40, "temperature": 0,
+            "stream": stream, "logit_bias": bias, **FORMATS[fmt], **kw}
+
+
+def test_auto_answers_calls_when_the_model_opens_one(server):
+    """The first token opens a call: the grammar holds the rest to a call of one tool (one
+    call: parallel_tool_calls false), read into tool_calls, whole or streamed (it was a 400).
+    Under "required" or a named function the format shapes a content, which a calls-only
+    answer has none of: calls, as OpenAI answers (it was a 400). The requests run at once
+    (the server batches them), for time."""
+    asked = [("json_schema", False, "auto"), ("guided_json", True, "auto"),
+             ("json_schema", False, "required"), ("json_schema", False, "named")]
+    bodies = [_body(server, fmt, True, stream, parallel_tool_calls=False,
+                    tool_choice=choice if choice in ("auto", "required") else NAMED)
+              for fmt, stream, choice in asked]
+    for how, m in zip(asked, at_once(*(functools.partial(_post, server, b) for b in bodies))):
+        assert m["finish_reason"] == "tool_calls" and not m["content"], (how, m)
+        [call] = m["tool_calls"]
+        assert call["function"]["name"] == "get_weather", (how, m)
+        assert json.loads(call["function"]["arguments"])["city"] in ("Paris", "Rome"), (how, m)
+
+
+@pytest.mark.parametrize("fmt,stream", [(f, False) for f in FORMATS] + [("json_schema", True)])
+def test_auto_answers_the_format_when_the_model_opens_content(server, fmt, stream):
+    """The first token opens the format's content: the grammar holds the rest to it, and it
+    is the message's content (it was a 400)."""
+    m = _post(server, _body(server, fmt, False, stream))
+    assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
+    if fmt == "structured_outputs":
+        assert m["content"] in ("yes", "no"), m
+    else:
+        answer = json.loads(m["content"])
+        assert isinstance(answer, dict), m
+        if fmt != "json_object":
+            assert answer["answer"] in ("yes", "no") and len(answer) == 1, m
+
+
+def test_none_answers_the_format_only(server):
+    """tool_choice "none": the format alone, even where the model would open a call."""
+    m = _post(server, _body(server, "json_schema", True, False, tool_choice="none"))
+    assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
+    assert json.loads(m["content"])["answer"] in ("yes", "no"), m
+
+
+@pytest.mark.parametrize("choice", [None, "required", NAMED], ids=["absent", "required", "named"])
+def test_structural_tag_beside_tools_is_refused(server, choice):
+    """A structural tag shapes the whole output, calls included: beside tools it is a 400
+    that names the tool_choice as sent."""
+    body = {"messages": ASK, "max_tokens": 4, "tools": [WEATHER], "structured_outputs": {
+        "structural_tag": {"type": "structural_tag", "format": {
+            "type": "const_string", "value": "hi"}}}}
+    if choice:
+        body["tool_choice"] = choice
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "tool_choice", err
+    assert ("'required'" in err["message"]) == (choice == "required"), err
+    assert ("absent" in err["message"]) == (choice is None), err
+    assert ("'get_weather'" in err["message"]) == (choice is NAMED), err
+
+
+@pytest.mark.parametrize("field,value", [
+    ("guided_json", {"type": "object", "not": {"required": ["a"]}}),  # not enforced
+    ("guided_grammar", 'root ::= "a" |'),  # does not parse
+    ("guided_regex", "\\Ayes"),  # an escape xgrammar reads as its letter
+])
+@pytest.mark.parametrize("choice", ["auto", "required"])
+def test_bad_format_beside_tools_names_its_field(server, field, value, choice):
+    """The format is checked as when it is alone, even where calls only will answer: the
+    400 names its field."""
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        "messages": ASK, "max_tokens": 4, "tools": [WEATHER], "tool_choice": choice,
+        field: value})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == field, err
+
+
+class Answer(pydantic.BaseModel):
+    answer: str = pydantic.Field(pattern="^(yes|no)$")
+
+
+class GetWeather(pydantic.BaseModel):
+    city: Literal["Paris", "Rome"]
+
+
+@pytest.mark.parametrize("call", [True, False], ids=["call", "content"])
+def test_sdk_parse_with_tools(client, server, call):
+    """The openai SDK's parse(response_format=Model, tools=[...]), as agent frameworks send
+    it: a call parsed into its tool's model, or content parsed into the format's."""
+    import openai
+
+    r = client.chat.completions.parse(
+        model=None, messages=ASK, response_format=Answer, max_tokens=40, temperature=0,
+        tools=[openai.pydantic_function_tool(GetWeather)], parallel_tool_calls=False,
+        logit_bias=_call_first(server) if call else _content_first(server))
+    m = r.choices[0].message
+    if not call:
+        assert r.choices[0].finish_reason == "stop" and isinstance(m.parsed, Answer), m
+        assert not m.tool_calls, m
+    else:
+        assert r.choices[0].finish_reason == "tool_calls" and m.parsed is None, m
+        [call] = m.tool_calls
+        assert isinstance(call.function.parsed_arguments, GetWeather), m
