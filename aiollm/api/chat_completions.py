@@ -6,7 +6,6 @@ chat logprob format.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import ApiError, full_context_told, param_names
 from aiollm.api.protocol import json_response
+from aiollm.api.request_id import request_id
 from aiollm.api.state import state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.tool_stream import StreamingToolParser
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = await decode_body(request, ChatCompletionRequest)
+    request_id(request, req.request_id)  # errors too carry it from here
     names = {"logprobs": "top_logprobs", "prompt": "messages"}
     if req.max_completion_tokens is not None:
         names["max_tokens"] = "max_completion_tokens"
@@ -109,7 +110,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
               for j in range(req.n)]
     await engine.compile_grammar(params[0])
     # one head, in OpenAI's order, for the whole answer and for every chunk of a stream
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}",
+    rid = request_id(request)
+    head = {"id": f"chatcmpl-{rid}",
             "object": "chat.completion.chunk" if req.stream else "chat.completion",
             "created": int(time.time()), "model": st.model_name,
             "system_fingerprint": st.system_fingerprint}

@@ -27,6 +27,8 @@ from aiollm.api import lightllm, openai, ops
 from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
+from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
+from aiollm.api.request_id import send_request_id
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
 
 if TYPE_CHECKING:
@@ -98,6 +100,7 @@ def create_app(engine: Engine, *, api_key: str | None = None,
                                         expect_handler=_expect_handler(allowed)))
     if cors is not None:
         enable_cors(app, cors)
+    app.on_response_prepare.append(send_request_id)
     app.cleanup_ctx.append(_engine_lifetime)
     app.on_shutdown.append(_drain)
     return app
@@ -230,6 +233,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         max_field_size=MAX_HEADER_LINE_BYTES,
         max_headers=MAX_HEADERS,
         access_log=log.getChild("access") if log.isEnabledFor(logging.DEBUG) else None,
+        # aiohttp's format, and the id the response carries (api/request_id.py)
+        access_log_format=f'%a %t "%r" %s %b "%{{Referer}}i" "%{{User-Agent}}i" '
+                          f'%{{{REQUEST_ID_HEADER}}}o',
         logger=SERVER_LOG,
     )
     loop = asyncio.get_running_loop()

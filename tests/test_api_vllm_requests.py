@@ -1,0 +1,78 @@
+"""vLLM's request-level options on the real server (tests/live_server.py): request ids
+(X-Request-Id, the body's request_id), prompt_logprobs on chat, and a request's own chat
+template (chat_template, chat_template_kwargs; --trust-request-chat-template)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from live_server import at_once, http, sse_events
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    return client.models.list().data[0].id
+
+
+def chat(server, body: dict, headers: dict | None = None) -> tuple[int, dict, dict | bytes]:
+    status, head, raw = http(server, "POST", "/v1/chat/completions", headers=headers,
+                             json={"messages": HI, "max_tokens": 2, **body})
+    head = {k.lower(): v for k, v in head.items()}  # aiohttp writes X-Request-ID
+    return status, head, raw if body.get("stream") else json.loads(raw)
+
+
+# -- request ids -----------------------------------------------------------------------------
+
+def test_sdk_reads_the_request_id_the_completion_names(client, model):
+    """Every response carries X-Request-Id (the SDK's response._request_id, as OpenAI
+    sends it), and the completion's id is built from it, whole and streamed."""
+    out = client.chat.completions.with_raw_response.create(model=model, messages=HI,
+                                                           max_tokens=2)
+    rid = out.request_id
+    assert rid and out.parse().id == f"chatcmpl-{rid}"
+    with client.completions.with_streaming_response.create(
+            model=model, prompt="Hi", max_tokens=2, stream=True) as resp:
+        rid = resp.headers["x-request-id"]
+        ids = {json.loads(e)["id"] for e in sse_events(b"".join(resp.iter_bytes()))
+               if e != "[DONE]"}
+    assert ids == {f"cmpl-{rid}"}
+    other = client.models.with_raw_response.list()
+    assert other.request_id and other.request_id != rid  # a new one per request
+
+
+def test_the_clients_id_is_the_requests_even_when_two_share_it(server):
+    """The X-Request-Id header, else the body's request_id (vLLM's), names the request;
+    two requests sent at once with the same id each get their own answer (the engine keys
+    requests by its own counter), and an error carries the id too."""
+    same = {"X-Request-Id": "trace-42"}
+    a, b = at_once(lambda: chat(server, {"max_tokens": 3, "seed": 1, "temperature": 1}, same),
+                   lambda: chat(server, {"max_tokens": 5, "stream": True}, same))
+    assert a[0] == b[0] == 200 and a[1]["x-request-id"] == b[1]["x-request-id"] == "trace-42"
+    assert a[2]["id"] == "chatcmpl-trace-42" and a[2]["usage"]["completion_tokens"] == 3
+    chunks = [json.loads(e) for e in sse_events(b[2]) if e != "[DONE]"]
+    assert {c["id"] for c in chunks} == {"chatcmpl-trace-42"}
+    assert sum(len(c["choices"]) for c in chunks) >= 2
+    status, head, out = chat(server, {"request_id": "from-body"})
+    assert (status, head["x-request-id"], out["id"]) == (200, "from-body", "chatcmpl-from-body")
+    status, head, out = chat(server, {"request_id": "from-body"}, {"X-Request-Id": "hdr"})
+    assert (head["x-request-id"], out["id"]) == ("hdr", "chatcmpl-hdr")  # as vLLM: header first
+    status, head, out = chat(server, {"request_id": "bad-temp", "temperature": -1})
+    assert status == 400 and head["x-request-id"] == "bad-temp"
+
+
+@pytest.mark.parametrize("where", ["header", "body"])
+def test_an_id_that_cannot_travel_in_a_header_is_refused(server, where):
+    """An id is printable ASCII (it goes back in a header): a line break or non-ASCII is a
+    400 naming where it came from, and the server keeps serving."""
+    if where == "body":
+        status, head, out = chat(server, {"request_id": "a\r\nSet-Cookie: x=1"})
+        assert status == 400 and out["error"]["param"] == "request_id", out
+        assert "\n" not in head["x-request-id"] and "set-cookie" not in head
+    else:
+        status, head, out = chat(server, {}, {"X-Request-Id": "é".encode().decode("latin-1")})
+        assert status == 400 and "X-Request-Id header" in out["error"]["message"], out
+        assert head["x-request-id"].isascii()
+    assert chat(server, {})[0] == 200
