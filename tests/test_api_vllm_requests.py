@@ -76,3 +76,27 @@ def test_an_id_that_cannot_travel_in_a_header_is_refused(server, where):
         assert status == 400 and "X-Request-Id header" in out["error"]["message"], out
         assert head["x-request-id"].isascii()
     assert chat(server, {})[0] == 200
+
+
+# -- prompt_logprobs on chat -----------------------------------------------------------------
+
+def test_chat_scores_the_rendered_conversation_as_completions_score_it(server):
+    """prompt_logprobs on chat (vLLM's: top-level, beside the choices) are those
+    /v1/completions gives for the conversation's token ids, once however many choices;
+    a stream carries them once, in the chunk of choice 0's first token."""
+    _, _, raw = http(server, "POST", "/tokenize", json={"messages": HI})
+    ids = json.loads(raw)["tokens"]
+    _, _, raw = http(server, "POST", "/v1/completions", json={
+        "prompt": ids, "max_tokens": 1, "prompt_logprobs": 2})
+    want = json.loads(raw)["choices"][0]["prompt_logprobs"]
+    assert len(want) == len(ids) and want[0] is None and len(want[1]) >= 2
+    status, _, out = chat(server, {"prompt_logprobs": 2, "n": 2, "seed": 0})
+    assert status == 200 and out["prompt_logprobs"] == want, out
+    assert all("prompt_logprobs" not in c for c in out["choices"])
+    status, _, raw = chat(server, {"prompt_logprobs": 2, "stream": True})
+    chunks = [json.loads(e) for e in sse_events(raw) if e != "[DONE]"]
+    scored = [c for c in chunks if "prompt_logprobs" in c]
+    assert status == 200 and len(scored) == 1 and scored[0]["prompt_logprobs"] == want
+    assert scored[0]["choices"][0]["delta"].get("content")  # the first token's chunk
+    status, _, out = chat(server, {"prompt_logprobs": 21})
+    assert status == 400 and out["error"]["param"] == "prompt_logprobs", out

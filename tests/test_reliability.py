@@ -315,8 +315,7 @@ BAD_INPUT = [
         "stream_options"),
     # vLLM's chat fields that change the prompt or the output, not served: refused
     bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
-    bad("chat-prompt-logprobs", CH, chat(prompt_logprobs=1), 400, "prompt_logprobs",
-        "/v1/completions"),  # was ignored: the answer came without the scores asked for
+    bad("chat-prompt-logprobs-past-max", CH, chat(prompt_logprobs=21), 400, "prompt_logprobs"),
     # OpenAI's audio output: the model writes text alone (was ignored: a 200 whose message
     # has no audio, where OpenAI answers audio or an error)
     bad("chat-audio-modality", CH, chat(modalities=["text", "audio"]), 400, "modalities",

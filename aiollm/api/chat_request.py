@@ -70,17 +70,18 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # answer; SGLang's separate_reasoning false leaves the output unsplit (aiollm/api/reasoning.py)
     include_reasoning: bool = True
     separate_reasoning: bool = True
+    # vLLM's: the rendered conversation's logprobs, beside the choices (chat_completions.py)
+    prompt_logprobs: int | None = None
     # vLLM's: they change the prompt or the output, and are not served (check_unserved)
     echo: bool | None = False
     chat_template: str | None = None
-    prompt_logprobs: int | None = None
     # OpenAI's audio output: served as text alone (check_unserved)
     modalities: Any = None
     audio: Any = None
 
     def check_max_tokens(self) -> None:
-        """The length field the request uses (max_completion_tokens over max_tokens) is >= 1:
-        chat scores no prompt, so 0 has no use."""
+        """The length field the request uses (max_completion_tokens over max_tokens) is >= 1,
+        as vLLM takes it on chat: a prompt scored (prompt_logprobs) comes with an answer."""
         if self.max_completion_tokens is not None:
             check_max_tokens(self.max_completion_tokens, "max_completion_tokens")
         else:
@@ -110,8 +111,3 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         if self.audio is not None:  # OpenAI's voice and format of an audio answer
             raise InvalidRequest("audio output is not served: the model writes text alone; "
                                  "leave audio out", param="audio")
-        if self.prompt_logprobs is not None:  # was ignored: no scores, and no error
-            raise InvalidRequest("prompt_logprobs is not served on chat: send the "
-                                 "conversation's token ids (/tokenize with messages) to "
-                                 "/v1/completions as the prompt, with prompt_logprobs",
-                                 param="prompt_logprobs")

@@ -91,7 +91,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     def prompt_scores(out: Delta | RequestOutput) -> dict:
         if req.prompt_logprobs is None or out.prompt_logprobs is None:
             return {}
-        return {"prompt_logprobs": _vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
+        return {"prompt_logprobs": vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
 
     def token_ids(k: int, out: Delta | RequestOutput, first: bool) -> dict:
         """vLLM's return_token_ids: the choice's prompt ids (a stream's first chunk of
@@ -238,9 +238,10 @@ def _joined(a: dict, b: dict) -> dict:
     return {key: a[key] + b[key] for key in a}
 
 
-def _vllm_prompt_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None]) -> list:
-    """vLLM's prompt_logprobs: per prompt token None (the first) or {id: {logprob, rank,
-    decoded_token}} for the prompt token and its top alternatives."""
+def vllm_prompt_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None]) -> list:
+    """vLLM's prompt_logprobs (of a completions choice, and of a whole chat answer): per
+    prompt token None (the first) or {id: {logprob, rank, decoded_token}} for the prompt
+    token and its top alternatives."""
     out: list[dict | None] = []
     for lp in lps:
         if lp is None:
