@@ -100,3 +100,58 @@ def test_chat_scores_the_rendered_conversation_as_completions_score_it(server):
     assert scored[0]["choices"][0]["delta"].get("content")  # the first token's chunk
     status, _, out = chat(server, {"prompt_logprobs": 21})
     assert status == 400 and out["error"]["param"] == "prompt_logprobs", out
+
+
+# -- a request's own chat template -----------------------------------------------------------
+
+CONTENTS = "{% for m in messages %}{{ m.content }}{% endfor %}"
+
+
+@pytest.fixture
+def trusting(server):
+    """The shared server as `aiollm serve --trust-request-chat-template` runs it."""
+    from aiollm.api.state import STATE
+
+    st = server.app[STATE]
+    server.call(lambda: setattr(st, "trust_request_chat_template", True))
+    yield server
+    server.call(lambda: setattr(st, "trust_request_chat_template", False))
+
+
+def tokens(server, body: dict) -> tuple[int, dict]:
+    status, _, raw = http(server, "POST", "/tokenize", json=body)
+    return status, json.loads(raw)
+
+
+def test_a_trusting_server_renders_with_the_requests_template(trusting):
+    """chat_template (or chat_template_kwargs.chat_template, vLLM's other place for it)
+    renders the messages, with chat_template_kwargs as its variables, on chat and
+    /tokenize alike; a template that does not compile is the request's 400."""
+    server = trusting
+    want = server.engine.tokenizer.encode("Hello Hi", add_special_tokens=False)
+    own = {"chat_template": "{{ greeting }}" + CONTENTS,
+           "chat_template_kwargs": {"greeting": "Hello "}}
+    assert tokens(server, {"messages": HI, **own}) == (200, {
+        "tokens": want, "count": len(want), "max_model_len": server.engine.max_model_len})
+    status, _, out = chat(server, own)
+    assert status == 200 and out["usage"]["prompt_tokens"] == len(want), out
+    kw = {"chat_template_kwargs": {"chat_template": CONTENTS}}
+    status, body = tokens(server, {"messages": HI, **kw})
+    assert body["tokens"] == server.engine.tokenizer.encode("Hi", add_special_tokens=False)
+    status, _, out = chat(server, {"chat_template": "{% for %}"})
+    assert status == 400 and out["error"]["param"] == "chat_template", out
+    assert chat(server, {})[0] == 200
+
+
+def test_without_trust_the_servers_template_alone_renders(server):
+    """As vLLM without --trust-request-chat-template: a request's template is a 400 that
+    names its field and the flag; template variables are served."""
+    for body, param in (({"chat_template": CONTENTS}, "chat_template"),
+                        ({"chat_template_kwargs": {"chat_template": CONTENTS}},
+                         "chat_template_kwargs.chat_template")):
+        status, _, out = chat(server, body)
+        assert status == 400 and out["error"]["param"] == param, out
+        assert "--trust-request-chat-template" in out["error"]["message"]
+        status, out = tokens(server, {"messages": HI, **body})
+        assert status == 400 and out["error"]["param"] == param, out
+    assert chat(server, {"chat_template_kwargs": {"x": 1}})[0] == 200

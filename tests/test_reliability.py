@@ -343,8 +343,15 @@ BAD_INPUT = [
         "control-token"),
     bad("chat-template-kwargs-not-object", CH, chat(chat_template_kwargs=[1]), 400,
         "chat_template_kwargs"),
+    # a request's own template, as vLLM takes it: only from a server that trusts it
     bad("chat-template", CH, chat(chat_template="{{ messages[0].content }}"), 400,
-        "chat_template"),
+        "chat_template", "--trust-request-chat-template"),
+    bad("chat-template-kwarg", CH,
+        chat(chat_template_kwargs={"chat_template": "{{ messages[0].content }}"}), 400,
+        "chat_template_kwargs.chat_template", "--trust-request-chat-template"),
+    bad("tokenize-chat-template", "/tokenize",
+        {"messages": MSGS, "chat_template": "{{ messages[0].content }}"}, 400,
+        "chat_template", "--trust-request-chat-template"),
     # too many stop strings / ids
     bad("stop-too-many", C, prompt(stop=STOPS), 400, "stop", "16"),
     bad("chat-stop-too-many", CH, chat(stop=STOPS), 400, "stop"),

@@ -70,7 +70,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     if thinking and any(tool_parsers.marker_is_skipped(engine.tokenizer, tag)
                         for tag in (reasoning.START, reasoning.END)):
         req.skip_special_tokens = False  # the splitter must see the tags in the text
-    template = engine.tokenizer.chat_template
+    options = req.template_options(st.trust_request_chat_template)
+    # the template the messages are rendered with says which tool-call format to read
+    template = options.chat_template or engine.tokenizer.chat_template
     dicts = req.message_dicts()
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
@@ -101,7 +103,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # model still sees the tools (vLLM's default; OpenAI's model sees them and calls none)
     # unless the server was told to leave them out
     shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
-    ids, messages = await st.render_chat(dicts, shown, req.template_options())
+    ids, messages = await st.render_chat(dicts, shown, options)
     if keep:
         ids = ids[-keep:]
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
