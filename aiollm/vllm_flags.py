@@ -94,7 +94,7 @@ REFUSED = (
             "--max-model-len", takes_value=False),
     Refusal(("--enable-log-requests",),
             "request contents are never logged; --log-level debug logs each HTTP request's "
-            "method and path", takes_value=False),
+            "method, path, status and id (X-Request-Id)", takes_value=False),
     Refusal(("--download-dir",),
             "models are never downloaded: MODEL is a local directory or .gguf file "
             "(download it first, e.g. `hf download ID --local-dir DIR`)"),

@@ -5,9 +5,10 @@ template (chat_template, chat_template_kwargs; --trust-request-chat-template).""
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
-from live_server import at_once, http, sse_events
+from live_server import LiveServer, at_once, http, sse_events
 
 HI = [{"role": "user", "content": "Hi"}]
 
@@ -61,6 +62,24 @@ def test_the_clients_id_is_the_requests_even_when_two_share_it(server):
     assert (head["x-request-id"], out["id"]) == ("hdr", "chatcmpl-hdr")  # as vLLM: header first
     status, head, out = chat(server, {"request_id": "bad-temp", "temperature": -1})
     assert status == 400 and head["x-request-id"] == "bad-temp"
+
+
+def test_the_access_log_names_each_request_by_its_id(server, caplog):
+    """--log-level debug logs a line per HTTP request (aiohttp's access log): it ends with
+    the id the response carries, so a client's id finds its line. (A server of its own:
+    the access log is set up as a server starts; the model is loaded by then, ~1 s.)"""
+    with caplog.at_level(logging.DEBUG, logger="aiollm.api.server"):
+        own = LiveServer().start()
+        try:
+            chat(own, {}, {"X-Request-Id": "trace-7"})
+            _, head, _ = http(own, "GET", "/v1/models")
+        finally:
+            own.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "aiollm.api.server.access"]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("127.0.0.1 ") and '"POST /v1/chat/completions' in lines[0]
+    assert lines[0].endswith(" trace-7"), lines[0]
+    assert lines[1].endswith(" " + {k.lower(): v for k, v in head.items()}["x-request-id"])
 
 
 @pytest.mark.parametrize("where", ["header", "body"])
