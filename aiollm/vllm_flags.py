@@ -94,7 +94,7 @@ REFUSED = (
             "--max-model-len", takes_value=False),
     Refusal(("--enable-log-requests",),
             "request contents are never logged; --log-level debug logs each HTTP request's "
-            "method and path", takes_value=False),
+            "method, path, status and id (X-Request-Id)", takes_value=False),
     Refusal(("--download-dir",),
             "models are never downloaded: MODEL is a local directory or .gguf file "
             "(download it first, e.g. `hf download ID --local-dir DIR`)"),
@@ -118,12 +118,15 @@ NO_EFFECT = {
     "--no-trust-remote-code": "no code from a checkpoint is ever run",
     "--disable-custom-all-reduce": "tensor parallelism all-reduces with torch.distributed "
                                    "(NCCL) only",
+    "--enable-request-id-headers": "every response carries X-Request-Id: the request's own "
+                                   "(its header, else its body's request_id) or a new one",
 }
 
 # flags of vLLM's server alone (its frontend's, AsyncEngineArgs'), not keywords of its LLM(...):
 # aiollm's LLM refuses them as unknown, as vLLM's does
 SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
-                         "--no-enable-log-requests", "--enable-log-requests", "--lora-modules"})
+                         "--no-enable-log-requests", "--enable-log-requests", "--lora-modules",
+                         "--enable-request-id-headers"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them
 _TOOL_CALL_PARSERS = {"llama3_json": "llama3"}  # the same format under vLLM's name

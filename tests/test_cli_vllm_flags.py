@@ -56,6 +56,7 @@ def test_a_vllm_launch_line_parses_to_aiollm_options():
     ("--dtype float", "dtype", "float32"),
     ("--tool-call-parser llama3_json", "tool_call_parser", "llama3"),
     ("--disable-log-stats", "log_stats", False),
+    ("--trust-request-chat-template", "trust_request_chat_template", True),
 ])
 def test_vllm_names_set_the_aiollm_option_of_the_same_meaning(line, dest, value):
     assert getattr(parse(line), dest) == value
@@ -65,11 +66,13 @@ def test_aliases_leave_the_defaults_alone():
     args = parse("")
     assert (args.prefix_cache, args.cuda_graph, args.log_stats) == (True, True, True)
     assert args.dtype == "auto" and args.tool_call_parser is None
+    assert args.trust_request_chat_template is False  # a request's template: 400, as in vLLM
 
 
 @pytest.mark.parametrize("line", [
     "--enable-auto-tool-choice", "--enable-chunked-prefill", "--disable-log-requests",
     "--no-enable-log-requests", "--no-trust-remote-code", "--disable-custom-all-reduce",
+    "--enable-request-id-headers",  # X-Request-Id is always sent
     # values that ask for what aiollm does anyway
     "--kv-cache-dtype auto", "--pipeline-parallel-size 1", "-pp 1", "-dp 1",
     "--data-parallel-size 1", "--block-size 1", "--swap-space 0", "--cpu-offload-gb 0",

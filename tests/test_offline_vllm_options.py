@@ -175,7 +175,7 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
     """The tables are the CLI's: a flag added there is an LLM keyword too, refused or
     taken alike, unless vLLM's LLM does not take it either (then it stays unknown)."""
     server_only = {"enable_auto_tool_choice", "disable_log_requests",
-                   "enable_log_requests", "lora_modules"}
+                   "enable_log_requests", "lora_modules", "enable_request_id_headers"}
     flags = [r.names[-1] for r in REFUSED] + list(NO_EFFECT)
     for flag in flags:
         keyword = flag.removeprefix("--").removeprefix("no-").replace("-", "_")

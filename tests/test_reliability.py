@@ -315,8 +315,7 @@ BAD_INPUT = [
         "stream_options"),
     # vLLM's chat fields that change the prompt or the output, not served: refused
     bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
-    bad("chat-prompt-logprobs", CH, chat(prompt_logprobs=1), 400, "prompt_logprobs",
-        "/v1/completions"),  # was ignored: the answer came without the scores asked for
+    bad("chat-prompt-logprobs-past-max", CH, chat(prompt_logprobs=21), 400, "prompt_logprobs"),
     # OpenAI's audio output: the model writes text alone (was ignored: a 200 whose message
     # has no audio, where OpenAI answers audio or an error)
     bad("chat-audio-modality", CH, chat(modalities=["text", "audio"]), 400, "modalities",
@@ -344,8 +343,15 @@ BAD_INPUT = [
         "control-token"),
     bad("chat-template-kwargs-not-object", CH, chat(chat_template_kwargs=[1]), 400,
         "chat_template_kwargs"),
+    # a request's own template, as vLLM takes it: only from a server that trusts it
     bad("chat-template", CH, chat(chat_template="{{ messages[0].content }}"), 400,
-        "chat_template"),
+        "chat_template", "--trust-request-chat-template"),
+    bad("chat-template-kwarg", CH,
+        chat(chat_template_kwargs={"chat_template": "{{ messages[0].content }}"}), 400,
+        "chat_template_kwargs.chat_template", "--trust-request-chat-template"),
+    bad("tokenize-chat-template", "/tokenize",
+        {"messages": MSGS, "chat_template": "{{ messages[0].content }}"}, 400,
+        "chat_template", "--trust-request-chat-template"),
     # too many stop strings / ids
     bad("stop-too-many", C, prompt(stop=STOPS), 400, "stop", "16"),
     bad("chat-stop-too-many", CH, chat(stop=STOPS), 400, "stop"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Sequence
 from functools import partial
 from typing import TYPE_CHECKING
@@ -18,9 +17,11 @@ from aiollm.api import reasoning, sse, tool_parsers, tool_request
 from aiollm.api.body import decode_body
 from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.choices import gather_outputs, merge
+from aiollm.api.completions import vllm_prompt_logprobs
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import ApiError, full_context_told, param_names
 from aiollm.api.protocol import json_response
+from aiollm.api.request_id import request_id
 from aiollm.api.state import state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.tool_stream import StreamingToolParser
@@ -28,15 +29,17 @@ from aiollm.api.tools_or_format import tools_constraint
 from aiollm.api.usage import chunk_usage, room, usage_of
 
 if TYPE_CHECKING:
-    from aiollm.engine import Delta, TokenLogprob
+    from aiollm.engine import Delta, RequestOutput, TokenLogprob
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = await decode_body(request, ChatCompletionRequest)
+    request_id(request, req.request_id)  # errors too carry it from here
     names = {"logprobs": "top_logprobs", "prompt": "messages"}
     if req.max_completion_tokens is not None:
         names["max_tokens"] = "max_completion_tokens"
-    # chat scores no prompt: max_tokens 0, the engine's advice, is refused here
+    # a chat answer has at least one token, as vLLM's (its prompt_logprobs too): max_tokens
+    # 0, the engine's advice, is refused here
     with param_names(names), full_context_told(
             "the messages (as the chat template renders them) have",
             "shorten the messages, or serve the model with a larger --max-model-len where it "
@@ -68,7 +71,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     if thinking and any(tool_parsers.marker_is_skipped(engine.tokenizer, tag)
                         for tag in (reasoning.START, reasoning.END)):
         req.skip_special_tokens = False  # the splitter must see the tags in the text
-    template = engine.tokenizer.chat_template
+    options = req.template_options(st.trust_request_chat_template)
+    # the template the messages are rendered with says which tool-call format to read
+    template = options.chat_template or engine.tokenizer.chat_template
     dicts = req.message_dicts()
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
@@ -99,22 +104,35 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # model still sees the tools (vLLM's default; OpenAI's model sees them and calls none)
     # unless the server was told to leave them out
     shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
-    ids, messages = await st.render_chat(dicts, shown, req.template_options())
+    ids, messages = await st.render_chat(dicts, shown, options)
     if keep:
         ids = ids[-keep:]
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    # vLLM's prompt_logprobs: the rendered conversation scored once, by choice 0 (the
+    # others share its prompt)
     params = [req.sampling_params(defaults=engine.sampling_defaults, max_tokens=max_tokens,
-                                  logprobs=logprobs, choice=j, constraint=constraint)
+                                  logprobs=logprobs, choice=j, constraint=constraint,
+                                  prompt_logprobs=req.prompt_logprobs if j == 0 else None)
               for j in range(req.n)]
     await engine.compile_grammar(params[0])
     # one head, in OpenAI's order, for the whole answer and for every chunk of a stream
-    head = {"id": f"chatcmpl-{uuid.uuid4().hex}",
+    rid = request_id(request)
+    head = {"id": f"chatcmpl-{rid}",
             "object": "chat.completion.chunk" if req.stream else "chat.completion",
             "created": int(time.time()), "model": st.model_name,
             "system_fingerprint": st.system_fingerprint}
-    vocab = await st.token_bytes() if logprobs is not None else None
+    vocab = (await st.token_bytes()
+             if logprobs is not None or req.prompt_logprobs is not None else None)
+
+    def prompt_scores(d: Delta | RequestOutput) -> dict:
+        """The prompt's logprobs, where `d` brings them (choice 0's result, or its first
+        delta): top-level, as vLLM's chat answer carries them."""
+        if d.prompt_logprobs is None:
+            return {}
+        return {"prompt_logprobs": vllm_prompt_logprobs(vocab, d.prompt_logprobs)}
+
     prompt_tail = engine.tokenizer.decode(ids[-16:], skip_special_tokens=False) if thinking else ""
     # a continued message's own tags say whether it stopped inside its reasoning
     continued = messages[-1].get("content") if req.continue_final_message else None
@@ -156,7 +174,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
         return json_response({**head, **prompt_ids, "choices": choices,
                               "usage": usage_of(len(ids), sum(o.completion_tokens for o in outs),
-                                                outs[0].cached_tokens)})
+                                                outs[0].cached_tokens),
+                              **prompt_scores(outs[0])})
 
     done_tokens = [0] * req.n
     cached_tokens = [0] * req.n
@@ -206,9 +225,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                                                                      d.token_texts)
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
-        counts = chunk_usage(req, usage)
+        counts = {**prompt_scores(d), **chunk_usage(req, usage)}
         if not (found or delta or generated.get("token_ids")) and finish is None and (
-                logprobs is None):
+                logprobs is None) and "prompt_logprobs" not in counts:
             return roles  # text the parsers hold back: OpenAI sends no chunk for it
         # the finish's chunk says which stop ended it (vLLM's stop_reason: the others lack it)
         ended = {} if finish is None else {"stop_reason": d.stop_reason}
@@ -223,7 +242,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs,
             **generated}], **counts}) + sse.event({**head, "choices": [{
                 "index": j, "delta": {"content": ""} if said[j] else {},
-                "finish_reason": finish, **ended, "logprobs": None}], **counts})
+                "finish_reason": finish, **ended, "logprobs": None}], **chunk_usage(req, usage)})
 
     def open_choices(counts: dict) -> bytes:
         """Each choice's first chunk, the role alone, all in index order before any token,

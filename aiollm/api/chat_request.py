@@ -1,5 +1,6 @@
 """The body of /v1/chat/completions (`ChatCompletionRequest`): its messages (`ChatMessage`),
-tools, logprobs, reasoning and chat-template options, and vLLM's chat fields it refuses.
+tools, logprobs, reasoning and chat-template options (a request's own template only where
+the server trusts it), and vLLM's chat fields it refuses.
 """
 
 from __future__ import annotations
@@ -20,10 +21,28 @@ if TYPE_CHECKING:
     from aiollm.api.tokenize_request import TokenizeRequest
 
 
-def chat_template_options(req: ChatCompletionRequest | TokenizeRequest) -> TemplateOptions:
-    """The request's chat-template options (the method of both request types that take them)."""
-    return TemplateOptions(req.add_generation_prompt, req.continue_final_message,
-                           req.chat_template_kwargs or {})
+TRUST_FLAG = "--trust-request-chat-template"
+
+
+def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
+                          trust_request_chat_template: bool) -> TemplateOptions:
+    """The request's chat-template options (the method of both request types that take
+    them). A template of its own, `chat_template` (or vLLM's other place for it,
+    `chat_template_kwargs.chat_template`; the field wins), renders the messages only where
+    the server trusts request templates (TRUST_FLAG, as vLLM's): it runs the client's Jinja
+    on the server, sandboxed by transformers but unbounded in time. Else InvalidRequest
+    naming the field and the flag; the template itself is checked as the engine renders."""
+    kwargs = dict(req.chat_template_kwargs or {})
+    in_kwargs = kwargs.pop("chat_template", None)
+    template = req.chat_template if req.chat_template is not None else in_kwargs
+    if template is not None and not trust_request_chat_template:
+        param = ("chat_template" if req.chat_template is not None
+                 else "chat_template_kwargs.chat_template")
+        raise InvalidRequest(f"a request's own chat template ({param}) is taken only by a "
+                             f"server started with {TRUST_FLAG}: leave it out to render with "
+                             "the server's template", param=param)
+    return TemplateOptions(req.add_generation_prompt, req.continue_final_message, kwargs,
+                           template)
 
 
 class ContentPart(Struct, kw_only=True):
@@ -70,17 +89,19 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # answer; SGLang's separate_reasoning false leaves the output unsplit (aiollm/api/reasoning.py)
     include_reasoning: bool = True
     separate_reasoning: bool = True
-    # vLLM's: they change the prompt or the output, and are not served (check_unserved)
-    echo: bool | None = False
-    chat_template: str | None = None
+    # vLLM's: the rendered conversation's logprobs, beside the choices (chat_completions.py)
     prompt_logprobs: int | None = None
+    # vLLM's: the request's own template (chat_template_options says when it is taken)
+    chat_template: str | None = None
+    # vLLM's: it changes the output, and is not served (check_unserved)
+    echo: bool | None = False
     # OpenAI's audio output: served as text alone (check_unserved)
     modalities: Any = None
     audio: Any = None
 
     def check_max_tokens(self) -> None:
-        """The length field the request uses (max_completion_tokens over max_tokens) is >= 1:
-        chat scores no prompt, so 0 has no use."""
+        """The length field the request uses (max_completion_tokens over max_tokens) is >= 1,
+        as vLLM takes it on chat: a prompt scored (prompt_logprobs) comes with an answer."""
         if self.max_completion_tokens is not None:
             check_max_tokens(self.max_completion_tokens, "max_completion_tokens")
         else:
@@ -95,10 +116,6 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         """Refuse vLLM's chat fields the server does not serve, when they would change the
         prompt or the output: ignored, they would answer another question than the one asked."""
         SamplingFields.check_unserved(self)
-        if self.chat_template is not None:
-            raise InvalidRequest("chat_template is not served: the server's chat template "
-                                 "(the model's, or aiollm serve --chat-template's) renders "
-                                 "the messages", param="chat_template")
         if self.echo:
             raise InvalidRequest("echo true is not served: send the conversation to "
                                  "/v1/completions as a prompt to have it echoed", param="echo")
@@ -110,8 +127,3 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         if self.audio is not None:  # OpenAI's voice and format of an audio answer
             raise InvalidRequest("audio output is not served: the model writes text alone; "
                                  "leave audio out", param="audio")
-        if self.prompt_logprobs is not None:  # was ignored: no scores, and no error
-            raise InvalidRequest("prompt_logprobs is not served on chat: send the "
-                                 "conversation's token ids (/tokenize with messages) to "
-                                 "/v1/completions as the prompt, with prompt_logprobs",
-                                 param="prompt_logprobs")

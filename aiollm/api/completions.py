@@ -9,7 +9,6 @@ only echoes its prompt asks the engine nothing: prompt_echo.py).
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, TypeVar
@@ -23,6 +22,7 @@ from aiollm.api.completion_request import CompletionRequest
 from aiollm.api.http_errors import full_context_told
 from aiollm.api.prompt_echo import PromptEcho, echo_only
 from aiollm.api.protocol import json_response
+from aiollm.api.request_id import request_id
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.usage import chunk_usage, room, usage_of
@@ -38,6 +38,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     st = state(request)
     engine = st.engine
     req = await decode_body(request, CompletionRequest)
+    rid = request_id(request, req.request_id)  # errors too carry it from here
     st.check_model(req.model)
     req.check_unserved()
     req.check_max_tokens()
@@ -72,7 +73,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         pieces = _echo_pieces(vocab, ids, own) if echo_scores else None
         text = _echo_text(st, p, ids if keep else None, own) if req.echo else ""
         echo += [(text, pieces)] * req.n
-    head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion",
+    head = {"id": f"cmpl-{rid}", "object": "text_completion",
             "created": int(time.time()), "model": st.model_name,
             "system_fingerprint": st.system_fingerprint}
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
@@ -90,7 +91,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     def prompt_scores(out: Delta | RequestOutput) -> dict:
         if req.prompt_logprobs is None or out.prompt_logprobs is None:
             return {}
-        return {"prompt_logprobs": _vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
+        return {"prompt_logprobs": vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
 
     def token_ids(k: int, out: Delta | RequestOutput, first: bool) -> dict:
         """vLLM's return_token_ids: the choice's prompt ids (a stream's first chunk of
@@ -237,9 +238,10 @@ def _joined(a: dict, b: dict) -> dict:
     return {key: a[key] + b[key] for key in a}
 
 
-def _vllm_prompt_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None]) -> list:
-    """vLLM's prompt_logprobs: per prompt token None (the first) or {id: {logprob, rank,
-    decoded_token}} for the prompt token and its top alternatives."""
+def vllm_prompt_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None]) -> list:
+    """vLLM's prompt_logprobs (of a completions choice, and of a whole chat answer): per
+    prompt token None (the first) or {id: {logprob, rank, decoded_token}} for the prompt
+    token and its top alternatives."""
     out: list[dict | None] = []
     for lp in lps:
         if lp is None:

@@ -62,7 +62,7 @@ async def tokenize(request: web.Request) -> web.Response:
     if req.messages is not None:
         ids, _ = await st.render_chat([m.as_dict(i) for i, m in enumerate(req.messages)],
                                       tool_request.choose(req.tools, None)[0],
-                                      req.template_options())
+                                      req.template_options(st.trust_request_chat_template))
     elif req.prompt:
         ids = await st.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
     else:

@@ -80,6 +80,8 @@ class SamplingFields(Struct, kw_only=True):
     # vLLM's: the request shares prefix-cache KV only with requests of the same salt (or of
     # none, without one); a non-empty string, as vLLM takes it (engine/cache_salt.py)
     cache_salt: str | None = None
+    # vLLM's: the request's id, where no X-Request-Id header gives one (api/request_id.py)
+    request_id: str | None = None
     # vLLM's, not served (_VLLM_UNSERVED)
     use_beam_search: Any = None
     length_penalty: Any = None

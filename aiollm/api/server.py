@@ -27,6 +27,8 @@ from aiollm.api import lightllm, openai, ops
 from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
+from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
+from aiollm.api.request_id import send_request_id
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
 
 if TYPE_CHECKING:
@@ -73,7 +75,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
                served_model_name: str | Sequence[str] | None = None,
                shutdown_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES,
                body_timeout: float = BODY_TIMEOUT_S,
-               cors: CorsOptions | None = None) -> web.Application:
+               cors: CorsOptions | None = None,
+               trust_request_chat_template: bool = False) -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
     may call it from other origins only as `cors` allows (None: from none, CORS off).
     Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
@@ -81,7 +84,9 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     several (vLLM's --served-model-name A B): the first is reported, each is accepted as a
     request's model and listed by /v1/models; None: the engine's model name.
     body_timeout: seconds a request body's next bytes may take (408 past it); ValueError
-    unless positive."""
+    unless positive. trust_request_chat_template: a chat or /tokenize request may render
+    its messages with a chat template of its own (vLLM's --trust-request-chat-template;
+    else a 400 naming the flag)."""
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")
     middlewares = [error_middleware]
@@ -93,11 +98,13 @@ def create_app(engine: Engine, *, api_key: str | None = None,
              else tuple(dict.fromkeys(served_model_name or ())))  # each once, in order
     app[STATE] = ApiState(engine=engine, served_model_name=names[0] if names else None,
                           aliases=names[1:], shutdown_timeout=shutdown_timeout,
-                          created=int(time.time()), body_timeout=body_timeout)
+                          created=int(time.time()), body_timeout=body_timeout,
+                          trust_request_chat_template=trust_request_chat_template)
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES,
                                         expect_handler=_expect_handler(allowed)))
     if cors is not None:
         enable_cors(app, cors)
+    app.on_response_prepare.append(send_request_id)
     app.cleanup_ctx.append(_engine_lifetime)
     app.on_shutdown.append(_drain)
     return app
@@ -230,6 +237,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         max_field_size=MAX_HEADER_LINE_BYTES,
         max_headers=MAX_HEADERS,
         access_log=log.getChild("access") if log.isEnabledFor(logging.DEBUG) else None,
+        # aiohttp's format, and the id the response carries (api/request_id.py)
+        access_log_format=f'%a %t "%r" %s %b "%{{Referer}}i" "%{{User-Agent}}i" '
+                          f'%{{{REQUEST_ID_HEADER}}}o',
         logger=SERVER_LOG,
     )
     loop = asyncio.get_running_loop()

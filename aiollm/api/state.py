@@ -35,6 +35,8 @@ class ApiState:
     # model by one of them and /v1/models lists them, but responses report model_name
     aliases: tuple[str, ...] = ()
     body_timeout: float = BODY_TIMEOUT_S  # wait for a body's next bytes, s (api/body.py)
+    # vLLM's --trust-request-chat-template: a request may render with its own chat template
+    trust_request_chat_template: bool = False
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)

@@ -20,6 +20,7 @@ class TokenizeRequest(Struct, kw_only=True):
     add_generation_prompt: bool = True  # with messages, as in ChatCompletionRequest
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    chat_template: str | None = None  # vLLM's, as chat takes it (chat_template_options)
     return_token_strs: bool | None = False  # vLLM's: the tokens' vocabulary strings too
 
     template_options = chat_template_options

@@ -71,6 +71,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      help="chat: render conversations with this Jinja chat template in place "
                           "of the tokenizer's: the path of a file holding it, or the template "
                           "itself (as vLLM's --chat-template; checked at start)")
+    net.add_argument("--trust-request-chat-template", action="store_true",
+                     help="chat and /tokenize: render a request's messages with the chat "
+                          "template it sends (chat_template, or chat_template_kwargs' "
+                          "chat_template), as vLLM's flag allows; without it such a request "
+                          "gets 400")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
