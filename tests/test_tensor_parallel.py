@@ -353,14 +353,21 @@ def test_tp2_refuses_a_config_json_of_another_size_as_one_rank_does(tiny_model, 
         asyncio.run(start())
 
 
-def test_start_up_checks_the_experts_split(tmp_path, monkeypatch):
-    """More ranks than an expert's intermediate features would leave a rank zero-width
-    experts: refused at start-up, naming both numbers."""
+@pytest.mark.parametrize("arch, field, what", [
+    ("qwen2_moe", "moe_intermediate_size", "experts"),
+    # Qwen3-MoE's layer 1 is dense (mlp_only_layers): rank 1 failed its load instead
+    # ("intermediate_size must be >= 1, got 0") and rank 0 reported gloo's "Connection
+    # closed by peer"
+    ("qwen3_moe", "intermediate_size", "dense MLPs"),
+])
+def test_start_up_checks_the_mlp_split(tmp_path, monkeypatch, arch, field, what):
+    """More ranks than an expert's (or a dense MLP's) intermediate features would leave a
+    rank zero-width weights: refused at start-up, naming both numbers."""
     from test_moe_model import variant
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
-    variant("qwen2_moe", moe_intermediate_size=1).save_pretrained(tmp_path / "model")
+    variant(arch, **{field: 1}).save_pretrained(tmp_path / "model")
     _save_tokenizer(str(tmp_path / "model"))
 
     async def start():
@@ -369,30 +376,7 @@ def test_start_up_checks_the_experts_split(tmp_path, monkeypatch):
             pass
 
     with pytest.raises(ValueError, match="tensor parallel size 2 exceeds the 1 intermediate "
-                                         "features of this model's experts"):
-        asyncio.run(start())
-    assert list((tmp_path / "tmp").iterdir()) == []
-
-
-def test_start_up_checks_the_dense_mlp_split(tmp_path, monkeypatch):
-    """A dense MLP (here Qwen3-MoE's layer 1, mlp_only_layers) with fewer intermediate
-    features than ranks: refused at start-up like the experts', naming both numbers. Rank 1
-    failed its load instead ("intermediate_size must be >= 1, got 0"), and rank 0 reported
-    gloo's "Connection closed by peer"."""
-    from test_moe_model import variant
-
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
-    variant("qwen3_moe", intermediate_size=1).save_pretrained(tmp_path / "model")
-    _save_tokenizer(str(tmp_path / "model"))
-
-    async def start():
-        async with Engine(str(tmp_path / "model"), device="cpu", tensor_parallel_size=2,
-                          load_format="dummy"):
-            pass
-
-    with pytest.raises(ValueError, match="tensor parallel size 2 exceeds the 1 intermediate "
-                                         "features of this model's dense MLPs"):
+                                         f"features of this model's {what}"):
         asyncio.run(start())
     assert list((tmp_path / "tmp").iterdir()) == []
 
