@@ -517,7 +517,7 @@ def engine(loop):
 @pytest.mark.parametrize("field, value", [
     ("temperature", -1.0), ("top_p", 0.0), ("top_k", -2), ("min_p", 2.0),
     ("repetition_penalty", 0.0), ("presence_penalty", 5.0), ("max_tokens", 0),
-    ("logprobs", 100), ("seed", -5)])
+    ("logprobs", 100), ("seed", -2**63 - 1)])
 def test_a_field_set_after_the_params_were_made_is_checked(loop, engine, field, value):
     """SamplingParams checks its fields when it is made, but they stay assignable: a bad
     value set afterwards reached the sampler unchecked (min_p=2 generated token 0 over and
