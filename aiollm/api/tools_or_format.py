@@ -14,18 +14,14 @@ shapes the whole output, calls included, so beside tools (other than "none") it 
 
 from __future__ import annotations
 
-import json
-import re
-
 import xgrammar as xgr
 
 from aiollm.api.http_errors import ApiError
 from aiollm.api.tool_calls import ToolParser
+from aiollm.engine.grammar import choice_ebnf, grammar_error
 from aiollm.engine.grammar_check import compilable
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, GrammarSpec
-
-_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: "
 
 
 def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, parallel: bool,
@@ -63,12 +59,12 @@ def content_format(spec: GrammarSpec) -> dict:
         elif spec.kind == "regex":
             grammar = xgr.Grammar.from_regex(value)
         elif spec.kind == "choice":
-            grammar = xgr.Grammar.from_ebnf("root ::= " + " | ".join(
-                json.dumps(c, ensure_ascii=False) for c in json.loads(value)))
+            grammar = xgr.Grammar.from_ebnf(choice_ebnf(spec))
         else:
             assert spec.kind == "ebnf", spec.kind
             grammar = xgr.Grammar.from_ebnf(value)
+    except InvalidRequest:
+        raise
     except Exception as e:  # the library's own error types: the client's grammar is bad
-        msg = _LOG_PREFIX.sub("", str(e)).strip()
-        raise InvalidRequest(f"invalid {spec.param}: {msg}", param=spec.param) from e
+        raise grammar_error(spec, e) from e
     return {"type": "grammar", "grammar": str(grammar)}

@@ -189,8 +189,7 @@ class Grammars:
         except InvalidRequest:
             raise
         except Exception as e:  # the library's own error types: the client's grammar is bad
-            msg = _LOG_PREFIX.sub("", str(e)).strip()
-            raise InvalidRequest(f"invalid {spec.param}: {msg}", param=spec.param) from e
+            raise grammar_error(spec, e) from e
         with _CACHE.lock:
             _CACHE.compiled[key] = compiled
             while len(_CACHE.compiled) > CACHE_SIZE:
@@ -483,15 +482,28 @@ def _compile(compiler, spec: GrammarSpec):
     if kind == "regex":
         return compiler.compile_regex(value)
     if kind == "choice":
-        choices = json.loads(value)
-        if not choices or not all(isinstance(c, str) and c for c in choices):
-            raise InvalidRequest(f"{spec.param} must be a non-empty list of non-empty strings",
-                                 param=spec.param)
-        # JSON string literals are valid EBNF string literals (same escapes)
-        return compiler.compile_grammar(
-            "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices))
+        return compiler.compile_grammar(choice_ebnf(spec))
     if kind == "ebnf":
         return compiler.compile_grammar(value)
     if kind == "structural_tag":
         return compiler.compile_structural_tag(value)
     raise AssertionError(kind)
+
+
+def choice_ebnf(spec: GrammarSpec) -> str:
+    """The EBNF grammar of a "choice" spec (its value a JSON list of strings): one of them,
+    exactly. Raises InvalidRequest naming spec.param where the list is empty or holds
+    anything but non-empty strings."""
+    choices = json.loads(spec.value)
+    if not choices or not all(isinstance(c, str) and c for c in choices):
+        raise InvalidRequest(f"{spec.param} must be a non-empty list of non-empty strings",
+                             param=spec.param)
+    # JSON string literals are valid EBNF string literals (same escapes)
+    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+
+
+def grammar_error(spec: GrammarSpec, e: Exception) -> InvalidRequest:
+    """The 400 for a grammar that xgrammar refuses (its own error types): xgrammar's message
+    without its log prefix, naming spec.param."""
+    msg = _LOG_PREFIX.sub("", str(e)).strip()
+    return InvalidRequest(f"invalid {spec.param}: {msg}", param=spec.param)
