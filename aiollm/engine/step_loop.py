@@ -171,8 +171,8 @@ class StepLoop:
             # a lost rank is what the step's requests are told, not the collective's error
             # (gloo's "Connection reset by peer ... Check the logs of the remote worker")
             lost = self.ranks.lost_rank(wait=0.5)
+            self.ranks.fail(lost or f"tensor parallel rank 0: {error}")
             error = lost or error
-            self.ranks.fail(lost or f"tensor parallel rank 0: model step failed: {e}")
         self._undo_pending(step)
         if isinstance(e, torch.OutOfMemoryError):
             # paused and resumed unless it is a request alone that nothing smaller can help:
