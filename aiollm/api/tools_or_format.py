@@ -14,12 +14,9 @@ shapes the whole output, calls included, so beside tools (other than "none") it 
 
 from __future__ import annotations
 
-import xgrammar as xgr
-
 from aiollm.api.http_errors import ApiError
 from aiollm.api.tool_calls import ToolParser
-from aiollm.engine.grammar import choice_ebnf, grammar_error
-from aiollm.engine.grammar_check import compilable
+from aiollm.engine.grammar_build import grammar_error, grammar_of
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, GrammarSpec
 
@@ -47,22 +44,10 @@ def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, p
 
 def content_format(spec: GrammarSpec) -> dict:
     """A structural tag format (an EBNF grammar) that holds text to `spec` exactly as `spec`
-    compiled alone would (aiollm/engine/grammar.py compiles each kind this way). Raises
+    compiled alone would (both read it through engine/grammar_build.py). Raises
     InvalidRequest naming spec.param where the grammar checks refuse it."""
-    value = compilable(spec)  # checked (and a schema rewritten) as when compiled alone
     try:
-        if spec.kind == "json_schema":
-            grammar = xgr.Grammar.from_json_schema(value, any_whitespace=False,
-                                                   strict_mode=True)
-        elif spec.kind == "json_object":
-            grammar = xgr.Grammar.from_json_schema('{"type": "object"}', any_whitespace=False)
-        elif spec.kind == "regex":
-            grammar = xgr.Grammar.from_regex(value)
-        elif spec.kind == "choice":
-            grammar = xgr.Grammar.from_ebnf(choice_ebnf(spec))
-        else:
-            assert spec.kind == "ebnf", spec.kind
-            grammar = xgr.Grammar.from_ebnf(value)
+        grammar = grammar_of(spec)  # checked (a schema rewritten) as when compiled alone
     except InvalidRequest:
         raise
     except Exception as e:  # the library's own error types: the client's grammar is bad

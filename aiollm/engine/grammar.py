@@ -25,17 +25,13 @@ padding id counts as one: an 8B model's 128,256 logits over a 49,152-token token
 each accept 7x slower); the ids past the tokenizer are disallowed by the bitmask's tail
 words, which stay zero in the grammar rows of reused page-locked buffers; the bitmask rows
 are filled by xgrammar's BatchGrammarMatcher on its own threads.
-
-The bitmask layout is xgrammar's (and llguidance's): token t is bit t % 32 of word t // 32.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
-import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -46,8 +42,9 @@ import numpy as np
 import torch
 
 from aiollm.engine.bad_words import banned_ids
-from aiollm.engine.grammar_check import compilable
+from aiollm.engine.grammar_build import compile_spec, grammar_error
 from aiollm.engine.grammar_compile import CompileThreads
+from aiollm.engine.token_mask import BitmaskBuffers, TokenMask, to_device
 from aiollm.errors import InvalidRequest, RequestFailed
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
@@ -56,7 +53,6 @@ log = logging.getLogger(__name__)
 CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
 MAX_BIAS = 100.0
 ENDED, REJECTED = 1, -1  # accept() results
-_LOG_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")  # xgrammar's "[time] file.cc:line: "
 
 
 def compiler_threads() -> int:
@@ -88,15 +84,6 @@ class GrammarState:
     def biased(self) -> bool:
         """Its mask may carry logit biases: logit_bias, or the ids bad_words ban."""
         return self.bias is not None or self.bad_words is not None
-
-
-@dataclass(slots=True)
-class TokenMask:
-    """A step's constraints on the device, one row per sampled row."""
-
-    bitmask: torch.Tensor | None  # [B, W] int32
-    bias_ids: torch.Tensor | None = None  # [B, K] int64 (padding: id 0, bias 0)
-    bias: torch.Tensor | None = None  # [B, K] fp32
 
 
 def _tokenizer_key(tokenizer, vocab_size: int) -> tuple:
@@ -145,7 +132,7 @@ class Grammars:
         # while other requests' tokenizing (also there) waited
         self._threads = CompileThreads(compile_timeout)
         self._info: asyncio.Future | None = None  # the tokenizer info's build, off the loop
-        self._bitmasks: _BitmaskBuffers | None = None  # made at the first constrained step
+        self._bitmasks: BitmaskBuffers | None = None  # made at the first constrained step
         self._batch = None  # xgrammar.BatchGrammarMatcher
 
     # -- compilation ----------------------------------------------------------------------
@@ -185,7 +172,7 @@ class Grammars:
                 return hit
         compiler = self._compiler()
         try:
-            compiled = _compile(compiler, spec)
+            compiled = compile_spec(compiler, spec)
         except InvalidRequest:
             raise
         except Exception as e:  # the library's own error types: the client's grammar is bad
@@ -339,7 +326,7 @@ class Grammars:
             if self._bitmasks is None:
                 import xgrammar as xgr
 
-                self._bitmasks = _BitmaskBuffers(self.max_rows, self.words, self.grammar_words,
+                self._bitmasks = BitmaskBuffers(self.max_rows, self.words, self.grammar_words,
                                                  self.grammar_vocab, self.device)
                 self._batch = xgr.BatchGrammarMatcher()
             bitmask = self._bitmasks.fill(b, grammar_rows, allowed_rows, states, self._batch)
@@ -362,7 +349,7 @@ class Grammars:
                 if banned.get(i):
                     ids[i, n : n + len(banned[i])] = torch.tensor(banned[i])
                     vals[i, n : n + len(banned[i])] = float("-inf")
-            out.bias_ids, out.bias = _to(ids, self.device), _to(vals, self.device)
+            out.bias_ids, out.bias = to_device(ids, self.device), to_device(vals, self.device)
         return out
 
 
@@ -393,117 +380,3 @@ def rejection(params, n_out: int) -> tuple[str, Callable[[str], Exception]]:
         return ("allowed_token_ids allow none of the tokens the grammar allows next",
                 partial(InvalidRequest, param="allowed_token_ids"))
     return "a token was sampled against the request's grammar", RequestFailed
-
-
-_ONES, _ZEROS, _DIRTY = 0, 1, 2  # what a bitmask row's tail holds
-
-
-class _BitmaskBuffers:
-    """Reused bitmask memory: page-locked host rows [R, W] in turns (a turn is refilled two
-    steps later, when the step that copied it has completed) and one device copy target.
-
-    A row's words past the grammar vocabulary's (its tail) are zero while the row carries a
-    grammar and all ones otherwise (an allowed-ids row ANDs its own in); `tail` remembers
-    which per row, so a step rewrites only the tails of rows that changed role. xgrammar
-    writes full rows of grammar_words words: into the host rows directly when that is the
-    model's width, else into a scratch block that is then copied in."""
-
-    TURNS = 2
-
-    def __init__(self, rows: int, words: int, grammar_words: int, grammar_vocab: int,
-                 device: torch.device):
-        pin = device.type == "cuda"
-        self.rows, self.words, self.grammar_words = rows, words, grammar_words
-        self.host = [torch.full((rows, words), -1, dtype=torch.int32, pin_memory=pin)
-                     for _ in range(self.TURNS)]
-        self.host_np = [t.numpy() for t in self.host]
-        self.tail = [np.zeros(rows, dtype=np.int8) for _ in range(self.TURNS)]  # _ONES...
-        self.scratch = (None if grammar_words == words else
-                        torch.empty((rows, grammar_words), dtype=torch.int32))
-        # bits of the last grammar word past the grammar vocabulary (ids no token has)
-        extra = grammar_words * 32 - grammar_vocab
-        self.last_word = (np.uint32((1 << (32 - extra)) - 1).view(np.int32) if extra
-                          else None)
-        self.device_buf = (torch.empty((rows, words), dtype=torch.int32, device=device)
-                           if pin else None)
-        self.turn = 0
-
-    def fill(self, b: int, grammar_rows: list[int], allowed_rows: list[int],
-             states: list, batch) -> torch.Tensor:
-        """The [b, W] bitmask of a step on the device (queued copy), or on the host (CPU)."""
-        assert b <= self.rows, (b, self.rows)
-        t = self.turn
-        self.turn = (t + 1) % self.TURNS
-        host, arr, tail = self.host[t], self.host_np[t], self.tail[t]
-        gw = self.grammar_words
-        is_grammar = np.zeros(b, dtype=bool)
-        is_grammar[grammar_rows] = True
-        if gw < self.words:
-            want = is_grammar.astype(np.int8)  # _ZEROS where a grammar, else _ONES
-            flip = np.flatnonzero(tail[:b] != want)
-            if len(flip):
-                arr[flip, gw:] = np.where(is_grammar[flip], 0, -1)[:, None]
-                tail[flip] = want[flip]
-            tail[allowed_rows] = _DIRTY
-        if grammar_rows:
-            matchers = [states[i].matcher for i in grammar_rows]
-            if self.scratch is None:
-                batch.batch_fill_next_token_bitmask(matchers, host, grammar_rows)
-            else:  # same rows in the scratch block: one slice copy (fancy indexing is 15x slower)
-                batch.batch_fill_next_token_bitmask(matchers, self.scratch, grammar_rows)
-                arr[:b, :gw] = self.scratch.numpy()[:b]
-            if self.last_word is not None:
-                arr[grammar_rows, gw - 1] &= self.last_word
-        plain = np.flatnonzero(~is_grammar)
-        if len(plain):  # rows without a grammar: all allowed (or their allowed set, below)
-            arr[plain, :gw] = -1
-        for i in allowed_rows:
-            arr[i] &= states[i].allowed
-        if self.device_buf is None:  # the CPU samples from it before the turn comes back
-            return host[:b]
-        dev = self.device_buf[:b]
-        dev.copy_(host[:b], non_blocking=True)
-        return dev
-
-
-def _to(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
-    if t is None or device.type == "cpu":
-        return t
-    return t.to(device, non_blocking=True)
-
-
-def _compile(compiler, spec: GrammarSpec):
-    kind, value = spec.kind, compilable(spec)  # what xgrammar would not enforce: refused
-    if kind == "json_schema":
-        # compact JSON, as OpenAI's structured outputs write it: no whitespace to wander in
-        return compiler.compile_json_schema(value, any_whitespace=False, strict_mode=True)
-    if kind == "json_object":  # OpenAI's json_object is an object, not any JSON value
-        return compiler.compile_json_schema('{"type": "object"}', any_whitespace=False)
-    if kind == "regex":
-        return compiler.compile_regex(value)
-    if kind == "choice":
-        return compiler.compile_grammar(choice_ebnf(spec))
-    if kind == "ebnf":
-        return compiler.compile_grammar(value)
-    if kind == "structural_tag":
-        return compiler.compile_structural_tag(value)
-    raise AssertionError(kind)
-
-
-def choice_ebnf(spec: GrammarSpec) -> str:
-    """The EBNF grammar of a "choice" spec (its value a JSON list of strings): one of them,
-    exactly. Raises InvalidRequest naming spec.param where the list is empty or holds
-    anything but non-empty strings."""
-    choices = json.loads(spec.value)
-    if not choices or not all(isinstance(c, str) and c for c in choices):
-        raise InvalidRequest(f"{spec.param} must be a non-empty list of non-empty strings",
-                             param=spec.param)
-    # JSON string literals are valid EBNF string literals (same escapes)
-    return "root ::= " + " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
-
-
-def grammar_error(spec: GrammarSpec, e: Exception) -> InvalidRequest:
-    """The 400 for a grammar that xgrammar refuses (its own error types): xgrammar's message
-    without its log prefix, naming spec.param."""
-    msg = _LOG_PREFIX.sub("", str(e)).strip()
-    return InvalidRequest(f"invalid {spec.param}: {msg}", param=spec.param)

@@ -330,7 +330,7 @@ class ModelRunner:
     @torch.inference_mode()
     def sample_deferred(self, out: Launched, mask) -> Launched:
         """Queue the sampling of a constrained step launched without it, under `mask` (an
-        engine.grammar.TokenMask for its sampled rows, or None: nothing to constrain)."""
+        engine.token_mask.TokenMask for its sampled rows, or None: nothing to constrain)."""
         inp, logits, bad = out.deferred
         if inp.masked_argmax:
             assert mask is None or mask.bias_ids is None

@@ -85,7 +85,7 @@ class SamplingTensors:
     # min_tokens: ids banned on rows still under their min_tokens (None when no row is).
     ban_ids: torch.Tensor | None = None  # [B, K] int64, -1 padding
     ban_active: torch.Tensor | None = None  # [B] bool
-    # Constraints (engine/grammar.py TokenMask), set once the step's grammars have advanced.
+    # Constraints (engine/token_mask.py TokenMask), set once the step's grammars have advanced.
     allowed: torch.Tensor | None = None  # [B, ceil(V / 32)] int32 bitmask: bit t = t allowed
     bias_ids: torch.Tensor | None = None  # [B, K] int64 logit_bias ids (padding id 0, bias 0)
     bias: torch.Tensor | None = None  # [B, K] fp32
