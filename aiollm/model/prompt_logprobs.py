@@ -14,12 +14,12 @@ Each scored position gives the prompt token's logprob, its rank among the vocabu
 Under tensor parallelism each rank's LM head holds a part of the vocabulary: every rank
 scores the same positions (rank 0's step message carries them), and each block's logits are
 all-gathered over the ranks, as the sampled rows' are, before the log-softmax. The other
-way, a log-sum-exp, a top-k and a rank count per part combined across the ranks, sends
-less (2 + 2k numbers a position, not the vocabulary) but must mask the last part's padding
-rows, merge top-k lists and find which rank holds each target; the gather reuses the
-collective the sampled rows already take, and scores each position on the whole row of
-logits exactly as one rank does (the same top-k and rank among ties), BLOCK rows at a time. Only
-rank 0 needs the results: the other ranks take part in the gather and stop there.
+way, a log-sum-exp, a top-k and a rank count per part combined across the ranks, sends less
+(2 + 2k numbers a position, not the vocabulary) but must mask the last part's padding rows,
+merge the top-k lists and find which rank holds each target. The gather reuses the
+collective the sampled rows already take and scores each position on the whole row of
+logits exactly as one rank does (the same top-k and rank among ties), BLOCK rows at a time.
+Only rank 0 needs the results: the other ranks take part in the gather and stop there.
 """
 
 from __future__ import annotations
