@@ -87,38 +87,6 @@ def test_tp2_equals_tp1_with_fewer_kv_heads_than_ranks(tiny_model, tmp_path, mon
     assert [p.poll() for p in procs] == [0]
 
 
-def test_tp2_refuses_prompt_scores_and_serves_on(tiny_model):
-    """Prompt scores need every rank's part of the vocabulary's logits, which only the
-    sampled rows' logits gather: rank 0 scored the prompt on its own part, so a request for
-    them failed its whole step ("index 99 is out of bounds") and the lost step took the
-    server down (or, with every prompt token in rank 0's part, answered wrong logprobs).
-    Refused as the request enters, naming the field; an echo that needs no model step is
-    still answered, and the server serves on."""
-    import json
-
-    from live_server import LiveServer, http
-
-    server = LiveServer(model=tiny_model, device="cpu", tensor_parallel_size=2,
-                        max_model_len=256, kv_tokens=1024).start()
-    try:
-        def complete(**body):
-            status, _, out = http(server, "POST", "/v1/completions",
-                                  json={"prompt": "w3 w17 w150 w99", **body})
-            return status, json.loads(out)
-
-        for body in ({"max_tokens": 2, "prompt_logprobs": 1},
-                     {"max_tokens": 2, "echo": True, "logprobs": 1}):
-            status, out = complete(**body)
-            assert status == 400 and out["error"]["param"] == "prompt_logprobs", out
-            assert "tensor parallel" in out["error"]["message"], out
-        status, out = complete(max_tokens=0, echo=True)  # answered without the model
-        assert status == 200 and out["choices"][0]["text"] == "w3 w17 w150 w99", out
-        status, out = complete(max_tokens=3, logprobs=2)
-        assert status == 200 and len(out["choices"][0]["logprobs"]["tokens"]) == 3, out
-    finally:
-        server.close()
-
-
 async def _prefix_outputs(model: str, tp: int, cache: bool) -> tuple[list, list]:
     """Greedy ids and cached-token counts of prompts that share a 40-token prefix, and of a
     second turn that extends the first prompt and its answer."""

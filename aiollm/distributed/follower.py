@@ -5,8 +5,9 @@ as rank 0's Engine (its shard of the weights, a KV pool of its KV heads for the 
 slots, the same req_to_token rows, the same decode graphs), then for each step receives
 rank 0's message (group.py) and launches the same step through ModelRunner.launch. Its
 collectives pair with rank 0's in the same order: the KV pool size agreed at start-up, the
-graph captures and the warm-up, then each step's all-reduces, the logits' all-gather and,
-when rank 0 sampled, the broadcast of the sampled ids.
+graph captures and the warm-up, then each step's all-reduces, the logits' all-gathers (the
+sampled rows', and those of the prompt positions rank 0 scores) and, when rank 0 sampled,
+the broadcast of the sampled ids.
 
 Run as `python -m aiollm.distributed.follower --rank R --init HOST:PORT` by a node's lead
 process (launch.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG; `follow()` is
@@ -56,6 +57,7 @@ def run_step(runner, msg: StepMessage) -> None:
     """Launch the step rank 0 described in `msg` on this rank's shard."""
     from aiollm.engine.model_runner import StepInputs
     from aiollm.model.forward_batch import ForwardBatch
+    from aiollm.model.prompt_logprobs import PromptScoring
 
     n, t, p = msg.n, msg.tokens, msg.payload
     for row, start, slots in msg.row_writes:  # rank 0's prefix-cache hits since the last step
@@ -70,12 +72,15 @@ def run_step(runner, msg: StepMessage) -> None:
     else:
         ids, loc = p[:t], p[t: 2 * t]
         rows, pre, ext = p[2 * t: 2 * t + 3 * n].reshape(3, n)
-        sidx = p[2 * t + 3 * n:] if msg.sampled >= 0 else None
+        end = 2 * t + 3 * n
+        sidx = p[end: end + msg.sampled] if msg.sampled >= 0 else None
         r2t = runner.r2t
         batch = ForwardBatch.build(input_ids=ids, out_cache_loc=loc, req_rows=rows,
                                    prefix_lens=pre, extend_lens=ext, req_to_token=r2t.table,
                                    kv_pool=runner.kv_pool, device=runner.device,
                                    sample_index=sidx)
+        if msg.scored:  # rank 0 scores prompt positions: their logits gather over the ranks
+            batch.prompt_scoring = PromptScoring.gather_only(msg.scored_rows, runner.device)
         if r2t.table is r2t.cpu:
             # on the CPU the map the kernels read is the master copy, which rank 0's planner
             # writes and a follower has no planner to

@@ -8,10 +8,12 @@ the device group would wait in the stream behind step N). On the CPU both are th
 group.
 
 A step message is int64: a header (kind, requests, tokens, sampled rows, flags, payload
-length, row-write length) and the payload (the step's input ids, KV slots and per-request
-lengths, then the req_to_token row writes rank 0 made since the last message: a prefix-cache
-hit's slots, as (row, start, count, slots...) runs, which a follower applies before the step
-so its map matches rank 0's). Decode
+length, row-write length, scored positions) and the payload (the step's input ids, KV slots
+and per-request lengths, the sampled rows, the rows of its new tokens whose prompt logprobs
+it scores, whose logits every rank gathers (model/prompt_logprobs.py), then the
+req_to_token row writes rank 0 made since the last message: a prefix-cache hit's slots, as
+(row, start, count, slots...) runs, which a follower applies before the step so its map
+matches rank 0's). Decode
 batches up to INLINE / 4 requests fit inline, so such a step costs one broadcast; a
 larger payload follows in a second broadcast of its exact size.
 """
@@ -41,8 +43,14 @@ class StepMessage:
     tokens: int
     sampled: int  # rows of sample_index, -1: none (every request samples, or none does)
     flags: int
-    payload: np.ndarray  # int64: the step's arrays
+    payload: np.ndarray  # int64: the step's arrays, the scored rows last
     row_writes: list  # (row, start, slots int64 array): req_to_token writes to apply first
+    scored: int = 0  # rows of the new tokens whose prompt logprobs the step scores
+
+    @property
+    def scored_rows(self) -> np.ndarray | None:
+        """[scored] int64: the scored rows (the payload's tail), None when none."""
+        return self.payload[self.payload.size - self.scored:] if self.scored else None
 
 
 class TensorParallel:
@@ -85,10 +93,16 @@ class TensorParallel:
     def step_message(self, inp, tokens: int, sampled: int, arrays: tuple) -> tuple:
         """send_step's arguments for a prepared step (a model_runner.StepInputs) of `tokens`
         tokens, `sampled` rows of sample_index (-1: none) and these host arrays, followed by
-        the row writes pending since the last message (taken: the next message has none)."""
+        the rows its prompt logprobs score and the row writes pending since the last
+        message (taken: the next message has none)."""
         flags = ((ARGMAX_ONLY if inp.argmax_only else 0)
                  | (PLACEHOLDERS if inp.placeholders else 0)
                  | (REMOTE_SAMPLING if inp.sampling is not None else 0))
+        scoring = inp.batch.prompt_scoring if inp.batch is not None else None
+        scored = 0
+        if scoring is not None:
+            scored = scoring.index_host.size
+            arrays = arrays + (scoring.index_host,)
         writes = 0
         if self.row_writes:
             runs = [np.concatenate(([row, start, len(slots)], slots))
@@ -97,16 +111,17 @@ class TensorParallel:
             writes = sum(r.size for r in runs)
             arrays = arrays + tuple(runs)
         return (DECODE if inp.decode_bs else EAGER, inp.n, tokens, sampled, flags, arrays,
-                writes)
+                writes, scored)
 
     def send_step(self, kind: int, n: int = 0, tokens: int = 0, sampled: int = -1,
-                  flags: int = 0, arrays: tuple = (), writes: int = 0) -> None:
+                  flags: int = 0, arrays: tuple = (), writes: int = 0, scored: int = 0
+                  ) -> None:
         """Rank 0: broadcast one step's inputs (the arrays, concatenated; the last `writes`
-        longs are row writes) to the followers."""
+        longs are row writes, the `scored` before them the scored rows) to the followers."""
         body = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays]
                               ) if arrays else np.zeros(0, np.int64)
         buf = self._buf
-        buf[:HEADER] = (kind, n, tokens, sampled, flags, body.size, writes, 0)
+        buf[:HEADER] = (kind, n, tokens, sampled, flags, body.size, writes, scored)
         inline = body.size <= INLINE
         if inline:
             buf[HEADER: HEADER + body.size] = body
@@ -118,7 +133,7 @@ class TensorParallel:
         """A follower: the next step message from rank 0 (blocks)."""
         buf = self._buf
         dist.broadcast(torch.from_numpy(buf), 0, group=self.cpu_group)
-        kind, n, tokens, sampled, flags, size, writes = (int(v) for v in buf[:7])
+        kind, n, tokens, sampled, flags, size, writes, scored = (int(v) for v in buf[:HEADER])
         if size <= INLINE:
             payload = buf[HEADER: HEADER + size].copy()
         else:
@@ -130,4 +145,4 @@ class TensorParallel:
             row_writes.append((row, start, payload[i + 3: i + 3 + count]))
             i += 3 + count
         return StepMessage(kind, n, tokens, sampled, flags, payload[: size - writes],
-                           row_writes)
+                           row_writes, scored)

@@ -389,14 +389,6 @@ class EngineAPI:
         False: kept out of the metrics and the scheduler's history (a health probe);
         cache_salt: the request's, checked (cache_salt.checked_salt)."""
         ids = self._checked(prompt, params)
-        ranks = self.config.tensor_parallel_size
-        if params.prompt_logprobs is not None and ranks > 1:
-            # each rank would score the prompt on its part of the vocabulary only (checked
-            # here, not in check(): an echo answered without the model asks for nothing)
-            raise InvalidRequest(
-                f"prompt scores (prompt_logprobs, or echo with logprobs) are not served under "
-                f"tensor parallelism (tensor_parallel_size {ranks}): leave them out, or serve "
-                "the model on one rank", param="prompt_logprobs")
         params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")

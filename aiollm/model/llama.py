@@ -371,7 +371,8 @@ class LlamaForCausalLM(nn.Module):
         w = self.lm_head_weight
         if batch.prompt_scoring is not None:
             p = batch.prompt_scoring.index
-            batch.prompt_scoring.compute(self.norm(x[p], residual[p])[0], w)
+            batch.prompt_scoring.compute(self.norm(x[p], residual[p])[0], w,
+                                         self.embed_tokens.gather_logits)
         if h.is_cuda and h.dtype != torch.float32:
             # fp32 straight out of the matmul's fp32 accumulator: bf16 logits keep 8 bits of
             # mantissa (0.125 apart between 16 and 32), which ties close top candidates, and
