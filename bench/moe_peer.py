@@ -147,7 +147,7 @@ def main() -> None:
     c = torch.randn(1 << 29, device=dev, dtype=dt)  # 1 GiB
     d = torch.empty_like(c)
     copy_ms = float(triton.testing.do_bench(lambda: d.copy_(c), return_mode="median"))
-    copy_bw = 2 * c.numel() * 2 / copy_ms / 1e9  # GB/s
+    copy_bw = 2 * c.numel() * 2 / (copy_ms * 1e-3) / 1e9  # GB/s (read + write)
     del c, d
     a = torch.randn(8192, 8192, device=dev, dtype=dt)
     b = torch.randn(8192, 8192, device=dev, dtype=dt)
@@ -160,7 +160,8 @@ def main() -> None:
               "device": torch.cuda.get_device_name(), "commit": tree_commit(),
               "lightllm_commit": (Path(args.lightllm) / "COMMIT").read_text().strip()
               if (Path(args.lightllm) / "COMMIT").exists() else None,
-              "matmul_tflops": rate, "copy_gb_per_s": copy_bw, "shape": {"E": E, "top_k": TOP_K, "H": H, "I": I},
+              "matmul_tflops": rate, "copy_gb_per_s": copy_bw,
+              "shape": {"E": E, "top_k": TOP_K, "H": H, "I": I},
               "cases": {}}
     print(f"copy {copy_bw / 1e3:.2f} TB/s, matmul {rate:.0f} TFLOP/s")
     for T in args.tokens:
