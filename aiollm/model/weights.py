@@ -251,13 +251,19 @@ class WeightFiller:
                  "head_dim", "k_proj": "num_key_value_heads, head_dim",
                  "v_proj": "num_key_value_heads, head_dim", "embed_tokens": "vocab_size",
                  "lm_head": "vocab_size"}.get(module)
+        experts = "num_local_experts" if self.architecture == "mixtral" else "num_experts"
+        if module == "shared_expert_gate":  # one output: its sigmoid scale
+            return "hidden_size"
         if width is None and module == "gate":  # the router
-            width = "num_local_experts" if self.architecture == "mixtral" else "num_experts"
+            width = experts
         elif width is None and "shared_expert" in hf_name:
             width = "shared_expert_intermediate_size"
         elif width is None and ".experts" in hf_name and self.architecture != "mixtral":
             width = "moe_intermediate_size"
-        return f"{width or 'intermediate_size'}, hidden_size"
+        # all experts in one tensor [E, out, in]: the expert count is a field too
+        stacked = f"{experts}, " if module in ("gate_up_proj", "down_proj") and (
+            ".experts." in hf_name) and parts[-1] != "weight" else ""
+        return f"{stacked}{width or 'intermediate_size'}, hidden_size"
 
     def _src(self, hf_name: str) -> str:
         """The checkpoint's own name of the tensor transformers calls `hf_name`."""

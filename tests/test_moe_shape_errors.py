@@ -1,0 +1,87 @@
+"""A mis-shaped tensor of a mixture-of-experts layer is refused naming the config.json fields
+that give that tensor its shape, so the user knows which field disagrees with the weights.
+
+A tiny random Qwen2-MoE (8 experts, a gated shared expert) saved by transformers, its experts
+restacked as transformers 5's state dict holds them (experts.gate_up_proj [E, 2I, H],
+experts.down_proj [E, H, I]) where a case needs it, then damaged one way per case.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Qwen2MoeConfig
+
+from aiollm.model import load_model
+from test_loader import save_random_hf_model
+
+CONFIG = Qwen2MoeConfig(vocab_size=96, hidden_size=32, intermediate_size=48,
+                        moe_intermediate_size=16, shared_expert_intermediate_size=24,
+                        num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                        num_experts=8, num_experts_per_tok=2, max_position_embeddings=128)
+MLP = "model.layers.0.mlp."
+
+
+def stack_experts(t: dict) -> None:
+    """Replace the per-expert tensors of layer 0 by the two stacked ones, in place."""
+    gate_up = torch.stack([torch.cat([t.pop(f"{MLP}experts.{e}.gate_proj.weight"),
+                                      t.pop(f"{MLP}experts.{e}.up_proj.weight")])
+                           for e in range(8)])
+    down = torch.stack([t.pop(f"{MLP}experts.{e}.down_proj.weight") for e in range(8)])
+    t[MLP + "experts.gate_up_proj"], t[MLP + "experts.down_proj"] = gate_up, down
+
+
+def stacked(edit):
+    def apply(t):
+        stack_experts(t)
+        edit(t)
+    return apply
+
+
+def resize(name, fn):
+    return lambda t: t.__setitem__(name, fn(t[name]).contiguous())
+
+
+CASES = {
+    # one expert too few in the stacked tensor: it was blamed on moe_intermediate_size
+    "stacked-expert-count": (stacked(resize(MLP + "experts.gate_up_proj", lambda w: w[:7])),
+                             "experts.gate_up_proj' has shape (7, 32, 32), the model expects "
+                             "(8, 32, 32) (config.json's num_experts, moe_intermediate_size, "
+                             "hidden_size)"),
+    "stacked-width": (stacked(resize(MLP + "experts.down_proj", lambda w: w[:, :, :12])),
+                      "experts.down_proj' has shape (8, 32, 12), the model expects (8, 32, 16) "
+                      "(config.json's num_experts, moe_intermediate_size, hidden_size)"),
+    "one-expert": (resize(MLP + "experts.3.up_proj.weight", lambda w: w[:15]),
+                   "experts.3.up_proj.weight' has shape (15, 32), the model expects (16, 32) "
+                   "(config.json's moe_intermediate_size, hidden_size)"),
+    # the shared expert's gate is [1, hidden_size]: shared_expert_intermediate_size was named
+    "shared-expert-gate": (resize(MLP + "shared_expert_gate.weight", lambda w: w.repeat(2, 1)),
+                           "shared_expert_gate.weight' has shape (2, 32), the model expects "
+                           "(1, 32) (config.json's hidden_size)"),
+    "router": (resize(MLP + "gate.weight", lambda w: w[:7]),
+               "gate.weight' has shape (7, 32), the model expects (8, 32) "
+               "(config.json's num_experts, hidden_size)"),
+}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qwen2-moe")
+    save_random_hf_model(CONFIG, str(path))
+    return path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_mis_shaped_moe_tensor_names_its_fields(saved, tmp_path, case):
+    edit, message = CASES[case]
+    path = tmp_path / "model"
+    shutil.copytree(saved, path)
+    tensors = load_file(path / "model.safetensors")
+    edit(tensors)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_model(str(path), dtype=torch.float32, device="cpu")
