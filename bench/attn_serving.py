@@ -3,7 +3,7 @@
     python bench/attn_serving.py [--heads 32 8] [--out PATH]
 
 The tuner's classes key decode attention by (batch, longest context) bucket and extend
-attention by the longest new-token run, and `bench/kernels.py --tune-serving-shapes` tunes
+attention by the longest new-token run, and `bench/attention.py --tune-serving-shapes` tunes
 them at class-edge shapes (batch 256 at 2,048 tokens, 4 prompts of 1,024). A mixed step of the
 serving workload (8B heads, 32 query / 8 KV of 128, bf16) is instead ~96 decodes at ~1,100
 tokens of context and one 1,024-token prompt with no prefix; a prefill burst is two such
@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402
-from kernels import HQ, HKV, D, decode_inputs, extend_inputs, make_pool, median_ms  # noqa: E402
+from attention import HQ, HKV, D, decode_inputs, extend_inputs, make_pool, median_ms  # noqa: E402
 
 # the modules, not the functions aiollm.kernels re-exports under the same names
 da = importlib.import_module("aiollm.kernels.decode_attention")

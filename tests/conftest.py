@@ -38,11 +38,6 @@ def load_bench(name: str):
         mod = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = mod  # dataclasses resolve their module through sys.modules
         spec.loader.exec_module(mod)
-        # the script put bench/ in front of sys.path for its siblings: keep it, but behind the
-        # installed packages (bench/kernels.py shadowed transformers' `kernels` dependency)
-        bench = str(path.parent)
-        if bench in sys.path:
-            sys.path[:] = [p for p in sys.path if p != bench] + [bench]
     return sys.modules[mod_name]
 
 

@@ -547,7 +547,7 @@ def test_a_tuned_config_that_cannot_be_saved_leaves_no_temporary_file(fake_gpu, 
 
 
 def test_autotune_tunes_a_borrowed_class_once_mode_1_is_set(fake_gpu, tmp_path, monkeypatch):
-    # bench/kernels.py --tune-serving-shapes times kernels in the default mode first (classes
+    # bench/attention.py --tune-serving-shapes times kernels in the default mode first (classes
     # missing from the table borrow), then sets AIOLLM_AUTOTUNE=1 to tune those classes: the
     # borrowed answer this process remembered must not stand in for the tuning
     (tmp_path / "Fake_GPU.json").write_text(json.dumps({"s": {"h4-b64": {"a": 1}}}))

@@ -6,7 +6,7 @@ matmul rate, then decode attention (batch 64/256 x context 1k/4k, Llama-3-8B hea
 attention at 8 x 2k tokens as causal FLOP/s against the matmul rate. Prints a short table and
 writes bench/results/kernels-<date>-<device>.json.
 
-    python bench/kernels.py [--tune-serving-shapes] [--out-dir DIR]
+    python bench/attention.py [--tune-serving-shapes] [--out-dir DIR]
 
 AIOLLM_AUTOTUNE applies as in serving (auto: a class missing from aiollm/kernels/configs/
 takes the config of a tuned class one step away, a shape or a farther class missing there is
@@ -169,7 +169,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.verbose:
         logging.getLogger("aiollm.kernels").setLevel(logging.DEBUG)
-    assert torch.cuda.is_available(), "bench/kernels.py needs a CUDA GPU"
+    assert torch.cuda.is_available(), "bench/attention.py needs a CUDA GPU"
     device = torch.cuda.get_device_name()
 
     copy_bw, mm_rate = copy_bandwidth(), matmul_rate()
