@@ -44,6 +44,7 @@ from aiollm.kernels.moe_align import moe_route_triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from moe_tails import graph_of, replay_ms  # noqa: E402
 
 E, TOP_K, H, I = 128, 8, 2048, 768
 # LightLLM's launch parameters (its config keys), the sweep offered to each of its GEMMs
@@ -55,21 +56,6 @@ SWEEP = [dict(BLOCK_SIZE_M=m, BLOCK_SIZE_N=n, BLOCK_SIZE_K=k, GROUP_SIZE_M=g, nu
          num_stages=3),
     dict(BLOCK_SIZE_M=64, BLOCK_SIZE_N=64, BLOCK_SIZE_K=32, GROUP_SIZE_M=8, num_warps=4,
          num_stages=1)]  # the last: LightLLM's default for more rows than experts
-
-
-def graph_of(fn) -> torch.cuda.CUDAGraph:
-    """fn captured in a CUDA graph, after one run outside it (Triton compiles there)."""
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g
-
-
-def replay_ms(g: torch.cuda.CUDAGraph) -> float:
-    """Median ms of one replay of g (L2 flushed between replays by do_bench)."""
-    return float(triton.testing.do_bench(g.replay, warmup=10, rep=100, return_mode="median"))
 
 
 class LightLLM:
