@@ -42,6 +42,10 @@ from aiollm.model import parallel
 log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk takes minutes
+# a rank lost while rank 0 still loads: how long the watchdog leaves start-up's own path to
+# raise it to the caller (rank 0's next collective fails at once) before ending the process
+# itself (rank 0 may be waiting in the rendezvous for a rank that will never join)
+START_GRACE_S = 5.0
 
 
 def node_ranks(cfg: EngineConfig) -> range:
@@ -106,6 +110,7 @@ class NodeRanks:
         self.cfg = cfg
         self.on_failure = on_failure
         self.stopping = False
+        self.starting = True  # until the caller's load is done: see started(), start_failed()
         self.procs: dict[int, subprocess.Popen] = {}
         self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
         self.tp: TensorParallel | None = None
@@ -162,10 +167,27 @@ class NodeRanks:
             time.sleep(0.01)
         return lost
 
+    def started(self) -> None:
+        """The caller's load is done: a rank lost from now on ends the process (fail)."""
+        self.starting = False
+
+    def start_failed(self) -> RuntimeError | None:
+        """Start-up (the group's join or the caller's load) failed on this rank: end the
+        ranks (abort) and return the error to raise from the failure when a rank was lost
+        (its own exception type and message, which gloo's "Connection closed by peer" on
+        this rank hid), else None. The watchdog leaves a lost rank to this path while
+        starting."""
+        lost = self.lost_rank(wait=1.0)
+        self.abort()
+        return RuntimeError(lost) if lost is not None else None
+
     def _watch(self) -> None:
         while not self.stopping:
             lost = self._lost_rank()
             if lost is not None:
+                deadline = time.monotonic() + START_GRACE_S
+                while self.starting and not self.stopping and time.monotonic() < deadline:
+                    time.sleep(0.05)  # start_failed raises it to the caller
                 self.fail(lost)
                 return
             time.sleep(0.1)

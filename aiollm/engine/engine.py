@@ -180,9 +180,10 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
                 ranks = NodeRanks(cfg, on_failure=weak_method(self._fail_all_threadsafe))
                 device = ranks.start().device
             return ranks, device, load(cfg, device, ranks.tp if ranks else None)
-        except BaseException:
+        except BaseException as e:
             if ranks is not None:  # ranks started: they must not wait
-                ranks.abort()
+                if (lost := ranks.start_failed()) is not None:
+                    raise lost from e
             raise
 
     def _adopt(self, ranks, device, loaded) -> None:
@@ -191,6 +192,8 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
 
         cfg = self.config
         self.ranks = ranks
+        if ranks is not None:
+            ranks.started()
         self.device, self.dtype = loaded.device, loaded.dtype
         self.model_config, self.model_path = loaded.model_config, loaded.model_path
         self.model_name, self.tokenizer = loaded.model_name, loaded.tokenizer
