@@ -108,7 +108,7 @@ def follow(cfg: EngineConfig) -> int:
         tp = ranks.start()
     except BaseException as e:
         # as Engine's start does: the ranks started end, their files go
-        if (lost := ranks.start_failed()) is not None:
+        if (lost := ranks.start_failed(e)) is not None:
             raise lost from e
         raise
     ranks.started()
