@@ -10,7 +10,10 @@ subprocess, each child a `python -m aiollm.distributed.follower`.
 Failure is loud: a watchdog thread polls the spawned ranks; when one exits that should not,
 it logs which rank and why (the exception text the rank wrote to its error file, or the
 signal that killed it), kills the node's other ranks and exits the process with status 1
-(after `on_failure` had a moment to fail the requests in flight). A spawned rank exits when
+(after `on_failure` had a moment to fail the requests in flight); an offline LLM's ranks
+(exit_on_failure False) leave the process to its user, whose calls then raise naming the
+rank. While the caller still loads (start-up), a lost rank is raised to it instead, in place
+of the collective's error rank 0 met (start_failed). A spawned rank exits when
 its parent is gone (follower.py watches it), and one whose rank 0 vanished fails its next
 collective.
 """
