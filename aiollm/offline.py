@@ -49,6 +49,9 @@ class LLM:
             if (renamed := named_as_given(e, named)) is None:
                 raise
             raise renamed from None
+        # a lost tensor-parallel rank fails the call in flight and every later one (naming
+        # the rank): the process is the user's, not a server's to exit
+        self.engine.exit_on_lost_rank = False
         # the loop runs one call at a time: another thread's call waits for its turn
         self._turn = threading.Lock()
         # the engine stops whenever its loop ends: close(), a failed start, dropped unclosed,

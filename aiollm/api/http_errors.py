@@ -73,8 +73,11 @@ def error_response(err: ApiError) -> web.Response:
     return resp
 
 
-def as_api_error(exc: BaseException) -> ApiError:
-    """Maps an exception from the engine or from decoding to the error the client sees."""
+def as_api_error(exc: BaseException, request: web.Request | None = None) -> ApiError:
+    """Maps an exception from the engine or from decoding to the error the client sees. An
+    unexpected one (a fault of the server, its 500) is logged with its traceback and, given
+    the `request` it failed, that request's X-Request-Id, method and path, so a client's 500
+    can be found in the log."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, InvalidRequest):
@@ -90,7 +93,13 @@ def as_api_error(exc: BaseException) -> ApiError:
     if isinstance(exc, msgspec.ValidationError):
         message, param = validation_errors.describe(exc)
         return ApiError(400, message, param=param)
-    log.exception("unexpected error while serving a request", exc_info=exc)
+    if request is None:
+        log.exception("unexpected error while serving a request", exc_info=exc)
+    else:
+        from aiollm.api.request_id import settled_id  # it raises our ApiError: no cycle at load
+        log.exception("unexpected error while serving request %s (%s %s)",
+                      settled_id(request), request.method, request.path,
+                      exc_info=exc)
     return ApiError(500, f"internal error: {type(exc).__name__}")
 
 
@@ -165,4 +174,4 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.debug("client disconnected: %s", exc)
         raise
     except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a response
-        return error_response(as_api_error(exc))
+        return error_response(as_api_error(exc, request))

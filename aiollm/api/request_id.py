@@ -61,11 +61,17 @@ def _check(value: str, what: str, param: str | None) -> None:
     raise InvalidRequest(message, param=param)
 
 
+def settled_id(request: web.Request) -> str:
+    """The id `request`'s response carries, never raising: request_id(), else (its header was
+    refused) a fresh one, fixed for the response and for the log line naming it."""
+    try:
+        return request_id(request)
+    except ApiError:
+        rid = request[_KEY] = uuid.uuid4().hex
+        return rid
+
+
 async def send_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """on_response_prepare: every response carries its request's id, errors included (one
     whose header was refused carries a fresh id)."""
-    try:
-        rid = request_id(request)
-    except ApiError:
-        rid = request[_KEY] = uuid.uuid4().hex
-    response.headers[HEADER] = rid
+    response.headers[HEADER] = settled_id(request)

@@ -58,7 +58,7 @@ async def send(request: web.Request, events: AsyncIterator[T],
         except ConnectionResetError:
             log.debug("client left mid-stream: %s %s", request.method, request.path)
         except Exception as exc:  # noqa: BLE001 - the status is sent; report in the stream
-            err = as_api_error(exc)
+            err = as_api_error(exc, request)
             try:
                 await resp.write(event(error_body(err.status, err.message, err.param, err.code),
                                        prefix=prefix))

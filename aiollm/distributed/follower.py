@@ -111,9 +111,12 @@ def follow(cfg: EngineConfig) -> int:
     ranks = NodeRanks(cfg)
     try:
         tp = ranks.start()
-    except BaseException:
-        ranks.abort()  # as Engine's start does: the ranks started end, their files go
+    except BaseException as e:
+        # as Engine's start does: the ranks started end, their files go
+        if (lost := ranks.start_failed(e)) is not None:
+            raise lost from e
         raise
+    ranks.started()
     serve_steps(cfg, tp)
     # tearing the group down races rank 0's own exit (gloo can abort on a closed peer): the
     # work is done, leave as the spawned ranks do

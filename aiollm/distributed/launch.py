@@ -10,7 +10,10 @@ subprocess, each child a `python -m aiollm.distributed.follower`.
 Failure is loud: a watchdog thread polls the spawned ranks; when one exits that should not,
 it logs which rank and why (the exception text the rank wrote to its error file, or the
 signal that killed it), kills the node's other ranks and exits the process with status 1
-(after `on_failure` had a moment to fail the requests in flight). A spawned rank exits when
+(after `on_failure` had a moment to fail the requests in flight); an offline LLM's ranks
+(exit_on_failure False) leave the process to its user, whose calls then raise naming the
+rank. While the caller still loads (start-up), a lost rank is raised to it instead, in place
+of the collective's error rank 0 met (start_failed). A spawned rank exits when
 its parent is gone (follower.py watches it), and one whose rank 0 vanished fails its next
 collective.
 """
@@ -42,6 +45,10 @@ from aiollm.model import parallel
 log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk takes minutes
+# a rank lost while rank 0 still loads: how long the watchdog leaves start-up's own path to
+# raise it to the caller (rank 0's next collective fails at once) before ending the process
+# itself (rank 0 may be waiting in the rendezvous for a rank that will never join)
+START_GRACE_S = 5.0
 
 
 def node_ranks(cfg: EngineConfig) -> range:
@@ -102,10 +109,16 @@ def _ignore_sigint() -> None:  # runs in the child between fork and exec
 class NodeRanks:
     """This node's lead process: the ranks it spawned, their watchdog, and the group."""
 
-    def __init__(self, cfg: EngineConfig, on_failure: Callable[[str], None] | None = None):
+    def __init__(self, cfg: EngineConfig, on_failure: Callable[[str], None] | None = None,
+                 exit_on_failure: bool = True):
         self.cfg = cfg
         self.on_failure = on_failure
+        # a server exits on a lost rank (its supervisor restarts it); an offline LLM's
+        # process is its user's: its calls raise instead (lost says why)
+        self.exit_on_failure = exit_on_failure
+        self.lost: str | None = None  # set by fail(): the group cannot go on
         self.stopping = False
+        self.starting = True  # until the caller's load is done: see started(), start_failed()
         self.procs: dict[int, subprocess.Popen] = {}
         self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
         self.tp: TensorParallel | None = None
@@ -162,10 +175,29 @@ class NodeRanks:
             time.sleep(0.01)
         return lost
 
+    def started(self) -> None:
+        """The caller's load is done: a rank lost from now on ends the process (fail)."""
+        self.starting = False
+
+    def start_failed(self, exc: BaseException) -> RuntimeError | None:
+        """Start-up (the group's join or the caller's load) failed on this rank with `exc`:
+        end the ranks (abort) and return the error to raise from `exc` when it is a
+        collective's (gloo's "Connection closed by peer": a plain RuntimeError or a
+        DistError) and a rank was lost: that rank's own exception type and message; else
+        None (this rank's own error, such as a shape check every rank makes, says it). The
+        watchdog leaves a lost rank to this path while starting."""
+        collective = type(exc) is RuntimeError or isinstance(exc, dist.DistError)
+        lost = self.lost_rank(wait=1.0) if collective else None
+        self.abort()
+        return RuntimeError(lost) if lost is not None else None
+
     def _watch(self) -> None:
         while not self.stopping:
             lost = self._lost_rank()
             if lost is not None:
+                deadline = time.monotonic() + START_GRACE_S
+                while self.starting and not self.stopping and time.monotonic() < deadline:
+                    time.sleep(0.05)  # start_failed raises it to the caller
                 self.fail(lost)
                 return
             time.sleep(0.1)
@@ -173,17 +205,20 @@ class NodeRanks:
     def fail(self, message: str) -> None:
         """A rank is lost: the group cannot go on. Log why, stop every rank of this node,
         let on_failure fail what is in flight, and exit with status 1 (on a thread of its
-        own: on_failure may need the caller's event loop)."""
+        own: on_failure may need the caller's event loop); without exit_on_failure, set
+        `lost` to why and leave the process to its user."""
         if self.stopping:
             return
         self.stopping = True
+        self.lost = message  # before any request in flight fails: a call after it sees it
         threading.Thread(target=self._fail, args=(message,), name="aiollm-tp-fail").start()
 
     def _fail(self, message: str) -> None:
         # a collective that failed on this rank usually means a rank died: name that one
         time.sleep(0.2)
-        message = self._lost_rank() or message
-        log.error("%s: stopping the server", message)
+        message = self.lost = self._lost_rank() or message
+        log.error("%s: %s", message,
+                  "stopping the server" if self.exit_on_failure else "the engine cannot go on")
         self._kill()
         self._remove_files()
         if self.on_failure is not None:
@@ -192,8 +227,9 @@ class NodeRanks:
                 time.sleep(0.5)  # the event loop answers the requests in flight
             except Exception:
                 log.exception("while failing the requests in flight")
-        logging.shutdown()
-        os._exit(1)
+        if self.exit_on_failure:
+            logging.shutdown()
+            os._exit(1)
 
     def _kill(self) -> None:
         for p in self.procs.values():
@@ -218,7 +254,7 @@ class NodeRanks:
     def stop(self, timeout: float = 10.0, leave_group: bool = True) -> None:
         """Rank 0: tell every follower to exit, and wait for this node's (kill after timeout)."""
         self.stopping = True
-        if self.tp is not None and self.tp.rank == 0:
+        if self.tp is not None and self.tp.rank == 0 and self.lost is None:
             try:
                 self.tp.send_step(STOP)
             except Exception as e:  # a follower already gone: nothing to tell it

@@ -57,7 +57,14 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
     options: the other EngineConfig fields (aiollm/config.py), which raises ValueError
     naming a bad one. Request errors: InvalidRequest (bad input, naming the field),
     Overloaded (queue or table full, shutting down), EngineStopped (an Overloaded: the
-    engine is stopped, a retry cannot help), RequestFailed (failed inside)."""
+    engine is stopped, a retry cannot help), RequestFailed (failed inside).
+
+    Under tensor parallelism a lost rank fails the requests in flight (RequestFailed naming
+    the rank), then ends the process with status 1, as a server should (its supervisor
+    restarts it); with exit_on_lost_rank set False before start() the process goes on and
+    every later request raises EngineStopped naming the rank (the offline LLM's choice)."""
+
+    exit_on_lost_rank = True
 
     def __init__(self, model: str | None = None, **options):
         self._set_up(EngineConfig(model=model, **options))
@@ -177,12 +184,14 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
             if cfg.tensor_parallel_size > 1:
                 from aiollm.distributed import NodeRanks
 
-                ranks = NodeRanks(cfg, on_failure=weak_method(self._fail_all_threadsafe))
+                ranks = NodeRanks(cfg, on_failure=weak_method(self._fail_all_threadsafe),
+                                  exit_on_failure=self.exit_on_lost_rank)
                 device = ranks.start().device
             return ranks, device, load(cfg, device, ranks.tp if ranks else None)
-        except BaseException:
+        except BaseException as e:
             if ranks is not None:  # ranks started: they must not wait
-                ranks.abort()
+                if (lost := ranks.start_failed(e)) is not None:
+                    raise lost from e
             raise
 
     def _adopt(self, ranks, device, loaded) -> None:
@@ -191,6 +200,8 @@ class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
 
         cfg = self.config
         self.ranks = ranks
+        if ranks is not None:
+            ranks.started()
         self.device, self.dtype = loaded.device, loaded.dtype
         self.model_config, self.model_path = loaded.model_config, loaded.model_path
         self.model_name, self.tokenizer = loaded.model_name, loaded.tokenizer

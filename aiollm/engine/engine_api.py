@@ -348,6 +348,10 @@ class EngineAPI:
                 "stopped it or a stop() is under way. Start and use the engine in one event "
                 "loop (`async with Engine() as engine`), or await engine.start() again to "
                 "start it afresh")
+        if (lost := self.ranks.lost if self.ranks is not None else None) is not None:
+            # an engine whose process goes on (an offline LLM's): every call says why
+            raise EngineStopped(f"{lost}: this engine cannot serve any more; stop it and "
+                                f"start a new one")
         if not self._accepting:
             raise Overloaded("the server is shutting down")
         self._check_own_loop()

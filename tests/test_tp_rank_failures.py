@@ -1,0 +1,98 @@
+"""Lost ranks as users meet them (tensor parallelism on the CPU, gloo, 2 ranks): a rank that
+fails its load at start-up is named with its own error (its number, exception type and
+message) by Engine and by `aiollm serve`, not by rank 0's gloo "Connection closed by peer",
+and no rank is left; an offline LLM whose rank dies raises instead of ending the process.
+
+Rank 1 alone fails: a sitecustomize on the children's PYTHONPATH makes the rank-model build
+of rank 1 (and of no other rank) raise, as a rank's own shard check or out-of-memory would."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+
+import pytest
+from test_tensor_parallel import AIOLLM, _children, tiny_model  # noqa: F401 - a fixture
+
+from aiollm.engine import Engine
+
+FAULT = "MemoryError: rank 1 ran out of memory loading its shard"
+_SITECUSTOMIZE = f'''
+import aiollm.engine.loading as loading
+_build = loading.build_rank_model
+def build_rank_model(cfg, loaded, device, dtype, tp, *rest):
+    if tp is not None and tp.rank == 1:
+        raise MemoryError("{FAULT.split(": ", 1)[1]}")
+    return _build(cfg, loaded, device, dtype, tp, *rest)
+loading.build_rank_model = build_rank_model
+'''
+
+
+@pytest.fixture
+def rank1_fails(tmp_path, monkeypatch):
+    (tmp_path / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))  # the spawned ranks' (this one has started)
+
+
+def test_engine_raises_the_failing_ranks_error(tiny_model, rank1_fails):  # noqa: F811
+    async def start():
+        async with Engine(tiny_model, device="cpu", tensor_parallel_size=2, kv_tokens=256,
+                          max_model_len=128):
+            pass
+
+    with pytest.raises(RuntimeError) as got:
+        asyncio.run(start())
+    assert str(got.value) == f"tensor parallel rank 1 failed: {FAULT}"
+    assert _children(__import__("os").getpid()) == []
+
+
+def test_serve_exits_with_the_failing_ranks_error(tiny_model, rank1_fails):  # noqa: F811
+    proc = subprocess.run([AIOLLM, "serve", tiny_model, "--device", "cpu", "--kv-tokens", "256",
+                           "--max-model-len", "128", "--tensor-parallel-size", "2",
+                           "--port", "0"], capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    tail = out.strip().splitlines()[-1]
+    assert f"tensor parallel rank 1 failed: {FAULT}" in tail, out
+    assert "Connection closed by peer" not in tail, out
+
+
+_LOST_OFFLINE = """
+import os, sys, threading, time
+from aiollm import LLM, SamplingParams
+
+llm = LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=2048,
+          max_model_len=256)
+(rank1,) = llm.engine.ranks.procs.values()
+threading.Timer(1.0, rank1.kill).start()  # mid-generation: it takes several seconds
+try:
+    llm.generate([[3, 17, i] for i in range(8)], SamplingParams(max_tokens=240, ignore_eos=True))
+    print("no error")
+except Exception as e:
+    print("in flight:", type(e).__name__, e, flush=True)
+try:
+    llm.generate([[3]], SamplingParams(max_tokens=2))
+except Exception as e:
+    print("after:", type(e).__name__, e, flush=True)
+llm.close()
+print("closed; rank 1:", rank1.poll(), "children:", os.listdir(f"/proc/{os.getpid()}/task") and
+      open(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read().split(), flush=True)
+time.sleep(2)  # the watchdog had ended the process by now
+print("the process goes on", flush=True)
+"""
+
+
+def test_an_offline_llm_whose_rank_dies_raises_and_its_process_goes_on(tiny_model):  # noqa: F811
+    """LLM (offline) under tensor parallelism whose rank 1 is killed mid-generate(): the
+    call raises naming the rank, later calls raise naming it too, close() ends cleanly and
+    the user's process goes on (it exited with status 1, as a server does)."""
+    proc = subprocess.run([sys.executable, "-c", _LOST_OFFLINE, tiny_model],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "in flight: RequestFailed tensor parallel rank 1 was killed by SIGKILL" in out, out
+    assert ("after: EngineStopped tensor parallel rank 1 was killed by SIGKILL: this engine "
+            "cannot serve any more") in out, out
+    assert "closed; rank 1: -9 children: []" in out, out
+    assert "the process goes on" in out, out
