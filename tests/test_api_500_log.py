@@ -12,6 +12,7 @@ from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
+from aiollm.errors import RequestFailed
 
 
 def test_unexpected_500_is_logged_with_its_request_id(tmp_path, caplog):
@@ -37,3 +38,28 @@ def test_unexpected_500_is_logged_with_its_request_id(tmp_path, caplog):
     assert len(logged) == 1, caplog.text
     line = logged[0].getMessage()
     assert "trace-500" in line and "GET /health" in line, line
+
+
+def test_a_failed_requests_500_is_logged_with_its_request_id(tmp_path, caplog):
+    """A request the engine failed (RequestFailed: its cause is logged where it happened) is
+    a 500 too: the log names the request, so the client's 500 and the cause can be matched."""
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(tmp_path)
+
+    async def failed() -> None:
+        raise RequestFailed("model step failed: RuntimeError: boom in the step")
+
+    async def main():
+        engine = Engine(str(tmp_path), load_format="dummy", kv_tokens=512)
+        engine.check_health = failed
+        async with TestClient(TestServer(create_app(engine))) as client:
+            resp = await client.get("/health", headers={"X-Request-Id": "trace-failed"})
+            return resp.status, await resp.json()
+
+    with caplog.at_level(logging.ERROR, logger="aiollm.api"):
+        status, body = asyncio.run(main())
+    assert status == 500, body
+    lines = [r.getMessage() for r in caplog.records if "boom in the step" in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "trace-failed" in lines[0] and "GET /health" in lines[0], lines[0]

@@ -74,10 +74,10 @@ def error_response(err: ApiError) -> web.Response:
 
 
 def as_api_error(exc: BaseException, request: web.Request | None = None) -> ApiError:
-    """Maps an exception from the engine or from decoding to the error the client sees. An
-    unexpected one (a fault of the server, its 500) is logged with its traceback and, given
-    the `request` it failed, that request's X-Request-Id, method and path, so a client's 500
-    can be found in the log."""
+    """Maps an exception from the engine or from decoding to the error the client sees. Every
+    500 is logged (an unexpected one with its traceback) and, given the `request` it failed,
+    with that request's X-Request-Id, method and path, so a client's 500 can be found in the
+    log."""
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, InvalidRequest):
@@ -85,22 +85,25 @@ def as_api_error(exc: BaseException, request: web.Request | None = None) -> ApiE
     if isinstance(exc, Overloaded):
         return ApiError(503, str(exc) or "server overloaded, retry later",
                         headers={"Retry-After": str(RETRY_AFTER_S)})
-    if isinstance(exc, RequestFailed):
-        return ApiError(500, str(exc) or "the request failed in the engine")
-    if isinstance(exc, ChatTemplateError):  # the load warned of it; each request says it too
-        log.error("%s", exc)
-        return ApiError(500, str(exc))
     if isinstance(exc, msgspec.ValidationError):
         message, param = validation_errors.describe(exc)
         return ApiError(400, message, param=param)
-    if request is None:
-        log.exception("unexpected error while serving a request", exc_info=exc)
-    else:
-        from aiollm.api.request_id import settled_id  # it raises our ApiError: no cycle at load
-        log.exception("unexpected error while serving request %s (%s %s)",
-                      settled_id(request), request.method, request.path,
-                      exc_info=exc)
+    if isinstance(exc, RequestFailed):  # the engine logged the cause; this names the request
+        log.error("request %s failed: %s", _named(request), exc)
+        return ApiError(500, str(exc) or "the request failed in the engine")
+    if isinstance(exc, ChatTemplateError):  # the load warned of it; each request says it too
+        log.error("request %s: %s", _named(request), exc)
+        return ApiError(500, str(exc))
+    log.exception("unexpected error while serving request %s", _named(request), exc_info=exc)
     return ApiError(500, f"internal error: {type(exc).__name__}")
+
+
+def _named(request: web.Request | None) -> str:
+    """A request as the log names it: its X-Request-Id, method and path ("?" without one)."""
+    if request is None:
+        return "?"
+    from aiollm.api.request_id import settled_id  # it raises our ApiError: no cycle at load
+    return f"{settled_id(request)} ({request.method} {request.path})"
 
 
 # a string value a message quotes as Python's repr() writes it (not an apostrophe: "model's")
