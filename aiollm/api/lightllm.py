@@ -158,8 +158,12 @@ async def _prepare(st: ApiState, req: GenerateRequest
 
 
 async def generate(request: web.Request) -> web.Response:
+    return await answer(request, await decode_body(request, GenerateRequest))
+
+
+async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
+    """/generate's answer to `req`, the body of `request` as decoded."""
     st = state(request)
-    req = await decode_body(request, GenerateRequest)
     with (param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters),
           full_context_told(*_FULL_CONTEXT)):
         ids, params = await _prepare(st, req)
@@ -185,8 +189,12 @@ async def generate(request: web.Request) -> web.Response:
 
 
 async def generate_stream(request: web.Request) -> web.StreamResponse:
+    return await stream(request, await decode_body(request, GenerateRequest))
+
+
+async def stream(request: web.Request, req: GenerateRequest) -> web.StreamResponse:
+    """/generate_stream's answer to `req`, the body of `request` as decoded."""
     st = state(request)
-    req = await decode_body(request, GenerateRequest)
     with param_names(_PARAM_NAMES):
         ids, params = await _prepare(st, req)
     if len(params) != 1:
