@@ -1,6 +1,6 @@
 """LightLLM's routes besides /generate and /generate_stream, as its clients call them:
 /liveness, /readiness, /get_model_name, /tokens, and POST / (its generate with a `stream`
-flag)."""
+flag); and the fields of /generate's answer that LightLLM's clients read."""
 
 from __future__ import annotations
 
@@ -51,3 +51,20 @@ def test_root_generates_or_streams_by_its_stream_flag(server):
     assert events[-1]["finished"] and events[-1]["finish_reason"] == "length"
     status, _, raw = http(server, "POST", "/", json={**body, "stream": "yes"})
     assert status == 400 and json.loads(raw)["error"]["param"] == "stream", raw
+
+
+def test_details_tokens_carry_lightllm_s_fields(server):
+    """With return_details, each of LightLLM's token entries also carries the output's
+    count so far, the prompt's length and the mean logprob so far (cumlogprob), as its
+    stream events carry the first two: a client reading them got a KeyError."""
+    body = {"inputs": PARIS, "parameters": {"max_new_tokens": 3, "ignore_eos": True,
+                                            "return_details": True}}
+    status, _, raw = http(server, "POST", "/generate", json=body)
+    out = json.loads(raw)
+    assert status == 200, raw
+    tokens = out["tokens"]
+    assert [t["count_output_tokens"] for t in tokens] == [1, 2, 3]
+    assert all(t["prompt_tokens"] == out["prompt_tokens"] for t in tokens)
+    for k, t in enumerate(tokens, 1):
+        mean = sum(u["logprob"] for u in tokens[:k]) / k
+        assert t["cumlogprob"] == pytest.approx(mean, abs=1e-6), tokens
