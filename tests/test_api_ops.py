@@ -268,11 +268,12 @@ def test_a_probe_alone_in_a_step_is_no_step_of_the_step_histograms(tiny):
 def test_probes_metrics_and_version_need_no_api_key(tiny):
     """What a probe, a Prometheus scraper or a deploy script reads carries no secrets and
     runs no model: /health, /healthz, /metrics and /version are open, as vLLM leaves all but
-    its /v1 routes open (a scraper set up for vLLM sends no key and got 401 here). The
-    routes that take input or change state stay behind the key, and so do unknown paths."""
+    its /v1 routes open (a scraper set up for vLLM sends no key and got 401 here), and so
+    are LightLLM's probes /liveness and /readiness. The routes that take input or change
+    state stay behind the key, and so do unknown paths."""
     async def check(client, engine):
         for path in ("/health", "/healthz", "/healthz/", "/metrics", "/metrics/", "/version",
-                     "/version/"):
+                     "/version/", "/liveness", "/readiness/"):
             resp = await client.get(path)
             assert resp.status == 200, (path, await resp.text())
         assert "aiollm_" in await (await client.get("/metrics")).text()
@@ -280,7 +281,8 @@ def test_probes_metrics_and_version_need_no_api_key(tiny):
                              ("POST", "/generate"), ("POST", "/generate_stream"),
                              ("POST", "/tokenize"), ("POST", "/detokenize"),
                              ("POST", "/flush_cache"), ("GET", "/nowhere"),
-                             ("GET", "/metrics/x")):
+                             ("GET", "/metrics/x"), ("GET", "/get_model_name"),
+                             ("POST", "/tokens"), ("POST", "/")):
             resp = await client.request(method, path, json={})
             assert resp.status == 401, (method, path, await resp.text())
     serve_tiny(tiny, check, api_key="secret")
@@ -380,11 +382,12 @@ def test_version_says_which_aiollm_serves(tiny):
 def test_serve_help_names_every_endpoint(capsys):
     """`aiollm serve --help` lists the endpoints it serves; /healthz and /version were
     added to the routes and not to the list, so an operator reading it missed them."""
-    from aiollm.api import lightllm, openai, ops
+    from aiollm.api import lightllm, lightllm_routes, openai, ops
     from aiollm.cli import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--help"])
-    listed = set(re.findall(r"(/[\w/{}]+)[,.]", capsys.readouterr().out))
-    served = {r.path.replace(":.+", "") for r in ops.ROUTES + openai.ROUTES + lightllm.ROUTES}
+    listed = set(re.findall(r"(/[\w/{}]*)[,.]", capsys.readouterr().out))
+    served = {r.path.replace(":.+", "") for r in ops.ROUTES + openai.ROUTES + lightllm.ROUTES
+              + lightllm_routes.ROUTES}
     assert served - listed == set(), served - listed

@@ -29,6 +29,7 @@ from aiollm.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta
+    from aiollm.engine.outputs import RequestOutput
 
 _GREEDY_BELOW = 1e-5  # a temperature this small means greedy, as in LightLLM
 
@@ -158,8 +159,12 @@ async def _prepare(st: ApiState, req: GenerateRequest
 
 
 async def generate(request: web.Request) -> web.Response:
+    return await answer(request, await decode_body(request, GenerateRequest))
+
+
+async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
+    """/generate's answer to `req`, the body of `request` as decoded."""
     st = state(request)
-    req = await decode_body(request, GenerateRequest)
     with (param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters),
           full_context_told(*_FULL_CONTEXT)):
         ids, params = await _prepare(st, req)
@@ -177,16 +182,35 @@ async def generate(request: web.Request) -> web.Response:
     }
     if req.parameters.return_details:
         special = set(st.engine.tokenizer.all_special_ids)
-        body["tokens"] = one_or_all([[{
-            "id": t, "text": o.token_texts[i], "special": t in special,
-            "logprob": o.logprobs[i].logprob if o.logprobs else None,
-        } for i, t in enumerate(o.token_ids)] for o in outs])
+        body["tokens"] = one_or_all([_details(o, special, len(ids)) for o in outs])
     return json_response(body)
 
 
+def _details(out: RequestOutput, special: set[int], prompt_tokens: int) -> list[dict]:
+    """LightLLM's return_details entries of one output, a dict per token: its id, text,
+    logprob, whether it is special, the output's count of tokens up to it, the prompt's
+    length, and cumlogprob: the mean logprob of the output's tokens up to it (as LightLLM
+    reports it: the sum divided by the count)."""
+    entries = []
+    total = 0.0
+    for i, t in enumerate(out.token_ids):
+        logprob = out.logprobs[i].logprob if out.logprobs else None
+        total += logprob or 0.0
+        entries.append({
+            "id": t, "text": out.token_texts[i], "special": t in special, "logprob": logprob,
+            "cumlogprob": total / (i + 1) if out.logprobs else None,
+            "count_output_tokens": i + 1, "prompt_tokens": prompt_tokens,
+        })
+    return entries
+
+
 async def generate_stream(request: web.Request) -> web.StreamResponse:
+    return await stream(request, await decode_body(request, GenerateRequest))
+
+
+async def stream(request: web.Request, req: GenerateRequest) -> web.StreamResponse:
+    """/generate_stream's answer to `req`, the body of `request` as decoded."""
     st = state(request)
-    req = await decode_body(request, GenerateRequest)
     with param_names(_PARAM_NAMES):
         ids, params = await _prepare(st, req)
     if len(params) != 1:

@@ -23,7 +23,7 @@ from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 
-from aiollm.api import lightllm, openai, ops
+from aiollm.api import lightllm, lightllm_routes, openai, ops
 from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
@@ -41,13 +41,15 @@ MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is f
 # one header line, the number of header lines.
 MAX_HEADER_LINE_BYTES = 8190
 MAX_HEADERS = 128
-# Reachable without the API key, with or without a trailing slash: the operations a probe,
-# a Prometheus scraper or a deploy script reads, which carry no secrets, run no model and
-# change nothing (vLLM's key guards /v1 alone; its /metrics and /version are open). Every
-# other path needs the key, unknown ones included: a route added later is guarded unless
-# it is listed here. /tokenize, /detokenize and /flush_cache stay behind it, unlike vLLM's
-# open /tokenize: they run the tokenizer on the caller's input or change the cache.
-OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/metrics", "/version")
+# Reachable without the API key, with or without a trailing slash: the operations a probe
+# (LightLLM's /liveness and /readiness too), a Prometheus scraper or a deploy script reads,
+# which carry no secrets, run no model and change nothing (vLLM's key guards /v1 alone;
+# its /metrics and /version are open). Every other path needs the key, unknown ones
+# included: a route added later is guarded unless it is listed here. /tokenize,
+# /detokenize and /flush_cache stay behind it, unlike vLLM's open /tokenize: they run the
+# tokenizer on the caller's input or change the cache.
+OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/metrics", "/version",
+                                              "/liveness", "/readiness")
                        for end in ("", "/"))
 
 
@@ -100,7 +102,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
                           aliases=names[1:], shutdown_timeout=shutdown_timeout,
                           created=int(time.time()), body_timeout=body_timeout,
                           trust_request_chat_template=trust_request_chat_template)
-    app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES,
+    app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES
+                                        + lightllm_routes.ROUTES,
                                         expect_handler=_expect_handler(allowed)))
     if cors is not None:
         enable_cors(app, cors)

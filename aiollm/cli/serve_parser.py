@@ -48,7 +48,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        description="Serve MODEL over HTTP: /v1/completions, "
                        "/v1/chat/completions, /v1/models, /v1/models/{model}, /generate, "
                        "/generate_stream, /health, /healthz, /metrics, /version, /tokenize, "
-                       "/detokenize, /flush_cache.")
+                       "/detokenize, /flush_cache, and LightLLM's /liveness, /readiness, "
+                       "/get_model_name, /tokens, POST /.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
     s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=_Model,
                    metavar="MODEL",
@@ -91,7 +92,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "cannot forge a system turn")
     net.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' on every endpoint but /health, "
-                          "/healthz, /metrics and /version (if not given: $AIOLLM_API_KEY; "
+                          "/healthz, /liveness, /readiness, /metrics and /version (if not "
+                          "given: $AIOLLM_API_KEY; "
                           "neither: no auth)")
     net.add_argument("--allowed-origins", type=_string_list, default=None, metavar="LIST",
                      help="let web pages of these origins call the server from a browser "

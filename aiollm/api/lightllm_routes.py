@@ -1,0 +1,75 @@
+"""LightLLM's routes besides /generate and /generate_stream (api/lightllm.py), so that its
+clients and deploy scripts find them: the probes /liveness and /readiness, /get_model_name,
+/tokens (a prompt's length in tokens) and POST / (generate, or stream with "stream": true).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from msgspec import Struct, field
+
+from aiollm.api import lightllm
+from aiollm.api.body import decode_body
+from aiollm.api.generate_request import GenerateParameters, GenerateRequest
+from aiollm.api.protocol import json_response
+from aiollm.api.state import state
+
+
+class TokensRequest(Struct, kw_only=True):
+    """LightLLM's /tokens body: the text to count; of its parameters only
+    add_special_tokens changes the count."""
+
+    text: str
+    parameters: GenerateParameters = field(default_factory=GenerateParameters)
+
+
+async def liveness(request: web.Request) -> web.Response:
+    """200 {"status": "ok"} while the process answers (the health of the engine is
+    /health's and /readiness's to tell)."""
+    return json_response({"status": "ok"})
+
+
+async def readiness(request: web.Request) -> web.Response:
+    """200 {"status": "ok"} while the server takes requests; 503 from the start of a
+    shutdown on and while the engine takes none (stopped, its step loop ended), so that a
+    load balancer moves traffic away. LightLLM's always answers 200."""
+    st = state(request)
+    if st.draining:
+        return json_response({"status": "shutting down"}, status=503)
+    if not st.engine.serving:
+        return json_response({"status": "engine not serving"}, status=503)
+    return json_response({"status": "ok"})
+
+
+async def get_model_name(request: web.Request) -> web.Response:
+    """{"model_name": the served model's name}, as /v1/models lists it first."""
+    return json_response({"model_name": state(request).model_name})
+
+
+async def tokens(request: web.Request) -> web.Response:
+    """{"ntokens": how many tokens `text` is}, tokenized as /generate tokenizes its inputs
+    (special tokens added unless parameters.add_special_tokens is false)."""
+    st = state(request)
+    req = await decode_body(request, TokensRequest)
+    ids = await st.tokenize(req.text, add_special_tokens=req.parameters.add_special_tokens)
+    return json_response({"ntokens": len(ids)})
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    """POST /: /generate_stream's answer when the body's "stream" is true, else
+    /generate's."""
+    req = await decode_body(request, GenerateRequest)
+    return await (lightllm.stream if req.stream else lightllm.answer)(request, req)
+
+
+ROUTES = [
+    web.get("/liveness", liveness),
+    web.post("/liveness", liveness),
+    web.get("/readiness", readiness),
+    web.post("/readiness", readiness),
+    web.get("/get_model_name", get_model_name),
+    web.post("/get_model_name", get_model_name),
+    web.get("/tokens", tokens),
+    web.post("/tokens", tokens),
+    web.post("/", root),
+]

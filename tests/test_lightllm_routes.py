@@ -1,0 +1,70 @@
+"""LightLLM's routes besides /generate and /generate_stream, as its clients call them:
+/liveness, /readiness, /get_model_name, /tokens, and POST / (its generate with a `stream`
+flag); and the fields of /generate's answer that LightLLM's clients read."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from live_server import http, sse_events
+
+PARIS = "The capital of France is"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+@pytest.mark.parametrize("path", ["/liveness", "/readiness"])
+def test_probes_answer_ok(server, path, method):
+    status, _, raw = http(server, method, path)
+    assert status == 200 and json.loads(raw) == {"status": "ok"}, raw
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_get_model_name_names_the_served_model(server, method):
+    _, _, models = http(server, "GET", "/v1/models")
+    status, _, raw = http(server, method, "/get_model_name")
+    assert status == 200, raw
+    assert json.loads(raw) == {"model_name": json.loads(models)["data"][0]["id"]}
+
+
+def test_tokens_counts_the_text_as_generate_reads_it(server):
+    _, _, tok = http(server, "POST", "/tokenize", json={"prompt": PARIS})
+    status, _, raw = http(server, "POST", "/tokens", json={"text": PARIS, "parameters": {}})
+    assert status == 200, raw
+    assert json.loads(raw) == {"ntokens": json.loads(tok)["count"]}
+    status, _, raw = http(server, "POST", "/tokens", json={"text": 3})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "text", raw
+
+
+def test_root_generates_or_streams_by_its_stream_flag(server):
+    body = {"inputs": PARIS, "parameters": {"max_new_tokens": 3}}
+    _, _, want = http(server, "POST", "/generate", json=body)
+    status, _, raw = http(server, "POST", "/", json=body)
+    got, want = json.loads(raw), json.loads(want)
+    del got["prompt_cache_len"], want["prompt_cache_len"]  # the second reuses the first's
+    assert status == 200 and got == want, raw
+    status, headers, raw = http(server, "POST", "/", json={**body, "stream": True})
+    assert status == 200 and headers["Content-Type"].startswith("text/event-stream"), raw
+    events = [json.loads(e) for e in sse_events(raw)]
+    assert "".join(e["token"]["text"] for e in events) == want["generated_text"][0]
+    assert events[-1]["finished"] and events[-1]["finish_reason"] == "length"
+    status, _, raw = http(server, "POST", "/", json={**body, "stream": "yes"})
+    assert status == 400 and json.loads(raw)["error"]["param"] == "stream", raw
+
+
+def test_details_tokens_carry_lightllm_s_fields(server):
+    """With return_details, each of LightLLM's token entries also carries the output's
+    count so far, the prompt's length and the mean logprob so far (cumlogprob), as its
+    stream events carry the first two: a client reading them got a KeyError."""
+    body = {"inputs": PARIS, "parameters": {"max_new_tokens": 3, "ignore_eos": True,
+                                            "return_details": True}}
+    status, _, raw = http(server, "POST", "/generate", json=body)
+    out = json.loads(raw)
+    assert status == 200, raw
+    tokens = out["tokens"]
+    assert [t["count_output_tokens"] for t in tokens] == [1, 2, 3]
+    assert all(t["prompt_tokens"] == out["prompt_tokens"] for t in tokens)
+    for k, t in enumerate(tokens, 1):
+        mean = sum(u["logprob"] for u in tokens[:k]) / k
+        assert t["cumlogprob"] == pytest.approx(mean, abs=1e-6), tokens
