@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import concurrent.futures.thread  # its exit hook registered before ours: ours runs first
+import signal
 import threading
 import time
 import weakref
@@ -189,16 +190,7 @@ def _end_all() -> None:
     called a loop, which the interpreter would wait for anyway, end their calls first; a
     daemon thread's call under way is left waiting (see _abandon_if_exiting)."""
     global _exiting
-    try:
-        for loop_thread in list(_RUNNING):
-            for caller in list(loop_thread._callers):
-                if not caller.daemon and caller is not threading.current_thread():
-                    # in slices: an untimed join slept through a Ctrl-C whose signal another
-                    # thread took (see wait_interruptibly), to that thread's end
-                    while caller.is_alive():
-                        caller.join(POLL_S)
-    except KeyboardInterrupt:  # Ctrl-C at the exit: stop the engines now
-        pass
+    _wait_for_callers()  # returns at once at a Ctrl-C: the engines then stop now
     # only now: a daemon thread's call that ends while a non-daemon one waits for its turn
     # returns (parked, it kept its turn, and the waiting thread and the exit waited forever)
     _exiting = True
@@ -215,6 +207,35 @@ def _end_all() -> None:
                 break
             except KeyboardInterrupt:
                 pass
+
+
+def _wait_for_callers() -> None:
+    """The exit's wait for the non-daemon threads that called a loop, ended by a Ctrl-C.
+
+    While it waits, SIGINT sets a flag instead of raising: a KeyboardInterrupt inside
+    Thread.join (CPython 3.11's _wait_for_tstate_lock) releases the lock of a thread that
+    still runs and marks it ended, so the interpreter then finalized under that thread (its
+    work after the call, a traceback, was cut off). In slices: an untimed wait slept through
+    a Ctrl-C whose signal another thread took (see wait_interruptibly)."""
+    interrupted = threading.Event()
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    except ValueError:  # not the main thread (an exit hook run elsewhere): no handler
+        previous = _NO_HANDLER
+    try:
+        for loop_thread in list(_RUNNING):
+            for caller in list(loop_thread._callers):
+                if not caller.daemon and caller is not threading.current_thread():
+                    while caller.is_alive() and not interrupted.wait(POLL_S):
+                        pass
+    except KeyboardInterrupt:  # no handler of ours could be set
+        pass
+    finally:
+        if previous is not _NO_HANDLER:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
+_NO_HANDLER = object()
 
 
 threading._register_atexit(_end_all)  # (CPython's hook before thread pools shut down)

@@ -33,6 +33,31 @@ def test_ctrl_c_during_the_exits_wait_for_a_non_daemon_threads_call_ends_it():
     assert "CancelledError" not in done.stderr and "destroyed" not in done.stderr, done.stderr
 
 
+def test_ctrl_c_during_the_exits_wait_still_waits_for_the_threads_own_end():
+    """The same exit and Ctrl-C, with a thread that goes on after its call ended: Python
+    must still wait for it. The exit's wait was a Thread.join, and a KeyboardInterrupt
+    inside it (CPython 3.11's _wait_for_tstate_lock) marks the joined thread as ended while
+    it runs: the interpreter then finalized under the thread, whose work after the call
+    (here a print; in CI a traceback) was cut off."""
+    script = ("import signal, threading, time\n"
+              "from aiollm import LLM, SamplingParams\n"
+              "llm = LLM(None, kv_tokens=4096)\n"
+              "def endless():\n"
+              "    try:\n"
+              "        llm.generate(['Tell'], SamplingParams(max_tokens=4000, ignore_eos=True),\n"
+              "                     progress=False)\n"
+              "    except Exception as e:\n"
+              "        print(type(e).__name__, flush=True)\n"
+              "    time.sleep(1)\n"
+              "    print('thread ends', flush=True)\n"
+              "threading.Thread(target=endless).start()\n"
+              "time.sleep(0.3)\n"
+              "threading.Timer(0.5, signal.raise_signal, (signal.SIGINT,)).start()\n"
+              "print('main ends', flush=True)\n")
+    done = run_script(script, timeout=90)
+    assert done.stdout == "main ends\nEngineStopped\nthread ends\n", done.stderr
+
+
 def test_ctrl_c_in_asyncio_run_ends_an_llm_call_of_its_main_task():
     """Async code that calls the blocking LLM.generate under asyncio.run, then Ctrl-C:
     asyncio.run's handler only cancels the main task (KeyboardInterrupt comes at a second
