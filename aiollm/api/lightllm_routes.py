@@ -8,7 +8,7 @@ from __future__ import annotations
 from aiohttp import web
 from msgspec import Struct, field
 
-from aiollm.api import lightllm
+from aiollm.api import lightllm, ops
 from aiollm.api.body import decode_body
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
@@ -33,12 +33,7 @@ async def readiness(request: web.Request) -> web.Response:
     """200 {"status": "ok"} while the server takes requests; 503 from the start of a
     shutdown on and while the engine takes none (stopped, its step loop ended), so that a
     load balancer moves traffic away. LightLLM's always answers 200."""
-    st = state(request)
-    if st.draining:
-        return json_response({"status": "shutting down"}, status=503)
-    if not st.engine.serving:
-        return json_response({"status": "engine not serving"}, status=503)
-    return json_response({"status": "ok"})
+    return ops.not_serving(state(request)) or json_response({"status": "ok"})
 
 
 async def get_model_name(request: web.Request) -> web.Response:

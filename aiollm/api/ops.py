@@ -11,9 +11,20 @@ from aiollm.api import tool_request
 from aiollm.api.body import decode_body
 from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import json_response
-from aiollm.api.state import state
+from aiollm.api.state import ApiState, state
 from aiollm.api.tokenize_request import DetokenizeRequest, TokenizeRequest
 from aiollm.engine.submission import off_loop
+
+
+def not_serving(st: ApiState) -> web.Response | None:
+    """The 503 of a server that takes no requests (a shutdown begun, or an engine that is
+    stopped or whose step loop ended), for the probes that answer it (/health,
+    LightLLM's /readiness); None while it serves."""
+    if st.draining:
+        return json_response({"status": "shutting down"}, status=503)
+    if not st.engine.serving:
+        return json_response({"status": "engine not serving"}, status=503)
+    return None
 
 
 async def health(request: web.Request) -> web.Response:
@@ -28,10 +39,8 @@ async def health(request: web.Request) -> web.Response:
     no other traffic, which a load balancer that took the server out of rotation sends
     none of. Also at /healthz, LightLLM's (and Kubernetes') name for it."""
     st = state(request)
-    if st.draining:
-        return json_response({"status": "shutting down"}, status=503)
-    if not st.engine.serving:
-        return json_response({"status": "engine not serving"}, status=503)
+    if (refused := not_serving(st)) is not None:
+        return refused
     if (failing := await st.engine.check_health()) is not None:
         return json_response({"status": "engine failing", "error": failing}, status=503)
     return json_response({"status": "ok", "model": st.model_name})
