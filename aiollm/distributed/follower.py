@@ -47,10 +47,9 @@ def build_runner(cfg: EngineConfig, tp: TensorParallel):
     from aiollm.engine.loading import build_rank_model, resolve_dtype
     from aiollm.model import load_model
 
-    dtype = resolve_dtype(cfg.dtype, tp.device)
-    loaded = load_model(cfg.model, dtype=dtype, device=tp.device, load_format=cfg.load_format,
-                        max_model_len=cfg.max_model_len)
-    return build_rank_model(cfg, loaded, tp.device, dtype, tp).runner
+    loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=tp.device,
+                        load_format=cfg.load_format, max_model_len=cfg.max_model_len)
+    return build_rank_model(cfg, loaded, tp.device, loaded.dtype, tp).runner
 
 
 def run_step(runner, msg: StepMessage) -> None:
