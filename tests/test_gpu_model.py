@@ -76,6 +76,16 @@ def test_default_model_gpu_bf16_close_to_cpu(smol):
     assert first >= len(PROMPTS) - 1
 
 
+def test_default_model_gpu_fp16_close_to_cpu(smol):
+    """float16 (what --dtype auto now runs a float16 checkpoint in) through every kernel of
+    the dense path, graphs included: first tokens as the fp32 CPU reference's."""
+    model, tok = smol
+    cpu, _ = _greedy("cpu", "float32", PROMPTS, max_tokens=8, model=model, tokenizer=tok)
+    gpu, _ = _greedy("cuda", "float16", PROMPTS, max_tokens=8, model=model, tokenizer=tok)
+    first = sum(a[0] == b[0] for a, b in zip(cpu, gpu))
+    assert first >= len(PROMPTS) - 1, (cpu, gpu)
+
+
 def test_random_llama_bf16_top1_agrees_with_transformers(smol):
     """Llama-shaped random weights, teacher-forced on our bf16 greedy output: at each position
     compare our token with the top-1 of transformers in fp32 (the reference) and in bf16.
