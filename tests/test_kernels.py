@@ -19,7 +19,7 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 
 from aiollm import kernels  # noqa: E402
 from aiollm.kernels import autotune  # noqa: E402
-from aiollm.kernels.decode_attention import CANDIDATES as DECODE_CANDIDATES  # noqa: E402
+from aiollm.kernels.decode_attention_configs import CANDIDATES as DECODE_CANDIDATES  # noqa: E402
 from aiollm.kernels.decode_splits import num_kv_splits  # noqa: E402
 from aiollm.kernels.extend_attention import CANDIDATES as EXTEND_CANDIDATES  # noqa: E402
 
