@@ -1884,7 +1884,8 @@ def test_warm_up_plan_compiles_every_decode_kernel_a_step_can_launch():
 
     from aiollm.engine.warm_up import plan
     from aiollm.kernels.autotune import bucket
-    from aiollm.kernels.decode_attention import BATCH_CLASSES, LENGTH_CLASSES, launch_variant
+    from aiollm.kernels.decode_attention import launch_variant
+    from aiollm.kernels.decode_attention_configs import BATCH_CLASSES, LENGTH_CLASSES
     from aiollm.kernels.decode_splits import num_kv_splits
 
     def variant(b, n):
