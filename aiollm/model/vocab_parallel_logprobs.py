@@ -73,6 +73,7 @@ def part_summary(logits: torch.Tensor, chosen: torch.Tensor, k: int, start: int,
     log-sum-exp, its number of logits above the target's, its k largest logits (-inf where
     the part has fewer than k columns), their token ids (vocab for those missing)."""
     p, n = logits.shape
+    assert vocab < MAX_VOCAB, vocab
     if start + n > vocab:
         logits[:, max(0, vocab - start):] = float("-inf")
     out = torch.empty((p, 2 + 2 * k), dtype=torch.float32, device=logits.device)
