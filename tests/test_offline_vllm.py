@@ -103,7 +103,8 @@ def test_n_is_bounded_by_name(llm):
     generate() built a million choices' params and tasks on the event loop (seconds per
     hundred thousand, every other request stalled) before the first ran. n is bounded at
     MAX_N_SEQUENCES, vLLM's (VLLM_MAX_N_SEQUENCES' default): InvalidRequest (a ValueError)
-    naming n and the limit, at construction and at the call for an n set since."""
+    naming n and the limit, at construction and at the call for an n set since
+    (test_engine.py: Engine.generate's)."""
     limit = MAX_N_SEQUENCES
     with pytest.raises(ValueError, match=f"^n must be an integer in \\[1, {limit}\\]") as e:
         SamplingParams(n=limit + 1)
@@ -111,11 +112,9 @@ def test_n_is_bounded_by_name(llm):
     assert SamplingParams(n=limit).n == limit  # the limit itself is taken
     sp = SamplingParams(max_tokens=1)
     sp.n = 10**6  # set after it was checked: refused before any choice is made
-    for call in (lambda: llm.generate("Hi", sp, False),
-                 lambda: llm._run(llm.engine.generate("Hi", sp))):
-        with pytest.raises(InvalidRequest, match=str(limit)) as e:
-            call()
-        assert e.value.param == "n"
+    with pytest.raises(InvalidRequest, match=str(limit)) as e:
+        llm.generate("Hi", sp, False)
+    assert e.value.param == "n"
 
 
 def test_vllms_keyword_names(llm, capsys):
