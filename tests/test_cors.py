@@ -238,3 +238,5 @@ def test_the_request_id_header_is_readable_by_the_page(cors_server, method, path
     exposed = {h.strip().lower() for h in got.get("access-control-expose-headers",
                                                    "").split(",")}
     assert "x-request-id" in exposed, got
+    # the same list on every response: the 503's Retry-After, which the SDK waits by
+    assert "retry-after" in exposed, got

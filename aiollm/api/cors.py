@@ -28,8 +28,9 @@ _ORIGIN = re.compile(r"null|[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
 _SAFELISTED_HEADERS = ("Accept", "Accept-Language", "Content-Language", "Content-Type")
 PREFLIGHT_MAX_AGE_S = 600  # how long a browser may reuse a preflight's answer
 # response headers a page may read beyond the safelisted ones (Content-Type...): the request
-# id, which the openai SDK reads as the response's _request_id and the log names requests by
-EXPOSED_HEADERS = (REQUEST_ID_HEADER,)
+# id, which the openai SDK reads as the response's _request_id and the log names requests by,
+# and Retry-After, which the SDK waits by before retrying an overloaded server's 503
+EXPOSED_HEADERS = (REQUEST_ID_HEADER, "Retry-After")
 
 
 @dataclass(frozen=True)
