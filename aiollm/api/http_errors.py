@@ -4,6 +4,7 @@ aiohttp's router or body reader)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -172,9 +173,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 404:
             err.message = f"no such route: {request.method} {request.path}"
         return error_response(err)
-    except (ConnectionResetError, OSError) as exc:
-        # the client went away; nobody is left to read an error
-        log.debug("client disconnected: %s", exc)
+    except OSError as exc:  # ConnectionResetError among them
+        if request.transport is None or request.transport.is_closing():
+            # The client went away; nobody is left to read an error. aiohttp cancels the
+            # handler then (serve's handler_cancellation), but Python 3.11's wait_for,
+            # woken by the body read's ConnectionResetError and the cancellation at once,
+            # raises the error and drops the cancellation: raised on, aiohttp logged it at
+            # ERROR with a traceback as a 500 nobody reads. It ends as cancelled, quietly.
+            log.debug("client disconnected: %s", exc)
+            raise asyncio.CancelledError() from exc
         raise
     except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a response
         return error_response(as_api_error(exc, request))
