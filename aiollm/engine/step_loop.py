@@ -14,7 +14,6 @@ memory pauses them instead (oom.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -60,8 +59,13 @@ class StepLoop:
         if step is None and self._inflight is None:
             self._wake.clear()
             timeout = 0.05 if self.planner.has_work() else None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            # asyncio.wait, not wait_for: Python 3.11's wait_for drops a cancel (stop()'s)
+            # that lands in the turn the wake-up does, and stop() would wait forever
+            woken = asyncio.ensure_future(self._wake.wait())
+            try:
+                await asyncio.wait((woken,), timeout=timeout)
+            finally:
+                woken.cancel()
             return
         launch = out = err = issued = None
         if step is not None:
