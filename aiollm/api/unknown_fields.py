@@ -32,10 +32,16 @@ _NAME_CHARS = 64
 async def warn_unknown(request: web.Request, body: bytes, type_: type) -> None:
     """Log one WARNING naming the fields of `body` (the JSON object `request` sent, decoded
     into `type_`) that `type_` does not know, if it has any."""
-    if len(body) > _INLINE_BYTES:
+    unknown = None
+    if len(body) <= _INLINE_BYTES:
+        try:
+            unknown = unknown_fields(body, type_)
+        except RecursionError:
+            # nested about as deep as the decoder takes, which read it a few frames higher
+            # up this stack: scanned where a stack starts afresh, not failing the request
+            pass
+    if unknown is None:
         unknown = await asyncio.to_thread(unknown_fields, body, type_)
-    else:
-        unknown = unknown_fields(body, type_)
     if not unknown:
         return
     named = ", ".join(_shown(name) for name in unknown[:_NAMED])
