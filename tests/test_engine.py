@@ -586,7 +586,7 @@ def test_vllms_prompt_dicts_are_prompts(loop, engine):
     outs = run(loop, engine.generate_batch([text, {"prompt": text}, {"prompt_token_ids": ids}],
                                            greedy, progress=False))
     assert all(o.prompt_token_ids == ids and o.token_ids == outs[0].token_ids for o in outs)
-    for bad, says in (({"prompt": text, "prompt_token_ids": ids}, "one key"),
+    for bad, says in (({"prompt": text, "prompt_token_ids": ids, "text": text}, "one key"),
                       ({"text": text}, "one key"), ({"prompt": ids}, "must be text"),
                       ({"prompt_token_ids": text}, "must be token ids"),
                       ({"prompt_token_ids": []}, "must not be empty")):
