@@ -114,3 +114,18 @@ def test_vllm_members_aiollm_lacks_say_so(llm, name):
     assert not hasattr(llm, name)
     with pytest.raises(AttributeError, match="no attribute 'nonesuch'"):
         llm.nonesuch
+
+
+@pytest.mark.parametrize("keyword, value", [("task", "embed"), ("task", "score"),
+                                            ("runner", "pooling"), ("convert", "embed")])
+def test_a_pooling_task_is_refused_naming_it(keyword, value):
+    """LLM(model, task="embed") (vLLM's pooling models; runner/convert in later vLLM) was
+    an unexpected keyword; it says aiollm generates text only, and task="generate" (older
+    vLLM scripts pass it), runner="generate", convert="none" or "auto" ask for what
+    aiollm does (the model path's missing file is the first error past the checks)."""
+    with pytest.raises(ValueError, match=f"{keyword}={value!r}: .*generative models only"):
+        LLM("/nonexistent/aiollm-test-model", **{keyword: value})
+    for keyword, value in (("task", "generate"), ("task", "auto"), ("runner", "generate"),
+                           ("runner", "auto"), ("convert", "none"), ("convert", "auto")):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            LLM("/nonexistent/aiollm-test-model", **{keyword: value})
