@@ -280,6 +280,12 @@ class SamplingParams:
             setattr(self, name, _plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
+        for name in ("logprobs", "prompt_logprobs"):
+            if is_int(getattr(self, name)) and getattr(self, name) == -1:
+                raise InvalidRequest(
+                    f"{name}=-1 (vLLM's whole vocabulary) is not supported: ask for at most "
+                    f"{MAX_LOGPROBS} (the most likely tokens, beside the chosen one)",
+                    param=name)
         if self.logprobs is not None and (
             not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):
