@@ -130,7 +130,9 @@ class Constraint:
                                      f"{type(v).__name__}", param=name)
 
 
-@dataclass(slots=True)
+# keywords only: vLLM's first field is n, so SamplingParams(2) meant n=2 there and another
+# field here
+@dataclass(slots=True, kw_only=True)
 class SamplingParams:
     # None: as many as the context has room for after the prompt (vLLM's None)
     max_tokens: int | None = 16

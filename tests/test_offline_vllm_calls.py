@@ -141,3 +141,11 @@ def test_whole_vocabulary_logprobs_are_refused_saying_so(field):
     assert e.value.param == field
     with pytest.raises(InvalidRequest, match=r"must be an integer in \[0, 20\], got -2"):
         SamplingParams(**{field: -2})
+
+
+def test_sampling_params_take_keywords_only():
+    """SamplingParams(2) was max_tokens=2 (the first field here) where vLLM's first field is
+    n: a call written for vLLM got another meaning silently. Fields are keywords alone."""
+    with pytest.raises(TypeError, match="positional"):
+        SamplingParams(2)
+    assert SamplingParams(n=2).n == 2
