@@ -149,3 +149,13 @@ def test_sampling_params_take_keywords_only():
     with pytest.raises(TypeError, match="positional"):
         SamplingParams(2)
     assert SamplingParams(n=2).n == 2
+
+
+def test_vllms_top_level_names_import_from_aiollm(llm):
+    """`from vllm import LLM, SamplingParams, RequestOutput, CompletionOutput, TextPrompt,
+    TokensPrompt` (type hints, isinstance checks): aiollm had the first two alone."""
+    from aiollm import CompletionOutput, RequestOutput, TextPrompt, TokensPrompt
+
+    out, = llm.generate(TextPrompt(prompt="Hi"), GREEDY, False)
+    assert isinstance(out, RequestOutput) and isinstance(out.outputs[0], CompletionOutput)
+    assert TokensPrompt(prompt_token_ids=[1]) == {"prompt_token_ids": [1]}
