@@ -104,6 +104,9 @@ REFUSED = (
     Refusal(("--revision",),
             "models are never downloaded: MODEL is a local directory or .gguf file "
             "(download the revision first, e.g. `hf download ID --revision R --local-dir DIR`)"),
+    Refusal(("--guided-decoding-backend",),
+            "grammars run on xgrammar, the one library aiollm has; leave the flag out",
+            same=("xgrammar", "auto")),
     Refusal(("--task",), _GENERATIVE_ONLY, same=("generate", "auto")),
     Refusal(("--runner",), _GENERATIVE_ONLY, same=("generate", "auto")),
     Refusal(("--convert",), _GENERATIVE_ONLY, same=("none", "auto")),

@@ -159,3 +159,28 @@ def test_vllms_top_level_names_import_from_aiollm(llm):
     out, = llm.generate(TextPrompt(prompt="Hi"), GREEDY, False)
     assert isinstance(out, RequestOutput) and isinstance(out.outputs[0], CompletionOutput)
     assert TokensPrompt(prompt_token_ids=[1]) == {"prompt_token_ids": [1]}
+
+
+def test_guided_decoding_params_take_vllms_backend(llm):
+    """GuidedDecodingParams(json=..., backend="xgrammar") (vLLM before 0.11; scripts pass it)
+    was an unexpected keyword. aiollm's grammars run on xgrammar: "xgrammar" (with vLLM's
+    ":option" suffix) and "auto" are taken, another backend is refused naming it."""
+    from aiollm.sampling_params import GuidedDecodingParams
+
+    for backend in ("xgrammar", "auto", "xgrammar:disable-any-whitespace", None):
+        sp = SamplingParams(max_tokens=4, temperature=0, guided_decoding=GuidedDecodingParams(
+            choice=["yes", "no"], backend=backend))
+        assert llm.generate("Yes or no?", sp, False)[0].outputs[0].text in ("yes", "no")
+    with pytest.raises(InvalidRequest, match="'guidance'.*xgrammar") as e:
+        GuidedDecodingParams(choice=["yes"], backend="guidance")
+    assert e.value.param == "structured_outputs.backend"
+
+
+def test_guided_decoding_backend_keyword_is_xgrammar_or_auto():
+    """LLM(model, guided_decoding_backend="xgrammar") (vLLM before 0.11) was an unexpected
+    keyword; xgrammar (aiollm's) and auto are taken, another grammar library refused."""
+    for value in ("xgrammar", "auto"):
+        with pytest.raises(FileNotFoundError, match="does not exist"):
+            LLM("/nonexistent/aiollm-test-model", guided_decoding_backend=value)
+    with pytest.raises(ValueError, match="guided_decoding_backend='outlines': .*xgrammar"):
+        LLM("/nonexistent/aiollm-test-model", guided_decoding_backend="outlines")

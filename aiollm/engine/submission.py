@@ -118,8 +118,9 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     Raises InvalidRequest (param "prompt") for a prompt of another type, a dict with other
     keys (prompt_of_dict), an empty prompt, a lone surrogate in the text, a bad id (the
     message says which), or ids that alone exceed max_model_len (tokens; a prompt of
-    exactly max_model_len is checked with its max_tokens by check_request). keep_last: only the prompt's last that
-    many tokens are kept (see kept_prompt_tokens), before the length is checked."""
+    exactly max_model_len is checked with its max_tokens by check_request). keep_last:
+    only the prompt's last that many tokens are kept (see kept_prompt_tokens), before the
+    length is checked."""
     if isinstance(prompt, dict):
         prompt = prompt_of_dict(prompt)
     if isinstance(prompt, str):
