@@ -35,13 +35,15 @@ def test_tokens_prompt_may_carry_its_text(llm):
 
 
 @pytest.mark.parametrize("key", ["multi_modal_data", "mm_processor_kwargs",
-                                 "multi_modal_uuids", "token_type_ids"])
+                                 "multi_modal_uuids", "token_type_ids", "prompt_embeds"])
 def test_multimodal_prompt_keys_are_named_as_unsupported(llm, key):
     """A vLLM prompt dict with images (multi_modal_data) was refused as a dict of the wrong
     keys; the error says what aiollm lacks: inputs other than text or token ids."""
     with pytest.raises(InvalidRequest, match=f"{key} is not supported") as e:
         llm.generate([{"prompt": "Hi"}, {"prompt": "Hi", key: {"image": "x"}}], GREEDY, False)
     assert e.value.param == "prompts[1]"
+    with pytest.raises(InvalidRequest, match=f"{key} is not supported"):  # alone too
+        llm.generate({key: [[0.5]]}, GREEDY, False)
     # None is no input of that kind, as vLLM reads it
     out, = llm.generate({"prompt": "Hi", key: None}, GREEDY, False)
     assert out.prompt == "Hi"

@@ -72,9 +72,9 @@ def prompt_text(prompt: Prompt) -> str | None:
 
 
 # vLLM's prompt-dict keys for inputs besides text or ids (images, audio, a cross-encoder's
-# token types): None is none of them
+# token types, embeddings in place of tokens): None is none of them
 OTHER_INPUTS = ("multi_modal_data", "mm_processor_kwargs", "multi_modal_uuids",
-                "token_type_ids")
+                "token_type_ids", "prompt_embeds")
 
 
 def prompt_of_dict(prompt: dict) -> object:
