@@ -186,3 +186,14 @@ def test_guided_decoding_backend_keyword_is_xgrammar_or_auto():
             LLM("/nonexistent/aiollm-test-model", guided_decoding_backend=value)
     with pytest.raises(ValueError, match="guided_decoding_backend='outlines': .*xgrammar"):
         LLM("/nonexistent/aiollm-test-model", guided_decoding_backend="outlines")
+
+
+def test_a_flat_list_of_ids_as_the_batch_says_how_to_pass_it(llm):
+    """generate(ids) with one prompt's ids as the batch read each id as a prompt, and the
+    error named prompts[0] as "got int"; it says the list looks like one prompt's ids."""
+    ids = llm.get_tokenizer().encode("Hi there")
+    with pytest.raises(InvalidRequest, match=r"one prompt's token ids.*\[ids\]") as e:
+        llm.generate(ids, GREEDY, False)
+    assert e.value.param == "prompts"
+    out, = llm.generate([ids], GREEDY, False)  # as the message says
+    assert out.prompt_token_ids == ids
