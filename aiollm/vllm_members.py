@@ -10,9 +10,9 @@ _POOLING = ("aiollm serves generative models only: no pooling (embeddings, "
             "prompt_logprobs=0)) gives a text's token logprobs")
 
 LACKING = {
-    "llm_engine": ("vLLM's engine object: aiollm's engine is llm.engine (an aiollm Engine, "
-                   "its options in llm.engine.config, e.g. max_model_len), its tokenizer "
-                   "llm.get_tokenizer()"),
+    "llm_engine": ("vLLM's engine object: aiollm's engine is llm.engine (an aiollm Engine: "
+                   "its context length llm.engine.max_model_len, its options "
+                   "llm.engine.config), its tokenizer llm.get_tokenizer()"),
     "embed": _POOLING,
     "encode": _POOLING,
     "classify": _POOLING,
