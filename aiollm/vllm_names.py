@@ -70,8 +70,9 @@ def no_priority(priority: Any, prompts: Any) -> None:
     if (not isinstance(priority, (list, tuple)) or (n is not None and len(priority) != n)
             or not all(isinstance(p, numbers.Integral) and not isinstance(p, bool)
                        for p in priority)):
-        raise InvalidRequest(f"priority must be None or a list of integers, one per prompt "
-                             f"({n} prompts), got {priority!r:.80}", param="priority")
+        count = "" if n is None else f" ({n} prompts)"
+        raise InvalidRequest(f"priority must be None or a list of integers, one per "
+                             f"prompt{count}, got {priority!r:.80}", param="priority")
     if any(p != 0 for p in priority):
         raise InvalidRequest("priority scheduling is not supported: every priority must be 0 "
                              "(requests are admitted in arrival order)", param="priority")
