@@ -5,7 +5,9 @@ first use, so `import aiollm.kernels` or the CLI's --help stay fast.
 """
 
 __version__ = "0.1.0"
-__all__ = ["LLM", "Engine", "SamplingParams", "__version__"]
+# vLLM's top-level names too: its outputs' classes and its prompt dicts' types
+__all__ = ["LLM", "Engine", "SamplingParams", "RequestOutput", "CompletionOutput",
+           "TextPrompt", "TokensPrompt", "__version__"]
 
 
 def __getattr__(name: str):
@@ -23,4 +25,12 @@ def __getattr__(name: str):
         from aiollm.offline import LLM
 
         return LLM
+    if name in ("RequestOutput", "CompletionOutput"):
+        from aiollm.engine import outputs
+
+        return getattr(outputs, name)
+    if name in ("TextPrompt", "TokensPrompt"):
+        from aiollm import inputs
+
+        return getattr(inputs, name)
     raise AttributeError(f"module 'aiollm' has no attribute {name!r}")

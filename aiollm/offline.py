@@ -22,8 +22,9 @@ from aiollm.engine.chat_tools import check_tools
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
+from aiollm.vllm_members import lacking
 from aiollm.vllm_names import (UNSET, either, engine_options, named_as_given, no_lora,
-                                template_options)
+                                no_multimodal_chat, no_priority, template_options)
 
 
 class LLM:
@@ -75,7 +76,8 @@ class LLM:
                  progress: Progress = UNSET, *,
                  sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
                  use_tqdm: Progress | None = None,
-                 lora_request: None = None) -> list[RequestOutput]:
+                 lora_request: None = None,
+                 priority: list[int] | None = None) -> list[RequestOutput]:
         """The outputs of `prompts` (a string or a prompt dict is one prompt), in order, one
         per prompt with its SamplingParams.n completions in `.outputs`; `params` one
         SamplingParams for all or a list of one per prompt (Engine.generate_batch);
@@ -83,10 +85,12 @@ class LLM:
         takes it, a callable that makes the bar (a tqdm-like class or factory, e.g.
         functools.partial(tqdm, leave=False); Engine.generate_batch). `sampling_params` and
         `use_tqdm` are vLLM's names for `params` and `progress`; vLLM's `lora_request` is
-        taken as None alone (InvalidRequest naming it for an adapter).
+        taken as None alone (InvalidRequest naming it for an adapter), its `priority` as
+        None or 0 for every prompt (vllm_names.no_priority: no priority scheduling here).
         Raises TypeError naming both when a value is given under both names,
         EngineStopped once close() has run."""
         no_lora(lora_request)
+        no_priority(priority, prompts)
         params = either(params, "params", sampling_params, "sampling_params")
         progress = either(progress, "progress", use_tqdm, "use_tqdm", UNSET)
         return self._generate(prompts, params, progress, "prompts")
@@ -114,7 +118,9 @@ class LLM:
              chat_template_kwargs: dict | None = None,
              chat_template: str | None = None,
              tools: list[dict] | None = None,
-             lora_request: None = None) -> list[RequestOutput]:
+             lora_request: None = None,
+             chat_template_content_format: str = "auto",
+             mm_processor_kwargs: None = None) -> list[RequestOutput]:
         """generate() on conversations, each checked as Engine.chat checks one and rendered by
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,
         continue_final_message, chat_template_kwargs such as enable_thinking; default: the
@@ -127,7 +133,9 @@ class LLM:
         add_generation_prompt, continue_final_message, chat_template_kwargs and
         chat_template (a Jinja template rendering the conversations in place of the
         tokenizer's) for the template's options of those names (None: not given, the
-        default); `lora_request` as generate() takes it. The prompt is the one
+        default); `lora_request` as generate() takes it; chat_template_content_format
+        "auto" or "string" and mm_processor_kwargs None (vllm_names.no_multimodal_chat: text
+        parts are joined into one string; no images). The prompt is the one
         /v1/chat/completions renders for the same messages, tools and options
         (Engine.render_chat); the output is the model's text,
         any calls in it unparsed, as vLLM's LLM.chat gives it.
@@ -141,6 +149,7 @@ class LLM:
         TypeError naming both names of a value given twice (template and one of its
         options) or no conversations at all; EngineStopped once close() has run."""
         no_lora(lora_request)
+        no_multimodal_chat(chat_template_content_format, mm_processor_kwargs)
         params = either(params, "params", sampling_params, "sampling_params")
         progress = either(progress, "progress", use_tqdm, "use_tqdm", UNSET)
         conversations = either(conversations, "conversations", messages, "messages", UNSET)
@@ -194,6 +203,24 @@ class LLM:
         SamplingParams' defaults, or the model's generation_config.json's in their place
         (the generation_config option: auto, vllm or a folder)."""
         return self.engine.default_params()
+
+    def reset_prefix_cache(self, device: None = None) -> bool:
+        """Empty the prefix cache of what no request uses (vLLM's name; POST /flush_cache
+        over HTTP), e.g. between the runs of a benchmark; True, as vLLM's when it could.
+        `device` (vLLM's) is taken as None alone. EngineStopped once close() has run."""
+        if device is not None:
+            raise TypeError(f"reset_prefix_cache takes device=None alone, got {device!r:.40}")
+        self._check_open()
+        self._run(self._flush_cache())
+        return True
+
+    async def _flush_cache(self) -> int:
+        return self.engine.flush_cache()
+
+    def __getattr__(self, name: str):
+        # vLLM's members aiollm lacks (llm_engine, embed, beam_search...) say so and what to
+        # use instead; only reached for names the LLM has not
+        raise lacking(name)
 
     def _run(self, coro):
         """coro run to completion on the LLM's loop. Interrupted (Ctrl-C, in a notebook too:

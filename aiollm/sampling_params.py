@@ -130,7 +130,9 @@ class Constraint:
                                      f"{type(v).__name__}", param=name)
 
 
-@dataclass(slots=True)
+# keywords only: vLLM's first field is n, so SamplingParams(2) meant n=2 there and another
+# field here
+@dataclass(slots=True, kw_only=True)
 class SamplingParams:
     # None: as many as the context has room for after the prompt (vLLM's None)
     max_tokens: int | None = 16
@@ -280,6 +282,12 @@ class SamplingParams:
             setattr(self, name, _plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
+        for name in ("logprobs", "prompt_logprobs"):
+            if is_int(getattr(self, name)) and getattr(self, name) == -1:
+                raise InvalidRequest(
+                    f"{name}=-1 (vLLM's whole vocabulary) is not supported: ask for at most "
+                    f"{MAX_LOGPROBS} (the most likely tokens, beside the chosen one)",
+                    param=name)
         if self.logprobs is not None and (
             not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):

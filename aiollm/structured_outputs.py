@@ -21,7 +21,8 @@ class StructuredOutputsParams:
     `regex`, `choice` (a list of strings: the output is one of them), `grammar` (EBNF, as
     xgrammar reads it), `json_object` (True: any JSON object) or `structural_tag` (xgrammar's
     structural tag, a dict or its JSON text). The options are vLLM's and change nothing here
-    (the output is compact, strict JSON already), but are checked as booleans and text.
+    (the output is compact, strict JSON already), but are checked as booleans and text;
+    `backend` (vLLM's GuidedDecodingParams') is None, "auto" or "xgrammar".
     Raises InvalidRequest (a ValueError) naming structured_outputs unless exactly one
     grammar is given; a bad grammar value is refused by SamplingParams, naming the field
     (structured_outputs.choice)."""
@@ -36,8 +37,17 @@ class StructuredOutputsParams:
     disable_additional_properties: bool = False
     whitespace_pattern: str | None = None
     structural_tag: str | dict | None = None
+    # vLLM's GuidedDecodingParams' grammar library: aiollm's is xgrammar, so only "auto" or
+    # "xgrammar" (either with vLLM's ":option" suffix) are taken
+    backend: str | None = None
 
     def __post_init__(self) -> None:
+        if self.backend is not None and (not isinstance(self.backend, str) or
+                                         self.backend.split(":")[0] not in ("auto", "xgrammar")):
+            raise InvalidRequest(
+                f"backend {self.backend!r:.40} is not available: grammars run on xgrammar "
+                "here; give \"xgrammar\" or \"auto\", or leave backend out",
+                param="structured_outputs.backend")
         given = [f for f in GRAMMAR_FIELDS if getattr(self, f) is not None]
         if len(given) != 1:
             raise InvalidRequest(
@@ -58,7 +68,7 @@ def grammar_of(value: Any, name: str):
     if value is None:
         return None
     if isinstance(value, StructuredOutputsParams):
-        value = {f.name: getattr(value, f.name) for f in fields(value)}
+        value = {f.name: getattr(value, f.name) for f in fields(value) if f.name != "backend"}
     elif not isinstance(value, dict):
         raise InvalidRequest(f"{name} must be a StructuredOutputsParams (aiollm.structured_"
                              f"outputs) or a dict of its fields, got {type(value).__name__}",

@@ -47,6 +47,9 @@ def _no_checkpoint_code() -> str:
             "flag out")
 
 
+_GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings, "
+                    "classification, scores, rewards); leave the flag out to generate text")
+
 _NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapter merged "
             "into its weights")
 
@@ -101,6 +104,12 @@ REFUSED = (
     Refusal(("--revision",),
             "models are never downloaded: MODEL is a local directory or .gguf file "
             "(download the revision first, e.g. `hf download ID --revision R --local-dir DIR`)"),
+    Refusal(("--guided-decoding-backend",),
+            "grammars run on xgrammar, the one library aiollm has; leave the flag out",
+            same=("xgrammar", "auto")),
+    Refusal(("--task",), _GENERATIVE_ONLY, same=("generate", "auto")),
+    Refusal(("--runner",), _GENERATIVE_ONLY, same=("generate", "auto")),
+    Refusal(("--convert",), _GENERATIVE_ONLY, same=("none", "auto")),
     Refusal(("--tokenizer-mode",),
             "the tokenizer is the model's tokenizer.json (or the GGUF file's vocabulary), "
             "with no slow or mistral mode", same=("auto",)),

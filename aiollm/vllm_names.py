@@ -59,6 +59,44 @@ def no_lora(lora_request: Any) -> None:
                              param="lora_request")
 
 
+def no_priority(priority: Any, prompts: Any) -> None:
+    """vLLM's priority keyword of LLM.generate: None, or one integer per prompt, all 0 (vLLM
+    itself takes only 0s unless its priority scheduling is on; aiollm has none: requests
+    are admitted in arrival order). Raises InvalidRequest naming priority otherwise."""
+    if priority is None:
+        return
+    n = (1 if isinstance(prompts, (str, dict))
+         else len(prompts) if isinstance(prompts, (list, tuple)) else None)
+    if (not isinstance(priority, (list, tuple)) or (n is not None and len(priority) != n)
+            or not all(isinstance(p, numbers.Integral) and not isinstance(p, bool)
+                       for p in priority)):
+        count = "" if n is None else f" ({n} prompts)"
+        raise InvalidRequest(f"priority must be None or a list of integers, one per "
+                             f"prompt{count}, got {priority!r:.80}", param="priority")
+    if any(p != 0 for p in priority):
+        raise InvalidRequest("priority scheduling is not supported: every priority must be 0 "
+                             "(requests are admitted in arrival order)", param="priority")
+
+
+def no_multimodal_chat(chat_template_content_format: Any, mm_processor_kwargs: Any) -> None:
+    """vLLM's keywords of LLM.chat for content parts and images. A message's text parts are
+    joined into one string before the template renders it: vLLM's "string" format, which
+    its "auto" picks for a template that reads content as text. Raises InvalidRequest naming
+    the keyword for "openai" (parts given to the template as a list), any other format, or
+    mm_processor_kwargs other than None (no model here takes images)."""
+    fmt = chat_template_content_format
+    if fmt not in ("auto", "string"):
+        why = (" (the template given the content parts as a list) is not supported"
+               if fmt == "openai" else " is no content format")
+        raise InvalidRequest(f"chat_template_content_format {fmt!r:.40}{why}: give \"auto\" "
+                             "or \"string\" (text parts joined into one string)",
+                             param="chat_template_content_format")
+    if mm_processor_kwargs is not None:
+        raise InvalidRequest("mm_processor_kwargs is not supported: aiollm's models take "
+                             "text alone (no images or audio to process)",
+                             param="mm_processor_kwargs")
+
+
 def template_options(template: TemplateOptions | None, add_generation_prompt: bool | None,
                      continue_final_message: bool | None, chat_template_kwargs: dict | None,
                      chat_template: str | None = None) -> TemplateOptions | None:

@@ -487,9 +487,10 @@ def test_a_batch_names_its_bad_prompt_and_refuses_what_is_no_batch(loop, engine)
     with pytest.raises(InvalidRequest, match=r"^prompts\[2\]: prompt must be") as e:
         run(loop, engine.generate_batch(["Hi", [1, 2], None], params, progress=False))
     assert e.value.param == "prompts[2]"
-    with pytest.raises(InvalidRequest) as e:  # a flat list of ids is a batch of ints
+    # a flat list of ids is one prompt's ids given as the batch: the batch is named
+    with pytest.raises(InvalidRequest, match="one prompt's token ids") as e:
         run(loop, engine.generate_batch([1, 2, 3], params, progress=False))
-    assert e.value.param == "prompts[0]"
+    assert e.value.param == "prompts"
     with pytest.raises(InvalidRequest) as e:  # a field of params keeps its name
         run(loop, engine.generate_batch(["Hi"], SamplingParams(max_tokens=10**7),
                                         progress=False))
@@ -586,7 +587,7 @@ def test_vllms_prompt_dicts_are_prompts(loop, engine):
     outs = run(loop, engine.generate_batch([text, {"prompt": text}, {"prompt_token_ids": ids}],
                                            greedy, progress=False))
     assert all(o.prompt_token_ids == ids and o.token_ids == outs[0].token_ids for o in outs)
-    for bad, says in (({"prompt": text, "prompt_token_ids": ids}, "one key"),
+    for bad, says in (({"prompt": text, "prompt_token_ids": ids, "text": text}, "one key"),
                       ({"text": text}, "one key"), ({"prompt": ids}, "must be text"),
                       ({"prompt_token_ids": text}, "must be token ids"),
                       ({"prompt_token_ids": []}, "must not be empty")):

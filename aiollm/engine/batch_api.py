@@ -7,6 +7,7 @@ prompt that a batch's params give.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Sequence
 from typing import Any, Union
 
@@ -61,6 +62,11 @@ class BatchAPI:
             raise InvalidRequest("prompts must be a list of prompts (strings, lists of token "
                                  "ids or prompt dicts) or one prompt, got "
                                  f"{type(prompts).__name__}", param="prompts")
+        elif prompts and all(isinstance(p, numbers.Integral) for p in prompts):
+            # else each id was a prompt, refused as "got int"
+            raise InvalidRequest(f"prompts is a list of {len(prompts)} integers, which looks "
+                                 "like one prompt's token ids: pass [ids] (a batch of one) "
+                                 'or {"prompt_token_ids": ids}', param="prompts")
 
         # a bad prompt late in a long batch failed it only once those before had run, their
         # results thrown away (text is tokenized here once: the ids are submitted)

@@ -65,9 +65,46 @@ def check_unicode(text: str, param: str) -> None:
 def prompt_text(prompt: Prompt) -> str | None:
     """A prompt's text as its caller gave it (a string, or vLLM's {"prompt": text}); None
     for token ids, and for what is no prompt (tokenize refuses it)."""
-    if isinstance(prompt, dict) and len(prompt) == 1:
+    if isinstance(prompt, dict):
+        # a TokensPrompt's "prompt" is its ids' text (vLLM gives it back as out.prompt)
         prompt = prompt.get("prompt")
     return prompt if isinstance(prompt, str) else None
+
+
+# vLLM's prompt-dict keys for inputs besides text or ids (images, audio, a cross-encoder's
+# token types, embeddings in place of tokens): None is none of them
+OTHER_INPUTS = ("multi_modal_data", "mm_processor_kwargs", "multi_modal_uuids",
+                "token_type_ids", "prompt_embeds")
+
+
+def prompt_of_dict(prompt: dict) -> object:
+    """The text or ids of vLLM's prompt dict: {"prompt": text} (TextPrompt) or
+    {"prompt_token_ids": ids} (TokensPrompt, whose optional "prompt" is the ids' text: not
+    tokenized), either with OTHER_INPUTS keys of value None. Raises InvalidRequest (param
+    "prompt") naming an OTHER_INPUTS key given a value (aiollm's models take text or ids
+    alone), or for other keys or a text that is no string."""
+    for key in OTHER_INPUTS:
+        if prompt.get(key) is not None:
+            raise InvalidRequest(f"{key} is not supported: aiollm's models take text or token "
+                                 "ids alone (a prompt dict's \"prompt\" or "
+                                 "\"prompt_token_ids\")", param="prompt")
+    keys = {k: v for k, v in prompt.items() if k not in OTHER_INPUTS}
+    if "prompt_token_ids" in keys and "prompt" in keys:
+        if not isinstance(keys.pop("prompt"), str):
+            raise InvalidRequest('a prompt dict\'s "prompt" must be text, the text of its '
+                                 '"prompt_token_ids"', param="prompt")
+    if len(keys) != 1 or not {"prompt", "prompt_token_ids"}.issuperset(keys):
+        raise InvalidRequest('a prompt dict must hold one key, "prompt" (text) or '
+                             f'"prompt_token_ids" (token ids), got {sorted(prompt)!r:.80}',
+                             param="prompt")
+    (key, value), = keys.items()
+    if key == "prompt" and not isinstance(value, str):
+        raise InvalidRequest(f'a prompt dict\'s "prompt" must be text, got '
+                             f"{type(value).__name__}", param="prompt")
+    if key == "prompt_token_ids" and isinstance(value, str):
+        raise InvalidRequest('a prompt dict\'s "prompt_token_ids" must be token ids, got '
+                             "str", param="prompt")
+    return value
 
 
 def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
@@ -75,25 +112,17 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids (ints
     or numpy integers) is checked to be in [0, vocab_size) and returned as a list of ints.
     vLLM's prompt dicts are taken too: {"prompt": text} (TextPrompt) and
-    {"prompt_token_ids": ids} (TokensPrompt), vLLM's way to pass ids to LLM.generate.
+    {"prompt_token_ids": ids} (TokensPrompt), vLLM's way to pass ids to LLM.generate
+    (prompt_of_dict).
 
     Raises InvalidRequest (param "prompt") for a prompt of another type, a dict with other
-    keys, an empty prompt, a lone surrogate in the text, a bad id (the message says which),
-    or ids that alone exceed max_model_len (tokens; a prompt of exactly max_model_len is
-    checked with its max_tokens by check_request). keep_last: only the prompt's last that
-    many tokens are kept (see kept_prompt_tokens), before the length is checked."""
+    keys (prompt_of_dict), an empty prompt, a lone surrogate in the text, a bad id (the
+    message says which), or ids that alone exceed max_model_len (tokens; a prompt of
+    exactly max_model_len is checked with its max_tokens by check_request). keep_last:
+    only the prompt's last that many tokens are kept (see kept_prompt_tokens), before the
+    length is checked."""
     if isinstance(prompt, dict):
-        if len(prompt) != 1 or not {"prompt", "prompt_token_ids"}.issuperset(prompt):
-            raise InvalidRequest('a prompt dict must hold one key, "prompt" (text) or '
-                                 f'"prompt_token_ids" (token ids), got {sorted(prompt)!r:.80}',
-                                 param="prompt")
-        (key, prompt), = prompt.items()
-        if key == "prompt" and not isinstance(prompt, str):
-            raise InvalidRequest(f'a prompt dict\'s "prompt" must be text, got '
-                                 f"{type(prompt).__name__}", param="prompt")
-        if key == "prompt_token_ids" and isinstance(prompt, str):
-            raise InvalidRequest('a prompt dict\'s "prompt_token_ids" must be token ids, got '
-                                 "str", param="prompt")
+        prompt = prompt_of_dict(prompt)
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
