@@ -158,6 +158,15 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
     return ApiError(status, message, headers=headers)
 
 
+def _client_gone(request: web.Request, exc: OSError) -> bool:
+    """Whether `exc` says the client's connection is gone (a write to it reset, or its
+    transport closing), rather than a fault of the server's own that is an OSError too
+    (too many open files, a TimeoutError): that one is a 500, logged and answered."""
+    transport = request.transport
+    return (isinstance(exc, ConnectionResetError) or transport is None
+            or transport.is_closing())
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -172,7 +181,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 404:
             err.message = f"no such route: {request.method} {request.path}"
         return error_response(err)
-    except (ConnectionResetError, OSError) as exc:
+    except OSError as exc:
+        if not _client_gone(request, exc):  # the server's own (a TimeoutError is one too)
+            return error_response(as_api_error(exc, request))
         # the client went away; nobody is left to read an error
         log.debug("client disconnected: %s", exc)
         raise
