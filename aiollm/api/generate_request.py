@@ -104,9 +104,10 @@ class GenerateRequest(Struct, kw_only=True):
     # LightLLM's images and audio for multimodal models: the models served read text alone
     multimodal_params: dict[str, Any] | None = None
     cache_salt: Any = None  # vLLM's, not served here (_refuse_salt)
-    # POST / (LightLLM's compat route) streams when true; /generate and /generate_stream
-    # ignore it, as LightLLM's do
-    stream: bool = False
+    # POST / (LightLLM's compat route) streams when true (null: not, as LightLLM pops it
+    # and /v1/completions reads it); /generate and /generate_stream ignore it, as
+    # LightLLM's do
+    stream: bool | None = False
 
     def check_unserved(self) -> None:
         """Refuse images or audio (LightLLM's multimodal_params.images and .audios): the

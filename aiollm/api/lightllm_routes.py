@@ -43,10 +43,15 @@ async def get_model_name(request: web.Request) -> web.Response:
 
 async def tokens(request: web.Request) -> web.Response:
     """{"ntokens": how many tokens `text` is}, tokenized as /generate tokenizes its inputs
-    (special tokens added unless parameters.add_special_tokens is false)."""
+    (special tokens added unless parameters.add_special_tokens is false). An empty text is
+    counted too (the special tokens alone), as LightLLM's and vLLM's /tokenize count it."""
     st = state(request)
     req = await decode_body(request, TokensRequest)
-    ids = await st.tokenize(req.text, add_special_tokens=req.parameters.add_special_tokens)
+    special = req.parameters.add_special_tokens
+    if req.text:
+        ids = await st.tokenize(req.text, add_special_tokens=special)
+    else:  # st.tokenize refuses an empty prompt, as generating from one is refused
+        ids = st.engine.tokenizer.encode("", add_special_tokens=special)
     return json_response({"ntokens": len(ids)})
 
 
