@@ -96,3 +96,81 @@ def test_an_offline_llm_whose_rank_dies_raises_and_its_process_goes_on(tiny_mode
             "cannot serve any more") in out, out
     assert "closed; rank 1: -9 children: []" in out, out
     assert "the process goes on" in out, out
+
+
+_JOIN_FAILS = '''
+import aiollm.distributed.launch as launch
+_join = launch.join
+def join(cfg, rank, addr, *rest, **kw):
+    if rank == 1:
+        raise RuntimeError("CUDA error: invalid device ordinal")
+    return _join(cfg, rank, addr, *rest, **kw)
+launch.join = join
+'''
+_OFFLINE_START = """
+import sys, time
+from aiollm import LLM
+t = time.monotonic()
+try:
+    LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+except Exception as e:
+    print("raised:", type(e).__name__, e, flush=True)
+print(f"after {time.monotonic() - t:.0f} s", flush=True)
+"""
+
+
+def test_an_offline_llm_whose_rank_fails_before_joining_raises_its_error(tiny_model,  # noqa: F811
+                                                                         tmp_path):
+    """Rank 1 fails before it joins the group's rendezvous (its GPU cannot be set): an
+    offline LLM's start raises its error at once. Rank 0 waited in the rendezvous for a
+    rank that was gone, for the group's start-up timeout (10 minutes)."""
+    (tmp_path / "sitecustomize.py").write_text(_JOIN_FAILS)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_START, tiny_model], env=env,
+                          capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert ("raised: RuntimeError tensor parallel rank 1 failed: RuntimeError: CUDA error: "
+            "invalid device ordinal") in out, out
+
+
+_INTERRUPTED_START = """
+import os, signal, sys, threading, time
+from aiollm import LLM, SamplingParams
+
+def children():
+    return [int(k) for t in os.listdir(f"/proc/{os.getpid()}/task")
+            for k in open(f"/proc/{os.getpid()}/task/{t}/children").read().split()]
+
+def ctrl_c_once_rank_1_runs():
+    while not children():
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=ctrl_c_once_rank_1_runs, daemon=True).start()
+try:
+    LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+    print("started", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+deadline = time.monotonic() + 10
+while children() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("children:", children(), flush=True)
+llm = LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+out = llm.generate([[3, 17]], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+print("second:", len(out[0].outputs[0].token_ids), flush=True)
+llm.close()
+print("children at the end:", children(), flush=True)
+"""
+
+
+def test_ctrl_c_during_an_offline_llm_s_start_ends_its_ranks(tiny_model):  # noqa: F811
+    """Ctrl-C while an offline LLM's ranks start (a notebook's interrupted cell): its rank 1
+    ends, and a second LLM in the same process starts and generates. Rank 1 was left
+    running, and rank 0 in the torch.distributed group, so the second LLM raised "trying
+    to initialize the default process group twice"."""
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_START, tiny_model],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "interrupted\nchildren: []\nsecond: 4\nchildren at the end: []\n" in proc.stdout, out

@@ -13,7 +13,10 @@ signal that killed it), kills the node's other ranks and exits the process with 
 (after `on_failure` had a moment to fail the requests in flight); an offline LLM's ranks
 (exit_on_failure False) leave the process to its user, whose calls then raise naming the
 rank. While the caller still loads (start-up), a lost rank is raised to it instead, in place
-of the collective's error rank 0 met (start_failed). A spawned rank exits when
+of the collective's error rank 0 met (start_failed); rank 0 enters the rendezvous only once
+its node's spawned ranks are about to (each writes a file), so one lost before it (its
+import, its device) is raised at once, not after the rendezvous' timeout. A caller that
+gives up on start-up (abandon: Ctrl-C) ends the ranks from its side. A spawned rank exits when
 its parent is gone (follower.py watches it), and one whose rank 0 vanished fails its next
 collective.
 """
@@ -84,11 +87,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def join(cfg: EngineConfig, rank: int, init_addr: str) -> TensorParallel:
-    """Join the group as `rank`: the device and gloo groups, and the model's shard plan."""
+def join(cfg: EngineConfig, rank: int, init_addr: str,
+         joining: Callable[[], None] | None = None) -> TensorParallel:
+    """Join the group as `rank`: the device and gloo groups, and the model's shard plan.
+    `joining` is called once the rank's device is set, just before the rendezvous."""
     device = rank_device(cfg, rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if joining is not None:
+        joining()
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://{init_addr}", rank=rank,
                             world_size=cfg.tensor_parallel_size, timeout=INIT_TIMEOUT,
@@ -122,6 +129,10 @@ class NodeRanks:
         self.procs: dict[int, subprocess.Popen] = {}
         self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
         self.tp: TensorParallel | None = None
+        # start-up runs on a thread its caller may give up on (abandon): they meet here
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._loaded = False
 
     def start(self) -> TensorParallel:
         cfg = self.cfg
@@ -132,17 +143,41 @@ class NodeRanks:
         addr = cfg.dist_init_addr or f"127.0.0.1:{_free_port()}"
         ranks = node_ranks(cfg)
         config_json = json.dumps(asdict(cfg))
-        for rank in ranks[1:]:
-            cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank", str(rank),
-                   "--init", addr, "--error-file", self._error_file(rank)]
-            env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
-            self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sigint)
+        with self._lock:  # (abandon kills what was spawned)
+            for rank in ranks[1:]:
+                if self._abandoned:
+                    raise RuntimeError("tensor parallel start-up given up by its caller")
+                cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank",
+                       str(rank), "--init", addr, "--error-file", self._error_file(rank),
+                       "--joining-file", self._joining_file(rank)]
+                env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
+                self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sigint)
         log.info("tensor parallel: %d ranks over %d node(s); this node runs ranks %d-%d, "
                  "rendezvous at %s", cfg.tensor_parallel_size, cfg.nnodes, ranks[0],
                  ranks[-1], addr)
         threading.Thread(target=self._watch, name="aiollm-tp-watchdog", daemon=True).start()
+        self._wait_for_joining()
         self.tp = join(cfg, ranks[0], addr)
         return self.tp
+
+    def _joining_file(self, rank: int) -> str:
+        return os.path.join(self._dir, f"rank{rank}.joining")
+
+    def _wait_for_joining(self) -> None:
+        """Return once each rank spawned is about to join the rendezvous; RuntimeError
+        naming a rank lost before (its import, its device or its config failed), which
+        rank 0 would wait for in the rendezvous until INIT_TIMEOUT; TimeoutError past it."""
+        deadline = time.monotonic() + INIT_TIMEOUT.total_seconds()
+        waiting = [self._joining_file(rank) for rank in self.procs]
+        while waiting := [f for f in waiting if not os.path.exists(f)]:
+            if (lost := self._lost_rank()) is not None:
+                raise RuntimeError(lost)
+            if self._abandoned:
+                raise RuntimeError("tensor parallel start-up given up by its caller")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tensor parallel ranks did not start within "
+                                   f"{INIT_TIMEOUT}: {', '.join(waiting)} not written")
+            time.sleep(0.02)
 
     def _error_file(self, rank: int) -> str:
         return os.path.join(self._dir, f"rank{rank}.err")
@@ -178,6 +213,32 @@ class NodeRanks:
     def started(self) -> None:
         """The caller's load is done: a rank lost from now on ends the process (fail)."""
         self.starting = False
+
+    def loaded(self) -> None:
+        """Start-up's thread: the caller's load is done. When the caller gave up on it
+        meanwhile (abandon), end the ranks and raise RuntimeError: nobody takes them."""
+        with self._lock:
+            self._loaded = True
+            abandoned = self._abandoned
+        if abandoned:
+            self.abort()
+            raise RuntimeError("tensor parallel start-up given up by its caller")
+
+    def abandon(self) -> None:
+        """The caller gave up on start-up (Ctrl-C, a cancelled start()), which may still
+        run on its thread: end the ranks now, once it is done (loaded), else kill the
+        spawned ranks, so that start-up's next wait or collective fails at once and its
+        own path (start_failed) leaves the group. Left to the thread, the ranks and the
+        group lived on with the process (a notebook's), and the next LLM could not join
+        a group of its own. From any thread."""
+        with self._lock:
+            self._abandoned = True
+            self.stopping = True
+            done = self._loaded
+        if done:
+            self.abort()
+        else:
+            self._kill()
 
     def start_failed(self, exc: BaseException) -> RuntimeError | None:
         """Start-up (the group's join or the caller's load) failed on this rank with `exc`:
