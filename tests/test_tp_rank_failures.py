@@ -129,7 +129,7 @@ def test_an_offline_llm_whose_rank_fails_before_joining_raises_its_error(tiny_mo
     proc = subprocess.run([sys.executable, "-c", _OFFLINE_START, tiny_model], env=env,
                           capture_output=True, text=True, timeout=60)
     out = proc.stdout + proc.stderr
-    assert ("raised: RuntimeError tensor parallel rank 1 failed: RuntimeError: CUDA error: "
+    assert ("raised: RankLost tensor parallel rank 1 failed: RuntimeError: CUDA error: "
             "invalid device ordinal") in out, out
 
 

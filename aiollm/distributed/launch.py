@@ -54,6 +54,10 @@ INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk tak
 START_GRACE_S = 5.0
 
 
+class RankLost(RuntimeError):
+    """A spawned rank exited during start-up; the message names it and why."""
+
+
 def node_ranks(cfg: EngineConfig) -> range:
     per = cfg.tensor_parallel_size // cfg.nnodes
     return range(cfg.node_rank * per, (cfg.node_rank + 1) * per)
@@ -165,13 +169,14 @@ class NodeRanks:
 
     def _wait_for_joining(self) -> None:
         """Return once each rank spawned is about to join the rendezvous; RuntimeError
-        naming a rank lost before (its import, its device or its config failed), which
-        rank 0 would wait for in the rendezvous until INIT_TIMEOUT; TimeoutError past it."""
+        RankLost naming a rank lost before (its import, its device or its config failed),
+        which rank 0 would wait for in the rendezvous until INIT_TIMEOUT; TimeoutError
+        past it."""
         deadline = time.monotonic() + INIT_TIMEOUT.total_seconds()
         waiting = [self._joining_file(rank) for rank in self.procs]
         while waiting := [f for f in waiting if not os.path.exists(f)]:
             if (lost := self._lost_rank()) is not None:
-                raise RuntimeError(lost)
+                raise RankLost(lost)
             if self._abandoned:
                 raise RuntimeError("tensor parallel start-up given up by its caller")
             if time.monotonic() > deadline:
@@ -245,8 +250,8 @@ class NodeRanks:
         end the ranks (abort) and return the error to raise from `exc` when it is a
         collective's (gloo's "Connection closed by peer": a plain RuntimeError or a
         DistError) and a rank was lost: that rank's own exception type and message; else
-        None (this rank's own error, such as a shape check every rank makes, says it). The
-        watchdog leaves a lost rank to this path while starting."""
+        None (this rank's own error, such as a shape check every rank makes, or RankLost,
+        says it). The watchdog leaves a lost rank to this path while starting."""
         collective = type(exc) is RuntimeError or isinstance(exc, dist.DistError)
         lost = self.lost_rank(wait=1.0) if collective else None
         self.abort()
