@@ -37,6 +37,16 @@ def test_tokens_counts_the_text_as_generate_reads_it(server):
     assert status == 400 and err["param"] == "text", raw
 
 
+def test_tokens_refuses_images_as_generate_does(server):
+    """LightLLM's /tokens counts an image's tokens too; here, where /generate refuses
+    images, /tokens refuses them naming the field (it counted the text alone, a count the
+    request that /generate then refused did not have)."""
+    body = {"text": PARIS, "multimodal_params": {"images": [{"type": "url", "data": "x"}]}}
+    status, _, raw = http(server, "POST", "/tokens", json=body)
+    assert status == 400, raw
+    assert json.loads(raw)["error"]["param"] == "multimodal_params.images", raw
+
+
 def test_tokens_counts_an_empty_text(server):
     """An empty text has a count, as LightLLM's /tokens and vLLM's /tokenize answer it
     (this model's tokenizer adds no token of its own): it was a 400 naming a field, prompt,
