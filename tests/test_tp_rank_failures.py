@@ -9,11 +9,19 @@ of rank 1 (and of no other rank) raise, as a rank's own shard check or out-of-me
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
-from test_tensor_parallel import AIOLLM, _children, tiny_model  # noqa: F401 - a fixture
+from test_tensor_parallel import (  # noqa: F401 - a fixture
+    AIOLLM,
+    _children,
+    _free_port,
+    _until_healthy,
+    tiny_model,
+)
 
 from aiollm.engine import Engine
 
@@ -174,3 +182,39 @@ def test_ctrl_c_during_an_offline_llm_s_start_ends_its_ranks(tiny_model):  # noq
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "interrupted\nchildren: []\nsecond: 4\nchildren at the end: []\n" in proc.stdout, out
+
+
+def test_sigterm_to_the_servers_process_group_drains_it(tiny_model, tmp_path):  # noqa: F811
+    """SIGTERM to the whole process group, as systemd stops a service (KillMode
+    control-group) and `kill -TERM -PGID` does: the server finishes the request in flight
+    and exits 0. Rank 1 died of the SIGTERM at once, so the request failed ("rank 1 was
+    killed by SIGTERM") and the server exited 1; rank 0 stops its ranks itself, as at a
+    Ctrl-C, which they ignore for the same reason."""
+    import aiohttp
+
+    port, log = _free_port(), tmp_path / "serve.log"
+    base = f"http://127.0.0.1:{port}"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([AIOLLM, "serve", tiny_model, "--device", "cpu",
+                                 "--kv-tokens", "1024", "--max-model-len", "256", "-tp", "2",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        asyncio.run(_until_healthy(proc, base, log))
+
+        async def terminated_while_streaming():
+            body = {"prompt": [3, 17], "max_tokens": 120, "temperature": 0, "stream": True,
+                    "ignore_eos": True}
+            async with aiohttp.ClientSession() as s:
+                async with s.post(base + "/v1/completions", json=body) as r:
+                    await r.content.readline()  # serving has begun
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    return r.status, (await r.read()).decode()
+
+        status, tail = asyncio.run(terminated_while_streaming())
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert status == 200 and "error" not in tail and tail.endswith("data: [DONE]\n\n"), tail
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

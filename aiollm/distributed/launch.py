@@ -112,9 +112,12 @@ def join(cfg: EngineConfig, rank: int, init_addr: str,
     return tp
 
 
-def _ignore_sigint() -> None:  # runs in the child between fork and exec
-    # Ctrl-C reaches the whole process group: rank 0 shuts down and stops the followers
+def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
+    # Ctrl-C reaches the whole process group, and so does a SIGTERM sent to it (systemd's
+    # stop, `kill -TERM -PGID`): rank 0 shuts down, drains, and stops the followers. A
+    # follower also exits when rank 0 is gone (follower.py), or at SIGKILL
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class NodeRanks:
@@ -155,7 +158,7 @@ class NodeRanks:
                        str(rank), "--init", addr, "--error-file", self._error_file(rank),
                        "--joining-file", self._joining_file(rank)]
                 env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
-                self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sigint)
+                self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_stop_signals)
         log.info("tensor parallel: %d ranks over %d node(s); this node runs ranks %d-%d, "
                  "rendezvous at %s", cfg.tensor_parallel_size, cfg.nnodes, ranks[0],
                  ranks[-1], addr)
