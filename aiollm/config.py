@@ -27,7 +27,7 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 @dataclass(slots=True)
 class EngineConfig:
     model: str | None = None  # HF directory or .gguf file; None: the default SmolLM2-135M
-    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
+    dtype: str = "auto"  # auto: the checkpoint's fp16/bf16 on CUDA (else bf16), fp32 on CPU
     device: str = "auto"  # auto: cuda if available, else cpu
     load_format: str = "auto"  # auto | dummy (random weights of the config's shape)
     tokenizer: str | None = None  # default: the model's own (the default model's if it has none)

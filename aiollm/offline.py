@@ -15,10 +15,10 @@ import weakref
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
+from aiollm.engine.batch_api import Progress
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
 from aiollm.engine.chat_tools import check_tools
-from aiollm.engine.engine_api import Progress
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams

@@ -42,6 +42,11 @@ _NUMBERS = ("n", "best_of", "max_tokens", "min_tokens", "temperature", "top_p", 
 # seeds are int64, as vLLM and OpenAI's API take them (-1 included): [-2**63, 2**63); the
 # noise keys read them as 64 bits (kernels/sampling.py's row_keys)
 SEED_RANGE = 2**63
+# choices of one prompt (n): vLLM's bound (VLLM_MAX_N_SEQUENCES' default). Each is an engine
+# request whose params and task are made on the event loop before the first runs, which
+# takes seconds past about 10**5 (16384: a fraction of a second); the table and the waiting
+# queue then take them as they make room. The HTTP API's bound is lower (api/protocol.py).
+MAX_N_SEQUENCES = 16384
 MAX_STOP_STRINGS = 16
 # characters per stop string: bounds the text a stream holds back while a stop string may be
 # completing, and the matcher's size (aiollm/engine/stop_strings.py)
@@ -210,8 +215,9 @@ class SamplingParams:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
         scoring = self.prompt_logprobs is not None
-        if not is_int(self.n) or self.n < 1:
-            raise bad("n", "must be an integer >= 1")
+        if not is_int(self.n) or not 1 <= self.n <= MAX_N_SEQUENCES:
+            raise bad("n", f"must be an integer in [1, {MAX_N_SEQUENCES}] (completions of "
+                      "the prompt; for more, call again with another seed)")
         if self.best_of is not None and (not is_int(self.best_of) or self.best_of != self.n):
             raise bad("best_of", f"must be None or n ({self.n}): choices are not ranked; "
                       "for the n most likely of k, generate n=k with logprobs=0 and keep the "

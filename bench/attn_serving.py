@@ -29,7 +29,7 @@ from commit import tree_commit  # noqa: E402
 from attention import HQ, HKV, D, decode_inputs, extend_inputs, make_pool, median_ms  # noqa: E402
 
 # the modules, not the functions aiollm.kernels re-exports under the same names
-da = importlib.import_module("aiollm.kernels.decode_attention")
+da = importlib.import_module("aiollm.kernels.decode_attention_configs")
 ea = importlib.import_module("aiollm.kernels.extend_attention")
 
 

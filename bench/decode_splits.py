@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402
 from attention import HKV, HQ, D, decode_inputs, make_pool, median_ms  # noqa: E402
 
-from aiollm.kernels.decode_attention import _config  # noqa: E402
+from aiollm.kernels.decode_attention_configs import _config  # noqa: E402
 from aiollm.kernels.decode_splits import long_splits, num_kv_splits  # noqa: E402
 
 ROUNDS = 5

@@ -60,8 +60,14 @@ def main() -> None:
 
     from aiollm import Engine
     from aiollm.engine.cuda_graph import DecodeGraphs
-    from aiollm.kernels import attention_oproj, autotune, decode_attention, pdl
+    import importlib
+
+    from aiollm.kernels import attention_oproj, autotune, pdl
     from aiollm.model import llama
+
+    # the module: aiollm.kernels exports a function of the same name, on which a variant's
+    # "merge" would be set without effect (as it was until 2026-12-04)
+    decode_attention = importlib.import_module("aiollm.kernels.decode_attention")
 
     eng = Engine(args.model, load_format="dummy", dtype="bfloat16", cuda_graph=False,
                  max_model_len=args.max_model_len, kv_tokens=args.max_model_len + 8,

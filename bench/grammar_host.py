@@ -40,7 +40,8 @@ STOP_IDS = [2, 128001, 128008, 128009]  # the tokenizer's eos and the 8B config'
 
 def measure(module, batch: int, steps: int, seed: int = 0) -> dict:
     from aiollm.model import load_tokenizer
-    from aiollm.model.sampler import SamplingTensors, apply_constraints
+    from aiollm.model.logit_masks import apply_constraints
+    from aiollm.model.sampling_tensors import SamplingTensors
     from aiollm.sampling_params import Constraint, GrammarSpec
 
     tok = load_tokenizer(None)

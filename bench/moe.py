@@ -42,12 +42,11 @@ from aiollm.kernels import fused_moe_gemv
 from aiollm.kernels.activation import silu_and_mul_triton
 from aiollm.kernels.autotune import CONFIG_DIR, gpu_slug
 from aiollm.kernels.fused_moe import GEMV_MAX_TOKENS, _forward, fused_moe_ref, moe_path
-from aiollm.kernels.fused_moe_gemm import (
+from aiollm.kernels.fused_moe_gemm import _gate_up, _gemm
+from aiollm.kernels.fused_moe_gemm_configs import (
     TOKEN_CLASSES,
     _block_ms,
     _candidates,
-    _gate_up,
-    _gemm,
     moe_configs,
 )
 from aiollm.kernels.fused_moe_grouped_mm import grouped_mm, usable_for

@@ -29,7 +29,7 @@ from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
 from moe import DEV, DT, GPU, ceilings, graph_ms, make_layer, median_ms  # noqa: E402
 
 from aiollm.kernels.fused_moe import fused_moe_triton  # noqa: E402
-from aiollm.kernels.fused_moe_gemm import moe_configs  # noqa: E402
+from aiollm.kernels.fused_moe_gemm_configs import moe_configs  # noqa: E402
 from aiollm.kernels.moe_align import moe_route_triton  # noqa: E402
 
 PATHS = {"triton": 0, "grouped_mm down": 1, "grouped_mm both": 2, "grouped_mm gate/up": 3}

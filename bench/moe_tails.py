@@ -12,7 +12,7 @@ interleaved rounds (medians), under three routings (random bf16 weights):
 - tails: every expert exactly 264 pairs (4,224 tokens): every expert ends in 8 pairs,
 
 with the H200's tuned configs of the 4,096-token class and variants of them (MERGE: the
-tails inside the previous block's tile, fused_moe_gemm.py; the tile order's GROUP_M).
+tails inside the previous block's tile, fused_moe_gemm_kernel.py; the tile order's GROUP_M).
 cuBLAS's batched GEMM on the balanced routing (no gather, no padding) is the comparator,
 and the experts' GEMM FLOPs over this run's dense bf16 matmul rate their compute roofline
 (layer_compute_roofline_ms: no router GEMM in it).

@@ -443,6 +443,8 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
                                   "max_tokens": 1}, 400, "messages"),
         ("/detokenize", {"tokens": [42] * 500_000}, 200, None),
         ("/v1/completions", {"prompt": PARIS, "max_tokens": 2, "n": 64}, 200, None),
+        # a pass@k evaluation's n (was a 400 above 64)
+        ("/v1/completions", {"prompt": PARIS, "max_tokens": 1, "n": 200}, 200, None),
         # counts checked before each item is looked at (each decoded / submitted on the loop)
         ("/generate", {"inputs": PARIS, "parameters": {"stop_sequences": [[5, 5]] * 200_000}},
          400, "parameters.stop_sequences"),

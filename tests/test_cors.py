@@ -217,3 +217,26 @@ def test_vary_keeps_every_vary_header_and_adds_no_empty_member():
     assert asyncio.run(vary("Cookie", "origin")) == ["Cookie", "origin"]
     assert asyncio.run(vary("")) == ["Origin"]
     assert asyncio.run(vary(" , ")) == ["Origin"]
+
+
+@pytest.mark.parametrize("method,path,body,headers", [
+    ("POST", "/v1/chat/completions", CHAT, {"Origin": ORIGIN, **AUTH}),
+    ("POST", "/v1/chat/completions", {**CHAT, "stream": True}, {"Origin": ORIGIN, **AUTH}),
+    ("POST", "/v1/chat/completions", CHAT, {"Origin": ORIGIN}),  # the 401
+    ("GET", "/v1/no-such-route", None, {"Origin": ORIGIN, **AUTH}),
+], ids=["ok", "stream", "401", "404"])
+def test_the_request_id_header_is_readable_by_the_page(cors_server, method, path, body,
+                                                        headers):
+    """A page reads a cross-origin response's headers only where the server lists them in
+    Access-Control-Expose-Headers (beyond the safelisted few): X-Request-Id, which the
+    openai SDK reads as the response's request id and which names the request in the
+    server's log, was listed nowhere, so a browser client could not read it."""
+    status, got, _ = http(cors_server, method, path, json=body, headers=headers)
+    assert status in (200, 401, 404), status
+    got = {k.lower(): v for k, v in got.items()}
+    assert got["x-request-id"]
+    exposed = {h.strip().lower() for h in got.get("access-control-expose-headers",
+                                                   "").split(",")}
+    assert "x-request-id" in exposed, got
+    # the same list on every response: the 503's Retry-After, which the SDK waits by
+    assert "retry-after" in exposed, got

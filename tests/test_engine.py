@@ -14,7 +14,7 @@ import torch
 from aiollm import Engine, SamplingParams
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
-from aiollm.sampling_params import Constraint, GrammarSpec
+from aiollm.sampling_params import MAX_N_SEQUENCES, Constraint, GrammarSpec
 from conftest import load_bench, run
 from test_api_review import TOOL_CALL, BAD_MESSAGES
 
@@ -366,6 +366,19 @@ def test_params_changed_after_submission_leave_the_request_as_submitted(loop, en
     assert len(ids) == 12
     assert ids == run(loop, engine.generate("Count to ten:", SamplingParams(
         max_tokens=12, temperature=0, ignore_eos=True))).token_ids
+    assert_all_free(engine)
+
+
+def test_an_n_set_past_its_bound_is_refused_before_any_choice_is_made(loop, engine):
+    """SamplingParams checks n (at most MAX_N_SEQUENCES) when it is made; one set past it
+    afterwards reached generate(), which made n choices' params and tasks on the event loop
+    (a million: minutes, every other request stalled) before any check. Refused now, naming
+    n and the limit, with nothing submitted."""
+    params = SamplingParams(max_tokens=1)
+    params.n = 10**6
+    with pytest.raises(InvalidRequest, match=str(MAX_N_SEQUENCES)) as e:
+        run(loop, engine.generate("Hi", params), timeout=30)
+    assert e.value.param == "n"
     assert_all_free(engine)
 
 
@@ -1339,7 +1352,7 @@ def test_process_exits_while_a_grammar_compiles():
         import asyncio, json, threading
         import xgrammar as xgr
         from aiollm import Engine, SamplingParams
-        from aiollm.sampling_params import Constraint, GrammarSpec
+        from aiollm.sampling_params import MAX_N_SEQUENCES, Constraint, GrammarSpec
 
         real = xgr.GrammarCompiler.compile_json_schema
         def held(self, schema, *args, **kwargs):
@@ -1884,7 +1897,8 @@ def test_warm_up_plan_compiles_every_decode_kernel_a_step_can_launch():
 
     from aiollm.engine.warm_up import plan
     from aiollm.kernels.autotune import bucket
-    from aiollm.kernels.decode_attention import BATCH_CLASSES, LENGTH_CLASSES, launch_variant
+    from aiollm.kernels.decode_attention import launch_variant
+    from aiollm.kernels.decode_attention_configs import BATCH_CLASSES, LENGTH_CLASSES
     from aiollm.kernels.decode_splits import num_kv_splits
 
     def variant(b, n):

@@ -76,6 +76,16 @@ def test_default_model_gpu_bf16_close_to_cpu(smol):
     assert first >= len(PROMPTS) - 1
 
 
+def test_default_model_gpu_fp16_close_to_cpu(smol):
+    """float16 (what --dtype auto now runs a float16 checkpoint in) through every kernel of
+    the dense path, graphs included: first tokens as the fp32 CPU reference's."""
+    model, tok = smol
+    cpu, _ = _greedy("cpu", "float32", PROMPTS, max_tokens=8, model=model, tokenizer=tok)
+    gpu, _ = _greedy("cuda", "float16", PROMPTS, max_tokens=8, model=model, tokenizer=tok)
+    first = sum(a[0] == b[0] for a, b in zip(cpu, gpu))
+    assert first >= len(PROMPTS) - 1, (cpu, gpu)
+
+
 def test_random_llama_bf16_top1_agrees_with_transformers(smol):
     """Llama-shaped random weights, teacher-forced on our bf16 greedy output: at each position
     compare our token with the top-1 of transformers in fp32 (the reference) and in bf16.
@@ -244,3 +254,31 @@ def test_a_stopped_engine_gives_back_its_gpu_memory(smol):
     assert held1 > 10 * 2**30, held1  # half the free memory went to the pool
     # what stays: the CUDA context's own allocations (cuBLAS workspaces, Triton modules)
     assert left1 < 2**30 and left2 < 2**30, (left1, left2)
+
+
+def test_prompt_logprobs_on_gpu_match_cpu(smol):
+    """Prompt logprobs (lm-eval's log-likelihood calls) through the GPU path, in fp32, over a
+    prompt prefilled in chunks: each position's logprob, rank and top-5 as the CPU
+    reference path's (aiollm.model.vocab_parallel_logprobs does the scoring on one rank too)."""
+    from aiollm import Engine, SamplingParams
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    model, tok = smol
+    prompt = " ".join(PROMPTS * 3)
+    params = SamplingParams(max_tokens=0, prompt_logprobs=5)
+
+    async def score(device):
+        async with Engine(model, device=device, dtype="float32", kv_tokens=16384,
+                          tokenizer=tok, max_prefill_tokens=128) as eng:
+            return await eng.generate(prompt, params)
+
+    cpu, gpu = asyncio.run(score("cpu")), asyncio.run(score("cuda"))
+    assert len(gpu.prompt_logprobs) == len(cpu.prompt_logprobs) > 128
+    assert gpu.prompt_logprobs[0] is None
+    got = torch.tensor([lp.logprob for lp in gpu.prompt_logprobs[1:]])
+    want = torch.tensor([lp.logprob for lp in cpu.prompt_logprobs[1:]])
+    torch.testing.assert_close(got, want, atol=2e-3, rtol=0)
+    # fp32 on two devices may round a near-tie differently: all but a few positions agree
+    same = sum(g.rank == c.rank and [t for t, _ in g.top] == [t for t, _ in c.top]
+               for g, c in zip(gpu.prompt_logprobs[1:], cpu.prompt_logprobs[1:]))
+    assert same >= len(got) - 3, (same, len(got))

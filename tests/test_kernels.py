@@ -19,7 +19,7 @@ if not torch.cuda.is_available():  # must precede the first import of triton
 
 from aiollm import kernels  # noqa: E402
 from aiollm.kernels import autotune  # noqa: E402
-from aiollm.kernels.decode_attention import CANDIDATES as DECODE_CANDIDATES  # noqa: E402
+from aiollm.kernels.decode_attention_configs import CANDIDATES as DECODE_CANDIDATES  # noqa: E402
 from aiollm.kernels.decode_splits import num_kv_splits  # noqa: E402
 from aiollm.kernels.extend_attention import CANDIDATES as EXTEND_CANDIDATES  # noqa: E402
 
@@ -588,7 +588,7 @@ def test_moe_borrows_a_block_m_of_its_own_token_class(fake_gpu, tmp_path, monkey
     # Qwen3-30B-A3B's shape (128 experts, top 8): 256 tokens are 16 pairs per expert, tuned
     # among BLOCK_M 16 and 32. With its class missing, the tie between t128 (BLOCK_M 16) and
     # t512 (BLOCK_M 64, 4x the rows an expert fills) goes to the config t256 could have had
-    from aiollm.kernels.fused_moe_gemm import moe_configs
+    from aiollm.kernels.fused_moe_gemm_configs import moe_configs
 
     def up(bm):
         return {"BLOCK_M": bm, "BLOCK_N": 64, "BLOCK_K": 128, "GROUP_M": 8, "num_warps": 4,
@@ -613,7 +613,7 @@ def test_moe_path_and_gemv_classes_borrow_too(fake_gpu, tmp_path, monkeypatch):
     # configs, instead of stalling a server for the forwards' timings (no bench_inputs here:
     # a tuning would fail)
     from aiollm.kernels.fused_moe import moe_path
-    from aiollm.kernels.fused_moe_gemm import TOKEN_CLASSES
+    from aiollm.kernels.fused_moe_gemm_configs import TOKEN_CLASSES
     from aiollm.kernels.fused_moe_gemv import gemv_configs
 
     gemv_up = {"BLOCK_N": 16, "BLOCK_K": 256, "num_warps": 2, "num_stages": 3}

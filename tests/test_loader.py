@@ -321,6 +321,30 @@ def test_gguf_without_a_required_field_is_refused(tmp_path):
         load_model(path, dtype=torch.float32, device="cpu")
 
 
+@pytest.mark.parametrize("declared, cuda", [("float16", torch.float16),
+                                             ("bfloat16", torch.bfloat16),
+                                             ("float32", torch.bfloat16), (None, torch.bfloat16)])
+def test_auto_dtype_keeps_a_half_checkpoint_in_half(tmp_path, declared, cuda):
+    """--dtype auto: on a GPU, the checkpoint's own float16 / bfloat16 (vLLM's rule), bfloat16
+    for float32 or none; float32 on the CPU whatever the checkpoint says."""
+    from aiollm.model.config import load_hf_config
+    from aiollm.model.loader import auto_dtype
+
+    config = LlamaConfig(**TINY)
+    config.save_pretrained(tmp_path)
+    with open(tmp_path / "config.json") as f:
+        fields = json.load(f)
+    fields.pop("torch_dtype", None)
+    fields["dtype"] = declared
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(fields, f)
+    mc = load_hf_config(str(tmp_path))
+    assert auto_dtype(mc, torch.device("cuda")) == cuda
+    assert auto_dtype(mc, torch.device("cpu")) == torch.float32
+    loaded = load_model(str(tmp_path), dtype=None, device="cpu", load_format="dummy")
+    assert loaded.dtype == torch.float32
+
+
 def test_dummy_weights_from_config_only(tmp_path):
     config = FAMILIES["qwen3-qk-norm"]
     config.save_pretrained(tmp_path)

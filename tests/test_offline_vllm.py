@@ -9,7 +9,7 @@ import pytest
 from chat_templates import ALTERNATING
 
 from aiollm import LLM, SamplingParams
-from aiollm.sampling_params import Constraint
+from aiollm.sampling_params import MAX_N_SEQUENCES, Constraint
 from aiollm.errors import InvalidRequest
 
 HI = [{"role": "user", "content": "Hi"}]
@@ -95,6 +95,25 @@ def test_n_and_best_of_are_checked(llm):
     assert e.value.param == "n"
     with pytest.raises(InvalidRequest, match="^n must be 1 in a stream") as e:
         llm.engine.stream("Hi", SamplingParams(n=2))
+    assert e.value.param == "n"
+
+
+def test_n_is_bounded_by_name(llm):
+    """n had no upper bound outside the HTTP API: SamplingParams(n=10**6) was taken, and
+    generate() built a million choices' params and tasks on the event loop (seconds per
+    hundred thousand, every other request stalled) before the first ran. n is bounded at
+    MAX_N_SEQUENCES, vLLM's (VLLM_MAX_N_SEQUENCES' default): InvalidRequest (a ValueError)
+    naming n and the limit, at construction and at the call for an n set since
+    (test_engine.py: Engine.generate's)."""
+    limit = MAX_N_SEQUENCES
+    with pytest.raises(ValueError, match=f"^n must be an integer in \\[1, {limit}\\]") as e:
+        SamplingParams(n=limit + 1)
+    assert e.value.param == "n"
+    assert SamplingParams(n=limit).n == limit  # the limit itself is taken
+    sp = SamplingParams(max_tokens=1)
+    sp.n = 10**6  # set after it was checked: refused before any choice is made
+    with pytest.raises(InvalidRequest, match=str(limit)) as e:
+        llm.generate("Hi", sp, False)
     assert e.value.param == "n"
 
 

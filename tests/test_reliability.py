@@ -267,8 +267,8 @@ BAD_INPUT = [
     bad("lightllm-top-k", GS, lightllm(top_k=-5), 400, "parameters.top_k"),
     # n < 1 or above the limit
     bad("n-0", C, prompt(n=0), 400, "n"),
-    bad("n-above-limit", C, prompt(n=65), 400, "n", "64"),
-    bad("chat-n-above-limit", CH, chat(n=1000), 400, "n"),
+    bad("n-above-limit", C, prompt(n=1025), 400, "n", "1024"),
+    bad("chat-n-above-limit", CH, chat(n=1025), 400, "n"),
     bad("lightllm-n-0", G, lightllm(n=0), 400, "parameters.n"),
     bad("lightllm-best-of", G, lightllm(best_of=65), 400, "parameters.best_of"),
     bad("stream-n-2", GS, lightllm(n=2), 400, "parameters.n"),

@@ -11,7 +11,9 @@ import torch
 
 from aiollm.kernels import sampling
 from aiollm.kernels.sampling import row_keys, uniform_noise
-from aiollm.model.sampler import SamplingTensors, mask_token_ids, sample
+from aiollm.model.logit_masks import mask_token_ids
+from aiollm.model.sampler import sample
+from aiollm.model.sampling_tensors import SamplingTensors
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -10,15 +10,20 @@ import json
 import tempfile
 
 import pytest
+import torch
+import torch.multiprocessing as mp
 from test_tensor_parallel import PROMPTS, tiny_model  # noqa: F401 - the module's fixture
+from test_vocab_parallel_logprobs import KS, VOCABS, boundary_targets, int_case, score_on_rank
 
 from aiollm.engine import Engine
+from aiollm.model.prompt_logprobs import PromptScoring
 from aiollm.sampling_params import SamplingParams
 
 # 40 tokens over a step budget of 16: scored in three chunks, each in the step computing it
 LONG = [(7 * i) % 160 + 1 for i in range(40)]
-# the top of the vocabulary (160, 159) lies in rank 1's part, next to its padding row
-TAIL = PROMPTS[1] + [160, 159, 3]
+# the top of the vocabulary (160, 159) lies in rank 1's part, next to its padding row; 80
+# and 81 are the last token of rank 0's part (0-80) and the first of rank 1's (81-160)
+TAIL = PROMPTS[1] + [160, 159, 3, 80, 81, 80]
 
 
 def _scores(out) -> list:
@@ -100,7 +105,7 @@ def _assert_close_json(got, want, path: str = "") -> None:
         assert got == want, (path, got, want)
 
 
-TEXT = "w3 w17 w150 w99 w160 w42 w8 w159 w1"
+TEXT = "w3 w17 w150 w99 w160 w42 w8 w159 w1 w80 w81"
 BODIES = [
     # lm-eval-harness's log-likelihood: the prompt echoed with its tokens' logprobs
     ("/v1/completions", {"prompt": TEXT, "echo": True, "logprobs": 1, "max_tokens": 0}),
@@ -146,8 +151,34 @@ def test_tp2_http_prompt_scores_equal_tp1(tiny_model, tmp_path, monkeypatch):  #
     want, _ = _serve_all(tiny_model, 1)
     got, idle = _serve_all(tiny_model, 2)
     echo = want[0]["choices"][0]["logprobs"]
-    assert echo["token_logprobs"][0] is None and len(echo["tokens"]) == 9
-    assert len(want[2]["choices"][0]["prompt_logprobs"]) == 9
-    assert len(want[4]["prompt_logprobs"]) > 9  # the chat template's words too
+    assert echo["token_logprobs"][0] is None and len(echo["tokens"]) == 11
+    assert len(want[2]["choices"][0]["prompt_logprobs"]) == 11
+    assert len(want[4]["prompt_logprobs"]) > 11  # the chat template's words too
     _assert_close_json(got, want)
     assert idle["kv_used"] == 0 and idle["free_rows"] == idle["rows"]
+
+
+def test_ranks_combine_parts_into_one_ranks_scores(tmp_path):
+    """PromptScoring on a gloo group of 2, each rank holding its shard of the LM head
+    (padded as the model's, the padding rows random): two blocks of positions, targets at
+    every part's edges, top-k 0 to 20 (more than a part of a 29-token vocabulary holds),
+    logits with many ties. Rank 0's results are one rank's: equal ranks and top-k ids (ties
+    in ascending token id), logprobs to float rounding."""
+    out, ranks = str(tmp_path / "scores.pt"), 2
+    mp.spawn(score_on_rank, args=(ranks, str(tmp_path / "init"), out), nprocs=ranks)
+    got = torch.load(out)
+    assert len(got) == len(VOCABS)
+    for vocab, case in zip(VOCABS, got):
+        h, w, targets = int_case(vocab, positions=300, seed=vocab)
+        targets = boundary_targets(targets, vocab, ranks)
+        assert len(set(targets[:10].tolist())) > 4  # the edges, several
+        for k, (lp, rk, ids, top) in zip(KS, case):
+            one = PromptScoring(torch.arange(len(h)), targets, k, [])
+            one.compute(h, w)
+            assert torch.equal(rk, one.ranks)
+            assert torch.allclose(lp, one.logprobs, atol=1e-5, rtol=0)
+            if k:
+                assert ids.shape == (300, k) and torch.equal(ids, one.top_ids)
+                assert torch.allclose(top, one.top_logprobs, atol=1e-5, rtol=0)
+            else:
+                assert ids is None and top is None

@@ -7,7 +7,8 @@ body the client could not send whole or that stopped arriving (408), its content
 an empty body (or one of whitespace alone), a UTF-8 byte order mark, JSON in UTF-16 or
 UTF-32 (read as UTF-8), bytes that are not UTF-8 or not JSON, and strings that escape a
 lone surrogate (named by their field). An integer field sent as a whole float (256.0) is
-taken as vLLM takes it (api/whole_floats.py).
+taken as vLLM takes it (api/whole_floats.py); fields the body's Struct does not know are
+served as if left out, and named in the log (api/unknown_fields.py).
 The Structs themselves, and the rules of their fields, live in api/protocol.py and the
 files it names.
 """
@@ -27,6 +28,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from aiollm.api import whole_floats
 from aiollm.api.http_errors import ApiError, error_response
 from aiollm.api.state import state
+from aiollm.api.unknown_fields import warn_unknown
 from aiollm.engine.submission import check_unicode, off_loop
 from aiollm.errors import InvalidRequest
 
@@ -73,14 +75,7 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     if not body.strip(_JSON_WHITESPACE):  # whitespace alone holds no value, cut or not
         raise ApiError(400, "request body is empty; expected a JSON object")
     try:
-        try:
-            return whole_floats.strict(body, type_)
-        except msgspec.ValidationError as exc:
-            if not whole_floats.refused_whole_float(exc):
-                raise
-        # an integer field sent as a float: taken where it is a whole one (256.0), as vLLM
-        # takes it; the body is decoded again, off the loop when it is large
-        return await off_loop(len(body), whole_floats.decode, body, type_)
+        value = await _typed(body, type_)
     except msgspec.ValidationError as exc:
         # msgspec checks types as it reads, so a type error may come before the bytes that
         # make the body no JSON at all ("[1,2", a brace missing after a wrong type): the
@@ -92,6 +87,9 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         raise ApiError(400, "request body is nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         error = exc
+    else:
+        await warn_unknown(request, body, type_)  # served as if left out, and named
+        return value
     try:
         body.decode("utf-8")
     except UnicodeDecodeError:
@@ -100,6 +98,18 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         await off_loop(len(body), _check_surrogates, body)
     raise ApiError(400, f"request body is not valid JSON: {_why(error, body, encoding)}") \
         from None
+
+
+async def _typed(body: bytes, type_: type[T]) -> T:
+    """`body`, UTF-8 JSON, decoded into `type_`: msgspec's errors as it raises them."""
+    try:
+        return whole_floats.strict(body, type_)
+    except msgspec.ValidationError as exc:
+        if not whole_floats.refused_whole_float(exc):
+            raise
+    # an integer field sent as a float: taken where it is a whole one (256.0), as vLLM
+    # takes it; the body is decoded again, off the loop when it is large
+    return await off_loop(len(body), whole_floats.decode, body, type_)
 
 
 async def expect_continue(request: web.Request) -> web.StreamResponse | None:

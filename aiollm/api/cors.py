@@ -4,9 +4,10 @@ Off unless origins are allowed: the server listens on 127.0.0.1 by default, and 
 that allowed every origin would let any page the user visits drive it. With origins given,
 every route answers the browser's preflight OPTIONS (before the API key is asked for: a
 preflight carries no credentials and runs nothing) and every response to an allowed origin,
-streams and errors included, carries Access-Control-Allow-Origin, and every response
-carries Vary: Origin. aiohttp-cors does the protocol; this module turns the server's options
-into its configuration.
+streams and errors included, carries Access-Control-Allow-Origin and lets the page read its
+X-Request-Id (Access-Control-Expose-Headers), and every response carries Vary: Origin.
+aiohttp-cors does the protocol; this module turns the server's options into its
+configuration.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 import aiohttp_cors
 from aiohttp import hdrs, web
 
+from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
+
 # what a browser sends as Origin: scheme://host[:port], no path; "null" from file:// pages
 _ORIGIN = re.compile(r"null|[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
 # request headers a browser may send without asking (the CORS-safelisted ones; it still lists
@@ -24,6 +27,10 @@ _ORIGIN = re.compile(r"null|[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
 # vLLM (Starlette) allows them
 _SAFELISTED_HEADERS = ("Accept", "Accept-Language", "Content-Language", "Content-Type")
 PREFLIGHT_MAX_AGE_S = 600  # how long a browser may reuse a preflight's answer
+# response headers a page may read beyond the safelisted ones (Content-Type...): the request
+# id, which the openai SDK reads as the response's _request_id and the log names requests by,
+# and Retry-After, which the SDK waits by before retrying an overloaded server's 503
+EXPOSED_HEADERS = (REQUEST_ID_HEADER, "Retry-After")
 
 
 @dataclass(frozen=True)
@@ -59,7 +66,7 @@ def enable_cors(app: web.Application, options: CorsOptions) -> None:
                else tuple({*options.allowed_headers, *_SAFELISTED_HEADERS}))
     resource = aiohttp_cors.ResourceOptions(
         allow_credentials=options.allow_credentials, allow_headers=headers,
-        allow_methods=methods, max_age=PREFLIGHT_MAX_AGE_S)
+        allow_methods=methods, expose_headers=EXPOSED_HEADERS, max_age=PREFLIGHT_MAX_AGE_S)
     origins = ("*",) if "*" in options.allowed_origins else options.allowed_origins
     cors = aiohttp_cors.setup(app, defaults={origin: resource for origin in origins})
     # by resource, not by route: aiohttp-cors allows a route's own method whatever
@@ -98,6 +105,7 @@ def _unrouted_responses(options: CorsOptions):
             return
         # as aiohttp-cors answers a routed request: the origin itself, not "*"
         response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+        response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = ", ".join(EXPOSED_HEADERS)
         if options.allow_credentials:
             response.headers[hdrs.ACCESS_CONTROL_ALLOW_CREDENTIALS] = "true"
 

@@ -6,8 +6,9 @@ The bodies are msgspec Structs, one file per endpoint family: sampling_fields.py
 generate_request.py (LightLLM's /generate) and tokenize_request.py.
 Types are checked there, strictly, while the body is decoded (api/body.py decodes it); value
 ranges are checked once, by SamplingParams, so every rule lives in one place. Unknown fields
-are accepted and ignored: clients send vendor extensions (`metadata`, `service_tier`,
-`multimodal_params`...) that must not fail.
+are served as if left out, as vLLM serves them (clients send vendor extensions such as
+`metadata` or `service_tier` that must not fail), and named in a warning of the log
+(api/unknown_fields.py): a typo (`max_token`) would otherwise change nothing unseen.
 Known fields that would change the output, sent to an endpoint that does not serve them (tools
 on /v1/completions, logit_bias on /generate), are refused instead (refuse_unserved).
 """
@@ -22,10 +23,12 @@ from msgspec import Meta, Struct
 
 from aiollm.errors import InvalidRequest
 
-MAX_N = 64  # choices per request: each is a full request in the engine
-# choices of one completions request (prompts of a batch x n): each is submitted on the event
-# loop, so a batch of a million prompts would hold up every stream for a minute
+# choices of one request (prompts of a batch x n): each is a full request in the engine,
+# submitted on the event loop, so a batch of a million prompts would hold up every stream for
+# a minute. n alone has the same bound (vLLM's is 16384, OpenAI's 128; pass@k evaluations ask
+# for 100-200); the server's queue and table bound both further (ApiState.check_choices).
 MAX_CHOICES = 1024
+MAX_N = MAX_CHOICES
 INT32_MAX = 2**31 - 1  # the request table stores top_k and stop token ids as int32
 
 # A prompt: text, token ids, or a batch of either. msgspec allows one array type per union,

@@ -122,7 +122,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     m = s.add_argument_group("model")
     m.add_argument("--dtype", default=d.dtype, choices=["auto", "float32", "bfloat16", "float16"],
                    type=vllm_flags.dtype_name,
-                   help="weights and KV cache dtype (auto: bfloat16 on CUDA, float32 on CPU; "
+                   help="weights and KV cache dtype (auto: on CUDA the checkpoint's float16 or "
+                        "bfloat16, else bfloat16; float32 on CPU; "
                         "vLLM's half and float: float16 and float32)")
     m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     m.add_argument("--tokenizer", default=d.tokenizer,

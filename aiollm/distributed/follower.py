@@ -5,9 +5,9 @@ as rank 0's Engine (its shard of the weights, a KV pool of its KV heads for the 
 slots, the same req_to_token rows, the same decode graphs), then for each step receives
 rank 0's message (group.py) and launches the same step through ModelRunner.launch. Its
 collectives pair with rank 0's in the same order: the KV pool size agreed at start-up, the
-graph captures and the warm-up, then each step's all-reduces, the logits' all-gathers (the
-sampled rows', and those of the prompt positions rank 0 scores) and, when rank 0 sampled,
-the broadcast of the sampled ids.
+graph captures and the warm-up, then each step's all-reduces, the all-reduce and all-gather
+that combine the scores of the prompt positions rank 0 scores, the sampled rows' logits'
+all-gather and, when rank 0 sampled, the broadcast of the sampled ids.
 
 Run as `python -m aiollm.distributed.follower --rank R --init HOST:PORT` by a node's lead
 process (launch.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG; `follow()` is
@@ -48,10 +48,9 @@ def build_runner(cfg: EngineConfig, tp: TensorParallel):
     from aiollm.engine.loading import build_rank_model, resolve_dtype
     from aiollm.model import load_model
 
-    dtype = resolve_dtype(cfg.dtype, tp.device)
-    loaded = load_model(cfg.model, dtype=dtype, device=tp.device, load_format=cfg.load_format,
-                        max_model_len=cfg.max_model_len)
-    return build_rank_model(cfg, loaded, tp.device, dtype, tp).runner
+    loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=tp.device,
+                        load_format=cfg.load_format, max_model_len=cfg.max_model_len)
+    return build_rank_model(cfg, loaded, tp.device, loaded.dtype, tp).runner
 
 
 def run_step(runner, msg: StepMessage) -> None:
@@ -80,8 +79,8 @@ def run_step(runner, msg: StepMessage) -> None:
                                    prefix_lens=pre, extend_lens=ext, req_to_token=r2t.table,
                                    kv_pool=runner.kv_pool, device=runner.device,
                                    sample_index=sidx)
-        if msg.scored:  # rank 0 scores prompt positions: their logits gather over the ranks
-            batch.prompt_scoring = PromptScoring.gather_only(msg.scored_rows, runner.device)
+        if msg.scored:  # rank 0 scores prompt positions: each rank on its vocabulary part
+            batch.prompt_scoring = PromptScoring.part_only(*msg.scoring, runner.device)
         if r2t.table is r2t.cpu:
             # on the CPU the map the kernels read is the master copy, which rank 0's planner
             # writes and a follower has no planner to

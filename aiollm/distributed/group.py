@@ -1,7 +1,7 @@
 """TensorParallel: one rank's view of the tensor-parallel group and the collectives it runs.
 
 Two torch.distributed process groups over the same ranks: the device group (NCCL on GPUs,
-gloo on the CPU) carries the model's all-reduces, the logits' all-gather and the sampled ids;
+gloo on the CPU) carries the model's all-reduces, the logits' all-gathers and the sampled ids;
 a gloo group on the host carries the step messages rank 0 sends the followers, so that a
 follower receives step N+1's inputs while step N still runs on the devices (a message on
 the device group would wait in the stream behind step N). On the CPU both are the one gloo
@@ -10,12 +10,12 @@ group.
 A step message is int64: a header (kind, requests, tokens, sampled rows, flags, payload
 length, row-write length, scored positions) and the payload (the step's input ids, KV slots
 and per-request lengths, the sampled rows, the rows of its new tokens whose prompt logprobs
-it scores, whose logits every rank gathers (model/prompt_logprobs.py), then the
-req_to_token row writes rank 0 made since the last message: a prefix-cache hit's slots, as
-(row, start, count, slots...) runs, which a follower applies before the step so its map
-matches rank 0's). Decode
-batches up to INLINE / 4 requests fit inline, so such a step costs one broadcast; a
-larger payload follows in a second broadcast of its exact size.
+it scores, their prompt tokens and the top-k, which every rank scores on its part of the
+vocabulary (model/prompt_logprobs.py), then the req_to_token row writes rank 0 made since
+the last message: a prefix-cache hit's slots, as (row, start, count, slots...) runs, which a
+follower applies before the step so its map matches rank 0's). Decode batches up to
+INLINE / 4 requests fit inline, so such a step costs one broadcast; a larger payload follows
+in a second broadcast of its exact size.
 """
 
 from __future__ import annotations
@@ -43,14 +43,18 @@ class StepMessage:
     tokens: int
     sampled: int  # rows of sample_index, -1: none (every request samples, or none does)
     flags: int
-    payload: np.ndarray  # int64: the step's arrays, the scored rows last
+    payload: np.ndarray  # int64: the step's arrays, the prompt scoring last
     row_writes: list  # (row, start, slots int64 array): req_to_token writes to apply first
     scored: int = 0  # rows of the new tokens whose prompt logprobs the step scores
 
     @property
-    def scored_rows(self) -> np.ndarray | None:
-        """[scored] int64: the scored rows (the payload's tail), None when none."""
-        return self.payload[self.payload.size - self.scored:] if self.scored else None
+    def scoring(self) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(rows [scored] int64 of the new tokens to score, their prompt tokens [scored]
+        int64, top-k): the payload's tail; None when the step scores none."""
+        if not self.scored:
+            return None
+        tail = self.payload[self.payload.size - 2 * self.scored - 1:]
+        return tail[: self.scored], tail[self.scored: -1], int(tail[-1])
 
 
 class TensorParallel:
@@ -71,12 +75,18 @@ class TensorParallel:
         dist.all_reduce(x, group=self.group)
         return x
 
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """x [*S] on each rank -> [size, *S], rank r's at [r]."""
+        # the backends (gloo) want the ranks' tensors concatenated along their first dim
+        out = torch.empty((self.size * x.shape[0], *x.shape[1:]), dtype=x.dtype,
+                          device=x.device)
+        _all_gather(out, x.contiguous(), group=self.group)
+        return out.view(self.size, *x.shape)
+
     def all_gather_columns(self, x: torch.Tensor) -> torch.Tensor:
         """[T, C] on each rank -> [T, size * C], rank r's columns at [r C, (r + 1) C)."""
         t, c = x.shape
-        out = torch.empty((self.size * t, c), dtype=x.dtype, device=x.device)
-        _all_gather(out, x.contiguous(), group=self.group)
-        return out.view(self.size, t, c).permute(1, 0, 2).reshape(t, self.size * c)
+        return self.all_gather(x).permute(1, 0, 2).reshape(t, self.size * c)
 
     def broadcast_ids(self, ids: torch.Tensor) -> torch.Tensor:
         """Rank 0's sampled ids [S] int64 on every rank (in place)."""
@@ -93,8 +103,8 @@ class TensorParallel:
     def step_message(self, inp, tokens: int, sampled: int, arrays: tuple) -> tuple:
         """send_step's arguments for a prepared step (a model_runner.StepInputs) of `tokens`
         tokens, `sampled` rows of sample_index (-1: none) and these host arrays, followed by
-        the rows its prompt logprobs score and the row writes pending since the last
-        message (taken: the next message has none)."""
+        the rows its prompt logprobs score (with their prompt tokens and the top-k) and the
+        row writes pending since the last message (taken: the next message has none)."""
         flags = ((ARGMAX_ONLY if inp.argmax_only else 0)
                  | (PLACEHOLDERS if inp.placeholders else 0)
                  | (REMOTE_SAMPLING if inp.sampling is not None else 0))
@@ -102,7 +112,7 @@ class TensorParallel:
         scored = 0
         if scoring is not None:
             scored = scoring.index_host.size
-            arrays = arrays + (scoring.index_host,)
+            arrays = arrays + (scoring.index_host, scoring.targets_host, (scoring.top_k,))
         writes = 0
         if self.row_writes:
             runs = [np.concatenate(([row, start, len(slots)], slots))
@@ -117,7 +127,8 @@ class TensorParallel:
                   flags: int = 0, arrays: tuple = (), writes: int = 0, scored: int = 0
                   ) -> None:
         """Rank 0: broadcast one step's inputs (the arrays, concatenated; the last `writes`
-        longs are row writes, the `scored` before them the scored rows) to the followers."""
+        longs are row writes, the 2 `scored` + 1 before them the prompt scoring) to the
+        followers."""
         body = np.concatenate([np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays]
                               ) if arrays else np.zeros(0, np.int64)
         buf = self._buf

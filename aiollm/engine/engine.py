@@ -1,8 +1,10 @@
 """Engine: the one object users hold. Owns the model, the KV pool, the request table and the
 step loop, all on the caller's event loop. This file is its life cycle; the step loop it
-inherits from StepLoop (step_loop.py), the request API (generate, stream, chat, ...) from
-EngineAPI (engine_api.py), the hand-out of a step's tokens to its requests and the ends of
-requests from HandOut (hand_out.py).
+inherits from StepLoop (step_loop.py), the request API from EngineAPI (engine_api.py:
+generate, stream, check), ChatAPI (chat_api.py: chat, stream_chat, render_chat) and BatchAPI
+(batch_api.py: generate_batch), the entry of requests from AddRequest (add_request.py), the
+hand-out of a step's tokens to its requests and the ends of requests from HandOut
+(hand_out.py).
 
     async with Engine() as engine:                      # default SmolLM2-135M-Instruct
         out = await engine.generate("Hello", SamplingParams(max_tokens=32))
@@ -24,6 +26,9 @@ import random
 import time
 
 from aiollm.config import EngineConfig
+from aiollm.engine.add_request import AddRequest
+from aiollm.engine.batch_api import BatchAPI
+from aiollm.engine.chat_api import ChatAPI
 from aiollm.engine.engine_api import EngineAPI
 from aiollm.engine.grammar import Grammars
 from aiollm.engine.hand_out import HandOut
@@ -49,7 +54,7 @@ _STOPPED = ("the engine shut down before the request finished; retry it on a run
             "or engine")
 
 
-class Engine(EngineAPI, StepLoop, HandOut, EngineHealth):
+class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, EngineHealth):
     """An LLM inference engine on the caller's event loop: start() loads the model, then
     generate() / stream() / chat() serve requests concurrently until stop().
 

@@ -15,7 +15,7 @@ step; its compile step is cached here). The engine owns one `Grammars`:
   matcher that reaches its end finishes its request with "stop";
 - `masks()` builds, for a step's sampled rows, the [B, ceil(V / 32)] int32 bitmask (bit
   t of row b set: token t allowed) and the sparse logit biases, copied to the device in one
-  async copy each. The sampler applies them (model/sampler.py); rows without a constraint
+  async copy each. The sampler applies them (model/logit_masks.py); rows without a constraint
   are all ones, so they sample exactly as without one.
 
 Per step this is host work on the critical path of a constrained batch (the next step's

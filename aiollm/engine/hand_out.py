@@ -1,5 +1,6 @@
 """HandOut: how the Engine hands a finished step's tokens to its requests and ends requests
-(engine.py holds the life cycle, step_loop.py the step loop, engine_api.py the request API).
+(engine.py holds the life cycle, step_loop.py the step loop, engine_api.py, chat_api.py and
+batch_api.py the request API, add_request.py the entry of requests).
 
 _process takes one step and its result (the sampled token ids, one row per sampled request
 of the step) and, for the requests still running, appends each token, checks the stop

@@ -44,12 +44,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """EngineConfig.dtype as a torch dtype: "auto" is bfloat16 on CUDA, float32 elsewhere
-    (the CPU's reference path, which must match transformers' greedy ids in fp32)."""
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
+def resolve_dtype(name: str) -> torch.dtype | None:
+    """EngineConfig.dtype as a torch dtype, or None for "auto", which load_model resolves
+    from the checkpoint (aiollm.model.loader.auto_dtype)."""
+    return None if name == "auto" else getattr(torch, name)
 
 
 @dataclass(slots=True)
@@ -126,7 +124,6 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     the weights do not fit."""
     from aiollm.model import load_model
 
-    dtype = resolve_dtype(cfg.dtype, device)
     t0 = time.monotonic()
     # the tokenizer before the weights where it is known (seconds at most): a missing or
     # damaged one fails in a moment, not after minutes of loading
@@ -146,8 +143,9 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         tokenizer = tokenizer_for(cfg, os.path.expanduser(cfg.model))
     # before the weights: a bad value in the file fails in a moment, not after minutes
     defaults = sampling_defaults(cfg.generation_config, cfg.model or "")
-    loaded = load_model(cfg.model, dtype=dtype, device=device, load_format=cfg.load_format,
-                        max_model_len=cfg.max_model_len)
+    loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=device,
+                        load_format=cfg.load_format, max_model_len=cfg.max_model_len)
+    dtype = loaded.dtype
     if tokenizer is None:  # the default model's, a .gguf file's, dummy weights'
         tokenizer = tokenizer_for(cfg, loaded.path)
     if cfg.chat_template is not None:  # every chat renders with it (checked: it compiles)

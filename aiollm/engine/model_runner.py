@@ -39,9 +39,11 @@ from aiollm.engine.request import TokenLogprob
 from aiollm.kernels.decode_io import greedy_pick, resolve_placeholders
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
+from aiollm.model.logit_masks import apply_bitmask_
+from aiollm.model.penalties import needs_history
 from aiollm.model.prompt_logprobs import PromptScoring, plan_scoring
-from aiollm.model.sampler import (SampleResult, SamplingTensors, apply_bitmask_, needs_history,
-                                  sample)
+from aiollm.model.sampler import SampleResult, sample
+from aiollm.model.sampling_tensors import SamplingTensors
 from aiollm.native import RequestTable
 
 

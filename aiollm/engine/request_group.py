@@ -45,7 +45,9 @@ def n_of(params: object) -> int:
 
 def choice_params(params: SamplingParams) -> list[SamplingParams]:
     """One SamplingParams per choice: n 1, choice i's seed. Raises InvalidRequest naming a
-    bad field of params (the copies are checked as they are made)."""
+    bad field of params, n past its bound included: params is checked first (n may have
+    been set since it was made; its copies, checked as they are made, have n 1)."""
+    params.check()
     return [dataclasses.replace(params, n=1, best_of=None, seed=choice_seed(params.seed, i))
             for i in range(params.n)]
 

@@ -22,7 +22,7 @@ import numpy as np
 from aiollm.engine.request import Request
 from aiollm.errors import (CONTEXT_LENGTH_EXCEEDED, InvalidRequest, Overloaded,
                            PromptFillsContext)
-from aiollm.model.sampler import GREEDY_EPS
+from aiollm.model.sampling_tensors import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
 

@@ -27,10 +27,13 @@ import torch
 
 from aiollm.engine.model_runner import StepInputs
 from aiollm.kernels import autotune
-from aiollm.kernels.decode_attention import BATCH_CLASSES, LENGTH_CLASSES, launch_variant
+from aiollm.kernels.decode_attention import launch_variant
+from aiollm.kernels.decode_attention_configs import BATCH_CLASSES, LENGTH_CLASSES
 from aiollm.kernels.extend_attention import LENGTH_CLASSES as EXTEND_CLASSES
 from aiollm.model.forward_batch import ForwardBatch
-from aiollm.model.sampler import SamplingTensors, apply_bitmask_, sample
+from aiollm.model.logit_masks import apply_bitmask_
+from aiollm.model.sampler import sample
+from aiollm.model.sampling_tensors import SamplingTensors
 
 log = logging.getLogger(__name__)
 

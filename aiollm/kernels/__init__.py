@@ -2,7 +2,10 @@
 
 Each family lives in its own module with its Triton kernel, a wrapper (`*_triton`, also
 runnable on the CPU under TRITON_INTERPRET=1, which is how the tests check it) and the
-reference (`*_ref`, the CPU path). Shapes and dtypes follow the contract in INTERFACES.md.
+reference (`*_ref`, the CPU path); a family too long for one file keeps its Triton code in
+`<family>_kernel.py` and its launch configs in `<family>_configs.py` beside the module of
+its launches (decode_attention, fused_moe_gemm). Each wrapper's docstring gives its shapes
+and dtypes.
 """
 
 from __future__ import annotations

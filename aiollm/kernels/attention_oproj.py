@@ -9,10 +9,10 @@ kernel boundary (a wait, a ramp, a tail).
 Grid (HKV, n_blocks), n_blocks = cdiv(H, BLOCK_N). Program (h, j) computes the attention
 output of the GROUP query heads of KV head h over the request's whole context (online
 softmax over BLOCK_KV-token blocks gathered through req_to_token, Milakov & Gimelshein 2018;
-the newest token's K/V folded in last, as decode_attention.py does), then multiplies it by
-the tile W_o[rows of block j, columns of head group h] (W_o [H, HQ*D]) in float32: a partial
-[BLOCK_N] of the rows' o_proj output. o_proj is thus a split-K GEMV, its K = HQ*D split by
-KV head group as flash-decoding splits attention's context, the splits reduced below.
+the newest token's K/V folded in last, as decode_attention_kernel.py does), then multiplies
+it by the tile W_o[rows of block j, columns of head group h] (W_o [H, HQ*D]) in float32: a
+partial [BLOCK_N] of the rows' o_proj output. o_proj is thus a split-K GEMV, its K = HQ*D
+split by KV head group as flash-decoding splits attention's context, the splits reduced below.
 Everything but q and the newest token's K/V (which the kernel before, qkv + rotary + KV
 store, writes) is loaded before the dependent-launch wait (pdl.py): the request's length
 and slots, the first K/V block, the newest slot and the first W_o tile.
@@ -56,8 +56,8 @@ import triton.language as tl
 
 from aiollm.kernels import autotune, pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
-from aiollm.kernels.decode_attention import (LOG2E, _attend_context, _load_kv,
-                                             arrival_counters, decode_attention_ref)
+from aiollm.kernels.decode_attention import LOG2E, arrival_counters, decode_attention_ref
+from aiollm.kernels.decode_attention_kernel import _attend_context, _load_kv
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 # The model takes this kernel for a decode batch of one request (llama.Attention.forward_small):

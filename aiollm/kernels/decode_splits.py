@@ -44,8 +44,8 @@ def long_splits(max_seq_len: int) -> int:
     head would otherwise read alone: up to LONG_SPLITS, one per LONG_SPLIT_TOKENS of the
     longest context the launch allows (a CUDA graph's bound); 1 (no long-only launch) below
     four, where too few splits are on offer to pay for the empty programs. The kernel splits
-    only contexts over twice the batch's mean length (decode_attention._long_split_len; a
-    graph's padding rows, of one token, lower that mean); the others run whole and write
+    only contexts over twice the batch's mean length (decode_attention_kernel._long_split_len;
+    a graph's padding rows, of one token, lower that mean); the others run whole and write
     their output directly.
 
     H200, `bench/decode_splits.py --long / --bound`, 2026-12-02, 32 query heads, 4 or 8 KV

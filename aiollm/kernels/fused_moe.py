@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from aiollm.kernels.autotune import Config, bucket, get_config, time_graph
-from aiollm.kernels.fused_moe_gemm import TOKEN_CLASSES, _gate_up, _gemm, moe_configs
+from aiollm.kernels.fused_moe_gemm import _gate_up, _gemm
+from aiollm.kernels.fused_moe_gemm_configs import TOKEN_CLASSES, moe_configs
 from aiollm.kernels.fused_moe_gemv import fused_moe_gemv_triton, gemv_configs
 from aiollm.kernels.fused_moe_grouped_mm import (
     fused_moe_grouped_mm,

@@ -38,7 +38,7 @@ import triton.language as tl
 
 from aiollm.kernels import pdl
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
-from aiollm.kernels.fused_moe_gemm import TOKEN_CLASSES
+from aiollm.kernels.fused_moe_gemm_configs import TOKEN_CLASSES
 from aiollm.kernels.moe_align import route_rows
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 

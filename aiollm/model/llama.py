@@ -372,7 +372,7 @@ class LlamaForCausalLM(nn.Module):
         if batch.prompt_scoring is not None:
             p = batch.prompt_scoring.index
             batch.prompt_scoring.compute(self.norm(x[p], residual[p])[0], w,
-                                         self.embed_tokens.gather_logits)
+                                         self.embed_tokens.vocab_part)
         if h.is_cuda and h.dtype != torch.float32:
             # fp32 straight out of the matmul's fp32 accumulator: bf16 logits keep 8 bits of
             # mantissa (0.125 apart between 16 and 32), which ties close top candidates, and

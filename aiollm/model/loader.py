@@ -131,13 +131,15 @@ def _dummy_checkpoint(config: ModelConfig, dtype: torch.dtype, device: torch.dev
 def load_model(
     path: str | None,
     *,
-    dtype: torch.dtype,
+    dtype: torch.dtype | None,
     device: torch.device | str,
     load_format: str = "auto",
     max_model_len: int | None = None,
 ) -> LoadedModel:
     """Build the model of `path` (None: the default model) in `dtype` on `device`.
 
+    dtype None is "auto" (`auto_dtype`): the checkpoint's float16 or bfloat16 on a GPU, else
+    bfloat16 there and float32 on the CPU; LoadedModel.dtype says which was taken.
     max_model_len bounds the positions the rotary cache covers (default: the model's own
     context); load_format="dummy" fills the weights with random numbers instead of reading them.
     """
@@ -159,6 +161,8 @@ def load_model(
                          f"{config.max_position}{why}: set max_model_len (--max-model-len) to "
                          f"at most {config.max_position}")
     max_len = max_model_len or config.max_position
+    if dtype is None:
+        dtype = auto_dtype(config, device)
     if gguf_name is None and load_format != "dummy":
         config, tensors, total, source_name = _hf_checkpoint(model_dir, config, device)
     model = _empty_model(config, max_len, dtype, device)
@@ -175,6 +179,19 @@ def load_model(
     log.info("loaded %s (%s, %.1fM params, %s on %s, max_model_len %d)", full_path,
              config.architecture, config.num_params() / 1e6, dtype, device, max_len)
     return LoadedModel(model=model, config=config, path=full_path, max_model_len=max_len)
+
+
+def auto_dtype(config: ModelConfig, device: torch.device) -> torch.dtype:
+    """The dtype --dtype auto runs `config`'s model in on `device`: float32 on the CPU (the
+    reference path, whose greedy ids must equal transformers' in fp32); on a GPU, the
+    checkpoint's own float16 or bfloat16 (config.json's dtype / torch_dtype), else bfloat16
+    (float32 checkpoints, GGUF files, configs that name none), as vLLM's auto keeps a float16
+    checkpoint in float16."""
+    if device.type == "cpu":
+        return torch.float32
+    if config.torch_dtype in (torch.float16, torch.bfloat16):
+        return config.torch_dtype
+    return torch.bfloat16
 
 
 def _head_as_embed(hf_name: str) -> str:

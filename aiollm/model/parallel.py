@@ -153,6 +153,16 @@ class RowParallelLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+@dataclass(frozen=True, slots=True)
+class VocabPart:
+    """One rank's part of a vocabulary-parallel LM head's logits: column j is token
+    start + j; the columns of tokens >= vocab (the last parts' tail) are padding."""
+
+    start: int
+    vocab: int  # the whole vocabulary
+    tp: object  # the aiollm.distributed.TensorParallel whose ranks hold the parts
+
+
 class VocabParallelEmbedding(nn.Module):
     """Embedding rows [start, start + rows) of the vocabulary on each rank: ids outside the
     range look up zeros, and an all-reduce sums the ranks' rows into the full embedding."""
@@ -171,6 +181,11 @@ class VocabParallelEmbedding(nn.Module):
         inside = (local >= 0) & (local < self.weight.shape[0])
         x = F.embedding(local.clamp(0, self.weight.shape[0] - 1), self.weight)
         return self.tp.all_reduce(x * inside.unsqueeze(-1).to(x.dtype))
+
+    @property
+    def vocab_part(self) -> VocabPart | None:
+        """This rank's part of the logits (None: one rank, the whole vocabulary)."""
+        return None if self.tp is None else VocabPart(self.start, self.full_vocab, self.tp)
 
     def gather_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """[T, padded rows] logits of this rank's vocabulary range -> [T, vocab] of all."""

@@ -12,24 +12,32 @@ Each scored position gives the prompt token's logprob, its rank among the vocabu
 (1 + the number of tokens more likely), and the top-k tokens with their logprobs.
 
 Under tensor parallelism each rank's LM head holds a part of the vocabulary: every rank
-scores the same positions (rank 0's step message carries them), and each block's logits are
-all-gathered over the ranks, as the sampled rows' are, before the log-softmax. The other
-way, a log-sum-exp, a top-k and a rank count per part combined across the ranks, sends less
-(2 + 2k numbers a position, not the vocabulary) but must mask the last part's padding rows,
-merge the top-k lists and find which rank holds each target. The gather reuses the
-collective the sampled rows already take and scores each position on the whole row of
-logits exactly as one rank does (the same top-k and rank among ties), BLOCK rows at a time.
-Only rank 0 needs the results: the other ranks take part in the gather and stop there.
+scores the same positions (rank 0's step message carries them, their prompt tokens and the
+top-k), each block's logits stay on their rank, and only a summary of each part travels
+(vocab_parallel_logprobs.py): the prompt tokens' logits are summed over the ranks (each is
+in one part), then every rank's log-sum-exp, count of logits above the prompt token's and
+top-k per position, 2 + 2k float32 numbers, are all-gathered, and rank 0 combines them into
+what one rank computes on the whole row. With a 152k vocabulary over 2 ranks, a block of
+256 positions sends 1 KB (the sum) and 256 (2 + 2k) * 4 bytes a rank (12 KB for k = 5,
+43 KB for k = 20), where gathering its logits sent 78 MB a rank and allocated 311 MB (the
+gathered rows and their reordering). One rank goes through the same summary and combine,
+of one part, so that one rank and several agree on ties too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from aiollm.model.vocab_parallel_logprobs import combine, part_summary, target_logits
+
+if TYPE_CHECKING:
+    from aiollm.model.parallel import VocabPart
 
 BLOCK = 256  # positions whose logits are materialised at once: BLOCK * vocab * 4 bytes
 
@@ -39,28 +47,35 @@ class PromptScoring:
     """The positions of one step to score and, after the forward pass, their results."""
 
     index: torch.Tensor  # [P] int64: rows of the step's new tokens to score
-    # [P] int64: the prompt token that follows each of them (None on a tensor-parallel rank
-    # other than 0, which only takes part in the logits' gather)
-    targets: torch.Tensor | None
+    targets: torch.Tensor  # [P] int64: the prompt token that follows each of them
     top_k: int  # alternatives per position (the most any scored request asked for)
     spans: list[tuple[object, int, int]]  # (request, first position, count) in `index` order
     index_host: np.ndarray | None = None  # `index` on the host (rank 0's step message)
+    targets_host: np.ndarray | None = None  # `targets` on the host (likewise)
+    # whether this rank combines the parts into results (rank 0) or only contributes its
+    # part of the vocabulary (a tensor-parallel follower)
+    results: bool = True
     logprobs: torch.Tensor | None = None  # [P] fp32
     ranks: torch.Tensor | None = None  # [P] int64
     top_ids: torch.Tensor | None = None  # [P, top_k] int64
     top_logprobs: torch.Tensor | None = None  # [P, top_k] fp32
 
     @classmethod
-    def gather_only(cls, index: np.ndarray, device: torch.device) -> "PromptScoring":
-        """A tensor-parallel rank's share (not rank 0's): the positions `index` [P] int64 of
-        rank 0's step message, whose logits it gathers with the other ranks."""
-        return cls(torch.from_numpy(index).to(device), None, 0, [])
+    def part_only(cls, index: np.ndarray, targets: np.ndarray, top_k: int,
+                  device: torch.device) -> "PromptScoring":
+        """A tensor-parallel follower's share: the positions `index` [P] int64, prompt tokens
+        `targets` [P] int64 and top-k of rank 0's step message, which it scores on its part
+        of the vocabulary for rank 0 to combine."""
+        return cls(torch.from_numpy(index).to(device), torch.from_numpy(targets).to(device),
+                   top_k, [], results=False)
 
     def compute(self, hidden: torch.Tensor, lm_head: torch.Tensor,
-                gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
-        """hidden [P, H] (after the final norm), lm_head [V', H] (this rank's rows of it):
-        fill in the results. gather: [B, V'] float32 logits of this rank's vocabulary ->
-        [B, V] of the whole (under tensor parallelism; a collective every rank calls)."""
+                part: VocabPart | None = None) -> None:
+        """hidden [P, H] (after the final norm), lm_head [V', H] (this rank's rows of it,
+        `part` of the vocabulary under tensor parallelism, where every rank calls this
+        together): fill in the results (rank 0)."""
+        start, vocab = (0, lm_head.shape[0]) if part is None else (part.start, part.vocab)
+        k = min(self.top_k, vocab)
         lps, ranks, tids, tlps = [], [], [], []
         for s in range(0, hidden.shape[0], BLOCK):
             h = hidden[s : s + BLOCK]
@@ -68,23 +83,24 @@ class PromptScoring:
                 logits = torch.mm(h, lm_head.t(), out_dtype=torch.float32)
             else:
                 logits = F.linear(h, lm_head).float()
-            if gather is not None:
-                logits = gather(logits)
-            if self.targets is None:
+            chosen = target_logits(logits, self.targets[s : s + BLOCK], start)
+            if part is not None:
+                chosen = part.tp.all_reduce(chosen)
+            summary = part_summary(logits, chosen, k, start, vocab)
+            del logits  # before the next block's: one block's logits at a time
+            summaries = summary[None] if part is None else part.tp.all_gather(summary)
+            if not self.results:
                 continue
-            lse = logits.logsumexp(dim=-1, keepdim=True)
-            chosen = logits.gather(1, self.targets[s : s + BLOCK, None])
-            lps.append((chosen - lse).squeeze(1))
-            ranks.append((logits > chosen).sum(dim=-1) + 1)
-            if self.top_k:
-                vals, ids = logits.topk(self.top_k, dim=-1)
-                tids.append(ids)
-                tlps.append(vals - lse)
-        if self.targets is None:
+            lp, rank, ids, top = combine(summaries, chosen, k)
+            lps.append(lp)
+            ranks.append(rank)
+            tids.append(ids)
+            tlps.append(top)
+        if not self.results:
             return
         self.logprobs = torch.cat(lps)
         self.ranks = torch.cat(ranks)
-        if self.top_k:
+        if k:
             self.top_ids, self.top_logprobs = torch.cat(tids), torch.cat(tlps)
 
 
@@ -112,5 +128,6 @@ def plan_scoring(reqs: Sequence, prefix_lens: Sequence[int], extend_lens: Sequen
     if not index:
         return None
     host = np.concatenate(index).astype(np.int64)
-    tgt = torch.from_numpy(np.concatenate(targets).astype(np.int64)).to(device)
-    return PromptScoring(torch.from_numpy(host).to(device), tgt, top_k, spans, index_host=host)
+    tgt = np.concatenate(targets).astype(np.int64)
+    return PromptScoring(torch.from_numpy(host).to(device), torch.from_numpy(tgt).to(device),
+                         top_k, spans, index_host=host, targets_host=tgt)

@@ -1,0 +1,83 @@
+"""Fields of a request body that no endpoint knows (a typo such as max_token, a vendor's
+extension) are served as if left out, as vLLM serves them, and named in one WARNING line of
+the server's log per request: they were ignored silently, so a typo changed nothing and
+nobody was told."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from live_server import http
+
+HI = [{"role": "user", "content": "Hi"}]
+
+
+def served(server, caplog, path: str, body: dict) -> tuple[dict | bytes, list[str]]:
+    """The answer to `body` on `path` (its JSON; a stream's bytes), and the warnings the
+    request logged (the aiollm.api loggers')."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aiollm.api"):
+        status, _, raw = http(server, "POST", path, json=body)
+    assert status == 200, raw
+    warned = [r.getMessage() for r in caplog.records
+              if r.name.startswith("aiollm.api") and r.levelno == logging.WARNING]
+    return raw if body.get("stream") else json.loads(raw), warned
+
+
+def test_unknown_lightllm_parameters_are_named_once(server, caplog):
+    """LightLLM's `parameters` with max_token (max_new_tokens' typo): the output is the
+    one without it, and one line names the field by its path."""
+    params = {"max_new_tokens": 3, "do_sample": False}
+    want, warned = served(server, caplog, "/generate", {"inputs": "Hi", "parameters": params})
+    assert warned == []
+    got, warned = served(server, caplog, "/generate", {
+        "inputs": "Hi", "parameters": {**params, "max_token": 9, "top_kk": 2}, "extra": 1})
+    assert got == want
+    assert len(warned) == 1, warned
+    assert "/generate" in warned[0]
+    for name in ("parameters.max_token", "parameters.top_kk", "extra"):
+        assert name in warned[0], warned[0]
+    assert "parameters.max_new_tokens" not in warned[0]
+
+
+@pytest.mark.parametrize("path,body,refused", [
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 2, "temperature": 0}, {"suffix": "!"}),
+    ("/v1/chat/completions", {"messages": HI, "max_tokens": 2, "temperature": 0},
+     {"audio": {"voice": "alloy", "format": "wav"}}),
+], ids=["completions", "chat"])
+def test_unknown_openai_fields_are_named_once(server, caplog, path, body, refused):
+    """Top-level fields (max_token, an extension's metadata) and those of a known object
+    (stream_options) are named; fields the endpoint knows, served or refused, are not:
+    an OpenAI field the server refuses (suffix, audio...) stays a 400 naming it."""
+    want, warned = served(server, caplog, path, body)
+    assert warned == []
+    got, warned = served(server, caplog, path, {**body, "max_token": 9,
+                                                "metadata": {"user": "x"}})
+    assert got["choices"][0].get("text") == want["choices"][0].get("text")
+    assert got["choices"][0].get("message") == want["choices"][0].get("message")
+    assert len(warned) == 1, warned
+    assert "max_token, metadata" in warned[0] and path in warned[0], warned[0]
+    _, warned = served(server, caplog, path, {**body, "stream": True, "stream_options": {
+        "include_usage": True, "include_obfuscation": False}})
+    assert len(warned) == 1 and "stream_options.include_obfuscation" in warned[0], warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aiollm.api"):
+        status, _, raw = http(server, "POST", path, json={**body, **refused})
+    assert status == 400 and json.loads(raw)["error"]["param"] == [*refused][0], raw
+    assert not [r for r in caplog.records if "unknown" in r.getMessage()], caplog.text
+
+
+def test_the_line_stays_one_short_line(server, caplog):
+    """The keys are the client's text: a line break in one is escaped (it would forge a
+    line of the log), a long one cut, and past 16 the rest are counted, not named."""
+    extra = {f"k{i}": 0 for i in range(20)}
+    _, warned = served(server, caplog, "/generate", {
+        "inputs": "Hi", "parameters": {"max_new_tokens": 1, "a\nb": 0, "x" * 10**4: 0},
+        **extra})
+    assert len(warned) == 1, warned
+    line = warned[0]
+    assert "\n" not in line and "'parameters.a\\nb'" in line, line
+    assert len(line) < 1000 and line.endswith("and 6 more are unknown to this endpoint and "
+                                              "were ignored"), line
