@@ -146,8 +146,13 @@ import os, signal, sys, threading, time
 from aiollm import LLM, SamplingParams
 
 def children():
-    return [int(k) for t in os.listdir(f"/proc/{os.getpid()}/task")
-            for k in open(f"/proc/{os.getpid()}/task/{t}/children").read().split()]
+    kids = []
+    for t in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:  # (a thread may end meanwhile)
+            kids += open(f"/proc/{os.getpid()}/task/{t}/children").read().split()
+        except FileNotFoundError:
+            pass
+    return kids
 
 def ctrl_c_once_rank_1_runs():
     while not children():
