@@ -223,3 +223,68 @@ def test_sigterm_to_the_servers_process_group_drains_it(tiny_model, tmp_path):  
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+_SLOW_RENDEZVOUS = '''
+import os
+if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank: it reaches the rendezvous late
+    import time
+    import torch.distributed as dist
+    _init = dist.init_process_group
+    def init_process_group(*args, **kwargs):
+        time.sleep(3)
+        return _init(*args, **kwargs)
+    dist.init_process_group = init_process_group
+'''
+_CANCELLED_IN_RENDEZVOUS = """
+import asyncio, glob, os, sys, tempfile
+from aiollm.engine import Engine
+from aiollm.sampling_params import SamplingParams
+
+def children():
+    kids = []
+    for t in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:  # (a thread may end meanwhile)
+            kids += open(f"/proc/{os.getpid()}/task/{t}/children").read().split()
+        except FileNotFoundError:
+            pass
+    return kids
+
+async def main():
+    engine = Engine(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256,
+                    max_model_len=128)
+    engine.exit_on_lost_rank = False
+    start = asyncio.ensure_future(engine.start())
+    while not glob.glob(os.path.join(tempfile.gettempdir(), "aiollm-tp-*", "rank1.joining")):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # rank 0 waits in the rendezvous now
+    start.cancel()
+    try:
+        await start
+    except asyncio.CancelledError:
+        print("cancelled", flush=True)
+    await engine.start()
+    out = await engine.generate([3, 17], SamplingParams(max_tokens=4, ignore_eos=True))
+    print("generated:", len(out.token_ids), flush=True)
+    await engine.stop()
+    print("children:", children(), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_start_cancelled_in_the_rendezvous_leaves_the_next_one_to_start(tiny_model,  # noqa: F811
+                                                                          tmp_path):
+    """start() cancelled (a wait_for's timeout, Ctrl-C) while rank 0 waits in the group's
+    rendezvous for a rank still on its way: the next start() starts and generates, and no
+    rank is left. A rank killed in the rendezvous left rank 0's start-up waiting there for
+    the group's timeout (10 minutes), and the next start with it."""
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_RENDEZVOUS)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp)}
+    proc = subprocess.run([sys.executable, "-c", _CANCELLED_IN_RENDEZVOUS, tiny_model],
+                          env=env, capture_output=True, text=True, timeout=90)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert proc.stdout == "cancelled\ngenerated: 4\nchildren: []\n", out

@@ -52,6 +52,10 @@ INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk tak
 # raise it to the caller (rank 0's next collective fails at once) before ending the process
 # itself (rank 0 may be waiting in the rendezvous for a rank that will never join)
 START_GRACE_S = 5.0
+# start-ups given up on in the rendezvous or the load, whose threads still run: they end
+# their ranks and leave the process's one group when done, which a new start-up waits for
+_LEFT = threading.Condition()
+_left_starts: set[NodeRanks] = set()
 
 
 class RankLost(RuntimeError):
@@ -120,6 +124,15 @@ def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _wait_for_left_starts() -> None:
+    """Wait for the start-ups given up on while their threads were in the rendezvous or
+    the load (NodeRanks.abandon) to leave the process's one group (up to INIT_TIMEOUT)."""
+    with _LEFT:
+        if _left_starts:
+            log.info("waiting for a tensor parallel start-up given up on to end its ranks")
+        _LEFT.wait_for(lambda: not _left_starts, timeout=INIT_TIMEOUT.total_seconds())
+
+
 class NodeRanks:
     """This node's lead process: the ranks it spawned, their watchdog, and the group."""
 
@@ -139,11 +152,14 @@ class NodeRanks:
         # start-up runs on a thread its caller may give up on (abandon): they meet here
         self._lock = threading.Lock()
         self._abandoned = False
+        self._joining = False  # in the rendezvous or past it
         self._loaded = False
+        self._ended = False  # by abort()
 
     def start(self) -> TensorParallel:
         cfg = self.cfg
         check_devices(cfg)
+        _wait_for_left_starts()
         from aiollm.model.loader import read_config
 
         parallel.check_divisible(read_config(cfg.model), cfg.tensor_parallel_size)
@@ -164,6 +180,10 @@ class NodeRanks:
                  ranks[-1], addr)
         threading.Thread(target=self._watch, name="aiollm-tp-watchdog", daemon=True).start()
         self._wait_for_joining()
+        with self._lock:
+            if self._abandoned:
+                raise RuntimeError("tensor parallel start-up given up by its caller")
+            self._joining = True
         self.tp = join(cfg, ranks[0], addr)
         return self.tp
 
@@ -234,18 +254,26 @@ class NodeRanks:
 
     def abandon(self) -> None:
         """The caller gave up on start-up (Ctrl-C, a cancelled start()), which may still
-        run on its thread: end the ranks now, once it is done (loaded), else kill the
-        spawned ranks, so that start-up's next wait or collective fails at once and its
-        own path (start_failed) leaves the group. Left to the thread, the ranks and the
-        group lived on with the process (a notebook's), and the next LLM could not join
-        a group of its own. From any thread."""
+        run on its thread. Done (loaded): end the ranks now. Before the rendezvous: kill
+        the spawned ranks, so that start-up's wait for them fails at once and its own path
+        (start_failed) ends. In the rendezvous or the load: leave them to the thread, which
+        ends them and leaves the group when done (a rank killed in the rendezvous left it
+        waiting there for the group's timeout); a new start-up waits for that
+        (_wait_for_left_starts). Left to a callback of the caller's event loop, which may
+        end first (an LLM's at Ctrl-C), the ranks and the group outlived the LLM, and the
+        next LLM could not make a group of its own. From any thread."""
         with self._lock:
+            if self._ended:  # start-up failed on its own (start_failed): nothing is left
+                return
             self._abandoned = True
             self.stopping = True
-            done = self._loaded
+            done, joining = self._loaded, self._joining
+            if joining and not done:
+                with _LEFT:
+                    _left_starts.add(self)
         if done:
             self.abort()
-        else:
+        elif not joining:
             self._kill()
 
     def start_failed(self, exc: BaseException) -> RuntimeError | None:
@@ -313,12 +341,17 @@ class NodeRanks:
 
     def abort(self) -> None:
         """Rank 0 failed to start: end this node's ranks and leave the group."""
+        with self._lock:
+            self._ended = True
         self.stopping = True
         self._kill()
         self._remove_files()
         if dist.is_initialized():
             dist.destroy_process_group()
         parallel.set_current(None)
+        with _LEFT:
+            _left_starts.discard(self)
+            _LEFT.notify_all()
 
     def stop(self, timeout: float = 10.0, leave_group: bool = True) -> None:
         """Rank 0: tell every follower to exit, and wait for this node's (kill after timeout)."""
