@@ -196,3 +196,19 @@ def test_echo_of_a_truncated_prompt_leaves_out_the_added_start_token(bos_server,
         assert text.startswith("Hello") and START not in text, text
         if lp is not None:
             assert "".join(lp["tokens"]) == text, lp
+
+
+@pytest.mark.parametrize("prompt", ["Hello", ["Hello", "Hello"]], ids=["one", "batch"])
+def test_add_special_tokens_false_leaves_out_the_start_token(bos_server, prompt):
+    """vLLM's add_special_tokens on /v1/completions (default true): false tokenizes a text
+    prompt without the tokenizer's start token. It was an unknown field, ignored, so the
+    start token was always added. The same prompt then gives the same logprobs as its
+    token ids sent without the start token."""
+    body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "logprobs": 1}
+    n = len(prompt) if isinstance(prompt, list) else 1
+    assert _post(bos_server, "/v1/completions", body)["usage"]["prompt_tokens"] == 2 * n
+    out = _post(bos_server, "/v1/completions", {**body, "add_special_tokens": False})
+    assert out["usage"]["prompt_tokens"] == n, out["usage"]
+    ids = _post(bos_server, "/v1/completions", {**body, "prompt": [19556]})
+    assert (out["choices"][0]["logprobs"]["token_logprobs"]
+            == ids["choices"][0]["logprobs"]["token_logprobs"])

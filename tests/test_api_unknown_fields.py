@@ -81,3 +81,32 @@ def test_the_line_stays_one_short_line(server, caplog):
     assert "\n" not in line and "'parameters.a\\nb'" in line, line
     assert len(line) < 1000 and line.endswith("and 6 more are unknown to this endpoint and "
                                               "were ignored"), line
+
+
+def test_unknown_field_nested_to_the_decoders_limit_is_served(server, caplog):
+    """An unknown field nested as deep as the body's decoder takes: the body decoded, then
+    the scan for unknown fields, a few frames deeper, ran out of recursion and the request
+    failed with a 500 (RecursionError) instead of being served. At every depth the answer
+    is now a 200 or a 400 ("nested too deeply"), at the top level and in `parameters`."""
+    def status(depth: int, nested: bool) -> int:
+        deep = "[" * depth + "]" * depth
+        params = '{"max_new_tokens":1' + (f',"zz":{deep}}}' if nested else "}")
+        body = f'{{"inputs":"Hi","parameters":{params}' + ("}" if nested else f',"zz":{deep}}}')
+        code, _, raw = http(server, "POST", "/generate", data=body.encode(),
+                            headers={"Content-Type": "application/json"})
+        assert code in (200, 400), (depth, code, raw)
+        return code
+
+    for nested in (False, True):
+        lo, hi = 1, 1 << 14  # served at lo, refused as too deep at hi
+        assert (status(lo, nested), status(hi, nested)) == (200, 400)
+        while hi - lo > 1:  # the deepest body served: the scan's edge
+            mid = (lo + hi) // 2
+            if status(mid, nested) == 200:
+                lo = mid
+            else:
+                hi = mid
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="aiollm.api"):
+            assert status(lo, nested) == 200
+        assert "zz" in caplog.text, caplog.text  # named, as any unknown field

@@ -1069,3 +1069,23 @@ def test_a_stopped_engine_trims_the_c_heap_once_its_model_is_freed(loop, monkeyp
 
     run(loop, go())
     assert trims == [(0, [False, False])]
+
+
+def test_stop_returns_while_queued_work_cannot_be_planned():
+    """With work queued that no step can take, the idle loop waits on its wake-up with a
+    0.05 s timeout; stop() wakes and cancels it in one turn, and Python 3.11's wait_for
+    dropped that cancel, so stop() never returned (6 runs in 7, found by r121). Reached here
+    by a planner admitting nothing (no public setting does that on the CPU)."""
+    async def main():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        eng.planner.max_running = 0
+        queued = asyncio.ensure_future(eng.generate("Hello", SamplingParams(max_tokens=2)))
+        await asyncio.sleep(0.2)
+        assert not queued.done()
+        await asyncio.wait_for(eng.stop(), 10)
+        with pytest.raises(EngineStopped):
+            await queued
+
+    for _ in range(3):
+        asyncio.run(main())

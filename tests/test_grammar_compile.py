@@ -106,18 +106,52 @@ def test_a_timeout_the_function_raises_is_raised_at_once():
     assert asyncio.run(scenario()) < 1.0
 
 
-def test_a_compilation_that_ends_as_the_time_runs_out_is_the_result(monkeypatch):
-    """The wait's timer and the compilation's end can come in one turn of the event loop:
-    the wait raises TimeoutError with the result there (here made so: the wait sees the end
-    and still times out). That was a 400 for a grammar already compiled."""
-
-    async def ends_as_time_runs_out(awaitable, timeout):
-        await awaitable
-        raise TimeoutError
+def test_a_cancel_in_the_turn_the_compilation_ends_is_not_lost():
+    """A waiter cancelled in the loop turn its compilation ends (its client gone as the
+    grammar compiled) is cancelled. asyncio.wait_for (Python 3.10, 3.11), woken by the
+    result and the cancellation at once, returned the result and dropped the cancellation:
+    the request was submitted and ran to its max_tokens for nobody. Here the other waiter
+    of the same grammar, woken first, cancels it in that turn."""
+    release = threading.Event()
 
     async def scenario():
         threads = CompileThreads(5.0)
-        monkeypatch.setattr(asyncio, "wait_for", ends_as_time_runs_out)
+        victim = None
+
+        async def first():
+            result = await threads.run("k", _held, release)
+            victim.cancel()
+            return result
+
+        other = asyncio.ensure_future(first())
+        await asyncio.sleep(0)  # it waits first, so it is woken first
+        victim = asyncio.ensure_future(threads.run("k", _held, release))
+        await asyncio.sleep(0)
+        release.set()
+        assert await other == "held"
+        with pytest.raises(asyncio.CancelledError):
+            await victim
+        threads.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        release.set()
+
+
+def test_a_compilation_that_ends_as_the_time_runs_out_is_the_result(monkeypatch):
+    """The wait's timer and the compilation's end can come in one turn of the event loop:
+    the wait times out with the result there (here made so: the wait sees the end and
+    still reports it pending). That was a 400 for a grammar already compiled."""
+    real = asyncio.wait
+
+    async def ends_as_time_runs_out(fs, timeout):
+        await real(fs)
+        return set(), set(fs)
+
+    async def scenario():
+        threads = CompileThreads(5.0)
+        monkeypatch.setattr(asyncio, "wait", ends_as_time_runs_out)
         try:
             return await threads.run("k", lambda: "compiled")
         finally:
@@ -130,25 +164,17 @@ def test_a_compilation_that_ends_as_the_time_runs_out_is_the_result(monkeypatch)
 def test_the_deadline_is_a_timeout_error_on_python_3_10_too(monkeypatch):
     """Python 3.10 (which pyproject.toml accepts) has asyncio.TimeoutError apart from the
     builtin TimeoutError: the deadline's asyncio.TimeoutError slipped past `except
-    TimeoutError` (Grammars' 400), a 500. Here 3.10's classes are imitated on 3.11."""
+    TimeoutError` (Grammars' 400), a 500. The deadline is the builtin TimeoutError where
+    asyncio's is another class (3.10's, imitated here on 3.11)."""
 
     class AsyncioTimeout(Exception):  # 3.10's asyncio.TimeoutError: not a TimeoutError
         pass
-
-    real = asyncio.wait_for
-
-    async def wait_for_310(awaitable, timeout):
-        try:
-            return await real(awaitable, timeout)
-        except TimeoutError:
-            raise AsyncioTimeout from None
 
     release = threading.Event()
 
     async def scenario():
         threads = CompileThreads(0.2)
         monkeypatch.setattr(asyncio, "TimeoutError", AsyncioTimeout)
-        monkeypatch.setattr(asyncio, "wait_for", wait_for_310)
         try:
             with pytest.raises(TimeoutError):
                 await threads.run("k", _held, release)

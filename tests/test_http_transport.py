@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
 import re
 import socket
@@ -167,6 +168,31 @@ def test_a_chunked_body_that_breaks_after_it_started_is_answered(impatient):
     status, headers, body = answer(raw)
     assert status in (400, 408) and headers["Connection"] == "close", raw
     assert "request body" in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("path", [C, "/v1/chat/completions", "/generate"])
+def test_a_client_gone_while_its_body_arrives_is_no_server_error(impatient, caplog, path):
+    """A client that closes its connection while the server reads its body (an openai
+    client's request cancelled as it is sent, a reset) is a disconnect, not a fault of the
+    server: aiohttp cancels the handler, but Python 3.11's asyncio.wait_for, woken by the
+    read's ConnectionResetError and the cancellation at once, raised the error and dropped
+    the cancellation, and aiohttp logged it at ERROR with a traceback ('Error handling
+    request') as a 500, one per such client."""
+    host, port = impatient.base.removeprefix("http://").split(":")
+    with caplog.at_level(logging.WARNING):
+        for linger in (False, True):  # a FIN, then a reset (SO_LINGER 0)
+            with socket.create_connection((host, int(port))) as sock:
+                sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                             "application/json\r\nContent-Length: 100\r\n\r\n{\"pro".encode())
+                time.sleep(0.2)  # the handler waits for the rest of the body
+                if linger:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                    struct.pack("ii", 1, 0))
+            time.sleep(0.2)  # the server sees the connection end
+        impatient.wait_idle()
+    assert [r.getMessage() for r in caplog.records] == []
+    status, _, body = http(impatient, "POST", "/tokenize", json={"prompt": "hi"})
+    assert status == 200 and body
 
 
 def test_a_slow_body_that_keeps_arriving_is_read(impatient):

@@ -270,7 +270,7 @@ BAD_INPUT = [
     bad("n-above-limit", C, prompt(n=1025), 400, "n", "1024"),
     bad("chat-n-above-limit", CH, chat(n=1025), 400, "n"),
     bad("lightllm-n-0", G, lightllm(n=0), 400, "parameters.n"),
-    bad("lightllm-best-of", G, lightllm(best_of=65), 400, "parameters.best_of"),
+    bad("lightllm-best-of", G, lightllm(best_of=1025), 400, "parameters.best_of"),
     bad("stream-n-2", GS, lightllm(n=2), 400, "parameters.n"),
     # LightLLM's own fields that change the output, not served: refused
     bad("lightllm-input-penalty", G, lightllm(input_penalty=True, presence_penalty=1), 400,

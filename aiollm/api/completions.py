@@ -47,8 +47,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     # a list of prompts (even of one) is a batch: its errors say which prompt (prompt[i])
     batched = prompts[0] is not req.prompt
     keep = req.kept_prompt_tokens(engine.max_model_len)
-    prompt_ids = (await st.tokenize_batch(prompts, keep) if batched
-                  else [await st.tokenize(prompts[0], keep_last=keep)])
+    special = req.add_special_tokens
+    prompt_ids = (await st.tokenize_batch(prompts, keep, add_special_tokens=special) if batched
+                  else [await st.tokenize(prompts[0], add_special_tokens=special,
+                                          keep_last=keep)])
     constraint = req.constraint()
     # echo with logprobs (or max_tokens 0: prompt scoring) reports the prompt's tokens too
     echo_scores = req.echo and (req.logprobs is not None or req.max_tokens == 0)

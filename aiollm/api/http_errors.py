@@ -4,6 +4,7 @@ aiohttp's router or body reader)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import re
@@ -158,15 +159,6 @@ def _from_http_exception(exc: web.HTTPException) -> ApiError:
     return ApiError(status, message, headers=headers)
 
 
-def _client_gone(request: web.Request, exc: OSError) -> bool:
-    """Whether `exc` says the client's connection is gone (a write to it reset, or its
-    transport closing), rather than a fault of the server's own that is an OSError too
-    (too many open files, a TimeoutError): that one is a 500, logged and answered."""
-    transport = request.transport
-    return (isinstance(exc, ConnectionResetError) or transport is None
-            or transport.is_closing())
-
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -181,11 +173,20 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status == 404:
             err.message = f"no such route: {request.method} {request.path}"
         return error_response(err)
-    except OSError as exc:
-        if not _client_gone(request, exc):  # the server's own (a TimeoutError is one too)
-            return error_response(as_api_error(exc, request))
-        # the client went away; nobody is left to read an error
-        log.debug("client disconnected: %s", exc)
-        raise
+    except OSError as exc:  # ConnectionResetError among them
+        if request.transport is None or request.transport.is_closing():
+            # The client went away; nobody is left to read an error. aiohttp cancels the
+            # handler then (serve's handler_cancellation), but Python 3.11's wait_for,
+            # woken by the body read's ConnectionResetError and the cancellation at once,
+            # raises the error and drops the cancellation: raised on, aiohttp logged it at
+            # ERROR with a traceback as a 500 nobody reads. It ends as cancelled, quietly.
+            log.debug("client disconnected: %s", exc)
+            raise asyncio.CancelledError() from exc
+        if isinstance(exc, ConnectionResetError):  # a write the client reset: gone too
+            log.debug("client disconnected: %s", exc)
+            raise
+        # the server's own (too many open files, a TimeoutError): re-raised, aiohttp
+        # answered its text/plain 500 (504) and logged no request id
+        return error_response(as_api_error(exc, request))
     except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a response
         return error_response(as_api_error(exc, request))

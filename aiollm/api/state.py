@@ -109,7 +109,8 @@ class ApiState:
         return await off_loop(len(prompt), self.engine.tokenize, prompt, keep_last)
 
     async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]],
-                             keep_last: int | None = None) -> list[list[int]]:
+                             keep_last: int | None = None, add_special_tokens: bool = True
+                             ) -> list[list[int]]:
         """Token ids of each prompt of a batch (each its last `keep_last` when given): off
         the event loop when the batch is long, also when it is many short prompts. A bad
         prompt is named by its index (prompt[i])."""
@@ -118,14 +119,17 @@ class ApiState:
             out = []
             for i, p in enumerate(prompts):
                 with naming_batch_item("prompt", i):
-                    out.append(await self.tokenize(p, keep_last=keep_last))
+                    out.append(await self.tokenize(p, add_special_tokens=add_special_tokens,
+                                                   keep_last=keep_last))
             return out
 
         def all_of_them() -> list[list[int]]:
             out = []
+            encode = self.engine.tokenizer.encode
             for i, p in enumerate(prompts):
                 with naming_batch_item("prompt", i):
-                    ids = (list(self.engine.tokenizer.encode(p)) if isinstance(p, str) and p
+                    ids = (list(encode(p, add_special_tokens=add_special_tokens))
+                           if isinstance(p, str) and p
                            else self.engine.tokenize(p, keep_last))
                     out.append(ids[-keep_last:] if keep_last else ids)
             return out

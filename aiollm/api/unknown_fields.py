@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import typing
-from collections.abc import Iterator
 from functools import lru_cache
 
 import msgspec
@@ -32,38 +31,61 @@ _NAME_CHARS = 64
 async def warn_unknown(request: web.Request, body: bytes, type_: type) -> None:
     """Log one WARNING naming the fields of `body` (the JSON object `request` sent, decoded
     into `type_`) that `type_` does not know, if it has any."""
-    if len(body) > _INLINE_BYTES:
-        unknown = await asyncio.to_thread(unknown_fields, body, type_)
-    else:
-        unknown = unknown_fields(body, type_)
-    if not unknown:
+    found = None
+    if len(body) <= _INLINE_BYTES:
+        try:
+            found = unknown_fields(body, type_)
+        except RecursionError:
+            # nested about as deep as the decoder takes, which read it a few frames higher
+            # up this stack: scanned where a stack starts afresh, not failing the request
+            pass
+    if found is None:
+        found = await asyncio.to_thread(unknown_fields, body, type_)
+    unknown, count = found
+    if not count:
         return
-    named = ", ".join(_shown(name) for name in unknown[:_NAMED])
-    more = f" and {len(unknown) - _NAMED} more" if len(unknown) > _NAMED else ""
+    named = ", ".join(_shown(name) for name in unknown)
+    more = f" and {count - len(unknown)} more" if count > len(unknown) else ""
     log.warning("%s %s: the request's fields %s%s are unknown to this endpoint and were "
                 "ignored", request.method, request.path, named, more)
 
 
-def unknown_fields(body: bytes, type_: type) -> list[str]:
+def unknown_fields(body: bytes, type_: type, limit: int = _NAMED) -> tuple[list[str], int]:
     """The keys of `body`, a JSON object that decodes into the Struct `type_`, that it
     declares no field for, and those of the objects its Struct fields hold, as paths
-    ("parameters.max_token"), in the body's order; [] when `type_` is no Struct."""
+    ("parameters.max_token"): the first `limit` of them in the body's order and how many
+    there are in all; ([], 0) when `type_`
+    is no Struct. Python looks at about `limit` keys plus the declared ones, however many
+    the body has (sets count the rest)."""
     if not _is_struct(type_):
-        return []
-    return list(_unknown(body, type_, ""))
+        return [], 0
+    return _unknown(body, type_, "", limit)
 
 
-def _unknown(raw: bytes | msgspec.Raw, type_: type, prefix: str) -> Iterator[str]:
+def _unknown(raw: bytes | msgspec.Raw, type_: type, prefix: str, limit: int
+             ) -> tuple[list[str], int]:
     try:
         fields = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
     except (msgspec.DecodeError, msgspec.ValidationError):  # null where a Struct may be
-        return
+        return [], 0
     known, nested = _fields(type_)
-    for name, value in fields.items():
-        if name not in known:
-            yield prefix + name
-        elif name in nested:
-            yield from _unknown(value, nested[name], f"{prefix}{name}.")
+    extra = fields.keys() - known
+    count = len(extra)
+    pending = nested.keys() & fields.keys()
+    names = []
+    for name in fields:  # in the body's order, until `limit` are named: every key passed
+        if len(names) >= limit:  # on the way is a known one or a named one
+            break
+        if name in extra:
+            names.append(prefix + name)
+        elif name in pending:
+            pending.discard(name)
+            more, n = _unknown(fields[name], nested[name], f"{prefix}{name}.", limit - len(names))
+            names += more
+            count += n
+    for name in pending:  # after the limit: counted only
+        count += _unknown(fields[name], nested[name], "", 0)[1]
+    return names, count
 
 
 @lru_cache(maxsize=None)

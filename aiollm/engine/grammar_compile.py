@@ -104,18 +104,18 @@ class CompileThreads:
             while True:  # time in the queue is not the grammar's: its limit moves to its start
                 started = shared.job.started
                 limit = (called if started is None else max(called, started)) + self.timeout
-                try:
-                    return await asyncio.wait_for(asyncio.shield(shared.done),
-                                                  max(0.0, limit - time.monotonic()))
-                except asyncio.TimeoutError:  # not the builtin one on Python 3.10
-                    if shared.done.done():  # ended as the time ran out, or fn's own timeout
-                        return shared.done.result()
-                    started = shared.job.started
-                    if started is None:
-                        raise Overloaded(f"grammar compiler busy: no compile thread was free "
-                                         f"within {self.timeout:g} s; retry later") from None
-                    if max(called, started) + self.timeout <= time.monotonic():
-                        raise TimeoutError(f"not done within {self.timeout:g} s") from None
+                # asyncio.wait, not wait_for: woken by the result and a cancellation in one
+                # turn, wait_for (Python 3.10, 3.11) returned the result and dropped the
+                # cancellation; nor does it cancel what it waits for (shared by others)
+                await asyncio.wait((shared.done,), timeout=max(0.0, limit - time.monotonic()))
+                if shared.done.done():  # (also as the time ran out) fn's result or error
+                    return shared.done.result()
+                started = shared.job.started
+                if started is None:
+                    raise Overloaded(f"grammar compiler busy: no compile thread was free "
+                                     f"within {self.timeout:g} s; retry later")
+                if max(called, started) + self.timeout <= time.monotonic():
+                    raise TimeoutError(f"not done within {self.timeout:g} s")
         except asyncio.CancelledError:
             if shared.done.cancelled():  # close() released it, not our caller
                 raise Overloaded("the engine shut down before the grammar compiled") from None

@@ -14,7 +14,6 @@ memory pauses them instead (oom.py).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 
@@ -60,8 +59,16 @@ class StepLoop:
         if step is None and self._inflight is None:
             self._wake.clear()
             timeout = 0.05 if self.planner.has_work() else None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            # the timeout sets the wake-up itself, not wait_for: Python 3.11's wait_for drops
+            # a cancel (stop()'s) that lands in the turn the wake-up does, and stop() would
+            # wait forever; nor a task to wait on, which would outlive the loop's turn
+            timer = (asyncio.get_running_loop().call_later(timeout, self._wake.set)
+                     if timeout is not None else None)
+            try:
+                await self._wake.wait()
+            finally:
+                if timer is not None:
+                    timer.cancel()
             return
         launch = out = err = issued = None
         if step is not None:
