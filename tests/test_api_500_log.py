@@ -19,6 +19,11 @@ from aiollm.errors import RequestFailed
 
 @pytest.mark.parametrize("error, message", [
     (RuntimeError("boom in the health check"), "internal error: RuntimeError"),
+    # an OSError of the server's own (not a client gone) and a TimeoutError (an OSError
+    # too) were taken for a client's disconnect: aiohttp answered its text/plain 500 (504)
+    # and logged no request id
+    (OSError(24, "boom: too many open files"), "internal error: OSError"),
+    (TimeoutError("boom: the probe timed out"), "internal error: TimeoutError"),
     (RequestFailed("model step failed: RuntimeError: boom in the step"),
      "model step failed: RuntimeError: boom in the step"),
 ])

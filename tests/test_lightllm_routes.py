@@ -37,6 +37,24 @@ def test_tokens_counts_the_text_as_generate_reads_it(server):
     assert status == 400 and err["param"] == "text", raw
 
 
+def test_tokens_refuses_images_as_generate_does(server):
+    """LightLLM's /tokens counts an image's tokens too; here, where /generate refuses
+    images, /tokens refuses them naming the field (it counted the text alone, a count the
+    request that /generate then refused did not have)."""
+    body = {"text": PARIS, "multimodal_params": {"images": [{"type": "url", "data": "x"}]}}
+    status, _, raw = http(server, "POST", "/tokens", json=body)
+    assert status == 400, raw
+    assert json.loads(raw)["error"]["param"] == "multimodal_params.images", raw
+
+
+def test_tokens_counts_an_empty_text(server):
+    """An empty text has a count, as LightLLM's /tokens and vLLM's /tokenize answer it
+    (this model's tokenizer adds no token of its own): it was a 400 naming a field, prompt,
+    that the body does not have."""
+    status, _, raw = http(server, "POST", "/tokens", json={"text": ""})
+    assert status == 200 and json.loads(raw) == {"ntokens": 0}, raw
+
+
 def test_root_generates_or_streams_by_its_stream_flag(server):
     body = {"inputs": PARIS, "parameters": {"max_new_tokens": 3}}
     _, _, want = http(server, "POST", "/generate", json=body)
@@ -49,6 +67,11 @@ def test_root_generates_or_streams_by_its_stream_flag(server):
     events = [json.loads(e) for e in sse_events(raw)]
     assert "".join(e["token"]["text"] for e in events) == want["generated_text"][0]
     assert events[-1]["finished"] and events[-1]["finish_reason"] == "length"
+    # null is no stream, as LightLLM pops it and as /v1/completions reads it (was a 400)
+    status, _, raw = http(server, "POST", "/", json={**body, "stream": None})
+    got = json.loads(raw)
+    del got["prompt_cache_len"]
+    assert status == 200 and got == want, raw
     status, _, raw = http(server, "POST", "/", json={**body, "stream": "yes"})
     assert status == 400 and json.loads(raw)["error"]["param"] == "stream", raw
 

@@ -9,11 +9,19 @@ of rank 1 (and of no other rank) raise, as a rank's own shard check or out-of-me
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
-from test_tensor_parallel import AIOLLM, _children, tiny_model  # noqa: F401 - a fixture
+from test_tensor_parallel import (  # noqa: F401 - a fixture
+    AIOLLM,
+    _children,
+    _free_port,
+    _until_healthy,
+    tiny_model,
+)
 
 from aiollm.engine import Engine
 
@@ -96,3 +104,187 @@ def test_an_offline_llm_whose_rank_dies_raises_and_its_process_goes_on(tiny_mode
             "cannot serve any more") in out, out
     assert "closed; rank 1: -9 children: []" in out, out
     assert "the process goes on" in out, out
+
+
+_JOIN_FAILS = '''
+import aiollm.distributed.launch as launch
+_join = launch.join
+def join(cfg, rank, addr, *rest, **kw):
+    if rank == 1:
+        raise RuntimeError("CUDA error: invalid device ordinal")
+    return _join(cfg, rank, addr, *rest, **kw)
+launch.join = join
+'''
+_OFFLINE_START = """
+import sys, time
+from aiollm import LLM
+t = time.monotonic()
+try:
+    LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+except Exception as e:
+    print("raised:", type(e).__name__, e, flush=True)
+print(f"after {time.monotonic() - t:.0f} s", flush=True)
+"""
+
+
+def test_an_offline_llm_whose_rank_fails_before_joining_raises_its_error(tiny_model,  # noqa: F811
+                                                                         tmp_path):
+    """Rank 1 fails before it joins the group's rendezvous (its GPU cannot be set): an
+    offline LLM's start raises its error at once. Rank 0 waited in the rendezvous for a
+    rank that was gone, for the group's start-up timeout (10 minutes)."""
+    (tmp_path / "sitecustomize.py").write_text(_JOIN_FAILS)
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_START, tiny_model], env=env,
+                          capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert ("raised: RankLost tensor parallel rank 1 failed: RuntimeError: CUDA error: "
+            "invalid device ordinal") in out, out
+
+
+_INTERRUPTED_START = """
+import os, signal, sys, threading, time
+from aiollm import LLM, SamplingParams
+
+def children():
+    kids = []
+    for t in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:  # (a thread may end meanwhile)
+            kids += open(f"/proc/{os.getpid()}/task/{t}/children").read().split()
+        except FileNotFoundError:
+            pass
+    return kids
+
+def ctrl_c_once_rank_1_runs():
+    while not children():
+        time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGINT)
+
+threading.Thread(target=ctrl_c_once_rank_1_runs, daemon=True).start()
+try:
+    LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+    print("started", flush=True)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+deadline = time.monotonic() + 10
+while children() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print("children:", children(), flush=True)
+llm = LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+out = llm.generate([[3, 17]], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
+print("second:", len(out[0].outputs[0].token_ids), flush=True)
+llm.close()
+print("children at the end:", children(), flush=True)
+"""
+
+
+def test_ctrl_c_during_an_offline_llm_s_start_ends_its_ranks(tiny_model):  # noqa: F811
+    """Ctrl-C while an offline LLM's ranks start (a notebook's interrupted cell): its rank 1
+    ends, and a second LLM in the same process starts and generates. Rank 1 was left
+    running, and rank 0 in the torch.distributed group, so the second LLM raised "trying
+    to initialize the default process group twice"."""
+    proc = subprocess.run([sys.executable, "-c", _INTERRUPTED_START, tiny_model],
+                          capture_output=True, text=True, timeout=120)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "interrupted\nchildren: []\nsecond: 4\nchildren at the end: []\n" in proc.stdout, out
+
+
+def test_sigterm_to_the_servers_process_group_drains_it(tiny_model, tmp_path):  # noqa: F811
+    """SIGTERM to the whole process group, as systemd stops a service (KillMode
+    control-group) and `kill -TERM -PGID` does: the server finishes the request in flight
+    and exits 0. Rank 1 died of the SIGTERM at once, so the request failed ("rank 1 was
+    killed by SIGTERM") and the server exited 1; rank 0 stops its ranks itself, as at a
+    Ctrl-C, which they ignore for the same reason."""
+    import aiohttp
+
+    port, log = _free_port(), tmp_path / "serve.log"
+    base = f"http://127.0.0.1:{port}"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([AIOLLM, "serve", tiny_model, "--device", "cpu",
+                                 "--kv-tokens", "1024", "--max-model-len", "256", "-tp", "2",
+                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        asyncio.run(_until_healthy(proc, base, log))
+
+        async def terminated_while_streaming():
+            body = {"prompt": [3, 17], "max_tokens": 120, "temperature": 0, "stream": True,
+                    "ignore_eos": True}
+            async with aiohttp.ClientSession() as s:
+                async with s.post(base + "/v1/completions", json=body) as r:
+                    await r.content.readline()  # serving has begun
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    return r.status, (await r.read()).decode()
+
+        status, tail = asyncio.run(terminated_while_streaming())
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert status == 200 and "error" not in tail and tail.endswith("data: [DONE]\n\n"), tail
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+_SLOW_RENDEZVOUS = '''
+import os
+if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank: it reaches the rendezvous late
+    import time
+    import torch.distributed as dist
+    _init = dist.init_process_group
+    def init_process_group(*args, **kwargs):
+        time.sleep(3)
+        return _init(*args, **kwargs)
+    dist.init_process_group = init_process_group
+'''
+_CANCELLED_IN_RENDEZVOUS = """
+import asyncio, glob, os, sys, tempfile
+from aiollm.engine import Engine
+from aiollm.sampling_params import SamplingParams
+
+def children():
+    kids = []
+    for t in os.listdir(f"/proc/{os.getpid()}/task"):
+        try:  # (a thread may end meanwhile)
+            kids += open(f"/proc/{os.getpid()}/task/{t}/children").read().split()
+        except FileNotFoundError:
+            pass
+    return kids
+
+async def main():
+    engine = Engine(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256,
+                    max_model_len=128)
+    engine.exit_on_lost_rank = False
+    start = asyncio.ensure_future(engine.start())
+    while not glob.glob(os.path.join(tempfile.gettempdir(), "aiollm-tp-*", "rank1.joining")):
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)  # rank 0 waits in the rendezvous now
+    start.cancel()
+    try:
+        await start
+    except asyncio.CancelledError:
+        print("cancelled", flush=True)
+    await engine.start()
+    out = await engine.generate([3, 17], SamplingParams(max_tokens=4, ignore_eos=True))
+    print("generated:", len(out.token_ids), flush=True)
+    await engine.stop()
+    print("children:", children(), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def test_a_start_cancelled_in_the_rendezvous_leaves_the_next_one_to_start(tiny_model,  # noqa: F811
+                                                                          tmp_path):
+    """start() cancelled (a wait_for's timeout, Ctrl-C) while rank 0 waits in the group's
+    rendezvous for a rank still on its way: the next start() starts and generates, and no
+    rank is left. A rank killed in the rendezvous left rank 0's start-up waiting there for
+    the group's timeout (10 minutes), and the next start with it."""
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_RENDEZVOUS)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "TMPDIR": str(tmp)}
+    proc = subprocess.run([sys.executable, "-c", _CANCELLED_IN_RENDEZVOUS, tiny_model],
+                          env=env, capture_output=True, text=True, timeout=90)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert proc.stdout == "cancelled\ngenerated: 4\nchildren: []\n", out

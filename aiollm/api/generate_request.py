@@ -104,9 +104,10 @@ class GenerateRequest(Struct, kw_only=True):
     # LightLLM's images and audio for multimodal models: the models served read text alone
     multimodal_params: dict[str, Any] | None = None
     cache_salt: Any = None  # vLLM's, not served here (_refuse_salt)
-    # POST / (LightLLM's compat route) streams when true; /generate and /generate_stream
-    # ignore it, as LightLLM's do
-    stream: bool = False
+    # POST / (LightLLM's compat route) streams when true (null: not, as LightLLM pops it
+    # and /v1/completions reads it); /generate and /generate_stream ignore it, as
+    # LightLLM's do
+    stream: bool | None = False
 
     def check_unserved(self) -> None:
         """Refuse images or audio (LightLLM's multimodal_params.images and .audios): the
@@ -114,11 +115,17 @@ class GenerateRequest(Struct, kw_only=True):
         clients send them with text alone, are served. A cache salt is refused, in either
         place (_refuse_salt)."""
         _refuse_salt(self.cache_salt, "cache_salt")
-        for kind in ("images", "audios"):
-            if (self.multimodal_params or {}).get(kind):
-                raise InvalidRequest(f"multimodal_params.{kind} is not served: the model "
-                                     "reads text alone", param=f"multimodal_params.{kind}")
+        refuse_media(self.multimodal_params)
         self.parameters.check_unserved()
+
+
+def refuse_media(multimodal_params: dict[str, Any] | None) -> None:
+    """InvalidRequest naming LightLLM's multimodal_params.images or .audios when they hold
+    any: the models served read text alone."""
+    for kind in ("images", "audios"):
+        if (multimodal_params or {}).get(kind):
+            raise InvalidRequest(f"multimodal_params.{kind} is not served: the model "
+                                 "reads text alone", param=f"multimodal_params.{kind}")
 
 
 def _refuse_salt(salt: Any, param: str) -> None:

@@ -182,6 +182,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             # ERROR with a traceback as a 500 nobody reads. It ends as cancelled, quietly.
             log.debug("client disconnected: %s", exc)
             raise asyncio.CancelledError() from exc
-        raise
+        if isinstance(exc, ConnectionResetError):  # a write the client reset: gone too
+            log.debug("client disconnected: %s", exc)
+            raise
+        # the server's own (too many open files, a TimeoutError): re-raised, aiohttp
+        # answered its text/plain 500 (504) and logged no request id
+        return error_response(as_api_error(exc, request))
     except Exception as exc:  # noqa: BLE001 - the edge: every error becomes a response
         return error_response(as_api_error(exc, request))

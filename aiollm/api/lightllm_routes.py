@@ -5,22 +5,26 @@ clients and deploy scripts find them: the probes /liveness and /readiness, /get_
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from msgspec import Struct, field
 
 from aiollm.api import lightllm, ops
 from aiollm.api.body import decode_body
-from aiollm.api.generate_request import GenerateParameters, GenerateRequest
+from aiollm.api.generate_request import GenerateParameters, GenerateRequest, refuse_media
 from aiollm.api.protocol import json_response
 from aiollm.api.state import state
 
 
 class TokensRequest(Struct, kw_only=True):
     """LightLLM's /tokens body: the text to count; of its parameters only
-    add_special_tokens changes the count."""
+    add_special_tokens changes the count; images or audios are refused, as /generate
+    refuses them."""
 
     text: str
     parameters: GenerateParameters = field(default_factory=GenerateParameters)
+    multimodal_params: dict[str, Any] | None = None
 
 
 async def liveness(request: web.Request) -> web.Response:
@@ -43,10 +47,16 @@ async def get_model_name(request: web.Request) -> web.Response:
 
 async def tokens(request: web.Request) -> web.Response:
     """{"ntokens": how many tokens `text` is}, tokenized as /generate tokenizes its inputs
-    (special tokens added unless parameters.add_special_tokens is false)."""
+    (special tokens added unless parameters.add_special_tokens is false). An empty text is
+    counted too (the special tokens alone), as LightLLM's and vLLM's /tokenize count it."""
     st = state(request)
     req = await decode_body(request, TokensRequest)
-    ids = await st.tokenize(req.text, add_special_tokens=req.parameters.add_special_tokens)
+    refuse_media(req.multimodal_params)
+    special = req.parameters.add_special_tokens
+    if req.text:
+        ids = await st.tokenize(req.text, add_special_tokens=special)
+    else:  # st.tokenize refuses an empty prompt, as generating from one is refused
+        ids = st.engine.tokenizer.encode("", add_special_tokens=special)
     return json_response({"ntokens": len(ids)})
 
 

@@ -7,6 +7,6 @@ and run each step rank 0 plans; they never touch HTTP, the table or the schedule
 """
 
 from aiollm.distributed.group import TensorParallel
-from aiollm.distributed.launch import NodeRanks
+from aiollm.distributed.launch import NodeRanks, RankLost
 
-__all__ = ["NodeRanks", "TensorParallel"]
+__all__ = ["NodeRanks", "RankLost", "TensorParallel"]

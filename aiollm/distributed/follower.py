@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+from functools import partial
 
 import torch
 
@@ -133,11 +134,17 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(1)
 
 
+def _touch(path: str | None) -> None:
+    if path is not None:  # the lead process waits for it before its own rendezvous
+        open(path, "w").close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="an aiollm tensor-parallel follower rank")
     parser.add_argument("--rank", type=int, required=True)
     parser.add_argument("--init", required=True, help="HOST:PORT of the TCP rendezvous")
     parser.add_argument("--error-file", required=True)
+    parser.add_argument("--joining-file", help="written just before the rendezvous")
     args = parser.parse_args(argv)
     from aiollm.cli import LOG_FORMAT
 
@@ -146,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     try:
         cfg = EngineConfig(**json.loads(os.environ["AIOLLM_TP_CONFIG"]))
-        tp = join(cfg, args.rank, args.init)
+        tp = join(cfg, args.rank, args.init, joining=partial(_touch, args.joining_file))
         serve_steps(cfg, tp)
     except BaseException as e:  # noqa: BLE001 - whatever it is, rank 0 must learn why
         with open(args.error_file, "w") as f:

@@ -13,7 +13,10 @@ signal that killed it), kills the node's other ranks and exits the process with 
 (after `on_failure` had a moment to fail the requests in flight); an offline LLM's ranks
 (exit_on_failure False) leave the process to its user, whose calls then raise naming the
 rank. While the caller still loads (start-up), a lost rank is raised to it instead, in place
-of the collective's error rank 0 met (start_failed). A spawned rank exits when
+of the collective's error rank 0 met (start_failed); rank 0 enters the rendezvous only once
+its node's spawned ranks are about to (each writes a file), so one lost before it (its
+import, its device) is raised at once, not after the rendezvous' timeout. A caller that
+gives up on start-up (abandon: Ctrl-C) ends the ranks from its side. A spawned rank exits when
 its parent is gone (follower.py watches it), and one whose rank 0 vanished fails its next
 collective.
 """
@@ -49,6 +52,14 @@ INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk tak
 # raise it to the caller (rank 0's next collective fails at once) before ending the process
 # itself (rank 0 may be waiting in the rendezvous for a rank that will never join)
 START_GRACE_S = 5.0
+# start-ups given up on in the rendezvous or the load, whose threads still run: they end
+# their ranks and leave the process's one group when done, which a new start-up waits for
+_LEFT = threading.Condition()
+_left_starts: set[NodeRanks] = set()
+
+
+class RankLost(RuntimeError):
+    """A spawned rank exited during start-up; the message names it and why."""
 
 
 def node_ranks(cfg: EngineConfig) -> range:
@@ -84,11 +95,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def join(cfg: EngineConfig, rank: int, init_addr: str) -> TensorParallel:
-    """Join the group as `rank`: the device and gloo groups, and the model's shard plan."""
+def join(cfg: EngineConfig, rank: int, init_addr: str,
+         joining: Callable[[], None] | None = None) -> TensorParallel:
+    """Join the group as `rank`: the device and gloo groups, and the model's shard plan.
+    `joining` is called once the rank's device is set, just before the rendezvous."""
     device = rank_device(cfg, rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    if joining is not None:
+        joining()
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"tcp://{init_addr}", rank=rank,
                             world_size=cfg.tensor_parallel_size, timeout=INIT_TIMEOUT,
@@ -101,9 +116,21 @@ def join(cfg: EngineConfig, rank: int, init_addr: str) -> TensorParallel:
     return tp
 
 
-def _ignore_sigint() -> None:  # runs in the child between fork and exec
-    # Ctrl-C reaches the whole process group: rank 0 shuts down and stops the followers
+def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
+    # Ctrl-C reaches the whole process group, and so does a SIGTERM sent to it (systemd's
+    # stop, `kill -TERM -PGID`): rank 0 shuts down, drains, and stops the followers. A
+    # follower also exits when rank 0 is gone (follower.py), or at SIGKILL
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _wait_for_left_starts() -> None:
+    """Wait for the start-ups given up on while their threads were in the rendezvous or
+    the load (NodeRanks.abandon) to leave the process's one group (up to INIT_TIMEOUT)."""
+    with _LEFT:
+        if _left_starts:
+            log.info("waiting for a tensor parallel start-up given up on to end its ranks")
+        _LEFT.wait_for(lambda: not _left_starts, timeout=INIT_TIMEOUT.total_seconds())
 
 
 class NodeRanks:
@@ -122,27 +149,63 @@ class NodeRanks:
         self.procs: dict[int, subprocess.Popen] = {}
         self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
         self.tp: TensorParallel | None = None
+        # start-up runs on a thread its caller may give up on (abandon): they meet here
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self._joining = False  # in the rendezvous or past it
+        self._loaded = False
+        self._ended = False  # by abort()
 
     def start(self) -> TensorParallel:
         cfg = self.cfg
         check_devices(cfg)
+        _wait_for_left_starts()
         from aiollm.model.loader import read_config
 
         parallel.check_divisible(read_config(cfg.model), cfg.tensor_parallel_size)
         addr = cfg.dist_init_addr or f"127.0.0.1:{_free_port()}"
         ranks = node_ranks(cfg)
         config_json = json.dumps(asdict(cfg))
-        for rank in ranks[1:]:
-            cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank", str(rank),
-                   "--init", addr, "--error-file", self._error_file(rank)]
-            env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
-            self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_sigint)
+        with self._lock:  # (abandon kills what was spawned)
+            for rank in ranks[1:]:
+                if self._abandoned:
+                    raise RuntimeError("tensor parallel start-up given up by its caller")
+                cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank",
+                       str(rank), "--init", addr, "--error-file", self._error_file(rank),
+                       "--joining-file", self._joining_file(rank)]
+                env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
+                self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_stop_signals)
         log.info("tensor parallel: %d ranks over %d node(s); this node runs ranks %d-%d, "
                  "rendezvous at %s", cfg.tensor_parallel_size, cfg.nnodes, ranks[0],
                  ranks[-1], addr)
         threading.Thread(target=self._watch, name="aiollm-tp-watchdog", daemon=True).start()
+        self._wait_for_joining()
+        with self._lock:
+            if self._abandoned:
+                raise RuntimeError("tensor parallel start-up given up by its caller")
+            self._joining = True
         self.tp = join(cfg, ranks[0], addr)
         return self.tp
+
+    def _joining_file(self, rank: int) -> str:
+        return os.path.join(self._dir, f"rank{rank}.joining")
+
+    def _wait_for_joining(self) -> None:
+        """Return once each rank spawned is about to join the rendezvous; RuntimeError
+        RankLost naming a rank lost before (its import, its device or its config failed),
+        which rank 0 would wait for in the rendezvous until INIT_TIMEOUT; TimeoutError
+        past it."""
+        deadline = time.monotonic() + INIT_TIMEOUT.total_seconds()
+        waiting = [self._joining_file(rank) for rank in self.procs]
+        while waiting := [f for f in waiting if not os.path.exists(f)]:
+            if (lost := self._lost_rank()) is not None:
+                raise RankLost(lost)
+            if self._abandoned:
+                raise RuntimeError("tensor parallel start-up given up by its caller")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tensor parallel ranks did not start within "
+                                   f"{INIT_TIMEOUT}: {', '.join(waiting)} not written")
+            time.sleep(0.02)
 
     def _error_file(self, rank: int) -> str:
         return os.path.join(self._dir, f"rank{rank}.err")
@@ -179,13 +242,47 @@ class NodeRanks:
         """The caller's load is done: a rank lost from now on ends the process (fail)."""
         self.starting = False
 
+    def loaded(self) -> None:
+        """Start-up's thread: the caller's load is done. When the caller gave up on it
+        meanwhile (abandon), end the ranks and raise RuntimeError: nobody takes them."""
+        with self._lock:
+            self._loaded = True
+            abandoned = self._abandoned
+        if abandoned:
+            self.abort()
+            raise RuntimeError("tensor parallel start-up given up by its caller")
+
+    def abandon(self) -> None:
+        """The caller gave up on start-up (Ctrl-C, a cancelled start()), which may still
+        run on its thread. Done (loaded): end the ranks now. Before the rendezvous: kill
+        the spawned ranks, so that start-up's wait for them fails at once and its own path
+        (start_failed) ends. In the rendezvous or the load: leave them to the thread, which
+        ends them and leaves the group when done (a rank killed in the rendezvous left it
+        waiting there for the group's timeout); a new start-up waits for that
+        (_wait_for_left_starts). Left to a callback of the caller's event loop, which may
+        end first (an LLM's at Ctrl-C), the ranks and the group outlived the LLM, and the
+        next LLM could not make a group of its own. From any thread."""
+        with self._lock:
+            if self._ended:  # start-up failed on its own (start_failed): nothing is left
+                return
+            self._abandoned = True
+            self.stopping = True
+            done, joining = self._loaded, self._joining
+            if joining and not done:
+                with _LEFT:
+                    _left_starts.add(self)
+        if done:
+            self.abort()
+        elif not joining:
+            self._kill()
+
     def start_failed(self, exc: BaseException) -> RuntimeError | None:
         """Start-up (the group's join or the caller's load) failed on this rank with `exc`:
         end the ranks (abort) and return the error to raise from `exc` when it is a
         collective's (gloo's "Connection closed by peer": a plain RuntimeError or a
         DistError) and a rank was lost: that rank's own exception type and message; else
-        None (this rank's own error, such as a shape check every rank makes, says it). The
-        watchdog leaves a lost rank to this path while starting."""
+        None (this rank's own error, such as a shape check every rank makes, or RankLost,
+        says it). The watchdog leaves a lost rank to this path while starting."""
         collective = type(exc) is RuntimeError or isinstance(exc, dist.DistError)
         lost = self.lost_rank(wait=1.0) if collective else None
         self.abort()
@@ -244,12 +341,17 @@ class NodeRanks:
 
     def abort(self) -> None:
         """Rank 0 failed to start: end this node's ranks and leave the group."""
+        with self._lock:
+            self._ended = True
         self.stopping = True
         self._kill()
         self._remove_files()
         if dist.is_initialized():
             dist.destroy_process_group()
         parallel.set_current(None)
+        with _LEFT:
+            _left_starts.discard(self)
+            _LEFT.notify_all()
 
     def stop(self, timeout: float = 10.0, leave_group: bool = True) -> None:
         """Rank 0: tell every follower to exit, and wait for this node's (kill after timeout)."""

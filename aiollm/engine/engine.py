@@ -153,14 +153,20 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         # timeout, Ctrl-C) leaves it loading, so it builds objects and writes no attribute
         # of the engine; the start() that awaits it to its end (maybe a later one) adopts them
         load, self._left_load = self._left_load, None
+        starting = None  # tensor parallelism: the ranks this start() starts
         if load is None or load.get_loop() is not self._event_loop or (
                 load.done() and (load.cancelled() or load.exception() is not None)):
-            load = asyncio.ensure_future(asyncio.to_thread(self._load_model))
+            starting = self._node_ranks()
+            load = asyncio.ensure_future(asyncio.to_thread(self._load_model, starting))
         try:
             ranks, device, loaded = await asyncio.shield(load)
         except BaseException:
-            load.add_done_callback(_abandon)
-            if self.config.tensor_parallel_size == 1:  # (else its ranks are aborted)
+            load.add_done_callback(_retrieve)
+            if starting is not None:
+                # ended now, not by a callback of this loop: the loop may end first (an
+                # LLM's at Ctrl-C), and its ranks and group then outlived the LLM
+                starting.abandon()
+            else:
                 # the next start() takes it over: a retry after a wait_for's timeout loaded
                 # a second model beside it (twice the device memory)
                 self._left_load = load
@@ -180,24 +186,33 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         """start()'s loading without the step loop, on this thread (bench/decode_step.py)."""
         self._adopt(*self._load_model())
 
-    def _load_model(self) -> tuple:
-        """(ranks, device, Loaded): the slow part of start(), on a worker thread."""
+    def _node_ranks(self):
+        """The NodeRanks to start under tensor parallelism (not started), else None."""
+        if self.config.tensor_parallel_size == 1:
+            return None
+        from aiollm.distributed import NodeRanks
+
+        return NodeRanks(self.config, on_failure=weak_method(self._fail_all_threadsafe),
+                         exit_on_failure=self.exit_on_lost_rank)
+
+    def _load_model(self, ranks=None) -> tuple:
+        """(ranks, device, Loaded): the slow part of start(), on a worker thread; `ranks`:
+        the NodeRanks to start (tensor parallelism; made here when None)."""
         cfg = self.config
         device = resolve_device(cfg.device)
-        ranks = None  # tensor parallelism: the ranks this process started
+        ranks = ranks or self._node_ranks()
         try:
-            if cfg.tensor_parallel_size > 1:
-                from aiollm.distributed import NodeRanks
-
-                ranks = NodeRanks(cfg, on_failure=weak_method(self._fail_all_threadsafe),
-                                  exit_on_failure=self.exit_on_lost_rank)
+            if ranks is not None:
                 device = ranks.start().device
-            return ranks, device, load(cfg, device, ranks.tp if ranks else None)
+            loaded = load(cfg, device, ranks.tp if ranks else None)
         except BaseException as e:
             if ranks is not None:  # ranks started: they must not wait
                 if (lost := ranks.start_failed(e)) is not None:
                     raise lost from e
             raise
+        if ranks is not None:
+            ranks.loaded()  # raises, the ranks ended, when start() gave up meanwhile
+        return ranks, device, loaded
 
     def _adopt(self, ranks, device, loaded) -> None:
         """The engine's state around what _load loaded (on the loop: quick)."""
@@ -372,13 +387,10 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         return self.prefix_cache.flush() if self.prefix_cache else 0
 
 
-def _abandon(load: asyncio.Future) -> None:
-    """A load whose start() was cancelled, once its thread is done: the ranks it started
-    (tensor parallelism) must not wait for a step that will never come."""
-    if not load.cancelled() and load.exception() is None:
-        ranks = load.result()[0]
-        if ranks is not None:
-            ranks.abort()
+def _retrieve(load: asyncio.Future) -> None:
+    """A load whose start() was cancelled: its error is nobody's (asyncio logged it)."""
+    if not load.cancelled():
+        load.exception()
 
 
 async def _to_the_end(coro) -> None:
