@@ -56,6 +56,7 @@ START_GRACE_S = 5.0
 # their ranks and leave the process's one group when done, which a new start-up waits for
 _LEFT = threading.Condition()
 _left_starts: set[NodeRanks] = set()
+_GIVEN_UP = "tensor parallel start-up given up by its caller"  # its thread's RuntimeError
 
 
 class RankLost(RuntimeError):
@@ -169,7 +170,7 @@ class NodeRanks:
         with self._lock:  # (abandon kills what was spawned)
             for rank in ranks[1:]:
                 if self._abandoned:
-                    raise RuntimeError("tensor parallel start-up given up by its caller")
+                    raise RuntimeError(_GIVEN_UP)
                 cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank",
                        str(rank), "--init", addr, "--error-file", self._error_file(rank),
                        "--joining-file", self._joining_file(rank)]
@@ -182,7 +183,7 @@ class NodeRanks:
         self._wait_for_joining()
         with self._lock:
             if self._abandoned:
-                raise RuntimeError("tensor parallel start-up given up by its caller")
+                raise RuntimeError(_GIVEN_UP)
             self._joining = True
         self.tp = join(cfg, ranks[0], addr)
         return self.tp
@@ -201,7 +202,7 @@ class NodeRanks:
             if (lost := self._lost_rank()) is not None:
                 raise RankLost(lost)
             if self._abandoned:
-                raise RuntimeError("tensor parallel start-up given up by its caller")
+                raise RuntimeError(_GIVEN_UP)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tensor parallel ranks did not start within "
                                    f"{INIT_TIMEOUT}: {', '.join(waiting)} not written")
@@ -250,7 +251,7 @@ class NodeRanks:
             abandoned = self._abandoned
         if abandoned:
             self.abort()
-            raise RuntimeError("tensor parallel start-up given up by its caller")
+            raise RuntimeError(_GIVEN_UP)
 
     def abandon(self) -> None:
         """The caller gave up on start-up (Ctrl-C, a cancelled start()), which may still
