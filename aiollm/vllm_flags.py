@@ -47,8 +47,10 @@ def _no_checkpoint_code() -> str:
             "flag out")
 
 
-_GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings, "
-                    "classification, scores, rewards); leave the flag out to generate text")
+# what a pooling task (vLLM's --task embed, LLM.embed ...) is told (vllm_members.py too)
+GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings, "
+                   "classification, scores, rewards)")
+_GENERATIVE_FLAG = f"{GENERATIVE_ONLY}; leave the flag out to generate text"
 
 _NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapter merged "
             "into its weights")
@@ -107,9 +109,9 @@ REFUSED = (
     Refusal(("--guided-decoding-backend",),
             "grammars run on xgrammar, the one library aiollm has; leave the flag out",
             same=("xgrammar", "auto")),
-    Refusal(("--task",), _GENERATIVE_ONLY, same=("generate", "auto")),
-    Refusal(("--runner",), _GENERATIVE_ONLY, same=("generate", "auto")),
-    Refusal(("--convert",), _GENERATIVE_ONLY, same=("none", "auto")),
+    Refusal(("--task",), _GENERATIVE_FLAG, same=("generate", "auto")),
+    Refusal(("--runner",), _GENERATIVE_FLAG, same=("generate", "auto")),
+    Refusal(("--convert",), _GENERATIVE_FLAG, same=("none", "auto")),
     Refusal(("--tokenizer-mode",),
             "the tokenizer is the model's tokenizer.json (or the GGUF file's vocabulary), "
             "with no slow or mistral mode", same=("auto",)),

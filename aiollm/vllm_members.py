@@ -5,8 +5,9 @@ so code that probes for a member (hasattr(llm, "beam_search")) takes its other p
 
 from __future__ import annotations
 
-_POOLING = ("aiollm serves generative models only: no pooling (embeddings, "
-            "classification, scores, rewards); generate(..., SamplingParams(max_tokens=0, "
+from aiollm.vllm_flags import GENERATIVE_ONLY
+
+_POOLING = (f"{GENERATIVE_ONLY}; generate(..., SamplingParams(max_tokens=0, "
             "prompt_logprobs=0)) gives a text's token logprobs")
 
 LACKING = {
