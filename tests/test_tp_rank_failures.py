@@ -141,10 +141,8 @@ def test_an_offline_llm_whose_rank_fails_before_joining_raises_its_error(tiny_mo
             "invalid device ordinal") in out, out
 
 
-_INTERRUPTED_START = """
-import os, signal, sys, threading, time
-from aiollm import LLM, SamplingParams
-
+# the scripts' child processes (the spawned ranks), from any of their threads
+_CHILDREN = '''
 def children():
     kids = []
     for t in os.listdir(f"/proc/{os.getpid()}/task"):
@@ -153,7 +151,11 @@ def children():
         except FileNotFoundError:
             pass
     return kids
-
+'''
+_INTERRUPTED_START = """
+import os, signal, sys, threading, time
+from aiollm import LLM, SamplingParams
+""" + _CHILDREN + """
 def ctrl_c_once_rank_1_runs():
     while not children():
         time.sleep(0.01)
@@ -240,16 +242,7 @@ _CANCELLED_IN_RENDEZVOUS = """
 import asyncio, glob, os, sys, tempfile
 from aiollm.engine import Engine
 from aiollm.sampling_params import SamplingParams
-
-def children():
-    kids = []
-    for t in os.listdir(f"/proc/{os.getpid()}/task"):
-        try:  # (a thread may end meanwhile)
-            kids += open(f"/proc/{os.getpid()}/task/{t}/children").read().split()
-        except FileNotFoundError:
-            pass
-    return kids
-
+""" + _CHILDREN + """
 async def main():
     engine = Engine(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256,
                     max_model_len=128)
