@@ -4,6 +4,7 @@ and that its chat template writes too, and no end-of-sequence token. Tiny random
 
 - Chat's add_special_tokens (vLLM's, default false) adds the tokenizer's special tokens on
   top of what the template wrote: a second BOS here. It was an unknown field, ignored.
+- LightLLM's /tokens counts that BOS unless parameters.add_special_tokens is false.
 - A grammar no token of this vocabulary can begin (any JSON) is the request's 400 naming
   its field: it was a 500 saying a token was sampled against the grammar.
 """
@@ -66,6 +67,14 @@ def test_chat_add_special_tokens_adds_them_on_top_of_the_template(server):
     assert post(server, "/tokenize", {"prompt": "hi"})[1]["tokens"] == rendered
     assert post(server, "/tokenize", {"prompt": "hi", "add_special_tokens": False}
                 )[1]["tokens"] == rendered[1:]
+
+
+def test_lightllm_tokens_counts_the_special_tokens_unless_told_not_to(server):
+    """LightLLM's /tokens counts the text as /generate tokenizes it: with the tokenizer's
+    BOS, unless parameters.add_special_tokens is false (the one parameter read there)."""
+    assert post(server, "/tokens", {"text": "hi"}) == (200, {"ntokens": 3})
+    assert post(server, "/tokens", {"text": "hi", "parameters": {
+        "add_special_tokens": False, "temperature": -1}}) == (200, {"ntokens": 2})
 
 
 @pytest.mark.parametrize("path,body,param", [
