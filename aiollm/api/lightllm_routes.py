@@ -57,7 +57,8 @@ async def get_model_name(request: web.Request) -> web.Response:
 async def tokens(request: web.Request) -> web.Response:
     """{"ntokens": how many tokens `text` is}, tokenized as /generate tokenizes its inputs
     (special tokens added unless parameters.add_special_tokens is false; the other
-    parameters are not checked, as TokensRequest says why). An empty text is counted too (the special tokens alone), as LightLLM's and vLLM's /tokenize count it."""
+    parameters are not checked, as TokensRequest says why). An empty text is counted too
+    (the special tokens alone), as LightLLM's and vLLM's /tokenize count it."""
     st = state(request)
     req = await decode_body(request, TokensRequest)
     refuse_media(req.multimodal_params)
