@@ -141,10 +141,10 @@ async def _read(request: web.Request, idle_timeout: float) -> bytes:
     Connection: close: the rest is not read), 408 (with Connection: close, as RFC 9110
     15.5.9 asks) when `idle_timeout` seconds pass without its next bytes. aiohttp reads a
     body without a timeout, so a client that sent less than its Content-Length held its
-    handler and socket for as long as it kept the connection open; so did a chunked body whose chunk size turns invalid in a later
-    packet than its head, whose stream aiohttp's C parser (llhttp) drops without an
-    error. Between two reads, not for the whole body (nginx's client_body_timeout): a
-    large body on a slow link keeps arriving."""
+    handler and socket for as long as it kept the connection open; so did a chunked body
+    whose chunk size turns invalid in a later packet than its head, whose stream aiohttp's C
+    parser (llhttp) drops without an error. Between two reads, not for the whole body
+    (nginx's client_body_timeout): a large body on a slow link keeps arriving."""
     limit = request.client_max_size
     chunks: list[bytes] = []
     size = 0
