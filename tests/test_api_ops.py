@@ -348,6 +348,34 @@ def test_expect_100_continue_refuses_a_body_too_large_before_it_is_sent(tiny):
     serve_tiny(tiny, check)
 
 
+def test_a_body_past_its_content_length_limit_is_413_and_closes(tiny):
+    """A body whose bytes pass the limit is refused before it is read to its end: the 413
+    says Connection: close (as the 100-continue one and the 408 do), and the connection
+    ends after it. Without it, aiohttp read on and kept the connection for a next request,
+    or closed it unannounced after its lingering time, where a client's pool had sent one."""
+    async def check(client, engine):
+        reader, writer = await asyncio.open_connection(client.host, client.port)
+        body = b'{"inputs": "' + b"x" * 4096 + b'"}'
+        writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # pipelined after it
+        await writer.drain()
+        got = b""
+        try:  # until the server closes, or says nothing for 2 s
+            while chunk := await asyncio.wait_for(reader.read(65536), 2):
+                got += chunk
+        except asyncio.TimeoutError:
+            pass
+        writer.close()
+        head = got.partition(b"\r\n\r\n")[0]
+        assert head.startswith(b"HTTP/1.1 413"), got
+        assert b"Connection: close" in head, got
+        assert got.count(b"HTTP/1.1 ") == 1, got  # the pipelined request was not taken
+        ok = await client.get("/health")  # the server serves on
+        assert ok.status == 200
+    serve_tiny(tiny, check, max_body_bytes=1024)
+
+
 def test_expect_100_continue_without_the_api_key_is_refused_before_the_body(tiny):
     """The API key is in the headers: a request without it was told 100 Continue (aiohttp
     asks the expect handler before the auth middleware) and sent its body only to get a

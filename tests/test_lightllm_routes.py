@@ -37,6 +37,27 @@ def test_tokens_counts_the_text_as_generate_reads_it(server):
     assert status == 400 and err["param"] == "text", raw
 
 
+def test_tokens_counts_whatever_the_sampling_parameters_say(server):
+    """LightLLM's /tokens reads `parameters` for nothing that changes a text's count (it
+    passes them to its image preprocessing alone), so a client counting the prompt of the
+    /generate request it is about to send, parameters and all, gets the count: values
+    /generate would refuse are not checked here (it checks them when it is sent), nor is
+    null. A value of the wrong type is still the body's 400 naming the field, as on every
+    endpoint; add_special_tokens, the one that changes a count, is read (this model's
+    tokenizer adds none: tests/test_api_letters_vocab.py counts one that does)."""
+    _, _, want = http(server, "POST", "/tokens", json={"text": PARIS})
+    for parameters in ({"temperature": -1, "max_new_tokens": 0, "top_k": 0},
+                       {"guided_json": "not a schema", "n": 2, "cache_salt": "s"},
+                       {"add_special_tokens": False}, None):
+        status, _, raw = http(server, "POST", "/tokens", json={"text": PARIS,
+                                                               "parameters": parameters})
+        assert status == 200 and json.loads(raw) == json.loads(want), (parameters, raw)
+    status, _, raw = http(server, "POST", "/tokens", json={
+        "text": PARIS, "parameters": {"temperature": "hot"}})
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "parameters.temperature", raw
+
+
 def test_tokens_refuses_images_as_generate_does(server):
     """LightLLM's /tokens counts an image's tokens too; here, where /generate refuses
     images, /tokens refuses them naming the field (it counted the text alone, a count the

@@ -849,6 +849,22 @@ def test_more_choices_than_the_queue_holds_are_400(tight, path, body, param):
     tight.wait_idle()
 
 
+@pytest.mark.parametrize("field", ["n", "best_of"])
+def test_a_stream_of_more_choices_than_the_queue_holds_is_told_one(tight, field):
+    """/generate_stream generates one sequence: n (or best_of) past what the queue holds
+    was told "send at most 2", which a client obeyed in vain (2 is refused too). The
+    error names the field sent and the bound that applies to it there: 1."""
+    for n in (3, 2):
+        status, _, raw_body = http(tight, "POST", GS, headers=AUTH,
+                                   json={"inputs": "hi", "parameters": {field: n}})
+        err = assert_error(status, raw_body, 400, f"parameters.{field}", f"{field} must be 1")
+        assert "at most" not in err["message"], err
+    status, _, raw_body = http(tight, "POST", GS, headers=AUTH, json={
+        "inputs": "hi", "parameters": {field: 1, "max_new_tokens": 2}})
+    assert status == 200, raw_body
+    tight.wait_idle()
+
+
 def test_more_choices_than_the_request_table_holds_are_400():
     """As the queue, the request table (a slot per choice): n past --table-capacity was a 503
     however idle the server."""

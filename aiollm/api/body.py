@@ -137,14 +137,14 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
 
 
 async def _read(request: web.Request, idle_timeout: float) -> bytes:
-    """The body of `request` as sent; ApiError 413 past its client_max_size, 408 (with
-    Connection: close, as RFC 9110 15.5.9 asks) when `idle_timeout` seconds pass without
-    its next bytes. aiohttp reads a body without a timeout, so a client that sent less
-    than its Content-Length held its handler and socket for as long as it kept the
-    connection open; so did a chunked body whose chunk size turns invalid in a later
-    packet than its head, whose stream aiohttp's C parser (llhttp) drops without an
-    error. Between two reads, not for the whole body (nginx's client_body_timeout): a
-    large body on a slow link keeps arriving."""
+    """The body of `request` as sent; ApiError 413 past its client_max_size (with
+    Connection: close: the rest is not read), 408 (with Connection: close, as RFC 9110
+    15.5.9 asks) when `idle_timeout` seconds pass without its next bytes. aiohttp reads a
+    body without a timeout, so a client that sent less than its Content-Length held its
+    handler and socket for as long as it kept the connection open; so did a chunked body
+    whose chunk size turns invalid in a later packet than its head, whose stream aiohttp's C
+    parser (llhttp) drops without an error. Between two reads, not for the whole body
+    (nginx's client_body_timeout): a large body on a slow link keeps arriving."""
     limit = request.client_max_size
     chunks: list[bytes] = []
     size = 0
@@ -158,8 +158,12 @@ async def _read(request: web.Request, idle_timeout: float) -> bytes:
             return b"".join(chunks)
         size += len(chunk)
         if size > limit:
+            # the rest of the body is not read: Connection: close, as for the 408 (aiohttp
+            # still drains what comes within its lingering time, so the client is not reset
+            # before it reads the answer); a connection kept open would take what the
+            # client sent next as part of a body
             raise ApiError(413, f"request body too large: more than the {limit} bytes "
-                                "allowed")
+                                "allowed", close=True)
         chunks.append(chunk)
 
 

@@ -85,6 +85,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
+    # vLLM's: the tokenizer's special tokens (a BOS) on top of what the template wrote
+    add_special_tokens: bool = False
     # with --reasoning-parser: vLLM's include_reasoning false leaves the reasoning out of the
     # answer; SGLang's separate_reasoning false leaves the output unsplit (aiollm/api/reasoning.py)
     include_reasoning: bool = True

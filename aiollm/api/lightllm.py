@@ -211,11 +211,16 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
 async def stream(request: web.Request, req: GenerateRequest) -> web.StreamResponse:
     """/generate_stream's answer to `req`, the body of `request` as decoded."""
     st = state(request)
+    # before _prepare's bound of the server's (which a stream's 1 is under): "send at most
+    # 16" was told to a request that any n but 1 fails
+    n, p = req.parameters.choices(), req.parameters
+    if n != 1:
+        field = "n" if p.n is not None else "best_of"
+        raise InvalidRequest(f"the stream endpoint generates one sequence: {field} must be 1 "
+                             f"(or left out), got {n}; /generate returns several",
+                             param=f"parameters.{field}")
     with param_names(_PARAM_NAMES):
         ids, params = await _prepare(st, req)
-    if len(params) != 1:
-        raise InvalidRequest("the stream endpoint generates one sequence: n and best_of must "
-                             "be 1", param="parameters.n")
     special = set(st.engine.tokenizer.all_special_ids)
     parts: list[str] = []
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from msgspec import Struct, field
+from msgspec import Struct
 
 from aiollm.api import lightllm, ops
 from aiollm.api.body import decode_body
@@ -18,12 +18,21 @@ from aiollm.api.state import state
 
 
 class TokensRequest(Struct, kw_only=True):
-    """LightLLM's /tokens body: the text to count; of its parameters only
-    add_special_tokens changes the count; images or audios are refused, as /generate
-    refuses them."""
+    """LightLLM's /tokens body: the text to count, the `parameters` of the /generate
+    request it is the prompt of (or null), and images or audios, which are refused as
+    /generate refuses them.
+
+    Of the parameters, add_special_tokens alone changes a count, and it is read; the others'
+    values are not checked. LightLLM's /tokens reads none of them for the text (it hands
+    them to its image preprocessing alone), so its clients send a /generate request's
+    parameters as they are, to learn whether its prompt fits: /generate checks them when
+    the request is sent, and a count refused for a temperature would answer nothing they
+    asked. They are decoded by /generate's Struct all the same: a value of the wrong type
+    is the body's 400 naming the field, as on every endpoint, and an unknown field is
+    named in the log."""
 
     text: str
-    parameters: GenerateParameters = field(default_factory=GenerateParameters)
+    parameters: GenerateParameters | None = None
     multimodal_params: dict[str, Any] | None = None
 
 
@@ -47,12 +56,13 @@ async def get_model_name(request: web.Request) -> web.Response:
 
 async def tokens(request: web.Request) -> web.Response:
     """{"ntokens": how many tokens `text` is}, tokenized as /generate tokenizes its inputs
-    (special tokens added unless parameters.add_special_tokens is false). An empty text is
-    counted too (the special tokens alone), as LightLLM's and vLLM's /tokenize count it."""
+    (special tokens added unless parameters.add_special_tokens is false; the other
+    parameters are not checked, as TokensRequest says why). An empty text is counted too
+    (the special tokens alone), as LightLLM's and vLLM's /tokenize count it."""
     st = state(request)
     req = await decode_body(request, TokensRequest)
     refuse_media(req.multimodal_params)
-    special = req.parameters.add_special_tokens
+    special = (req.parameters or GenerateParameters()).add_special_tokens
     if req.text:
         ids = await st.tokenize(req.text, add_special_tokens=special)
     else:  # st.tokenize refuses an empty prompt, as generating from one is refused

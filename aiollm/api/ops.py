@@ -71,9 +71,11 @@ async def tokenize(request: web.Request) -> web.Response:
     if req.messages is not None:
         ids, _ = await st.render_chat([m.as_dict(i) for i, m in enumerate(req.messages)],
                                       tool_request.choose(req.tools, None)[0],
-                                      req.template_options(st.trust_request_chat_template))
+                                      req.template_options(st.trust_request_chat_template),
+                                      add_special_tokens=bool(req.add_special_tokens))
     elif req.prompt:
-        ids = await st.tokenize(req.prompt, add_special_tokens=req.add_special_tokens)
+        special = req.add_special_tokens is not False  # absent: true for a prompt
+        ids = await st.tokenize(req.prompt, add_special_tokens=special)
     else:
         ids = []
     out = {"tokens": ids, "count": len(ids), "max_model_len": st.engine.max_model_len}

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiollm import __version__
 from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
-from aiollm.engine.chat_template import TemplateOptions, rendered_size
+from aiollm.engine.chat_template import TemplateOptions, rendered_size, with_special_tokens
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
 from aiollm.errors import naming_batch_item
 
@@ -140,13 +140,19 @@ class ApiState:
         return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
 
     async def render_chat(self, messages: list[dict], tools: list[dict],
-                          template: TemplateOptions) -> tuple[list[int], list[dict]]:
+                          template: TemplateOptions, add_special_tokens: bool = False
+                          ) -> tuple[list[int], list[dict]]:
         """(token ids, the messages rendered) of a conversation with its checked `tools`,
         rendered as `template` says (Engine.render_chat: the same prompt as the Python
         API's chat for the same messages and tools), off the event loop when long (the
-        template's cost grows with the number of messages and tools too)."""
-        return await off_loop(rendered_size(messages, tools), self.engine.render_chat,
-                              messages, tools, template)
+        template's cost grows with the number of messages and tools too).
+        add_special_tokens: the tokenizer's special tokens (a BOS) added on top of what the
+        template wrote, as vLLM's chat field of that name (default false) adds them."""
+        ids, shown = await off_loop(rendered_size(messages, tools), self.engine.render_chat,
+                                    messages, tools, template)
+        if add_special_tokens:
+            ids = with_special_tokens(self.engine.tokenizer, ids)
+        return ids, shown
 
 
 STATE = web.AppKey("aiollm_state", ApiState)

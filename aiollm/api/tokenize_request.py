@@ -16,7 +16,9 @@ class TokenizeRequest(Struct, kw_only=True):
     prompt: str | None = None
     messages: list[ChatMessage] | None = None
     tools: Any = None  # with messages: rendered as the chat request renders them (vLLM's)
-    add_special_tokens: bool = True
+    # the tokenizer's special tokens (a BOS) added: by default to a prompt, not to messages
+    # (on top of what the chat template wrote), as vLLM's two tokenize requests take it
+    add_special_tokens: bool | None = None
     add_generation_prompt: bool = True  # with messages, as in ChatCompletionRequest
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None

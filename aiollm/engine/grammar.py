@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from aiollm.engine.bad_words import banned_ids
-from aiollm.engine.grammar_build import compile_spec, grammar_error
+from aiollm.engine.grammar_build import check_writable, compile_spec, grammar_error
 from aiollm.engine.grammar_compile import CompileThreads
 from aiollm.engine.token_mask import BitmaskBuffers, TokenMask, to_device
 from aiollm.errors import InvalidRequest, RequestFailed
@@ -177,6 +177,8 @@ class Grammars:
             raise
         except Exception as e:  # the library's own error types: the client's grammar is bad
             raise grammar_error(spec, e) from e
+        # before it is cached: a grammar cached is one start() may run
+        check_writable(compiled, spec, self.stop_ids, self.grammar_vocab)
         with _CACHE.lock:
             _CACHE.compiled[key] = compiled
             while len(_CACHE.compiled) > CACHE_SIZE:

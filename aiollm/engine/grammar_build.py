@@ -50,6 +50,27 @@ def compile_spec(compiler, spec: GrammarSpec):
     return compiler.compile_structural_tag(text)
 
 
+def check_writable(compiled, spec: GrammarSpec, stop_ids: list[int], vocab: int) -> None:
+    """Refuse (InvalidRequest naming spec.param) a compiled grammar that no token of the
+    vocabulary can begin and none can end at once: the mask of its first step (an xgrammar
+    GrammarMatcher over `vocab` ids, ended by `stop_ids`, or the stop tokens xgrammar found
+    when none) allows no token, and the sampler would draw one the grammar refuses. A
+    vocabulary without the characters JSON begins with, and without an eos, is one such.
+    Costs one mask (well under a millisecond at the first step), once per compilation."""
+    import numpy as np
+    import xgrammar as xgr
+
+    matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=stop_ids or None)
+    mask = xgr.allocate_token_bitmask(1, vocab)
+    matcher.fill_next_token_bitmask(mask)
+    bits = np.unpackbits(mask.numpy().view(np.uint8), bitorder="little")[:vocab]
+    if not bits.any():
+        raise InvalidRequest(f"{spec.param}: no token of the model's vocabulary can begin an "
+                             "output this grammar allows (nor end an empty one), so the model "
+                             "cannot write one; loosen the grammar, or leave it out",
+                             param=spec.param)
+
+
 def grammar_of(spec: GrammarSpec):
     """`spec` as an xgrammar Grammar (not compiled), for embedding in another grammar; a
     structural tag is not one (AssertionError). Raises as compile_spec."""

@@ -1,0 +1,101 @@
+"""HTTP answers of a model whose tokenizer is unlike the default model's: one character a
+token, lower-case letters alone, a BOS (`<s>`) that the tokenizer adds to what it encodes
+and that its chat template writes too, and no end-of-sequence token. Tiny random weights.
+
+- Chat's add_special_tokens (vLLM's, default false) adds the tokenizer's special tokens on
+  top of what the template wrote: a second BOS here. It was an unknown field, ignored.
+- LightLLM's /tokens counts that BOS unless parameters.add_special_tokens is false.
+- A grammar no token of this vocabulary can begin (any JSON) is the request's 400 naming
+  its field: it was a 500 saying a token was sampled against the grammar.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+
+import pytest
+from live_server import LiveServer, http
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import LlamaConfig, PreTrainedTokenizerFast
+
+HI = [{"role": "user", "content": "hi"}]
+LETTERS = {c: i for i, c in enumerate(string.ascii_lowercase)}
+UNK, BOS = len(LETTERS), len(LETTERS) + 1
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    d = tmp_path_factory.mktemp("letters")
+    backend = Tokenizer(models.WordLevel({**LETTERS, "<unk>": UNK, "<s>": BOS},
+                                         unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    backend.post_processor = processors.TemplateProcessing(single="<s> $A",
+                                                           special_tokens=[("<s>", BOS)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>")
+    tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.save_pretrained(str(d))
+    LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                bos_token_id=BOS, eos_token_id=None).save_pretrained(str(d))
+    srv = LiveServer(model=str(d), load_format="dummy", max_model_len=256,
+                     kv_tokens=512).start()
+    yield srv
+    srv.close()
+
+
+def post(server, path: str, body: dict) -> tuple[int, dict]:
+    status, _, raw = http(server, "POST", path, json=body)
+    return status, json.loads(raw)
+
+
+def test_chat_add_special_tokens_adds_them_on_top_of_the_template(server):
+    """The template writes one BOS; add_special_tokens true adds the tokenizer's own on
+    top (vLLM's ChatCompletionRequest field, default false), on the chat request and on
+    /tokenize with messages (vLLM's TokenizeChatRequest: also default false)."""
+    rendered = [BOS, LETTERS["h"], LETTERS["i"]]
+    for extra, want in (({}, rendered), ({"add_special_tokens": False}, rendered),
+                        ({"add_special_tokens": True}, [BOS, *rendered])):
+        status, out = post(server, "/v1/chat/completions", {
+            "messages": HI, "max_tokens": 2, "return_token_ids": True, **extra})
+        assert status == 200, out
+        assert out["prompt_token_ids"] == want, (extra, out)
+        assert out["usage"]["prompt_tokens"] == len(want)
+        status, out = post(server, "/tokenize", {"messages": HI, **extra})
+        assert status == 200 and out["tokens"] == want, (extra, out)
+    # a prompt takes the tokenizer's special tokens unless told not to, as before
+    assert post(server, "/tokenize", {"prompt": "hi"})[1]["tokens"] == rendered
+    assert post(server, "/tokenize", {"prompt": "hi", "add_special_tokens": False}
+                )[1]["tokens"] == rendered[1:]
+
+
+def test_lightllm_tokens_counts_the_special_tokens_unless_told_not_to(server):
+    """LightLLM's /tokens counts the text as /generate tokenizes it: with the tokenizer's
+    BOS, unless parameters.add_special_tokens is false (the one parameter read there)."""
+    assert post(server, "/tokens", {"text": "hi"}) == (200, {"ntokens": 3})
+    assert post(server, "/tokens", {"text": "hi", "parameters": {
+        "add_special_tokens": False, "temperature": -1}}) == (200, {"ntokens": 2})
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/completions", {"prompt": "hi", "guided_json": {"type": "object"}}, "guided_json"),
+    ("/v1/completions", {"prompt": "hi", "response_format": {"type": "json_object"}},
+     "response_format"),
+    ("/v1/chat/completions", {"messages": HI, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "n", "schema": {"type": "object"}}}},
+     "response_format.json_schema.schema"),
+    ("/v1/chat/completions", {"messages": HI, "guided_regex": "[0-9]+"}, "guided_regex"),
+])
+def test_a_grammar_the_vocabulary_cannot_write_is_400(server, path, body, param):
+    """No token of the vocabulary can begin a JSON value (nor a digit), and there is no
+    eos to end an empty output: refused before generation, naming the field. A grammar it
+    can write is served."""
+    status, out = post(server, path, {**body, "max_tokens": 4})
+    assert status == 400, out
+    assert out["error"]["param"] == param, out
+    assert "vocabulary" in out["error"]["message"], out
+    status, out = post(server, path, {k: v for k, v in body.items() if k not in (
+        "guided_json", "response_format", "guided_regex")} | {"guided_regex": "[a-c]+",
+                                                             "max_tokens": 4})
+    assert status == 200, out
+    assert server.wait_idle()
