@@ -1,5 +1,6 @@
 """A mis-shaped tensor of a mixture-of-experts layer is refused naming the config.json fields
-that give that tensor its shape, so the user knows which field disagrees with the weights.
+that give that tensor its shape, so the user knows which field disagrees with the weights; a
+shared expert's tensor in a family without one names the model type.
 
 A tiny random Qwen2-MoE (8 experts, a gated shared expert) saved by transformers, its experts
 restacked as transformers 5's state dict holds them (experts.gate_up_proj [E, 2I, H],
@@ -85,3 +86,28 @@ def test_a_mis_shaped_moe_tensor_names_its_fields(saved, tmp_path, case):
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=re.escape(message)):
         load_model(str(path), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("model_type, tensor, shape", [
+    ("qwen3_moe", "shared_expert.up_proj.weight", (48, 64)),
+    ("qwen3_moe", "shared_expert_gate.weight", (1, 64)),
+    ("mixtral", "shared_expert.down_proj.weight", (64, 48)),
+])
+def test_a_shared_expert_tensor_of_a_family_without_one_names_the_model_type(
+        tmp_path, model_type, tensor, shape):
+    """Qwen2-MoE's shared expert in a checkpoint whose config.json says Qwen3-MoE or Mixtral
+    (a relabelled config): the message named shared_expert_intermediate_size, a field those
+    families never read (setting it changed nothing), and a lone shared_expert_gate was
+    skipped without a word. It now names the model type."""
+    from test_moe_model import FAMILIES
+
+    save_random_hf_model(FAMILIES[model_type], str(tmp_path))
+    tensors = load_file(tmp_path / "model.safetensors")
+    prefix = "model.layers.0." + ("block_sparse_moe." if model_type == "mixtral" else "mlp.")
+    tensors[prefix + tensor] = torch.zeros(shape)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(
+            f"checkpoint tensor '{prefix}{tensor}' has no place in the model: {model_type} "
+            "models have no shared expert (of the supported model types only qwen2_moe has "
+            "one): check config.json's model_type")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")

@@ -116,6 +116,13 @@ class WeightFiller:
             name = name.replace(".block_sparse_moe.", ".mlp.")
             self.mixtral_names = True
         if self.no_shared_expert and _SHARED_EXPERT.search(name):
+            if self.architecture != "qwen2_moe" and tensor.numel():
+                # no config field gives Mixtral or Qwen3-MoE a shared expert: naming
+                # shared_expert_intermediate_size sent users to a field these never read
+                raise ValueError(
+                    f"checkpoint tensor {self._src(hf_name)!r} has no place in the model: "
+                    f"{self.architecture} models have no shared expert (of the supported "
+                    "model types only qwen2_moe has one): check config.json's model_type")
             if ".shared_expert." in name and tensor.numel():
                 raise ValueError(
                     f"checkpoint tensor {self._src(hf_name)!r} has shape "
