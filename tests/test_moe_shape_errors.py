@@ -111,3 +111,34 @@ def test_a_shared_expert_tensor_of_a_family_without_one_names_the_model_type(
             "models have no shared expert (of the supported model types only qwen2_moe has "
             "one): check config.json's model_type")):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("model_type, spelling", [("qwen3_moe", "num_local_experts"),
+                                                  ("qwen3_moe", "num_experts"),
+                                                  ("mixtral", "num_experts"),
+                                                  ("mixtral", "num_local_experts")])
+def test_the_expert_count_is_named_as_config_json_spells_it(tmp_path, model_type, spelling):
+    """transformers reads a Qwen MoE's or Mixtral's expert count under either name
+    (transformers 5 saves Qwen3-MoE's as num_local_experts, the Hub's configs say
+    num_experts; Mixtral's the other way round): messages named the family's usual
+    spelling, a field the user's config.json may not have."""
+    import json
+
+    from test_moe_model import FAMILIES
+
+    save_random_hf_model(FAMILIES[model_type], str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    count = config.pop("num_local_experts", None) or config.pop("num_experts")
+    (tmp_path / "config.json").write_text(json.dumps({**config, spelling: count}))
+    tensors = load_file(tmp_path / "model.safetensors")
+    router = "model.layers.0." + ("block_sparse_moe" if model_type == "mixtral" else "mlp") \
+        + ".gate.weight"
+    tensors[router] = tensors[router][:-1].contiguous()
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(f"(config.json's {spelling}, hidden_size)")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    (tmp_path / "config.json").write_text(json.dumps({**config, spelling: count,
+                                                      "num_experts_per_tok": count + 1}))
+    with pytest.raises(ValueError, match=re.escape(
+            f"num_experts_per_tok must be in [1, {spelling} = {count}], got {count + 1}")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")

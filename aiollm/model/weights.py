@@ -258,7 +258,7 @@ class WeightFiller:
                  "head_dim", "k_proj": "num_key_value_heads, head_dim",
                  "v_proj": "num_key_value_heads, head_dim", "embed_tokens": "vocab_size",
                  "lm_head": "vocab_size"}.get(module)
-        experts = "num_local_experts" if self.architecture == "mixtral" else "num_experts"
+        experts = self.moe.experts_field if self.moe is not None else "num_experts"
         if module == "shared_expert_gate":  # one output: its sigmoid scale
             return "hidden_size"
         if width is None and module == "gate":  # the router
