@@ -142,3 +142,18 @@ def test_the_expert_count_is_named_as_config_json_spells_it(tmp_path, model_type
     with pytest.raises(ValueError, match=re.escape(
             f"num_experts_per_tok must be in [1, {spelling} = {count}], got {count + 1}")):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+
+
+def test_a_qwen3_moe_gguf_with_shared_expert_tensors_is_refused(tmp_path):
+    """A GGUF file of architecture qwen3moe holding Qwen2-MoE's *_shexp tensors (llama.cpp's
+    qwen3moe reads none): its shared expert was sized from the tensors and run, a model no
+    reference defines. It is now refused naming a tensor and the file's architecture."""
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    hf = save_moe_model("qwen2_moe", tmp_path / "hf", tokenizer=False)
+    hf.config.model_type = "qwen3_moe"  # written as general.architecture qwen3moe
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    with pytest.raises(ValueError, match=r"checkpoint tensor 'blk\.0\.ffn_\w+_shexp\.weight' "
+                       r"has no place in the model: qwen3_moe models have no shared expert .*"
+                       "check the file's general.architecture"):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")

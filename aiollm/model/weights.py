@@ -122,7 +122,9 @@ class WeightFiller:
                 raise ValueError(
                     f"checkpoint tensor {self._src(hf_name)!r} has no place in the model: "
                     f"{self.architecture} models have no shared expert (of the supported "
-                    "model types only qwen2_moe has one): check config.json's model_type")
+                    "model types only qwen2_moe has one): check " + (
+                        "the file's general.architecture" if self.gguf
+                        else "config.json's model_type"))
             if ".shared_expert." in name and tensor.numel():
                 raise ValueError(
                     f"checkpoint tensor {self._src(hf_name)!r} has shape "
