@@ -1,5 +1,6 @@
 """A mis-shaped tensor of a mixture-of-experts layer is refused naming the config.json fields
-that give that tensor its shape, so the user knows which field disagrees with the weights.
+that give that tensor its shape, so the user knows which field disagrees with the weights; a
+shared expert's tensor in a family without one names the model type.
 
 A tiny random Qwen2-MoE (8 experts, a gated shared expert) saved by transformers, its experts
 restacked as transformers 5's state dict holds them (experts.gate_up_proj [E, 2I, H],
@@ -85,3 +86,74 @@ def test_a_mis_shaped_moe_tensor_names_its_fields(saved, tmp_path, case):
     save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
     with pytest.raises(ValueError, match=re.escape(message)):
         load_model(str(path), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("model_type, tensor, shape", [
+    ("qwen3_moe", "shared_expert.up_proj.weight", (48, 64)),
+    ("qwen3_moe", "shared_expert_gate.weight", (1, 64)),
+    ("mixtral", "shared_expert.down_proj.weight", (64, 48)),
+])
+def test_a_shared_expert_tensor_of_a_family_without_one_names_the_model_type(
+        tmp_path, model_type, tensor, shape):
+    """Qwen2-MoE's shared expert in a checkpoint whose config.json says Qwen3-MoE or Mixtral
+    (a relabelled config): the message named shared_expert_intermediate_size, a field those
+    families never read (setting it changed nothing), and a lone shared_expert_gate was
+    skipped without a word. It now names the model type."""
+    from test_moe_model import FAMILIES
+
+    save_random_hf_model(FAMILIES[model_type], str(tmp_path))
+    tensors = load_file(tmp_path / "model.safetensors")
+    prefix = "model.layers.0." + ("block_sparse_moe." if model_type == "mixtral" else "mlp.")
+    tensors[prefix + tensor] = torch.zeros(shape)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(
+            f"checkpoint tensor '{prefix}{tensor}' has no place in the model: {model_type} "
+            "models have no shared expert (of the supported model types only qwen2_moe has "
+            "one): check config.json's model_type")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("model_type, spelling", [("qwen3_moe", "num_local_experts"),
+                                                  ("qwen3_moe", "num_experts"),
+                                                  ("mixtral", "num_experts"),
+                                                  ("mixtral", "num_local_experts")])
+def test_the_expert_count_is_named_as_config_json_spells_it(tmp_path, model_type, spelling):
+    """transformers reads a Qwen MoE's or Mixtral's expert count under either name
+    (transformers 5 saves Qwen3-MoE's as num_local_experts, the Hub's configs say
+    num_experts; Mixtral's the other way round): messages named the family's usual
+    spelling, a field the user's config.json may not have."""
+    import json
+
+    from test_moe_model import FAMILIES
+
+    save_random_hf_model(FAMILIES[model_type], str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    count = config.pop("num_local_experts", None) or config.pop("num_experts")
+    (tmp_path / "config.json").write_text(json.dumps({**config, spelling: count}))
+    tensors = load_file(tmp_path / "model.safetensors")
+    router = "model.layers.0." + ("block_sparse_moe" if model_type == "mixtral" else "mlp") \
+        + ".gate.weight"
+    tensors[router] = tensors[router][:-1].contiguous()
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=re.escape(f"(config.json's {spelling}, hidden_size)")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    (tmp_path / "config.json").write_text(json.dumps({**config, spelling: count,
+                                                      "num_experts_per_tok": count + 1}))
+    with pytest.raises(ValueError, match=re.escape(
+            f"num_experts_per_tok must be in [1, {spelling} = {count}], got {count + 1}")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+
+
+def test_a_qwen3_moe_gguf_with_shared_expert_tensors_is_refused(tmp_path):
+    """A GGUF file of architecture qwen3moe holding Qwen2-MoE's *_shexp tensors (llama.cpp's
+    qwen3moe reads none): its shared expert was sized from the tensors and run, a model no
+    reference defines. It is now refused naming a tensor and the file's architecture."""
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    hf = save_moe_model("qwen2_moe", tmp_path / "hf", tokenizer=False)
+    hf.config.model_type = "qwen3_moe"  # written as general.architecture qwen3moe
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    with pytest.raises(ValueError, match=r"checkpoint tensor 'blk\.0\.ffn_\w+_shexp\.weight' "
+                       r"has no place in the model: qwen3_moe models have no shared expert .*"
+                       "check the file's general.architecture"):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")

@@ -349,6 +349,24 @@ def test_start_up_checks_the_mlp_split(tmp_path, monkeypatch, arch, field, what)
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_tp2_runs_a_moe_model_whose_unused_dense_width_is_narrower_than_the_ranks(
+        tmp_path, monkeypatch):
+    """A Qwen3-MoE model whose every layer is sparse never builds a dense MLP, whatever its
+    intermediate_size says (transformers leaves it unread; start-up's split check skips it
+    too). Each rank's config still cut that width among the ranks, and rank 1 failed its load
+    ("model config: intermediate_size must be >= 1, got 0") while rank 0 reported gloo's
+    "Connection closed by peer"."""
+    from test_moe_model import hf_greedy, save_moe_model, variant
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = variant("qwen3_moe", vocab_size=161, intermediate_size=1, mlp_only_layers=[])
+    hf = save_moe_model("qwen3_moe", tmp_path / "model", config, tokenizer=False)
+    _save_tokenizer(str(tmp_path / "model"))
+    want = [hf_greedy(hf, p, 10) for p in PROMPTS]
+    got, _ = asyncio.run(_generate(str(tmp_path / "model"), 2))
+    assert got[:3] == want
+
+
 def test_tp2_dummy_weights_of_a_moe_model_equal_tp1(tmp_path, monkeypatch):
     """--load-format dummy serves the same random model at any rank count: each rank keeps
     its part of the whole model's random tensors. A shared expert's gate/up were cut at the

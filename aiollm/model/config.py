@@ -58,6 +58,9 @@ class MoeConfig:
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE: one gated shared expert (0: none)
     sparse_step: int = 1
     dense_layers: tuple[int, ...] = ()
+    # config.json's name of num_experts, for messages: transformers reads either spelling
+    # (it saves Qwen3-MoE's as num_local_experts; the Hub's Qwen configs say num_experts)
+    experts_field: str = "num_experts"
 
     def __post_init__(self) -> None:
         if not 1 <= self.top_k <= self.num_experts:
@@ -161,8 +164,10 @@ def _checkpoint_dtype(hf: Any) -> torch.dtype | None:
     return _as_dtype(hf.dtype if hasattr(hf, "dtype") else getattr(hf, "torch_dtype", None))
 
 
-def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelConfig:
-    """ModelConfig from a transformers PretrainedConfig of a supported model_type."""
+def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
+                   fields: dict | None = None) -> ModelConfig:
+    """ModelConfig from a transformers PretrainedConfig of a supported model_type; `fields`,
+    the config.json it was read from, if any (messages then name fields as it spells them)."""
     arch = hf.model_type
     _check_model_type(arch)
     classes = getattr(hf, "architectures", None) or []
@@ -239,7 +244,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None) -> ModelCon
         eos_token_ids=eos,
         bos_token_id=getattr(hf, "bos_token_id", None),
         torch_dtype=_checkpoint_dtype(hf),
-        moe=_moe_from_hf(hf) if arch in MOE_ARCHITECTURES else None,
+        moe=_moe_from_hf(hf, fields or {}) if arch in MOE_ARCHITECTURES else None,
         sliding_window=int(window) if window else None,
     )
 
@@ -281,13 +286,15 @@ def _head_dim(hf: Any) -> int:
     return _given(hf, "head_dim", hf.hidden_size // hf.num_attention_heads)
 
 
-def _moe_from_hf(hf: Any) -> MoeConfig | None:
+def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
     """MoeConfig of a Mixtral / Qwen MoE config, None for a Qwen one without experts; a bad
     value is refused naming its config.json field (MoeConfig's own checks speak of top_k and
-    sparse_step, which no config.json has)."""
+    sparse_step, which no config.json has) as `fields` (config.json's) spell it."""
     mixtral = hf.model_type == "mixtral"
-    experts_field = "num_local_experts" if mixtral else "num_experts"
-    num_experts, top_k = int(getattr(hf, experts_field)), int(hf.num_experts_per_tok)
+    usual = "num_local_experts" if mixtral else "num_experts"
+    other = "num_experts" if mixtral else "num_local_experts"
+    num_experts, top_k = int(getattr(hf, usual)), int(hf.num_experts_per_tok)
+    experts_field = other if other in fields and usual not in fields else usual
     # only Qwen2-MoE has a shared expert (transformers' Qwen3-MoE leaves the field unread)
     shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0) \
         if hf.model_type == "qwen2_moe" else 0
@@ -306,7 +313,8 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
     if mixtral:
         # Mixtral: every layer sparse, experts of intermediate_size, top-k always renormalised
         return MoeConfig(num_experts=num_experts, top_k=top_k,
-                         intermediate_size=int(hf.intermediate_size), norm_topk_prob=True)
+                         intermediate_size=int(hf.intermediate_size), norm_topk_prob=True,
+                         experts_field=experts_field)
     step = getattr(hf, "decoder_sparse_step", None)  # 0 is refused, not read as the default
     step = 1 if step is None else int(step)
     for field, value in (("moe_intermediate_size", int(hf.moe_intermediate_size)),
@@ -321,6 +329,7 @@ def _moe_from_hf(hf: Any) -> MoeConfig | None:
         shared_expert_intermediate_size=shared,
         sparse_step=step,
         dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
+        experts_field=experts_field,
     )
 
 
@@ -357,7 +366,7 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     gen_path = os.path.join(model_dir, "generation_config.json")
     # Instruct checkpoints (Llama 3.x) list their end-of-turn ids there, not in config.json.
     generation_eos = _generation_eos(gen_path) if os.path.exists(gen_path) else []
-    return config_from_hf(hf, generation_eos)
+    return config_from_hf(hf, generation_eos, fields)
 
 
 def _check_raw_fields(fields: dict, path: str) -> None:

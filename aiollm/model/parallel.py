@@ -131,8 +131,10 @@ def local_config(config: ModelConfig, tp) -> ModelConfig:
     if moe is not None:
         moe = dataclasses.replace(moe, intermediate_size=plan.expert_intermediate[1],
                                   shared_expert_intermediate_size=plan.shared_intermediate[1])
+    # a rank gets no dense features only when no layer is dense (check_divisible refuses
+    # the rest): that width is then unread, as in transformers, and stays whole
     return dataclasses.replace(config, num_heads=plan.q_heads[1], num_kv_heads=plan.kv_heads[1],
-                               intermediate_size=plan.intermediate[1],
+                               intermediate_size=plan.intermediate[1] or config.intermediate_size,
                                vocab_size=plan.vocab_padded, moe=moe)
 
 

@@ -116,6 +116,15 @@ class WeightFiller:
             name = name.replace(".block_sparse_moe.", ".mlp.")
             self.mixtral_names = True
         if self.no_shared_expert and _SHARED_EXPERT.search(name):
+            if self.architecture != "qwen2_moe" and tensor.numel():
+                # no config field gives Mixtral or Qwen3-MoE a shared expert: naming
+                # shared_expert_intermediate_size sent users to a field these never read
+                raise ValueError(
+                    f"checkpoint tensor {self._src(hf_name)!r} has no place in the model: "
+                    f"{self.architecture} models have no shared expert (of the supported "
+                    "model types only qwen2_moe has one): check " + (
+                        "the file's general.architecture" if self.gguf
+                        else "config.json's model_type"))
             if ".shared_expert." in name and tensor.numel():
                 raise ValueError(
                     f"checkpoint tensor {self._src(hf_name)!r} has shape "
@@ -251,7 +260,7 @@ class WeightFiller:
                  "head_dim", "k_proj": "num_key_value_heads, head_dim",
                  "v_proj": "num_key_value_heads, head_dim", "embed_tokens": "vocab_size",
                  "lm_head": "vocab_size"}.get(module)
-        experts = "num_local_experts" if self.architecture == "mixtral" else "num_experts"
+        experts = self.moe.experts_field if self.moe is not None else "num_experts"
         if module == "shared_expert_gate":  # one output: its sigmoid scale
             return "hidden_size"
         if width is None and module == "gate":  # the router

@@ -200,7 +200,11 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
 def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
     """The shared expert's intermediate size (0: none). Files converted before llama.cpp
     wrote expert_shared_feed_forward_length (Qwen1.5-MoE's of spring 2024) lack the key,
-    and llama.cpp sizes their shared expert by other means: here, by its tensor."""
+    and llama.cpp sizes their shared expert by other means: here, by its tensor. Only
+    qwen2moe has one (llama.cpp's qwen3moe and Mixtral read no *_shexp tensor): another
+    architecture's shared-expert tensors are refused by the weight loader."""
+    if p != "qwen2moe.":
+        return 0
     width = int(_field(reader, p + "expert_shared_feed_forward_length", 0) or 0)
     if width:
         return width
