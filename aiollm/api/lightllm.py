@@ -80,9 +80,13 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
             continue
         # checked here, where i is the client's index (SamplingParams' counts strings alone)
         if len(text) > MAX_STOP_STRING_CHARS:
-            raise InvalidRequest(f"stop_sequences[{i}] has {len(text)} characters, more than "
-                                 f"the {MAX_STOP_STRING_CHARS} allowed",
-                                 param="parameters.stop_sequences")
+            # token ids are matched as their text: say so, not count characters never sent
+            message = (f"stop_sequences[{i}] has {len(text)} characters, more than the "
+                       f"{MAX_STOP_STRING_CHARS} allowed" if isinstance(s, str) else
+                       f"stop_sequences[{i}]: its {len(s)} token ids decode to {len(text)} "
+                       f"characters, more than the {MAX_STOP_STRING_CHARS} a stop sequence "
+                       f"may have as text")
+            raise InvalidRequest(message, param="parameters.stop_sequences")
         stop.append(text)
     if p.top_k == 0:  # LightLLM refuses it, where SamplingParams takes it as off (vLLM's)
         raise InvalidRequest("top_k must be -1 (off) or an integer >= 1, got 0",
