@@ -42,3 +42,18 @@ def test_stream_helper_accumulates_each_choice_as_its_chunks_say(client, model, 
     assert [c.index for c in snapshot.choices] == list(range(n))
     for c in snapshot.choices:
         assert (c.message.content, [t.token for t in c.logprobs.content]) == want[c.index]
+
+
+def test_continuous_usage_counts_the_prompt_cache_hit_from_the_first_chunk(client, model):
+    """vLLM's stream_options.continuous_usage_stats: every chunk's usage is the request's so
+    far, and the prompt's cache hit is known before the first chunk goes out. The role
+    chunks said cached_tokens 0 and the next ones the real hit: a client summing a stream's
+    cache savings from its first usage saw none."""
+    messages = [{"role": "user", "content": "Name a colour, in one word."}]
+    client.chat.completions.create(model=model, messages=messages, max_tokens=1)  # cached
+    for n in (1, 3):
+        chunks = list(client.chat.completions.create(
+            model=model, messages=messages, max_tokens=2, n=n, stream=True,
+            stream_options={"include_usage": True, "continuous_usage_stats": True}))
+        hits = [c.usage.prompt_tokens_details.cached_tokens for c in chunks]
+        assert hits[-1] > 0 and set(hits) == {hits[-1]}, hits
