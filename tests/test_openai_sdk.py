@@ -57,3 +57,48 @@ def test_continuous_usage_counts_the_prompt_cache_hit_from_the_first_chunk(clien
             stream_options={"include_usage": True, "continuous_usage_stats": True}))
         hits = [c.usage.prompt_tokens_details.cached_tokens for c in chunks]
         assert hits[-1] > 0 and set(hits) == {hits[-1]}, hits
+
+
+@pytest.mark.parametrize("tool, param", [
+    ({"type": "code_interpreter"}, "tools[1].type"),
+    ({"function": {"name": "f"}}, "tools[1].type"),
+    ({"type": "function"}, "tools[1].function"),
+    ({"type": "function", "function": "f"}, "tools[1].function"),
+    ({"type": "function", "function": {"parameters": {}}}, "tools[1].function.name"),
+    ({"type": "function", "function": {"name": 5}}, "tools[1].function.name"),
+])
+def test_a_malformed_tool_is_named_to_its_field(client, model, tool, param):
+    """The SDK's APIError.param names the field at fault, as vLLM's validation does: a tool
+    without a function name said only "tools[1]"."""
+    import openai
+
+    good = {"type": "function", "function": {"name": "g", "parameters": {"type": "object"}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=EMOJI, max_tokens=1,
+                                       tools=[good, tool])
+    assert e.value.param == param and param.split(".")[-1] in e.value.message, e.value.body
+
+
+def test_a_null_content_is_told_as_null(client, model):
+    """An assistant message with "content": null (and no tool_calls) is refused, as OpenAI
+    refuses it, and the message says it was null: it said "got missing" of a field the
+    client had sent."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, max_tokens=1, messages=[
+            *EMOJI, {"role": "assistant", "content": None}, *EMOJI])
+    assert e.value.param == "messages[1].content", e.value.body
+    assert "got null" in e.value.message, e.value.message
+
+
+def test_a_bad_token_id_in_a_batch_is_named_by_its_place(client, model):
+    """A batch of token-id prompts with an id past the vocabulary names the id by its place
+    in the batch: it said "prompt[1]: ... prompt[0] is 99999999", the id's index within
+    prompt 1 written as if it were prompt 0."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=model, prompt=[[1, 2], [3, 99999999]], max_tokens=1)
+    assert e.value.param == "prompt[1]", e.value.body
+    assert "prompt[1][1] is 99999999" in e.value.message, e.value.message
