@@ -102,3 +102,14 @@ def test_a_bad_token_id_in_a_batch_is_named_by_its_place(client, model):
         client.completions.create(model=model, prompt=[[1, 2], [3, 99999999]], max_tokens=1)
     assert e.value.param == "prompt[1]", e.value.body
     assert "prompt[1][1] is 99999999" in e.value.message, e.value.message
+
+
+def test_a_tool_that_is_no_object_is_told_in_json_words(client, model):
+    """A tool that is no object: the body's own type errors' words, naming the item."""
+    import openai
+
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=EMOJI, max_tokens=1,
+                                       extra_body={"tools": ["get_weather"]})
+    assert e.value.param == "tools[0]", e.value.body
+    assert e.value.message.endswith("tools[0]: expected an object, got a string"), e.value.body

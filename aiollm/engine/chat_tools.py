@@ -81,8 +81,7 @@ def _check_tool_shape(tool: Any, at: str) -> None:
     """InvalidRequest naming the first field of `tool` (at the path `at`) that is not
     OpenAI's {"type": "function", "function": {"name": ...}}."""
     shape = 'each tool must be {"type": "function", "function": {"name", "parameters"}}'
-    if not isinstance(tool, dict):
-        raise InvalidRequest(f"{shape}, got {type(tool).__name__}", param=at)
+    check_type(tool, (dict,), at, required=True)
     if tool.get("type") != "function":
         raise InvalidRequest(f'{shape}: {at}.type must be "function", got '
                              f"{tool.get('type')!r}", param=f"{at}.type")
