@@ -82,7 +82,11 @@ def of_batch_item(exc: InvalidRequest, field: str, index: int,
     if exc.param != field and exc.code != CONTEXT_LENGTH_EXCEEDED:
         return exc
     item = f"{name or field}[{index}]"
-    return exc.within(item, param=item if exc.param == field else exc.param)
+    if exc.param != field:
+        return exc.within(item, param=exc.param)
+    # a place in the item ("prompt[2] is -1") is told as one in the batch ("prompt[3][2]")
+    return InvalidRequest(f"{item}: {str(exc).replace(f'{field}[', f'{item}[')}", param=item,
+                          code=exc.code)
 
 
 @contextmanager

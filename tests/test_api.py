@@ -336,7 +336,7 @@ def test_tokenize_renders_the_tools_as_the_chat_request_does(client, model, serv
     assert status == 200 and json.loads(body)["count"] == out.usage.prompt_tokens, body
     status, _, body = http(server, "POST", "/tokenize", json={"messages": FRANCE,
                                                               "tools": [{"type": "x"}]})
-    assert status == 400 and json.loads(body)["error"]["param"] == "tools[0]", body
+    assert status == 400 and json.loads(body)["error"]["param"] == "tools[0].type", body
 
 
 @pytest.mark.parametrize("body", [{"prompt": "Hello world"},

@@ -178,7 +178,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                               **prompt_scores(outs[0])})
 
     done_tokens = [0] * req.n
-    cached_tokens = [0] * req.n
+    # each choice's prompt cache hit, None until its first delta: known before any chunk
+    # goes out (the role chunks count it too)
+    cached_tokens: list[int | None] = [None] * req.n
     opened = [False]  # whether the choices' role chunks have gone out (open_choices)
     said = [False] * req.n  # whether content has been sent
     # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
@@ -189,10 +191,13 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     splits = [splitter() for _ in params]
 
     def usage() -> dict:
-        return usage_of(len(ids), sum(done_tokens), cached_tokens[0])
+        # choice 0's hit, as the whole answer counts it; before its first delta, another's
+        known = next((c for c in cached_tokens if c is not None), 0)
+        return usage_of(len(ids), sum(done_tokens), known)
 
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item
+        cached_tokens[j] = d.cached_tokens
         roles = b"" if opened[0] else open_choices(chunk_usage(req, usage))
         text, finish = d.text, d.finish_reason
         found, thought = [], ""
@@ -220,7 +225,6 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 splits[j] is not None and splits[j].entered):
             delta["content"] = ""  # the whole answer's content is "", not null
         done_tokens[j] = d.completion_tokens
-        cached_tokens[j] = d.cached_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
                                                                      d.token_texts)
         # return_token_ids: every id, also of text the parsers hold back

@@ -59,7 +59,8 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
     if m.get("content") in (None, []) and not (role == "assistant" and calls):
         # OpenAI refuses an empty list of parts as it refuses no content: the turn would
         # render empty, and the model answer a question nobody asked
-        given = "an empty list of content parts" if m.get("content") == [] else "missing"
+        given = ("an empty list of content parts" if m.get("content") == [] else
+                 "null" if "content" in m else "missing")
         raise InvalidRequest(f"{at}.content is required for {_article(role)} {role} message, "
                              f"got {given} (only an assistant message with tool_calls may "
                              "omit it)", param=f"{at}.content")

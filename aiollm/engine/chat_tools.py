@@ -51,10 +51,7 @@ def check_tools(tools: Any) -> list[dict]:
         raise InvalidRequest(f"at most {MAX_TOOLS} tools, got {len(tools)}", param="tools")
     seen: dict[str, int] = {}  # name -> its tool's index
     for i, t in enumerate(tools):
-        if not isinstance(t, dict) or t.get("type") != "function" or not isinstance(
-                t.get("function"), dict) or not isinstance(t["function"].get("name"), str):
-            raise InvalidRequest('each tool must be {"type": "function", "function": '
-                                 '{"name", "parameters"}}', param=f"tools[{i}]")
+        _check_tool_shape(t, f"tools[{i}]")
         name = t["function"]["name"]
         if not TOOL_NAME.fullmatch(name):
             raise InvalidRequest(f"a function name must be 1 to 64 letters, digits, '_' or "
@@ -78,6 +75,21 @@ def check_tools(tools: Any) -> list[dict]:
         if params is not None:
             check_schema(params, f"tools[{i}].function.parameters")
     return tools
+
+
+def _check_tool_shape(tool: Any, at: str) -> None:
+    """InvalidRequest naming the first field of `tool` (at the path `at`) that is not
+    OpenAI's {"type": "function", "function": {"name": ...}}."""
+    shape = 'each tool must be {"type": "function", "function": {"name", "parameters"}}'
+    check_type(tool, (dict,), at, required=True)
+    if tool.get("type") != "function":
+        raise InvalidRequest(f'{shape}: {at}.type must be "function", got '
+                             f"{tool.get('type')!r}", param=f"{at}.type")
+    if not isinstance(tool.get("function"), dict):
+        raise InvalidRequest(f"{shape}: {at}.function must be an object", param=f"{at}.function")
+    if not isinstance(tool["function"].get("name"), str):
+        raise InvalidRequest(f"{shape}: {at}.function.name must be a string",
+                             param=f"{at}.function.name")
 
 
 def template_messages(messages: list[dict], tools: list[dict], template: str | None, *,
