@@ -63,6 +63,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                        "send tools and tool_choice", param="functions" if req.functions
                        is not None else "function_call")
     tools, mode, callable_tools = tool_request.choose(req.tools, req.tool_choice)
+    named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
     constraint = req.constraint()
     # a grammar that holds the output from its first token leaves no room to reason first
     shaped = mode == "required" or constraint is not None and constraint.grammar is not None
@@ -81,7 +82,6 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         parser = tool_parsers.parser_for(template, engine.config.tool_call_parser)
         if tool_parsers.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
-        named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
         if named:  # not the "required" it was turned into
             sent = f"tool_choice naming the function {callable_tools[0]['function']['name']!r}"
         elif req.tool_choice is not None:
@@ -162,7 +162,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             if calls:
                 message = {"role": "assistant", "content": content or None, "refusal": None,
                            **thought, "tool_calls": [c.as_openai() for c in calls]}
-                finish = finish_with_calls(finish, calls)
+                finish = finish_with_calls(finish, calls, named)
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
                 "stop_reason": out.stop_reason,
@@ -211,7 +211,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             if finish is not None:
                 rest, found = calls[j].finish(cut=may_cut_a_call(finish))
                 text += rest
-                finish = finish_with_calls(finish, found)
+                finish = finish_with_calls(finish, found, named)
         delta: dict = {}
         # once content has begun every chunk carries it (simple clients index
         # delta["content"]); before, a "" would make a client's joined content "" where
