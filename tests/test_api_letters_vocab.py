@@ -99,3 +99,22 @@ def test_a_grammar_the_vocabulary_cannot_write_is_400(server, path, body, param)
                                                              "max_tokens": 4})
     assert status == 200, out
     assert server.wait_idle()
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/generate", {"inputs": "hi", "parameters": {"guided_json": {"type": "object"},
+                                                  "max_new_tokens": 4}},
+     "parameters.guided_json"),
+    ("/generate", {"inputs": "hi", "parameters": {"regular_constraint": "[0-9]+",
+                                                  "max_new_tokens": 4}},
+     "parameters.regular_constraint"),
+])
+def test_lightllm_grammars_the_vocabulary_cannot_write_name_their_field(server, path, body,
+                                                                        param):
+    """LightLLM's grammar fields, inside its parameters: the 400 names the field by its
+    path, as the OpenAI endpoints' do."""
+    status, out = post(server, path, body)
+    assert status == 400, out
+    assert out["error"]["param"] == param, out
+    assert "vocabulary" in out["error"]["message"], out
+    assert server.wait_idle()
