@@ -99,3 +99,48 @@ def test_a_grammar_the_vocabulary_cannot_write_is_400(server, path, body, param)
                                                              "max_tokens": 4})
     assert status == 200, out
     assert server.wait_idle()
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/generate", {"inputs": "hi", "parameters": {"guided_json": {"type": "object"},
+                                                  "max_new_tokens": 4}},
+     "parameters.guided_json"),
+    ("/generate", {"inputs": "hi", "parameters": {"regular_constraint": "[0-9]+",
+                                                  "max_new_tokens": 4}},
+     "parameters.regular_constraint"),
+])
+def test_lightllm_grammars_the_vocabulary_cannot_write_name_their_field(server, path, body,
+                                                                        param):
+    """LightLLM's grammar fields, inside its parameters: the 400 names the field by its
+    path, as the OpenAI endpoints' do."""
+    status, out = post(server, path, body)
+    assert status == 400, out
+    assert out["error"]["param"] == param, out
+    assert "vocabulary" in out["error"]["message"], out
+    assert server.wait_idle()
+
+
+@pytest.mark.parametrize("path,body,param", [
+    ("/v1/completions", {"prompt": "hi", "guided_regex": "a[0-9]"}, "guided_regex"),
+    ("/v1/chat/completions", {"messages": HI, "structured_outputs": {"choice": ["b1", "b2"]}},
+     "structured_outputs.choice"),
+    ("/v1/completions", {"prompt": "hi", "stream": True, "guided_regex": "(a|b)[0-9]+"},
+     "guided_regex"),
+])
+def test_a_grammar_the_vocabulary_cannot_go_on_with_is_the_clients_error(server, path, body,
+                                                                          param):
+    """A grammar this vocabulary can begin (a letter) but not go on with (a digit next):
+    its first step passes the check at compile time, then the mask allows no token, the
+    sampler draws one the grammar refuses, and the request failed as the server's bug (a
+    500, "a token was sampled against the request's grammar"). It is the client's grammar
+    that no output of this model can match: an error naming its field."""
+    status, raw_headers, raw = http(server, "POST", path, json={**body, "max_tokens": 4})
+    if body.get("stream"):
+        assert status == 200, raw
+        err = json.loads(raw.split(b"data: ", 2)[-1].split(b"\n")[0])["error"]
+    else:
+        assert status == 400, raw
+        err = json.loads(raw)["error"]
+    assert err["param"] == param, err
+    assert "continue" in err["message"], err
+    assert server.wait_idle()

@@ -197,3 +197,48 @@ def test_a_flat_list_of_ids_as_the_batch_says_how_to_pass_it(llm):
     assert e.value.param == "prompts"
     out, = llm.generate([ids], GREEDY, False)  # as the message says
     assert out.prompt_token_ids == ids
+
+
+LEGACY_TAG = {"type": "structural_tag", "triggers": ["<weather="], "structures": [
+    {"begin": "<weather=", "end": "</weather>", "schema": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+        "required": ["city"], "additionalProperties": False}}]}
+
+
+def test_structural_tag_of_vllms_example_with_structures_and_triggers(llm):
+    """vLLM's structured-outputs example writes its structural tag as structures (begin,
+    schema, end) and triggers, the form vLLM compiles by xgrammar's legacy call: aiollm
+    refused it ("Structural tag must have a format field"). It is the same grammar as
+    the triggered_tags format: free text, and after a trigger, the tag with its schema.
+    A legacy tag of the wrong shape is refused naming the field."""
+    import json
+
+    from aiollm.sampling_params import StructuredOutputsParams
+
+    import xgrammar as xgr
+
+    from aiollm.engine.grammar_check import compilable
+    from aiollm.sampling_params import GrammarSpec
+
+    for tag in (LEGACY_TAG, json.dumps(LEGACY_TAG)):
+        sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True,
+                            structured_outputs=StructuredOutputsParams(structural_tag=tag))
+        out, = llm.generate("Weather in Paris?", sp, False)
+        assert len(out.outputs[0].token_ids) == 8, out  # free text until a trigger
+    # the grammar compiled is the one xgrammar's legacy call builds (vLLM's)
+    item, = LEGACY_TAG["structures"]
+    legacy = xgr.StructuralTag.from_legacy_structural_tag(
+        [xgr.StructuralTagItem(begin=item["begin"], schema=json.dumps(item["schema"]),
+                               end=item["end"])], LEGACY_TAG["triggers"])
+    ours = compilable(GrammarSpec("structural_tag", json.dumps(LEGACY_TAG), "g"))
+    assert xgr.StructuralTag.from_json(ours) == legacy
+    for bad, why in (({**LEGACY_TAG, "triggers": "<weather="}, "triggers"),
+                     ({**LEGACY_TAG, "structures": [{"begin": "<w", "end": "</w>"}]},
+                      "schema"),
+                     ({**LEGACY_TAG, "structures": [{"begin": 1, "end": "</w>",
+                                                     "schema": {}}]}, "begin")):
+        sp = SamplingParams(max_tokens=4, structured_outputs=StructuredOutputsParams(
+            structural_tag=bad))
+        with pytest.raises(InvalidRequest, match=why) as e:
+            llm.generate("Hi", sp, False)
+        assert e.value.param == "structured_outputs.structural_tag", e.value

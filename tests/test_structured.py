@@ -928,3 +928,27 @@ def test_a_pattern_beside_a_format_is_refused(fmt):
     with pytest.raises(InvalidRequest, match="'pattern' with 'format'") as e:
         check_schema(schema, "guided_json")
     assert e.value.param == "guided_json" and "/properties/d" in str(e.value)
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", {"messages": ASK}), ("/v1/completions", {"prompt": "Hi"})])
+def test_response_format_structural_tag_in_both_of_vllms_forms(server, path, body):
+    """vLLM's response_format of type structural_tag, in its first form (structures and
+    triggers) and in xgrammar's (format): it was a 400 ('response_format.type must be
+    "text", "json_object" or "json_schema"'). Free text until a trigger. A tag of the
+    wrong shape is a 400 naming response_format."""
+    schema = {"type": "object", "properties": {"city": NAME}, "required": ["city"]}
+    legacy = {"type": "structural_tag", "triggers": ["<w="], "structures": [
+        {"begin": "<w=", "schema": schema, "end": "</w>"}]}
+    current = {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [
+        "<w="], "tags": [{"type": "tag", "begin": "<w=", "end": "</w>", "content": {
+            "type": "json_schema", "json_schema": schema}}]}}
+    for tag in (legacy, current):
+        status, _, raw = http(server, "POST", path, json={
+            **body, "response_format": tag, "max_tokens": 4, "temperature": 0})
+        assert status == 200, raw
+    for bad in ({**legacy, "triggers": None}, {"type": "structural_tag"}):
+        status, _, raw = http(server, "POST", path, json={
+            **body, "response_format": bad, "max_tokens": 4})
+        assert status == 400, raw
+        assert json.loads(raw)["error"]["param"] == "response_format", raw

@@ -1,7 +1,8 @@
 """The request fields that constrain the output, turned into one aiollm Constraint.
 
 OpenAI: `response_format` ({"type": "text" | "json_object" | "json_schema", "json_schema":
-{"name", "schema", "strict", "description"}}; without a schema, any JSON object),
+{"name", "schema", "strict", "description"}}; without a schema, any JSON object; vLLM's
+"structural_tag", the object an xgrammar structural tag),
 `logit_bias` ({"token id in decimal digits": bias in [-100, 100]}). vLLM's
 extensions: `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (EBNF, as
 xgrammar takes it) and the newer `structured_outputs` object ({"json" | "regex" | "choice" |
@@ -115,8 +116,12 @@ def response_format(value: Any) -> GrammarSpec | None:
             return GrammarSpec("json_object", "", f"{p}.json_schema")
         return GrammarSpec("json_schema", _schema(js["schema"], f"{p}.json_schema.schema"),
                            f"{p}.json_schema.schema")
-    raise InvalidRequest(f'response_format.type must be "text", "json_object" or '
-                         f'"json_schema", got {kind!r}', param=f"{p}.type")
+    if kind == "structural_tag":
+        # vLLM's: the whole object is the tag, in xgrammar's form (a "format") or in its
+        # first (structures and triggers; engine/grammar_check.py reads it as the same)
+        return GrammarSpec("structural_tag", _structural_tag(value, p), p)
+    raise InvalidRequest(f'response_format.type must be "text", "json_object", '
+                         f'"json_schema" or "structural_tag", got {kind!r}', param=f"{p}.type")
 
 
 # vLLM's options beside the grammar, with their types: its output here is already compact,

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 
 from aiollm.engine.bad_words import banned_ids
-from aiollm.engine.grammar_build import check_writable, compile_spec, grammar_error
+from aiollm.engine.grammar_build import (allows_none, check_writable, compile_spec,
+                                         grammar_error)
 from aiollm.engine.grammar_compile import CompileThreads
 from aiollm.engine.token_mask import BitmaskBuffers, TokenMask, to_device
 from aiollm.errors import InvalidRequest, RequestFailed
@@ -312,6 +313,15 @@ class Grammars:
                 status[k] = ENDED if s.terminated else 0
         return status
 
+    def dead_end(self, state: GrammarState | None) -> bool:
+        """Whether `state`'s grammar allows no token of the vocabulary where its matcher is
+        now (neither one that continues the output nor a stop token that ends it): what
+        made the sampler draw a refused token, on a vocabulary the grammar cannot follow.
+        Costs one mask; asked only when a token was refused."""
+        if state is None or state.matcher is None or state.terminated:
+            return False
+        return allows_none(state.matcher, self.grammar_vocab)
+
     def masks(self, states: list[GrammarState | None]) -> TokenMask | None:
         """The device constraints of a step's sampled rows (None where no row has one).
         A finished request's row (a discarded token) is left unconstrained."""
@@ -355,14 +365,24 @@ class Grammars:
         return out
 
 
-def rejection(params, n_out: int) -> tuple[str, Callable[[str], Exception]]:
+def rejection(params, n_out: int, dead_end: bool = False
+              ) -> tuple[str, Callable[[str], Exception]]:
     """Why a request's grammar refused its sampled token, and what to raise with that
     message: the mask makes it a bug (RequestFailed), unless the request's other constraints
     left the grammar no token (InvalidRequest naming min_tokens when it banned the end where
     the grammar ends, allowed_token_ids when they are outside it, bad_words when they ban
-    all it allows: the client's fault, a 400, not a 500 its client would retry)."""
+    all it allows: the client's fault, a 400, not a 500 its client would retry), or the
+    grammar itself allows no token of the vocabulary where it is (`dead_end`,
+    Grammars.dead_end: InvalidRequest naming the grammar's field; check_writable finds it
+    at compile time only where the grammar begins)."""
     c = params.constraint
     has_grammar = c is not None and c.grammar is not None
+    if dead_end and has_grammar:
+        p = c.grammar.param
+        return (f"{p}: after {n_out - 1} tokens of output, no token of the model's vocabulary "
+                "can continue it as this grammar allows (nor end it there), so the model "
+                "cannot write an output that matches; loosen the grammar, or leave it out",
+                partial(InvalidRequest, param=p))
     if params.min_tokens > n_out - 1:
         if not has_grammar:  # allowed_token_ids alone
             return (f"min_tokens ({params.min_tokens}) forbids ending the output, and "

@@ -57,18 +57,26 @@ def check_writable(compiled, spec: GrammarSpec, stop_ids: list[int], vocab: int)
     when none) allows no token, and the sampler would draw one the grammar refuses. A
     vocabulary without the characters JSON begins with, and without an eos, is one such.
     Costs one mask (well under a millisecond at the first step), once per compilation."""
-    import numpy as np
     import xgrammar as xgr
 
     matcher = xgr.GrammarMatcher(compiled, override_stop_tokens=stop_ids or None)
-    mask = xgr.allocate_token_bitmask(1, vocab)
-    matcher.fill_next_token_bitmask(mask)
-    bits = np.unpackbits(mask.numpy().view(np.uint8), bitorder="little")[:vocab]
-    if not bits.any():
+    if allows_none(matcher, vocab):
         raise InvalidRequest(f"{spec.param}: no token of the model's vocabulary can begin an "
                              "output this grammar allows (nor end an empty one), so the model "
                              "cannot write one; loosen the grammar, or leave it out",
                              param=spec.param)
+
+
+def allows_none(matcher, vocab: int) -> bool:
+    """Whether the xgrammar GrammarMatcher `matcher` allows no token of ids [0, `vocab`)
+    where it is now: neither one that continues its grammar nor a stop token that ends it.
+    Costs one mask."""
+    import numpy as np
+    import xgrammar as xgr
+
+    mask = xgr.allocate_token_bitmask(1, vocab)
+    matcher.fill_next_token_bitmask(mask)
+    return not np.unpackbits(mask.numpy().view(np.uint8), bitorder="little")[:vocab].any()
 
 
 def grammar_of(spec: GrammarSpec):

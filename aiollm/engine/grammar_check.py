@@ -284,6 +284,7 @@ def compilable(spec: GrammarSpec) -> str:
             raise InvalidRequest(f"{spec.param} must be a JSON schema object", param=spec.param)
         check_schema(value, spec.param)
         return json.dumps(grammar_schema(value))
+    value = _from_legacy_tag(value, spec.param)
     stack = [value]
     while stack:  # a structural tag: its JSON schemas are held to the same rules
         node = stack.pop()
@@ -296,3 +297,41 @@ def compilable(spec: GrammarSpec) -> str:
         elif isinstance(node, list):
             stack.extend(node)
     return json.dumps(value)
+
+
+def _from_legacy_tag(tag: Any, param: str) -> Any:
+    """A structural tag in its first form, {"structures": [{"begin", "schema", "end"}...],
+    "triggers": [...]} (vLLM's examples and its response_format of type structural_tag
+    write it; vLLM compiles it by xgrammar's legacy call), as the same grammar in the form
+    xgrammar reads now: a triggered_tags format, each structure a tag whose content is its
+    JSON schema (what xgrammar's StructuralTag.from_legacy_structural_tag builds). Any
+    other tag is returned as it is. Raises InvalidRequest naming `param` for a first-form
+    tag of the wrong shape (vLLM answered it with a KeyError)."""
+    if not isinstance(tag, dict) or "structures" not in tag or "format" in tag:
+        return tag
+    structures, triggers = tag.get("structures"), tag.get("triggers")
+    if not isinstance(triggers, list) or not all(isinstance(t, str) for t in triggers):
+        raise InvalidRequest(f"{param}: triggers must be a list of strings (with "
+                             "structures)", param=param)
+    if not isinstance(structures, list):
+        raise InvalidRequest(f"{param}: structures must be a list of objects with begin, "
+                             "schema and end", param=param)
+    tags = []
+    for i, s in enumerate(structures):
+        if not isinstance(s, dict):
+            raise InvalidRequest(f"{param}: structures[{i}] must be an object with begin, "
+                                 "schema and end", param=param)
+        for key in ("begin", "end"):
+            if not isinstance(s.get(key), str):
+                raise InvalidRequest(f"{param}: structures[{i}].{key} must be a string",
+                                     param=param)
+        schema = s.get("schema")
+        if isinstance(schema, str):  # xgrammar's StructuralTagItem takes the schema's text
+            schema = _parsed(schema, param)
+        if not isinstance(schema, dict):
+            raise InvalidRequest(f"{param}: structures[{i}].schema must be a JSON schema "
+                                 "object", param=param)
+        tags.append({"type": "tag", "begin": s["begin"], "end": s["end"],
+                     "content": {"type": "json_schema", "json_schema": schema}})
+    return {"type": "structural_tag",
+            "format": {"type": "triggered_tags", "triggers": triggers, "tags": tags}}

@@ -77,7 +77,8 @@ class HandOut:
                 self._finish(r, "abort", error="the model produced non-finite logits", failed=True,
                              error_type=RequestFailed)
             elif grammar_end[k] == REJECTED:
-                why, kind = rejection(r.params, len(r.output_ids))
+                why, kind = rejection(r.params, len(r.output_ids),
+                                      self.grammars.dead_end(r.grammar))
                 self._finish(r, "abort", error=why, failed=True, error_type=kind)
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP
