@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 PROMPTS = [
     "The capital of France is",
@@ -174,9 +175,8 @@ def main() -> None:
         print("default model:", json.dumps(report["default_model"]))
     except FileNotFoundError as e:
         print(f"default model skipped: {e}")
-    out = args.out or f"bench/results/accuracy-{date.today()}-{device.replace(' ', '-')}.json"
-    with open(out, "w") as f:
-        json.dump(report, f, indent=1)
+    out = args.out or result_path("accuracy", device=device)
+    write_report(out, report)
     print("wrote", out)
 
 

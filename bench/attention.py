@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ from aiollm.kernels import decode_attention_triton, extend_attention_triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 HQ, HKV, D = 32, 8, 128
 DT = torch.bfloat16
@@ -216,11 +216,11 @@ def main() -> None:
         "decode": decode, "extend": extend, "torch_sdpa_causal": sdpa,
         "decode_forced_splits": forced,
     }
-    out = Path(args.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    # every run of non-alphanumerics a dash (stricter than the rule's spaces), as earlier
+    # kernels-* files were named; no commit in the name (it is in the report)
     slug = re.sub(r"[^A-Za-z0-9]+", "-", device).strip("-")
-    path = out / f"kernels-{today}-{slug}.json"
-    path.write_text(json.dumps(result, indent=1) + "\n")
+    path = write_report(result_path("kernels", device=slug, day=today, out_dir=args.out_dir),
+                        result)
     print(f"wrote {path}")
     if args.tune_serving_shapes:
         tune_serving_shapes()

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib
-import json
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402
+from results_file import write_report  # noqa: E402
 from attention import HQ, HKV, D, decode_inputs, extend_inputs, make_pool, median_ms  # noqa: E402
 
 # the modules, not the functions aiollm.kernels re-exports under the same names
@@ -83,9 +83,9 @@ def main() -> None:
         for r in best:
             print(f"   {r['ms']:.4f} ms ({r[rate]:.1f})  {r['config']} splits {r.get('num_splits')}")
     if args.out:
-        Path(args.out).write_text(json.dumps({
+        write_report(args.out, {
             "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-            "git_commit": tree_commit(), "heads": [hq, hkv], "rows": rows}, indent=1) + "\n")
+            "git_commit": tree_commit(), "heads": [hq, hkv], "rows": rows})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import sys
 import time
 from datetime import date
@@ -32,6 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 
 def measure_ceilings() -> dict[str, float]:
@@ -189,12 +189,10 @@ def main() -> None:
             rows.append((name, b, ours[b]["tokens_per_s"], ours[b]["step_ms"],
                          hf[b]["tokens_per_s"] if b in hf else float("nan"), roof))
         report["models"][name] = entry
-        out = Path(args.out_dir)
-        (out / f"roofline-{name}.json").write_text(json.dumps({
+        write_report(Path(args.out_dir) / f"roofline-{name}.json", {
             **ceil, "weight_bytes": shape["weight_bytes"],
             "kv_bytes_per_token": shape["kv_bytes_per_token"],
             "flops_per_token": 2 * shape.get("active_params", shape["params"])}, indent=2)
-            + "\n")
     print(f"{'model':14} {'batch':>5} {'aiollm tok/s':>13} {'ms/step':>8} {'HF tok/s':>9} "
           f"{'roofline':>9} {'of roof':>8}")
     for name, b, tps, ms, hf_tps, roof in rows:
@@ -205,10 +203,10 @@ def main() -> None:
             a = e["aiollm"]
             print(f"{name:14} {b:5d} {a['device_ms_per_step']:10.2f} {a['host_ms_per_step']:8.2f} "
                   f"{a['gpu_gap_us_per_step']:7.1f}")
-    dev = device.replace(" ", "-")
     names = "-".join(Path(m).name for m in args.models)
-    path = Path(args.out_dir) / f"decode-{date.today()}-{dev}-{names}-{commit}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = result_path("decode", device=device, tags=[names], commit=commit,
+                       out_dir=args.out_dir)
+    write_report(path, report, indent=2)
     print(f"wrote {path}")
 
 

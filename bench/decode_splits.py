@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402
+from results_file import write_report  # noqa: E402
 from attention import HKV, HQ, D, decode_inputs, make_pool, median_ms  # noqa: E402
 
 from aiollm.kernels.decode_attention_configs import _config  # noqa: E402
@@ -94,10 +94,9 @@ def main() -> None:
                   f"rule ({rule} splits) {med['rule']:.4f} ms; {others}  "
                   f"({nbytes / med['1'] / 1e9:.2f} TB/s at 1)")
     if args.out:
-        Path(args.out).write_text(json.dumps({
+        write_report(args.out, {
             "date": datetime.date.today().isoformat(), "device": torch.cuda.get_device_name(),
-            "git_commit": tree_commit(), "heads": [hq, hkv], "rounds": ROUNDS, "rows": rows},
-            indent=1) + "\n")
+            "git_commit": tree_commit(), "heads": [hq, hkv], "rounds": ROUNDS, "rows": rows})
 
 
 if __name__ == "__main__":

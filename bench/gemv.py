@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 ROWS = (1, 4, 2)  # 4 before 2: the m4 key (rows 2-4) is tuned on 4 rows
 
@@ -330,9 +331,8 @@ def main() -> None:
         (Path(check_dir) / "config.json").write_text(json.dumps(cfg))
     report["model_check"] = {Path(args.models[0]).name: model_check(check_dir, dev)}
     print("model check (fused vs layered):", json.dumps(report["model_check"]))
-    dev = device.replace(" ", "-")
-    path = Path(args.out_dir) / f"gemv-{date.today()}-{dev}-{report['commit']}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = result_path("gemv", device=device, commit=report["commit"], out_dir=args.out_dir)
+    write_report(path, report, indent=2)
     print(f"wrote {path}")
 
 

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 # bench/grammar_gpu.sh's schema: an array of records that cannot end within the run
 SCHEMA = json.dumps({
@@ -101,11 +102,11 @@ def main() -> None:
         print(f"{label:9s} {args.batch} rows: masks {r['masks_ms_median']:.3f} ms, accept "
               f"{r['accept_ms_median']:.3f} ms, step {r['step_ms_median']:.3f} ms (medians)")
     commit = tree_commit()
-    out = Path(args.out or f"bench/results/grammar-host-{date.today()}-{commit}.json")
-    out.write_text(json.dumps({"bench": "grammar_host", "date": str(date.today()),
-                               "commit": commit, "machine": "CPU (2 cores, shared)",
-                               "batch": args.batch, "steps": args.steps, "vocab": VOCAB,
-                               "baseline": args.baseline, "runs": runs}, indent=2) + "\n")
+    out = args.out or result_path("grammar-host", commit=commit)
+    write_report(out, {"bench": "grammar_host", "date": str(date.today()),
+                       "commit": commit, "machine": "CPU (2 cores, shared)",
+                       "batch": args.batch, "steps": args.steps, "vocab": VOCAB,
+                       "baseline": args.baseline, "runs": runs}, indent=2)
 
 
 if __name__ == "__main__":

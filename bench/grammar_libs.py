@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 SCHEMAS = {
     # a tool call's arguments: the shape agent frameworks send on every request
@@ -190,8 +191,10 @@ def main() -> None:
     now = datetime.now(timezone.utc)
     doc = {"date": now.isoformat(timespec="seconds"), "device": platform.processor() or "cpu",
            "cpus": __import__("os").cpu_count(), "commit": commit, "results": results}
-    path = Path(__file__).parent / "results" / f"grammar_libs-{now:%Y%m%d}-{commit}.json"
-    path.write_text(json.dumps(doc, indent=1))
+    # the date as YYYYMMDD (UTC), as earlier grammar_libs-* files were named
+    path = result_path("grammar_libs", commit=commit, day=f"{now:%Y%m%d}",
+                       out_dir=Path(__file__).parent / "results")
+    write_report(path, doc)
     print("wrote", path)
 
 

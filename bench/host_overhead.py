@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 TINY = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 49152,
@@ -63,10 +64,9 @@ def main() -> None:
             print(f"batch {b:4d}: host {r['host_ms']:6.2f} ms/step  model {r['model_ms']:6.2f} "
                   f"ms/step  ({r['steps']:.0f} steps)")
     commit = tree_commit()
-    out = Path(f"bench/results/host-overhead-{date.today()}.json")
-    out.write_text(json.dumps({"bench": "host_overhead", "date": str(date.today()),
-                               "commit": commit, "machine": "CPU", "steps": args.steps,
-                               "batches": rows}, indent=2) + "\n")
+    write_report(result_path("host-overhead"), {
+        "bench": "host_overhead", "date": str(date.today()), "commit": commit,
+        "machine": "CPU", "steps": args.steps, "batches": rows}, indent=2)
 
 
 if __name__ == "__main__":

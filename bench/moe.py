@@ -57,6 +57,7 @@ from aiollm.model.moe import SparseMoe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 # Without a GPU the script runs end to end on the CPU (fp32, the reference path, wall-clock
 # timing, tiny sizes): a dry run that checks the script, not a measurement.
@@ -374,15 +375,14 @@ def main() -> None:
               "tune_seconds": tune_s, "grouped_mm_probe": grouped_mm_probe, "rows": rows,
               "paths": {t: moe_path(t, E, H, I, k, torch.device(DEV)) for t in args.tokens},
               "breakdown": []}
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    out = Path(args.out_dir) / f"moe-{date.today()}-{device.replace(' ', '-')}-{commit}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")  # again below, with the breakdown
+    out = result_path("moe", device=device, commit=commit, out_dir=args.out_dir)
+    write_report(out, report, indent=2)  # again below, with the breakdown
     # on the CPU only under TRITON_INTERPRET=1 (a check of this script, not a measurement)
     interp = os.environ.get("TRITON_INTERPRET") == "1"
     for t in args.breakdown if GPU or interp else []:
         b = breakdown(layer, config, t)
         report["breakdown"].append(b)
-        out.write_text(json.dumps(report, indent=2) + "\n")
+        write_report(out, report, indent=2)
         print(f"stages at {b['tokens']} tokens ({b['path']}): " + ", ".join(
             f"{n} {v:.4f}" for n, v in b.items() if n.endswith("_ms")) + " ms; " + ", ".join(
             f"{n} {v:.0f}" for n, v in b.items() if "tflops" in n))

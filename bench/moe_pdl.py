@@ -13,7 +13,6 @@ the same run. Prints a table, writes bench/results/moe-pdl-DATE-DEVICE-COMMIT.js
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 from datetime import date
@@ -26,6 +25,7 @@ from aiollm.kernels.moe_align import moe_route_ref
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 from moe import DEV, DT, GPU, capture, ceilings, make_layer, median_ms  # noqa: E402
 
 
@@ -88,9 +88,8 @@ def main() -> None:
     report = {"bench": "moe_pdl", "date": str(date.today()), "device": device, "commit": commit,
               "model": Path(args.model).name, "ceilings": ceil, "rounds": args.rounds,
               "rows": rows}
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out_dir) / f"moe-pdl-{date.today()}-{device.replace(' ', '-')}-{commit}.json"
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = result_path("moe-pdl", device=device, commit=commit, out_dir=args.out_dir)
+    write_report(path, report, indent=2)
     print(f"wrote {path}")
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 from datetime import date
@@ -44,6 +43,7 @@ from aiollm.kernels.moe_align import moe_route_triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 from moe_tails import graph_of, replay_ms  # noqa: E402
 
 E, TOP_K, H, I = 128, 8, 2048, 768
@@ -208,10 +208,9 @@ def main() -> None:
                   f"diff {case['max_abs_diff_from_ref'][n]:.4g}")
         del graphs
         torch.cuda.empty_cache()
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    out = Path(args.out_dir) / (f"moe-peer-{date.today()}-"
-                                f"{report['device'].replace(' ', '-')}-{report['commit']}.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = result_path("moe-peer", device=report["device"], commit=report["commit"],
+                      out_dir=args.out_dir)
+    write_report(out, report, indent=2)
     print(f"wrote {out}")
 
 

@@ -16,7 +16,6 @@ torch._grouped_mm for down, for both, for gate/up), routing done, with the class
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import date
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 from moe import DEV, DT, GPU, ceilings, graph_ms, make_layer, median_ms  # noqa: E402
 
 from aiollm.kernels.fused_moe import fused_moe_triton  # noqa: E402
@@ -105,10 +105,9 @@ def main() -> None:
             print("  forwards from graphs (routing done): " + ", ".join(
                 f"{name} {ms * 1e3:.1f} us" if ms else f"{name} failed" for name, ms in paths.items()))
             out["rows"][-1]["paths_ms"] = paths
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out_dir) / (f"moe-profile-{out['date']}-"
-                                 f"{out['device'].replace(' ', '-')}-{out['commit']}.json")
-    path.write_text(json.dumps(out, indent=1))
+    path = result_path("moe-profile", device=out["device"], commit=out["commit"],
+                       day=out["date"], out_dir=args.out_dir)
+    write_report(path, out)
     print(f"wrote {path}")
 
 

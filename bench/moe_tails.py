@@ -25,7 +25,6 @@ the experts part. Writes bench/results/moe-tails-DATE-DEVICE-COMMIT.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -44,6 +43,7 @@ from aiollm.kernels.moe_align import moe_align_triton, moe_route_triton
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402
+from results_file import result_path, write_report  # noqa: E402
 from gpu_clocks import sampler_command  # noqa: E402
 
 E, K_TOP, H, I = 128, 8, 2048, 768
@@ -265,10 +265,9 @@ def main() -> None:
         report["clocks"] = {n: clocks_between(csv, *w) for n, w in windows.items()}
         print(f"SM clocks and power (median of nvidia-smi samples): {report['clocks']}")
         os.unlink(csv) if os.path.exists(csv) else None
-    Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    out = Path(args.out_dir) / (f"moe-tails-{date.today()}-"
-                                f"{report['device'].replace(' ', '-')}-{report['commit']}.json")
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = result_path("moe-tails", device=report["device"], commit=report["commit"],
+                      out_dir=args.out_dir)
+    write_report(out, report, indent=2)
     print(f"wrote {out}")
 
 

@@ -9,7 +9,6 @@ Usage: python bench/offline.py [--num-prompts 64] [--max-tokens 64] [--hf-batch 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import sys
@@ -21,6 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 WORDS = ("the a of to and in is it that for on with as was by at from this be are or an "
          "story river mountain city music science history garden winter light market ocean "
@@ -86,13 +86,12 @@ def main() -> None:
     print(f"transformers  {n_hf:6d} tokens in {t_hf:7.2f} s: {hf:8.1f} tok/s")
     print(f"ratio {ours / hf:.2f}x")
     commit = tree_commit()
-    out = Path(f"bench/results/offline-{date.today()}.json")
-    out.write_text(json.dumps({
+    write_report(result_path("offline"), {
         "bench": "offline", "date": str(date.today()), "commit": commit,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads",
         "num_prompts": args.num_prompts, "max_tokens": args.max_tokens, "hf_batch": args.hf_batch,
         "aiollm_tokens_per_s": ours, "hf_tokens_per_s": hf, "ratio": ours / hf,
-        "aiollm_s": t_ours, "hf_s": t_hf}, indent=2) + "\n")
+        "aiollm_s": t_ours, "hf_s": t_hf}, indent=2)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ The variants emulate designs, not kernels (no accumulation order, no tiling):
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 # The points of a decoder layer where a bf16 design may round (see forward()).
 POINTS = ("norm", "final_norm", "qkv", "kv", "probs", "attn_out", "o", "gate_up", "act", "down",
@@ -161,8 +161,8 @@ def main() -> None:
         allp = sum(r["variants"][name]["all"] for r in runs) / n_all
         report["total"][name] = {"generated": round(gen, 4), "all": round(allp, 4)}
         print(f"{name:<20} {gen:>11.2%} of {n_gen:<5} {allp:>11.2%} of {n_all}")
-    out = Path(args.out or f"bench/results/precision-floor-{date.today()}.json")
-    out.write_text(json.dumps(report, indent=1))
+    out = Path(args.out or result_path("precision-floor"))
+    write_report(out, report)
     print("wrote", out)
 
 

@@ -13,15 +13,18 @@ Writes bench/results/prefix_cache_host-<date>.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from aiollm.engine.prefix_cache import RadixTree
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import result_path, write_report  # noqa: E402  (bench/ is scripts, not a package)
 
 
 def measure(prompt_len: int = 8192, branches: int = 64, repeats: int = 200,
@@ -89,10 +92,11 @@ def main() -> None:
               f"per request, median ({res['path_nodes']} nodes on the path; list->array at "
               f"submission {res['list_to_array_us']:.1f} µs)")
     date = time.strftime("%Y-%m-%d")
-    out = Path(__file__).resolve().parent / "results" / f"prefix_cache_host-{date}.json"
-    out.write_text(json.dumps({"bench": "prefix_cache_host", "date": date,
-                               "cpu": platform.processor() or platform.machine(),
-                               "load_1min": os.getloadavg()[0], "runs": runs}, indent=1) + "\n")
+    out = result_path("prefix_cache_host", day=date,
+                      out_dir=Path(__file__).resolve().parent / "results")
+    write_report(out, {"bench": "prefix_cache_host", "date": date,
+                       "cpu": platform.processor() or platform.machine(),
+                       "load_1min": os.getloadavg()[0], "runs": runs})
     print(f"wrote {out}")
 
 

@@ -65,6 +65,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 import workloads  # noqa: E402  (bench/ is scripts, not a package)
 from commit import tree_commit  # noqa: E402
+from results_file import result_path, write_report  # noqa: E402
 
 PAPER_SLA = (10.0, 1.5)  # Past-Future (ASPLOS'25): TTFT s, max-TPOT s, for 7B/13B models
 ROOFLINE_KEYS = ("copy_bw_bytes_per_s", "matmul_flops_per_s", "weight_bytes",
@@ -711,9 +712,9 @@ async def run(cfg: BenchConfig, quiet: bool = False) -> dict:
                       "max_tpot_s": r.max_tpot if r.ok else None,
                       "e2e_s": r.e2e if r.ok else None, "error": r.error} for r in records],
     }
-    out = Path(cfg.out or REPO / f"bench/results/serve-{now.date()}-{cfg.label}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    out = Path(cfg.out or result_path("serve", tags=[cfg.label], day=now.date(),
+                                      out_dir=REPO / "bench/results"))
+    write_report(out, report)
     if cfg.plot:
         plot(out.with_suffix(".png"), cfg, records, m)
     if not quiet:

@@ -47,6 +47,7 @@ from aiollm.scheduler import (
 from aiollm.scheduler.batch import prefill_chunks
 from aiollm.scheduler.past_future import prefill_delay
 from commit import tree_commit
+from results_file import result_path, write_report
 from sim_report import POLICIES, aggregate, plot, print_table, verdict
 
 SLA_GRID = ((1.0, 0.025), (5.0, 0.05), (5.0, 0.025))  # (TTFT s, mean TPOT s) besides the main
@@ -504,9 +505,8 @@ def main() -> None:
                 "runs": {r["policy"]: {**r["timeline"], "evictions": r["evictions"]}
                          for r in runs if "timeline" in r}}
     commit = tree_commit()
-    out = Path(args.out or f"bench/results/sim-{date.today()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({
+    out = Path(args.out or result_path("sim"))
+    write_report(out, {
         "bench": "sim", "date": str(date.today()), "commit": commit,
         "machine": machine(),
         "wall_s": wall, "sim": asdict(sim), "paper_n_requests": args.paper_n_requests,
@@ -516,7 +516,7 @@ def main() -> None:
                           "closed_loop": WORKLOADS[w].paper} for w in workloads},
         "scheduler": asdict(sched_cfg), "capacity_rps": capacity, "verdict": verdicts,
         "results": rows, "kv_timeline": timeline,
-    }, indent=1) + "\n")
+    })
     plot(rows, timeline, sim, out.with_suffix(".png"))
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import socket
@@ -27,6 +26,7 @@ import urllib.error
 import urllib.request
 
 from commit import tree_commit  # bench/commit.py (bench/ is on the path of its scripts)
+from results_file import result_path, write_report
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -123,9 +123,9 @@ def main() -> None:
               "machine": platform.processor() or platform.machine(),
               "serve_args": args.serve_args, "prime_s": prime, "runs_s": times,
               "cpu_s": cpus, "load_average_before": loads, "median_s": median}
-    out = args.out or os.path.join(HERE, "results", f"startup-{date}-{rev}.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=1)
+    out = args.out or result_path("startup", commit=rev, day=date,
+                                  out_dir=os.path.join(HERE, "results"))
+    write_report(out, result)
     print(f"wrote {out}")
 
 

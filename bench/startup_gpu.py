@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 
+from results_file import result_path, write_report  # bench/results_file.py
 from startup import free_port, healthy  # bench/startup.py: the CPU start-up bench
 
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ [\w.]+: (.*)$")
@@ -185,15 +186,13 @@ def main() -> None:
         device = "cpu"
     date = datetime.date.today().isoformat()
     tag = "-".join(c for _, c, _ in checkouts)
-    out = os.path.join(args.out_dir, f"startup-{date}-{device.replace(' ', '-')}-{tag}.json")
+    out = result_path("startup", device=device, commit=tag, day=date, out_dir=args.out_dir)
     report = {"bench": "startup_gpu", "date": date, "device": device, "model": args.model,
               "serve_args": args.serve_args, "checkouts": {n: c for n, c, _ in checkouts},
               "starts": [], "decode": []}
 
     def save():
-        with open(out, "w") as f:
-            json.dump(report, f, indent=1)
-            f.write("\n")
+        write_report(out, report)
 
     caches = {}
     for state in ("cold", "warm"):

@@ -8,7 +8,6 @@ Usage: python bench/table.py [--batch 256] [--repeat 2000]
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -22,6 +21,7 @@ from aiollm.native import RequestTable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
                    "presence_penalty", "frequency_penalty", "seed")
@@ -104,13 +104,13 @@ def main() -> None:
     print(f"batch {args.batch}: python objects {t_obj * 1e6:8.1f} us | "
           f"request table {t_tab * 1e6:8.1f} us | ratio {ratio:5.1f}x")
     commit = tree_commit()
-    out = Path(args.out or f"bench/results/table-{date.today()}.json")
-    out.write_text(json.dumps({
+    out = Path(args.out or result_path("table"))
+    write_report(out, {
         "bench": "table", "date": str(date.today()), "commit": commit,
         "machine": f"{platform.processor() or platform.machine()} ({platform.python_version()})",
         "batch": args.batch, "python_objects_us": t_obj * 1e6, "table_us": t_tab * 1e6,
         "ratio": ratio,
-    }, indent=2) + "\n")
+    }, indent=2)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from datetime import date
@@ -19,6 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import result_path, write_report  # noqa: E402
 
 TOKENS = (64, 128, 256, 512, 1024, 4096)  # 1,024: LightLLM's prompts
 
@@ -64,11 +64,11 @@ def main() -> None:
 
     rows = measure(a.reps)
     commit = tree_commit()
-    out = Path(a.out or f"bench/results/tokenize-loop-{date.today()}-{commit}.json")
-    out.write_text(json.dumps({"bench": "tokenize_loop", "date": str(date.today()),
-                               "commit": commit, "machine": "CPU (2 cores, shared)",
-                               "inline_chars": TOKENIZE_INLINE_CHARS, "reps": a.reps,
-                               "rows": rows}, indent=2) + "\n")
+    out = Path(a.out or result_path("tokenize-loop", commit=commit))
+    write_report(out, {"bench": "tokenize_loop", "date": str(date.today()),
+                       "commit": commit, "machine": "CPU (2 cores, shared)",
+                       "inline_chars": TOKENIZE_INLINE_CHARS, "reps": a.reps,
+                       "rows": rows}, indent=2)
     print(f"wrote {out}")
 
 

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from commit import tree_commit  # noqa: E402  (bench/ is scripts, not a package)
+from results_file import write_report  # noqa: E402
 
 
 def _time_graph(fn, reps: int = 50) -> float:
@@ -182,7 +183,7 @@ def main() -> None:
            "shapes": {}}
 
     def save():
-        Path(args.out).write_text(json.dumps(res, indent=1))
+        write_report(args.out, res)
 
     configs = {s: json.loads((Path(s) / "config.json").read_text()) for s in args.shape}
     if not dry:
