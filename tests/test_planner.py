@@ -245,3 +245,39 @@ def test_burst_on_an_unused_cached_prefix_counts_it_once(loop, tiny, scheduler):
     steps, stats = run(loop, go())
     assert [(n, pre, ext) for _, n, pre, ext in steps[0][3]] == [(45, 40, 5)] * 3, steps[0]
     assert stats["evictions"] == 0
+
+
+def test_queue_timeout_spares_a_request_paused_mid_prefill(loop, tiny):
+    """The queue timeout is for a wait for admission. A long prompt admitted at once,
+    paused mid-prefill (a running request's decodes took its slots), was failed with 503
+    "waited more than 0.35s in the queue" once its arrival was that old: it had been
+    served the whole time. It resumes now and finishes with its output alone's."""
+    first = prompt(1, 30, 1)
+    second = prompt(2, 68, 2)
+
+    async def go():
+        eng = Engine(tiny, load_format="dummy", kv_tokens=100, max_prefill_tokens=16,
+                     scheduler="aggressive", prefix_cache=False, queue_timeout=0.35)
+        await eng.start()
+        step = eng._step
+
+        async def slow_step():  # steps of 0.2 s until the pause: the prefill spans 0.35 s
+            if eng.stats()["evictions"] == 0:
+                await asyncio.sleep(0.2)
+            await step()
+
+        eng._step = slow_step
+        try:
+            running = asyncio.ensure_future(eng.generate(first, SamplingParams(
+                max_tokens=60, temperature=0, ignore_eos=True)))
+            while eng.stats()["running"] == 0:
+                await asyncio.sleep(0.01)
+            late = await eng.generate(second, GREEDY)
+            await running
+            assert eng.stats()["evictions"] > 0  # it was paused
+        finally:
+            await eng.stop()
+        async with Engine(tiny, load_format="dummy", kv_tokens=4096) as ref:
+            assert late.token_ids == (await ref.generate(second, GREEDY)).token_ids
+
+    run(loop, go())

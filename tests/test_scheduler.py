@@ -119,6 +119,27 @@ def test_small_caps_do_not_pull_down_large_cap_predictions():
     assert h.predict(0, 16).item() == 16
 
 
+
+def test_outputs_cut_at_a_small_cap_never_predict_a_larger_cap():
+    """A few requests with max_tokens 1 (a classifier's calls) stop at their cap: each
+    says only "at least 1". With too few larger-cap samples, the bucket fell back to all
+    of them, predicted 1 token for every max_tokens 60 request, and Past-Future admitted
+    a burst the pool could not hold (10 preemptions in a burst of 24 on a 300-token pool,
+    none cold). Natural lengths from small caps still count."""
+    h = OutputLengthHistory(min_history=8, quantile=0.5)
+    h.record([1] * 10, 1)
+    assert h.predict(0, 60).item() == 60  # nothing known about outputs past 1: the cap
+    assert h.predict(0, 1).item() == 1
+    h.record([5] * 10, 16)  # stopped by eos below their cap of 16: natural lengths
+    assert h.predict(0, 60).item() == 5
+    # the scheduler: 4 prompts of 20 tokens, max_tokens 60, on a 300-token pool hold
+    # 4 x 80 at the end; 3 fit, as on a cold start
+    sched = make_scheduler("past_future", SchedulerConfig(min_history=8))
+    sched.on_finish([1] * 10, [1] * 10)
+    k = sched.admit(RunningBatch.empty(), Candidates(np.full(4, 20), np.full(4, 60)),
+                    pool_capacity=300, pool_free=300, prefill_budget=4096)
+    assert k == 3
+
 def random_state(rng, sched):
     n = int(rng.integers(0, 30))
     g = rng.integers(1, 300, n)

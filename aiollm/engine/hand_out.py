@@ -100,8 +100,10 @@ class HandOut:
         if timeout is None or not self.planner.waiting:
             return
         cutoff = time.monotonic() - timeout
-        for r in [r for r in self.planner.waiting if r.arrival < cutoff and not r.output_ids
-                  and not r.pending]:
+        # a wait for admission: a request paused since (before its first token, too) was
+        # admitted and served; it resumes, as a preempted request does in vLLM
+        for r in [r for r in self.planner.waiting if r.arrival < cutoff and r.admitted_seq < 0
+                  and not r.output_ids and not r.pending]:
             self._finish(r, "abort", error=f"the request waited more than {timeout}s in the queue",
                          failed=True, error_type=Overloaded)
 

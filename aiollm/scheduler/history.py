@@ -8,7 +8,10 @@ requests always run to max_new_tokens, so they are predicted exactly and never r
 Outputs are censored by max_new_tokens: a request capped at 64 that stopped at 64 says only
 "at least 64". With `bucketed`, samples remember the power-of-two bucket of their cap and a
 request is predicted from samples whose bucket is at least its own, once there are enough
-of them, so small caps do not drag down the predictions of requests with large ones.
+of them, so small caps do not drag down the predictions of requests with large ones. With
+fewer, a request's prediction also takes the natural lengths (those that stopped below their
+cap) of smaller caps, never their censored ones: after a run of max_tokens 1 requests, a
+request with max_tokens 512 is not predicted to stop after 1 token.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ class OutputLengthHistory:
         # A ring buffer: slot `_next % window` is overwritten next.
         self._length = np.zeros(window, dtype=np.int64)
         self._bucket = np.zeros(window, dtype=np.int64)
+        self._censored = np.zeros(window, dtype=bool)  # stopped at its cap: a lower bound
         self._next = 0
         # Sorted sample sets by minimum bucket, rebuilt lazily after new records.
         self._sorted: dict[int, np.ndarray | None] = {}
@@ -81,6 +85,7 @@ class OutputLengthHistory:
         idx = (self._next + np.arange(length.shape[0])) % self.window
         self._length[idx] = length
         self._bucket[idx] = cap_bucket(cap)
+        self._censored[idx] = length >= cap
         self._next += length.shape[0]
         self._sorted.clear()
 
@@ -93,17 +98,28 @@ class OutputLengthHistory:
         n = len(self)
         lengths, buckets = self._length[:n], self._bucket[:n]
         if min_bucket is not None:
-            mine = lengths[buckets >= min_bucket]
-            # Too few samples from requests with caps this large: fall back to all of them.
-            out = np.sort(mine) if mine.shape[0] >= self.min_history else self.samples(None)
-        elif n >= self.min_history:
-            out = np.sort(lengths)
-        elif self.prior.shape[0]:
-            out = np.sort(np.concatenate([self.prior, lengths]))
+            mine = buckets >= min_bucket
+            if np.count_nonzero(mine) >= self.min_history:
+                out = np.sort(lengths[mine])
+            else:
+                # Too few samples from requests with caps this large: add the natural
+                # lengths of smaller caps. Their censored ones only say "at least a cap
+                # below this request's": taken as lengths, a run of max_tokens 1 requests
+                # would predict 1 token for every larger cap.
+                out = self._trusted(lengths[mine | ~self._censored[:n]])
         else:
-            out = None
+            out = self._trusted(lengths)
         self._sorted[key] = out
         return out
+
+    def _trusted(self, lengths: np.ndarray) -> np.ndarray | None:
+        """lengths sorted when there are min_history of them; too few: with the prior, or
+        None without one."""
+        if lengths.shape[0] >= self.min_history:
+            return np.sort(lengths)
+        if self.prior.shape[0]:
+            return np.sort(np.concatenate([self.prior, lengths]))
+        return None
 
     def predict(
         self, output_len: ArrayLike, max_new_tokens: ArrayLike, ignore_eos: ArrayLike = False
