@@ -21,6 +21,9 @@ MAX_KV_TOKENS = 2**31 - 2
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 # --tool-call-parser's choices (aiollm/api/tool_parsers.py)
 TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")
+# the KV pool's share of the GPU memory free after loading, by default; the rest is the
+# headroom for activations, CUDA graphs and sampling (gpu_memory_utilization keeps it too)
+KV_MEMORY_FRACTION = 0.85
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
@@ -32,8 +35,14 @@ class EngineConfig:
     load_format: str = "auto"  # auto | dummy (random weights of the config's shape)
     tokenizer: str | None = None  # default: the model's own (the default model's if it has none)
     max_model_len: int | None = None  # default: the model's own limit
-    kv_tokens: int | None = None  # KV pool size in tokens; overrides kv_memory_fraction
-    kv_memory_fraction: float = 0.85  # of free GPU memory after loading, for the KV pool
+    # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization
+    kv_tokens: int | None = None
+    # of free GPU memory after loading, for the KV pool; None: KV_MEMORY_FRACTION, unless
+    # gpu_memory_utilization is given (one or the other: aiollm/model/kv_pool.py)
+    kv_memory_fraction: float | None = None
+    # vLLM's --gpu-memory-utilization: this process's GPU memory (weights, KV pool, the
+    # headroom for activations) stays within this share of the GPU's total; no effect on the CPU
+    gpu_memory_utilization: float | None = None
     # KV pool size on the CPU when kv_tokens is not given; None: cpu_pool_tokens() sizes it
     # from the model's context. No CLI flag: on the command line the device is known, and
     # --kv-tokens sizes the pool on it; this only lets Python code with device="auto" size
@@ -153,8 +162,18 @@ class EngineConfig:
             raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
-        if not 0 < self.kv_memory_fraction < 1:
+        if self.kv_memory_fraction is not None and not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
+        if self.gpu_memory_utilization is not None:
+            if not 0 < self.gpu_memory_utilization <= 1:  # NaN too
+                raise ValueError(f"gpu_memory_utilization must be in (0, 1], got "
+                                 f"{self.gpu_memory_utilization}")
+            if self.kv_memory_fraction is not None:  # shares of different wholes
+                raise ValueError("give one of gpu_memory_utilization (vLLM's: the whole "
+                                 "process's share of the GPU's memory) and kv_memory_fraction "
+                                 "(the KV pool's share of the memory free after loading), "
+                                 f"got {self.gpu_memory_utilization} and "
+                                 f"{self.kv_memory_fraction}")
         for name in ("tensor_parallel_size", "nnodes"):  # one message each: the CLI names it
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

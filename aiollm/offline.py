@@ -38,8 +38,8 @@ class LLM:
     Raises what Engine() and Engine.start() raise (TypeError or ValueError for a bad option,
     OSError for a model it cannot read), once what it made has ended; a bad value of an
     option given by vLLM's name is named so (max_num_seqs=0), and engine_options' errors:
-    ValueError for a vLLM keyword aiollm cannot honour (gpu_memory_utilization,
-    quantization, trust_remote_code=True, ...: its message says what to use instead),
+    ValueError for a vLLM keyword aiollm cannot honour (quantization,
+    trust_remote_code=True, swap_space=4, ...: its message says what to use instead),
     TypeError for an option given under both names with different values."""
 
     def __init__(self, model: str | None = None, **options):

@@ -56,11 +56,6 @@ _NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapte
             "into its weights")
 
 REFUSED = (
-    Refusal(("--gpu-memory-utilization",),
-            "vLLM's share of the whole GPU (weights, activations and KV cache) does not "
-            "convert to aiollm's settings, which size the KV cache alone once the weights "
-            "are loaded: --kv-memory-fraction F gives it F of the GPU memory then free "
-            "(default 0.85), --kv-tokens N exactly N tokens"),
     Refusal(("--trust-remote-code",), _no_checkpoint_code, takes_value=False),
     Refusal(("-q", "--quantization"),
             "quantized checkpoints are not supported: serve float16/bfloat16/float32 "

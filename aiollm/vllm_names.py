@@ -12,6 +12,9 @@ enforce_eager, enable_prefix_caching; dtype="half"/"float" or a torch.dtype); it
 NO_EFFECT switches, accepted; its REFUSED flags, a ValueError with the flag's message, its
 flags written as keywords; seed=None, vLLM's default, is aiollm's (0), and so is
 max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-len -1`).
+Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
+(tensor_parallel_size, gpu_memory_utilization, which lm-eval-harness passes on every call and
+which on a GPU sizes the KV pool as vLLM's does: aiollm/model/kv_pool.py).
 A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM: a TypeError
 naming it, as is any keyword neither vLLM's nor aiollm's.
 """

@@ -123,7 +123,6 @@ def _cli_error(flag: str, capsys) -> str:
 
 
 @pytest.mark.parametrize("keyword, value, flag", [
-    ("gpu_memory_utilization", 0.9, "--gpu-memory-utilization"),
     ("trust_remote_code", True, "--trust-remote-code"),
     ("quantization", "awq", "--quantization"),
     ("kv_cache_dtype", "fp8", "--kv-cache-dtype"),
@@ -163,12 +162,6 @@ def test_what_aiollm_cannot_honour_is_refused_as_the_cli_refuses_it(keyword, val
         assert name in set(EngineConfig.__dataclass_fields__) | {
             "max_num_batched_tokens", "max_num_seqs", "enforce_eager",
             "enable_prefix_caching"}, name
-
-
-def test_the_gpu_memory_message_names_aiollms_keywords():
-    assert refused(gpu_memory_utilization=0.9).endswith(
-        "kv_memory_fraction=F gives it F of the GPU memory then free (default 0.85), "
-        "kv_tokens=N exactly N tokens")
 
 
 def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():

@@ -10,7 +10,7 @@ import json
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.help_format import HelpFormatter
-from aiollm.config import REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
+from aiollm.config import KV_MEMORY_FRACTION, REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
 
 
 class _Model(argparse.Action):
@@ -144,10 +144,19 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="seed of the server's sampling when a request gives none")
     e = s.add_argument_group("engine")
     e.add_argument("--kv-tokens", type=int, default=d.kv_tokens,
-                   help="KV cache size in tokens (overrides --kv-memory-fraction; default on "
-                        "the CPU: 4 full contexts of --max-model-len, at most 65536)")
+                   help="KV cache size in tokens (overrides --kv-memory-fraction and "
+                        "--gpu-memory-utilization; default on the CPU: 4 full contexts of "
+                        "--max-model-len, at most 65536)")
     e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
-                   help="fraction of free GPU memory after loading to give the KV cache")
+                   metavar="F",
+                   help="fraction of free GPU memory after loading to give the KV cache "
+                        f"(default: {KV_MEMORY_FRACTION})")
+    e.add_argument("--gpu-memory-utilization", type=float, default=d.gpu_memory_utilization,
+                   metavar="U",
+                   help="vLLM's: keep this process's GPU memory (weights, KV cache, "
+                        "activations) within U x the GPU's total, in (0, 1]; the KV cache "
+                        "gets what is left after the weights and the activations' headroom "
+                        "(instead of --kv-memory-fraction; no effect on the CPU)")
     e.add_argument("--max-running-requests", "--max-num-seqs", type=int, action=_Alias,
                    metavar="N",
                    default=d.max_running_requests,
@@ -223,7 +232,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 # the flags' destinations that are EngineConfig's fields of the same names
 ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
-                  "kv_tokens", "kv_memory_fraction", "max_running_requests",
+                  "kv_tokens", "kv_memory_fraction", "gpu_memory_utilization",
+                  "max_running_requests",
                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",
                   "queue_timeout", "grammar_compile_timeout", "scheduler",
                   "past_future_estimator", "scheduler_blind_cap", "table_capacity",

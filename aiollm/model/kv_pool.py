@@ -14,23 +14,63 @@ import logging
 import numpy as np
 import torch
 
+from aiollm.config import KV_MEMORY_FRACTION
+
 log = logging.getLogger(__name__)
 
 
 def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: int) -> int:
     """KV pool size in tokens for this process: cfg.kv_tokens (an EngineConfig) when given;
-    on a GPU, kv_memory_fraction of the free memory after loading (PyTorch's cached blocks
-    counted free) over bytes_per_token; on the CPU, cfg.cpu_pool_tokens of the context (the
-    smaller of max_position and max_model_len, tokens). The Engine and each tensor-parallel follower size theirs so."""
+    on a GPU, with cfg.gpu_memory_utilization, what `utilization_pool_tokens` leaves, else
+    kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after loading
+    (PyTorch's cached blocks counted free) over bytes_per_token; on the CPU,
+    cfg.cpu_pool_tokens of the context (the smaller of max_position and max_model_len,
+    tokens). The Engine and each tensor-parallel follower size theirs so. Raises ValueError
+    naming gpu_memory_utilization when it leaves no room for a pool."""
+    utilization = cfg.gpu_memory_utilization
     if cfg.kv_tokens is not None:
+        if utilization is not None:  # as vLLM's kv_cache_memory_bytes overrides it
+            log.info("the KV pool holds kv_tokens=%d tokens: gpu_memory_utilization %s is "
+                     "not used", cfg.kv_tokens, utilization)
         return cfg.kv_tokens
     if device.type == "cuda":
         # blocks PyTorch keeps cached (the load's temporary tensors, ~0.9 GB for a 135M
         # GGUF; an earlier engine's) are free for the pool too: give them back first
         torch.cuda.empty_cache()
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free * cfg.kv_memory_fraction) // bytes_per_token
+        free, total = torch.cuda.mem_get_info(device)
+        if utilization is not None:
+            return utilization_pool_tokens(utilization, free, total,
+                                           torch.cuda.memory_reserved(device), bytes_per_token)
+        return int(free * (cfg.kv_memory_fraction or KV_MEMORY_FRACTION)) // bytes_per_token
+    if utilization is not None:
+        log.info("gpu_memory_utilization %s has no effect on the CPU", utilization)
     return cfg.cpu_pool_tokens(min([x for x in (max_position, cfg.max_model_len) if x] or [8192]))
+
+
+def utilization_pool_tokens(utilization: float, free: int, total: int, in_use: int,
+                            bytes_per_token: int) -> int:
+    """KV pool tokens under vLLM's gpu_memory_utilization: this process's memory stays within
+    utilization x total, so the pool gets that less what the process holds after loading
+    (in_use: PyTorch's reserved memory once the cache is emptied: weights, request tables)
+    less the headroom the default sizing keeps for activations, CUDA graphs and sampling,
+    (1 - KV_MEMORY_FRACTION) x free; and never more than free less that headroom (another
+    process's memory is not this one's to take). Bytes in, tokens out.
+
+    Only this process's memory counts against the share, so two servers at 0.45 each share
+    one GPU, as in vLLM; the CUDA context and libraries' workspaces (NCCL's, cuBLAS's: out of
+    PyTorch's sight) come out of the headroom. Raises ValueError naming
+    gpu_memory_utilization and the sizes (GiB) when no token fits."""
+    headroom = int(free * (1 - KV_MEMORY_FRACTION))
+    budget = min(int(utilization * total) - in_use - headroom, free - headroom)
+    if budget < bytes_per_token:
+        gib = 2**30
+        raise ValueError(
+            f"gpu_memory_utilization {utilization} leaves no room for the KV cache: "
+            f"{utilization} x {total / gib:.2f} GiB = {utilization * total / gib:.2f} GiB, of "
+            f"which this process holds {in_use / gib:.2f} GiB after loading and "
+            f"{headroom / gib:.2f} GiB is kept for activations ({free / gib:.2f} GiB free); "
+            "raise gpu_memory_utilization, or size the pool with kv_tokens (--kv-tokens)")
+    return budget // bytes_per_token
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

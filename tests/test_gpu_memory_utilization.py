@@ -1,0 +1,124 @@
+"""vLLM's gpu_memory_utilization (`--gpu-memory-utilization U`, LLM(gpu_memory_utilization=U)):
+the flag and keyword reach EngineConfig, conflicting sizings are refused, and the KV pool
+size follows vLLM's meaning on a GPU and is left alone on the CPU.
+
+The GPU sizing tests are unit tests of the arithmetic: torch.cuda's memory queries are
+patched to given numbers (no GPU here); whether a real GPU then stays within U x its memory
+is for a GPU run to show."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from aiollm import LLM
+from aiollm.cli import build_parser
+from aiollm.cli.serve_checks import checked_config
+from aiollm.config import EngineConfig
+from aiollm.model.kv_pool import pool_tokens
+
+GiB = 2**30
+MiB = 2**20  # bytes per token slot in these tests: tokens are MiB of pool
+
+
+def serve_config(line: str) -> EngineConfig:
+    args = build_parser().parse_args(["serve", "M", *line.split()])
+    return checked_config(args.command_parser, args)[0]
+
+
+def test_the_flag_sets_the_option():
+    assert serve_config("--gpu-memory-utilization 0.5").gpu_memory_utilization == 0.5
+    assert serve_config("").gpu_memory_utilization is None
+
+
+@pytest.mark.parametrize("line, says", [
+    ("--gpu-memory-utilization 1.5", "argument --gpu-memory-utilization: gpu_memory_utilization must be in (0, 1], got 1.5"),
+    ("--gpu-memory-utilization 0", "must be in (0, 1], got 0.0"),
+    ("--gpu-memory-utilization nan", "must be in (0, 1], got nan"),
+    ("--gpu-memory-utilization 0.9 --kv-memory-fraction 0.5",
+     "give one of gpu_memory_utilization"),
+])
+def test_a_bad_or_conflicting_value_is_a_usage_error(line, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        serve_config(line)
+    assert e.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_the_keyword_is_taken_and_has_no_effect_on_the_cpu(caplog):
+    """lm-eval-harness passes gpu_memory_utilization=0.9 on every call."""
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        with LLM(None, device="cpu", gpu_memory_utilization=0.9, max_model_len=512) as llm:
+            assert llm.engine.config.gpu_memory_utilization == 0.9
+            assert llm.engine.kv_pool.capacity == EngineConfig().cpu_pool_tokens(512)
+    said = [r.getMessage() for r in caplog.records]
+    assert said.count("gpu_memory_utilization 0.9 has no effect on the CPU") == 1, said
+
+
+def test_tensor_parallel_followers_get_the_option():
+    """Followers rebuild the EngineConfig from its JSON (distributed/launch.py) and size
+    their pools with pool_tokens, as rank 0 does."""
+    cfg = EngineConfig(gpu_memory_utilization=0.7)
+    assert EngineConfig(**json.loads(json.dumps(asdict(cfg)))).gpu_memory_utilization == 0.7
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """Patch torch.cuda's memory queries: set(free=, total=, reserved=) in GiB."""
+    state = {}
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info",
+                        lambda device=None: (state["free"], state["total"]))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: state["reserved"])
+
+    def set_(free: float, total: float, reserved: float) -> None:
+        state.update(free=int(free * GiB), total=int(total * GiB), reserved=int(reserved * GiB))
+    return set_
+
+
+def tokens(**options) -> int:
+    return pool_tokens(EngineConfig(**options), torch.device("cuda"), MiB, 8192)
+
+
+def test_the_pool_is_the_share_less_the_weights_and_the_headroom(gpu):
+    # 100 GiB GPU, 16 GiB of weights, 4 GiB of CUDA context and the like: 80 GiB free
+    gpu(free=80, total=100, reserved=16)
+    # the default: 0.85 x 80 GiB free = 68 GiB; 12 GiB of headroom
+    assert tokens() == 68 * 1024
+    assert tokens(kv_memory_fraction=0.5) == 40 * 1024
+    # 0.9 x 100 = 90 GiB, less 16 of weights, less the same 12 GiB headroom: 62 GiB
+    assert tokens(gpu_memory_utilization=0.9) == 62 * 1024
+    assert tokens(gpu_memory_utilization=0.5) == 22 * 1024
+
+
+def test_another_process_memory_is_not_counted_against_the_share(gpu):
+    # a second server already holds 50 GiB: 30 GiB free; 0.45 x 100 less 16 of weights
+    # less 0.15 x 30 = 4.5 of headroom: 24.5 GiB (two servers at 0.45 share the GPU)
+    gpu(free=30, total=100, reserved=16)
+    assert tokens(gpu_memory_utilization=0.45) == int(24.5 * 1024)
+    # but the pool never takes more than the free memory less the headroom: 25.5 GiB
+    assert tokens(gpu_memory_utilization=1.0) == int(25.5 * 1024)
+
+
+def test_a_share_that_leaves_no_room_names_the_option_and_the_sizes(gpu):
+    gpu(free=80, total=100, reserved=16)
+    with pytest.raises(ValueError) as e:
+        tokens(gpu_memory_utilization=0.2)
+    message = str(e.value)
+    assert message.startswith("gpu_memory_utilization 0.2 leaves no room for the KV cache")
+    for size in ("100.00 GiB", "= 20.00 GiB", "holds 16.00 GiB", "12.00 GiB is kept",
+                 "80.00 GiB free"):
+        assert size in message, (size, message)
+
+
+def test_kv_tokens_wins_over_the_share(gpu, caplog):
+    """As vLLM's kv_cache_memory_bytes overrides its gpu_memory_utilization: lm-eval-harness
+    passes the share always, and kv_tokens must still size the pool."""
+    gpu(free=80, total=100, reserved=16)
+    with caplog.at_level(logging.INFO, logger="aiollm"):
+        assert tokens(gpu_memory_utilization=0.2, kv_tokens=4096) == 4096
+    assert "gpu_memory_utilization 0.2 is not used" in caplog.text
