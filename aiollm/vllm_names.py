@@ -14,7 +14,8 @@ flags written as keywords; seed=None, vLLM's default, is aiollm's (0), and so is
 max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
 (tensor_parallel_size, gpu_memory_utilization, which lm-eval-harness passes on every call and
-which on a GPU sizes the KV pool as vLLM's does: aiollm/model/kv_pool.py).
+which on a GPU sizes the KV pool as vLLM's does: aiollm/model/kv_pool.py). swap_space, which
+vLLM's LLM takes and ignores (lm-eval-harness passes 4), is taken with a warning.
 A flag of vLLM's server alone (SERVER_ONLY) stays unknown, as in vLLM's LLM: a TypeError
 naming it, as is any keyword neither vLLM's nor aiollm's.
 """
@@ -22,6 +23,7 @@ naming it, as is any keyword neither vLLM's nor aiollm's.
 from __future__ import annotations
 
 import difflib
+import logging
 import numbers
 import re
 from dataclasses import fields
@@ -32,6 +34,8 @@ from aiollm.config import EngineConfig
 from aiollm.engine.chat_template import TemplateOptions
 from aiollm.errors import InvalidRequest
 from aiollm.vllm_flags import Refusal
+
+log = logging.getLogger(__name__)
 
 UNSET: Any = object()  # an argument not passed (where None is a value of its own)
 
@@ -239,6 +243,12 @@ def _as_aiollm_values(options: dict[str, Any]) -> None:
 # EngineConfig's fields: the options LLM(...) takes under aiollm's own names
 _OPTIONS = frozenset(f.name for f in fields(EngineConfig))
 
+# keywords vLLM's own LLM(...) takes and ignores (its V1 engine swaps nothing to the CPU;
+# lm-eval-harness passes swap_space=4 on every call): taken, with a warning, as there.
+# `aiollm serve --swap-space N` stays refused, as vLLM's CLI no longer knows the flag.
+_IGNORED_BY_VLLM = {"swap_space": "nothing is swapped to the CPU: a request paused for KV "
+                                  "memory is resumed by recomputing its KV"}
+
 
 def _unknown(keyword: str) -> TypeError:
     """Python's TypeError for an unknown keyword, named as LLM()'s, with the names near it."""
@@ -254,7 +264,8 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     Aliases set their option (None: not given, vLLM's default); vLLM's values of aiollm's
     own options become aiollm's (_as_aiollm_values); NO_EFFECT switches, and refused
     keywords given None or the value that asks for aiollm's own behaviour
-    (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped. EngineConfig's own
+    (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped, and so is swap_space
+    (_IGNORED_BY_VLLM), with a warning unless 0 or None. EngineConfig's own
     fields pass unchanged, for it to check; any other keyword is a TypeError naming it (and
     the near names, a misspelling's).
     Raises ValueError naming a refused keyword, its value and what to use instead, or a
@@ -265,6 +276,10 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     for keyword, value in options.items():
         if keyword in _ALIASES:
             theirs[keyword] = value
+        elif keyword in _IGNORED_BY_VLLM:
+            if value is not None and not _asks_for_ours(value, ("0",)):
+                log.warning("%s=%r has no effect, as in vLLM's LLM: %s", keyword, value,
+                            _IGNORED_BY_VLLM[keyword])
         elif keyword in _SWITCHES:
             _check_switch(keyword, value)
             if (refusal := _REFUSED_SWITCHES.get((keyword, value))) is not None:

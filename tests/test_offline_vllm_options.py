@@ -129,7 +129,6 @@ def _cli_error(flag: str, capsys) -> str:
     ("pipeline_parallel_size", 2, "--pipeline-parallel-size"),
     ("data_parallel_size", 2, "--data-parallel-size"),
     ("block_size", 16, "--block-size"),
-    ("swap_space", 4, "--swap-space"),
     ("cpu_offload_gb", 2, "--cpu-offload-gb"),
     ("enable_lora", True, "--enable-lora"),
     ("enable_expert_parallel", True, "--enable-expert-parallel"),
@@ -169,10 +168,13 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
     taken alike, unless vLLM's LLM does not take it either (then it stays unknown)."""
     server_only = {"enable_auto_tool_choice", "disable_log_requests",
                    "enable_log_requests", "lora_modules", "enable_request_id_headers"}
+    ignored = {"swap_space"}  # vLLM's LLM takes it and ignores it (the test below)
     flags = [r.names[-1] for r in REFUSED] + list(NO_EFFECT)
     for flag in flags:
         keyword = flag.removeprefix("--").removeprefix("no-").replace("-", "_")
-        if keyword in server_only:
+        if keyword in ignored:
+            past_the_checks(**{keyword: 4})
+        elif keyword in server_only:
             with pytest.raises(TypeError, match=keyword):
                 LLM(MISSING, **{keyword: True})
         else:
@@ -232,3 +234,17 @@ def test_max_model_len_minus_one_is_vllms_auto_fit():
     for text in ("4k", "auto"):
         assert refused(max_model_len=text) == (f"max_model_len must be an integer or None, "
                                                f"got {text!r}")
+
+
+def test_swap_space_is_taken_and_ignored_as_vllms_llm_takes_it(caplog):
+    """vLLM's LLM(...) drops swap_space with a warning (its engine swaps nothing to the CPU)
+    and lm-eval-harness passes swap_space=4 on every call: taken, with a warning naming it
+    (it was a ValueError); `aiollm serve --swap-space 4` stays refused, as vLLM's CLI no
+    longer has the flag (tests/test_cli_vllm_flags.py)."""
+    with caplog.at_level("WARNING", logger="aiollm.vllm_names"):
+        past_the_checks(swap_space=4)
+    assert any("swap_space=4 has no effect" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="aiollm.vllm_names"):
+        past_the_checks(swap_space=0)
+    assert not caplog.records
