@@ -101,6 +101,10 @@ REFUSED = (
     Refusal(("--revision",),
             "models are never downloaded: MODEL is a local directory or .gguf file "
             "(download the revision first, e.g. `hf download ID --revision R --local-dir DIR`)"),
+    Refusal(("--tokenizer-revision",),
+            "models are never downloaded: the tokenizer is MODEL's own (download the revision "
+            "first, e.g. `hf download ID --revision R --local-dir DIR`)"),
+    Refusal(("--max-lora-rank",), _NO_LORA, same=("16",)),  # vLLM's default: no adapter
     Refusal(("--guided-decoding-backend",),
             "grammars run on xgrammar, the one library aiollm has; leave the flag out",
             same=("xgrammar", "auto")),

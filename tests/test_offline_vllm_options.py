@@ -236,6 +236,18 @@ def test_max_model_len_minus_one_is_vllms_auto_fit():
                                                f"got {text!r}")
 
 
+def test_lm_eval_harness_vllm_backend_keywords_are_taken():
+    """The keywords lm-eval-harness's vLLM backend passes LLM(...) on every call, at its
+    defaults: tokenizer_revision=None and max_lora_rank=16 were TypeErrors (unknown)."""
+    past_the_checks(gpu_memory_utilization=0.9, revision=None, dtype="auto", tokenizer=None,
+                    tokenizer_mode="auto", tokenizer_revision=None, trust_remote_code=False,
+                    tensor_parallel_size=1, max_model_len=None, max_num_seqs=256,
+                    swap_space=4, quantization=None, seed=1234, enable_lora=False,
+                    max_lora_rank=16)
+    assert "revision" in refused(tokenizer_revision="main")
+    assert "LoRA" in refused(max_lora_rank=64)
+
+
 def test_swap_space_is_taken_and_ignored_as_vllms_llm_takes_it(caplog):
     """vLLM's LLM(...) drops swap_space with a warning (its engine swaps nothing to the CPU)
     and lm-eval-harness passes swap_space=4 on every call: taken, with a warning naming it
