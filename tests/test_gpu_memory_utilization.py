@@ -40,13 +40,21 @@ def test_the_flag_sets_the_option():
     ("--gpu-memory-utilization 0", "must be in (0, 1], got 0.0"),
     ("--gpu-memory-utilization nan", "must be in (0, 1], got nan"),
     ("--gpu-memory-utilization 0.9 --kv-memory-fraction 0.5",
-     "give one of gpu_memory_utilization"),
+     "error: give one of --gpu-memory-utilization (vLLM's: the whole process's share"),
+    ("--kv-memory-fraction 0.5 --gpu-memory-utilization 0.9",
+     "and --kv-memory-fraction (the KV pool's share of the memory free after loading), got "
+     "0.9 and 0.5"),
 ])
 def test_a_bad_or_conflicting_value_is_a_usage_error(line, says, capsys):
     with pytest.raises(SystemExit) as e:
         serve_config(line)
     assert e.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_the_keywords_conflict_named_as_keywords():
+    with pytest.raises(ValueError, match=r"^give one of gpu_memory_utilization \(vLLM's"):
+        LLM(None, device="cpu", gpu_memory_utilization=0.9, kv_memory_fraction=0.5)
 
 
 def test_the_keyword_is_taken_and_has_no_effect_on_the_cpu(caplog):

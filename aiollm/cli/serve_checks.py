@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from typing import TYPE_CHECKING
 
 from aiollm.cli.serve_parser import ENGINE_OPTIONS
@@ -79,11 +80,15 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     """EngineConfig's message about an option ("table_capacity must be ...") led by the
     option's flag as the user typed it (an alias's spelling too), as argparse names the
     flag of a value it refuses."""
+    typed = getattr(args, "flags_typed", {})
+    flag = lambda name: typed.get(name) or "--" + name.replace("_", "-")
+    if message.startswith("give one of "):  # two options that conflict: both by their flags
+        return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b",
+                      lambda m: flag(m[0]) if m[0] in ENGINE_OPTIONS else m[0], message)
     name = next((n for n in ENGINE_OPTIONS if message.startswith(n + " ")), None)
     if name is None:
         return message
-    flag = getattr(args, "flags_typed", {}).get(name) or "--" + name.replace("_", "-")
-    return f"argument {flag}: {message}"
+    return f"argument {flag(name)}: {message}"
 
 
 def _check_served_names(parser: argparse.ArgumentParser, model: str | None,
