@@ -177,3 +177,42 @@ def test_sdk_parse_with_tools(client, server, call):
         assert r.choices[0].finish_reason == "tool_calls" and m.parsed is None, m
         [call] = m.tool_calls
         assert isinstance(call.function.parsed_arguments, GetWeather), m
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_named_call_finishes_as_vllm_answers_it_whole_and_streamed(server, stream):
+    """A forced named call: "stop" once its call is complete, in every one of n choices;
+    "length" where max_tokens cut it; and the stream's finish agrees with the whole answer's."""
+    ask = {"messages": ASK, "tools": [WEATHER], "tool_choice": NAMED, "temperature": 1.0,
+           "seed": 3, "stream": stream}
+    status, _, raw = http(server, "POST", "/v1/chat/completions",
+                          json={**ask, "n": 2, "max_tokens": 60})
+    assert status == 200, raw
+    if stream:
+        finishes = {c["index"]: c["finish_reason"] for data in sse_events(raw)[:-1]
+                    for c in json.loads(data)["choices"] if c["finish_reason"]}
+    else:
+        finishes = {c["index"]: c["finish_reason"] for c in json.loads(raw)["choices"]}
+    assert finishes == {0: "stop", 1: "stop"}, raw
+    cut = _post(server, {**ask, "max_tokens": 5})
+    assert cut["finish_reason"] == "length", cut
+
+
+def test_sdk_stream_helper_and_parse_take_a_named_call(client):
+    """The openai SDK's stream helper and parse() with a forced named call of a strict tool:
+    the call is parsed into its tool's model and the answer finishes "stop", both ways."""
+    import openai
+
+    ask = dict(model=None, messages=ASK, max_tokens=60, temperature=0,
+               tools=[openai.pydantic_function_tool(GetWeather)],
+               tool_choice={"type": "function", "function": {"name": "GetWeather"}})
+    with client.chat.completions.stream(**ask) as s:
+        done = [e for e in s if e.type == "tool_calls.function.arguments.done"]
+        streamed = s.get_final_completion()
+    parsed = client.chat.completions.parse(**ask)
+    for r in (streamed, parsed):
+        assert r.choices[0].finish_reason == "stop", r
+        [call] = r.choices[0].message.tool_calls
+        assert isinstance(call.function.parsed_arguments, GetWeather), r
+    assert [e.parsed_arguments for e in done] == [
+        streamed.choices[0].message.tool_calls[0].function.parsed_arguments]
