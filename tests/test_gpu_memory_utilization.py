@@ -130,3 +130,17 @@ def test_kv_tokens_wins_over_the_share(gpu, caplog):
     with caplog.at_level(logging.INFO, logger="aiollm"):
         assert tokens(gpu_memory_utilization=0.2, kv_tokens=4096) == 4096
     assert "gpu_memory_utilization 0.2 is not used" in caplog.text
+
+
+@pytest.mark.parametrize("options, says", [
+    ({}, "on a GPU, kv_memory_fraction"),
+    ({"gpu_memory_utilization": 0.9}, "on a GPU, gpu_memory_utilization"),
+])
+def test_a_pool_short_of_the_context_names_the_option_to_raise(options, says, caplog):
+    """The advice when the pool holds less than the context: kv_memory_fraction beside
+    gpu_memory_utilization is refused, so the share the user gave is the one to raise."""
+    with caplog.at_level(logging.WARNING, logger="aiollm"):
+        with LLM(None, device="cpu", kv_tokens=100, max_model_len=512, **options):
+            pass
+    [said] = [r.getMessage() for r in caplog.records if "less than" in r.getMessage()]
+    assert says in said, said

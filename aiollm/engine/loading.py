@@ -176,10 +176,13 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     if rank.max_model_len < context:  # the pool, not the context asked for, is the limit
         asked = (f"max_model_len {cfg.max_model_len}" if cfg.max_model_len == context
                  else f"the model's context of {context}")
+        # the share the user gave (kv_memory_fraction beside it is refused)
+        share = ("gpu_memory_utilization" if cfg.gpu_memory_utilization is not None
+                 else "kv_memory_fraction")
         log.warning("the KV cache holds %d tokens, less than %s: a request's prompt and "
                     "output are limited to %d tokens; raise kv_tokens (--kv-tokens; on a "
-                    "GPU, kv_memory_fraction) or lower max_model_len (--max-model-len)",
-                    rank.kv_tokens, asked, rank.max_model_len)
+                    "GPU, %s) or lower max_model_len (--max-model-len)",
+                    rank.kv_tokens, asked, rank.max_model_len, share)
     log_defaults(defaults, cfg.generation_config)
     return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank,
                   defaults)
