@@ -297,6 +297,8 @@ class LLM:
             self._turn.release()
 
     def __enter__(self) -> "LLM":
+        """The LLM itself; EngineStopped once close() has run, as its calls raise."""
+        self._check_open()
         return self
 
     def __exit__(self, *exc) -> None:

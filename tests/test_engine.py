@@ -811,6 +811,10 @@ def test_offline_chat_checks_messages_as_engine_chat_does():
     for call in (lambda: llm.generate("Hi", params, False), lambda: llm.chat(hi, params, False)):
         with pytest.raises(EngineStopped, match="LLM is closed"):
             call()
+    # `with llm:` again entered the closed LLM silently, to fail at its first call
+    with pytest.raises(EngineStopped, match="LLM is closed"):
+        with llm:
+            pass
 
 
 def test_offline_chat_names_the_conversation_past_the_context():
