@@ -368,6 +368,26 @@ class SamplingParams:
             logit_bias=given.get("logit_bias", c.logit_bias))
         self.allowed_token_ids = self.logit_bias = None
 
+    @staticmethod
+    def from_optional(**fields) -> SamplingParams:
+        """SamplingParams of `fields` that may be None (vLLM's from_optional, for a request's
+        unset fields): None for n, temperature, top_p or a penalty is the field's default;
+        logit_bias's keys become token ids (JSON's "50256") and its biases are clipped to
+        [-100, 100], as vLLM's. Raises InvalidRequest naming logit_bias for a key that is no
+        integer, and what SamplingParams raises."""
+        for name in ("n", "temperature", "top_p", "presence_penalty", "frequency_penalty",
+                     "repetition_penalty"):
+            if name in fields and fields[name] is None:
+                del fields[name]
+        if isinstance(bias := fields.get("logit_bias"), dict):
+            try:
+                fields["logit_bias"] = {int(t): min(100.0, max(-100.0, b))
+                                        for t, b in bias.items()}
+            except (TypeError, ValueError):
+                raise InvalidRequest("logit_bias maps token ids (integers) to numbers, got "
+                                     f"{bias!r:.80}", param="logit_bias") from None
+        return SamplingParams(**fields)
+
     def clone(self) -> SamplingParams:
         """A deep copy (vLLM's SamplingParams.clone): its lists and constraint are its own."""
         return copy.deepcopy(self)

@@ -112,6 +112,27 @@ def test_clone_is_a_deep_copy():
     assert copy.constraint.grammar == base.constraint.grammar
 
 
+def test_from_optional_takes_none_for_the_default():
+    """vLLM's SamplingParams.from_optional (code building params from a request whose
+    fields may be None) was an AttributeError. None for n, temperature, top_p and the
+    penalties is the field's default; logit_bias's keys are token ids as JSON gives them
+    ("7") and its biases are clipped to [-100, 100], as vLLM's; a key that is no id is
+    named."""
+    unset = dict.fromkeys(("n", "temperature", "top_p", "presence_penalty",
+                           "frequency_penalty", "repetition_penalty"))
+    p = SamplingParams.from_optional(**unset, max_tokens=5, seed=None,
+                                     logit_bias={"7": 150, 3: -0.5})
+    assert p == SamplingParams(max_tokens=5, logit_bias={7: 100.0, 3: -0.5})
+    given = SamplingParams.from_optional(n=2, temperature=0.5, top_p=0.9, max_tokens=None)
+    assert (given.n, given.temperature, given.top_p, given.max_tokens) == (2, 0.5, 0.9, None)
+    with pytest.raises(InvalidRequest, match="'x'") as e:
+        SamplingParams.from_optional(logit_bias={"x": 1.0})
+    assert e.value.param == "logit_bias"
+    with pytest.raises(InvalidRequest) as e:  # a value given is checked as always
+        SamplingParams.from_optional(temperature=-1)
+    assert e.value.param == "temperature"
+
+
 def test_outputs_answer_vllms_other_fields(llm):
     """vLLM code reading out.metrics (None from vLLM's LLM, which logs no stats by
     default), out.lora_request or completion.finished() got an AttributeError."""
