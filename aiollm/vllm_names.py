@@ -246,8 +246,8 @@ _OPTIONS = frozenset(f.name for f in fields(EngineConfig))
 # keywords vLLM's own LLM(...) takes and ignores (its V1 engine swaps nothing to the CPU;
 # lm-eval-harness passes swap_space=4 on every call): taken, with a warning, as there.
 # `aiollm serve --swap-space N` stays refused, as vLLM's CLI no longer knows the flag.
-_IGNORED_BY_VLLM = {"swap_space": "nothing is swapped to the CPU: a request paused for KV "
-                                  "memory is resumed by recomputing its KV"}
+# Their CLI refusal (_REFUSED_VALUES) gives the values taken silently and the reason.
+_IGNORED_BY_VLLM = frozenset({"swap_space"})
 
 
 def _unknown(keyword: str) -> TypeError:
@@ -277,9 +277,10 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
         if keyword in _ALIASES:
             theirs[keyword] = value
         elif keyword in _IGNORED_BY_VLLM:
-            if value is not None and not _asks_for_ours(value, ("0",)):
+            refusal = _REFUSED_VALUES[keyword]
+            if value is not None and not _asks_for_ours(value, refusal.same):
                 log.warning("%s=%r has no effect, as in vLLM's LLM: %s", keyword, value,
-                            _IGNORED_BY_VLLM[keyword])
+                            refusal.message)
         elif keyword in _SWITCHES:
             _check_switch(keyword, value)
             if (refusal := _REFUSED_SWITCHES.get((keyword, value))) is not None:

@@ -81,7 +81,10 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     option's flag as the user typed it (an alias's spelling too), as argparse names the
     flag of a value it refuses."""
     typed = getattr(args, "flags_typed", {})
-    flag = lambda name: typed.get(name) or "--" + name.replace("_", "-")
+
+    def flag(name: str) -> str:
+        return typed.get(name) or "--" + name.replace("_", "-")
+
     if message.startswith("give one of "):  # two options that conflict: both by their flags
         return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b",
                       lambda m: flag(m[0]) if m[0] in ENGINE_OPTIONS else m[0], message)
