@@ -39,7 +39,7 @@ class LLM:
     OSError for a model it cannot read), once what it made has ended; a bad value of an
     option given by vLLM's name is named so (max_num_seqs=0), and engine_options' errors:
     ValueError for a vLLM keyword aiollm cannot honour (quantization,
-    trust_remote_code=True, swap_space=4, ...: its message says what to use instead),
+    trust_remote_code=True, cpu_offload_gb=8, ...: its message says what to use instead),
     TypeError for an option given under both names with different values."""
 
     def __init__(self, model: str | None = None, **options):
