@@ -140,10 +140,15 @@ def test_a_node_that_fails_to_start_leaves_no_temporary_directory(tiny_model, tm
 
 
 def _children(pid: int) -> list[int]:
+    """Child pids of `pid`, read thread by thread; a thread that exits between the listing
+    and the read (a pytest or gloo worker thread) has none."""
     kids = []
     for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/children") as f:
-            kids += [int(k) for k in f.read().split()]
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(k) for k in f.read().split()]
+        except FileNotFoundError:
+            continue
     return kids
 
 
