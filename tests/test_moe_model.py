@@ -343,13 +343,15 @@ def test_greedy_through_the_server_matches_transformers(moe_model):
         server.close()
 
 
-def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None) -> None:
+def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None,
+                   expert_width: bool = True) -> None:
     """Write an HF MoE model as llama.cpp lays it out: experts stacked per projection
     (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k.
     per_expert: one tensor per expert (blk.N.ffn_gate.E), the layout of llama.cpp's Mixtral
     files before April 2024, which llama.cpp still reads. edit(GGUF name, array) -> the
     array to write instead, or (raw bytes, gguf.GGMLQuantizationType) for a quantized
-    tensor, or None to leave the tensor out (a damaged file)."""
+    tensor, or None to leave the tensor out (a damaged file). expert_width False: no
+    expert_feed_forward_length key (files converted before llama.cpp wrote it)."""
     c = hf.config
     mixtral = c.model_type == "mixtral"
     arch = "llama" if mixtral else c.model_type.replace("_", "")
@@ -366,7 +368,7 @@ def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None) -> None:
         w.add_tensor = add_edited
     w.add_expert_count(c.num_local_experts if mixtral else c.num_experts)
     w.add_expert_used_count(c.num_experts_per_tok)
-    if not mixtral:
+    if not mixtral and expert_width:
         w.add_expert_feed_forward_length(c.moe_intermediate_size)
     names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -454,6 +456,32 @@ def test_qwen2_moe_gguf_without_its_shared_expert_width_matches_transformers(tmp
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
     assert (logits - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "qwen2_moe", "qwen3_moe-dense-first"])
+def test_a_gguf_without_its_expert_width_takes_it_from_the_expert_tensors(tmp_path, family):
+    """A file without expert_feed_forward_length was read with feed_forward_length, the dense
+    MLP's width (80 here, the experts' 32): the loader then refused the expert tensors'
+    shapes. The width now comes from ffn_gate_exps, whose shape llama.cpp checks it against,
+    not from a dense layer's ffn_gate written before it (dense-first: layer 0 is dense)."""
+    family, _, dense_first = family.partition("-")
+    config = variant(family, mlp_only_layers=[0]) if dense_first else None
+    hf = save_moe_model(family, tmp_path / "hf", config)
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"), expert_width=False)
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    assert loaded.config.moe.intermediate_size == 32
+    logits = all_position_logits(loaded, PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (logits - ref).abs().max() < 1e-4
+
+
+def test_a_gguf_whose_expert_width_disagrees_with_its_tensors_names_the_key(tmp_path):
+    hf = save_moe_model("qwen3_moe", tmp_path / "hf")
+    hf.config.moe_intermediate_size = 40  # the key written; the tensors keep 32
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    with pytest.raises(ValueError, match=r"qwen3moe\.expert_feed_forward_length = 40.*32"):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
 
 
 def test_dummy_weights_build_the_moe_shapes_from_config_alone(tmp_path):

@@ -177,8 +177,7 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
     if not experts:
         return None
     layers = int(_field(reader, p + "block_count"))
-    inter = _field(reader, p + "expert_feed_forward_length") or _required(
-        reader, p + "feed_forward_length")
+    inter = _expert_width(reader, p, tensors)
     # int(None) of a missing count was a TypeError traceback; MoeConfig's own range check
     # speaks of top_k, a name the file does not use
     top_k = int(_required(reader, p + "expert_used_count"))
@@ -195,6 +194,23 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
         dense_layers=tuple(i for i in range(layers)
                            if f"blk.{i}.ffn_gate_inp.weight" not in tensors),
     )
+
+
+def _expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
+    """The routed experts' intermediate size, from expert_feed_forward_length checked against
+    the first gate tensor of the experts (ffn_gate_exps, ggml order [hidden, width, experts],
+    or a per-expert ffn_gate.E, [hidden, width]). Files without the key (llama.cpp's Mixtral,
+    whose feed_forward_length is the experts' width, and files converted before the key was
+    written) take the tensor's width; feed_forward_length only when neither is there.
+    Raises ValueError naming the key when it disagrees with the tensor."""
+    key = int(_field(reader, p + "expert_feed_forward_length", 0) or 0)
+    gate = next((t for n, t in tensors.items() if n.endswith(".ffn_gate_exps.weight")
+                 or re.fullmatch(r"blk\.\d+\.ffn_gate\.\d+\.weight", n)), None)
+    width = int(gate.shape[1]) if gate is not None else 0
+    if key and width and key != width:
+        raise ValueError(f"GGUF metadata {p}expert_feed_forward_length = {key} disagrees with "
+                         f"tensor {gate.name}, whose experts are {width} wide")
+    return key or width or int(_required(reader, p + "feed_forward_length"))
 
 
 def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
