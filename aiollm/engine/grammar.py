@@ -34,9 +34,8 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
@@ -46,7 +45,7 @@ from aiollm.engine.grammar_build import (allows_none, check_writable, compile_sp
                                          grammar_error)
 from aiollm.engine.grammar_compile import CompileThreads
 from aiollm.engine.token_mask import BitmaskBuffers, TokenMask, to_device
-from aiollm.errors import InvalidRequest, RequestFailed
+from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 log = logging.getLogger(__name__)
@@ -364,41 +363,3 @@ class Grammars:
             out.bias_ids, out.bias = to_device(ids, self.device), to_device(vals, self.device)
         return out
 
-
-def rejection(params, n_out: int, dead_end: bool = False
-              ) -> tuple[str, Callable[[str], Exception]]:
-    """Why a request's grammar refused its sampled token, and what to raise with that
-    message: the mask makes it a bug (RequestFailed), unless the request's other constraints
-    left the grammar no token (InvalidRequest naming min_tokens when it banned the end where
-    the grammar ends, allowed_token_ids when they are outside it, bad_words when they ban
-    all it allows: the client's fault, a 400, not a 500 its client would retry), or the
-    grammar itself allows no token of the vocabulary where it is (`dead_end`,
-    Grammars.dead_end: InvalidRequest naming the grammar's field; check_writable finds it
-    at compile time only where the grammar begins)."""
-    c = params.constraint
-    has_grammar = c is not None and c.grammar is not None
-    if dead_end and has_grammar:
-        p = c.grammar.param
-        return (f"{p}: after {n_out - 1} tokens of output, no token of the model's vocabulary "
-                "can continue it as this grammar allows (nor end it there), so the model "
-                "cannot write an output that matches; loosen the grammar, or leave it out",
-                partial(InvalidRequest, param=p))
-    if params.min_tokens > n_out - 1:
-        if not has_grammar:  # allowed_token_ids alone
-            return (f"min_tokens ({params.min_tokens}) forbids ending the output, and "
-                    "allowed_token_ids allow only tokens that end it (eos or a stop token "
-                    "id)", partial(InvalidRequest, param="min_tokens"))
-        return (f"min_tokens ({params.min_tokens}) forbids ending the output where the "
-                "grammar ends it", partial(InvalidRequest, param="min_tokens"))
-    allowed = c is not None and c.allowed_token_ids is not None
-    if allowed and params.bad_words:  # either may be the one at fault: both are named
-        where = " the grammar allows" if has_grammar else ""
-        return (f"allowed_token_ids and bad_words together leave no token{where} next",
-                partial(InvalidRequest, param="allowed_token_ids"))
-    if params.bad_words:
-        return ("bad_words ban every token the grammar allows next",
-                partial(InvalidRequest, param="bad_words"))
-    if allowed:
-        return ("allowed_token_ids allow none of the tokens the grammar allows next",
-                partial(InvalidRequest, param="allowed_token_ids"))
-    return "a token was sampled against the request's grammar", RequestFailed

@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aiollm.engine.grammar import ENDED, REJECTED, rejection
+from aiollm.engine.grammar import ENDED, REJECTED
+from aiollm.engine.grammar_rejection import rejection
 from aiollm.engine.planner import Step
 from aiollm.engine.request import Phase, Request
 from aiollm.errors import Overloaded, RequestFailed
