@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
 MAX_BIAS = 100.0
-ENDED, REJECTED = 1, -1  # accept() results
+ENDED, REJECTED, COMPLETE = 1, -1, 2  # accept() results
 
 
 def compiler_threads() -> int:
@@ -279,9 +279,11 @@ class Grammars:
     def accept(self, states: list[GrammarState], tokens: np.ndarray) -> list[int]:
         """Advance each matcher by its request's new token. Per request: ENDED when its
         grammar has reached its end (the request finishes with "stop"), REJECTED when the
-        grammar or allowed_token_ids refuse the token, else 0. The mask keeps refused
-        tokens out unless it left no token at all (min_tokens banning the only ones
-        allowed): then the sampler's draw among -inf logits is refused here."""
+        grammar or allowed_token_ids refuse the token, COMPLETE when the vocabulary has no
+        stop token (no eos) and the output matches the grammar whole with no token left to
+        go on with (it finishes with "stop" too, this token its last), else 0. The mask
+        keeps refused tokens out unless it left no token at all (min_tokens banning the
+        only ones allowed): then the sampler's draw among -inf logits is refused here."""
         import xgrammar as xgr
 
         status = [0] * len(states)
@@ -304,12 +306,18 @@ class Grammars:
         # a matcher ends only by accepting a stop token: ask the others nothing
         stop = np.isin(toks, self._stops)
         for j, k in enumerate(live):
+            s = states[k]
             if not ok[j]:
                 status[k] = REJECTED
             elif stop[j]:
-                s = states[k]
                 s.terminated = s.matcher.is_terminated()
                 status[k] = ENDED if s.terminated else 0
+            elif not len(self._stops) and s.matcher.is_completed() and allows_none(
+                    s.matcher, self.grammar_vocab):
+                # nothing can end the matcher: the next mask would allow no token, and the
+                # sampler's draw was refused as if the grammar could not be followed
+                s.terminated = True
+                status[k] = COMPLETE
         return status
 
     def dead_end(self, state: GrammarState | None) -> bool:
