@@ -14,6 +14,8 @@ shapes the whole output, calls included, so beside tools (other than "none") it 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from aiollm.api.http_errors import ApiError
 from aiollm.api.tool_calls import ToolParser
 from aiollm.engine.grammar_build import grammar_error, grammar_of
@@ -36,8 +38,8 @@ def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, p
     fmt = content_format(content) if content is not None else None  # checked in any mode
     if fmt is None or required:
         spec = parser.grammar(tools, required=required, parallel=parallel)
-    else:
-        spec = parser.either(tools, fmt, parallel=parallel)
+    else:  # named "tools" in its errors, but a compile timeout names the format if it is slow
+        spec = replace(parser.either(tools, fmt, parallel=parallel), embeds=(content,))
     kept = (constraint.allowed_token_ids, constraint.logit_bias) if constraint else ()
     return Constraint(spec, *kept)
 

@@ -30,11 +30,12 @@ are filled by xgrammar's BatchGrammarMatcher on its own threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -195,24 +196,38 @@ class Grammars:
 
     async def compile(self, spec: GrammarSpec):
         """compile_now on a compile thread; concurrent calls for one grammar from one field
-        (GrammarSpec.param) share the work. Raises InvalidRequest (param: spec.param) when
-        the grammar is bad or has not compiled within compile_timeout seconds of compiling
-        (it compiles on, into the cache), Overloaded when closed or the compile threads are
-        clogged (none started it within compile_timeout seconds, or too many compilations
-        run past their deadline)."""
+        (GrammarSpec.param) share the work. The grammars `spec` embeds (GrammarSpec.embeds)
+        are compiled alone first (cached), each within its own deadline, so that a timeout
+        names the field that is slow; what else they refuse alone is left to `spec`. Raises
+        InvalidRequest (param: spec.param, or an embedded grammar's) when the grammar is bad
+        or has not compiled within compile_timeout seconds of compiling (it compiles on,
+        into the cache), Overloaded when closed or the compile threads are clogged (none
+        started it within compile_timeout seconds, or too many compilations run past their
+        deadline)."""
         key = self._cache_key(spec)
         with _CACHE.lock:
             if key in _CACHE.compiled:
                 _CACHE.compiled.move_to_end(key)
                 return _CACHE.compiled[key]
         await self._info_built()
-        try:  # shared per field too: a refusal names the field of the request it answers
-            return await self._threads.run((*key, spec.param), self.compile_now, spec)
+        slow = spec
+        try:
+            for slow in spec.embeds:
+                if not self.compiled(slow):
+                    # a format the vocabulary cannot begin may still stand beside calls it can
+                    with contextlib.suppress(InvalidRequest):
+                        await self._run(slow)
+            slow = spec
+            return await self._run(spec)
         except TimeoutError:
-            what = "grammar" if spec.kind in ("regex", "choice", "ebnf") else "schema"
-            raise InvalidRequest(f"{spec.param}: the grammar did not compile within "
+            what = "grammar" if slow.kind in ("regex", "choice", "ebnf") else "schema"
+            raise InvalidRequest(f"{slow.param}: the grammar did not compile within "
                                  f"{self._threads.timeout:g} s; simplify the {what}",
-                                 param=spec.param) from None
+                                 param=slow.param) from None
+
+    def _run(self, spec: GrammarSpec) -> Awaitable:
+        # shared per field too: a refusal names the field of the request it answers
+        return self._threads.run((*self._cache_key(spec), spec.param), self.compile_now, spec)
 
     def close(self) -> None:
         """Stop compiling: queued compilations are dropped and every request waiting for one
