@@ -10,6 +10,12 @@ assistant message, and the tools the calls. So
 - tool_choice "none": the format only (no parser runs, as without tools).
 An xgrammar structural tag (`structured_outputs.structural_tag`) is no content format: it
 shapes the whole output, calls included, so beside tools (other than "none") it is refused.
+
+Under "auto" no text comes before a call, neither free text nor the format's content: the
+openai SDK's parse() validates any content a message has against the format, calls or not
+(free text would raise there), and a content that is the format's answer beside calls is
+no message an agent loop can act on. vLLM holds "auto" beside a format to the format alone
+(no call can be written at all).
 """
 
 from __future__ import annotations
