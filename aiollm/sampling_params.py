@@ -79,11 +79,13 @@ def choice_seed(seed: int | None, choice: int) -> int | None:
 class GrammarSpec:
     """A grammar as the client sent it. `value` is text: the schema's JSON, the regex, the
     EBNF, a JSON list of choice strings, a structural tag's JSON. `param` names the field it
-    came from, for errors."""
+    came from, for errors. `embeds`: other fields' grammars this one holds (a response
+    format beside tools), compiled alone first so that a timeout names the slow field."""
 
     kind: str
     value: str = ""
     param: str = "response_format"
+    embeds: tuple[GrammarSpec, ...] = ()
 
     def __post_init__(self) -> None:
         # the HTTP API makes only good ones; the Engine API's users write their own

@@ -7,6 +7,8 @@ and that its chat template writes too, and no end-of-sequence token. Tiny random
 - LightLLM's /tokens counts that BOS unless parameters.add_special_tokens is false.
 - A grammar no token of this vocabulary can begin (any JSON) is the request's 400 naming
   its field: it was a 500 saying a token was sampled against the grammar.
+- An output that matches its grammar whole, with no token left that could go on, finishes
+  with "stop" (no eos could end it): it was a 400 saying no token could continue it.
 """
 
 from __future__ import annotations
@@ -143,4 +145,37 @@ def test_a_grammar_the_vocabulary_cannot_go_on_with_is_the_clients_error(server,
         err = json.loads(raw)["error"]
     assert err["param"] == param, err
     assert "continue" in err["message"], err
+    assert server.wait_idle()
+
+
+@pytest.mark.parametrize("path,body,want", [
+    ("/v1/completions", {"prompt": "hi", "guided_regex": "a(b|c)"}, ("ab", "ac")),
+    ("/v1/chat/completions", {"messages": HI, "structured_outputs": {"choice": ["cab", "bad"]}},
+     ("cab", "bad")),
+    ("/v1/completions", {"prompt": "hi", "stream": True, "guided_choice": ["dc", "cd"]},
+     ("dc", "cd")),
+])
+def test_an_output_that_matches_its_grammar_whole_ends_with_stop(server, path, body, want):
+    """No eos, so nothing can end the output where its grammar is matched whole: the
+    mask then allows no token, and the request was a 400 saying that no token could
+    continue an output that already matched. Such an output is the answer: it finishes
+    with "stop", its text all the grammar allows, no token past it counted."""
+    status, _, raw = http(server, "POST", path, json={**body, "max_tokens": 8,
+                                                      "temperature": 1.0})
+    assert status == 200, raw
+    if body.get("stream"):
+        events = [json.loads(line[6:]) for line in raw.decode().split("\n")
+                  if line.startswith("data: {")]
+        assert not any("error" in e for e in events), events
+        text = "".join(c["text"] for e in events for c in e["choices"])
+        finish = [c["finish_reason"] for e in events for c in e["choices"]
+                  if c["finish_reason"]]
+        assert finish == ["stop"], events
+    else:
+        out = json.loads(raw)
+        choice = out["choices"][0]
+        text = choice["text"] if "text" in choice else choice["message"]["content"]
+        assert choice["finish_reason"] == "stop", out
+        assert out["usage"]["completion_tokens"] == len(text.split()), out
+    assert text.replace(" ", "") in want, text  # (the decoder puts a space between tokens)
     assert server.wait_idle()

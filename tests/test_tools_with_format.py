@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from typing import Literal
 
 import pydantic
@@ -216,3 +217,82 @@ def test_sdk_stream_helper_and_parse_take_a_named_call(client):
         assert isinstance(call.function.parsed_arguments, GetWeather), r
     assert [e.parsed_arguments for e in done] == [
         streamed.choices[0].message.tool_calls[0].function.parsed_arguments]
+
+
+SLOW = "slow_to_compile"  # a property name: a grammar holding it compiles until released
+
+
+@pytest.fixture
+def slow_part(monkeypatch):
+    """xgrammar's compilations (of a JSON schema, an EBNF grammar or a structural tag) of any
+    grammar whose text holds SLOW made to wait until the yielded event is set: a part that
+    compiles for minutes, alone or inside a grammar that embeds it. At the end it is set,
+    and once those compilations have returned their grammars are dropped from the process's
+    cache (the next test would find them compiled)."""
+    import threading
+
+    import xgrammar as xgr
+
+    from aiollm.engine import grammar
+
+    release, running, lock = threading.Event(), [0], threading.Lock()
+
+    def held(real):
+        def compile_(self, text, *args, **kwargs):
+            if SLOW not in str(text):
+                return real(self, text, *args, **kwargs)
+            with lock:
+                running[0] += 1
+            try:
+                release.wait(30)
+                return real(self, text, *args, **kwargs)
+            finally:
+                with lock:
+                    running[0] -= 1
+        return compile_
+
+    for name in ("compile_json_schema", "compile_grammar", "compile_structural_tag"):
+        monkeypatch.setattr(xgr.GrammarCompiler, name, held(getattr(xgr.GrammarCompiler, name)))
+    yield release
+    release.set()
+    deadline = time.monotonic() + 10
+    while running[0] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # from the compile's return to the cache's insert
+    with grammar._CACHE.lock:
+        for key in [k for k in grammar._CACHE.compiled if SLOW in str(k)]:
+            del grammar._CACHE.compiled[key]
+
+
+def test_a_compile_timeout_names_the_field_whose_grammar_is_slow(slow_part):
+    """Tools beside a response format compile as one grammar, named "tools" in its errors:
+    a format too slow to compile was a 400 telling the client to simplify its tools. The
+    format is compiled alone first (cached, as sent without tools), so the field named is
+    the one that is slow: the format's when it does not compile alone in time, "tools"
+    when the format does and the grammar with the tools does not."""
+    from live_server import LiveServer
+
+    def slow(i: int) -> dict:  # one per case: a released compilation is cached
+        return {"type": "object", "properties": {f"{SLOW}_{i}": {"type": "string"}}}
+
+    cases = [  # (tools, format fields, the field named)
+        ([WEATHER], {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "slow", "schema": slow(1)}}}, "response_format.json_schema.schema"),
+        ([WEATHER], {"guided_json": slow(2)}, "guided_json"),
+        ([{"type": "function", "function": {"name": "slow", "parameters": slow(3)}}],
+         FORMATS["json_schema"], "tools"),
+    ]
+    srv = LiveServer(grammar_compile_timeout=0.5).start()
+    try:
+        for tools, fmt, param in cases:
+            status, _, raw = http(srv, "POST", "/v1/chat/completions", json={
+                "messages": ASK, "tools": tools, "max_tokens": 4, **fmt})
+            err = json.loads(raw)["error"]
+            assert status == 400 and err["param"] == param, (param, err)
+            assert err["message"].startswith(f"{param}: the grammar did not compile within "
+                                             "0.5 s"), err
+            slow_part.set()  # its compilation ends: the next case has the threads to itself
+            time.sleep(0.2)
+            slow_part.clear()
+    finally:
+        srv.close()

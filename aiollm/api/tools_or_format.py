@@ -10,9 +10,17 @@ assistant message, and the tools the calls. So
 - tool_choice "none": the format only (no parser runs, as without tools).
 An xgrammar structural tag (`structured_outputs.structural_tag`) is no content format: it
 shapes the whole output, calls included, so beside tools (other than "none") it is refused.
+
+Under "auto" no text comes before a call, neither free text nor the format's content: the
+openai SDK's parse() validates any content a message has against the format, calls or not
+(free text would raise there), and a content that is the format's answer beside calls is
+no message an agent loop can act on. vLLM holds "auto" beside a format to the format alone
+(no call can be written at all).
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from aiollm.api.http_errors import ApiError
 from aiollm.api.tool_calls import ToolParser
@@ -36,8 +44,8 @@ def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, p
     fmt = content_format(content) if content is not None else None  # checked in any mode
     if fmt is None or required:
         spec = parser.grammar(tools, required=required, parallel=parallel)
-    else:
-        spec = parser.either(tools, fmt, parallel=parallel)
+    else:  # named "tools" in its errors, but a compile timeout names the format if it is slow
+        spec = replace(parser.either(tools, fmt, parallel=parallel), embeds=(content,))
     kept = (constraint.allowed_token_ids, constraint.logit_bias) if constraint else ()
     return Constraint(spec, *kept)
 

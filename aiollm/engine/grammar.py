@@ -30,13 +30,13 @@ are filled by xgrammar's BatchGrammarMatcher on its own threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
 import torch
@@ -46,14 +46,14 @@ from aiollm.engine.grammar_build import (allows_none, check_writable, compile_sp
                                          grammar_error)
 from aiollm.engine.grammar_compile import CompileThreads
 from aiollm.engine.token_mask import BitmaskBuffers, TokenMask, to_device
-from aiollm.errors import InvalidRequest, RequestFailed
+from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 log = logging.getLogger(__name__)
 
 CACHE_SIZE = 128  # compiled grammars kept per process (a JSON schema's is ~0.1-2 MB)
 MAX_BIAS = 100.0
-ENDED, REJECTED = 1, -1  # accept() results
+ENDED, REJECTED, COMPLETE = 1, -1, 2  # accept() results
 
 
 def compiler_threads() -> int:
@@ -196,24 +196,38 @@ class Grammars:
 
     async def compile(self, spec: GrammarSpec):
         """compile_now on a compile thread; concurrent calls for one grammar from one field
-        (GrammarSpec.param) share the work. Raises InvalidRequest (param: spec.param) when
-        the grammar is bad or has not compiled within compile_timeout seconds of compiling
-        (it compiles on, into the cache), Overloaded when closed or the compile threads are
-        clogged (none started it within compile_timeout seconds, or too many compilations
-        run past their deadline)."""
+        (GrammarSpec.param) share the work. The grammars `spec` embeds (GrammarSpec.embeds)
+        are compiled alone first (cached), each within its own deadline, so that a timeout
+        names the field that is slow; what else they refuse alone is left to `spec`. Raises
+        InvalidRequest (param: spec.param, or an embedded grammar's) when the grammar is bad
+        or has not compiled within compile_timeout seconds of compiling (it compiles on,
+        into the cache), Overloaded when closed or the compile threads are clogged (none
+        started it within compile_timeout seconds, or too many compilations run past their
+        deadline)."""
         key = self._cache_key(spec)
         with _CACHE.lock:
             if key in _CACHE.compiled:
                 _CACHE.compiled.move_to_end(key)
                 return _CACHE.compiled[key]
         await self._info_built()
-        try:  # shared per field too: a refusal names the field of the request it answers
-            return await self._threads.run((*key, spec.param), self.compile_now, spec)
+        slow = spec
+        try:
+            for slow in spec.embeds:
+                if not self.compiled(slow):
+                    # a format the vocabulary cannot begin may still stand beside calls it can
+                    with contextlib.suppress(InvalidRequest):
+                        await self._run(slow)
+            slow = spec
+            return await self._run(spec)
         except TimeoutError:
-            what = "grammar" if spec.kind in ("regex", "choice", "ebnf") else "schema"
-            raise InvalidRequest(f"{spec.param}: the grammar did not compile within "
+            what = "grammar" if slow.kind in ("regex", "choice", "ebnf") else "schema"
+            raise InvalidRequest(f"{slow.param}: the grammar did not compile within "
                                  f"{self._threads.timeout:g} s; simplify the {what}",
-                                 param=spec.param) from None
+                                 param=slow.param) from None
+
+    def _run(self, spec: GrammarSpec) -> Awaitable:
+        # shared per field too: a refusal names the field of the request it answers
+        return self._threads.run((*self._cache_key(spec), spec.param), self.compile_now, spec)
 
     def close(self) -> None:
         """Stop compiling: queued compilations are dropped and every request waiting for one
@@ -280,9 +294,11 @@ class Grammars:
     def accept(self, states: list[GrammarState], tokens: np.ndarray) -> list[int]:
         """Advance each matcher by its request's new token. Per request: ENDED when its
         grammar has reached its end (the request finishes with "stop"), REJECTED when the
-        grammar or allowed_token_ids refuse the token, else 0. The mask keeps refused
-        tokens out unless it left no token at all (min_tokens banning the only ones
-        allowed): then the sampler's draw among -inf logits is refused here."""
+        grammar or allowed_token_ids refuse the token, COMPLETE when the vocabulary has no
+        stop token (no eos) and the output matches the grammar whole with no token left to
+        go on with (it finishes with "stop" too, this token its last), else 0. The mask
+        keeps refused tokens out unless it left no token at all (min_tokens banning the
+        only ones allowed): then the sampler's draw among -inf logits is refused here."""
         import xgrammar as xgr
 
         status = [0] * len(states)
@@ -305,12 +321,18 @@ class Grammars:
         # a matcher ends only by accepting a stop token: ask the others nothing
         stop = np.isin(toks, self._stops)
         for j, k in enumerate(live):
+            s = states[k]
             if not ok[j]:
                 status[k] = REJECTED
             elif stop[j]:
-                s = states[k]
                 s.terminated = s.matcher.is_terminated()
                 status[k] = ENDED if s.terminated else 0
+            elif not len(self._stops) and s.matcher.is_completed() and allows_none(
+                    s.matcher, self.grammar_vocab):
+                # nothing can end the matcher: the next mask would allow no token, and the
+                # sampler's draw was refused as if the grammar could not be followed
+                s.terminated = True
+                status[k] = COMPLETE
         return status
 
     def dead_end(self, state: GrammarState | None) -> bool:
@@ -364,41 +386,3 @@ class Grammars:
             out.bias_ids, out.bias = to_device(ids, self.device), to_device(vals, self.device)
         return out
 
-
-def rejection(params, n_out: int, dead_end: bool = False
-              ) -> tuple[str, Callable[[str], Exception]]:
-    """Why a request's grammar refused its sampled token, and what to raise with that
-    message: the mask makes it a bug (RequestFailed), unless the request's other constraints
-    left the grammar no token (InvalidRequest naming min_tokens when it banned the end where
-    the grammar ends, allowed_token_ids when they are outside it, bad_words when they ban
-    all it allows: the client's fault, a 400, not a 500 its client would retry), or the
-    grammar itself allows no token of the vocabulary where it is (`dead_end`,
-    Grammars.dead_end: InvalidRequest naming the grammar's field; check_writable finds it
-    at compile time only where the grammar begins)."""
-    c = params.constraint
-    has_grammar = c is not None and c.grammar is not None
-    if dead_end and has_grammar:
-        p = c.grammar.param
-        return (f"{p}: after {n_out - 1} tokens of output, no token of the model's vocabulary "
-                "can continue it as this grammar allows (nor end it there), so the model "
-                "cannot write an output that matches; loosen the grammar, or leave it out",
-                partial(InvalidRequest, param=p))
-    if params.min_tokens > n_out - 1:
-        if not has_grammar:  # allowed_token_ids alone
-            return (f"min_tokens ({params.min_tokens}) forbids ending the output, and "
-                    "allowed_token_ids allow only tokens that end it (eos or a stop token "
-                    "id)", partial(InvalidRequest, param="min_tokens"))
-        return (f"min_tokens ({params.min_tokens}) forbids ending the output where the "
-                "grammar ends it", partial(InvalidRequest, param="min_tokens"))
-    allowed = c is not None and c.allowed_token_ids is not None
-    if allowed and params.bad_words:  # either may be the one at fault: both are named
-        where = " the grammar allows" if has_grammar else ""
-        return (f"allowed_token_ids and bad_words together leave no token{where} next",
-                partial(InvalidRequest, param="allowed_token_ids"))
-    if params.bad_words:
-        return ("bad_words ban every token the grammar allows next",
-                partial(InvalidRequest, param="bad_words"))
-    if allowed:
-        return ("allowed_token_ids allow none of the tokens the grammar allows next",
-                partial(InvalidRequest, param="allowed_token_ids"))
-    return "a token was sampled against the request's grammar", RequestFailed

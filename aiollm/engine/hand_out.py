@@ -19,7 +19,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aiollm.engine.grammar import ENDED, REJECTED, rejection
+from aiollm.engine.grammar import COMPLETE, ENDED, REJECTED
+from aiollm.engine.grammar_rejection import rejection
 from aiollm.engine.planner import Step
 from aiollm.engine.request import Phase, Request
 from aiollm.errors import Overloaded, RequestFailed
@@ -92,6 +93,8 @@ class HandOut:
                 self._finish(r, FinishReason(finished[k]).label)
             elif grammar_end[k] == ENDED:  # the grammar's end: its final (stop) token is eos
                 r.last_is_stop_token = True
+                self._finish(r, "stop")
+            elif grammar_end[k] == COMPLETE:  # matched whole, and no eos to end it with
                 self._finish(r, "stop")
             r.event.set()
 
