@@ -96,6 +96,12 @@ class Planner:
             except ValueError:
                 pass
 
+    def readers_of(self, slots: np.ndarray, skip: list[Request]) -> list[Request]:
+        """Running requests but those in `skip` whose KV (their own, or a cached prefix they
+        reuse) holds any of the KV slots `slots` (int64)."""
+        return [r for r in self.running if r not in skip and r.kv_len
+                and np.isin(self.r2t.slots_of(r.row, 0, r.kv_len), slots).any()]
+
     def free_tokens(self) -> int:
         """KV slots an allocation can get: free ones and unreferenced cached ones."""
         return self.kv.n_free + (self.cache.evictable if self.cache else 0)

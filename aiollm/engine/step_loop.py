@@ -7,8 +7,9 @@ the model runner's thread), then waits for step N's event (on a second thread, s
 handlers and streams keep running), appends its sampled tokens, checks stops for the
 whole batch in C and wakes each request's stream.
 Step N+1 takes step N's tokens from the device, so the GPU never waits for the host.
-A step that fails fails its own requests, not the server; one that runs out of device
-memory pauses them instead (oom.py).
+A step that fails fails its own requests, not the server, and those that reuse the KV it
+was to write (through the prefix cache: a device step fails after the next one was planned);
+one that runs out of device memory pauses its own requests instead (oom.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import time
 
+import numpy as np
 import torch
 
 from aiollm.engine.planner import Step
@@ -91,7 +93,7 @@ class StepLoop:
                     self._executor, _timed, self.runner.launch, inputs)
         self._host_time += perf() - t0
         if self._inflight is not None:
-            await self._complete_inflight()
+            await self._complete_inflight(later=step)
         if step is None:
             return
         cpu_s = None  # the CPU's model time: the launch is the computation
@@ -123,7 +125,9 @@ class StepLoop:
         next step only once its pending token is back."""
         return any(r.pending and r.params.uses_penalty for r in step.reqs)
 
-    async def _complete_inflight(self) -> None:
+    async def _complete_inflight(self, later: Step | None = None) -> None:
+        """Wait for the step in flight and hand out its tokens; `later`: the step planned
+        (and launched) since, if any."""
         step, out, t_launch, cpu_s = self._inflight
         self._inflight = None
         perf = time.perf_counter
@@ -136,7 +140,7 @@ class StepLoop:
                     await asyncio.get_running_loop().run_in_executor(self._waiter,
                                                                      out.done.synchronize)
         except Exception as e:
-            self._step_failed(step, e)
+            self._step_failed(step, e, later)
             return
         t0 = perf()
         # a step of nothing but health probes is no traffic: out of the step histograms
@@ -171,7 +175,12 @@ class StepLoop:
             if s:
                 r.pending -= 1
 
-    def _step_failed(self, step: Step, e: Exception) -> None:
+    def _step_failed(self, step: Step, e: Exception, later: Step | None = None) -> None:
+        """End (or, out of memory, pause) the requests of a failed step, and fail those
+        that reuse the KV it was to write. `later`: the step planned since (a device step
+        fails asynchronously, after the loop planned the next one); its admissions may
+        reuse that KV through the prefix cache, which put the failed chunks in the tree as
+        they were planned (prefix_cache.on_chunk)."""
         log.error("model step failed", exc_info=e)
         error = f"model step failed: {e}"
         if self.ranks is not None:  # the ranks are out of step now: the server cannot go on
@@ -181,6 +190,14 @@ class StepLoop:
             self.ranks.fail(lost or f"tensor parallel rank 0: {error}")
             error = lost or error
         self._undo_pending(step)
+        # slots the later step allocated again (freed since: evicted, or of a request that
+        # ended) hold its own KV, not the failed step's
+        unwritten = (step.out_cache_loc if later is None
+                     else np.setdiff1d(step.out_cache_loc, later.out_cache_loc))
+        for r in self.planner.readers_of(unwritten, step.reqs):
+            self._finish(r, "abort", error=f"{error} (this request reused KV that step was to "
+                         "compute for a shared prompt prefix)", failed=True,
+                         error_type=RequestFailed)
         if isinstance(e, torch.OutOfMemoryError):
             # paused and resumed unless it is a request alone that nothing smaller can help:
             # that one fails, and counts toward failing as any failed step does (a device
