@@ -9,13 +9,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aiollm.errors import InvalidRequest
+# the stop lists' bounds and checks, importable from here as before
+from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # noqa: F401
+                                    MAX_STOP_TOKEN_IDS, checked_stop, checked_stop_token_ids,
+                                    is_int)
 # vLLM's grammar object, importable from here as from vllm.sampling_params
 from aiollm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams, grammar_of
-
-
-def is_int(v: object) -> bool:
-    """Whether `v` is an int of JSON's kind (bool, which Python counts as int, is not)."""
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _plain(v: object) -> object:
@@ -47,11 +46,6 @@ SEED_RANGE = 2**63
 # takes seconds past about 10**5 (16384: a fraction of a second); the table and the waiting
 # queue then take them as they make room. The HTTP API's bound is lower (api/protocol.py).
 MAX_N_SEQUENCES = 16384
-MAX_STOP_STRINGS = 16
-# characters per stop string: bounds the text a stream holds back while a stop string may be
-# completing, and the matcher's size (aiollm/engine/stop_strings.py)
-MAX_STOP_STRING_CHARS = 1024
-MAX_STOP_TOKEN_IDS = 8  # the request table holds 8 stop ids per slot
 MAX_LOGPROBS = 20
 # bad words per request: each step's banned ids are found on the host, a few list
 # compares per word (aiollm/engine/bad_words.py)
@@ -254,31 +248,8 @@ class SamplingParams:
         if self.seed is not None and (not is_int(self.seed)
                                       or not -SEED_RANGE <= self.seed < SEED_RANGE):
             raise bad("seed", "must be an integer in [-2**63, 2**63)")
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
-            raise bad("stop", "must be a non-empty string or a list of non-empty strings")
-        if len(self.stop) > MAX_STOP_STRINGS:
-            raise InvalidRequest(
-                f"at most {MAX_STOP_STRINGS} stop strings, got {len(self.stop)}", param="stop"
-            )
-        for i, s in enumerate(self.stop):
-            if len(s) > MAX_STOP_STRING_CHARS:
-                raise InvalidRequest(
-                    f"stop[{i}] has {len(s)} characters, more than the "
-                    f"{MAX_STOP_STRING_CHARS} allowed", param="stop")
-        if not isinstance(self.stop_token_ids, list) or not all(
-            is_int(t) and 0 <= t < 2**31 for t in self.stop_token_ids
-        ):
-            raise bad("stop_token_ids", "must be a list of integers in [0, 2**31)")
-        # an id given twice is one stop (clients merge end-id lists): only distinct ids
-        # take the table's places
-        self.stop_token_ids = list(dict.fromkeys(self.stop_token_ids))
-        if len(self.stop_token_ids) > MAX_STOP_TOKEN_IDS:
-            raise InvalidRequest(
-                f"at most {MAX_STOP_TOKEN_IDS} stop token ids, got {len(self.stop_token_ids)}",
-                param="stop_token_ids",
-            )
+        self.stop = checked_stop(self.stop)
+        self.stop_token_ids = checked_stop_token_ids(self.stop_token_ids)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
                      "spaces_between_special_tokens"):
             setattr(self, name, _plain_bool(getattr(self, name)))

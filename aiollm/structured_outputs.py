@@ -20,8 +20,10 @@ class StructuredOutputsParams:
     """One grammar the output follows: `json` (a JSON schema, as a dict or its JSON text),
     `regex`, `choice` (a list of strings: the output is one of them), `grammar` (EBNF, as
     xgrammar reads it), `json_object` (True: any JSON object) or `structural_tag` (xgrammar's
-    structural tag, a dict or its JSON text). The options are vLLM's and change nothing here
-    (the output is compact, strict JSON already), but are checked as booleans and text;
+    structural tag, a dict or its JSON text). The boolean options are vLLM's and change
+    nothing here (the output is compact, strict JSON already), but are checked as booleans;
+    whitespace_pattern must be None (xgrammar takes no whitespace pattern: SamplingParams
+    refuses one, naming structured_outputs.whitespace_pattern, as the HTTP API does);
     `backend` (vLLM's GuidedDecodingParams') is None, "auto" or "xgrammar".
     Raises InvalidRequest (a ValueError) naming structured_outputs unless exactly one
     grammar is given; a bad grammar value is refused by SamplingParams, naming the field

@@ -416,9 +416,10 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
     import aiohttp
     import msgspec
 
-    from aiollm.sampling_params import MAX_LOGPROBS, MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS
+    from aiollm.sampling_params import MAX_LOGPROBS, MAX_STOP_CHARS, MAX_STOP_STRING_CHARS
 
-    long_stop = ["x" * (MAX_STOP_STRING_CHARS - 1) + chr(97 + i) for i in range(MAX_STOP_STRINGS)]
+    most = MAX_STOP_CHARS // MAX_STOP_STRING_CHARS  # the longest stop strings, as many as fit
+    long_stop = ["x" * (MAX_STOP_STRING_CHARS - 1) + chr(97 + i) for i in range(most)]
     word = "hello " * 600  # over the test server's 512-token context
 
     def tool(i: int) -> dict:
@@ -431,7 +432,7 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
         ("/generate", {"inputs": PARIS, "parameters": {"stop_sequences": [[5] * 100_000]}},
          400, "parameters.stop_sequences"),
         ("/generate", {"inputs": PARIS, "parameters": {
-            "stop_sequences": ["z" * MAX_STOP_STRING_CHARS] * MAX_STOP_STRINGS,
+            "stop_sequences": ["z" * MAX_STOP_STRING_CHARS] * most,
             "max_new_tokens": 4}}, 200, None),
         ("/v1/completions", {"prompt": "hi " * 300, "max_tokens": 2, "echo": True,
                              "logprobs": MAX_LOGPROBS, "prompt_logprobs": MAX_LOGPROBS}, 200, None),
@@ -443,6 +444,11 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
                                   "max_tokens": 1}, 400, "messages"),
         ("/detokenize", {"tokens": [42] * 500_000}, 200, None),
         ("/v1/completions", {"prompt": PARIS, "max_tokens": 2, "n": 64}, 200, None),
+        # many short stop strings, many stop ids (were 400s past 16 and 8)
+        ("/v1/completions", {"prompt": PARIS, "max_tokens": 4, "stop": [
+            f"q{i:04d}" for i in range(MAX_STOP_CHARS // 5)]}, 200, None),
+        ("/v1/completions", {"prompt": PARIS, "max_tokens": 4, "min_tokens": 2,
+                             "stop_token_ids": list(range(1024))}, 200, None),
         # a pass@k evaluation's n (was a 400 above 64)
         ("/v1/completions", {"prompt": PARIS, "max_tokens": 1, "n": 200}, 200, None),
         # counts checked before each item is looked at (each decoded / submitted on the loop)

@@ -18,6 +18,9 @@ CASES = [  # (fields, finish_reason, stop_reason)
     ({**FORCE_NEWLINE, "stop_token_ids": [7, NEWLINE]}, "stop", NEWLINE),
     ({**FORCE_NEWLINE, "max_tokens": 1}, "length", None),
     ({"logit_bias": {str(EOS): 100}, "temperature": 0, "max_tokens": 3}, "stop", None),
+    # more than 16 stop strings and 8 stop ids (were 400s): the one that ends it is the last
+    ({**FORCE_NEWLINE, "stop": [f"zz{i}" for i in range(39)] + ["\n"]}, "stop", "\n"),
+    ({**FORCE_NEWLINE, "stop_token_ids": [*range(100, 119), NEWLINE]}, "stop", NEWLINE),
 ]
 ENDPOINTS = [("/v1/completions", {"prompt": "The capital of France is"}),
              ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}]})]
@@ -100,6 +103,30 @@ def test_a_models_other_eos_id_is_its_stop_reason(two_eos):
     assert (eos["finish_reason"], eos["stop_reason"]) == ("stop", None), eos
     assert (ignored["finish_reason"], ignored["stop_reason"]) == ("length", None), ignored
     assert (stream[-1]["finish_reason"], stream[-1]["stop_reason"]) == ("stop", END_OF_TURN)
+
+
+def test_many_stop_ids_beside_the_models_eos_ids(two_eos):
+    """A request's stop ids past the 8 that the request table holds are checked on the host;
+    with generation_config.json's eos ids they all end a request, and min_tokens bans them
+    all (eos ids and every stop id) until it is reached."""
+    ids = list(range(100, 120))  # the 18th is forced below: one of the host's
+
+    def forced(token: int, **fields) -> dict:
+        return {"prompt": "Hi", "logit_bias": {str(token): 100}, "temperature": 0,
+                "max_tokens": 4, "stop_token_ids": ids, **fields}
+
+    other, own, held = at_once(
+        lambda: _whole(two_eos, "/v1/completions", forced(END_OF_TURN)),
+        lambda: _whole(two_eos, "/v1/completions", forced(117)),
+        lambda: http(two_eos, "POST", "/v1/completions",
+                     json=forced(117, min_tokens=2, return_token_ids=True)))
+    assert (other["finish_reason"], other["stop_reason"]) == ("stop", END_OF_TURN), other
+    assert (own["finish_reason"], own["stop_reason"]) == ("stop", 117), own
+    assert held[0] == 200, held[2]
+    c = json.loads(held[2])["choices"][0]
+    assert (c["finish_reason"], c["stop_reason"]) == ("stop", 117), c
+    tokens = c["token_ids"]
+    assert len(tokens) == 3 and not {EOS, END_OF_TURN, *ids} & set(tokens[:2]), tokens
 
 
 # -- the token that completes a stop string ----------------------------------------------------

@@ -728,13 +728,57 @@ def test_sampling_params_take_vllms_spellings_of_off():
 
 def test_a_stop_token_id_given_twice_counts_once():
     """Clients merge end-id lists (the model's eos, a generation config's, their own) and
-    send an id more than once: ten copies of one id were refused as more than the 8 stop
-    token ids a request may have, where vLLM takes them. Nine different ids still are."""
+    send an id more than once: an id given twice is one stop."""
     p = SamplingParams(stop_token_ids=[5] * 10 + [7, 5])
     assert p.stop_token_ids == [5, 7]
-    with pytest.raises(InvalidRequest, match="at most 8 stop token ids, got 9") as e:
-        SamplingParams(stop_token_ids=[*range(9), 0])
+
+
+def test_many_stop_strings_and_stop_token_ids_are_taken():
+    """More than 16 stop strings or 8 stop token ids were refused (lm-eval sends its tasks'
+    `until` lists; vLLM bounds neither). Any number is taken; what is bounded is what costs
+    the server: the stop strings' characters (each and together: the matcher is built on the
+    event loop) and the distinct stop ids (the min_tokens ban's width), each refusal naming
+    its field."""
+    from aiollm.stop_conditions import MAX_STOP_CHARS, MAX_STOP_TOKEN_IDS
+
+    p = SamplingParams(stop=[f"s{i}" for i in range(500)], stop_token_ids=list(range(1000)))
+    assert len(p.stop) == 500 and len(p.stop_token_ids) == 1000
+    SamplingParams(stop_token_ids=[*range(MAX_STOP_TOKEN_IDS), 0])  # repeats are one stop
+    with pytest.raises(InvalidRequest, match=f"at most {MAX_STOP_TOKEN_IDS} distinct stop "
+                                             f"token ids, got {MAX_STOP_TOKEN_IDS + 1}") as e:
+        SamplingParams(stop_token_ids=list(range(MAX_STOP_TOKEN_IDS + 1)))
     assert e.value.param == "stop_token_ids"
+    SamplingParams(stop=["x" * 1024] * (MAX_STOP_CHARS // 1024))
+    with pytest.raises(InvalidRequest, match=f"{MAX_STOP_CHARS + 1} characters in all") as e:
+        SamplingParams(stop=["x" * 1024] * (MAX_STOP_CHARS // 1024) + ["y"])
+    assert e.value.param == "stop"
+
+
+def test_a_stop_token_id_past_the_tables_eight_ends_a_request(loop, engine):
+    """The request table's record holds 8 stop ids; a request's 9th and later are checked on
+    the host after the C stop check, with the same rule: they end the request (its
+    stop_reason), min_tokens holds them back, and the model's eos still ends one too."""
+    base = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    ref = run(loop, engine.generate(PROMPTS[4], base))
+    stop_tok = ref.token_ids[3]
+    first = ref.token_ids.index(stop_tok)
+    others = [t for t in range(1000, 1100) if t not in ref.token_ids][:19]
+    many = SamplingParams(max_tokens=20, temperature=0, stop_token_ids=others + [stop_tok])
+    async def together(*coros):
+        return await asyncio.gather(*coros)
+
+    out, held, chat = run(loop, together(
+        engine.generate(PROMPTS[4], many),
+        engine.generate(PROMPTS[4], SamplingParams(
+            max_tokens=20, min_tokens=first + 3, temperature=0,
+            stop_token_ids=others + [stop_tok])),
+        engine.chat([{"role": "user", "content": "Say OK."}], SamplingParams(
+            max_tokens=64, temperature=0, stop_token_ids=others))))
+    assert out.token_ids == ref.token_ids[: first + 1]
+    assert (out.finish_reason, out.stop_reason) == ("stop", stop_tok)
+    assert len(held.token_ids) >= first + 3 and stop_tok not in held.token_ids[: first + 3]
+    assert chat.finish_reason == "stop" and chat.token_ids[-1] in engine.eos_ids
+    assert_all_free(engine)
 
 
 def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):

@@ -232,6 +232,33 @@ def test_finished_cached_tokens_and_stop_reason(llm):
     assert back.outputs[0].stop_reason == word and back.text == by_text.text
 
 
+def test_many_stop_strings_and_stop_token_ids(llm):
+    """SamplingParams refused more than 16 stop strings and 8 stop token ids, which vLLM
+    takes (lm-eval's `until` lists, a generation config's end ids merged with a client's).
+    Any number is taken and the one that matches ends the output, also when it is a stop id
+    past the 8 the request table holds (checked on the host) or a batch mixes such requests
+    with the model's eos."""
+    sp = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    base, = llm.generate("The capital of France is", sp, False)
+    stop_id = base.token_ids[3]
+    first = base.token_ids.index(stop_id)
+    others = [t for t in range(2000, 2100) if t not in base.token_ids][:30]
+    word = base.token_texts[2].strip() or base.token_texts[1].strip()
+    by_id, by_text, eos_ended = llm.generate(
+        ["The capital of France is"] * 3,
+        [SamplingParams(max_tokens=8, temperature=0, ignore_eos=True,
+                        stop_token_ids=others + [stop_id]),
+         SamplingParams(max_tokens=8, temperature=0, ignore_eos=True,
+                        stop=[f"zzq{i}" for i in range(40)] + [word]),
+         SamplingParams(max_tokens=8, temperature=0, stop_token_ids=others,
+                        logit_bias={int(llm.engine.eos_ids[0]): 100})], False)
+    assert by_id.token_ids == base.token_ids[: first + 1]
+    assert (by_id.finish_reason, by_id.outputs[0].stop_reason) == ("stop", stop_id)
+    assert (by_text.finish_reason, by_text.outputs[0].stop_reason) == ("stop", word)
+    assert eos_ended.token_ids == [int(llm.engine.eos_ids[0])]
+    assert (eos_ended.finish_reason, eos_ended.outputs[0].stop_reason) == ("stop", None)
+
+
 def test_alternative_tokens_have_their_text(llm):
     """Logprob.decoded_token of an alternative (not chosen) token was None: vLLM gives each
     token's text (its id decoded alone). The outputs stay picklable (no tokenizer on them)."""

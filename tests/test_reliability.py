@@ -58,7 +58,7 @@ JSON = {"Content-Type": "application/json"}
 MSGS = [{"role": "user", "content": "hi"}]
 LONG_TEXT = "hello " * 600  # more tokens than MAX_MODEL_LEN
 LONG_IDS = list(range(100, 100 + MAX_MODEL_LEN + 10))
-STOPS = [f"s{i}" for i in range(17)]  # one more than MAX_STOP_STRINGS
+STOPS = ["x" * 1024] * 16 + ["y"]  # one character more than MAX_STOP_CHARS in all
 
 
 def raw(data: bytes, content_type: str = "application/json") -> dict:
@@ -304,7 +304,11 @@ BAD_INPUT = [
         "return_tokens_as_token_ids"),
     bad("whitespace-pattern", C, prompt(guided_json={"type": "object"},
                                         guided_whitespace_pattern=" *"), 400,
-        "guided_whitespace_pattern"),
+        "guided_whitespace_pattern", "xgrammar"),
+    # the same option in structured_outputs was taken and ignored: refused the same way
+    bad("structured-whitespace-pattern", CH, chat(structured_outputs={
+        "json": {"type": "object"}, "whitespace_pattern": " *"}), 400,
+        "structured_outputs.whitespace_pattern", "xgrammar"),
     # OpenAI refuses stream_options without stream (it only shapes a stream), as vLLM does
     bad("stream-options-no-stream", C, prompt(stream_options={"include_usage": True}), 400,
         "stream_options", "stream"),
@@ -352,15 +356,18 @@ BAD_INPUT = [
     bad("tokenize-chat-template", "/tokenize",
         {"messages": MSGS, "chat_template": "{{ messages[0].content }}"}, 400,
         "chat_template", "--trust-request-chat-template"),
-    # too many stop strings / ids
-    bad("stop-too-many", C, prompt(stop=STOPS), 400, "stop", "16"),
-    bad("chat-stop-too-many", CH, chat(stop=STOPS), 400, "stop"),
+    # stop strings of too many characters in all, too many stop ids
+    bad("stop-too-many-chars", C, prompt(stop=STOPS), 400, "stop", "16385 characters in all"),
+    bad("chat-stop-too-many-chars", CH, chat(stop=STOPS), 400, "stop"),
     bad("stop-empty-string", C, prompt(stop=[""]), 400, "stop"),
-    bad("stop-ids-too-many", C, prompt(stop_token_ids=list(range(9))), 400, "stop_token_ids"),
+    bad("stop-ids-too-many", C, prompt(stop_token_ids=list(range(1025))), 400,
+        "stop_token_ids", "at most 1024 distinct stop token ids"),
     bad("stop-id-negative", C, prompt(stop_token_ids=[-1]), 400, "stop_token_ids"),
     bad("stop-id-past-int32", CH, chat(stop_token_ids=[2**40]), 400, "stop_token_ids[0]"),
-    bad("stop-sequences-too-many", G, lightllm(stop_sequences=STOPS), 400,
+    bad("stop-sequences-too-many-chars", G, lightllm(stop_sequences=STOPS), 400,
         "parameters.stop_sequences"),
+    bad("stop-sequences-too-many", G, lightllm(stop_sequences=["a"] * 20_000), 400,
+        "parameters.stop_sequences", "at most 17408 stop_sequences"),
     bad("stop-sequence-id-past-int32", G, lightllm(stop_sequences=[[2**40]]), 400,
         "parameters.stop_sequences[0][0]"),
     # logprobs above the limit

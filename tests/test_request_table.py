@@ -99,12 +99,12 @@ def test_gather_all_field_kinds():
         t.gather("stop_ids", pick)
 
 
-def _stop_check_py(rec, tok, eos):
+def _stop_check_py(rec, tok, eos, stop_ids):
     rec = dict(rec)
     rec["output_len"] += 1
     reason = 0
     if rec["output_len"] >= rec["min_new_tokens"]:
-        if tok in rec["stop_ids"][: rec["n_stop"]]:
+        if tok in stop_ids:
             reason = FinishReason.STOP
         elif not rec["ignore_eos"] and tok in eos:
             reason = FinishReason.STOP
@@ -124,8 +124,10 @@ def test_stop_check_matches_python(seed):
     t.col("max_new_tokens")[slots] = rng.integers(1, 12, len(slots))
     t.col("min_new_tokens")[slots] = rng.integers(0, 6, len(slots))
     t.col("ignore_eos")[slots] = rng.integers(0, 2, len(slots))
-    for s in slots:
-        t.set_stop_ids(int(s), list(rng.integers(0, vocab, rng.integers(0, 9))))
+    stop_ids = {}
+    for s in slots:  # more than a record's 8 too: the rest are checked on the host
+        stop_ids[s] = list(rng.choice(vocab, rng.integers(0, 13), replace=False))
+        t.set_stop_ids(int(s), stop_ids[s])
     before = [
         {k: (t[s][k].copy() if k == "stop_ids" else t[s][k].item()) for k in REQ_DTYPE.names}
         for s in slots
@@ -133,7 +135,7 @@ def test_stop_check_matches_python(seed):
     tokens = rng.integers(0, vocab, len(slots)).astype(np.int32)
     got = t.stop_check(slots, tokens, eos, now_ns=1234)
     for i, s in enumerate(slots):
-        reason, out_len = _stop_check_py(before[i], int(tokens[i]), eos)
+        reason, out_len = _stop_check_py(before[i], int(tokens[i]), eos, stop_ids[s])
         assert got[i] == reason, (i, before[i], tokens[i])
         assert t[s]["output_len"] == out_len
         assert t[s]["finish_reason"] == reason
@@ -150,11 +152,38 @@ def test_stop_check_rejects_free_slot():
         t.stop_check(np.array([s]), np.array([1]), np.array([0]), 0)
 
 
-def test_too_many_stop_ids():
-    t = RequestTable(1)
-    s = t.alloc()
-    with pytest.raises(ValueError, match="at most 8"):
-        t.set_stop_ids(s, list(range(9)))
+def test_a_slot_takes_any_number_of_stop_ids():
+    """set_stop_ids refused more than the 8 ids a record holds. The rest now live on the
+    host: the stop check ends a request on any of its ids (not before min_new_tokens, and
+    before max_new_tokens would), stop_ids() lists them all, and a freed slot forgets them."""
+    t = RequestTable(4)
+    a, b = t.alloc(), t.alloc()
+    many = list(range(100, 130))
+    t.set_stop_ids(a, many)
+    t.set_stop_ids(b, [7])
+    t.col("max_new_tokens")[[a, b]] = 3
+    t.col("min_new_tokens")[a] = 2
+    slots = np.array([a, b], dtype=np.int32)
+    got = t.stop_check(slots, np.array([129, 129]), np.array([0]), now_ns=5)
+    assert got.tolist() == [0, 0]  # a: before min_new_tokens; b: no stop id of its own
+    got = t.stop_check(slots, np.array([129, 7]), np.array([0]), now_ns=6)
+    assert got.tolist() == [FinishReason.STOP, FinishReason.STOP]
+    assert t[a]["finish_reason"] == FinishReason.STOP and t[a]["t_finish"] == 6
+    all_ids = t.stop_ids(slots)
+    assert all_ids.shape == (2, 30) and sorted(all_ids[0]) == many
+    assert all_ids[1].tolist() == [7] + [-1] * 29
+    # at max_new_tokens, a host-held stop id is a stop, as a record's is
+    t.col("output_len")[a] = 2
+    assert t.stop_check(slots[:1], np.array([120]), np.array([0]), 7).tolist() == [
+        FinishReason.STOP]
+    t.free(a)
+    c = t.alloc()
+    assert c == a and t.stop_ids(np.array([c])).shape == (1, 0)
+    t.col("max_new_tokens")[c], t.col("output_len")[c] = 9, 0
+    assert t.stop_check(np.array([c]), np.array([129]), np.array([0]), 8).tolist() == [0]
+    t.set_stop_ids(c, many)
+    t.set_stop_ids(c, [1, 2])  # replaced: the host's part goes too
+    assert t.stop_ids(np.array([c])).tolist() == [[1, 2]]
 
 
 def test_gather_fields_packed_record():

@@ -351,6 +351,27 @@ def test_from_table_reads_request_columns():
     assert sample(logits, st).next_ids[0].item() not in (2, 9)
 
 
+def test_min_tokens_bans_every_stop_id_of_a_request_past_the_records_8():
+    """A request's stop ids past the 8 its table record holds are banned too while min_tokens
+    are not out (they live on the host: RequestTable.stop_ids lists them all); a step with
+    no row under min_tokens reads no stop id at all."""
+    from aiollm.native.request_table import RequestTable
+
+    table = RequestTable(4)
+    slots = np.array([table.alloc() for _ in range(2)], dtype=np.int32)
+    table.col("min_new_tokens")[slots] = [3, 0]
+    table.col("temperature")[slots] = 0.0
+    table.set_stop_ids(int(slots[0]), list(range(20, 32)))  # 12 ids: 28..31 on the host
+    logits = torch.zeros(2, 40)
+    logits[:, 31] = 5.0
+    st = SamplingTensors.from_table(table, slots, vocab_size=40, device="cpu", eos_ids=[2])
+    assert sample(logits, st).next_ids.tolist()[0] not in range(20, 32)
+    assert sample(logits, st).next_ids.tolist()[1] == 31  # no min_tokens: not banned
+    table.col("output_len")[slots[0]] = 3
+    st = SamplingTensors.from_table(table, slots, vocab_size=40, device="cpu", eos_ids=[2])
+    assert st.ban_ids is None and sample(logits, st).next_ids.tolist() == [31, 31]
+
+
 @pytest.mark.parametrize(
     "b, c, broadcast", [(1, 3000, True), (5, 777, True), (4, 50, False), (3, 2048, False)]
 )

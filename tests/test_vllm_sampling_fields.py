@@ -200,3 +200,22 @@ def test_guided_decoding_errors_speak_of_guided_decoding(value):
         SamplingParams(guided_decoding=value)
     assert e.value.param.startswith("guided_decoding")
     assert "structured_outputs" not in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("name", ["structured_outputs", "guided_decoding"])
+def test_a_whitespace_pattern_is_refused_offline_as_over_http(name):
+    """whitespace_pattern (vLLM's outlines and guidance backends' regex for the whitespace
+    between JSON's tokens) was taken and ignored by SamplingParams, where HTTP refused
+    guided_whitespace_pattern: xgrammar takes no such pattern, so the output never followed
+    it. Refused on every path, naming the field; disable_any_whitespace (compact JSON, which
+    the output is) and a pattern of None are taken."""
+    schema = {"type": "object"}
+    for value in (StructuredOutputsParams(json=schema, whitespace_pattern=r"[ ]?"),
+                  {"json": schema, "whitespace_pattern": ""}):
+        with pytest.raises(InvalidRequest, match="xgrammar") as e:
+            SamplingParams(**{name: value})
+        assert e.value.param == f"{name}.whitespace_pattern"
+        assert (name == "structured_outputs") == ("structured_outputs" in str(e.value))
+    p = SamplingParams(**{name: StructuredOutputsParams(json=schema, whitespace_pattern=None,
+                                                        disable_any_whitespace=True)})
+    assert p.constraint.grammar.kind == "json_schema"

@@ -24,8 +24,8 @@ from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.usage import room
 from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import (MAX_STOP_STRING_CHARS, MAX_STOP_STRINGS, MAX_STOP_TOKEN_IDS,
-                                    SamplingParams, choice_seed)
+from aiollm.sampling_params import SamplingParams, choice_seed
+from aiollm.stop_conditions import MAX_STOP_CHARS, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta
@@ -54,10 +54,12 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
     stop: list[str] = []
     stop_ids: list[int] = []
     seqs = [p.stop_sequences] if isinstance(p.stop_sequences, str) else p.stop_sequences or []
-    if len(seqs) > MAX_STOP_STRINGS + MAX_STOP_TOKEN_IDS:  # before decoding each on the loop
-        raise InvalidRequest(f"at most {MAX_STOP_STRINGS} stop strings and {MAX_STOP_TOKEN_IDS} "
-                             f"stop token ids, got {len(seqs)} stop_sequences",
-                             param="parameters.stop_sequences")
+    # before walking them on the loop: each is a stop token id or a stop string of at least
+    # one character
+    if len(seqs) > MAX_STOP_TOKEN_IDS + MAX_STOP_CHARS:
+        raise InvalidRequest(f"at most {MAX_STOP_TOKEN_IDS + MAX_STOP_CHARS} stop_sequences, "
+                             f"got {len(seqs)}", param="parameters.stop_sequences")
+    decoded = 0  # token ids of multi-token sequences, decoded on the event loop
     vocab = st.engine.model_config.vocab_size
     for i, s in enumerate(seqs):
         text = None
@@ -71,6 +73,10 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         elif len(s) > MAX_STOP_STRING_CHARS:  # decoded on the event loop: bound it
             raise InvalidRequest(f"a stop sequence may have at most {MAX_STOP_STRING_CHARS} "
                                  f"token ids, got {len(s)}", param="parameters.stop_sequences")
+        elif (decoded := decoded + len(s)) > MAX_STOP_CHARS:  # and all of them
+            raise InvalidRequest(f"the stop sequences of several token ids may have at most "
+                                 f"{MAX_STOP_CHARS} token ids in all",
+                                 param="parameters.stop_sequences")
         elif not all(0 <= t < vocab for t in s):
             raise InvalidRequest(f"stop_sequences token ids must be in [0, {vocab}), got {s}",
                                  param="parameters.stop_sequences")

@@ -31,7 +31,7 @@ _VLLM_UNSERVED = {
     "length_penalty": (1.0, "it weighs beam search, which the server does not do: send 1.0 "
                             "or leave it out"),
     "return_tokens_as_token_ids": (False, "logprobs name tokens by their text"),
-    "guided_whitespace_pattern": (None, "the grammar's own whitespace rules apply"),
+    "guided_whitespace_pattern": (None, structured.WHITESPACE_PATTERN_REFUSED),
     # vLLM refuses it too unless it runs with --scheduling-policy priority
     "priority": (0, "the server has no priority scheduling: send 0 or leave it out"),
 }

@@ -129,6 +129,13 @@ def response_format(value: Any) -> GrammarSpec | None:
 # refuses it
 _STRUCTURED_OPTIONS = {"disable_fallback": (bool,), "disable_any_whitespace": (bool,),
                        "disable_additional_properties": (bool,), "whitespace_pattern": (str,)}
+# vLLM's whitespace pattern (a regex for the whitespace between JSON's tokens) is an option of
+# its outlines and guidance backends; xgrammar, aiollm's only one, takes no such pattern (vLLM's
+# xgrammar backend drops it unread). Refused wherever it is sent, rather than ignored: the
+# output would not follow it
+WHITESPACE_PATTERN_REFUSED = ("a whitespace pattern is not supported: grammars run on "
+                              "xgrammar, which takes none, and JSON output is compact (no "
+                              "whitespace between its tokens); leave it out")
 
 
 def structured_outputs(value: Any) -> GrammarSpec | None:
@@ -154,6 +161,9 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
                              f"{', '.join(makers)}", param=f"{p}.{unknown[0]}")
     for option, kinds in _STRUCTURED_OPTIONS.items():
         check_type(value.get(option), kinds, f"{p}.{option}")
+    if value.get("whitespace_pattern") is not None:
+        raise InvalidRequest(f"{p}.whitespace_pattern: {WHITESPACE_PATTERN_REFUSED}",
+                             param=f"{p}.whitespace_pattern")
     given = [k for k, v in value.items() if k in makers and v is not None]
     if not given:  # as vLLM refuses it: options alone would leave the output free, unasked
         raise InvalidRequest(f"structured_outputs gives no grammar: send one of "

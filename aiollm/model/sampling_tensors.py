@@ -190,10 +190,11 @@ class SamplingTensors:
         passes it while earlier tokens are still in flight."""
 
         f = table.gather_fields(_FIELDS, slots)
-        rows = table.array[np.asarray(slots, dtype=np.int64)]
-        used = np.arange(rows["stop_ids"].shape[1]) < rows["n_stop"][:, None]
-        stop = np.where(used, rows["stop_ids"], -1)
-        eos = np.broadcast_to(np.asarray(eos_ids, dtype=np.int64), (len(slots), len(eos_ids)))
+        step = f["output_len"] if step is None else step
+        ban_ids = None
+        if np.count_nonzero(np.asarray(step) < f["min_new_tokens"]):  # min_tokens bans them
+            eos = np.broadcast_to(np.asarray(eos_ids, dtype=np.int64), (len(slots), len(eos_ids)))
+            ban_ids = np.concatenate([eos, table.stop_ids(slots)], axis=1)
         return cls.from_numpy(
             temperature=f["temperature"],
             top_p=f["top_p"],
@@ -203,14 +204,14 @@ class SamplingTensors:
             presence_penalty=f["presence_penalty"],
             frequency_penalty=f["frequency_penalty"],
             seed=f["seed"],
-            step=f["output_len"] if step is None else step,
+            step=step,
             top_logprobs=f["top_logprobs"],
             vocab_size=vocab_size,
             device=device,
             token_ids=token_ids,
             prompt_lens=prompt_lens,
             min_tokens=f["min_new_tokens"],
-            stop_ids=np.concatenate([eos, stop.astype(np.int64)], axis=1),
+            stop_ids=ban_ids,
         )
 
 

@@ -4,6 +4,11 @@ The table is one C array of `aio_req` structs. `table.col("output_len")` is a nu
 that field over all slots (writes go straight to C memory); `table.gather(field, slots)`
 copies a field of chosen slots into a contiguous array in one C call; `table.stop_check`
 appends a token to every slot of a batch and reports which finished.
+
+Stop token ids: a record holds the first RECORD_STOP_IDS of its request's (the C stop check
+reads them); a request with more keeps the rest in a set on the host, checked after the C
+call for the few slots that have one. A request may thus have any number of stop ids
+without widening every record (and the pinned table) for the rare one that has many.
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ class TableError(RuntimeError):
     """Misuse of the request table: full, slot out of range, or slot not in use."""
 
 
-MAX_STOP_IDS = 8
 _NUMPY_OF_C = {
     "int64_t": "<i8",
     "int32_t": "<i4",
@@ -66,6 +70,7 @@ def _struct_dtype() -> np.dtype:
 
 
 REQ_DTYPE = _struct_dtype()
+RECORD_STOP_IDS = REQ_DTYPE.fields["stop_ids"][0].shape[0]  # stop ids a record holds (8)
 
 
 class _GatherPlan:
@@ -102,6 +107,9 @@ class RequestTable:
         self._buf = ffi.buffer(self._t.slots, nbytes)
         self.array = np.frombuffer(self._buf, dtype=REQ_DTYPE)
         self._plans: dict[tuple[str, ...], _GatherPlan] = {}
+        # stop ids past a record's RECORD_STOP_IDS, by slot; whether a slot has any
+        self._more_stop_ids: dict[int, frozenset[int]] = {}
+        self._has_more_stop_ids = np.zeros(capacity, dtype=bool)
         self.pinned = False
         if pin_memory:
             self._pin(nbytes)
@@ -147,6 +155,7 @@ class RequestTable:
             raise TableError(f"slot {slot} is out of range [0, {self.capacity})")
         if rc == lib.AIO_ERR_NOT_IN_USE:
             raise TableError(f"slot {slot} is already free")
+        self._drop_more_stop_ids(slot)
 
     # -- columns and gathers ----------------------------------------------------------------
     def col(self, field: str) -> np.ndarray:
@@ -206,7 +215,9 @@ class RequestTable:
         self, slots: np.ndarray, tokens: np.ndarray, eos_ids: np.ndarray, now_ns: int
     ) -> np.ndarray:
         """Append tokens[i] to slots[i] (output_len += 1, timestamps) and return the finish
-        reason of each (FinishReason values; 0 means it goes on)."""
+        reason of each (FinishReason values; 0 means it goes on). A token ends its request
+        with STOP when it is one of the request's stop ids or one of eos_ids (unless
+        ignore_eos), once min_new_tokens are out; else with LENGTH at max_new_tokens."""
         slots, cslots = self._slots_arg(slots)
         tokens = np.ascontiguousarray(tokens, dtype=np.int32)
         eos_ids = np.ascontiguousarray(eos_ids, dtype=np.int32)
@@ -223,15 +234,57 @@ class RequestTable:
             now_ns,
             ffi.from_buffer("int32_t[]", finished),
         )
+        if self._more_stop_ids:
+            self._check_more_stop_ids(slots, tokens, now_ns, finished)
         return finished
 
+    def _check_more_stop_ids(self, slots: np.ndarray, tokens: np.ndarray, now_ns: int,
+                             finished: np.ndarray) -> None:
+        """The C check's rule for the stop ids past the records': a stop id ends a request
+        (before max_new_tokens would) once min_new_tokens are out."""
+        for i in np.flatnonzero(self._has_more_stop_ids[slots]):
+            if finished[i] == FinishReason.STOP:
+                continue
+            rec = self.array[slots[i]]
+            if (rec["output_len"] >= rec["min_new_tokens"]
+                    and int(tokens[i]) in self._more_stop_ids[int(slots[i])]):
+                finished[i] = rec["finish_reason"] = FinishReason.STOP
+                rec["t_finish"] = now_ns
+
     def set_stop_ids(self, slot: int, ids: list[int]) -> None:
+        """The stop token ids of the request in `slot` (any number; ids in [0, 2**31))."""
         self._check_range(slot)
-        if len(ids) > MAX_STOP_IDS:
-            raise ValueError(f"at most {MAX_STOP_IDS} stop token ids, got {len(ids)}")
         rec = self.array[slot]
-        rec["n_stop"] = len(ids)
-        rec["stop_ids"][: len(ids)] = ids
+        head = ids[:RECORD_STOP_IDS]
+        rec["n_stop"] = len(head)
+        rec["stop_ids"][: len(head)] = head
+        self._drop_more_stop_ids(slot)
+        if len(ids) > RECORD_STOP_IDS:
+            self._more_stop_ids[slot] = frozenset(ids[RECORD_STOP_IDS:])
+            self._has_more_stop_ids[slot] = True
+
+    def _drop_more_stop_ids(self, slot: int) -> None:
+        if self._more_stop_ids.pop(slot, None) is not None:
+            self._has_more_stop_ids[slot] = False
+
+    def stop_ids(self, slots: np.ndarray) -> np.ndarray:
+        """Every stop token id of each of `slots` (in use): [len(slots), K] int64, row i the
+        ids of slots[i] in no particular order, padded with -1 (K: the most any has)."""
+        slots = self._slots_arg(slots)[0]
+        n_head = self.gather("n_stop", slots)
+        more = None
+        if self._more_stop_ids and self._has_more_stop_ids[slots].any():
+            more = [self._more_stop_ids.get(int(s), ()) for s in slots]
+        n = n_head if more is None else n_head + np.fromiter(map(len, more), np.int32, len(slots))
+        width = int(n.max(initial=0))
+        out = np.full((len(slots), width), -1, dtype=np.int64)
+        head = min(width, RECORD_STOP_IDS)
+        out[:, :head] = np.where(np.arange(head) < n_head[:, None],
+                                 self.array["stop_ids"][slots, :head], -1)
+        for i, rest in enumerate(more or ()):
+            if rest:
+                out[i, RECORD_STOP_IDS: RECORD_STOP_IDS + len(rest)] = sorted(rest)
+        return out
 
     def in_state(self, state: ReqState) -> np.ndarray:
         return np.flatnonzero(self.array["state"] == int(state)).astype(np.int32)

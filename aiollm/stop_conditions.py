@@ -1,0 +1,66 @@
+"""A request's stop strings and stop token ids: their bounds and their checks.
+
+vLLM bounds neither list. aiollm takes any number of both and bounds only what costs the
+server: the characters of the stop strings (each string's, and all of them together) and
+the number of distinct stop token ids.
+"""
+
+from __future__ import annotations
+
+from aiollm.errors import InvalidRequest
+
+# characters per stop string: bounds the text a stream holds back while a stop string may be
+# completing (aiollm/engine/output_text.py)
+MAX_STOP_STRING_CHARS = 1024
+# characters of all stop strings of a request together: the Aho-Corasick automaton that
+# matches them is built on the event loop in time linear in them (aiollm/engine/
+# stop_strings.py; about 30 ms at this bound on a slow core, the cost of 16 strings of
+# MAX_STOP_STRING_CHARS, the most that the former bound of 16 strings took)
+MAX_STOP_CHARS = 16 * MAX_STOP_STRING_CHARS
+# distinct stop token ids per request: while min_tokens are not out, the sampler bans every
+# stop id of every row of the step, a [rows, ids] index array copied to the device each step
+# (aiollm/model/sampling_tensors.py), so the widest request sets the batch's width. 1024 is
+# past any model's special tokens (Llama 3 reserves 256)
+MAX_STOP_TOKEN_IDS = 1024
+
+
+def is_int(v: object) -> bool:
+    """Whether `v` is an int of JSON's kind (bool, which Python counts as int, is not)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def checked_stop(stop: object) -> list[str]:
+    """`stop` (one string or a list of them) as a list of non-empty strings. Raises
+    InvalidRequest naming "stop" for anything else, a string of more than
+    MAX_STOP_STRING_CHARS characters, or more than MAX_STOP_CHARS characters in all."""
+    if isinstance(stop, str):
+        stop = [stop]
+    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+        raise InvalidRequest(f"stop must be a non-empty string or a list of non-empty strings, "
+                             f"got {stop!r:.200}", param="stop")
+    total = 0
+    for i, s in enumerate(stop):
+        if len(s) > MAX_STOP_STRING_CHARS:
+            raise InvalidRequest(f"stop[{i}] has {len(s)} characters, more than the "
+                                 f"{MAX_STOP_STRING_CHARS} allowed", param="stop")
+        total += len(s)
+    if total > MAX_STOP_CHARS:
+        raise InvalidRequest(f"the stop strings have {total} characters in all, more than the "
+                             f"{MAX_STOP_CHARS} allowed: send fewer or shorter ones",
+                             param="stop")
+    return stop
+
+
+def checked_stop_token_ids(ids: object) -> list[int]:
+    """`ids` (a list of ints) without repeats, in their first order: an id given twice is one
+    stop (clients merge end-id lists: the model's eos, a generation config's, their own).
+    Raises InvalidRequest naming "stop_token_ids" for anything else, an id outside
+    [0, 2**31), or more than MAX_STOP_TOKEN_IDS distinct ids."""
+    if not isinstance(ids, list) or not all(is_int(t) and 0 <= t < 2**31 for t in ids):
+        raise InvalidRequest(f"stop_token_ids must be a list of integers in [0, 2**31), got "
+                             f"{ids!r:.200}", param="stop_token_ids")
+    ids = list(dict.fromkeys(ids))
+    if len(ids) > MAX_STOP_TOKEN_IDS:
+        raise InvalidRequest(f"at most {MAX_STOP_TOKEN_IDS} distinct stop token ids, got "
+                             f"{len(ids)}", param="stop_token_ids")
+    return ids
