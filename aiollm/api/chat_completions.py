@@ -19,7 +19,7 @@ from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.completions import vllm_prompt_logprobs
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
-from aiollm.api.http_errors import ApiError, full_context_told, param_names
+from aiollm.api.http_errors import ApiError, context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import state
@@ -40,8 +40,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         names["max_tokens"] = "max_completion_tokens"
     # a chat answer has at least one token, as vLLM's (its prompt_logprobs too): max_tokens
     # 0, the engine's advice, is refused here
-    with param_names(names), full_context_told(
-            "the messages (as the chat template renders them) have",
+    with param_names(names), context_told(
+            "the messages (as the chat template renders them) have", "the messages",
             "shorten the messages, or serve the model with a larger --max-model-len where it "
             "allows one"):
         return await _chat_completions(request, req)

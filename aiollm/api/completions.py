@@ -19,7 +19,7 @@ from aiollm.api import sse
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.completion_request import CompletionRequest
-from aiollm.api.http_errors import full_context_told
+from aiollm.api.http_errors import context_told
 from aiollm.api.prompt_echo import PromptEcho, echo_only
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
@@ -152,15 +152,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 # a prompt of the whole context may only be scored: max_tokens 0 needs echo or prompt_logprobs
-_FULL_CONTEXT = ("the prompt has", "shorten it, or only score it: max_tokens 0 with echo or "
-                 "prompt_logprobs generates nothing and may fill the context")
+_NAMING = ("the prompt has", "the prompt", "shorten it, or only score it: max_tokens 0 with "
+           "echo or prompt_logprobs generates nothing and may fill the context")
 
 
 async def _of_prompt(i: int | None, start: Callable[[], Awaitable[T]]) -> T:
     """start()'s result, whose errors about its prompt name prompt i of the batch (None: no
     batch). start is called here, not by the caller: a choice cancelled before it runs (its
     client gone) then leaves no coroutine made and never awaited."""
-    with naming_batch_item("prompt", i), full_context_told(*_FULL_CONTEXT):
+    with naming_batch_item("prompt", i), context_told(*_NAMING):
         return await start()
 
 
@@ -168,7 +168,7 @@ def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *a
                       ) -> AsyncIterator[T]:
     """stream(*args), whose errors about its prompt (raised as it is called) name prompt i
     of the batch (None: no batch)."""
-    with naming_batch_item("prompt", i), full_context_told(*_FULL_CONTEXT):
+    with naming_batch_item("prompt", i), context_told(*_NAMING):
         return stream(*args)
 
 
