@@ -69,6 +69,18 @@ def test_chat_add_special_tokens_adds_them_on_top_of_the_template(server):
                 )[1]["tokens"] == rendered[1:]
 
 
+def test_tokenize_an_empty_prompt_gives_the_special_tokens(server):
+    """/tokenize of "" is what the tokenizer makes of no text: its BOS, unless
+    add_special_tokens is false, as vLLM's /tokenize answers it (it tokenizes "" as any
+    text). It was [] either way."""
+    assert post(server, "/tokenize", {"prompt": ""}) == (200, {
+        "tokens": [BOS], "count": 1, "max_model_len": 256})
+    assert post(server, "/tokenize", {"prompt": "", "add_special_tokens": False}
+                )[1]["tokens"] == []
+    assert post(server, "/tokenize", {"prompt": "", "return_token_strs": True}
+                )[1]["token_strs"] == ["<s>"]
+
+
 def test_lightllm_tokens_counts_the_special_tokens_unless_told_not_to(server):
     """LightLLM's /tokens counts the text as /generate tokenizes it: with the tokenizer's
     BOS, unless parameters.add_special_tokens is false (the one parameter read there)."""
