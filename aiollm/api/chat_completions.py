@@ -104,9 +104,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # model still sees the tools (vLLM's default; OpenAI's model sees them and calls none)
     # unless the server was told to leave them out
     shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
-    ids, messages = await st.render_chat(dicts, shown, options, req.add_special_tokens)
-    if keep:
-        ids = ids[-keep:]
+    ids, messages = await st.render_chat(dicts, shown, options, req.add_special_tokens, keep)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

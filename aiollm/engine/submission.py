@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aiollm.engine.request import Request
+from aiollm.engine.special_tokens import encode_kept
 from aiollm.errors import ContextExceeded, InvalidRequest, Overloaded
 from aiollm.model.sampling_tensors import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
@@ -119,14 +120,15 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     message says which), or ids that alone exceed max_model_len (tokens; a prompt of
     exactly max_model_len is checked with its max_tokens by check_request). keep_last:
     only the prompt's last that many tokens are kept (see kept_prompt_tokens), before the
-    length is checked."""
+    length is checked: of text, its special tokens (a BOS) kept and its own tokens cut, as
+    vLLM's tokenizer truncates it (encode_kept); of ids, their last keep_last."""
     if isinstance(prompt, dict):
         prompt = prompt_of_dict(prompt)
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         check_unicode(prompt, "prompt")
-        return list(tokenizer.encode(prompt))[-keep_last if keep_last else None:]
+        return encode_kept(tokenizer, prompt, keep_last=keep_last)
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
         hint = " (an array's ids: pass .tolist())" if hasattr(prompt, "tolist") else ""
