@@ -64,6 +64,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                        is not None else "function_call")
     tools, mode, callable_tools = tool_request.choose(req.tools, req.tool_choice)
     named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
+    # the named function: a cut output is its call, as vLLM answers it (ToolParser.calls)
+    forced = callable_tools[0]["function"]["name"] if named else None
     constraint = req.constraint()
     # a grammar that holds the output from its first token leaves no room to reason first
     shaped = mode == "required" or constraint is not None and constraint.grammar is not None
@@ -83,7 +85,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if tool_parsers.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
         if named:  # not the "required" it was turned into
-            sent = f"tool_choice naming the function {callable_tools[0]['function']['name']!r}"
+            sent = f"tool_choice naming the function {forced!r}"
         elif req.tool_choice is not None:
             sent = f"tool_choice {mode!r}"
         else:
@@ -151,7 +153,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
             finish = out.finish_reason
             content, calls = parser.calls(text, names, cut=may_cut_a_call(finish),
-                                          required=mode == "required") if parser else (text, [])
+                                          required=mode == "required",
+                                          named=forced) if parser else (text, [])
             # after reasoning, an empty answer is null (as vLLM sends it)
             answer = content if r is None else content or None
             # refusal is one of the message's required fields in OpenAI's schema (typed
@@ -184,7 +187,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
     prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
 
-    calls = [StreamingToolParser(parser, names, required=mode == "required")
+    calls = [StreamingToolParser(parser, names, required=mode == "required", named=forced)
              if parser else None for _ in params]
     splits = [splitter() for _ in params]
 
