@@ -31,26 +31,29 @@ class InvalidRequest(ValueError):
         return InvalidRequest(f"{at}: {self}", param=param, code=self.code)
 
 
-class PromptFillsContext(InvalidRequest):
-    """A prompt of exactly the context's length (`prompt_tokens` == `max_model_len`) with
-    output asked of it: no room is left for one token. Its message ends in `advice`, what
-    the caller may change: the Engine API's own by default; an endpoint whose fields differ
-    tells it in its own (`told`) rather than the engine knowing every endpoint."""
+class ContextExceeded(InvalidRequest):
+    """A prompt that, with the output asked of it, does not fit the model's context (code
+    CONTEXT_LENGTH_EXCEEDED). Its message names the prompt as the Engine API takes it ("the
+    prompt"); an endpoint whose clients send it in other fields (chat's messages,
+    LightLLM's inputs) has it told in their words (`told`) rather than the engine knowing
+    every endpoint. `words` is the message with the places that name the prompt left as
+    {subject} ("the prompt has"), {prompt} ("the prompt") and {advice} (what the caller
+    may change, in the message of a prompt that fills the context)."""
 
-    ENGINE_ADVICE = ("shorten it (only a prompt scored with max_tokens 0 and prompt_logprobs, "
+    ENGINE_NAMING = ("the prompt has", "the prompt",
+                     "shorten it (only a prompt scored with max_tokens 0 and prompt_logprobs, "
                      "which generates nothing, may fill the context)")
 
-    def __init__(self, prompt_tokens: int, max_model_len: int, advice: str = ENGINE_ADVICE,
-                 subject: str = "the prompt has"):
-        super().__init__(f"{subject} {prompt_tokens} tokens, which fill this model's maximum "
-                         f"context length of {max_model_len} tokens: none is left for the "
-                         f"output; {advice}", param="prompt", code=CONTEXT_LENGTH_EXCEEDED)
-        self.prompt_tokens, self.max_model_len = prompt_tokens, max_model_len
+    def __init__(self, words: str, param: str, naming: tuple[str, str, str] = ENGINE_NAMING):
+        subject, prompt, advice = naming
+        super().__init__(words.format(subject=subject, prompt=prompt, advice=advice),
+                         param=param, code=CONTEXT_LENGTH_EXCEEDED)
+        self.words = words
 
-    def told(self, subject: str, advice: str) -> PromptFillsContext:
-        """This error with `subject` naming the prompt as an endpoint takes it ("the
-        messages have") and `advice` in its fields."""
-        return PromptFillsContext(self.prompt_tokens, self.max_model_len, advice, subject)
+    def told(self, subject: str, prompt: str, advice: str) -> ContextExceeded:
+        """This error with the prompt named as an endpoint takes it: `subject` ("the
+        messages have"), `prompt` ("the messages") and `advice` in its fields."""
+        return ContextExceeded(self.words, self.param, (subject, prompt, advice))
 
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",

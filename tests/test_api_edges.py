@@ -224,6 +224,35 @@ def test_a_full_context_is_told_in_each_endpoints_fields(server):
     assert "shorten the inputs" in msg and "max_new_tokens" in msg, msg
 
 
+def test_a_prompt_past_the_context_is_named_in_each_endpoints_fields(server):
+    """A prompt past the context, or with max_tokens past what it leaves, is named as the
+    endpoint takes it: chat's are its messages (the error's param "messages", as for every
+    error about them), /generate's its inputs. Chat's messages were "the prompt" the client
+    never sent. The param names the field to change there: the prompt's, or the length's."""
+    long_chat = [{"role": "user", "content": "hello " * 600}]
+    some_chat = [{"role": "user", "content": "hello " * 100}]
+    for stream in (False, True):
+        msg = error_of(*http(server, "POST", CHAT, json={
+            "messages": long_chat, "max_tokens": 4, "stream": stream})[::2], "messages")
+        assert msg.startswith("the messages (as the chat template renders them) have "), msg
+        assert "prompt" not in msg, msg
+        for field in ("max_tokens", "max_completion_tokens"):
+            msg = error_of(*http(server, "POST", CHAT, json={
+                "messages": some_chat, field: 500, "stream": stream})[::2], field)
+            assert "in the messages, 500 for the output" in msg, msg
+            assert "prompt" not in msg and f"lower {field} to" in msg, msg
+    msg = error_of(*http(server, "POST", C, json={"prompt": "hello " * 600})[::2], "prompt")
+    assert msg.startswith("the prompt has 601 tokens"), msg
+    msg = error_of(*http(server, "POST", C, json={"prompt": "hello " * 100,
+                                                  "max_tokens": 500})[::2], "max_tokens")
+    assert "(101 in the prompt, 500 for the output)" in msg, msg
+    msg = error_of(*http(server, "POST", G, json={"inputs": "hello " * 600})[::2], "inputs")
+    assert msg.startswith("the inputs have 601 tokens") and "prompt" not in msg, msg
+    msg = error_of(*http(server, "POST", G, json={"inputs": "hello " * 100, "parameters": {
+        "max_new_tokens": 500}})[::2], "parameters.max_new_tokens")
+    assert "(101 in the inputs, 500 for the output)" in msg and "prompt" not in msg, msg
+
+
 # -- malformed HTTP ----------------------------------------------------------------------------
 
 async def raw_exchange(base: str, data: bytes) -> bytes:

@@ -5,6 +5,8 @@ and that its chat template writes too, and no end-of-sequence token. Tiny random
 - Chat's add_special_tokens (vLLM's, default false) adds the tokenizer's special tokens on
   top of what the template wrote: a second BOS here. It was an unknown field, ignored.
 - LightLLM's /tokens counts that BOS unless parameters.add_special_tokens is false.
+- truncate_prompt_tokens keeps the BOS the tokenizer adds to a text prompt, as vLLM's
+  (Hugging Face's truncation of the tokenizer's output keeps its special tokens).
 - A grammar no token of this vocabulary can begin (any JSON) is the request's 400 naming
   its field: it was a 500 saying a token was sampled against the grammar.
 - An output that matches its grammar whole, with no token left that could go on, finishes
@@ -27,7 +29,7 @@ UNK, BOS = len(LETTERS), len(LETTERS) + 1
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def model_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("letters")
     backend = Tokenizer(models.WordLevel({**LETTERS, "<unk>": UNK, "<s>": BOS},
                                          unk_token="<unk>"))
@@ -40,7 +42,12 @@ def server(tmp_path_factory):
     LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                 bos_token_id=BOS, eos_token_id=None).save_pretrained(str(d))
-    srv = LiveServer(model=str(d), load_format="dummy", max_model_len=256,
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    srv = LiveServer(model=model_dir, load_format="dummy", max_model_len=256,
                      kv_tokens=512).start()
     yield srv
     srv.close()
@@ -69,6 +76,75 @@ def test_chat_add_special_tokens_adds_them_on_top_of_the_template(server):
     assert post(server, "/tokenize", {"prompt": "hi"})[1]["tokens"] == rendered
     assert post(server, "/tokenize", {"prompt": "hi", "add_special_tokens": False}
                 )[1]["tokens"] == rendered[1:]
+
+
+def test_tokenize_an_empty_prompt_gives_the_special_tokens(server):
+    """/tokenize of "" is what the tokenizer makes of no text: its BOS, unless
+    add_special_tokens is false, as vLLM's /tokenize answers it (it tokenizes "" as any
+    text). It was [] either way."""
+    assert post(server, "/tokenize", {"prompt": ""}) == (200, {
+        "tokens": [BOS], "count": 1, "max_model_len": 256})
+    assert post(server, "/tokenize", {"prompt": "", "add_special_tokens": False}
+                )[1]["tokens"] == []
+    assert post(server, "/tokenize", {"prompt": "", "return_token_strs": True}
+                )[1]["token_strs"] == ["<s>"]
+
+
+def _kept(server, path: str, body: dict) -> list[int]:
+    """The prompt ids the model saw (of each prompt of a batch: the same), of a one-token
+    answer; usage counts them."""
+    status, out = post(server, path, {**body, "max_tokens": 1, "return_token_ids": True})
+    assert status == 200, out
+    seen = ([out["prompt_token_ids"]] if "prompt_token_ids" in out
+            else [c["prompt_token_ids"] for c in out["choices"]])
+    assert all(ids == seen[0] for ids in seen), seen
+    assert out["usage"]["prompt_tokens"] == len(seen) * len(seen[0]), out
+    return seen[0]
+
+
+def _echo(server, body: dict) -> str:
+    status, out = post(server, "/v1/completions", {**body, "echo": True, "max_tokens": 0})
+    assert status == 200, out
+    return out["choices"][0]["text"]
+
+
+def test_truncate_prompt_tokens_keeps_the_added_bos(server):
+    """truncate_prompt_tokens k of a text prompt keeps the BOS the tokenizer adds and the
+    text's last k - 1 tokens, as vLLM tokenizes it (Hugging Face's left truncation, which
+    keeps the special tokens it adds): the cut took the BOS, the model saw the text's last
+    k. What the client wrote (ids, a rendered conversation's own BOS) is cut as written;
+    chat's add_special_tokens BOS is kept as a prompt's. The echo leaves out the BOS."""
+    a, d, e, f = (LETTERS[c] for c in "adef")
+    C, CHAT = "/v1/completions", "/v1/chat/completions"
+    cut = {"prompt": "abcdef", "truncate_prompt_tokens": 3}
+    assert _kept(server, C, cut) == [BOS, e, f]
+    assert _kept(server, C, {**cut, "prompt": ["abcdef", "bcdef"]}) == [BOS, e, f]
+    assert _kept(server, C, {**cut, "truncate_prompt_tokens": 1}) == [BOS]
+    assert _kept(server, C, {**cut, "truncate_prompt_tokens": 7}) == [BOS, *range(6)]  # all
+    assert _kept(server, C, {**cut, "add_special_tokens": False}) == [d, e, f]
+    assert _kept(server, C, {**cut, "prompt": [BOS, a, d, e, f]}) == [d, e, f]
+    chat = {"messages": [{"role": "user", "content": "abcdef"}], "truncate_prompt_tokens": 3}
+    assert _kept(server, CHAT, chat) == [d, e, f]
+    assert _kept(server, CHAT, {**chat, "add_special_tokens": True}) == [BOS, e, f]
+    # the echo is the text the model saw, less the BOS, as without truncation
+    seen = json.loads(http(server, "POST", "/detokenize", json={"tokens": [e, f]})[2])
+    assert _echo(server, cut) == seen["prompt"]
+    assert _echo(server, {**cut, "truncate_prompt_tokens": 1}) == ""
+    assert _echo(server, {**cut, "truncate_prompt_tokens": 7}) == "abcdef"
+
+
+def test_offline_truncate_prompt_tokens_keeps_the_added_bos(model_dir):
+    """LLM.generate's SamplingParams.truncate_prompt_tokens keeps a text prompt's BOS, as
+    vLLM's LLM does (its tokenizer truncates); TokensPrompt ids are cut as given."""
+    from aiollm import LLM, SamplingParams
+
+    e, f = LETTERS["e"], LETTERS["f"]
+    params = SamplingParams(max_tokens=1, truncate_prompt_tokens=3)
+    with LLM(model_dir, load_format="dummy", max_model_len=64, kv_tokens=256) as llm:
+        out, ids = llm.generate(["abcdef", {"prompt_token_ids": [BOS, 0, 3, e, f]}], params,
+                                use_tqdm=False)
+    assert out.prompt_token_ids == [BOS, e, f], out
+    assert ids.prompt_token_ids == [3, e, f], ids
 
 
 def test_lightllm_tokens_counts_the_special_tokens_unless_told_not_to(server):

@@ -180,21 +180,29 @@ def test_echo_is_the_prompt_as_sent_under_a_start_token(bos_server, body):
                 assert "".join(lp["tokens"]) == text, lp
 
 
-@pytest.mark.parametrize("keep", [-1, 2, 1], ids=["context", "all", "cut"])
+@pytest.mark.parametrize("keep, echoed", [(-1, "Hello world"), (3, "Hello world"),
+                                          (2, " world"), (1, "")],
+                         ids=["context", "all", "cut", "start-token-only"])
 @pytest.mark.parametrize("body", [{"max_tokens": 0}, {"max_tokens": 0, "logprobs": 1},
                                   {"max_tokens": 2, "logprobs": 1, "temperature": 0}],
                          ids=["echo", "scored", "continued"])
-def test_echo_of_a_truncated_prompt_leaves_out_the_added_start_token(bos_server, body, keep):
+def test_echo_of_a_truncated_prompt_leaves_out_the_added_start_token(bos_server, body, keep,
+                                                                     echoed):
     """truncate_prompt_tokens that keeps the tokenizer's start token (-1, or as many tokens
     as the prompt has) echoes the prompt as without truncation: it echoed
     "<|endoftext|>Hello" while its logprobs' tokens gave the start token "" (they no longer
-    joined to the text). A cut that drops the start token echoes the tokens kept."""
-    body = {**body, "prompt": "Hello", "echo": True, "truncate_prompt_tokens": keep}
+    joined to the text). A cut keeps the start token too, as vLLM's tokenizer truncates a
+    text prompt, and the prompt's last tokens that fit beside it: the echo is those tokens'
+    text, without the start token (the start token alone echoes nothing)."""
+    body = {**body, "prompt": "Hello world", "echo": True, "truncate_prompt_tokens": keep}
     usage = _post(bos_server, "/v1/completions", body)["usage"]
-    assert usage["prompt_tokens"] == (1 if keep == 1 else 2), usage
+    assert usage["prompt_tokens"] == (3 if keep == -1 else keep), usage
     for text, lp in _echo(bos_server, body):
-        assert text.startswith("Hello") and START not in text, text
+        assert text.startswith(echoed) and START not in text, text
+        if body["max_tokens"] == 0:
+            assert text == echoed
         if lp is not None:
+            assert lp["tokens"][0] == "", lp  # the start token's
             assert "".join(lp["tokens"]) == text, lp
 
 

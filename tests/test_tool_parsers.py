@@ -249,6 +249,30 @@ def test_calls_cut_by_max_tokens_are_calls_streamed_or_not(parser, required):
                 (c.name, c.arguments) for c in calls], cut
 
 
+@pytest.mark.parametrize("parser", [HermesParser(), Llama3Parser(), MistralParser()],
+                         ids=lambda p: p.name)
+def test_a_named_call_cut_anywhere_is_the_named_call(parser):
+    """Under a named tool_choice, an output cut anywhere is the named function's call, as
+    vLLM answers it: with the arguments written so far, "" before any (the call's marker
+    or head cut). A cut before the name was complete was no call. The stream reads it
+    alike; an output that is not cut is read as before."""
+    spec = parser.grammar(TOOLS[:1], required=True, parallel=False)
+    name = TOOLS[0]["function"]["name"]
+    text, = _walks(spec.value, 1, seed=3)
+    assert len(parser.calls(text, {name})[1]) == 1, text
+    for n in range(len(text)):
+        cut = text[:n]
+        content, calls = parser.calls(cut, {name}, cut=True, required=True, named=name)
+        assert content == "" and [c.name for c in calls] == [name], (cut, calls)
+        assert calls[0].complete or cut.endswith(calls[0].arguments), cut  # as written
+        stream = StreamingToolParser(parser, {name}, required=True, named=name)
+        sent = "".join(stream.feed(cut[i:i + 3]) for i in range(0, len(cut), 3))
+        rest, streamed = stream.finish(cut=True)
+        assert sent + rest == "" and [(c.name, c.arguments) for c in streamed] == [
+            (name, calls[0].arguments)], cut
+    assert parser.calls(text[:1], {name}, required=True, named=name) == (text[:1], [])
+
+
 # a response format whose objects open as a Llama 3 call does ({"name": ...}): read as
 # content, its name being no tool's
 PERSON = {"type": "object", "properties": {

@@ -199,6 +199,30 @@ def test_named_call_finishes_as_vllm_answers_it_whole_and_streamed(server, strea
     assert cut["finish_reason"] == "length", cut
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_cut_named_call_is_still_the_call_as_vllm_answers_it(server, stream):
+    """A named call that max_tokens cut is that call, with the arguments text written so far
+    ("" before any), as vLLM answers a named tool_choice: its output is the arguments alone,
+    given as the call of the named function whatever was written. A cut before the call's
+    name was complete (its marker, or part of its head) answered no call at all."""
+    ask = {"messages": ASK, "tools": [WEATHER], "tool_choice": NAMED, "temperature": 0,
+           "stream": stream}
+    whole = _post(server, {**ask, "max_tokens": 60})
+    [call] = whole["tool_calls"]
+    done = call["function"]["arguments"]
+    assert json.loads(done)["city"] in ("Paris", "Rome"), whole
+    for max_tokens in (1, 7, 18):
+        cut = _post(server, {**ask, "max_tokens": max_tokens})
+        assert cut["finish_reason"] == "length" and not cut["content"], cut
+        assert len(cut.get("tool_calls") or []) == 1, cut
+        [call] = cut["tool_calls"]
+        assert call["function"]["name"] == "get_weather", cut
+        arguments = call["function"]["arguments"]
+        assert done.startswith(arguments) and len(arguments) < len(done), cut
+        if max_tokens < 14:  # the head ("<tool_call>\n{"name": "get_weather", ") unwritten
+            assert arguments == "", cut
+
+
 def test_sdk_stream_helper_and_parse_take_a_named_call(client):
     """The openai SDK's stream helper and parse() with a forced named call of a strict tool:
     the call is parsed into its tool's model and the answer finishes "stop", both ways."""

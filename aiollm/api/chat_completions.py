@@ -19,7 +19,7 @@ from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.completions import vllm_prompt_logprobs
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
-from aiollm.api.http_errors import ApiError, full_context_told, param_names
+from aiollm.api.http_errors import ApiError, context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import state
@@ -40,8 +40,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         names["max_tokens"] = "max_completion_tokens"
     # a chat answer has at least one token, as vLLM's (its prompt_logprobs too): max_tokens
     # 0, the engine's advice, is refused here
-    with param_names(names), full_context_told(
-            "the messages (as the chat template renders them) have",
+    with param_names(names), context_told(
+            "the messages (as the chat template renders them) have", "the messages",
             "shorten the messages, or serve the model with a larger --max-model-len where it "
             "allows one"):
         return await _chat_completions(request, req)
@@ -64,6 +64,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                        is not None else "function_call")
     tools, mode, callable_tools = tool_request.choose(req.tools, req.tool_choice)
     named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
+    # the named function: a cut output is its call, as vLLM answers it (ToolParser.calls)
+    forced = callable_tools[0]["function"]["name"] if named else None
     constraint = req.constraint()
     # a grammar that holds the output from its first token leaves no room to reason first
     shaped = mode == "required" or constraint is not None and constraint.grammar is not None
@@ -83,7 +85,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if tool_parsers.marker_is_skipped(engine.tokenizer, parser.start):
             req.skip_special_tokens = False  # the parser must see it in the text
         if named:  # not the "required" it was turned into
-            sent = f"tool_choice naming the function {callable_tools[0]['function']['name']!r}"
+            sent = f"tool_choice naming the function {forced!r}"
         elif req.tool_choice is not None:
             sent = f"tool_choice {mode!r}"
         else:
@@ -104,9 +106,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # model still sees the tools (vLLM's default; OpenAI's model sees them and calls none)
     # unless the server was told to leave them out
     shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
-    ids, messages = await st.render_chat(dicts, shown, options, req.add_special_tokens)
-    if keep:
-        ids = ids[-keep:]
+    ids, messages = await st.render_chat(dicts, shown, options, req.add_special_tokens, keep)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -153,7 +153,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
             finish = out.finish_reason
             content, calls = parser.calls(text, names, cut=may_cut_a_call(finish),
-                                          required=mode == "required") if parser else (text, [])
+                                          required=mode == "required",
+                                          named=forced) if parser else (text, [])
             # after reasoning, an empty answer is null (as vLLM sends it)
             answer = content if r is None else content or None
             # refusal is one of the message's required fields in OpenAI's schema (typed
@@ -186,7 +187,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
     prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
 
-    calls = [StreamingToolParser(parser, names, required=mode == "required")
+    calls = [StreamingToolParser(parser, names, required=mode == "required", named=forced)
              if parser else None for _ in params]
     splits = [splitter() for _ in params]
 

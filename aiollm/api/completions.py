@@ -19,13 +19,14 @@ from aiollm.api import sse
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.completion_request import CompletionRequest
-from aiollm.api.http_errors import full_context_told
+from aiollm.api.http_errors import context_told
 from aiollm.api.prompt_echo import PromptEcho, echo_only
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.usage import chunk_usage, room, usage_of
+from aiollm.engine.special_tokens import special_tokens_around
 from aiollm.errors import naming_batch_item
 
 if TYPE_CHECKING:
@@ -71,9 +72,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     vocab = await st.token_bytes() if req.logprobs is not None or scoring is not None else None
     echo = []  # each choice's echoed prompt: text and its tokens' texts
     for p, ids in zip(prompts, prompt_ids):
-        own = await _own_tokens(st, p, ids) if echo_scores or req.echo and keep else None
+        own, whole = (await _own_tokens(st, p, ids) if echo_scores or req.echo and keep
+                      else (None, False))
         pieces = _echo_pieces(vocab, ids, own) if echo_scores else None
-        text = _echo_text(st, p, ids if keep else None, own) if req.echo else ""
+        text = _echo_text(st, p, ids if keep and not whole else None, own) if req.echo else ""
         echo += [(text, pieces)] * req.n
     head = {"id": f"cmpl-{rid}", "object": "text_completion",
             "created": int(time.time()), "model": st.model_name,
@@ -152,15 +154,15 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 # a prompt of the whole context may only be scored: max_tokens 0 needs echo or prompt_logprobs
-_FULL_CONTEXT = ("the prompt has", "shorten it, or only score it: max_tokens 0 with echo or "
-                 "prompt_logprobs generates nothing and may fill the context")
+_NAMING = ("the prompt has", "the prompt", "shorten it, or only score it: max_tokens 0 with "
+           "echo or prompt_logprobs generates nothing and may fill the context")
 
 
 async def _of_prompt(i: int | None, start: Callable[[], Awaitable[T]]) -> T:
     """start()'s result, whose errors about its prompt name prompt i of the batch (None: no
     batch). start is called here, not by the caller: a choice cancelled before it runs (its
     client gone) then leaves no coroutine made and never awaited."""
-    with naming_batch_item("prompt", i), full_context_told(*_FULL_CONTEXT):
+    with naming_batch_item("prompt", i), context_told(*_NAMING):
         return await start()
 
 
@@ -168,32 +170,42 @@ def _stream_of_prompt(i: int | None, stream: Callable[..., AsyncIterator[T]], *a
                       ) -> AsyncIterator[T]:
     """stream(*args), whose errors about its prompt (raised as it is called) name prompt i
     of the batch (None: no batch)."""
-    with naming_batch_item("prompt", i), full_context_told(*_FULL_CONTEXT):
+    with naming_batch_item("prompt", i), context_told(*_NAMING):
         return stream(*args)
 
 
-async def _own_tokens(st: ApiState, prompt: str | list[int], ids: list[int]) -> range | None:
-    """Where a text prompt's own tokens (its text tokenized without special tokens) stand in
-    its `ids`: the tokens around them are those the tokenizer added (a start token: <s>,
-    <|begin_of_text|>); one the client wrote in its text is its own. None for token ids, or
-    where `ids` do not hold them whole (a truncation cut into them)."""
+async def _own_tokens(st: ApiState, prompt: str | list[int], ids: list[int]
+                      ) -> tuple[range | None, bool]:
+    """(where, whether all of them): where a text prompt's own tokens (its text tokenized
+    without special tokens) stand in its `ids`: the tokens around them are those the
+    tokenizer added (a start token: <s>, <|begin_of_text|>); one the client wrote in its
+    text is its own. Where truncate_prompt_tokens cut into them, the last of them it kept,
+    between the added tokens it keeps (special_tokens.with_special_tokens). (None, False)
+    for token ids, or where `ids` hold them neither way."""
     if not isinstance(prompt, str):
-        return None
+        return None, False
     written = await st.tokenize(prompt, add_special_tokens=False)
     n = len(written)
     k = next((k for k in range(len(ids) - n + 1) if ids[k:k + n] == written), None)
-    return None if k is None else range(k, k + n)
+    if k is not None:
+        return range(k, k + n), True
+    before, after = special_tokens_around(st.engine.tokenizer)
+    a, b = len(before), len(ids) - len(after)
+    if a <= b < a + n and ids[:a] == before and ids[b:] == after and (
+            ids[a:b] == written[n - (b - a):]):
+        return range(a, b), False
+    return None, False
 
 
 def _echo_text(st: ApiState, prompt: str | list[int], kept: list[int] | None,
                own: range | None) -> str:
     """The echoed prompt, as vLLM echoes it: a text prompt as the client sent it (without
     a start token the tokenizer added), token ids decoded (special tokens kept: the client
-    sent them). A prompt truncated to its `kept` tokens (truncate_prompt_tokens) is echoed
-    as the model saw it: those tokens decoded, or the text as sent where the cut left all of
-    its `own` tokens (-1, or as many as it has), so a kept start token is not echoed either."""
-    if kept is not None and own is None:
-        return st.engine.tokenizer.decode(kept)
+    sent them). A prompt that truncate_prompt_tokens cut to its `kept` tokens is echoed as
+    the model saw it: those tokens decoded, of a text prompt only its `own` ones (a kept
+    start token is not echoed either, as without truncation)."""
+    if kept is not None:
+        return st.engine.tokenizer.decode(kept if own is None else kept[own.start:own.stop])
     return prompt if isinstance(prompt, str) else st.engine.tokenizer.decode(prompt)
 
 

@@ -7,8 +7,9 @@ that head is written. Such an output ends with finish_reason "length" (or "stop"
 stop string or stop token id ended it inside a call) and its calls are
 returned as calls, the cut one with the arguments text written so far (no complete JSON),
 as OpenAI answers a call cut by max_tokens; the call markup is never content. A call cut
-before its name is complete is no call and is dropped; so is a marker cut part way when
-the text can only be calls. Streamed and whole answers read the output alike
+before its name is complete is no call and is dropped (under a named tool_choice it is
+still the named function's call, with no arguments yet: ToolParser.calls); so is a marker
+cut part way when the text can only be calls. Streamed and whole answers read the output alike
 (ToolParser.calls, aiollm/api/tool_calls.py, calls this for both), and both take the rules
 of when to look for a cut call and which finish_reason the calls give from here
 (may_cut_a_call, finish_with_calls).

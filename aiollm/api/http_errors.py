@@ -15,7 +15,7 @@ import msgspec
 from aiohttp import web
 
 from aiollm.api import validation_errors
-from aiollm.errors import (ChatTemplateError, InvalidRequest, Overloaded, PromptFillsContext,
+from aiollm.errors import (ChatTemplateError, ContextExceeded, InvalidRequest, Overloaded,
                            RequestFailed)
 from aiollm.sampling_params import SamplingParams
 
@@ -125,7 +125,7 @@ def param_names(names: dict[str, str]) -> Iterator[None]:
             raise
         message = str(e)
         for name, theirs in names.items():  # also the other fields a message names
-            if name != "prompt":  # "the prompt has N tokens" reads right as it is
+            if name != "prompt":  # the prompt's errors name it as context_told says
                 # a quoted span is the client's own value (a stop string "logprobs"): as sent
                 short = theirs.rsplit(".", 1)[-1]
                 message = re.sub(rf"{_QUOTED}|\b{name}\b",
@@ -134,15 +134,17 @@ def param_names(names: dict[str, str]) -> Iterator[None]:
 
 
 @contextmanager
-def full_context_told(subject: str, advice: str) -> Iterator[None]:
-    """A PromptFillsContext raised in the block told in the endpoint's words: `subject`
-    names its prompt ("the messages have"), `advice` says what its client may change (the
-    engine's advice, max_tokens 0 with prompt_logprobs, is refused where nothing is scored).
-    Inside param_names and naming_batch_item, which keep the message as it is then."""
+def context_told(subject: str, prompt: str, advice: str) -> Iterator[None]:
+    """A ContextExceeded raised in the block (a prompt past the context) told in the
+    endpoint's words: `subject` names its prompt with its verb ("the messages have"),
+    `prompt` names it alone ("the messages"), `advice` says what its client may change of
+    a prompt that fills the context (the engine's advice, max_tokens 0 with
+    prompt_logprobs, is refused where nothing is scored). Inside param_names and
+    naming_batch_item, which keep the message as it is then."""
     try:
         yield
-    except PromptFillsContext as e:
-        raise e.told(subject, advice) from None
+    except ContextExceeded as e:
+        raise e.told(subject, prompt, advice) from None
 
 
 def _from_http_exception(exc: web.HTTPException) -> ApiError:

@@ -18,7 +18,7 @@ from aiohttp import web
 from aiollm.api import sse, structured
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_outputs, merge
-from aiollm.api.http_errors import full_context_told, param_names
+from aiollm.api.http_errors import context_told, param_names
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
@@ -45,8 +45,8 @@ _PARAM_NAMES = {
         "frequency_penalty", "seed", "ignore_eos", "logprobs", "allowed_token_ids")},
 }
 # max_new_tokens is at least 1 here: an input of the whole context leaves it no room
-_FULL_CONTEXT = ("the inputs have", "shorten the inputs to leave room for max_new_tokens "
-                 "(at least 1)")
+_NAMING = ("the inputs have", "the inputs",
+           "shorten the inputs to leave room for max_new_tokens (at least 1)")
 
 
 def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
@@ -176,7 +176,7 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     """/generate's answer to `req`, the body of `request` as decoded."""
     st = state(request)
     with (param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters),
-          full_context_told(*_FULL_CONTEXT)):
+          context_told(*_NAMING)):
         ids, params = await _prepare(st, req)
         outs = await gather_outputs([st.engine.generate(ids, sp) for sp in params])
 
@@ -266,7 +266,7 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
         # grammar's end) never leaves sse.send, which makes it the stream's last event
         async with aclosing(merge([partial(st.engine.stream, ids, params[0])])) as deltas:
             with (param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters),
-                  full_context_told(*_FULL_CONTEXT)):
+                  context_told(*_NAMING)):
                 async for item in deltas:
                     yield item
 

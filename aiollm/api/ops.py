@@ -73,11 +73,12 @@ async def tokenize(request: web.Request) -> web.Response:
                                       tool_request.choose(req.tools, None)[0],
                                       req.template_options(st.trust_request_chat_template),
                                       add_special_tokens=bool(req.add_special_tokens))
-    elif req.prompt:
-        special = req.add_special_tokens is not False  # absent: true for a prompt
-        ids = await st.tokenize(req.prompt, add_special_tokens=special)
     else:
-        ids = []
+        special = req.add_special_tokens is not False  # absent: true for a prompt
+        # "" is what the tokenizer makes of no text (a BOS where it adds one), as vLLM's
+        # /tokenize answers it; only a request to generate refuses an empty prompt
+        ids = (await st.tokenize(req.prompt, add_special_tokens=special) if req.prompt
+               else list(st.engine.tokenizer.encode("", add_special_tokens=special)))
     out = {"tokens": ids, "count": len(ids), "max_model_len": st.engine.max_model_len}
     if req.return_token_strs:
         # a long prompt's strings are looked up off the event loop, as it was tokenized

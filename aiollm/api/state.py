@@ -14,7 +14,8 @@ from aiohttp import web
 from aiollm import __version__
 from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
-from aiollm.engine.chat_template import TemplateOptions, rendered_size, with_special_tokens
+from aiollm.engine.chat_template import TemplateOptions, rendered_size
+from aiollm.engine.special_tokens import encode_kept, with_special_tokens
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
 from aiollm.errors import naming_batch_item
 
@@ -99,12 +100,11 @@ class ApiState:
                        ) -> list[int]:
         """Token ids of a prompt: text is tokenized (long text off the event loop), ids are
         checked by the engine, as is an empty prompt; only the last `keep_last` when
-        given (vLLM's truncate_prompt_tokens)."""
+        given (vLLM's truncate_prompt_tokens: text keeps the special tokens the tokenizer
+        adds, encode_kept)."""
         if isinstance(prompt, str) and prompt:
-            encode = self.engine.tokenizer.encode
-            ids = list(await off_loop(len(prompt), encode, prompt,
-                                      add_special_tokens=add_special_tokens))
-            return ids[-keep_last:] if keep_last else ids
+            return await off_loop(len(prompt), encode_kept, self.engine.tokenizer, prompt,
+                                  add_special_tokens, keep_last)
         # ids are checked
         return await off_loop(len(prompt), self.engine.tokenize, prompt, keep_last)
 
@@ -125,13 +125,12 @@ class ApiState:
 
         def all_of_them() -> list[list[int]]:
             out = []
-            encode = self.engine.tokenizer.encode
+            tokenizer = self.engine.tokenizer
             for i, p in enumerate(prompts):
                 with naming_batch_item("prompt", i):
-                    ids = (list(encode(p, add_special_tokens=add_special_tokens))
-                           if isinstance(p, str) and p
-                           else self.engine.tokenize(p, keep_last))
-                    out.append(ids[-keep_last:] if keep_last else ids)
+                    out.append(encode_kept(tokenizer, p, add_special_tokens, keep_last)
+                               if isinstance(p, str) and p
+                               else self.engine.tokenize(p, keep_last))
             return out
 
         return await asyncio.to_thread(all_of_them)
@@ -140,18 +139,22 @@ class ApiState:
         return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
 
     async def render_chat(self, messages: list[dict], tools: list[dict],
-                          template: TemplateOptions, add_special_tokens: bool = False
-                          ) -> tuple[list[int], list[dict]]:
+                          template: TemplateOptions, add_special_tokens: bool = False,
+                          keep_last: int | None = None) -> tuple[list[int], list[dict]]:
         """(token ids, the messages rendered) of a conversation with its checked `tools`,
         rendered as `template` says (Engine.render_chat: the same prompt as the Python
         API's chat for the same messages and tools), off the event loop when long (the
         template's cost grows with the number of messages and tools too).
         add_special_tokens: the tokenizer's special tokens (a BOS) added on top of what the
-        template wrote, as vLLM's chat field of that name (default false) adds them."""
+        template wrote, as vLLM's chat field of that name (default false) adds them.
+        keep_last: only that many tokens (truncate_prompt_tokens), those added kept
+        (with_special_tokens), the rendered ones cut from the left as vLLM cuts them."""
         ids, shown = await off_loop(rendered_size(messages, tools), self.engine.render_chat,
                                     messages, tools, template)
         if add_special_tokens:
-            ids = with_special_tokens(self.engine.tokenizer, ids)
+            ids = with_special_tokens(self.engine.tokenizer, ids, keep_last)
+        elif keep_last:
+            ids = ids[-keep_last:]
         return ids, shown
 
 

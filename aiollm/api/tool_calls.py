@@ -47,7 +47,8 @@ class ToolParser:
         raise NotImplementedError
 
     def calls(self, text: str, names: Collection[str], *, cut: bool = False,
-              required: bool = False) -> tuple[str, list[ToolCall]]:
+              required: bool = False, named: str | None = None
+              ) -> tuple[str, list[ToolCall]]:
         """parse(), where a call to a function not among `names` makes the whole text
         content: free text that only looked like a call (Llama 3's format is any JSON object
         that starts with "name"; the grammar holds only what follows its trigger).
@@ -56,7 +57,10 @@ class ToolParser:
         a call:
         the calls it holds are returned with the cut one's arguments as written so far, and
         no call markup stays content (aiollm/api/cut_calls.py). `required`: the output can
-        only be calls (tool_choice "required" or a named function)."""
+        only be calls (tool_choice "required" or a named function). `named`: the function
+        tool_choice named, whose call a cut output is even before the call's name was
+        written, with no arguments yet, as vLLM answers a named tool_choice (its output is
+        the arguments alone, given as that function's call whatever was written)."""
         content, calls = self.parse(text)
         if any(c.name not in names for c in calls):
             return text, []
@@ -65,6 +69,8 @@ class ToolParser:
                 content, marker=self.start, separator=self.separator, args_key=self.args_key,
                 names=names, only_calls=required or bool(calls))
             calls += [ToolCall(name, arguments) for name, arguments in more]
+            if named is not None and not calls:
+                calls, last_cut = [ToolCall(named, "")], True
             if last_cut:
                 calls[-1].complete = False
         return content, calls

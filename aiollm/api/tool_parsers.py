@@ -139,8 +139,8 @@ class Llama3Parser(ToolParser):
             return text, []
         return (text[:i].replace("<|python_tag|>", "") + text[end:]).rstrip(), calls
 
-    def calls(self, text, names, *, cut=False, required=False):
-        content, calls = super().calls(text, names, cut=cut, required=required)
+    def calls(self, text, names, *, cut=False, required=False, named=None):
+        content, calls = super().calls(text, names, cut=cut, required=required, named=named)
         if cut and calls:  # the tag before a cut call is markup too
             content = content.replace("<|python_tag|>", "").rstrip()
         return content, calls

@@ -15,10 +15,12 @@ class StreamingToolParser:
     delta.tool_calls fragment (its whole arguments string at once, which OpenAI clients
     accumulate like smaller fragments)."""
 
-    def __init__(self, parser: ToolParser, names: Collection[str], *, required: bool = False):
+    def __init__(self, parser: ToolParser, names: Collection[str], *, required: bool = False,
+                 named: str | None = None):
         self.parser = parser
         self.names = names
         self.required = required  # the output can only be calls (ToolParser.calls)
+        self.named = named  # the function tool_choice named (ToolParser.calls)
         self.held = ""  # from the first character not sent
         self.calling = False
         self.calls: list[ToolCall] = []
@@ -49,6 +51,6 @@ class StreamingToolParser:
         this join to the whole answer's content (ToolParser.calls of all the text, `cut`
         when max_tokens ended it)."""
         content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
-                                                required=self.required)
+                                                required=self.required, named=self.named)
         self.held = ""
         return content, self.calls

@@ -105,22 +105,6 @@ def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return sorted((t for t in texts if t), key=len, reverse=True)
 
 
-def with_special_tokens(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> list[int]:
-    """`ids` (a rendered conversation) with the special tokens the tokenizer adds to any text
-    it encodes (`add_special_tokens`: its post-processor's, e.g. a Llama tokenizer's BOS
-    before, BERT's [CLS] before and [SEP] after; none for most chat models') added around
-    them, on top of what the template wrote: what vLLM's chat add_special_tokens gives by
-    encoding the rendered text with them. The tokens are read off one short text encoded
-    with and without them."""
-    bare = list(tokenizer.encode("a", add_special_tokens=False))
-    full = list(tokenizer.encode("a", add_special_tokens=True))
-    for i in range(len(full) - len(bare) + 1):
-        if full[i:i + len(bare)] == bare:
-            return full[:i] + ids + full[i + len(bare):]
-    # a post-processor that changes the text's own tokens: what it adds to no text
-    return list(tokenizer.encode("", add_special_tokens=True)) + ids
-
-
 def rendered_size(messages: Any, tools: list[dict] | None = None) -> int:
     """About how many characters the template renders for `messages` and `tools`, what
     off_loop weighs: each message's text and its tool calls' arguments (which templates that

@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from aiollm.engine.request import Request
-from aiollm.errors import (CONTEXT_LENGTH_EXCEEDED, InvalidRequest, Overloaded,
-                           PromptFillsContext)
+from aiollm.engine.special_tokens import encode_kept
+from aiollm.errors import ContextExceeded, InvalidRequest, Overloaded
 from aiollm.model.sampling_tensors import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
@@ -120,14 +120,15 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     message says which), or ids that alone exceed max_model_len (tokens; a prompt of
     exactly max_model_len is checked with its max_tokens by check_request). keep_last:
     only the prompt's last that many tokens are kept (see kept_prompt_tokens), before the
-    length is checked."""
+    length is checked: of text, its special tokens (a BOS) kept and its own tokens cut, as
+    vLLM's tokenizer truncates it (encode_kept); of ids, their last keep_last."""
     if isinstance(prompt, dict):
         prompt = prompt_of_dict(prompt)
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("prompt must not be empty", param="prompt")
         check_unicode(prompt, "prompt")
-        return list(tokenizer.encode(prompt))[-keep_last if keep_last else None:]
+        return encode_kept(tokenizer, prompt, keep_last=keep_last)
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
         hint = " (an array's ids: pass .tolist())" if hasattr(prompt, "tolist") else ""
@@ -164,12 +165,10 @@ def kept_prompt_tokens(truncate_prompt_tokens: int | None, max_model_len: int) -
     return truncate_prompt_tokens
 
 
-def too_long(n: int, max_model_len: int) -> InvalidRequest:
+def too_long(n: int, max_model_len: int) -> ContextExceeded:
     """The error for a prompt of n > max_model_len tokens."""
-    return InvalidRequest(
-        f"the prompt has {n} tokens, but this model's maximum context length is "
-        f"{max_model_len} tokens (prompt and output together)", param="prompt",
-        code=CONTEXT_LENGTH_EXCEEDED)
+    return ContextExceeded(f"{{subject}} {n} tokens, but this model's maximum context length "
+                           f"is {max_model_len} tokens (input and output together)", "prompt")
 
 
 def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len: int) -> None:
@@ -179,26 +178,27 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     that params.stop_token_ids index the vocabulary: they index the logits (min_tokens masks
     them), so one past the vocabulary would fail the whole step, every request in it.
 
-    Raises InvalidRequest naming "prompt", "max_tokens", "min_tokens" or "stop_token_ids";
-    PromptFillsContext (an InvalidRequest naming "prompt") for a prompt of max_model_len
-    tokens, whose advice an endpoint may word in its own fields."""
+    Raises ContextExceeded (an InvalidRequest whose message an endpoint may name the prompt
+    in, in its own fields) naming "prompt", "max_tokens" or "min_tokens" for a prompt past
+    the context, or of max_model_len tokens with output asked, or with max_tokens or
+    min_tokens past what it leaves; InvalidRequest naming "stop_token_ids"."""
     if n > max_model_len:
         raise too_long(n, max_model_len)
     if n == max_model_len and params.max_tokens != 0:
-        raise PromptFillsContext(n, max_model_len)
+        raise ContextExceeded(
+            f"{{subject}} {n} tokens, which fill this model's maximum context length of "
+            f"{max_model_len} tokens: none is left for the output; {{advice}}", "prompt")
     if params.max_tokens is None:
         if n + params.min_tokens > max_model_len:
-            raise InvalidRequest(
-                f"this model's maximum context length is {max_model_len} tokens, but the "
-                f"prompt has {n} and min_tokens asks for {params.min_tokens} more: lower "
-                f"min_tokens to at most {max_model_len - n}",
-                param="min_tokens", code=CONTEXT_LENGTH_EXCEEDED)
+            raise ContextExceeded(
+                f"this model's maximum context length is {max_model_len} tokens, but "
+                f"{{subject}} {n} and min_tokens asks for {params.min_tokens} more: lower "
+                f"min_tokens to at most {max_model_len - n}", "min_tokens")
     elif n + params.max_tokens > max_model_len:
-        raise InvalidRequest(
+        raise ContextExceeded(
             f"this model's maximum context length is {max_model_len} tokens, but "
-            f"{n + params.max_tokens} were requested ({n} in the prompt, {params.max_tokens} "
-            f"for the output): lower max_tokens to at most {max_model_len - n}",
-            param="max_tokens", code=CONTEXT_LENGTH_EXCEEDED)
+            f"{n + params.max_tokens} were requested ({n} in {{prompt}}, {params.max_tokens} "
+            f"for the output): lower max_tokens to at most {max_model_len - n}", "max_tokens")
     bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
