@@ -63,8 +63,6 @@ def test_n_choices_share_their_prompts_scores(server, monkeypatch, fields):
     assert asked == [scoring, None, None] * len(PROMPTS), asked
     assert sorted(chunks) == list(range(n * len(PROMPTS)))
     for i, one in enumerate(alone):
-        n_prompt = len(one["prompt_logprobs"] or one["logprobs"]["tokens"]) if (
-            "prompt_logprobs" in fields) else None
         for j in range(n):
             c, first = whole[i * n + j], chunks[i * n + j][0]
             if "prompt_logprobs" in fields:
@@ -72,7 +70,7 @@ def test_n_choices_share_their_prompts_scores(server, monkeypatch, fields):
                 assert first["prompt_logprobs"] == one["prompt_logprobs"]
                 assert all("prompt_logprobs" not in later or later["prompt_logprobs"] is None
                            for later in chunks[i * n + j][1:])
-                assert len(one["prompt_logprobs"]) == n_prompt
+                assert one["prompt_logprobs"][0] is None and len(one["prompt_logprobs"]) > 2
             if fields.get("echo"):  # the echoed prompt's tokens and logprobs lead
                 m = len(one["logprobs"]["tokens"]) - 3
                 for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
