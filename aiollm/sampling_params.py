@@ -116,8 +116,11 @@ class Constraint:
         ids = self.allowed_token_ids
         if isinstance(ids, (list, tuple)) and not all(type(t) is int for t in ids):
             self.allowed_token_ids = [_plain(t) for t in ids]
-        if isinstance(self.logit_bias, dict):
-            self.logit_bias = {_plain(t): _plain(b) for t, b in self.logit_bias.items()}
+        bias = self.logit_bias
+        if isinstance(bias, dict) and not (set(map(type, bias)) <= {int}
+                                           and set(map(type, bias.values())) <= {int, float}):
+            # (the type sets are C passes: _plain per item cost ~200 ms for a vocabulary)
+            self.logit_bias = {_plain(t): _plain(b) for t, b in bias.items()}
         for name, kinds in (("grammar", (GrammarSpec,)), ("allowed_token_ids", (list, tuple)),
                             ("logit_bias", (dict,))):
             v = getattr(self, name)

@@ -112,30 +112,38 @@ def test_unknown_field_nested_to_the_decoders_limit_is_served(server, caplog):
         assert "zz" in caplog.text, caplog.text  # named, as any unknown field
 
 
-def test_a_body_of_many_keys_is_scanned_off_the_event_loop(server, caplog, monkeypatch):
+def test_a_body_of_many_keys_is_decoded_and_scanned_off_the_event_loop(server, caplog,
+                                                                       monkeypatch):
     """The scan builds a Python object per key: a body under the 1 MiB inline bound with
     tens of thousands of unknown keys held the event loop (and every stream) for 50-90 ms
-    on this machine, ten times its decode. Such a body is scanned on a worker thread; one
-    of a few keys stays on the loop (no thread hand-off per request). The line is the
-    same either way."""
+    on this machine, ten times its decode. Such a body is decoded, once, and scanned on a
+    worker thread (the decode stayed on the loop, and the body was decoded a second time
+    for the scan); one of a few keys stays on the loop (no thread hand-off per request).
+    The line is the same either way."""
     import threading
 
     from aiollm.api import unknown_fields as scan
+    from aiollm.api import whole_floats
 
     threads = []
 
-    def spy(*args, **kwargs):  # the real scan, recording where it runs
-        threads.append(threading.current_thread().name)
-        return real(*args, **kwargs)
+    def spy(real):  # the real function, recording where it runs
+        def run(*args, **kwargs):
+            threads.append((real.__name__, threading.current_thread().name))
+            return real(*args, **kwargs)
+        return run
 
-    real = scan.unknown_fields
-    monkeypatch.setattr(scan, "unknown_fields", spy)
+    monkeypatch.setattr(scan, "unknown_in", spy(scan.unknown_in))
+    monkeypatch.setattr(scan, "unknown_fields", spy(scan.unknown_fields))
+    monkeypatch.setattr(whole_floats, "plain_and_typed", spy(whole_floats.plain_and_typed))
     body = {"prompt": "Hi", "max_tokens": 1}
     _, warned = served(server, caplog, "/v1/completions", {**body, "k": 0})
-    assert len(warned) == 1 and threads == ["api-test-server"], (threads, warned)
+    on_loop = [("plain_and_typed", "api-test-server"), ("unknown_in", "api-test-server")]
+    assert len(warned) == 1 and threads == on_loop, (threads, warned)
     threads.clear()
     _, warned = served(server, caplog, "/v1/completions",
                       {**body, **{f"k{i}": 0 for i in range(20000)}})
     assert len(warned) == 1 and warned[0].endswith(
         "and 19984 more are unknown to this endpoint and were ignored"), warned
-    assert threads and "api-test-server" not in threads, threads
+    assert [name for name, _ in threads] == ["plain_and_typed", "unknown_in"], threads
+    assert "api-test-server" not in {thread for _, thread in threads}, threads

@@ -25,10 +25,9 @@ import msgspec
 from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from aiollm.api import whole_floats
+from aiollm.api import unknown_fields, whole_floats
 from aiollm.api.http_errors import ApiError, error_response
 from aiollm.api.state import state
-from aiollm.api.unknown_fields import warn_unknown
 from aiollm.engine.submission import check_unicode, off_loop
 from aiollm.errors import InvalidRequest
 
@@ -74,6 +73,13 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     body = body.removeprefix(_UTF8_BOM)  # a file saved by Windows tools starts with one
     if not body.strip(_JSON_WHITESPACE):  # whitespace alone holds no value, cut or not
         raise ApiError(400, "request body is empty; expected a JSON object")
+    once = await _decoded_once(body, type_)
+    if once is not None:
+        value, found = once
+        unknown_fields.warn(request, found)  # served as if left out, and named
+        return value
+    # refused (or a whole float to take): decoded by the typed decode, which names the
+    # first field at fault in the body's order as msgspec reads it
     try:
         value = await _typed(body, type_)
     except msgspec.ValidationError as exc:
@@ -88,7 +94,7 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         error = exc
     else:
-        await warn_unknown(request, body, type_)  # served as if left out, and named
+        await unknown_fields.warn_unknown(request, body, type_)
         return value
     try:
         body.decode("utf-8")
@@ -98,6 +104,25 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
         await off_loop(len(body), _check_surrogates, body)
     raise ApiError(400, f"request body is not valid JSON: {_why(error, body, encoding)}") \
         from None
+
+
+async def _decoded_once(body: bytes, type_: type[T]) -> tuple[T, tuple[list[str], int]] | None:
+    """`body` (UTF-8 JSON) decoded once into `type_`, with its unknown fields
+    (unknown_fields.unknown_in); on a worker thread when its decode is not cheap
+    (unknown_fields.inline: a body past 1 MiB, or of many keys). None when msgspec refuses
+    it or it runs out of recursion: the caller decodes it as before for the error (and a
+    whole float to take), so every refusal stays as it was. It was decoded twice: into
+    its Struct on the loop, then as raw values for the unknown fields."""
+    def decode() -> tuple[T, tuple[list[str], int]] | None:
+        try:
+            plain, value = whole_floats.plain_and_typed(body, type_)
+            return value, unknown_fields.unknown_in(plain, type_)
+        except Exception:  # noqa: BLE001 - the caller's decode raises it as it did
+            return None
+
+    if unknown_fields.inline(body):
+        return decode()
+    return await asyncio.to_thread(decode)
 
 
 async def _typed(body: bytes, type_: type[T]) -> T:

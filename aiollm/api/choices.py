@@ -74,3 +74,26 @@ def _unless_aborted(out: T) -> T:
     if getattr(out, "finish_reason", None) == "abort":
         raise Overloaded("the server shut down before the request finished; retry it")
     return out
+
+
+async def leaders_first(items: AsyncIterator[tuple[int, T]], n: int
+                        ) -> AsyncIterator[tuple[int, T]]:
+    """merge()'s items, where choices come in groups of `n` (the n choices of one prompt,
+    index k = prompt * n + j), with the items of a group's other choices (j > 0) held back
+    until its first choice's (j = 0) first item has gone by: what a follower's first chunk
+    repeats of its prompt (its scores, computed by the first choice alone) is known by
+    then. Each choice's items keep their order; closing this closes `items`."""
+    seen: set[int] = set()  # leaders whose first item has gone by
+    held: dict[int, list[tuple[int, T]]] = {}
+    async with aclosing(items):  # type: ignore[type-var]
+        async for k, item in items:
+            lead = k - k % n
+            if lead in seen:
+                yield k, item
+            elif k != lead:
+                held.setdefault(lead, []).append((k, item))
+            else:
+                seen.add(lead)
+                yield k, item
+                for follower in held.pop(lead, ()):
+                    yield follower

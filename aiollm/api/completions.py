@@ -3,7 +3,10 @@ prompt echoed and scored on request; and the logprob formats it answers in (Open
 one, vLLM's prompt_logprobs).
 
 Each choice (n > 1, or each prompt of a batch) is its own engine request (a completion that
-only echoes its prompt asks the engine nothing: prompt_echo.py).
+only echoes its prompt asks the engine nothing: prompt_echo.py). A prompt's scores (echo with
+logprobs, prompt_logprobs) are computed by its first choice alone and repeated in the others
+(a scored prompt is prefilled in full, without the prefix cache: n choices scored it n times,
+~n times the work of one).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from aiohttp import web
 
 from aiollm.api import sse
 from aiollm.api.body import decode_body
-from aiollm.api.choices import gather_outputs, merge
+from aiollm.api.choices import gather_outputs, leaders_first, merge
 from aiollm.api.completion_request import CompletionRequest
 from aiollm.api.http_errors import context_told
 from aiollm.api.prompt_echo import PromptEcho, echo_only
@@ -62,9 +65,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     for i, ids in enumerate(prompt_ids):
         max_tokens = req.max_tokens if req.max_tokens is not None else room(st, len(ids))
         for j in range(req.n):
+            # the prompt is scored by its first choice (max_tokens 0: by each, as nothing
+            # else would be asked of them)
             sp = req.sampling_params(defaults=engine.sampling_defaults, max_tokens=max_tokens,
-                                     logprobs=req.logprobs, choice=j,
-                                     constraint=constraint, prompt_logprobs=scoring)
+                                     logprobs=req.logprobs, choice=j, constraint=constraint,
+                                     prompt_logprobs=scoring if j == 0 or max_tokens == 0
+                                     else None)
             jobs.append((i if batched else None, ids, sp))
     await engine.compile_grammar(jobs[0][2])
     # a request that asks for nothing computed is checked and answered without the model
@@ -82,20 +88,38 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "system_fingerprint": st.system_fingerprint}
     prompt_tokens = sum(len(ids) for ids in prompt_ids)
 
-    def logprobs_of(k: int, out: Delta | RequestOutput, offset: int) -> dict | None:
+    scored: dict[int, Sequence[TokenLogprob | None]] = {}  # a prompt's first choice's
+    shown: dict[int, list] = {}  # and its vLLM form, made once for the n choices
+
+    def scores_of(k: int, out: Delta | RequestOutput, first: bool
+                  ) -> Sequence[TokenLogprob | None] | None:
+        """Choice k's prompt scores, where its output (its first delta) brings them: its
+        own, or its prompt's first choice's (which comes first: leaders_first)."""
+        if out.prompt_logprobs is not None:
+            scored.setdefault(k - k % req.n, out.prompt_logprobs)
+            return out.prompt_logprobs
+        return scored.get(k - k % req.n) if first and scoring is not None else None
+
+    def logprobs_of(k: int, out: Delta | RequestOutput, offset: int, first: bool
+                    ) -> dict | None:
+        scores = scores_of(k, out, first)
         if req.logprobs is None:
             return None
         prompt_part = None
-        if echo_scores and out.prompt_logprobs is not None:  # the prompt's tokens first
-            prompt_part = _completion_logprobs(vocab, out.prompt_logprobs, echo[k][1], offset)
+        if echo_scores and scores is not None:  # the prompt's tokens first
+            prompt_part = _completion_logprobs(vocab, scores, echo[k][1], offset)
             offset += len(echo[k][0])
         lp = _completion_logprobs(vocab, out.logprobs, out.token_texts, offset)
         return _joined(prompt_part, lp) if prompt_part else lp
 
-    def prompt_scores(out: Delta | RequestOutput) -> dict:
-        if req.prompt_logprobs is None or out.prompt_logprobs is None:
+    def prompt_scores(k: int, out: Delta | RequestOutput, first: bool) -> dict:
+        scores = scores_of(k, out, first)
+        if req.prompt_logprobs is None or scores is None:
             return {}
-        return {"prompt_logprobs": vllm_prompt_logprobs(vocab, out.prompt_logprobs)}
+        lead = k - k % req.n
+        if lead not in shown:
+            shown[lead] = vllm_prompt_logprobs(vocab, scores)
+        return {"prompt_logprobs": shown[lead]}
 
     def token_ids(k: int, out: Delta | RequestOutput, first: bool) -> dict:
         """vLLM's return_token_ids: the choice's prompt ids (a stream's first chunk of
@@ -112,8 +136,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         choices = [{
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
             "stop_reason": out.stop_reason,
-            "logprobs": logprobs_of(k, out, 0 if echo_scores else len(echo[k][0])),
-            **prompt_scores(out), **token_ids(k, out, True),
+            "logprobs": logprobs_of(k, out, 0 if echo_scores else len(echo[k][0]), True),
+            **prompt_scores(k, out, True), **token_ids(k, out, True),
         } for k, out in enumerate(outs)]
         # a prompt counts once however many choices it has: its first choice's hit (the
         # others reuse what that one computed)
@@ -134,14 +158,14 @@ async def completions(request: web.Request) -> web.StreamResponse:
         text, first = delta.text, not echoed[k]
         if first:
             text, echoed[k] = echo[k][0] + text, True
-        logprobs = logprobs_of(k, delta, offsets[k])
+        logprobs = logprobs_of(k, delta, offsets[k], first)
         offsets[k] += len(text)  # what the output's next token's offset counts from
         done_tokens[k] = delta.completion_tokens
         cached_tokens[k] = delta.cached_tokens
         return sse.event({**head, "choices": [{
             "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
             "stop_reason": delta.stop_reason,  # null until the last (vLLM sends it in each)
-            **prompt_scores(delta), **token_ids(k, delta, first),
+            **prompt_scores(k, delta, first), **token_ids(k, delta, first),
         }], **chunk_usage(req, usage)})
 
     def tail() -> bytes:
@@ -150,7 +174,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
     stream = partial(source.stream, **salted)
     starts = [partial(_stream_of_prompt, i, stream, ids, sp) for i, ids, sp in jobs]
-    return await sse.send(request, merge(starts), render, tail)
+    return await sse.send(request, leaders_first(merge(starts), req.n), render, tail)
 
 
 # a prompt of the whole context may only be scored: max_tokens 0 needs echo or prompt_logprobs

@@ -4,6 +4,7 @@ the base of both request bodies), and their translation into one choice's Sampli
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import msgspec
@@ -108,10 +109,9 @@ class SamplingFields(Struct, kw_only=True):
         # OpenAI's schema makes its fields nullable, null meaning the default, and clients
         # that serialize every field send null for "not set": null takes the field's default.
         # max_tokens keeps its null, which asks for the rest of the context (as in vLLM).
-        for f in msgspec.structs.fields(self):
-            if (f.default not in (None, msgspec.NODEFAULT) and f.name != "max_tokens"
-                    and getattr(self, f.name) is None):
-                setattr(self, f.name, f.default)
+        for name, default in _null_defaults(type(self)):
+            if getattr(self, name) is None:
+                setattr(self, name, default)
 
     def kept_prompt_tokens(self, max_model_len: int) -> int | None:
         """How many of the prompt's last tokens are kept (None: all), from
@@ -173,3 +173,13 @@ class SamplingFields(Struct, kw_only=True):
     def continuous_usage(self) -> bool:
         """vLLM's continuous_usage_stats, which (as there) counts only with include_usage."""
         return self.include_usage and bool(self.stream_options.continuous_usage_stats)
+
+
+@functools.cache
+def _null_defaults(cls: type) -> tuple[tuple[str, Any], ...]:
+    """(name, default) of the fields of `cls` whose null takes their default (all with a
+    default other than None, but max_tokens). Made once per class: msgspec.structs.fields
+    resolves the type hints at each call, 0.4-0.9 ms of the loop per request (49 fields),
+    more than the rest of a small body's decode."""
+    return tuple((f.name, f.default) for f in msgspec.structs.fields(cls)
+                 if f.default not in (None, msgspec.NODEFAULT) and f.name != "max_tokens")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import typing
+from collections.abc import Callable
 from functools import lru_cache
 
 import msgspec
@@ -36,7 +37,7 @@ async def warn_unknown(request: web.Request, body: bytes, type_: type) -> None:
     """Log one WARNING naming the fields of `body` (the JSON object `request` sent, decoded
     into `type_`) that `type_` does not know, if it has any."""
     found = None
-    if len(body) <= _INLINE_BYTES and body.count(b":") <= _INLINE_KEYS:
+    if inline(body):
         try:
             found = unknown_fields(body, type_)
         except RecursionError:
@@ -45,6 +46,12 @@ async def warn_unknown(request: web.Request, body: bytes, type_: type) -> None:
             pass
     if found is None:
         found = await asyncio.to_thread(unknown_fields, body, type_)
+    warn(request, found)
+
+
+def warn(request: web.Request, found: tuple[list[str], int]) -> None:
+    """Log the WARNING naming `found` (unknown_fields' or unknown_in's answer), if it names
+    any field."""
     unknown, count = found
     if not count:
         return
@@ -52,6 +59,20 @@ async def warn_unknown(request: web.Request, body: bytes, type_: type) -> None:
     more = f" and {count - len(unknown)} more" if count > len(unknown) else ""
     log.warning("%s %s: the request's fields %s%s are unknown to this endpoint and were "
                 "ignored", request.method, request.path, named, more)
+
+
+def inline(body: bytes) -> bool:
+    """Whether a scan of `body` (or its decode, which builds the same objects) is cheap
+    enough for the event loop: at most _INLINE_BYTES and _INLINE_KEYS."""
+    return len(body) <= _INLINE_BYTES and body.count(b":") <= _INLINE_KEYS
+
+
+def unknown_in(value: object, type_: type, limit: int = _NAMED) -> tuple[list[str], int]:
+    """unknown_fields() of a body decoded already: `value`, its JSON as Python objects (an
+    object a dict), which decodes into the Struct `type_`."""
+    if not _is_struct(type_):
+        return [], 0
+    return _unknown(value, type_, "", limit, _as_dict)
 
 
 def unknown_fields(body: bytes, type_: type, limit: int = _NAMED) -> tuple[list[str], int]:
@@ -63,14 +84,26 @@ def unknown_fields(body: bytes, type_: type, limit: int = _NAMED) -> tuple[list[
     the body has (sets count the rest)."""
     if not _is_struct(type_):
         return [], 0
-    return _unknown(body, type_, "", limit)
+    return _unknown(body, type_, "", limit, _raw_dict)
 
 
-def _unknown(raw: bytes | msgspec.Raw, type_: type, prefix: str, limit: int
-             ) -> tuple[list[str], int]:
+def _as_dict(value: object) -> dict | None:
+    return value if isinstance(value, dict) else None
+
+
+def _raw_dict(raw: bytes | msgspec.Raw) -> dict[str, msgspec.Raw] | None:
     try:
-        fields = msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
+        return msgspec.json.decode(raw, type=dict[str, msgspec.Raw])
     except (msgspec.DecodeError, msgspec.ValidationError):  # null where a Struct may be
+        return None
+
+
+def _unknown(value: object, type_: type, prefix: str, limit: int,
+             as_dict: Callable[[object], dict | None]) -> tuple[list[str], int]:
+    """The walk of unknown_fields and unknown_in: `as_dict` opens a value (the body, a
+    field's) into its keys' dict, None for a value that is no object."""
+    fields = as_dict(value)
+    if fields is None:
         return [], 0
     known, nested = _fields(type_)
     extra = fields.keys() - known
@@ -84,11 +117,12 @@ def _unknown(raw: bytes | msgspec.Raw, type_: type, prefix: str, limit: int
             names.append(prefix + name)
         elif name in pending:
             pending.discard(name)
-            more, n = _unknown(fields[name], nested[name], f"{prefix}{name}.", limit - len(names))
+            more, n = _unknown(fields[name], nested[name], f"{prefix}{name}.",
+                               limit - len(names), as_dict)
             names += more
             count += n
     for name in pending:  # after the limit: counted only
-        count += _unknown(fields[name], nested[name], "", 0)[1]
+        count += _unknown(fields[name], nested[name], "", 0, as_dict)[1]
     return names, count
 
 

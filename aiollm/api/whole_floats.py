@@ -67,6 +67,19 @@ def strict(body: bytes, type_: type[T]) -> T:
     return _decoder(type_).decode(body)
 
 
+# the body as plain JSON, its floats read as strict() reads those of fields typed Any
+_ANY = msgspec.json.Decoder(float_hook=_finite)
+
+
+def plain_and_typed(body: bytes, type_: type[T]) -> tuple[Any, T]:
+    """`body` (JSON) decoded once: as plain Python objects (an object a dict), and those
+    converted into `type_` (msgspec.convert, strict: no parse again, and the value strict()
+    gives). Raises msgspec's errors, which may not be strict()'s (a path not named, the
+    later of two errors): a caller that reports one decodes with strict() for it."""
+    value = _ANY.decode(body)
+    return value, msgspec.convert(value, type_, strict=True)
+
+
 # the body as plain JSON (_number)
 _PLAIN = msgspec.json.Decoder(float_hook=_number)
 # the 64-bit integers: a whole float outside them stays a float, refused as one
