@@ -682,26 +682,33 @@ def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, a
 
 @pytest.mark.parametrize("choice,stop", [("required", "<tool"), (NAMED, "\n")],
                          ids=["in-marker", "after-marker"])
-def test_a_stop_string_before_a_forced_call_is_no_call_streamed_or_not(client, choice, stop):
+def test_a_stop_string_before_a_forced_calls_name_streamed_or_not(client, choice, stop):
     """A stop string that ends a forced output before a call's name is written (inside its
     marker "<tool_call>", or the newline after it) ends it there: stop strings apply to the
-    whole output whatever grammar holds it, as vLLM matches them on the raw text of a
-    "required" output and then reads no call from it. The answer says so plainly:
-    finish_reason "stop" naming the string, no tool_calls, content "" (the markup written
-    is no content), whole and streamed alike; never part of a call, nor an error."""
+    whole output whatever grammar holds it, as vLLM matches them on the raw text. The answer
+    says so plainly: finish_reason "stop" naming the string, whole and streamed alike, never
+    an error. "required" reads no call from it (content "", the markup written is no
+    content), as vLLM does; a named tool_choice is the named call whatever was written, its
+    arguments "" (vLLM answers a named choice with the call and the output as arguments),
+    as when max_tokens cuts it there."""
     from openai.lib.streaming.chat import ChatCompletionStreamState
 
     kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
               tools=[WEATHER], tool_choice=choice, max_tokens=20, temperature=0, stop=[stop])
+    calls = [] if choice == "required" else [("get_weather", "")]
+    content = "" if choice == "required" else None
     r = client.chat.completions.create(**kw).choices[0]
     assert (r.finish_reason, r.stop_reason) == ("stop", stop), r
-    assert r.message.content == "" and not r.message.tool_calls, r
+    assert r.message.content == content, r
+    assert [(c.function.name, c.function.arguments) for c in r.message.tool_calls or []] == \
+        calls, r
     state = ChatCompletionStreamState()
     for chunk in client.chat.completions.create(**kw, stream=True):
         state.handle_chunk(chunk)
     built = state.get_final_completion().choices[0]
-    assert built.finish_reason == "stop" and built.message.content == "", built
-    assert not built.message.tool_calls, built
+    assert built.finish_reason == "stop" and built.message.content == content, built
+    assert [(c.function.name, c.function.arguments)
+            for c in built.message.tool_calls or []] == calls, built
 
 
 @pytest.mark.parametrize("tools", [{"tools": [WEATHER], "tool_choice": "none"}, {}])
