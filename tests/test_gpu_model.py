@@ -294,3 +294,43 @@ def test_prompt_logprobs_on_gpu_match_cpu(smol):
     ranks = sum(g.rank == c.rank for g, c in zip(gpu.prompt_logprobs[1:],
                                                  cpu.prompt_logprobs[1:]))
     assert ranks >= 0.85 * len(got), (ranks, len(got))
+
+
+def test_stop_ids_min_tokens_and_a_full_vocabulary_bias_on_gpu(smol):
+    """The sampling features whose host paths changed, on the CUDA path, batched together: a
+    stop token id past the request table's 8 ends a request (checked on the host), min_tokens
+    holds every one of a request's stop ids back (the sampler's ban, sent only in steps
+    that need it), and a logit_bias over the whole vocabulary (rows built in numpy, copied
+    to the device) steers every token to its one favoured id."""
+    from aiollm import Engine, SamplingParams
+
+    model, tok = smol
+    prompt = PROMPTS[0]
+
+    async def run():
+        async with Engine(model, device="cuda", dtype="float32", kv_tokens=16384,
+                          tokenizer=tok) as eng:
+            ref = await eng.generate(prompt, SamplingParams(max_tokens=12, temperature=0,
+                                                            ignore_eos=True))
+            stop = ref.token_ids[4]
+            first = ref.token_ids.index(stop)
+            others = [t for t in range(1000, 1100) if t not in ref.token_ids][:15]
+            favoured = 4242
+            bias = dict.fromkeys(range(eng.model_config.vocab_size), -100.0)
+            bias[favoured] = 100.0
+            outs = await asyncio.gather(
+                eng.generate(prompt, SamplingParams(max_tokens=20, temperature=0,
+                                                    ignore_eos=True,
+                                                    stop_token_ids=others + [stop])),
+                eng.generate(prompt, SamplingParams(max_tokens=20, temperature=0,
+                                                    ignore_eos=True, min_tokens=first + 3,
+                                                    stop_token_ids=others + [stop])),
+                eng.generate(prompt, SamplingParams(max_tokens=6, temperature=0.8, seed=1,
+                                                    ignore_eos=True, logit_bias=bias)))
+            return ref, stop, first, favoured, outs
+
+    ref, stop, first, favoured, (cut, held, biased) = asyncio.run(run())
+    assert cut.token_ids == ref.token_ids[: first + 1]
+    assert (cut.finish_reason, cut.stop_reason) == ("stop", stop)
+    assert len(held.token_ids) >= first + 3 and stop not in held.token_ids[: first + 3]
+    assert biased.token_ids == [favoured] * 6
