@@ -1202,7 +1202,10 @@ def test_grammar_compile_deadline(loop, held_json_schemas):
         assert out.completion_tokens == 2
         with pytest.raises(InvalidRequest, match="guided_json"):
             await second
-        await asyncio.sleep(0.5)  # its thread marks it past its deadline
+        deadline = time.monotonic() + 30  # until its slot has marked it past its deadline
+        while eng.grammars._threads._overdue < 2:  # (a loaded CPU wakes the slot late)
+            assert time.monotonic() < deadline, eng.grammars._threads._overdue
+            await asyncio.sleep(0.01)
         # both run on past their deadline: the cap; a cached grammar needs no thread
         t0 = time.monotonic()
         with pytest.raises(Overloaded, match="grammar compiler busy"):
@@ -1276,14 +1279,17 @@ def test_a_stream_closed_while_its_grammar_compiles_submits_nothing(loop, engine
     waits for the compilation): the request is never submitted, and the consumer's loop ends
     without a delta once the compilation is done. (It raised "asynchronous generator is
     already running", and the request ran once compiled.)"""
-    release, _ = held_json_schemas
+    release, calls = held_json_schemas
 
     async def go():
         params = _held(501)
         params.max_tokens = 50
         stream = engine.stream("Hi", params)
         consumer = asyncio.ensure_future(_collect(stream))
-        await asyncio.sleep(0.2)  # the consumer waits for the compilation
+        deadline = time.monotonic() + 30
+        while not calls[501]:  # the consumer waits for the compilation
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
         await stream.aclose()
         release[501].set()
         return await asyncio.wait_for(consumer, 30)
@@ -1692,7 +1698,9 @@ def test_mixed_prefill_tokens_caps_prefill_in_steps_that_decode(loop, engine, al
 
     async def pair(n_long=1):
         first = asyncio.ensure_future(engine.generate(PROMPTS[0], params))
-        await asyncio.sleep(0.5)  # the first request is decoding when the long ones arrive
+        decoded = len([d for d, _ in steps if d])
+        while len([d for d, _ in steps if d]) == decoded:  # the first request is decoding
+            await asyncio.sleep(0.01)                       # when the long ones arrive
         outs = await asyncio.gather(first, *(engine.generate(long_prompt, params)
                                              for _ in range(n_long)))
         return [o.token_ids for o in outs]
