@@ -19,6 +19,8 @@ import pytest
 import torch
 from transformers import LlamaConfig
 
+from serve_log import logged_base
+
 from aiollm.engine import Engine
 from aiollm.sampling_params import SamplingParams
 
@@ -169,15 +171,18 @@ def _serve(args: list[str], log: Path, tmp: Path | None = None) -> subprocess.Po
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-async def _until_healthy(proc: subprocess.Popen, base: str, log: Path, timeout=240) -> None:
+async def _until_healthy(proc: subprocess.Popen, log: Path, timeout=240) -> str:
+    """The base URL of `aiollm serve --port 0` (from its log) once it answers /health."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline:
             assert proc.poll() is None, f"aiollm serve exited:\n{log.read_text()}"
+            base = logged_base(log)
             try:
-                async with s.get(base + "/health") as r:
-                    if r.status == 200:
-                        return
+                if base is not None:
+                    async with s.get(base + "/health") as r:
+                        if r.status == 200:
+                            return base
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.3)
@@ -201,12 +206,11 @@ def test_default_model_tp2_equals_tp1():
 
 
 def test_a_killed_rank_ends_the_server(tiny_model, tmp_path):
-    port, log, tmp = _free_port(), tmp_path / "serve.log", tmp_path / "tmp"
-    base = f"http://127.0.0.1:{port}"
+    log, tmp = tmp_path / "serve.log", tmp_path / "tmp"
     tmp.mkdir()
-    proc = _serve(["--port", str(port), "-tp", "2", tiny_model], log, tmp)
+    proc = _serve(["--port", "0", "-tp", "2", tiny_model], log, tmp)
     try:
-        asyncio.run(_until_healthy(proc, base, log))
+        base = asyncio.run(_until_healthy(proc, log))
         (rank1,) = _children(proc.pid)
 
         async def stream_then_kill():
@@ -238,17 +242,17 @@ def test_a_killed_rank_ends_the_server(tiny_model, tmp_path):
 
 
 def test_two_nodes_on_loopback_serve_and_stop(tiny_model, tmp_path):
-    port, init = _free_port(), f"127.0.0.1:{_free_port()}"
-    base = f"http://127.0.0.1:{port}"
+    # the rendezvous' port must be known to both nodes before either binds it
+    init = f"127.0.0.1:{_free_port()}"
     common = ["-tp", "2", "--nnodes", "2", "--dist-init-addr", init, tiny_model]
     logs = [tmp_path / "node0.log", tmp_path / "node1.log"]
     tmps = [tmp_path / "tmp0", tmp_path / "tmp1"]
     for t in tmps:
         t.mkdir()
-    nodes = [_serve(["--port", str(port), "--node-rank", "0", *common], logs[0], tmps[0]),
+    nodes = [_serve(["--port", "0", "--node-rank", "0", *common], logs[0], tmps[0]),
              _serve(["--node-rank", "1", *common], logs[1], tmps[1])]
     try:
-        asyncio.run(_until_healthy(nodes[0], base, logs[0]))
+        base = asyncio.run(_until_healthy(nodes[0], logs[0]))
         assert _children(nodes[0].pid) == [] and _children(nodes[1].pid) == []
         text = asyncio.run(_complete(base, PROMPTS[1], 8))
         assert text

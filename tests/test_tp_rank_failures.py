@@ -18,7 +18,6 @@ import pytest
 from test_tensor_parallel import (  # noqa: F401 - a fixture
     AIOLLM,
     _children,
-    _free_port,
     _until_healthy,
     tiny_model,
 )
@@ -199,15 +198,14 @@ def test_sigterm_to_the_servers_process_group_drains_it(tiny_model, tmp_path):  
     Ctrl-C, which they ignore for the same reason."""
     import aiohttp
 
-    port, log = _free_port(), tmp_path / "serve.log"
-    base = f"http://127.0.0.1:{port}"
+    log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen([AIOLLM, "serve", tiny_model, "--device", "cpu",
                                  "--kv-tokens", "1024", "--max-model-len", "256", "-tp", "2",
-                                 "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+                                 "--port", "0"], stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     try:
-        asyncio.run(_until_healthy(proc, base, log))
+        base = asyncio.run(_until_healthy(proc, log))
 
         async def terminated_while_streaming():
             body = {"prompt": [3, 17], "max_tokens": 120, "temperature": 0, "stream": True,
