@@ -600,12 +600,25 @@ def test_ctrl_c_while_importing_exits_130_without_a_traceback():
     if not maps.exists():
         proc.kill()
         pytest.skip("needs /proc to see the import under way")
-    deadline = time.monotonic() + 60
-    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
-        time.sleep(0.01)  # torch's libraries are mapped: its modules are importing
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=60)[1]
+    with _killed_at_the_end(proc):
+        deadline = time.monotonic() + 60
+        while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)  # torch's libraries are mapped: its modules are importing
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+
+
+@contextlib.contextmanager
+def _killed_at_the_end(proc: subprocess.Popen):
+    """proc killed and reaped on the way out if it still runs (a test that failed or timed
+    out left a server running into the next tests)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # `python -m aiollm`, with Ctrl-C sent (by the process to itself) as it starts importing one
@@ -650,20 +663,21 @@ def test_ctrl_c_while_waiting_for_a_chat_template_pipe_exits_130_without_a_trace
     os.mkfifo(fifo)
     proc = subprocess.Popen([AIOLLM, "serve", "--port", "0", "--chat-template", str(fifo)],
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while True:  # a writer's open succeeds once the server has the pipe open to read
-        try:
-            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
-        except OSError:  # ENXIO: no reader yet
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
-    try:  # the server now waits for the template's text, which never comes
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=30)[1]
-    finally:
-        os.close(writer)
+    with _killed_at_the_end(proc):
+        deadline = time.monotonic() + 30
+        while True:  # a writer's open succeeds once the server has the pipe open to read
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:  # ENXIO: no reader yet
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.01)
+        try:  # the server now waits for the template's text, which never comes
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            err = proc.communicate(timeout=30)[1]
+        finally:
+            os.close(writer)
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
 
 
