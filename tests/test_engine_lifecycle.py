@@ -885,20 +885,29 @@ def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monke
     async def go():
         eng = Engine(None, kv_tokens=1024)
         real = engine_module.load
-        slow = threading.Event()
+        slow, slow_loaded = threading.Event(), threading.Event()
 
         def load_once_slowly(*args):
-            if not slow.is_set():
-                slow.set()
-                time.sleep(2.0)  # done after the next start() is up
-            return real(*args)
+            if slow.is_set():
+                return real(*args)
+            slow.set()
+            time.sleep(2.0)
+            try:
+                return real(*args)
+            finally:
+                slow_loaded.set()
 
         monkeypatch.setattr(engine_module, "load", load_once_slowly)
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(eng.start(), 0.2)
         await eng.start()
         table, planner, runner = eng.table, eng.planner, eng.runner
-        await asyncio.sleep(3.0)  # the cancelled load has ended
+        deadline = time.monotonic() + 60  # the cancelled load has ended (a fixed 3 s wait
+        while not slow_loaded.is_set():    # could end first on a loaded CPU)
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        for _ in range(10):  # and the loop has run what its end scheduled
+            await asyncio.sleep(0.01)
         assert (eng.table, eng.planner, eng.runner) == (table, planner, runner)
         out = await eng.generate("Hello", SamplingParams(max_tokens=2))
         assert len(out.token_ids) == 2
