@@ -137,6 +137,7 @@ def held_json_schemas(monkeypatch):
     release: dict = defaultdict(threading.Event)
     calls: dict = defaultdict(int)
     running = [0]  # held compilations not yet returned
+    compile_threads = set()  # the engines' per-compilation threads that ran a held one
     lock = threading.Lock()
 
     def held(self, schema, *args, **kwargs):
@@ -146,6 +147,8 @@ def held_json_schemas(monkeypatch):
         with lock:
             calls[i] += 1
             running[0] += 1
+            if threading.current_thread().name == "aiollm-grammar-compile":
+                compile_threads.add(threading.current_thread())
         try:
             release[i].wait(30)
             return real(self, schema, *args, **kwargs)
@@ -160,7 +163,10 @@ def held_json_schemas(monkeypatch):
     deadline = time.monotonic() + 10
     while running[0] and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.05)  # from the compile's return to the cache's insert
+    # a compile thread ends after its grammar's insert into the cache, which follows the
+    # compile's return (a loaded CPU can leave it there for longer than a fixed wait)
+    for thread in compile_threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
     with grammar._CACHE.lock:
         for key in [k for k in grammar._CACHE.compiled if '"held"' in str(k)]:
             del grammar._CACHE.compiled[key]

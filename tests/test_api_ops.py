@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 
 import pytest
@@ -186,9 +187,14 @@ def test_health_probe_that_times_out_is_aborted_and_holds_nothing(tiny):
     def broken(batch):
         raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
 
-    def stuck(batch):
-        time.sleep(1.0)
-        broken(batch)
+    unstuck, step_ended = threading.Event(), threading.Event()
+
+    def stuck(batch):  # until the test lets it end (a loaded CPU's timer is no bound)
+        try:
+            unstuck.wait(30)
+            broken(batch)
+        finally:
+            step_ended.set()
 
     async def main():
         async with Engine(tiny, load_format="dummy", kv_tokens=512) as engine:
@@ -199,12 +205,17 @@ def test_health_probe_that_times_out_is_aborted_and_holds_nothing(tiny):
                     await engine.generate([1, 2, 3], SamplingParams(max_tokens=2))
             model.forward = stuck
             t0 = time.monotonic()
-            why = await engine.check_health(timeout=0.2)
-            assert time.monotonic() - t0 < 0.9
+            why = await asyncio.wait_for(engine.check_health(timeout=0.2), 10)
+            assert not step_ended.is_set()  # it answered while the step was stuck
+            assert time.monotonic() - t0 < 3.0  # by its own timeout, not the default 5 s
             assert "did not complete within 0.2 s" in why, why
             stats = engine.stats()
             assert stats["kv_used"] == stats["table_used"] == 0, stats
-            await asyncio.sleep(1.2)  # the stuck step ends, failing
+            unstuck.set()  # the stuck step ends, failing
+            deadline = time.monotonic() + 30  # until the loop has counted its failure
+            while f"last {FAILING_STEPS + 1} model steps failed" not in engine.failing:
+                assert time.monotonic() < deadline, engine.failing
+                await asyncio.sleep(0.01)
             stats = engine.stats()
             assert stats["kv_used"] == stats["table_used"] == 0, stats
             assert "illegal memory access" in engine.failing

@@ -91,10 +91,13 @@ def hanging() -> web.Application:
     return app
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def closed_port() -> socket.socket:
+    """A socket bound to a loopback port and not listening: a connection to that port is
+    refused for as long as the socket is open (a port only found free could be taken
+    meanwhile, by another test process's server)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 def bench(app: web.Application | None, quiet: bool = True, **kw) -> dict:
@@ -102,8 +105,9 @@ def bench(app: web.Application | None, quiet: bool = True, **kw) -> dict:
 
     async def go() -> dict:
         if app is None:
-            return await serve.run(serve.BenchConfig(url=f"http://127.0.0.1:{closed_port()}",
-                                                     **kw), quiet=quiet)
+            with closed_port() as closed:
+                url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+                return await serve.run(serve.BenchConfig(url=url, **kw), quiet=quiet)
         runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=1)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()

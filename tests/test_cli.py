@@ -19,6 +19,7 @@ from pathlib import Path
 import aiohttp
 import openai
 import pytest
+from serve_log import logged_base
 
 AIOLLM = str(Path(sys.executable).with_name("aiollm"))
 KEY = "test-key-123"
@@ -379,7 +380,7 @@ def test_a_signal_while_the_model_loads_never_opens_the_port(tmp_path, caplog):
         stop, started = asyncio.Event(), []
         stop.set()  # the signal's event, set before the load ends (here before it starts)
         engine = Engine(str(tmp_path), load_format="dummy", kv_tokens=512, warm_up=False)
-        await serve(create_app(engine), "127.0.0.1", _free_port(), stop=stop,
+        await serve(create_app(engine), "127.0.0.1", 0, stop=stop,
                     on_started=lambda host, port: started.append(port))
         return started
 
@@ -444,26 +445,22 @@ def test_exclude_tools_when_tool_choice_none_reaches_the_engine():
     assert not config().exclude_tools_when_tool_choice_none
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _get(url: str, **kw) -> tuple[int, dict, bytes]:
     async with aiohttp.ClientSession() as s:
         async with s.request(kw.pop("method", "GET"), url, **kw) as r:
             return r.status, dict(r.headers), await r.read()
 
 
-def _wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float = 240) -> None:
+def _wait_healthy(proc: subprocess.Popen, log: Path, timeout: float = 240) -> str:
+    """The base URL of `aiollm serve --port 0` (from its log) once it answers /health."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"aiollm serve exited with {proc.returncode}:\n{log.read_text()}")
+        base = logged_base(log)
         try:
-            if asyncio.run(_get(base + "/health"))[0] == 200:
-                return
+            if base is not None and asyncio.run(_get(base + "/health"))[0] == 200:
+                return base
         except aiohttp.ClientError:
             pass
         time.sleep(0.5)
@@ -473,21 +470,19 @@ def _wait_healthy(proc: subprocess.Popen, base: str, log: Path, timeout: float =
 @contextlib.contextmanager
 def _served(tmp_path: Path, *options: str, env: dict | None = None,
             command: tuple[str, ...] = (AIOLLM,), stdin: str | None = None):
-    """`aiollm serve` on a free port with `options` (and `stdin` written to its standard
-    input, then closed), healthy: yields (process, base URL, log path); the process is
-    killed on the way out if it still runs."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
+    """`aiollm serve` on a port the kernel gives it with `options` (and `stdin` written to
+    its standard input, then closed), healthy: yields (process, base URL, log path); the
+    process is killed on the way out if it still runs."""
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
-        proc = subprocess.Popen([*command, "serve", "--port", str(port), *options], stdout=out,
+        proc = subprocess.Popen([*command, "serve", "--port", "0", *options], stdout=out,
                                 stderr=subprocess.STDOUT, env=env, text=True,
                                 stdin=None if stdin is None else subprocess.PIPE)
     if stdin is not None:
         proc.stdin.write(stdin)
         proc.stdin.close()
     try:
-        _wait_healthy(proc, base, log)
+        base = _wait_healthy(proc, log)
         yield proc, base, log
     finally:
         if proc.poll() is None:
@@ -605,12 +600,25 @@ def test_ctrl_c_while_importing_exits_130_without_a_traceback():
     if not maps.exists():
         proc.kill()
         pytest.skip("needs /proc to see the import under way")
-    deadline = time.monotonic() + 60
-    while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
-        time.sleep(0.01)  # torch's libraries are mapped: its modules are importing
-    proc.send_signal(signal.SIGINT)
-    err = proc.communicate(timeout=60)[1]
+    with _killed_at_the_end(proc):
+        deadline = time.monotonic() + 60
+        while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)  # torch's libraries are mapped: its modules are importing
+        proc.send_signal(signal.SIGINT)
+        err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+
+
+@contextlib.contextmanager
+def _killed_at_the_end(proc: subprocess.Popen):
+    """proc killed and reaped on the way out if it still runs (a test that failed or timed
+    out left a server running into the next tests)."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 # `python -m aiollm`, with Ctrl-C sent (by the process to itself) as it starts importing one
@@ -655,21 +663,30 @@ def test_ctrl_c_while_waiting_for_a_chat_template_pipe_exits_130_without_a_trace
     os.mkfifo(fifo)
     proc = subprocess.Popen([AIOLLM, "serve", "--port", "0", "--chat-template", str(fifo)],
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while True:  # a writer's open succeeds once the server has the pipe open to read
-        try:
-            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            break
-        except OSError:  # ENXIO: no reader yet
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
-    try:  # the server now waits for the template's text, which never comes
-        time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=30)[1]
-    finally:
-        os.close(writer)
+    with _killed_at_the_end(proc):
+        deadline = time.monotonic() + 30
+        while True:  # a writer's open succeeds once the server has the pipe open to read
+            try:
+                writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError:  # ENXIO: no reader yet
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.01)
+        try:  # the server now waits for the template's text, which never comes
+            time.sleep(0.2)
+            proc.send_signal(signal.SIGINT)
+            err = proc.communicate(timeout=30)[1]
+        finally:
+            os.close(writer)
     assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+
+
+async def _logged(log: Path, text: str, timeout: float = 30) -> None:
+    """Once `text` is in the server's log (polled: a loaded CPU handles a signal late)."""
+    deadline = time.monotonic() + timeout
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"never logged {text!r}:\n{log.read_text()}"
+        await asyncio.sleep(0.02)
 
 
 async def _stream_through_sigint(proc: subprocess.Popen, base: str, max_tokens: int,
@@ -696,7 +713,7 @@ def test_sigint_aborts_what_outlasts_the_grace_period(tmp_path):
         refused = []
 
         async def health_refused():
-            await asyncio.sleep(0.5)
+            await _logged(log, "shutting down")  # its listening socket closed before
             try:
                 await _get(base + "/health")
                 refused.append(False)
@@ -723,7 +740,7 @@ def test_a_second_sigint_aborts_at_once(tmp_path):
                  "--shutdown-timeout", "60") as (proc, base, log):
 
         async def second_sigint():
-            await asyncio.sleep(1.0)
+            await _logged(log, "shutting down")  # the first signal's drain is under way
             proc.send_signal(signal.SIGINT)
 
         t0 = time.monotonic()

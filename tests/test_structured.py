@@ -443,6 +443,15 @@ def test_schema_nearly_as_deep_as_the_body_decoder_takes_is_400(server):
         assert json.loads(raw)["error"]["param"] in ("guided_json", None), raw[:300]
 
 
+def _until(condition, limit: float = 30.0) -> None:
+    """Polls condition() every 10 ms (a loaded CPU wakes a thread late); fails the test
+    after `limit` seconds."""
+    deadline = time.monotonic() + limit
+    while not condition():
+        assert time.monotonic() < deadline, "the condition was never reached"
+        time.sleep(0.01)
+
+
 def test_grammar_not_compiled_in_time_is_400_and_past_the_cap_503(held_json_schemas):
     """--grammar-compile-timeout: a grammar that has not compiled in time is a 400 naming
     its field (a 5,000-property schema held a compile thread and its client for ~10 min);
@@ -471,14 +480,14 @@ def test_grammar_not_compiled_in_time_is_400_and_past_the_cap_503(held_json_sche
             assert status == 400 and err["param"] == param, err
             assert err["message"] == (f"{param}: the grammar did not compile within 0.5 s; "
                                       "simplify the schema"), err
-        time.sleep(0.5)  # the compile threads mark both past their deadline
+        _until(lambda: srv.engine.grammars._threads._overdue == 2)  # both past their deadline
         status, headers, body = ask(203)
         assert status == 503 and "Retry-After" in headers, body
         assert "grammar compiler busy" in body["error"]["message"] and calls[203] == 0, body
         status, _, body = ask(None)
         assert status == 200 and body["choices"][0]["message"]["content"], body
         release[201].set()
-        time.sleep(0.2)
+        _until(lambda: srv.engine.grammars._threads._overdue == 1)  # 201 compiled, cached
         status, _, body = ask(201)
         assert status == 200 and calls[201] == 1, body
     finally:

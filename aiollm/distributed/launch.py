@@ -10,12 +10,13 @@ subprocess, each child a `python -m aiollm.distributed.follower`.
 Failure is loud: a watchdog thread polls the spawned ranks; when one exits that should not,
 it logs which rank and why (the exception text the rank wrote to its error file, or the
 signal that killed it), kills the node's other ranks and exits the process with status 1
-(after `on_failure` had a moment to fail the requests in flight); an offline LLM's ranks
-(exit_on_failure False) leave the process to its user, whose calls then raise naming the
-rank. While the caller still loads (start-up), a lost rank is raised to it instead, in place
-of the collective's error rank 0 met (start_failed); rank 0 enters the rendezvous only once
-its node's spawned ranks are about to (each writes a file), so one lost before it (its
-import, its device) is raised at once, not after the rendezvous' timeout. A caller that
+(once `on_failure` has failed the requests in flight, and a moment later for their
+answers); an offline LLM's ranks (exit_on_failure False) leave the process to its user,
+whose calls then raise naming the rank. While the caller still loads (start-up), a lost
+rank is raised to it instead, in place of the collective's error rank 0 met (start_failed);
+rank 0 enters the rendezvous only once its node's spawned ranks are about to (each writes a
+file), so one lost before it (its import, its device) is raised at once, not after the
+rendezvous' timeout. A caller that
 gives up on start-up (abandon: Ctrl-C) ends the ranks from its side. A spawned rank exits when
 its parent is gone (follower.py watches it), and one whose rank 0 vanished fails its next
 collective.
@@ -321,8 +322,8 @@ class NodeRanks:
         self._remove_files()
         if self.on_failure is not None:
             try:
-                self.on_failure(message)
-                time.sleep(0.5)  # the event loop answers the requests in flight
+                self.on_failure(message)  # returns once the requests in flight failed
+                time.sleep(0.5)  # their handlers write the answers
             except Exception:
                 log.exception("while failing the requests in flight")
         if self.exit_on_failure:

@@ -14,6 +14,8 @@ its stream, which raises the request's error if it failed.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Callable
 
@@ -25,6 +27,10 @@ from aiollm.engine.planner import Step
 from aiollm.engine.request import Phase, Request
 from aiollm.errors import Overloaded, RequestFailed
 from aiollm.native import FinishReason, ReqState
+
+# how long a thread failing every request (_fail_all_threadsafe) waits for the event loop to
+# have done it: a loop held longer than this is stuck, and its requests are left to the caller
+FAIL_WAIT_S = 10.0
 
 
 class HandOut:
@@ -116,16 +122,32 @@ class HandOut:
             self._finish(r, "abort", error=message, failed=True, error_type=error_type)
 
     def _fail_all_threadsafe(self, message: str) -> None:
-        """From any thread: stop accepting and fail every request with `message`; nothing
-        when the engine's event loop has closed (no request is left in flight)."""
+        """From any thread: stop accepting and fail every request with `message`. From
+        another thread than the event loop's, return once the loop has done so and run the
+        first turn of the streams it woke (up to FAIL_WAIT_S seconds); at once when the
+        engine's event loop has closed (no request is left in flight). The lost-rank watchdog calls it before
+        it ends the process: posting alone gave a loop busy elsewhere (a loaded CPU) no time
+        to answer, and the callers were cut off without the rank's error."""
+        failed = threading.Event()
+
         def fail_all():
-            self._accepting = False
-            self._fail_all(message, RequestFailed)
+            try:
+                self._accepting = False
+                self._fail_all(message, RequestFailed)
+            finally:  # after the woken streams' turn: they were scheduled first
+                self._event_loop.call_soon(failed.set)
+        loop = self._event_loop
         try:
-            self._event_loop.call_soon_threadsafe(fail_all)
+            loop.call_soon_threadsafe(fail_all)
         except RuntimeError:  # closed: the engine stopped with it (a rank lost meanwhile)
-            if not self._event_loop.is_closed():
+            if not loop.is_closed():
                 raise
+            return
+        if _running_loop() is loop:  # (on the loop's own thread: waiting would hold it)
+            return
+        deadline = time.monotonic() + FAIL_WAIT_S
+        while not failed.wait(0.05) and not loop.is_closed() and time.monotonic() < deadline:
+            pass
 
     def _finish(self, req: Request, reason: str, error: str | None = None, failed: bool = False,
                 error_type: Callable[[str], Exception] = RequestFailed) -> None:
@@ -150,3 +172,10 @@ class HandOut:
             self.metrics.e2e.observe(time.monotonic() - req.arrival)
         req.event.set()
         self._wake.set()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
