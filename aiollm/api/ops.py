@@ -13,6 +13,7 @@ from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.tokenize_request import DetokenizeRequest, TokenizeRequest
+from aiollm.api.vllm_metrics import VllmMetrics
 from aiollm.engine.submission import off_loop
 
 
@@ -47,7 +48,11 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(state(request).engine.metrics.registry)
+    """Prometheus text: aiollm's families, then the same under vLLM's names and labels
+    (api/vllm_metrics.py)."""
+    st = state(request)
+    registry = st.engine.metrics.registry
+    body = generate_latest(registry) + generate_latest(VllmMetrics(registry, st.model_name))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -146,7 +146,6 @@ class HandOut:
         self.table.free(req.slot)
         self._requests.pop(req.rid, None)
         if req.counted:
-            self.metrics.requests.labels(reason).inc()
-            self.metrics.e2e.observe(time.monotonic() - req.arrival)
+            self.metrics.ended(req, reason, time.monotonic())
         req.event.set()
         self._wake.set()
