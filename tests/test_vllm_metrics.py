@@ -142,3 +142,20 @@ def test_vllm_kv_cache_usage_is_a_fraction_while_requests_run(tiny):
         for r in resps:
             r.close()
     serve_tiny(tiny, check)
+
+
+def test_prompt_scoring_generates_no_tokens_in_the_metrics(tiny):
+    """A request scoring its prompt (echo with max_tokens 0 and logprobs: the engine runs its
+    prefill and samples nothing it returns) generates no token: the counter agreed with the
+    response's usage (0), not with the prefill's discarded sample."""
+    async def check(client, engine):
+        body = {"prompt": [5, 6, 7], "max_tokens": 0, "echo": True, "logprobs": 1}
+        resp = await client.post("/v1/completions", json=body)
+        out = await resp.json()
+        assert resp.status == 200, out
+        assert out["usage"]["completion_tokens"] == 0
+        fams = await families(client)
+        assert value(fams, "vllm:request_success_total", finished_reason="length") == 1
+        assert value(fams, "vllm:generation_tokens_total") == 0
+        assert value(fams, "vllm:request_generation_tokens_sum") == 0
+    serve_tiny(tiny, check)

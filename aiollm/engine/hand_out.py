@@ -60,7 +60,9 @@ class HandOut:
         if constrained:
             grammar_end[constrained] = self.grammars.accept(
                 [reqs[k].grammar for k in constrained], tokens[constrained])
-        self.metrics.generation_tokens.inc(sum(r.counted for r in reqs))
+        # a prompt-scoring request's (max_tokens 0) sample is no output: not generated
+        self.metrics.generation_tokens.inc(sum(r.counted and r.params.max_tokens != 0
+                                               for r in reqs))
         for k, r in enumerate(reqs):
             if r.params.max_tokens == 0:  # prompt scoring: the prefill's token is no output
                 self._finish(r, "length")
