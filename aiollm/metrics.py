@@ -56,7 +56,8 @@ class EngineMetrics:
         p = _P
         # gauges read the engine when scraped, so the hot path never updates them
         r.register(_Counts(stats))
-        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed", registry=r)
+        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed (each "
+                                     "request's, once its prefill is done)", registry=r)
         self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated", registry=r)
         self.requests = Counter(p + "requests_finished", "Finished requests", ["finish_reason"],
                                 registry=r)

@@ -159,3 +159,30 @@ def test_prompt_scoring_generates_no_tokens_in_the_metrics(tiny):
         assert value(fams, "vllm:generation_tokens_total") == 0
         assert value(fams, "vllm:request_generation_tokens_sum") == 0
     serve_tiny(tiny, check)
+
+
+def test_a_request_left_while_queued_processed_no_prompt_tokens(tiny):
+    """vllm:prompt_tokens counts prefill tokens processed: a request whose client leaves
+    while it waits for admission (overload, the moment this counter is read for prefill
+    throughput) processed none, and was counted in full at its arrival."""
+    async def check(client, engine):
+        body = {"prompt": [5, 6, 7], "max_tokens": 200, "ignore_eos": True, "stream": True}
+        first = await client.post("/v1/completions", json=body)
+        await first.content.readline()  # running: the only request the engine admits
+        queued = asyncio.ensure_future(client.post("/v1/completions",
+                                                   json={**body, "prompt": [9] * 20}))
+        for _ in range(200):
+            if value(await families(client), "vllm:num_requests_waiting") == 1:
+                break
+            await asyncio.sleep(0.01)
+        queued.cancel()
+        first.close()
+        for _ in range(200):
+            fams = await families(client)
+            if value(fams, "vllm:request_success_total", finished_reason="abort") == 2:
+                break
+            await asyncio.sleep(0.02)
+        assert value(fams, "vllm:request_success_total", finished_reason="abort") == 2
+        assert value(fams, "vllm:prompt_tokens_total") == 3
+        assert value(fams, "vllm:request_prompt_tokens_sum") == 3 + 20  # each ended request
+    serve_tiny(tiny, check, max_running_requests=1)

@@ -65,6 +65,8 @@ class HandOut:
                                                for r in reqs))
         for k, r in enumerate(reqs):
             if r.params.max_tokens == 0:  # prompt scoring: the prefill's token is no output
+                if r.counted:
+                    self.metrics.prompt_tokens.inc(len(r.prompt_ids))
                 self._finish(r, "length")
                 continue
             r.output_ids.append(int(tokens[k]))
@@ -72,6 +74,9 @@ class HandOut:
                 r.logprobs.append(result.logprob_entry(rows[k], r.params.logprobs))
             if r.counted:  # (a health probe is no client's request)
                 if len(r.output_ids) == 1:
+                    # prefill tokens processed, counted once its prefill is done (as vLLM
+                    # does): a request that never got there (aborted while queued) has none
+                    self.metrics.prompt_tokens.inc(len(r.prompt_ids))
                     self.metrics.ttft.observe(time.monotonic() - r.arrival)
                 elif r.t_last_ns:
                     self.metrics.itl.observe((now_ns - r.t_last_ns) / 1e9)
