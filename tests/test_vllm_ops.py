@@ -90,6 +90,9 @@ def test_ping_answers_as_health_and_load_counts_requests_in_flight(tiny):
         await engine.stop()
         resp = await client.get("/ping")
         assert resp.status == 503
+        # a stopped engine still tells what it holds: nothing
+        assert await (await client.get("/load")).json() == {"server_load": 0}
+        assert (await client.get("/metrics")).status == 200
     serve_tiny(tiny, check, api_key="k")
 
 
