@@ -103,9 +103,12 @@ class EngineMetrics:
 
     def admitted(self, req, now: float) -> None:
         """A request admitted at `now` (time.monotonic()): its wait in the queue, counted
-        once (not a paused request's resumption) and not for a health probe's."""
-        if req.admitted_seq >= 0 and not req.output_ids and req.counted:
-            self.queue_time.observe(now - req.arrival)
+        at its first admission only (not a paused request's resumption, also one paused
+        before its first token) and not for a health probe's."""
+        if req.first_admitted < 0:
+            req.first_admitted = now
+            if req.counted:
+                self.queue_time.observe(now - req.arrival)
 
     def ended(self, req, reason: str, now: float) -> None:
         """A client's request ended at `now` (time.monotonic()) with finish `reason` (stop,
