@@ -33,17 +33,31 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.
                     1.0, 2.0, 5.0, 10.0, 30.0)
 
 
+def one_two_five(limit: int) -> tuple[int, ...]:
+    """Bucket bounds 1, 2, 5, 10, 20, 50, ... up to `limit` (a token count), the bounds vLLM
+    gives its per-request token histograms."""
+    out, scale = [], 1
+    while True:
+        for m in (1, 2, 5):
+            if m * scale > limit:
+                return tuple(out)
+            out.append(m * scale)
+        scale *= 10
+
+
 class EngineMetrics:
     """The metrics of one engine. `stats`: a callable giving the counts the gauges report
     when scraped (Engine.stats' keys); a key it lacks reads 0 (the engine's own passes a
-    weak_method, which gives {} once the engine is gone)."""
+    weak_method, which gives {} once the engine is gone). max_model_len: the largest token
+    count the per-request token histograms bound."""
 
-    def __init__(self, stats: Callable[[], dict[str, int]]):
+    def __init__(self, stats: Callable[[], dict[str, int]], max_model_len: int = 8192):
         r = self.registry = CollectorRegistry()
         p = _P
         # gauges read the engine when scraped, so the hot path never updates them
         r.register(_Counts(stats))
-        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed", registry=r)
+        self.prompt_tokens = Counter(p + "prompt_tokens", "Prompt tokens processed (each "
+                                     "request's, once its prefill is done)", registry=r)
         self.generation_tokens = Counter(p + "generation_tokens", "Tokens generated", registry=r)
         self.requests = Counter(p + "requests_finished", "Finished requests", ["finish_reason"],
                                 registry=r)
@@ -74,6 +88,12 @@ class EngineMetrics:
         self.e2e = Histogram(p + "e2e_request_latency_seconds", "Arrival to the end of a "
                              "request", buckets=_LATENCY_BUCKETS + (60.0, 120.0, 300.0),
                              registry=r)
+        token_buckets = one_two_five(max(1, max_model_len))
+        self.request_prompt = Histogram(p + "request_prompt_tokens", "Prompt tokens of each "
+                                        "ended request", buckets=token_buckets, registry=r)
+        self.request_generation = Histogram(p + "request_generation_tokens", "Tokens generated "
+                                            "by each ended request", buckets=token_buckets,
+                                            registry=r)
         self.queue_time = Histogram(p + "queue_time_seconds", "Arrival to admission",
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.gc_pause = Histogram(p + "gc_pause_seconds", "Python garbage collections while "
@@ -83,9 +103,20 @@ class EngineMetrics:
 
     def admitted(self, req, now: float) -> None:
         """A request admitted at `now` (time.monotonic()): its wait in the queue, counted
-        once (not a paused request's resumption) and not for a health probe's."""
-        if req.admitted_seq >= 0 and not req.output_ids and req.counted:
-            self.queue_time.observe(now - req.arrival)
+        at its first admission only (not a paused request's resumption, also one paused
+        before its first token) and not for a health probe's."""
+        if req.first_admitted < 0:
+            req.first_admitted = now
+            if req.counted:
+                self.queue_time.observe(now - req.arrival)
+
+    def ended(self, req, reason: str, now: float) -> None:
+        """A client's request ended at `now` (time.monotonic()) with finish `reason` (stop,
+        length or abort: finished, cancelled or failed)."""
+        self.requests.labels(reason).inc()
+        self.e2e.observe(now - req.arrival)
+        self.request_prompt.observe(len(req.prompt_ids))
+        self.request_generation.observe(len(req.output_ids))
 
     def paused(self, req) -> None:
         """A request paused to free KV (resumed later)."""

@@ -285,3 +285,35 @@ def test_queue_timeout_spares_a_request_paused_mid_prefill(loop, tiny):
             assert late.token_ids == (await ref.generate(second, GREEDY)).token_ids
 
     run(loop, go())
+
+
+def test_a_request_paused_mid_prefill_is_queued_once_in_the_metrics(loop, tiny):
+    """vLLM's request_queue_time_seconds is each request's wait for its first admission. A
+    request paused mid-prefill (before its first token) was observed again when resumed,
+    with its arrival-to-resumption time (its first run included): a third observation of
+    two requests."""
+    async def go():
+        eng = Engine(tiny, load_format="dummy", kv_tokens=100, max_prefill_tokens=16,
+                     scheduler="aggressive", prefix_cache=False)
+        await eng.start()
+        step = eng._step
+
+        async def slow_step():  # steps of 0.05 s until the pause, as in the test above
+            if eng.stats()["evictions"] == 0:
+                await asyncio.sleep(0.05)
+            await step()
+
+        eng._step = slow_step
+        try:
+            running = asyncio.ensure_future(eng.generate(prompt(1, 30, 1), SamplingParams(
+                max_tokens=60, temperature=0, ignore_eos=True)))
+            while eng.stats()["running"] == 0:
+                await asyncio.sleep(0.01)
+            await eng.generate(prompt(2, 68, 2), GREEDY)
+            await running
+            assert eng.stats()["evictions"] > 0  # it was paused
+            return eng.metrics.registry.get_sample_value("aiollm_queue_time_seconds_count")
+        finally:
+            await eng.stop()
+
+    assert run(loop, go()) == 2

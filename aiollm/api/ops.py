@@ -1,5 +1,5 @@
-"""Operations endpoints: /health (/healthz), /metrics, /version, /tokenize, /detokenize,
-/flush_cache."""
+"""Operations endpoints: /health (/healthz, vLLM's /ping), vLLM's /load, /metrics, /version,
+/tokenize, /detokenize, /flush_cache."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.tokenize_request import DetokenizeRequest, TokenizeRequest
+from aiollm.api.vllm_metrics import VllmMetrics
 from aiollm.engine.submission import off_loop
 
 
@@ -37,7 +38,8 @@ async def health(request: web.Request) -> web.Response:
     (Engine.check_health: shared by concurrent checks, at most one a second, within a few
     seconds), as Hugging Face TGI's does: a fault that has passed answers 200 again with
     no other traffic, which a load balancer that took the server out of rotation sends
-    none of. Also at /healthz, LightLLM's (and Kubernetes') name for it."""
+    none of. Also at /healthz, LightLLM's (and Kubernetes') name for it, and at vLLM's
+    /ping."""
     st = state(request)
     if (refused := not_serving(st)) is not None:
         return refused
@@ -46,8 +48,22 @@ async def health(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "model": st.model_name})
 
 
+async def load(request: web.Request) -> web.Response:
+    """vLLM's {"server_load": N} (a router's signal for picking the least loaded server):
+    N, the engine's requests in flight, running or waiting (each choice of an n > 1
+    request is one). vLLM counts its HTTP requests only with --enable-server-load-tracking
+    and answers 0 otherwise; the engine's count costs nothing to read, so it is always
+    given."""
+    counts = state(request).engine.stats()
+    return json_response({"server_load": counts["running"] + counts["waiting"]})
+
+
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(state(request).engine.metrics.registry)
+    """Prometheus text: aiollm's families, then the same under vLLM's names and labels
+    (api/vllm_metrics.py)."""
+    st = state(request)
+    registry = st.engine.metrics.registry
+    body = generate_latest(registry) + generate_latest(VllmMetrics(registry, st.model_name))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -108,6 +124,9 @@ async def flush_cache(request: web.Request) -> web.Response:
 ROUTES = [
     web.get("/health", health),
     web.get("/healthz", health),
+    web.get("/ping", health),  # vLLM's (SageMaker's probe), GET and POST
+    web.post("/ping", health),
+    web.get("/load", load),
     web.get("/metrics", metrics),
     web.get("/version", version),
     web.post("/tokenize", tokenize),

@@ -48,8 +48,9 @@ MAX_HEADERS = 128
 # included: a route added later is guarded unless it is listed here. /tokenize,
 # /detokenize and /flush_cache stay behind it, unlike vLLM's open /tokenize: they run the
 # tokenizer on the caller's input or change the cache.
-OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/metrics", "/version",
-                                              "/liveness", "/readiness")
+OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/ping", "/load",
+                                              "/metrics", "/version", "/liveness",
+                                              "/readiness")
                        for end in ("", "/"))
 
 

@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 def checked_config(parser: argparse.ArgumentParser,
                    args: argparse.Namespace) -> tuple[EngineConfig, str | None]:
     """The EngineConfig the flags give (its chat template read, once) and the API key
-    (--api-key, else $AIOLLM_API_KEY; None: no auth), once every check passed; parser.error
-    (SystemExit 2) for the first that fails."""
+    (--api-key, else $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY; None: no auth), once
+    every check passed; parser.error (SystemExit 2) for the first that fails."""
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     options["served_model_name"] = names[0] if names else None  # the name reported
@@ -42,8 +42,7 @@ def checked_config(parser: argparse.ArgumentParser,
         # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
         parser.error("argument --api-key: must not be empty (leave the flag out to serve "
                      "without auth)")
-    source, api_key = (("argument --api-key", args.api_key) if args.api_key is not None
-                       else ("AIOLLM_API_KEY", os.environ.get("AIOLLM_API_KEY")))
+    source, api_key = _api_key_source(args.api_key)
     if api_key and api_key != api_key.strip():
         # a client's key arrives without them (HTTP trims header values): every request
         # was refused 401, silently (a key file's newline, a pasted space). Not printed:
@@ -55,6 +54,17 @@ def checked_config(parser: argparse.ArgumentParser,
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
     return config, api_key or None
+
+
+def _api_key_source(flag: str | None) -> tuple[str, str | None]:
+    """(where the key comes from, the key): the flag, else the first variable set. vLLM's
+    VLLM_API_KEY is read too: a deployment that set it for vLLM was served with no auth."""
+    if flag is not None:
+        return "argument --api-key", flag
+    for name in ("AIOLLM_API_KEY", "VLLM_API_KEY"):
+        if os.environ.get(name):
+            return name, os.environ[name]
+    return "AIOLLM_API_KEY", None
 
 
 def cors_options(parser: argparse.ArgumentParser,

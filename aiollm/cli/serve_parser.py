@@ -47,9 +47,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        formatter_class=HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
                        "/v1/chat/completions, /v1/models, /v1/models/{model}, /generate, "
-                       "/generate_stream, /health, /healthz, /metrics, /version, /tokenize, "
-                       "/detokenize, /flush_cache, and LightLLM's /liveness, /readiness, "
-                       "/get_model_name, /tokens, POST /.")
+                       "/generate_stream, /health, /healthz, /ping, /load, /metrics, /version, "
+                       "/tokenize, /detokenize, /flush_cache, and LightLLM's /liveness, "
+                       "/readiness, /get_model_name, /tokens, POST /.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
     s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=_Model,
                    metavar="MODEL",
@@ -92,8 +92,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "cannot forge a system turn")
     net.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' on every endpoint but /health, "
-                          "/healthz, /liveness, /readiness, /metrics and /version (if not "
-                          "given: $AIOLLM_API_KEY; "
+                          "/healthz, /ping, /load, /liveness, /readiness, /metrics and "
+                          "/version (if not "
+                          "given: $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY; "
                           "neither: no auth)")
     net.add_argument("--allowed-origins", type=_string_list, default=None, metavar="LIST",
                      help="let web pages of these origins call the server from a browser "

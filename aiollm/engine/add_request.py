@@ -120,8 +120,6 @@ class AddRequest:
         req.cache_salt = cache_salt
         self._requests[req.rid] = req
         self.planner.enqueue(req)
-        if counted:
-            self.metrics.prompt_tokens.inc(len(ids))
         self._wake.set()
         return req, detok
 

@@ -235,7 +235,7 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         self.scheduler = make_scheduler(cfg.scheduler, SchedulerConfig(
             max_running=cfg.max_running_requests, estimator=cfg.past_future_estimator,
             blind_cap=cfg.scheduler_blind_cap))
-        self.metrics = EngineMetrics(weak_method(self.stats, {}))
+        self.metrics = EngineMetrics(weak_method(self.stats, {}), self.max_model_len)
         self.prefix_cache = (PrefixCache(self.kv_pool, self.req_to_token, self.metrics)
                              if cfg.prefix_cache else None)
         self.planner = Planner(self.table, self.kv_pool, self.req_to_token, self.scheduler,

@@ -66,9 +66,13 @@ class HandOut:
         if constrained:
             grammar_end[constrained] = self.grammars.accept(
                 [reqs[k].grammar for k in constrained], tokens[constrained])
-        self.metrics.generation_tokens.inc(sum(r.counted for r in reqs))
+        # a prompt-scoring request's (max_tokens 0) sample is no output: not generated
+        self.metrics.generation_tokens.inc(sum(r.counted and r.params.max_tokens != 0
+                                               for r in reqs))
         for k, r in enumerate(reqs):
             if r.params.max_tokens == 0:  # prompt scoring: the prefill's token is no output
+                if r.counted:
+                    self.metrics.prompt_tokens.inc(len(r.prompt_ids))
                 self._finish(r, "length")
                 continue
             r.output_ids.append(int(tokens[k]))
@@ -76,6 +80,9 @@ class HandOut:
                 r.logprobs.append(result.logprob_entry(rows[k], r.params.logprobs))
             if r.counted:  # (a health probe is no client's request)
                 if len(r.output_ids) == 1:
+                    # prefill tokens processed, counted once its prefill is done (as vLLM
+                    # does): a request that never got there (aborted while queued) has none
+                    self.metrics.prompt_tokens.inc(len(r.prompt_ids))
                     self.metrics.ttft.observe(time.monotonic() - r.arrival)
                 elif r.t_last_ns:
                     self.metrics.itl.observe((now_ns - r.t_last_ns) / 1e9)
@@ -168,8 +175,7 @@ class HandOut:
         self.table.free(req.slot)
         self._requests.pop(req.rid, None)
         if req.counted:
-            self.metrics.requests.labels(reason).inc()
-            self.metrics.e2e.observe(time.monotonic() - req.arrival)
+            self.metrics.ended(req, reason, time.monotonic())
         req.event.set()
         self._wake.set()
 

@@ -53,6 +53,7 @@ class Request:
     row: int = -1  # req_to_token row while RUNNING
     kv_len: int = 0  # tokens of all_ids whose KV is in the pool
     admitted_seq: int = -1  # admission order, for choosing whom to evict
+    first_admitted: float = -1.0  # time.monotonic() of its first admission (-1: none yet)
     finish_reason: str | None = None
     # what ended it with "stop": the stop string or the stop token id (of the request's
     # stop_token_ids); None for the model's eos, length and abort

@@ -1,0 +1,94 @@
+"""The engine's metrics under vLLM's names, served by /metrics beside aiollm's own: what a
+deployment set up for vLLM reads (its Grafana dashboard, autoscalers on
+vllm:num_requests_waiting, alerts on vllm:kv_cache_usage_perc) finds the same families, of
+the same types, with vLLM's labels (`model_name`: the served name; `engine`: "0").
+
+Nothing is counted twice: each vLLM family is the engine's own family renamed when scraped,
+so the hot path updates one metric. The histograms keep aiollm's bucket bounds (a
+histogram_quantile() over them works alike). Families vLLM has that aiollm does not
+measure (per-phase request times, iteration token counts, request parameters) are absent
+rather than made up.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+_P = "aiollm_"
+
+# aiollm family -> the vLLM families it is served as (vLLM renamed some and kept the old
+# names a while: a dashboard of either version finds its own)
+RENAMED = {
+    _P + "prompt_tokens": ("vllm:prompt_tokens",),
+    _P + "generation_tokens": ("vllm:generation_tokens",),
+    _P + "evictions": ("vllm:num_preemptions",),
+    _P + "prefix_cache_queried_tokens": ("vllm:prefix_cache_queries",
+                                        "vllm:gpu_prefix_cache_queries"),
+    _P + "prefix_cache_hit_tokens": ("vllm:prefix_cache_hits", "vllm:gpu_prefix_cache_hits"),
+    _P + "time_to_first_token_seconds": ("vllm:time_to_first_token_seconds",),
+    _P + "inter_token_latency_seconds": ("vllm:inter_token_latency_seconds",
+                                         "vllm:time_per_output_token_seconds"),
+    _P + "e2e_request_latency_seconds": ("vllm:e2e_request_latency_seconds",),
+    _P + "queue_time_seconds": ("vllm:request_queue_time_seconds",),
+    _P + "request_prompt_tokens": ("vllm:request_prompt_tokens",),
+    _P + "request_generation_tokens": ("vllm:request_generation_tokens",),
+}
+FINISH_REASONS = ("stop", "length", "abort")  # vLLM's, each a series from the start
+
+
+class VllmMetrics:
+    """A collector (prometheus_client's protocol: collect()) of the families of `registry`
+    (an EngineMetrics registry) under vLLM's names, labelled with `model_name`."""
+
+    def __init__(self, registry: CollectorRegistry, model_name: str):
+        self._registry, self._labels = registry, {"model_name": model_name, "engine": "0"}
+
+    def collect(self):
+        families = {f.name: f for f in self._registry.collect()}
+
+        def gauge(name: str) -> float:
+            return next((s.value for s in families[_P + name].samples), 0.0)
+
+        labels = self._labels
+        for name, doc, value in (
+                ("vllm:num_requests_running", "Requests in model execution batches.",
+                 gauge("requests_running")),
+                ("vllm:num_requests_waiting", "Requests waiting to be processed.",
+                 gauge("requests_waiting"))):
+            yield _gauge(name, doc, labels, value)
+        total = gauge("kv_tokens_total")
+        usage = gauge("kv_tokens_used") / total if total else 0.0
+        yield _gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+                     labels, usage)
+        yield _gauge("vllm:gpu_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage "
+                     "(vLLM's older name of vllm:kv_cache_usage_perc).", labels, usage)
+        yield self._request_success(families[_P + "requests_finished"])
+        for source, names in RENAMED.items():
+            for name in names:
+                yield _renamed(families[source], name, labels)
+
+    def _request_success(self, finished: Metric) -> Metric:
+        counts = {s.labels["finish_reason"]: s.value for s in finished.samples
+                  if s.name.endswith("_total")}
+        out = Metric("vllm:request_success", "Count of successfully processed requests "
+                     "(each ended request, by its finish reason).", "counter")
+        for reason in dict.fromkeys(FINISH_REASONS + tuple(counts)):
+            out.add_sample("vllm:request_success_total",
+                           {**self._labels, "finished_reason": reason}, counts.get(reason, 0.0))
+        return out
+
+
+def _gauge(name: str, doc: str, labels: dict[str, str], value: float) -> GaugeMetricFamily:
+    fam = GaugeMetricFamily(name, doc, labels=list(labels))
+    fam.add_metric(list(labels.values()), value)
+    return fam
+
+
+def _renamed(family: Metric, name: str, labels: dict[str, str]) -> Metric:
+    """`family` (a counter or histogram) as `name`, its samples carrying `labels` too."""
+    out = Metric(name, family.documentation, family.type)
+    for s in family.samples:
+        out.add_sample(name + s.name[len(family.name):], {**labels, **s.labels}, s.value,
+                       s.timestamp, s.exemplar)
+    return out

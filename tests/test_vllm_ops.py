@@ -1,0 +1,115 @@
+"""Operations a deployment made for vLLM relies on: its API key variable (VLLM_API_KEY), its
+probes /ping (SageMaker's) and /load (a router's count of requests in flight). A tiny
+random-weight model served in-process; the CLI checks run before any model loads."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from transformers import LlamaConfig
+
+from aiollm.api import create_app
+from aiollm.engine import Engine
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(path)
+    return str(path)
+
+
+def serve_tiny(tiny: str, check, **app_options):
+    async def main():
+        engine = Engine(tiny, load_format="dummy", kv_tokens=512)
+        app = create_app(engine, **app_options)
+        async with TestClient(TestServer(app)) as client:
+            return await check(client, engine)
+    return asyncio.run(main())
+
+
+def api_key_of(monkeypatch, env: dict[str, str], *flags: str) -> str | None:
+    """The key `aiollm serve *flags` would serve with under the environment `env`."""
+    from aiollm.cli import build_parser
+    from aiollm.cli.serve_checks import checked_config
+
+    for name in ("AIOLLM_API_KEY", "VLLM_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = build_parser().parse_args(["serve", *flags])
+    return checked_config(args.command_parser, args)[1]
+
+
+def test_vllm_api_key_variable_protects_the_server(monkeypatch):
+    """A deployment that sets VLLM_API_KEY, as vLLM reads it, was served with no auth at
+    all. It is the key unless --api-key or AIOLLM_API_KEY gives one."""
+    assert api_key_of(monkeypatch, {}) is None
+    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v"}) == "v"
+    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v", "AIOLLM_API_KEY": "a"}) == "a"
+    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v"}, "--api-key", "f") == "f"
+
+
+def test_vllm_api_key_with_whitespace_is_a_usage_error_naming_it(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as e:
+        api_key_of(monkeypatch, {"VLLM_API_KEY": "secret\n"})
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "VLLM_API_KEY: the key must not begin or end with whitespace" in err
+    assert "secret" not in err
+
+
+def test_ping_answers_as_health_and_load_counts_requests_in_flight(tiny):
+    """/ping (GET and POST, vLLM's SageMaker probe) answers as /health does, with no key;
+    /load is vLLM's {"server_load": N}, the requests in flight, back to 0 when idle."""
+    async def check(client, engine):
+        for method in ("GET", "POST"):
+            resp = await client.request(method, "/ping")
+            assert resp.status == 200, (method, await resp.text())
+        assert await (await client.get("/load")).json() == {"server_load": 0}
+        body = {"prompt": [5, 6, 7], "max_tokens": 200, "ignore_eos": True, "stream": True}
+        auth = {"Authorization": "Bearer k"}
+        streams = await asyncio.gather(*[client.post("/v1/completions", json=body,
+                                                     headers=auth) for _ in range(2)])
+        for s in streams:
+            assert s.status == 200
+            await s.content.readline()
+        assert await (await client.get("/load")).json() == {"server_load": 2}
+        for s in streams:
+            s.close()
+        for _ in range(200):
+            if (await (await client.get("/load")).json())["server_load"] == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert await (await client.get("/load")).json() == {"server_load": 0}
+        await engine.stop()
+        resp = await client.get("/ping")
+        assert resp.status == 503
+        # a stopped engine still tells what it holds: nothing
+        assert await (await client.get("/load")).json() == {"server_load": 0}
+        assert (await client.get("/metrics")).status == 200
+    serve_tiny(tiny, check, api_key="k")
+
+
+def test_model_cards_carry_vllms_fields(tiny):
+    """Each /v1/models card has vLLM's fields: `root` names the model every alias serves
+    (the same for each name of --served-model-name: how a client tells which weights an
+    alias is), `parent` null (no adapter); the card of /v1/models/{name} alike."""
+    async def check(client, engine):
+        auth = {"Authorization": "Bearer k"}
+        cards = (await (await client.get("/v1/models", headers=auth)).json())["data"]
+        assert [c["id"] for c in cards] == ["main", "alias"]
+        for card in cards:
+            assert set(card) >= {"id", "object", "created", "owned_by", "root", "parent",
+                                 "max_model_len"}, card
+            assert card["root"] == os.path.basename(tiny) and card["parent"] is None
+            assert card["max_model_len"] == engine.max_model_len
+            assert "/" not in card["root"]  # a file's name, never the server's directories
+        one = await (await client.get("/v1/models/alias", headers=auth)).json()
+        assert one == cards[1]
+    serve_tiny(tiny, check, api_key="k", served_model_name=["main", "alias"])
