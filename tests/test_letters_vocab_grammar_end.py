@@ -113,3 +113,25 @@ def test_a_stop_string_inside_the_grammars_output_ends_it_first(server):
     assert c["finish_reason"] == "stop" and c["stop_reason"] == "b c", c
     assert "d" not in c["text"], c
     assert server.wait_idle()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_stop_string_ending_where_the_grammar_ends_is_the_stop_reason(server, stream):
+    """The grammar's last token completes a stop string too: the string is the stop
+    reason and is cut from the text, as a stop string met anywhere else."""
+    status, raw = post(server, "/v1/completions", {
+        "prompt": "hi", "guided_regex": "abc", "stop": ["b c"], "max_tokens": 6,
+        "temperature": 0, "stream": stream})
+    assert status == 200, raw
+    if stream:
+        evs = events(raw)
+        text = "".join(c["text"] for e in evs for c in e["choices"])
+        last = [c for e in evs for c in e["choices"] if c["finish_reason"]]
+        assert len(last) == 1, evs
+        c = last[0]
+    else:
+        c = json.loads(raw)["choices"][0]
+        text = c["text"]
+    assert c["finish_reason"] == "stop" and c["stop_reason"] == "b c", c
+    assert "b" not in text and "c" not in text, text
+    assert server.wait_idle()
