@@ -89,6 +89,13 @@ class GrammarSpec:
         if not isinstance(self.value, str):
             raise InvalidRequest(f"a grammar's value must be text (a schema as JSON text), got "
                                  f"{type(self.value).__name__}", param=self.param)
+        embeds = self.embeds
+        if not isinstance(embeds, (tuple, list)) or not all(
+                isinstance(g, GrammarSpec) for g in embeds):
+            raise InvalidRequest(f"a grammar's embeds must be a tuple of GrammarSpec, got "
+                                 f"{embeds!r:.80}", param=self.param)
+        if isinstance(embeds, list):  # (frozen: kept hashable)
+            object.__setattr__(self, "embeds", tuple(embeds))
 
 
 def check_truncate_prompt_tokens(t: object) -> None:
