@@ -189,11 +189,7 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
             f"{{subject}} {n} tokens, which fill this model's maximum context length of "
             f"{max_model_len} tokens: none is left for the output; {{advice}}", "prompt")
     if params.max_tokens is None:
-        if n + params.min_tokens > max_model_len:
-            raise ContextExceeded(
-                f"this model's maximum context length is {max_model_len} tokens, but "
-                f"{{subject}} {n} and min_tokens asks for {params.min_tokens} more: lower "
-                f"min_tokens to at most {max_model_len - n}", "min_tokens")
+        check_min_tokens(n, params.min_tokens, max_model_len)
     elif n + params.max_tokens > max_model_len:
         raise ContextExceeded(
             f"this model's maximum context length is {max_model_len} tokens, but "
@@ -203,6 +199,18 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     if bad is not None:
         raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
                              param="stop_token_ids")
+
+
+def check_min_tokens(n: int, min_tokens: int, max_model_len: int) -> None:
+    """Check that min_tokens fit the room a prompt of n tokens leaves in the context, for a
+    request that gave no max_tokens (the room is its length). Raises ContextExceeded
+    naming "min_tokens", with the context length and the prompt's tokens: the numbers the
+    client sent or can change, not the max_tokens it was given."""
+    if n + min_tokens > max_model_len:
+        raise ContextExceeded(
+            f"this model's maximum context length is {max_model_len} tokens, but "
+            f"{{subject}} {n} and min_tokens asks for {min_tokens} more: lower "
+            f"min_tokens to at most {max_model_len - n}", "min_tokens")
 
 
 def default_length(max_tokens: int | None, n: int, max_model_len: int) -> int:
