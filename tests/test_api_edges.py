@@ -339,3 +339,11 @@ def test_min_tokens_past_the_context_names_what_the_client_sent(server, path, bo
     # a min_tokens the context holds still runs to at least that length
     status, _, raw = http(server, "POST", path, json={**body, "min_tokens": 3, "max_tokens": 4})
     assert status == 200, raw
+
+
+def test_an_empty_prompt_of_no_tokens_is_refused(server):
+    """The default tokenizer adds no BOS: "" encodes to no token, which vLLM refuses ("the
+    decoder prompt cannot be empty"); a 400 naming the prompt (prompt[1] in a batch)."""
+    for body, param in (({"prompt": ""}, "prompt"), ({"prompt": ["Hi", ""]}, "prompt[1]")):
+        status, _, raw = http(server, "POST", C, json={**body, "max_tokens": 1})
+        assert "no token" in error_of(status, raw, param)

@@ -212,7 +212,8 @@ async def _own_tokens(st: ApiState, prompt: str | list[int], ids: list[int]
     for token ids, or where `ids` hold them neither way."""
     if not isinstance(prompt, str):
         return None, False
-    written = await st.tokenize(prompt, add_special_tokens=False)
+    # "" has no own tokens (st.tokenize refuses a text of none, as generating from it)
+    written = await st.tokenize(prompt, add_special_tokens=False) if prompt else []
     n = len(written)
     k = next((k for k in range(len(ids) - n + 1) if ids[k:k + n] == written), None)
     if k is not None:

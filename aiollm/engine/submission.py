@@ -116,7 +116,7 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     (prompt_of_dict).
 
     Raises InvalidRequest (param "prompt") for a prompt of another type, a dict with other
-    keys (prompt_of_dict), an empty prompt, a lone surrogate in the text, a bad id (the
+    keys (prompt_of_dict), an empty prompt (of text: one that encodes to no token), a lone surrogate in the text, a bad id (the
     message says which), or ids that alone exceed max_model_len (tokens; a prompt of
     exactly max_model_len is checked with its max_tokens by check_request). keep_last:
     only the prompt's last that many tokens are kept (see kept_prompt_tokens), before the
@@ -125,10 +125,8 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     if isinstance(prompt, dict):
         prompt = prompt_of_dict(prompt)
     if isinstance(prompt, str):
-        if not prompt:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
         check_unicode(prompt, "prompt")
-        return encode_kept(tokenizer, prompt, keep_last=keep_last)
+        return of_some_tokens(encode_kept(tokenizer, prompt, keep_last=keep_last))
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
         hint = " (an array's ids: pass .tolist())" if hasattr(prompt, "tolist") else ""
@@ -146,6 +144,16 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     if bad is not None:
         raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab_size}): "
                              f"prompt[{bad}] is {repr(ids[bad])[:40]}", param="prompt")
+    return ids
+
+
+def of_some_tokens(ids: list[int]) -> list[int]:
+    """The ids a text prompt encodes to, when there is at least one. Raises InvalidRequest
+    (param "prompt") for none: "" (or text the tokenizer drops) without a BOS added, as
+    vLLM refuses an empty token list; with a BOS, "" is [BOS] and generates, as in vLLM."""
+    if not ids:
+        raise InvalidRequest("prompt must not be empty: it encodes to no token (the "
+                             "tokenizer adds no BOS to it)", param="prompt")
     return ids
 
 
