@@ -316,3 +316,34 @@ def test_a_server_fault_still_logs_its_traceback(caplog):
     logged = [r for r in caplog.records if r.name.startswith("aiohttp")]
     assert len(logged) == 1 and logged[0].levelno == logging.ERROR, logged
     assert logged[0].exc_info and "a real fault" in str(logged[0].exc_info[1])
+
+
+# -- min_tokens past the context, with no length sent ----------------------------------------
+
+@pytest.mark.parametrize("path, body, subject", [
+    (CHAT, {"messages": HI, "min_tokens": MAX_MODEL_LEN}, "the messages"),
+    (C, {"prompt": "Hi", "max_tokens": None, "min_tokens": MAX_MODEL_LEN}, "the prompt has"),
+    (C, {"prompt": ["Hi", "Hello"], "max_tokens": None, "min_tokens": MAX_MODEL_LEN},
+     "the prompt has"),
+])
+def test_min_tokens_past_the_context_names_what_the_client_sent(server, path, body, subject):
+    """min_tokens more than the context leaves, with no max_tokens sent: the error names
+    min_tokens and the context length, not a max_tokens the client never sent (chat and
+    completions filled max_tokens with the context's room, and SamplingParams then said
+    "min_tokens (512) must not exceed max_tokens (…)")."""
+    status, _, raw = http(server, "POST", path, json=body)
+    message = error_of(status, raw, "min_tokens")
+    assert "max_tokens" not in message and "max_completion_tokens" not in message, message
+    assert f"maximum context length is {MAX_MODEL_LEN}" in message and subject in message
+    assert "lower min_tokens to at most" in message, message
+    # a min_tokens the context holds still runs to at least that length
+    status, _, raw = http(server, "POST", path, json={**body, "min_tokens": 3, "max_tokens": 4})
+    assert status == 200, raw
+
+
+def test_an_empty_prompt_of_no_tokens_is_refused(server):
+    """The default tokenizer adds no BOS: "" encodes to no token, which vLLM refuses ("the
+    decoder prompt cannot be empty"); a 400 naming the prompt (prompt[1] in a batch)."""
+    for body, param in (({"prompt": ""}, "prompt"), ({"prompt": ["Hi", ""]}, "prompt[1]")):
+        status, _, raw = http(server, "POST", C, json={**body, "max_tokens": 1})
+        assert "no token" in error_of(status, raw, param)

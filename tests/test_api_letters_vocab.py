@@ -255,3 +255,21 @@ def test_an_output_that_matches_its_grammar_whole_ends_with_stop(server, path, b
         assert out["usage"]["completion_tokens"] == len(text.split()), out
     assert text.replace(" ", "") in want, text  # (the decoder puts a space between tokens)
     assert server.wait_idle()
+
+
+def test_an_empty_prompt_is_the_bos_and_generates(server, model_dir):
+    """"" is what the tokenizer makes of no text, [BOS], and generates from it, as vLLM
+    encodes and serves it (it refuses only an empty token list): /v1/completions (alone
+    and in a batch) and LLM.generate. Without the special tokens
+    it is no token at all: refused, naming the prompt. It was refused either way."""
+    from aiollm import LLM, SamplingParams
+
+    assert _kept(server, "/v1/completions", {"prompt": ""}) == [BOS]
+    assert _kept(server, "/v1/completions", {"prompt": ["", ""]}) == [BOS]
+    status, out = post(server, "/v1/completions", {"prompt": "", "max_tokens": 1,
+                                                  "add_special_tokens": False})
+    assert status == 400 and out["error"]["param"] == "prompt", out
+    assert "no token" in out["error"]["message"], out
+    with LLM(model_dir, load_format="dummy", max_model_len=64, kv_tokens=256) as llm:
+        out, = llm.generate([""], SamplingParams(max_tokens=1), use_tqdm=False)
+    assert out.prompt_token_ids == [BOS] and len(out.outputs[0].token_ids) == 1, out

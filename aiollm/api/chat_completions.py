@@ -108,7 +108,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
     ids, messages = await st.render_chat(dicts, shown, options, req.add_special_tokens, keep)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
-        req.max_tokens if req.max_tokens is not None else room(st, len(ids)))
+        req.max_tokens if req.max_tokens is not None else room(st, len(ids), req.min_tokens))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     # vLLM's prompt_logprobs: the rendered conversation scored once, by choice 0 (the
     # others share its prompt)

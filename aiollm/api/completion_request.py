@@ -59,7 +59,8 @@ class CompletionRequest(SamplingFields, kw_only=True):
                     f"a batch may have at most {MAX_CHOICES} choices (prompts x n), got "
                     f"{len(p)} prompts x n {self.n}", param="prompt" if len(p) > MAX_CHOICES
                     else "n")
-            empty = next((i for i, x in enumerate(p) if len(x) == 0), None)  # type: ignore
+            # an empty id list; "" is what the tokenizer makes of it ([BOS], or refused)
+            empty = next((i for i, x in enumerate(p) if isinstance(x, list) and not x), None)
             if empty is not None:
                 raise InvalidRequest(f"prompt[{empty}] is empty: a batch must not contain "
                                      f"empty prompts", param=f"prompt[{empty}]")

@@ -63,7 +63,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
         scoring = max(scoring or 0, req.logprobs or 0)
     jobs = []  # choice index k = prompt index * n + j, as OpenAI numbers them
     for i, ids in enumerate(prompt_ids):
-        max_tokens = req.max_tokens if req.max_tokens is not None else room(st, len(ids))
+        if req.max_tokens is not None:
+            max_tokens = req.max_tokens
+        else:  # min_tokens past the room are told as the engine tells them of this prompt
+            with naming_batch_item("prompt", i if batched else None), context_told(*_NAMING):
+                max_tokens = room(st, len(ids), req.min_tokens)
         for j in range(req.n):
             # the prompt is scored by its first choice (max_tokens 0: by each, as nothing
             # else would be asked of them)
@@ -208,7 +212,8 @@ async def _own_tokens(st: ApiState, prompt: str | list[int], ids: list[int]
     for token ids, or where `ids` hold them neither way."""
     if not isinstance(prompt, str):
         return None, False
-    written = await st.tokenize(prompt, add_special_tokens=False)
+    # "" has no own tokens (st.tokenize refuses a text of none, as generating from it)
+    written = await st.tokenize(prompt, add_special_tokens=False) if prompt else []
     n = len(written)
     k = next((k for k in range(len(ids) - n + 1) if ids[k:k + n] == written), None)
     if k is not None:

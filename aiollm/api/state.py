@@ -16,7 +16,7 @@ from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.special_tokens import encode_kept, with_special_tokens
-from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, off_loop
+from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, of_some_tokens, off_loop
 from aiollm.errors import naming_batch_item
 
 if TYPE_CHECKING:
@@ -99,12 +99,14 @@ class ApiState:
                        add_special_tokens: bool = True, keep_last: int | None = None
                        ) -> list[int]:
         """Token ids of a prompt: text is tokenized (long text off the event loop), ids are
-        checked by the engine, as is an empty prompt; only the last `keep_last` when
+        checked by the engine, as is an empty list; text that encodes to no token is
+        refused (of_some_tokens: "" without a BOS added); only the last `keep_last` when
         given (vLLM's truncate_prompt_tokens: text keeps the special tokens the tokenizer
         adds, encode_kept)."""
-        if isinstance(prompt, str) and prompt:
-            return await off_loop(len(prompt), encode_kept, self.engine.tokenizer, prompt,
-                                  add_special_tokens, keep_last)
+        if isinstance(prompt, str):
+            return of_some_tokens(await off_loop(len(prompt), encode_kept,
+                                                 self.engine.tokenizer, prompt,
+                                                 add_special_tokens, keep_last))
         # ids are checked
         return await off_loop(len(prompt), self.engine.tokenize, prompt, keep_last)
 
@@ -128,8 +130,9 @@ class ApiState:
             tokenizer = self.engine.tokenizer
             for i, p in enumerate(prompts):
                 with naming_batch_item("prompt", i):
-                    out.append(encode_kept(tokenizer, p, add_special_tokens, keep_last)
-                               if isinstance(p, str) and p
+                    out.append(of_some_tokens(encode_kept(tokenizer, p, add_special_tokens,
+                                                          keep_last))
+                               if isinstance(p, str)
                                else self.engine.tokenize(p, keep_last))
             return out
 

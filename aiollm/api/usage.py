@@ -8,18 +8,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from aiollm.engine.submission import default_length
+from aiollm.engine.submission import check_min_tokens, default_length
 
 if TYPE_CHECKING:
     from aiollm.api.sampling_fields import SamplingFields
     from aiollm.api.state import ApiState
 
 
-def room(st: ApiState, prompt_len: int) -> int:
+def room(st: ApiState, prompt_len: int, min_tokens: int | None = 0) -> int:
     """max_tokens when the client gives none (`submission.default_length`: the rest of the
-    context, or the model's generation config's max_new_tokens where that is less)."""
-    return default_length(st.engine.sampling_defaults.get("max_tokens"), prompt_len,
-                          st.engine.max_model_len)
+    context, or the model's generation config's max_new_tokens where that is less), at
+    least the request's min_tokens: the client asked for them and sent no length that
+    forbids them. Raises ContextExceeded naming min_tokens when they exceed the rest of the
+    context (check_min_tokens; a prompt that fills the context is left to the engine's
+    check, which says so)."""
+    max_model_len = st.engine.max_model_len
+    min_tokens = min_tokens or 0
+    if prompt_len < max_model_len:
+        check_min_tokens(prompt_len, min_tokens, max_model_len)
+    return max(min_tokens, default_length(st.engine.sampling_defaults.get("max_tokens"),
+                                          prompt_len, max_model_len))
 
 
 def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:

@@ -8,7 +8,8 @@ step; its compile step is cached here). The engine owns one `Grammars`:
 
 - `compile()` turns a grammar into an xgrammar CompiledGrammar on the engine's compile
   threads (never on the event loop, nor in its default pool; grammar_compile.py), within
-  a deadline, kept in an LRU cache keyed by (tokenizer, kind, grammar text); concurrent
+  a deadline, kept in an LRU cache keyed by (tokenizer, kind, grammar text), as is a
+  refusal (the grammar's error, given again without compiling); concurrent
   requests for the same grammar from the same field share one compilation;
 - `start()` gives a request its `GrammarState` (the matcher, the allowed-ids row, the bias);
 - `accept()` advances the matchers by the tokens a step sampled (one batched call); a
@@ -99,6 +100,11 @@ class _Cache:
 
     infos: dict = field(default_factory=dict)
     compiled: OrderedDict = field(default_factory=OrderedDict)
+    # grammars refused when compiled, (cache key, field) -> (message, param): the refusal
+    # depends on the grammar and the vocabulary alone, so it is given again without
+    # compiling (a format beside tools is compiled alone on each new set of tools). A
+    # timeout is no refusal: that grammar compiles on, into `compiled`
+    refused: OrderedDict = field(default_factory=OrderedDict)
     lock: threading.Lock = field(default_factory=threading.Lock)  # compiled's (taken on the loop)
     # infos' builds (seconds): a lock of their own, so that the loop never waits for one
     info_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -171,20 +177,36 @@ class Grammars:
             if hit is not None:
                 _CACHE.compiled.move_to_end(key)
                 return hit
+        self._check_refused(spec)
         compiler = self._compiler()
         try:
-            compiled = compile_spec(compiler, spec)
-        except InvalidRequest:
+            try:
+                compiled = compile_spec(compiler, spec)
+            except InvalidRequest:
+                raise
+            except Exception as e:  # the library's own error types: the grammar is bad
+                raise grammar_error(spec, e) from e
+            # before it is cached: a grammar cached is one start() may run
+            check_writable(compiled, spec, self.stop_ids, self.grammar_vocab)
+        except InvalidRequest as e:
+            with _CACHE.lock:
+                _CACHE.refused[(*key, spec.param)] = (str(e), e.param)
+                while len(_CACHE.refused) > CACHE_SIZE:
+                    _CACHE.refused.popitem(last=False)
             raise
-        except Exception as e:  # the library's own error types: the client's grammar is bad
-            raise grammar_error(spec, e) from e
-        # before it is cached: a grammar cached is one start() may run
-        check_writable(compiled, spec, self.stop_ids, self.grammar_vocab)
         with _CACHE.lock:
             _CACHE.compiled[key] = compiled
             while len(_CACHE.compiled) > CACHE_SIZE:
                 _CACHE.compiled.popitem(last=False)
         return compiled
+
+    def _check_refused(self, spec: GrammarSpec) -> None:
+        """Raises the InvalidRequest `spec` was refused with when it was compiled (from
+        its field), if it was; else nothing."""
+        with _CACHE.lock:
+            refusal = _CACHE.refused.get((*self._cache_key(spec), spec.param))
+        if refusal is not None:
+            raise InvalidRequest(*refusal)
 
     def compiled(self, spec: GrammarSpec) -> bool:
         """Whether `spec` is compiled already (cached): start() then compiles nothing."""
@@ -209,6 +231,7 @@ class Grammars:
             if key in _CACHE.compiled:
                 _CACHE.compiled.move_to_end(key)
                 return _CACHE.compiled[key]
+        self._check_refused(spec)
         await self._info_built()
         slow = spec
         try:
@@ -216,6 +239,7 @@ class Grammars:
                 if not self.compiled(slow):
                     # a format the vocabulary cannot begin may still stand beside calls it can
                     with contextlib.suppress(InvalidRequest):
+                        self._check_refused(slow)  # refused before: not compiled again
                         await self._run(slow)
             slow = spec
             return await self._run(spec)

@@ -116,7 +116,7 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     (prompt_of_dict).
 
     Raises InvalidRequest (param "prompt") for a prompt of another type, a dict with other
-    keys (prompt_of_dict), an empty prompt, a lone surrogate in the text, a bad id (the
+    keys (prompt_of_dict), an empty prompt (of text: one that encodes to no token), a lone surrogate in the text, a bad id (the
     message says which), or ids that alone exceed max_model_len (tokens; a prompt of
     exactly max_model_len is checked with its max_tokens by check_request). keep_last:
     only the prompt's last that many tokens are kept (see kept_prompt_tokens), before the
@@ -125,10 +125,8 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     if isinstance(prompt, dict):
         prompt = prompt_of_dict(prompt)
     if isinstance(prompt, str):
-        if not prompt:
-            raise InvalidRequest("prompt must not be empty", param="prompt")
         check_unicode(prompt, "prompt")
-        return encode_kept(tokenizer, prompt, keep_last=keep_last)
+        return of_some_tokens(encode_kept(tokenizer, prompt, keep_last=keep_last))
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
         hint = " (an array's ids: pass .tolist())" if hasattr(prompt, "tolist") else ""
@@ -146,6 +144,16 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     if bad is not None:
         raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab_size}): "
                              f"prompt[{bad}] is {repr(ids[bad])[:40]}", param="prompt")
+    return ids
+
+
+def of_some_tokens(ids: list[int]) -> list[int]:
+    """The ids a text prompt encodes to, when there is at least one. Raises InvalidRequest
+    (param "prompt") for none: "" (or text the tokenizer drops) without a BOS added, as
+    vLLM refuses an empty token list; with a BOS, "" is [BOS] and generates, as in vLLM."""
+    if not ids:
+        raise InvalidRequest("prompt must not be empty: it encodes to no token (the "
+                             "tokenizer adds no BOS to it)", param="prompt")
     return ids
 
 
@@ -189,11 +197,7 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
             f"{{subject}} {n} tokens, which fill this model's maximum context length of "
             f"{max_model_len} tokens: none is left for the output; {{advice}}", "prompt")
     if params.max_tokens is None:
-        if n + params.min_tokens > max_model_len:
-            raise ContextExceeded(
-                f"this model's maximum context length is {max_model_len} tokens, but "
-                f"{{subject}} {n} and min_tokens asks for {params.min_tokens} more: lower "
-                f"min_tokens to at most {max_model_len - n}", "min_tokens")
+        check_min_tokens(n, params.min_tokens, max_model_len)
     elif n + params.max_tokens > max_model_len:
         raise ContextExceeded(
             f"this model's maximum context length is {max_model_len} tokens, but "
@@ -203,6 +207,18 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     if bad is not None:
         raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
                              param="stop_token_ids")
+
+
+def check_min_tokens(n: int, min_tokens: int, max_model_len: int) -> None:
+    """Check that min_tokens fit the room a prompt of n tokens leaves in the context, for a
+    request that gave no max_tokens (the room is its length). Raises ContextExceeded
+    naming "min_tokens", with the context length and the prompt's tokens: the numbers the
+    client sent or can change, not the max_tokens it was given."""
+    if n + min_tokens > max_model_len:
+        raise ContextExceeded(
+            f"this model's maximum context length is {max_model_len} tokens, but "
+            f"{{subject}} {n} and min_tokens asks for {min_tokens} more: lower "
+            f"min_tokens to at most {max_model_len - n}", "min_tokens")
 
 
 def default_length(max_tokens: int | None, n: int, max_model_len: int) -> int:
