@@ -157,6 +157,11 @@ class NodeRanks:
         self._joining = False  # in the rendezvous or past it
         self._loaded = False
         self._ended = False  # by abort()
+        # the watchdog's thread, ended and joined by stop() and abort(): its target (a bound
+        # method) holds this object, and so the group; a daemon thread that dropped the last
+        # reference while the interpreter exited aborted the process (see _end_watch)
+        self._watchdog: threading.Thread | None = None
+        self._watch_ended = threading.Event()
 
     def start(self) -> TensorParallel:
         cfg = self.cfg
@@ -180,7 +185,7 @@ class NodeRanks:
         log.info("tensor parallel: %d ranks over %d node(s); this node runs ranks %d-%d, "
                  "rendezvous at %s", cfg.tensor_parallel_size, cfg.nnodes, ranks[0],
                  ranks[-1], addr)
-        threading.Thread(target=self._watch, name="aiollm-tp-watchdog", daemon=True).start()
+        self._start_watch()
         self._wait_for_joining()
         with self._lock:
             if self._abandoned:
@@ -290,16 +295,37 @@ class NodeRanks:
         self.abort()
         return RuntimeError(lost) if lost is not None else None
 
+    def _start_watch(self) -> None:
+        """Start the watchdog: it fails the group (fail) when a spawned rank exits."""
+        self._watchdog = threading.Thread(target=self._watch, name="aiollm-tp-watchdog",
+                                          daemon=True)
+        self._watchdog.start()
+
     def _watch(self) -> None:
         while not self.stopping:
             lost = self._lost_rank()
             if lost is not None:
                 deadline = time.monotonic() + START_GRACE_S
                 while self.starting and not self.stopping and time.monotonic() < deadline:
-                    time.sleep(0.05)  # start_failed raises it to the caller
+                    self._watch_ended.wait(0.05)  # start_failed raises it to the caller
                 self.fail(lost)
                 return
-            time.sleep(0.1)
+            self._watch_ended.wait(0.1)
+
+    def _end_watch(self) -> None:
+        """End the watchdog's thread (woken from its poll at once) and wait for it, up to
+        10 s. Left running, it dropped its reference to this object (its target)
+        up to 0.1 s after stop(): when that was the last one, the group's ProcessGroup was
+        destroyed on that daemon thread, which releases the GIL meanwhile; had the
+        interpreter begun to exit by then, the thread could not take the GIL back, and
+        CPython ends such a thread by unwinding it through pybind11's noexcept destructor:
+        std::terminate, the process aborted after all its work was done."""
+        self._watch_ended.set()
+        watchdog = self._watchdog
+        if watchdog is not None and watchdog is not threading.current_thread():
+            watchdog.join(timeout=10.0)
+            if watchdog.is_alive():
+                log.warning("the tensor parallel watchdog did not end in 10 s")
 
     def fail(self, message: str) -> None:
         """A rank is lost: the group cannot go on. Log why, stop every rank of this node,
@@ -346,6 +372,7 @@ class NodeRanks:
         with self._lock:
             self._ended = True
         self.stopping = True
+        self._end_watch()
         self._kill()
         self._remove_files()
         if dist.is_initialized():
@@ -358,6 +385,7 @@ class NodeRanks:
     def stop(self, timeout: float = 10.0, leave_group: bool = True) -> None:
         """Rank 0: tell every follower to exit, and wait for this node's (kill after timeout)."""
         self.stopping = True
+        self._end_watch()
         if self.tp is not None and self.tp.rank == 0 and self.lost is None:
             try:
                 self.tp.send_step(STOP)
