@@ -391,8 +391,20 @@ def test_ctrl_c_while_another_threads_call_runs_leaves_no_coroutine_unawaited():
     import threading
     import warnings
 
+    # (a handler another test left would swallow the interrupt: said here, not as a hang)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with LLM(None, kv_tokens=1024) as llm:
         llm._turn.acquire()  # another thread's call under way
+        # its end, should the interrupt never come: a failure below, not a hang (CI hung
+        # here once, the main thread waiting for the turn 15 minutes after the timer's 0.3 s)
+        released = threading.Event()
+
+        def other_call_ends():
+            released.set()
+            llm._turn.release()
+
+        other_call = threading.Timer(60, other_call_ends)
+        other_call.start()
         threading.Timer(0.3, signal.pthread_kill,
                         (threading.main_thread().ident, signal.SIGINT)).start()
         interrupted = False
@@ -403,6 +415,9 @@ def test_ctrl_c_while_another_threads_call_runs_leaves_no_coroutine_unawaited():
             except KeyboardInterrupt:
                 interrupted = True
             gc.collect()
+        other_call.cancel()
+        if released.is_set():  # (the turn is free: generate ran to its end)
+            pytest.fail("the interrupt never reached LLM.generate waiting for its turn")
         llm._turn.release()
         assert interrupted
         assert not [w for w in said if "never awaited" in str(w.message)], said
