@@ -179,3 +179,18 @@ def client(server):
 
     return openai.OpenAI(base_url=server.base + "/v1", api_key="unused", max_retries=0,
                          timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def _python_sigint_handler():
+    """Each test starts with Python's own SIGINT handler. Something run earlier in the same
+    xdist worker (not yet found; aiollm sets SIG_IGN only in its spawned ranks' children)
+    left SIGINT ignored, and every Ctrl-C test after it in that worker then failed or hung
+    (2026-12-04 CI: "DID NOT RAISE KeyboardInterrupt", getsignal gave SIG_IGN)."""
+    import signal
+    import threading
+
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
