@@ -183,10 +183,12 @@ def client(server):
 
 @pytest.fixture(autouse=True)
 def _python_sigint_handler():
-    """Each test starts with Python's own SIGINT handler. Something run earlier in the same
-    xdist worker (not yet found; aiollm sets SIG_IGN only in its spawned ranks' children)
-    left SIGINT ignored, and every Ctrl-C test after it in that worker then failed or hung
-    (2026-12-04 CI: "DID NOT RAISE KeyboardInterrupt", getsignal gave SIG_IGN)."""
+    """Each test starts with Python's own SIGINT handler. A suite started in the background
+    by a non-interactive shell (`make test &`) starts with SIGINT ignored (POSIX, for
+    asynchronous commands without job control), so Python installs no KeyboardInterrupt
+    handler: every Ctrl-C test of a worker whose earlier tests happened not to reset it (an
+    asyncio loop's signal handler removal does) failed or hung (2026-12-04: "DID NOT RAISE
+    KeyboardInterrupt", getsignal gave SIG_IGN)."""
     import signal
     import threading
 
