@@ -47,10 +47,12 @@ def tiny(tmp_path):
     return str(tmp_path)
 
 
-def fail_step_asynchronously(eng: Engine, which) -> list[np.ndarray]:
-    """Make the first launched step for which which(step) is true fail as a GPU step does:
-    its KV slots are filled with GARBAGE and its done event raises. Returns a list that gets
-    that step's KV slots."""
+def fail_steps(eng: Engine, which, count: int = 1) -> tuple[list[np.ndarray], object]:
+    """Make `count` launched steps in a row fail as GPU steps do (a device's error is
+    sticky: the steps after a failed one fail too), from the first for which which(step) is
+    true: their KV slots are filled with GARBAGE and their done events raise. Returns a list
+    that gets the failed steps' KV slots, and a function that ends the injection (the steps
+    after it run as usual)."""
     prepare, launch = eng.runner.prepare, eng.runner.launch
     planned, failed = [], []
 
@@ -61,7 +63,7 @@ def fail_step_asynchronously(eng: Engine, which) -> list[np.ndarray]:
     def failing_launch(inp):
         out = launch(inp)
         step = planned[-1]
-        if not failed and which(step):
+        if len(failed) < count and (failed or which(step)):
             loc = torch.as_tensor(step.out_cache_loc)
             for cache in (*eng.kv_pool.k_cache, *eng.kv_pool.v_cache):
                 cache[loc] = GARBAGE
@@ -69,8 +71,11 @@ def fail_step_asynchronously(eng: Engine, which) -> list[np.ndarray]:
             failed.append(step.out_cache_loc.copy())
         return out
 
+    def restore():
+        eng.runner.prepare, eng.runner.launch = prepare, launch
+
     eng.runner.prepare, eng.runner.launch = spy_prepare, failing_launch
-    return failed
+    return failed, restore
 
 
 def garbage_cached(eng: Engine) -> int:
@@ -108,7 +113,7 @@ def test_a_hit_on_a_failed_steps_chunk_fails_and_leaves_no_kv_in_the_cache(tiny,
             a_last_chunk = (lambda s: any(r.prompt_ids == a_prompt and p + n == fail_at
                                           for r, p, n in zip(s.reqs, s.prefix_lens,
                                                              s.extend_lens)))
-            failed = fail_step_asynchronously(eng, a_last_chunk)
+            failed, _ = fail_steps(eng, a_last_chunk)
             a, b = await asyncio.gather(eng.generate(a_prompt, GREEDY),
                                         eng.generate(b_prompt, GREEDY), return_exceptions=True)
             assert failed and steps[0] > 0

@@ -12,44 +12,14 @@ import asyncio
 
 import numpy as np
 import pytest
-import torch
 from test_prefix_cache import check_every_step, check_invariants
-from test_prefix_cache_step_failure import GARBAGE, _FailingDone, garbage_cached, tiny  # noqa: F401
+from test_prefix_cache_step_failure import fail_steps, garbage_cached, tiny  # noqa: F401
 
 from aiollm import Engine, SamplingParams
 from aiollm.errors import RequestFailed
 from conftest import run
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-
-
-def fail_steps(eng: Engine, which, count: int) -> list[np.ndarray]:
-    """Make `count` launched steps in a row fail as GPU steps do, from the first for which
-    which(step) is true; returns the failed steps' KV slots (a list) and a function that
-    ends the failures (the steps after it run as usual)."""
-    prepare, launch = eng.runner.prepare, eng.runner.launch
-    planned, failed = [], []
-
-    def spy_prepare(step, table):
-        planned.append(step)
-        return prepare(step, table)
-
-    def failing_launch(inp):
-        out = launch(inp)
-        step = planned[-1]
-        if len(failed) < count and (failed or which(step)):
-            loc = torch.as_tensor(step.out_cache_loc)
-            for cache in (*eng.kv_pool.k_cache, *eng.kv_pool.v_cache):
-                cache[loc] = GARBAGE
-            out.done = _FailingDone()
-            failed.append(step.out_cache_loc.copy())
-        return out
-
-    def restore():
-        eng.runner.prepare, eng.runner.launch = prepare, launch
-
-    eng.runner.prepare, eng.runner.launch = spy_prepare, failing_launch
-    return failed, restore
 
 
 def _scenario(tiny, body):
