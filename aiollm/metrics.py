@@ -96,6 +96,30 @@ class EngineMetrics:
                                             registry=r)
         self.queue_time = Histogram(p + "queue_time_seconds", "Arrival to admission",
                                     buckets=_LATENCY_BUCKETS, registry=r)
+        # each ended request's phases, as vLLM splits them (its RequestStateStats): pauses
+        # to free KV count in the phase they fall in; requests without a token have none
+        phase_buckets = _LATENCY_BUCKETS + (60.0, 120.0, 300.0)
+        self.prefill_time = Histogram(p + "request_prefill_time_seconds", "First admission "
+                                      "to first token of each ended request",
+                                      buckets=phase_buckets, registry=r)
+        self.decode_time = Histogram(p + "request_decode_time_seconds", "First token to last "
+                                     "token of each ended request", buckets=phase_buckets,
+                                     registry=r)
+        self.inference_time = Histogram(p + "request_inference_time_seconds", "First admission "
+                                        "to last token of each ended request",
+                                        buckets=phase_buckets, registry=r)
+        self.prefill_token_time = Histogram(p + "request_prefill_time_per_token_seconds",
+                                            "Prefill time of each ended request over its "
+                                            "prompt tokens", buckets=(0.001, 0.002, 0.005, 0.01,
+                                                                      0.02, 0.05, 0.1, 0.2, 0.5,
+                                                                      1.0), registry=r)
+        self.request_max_tokens = Histogram(p + "request_max_tokens", "max_tokens of each "
+                                            "ended request (the rest of the context when it "
+                                            "set none)", buckets=token_buckets, registry=r)
+        self.step_tokens = Histogram(p + "step_tokens", "Tokens computed per step (prompt "
+                                     "tokens prefilled and tokens decoded)",
+                                     buckets=(1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096,
+                                              8192, 16384), registry=r)
         self.gc_pause = Histogram(p + "gc_pause_seconds", "Python garbage collections while "
                                   "serving: each stalls the event loop and every stream",
                                   ["generation"], buckets=step_buckets, registry=r)
@@ -117,6 +141,15 @@ class EngineMetrics:
         self.e2e.observe(now - req.arrival)
         self.request_prompt.observe(len(req.prompt_ids))
         self.request_generation.observe(len(req.output_ids))
+        if req.params.max_tokens:  # resolved at submission; 0: prompt scoring, no output
+            self.request_max_tokens.observe(req.params.max_tokens)
+        if req.t_first_ns and req.first_admitted >= 0:
+            first, last = req.t_first_ns / 1e9, req.t_last_ns / 1e9
+            prefill = first - req.first_admitted
+            self.prefill_time.observe(prefill)
+            self.prefill_token_time.observe(prefill / max(1, len(req.prompt_ids)))
+            self.decode_time.observe(last - first)
+            self.inference_time.observe(last - req.first_admitted)
 
     def paused(self, req) -> None:
         """A request paused to free KV (resumed later)."""

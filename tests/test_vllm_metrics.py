@@ -71,7 +71,14 @@ def test_vllm_families_have_vllms_names_types_and_labels(tiny):
              "vllm:e2e_request_latency_seconds": "histogram",
              "vllm:request_queue_time_seconds": "histogram",
              "vllm:request_prompt_tokens": "histogram",
-             "vllm:request_generation_tokens": "histogram"}
+             "vllm:request_generation_tokens": "histogram",
+             "vllm:request_prefill_time_seconds": "histogram",
+             "vllm:request_decode_time_seconds": "histogram",
+             "vllm:request_inference_time_seconds": "histogram",
+             "vllm:time_per_prefill_token_request_seconds": "histogram",
+             "vllm:request_params_max_tokens": "histogram",
+             "vllm:iteration_tokens_total": "histogram",
+             "vllm:cache_config_info": "gauge"}
 
     async def check(client, engine):
         fams = await families(client)
@@ -186,3 +193,39 @@ def test_a_request_left_while_queued_processed_no_prompt_tokens(tiny):
         assert value(fams, "vllm:prompt_tokens_total") == 3
         assert value(fams, "vllm:request_prompt_tokens_sum") == 3 + 20  # each ended request
     serve_tiny(tiny, check, max_running_requests=1)
+
+
+def test_request_phases_step_tokens_max_tokens_and_cache_config(tiny):
+    """vLLM's per-phase families split each request's time at its first admission and its
+    first and last tokens (prefill + decode = inference, within e2e); a request that never
+    got a token (prompt scoring) has no phases and no max_tokens; vllm:iteration_tokens_total
+    counts each step's computed tokens (two 3-token prompts, then one decode token per
+    request per step); vllm:cache_config_info gives the pool as one-token blocks."""
+    async def check(client, engine):
+        body = {"max_tokens": 4, "ignore_eos": True}
+        for prompt in ([5, 6, 7], [8, 9, 10]):  # one after the other: known steps
+            resp = await client.post("/v1/completions", json={**body, "prompt": prompt})
+            assert resp.status == 200, await resp.text()
+        scored = await client.post("/v1/completions", json={
+            "prompt": [11, 12, 13], "max_tokens": 0, "echo": True, "logprobs": 1})
+        assert scored.status == 200, await scored.text()
+        fams = await families(client)
+        phases = {p: value(fams, f"vllm:request_{p}_time_seconds_sum")
+                  for p in ("prefill", "decode", "inference")}
+        for p in phases:
+            assert value(fams, f"vllm:request_{p}_time_seconds_count") == 2, p
+            assert phases[p] > 0, p
+        assert phases["inference"] == pytest.approx(phases["prefill"] + phases["decode"])
+        assert phases["inference"] <= value(fams, "vllm:e2e_request_latency_seconds_sum")
+        per_token = value(fams, "vllm:time_per_prefill_token_request_seconds_sum")
+        assert per_token * 3 == pytest.approx(phases["prefill"])
+        assert value(fams, "vllm:request_params_max_tokens_count") == 2
+        assert value(fams, "vllm:request_params_max_tokens_sum") == 8
+        # 3 prompt tokens and 3 decode steps each, then the scoring request's 3
+        assert value(fams, "vllm:iteration_tokens_total_sum") == 2 * (3 + 3) + 3
+        assert value(fams, "vllm:iteration_tokens_total_count") == 2 * (1 + 3) + 1
+        info = [s for s in fams["vllm:cache_config_info"].samples]
+        assert len(info) == 1 and info[0].value == 1
+        assert info[0].labels == {"block_size": "1", "num_gpu_blocks": "512",
+                                  "enable_prefix_caching": "True", "engine": "0"}
+    serve_tiny(tiny, check)

@@ -63,7 +63,8 @@ async def metrics(request: web.Request) -> web.Response:
     (api/vllm_metrics.py)."""
     st = state(request)
     registry = st.engine.metrics.registry
-    body = generate_latest(registry) + generate_latest(VllmMetrics(registry, st.model_name))
+    vllm = VllmMetrics(registry, st.model_name, st.engine.config.prefix_cache)
+    body = generate_latest(registry) + generate_latest(vllm)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

@@ -6,8 +6,11 @@ the same types, with vLLM's labels (`model_name`: the served name; `engine`: "0"
 Nothing is counted twice: each vLLM family is the engine's own family renamed when scraped,
 so the hot path updates one metric. The histograms keep aiollm's bucket bounds (a
 histogram_quantile() over them works alike). Families vLLM has that aiollm does not
-measure (per-phase request times, iteration token counts, request parameters) are absent
-rather than made up.
+measure are absent rather than made up: those of a request's n choices as a whole
+(vllm:request_params_n, vllm:request_max_num_generation_tokens: aiollm runs each choice as
+a request of its own), LoRA's and speculative decoding's. vllm:cache_config_info gives the
+fields of vLLM's CacheConfig that aiollm has: a block of one token (token-level KV), the
+pool's size in tokens as its blocks, whether prefix caching is on.
 """
 
 from __future__ import annotations
@@ -33,16 +36,26 @@ RENAMED = {
     _P + "queue_time_seconds": ("vllm:request_queue_time_seconds",),
     _P + "request_prompt_tokens": ("vllm:request_prompt_tokens",),
     _P + "request_generation_tokens": ("vllm:request_generation_tokens",),
+    _P + "request_prefill_time_seconds": ("vllm:request_prefill_time_seconds",),
+    _P + "request_decode_time_seconds": ("vllm:request_decode_time_seconds",),
+    _P + "request_inference_time_seconds": ("vllm:request_inference_time_seconds",),
+    _P + "request_prefill_time_per_token_seconds": (
+        "vllm:time_per_prefill_token_request_seconds",),
+    _P + "request_max_tokens": ("vllm:request_params_max_tokens",),
+    _P + "step_tokens": ("vllm:iteration_tokens_total",),
 }
 FINISH_REASONS = ("stop", "length", "abort")  # vLLM's, each a series from the start
 
 
 class VllmMetrics:
     """A collector (prometheus_client's protocol: collect()) of the families of `registry`
-    (an EngineMetrics registry) under vLLM's names, labelled with `model_name`."""
+    (an EngineMetrics registry) under vLLM's names, labelled with `model_name`;
+    `prefix_caching`: whether the engine's prefix cache is on (for vllm:cache_config_info)."""
 
-    def __init__(self, registry: CollectorRegistry, model_name: str):
+    def __init__(self, registry: CollectorRegistry, model_name: str,
+                 prefix_caching: bool = True):
         self._registry, self._labels = registry, {"model_name": model_name, "engine": "0"}
+        self._prefix_caching = prefix_caching
 
     def collect(self):
         families = {f.name: f for f in self._registry.collect()}
@@ -63,6 +76,11 @@ class VllmMetrics:
                      labels, usage)
         yield _gauge("vllm:gpu_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage "
                      "(vLLM's older name of vllm:kv_cache_usage_perc).", labels, usage)
+        # an info metric as vLLM serves it: a gauge at 1, the facts in its labels (vLLM's
+        # carry no model_name)
+        yield _gauge("vllm:cache_config_info", "Information of the LLMEngine CacheConfig",
+                     {"block_size": "1", "num_gpu_blocks": str(int(total)),
+                      "enable_prefix_caching": str(self._prefix_caching), "engine": "0"}, 1.0)
         yield self._request_success(families[_P + "requests_finished"])
         for source, names in RENAMED.items():
             for name in names:

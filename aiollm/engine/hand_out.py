@@ -84,6 +84,7 @@ class HandOut:
                     # does): a request that never got there (aborted while queued) has none
                     self.metrics.prompt_tokens.inc(len(r.prompt_ids))
                     self.metrics.ttft.observe(time.monotonic() - r.arrival)
+                    r.t_first_ns = now_ns
                 elif r.t_last_ns:
                     self.metrics.itl.observe((now_ns - r.t_last_ns) / 1e9)
             r.t_last_ns = now_ns

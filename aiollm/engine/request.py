@@ -70,6 +70,7 @@ class Request:
     # probe (health_probe.py), which no client sent
     counted: bool = True
     smallest_ooms: int = 0  # its out-of-memory steps alone at the smallest size (oom.py)
+    t_first_ns: int = 0  # time.monotonic_ns() when its first token arrived (0: none yet)
     t_last_ns: int = 0  # when its latest token arrived, for inter-token latency
     last_is_stop_token: bool = False  # the final token (eos/stop id) is not part of the text
     argmax_only: bool = False  # greedy, no logprobs, penalties or min_tokens: argmax is enough

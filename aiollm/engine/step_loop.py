@@ -157,6 +157,7 @@ class StepLoop:
             model_s = cpu_s or 0.0
         if counted:
             self.metrics.step_model.observe(model_s)
+            self.metrics.step_tokens.observe(step.num_tokens)
         result = self.runner.collect(out)
         if result is not None:
             self._process(step, result)
