@@ -102,8 +102,8 @@ def test_engine_names_the_rank_whose_start_up_failed(tiny3_model, tmp_path, monk
     6 s, past the watchdog's grace), or allocating its KV pool, after the pools' size is
     agreed: Engine's start raises naming rank 2 and its error, and no rank is left. Rank 2's
     weights: the error named rank 1, which had only lost its neighbour ("exited with status
-    1", its error file gone with the watchdog's kill). Rank 2's pool: the start succeeded (no collective follows on the
-    CPU), and the first request failed."""
+    1", its error file gone with the watchdog's kill). Rank 2's pool: the start succeeded
+    (no collective follows on the CPU)."""
     for key, value in _fault_env(tmp_path, 2, where).items():
         monkeypatch.setenv(key, value)  # the spawned ranks' (this process has started)
     if where == "weights":

@@ -6,9 +6,9 @@ slots, the same req_to_token rows, the same decode graphs), then for each step r
 rank 0's message (group.py) and launches the same step through ModelRunner.launch. Its
 collectives pair with rank 0's in the same order: the start-up checkpoints (the KV pool size
 agreed, every pool allocated; a rank whose start-up failed meets the others there with its
-error, group.py), the graph captures and the warm-up, then each step's all-reduces, the all-reduce and all-gather
-that combine the scores of the prompt positions rank 0 scores, the sampled rows' logits'
-all-gather and, when rank 0 sampled, the broadcast of the sampled ids.
+error, group.py), the graph captures and the warm-up, then each step's all-reduces, the
+all-reduce and all-gather that combine the scores of the prompt positions rank 0 scores, the
+sampled rows' logits' all-gather and, when rank 0 sampled, the broadcast of the sampled ids.
 
 Run as `python -m aiollm.distributed.follower --rank R --init HOST:PORT` by a node's lead
 process (launch.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG; `follow()` is
