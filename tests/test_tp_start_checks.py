@@ -34,7 +34,9 @@ from test_tensor_parallel import (  # noqa: F401 - a fixture
 from aiollm.distributed import RankLost
 from aiollm.engine import Engine
 
-TIMEOUT_S = 120  # two or three ranks import torch and load on a loaded 2-core machine
+# two ranks import torch and load: 50-105 s was seen on a loaded 2-core machine
+# (test_tp_rank_failures.py); a rank waiting for a peer that never comes waits 10 minutes
+TIMEOUT_S = 300
 FAULTS = {
     "weights": "FileNotFoundError: rank {r}: model-00002-of-00002.safetensors is missing",
     "sizing": "ValueError: gpu_memory_utilization 0.9 leaves no room for the KV cache on "
@@ -153,11 +155,9 @@ def test_each_node_names_the_rank_that_failed_to_size_its_kv_cache(tiny_model,  
                                            *common], stdout=out, stderr=subprocess.STDOUT,
                                           env=env))
     try:
-        t0 = time.monotonic()
         codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
         texts = [log.read_text() for log in logs]
         assert codes == [1, 1], texts
-        assert time.monotonic() - t0 < TIMEOUT_S
         other = 1 - failing
         assert _last_error(texts[other]).endswith(
             f"tensor parallel rank {failing} failed: {fault}"), texts[other]
