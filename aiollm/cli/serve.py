@@ -29,9 +29,14 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     names = args.served_model_name or []
 
     if args.node_rank > 0:  # another node's ranks: no HTTP, they follow node 0's rank 0
+        from aiollm.distributed import RankLost
         from aiollm.distributed.follower import follow
 
-        return follow(config)
+        try:
+            return follow(config)
+        except RankLost as e:  # another rank's start-up failed: it logged its traceback
+            log.error("%s", e)
+            return 1
 
     # Importing torch & co. and loading create ~10^6 objects that live as long as the server;
     # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).
@@ -54,6 +59,13 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return 130
     except (FileNotFoundError, OSError, ValueError) as e:
         log.error("%s", e)
+        return 1
+    except RuntimeError as e:
+        from aiollm.distributed import RankLost
+
+        if not isinstance(e, RankLost):
+            raise
+        log.error("%s", e)  # a rank's start-up failed: it logged its traceback
         return 1
     _exit_if_compiling()
     return 0

@@ -6,7 +6,7 @@ planner, scheduler. The other ranks hold only their shard of the weights and the
 and run each step rank 0 plans; they never touch HTTP, the table or the scheduler.
 """
 
-from aiollm.distributed.group import TensorParallel
-from aiollm.distributed.launch import NodeRanks, RankLost
+from aiollm.distributed.group import RankLost, TensorParallel
+from aiollm.distributed.launch import NodeRanks
 
 __all__ = ["NodeRanks", "RankLost", "TensorParallel"]

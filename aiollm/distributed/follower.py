@@ -4,10 +4,11 @@ A follower holds no request table, planner or HTTP server: it builds the same mo
 as rank 0's Engine (its shard of the weights, a KV pool of its KV heads for the same token
 slots, the same req_to_token rows, the same decode graphs), then for each step receives
 rank 0's message (group.py) and launches the same step through ModelRunner.launch. Its
-collectives pair with rank 0's in the same order: the KV pool size agreed at start-up, the
-graph captures and the warm-up, then each step's all-reduces, the all-reduce and all-gather
-that combine the scores of the prompt positions rank 0 scores, the sampled rows' logits'
-all-gather and, when rank 0 sampled, the broadcast of the sampled ids.
+collectives pair with rank 0's in the same order: the start-up checkpoints (the KV pool size
+agreed, every pool allocated; a rank whose start-up failed meets the others there with its
+error, group.py), the graph captures and the warm-up, then each step's all-reduces, the
+all-reduce and all-gather that combine the scores of the prompt positions rank 0 scores, the
+sampled rows' logits' all-gather and, when rank 0 sampled, the broadcast of the sampled ids.
 
 Run as `python -m aiollm.distributed.follower --rank R --init HOST:PORT` by a node's lead
 process (launch.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG; `follow()` is
@@ -90,9 +91,8 @@ def run_step(runner, msg: StepMessage) -> None:
     runner.launch(inp)
 
 
-def serve_steps(cfg: EngineConfig, tp: TensorParallel) -> None:
-    """Build the runner, then run rank 0's steps until it sends the stop."""
-    runner = build_runner(cfg, tp)
+def serve_steps(tp: TensorParallel, runner) -> None:
+    """Run rank 0's steps on this rank's runner until rank 0 sends the stop."""
     log.info("tensor parallel rank %d ready on %s", tp.rank, tp.device)
     with torch.inference_mode():
         while True:
@@ -111,13 +111,15 @@ def follow(cfg: EngineConfig) -> int:
     ranks = NodeRanks(cfg)
     try:
         tp = ranks.start()
+        runner = build_runner(cfg, tp)
     except BaseException as e:
-        # as Engine's start does: the ranks started end, their files go
+        # as Engine's start does: the other ranks learn why, the ranks started end, their
+        # files go
         if (lost := ranks.start_failed(e)) is not None:
             raise lost from e
         raise
     ranks.started()
-    serve_steps(cfg, tp)
+    serve_steps(tp, runner)
     # tearing the group down races rank 0's own exit (gloo can abort on a closed peer): the
     # work is done, leave as the spawned ranks do
     ranks.stop(leave_group=False)
@@ -132,6 +134,14 @@ def _exit_with_parent(parent: int) -> None:
     log.error("the process that started this rank (pid %d) is gone: exiting", parent)
     logging.shutdown()
     os._exit(1)
+
+
+def _write_error(path: str, error: BaseException) -> None:
+    """The error file its node's lead reads (launch.py), whole or not at all: the lead may
+    read it while this rank still waits at a start-up checkpoint."""
+    with open(path + ".part", "w") as f:
+        f.write(f"{type(error).__name__}: {error}")
+    os.replace(path + ".part", path)
 
 
 def _touch(path: str | None) -> None:
@@ -151,14 +161,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("AIOLLM_LOG_LEVEL", "INFO"),
                         format=f"[rank {args.rank}] {LOG_FORMAT}")
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    tp = None
     try:
         cfg = EngineConfig(**json.loads(os.environ["AIOLLM_TP_CONFIG"]))
         tp = join(cfg, args.rank, args.init, joining=partial(_touch, args.joining_file))
-        serve_steps(cfg, tp)
+        runner = build_runner(cfg, tp)
+        serve_steps(tp, runner)
     except BaseException as e:  # noqa: BLE001 - whatever it is, rank 0 must learn why
-        with open(args.error_file, "w") as f:
-            f.write(f"{type(e).__name__}: {e}")
+        _write_error(args.error_file, e)
         log.error("tensor parallel rank %d failed:\n%s", args.rank, traceback.format_exc())
+        if tp is not None:  # at start-up: the other ranks (other nodes' too) learn why
+            tp.start_failed(e)
         logging.shutdown()
         os._exit(1)
     logging.shutdown()

@@ -16,10 +16,19 @@ the last message: a prefix-cache hit's slots, as (row, start, count, slots...) r
 follower applies before the step so its map matches rank 0's). Decode batches up to
 INLINE / 4 requests fit inline, so such a step costs one broadcast; a larger payload follows
 in a second broadcast of its exact size.
+
+Start-up checkpoints: the collectives of start-up (the KV pool size every rank agrees on, then
+"every pool is allocated" before the graph captures' and the warm-up's collectives) each carry
+every rank's status too. A rank whose start-up raised before a checkpoint (its weights, its
+pool size, its pool) meets the others at that checkpoint with its error (start_failed), and
+every rank raises RankLost naming it, its exception type and message: the ranks of another
+node, and those beside the failing one (which met gloo's "Connection closed by peer" from
+their neighbour), learn the cause too, and no rank waits for a peer that will never come.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +43,12 @@ INLINE = 1024  # payload longs carried in the first broadcast
 STOP, DECODE, EAGER = 0, 1, 2
 # flags
 ARGMAX_ONLY, PLACEHOLDERS, REMOTE_SAMPLING = 1, 2, 4
+
+log = logging.getLogger(__name__)
+
+
+class RankLost(RuntimeError):
+    """Another rank failed or exited during start-up; the message names it and why."""
 
 
 @dataclass(slots=True)
@@ -68,6 +83,7 @@ class TensorParallel:
         # rank 0: req_to_token row writes made outside steps, for the next step message
         # (ReqToTokenTable.write_row appends here; see ModelRunner)
         self.row_writes: list[tuple[int, int, np.ndarray]] = []
+        self.starting = True  # until the last start-up checkpoint passed (or one failed)
 
     # -- the model's collectives (on the device stream, inside CUDA graphs too) --------------
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,11 +109,49 @@ class TensorParallel:
         dist.broadcast(ids, 0, group=self.group)
         return ids
 
-    def min_int(self, value: int) -> int:
-        """The smallest of every rank's value (e.g. the KV tokens every rank has room for)."""
-        t = torch.tensor([value], dtype=torch.int64)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN, group=self.cpu_group)
-        return int(t.item())
+    # -- start-up checkpoints (host) ---------------------------------------------------------
+    def start_check(self, value: int = 0, last: bool = False) -> int:
+        """A start-up checkpoint, which every rank passes at the same point of start-up: the
+        smallest of the ranks' `value`s (e.g. the KV tokens each has room for). Raises
+        RankLost on every rank when a rank's start-up failed before it (that rank met the
+        others here with start_failed): "tensor parallel rank R failed: Type: message", of
+        the lowest such rank. `last`: no checkpoint follows; a failure past it is not met.
+        A collective's error (RuntimeError, DistError) when a rank's process is gone."""
+        return self._meet(value, None, last)
+
+    def start_failed(self, error: BaseException) -> None:
+        """This rank's start-up raised `error`: meet the other ranks at the checkpoint they
+        will reach next, so that they raise RankLost naming this rank and `error` rather than
+        wait there for the group's timeout, or meet gloo's "Connection closed by peer" without
+        the cause. Blocks until every rank reaches it. Does nothing past the last checkpoint
+        or a failed one (every rank has raised there), when the group is already broken
+        (a rank's process is gone), and for a KeyboardInterrupt or SystemExit (its caller
+        ends the ranks; the wait could not be interrupted): the caller raises its own error
+        in all cases."""
+        if not self.starting or not isinstance(error, Exception):
+            return
+        try:
+            self._meet(0, f"{type(error).__name__}: {error}", last=True)
+        except RankLost:
+            pass  # (this rank's own failure, or a lower rank's)
+        except Exception as e:  # a rank is gone: its node's lead names it
+            log.debug("tensor parallel rank %d could not report its start-up failure: %s",
+                      self.rank, e)
+
+    def _meet(self, value: int, failure: str | None, last: bool) -> int:
+        outcomes: list = [None] * self.size
+        try:
+            dist.all_gather_object(outcomes, (value, failure), group=self.cpu_group)
+        except BaseException:
+            self.starting = False  # the group is broken: no later checkpoint meets
+            raise
+        failed = [(rank, f) for rank, (_, f) in enumerate(outcomes) if f is not None]
+        if failed or last:
+            self.starting = False
+        if failed:
+            rank, why = failed[0]
+            raise RankLost(f"tensor parallel rank {rank} failed: {why}")
+        return min(v for v, _ in outcomes)
 
     # -- step messages (host, rank 0 -> followers) ----------------------------------------
     def step_message(self, inp, tokens: int, sampled: int, arrays: tuple) -> tuple:

@@ -16,10 +16,11 @@ whose calls then raise naming the rank. While the caller still loads (start-up),
 rank is raised to it instead, in place of the collective's error rank 0 met (start_failed);
 rank 0 enters the rendezvous only once its node's spawned ranks are about to (each writes a
 file), so one lost before it (its import, its device) is raised at once, not after the
-rendezvous' timeout. A caller that
-gives up on start-up (abandon: Ctrl-C) ends the ranks from its side. A spawned rank exits when
-its parent is gone (follower.py watches it), and one whose rank 0 vanished fails its next
-collective.
+rendezvous' timeout; one whose load fails meets the others at their next start-up
+checkpoint with its error (group.py), so that every rank, on every node, names it. A caller
+that gives up on start-up (abandon: Ctrl-C) ends the ranks from its side. A spawned rank
+exits when its parent is gone (follower.py watches it), and one whose rank 0 vanished fails
+its next collective.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import torch
 import torch.distributed as dist
 
 from aiollm.config import EngineConfig
-from aiollm.distributed.group import STOP, TensorParallel
+from aiollm.distributed.group import STOP, RankLost, TensorParallel
 from aiollm.model import parallel
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,6 @@ START_GRACE_S = 5.0
 _LEFT = threading.Condition()
 _left_starts: set[NodeRanks] = set()
 _GIVEN_UP = "tensor parallel start-up given up by its caller"  # its thread's RuntimeError
-
-
-class RankLost(RuntimeError):
-    """A spawned rank exited during start-up; the message names it and why."""
 
 
 def node_ranks(cfg: EngineConfig) -> range:
@@ -234,6 +231,14 @@ class NodeRanks:
             code = p.poll()
             if code is not None:
                 return f"tensor parallel rank {rank} {self._cause(rank, code)}"
+        if self.cfg.nnodes == 1:
+            # a rank whose start-up failed waits at the next start-up checkpoint for the
+            # others (TensorParallel.start_failed) with its error file written: on one node,
+            # where every rank is this process's, that is failure enough (rank 0 may load
+            # for minutes before it reaches the checkpoint)
+            for rank, p in self.procs.items():
+                if os.path.exists(self._error_file(rank)):
+                    return f"tensor parallel rank {rank} {self._cause(rank, 1)}"
         return None
 
     def lost_rank(self, wait: float = 0.0) -> str | None:
@@ -283,20 +288,26 @@ class NodeRanks:
         elif not joining:
             self._kill()
 
-    def start_failed(self, exc: BaseException) -> RuntimeError | None:
+    def start_failed(self, exc: BaseException) -> RankLost | None:
         """Start-up (the group's join or the caller's load) failed on this rank with `exc`:
-        end the ranks (abort) and return the error to raise from `exc` when it is a
+        tell the other nodes' ranks at the next start-up checkpoint (they learn it only
+        through the group; on one node the ranks are this process's and end at once), end
+        the ranks (abort) and return the error to raise from `exc` when it is a
         collective's (gloo's "Connection closed by peer": a plain RuntimeError or a
-        DistError) and a rank was lost: that rank's own exception type and message; else
-        None (this rank's own error, such as a shape check every rank makes, or RankLost,
-        says it). The watchdog leaves a lost rank to this path while starting."""
+        DistError) and a rank was lost: RankLost, with that rank's own exception type and
+        message; else None (this rank's own error, such as a shape check every rank makes,
+        or RankLost, says it). The watchdog leaves a lost rank to this path while starting."""
+        if self.tp is not None and (self.tp.rank != 0 or self.cfg.nnodes > 1):
+            self.tp.start_failed(exc)
         collective = type(exc) is RuntimeError or isinstance(exc, dist.DistError)
-        lost = self.lost_rank(wait=1.0) if collective else None
+        # (the watchdog may have failed the group meanwhile, its ranks' files removed)
+        lost = (self.lost or self.lost_rank(wait=1.0)) if collective else None
         self.abort()
-        return RuntimeError(lost) if lost is not None else None
+        return RankLost(lost) if lost is not None else None
 
     def _start_watch(self) -> None:
-        """Start the watchdog: it fails the group (fail) when a spawned rank exits."""
+        """Start the watchdog: it fails the group (fail) when a spawned rank exits (on one
+        node: or has written its error file, see _lost_rank)."""
         self._watchdog = threading.Thread(target=self._watch, name="aiollm-tp-watchdog",
                                           daemon=True)
         self._watchdog.start()

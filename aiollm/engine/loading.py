@@ -72,19 +72,23 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
     its ModelRunner and, on a GPU with cfg.warm_up, launch each step shape once.
 
     tp: this rank's aiollm.distributed.TensorParallel, or None on one rank; with it the pool
-    size is the least any rank can hold (a collective: every rank calls this in step).
+    size is the least any rank can hold, and its two start-up checkpoints are passed here
+    (collectives: every rank calls this in step; a rank whose start-up failed meets them,
+    TensorParallel.start_failed, and the others raise RankLost naming it).
     eos_ids: token ids that end a request (rank 0 samples; followers pass none).
     """
     mc = loaded.config
     per_token = KVPool.bytes_per_token(mc.num_layers, loaded.kv_heads, mc.head_dim, dtype)
     kv_tokens = pool_tokens(cfg, device, per_token, mc.max_position)
     if tp is not None:  # every rank's pool holds the same token slots
-        kv_tokens = tp.min_int(kv_tokens)
+        kv_tokens = tp.start_check(kv_tokens)
     max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
     kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
     # the planner never runs more requests than there are req_to_token rows
     rows = min(cfg.max_running_requests, cfg.table_capacity)
     r2t = ReqToTokenTable(rows, max_len, device)
+    if tp is not None:  # every rank's pool fits: the model's collectives may begin (graphs)
+        tp.start_check(last=True)
     runner = ModelRunner(loaded.model, mc, kv_pool, r2t, device, eos_ids=list(eos_ids),
                          cuda_graph=cfg.cuda_graph and device.type == "cuda",
                          cuda_graph_max_batch=cfg.cuda_graph_max_batch, dist=tp)

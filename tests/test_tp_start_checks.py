@@ -1,0 +1,171 @@
+"""A rank whose start-up fails (its weights, its KV cache's size from gpu_memory_utilization,
+its KV pool) is named, with its own exception type and message, by every rank: by Engine and
+`aiollm serve` on node 0, by `aiollm serve --node-rank 1` on another node, and by the ranks
+beside it, which met gloo's "Connection closed by peer" from their neighbour and were named
+in its place (tensor parallelism on the CPU, gloo).
+
+The failing rank meets the others at the start-up checkpoint they wait in
+(TensorParallel.start_check / start_failed) with its error. Before, node 0 of two nodes
+raised gloo's error naming no rank, the other node too, and of 3 ranks on one node the
+error named rank 1, which had only lost its neighbour rank 2.
+
+A sitecustomize on the children's PYTHONPATH makes one rank (AIOLLM_TEST_FAIL, "RANK:WHERE")
+raise at one point of its start-up, as a missing shard, a GPU fuller than the others or an
+out-of-memory would."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import time
+
+import pytest
+import torch
+from transformers import LlamaConfig
+from test_tensor_parallel import (  # noqa: F401 - a fixture
+    AIOLLM,
+    _children,
+    _free_port,
+    _save_tokenizer,
+    tiny_model,
+)
+
+from aiollm.distributed import RankLost
+from aiollm.engine import Engine
+
+# two ranks import torch and load: 50-105 s was seen on a loaded 2-core machine
+# (test_tp_rank_failures.py); a rank waiting for a peer that never comes waits 10 minutes
+TIMEOUT_S = 300
+FAULTS = {
+    "weights": "FileNotFoundError: rank {r}: model-00002-of-00002.safetensors is missing",
+    "sizing": "ValueError: gpu_memory_utilization 0.9 leaves no room for the KV cache on "
+              "rank {r}",
+    "pool": "MemoryError: rank {r} ran out of memory allocating its KV pool",
+}
+_SITECUSTOMIZE = '''
+import os
+_rank, _where = os.environ["AIOLLM_TEST_FAIL"].split(":")
+FAULTS = %r
+
+def _fail_here():
+    import builtins
+    from aiollm.model import parallel
+    tp = parallel.current()
+    if tp is not None and tp.rank == int(_rank):
+        kind, text = FAULTS[_where].format(r=_rank).split(": ", 1)
+        raise getattr(builtins, kind)(text)
+
+def _failing(fn):
+    def wrapped(*args, **kwargs):
+        _fail_here()
+        return fn(*args, **kwargs)
+    return wrapped
+
+import aiollm.engine.loading as loading
+import aiollm.model as model
+if _where == "weights":
+    model.load_model = _failing(model.load_model)
+elif _where == "sizing":
+    loading.pool_tokens = _failing(loading.pool_tokens)
+else:
+    class KVPool(loading.KVPool):
+        def __init__(self, *args, **kwargs):
+            _fail_here()
+            super().__init__(*args, **kwargs)
+    loading.KVPool = KVPool
+''' % FAULTS
+# 3 heads, 3 KV heads and an MLP of 96 split over 3 ranks
+TINY3 = LlamaConfig(vocab_size=161, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                    num_attention_heads=3, num_key_value_heads=3, max_position_embeddings=256,
+                    tie_word_embeddings=True)
+
+
+def _fault_env(tmp_path, rank: int, where: str) -> dict:
+    (tmp_path / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    return {"PYTHONPATH": str(tmp_path), "AIOLLM_TEST_FAIL": f"{rank}:{where}"}
+
+
+@pytest.fixture(scope="module")
+def tiny3_model(tmp_path_factory) -> str:
+    from transformers import AutoModelForCausalLM
+
+    path = str(tmp_path_factory.mktemp("tiny-tp3"))
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(TINY3).save_pretrained(path, safe_serialization=True)
+    _save_tokenizer(path)
+    return path
+
+
+@pytest.mark.parametrize("where", ["weights", "pool"])
+def test_engine_names_the_rank_whose_start_up_failed(tiny3_model, tmp_path, monkeypatch,
+                                                     where):
+    """3 ranks on one node; rank 2 fails loading its weights, while rank 0 still loads (for
+    6 s, past the watchdog's grace), or allocating its KV pool, after the pools' size is
+    agreed: Engine's start raises naming rank 2 and its error, and no rank is left. Rank 2's
+    weights: the error named rank 1, which had only lost its neighbour ("exited with status
+    1", its error file gone with the watchdog's kill). Rank 2's pool: the start succeeded
+    (no collective follows on the CPU)."""
+    for key, value in _fault_env(tmp_path, 2, where).items():
+        monkeypatch.setenv(key, value)  # the spawned ranks' (this process has started)
+    if where == "weights":
+        import aiollm.model
+
+        load_model = aiollm.model.load_model
+
+        def slow_load_model(*args, **kwargs):
+            time.sleep(6)
+            return load_model(*args, **kwargs)
+
+        monkeypatch.setattr(aiollm.model, "load_model", slow_load_model)
+
+    async def start():
+        engine = Engine(tiny3_model, device="cpu", tensor_parallel_size=3, kv_tokens=256,
+                        max_model_len=128)
+        engine.exit_on_lost_rank = False  # (this process is pytest's)
+        async with engine:
+            pass
+
+    with pytest.raises(RankLost) as got:
+        asyncio.run(start())
+    assert str(got.value) == "tensor parallel rank 2 failed: " + FAULTS[where].format(r=2)
+    assert _children(os.getpid()) == []
+
+
+def _last_error(log: str) -> str:
+    return [line for line in log.splitlines() if " ERROR " in line or "Error" in line][-1]
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_each_node_names_the_rank_that_failed_to_size_its_kv_cache(tiny_model,  # noqa: F811
+                                                                   tmp_path, failing):
+    """Two nodes on loopback (`aiollm serve --nnodes 2`, one rank each); one rank's KV
+    cache sizing raises: both nodes exit with status 1 within seconds, each naming that
+    rank and its error (the failing one its own error)."""
+    env = {**os.environ, **_fault_env(tmp_path, failing, "sizing")}
+    fault = FAULTS["sizing"].format(r=failing)
+    common = ["--device", "cpu", "--max-model-len", "128", "-tp", "2", "--nnodes", "2",
+              "--dist-init-addr", f"127.0.0.1:{_free_port()}", tiny_model]
+    logs = [tmp_path / f"node{k}.log" for k in (0, 1)]
+    nodes = []
+    for k, log in enumerate(logs):
+        with open(log, "w") as out:
+            port = ["--port", "0"] if k == 0 else []
+            nodes.append(subprocess.Popen([AIOLLM, "serve", *port, "--node-rank", str(k),
+                                           *common], stdout=out, stderr=subprocess.STDOUT,
+                                          env=env))
+    try:
+        codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
+        texts = [log.read_text() for log in logs]
+        assert codes == [1, 1], texts
+        other = 1 - failing
+        assert _last_error(texts[other]).endswith(
+            f"tensor parallel rank {failing} failed: {fault}"), texts[other]
+        assert "Connection closed by peer" not in _last_error(texts[other]), texts[other]
+        # (its own ValueError, as on one rank: aiollm.cli logs the message)
+        assert _last_error(texts[failing]).endswith(fault.split(": ", 1)[1]), texts[failing]
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
