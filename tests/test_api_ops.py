@@ -167,8 +167,8 @@ def test_health_probes_a_failing_engine_until_the_fault_has_passed(tiny):
             stats = engine.stats()
             assert stats["kv_used"] == stats["table_used"] == 0, stats
             finished = engine.metrics.registry.get_sample_value
-            assert finished("aiollm_requests_finished_total", {"finish_reason": "abort"}) \
-                == FAILING_STEPS  # the clients' requests, no probe
+            assert finished("aiollm_requests_finished_total", {"finish_reason": "error"}) \
+                == FAILING_STEPS  # the clients' requests (failed: vLLM's "error"), no probe
             assert not finished("aiollm_requests_finished_total", {"finish_reason": "length"})
             assert sample("aiollm_prefix_cache_queried_tokens_total") == looked_up
             assert engine.prefix_cache.queried == looked_up  # (its hit rate's log)

@@ -34,7 +34,10 @@ RENAMED = {
     _P + "request_prompt_tokens": ("vllm:request_prompt_tokens",),
     _P + "request_generation_tokens": ("vllm:request_generation_tokens",),
 }
-FINISH_REASONS = ("stop", "length", "abort")  # vLLM's, each a series from the start
+# vLLM's, each a series from the start; "error": the engine failed the request (500),
+# "abort": its client went away or the server stopped. (vLLM's "repetition" is left out:
+# aiollm detects no repetition.)
+FINISH_REASONS = ("stop", "length", "abort", "error")
 
 
 class VllmMetrics:
