@@ -4,10 +4,12 @@
 first use, so `import aiollm.kernels` or the CLI's --help stay fast.
 """
 
+import sys
+
 __version__ = "0.1.0"
 # vLLM's top-level names too: its outputs' classes and its prompt dicts' types
 __all__ = ["LLM", "Engine", "SamplingParams", "RequestOutput", "CompletionOutput",
-           "TextPrompt", "TokensPrompt", "__version__"]
+           "TextPrompt", "TokensPrompt", "PromptType", "__version__"]
 
 
 def __getattr__(name: str):
@@ -33,4 +35,20 @@ def __getattr__(name: str):
         from aiollm import inputs
 
         return getattr(inputs, name)
-    raise AttributeError(f"module 'aiollm' has no attribute {name!r}")
+    if name == "PromptType":
+        from aiollm.inputs import PromptType
+
+        return PromptType
+    from aiollm.vllm_members import package_lacking
+
+    raise package_lacking(name, _importing_from(sys._getframe(1)))
+
+
+def _importing_from(frame) -> bool:
+    """Whether `frame` is running a `from aiollm import name` (its instruction now is
+    IMPORT_FROM): there Python answers an AttributeError with its own ImportError, without
+    the error's message."""
+    from opcode import opmap  # (here: a failed lookup's cost only)
+
+    code = frame.f_code.co_code
+    return 0 <= frame.f_lasti < len(code) and code[frame.f_lasti] == opmap["IMPORT_FROM"]

@@ -56,6 +56,23 @@ class ContextExceeded(InvalidRequest):
         return ContextExceeded(self.words, self.param, (subject, prompt, advice))
 
 
+# the most characters of a value an error message shows (a 400-digit max_tokens came back
+# whole, twice, in its 400)
+SHOWN_CHARS = 24
+
+
+def shown(value: Any) -> str:
+    """`value` as an error message shows it: its repr, or for one longer than SHOWN_CHARS
+    its first characters and its length ("100000000000...(401 digits)" for an integer; a
+    number in a JSON body may have any number of digits)."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARS:
+        return text
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{text[:SHOWN_CHARS - 12]}...({len(text.lstrip('-'))} digits)"
+    return f"{text[:SHOWN_CHARS - 12]}...({len(text)} characters)"
+
+
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
                list: "an array", dict: "an object", type(None): "null"}
 

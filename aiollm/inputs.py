@@ -30,3 +30,7 @@ class TokensPrompt(_Tokens, total=False):
 
     prompt: str
     cache_salt: str
+
+
+# vLLM's name for any prompt LLM.generate and Engine.generate take (for type hints)
+PromptType = str | list[int] | TextPrompt | TokensPrompt

@@ -84,7 +84,7 @@ class EngineMetrics:
                                       "a step and the next one planned while it ran (GPU only)",
                                       buckets=(1e-6, 5e-6, 1e-5, 2e-5, 5e-5) + step_buckets,
                                       registry=r)
-        # every request's end counts: finished, aborted (a client gone) or failed
+        # every request's end counts: finished, aborted (a client gone) or failed (error)
         self.e2e = Histogram(p + "e2e_request_latency_seconds", "Arrival to the end of a "
                              "request", buckets=_LATENCY_BUCKETS + (60.0, 120.0, 300.0),
                              registry=r)
@@ -135,8 +135,9 @@ class EngineMetrics:
                 self.queue_time.observe(now - req.arrival)
 
     def ended(self, req, reason: str, now: float) -> None:
-        """A client's request ended at `now` (time.monotonic()) with finish `reason` (stop,
-        length or abort: finished, cancelled or failed)."""
+        """A client's request ended at `now` (time.monotonic()) with finish `reason`: stop
+        or length (finished), abort (cancelled, stopped or refused) or error (the engine
+        failed it)."""
         self.requests.labels(reason).inc()
         self.e2e.observe(now - req.arrival)
         self.request_prompt.observe(len(req.prompt_ids))

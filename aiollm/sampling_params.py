@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, shown
 # the stop lists' bounds and checks, importable from here as before
 from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # noqa: F401
                                     MAX_STOP_TOKEN_IDS, checked_stop, checked_stop_token_ids,
@@ -217,7 +217,8 @@ class SamplingParams:
             self.stop_token_ids = [_plain(t) for t in self.stop_token_ids]
 
         def bad(name: str, why: str) -> InvalidRequest:
-            return InvalidRequest(f"{name} {why}, got {getattr(self, name)!r}", param=name)
+            return InvalidRequest(f"{name} {why}, got {shown(getattr(self, name))}",
+                                  param=name)
 
         def is_num(v: object) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
@@ -238,7 +239,8 @@ class SamplingParams:
             raise bad("min_tokens", "must be an integer >= 0")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
             raise InvalidRequest(
-                f"min_tokens ({self.min_tokens}) must not exceed max_tokens ({self.max_tokens})",
+                f"min_tokens ({shown(self.min_tokens)}) must not exceed max_tokens "
+                f"({shown(self.max_tokens)})",
                 param="min_tokens",
             )
         if not is_num(self.temperature) or not 0 <= self.temperature <= 100:

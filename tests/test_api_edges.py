@@ -347,3 +347,33 @@ def test_an_empty_prompt_of_no_tokens_is_refused(server):
     for body, param in (({"prompt": ""}, "prompt"), ({"prompt": ["Hi", ""]}, "prompt[1]")):
         status, _, raw = http(server, "POST", C, json={**body, "max_tokens": 1})
         assert "no token" in error_of(status, raw, param)
+
+
+# -- integers past any bound, hundreds of digits long ----------------------------------------
+
+BIG = "1" + "0" * 400  # 10**400 as a JSON integer: 401 digits
+
+
+@pytest.mark.parametrize("path, body, param", [
+    (C, '{"prompt": "Hi", "max_tokens": %s}' % BIG, "max_tokens"),
+    (C, '{"prompt": "Hi", "max_tokens": -%s}' % BIG, "max_tokens"),
+    (C, '{"prompt": "Hi", "max_tokens": null, "min_tokens": %s}' % BIG, "min_tokens"),
+    (C, '{"prompt": "Hi", "max_tokens": 4, "min_tokens": %s}' % BIG, "min_tokens"),
+    (C, '{"prompt": "Hi", "seed": %s}' % BIG, "seed"),
+    (C, '{"prompt": [1, %s]}' % BIG, "prompt"),
+    (CHAT, '{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": %s}'
+     % BIG, "max_completion_tokens"),
+    (CHAT, '{"messages": [{"role": "user", "content": "hi"}], "max_tokens": -%s}' % BIG,
+     "max_tokens"),
+    (G, '{"inputs": "Hi", "parameters": {"max_new_tokens": %s}}' % BIG,
+     "parameters.max_new_tokens"),
+])
+def test_a_huge_integer_is_not_echoed_whole(server, path, body, param):
+    """A JSON integer of 401 digits past a field's bound came back whole in the 400's
+    message (max_tokens: the context length's message gave it twice, some 1 KB). The
+    message names the field and its bound, and shows the value cut, with its length."""
+    status, _, raw = http(server, "POST", path, data=body.encode(),
+                          headers={"Content-Type": "application/json"})
+    message = error_of(status, raw, param)
+    assert len(message) < 400 and "(401 digits)" in message, message
+    assert param.rsplit(".", 1)[-1] in message, message

@@ -167,8 +167,8 @@ def test_health_probes_a_failing_engine_until_the_fault_has_passed(tiny):
             stats = engine.stats()
             assert stats["kv_used"] == stats["table_used"] == 0, stats
             finished = engine.metrics.registry.get_sample_value
-            assert finished("aiollm_requests_finished_total", {"finish_reason": "abort"}) \
-                == FAILING_STEPS  # the clients' requests, no probe
+            assert finished("aiollm_requests_finished_total", {"finish_reason": "error"}) \
+                == FAILING_STEPS  # the clients' requests (failed: vLLM's "error"), no probe
             assert not finished("aiollm_requests_finished_total", {"finish_reason": "length"})
             assert sample("aiollm_prefix_cache_queried_tokens_total") == looked_up
             assert engine.prefix_cache.queried == looked_up  # (its hit rate's log)
@@ -430,3 +430,47 @@ def test_serve_help_names_every_endpoint(capsys):
     served = {r.path.replace(":.+", "") for r in ops.ROUTES + openai.ROUTES + lightllm.ROUTES
               + lightllm_routes.ROUTES}
     assert served - listed == set(), served - listed
+
+
+def test_a_health_probe_is_no_request_of_the_gauges_nor_the_load(tiny):
+    """While /health's probe request ran (a failing engine, whose step is slow), it was
+    counted in vllm:num_requests_running, aiollm_requests_running and /load's server_load:
+    a dashboard showed traffic on a server a load balancer had taken out of rotation, and a
+    router read it as loaded. The probe is no client's request: none of them counts it."""
+    from aiollm.engine.health_probe import PROBE_TIMEOUT_S
+
+    unstuck = threading.Event()
+
+    def broken(batch):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (injected)")
+
+    def stuck(batch):  # the probe's step, until the test has read the gauges
+        unstuck.wait(30)
+        broken(batch)
+
+    async def check(client, engine):
+        model = engine.runner.model
+        model.forward = broken
+        try:
+            body = {"inputs": [1, 2, 3], "parameters": {"max_new_tokens": 2}}
+            for _ in range(FAILING_STEPS):
+                assert (await client.post("/generate", json=body)).status == 500
+            model.forward = stuck
+            health = asyncio.ensure_future(client.get("/health"))
+            deadline = time.monotonic() + 10
+            while not engine.planner.running:  # the probe admitted, its step under way
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            text = await (await client.get("/metrics")).text()
+            for gauge in ("vllm:num_requests_running", "vllm:num_requests_waiting"):
+                assert re.search(rf"^{gauge}\{{[^}}]*\}} 0\.0$", text, re.M), gauge
+            for gauge in ("aiollm_requests_running", "aiollm_requests_waiting"):
+                assert re.search(rf"^{gauge} 0\.0$", text, re.M), gauge
+            assert await (await client.get("/load")).json() == {"server_load": 0}
+            unstuck.set()
+            resp = await asyncio.wait_for(health, PROBE_TIMEOUT_S + 30)
+            assert resp.status == 503
+        finally:
+            unstuck.set()
+            del model.forward
+    serve_tiny(tiny, check)

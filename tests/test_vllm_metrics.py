@@ -85,7 +85,7 @@ def test_vllm_families_have_vllms_names_types_and_labels(tiny):
         for name, kind in kinds.items():
             assert name in fams, name
             assert fams[name].type == kind, (name, fams[name].type)
-        for reason in ("stop", "length", "abort"):
+        for reason in ("stop", "length", "abort", "error"):
             assert value(fams, "vllm:request_success_total", finished_reason=reason) == 0
         assert value(fams, "vllm:num_requests_running") == 0
         assert value(fams, "vllm:kv_cache_usage_perc") == 0
@@ -228,4 +228,31 @@ def test_request_phases_step_tokens_max_tokens_and_cache_config(tiny):
         assert len(info) == 1 and info[0].value == 1
         assert info[0].labels == {"block_size": "1", "num_gpu_blocks": "512",
                                   "enable_prefix_caching": "True", "engine": "0"}
+
+
+def test_a_request_the_engine_failed_counts_as_error_not_abort(tiny):
+    """A request that failed inside the engine (its model step raised: HTTP 500) is vLLM's
+    finished_reason "error", not "abort" (a client that went away, a shutdown): an alert on
+    the rate of server errors read it as cancellations. The server serves on."""
+    async def check(client, engine):
+        model = engine.runner.model
+
+        def broken(batch):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered "
+                               "(injected)")
+
+        body = {"prompt": [5, 6, 7], "max_tokens": 4, "ignore_eos": True}
+        model.forward = broken
+        try:
+            failed = await client.post("/v1/completions", json=body)
+            assert failed.status == 500, await failed.text()
+        finally:
+            del model.forward  # the class's forward again
+        served = await client.post("/v1/completions", json=body)
+        assert served.status == 200, await served.text()
+        fams = await families(client)
+        assert value(fams, "vllm:request_success_total", finished_reason="error") == 1
+        assert value(fams, "vllm:request_success_total", finished_reason="abort") == 0
+        assert value(fams, "vllm:request_success_total", finished_reason="length") == 1
+        assert value(fams, "vllm:e2e_request_latency_seconds_count") == 2  # each ended one
     serve_tiny(tiny, check)

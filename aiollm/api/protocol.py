@@ -21,7 +21,7 @@ import msgspec
 from aiohttp import web
 from msgspec import Meta, Struct
 
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, shown
 
 # choices of one request (prompts of a batch x n): each is a full request in the engine,
 # submitted on the event loop, so a batch of a million prompts would hold up every stream for
@@ -61,7 +61,7 @@ def check_max_tokens(value: int | None, param: str, *, zero_with: tuple[str, ...
         return
     allows = f" (0 only with {' or '.join(zero_with)}: the prompt scored, nothing generated)"
     raise InvalidRequest(f"{param} must be an integer >= 1{allows if zero_with else ''}, got "
-                         f"{value}", param=param)
+                         f"{shown(value)}", param=param)
 
 
 def json_response(obj: object, status: int = 200) -> web.Response:

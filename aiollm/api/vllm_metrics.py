@@ -44,7 +44,10 @@ RENAMED = {
     _P + "request_max_tokens": ("vllm:request_params_max_tokens",),
     _P + "step_tokens": ("vllm:iteration_tokens_total",),
 }
-FINISH_REASONS = ("stop", "length", "abort")  # vLLM's, each a series from the start
+# vLLM's, each a series from the start; "error": the engine failed the request (500),
+# "abort": its client went away or the server stopped. (vLLM's "repetition" is left out:
+# aiollm detects no repetition.)
+FINISH_REASONS = ("stop", "length", "abort", "error")
 
 
 class VllmMetrics:

@@ -356,15 +356,18 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
 
     # -- stats and the prefix cache -----------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counts of now. kv_used: KV slots held by requests (their shared cached prefixes
-        included); kv_cached: slots the prefix cache holds, kv_evictable the part of them no
-        request uses (free for allocation; an idle engine has kv_used 0). RuntimeError
-        before the engine was first started (nothing is counted yet)."""
+        """Counts of now. running, waiting: the clients' requests admitted and queued (a
+        health probe is none); kv_used: KV slots held by requests (their shared cached
+        prefixes included); kv_cached: slots the prefix cache holds, kv_evictable the part
+        of them no request uses (free for allocation; an idle engine has kv_used 0).
+        RuntimeError before the engine was first started (nothing is counted yet)."""
         self._check_started()
         evictable = self.prefix_cache.evictable if self.prefix_cache else 0
+        # the clients' requests: a health probe (Request.counted False) is none, as it is
+        # none of the request metrics; its KV and table slot are held all the same
         return {
-            "running": len(self.planner.running),
-            "waiting": len(self.planner.waiting),
+            "running": sum(r.counted for r in self.planner.running),
+            "waiting": sum(r.counted for r in self.planner.waiting),
             "kv_used": self.kv_pool.n_used - evictable,
             "kv_evictable": evictable,
             "kv_total": self.kv_pool.capacity,

@@ -89,12 +89,12 @@ class HandOut:
                     self.metrics.itl.observe((now_ns - r.t_last_ns) / 1e9)
             r.t_last_ns = now_ns
             if bad is not None and bad[k]:
-                self._finish(r, "abort", error="the model produced non-finite logits", failed=True,
+                self._finish(r, "error", error="the model produced non-finite logits", failed=True,
                              error_type=RequestFailed)
             elif grammar_end[k] == REJECTED:
                 why, kind = rejection(r.params, len(r.output_ids),
                                       self.grammars.dead_end(r.grammar))
-                self._finish(r, "abort", error=why, failed=True, error_type=kind)
+                self._finish(r, failure_reason(kind), error=why, failed=True, error_type=kind)
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP
                 tok = r.output_ids[-1]
@@ -126,8 +126,9 @@ class HandOut:
 
     def _fail_all(self, message: str, error_type: type[Exception]) -> None:
         """End every request in flight: its stream raises error_type(message)."""
+        reason = failure_reason(error_type)
         for r in list(self._requests.values()):
-            self._finish(r, "abort", error=message, failed=True, error_type=error_type)
+            self._finish(r, reason, error=message, failed=True, error_type=error_type)
 
     def _fail_all_threadsafe(self, message: str) -> None:
         """From any thread: stop accepting and fail every request with `message`. From
@@ -159,7 +160,9 @@ class HandOut:
 
     def _finish(self, req: Request, reason: str, error: str | None = None, failed: bool = False,
                 error_type: Callable[[str], Exception] = RequestFailed) -> None:
-        """End a request: give back its KV, row and table slot; wake its stream."""
+        """End a request: give back its KV, row and table slot; wake its stream. `reason`:
+        "stop", "length", "abort" (its client went away, a shutdown, a request the server
+        dropped or refused) or "error" (the engine failed serving it: RequestFailed)."""
         if req.done:
             return
         req.failed = failed
@@ -169,16 +172,25 @@ class HandOut:
         req.finish_reason = reason
         req.error = error
         rec = self.table[req.slot]
-        if reason != "abort" and req.counted:
+        ended_early = reason in ("abort", "error")
+        if not ended_early and req.counted:
             self.scheduler.on_finish(int(rec["output_len"]), int(rec["max_new_tokens"]),
                                      bool(rec["ignore_eos"]))
-        rec["state"] = ReqState.ABORTED if reason == "abort" else ReqState.FINISHED
+        rec["state"] = ReqState.ABORTED if ended_early else ReqState.FINISHED
         self.table.free(req.slot)
         self._requests.pop(req.rid, None)
         if req.counted:
             self.metrics.ended(req, reason, time.monotonic())
         req.event.set()
         self._wake.set()
+
+
+def failure_reason(error_type: Callable[[str], Exception]) -> str:
+    """The finish reason of a request failed with `error_type`: vLLM's "error" for a
+    failure of the engine serving it (RequestFailed, HTTP 500: a step that raised, a device
+    out of memory, non-finite logits, a lost rank), else "abort": a shutdown (EngineStopped)
+    or a request the client's own constraints made impossible (InvalidRequest)."""
+    return "error" if error_type is RequestFailed else "abort"
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -196,7 +196,7 @@ class StepLoop:
         unwritten = (step.out_cache_loc if later is None
                      else np.setdiff1d(step.out_cache_loc, later.out_cache_loc))
         for r in self.planner.readers_of(unwritten, step.reqs):
-            self._finish(r, "abort", error=f"{error} (this request reused KV that step was to "
+            self._finish(r, "error", error=f"{error} (this request reused KV that step was to "
                          "compute for a shared prompt prefix)", failed=True,
                          error_type=RequestFailed)
         if isinstance(e, torch.OutOfMemoryError):
@@ -206,12 +206,12 @@ class StepLoop:
             too_large = self._oom.out_of_memory(step, e)
             if too_large is not None:
                 self._step_health.failed(e)
-                self._finish(too_large[0], "abort", error=too_large[1], failed=True,
+                self._finish(too_large[0], "error", error=too_large[1], failed=True,
                              error_type=RequestFailed)
         else:
             self._step_health.failed(e)
             for r in step.reqs:
-                self._finish(r, "abort", error=error, failed=True,
+                self._finish(r, "error", error=error, failed=True,
                              error_type=RequestFailed)
         self._flush_prefix_cache()  # the step's KV went into the cache unwritten
 

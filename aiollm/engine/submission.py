@@ -21,7 +21,7 @@ import numpy as np
 
 from aiollm.engine.request import Request
 from aiollm.engine.special_tokens import encode_kept
-from aiollm.errors import ContextExceeded, InvalidRequest, Overloaded
+from aiollm.errors import ContextExceeded, InvalidRequest, Overloaded, shown
 from aiollm.model.sampling_tensors import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
@@ -143,7 +143,7 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     bad = next((i for i, t in enumerate(ids) if not (is_int(t) and 0 <= t < vocab_size)), None)
     if bad is not None:
         raise InvalidRequest(f"prompt token ids must be integers in [0, {vocab_size}): "
-                             f"prompt[{bad}] is {repr(ids[bad])[:40]}", param="prompt")
+                             f"prompt[{bad}] is {shown(ids[bad])}", param="prompt")
     return ids
 
 
@@ -201,8 +201,9 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     elif n + params.max_tokens > max_model_len:
         raise ContextExceeded(
             f"this model's maximum context length is {max_model_len} tokens, but "
-            f"{n + params.max_tokens} were requested ({n} in {{prompt}}, {params.max_tokens} "
-            f"for the output): lower max_tokens to at most {max_model_len - n}", "max_tokens")
+            f"{shown(n + params.max_tokens)} were requested ({n} in {{prompt}}, "
+            f"{shown(params.max_tokens)} for the output): lower max_tokens to at most "
+            f"{max_model_len - n}", "max_tokens")
     bad = next((t for t in params.stop_token_ids if not 0 <= t < vocab_size), None)
     if bad is not None:
         raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
@@ -217,7 +218,7 @@ def check_min_tokens(n: int, min_tokens: int, max_model_len: int) -> None:
     if n + min_tokens > max_model_len:
         raise ContextExceeded(
             f"this model's maximum context length is {max_model_len} tokens, but "
-            f"{{subject}} {n} and min_tokens asks for {min_tokens} more: lower "
+            f"{{subject}} {n} and min_tokens asks for {shown(min_tokens)} more: lower "
             f"min_tokens to at most {max_model_len - n}", "min_tokens")
 
 
