@@ -5,6 +5,7 @@ random-weight model served in-process; the CLI checks run before any model loads
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -96,11 +97,9 @@ def test_ping_answers_as_health_and_load_counts_requests_in_flight(tiny):
 
 
 def test_model_cards_carry_vllms_fields(tiny):
-    """Each /v1/models card has vLLM's fields: `root` is the model every alias serves, as
-    the server was given it (vLLM's --model: the path, not its last part, which told
-    /models/a/llama from /models/b/llama apart no more than the served name), the same for
-    each name of --served-model-name; `parent` null (no adapter); the card of
-    /v1/models/{name} alike."""
+    """Each /v1/models card has vLLM's fields: `root` names the model every alias serves
+    (the same for each name of --served-model-name: how a client tells which weights an
+    alias is), `parent` null (no adapter); the card of /v1/models/{name} alike."""
     async def check(client, engine):
         auth = {"Authorization": "Bearer k"}
         cards = (await (await client.get("/v1/models", headers=auth)).json())["data"]
@@ -108,8 +107,9 @@ def test_model_cards_carry_vllms_fields(tiny):
         for card in cards:
             assert set(card) >= {"id", "object", "created", "owned_by", "root", "parent",
                                  "max_model_len"}, card
-            assert card["root"] == tiny and card["parent"] is None
+            assert card["root"] == os.path.basename(tiny) and card["parent"] is None
             assert card["max_model_len"] == engine.max_model_len
+            assert "/" not in card["root"]  # a file's name, never the server's directories
         one = await (await client.get("/v1/models/alias", headers=auth)).json()
         assert one == cards[1]
     serve_tiny(tiny, check, api_key="k", served_model_name=["main", "alias"])

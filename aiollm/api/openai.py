@@ -14,16 +14,17 @@ from aiollm.api.chat_completions import chat_completions
 from aiollm.api.completions import completions
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
+from aiollm.engine.loading import model_name_of
 
 
 def _model_card(st: ApiState, name: str) -> dict:
-    """vLLM's card: `root` is the model every served name stands for, as the server was
-    given it (vLLM's --model, a path here; the path found when none was given), `parent`
-    the base model of an adapter (none are served)."""
+    """vLLM's card: `root` is the model every served name stands for (its file's or
+    directory's name, never the server's path to it), `parent` the base model of an adapter
+    (none are served)."""
     e = st.engine
-    root = e.config.model if e.config.model is not None else e.model_path
     return {"id": name, "object": "model", "created": st.created, "owned_by": "aiollm",
-            "root": str(root), "parent": None, "max_model_len": e.max_model_len}
+            "root": model_name_of(e.model_path, e.config.model), "parent": None,
+            "max_model_len": e.max_model_len}
 
 
 async def list_models(request: web.Request) -> web.Response:
