@@ -4,8 +4,6 @@
 first use, so `import aiollm.kernels` or the CLI's --help stay fast.
 """
 
-import sys
-
 __version__ = "0.1.0"
 # vLLM's top-level names too: its outputs' classes and its prompt dicts' types
 __all__ = ["LLM", "Engine", "SamplingParams", "RequestOutput", "CompletionOutput",
@@ -31,24 +29,8 @@ def __getattr__(name: str):
         from aiollm.engine import outputs
 
         return getattr(outputs, name)
-    if name in ("TextPrompt", "TokensPrompt"):
+    if name in ("TextPrompt", "TokensPrompt", "PromptType"):
         from aiollm import inputs
 
         return getattr(inputs, name)
-    if name == "PromptType":
-        from aiollm.inputs import PromptType
-
-        return PromptType
-    from aiollm.vllm_members import package_lacking
-
-    raise package_lacking(name, _importing_from(sys._getframe(1)))
-
-
-def _importing_from(frame) -> bool:
-    """Whether `frame` is running a `from aiollm import name` (its instruction now is
-    IMPORT_FROM): there Python answers an AttributeError with its own ImportError, without
-    the error's message."""
-    from opcode import opmap  # (here: a failed lookup's cost only)
-
-    code = frame.f_code.co_code
-    return 0 <= frame.f_lasti < len(code) and code[frame.f_lasti] == opmap["IMPORT_FROM"]
+    raise AttributeError(f"module 'aiollm' has no attribute {name!r}")

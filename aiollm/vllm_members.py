@@ -1,10 +1,7 @@
-"""Members of vLLM's LLM that aiollm's LLM lacks on purpose, and names of the vllm package
-that the aiollm package lacks, each with what to use instead: a script that reaches for one
-(llm.llm_engine, llm.embed(...), `from aiollm import AsyncLLMEngine`) gets an error that
-says so, rather than Python's bare "no attribute" or "cannot import name". An attribute's
-is an AttributeError, which keeps hasattr() False, so code that probes for a member
-(hasattr(llm, "beam_search")) takes its other path; a from-import's is an ImportError
-(package_lacking)."""
+"""Members of vLLM's LLM that aiollm's LLM lacks on purpose, each with what to use instead:
+a script that reaches for one (llm.llm_engine, llm.embed(...)) gets an AttributeError that
+says so, rather than Python's bare "no attribute". AttributeError keeps hasattr() False,
+so code that probes for a member (hasattr(llm, "beam_search")) takes its other path."""
 
 from __future__ import annotations
 
@@ -41,42 +38,3 @@ def lacking(name: str) -> AttributeError:
     if name in LACKING:
         return AttributeError(f"aiollm's LLM has no {name} (vLLM's LLM has): {LACKING[name]}")
     return AttributeError(f"'LLM' object has no attribute {name!r}")
-
-
-_ENGINE_OPTIONS = ("options are keywords: aiollm.Engine(model, **options) takes "
-                   "aiollm.config.EngineConfig's fields, and aiollm.LLM(model, ...) vLLM's "
-                   "names of them too (max_num_seqs, enforce_eager, ...)")
-
-# vllm's top-level names that aiollm's package lacks (vLLM's own are vllm/__init__.py's)
-PACKAGE_LACKING = {
-    "LLMEngine": ("for batches from synchronous code use aiollm.LLM (LLM(model, ...)"
-                  ".generate(prompts, params)); for requests one at a time, aiollm.Engine "
-                  "(asyncio: await engine.generate(prompt, params))"),
-    "AsyncLLMEngine": ("aiollm.Engine is aiollm's asyncio engine: aiollm.Engine(model, "
-                       "**options), then await engine.generate(prompt, params), or async "
-                       "for over engine.stream(prompt, params)"),
-    "EngineArgs": _ENGINE_OPTIONS,
-    "AsyncEngineArgs": _ENGINE_OPTIONS,
-    "ModelRegistry": ("aiollm's model families are built in (llama, mistral, qwen2, qwen3 "
-                      "and their MoE kinds: aiollm.model.config.SUPPORTED_ARCHITECTURES); "
-                      "none can be registered"),
-    "initialize_ray_cluster": ("aiollm runs in one process, which starts its own tensor "
-                               "parallel ranks (tensor_parallel_size): no Ray cluster"),
-    **dict.fromkeys(("PoolingParams", "PoolingOutput", "PoolingRequestOutput",
-                     "EmbeddingOutput", "EmbeddingRequestOutput", "ClassificationOutput",
-                     "ClassificationRequestOutput", "ScoringOutput", "ScoringRequestOutput"),
-                    GENERATIVE_ONLY),
-}
-
-
-def package_lacking(name: str, importing: bool) -> ImportError | AttributeError:
-    """The error for the aiollm package's missing attribute `name`: PACKAGE_LACKING's
-    reason where the vllm package has it, else Python's own message. `importing`: asked by
-    a `from aiollm import name` (Python puts its bare "cannot import name" in place of an
-    AttributeError there, losing the reason), which gets an ImportError instead."""
-    if name not in PACKAGE_LACKING:
-        return AttributeError(f"module 'aiollm' has no attribute {name!r}")
-    message = f"aiollm has no {name} (vLLM's): {PACKAGE_LACKING[name]}"
-    if importing:
-        return ImportError(message, name="aiollm")
-    return AttributeError(message)

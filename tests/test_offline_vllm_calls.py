@@ -155,8 +155,13 @@ def test_sampling_params_take_keywords_only():
 
 def test_vllms_top_level_names_import_from_aiollm(llm):
     """`from vllm import LLM, SamplingParams, RequestOutput, CompletionOutput, TextPrompt,
-    TokensPrompt` (type hints, isinstance checks): aiollm had the first two alone."""
-    from aiollm import CompletionOutput, RequestOutput, TextPrompt, TokensPrompt
+    TokensPrompt, PromptType` (type hints, isinstance checks): aiollm had the first two
+    alone; PromptType, vLLM's union of the prompts generate takes, also came later."""
+    import typing
+
+    from aiollm import CompletionOutput, PromptType, RequestOutput, TextPrompt, TokensPrompt
+
+    assert set(typing.get_args(PromptType)) == {str, list[int], TextPrompt, TokensPrompt}
 
     out, = llm.generate(TextPrompt(prompt="Hi"), GREEDY, False)
     assert isinstance(out, RequestOutput) and isinstance(out.outputs[0], CompletionOutput)
