@@ -1,6 +1,8 @@
 """A mis-shaped tensor of a mixture-of-experts layer is refused naming the config.json fields
 that give that tensor its shape, so the user knows which field disagrees with the weights; a
-shared expert's tensor in a family without one names the model type.
+shared expert's tensor in a family without one names the model type, and so does an expert
+tensor in a model type without experts (whose GGUF expert_count is ignored, as llama.cpp
+does).
 
 A tiny random Qwen2-MoE (8 experts, a gated shared expert) saved by transformers, its experts
 restacked as transformers 5's state dict holds them (experts.gate_up_proj [E, 2I, H],
@@ -157,3 +159,34 @@ def test_a_qwen3_moe_gguf_with_shared_expert_tensors_is_refused(tmp_path):
                        r"has no place in the model: qwen3_moe models have no shared expert .*"
                        "check the file's general.architecture"):
         load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+
+
+def test_an_expert_count_in_a_dense_architecture_gguf_is_ignored_as_llama_cpp_does(
+        tmp_path, monkeypatch):
+    """llama.cpp's qwen2 and qwen3 graphs are dense: they read no experts whatever the
+    file's expert_count says. A dense Qwen3 file carrying qwen3.expert_count failed to load
+    with a bare KeyError('qwen3'); it now runs as the dense model it is."""
+    import test_loader
+    from test_loader import FAMILIES, all_position_logits, write_gguf
+
+    plain = test_loader.gguf_writer
+
+    def with_expert_count(c, path, arch):
+        w = plain(c, path, arch)
+        w.add_expert_count(8)
+        w.add_expert_used_count(2)
+        return w
+
+    monkeypatch.setattr(test_loader, "gguf_writer", with_expert_count)
+    hf = save_random_hf_model(FAMILIES["qwen3-qk-norm"], str(tmp_path / "hf"))
+    with torch.no_grad():  # the file holds fp16 tensors
+        for p in hf.parameters():
+            p.copy_(p.half().float())
+    write_gguf(hf, str(tmp_path / "model.gguf"))
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    assert loaded.config.architecture == "qwen3" and loaded.config.moe is None
+    prompts = [[3, 17, 9, 4, 50, 23, 7], [5]]
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in prompts])
+    assert (all_position_logits(loaded, prompts) - ref).abs().max() < 1e-4
+
