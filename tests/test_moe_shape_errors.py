@@ -190,3 +190,39 @@ def test_an_expert_count_in_a_dense_architecture_gguf_is_ignored_as_llama_cpp_do
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in prompts])
     assert (all_position_logits(loaded, prompts) - ref).abs().max() < 1e-4
 
+
+@pytest.mark.parametrize("form, family, dense", [("hf", "qwen3_moe", "qwen3"),
+                                                  ("gguf", "qwen3_moe", "qwen3"),
+                                                  ("gguf", "mixtral", "llama")])
+def test_expert_tensors_under_a_dense_model_type_name_the_field(tmp_path, monkeypatch, form,
+                                                                 family, dense):
+    """A Qwen3-MoE checkpoint whose config.json says model_type qwen3 (or whose GGUF file
+    says general.architecture qwen3), a Mixtral GGUF file without llama.expert_count: its
+    first expert tensor was refused as having "no place in the model", with no word of the
+    field that made the model dense."""
+    import json
+
+    import gguf
+
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    hf = save_moe_model(family, tmp_path / "hf", tokenizer=False)
+    if form == "hf":
+        path = tmp_path / "hf"
+        fields = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps(
+            {**fields, "model_type": dense, "architectures": ["Qwen3ForCausalLM"]}))
+        where = "config.json's model_type"
+    else:
+        if dense == "llama":  # Mixtral's file (llama) without the count that says so
+            monkeypatch.setattr(gguf.GGUFWriter, "add_expert_count", lambda self, n: None)
+            where = r"the file's llama.expert_count \(llama.cpp's Mixtral files are llama"
+        else:
+            hf.config.model_type = dense  # written as the file's general.architecture
+            where = "the file's general.architecture"
+        path = tmp_path / "model.gguf"
+        write_moe_gguf(hf, str(path))
+    with pytest.raises(ValueError, match=r"checkpoint tensor '[\w.]+' has no place in the "
+                       rf"model: {dense} models have no experts \(of the supported model "
+                       r"types mixtral, qwen2_moe and qwen3_moe have them\): check " + where):
+        load_model(str(path), dtype=torch.float32, device="cpu")
