@@ -9,6 +9,7 @@ wrong mapping of them would go unnoticed.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import math
 import os
@@ -52,8 +53,11 @@ PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2]]
 
 
 def save_random_hf_model(config, path: str, **save_kwargs):
+    """A random model of `config` saved in `path`. The model gets a copy of the config
+    (transformers keeps the object it is given): a test that edits the model's config to
+    write a damaged file must not change the module-level configs later tests build from."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    model = AutoModelForCausalLM.from_config(copy.deepcopy(config)).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -81,6 +85,17 @@ def all_position_logits(loaded, prompts: list[list[int]]) -> torch.Tensor:
                                torch.device("cpu"))
     batch.logits_index = torch.arange(batch.num_tokens)
     return loaded.model(batch)
+
+
+def test_editing_a_saved_models_config_leaves_the_shared_config_alone(tmp_path):
+    """Tests write damaged files by editing the saved model's config (its model_type, an
+    expert width): that config was the module-level one, so every later test in the process
+    built its model from the edit (test_loader_errors' Qwen2-MoE GGUF test failed after
+    test_moe_shape_errors in one process, as a qwen3_moe file)."""
+    config = FAMILIES["qwen3-qk-norm"]
+    hf = save_random_hf_model(config, str(tmp_path))
+    hf.config.model_type = "llama"
+    assert config.model_type == "qwen3"
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))

@@ -1,6 +1,8 @@
 """A mis-shaped tensor of a mixture-of-experts layer is refused naming the config.json fields
 that give that tensor its shape, so the user knows which field disagrees with the weights; a
-shared expert's tensor in a family without one names the model type.
+shared expert's tensor in a family without one names the model type, and so does an expert
+tensor in a model type without experts (whose GGUF expert_count is ignored, as llama.cpp
+does).
 
 A tiny random Qwen2-MoE (8 experts, a gated shared expert) saved by transformers, its experts
 restacked as transformers 5's state dict holds them (experts.gate_up_proj [E, 2I, H],
@@ -157,3 +159,70 @@ def test_a_qwen3_moe_gguf_with_shared_expert_tensors_is_refused(tmp_path):
                        r"has no place in the model: qwen3_moe models have no shared expert .*"
                        "check the file's general.architecture"):
         load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+
+
+def test_an_expert_count_in_a_dense_architecture_gguf_is_ignored_as_llama_cpp_does(
+        tmp_path, monkeypatch):
+    """llama.cpp's qwen2 and qwen3 graphs are dense: they read no experts whatever the
+    file's expert_count says. A dense Qwen3 file carrying qwen3.expert_count failed to load
+    with a bare KeyError('qwen3'); it now runs as the dense model it is."""
+    import test_loader
+    from test_loader import FAMILIES, all_position_logits, write_gguf
+
+    plain = test_loader.gguf_writer
+
+    def with_expert_count(c, path, arch):
+        w = plain(c, path, arch)
+        w.add_expert_count(8)
+        w.add_expert_used_count(2)
+        return w
+
+    monkeypatch.setattr(test_loader, "gguf_writer", with_expert_count)
+    hf = save_random_hf_model(FAMILIES["qwen3-qk-norm"], str(tmp_path / "hf"))
+    with torch.no_grad():  # the file holds fp16 tensors
+        for p in hf.parameters():
+            p.copy_(p.half().float())
+    write_gguf(hf, str(tmp_path / "model.gguf"))
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    assert loaded.config.architecture == "qwen3" and loaded.config.moe is None
+    prompts = [[3, 17, 9, 4, 50, 23, 7], [5]]
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in prompts])
+    assert (all_position_logits(loaded, prompts) - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("form, family, dense", [("hf", "qwen3_moe", "qwen3"),
+                                                  ("gguf", "qwen3_moe", "qwen3"),
+                                                  ("gguf", "mixtral", "llama")])
+def test_expert_tensors_under_a_dense_model_type_name_the_field(tmp_path, monkeypatch, form,
+                                                                 family, dense):
+    """A Qwen3-MoE checkpoint whose config.json says model_type qwen3 (or whose GGUF file
+    says general.architecture qwen3), a Mixtral GGUF file without llama.expert_count: its
+    first expert tensor was refused as having "no place in the model", with no word of the
+    field that made the model dense."""
+    import json
+
+    import gguf
+
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    hf = save_moe_model(family, tmp_path / "hf", tokenizer=False)
+    if form == "hf":
+        path = tmp_path / "hf"
+        fields = json.loads((path / "config.json").read_text())
+        (path / "config.json").write_text(json.dumps(
+            {**fields, "model_type": dense, "architectures": ["Qwen3ForCausalLM"]}))
+        where = "config.json's model_type"
+    else:
+        if dense == "llama":  # Mixtral's file (llama) without the count that says so
+            monkeypatch.setattr(gguf.GGUFWriter, "add_expert_count", lambda self, n: None)
+            where = r"the file's llama.expert_count \(llama.cpp's Mixtral files are llama"
+        else:
+            hf.config.model_type = dense  # written as the file's general.architecture
+            where = "the file's general.architecture"
+        path = tmp_path / "model.gguf"
+        write_moe_gguf(hf, str(path))
+    with pytest.raises(ValueError, match=r"checkpoint tensor '[\w.]+' has no place in the "
+                       rf"model: {dense} models have no experts \(of the supported model "
+                       r"types mixtral, qwen2_moe and qwen3_moe have them\): check " + where):
+        load_model(str(path), dtype=torch.float32, device="cpu")

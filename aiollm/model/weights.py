@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 import torch
 
+from aiollm.model.config import MOE_ARCHITECTURES
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.parallel import ShardPlan
 
@@ -40,6 +41,8 @@ _SHARED_EXPERT = re.compile(r"layers\.\d+\.mlp\.shared_expert(?:_gate)?\.")
 # a tensor of a dense MLP or of a sparse one (router, experts, shared expert)
 _LAYER_MLP = re.compile(
     r"layers\.(\d+)\.mlp\.(?:gate_up_proj|gate_proj|up_proj|down_proj|gate|experts|shared_)")
+# a tensor only a sparse MLP has (router, experts, shared expert)
+_SPARSE_MLP = re.compile(r"layers\.\d+\.mlp\.(?:gate\.|experts\.|shared_expert)")
 
 
 class WeightFiller:
@@ -291,6 +294,16 @@ class WeightFiller:
             why = f": it has {len(self.layer_kinds)} layers (" + (
                 "the file's block_count)" if self.gguf else "config.json's "
                 "num_hidden_layers): use the config.json saved with these weights")
+        elif self.moe is None and _SPARSE_MLP.search(name):
+            # a mixture-of-experts checkpoint under a dense model type (a qwen3_moe one
+            # relabelled qwen3): the field that made the model dense is the one to check
+            why = (f": {self.architecture} models have no experts (of the supported model "
+                   f"types {', '.join(MOE_ARCHITECTURES[:-1])} and {MOE_ARCHITECTURES[-1]} "
+                   "have them): check " + (
+                       "config.json's model_type" if not self.gguf
+                       else "the file's llama.expert_count (llama.cpp's Mixtral files are "
+                       "llama with an expert count)" if self.architecture == "llama"
+                       else "the file's general.architecture"))
         elif m is not None and self.moe is not None and int(m.group(1)) < len(self.layer_kinds):
             layer = int(m.group(1))
             if self.gguf:

@@ -26,7 +26,12 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
-from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, MoeConfig
+from aiollm.model.config import (
+    MOE_ARCHITECTURES,
+    SUPPORTED_ARCHITECTURES,
+    ModelConfig,
+    MoeConfig,
+)
 from aiollm.model.rope_config import RopeConfig
 from aiollm.model.weights_hf import damaged_file_advice
 
@@ -174,7 +179,10 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
 
 def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeConfig | None:
     experts = int(_field(reader, p + "expert_count", 0) or 0)
-    if not experts:
+    # llama.cpp's graphs of the dense architectures (qwen2, qwen3) read no experts whatever
+    # expert_count says: such a file runs dense, and expert tensors in it are refused by the
+    # weight loader naming the architecture
+    if not experts or arch not in MOE_ARCHITECTURES:
         return None
     layers = int(_field(reader, p + "block_count"))
     inter = _expert_width(reader, p, tensors)
