@@ -169,3 +169,31 @@ def test_each_node_names_the_rank_that_failed_to_size_its_kv_cache(tiny_model,  
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_a_checkpoint_carries_a_long_or_non_ascii_failure_as_bytes_cut_to_its_bound(tmp_path):
+    """The checkpoint sends each rank's value and error in a tensor of fixed size (nothing
+    another node sends is unpickled): the smallest value comes back; an error past
+    FAILURE_BYTES is cut there, mid-character too, and still read (one group of one rank,
+    in this process)."""
+    import torch.distributed as dist
+
+    from aiollm.distributed.group import FAILURE_BYTES, TensorParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        tp = TensorParallel(0, 1, torch.device("cpu"))
+        assert tp.start_check(1234) == 1234 and tp.starting
+        why = "ValueError: é" + "x" * FAILURE_BYTES  # the cut splits no character here...
+        with pytest.raises(RankLost, match="^tensor parallel rank 0 failed: ValueError: éx+$"
+                           ) as e:
+            tp._meet(0, why, last=False)
+        assert len(str(e.value).encode()) == len("tensor parallel rank 0 failed: ") + FAILURE_BYTES
+        assert not tp.starting  # a failed checkpoint is the last one met
+        tp.starting = True
+        odd = "x" * (FAILURE_BYTES - 1) + "é"  # ...here it does: the half is replaced
+        with pytest.raises(RankLost, match="x\ufffd$"):
+            tp._meet(0, odd, last=True)
+    finally:
+        dist.destroy_process_group()

@@ -45,6 +45,7 @@ STOP, DECODE, EAGER = 0, 1, 2
 ARGMAX_ONLY, PLACEHOLDERS, REMOTE_SAMPLING = 1, 2, 4
 
 log = logging.getLogger(__name__)
+FAILURE_BYTES = 2048  # of a rank's start-up error, as a start-up checkpoint carries it
 
 
 class RankLost(RuntimeError):
@@ -139,19 +140,28 @@ class TensorParallel:
                       self.rank, e)
 
     def _meet(self, value: int, failure: str | None, last: bool) -> int:
-        outcomes: list = [None] * self.size
+        # each rank's [value, failure's length in bytes (-1: none), its UTF-8 bytes...]: a
+        # tensor of fixed size, not a pickled object (nothing another node sends is
+        # unpickled); a longer message is cut
+        mine = torch.zeros(2 + FAILURE_BYTES, dtype=torch.int64)
+        text = (failure or "").encode()[:FAILURE_BYTES]
+        mine[0], mine[1] = value, -1 if failure is None else len(text)
+        if text:
+            mine[2:2 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
+        outcomes = [torch.empty_like(mine) for _ in range(self.size)]
         try:
-            dist.all_gather_object(outcomes, (value, failure), group=self.cpu_group)
+            dist.all_gather(outcomes, mine, group=self.cpu_group)
         except BaseException:
             self.starting = False  # the group is broken: no later checkpoint meets
             raise
-        failed = [(rank, f) for rank, (_, f) in enumerate(outcomes) if f is not None]
+        failed = [(rank, int(t[1])) for rank, t in enumerate(outcomes) if t[1] >= 0]
         if failed or last:
             self.starting = False
         if failed:
-            rank, why = failed[0]
+            rank, n = failed[0]
+            why = bytes(outcomes[rank][2:2 + n].tolist()).decode(errors="replace")
             raise RankLost(f"tensor parallel rank {rank} failed: {why}")
-        return min(v for v, _ in outcomes)
+        return min(int(t[0]) for t in outcomes)
 
     # -- step messages (host, rank 0 -> followers) ----------------------------------------
     def step_message(self, inp, tokens: int, sampled: int, arrays: tuple) -> tuple:
