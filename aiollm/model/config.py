@@ -58,8 +58,9 @@ class MoeConfig:
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE: one gated shared expert (0: none)
     sparse_step: int = 1
     dense_layers: tuple[int, ...] = ()
-    # config.json's name of num_experts, for messages: transformers reads either spelling
-    # (it saves Qwen3-MoE's as num_local_experts; the Hub's Qwen configs say num_experts)
+    # config.json's name of num_experts, for messages: the spelling transformers read (it
+    # reads either for Mixtral and Qwen3-MoE: transformers 5 saves Qwen3-MoE's as
+    # num_local_experts, the Hub's Qwen configs say num_experts)
     experts_field: str = "num_experts"
 
     def __post_init__(self) -> None:
@@ -291,10 +292,10 @@ def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
     value is refused naming its config.json field (MoeConfig's own checks speak of top_k and
     sparse_step, which no config.json has) as `fields` (config.json's) spell it."""
     mixtral = hf.model_type == "mixtral"
-    usual = "num_local_experts" if mixtral else "num_experts"
-    other = "num_experts" if mixtral else "num_local_experts"
-    num_experts, top_k = int(getattr(hf, usual)), int(hf.num_experts_per_tok)
-    experts_field = other if other in fields and usual not in fields else usual
+    # the attribute transformers' model class sizes its experts by
+    attr = "num_local_experts" if mixtral else "num_experts"
+    num_experts, top_k = int(getattr(hf, attr)), int(hf.num_experts_per_tok)
+    experts_field = _expert_count_field(fields, attr, num_experts, hf.model_type)
     # only Qwen2-MoE has a shared expert (transformers' Qwen3-MoE leaves the field unread)
     shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0) \
         if hf.model_type == "qwen2_moe" else 0
@@ -331,6 +332,23 @@ def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
         dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
         experts_field=experts_field,
     )
+
+
+def _expert_count_field(fields: dict, attr: str, value: int, model_type: str) -> str:
+    """config.json's name of the expert count transformers read (`value`, its attribute
+    `attr`), for messages. Which spelling it reads depends on the model type and, when both
+    are given, on its version (transformers 5.x: Mixtral's num_experts wins over
+    num_local_experts, Qwen3-MoE's num_local_experts over num_experts, Qwen2-MoE reads
+    num_experts only): the spelling whose value it took is the one named, `attr` when
+    config.json gives neither. A spelling given and not read (Qwen2-MoE's num_local_experts)
+    is warned of: the count is then transformers' default."""
+    spellings = [k for k in (attr, "num_experts", "num_local_experts") if k in fields]
+    read = next((k for k in spellings if fields[k] == value), None)
+    if read is None and spellings:
+        log.warning("config.json's %s (%s) is not read for model_type %s: the model has "
+                    "transformers' default %s = %d experts; give %s", spellings[0],
+                    fields[spellings[0]], model_type, attr, value, attr)
+    return read or attr
 
 
 def load_hf_config(model_dir: str) -> ModelConfig:
