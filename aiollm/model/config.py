@@ -294,8 +294,13 @@ def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
     mixtral = hf.model_type == "mixtral"
     # the attribute transformers' model class sizes its experts by
     attr = "num_local_experts" if mixtral else "num_experts"
-    num_experts, top_k = int(getattr(hf, attr)), int(hf.num_experts_per_tok)
+    num_experts, top_k = getattr(hf, attr), int(hf.num_experts_per_tok)
     experts_field = _expert_count_field(fields, attr, num_experts, hf.model_type)
+    # transformers checks the type of the spelling its config class declares, not of the
+    # other (Qwen3-MoE's num_local_experts, Mixtral's num_experts), which it takes as given
+    if not isinstance(num_experts, int) or isinstance(num_experts, bool):
+        raise ValueError(f"config.json: {experts_field} must be an integer, got "
+                         f"{num_experts!r}")
     # only Qwen2-MoE has a shared expert (transformers' Qwen3-MoE leaves the field unread)
     shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0) \
         if hf.model_type == "qwen2_moe" else 0
@@ -334,7 +339,7 @@ def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
     )
 
 
-def _expert_count_field(fields: dict, attr: str, value: int, model_type: str) -> str:
+def _expert_count_field(fields: dict, attr: str, value: Any, model_type: str) -> str:
     """config.json's name of the expert count transformers read (`value`, its attribute
     `attr`), for messages. Which spelling it reads depends on the model type and, when both
     are given, on its version (transformers 5.x: Mixtral's num_experts wins over
@@ -346,7 +351,7 @@ def _expert_count_field(fields: dict, attr: str, value: int, model_type: str) ->
     read = next((k for k in spellings if fields[k] == value), None)
     if read is None and spellings:
         log.warning("config.json's %s (%s) is not read for model_type %s: the model has "
-                    "transformers' default %s = %d experts; give %s", spellings[0],
+                    "transformers' default %s = %s experts; give %s", spellings[0],
                     fields[spellings[0]], model_type, attr, value, attr)
     return read or attr
 
