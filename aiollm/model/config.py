@@ -46,7 +46,8 @@ class MoeConfig:
     """The sparse MLP of a mixture-of-experts model (Mixtral, Qwen2-MoE, Qwen3-MoE).
 
     Routing: softmax over the router's logits, the top `top_k` experts, their probabilities
-    renormalised to sum to 1 when `norm_topk_prob` (Mixtral always; Qwen by its config).
+    renormalised to sum to 1 when `norm_topk_prob` (Mixtral always; Qwen by its config.json,
+    by its architecture in a GGUF file, as llama.cpp runs it: weights_gguf.py).
     Layer i is sparse unless i is in `dense_layers` or (i + 1) % `sparse_step` != 0 (Qwen's
     decoder_sparse_step / mlp_only_layers); dense layers use ModelConfig.intermediate_size.
     """
