@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -258,6 +259,26 @@ def test_a_bad_moe_field_of_config_json_is_named(copy, field, value, message, lo
     set_field(path, field, value)
     with pytest.raises(ValueError, match=f"config.json: {message}"):
         load_model(str(path), dtype=torch.float32, device="cpu", load_format=load_format)
+
+
+@pytest.mark.parametrize("model_type, field, value", [
+    ("mixtral", "num_experts", None), ("mixtral", "num_experts", "8"),
+    ("qwen3_moe", "num_local_experts", None), ("qwen3_moe", "num_local_experts", 8.0)])
+def test_an_expert_count_of_another_type_under_the_undeclared_spelling_is_named(
+        tmp_path, model_type, field, value):
+    """transformers type-checks the expert count its config class declares (Mixtral's
+    num_local_experts, Qwen3-MoE's num_experts) but takes the other spelling as given, and
+    the model reads that one: null was a TypeError traceback naming nothing, "8" was read
+    as 8 (a model transformers cannot build)."""
+    from test_moe_model import FAMILIES
+
+    fields = FAMILIES[model_type].to_dict()
+    fields.pop("num_local_experts", None)
+    type(FAMILIES[model_type])(**fields).save_pretrained(tmp_path)
+    set_field(tmp_path, field, value)
+    with pytest.raises(ValueError, match=re.escape(
+            f"config.json: {field} must be an integer, got {value!r}")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
 @pytest.mark.parametrize("field, value", [("decoder_sparse_step", 0),

@@ -344,14 +344,16 @@ def test_greedy_through_the_server_matches_transformers(moe_model):
 
 
 def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None,
-                   expert_width: bool = True) -> None:
+                   expert_width: bool = True, weights_norm: bool | None = None) -> None:
     """Write an HF MoE model as llama.cpp lays it out: experts stacked per projection
     (ffn_*_exps), Mixtral as the "llama" architecture with an expert count and permuted q/k.
     per_expert: one tensor per expert (blk.N.ffn_gate.E), the layout of llama.cpp's Mixtral
     files before April 2024, which llama.cpp still reads. edit(GGUF name, array) -> the
     array to write instead, or (raw bytes, gguf.GGMLQuantizationType) for a quantized
     tensor, or None to leave the tensor out (a damaged file). expert_width False: no
-    expert_feed_forward_length key (files converted before llama.cpp wrote it)."""
+    expert_feed_forward_length key (files converted before llama.cpp wrote it). weights_norm:
+    an expert_weights_norm key of that value (None: none, as llama.cpp's converter writes
+    these architectures)."""
     c = hf.config
     mixtral = c.model_type == "mixtral"
     arch = "llama" if mixtral else c.model_type.replace("_", "")
@@ -370,6 +372,8 @@ def write_moe_gguf(hf, path: str, per_expert: bool = False, edit=None,
     w.add_expert_used_count(c.num_experts_per_tok)
     if not mixtral and expert_width:
         w.add_expert_feed_forward_length(c.moe_intermediate_size)
+    if weights_norm is not None:
+        w.add_expert_weights_norm(weights_norm)
     names = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
              "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
              "self_attn.o_proj": "attn_output", "self_attn.q_norm": "attn_q_norm",
@@ -422,6 +426,46 @@ def test_gguf_file_matches_transformers(tmp_path, family):
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
     assert (logits - ref).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("family, key", [("qwen3_moe", None), ("qwen3_moe", False),
+                                         ("qwen2_moe", None), ("qwen2_moe", True)])
+def test_a_gguf_routes_as_llama_cpp_runs_its_architecture(tmp_path, caplog, family, key):
+    """A GGUF file's top-k renormalisation is its architecture's, as llama.cpp runs it (its
+    graphs pass norm_w as a constant: qwen3moe true, qwen2moe false; it reads no
+    expert_weights_norm for them, and its converter writes none) and as transformers' GGUF
+    loader configures it. A checkpoint whose norm_topk_prob is the other way (a Qwen3-MoE
+    of false, a Qwen2-MoE of true) therefore runs from its GGUF file as transformers runs it
+    with the architecture's value, not its own, whether the file has no key (as converted)
+    or a key saying otherwise: that was followed, so the same file gave other tokens here
+    than in llama.cpp. Such a key is warned of."""
+    import logging
+
+    from transformers import AutoModelForCausalLM
+
+    own = family == "qwen2_moe"  # the checkpoint's norm_topk_prob: not its architecture's
+    save_moe_model(family, tmp_path / "hf", variant(family, norm_topk_prob=own),
+                   tokenizer=False)
+    refs = {}
+    for norm in (True, False):
+        hf = AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf"), dtype=torch.float32,
+                                                  norm_topk_prob=norm).eval()
+        with torch.no_grad():
+            refs[norm] = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"), weights_norm=key)
+    with caplog.at_level(logging.WARNING, logger="aiollm.model.weights_gguf"):
+        loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    assert loaded.config.moe.norm_topk_prob == (not own)
+    logits = all_position_logits(loaded, PROMPTS)
+    assert (logits - refs[not own]).abs().max() < 1e-4
+    assert torch.equal(logits.argmax(-1), refs[not own].argmax(-1))
+    assert (logits - refs[own]).abs().max() > 1e-3  # the test tells the two apart
+    arch = family.replace("_", "")
+    warned = [r.getMessage() for r in caplog.records if "expert_weights_norm" in r.getMessage()]
+    assert warned == ([] if key is None else [
+        f"GGUF metadata {arch}.expert_weights_norm = {key} is ignored: llama.cpp runs {arch} "
+        f"with its top-k routing weights {'' if not own else 'not '}renormalised, whatever "
+        "the file says, and so does aiollm"])
 
 
 def test_gguf_with_quantized_stacked_experts_is_close_to_transformers(tmp_path):

@@ -146,6 +146,62 @@ def test_the_expert_count_is_named_as_config_json_spells_it(tmp_path, model_type
         load_model(str(tmp_path), dtype=torch.float32, device="cpu")
 
 
+@pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "qwen2_moe"])
+def test_with_both_spellings_of_the_expert_count_the_one_read_is_named(tmp_path, model_type):
+    """A config.json with num_experts and num_local_experts both (a config merged from two
+    sources): transformers reads one of them, which one by model type (and version), and
+    the messages named the family's usual spelling or whichever was alone, not the one read
+    (Mixtral's num_experts, Qwen3-MoE's num_local_experts under transformers 5). They now
+    name the spelling whose value the model has, as transformers builds it."""
+    import json
+
+    from transformers import AutoConfig
+
+    from test_moe_model import FAMILIES
+
+    save_random_hf_model(FAMILIES[model_type], str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    count = config.pop("num_local_experts", None) or config.pop("num_experts")
+    # both wrong for the checkpoint, by different amounts, so the message tells them apart
+    values = {"num_experts": count + 1, "num_local_experts": count + 2}
+    (tmp_path / "config.json").write_text(json.dumps({**config, **values}))
+    built = AutoConfig.from_pretrained(str(tmp_path))
+    n = built.num_local_experts if model_type == "mixtral" else built.num_experts
+    (read,) = [k for k, v in values.items() if v == n]
+    with pytest.raises(ValueError, match=re.escape(f"(config.json's {read}, hidden_size)")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    (tmp_path / "config.json").write_text(json.dumps({**config, **values,
+                                                      "num_experts_per_tok": n + 1}))
+    with pytest.raises(ValueError, match=re.escape(
+            f"num_experts_per_tok must be in [1, {read} = {n}], got {n + 1}")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+
+
+def test_a_qwen2_moe_expert_count_spelled_as_mixtrals_is_warned_of_and_named(tmp_path,
+                                                                             caplog):
+    """Qwen2-MoE reads num_experts only: a config.json giving num_local_experts instead gets
+    transformers' default count (60), which the checkpoint's router then disagreed with in a
+    message naming num_local_experts, the field that was not read. It is now warned of at
+    load, and the shape error names num_experts, the field to give."""
+    import json
+    import logging
+
+    from test_moe_model import FAMILIES
+
+    save_random_hf_model(FAMILIES["qwen2_moe"], str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    count = config.pop("num_experts")
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_local_experts": count}))
+    with caplog.at_level(logging.WARNING, logger="aiollm.model.config"), \
+            pytest.raises(ValueError, match=re.escape(
+                "has shape (8, 64), the model expects (60, 64) (config.json's num_experts, "
+                "hidden_size)")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert [r.getMessage() for r in caplog.records] == [
+        "config.json's num_local_experts (8) is not read for model_type qwen2_moe: the model "
+        "has transformers' default num_experts = 60 experts; give num_experts"]
+
+
 def test_a_qwen3_moe_gguf_with_shared_expert_tensors_is_refused(tmp_path):
     """A GGUF file of architecture qwen3moe holding Qwen2-MoE's *_shexp tensors (llama.cpp's
     qwen3moe reads none): its shared expert was sized from the tensors and run, a model no

@@ -376,6 +376,44 @@ def test_tp2_runs_a_moe_model_whose_unused_dense_width_is_narrower_than_the_rank
     assert got[:3] == want
 
 
+@pytest.mark.parametrize("fields", [dict(mlp_only_layers=[0, 1, 2]),
+                                    dict(decoder_sparse_step=4, mlp_only_layers=[])])
+def test_the_split_check_skips_the_expert_width_of_a_model_without_sparse_layers(fields):
+    """A Qwen3-MoE config whose every layer is dense (mlp_only_layers naming them all, or a
+    decoder_sparse_step past the last layer) builds no experts, in transformers and here:
+    its moe_intermediate_size is unread. The split check still compared it with the ranks
+    and refused -tp 2 ("exceeds the 1 intermediate features of this model's experts"); each
+    rank's config then cut it to 0 features (MoeConfig refused that)."""
+    from test_moe_model import variant
+
+    from aiollm.model.config import config_from_hf
+    from aiollm.model.parallel import ShardPlan, check_divisible
+
+    config = config_from_hf(variant("qwen3_moe", moe_intermediate_size=1, **fields))
+    assert not any(config.moe.is_sparse(i) for i in range(config.num_layers))
+    check_divisible(config, 2)
+    assert [ShardPlan.of(config, r, 2).intermediate for r in (0, 1)] == [(0, 40), (40, 40)]
+    sparse = config_from_hf(variant("qwen3_moe", moe_intermediate_size=1,
+                                    mlp_only_layers=[0, 1]))
+    with pytest.raises(ValueError, match="tensor parallel size 2 exceeds the 1 intermediate "
+                                         "features of this model's experts"):
+        check_divisible(sparse, 2)
+
+
+def test_tp2_runs_a_moe_model_whose_every_layer_is_dense(tmp_path, monkeypatch):
+    """The model of the test above, served over two ranks: transformers' greedy tokens."""
+    from test_moe_model import hf_greedy, save_moe_model, variant
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    config = variant("qwen3_moe", vocab_size=161, moe_intermediate_size=1,
+                     mlp_only_layers=[0, 1, 2])
+    hf = save_moe_model("qwen3_moe", tmp_path / "model", config, tokenizer=False)
+    _save_tokenizer(str(tmp_path / "model"))
+    want = [hf_greedy(hf, p, 10) for p in PROMPTS]
+    got, _ = asyncio.run(_generate(str(tmp_path / "model"), 2))
+    assert got[:3] == want
+
+
 def test_tp2_dummy_weights_of_a_moe_model_equal_tp1(tmp_path, monkeypatch):
     """--load-format dummy serves the same random model at any rank count: each rank keeps
     its part of the whole model's random tensors. A shared expert's gate/up were cut at the

@@ -46,7 +46,8 @@ class MoeConfig:
     """The sparse MLP of a mixture-of-experts model (Mixtral, Qwen2-MoE, Qwen3-MoE).
 
     Routing: softmax over the router's logits, the top `top_k` experts, their probabilities
-    renormalised to sum to 1 when `norm_topk_prob` (Mixtral always; Qwen by its config).
+    renormalised to sum to 1 when `norm_topk_prob` (Mixtral always; Qwen by its config.json,
+    by its architecture in a GGUF file, as llama.cpp runs it: weights_gguf.py).
     Layer i is sparse unless i is in `dense_layers` or (i + 1) % `sparse_step` != 0 (Qwen's
     decoder_sparse_step / mlp_only_layers); dense layers use ModelConfig.intermediate_size.
     """
@@ -58,8 +59,9 @@ class MoeConfig:
     shared_expert_intermediate_size: int = 0  # Qwen2-MoE: one gated shared expert (0: none)
     sparse_step: int = 1
     dense_layers: tuple[int, ...] = ()
-    # config.json's name of num_experts, for messages: transformers reads either spelling
-    # (it saves Qwen3-MoE's as num_local_experts; the Hub's Qwen configs say num_experts)
+    # config.json's name of num_experts, for messages: the spelling transformers read (it
+    # reads either for Mixtral and Qwen3-MoE: transformers 5 saves Qwen3-MoE's as
+    # num_local_experts, the Hub's Qwen configs say num_experts)
     experts_field: str = "num_experts"
 
     def __post_init__(self) -> None:
@@ -291,10 +293,15 @@ def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
     value is refused naming its config.json field (MoeConfig's own checks speak of top_k and
     sparse_step, which no config.json has) as `fields` (config.json's) spell it."""
     mixtral = hf.model_type == "mixtral"
-    usual = "num_local_experts" if mixtral else "num_experts"
-    other = "num_experts" if mixtral else "num_local_experts"
-    num_experts, top_k = int(getattr(hf, usual)), int(hf.num_experts_per_tok)
-    experts_field = other if other in fields and usual not in fields else usual
+    # the attribute transformers' model class sizes its experts by
+    attr = "num_local_experts" if mixtral else "num_experts"
+    num_experts, top_k = getattr(hf, attr), int(hf.num_experts_per_tok)
+    experts_field = _expert_count_field(fields, attr, num_experts, hf.model_type)
+    # transformers checks the type of the spelling its config class declares, not of the
+    # other (Qwen3-MoE's num_local_experts, Mixtral's num_experts), which it takes as given
+    if not isinstance(num_experts, int) or isinstance(num_experts, bool):
+        raise ValueError(f"config.json: {experts_field} must be an integer, got "
+                         f"{num_experts!r}")
     # only Qwen2-MoE has a shared expert (transformers' Qwen3-MoE leaves the field unread)
     shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0) \
         if hf.model_type == "qwen2_moe" else 0
@@ -331,6 +338,23 @@ def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
         dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
         experts_field=experts_field,
     )
+
+
+def _expert_count_field(fields: dict, attr: str, value: Any, model_type: str) -> str:
+    """config.json's name of the expert count transformers read (`value`, its attribute
+    `attr`), for messages. Which spelling it reads depends on the model type and, when both
+    are given, on its version (transformers 5.x: Mixtral's num_experts wins over
+    num_local_experts, Qwen3-MoE's num_local_experts over num_experts, Qwen2-MoE reads
+    num_experts only): the spelling whose value it took is the one named, `attr` when
+    config.json gives neither. A spelling given and not read (Qwen2-MoE's num_local_experts)
+    is warned of: the count is then transformers' default."""
+    spellings = [k for k in (attr, "num_experts", "num_local_experts") if k in fields]
+    read = next((k for k in spellings if fields[k] == value), None)
+    if read is None and spellings:
+        log.warning("config.json's %s (%s) is not read for model_type %s: the model has "
+                    "transformers' default %s = %s experts; give %s", spellings[0],
+                    fields[spellings[0]], model_type, attr, value, attr)
+    return read or attr
 
 
 def load_hf_config(model_dir: str) -> ModelConfig:

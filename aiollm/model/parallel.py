@@ -86,11 +86,18 @@ class ShardPlan:
         vocab = (start, max(0, min(config.vocab_size, start + padded) - start))
         moe = config.moe
         experts = shared = (0, 0)
-        if moe is not None:
+        if has_sparse_layers(config):
             experts = split(moe.intermediate_size, ranks, rank)
             shared = split(moe.shared_expert_intermediate_size, ranks, rank)
         return cls(q_heads, kv_heads, split(config.intermediate_size, ranks, rank), vocab, padded,
                    experts, shared)
+
+
+def has_sparse_layers(config: ModelConfig) -> bool:
+    """Whether any layer of the model has experts (a Qwen MoE config may make every layer
+    dense: mlp_only_layers naming them all, or a decoder_sparse_step past the last)."""
+    moe = config.moe
+    return moe is not None and any(moe.is_sparse(i) for i in range(config.num_layers))
 
 
 def check_divisible(config: ModelConfig, ranks: int) -> None:
@@ -99,12 +106,13 @@ def check_divisible(config: ModelConfig, ranks: int) -> None:
     h, kv = config.num_heads, config.num_kv_heads
     if ranks < 1:
         raise ValueError(f"tensor parallel size must be >= 1, got {ranks}")
-    moe = getattr(config, "moe", None)
-    # a rank with none of an MLP's features would hold zero-width weights
+    moe = config.moe
+    # a rank with none of an MLP's features would hold zero-width weights; the widths of an
+    # MLP kind no layer has are unread (as in transformers) and not split
     widths = []
     if moe is None or not all(moe.is_sparse(i) for i in range(config.num_layers)):
         widths.append(("dense MLP", config.intermediate_size))
-    if moe is not None:
+    if has_sparse_layers(config):
         widths += [("expert", moe.intermediate_size),
                    ("shared expert", moe.shared_expert_intermediate_size)]
     for name, width in widths:
@@ -128,7 +136,7 @@ def local_config(config: ModelConfig, tp) -> ModelConfig:
         return config
     plan = ShardPlan.of(config, tp.rank, tp.size)
     moe = config.moe
-    if moe is not None:
+    if has_sparse_layers(config):  # else the experts' widths are unread, and stay whole
         moe = dataclasses.replace(moe, intermediate_size=plan.expert_intermediate[1],
                                   shared_expert_intermediate_size=plan.shared_intermediate[1])
     # a rank gets no dense features only when no layer is dense (check_divisible refuses

@@ -41,7 +41,11 @@ _PERMUTED_ARCHS = ("llama", "mistral", "mixtral")
 # llama.cpp's architecture names that differ from transformers' model_type (Mixtral is stored
 # as "llama" with an expert count)
 _ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
-# whether llama.cpp renormalises the top-k routing weights, when the file does not say
+# whether the top-k routing weights are renormalised: fixed by the architecture in llama.cpp,
+# whose graphs pass it as a constant (src/models/llama.cpp and qwen3moe.cpp true,
+# qwen2moe.cpp false) and whose loader reads no expert_weights_norm for them (its converter
+# writes none: a Qwen3-MoE of norm_topk_prob false runs renormalised there); transformers'
+# GGUF loader sets the same (qwen3_moe norm_topk_prob True, qwen2_moe its default False)
 _NORM_TOPK = {"mixtral": True, "qwen3_moe": True, "qwen2_moe": False}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
@@ -196,12 +200,27 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
         num_experts=experts,
         top_k=top_k,
         intermediate_size=int(inter),
-        norm_topk_prob=bool(_field(reader, p + "expert_weights_norm", _NORM_TOPK[arch])),
+        norm_topk_prob=_norm_topk(reader, p, arch),
         shared_expert_intermediate_size=_shared_expert_width(reader, p, tensors),
         # the file has no mlp_only_layers: a layer without a router is dense
         dense_layers=tuple(i for i in range(layers)
                            if f"blk.{i}.ffn_gate_inp.weight" not in tensors),
     )
+
+
+def _norm_topk(reader: GGUFReader, p: str, arch: str) -> bool:
+    """Whether the routing renormalises its top-k weights: as llama.cpp runs the architecture
+    (_NORM_TOPK). A file whose expert_weights_norm says otherwise (written by another tool)
+    is warned of: llama.cpp and transformers' GGUF loader read no such key for it, and the
+    same file must give the same tokens here as there."""
+    norm = _NORM_TOPK[arch]
+    given = _field(reader, p + "expert_weights_norm")
+    if given is not None and bool(given) != norm:
+        log.warning("GGUF metadata %sexpert_weights_norm = %s is ignored: llama.cpp runs %s "
+                    "with its top-k routing weights %s, whatever the file says, and so does "
+                    "aiollm", p, bool(given), p.rstrip("."),
+                    "renormalised" if norm else "not renormalised")
+    return norm
 
 
 def _expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
