@@ -39,7 +39,8 @@ def test_exposition_is_valid_for_an_odd_served_name(tiny):
                                    if line.startswith(f"# {kind} "))
         assert not [n for n, c in seen.items() if c > 1], kind
     fams = list(text_string_to_metric_families(text))
-    vllm = [f for f in fams if f.name.startswith("vllm:")]
+    # (vllm:cache_config_info carries the cache's fields, no model_name, as vLLM's)
+    vllm = [f for f in fams if f.name.startswith("vllm:") and f.name != "vllm:cache_config_info"]
     assert vllm and all(s.labels["model_name"] == ODD for f in vllm for s in f.samples)
     for f in fams:
         if f.type != "histogram":
