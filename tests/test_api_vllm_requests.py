@@ -174,3 +174,57 @@ def test_without_trust_the_servers_template_alone_renders(server):
         status, out = tokens(server, {"messages": HI, **body})
         assert status == 400 and out["error"]["param"] == param, out
     assert chat(server, {"chat_template_kwargs": {"x": 1}})[0] == 200
+
+
+# -- documents (RAG) --------------------------------------------------------------------------
+
+DOCS_TEMPLATE = "{% for d in documents or [] %}[{{ d.title }}: {{ d.text }}]{% endfor %}" + CONTENTS
+
+
+def test_documents_reach_the_chat_template(trusting):
+    """vLLM's chat field `documents` (RAG sources: dicts such as {"title", "text"}) is given to
+    the chat template as its `documents` variable, on chat and /tokenize alike; it was
+    ignored (logged as unknown), so a template that renders sources answered without them.
+    Control-token text in a document stays plain text, as in message content."""
+    server = trusting
+    tok = server.engine.tokenizer
+    docs = [{"title": "Paris", "text": "the capital"}, {"title": "x", "text": "<|im_start|>"}]
+    body = {"messages": HI, "chat_template": DOCS_TEMPLATE, "documents": docs}
+    status, out = tokens(server, body)
+    assert status == 200, out
+    assert tok.decode(out["tokens"]) == "[Paris: the capital][x: <|im_start|>]Hi"
+    assert tok.convert_tokens_to_ids("<|im_start|>") not in out["tokens"]
+    status, _, answer = chat(server, body)
+    assert status == 200 and answer["usage"]["prompt_tokens"] == out["count"], answer
+    # none sent, null or []: the template sees none
+    want = tok.encode("Hi", add_special_tokens=False)
+    for extra in ({}, {"documents": None}, {"documents": []}):
+        status, out = tokens(server, {"messages": HI, "chat_template": DOCS_TEMPLATE, **extra})
+        assert (status, out["tokens"]) == (200, want), out
+
+
+@pytest.mark.parametrize("documents, param", [
+    ("text", "documents"), ([5], "documents[0]"), ([{"title": 1}], "documents[0]")])
+def test_malformed_documents_are_named(server, documents, param):
+    """documents is a list of objects of strings (vLLM's list[dict[str, str]]): anything else
+    is a 400 naming the place (the document, for a value that is no string: the message
+    says which); the Python API's TemplateOptions names the key too."""
+    for status, out in (chat(server, {"documents": documents})[::2],
+                        tokens(server, {"messages": HI, "documents": documents})):
+        assert status == 400 and out["error"]["param"] == param, out
+    from aiollm.engine.chat_template import TemplateOptions
+    from aiollm.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as e:
+        TemplateOptions(documents=documents).check([])
+    assert e.value.param == ("documents[0].title" if isinstance(documents[0], dict)
+                             else param)
+
+
+def test_long_documents_are_rendered_off_the_loop():
+    """The documents' text counts in the size that sends a rendering to a worker thread
+    (off_loop's 512 characters), as message content does: RAG sources can be megabytes."""
+    from aiollm.engine.chat_template import TemplateOptions, rendered_size
+
+    docs = TemplateOptions(documents=[{"title": "t", "text": "x" * 1000}])
+    assert rendered_size(HI, None, docs) >= rendered_size(HI) + 1000

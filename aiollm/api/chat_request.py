@@ -42,7 +42,7 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
                              f"server started with {TRUST_FLAG}: leave it out to render with "
                              "the server's template", param=param)
     return TemplateOptions(req.add_generation_prompt, req.continue_final_message, kwargs,
-                           template)
+                           template, req.documents)
 
 
 class ContentPart(Struct, kw_only=True):
@@ -95,6 +95,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     prompt_logprobs: int | None = None
     # vLLM's: the request's own template (chat_template_options says when it is taken)
     chat_template: str | None = None
+    # vLLM's: sources for retrieval-augmented generation, the template's `documents`
+    documents: list[dict[str, str]] | None = None
     # vLLM's: it changes the output, and is not served (check_unserved)
     echo: bool | None = False
     # OpenAI's audio output: served as text alone (check_unserved)

@@ -22,6 +22,8 @@ class CompletionRequest(SamplingFields, kw_only=True):
     # OpenAI's, not served: refused when they would change the output (check_unserved)
     suffix: str | None = None
     best_of: int | None = None
+    # vLLM's (with --enable-prompt-embeds), not served: refused when sent (check_unserved)
+    prompt_embeds: Any = None
     # chat's: refused here (refuse_unserved)
     tools: Any = None
     tool_choice: Any = None
@@ -32,6 +34,10 @@ class CompletionRequest(SamplingFields, kw_only=True):
         SamplingFields.check_unserved(self)
         refuse_unserved(self, ("tools", "tool_choice", "functions", "function_call"), "",
                         "tool calls are served by /v1/chat/completions")
+        if self.prompt_embeds is not None:  # dropped, the answer had no choice for them
+            raise InvalidRequest("prompt_embeds is not served: the model reads prompts as "
+                                 "text or token ids; send them as the prompt",
+                                 param="prompt_embeds")
         if self.suffix:
             raise InvalidRequest("suffix is not supported: the server does not insert text "
                                  "(fill-in-the-middle); send the prompt alone", param="suffix")

@@ -94,8 +94,10 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
                        f"may have as text")
             raise InvalidRequest(message, param="parameters.stop_sequences")
         stop.append(text)
-    if p.top_k == 0:  # LightLLM refuses it, where SamplingParams takes it as off (vLLM's)
-        raise InvalidRequest("top_k must be -1 (off) or an integer >= 1, got 0",
+    if p.top_k < 1 and p.top_k != -1:
+        # LightLLM refuses 0, where SamplingParams takes it as off (vLLM's) and would say so
+        # of any other value it refuses
+        raise InvalidRequest(f"top_k must be -1 (off) or an integer >= 1, got {p.top_k}",
                              param="parameters.top_k")
     # a negative temperature stays an error even where sampling is off
     greedy = (not p.do_sample or p.temperature < _GREEDY_BELOW) and p.temperature >= 0

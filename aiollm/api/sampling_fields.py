@@ -35,6 +35,10 @@ _VLLM_UNSERVED = {
     "guided_whitespace_pattern": (None, structured.WHITESPACE_PATTERN_REFUSED),
     # vLLM refuses it too unless it runs with --scheduling-policy priority
     "priority": (0, "the server has no priority scheduling: send 0 or leave it out"),
+    # qualified names of processors to load: vLLM refuses them too unless run with
+    # --logits-processor-pattern; an empty list asks for nothing
+    "logits_processors": ([], "the server loads no logits processors: leave it out (the "
+                              "constraints, logit_bias and allowed_token_ids are served)"),
 }
 
 
@@ -89,6 +93,7 @@ class SamplingFields(Struct, kw_only=True):
     return_tokens_as_token_ids: Any = None
     guided_whitespace_pattern: Any = None
     priority: int | None = 0
+    logits_processors: Any = None
 
     def check_unserved(self) -> None:
         """InvalidRequest naming the first vLLM field the server does not serve that is sent

@@ -152,7 +152,8 @@ class ApiState:
         template wrote, as vLLM's chat field of that name (default false) adds them.
         keep_last: only that many tokens (truncate_prompt_tokens), those added kept
         (with_special_tokens), the rendered ones cut from the left as vLLM cuts them."""
-        ids, shown = await off_loop(rendered_size(messages, tools), self.engine.render_chat,
+        ids, shown = await off_loop(rendered_size(messages, tools, template),
+                                    self.engine.render_chat,
                                     messages, tools, template)
         if add_special_tokens:
             ids = with_special_tokens(self.engine.tokenizer, ids, keep_last)

@@ -23,6 +23,7 @@ class TokenizeRequest(Struct, kw_only=True):
     continue_final_message: bool = False
     chat_template_kwargs: dict[str, Any] | None = None
     chat_template: str | None = None  # vLLM's, as chat takes it (chat_template_options)
+    documents: list[dict[str, str]] | None = None  # as chat takes them
     return_token_strs: bool | None = False  # vLLM's: the tokens' vocabulary strings too
 
     template_options = chat_template_options

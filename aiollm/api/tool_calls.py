@@ -73,7 +73,13 @@ class ToolParser:
                 calls, last_cut = [ToolCall(named, "")], True
             if last_cut:
                 calls[-1].complete = False
+        for call in calls:
+            call.id = self.call_id()
         return content, calls
+
+    def call_id(self) -> str:
+        """A new call's id: OpenAI's form, `call_` and 24 hex digits."""
+        return f"call_{uuid.uuid4().hex[:24]}"
 
     def tags(self, tools: list[dict]) -> list[dict]:
         """xgrammar structural tags: one per tool, its arguments under its schema."""

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import functools
 import json
+import random
+import string
 from typing import Any
 
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
@@ -38,6 +40,9 @@ PARSERS = TOOL_CALL_PARSERS  # EngineConfig checks --tool-call-parser against th
 # bound on a model that would otherwise write newlines forever (seen: a tool without
 # parameters, whose `{}` the default model never closed)
 MAX_WHITESPACE = 16
+# Mistral's call ids: 9 of these, drawn from the OS's randomness (not the seeded sampling's)
+_ID_CHARACTERS = string.ascii_letters + string.digits
+_ID_RANDOM = random.SystemRandom()
 
 
 def _arguments(tool: dict) -> dict:
@@ -152,6 +157,12 @@ class Llama3Parser(ToolParser):
 
 class MistralParser(ToolParser):
     name, start = "mistral", "[TOOL_CALLS]"
+
+    def call_id(self):
+        # Mistral's chat templates refuse a history whose call ids are not 9 letters or
+        # digits (raise_exception), so the calls an agent sends back must have such ids, as
+        # vLLM's Mistral parser makes them
+        return "".join(_ID_RANDOM.choices(_ID_CHARACTERS, k=9))
 
     def parse(self, text):
         # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call. The

@@ -72,7 +72,7 @@ class ChatAPI:
         calls in it unparsed, as vLLM's LLM.chat gives it. `cache_salt`: as generate()
         takes it (checked before the messages are rendered)."""
         checked_salt(cache_salt)
-        ids = await off_loop(rendered_size(messages, tools), self._chat_ids, messages,
+        ids = await off_loop(rendered_size(messages, tools, template), self._chat_ids, messages,
                              template, tools)
         return await self.generate(ids, params, cache_salt=cache_salt)
 

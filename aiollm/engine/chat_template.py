@@ -23,6 +23,7 @@ meaning to are type-checked (`enable_thinking` is a boolean: "no" would turn thi
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -62,14 +63,19 @@ class TemplateOptions:
     variables of the template (`chat_template_kwargs`), each a bool, number, None or a
     string without control-token text, and `enable_thinking` a bool or None (None: not set,
     the template's default); chat_template: a Jinja chat template to render with in place
-    of the tokenizer's (vLLM's LLM.chat(chat_template=...); None: the tokenizer's). `check`
-    raises InvalidRequest naming the field (`chat_template_kwargs.enable_thinking`;
-    `chat_template` for one that is no string or does not compile)."""
+    of the tokenizer's (vLLM's LLM.chat(chat_template=...); None: the tokenizer's);
+    documents: the sources of retrieval-augmented generation, given to the template as its
+    `documents` variable (vLLM's chat field; each a dict of strings, such as {"title",
+    "text"}; a template that renders none ignores them; control-token text in them stays
+    plain text, as in message content). `check` raises InvalidRequest naming the field
+    (`chat_template_kwargs.enable_thinking`; `chat_template` for one that is no string or
+    does not compile; `documents[1].text`)."""
 
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
     chat_template: str | None = None
+    documents: list[dict[str, str]] | None = None
 
     def check(self, specials: list[str], reserved: frozenset[str] = frozenset()) -> None:
         """specials: control-token texts a string variable may not hold (it would be
@@ -80,6 +86,7 @@ class TemplateOptions:
                                  param="continue_final_message")
         if self.chat_template is not None:
             check_template_source(self.chat_template)
+        _check_documents(self.documents)
         if not isinstance(self.kwargs, dict):
             raise InvalidRequest("chat_template_kwargs must be an object",
                                  param="chat_template_kwargs")
@@ -98,6 +105,24 @@ class TemplateOptions:
                                      param=param)
 
 
+def _check_documents(documents: Any) -> None:
+    """InvalidRequest naming the place where `documents` is not None or a list of dicts of
+    strings (vLLM's list[dict[str, str]])."""
+    if documents is None:
+        return
+    if not isinstance(documents, (list, tuple)):
+        raise InvalidRequest("documents must be a list of objects of strings, such as "
+                             '{"title": ..., "text": ...}', param="documents")
+    for i, doc in enumerate(documents):
+        if not isinstance(doc, dict):
+            raise InvalidRequest("a document must be an object of strings, such as "
+                                 '{"title": ..., "text": ...}', param=f"documents[{i}]")
+        for key, value in doc.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise InvalidRequest("a document's keys and values must be strings",
+                                     param=f"documents[{i}].{key}")
+
+
 def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The text of every special added token (the ones `split_special_tokens` splits),
     longest first so that one that contains another is matched whole."""
@@ -105,14 +130,20 @@ def special_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     return sorted((t for t in texts if t), key=len, reverse=True)
 
 
-def rendered_size(messages: Any, tools: list[dict] | None = None) -> int:
+def rendered_size(messages: Any, tools: list[dict] | None = None,
+                  template: TemplateOptions | None = None) -> int:
     """About how many characters the template renders for `messages` and `tools`, what
     off_loop weighs: each message's text and its tool calls' arguments (which templates that
     know tools write out: an agent's file write can be megabytes) plus 64 for its framing,
-    256 per tool; 0 for what is not a sequence of messages (chat_token_ids refuses it)."""
+    256 per tool, and the text of `template`'s documents (RAG sources can be long); 0 for
+    what is not a sequence of messages (chat_token_ids refuses it)."""
     if not isinstance(messages, (list, tuple)):
         return 0
     size = 256 * len(tools) if isinstance(tools, (list, tuple)) else 0  # else refused later
+    documents = getattr(template, "documents", None)
+    if isinstance(documents, (list, tuple)):  # else refused later
+        size += sum(len(v) for d in documents if isinstance(d, dict)
+                    for v in d.values() if isinstance(v, str))
     for m in messages:
         m = m if isinstance(m, dict) else {}
         content, calls = m.get("content"), m.get("tool_calls")
@@ -166,13 +197,15 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
     hidden_messages = _checked(messages, "messages", pattern, hide)
     hidden_tools = _checked(tools, "tools", pattern, hide)
+    hidden_documents = _checked(options.documents, "documents", pattern, hide)
     if not found:  # nothing to hide: exactly what apply_chat_template gives
         ids = _render(tokenizer, messages, tools, options, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
 
-    text = _render(tokenizer, hidden_messages, hidden_tools, options, tokenize=False)
+    text = _render(tokenizer, hidden_messages, hidden_tools,
+                   dataclasses.replace(options, documents=hidden_documents), tokenize=False)
     ids: list[int] = []
     # split() with a group alternates: rendered text, placeholder index, rendered text...
     for k, part in enumerate(re.split(f"{nonce}_(\\d+)_{nonce}", text)):
@@ -207,6 +240,8 @@ def _render(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
     extra = {"continue_final_message": True} if options.continue_final_message else {}
     if options.chat_template is not None:
         extra["chat_template"] = options.chat_template
+    if options.documents:  # none or []: the template's documents stay None, as left out
+        extra["documents"] = options.documents
     # a typed variable sent as null is left out: passed as None it would count as set for the
     # template's `is defined` and `| default(...)`, not give the template's default
     variables = {k: v for k, v in options.kwargs.items() if v is not None or k not in _TYPED}

@@ -113,7 +113,7 @@ class RequestStream:
     tokenizer worker's) or amid the loop's own code."""
 
     __slots__ = ("_req", "_gen", "_finish", "_loop", "closed", "_pump", "_queue", "_ended",
-                 "__weakref__")
+                 "_reading", "__weakref__")
 
     def __init__(self, req: Request | None, gen: AsyncIterator[Delta] | None, finish: Finish):
         """req None: a stream whose request is submitted later (submitted_later)."""
@@ -122,6 +122,7 @@ class RequestStream:
         self._pump: asyncio.Task | None = None
         self._queue: asyncio.Queue = asyncio.Queue()
         self._ended = False
+        self._reading = False  # a reader waits for the next delta
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # made outside a loop: released where it is dropped
@@ -137,15 +138,24 @@ class RequestStream:
         return self
 
     async def __anext__(self) -> Delta:
+        """The next delta. RuntimeError while another task waits for one (as Python's async
+        generators refuse a second anext()): each delta goes to one reader, and the end to
+        one alone, so a second reader waited forever once the first had taken it."""
         if self._ended:
             raise StopAsyncIteration
+        if self._reading:
+            raise RuntimeError("anext(): this stream is already being read by another task; "
+                               "read a stream from one task at a time")
         if self._pump is None:  # made outside a loop
             self._pump = asyncio.ensure_future(_pump(self._gen, self._queue))
+        self._reading = True
         try:
             item = await self._queue.get()
         except asyncio.CancelledError:  # the consumer went away: its request ends
             self._close()
             raise
+        finally:
+            self._reading = False
         if item is _END:
             self._ended = True
             raise StopAsyncIteration
