@@ -197,3 +197,31 @@ def test_a_checkpoint_carries_a_long_or_non_ascii_failure_as_bytes_cut_to_its_bo
             tp._meet(0, odd, last=True)
     finally:
         dist.destroy_process_group()
+
+
+def test_a_rank_whose_start_up_failed_says_so_before_it_waits_for_the_others(tmp_path,
+                                                                            caplog):
+    """A rank whose start-up failed waits at the next start-up checkpoint until every rank
+    reaches it (rank 0 may still be loading its weights, for minutes): `aiollm serve
+    --node-rank 1` and node 0's rank 0 of two nodes waited there without a word, their own
+    error logged only once the others came. The rank logs its error and the wait first (one
+    group of one rank, in this process)."""
+    import logging
+
+    import torch.distributed as dist
+
+    from aiollm.distributed.group import TensorParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        tp = TensorParallel(0, 1, torch.device("cpu"))
+        with caplog.at_level(logging.INFO, logger="aiollm.distributed.group"):
+            tp.start_failed(FileNotFoundError("model-00002-of-00002.safetensors is missing"))
+        [record] = [r for r in caplog.records if r.name == "aiollm.distributed.group"]
+        assert record.levelno >= logging.INFO
+        assert ("tensor parallel rank 0 failed to start: FileNotFoundError: model-00002-of-"
+                "00002.safetensors is missing; waiting for the other ranks" in record.message)
+        assert not tp.starting
+    finally:
+        dist.destroy_process_group()
