@@ -138,8 +138,12 @@ class TensorParallel:
         in all cases."""
         if not self.starting or not isinstance(error, Exception):
             return
+        why = f"{type(error).__name__}: {error}"
+        # the others may come minutes later (rank 0 loads its weights): not without a word
+        log.error("tensor parallel rank %d failed to start: %s; waiting for the other ranks "
+                  "at their next start-up checkpoint to tell them", self.rank, why)
         try:
-            self._meet(0, f"{type(error).__name__}: {error}", last=True)
+            self._meet(0, why, last=True)
         except RankLost:
             pass  # (this rank's own failure, or a lower rank's)
         except Exception as e:  # a rank is gone: its node's lead names it
