@@ -74,7 +74,8 @@ class StepLoop:
             finally:
                 if timer is not None:
                     timer.cancel()
-            if tp is not None and self._inflight is None:  # (nothing launched meanwhile)
+            # (no launch, the other sender of step messages, is under way here)
+            if tp is not None and self.ranks.lost is None:
                 tp.keep_alive()
             return
         launch = out = err = issued = None
