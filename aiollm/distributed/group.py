@@ -161,7 +161,12 @@ class TensorParallel:
             mine[2:2 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
         outcomes = [torch.empty_like(mine) for _ in range(self.size)]
         try:
-            dist.all_gather(outcomes, mine, group=self.cpu_group)
+            work = dist.all_gather(outcomes, mine, group=self.cpu_group, async_op=True)
+            # polled: a wait inside gloo holds Python's signal handler, and Ctrl-C on a node's
+            # lead process did nothing until the last rank came (minutes, while rank 0 loads)
+            while not work.is_completed():
+                time.sleep(0.01)
+            work.wait()
         except BaseException:
             self.starting = False  # the group is broken: no later checkpoint meets
             raise
