@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import time
 
@@ -197,3 +198,85 @@ def test_a_checkpoint_carries_a_long_or_non_ascii_failure_as_bytes_cut_to_its_bo
             tp._meet(0, odd, last=True)
     finally:
         dist.destroy_process_group()
+
+
+def test_a_rank_whose_start_up_failed_says_so_before_it_waits_for_the_others(tmp_path,
+                                                                            caplog):
+    """A rank whose start-up failed waits at the next start-up checkpoint until every rank
+    reaches it (rank 0 may still be loading its weights, for minutes): `aiollm serve
+    --node-rank 1` and node 0's rank 0 of two nodes waited there without a word, their own
+    error logged only once the others came. The rank logs its error and the wait first (one
+    group of one rank, in this process)."""
+    import logging
+
+    import torch.distributed as dist
+
+    from aiollm.distributed.group import TensorParallel
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0,
+                            world_size=1)
+    try:
+        tp = TensorParallel(0, 1, torch.device("cpu"))
+        with caplog.at_level(logging.INFO, logger="aiollm.distributed.group"):
+            tp.start_failed(FileNotFoundError("model-00002-of-00002.safetensors is missing"))
+        [record] = [r for r in caplog.records if r.name == "aiollm.distributed.group"]
+        assert record.levelno >= logging.INFO
+        assert ("tensor parallel rank 0 failed to start: FileNotFoundError: model-00002-of-"
+                "00002.safetensors is missing; waiting for the other ranks" in record.message)
+        assert not tp.starting
+    finally:
+        dist.destroy_process_group()
+
+
+_SLOW_RANK0_AND_MARK = '''
+import os, time
+import aiollm.model as model
+from aiollm.distributed.group import TensorParallel
+
+_load_model, _start_check = model.load_model, TensorParallel.start_check
+
+def load_model(*args, **kwargs):  # rank 0 loads for minutes, as a large model does
+    from aiollm.model import parallel
+    if parallel.current().rank == 0:
+        time.sleep(300)
+    return _load_model(*args, **kwargs)
+
+def start_check(self, *args, **kwargs):  # where the rank is: at a start-up checkpoint
+    open(os.environ["AIOLLM_TEST_AT_CHECK"] + str(self.rank), "w").close()
+    return _start_check(self, *args, **kwargs)
+
+model.load_model, TensorParallel.start_check = load_model, start_check
+'''
+
+
+def test_ctrl_c_ends_a_node_waiting_at_a_start_up_checkpoint(tiny_model, tmp_path):  # noqa: F811
+    """`aiollm serve --node-rank 1` waits at the first start-up checkpoint until rank 0, on
+    node 0, has loaded its weights (minutes for a large model). Ctrl-C there did nothing
+    until rank 0 came: the wait, in gloo, holds Python's signal handler. It now exits with
+    status 130 within seconds."""
+    (tmp_path / "sitecustomize.py").write_text(_SLOW_RANK0_AND_MARK)
+    marker = str(tmp_path / "at-check-rank")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_AT_CHECK": marker}
+    common = ["--device", "cpu", "--max-model-len", "128", "-tp", "2", "--nnodes", "2",
+              "--dist-init-addr", f"127.0.0.1:{_free_port()}", tiny_model]
+    logs = [tmp_path / f"node{k}.log" for k in (0, 1)]
+    nodes = []
+    for k, log in enumerate(logs):
+        with open(log, "w") as out:
+            port = ["--port", "0"] if k == 0 else []
+            nodes.append(subprocess.Popen([AIOLLM, "serve", *port, "--node-rank", str(k),
+                                           *common], stdout=out, stderr=subprocess.STDOUT,
+                                          env=env))
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while not os.path.exists(marker + "1"):
+            assert nodes[1].poll() is None and time.monotonic() < deadline, logs[1].read_text()
+            time.sleep(0.1)
+        time.sleep(1.0)  # inside the checkpoint's wait
+        nodes[1].send_signal(signal.SIGINT)
+        assert nodes[1].wait(timeout=20) == 130, logs[1].read_text()
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()

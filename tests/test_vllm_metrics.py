@@ -228,6 +228,7 @@ def test_request_phases_step_tokens_max_tokens_and_cache_config(tiny):
         assert len(info) == 1 and info[0].value == 1
         assert info[0].labels == {"block_size": "1", "num_gpu_blocks": "512",
                                   "enable_prefix_caching": "True", "engine": "0"}
+    serve_tiny(tiny, check)
 
 
 def test_a_request_the_engine_failed_counts_as_error_not_abort(tiny):

@@ -37,6 +37,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         except RankLost as e:  # another rank's start-up failed: it logged its traceback
             log.error("%s", e)
             return 1
+        except KeyboardInterrupt:
+            # follow() ended this node's ranks; the collective it left in gloo's threads
+            # would hold the interpreter's exit until the other ranks came
+            logging.shutdown()
+            os._exit(130)
 
     # Importing torch & co. and loading create ~10^6 objects that live as long as the server;
     # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).

@@ -33,6 +33,7 @@ from aiollm.config import EngineConfig
 from aiollm.distributed.group import (
     ARGMAX_ONLY,
     DECODE,
+    IDLE,
     PLACEHOLDERS,
     REMOTE_SAMPLING,
     STOP,
@@ -99,6 +100,8 @@ def serve_steps(tp: TensorParallel, runner) -> None:
             msg = tp.recv_step()
             if msg.kind == STOP:
                 break
+            if msg.kind == IDLE:  # rank 0 is idle: the wait goes on
+                continue
             run_step(runner, msg)
     if tp.device.type == "cuda":
         torch.cuda.synchronize(tp.device)

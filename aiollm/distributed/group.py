@@ -15,7 +15,9 @@ vocabulary (model/prompt_logprobs.py), then the req_to_token row writes rank 0 m
 the last message: a prefix-cache hit's slots, as (row, start, count, slots...) runs, which a
 follower applies before the step so its map matches rank 0's). Decode batches up to
 INLINE / 4 requests fit inline, so such a step costs one broadcast; a larger payload follows
-in a second broadcast of its exact size.
+in a second broadcast of its exact size. Rank 0 with no step to send sends an IDLE message
+every KEEPALIVE_S: a follower's wait for the next message gives up after the host group's
+timeout (gloo's), and an idle server lost its followers.
 
 Start-up checkpoints: the collectives of start-up (the KV pool size every rank agrees on, then
 "every pool is allocated" before the graph captures' and the warm-up's collectives) each carry
@@ -29,6 +31,7 @@ their neighbour), learn the cause too, and no rank waits for a peer that will ne
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,11 +43,14 @@ _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_t
 
 HEADER = 8
 INLINE = 1024  # payload longs carried in the first broadcast
-STOP, DECODE, EAGER = 0, 1, 2
+STOP, DECODE, EAGER, IDLE = 0, 1, 2, 3
 # flags
 ARGMAX_ONLY, PLACEHOLDERS, REMOTE_SAMPLING = 1, 2, 4
 
 log = logging.getLogger(__name__)
+# rank 0 with no step to send sends an IDLE message this often: a follower's wait for the
+# next message gives up after the host group's timeout (launch.HOST_GROUP_TIMEOUT, 30 min)
+KEEPALIVE_S = 60.0
 FAILURE_BYTES = 2048  # of a rank's start-up error, as a start-up checkpoint carries it
 
 
@@ -85,6 +91,7 @@ class TensorParallel:
         # (ReqToTokenTable.write_row appends here; see ModelRunner)
         self.row_writes: list[tuple[int, int, np.ndarray]] = []
         self.starting = True  # until the last start-up checkpoint passed (or one failed)
+        self._last_sent = time.monotonic()  # rank 0: its latest step message
 
     # -- the model's collectives (on the device stream, inside CUDA graphs too) --------------
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -131,8 +138,12 @@ class TensorParallel:
         in all cases."""
         if not self.starting or not isinstance(error, Exception):
             return
+        why = f"{type(error).__name__}: {error}"
+        # the others may come minutes later (rank 0 loads its weights): not without a word
+        log.error("tensor parallel rank %d failed to start: %s; waiting for the other ranks "
+                  "at their next start-up checkpoint to tell them", self.rank, why)
         try:
-            self._meet(0, f"{type(error).__name__}: {error}", last=True)
+            self._meet(0, why, last=True)
         except RankLost:
             pass  # (this rank's own failure, or a lower rank's)
         except Exception as e:  # a rank is gone: its node's lead names it
@@ -150,7 +161,12 @@ class TensorParallel:
             mine[2:2 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
         outcomes = [torch.empty_like(mine) for _ in range(self.size)]
         try:
-            dist.all_gather(outcomes, mine, group=self.cpu_group)
+            work = dist.all_gather(outcomes, mine, group=self.cpu_group, async_op=True)
+            # polled: a wait inside gloo holds Python's signal handler, and Ctrl-C on a node's
+            # lead process did nothing until the last rank came (minutes, while rank 0 loads)
+            while not work.is_completed():
+                time.sleep(0.01)
+            work.wait()
         except BaseException:
             self.starting = False  # the group is broken: no later checkpoint meets
             raise
@@ -203,6 +219,19 @@ class TensorParallel:
         dist.broadcast(torch.from_numpy(buf), 0, group=self.cpu_group)
         if not inline:
             dist.broadcast(torch.from_numpy(np.ascontiguousarray(body)), 0, group=self.cpu_group)
+        self._last_sent = time.monotonic()
+
+    def idle_wait(self) -> float:
+        """Rank 0 without a step to send: the seconds it may wait before keep_alive()."""
+        return max(0.0, self._last_sent + KEEPALIVE_S - time.monotonic())
+
+    def keep_alive(self) -> None:
+        """Rank 0 without a step to send: an IDLE message to the followers when KEEPALIVE_S
+        passed since the last message (a follower's wait times out after the host group's
+        timeout, and an idle server lost its followers). Call it where the steps are sent
+        from, never beside a step's send."""
+        if self.idle_wait() == 0.0:
+            self.send_step(IDLE)
 
     def recv_step(self) -> StepMessage:
         """A follower: the next step message from rank 0 (blocks)."""

@@ -50,6 +50,10 @@ from aiollm.model import parallel
 log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk takes minutes
+# the host group's (step messages, start-up checkpoints): how long a follower waits for rank
+# 0's next step message, and a rank at a start-up checkpoint for the others (torch's default
+# for a gloo group)
+HOST_GROUP_TIMEOUT = timedelta(minutes=30)
 # a rank lost while rank 0 still loads: how long the watchdog leaves start-up's own path to
 # raise it to the caller (rank 0's next collective fails at once) before ending the process
 # itself (rank 0 may be waiting in the rendezvous for a rank that will never join)
@@ -109,7 +113,7 @@ def join(cfg: EngineConfig, rank: int, init_addr: str,
                             device_id=device if device.type == "cuda" else None)
     # its own group even on the CPU: a step message must never pair with a collective of the
     # model (a constrained step's ids are broadcast after rank 0 may have sent the next step)
-    cpu_group = dist.new_group(backend="gloo")
+    cpu_group = dist.new_group(backend="gloo", timeout=HOST_GROUP_TIMEOUT)
     tp = TensorParallel(rank, cfg.tensor_parallel_size, device, cpu_group)
     parallel.set_current(tp)
     return tp

@@ -61,6 +61,9 @@ class StepLoop:
         if step is None and self._inflight is None:
             self._wake.clear()
             timeout = 0.05 if self.planner.has_work() else None
+            tp = self.ranks.tp if self.ranks is not None and self.ranks.lost is None else None
+            if tp is not None:  # the followers wait for a message: one comes in time
+                timeout = tp.idle_wait() if timeout is None else min(timeout, tp.idle_wait())
             # the timeout sets the wake-up itself, not wait_for: Python 3.11's wait_for drops
             # a cancel (stop()'s) that lands in the turn the wake-up does, and stop() would
             # wait forever; nor a task to wait on, which would outlive the loop's turn
@@ -71,6 +74,9 @@ class StepLoop:
             finally:
                 if timer is not None:
                     timer.cancel()
+            # (no launch, the other sender of step messages, is under way here)
+            if tp is not None and self.ranks.lost is None:
+                tp.keep_alive()
             return
         launch = out = err = issued = None
         if step is not None:
