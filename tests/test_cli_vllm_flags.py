@@ -77,6 +77,12 @@ def test_aliases_leave_the_defaults_alone():
     "--kv-cache-dtype auto", "--pipeline-parallel-size 1", "-pp 1", "-dp 1",
     "--data-parallel-size 1", "--block-size 1", "--swap-space 0", "--cpu-offload-gb 0",
     "--max-logprobs 20", "--tokenizer-mode auto",
+    # vLLM server flags of what aiollm always does: prompt_tokens_details and /load are
+    # always served, it is one process, it serves no API docs, its access log is --log-level
+    # debug's alone; they stopped a vLLM launch line with "unrecognized arguments"
+    "--enable-prompt-tokens-details", "--enable-server-load-tracking",
+    "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
+    "--disable-uvicorn-access-log", "--response-role assistant",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -102,6 +108,23 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--download-dir /d", ("local",)),
     ("--revision main", ("local",)),
     ("--tokenizer-mode mistral", ("tokenizer.json",)),
+    # vLLM server flags that stopped at argparse's bare "unrecognized arguments"
+    ("--ssl-keyfile /k.pem", ("TLS", "proxy")),
+    ("--ssl-certfile /c.pem", ("TLS", "proxy")),
+    ("--ssl-ca-certs /ca.pem", ("TLS",)),
+    ("--ssl-cert-reqs 2", ("TLS",)),
+    ("--root-path /api", ("strip", "/v1/")),
+    ("--middleware m.f", ("middleware",)),
+    ("--response-role bot", ("assistant",)),
+    ("--uvicorn-log-level warning", ("--log-level",)),
+    ("--return-tokens-as-token-ids", ("token_ids",)),
+    ("--hf-overrides {}", ("config.json",)),
+    ("--hf-token t", ("local",)),
+    ("--skip-tokenizer-init", ("token ids",)),
+    ("--compilation-config 3", ("--enforce-eager",)),
+    ("-O 3", ("--enforce-eager",)),
+    ("--mm-processor-kwargs {}", ("text",)),
+    ("--allowed-local-media-path /m", ("text",)),
 ])
 def test_flags_aiollm_cannot_honour_stop_with_what_to_use_instead(line, names, capsys):
     flag = line.split()[0]
