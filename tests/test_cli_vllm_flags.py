@@ -262,3 +262,36 @@ def test_several_names_without_model_say_how_to_name_the_default_model(capsys):
         main(["serve", "--served-model-name", "a", "b"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"--model {default_model_path()}" in err, err
+
+
+def _config(argv: list[str]):
+    from aiollm.cli.serve_checks import checked_config
+
+    args = build_parser().parse_args(["serve", "M", *argv])
+    return checked_config(args.command_parser, args)[0]
+
+
+def test_an_inline_chat_template_has_its_backslash_escapes_decoded_as_vllm_does():
+    """`--chat-template '{% ... %}\\n...'` from a shell or a Helm value: vLLM decodes the
+    escapes of a template given as text (its newlines are real), aiollm rendered a literal
+    backslash and n into every prompt. Characters beyond ASCII stay as typed."""
+    given = "{% for m in messages %}<|im_start|>{{ m.content }} é\\n\\t{% endfor %}"
+    assert _config(["--chat-template", given]).chat_template == (
+        "{% for m in messages %}<|im_start|>{{ m.content }} é\n\t{% endfor %}")
+
+
+def test_a_chat_template_file_is_read_as_it_is(tmp_path):
+    """Escapes are the text's own in a file: left alone there, as vLLM leaves them."""
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ messages[0].content }}\\n")
+    assert _config(["--chat-template", str(path)]).chat_template == (
+        "{{ messages[0].content }}\\n")
+
+
+def test_a_bad_escape_in_an_inline_chat_template_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        _config(["--chat-template", "{{ x }}\\x4"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("aiollm serve: error: argument --chat-template: "), err
+    assert "escape" in err, err

@@ -24,6 +24,13 @@ def checked_config(parser: argparse.ArgumentParser,
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     options["served_model_name"] = names[0] if names else None  # the name reported
+    if args.chat_template is not None:  # as vLLM's flag: a template's \n is a newline
+        from aiollm.model.chat_template_source import decode_template_escapes
+
+        try:
+            options["chat_template"] = decode_template_escapes(args.chat_template)
+        except ValueError as e:
+            parser.error(f"argument --chat-template: {e}")
     try:
         config = EngineConfig(model=args.model, **options)  # a usage error, before loading
     except ValueError as e:
