@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import ipaddress
 import logging
 import signal
 import socket
@@ -279,7 +280,19 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
 async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
                   on_started: Callable[[str, int], None] | None) -> None:
     """Open the port of a set-up runner, say so, and call on_started(host, port)."""
-    site = web.TCPSite(runner, host, port)
+    if _dual_stack(host):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:  # as asyncio's create_server sets it, but for IPV6_V6ONLY
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        site: web.BaseSite = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, host, port)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     # an IPv6 address goes in brackets, as a URL writes it (else its port reads as part of it)
@@ -288,6 +301,17 @@ async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
              url_host, bound_port, st.engine.stats()["kv_total"])
     if on_started is not None:
         on_started(bound_host, bound_port)
+
+
+def _dual_stack(host: str) -> bool:
+    """Whether `host` is the IPv6 wildcard (::), which listens for IPv4 clients too, on one
+    socket of both families, as vLLM's server socket for it does: asyncio's create_server
+    makes its IPv6 sockets IPv6-only, and `--host ::` refused every IPv4 client."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a name, or an address with a zone
+        return False
+    return address.version == 6 and address.is_unspecified
 
 
 async def _check_bindable(host: str, port: int) -> None:
@@ -311,7 +335,7 @@ async def _check_bindable(host: str, port: int) -> None:
             # as asyncio's create_server sets them: only a live socket on it is a conflict
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, not _dual_stack(host))
             try:
                 sock.bind(addr)
             except OSError as e:
