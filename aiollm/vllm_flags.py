@@ -137,7 +137,9 @@ REFUSED = (
       for flag in ("--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs")),
     Refusal(("--root-path",),
             "routes are served at the root (/v1/..., /health): have the proxy strip its "
-            "prefix before forwarding"),
+            "prefix before forwarding, and leave the flag out"),
+    Refusal(("--config",),
+            "there is no config file: give its options as flags on the command line"),
     Refusal(("--middleware",),
             "the HTTP server is aiohttp, not an ASGI app: it takes no ASGI middleware"),
     Refusal(("--response-role",),
@@ -182,7 +184,7 @@ SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
                          "--disable-fastapi-docs", "--disable-uvicorn-access-log",
                          "--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs",
                          "--root-path", "--middleware", "--response-role",
-                         "--uvicorn-log-level", "--return-tokens-as-token-ids"})
+                         "--uvicorn-log-level", "--return-tokens-as-token-ids", "--config"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them
 _TOOL_CALL_PARSERS = {"llama3_json": "llama3"}  # the same format under vLLM's name

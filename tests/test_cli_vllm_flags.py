@@ -114,6 +114,7 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--ssl-ca-certs /ca.pem", ("TLS",)),
     ("--ssl-cert-reqs 2", ("TLS",)),
     ("--root-path /api", ("strip", "/v1/")),
+    ("--config serve.yaml", ("command line",)),
     ("--middleware m.f", ("middleware",)),
     ("--response-role bot", ("assistant",)),
     ("--uvicorn-log-level warning", ("--log-level",)),
