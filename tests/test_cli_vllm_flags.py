@@ -296,3 +296,21 @@ def test_a_bad_escape_in_an_inline_chat_template_is_a_usage_error(capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("aiollm serve: error: argument --chat-template: "), err
     assert "escape" in err, err
+
+
+@pytest.mark.parametrize("line, dest, value", [
+    ("--max_model_len 512", "max_model_len", 512),
+    ("--max_num_seqs 7", "max_running_requests", 7),
+    ("--served_model_name a_b", "served_model_name", ["a_b"]),  # values keep theirs
+    ("--gpu_memory_utilization=0.5", "gpu_memory_utilization", 0.5),
+    ("--no_enable_prefix_caching", "prefix_cache", False),
+    ("--chat_template={{x_y}}", "chat_template", "{{x_y}}"),
+])
+def test_flags_spelt_with_underscores_are_taken_as_vllm_takes_them(line, dest, value):
+    """vLLM's parser reads --max_model_len as --max-model-len, and launch lines use both;
+    aiollm stopped at "unrecognized arguments: --max_model_len"."""
+    assert getattr(parse(line), dest) == value
+
+
+def test_words_after_a_double_dash_keep_their_underscores():
+    assert build_parser().parse_args(["serve", "--", "--my_model"]).model == "--my_model"
