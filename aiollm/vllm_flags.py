@@ -142,8 +142,6 @@ REFUSED = (
             "there is no config file: give its options as flags on the command line"),
     Refusal(("--middleware",),
             "the HTTP server is aiohttp, not an ASGI app: it takes no ASGI middleware"),
-    Refusal(("--response-role",),
-            "a chat answer's role is always assistant", same=("assistant",)),
     Refusal(("--uvicorn-log-level",),
             "the HTTP server is aiohttp, not uvicorn: --log-level sets its logging "
             "(debug logs every HTTP request)"),
@@ -183,7 +181,7 @@ SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
                          "--enable-server-load-tracking", "--disable-frontend-multiprocessing",
                          "--disable-fastapi-docs", "--disable-uvicorn-access-log",
                          "--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs",
-                         "--root-path", "--middleware", "--response-role",
+                         "--root-path", "--middleware",
                          "--uvicorn-log-level", "--return-tokens-as-token-ids", "--config"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them

@@ -80,7 +80,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
                shutdown_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES,
                body_timeout: float = BODY_TIMEOUT_S,
                cors: CorsOptions | None = None,
-               trust_request_chat_template: bool = False) -> web.Application:
+               trust_request_chat_template: bool = False,
+               response_role: str = "assistant") -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
     may call it from other origins only as `cors` allows (None: from none, CORS off).
     Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
@@ -90,9 +91,12 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     body_timeout: seconds a request body's next bytes may take (408 past it); ValueError
     unless positive. trust_request_chat_template: a chat or /tokenize request may render
     its messages with a chat template of its own (vLLM's --trust-request-chat-template;
-    else a 400 naming the flag)."""
+    else a 400 naming the flag). response_role: the role of a chat answer where the prompt
+    opens a new turn (vLLM's --response-role); ValueError unless a non-empty string."""
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")
+    if not isinstance(response_role, str) or not response_role.strip():
+        raise ValueError(f"response_role must be a non-empty string, got {response_role!r}")
     middlewares = [error_middleware]
     allowed = _key_check(api_key) if api_key else None
     if allowed is not None:
@@ -103,7 +107,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     app[STATE] = ApiState(engine=engine, served_model_name=names[0] if names else None,
                           aliases=names[1:], shutdown_timeout=shutdown_timeout,
                           created=int(time.time()), body_timeout=body_timeout,
-                          trust_request_chat_template=trust_request_chat_template)
+                          trust_request_chat_template=trust_request_chat_template,
+                          response_role=response_role)
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES
                                         + lightllm_routes.ROUTES,
                                         expect_handler=_expect_handler(allowed)))

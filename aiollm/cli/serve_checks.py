@@ -56,6 +56,8 @@ def checked_config(parser: argparse.ArgumentParser,
         # it is a secret
         parser.error(f"{source}: the key must not begin or end with whitespace (a "
                      "newline from a key file?)")
+    if not args.response_role.strip():  # else refused only after loading, by create_app
+        parser.error("argument --response-role: must not be empty (default: assistant)")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading

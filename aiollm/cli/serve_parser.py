@@ -77,6 +77,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "template it sends (chat_template, or chat_template_kwargs' "
                           "chat_template), as vLLM's flag allows; without it such a request "
                           "gets 400")
+    net.add_argument("--response-role", default="assistant", metavar="ROLE",
+                     help="chat: the role of an answer to a prompt that opens a new turn, as "
+                          "vLLM's (with add_generation_prompt false: the last message's)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
