@@ -130,6 +130,12 @@ REFUSED = (
             "nothing is compiled with torch.compile: decode steps replay CUDA graphs, which "
             "--cuda-graph-max-batch sizes and --enforce-eager turns off"),
     Refusal(("--mm-processor-kwargs",), _TEXT_ONLY),
+    Refusal(("--override-generation-config",),
+            "put the values in the generation_config.json of a folder and give it with "
+            "--generation-config PATH"),
+    Refusal(("--distributed-executor-backend",),
+            "tensor-parallel ranks are processes aiollm spawns itself, one per GPU (no Ray); "
+            "leave the flag out", same=("mp",)),
     Refusal(("--allowed-local-media-path",), _TEXT_ONLY, same=("",)),
     # vLLM's HTTP server's own (SERVER_ONLY)
     *(Refusal((flag,), "TLS is not served: put a TLS-terminating proxy (nginx, Envoy, a "

@@ -84,6 +84,7 @@ def test_aliases_leave_the_defaults_alone():
     "--enable-prompt-tokens-details", "--enable-server-load-tracking",
     "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
     "--disable-uvicorn-access-log", "--response-role assistant",
+    "--distributed-executor-backend mp",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -116,6 +117,8 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--ssl-cert-reqs 2", ("TLS",)),
     ("--root-path /api", ("strip", "/v1/")),
     ("--config serve.yaml", ("command line",)),
+    ("--override-generation-config {}", ("--generation-config",)),
+    ("--distributed-executor-backend ray", ("Ray",)),
     ("--middleware m.f", ("middleware",)),
     ("--uvicorn-log-level warning", ("--log-level",)),
     ("--return-tokens-as-token-ids", ("token_ids",)),

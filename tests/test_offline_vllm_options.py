@@ -117,7 +117,8 @@ def test_vllm_llm_parameters_at_their_defaults_are_taken():
     was a TypeError, "unexpected keyword argument", for a keyword vLLM's LLM names."""
     past_the_checks(skip_tokenizer_init=False, hf_token=None, hf_overrides=None,
                     compilation_config=None, mm_processor_kwargs=None,
-                    allowed_local_media_path="")
+                    allowed_local_media_path="", override_generation_config=None,
+                    distributed_executor_backend="mp")
 
 
 def _cli_error(flag: str, capsys) -> str:
@@ -153,6 +154,8 @@ def _cli_error(flag: str, capsys) -> str:
     ("compilation_config", 3, "--compilation-config"),
     ("mm_processor_kwargs", {"a": 1}, "--mm-processor-kwargs"),
     ("allowed_local_media_path", "/m", "--allowed-local-media-path"),
+    ("override_generation_config", {"temperature": 0.5}, "--override-generation-config"),
+    ("distributed_executor_backend", "ray", "--distributed-executor-backend"),
 ])
 def test_what_aiollm_cannot_honour_is_refused_as_the_cli_refuses_it(keyword, value, flag,
                                                                     capsys):
