@@ -58,7 +58,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s.add_argument("--model", dest="model", default=argparse.SUPPRESS, action=_Model,
                    metavar="MODEL", help="MODEL given as a flag (vLLM's --model)")
     net = s.add_argument_group("server")
-    net.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every IPv4 interface; ::, as in vLLM: every interface, IPv4 too)")
+    net.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (0.0.0.0: every IPv4 interface; ::, as in "
+                          "vLLM: every interface, IPv4 too)")
     net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     net.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
                      help="the model name clients send and see (default: the model's name); "
