@@ -84,7 +84,8 @@ def test_aliases_leave_the_defaults_alone():
     "--enable-prompt-tokens-details", "--enable-server-load-tracking",
     "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
     "--disable-uvicorn-access-log", "--response-role assistant",
-    "--distributed-executor-backend mp",
+    "--distributed-executor-backend mp", "--chat-template-content-format string",
+    "--chat-template-content-format auto",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -119,6 +120,7 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--config serve.yaml", ("command line",)),
     ("--override-generation-config {}", ("--generation-config",)),
     ("--distributed-executor-backend ray", ("Ray",)),
+    ("--chat-template-content-format openai", ("string",)),
     ("--middleware m.f", ("middleware",)),
     ("--uvicorn-log-level warning", ("--log-level",)),
     ("--return-tokens-as-token-ids", ("token_ids",)),
