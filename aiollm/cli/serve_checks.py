@@ -25,8 +25,6 @@ def checked_config(parser: argparse.ArgumentParser,
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     options["served_model_name"] = names[0] if names else None  # the name reported
     if args.chat_template is not None:  # as vLLM's flag: a template's \n is a newline
-        from aiollm.model.chat_template_source import decode_template_escapes
-
         try:
             options["chat_template"] = decode_template_escapes(args.chat_template)
         except ValueError as e:
@@ -63,6 +61,22 @@ def checked_config(parser: argparse.ArgumentParser,
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
     return config, api_key or None
+
+
+def decode_template_escapes(value: str) -> str:
+    """--chat-template's value with its backslash escapes decoded (\\n a newline, \\t a
+    tab, \\u00e9...) when it is a template given as text, as vLLM's --chat-template decodes
+    it (a shell or a Helm value rarely holds a real newline); the value as it is when a path
+    exists there (a file's text is its own, and a pipe is not opened here) or it holds no
+    "{", "}" or newline (a path, for EngineConfig's check to report). Characters beyond
+    ASCII stay as typed. Raises ValueError for an escape that does not decode."""
+    if os.path.exists(value) or not any(c in value for c in "{}\n"):
+        return value
+    try:  # non-Latin-1 characters as \\u escapes first, so that they come back unchanged
+        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"a backslash escape does not decode ({e.reason} at character "
+                         f"{e.start}); write a backslash as \\\\") from None
 
 
 def _api_key_source(flag: str | None) -> tuple[str, str | None]:

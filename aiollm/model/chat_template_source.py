@@ -47,26 +47,6 @@ def read_chat_template(value: str) -> str:
     return text
 
 
-def decode_template_escapes(value: str) -> str:
-    """`aiollm serve --chat-template`'s value with its backslash escapes decoded (\\n a
-    newline, \\t a tab, \\u00e9...) when it is a template given as text, as vLLM's
-    --chat-template decodes it (a shell or a Helm value rarely holds a real newline); the
-    value as it is when a path exists there (a file's text is its own, and a pipe is not
-    opened here) or it holds no "{", "}" or newline (a path, for read_chat_template to
-    report). Characters beyond ASCII stay as typed. Raises ValueError naming chat_template
-    for an escape that does not decode."""
-    import os
-
-    if os.path.exists(value) or not any(c in value for c in "{}\n"):
-        return value
-    try:  # non-Latin-1 characters as \\u escapes first, so that they come back unchanged
-        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
-    except UnicodeDecodeError as e:
-        raise ValueError(f"chat_template has a backslash escape that does not decode "
-                         f"({e.reason} at character {e.start}); write a backslash as "
-                         "\\\\") from None
-
-
 def check_template_source(source: Any) -> None:
     """Raise InvalidRequest naming chat_template unless `source` is a Jinja chat template
     that compiles (as transformers compiles templates: the same sandbox and extensions) and
