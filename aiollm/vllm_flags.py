@@ -52,6 +52,9 @@ GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings
                    "classification, scores, rewards)")
 _GENERATIVE_FLAG = f"{GENERATIVE_ONLY}; leave the flag out to generate text"
 
+_TEXT_ONLY = ("aiollm's models take text alone: no images, audio or video to process; "
+              "leave the flag out")
+
 _NO_LORA = ("LoRA adapters are not supported: serve a checkpoint with the adapter merged "
             "into its weights")
 
@@ -114,6 +117,47 @@ REFUSED = (
     Refusal(("--tokenizer-mode",),
             "the tokenizer is the model's tokenizer.json (or the GGUF file's vocabulary), "
             "with no slow or mistral mode", same=("auto",)),
+    Refusal(("--skip-tokenizer-init",),
+            "the tokenizer always loads (prompts may still be given as token ids)",
+            takes_value=False),
+    Refusal(("--hf-token",),
+            "models are never downloaded, so no hub token is used: MODEL is a local "
+            "directory or .gguf file"),
+    Refusal(("--hf-overrides",),
+            "the model's config.json is read as it is: serve a copy of the model directory "
+            "with the values changed in its config.json"),
+    Refusal(("-O", "--compilation-config"),
+            "nothing is compiled with torch.compile: decode steps replay CUDA graphs, which "
+            "--cuda-graph-max-batch sizes and --enforce-eager turns off"),
+    Refusal(("--mm-processor-kwargs",), _TEXT_ONLY),
+    Refusal(("--override-generation-config",),
+            "put the values in the generation_config.json of a folder and give it with "
+            "--generation-config PATH"),
+    Refusal(("--distributed-executor-backend",),
+            "tensor-parallel ranks are processes aiollm spawns itself, one per GPU (no Ray); "
+            "leave the flag out", same=("mp",)),
+    Refusal(("--allowed-local-media-path",), _TEXT_ONLY, same=("",)),
+    # vLLM's HTTP server's own (SERVER_ONLY)
+    *(Refusal((flag,), "TLS is not served: put a TLS-terminating proxy (nginx, Envoy, a "
+                       "cloud load balancer) in front of the server")
+      for flag in ("--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs")),
+    Refusal(("--root-path",),
+            "routes are served at the root (/v1/..., /health): have the proxy strip its "
+            "prefix before forwarding, and leave the flag out"),
+    Refusal(("--config",),
+            "there is no config file: give its options as flags on the command line"),
+    Refusal(("--middleware",),
+            "the HTTP server is aiohttp, not an ASGI app: it takes no ASGI middleware"),
+    Refusal(("--chat-template-content-format",),
+            "a message's text parts are joined into one string before the chat template "
+            "renders it (vLLM's \"string\" format); there is no \"openai\" format",
+            same=("auto", "string")),
+    Refusal(("--uvicorn-log-level",),
+            "the HTTP server is aiohttp, not uvicorn: --log-level sets its logging "
+            "(debug logs every HTTP request)"),
+    Refusal(("--return-tokens-as-token-ids",),
+            "logprobs name tokens by their text; a request's return_token_ids gives their "
+            "ids", takes_value=False),
 )
 
 # vLLM flags that ask for what aiollm always does -> why they change nothing (--help)
@@ -130,13 +174,26 @@ NO_EFFECT = {
                                    "(NCCL) only",
     "--enable-request-id-headers": "every response carries X-Request-Id: the request's own "
                                    "(its header, else its body's request_id) or a new one",
+    "--enable-prompt-tokens-details": "usage always carries prompt_tokens_details "
+                                      "(cached_tokens)",
+    "--enable-server-load-tracking": "GET /load always answers the requests in flight",
+    "--disable-frontend-multiprocessing": "the HTTP server and the engine are always one "
+                                          "process",
+    "--disable-fastapi-docs": "no API docs (/docs, /redoc, /openapi.json) are served",
+    "--disable-uvicorn-access-log": "HTTP requests are logged only with --log-level debug",
 }
 
 # flags of vLLM's server alone (its frontend's, AsyncEngineArgs'), not keywords of its LLM(...):
 # aiollm's LLM refuses them as unknown, as vLLM's does
 SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
                          "--no-enable-log-requests", "--enable-log-requests", "--lora-modules",
-                         "--enable-request-id-headers"})
+                         "--enable-request-id-headers", "--enable-prompt-tokens-details",
+                         "--enable-server-load-tracking", "--disable-frontend-multiprocessing",
+                         "--disable-fastapi-docs", "--disable-uvicorn-access-log",
+                         "--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs",
+                         "--root-path", "--middleware",
+                         "--uvicorn-log-level", "--return-tokens-as-token-ids", "--config",
+                         "--chat-template-content-format"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them
 _TOOL_CALL_PARSERS = {"llama3_json": "llama3"}  # the same format under vLLM's name

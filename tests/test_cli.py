@@ -421,6 +421,48 @@ def test_serve_logs_an_ipv6_address_in_brackets(tmp_path, caplog):
     assert f" on http://[::1]:{port} (" in caplog.text, caplog.text
 
 
+def test_serve_on_the_ipv6_wildcard_takes_ipv4_clients_too(tmp_path):
+    """`--host ::` listens on every interface, IPv4 too, as vLLM's socket for it does (Linux
+    dual-stack): it listened on IPv6 alone (asyncio sets IPV6_V6ONLY), and IPv4 clients of a
+    launch line that works with vLLM were refused."""
+    from aiollm.api import create_app, serve
+    from aiollm.engine import Engine
+
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::", 0))
+    except OSError:
+        pytest.skip("no IPv6 here")
+    (tmp_path / "config.json").write_text(json.dumps({  # a tiny model of random weights
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}))
+
+    async def main() -> tuple[int, int]:
+        stop, up, ports = asyncio.Event(), asyncio.Event(), []
+
+        def on_started(host: str, port: int) -> None:
+            ports.append(port)
+            up.set()
+        engine = Engine(str(tmp_path), load_format="dummy", kv_tokens=512, warm_up=False)
+        server = asyncio.create_task(serve(create_app(engine), "::", 0, stop=stop,
+                                           on_started=on_started))
+        await asyncio.wait([server, asyncio.create_task(up.wait())],
+                           return_when=asyncio.FIRST_COMPLETED)
+        try:
+            statuses = []
+            async with aiohttp.ClientSession() as session:
+                for host in ("127.0.0.1", "[::1]"):
+                    async with session.get(f"http://{host}:{ports[0]}/health") as r:
+                        statuses.append(r.status)
+            return tuple(statuses)
+        finally:
+            stop.set()
+            await server
+
+    assert asyncio.run(main()) == (200, 200)
+
+
 def test_binds_loopback_by_default():
     from aiollm.api import run_server, serve
     from aiollm.cli import build_parser

@@ -57,6 +57,7 @@ def test_a_vllm_launch_line_parses_to_aiollm_options():
     ("--tool-call-parser llama3_json", "tool_call_parser", "llama3"),
     ("--disable-log-stats", "log_stats", False),
     ("--trust-request-chat-template", "trust_request_chat_template", True),
+    ("--response-role bot", "response_role", "bot"),
 ])
 def test_vllm_names_set_the_aiollm_option_of_the_same_meaning(line, dest, value):
     assert getattr(parse(line), dest) == value
@@ -77,6 +78,14 @@ def test_aliases_leave_the_defaults_alone():
     "--kv-cache-dtype auto", "--pipeline-parallel-size 1", "-pp 1", "-dp 1",
     "--data-parallel-size 1", "--block-size 1", "--swap-space 0", "--cpu-offload-gb 0",
     "--max-logprobs 20", "--tokenizer-mode auto",
+    # vLLM server flags of what aiollm always does: prompt_tokens_details and /load are
+    # always served, it is one process, it serves no API docs, its access log is --log-level
+    # debug's alone; they stopped a vLLM launch line with "unrecognized arguments"
+    "--enable-prompt-tokens-details", "--enable-server-load-tracking",
+    "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
+    "--disable-uvicorn-access-log", "--response-role assistant",
+    "--distributed-executor-backend mp", "--chat-template-content-format string",
+    "--chat-template-content-format auto",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -102,6 +111,26 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--download-dir /d", ("local",)),
     ("--revision main", ("local",)),
     ("--tokenizer-mode mistral", ("tokenizer.json",)),
+    # vLLM server flags that stopped at argparse's bare "unrecognized arguments"
+    ("--ssl-keyfile /k.pem", ("TLS", "proxy")),
+    ("--ssl-certfile /c.pem", ("TLS", "proxy")),
+    ("--ssl-ca-certs /ca.pem", ("TLS",)),
+    ("--ssl-cert-reqs 2", ("TLS",)),
+    ("--root-path /api", ("strip", "/v1/")),
+    ("--config serve.yaml", ("command line",)),
+    ("--override-generation-config {}", ("--generation-config",)),
+    ("--distributed-executor-backend ray", ("Ray",)),
+    ("--chat-template-content-format openai", ("string",)),
+    ("--middleware m.f", ("middleware",)),
+    ("--uvicorn-log-level warning", ("--log-level",)),
+    ("--return-tokens-as-token-ids", ("token_ids",)),
+    ("--hf-overrides {}", ("config.json",)),
+    ("--hf-token t", ("local",)),
+    ("--skip-tokenizer-init", ("token ids",)),
+    ("--compilation-config 3", ("--enforce-eager",)),
+    ("-O 3", ("--enforce-eager",)),
+    ("--mm-processor-kwargs {}", ("text",)),
+    ("--allowed-local-media-path /m", ("text",)),
 ])
 def test_flags_aiollm_cannot_honour_stop_with_what_to_use_instead(line, names, capsys):
     flag = line.split()[0]
@@ -239,3 +268,54 @@ def test_several_names_without_model_say_how_to_name_the_default_model(capsys):
         main(["serve", "--served-model-name", "a", "b"])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"--model {default_model_path()}" in err, err
+
+
+def _config(argv: list[str]):
+    from aiollm.cli.serve_checks import checked_config
+
+    args = build_parser().parse_args(["serve", "M", *argv])
+    return checked_config(args.command_parser, args)[0]
+
+
+def test_an_inline_chat_template_has_its_backslash_escapes_decoded_as_vllm_does():
+    """`--chat-template '{% ... %}\\n...'` from a shell or a Helm value: vLLM decodes the
+    escapes of a template given as text (its newlines are real), aiollm rendered a literal
+    backslash and n into every prompt. Characters beyond ASCII stay as typed."""
+    given = "{% for m in messages %}<|im_start|>{{ m.content }} é\\n\\t{% endfor %}"
+    assert _config(["--chat-template", given]).chat_template == (
+        "{% for m in messages %}<|im_start|>{{ m.content }} é\n\t{% endfor %}")
+
+
+def test_a_chat_template_file_is_read_as_it_is(tmp_path):
+    """Escapes are the text's own in a file: left alone there, as vLLM leaves them."""
+    path = tmp_path / "t.jinja"
+    path.write_text("{{ messages[0].content }}\\n")
+    assert _config(["--chat-template", str(path)]).chat_template == (
+        "{{ messages[0].content }}\\n")
+
+
+def test_a_bad_escape_in_an_inline_chat_template_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        _config(["--chat-template", "{{ x }}\\x4"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("aiollm serve: error: argument --chat-template: "), err
+    assert "escape" in err, err
+
+
+@pytest.mark.parametrize("line, dest, value", [
+    ("--max_model_len 512", "max_model_len", 512),
+    ("--max_num_seqs 7", "max_running_requests", 7),
+    ("--served_model_name a_b", "served_model_name", ["a_b"]),  # values keep theirs
+    ("--gpu_memory_utilization=0.5", "gpu_memory_utilization", 0.5),
+    ("--no_enable_prefix_caching", "prefix_cache", False),
+    ("--chat_template={{x_y}}", "chat_template", "{{x_y}}"),
+])
+def test_flags_spelt_with_underscores_are_taken_as_vllm_takes_them(line, dest, value):
+    """vLLM's parser reads --max_model_len as --max-model-len, and launch lines use both;
+    aiollm stopped at "unrecognized arguments: --max_model_len"."""
+    assert getattr(parse(line), dest) == value
+
+
+def test_words_after_a_double_dash_keep_their_underscores():
+    assert build_parser().parse_args(["serve", "--", "--my_model"]).model == "--my_model"

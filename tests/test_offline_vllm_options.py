@@ -112,10 +112,20 @@ def test_what_aiollm_always_does_is_taken():
                     enable_lora=False, enable_expert_parallel=False)
 
 
+def test_vllm_llm_parameters_at_their_defaults_are_taken():
+    """Parameters of vLLM's LLM(...) given at its defaults, as scripts spell them out: each
+    was a TypeError, "unexpected keyword argument", for a keyword vLLM's LLM names."""
+    past_the_checks(skip_tokenizer_init=False, hf_token=None, hf_overrides=None,
+                    compilation_config=None, mm_processor_kwargs=None,
+                    allowed_local_media_path="", override_generation_config=None,
+                    distributed_executor_backend="mp")
+
+
 def _cli_error(flag: str, capsys) -> str:
     """`aiollm serve M FLAG [VALUE]`'s error, after "argument FLAG: "."""
     args = [flag] if flag.startswith("--no-") or flag in (
-        "--trust-remote-code", "--enable-lora", "--enable-expert-parallel") else [flag, "2"]
+        "--trust-remote-code", "--enable-lora", "--enable-expert-parallel",
+        "--skip-tokenizer-init") else [flag, "2"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "M", *args])
     line = capsys.readouterr().err.strip().splitlines()[-1]
@@ -138,6 +148,14 @@ def _cli_error(flag: str, capsys) -> str:
     ("download_dir", "/d", "--download-dir"),
     ("revision", "main", "--revision"),
     ("tokenizer_mode", "slow", "--tokenizer-mode"),
+    ("skip_tokenizer_init", True, "--skip-tokenizer-init"),
+    ("hf_token", "t", "--hf-token"),
+    ("hf_overrides", {"rope_theta": 1.0}, "--hf-overrides"),
+    ("compilation_config", 3, "--compilation-config"),
+    ("mm_processor_kwargs", {"a": 1}, "--mm-processor-kwargs"),
+    ("allowed_local_media_path", "/m", "--allowed-local-media-path"),
+    ("override_generation_config", {"temperature": 0.5}, "--override-generation-config"),
+    ("distributed_executor_backend", "ray", "--distributed-executor-backend"),
 ])
 def test_what_aiollm_cannot_honour_is_refused_as_the_cli_refuses_it(keyword, value, flag,
                                                                     capsys):
@@ -167,7 +185,13 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
     """The tables are the CLI's: a flag added there is an LLM keyword too, refused or
     taken alike, unless vLLM's LLM does not take it either (then it stays unknown)."""
     server_only = {"enable_auto_tool_choice", "disable_log_requests",
-                   "enable_log_requests", "lora_modules", "enable_request_id_headers"}
+                   "enable_log_requests", "lora_modules", "enable_request_id_headers",
+                   "enable_prompt_tokens_details", "enable_server_load_tracking",
+                   "disable_frontend_multiprocessing", "disable_fastapi_docs",
+                   "disable_uvicorn_access_log", "ssl_keyfile", "ssl_certfile",
+                   "ssl_ca_certs", "ssl_cert_reqs", "root_path", "middleware",
+                   "uvicorn_log_level", "return_tokens_as_token_ids",
+                   "config", "chat_template_content_format"}
     ignored = {"swap_space"}  # vLLM's LLM takes it and ignores it (the test below)
     flags = [r.names[-1] for r in REFUSED] + list(NO_EFFECT)
     for flag in flags:
@@ -183,7 +207,8 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
 
 
 @pytest.mark.parametrize("keyword", ["not_an_option", "enable_auto_tool_choice",
-                                     "max_seq_len_to_capture"])
+                                     "max_seq_len_to_capture", "response_role",
+                                     "root_path"])
 def test_an_unknown_keyword_is_a_type_error_naming_it(keyword):
     """Named as LLM()'s (it said EngineConfig.__init__(), a class the caller never named)."""
     with pytest.raises(TypeError, match=f"^LLM\\(\\) got an unexpected keyword argument "

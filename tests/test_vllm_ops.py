@@ -5,6 +5,7 @@ random-weight model served in-process; the CLI checks run before any model loads
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 
 import pytest
@@ -113,3 +114,38 @@ def test_model_cards_carry_vllms_fields(tiny):
         one = await (await client.get("/v1/models/alias", headers=auth)).json()
         assert one == cards[1]
     serve_tiny(tiny, check, api_key="k", served_model_name=["main", "alias"])
+
+
+def test_response_role_is_the_role_of_chat_answers(tiny):
+    """vLLM's --response-role: the role of a chat answer (the message's, and a stream's
+    first delta's) where the prompt asks for a new turn; with add_generation_prompt false
+    the answer continues the last message, in its role, as vLLM answers. aiollm refused the
+    flag; create_app takes it as response_role."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+    async def check(client, engine):
+        roles = []
+        for extra in ({}, {"add_generation_prompt": False}):
+            r = await client.post("/v1/chat/completions", json={**body, **extra})
+            assert r.status == 200, await r.text()
+            roles.append((await r.json())["choices"][0]["message"]["role"])
+        r = await client.post("/v1/chat/completions", json={**body, "stream": True})
+        first = (await r.text()).split("\n\n")[0].removeprefix("data: ")
+        roles.append(json.loads(first)["choices"][0]["delta"]["role"])
+        return roles
+
+    async def main(**app_options):
+        # a template of one low token id: the tiny model's vocabulary is 256 tokens
+        engine = Engine(tiny, load_format="dummy", kv_tokens=512,
+                        chat_template="{% for m in messages %}a{% endfor %}")
+        async with TestClient(TestServer(create_app(engine, **app_options))) as client:
+            return await check(client, engine)
+
+    assert asyncio.run(main(response_role="bot")) == ["bot", "user", "bot"]
+    assert asyncio.run(main()) == ["assistant", "user", "assistant"]
+
+
+@pytest.mark.parametrize("role", ["", " ", None, 3])
+def test_response_role_must_be_a_role(tiny, role):
+    with pytest.raises(ValueError, match="response_role"):
+        serve_tiny(tiny, None, response_role=role)

@@ -63,6 +63,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                        "send tools and tool_choice", param="functions" if req.functions
                        is not None else "function_call")
     tools, mode, callable_tools = tool_request.choose(req.tools, req.tool_choice)
+    # as vLLM: the served role for a new turn, else the role of the message it continues
+    role = st.response_role if req.add_generation_prompt else req.messages[-1].role
     named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
     # the named function: a cut output is its call, as vLLM answers it (ToolParser.calls)
     forced = callable_tools[0]["function"]["name"] if named else None
@@ -159,9 +161,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             answer = content if r is None else content or None
             # refusal is one of the message's required fields in OpenAI's schema (typed
             # clients check it); the model's own refusals are plain content
-            message: dict = {"role": "assistant", "content": answer, "refusal": None, **thought}
+            message: dict = {"role": role, "content": answer, "refusal": None, **thought}
             if calls:
-                message = {"role": "assistant", "content": content or None, "refusal": None,
+                message = {"role": role, "content": content or None, "refusal": None,
                            **thought, "tool_calls": [c.as_openai() for c in calls]}
                 finish = finish_with_calls(finish, calls, named)
             choices.append({
@@ -263,7 +265,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         for k in range(req.n):
             said[k] = calls[k] is None and splits[k] is None
             events.append(sse.event({**head, **(prompt_ids if k == 0 else {}), "choices": [{
-                "index": k, "delta": {"role": "assistant", "content": "" if said[k] else None},
+                "index": k, "delta": {"role": role, "content": "" if said[k] else None},
                 "finish_reason": None, "logprobs": None}], **counts}))
         return b"".join(events)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import ipaddress
 import logging
 import signal
 import socket
@@ -79,7 +80,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
                shutdown_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES,
                body_timeout: float = BODY_TIMEOUT_S,
                cors: CorsOptions | None = None,
-               trust_request_chat_template: bool = False) -> web.Application:
+               trust_request_chat_template: bool = False,
+               response_role: str = "assistant") -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
     may call it from other origins only as `cors` allows (None: from none, CORS off).
     Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
@@ -89,9 +91,12 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     body_timeout: seconds a request body's next bytes may take (408 past it); ValueError
     unless positive. trust_request_chat_template: a chat or /tokenize request may render
     its messages with a chat template of its own (vLLM's --trust-request-chat-template;
-    else a 400 naming the flag)."""
+    else a 400 naming the flag). response_role: the role of a chat answer where the prompt
+    opens a new turn (vLLM's --response-role); ValueError unless a non-empty string."""
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")
+    if not isinstance(response_role, str) or not response_role.strip():
+        raise ValueError(f"response_role must be a non-empty string, got {response_role!r}")
     middlewares = [error_middleware]
     allowed = _key_check(api_key) if api_key else None
     if allowed is not None:
@@ -102,7 +107,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     app[STATE] = ApiState(engine=engine, served_model_name=names[0] if names else None,
                           aliases=names[1:], shutdown_timeout=shutdown_timeout,
                           created=int(time.time()), body_timeout=body_timeout,
-                          trust_request_chat_template=trust_request_chat_template)
+                          trust_request_chat_template=trust_request_chat_template,
+                          response_role=response_role)
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES
                                         + lightllm_routes.ROUTES,
                                         expect_handler=_expect_handler(allowed)))
@@ -279,7 +285,19 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
 async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
                   on_started: Callable[[str, int], None] | None) -> None:
     """Open the port of a set-up runner, say so, and call on_started(host, port)."""
-    site = web.TCPSite(runner, host, port)
+    if _dual_stack(host):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:  # as asyncio's create_server sets it, but for IPV6_V6ONLY
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            sock.bind((host, port))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        site: web.BaseSite = web.SockSite(runner, sock)
+    else:
+        site = web.TCPSite(runner, host, port)
     await site.start()
     bound_host, bound_port = runner.addresses[0][:2]
     # an IPv6 address goes in brackets, as a URL writes it (else its port reads as part of it)
@@ -288,6 +306,17 @@ async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
              url_host, bound_port, st.engine.stats()["kv_total"])
     if on_started is not None:
         on_started(bound_host, bound_port)
+
+
+def _dual_stack(host: str) -> bool:
+    """Whether `host` is the IPv6 wildcard (::), which listens for IPv4 clients too, on one
+    socket of both families, as vLLM's server socket for it does: asyncio's create_server
+    makes its IPv6 sockets IPv6-only, and `--host ::` refused every IPv4 client."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a name, or an address with a zone
+        return False
+    return address.version == 6 and address.is_unspecified
 
 
 async def _check_bindable(host: str, port: int) -> None:
@@ -311,7 +340,7 @@ async def _check_bindable(host: str, port: int) -> None:
             # as asyncio's create_server sets them: only a live socket on it is a conflict
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, not _dual_stack(host))
             try:
                 sock.bind(addr)
             except OSError as e:

@@ -38,6 +38,8 @@ class ApiState:
     body_timeout: float = BODY_TIMEOUT_S  # wait for a body's next bytes, s (api/body.py)
     # vLLM's --trust-request-chat-template: a request may render with its own chat template
     trust_request_chat_template: bool = False
+    # vLLM's --response-role: the role of a chat answer to a prompt that opens a new turn
+    response_role: str = "assistant"
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)

@@ -14,9 +14,10 @@ __all__ = ["LOG_FORMAT", "STATS_LOGGER", "build_parser", "configure_logging", "m
 
 def build_parser() -> argparse.ArgumentParser:
     """The `aiollm` parser, its subcommands included."""
+    from aiollm.cli.flag_spelling import ArgumentParser
     from aiollm.cli.serve_parser import add_serve_parser
 
-    parser = argparse.ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
+    parser = ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
                                      "inference server (OpenAI- and LightLLM-compatible HTTP).")
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)

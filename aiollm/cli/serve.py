@@ -58,7 +58,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         app = create_app(Engine.from_config(config), api_key=api_key,
                          served_model_name=names or None,
                          shutdown_timeout=args.shutdown_timeout, cors=cors,
-                         trust_request_chat_template=args.trust_request_chat_template)
+                         trust_request_chat_template=args.trust_request_chat_template,
+                         response_role=args.response_role)
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
         return 130

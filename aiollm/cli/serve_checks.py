@@ -24,6 +24,11 @@ def checked_config(parser: argparse.ArgumentParser,
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     options["served_model_name"] = names[0] if names else None  # the name reported
+    if args.chat_template is not None:  # as vLLM's flag: a template's \n is a newline
+        try:
+            options["chat_template"] = decode_template_escapes(args.chat_template)
+        except ValueError as e:
+            parser.error(f"argument --chat-template: {e}")
     try:
         config = EngineConfig(model=args.model, **options)  # a usage error, before loading
     except ValueError as e:
@@ -49,11 +54,29 @@ def checked_config(parser: argparse.ArgumentParser,
         # it is a secret
         parser.error(f"{source}: the key must not begin or end with whitespace (a "
                      "newline from a key file?)")
+    if not args.response_role.strip():  # else refused only after loading, by create_app
+        parser.error("argument --response-role: must not be empty (default: assistant)")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
     return config, api_key or None
+
+
+def decode_template_escapes(value: str) -> str:
+    """--chat-template's value with its backslash escapes decoded (\\n a newline, \\t a
+    tab, \\u00e9...) when it is a template given as text, as vLLM's --chat-template decodes
+    it (a shell or a Helm value rarely holds a real newline); the value as it is when a path
+    exists there (a file's text is its own, and a pipe is not opened here) or it holds no
+    "{", "}" or newline (a path, for EngineConfig's check to report). Characters beyond
+    ASCII stay as typed. Raises ValueError for an escape that does not decode."""
+    if os.path.exists(value) or not any(c in value for c in "{}\n"):
+        return value
+    try:  # non-Latin-1 characters as \\u escapes first, so that they come back unchanged
+        return value.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"a backslash escape does not decode ({e.reason} at character "
+                         f"{e.start}); write a backslash as \\\\") from None
 
 
 def _api_key_source(flag: str | None) -> tuple[str, str | None]:

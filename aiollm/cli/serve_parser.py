@@ -58,7 +58,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s.add_argument("--model", dest="model", default=argparse.SUPPRESS, action=_Model,
                    metavar="MODEL", help="MODEL given as a flag (vLLM's --model)")
     net = s.add_argument_group("server")
-    net.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    net.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (0.0.0.0: every IPv4 interface; ::, as in "
+                          "vLLM: every interface, IPv4 too)")
     net.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
     net.add_argument("--served-model-name", nargs="+", default=None, metavar="NAME",
                      help="the model name clients send and see (default: the model's name); "
@@ -77,6 +79,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "template it sends (chat_template, or chat_template_kwargs' "
                           "chat_template), as vLLM's flag allows; without it such a request "
                           "gets 400")
+    net.add_argument("--response-role", default="assistant", metavar="ROLE",
+                     help="chat: the role of an answer to a prompt that opens a new turn, as "
+                          "vLLM's (with add_generation_prompt false: the last message's)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "

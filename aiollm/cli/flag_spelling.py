@@ -1,0 +1,30 @@
+"""Flag names spelt with underscores (`--max_model_len 512`), read as their dashed names, as
+vLLM's parser reads them: launch lines written for `vllm serve` use both spellings."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+
+def dashed(args: Sequence[str]) -> list[str]:
+    """`args` with each long flag's name dashed (--max_num_seqs=8 is --max-num-seqs=8);
+    values, single-dash flags and every word after a bare "--" stay as given."""
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + list(args[i:])
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, reading long flags spelt with underscores as their dashed names."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super().parse_known_args(dashed(sys.argv[1:] if args is None else args),
+                                        namespace)
