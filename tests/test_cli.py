@@ -363,6 +363,14 @@ def test_serve_that_cannot_bind_leaves_no_signal_handler_and_names_the_host():
     asyncio.run(main())
 
 
+def _write_tiny_config(path) -> None:
+    """config.json of a tiny Llama of random weights (load_format dummy) into `path`."""
+    (path / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
+        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}))
+
+
 def test_a_signal_while_the_model_loads_never_opens_the_port(tmp_path, caplog):
     """SIGINT/SIGTERM while the model loads (seconds to minutes, and the load cannot be
     interrupted): once loaded, the server opened its port, logged 'serving ... on http://'
@@ -371,10 +379,7 @@ def test_a_signal_while_the_model_loads_never_opens_the_port(tmp_path, caplog):
     from aiollm.api import create_app, serve
     from aiollm.engine import Engine
 
-    (tmp_path / "config.json").write_text(json.dumps({  # a tiny model of random weights
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}))
+    _write_tiny_config(tmp_path)
 
     async def main():
         stop, started = asyncio.Event(), []
@@ -400,10 +405,7 @@ def test_serve_logs_an_ipv6_address_in_brackets(tmp_path, caplog):
             s.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback here")
-    (tmp_path / "config.json").write_text(json.dumps({  # a tiny model of random weights
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}))
+    _write_tiny_config(tmp_path)
 
     async def main() -> list[tuple[str, int]]:
         stop, started = asyncio.Event(), []
@@ -433,10 +435,7 @@ def test_serve_on_the_ipv6_wildcard_takes_ipv4_clients_too(tmp_path):
             s.bind(("::", 0))
     except OSError:
         pytest.skip("no IPv6 here")
-    (tmp_path / "config.json").write_text(json.dumps({  # a tiny model of random weights
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}))
+    _write_tiny_config(tmp_path)
 
     async def main() -> tuple[int, int]:
         stop, up, ports = asyncio.Event(), asyncio.Event(), []

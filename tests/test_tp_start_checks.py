@@ -136,6 +136,21 @@ def test_engine_names_the_rank_whose_start_up_failed(tiny3_model, tmp_path, monk
 def _last_error(log: str) -> str:
     return [line for line in log.splitlines() if " ERROR " in line or "Error" in line][-1]
 
+def _two_nodes(model: str, tmp_path, env: dict) -> tuple[list[subprocess.Popen], list]:
+    """`aiollm serve --nnodes 2` on loopback, one rank per node, with `env`: the two
+    processes (node 0 first) and their log files."""
+    common = ["--device", "cpu", "--max-model-len", "128", "-tp", "2", "--nnodes", "2",
+              "--dist-init-addr", f"127.0.0.1:{_free_port()}", model]
+    logs = [tmp_path / f"node{k}.log" for k in (0, 1)]
+    nodes = []
+    for k, log in enumerate(logs):
+        with open(log, "w") as out:
+            port = ["--port", "0"] if k == 0 else []
+            nodes.append(subprocess.Popen([AIOLLM, "serve", *port, "--node-rank", str(k),
+                                           *common], stdout=out, stderr=subprocess.STDOUT,
+                                          env=env))
+    return nodes, logs
+
 
 @pytest.mark.parametrize("failing", [0, 1])
 def test_each_node_names_the_rank_that_failed_to_size_its_kv_cache(tiny_model,  # noqa: F811
@@ -145,16 +160,7 @@ def test_each_node_names_the_rank_that_failed_to_size_its_kv_cache(tiny_model,  
     rank and its error (the failing one its own error)."""
     env = {**os.environ, **_fault_env(tmp_path, failing, "sizing")}
     fault = FAULTS["sizing"].format(r=failing)
-    common = ["--device", "cpu", "--max-model-len", "128", "-tp", "2", "--nnodes", "2",
-              "--dist-init-addr", f"127.0.0.1:{_free_port()}", tiny_model]
-    logs = [tmp_path / f"node{k}.log" for k in (0, 1)]
-    nodes = []
-    for k, log in enumerate(logs):
-        with open(log, "w") as out:
-            port = ["--port", "0"] if k == 0 else []
-            nodes.append(subprocess.Popen([AIOLLM, "serve", *port, "--node-rank", str(k),
-                                           *common], stdout=out, stderr=subprocess.STDOUT,
-                                          env=env))
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
     try:
         codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
         texts = [log.read_text() for log in logs]
@@ -257,16 +263,7 @@ def test_ctrl_c_ends_a_node_waiting_at_a_start_up_checkpoint(tiny_model, tmp_pat
     (tmp_path / "sitecustomize.py").write_text(_SLOW_RANK0_AND_MARK)
     marker = str(tmp_path / "at-check-rank")
     env = {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_AT_CHECK": marker}
-    common = ["--device", "cpu", "--max-model-len", "128", "-tp", "2", "--nnodes", "2",
-              "--dist-init-addr", f"127.0.0.1:{_free_port()}", tiny_model]
-    logs = [tmp_path / f"node{k}.log" for k in (0, 1)]
-    nodes = []
-    for k, log in enumerate(logs):
-        with open(log, "w") as out:
-            port = ["--port", "0"] if k == 0 else []
-            nodes.append(subprocess.Popen([AIOLLM, "serve", *port, "--node-rank", str(k),
-                                           *common], stdout=out, stderr=subprocess.STDOUT,
-                                          env=env))
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while not os.path.exists(marker + "1"):
