@@ -204,7 +204,8 @@ def extend_attention_ref(
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
     q_chunk: int = 256, *, out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Per request, in fp32; queries in chunks so long prompts stay within memory."""
+    """Per request, in fp32; queries in chunks so long prompts stay within memory, each
+    chunk scored against the keys up to its last query only (the later ones are masked)."""
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     G = HQ // HKV
@@ -217,12 +218,13 @@ def extend_attention_ref(
         key_pos = torch.arange(prefix + ext, device=q.device)
         for c0 in range(0, ext, q_chunk):
             c1 = min(ext, c0 + q_chunk)
+            n = prefix + c1  # keys a query of this chunk may see
             qc = q[qs + c0 : qs + c1].float().view(c1 - c0, HKV, G, D).permute(1, 2, 0, 3)
-            scores = (qc @ k[:, None].transpose(-1, -2)) * sm_scale          # [HKV, G, C, N]
+            scores = (qc @ k[:, None, :n].transpose(-1, -2)) * sm_scale      # [HKV, G, C, n]
             q_pos = prefix + torch.arange(c0, c1, device=q.device)
-            hidden = key_pos[None, :] > q_pos[:, None]
+            hidden = key_pos[None, :n] > q_pos[:, None]
             scores = scores.masked_fill(hidden, -math.inf)
-            o = torch.softmax(scores, dim=-1) @ v[:, None]                  # [HKV, G, C, D]
+            o = torch.softmax(scores, dim=-1) @ v[:, None, :n]              # [HKV, G, C, D]
             out[qs + c0 : qs + c1] = o.permute(2, 0, 1, 3).reshape(c1 - c0, HQ, D).to(q.dtype)
     return out
 
