@@ -47,3 +47,33 @@ def test_one_name_is_served_as_before(tiny, names):
         assert [card["id"] for card in listed["data"]] == ["m"]
         assert (await client.get("/v1/models/gpt-4")).status == 404
     serve_tiny(tiny, check, served_model_name=names)
+
+
+def test_the_model_as_given_is_a_name_when_no_served_name_is_set(tiny):
+    """Without --served-model-name vLLM serves the model under the --model string itself,
+    so a client set up for it sends that string (a path here); aiollm reports the
+    directory's name and answered such a request 404. The string as given is now taken
+    (the responses still report the directory's name, /v1/models lists only it); another
+    path, or the given one beside served names, stays a 404."""
+    import os
+
+    async def check(client, engine):
+        name = os.path.basename(tiny)
+        for model in (tiny, name):
+            resp = await client.post("/v1/completions", json={
+                "model": model, "prompt": "hi", "max_tokens": 1})
+            assert resp.status == 200, await resp.text()
+            assert (await resp.json())["model"] == name
+        listed = await (await client.get("/v1/models")).json()
+        assert [card["id"] for card in listed["data"]] == [name]
+        for other in (tiny + "-other", tiny + "/"):
+            resp = await client.post("/v1/completions", json={
+                "model": other, "prompt": "hi", "max_tokens": 1})
+            assert resp.status == 404, await resp.text()
+    serve_tiny(tiny, check)
+
+    async def named(client, engine):
+        resp = await client.post("/v1/completions", json={
+            "model": tiny, "prompt": "hi", "max_tokens": 1})
+        assert resp.status == 404, await resp.text()
+    serve_tiny(tiny, named, served_model_name="m")

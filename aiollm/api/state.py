@@ -72,8 +72,13 @@ class ApiState:
     def check_model(self, name: str | None) -> None:
         """A request's `model` is only ever matched against the served names, never opened.
         None (absent or null) and "" mean the served model, as in vLLM: clients with no model
-        configured send "" (the one model there is is what they want)."""
-        if name and name not in self.model_names:
+        configured send "" (the one model there is is what they want). With no served name
+        set, the model exactly as the server was given it (a path) is taken too: vLLM serves
+        it under that string then, and a client set up for vLLM sends it."""
+        e = self.engine
+        as_given = (self.served_model_name is None and e.config.served_model_name is None
+                    and name == e.config.model)
+        if name and name not in self.model_names and not as_given:
             served = ", ".join(repr(n) for n in self.model_names)
             raise ApiError(404, f"model {name!r} does not exist; this server serves "
                                 f"{served}", param="model", code="model_not_found")
