@@ -11,20 +11,11 @@ import threading
 import time
 
 import pytest
+from test_prefix_cache_step_failure import tiny  # noqa: F401 - a fixture
 
 from aiollm import Engine, SamplingParams
 from aiollm.engine import hand_out
 from aiollm.errors import RequestFailed
-
-
-@pytest.fixture
-def tiny(tmp_path):
-    from transformers import LlamaConfig
-
-    LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512).save_pretrained(tmp_path)
-    return str(tmp_path)
 
 
 def timed(fn, *args) -> float:

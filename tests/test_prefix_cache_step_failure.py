@@ -89,6 +89,30 @@ def garbage_cached(eng: Engine) -> int:
     return int((k == GARBAGE).flatten(1).all(1).sum())
 
 
+def failure_scenario(tiny, body) -> None:
+    """Run `await body(eng)` on a started engine of `tiny` (1,024 KV slots, 16-token prefill
+    chunks), then check what must hold after failed steps: the prefix cache's invariants,
+    no garbage cached, no KV slot or request left."""
+    loop = asyncio.new_event_loop()
+
+    async def go():
+        eng = Engine(tiny, load_format="dummy", kv_tokens=1024, max_prefill_tokens=16)
+        await eng.start()
+        try:
+            await body(eng)
+            check_invariants(eng)
+            assert garbage_cached(eng) == 0
+            assert eng.stats()["kv_used"] == 0
+            assert not eng._requests
+        finally:
+            await eng.stop()
+
+    try:
+        run(loop, go(), 120)
+    finally:
+        loop.close()
+
+
 @pytest.mark.parametrize("fail_at", [48, 110])
 def test_a_hit_on_a_failed_steps_chunk_fails_and_leaves_no_kv_in_the_cache(tiny, fail_at):
     """A prefills a 110-token prompt in 16-token chunks; B (its first 100 tokens and one
@@ -98,40 +122,29 @@ def test_a_hit_on_a_failed_steps_chunk_fails_and_leaves_no_kv_in_the_cache(tiny,
     stayed cached for every later request with that prefix (the flush after the failure
     left it, as B held it). At 48, the next step holds A's next chunk, which the cache has
     too: B, not yet admitted, computes its prompt itself."""
-    loop = asyncio.new_event_loop()
     rng = np.random.default_rng(5)
     a_prompt = rng.integers(3, 256, 110).tolist()
     b_prompt = a_prompt[:100] + [9]
 
-    async def go():
-        eng = Engine(tiny, load_format="dummy", kv_tokens=1024, max_prefill_tokens=16)
-        await eng.start()
-        try:
-            ref = (await eng.generate(b_prompt, GREEDY)).token_ids
-            eng.flush_cache()
-            steps = check_every_step(eng)
-            a_last_chunk = (lambda s: any(r.prompt_ids == a_prompt and p + n == fail_at
-                                          for r, p, n in zip(s.reqs, s.prefix_lens,
-                                                             s.extend_lens)))
-            failed, _ = fail_steps(eng, a_last_chunk)
-            a, b = await asyncio.gather(eng.generate(a_prompt, GREEDY),
-                                        eng.generate(b_prompt, GREEDY), return_exceptions=True)
-            assert failed and steps[0] > 0
-            assert isinstance(a, RequestFailed), a
-            if fail_at == 110:  # B read the failed step's KV: it fails as A does
-                assert isinstance(b, RequestFailed) and "step failed" in str(b), b
-            else:
-                assert b.token_ids == ref and b.cached_tokens == 0
-            check_invariants(eng)
-            assert garbage_cached(eng) == 0
-            again = await eng.generate(b_prompt, GREEDY)
-            assert again.token_ids == ref
-            assert eng.stats()["kv_used"] == 0
-            check_invariants(eng)
-        finally:
-            await eng.stop()
+    async def body(eng):
+        ref = (await eng.generate(b_prompt, GREEDY)).token_ids
+        eng.flush_cache()
+        steps = check_every_step(eng)
+        a_last_chunk = (lambda s: any(r.prompt_ids == a_prompt and p + n == fail_at
+                                      for r, p, n in zip(s.reqs, s.prefix_lens, s.extend_lens)))
+        failed, _ = fail_steps(eng, a_last_chunk)
+        a, b = await asyncio.gather(eng.generate(a_prompt, GREEDY),
+                                    eng.generate(b_prompt, GREEDY), return_exceptions=True)
+        assert failed and steps[0] > 0
+        assert isinstance(a, RequestFailed), a
+        if fail_at == 110:  # B read the failed step's KV: it fails as A does
+            assert isinstance(b, RequestFailed) and "step failed" in str(b), b
+        else:
+            assert b.token_ids == ref and b.cached_tokens == 0
+        check_invariants(eng)
+        assert garbage_cached(eng) == 0
+        again = await eng.generate(b_prompt, GREEDY)
+        assert again.token_ids == ref
+        assert eng.stats()["kv_used"] == 0
 
-    try:
-        run(loop, go(), 120)
-    finally:
-        loop.close()
+    failure_scenario(tiny, body)

@@ -12,35 +12,16 @@ import asyncio
 
 import numpy as np
 import pytest
-from test_prefix_cache import check_every_step, check_invariants
-from test_prefix_cache_step_failure import fail_steps, garbage_cached, tiny  # noqa: F401
+from test_prefix_cache import check_every_step
+from test_prefix_cache_step_failure import (  # noqa: F401 - tiny: a fixture
+    GREEDY,
+    failure_scenario,
+    fail_steps,
+    tiny,
+)
 
-from aiollm import Engine, SamplingParams
+from aiollm import SamplingParams
 from aiollm.errors import RequestFailed
-from conftest import run
-
-GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
-
-
-def _scenario(tiny, body):
-    loop = asyncio.new_event_loop()
-
-    async def go():
-        eng = Engine(tiny, load_format="dummy", kv_tokens=1024, max_prefill_tokens=16)
-        await eng.start()
-        try:
-            await body(eng)
-            check_invariants(eng)
-            assert garbage_cached(eng) == 0
-            assert eng.stats()["kv_used"] == 0
-            assert not eng._requests
-        finally:
-            await eng.stop()
-
-    try:
-        run(loop, go(), 120)
-    finally:
-        loop.close()
 
 
 def _outcome(res, ref):
@@ -84,7 +65,7 @@ def test_decode_failure_while_a_later_request_shares_the_prompt(tiny, count):
         _outcome(b, ref_b)
         assert (await eng.generate(b_prompt, params)).token_ids == ref_b
 
-    _scenario(tiny, body)
+    failure_scenario(tiny, body)
 
 
 @pytest.mark.parametrize("count", [2, 3])
@@ -109,7 +90,7 @@ def test_prefill_failures_in_a_row(tiny, count):
         _outcome(b, ref)
         assert (await eng.generate(b_prompt, GREEDY)).token_ids == ref
 
-    _scenario(tiny, body)
+    failure_scenario(tiny, body)
 
 
 @pytest.mark.parametrize("count", [1, 2])
@@ -139,4 +120,4 @@ def test_failure_with_n_siblings_sharing_the_prompt(tiny, count, when):
         assert isinstance(res, RequestFailed), res
         assert (await eng.generate(prompt, GREEDY)).token_ids == ref
 
-    _scenario(tiny, body)
+    failure_scenario(tiny, body)
