@@ -31,6 +31,8 @@ _GAUGES = {
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75,
                     1.0, 2.0, 5.0, 10.0, 30.0)
+# a whole request's times (end to end, its phases): minutes too
+_REQUEST_BUCKETS = _LATENCY_BUCKETS + (60.0, 120.0, 300.0)
 
 
 def one_two_five(limit: int) -> tuple[int, ...]:
@@ -86,7 +88,7 @@ class EngineMetrics:
                                       registry=r)
         # every request's end counts: finished, aborted (a client gone) or failed (error)
         self.e2e = Histogram(p + "e2e_request_latency_seconds", "Arrival to the end of a "
-                             "request", buckets=_LATENCY_BUCKETS + (60.0, 120.0, 300.0),
+                             "request", buckets=_REQUEST_BUCKETS,
                              registry=r)
         token_buckets = one_two_five(max(1, max_model_len))
         self.request_prompt = Histogram(p + "request_prompt_tokens", "Prompt tokens of each "
@@ -98,16 +100,15 @@ class EngineMetrics:
                                     buckets=_LATENCY_BUCKETS, registry=r)
         # each ended request's phases, as vLLM splits them (its RequestStateStats): pauses
         # to free KV count in the phase they fall in; requests without a token have none
-        phase_buckets = _LATENCY_BUCKETS + (60.0, 120.0, 300.0)
         self.prefill_time = Histogram(p + "request_prefill_time_seconds", "First admission "
                                       "to first token of each ended request",
-                                      buckets=phase_buckets, registry=r)
+                                      buckets=_REQUEST_BUCKETS, registry=r)
         self.decode_time = Histogram(p + "request_decode_time_seconds", "First token to last "
-                                     "token of each ended request", buckets=phase_buckets,
+                                     "token of each ended request", buckets=_REQUEST_BUCKETS,
                                      registry=r)
         self.inference_time = Histogram(p + "request_inference_time_seconds", "First admission "
                                         "to last token of each ended request",
-                                        buckets=phase_buckets, registry=r)
+                                        buckets=_REQUEST_BUCKETS, registry=r)
         self.prefill_token_time = Histogram(p + "request_prefill_time_per_token_seconds",
                                             "Prefill time of each ended request over its "
                                             "prompt tokens", buckets=(0.001, 0.002, 0.005, 0.01,
