@@ -116,26 +116,29 @@ class EngineMetrics:
                                                                       1.0), registry=r)
         # an API request's choices as a whole (vLLM's parent request), measured once each
         # with vLLM's bounds: its n, the most tokens one of its choices generated
-        self.request_n = Histogram(p + "request_n", "n of each request: its choices, each "
-                                   "an engine request of its own", buckets=(1, 2, 5, 10, 20),
-                                   registry=r)
+        self.request_n = Histogram(p + "request_n", "n of each request (a prompt and its "
+                                   "choices) once its choices ended, none aborted",
+                                   buckets=(1, 2, 5, 10, 20), registry=r)
         self.request_max_generation = Histogram(p + "request_max_generation_tokens", "The "
                                                 "most tokens one choice of each request "
                                                 "generated", buckets=token_buckets, registry=r)
         self.request_kv_computed = Histogram(p + "request_prefill_kv_computed_tokens",
                                              "Prompt tokens each ended request computed in its "
-                                             "prefill (the prefix cache's left out)",
+                                             "prefill (the prefix cache's left out), once it "
+                                             "got a token",
                                              buckets=token_buckets, registry=r)
         self.request_time_per_output_token = Histogram(
             p + "request_time_per_output_token_seconds", "Decode time of each ended request "
-            "over its tokens after the first", buckets=_LATENCY_BUCKETS, registry=r)
+            "over its tokens after the first (of 2 tokens or more)", buckets=_LATENCY_BUCKETS,
+            registry=r)
         # each request's prompt once its prefill is done, split as vLLM splits it (no KV
         # comes from another instance here)
         self.prompt_by_source = Counter(p + "prompt_tokens_by_source", "Prompt tokens "
                                         "processed, by where their KV came from",
                                         ["source"], registry=r)
-        for source in ("local_compute", "local_cache_hit", "external_kv_transfer"):
+        self.prompt_computed, self.prompt_hit, _ = (
             self.prompt_by_source.labels(source)
+            for source in ("local_compute", "local_cache_hit", "external_kv_transfer"))
         self.prompt_cached = Counter(p + "prompt_tokens_cached", "Prompt tokens processed "
                                      "whose KV the prefix cache held", registry=r)
         self.request_max_tokens = Histogram(p + "request_max_tokens", "max_tokens of each "
@@ -169,8 +172,8 @@ class EngineMetrics:
         prompt, cached = len(req.prompt_ids), max(req.cached_tokens, 0)
         self.prompt_tokens.inc(prompt)
         self.prompt_cached.inc(cached)
-        self.prompt_by_source.labels("local_compute").inc(prompt - cached)
-        self.prompt_by_source.labels("local_cache_hit").inc(cached)
+        self.prompt_computed.inc(prompt - cached)
+        self.prompt_hit.inc(cached)
 
     def ended(self, req, reason: str, now: float) -> None:
         """A client's request ended at `now` (time.monotonic()) with finish `reason`: stop
