@@ -162,6 +162,11 @@ def test_time_per_output_token_and_prompt_tokens_by_source(tiny):
                 "prompt": prompt, "max_tokens": max_tokens, "ignore_eos": True})
             assert resp.status == 200, await resp.text()
         fams = await families(client)
+        kinds = {"vllm:request_time_per_output_token_seconds": "histogram",
+                 "vllm:request_prefill_kv_computed_tokens": "histogram",
+                 "vllm:prompt_tokens_by_source": "counter",
+                 "vllm:prompt_tokens_cached": "counter"}
+        assert {name: fams[name].type for name in kinds} == kinds
         assert value(fams, "vllm:request_time_per_output_token_seconds_count") == 2
         assert value(fams, "vllm:request_time_per_output_token_seconds_sum") == pytest.approx(
             value(fams, "vllm:request_decode_time_seconds_sum") / 3)
