@@ -16,8 +16,8 @@ import asyncio
 
 from aiollm.engine.bad_words import bad_word_ids
 from aiollm.engine.output_text import NoText, OutputText
-from aiollm.engine.request_group import ChoiceGroup
 from aiollm.engine.request import Request
+from aiollm.engine.request_group import ChoiceGroup
 from aiollm.engine.submission import (Prompt, check_request, kept_prompt_tokens, new_request,
                                       request_params, tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
