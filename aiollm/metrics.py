@@ -114,6 +114,33 @@ class EngineMetrics:
                                             "prompt tokens", buckets=(0.001, 0.002, 0.005, 0.01,
                                                                       0.02, 0.05, 0.1, 0.2, 0.5,
                                                                       1.0), registry=r)
+        # an API request's choices as a whole (vLLM's parent request), measured once each
+        # with vLLM's bounds: its n, the most tokens one of its choices generated
+        self.request_n = Histogram(p + "request_n", "n of each request (a prompt and its "
+                                   "choices) once its choices ended, none aborted",
+                                   buckets=(1, 2, 5, 10, 20), registry=r)
+        self.request_max_generation = Histogram(p + "request_max_generation_tokens", "The "
+                                                "most tokens one choice of each request "
+                                                "generated", buckets=token_buckets, registry=r)
+        self.request_kv_computed = Histogram(p + "request_prefill_kv_computed_tokens",
+                                             "Prompt tokens each ended request computed in its "
+                                             "prefill (the prefix cache's left out), once it "
+                                             "got a token",
+                                             buckets=token_buckets, registry=r)
+        self.request_time_per_output_token = Histogram(
+            p + "request_time_per_output_token_seconds", "Decode time of each ended request "
+            "over its tokens after the first (of 2 tokens or more)", buckets=_LATENCY_BUCKETS,
+            registry=r)
+        # each request's prompt once its prefill is done, split as vLLM splits it (no KV
+        # comes from another instance here)
+        self.prompt_by_source = Counter(p + "prompt_tokens_by_source", "Prompt tokens "
+                                        "processed, by where their KV came from",
+                                        ["source"], registry=r)
+        self.prompt_computed, self.prompt_hit, _ = (
+            self.prompt_by_source.labels(source)
+            for source in ("local_compute", "local_cache_hit", "external_kv_transfer"))
+        self.prompt_cached = Counter(p + "prompt_tokens_cached", "Prompt tokens processed "
+                                     "whose KV the prefix cache held", registry=r)
         self.request_max_tokens = Histogram(p + "request_max_tokens", "max_tokens of each "
                                             "ended request (the rest of the context when it "
                                             "set none)", buckets=token_buckets, registry=r)
@@ -135,14 +162,28 @@ class EngineMetrics:
             if req.counted:
                 self.queue_time.observe(now - req.arrival)
 
+    def prefilled(self, req) -> None:
+        """A client's request whose prefill is done (its first token sampled): its prompt
+        tokens processed, counted once (not again after a pause), split by where their KV
+        came from: the sources add up to the prompt. (vLLM also counts as a cache hit the
+        last token of a prompt found whole in its cache, which it computes all the same;
+        the cache here gives no prompt's last token, and a match one token short of the
+        prompt does not say whether that token was cached.)"""
+        prompt, cached = len(req.prompt_ids), max(req.cached_tokens, 0)
+        self.prompt_tokens.inc(prompt)
+        self.prompt_cached.inc(cached)
+        self.prompt_computed.inc(prompt - cached)
+        self.prompt_hit.inc(cached)
+
     def ended(self, req, reason: str, now: float) -> None:
         """A client's request ended at `now` (time.monotonic()) with finish `reason`: stop
         or length (finished), abort (cancelled, stopped or refused) or error (the engine
         failed it)."""
         self.requests.labels(reason).inc()
         self.e2e.observe(now - req.arrival)
+        generated = len(req.output_ids)
         self.request_prompt.observe(len(req.prompt_ids))
-        self.request_generation.observe(len(req.output_ids))
+        self.request_generation.observe(generated)
         if req.params.max_tokens:  # resolved at submission; 0: prompt scoring, no output
             self.request_max_tokens.observe(req.params.max_tokens)
         if req.t_first_ns and req.first_admitted >= 0:
@@ -152,6 +193,19 @@ class EngineMetrics:
             self.prefill_token_time.observe(prefill / max(1, len(req.prompt_ids)))
             self.decode_time.observe(last - first)
             self.inference_time.observe(last - req.first_admitted)
+            self.request_kv_computed.observe(len(req.prompt_ids) - max(req.cached_tokens, 0))
+            if generated > 1:
+                self.request_time_per_output_token.observe((last - first) / (generated - 1))
+        # the request's choices as a whole, once (vLLM's parent request): not when one was
+        # aborted, as vLLM measures only requests its engine ended
+        group = req.group
+        if group is None:
+            if reason != "abort":
+                self.request_n.observe(1)
+                self.request_max_generation.observe(generated)
+        elif group.ended(generated, reason == "abort"):
+            self.request_n.observe(group.n)
+            self.request_max_generation.observe(group.most)
 
     def paused(self, req) -> None:
         """A request paused to free KV (resumed later)."""

@@ -27,6 +27,7 @@ from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.api.tools_or_format import tools_constraint
 from aiollm.api.usage import chunk_usage, room, usage_of
+from aiollm.engine.request_group import choice_group
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta, RequestOutput, TokenLogprob
@@ -143,9 +144,10 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         return reasoning.splitter_for(thinking, prompt_tail, shaped=shaped,
                                       continued=continued) if thinking else None
 
+    group = choice_group(req.n)  # the choices measured as one request
     if not req.stream:
-        outs = await gather_outputs([engine.generate(ids, sp, cache_salt=req.cache_salt)
-                                     for sp in params])
+        outs = await gather_outputs([engine.generate(ids, sp, cache_salt=req.cache_salt,
+                                                     group=group) for sp in params])
         choices = []
         for j, out in enumerate(outs):
             text, thought, r = out.text, {}, None
@@ -273,7 +275,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""
         return last + sse.DONE
 
-    starts = [partial(engine.stream, ids, sp, cache_salt=req.cache_salt) for sp in params]
+    starts = [partial(engine.stream, ids, sp, cache_salt=req.cache_salt, group=group)
+              for sp in params]
     return await sse.send(request, merge(starts), render, tail)
 
 

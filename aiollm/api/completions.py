@@ -29,6 +29,7 @@ from aiollm.api.request_id import request_id
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.usage import chunk_usage, room, usage_of
+from aiollm.engine.request_group import choice_group
 from aiollm.engine.special_tokens import special_tokens_around
 from aiollm.errors import naming_batch_item
 
@@ -134,9 +135,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 "token_ids": list(out.token_ids)}
 
     salted = {"cache_salt": req.cache_salt}
+    # each prompt's n choices are measured as one request (vLLM's request of n per prompt)
+    groups = [choice_group(req.n) for _ in prompt_ids]
     if not req.stream:
-        outs = await gather_outputs([_of_prompt(i, partial(source.generate, ids, sp, **salted))
-                                     for i, ids, sp in jobs])
+        outs = await gather_outputs([_of_prompt(i, partial(source.generate, ids, sp,
+                                                           group=groups[k // req.n], **salted))
+                                     for k, (i, ids, sp) in enumerate(jobs)])
         choices = [{
             "index": k, "text": echo[k][0] + out.text, "finish_reason": out.finish_reason,
             "stop_reason": out.stop_reason,
@@ -177,7 +181,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         return last + sse.DONE
 
     stream = partial(source.stream, **salted)
-    starts = [partial(_stream_of_prompt, i, stream, ids, sp) for i, ids, sp in jobs]
+    starts = [partial(_stream_of_prompt, i, partial(stream, group=groups[k // req.n]), ids, sp)
+              for k, (i, ids, sp) in enumerate(jobs)]
     return await sse.send(request, leaders_first(merge(starts), req.n), render, tail)
 
 

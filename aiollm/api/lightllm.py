@@ -23,6 +23,7 @@ from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
 from aiollm.api.usage import room
+from aiollm.engine.request_group import choice_group
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import SamplingParams, choice_seed
 from aiollm.stop_conditions import MAX_STOP_CHARS, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS
@@ -180,7 +181,9 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     with (param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters),
           context_told(*_NAMING)):
         ids, params = await _prepare(st, req)
-        outs = await gather_outputs([st.engine.generate(ids, sp) for sp in params])
+        group = choice_group(len(params))  # the choices measured as one request
+        outs = await gather_outputs([st.engine.generate(ids, sp, group=group)
+                                     for sp in params])
 
     def one_or_all(values: list) -> object:  # LightLLM unwraps single results, except the text
         return values[0] if len(values) == 1 else values

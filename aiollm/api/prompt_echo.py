@@ -52,15 +52,16 @@ class PromptEcho:
             with naming_batch_item("prompt", i):
                 engine.check(ids, params)
 
-    # cache_salt: taken as the engine takes it; nothing is computed, so nothing is shared
+    # cache_salt, group: taken as the engine takes them; nothing is computed, so nothing is
+    # shared nor measured
     async def generate(self, prompt: Sequence[int], params: SamplingParams, *,
-                       cache_salt: str | None = None) -> RequestOutput:
+                       cache_salt: str | None = None, group: object = None) -> RequestOutput:
         return RequestOutput(request_id=f"echo-{uuid.uuid4().hex}", text="", token_ids=[],
                              finish_reason="length", prompt_tokens=len(prompt),
                              completion_tokens=0, prompt_token_ids=list(prompt))
 
     def stream(self, prompt: Sequence[int], params: SamplingParams, *,
-               cache_salt: str | None = None) -> AsyncIterator[Delta]:
+               cache_salt: str | None = None, group: object = None) -> AsyncIterator[Delta]:
         return _one(Delta(text="", token_ids=[], logprobs=None, finish_reason="length",
                           prompt_tokens=len(prompt), completion_tokens=0))
 

@@ -17,6 +17,7 @@ import asyncio
 from aiollm.engine.bad_words import bad_word_ids
 from aiollm.engine.output_text import NoText, OutputText
 from aiollm.engine.request import Request
+from aiollm.engine.request_group import ChoiceGroup
 from aiollm.engine.submission import (Prompt, check_request, kept_prompt_tokens, new_request,
                                       request_params, tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
@@ -100,10 +101,12 @@ class AddRequest:
         return ids
 
     def _submit(self, prompt: Prompt, params: SamplingParams, *, counted: bool = True,
-                cache_salt: str | None = None) -> tuple[Request, OutputText | NoText]:
+                cache_salt: str | None = None, group: ChoiceGroup | None = None
+                ) -> tuple[Request, OutputText | NoText]:
         """A checked request in the waiting queue, and its output text's decoder. counted
         False: kept out of the metrics and the scheduler's history (a health probe);
-        cache_salt: the request's, checked (cache_salt.checked_salt)."""
+        cache_salt: the request's, checked (cache_salt.checked_salt); group: the choices
+        it is one of (request_group.ChoiceGroup; None: a request of one choice)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
         if len(self.planner.waiting) >= self.config.max_waiting_requests:
@@ -118,6 +121,7 @@ class AddRequest:
                           keep_prompt_array=self.prefix_cache is not None)
         req.counted = counted
         req.cache_salt = cache_salt
+        req.group = group
         self._requests[req.rid] = req
         self.planner.enqueue(req)
         self._wake.set()

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiollm.engine.cache_salt import split_salt
 from aiollm.engine.outputs import Delta, RequestOutput
-from aiollm.engine.request_group import completions, n_of
+from aiollm.engine.request_group import ChoiceGroup, completions, n_of
 from aiollm.engine.stream import RequestStream, collect, deltas
 from aiollm.engine.submission import Prompt, default_length_within, off_loop, prompt_text
 from aiollm.errors import InvalidRequest, Overloaded
@@ -50,14 +50,19 @@ class EngineAPI:
                 raise
 
     async def generate(self, prompt: Prompt, params: SamplingParams | None = None, *,
-                       cache_salt: str | None = None) -> RequestOutput:
+                       cache_salt: str | None = None,
+                       group: ChoiceGroup | None = None) -> RequestOutput:
         """The whole result of one request: prompt as text (long text tokenized off the loop)
         or token ids; with params.n > 1, of n requests on the prompt, one per choice, joined
         (engine/request_group.py) and submitted as generate_batch submits its prompts, as the
         table and the waiting queue make room. `cache_salt` (vLLM's; or a prompt dict's
         "cache_salt"): a non-empty string; the request reuses only cached KV that requests
-        of the same salt computed, and only they reuse its KV (engine/cache_salt.py). Raises
-        InvalidRequest / Overloaded before it starts, RequestFailed inside."""
+        of the same salt computed, and only they reuse its KV (engine/cache_salt.py).
+        `group`: the ChoiceGroup of the choices this request of n 1 is one of, where the
+        caller runs each choice as a request of its own (the HTTP API); the metrics measure
+        the group as one request (None: this request is measured alone, its n choices as
+        one group). Raises InvalidRequest / Overloaded before it starts, RequestFailed
+        inside; ValueError for a group given with n > 1."""
         prompt, cache_salt = split_salt(prompt, cache_salt)
         defaulted = params is None
         await self.compile_grammar(params := params or self.default_params())
@@ -67,29 +72,37 @@ class EngineAPI:
         if defaulted:
             prompt, params = self._with_defaults(prompt)
         room = self._batch_room if n_of(params) > 1 else None
-        return await self._completions(prompt, params, given, room, cache_salt)
+        return await self._completions(prompt, params, given, room, cache_salt, group)
 
     async def _completions(self, prompt: Prompt, params: SamplingParams, given: str | None,
                            room: asyncio.Semaphore | None = None,
-                           cache_salt: str | None = None) -> RequestOutput:
+                           cache_salt: str | None = None,
+                           group: ChoiceGroup | None = None) -> RequestOutput:
         """generate()'s requests, each compiling its grammar (cached: the choices of a
         prompt compile it once) and submitted once `room` lets it (generate_batch's: as many
-        compiles under way as requests); `given`: the prompt's text as the caller gave it."""
-        async def one(p: SamplingParams) -> RequestOutput:
+        compiles under way as requests); `given`: the prompt's text as the caller gave it;
+        `group`: as generate() takes it."""
+        async def one(p: SamplingParams, group: ChoiceGroup | None = group) -> RequestOutput:
             async with room or contextlib.nullcontext():
                 await self.compile_grammar(p)
-                req, text = self._submit(prompt, p, cache_salt=cache_salt)
+                req, text = self._submit(prompt, p, cache_salt=cache_salt, group=group)
                 out = await collect(req, deltas(req, text, self._finish))
             out.prompt = given
             return out
 
-        return await (one(params) if n_of(params) == 1 else completions(params, one))
+        if n_of(params) == 1:
+            return await one(params)
+        if group is not None:
+            raise ValueError(f"group is for a request of one choice, got n {params.n}: "
+                             "its choices make a group of their own")
+        return await completions(params, one)
 
     def stream(self, prompt: Prompt, params: SamplingParams | None = None, *,
-               cache_salt: str | None = None) -> AsyncIterator[Delta]:
+               cache_salt: str | None = None,
+               group: ChoiceGroup | None = None) -> AsyncIterator[Delta]:
         """Text deltas of one request. Validation errors raise here, before iteration.
         Closing the stream (or dropping it, even unstarted) aborts the request.
-        `cache_salt`: as generate() takes it.
+        `cache_salt`, `group`: as generate() takes them.
 
         The request runs to its end (a stop string, max_tokens...) at the engine's pace,
         whether or not the stream is read meanwhile; the deltas wait for their reader.
@@ -110,19 +123,21 @@ class EngineAPI:
         if c is not None and c.grammar is not None and not self.grammars.compiled(c.grammar):
             ids = self._checked(prompt, params)
             return RequestStream.submitted_later(
-                self._finish, lambda ref: self._stream_compiled(ids, params, ref, cache_salt))
-        req, text = self._submit(prompt, params, cache_salt=cache_salt)
+                self._finish,
+                lambda ref: self._stream_compiled(ids, params, ref, cache_salt, group))
+        req, text = self._submit(prompt, params, cache_salt=cache_salt, group=group)
         return RequestStream(req, deltas(req, text, self._finish), self._finish)
 
     async def _stream_compiled(self, ids: list[int], params: SamplingParams,
                                stream_ref: Callable[[], RequestStream | None],
-                               cache_salt: str | None) -> AsyncIterator[Delta]:
+                               cache_salt: str | None,
+                               group: ChoiceGroup | None) -> AsyncIterator[Delta]:
         await self.compile_grammar(params)
         stream = stream_ref()
         if stream is None or stream.closed:  # dropped, or closed by another task meanwhile
             return
         # checked again: the engine may have stopped
-        req, text = self._submit(ids, params, cache_salt=cache_salt)
+        req, text = self._submit(ids, params, cache_salt=cache_salt, group=group)
         stream.bind(req)
         del stream  # held by its consumer only: dropped, it releases the request
         async with contextlib.aclosing(deltas(req, text, self._finish)) as gen:

@@ -72,7 +72,7 @@ class HandOut:
         for k, r in enumerate(reqs):
             if r.params.max_tokens == 0:  # prompt scoring: the prefill's token is no output
                 if r.counted:
-                    self.metrics.prompt_tokens.inc(len(r.prompt_ids))
+                    self.metrics.prefilled(r)
                 self._finish(r, "length")
                 continue
             r.output_ids.append(int(tokens[k]))
@@ -82,7 +82,7 @@ class HandOut:
                 if len(r.output_ids) == 1:
                     # prefill tokens processed, counted once its prefill is done (as vLLM
                     # does): a request that never got there (aborted while queued) has none
-                    self.metrics.prompt_tokens.inc(len(r.prompt_ids))
+                    self.metrics.prefilled(r)
                     self.metrics.ttft.observe(time.monotonic() - r.arrival)
                     r.t_first_ns = now_ns
                 elif r.t_last_ns:

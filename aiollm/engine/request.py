@@ -69,6 +69,8 @@ class Request:
     # in the metrics and the scheduler's history of output lengths; False for a health
     # probe (health_probe.py), which no client sent
     counted: bool = True
+    # the request_group.ChoiceGroup it is one choice of (None: a request of one choice)
+    group: object = None
     smallest_ooms: int = 0  # its out-of-memory steps alone at the smallest size (oom.py)
     t_first_ns: int = 0  # time.monotonic_ns() when its first token arrived (0: none yet)
     t_last_ns: int = 0  # when its latest token arrived, for inter-token latency

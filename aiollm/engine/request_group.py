@@ -6,7 +6,8 @@ Each choice is an engine request of its own on the same prompt ids, as the HTTP 
 choices of one request, so the prefix cache lets the choices share the prompt's KV, and
 choice i of a seeded request samples with choice_seed(seed, i) (seed + i: the choices
 differ, the whole stays reproducible). The choices' outputs come back as one RequestOutput:
-choice 0's, the others in other_choices.
+choice 0's, the others in other_choices. A ChoiceGroup holds what the metrics measure of the
+choices as a whole, as vLLM measures its parent request of n child requests.
 """
 
 from __future__ import annotations
@@ -36,6 +37,38 @@ async def gather_all(aws: Sequence[Awaitable[T]]) -> list[T]:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class ChoiceGroup:
+    """The n choices of one request (vLLM's parent request: one prompt of an API request
+    with its n), each run as an engine request of its own: each choice's end is told to
+    ended(), which says when the group as a whole is to be measured (vllm:request_params_n,
+    vllm:request_max_num_generation_tokens; metrics.EngineMetrics.ended). A request of one
+    choice needs none: it is measured alone."""
+
+    __slots__ = ("n", "most", "_left", "_aborted")
+
+    def __init__(self, n: int):
+        self.n = n
+        self.most = 0  # the most tokens one of its ended choices generated
+        self._left = n
+        self._aborted = False
+
+    def ended(self, generated: int, aborted: bool) -> bool:
+        """A choice ended, having generated `generated` tokens; `aborted`: its client went
+        away or the server stopped. True once the last of the n has ended, none aborted:
+        vLLM measures a parent request when its last child ends in its engine (stop, length
+        or error), and a client's abort ends its children without measuring them."""
+        self.most = max(self.most, generated)
+        self._aborted |= aborted
+        self._left -= 1
+        return self._left == 0 and not self._aborted
+
+
+def choice_group(n: int) -> ChoiceGroup | None:
+    """The ChoiceGroup of a request whose n choices the caller runs as engine requests of
+    their own (the HTTP API), to hand to each; None for one choice (measured alone)."""
+    return ChoiceGroup(n) if n > 1 else None
+
+
 def n_of(params: object) -> int:
     """params' n when it asks for several completions, else 1 (a bad n, or no
     SamplingParams, goes the one-request way, whose submission refuses it by name)."""
@@ -53,11 +86,13 @@ def choice_params(params: SamplingParams) -> list[SamplingParams]:
 
 
 async def completions(params: SamplingParams,
-                      one: Callable[[SamplingParams], Awaitable[RequestOutput]]
+                      one: Callable[[SamplingParams, ChoiceGroup], Awaitable[RequestOutput]]
                       ) -> RequestOutput:
-    """params.n completions, choice i from one(choice i's params), run at once as a group
-    (gather_all: the first failure cancels the other choices and is raised); their outputs
-    joined (choice 0's RequestOutput, the others its other_choices)."""
-    first, *others = await gather_all([one(p) for p in choice_params(params)])
+    """params.n completions, choice i from one(choice i's params, their ChoiceGroup), run
+    at once as a group (gather_all: the first failure cancels the other choices and is
+    raised); their outputs joined (choice 0's RequestOutput, the others its other_choices)."""
+    choices = choice_params(params)
+    group = ChoiceGroup(len(choices))
+    first, *others = await gather_all([one(p, group) for p in choices])
     first.other_choices = tuple(others)
     return first
