@@ -95,11 +95,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      help="chat: let control-token text in message content (<|im_start|>...) "
                           "become control tokens; by default it is plain text, so a user "
                           "cannot forge a system turn")
-    net.add_argument("--api-key", default=None,
+    net.add_argument("--api-key", nargs="+", default=None, metavar="KEY",
                      help="require 'Authorization: Bearer KEY' on every endpoint but /health, "
                           "/healthz, /ping, /load, /liveness, /readiness, /metrics and "
-                          "/version (if not "
-                          "given: $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY; "
+                          "/version; several, as in vLLM: any of them is let in (if not "
+                          "given: $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY, one key each; "
                           "neither: no auth)")
     net.add_argument("--allowed-origins", type=_string_list, default=None, metavar="LIST",
                      help="let web pages of these origins call the server from a browser "
