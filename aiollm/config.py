@@ -25,12 +25,30 @@ TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")
 # headroom for activations, CUDA graphs and sampling (gpu_memory_utilization keeps it too)
 KV_MEMORY_FRACTION = 0.85
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# vLLM's --kv-cache-dtype values aiollm can honour: auto, or the dtype the model runs in
+# (vLLM's float16 and bfloat16; float32 too, the CPU's)
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str, dtype: str, why: str = "") -> None:
+    """Raise ValueError unless `kv_cache_dtype` (one of KV_CACHE_DTYPES) is auto or the name
+    of `dtype`, the dtype the model runs in (float32, bfloat16 or float16): the KV cache is
+    kept in that dtype, as vLLM's auto keeps it. `why`: how dtype came to be (dtype auto's
+    resolution), for the message."""
+    if kv_cache_dtype in ("auto", dtype):
+        return
+    raise ValueError(f"kv_cache_dtype {kv_cache_dtype} differs from dtype {dtype}{why}: the "
+                     f"KV cache is kept in the dtype the model runs in; give kv_cache_dtype "
+                     f"(--kv-cache-dtype) auto or {dtype}, or dtype (--dtype) {kv_cache_dtype}")
 
 
 @dataclass(slots=True)
 class EngineConfig:
     model: str | None = None  # HF directory or .gguf file; None: the default SmolLM2-135M
     dtype: str = "auto"  # auto: the checkpoint's fp16/bf16 on CUDA (else bf16), fp32 on CPU
+    # vLLM's --kv-cache-dtype: the KV cache is kept in the dtype the model runs in, so auto or
+    # that dtype's name (check_kv_cache_dtype; with dtype auto, checked once it is resolved)
+    kv_cache_dtype: str = "auto"
     device: str = "auto"  # auto: cuda if available, else cpu
     load_format: str = "auto"  # auto | dummy (random weights of the config's shape)
     tokenizer: str | None = None  # default: the model's own (the default model's if it has none)
@@ -118,6 +136,13 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be auto or the dtype the model runs in "
+                             f"(float32, bfloat16 or float16): the KV cache is kept in the "
+                             f"model's dtype, there is no fp8 or other quantized KV cache; got "
+                             f"{self.kv_cache_dtype!r}")
+        if self.dtype != "auto":
+            check_kv_cache_dtype(self.kv_cache_dtype, self.dtype)
         if not isinstance(self.device, str):  # a torch.device, as the Python API took before
             self.device = str(self.device)
         for name in ("model", "tokenizer", "generation_config", "chat_template"):  # a Path too

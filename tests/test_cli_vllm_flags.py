@@ -95,7 +95,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--trust-remote-code", ("no code", "qwen2")),
     ("--quantization awq", ("GGUF",)),
     ("-q fp8", ("GGUF",)),
-    ("--kv-cache-dtype fp8", ("--dtype",)),
     ("-pp 2", ("--tensor-parallel-size",)),
     ("--data-parallel-size 2", ("one aiollm server",)),
     ("--block-size 16", ("token",)),
@@ -319,3 +318,30 @@ def test_flags_spelt_with_underscores_are_taken_as_vllm_takes_them(line, dest, v
 
 def test_words_after_a_double_dash_keep_their_underscores():
     assert build_parser().parse_args(["serve", "--", "--my_model"]).model == "--my_model"
+
+
+@pytest.mark.parametrize("argv, kv", [
+    (["--dtype", "bfloat16", "--kv-cache-dtype", "bfloat16"], "bfloat16"),
+    (["--dtype", "half", "--kv-cache-dtype", "float16"], "float16"),
+    (["--kv-cache-dtype", "auto"], "auto"),
+])
+def test_a_kv_cache_dtype_equal_to_the_dtype_is_taken(argv, kv):
+    """vLLM takes --kv-cache-dtype bfloat16 (or float16): the KV cache in that dtype,
+    which is aiollm's when the model runs in it; aiollm refused every value but auto."""
+    assert _config(argv).kv_cache_dtype == kv
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--dtype", "float16", "--kv-cache-dtype", "bfloat16"],
+     ("kv_cache_dtype bfloat16 differs from dtype float16", "auto or float16")),
+    (["--kv-cache-dtype", "fp8"], ("no fp8", "auto", "float32, bfloat16 or float16")),
+    (["--kv-cache-dtype", "fp8_e5m2"], ("no fp8",)),
+])
+def test_a_kv_cache_dtype_other_than_the_models_is_a_usage_error(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        _config(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("aiollm serve: error: argument --kv-cache-dtype: "), err
+    for text in says:
+        assert text in err, (text, err)

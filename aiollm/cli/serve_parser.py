@@ -131,6 +131,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="weights and KV cache dtype (auto: on CUDA the checkpoint's float16 or "
                         "bfloat16, else bfloat16; float32 on CPU; "
                         "vLLM's half and float: float16 and float32)")
+    m.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, metavar="DTYPE",
+                   help="vLLM's: the KV cache's dtype, which is always the dtype the model "
+                        "runs in (--dtype): auto, or that dtype's name (bfloat16, float16, "
+                        "float32); no fp8")
     m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     m.add_argument("--tokenizer", default=d.tokenizer,
                    help="tokenizer path (HF directory or .gguf; default: the model's own)")
@@ -237,7 +241,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 # the flags' destinations that are EngineConfig's fields of the same names
-ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
+ENGINE_OPTIONS = ("dtype", "kv_cache_dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
                   "kv_tokens", "kv_memory_fraction", "gpu_memory_utilization",
                   "max_running_requests",
                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aiollm.config import EngineConfig
+from aiollm.config import EngineConfig, check_kv_cache_dtype
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
@@ -147,6 +147,8 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         tokenizer = tokenizer_for(cfg, os.path.expanduser(cfg.model))
     # before the weights: a bad value in the file fails in a moment, not after minutes
     defaults = sampling_defaults(cfg.generation_config, cfg.model or "")
+    if cfg.kv_cache_dtype != "auto" and cfg.dtype == "auto":  # EngineConfig checked the rest
+        _check_auto_kv_cache_dtype(cfg, device)
     loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=device,
                         load_format=cfg.load_format, max_model_len=cfg.max_model_len)
     dtype = loaded.dtype
@@ -190,6 +192,16 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     log_defaults(defaults, cfg.generation_config)
     return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank,
                   defaults)
+
+
+def _check_auto_kv_cache_dtype(cfg: EngineConfig, device: torch.device) -> None:
+    """cfg.kv_cache_dtype against the dtype `dtype auto` runs cfg.model in on `device`
+    (from its config, before the weights load): ValueError naming both unless equal."""
+    from aiollm.model.loader import auto_dtype, read_config
+
+    dtype = str(auto_dtype(read_config(cfg.model), device)).removeprefix("torch.")
+    where = "the CPU" if device.type == "cpu" else "this GPU for this checkpoint"
+    check_kv_cache_dtype(cfg.kv_cache_dtype, dtype, f" (dtype auto on {where})")
 
 
 def tokenizer_for(cfg: EngineConfig, model_path: str):
