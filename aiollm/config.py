@@ -50,7 +50,9 @@ class EngineConfig:
     # that dtype's name (check_kv_cache_dtype; with dtype auto, checked once it is resolved)
     kv_cache_dtype: str = "auto"
     device: str = "auto"  # auto: cuda if available, else cpu
-    load_format: str = "auto"  # auto | dummy (random weights of the config's shape)
+    # auto | safetensors | gguf (vLLM's names: the model must be of that kind) | dummy (random
+    # weights of the config's shape)
+    load_format: str = "auto"
     tokenizer: str | None = None  # default: the model's own (the default model's if it has none)
     max_model_len: int | None = None  # default: the model's own limit
     # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization
@@ -151,8 +153,12 @@ class EngineConfig:
         self._check_types()
         if not _DEVICE.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.load_format not in ("auto", "dummy"):
-            raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
+        from aiollm.model.paths import LOAD_FORMATS
+
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)} (aiollm "
+                             "reads Hugging Face safetensors directories and GGUF files), "
+                             f"got {self.load_format!r}")
         from aiollm.model.generation_defaults import check_mode
         check_mode(self.generation_config)
         from aiollm.scheduler import SCHEDULERS

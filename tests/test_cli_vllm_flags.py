@@ -345,3 +345,54 @@ def test_a_kv_cache_dtype_other_than_the_models_is_a_usage_error(argv, says, cap
     assert err.startswith("aiollm serve: error: argument --kv-cache-dtype: "), err
     for text in says:
         assert text in err, (text, err)
+
+
+def _checked(argv: list[str]):
+    """checked_config of `aiollm serve *argv` (no MODEL added)."""
+    from aiollm.cli.serve_checks import checked_config
+
+    args = build_parser().parse_args(["serve", *argv])
+    return checked_config(args.command_parser, args)[0]
+
+
+@pytest.fixture
+def config_dir(tmp_path) -> str:
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2).save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_load_format_of_what_the_model_is_is_taken(config_dir):
+    """vLLM's --load-format safetensors (a Hugging Face directory) and gguf (a GGUF file):
+    aiollm refused both ("invalid choice"); dummy and auto stay as they were."""
+    from aiollm.model.paths import default_model_path
+
+    assert _checked([config_dir, "--load-format", "safetensors"]).load_format == "safetensors"
+    assert _checked([default_model_path(), "--load-format", "gguf"]).load_format == "gguf"
+    assert _checked(["--load-format", "gguf"]).load_format == "gguf"  # the default model
+    assert _checked([config_dir, "--load-format", "dummy"]).load_format == "dummy"
+    # a missing model is reported as before, once loading starts (exit 1), not here
+    assert _checked(["/nonexistent/m", "--load-format", "gguf"]).load_format == "gguf"
+
+
+@pytest.mark.parametrize("fmt, says", [("gguf", "is a Hugging Face model directory"),
+                                       ("safetensors", "is a GGUF file")])
+def test_load_format_of_another_kind_of_model_is_a_usage_error(fmt, says, config_dir, capsys):
+    from aiollm.model.paths import default_model_path
+
+    model = config_dir if fmt == "gguf" else default_model_path()
+    with pytest.raises(SystemExit) as e:
+        _checked([model, "--load-format", fmt])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("aiollm serve: error: argument --load-format: "), err
+    assert says in err and model in err and "auto" in err, err
+
+
+def test_a_load_format_aiollm_lacks_names_those_it_has(capsys):
+    err = refusal("--load-format pt", capsys)
+    assert "argument --load-format" in err, err
+    for fmt in ("auto", "safetensors", "gguf", "dummy"):
+        assert fmt in err, err

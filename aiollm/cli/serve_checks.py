@@ -34,6 +34,7 @@ def checked_config(parser: argparse.ArgumentParser,
     except ValueError as e:
         parser.error(_naming_flag(str(e), args))
     _check_served_names(parser, args.model, names)
+    _check_load_format(parser, args)
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if args.tokenizer is not None:  # else found only once the weights have loaded
@@ -137,6 +138,19 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     if name is None:
         return message
     return f"argument {flag(name)}: {message}"
+
+
+def _check_load_format(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--load-format safetensors or gguf against what MODEL is, before anything loads; a
+    missing MODEL is left for the load to report, as without the flag."""
+    from aiollm.model.paths import check_load_format
+
+    try:
+        check_load_format(args.load_format, args.model)
+    except FileNotFoundError:
+        pass
+    except ValueError as e:
+        parser.error(f"argument --load-format: {e}")
 
 
 def _check_served_names(parser: argparse.ArgumentParser, model: str | None,

@@ -11,6 +11,7 @@ from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.help_format import HelpFormatter
 from aiollm.config import KV_MEMORY_FRACTION, REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
+from aiollm.model.paths import LOAD_FORMATS
 
 
 class _Model(argparse.Action):
@@ -138,8 +139,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     m.add_argument("--tokenizer", default=d.tokenizer,
                    help="tokenizer path (HF directory or .gguf; default: the model's own)")
-    m.add_argument("--load-format", default=d.load_format, choices=["auto", "dummy"],
-                   help="dummy: random weights of the model's shape (benchmarks)")
+    m.add_argument("--load-format", default=d.load_format, choices=list(LOAD_FORMATS),
+                   help="auto: what MODEL is; safetensors or gguf, as vLLM's: MODEL must be "
+                        "a Hugging Face directory or a GGUF file; dummy: random weights of "
+                        "the model's shape (benchmarks)")
     m.add_argument("--max-model-len", type=token_counts.max_model_len,
                    default=d.max_model_len,
                    help="longest prompt + output in tokens, as vLLM takes it: 4k is 4000, 4K "
