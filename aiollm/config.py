@@ -193,6 +193,15 @@ class EngineConfig:
             raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if (self.kv_tokens is not None and self.max_model_len is not None
+                and self.kv_tokens < self.max_model_len):
+            # as vLLM refuses to start when its KV cache cannot hold one request of
+            # max_model_len: such a request would wait forever, or be cut short
+            raise ValueError(f"kv_tokens {self.kv_tokens} is less than max_model_len "
+                             f"{self.max_model_len}: the KV cache must hold one request of "
+                             f"max_model_len tokens; give kv_tokens (--kv-tokens) at least "
+                             f"{self.max_model_len}, or max_model_len (--max-model-len) at "
+                             f"most {self.kv_tokens} (left out: the longest that fits)")
         if self.kv_memory_fraction is not None and not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
         if self.gpu_memory_utilization is not None:
@@ -267,7 +276,11 @@ class EngineConfig:
     def cpu_pool_tokens(self, context_len: int) -> int:
         """KV pool tokens on the CPU: cpu_kv_tokens, or CPU_KV_CONTEXTS full contexts of
         context_len tokens, at most CPU_KV_MAX_TOKENS (which then bounds the context: a fixed
-        65,536 gave a 135M model with 8k contexts 2.8 GiB of KV it never used)."""
+        65,536 gave a 135M model with 8k contexts 2.8 GiB of KV it never used), but never
+        less than one context when max_model_len is given: a pool that cannot hold one
+        request of max_model_len stops the start (aiollm/engine/loading.py), and here no
+        one asked for a smaller one."""
         if self.cpu_kv_tokens is not None:
             return self.cpu_kv_tokens
-        return min(CPU_KV_CONTEXTS * context_len, CPU_KV_MAX_TOKENS)
+        tokens = min(CPU_KV_CONTEXTS * context_len, CPU_KV_MAX_TOKENS)
+        return max(tokens, context_len) if self.max_model_len is not None else tokens

@@ -146,8 +146,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     m.add_argument("--max-model-len", type=token_counts.max_model_len,
                    default=d.max_model_len,
                    help="longest prompt + output in tokens, as vLLM takes it: 4k is 4000, 4K "
-                        "4096 (default, or auto: the model's own limit, within what the KV "
-                        "cache holds)")
+                        "4096; a KV cache that cannot hold one request of it stops the start, "
+                        "as in vLLM (default, or auto: the model's own limit, within what the "
+                        "KV cache holds)")
     m.add_argument("--generation-config", default=d.generation_config, metavar="{auto,vllm,PATH}",
                    help="what requests that leave temperature, top_p, top_k, min_p, "
                         "repetition_penalty or their length out are sampled with: auto, the "
@@ -157,9 +158,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="seed of the server's sampling when a request gives none")
     e = s.add_argument_group("engine")
     e.add_argument("--kv-tokens", type=int, default=d.kv_tokens,
-                   help="KV cache size in tokens (overrides --kv-memory-fraction and "
+                   help="KV cache size in tokens, at least --max-model-len when that is "
+                        "given (overrides --kv-memory-fraction and "
                         "--gpu-memory-utilization; default on the CPU: 4 full contexts of "
-                        "--max-model-len, at most 65536)")
+                        "--max-model-len, at most 65536 but at least one)")
     e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
                    metavar="F",
                    help="fraction of free GPU memory after loading to give the KV cache "
