@@ -25,14 +25,34 @@ TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")
 # headroom for activations, CUDA graphs and sampling (gpu_memory_utilization keeps it too)
 KV_MEMORY_FRACTION = 0.85
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+# vLLM's --kv-cache-dtype values aiollm can honour: auto, or the dtype the model runs in
+# (vLLM's float16 and bfloat16; float32 too, the CPU's)
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str, dtype: str, why: str = "") -> None:
+    """Raise ValueError unless `kv_cache_dtype` (one of KV_CACHE_DTYPES) is auto or the name
+    of `dtype`, the dtype the model runs in (float32, bfloat16 or float16): the KV cache is
+    kept in that dtype, as vLLM's auto keeps it. `why`: how dtype came to be (dtype auto's
+    resolution), for the message."""
+    if kv_cache_dtype in ("auto", dtype):
+        return
+    raise ValueError(f"kv_cache_dtype {kv_cache_dtype} differs from dtype {dtype}{why}: the "
+                     f"KV cache is kept in the dtype the model runs in; give kv_cache_dtype "
+                     f"(--kv-cache-dtype) auto or {dtype}, or dtype (--dtype) {kv_cache_dtype}")
 
 
 @dataclass(slots=True)
 class EngineConfig:
     model: str | None = None  # HF directory or .gguf file; None: the default SmolLM2-135M
     dtype: str = "auto"  # auto: the checkpoint's fp16/bf16 on CUDA (else bf16), fp32 on CPU
+    # vLLM's --kv-cache-dtype: the KV cache is kept in the dtype the model runs in, so auto or
+    # that dtype's name (check_kv_cache_dtype; with dtype auto, checked once it is resolved)
+    kv_cache_dtype: str = "auto"
     device: str = "auto"  # auto: cuda if available, else cpu
-    load_format: str = "auto"  # auto | dummy (random weights of the config's shape)
+    # auto | safetensors | gguf (vLLM's names: the model must be of that kind) | dummy (random
+    # weights of the config's shape)
+    load_format: str = "auto"
     tokenizer: str | None = None  # default: the model's own (the default model's if it has none)
     max_model_len: int | None = None  # default: the model's own limit
     # KV pool size in tokens; overrides kv_memory_fraction and gpu_memory_utilization
@@ -118,6 +138,13 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be auto or the dtype the model runs in "
+                             f"(float32, bfloat16 or float16): the KV cache is kept in the "
+                             f"model's dtype, there is no fp8 or other quantized KV cache; got "
+                             f"{self.kv_cache_dtype!r}")
+        if self.dtype != "auto":
+            check_kv_cache_dtype(self.kv_cache_dtype, self.dtype)
         if not isinstance(self.device, str):  # a torch.device, as the Python API took before
             self.device = str(self.device)
         for name in ("model", "tokenizer", "generation_config", "chat_template"):  # a Path too
@@ -126,8 +153,12 @@ class EngineConfig:
         self._check_types()
         if not _DEVICE.fullmatch(self.device):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        if self.load_format not in ("auto", "dummy"):
-            raise ValueError(f"load_format must be auto or dummy, got {self.load_format!r}")
+        from aiollm.model.paths import LOAD_FORMATS
+
+        if self.load_format not in LOAD_FORMATS:
+            raise ValueError(f"load_format must be one of {', '.join(LOAD_FORMATS)} (aiollm "
+                             "reads Hugging Face safetensors directories and GGUF files), "
+                             f"got {self.load_format!r}")
         from aiollm.model.generation_defaults import check_mode
         check_mode(self.generation_config)
         from aiollm.scheduler import SCHEDULERS
@@ -162,6 +193,15 @@ class EngineConfig:
             raise ValueError(f"kv_tokens must be in [1, {MAX_KV_TOKENS}], got {self.kv_tokens}")
         if self.max_model_len is not None and self.max_model_len < 1:
             raise ValueError(f"max_model_len must be >= 1, got {self.max_model_len}")
+        if (self.kv_tokens is not None and self.max_model_len is not None
+                and self.kv_tokens < self.max_model_len):
+            # as vLLM refuses to start when its KV cache cannot hold one request of
+            # max_model_len: such a request would wait forever, or be cut short
+            raise ValueError(f"kv_tokens {self.kv_tokens} is less than max_model_len "
+                             f"{self.max_model_len}: the KV cache must hold one request of "
+                             f"max_model_len tokens; give kv_tokens (--kv-tokens) at least "
+                             f"{self.max_model_len}, or max_model_len (--max-model-len) at "
+                             f"most {self.kv_tokens} (left out: the longest that fits)")
         if self.kv_memory_fraction is not None and not 0 < self.kv_memory_fraction < 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1), got {self.kv_memory_fraction}")
         if self.gpu_memory_utilization is not None:
@@ -236,7 +276,11 @@ class EngineConfig:
     def cpu_pool_tokens(self, context_len: int) -> int:
         """KV pool tokens on the CPU: cpu_kv_tokens, or CPU_KV_CONTEXTS full contexts of
         context_len tokens, at most CPU_KV_MAX_TOKENS (which then bounds the context: a fixed
-        65,536 gave a 135M model with 8k contexts 2.8 GiB of KV it never used)."""
+        65,536 gave a 135M model with 8k contexts 2.8 GiB of KV it never used), but never
+        less than one context when max_model_len is given: a pool that cannot hold one
+        request of max_model_len stops the start (aiollm/engine/loading.py), and here no
+        one asked for a smaller one."""
         if self.cpu_kv_tokens is not None:
             return self.cpu_kv_tokens
-        return min(CPU_KV_CONTEXTS * context_len, CPU_KV_MAX_TOKENS)
+        tokens = min(CPU_KV_CONTEXTS * context_len, CPU_KV_MAX_TOKENS)
+        return max(tokens, context_len) if self.max_model_len is not None else tokens

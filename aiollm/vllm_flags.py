@@ -11,7 +11,7 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
   saying so;
 - REFUSED: flags asking for what aiollm cannot do; each is a usage error (exit 2) whose one
   line names the flag and what aiollm offers instead. A value asking for aiollm's own
-  behaviour (-pp 1, --kv-cache-dtype auto) is accepted. Hidden from --help, which names them
+  behaviour (-pp 1, --max-logprobs 20) is accepted. Hidden from --help, which names them
   in the group's description.
 
 Nothing here reaches EngineConfig: a flag is either an alias, or changes nothing, or stops
@@ -63,9 +63,6 @@ REFUSED = (
     Refusal(("-q", "--quantization"),
             "quantized checkpoints are not supported: serve float16/bfloat16/float32 "
             "safetensors, or a GGUF file (dequantized as it loads)"),
-    Refusal(("--kv-cache-dtype",),
-            "the KV cache is kept in the weights' dtype (--dtype); there is no fp8 KV cache",
-            same=("auto",)),
     Refusal(("-pp", "--pipeline-parallel-size"),
             "there is no pipeline parallelism: split the model over GPUs with "
             "--tensor-parallel-size (over nodes too, with --nnodes)", same=("1",)),

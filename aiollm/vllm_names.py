@@ -264,7 +264,7 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
     Aliases set their option (None: not given, vLLM's default); vLLM's values of aiollm's
     own options become aiollm's (_as_aiollm_values); NO_EFFECT switches, and refused
     keywords given None or the value that asks for aiollm's own behaviour
-    (pipeline_parallel_size=1, kv_cache_dtype="auto"), are dropped, and so is swap_space
+    (pipeline_parallel_size=1, max_logprobs=20), are dropped, and so is swap_space
     (_IGNORED_BY_VLLM), with a warning unless 0 or None. EngineConfig's own
     fields pass unchanged, for it to check; any other keyword is a TypeError naming it (and
     the near names, a misspelling's).

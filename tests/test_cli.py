@@ -111,6 +111,10 @@ def test_serve_rejects_bad_options():
                                   (["--grammar-compile-timeout", "nan"],
                                    "finite number of seconds > 0"),
                                   (["--max-running-requests", "0"], "must be an integer >= 1"))]
+    # started with a warning, serving at most 100 tokens a request; vLLM refuses it
+    checks += [(["--max-model-len", "4096", "--kv-tokens", "100"], 2,
+                ["argument --kv-tokens: kv_tokens 100", "max_model_len 4096",
+                 "--max-model-len"])]
     # CORS: lists as JSON or comma-separated; the other options alone would do nothing
     checks += [(args, 2, [says]) for args, says in (
         (["--allowed-methods", "GET"], "needs --allowed-origins"),

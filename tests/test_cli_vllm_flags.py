@@ -95,7 +95,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--trust-remote-code", ("no code", "qwen2")),
     ("--quantization awq", ("GGUF",)),
     ("-q fp8", ("GGUF",)),
-    ("--kv-cache-dtype fp8", ("--dtype",)),
     ("-pp 2", ("--tensor-parallel-size",)),
     ("--data-parallel-size 2", ("one aiollm server",)),
     ("--block-size 16", ("token",)),
@@ -319,3 +318,81 @@ def test_flags_spelt_with_underscores_are_taken_as_vllm_takes_them(line, dest, v
 
 def test_words_after_a_double_dash_keep_their_underscores():
     assert build_parser().parse_args(["serve", "--", "--my_model"]).model == "--my_model"
+
+
+@pytest.mark.parametrize("argv, kv", [
+    (["--dtype", "bfloat16", "--kv-cache-dtype", "bfloat16"], "bfloat16"),
+    (["--dtype", "half", "--kv-cache-dtype", "float16"], "float16"),
+    (["--kv-cache-dtype", "auto"], "auto"),
+])
+def test_a_kv_cache_dtype_equal_to_the_dtype_is_taken(argv, kv):
+    """vLLM takes --kv-cache-dtype bfloat16 (or float16): the KV cache in that dtype,
+    which is aiollm's when the model runs in it; aiollm refused every value but auto."""
+    assert _config(argv).kv_cache_dtype == kv
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--dtype", "float16", "--kv-cache-dtype", "bfloat16"],
+     ("kv_cache_dtype bfloat16 differs from dtype float16", "auto or float16")),
+    (["--kv-cache-dtype", "fp8"], ("no fp8", "auto", "float32, bfloat16 or float16")),
+    (["--kv-cache-dtype", "fp8_e5m2"], ("no fp8",)),
+])
+def test_a_kv_cache_dtype_other_than_the_models_is_a_usage_error(argv, says, capsys):
+    with pytest.raises(SystemExit) as e:
+        _config(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("aiollm serve: error: argument --kv-cache-dtype: "), err
+    for text in says:
+        assert text in err, (text, err)
+
+
+def _checked(argv: list[str]):
+    """checked_config of `aiollm serve *argv` (no MODEL added)."""
+    from aiollm.cli.serve_checks import checked_config
+
+    args = build_parser().parse_args(["serve", *argv])
+    return checked_config(args.command_parser, args)[0]
+
+
+@pytest.fixture
+def config_dir(tmp_path) -> str:
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2).save_pretrained(tmp_path)
+    return str(tmp_path)
+
+
+def test_load_format_of_what_the_model_is_is_taken(config_dir):
+    """vLLM's --load-format safetensors (a Hugging Face directory) and gguf (a GGUF file):
+    aiollm refused both ("invalid choice"); dummy and auto stay as they were."""
+    from aiollm.model.paths import default_model_path
+
+    assert _checked([config_dir, "--load-format", "safetensors"]).load_format == "safetensors"
+    assert _checked([default_model_path(), "--load-format", "gguf"]).load_format == "gguf"
+    assert _checked(["--load-format", "gguf"]).load_format == "gguf"  # the default model
+    assert _checked([config_dir, "--load-format", "dummy"]).load_format == "dummy"
+    # a missing model is reported as before, once loading starts (exit 1), not here
+    assert _checked(["/nonexistent/m", "--load-format", "gguf"]).load_format == "gguf"
+
+
+@pytest.mark.parametrize("fmt, says", [("gguf", "is a Hugging Face model directory"),
+                                       ("safetensors", "is a GGUF file")])
+def test_load_format_of_another_kind_of_model_is_a_usage_error(fmt, says, config_dir, capsys):
+    from aiollm.model.paths import default_model_path
+
+    model = config_dir if fmt == "gguf" else default_model_path()
+    with pytest.raises(SystemExit) as e:
+        _checked([model, "--load-format", fmt])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("aiollm serve: error: argument --load-format: "), err
+    assert says in err and model in err and "auto" in err, err
+
+
+def test_a_load_format_aiollm_lacks_names_those_it_has(capsys):
+    err = refusal("--load-format pt", capsys)
+    assert "argument --load-format" in err, err
+    for fmt in ("auto", "safetensors", "gguf", "dummy"):
+        assert fmt in err, err

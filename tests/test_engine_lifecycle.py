@@ -932,27 +932,68 @@ def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monke
     run(loop, go())
 
 
-def test_a_kv_cache_smaller_than_the_context_is_a_warning(loop, caplog):
-    """--kv-tokens 256 with --max-model-len 512 (or the model's 8192) served requests of at
-    most 256 tokens, said only in the INFO line "max model len 256": a vLLM user expects to
-    hear when the context they asked for does not fit the KV cache."""
+def test_a_kv_cache_smaller_than_the_models_context_is_a_warning(loop, caplog):
+    """--kv-tokens 256 without --max-model-len (the model's context is 8192) served requests
+    of at most 256 tokens, said only in the INFO line "max model len 256": a vLLM user
+    expects to hear when the context does not fit the KV cache. Without --max-model-len
+    the context is the longest that fits, as vLLM's --max-model-len auto takes it; a
+    --max-model-len the cache cannot hold is refused (the test below)."""
     async def started_len(**options) -> int:
         async with Engine(None, **options) as eng:
             return eng.max_model_len
 
     import logging
 
-    for options, asked in (({"kv_tokens": 256, "max_model_len": 512}, "max_model_len 512"),
-                           ({"kv_tokens": 256}, "the model's context of 8192")):
-        caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="aiollm.engine.loading"):
-            assert run(loop, started_len(**options)) == 256
-        said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-        assert any(asked in m and "256 tokens" in m and "--kv-tokens" in m for m in said), said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aiollm.engine.loading"):
+        assert run(loop, started_len(kv_tokens=256)) == 256
+    said = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("the model's context of 8192" in m and "256 tokens" in m and "--kv-tokens" in m
+               for m in said), said
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="aiollm.engine.loading"):
         assert run(loop, started_len(kv_tokens=1024, max_model_len=512)) == 512
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_a_max_model_len_the_kv_cache_cannot_hold_is_refused():
+    """--max-model-len 4096 --kv-tokens 100 started with a warning and served requests of at
+    most 100 tokens; vLLM refuses to start when its KV cache cannot hold one request of
+    max_model_len tokens. Refused as the options are checked, naming both and the numbers."""
+    from aiollm.config import EngineConfig
+
+    with pytest.raises(ValueError) as e:
+        EngineConfig(kv_tokens=100, max_model_len=4096)
+    for text in ("kv_tokens 100", "max_model_len 4096", "--kv-tokens", "--max-model-len",
+                 "at least 4096", "at most 100"):
+        assert text in str(e.value), (text, str(e.value))
+    EngineConfig(kv_tokens=4096, max_model_len=4096)
+
+
+def test_a_kv_cache_sized_short_of_max_model_len_stops_the_start(loop, tmp_path):
+    """A pool sized from memory (on a GPU; cpu_kv_tokens on the CPU, which the same check
+    covers) that cannot hold one request of max_model_len tokens stops the start, naming
+    the tokens and GiB it holds and needs and what to change, as vLLM's start-up refuses
+    it; on the CPU the default pool holds at least one max_model_len request, past its
+    usual 65,536 tokens."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=131072).save_pretrained(tmp_path)
+    options = dict(load_format="dummy", device="cpu", max_running_requests=2,
+                   warm_up=False)
+
+    async def started(**more) -> int:
+        async with Engine(str(tmp_path), **options, **more) as eng:
+            return eng.kv_pool.capacity, eng.max_model_len
+
+    with pytest.raises(ValueError) as e:
+        run(loop, started(max_model_len=512, cpu_kv_tokens=256))
+    for text in ("holds 256 tokens", "max_model_len 512", "GiB", "--max-model-len",
+                 "at most 256", "cpu_kv_tokens"):
+        assert text in str(e.value), (text, str(e.value))
+    assert run(loop, started(max_model_len=100000)) == (100000, 100000)
 
 
 def test_a_start_after_a_cancelled_one_takes_its_load_over(loop, monkeypatch):

@@ -140,7 +140,7 @@ def test_a_pool_short_of_the_context_names_the_option_to_raise(options, says, ca
     """The advice when the pool holds less than the context: kv_memory_fraction beside
     gpu_memory_utilization is refused, so the share the user gave is the one to raise."""
     with caplog.at_level(logging.WARNING, logger="aiollm"):
-        with LLM(None, device="cpu", kv_tokens=100, max_model_len=512, **options):
+        with LLM(None, device="cpu", kv_tokens=100, **options):
             pass
     [said] = [r.getMessage() for r in caplog.records if "less than" in r.getMessage()]
     assert says in said, said

@@ -290,6 +290,30 @@ def test_gguf_file_matches_hf_model(tmp_path, family):
     assert torch.equal(all_position_logits(again, PROMPTS), logits)
 
 
+def test_load_format_names_what_the_model_path_is(tmp_path):
+    """vLLM's load_format "safetensors" or "gguf" loads the model when it is what the path
+    holds (aiollm refused both); the other one is a ValueError naming load_format, the path
+    and what to give, before anything loads. "auto" reads either; "dummy" neither."""
+    hf = save_random_hf_model(FAMILIES["qwen2-qkv-bias-tied"], str(tmp_path / "hf"))
+    gguf_path = str(tmp_path / "model.gguf")
+    write_gguf(hf, gguf_path)
+    directory = str(tmp_path / "hf")
+    ref = all_position_logits(load_model(directory, dtype=torch.float32, device="cpu"), PROMPTS)
+    loaded = load_model(directory, dtype=torch.float32, device="cpu",
+                        load_format="safetensors")
+    assert torch.equal(all_position_logits(loaded, PROMPTS), ref)
+    loaded = load_model(gguf_path, dtype=torch.float32, device="cpu", load_format="gguf")
+    assert loaded.path == gguf_path
+    for path, fmt, says in ((directory, "gguf", "a Hugging Face model directory"),
+                            (gguf_path, "safetensors", "a GGUF file")):
+        with pytest.raises(ValueError) as e:
+            load_model(path, dtype=torch.float32, device="cpu", load_format=fmt)
+        for text in (f"load_format {fmt}", path, says, "auto"):
+            assert text in str(e.value), (text, str(e.value))
+    with pytest.raises(ValueError, match="load_format must be one of"):
+        load_model(directory, dtype=torch.float32, device="cpu", load_format="pt")
+
+
 def test_gguf_tensor_type_without_dequantization_is_refused(tmp_path):
     """Q8_1 (and Q8_K, integer types) have no dequantization in the gguf package: refused
     when the file is read, naming the tensor and its type, before anything is loaded."""

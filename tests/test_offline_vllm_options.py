@@ -135,7 +135,6 @@ def _cli_error(flag: str, capsys) -> str:
 @pytest.mark.parametrize("keyword, value, flag", [
     ("trust_remote_code", True, "--trust-remote-code"),
     ("quantization", "awq", "--quantization"),
-    ("kv_cache_dtype", "fp8", "--kv-cache-dtype"),
     ("pipeline_parallel_size", 2, "--pipeline-parallel-size"),
     ("data_parallel_size", 2, "--data-parallel-size"),
     ("block_size", 16, "--block-size"),
@@ -246,6 +245,22 @@ def test_a_torch_dtype_aiollm_lacks_is_refused_naming_it():
     import torch
 
     assert "torch.float64" in refused(dtype=torch.float64)
+
+
+def test_kv_cache_dtype_of_the_models_own_dtype_is_taken():
+    """vLLM's kv_cache_dtype="bfloat16" or "float16": taken where the model runs in that
+    dtype (with dtype auto, once it is known: float32 on the CPU), refused before the
+    weights load where it does not, naming both and what to give; fp8 is refused."""
+    with LLM(None, kv_tokens=256, max_model_len=256, kv_cache_dtype="float32") as llm:
+        assert llm.engine.kv_pool.k_cache[0].dtype == llm.engine.dtype
+    past_the_checks(dtype="bfloat16", kv_cache_dtype="bfloat16")
+    message = refused(dtype="float16", kv_cache_dtype="bfloat16")
+    assert "kv_cache_dtype bfloat16 differs from dtype float16" in message, message
+    assert "no fp8" in refused(kv_cache_dtype="fp8")
+    with pytest.raises(ValueError) as e:
+        LLM(None, device="cpu", kv_tokens=256, kv_cache_dtype="bfloat16")
+    for text in ("kv_cache_dtype bfloat16", "float32", "dtype auto", "--kv-cache-dtype"):
+        assert text in str(e.value), (text, str(e.value))
 
 
 def test_max_model_len_minus_one_is_vllms_auto_fit():

@@ -51,9 +51,54 @@ def test_vllm_api_key_variable_protects_the_server(monkeypatch):
     """A deployment that sets VLLM_API_KEY, as vLLM reads it, was served with no auth at
     all. It is the key unless --api-key or AIOLLM_API_KEY gives one."""
     assert api_key_of(monkeypatch, {}) is None
-    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v"}) == "v"
-    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v", "AIOLLM_API_KEY": "a"}) == "a"
-    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v"}, "--api-key", "f") == "f"
+    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v"}) == ("v",)
+    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v", "AIOLLM_API_KEY": "a"}) == ("a",)
+    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v"}, "--api-key", "f") == ("f",)
+
+
+def test_api_key_takes_several_keys_as_vllm_does(monkeypatch):
+    """vLLM's --api-key takes several keys (a request may send any of them: one per client,
+    or the old and the new while a key is rotated); aiollm stopped at "unrecognized
+    arguments: k2". The flag's keys replace the variables' one key, as in vLLM, where
+    VLLM_API_KEY is one key, never split."""
+    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v"}, "M", "--api-key", "k1",
+                      "k2") == ("k1", "k2")
+    assert api_key_of(monkeypatch, {"VLLM_API_KEY": "v w"}) == ("v w",)
+    # given twice, the last one counts, as argparse (and vLLM) take a flag given twice
+    assert api_key_of(monkeypatch, {}, "--api-key", "a", "--api-key", "b") == ("b",)
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["M", "--api-key", "k1", ""], "argument --api-key: must not be empty"),
+    (["M", "--api-key", "k1", "k2\n"], "argument --api-key: the key must not begin or end "
+                                        "with whitespace"),
+])
+def test_each_of_several_api_keys_is_checked(monkeypatch, capsys, flags, says):
+    with pytest.raises(SystemExit) as e:
+        api_key_of(monkeypatch, {}, *flags)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and says in err, err
+    assert "k2" not in err  # a secret
+
+
+def test_a_model_read_as_an_api_key_is_a_usage_error(monkeypatch, capsys, tmp_path):
+    """The flag takes every word after it: `aiollm serve --api-key KEY DIR` read DIR as a
+    second key and served the default model, with the path as a key."""
+    with pytest.raises(SystemExit) as e:
+        api_key_of(monkeypatch, {}, "--api-key", "k1", str(tmp_path))
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert "argument --api-key: " in err and "was read as a key" in err, err
+    assert "--model" in err and "k1" not in err, err
+
+
+def test_any_of_several_api_keys_is_let_in(tiny):
+    async def check(client, engine):
+        for key, status in (("k1", 200), ("k2", 200), ("k3", 401), ("k1k2", 401),
+                            ("", 401)):
+            resp = await client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+            assert resp.status == status, (key, await resp.text())
+    serve_tiny(tiny, check, api_key=("k1", "k2"))
 
 
 def test_vllm_api_key_with_whitespace_is_a_usage_error_naming_it(monkeypatch, capsys):

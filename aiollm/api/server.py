@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -75,7 +76,7 @@ class _ServerLog(logging.LoggerAdapter):
 SERVER_LOG = _ServerLog(server_logger)
 
 
-def create_app(engine: Engine, *, api_key: str | None = None,
+def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                served_model_name: str | Sequence[str] | None = None,
                shutdown_timeout: float = 30.0, max_body_bytes: int = MAX_BODY_BYTES,
                body_timeout: float = BODY_TIMEOUT_S,
@@ -84,6 +85,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
                response_role: str = "assistant") -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
     may call it from other origins only as `cors` allows (None: from none, CORS off).
+    api_key: the key every route but the probes, metrics and version needs, or several
+    (vLLM's --api-key k1 k2): a request may send any; None or none: no auth.
     Run it as serve() does, with aiohttp's auto_decompress off: api/body.py decodes the
     bodies' content codings itself. served_model_name: the model's name in the API, or
     several (vLLM's --served-model-name A B): the first is reported, each is accepted as a
@@ -98,7 +101,8 @@ def create_app(engine: Engine, *, api_key: str | None = None,
     if not isinstance(response_role, str) or not response_role.strip():
         raise ValueError(f"response_role must be a non-empty string, got {response_role!r}")
     middlewares = [error_middleware]
-    allowed = _key_check(api_key) if api_key else None
+    keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
+    allowed = _key_check(keys) if any(keys) else None
     if allowed is not None:
         middlewares.append(_auth_middleware(allowed))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
@@ -176,10 +180,12 @@ async def _drain(app: web.Application) -> None:
         hurry.cancel()
 
 
-def _key_check(api_key: str) -> Callable[[web.Request], bool]:
-    """Whether a request may reach its route under `api_key`: it carries the key, or its
-    route needs none."""
-    expected = api_key.encode()
+def _key_check(api_keys: tuple[str, ...]) -> Callable[[web.Request], bool]:
+    """Whether a request may reach its route under `api_keys`: it carries one of them, or
+    its route needs none."""
+    # compared as SHA-256 digests: equal lengths, so compare_digest's time tells neither
+    # how much of a key was right nor how long the keys are
+    expected = [hashlib.sha256(key.encode()).digest() for key in api_keys if key]
 
     def allowed(request: web.Request) -> bool:
         # OPTIONS routes exist only with CORS on: its preflights, which carry no credentials
@@ -190,8 +196,10 @@ def _key_check(api_key: str) -> Callable[[web.Request], bool]:
         scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
         # compare_digest: the time taken must not tell how much of the key was right.
         # Header bytes that are not UTF-8 arrive as surrogates: encode them back.
-        given = token.strip().encode("utf-8", "surrogateescape")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given, expected)
+        given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
+        # every key compared, none skipped: the time does not tell which key matched
+        matched = [hmac.compare_digest(given, key) for key in expected]
+        return scheme.lower() == "bearer" and any(matched)
 
     return allowed
 
@@ -349,7 +357,7 @@ async def _check_bindable(host: str, port: int) -> None:
 
 
 def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, *,
-               api_key: str | None = None,
+               api_key: str | Sequence[str] | None = None,
                served_model_name: str | Sequence[str] | None = None,
                shutdown_timeout: float = 30.0, cors: CorsOptions | None = None) -> None:
     """Serve `engine` on uvloop until SIGINT/SIGTERM."""

@@ -23,7 +23,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     handlers exist). A bad flag is parser.error, before anything loads."""
     configure_logging(args)
     try:  # a --chat-template pipe waits for its writer here
-        config, api_key = checked_config(parser, args)
+        config, api_keys = checked_config(parser, args)
     except KeyboardInterrupt:
         return 130
     names = args.served_model_name or []
@@ -55,7 +55,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from aiollm.engine import Engine
 
         cors = cors_options(parser, args)
-        app = create_app(Engine.from_config(config), api_key=api_key,
+        app = create_app(Engine.from_config(config), api_key=api_keys,
                          served_model_name=names or None,
                          shutdown_timeout=args.shutdown_timeout, cors=cors,
                          trust_request_chat_template=args.trust_request_chat_template,

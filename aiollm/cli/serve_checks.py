@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 
 
 def checked_config(parser: argparse.ArgumentParser,
-                   args: argparse.Namespace) -> tuple[EngineConfig, str | None]:
-    """The EngineConfig the flags give (its chat template read, once) and the API key
-    (--api-key, else $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY; None: no auth), once
+                   args: argparse.Namespace) -> tuple[EngineConfig, tuple[str, ...] | None]:
+    """The EngineConfig the flags give (its chat template read, once) and the API keys
+    (--api-key's, else $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY; None: no auth), once
     every check passed; parser.error (SystemExit 2) for the first that fails."""
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
@@ -34,6 +34,7 @@ def checked_config(parser: argparse.ArgumentParser,
     except ValueError as e:
         parser.error(_naming_flag(str(e), args))
     _check_served_names(parser, args.model, names)
+    _check_load_format(parser, args)
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if args.tokenizer is not None:  # else found only once the weights have loaded
@@ -43,24 +44,14 @@ def checked_config(parser: argparse.ArgumentParser,
             check_tokenizer_path(args.tokenizer)
         except FileNotFoundError as e:
             parser.error(f"argument --tokenizer: {e}")
-    if args.api_key is not None and not args.api_key.strip():
-        # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
-        parser.error("argument --api-key: must not be empty (leave the flag out to serve "
-                     "without auth)")
-    source, api_key = _api_key_source(args.api_key)
-    if api_key and api_key != api_key.strip():
-        # a client's key arrives without them (HTTP trims header values): every request
-        # was refused 401, silently (a key file's newline, a pasted space). Not printed:
-        # it is a secret
-        parser.error(f"{source}: the key must not begin or end with whitespace (a "
-                     "newline from a key file?)")
+    api_keys = _api_keys(parser, args)
     if not args.response_role.strip():  # else refused only after loading, by create_app
         parser.error("argument --response-role: must not be empty (default: assistant)")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
-    return config, api_key or None
+    return config, api_keys
 
 
 def decode_template_escapes(value: str) -> str:
@@ -79,15 +70,37 @@ def decode_template_escapes(value: str) -> str:
                          f"{e.start}); write a backslash as \\\\") from None
 
 
-def _api_key_source(flag: str | None) -> tuple[str, str | None]:
-    """(where the key comes from, the key): the flag, else the first variable set. vLLM's
-    VLLM_API_KEY is read too: a deployment that set it for vLLM was served with no auth."""
-    if flag is not None:
-        return "argument --api-key", flag
-    for name in ("AIOLLM_API_KEY", "VLLM_API_KEY"):
-        if os.environ.get(name):
-            return name, os.environ[name]
-    return "AIOLLM_API_KEY", None
+def _api_keys(parser: argparse.ArgumentParser,
+              args: argparse.Namespace) -> tuple[str, ...] | None:
+    """The keys a request may send (None: no auth): --api-key's, else the first variable
+    set, one key (vLLM's VLLM_API_KEY is read too: a deployment that set it for vLLM was
+    served with no auth; like vLLM, the flag's keys replace it). parser.error for an empty
+    key, one with whitespace around it, and a MODEL the flag took for a key."""
+    if args.api_key is None:
+        source = next((n for n in ("AIOLLM_API_KEY", "VLLM_API_KEY") if os.environ.get(n)),
+                      None)
+        if source is None:
+            return None
+        keys = (os.environ[source],)
+    else:
+        source, keys = "argument --api-key", tuple(args.api_key)
+        if not all(key.strip() for key in keys):
+            # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
+            parser.error("argument --api-key: must not be empty (leave the flag out to serve "
+                         "without auth)")
+        if args.model is None and len(keys) > 1 and os.path.exists(keys[-1]):
+            # the flag takes every word after it: `--api-key K DIR` served the default model
+            # with DIR as a second key. Keys are not printed: they are secrets
+            parser.error("argument --api-key: it takes every word after it, so the path "
+                         "after the keys was read as a key and no MODEL was given: put MODEL "
+                         f"before the flag or give it with --model{_default_model_flag()}")
+    if any(key != key.strip() for key in keys):
+        # a client's key arrives without them (HTTP trims header values): every request
+        # was refused 401, silently (a key file's newline, a pasted space). Not printed:
+        # it is a secret
+        parser.error(f"{source}: the key must not begin or end with whitespace (a "
+                     "newline from a key file?)")
+    return keys
 
 
 def cors_options(parser: argparse.ArgumentParser,
@@ -125,6 +138,19 @@ def _naming_flag(message: str, args: argparse.Namespace) -> str:
     if name is None:
         return message
     return f"argument {flag(name)}: {message}"
+
+
+def _check_load_format(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--load-format safetensors or gguf against what MODEL is, before anything loads; a
+    missing MODEL is left for the load to report, as without the flag."""
+    from aiollm.model.paths import check_load_format
+
+    try:
+        check_load_format(args.load_format, args.model)
+    except FileNotFoundError:
+        pass
+    except ValueError as e:
+        parser.error(f"argument --load-format: {e}")
 
 
 def _check_served_names(parser: argparse.ArgumentParser, model: str | None,

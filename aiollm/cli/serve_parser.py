@@ -11,6 +11,7 @@ from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.help_format import HelpFormatter
 from aiollm.config import KV_MEMORY_FRACTION, REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
+from aiollm.model.paths import LOAD_FORMATS
 
 
 class _Model(argparse.Action):
@@ -95,11 +96,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      help="chat: let control-token text in message content (<|im_start|>...) "
                           "become control tokens; by default it is plain text, so a user "
                           "cannot forge a system turn")
-    net.add_argument("--api-key", default=None,
+    net.add_argument("--api-key", nargs="+", default=None, metavar="KEY",
                      help="require 'Authorization: Bearer KEY' on every endpoint but /health, "
                           "/healthz, /ping, /load, /liveness, /readiness, /metrics and "
-                          "/version (if not "
-                          "given: $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY; "
+                          "/version; several, as in vLLM: any of them is let in (if not "
+                          "given: $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY, one key each; "
                           "neither: no auth)")
     net.add_argument("--allowed-origins", type=_string_list, default=None, metavar="LIST",
                      help="let web pages of these origins call the server from a browser "
@@ -131,16 +132,23 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="weights and KV cache dtype (auto: on CUDA the checkpoint's float16 or "
                         "bfloat16, else bfloat16; float32 on CPU; "
                         "vLLM's half and float: float16 and float32)")
+    m.add_argument("--kv-cache-dtype", default=d.kv_cache_dtype, metavar="DTYPE",
+                   help="vLLM's: the KV cache's dtype, which is always the dtype the model "
+                        "runs in (--dtype): auto, or that dtype's name (bfloat16, float16, "
+                        "float32); no fp8")
     m.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N")
     m.add_argument("--tokenizer", default=d.tokenizer,
                    help="tokenizer path (HF directory or .gguf; default: the model's own)")
-    m.add_argument("--load-format", default=d.load_format, choices=["auto", "dummy"],
-                   help="dummy: random weights of the model's shape (benchmarks)")
+    m.add_argument("--load-format", default=d.load_format, choices=list(LOAD_FORMATS),
+                   help="auto: what MODEL is; safetensors or gguf, as vLLM's: MODEL must be "
+                        "a Hugging Face directory or a GGUF file; dummy: random weights of "
+                        "the model's shape (benchmarks)")
     m.add_argument("--max-model-len", type=token_counts.max_model_len,
                    default=d.max_model_len,
                    help="longest prompt + output in tokens, as vLLM takes it: 4k is 4000, 4K "
-                        "4096 (default, or auto: the model's own limit, within what the KV "
-                        "cache holds)")
+                        "4096; a KV cache that cannot hold one request of it stops the start, "
+                        "as in vLLM (default, or auto: the model's own limit, within what the "
+                        "KV cache holds)")
     m.add_argument("--generation-config", default=d.generation_config, metavar="{auto,vllm,PATH}",
                    help="what requests that leave temperature, top_p, top_k, min_p, "
                         "repetition_penalty or their length out are sampled with: auto, the "
@@ -150,9 +158,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help="seed of the server's sampling when a request gives none")
     e = s.add_argument_group("engine")
     e.add_argument("--kv-tokens", type=int, default=d.kv_tokens,
-                   help="KV cache size in tokens (overrides --kv-memory-fraction and "
+                   help="KV cache size in tokens, at least --max-model-len when that is "
+                        "given (overrides --kv-memory-fraction and "
                         "--gpu-memory-utilization; default on the CPU: 4 full contexts of "
-                        "--max-model-len, at most 65536)")
+                        "--max-model-len, at most 65536 but at least one)")
     e.add_argument("--kv-memory-fraction", type=float, default=d.kv_memory_fraction,
                    metavar="F",
                    help="fraction of free GPU memory after loading to give the KV cache "
@@ -237,7 +246,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
 
 
 # the flags' destinations that are EngineConfig's fields of the same names
-ENGINE_OPTIONS = ("dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
+ENGINE_OPTIONS = ("dtype", "kv_cache_dtype", "device", "load_format", "tokenizer", "max_model_len", "seed",
                   "kv_tokens", "kv_memory_fraction", "gpu_memory_utilization",
                   "max_running_requests",
                   "max_prefill_tokens", "mixed_prefill_tokens", "max_waiting_requests",

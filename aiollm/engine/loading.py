@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aiollm.config import EngineConfig
+from aiollm.config import EngineConfig, check_kv_cache_dtype
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
@@ -82,6 +82,9 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
     kv_tokens = pool_tokens(cfg, device, per_token, mc.max_position)
     if tp is not None:  # every rank's pool holds the same token slots
         kv_tokens = tp.start_check(kv_tokens)
+    if cfg.max_model_len is not None and kv_tokens < cfg.max_model_len:
+        # every rank meets this alike (the agreed size), before the last checkpoint
+        raise ValueError(_pool_short(cfg, device, kv_tokens, per_token))
     max_len = min(x for x in (mc.max_position, cfg.max_model_len, kv_tokens) if x)
     kv_pool = KVPool(mc.num_layers, loaded.kv_heads, mc.head_dim, kv_tokens, dtype, device)
     # the planner never runs more requests than there are req_to_token rows
@@ -96,6 +99,26 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
         warm_up(runner, max_prefill=cfg.max_prefill_tokens,
                 max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens, max_batch=rows)
     return RankModel(runner, kv_pool, r2t, kv_tokens, max_len, per_token)
+
+
+def _pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int,
+                per_token: int) -> str:
+    """The start-up error when a pool of kv_tokens (of per_token bytes each; sized from
+    memory, kv_tokens itself EngineConfig checks) cannot hold one request of
+    cfg.max_model_len tokens, which vLLM refuses too ("To serve at least one request with
+    the model's max seq len..."): the numbers, and what to change."""
+    gib = 2**30
+    if device.type == "cpu":  # only a cpu_kv_tokens below it sizes a CPU pool so
+        more = "raise cpu_kv_tokens"
+    elif cfg.gpu_memory_utilization is not None:
+        more = "raise gpu_memory_utilization (--gpu-memory-utilization)"
+    else:
+        more = "raise kv_memory_fraction (--kv-memory-fraction)"
+    return (f"the KV cache holds {kv_tokens} tokens ({kv_tokens * per_token / gib:.2f} GiB), "
+            f"less than one request of max_model_len {cfg.max_model_len} tokens needs "
+            f"({cfg.max_model_len * per_token / gib:.2f} GiB): lower max_model_len "
+            f"(--max-model-len) to at most {kv_tokens} (or leave it out: the longest that "
+            f"fits), or {more}")
 
 
 @dataclass(slots=True)
@@ -147,6 +170,8 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         tokenizer = tokenizer_for(cfg, os.path.expanduser(cfg.model))
     # before the weights: a bad value in the file fails in a moment, not after minutes
     defaults = sampling_defaults(cfg.generation_config, cfg.model or "")
+    if cfg.kv_cache_dtype != "auto" and cfg.dtype == "auto":  # EngineConfig checked the rest
+        _check_auto_kv_cache_dtype(cfg, device)
     loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=device,
                         load_format=cfg.load_format, max_model_len=cfg.max_model_len)
     dtype = loaded.dtype
@@ -176,20 +201,29 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler, prefix cache %s",
              rank.kv_tokens, rank.kv_tokens * rank.kv_bytes_per_token / 2**30,
              rank.max_model_len, cfg.scheduler, "on" if cfg.prefix_cache else "off")
-    context = min(x for x in (mc.max_position, cfg.max_model_len) if x)
-    if rank.max_model_len < context:  # the pool, not the context asked for, is the limit
-        asked = (f"max_model_len {cfg.max_model_len}" if cfg.max_model_len == context
-                 else f"the model's context of {context}")
-        # the share the user gave (kv_memory_fraction beside it is refused)
+    if rank.max_model_len < mc.max_position and cfg.max_model_len is None:
+        # the pool, not the model's context, is the limit: max_model_len left out is the
+        # longest that fits, as vLLM's --max-model-len auto (one given is held or refused)
         share = ("gpu_memory_utilization" if cfg.gpu_memory_utilization is not None
-                 else "kv_memory_fraction")
-        log.warning("the KV cache holds %d tokens, less than %s: a request's prompt and "
-                    "output are limited to %d tokens; raise kv_tokens (--kv-tokens; on a "
-                    "GPU, %s) or lower max_model_len (--max-model-len)",
-                    rank.kv_tokens, asked, rank.max_model_len, share)
+                 else "kv_memory_fraction")  # the share the user gave (both: refused)
+        log.warning("the KV cache holds %d tokens, less than the model's context of %d: a "
+                    "request's prompt and output are limited to %d tokens; raise kv_tokens "
+                    "(--kv-tokens; on a GPU, %s), or give max_model_len (--max-model-len) "
+                    "of at most %d to silence this warning", rank.kv_tokens, mc.max_position,
+                    rank.max_model_len, share, rank.max_model_len)
     log_defaults(defaults, cfg.generation_config)
     return Loaded(device, dtype, mc, loaded.path, model_name, tokenizer, eos_ids, table, rank,
                   defaults)
+
+
+def _check_auto_kv_cache_dtype(cfg: EngineConfig, device: torch.device) -> None:
+    """cfg.kv_cache_dtype against the dtype `dtype auto` runs cfg.model in on `device`
+    (from its config, before the weights load): ValueError naming both unless equal."""
+    from aiollm.model.loader import auto_dtype, read_config
+
+    dtype = str(auto_dtype(read_config(cfg.model), device)).removeprefix("torch.")
+    where = "the CPU" if device.type == "cpu" else "this GPU for this checkpoint"
+    check_kv_cache_dtype(cfg.kv_cache_dtype, dtype, f" (dtype auto on {where})")
 
 
 def tokenizer_for(cfg: EngineConfig, model_path: str):

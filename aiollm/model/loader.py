@@ -1,7 +1,7 @@
 """load_model: a ready-to-run LlamaForCausalLM from a local checkpoint or from random weights.
 
 Sources: a Hugging Face directory (config.json + safetensors), a .gguf file (dequantized to the
-run dtype), or load_format="dummy" (random weights of the config's shape, for benchmarks at
+run dtype), either as vLLM's load_format "safetensors" or "gguf" names it, or load_format="dummy" (random weights of the config's shape, for benchmarks at
 large shapes; the config may come from a directory holding only config.json). The model is
 built on the meta device and materialised directly on the target device in the run dtype, so
 loading never holds a second full copy of the weights. Local files only: nothing is downloaded.
@@ -20,12 +20,10 @@ from aiollm.model import parallel
 from aiollm.model.config import ModelConfig, load_hf_config
 from aiollm.model.derived_cache import GGUFCache
 from aiollm.model.llama import LlamaForCausalLM
-from aiollm.model.paths import resolve_model_path
+from aiollm.model.paths import LOAD_FORMATS, check_load_format, resolve_model_path
 from aiollm.model.weights import WeightFiller
 
 log = logging.getLogger(__name__)
-
-LOAD_FORMATS = ("auto", "dummy")
 
 
 @dataclass(slots=True)
@@ -141,10 +139,13 @@ def load_model(
     dtype None is "auto" (`auto_dtype`): the checkpoint's float16 or bfloat16 on a GPU, else
     bfloat16 there and float32 on the CPU; LoadedModel.dtype says which was taken.
     max_model_len bounds the positions the rotary cache covers (default: the model's own
-    context); load_format="dummy" fills the weights with random numbers instead of reading them.
+    context); load_format="dummy" fills the weights with random numbers instead of reading them;
+    "safetensors" and "gguf" (vLLM's names) read them as "auto" does, from a path of that
+    kind (else ValueError: paths.check_load_format).
     """
     if load_format not in LOAD_FORMATS:
         raise ValueError(f"load_format must be one of {LOAD_FORMATS}, got {load_format!r}")
+    check_load_format(load_format, path)
     device = torch.device(device)
     model_dir, gguf_name = resolve_model_path(path)
     full_path = os.path.join(model_dir, gguf_name) if gguf_name else model_dir

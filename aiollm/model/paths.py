@@ -90,3 +90,27 @@ def _hub_hint(path: str) -> str:
         # not a hub name after all, or a cache that cannot be read (a ref that is no file,
         # or not text): the hint is left out, the path's own error stands
         return ""
+
+
+# load_format's values (vLLM's names): auto reads what the path is; safetensors and gguf ask
+# for that kind of model, and are checked against it; dummy gives random weights
+LOAD_FORMATS = ("auto", "safetensors", "gguf", "dummy")
+
+
+def check_load_format(load_format: str, path: str | None) -> None:
+    """Raise ValueError when `load_format` asks for a kind of model (vLLM's "safetensors":
+    a Hugging Face directory; "gguf": a GGUF file) that `path` (None: the default model) is
+    not, naming both and what to give. FileNotFoundError, as resolve_model_path, for a
+    path that is neither."""
+    if load_format not in ("safetensors", "gguf"):
+        return
+    model_dir, gguf_name = resolve_model_path(path)
+    shown = path if path is not None else os.path.join(model_dir, gguf_name or "")
+    if load_format == "gguf" and gguf_name is None:
+        raise ValueError(f"load_format gguf asks for a GGUF file, and {shown!r} is a Hugging "
+                         "Face model directory: give load_format auto (it reads either) or "
+                         "safetensors, or the path of a GGUF file as the model")
+    if load_format == "safetensors" and gguf_name is not None:
+        raise ValueError(f"load_format safetensors asks for a Hugging Face model directory, "
+                         f"and {shown!r} is a GGUF file: give load_format auto (it reads "
+                         "either) or gguf, or a Hugging Face model directory as the model")
