@@ -111,9 +111,11 @@ _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def _model_shaped(word: str) -> bool:
     """Whether `word`, the last of --api-key's, is more likely the MODEL typed after the
-    keys than a key: a path that exists, or a hub's org/name (refused later, as a MODEL,
-    with how to download it). A key of base64 ("+", "=") or with two "/" is not."""
-    return os.path.exists(word) or _HUB_NAME.fullmatch(word) is not None
+    keys than a key: a path that exists, one written as a path (/, ./, ../, ~; a .gguf
+    file) even if mistyped, or a hub's org/name (refused later, as a MODEL, with how to
+    download it). A key of base64 ("+", "=") or with two "/" not so written is not."""
+    return (os.path.exists(word) or word.startswith(("/", "./", "../", "~"))
+            or word.endswith(".gguf") or _HUB_NAME.fullmatch(word) is not None)
 
 
 def cors_options(parser: argparse.ArgumentParser,
