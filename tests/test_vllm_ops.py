@@ -92,6 +92,23 @@ def test_a_model_read_as_an_api_key_is_a_usage_error(monkeypatch, capsys, tmp_pa
     assert "--model" in err and "k1" not in err, err
 
 
+def test_a_hub_model_name_read_as_an_api_key_is_a_usage_error(monkeypatch, capsys):
+    """`aiollm serve --api-key KEY org/name`, a vLLM command line with a model hub's name
+    (which aiollm does not fetch, and says how to get), or with a mistyped path, served the
+    default model with it as a second key, silently. A second key not shaped as a hub's name (base64's "+",
+    "=", a third "/") is still a key."""
+    for model in ("meta-llama/Llama-3.1-8B-Instruct", "./models/llama", "~/m.gguf",
+                  "/no/such/dir"):  # a hub's name, and paths mistyped
+        with pytest.raises(SystemExit) as e:
+            api_key_of(monkeypatch, {}, "--api-key", "k1", model)
+        err = capsys.readouterr().err
+        assert e.value.code == 2
+        assert "argument --api-key: " in err and "was read as a key" in err, err
+        assert "k1" not in err, err
+    for second in ("ab/cd+ef=", "a/b/c", "k2"):
+        assert api_key_of(monkeypatch, {}, "--api-key", "k1", second) == ("k1", second)
+
+
 def test_any_of_several_api_keys_is_let_in(tiny):
     async def check(client, engine):
         for key, status in (("k1", 200), ("k2", 200), ("k3", 401), ("k1k2", 401),

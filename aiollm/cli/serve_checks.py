@@ -88,11 +88,13 @@ def _api_keys(parser: argparse.ArgumentParser,
             # `--api-key "$KEY"` with KEY unset served every endpoint without auth, silently
             parser.error("argument --api-key: must not be empty (leave the flag out to serve "
                          "without auth)")
-        if args.model is None and len(keys) > 1 and os.path.exists(keys[-1]):
-            # the flag takes every word after it: `--api-key K DIR` served the default model
-            # with DIR as a second key. Keys are not printed: they are secrets
-            parser.error("argument --api-key: it takes every word after it, so the path "
-                         "after the keys was read as a key and no MODEL was given: put MODEL "
+        if args.model is None and len(keys) > 1 and _model_shaped(keys[-1]):
+            # the flag takes every word after it: `--api-key K DIR` (or a hub's org/name, as
+            # vLLM is given one) served the default model with it as a second key. Keys are
+            # not printed: they are secrets
+            parser.error("argument --api-key: it takes every word after it, so the MODEL "
+                         "after the keys (a path or a hub's org/name) was read as a key: put "
+                         "MODEL "
                          f"before the flag or give it with --model{_default_model_flag()}")
     if any(key != key.strip() for key in keys):
         # a client's key arrives without them (HTTP trims header values): every request
@@ -101,6 +103,19 @@ def _api_keys(parser: argparse.ArgumentParser,
         parser.error(f"{source}: the key must not begin or end with whitespace (a "
                      "newline from a key file?)")
     return keys
+
+
+# a model hub's repository name (org/name), as a vLLM command line gives MODEL
+_HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def _model_shaped(word: str) -> bool:
+    """Whether `word`, the last of --api-key's, is more likely the MODEL typed after the
+    keys than a key: a path that exists, one written as a path (/, ./, ../, ~; a .gguf
+    file) even if mistyped, or a hub's org/name (refused later, as a MODEL, with how to
+    download it). A key of base64 ("+", "=") or with two "/" not so written is not."""
+    return (os.path.exists(word) or word.startswith(("/", "./", "../", "~"))
+            or word.endswith(".gguf") or _HUB_NAME.fullmatch(word) is not None)
 
 
 def cors_options(parser: argparse.ArgumentParser,

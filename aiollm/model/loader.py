@@ -1,8 +1,9 @@
 """load_model: a ready-to-run LlamaForCausalLM from a local checkpoint or from random weights.
 
 Sources: a Hugging Face directory (config.json + safetensors), a .gguf file (dequantized to the
-run dtype), either as vLLM's load_format "safetensors" or "gguf" names it, or load_format="dummy" (random weights of the config's shape, for benchmarks at
-large shapes; the config may come from a directory holding only config.json). The model is
+run dtype), either as vLLM's load_format "safetensors" or "gguf" names it, or
+load_format="dummy" (random weights of the config's shape, for benchmarks at large shapes;
+the config may come from a directory holding only config.json). The model is
 built on the meta device and materialised directly on the target device in the run dtype, so
 loading never holds a second full copy of the weights. Local files only: nothing is downloaded.
 """
