@@ -126,6 +126,14 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         return self._started and not self._loop_task.done()
 
     @property
+    def start_interruptible(self) -> bool:
+        """Whether a start() cancelled while it loads ends its load at once: under tensor
+        parallelism, whose rendezvous may wait minutes for another node, the start-up is
+        given up (NodeRanks.abandon) and its ranks end; one rank's load runs to its end on
+        its thread, which cannot be interrupted."""
+        return self.config.tensor_parallel_size > 1
+
+    @property
     def serving(self) -> bool:
         """Whether a request submitted now would be served: started, its step loop running
         (not ended by a stop(), an interrupt or the end of its event loop) and not shutting
