@@ -15,7 +15,6 @@ import signal
 import time
 
 import pytest
-import torch
 from test_tensor_parallel import _alive, _children, tiny_model  # noqa: F401 - a fixture
 from test_tp_start_checks import TINY3, _last_error, _two_nodes
 

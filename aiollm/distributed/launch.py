@@ -1,5 +1,6 @@
 """Rank start-up: the process a user started spawns its node's other ranks, joins the
-torch.distributed group over TCP rendezvous and watches the ranks it spawned.
+torch.distributed group over the TCP rendezvous (rendezvous.py: a node that fails before it
+joins is named there by every rank, at once) and watches the ranks it spawned.
 
 Ranks: N = --tensor-parallel-size over --nnodes nodes, N / nnodes per node; node k holds
 ranks [k N / nnodes, (k + 1) N / nnodes) and rank r uses the node's GPU r mod (N / nnodes).

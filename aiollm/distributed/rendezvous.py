@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 PREFIX = "aiollm/tp/"
 POLL_S = 0.05  # between two looks at the store, or two tries of the server's port
+# a node whose start-up failed before rank 0's store was up waits this long for it, to tell
+# (nodes started together: rank 0 hosts it once it has imported torch), then exits
+TELL_S = 10.0
 
 
 class Rendezvous:
@@ -58,17 +61,20 @@ class Rendezvous:
         first, last = node * per, (node + 1) * per - 1
         return f"rank {first}" if first == last else f"ranks {first}-{last}"
 
-    def open(self, check: Callable[[], None] | None = None) -> dist.TCPStore:
+    def open(self, check: Callable[[], None] | None = None,
+             wait_s: float | None = None) -> dist.TCPStore:
         """Host the store (rank 0; OSError when the port is taken) or connect to it,
-        waiting up to the timeout for rank 0 to host it: TimeoutError past that,
-        KeyboardInterrupt at Ctrl-C, what `check()` raises (called between two tries)."""
+        waiting up to `wait_s` (default: the timeout) for rank 0 to host it: TimeoutError
+        past that, KeyboardInterrupt at Ctrl-C, what `check()` raises (called between two
+        tries)."""
         if self.store is not None:
             return self.store
         if self.rank == 0:
             self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
                                        timeout=self.timeout, wait_for_workers=False)
             return self.store
-        deadline = time.monotonic() + self.timeout.total_seconds()
+        wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
         while True:
             try:
                 socket.create_connection((self._host, self._port), timeout=1.0).close()
@@ -78,12 +84,12 @@ class Rendezvous:
             if check is not None:
                 check()
             if time.monotonic() > deadline:
+                waited = timedelta(seconds=round(wait_s))
                 raise TimeoutError(
                     f"the tensor parallel rendezvous at {self.addr} (hosted by rank 0, node 0)"
-                    f" did not answer within {self.timeout}: check that `aiollm serve "
-                    f"--node-rank 0` runs there with the same --tensor-parallel-size, --nnodes "
-                    f"and --dist-init-addr, that this node can reach {self.addr}, and node "
-                    f"0's log")
+                    f" did not answer within {waited}: check that `aiollm serve --node-rank 0`"
+                    f" runs there with the same --tensor-parallel-size, --nnodes and "
+                    f"--dist-init-addr, that this node can reach {self.addr}, and node 0's log")
             time.sleep(POLL_S)
         self.store = dist.TCPStore(self._host, self._port, None, is_master=False,
                                    timeout=self.timeout)
@@ -137,8 +143,9 @@ class Rendezvous:
         """Node `node`'s start-up failed with `error` before the group was made: post it,
         so that every rank waiting raises RankLost naming this node and why rather than
         wait out the timeout. Not yet connected (the node's checks failed first): wait for
-        rank 0's store up to the timeout (Ctrl-C ends the wait), unless `error` is a
-        KeyboardInterrupt or SystemExit. Nothing when the failure came from the rendezvous
+        rank 0's store up to TELL_S (Ctrl-C ends the wait), unless `error` is a
+        KeyboardInterrupt or SystemExit; past that, rank 0 names the ranks that never came
+        when its wait times out. Nothing when the failure came from the rendezvous
         itself (another node's), or every rank has met (the group tells it). Never raises
         but KeyboardInterrupt."""
         if self.met or self._told:
@@ -151,18 +158,17 @@ class Rendezvous:
             why = f"{type(error).__name__}: {error}"
         try:
             if self.store is None:
-                if not isinstance(error, Exception):
-                    return
-                log.error("tensor parallel node %d failed to start: %s; waiting for the "
-                          "rendezvous at %s (node 0) to tell the other nodes", node, why,
-                          self.addr)
-                self.open(check)
+                if self.rank == 0 or not isinstance(error, Exception):
+                    return  # (rank 0: hosting it failed)
+                log.error("tensor parallel node %d failed to start: %s; telling the other "
+                          "nodes through the rendezvous at %s (node 0)", node, why, self.addr)
+                self.open(check, TELL_S)
             self.store.set(f"{PREFIX}failed/{node}", why)
         except (Exception, KeyboardInterrupt) as e:
             if isinstance(e, KeyboardInterrupt) and not isinstance(error, KeyboardInterrupt):
                 raise
-            log.debug("could not tell the rendezvous at %s that node %d failed: %s",
-                      self.addr, node, e)
+            log.warning("could not tell the other nodes that node %d failed (%s); node 0 "
+                        "names this node's ranks when its wait for them times out", node, e)
 
     def close(self) -> None:
         """Drop this rank's store (rank 0: the server, closing its port)."""
