@@ -267,7 +267,8 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
             if event.is_set():  # the second one (Ctrl-C twice): stop waiting for requests
                 st.hurry.set()
             event.set()
-            if setup is not None and not setup.done() and st.engine.start_interruptible:
+            if (setup is not None and not setup.done()
+                    and getattr(st.engine, "start_interruptible", False)):
                 interrupted = True
                 setup.cancel()
 

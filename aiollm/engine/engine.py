@@ -127,10 +127,11 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
 
     @property
     def start_interruptible(self) -> bool:
-        """Whether a start() cancelled while it loads ends its load at once: under tensor
-        parallelism, whose rendezvous may wait minutes for another node, the start-up is
-        given up (NodeRanks.abandon) and its ranks end; one rank's load runs to its end on
-        its thread, which cannot be interrupted."""
+        """Whether a start() cancelled while it loads can end before its load would: under
+        tensor parallelism the rendezvous, which may wait minutes for another node, is
+        given up at once and the ranks end (NodeRanks.abandon); a load of weights under
+        way, and one rank's whole load, run to their end on their thread, which cannot be
+        interrupted."""
         return self.config.tensor_parallel_size > 1
 
     @property
