@@ -131,9 +131,12 @@ def test_a_node_that_fails_to_start_leaves_no_temporary_directory(tiny_model, tm
     fails (here: 6 ranks cannot share out the heads) removes its ranks' error-file
     directory as rank 0's engine does: it left one aiollm-tp-* in /tmp per failed start."""
     from aiollm.config import EngineConfig
+    from aiollm.distributed import rendezvous
     from aiollm.distributed.follower import follow
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # no node 0 here to tell of the failure (rendezvous.py): it is not waited for
+    monkeypatch.setattr(rendezvous, "TELL_S", 0.0)
     cfg = EngineConfig(model=tiny_model, device="cpu", tensor_parallel_size=6, nnodes=2,
                        node_rank=1, dist_init_addr="127.0.0.1:1")
     with pytest.raises(ValueError, match="tensor parallel size 6 does not fit this model"):

@@ -233,12 +233,12 @@ _SLOW_RENDEZVOUS = '''
 import os
 if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank: it reaches the rendezvous late
     import time
-    import torch.distributed as dist
-    _init = dist.init_process_group
-    def init_process_group(*args, **kwargs):
+    from aiollm.distributed.rendezvous import Rendezvous
+    _meet = Rendezvous.meet
+    def meet(*args, **kwargs):
         time.sleep(3)
-        return _init(*args, **kwargs)
-    dist.init_process_group = init_process_group
+        return _meet(*args, **kwargs)
+    Rendezvous.meet = meet
 '''
 _CANCELLED_IN_RENDEZVOUS = """
 import asyncio, glob, os, sys, tempfile, threading

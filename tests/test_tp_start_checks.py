@@ -138,19 +138,22 @@ def test_engine_names_the_rank_whose_start_up_failed(tiny3_model, tmp_path, monk
 def _last_error(log: str) -> str:
     return [line for line in log.splitlines() if " ERROR " in line or "Error" in line][-1]
 
-def _two_nodes(model: str, tmp_path, env: dict) -> tuple[list[subprocess.Popen], list]:
-    """`aiollm serve --nnodes 2` on loopback, one rank per node, with `env`: the two
-    processes (node 0 first) and their log files."""
-    common = ["--device", "cpu", "--max-model-len", "128", "-tp", "2", "--nnodes", "2",
-              "--dist-init-addr", f"127.0.0.1:{_free_port()}", model]
-    logs = [tmp_path / f"node{k}.log" for k in (0, 1)]
+def _two_nodes(model: str, tmp_path, env: dict, tp: int = 2, models: dict | None = None,
+               start: tuple = (0, 1)) -> tuple[list[subprocess.Popen], list]:
+    """`aiollm serve -tp TP --nnodes 2` on loopback (one rank per node by default), with
+    `env`: the processes of the nodes in `start` and their log files, in that order.
+    `models`: another model path for a node (node rank -> path)."""
+    common = ["--device", "cpu", "--max-model-len", "128", "-tp", str(tp), "--nnodes", "2",
+              "--dist-init-addr", f"127.0.0.1:{_free_port()}"]
+    logs = [tmp_path / f"node{k}.log" for k in start]
     nodes = []
-    for k, log in enumerate(logs):
+    for k, log in zip(start, logs):
         with open(log, "w") as out:
             port = ["--port", "0"] if k == 0 else []
+            node_model = (models or {}).get(k, model)
             nodes.append(subprocess.Popen([AIOLLM, "serve", *port, "--node-rank", str(k),
-                                           *common], stdout=out, stderr=subprocess.STDOUT,
-                                          env=env))
+                                           *common, node_model], stdout=out,
+                                          stderr=subprocess.STDOUT, env=env))
     return nodes, logs
 
 

@@ -239,7 +239,11 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
     """Run `app` until `stop` is set, or until SIGINT/SIGTERM when no event is given
     (signal handlers need the main thread). Returns after a graceful shutdown; a second
     signal during it aborts the requests still in flight at once (sets ApiState.hurry).
-    Raises OSError before the model loads when the address cannot be bound (a port in use)."""
+    Raises OSError before the model loads when the address cannot be bound (a port in use).
+    A signal while the model loads shuts down once it is loaded, never listening; but an
+    engine whose start can be given up (Engine.start_interruptible: tensor parallelism,
+    whose rendezvous waits for other nodes up to minutes) gives it up at once, and serve
+    raises KeyboardInterrupt."""
     st = app[STATE]
     runner = web.AppRunner(
         app,
@@ -262,12 +266,19 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
     )
     loop = asyncio.get_running_loop()
     signals = []
+    setup: asyncio.Task | None = None  # the engine's start, while it runs
+    interrupted = False  # a signal gave the engine's start up (start_interruptible)
     if stop is None:
         stop = asyncio.Event()
         def on_signal(event: asyncio.Event = stop) -> None:
+            nonlocal interrupted
             if event.is_set():  # the second one (Ctrl-C twice): stop waiting for requests
                 st.hurry.set()
             event.set()
+            if (setup is not None and not setup.done()
+                    and getattr(st.engine, "start_interruptible", False)):
+                interrupted = True
+                setup.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
@@ -275,7 +286,13 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
     try:  # the handlers go with serve(), however it ends: else Ctrl-C sets a dead event
         if port:  # a taken port is told now, not after the model has loaded
             await _check_bindable(host, port)
-        await runner.setup()  # starts the engine: loads the model
+        setup = asyncio.ensure_future(runner.setup())  # starts the engine: loads the model
+        try:
+            await setup
+        except asyncio.CancelledError:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise
         try:
             # a signal during the load (which cannot be interrupted): shut down unseen, as
             # a server never up (it listened and said it served, clients found it up)

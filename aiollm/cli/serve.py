@@ -34,7 +34,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         try:
             return follow(config)
-        except RankLost as e:  # another rank's start-up failed: it logged its traceback
+        except (RankLost, OSError, ValueError) as e:
+            # another rank's start-up failed (it logged its traceback), the rendezvous timed
+            # out, or this node's own checks failed (its model, its GPUs)
             log.error("%s", e)
             return 1
         except KeyboardInterrupt:

@@ -37,6 +37,7 @@ from aiollm.distributed.group import (
     PLACEHOLDERS,
     REMOTE_SAMPLING,
     STOP,
+    RankLost,
     StepMessage,
     TensorParallel,
 )
@@ -172,7 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         serve_steps(tp, runner)
     except BaseException as e:  # noqa: BLE001 - whatever it is, rank 0 must learn why
         _write_error(args.error_file, e)
-        log.error("tensor parallel rank %d failed:\n%s", args.rank, traceback.format_exc())
+        if isinstance(e, RankLost):  # another rank's failure, which that rank logs
+            log.error("tensor parallel rank %d stops: %s", args.rank, e)
+        else:
+            log.error("tensor parallel rank %d failed:\n%s", args.rank, traceback.format_exc())
         if tp is not None:  # at start-up: the other ranks (other nodes' too) learn why
             tp.start_failed(e)
         logging.shutdown()

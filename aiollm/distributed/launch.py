@@ -1,5 +1,6 @@
 """Rank start-up: the process a user started spawns its node's other ranks, joins the
-torch.distributed group over TCP rendezvous and watches the ranks it spawned.
+torch.distributed group over the TCP rendezvous (rendezvous.py: a node that fails before it
+joins is named there by every rank, at once) and watches the ranks it spawned.
 
 Ranks: N = --tensor-parallel-size over --nnodes nodes, N / nnodes per node; node k holds
 ranks [k N / nnodes, (k + 1) N / nnodes) and rank r uses the node's GPU r mod (N / nnodes).
@@ -45,6 +46,7 @@ import torch.distributed as dist
 
 from aiollm.config import EngineConfig
 from aiollm.distributed.group import STOP, RankLost, TensorParallel
+from aiollm.distributed.rendezvous import Rendezvous
 from aiollm.model import parallel
 
 log = logging.getLogger(__name__)
@@ -99,16 +101,22 @@ def _free_port() -> int:
 
 
 def join(cfg: EngineConfig, rank: int, init_addr: str,
-         joining: Callable[[], None] | None = None) -> TensorParallel:
-    """Join the group as `rank`: the device and gloo groups, and the model's shard plan.
-    `joining` is called once the rank's device is set, just before the rendezvous."""
+         joining: Callable[[], None] | None = None, rendezvous: Rendezvous | None = None,
+         check: Callable[[], None] | None = None) -> TensorParallel:
+    """Join the group as `rank`: the rendezvous at `init_addr` (`rendezvous`, when its
+    caller made it), the device and gloo groups, and the model's shard plan. `joining` is
+    called once the rank's device is set, just before the rendezvous; `check` at each look
+    of the rendezvous' wait (Rendezvous.meet: what it raises ends the wait)."""
     device = rank_device(cfg, rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if joining is not None:
         joining()
+    rendezvous = rendezvous or Rendezvous(init_addr, rank, cfg.tensor_parallel_size,
+                                          cfg.nnodes, INIT_TIMEOUT)
+    store = rendezvous.meet(check)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=f"tcp://{init_addr}", rank=rank,
+    dist.init_process_group(backend, store=store, rank=rank,
                             world_size=cfg.tensor_parallel_size, timeout=INIT_TIMEOUT,
                             device_id=device if device.type == "cuda" else None)
     # its own group even on the CPU: a step message must never pair with a collective of the
@@ -163,15 +171,33 @@ class NodeRanks:
         # reference while the interpreter exited aborted the process (see _end_watch)
         self._watchdog: threading.Thread | None = None
         self._watch_ended = threading.Event()
+        self.rendezvous: Rendezvous | None = None
 
     def start(self) -> TensorParallel:
+        """Check this node, spawn its other ranks and join the group as its first rank.
+        A failure before the group is made is posted to the rendezvous (Rendezvous.fail),
+        so that the other nodes raise RankLost naming this node and why at once."""
+        cfg = self.cfg
+        _wait_for_left_starts()  # (its rendezvous' port is closed by then)
+        addr = cfg.dist_init_addr or f"127.0.0.1:{_free_port()}"
+        self.rendezvous = Rendezvous(addr, node_ranks(cfg)[0], cfg.tensor_parallel_size,
+                                     cfg.nnodes, INIT_TIMEOUT)
+        try:
+            if cfg.node_rank == 0:  # hosted from the first: the other nodes may come first
+                self.rendezvous.open()
+            return self._start(addr)
+        except BaseException as e:
+            # rank 0 interrupted needs no word: its store closes with it, as every rank sees
+            if cfg.node_rank > 0 or not (self._abandoned or isinstance(e, KeyboardInterrupt)):
+                self.rendezvous.fail(cfg.node_rank, e, self._check_given_up)
+            raise
+
+    def _start(self, addr: str) -> TensorParallel:
         cfg = self.cfg
         check_devices(cfg)
-        _wait_for_left_starts()
         from aiollm.model.loader import read_config
 
         parallel.check_divisible(read_config(cfg.model), cfg.tensor_parallel_size)
-        addr = cfg.dist_init_addr or f"127.0.0.1:{_free_port()}"
         ranks = node_ranks(cfg)
         config_json = json.dumps(asdict(cfg))
         with self._lock:  # (abandon kills what was spawned)
@@ -192,8 +218,20 @@ class NodeRanks:
             if self._abandoned:
                 raise RuntimeError(_GIVEN_UP)
             self._joining = True
-        self.tp = join(cfg, ranks[0], addr)
+        self.tp = join(cfg, ranks[0], addr, rendezvous=self.rendezvous, check=self._check_start)
         return self.tp
+
+    def _check_start(self) -> None:
+        """While start-up waits for other ranks: RankLost naming a rank it spawned that was
+        lost (its import, its device or its config failed), RuntimeError when its caller
+        gave up on it (abandon)."""
+        if (lost := self._lost_rank()) is not None:
+            raise RankLost(lost)
+        self._check_given_up()
+
+    def _check_given_up(self) -> None:
+        if self._abandoned:
+            raise RuntimeError(_GIVEN_UP)
 
     def _joining_file(self, rank: int) -> str:
         return os.path.join(self._dir, f"rank{rank}.joining")
@@ -206,10 +244,7 @@ class NodeRanks:
         deadline = time.monotonic() + INIT_TIMEOUT.total_seconds()
         waiting = [self._joining_file(rank) for rank in self.procs]
         while waiting := [f for f in waiting if not os.path.exists(f)]:
-            if (lost := self._lost_rank()) is not None:
-                raise RankLost(lost)
-            if self._abandoned:
-                raise RuntimeError(_GIVEN_UP)
+            self._check_start()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tensor parallel ranks did not start within "
                                    f"{INIT_TIMEOUT}: {', '.join(waiting)} not written")
@@ -392,6 +427,8 @@ class NodeRanks:
         self._remove_files()
         if dist.is_initialized():
             dist.destroy_process_group()
+        if self.rendezvous is not None:
+            self.rendezvous.close()  # (rank 0: its port, which a new start-up may take)
         parallel.set_current(None)
         with _LEFT:
             _left_starts.discard(self)
@@ -416,4 +453,6 @@ class NodeRanks:
         self._remove_files()
         if leave_group and dist.is_initialized():
             dist.destroy_process_group()
+        if self.rendezvous is not None:
+            self.rendezvous.close()
         parallel.set_current(None)

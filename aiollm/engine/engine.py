@@ -126,6 +126,15 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         return self._started and not self._loop_task.done()
 
     @property
+    def start_interruptible(self) -> bool:
+        """Whether a start() cancelled while it loads can end before its load would: under
+        tensor parallelism the rendezvous, which may wait minutes for another node, is
+        given up at once and the ranks end (NodeRanks.abandon); a load of weights under
+        way, and one rank's whole load, run to their end on their thread, which cannot be
+        interrupted."""
+        return self.config.tensor_parallel_size > 1
+
+    @property
     def serving(self) -> bool:
         """Whether a request submitted now would be served: started, its step loop running
         (not ended by a stop(), an interrupt or the end of its event loop) and not shutting

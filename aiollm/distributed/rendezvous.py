@@ -1,0 +1,175 @@
+"""The rendezvous of tensor-parallel start-up: every rank meets the others in a TCPStore
+(torch.distributed's key-value store, the one its tcp:// init method makes) hosted by rank 0
+at --dist-init-addr, then makes the process group over that store.
+
+torch's own rendezvous waits inside C++ (rank 0 for every client, a client for the
+server): Ctrl-C was held until its timeout (INIT_TIMEOUT, 10 minutes), and a node that
+failed before it joined was seen only as that timeout, naming no node. Here each rank sets
+its key, then polls for the others' in Python, so that:
+- a node whose start-up failed before it joined (its checks, a rank it spawned) posts its
+  error under its node's key, and every rank waiting raises RankLost naming that node,
+  its ranks and the error within a poll;
+- the timeout names the ranks that never arrived, their nodes and what to check;
+- Ctrl-C ends the wait at once, and so does the caller's own `check` (a rank it spawned
+  lost, a caller that gave up).
+
+Keys, under "aiollm/tp/": "arrived/R", set by rank R as it enters the wait; "failed/K",
+set by node K's lead process, "Type: message" of its error. A client waits for the server's
+port to accept before it makes its TCPStore (a connection probe): torch's client retries
+inside C++, uninterruptible and logging each failed try.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Callable
+from datetime import timedelta
+
+import torch.distributed as dist
+
+from aiollm.distributed.group import RankLost
+
+log = logging.getLogger(__name__)
+
+PREFIX = "aiollm/tp/"
+POLL_S = 0.05  # between two looks at the store, or two tries of the server's port
+# a node whose start-up failed before rank 0's store was up waits this long for it, to tell
+# (nodes started together: rank 0 hosts it once it has imported torch), then exits
+TELL_S = 10.0
+
+
+class Rendezvous:
+    """Rank `rank`'s place in the rendezvous of `size` ranks over `nnodes` nodes at `addr`
+    (HOST:PORT, hosted by rank 0), waiting up to `timeout` in all."""
+
+    def __init__(self, addr: str, rank: int, size: int, nnodes: int, timeout: timedelta):
+        self.addr, self.rank, self.size, self.nnodes = addr, rank, size, nnodes
+        self.timeout = timeout
+        host, _, port = addr.rpartition(":")
+        self._host, self._port = host.strip("[]"), int(port)
+        self.store: dist.TCPStore | None = None
+        self.met = False  # every rank arrived: a failure from now on is the group's to tell
+        self._told = False  # a failure another node posted was raised here: not re-posted
+
+    def node_of(self, rank: int) -> int:
+        return rank // (self.size // self.nnodes)
+
+    def _node_ranks(self, node: int) -> str:
+        per = self.size // self.nnodes
+        first, last = node * per, (node + 1) * per - 1
+        return f"rank {first}" if first == last else f"ranks {first}-{last}"
+
+    def open(self, check: Callable[[], None] | None = None,
+             wait_s: float | None = None) -> dist.TCPStore:
+        """Host the store (rank 0; OSError when the port is taken) or connect to it,
+        waiting up to `wait_s` (default: the timeout) for rank 0 to host it: TimeoutError
+        past that, KeyboardInterrupt at Ctrl-C, what `check()` raises (called between two
+        tries)."""
+        if self.store is not None:
+            return self.store
+        if self.rank == 0:
+            self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
+                                       timeout=self.timeout, wait_for_workers=False)
+            return self.store
+        wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                socket.create_connection((self._host, self._port), timeout=1.0).close()
+                break
+            except OSError:
+                pass
+            if check is not None:
+                check()
+            if time.monotonic() > deadline:
+                waited = timedelta(seconds=round(wait_s))
+                raise TimeoutError(
+                    f"the tensor parallel rendezvous at {self.addr} (hosted by rank 0, node 0)"
+                    f" did not answer within {waited}: check that `aiollm serve --node-rank 0`"
+                    f" runs there with the same --tensor-parallel-size, --nnodes and "
+                    f"--dist-init-addr, that this node can reach {self.addr}, and node 0's log")
+            time.sleep(POLL_S)
+        self.store = dist.TCPStore(self._host, self._port, None, is_master=False,
+                                   timeout=self.timeout)
+        return self.store
+
+    def meet(self, check: Callable[[], None] | None = None) -> dist.TCPStore:
+        """Arrive, then wait until every rank has: the store to make the group over. Raises
+        RankLost naming a node that posted its failure (or rank 0's node when its store
+        closed), TimeoutError naming the ranks that did not arrive, KeyboardInterrupt at
+        Ctrl-C, what `check()` raises (called at each look at the store)."""
+        store = self.open(check)
+        deadline = time.monotonic() + self.timeout.total_seconds()
+        try:
+            store.set(f"{PREFIX}arrived/{self.rank}", "1")
+            arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
+            while not store.check(arrived):
+                for node in range(self.nnodes):
+                    key = f"{PREFIX}failed/{node}"
+                    if store.check([key]):
+                        self._told = True
+                        why = store.get(key).decode(errors="replace")
+                        raise RankLost(f"tensor parallel node {node} ({self._node_ranks(node)})"
+                                       f" failed to start: {why}")
+                if check is not None:
+                    check()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(self._missing(store))
+                time.sleep(POLL_S)
+        except dist.DistNetworkError as e:  # rank 0's store is gone: its process ended
+            self._told = True
+            raise RankLost(f"tensor parallel node 0 (rank 0, the rendezvous at {self.addr}) "
+                           f"ended before the group was made: see its log ({e})") from e
+        self.met = True
+        return store
+
+    def _missing(self, store: dist.TCPStore) -> str:
+        missing: dict[int, list[int]] = {}
+        for r in range(self.size):
+            if not store.check([f"{PREFIX}arrived/{r}"]):
+                missing.setdefault(self.node_of(r), []).append(r)
+        parts = [f"{'rank' if len(ranks) == 1 else 'ranks'} {', '.join(map(str, ranks))} "
+                 f"(node {node})" for node, ranks in missing.items()]
+        flags = " ".join(f"--node-rank {node}" for node in missing)
+        return (f"{'; '.join(parts)} did not reach the tensor parallel rendezvous at "
+                f"{self.addr} within {self.timeout}: check that `aiollm serve {flags}` runs "
+                f"there with the same --tensor-parallel-size, --nnodes and --dist-init-addr, "
+                f"that it can reach {self.addr}, and its log")
+
+    def fail(self, node: int, error: BaseException,
+             check: Callable[[], None] | None = None) -> None:
+        """Node `node`'s start-up failed with `error` before the group was made: post it,
+        so that every rank waiting raises RankLost naming this node and why rather than
+        wait out the timeout. Not yet connected (the node's checks failed first): wait for
+        rank 0's store up to TELL_S (Ctrl-C ends the wait), unless `error` is a
+        KeyboardInterrupt or SystemExit; past that, rank 0 names the ranks that never came
+        when its wait times out. Nothing when the failure came from the rendezvous
+        itself (another node's), or every rank has met (the group tells it). Never raises
+        but KeyboardInterrupt."""
+        if self.met or self._told:
+            return
+        if isinstance(error, RankLost):
+            why = str(error)
+        elif isinstance(error, KeyboardInterrupt):
+            why = "interrupted (Ctrl-C)"
+        else:
+            why = f"{type(error).__name__}: {error}"
+        try:
+            if self.store is None:
+                if self.rank == 0 or not isinstance(error, Exception):
+                    return  # (rank 0: hosting it failed)
+                log.error("tensor parallel node %d failed to start: %s; telling the other "
+                          "nodes through the rendezvous at %s (node 0)", node, why, self.addr)
+                self.open(check, TELL_S)
+            self.store.set(f"{PREFIX}failed/{node}", why)
+        except (Exception, KeyboardInterrupt) as e:
+            if isinstance(e, KeyboardInterrupt) and not isinstance(error, KeyboardInterrupt):
+                raise
+            log.warning("could not tell the other nodes that node %d failed (%s); node 0 "
+                        "names this node's ranks when its wait for them times out", node, e)
+
+    def close(self) -> None:
+        """Drop this rank's store (rank 0: the server, closing its port)."""
+        self.store = None

@@ -1,0 +1,120 @@
+"""The rendezvous of tensor-parallel start-up across nodes (`aiollm serve --nnodes 2` on
+loopback, gloo on the CPU): a node whose own checks fail before it joins tells node 0, which
+exits naming it and its error within seconds, not after the rendezvous' timeout (10 minutes)
+with torch's generic timeout; a node that never comes is named by the ranks that did not
+arrive; Ctrl-C in the rendezvous' wait ends that node at once, its spawned ranks too.
+
+A sitecustomize on the children's PYTHONPATH shortens the rendezvous' timeout
+(launch.INIT_TIMEOUT) and marks each rank's entry into the group's join (launch.join)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import time
+
+import pytest
+from test_tensor_parallel import _alive, _children, tiny_model  # noqa: F401 - a fixture
+from test_tp_start_checks import TINY3, _last_error, _two_nodes
+
+# two processes import torch: seconds, up to a minute on a loaded 2-core machine
+TIMEOUT_S = 300
+_SITECUSTOMIZE = '''
+import datetime, os
+import aiollm.distributed.launch as launch
+
+launch.INIT_TIMEOUT = datetime.timedelta(seconds=float(os.environ["AIOLLM_TEST_INIT_TIMEOUT"]))
+_join = launch.join
+
+def join(cfg, rank, *args, **kwargs):  # where the rank is: about to join the group
+    open(os.environ["AIOLLM_TEST_JOINING"] + str(rank), "w").close()
+    return _join(cfg, rank, *args, **kwargs)
+
+launch.join = join
+'''
+
+
+def _env(tmp_path, timeout_s: float) -> tuple[dict, str]:
+    (tmp_path / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    marker = str(tmp_path / "joining-rank")
+    return {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_INIT_TIMEOUT":
+            str(timeout_s), "AIOLLM_TEST_JOINING": marker}, marker
+
+
+def _wait_for(path: str, node, log) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not os.path.exists(path):
+        assert node.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+
+
+def _end(nodes) -> None:
+    for p in nodes:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_node_0_names_the_node_whose_checks_failed_before_the_rendezvous(
+        tiny_model, tmp_path):  # noqa: F811
+    """Node 1 was given a model whose heads 2 ranks cannot split (another model at the same
+    path): its check fails before it joins. Node 0 waited for it the whole rendezvous
+    timeout, then failed with torch's timeout naming no node; it now exits with status 1
+    within seconds, naming node 1, its rank and its error."""
+    other = tmp_path / "tiny3-1kv"
+    odd = copy.deepcopy(TINY3)
+    odd.num_key_value_heads = 1  # 1 KV head and 3 heads: 2 ranks split neither
+    odd.save_pretrained(other)  # its config is all the check reads
+    env, _ = _env(tmp_path, timeout_s=120)
+    started = time.monotonic()
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, models={1: str(other)})
+    try:
+        codes = [p.wait(timeout=TIMEOUT_S) for p in nodes]
+        texts = [log.read_text() for log in logs]
+        assert codes == [1, 1], texts
+        assert time.monotonic() - started < 100, texts  # not the rendezvous' timeout
+        error = _last_error(texts[0])
+        assert "tensor parallel node 1 (rank 1) failed to start: ValueError: tensor " \
+               "parallel size 2 does not fit this model's heads" in error, texts[0]
+    finally:
+        _end(nodes)
+
+
+def test_node_0_names_the_ranks_that_never_arrived(tiny_model, tmp_path):  # noqa: F811
+    """Node 1 was never started: node 0 fails after the rendezvous' timeout naming the
+    ranks that did not arrive, their node and what to check, not torch's bare timeout."""
+    env, _ = _env(tmp_path, timeout_s=3)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, start=(0,))
+    try:
+        assert nodes[0].wait(timeout=TIMEOUT_S) == 1, logs[0].read_text()
+        error = _last_error(logs[0].read_text())
+        assert "rank 1 (node 1) did not reach the tensor parallel rendezvous at 127.0.0.1:" \
+               in error, error
+        assert "aiollm serve --node-rank 1" in error, error
+    finally:
+        _end(nodes)
+
+
+@pytest.mark.parametrize("node", [0, 1])
+def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node):  # noqa: F811
+    """The other node was never started; this one waits in the rendezvous (node 0 with a
+    rank it spawned, -tp 4: for node 1's ranks; node 1: for node 0's rendezvous to come
+    up). Ctrl-C there was held until the rendezvous' timeout; the node now exits with
+    status 130 within seconds, and the rank it spawned is gone too."""
+    env, marker = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4, start=(node,))
+    try:
+        lead = 2 * node
+        _wait_for(marker + str(lead), nodes[0], logs[0])  # the lead joins once rank lead+1 does
+        spawned = _children(nodes[0].pid)
+        assert spawned, logs[0].read_text()
+        time.sleep(1.0)  # inside the rendezvous' wait
+        nodes[0].send_signal(signal.SIGINT)
+        assert nodes[0].wait(timeout=20) == 130, logs[0].read_text()
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in spawned):
+            assert time.monotonic() < deadline, "a spawned rank outlived its node"
+            time.sleep(0.1)
+    finally:
+        _end(nodes)
