@@ -280,11 +280,12 @@ def test_probes_metrics_and_version_need_no_api_key(tiny):
     """What a probe, a Prometheus scraper or a deploy script reads carries no secrets and
     runs no model: /health, /healthz, /metrics and /version are open, as vLLM leaves all but
     its /v1 routes open (a scraper set up for vLLM sends no key and got 401 here), and so
-    are LightLLM's probes /liveness and /readiness. The routes that take input or change
+    are LightLLM's probes /liveness and /readiness, and its /token_load, a router's load
+    signal as vLLM's open /load is. The routes that take input or change
     state stay behind the key, and so do unknown paths."""
     async def check(client, engine):
         for path in ("/health", "/healthz", "/healthz/", "/metrics", "/metrics/", "/version",
-                     "/version/", "/liveness", "/readiness/"):
+                     "/version/", "/liveness", "/readiness/", "/token_load"):
             resp = await client.get(path)
             assert resp.status == 200, (path, await resp.text())
         assert "aiollm_" in await (await client.get("/metrics")).text()

@@ -228,3 +228,54 @@ def test_long_documents_are_rendered_off_the_loop():
 
     docs = TemplateOptions(documents=[{"title": "t", "text": "x" * 1000}])
     assert rendered_size(HI, None, docs) >= rendered_size(HI) + 1000
+
+
+# -- reasoning_effort -------------------------------------------------------------------------
+
+EFFORT_TEMPLATE = "{{ reasoning_effort }}|{{ enable_thinking }}|" + CONTENTS
+
+
+def rendered(server, body: dict) -> str:
+    """The prompt a chat request rendered (vLLM's return_token_ids), as text."""
+    status, _, out = chat(server, {"return_token_ids": True, **body})
+    assert status == 200, out
+    return server.engine.tokenizer.decode(out["prompt_token_ids"])
+
+
+def test_reasoning_effort_reaches_the_chat_template(trusting):
+    """vLLM gives the chat field reasoning_effort to the chat template as its variable of
+    that name, and with it enable_thinking (false for "none", else true) unless
+    chat_template_kwargs sets enable_thinking; the field overrides a reasoning_effort of
+    chat_template_kwargs. It was ignored (logged as unknown), so a template that reads it
+    (gpt-oss's, Qwen3's thinking switch) rendered as if it had not been sent."""
+    server = trusting
+    own = {"chat_template": EFFORT_TEMPLATE}
+    assert rendered(server, own) == "||Hi"
+    assert rendered(server, {**own, "reasoning_effort": None}) == "||Hi"
+    assert rendered(server, {**own, "reasoning_effort": "low"}) == "low|True|Hi"
+    assert rendered(server, {**own, "reasoning_effort": "none"}) == "none|False|Hi"
+    assert rendered(server, {**own, "reasoning_effort": "none",
+                             "chat_template_kwargs": {"enable_thinking": True}}) == "none|True|Hi"
+    kwargs = {"chat_template_kwargs": {"reasoning_effort": "high"}}
+    assert rendered(server, {**own, **kwargs}) == "high||Hi"
+    assert rendered(server, {**own, **kwargs, "reasoning_effort": "minimal"}) == "minimal|True|Hi"
+
+
+@pytest.mark.parametrize("effort", ["extreme", "LOW", 1, True])
+def test_reasoning_effort_takes_vllm_s_values(server, effort):
+    """vLLM's values alone (none, minimal, low, medium, high, xhigh, max): another is the
+    request's 400 naming the field."""
+    status, _, out = chat(server, {"reasoning_effort": effort})
+    assert status == 400 and out["error"]["param"] == "reasoning_effort", out
+    if isinstance(effort, str):
+        assert "none, minimal, low, medium, high, xhigh, max" in out["error"]["message"], out
+
+
+def test_reasoning_effort_is_known_to_chat(server, caplog):
+    """Sent to the server's own template, reasoning_effort is served and not named in the
+    log as an unknown field."""
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aiollm.api"):
+        for effort in ("none", "minimal", "low", "medium", "high", "xhigh", "max"):
+            assert chat(server, {"reasoning_effort": effort})[0] == 200
+    assert "unknown" not in caplog.text, caplog.text

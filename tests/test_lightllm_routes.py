@@ -112,3 +112,52 @@ def test_details_tokens_carry_lightllm_s_fields(server):
     for k, t in enumerate(tokens, 1):
         mean = sum(u["logprob"] for u in tokens[:k]) / k
         assert t["cumlogprob"] == pytest.approx(mean, abs=1e-6), tokens
+
+
+LOAD_FIELDS = {"current_load", "logical_max_load", "dynamic_max_load"}
+
+
+def test_token_load_of_an_idle_server_is_zero(server):
+    """LightLLM's GET /token_load (what its PD master and routers poll): fractions of the KV
+    pool, one number each with a single data-parallel rank. Idle, nothing is held nor
+    predicted: cached prefixes no request uses are free, as LightLLM counts them. It was a
+    404."""
+    server.wait_idle()
+    status, _, raw = http(server, "GET", "/token_load")
+    assert status == 200, raw
+    load = json.loads(raw)
+    assert load == {name: 0.0 for name in LOAD_FIELDS}, load
+    assert all(isinstance(v, float) for v in load.values()), load
+
+
+def test_token_load_of_a_running_request(server, client):
+    """While one request of ignore_eos runs (its length is known: max_tokens), the
+    predicted peak is its prompt and all its output; the KV held now lies between its
+    prompt and that peak. logical_max_load is dynamic_max_load, as in LightLLM."""
+    server.wait_idle()
+    capacity = server.stats()["kv_total"]
+    prompt = "One two three four five six seven"
+    n_prompt = len(server.engine.tokenizer.encode(prompt))
+    stream = client.completions.create(model=client.models.list().data[0].id, prompt=prompt,
+                                       max_tokens=400, stream=True,
+                                       extra_body={"ignore_eos": True})
+    try:
+        next(iter(stream))
+        status, _, raw = http(server, "GET", "/token_load")
+    finally:
+        stream.close()
+    load = json.loads(raw)
+    assert status == 200 and set(load) == LOAD_FIELDS, raw
+    assert load["logical_max_load"] == load["dynamic_max_load"]
+    assert abs(load["dynamic_max_load"] * capacity - (n_prompt + 400)) <= 2, (load, capacity)
+    assert n_prompt <= load["current_load"] * capacity < n_prompt + 400, (load, capacity)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_get_score_says_no_reward_model_is_served(server, method):
+    """LightLLM's /get_score answers a reward model's score of a conversation; the models
+    served here generate text and have no score head, so it is a 404 saying so rather than
+    the router's bare "no such route"."""
+    status, _, raw = http(server, method, "/get_score", json={"chat": "Hi"})
+    err = json.loads(raw)["error"]
+    assert status == 404 and "reward model" in err["message"], raw

@@ -387,3 +387,22 @@ def test_make_scheduler_and_config_errors():
         SchedulerConfig(quantile=0.0)
     with pytest.raises(ValueError, match="min_history"):
         SchedulerConfig(history_window=10, min_history=11)
+
+
+def test_predicted_peak_is_the_running_batch_s_future_peak():
+    """Scheduler.predicted_peak (LightLLM's /token_load reads it): the peak of the running
+    batch alone, each request running its predicted length (the cap, with no past) and
+    starting late by the prefill it has left; the paper estimator answers it without
+    drawing (its draws, seeded, stay the admission's)."""
+    running = RunningBatch(kv_len=[10, 5, 7], output_len=[0, 3, 0],
+                           max_new_tokens=[4, 10, 6], prefill_left=[0, 0, 2])
+    remaining = np.array([4, 7, 8])  # cap - output_len + prefill_left
+    want = stepped_peak(np.array([10, 5, 7]), remaining)
+    for name in sorted(SCHEDULERS):
+        assert make_scheduler(name).predicted_peak(running) == want, name
+    paper = make_scheduler("past_future", SchedulerConfig(estimator="paper"))
+    before = paper.sampled.rng.bit_generator.state
+    assert paper.predicted_peak(running) == want
+    assert paper.sampled.rng.bit_generator.state == before
+    empty = RunningBatch(kv_len=[], output_len=[], max_new_tokens=[])
+    assert make_scheduler().predicted_peak(empty) == 0

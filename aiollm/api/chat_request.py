@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 
 TRUST_FLAG = "--trust-request-chat-template"
 
+# reasoning_effort's values, vLLM's ("max" is DeepSeek V4's, "xhigh" and "none" OpenAI's
+# newer ones)
+REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
+
 
 def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
                           trust_request_chat_template: bool) -> TemplateOptions:
@@ -31,9 +35,21 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
     `chat_template_kwargs.chat_template`; the field wins), renders the messages only where
     the server trusts request templates (TRUST_FLAG, as vLLM's): it runs the client's Jinja
     on the server, sandboxed by transformers but unbounded in time. Else InvalidRequest
-    naming the field and the flag; the template itself is checked as the engine renders."""
+    naming the field and the flag; the template itself is checked as the engine renders.
+    InvalidRequest too for a reasoning_effort not of vLLM's values. A chat request's
+    reasoning_effort is the template's variable of that name, and sets enable_thinking
+    (false for "none") where chat_template_kwargs leaves it out, as vLLM renders it."""
     kwargs = dict(req.chat_template_kwargs or {})
     in_kwargs = kwargs.pop("chat_template", None)
+    effort = getattr(req, "reasoning_effort", None)  # a chat request's, not /tokenize's
+    if effort is not None and effort not in REASONING_EFFORTS:
+        raise InvalidRequest(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}"
+                             f" (or null); got {effort!r}", param="reasoning_effort")
+    if effort is not None:
+        # as vLLM: the field over chat_template_kwargs' variable of that name, and thinking
+        # on unless its effort is "none", where the client's enable_thinking says nothing
+        kwargs["reasoning_effort"] = effort
+        kwargs.setdefault("enable_thinking", effort != "none")
     template = req.chat_template if req.chat_template is not None else in_kwargs
     if template is not None and not trust_request_chat_template:
         param = ("chat_template" if req.chat_template is not None
@@ -97,6 +113,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     chat_template: str | None = None
     # vLLM's: sources for retrieval-augmented generation, the template's `documents`
     documents: list[dict[str, str]] | None = None
+    # OpenAI's, as vLLM takes it: the chat template's variable (chat_template_options)
+    reasoning_effort: str | None = None
     # vLLM's: it changes the output, and is not served (check_unserved)
     echo: bool | None = False
     # OpenAI's audio output: served as text alone (check_unserved)

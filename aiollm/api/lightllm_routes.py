@@ -1,6 +1,8 @@
 """LightLLM's routes besides /generate and /generate_stream (api/lightllm.py), so that its
 clients and deploy scripts find them: the probes /liveness and /readiness, /get_model_name,
-/tokens (a prompt's length in tokens) and POST / (generate, or stream with "stream": true).
+/tokens (a prompt's length in tokens), /token_load (the KV pool's load, now and predicted),
+POST / (generate, or stream with "stream": true), and /get_score, a reward model's route,
+answered with a 404 that says why.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from msgspec import Struct
 
 from aiollm.api import lightllm, ops
 from aiollm.api.body import decode_body
+from aiollm.api.http_errors import ApiError
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest, refuse_media
 from aiollm.api.protocol import json_response
 from aiollm.api.state import state
@@ -70,6 +73,35 @@ async def tokens(request: web.Request) -> web.Response:
     return json_response({"ntokens": len(ids)})
 
 
+async def token_load(request: web.Request) -> web.Response:
+    """LightLLM's load report, as its PD master and routers poll it: fractions of the KV
+    pool's tokens (floats, 1.0 the whole pool), one number each (LightLLM's lists are per
+    data-parallel rank; one rank answers numbers, as here).
+
+    current_load: tokens held now by requests (cached prefixes no request uses are free,
+    as LightLLM counts them). dynamic_max_load: the most the running requests are
+    predicted to hold at once as they finish (the admission policy's predicted lengths;
+    Planner.predicted_peak). LightLLM's estimate is taken every few seconds, this one as
+    asked. logical_max_load: dynamic_max_load again, as LightLLM sets it (its older naive
+    estimate is no longer computed there). Waiting requests hold nothing and are in
+    neither; vLLM's /load counts them."""
+    engine = state(request).engine
+    counts = engine.stats()
+    total = counts["kv_total"]
+    peak = engine.predicted_kv_peak() / total
+    return json_response({"current_load": counts["kv_used"] / total,
+                          "logical_max_load": peak, "dynamic_max_load": peak})
+
+
+async def get_score(request: web.Request) -> web.Response:
+    """LightLLM's /get_score returns a reward model's score of a conversation, which only
+    a model with a score head computes; the models served here generate text. A 404 that
+    says so, in place of the router's bare "no such route"."""
+    raise ApiError(404, "/get_score returns a reward model's score, and the model served "
+                   "is a text-generating model without a score head: no score is computed "
+                   "here")
+
+
 async def root(request: web.Request) -> web.StreamResponse:
     """POST /: /generate_stream's answer when the body's "stream" is true, else
     /generate's."""
@@ -86,5 +118,7 @@ ROUTES = [
     web.post("/get_model_name", get_model_name),
     web.get("/tokens", tokens),
     web.post("/tokens", tokens),
+    web.get("/token_load", token_load),
+    web.route("*", "/get_score", get_score),
     web.post("/", root),
 ]

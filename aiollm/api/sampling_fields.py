@@ -60,6 +60,8 @@ class SamplingFields(Struct, kw_only=True):
     ignore_eos: bool | None = False
     min_tokens: int | None = 0
     skip_special_tokens: bool | None = True
+    # vLLM's (its slow tokenizers' spacing of special tokens): SamplingParams takes it
+    spaces_between_special_tokens: bool | None = True
     include_stop_str_in_output: bool | None = False  # vLLM's
     stream: bool | None = False
     stream_options: StreamOptions | None = None
@@ -162,6 +164,7 @@ class SamplingFields(Struct, kw_only=True):
             min_tokens=self.min_tokens,
             ignore_eos=self.ignore_eos,
             skip_special_tokens=self.skip_special_tokens,
+            spaces_between_special_tokens=self.spaces_between_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output,
             bad_words=self.bad_words,
             logprobs=logprobs,

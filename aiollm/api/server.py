@@ -44,15 +44,16 @@ MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is f
 MAX_HEADER_LINE_BYTES = 8190
 MAX_HEADERS = 128
 # Reachable without the API key, with or without a trailing slash: the operations a probe
-# (LightLLM's /liveness and /readiness too), a Prometheus scraper or a deploy script reads,
-# which carry no secrets, run no model and change nothing (vLLM's key guards /v1 alone;
+# (LightLLM's /liveness and /readiness too), a Prometheus scraper, a router (/load, LightLLM's
+# /token_load) or a deploy script reads, which carry no secrets, run no model and change
+# nothing (vLLM's key guards /v1 alone;
 # its /metrics and /version are open). Every other path needs the key, unknown ones
 # included: a route added later is guarded unless it is listed here. /tokenize,
 # /detokenize and /flush_cache stay behind it, unlike vLLM's open /tokenize: they run the
 # tokenizer on the caller's input or change the cache.
 OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/ping", "/load",
                                               "/metrics", "/version", "/liveness",
-                                              "/readiness")
+                                              "/readiness", "/token_load")
                        for end in ("", "/"))
 
 

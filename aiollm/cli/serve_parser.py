@@ -50,7 +50,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                        "/v1/chat/completions, /v1/models, /v1/models/{model}, /generate, "
                        "/generate_stream, /health, /healthz, /ping, /load, /metrics, /version, "
                        "/tokenize, /detokenize, /flush_cache, and LightLLM's /liveness, "
-                       "/readiness, /get_model_name, /tokens, POST /.")
+                       "/readiness, /get_model_name, /tokens, /token_load, POST /, and "
+                       "/get_score, a reward model's route: a 404 saying none is served.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
     s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=_Model,
                    metavar="MODEL",

@@ -386,6 +386,13 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
             "kv_cached": self.prefix_cache.size if self.prefix_cache else 0,
         }
 
+    def predicted_kv_peak(self) -> int:
+        """The most KV slots the running requests are predicted to hold at once as they
+        finish, none admitted meanwhile (Planner.predicted_peak; 0 with none running).
+        RuntimeError before the engine was first started."""
+        self._check_started()
+        return self.planner.predicted_peak()
+
     def flush_cache(self) -> int:
         """Empty the prefix cache of what no request uses; returns the KV slots freed.
         RuntimeError before the engine was first started, or from another thread or event

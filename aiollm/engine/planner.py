@@ -204,22 +204,7 @@ class Planner:
         """Admit what the scheduler allows of the waiting queue, given this step's planned
         chunks of running requests and the budget and free slots they leave (tokens)."""
         tab = self.table
-        n_run = len(self.running)
-        run_slots = np.fromiter((r.slot for r in self.running), np.int32, n_run)
-        rec = tab.gather_fields(("output_len", "max_new_tokens", "ignore_eos"), run_slots)
-        # a running request holds (or is about to hold, mid-prefill) KV for all its tokens;
-        # its cached prefix is the tree's (shared, held outside the batch: counted once)
-        held = np.fromiter((r.num_tokens - r.cache_len for r in self.running), np.int64, n_run)
-        # prefill tokens each has left after its chunk of this step: it starts decoding up
-        # to that many steps late (aiollm/scheduler/batch.py). A single token left (its last
-        # prompt token or its pending one) is a decode.
-        planned = {r.slot: n for r, n in chunks}
-        left = np.fromiter((max(r.num_tokens - r.kv_len - planned.get(r.slot, 0), 0)
-                            if r.num_tokens - r.kv_len > 1 else 0 for r in self.running),
-                           np.int64, n_run)
-        running = RunningBatch(kv_len=held, output_len=rec["output_len"],
-                               max_new_tokens=rec["max_new_tokens"],
-                               ignore_eos=rec["ignore_eos"].astype(bool), prefill_left=left)
+        run_slots, running = self._running_batch(chunks)
         if len(run_slots):  # the scheduler's view, kept in the table for metrics and debugging
             tab.col("predicted_output_len")[run_slots] = self.scheduler.predict(
                 running.output_len, running.max_new_tokens, running.ignore_eos)
@@ -267,6 +252,42 @@ class Planner:
             if self._on_admit:
                 self._on_admit(r, now)
         return admitted
+
+    def _running_batch(self, chunks: list[tuple[Request, int]]
+                       ) -> tuple[np.ndarray, RunningBatch]:
+        """(table slots, the scheduler's view) of the running requests, given the chunks
+        planned for them in the coming step (none between steps)."""
+        n_run = len(self.running)
+        run_slots = np.fromiter((r.slot for r in self.running), np.int32, n_run)
+        rec = self.table.gather_fields(("output_len", "max_new_tokens", "ignore_eos"),
+                                       run_slots)
+        # a running request holds (or is about to hold, mid-prefill) KV for all its tokens;
+        # its cached prefix is the tree's (shared, held outside the batch: counted once)
+        held = np.fromiter((r.num_tokens - r.cache_len for r in self.running), np.int64, n_run)
+        # prefill tokens each has left after its chunk of this step: it starts decoding up
+        # to that many steps late (aiollm/scheduler/batch.py). A single token left (its last
+        # prompt token or its pending one) is a decode.
+        planned = {r.slot: n for r, n in chunks}
+        left = np.fromiter((max(r.num_tokens - r.kv_len - planned.get(r.slot, 0), 0)
+                            if r.num_tokens - r.kv_len > 1 else 0 for r in self.running),
+                           np.int64, n_run)
+        return run_slots, RunningBatch(kv_len=held, output_len=rec["output_len"],
+                                       max_new_tokens=rec["max_new_tokens"],
+                                       ignore_eos=rec["ignore_eos"].astype(bool),
+                                       prefill_left=left)
+
+    def predicted_peak(self) -> int:
+        """KV tokens the pool is predicted to hold at its fullest while the running requests
+        finish, none admitted meanwhile (the scheduler's prediction of their lengths,
+        Scheduler.predicted_peak): the peak of what they hold of their own, plus what is held
+        outside them (cached prefixes in use) counted as held to the end, as admission counts
+        it. 0 with nothing running."""
+        if not self.running:
+            return 0
+        _, running = self._running_batch([])
+        own_now = sum(max(r.kv_len - r.cache_len, 0) for r in self.running)
+        used = self.kv.n_used - (self.cache.evictable if self.cache else 0)
+        return max(used - own_now, 0) + self.scheduler.predicted_peak(running)
 
     def _match(self, head: list[Request], budget: int) -> list[tuple | None]:
         """The cache's match of each candidate, for as many as the prefill budget lets

@@ -24,6 +24,7 @@ from numpy.typing import ArrayLike
 
 from aiollm.scheduler.batch import Candidates, RunningBatch, as_column
 from aiollm.scheduler.config import SchedulerConfig
+from aiollm.scheduler.peak import future_peak
 
 
 class Scheduler(ABC):
@@ -67,6 +68,16 @@ class Scheduler(ABC):
         table's predicted_output_len). Policies without a model of the past assume the cap."""
         g = as_column(output_len)
         return np.maximum(as_column(max_new_tokens, g.shape[0]), g + 1)
+
+    def predicted_peak(self, running: RunningBatch) -> int:
+        """Most KV tokens the running batch is predicted to hold at once while it finishes,
+        none admitted (peak.future_peak of the lengths `predict` gives: the median draw of
+        the paper estimator, which leaves its random draws alone; the cap for policies
+        without a model of the past). Tokens. Admission tests the same peak with the
+        candidates added."""
+        g = running.output_len
+        pred = self.predict(g, running.max_new_tokens, running.ignore_eos)
+        return future_peak(running.kv_len, pred - g + running.prefill_left)
 
     def on_finish(
         self, output_len: ArrayLike, max_new_tokens: ArrayLike, ignore_eos: ArrayLike = False
