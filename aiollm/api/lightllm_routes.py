@@ -119,6 +119,9 @@ ROUTES = [
     web.get("/tokens", tokens),
     web.post("/tokens", tokens),
     web.get("/token_load", token_load),
-    web.route("*", "/get_score", get_score),
+    # GET and POST, as LightLLM serves it: a "*" route would clash with CORS preflight
+    # (aiohttp-cors adds OPTIONS to each route under --allowed-origins)
+    web.get("/get_score", get_score),
+    web.post("/get_score", get_score),
     web.post("/", root),
 ]
