@@ -381,10 +381,12 @@ def test_a_config_whose_dense_layers_disagree_with_the_checkpoint_says_so(tmp_pa
     save_random_hf_model(config, str(tmp_path))
     saved = json.loads((tmp_path / "config.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps({**saved, **fields}))
-    kind = "experts" if "mlp_only_layers" in fields else "a dense MLP"
-    layer = 1 if "mlp_only_layers" in fields else 0
-    with pytest.raises(ValueError, match=rf"layer {layer} has {kind} by the config "
-                       rf"\(mlp_only_layers \[.*\], decoder_sparse_step \d\)"):
+    # decoder_sparse_step 2 with mlp_only_layers [1] leaves both layers dense
+    want = (r"layer 1 has experts by the config \(mlp_only_layers \[\], decoder_sparse_step 1\)"
+            if "mlp_only_layers" in fields else
+            r"layer 0 has a dense MLP by the config, as every layer has \(its mlp_only_layers, "
+            r"decoder_sparse_step and num_experts leave no layer sparse\)")
+    with pytest.raises(ValueError, match=want):
         load(tmp_path)
 
 

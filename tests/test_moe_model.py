@@ -310,6 +310,47 @@ def test_qwen_moe_with_no_experts_runs_dense_as_transformers_does(tmp_path, fami
     assert torch.equal(logits.argmax(-1), ref.argmax(-1))
 
 
+# every layer dense, with expert fields transformers then never reads (it builds a layer's
+# experts only when the layer is not in mlp_only_layers, num_experts > 0 and
+# (layer + 1) % decoder_sparse_step == 0; its config classes check only the fields' types)
+ALL_DENSE = {
+    "qwen3_moe-mlp-only-every-layer": ("qwen3_moe", dict(
+        mlp_only_layers=[0, 1, 2], num_experts_per_tok=20, moe_intermediate_size=0,
+        decoder_sparse_step=0)),
+    "qwen2_moe-mlp-only-every-layer": ("qwen2_moe", dict(
+        mlp_only_layers=[2, 0, 1], num_experts_per_tok=9, moe_intermediate_size=0,
+        shared_expert_intermediate_size=-1, decoder_sparse_step=-3)),
+    "qwen3_moe-sparse-step-past-the-last-layer": ("qwen3_moe", dict(
+        mlp_only_layers=[], decoder_sparse_step=4, num_experts_per_tok=17,
+        moe_intermediate_size=0)),
+    "qwen2_moe-sparse-step-past-the-last-layer": ("qwen2_moe", dict(
+        decoder_sparse_step=5, num_experts_per_tok=0, moe_intermediate_size=-1,
+        shared_expert_intermediate_size=0)),
+}
+
+
+@pytest.mark.parametrize("name", list(ALL_DENSE))
+def test_a_qwen_moe_config_with_every_layer_dense_runs_as_transformers_does(tmp_path, name):
+    """A Qwen MoE config.json whose every layer is dense (mlp_only_layers naming them all, or
+    a decoder_sparse_step past the last layer) was refused over expert fields no layer
+    reads (num_experts_per_tok out of [1, num_experts], moe_intermediate_size 0, ...):
+    transformers builds it, and greedy decoding through the Engine gives its ids."""
+    family, fields = ALL_DENSE[name]
+    hf = save_moe_model(family, tmp_path, variant(family, **fields))
+    assert not any(hasattr(layer.mlp, "experts") for layer in hf.model.layers)
+    want = [hf_greedy(hf, p, NEW_TOKENS) for p in PROMPTS]
+
+    async def main():
+        params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+        async with Engine(str(tmp_path), kv_tokens=1024, max_model_len=256) as engine:
+            assert engine.runner.config.moe is None
+            assert engine.runner.config.num_params() == sum(p.numel() for p in hf.parameters())
+            outs = await asyncio.gather(*(engine.generate(p, params) for p in PROMPTS))
+        return [o.token_ids for o in outs]
+
+    assert asyncio.run(main()) == want
+
+
 def test_greedy_through_engine_matches_transformers(moe_model):
     family, path, _, want = moe_model
 
@@ -453,19 +494,25 @@ def test_a_gguf_routes_as_llama_cpp_runs_its_architecture(tmp_path, caplog, fami
         with torch.no_grad():
             refs[norm] = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
     write_moe_gguf(hf, str(tmp_path / "model.gguf"), weights_norm=key)
-    with caplog.at_level(logging.WARNING, logger="aiollm.model.weights_gguf"):
-        loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
-    assert loaded.config.moe.norm_topk_prob == (not own)
+    arch = family.replace("_", "")
+    # the second load reads the config and parameters the first stored (derived_cache.py):
+    # the key was warned of on the first load only
+    for load in ("parsing the file", "from the derived cache"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="aiollm.model.weights_gguf"):
+            loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32,
+                                device="cpu")
+        assert loaded.config.moe.norm_topk_prob == (not own)
+        warned = [r.getMessage() for r in caplog.records
+                  if "expert_weights_norm" in r.getMessage()]
+        assert warned == ([] if key is None else [
+            f"GGUF metadata {arch}.expert_weights_norm = {key} is ignored: llama.cpp runs "
+            f"{arch} with its top-k routing weights {'' if not own else 'not '}renormalised, "
+            "whatever the file says, and so does aiollm"]), load
     logits = all_position_logits(loaded, PROMPTS)
     assert (logits - refs[not own]).abs().max() < 1e-4
     assert torch.equal(logits.argmax(-1), refs[not own].argmax(-1))
     assert (logits - refs[own]).abs().max() > 1e-3  # the test tells the two apart
-    arch = family.replace("_", "")
-    warned = [r.getMessage() for r in caplog.records if "expert_weights_norm" in r.getMessage()]
-    assert warned == ([] if key is None else [
-        f"GGUF metadata {arch}.expert_weights_norm = {key} is ignored: llama.cpp runs {arch} "
-        f"with its top-k routing weights {'' if not own else 'not '}renormalised, whatever "
-        "the file says, and so does aiollm"])
 
 
 def test_gguf_with_quantized_stacked_experts_is_close_to_transformers(tmp_path):

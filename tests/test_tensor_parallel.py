@@ -393,7 +393,7 @@ def test_the_split_check_skips_the_expert_width_of_a_model_without_sparse_layers
     from aiollm.model.parallel import ShardPlan, check_divisible
 
     config = config_from_hf(variant("qwen3_moe", moe_intermediate_size=1, **fields))
-    assert not any(config.moe.is_sparse(i) for i in range(config.num_layers))
+    assert config.moe is None  # every MLP dense: no expert field is read
     check_divisible(config, 2)
     assert [ShardPlan.of(config, r, 2).intermediate for r in (0, 1)] == [(0, 40), (40, 40)]
     sparse = config_from_hf(variant("qwen3_moe", moe_intermediate_size=1,

@@ -289,31 +289,46 @@ def _head_dim(hf: Any) -> int:
 
 
 def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
-    """MoeConfig of a Mixtral / Qwen MoE config, None for a Qwen one without experts; a bad
-    value is refused naming its config.json field (MoeConfig's own checks speak of top_k and
-    sparse_step, which no config.json has) as `fields` (config.json's) spell it."""
+    """MoeConfig of a Mixtral / Qwen MoE config, None for a Qwen one whose every layer is
+    dense; a bad value is refused naming its config.json field (MoeConfig's own checks speak
+    of top_k and sparse_step, which no config.json has) as `fields` (config.json's) spell it.
+
+    transformers (5.x, modeling_qwen2_moe.py / modeling_qwen3_moe.py) gives layer i experts
+    only when i is not in mlp_only_layers and num_experts > 0 and (i + 1) %
+    decoder_sparse_step == 0, evaluated left to right; its config classes check the fields'
+    types, not their values. The expert fields are read here in that order, and a field no
+    layer reads is not checked: a config whose every layer is dense loads whatever its
+    num_experts_per_tok, moe_intermediate_size or shared_expert_intermediate_size say."""
     mixtral = hf.model_type == "mixtral"
+    dense_layers = () if mixtral else tuple(
+        int(i) for i in getattr(hf, "mlp_only_layers", None) or ())
+    candidates = [i for i in range(int(hf.num_hidden_layers)) if i not in dense_layers]
+    if not candidates:
+        return None  # mlp_only_layers names every layer: no expert field is read
     # the attribute transformers' model class sizes its experts by
     attr = "num_local_experts" if mixtral else "num_experts"
-    num_experts, top_k = getattr(hf, attr), int(hf.num_experts_per_tok)
+    num_experts = getattr(hf, attr)
     experts_field = _expert_count_field(fields, attr, num_experts, hf.model_type)
     # transformers checks the type of the spelling its config class declares, not of the
     # other (Qwen3-MoE's num_local_experts, Mixtral's num_experts), which it takes as given
     if not isinstance(num_experts, int) or isinstance(num_experts, bool):
         raise ValueError(f"config.json: {experts_field} must be an integer, got "
                          f"{num_experts!r}")
-    # only Qwen2-MoE has a shared expert (transformers' Qwen3-MoE leaves the field unread)
-    shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0) \
-        if hf.model_type == "qwen2_moe" else 0
-    # Qwen's num_experts 0 means every MLP dense (below); Mixtral has no such form
-    for name, value, least in ((experts_field, num_experts, int(mixtral)),
-                               ("shared_expert_intermediate_size", shared, 0)):
-        if value < least:
-            raise ValueError(f"config.json: {name} must be >= {least}, got {value}")
-    if num_experts == 0 and not mixtral:
-        # transformers' Qwen MoE layers are sparse only when num_experts > 0: every MLP is
-        # then dense (intermediate_size), num_experts_per_tok unread
-        return None
+    # Qwen's num_experts 0 means every MLP dense; Mixtral has no such form. A negative
+    # count (which transformers' Qwen classes also run dense) is refused as a mistake.
+    least = int(mixtral)
+    if num_experts < least:
+        raise ValueError(f"config.json: {experts_field} must be >= {least}, got {num_experts}")
+    if not mixtral:
+        if num_experts == 0:
+            return None
+        step = getattr(hf, "decoder_sparse_step", None)  # 0 is refused, not read as 1
+        step = 1 if step is None else int(step)
+        if step < 1:  # transformers divides by it (0: ZeroDivisionError)
+            raise ValueError(f"config.json: decoder_sparse_step must be >= 1, got {step}")
+        if not any((i + 1) % step == 0 for i in candidates):
+            return None  # a step past the last layer not in mlp_only_layers
+    top_k = int(hf.num_experts_per_tok)
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"config.json: num_experts_per_tok must be in [1, {experts_field} = "
                          f"{num_experts}], got {top_k}")
@@ -322,12 +337,15 @@ def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
         return MoeConfig(num_experts=num_experts, top_k=top_k,
                          intermediate_size=int(hf.intermediate_size), norm_topk_prob=True,
                          experts_field=experts_field)
-    step = getattr(hf, "decoder_sparse_step", None)  # 0 is refused, not read as the default
-    step = 1 if step is None else int(step)
-    for field, value in (("moe_intermediate_size", int(hf.moe_intermediate_size)),
-                         ("decoder_sparse_step", step)):
-        if value < 1:
-            raise ValueError(f"config.json: {field} must be >= 1, got {value}")
+    # only Qwen2-MoE has a shared expert (transformers' Qwen3-MoE leaves the field unread)
+    shared = int(getattr(hf, "shared_expert_intermediate_size", 0) or 0) \
+        if hf.model_type == "qwen2_moe" else 0
+    if shared < 0:
+        raise ValueError(f"config.json: shared_expert_intermediate_size must be >= 0, got "
+                         f"{shared}")
+    if int(hf.moe_intermediate_size) < 1:
+        raise ValueError(f"config.json: moe_intermediate_size must be >= 1, got "
+                         f"{hf.moe_intermediate_size}")
     return MoeConfig(
         num_experts=num_experts,
         top_k=top_k,
@@ -335,7 +353,7 @@ def _moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
         norm_topk_prob=bool(hf.norm_topk_prob),
         shared_expert_intermediate_size=shared,
         sparse_step=step,
-        dense_layers=tuple(int(i) for i in getattr(hf, "mlp_only_layers", None) or ()),
+        dense_layers=dense_layers,
         experts_field=experts_field,
     )
 

@@ -6,8 +6,10 @@ dequantized block by block in numpy, and transformers parses the file a second t
 its tokenizer. The first start stores the results; later starts read them back:
 
     <root>/gguf-v1/<sha256 of the file>/
-        config-<code>.json the ModelConfig (JSON); <code>: a hash of the code that derives it
-                           (config.py, weights_gguf.py), so a config derived by another
+        config-<code>.json the ModelConfig (JSON), with the warnings deriving it gave (a
+                           "warnings" list: logged again at every load of the file); <code>:
+                           a hash of the code that derives and stores it (config.py,
+                           weights_gguf.py, this file), so a config derived by another
                            version, without a check added since, is derived again
         model-<code>.safetensors
                            float32 weights under transformers' names, llama.cpp's q/k row
@@ -109,20 +111,27 @@ class GGUFCache:
             remove_stale_temporaries(self.dir)
 
     # -- config ---------------------------------------------------------------------------
-    def load_config(self) -> ModelConfig | None:
+    def load_config(self) -> tuple[ModelConfig, tuple[str, ...]] | None:
+        """The stored config and the warnings stored with it, None when none is stored (or it
+        cannot be read)."""
         if self.dir is None:
             return None
         try:
             with open(self.config_path) as f:
-                return config_from_dict(json.load(f))
+                d = json.load(f)
+            warnings = d.get("warnings") if isinstance(d, dict) else None
+            if not isinstance(warnings, list) or not all(isinstance(w, str) for w in warnings):
+                raise ValueError(f"warnings must be a list of strings, got {warnings!r}")
+            return config_from_dict(d), tuple(warnings)
         except (OSError, ValueError, TypeError, KeyError) as e:
             if not isinstance(e, FileNotFoundError):
                 log.warning("ignoring the cached config in %s: %s", self.dir, e)
             return None
 
-    def store_config(self, config: ModelConfig) -> None:
+    def store_config(self, config: ModelConfig, warnings: Iterable[str] = ()) -> None:
+        """Store `config` and the `warnings` its derivation gave, for load_config."""
         if self.dir is not None:
-            text = json.dumps(config_to_dict(config), indent=1)
+            text = json.dumps({**config_to_dict(config), "warnings": list(warnings)}, indent=1)
             _write_keyed(self.config_path, lambda tmp: write_text(tmp, text), "config", ".json")
 
     @property
@@ -251,7 +260,7 @@ class GGUFCache:
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
 # refused on the way; the weights: their names and values from a GGUF file's tensors; the
 # parameters: their layout from those.
-_CONFIG_CODE = ("config", "weights_gguf")
+_CONFIG_CODE = ("config", "weights_gguf", "derived_cache")
 _WEIGHTS_CODE = ("weights_gguf",)
 _LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf")
 
@@ -276,7 +285,10 @@ def config_to_dict(config: ModelConfig) -> dict:
 
 
 def config_from_dict(d: dict) -> ModelConfig:
+    """The ModelConfig of config_to_dict's dict (its stored form: the "warnings" stored
+    beside it are load_config's)."""
     d = dict(d)
+    d.pop("warnings", None)
     rope = dict(d.pop("rope"))
     if rope.get("freq_factors") is not None:
         rope["freq_factors"] = tuple(rope["freq_factors"])

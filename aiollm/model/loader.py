@@ -57,18 +57,24 @@ def read_config(path: str | None) -> ModelConfig:
     return load_hf_config(model_dir)
 
 
-def _gguf_config(path: str, cache: GGUFCache, need_reader: bool):
+def _gguf_config(path: str, cache: GGUFCache, need_reader: bool, warn: bool = False):
     """(config, parsed file or None) of a GGUF file: the config from the cache when it is
-    there, the file parsed only when the config or (need_reader) the weights are not."""
-    config = cache.load_config()
-    if config is not None and not need_reader:
-        return config, None
-    from aiollm.model.weights_gguf import read_gguf
+    there, the file parsed only when the config or (need_reader) the weights are not. With
+    `warn`, logs what deriving the config warned of (metadata ignored: config_from_gguf),
+    stored with it, so that every load of the file says it, not only the first."""
+    cached = cache.load_config()
+    if cached is not None and not need_reader:
+        config, warnings, gguf = *cached, None
+    else:
+        from aiollm.model.weights_gguf import read_gguf
 
-    gguf = read_gguf(path)
-    if config is None:
-        cache.store_config(gguf.config)
-    return gguf.config, gguf
+        gguf = read_gguf(path)
+        config, warnings = gguf.config, gguf.warnings
+        if cached is None:
+            cache.store_config(config, warnings)
+    for message in warnings if warn else ():
+        log.warning("%s", message)
+    return config, gguf
 
 
 def _empty_model(config: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device):
@@ -152,7 +158,7 @@ def load_model(
     full_path = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
     if gguf_name is not None:
         cache = GGUFCache(full_path)
-        config = _gguf_config(full_path, cache, need_reader=False)[0]
+        config = _gguf_config(full_path, cache, need_reader=False, warn=True)[0]
     else:
         config = load_hf_config(model_dir)
     if max_model_len is not None and max_model_len > config.max_position:

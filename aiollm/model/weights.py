@@ -294,6 +294,12 @@ class WeightFiller:
             why = f": it has {len(self.layer_kinds)} layers (" + (
                 "the file's block_count)" if self.gguf else "config.json's "
                 "num_hidden_layers): use the config.json saved with these weights")
+        elif (self.moe is None and self.architecture in MOE_ARCHITECTURES and not self.gguf
+              and m is not None):
+            # a Qwen MoE config.json whose every layer is dense (config.py's _moe_from_hf)
+            why = (f": layer {m.group(1)} has a dense MLP by the config, as every layer has "
+                   "(its mlp_only_layers, decoder_sparse_step and num_experts leave no layer "
+                   "sparse): use the config.json saved with these weights")
         elif self.moe is None and _SPARSE_MLP.search(name):
             # a mixture-of-experts checkpoint under a dense model type (a qwen3_moe one
             # relabelled qwen3): the field that made the model dense is the one to check

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 import os
 import re
 from collections.abc import Iterator
@@ -35,7 +34,6 @@ from aiollm.model.config import (
 from aiollm.model.rope_config import RopeConfig
 from aiollm.model.weights_hf import damaged_file_advice
 
-log = logging.getLogger(__name__)
 
 _PERMUTED_ARCHS = ("llama", "mistral", "mixtral")
 # llama.cpp's architecture names that differ from transformers' model_type (Mixtral is stored
@@ -119,7 +117,11 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
                 "another quantization, e.g. Q8_0, Q4_K, Q6_K or F16")
 
 
-def config_from_gguf(reader: GGUFReader) -> ModelConfig:
+def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
+    """ModelConfig of a GGUF file's metadata and tensor index. Metadata that is read and then
+    ignored (llama.cpp ignores it too) is described in `warnings`, appended to, for the
+    loader to log at every load of the file, the derived cache's too (derived_cache.py).
+    Raises ValueError naming the key or tensor that aiollm cannot run."""
     gguf_arch = _field(reader, "general.architecture")
     p = f"{gguf_arch}."
     arch = _ARCH_NAMES.get(gguf_arch, gguf_arch)
@@ -177,11 +179,12 @@ def config_from_gguf(reader: GGUFReader) -> ModelConfig:
         eos_token_ids=list(dict.fromkeys(eos)),
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         torch_dtype=None,
-        moe=_moe_from_gguf(reader, p, arch, tensors),
+        moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
     )
 
 
-def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeConfig | None:
+def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
+                   warnings: list[str]) -> MoeConfig | None:
     experts = int(_field(reader, p + "expert_count", 0) or 0)
     # llama.cpp's graphs of the dense architectures (qwen2, qwen3) read no experts whatever
     # expert_count says: such a file runs dense, and expert tensors in it are refused by the
@@ -200,7 +203,7 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
         num_experts=experts,
         top_k=top_k,
         intermediate_size=int(inter),
-        norm_topk_prob=_norm_topk(reader, p, arch),
+        norm_topk_prob=_norm_topk(reader, p, arch, warnings),
         shared_expert_intermediate_size=_shared_expert_width(reader, p, tensors),
         # the file has no mlp_only_layers: a layer without a router is dense
         dense_layers=tuple(i for i in range(layers)
@@ -208,18 +211,18 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict) -> MoeC
     )
 
 
-def _norm_topk(reader: GGUFReader, p: str, arch: str) -> bool:
+def _norm_topk(reader: GGUFReader, p: str, arch: str, warnings: list[str]) -> bool:
     """Whether the routing renormalises its top-k weights: as llama.cpp runs the architecture
     (_NORM_TOPK). A file whose expert_weights_norm says otherwise (written by another tool)
-    is warned of: llama.cpp and transformers' GGUF loader read no such key for it, and the
-    same file must give the same tokens here as there."""
+    is warned of (in `warnings`): llama.cpp and transformers' GGUF loader read no such key
+    for it, and the same file must give the same tokens here as there."""
     norm = _NORM_TOPK[arch]
     given = _field(reader, p + "expert_weights_norm")
     if given is not None and bool(given) != norm:
-        log.warning("GGUF metadata %sexpert_weights_norm = %s is ignored: llama.cpp runs %s "
-                    "with its top-k routing weights %s, whatever the file says, and so does "
-                    "aiollm", p, bool(given), p.rstrip("."),
-                    "renormalised" if norm else "not renormalised")
+        warnings.append(f"GGUF metadata {p}expert_weights_norm = {bool(given)} is ignored: "
+                        f"llama.cpp runs {p.rstrip('.')} with its top-k routing weights "
+                        f"{'renormalised' if norm else 'not renormalised'}, whatever the file "
+                        "says, and so does aiollm")
     return norm
 
 
@@ -303,6 +306,7 @@ def _unpermute(w: torch.Tensor, num_heads: int) -> torch.Tensor:
 class GGUFModel:
     config: ModelConfig
     tensors: list[ReaderTensor]  # memory-mapped, not yet dequantized
+    warnings: tuple[str, ...] = ()  # metadata ignored (config_from_gguf): log at every load
 
 
 def read_gguf(path: str) -> GGUFModel:
@@ -311,7 +315,7 @@ def read_gguf(path: str) -> GGUFModel:
     # GGUFReader parses every metadata field, the tokenizer's ~100k strings included, which
     # takes seconds; engines started again in one process (tests) reuse the parse.
     parsed = _read_gguf(os.path.abspath(path), os.stat(path).st_mtime_ns)
-    return GGUFModel(copy.deepcopy(parsed.config), parsed.tensors)
+    return GGUFModel(copy.deepcopy(parsed.config), parsed.tensors, parsed.warnings)
 
 
 @functools.lru_cache(maxsize=2)
@@ -325,7 +329,9 @@ def _read_gguf(path: str, mtime_ns: int) -> GGUFModel:
                          f"{damaged_file_advice(path)}") from None
     _check_single_file(reader, path)
     # Keeping only the tensors lets the parsed metadata fields be freed.
-    return GGUFModel(config_from_gguf(reader), list(reader.tensors))
+    warnings: list[str] = []
+    config = config_from_gguf(reader, warnings)
+    return GGUFModel(config, list(reader.tensors), tuple(warnings))
 
 
 def _check_single_file(reader: GGUFReader, path: str) -> None:
