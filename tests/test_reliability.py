@@ -300,7 +300,8 @@ BAD_INPUT = [
         "truncate_prompt_tokens", "got 0"),
     bad("truncate-prompt-tokens-past-context", C, prompt(truncate_prompt_tokens=10**6), 400,
         "truncate_prompt_tokens", "maximum context length"),
-    bad("tokens-as-ids", C, prompt(logprobs=1, return_tokens_as_token_ids=True), 400,
+    # vLLM's return_tokens_as_token_ids is served: a switch (null: the server's default)
+    bad("tokens-as-ids-type", C, prompt(logprobs=1, return_tokens_as_token_ids="yes"), 400,
         "return_tokens_as_token_ids"),
     bad("whitespace-pattern", C, prompt(guided_json={"type": "object"},
                                         guided_whitespace_pattern=" *"), 400,

@@ -24,6 +24,7 @@ from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import state
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.api.token_names import id_name, names_by_id
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.api.tools_or_format import tools_constraint
 from aiollm.api.usage import chunk_usage, room, usage_of
@@ -128,6 +129,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             "system_fingerprint": st.system_fingerprint}
     vocab = (await st.token_bytes()
              if logprobs is not None or req.prompt_logprobs is not None else None)
+    by_id = names_by_id(req.return_tokens_as_token_ids, st.return_tokens_as_token_ids)
 
     def prompt_scores(d: Delta | RequestOutput) -> dict:
         """The prompt's logprobs, where `d` brings them (choice 0's result, or its first
@@ -172,7 +174,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 "index": j, "message": message, "finish_reason": finish,
                 "stop_reason": out.stop_reason,
                 "logprobs": (None if out.logprobs is None
-                             else _chat_logprobs(vocab, out.logprobs, out.token_texts)),
+                             else _chat_logprobs(vocab, out.logprobs, out.token_texts, by_id)),
                 **({"token_ids": list(out.token_ids)} if req.return_token_ids else {}),
             })
         # vLLM's return_token_ids: the prompt's ids once, beside the choices
@@ -231,7 +233,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             delta["content"] = ""  # the whole answer's content is "", not null
         done_tokens[j] = d.completion_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
-                                                                     d.token_texts)
+                                                                     d.token_texts, by_id)
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
         counts = {**prompt_scores(d), **chunk_usage(req, usage)}
@@ -280,15 +282,18 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     return await sse.send(request, merge(starts), render, tail)
 
 
-def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str]
-                   ) -> dict:
+def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str],
+                   by_id: bool = False) -> dict:
     """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
     character has only those bytes), so the bytes of all tokens join to the content's UTF-8.
     A token whose text is not all in the content (skipped special, stop token, cut by a stop
     string) reports the bytes of the part that is. With a reasoning parser they join to the
-    whole output: the reasoning, its tags and the content."""
+    whole output: the reasoning, its tags and the content. by_id: each token is named
+    "token_id:N" (return_tokens_as_token_ids); its bytes stay its own (vLLM gives a top
+    alternative the bytes of its name, which are no token's)."""
     def entry(token_id: int, logprob: float) -> dict:
-        return {"token": vocab.text_of(token_id), "logprob": logprob,
+        return {"token": id_name(token_id) if by_id else vocab.text_of(token_id),
+                "logprob": logprob,
                 "bytes": list(vocab.bytes_of(token_id))}
 
     content = []
