@@ -152,3 +152,49 @@ def test_server_flag_names_tokens_by_id_unless_a_request_says_false(tiny):
     assert all(t.startswith("token_id:") for t in default + null)
     assert not any(t.startswith("token_id:") for t in off)
 
+
+def chat_content(got: dict | list[dict], n: int) -> list[str | None]:
+    if isinstance(got, dict):
+        return [ch["message"]["content"] for ch in got["choices"]]
+    content: list[str | None] = [None] * n
+    for c in got:
+        for ch in c["choices"]:
+            piece = ch["delta"].get("content")
+            if piece is not None:
+                content[ch["index"]] = (content[ch["index"]] or "") + piece
+    return content
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_echo_puts_the_last_message_of_the_answers_role_before_the_answer(tiny, stream):
+    """vLLM's chat echo: the last message's content comes before each choice's answer when
+    its role is the answer's (a new turn's assistant, or with add_generation_prompt false
+    the last message's own); else nothing is added. A stream sends it in one chunk per
+    choice right after the role chunks."""
+    last = {"role": "assistant", "content": "Once upon"}
+    user = [{"role": "user", "content": "hi"}]
+    base = {"max_tokens": 4, "temperature": 0, "n": 2, "ignore_eos": True, "stream": stream}
+    # (messages, options, what is echoed): a user's last message is the answer's role only
+    # where the answer continues it
+    cases = [(user + [last], {}, "Once upon"),
+             (user + [last], {"add_generation_prompt": False}, "Once upon"),
+             (user, {}, ""), (user, {"add_generation_prompt": False}, "hi")]
+
+    async def check(client):
+        out = []
+        for messages, extra, _ in cases:
+            body = {**base, "messages": messages, **extra}
+            plain = await post(client, "/v1/chat/completions", body)
+            echoed = await post(client, "/v1/chat/completions", {**body, "echo": True})
+            out.append((chat_content(plain, 2), chat_content(echoed, 2), echoed))
+        return out
+
+    results = serve(tiny, check)
+    for (messages, _, echo), (plain, echoed, _) in zip(cases, results):
+        assert echoed == [echo + p for p in plain], (messages, plain, echoed)
+    if stream:  # role chunks for both choices, then an echo chunk for each, then tokens
+        chunks = results[0][2]
+        assert [c["choices"][0]["delta"].get("role") for c in chunks[:2]] == ["assistant"] * 2
+        assert [(c["choices"][0]["index"], c["choices"][0]["delta"]) for c in chunks[2:4]] == [
+            (0, {"content": "Once upon"}), (1, {"content": "Once upon"})]
+        assert all(c["choices"][0]["finish_reason"] is None for c in chunks[2:4])

@@ -318,8 +318,8 @@ BAD_INPUT = [
         "stream"),
     bad("stream-options-stream-null", CH, chat(stream=None, stream_options={}), 400,
         "stream_options"),
-    # vLLM's chat fields that change the prompt or the output, not served: refused
-    bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
+    # vLLM's chat echo is served: a switch
+    bad("chat-echo-type", CH, chat(echo="yes"), 400, "echo"),
     bad("chat-prompt-logprobs-past-max", CH, chat(prompt_logprobs=21), 400, "prompt_logprobs"),
     # OpenAI's audio output: the model writes text alone (was ignored: a 200 whose message
     # has no audio, where OpenAI answers audio or an error)

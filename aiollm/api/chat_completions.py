@@ -82,6 +82,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # the template the messages are rendered with says which tool-call format to read
     template = options.chat_template or engine.tokenizer.chat_template
     dicts = req.message_dicts()
+    # vLLM's echo: the last message's text (as the template sees it) comes before each
+    # answer where the message is in the answer's role (the one it continues)
+    echo = (dicts[-1].get("content") or "") if req.echo and req.messages[-1].role == role else ""
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
@@ -170,6 +173,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 message = {"role": role, "content": content or None, "refusal": None,
                            **thought, "tool_calls": [c.as_openai() for c in calls]}
                 finish = finish_with_calls(finish, calls, named)
+            if req.echo:  # as vLLM: a string then, even of no content (calls alone)
+                message["content"] = echo + (message["content"] or "")
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
                 "stop_reason": out.stop_reason,
@@ -263,7 +268,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         choice past 0 that carries logprobs has them counted twice. Its content is "", as
         theirs, so every chunk carries content from the first (simple clients join
         delta["content"]); null where a tool or reasoning parser may leave the message
-        without content (calls alone, or reasoning alone)."""
+        without content (calls alone, or reasoning alone). Then vLLM's echo, if any: one
+        chunk a choice, in index order."""
         opened[0] = True
         events = []
         for k in range(req.n):
@@ -271,6 +277,11 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             events.append(sse.event({**head, **(prompt_ids if k == 0 else {}), "choices": [{
                 "index": k, "delta": {"role": role, "content": "" if said[k] else None},
                 "finish_reason": None, "logprobs": None}], **counts}))
+        for k in range(req.n) if echo else ():  # vLLM's echo: a chunk of its own, each
+            said[k] = True
+            events.append(sse.event({**head, "choices": [{
+                "index": k, "delta": {"content": echo}, "finish_reason": None,
+                "logprobs": None}], **counts}))
         return b"".join(events)
 
     def tail() -> bytes:
