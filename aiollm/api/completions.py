@@ -268,9 +268,9 @@ def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
     (the `logprobs` most likely, and the chosen token if it is not one of them).
     `texts` are the tokens' shares of the text (they join to it), so the offsets index it; a
     None entry (the prompt's first token) has no logprob. `ids`, the tokens' ids (one per
-    entry: the only source of a None entry's), name the tokens and the alternatives "token_id:N" (return_tokens_as_token_ids);
-    the offsets still index the text (vLLM counts the names' lengths there, which index
-    nothing)."""
+    entry: the only source of a None entry's), name the tokens and the alternatives
+    "token_id:N" (return_tokens_as_token_ids); the offsets still index the text (vLLM
+    counts the names' lengths there, which index nothing)."""
     name = vocab.text_of if ids is None else id_name
     tokens, values, tops, offsets = [], [], [], []
     for k, (lp, text) in enumerate(zip(lps, texts)):
