@@ -152,9 +152,6 @@ REFUSED = (
     Refusal(("--uvicorn-log-level",),
             "the HTTP server is aiohttp, not uvicorn: --log-level sets its logging "
             "(debug logs every HTTP request)"),
-    Refusal(("--return-tokens-as-token-ids",),
-            "logprobs name tokens by their text; a request's return_token_ids gives their "
-            "ids", takes_value=False),
 )
 
 # vLLM flags that ask for what aiollm always does -> why they change nothing (--help)
@@ -189,7 +186,7 @@ SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
                          "--disable-fastapi-docs", "--disable-uvicorn-access-log",
                          "--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs",
                          "--root-path", "--middleware",
-                         "--uvicorn-log-level", "--return-tokens-as-token-ids", "--config",
+                         "--uvicorn-log-level", "--config",
                          "--chat-template-content-format"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them

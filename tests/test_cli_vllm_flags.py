@@ -58,6 +58,9 @@ def test_a_vllm_launch_line_parses_to_aiollm_options():
     ("--disable-log-stats", "log_stats", False),
     ("--trust-request-chat-template", "trust_request_chat_template", True),
     ("--response-role bot", "response_role", "bot"),
+    ("--return-tokens-as-token-ids", "return_tokens_as_token_ids", True),
+    ("--return-tokens-as-token-ids --no-return-tokens-as-token-ids",
+     "return_tokens_as_token_ids", False),
 ])
 def test_vllm_names_set_the_aiollm_option_of_the_same_meaning(line, dest, value):
     assert getattr(parse(line), dest) == value
@@ -122,7 +125,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--chat-template-content-format openai", ("string",)),
     ("--middleware m.f", ("middleware",)),
     ("--uvicorn-log-level warning", ("--log-level",)),
-    ("--return-tokens-as-token-ids", ("token_ids",)),
     ("--hf-overrides {}", ("config.json",)),
     ("--hf-token t", ("local",)),
     ("--skip-tokenizer-init", ("token ids",)),

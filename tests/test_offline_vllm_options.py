@@ -189,7 +189,7 @@ def test_every_refused_or_no_effect_flag_is_a_keyword_or_server_only():
                    "disable_frontend_multiprocessing", "disable_fastapi_docs",
                    "disable_uvicorn_access_log", "ssl_keyfile", "ssl_certfile",
                    "ssl_ca_certs", "ssl_cert_reqs", "root_path", "middleware",
-                   "uvicorn_log_level", "return_tokens_as_token_ids",
+                   "uvicorn_log_level",
                    "config", "chat_template_content_format"}
     ignored = {"swap_space"}  # vLLM's LLM takes it and ignores it (the test below)
     flags = [r.names[-1] for r in REFUSED] + list(NO_EFFECT)

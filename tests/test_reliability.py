@@ -300,7 +300,8 @@ BAD_INPUT = [
         "truncate_prompt_tokens", "got 0"),
     bad("truncate-prompt-tokens-past-context", C, prompt(truncate_prompt_tokens=10**6), 400,
         "truncate_prompt_tokens", "maximum context length"),
-    bad("tokens-as-ids", C, prompt(logprobs=1, return_tokens_as_token_ids=True), 400,
+    # vLLM's return_tokens_as_token_ids is served: a switch (null: the server's default)
+    bad("tokens-as-ids-type", C, prompt(logprobs=1, return_tokens_as_token_ids="yes"), 400,
         "return_tokens_as_token_ids"),
     bad("whitespace-pattern", C, prompt(guided_json={"type": "object"},
                                         guided_whitespace_pattern=" *"), 400,
@@ -317,8 +318,8 @@ BAD_INPUT = [
         "stream"),
     bad("stream-options-stream-null", CH, chat(stream=None, stream_options={}), 400,
         "stream_options"),
-    # vLLM's chat fields that change the prompt or the output, not served: refused
-    bad("chat-echo", CH, chat(echo=True), 400, "echo", "echo"),
+    # vLLM's chat echo is served: a switch
+    bad("chat-echo-type", CH, chat(echo="yes"), 400, "echo"),
     bad("chat-prompt-logprobs-past-max", CH, chat(prompt_logprobs=21), 400, "prompt_logprobs"),
     # OpenAI's audio output: the model writes text alone (was ignored: a 200 whose message
     # has no audio, where OpenAI answers audio or an error)

@@ -24,6 +24,7 @@ from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import state
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.api.token_names import id_name, names_by_id
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.api.tools_or_format import tools_constraint
 from aiollm.api.usage import chunk_usage, room, usage_of
@@ -81,6 +82,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # the template the messages are rendered with says which tool-call format to read
     template = options.chat_template or engine.tokenizer.chat_template
     dicts = req.message_dicts()
+    # vLLM's echo: the last message's text (as the template sees it) comes before each
+    # answer where the message is in the answer's role (the one it continues)
+    echo = (dicts[-1].get("content") or "") if req.echo and req.messages[-1].role == role else ""
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
@@ -128,6 +132,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             "system_fingerprint": st.system_fingerprint}
     vocab = (await st.token_bytes()
              if logprobs is not None or req.prompt_logprobs is not None else None)
+    by_id = names_by_id(req.return_tokens_as_token_ids, st.return_tokens_as_token_ids)
 
     def prompt_scores(d: Delta | RequestOutput) -> dict:
         """The prompt's logprobs, where `d` brings them (choice 0's result, or its first
@@ -168,11 +173,13 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 message = {"role": role, "content": content or None, "refusal": None,
                            **thought, "tool_calls": [c.as_openai() for c in calls]}
                 finish = finish_with_calls(finish, calls, named)
+            if req.echo:  # as vLLM: a string then, even of no content (calls alone)
+                message["content"] = echo + (message["content"] or "")
             choices.append({
                 "index": j, "message": message, "finish_reason": finish,
                 "stop_reason": out.stop_reason,
                 "logprobs": (None if out.logprobs is None
-                             else _chat_logprobs(vocab, out.logprobs, out.token_texts)),
+                             else _chat_logprobs(vocab, out.logprobs, out.token_texts, by_id)),
                 **({"token_ids": list(out.token_ids)} if req.return_token_ids else {}),
             })
         # vLLM's return_token_ids: the prompt's ids once, beside the choices
@@ -231,7 +238,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             delta["content"] = ""  # the whole answer's content is "", not null
         done_tokens[j] = d.completion_tokens
         logprobs = None if d.logprobs is None else _chat_logprobs(vocab, d.logprobs,
-                                                                     d.token_texts)
+                                                                     d.token_texts, by_id)
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
         counts = {**prompt_scores(d), **chunk_usage(req, usage)}
@@ -261,7 +268,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         choice past 0 that carries logprobs has them counted twice. Its content is "", as
         theirs, so every chunk carries content from the first (simple clients join
         delta["content"]); null where a tool or reasoning parser may leave the message
-        without content (calls alone, or reasoning alone)."""
+        without content (calls alone, or reasoning alone). Then vLLM's echo, if any: one
+        chunk a choice, in index order."""
         opened[0] = True
         events = []
         for k in range(req.n):
@@ -269,6 +277,11 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             events.append(sse.event({**head, **(prompt_ids if k == 0 else {}), "choices": [{
                 "index": k, "delta": {"role": role, "content": "" if said[k] else None},
                 "finish_reason": None, "logprobs": None}], **counts}))
+        for k in range(req.n) if echo else ():  # vLLM's echo: a chunk of its own, each
+            said[k] = True
+            events.append(sse.event({**head, "choices": [{
+                "index": k, "delta": {"content": echo}, "finish_reason": None,
+                "logprobs": None}], **counts}))
         return b"".join(events)
 
     def tail() -> bytes:
@@ -280,15 +293,18 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     return await sse.send(request, merge(starts), render, tail)
 
 
-def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str]
-                   ) -> dict:
+def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str],
+                   by_id: bool = False) -> dict:
     """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
     character has only those bytes), so the bytes of all tokens join to the content's UTF-8.
     A token whose text is not all in the content (skipped special, stop token, cut by a stop
     string) reports the bytes of the part that is. With a reasoning parser they join to the
-    whole output: the reasoning, its tags and the content."""
+    whole output: the reasoning, its tags and the content. by_id: each token is named
+    "token_id:N" (return_tokens_as_token_ids); its bytes stay its own (vLLM gives a top
+    alternative the bytes of its name, which are no token's)."""
     def entry(token_id: int, logprob: float) -> dict:
-        return {"token": vocab.text_of(token_id), "logprob": logprob,
+        return {"token": id_name(token_id) if by_id else vocab.text_of(token_id),
+                "logprob": logprob,
                 "bytes": list(vocab.bytes_of(token_id))}
 
     content = []

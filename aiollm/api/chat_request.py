@@ -115,7 +115,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     documents: list[dict[str, str]] | None = None
     # OpenAI's, as vLLM takes it: the chat template's variable (chat_template_options)
     reasoning_effort: str | None = None
-    # vLLM's: it changes the output, and is not served (check_unserved)
+    # vLLM's: the last message's text before the answer where it is in the answer's role
+    # (chat_completions.py)
     echo: bool | None = False
     # OpenAI's audio output: served as text alone (check_unserved)
     modalities: Any = None
@@ -138,9 +139,6 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
         """Refuse vLLM's chat fields the server does not serve, when they would change the
         prompt or the output: ignored, they would answer another question than the one asked."""
         SamplingFields.check_unserved(self)
-        if self.echo:
-            raise InvalidRequest("echo true is not served: send the conversation to "
-                                 "/v1/completions as a prompt to have it echoed", param="echo")
         if self.modalities is not None and not (
                 isinstance(self.modalities, list)
                 and all(m == "text" for m in self.modalities)):

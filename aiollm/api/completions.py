@@ -28,6 +28,7 @@ from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import ApiState, state
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.api.token_names import id_name, names_by_id
 from aiollm.api.usage import chunk_usage, room, usage_of
 from aiollm.engine.request_group import choice_group
 from aiollm.engine.special_tokens import special_tokens_around
@@ -81,6 +82,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     # a request that asks for nothing computed is checked and answered without the model
     source = PromptEcho(engine, jobs) if echo_only(req) else engine
     vocab = await st.token_bytes() if req.logprobs is not None or scoring is not None else None
+    by_id = names_by_id(req.return_tokens_as_token_ids, st.return_tokens_as_token_ids)
     echo = []  # each choice's echoed prompt: text and its tokens' texts
     for p, ids in zip(prompts, prompt_ids):
         own, whole = (await _own_tokens(st, p, ids) if echo_scores or req.echo and keep
@@ -112,9 +114,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
             return None
         prompt_part = None
         if echo_scores and scores is not None:  # the prompt's tokens first
-            prompt_part = _completion_logprobs(vocab, scores, echo[k][1], offset)
+            prompt_part = _completion_logprobs(vocab, scores, echo[k][1], offset,
+                                               jobs[k][1] if by_id else None)
             offset += len(echo[k][0])
-        lp = _completion_logprobs(vocab, out.logprobs, out.token_texts, offset)
+        lp = _completion_logprobs(vocab, out.logprobs, out.token_texts, offset,
+                                  out.token_ids if by_id else None)
         return _joined(prompt_part, lp) if prompt_part else lp
 
     def prompt_scores(k: int, out: Delta | RequestOutput, first: bool) -> dict:
@@ -258,14 +262,19 @@ def _echo_pieces(vocab: TokenBytes, ids: list[int], own: range | None) -> list[s
 
 
 def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
-                         texts: Sequence[str], offset: int) -> dict:
+                         texts: Sequence[str], offset: int,
+                         ids: Sequence[int] | None = None) -> dict:
     """The legacy completions format: parallel lists, top alternatives as {text: logprob}
     (the `logprobs` most likely, and the chosen token if it is not one of them).
     `texts` are the tokens' shares of the text (they join to it), so the offsets index it; a
-    None entry (the prompt's first token) has no logprob."""
+    None entry (the prompt's first token) has no logprob. `ids`, the tokens' ids (one per
+    entry: the only source of a None entry's), name the tokens and the alternatives
+    "token_id:N" (return_tokens_as_token_ids); the offsets still index the text (vLLM
+    counts the names' lengths there, which index nothing)."""
+    name = vocab.text_of if ids is None else id_name
     tokens, values, tops, offsets = [], [], [], []
-    for lp, text in zip(lps, texts):
-        tokens.append(text)
+    for k, (lp, text) in enumerate(zip(lps, texts)):
+        tokens.append(text if ids is None else id_name(ids[k] if lp is None else lp.token_id))
         offsets.append(offset)
         offset += len(text)
         if lp is None:
@@ -275,8 +284,8 @@ def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
         values.append(lp.logprob)
         # the chosen token is always listed, after the top alternatives when not among them
         # (OpenAI: "up to logprobs+1 elements"; vLLM likewise), so a client can compare it
-        top = {vocab.text_of(t): v for t, v in lp.top}
-        top.setdefault(vocab.text_of(lp.token_id), lp.logprob)
+        top = {name(t): v for t, v in lp.top}
+        top.setdefault(name(lp.token_id), lp.logprob)
         tops.append(top)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
             "text_offset": offsets}

@@ -31,7 +31,6 @@ _VLLM_UNSERVED = {
                                "or leave it out"),
     "length_penalty": (1.0, "it weighs beam search, which the server does not do: send 1.0 "
                             "or leave it out"),
-    "return_tokens_as_token_ids": (False, "logprobs name tokens by their text"),
     "guided_whitespace_pattern": (None, structured.WHITESPACE_PATTERN_REFUSED),
     # vLLM refuses it too unless it runs with --scheduling-policy priority
     "priority": (0, "the server has no priority scheduling: send 0 or leave it out"),
@@ -89,10 +88,12 @@ class SamplingFields(Struct, kw_only=True):
     cache_salt: str | None = None
     # vLLM's: the request's id, where no X-Request-Id header gives one (api/request_id.py)
     request_id: str | None = None
+    # vLLM's: logprobs name each token "token_id:N" (api/token_names.py); null: the
+    # server's --return-tokens-as-token-ids
+    return_tokens_as_token_ids: bool | None = None
     # vLLM's, not served (_VLLM_UNSERVED)
     use_beam_search: Any = None
     length_penalty: Any = None
-    return_tokens_as_token_ids: Any = None
     guided_whitespace_pattern: Any = None
     priority: int | None = 0
     logits_processors: Any = None

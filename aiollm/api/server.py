@@ -83,7 +83,8 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                body_timeout: float = BODY_TIMEOUT_S,
                cors: CorsOptions | None = None,
                trust_request_chat_template: bool = False,
-               response_role: str = "assistant") -> web.Application:
+               response_role: str = "assistant",
+               return_tokens_as_token_ids: bool = False) -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
     may call it from other origins only as `cors` allows (None: from none, CORS off).
     api_key: the key every route but the probes, metrics and version needs, or several
@@ -96,7 +97,9 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     unless positive. trust_request_chat_template: a chat or /tokenize request may render
     its messages with a chat template of its own (vLLM's --trust-request-chat-template;
     else a 400 naming the flag). response_role: the role of a chat answer where the prompt
-    opens a new turn (vLLM's --response-role); ValueError unless a non-empty string."""
+    opens a new turn (vLLM's --response-role); ValueError unless a non-empty string.
+    return_tokens_as_token_ids: logprobs name tokens "token_id:N" where a request does not
+    say (vLLM's --return-tokens-as-token-ids)."""
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")
     if not isinstance(response_role, str) or not response_role.strip():
@@ -113,7 +116,8 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                           aliases=names[1:], shutdown_timeout=shutdown_timeout,
                           created=int(time.time()), body_timeout=body_timeout,
                           trust_request_chat_template=trust_request_chat_template,
-                          response_role=response_role)
+                          response_role=response_role,
+                          return_tokens_as_token_ids=return_tokens_as_token_ids)
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES
                                         + lightllm_routes.ROUTES,
                                         expect_handler=_expect_handler(allowed)))

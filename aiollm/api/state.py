@@ -40,6 +40,9 @@ class ApiState:
     trust_request_chat_template: bool = False
     # vLLM's --response-role: the role of a chat answer to a prompt that opens a new turn
     response_role: str = "assistant"
+    # vLLM's --return-tokens-as-token-ids: logprobs name tokens "token_id:N" unless a
+    # request says otherwise (api/token_names.py)
+    return_tokens_as_token_ids: bool = False
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)

@@ -61,7 +61,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                          served_model_name=names or None,
                          shutdown_timeout=args.shutdown_timeout, cors=cors,
                          trust_request_chat_template=args.trust_request_chat_template,
-                         response_role=args.response_role)
+                         response_role=args.response_role,
+                         return_tokens_as_token_ids=args.return_tokens_as_token_ids)
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
         return 130

@@ -84,6 +84,11 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     net.add_argument("--response-role", default="assistant", metavar="ROLE",
                      help="chat: the role of an answer to a prompt that opens a new turn, as "
                           "vLLM's (with add_generation_prompt false: the last message's)")
+    net.add_argument("--return-tokens-as-token-ids", action=argparse.BooleanOptionalAction,
+                     default=False,
+                     help="logprobs name each token \"token_id:N\" rather than by its text, "
+                          "as vLLM's flag: for every request that does not send "
+                          "return_tokens_as_token_ids")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
