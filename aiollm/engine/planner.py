@@ -281,10 +281,25 @@ class Planner:
         finish, none admitted meanwhile (the scheduler's prediction of their lengths,
         Scheduler.predicted_peak): the peak of what they hold of their own, plus what is held
         outside them (cached prefixes in use) counted as held to the end, as admission counts
-        it. 0 with nothing running."""
+        it. 0 with nothing running.
+
+        Each request is taken as admission takes a candidate: it holds the KV of all its
+        tokens but the newest (which the next step writes) and has generated its pending
+        tokens too (sampled, not yet handed out), so that it ends holding its prompt and
+        every output token but the last; one whose last token is sampled holds what it will
+        hold. (Admission's view of the running batch, read as it
+        plans, counts each request one token over, plus its pending one: a conservative
+        margin there, an overstatement here, read between steps.)"""
         if not self.running:
             return 0
         _, running = self._running_batch([])
+        pending = np.fromiter((r.pending for r in self.running), np.int64, len(self.running))
+        g = running.output_len.astype(np.int64) + pending
+        # its last token sampled, a request holds now all it will hold: one step left, the
+        # one that ends it (the scheduler's predictions run at least one token past g)
+        done = g >= running.max_new_tokens
+        running.output_len = np.where(done, running.max_new_tokens - 1, g)
+        running.kv_len = np.maximum(running.kv_len - 1 - done, 0)
         own_now = sum(max(r.kv_len - r.cache_len, 0) for r in self.running)
         used = self.kv.n_used - (self.cache.evictable if self.cache else 0)
         return max(used - own_now, 0) + self.scheduler.predicted_peak(running)
