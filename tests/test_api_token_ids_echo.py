@@ -198,3 +198,28 @@ def test_chat_echo_puts_the_last_message_of_the_answers_role_before_the_answer(t
         assert [(c["choices"][0]["index"], c["choices"][0]["delta"]) for c in chunks[2:4]] == [
             (0, {"content": "Once upon"}), (1, {"content": "Once upon"})]
         assert all(c["choices"][0]["finish_reason"] is None for c in chunks[2:4])
+
+
+def test_streamed_echo_sends_no_empty_chunk_for_text_a_tool_call_holds_back(tiny):
+    """With echo the content has begun before the first token; the tokens of a tool call
+    (held back until the call is whole) still get no chunk of their own, as without echo
+    (each had a chunk of content "" alone: one a token)."""
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}
+    body = {"messages": [{"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": "Once"}],
+            "tools": [tool], "tool_choice": "required", "max_tokens": 40, "temperature": 0,
+            "stream": True}
+
+    async def check(client):
+        return [await post(client, "/v1/chat/completions", {**body, "echo": echo})
+                for echo in (False, True)]
+
+    plain, echoed = serve(tiny, check)
+    choices = [c["choices"][0] for c in echoed]
+    assert choices[1]["delta"] == {"content": "Once"}
+    assert not [ch for ch in choices[2:] if ch["delta"] == {"content": ""}
+                and ch["finish_reason"] is None], choices
+    assert len(echoed) == len(plain) + 1  # the echo's chunk alone more
+    calls = [ch["delta"]["tool_calls"] for ch in choices if "tool_calls" in ch["delta"]]
+    assert calls and calls[0][0]["function"]["name"] == "f"

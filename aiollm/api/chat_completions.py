@@ -242,8 +242,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
         counts = {**prompt_scores(d), **chunk_usage(req, usage)}
-        if not (found or delta or generated.get("token_ids")) and finish is None and (
-                logprobs is None) and "prompt_logprobs" not in counts:
+        # a "" content alone (content begun, by an echo too) says nothing either
+        if not (found or any(delta.values()) or generated.get("token_ids")) and (
+                finish is None and logprobs is None and "prompt_logprobs" not in counts):
             return roles  # text the parsers hold back: OpenAI sends no chunk for it
         # the finish's chunk says which stop ended it (vLLM's stop_reason: the others lack it)
         ended = {} if finish is None else {"stop_reason": d.stop_reason}
