@@ -8,13 +8,12 @@ and the sleep state a vLLM deployment reads. A tiny random-weight model served i
 from __future__ import annotations
 
 import asyncio
-import string
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+# the letters model (a letter a token, a chat template within its vocabulary: it can chat)
+from test_api_letters_vocab import model_dir  # noqa: F401
 from test_vllm_metrics import NAME, families, serve_tiny, tiny, value  # noqa: F401
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
@@ -83,28 +82,11 @@ def test_n_and_the_longest_choice_are_measured_once_per_request(tiny):
     serve_tiny(tiny, check)
 
 
-@pytest.fixture(scope="module")
-def letters(tmp_path_factory) -> str:
-    """A tiny model whose tokenizer (a letter a token) and chat template stay within its
-    vocabulary: it can chat."""
-    d = tmp_path_factory.mktemp("letters")
-    vocab = {c: i for i, c in enumerate(string.ascii_lowercase)}
-    backend = Tokenizer(models.WordLevel({**vocab, "<unk>": 26}, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>")
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
-    tok.save_pretrained(str(d))
-    LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                bos_token_id=None, eos_token_id=None).save_pretrained(str(d))
-    return str(d)
-
-
-def test_chat_and_lightllm_choices_are_measured_once(letters):
+def test_chat_and_lightllm_choices_are_measured_once(model_dir):
     """A chat's n choices (answered whole or streamed) and LightLLM's /generate n count once
     each in vllm:request_params_n."""
     async def main():
-        engine = Engine(letters, load_format="dummy", kv_tokens=512)
+        engine = Engine(model_dir, load_format="dummy", kv_tokens=512)
         async with TestClient(TestServer(create_app(engine, served_model_name=[NAME]))) as c:
             chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
                     "ignore_eos": True}
