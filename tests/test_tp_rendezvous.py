@@ -118,3 +118,79 @@ def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node
             time.sleep(0.1)
     finally:
         _end(nodes)
+
+
+def _meet_in_threads(*places) -> list:
+    """Each Rendezvous in `places` meets on its own thread, failing as its node would
+    (Rendezvous.fail): what each meet returned or raised, in order."""
+    import threading
+
+    out: list = [None] * len(places)
+
+    def go(i, place):
+        try:
+            out[i] = place.meet()
+        except Exception as e:  # noqa: BLE001 - the test reads it
+            out[i] = e
+            place.fail(place.node_of(place.rank), e)
+
+    threads = [threading.Thread(target=go, args=(i, p)) for i, p in enumerate(places)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)  # in this order
+    for t in threads:
+        t.join(timeout=30)
+    return out
+
+
+def test_nodes_started_with_different_tensor_parallel_sizes_are_told_not_joined():
+    """Node 0 runs -tp 4 --nnodes 2 (ranks 0, 1), node 1 -tp 2 --nnodes 2 (rank 1): rank 1
+    of both arrived, node 1 found ranks 0 and 1 there and went on to make a group of 2 that
+    node 0 never joins (node 0 then timed out naming node 1's ranks 2, 3 as never come).
+    Node 1 now fails naming both sizes, and node 0 names node 1 and why at once."""
+    from datetime import timedelta
+
+    from aiollm.distributed.group import RankLost
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=5)
+    places = [Rendezvous(addr, 0, 4, 2, wait), Rendezvous(addr, 1, 4, 2, wait),
+              Rendezvous(addr, 1, 2, 2, wait)]
+    places[0].open()
+    try:
+        started = time.monotonic()
+        out = _meet_in_threads(*places)
+        assert isinstance(out[2], ValueError), out
+        assert "--tensor-parallel-size 2 --nnodes 2" in str(out[2]), out
+        assert "--tensor-parallel-size 4 --nnodes 2" in str(out[2]), out
+        assert isinstance(out[0], RankLost) and "node 1 (ranks 2-3) failed to start: " \
+            "ValueError" in str(out[0]), out
+        assert time.monotonic() - started < 4, out  # not the timeout
+    finally:
+        for p in places:
+            p.close()
+
+
+def test_a_rank_that_arrives_twice_is_refused():
+    """Two nodes started with the same --node-rank: the second one's rank was counted as
+    the first's (the group then hung or collided in gloo); it is now refused, naming the
+    rank and the flags to check, and the first one's group is made (both came before
+    rank 0: it is not told that node 1 failed)."""
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=5)
+    places = [Rendezvous(addr, 0, 2, 2, wait), Rendezvous(addr, 1, 2, 2, wait),
+              Rendezvous(addr, 1, 2, 2, wait)]
+    places[0].open()
+    try:
+        out = _meet_in_threads(places[1], places[2], places[0])
+        assert out[2] is places[0].store and out[0] is places[1].store, out
+        assert isinstance(out[1], ValueError), out
+        assert "rank 1 (node 1) has already arrived" in str(out[1]), out
+    finally:
+        for p in places:
+            p.close()

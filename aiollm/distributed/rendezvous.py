@@ -13,8 +13,10 @@ its key, then polls for the others' in Python, so that:
 - Ctrl-C ends the wait at once, and so does the caller's own `check` (a rank it spawned
   lost, a caller that gave up).
 
-Keys, under "aiollm/tp/": "arrived/R", set by rank R as it enters the wait; "failed/K",
-set by node K's lead process, "Type: message" of its error. A client waits for the server's
+Keys, under "aiollm/tp/": "shape", "--tensor-parallel-size N --nnodes M" of rank 0, set as
+it hosts the store (a rank started with others is refused, never counted); "arrived/R",
+counted by rank R as it enters the wait (a second count is a rank started twice: refused);
+"failed/K", set by node K's lead process, "Type: message" of its error. A client waits for the server's
 port to accept before it makes its TCPStore (a connection probe): torch's client retries
 inside C++, uninterruptible and logging each failed try.
 """
@@ -72,6 +74,7 @@ class Rendezvous:
         if self.rank == 0:
             self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
                                        timeout=self.timeout, wait_for_workers=False)
+            self.store.set(f"{PREFIX}shape", self._shape())
             return self.store
         wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
         deadline = time.monotonic() + wait_s
@@ -103,7 +106,15 @@ class Rendezvous:
         store = self.open(check)
         deadline = time.monotonic() + self.timeout.total_seconds()
         try:
-            store.set(f"{PREFIX}arrived/{self.rank}", "1")
+            self._check_shape(store)
+            if store.add(f"{PREFIX}arrived/{self.rank}", 1) > 1:
+                node = self.node_of(self.rank)
+                self._told = True  # not posted: the node that came first is fine
+                raise ValueError(
+                    f"tensor parallel rank {self.rank} (node {node}) has already arrived at "
+                    f"the rendezvous at {self.addr}: another node was started with "
+                    f"--node-rank {node}, or with another --tensor-parallel-size or --nnodes;"
+                    f" end it, or give this node its own --node-rank")
             arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
             while not store.check(arrived):
                 for node in range(self.nnodes):
@@ -124,6 +135,20 @@ class Rendezvous:
                            f"ended before the group was made: see its log ({e})") from e
         self.met = True
         return store
+
+    def _shape(self) -> str:
+        return f"--tensor-parallel-size {self.size} --nnodes {self.nnodes}"
+
+    def _check_shape(self, store: dist.TCPStore) -> None:
+        """ValueError when rank 0 was started with another --tensor-parallel-size or
+        --nnodes than this rank: its ranks would be counted as another node's."""
+        if self.rank == 0:
+            return
+        shape = store.get(f"{PREFIX}shape").decode(errors="replace")  # set as it was hosted
+        if shape != self._shape():
+            raise ValueError(
+                f"this node was started with {self._shape()}, node 0 (the rendezvous at "
+                f"{self.addr}) with {shape}: start every node with the same")
 
     def _missing(self, store: dist.TCPStore) -> str:
         missing: dict[int, list[int]] = {}
