@@ -194,3 +194,32 @@ def test_a_rank_that_arrives_twice_is_refused():
     finally:
         for p in places:
             p.close()
+
+
+@pytest.mark.parametrize("where", ["taken", "not-here"])
+def test_node_0_that_cannot_host_the_rendezvous_says_so_at_once(where):
+    """--dist-init-addr's port is taken on node 0 (torch raised its DistNetworkError, a
+    RuntimeError that `aiollm serve` printed as a traceback), or its host is not one of
+    this machine's (torch's own client then tried to reach it for the whole timeout, 10
+    minutes, not interruptible): an OSError naming the flag, at once."""
+    import socket
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        host = "127.0.0.1" if where == "taken" else "192.0.2.1"  # (TEST-NET-1: nobody's)
+        port = taken.getsockname()[1] if where == "taken" else _free_port()
+        place = Rendezvous(f"{host}:{port}", 0, 2, 2, timedelta(seconds=3))
+        started = time.monotonic()
+        with pytest.raises(OSError, match=f"the tensor parallel rendezvous at {host}:{port}"
+                           r" \(--dist-init-addr\)"):
+            place.open()
+        assert time.monotonic() - started < 2
+        place.close()
+    finally:
+        taken.close()

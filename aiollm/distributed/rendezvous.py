@@ -65,15 +65,20 @@ class Rendezvous:
 
     def open(self, check: Callable[[], None] | None = None,
              wait_s: float | None = None) -> dist.TCPStore:
-        """Host the store (rank 0; OSError when the port is taken) or connect to it,
+        """Host the store (rank 0; OSError when the port is taken or the host is not this
+        machine's) or connect to it,
         waiting up to `wait_s` (default: the timeout) for rank 0 to host it: TimeoutError
         past that, KeyboardInterrupt at Ctrl-C, what `check()` raises (called between two
         tries)."""
         if self.store is not None:
             return self.store
         if self.rank == 0:
-            self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
-                                       timeout=self.timeout, wait_for_workers=False)
+            self._check_hostable()
+            try:
+                self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
+                                           timeout=self.timeout, wait_for_workers=False)
+            except dist.DistNetworkError as e:  # (taken since the check)
+                raise OSError(f"{self._cannot_host()}: {e}") from e
             self.store.set(f"{PREFIX}shape", self._shape())
             return self.store
         wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
@@ -97,6 +102,25 @@ class Rendezvous:
         self.store = dist.TCPStore(self._host, self._port, None, is_master=False,
                                    timeout=self.timeout)
         return self.store
+
+    def _cannot_host(self) -> str:
+        return (f"node 0 cannot host the tensor parallel rendezvous at {self.addr} "
+                f"(--dist-init-addr)")
+
+    def _check_hostable(self) -> None:
+        """OSError unless rank 0 can listen at the address: a port taken (torch's error is
+        a RuntimeError) or a host not this machine's (torch's own client would try to
+        reach it for the whole timeout, in C++ that Ctrl-C cannot interrupt)."""
+        try:
+            family, kind, proto, _, where = socket.getaddrinfo(
+                self._host, self._port, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, kind, proto) as probe:
+                # (as the store does: a port whose last connections linger is free)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(where)
+        except OSError as e:
+            raise OSError(f"{self._cannot_host()}: {e.strerror or e}; give node 0 an "
+                          f"address of its own and a free port") from e
 
     def meet(self, check: Callable[[], None] | None = None) -> dist.TCPStore:
         """Arrive, then wait until every rank has: the store to make the group over. Raises
