@@ -223,3 +223,52 @@ def test_node_0_that_cannot_host_the_rendezvous_says_so_at_once(where):
         place.close()
     finally:
         taken.close()
+
+
+def test_a_node_pointed_at_something_else_than_the_rendezvous_says_so_at_once():
+    """Node 1's --dist-init-addr names a port where something else listens (node 0's HTTP
+    port, say): torch's client retried its handshake there for the whole timeout (10
+    minutes), in C++ that Ctrl-C cannot interrupt. It now fails within seconds naming the
+    address and the flag."""
+    import socket
+    import threading
+    from datetime import timedelta
+
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    done = threading.Event()
+
+    def answer():  # as an HTTP server would: a reply to whatever comes, then close
+        other.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = other.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    conn.recv(64)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                except OSError:
+                    pass
+
+    server = threading.Thread(target=answer)
+    server.start()
+    addr = f"127.0.0.1:{other.getsockname()[1]}"
+    place = Rendezvous(addr, 1, 2, 2, timedelta(seconds=20))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"no tensor parallel rendezvous answers at "
+                           f"{addr} .--dist-init-addr.") as e:
+            place.meet()
+        assert time.monotonic() - started < 15, e.value
+        place.fail(1, e.value)  # not tried again: nobody there to tell
+        assert time.monotonic() - started < 15
+    finally:
+        done.set()
+        server.join()
+        other.close()

@@ -40,6 +40,9 @@ POLL_S = 0.05  # between two looks at the store, or two tries of the server's po
 # a node whose start-up failed before rank 0's store was up waits this long for it, to tell
 # (nodes started together: rank 0 hosts it once it has imported torch), then exits
 TELL_S = 10.0
+# the longest a client waits for the handshake of what listens at --dist-init-addr (torch
+# retries it in C++, which Ctrl-C cannot interrupt): rank 0's store answers at once
+HANDSHAKE_S = 5.0
 
 
 class Rendezvous:
@@ -69,7 +72,8 @@ class Rendezvous:
         machine's) or connect to it,
         waiting up to `wait_s` (default: the timeout) for rank 0 to host it: TimeoutError
         past that, KeyboardInterrupt at Ctrl-C, what `check()` raises (called between two
-        tries)."""
+        tries); ConnectionError when what listens there is not a store (within
+        HANDSHAKE_S)."""
         if self.store is not None:
             return self.store
         if self.rank == 0:
@@ -99,8 +103,17 @@ class Rendezvous:
                     f" runs there with the same --tensor-parallel-size, --nnodes and "
                     f"--dist-init-addr, that this node can reach {self.addr}, and node 0's log")
             time.sleep(POLL_S)
-        self.store = dist.TCPStore(self._host, self._port, None, is_master=False,
-                                   timeout=self.timeout)
+        try:  # (a store answers its handshake at once: what does not is something else)
+            store = dist.TCPStore(self._host, self._port, None, is_master=False,
+                                  timeout=timedelta(seconds=min(HANDSHAKE_S, wait_s)))
+        except dist.DistNetworkError as e:
+            self._told = True  # nobody there to tell of this node's failure
+            raise ConnectionError(
+                f"no tensor parallel rendezvous answers at {self.addr} (--dist-init-addr): "
+                f"something else listens there ({e}); give every node node 0's "
+                f"--dist-init-addr, not its HTTP --port") from e
+        store.set_timeout(self.timeout)
+        self.store = store
         return self.store
 
     def _cannot_host(self) -> str:
