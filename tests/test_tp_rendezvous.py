@@ -272,3 +272,25 @@ def test_a_node_pointed_at_something_else_than_the_rendezvous_says_so_at_once():
         done.set()
         server.join()
         other.close()
+
+
+def test_a_stopped_engine_closes_its_rendezvous_port(tiny_model):  # noqa: F811
+    """An Engine of -tp 2 started and stopped in this process: the rendezvous' store (rank
+    0 hosts it) went on listening at its port as long as the Engine object lived, its
+    host group holding it; a new start at the same --dist-init-addr could not host it."""
+    import asyncio
+    import socket
+
+    from aiollm.engine import Engine
+
+    async def start_stop() -> Engine:
+        engine = Engine(tiny_model, device="cpu", tensor_parallel_size=2, kv_tokens=256,
+                        max_model_len=128)
+        async with engine:
+            pass
+        return engine
+
+    engine = asyncio.run(start_stop())
+    host, _, port = engine.ranks.rendezvous.addr.rpartition(":")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=2.0).close()

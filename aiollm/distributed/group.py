@@ -93,6 +93,12 @@ class TensorParallel:
         self.starting = True  # until the last start-up checkpoint passed (or one failed)
         self._last_sent = time.monotonic()  # rank 0: its latest step message
 
+    def release(self) -> None:
+        """The group was left (destroy_process_group): drop the host group, whose store
+        it holds (rank 0: the rendezvous' server, listening at --dist-init-addr as long as
+        this object, which the stopped Engine keeps, held it). No collective after this."""
+        self.cpu_group = None
+
     # -- the model's collectives (on the device stream, inside CUDA graphs too) --------------
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
         """Sum of x over the ranks, in place."""
