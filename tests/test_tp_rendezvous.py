@@ -118,3 +118,179 @@ def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node
             time.sleep(0.1)
     finally:
         _end(nodes)
+
+
+def _meet_in_threads(*places) -> list:
+    """Each Rendezvous in `places` meets on its own thread, failing as its node would
+    (Rendezvous.fail): what each meet returned or raised, in order."""
+    import threading
+
+    out: list = [None] * len(places)
+
+    def go(i, place):
+        try:
+            out[i] = place.meet()
+        except Exception as e:  # noqa: BLE001 - the test reads it
+            out[i] = e
+            place.fail(place.node_of(place.rank), e)
+
+    threads = [threading.Thread(target=go, args=(i, p)) for i, p in enumerate(places)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)  # in this order
+    for t in threads:
+        t.join(timeout=30)
+    return out
+
+
+def test_nodes_started_with_different_tensor_parallel_sizes_are_told_not_joined():
+    """Node 0 runs -tp 4 --nnodes 2 (ranks 0, 1), node 1 -tp 2 --nnodes 2 (rank 1): rank 1
+    of both arrived, node 1 found ranks 0 and 1 there and went on to make a group of 2 that
+    node 0 never joins (node 0 then timed out naming node 1's ranks 2, 3 as never come).
+    Node 1 now fails naming both sizes, and node 0 names node 1 and why at once."""
+    from datetime import timedelta
+
+    from aiollm.distributed.group import RankLost
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=5)
+    places = [Rendezvous(addr, 0, 4, 2, wait), Rendezvous(addr, 1, 4, 2, wait),
+              Rendezvous(addr, 1, 2, 2, wait)]
+    places[0].open()
+    try:
+        started = time.monotonic()
+        out = _meet_in_threads(*places)
+        assert isinstance(out[2], ValueError), out
+        assert "--tensor-parallel-size 2 --nnodes 2" in str(out[2]), out
+        assert "--tensor-parallel-size 4 --nnodes 2" in str(out[2]), out
+        assert isinstance(out[0], RankLost) and "node 1 (ranks 2-3) failed to start: " \
+            "ValueError" in str(out[0]), out
+        assert time.monotonic() - started < 4, out  # not the timeout
+    finally:
+        for p in places:
+            p.close()
+
+
+def test_a_rank_that_arrives_twice_is_refused():
+    """Two nodes started with the same --node-rank: the second one's rank was counted as
+    the first's (the group then hung or collided in gloo); it is now refused, naming the
+    rank and the flags to check, and the first one's group is made (both came before
+    rank 0: it is not told that node 1 failed)."""
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=5)
+    places = [Rendezvous(addr, 0, 2, 2, wait), Rendezvous(addr, 1, 2, 2, wait),
+              Rendezvous(addr, 1, 2, 2, wait)]
+    places[0].open()
+    try:
+        out = _meet_in_threads(places[1], places[2], places[0])
+        assert out[2] is places[0].store and out[0] is places[1].store, out
+        assert isinstance(out[1], ValueError), out
+        assert "rank 1 (node 1) has already arrived" in str(out[1]), out
+    finally:
+        for p in places:
+            p.close()
+
+
+@pytest.mark.parametrize("where", ["taken", "not-here"])
+def test_node_0_that_cannot_host_the_rendezvous_says_so_at_once(where):
+    """--dist-init-addr's port is taken on node 0 (torch raised its DistNetworkError, a
+    RuntimeError that `aiollm serve` printed as a traceback), or its host is not one of
+    this machine's (torch's own client then tried to reach it for the whole timeout, 10
+    minutes, not interruptible): an OSError naming the flag, at once."""
+    import socket
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        host = "127.0.0.1" if where == "taken" else "192.0.2.1"  # (TEST-NET-1: nobody's)
+        port = taken.getsockname()[1] if where == "taken" else _free_port()
+        place = Rendezvous(f"{host}:{port}", 0, 2, 2, timedelta(seconds=3))
+        started = time.monotonic()
+        with pytest.raises(OSError, match=f"the tensor parallel rendezvous at {host}:{port}"
+                           r" \(--dist-init-addr\)"):
+            place.open()
+        assert time.monotonic() - started < 2
+        place.close()
+    finally:
+        taken.close()
+
+
+def test_a_node_pointed_at_something_else_than_the_rendezvous_says_so_at_once():
+    """Node 1's --dist-init-addr names a port where something else listens (node 0's HTTP
+    port, say): torch's client retried its handshake there for the whole timeout (10
+    minutes), in C++ that Ctrl-C cannot interrupt. It now fails within seconds naming the
+    address and the flag."""
+    import socket
+    import threading
+    from datetime import timedelta
+
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    done = threading.Event()
+
+    def answer():  # as an HTTP server would: a reply to whatever comes, then close
+        other.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = other.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    conn.recv(64)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                except OSError:
+                    pass
+
+    server = threading.Thread(target=answer)
+    server.start()
+    addr = f"127.0.0.1:{other.getsockname()[1]}"
+    place = Rendezvous(addr, 1, 2, 2, timedelta(seconds=20))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"no tensor parallel rendezvous answers at "
+                           f"{addr} .--dist-init-addr.") as e:
+            place.meet()
+        assert time.monotonic() - started < 15, e.value
+        place.fail(1, e.value)  # not tried again: nobody there to tell
+        assert time.monotonic() - started < 15
+    finally:
+        done.set()
+        server.join()
+        other.close()
+
+
+def test_a_stopped_engine_closes_its_rendezvous_port(tiny_model):  # noqa: F811
+    """An Engine of -tp 2 started and stopped in this process: the rendezvous' store (rank
+    0 hosts it) went on listening at its port as long as the Engine object lived, its
+    host group holding it; a new start at the same --dist-init-addr could not host it."""
+    import asyncio
+    import socket
+
+    from aiollm.engine import Engine
+
+    async def start_stop() -> Engine:
+        engine = Engine(tiny_model, device="cpu", tensor_parallel_size=2, kv_tokens=256,
+                        max_model_len=128)
+        async with engine:
+            pass
+        return engine
+
+    engine = asyncio.run(start_stop())
+    host, _, port = engine.ranks.rendezvous.addr.rpartition(":")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=2.0).close()

@@ -92,6 +92,16 @@ class TensorParallel:
         self.row_writes: list[tuple[int, int, np.ndarray]] = []
         self.starting = True  # until the last start-up checkpoint passed (or one failed)
         self._last_sent = time.monotonic()  # rank 0: its latest step message
+        self._meeting = None  # a checkpoint's collective under way (see release)
+
+    def release(self) -> None:
+        """The group was left (destroy_process_group): drop the host group, whose store
+        it holds (rank 0: the rendezvous' server, listening at --dist-init-addr as long as
+        this object, which the stopped Engine keeps, held it). No collective after this.
+        Kept while a checkpoint's collective was left under way (Ctrl-C): the group's
+        destructor would wait for it, which no rank may ever complete."""
+        if self._meeting is None:
+            self.cpu_group = None
 
     # -- the model's collectives (on the device stream, inside CUDA graphs too) --------------
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,14 +171,18 @@ class TensorParallel:
             mine[2:2 + len(text)] = torch.frombuffer(bytearray(text), dtype=torch.uint8)
         outcomes = [torch.empty_like(mine) for _ in range(self.size)]
         try:
-            work = dist.all_gather(outcomes, mine, group=self.cpu_group, async_op=True)
+            self._meeting = work = dist.all_gather(outcomes, mine, group=self.cpu_group,
+                                                   async_op=True)
             # polled: a wait inside gloo holds Python's signal handler, and Ctrl-C on a node's
             # lead process did nothing until the last rank came (minutes, while rank 0 loads)
             while not work.is_completed():
                 time.sleep(0.01)
             work.wait()
+            self._meeting = None
         except BaseException:
             self.starting = False  # the group is broken: no later checkpoint meets
+            if self._meeting is not None and self._meeting.is_completed():
+                self._meeting = None  # (it failed: not under way)
             raise
         failed = [(rank, int(t[1])) for rank, t in enumerate(outcomes) if t[1] >= 0]
         if failed or last:

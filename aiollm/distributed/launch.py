@@ -427,6 +427,8 @@ class NodeRanks:
         self._remove_files()
         if dist.is_initialized():
             dist.destroy_process_group()
+        if self.tp is not None:
+            self.tp.release()
         if self.rendezvous is not None:
             self.rendezvous.close()  # (rank 0: its port, which a new start-up may take)
         parallel.set_current(None)
@@ -453,6 +455,8 @@ class NodeRanks:
         self._remove_files()
         if leave_group and dist.is_initialized():
             dist.destroy_process_group()
+        if leave_group and self.tp is not None:
+            self.tp.release()
         if self.rendezvous is not None:
             self.rendezvous.close()
         parallel.set_current(None)

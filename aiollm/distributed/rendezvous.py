@@ -13,8 +13,10 @@ its key, then polls for the others' in Python, so that:
 - Ctrl-C ends the wait at once, and so does the caller's own `check` (a rank it spawned
   lost, a caller that gave up).
 
-Keys, under "aiollm/tp/": "arrived/R", set by rank R as it enters the wait; "failed/K",
-set by node K's lead process, "Type: message" of its error. A client waits for the server's
+Keys, under "aiollm/tp/": "shape", "--tensor-parallel-size N --nnodes M" of rank 0, set as
+it hosts the store (a rank started with others is refused, never counted); "arrived/R",
+counted by rank R as it enters the wait (a second count is a rank started twice: refused);
+"failed/K", set by node K's lead process, "Type: message" of its error. A client waits for the server's
 port to accept before it makes its TCPStore (a connection probe): torch's client retries
 inside C++, uninterruptible and logging each failed try.
 """
@@ -38,6 +40,9 @@ POLL_S = 0.05  # between two looks at the store, or two tries of the server's po
 # a node whose start-up failed before rank 0's store was up waits this long for it, to tell
 # (nodes started together: rank 0 hosts it once it has imported torch), then exits
 TELL_S = 10.0
+# the longest a client waits for the handshake of what listens at --dist-init-addr (torch
+# retries it in C++, which Ctrl-C cannot interrupt): rank 0's store answers at once
+HANDSHAKE_S = 5.0
 
 
 class Rendezvous:
@@ -63,15 +68,22 @@ class Rendezvous:
 
     def open(self, check: Callable[[], None] | None = None,
              wait_s: float | None = None) -> dist.TCPStore:
-        """Host the store (rank 0; OSError when the port is taken) or connect to it,
+        """Host the store (rank 0; OSError when the port is taken or the host is not this
+        machine's) or connect to it,
         waiting up to `wait_s` (default: the timeout) for rank 0 to host it: TimeoutError
         past that, KeyboardInterrupt at Ctrl-C, what `check()` raises (called between two
-        tries)."""
+        tries); ConnectionError when what listens there is not a store (within
+        HANDSHAKE_S)."""
         if self.store is not None:
             return self.store
         if self.rank == 0:
-            self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
-                                       timeout=self.timeout, wait_for_workers=False)
+            self._check_hostable()
+            try:
+                self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
+                                           timeout=self.timeout, wait_for_workers=False)
+            except dist.DistNetworkError as e:  # (taken since the check)
+                raise OSError(f"{self._cannot_host()}: {e}") from e
+            self.store.set(f"{PREFIX}shape", self._shape())
             return self.store
         wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
         deadline = time.monotonic() + wait_s
@@ -91,9 +103,37 @@ class Rendezvous:
                     f" runs there with the same --tensor-parallel-size, --nnodes and "
                     f"--dist-init-addr, that this node can reach {self.addr}, and node 0's log")
             time.sleep(POLL_S)
-        self.store = dist.TCPStore(self._host, self._port, None, is_master=False,
-                                   timeout=self.timeout)
+        try:  # (a store answers its handshake at once: what does not is something else)
+            store = dist.TCPStore(self._host, self._port, None, is_master=False,
+                                  timeout=timedelta(seconds=min(HANDSHAKE_S, wait_s)))
+        except dist.DistNetworkError as e:
+            self._told = True  # nobody there to tell of this node's failure
+            raise ConnectionError(
+                f"no tensor parallel rendezvous answers at {self.addr} (--dist-init-addr): "
+                f"something else listens there ({e}); give every node node 0's "
+                f"--dist-init-addr, not its HTTP --port") from e
+        store.set_timeout(self.timeout)
+        self.store = store
         return self.store
+
+    def _cannot_host(self) -> str:
+        return (f"node 0 cannot host the tensor parallel rendezvous at {self.addr} "
+                f"(--dist-init-addr)")
+
+    def _check_hostable(self) -> None:
+        """OSError unless rank 0 can listen at the address: a port taken (torch's error is
+        a RuntimeError) or a host not this machine's (torch's own client would try to
+        reach it for the whole timeout, in C++ that Ctrl-C cannot interrupt)."""
+        try:
+            family, kind, proto, _, where = socket.getaddrinfo(
+                self._host, self._port, type=socket.SOCK_STREAM)[0]
+            with socket.socket(family, kind, proto) as probe:
+                # (as the store does: a port whose last connections linger is free)
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(where)
+        except OSError as e:
+            raise OSError(f"{self._cannot_host()}: {e.strerror or e}; give node 0 an "
+                          f"address of its own and a free port") from e
 
     def meet(self, check: Callable[[], None] | None = None) -> dist.TCPStore:
         """Arrive, then wait until every rank has: the store to make the group over. Raises
@@ -103,7 +143,15 @@ class Rendezvous:
         store = self.open(check)
         deadline = time.monotonic() + self.timeout.total_seconds()
         try:
-            store.set(f"{PREFIX}arrived/{self.rank}", "1")
+            self._check_shape(store)
+            if store.add(f"{PREFIX}arrived/{self.rank}", 1) > 1:
+                node = self.node_of(self.rank)
+                self._told = True  # not posted: the node that came first is fine
+                raise ValueError(
+                    f"tensor parallel rank {self.rank} (node {node}) has already arrived at "
+                    f"the rendezvous at {self.addr}: another node was started with "
+                    f"--node-rank {node}, or with another --tensor-parallel-size or --nnodes;"
+                    f" end it, or give this node its own --node-rank")
             arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
             while not store.check(arrived):
                 for node in range(self.nnodes):
@@ -124,6 +172,20 @@ class Rendezvous:
                            f"ended before the group was made: see its log ({e})") from e
         self.met = True
         return store
+
+    def _shape(self) -> str:
+        return f"--tensor-parallel-size {self.size} --nnodes {self.nnodes}"
+
+    def _check_shape(self, store: dist.TCPStore) -> None:
+        """ValueError when rank 0 was started with another --tensor-parallel-size or
+        --nnodes than this rank: its ranks would be counted as another node's."""
+        if self.rank == 0:
+            return
+        shape = store.get(f"{PREFIX}shape").decode(errors="replace")  # set as it was hosted
+        if shape != self._shape():
+            raise ValueError(
+                f"this node was started with {self._shape()}, node 0 (the rendezvous at "
+                f"{self.addr}) with {shape}: start every node with the same")
 
     def _missing(self, store: dist.TCPStore) -> str:
         missing: dict[int, list[int]] = {}
