@@ -32,6 +32,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from aiollm.distributed.group import RankLost
+from aiollm.stop_signal import describe
 
 log = logging.getLogger(__name__)
 
@@ -214,8 +215,8 @@ class Rendezvous:
             return
         if isinstance(error, RankLost):
             why = str(error)
-        elif isinstance(error, KeyboardInterrupt):
-            why = "interrupted (Ctrl-C)"
+        elif isinstance(error, KeyboardInterrupt):  # (Ctrl-C, or SIGTERM: Terminated)
+            why = describe(error)
         else:
             why = f"{type(error).__name__}: {error}"
         try:
