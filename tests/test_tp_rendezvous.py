@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -85,6 +86,33 @@ def test_node_0_names_the_node_whose_checks_failed_before_the_rendezvous(
         error = _last_error(texts[0])
         assert "tensor parallel node 1 (rank 1) failed to start: ValueError: tensor " \
                "parallel size 2 does not fit this model's heads" in error, texts[0]
+    finally:
+        _end(nodes)
+
+
+def test_node_1_names_node_0_whose_checks_failed(tiny_model, tmp_path):  # noqa: F811
+    """As above, node 0 given the model 2 ranks cannot split: node 1, waiting in the
+    rendezvous, names node 0's error. Node 0 posted it, then its store closed with its
+    exit before node 1's next look: node 1 said only that node 0 "ended before the group
+    was made: see its log"."""
+    other = tmp_path / "tiny3-1kv"
+    odd = copy.deepcopy(TINY3)
+    odd.num_key_value_heads = 1
+    odd.save_pretrained(other)
+    env, marker = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, models={0: str(other)}, start=(1,))
+    try:
+        _wait_for(marker + "1", nodes[0], logs[0])  # node 1 waits for node 0's store
+        args = list(nodes[0].args)  # node 1's, at the same --dist-init-addr
+        args[args.index("--node-rank") + 1] = "0"
+        args[-1:] = ["--port", "0", str(other)]
+        logs.append(tmp_path / "node0.log")
+        with open(logs[1], "w") as out:
+            nodes.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env))
+        assert [p.wait(timeout=TIMEOUT_S) for p in nodes] == [1, 1], logs[0].read_text()
+        error = _last_error(logs[0].read_text())
+        assert "tensor parallel node 0 (rank 0) failed to start: ValueError: tensor " \
+               "parallel size 2 does not fit this model's heads" in error, error
     finally:
         _end(nodes)
 
