@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import subprocess
 import time
 
 import pytest
@@ -29,6 +30,14 @@ _join = launch.join
 
 def join(cfg, rank, *args, **kwargs):  # where the rank is: about to join the group
     open(os.environ["AIOLLM_TEST_JOINING"] + str(rank), "w").close()
+    # a rank held before it joins (its node's lead waits for it) until a file exists
+    if os.environ.get("AIOLLM_TEST_HOLD_RANK") == str(rank):
+        import time
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.environ["AIOLLM_TEST_HOLD_UNTIL"]):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
     return _join(cfg, rank, *args, **kwargs)
 
 launch.join = join
@@ -81,6 +90,33 @@ def test_node_0_names_the_node_whose_checks_failed_before_the_rendezvous(
         _end(nodes)
 
 
+def test_node_1_names_node_0_whose_checks_failed(tiny_model, tmp_path):  # noqa: F811
+    """As above, node 0 given the model 2 ranks cannot split: node 1, waiting in the
+    rendezvous, names node 0's error. Node 0 posted it, then its store closed with its
+    exit before node 1's next look: node 1 said only that node 0 "ended before the group
+    was made: see its log"."""
+    other = tmp_path / "tiny3-1kv"
+    odd = copy.deepcopy(TINY3)
+    odd.num_key_value_heads = 1
+    odd.save_pretrained(other)
+    env, marker = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, models={0: str(other)}, start=(1,))
+    try:
+        _wait_for(marker + "1", nodes[0], logs[0])  # node 1 waits for node 0's store
+        args = list(nodes[0].args)  # node 1's, at the same --dist-init-addr
+        args[args.index("--node-rank") + 1] = "0"
+        args[-1:] = ["--port", "0", str(other)]
+        logs.append(tmp_path / "node0.log")
+        with open(logs[1], "w") as out:
+            nodes.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env))
+        assert [p.wait(timeout=TIMEOUT_S) for p in nodes] == [1, 1], logs[0].read_text()
+        error = _last_error(logs[0].read_text())
+        assert "tensor parallel node 0 (rank 0) failed to start: ValueError: tensor " \
+               "parallel size 2 does not fit this model's heads" in error, error
+    finally:
+        _end(nodes)
+
+
 def test_node_0_names_the_ranks_that_never_arrived(tiny_model, tmp_path):  # noqa: F811
     """Node 1 was never started: node 0 fails after the rendezvous' timeout naming the
     ranks that did not arrive, their node and what to check, not torch's bare timeout."""
@@ -96,12 +132,16 @@ def test_node_0_names_the_ranks_that_never_arrived(tiny_model, tmp_path):  # noq
         _end(nodes)
 
 
-@pytest.mark.parametrize("node", [0, 1])
-def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node):  # noqa: F811
+@pytest.mark.parametrize("node,sig", [(0, signal.SIGINT), (1, signal.SIGINT),
+                                      (0, signal.SIGTERM), (1, signal.SIGTERM)])
+def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node,  # noqa: F811
+                                                      sig):
     """The other node was never started; this one waits in the rendezvous (node 0 with a
     rank it spawned, -tp 4: for node 1's ranks; node 1: for node 0's rendezvous to come
     up). Ctrl-C there was held until the rendezvous' timeout; the node now exits with
-    status 130 within seconds, and the rank it spawned is gone too."""
+    status 130 within seconds, and the rank it spawned is gone too. SIGTERM (a supervisor's
+    stop) does the same with 143, 128 + SIGTERM, as torchrun's and a shell's: node 0 exited
+    130, as at Ctrl-C."""
     env, marker = _env(tmp_path, timeout_s=120)
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4, start=(node,))
     try:
@@ -110,13 +150,40 @@ def test_ctrl_c_ends_a_node_waiting_in_the_rendezvous(tiny_model, tmp_path, node
         spawned = _children(nodes[0].pid)
         assert spawned, logs[0].read_text()
         time.sleep(1.0)  # inside the rendezvous' wait
-        nodes[0].send_signal(signal.SIGINT)
-        assert nodes[0].wait(timeout=20) == 130, logs[0].read_text()
+        nodes[0].send_signal(sig)
+        assert nodes[0].wait(timeout=20) == 128 + sig, logs[0].read_text()
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in spawned):
             assert time.monotonic() < deadline, "a spawned rank outlived its node"
             time.sleep(0.1)
     finally:
+        _end(nodes)
+
+
+@pytest.mark.parametrize("sig,why", [(signal.SIGINT, "interrupted (Ctrl-C)"),
+                                     (signal.SIGTERM, "terminated (SIGTERM)")])
+def test_node_0_is_told_of_a_node_stopped_in_the_rendezvous(tiny_model, tmp_path,  # noqa: F811
+                                                            sig, why):
+    """-tp 4 over 2 nodes; node 0's spawned rank 1 is held before it joins, so node 1 waits
+    in the rendezvous for it. Node 1 stopped there (Ctrl-C, or SIGTERM from its supervisor)
+    exits 128 + the signal and tells node 0, which exits 1 naming node 1 and why. At
+    SIGTERM node 1 died of Python's default handler: node 0 was not told and waited the
+    rendezvous' timeout (10 minutes), then named ranks 2-3 as never arrived."""
+    env, marker = _env(tmp_path, timeout_s=120)
+    release = tmp_path / "release"
+    env.update(AIOLLM_TEST_HOLD_RANK="1", AIOLLM_TEST_HOLD_UNTIL=str(release))
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    try:
+        _wait_for(marker + "2", nodes[1], logs[1])  # node 1's lead joins once rank 3 does
+        time.sleep(1.0)  # inside the rendezvous' wait
+        nodes[1].send_signal(sig)
+        assert nodes[1].wait(timeout=20) == 128 + sig, logs[1].read_text()
+        release.touch()
+        assert nodes[0].wait(timeout=60) == 1, logs[0].read_text()
+        error = _last_error(logs[0].read_text())
+        assert f"tensor parallel node 1 (ranks 2-3) failed to start: {why}" in error, error
+    finally:
+        release.touch()
         _end(nodes)
 
 

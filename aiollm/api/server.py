@@ -32,6 +32,7 @@ from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_re
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
+from aiollm.stop_signal import Terminated
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine
@@ -248,7 +249,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
     A signal while the model loads shuts down once it is loaded, never listening; but an
     engine whose start can be given up (Engine.start_interruptible: tensor parallelism,
     whose rendezvous waits for other nodes up to minutes) gives it up at once, and serve
-    raises KeyboardInterrupt."""
+    raises KeyboardInterrupt (Terminated at SIGTERM)."""
     st = app[STATE]
     runner = web.AppRunner(
         app,
@@ -272,21 +273,21 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
     loop = asyncio.get_running_loop()
     signals = []
     setup: asyncio.Task | None = None  # the engine's start, while it runs
-    interrupted = False  # a signal gave the engine's start up (start_interruptible)
+    interrupted: signal.Signals | None = None  # the signal that gave the engine's start up
     if stop is None:
         stop = asyncio.Event()
-        def on_signal(event: asyncio.Event = stop) -> None:
+        def on_signal(sig: signal.Signals, event: asyncio.Event = stop) -> None:
             nonlocal interrupted
             if event.is_set():  # the second one (Ctrl-C twice): stop waiting for requests
                 st.hurry.set()
             event.set()
             if (setup is not None and not setup.done()
                     and getattr(st.engine, "start_interruptible", False)):
-                interrupted = True
+                interrupted = interrupted or sig
                 setup.cancel()
 
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, on_signal, sig)
             signals.append(sig)
     try:  # the handlers go with serve(), however it ends: else Ctrl-C sets a dead event
         if port:  # a taken port is told now, not after the model has loaded
@@ -295,6 +296,8 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
         try:
             await setup
         except asyncio.CancelledError:
+            if interrupted == signal.SIGTERM:  # (exit status 143, not Ctrl-C's 130)
+                raise Terminated() from None
             if interrupted:
                 raise KeyboardInterrupt from None
             raise

@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "serve":
             return serve.run(args.command_parser, args)
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as e:  # (Terminated: SIGTERM while a TP start-up waits)
+        from aiollm.stop_signal import exit_status
+
+        return exit_status(e)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
     return 2

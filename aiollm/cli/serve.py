@@ -13,6 +13,7 @@ import sys
 
 from aiollm.cli.log_config import configure_logging
 from aiollm.cli.serve_checks import checked_config, cors_options
+from aiollm.stop_signal import exit_status
 
 log = logging.getLogger("aiollm.cli")
 
@@ -20,7 +21,8 @@ log = logging.getLogger("aiollm.cli")
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Serve as `args` (serve's parsed flags) say until SIGINT/SIGTERM: the exit status (0;
     1 when the model or the address fails; 130 for Ctrl-C before the server's signal
-    handlers exist). A bad flag is parser.error, before anything loads."""
+    handlers exist, and 130 or 143 for Ctrl-C or SIGTERM that gave up a tensor parallel
+    start-up). A bad flag is parser.error, before anything loads."""
     configure_logging(args)
     try:  # a --chat-template pipe waits for its writer here
         config, api_keys = checked_config(parser, args)
@@ -39,11 +41,11 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             # out, or this node's own checks failed (its model, its GPUs)
             log.error("%s", e)
             return 1
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM in start-up (Terminated)
             # follow() ended this node's ranks; the collective it left in gloo's threads
             # would hold the interpreter's exit until the other ranks came
             logging.shutdown()
-            os._exit(130)
+            os._exit(exit_status(e))
 
     # Importing torch & co. and loading create ~10^6 objects that live as long as the server;
     # the collections they would trigger find no garbage (a tenth of a warm start's CPU time).
@@ -64,8 +66,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                          response_role=args.response_role,
                          return_tokens_as_token_ids=args.return_tokens_as_token_ids)
         uvloop.run(serve(app, args.host, args.port))
-    except KeyboardInterrupt:  # interrupted while loading, before the signal handlers exist
-        return 130
+    except KeyboardInterrupt as e:  # interrupted while loading (SIGTERM: see api.serve)
+        return exit_status(e)
     except (FileNotFoundError, OSError, ValueError) as e:
         log.error("%s", e)
         return 1

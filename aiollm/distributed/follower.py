@@ -42,6 +42,7 @@ from aiollm.distributed.group import (
     TensorParallel,
 )
 from aiollm.distributed.launch import NodeRanks, join
+from aiollm.stop_signal import sigterm_raises
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,12 @@ def follow(cfg: EngineConfig) -> int:
     node's other ranks, then follow rank 0 as the node's first rank."""
     ranks = NodeRanks(cfg)
     try:
-        tp = ranks.start()
-        runner = build_runner(cfg, tp)
+        # SIGTERM in start-up ends it as Ctrl-C does: the other nodes are told, and this
+        # node's ranks end; past it, a rank waits for rank 0 inside gloo (its handler could
+        # run only once a step message came): Python's default, which ends the process
+        with sigterm_raises():
+            tp = ranks.start()
+            runner = build_runner(cfg, tp)
     except BaseException as e:
         # as Engine's start does: the other ranks learn why, the ranks started end, their
         # files go

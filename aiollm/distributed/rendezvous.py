@@ -16,7 +16,9 @@ its key, then polls for the others' in Python, so that:
 Keys, under "aiollm/tp/": "shape", "--tensor-parallel-size N --nnodes M" of rank 0, set as
 it hosts the store (a rank started with others is refused, never counted); "arrived/R",
 counted by rank R as it enters the wait (a second count is a rank started twice: refused);
-"failed/K", set by node K's lead process, "Type: message" of its error. A client waits for the server's
+"failed/K", set by node K's lead process, "Type: message" of its error; "told", counted
+by each rank that read a failure (rank 0 keeps its store up until all that arrived have,
+up to LINGER_S). A client waits for the server's
 port to accept before it makes its TCPStore (a connection probe): torch's client retries
 inside C++, uninterruptible and logging each failed try.
 """
@@ -32,6 +34,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from aiollm.distributed.group import RankLost
+from aiollm.stop_signal import describe
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,10 @@ TELL_S = 10.0
 # the longest a client waits for the handshake of what listens at --dist-init-addr (torch
 # retries it in C++, which Ctrl-C cannot interrupt): rank 0's store answers at once
 HANDSHAKE_S = 5.0
+# rank 0 that posted its node's failure keeps its store up this long at most, until each
+# rank that arrived has read it (its "told" count): else the store closed with rank 0's
+# exit before their next look, and they said only that node 0 ended
+LINGER_S = 1.0
 
 
 class Rendezvous:
@@ -159,6 +166,10 @@ class Rendezvous:
                     if store.check([key]):
                         self._told = True
                         why = store.get(key).decode(errors="replace")
+                        try:  # (rank 0 waits for it before its store closes)
+                            store.add(f"{PREFIX}told", 1)
+                        except dist.DistNetworkError:
+                            pass
                         raise RankLost(f"tensor parallel node {node} ({self._node_ranks(node)})"
                                        f" failed to start: {why}")
                 if check is not None:
@@ -214,8 +225,8 @@ class Rendezvous:
             return
         if isinstance(error, RankLost):
             why = str(error)
-        elif isinstance(error, KeyboardInterrupt):
-            why = "interrupted (Ctrl-C)"
+        elif isinstance(error, KeyboardInterrupt):  # (Ctrl-C, or SIGTERM: Terminated)
+            why = describe(error)
         else:
             why = f"{type(error).__name__}: {error}"
         try:
@@ -226,11 +237,25 @@ class Rendezvous:
                           "nodes through the rendezvous at %s (node 0)", node, why, self.addr)
                 self.open(check, TELL_S)
             self.store.set(f"{PREFIX}failed/{node}", why)
+            if self.rank == 0:
+                self._linger()
         except (Exception, KeyboardInterrupt) as e:
             if isinstance(e, KeyboardInterrupt) and not isinstance(error, KeyboardInterrupt):
                 raise
             log.warning("could not tell the other nodes that node %d failed (%s); node 0 "
                         "names this node's ranks when its wait for them times out", node, e)
+
+    def _linger(self) -> None:
+        """Rank 0, its node's failure posted: return once every other rank that arrived
+        has read it, or after LINGER_S (a rank that connected but has not yet arrived
+        arrives within milliseconds)."""
+        deadline = time.monotonic() + LINGER_S
+        while time.monotonic() < deadline:
+            arrived = sum(self.store.check([f"{PREFIX}arrived/{r}"])
+                          for r in range(1, self.size))
+            if arrived and self.store.add(f"{PREFIX}told", 0) >= arrived:
+                return
+            time.sleep(POLL_S)
 
     def close(self) -> None:
         """Drop this rank's store (rank 0: the server, closing its port)."""
