@@ -399,3 +399,67 @@ def test_node_0_waiting_for_a_slow_local_rank_is_told_of_another_nodes_failure(m
     finally:
         ranks.abort()  # (kills the slow rank, closes the store)
         node_1.close()
+
+
+_HELD_RANK_1 = '''
+import sys, time
+from datetime import timedelta
+import torch.distributed as dist
+from aiollm.distributed.rendezvous import Rendezvous
+
+store = Rendezvous(sys.argv[1], 1, 2, 1, timedelta(seconds=30)).meet()
+dist.init_process_group("gloo", store=store, rank=1, world_size=2)
+dist.new_group(backend="gloo")
+time.sleep(60)  # never reaches the checkpoint
+'''
+
+
+def test_a_start_left_in_a_checkpoint_closes_its_rendezvous_port():
+    """Rank 0 interrupted (Ctrl-C) at a start-up checkpoint that rank 1 never reaches: its
+    collective stays under way, so the host group is kept (its destructor would wait for
+    it), and with it the rendezvous' store, listening at --dist-init-addr: a second start
+    in this process at the same address could not host it. The port is now closed."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from aiollm.distributed.group import TensorParallel
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr = f"127.0.0.1:{_free_port()}"
+    place = Rendezvous(addr, 0, 2, 1, timedelta(seconds=30))
+    place.open()
+    rank_1 = subprocess.Popen([sys.executable, "-c", _HELD_RANK_1, addr])
+    try:
+        dist.init_process_group("gloo", store=place.meet(), rank=0, world_size=2)
+        tp = TensorParallel(0, 2, torch.device("cpu"), dist.new_group(backend="gloo"))
+
+        def ctrl_c(*_):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGALRM, ctrl_c)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                tp.start_check()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        dist.destroy_process_group()  # as NodeRanks.abort leaves the group
+        tp.release()
+        place.close()
+        host, _, port = addr.rpartition(":")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=2.0).close()
+        again = Rendezvous(addr, 0, 2, 1, timedelta(seconds=30))
+        again.open()  # a second start hosts it
+        again.close()
+    finally:
+        rank_1.kill()
+        rank_1.wait()

@@ -61,7 +61,8 @@ class Rendezvous:
         self.timeout = timeout
         host, _, port = addr.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
-        self.store: dist.TCPStore | None = None
+        self.store: dist.TCPStore | None = None  # the store the group is made over
+        self._server: dist.TCPStore | None = None  # rank 0: the one that listens at addr
         self.met = False  # every rank arrived: a failure from now on is the group's to tell
         self._told = False  # a failure another node posted was raised here: not re-posted
 
@@ -86,10 +87,16 @@ class Rendezvous:
         if self.rank == 0:
             self._check_hostable()
             try:
-                self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
-                                           timeout=self.timeout, wait_for_workers=False)
+                self._server = dist.TCPStore(self._host, self._port, None, is_master=True,
+                                             timeout=self.timeout, wait_for_workers=False)
             except dist.DistNetworkError as e:  # (taken since the check)
                 raise OSError(f"{self._cannot_host()}: {e}") from e
+            # the group gets a client of it, not the server: a group that outlives this
+            # object (its collective left under way, see TensorParallel.release) keeps no
+            # port open (torch's TCPStore has no call that closes its server: the last
+            # reference to the master object does)
+            self.store = dist.TCPStore(self._host, self._server.port, None, is_master=False,
+                                       timeout=self.timeout)
             self.store.set(f"{PREFIX}shape", self._shape())
             return self.store
         wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
@@ -276,5 +283,6 @@ class Rendezvous:
             time.sleep(POLL_S)
 
     def close(self) -> None:
-        """Drop this rank's store (rank 0: the server, closing its port)."""
-        self.store = None
+        """Drop this rank's store (rank 0: the server, closing its port, even while a
+        group made over the store lives on)."""
+        self.store = self._server = None
