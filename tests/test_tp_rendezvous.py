@@ -178,7 +178,8 @@ def test_node_0_is_told_of_a_node_stopped_in_the_rendezvous(tiny_model, tmp_path
         time.sleep(1.0)  # inside the rendezvous' wait
         nodes[1].send_signal(sig)
         assert nodes[1].wait(timeout=20) == 128 + sig, logs[1].read_text()
-        release.touch()
+        # (node 0's lead is still held, waiting for its rank 1: it looks at the rendezvous
+        # there too, and is not held until that rank joins)
         assert nodes[0].wait(timeout=60) == 1, logs[0].read_text()
         error = _last_error(logs[0].read_text())
         assert f"tensor parallel node 1 (ranks 2-3) failed to start: {why}" in error, error
@@ -361,3 +362,104 @@ def test_a_stopped_engine_closes_its_rendezvous_port(tiny_model):  # noqa: F811
     host, _, port = engine.ranks.rendezvous.addr.rpartition(":")
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=2.0).close()
+
+
+def test_node_0_waiting_for_a_slow_local_rank_is_told_of_another_nodes_failure(monkeypatch):
+    """Node 0's lead waits for the ranks it spawned to reach the rendezvous (a long import
+    or device start); node 1 posted its failure meanwhile: node 0 looked only at its own
+    ranks and ended when the slow rank joined (up to INIT_TIMEOUT). It now raises the
+    rendezvous' RankLost naming node 1 within a poll."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from aiollm.config import EngineConfig
+    from aiollm.distributed.group import RankLost
+    from aiollm.distributed import launch
+    from aiollm.distributed.launch import NodeRanks, _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    monkeypatch.setattr(launch, "INIT_TIMEOUT", timedelta(seconds=8))  # (its wait's limit)
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=30)
+    ranks = NodeRanks(EngineConfig(device="cpu", tensor_parallel_size=4, nnodes=2,
+                                   dist_init_addr=addr))
+    ranks.rendezvous = Rendezvous(addr, 0, 4, 2, wait)
+    node_1 = Rendezvous(addr, 2, 4, 2, wait)
+    # node 0's rank 1, slow to start: it never writes its joining file
+    ranks.procs[1] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ranks.rendezvous.open()
+        node_1.open()
+        node_1.fail(1, ValueError("its check failed"))
+        started = time.monotonic()
+        with pytest.raises(RankLost, match=r"tensor parallel node 1 \(ranks 2-3\) failed to "
+                                           r"start: ValueError: its check failed"):
+            ranks._wait_for_joining()
+        assert time.monotonic() - started < 5
+    finally:
+        ranks.abort()  # (kills the slow rank, closes the store)
+        node_1.close()
+
+
+_HELD_RANK_1 = '''
+import sys, time
+from datetime import timedelta
+import torch.distributed as dist
+from aiollm.distributed.rendezvous import Rendezvous
+
+store = Rendezvous(sys.argv[1], 1, 2, 1, timedelta(seconds=30)).meet()
+dist.init_process_group("gloo", store=store, rank=1, world_size=2)
+dist.new_group(backend="gloo")
+time.sleep(60)  # never reaches the checkpoint
+'''
+
+
+def test_a_start_left_in_a_checkpoint_closes_its_rendezvous_port():
+    """Rank 0 interrupted (Ctrl-C) at a start-up checkpoint that rank 1 never reaches: its
+    collective stays under way, so the host group is kept (its destructor would wait for
+    it), and with it the rendezvous' store, listening at --dist-init-addr: a second start
+    in this process at the same address could not host it. The port is now closed."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from aiollm.distributed.group import TensorParallel
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr = f"127.0.0.1:{_free_port()}"
+    place = Rendezvous(addr, 0, 2, 1, timedelta(seconds=30))
+    place.open()
+    rank_1 = subprocess.Popen([sys.executable, "-c", _HELD_RANK_1, addr])
+    try:
+        dist.init_process_group("gloo", store=place.meet(), rank=0, world_size=2)
+        tp = TensorParallel(0, 2, torch.device("cpu"), dist.new_group(backend="gloo"))
+
+        def ctrl_c(*_):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGALRM, ctrl_c)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                tp.start_check()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        dist.destroy_process_group()  # as NodeRanks.abort leaves the group
+        tp.release()
+        place.close()
+        host, _, port = addr.rpartition(":")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=2.0).close()
+        again = Rendezvous(addr, 0, 2, 1, timedelta(seconds=30))
+        again.open()  # a second start hosts it
+        again.close()
+    finally:
+        rank_1.kill()
+        rank_1.wait()

@@ -99,7 +99,9 @@ class TensorParallel:
         it holds (rank 0: the rendezvous' server, listening at --dist-init-addr as long as
         this object, which the stopped Engine keeps, held it). No collective after this.
         Kept while a checkpoint's collective was left under way (Ctrl-C): the group's
-        destructor would wait for it, which no rank may ever complete."""
+        destructor would wait for it, which no rank may ever complete; it then holds only
+        a client of rank 0's store, whose server the rendezvous' close shuts (Rendezvous
+        keeps it apart), so a new start at the same address can host it."""
         if self._meeting is None:
             self.cpu_group = None
 

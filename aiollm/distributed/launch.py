@@ -239,12 +239,15 @@ class NodeRanks:
     def _wait_for_joining(self) -> None:
         """Return once each rank spawned is about to join the rendezvous; RuntimeError
         RankLost naming a rank lost before (its import, its device or its config failed),
-        which rank 0 would wait for in the rendezvous until INIT_TIMEOUT; TimeoutError
-        past it."""
+        which rank 0 would wait for in the rendezvous until INIT_TIMEOUT, or another node
+        that posted its failure to the rendezvous (node 0, whose store is up: else it
+        learnt it only once its slowest rank had started); TimeoutError past it."""
         deadline = time.monotonic() + INIT_TIMEOUT.total_seconds()
         waiting = [self._joining_file(rank) for rank in self.procs]
         while waiting := [f for f in waiting if not os.path.exists(f)]:
             self._check_start()
+            if self.rendezvous is not None:
+                self.rendezvous.check_failed()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"tensor parallel ranks did not start within "
                                    f"{INIT_TIMEOUT}: {', '.join(waiting)} not written")

@@ -61,7 +61,8 @@ class Rendezvous:
         self.timeout = timeout
         host, _, port = addr.rpartition(":")
         self._host, self._port = host.strip("[]"), int(port)
-        self.store: dist.TCPStore | None = None
+        self.store: dist.TCPStore | None = None  # the store the group is made over
+        self._server: dist.TCPStore | None = None  # rank 0: the one that listens at addr
         self.met = False  # every rank arrived: a failure from now on is the group's to tell
         self._told = False  # a failure another node posted was raised here: not re-posted
 
@@ -86,10 +87,16 @@ class Rendezvous:
         if self.rank == 0:
             self._check_hostable()
             try:
-                self.store = dist.TCPStore(self._host, self._port, None, is_master=True,
-                                           timeout=self.timeout, wait_for_workers=False)
+                self._server = dist.TCPStore(self._host, self._port, None, is_master=True,
+                                             timeout=self.timeout, wait_for_workers=False)
             except dist.DistNetworkError as e:  # (taken since the check)
                 raise OSError(f"{self._cannot_host()}: {e}") from e
+            # the group gets a client of it, not the server: a group that outlives this
+            # object (its collective left under way, see TensorParallel.release) keeps no
+            # port open (torch's TCPStore has no call that closes its server: the last
+            # reference to the master object does)
+            self.store = dist.TCPStore(self._host, self._server.port, None, is_master=False,
+                                       timeout=self.timeout)
             self.store.set(f"{PREFIX}shape", self._shape())
             return self.store
         wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
@@ -161,28 +168,46 @@ class Rendezvous:
                     f" end it, or give this node its own --node-rank")
             arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
             while not store.check(arrived):
-                for node in range(self.nnodes):
-                    key = f"{PREFIX}failed/{node}"
-                    if store.check([key]):
-                        self._told = True
-                        why = store.get(key).decode(errors="replace")
-                        try:  # (rank 0 waits for it before its store closes)
-                            store.add(f"{PREFIX}told", 1)
-                        except dist.DistNetworkError:
-                            pass
-                        raise RankLost(f"tensor parallel node {node} ({self._node_ranks(node)})"
-                                       f" failed to start: {why}")
+                self._check_failed(store)
                 if check is not None:
                     check()
                 if time.monotonic() > deadline:
                     raise TimeoutError(self._missing(store))
                 time.sleep(POLL_S)
         except dist.DistNetworkError as e:  # rank 0's store is gone: its process ended
-            self._told = True
-            raise RankLost(f"tensor parallel node 0 (rank 0, the rendezvous at {self.addr}) "
-                           f"ended before the group was made: see its log ({e})") from e
+            raise self._node_0_ended(e) from e
         self.met = True
         return store
+
+    def check_failed(self) -> None:
+        """Raise RankLost, as meet does, when another node has posted its failure (or rank
+        0's store closed); nothing when this rank has no store yet. For a wait before meet
+        (node 0's lead waiting for the ranks it spawned to start): a node that failed
+        meanwhile ends it at once, not when the slowest local rank has joined."""
+        if self.store is None:
+            return
+        try:
+            self._check_failed(self.store)
+        except dist.DistNetworkError as e:
+            raise self._node_0_ended(e) from e
+
+    def _check_failed(self, store: dist.TCPStore) -> None:
+        for node in range(self.nnodes):
+            key = f"{PREFIX}failed/{node}"
+            if store.check([key]):
+                self._told = True
+                why = store.get(key).decode(errors="replace")
+                try:  # (rank 0 waits for it before its store closes)
+                    store.add(f"{PREFIX}told", 1)
+                except dist.DistNetworkError:
+                    pass
+                raise RankLost(f"tensor parallel node {node} ({self._node_ranks(node)})"
+                               f" failed to start: {why}")
+
+    def _node_0_ended(self, e: BaseException) -> RankLost:
+        self._told = True
+        return RankLost(f"tensor parallel node 0 (rank 0, the rendezvous at {self.addr}) "
+                        f"ended before the group was made: see its log ({e})")
 
     def _shape(self) -> str:
         return f"--tensor-parallel-size {self.size} --nnodes {self.nnodes}"
@@ -258,5 +283,6 @@ class Rendezvous:
             time.sleep(POLL_S)
 
     def close(self) -> None:
-        """Drop this rank's store (rank 0: the server, closing its port)."""
-        self.store = None
+        """Drop this rank's store (rank 0: the server, closing its port, even while a
+        group made over the store lives on)."""
+        self.store = self._server = None
