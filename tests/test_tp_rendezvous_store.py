@@ -1,0 +1,291 @@
+"""The tensor-parallel rendezvous (aiollm/distributed/rendezvous.py) in this process, its
+ranks on threads or one child: nodes of another --tensor-parallel-size / --nnodes are told,
+not joined; a rank arriving twice is refused; node 0 that cannot host at --dist-init-addr,
+and a node pointed at something else than the store, say so at once; node 0 waiting for its
+own ranks hears another node's failure; the rendezvous' port is closed once the group is
+left, also with a checkpoint's collective left under way. (Whole nodes through the CLI:
+test_tp_rendezvous.py.)"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from test_tensor_parallel import tiny_model  # noqa: F401 - a fixture
+
+
+def _meet_in_threads(*places) -> list:
+    """Each Rendezvous in `places` meets on its own thread, failing as its node would
+    (Rendezvous.fail): what each meet returned or raised, in order."""
+    import threading
+
+    out: list = [None] * len(places)
+
+    def go(i, place):
+        try:
+            out[i] = place.meet()
+        except Exception as e:  # noqa: BLE001 - the test reads it
+            out[i] = e
+            place.fail(place.node_of(place.rank), e)
+
+    threads = [threading.Thread(target=go, args=(i, p)) for i, p in enumerate(places)]
+    for t in threads:
+        t.start()
+        time.sleep(0.2)  # in this order
+    for t in threads:
+        t.join(timeout=30)
+    return out
+
+
+def test_nodes_started_with_different_tensor_parallel_sizes_are_told_not_joined():
+    """Node 0 runs -tp 4 --nnodes 2 (ranks 0, 1), node 1 -tp 2 --nnodes 2 (rank 1): rank 1
+    of both arrived, node 1 found ranks 0 and 1 there and went on to make a group of 2 that
+    node 0 never joins (node 0 then timed out naming node 1's ranks 2, 3 as never come).
+    Node 1 now fails naming both sizes, and node 0 names node 1 and why at once."""
+    from datetime import timedelta
+
+    from aiollm.distributed.group import RankLost
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=5)
+    places = [Rendezvous(addr, 0, 4, 2, wait), Rendezvous(addr, 1, 4, 2, wait),
+              Rendezvous(addr, 1, 2, 2, wait)]
+    places[0].open()
+    try:
+        started = time.monotonic()
+        out = _meet_in_threads(*places)
+        assert isinstance(out[2], ValueError), out
+        assert "--tensor-parallel-size 2 --nnodes 2" in str(out[2]), out
+        assert "--tensor-parallel-size 4 --nnodes 2" in str(out[2]), out
+        assert isinstance(out[0], RankLost) and "node 1 (ranks 2-3) failed to start: " \
+            "ValueError" in str(out[0]), out
+        assert time.monotonic() - started < 4, out  # not the timeout
+    finally:
+        for p in places:
+            p.close()
+
+
+def test_a_rank_that_arrives_twice_is_refused():
+    """Two nodes started with the same --node-rank: the second one's rank was counted as
+    the first's (the group then hung or collided in gloo); it is now refused, naming the
+    rank and the flags to check, and the first one's group is made (both came before
+    rank 0: it is not told that node 1 failed)."""
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=5)
+    places = [Rendezvous(addr, 0, 2, 2, wait), Rendezvous(addr, 1, 2, 2, wait),
+              Rendezvous(addr, 1, 2, 2, wait)]
+    places[0].open()
+    try:
+        out = _meet_in_threads(places[1], places[2], places[0])
+        assert out[2] is places[0].store and out[0] is places[1].store, out
+        assert isinstance(out[1], ValueError), out
+        assert "rank 1 (node 1) has already arrived" in str(out[1]), out
+    finally:
+        for p in places:
+            p.close()
+
+
+@pytest.mark.parametrize("where", ["taken", "not-here"])
+def test_node_0_that_cannot_host_the_rendezvous_says_so_at_once(where):
+    """--dist-init-addr's port is taken on node 0 (torch raised its DistNetworkError, a
+    RuntimeError that `aiollm serve` printed as a traceback), or its host is not one of
+    this machine's (torch's own client then tried to reach it for the whole timeout, 10
+    minutes, not interruptible): an OSError naming the flag, at once."""
+    import socket
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        host = "127.0.0.1" if where == "taken" else "192.0.2.1"  # (TEST-NET-1: nobody's)
+        port = taken.getsockname()[1] if where == "taken" else _free_port()
+        place = Rendezvous(f"{host}:{port}", 0, 2, 2, timedelta(seconds=3))
+        started = time.monotonic()
+        with pytest.raises(OSError, match=f"the tensor parallel rendezvous at {host}:{port}"
+                           r" \(--dist-init-addr\)"):
+            place.open()
+        assert time.monotonic() - started < 2
+        place.close()
+    finally:
+        taken.close()
+
+
+def test_a_node_pointed_at_something_else_than_the_rendezvous_says_so_at_once():
+    """Node 1's --dist-init-addr names a port where something else listens (node 0's HTTP
+    port, say): torch's client retried its handshake there for the whole timeout (10
+    minutes), in C++ that Ctrl-C cannot interrupt. It now fails within seconds naming the
+    address and the flag."""
+    import socket
+    import threading
+    from datetime import timedelta
+
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    other = socket.socket()
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    done = threading.Event()
+
+    def answer():  # as an HTTP server would: a reply to whatever comes, then close
+        other.settimeout(0.2)
+        while not done.is_set():
+            try:
+                conn, _ = other.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(1.0)
+                try:
+                    conn.recv(64)
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                except OSError:
+                    pass
+
+    server = threading.Thread(target=answer)
+    server.start()
+    addr = f"127.0.0.1:{other.getsockname()[1]}"
+    place = Rendezvous(addr, 1, 2, 2, timedelta(seconds=20))
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConnectionError, match=f"no tensor parallel rendezvous answers at "
+                           f"{addr} .--dist-init-addr.") as e:
+            place.meet()
+        assert time.monotonic() - started < 15, e.value
+        place.fail(1, e.value)  # not tried again: nobody there to tell
+        assert time.monotonic() - started < 15
+    finally:
+        done.set()
+        server.join()
+        other.close()
+
+
+def test_a_stopped_engine_closes_its_rendezvous_port(tiny_model):  # noqa: F811
+    """An Engine of -tp 2 started and stopped in this process: the rendezvous' store (rank
+    0 hosts it) went on listening at its port as long as the Engine object lived, its
+    host group holding it; a new start at the same --dist-init-addr could not host it."""
+    import asyncio
+    import socket
+
+    from aiollm.engine import Engine
+
+    async def start_stop() -> Engine:
+        engine = Engine(tiny_model, device="cpu", tensor_parallel_size=2, kv_tokens=256,
+                        max_model_len=128)
+        async with engine:
+            pass
+        return engine
+
+    engine = asyncio.run(start_stop())
+    host, _, port = engine.ranks.rendezvous.addr.rpartition(":")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=2.0).close()
+
+
+def test_node_0_waiting_for_a_slow_local_rank_is_told_of_another_nodes_failure(monkeypatch):
+    """Node 0's lead waits for the ranks it spawned to reach the rendezvous (a long import
+    or device start); node 1 posted its failure meanwhile: node 0 looked only at its own
+    ranks and ended when the slow rank joined (up to INIT_TIMEOUT). It now raises the
+    rendezvous' RankLost naming node 1 within a poll."""
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    from aiollm.config import EngineConfig
+    from aiollm.distributed.group import RankLost
+    from aiollm.distributed import launch
+    from aiollm.distributed.launch import NodeRanks, _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    monkeypatch.setattr(launch, "INIT_TIMEOUT", timedelta(seconds=8))  # (its wait's limit)
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=30)
+    ranks = NodeRanks(EngineConfig(device="cpu", tensor_parallel_size=4, nnodes=2,
+                                   dist_init_addr=addr))
+    ranks.rendezvous = Rendezvous(addr, 0, 4, 2, wait)
+    node_1 = Rendezvous(addr, 2, 4, 2, wait)
+    # node 0's rank 1, slow to start: it never writes its joining file
+    ranks.procs[1] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        ranks.rendezvous.open()
+        node_1.open()
+        node_1.fail(1, ValueError("its check failed"))
+        started = time.monotonic()
+        with pytest.raises(RankLost, match=r"tensor parallel node 1 \(ranks 2-3\) failed to "
+                                           r"start: ValueError: its check failed"):
+            ranks._wait_for_joining()
+        assert time.monotonic() - started < 5
+    finally:
+        ranks.abort()  # (kills the slow rank, closes the store)
+        node_1.close()
+
+
+_HELD_RANK_1 = '''
+import sys, time
+from datetime import timedelta
+import torch.distributed as dist
+from aiollm.distributed.rendezvous import Rendezvous
+
+store = Rendezvous(sys.argv[1], 1, 2, 1, timedelta(seconds=30)).meet()
+dist.init_process_group("gloo", store=store, rank=1, world_size=2)
+dist.new_group(backend="gloo")
+time.sleep(60)  # never reaches the checkpoint
+'''
+
+
+def test_a_start_left_in_a_checkpoint_closes_its_rendezvous_port():
+    """Rank 0 interrupted (Ctrl-C) at a start-up checkpoint that rank 1 never reaches: its
+    collective stays under way, so the host group is kept (its destructor would wait for
+    it), and with it the rendezvous' store, listening at --dist-init-addr: a second start
+    in this process at the same address could not host it. The port is now closed."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+
+    from aiollm.distributed.group import TensorParallel
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr = f"127.0.0.1:{_free_port()}"
+    place = Rendezvous(addr, 0, 2, 1, timedelta(seconds=30))
+    place.open()
+    rank_1 = subprocess.Popen([sys.executable, "-c", _HELD_RANK_1, addr])
+    try:
+        dist.init_process_group("gloo", store=place.meet(), rank=0, world_size=2)
+        tp = TensorParallel(0, 2, torch.device("cpu"), dist.new_group(backend="gloo"))
+
+        def ctrl_c(*_):
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGALRM, ctrl_c)
+        signal.setitimer(signal.ITIMER_REAL, 0.5)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                tp.start_check()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        dist.destroy_process_group()  # as NodeRanks.abort leaves the group
+        tp.release()
+        place.close()
+        host, _, port = addr.rpartition(":")
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((host, int(port)), timeout=2.0).close()
+        again = Rendezvous(addr, 0, 2, 1, timedelta(seconds=30))
+        again.open()  # a second start hosts it
+        again.close()
+    finally:
+        rank_1.kill()
+        rank_1.wait()
