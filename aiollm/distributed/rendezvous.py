@@ -18,9 +18,9 @@ it hosts the store (a rank started with others is refused, never counted); "arri
 counted by rank R as it enters the wait (a second count is a rank started twice: refused);
 "failed/K", set by node K's lead process, "Type: message" of its error; "told", counted
 by each rank that read a failure (rank 0 keeps its store up until all that arrived have,
-up to LINGER_S). A client waits for the server's
-port to accept before it makes its TCPStore (a connection probe): torch's client retries
-inside C++, uninterruptible and logging each failed try.
+up to LINGER_S). A client waits for the server's port to accept before it makes its
+TCPStore (a connection probe): torch's client retries inside C++, uninterruptible and
+logging each failed try.
 """
 
 from __future__ import annotations
@@ -77,11 +77,10 @@ class Rendezvous:
     def open(self, check: Callable[[], None] | None = None,
              wait_s: float | None = None) -> dist.TCPStore:
         """Host the store (rank 0; OSError when the port is taken or the host is not this
-        machine's) or connect to it,
-        waiting up to `wait_s` (default: the timeout) for rank 0 to host it: TimeoutError
-        past that, KeyboardInterrupt at Ctrl-C, what `check()` raises (called between two
-        tries); ConnectionError when what listens there is not a store (within
-        HANDSHAKE_S)."""
+        machine's) or connect to it, waiting up to `wait_s` (default: the timeout) for rank
+        0 to host it: TimeoutError past that, KeyboardInterrupt at Ctrl-C, what `check()`
+        raises (called between two tries); ConnectionError when what listens there is not
+        a store (within HANDSHAKE_S)."""
         if self.store is not None:
             return self.store
         if self.rank == 0:
