@@ -381,3 +381,45 @@ def test_node_0_does_not_meet_a_rank_that_stopped_in_the_rendezvous():
         killed.join(timeout=30)
         node_0.close()
         node_1.close()
+
+
+def test_of_two_restarts_of_a_killed_rank_one_is_refused():
+    """Rank 1 killed while it waited, then started again twice at once: one restart
+    replaces it and meets, the other is refused as a rank started twice."""
+    import threading
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=15)
+    places = [Rendezvous(addr, r, 2, 2, wait) for r in (0, 1, 1, 1)]
+    places[0].open()
+    released = threading.Event()
+    killed = threading.Thread(target=lambda: pytest.raises(
+        RuntimeError, places[1].meet, _stopping_check(0, released)))
+    killed.start()
+    try:
+        time.sleep(0.3)  # rank 1 arrived and stopped
+        out: list = [None, None]
+
+        def go(i):
+            try:
+                out[i] = places[2 + i].meet()
+            except ValueError as e:
+                out[i] = e
+        restarts = [threading.Thread(target=go, args=(i,)) for i in (0, 1)]
+        for t in restarts:
+            t.start()
+        time.sleep(0.5)
+        assert places[0].meet() is places[0].store
+        for t in restarts:
+            t.join(timeout=30)
+        refused = [o for o in out if isinstance(o, ValueError)]
+        assert len(refused) == 1 and "rank 1 (node 1)" in str(refused[0]), out
+        assert any(o is p.store for o, p in zip(out, places[2:])), out
+    finally:
+        released.set()
+        killed.join(timeout=30)
+        for p in places:
+            p.close()

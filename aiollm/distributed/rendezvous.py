@@ -16,10 +16,12 @@ its key, then polls for the others' in Python, so that:
 Keys, under "aiollm/tp/": "shape", "--tensor-parallel-size N --nnodes M" of rank 0, set as
 it hosts the store (a rank started with others is refused, never counted); "arrived/R",
 counted by rank R as it enters the wait; "alive/R", counted by rank R at each look while it
-waits (its heartbeat); "met/R", set by rank R once it has seen every rank arrived. A second
-count of "arrived/R" is a rank started twice: refused while the first shows it is alive (its
-heartbeat moves, or it met), else (the first was killed waiting: SIGKILL, OOM) it replaces
-the first; a rank whose heartbeat stopped for STALE_S is not counted as arrived;
+waits (its heartbeat); "met/R", set by rank R once it has seen every rank arrived;
+"replaced/R/B", counted by a restart of rank R that replaces an arrival whose heartbeat
+stopped at B. A second count of "arrived/R" is a rank started twice: refused while the
+first shows it is alive (its heartbeat moves, or it met), else (the first was killed while
+it waited: SIGKILL, OOM) it replaces the first; a rank whose heartbeat stood still for
+STALE_S is not counted as arrived;
 "failed/K", set by node K's lead process, "Type: message" of its error; "told", counted
 by each rank that read a failure (rank 0 keeps its store up until all that arrived have,
 up to LINGER_S). A client waits for the server's port to accept before it makes its
@@ -193,7 +195,7 @@ class Rendezvous:
         """Rank `self.rank` arrived before: watch the first arrival's heartbeat up to
         STALE_S. ValueError (a node started twice) when it moves or that rank met; else
         the first was killed while it waited, and this arrival replaces it (claimed by
-        moving the heartbeat once, atomically: of two restarts, one is refused)."""
+        counting "replaced/R/<the stopped heartbeat>": of two restarts, one is refused)."""
         node, key = self.node_of(self.rank), f"{PREFIX}alive/{self.rank}"
         beat = store.add(key, 0)
         until = time.monotonic() + STALE_S
@@ -209,7 +211,7 @@ class Rendezvous:
             if check is not None:
                 check()
             time.sleep(POLL_S)
-        if store.compare_set(key, str(beat), str(beat + 1)) != str(beat + 1).encode():
+        if store.add(f"{PREFIX}replaced/{self.rank}/{beat}", 1) > 1:
             # (another restart claimed it first: this one is the duplicate)
             self._told = True
             raise ValueError(
