@@ -289,3 +289,137 @@ def test_a_start_left_in_a_checkpoint_closes_its_rendezvous_port():
     finally:
         rank_1.kill()
         rank_1.wait()
+
+
+def _stopping_check(after: int, released):
+    """A `check` for Rendezvous.meet that returns `after` times, then blocks until
+    `released` is set (then raises): the rank stops polling without failing, as a process
+    killed (SIGKILL, OOM) while it waits would."""
+    calls = [0]
+
+    def check():
+        calls[0] += 1
+        if calls[0] > after:
+            released.wait()
+            raise RuntimeError("released")
+    return check
+
+
+def test_a_rank_killed_in_the_rendezvous_is_replaced_by_its_restart():
+    """Node 1 killed while it waited for node 0 (its rank counted as arrived), then
+    restarted: the restart was refused as "already arrived ... end it" though the first one
+    was dead, and node 0 took the dead arrival for a live one. The restart now replaces the
+    arrival that stopped showing it is alive, and the meet completes."""
+    import threading
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=15)
+    node_0, killed, restarted = (Rendezvous(addr, 0, 4, 2, wait), Rendezvous(addr, 2, 4, 2, wait),
+                                 Rendezvous(addr, 2, 4, 2, wait))
+    rank_1, rank_3 = Rendezvous(addr, 1, 4, 2, wait), Rendezvous(addr, 3, 4, 2, wait)
+    node_0.open()
+    released = threading.Event()
+    out: dict = {}
+
+    def go(name, place, check=None):
+        try:
+            out[name] = place.meet(check)
+        except Exception as e:  # noqa: BLE001 - the test reads it
+            out[name] = e
+
+    threads = [threading.Thread(target=go, args=("killed", killed, _stopping_check(3, released))),
+               threading.Thread(target=go, args=("rank 3", rank_3)),
+               threading.Thread(target=go, args=("rank 0", node_0))]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)  # node 1 arrived, then stopped; node 0 waits for its rank 1
+        threads.append(threading.Thread(target=go, args=("restarted", restarted)))
+        threads[-1].start()
+        time.sleep(0.3)
+        go("rank 1", rank_1)
+        for t in threads[1:]:
+            t.join(timeout=30)
+        assert out["restarted"] is restarted.store, out
+        assert out["rank 0"] is node_0.store and out["rank 3"] is rank_3.store, out
+        assert out["rank 1"] is rank_1.store, out
+    finally:
+        released.set()
+        threads[0].join(timeout=30)
+        for p in (node_0, killed, restarted, rank_1, rank_3):
+            p.close()
+
+
+def test_node_0_does_not_meet_a_rank_that_stopped_in_the_rendezvous():
+    """Rank 1 arrived, then was killed before node 0's last rank came: node 0 counted it as
+    arrived and went on to make the group, failing only after INIT_TIMEOUT (10 minutes)
+    naming no node. Its arrival now goes stale: node 0 keeps waiting for a restart, and its
+    timeout names rank 1 as stopped."""
+    import threading
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr = f"127.0.0.1:{_free_port()}"
+    node_0 = Rendezvous(addr, 0, 2, 2, timedelta(seconds=4))
+    node_1 = Rendezvous(addr, 1, 2, 2, timedelta(seconds=30))
+    node_0.open()
+    released = threading.Event()
+    killed = threading.Thread(target=lambda: pytest.raises(
+        RuntimeError, node_1.meet, _stopping_check(0, released)))
+    killed.start()
+    try:
+        time.sleep(0.5)  # rank 1 arrived and stopped
+        with pytest.raises(TimeoutError, match=r"rank 1 \(node 1\) stopped"):
+            node_0.meet()
+    finally:
+        released.set()
+        killed.join(timeout=30)
+        node_0.close()
+        node_1.close()
+
+
+def test_of_two_restarts_of_a_killed_rank_one_is_refused():
+    """Rank 1 killed while it waited, then started again twice at once: one restart
+    replaces it and meets, the other is refused as a rank started twice."""
+    import threading
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=15)
+    places = [Rendezvous(addr, r, 2, 2, wait) for r in (0, 1, 1, 1)]
+    places[0].open()
+    released = threading.Event()
+    killed = threading.Thread(target=lambda: pytest.raises(
+        RuntimeError, places[1].meet, _stopping_check(0, released)))
+    killed.start()
+    try:
+        time.sleep(0.3)  # rank 1 arrived and stopped
+        out: list = [None, None]
+
+        def go(i):
+            try:
+                out[i] = places[2 + i].meet()
+            except ValueError as e:
+                out[i] = e
+        restarts = [threading.Thread(target=go, args=(i,)) for i in (0, 1)]
+        for t in restarts:
+            t.start()
+        time.sleep(0.5)
+        assert places[0].meet() is places[0].store
+        for t in restarts:
+            t.join(timeout=30)
+        refused = [o for o in out if isinstance(o, ValueError)]
+        assert len(refused) == 1 and "rank 1 (node 1)" in str(refused[0]), out
+        assert any(o is p.store for o, p in zip(out, places[2:])), out
+    finally:
+        released.set()
+        killed.join(timeout=30)
+        for p in places:
+            p.close()

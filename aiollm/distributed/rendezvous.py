@@ -15,7 +15,13 @@ its key, then polls for the others' in Python, so that:
 
 Keys, under "aiollm/tp/": "shape", "--tensor-parallel-size N --nnodes M" of rank 0, set as
 it hosts the store (a rank started with others is refused, never counted); "arrived/R",
-counted by rank R as it enters the wait (a second count is a rank started twice: refused);
+counted by rank R as it enters the wait; "alive/R", counted by rank R at each look while it
+waits (its heartbeat); "met/R", set by rank R once it has seen every rank arrived;
+"replaced/R/B", counted by a restart of rank R that replaces an arrival whose heartbeat
+stopped at B. A second count of "arrived/R" is a rank started twice: refused while the
+first shows it is alive (its heartbeat moves, or it met), else (the first was killed while
+it waited: SIGKILL, OOM) it replaces the first; a rank whose heartbeat stood still for
+STALE_S is not counted as arrived;
 "failed/K", set by node K's lead process, "Type: message" of its error; "told", counted
 by each rank that read a failure (rank 0 keeps its store up until all that arrived have,
 up to LINGER_S). A client waits for the server's port to accept before it makes its
@@ -50,6 +56,9 @@ HANDSHAKE_S = 5.0
 # rank that arrived has read it (its "told" count): else the store closed with rank 0's
 # exit before their next look, and they said only that node 0 ended
 LINGER_S = 1.0
+# an arrival whose heartbeat has not moved this long (many polls) is taken for a rank that
+# was killed while it waited: it is not counted, and its rank's restart replaces it
+STALE_S = 2.0
 
 
 class Rendezvous:
@@ -151,32 +160,85 @@ class Rendezvous:
     def meet(self, check: Callable[[], None] | None = None) -> dist.TCPStore:
         """Arrive, then wait until every rank has: the store to make the group over. Raises
         RankLost naming a node that posted its failure (or rank 0's node when its store
-        closed), TimeoutError naming the ranks that did not arrive, KeyboardInterrupt at
-        Ctrl-C, what `check()` raises (called at each look at the store)."""
+        closed), TimeoutError naming the ranks that did not arrive or stopped there,
+        ValueError when this rank arrived before and that one still shows it is alive (see
+        _replace), KeyboardInterrupt at Ctrl-C, what `check()` raises (called at each look
+        at the store). Every rank arrived means each other rank's heartbeat moved within
+        STALE_S as seen here, or that rank met: a rank killed while it waited is not met."""
         store = self.open(check)
         deadline = time.monotonic() + self.timeout.total_seconds()
         try:
             self._check_shape(store)
             if store.add(f"{PREFIX}arrived/{self.rank}", 1) > 1:
-                node = self.node_of(self.rank)
+                self._replace(store, check)
+            arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
+            seen: dict[int, tuple[int, float, bool]] = {}
+            while True:
+                self._check_failed(store)
+                if check is not None:
+                    check()
+                store.add(f"{PREFIX}alive/{self.rank}", 1)
+                still = self._not_alive(store, seen)
+                if not still and store.check(arrived):
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(self._missing(
+                        store, [r for r, s in still.items() if s >= STALE_S]))
+                time.sleep(POLL_S)
+            store.set(f"{PREFIX}met/{self.rank}", "1")
+        except dist.DistNetworkError as e:  # rank 0's store is gone: its process ended
+            raise self._node_0_ended(e) from e
+        self.met = True
+        return store
+
+    def _replace(self, store: dist.TCPStore, check: Callable[[], None] | None) -> None:
+        """Rank `self.rank` arrived before: watch the first arrival's heartbeat up to
+        STALE_S. ValueError (a node started twice) when it moves or that rank met; else
+        the first was killed while it waited, and this arrival replaces it (claimed by
+        counting "replaced/R/<the stopped heartbeat>": of two restarts, one is refused)."""
+        node, key = self.node_of(self.rank), f"{PREFIX}alive/{self.rank}"
+        beat = store.add(key, 0)
+        until = time.monotonic() + STALE_S
+        while time.monotonic() < until:
+            if store.add(key, 0) != beat or store.check([f"{PREFIX}met/{self.rank}"]):
                 self._told = True  # not posted: the node that came first is fine
                 raise ValueError(
                     f"tensor parallel rank {self.rank} (node {node}) has already arrived at "
                     f"the rendezvous at {self.addr}: another node was started with "
                     f"--node-rank {node}, or with another --tensor-parallel-size or --nnodes;"
                     f" end it, or give this node its own --node-rank")
-            arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
-            while not store.check(arrived):
-                self._check_failed(store)
-                if check is not None:
-                    check()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(self._missing(store))
-                time.sleep(POLL_S)
-        except dist.DistNetworkError as e:  # rank 0's store is gone: its process ended
-            raise self._node_0_ended(e) from e
-        self.met = True
-        return store
+            self._check_failed(store)
+            if check is not None:
+                check()
+            time.sleep(POLL_S)
+        if store.add(f"{PREFIX}replaced/{self.rank}/{beat}", 1) > 1:
+            # (another restart claimed it first: this one is the duplicate)
+            self._told = True
+            raise ValueError(
+                f"tensor parallel rank {self.rank} (node {node}) was restarted twice at the "
+                f"rendezvous at {self.addr}: end one of them")
+        log.warning("tensor parallel rank %d (node %d) arrived at the rendezvous before, then "
+                    "stopped (no heartbeat for %.0f s): this start replaces it",
+                    self.rank, node, STALE_S)
+
+    def _not_alive(self, store: dist.TCPStore,
+                   seen: dict[int, tuple[int, float, bool]]) -> dict[int, float]:
+        """The other ranks not yet seen alive, each with how long (seconds) its heartbeat
+        ("alive/R") has stood still while this rank watched: one that has not moved within
+        STALE_S, and whose rank has not met. `seen`, kept across calls: R -> its last
+        value, when it was first read, whether it moved since the watch began."""
+        now, out = time.monotonic(), {}
+        for r in range(self.size):
+            if r == self.rank:
+                continue
+            beat = store.add(f"{PREFIX}alive/{r}", 0)
+            last = seen.get(r)
+            if last is None or beat != last[0]:
+                seen[r] = last = (beat, now, last is not None)
+            if not (last[2] and now - last[1] < STALE_S) and \
+                    not store.check([f"{PREFIX}met/{r}"]):
+                out[r] = now - last[1]
+        return out
 
     def check_failed(self) -> None:
         """Raise RankLost, as meet does, when another node has posted its failure (or rank
@@ -222,18 +284,32 @@ class Rendezvous:
                 f"this node was started with {self._shape()}, node 0 (the rendezvous at "
                 f"{self.addr}) with {shape}: start every node with the same")
 
-    def _missing(self, store: dist.TCPStore) -> str:
+    def _missing(self, store: dist.TCPStore, stopped: list[int]) -> str:
+        """The timeout's message: the ranks that never arrived, and those in `stopped`
+        (arrived, then their heartbeat stopped: killed while they waited), by node."""
+        def name(ranks: dict[int, list[int]]) -> str:
+            return "; ".join(f"{'rank' if len(rs) == 1 else 'ranks'} {', '.join(map(str, rs))}"
+                             f" (node {node})" for node, rs in ranks.items())
+
         missing: dict[int, list[int]] = {}
+        gone: dict[int, list[int]] = {}
         for r in range(self.size):
             if not store.check([f"{PREFIX}arrived/{r}"]):
                 missing.setdefault(self.node_of(r), []).append(r)
-        parts = [f"{'rank' if len(ranks) == 1 else 'ranks'} {', '.join(map(str, ranks))} "
-                 f"(node {node})" for node, ranks in missing.items()]
-        flags = " ".join(f"--node-rank {node}" for node in missing)
-        return (f"{'; '.join(parts)} did not reach the tensor parallel rendezvous at "
-                f"{self.addr} within {self.timeout}: check that `aiollm serve {flags}` runs "
-                f"there with the same --tensor-parallel-size, --nnodes and --dist-init-addr, "
-                f"that it can reach {self.addr}, and its log")
+            elif r in stopped:
+                gone.setdefault(self.node_of(r), []).append(r)
+        said = []
+        if missing:
+            said.append(f"{name(missing)} did not reach the tensor parallel rendezvous at "
+                        f"{self.addr} within {self.timeout}")
+        if gone:
+            said.append(f"{name(gone)} stopped in the tensor parallel rendezvous at "
+                        f"{self.addr} (arrived, then showed no sign of life for {STALE_S:.0f}"
+                        f" s: killed?) and were not restarted within {self.timeout}")
+        flags = " ".join(f"--node-rank {node}" for node in sorted({**missing, **gone}))
+        return (f"{'; '.join(said)}: check that `aiollm serve {flags}` runs there with the "
+                f"same --tensor-parallel-size, --nnodes and --dist-init-addr, that it can "
+                f"reach {self.addr}, and its log")
 
     def fail(self, node: int, error: BaseException,
              check: Callable[[], None] | None = None) -> None:
