@@ -78,6 +78,19 @@ def fail_steps(eng: Engine, which, count: int = 1) -> tuple[list[np.ndarray], ob
     return failed, restore
 
 
+def chunk_ending_at(prompt: list[int], end: int):
+    """The step predicate for fail_steps: the step holds the chunk of the request on
+    `prompt` that ends at token `end`."""
+    return lambda s: any(r.prompt_ids == prompt and p + n == end
+                         for r, p, n in zip(s.reqs, s.prefix_lens, s.extend_lens))
+
+
+def a_and_b_prompts() -> tuple[list[int], list[int]]:
+    """A's 110-token prompt, and B's: A's first 100 tokens and one more."""
+    a_prompt = np.random.default_rng(5).integers(3, 256, 110).tolist()
+    return a_prompt, a_prompt[:100] + [9]
+
+
 def garbage_cached(eng: Engine) -> int:
     """Slots of the prefix cache whose KV is the garbage a failed step left."""
     out, stack = [], [eng.prefix_cache.tree.root]
@@ -122,17 +135,13 @@ def test_a_hit_on_a_failed_steps_chunk_fails_and_leaves_no_kv_in_the_cache(tiny,
     stayed cached for every later request with that prefix (the flush after the failure
     left it, as B held it). At 48, the next step holds A's next chunk, which the cache has
     too: B, not yet admitted, computes its prompt itself."""
-    rng = np.random.default_rng(5)
-    a_prompt = rng.integers(3, 256, 110).tolist()
-    b_prompt = a_prompt[:100] + [9]
+    a_prompt, b_prompt = a_and_b_prompts()
 
     async def body(eng):
         ref = (await eng.generate(b_prompt, GREEDY)).token_ids
         eng.flush_cache()
         steps = check_every_step(eng)
-        a_last_chunk = (lambda s: any(r.prompt_ids == a_prompt and p + n == fail_at
-                                      for r, p, n in zip(s.reqs, s.prefix_lens, s.extend_lens)))
-        failed, _ = fail_steps(eng, a_last_chunk)
+        failed, _ = fail_steps(eng, chunk_ending_at(a_prompt, fail_at))
         a, b = await asyncio.gather(eng.generate(a_prompt, GREEDY),
                                     eng.generate(b_prompt, GREEDY), return_exceptions=True)
         assert failed and steps[0] > 0

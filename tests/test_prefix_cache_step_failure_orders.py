@@ -15,6 +15,8 @@ import pytest
 from test_prefix_cache import check_every_step
 from test_prefix_cache_step_failure import (  # noqa: F401 - tiny: a fixture
     GREEDY,
+    a_and_b_prompts,
+    chunk_ending_at,
     failure_scenario,
     fail_steps,
     tiny,
@@ -71,17 +73,13 @@ def test_decode_failure_while_a_later_request_shares_the_prompt(tiny, count):
 @pytest.mark.parametrize("count", [2, 3])
 def test_prefill_failures_in_a_row(tiny, count):
     """As the merged test's chunk failure, with the steps after it failing too."""
-    rng = np.random.default_rng(5)
-    a_prompt = rng.integers(3, 256, 110).tolist()
-    b_prompt = a_prompt[:100] + [9]
+    a_prompt, b_prompt = a_and_b_prompts()
 
     async def body(eng):
         ref = (await eng.generate(b_prompt, GREEDY)).token_ids
         eng.flush_cache()
         check_every_step(eng)
-        chunk = (lambda s: any(r.prompt_ids == a_prompt and p + n == 96
-                               for r, p, n in zip(s.reqs, s.prefix_lens, s.extend_lens)))
-        failed, restore = fail_steps(eng, chunk, count)
+        failed, restore = fail_steps(eng, chunk_ending_at(a_prompt, 96), count)
         a, b = await asyncio.gather(eng.generate(a_prompt, GREEDY),
                                     eng.generate(b_prompt, GREEDY), return_exceptions=True)
         restore()
@@ -108,8 +106,7 @@ def test_failure_with_n_siblings_sharing_the_prompt(tiny, count, when):
         eng.flush_cache()
         check_every_step(eng)
         if when == "prefill":
-            which = (lambda s: any(r.prompt_ids == prompt and p + n == 48
-                                   for r, p, n in zip(s.reqs, s.prefix_lens, s.extend_lens)))
+            which = chunk_ending_at(prompt, 48)
         else:
             which = (lambda s: any(r.prompt_ids == prompt and len(r.output_ids) >= 2
                                    for r in s.reqs))
