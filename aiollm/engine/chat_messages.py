@@ -135,7 +135,8 @@ def _text(content: Any, at: str, role: str) -> str:
         kind = part.get("type")
         if not isinstance(kind, str):
             # as vLLM: a part says what it is; a text part without its type is refused too
-            raise InvalidRequest(f'{where}.type is required: "text" for a text part',
+            said = "must be a string" if "type" in part else "is required"
+            raise InvalidRequest(f'{where}.type {said}: "text" for a text part',
                                  param=f"{where}.type")
         if kind not in TEXT_PARTS and not (kind == "refusal" and role == "assistant"):
             # vLLM folds a thinking part into the content: the model would read its own
