@@ -34,6 +34,13 @@ BAD_MESSAGES = [
         {**TOOL_CALL, "function": {"name": "f", "arguments": 5}}]}],
      "messages[1].tool_calls[0].function.arguments"),
     ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
+    ([{"role": "user", "content": [{"type": "input_text", "text": 5}]}],
+     "messages[0].content[0].text"),
+    # as vLLM: a part says its type, a text part too
+    ([{"role": "user", "content": [{"text": "hi"}]}], "messages[0].content[0].type"),
+    # vLLM's thinking part would be the model's reasoning read as what it said
+    ([*HI, {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}]}],
+     "messages[1].content[0]"),
     ([{"role": "user", "content": 5}], "messages[0].content"),
     # OpenAI refuses an empty list of parts (it rendered an empty turn)
     ([{"role": "user", "content": []}], "messages[0].content"),
@@ -213,10 +220,10 @@ def test_assistant_refusal_parts_are_what_the_assistant_said(server):
         return status, json.loads(raw)
 
     said = [*HI, {"role": "assistant", "content": [
-        {"type": "text", "text": "I cannot "}, {"type": "refusal", "refusal": "do that."}]}]
+        {"type": "text", "text": "I cannot"}, {"type": "refusal", "refusal": "do that."}]}]
     status, got = tokenize(said)
     assert status == 200, got
-    assert got == tokenize([*HI, {"role": "assistant", "content": "I cannot do that."}])[1]
+    assert got == tokenize([*HI, {"role": "assistant", "content": "I cannot\ndo that."}])[1]
     status, _, raw = http(server, "POST", "/v1/chat/completions",
                           json={"messages": [*said, *HI], "max_tokens": 2})
     assert status == 200, raw
@@ -226,6 +233,29 @@ def test_assistant_refusal_parts_are_what_the_assistant_said(server):
         assert status == 400 and got["error"]["param"] == param, got
     status, got = tokenize([{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}])
     assert status == 400 and got["error"]["param"] == "messages[0].content[0]", got
+    server.wait_idle()
+
+
+def test_text_parts_of_every_form_vllm_takes_render_joined_by_newline(server):
+    """vLLM's text parts: OpenAI's "text", the Responses API's "input_text" and
+    "output_text", a plain string in the list; the two last forms were a 400. Each renders
+    as its text, the parts of a message joined by "\n" (they were joined by ""), as vLLM
+    joins them for a template that reads content as a string."""
+    def tokens(messages):
+        status, _, raw = http(server, "POST", "/tokenize", json={"messages": messages})
+        assert status == 200, raw
+        return json.loads(raw)["tokens"]
+
+    joined = tokens([{"role": "user", "content": "Hello\nthere\nfriend"}])
+    assert joined != tokens([{"role": "user", "content": "Hellotherefriend"}])
+    for parts in ([{"type": "text", "text": "Hello"}, {"type": "input_text", "text": "there"},
+                   {"type": "output_text", "text": "friend"}],
+                  ["Hello", "there", {"type": "text", "text": "friend"}]):
+        assert tokens([{"role": "user", "content": parts}]) == joined, parts
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": [{"type": "input_text", "text": "hi"}]}],
+        "max_tokens": 2})
+    assert status == 200, raw
     server.wait_idle()
 
 

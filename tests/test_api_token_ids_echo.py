@@ -28,9 +28,10 @@ def tiny(tmp_path_factory) -> str:
     return str(path)
 
 
-def serve(tiny: str, check, **app_options):
+def serve(tiny: str, check, engine_options: dict | None = None, **app_options):
     async def main():
-        engine = Engine(tiny, load_format="dummy", kv_tokens=1024, chat_template=TEMPLATE)
+        engine = Engine(tiny, load_format="dummy", kv_tokens=1024, chat_template=TEMPLATE,
+                        **(engine_options or {}))
         async with TestClient(TestServer(create_app(engine, **app_options))) as client:
             return await check(client)
     return asyncio.run(main())
@@ -223,3 +224,57 @@ def test_streamed_echo_sends_no_empty_chunk_for_text_a_tool_call_holds_back(tiny
     assert len(echoed) == len(plain) + 1  # the echo's chunk alone more
     calls = [ch["delta"]["tool_calls"] for ch in choices if "tool_calls" in ch["delta"]]
     assert calls and calls[0][0]["function"]["name"] == "f"
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}
+
+
+@pytest.mark.parametrize("parser", [None, "qwen3"])
+def test_every_streams_role_chunk_has_empty_content_as_vllms(tiny, parser):
+    """vLLM opens each choice's stream with {"role": "assistant", "content": ""}, with tools
+    and a reasoning parser too; aiollm's content was null where a tool or reasoning parser
+    ran. Now "" for each choice in every mode, and the stream still joins to what it did."""
+    ask = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 6, "temperature": 0,
+           "n": 2, "ignore_eos": True, "stream": True}
+    modes = [{}, {"tools": [TOOL]}, {"tools": [TOOL], "tool_choice": "none"},
+             {"tools": [TOOL], "tool_choice": "required", "max_tokens": 40}]
+
+    async def check(client):
+        return [await post(client, "/v1/chat/completions", {**ask, **mode}) for mode in modes]
+
+    for mode, chunks in zip(modes, serve(tiny, check, {"reasoning_parser": parser})):
+        firsts = [c["choices"][0] for c in chunks[:2]]
+        assert [(ch["index"], ch["delta"]) for ch in firsts] == [
+            (0, {"role": "assistant", "content": ""}),
+            (1, {"role": "assistant", "content": ""})], (mode, firsts)
+        assert all(ch["finish_reason"] is None for ch in firsts)
+        assert sum(ch["finish_reason"] is not None for c in chunks for ch in c["choices"]) == 2
+
+
+TWO_PARTS = [{"type": "text", "text": "Once"}, {"type": "text", "text": "upon"}]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chat_echo_of_text_parts_joins_them_by_newline_as_the_prompt_does(tiny, stream):
+    """A last message of text parts is echoed as vLLM echoes it, the parts joined by "\n"
+    (they were joined by ""), and the template renders it so too: the prompt of the parts
+    is the prompt of that string."""
+    user = [{"role": "user", "content": "hi"}]
+    base = {"max_tokens": 4, "temperature": 0, "ignore_eos": True, "stream": stream,
+            "echo": True, "return_token_ids": True}
+
+    async def check(client):
+        return [await post(client, "/v1/chat/completions", {**base, "messages": user + [
+            {"role": "assistant", "content": content}]}) for content in (TWO_PARTS,
+                                                                         "Once\nupon")]
+
+    parts, joined = serve(tiny, check)
+    if stream:
+        assert parts[1]["choices"][0]["delta"] == {"content": "Once\nupon"}, parts[:2]
+        assert parts[0]["prompt_token_ids"] == joined[0]["prompt_token_ids"]
+    else:
+        assert parts["prompt_token_ids"] == joined["prompt_token_ids"]
+    assert chat_content(parts, 1) == chat_content(joined, 1)
+    assert chat_content(parts, 1)[0].startswith("Once\nupon")
+

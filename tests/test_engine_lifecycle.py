@@ -973,9 +973,10 @@ def test_a_max_model_len_the_kv_cache_cannot_hold_is_refused():
 def test_a_kv_cache_sized_short_of_max_model_len_stops_the_start(loop, tmp_path):
     """A pool sized from memory (on a GPU; cpu_kv_tokens on the CPU, which the same check
     covers) that cannot hold one request of max_model_len tokens stops the start, naming
-    the tokens and GiB it holds and needs and what to change, as vLLM's start-up refuses
+    the tokens and bytes it holds and needs and what to change, as vLLM's start-up refuses
     it; on the CPU the default pool holds at least one max_model_len request, past its
-    usual 65,536 tokens."""
+    usual 65,536 tokens. The bytes are in a unit that shows them: this model's 128 bytes a
+    token (K and V, 2 heads of 8 float32s, 1 layer) read "0.00 GiB" for both sizes."""
     from transformers import LlamaConfig
 
     LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
@@ -990,9 +991,10 @@ def test_a_kv_cache_sized_short_of_max_model_len_stops_the_start(loop, tmp_path)
 
     with pytest.raises(ValueError) as e:
         run(loop, started(max_model_len=512, cpu_kv_tokens=256))
-    for text in ("holds 256 tokens", "max_model_len 512", "GiB", "--max-model-len",
-                 "at most 256", "cpu_kv_tokens"):
+    for text in ("holds 256 tokens (32.00 KiB)", "max_model_len 512 tokens needs (64.00 KiB)",
+                 "--max-model-len", "at most 256", "cpu_kv_tokens"):
         assert text in str(e.value), (text, str(e.value))
+    assert "GiB" not in str(e.value)
     assert run(loop, started(max_model_len=100000)) == (100000, 100000)
 
 

@@ -170,7 +170,9 @@ def _whole(srv, **kw) -> tuple[dict, dict]:
 def _streamed(srv, **kw) -> tuple[str | None, str | None, str, list[dict]]:
     """(joined reasoning deltas or None if none came, joined content or None if none came,
     finish, chunks): the fields as the openai SDK's stream state builds them, where a null
-    content stays null until a string comes."""
+    content stays null until a string comes. The role chunk's content is "", as vLLM's
+    stream opens: where the whole answer's content is null, the stream's is "", as from
+    vLLM."""
     from live_server import http, sse_events
 
     status, _, raw = http(srv, "POST", "/v1/chat/completions", json={
@@ -264,7 +266,7 @@ def test_forced_unclosed_thinking_is_reasoning(thinker):
     choice, _ = _whole(thinker, **kw)
     m = choice["message"]
     assert choice["finish_reason"] == "length" and m["content"] is None and m["reasoning_content"]
-    assert _streamed(thinker, **kw)[:3] == (m["reasoning_content"], None, "length")
+    assert _streamed(thinker, **kw)[:3] == (m["reasoning_content"], "", "length")
 
 
 def test_grammar_without_tags_is_content(thinker):
@@ -291,7 +293,7 @@ def test_free_output_without_tags(thinker):
     assert (m["reasoning_content"], m["content"]) == (
         (raw, None) if parser == "deepseek_r1" else (None, raw))
     reasoning, content, _, _ = _streamed(thinker, max_tokens=8)
-    assert (reasoning, content) == (m["reasoning_content"], m["content"])
+    assert (reasoning, content) == (m["reasoning_content"], m["content"] or "")
     assert usage["completion_tokens"] == 8
 
 
@@ -316,7 +318,7 @@ def test_output_ended_right_after_the_opening_tag(thinker):
     m = choice["message"]
     assert (m["reasoning_content"], m["content"], choice["finish_reason"]) == ("", None, "stop")
     reasoning, content, finish, _ = _streamed(thinker, **kw)
-    assert (reasoning or "", content, finish) == ("", None, "stop")
+    assert (reasoning or "", content, finish) == ("", "", "stop")
 
 
 @pytest.mark.parametrize("prefill,inside", [
@@ -338,7 +340,7 @@ def test_continued_message_with_its_own_reasoning(thinker, prefill, inside):
     m = choice["message"]
     assert (m["reasoning_content"], m["content"]) == ((raw, None) if inside else (None, raw))
     reasoning, content, _, _ = _streamed(thinker, messages=msgs, max_tokens=6, **opts)
-    assert (reasoning, content) == (m["reasoning_content"], m["content"])
+    assert (reasoning, content) == (m["reasoning_content"], m["content"] or "")
 
 
 def test_required_tool_call_is_content(thinker):

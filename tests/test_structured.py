@@ -605,8 +605,9 @@ def test_tool_call_round_trip(client, choice):
 def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(server):
     """While the tool parser holds a call's text back, no chunk is sent (a {"content": ""}
     chunk came for each of its tokens), and the message the SDK's stream state builds is the
-    non-streamed one: content null (it was "" from those chunks), the same call, the same
-    finish; the stream still ends with its finish chunk and [DONE]."""
+    non-streamed one: the same call, the same finish; its content is the role chunk's "",
+    as vLLM's stream builds it (the whole answer's is null, as vLLM's); the stream still
+    ends with its finish chunk and [DONE]."""
     from live_server import sse_events
     from openai.lib.streaming.chat import ChatCompletionStreamState
     from openai.types.chat import ChatCompletionChunk
@@ -624,7 +625,8 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
     assert events[-1] == "[DONE]"
     chunks = [json.loads(e) for e in events[:-1]]
     choices = [c["choices"][0] for c in chunks]
-    assert choices[0]["delta"]["role"] == "assistant" and choices[-1]["finish_reason"]
+    assert choices[0]["delta"] == {"role": "assistant", "content": ""}
+    assert choices[-1]["finish_reason"]
     for ch in choices[1:-1]:  # each says something
         assert ch["delta"].get("content") or ch["delta"].get("tool_calls"), ch
     assert len(chunks) <= 3, chunks  # the role, the call, the finish
@@ -633,7 +635,7 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
         state.handle_chunk(ChatCompletionChunk.model_validate(c))
     built = state.get_final_completion().choices[0]
     assert built.finish_reason == whole["finish_reason"] == "tool_calls"
-    assert built.message.content is None
+    assert built.message.content == ""
     assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
         (c["function"]["name"], c["function"]["arguments"])
         for c in whole["message"]["tool_calls"]]
@@ -644,7 +646,8 @@ def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
     """A call max_tokens cuts ends with finish_reason "length" (not "tool_calls": it is not
     complete) as a call whose arguments are the text written so far, as OpenAI answers it;
     the call's markup ('<tool_call>', the name) is no content. Its text stayed in content,
-    under a tool_choice that allows calls only. Streamed and not, the message is the same."""
+    under a tool_choice that allows calls only. Streamed and not, the message is the same
+    (but for the content the stream builds: "", as from vLLM)."""
     from openai.lib.streaming.chat import ChatCompletionStreamState
 
     kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
@@ -660,7 +663,8 @@ def test_a_call_cut_by_max_tokens_is_a_cut_call_streamed_or_not(client, choice):
     for chunk in client.chat.completions.create(**kw, stream=True):
         state.handle_chunk(chunk)
     built = state.current_completion_snapshot.choices[0]  # the final one raises on "length"
-    assert built.finish_reason == "length" and built.message.content is None, built
+    # content: the role chunk's "", as vLLM's stream opens (the whole answer's null)
+    assert built.finish_reason == "length" and built.message.content == "", built
     assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
         (call.function.name, call.function.arguments)]
 
@@ -670,7 +674,8 @@ def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, a
     """A stop string inside a forced call ends the output there, as it ends any output; what
     was written is a call cut like one max_tokens cuts (its arguments as written, no markup
     in content), with finish_reason "stop", not "tool_calls": it is not complete. Its text
-    ('<tool_call>\n{"name": "get_weather", ') came back as content. Streamed and not alike."""
+    ('<tool_call>\n{"name": "get_weather", ') came back as content. Streamed and not alike
+    (but for the content the stream builds: "", as from vLLM)."""
     from openai.lib.streaming.chat import ChatCompletionStreamState
 
     kw = dict(model=None, messages=[{"role": "user", "content": "Weather in Paris?"}],
@@ -684,7 +689,7 @@ def test_a_call_a_stop_string_cuts_is_a_cut_call_streamed_or_not(client, stop, a
     for chunk in client.chat.completions.create(**kw, stream=True):
         state.handle_chunk(chunk)
     built = state.current_completion_snapshot.choices[0]
-    assert built.finish_reason == "stop" and built.message.content is None, built
+    assert built.finish_reason == "stop" and built.message.content == "", built
     assert [(c.function.name, c.function.arguments) for c in built.message.tool_calls] == [
         (c.function.name, c.function.arguments) for c in msg.tool_calls]
 
@@ -715,7 +720,8 @@ def test_a_stop_string_before_a_forced_calls_name_streamed_or_not(client, choice
     for chunk in client.chat.completions.create(**kw, stream=True):
         state.handle_chunk(chunk)
     built = state.get_final_completion().choices[0]
-    assert built.finish_reason == "stop" and built.message.content == content, built
+    # the role chunk's "", as vLLM's stream opens, where the whole answer's is null too
+    assert built.finish_reason == "stop" and built.message.content == "", built
     assert [(c.function.name, c.function.arguments)
             for c in built.message.tool_calls or []] == calls, built
 

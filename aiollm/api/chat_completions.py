@@ -194,7 +194,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # goes out (the role chunks count it too)
     cached_tokens: list[int | None] = [None] * req.n
     opened = [False]  # whether the choices' role chunks have gone out (open_choices)
-    said = [False] * req.n  # whether content has been sent
+    # whether each later chunk carries content: all do without a parser (open_choices), else
+    # from the first text on
+    said = [False] * req.n
     # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
     prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
 
@@ -267,16 +269,17 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         a choice first seen out of it (its first token held back, an incomplete character)
         crashed it (IndexError) or was filed under another index, and a first chunk of a
         choice past 0 that carries logprobs has them counted twice. Its content is "", as
-        theirs, so every chunk carries content from the first (simple clients join
-        delta["content"]); null where a tool or reasoning parser may leave the message
-        without content (calls alone, or reasoning alone). Then vLLM's echo, if any: one
-        chunk a choice, in index order."""
+        vLLM's always is, tools and reasoning parser or not (OpenAI's is null before a
+        call): a client that joins the stream's content has "" where the whole answer of
+        calls or reasoning alone has null, as from vLLM. Without a parser every later chunk
+        carries content too (simple clients join delta["content"]). Then vLLM's echo, if
+        any: one chunk a choice, in index order."""
         opened[0] = True
         events = []
         for k in range(req.n):
             said[k] = calls[k] is None and splits[k] is None
             events.append(sse.event({**head, **(prompt_ids if k == 0 else {}), "choices": [{
-                "index": k, "delta": {"role": role, "content": "" if said[k] else None},
+                "index": k, "delta": {"role": role, "content": ""},
                 "finish_reason": None, "logprobs": None}], **counts}))
         for k in range(req.n) if echo else ():  # vLLM's echo: a chunk of its own, each
             said[k] = True

@@ -62,6 +62,8 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
 
 
 class ContentPart(Struct, kw_only=True):
+    """A part of a message's content; engine/chat_messages.py says which types are served
+    (text parts, and an assistant's refusal parts)."""
     type: str
     text: str | None = None
     refusal: str | None = None  # an assistant's refusal part
@@ -69,7 +71,8 @@ class ContentPart(Struct, kw_only=True):
 
 class ChatMessage(Struct, kw_only=True):
     role: str
-    content: Union[str, list[ContentPart], None] = None
+    # a plain string in the list is a text part, as vLLM takes it
+    content: Union[str, list[Union[str, ContentPart]], None] = None
     name: str | None = None
     tool_calls: list[dict[str, Any]] | None = None  # an assistant's calls, in the history
     tool_call_id: str | None = None  # a tool message answers this call

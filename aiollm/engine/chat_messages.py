@@ -8,8 +8,9 @@ if it were a turn), content that is not text or text parts (or, an assistant's, 
 parts), a message without content or with an empty list of parts (only an assistant's tool
 calls stand in for it), tool calls anywhere but on an assistant message or malformed, a tool
 message without the id of the call it answers. The form: developer (OpenAI's newer name of
-system, which templates do not know) as system, text (and refusal) parts joined, no content
-as "", a call's JSON arguments as the object templates render themselves.
+system, which templates do not know) as system, text (and refusal) parts joined by "\n" as
+vLLM joins them (its "string" content format), no content as "", a call's JSON arguments as
+the object templates render themselves.
 """
 
 from __future__ import annotations
@@ -103,10 +104,19 @@ def _article(role: str) -> str:
     return "an" if role == "assistant" else "a"
 
 
+# the part types whose `text` field is the part's text: OpenAI's chat part, and the Responses
+# API's input and output parts, which vLLM takes in chat messages too
+TEXT_PARTS = ("text", "input_text", "output_text")
+
+
 def _text(content: Any, at: str, role: str) -> str:
-    """A message's content as one string: text parts (and an assistant's refusal parts, what
-    it said, as OpenAI's schema allows them there) joined, each checked for lone surrogates
-    here, by its own path: joined, the template's check names only the content."""
+    """A message's content as one string: its text parts (TEXT_PARTS, or a plain string in
+    the list, as vLLM takes it) and an assistant's refusal parts (what it said, as OpenAI's
+    schema allows them there) joined by "\n", as vLLM joins them for a template that reads
+    content as a string. Each is checked for lone surrogates here, by its own path: joined,
+    the template's check names only the content. Raises InvalidRequest naming the part, or
+    its field, for a part of another type (images, audio, vLLM's "thinking": not text of the
+    message), one without a `type`, or one whose text is missing or no string."""
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -115,19 +125,34 @@ def _text(content: Any, at: str, role: str) -> str:
     texts = []
     for j, part in enumerate(content):
         where = f"{at}.content[{j}]"
-        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-            raise InvalidRequest(f'{where} must be a content part: an object with a "type"',
-                                 param=where)
-        kind = part["type"]
-        if kind != "text" and not (kind == "refusal" and role == "assistant"):
-            raise InvalidRequest("only text content parts (and an assistant's refusal parts) "
-                                 f"are supported, got type {kind!r}", param=where)
-        if not isinstance(part.get(kind), str):
-            raise InvalidRequest(f"a {kind} content part needs a `{kind}` field (a string)",
-                                 param=f"{where}.{kind}")
-        check_unicode(part[kind], f"{where}.{kind}")
-        texts.append(part[kind])
-    return "".join(texts)
+        if isinstance(part, str):
+            check_unicode(part, where)
+            texts.append(part)
+            continue
+        if not isinstance(part, dict):
+            raise InvalidRequest(f'{where} must be a content part: an object with a "type" '
+                                 f"(or a string), got {type(part).__name__}", param=where)
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            # as vLLM: a part says what it is; a text part without its type is refused too
+            said = "must be a string" if "type" in part else "is required"
+            raise InvalidRequest(f'{where}.type {said}: "text" for a text part',
+                                 param=f"{where}.type")
+        if kind not in TEXT_PARTS and not (kind == "refusal" and role == "assistant"):
+            # vLLM folds a thinking part into the content: the model would read its own
+            # reasoning as what it said
+            hint = (": send an assistant's reasoning as the message's reasoning_content"
+                    if kind == "thinking" else "")
+            raise InvalidRequest(f"only text content parts ({', '.join(TEXT_PARTS)}; and an "
+                                 f"assistant's refusal parts) are supported, got type "
+                                 f"{kind!r}{hint}", param=where)
+        field = "refusal" if kind == "refusal" else "text"
+        if not isinstance(part.get(field), str):
+            raise InvalidRequest(f"a {kind} content part needs a `{field}` field (a string)",
+                                 param=f"{where}.{field}")
+        check_unicode(part[field], f"{where}.{field}")
+        texts.append(part[field])
+    return "\n".join(texts)
 
 
 def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aiollm.byte_size import byte_size
 from aiollm.config import EngineConfig, check_kv_cache_dtype
 from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.warm_up import warm_up
@@ -107,16 +108,15 @@ def _pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int,
     memory, kv_tokens itself EngineConfig checks) cannot hold one request of
     cfg.max_model_len tokens, which vLLM refuses too ("To serve at least one request with
     the model's max seq len..."): the numbers, and what to change."""
-    gib = 2**30
     if device.type == "cpu":  # only a cpu_kv_tokens below it sizes a CPU pool so
         more = "raise cpu_kv_tokens"
     elif cfg.gpu_memory_utilization is not None:
         more = "raise gpu_memory_utilization (--gpu-memory-utilization)"
     else:
         more = "raise kv_memory_fraction (--kv-memory-fraction)"
-    return (f"the KV cache holds {kv_tokens} tokens ({kv_tokens * per_token / gib:.2f} GiB), "
+    return (f"the KV cache holds {kv_tokens} tokens ({byte_size(kv_tokens * per_token)}), "
             f"less than one request of max_model_len {cfg.max_model_len} tokens needs "
-            f"({cfg.max_model_len * per_token / gib:.2f} GiB): lower max_model_len "
+            f"({byte_size(cfg.max_model_len * per_token)}): lower max_model_len "
             f"(--max-model-len) to at most {kv_tokens} (or leave it out: the longest that "
             f"fits), or {more}")
 
@@ -198,8 +198,8 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     table = RequestTable(cfg.table_capacity, pin_memory=device.type == "cuda")
     log.info("model %s (%s) dtype %s device %s: loaded in %.1fs", model_name, mc.architecture,
              str(dtype).removeprefix("torch."), device, time.monotonic() - t0)
-    log.info("KV pool: %d tokens (%.2f GiB), max model len %d, %s scheduler, prefix cache %s",
-             rank.kv_tokens, rank.kv_tokens * rank.kv_bytes_per_token / 2**30,
+    log.info("KV pool: %d tokens (%s), max model len %d, %s scheduler, prefix cache %s",
+             rank.kv_tokens, byte_size(rank.kv_tokens * rank.kv_bytes_per_token),
              rank.max_model_len, cfg.scheduler, "on" if cfg.prefix_cache else "off")
     if rank.max_model_len < mc.max_position and cfg.max_model_len is None:
         # the pool, not the model's context, is the limit: max_model_len left out is the
