@@ -423,3 +423,60 @@ def test_of_two_restarts_of_a_killed_rank_one_is_refused():
         killed.join(timeout=30)
         for p in places:
             p.close()
+
+
+@pytest.mark.parametrize("flag,value", [("max_model_len", 64), ("dtype", "bfloat16"),
+                                        ("model", "3 layers")])
+def test_a_node_started_with_another_model_or_flags_is_refused_naming_them(tiny_model,  # noqa: F811
+                                                                            tmp_path, flag,
+                                                                            value):
+    """Node 1 started with another --max-model-len, --dtype or model than node 0 (another
+    checkpoint at the same path): the group was made, then a request hung (another layer
+    count: a collective rank 0 never made), or a rank aborted in gloo (another dtype or
+    width), and a longer --max-model-len wrote past node 1's rows. Node 1 is now refused
+    before it arrives, naming its setting and node 0's; node 0 names node 1 and why."""
+    import copy
+    import dataclasses
+    from datetime import timedelta
+
+    from test_tensor_parallel import TINY
+
+    from aiollm.config import EngineConfig
+    from aiollm.distributed.group import RankLost
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+    from aiollm.distributed.start_settings import start_settings
+    from aiollm.model.loader import read_config
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=10)
+    cfg = EngineConfig(model=tiny_model, device="cpu", max_model_len=128,
+                       tensor_parallel_size=2, nnodes=2, dist_init_addr=addr)
+    if flag == "model":
+        other = tmp_path / "tiny-3-layers"
+        config = copy.deepcopy(TINY)
+        config.num_hidden_layers = 3
+        config.save_pretrained(other)  # its config is all the check reads
+        cfg1 = dataclasses.replace(cfg, model=str(other), node_rank=1)
+    else:
+        cfg1 = dataclasses.replace(cfg, node_rank=1, **{flag: value})
+    places = [Rendezvous(addr, 1, 2, 2, wait), Rendezvous(addr, 0, 2, 2, wait)]
+    for place, c in zip(places, (cfg1, cfg)):
+        place.settings = start_settings(c, read_config(c.model))
+    places[1].open()
+    try:
+        started = time.monotonic()
+        out = _meet_in_threads(*places)
+        assert isinstance(out[0], ValueError), out
+        said = {"max_model_len": ("--max-model-len 64", "--max-model-len 128"),
+                "dtype": ("--dtype bfloat16", "--dtype auto"),
+                "model": ("3 layers", "2 layers")}[flag]
+        assert f"node 1 was started with " in str(out[0]) and said[0] in str(out[0]), out
+        assert f"node 0 (the rendezvous at {addr}) with " in str(out[0]), out
+        assert said[1] in str(out[0]), out
+        assert isinstance(out[1], RankLost), out
+        assert "node 1 (rank 1) failed to start: ValueError: node 1 was started with" \
+            in str(out[1]), out
+        assert time.monotonic() - started < 8, out  # not the timeout
+    finally:
+        for p in places:
+            p.close()

@@ -47,6 +47,7 @@ import torch.distributed as dist
 from aiollm.config import EngineConfig
 from aiollm.distributed.group import STOP, RankLost, TensorParallel
 from aiollm.distributed.rendezvous import Rendezvous
+from aiollm.distributed.start_settings import start_settings
 from aiollm.model import parallel
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,9 @@ class NodeRanks:
         check_devices(cfg)
         from aiollm.model.loader import read_config
 
-        parallel.check_divisible(read_config(cfg.model), cfg.tensor_parallel_size)
+        model = read_config(cfg.model)
+        parallel.check_divisible(model, cfg.tensor_parallel_size)
+        self.rendezvous.settings = start_settings(cfg, model)
         ranks = node_ranks(cfg)
         config_json = json.dumps(asdict(cfg))
         with self._lock:  # (abandon kills what was spawned)

@@ -31,6 +31,7 @@ logging each failed try.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -74,6 +75,9 @@ class Rendezvous:
         self._server: dist.TCPStore | None = None  # rank 0: the one that listens at addr
         self.met = False  # every rank arrived: a failure from now on is the group's to tell
         self._told = False  # a failure another node posted was raised here: not re-posted
+        # what every node must be started with alike (start_settings.py), set by a node's
+        # lead before meet: rank 0 posts its own, another node's lead compares (None: not)
+        self.settings: dict[str, str] | None = None
 
     def node_of(self, rank: int) -> int:
         return rank // (self.size // self.nnodes)
@@ -169,6 +173,7 @@ class Rendezvous:
         deadline = time.monotonic() + self.timeout.total_seconds()
         try:
             self._check_shape(store)
+            self._check_settings(store, check, deadline)
             if store.add(f"{PREFIX}arrived/{self.rank}", 1) > 1:
                 self._replace(store, check)
             arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
@@ -283,6 +288,39 @@ class Rendezvous:
             raise ValueError(
                 f"this node was started with {self._shape()}, node 0 (the rendezvous at "
                 f"{self.addr}) with {shape}: start every node with the same")
+
+    def _check_settings(self, store: dist.TCPStore, check: Callable[[], None] | None,
+                        deadline: float) -> None:
+        """Rank 0: post its settings. Another rank given settings: wait for rank 0's (it
+        posts them as it arrives; Ctrl-C, `check`, another node's failure and the timeout
+        end the wait), then ValueError naming those that differ. Before this rank arrives:
+        a rank refused once counted, rank 0 met it and waited for it to make the group."""
+        key = f"{PREFIX}settings"
+        if self.rank == 0:
+            store.set(key, json.dumps(self.settings or {}))
+            return
+        if not self.settings:
+            return
+        while not store.check([key]):
+            self._check_failed(store)
+            if check is not None:
+                check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"rank 0 (node 0) did not reach the tensor parallel rendezvous at "
+                    f"{self.addr} within {self.timeout}, though it hosts it: see node 0's log")
+            time.sleep(POLL_S)
+        theirs = json.loads(store.get(key))
+        differ = [k for k, v in self.settings.items() if theirs.get(k) != v]
+        if differ:
+            def said(settings: dict[str, str]) -> str:
+                return ", ".join(f"{k} {settings.get(k, '(none)')}" for k in differ)
+
+            node = self.node_of(self.rank)
+            raise ValueError(
+                f"node {node} was started with {said(self.settings)}, node 0 (the rendezvous "
+                f"at {self.addr}) with {said(theirs)}: start every node with the same model "
+                f"and flags (the model's path may differ, not its files)")
 
     def _missing(self, store: dist.TCPStore, stopped: list[int]) -> str:
         """The timeout's message: the ranks that never arrived, and those in `stopped`
