@@ -186,3 +186,56 @@ def test_node_0_is_told_of_a_node_stopped_in_the_rendezvous(tiny_model, tmp_path
     finally:
         release.touch()
         _end(nodes)
+
+
+_HELD_RANK0_AND_MARK = '''
+import os, time
+import aiollm.model as model
+from aiollm.distributed.group import TensorParallel
+
+_load_model, _start_check = model.load_model, TensorParallel.start_check
+
+def load_model(*args, **kwargs):  # rank 0 loads until told (a large model: minutes)
+    from aiollm.model import parallel
+    if parallel.current().rank == 0:
+        while not os.path.exists(os.environ["AIOLLM_TEST_RELEASE"]):
+            time.sleep(0.05)
+    return _load_model(*args, **kwargs)
+
+def start_check(self, *args, **kwargs):  # where the rank is: at a start-up checkpoint
+    open(os.environ["AIOLLM_TEST_AT_CHECK"] + str(self.rank), "w").close()
+    return _start_check(self, *args, **kwargs)
+
+model.load_model, TensorParallel.start_check = load_model, start_check
+'''
+
+
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_node_killed_after_the_group_was_made_is_named_by_the_other(tiny_model, tmp_path,  # noqa: F811
+                                                                      killed):
+    """The group is made; node 1 waits at the first start-up checkpoint while rank 0 loads.
+    One node is killed (SIGKILL, the OOM killer): the other exited 1 with a traceback of
+    gloo's "Connection closed by peer", naming no node (with -tp 4, its own spawned rank,
+    which only saw the same). It now names the node that ended and what to do."""
+    (tmp_path / "sitecustomize.py").write_text(_HELD_RANK0_AND_MARK)
+    marker, release = str(tmp_path / "at-check-rank"), tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_AT_CHECK": marker,
+           "AIOLLM_TEST_RELEASE": str(release)}
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    try:
+        _wait_for(marker + "1", nodes[1], logs[1])
+        time.sleep(0.5)  # inside the checkpoint's wait
+        nodes[killed].kill()
+        nodes[killed].wait()
+        release.touch()  # rank 0, if alive, reaches the checkpoint: its collective fails
+        other = 1 - killed
+        assert nodes[other].wait(timeout=60) == 1, logs[other].read_text()
+        text = logs[other].read_text()
+        assert "Traceback" not in text, text
+        error = _last_error(text)
+        assert f"tensor parallel node {killed} (rank {killed}) ended during start-up, after " \
+               f"the group was made" in error, error
+        assert "start every node again" in error, error
+    finally:
+        release.touch()
+        _end(nodes)

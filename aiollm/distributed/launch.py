@@ -68,6 +68,12 @@ _left_starts: set[NodeRanks] = set()
 _GIVEN_UP = "tensor parallel start-up given up by its caller"  # its thread's RuntimeError
 
 
+def _collective(kind: str) -> bool:
+    """Whether an exception type's name is one a failed collective raises: a peer's process
+    was lost (gloo's "Connection closed by peer" is a plain RuntimeError)."""
+    return kind in ("RuntimeError", "DistError", "DistBackendError", "DistNetworkError")
+
+
 def node_ranks(cfg: EngineConfig) -> range:
     per = cfg.tensor_parallel_size // cfg.nnodes
     return range(cfg.node_rank * per, (cfg.node_rank + 1) * per)
@@ -347,8 +353,41 @@ class NodeRanks:
         collective = type(exc) is RuntimeError or isinstance(exc, dist.DistError)
         # (the watchdog may have failed the group meanwhile, its ranks' files removed)
         lost = (self.lost or self.lost_rank(wait=1.0)) if collective else None
+        if collective and self.cfg.nnodes > 1 and (lost is None or self._only_collateral()):
+            lost = self._other_node_lost(exc)
         self.abort()
         return RankLost(lost) if lost is not None else None
+
+    def _only_collateral(self) -> bool:
+        """Every spawned rank that exited failed in a collective, as this rank did: the
+        rank lost is another node's (a rank killed, or one that failed on its own, is not
+        so: its exit, or its error met at a checkpoint, is the cause)."""
+        for rank, p in self.procs.items():
+            code = p.poll()
+            if code is None:
+                continue
+            try:
+                with open(self._error_file(rank)) as f:
+                    kind = f.read().split(":", 1)[0]
+            except OSError:
+                return False
+            if code != 1 or not _collective(kind):
+                return False
+        return True
+
+    def _other_node_lost(self, exc: BaseException) -> str:
+        """Why a collective failed once the group was made when no rank of this node was
+        lost: another node's process ended (killed, or crashed in C++). Node 0's is the one
+        whose rendezvous store closed; with two nodes, the other one."""
+        cfg, rdv = self.cfg, self.rendezvous
+        others = [k for k in range(cfg.nnodes) if k != cfg.node_rank]
+        if cfg.node_rank != 0 and rdv is not None and not rdv.node_0_alive():
+            others = [0]
+        what = (f"tensor parallel node {others[0]} ({rdv.ranks_of(others[0])})"
+                if len(others) == 1 else
+                f"a rank of tensor parallel nodes {', '.join(map(str, others))}")
+        return (f"{what} ended during start-up, after the group was made (killed? see its "
+                f"log): the group cannot go on without it; start every node again ({exc})")
 
     def _start_watch(self) -> None:
         """Start the watchdog: it fails the group (fail) when a spawned rank exits (on one

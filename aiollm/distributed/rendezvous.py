@@ -82,7 +82,8 @@ class Rendezvous:
     def node_of(self, rank: int) -> int:
         return rank // (self.size // self.nnodes)
 
-    def _node_ranks(self, node: int) -> str:
+    def ranks_of(self, node: int) -> str:
+        """Node `node`'s ranks as a message names them: "rank 2", "ranks 2-3"."""
         per = self.size // self.nnodes
         first, last = node * per, (node + 1) * per - 1
         return f"rank {first}" if first == last else f"ranks {first}-{last}"
@@ -267,8 +268,18 @@ class Rendezvous:
                     store.add(f"{PREFIX}told", 1)
                 except dist.DistNetworkError:
                     pass
-                raise RankLost(f"tensor parallel node {node} ({self._node_ranks(node)})"
+                raise RankLost(f"tensor parallel node {node} ({self.ranks_of(node)})"
                                f" failed to start: {why}")
+
+    def node_0_alive(self) -> bool:
+        """Whether rank 0's store still accepts connections at the address (its process
+        lives). A connection probe: a request of the store's client to a closed server
+        logs torch's C++ warning with its stack."""
+        try:
+            socket.create_connection((self._host, self._port), timeout=1.0).close()
+            return True
+        except OSError:
+            return False
 
     def _node_0_ended(self, e: BaseException) -> RankLost:
         self._told = True
