@@ -480,3 +480,31 @@ def test_a_node_started_with_another_model_or_flags_is_refused_naming_them(tiny_
     finally:
         for p in places:
             p.close()
+
+
+def test_a_rank_restarted_after_the_group_was_made_is_told_to_restart_every_node():
+    """Node 1 killed after the group was made (at a start-up checkpoint, or serving), then
+    restarted while node 0 still runs: it was told that another node was started with its
+    --node-rank, which sent its user looking for a duplicate. It now says that rank is
+    already in a group, which takes no replacement: start every node again."""
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=5)
+    places = [Rendezvous(addr, 0, 2, 2, wait), Rendezvous(addr, 1, 2, 2, wait)]
+    places[0].open()
+    restart = Rendezvous(addr, 1, 2, 2, wait)
+    try:
+        out = _meet_in_threads(*places)
+        assert out == [p.store for p in places], out
+        with pytest.raises(ValueError) as e:
+            restart.meet()
+        assert "tensor parallel rank 1 (node 1) is already in the group made at " \
+               f"{addr}" in str(e.value), e.value
+        assert "start every node again" in str(e.value), e.value
+        assert "--node-rank 1" in str(e.value), e.value
+    finally:
+        for p in (*places, restart):
+            p.close()

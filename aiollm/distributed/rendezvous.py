@@ -199,14 +199,24 @@ class Rendezvous:
 
     def _replace(self, store: dist.TCPStore, check: Callable[[], None] | None) -> None:
         """Rank `self.rank` arrived before: watch the first arrival's heartbeat up to
-        STALE_S. ValueError (a node started twice) when it moves or that rank met; else
+        STALE_S. ValueError when it moves (a node started twice) or that rank met (the
+        same, or a start of this node that ended after the group was made); else
         the first was killed while it waited, and this arrival replaces it (claimed by
         counting "replaced/R/<the stopped heartbeat>": of two restarts, one is refused)."""
         node, key = self.node_of(self.rank), f"{PREFIX}alive/{self.rank}"
         beat = store.add(key, 0)
         until = time.monotonic() + STALE_S
         while time.monotonic() < until:
-            if store.add(key, 0) != beat or store.check([f"{PREFIX}met/{self.rank}"]):
+            if store.check([f"{PREFIX}met/{self.rank}"]):
+                self._told = True  # not posted: the group was made, it looks here no more
+                raise ValueError(
+                    f"tensor parallel rank {self.rank} (node {node}) is already in the group "
+                    f"made at {self.addr}: either another node runs with --node-rank {node} "
+                    f"(end it, or give this node its own --node-rank), or this node's "
+                    f"earlier start ended after the group was made, and a group takes no "
+                    f"replacement (node 0 ends once it finds that rank gone): start every "
+                    f"node again")
+            if store.add(key, 0) != beat:
                 self._told = True  # not posted: the node that came first is fine
                 raise ValueError(
                     f"tensor parallel rank {self.rank} (node {node}) has already arrived at "
