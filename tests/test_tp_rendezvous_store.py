@@ -508,3 +508,27 @@ def test_a_rank_restarted_after_the_group_was_made_is_told_to_restart_every_node
     finally:
         for p in (*places, restart):
             p.close()
+
+
+def test_a_node_waiting_for_node_0s_rendezvous_says_so(monkeypatch, caplog):
+    """Node 1 started before node 0, or given a wrong --dist-init-addr: it waited up to the
+    rendezvous' timeout (10 minutes) saying nothing after its first line. It now logs that
+    it waits, for what and where, within NOTE_S and then every NOTE_EVERY_S."""
+    import logging
+    from datetime import timedelta
+
+    from aiollm.distributed import rendezvous
+    from aiollm.distributed.launch import _free_port
+
+    monkeypatch.setattr(rendezvous, "NOTE_S", 0.2)
+    monkeypatch.setattr(rendezvous, "NOTE_EVERY_S", 0.5)
+    addr = f"127.0.0.1:{_free_port()}"
+    place = rendezvous.Rendezvous(addr, 1, 2, 2, timedelta(seconds=1.3))
+    with caplog.at_level(logging.INFO, logger="aiollm.distributed.rendezvous"):
+        with pytest.raises(TimeoutError):
+            place.open()
+    notes = [r.getMessage() for r in caplog.records
+             if "waiting for node 0" in r.getMessage()]
+    assert len(notes) >= 2, caplog.text
+    assert f"the tensor parallel rendezvous at {addr} (--dist-init-addr)" in notes[0], notes
+    assert "aiollm serve --node-rank 0" in notes[0], notes

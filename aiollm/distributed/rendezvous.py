@@ -60,6 +60,9 @@ LINGER_S = 1.0
 # an arrival whose heartbeat has not moved this long (many polls) is taken for a rank that
 # was killed while it waited: it is not counted, and its rank's restart replaces it
 STALE_S = 2.0
+# a node waiting for rank 0's store to come up says so after NOTE_S, then every NOTE_EVERY_S
+# (node 0 not yet started, or a wrong --dist-init-addr: else silent up to the timeout)
+NOTE_S, NOTE_EVERY_S = 5.0, 60.0
 
 
 class Rendezvous:
@@ -113,7 +116,8 @@ class Rendezvous:
             self.store.set(f"{PREFIX}shape", self._shape())
             return self.store
         wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline, note = started + wait_s, started + NOTE_S
         while True:
             try:
                 socket.create_connection((self._host, self._port), timeout=1.0).close()
@@ -122,6 +126,12 @@ class Rendezvous:
                 pass
             if check is not None:
                 check()
+            if time.monotonic() > note:
+                note += NOTE_EVERY_S
+                log.info("waiting for node 0 (%.0f s of %.0f s): nothing answers at the tensor "
+                         "parallel rendezvous at %s (--dist-init-addr) yet; check that `aiollm"
+                         " serve --node-rank 0` runs there", time.monotonic() - started, wait_s,
+                         self.addr)
             if time.monotonic() > deadline:
                 waited = timedelta(seconds=round(wait_s))
                 raise TimeoutError(
