@@ -239,3 +239,33 @@ def test_a_node_killed_after_the_group_was_made_is_named_by_the_other(tiny_model
     finally:
         release.touch()
         _end(nodes)
+
+
+def test_node_1_says_so_when_node_0_ends_while_it_serves(tiny_model, tmp_path):  # noqa: F811
+    """Two nodes serve; node 0 is killed (SIGKILL, the OOM killer; or it gave up its
+    start-up after its load, Ctrl-C). Node 1, waiting for rank 0's next step message,
+    exited 1 with a traceback of gloo's "Connection closed by peer". It now exits 1
+    within seconds naming node 0, its spawned ranks gone too."""
+    from serve_log import logged_base
+
+    env, _ = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while logged_base(logs[0]) is None or "ready on" not in logs[1].read_text():
+            assert nodes[0].poll() is None and nodes[1].poll() is None, \
+                [log.read_text() for log in logs]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        spawned = _children(nodes[1].pid)
+        nodes[0].kill()
+        nodes[0].wait()
+        assert nodes[1].wait(timeout=30) == 1, logs[1].read_text()
+        text = logs[1].read_text()
+        assert "Traceback" not in text, text
+        error = _last_error(text)
+        assert "tensor parallel node 0 (ranks 0-1) ended while this node served" in error, \
+            error
+        assert not any(_alive(pid) for pid in spawned), "a spawned rank outlived its node"
+    finally:
+        _end(nodes)

@@ -63,6 +63,9 @@ STALE_S = 2.0
 # a node waiting for rank 0's store to come up says so after NOTE_S, then every NOTE_EVERY_S
 # (node 0 not yet started, or a wrong --dist-init-addr: else silent up to the timeout)
 NOTE_S, NOTE_EVERY_S = 5.0, 60.0
+# a process that ended closes its sockets one by one: rank 0's gloo connection may close,
+# and another rank look at its store's port, before that port closes
+SETTLE_S = 0.5
 
 
 class Rendezvous:
@@ -293,13 +296,17 @@ class Rendezvous:
 
     def node_0_alive(self) -> bool:
         """Whether rank 0's store still accepts connections at the address (its process
-        lives). A connection probe: a request of the store's client to a closed server
+        lives), still SETTLE_S on. A connection probe: a request of the store's client to a closed server
         logs torch's C++ warning with its stack."""
-        try:
-            socket.create_connection((self._host, self._port), timeout=1.0).close()
-            return True
-        except OSError:
-            return False
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            try:
+                socket.create_connection((self._host, self._port), timeout=1.0).close()
+            except OSError:
+                return False
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(POLL_S)
 
     def _node_0_ended(self, e: BaseException) -> RankLost:
         self._told = True
