@@ -211,8 +211,8 @@ model.load_model, TensorParallel.start_check = load_model, start_check
 
 
 @pytest.mark.parametrize("killed", [0, 1])
-def test_a_node_killed_after_the_group_was_made_is_named_by_the_other(tiny_model, tmp_path,  # noqa: F811
-                                                                      killed):
+def test_a_node_killed_after_the_group_was_made_is_named_by_the_other(
+        tiny_model, tmp_path, killed):  # noqa: F811
     """The group is made; node 1 waits at the first start-up checkpoint while rank 0 loads.
     One node is killed (SIGKILL, the OOM killer): the other exited 1 with a traceback of
     gloo's "Connection closed by peer", naming no node (with -tp 4, its own spawned rank,

@@ -296,8 +296,8 @@ class Rendezvous:
 
     def node_0_alive(self) -> bool:
         """Whether rank 0's store still accepts connections at the address (its process
-        lives), still SETTLE_S on. A connection probe: a request of the store's client to a closed server
-        logs torch's C++ warning with its stack."""
+        lives), still SETTLE_S on. A connection probe: a request of the store's client to a
+        closed server logs torch's C++ warning with its stack."""
         deadline = time.monotonic() + SETTLE_S
         while True:
             try:
