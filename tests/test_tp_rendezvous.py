@@ -269,3 +269,39 @@ def test_node_1_says_so_when_node_0_ends_while_it_serves(tiny_model, tmp_path): 
         assert not any(_alive(pid) for pid in spawned), "a spawned rank outlived its node"
     finally:
         _end(nodes)
+
+
+def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path):  # noqa: F811
+    """Two nodes serve; node 1 is killed. The next request failed with gloo's "Connection
+    closed by peer" and node 0 exited saying "tensor parallel rank 0: model step failed"
+    with it, naming no node. Both now name node 1 and say to start every node again."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from serve_log import logged_base
+
+    env, _ = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while (base := logged_base(logs[0])) is None or "ready on" not in logs[1].read_text():
+            assert nodes[0].poll() is None and nodes[1].poll() is None, \
+                [log.read_text() for log in logs]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        nodes[1].kill()
+        nodes[1].wait()
+        request = urllib.request.Request(
+            f"{base}/v1/completions", headers={"content-type": "application/json"},
+            data=json.dumps({"prompt": "w3 w17", "max_tokens": 4}).encode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=60)
+        body = e.value.read().decode()
+        said = "tensor parallel node 1 (rank 1) ended while this node served"
+        assert said in body, body
+        assert nodes[0].wait(timeout=30) == 1, logs[0].read_text()
+        error = _last_error(logs[0].read_text())
+        assert said in error and "start every node again" in error, error
+    finally:
+        _end(nodes)

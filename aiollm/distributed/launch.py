@@ -354,7 +354,7 @@ class NodeRanks:
         # (the watchdog may have failed the group meanwhile, its ranks' files removed)
         lost = (self.lost or self.lost_rank(wait=1.0)) if collective else None
         if collective and self.cfg.nnodes > 1 and (lost is None or self._only_collateral()):
-            lost = self._other_node_lost(exc)
+            lost = self.other_node_lost(exc, "during start-up, after the group was made")
         self.abort()
         return RankLost(lost) if lost is not None else None
 
@@ -375,10 +375,11 @@ class NodeRanks:
                 return False
         return True
 
-    def _other_node_lost(self, exc: BaseException) -> str:
-        """Why a collective failed once the group was made when no rank of this node was
-        lost: another node's process ended (killed, or crashed in C++). Node 0's is the one
-        whose rendezvous store closed; with two nodes, the other one."""
+    def other_node_lost(self, exc: BaseException, when: str) -> str:
+        """Why a collective failed `when` ("while this node served") once the group was made,
+        when no rank of this node was lost: another node's process ended (killed, or crashed
+        in C++). Node 0's is the one whose rendezvous store closed; with two nodes, the other
+        one."""
         cfg, rdv = self.cfg, self.rendezvous
         others = [k for k in range(cfg.nnodes) if k != cfg.node_rank]
         if cfg.node_rank != 0 and rdv is not None and not rdv.node_0_alive():
@@ -386,8 +387,8 @@ class NodeRanks:
         what = (f"tensor parallel node {others[0]} ({rdv.ranks_of(others[0])})"
                 if len(others) == 1 else
                 f"a rank of tensor parallel nodes {', '.join(map(str, others))}")
-        return (f"{what} ended during start-up, after the group was made (killed? see its "
-                f"log): the group cannot go on without it; start every node again ({exc})")
+        return (f"{what} ended {when} (killed? see its log): the group cannot go on without "
+                f"it; start every node again ({exc})")
 
     def _start_watch(self) -> None:
         """Start the watchdog: it fails the group (fail) when a spawned rank exits (on one
