@@ -186,3 +186,122 @@ def test_node_0_is_told_of_a_node_stopped_in_the_rendezvous(tiny_model, tmp_path
     finally:
         release.touch()
         _end(nodes)
+
+
+_HELD_RANK0_AND_MARK = '''
+import os, time
+import aiollm.model as model
+from aiollm.distributed.group import TensorParallel
+
+_load_model, _start_check = model.load_model, TensorParallel.start_check
+
+def load_model(*args, **kwargs):  # rank 0 loads until told (a large model: minutes)
+    from aiollm.model import parallel
+    if parallel.current().rank == 0:
+        while not os.path.exists(os.environ["AIOLLM_TEST_RELEASE"]):
+            time.sleep(0.05)
+    return _load_model(*args, **kwargs)
+
+def start_check(self, *args, **kwargs):  # where the rank is: at a start-up checkpoint
+    open(os.environ["AIOLLM_TEST_AT_CHECK"] + str(self.rank), "w").close()
+    return _start_check(self, *args, **kwargs)
+
+model.load_model, TensorParallel.start_check = load_model, start_check
+'''
+
+
+@pytest.mark.parametrize("killed", [0, 1])
+def test_a_node_killed_after_the_group_was_made_is_named_by_the_other(
+        tiny_model, tmp_path, killed):  # noqa: F811
+    """The group is made; node 1 waits at the first start-up checkpoint while rank 0 loads.
+    One node is killed (SIGKILL, the OOM killer): the other exited 1 with a traceback of
+    gloo's "Connection closed by peer", naming no node (with -tp 4, its own spawned rank,
+    which only saw the same). It now names the node that ended and what to do."""
+    (tmp_path / "sitecustomize.py").write_text(_HELD_RANK0_AND_MARK)
+    marker, release = str(tmp_path / "at-check-rank"), tmp_path / "release"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_AT_CHECK": marker,
+           "AIOLLM_TEST_RELEASE": str(release)}
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    try:
+        _wait_for(marker + "1", nodes[1], logs[1])
+        time.sleep(0.5)  # inside the checkpoint's wait
+        nodes[killed].kill()
+        nodes[killed].wait()
+        release.touch()  # rank 0, if alive, reaches the checkpoint: its collective fails
+        other = 1 - killed
+        assert nodes[other].wait(timeout=60) == 1, logs[other].read_text()
+        text = logs[other].read_text()
+        assert "Traceback" not in text, text
+        error = _last_error(text)
+        assert f"tensor parallel node {killed} (rank {killed}) ended during start-up, after " \
+               f"the group was made" in error, error
+        assert "start every node again" in error, error
+    finally:
+        release.touch()
+        _end(nodes)
+
+
+def test_node_1_says_so_when_node_0_ends_while_it_serves(tiny_model, tmp_path):  # noqa: F811
+    """Two nodes serve; node 0 is killed (SIGKILL, the OOM killer; or it gave up its
+    start-up after its load, Ctrl-C). Node 1, waiting for rank 0's next step message,
+    exited 1 with a traceback of gloo's "Connection closed by peer". It now exits 1
+    within seconds naming node 0, its spawned ranks gone too."""
+    from serve_log import logged_base
+
+    env, _ = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while logged_base(logs[0]) is None or "ready on" not in logs[1].read_text():
+            assert nodes[0].poll() is None and nodes[1].poll() is None, \
+                [log.read_text() for log in logs]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        spawned = _children(nodes[1].pid)
+        nodes[0].kill()
+        nodes[0].wait()
+        assert nodes[1].wait(timeout=30) == 1, logs[1].read_text()
+        text = logs[1].read_text()
+        assert "Traceback" not in text, text
+        error = _last_error(text)
+        assert "tensor parallel node 0 (ranks 0-1) ended while this node served" in error, \
+            error
+        assert not any(_alive(pid) for pid in spawned), "a spawned rank outlived its node"
+    finally:
+        _end(nodes)
+
+
+def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path):  # noqa: F811
+    """Two nodes serve; node 1 is killed. The next request failed with gloo's "Connection
+    closed by peer" and node 0 exited saying "tensor parallel rank 0: model step failed"
+    with it, naming no node. Both now name node 1 and say to start every node again."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from serve_log import logged_base
+
+    env, _ = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while (base := logged_base(logs[0])) is None or "ready on" not in logs[1].read_text():
+            assert nodes[0].poll() is None and nodes[1].poll() is None, \
+                [log.read_text() for log in logs]
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        nodes[1].kill()
+        nodes[1].wait()
+        request = urllib.request.Request(
+            f"{base}/v1/completions", headers={"content-type": "application/json"},
+            data=json.dumps({"prompt": "w3 w17", "max_tokens": 4}).encode())
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(request, timeout=60)
+        body = e.value.read().decode()
+        said = "tensor parallel node 1 (rank 1) ended while this node served"
+        assert said in body, body
+        assert nodes[0].wait(timeout=30) == 1, logs[0].read_text()
+        error = _last_error(logs[0].read_text())
+        assert said in error and "start every node again" in error, error
+    finally:
+        _end(nodes)

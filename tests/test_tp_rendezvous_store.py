@@ -423,3 +423,112 @@ def test_of_two_restarts_of_a_killed_rank_one_is_refused():
         killed.join(timeout=30)
         for p in places:
             p.close()
+
+
+@pytest.mark.parametrize("flag,value", [("max_model_len", 64), ("dtype", "bfloat16"),
+                                        ("model", "3 layers")])
+def test_a_node_started_with_another_model_or_flags_is_refused_naming_them(tiny_model,  # noqa: F811
+                                                                            tmp_path, flag,
+                                                                            value):
+    """Node 1 started with another --max-model-len, --dtype or model than node 0 (another
+    checkpoint at the same path): the group was made, then a request hung (another layer
+    count: a collective rank 0 never made), or a rank aborted in gloo (another dtype or
+    width), and a longer --max-model-len wrote past node 1's rows. Node 1 is now refused
+    before it arrives, naming its setting and node 0's; node 0 names node 1 and why."""
+    import copy
+    import dataclasses
+    from datetime import timedelta
+
+    from test_tensor_parallel import TINY
+
+    from aiollm.config import EngineConfig
+    from aiollm.distributed.group import RankLost
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+    from aiollm.distributed.start_settings import start_settings
+    from aiollm.model.loader import read_config
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=10)
+    cfg = EngineConfig(model=tiny_model, device="cpu", max_model_len=128,
+                       tensor_parallel_size=2, nnodes=2, dist_init_addr=addr)
+    if flag == "model":
+        other = tmp_path / "tiny-3-layers"
+        config = copy.deepcopy(TINY)
+        config.num_hidden_layers = 3
+        config.save_pretrained(other)  # its config is all the check reads
+        cfg1 = dataclasses.replace(cfg, model=str(other), node_rank=1)
+    else:
+        cfg1 = dataclasses.replace(cfg, node_rank=1, **{flag: value})
+    places = [Rendezvous(addr, 1, 2, 2, wait), Rendezvous(addr, 0, 2, 2, wait)]
+    for place, c in zip(places, (cfg1, cfg)):
+        place.settings = start_settings(c, read_config(c.model))
+    places[1].open()
+    try:
+        started = time.monotonic()
+        out = _meet_in_threads(*places)
+        assert isinstance(out[0], ValueError), out
+        said = {"max_model_len": ("--max-model-len 64", "--max-model-len 128"),
+                "dtype": ("--dtype bfloat16", "--dtype auto"),
+                "model": ("3 layers", "2 layers")}[flag]
+        assert f"node 1 was started with " in str(out[0]) and said[0] in str(out[0]), out
+        assert f"node 0 (the rendezvous at {addr}) with " in str(out[0]), out
+        assert said[1] in str(out[0]), out
+        assert isinstance(out[1], RankLost), out
+        assert "node 1 (rank 1) failed to start: ValueError: node 1 was started with" \
+            in str(out[1]), out
+        assert time.monotonic() - started < 8, out  # not the timeout
+    finally:
+        for p in places:
+            p.close()
+
+
+def test_a_rank_restarted_after_the_group_was_made_is_told_to_restart_every_node():
+    """Node 1 killed after the group was made (at a start-up checkpoint, or serving), then
+    restarted while node 0 still runs: it was told that another node was started with its
+    --node-rank, which sent its user looking for a duplicate. It now says that rank is
+    already in a group, which takes no replacement: start every node again."""
+    from datetime import timedelta
+
+    from aiollm.distributed.launch import _free_port
+    from aiollm.distributed.rendezvous import Rendezvous
+
+    addr, wait = f"127.0.0.1:{_free_port()}", timedelta(seconds=5)
+    places = [Rendezvous(addr, 0, 2, 2, wait), Rendezvous(addr, 1, 2, 2, wait)]
+    places[0].open()
+    restart = Rendezvous(addr, 1, 2, 2, wait)
+    try:
+        out = _meet_in_threads(*places)
+        assert out == [p.store for p in places], out
+        with pytest.raises(ValueError) as e:
+            restart.meet()
+        assert "tensor parallel rank 1 (node 1) is already in the group made at " \
+               f"{addr}" in str(e.value), e.value
+        assert "start every node again" in str(e.value), e.value
+        assert "--node-rank 1" in str(e.value), e.value
+    finally:
+        for p in (*places, restart):
+            p.close()
+
+
+def test_a_node_waiting_for_node_0s_rendezvous_says_so(monkeypatch, caplog):
+    """Node 1 started before node 0, or given a wrong --dist-init-addr: it waited up to the
+    rendezvous' timeout (10 minutes) saying nothing after its first line. It now logs that
+    it waits, for what and where, within NOTE_S and then every NOTE_EVERY_S."""
+    import logging
+    from datetime import timedelta
+
+    from aiollm.distributed import rendezvous
+    from aiollm.distributed.launch import _free_port
+
+    monkeypatch.setattr(rendezvous, "NOTE_S", 0.2)
+    monkeypatch.setattr(rendezvous, "NOTE_EVERY_S", 0.5)
+    addr = f"127.0.0.1:{_free_port()}"
+    place = rendezvous.Rendezvous(addr, 1, 2, 2, timedelta(seconds=1.3))
+    with caplog.at_level(logging.INFO, logger="aiollm.distributed.rendezvous"):
+        with pytest.raises(TimeoutError):
+            place.open()
+    notes = [r.getMessage() for r in caplog.records
+             if "waiting for node 0" in r.getMessage()]
+    assert len(notes) >= 2, caplog.text
+    assert f"the tensor parallel rendezvous at {addr} (--dist-init-addr)" in notes[0], notes
+    assert "aiollm serve --node-rank 0" in notes[0], notes

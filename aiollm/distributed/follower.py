@@ -128,12 +128,41 @@ def follow(cfg: EngineConfig) -> int:
             raise lost from e
         raise
     ranks.started()
-    serve_steps(tp, runner)
+    try:
+        serve_steps(tp, runner)
+    except Exception as e:
+        if not _collective(e):
+            raise
+        # rank 0's next step message lost: a rank of the group ended
+        why = _leader_lost(ranks, e)
+        ranks.stop(timeout=2.0, leave_group=False)  # (its ranks' waits fail alike)
+        log.error("%s", why)
+        logging.shutdown()
+        os._exit(1)
     # tearing the group down races rank 0's own exit (gloo can abort on a closed peer): the
     # work is done, leave as the spawned ranks do
     ranks.stop(leave_group=False)
     logging.shutdown()
     os._exit(0)
+
+
+def _collective(error: BaseException) -> bool:
+    """Whether `error` is a failed collective's (a rank of the group ended): gloo raises a
+    plain RuntimeError, NCCL and torch's store a DistError."""
+    return type(error) is RuntimeError or isinstance(error, torch.distributed.DistError)
+
+
+def _leader_lost(ranks: NodeRanks, error: Exception) -> str:
+    """What a node's lead says when its wait for rank 0's next step message failed (`error`):
+    node 0 ended when its rendezvous' store no longer answers, else a rank of another node
+    did (its sockets closed first)."""
+    rdv, cfg = ranks.rendezvous, ranks.cfg
+    if rdv is not None and not rdv.node_0_alive():
+        what = f"tensor parallel node 0 ({rdv.ranks_of(0)})"
+    else:
+        what = "a tensor parallel rank of another node"
+    return (f"{what} ended while this node served (see its log): node {cfg.node_rank} "
+            f"stops; start every node again ({error})")
 
 
 def _exit_with_parent(parent: int) -> None:
@@ -180,6 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         _write_error(args.error_file, e)
         if isinstance(e, RankLost):  # another rank's failure, which that rank logs
             log.error("tensor parallel rank %d stops: %s", args.rank, e)
+        elif tp is not None and not tp.starting and _collective(e):
+            # (serving: a rank of the group ended; its node's lead, or rank 0, names it)
+            log.error("tensor parallel rank %d stops: a rank of the group ended (%s)",
+                      args.rank, e)
         else:
             log.error("tensor parallel rank %d failed:\n%s", args.rank, traceback.format_exc())
         if tp is not None:  # at start-up: the other ranks (other nodes' too) learn why

@@ -31,6 +31,7 @@ logging each failed try.
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -59,6 +60,12 @@ LINGER_S = 1.0
 # an arrival whose heartbeat has not moved this long (many polls) is taken for a rank that
 # was killed while it waited: it is not counted, and its rank's restart replaces it
 STALE_S = 2.0
+# a node waiting for rank 0's store to come up says so after NOTE_S, then every NOTE_EVERY_S
+# (node 0 not yet started, or a wrong --dist-init-addr: else silent up to the timeout)
+NOTE_S, NOTE_EVERY_S = 5.0, 60.0
+# a process that ended closes its sockets one by one: rank 0's gloo connection may close,
+# and another rank look at its store's port, before that port closes
+SETTLE_S = 0.5
 
 
 class Rendezvous:
@@ -74,11 +81,15 @@ class Rendezvous:
         self._server: dist.TCPStore | None = None  # rank 0: the one that listens at addr
         self.met = False  # every rank arrived: a failure from now on is the group's to tell
         self._told = False  # a failure another node posted was raised here: not re-posted
+        # what every node must be started with alike (start_settings.py), set by a node's
+        # lead before meet: rank 0 posts its own, another node's lead compares (None: not)
+        self.settings: dict[str, str] | None = None
 
     def node_of(self, rank: int) -> int:
         return rank // (self.size // self.nnodes)
 
-    def _node_ranks(self, node: int) -> str:
+    def ranks_of(self, node: int) -> str:
+        """Node `node`'s ranks as a message names them: "rank 2", "ranks 2-3"."""
         per = self.size // self.nnodes
         first, last = node * per, (node + 1) * per - 1
         return f"rank {first}" if first == last else f"ranks {first}-{last}"
@@ -108,7 +119,8 @@ class Rendezvous:
             self.store.set(f"{PREFIX}shape", self._shape())
             return self.store
         wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
-        deadline = time.monotonic() + wait_s
+        started = time.monotonic()
+        deadline, note = started + wait_s, started + NOTE_S
         while True:
             try:
                 socket.create_connection((self._host, self._port), timeout=1.0).close()
@@ -117,6 +129,12 @@ class Rendezvous:
                 pass
             if check is not None:
                 check()
+            if time.monotonic() > note:
+                note += NOTE_EVERY_S
+                log.info("waiting for node 0 (%.0f s of %.0f s): nothing answers at the tensor "
+                         "parallel rendezvous at %s (--dist-init-addr) yet; check that `aiollm"
+                         " serve --node-rank 0` runs there", time.monotonic() - started, wait_s,
+                         self.addr)
             if time.monotonic() > deadline:
                 waited = timedelta(seconds=round(wait_s))
                 raise TimeoutError(
@@ -169,6 +187,7 @@ class Rendezvous:
         deadline = time.monotonic() + self.timeout.total_seconds()
         try:
             self._check_shape(store)
+            self._check_settings(store, check, deadline)
             if store.add(f"{PREFIX}arrived/{self.rank}", 1) > 1:
                 self._replace(store, check)
             arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
@@ -193,14 +212,24 @@ class Rendezvous:
 
     def _replace(self, store: dist.TCPStore, check: Callable[[], None] | None) -> None:
         """Rank `self.rank` arrived before: watch the first arrival's heartbeat up to
-        STALE_S. ValueError (a node started twice) when it moves or that rank met; else
+        STALE_S. ValueError when it moves (a node started twice) or that rank met (the
+        same, or a start of this node that ended after the group was made); else
         the first was killed while it waited, and this arrival replaces it (claimed by
         counting "replaced/R/<the stopped heartbeat>": of two restarts, one is refused)."""
         node, key = self.node_of(self.rank), f"{PREFIX}alive/{self.rank}"
         beat = store.add(key, 0)
         until = time.monotonic() + STALE_S
         while time.monotonic() < until:
-            if store.add(key, 0) != beat or store.check([f"{PREFIX}met/{self.rank}"]):
+            if store.check([f"{PREFIX}met/{self.rank}"]):
+                self._told = True  # not posted: the group was made, it looks here no more
+                raise ValueError(
+                    f"tensor parallel rank {self.rank} (node {node}) is already in the group "
+                    f"made at {self.addr}: either another node runs with --node-rank {node} "
+                    f"(end it, or give this node its own --node-rank), or this node's "
+                    f"earlier start ended after the group was made, and a group takes no "
+                    f"replacement (node 0 ends once it finds that rank gone): start every "
+                    f"node again")
+            if store.add(key, 0) != beat:
                 self._told = True  # not posted: the node that came first is fine
                 raise ValueError(
                     f"tensor parallel rank {self.rank} (node {node}) has already arrived at "
@@ -262,8 +291,22 @@ class Rendezvous:
                     store.add(f"{PREFIX}told", 1)
                 except dist.DistNetworkError:
                     pass
-                raise RankLost(f"tensor parallel node {node} ({self._node_ranks(node)})"
+                raise RankLost(f"tensor parallel node {node} ({self.ranks_of(node)})"
                                f" failed to start: {why}")
+
+    def node_0_alive(self) -> bool:
+        """Whether rank 0's store still accepts connections at the address (its process
+        lives), still SETTLE_S on. A connection probe: a request of the store's client to a
+        closed server logs torch's C++ warning with its stack."""
+        deadline = time.monotonic() + SETTLE_S
+        while True:
+            try:
+                socket.create_connection((self._host, self._port), timeout=1.0).close()
+            except OSError:
+                return False
+            if time.monotonic() > deadline:
+                return True
+            time.sleep(POLL_S)
 
     def _node_0_ended(self, e: BaseException) -> RankLost:
         self._told = True
@@ -283,6 +326,39 @@ class Rendezvous:
             raise ValueError(
                 f"this node was started with {self._shape()}, node 0 (the rendezvous at "
                 f"{self.addr}) with {shape}: start every node with the same")
+
+    def _check_settings(self, store: dist.TCPStore, check: Callable[[], None] | None,
+                        deadline: float) -> None:
+        """Rank 0: post its settings. Another rank given settings: wait for rank 0's (it
+        posts them as it arrives; Ctrl-C, `check`, another node's failure and the timeout
+        end the wait), then ValueError naming those that differ. Before this rank arrives:
+        a rank refused once counted, rank 0 met it and waited for it to make the group."""
+        key = f"{PREFIX}settings"
+        if self.rank == 0:
+            store.set(key, json.dumps(self.settings or {}))
+            return
+        if not self.settings:
+            return
+        while not store.check([key]):
+            self._check_failed(store)
+            if check is not None:
+                check()
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"rank 0 (node 0) did not reach the tensor parallel rendezvous at "
+                    f"{self.addr} within {self.timeout}, though it hosts it: see node 0's log")
+            time.sleep(POLL_S)
+        theirs = json.loads(store.get(key))
+        differ = [k for k, v in self.settings.items() if theirs.get(k) != v]
+        if differ:
+            def said(settings: dict[str, str]) -> str:
+                return ", ".join(f"{k} {settings.get(k, '(none)')}" for k in differ)
+
+            node = self.node_of(self.rank)
+            raise ValueError(
+                f"node {node} was started with {said(self.settings)}, node 0 (the rendezvous "
+                f"at {self.addr}) with {said(theirs)}: start every node with the same model "
+                f"and flags (the model's path may differ, not its files)")
 
     def _missing(self, store: dist.TCPStore, stopped: list[int]) -> str:
         """The timeout's message: the ranks that never arrived, and those in `stopped`
