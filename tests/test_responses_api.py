@@ -176,3 +176,35 @@ def test_store_true_is_answered_not_kept(server, client, model):
         status, headers, raw = http(server, method, path)
         assert status == 404, raw
         assert json.loads(raw)["error"]["param"] == "response_id"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_request_id_names_the_response(server, stream):
+    """X-Request-Id, as on the other OpenAI routes: sent back, and the response's id."""
+    status, headers, raw = http(server, "POST", "/v1/responses", headers={
+        "X-Request-Id": "trace-42"}, json={"input": ASK, "max_output_tokens": 1,
+                                           "stream": stream})
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert status == 200 and headers["x-request-id"] == "trace-42", raw
+    if stream:  # each event: its type on an "event:" line, then its data (as OpenAI's)
+        head, data = raw.split(b"\n\n")[0].split(b"\n")
+        assert head == b"event: response.created", raw[:200]
+        assert json.loads(data.removeprefix(b"data: "))["response"]["id"] == "resp_trace-42"
+    else:
+        assert json.loads(raw)["id"] == "resp_trace-42"
+
+
+def _finished(server) -> float:
+    """vllm:request_success_total, summed over its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, _, raw = http(server, "GET", "/metrics")
+    return sum(s.value for f in text_string_to_metric_families(raw.decode())
+               for s in f.samples if s.name == "vllm:request_success_total")
+
+
+def test_each_response_counts_as_one_request(server, client, model):
+    before = _finished(server)
+    client.responses.create(model=model, input=ASK, max_output_tokens=1)
+    list(client.responses.create(model=model, input=ASK, max_output_tokens=1, stream=True))
+    assert _finished(server) == before + 2

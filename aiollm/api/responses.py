@@ -57,7 +57,7 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     content, calls = plan.calls(text, cut=may_cut_a_call(out.finish_reason))
     status, incomplete = status_of(out.finish_reason)
     output = [reasoning_item(item_id("rs"), thought, "completed")] if thought else []
-    if content or not calls:
+    if content or not (calls or thought):  # an empty answer is an empty message
         output.append(message_item(item_id("msg"), content, status))
     output += [call_item(item_id("fc"), c, c.arguments,
                          "completed" if c.complete else "incomplete") for c in calls]
