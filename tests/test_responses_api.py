@@ -98,6 +98,13 @@ def test_json_schema_format_gives_json(client, model):
     assert r.text.format.type == "json_schema"
 
 
+def test_json_object_format_gives_an_object(client, model):
+    r = client.responses.create(model=model, input=ASK, max_output_tokens=30, temperature=0,
+                                text={"format": {"type": "json_object"}},
+                                extra_body={"stop": ["}"]})
+    assert r.status == "completed" and r.output_text.lstrip().startswith("{"), r.output_text
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_named_tool_is_a_function_call_item(client, model, stream):
     kw = dict(model=model, input="Weather in Paris?", max_output_tokens=40, temperature=0,
@@ -158,6 +165,8 @@ def test_function_call_output_reaches_the_prompt(client, model):
     ({"max_output_tokens": 0}, "max_output_tokens"),
     ({"input": "x " * 600}, "input"),
     ({"top_logprobs": 2}, "top_logprobs"),
+    ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+    ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
 ])
 def test_unserved_or_bad_fields_are_400s_naming_them(client, model, body, param):
     with pytest.raises(openai.BadRequestError) as e:

@@ -244,6 +244,7 @@ _RENAMES = [(re.compile(r"response_format\.json_schema"), "text.format"),
             (re.compile(r"(tools\[\d+\])\.function"), r"\1"),
             (re.compile(r"tool_choice\.function\.name"), "tool_choice.name"),
             (re.compile(r"\bmax_completion_tokens\b|\bmax_tokens\b"), "max_output_tokens"),
+            (re.compile(r"\breasoning_effort\b"), "reasoning.effort"),
             (re.compile(r"\bmessages\b"), "input")]
 
 
