@@ -158,6 +158,10 @@ def test_function_call_output_reaches_the_prompt(client, model):
         {"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input[0].content[0].type"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]},
+     "input[0].output"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": [
+        {"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input[0].output[0].type"),
     ({"text": {"format": {"type": "json_schema", "name": "a b"}}}, "text.format.name"),
     ({"tools": [{"type": "function", "name": "a b"}]}, "tools[0].name"),
     ({"tool_choice": {"type": "file_search"}}, "tool_choice"),

@@ -140,7 +140,8 @@ def input_messages(value: str | list[Any]) -> list[ChatMessage]:
             if role not in _ROLES:
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
                                      f"{role!r}", param=f"{at}.role")
-            out.append(ChatMessage(role=role, content=_text(item.get("content"), at)))
+            out.append(ChatMessage(role=role, content=_text(item.get("content"),
+                                                              f"{at}.content")))
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", at), "type": "function", "function": {
                 "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
@@ -153,7 +154,7 @@ def input_messages(value: str | list[Any]) -> list[ChatMessage]:
                 out.append(ChatMessage(role="assistant", tool_calls=[call]))
         elif kind == "function_call_output":
             output = item.get("output")
-            text = output if isinstance(output, str) else _text(output, f"{at}.output")
+            text = _text(output, f"{at}.output")
             out.append(ChatMessage(role="tool", content=text,
                                    tool_call_id=_string(item, "call_id", at)))
         elif kind == "reasoning":  # a past turn's reasoning: the next assistant turn's
@@ -173,16 +174,16 @@ def _string(item: dict, key: str, at: str) -> str:
 
 
 def _text(content: Any, at: str) -> str:
-    """A message's content as text: a string, or its text parts joined; a part of another
-    type (input_image, input_file, input_audio) is refused, naming it."""
+    """A message's content or a call's output, at the path `at`, as text: a string, or its
+    text parts joined; a part of another type (input_image, input_file, input_audio) is
+    refused, naming it."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise InvalidRequest(f"{at}.content must be a string or a list of parts",
-                             param=f"{at}.content")
+        raise InvalidRequest(f"{at} must be a string or a list of parts", param=at)
     texts = []
     for j, part in enumerate(content):
-        where = f"{at}.content[{j}]"
+        where = f"{at}[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind not in _TEXT_PARTS:
             raise InvalidRequest(f"{where}.type {kind!r} is not served: the model reads text "
