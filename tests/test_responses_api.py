@@ -221,3 +221,44 @@ def test_each_response_counts_as_one_request(server, client, model):
     client.responses.create(model=model, input=ASK, max_output_tokens=1)
     list(client.responses.create(model=model, input=ASK, max_output_tokens=1, stream=True))
     assert _finished(server) == before + 2
+
+
+def _typed_events(server, body: dict) -> list[dict]:
+    """The events of a streamed response, each checked against the openai SDK's event
+    types (validated, not merely constructed as the SDK's parser does): its type on the
+    event: line, numbered from 0, and its item_id the item opened at its output_index."""
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    status, _, raw = http(server, "POST", "/v1/responses", json={**body, "stream": True})
+    assert status == 200, raw
+    events, opened = [], {}
+    for block in raw.decode().strip().split("\n\n"):
+        head, data = block.split("\n")
+        event = json.loads(data.removeprefix("data: "))
+        assert head == f"event: {event['type']}", block
+        TypeAdapter(ResponseStreamEvent).validate_python(event)
+        if event["type"] == "response.output_item.added":
+            opened[event["output_index"]] = event["item"]["id"]
+        if "item_id" in event:
+            assert opened[event["output_index"]] == event["item_id"], event
+        events.append(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    return events
+
+
+@pytest.mark.parametrize("body", [
+    {"input": ASK, "max_output_tokens": 4},
+    {"input": "Weather in Paris?", "max_output_tokens": 40, "tools": [WEATHER],
+     "tool_choice": {"type": "function", "name": "get_weather"}},
+], ids=["text", "call"])
+def test_responses_and_events_are_the_sdks_types(server, body):
+    """Every field the SDK's types require is there, with its type: the whole Response
+    (usage's input_tokens_details.cache_write_tokens too) and each streamed event."""
+    from openai.types.responses import Response
+
+    status, _, raw = http(server, "POST", "/v1/responses", json=body)
+    assert status == 200, raw
+    Response.model_validate(json.loads(raw))
+    events = _typed_events(server, body)
+    assert events[-1]["type"] == "response.completed"
