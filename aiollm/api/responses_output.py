@@ -54,10 +54,10 @@ def call_item(id_: str, call: ToolCall, arguments: str, status: str) -> dict:
 
 def usage_of(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict:
     """The Response's usage. reasoning_tokens is 0: the split is made on text, not tokens
-    (vLLM counts none either for models outside its gpt-oss path). cache_write_tokens
-    (a required field of the SDK's InputTokensDetails type in openai 3.60) is 0: OpenAI counts there
-    the input written to a cache kept at a price; the prefix cache keeps every prompt's
-    KV for free and its hits are counted in cached_tokens."""
+    (vLLM counts none either for models outside its gpt-oss path). cache_write_tokens, a
+    required field of the SDK's InputTokensDetails type (openai 3.60), is 0: OpenAI counts
+    there the input written to a cache kept at a price; the prefix cache keeps every
+    prompt's KV for free, and its hits are counted in cached_tokens."""
     details = {"cached_tokens": cached_tokens, "cache_write_tokens": 0}
     return {"input_tokens": input_tokens, "input_tokens_details": details,
             "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
