@@ -158,6 +158,7 @@ def test_function_call_output_reaches_the_prompt(client, model):
         {"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input[0].content[0].type"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+    ({"input": [{"role": "user", "content": []}]}, "input[0].content"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]},
      "input[0].output"),
     ({"input": [{"type": "function_call_output", "call_id": "c", "output": [

@@ -140,8 +140,13 @@ def input_messages(value: str | list[Any]) -> list[ChatMessage]:
             if role not in _ROLES:
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
                                      f"{role!r}", param=f"{at}.role")
-            out.append(ChatMessage(role=role, content=_text(item.get("content"),
-                                                              f"{at}.content")))
+            content = item.get("content")
+            # no parts: an empty turn (the model would answer a question nobody asked),
+            # refused as chat refuses it
+            if content == []:
+                raise InvalidRequest(f"{at}.content must hold at least one part (or be a "
+                                     "string)", param=f"{at}.content")
+            out.append(ChatMessage(role=role, content=_text(content, f"{at}.content")))
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", at), "type": "function", "function": {
                 "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
