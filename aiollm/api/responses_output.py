@@ -29,6 +29,7 @@ def status_of(finish_reason: str | None) -> tuple[str, dict | None]:
 
 
 def output_text(text: str) -> dict:
+    """A message's output_text content part (no annotations, no logprobs)."""
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
@@ -77,6 +78,8 @@ class ResponseHead:
 
     def response(self, status: str, output: list[dict], usage: dict | None = None,
                  incomplete: dict | None = None) -> dict:
+        """The Response object: `status` (in_progress, completed, incomplete), its
+        `output` items, `usage` (None until it ends) and incomplete_details."""
         r = self.req
         fmt = (r.text or {}).get("format") or {"type": "text"}
         return {

@@ -37,11 +37,13 @@ class ResponseEvents:
         self.text = ""  # the open item's text so far
 
     def event(self, type_: str, **fields: object) -> bytes:
+        """One SSE event of type `type_` with the next sequence_number."""
         data = {"type": type_, "sequence_number": self.seq, **fields}
         self.seq += 1
         return sse.event(data, prefix=f"event: {type_}\ndata: ".encode())
 
     def begin(self) -> bytes:
+        """response.created and response.in_progress, each with the empty Response."""
         snapshot = self.head.response("in_progress", [])
         return (self.event("response.created", response=snapshot)
                 + self.event("response.in_progress", response=snapshot))
