@@ -26,6 +26,7 @@ ELSEWHERE = "https://elsewhere.example"
 PREFLIGHT = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
              "Access-Control-Request-Headers": "authorization,content-type"}
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+RESPONSE = {"input": "hi", "max_output_tokens": 2}  # /v1/responses
 # every route the server has, as (method, a path it serves)
 ROUTES = [(r.method, re.sub(r"{[^}]*}", "some-model", r.path))
           for r in ops.ROUTES + openai_api.ROUTES + lightllm.ROUTES]
@@ -160,11 +161,15 @@ def test_allowed_methods_hold_for_routes_that_serve_the_method():
     ("POST", "/v1/chat/completions", CHAT, {"Origin": ORIGIN, **AUTH}),
     ("POST", "/v1/chat/completions", {**CHAT, "stream": True}, {"Origin": ORIGIN, **AUTH}),
     ("POST", "/v1/chat/completions", CHAT, {"Origin": ORIGIN}),  # the 401
+    ("POST", "/v1/responses", RESPONSE, {"Origin": ORIGIN, **AUTH}),
+    ("POST", "/v1/responses", {**RESPONSE, "stream": True}, {"Origin": ORIGIN, **AUTH}),
+    ("POST", "/v1/responses", RESPONSE, {"Origin": ORIGIN}),  # the 401
     ("GET", "/v1/no-such-route", None, {"Origin": ORIGIN, **AUTH}),
     ("GET", "/v1/models", None, {"Origin": ELSEWHERE, **AUTH}),
     ("GET", "/v1/models", None, AUTH),
     ("OPTIONS", "/v1/chat/completions", None, PREFLIGHT),
-], ids=["ok", "stream", "401", "404", "other-origin", "no-origin", "preflight"])
+], ids=["ok", "stream", "401", "responses", "responses-stream", "responses-401", "404",
+        "other-origin", "no-origin", "preflight"])
 def test_responses_vary_on_origin(cors_server, method, path, body, headers):
     """Access-Control-Allow-Origin echoes the request's Origin and is absent for other
     origins and for requests without one, so each response must say it varies on Origin
@@ -223,8 +228,11 @@ def test_vary_keeps_every_vary_header_and_adds_no_empty_member():
     ("POST", "/v1/chat/completions", CHAT, {"Origin": ORIGIN, **AUTH}),
     ("POST", "/v1/chat/completions", {**CHAT, "stream": True}, {"Origin": ORIGIN, **AUTH}),
     ("POST", "/v1/chat/completions", CHAT, {"Origin": ORIGIN}),  # the 401
+    ("POST", "/v1/responses", RESPONSE, {"Origin": ORIGIN, **AUTH}),
+    ("POST", "/v1/responses", {**RESPONSE, "stream": True}, {"Origin": ORIGIN, **AUTH}),
+    ("POST", "/v1/responses", RESPONSE, {"Origin": ORIGIN}),  # the 401
     ("GET", "/v1/no-such-route", None, {"Origin": ORIGIN, **AUTH}),
-], ids=["ok", "stream", "401", "404"])
+], ids=["ok", "stream", "401", "responses", "responses-stream", "responses-401", "404"])
 def test_the_request_id_header_is_readable_by_the_page(cors_server, method, path, body,
                                                         headers):
     """A page reads a cross-origin response's headers only where the server lists them in
@@ -240,3 +248,9 @@ def test_the_request_id_header_is_readable_by_the_page(cors_server, method, path
     assert "x-request-id" in exposed, got
     # the same list on every response: the 503's Retry-After, which the SDK waits by
     assert "retry-after" in exposed, got
+
+
+def test_responses_need_the_key(cors_server):
+    """/v1/responses is guarded by the API key as the other /v1 routes are."""
+    assert http(cors_server, "POST", "/v1/responses", json=RESPONSE)[0] == 401
+    assert http(cors_server, "POST", "/v1/responses", json=RESPONSE, headers=AUTH)[0] == 200

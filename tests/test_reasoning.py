@@ -363,3 +363,30 @@ def test_no_parser_leaves_the_output_alone(server):
     m = json.loads(raw)["choices"][0]["message"]
     assert status == 200 and "reasoning_content" not in m and "reasoning" not in m
     assert re.fullmatch(THINK, m["content"]), m
+
+
+def test_responses_put_the_reasoning_in_a_reasoning_item(thinker):
+    """/v1/responses splits as chat does: the reasoning a reasoning item (reasoning_text
+    content, streamed as response.reasoning_text.delta before the message's events), the
+    rest the message; a free output without tags is all reasoning for deepseek_r1 (then no
+    message item), all content for qwen3."""
+    import openai
+
+    client = openai.OpenAI(base_url=thinker.base + "/v1", api_key="unused", max_retries=0)
+    m = _whole(thinker, max_tokens=8)[0]["message"]
+    kw = dict(model=client.models.list().data[0].id, input=ASK[0]["content"],
+              max_output_tokens=8, temperature=0)
+    whole = client.responses.create(**kw)
+    with client.responses.stream(**kw) as stream:
+        types = [e.type for e in stream]
+        streamed = stream.get_final_response()
+    for r in (whole, streamed):
+        thought = [i.content[0].text for i in r.output if i.type == "reasoning"]
+        assert (thought[0] if thought else None, r.output_text or None) == (
+            m["reasoning_content"], m["content"]), r.output
+        assert [i.type for i in r.output] == (["reasoning"] if m["reasoning_content"]
+                                              else ["message"])
+    if m["reasoning_content"]:
+        assert "response.reasoning_text.delta" in types, types
+        assert types[-4:-1] == ["response.reasoning_text.done", "response.content_part.done",
+                                "response.output_item.done"], types

@@ -5,7 +5,6 @@ chat logprob format.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from functools import partial
@@ -13,21 +12,20 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from aiollm.api import reasoning, sse, tool_parsers, tool_request
+from aiollm.api import reasoning, sse
 from aiollm.api.body import decode_body
+from aiollm.api.chat_plan import plan_chat
 from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.completions import vllm_prompt_logprobs
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
-from aiollm.api.http_errors import ApiError, context_told, param_names
+from aiollm.api.http_errors import context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.token_names import id_name, names_by_id
-from aiollm.api.tool_stream import StreamingToolParser
-from aiollm.api.tools_or_format import tools_constraint
-from aiollm.api.usage import chunk_usage, room, usage_of
+from aiollm.api.usage import chunk_usage, usage_of
 from aiollm.engine.request_group import choice_group
 
 if TYPE_CHECKING:
@@ -53,77 +51,9 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                             ) -> web.StreamResponse:
     st = state(request)
     engine = st.engine
-    st.check_model(req.model)
-    req.check_unserved()
-    req.check_max_tokens()
-    st.check_choices(req.n, "n")
-    keep = req.kept_prompt_tokens(engine.max_model_len)
-    if req.top_logprobs is not None and not req.logprobs:
-        raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
-    if req.functions is not None or req.function_call is not None:
-        raise ApiError(400, "functions and function_call are deprecated and not supported: "
-                       "send tools and tool_choice", param="functions" if req.functions
-                       is not None else "function_call")
-    tools, mode, callable_tools = tool_request.choose(req.tools, req.tool_choice)
-    # as vLLM: the served role for a new turn, else the role of the message it continues
-    role = st.response_role if req.add_generation_prompt else req.messages[-1].role
-    named = isinstance(req.tool_choice, dict)  # choose() made it mode "required"
-    # the named function: a cut output is its call, as vLLM answers it (ToolParser.calls)
-    forced = callable_tools[0]["function"]["name"] if named else None
-    constraint = req.constraint()
-    # a grammar that holds the output from its first token leaves no room to reason first
-    shaped = mode == "required" or constraint is not None and constraint.grammar is not None
-    # SGLang's separate_reasoning false: the output unsplit, tags and all, in content
-    thinking = engine.config.reasoning_parser if req.separate_reasoning else None
-    if thinking and any(tool_parsers.marker_is_skipped(engine.tokenizer, tag)
-                        for tag in (reasoning.START, reasoning.END)):
-        req.skip_special_tokens = False  # the splitter must see the tags in the text
-    options = req.template_options(st.trust_request_chat_template)
-    # the template the messages are rendered with says which tool-call format to read
-    template = options.chat_template or engine.tokenizer.chat_template
-    dicts = req.message_dicts()
-    # vLLM's echo: the last message's text (as the template sees it) comes before each
-    # answer where the message is in the answer's role (the one it continues)
-    echo = (dicts[-1].get("content") or "") if req.echo and req.messages[-1].role == role else ""
-    parser = None
-    names = {t["function"]["name"] for t in callable_tools}
-    if mode != "none":
-        parser = tool_parsers.parser_for(template, engine.config.tool_call_parser)
-        if tool_parsers.marker_is_skipped(engine.tokenizer, parser.start):
-            req.skip_special_tokens = False  # the parser must see it in the text
-        if named:  # not the "required" it was turned into
-            sent = f"tool_choice naming the function {forced!r}"
-        elif req.tool_choice is not None:
-            sent = f"tool_choice {mode!r}"
-        else:
-            sent = "tools (with tool_choice absent, \"auto\")"
-        # a named function is one call, as vLLM and SGLang answer it; else several may come
-        # unless parallel_tool_calls is false. A response format beside: calls or the
-        # format's content under "auto", calls only else (aiollm/api/tools_or_format.py)
-        combine = partial(tools_constraint, parser, callable_tools, required=mode == "required",
-                          parallel=req.parallel_tool_calls is not False and not named,
-                          constraint=constraint, sent=sent)
-        # a content grammar is converted to EBNF: off the event loop
-        constraint = (await asyncio.to_thread(combine) if constraint is not None
-                      and constraint.grammar is not None else combine())
-    # the template is applied here rather than by engine.chat so that a request without
-    # max_tokens can be given the rest of the context
-    # past calls reach a template that knows none in any mode: the follow-up turn (often
-    # tool_choice "none", or no tools) must show the model what it called. Under "none" the
-    # model still sees the tools (vLLM's default; OpenAI's model sees them and calls none)
-    # unless the server was told to leave them out
-    shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
-    ids, messages = await st.render_chat(dicts, shown, options, req.add_special_tokens, keep)
-    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
-        req.max_tokens if req.max_tokens is not None else room(st, len(ids), req.min_tokens))
-    logprobs = (req.top_logprobs or 0) if req.logprobs else None
-    # vLLM's prompt_logprobs: the rendered conversation scored once, by choice 0 (the
-    # others share its prompt)
-    params = [req.sampling_params(defaults=engine.sampling_defaults, max_tokens=max_tokens,
-                                  logprobs=logprobs, choice=j, constraint=constraint,
-                                  prompt_logprobs=req.prompt_logprobs if j == 0 else None)
-              for j in range(req.n)]
-    await engine.compile_grammar(params[0])
+    plan = await plan_chat(st, req)
+    ids, params, role, logprobs = plan.ids, plan.params, plan.role, plan.logprobs
+    named, thinking, echo = plan.named, plan.thinking, plan.echo
     # one head, in OpenAI's order, for the whole answer and for every chunk of a stream
     rid = request_id(request)
     head = {"id": f"chatcmpl-{rid}",
@@ -141,13 +71,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             return {}
         return {"prompt_logprobs": vllm_prompt_logprobs(vocab, d.prompt_logprobs)}
 
-    prompt_tail = engine.tokenizer.decode(ids[-16:], skip_special_tokens=False) if thinking else ""
-    # a continued message's own tags say whether it stopped inside its reasoning
-    continued = messages[-1].get("content") if req.continue_final_message else None
-
-    def splitter() -> reasoning.ReasoningSplitter | None:
-        return reasoning.splitter_for(thinking, prompt_tail, shaped=shaped,
-                                      continued=continued) if thinking else None
+    splitter = plan.splitter
 
     group = choice_group(req.n)  # the choices measured as one request
     if not req.stream:
@@ -161,9 +85,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
             finish = out.finish_reason
-            content, calls = parser.calls(text, names, cut=may_cut_a_call(finish),
-                                          required=mode == "required",
-                                          named=forced) if parser else (text, [])
+            content, calls = plan.calls(text, cut=may_cut_a_call(finish))
             # after reasoning, an empty answer is null (as vLLM sends it)
             answer = content if r is None else content or None
             # refusal is one of the message's required fields in OpenAI's schema (typed
@@ -200,8 +122,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     # vLLM's return_token_ids: the prompt's ids in the stream's first chunk
     prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
 
-    calls = [StreamingToolParser(parser, names, required=mode == "required", named=forced)
-             if parser else None for _ in params]
+    calls = [plan.stream_calls() for _ in params]
     splits = [splitter() for _ in params]
 
     def usage() -> dict:

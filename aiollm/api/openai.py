@@ -1,5 +1,6 @@
 """OpenAI-compatible endpoints: the route table of /v1/completions (completions.py),
-/v1/chat/completions (chat_completions.py) and /v1/models, which this module serves.
+/v1/chat/completions (chat_completions.py), /v1/responses (responses.py) and /v1/models,
+which this module serves.
 
 Each choice (n > 1, or each prompt of a batch) is its own engine request (a completion that
 only echoes its prompt asks the engine nothing: prompt_echo.py); a seeded request gives
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from aiollm.api import responses
 from aiollm.api.chat_completions import chat_completions
 from aiollm.api.completions import completions
 from aiollm.api.protocol import json_response
@@ -50,4 +52,4 @@ ROUTES = [
     web.get("/v1/models/{model:.+}", retrieve_model),
     web.post("/v1/completions", completions),
     web.post("/v1/chat/completions", chat_completions),
-]
+] + responses.ROUTES

@@ -9,7 +9,7 @@ from typing import AsyncIterator, Callable, TypeVar
 import msgspec
 from aiohttp import web
 
-from aiollm.api.http_errors import as_api_error, error_body
+from aiollm.api.http_errors import ApiError, as_api_error, error_body
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,9 +37,11 @@ async def start(request: web.Request) -> web.StreamResponse:
 
 async def send(request: web.Request, events: AsyncIterator[T],
                render: Callable[[T], bytes], tail: Callable[[], bytes],
-               prefix: bytes = b"data: ") -> web.StreamResponse:
+               prefix: bytes = b"data: ",
+               on_error: Callable[[ApiError], bytes] | None = None) -> web.StreamResponse:
     """Streams `events` as SSE: render(item) per event (b"" sends nothing), then tail() at
-    the end.
+    the end. A failure after the response started is sent as on_error renders it (by
+    default an OpenAI error body as the event's data).
 
     The first event is awaited before the response starts, so failures that come before any
     output still get their HTTP status. `events` is always closed on the way out, which aborts
@@ -60,8 +62,8 @@ async def send(request: web.Request, events: AsyncIterator[T],
         except Exception as exc:  # noqa: BLE001 - the status is sent; report in the stream
             err = as_api_error(exc, request)
             try:
-                await resp.write(event(error_body(err.status, err.message, err.param, err.code),
-                                       prefix=prefix))
+                await resp.write(on_error(err) if on_error is not None else event(
+                    error_body(err.status, err.message, err.param, err.code), prefix=prefix))
             except ConnectionResetError:
                 pass
     return resp

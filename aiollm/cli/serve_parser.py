@@ -47,7 +47,10 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s = sub.add_parser("serve", help="serve a model over HTTP",
                        formatter_class=HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
-                       "/v1/chat/completions, /v1/models, /v1/models/{model}, /generate, "
+                       "/v1/chat/completions, /v1/responses (/v1/responses/{response_id} and "
+                       "/v1/responses/{response_id}/cancel: 404, none is kept), /v1/models, "
+                       "/v1/models/{model}, "
+                       "/generate, "
                        "/generate_stream, /health, /healthz, /ping, /load, /metrics, /version, "
                        "/tokenize, /detokenize, /flush_cache, and LightLLM's /liveness, "
                        "/readiness, /get_model_name, /tokens, /token_load, POST /, and "

@@ -1,0 +1,114 @@
+"""/v1/responses: OpenAI's Responses API, as vLLM serves it. A request is turned into the
+chat request it stands for (responses_request.py) and planned as a chat completion is
+(chat_plan.py): the same prompt, sampling, structured output and tools. Its output is read
+as chat reads it (the reasoning split off, the calls parsed) and answered as a Response
+(responses_output.py), whole or as typed events (responses_stream.py).
+
+No response is kept (vLLM's default, without VLLM_ENABLE_RESPONSES_API_STORE): retrieving
+or cancelling one by id is a 404 naming it.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from aiohttp import web
+
+from aiollm.api import reasoning, sse
+from aiollm.api.body import decode_body
+from aiollm.api.chat_plan import ChatPlan, plan_chat
+from aiollm.api.choices import gather_outputs, merge
+from aiollm.api.cut_calls import may_cut_a_call
+from aiollm.api.http_errors import ApiError, context_told, param_names
+from aiollm.api.protocol import json_response
+from aiollm.api.request_id import request_id
+from aiollm.api.responses_output import (ResponseHead, call_item, item_id, message_item,
+                                         reasoning_item, status_of, usage_of)
+from aiollm.api.responses_request import ResponsesRequest, responses_names
+from aiollm.api.responses_stream import ResponseEvents
+from aiollm.api.state import state
+from aiollm.engine.request_group import choice_group
+
+
+async def create_response(request: web.Request) -> web.StreamResponse:
+    """POST /v1/responses."""
+    req = await decode_body(request, ResponsesRequest)
+    request_id(request, req.request_id)  # errors too carry it from here
+    with responses_names(), param_names({"prompt": "input"}), context_told(
+            "the input (as the chat template renders it) has", "the input",
+            "shorten the input, or serve the model with a larger --max-model-len where it "
+            "allows one"):
+        return await _create(request, req)
+
+
+async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResponse:
+    st = state(request)
+    req.check_unserved()
+    plan = await plan_chat(st, req.as_chat())
+    head = ResponseHead(req, request_id(request), st.model_name, plan.params[0])
+    if req.stream:
+        return await _stream(request, req, plan, head)
+    group = choice_group(1)
+    [out] = await gather_outputs([st.engine.generate(plan.ids, plan.params[0],
+                                                     cache_salt=req.cache_salt, group=group)])
+    text, thought = out.text, None
+    if plan.thinking:
+        thought, text = reasoning.split(plan.splitter(), out.text)
+    content, calls = plan.calls(text, cut=may_cut_a_call(out.finish_reason))
+    status, incomplete = status_of(out.finish_reason)
+    output = [reasoning_item(item_id("rs"), thought, "completed")] if thought else []
+    if content or not (calls or thought):  # an empty answer is an empty message
+        output.append(message_item(item_id("msg"), content, status))
+    output += [call_item(item_id("fc"), c, c.arguments,
+                         "completed" if c.complete else "incomplete") for c in calls]
+    usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens)
+    return json_response(head.response(status, output, usage, incomplete))
+
+
+async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
+                  head: ResponseHead) -> web.StreamResponse:
+    events = ResponseEvents(head)
+    splitter, calls = plan.splitter(), plan.stream_calls()
+
+    def render(item: tuple) -> bytes:
+        _, d = item
+        out = b"" if events.seq else events.begin()
+        text, finish = d.text, d.finish_reason
+        thought = ""
+        if splitter is not None:
+            thought, text = splitter.feed(text)
+            if finish is not None:
+                r, c = splitter.finish()
+                thought, text = thought + r, text + c
+        found = []
+        if calls is not None:
+            text = calls.feed(text)
+            if finish is not None:
+                rest, found = calls.finish(cut=may_cut_a_call(finish))
+                text += rest
+        out += events.reasoning(thought) + events.content(text)
+        if finish is None:
+            return out
+        status, incomplete = status_of(finish)
+        usage = usage_of(len(plan.ids), d.completion_tokens, d.cached_tokens)
+        return out + events.finish(found, status, incomplete, usage)
+
+    start = partial(state(request).engine.stream, plan.ids, plan.params[0],
+                    cache_salt=req.cache_salt, group=choice_group(1))
+    # no [DONE]: response.completed ends a Responses stream, as OpenAI's
+    return await sse.send(request, merge([start]), render, lambda: b"", on_error=events.error)
+
+
+async def stored_response(request: web.Request) -> web.Response:
+    """GET /v1/responses/{id} and POST /v1/responses/{id}/cancel: none is kept, so none is
+    found (404, as vLLM answers without its store)."""
+    rid = request.match_info["response_id"]
+    raise ApiError(404, f"Response with id {rid!r} not found: this server keeps no responses "
+                   "(each is answered with store false)", param="response_id")
+
+
+ROUTES = [
+    web.post("/v1/responses", create_response),
+    web.get("/v1/responses/{response_id}", stored_response),
+    web.post("/v1/responses/{response_id}/cancel", stored_response),
+]

@@ -1,0 +1,99 @@
+"""The objects of a /v1/responses answer, as the openai SDK's types name their fields
+(openai/types/responses): the Response (`ResponseHead.response`), its output items (a
+reasoning item, the assistant message with its output_text, a function_call per call) and
+its usage.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from aiollm.api.responses_request import ResponsesRequest
+from aiollm.api.tool_calls import ToolCall
+from aiollm.sampling_params import SamplingParams
+
+
+def item_id(prefix: str) -> str:
+    """A fresh output item id: msg_, fc_ or rs_ and 32 hex digits, as OpenAI's look."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def status_of(finish_reason: str | None) -> tuple[str, dict | None]:
+    """(status, incomplete_details) of a response whose output ended with `finish_reason`:
+    the length limit (max_output_tokens, or the context's end) leaves it incomplete."""
+    if finish_reason == "length":
+        return "incomplete", {"reason": "max_output_tokens"}
+    return "completed", None
+
+
+def output_text(text: str) -> dict:
+    """A message's output_text content part (no annotations, no logprobs)."""
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def message_item(id_: str, text: str | None, status: str) -> dict:
+    """The assistant's message; `text` None: not begun (no content parts yet)."""
+    content = [] if text is None else [output_text(text)]
+    return {"id": id_, "type": "message", "role": "assistant", "status": status,
+            "content": content}
+
+
+def reasoning_item(id_: str, text: str | None, status: str) -> dict:
+    """The model's reasoning (a reasoning parser split it off), as reasoning_text content."""
+    content = [] if text is None else [{"type": "reasoning_text", "text": text}]
+    return {"id": id_, "type": "reasoning", "summary": [], "content": content,
+            "status": status}
+
+
+def call_item(id_: str, call: ToolCall, arguments: str, status: str) -> dict:
+    """A function call; the client answers it with a function_call_output of its call_id."""
+    return {"id": id_, "type": "function_call", "call_id": call.id, "name": call.name,
+            "arguments": arguments, "status": status}
+
+
+def usage_of(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict:
+    """The Response's usage. reasoning_tokens is 0: the split is made on text, not tokens
+    (vLLM counts none either for models outside its gpt-oss path). cache_write_tokens, a
+    required field of the SDK's InputTokensDetails type (openai 3.60), is 0: OpenAI counts
+    there the input written to a cache kept at a price; the prefix cache keeps every
+    prompt's KV for free, and its hits are counted in cached_tokens."""
+    details = {"cached_tokens": cached_tokens, "cache_write_tokens": 0}
+    return {"input_tokens": input_tokens, "input_tokens_details": details,
+            "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": input_tokens + output_tokens}
+
+
+@dataclass(slots=True)
+class ResponseHead:
+    """What every Response of one request repeats: its id, creation time, and the
+    request's settings echoed (the sampling values the engine used where it chose them)."""
+
+    req: ResponsesRequest
+    rid: str  # the request id (X-Request-Id)
+    model: str
+    params: SamplingParams
+    created_at: int = field(default_factory=lambda: int(time.time()))
+
+    def response(self, status: str, output: list[dict], usage: dict | None = None,
+                 incomplete: dict | None = None) -> dict:
+        """The Response object: `status` (in_progress, completed, incomplete), its
+        `output` items, `usage` (None until it ends) and incomplete_details."""
+        r = self.req
+        fmt = (r.text or {}).get("format") or {"type": "text"}
+        return {
+            "id": f"resp_{self.rid}", "object": "response", "created_at": self.created_at,
+            "status": status, "background": False, "error": None,
+            "incomplete_details": incomplete, "instructions": r.instructions,
+            "max_output_tokens": r.max_output_tokens, "max_tool_calls": None,
+            "metadata": r.metadata, "model": self.model, "output": output,
+            "parallel_tool_calls": r.parallel_tool_calls is not False,
+            "previous_response_id": None, "reasoning": r.reasoning,
+            "service_tier": r.service_tier or "auto", "store": False,
+            "temperature": self.params.temperature, "text": {**(r.text or {}), "format": fmt},
+            "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
+            "tools": r.tools or [], "top_logprobs": r.top_logprobs or 0,
+            "top_p": self.params.top_p, "truncation": r.truncation or "disabled",
+            "usage": usage, "user": r.user,
+        }

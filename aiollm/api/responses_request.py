@@ -1,0 +1,268 @@
+"""The body of /v1/responses (`ResponsesRequest`, OpenAI's Responses API as vLLM serves it)
+and its translation into the chat request it stands for (`as_chat`): the input items become
+messages, `instructions` a system message first, `text.format` the response_format, the
+flat function tools the chat form of them. The chat path then renders, samples and
+constrains it as it would a chat completion (aiollm/api/chat_plan.py).
+
+What the server does not do is refused with a 400 naming the field: stored responses
+(previous_response_id, background, conversation, a reusable prompt), built-in tools, image,
+file and audio inputs, logprobs. store true is served as vLLM serves it without its store
+(VLLM_ENABLE_RESPONSES_API_STORE unset): the response is answered, not kept (store false).
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Any, Iterator, Union
+
+from msgspec import Struct
+
+from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage
+from aiollm.api.protocol import Stop, TopK
+from aiollm.errors import InvalidRequest
+
+_ROLES = ("user", "system", "developer", "assistant")
+_TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
+_STORED = "this server keeps no responses (they are answered with store false)"
+
+
+class ResponsesRequest(Struct, kw_only=True):
+    """OpenAI's CreateResponse body, with vLLM's sampling extensions; None is the default."""
+
+    input: Union[str, list[Any]]
+    model: str | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    text: dict[str, Any] | None = None
+    tools: list[Any] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = True
+    reasoning: dict[str, Any] | None = None
+    stream: bool | None = False
+    store: bool | None = True
+    metadata: dict[str, str] | None = None
+    user: str | None = None
+    service_tier: str | None = None
+    truncation: str | None = None
+    include: list[str] | None = None
+    top_logprobs: int | None = None
+    max_tool_calls: int | None = None
+    prompt_cache_key: str | None = None
+    safety_identifier: str | None = None
+    # refused (check_unserved)
+    previous_response_id: str | None = None
+    background: bool | None = False
+    conversation: Any = None
+    prompt: Any = None
+    # vLLM's extensions, as on its chat path
+    top_k: TopK | None = None
+    min_p: float | None = None
+    seed: int | None = None
+    stop: Stop = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    ignore_eos: bool | None = False
+    skip_special_tokens: bool | None = True
+    chat_template_kwargs: dict[str, Any] | None = None
+    cache_salt: str | None = None
+    request_id: str | None = None
+
+    def check_unserved(self) -> None:
+        """InvalidRequest naming the first field asking for what the server does not do."""
+        if self.previous_response_id is not None:
+            raise InvalidRequest(f"previous_response_id is not served: {_STORED}; send the "
+                                 "whole conversation as input items", param="previous_response_id")
+        if self.background:
+            raise InvalidRequest(f"background is not served: {_STORED}; send false or leave "
+                                 "it out", param="background")
+        for name in ("conversation", "prompt"):
+            if getattr(self, name) is not None:
+                raise InvalidRequest(f"{name} is not served: {_STORED}; send the messages as "
+                                     "input items", param=name)
+        if self.truncation not in (None, "disabled"):
+            raise InvalidRequest(f'truncation {self.truncation!r} is not served: send "disabled"'
+                                 " or leave it out (an input past the context is a 400)",
+                                 param="truncation")
+        if self.top_logprobs:
+            raise InvalidRequest("top_logprobs is not served on /v1/responses: send 0 or "
+                                 "leave it out (/v1/chat/completions serves logprobs)",
+                                 param="top_logprobs")
+        if "message.output_text.logprobs" in (self.include or ()):
+            raise InvalidRequest('include "message.output_text.logprobs" is not served: '
+                                 "/v1/chat/completions serves logprobs", param="include")
+        if self.max_tool_calls is not None:
+            raise InvalidRequest("max_tool_calls is not served: the server runs no tools, each "
+                                 "response ends at the model's calls; leave it out "
+                                 "(parallel_tool_calls false allows one)",
+                                 param="max_tool_calls")
+
+    def as_chat(self) -> ChatCompletionRequest:
+        """The chat request this one stands for. InvalidRequest naming the field (input[i],
+        tools[i], text.format, tool_choice) for a shape the server does not take."""
+        messages = ([ChatMessage(role="system", content=self.instructions)]
+                    if self.instructions is not None else [])
+        messages += input_messages(self.input)
+        effort = (self.reasoning or {}).get("effort")
+        return ChatCompletionRequest(
+            messages=messages, model=self.model, max_completion_tokens=self.max_output_tokens,
+            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
+            seed=self.seed, stop=self.stop, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty,
+            repetition_penalty=self.repetition_penalty, ignore_eos=self.ignore_eos,
+            skip_special_tokens=self.skip_special_tokens, stream=self.stream,
+            response_format=response_format(self.text), tools=chat_tools(self.tools),
+            tool_choice=chat_tool_choice(self.tool_choice),
+            parallel_tool_calls=self.parallel_tool_calls, reasoning_effort=effort,
+            chat_template_kwargs=self.chat_template_kwargs, user=self.user,
+            cache_salt=self.cache_salt, request_id=self.request_id)
+
+
+def input_messages(value: str | list[Any]) -> list[ChatMessage]:
+    """The chat messages of `input`: a string is one user message; each item a message,
+    a function_call (joined to the assistant turn before it, or one of its own) or a
+    function_call_output (a tool message)."""
+    if isinstance(value, str):
+        return [ChatMessage(role="user", content=value)]
+    if not value:
+        raise InvalidRequest("input must hold at least one item", param="input")
+    out: list[ChatMessage] = []
+    for i, item in enumerate(value):
+        at = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{at} must be an object", param=at)
+        kind = item.get("type", "message")
+        if kind == "message":
+            role = item.get("role")
+            if role not in _ROLES:
+                raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
+                                     f"{role!r}", param=f"{at}.role")
+            content = item.get("content")
+            # no parts: an empty turn (the model would answer a question nobody asked),
+            # refused as chat refuses it
+            if content == []:
+                raise InvalidRequest(f"{at}.content must hold at least one part (or be a "
+                                     "string)", param=f"{at}.content")
+            out.append(ChatMessage(role=role, content=_text(content, f"{at}.content")))
+        elif kind == "function_call":
+            call = {"id": _string(item, "call_id", at), "type": "function", "function": {
+                "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
+            last = out[-1] if out else None
+            if last is not None and last.role == "assistant" and last.tool_calls is not None:
+                last.tool_calls.append(call)
+            elif last is not None and last.role == "assistant":
+                last.tool_calls = [call]
+            else:
+                out.append(ChatMessage(role="assistant", tool_calls=[call]))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = _text(output, f"{at}.output")
+            out.append(ChatMessage(role="tool", content=text,
+                                   tool_call_id=_string(item, "call_id", at)))
+        elif kind == "reasoning":  # a past turn's reasoning: the next assistant turn's
+            continue  # templates drop past turns' reasoning; vLLM's default drops it too
+        else:
+            raise InvalidRequest(f'{at}.type {kind!r} is not served: send "message", '
+                                 '"function_call" or "function_call_output" items',
+                                 param=f"{at}.type")
+    return out
+
+
+def _string(item: dict, key: str, at: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{at}.{key} must be a string", param=f"{at}.{key}")
+    return value
+
+
+def _text(content: Any, at: str) -> str:
+    """A message's content or a call's output, at the path `at`, as text: a string, or its
+    text parts joined; a part of another type (input_image, input_file, input_audio) is
+    refused, naming it."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{at} must be a string or a list of parts", param=at)
+    texts = []
+    for j, part in enumerate(content):
+        where = f"{at}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in _TEXT_PARTS:
+            raise InvalidRequest(f"{where}.type {kind!r} is not served: the model reads text "
+                                 "alone (input_text or output_text parts)", param=f"{where}.type")
+        text = part.get("refusal" if kind == "refusal" else "text")
+        if not isinstance(text, str):
+            raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
+        texts.append(text)
+    return "".join(texts)
+
+
+def response_format(text: dict | None) -> dict | None:
+    """text.format as chat's response_format (structured.response_format checks it)."""
+    fmt = (text or {}).get("format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise InvalidRequest('text.format must be an object with a "type"', param="text.format")
+    if fmt.get("type") != "json_schema":
+        return fmt
+    schema = {k: fmt[k] for k in ("name", "schema", "strict", "description") if k in fmt}
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def chat_tools(tools: list | None) -> list | None:
+    """The flat function tools ({type, name, description, parameters, strict}) in chat's
+    form; a built-in tool (web_search, file_search, ...) is refused, naming it."""
+    if tools is None:
+        return None
+    out = []
+    for i, tool in enumerate(tools):
+        kind = tool.get("type") if isinstance(tool, dict) else None
+        if kind != "function":
+            raise InvalidRequest(f'tools[{i}].type {kind!r} is not served: the server runs '
+                                 'no built-in tools; send tools of type "function"',
+                                 param=f"tools[{i}].type")
+        out.append({"type": "function", "function": {
+            k: v for k, v in tool.items() if k != "type" and v is not None}})
+    return out
+
+
+def chat_tool_choice(choice: Any) -> Any:
+    """tool_choice in chat's form: {"type": "function", "name": N} names a function."""
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        if not isinstance(choice.get("name"), str):
+            raise InvalidRequest('tool_choice {"type": "function"} needs the "name" of one '
+                                 "of the tools", param="tool_choice.name")
+        return {"type": "function", "function": {"name": choice["name"]}}
+    if isinstance(choice, dict):
+        raise InvalidRequest(f"tool_choice of type {choice.get('type')!r} is not served: "
+                             'send "none", "auto", "required" or {"type": "function", '
+                             '"name": ...}', param="tool_choice")
+    return choice
+
+
+# chat's names of the fields, as this body names them (longest first)
+_RENAMES = [(re.compile(r"response_format\.json_schema"), "text.format"),
+            (re.compile(r"response_format"), "text.format"),
+            (re.compile(r"(tools\[\d+\])\.function"), r"\1"),
+            (re.compile(r"tool_choice\.function\.name"), "tool_choice.name"),
+            (re.compile(r"\bmax_completion_tokens\b|\bmax_tokens\b"), "max_output_tokens"),
+            (re.compile(r"\breasoning_effort\b"), "reasoning.effort"),
+            (re.compile(r"\bmessages\b"), "input")]
+
+
+@contextmanager
+def responses_names() -> Iterator[None]:
+    """InvalidRequest raised by the chat path told in this body's field names (text.format
+    for response_format, tools[i].name for tools[i].function.name, ...)."""
+    try:
+        yield
+    except InvalidRequest as e:
+        message, param = str(e), e.param
+        for pattern, theirs in _RENAMES:
+            message = pattern.sub(theirs, message)
+            param = pattern.sub(theirs, param) if param else param
+        raise InvalidRequest(message, param=param, code=e.code) from None

@@ -1,0 +1,124 @@
+"""The event stream of /v1/responses with stream true (`ResponseEvents`): the typed SSE
+events the openai SDK's stream parser takes, each with its `type` and a `sequence_number`
+counting from 0, in OpenAI's order:
+
+    response.created, response.in_progress,
+    [reasoning item: output_item.added, content_part.added, reasoning_text.delta...,
+     reasoning_text.done, content_part.done, output_item.done]
+    [message item: output_item.added, content_part.added, output_text.delta...,
+     output_text.done, content_part.done, output_item.done]
+    [per call: output_item.added, function_call_arguments.delta, ..._arguments.done,
+     output_item.done]
+    response.completed
+
+The last event is response.completed also for an incomplete response (its status says
+so), as vLLM sends it: the SDK's stream helper (get_final_response) takes no other end.
+"""
+
+from __future__ import annotations
+
+from aiollm.api import sse
+from aiollm.api.http_errors import ApiError
+from aiollm.api.responses_output import (ResponseHead, call_item, item_id, message_item,
+                                         output_text, reasoning_item)
+from aiollm.api.tool_calls import ToolCall
+
+
+class ResponseEvents:
+    """Renders one response's events; the open item (reasoning, then the message) is
+    closed when the next kind of output begins or the response ends."""
+
+    def __init__(self, head: ResponseHead):
+        self.head = head
+        self.seq = 0
+        self.output: list[dict] = []  # the finished items, in order
+        self.kind: str | None = None  # the open item's kind: "reasoning" | "message"
+        self.id = ""  # the open item's id
+        self.text = ""  # the open item's text so far
+
+    def event(self, type_: str, **fields: object) -> bytes:
+        """One SSE event of type `type_` with the next sequence_number."""
+        data = {"type": type_, "sequence_number": self.seq, **fields}
+        self.seq += 1
+        return sse.event(data, prefix=f"event: {type_}\ndata: ".encode())
+
+    def begin(self) -> bytes:
+        """response.created and response.in_progress, each with the empty Response."""
+        snapshot = self.head.response("in_progress", [])
+        return (self.event("response.created", response=snapshot)
+                + self.event("response.in_progress", response=snapshot))
+
+    def reasoning(self, text: str) -> bytes:
+        """Reasoning text: opens the reasoning item if needed."""
+        return self._delta("reasoning", text) if text else b""
+
+    def content(self, text: str) -> bytes:
+        """Message text: closes the reasoning, opens the message if needed."""
+        return self._delta("message", text) if text else b""
+
+    def _delta(self, kind: str, text: str) -> bytes:
+        out = b""
+        if self.kind != kind:
+            out = self._close("completed") + self._open(kind)
+        self.text += text
+        delta = ("response.output_text.delta" if kind == "message"
+                 else "response.reasoning_text.delta")
+        extra = {"logprobs": []} if kind == "message" else {}
+        return out + self.event(delta, item_id=self.id, output_index=len(self.output),
+                                content_index=0, delta=text, **extra)
+
+    def _open(self, kind: str) -> bytes:
+        self.kind, self.text = kind, ""
+        self.id = item_id("msg" if kind == "message" else "rs")
+        make = message_item if kind == "message" else reasoning_item
+        part = output_text("") if kind == "message" else {"type": "reasoning_text", "text": ""}
+        where = {"item_id": self.id, "output_index": len(self.output), "content_index": 0}
+        return (self.event("response.output_item.added", output_index=len(self.output),
+                           item=make(self.id, None, "in_progress"))
+                + self.event("response.content_part.added", **where, part=part))
+
+    def _close(self, status: str) -> bytes:
+        if self.kind is None:
+            return b""
+        where = {"item_id": self.id, "output_index": len(self.output), "content_index": 0}
+        if self.kind == "message":
+            item, part = message_item(self.id, self.text, status), output_text(self.text)
+            done = self.event("response.output_text.done", **where, text=self.text,
+                              logprobs=[])
+        else:
+            item = reasoning_item(self.id, self.text, "completed")
+            part = item["content"][0]
+            done = self.event("response.reasoning_text.done", **where, text=self.text)
+        out = (done + self.event("response.content_part.done", **where, part=part)
+               + self.event("response.output_item.done", output_index=len(self.output),
+                            item=item))
+        self.output.append(item)
+        self.kind = None
+        return out
+
+    def finish(self, calls: list[ToolCall], status: str, incomplete: dict | None,
+               usage: dict) -> bytes:
+        """The open item closed, each call's events, then response.completed. An output of
+        neither text nor calls is an empty message, as the whole answer has it."""
+        out = b""
+        if not calls and not self.output and self.kind is None:
+            out = self._open("message")
+        out += self._close(status)
+        for call in calls:
+            id_, index = item_id("fc"), len(self.output)
+            item_status = "completed" if call.complete else "incomplete"
+            out += self.event("response.output_item.added", output_index=index,
+                              item=call_item(id_, call, "", "in_progress"))
+            out += self.event("response.function_call_arguments.delta", item_id=id_,
+                              output_index=index, delta=call.arguments)
+            out += self.event("response.function_call_arguments.done", item_id=id_,
+                              output_index=index, arguments=call.arguments)
+            item = call_item(id_, call, call.arguments, item_status)
+            out += self.event("response.output_item.done", output_index=index, item=item)
+            self.output.append(item)
+        final = self.head.response(status, self.output, usage, incomplete)
+        return out + self.event("response.completed", response=final)
+
+    def error(self, err: ApiError) -> bytes:
+        """OpenAI's error event, for a failure after the stream began."""
+        return self.event("error", code=err.code, message=err.message, param=err.param)

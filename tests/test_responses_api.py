@@ -1,0 +1,265 @@
+"""/v1/responses (OpenAI's Responses API, as vLLM serves it) through the real server and the
+official openai SDK: the same answer as /v1/chat/completions for the same conversation,
+streamed or whole; the length limit, structured output and tool calls; and a 400 naming
+the field for what the server does not serve."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from live_server import at_once, http
+
+ASK = "Name a colour."
+WEATHER = {"type": "function", "name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+    "required": ["city"], "additionalProperties": False}}
+CHAT_WEATHER = {"type": "function", "function": {k: v for k, v in WEATHER.items()
+                                                 if k != "type"}}
+
+
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    return client.models.list().data[0].id
+
+
+def test_greedy_text_is_chat_completions_text(client, model):
+    """instructions and a developer message, as the same chat's system messages: the same
+    prompt (input_tokens) and the same greedy text."""
+    items = [{"role": "developer", "content": "Be brief."},
+             {"role": "user", "content": [{"type": "input_text", "text": ASK}]}]
+    r, c = at_once(
+        lambda: client.responses.create(model=model, input=items, instructions="Hi.",
+                                        max_output_tokens=8, temperature=0),
+        lambda: client.chat.completions.create(model=model, max_tokens=8, temperature=0,
+                                               messages=[{"role": "system", "content": "Hi."},
+                                                         {"role": "system", "content": "Be brief."},
+                                                         {"role": "user", "content": ASK}]))
+    assert r.id.startswith("resp_") and r.object == "response" and r.model == model
+    assert r.output_text == c.choices[0].message.content
+    assert r.usage.input_tokens == c.usage.prompt_tokens
+    assert r.usage.output_tokens == c.usage.completion_tokens
+    assert r.usage.total_tokens == r.usage.input_tokens + r.usage.output_tokens
+    assert r.usage.output_tokens_details.reasoning_tokens == 0
+    assert r.instructions == "Hi." and r.max_output_tokens == 8 and r.temperature == 0
+    assert r.store is False and r.tools == [] and r.tool_choice == "auto"
+
+
+def test_stream_equals_whole_answer(client, model):
+    """The SDK's stream helper accumulates what the whole answer says; events in OpenAI's
+    order, numbered from 0."""
+    kw = dict(model=model, input=ASK, max_output_tokens=12, temperature=0)
+    whole = client.responses.create(**kw)
+    with client.responses.stream(**kw) as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    types = [e.type for e in events]
+    assert types[:5] == ["response.created", "response.in_progress",
+                         "response.output_item.added", "response.content_part.added",
+                         "response.output_text.delta"], types
+    assert types[-4:] == ["response.output_text.done", "response.content_part.done",
+                          "response.output_item.done", "response.completed"], types
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == whole.output_text == final.output_text
+    assert final.status == whole.status
+    assert (final.usage.input_tokens, final.usage.output_tokens) == (
+        whole.usage.input_tokens, whole.usage.output_tokens)
+    assert final.usage.input_tokens_details.cached_tokens > 0  # the whole answer's prompt
+    assert final.id.startswith("resp_")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_output_tokens_leaves_it_incomplete(client, model, stream):
+    """The length limit: status incomplete, and response.completed still ends the stream
+    (as vLLM sends it; the SDK's helper takes no other end)."""
+    kw = dict(model=model, input=ASK, max_output_tokens=2, temperature=0,
+              extra_body={"ignore_eos": True})
+    if stream:
+        events = list(client.responses.create(stream=True, **kw))
+        assert events[-1].type == "response.completed"
+        r = events[-1].response
+    else:
+        r = client.responses.create(**kw)
+    assert r.status == "incomplete", r
+    assert r.incomplete_details.reason == "max_output_tokens"
+    assert r.usage.output_tokens == 2 and r.output[0].status == "incomplete"
+
+
+def test_json_schema_format_gives_json(client, model):
+    schema = {"type": "object", "properties": {"colour": {"type": "string", "maxLength": 8}},
+              "required": ["colour"], "additionalProperties": False}
+    r = client.responses.create(model=model, input=ASK, max_output_tokens=40, temperature=0,
+                                text={"format": {"type": "json_schema", "name": "colour",
+                                                 "schema": schema, "strict": True}})
+    assert r.status == "completed", r
+    assert set(json.loads(r.output_text)) == {"colour"}
+    assert r.text.format.type == "json_schema"
+
+
+def test_json_object_format_gives_an_object(client, model):
+    r = client.responses.create(model=model, input=ASK, max_output_tokens=30, temperature=0,
+                                text={"format": {"type": "json_object"}},
+                                extra_body={"stop": ["}"]})
+    assert r.status == "completed" and r.output_text.lstrip().startswith("{"), r.output_text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_named_tool_is_a_function_call_item(client, model, stream):
+    kw = dict(model=model, input="Weather in Paris?", max_output_tokens=40, temperature=0,
+              tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"})
+    if stream:
+        with client.responses.stream(**kw) as s:
+            types = [e.type for e in s]
+            r = s.get_final_response()
+        assert "response.function_call_arguments.done" in types, types
+    else:
+        r = client.responses.create(**kw)
+    [call] = r.output
+    assert call.type == "function_call" and call.name == "get_weather", r.output
+    assert json.loads(call.arguments)["city"] in ("Paris", "Rome")
+    assert call.call_id.startswith("call_")
+
+
+def test_function_call_output_reaches_the_prompt(client, model):
+    """A call and its result sent back as items render as the chat's assistant tool_calls
+    and tool message: the same prompt and greedy answer as chat completions give."""
+    args = '{"city": "Paris"}'
+    items = [{"role": "user", "content": "Weather in Paris?"},
+             {"type": "function_call", "call_id": "call_1", "name": "get_weather",
+              "arguments": args},
+             {"type": "function_call_output", "call_id": "call_1", "output": "Sunny, 31 C"}]
+    messages = [{"role": "user", "content": "Weather in Paris?"},
+                {"role": "assistant", "content": None, "tool_calls": [
+                    {"id": "call_1", "type": "function",
+                     "function": {"name": "get_weather", "arguments": args}}]},
+                {"role": "tool", "tool_call_id": "call_1", "content": "Sunny, 31 C"}]
+    other = [*items[:2], {**items[2], "output": "Rain all week long in the whole region"}]
+    r, c, r2 = at_once(
+        lambda: client.responses.create(model=model, input=items, tools=[WEATHER],
+                                        tool_choice="none", max_output_tokens=8,
+                                        temperature=0),
+        lambda: client.chat.completions.create(model=model, messages=messages,
+                                               tools=[CHAT_WEATHER], tool_choice="none",
+                                               max_tokens=8, temperature=0),
+        lambda: client.responses.create(model=model, input=other, tools=[WEATHER],
+                                        tool_choice="none", max_output_tokens=1))
+    assert r.usage.input_tokens == c.usage.prompt_tokens
+    assert r.output_text == c.choices[0].message.content
+    assert r2.usage.input_tokens > r.usage.input_tokens  # the longer output is in the prompt
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    ({"background": True}, "background"),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+    ({"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input[0].content[0].type"),
+    ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
+    ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
+    ({"input": [{"role": "user", "content": []}]}, "input[0].content"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]},
+     "input[0].output"),
+    ({"input": [{"type": "function_call_output", "call_id": "c", "output": [
+        {"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input[0].output[0].type"),
+    ({"text": {"format": {"type": "json_schema", "name": "a b"}}}, "text.format.name"),
+    ({"tools": [{"type": "function", "name": "a b"}]}, "tools[0].name"),
+    ({"tool_choice": {"type": "file_search"}}, "tool_choice"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"max_output_tokens": 0}, "max_output_tokens"),
+    ({"input": "x " * 600}, "input"),
+    ({"top_logprobs": 2}, "top_logprobs"),
+    ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
+    ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
+])
+def test_unserved_or_bad_fields_are_400s_naming_them(client, model, body, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(**{"model": model, "input": ASK, **body})
+    assert e.value.param == param, e.value.body
+    assert param.split(".")[-1].split("[")[0] in e.value.message, e.value.body
+
+
+def test_store_true_is_answered_not_kept(server, client, model):
+    """As vLLM without its store: store true answers (with store false), and no response
+    can be fetched or cancelled by id."""
+    r = client.responses.create(model=model, input=ASK, max_output_tokens=1, store=True)
+    assert r.store is False
+    for method, path in (("GET", f"/v1/responses/{r.id}"),
+                         ("POST", f"/v1/responses/{r.id}/cancel")):
+        status, headers, raw = http(server, method, path)
+        assert status == 404, raw
+        assert json.loads(raw)["error"]["param"] == "response_id"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_request_id_names_the_response(server, stream):
+    """X-Request-Id, as on the other OpenAI routes: sent back, and the response's id."""
+    status, headers, raw = http(server, "POST", "/v1/responses", headers={
+        "X-Request-Id": "trace-42"}, json={"input": ASK, "max_output_tokens": 1,
+                                           "stream": stream})
+    headers = {k.lower(): v for k, v in headers.items()}
+    assert status == 200 and headers["x-request-id"] == "trace-42", raw
+    if stream:  # each event: its type on an "event:" line, then its data (as OpenAI's)
+        head, data = raw.split(b"\n\n")[0].split(b"\n")
+        assert head == b"event: response.created", raw[:200]
+        assert json.loads(data.removeprefix(b"data: "))["response"]["id"] == "resp_trace-42"
+    else:
+        assert json.loads(raw)["id"] == "resp_trace-42"
+
+
+def _finished(server) -> float:
+    """vllm:request_success_total, summed over its labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    _, _, raw = http(server, "GET", "/metrics")
+    return sum(s.value for f in text_string_to_metric_families(raw.decode())
+               for s in f.samples if s.name == "vllm:request_success_total")
+
+
+def test_each_response_counts_as_one_request(server, client, model):
+    before = _finished(server)
+    client.responses.create(model=model, input=ASK, max_output_tokens=1)
+    list(client.responses.create(model=model, input=ASK, max_output_tokens=1, stream=True))
+    assert _finished(server) == before + 2
+
+
+def _typed_events(server, body: dict) -> list[dict]:
+    """The events of a streamed response, each checked against the openai SDK's event
+    types (validated, not merely constructed as the SDK's parser does): its type on the
+    event: line, numbered from 0, and its item_id the item opened at its output_index."""
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    status, _, raw = http(server, "POST", "/v1/responses", json={**body, "stream": True})
+    assert status == 200, raw
+    events, opened = [], {}
+    for block in raw.decode().strip().split("\n\n"):
+        head, data = block.split("\n")
+        event = json.loads(data.removeprefix("data: "))
+        assert head == f"event: {event['type']}", block
+        TypeAdapter(ResponseStreamEvent).validate_python(event)
+        if event["type"] == "response.output_item.added":
+            opened[event["output_index"]] = event["item"]["id"]
+        if "item_id" in event:
+            assert opened[event["output_index"]] == event["item_id"], event
+        events.append(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    return events
+
+
+@pytest.mark.parametrize("body", [
+    {"input": ASK, "max_output_tokens": 4},
+    {"input": "Weather in Paris?", "max_output_tokens": 40, "tools": [WEATHER],
+     "tool_choice": {"type": "function", "name": "get_weather"}},
+], ids=["text", "call"])
+def test_responses_and_events_are_the_sdks_types(server, body):
+    """Every field the SDK's types require is there, with its type: the whole Response
+    (usage's input_tokens_details.cache_write_tokens too) and each streamed event."""
+    from openai.types.responses import Response
+
+    status, _, raw = http(server, "POST", "/v1/responses", json=body)
+    assert status == 200, raw
+    Response.model_validate(json.loads(raw))
+    events = _typed_events(server, body)
+    assert events[-1]["type"] == "response.completed"
