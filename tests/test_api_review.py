@@ -259,6 +259,23 @@ def test_text_parts_of_every_form_vllm_takes_render_joined_by_newline(server):
     server.wait_idle()
 
 
+def test_empty_text_parts_are_left_out_of_the_join_as_vllm_does(server):
+    """vLLM keeps only the parts with text: an empty one adds no line. Joined by "\n" they
+    rendered as an empty line each ("a\n\nb", and "\n" for two empty parts), so the
+    prompt was not the one vLLM builds of the same message."""
+    def tokens(content, role="user"):
+        message = {"role": role, "content": content, "tool_call_id": "c"}
+        status, _, raw = http(server, "POST", "/tokenize", json={"messages": [message]})
+        assert status == 200, raw
+        return json.loads(raw)["tokens"]
+
+    for role in ("user", "system", "developer", "tool", "assistant"):
+        joined = tokens("a\nb", role)
+        assert tokens(["a", "", {"type": "text", "text": ""}, "b"], role) == joined, role
+        assert tokens(["", {"type": "input_text", "text": ""}], role) == tokens("", role)
+        assert tokens(["", "a", ""], role) == tokens("a", role), role
+
+
 @pytest.mark.parametrize("role, words", [("user", "for a user message"),
                                          ("system", "for a system message"),
                                          ("assistant", "for an assistant message")])
