@@ -402,3 +402,20 @@ def test_renamed_fields_leave_the_rest_of_the_message_alone(server, path, body, 
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == param, err
     assert says in err["message"] and not_says not in err["message"], err
+
+
+@pytest.mark.parametrize("role", ["user", "system", "tool"])
+def test_a_thinking_part_of_another_role_is_not_told_to_be_reasoning_content(role):
+    """The hint to send a thinking part as reasoning_content suits an assistant's message
+    alone: a user's, system's or tool's was told to send "an assistant's reasoning" there,
+    a field those messages do not render. Theirs names the part and the types served."""
+    from aiollm.engine.chat_messages import checked_messages
+    from aiollm.errors import InvalidRequest
+
+    part = {"type": "thinking", "thinking": "hm"}
+    with pytest.raises(InvalidRequest) as e:
+        checked_messages([{"role": role, "content": [part], "tool_call_id": "c"}])
+    assert e.value.param == "messages[0].content[0]"
+    assert "reasoning_content" not in str(e.value) and "'thinking'" in str(e.value)
+    with pytest.raises(InvalidRequest, match="reasoning_content"):
+        checked_messages([{"role": "assistant", "content": [part]}])

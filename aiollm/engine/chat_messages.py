@@ -141,9 +141,9 @@ def _text(content: Any, at: str, role: str) -> str:
                                  param=f"{where}.type")
         if kind not in TEXT_PARTS and not (kind == "refusal" and role == "assistant"):
             # vLLM folds a thinking part into the content: the model would read its own
-            # reasoning as what it said
+            # reasoning as what it said (only an assistant's message renders reasoning)
             hint = (": send an assistant's reasoning as the message's reasoning_content"
-                    if kind == "thinking" else "")
+                    if kind == "thinking" and role == "assistant" else "")
             raise InvalidRequest(f"only text content parts ({', '.join(TEXT_PARTS)}; and an "
                                  f"assistant's refusal parts) are supported, got type "
                                  f"{kind!r}{hint}", param=where)
