@@ -419,3 +419,14 @@ def test_a_thinking_part_of_another_role_is_not_told_to_be_reasoning_content(rol
     assert "reasoning_content" not in str(e.value) and "'thinking'" in str(e.value)
     with pytest.raises(InvalidRequest, match="reasoning_content"):
         checked_messages([{"role": "assistant", "content": [part]}])
+
+
+@pytest.mark.parametrize("kind, article", [("input_text", "an"), ("output_text", "an"),
+                                           ("text", "a")])
+def test_a_part_without_its_text_is_named_with_the_right_article(kind, article):
+    """The error read "a input_text content part"."""
+    from aiollm.engine.chat_messages import checked_messages
+    from aiollm.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=f"^{article} {kind} content part needs"):
+        checked_messages([{"role": "user", "content": [{"type": kind}]}])

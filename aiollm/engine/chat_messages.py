@@ -149,8 +149,9 @@ def _text(content: Any, at: str, role: str) -> str:
                                  f"{kind!r}{hint}", param=where)
         field = "refusal" if kind == "refusal" else "text"
         if not isinstance(part.get(field), str):
-            raise InvalidRequest(f"a {kind} content part needs a `{field}` field (a string)",
-                                 param=f"{where}.{field}")
+            article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal
+            raise InvalidRequest(f"{article} {kind} content part needs a `{field}` field (a "
+                                 "string)", param=f"{where}.{field}")
         check_unicode(part[field], f"{where}.{field}")
         texts.append(part[field])
     # as vLLM: only parts with text are joined, an empty one adds no empty line
