@@ -259,6 +259,23 @@ def test_text_parts_of_every_form_vllm_takes_render_joined_by_newline(server):
     server.wait_idle()
 
 
+def test_empty_text_parts_are_left_out_of_the_join_as_vllm_does(server):
+    """vLLM keeps only the parts with text: an empty one adds no line. Joined by "\n" they
+    rendered as an empty line each ("a\n\nb", and "\n" for two empty parts), so the
+    prompt was not the one vLLM builds of the same message."""
+    def tokens(content, role="user"):
+        message = {"role": role, "content": content, "tool_call_id": "c"}
+        status, _, raw = http(server, "POST", "/tokenize", json={"messages": [message]})
+        assert status == 200, raw
+        return json.loads(raw)["tokens"]
+
+    for role in ("user", "system", "developer", "tool", "assistant"):
+        joined = tokens("a\nb", role)
+        assert tokens(["a", "", {"type": "text", "text": ""}, "b"], role) == joined, role
+        assert tokens(["", {"type": "input_text", "text": ""}], role) == tokens("", role)
+        assert tokens(["", "a", ""], role) == tokens("a", role), role
+
+
 @pytest.mark.parametrize("role, words", [("user", "for a user message"),
                                          ("system", "for a system message"),
                                          ("assistant", "for an assistant message")])
@@ -385,3 +402,31 @@ def test_renamed_fields_leave_the_rest_of_the_message_alone(server, path, body, 
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == param, err
     assert says in err["message"] and not_says not in err["message"], err
+
+
+@pytest.mark.parametrize("role", ["user", "system", "tool"])
+def test_a_thinking_part_of_another_role_is_not_told_to_be_reasoning_content(role):
+    """The hint to send a thinking part as reasoning_content suits an assistant's message
+    alone: a user's, system's or tool's was told to send "an assistant's reasoning" there,
+    a field those messages do not render. Theirs names the part and the types served."""
+    from aiollm.engine.chat_messages import checked_messages
+    from aiollm.errors import InvalidRequest
+
+    part = {"type": "thinking", "thinking": "hm"}
+    with pytest.raises(InvalidRequest) as e:
+        checked_messages([{"role": role, "content": [part], "tool_call_id": "c"}])
+    assert e.value.param == "messages[0].content[0]"
+    assert "reasoning_content" not in str(e.value) and "'thinking'" in str(e.value)
+    with pytest.raises(InvalidRequest, match="reasoning_content"):
+        checked_messages([{"role": "assistant", "content": [part]}])
+
+
+@pytest.mark.parametrize("kind, article", [("input_text", "an"), ("output_text", "an"),
+                                           ("text", "a")])
+def test_a_part_without_its_text_is_named_with_the_right_article(kind, article):
+    """The error read "a input_text content part"."""
+    from aiollm.engine.chat_messages import checked_messages
+    from aiollm.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=f"^{article} {kind} content part needs"):
+        checked_messages([{"role": "user", "content": [{"type": kind}]}])

@@ -263,3 +263,18 @@ def test_responses_and_events_are_the_sdks_types(server, body):
     Response.model_validate(json.loads(raw))
     events = _typed_events(server, body)
     assert events[-1]["type"] == "response.completed"
+
+
+def test_text_parts_of_an_item_join_by_newline_as_chats_do():
+    """A message item's, or a call output's, parts are joined as chat joins a message's parts
+    and as vLLM, which hands the parts to its chat parser: by "\n", an empty part left out.
+    They were joined by "" ("Hello" and "there" read "Hellothere")."""
+    from aiollm.api.responses_request import input_messages
+
+    parts = [{"type": "input_text", "text": "Hello"}, {"type": "input_text", "text": ""},
+             {"type": "output_text", "text": "there"}]
+    got = input_messages([{"role": "user", "content": parts},
+                          {"type": "function_call", "call_id": "c", "name": "f",
+                           "arguments": "{}"},
+                          {"type": "function_call_output", "call_id": "c", "output": parts}])
+    assert [m.content for m in got] == ["Hello\nthere", None, "Hello\nthere"]

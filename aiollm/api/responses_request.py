@@ -180,8 +180,8 @@ def _string(item: dict, key: str, at: str) -> str:
 
 def _text(content: Any, at: str) -> str:
     """A message's content or a call's output, at the path `at`, as text: a string, or its
-    text parts joined; a part of another type (input_image, input_file, input_audio) is
-    refused, naming it."""
+    text parts joined by "\n", an empty one left out, as chat joins a message's parts; a
+    part of another type (input_image, input_file, input_audio) is refused, naming it."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -197,7 +197,8 @@ def _text(content: Any, at: str) -> str:
         if not isinstance(text, str):
             raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
         texts.append(text)
-    return "".join(texts)
+    # as chat (engine/chat_messages.py) and vLLM join a message's parts
+    return "\n".join(text for text in texts if text)
 
 
 def response_format(text: dict | None) -> dict | None:

@@ -113,10 +113,11 @@ def _text(content: Any, at: str, role: str) -> str:
     """A message's content as one string: its text parts (TEXT_PARTS, or a plain string in
     the list, as vLLM takes it) and an assistant's refusal parts (what it said, as OpenAI's
     schema allows them there) joined by "\n", as vLLM joins them for a template that reads
-    content as a string. Each is checked for lone surrogates here, by its own path: joined,
-    the template's check names only the content. Raises InvalidRequest naming the part, or
-    its field, for a part of another type (images, audio, vLLM's "thinking": not text of the
-    message), one without a `type`, or one whose text is missing or no string."""
+    content as a string; an empty part is left out, as vLLM leaves it out. Each is checked
+    for lone surrogates here, by its own path: joined, the template's check names only the
+    content. Raises InvalidRequest naming the part, or its field, for a part of another type
+    (images, audio, vLLM's "thinking": not text of the message), one without a `type`, or
+    one whose text is missing or no string."""
     if content is None or isinstance(content, str):
         return content or ""
     if not isinstance(content, list):
@@ -127,7 +128,7 @@ def _text(content: Any, at: str, role: str) -> str:
         where = f"{at}.content[{j}]"
         if isinstance(part, str):
             check_unicode(part, where)
-            texts.append(part)
+            texts.append(part)  # an empty one is left out below
             continue
         if not isinstance(part, dict):
             raise InvalidRequest(f'{where} must be a content part: an object with a "type" '
@@ -140,19 +141,21 @@ def _text(content: Any, at: str, role: str) -> str:
                                  param=f"{where}.type")
         if kind not in TEXT_PARTS and not (kind == "refusal" and role == "assistant"):
             # vLLM folds a thinking part into the content: the model would read its own
-            # reasoning as what it said
+            # reasoning as what it said (only an assistant's message renders reasoning)
             hint = (": send an assistant's reasoning as the message's reasoning_content"
-                    if kind == "thinking" else "")
+                    if kind == "thinking" and role == "assistant" else "")
             raise InvalidRequest(f"only text content parts ({', '.join(TEXT_PARTS)}; and an "
                                  f"assistant's refusal parts) are supported, got type "
                                  f"{kind!r}{hint}", param=where)
         field = "refusal" if kind == "refusal" else "text"
         if not isinstance(part.get(field), str):
-            raise InvalidRequest(f"a {kind} content part needs a `{field}` field (a string)",
-                                 param=f"{where}.{field}")
+            article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal
+            raise InvalidRequest(f"{article} {kind} content part needs a `{field}` field (a "
+                                 "string)", param=f"{where}.{field}")
         check_unicode(part[field], f"{where}.{field}")
         texts.append(part[field])
-    return "\n".join(texts)
+    # as vLLM: only parts with text are joined, an empty one adds no empty line
+    return "\n".join(text for text in texts if text)
 
 
 def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
