@@ -75,7 +75,7 @@ def test_a_complete_call_allows_only_the_end(tiny):
             for required in (True, False):
                 m = _after_call(engine, parser.grammar([TOOL], required=required,
                                                        parallel=False), call)
-                nl = {t for t in _allowed(g, m) - stops}
+                nl = _allowed(g, m) - stops
                 assert stops <= _allowed(g, m), parser.name
                 assert [tok.decode([t]) for t in nl] in ([], ["\n"]), (parser.name, required)
                 if nl:
