@@ -1,0 +1,140 @@
+"""A forced tool call (tool_choice "required" or a named function), and a json_schema answer,
+end right after the call or the JSON: once the grammar is complete it allows the model's end
+tokens only (a single optional newline before them, or, with parallel calls, the separator of
+a next call), so the request finishes with vLLM's finish_reason ("tool_calls" for "required",
+"stop" for a named function and for a response format) well before max_tokens, even on a
+random-weight model that writes whatever the grammar allows. A grammar that let whitespace or
+text run on after the call would end these at max_tokens with finish_reason "length".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from test_api_token_ids_echo import TEMPLATE, post, tiny  # noqa: F401 (the fixture)
+
+from aiollm.api import create_app
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.engine import Engine
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "required": ["a"], "additionalProperties": False}}}
+NAMED = {"type": "function", "function": {"name": "f"}}
+ASK = [{"role": "user", "content": "hi"}]
+MAX_TOKENS = 200
+# one complete call of TOOL in each family's format
+CALLS = {"hermes": '<tool_call>\n{"name": "f", "arguments": {"a": 3}}\n</tool_call>',
+         "llama3": '{"name": "f", "parameters": {"a": 3}}',
+         "mistral": '[TOOL_CALLS][{"name": "f", "arguments": {"a": 3}}]'}
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+
+
+def _serve(tiny: str, check):
+    async def main():
+        engine = Engine(tiny, load_format="dummy", kv_tokens=1024, chat_template=TEMPLATE)
+        async with TestClient(TestServer(create_app(engine))) as client:
+            return await check(engine, client)
+    return asyncio.run(main())
+
+
+def _allowed(grammars, matcher) -> set[int]:
+    import xgrammar as xgr
+
+    mask = xgr.allocate_token_bitmask(1, grammars.grammar_vocab)
+    matcher.fill_next_token_bitmask(mask)
+    bits = np.unpackbits(mask.numpy().view(np.uint8), bitorder="little")
+    return {int(t) for t in np.flatnonzero(bits[:grammars.grammar_vocab])}
+
+
+def _after_call(engine, spec, text: str):
+    """The matcher of `spec`'s compiled grammar once `text` is written."""
+    import xgrammar as xgr
+
+    grammars = engine.grammars
+    matcher = xgr.GrammarMatcher(grammars.compile_now(spec),
+                                 override_stop_tokens=grammars.stop_ids)
+    assert matcher.accept_string(text), text
+    return matcher
+
+
+def test_a_complete_call_allows_only_the_end(tiny):
+    """After a whole call (required or named, one call; "auto" with parallel_tool_calls
+    false) the grammar allows the end tokens and one newline, after which the end alone;
+    with parallel calls, the end or the first characters of the next call's separator."""
+    async def check(engine, client):
+        g, stops = engine.grammars, set(engine.grammars.stop_ids)
+        tok = engine.tokenizer
+        assert stops
+        for parser in PARSERS:
+            call = CALLS[parser.name]
+            for required in (True, False):
+                m = _after_call(engine, parser.grammar([TOOL], required=required,
+                                                       parallel=False), call)
+                nl = _allowed(g, m) - stops
+                assert stops <= _allowed(g, m), parser.name
+                assert [tok.decode([t]) for t in nl] in ([], ["\n"]), (parser.name, required)
+                if nl:
+                    assert m.accept_string("\n") and _allowed(g, m) == stops, parser.name
+            m = _after_call(engine, parser.grammar([TOOL], required=True, parallel=True), call)
+            more = _allowed(g, m) - stops
+            assert stops <= _allowed(g, m)
+            nexts = (parser.separator, "\n")  # another call, or the closing newline
+            assert all(any(s.startswith(tok.decode([t])) for s in nexts) for t in more), (
+                parser.name, [tok.decode([t]) for t in more])
+        return True
+    assert _serve(tiny, check)
+
+
+def _body(**kw) -> dict:
+    return {"messages": ASK, "max_tokens": MAX_TOKENS, "temperature": 0,
+            "return_token_ids": True, **kw}
+
+
+SCHEMA_FORMAT = {"type": "json_schema", "json_schema": {
+    "name": "a", "schema": TOOL["function"]["parameters"], "strict": True}}
+
+
+@pytest.mark.parametrize("kw,finish", [
+    ({"tools": [TOOL], "tool_choice": "required", "parallel_tool_calls": False}, "tool_calls"),
+    ({"tools": [TOOL], "tool_choice": "required"}, "tool_calls"),
+    ({"tools": [TOOL], "tool_choice": NAMED}, "stop"),  # vLLM's for a named function
+    ({"response_format": SCHEMA_FORMAT}, "stop"),
+], ids=["required-one", "required-parallel", "named", "json_schema"])
+def test_the_answer_ends_at_the_end_of_the_call(tiny, kw, finish):
+    """Greedy on a random-weight model, max_tokens 200: the answer is the call (or the JSON)
+    and the model's end token, with vLLM's finish_reason, far below max_tokens."""
+    async def check(engine, client):
+        r = await post(client, "/v1/chat/completions", _body(**kw))
+        return r, set(engine.eos_ids.tolist())
+    r, eos = _serve(tiny, check)
+    choice = r["choices"][0]
+    assert choice["finish_reason"] == finish, choice
+    assert r["usage"]["completion_tokens"] < MAX_TOKENS // 2, r["usage"]
+    assert choice["token_ids"][-1] in eos, choice["token_ids"]
+    if "tools" in kw:
+        calls = choice["message"]["tool_calls"]
+        assert calls and all(c["function"]["name"] == "f" for c in calls), choice
+        assert json.loads(calls[0]["function"]["arguments"])["a"] in range(10)
+    else:
+        assert json.loads(choice["message"]["content"])["a"] in range(10)
+
+
+def test_a_named_call_on_responses_completes(tiny):
+    """/v1/responses with a named function: the call, status "completed" (not "incomplete"
+    for max_output_tokens), well below the limit."""
+    async def check(engine, client):
+        return await post(client, "/v1/responses", {
+            "input": "hi", "tools": [{"type": "function", **TOOL["function"]}],
+            "tool_choice": {"type": "function", "name": "f"},
+            "max_output_tokens": MAX_TOKENS, "temperature": 0})
+    r = _serve(tiny, check)
+    assert r["status"] == "completed" and r["incomplete_details"] is None, r
+    assert r["usage"]["output_tokens"] < MAX_TOKENS // 2, r["usage"]
+    [call] = r["output"]
+    assert call["type"] == "function_call" and call["name"] == "f", call
+    assert json.loads(call["arguments"])["a"] in range(10)
