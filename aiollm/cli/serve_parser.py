@@ -47,14 +47,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s = sub.add_parser("serve", help="serve a model over HTTP",
                        formatter_class=HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
-                       "/v1/chat/completions, /v1/responses (/v1/responses/{response_id} and "
-                       "/v1/responses/{response_id}/cancel: 404, none is kept), /v1/models, "
+                       "/v1/chat/completions, /v1/responses, /v1/responses/{response_id}, "
+                       "/v1/responses/{response_id}/cancel, /v1/models, "
                        "/v1/models/{model}, "
                        "/generate, "
                        "/generate_stream, /health, /healthz, /ping, /load, /metrics, /version, "
                        "/tokenize, /detokenize, /flush_cache, and LightLLM's /liveness, "
                        "/readiness, /get_model_name, /tokens, /token_load, POST /, and "
-                       "/get_score, a reward model's route: a 404 saying none is served.")
+                       "/get_score, a reward model's route: a 404 saying none is served. No "
+                       "response is kept: retrieving or cancelling one is a 404.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
     s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=_Model,
                    metavar="MODEL",
