@@ -47,6 +47,7 @@ import torch.distributed as dist
 from aiollm.config import EngineConfig
 from aiollm.distributed.group import STOP, RankLost, TensorParallel
 from aiollm.distributed.rendezvous import Rendezvous
+from aiollm.distributed.peer_lost import only_collateral, other_node_lost, peer_ended_error
 from aiollm.distributed.start_settings import start_settings
 from aiollm.model import parallel
 
@@ -66,12 +67,6 @@ START_GRACE_S = 5.0
 _LEFT = threading.Condition()
 _left_starts: set[NodeRanks] = set()
 _GIVEN_UP = "tensor parallel start-up given up by its caller"  # its thread's RuntimeError
-
-
-def _collective(kind: str) -> bool:
-    """Whether an exception type's name is one a failed collective raises: a peer's process
-    was lost (gloo's "Connection closed by peer" is a plain RuntimeError)."""
-    return kind in ("RuntimeError", "DistError", "DistBackendError", "DistNetworkError")
 
 
 def node_ranks(cfg: EngineConfig) -> range:
@@ -280,8 +275,15 @@ class NodeRanks:
     def _lost_rank(self) -> str | None:
         for rank, p in self.procs.items():
             code = p.poll()
-            if code is not None:
-                return f"tensor parallel rank {rank} {self._cause(rank, code)}"
+            if code is None:
+                continue
+            cause = self._cause(rank, code)
+            if (self.cfg.nnodes > 1 and not self.starting
+                    and only_collateral(self.procs, self._error_file)):
+                # it failed only as rank 0 would: on another node's closed sockets
+                return self.other_node_lost(cause.removeprefix("failed: "),
+                                            "while this node served")
+            return f"tensor parallel rank {rank} {cause}"
         if self.cfg.nnodes == 1:
             # a rank whose start-up failed waits at the next start-up checkpoint for the
             # others (TensorParallel.start_failed) with its error file written: on one node,
@@ -353,42 +355,16 @@ class NodeRanks:
         collective = type(exc) is RuntimeError or isinstance(exc, dist.DistError)
         # (the watchdog may have failed the group meanwhile, its ranks' files removed)
         lost = (self.lost or self.lost_rank(wait=1.0)) if collective else None
-        if collective and self.cfg.nnodes > 1 and (lost is None or self._only_collateral()):
+        if (self.cfg.nnodes > 1 and peer_ended_error(exc)
+                and (lost is None or only_collateral(self.procs, self._error_file))):
             lost = self.other_node_lost(exc, "during start-up, after the group was made")
         self.abort()
         return RankLost(lost) if lost is not None else None
 
-    def _only_collateral(self) -> bool:
-        """Every spawned rank that exited failed in a collective, as this rank did: the
-        rank lost is another node's (a rank killed, or one that failed on its own, is not
-        so: its exit, or its error met at a checkpoint, is the cause)."""
-        for rank, p in self.procs.items():
-            code = p.poll()
-            if code is None:
-                continue
-            try:
-                with open(self._error_file(rank)) as f:
-                    kind = f.read().split(":", 1)[0]
-            except OSError:
-                return False
-            if code != 1 or not _collective(kind):
-                return False
-        return True
-
-    def other_node_lost(self, exc: BaseException, when: str) -> str:
-        """Why a collective failed `when` ("while this node served") once the group was made,
-        when no rank of this node was lost: another node's process ended (killed, or crashed
-        in C++). Node 0's is the one whose rendezvous store closed; with two nodes, the other
-        one."""
-        cfg, rdv = self.cfg, self.rendezvous
-        others = [k for k in range(cfg.nnodes) if k != cfg.node_rank]
-        if cfg.node_rank != 0 and rdv is not None and not rdv.node_0_alive():
-            others = [0]
-        what = (f"tensor parallel node {others[0]} ({rdv.ranks_of(others[0])})"
-                if len(others) == 1 else
-                f"a rank of tensor parallel nodes {', '.join(map(str, others))}")
-        return (f"{what} ended {when} (killed? see its log): the group cannot go on without "
-                f"it; start every node again ({exc})")
+    def other_node_lost(self, exc: BaseException | str, when: str) -> str:
+        """Why a collective failed `when` once the group was made, no rank of this node
+        lost: the other node ended (peer_lost.other_node_lost)."""
+        return other_node_lost(self.cfg, self.rendezvous, exc, when)
 
     def _start_watch(self) -> None:
         """Start the watchdog: it fails the group (fail) when a spawned rank exits (on one
