@@ -5,15 +5,26 @@ posts its own to the rendezvous and every other node compares them before it arr
 0 never made (another layer count, warm-up or CUDA graphs), aborted in gloo (another dtype
 or width), or wrote past its rows (a longer --max-model-len on node 0). vLLM's users start
 every node with the same arguments; the model's path may differ from node to node, its
-config may not.
+config may not. Before them, every rank compares rank 0's --tensor-parallel-size and
+--nnodes (the shape rank 0 posts as it hosts the store): a rank of another shape would be
+counted as another node's.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch.distributed as dist
 
 from aiollm.config import EngineConfig
 from aiollm.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from aiollm.distributed.rendezvous import Rendezvous
 
 
 def _flag(on: bool) -> str:
@@ -43,3 +54,59 @@ def start_settings(cfg: EngineConfig, model: ModelConfig) -> dict[str, str]:
         "--no-cuda-graph": _flag(not cfg.cuda_graph),
         "--no-warm-up": _flag(not cfg.warm_up),
     }
+
+
+def shape(rdv: Rendezvous) -> str:
+    """The flags that shape the group, as rank 0 posts them as it hosts the store."""
+    return f"--tensor-parallel-size {rdv.size} --nnodes {rdv.nnodes}"
+
+
+def check_shape(rdv: Rendezvous, store: dist.TCPStore) -> None:
+    """ValueError when rank 0 was started with another --tensor-parallel-size or
+    --nnodes than rank `rdv.rank`: its ranks would be counted as another node's."""
+    from aiollm.distributed.rendezvous import PREFIX
+
+    if rdv.rank == 0:
+        return
+    theirs = store.get(f"{PREFIX}shape").decode(errors="replace")  # set as it was hosted
+    if theirs != shape(rdv):
+        raise ValueError(
+            f"this node was started with {shape(rdv)}, node 0 (the rendezvous at "
+            f"{rdv.addr}) with {theirs}: start every node with the same")
+
+
+def check_settings(rdv: Rendezvous, store: dist.TCPStore, check: Callable[[], None] | None,
+                   deadline: float) -> None:
+    """Rank 0: post its settings (rdv.settings). Another rank given settings: wait for
+    rank 0's (it posts them as it arrives; Ctrl-C, `check`, another node's failure
+    (Rendezvous._check_failed) and the timeout end the wait), then ValueError naming those
+    that differ. Before this rank arrives:
+    a rank refused once counted, rank 0 met it and waited for it to make the group."""
+    from aiollm.distributed.rendezvous import POLL_S, PREFIX
+
+    key = f"{PREFIX}settings"
+    if rdv.rank == 0:
+        store.set(key, json.dumps(rdv.settings or {}))
+        return
+    if not rdv.settings:
+        return
+    while not store.check([key]):
+        rdv._check_failed(store)
+        if check is not None:
+            check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"rank 0 (node 0) did not reach the tensor parallel rendezvous at "
+                f"{rdv.addr} within {rdv.timeout}, though it hosts it: see node 0's log")
+        time.sleep(POLL_S)
+    theirs = json.loads(store.get(key))
+    differ = [k for k, v in rdv.settings.items() if theirs.get(k) != v]
+    if differ:
+        def said(settings: dict[str, str]) -> str:
+            return ", ".join(f"{k} {settings.get(k, '(none)')}" for k in differ)
+
+        node = rdv.node_of(rdv.rank)
+        raise ValueError(
+            f"node {node} was started with {said(rdv.settings)}, node 0 (the rendezvous "
+            f"at {rdv.addr}) with {said(theirs)}: start every node with the same model "
+            f"and flags (the model's path may differ, not its files)")
