@@ -41,6 +41,7 @@ from aiollm.distributed.group import (
     StepMessage,
     TensorParallel,
 )
+from aiollm.distributed import launch
 from aiollm.distributed.launch import NodeRanks, join
 from aiollm.distributed.peer_lost import peer_ended_error
 from aiollm.stop_signal import sigterm_raises
@@ -197,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     tp = None
     try:
         cfg = EngineConfig(**json.loads(os.environ["AIOLLM_TP_CONFIG"]))
-        tp = join(cfg, args.rank, args.init, joining=partial(_touch, args.joining_file))
+        tp = join(cfg, args.rank, args.init, launch.INIT_TIMEOUT,
+                  joining=partial(_touch, args.joining_file))
         runner = build_runner(cfg, tp)
         serve_steps(tp, runner)
     except BaseException as e:  # noqa: BLE001 - whatever it is, rank 0 must learn why

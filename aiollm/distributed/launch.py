@@ -2,8 +2,8 @@
 torch.distributed group over the TCP rendezvous (rendezvous.py: a node that fails before it
 joins is named there by every rank, at once) and watches the ranks it spawned.
 
-Ranks: N = --tensor-parallel-size over --nnodes nodes, N / nnodes per node; node k holds
-ranks [k N / nnodes, (k + 1) N / nnodes) and rank r uses the node's GPU r mod (N / nnodes).
+Ranks: N = --tensor-parallel-size over --nnodes nodes, N / nnodes per node (which ones, on
+which device, and how each joins the group: placement.py).
 Rank 0 (node 0's own process) serves HTTP; every other rank runs the follower loop
 (follower.py). No torchrun: each node's process spawns the rest of its node with
 subprocess, each child a `python -m aiollm.distributed.follower`.
@@ -41,23 +41,19 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 from aiollm.config import EngineConfig
 from aiollm.distributed.group import STOP, RankLost, TensorParallel
 from aiollm.distributed.rendezvous import Rendezvous
 from aiollm.distributed.peer_lost import only_collateral, other_node_lost, peer_ended_error
+from aiollm.distributed.placement import check_devices, join, node_ranks
 from aiollm.distributed.start_settings import start_settings
 from aiollm.model import parallel
 
 log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk takes minutes
-# the host group's (step messages, start-up checkpoints): how long a follower waits for rank
-# 0's next step message, and a rank at a start-up checkpoint for the others (torch's default
-# for a gloo group)
-HOST_GROUP_TIMEOUT = timedelta(minutes=30)
 # a rank lost while rank 0 still loads: how long the watchdog leaves start-up's own path to
 # raise it to the caller (rank 0's next collective fails at once) before ending the process
 # itself (rank 0 may be waiting in the rendezvous for a rank that will never join)
@@ -69,64 +65,10 @@ _left_starts: set[NodeRanks] = set()
 _GIVEN_UP = "tensor parallel start-up given up by its caller"  # its thread's RuntimeError
 
 
-def node_ranks(cfg: EngineConfig) -> range:
-    per = cfg.tensor_parallel_size // cfg.nnodes
-    return range(cfg.node_rank * per, (cfg.node_rank + 1) * per)
-
-
-def rank_device(cfg: EngineConfig, rank: int) -> torch.device:
-    """The device of `rank` on its node: CUDA GPU rank mod ranks-per-node, or the CPU."""
-    kind = cfg.device.split(":")[0]
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cpu":
-        return torch.device("cpu")
-    return torch.device("cuda", rank % len(node_ranks(cfg)))
-
-
-def check_devices(cfg: EngineConfig) -> None:
-    """Raise ValueError unless this node sees a GPU for each of its ranks (on CUDA)."""
-    if rank_device(cfg, 0).type != "cuda":
-        return
-    need, have = len(node_ranks(cfg)), torch.cuda.device_count()
-    if have < need:
-        raise ValueError(
-            f"--tensor-parallel-size {cfg.tensor_parallel_size} over {cfg.nnodes} node(s) needs "
-            f"{need} GPUs on this node, but {have} are visible (CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def join(cfg: EngineConfig, rank: int, init_addr: str,
-         joining: Callable[[], None] | None = None, rendezvous: Rendezvous | None = None,
-         check: Callable[[], None] | None = None) -> TensorParallel:
-    """Join the group as `rank`: the rendezvous at `init_addr` (`rendezvous`, when its
-    caller made it), the device and gloo groups, and the model's shard plan. `joining` is
-    called once the rank's device is set, just before the rendezvous; `check` at each look
-    of the rendezvous' wait (Rendezvous.meet: what it raises ends the wait)."""
-    device = rank_device(cfg, rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if joining is not None:
-        joining()
-    rendezvous = rendezvous or Rendezvous(init_addr, rank, cfg.tensor_parallel_size,
-                                          cfg.nnodes, INIT_TIMEOUT)
-    store = rendezvous.meet(check)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, store=store, rank=rank,
-                            world_size=cfg.tensor_parallel_size, timeout=INIT_TIMEOUT,
-                            device_id=device if device.type == "cuda" else None)
-    # its own group even on the CPU: a step message must never pair with a collective of the
-    # model (a constrained step's ids are broadcast after rank 0 may have sent the next step)
-    cpu_group = dist.new_group(backend="gloo", timeout=HOST_GROUP_TIMEOUT)
-    tp = TensorParallel(rank, cfg.tensor_parallel_size, device, cpu_group)
-    parallel.set_current(tp)
-    return tp
 
 
 def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
@@ -222,7 +164,8 @@ class NodeRanks:
             if self._abandoned:
                 raise RuntimeError(_GIVEN_UP)
             self._joining = True
-        self.tp = join(cfg, ranks[0], addr, rendezvous=self.rendezvous, check=self._check_start)
+        self.tp = join(cfg, ranks[0], addr, INIT_TIMEOUT, rendezvous=self.rendezvous,
+                       check=self._check_start)
         return self.tp
 
     def _check_start(self) -> None:
