@@ -27,25 +27,42 @@ if TYPE_CHECKING:
     from aiollm.distributed.rendezvous import Rendezvous
 
 
+# a value that `auto` resolved to is shown with this mark, and is the same setting as that
+# value given (a node given --dtype auto runs alike with one given the checkpoint's dtype)
+AUTO = " (auto)"
+
+
 def _flag(on: bool) -> str:
     return "given" if on else "not given"
+
+
+def _resolved(given: str, value: str) -> str:
+    return value + AUTO if given == "auto" else value
 
 
 def start_settings(cfg: EngineConfig, model: ModelConfig) -> dict[str, str]:
     """{setting as the user names it (a flag, or "the model"): its value as shown in the
     error}: what another node must match. The model is told by its shape and a digest of
-    its whole config (rope, norms, biases and the rest are not shown but compared)."""
+    its whole config (rope, norms, biases and the rest are not shown but compared); --dtype,
+    --kv-cache-dtype and --device auto by what they resolve to on this node (marked AUTO)."""
+    from aiollm.distributed.placement import rank_device
+    from aiollm.model.loader import auto_dtype
+
+    device = rank_device(cfg, 0)
+    dtype = (cfg.dtype if cfg.dtype != "auto"
+             else str(auto_dtype(model, device)).removeprefix("torch."))
+    kv_dtype = dtype if cfg.kv_cache_dtype == "auto" else cfg.kv_cache_dtype
     digest = hashlib.sha256(repr(model).encode()).hexdigest()[:12]
     shown = (f"{model.architecture} ({model.num_layers} layers, hidden size "
              f"{model.hidden_size}, {model.num_heads} heads, {model.num_kv_heads} KV heads, "
              f"vocabulary {model.vocab_size}; config {digest})")
     return {
         "the model": shown,
-        "--dtype": cfg.dtype,
-        "--kv-cache-dtype": cfg.kv_cache_dtype,
+        "--dtype": _resolved(cfg.dtype, dtype),
+        "--kv-cache-dtype": _resolved(cfg.kv_cache_dtype, kv_dtype),
         "--max-model-len": str(cfg.max_model_len) if cfg.max_model_len else "(the model's)",
         "--load-format": cfg.load_format,
-        "--device": cfg.device.split(":")[0],
+        "--device": _resolved(cfg.device, device.type),
         "--max-running-requests": str(cfg.max_running_requests),
         "--table-capacity": str(cfg.table_capacity),
         "--max-prefill-tokens": str(cfg.max_prefill_tokens),
@@ -54,6 +71,13 @@ def start_settings(cfg: EngineConfig, model: ModelConfig) -> dict[str, str]:
         "--no-cuda-graph": _flag(not cfg.cuda_graph),
         "--no-warm-up": _flag(not cfg.warm_up),
     }
+
+
+def differing(ours: dict[str, str], theirs: dict[str, str]) -> list[str]:
+    """The settings of `ours` that `theirs` (start_settings of two nodes) do not match: a
+    value auto resolved to matches that value given."""
+    return [k for k, v in ours.items()
+            if theirs.get(k, "").removesuffix(AUTO) != v.removesuffix(AUTO)]
 
 
 def shape(rdv: Rendezvous) -> str:
@@ -100,7 +124,7 @@ def check_settings(rdv: Rendezvous, store: dist.TCPStore, check: Callable[[], No
                 f"{rdv.addr} within {rdv.timeout}, though it hosts it: see node 0's log")
         time.sleep(POLL_S)
     theirs = json.loads(store.get(key))
-    differ = [k for k, v in rdv.settings.items() if theirs.get(k) != v]
+    differ = differing(rdv.settings, theirs)
     if differ:
         def said(settings: dict[str, str]) -> str:
             return ", ".join(f"{k} {settings.get(k, '(none)')}" for k in differ)
