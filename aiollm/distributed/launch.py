@@ -45,9 +45,9 @@ import torch.distributed as dist
 
 from aiollm.config import EngineConfig
 from aiollm.distributed.group import STOP, RankLost, TensorParallel
-from aiollm.distributed.rendezvous import Rendezvous
 from aiollm.distributed.peer_lost import only_collateral, other_node_lost, peer_ended_error
 from aiollm.distributed.placement import check_devices, join, node_ranks
+from aiollm.distributed.rendezvous import Rendezvous
 from aiollm.distributed.start_settings import start_settings
 from aiollm.model import parallel
 
@@ -240,7 +240,9 @@ class NodeRanks:
     def lost_rank(self, wait: float = 0.0) -> str | None:
         """Which spawned rank exited and why (as the watchdog logs it), looking for up to
         `wait` seconds; None when all are alive. A collective that failed on rank 0 usually
-        means a rank died: its peers see its sockets close a moment before it can be reaped."""
+        means a rank died: its peers see its sockets close a moment before it can be reaped.
+        Serving over nodes, ranks that exited only on another node's closed sockets name
+        that node (peer_lost.only_collateral)."""
         deadline = time.monotonic() + wait
         while (lost := self._lost_rank()) is None and time.monotonic() < deadline:
             time.sleep(0.01)
