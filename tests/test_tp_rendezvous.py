@@ -271,10 +271,12 @@ def test_node_1_says_so_when_node_0_ends_while_it_serves(tiny_model, tmp_path): 
         _end(nodes)
 
 
-def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("tp", [2, 4])
+def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path, tp):  # noqa: F811
     """Two nodes serve; node 1 is killed. The next request failed with gloo's "Connection
     closed by peer" and node 0 exited saying "tensor parallel rank 0: model step failed"
-    with it, naming no node. Both now name node 1 and say to start every node again."""
+    with it, naming no node. Both now name node 1 and say to start every node again; with
+    -tp 4, not node 0's own rank 1, which only saw node 1's sockets close as rank 0 did."""
     import json
     import urllib.error
     import urllib.request
@@ -282,7 +284,7 @@ def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path):  # noq
     from serve_log import logged_base
 
     env, _ = _env(tmp_path, timeout_s=120)
-    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=tp)
     try:
         deadline = time.monotonic() + TIMEOUT_S
         while (base := logged_base(logs[0])) is None or "ready on" not in logs[1].read_text():
@@ -298,7 +300,8 @@ def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path):  # noq
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request, timeout=60)
         body = e.value.read().decode()
-        said = "tensor parallel node 1 (rank 1) ended while this node served"
+        ranks = "rank 1" if tp == 2 else "ranks 2-3"
+        said = f"tensor parallel node 1 ({ranks}) ended while this node served"
         assert said in body, body
         assert nodes[0].wait(timeout=30) == 1, logs[0].read_text()
         error = _last_error(logs[0].read_text())

@@ -468,7 +468,7 @@ def test_a_node_started_with_another_model_or_flags_is_refused_naming_them(tiny_
         out = _meet_in_threads(*places)
         assert isinstance(out[0], ValueError), out
         said = {"max_model_len": ("--max-model-len 64", "--max-model-len 128"),
-                "dtype": ("--dtype bfloat16", "--dtype auto"),
+                "dtype": ("--dtype bfloat16", "--dtype float32 (auto)"),
                 "model": ("3 layers", "2 layers")}[flag]
         assert f"node 1 was started with " in str(out[0]) and said[0] in str(out[0]), out
         assert f"node 0 (the rendezvous at {addr}) with " in str(out[0]), out
@@ -532,3 +532,25 @@ def test_a_node_waiting_for_node_0s_rendezvous_says_so(monkeypatch, caplog):
     assert len(notes) >= 2, caplog.text
     assert f"the tensor parallel rendezvous at {addr} (--dist-init-addr)" in notes[0], notes
     assert "aiollm serve --node-rank 0" in notes[0], notes
+
+
+def test_auto_and_the_value_it_resolves_to_are_the_same_setting(tiny_model):  # noqa: F811
+    """--dtype auto, --kv-cache-dtype auto and --device auto on one node, what they resolve
+    to given on another (the same model, on the CPU: float32): nodes that run alike were
+    refused ("--dtype auto" against "--dtype float32"). They are now taken as the same;
+    another dtype is still refused, shown with what auto resolved to."""
+    import dataclasses
+
+    from aiollm.config import EngineConfig
+    from aiollm.distributed.start_settings import differing, start_settings
+    from aiollm.model.loader import read_config
+
+    model = read_config(tiny_model)
+    auto = EngineConfig(model=tiny_model, device="auto", tensor_parallel_size=2, nnodes=2,
+                        dist_init_addr="127.0.0.1:29500")
+    given = dataclasses.replace(auto, device="cpu", dtype="float32", kv_cache_dtype="float32")
+    assert differing(start_settings(auto, model), start_settings(given, model)) == []
+    other = dataclasses.replace(given, dtype="bfloat16", kv_cache_dtype="auto")
+    ours, theirs = start_settings(auto, model), start_settings(other, model)
+    assert differing(ours, theirs) == ["--dtype", "--kv-cache-dtype"]
+    assert ours["--dtype"] == "float32 (auto)" and theirs["--dtype"] == "bfloat16", ours

@@ -41,7 +41,9 @@ from aiollm.distributed.group import (
     StepMessage,
     TensorParallel,
 )
+from aiollm.distributed import launch
 from aiollm.distributed.launch import NodeRanks, join
+from aiollm.distributed.peer_lost import peer_ended_error
 from aiollm.stop_signal import sigterm_raises
 
 log = logging.getLogger(__name__)
@@ -131,7 +133,7 @@ def follow(cfg: EngineConfig) -> int:
     try:
         serve_steps(tp, runner)
     except Exception as e:
-        if not _collective(e):
+        if not peer_ended_error(e):
             raise
         # rank 0's next step message lost: a rank of the group ended
         why = _leader_lost(ranks, e)
@@ -144,12 +146,6 @@ def follow(cfg: EngineConfig) -> int:
     ranks.stop(leave_group=False)
     logging.shutdown()
     os._exit(0)
-
-
-def _collective(error: BaseException) -> bool:
-    """Whether `error` is a failed collective's (a rank of the group ended): gloo raises a
-    plain RuntimeError, NCCL and torch's store a DistError."""
-    return type(error) is RuntimeError or isinstance(error, torch.distributed.DistError)
 
 
 def _leader_lost(ranks: NodeRanks, error: Exception) -> str:
@@ -202,14 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     tp = None
     try:
         cfg = EngineConfig(**json.loads(os.environ["AIOLLM_TP_CONFIG"]))
-        tp = join(cfg, args.rank, args.init, joining=partial(_touch, args.joining_file))
+        tp = join(cfg, args.rank, args.init, launch.INIT_TIMEOUT,
+                  joining=partial(_touch, args.joining_file))
         runner = build_runner(cfg, tp)
         serve_steps(tp, runner)
     except BaseException as e:  # noqa: BLE001 - whatever it is, rank 0 must learn why
         _write_error(args.error_file, e)
         if isinstance(e, RankLost):  # another rank's failure, which that rank logs
             log.error("tensor parallel rank %d stops: %s", args.rank, e)
-        elif tp is not None and not tp.starting and _collective(e):
+        elif tp is not None and not tp.starting and peer_ended_error(e):
             # (serving: a rank of the group ended; its node's lead, or rank 0, names it)
             log.error("tensor parallel rank %d stops: a rank of the group ended (%s)",
                       args.rank, e)

@@ -49,7 +49,7 @@ ARGMAX_ONLY, PLACEHOLDERS, REMOTE_SAMPLING = 1, 2, 4
 
 log = logging.getLogger(__name__)
 # rank 0 with no step to send sends an IDLE message this often: a follower's wait for the
-# next message gives up after the host group's timeout (launch.HOST_GROUP_TIMEOUT, 30 min)
+# next message gives up after the host group's timeout (placement.HOST_GROUP_TIMEOUT, 30 min)
 KEEPALIVE_S = 60.0
 FAILURE_BYTES = 2048  # of a rank's start-up error, as a start-up checkpoint carries it
 

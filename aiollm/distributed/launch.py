@@ -2,8 +2,8 @@
 torch.distributed group over the TCP rendezvous (rendezvous.py: a node that fails before it
 joins is named there by every rank, at once) and watches the ranks it spawned.
 
-Ranks: N = --tensor-parallel-size over --nnodes nodes, N / nnodes per node; node k holds
-ranks [k N / nnodes, (k + 1) N / nnodes) and rank r uses the node's GPU r mod (N / nnodes).
+Ranks: N = --tensor-parallel-size over --nnodes nodes, N / nnodes per node (which ones, on
+which device, and how each joins the group: placement.py).
 Rank 0 (node 0's own process) serves HTTP; every other rank runs the follower loop
 (follower.py). No torchrun: each node's process spawns the rest of its node with
 subprocess, each child a `python -m aiollm.distributed.follower`.
@@ -41,11 +41,12 @@ from collections.abc import Callable
 from dataclasses import asdict
 from datetime import timedelta
 
-import torch
 import torch.distributed as dist
 
 from aiollm.config import EngineConfig
 from aiollm.distributed.group import STOP, RankLost, TensorParallel
+from aiollm.distributed.peer_lost import only_collateral, other_node_lost, peer_ended_error
+from aiollm.distributed.placement import check_devices, join, node_ranks
 from aiollm.distributed.rendezvous import Rendezvous
 from aiollm.distributed.start_settings import start_settings
 from aiollm.model import parallel
@@ -53,10 +54,6 @@ from aiollm.model import parallel
 log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk takes minutes
-# the host group's (step messages, start-up checkpoints): how long a follower waits for rank
-# 0's next step message, and a rank at a start-up checkpoint for the others (torch's default
-# for a gloo group)
-HOST_GROUP_TIMEOUT = timedelta(minutes=30)
 # a rank lost while rank 0 still loads: how long the watchdog leaves start-up's own path to
 # raise it to the caller (rank 0's next collective fails at once) before ending the process
 # itself (rank 0 may be waiting in the rendezvous for a rank that will never join)
@@ -68,70 +65,10 @@ _left_starts: set[NodeRanks] = set()
 _GIVEN_UP = "tensor parallel start-up given up by its caller"  # its thread's RuntimeError
 
 
-def _collective(kind: str) -> bool:
-    """Whether an exception type's name is one a failed collective raises: a peer's process
-    was lost (gloo's "Connection closed by peer" is a plain RuntimeError)."""
-    return kind in ("RuntimeError", "DistError", "DistBackendError", "DistNetworkError")
-
-
-def node_ranks(cfg: EngineConfig) -> range:
-    per = cfg.tensor_parallel_size // cfg.nnodes
-    return range(cfg.node_rank * per, (cfg.node_rank + 1) * per)
-
-
-def rank_device(cfg: EngineConfig, rank: int) -> torch.device:
-    """The device of `rank` on its node: CUDA GPU rank mod ranks-per-node, or the CPU."""
-    kind = cfg.device.split(":")[0]
-    if kind == "auto":
-        kind = "cuda" if torch.cuda.is_available() else "cpu"
-    if kind == "cpu":
-        return torch.device("cpu")
-    return torch.device("cuda", rank % len(node_ranks(cfg)))
-
-
-def check_devices(cfg: EngineConfig) -> None:
-    """Raise ValueError unless this node sees a GPU for each of its ranks (on CUDA)."""
-    if rank_device(cfg, 0).type != "cuda":
-        return
-    need, have = len(node_ranks(cfg)), torch.cuda.device_count()
-    if have < need:
-        raise ValueError(
-            f"--tensor-parallel-size {cfg.tensor_parallel_size} over {cfg.nnodes} node(s) needs "
-            f"{need} GPUs on this node, but {have} are visible (CUDA_VISIBLE_DEVICES="
-            f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def join(cfg: EngineConfig, rank: int, init_addr: str,
-         joining: Callable[[], None] | None = None, rendezvous: Rendezvous | None = None,
-         check: Callable[[], None] | None = None) -> TensorParallel:
-    """Join the group as `rank`: the rendezvous at `init_addr` (`rendezvous`, when its
-    caller made it), the device and gloo groups, and the model's shard plan. `joining` is
-    called once the rank's device is set, just before the rendezvous; `check` at each look
-    of the rendezvous' wait (Rendezvous.meet: what it raises ends the wait)."""
-    device = rank_device(cfg, rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if joining is not None:
-        joining()
-    rendezvous = rendezvous or Rendezvous(init_addr, rank, cfg.tensor_parallel_size,
-                                          cfg.nnodes, INIT_TIMEOUT)
-    store = rendezvous.meet(check)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, store=store, rank=rank,
-                            world_size=cfg.tensor_parallel_size, timeout=INIT_TIMEOUT,
-                            device_id=device if device.type == "cuda" else None)
-    # its own group even on the CPU: a step message must never pair with a collective of the
-    # model (a constrained step's ids are broadcast after rank 0 may have sent the next step)
-    cpu_group = dist.new_group(backend="gloo", timeout=HOST_GROUP_TIMEOUT)
-    tp = TensorParallel(rank, cfg.tensor_parallel_size, device, cpu_group)
-    parallel.set_current(tp)
-    return tp
 
 
 def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
@@ -227,7 +164,8 @@ class NodeRanks:
             if self._abandoned:
                 raise RuntimeError(_GIVEN_UP)
             self._joining = True
-        self.tp = join(cfg, ranks[0], addr, rendezvous=self.rendezvous, check=self._check_start)
+        self.tp = join(cfg, ranks[0], addr, INIT_TIMEOUT, rendezvous=self.rendezvous,
+                       check=self._check_start)
         return self.tp
 
     def _check_start(self) -> None:
@@ -280,8 +218,15 @@ class NodeRanks:
     def _lost_rank(self) -> str | None:
         for rank, p in self.procs.items():
             code = p.poll()
-            if code is not None:
-                return f"tensor parallel rank {rank} {self._cause(rank, code)}"
+            if code is None:
+                continue
+            cause = self._cause(rank, code)
+            if (self.cfg.nnodes > 1 and not self.starting
+                    and only_collateral(self.procs, self._error_file)):
+                # it failed only as rank 0 would: on another node's closed sockets
+                return self.other_node_lost(cause.removeprefix("failed: "),
+                                            "while this node served")
+            return f"tensor parallel rank {rank} {cause}"
         if self.cfg.nnodes == 1:
             # a rank whose start-up failed waits at the next start-up checkpoint for the
             # others (TensorParallel.start_failed) with its error file written: on one node,
@@ -295,7 +240,9 @@ class NodeRanks:
     def lost_rank(self, wait: float = 0.0) -> str | None:
         """Which spawned rank exited and why (as the watchdog logs it), looking for up to
         `wait` seconds; None when all are alive. A collective that failed on rank 0 usually
-        means a rank died: its peers see its sockets close a moment before it can be reaped."""
+        means a rank died: its peers see its sockets close a moment before it can be reaped.
+        Serving over nodes, ranks that exited only on another node's closed sockets name
+        that node (peer_lost.only_collateral)."""
         deadline = time.monotonic() + wait
         while (lost := self._lost_rank()) is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -353,42 +300,16 @@ class NodeRanks:
         collective = type(exc) is RuntimeError or isinstance(exc, dist.DistError)
         # (the watchdog may have failed the group meanwhile, its ranks' files removed)
         lost = (self.lost or self.lost_rank(wait=1.0)) if collective else None
-        if collective and self.cfg.nnodes > 1 and (lost is None or self._only_collateral()):
+        if (self.cfg.nnodes > 1 and peer_ended_error(exc)
+                and (lost is None or only_collateral(self.procs, self._error_file))):
             lost = self.other_node_lost(exc, "during start-up, after the group was made")
         self.abort()
         return RankLost(lost) if lost is not None else None
 
-    def _only_collateral(self) -> bool:
-        """Every spawned rank that exited failed in a collective, as this rank did: the
-        rank lost is another node's (a rank killed, or one that failed on its own, is not
-        so: its exit, or its error met at a checkpoint, is the cause)."""
-        for rank, p in self.procs.items():
-            code = p.poll()
-            if code is None:
-                continue
-            try:
-                with open(self._error_file(rank)) as f:
-                    kind = f.read().split(":", 1)[0]
-            except OSError:
-                return False
-            if code != 1 or not _collective(kind):
-                return False
-        return True
-
-    def other_node_lost(self, exc: BaseException, when: str) -> str:
-        """Why a collective failed `when` ("while this node served") once the group was made,
-        when no rank of this node was lost: another node's process ended (killed, or crashed
-        in C++). Node 0's is the one whose rendezvous store closed; with two nodes, the other
-        one."""
-        cfg, rdv = self.cfg, self.rendezvous
-        others = [k for k in range(cfg.nnodes) if k != cfg.node_rank]
-        if cfg.node_rank != 0 and rdv is not None and not rdv.node_0_alive():
-            others = [0]
-        what = (f"tensor parallel node {others[0]} ({rdv.ranks_of(others[0])})"
-                if len(others) == 1 else
-                f"a rank of tensor parallel nodes {', '.join(map(str, others))}")
-        return (f"{what} ended {when} (killed? see its log): the group cannot go on without "
-                f"it; start every node again ({exc})")
+    def other_node_lost(self, exc: BaseException | str, when: str) -> str:
+        """Why a collective failed `when` once the group was made, no rank of this node
+        lost: the other node ended (peer_lost.other_node_lost)."""
+        return other_node_lost(self.cfg, self.rendezvous, exc, when)
 
     def _start_watch(self) -> None:
         """Start the watchdog: it fails the group (fail) when a spawned rank exits (on one

@@ -31,7 +31,6 @@ logging each failed try.
 
 from __future__ import annotations
 
-import json
 import logging
 import socket
 import time
@@ -41,6 +40,7 @@ from datetime import timedelta
 import torch.distributed as dist
 
 from aiollm.distributed.group import RankLost
+from aiollm.distributed.start_settings import check_settings, check_shape, shape
 from aiollm.stop_signal import describe
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ class Rendezvous:
             # reference to the master object does)
             self.store = dist.TCPStore(self._host, self._server.port, None, is_master=False,
                                        timeout=self.timeout)
-            self.store.set(f"{PREFIX}shape", self._shape())
+            self.store.set(f"{PREFIX}shape", shape(self))
             return self.store
         wait_s = self.timeout.total_seconds() if wait_s is None else wait_s
         started = time.monotonic()
@@ -186,8 +186,8 @@ class Rendezvous:
         store = self.open(check)
         deadline = time.monotonic() + self.timeout.total_seconds()
         try:
-            self._check_shape(store)
-            self._check_settings(store, check, deadline)
+            check_shape(self, store)
+            check_settings(self, store, check, deadline)
             if store.add(f"{PREFIX}arrived/{self.rank}", 1) > 1:
                 self._replace(store, check)
             arrived = [f"{PREFIX}arrived/{r}" for r in range(self.size)]
@@ -312,53 +312,6 @@ class Rendezvous:
         self._told = True
         return RankLost(f"tensor parallel node 0 (rank 0, the rendezvous at {self.addr}) "
                         f"ended before the group was made: see its log ({e})")
-
-    def _shape(self) -> str:
-        return f"--tensor-parallel-size {self.size} --nnodes {self.nnodes}"
-
-    def _check_shape(self, store: dist.TCPStore) -> None:
-        """ValueError when rank 0 was started with another --tensor-parallel-size or
-        --nnodes than this rank: its ranks would be counted as another node's."""
-        if self.rank == 0:
-            return
-        shape = store.get(f"{PREFIX}shape").decode(errors="replace")  # set as it was hosted
-        if shape != self._shape():
-            raise ValueError(
-                f"this node was started with {self._shape()}, node 0 (the rendezvous at "
-                f"{self.addr}) with {shape}: start every node with the same")
-
-    def _check_settings(self, store: dist.TCPStore, check: Callable[[], None] | None,
-                        deadline: float) -> None:
-        """Rank 0: post its settings. Another rank given settings: wait for rank 0's (it
-        posts them as it arrives; Ctrl-C, `check`, another node's failure and the timeout
-        end the wait), then ValueError naming those that differ. Before this rank arrives:
-        a rank refused once counted, rank 0 met it and waited for it to make the group."""
-        key = f"{PREFIX}settings"
-        if self.rank == 0:
-            store.set(key, json.dumps(self.settings or {}))
-            return
-        if not self.settings:
-            return
-        while not store.check([key]):
-            self._check_failed(store)
-            if check is not None:
-                check()
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"rank 0 (node 0) did not reach the tensor parallel rendezvous at "
-                    f"{self.addr} within {self.timeout}, though it hosts it: see node 0's log")
-            time.sleep(POLL_S)
-        theirs = json.loads(store.get(key))
-        differ = [k for k, v in self.settings.items() if theirs.get(k) != v]
-        if differ:
-            def said(settings: dict[str, str]) -> str:
-                return ", ".join(f"{k} {settings.get(k, '(none)')}" for k in differ)
-
-            node = self.node_of(self.rank)
-            raise ValueError(
-                f"node {node} was started with {said(self.settings)}, node 0 (the rendezvous "
-                f"at {self.addr}) with {said(theirs)}: start every node with the same model "
-                f"and flags (the model's path may differ, not its files)")
 
     def _missing(self, store: dist.TCPStore, stopped: list[int]) -> str:
         """The timeout's message: the ranks that never arrived, and those in `stopped`

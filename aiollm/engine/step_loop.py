@@ -191,11 +191,13 @@ class StepLoop:
         log.error("model step failed", exc_info=e)
         error = f"model step failed: {e}"
         if self.ranks is not None:  # the ranks are out of step now: the server cannot go on
+            from aiollm.distributed.peer_lost import peer_ended_error
+
             # a lost rank is what the step's requests are told, not the collective's error
             # (gloo's "Connection reset by peer ... Check the logs of the remote worker")
             lost = self.ranks.lost_rank(wait=0.5)
-            # (gloo's words for a peer's closed socket: a device error is this node's own)
-            if lost is None and self.ranks.cfg.nnodes > 1 and "by peer" in str(e):
+            # (a peer's closed socket; a device error is this node's own)
+            if lost is None and self.ranks.cfg.nnodes > 1 and peer_ended_error(e):
                 lost = self.ranks.other_node_lost(e, "while this node served")
             self.ranks.fail(lost or f"tensor parallel rank 0: {error}")
             error = lost or error
