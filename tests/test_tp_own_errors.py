@@ -8,16 +8,13 @@ A sitecustomize on the children's PYTHONPATH raises that error on one rank: in i
 
 from __future__ import annotations
 
-import json
 import os
-import time
 import urllib.error
 import urllib.request
 
 import pytest
-from serve_log import logged_base
 from test_tensor_parallel import tiny_model  # noqa: F401 - a fixture
-from test_tp_start_checks import _last_error, _two_nodes
+from test_tp_start_checks import _completion, _last_error, _serving, _two_nodes
 
 TIMEOUT_S = 300
 DEVICE_ERROR = "CUDA error: an illegal memory access was encountered"
@@ -85,15 +82,8 @@ def test_node_1_whose_step_failed_names_its_own_error(tiny_model, tmp_path, tp):
     node 1 as ended (with -tp 4, not its own rank 1, which failed on node 1's sockets)."""
     nodes, logs = _two_nodes(tiny_model, tmp_path, _env(tmp_path, tp // 2, "step"), tp=tp)
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while (base := logged_base(logs[0])) is None or "ready on" not in logs[1].read_text():
-            assert nodes[0].poll() is None and nodes[1].poll() is None, \
-                [log.read_text() for log in logs]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        request = urllib.request.Request(
-            f"{base}/v1/completions", headers={"content-type": "application/json"},
-            data=json.dumps({"prompt": "w3 w17", "max_tokens": 4}).encode())
+        base = _serving(nodes, logs)
+        request = _completion(base)
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(request, timeout=60)
         assert nodes[1].wait(timeout=30) == 1, logs[1].read_text()

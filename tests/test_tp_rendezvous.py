@@ -17,7 +17,7 @@ import time
 
 import pytest
 from test_tensor_parallel import _alive, _children, tiny_model  # noqa: F401 - a fixture
-from test_tp_start_checks import TINY3, _last_error, _two_nodes
+from test_tp_start_checks import TINY3, _completion, _last_error, _serving, _two_nodes
 
 # two processes import torch: seconds, up to a minute on a loaded 2-core machine
 TIMEOUT_S = 300
@@ -246,17 +246,10 @@ def test_node_1_says_so_when_node_0_ends_while_it_serves(tiny_model, tmp_path): 
     start-up after its load, Ctrl-C). Node 1, waiting for rank 0's next step message,
     exited 1 with a traceback of gloo's "Connection closed by peer". It now exits 1
     within seconds naming node 0, its spawned ranks gone too."""
-    from serve_log import logged_base
-
     env, _ = _env(tmp_path, timeout_s=120)
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while logged_base(logs[0]) is None or "ready on" not in logs[1].read_text():
-            assert nodes[0].poll() is None and nodes[1].poll() is None, \
-                [log.read_text() for log in logs]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        _serving(nodes, logs)
         spawned = _children(nodes[1].pid)
         nodes[0].kill()
         nodes[0].wait()
@@ -277,26 +270,16 @@ def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path, tp):  #
     closed by peer" and node 0 exited saying "tensor parallel rank 0: model step failed"
     with it, naming no node. Both now name node 1 and say to start every node again; with
     -tp 4, not node 0's own rank 1, which only saw node 1's sockets close as rank 0 did."""
-    import json
     import urllib.error
     import urllib.request
-
-    from serve_log import logged_base
 
     env, _ = _env(tmp_path, timeout_s=120)
     nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=tp)
     try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while (base := logged_base(logs[0])) is None or "ready on" not in logs[1].read_text():
-            assert nodes[0].poll() is None and nodes[1].poll() is None, \
-                [log.read_text() for log in logs]
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        base = _serving(nodes, logs)
         nodes[1].kill()
         nodes[1].wait()
-        request = urllib.request.Request(
-            f"{base}/v1/completions", headers={"content-type": "application/json"},
-            data=json.dumps({"prompt": "w3 w17", "max_tokens": 4}).encode())
+        request = _completion(base)
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(request, timeout=60)
         body = e.value.read().decode()

@@ -16,10 +16,12 @@ out-of-memory would."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 import torch
@@ -155,6 +157,27 @@ def _two_nodes(model: str, tmp_path, env: dict, tp: int = 2, models: dict | None
                                            *common, node_model], stdout=out,
                                           stderr=subprocess.STDOUT, env=env))
     return nodes, logs
+
+
+def _serving(nodes: list, logs: list) -> str:
+    """Wait until both nodes of `_two_nodes` serve (node 1 logs "ready on"); node 0's base
+    URL. Fails if either exits first or TIMEOUT_S passes."""
+    from serve_log import logged_base
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while (base := logged_base(logs[0])) is None or "ready on" not in logs[1].read_text():
+        assert nodes[0].poll() is None and nodes[1].poll() is None, \
+            [log.read_text() for log in logs]
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    return base
+
+
+def _completion(base: str) -> urllib.request.Request:
+    """A four-token /v1/completions request to the server at `base`."""
+    return urllib.request.Request(
+        f"{base}/v1/completions", headers={"content-type": "application/json"},
+        data=json.dumps({"prompt": "w3 w17", "max_tokens": 4}).encode())
 
 
 @pytest.mark.parametrize("failing", [0, 1])
