@@ -96,3 +96,34 @@ def test_node_1_whose_step_failed_names_its_own_error(tiny_model, tmp_path, tp):
         assert f"tensor parallel node 1 ({ranks}) ended while this node served" in error, error
     finally:
         _end(nodes)
+
+
+# NCCL's errors as torch raises them (DistBackendError, "NCCL error in: FILE:LINE, " and
+# ncclGetErrorString's words, then torch's detail of the result code)
+NCCL_OWN = ("NCCL error in: NCCLUtils.hpp:317, unhandled cuda error (run with NCCL_DEBUG=INFO "
+            "for details), NCCL version 2.21.5\nncclUnhandledCudaError: Call to CUDA function "
+            "failed.\nLast error:\nCuda failure 'out of memory'")
+NCCL_REMOTE = ("NCCL error in: NCCLUtils.hpp:317, remote process exited or there was a network "
+               "error, NCCL version 2.21.5\nncclRemoteError: A call failed possibly due to a "
+               "network error or a remote process exiting prematurely.")
+
+
+def test_a_ranks_own_nccl_error_is_not_taken_for_a_peer_that_ended():
+    """On GPUs NCCL raises every error as DistBackendError, a rank's own device error too
+    ("unhandled cuda error": its GPU out of memory, an illegal access): it was taken for a
+    peer that ended, so node 0 named node 1 as ended (killed?) and a rank of this node that
+    failed so was taken for collateral. Only NCCL's remote error and gloo's words are a
+    peer's now; the store's errors still are."""
+    import torch.distributed as dist
+
+    from aiollm.distributed.peer_lost import peer_ended, peer_ended_error
+
+    assert not peer_ended("DistBackendError", NCCL_OWN)
+    assert not peer_ended_error(dist.DistBackendError(NCCL_OWN))
+    assert peer_ended("DistBackendError", NCCL_REMOTE)
+    assert peer_ended_error(dist.DistBackendError(NCCL_REMOTE))
+    assert peer_ended_error(dist.DistBackendError("Connection closed by peer [127.0.0.1]:1"))
+    assert peer_ended_error(dist.DistNetworkError("failed to recv, got 0 bytes"))
+    assert peer_ended("DistStoreError", "Socket Timeout")
+    assert not peer_ended_error(RuntimeError("CUDA error: an illegal memory access"))
+    assert peer_ended_error(RuntimeError("[gloo] Connection closed by peer [10.0.0.2]:5"))

@@ -1,7 +1,8 @@
 """What a node says when a collective failed once the group was made: whether the error is
-a peer's process that ended (gloo's "Connection closed by peer", NCCL's and the store's
-DistError) or this rank's own (a device error, which torch also raises as a plain
-RuntimeError), and the message naming the other node that ended.
+a peer's process that ended (gloo's "Connection closed by peer", NCCL's remote error, the
+store's DistError) or this rank's own (a device error, which torch raises as a plain
+RuntimeError, or from NCCL as a DistBackendError: "unhandled cuda error"), and the message
+naming the other node that ended.
 
 A rank of this node that failed only because the other node ended ("collateral": it
 exited 1 with such an error) is not the one to blame: the other node is.
@@ -16,28 +17,32 @@ import torch.distributed as dist
 
 from aiollm.config import EngineConfig
 
-# torch's exception types of a failed collective or store, by name (a rank's error file
-# holds "Type: message")
-DIST_ERRORS = ("DistError", "DistBackendError", "DistNetworkError", "DistStoreError")
-# gloo's words for a peer's socket closed under it: its read ("Connection closed by peer"),
-# its write (the OS's "Connection reset by peer", "Broken pipe")
-PEER_CLOSED = ("by peer", "Broken pipe")
+# torch's exception types of a failed store or its connection, by name (a rank's error file
+# holds "Type: message"): node 0's store gone
+STORE_ERRORS = ("DistError", "DistNetworkError", "DistStoreError")
+# a collective's words for a peer gone: gloo's for a socket closed under it, its read
+# ("Connection closed by peer") and its write (the OS's "Connection reset by peer", "Broken
+# pipe"); NCCL's ncclRemoteError ("remote process exited or there was a network error").
+# NCCL's other errors (DistBackendError too) are this rank's own: "unhandled cuda error"
+PEER_CLOSED = ("by peer", "Broken pipe", "remote process exited", "ncclRemoteError")
 
 
 def peer_ended(kind: str, text: str) -> bool:
     """Whether an error of type `kind` (its name) and message `text` is a collective's that
-    failed because a peer's process ended; a plain RuntimeError only with gloo's words
-    (a device error is a RuntimeError too, and this rank's own)."""
-    if kind in DIST_ERRORS:
+    failed because a peer's process ended: the store's errors, and a collective's (a plain
+    RuntimeError from gloo, a DistBackendError) only with the words of PEER_CLOSED (a
+    device error is this rank's own, and either type too)."""
+    if kind in STORE_ERRORS:
         return True
-    return kind == "RuntimeError" and any(w in text for w in PEER_CLOSED)
+    return (kind in ("RuntimeError", "DistBackendError")
+            and any(w in text for w in PEER_CLOSED))
 
 
 def peer_ended_error(error: BaseException) -> bool:
     """peer_ended for an exception."""
-    if isinstance(error, dist.DistError):
-        return True
-    return type(error) is RuntimeError and peer_ended("RuntimeError", str(error))
+    if type(error) is RuntimeError or isinstance(error, dist.DistError):
+        return peer_ended(type(error).__name__, str(error))
+    return False
 
 
 def only_collateral(procs: dict[int, subprocess.Popen], error_file: Callable[[int], str]) -> bool:
