@@ -71,6 +71,11 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
     splitter, calls = plan.splitter(), plan.stream_calls()
 
     def render(item: tuple) -> bytes:
+        out = _render(item)
+        events.commit()  # sse.send writes what a render returns
+        return out
+
+    def _render(item: tuple) -> bytes:
         _, d = item
         out = b"" if events.seq else events.begin()
         text, finish = d.text, d.finish_reason
@@ -96,7 +101,7 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
     start = partial(state(request).engine.stream, plan.ids, plan.params[0],
                     cache_salt=req.cache_salt, group=choice_group(1))
     # no [DONE]: response.completed ends a Responses stream, as OpenAI's
-    return await sse.send(request, merge([start]), render, lambda: b"", on_error=events.error)
+    return await sse.send(request, merge([start]), render, lambda: b"", on_error=events.failed)
 
 
 async def stored_response(request: web.Request) -> web.Response:

@@ -77,14 +77,15 @@ class ResponseHead:
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     def response(self, status: str, output: list[dict], usage: dict | None = None,
-                 incomplete: dict | None = None) -> dict:
-        """The Response object: `status` (in_progress, completed, incomplete), its
-        `output` items, `usage` (None until it ends) and incomplete_details."""
+                 incomplete: dict | None = None, error: dict | None = None) -> dict:
+        """The Response object: `status` (in_progress, completed, incomplete, failed), its
+        `output` items, `usage` (None until it ends), incomplete_details and the `error`
+        ({code, message}) of a failed one."""
         r = self.req
         fmt = (r.text or {}).get("format") or {"type": "text"}
         return {
             "id": f"resp_{self.rid}", "object": "response", "created_at": self.created_at,
-            "status": status, "background": False, "error": None,
+            "status": status, "background": False, "error": error,
             "incomplete_details": incomplete, "instructions": r.instructions,
             "max_output_tokens": r.max_output_tokens, "max_tool_calls": None,
             "metadata": r.metadata, "model": self.model, "output": output,

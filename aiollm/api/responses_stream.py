@@ -13,6 +13,9 @@ counting from 0, in OpenAI's order:
 
 The last event is response.completed also for an incomplete response (its status says
 so), as vLLM sends it: the SDK's stream helper (get_final_response) takes no other end.
+A request that fails after the stream began ends instead with OpenAI's `error` event and
+then response.failed (the Response in status "failed", its `error` set), as OpenAI ends a
+failed stream; numbering goes on from the last event sent, so that it has no gap.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class ResponseEvents:
         self.kind: str | None = None  # the open item's kind: "reasoning" | "message"
         self.id = ""  # the open item's id
         self.text = ""  # the open item's text so far
+        self.sent: tuple = (0, 0, None, "", "")  # (seq, items, kind, id, text) at commit()
 
     def event(self, type_: str, **fields: object) -> bytes:
         """One SSE event of type `type_` with the next sequence_number."""
@@ -119,6 +123,29 @@ class ResponseEvents:
         final = self.head.response(status, self.output, usage, incomplete)
         return out + self.event("response.completed", response=final)
 
-    def error(self, err: ApiError) -> bytes:
-        """OpenAI's error event, for a failure after the stream began."""
-        return self.event("error", code=err.code, message=err.message, param=err.param)
+    def commit(self) -> None:
+        """Marks every event rendered so far as handed to the client: a failure undoes only
+        what a render made after this (its events never went out)."""
+        self.sent = (self.seq, len(self.output), self.kind, self.id, self.text)
+
+    def failed(self, err: ApiError) -> bytes:
+        """The end of a stream whose request failed after the stream began: OpenAI's error
+        event, then response.failed with the Response in status "failed", its output what
+        was sent (an open item as incomplete) and its error {code, message}. Events
+        rendered after the last commit() are dropped (numbering goes on from the last event
+        sent); a stream that sent none yet begins first."""
+        self.seq, items, self.kind, self.id, self.text = self.sent
+        del self.output[items:]
+        out = b"" if self.seq else self.begin()
+        # the Response's error code is one of OpenAI's few (the SDK's ResponseError)
+        code = ("server_error" if err.status >= 500 else
+                "rate_limit_exceeded" if err.status == 429 else "invalid_prompt")
+        out += self.event("error", code=err.code or code, message=err.message,
+                          param=err.param)
+        output = list(self.output)
+        if self.kind is not None:
+            make = message_item if self.kind == "message" else reasoning_item
+            output.append(make(self.id, self.text, "incomplete"))
+        failed = self.head.response("failed", output,
+                                    error={"code": code, "message": err.message})
+        return out + self.event("response.failed", response=failed)
