@@ -33,19 +33,43 @@ BAD_MESSAGES = [
     ([*HI, {"role": "assistant", "tool_calls": [
         {**TOOL_CALL, "function": {"name": "f", "arguments": 5}}]}],
      "messages[1].tool_calls[0].function.arguments"),
-    ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
-    ([{"role": "user", "content": [{"type": "input_text", "text": 5}]}],
-     "messages[0].content[0].text"),
-    # as vLLM: a part says its type, a text part too
-    ([{"role": "user", "content": [{"text": "hi"}]}], "messages[0].content[0].type"),
     # vLLM's thinking part would be the model's reasoning read as what it said
     ([*HI, {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}]}],
-     "messages[1].content[0]"),
-    ([{"role": "user", "content": 5}], "messages[0].content"),
+     "messages[1].content[0].type"),
     # OpenAI refuses an empty list of parts (it rendered an empty turn)
     ([{"role": "user", "content": []}], "messages[0].content"),
     ([*HI, {"role": "assistant", "content": []}], "messages[1].content"),
 ]
+IMAGE = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+# content one walker (engine/content_parts.py) reads for chat's messages and the Responses
+# API's items, that one API or both refuse: (role, content, the param of chat's 400 after
+# "messages[0]", that of the Responses API's after "input[0]"; None where it is taken)
+CONTENT_FAULTS = [
+    ("user", 5, ".content", ".content"),
+    ("user", {"text": "hi"}, ".content", ".content"),
+    ("user", [5], ".content[0]", ".content[0]"),
+    # a plain string part: vLLM's chat takes it, the Responses API's schema has none
+    ("user", ["hi"], None, ".content[0]"),
+    # as vLLM: a part says its type, a text part too
+    ("user", [{"text": "hi"}], ".content[0].type", ".content[0].type"),
+    ("user", [{"type": 5, "text": "hi"}], ".content[0].type", ".content[0].type"),
+    # as OpenAI: a type not served is named by the part's type field
+    ("user", [{"type": "text", "text": "hi"}, IMAGE], ".content[1].type", ".content[1].type"),
+    ("user", [{"type": "input_image", "image_url": "http://x/y.png"}], ".content[0].type",
+     ".content[0].type"),
+    ("assistant", [{"type": "thinking", "thinking": "hm"}], ".content[0].type",
+     ".content[0].type"),
+    # chat: only an assistant refuses; the Responses API takes a refusal part in any item
+    ("user", [{"type": "refusal", "refusal": "no"}], ".content[0].type", None),
+    ("user", [{"type": "text"}], ".content[0].text", ".content[0].text"),
+    ("user", [{"type": "input_text", "text": 5}], ".content[0].text", ".content[0].text"),
+    ("user", [{"type": "output_text", "text": None}], ".content[0].text", ".content[0].text"),
+    ("assistant", [{"type": "refusal"}], ".content[0].refusal", ".content[0].refusal"),
+    ("assistant", [{"type": "refusal", "refusal": 5}], ".content[0].refusal",
+     ".content[0].refusal"),
+]
+BAD_MESSAGES += [([{"role": role, "content": content}], f"messages[0]{chat}")
+                 for role, content, chat, _ in CONTENT_FAULTS if chat is not None]
 
 # (path, body, param the 400 names): every field that takes a token id, with one past the
 # vocabulary; min_tokens makes the engine index the logits with a stop id
@@ -183,6 +207,16 @@ def test_every_response_says_utf8(server):
             assert json.loads(raw)["choices"][0]["text"].startswith("amétré")
 
 
+def assert_openai_400(status: int, raw: bytes, param: str) -> None:
+    """A 400 with OpenAI's error body, naming `param`, its message naming the field."""
+    body = json.loads(raw)
+    assert status == 400 and list(body) == ["error"], (status, raw[:300])
+    err = body["error"]
+    assert err == {"message": err["message"], "type": "invalid_request_error",
+                   "param": param, "code": None}, (param, err)
+    assert param.split(".")[-1].split("[")[0] in err["message"], err
+
+
 def test_chat_roles_and_message_shapes(server):
     """Roles outside OpenAI's and malformed messages are 400s naming the field, on chat and
     /tokenize (issue 15, fault 8); developer is rendered as system; a tool exchange is
@@ -192,8 +226,7 @@ def test_chat_roles_and_message_shapes(server):
                             ("/v1/chat/completions", {"max_tokens": 2, "stream": True}),
                             ("/tokenize", {})):
             status, _, raw = http(server, "POST", path, json={"messages": messages, **extra})
-            assert status == 400, (path, messages, raw[:300])
-            assert json.loads(raw)["error"]["param"] == param, (path, raw[:300])
+            assert_openai_400(status, raw, param)
 
     def ids(messages):
         status, _, raw = http(server, "POST", "/tokenize", json={"messages": messages})
@@ -213,8 +246,8 @@ def test_chat_roles_and_message_shapes(server):
 def test_assistant_refusal_parts_are_what_the_assistant_said(server):
     """OpenAI's assistant content parts are text and refusal parts (the SDK types both); a
     conversation sent back with a refusal part got a 400 ("only text content parts"). It is
-    rendered as the refusal's text (vLLM reads it so). A user's refusal part is still refused:
-    only an assistant refuses."""
+    rendered as the refusal's text (vLLM reads it so). A user's refusal part is still refused
+    (only an assistant refuses; CONTENT_FAULTS)."""
     def tokenize(messages):
         status, _, raw = http(server, "POST", "/tokenize", json={"messages": messages})
         return status, json.loads(raw)
@@ -227,12 +260,6 @@ def test_assistant_refusal_parts_are_what_the_assistant_said(server):
     status, _, raw = http(server, "POST", "/v1/chat/completions",
                           json={"messages": [*said, *HI], "max_tokens": 2})
     assert status == 200, raw
-    for part, param in (({"type": "refusal"}, "messages[1].content[0].refusal"),
-                        ({"type": "refusal", "refusal": 5}, "messages[1].content[0].refusal")):
-        status, got = tokenize([*HI, {"role": "assistant", "content": [part]}])
-        assert status == 400 and got["error"]["param"] == param, got
-    status, got = tokenize([{"role": "user", "content": [{"type": "refusal", "refusal": "no"}]}])
-    assert status == 400 and got["error"]["param"] == "messages[0].content[0]", got
     server.wait_idle()
 
 
@@ -415,7 +442,7 @@ def test_a_thinking_part_of_another_role_is_not_told_to_be_reasoning_content(rol
     part = {"type": "thinking", "thinking": "hm"}
     with pytest.raises(InvalidRequest) as e:
         checked_messages([{"role": role, "content": [part], "tool_call_id": "c"}])
-    assert e.value.param == "messages[0].content[0]"
+    assert e.value.param == "messages[0].content[0].type"
     assert "reasoning_content" not in str(e.value) and "'thinking'" in str(e.value)
     with pytest.raises(InvalidRequest, match="reasoning_content"):
         checked_messages([{"role": "assistant", "content": [part]}])

@@ -790,10 +790,6 @@ def test_chat_refuses_the_messages_the_http_api_refuses(loop, engine):
     hi = [{"role": "user", "content": "Hi"}]
     bad = BAD_MESSAGES + [  # HTTP's decoding refuses these before its check sees them
         ([{"content": "hi"}], "messages[0].role"),
-        ([{"role": "user", "content": {"text": "hi"}}], "messages[0].content"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
-         "messages[0].content[0]"),
-        ([{"role": "user", "content": [5]}], "messages[0].content[0]"),
         ([{"role": "user", "content": "hi", "name": 3}], "messages[0].name"),
         ([*hi, "hello"], "messages[1]"),
         ([], "messages"),

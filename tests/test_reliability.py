@@ -390,7 +390,7 @@ BAD_INPUT = [
     bad("min-p", C, prompt(min_p=2), 400, "min_p"),
     bad("image-content", CH, chat(messages=[{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "http://x"}}]}]), 400,
-        "messages[0].content[0]"),
+        "messages[0].content[0].type"),
     bad("text-part-without-text", CH, chat(messages=[{"role": "user", "content": [
         {"type": "text"}]}]), 400, "messages[0].content[0].text"),
     # the model is only matched against the served name

@@ -10,6 +10,7 @@ import json
 import openai
 import pytest
 from live_server import at_once, http
+from test_api_review import CONTENT_FAULTS, assert_openai_400
 
 ASK = "Name a colour."
 WEATHER = {"type": "function", "name": "get_weather", "parameters": {
@@ -154,15 +155,11 @@ def test_function_call_output_reaches_the_prompt(client, model):
     ({"previous_response_id": "resp_1"}, "previous_response_id"),
     ({"background": True}, "background"),
     ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-    ({"input": [{"role": "user", "content": [
-        {"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input[0].content[0].type"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, "input[0].type"),
     ({"input": [{"role": "tool", "content": "x"}]}, "input[0].role"),
     ({"input": [{"role": "user", "content": []}]}, "input[0].content"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]},
-     "input[0].output"),
-    ({"input": [{"type": "function_call_output", "call_id": "c", "output": [
-        {"type": "input_image", "image_url": "http://x/y.png"}]}]}, "input[0].output[0].type"),
+    ({"input": [{"role": "user"}]}, "input[0].content"),
+    ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
     ({"text": {"format": {"type": "json_schema", "name": "a b"}}}, "text.format.name"),
     ({"tools": [{"type": "function", "name": "a b"}]}, "tools[0].name"),
     ({"tool_choice": {"type": "file_search"}}, "tool_choice"),
@@ -267,14 +264,73 @@ def test_responses_and_events_are_the_sdks_types(server, body):
 
 def test_text_parts_of_an_item_join_by_newline_as_chats_do():
     """A message item's, or a call output's, parts are joined as chat joins a message's parts
-    and as vLLM, which hands the parts to its chat parser: by "\n", an empty part left out.
-    They were joined by "" ("Hello" and "there" read "Hellothere")."""
+    and as vLLM, which hands the parts to its chat parser: by "\n", an empty part left out,
+    a refusal part's text among them in any item (chat: an assistant's alone). They were
+    joined by "" ("Hello" and "there" read "Hellothere")."""
     from aiollm.api.responses_request import input_messages
 
     parts = [{"type": "input_text", "text": "Hello"}, {"type": "input_text", "text": ""},
-             {"type": "output_text", "text": "there"}]
+             {"type": "output_text", "text": "there"}, {"type": "refusal", "refusal": "no"}]
     got = input_messages([{"role": "user", "content": parts},
                           {"type": "function_call", "call_id": "c", "name": "f",
                            "arguments": "{}"},
                           {"type": "function_call_output", "call_id": "c", "output": parts}])
-    assert [m.content for m in got] == ["Hello\nthere", None, "Hello\nthere"]
+    assert [m.content for m in got] == ["Hello\nthere\nno", None, "Hello\nthere\nno"]
+
+
+@pytest.mark.parametrize("role, content, chat, responses", CONTENT_FAULTS)
+def test_a_content_fault_is_one_400_on_chat_and_responses(server, role, content, chat,
+                                                          responses):
+    """One walker reads the content parts of chat's messages and of the Responses API's
+    message items and call outputs: a fault is a 400 with OpenAI's body naming the same
+    field under each one's path, and what one API takes (chat: plain string parts;
+    Responses: any item's refusal parts) is answered. A part of a type not served named
+    the part on chat, its type on Responses (as OpenAI: messages[0].content[1].type); a
+    refusal part without its text named .text on Responses; one that was no object,
+    .type."""
+    output = responses and responses.replace(".content", ".output", 1)
+    asks = [("/v1/chat/completions", {"messages": [{"role": role, "content": content}],
+                                      "max_tokens": 1}, f"messages[0]{chat}", chat),
+            ("/v1/responses", {"input": [{"role": role, "content": content}],
+                               "max_output_tokens": 1}, f"input[0]{responses}", responses),
+            ("/v1/responses", {"input": [
+                {"role": "user", "content": ASK},
+                {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+                {"type": "function_call_output", "call_id": "c", "output": content}],
+                "max_output_tokens": 1}, f"input[2]{output}", output)]
+    for path, body, param, refused in asks:
+        status, _, raw = http(server, "POST", path, json=body)
+        if refused is None:
+            assert status == 200, (path, raw[:300])
+        else:
+            assert_openai_400(status, raw, param)
+    server.wait_idle()
+
+
+@pytest.mark.parametrize("role, content, suffix", [
+    (role, content, chat) for role, content, chat, responses in CONTENT_FAULTS
+    if chat is not None and chat == responses])
+def test_a_content_fault_reads_the_same_on_both_apis(role, content, suffix):
+    """The Engine API's (and chat's) error and the Responses API's for the same content
+    are one error, its path, the types each serves (a user's refusal part is text on
+    Responses alone) and chat's hint of where an assistant's reasoning goes aside: they
+    were worded apart ("is not served: the model reads text alone" and "only text content
+    parts ... are supported")."""
+    import re
+
+    from aiollm.api.responses_request import input_messages
+    from aiollm.engine.chat_messages import checked_messages
+    from aiollm.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest) as chat:
+        checked_messages([{"role": role, "content": content}])
+    with pytest.raises(InvalidRequest) as responses:
+        input_messages([{"role": role, "content": content}])
+    assert chat.value.param == f"messages[0]{suffix}"
+    assert responses.value.param == f"input[0]{suffix}"
+
+    def words(e, at):
+        said = re.sub(r"\(text, input_text, output_text[^)]*\)", "(...)", str(e.value))
+        return said.replace(at, "<at>").split(": send an assistant's reasoning")[0]
+
+    assert words(responses, "input[0]") == words(chat, "messages[0]")

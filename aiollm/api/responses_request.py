@@ -20,10 +20,10 @@ from msgspec import Struct
 
 from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage
 from aiollm.api.protocol import Stop, TopK
+from aiollm.engine.content_parts import content_text
 from aiollm.errors import InvalidRequest
 
 _ROLES = ("user", "system", "developer", "assistant")
-_TEXT_PARTS = ("input_text", "output_text", "text", "refusal")
 _STORED = "this server keeps no responses (they are answered with store false)"
 
 
@@ -179,26 +179,10 @@ def _string(item: dict, key: str, at: str) -> str:
 
 
 def _text(content: Any, at: str) -> str:
-    """A message's content or a call's output, at the path `at`, as text: a string, or its
-    text parts joined by "\n", an empty one left out, as chat joins a message's parts; a
-    part of another type (input_image, input_file, input_audio) is refused, naming it."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{at} must be a string or a list of parts", param=at)
-    texts = []
-    for j, part in enumerate(content):
-        where = f"{at}[{j}]"
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind not in _TEXT_PARTS:
-            raise InvalidRequest(f"{where}.type {kind!r} is not served: the model reads text "
-                                 "alone (input_text or output_text parts)", param=f"{where}.type")
-        text = part.get("refusal" if kind == "refusal" else "text")
-        if not isinstance(text, str):
-            raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
-        texts.append(text)
-    # as chat (engine/chat_messages.py) and vLLM join a message's parts
-    return "\n".join(text for text in texts if text)
+    """An input message's content or a call's output, at the path `at`, as text
+    (content_parts.content_text, as chat joins a message's parts): the Responses API's
+    schema takes refusal parts in any role's content, and no plain strings in a list."""
+    return content_text(content, at, refusal=True, strings=False)
 
 
 def response_format(text: dict | None) -> dict | None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from aiollm.engine.submission import check_unicode
+from aiollm.engine.content_parts import content_text
 from aiollm.errors import InvalidRequest
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -88,7 +88,7 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
                                  "string", param=f"{at}.tool_calls[{j}].function.arguments")
     msg = {k: v for k, v in m.items() if v is not None and k != "reasoning"}
     msg["role"] = "system" if role == "developer" else role
-    msg["content"] = _text(m.get("content"), at, role)
+    msg["content"] = _content(m.get("content"), f"{at}.content", role)
     if calls is not None:
         msg["tool_calls"] = _template_tool_calls(calls)
     thought = m.get("reasoning_content")
@@ -104,58 +104,18 @@ def _article(role: str) -> str:
     return "an" if role == "assistant" else "a"
 
 
-# the part types whose `text` field is the part's text: OpenAI's chat part, and the Responses
-# API's input and output parts, which vLLM takes in chat messages too
-TEXT_PARTS = ("text", "input_text", "output_text")
-
-
-def _text(content: Any, at: str, role: str) -> str:
-    """A message's content as one string: its text parts (TEXT_PARTS, or a plain string in
-    the list, as vLLM takes it) and an assistant's refusal parts (what it said, as OpenAI's
-    schema allows them there) joined by "\n", as vLLM joins them for a template that reads
-    content as a string; an empty part is left out, as vLLM leaves it out. Each is checked
-    for lone surrogates here, by its own path: joined, the template's check names only the
-    content. Raises InvalidRequest naming the part, or its field, for a part of another type
-    (images, audio, vLLM's "thinking": not text of the message), one without a `type`, or
-    one whose text is missing or no string."""
-    if content is None or isinstance(content, str):
-        return content or ""
-    if not isinstance(content, list):
-        raise InvalidRequest(f"{at}.content must be a string or a list of content parts, got "
-                             f"{type(content).__name__}", param=f"{at}.content")
-    texts = []
-    for j, part in enumerate(content):
-        where = f"{at}.content[{j}]"
-        if isinstance(part, str):
-            check_unicode(part, where)
-            texts.append(part)  # an empty one is left out below
-            continue
-        if not isinstance(part, dict):
-            raise InvalidRequest(f'{where} must be a content part: an object with a "type" '
-                                 f"(or a string), got {type(part).__name__}", param=where)
-        kind = part.get("type")
-        if not isinstance(kind, str):
-            # as vLLM: a part says what it is; a text part without its type is refused too
-            said = "must be a string" if "type" in part else "is required"
-            raise InvalidRequest(f'{where}.type {said}: "text" for a text part',
-                                 param=f"{where}.type")
-        if kind not in TEXT_PARTS and not (kind == "refusal" and role == "assistant"):
-            # vLLM folds a thinking part into the content: the model would read its own
-            # reasoning as what it said (only an assistant's message renders reasoning)
-            hint = (": send an assistant's reasoning as the message's reasoning_content"
-                    if kind == "thinking" and role == "assistant" else "")
-            raise InvalidRequest(f"only text content parts ({', '.join(TEXT_PARTS)}; and an "
-                                 f"assistant's refusal parts) are supported, got type "
-                                 f"{kind!r}{hint}", param=where)
-        field = "refusal" if kind == "refusal" else "text"
-        if not isinstance(part.get(field), str):
-            article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal
-            raise InvalidRequest(f"{article} {kind} content part needs a `{field}` field (a "
-                                 "string)", param=f"{where}.{field}")
-        check_unicode(part[field], f"{where}.{field}")
-        texts.append(part[field])
-    # as vLLM: only parts with text are joined, an empty one adds no empty line
-    return "\n".join(text for text in texts if text)
+def _content(content: Any, at: str, role: str) -> str:
+    """A message's content as one string (content_parts.content_text): "" for none; a plain
+    string in the list is a text part, as vLLM takes it; an assistant's refusal parts are
+    what it said (OpenAI's schema allows them there), another role's are refused."""
+    if content is None:
+        return ""
+    # vLLM folds a thinking part into the content: the model would read its own reasoning as
+    # what it said (only an assistant's message renders reasoning)
+    hint = (": send an assistant's reasoning as the message's reasoning_content"
+            if role == "assistant" else "")
+    return content_text(content, at, refusal=role == "assistant", strings=True,
+                        thinking_hint=hint)
 
 
 def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,0 +1,70 @@
+"""The text of a message's content: a string, or a list of content parts walked into one
+string. One walker for chat's messages (engine/chat_messages.py: the Engine API and
+/v1/chat/completions) and the Responses API's input items (api/responses_request.py), so a
+part one refuses the other refuses with the same words; the caller says where the content
+is (the path its errors name) and which parts its API takes besides text parts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiollm.engine.submission import check_unicode
+from aiollm.errors import InvalidRequest
+
+# the part types whose `text` field is the part's text: OpenAI's chat part, and the Responses
+# API's input and output parts, which vLLM takes in chat messages too
+TEXT_PARTS = ("text", "input_text", "output_text")
+
+
+def content_text(content: Any, at: str, *, refusal: bool, strings: bool,
+                 thinking_hint: str = "") -> str:
+    """`content` (at the path `at`, e.g. "messages[1].content" or "input[0].output") as one
+    string: a string as it is, a list's text parts (TEXT_PARTS; refusal parts where
+    `refusal`: chat takes an assistant's, the Responses API any role's; plain strings where
+    `strings`, as vLLM's chat takes them) joined by "\n", an empty one left out, as vLLM
+    joins them for a template that reads content as a string. Each text is checked for
+    lone surrogates by its own path (joined, the template's check names only the content).
+
+    Raises InvalidRequest naming `at` for content neither a string nor a list, else the
+    part (`{at}[j]`) or its field (`{at}[j].type`, `.text`, `.refusal`) for a part that is
+    no object, has no string type, is of another type (images, audio, vLLM's "thinking":
+    not text of the message; `thinking_hint` ends the error for a thinking part), or whose
+    text is missing or no string."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        got = "null" if content is None else type(content).__name__
+        raise InvalidRequest(f"{at} must be a string or a list of content parts, got {got}",
+                             param=at)
+    texts = []
+    for j, part in enumerate(content):
+        where = f"{at}[{j}]"
+        if strings and isinstance(part, str):
+            check_unicode(part, where)
+            texts.append(part)  # an empty one is left out below
+            continue
+        if not isinstance(part, dict):
+            raise InvalidRequest(f'{where} must be a content part: an object with a "type",'
+                                 f" got {type(part).__name__}", param=where)
+        kind = part.get("type")
+        if not isinstance(kind, str):
+            # as vLLM: a part says what it is; a text part without its type is refused too
+            said = "must be a string" if "type" in part else "is required"
+            raise InvalidRequest(f'{where}.type {said}: "text" or "input_text" for a text '
+                                 "part", param=f"{where}.type")
+        if kind not in TEXT_PARTS and not (kind == "refusal" and refusal):
+            served = ", ".join(TEXT_PARTS) + (", refusal" if refusal
+                                              else "; and an assistant's refusal parts")
+            hint = thinking_hint if kind == "thinking" else ""
+            raise InvalidRequest(f"only text content parts ({served}) are supported, got type "
+                                 f"{kind!r}{hint}", param=f"{where}.type")
+        field = "refusal" if kind == "refusal" else "text"
+        if not isinstance(part.get(field), str):
+            article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal
+            raise InvalidRequest(f"{article} {kind} content part needs a `{field}` field (a "
+                                 "string)", param=f"{where}.{field}")
+        check_unicode(part[field], f"{where}.{field}")
+        texts.append(part[field])
+    # as vLLM: only parts with text are joined, an empty one adds no empty line
+    return "\n".join(text for text in texts if text)
