@@ -123,6 +123,18 @@ def test_a_share_that_leaves_no_room_names_the_option_and_the_sizes(gpu):
         assert size in message, (size, message)
 
 
+def test_a_small_gpu_share_names_its_sizes_in_units_that_show_them(gpu):
+    """A 1 GiB GPU (a MIG slice, a test's budget): the sizes read in MiB, where a fixed GiB
+    with two decimals read the 30 MiB of headroom as "0.03 GiB"."""
+    gpu(free=200 / 1024, total=1, reserved=100 / 1024)
+    with pytest.raises(ValueError) as e:
+        tokens(gpu_memory_utilization=0.1)
+    message = str(e.value)
+    for size in ("0.1 x 1.00 GiB = 102.40 MiB", "holds 100.00 MiB", "30.00 MiB is kept",
+                 "(200.00 MiB free)"):
+        assert size in message, (size, message)
+
+
 def test_kv_tokens_wins_over_the_share(gpu, caplog):
     """As vLLM's kv_cache_memory_bytes overrides its gpu_memory_utilization: lm-eval-harness
     passes the share always, and kv_tokens must still size the pool."""

@@ -11,7 +11,7 @@ all-reduce and all-gather that combine the scores of the prompt positions rank 0
 sampled rows' logits' all-gather and, when rank 0 sampled, the broadcast of the sampled ids.
 
 Run as `python -m aiollm.distributed.follower --rank R --init HOST:PORT` by a node's lead
-process (launch.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG; `follow()` is
+process (spawned_ranks.py), with the EngineConfig as JSON in $AIOLLM_TP_CONFIG; `follow()` is
 what `aiollm serve --node-rank K` (K > 0) runs on the other nodes.
 """
 
@@ -171,8 +171,8 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _write_error(path: str, error: BaseException) -> None:
-    """The error file its node's lead reads (launch.py), whole or not at all: the lead may
-    read it while this rank still waits at a start-up checkpoint."""
+    """The error file its node's lead reads (spawned_ranks.py), whole or not at all: the
+    lead may read it while this rank still waits at a start-up checkpoint."""
     with open(path + ".part", "w") as f:
         f.write(f"{type(error).__name__}: {error}")
     os.replace(path + ".part", path)

@@ -6,7 +6,8 @@ Ranks: N = --tensor-parallel-size over --nnodes nodes, N / nnodes per node (whic
 which device, and how each joins the group: placement.py).
 Rank 0 (node 0's own process) serves HTTP; every other rank runs the follower loop
 (follower.py). No torchrun: each node's process spawns the rest of its node with
-subprocess, each child a `python -m aiollm.distributed.follower`.
+subprocess, each child a `python -m aiollm.distributed.follower` (spawned_ranks.py: the
+children, their files, why one ended).
 
 Failure is loud: a watchdog thread polls the spawned ranks; when one exits that should not,
 it logs which rank and why (the exception text the rank wrote to its error file, or the
@@ -29,12 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +45,7 @@ from aiollm.distributed.group import STOP, RankLost, TensorParallel
 from aiollm.distributed.peer_lost import only_collateral, other_node_lost, peer_ended_error
 from aiollm.distributed.placement import check_devices, join, node_ranks
 from aiollm.distributed.rendezvous import Rendezvous
+from aiollm.distributed.spawned_ranks import SpawnedRanks
 from aiollm.distributed.start_settings import start_settings
 from aiollm.model import parallel
 
@@ -69,14 +67,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
-    # Ctrl-C reaches the whole process group, and so does a SIGTERM sent to it (systemd's
-    # stop, `kill -TERM -PGID`): rank 0 shuts down, drains, and stops the followers. A
-    # follower also exits when rank 0 is gone (follower.py), or at SIGKILL
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _wait_for_left_starts() -> None:
@@ -101,8 +91,7 @@ class NodeRanks:
         self.lost: str | None = None  # set by fail(): the group cannot go on
         self.stopping = False
         self.starting = True  # until the caller's load is done: see started(), start_failed()
-        self.procs: dict[int, subprocess.Popen] = {}
-        self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
+        self.spawned = SpawnedRanks()
         self.tp: TensorParallel | None = None
         # start-up runs on a thread its caller may give up on (abandon): they meet here
         self._lock = threading.Lock()
@@ -116,6 +105,11 @@ class NodeRanks:
         self._watchdog: threading.Thread | None = None
         self._watch_ended = threading.Event()
         self.rendezvous: Rendezvous | None = None
+
+    @property
+    def procs(self) -> dict[int, subprocess.Popen]:
+        """This node's spawned ranks: rank, its process (SpawnedRanks.procs)."""
+        return self.spawned.procs
 
     def start(self) -> TensorParallel:
         """Check this node, spawn its other ranks and join the group as its first rank.
@@ -150,11 +144,7 @@ class NodeRanks:
             for rank in ranks[1:]:
                 if self._abandoned:
                     raise RuntimeError(_GIVEN_UP)
-                cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank",
-                       str(rank), "--init", addr, "--error-file", self._error_file(rank),
-                       "--joining-file", self._joining_file(rank)]
-                env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
-                self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_stop_signals)
+                self.spawned.spawn(rank, addr, config_json)
         log.info("tensor parallel: %d ranks over %d node(s); this node runs ranks %d-%d, "
                  "rendezvous at %s", cfg.tensor_parallel_size, cfg.nnodes, ranks[0],
                  ranks[-1], addr)
@@ -180,9 +170,6 @@ class NodeRanks:
         if self._abandoned:
             raise RuntimeError(_GIVEN_UP)
 
-    def _joining_file(self, rank: int) -> str:
-        return os.path.join(self._dir, f"rank{rank}.joining")
-
     def _wait_for_joining(self) -> None:
         """Return once each rank spawned is about to join the rendezvous; RuntimeError
         RankLost naming a rank lost before (its import, its device or its config failed),
@@ -190,8 +177,7 @@ class NodeRanks:
         that posted its failure to the rendezvous (node 0, whose store is up: else it
         learnt it only once its slowest rank had started); TimeoutError past it."""
         deadline = time.monotonic() + INIT_TIMEOUT.total_seconds()
-        waiting = [self._joining_file(rank) for rank in self.procs]
-        while waiting := [f for f in waiting if not os.path.exists(f)]:
+        while waiting := self.spawned.not_joining():
             self._check_start()
             if self.rendezvous is not None:
                 self.rendezvous.check_failed()
@@ -200,41 +186,22 @@ class NodeRanks:
                                    f"{INIT_TIMEOUT}: {', '.join(waiting)} not written")
             time.sleep(0.02)
 
-    def _error_file(self, rank: int) -> str:
-        return os.path.join(self._dir, f"rank{rank}.err")
-
-    def _cause(self, rank: int, code: int) -> str:
-        try:
-            with open(self._error_file(rank)) as f:
-                text = f.read().strip()
-        except OSError:
-            text = ""
-        if text:
-            return f"failed: {text}"
-        if code < 0:
-            return f"was killed by {signal.Signals(-code).name}"
-        return f"exited with status {code}"
-
     def _lost_rank(self) -> str | None:
-        for rank, p in self.procs.items():
-            code = p.poll()
-            if code is None:
-                continue
-            cause = self._cause(rank, code)
+        if (exited := self.spawned.exited()) is not None:
+            rank, code = exited
+            cause = self.spawned.cause(rank, code)
             if (self.cfg.nnodes > 1 and not self.starting
-                    and only_collateral(self.procs, self._error_file)):
+                    and only_collateral(self.procs, self.spawned.error_file)):
                 # it failed only as rank 0 would: on another node's closed sockets
                 return self.other_node_lost(cause.removeprefix("failed: "),
                                             "while this node served")
             return f"tensor parallel rank {rank} {cause}"
-        if self.cfg.nnodes == 1:
-            # a rank whose start-up failed waits at the next start-up checkpoint for the
-            # others (TensorParallel.start_failed) with its error file written: on one node,
-            # where every rank is this process's, that is failure enough (rank 0 may load
-            # for minutes before it reaches the checkpoint)
-            for rank, p in self.procs.items():
-                if os.path.exists(self._error_file(rank)):
-                    return f"tensor parallel rank {rank} {self._cause(rank, 1)}"
+        # a rank whose start-up failed waits at the next start-up checkpoint for the
+        # others (TensorParallel.start_failed) with its error file written: on one node,
+        # where every rank is this process's, that is failure enough (rank 0 may load
+        # for minutes before it reaches the checkpoint)
+        if self.cfg.nnodes == 1 and (rank := self.spawned.erred()) is not None:
+            return f"tensor parallel rank {rank} {self.spawned.cause(rank, 1)}"
         return None
 
     def lost_rank(self, wait: float = 0.0) -> str | None:
@@ -284,7 +251,7 @@ class NodeRanks:
         if done:
             self.abort()
         elif not joining:
-            self._kill()
+            self.spawned.kill()
 
     def start_failed(self, exc: BaseException) -> RankLost | None:
         """Start-up (the group's join or the caller's load) failed on this rank with `exc`:
@@ -301,7 +268,7 @@ class NodeRanks:
         # (the watchdog may have failed the group meanwhile, its ranks' files removed)
         lost = (self.lost or self.lost_rank(wait=1.0)) if collective else None
         if (self.cfg.nnodes > 1 and peer_ended_error(exc)
-                and (lost is None or only_collateral(self.procs, self._error_file))):
+                and (lost is None or only_collateral(self.procs, self.spawned.error_file))):
             lost = self.other_node_lost(exc, "during start-up, after the group was made")
         self.abort()
         return RankLost(lost) if lost is not None else None
@@ -361,8 +328,8 @@ class NodeRanks:
         message = self.lost = self._lost_rank() or message
         log.error("%s: %s", message,
                   "stopping the server" if self.exit_on_failure else "the engine cannot go on")
-        self._kill()
-        self._remove_files()
+        self.spawned.kill()
+        self.spawned.remove_files()
         if self.on_failure is not None:
             try:
                 self.on_failure(message)  # returns once the requests in flight failed
@@ -373,25 +340,14 @@ class NodeRanks:
             logging.shutdown()
             os._exit(1)
 
-    def _kill(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs.values():
-            p.wait()
-
-    def _remove_files(self) -> None:
-        # the ranks' error files: read by _cause while a rank may still be failing
-        shutil.rmtree(self._dir, ignore_errors=True)
-
     def abort(self) -> None:
         """Rank 0 failed to start: end this node's ranks and leave the group."""
         with self._lock:
             self._ended = True
         self.stopping = True
         self._end_watch()
-        self._kill()
-        self._remove_files()
+        self.spawned.kill()
+        self.spawned.remove_files()
         if dist.is_initialized():
             dist.destroy_process_group()
         if self.tp is not None:
@@ -412,14 +368,8 @@ class NodeRanks:
                 self.tp.send_step(STOP)
             except Exception as e:  # a follower already gone: nothing to tell it
                 log.warning("could not send the stop to the followers: %s", e)
-        deadline = time.monotonic() + timeout
-        for rank, p in self.procs.items():
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("tensor parallel rank %d did not exit in %.0fs: killed", rank, timeout)
-        self._kill()
-        self._remove_files()
+        self.spawned.reap(timeout)
+        self.spawned.remove_files()
         if leave_group and dist.is_initialized():
             dist.destroy_process_group()
         if leave_group and self.tp is not None:

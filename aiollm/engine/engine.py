@@ -4,7 +4,8 @@ inherits from StepLoop (step_loop.py), the request API from EngineAPI (engine_ap
 generate, stream, check), ChatAPI (chat_api.py: chat, stream_chat, render_chat) and BatchAPI
 (batch_api.py: generate_batch), the entry of requests from AddRequest (add_request.py), the
 hand-out of a step's tokens to its requests and the ends of requests from HandOut
-(hand_out.py).
+(hand_out.py), its counts of now and the prefix cache's flush from EngineStats
+(engine_stats.py).
 
     async with Engine() as engine:                      # default SmolLM2-135M-Instruct
         out = await engine.generate("Hello", SamplingParams(max_tokens=32))
@@ -30,6 +31,7 @@ from aiollm.engine.add_request import AddRequest
 from aiollm.engine.batch_api import BatchAPI
 from aiollm.engine.chat_api import ChatAPI
 from aiollm.engine.engine_api import EngineAPI
+from aiollm.engine.engine_stats import EngineStats
 from aiollm.engine.grammar import Grammars
 from aiollm.engine.hand_out import HandOut
 from aiollm.engine.health_probe import EngineHealth, HealthProbe
@@ -54,7 +56,8 @@ _STOPPED = ("the engine shut down before the request finished; retry it on a run
             "or engine")
 
 
-class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, EngineHealth):
+class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, EngineHealth,
+             EngineStats):
     """An LLM inference engine on the caller's event loop: start() loads the model, then
     generate() / stream() / chat() serve requests concurrently until stop().
 
@@ -362,48 +365,6 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
             # for a shutdown that would never end was a dead end that start() left as it was
             self._accepting = accepting
             raise
-
-    # -- stats and the prefix cache -----------------------------------------------------
-    def stats(self) -> dict[str, int]:
-        """Counts of now. running, waiting: the clients' requests admitted and queued (a
-        health probe is none); kv_used: KV slots held by requests (their shared cached
-        prefixes included); kv_cached: slots the prefix cache holds, kv_evictable the part
-        of them no request uses (free for allocation; an idle engine has kv_used 0).
-        RuntimeError before the engine was first started (nothing is counted yet)."""
-        self._check_started()
-        evictable = self.prefix_cache.evictable if self.prefix_cache else 0
-        # the clients' requests: a health probe (Request.counted False) is none, as it is
-        # none of the request metrics; its KV and table slot are held all the same
-        return {
-            "running": sum(r.counted for r in self.planner.running),
-            "waiting": sum(r.counted for r in self.planner.waiting),
-            "kv_used": self.kv_pool.n_used - evictable,
-            "kv_evictable": evictable,
-            "kv_total": self.kv_pool.capacity,
-            "table_used": self.table.n_used,
-            "table_total": self.table.capacity,
-            "evictions": self.planner.evictions,
-            "kv_cached": self.prefix_cache.size if self.prefix_cache else 0,
-        }
-
-    def predicted_kv_peak(self) -> int:
-        """The most KV slots the running requests are predicted to hold at once as they
-        finish, none admitted meanwhile (Planner.predicted_peak; 0 with none running).
-        RuntimeError before the engine was first started."""
-        self._check_started()
-        return self.planner.predicted_peak()
-
-    def flush_cache(self) -> int:
-        """Empty the prefix cache of what no request uses; returns the KV slots freed.
-        RuntimeError before the engine was first started, or from another thread or event
-        loop than its running one's."""
-        self._check_started()
-        self._check_own_loop()
-        return self._flush_prefix_cache()
-
-    def _flush_prefix_cache(self) -> int:
-        """flush_cache without its caller's checks: the step loop's own recovery."""
-        return self.prefix_cache.flush() if self.prefix_cache else 0
 
 
 def _retrieve(load: asyncio.Future) -> None:

@@ -14,6 +14,7 @@ import logging
 import numpy as np
 import torch
 
+from aiollm.byte_size import byte_size
 from aiollm.config import KV_MEMORY_FRACTION
 
 log = logging.getLogger(__name__)
@@ -59,16 +60,15 @@ def utilization_pool_tokens(utilization: float, free: int, total: int, in_use: i
     Only this process's memory counts against the share, so two servers at 0.45 each share
     one GPU, as in vLLM; the CUDA context and libraries' workspaces (NCCL's, cuBLAS's: out of
     PyTorch's sight) come out of the headroom. Raises ValueError naming
-    gpu_memory_utilization and the sizes (GiB) when no token fits."""
+    gpu_memory_utilization and the sizes (`byte_size`) when no token fits."""
     headroom = int(free * (1 - KV_MEMORY_FRACTION))
     budget = min(int(utilization * total) - in_use - headroom, free - headroom)
     if budget < bytes_per_token:
-        gib = 2**30
         raise ValueError(
             f"gpu_memory_utilization {utilization} leaves no room for the KV cache: "
-            f"{utilization} x {total / gib:.2f} GiB = {utilization * total / gib:.2f} GiB, of "
-            f"which this process holds {in_use / gib:.2f} GiB after loading and "
-            f"{headroom / gib:.2f} GiB is kept for activations ({free / gib:.2f} GiB free); "
+            f"{utilization} x {byte_size(total)} = {byte_size(utilization * total)}, of "
+            f"which this process holds {byte_size(in_use)} after loading and "
+            f"{byte_size(headroom)} is kept for activations ({byte_size(free)} free); "
             "raise gpu_memory_utilization, or size the pool with kv_tokens (--kv-tokens)")
     return budget // bytes_per_token
 
@@ -109,7 +109,7 @@ class KVPool:
             self.v_cache = [_zeros(shape, dtype, self.device) for _ in range(num_layers)]
         except (MemoryError, torch.OutOfMemoryError) as e:  # numpy's on the CPU is a MemoryError
             need = num_tokens * self.bytes_per_token(num_layers, num_kv_heads, head_dim, dtype)
-            raise ValueError(f"a KV pool of {num_tokens} tokens ({need / 2**30:.1f} GiB) does "
+            raise ValueError(f"a KV pool of {num_tokens} tokens ({byte_size(need)}) does "
                              f"not fit in the memory of {self.device}: lower kv_tokens "
                              f"(--kv-tokens) or kv_memory_fraction") from e
         # Free stack on the CPU: slots [0, n_free) of _stack are free. Popping from the end
