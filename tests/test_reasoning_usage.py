@@ -148,3 +148,24 @@ def test_responses_count_and_cut_reasoning(thinker):
     assert [(i.type, i.status) for i in done] == [(i.type, i.status) for i in whole.output]
     assert (streamed.usage.output_tokens, streamed.usage.output_tokens_details) == (
         whole.usage.output_tokens, whole.usage.output_tokens_details)
+
+
+def test_responses_output_sent_back(thinker):
+    """A multi-turn client sends the output items back as input: the reasoning item is the
+    turn's reasoning_content, so the input is the prompt chat renders for the same
+    conversation with that reasoning in the assistant message."""
+    import openai
+
+    client = openai.OpenAI(base_url=thinker.base + "/v1", api_key="unused", max_retries=0)
+    model = client.models.list().data[0].id
+    first = client.responses.create(model=model, input=ASK[0]["content"],
+                                    max_output_tokens=8, temperature=0)
+    items = [i.model_dump(exclude_none=True) for i in first.output]
+    again = client.responses.create(model=model, max_output_tokens=1, input=[
+        ASK[0], *items, {"role": "user", "content": "And?"}])
+    thought = [i.content[0].text for i in first.output if i.type == "reasoning"]
+    said = {"role": "assistant", "content": first.output_text,
+            **({"reasoning_content": thought[0]} if thought else {})}
+    ids = _post(thinker, {"messages": [ASK[0], said, {"role": "user", "content": "And?"}]},
+                "/tokenize")["tokens"]
+    assert again.usage.input_tokens == len(ids)
