@@ -11,6 +11,10 @@ counting from 0, in OpenAI's order:
      output_item.done]
     response.completed
 
+Each item's status is in output_item.done: a message ends in the Response's status, the
+reasoning "completed" unless the output was cut (max_output_tokens) inside it, then
+"incomplete", as OpenAI marks it (responses_output.reasoning_status).
+
 The last event is response.completed also for an incomplete response (its status says
 so), as vLLM sends it: the SDK's stream helper (get_final_response) takes no other end.
 A request that fails after the stream began ends instead with OpenAI's `error` event and
