@@ -311,3 +311,16 @@ def test_reasoning_items_sent_back_are_the_turns_reasoning():
     summary = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "a"},
                                                 {"type": "summary_text", "text": "b"}]}
     assert input_messages([user, summary])[1].reasoning_content == "a\n\nb"
+
+
+def test_an_empty_encrypted_content_is_no_encrypted_reasoning():
+    """A reasoning item whose encrypted_content is "" (or null) carries no encrypted
+    reasoning: its text is taken, as vLLM takes it (it refuses a non-empty one alone). ""
+    was a 400."""
+    from aiollm.api.responses_request import input_messages
+
+    for blob in ("", None):
+        item = {"type": "reasoning", "summary": [], "encrypted_content": blob,
+                "content": [{"type": "reasoning_text", "text": "sky"}]}
+        got = input_messages([{"role": "user", "content": "Hi"}, item])
+        assert got[1].reasoning_content == "sky"

@@ -193,9 +193,10 @@ def input_messages(value: str | list[Any]) -> list[ChatMessage]:
 def _reasoning(item: dict, at: str) -> str:
     """The text of a reasoning item (a past turn's, sent back as OpenAI asks): its
     reasoning_text parts joined, else its summary_text parts joined by a blank line (as
-    vLLM takes the summary where the content is missing). encrypted_content is refused:
-    the server never writes it, so it is another server's."""
-    if item.get("encrypted_content") is not None:
+    vLLM takes the summary where the content is missing). A non-empty encrypted_content
+    is refused: the server never writes it, so it is another server's ("" or null carry
+    none, as vLLM reads them)."""
+    if item.get("encrypted_content"):
         raise InvalidRequest(f"{at}.encrypted_content is not served: this server writes "
                              "reasoning as reasoning_text content; send that back instead",
                              param=f"{at}.encrypted_content")
