@@ -169,6 +169,10 @@ def test_function_call_output_reaches_the_prompt(client, model):
     ({"top_logprobs": 2}, "top_logprobs"),
     ({"reasoning": {"effort": "extreme"}}, "reasoning.effort"),
     ({"text": {"format": {"type": "xml"}}}, "text.format.type"),
+    ({"input": [{"type": "reasoning", "summary": [], "encrypted_content": "gAAA"}]},
+     "input[0].encrypted_content"),
+    ({"input": [{"type": "reasoning", "summary": [], "content": [{"type": "text"}]}]},
+     "input[0].content[0].type"),
 ])
 def test_unserved_or_bad_fields_are_400s_naming_them(client, model, body, param):
     with pytest.raises(openai.BadRequestError) as e:
@@ -334,3 +338,45 @@ def test_a_content_fault_reads_the_same_on_both_apis(role, content, suffix):
         return said.replace(at, "<at>").split(": send an assistant's reasoning")[0]
 
     assert words(responses, "input[0]") == words(chat, "messages[0]")
+
+
+def test_reasoning_items_sent_back_are_the_turns_reasoning():
+    """A reasoning item in input (a past turn's output sent back, as OpenAI asks) is its
+    assistant turn's reasoning_content, which reaches the chat template: the message or
+    calls after it are that turn's, as vLLM joins them; alone, the turn's content is "".
+    It was dropped."""
+    from aiollm.api.responses_request import input_messages
+
+    def thought(text: str) -> dict:
+        return {"type": "reasoning", "id": "rs_1", "summary": [], "status": "completed",
+                "content": [{"type": "reasoning_text", "text": text}]}
+
+    user = {"role": "user", "content": "Hi"}
+    said = {"type": "message", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "Blue.", "annotations": []}]}
+    call = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}
+    got = input_messages([user, thought("sky"), said, user, thought("hm"), call,
+                          {"type": "function_call_output", "call_id": "c", "output": "ok"},
+                          thought("done"), user])
+    assert [(m.role, m.content, m.reasoning_content) for m in got] == [
+        ("user", "Hi", None), ("assistant", "Blue.", "sky"), ("user", "Hi", None),
+        ("assistant", None, "hm"), ("tool", "ok", None), ("assistant", "", "done"),
+        ("user", "Hi", None)]
+    assert got[3].tool_calls[0]["function"]["name"] == "f"
+    assert got[1].as_dict(1)["reasoning_content"] == "sky"  # what the template is given
+    summary = {"type": "reasoning", "summary": [{"type": "summary_text", "text": "a"},
+                                                {"type": "summary_text", "text": "b"}]}
+    assert input_messages([user, summary])[1].reasoning_content == "a\n\nb"
+
+
+def test_an_empty_encrypted_content_is_no_encrypted_reasoning():
+    """A reasoning item whose encrypted_content is "" (or null) carries no encrypted
+    reasoning: its text is taken, as vLLM takes it (it refuses a non-empty one alone). ""
+    was a 400."""
+    from aiollm.api.responses_request import input_messages
+
+    for blob in ("", None):
+        item = {"type": "reasoning", "summary": [], "encrypted_content": blob,
+                "content": [{"type": "reasoning_text", "text": "sky"}]}
+        got = input_messages([{"role": "user", "content": "Hi"}, item])
+        assert got[1].reasoning_content == "sky"

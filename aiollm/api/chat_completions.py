@@ -78,10 +78,13 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         outs = await gather_outputs([engine.generate(ids, sp, cache_salt=req.cache_salt,
                                                      group=group) for sp in params])
         choices = []
+        thought_tokens = 0 if thinking else None  # of all choices
         for j, out in enumerate(outs):
             text, thought, r = out.text, {}, None
             if thinking:  # tool calls are read from the content only
-                r, text = reasoning.split(splitter(), out.text)
+                split = splitter()
+                r, text = reasoning.split(split, out.text)
+                thought_tokens += reasoning.reasoning_tokens(split, out.token_texts)
                 # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
             finish = out.finish_reason
@@ -108,7 +111,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         prompt_ids = {"prompt_token_ids": ids} if req.return_token_ids else {}
         return json_response({**head, **prompt_ids, "choices": choices,
                               "usage": usage_of(len(ids), sum(o.completion_tokens for o in outs),
-                                                outs[0].cached_tokens),
+                                                outs[0].cached_tokens, thought_tokens),
                               **prompt_scores(outs[0])})
 
     done_tokens = [0] * req.n
@@ -124,11 +127,14 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
 
     calls = [plan.stream_calls() for _ in params]
     splits = [splitter() for _ in params]
+    # each choice's reasoning tokens so far (None: no split)
+    thought_counts = [None if s is None else reasoning.ReasoningTokens(s) for s in splits]
 
     def usage() -> dict:
         # choice 0's hit, as the whole answer counts it; before its first delta, another's
         known = next((c for c in cached_tokens if c is not None), 0)
-        return usage_of(len(ids), sum(done_tokens), known)
+        thought = sum(c.count for c in thought_counts if c) if thinking else None
+        return usage_of(len(ids), sum(done_tokens), known, thought)
 
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item
@@ -141,6 +147,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
             if finish is not None:
                 r, c = splits[j].finish()
                 thought, text = thought + r, text + c
+            thought_counts[j].add(d.token_texts)
         if calls[j] is not None:
             text = calls[j].feed(text)
             if finish is not None:

@@ -27,9 +27,22 @@ tags and all). An output that never closes its reasoning (cut by max_tokens) is 
 One `ReasoningSplitter` serves both the streamed and the whole answer, so the reasoning and
 content deltas of a stream join to exactly the non-streamed fields: text that may be the start
 of a tag is held back until the next delta shows whether it is one.
+
+`ReasoningTokens` counts the output tokens that belong to the reasoning (usage's
+reasoning_tokens). The split is made on text, so a token belongs where its text starts: the
+reasoning tokens are the output's first tokens, from the first one (a leading `<think>`
+included) up to and including the one that completes `</think>`, also where that token's
+text goes on past the tag (">\n\n" after "</think"): it is counted once, as reasoning, since
+it completes the reasoning's markup. An output that never closes its reasoning is all
+reasoning tokens (its final stop token too); one that never entered it has none. vLLM counts
+the tokens between its single-token tags, the tags left out: by this rule they are counted
+(one or two tokens more), as the markup the reasoning is made of, hidden from the answer.
 """
 
 from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
 
 from aiollm.config import REASONING_PARSERS as PARSERS
 
@@ -83,10 +96,27 @@ class ReasoningSplitter:
         self.fallback = _REASONING if start == _REASONING else _CONTENT
         self.held = ""
         self.entered = start == _REASONING
+        self.fed = 0  # characters of output text fed so far
+        self.ended_at: int | None = None  # where the output's `</think>` ends, once found
+
+    @property
+    def in_reasoning(self) -> bool:
+        """Whether the output is inside its reasoning now (after finish(): whether it ended
+        there, its reasoning never closed)."""
+        return self.state == _REASONING
+
+    def reasoning_end(self) -> float:
+        """The offset in the output text up to which it is known to be reasoning: where its
+        `</think>` ends; inf while inside an open reasoning; 0 while undecided or where the
+        output has no reasoning."""
+        if self.ended_at is not None:
+            return self.ended_at
+        return float("inf") if self.state == _REASONING else 0
 
     def feed(self, text: str) -> tuple[str, str]:
         """(reasoning, content) of `text` that can be sent now; either may be empty."""
         reasoning = content = ""
+        self.fed += len(text)
         if self.state == _CONTENT:
             return "", text
         self.held += text
@@ -103,6 +133,8 @@ class ReasoningSplitter:
                 return "", content
         i = self.held.find(END)
         if i >= 0:
+            # held ends where the output fed so far ends
+            self.ended_at = self.fed - len(self.held) + i + len(END)
             reasoning, content = self.held[:i], self.held[i + len(END):]
             self.state, self.held = _CONTENT, ""
             return reasoning, content
@@ -126,6 +158,37 @@ class ReasoningSplitter:
         return "", held
 
 
+class ReasoningTokens:
+    """Counts the output tokens of one output that belong to its reasoning (see the module's
+    docstring): `add` each delta's token texts (which join to the delta's text) after the
+    splitter was fed that text (and, at the end, finished). `count` is the tokens known to
+    be reasoning so far; final once the splitter is finished."""
+
+    def __init__(self, splitter: ReasoningSplitter):
+        self.splitter = splitter
+        self.count = 0
+        self._starts: deque[int] = deque()  # where each uncounted token's text starts
+        self._at = 0  # characters of the tokens added so far
+        self._decided = False  # every later token is content
+
+    def add(self, token_texts: Sequence[str]) -> int:
+        """Takes the next tokens' texts; returns `count`."""
+        if self._decided:
+            return self.count
+        for text in token_texts:
+            self._starts.append(self._at)
+            self._at += len(text)
+        s = self.splitter
+        end = s.reasoning_end()
+        while self._starts and self._starts[0] < end:
+            self._starts.popleft()
+            self.count += 1
+        if s.state == _CONTENT:  # the reasoning closed, or there was none
+            self._decided = True
+            self._starts.clear()
+        return self.count
+
+
 def splitter_for(parser: str, prompt_tail: str, *, shaped: bool,
                  continued: str | None = None) -> ReasoningSplitter:
     """The splitter for one output of `parser` ("deepseek_r1" or "qwen3"; ValueError
@@ -147,3 +210,9 @@ def split(splitter: ReasoningSplitter, text: str) -> tuple[str | None, str]:
     r1, c1 = splitter.feed(text)
     r2, c2 = splitter.finish()
     return (r1 + r2 if splitter.entered else None), c1 + c2
+
+
+def reasoning_tokens(splitter: ReasoningSplitter, token_texts: Sequence[str]) -> int:
+    """The reasoning tokens of a whole output that `splitter` has split (split()), given
+    its tokens' texts (which join to its text)."""
+    return ReasoningTokens(splitter).add(token_texts)

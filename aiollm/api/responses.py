@@ -23,7 +23,8 @@ from aiollm.api.http_errors import ApiError, context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.responses_output import (ResponseHead, call_item, item_id, message_item,
-                                         reasoning_item, status_of, usage_of)
+                                         reasoning_item, reasoning_status, status_of,
+                                         usage_of)
 from aiollm.api.responses_request import ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
@@ -51,17 +52,21 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     group = choice_group(1)
     [out] = await gather_outputs([st.engine.generate(plan.ids, plan.params[0],
                                                      cache_salt=req.cache_salt, group=group)])
-    text, thought = out.text, None
+    text, thought, thought_tokens, cut_inside = out.text, None, 0, False
     if plan.thinking:
-        thought, text = reasoning.split(plan.splitter(), out.text)
+        splitter = plan.splitter()
+        thought, text = reasoning.split(splitter, out.text)
+        thought_tokens = reasoning.reasoning_tokens(splitter, out.token_texts)
+        cut_inside = splitter.in_reasoning
     content, calls = plan.calls(text, cut=may_cut_a_call(out.finish_reason))
     status, incomplete = status_of(out.finish_reason)
-    output = [reasoning_item(item_id("rs"), thought, "completed")] if thought else []
+    output = ([reasoning_item(item_id("rs"), thought, reasoning_status(status, cut_inside))]
+              if thought else [])
     if content or not (calls or thought):  # an empty answer is an empty message
         output.append(message_item(item_id("msg"), content, status))
     output += [call_item(item_id("fc"), c, c.arguments,
                          "completed" if c.complete else "incomplete") for c in calls]
-    usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens)
+    usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens, thought_tokens)
     return json_response(head.response(status, output, usage, incomplete))
 
 
@@ -69,6 +74,7 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
                   head: ResponseHead) -> web.StreamResponse:
     events = ResponseEvents(head)
     splitter, calls = plan.splitter(), plan.stream_calls()
+    thought_tokens = None if splitter is None else reasoning.ReasoningTokens(splitter)
 
     def render(item: tuple) -> bytes:
         out = _render(item)
@@ -85,6 +91,7 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
             if finish is not None:
                 r, c = splitter.finish()
                 thought, text = thought + r, text + c
+            thought_tokens.add(d.token_texts)
         found = []
         if calls is not None:
             text = calls.feed(text)
@@ -95,8 +102,11 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
         if finish is None:
             return out
         status, incomplete = status_of(finish)
-        usage = usage_of(len(plan.ids), d.completion_tokens, d.cached_tokens)
-        return out + events.finish(found, status, incomplete, usage)
+        usage = usage_of(len(plan.ids), d.completion_tokens, d.cached_tokens,
+                         thought_tokens.count if thought_tokens else 0)
+        cut_inside = splitter is not None and splitter.in_reasoning
+        return out + events.finish(found, status, incomplete, usage,
+                                   reasoning_status(status, cut_inside))
 
     start = partial(state(request).engine.stream, plan.ids, plan.params[0],
                     cache_salt=req.cache_salt, group=choice_group(1))

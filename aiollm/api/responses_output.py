@@ -53,16 +53,25 @@ def call_item(id_: str, call: ToolCall, arguments: str, status: str) -> dict:
             "arguments": arguments, "status": status}
 
 
-def usage_of(input_tokens: int, output_tokens: int, cached_tokens: int) -> dict:
-    """The Response's usage. reasoning_tokens is 0: the split is made on text, not tokens
-    (vLLM counts none either for models outside its gpt-oss path). cache_write_tokens, a
+def usage_of(input_tokens: int, output_tokens: int, cached_tokens: int,
+             reasoning_tokens: int = 0) -> dict:
+    """The Response's usage. reasoning_tokens: the output tokens of the reasoning a reasoning
+    parser split off (reasoning.ReasoningTokens), 0 without one. cache_write_tokens, a
     required field of the SDK's InputTokensDetails type (openai 3.60), is 0: OpenAI counts
     there the input written to a cache kept at a price; the prefix cache keeps every
     prompt's KV for free, and its hits are counted in cached_tokens."""
     details = {"cached_tokens": cached_tokens, "cache_write_tokens": 0}
     return {"input_tokens": input_tokens, "input_tokens_details": details,
-            "output_tokens": output_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+            "output_tokens": output_tokens,
+            "output_tokens_details": {"reasoning_tokens": reasoning_tokens},
             "total_tokens": input_tokens + output_tokens}
+
+
+def reasoning_status(status: str, cut_inside: bool) -> str:
+    """The reasoning item's status in a Response of `status`: incomplete where the output
+    was cut (max_output_tokens) while still inside the reasoning (`cut_inside`), as OpenAI
+    marks it; else completed."""
+    return "incomplete" if status == "incomplete" and cut_inside else "completed"
 
 
 @dataclass(slots=True)

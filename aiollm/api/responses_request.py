@@ -124,7 +124,11 @@ class ResponsesRequest(Struct, kw_only=True):
 def input_messages(value: str | list[Any]) -> list[ChatMessage]:
     """The chat messages of `input`: a string is one user message; each item a message,
     a function_call (joined to the assistant turn before it, or one of its own) or a
-    function_call_output (a tool message)."""
+    function_call_output (a tool message). A reasoning item, a past turn's reasoning sent
+    back, is that assistant turn's reasoning_content, which the chat template renders where
+    it renders reasoning (Qwen3's: in the turns after the last user message); as vLLM joins
+    them, it goes to the assistant turn just before it if that has none yet, and an
+    assistant message after reasoning or calls alone is their turn's content."""
     if isinstance(value, str):
         return [ChatMessage(role="user", content=value)]
     if not value:
@@ -146,7 +150,14 @@ def input_messages(value: str | list[Any]) -> list[ChatMessage]:
             if content == []:
                 raise InvalidRequest(f"{at}.content must hold at least one part (or be a "
                                      "string)", param=f"{at}.content")
-            out.append(ChatMessage(role=role, content=_text(content, f"{at}.content")))
+            text = _text(content, f"{at}.content")
+            last = out[-1] if out else None
+            # the message of a turn whose reasoning (or calls) came first: that turn's
+            if role == "assistant" and last is not None and last.role == "assistant" \
+                    and last.content is None:
+                last.content = text
+            else:
+                out.append(ChatMessage(role=role, content=text))
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", at), "type": "function", "function": {
                 "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
@@ -162,13 +173,47 @@ def input_messages(value: str | list[Any]) -> list[ChatMessage]:
             text = _text(output, f"{at}.output")
             out.append(ChatMessage(role="tool", content=text,
                                    tool_call_id=_string(item, "call_id", at)))
-        elif kind == "reasoning":  # a past turn's reasoning: the next assistant turn's
-            continue  # templates drop past turns' reasoning; vLLM's default drops it too
+        elif kind == "reasoning":
+            thought = _reasoning(item, at)
+            last = out[-1] if out else None
+            if last is not None and last.role == "assistant" and last.reasoning_content is None:
+                last.reasoning_content = thought
+            else:
+                out.append(ChatMessage(role="assistant", reasoning_content=thought))
         else:
             raise InvalidRequest(f'{at}.type {kind!r} is not served: send "message", '
-                                 '"function_call" or "function_call_output" items',
-                                 param=f"{at}.type")
+                                 '"reasoning", "function_call" or "function_call_output" '
+                                 "items", param=f"{at}.type")
+    for m in out:  # a turn of reasoning alone: its answer was empty
+        if m.role == "assistant" and m.content is None and m.tool_calls is None:
+            m.content = ""
     return out
+
+
+def _reasoning(item: dict, at: str) -> str:
+    """The text of a reasoning item (a past turn's, sent back as OpenAI asks): its
+    reasoning_text parts joined, else its summary_text parts joined by a blank line (as
+    vLLM takes the summary where the content is missing). A non-empty encrypted_content
+    is refused: the server never writes it, so it is another server's ("" or null carry
+    none, as vLLM reads them)."""
+    if item.get("encrypted_content"):
+        raise InvalidRequest(f"{at}.encrypted_content is not served: this server writes "
+                             "reasoning as reasoning_text content; send that back instead",
+                             param=f"{at}.encrypted_content")
+    content, summary = item.get("content"), item.get("summary")
+    key, kind, parts, sep = (("content", "reasoning_text", content, "") if content
+                             else ("summary", "summary_text", summary or [], "\n\n"))
+    if not isinstance(parts, list):
+        raise InvalidRequest(f"{at}.{key} must be a list of parts", param=f"{at}.{key}")
+    texts = []
+    for j, part in enumerate(parts):
+        where = f"{at}.{key}[{j}]"
+        if not isinstance(part, dict) or part.get("type") != kind:
+            raise InvalidRequest(f'{where}.type must be "{kind}"', param=f"{where}.type")
+        if not isinstance(part.get("text"), str):
+            raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
+        texts.append(part["text"])
+    return sep.join(texts)
 
 
 def _string(item: dict, key: str, at: str) -> str:

@@ -11,6 +11,10 @@ counting from 0, in OpenAI's order:
      output_item.done]
     response.completed
 
+Each item's status is in output_item.done: a message ends in the Response's status, the
+reasoning "completed" unless the output was cut (max_output_tokens) inside it, then
+"incomplete", as OpenAI marks it (responses_output.reasoning_status).
+
 The last event is response.completed also for an incomplete response (its status says
 so), as vLLM sends it: the SDK's stream helper (get_final_response) takes no other end.
 A request that fails after the stream began ends instead with OpenAI's `error` event and
@@ -90,7 +94,7 @@ class ResponseEvents:
             done = self.event("response.output_text.done", **where, text=self.text,
                               logprobs=[])
         else:
-            item = reasoning_item(self.id, self.text, "completed")
+            item = reasoning_item(self.id, self.text, status)
             part = item["content"][0]
             done = self.event("response.reasoning_text.done", **where, text=self.text)
         out = (done + self.event("response.content_part.done", **where, part=part)
@@ -101,13 +105,14 @@ class ResponseEvents:
         return out
 
     def finish(self, calls: list[ToolCall], status: str, incomplete: dict | None,
-               usage: dict) -> bytes:
-        """The open item closed, each call's events, then response.completed. An output of
-        neither text nor calls is an empty message, as the whole answer has it."""
+               usage: dict, reasoning: str = "completed") -> bytes:
+        """The open item closed (a message in the Response's `status`, the reasoning in
+        `reasoning`'s), each call's events, then response.completed. An output of neither
+        text nor calls is an empty message, as the whole answer has it."""
         out = b""
         if not calls and not self.output and self.kind is None:
             out = self._open("message")
-        out += self._close(status)
+        out += self._close(status if self.kind == "message" else reasoning)
         for call in calls:
             id_, index = item_id("fc"), len(self.output)
             item_status = "completed" if call.complete else "incomplete"

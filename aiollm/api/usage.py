@@ -30,10 +30,15 @@ def room(st: ApiState, prompt_len: int, min_tokens: int | None = 0) -> int:
                                           prompt_len, max_model_len))
 
 
-def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
-    """OpenAI's `usage` object: the request's token counts (cached_tokens: of the prompt)."""
+def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
+             reasoning_tokens: int | None = None) -> dict:
+    """OpenAI's `usage` object: the request's token counts (cached_tokens: of the prompt;
+    reasoning_tokens: of the completion, where a reasoning parser split it, else None and
+    no completion_tokens_details, as vLLM sends them)."""
+    details = ({} if reasoning_tokens is None else
+               {"completion_tokens_details": {"reasoning_tokens": reasoning_tokens}})
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens, **details,
             "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
