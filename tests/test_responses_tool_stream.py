@@ -23,7 +23,7 @@ from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.sampling_params import SamplingParams
-from tests.test_tool_call_stream import ARGS, CALL, NAMES
+from test_tool_call_stream import ARGS, CALL, NAMES
 
 EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]

@@ -13,7 +13,7 @@ import pytest
 
 from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
 from aiollm.api.tool_stream import StreamingToolParser
-from tests.test_tool_parsers import TOOLS, _walks
+from test_tool_parsers import TOOLS, _walks
 
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
 NAMES = {t["function"]["name"] for t in TOOLS}

@@ -20,16 +20,15 @@ from aiollm.sampling_params import GrammarSpec
 @dataclass(slots=True)
 class ToolCall:
     name: str
-    arguments: str  # JSON text
+    arguments: str  # JSON text, as the model wrote it (aiollm/api/call_text.py)
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
     complete: bool = True  # False: the output ended inside it (its arguments are cut)
 
-    def as_openai(self, index: int | None = None) -> dict:
-        out = {"id": self.id, "type": "function",
-               "function": {"name": self.name, "arguments": self.arguments}}
-        if index is not None:
-            out["index"] = index
-        return out
+    def as_openai(self) -> dict:
+        """The call as a chat message's tool_calls entry (a stream sends it in fragments:
+        aiollm/api/tool_stream.py)."""
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
 
 
 class ToolParser:
