@@ -57,7 +57,7 @@ class StreamingToolParser:
         calls' fragments this text completes wait in take()."""
         self.held += text
         if self.calling:
-            self._written()
+            self._written(text)
             return ""
         marker = self.parser.start
         i = self.held.find(marker)
@@ -74,7 +74,7 @@ class StreamingToolParser:
         out, self.held = self.held[:end], self.held[end:]
         if self.calling:
             self.resume = self.held.find(marker)
-            self._written()
+            self._written(self.held)
         return out
 
     def take(self) -> list[CallDelta]:
@@ -95,7 +95,17 @@ class StreamingToolParser:
         self.held = ""
         return content, self.calls
 
-    def _written(self) -> None:
+    def _written(self, text: str) -> None:
+        """Sends what the held text, `text` its newest part, adds to the calls written."""
+        last = self.sent[-1] if self.sent else None
+        if (last is not None and not last.complete and last.arguments[:1] in ("{", "[")
+                and text and "}" not in text and "]" not in text):
+            # an object or array open to the end stays open without a closing bracket:
+            # its arguments are all the text after its start (call_text.value_text), so
+            # the new text is theirs, without reading the whole value again
+            last.arguments += text
+            self.deltas.append(CallDelta(len(self.sent) - 1, text))
+            return
         done = [c for c in self.sent if c.complete]
         more, self.resume = written_calls(self.held, self.resume, self.names,
                                           self.parser.args_key)
