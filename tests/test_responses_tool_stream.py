@@ -101,3 +101,26 @@ def test_a_call_item_is_added_when_its_name_is_written(parser):
     assert types.index("response.output_text.done") < added
     assert types[-3:] == ["response.function_call_arguments.done",
                           "response.output_item.done", "response.completed"], types[-6:]
+
+
+def test_a_failure_while_a_call_is_written_leaves_it_incomplete():
+    """A request that fails while a call streams: response.failed holds the call as far as
+    it was sent, incomplete, an SDK type like every event."""
+    from aiollm.api.http_errors import ApiError
+
+    events = ResponseEvents(ResponseHead(ResponsesRequest(input="x"), "r1", "m",
+                                         SamplingParams()))
+    calls = StreamingToolParser(HermesParser(), NAMES)
+    text = CALL["hermes"] % ARGS
+    out = events.begin() + events.output_delta("", text[:-20], calls, None)
+    events.commit()
+    out += events.failed(ApiError(500, "boom"))
+    sent = [json.loads(line[len("data: "):]) for line in out.decode().splitlines()
+            if line.startswith("data: ")]
+    for e in sent:
+        EVENTS.validate_python(e)
+    [item] = sent[-1]["response"]["output"]
+    assert (item["type"], item["status"], item["name"]) == (
+        "function_call", "incomplete", "get_weather")
+    # the text cut 20 characters before its end: inside the arguments, after "}\n</tool_call>"
+    assert item["arguments"] == ARGS[:len(ARGS) - (20 - len("}\n</tool_call>"))]
