@@ -112,9 +112,15 @@ def test_a_named_tool_is_a_function_call_item(client, model, stream):
               tools=[WEATHER], tool_choice={"type": "function", "name": "get_weather"})
     if stream:
         with client.responses.stream(**kw) as s:
-            types = [e.type for e in s]
+            events = list(s)
             r = s.get_final_response()
+        types = [e.type for e in events]
         assert "response.function_call_arguments.done" in types, types
+        # the call's item once its name is written, then its arguments as they come
+        deltas = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+        assert types.index("response.output_item.added") < types.index(
+            "response.function_call_arguments.delta") and len(deltas) > 1, types
+        assert "".join(deltas) == r.output[0].arguments
     else:
         r = client.responses.create(**kw)
     [call] = r.output

@@ -603,11 +603,14 @@ def test_tool_call_round_trip(client, choice):
 
 
 def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(server):
-    """While the tool parser holds a call's text back, no chunk is sent (a {"content": ""}
-    chunk came for each of its tokens), and the message the SDK's stream state builds is the
-    non-streamed one: the same call, the same finish; its content is the role chunk's "",
-    as vLLM's stream builds it (the whole answer's is null, as vLLM's); the stream still
-    ends with its finish chunk and [DONE]."""
+    """A call is streamed as it is written, as vLLM streams it: a fragment with its index,
+    id, type and name (arguments "") once the name is written, then its arguments in
+    fragments (index and arguments only), one fragment a call in each chunk; no chunk says
+    nothing (a {"content": ""} chunk came for each token the parser held back). The message
+    the SDK's stream state builds is the non-streamed one: the same call, its arguments byte
+    for byte, the same finish; its content is the role chunk's "", as vLLM's stream builds it
+    (the whole answer's is null, as vLLM's); the stream ends with its finish chunk (of its
+    own) and [DONE]."""
     from live_server import sse_events
     from openai.lib.streaming.chat import ChatCompletionStreamState
     from openai.types.chat import ChatCompletionChunk
@@ -629,7 +632,16 @@ def test_a_streamed_call_sends_no_empty_chunk_and_builds_the_whole_message(serve
     assert choices[-1]["finish_reason"]
     for ch in choices[1:-1]:  # each says something
         assert ch["delta"].get("content") or ch["delta"].get("tool_calls"), ch
-    assert len(chunks) <= 3, chunks  # the role, the call, the finish
+    frags = [f for ch in choices for f in ch["delta"].get("tool_calls", [])]
+    assert all(len(ch["delta"].get("tool_calls", [])) <= 1 for ch in choices), choices
+    [call] = whole["message"]["tool_calls"]
+    assert frags[0] == {"index": 0, "id": frags[0]["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}
+    assert all(f.keys() == {"index", "function"} and f["function"].keys() == {"arguments"}
+               for f in frags[1:]), frags
+    assert len(frags) > 2  # the arguments came in pieces, as the tokens came
+    assert "".join(f["function"]["arguments"] for f in frags) == call["function"]["arguments"]
+    assert "tool_calls" not in choices[-1]["delta"] and choices[-2]["finish_reason"] is None
     state = ChatCompletionStreamState()
     for c in chunks:
         state.handle_chunk(ChatCompletionChunk.model_validate(c))

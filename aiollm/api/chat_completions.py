@@ -148,12 +148,14 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 r, c = splits[j].finish()
                 thought, text = thought + r, text + c
             thought_counts[j].add(d.token_texts)
+        frags = []
         if calls[j] is not None:
             text = calls[j].feed(text)
             if finish is not None:
                 rest, found = calls[j].finish(cut=may_cut_a_call(finish))
                 text += rest
                 finish = finish_with_calls(finish, found, named)
+            frags = [f.as_openai() for f in calls[j].take()]
         delta: dict = {}
         # once content has begun every chunk carries it (simple clients index
         # delta["content"]); before, a "" would make a client's joined content "" where
@@ -173,23 +175,30 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
         counts = {**prompt_scores(d), **chunk_usage(req, usage)}
         # a "" content alone (content begun, by an echo too) says nothing either
-        if not (found or any(delta.values()) or generated.get("token_ids")) and (
+        if not (frags or any(delta.values()) or generated.get("token_ids")) and (
                 finish is None and logprobs is None and "prompt_logprobs" not in counts):
             return roles  # text the parsers hold back: OpenAI sends no chunk for it
         # the finish's chunk says which stop ended it (vLLM's stop_reason: the others lack it)
         ended = {} if finish is None else {"stop_reason": d.stop_reason}
-        if not found:
+        if not frags:
             return roles + sse.event({**head, "choices": [{
                 "index": j, "delta": delta, "finish_reason": finish, **ended,
                 "logprobs": logprobs, **generated}], **counts})
-        # the calls, then a chunk of their own for the finish, as OpenAI sends them (the
-        # SDK's stream helper ends a call, arguments.done, only once it has seen it)
-        delta["tool_calls"] = [c.as_openai(index=i) for i, c in enumerate(found)]
-        return roles + sse.event({**head, "choices": [{
-            "index": j, "delta": delta, "finish_reason": None, "logprobs": logprobs,
-            **generated}], **counts}) + sse.event({**head, "choices": [{
+        # the calls' fragments, one chunk for each group with one fragment a call (a name
+        # before its arguments), then a chunk of their own for the finish, as OpenAI sends
+        # them (the SDK's stream helper ends a call, arguments.done, only once it has seen it)
+        events = []
+        for group in _by_call(frags):
+            events.append(sse.event({**head, "choices": [{
+                "index": j, "delta": {**delta, "tool_calls": group}, "finish_reason": None,
+                "logprobs": logprobs, **generated}], **counts}))
+            delta = {"content": ""} if said[j] else {}
+            logprobs, generated, counts = None, {}, chunk_usage(req, usage)
+        if finish is not None:
+            events.append(sse.event({**head, "choices": [{
                 "index": j, "delta": {"content": ""} if said[j] else {},
-                "finish_reason": finish, **ended, "logprobs": None}], **chunk_usage(req, usage)})
+                "finish_reason": finish, **ended, "logprobs": None}], **counts}))
+        return roles + b"".join(events)
 
     def open_choices(counts: dict) -> bytes:
         """Each choice's first chunk, the role alone, all in index order before any token,
@@ -223,6 +232,17 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
     starts = [partial(engine.stream, ids, sp, cache_salt=req.cache_salt, group=group)
               for sp in params]
     return await sse.send(request, merge(starts), render, tail)
+
+
+def _by_call(frags: list[dict]) -> list[list[dict]]:
+    """The fragments in order, split before any that names a call already in its group:
+    a chunk's delta.tool_calls holds one fragment a call."""
+    groups: list[list[dict]] = [[]]
+    for f in frags:
+        if any(g["index"] == f["index"] for g in groups[-1]):
+            groups.append([])
+        groups[-1].append(f)
+    return groups
 
 
 def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str],

@@ -17,10 +17,10 @@ of when to look for a cut call and which finish_reason the calls give from here
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
+
+from aiollm.api.call_text import written_calls
 
 if TYPE_CHECKING:
     from aiollm.api.tool_calls import ToolCall
@@ -33,10 +33,10 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
     a tool parser could not read as complete calls (`content`), from an output that
     max_tokens (or a stop string) cut.
 
-    The calls are read from the last `marker` on: each head `{"name": <one of names>,
-    "<args_key>": ` starts one, whose arguments are the JSON value after it (re-encoded,
-    as complete calls are) or, for the one cut, the text after it ("" when the cut falls
-    in the head, after the name). The content is the text
+    The calls are read from the last `marker` on (call_text.written_calls): each head
+    `{"name": <one of names>` starts one, whose arguments are the JSON value after
+    `, "<args_key>": ` as written or, for the one cut, the text written of it ("" when the
+    cut falls in the head, after the name). The content is the text
     before that marker, without the `separator` between it and a complete call.
     `only_calls` (the output can only be calls: "required", or calls already found) also
     drops a marker cut part way at the end. Without a marker the content is returned as it
@@ -47,26 +47,8 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
     region, content = content[at:], content[:at].rstrip()
     if separator.strip():
         content = content.removesuffix(separator.strip()).rstrip()
-    # a JSON string's closing quote ends it: no name is a prefix of another's here
-    heads = re.compile(r'\{"name": (%s)' % "|".join(re.escape(json.dumps(n)) for n in names))
-    between = f', "{args_key}": '
-    decoder, calls, pos = json.JSONDecoder(), [], 0
-    while (m := heads.search(region, pos)) is not None:
-        name, rest = json.loads(m.group(1)), region[m.end():]
-        if not rest.startswith(between):
-            if between.startswith(rest):  # cut after the name, before its arguments
-                calls.append((name, ""))
-                return content, calls, True
-            pos = m.end()  # not a call's head
-            continue
-        start = m.end() + len(between)
-        try:
-            args, pos = decoder.raw_decode(region, start)
-        except ValueError:  # the call cut: what it wrote of its arguments
-            calls.append((name, region[start:]))
-            return content, calls, True
-        calls.append((name, args if isinstance(args, str) else json.dumps(args)))
-    return content, calls, False
+    calls, _ = written_calls(region, 0, names, args_key)
+    return content, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
 
 
 def may_cut_a_call(finish_reason: str) -> bool:

@@ -22,9 +22,8 @@ from aiollm.api.cut_calls import may_cut_a_call
 from aiollm.api.http_errors import ApiError, context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
-from aiollm.api.responses_output import (ResponseHead, call_item, item_id, message_item,
-                                         reasoning_item, reasoning_status, status_of,
-                                         usage_of)
+from aiollm.api.responses_output import (ResponseHead, answer_items, reasoning_status,
+                                         status_of, usage_of)
 from aiollm.api.responses_request import ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
@@ -60,12 +59,10 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
         cut_inside = splitter.in_reasoning
     content, calls = plan.calls(text, cut=may_cut_a_call(out.finish_reason))
     status, incomplete = status_of(out.finish_reason)
-    output = ([reasoning_item(item_id("rs"), thought, reasoning_status(status, cut_inside))]
-              if thought else [])
-    if content or not (calls or thought):  # an empty answer is an empty message
-        output.append(message_item(item_id("msg"), content, status))
-    output += [call_item(item_id("fc"), c, c.arguments,
-                         "completed" if c.complete else "incomplete") for c in calls]
+    # a stream sends the text before the calls as it comes: what one fed it all sends
+    before = plan.stream_calls().feed(text) if calls else content
+    output = answer_items(thought, content, calls, before, status,
+                          reasoning_status(status, cut_inside))
     usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens, thought_tokens)
     return json_response(head.response(status, output, usage, incomplete))
 
@@ -92,20 +89,14 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
                 r, c = splitter.finish()
                 thought, text = thought + r, text + c
             thought_tokens.add(d.token_texts)
-        found = []
-        if calls is not None:
-            text = calls.feed(text)
-            if finish is not None:
-                rest, found = calls.finish(cut=may_cut_a_call(finish))
-                text += rest
-        out += events.reasoning(thought) + events.content(text)
+        out += events.output_delta(thought, text, calls, finish)
         if finish is None:
             return out
         status, incomplete = status_of(finish)
         usage = usage_of(len(plan.ids), d.completion_tokens, d.cached_tokens,
                          thought_tokens.count if thought_tokens else 0)
         cut_inside = splitter is not None and splitter.in_reasoning
-        return out + events.finish(found, status, incomplete, usage,
+        return out + events.finish(status, incomplete, usage,
                                    reasoning_status(status, cut_inside))
 
     start = partial(state(request).engine.stream, plan.ids, plan.params[0],

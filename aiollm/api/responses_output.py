@@ -53,6 +53,25 @@ def call_item(id_: str, call: ToolCall, arguments: str, status: str) -> dict:
             "arguments": arguments, "status": status}
 
 
+def answer_items(thought: str | None, content: str, calls: list[ToolCall], before: str,
+                 status: str, reasoning: str = "completed") -> list[dict]:
+    """A whole Response's output items, as its stream sends them: the reasoning (in
+    `reasoning`'s status), the message of the text a stream sends `before` the calls (all
+    the `content` without calls), the calls, then a message of the content after them (the
+    stream held it back until the end). The last message has the response's `status`; an
+    answer of nothing is an empty message."""
+    output = [reasoning_item(item_id("rs"), thought, reasoning)] if thought else []
+    if not content.startswith(before):
+        before = content
+    if before or not (calls or thought):
+        output.append(message_item(item_id("msg"), before, "completed" if calls else status))
+    output += [call_item(item_id("fc"), c, c.arguments,
+                         "completed" if c.complete else "incomplete") for c in calls]
+    if content[len(before):]:
+        output.append(message_item(item_id("msg"), content[len(before):], status))
+    return output
+
+
 def usage_of(input_tokens: int, output_tokens: int, cached_tokens: int,
              reasoning_tokens: int = 0) -> dict:
     """The Response's usage. reasoning_tokens: the output tokens of the reasoning a reasoning

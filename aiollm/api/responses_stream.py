@@ -7,8 +7,10 @@ counting from 0, in OpenAI's order:
      reasoning_text.done, content_part.done, output_item.done]
     [message item: output_item.added, content_part.added, output_text.delta...,
      output_text.done, content_part.done, output_item.done]
-    [per call: output_item.added, function_call_arguments.delta, ..._arguments.done,
+    [per call, as it is written: output_item.added once its name is, then
+     function_call_arguments.delta as its arguments come, ..._arguments.done,
      output_item.done]
+    [message item of the text after the calls, if any]
     response.completed
 
 Each item's status is in output_item.done: a message ends in the Response's status, the
@@ -25,24 +27,30 @@ failed stream; numbering goes on from the last event sent, so that it has no gap
 from __future__ import annotations
 
 from aiollm.api import sse
+from aiollm.api.cut_calls import may_cut_a_call
 from aiollm.api.http_errors import ApiError
 from aiollm.api.responses_output import (ResponseHead, call_item, item_id, message_item,
                                          output_text, reasoning_item)
 from aiollm.api.tool_calls import ToolCall
+from aiollm.api.tool_stream import CallDelta, StreamingToolParser
 
 
 class ResponseEvents:
-    """Renders one response's events; the open item (reasoning, then the message) is
-    closed when the next kind of output begins or the response ends."""
+    """Renders one response's events; the open item (reasoning, the message, a function
+    call) is closed when the next item begins or the response ends."""
 
     def __init__(self, head: ResponseHead):
         self.head = head
         self.seq = 0
         self.output: list[dict] = []  # the finished items, in order
-        self.kind: str | None = None  # the open item's kind: "reasoning" | "message"
+        # the open item's kind: "reasoning" | "message" | "function_call"
+        self.kind: str | None = None
         self.id = ""  # the open item's id
-        self.text = ""  # the open item's text so far
-        self.sent: tuple = (0, 0, None, "", "")  # (seq, items, kind, id, text) at commit()
+        self.text = ""  # the open item's text (a call's arguments) so far
+        self.call: ToolCall | None = None  # the open function call (its call_id and name)
+        self.call_index = 0  # the open call's place among the output's calls
+        # (seq, items, kind, id, text, call) at commit()
+        self.sent: tuple = (0, 0, None, "", "", None)
 
     def event(self, type_: str, **fields: object) -> bytes:
         """One SSE event of type `type_` with the next sequence_number."""
@@ -63,6 +71,47 @@ class ResponseEvents:
     def content(self, text: str) -> bytes:
         """Message text: closes the reasoning, opens the message if needed."""
         return self._delta("message", text) if text else b""
+
+    def output_delta(self, thought: str, text: str, calls: StreamingToolParser | None,
+                     finish_reason: str | None) -> bytes:
+        """The events of one delta of the output: its reasoning, its content (`calls`, the
+        tool parser, holds back call text) and the calls' fragments. At the output's end
+        (`finish_reason` set) the open call is closed and the content the parser held after
+        the calls follows, a message of its own."""
+        found, frags, rest = [], [], ""
+        if calls is not None:
+            text = calls.feed(text)
+            if finish_reason is not None:
+                rest, found = calls.finish(cut=may_cut_a_call(finish_reason))
+            frags = calls.take()
+        out = self.reasoning(thought) + self.content(text)
+        out += b"".join(self.call_fragment(f) for f in frags)
+        if finish_reason is not None:
+            out += self.end_call(found) + self.content(rest)
+        return out
+
+    def call_fragment(self, delta: CallDelta) -> bytes:
+        """A call's fragment: its first (the name) closes the open item and opens the
+        function_call item, the next ones are its arguments' deltas."""
+        out = b""
+        if delta.name is not None:
+            out = self._close("completed")  # a call opens after the one before is complete
+            self.kind, self.id, self.text = "function_call", item_id("fc"), ""
+            self.call, self.call_index = ToolCall(delta.name, "", delta.id), delta.index
+            out += self.event("response.output_item.added", output_index=len(self.output),
+                              item=call_item(self.id, self.call, "", "in_progress"))
+        if delta.arguments:
+            self.text += delta.arguments
+            out += self.event("response.function_call_arguments.delta", item_id=self.id,
+                              output_index=len(self.output), delta=delta.arguments)
+        return out
+
+    def end_call(self, calls: list[ToolCall]) -> bytes:
+        """At the output's end: the open call closed, incomplete where `calls` (the
+        output's calls) say it was cut."""
+        if self.kind != "function_call":
+            return b""
+        return self._close("completed" if calls[self.call_index].complete else "incomplete")
 
     def _delta(self, kind: str, text: str) -> bytes:
         out = b""
@@ -88,6 +137,15 @@ class ResponseEvents:
     def _close(self, status: str) -> bytes:
         if self.kind is None:
             return b""
+        if self.kind == "function_call":
+            item = call_item(self.id, self.call, self.text, status)
+            out = (self.event("response.function_call_arguments.done", item_id=self.id,
+                              output_index=len(self.output), arguments=self.text)
+                   + self.event("response.output_item.done", output_index=len(self.output),
+                                item=item))
+            self.output.append(item)
+            self.kind = self.call = None
+            return out
         where = {"item_id": self.id, "output_index": len(self.output), "content_index": 0}
         if self.kind == "message":
             item, part = message_item(self.id, self.text, status), output_text(self.text)
@@ -104,34 +162,22 @@ class ResponseEvents:
         self.kind = None
         return out
 
-    def finish(self, calls: list[ToolCall], status: str, incomplete: dict | None,
-               usage: dict, reasoning: str = "completed") -> bytes:
+    def finish(self, status: str, incomplete: dict | None, usage: dict,
+               reasoning: str = "completed") -> bytes:
         """The open item closed (a message in the Response's `status`, the reasoning in
-        `reasoning`'s), each call's events, then response.completed. An output of neither
-        text nor calls is an empty message, as the whole answer has it."""
+        `reasoning`'s), then response.completed. An output of neither text nor calls is an
+        empty message, as the whole answer has it."""
         out = b""
-        if not calls and not self.output and self.kind is None:
+        if not self.output and self.kind is None:
             out = self._open("message")
-        out += self._close(status if self.kind == "message" else reasoning)
-        for call in calls:
-            id_, index = item_id("fc"), len(self.output)
-            item_status = "completed" if call.complete else "incomplete"
-            out += self.event("response.output_item.added", output_index=index,
-                              item=call_item(id_, call, "", "in_progress"))
-            out += self.event("response.function_call_arguments.delta", item_id=id_,
-                              output_index=index, delta=call.arguments)
-            out += self.event("response.function_call_arguments.done", item_id=id_,
-                              output_index=index, arguments=call.arguments)
-            item = call_item(id_, call, call.arguments, item_status)
-            out += self.event("response.output_item.done", output_index=index, item=item)
-            self.output.append(item)
+        out += self._close(reasoning if self.kind == "reasoning" else status)
         final = self.head.response(status, self.output, usage, incomplete)
         return out + self.event("response.completed", response=final)
 
     def commit(self) -> None:
         """Marks every event rendered so far as handed to the client: a failure undoes only
         what a render made after this (its events never went out)."""
-        self.sent = (self.seq, len(self.output), self.kind, self.id, self.text)
+        self.sent = (self.seq, len(self.output), self.kind, self.id, self.text, self.call)
 
     def failed(self, err: ApiError) -> bytes:
         """The end of a stream whose request failed after the stream began: OpenAI's error
@@ -139,7 +185,7 @@ class ResponseEvents:
         was sent (an open item as incomplete) and its error {code, message}. Events
         rendered after the last commit() are dropped (numbering goes on from the last event
         sent); a stream that sent none yet begins first."""
-        self.seq, items, self.kind, self.id, self.text = self.sent
+        self.seq, items, self.kind, self.id, self.text, self.call = self.sent
         del self.output[items:]
         out = b"" if self.seq else self.begin()
         # the Response's error code is one of OpenAI's few (the SDK's ResponseError)
@@ -148,7 +194,9 @@ class ResponseEvents:
         out += self.event("error", code=err.code or code, message=err.message,
                           param=err.param)
         output = list(self.output)
-        if self.kind is not None:
+        if self.kind == "function_call":
+            output.append(call_item(self.id, self.call, self.text, "incomplete"))
+        elif self.kind is not None:
             make = message_item if self.kind == "message" else reasoning_item
             output.append(make(self.id, self.text, "incomplete"))
         failed = self.head.response("failed", output,

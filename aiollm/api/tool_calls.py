@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
+from aiollm.api.call_text import Written, written_calls
 from aiollm.api.cut_calls import cut_calls
 from aiollm.sampling_params import GrammarSpec
 
@@ -19,16 +20,15 @@ from aiollm.sampling_params import GrammarSpec
 @dataclass(slots=True)
 class ToolCall:
     name: str
-    arguments: str  # JSON text
+    arguments: str  # JSON text, as the model wrote it (aiollm/api/call_text.py)
     id: str = field(default_factory=lambda: f"call_{uuid.uuid4().hex[:24]}")
     complete: bool = True  # False: the output ended inside it (its arguments are cut)
 
-    def as_openai(self, index: int | None = None) -> dict:
-        out = {"id": self.id, "type": "function",
-               "function": {"name": self.name, "arguments": self.arguments}}
-        if index is not None:
-            out["index"] = index
-        return out
+    def as_openai(self) -> dict:
+        """The call as a chat message's tool_calls entry (a stream sends it in fragments:
+        aiollm/api/tool_stream.py)."""
+        return {"id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
 
 
 class ToolParser:
@@ -60,7 +60,25 @@ class ToolParser:
         only be calls (tool_choice "required" or a named function). `named`: the function
         tool_choice named, whose call a cut output is even before the call's name was
         written, with no arguments yet, as vLLM answers a named tool_choice (its output is
-        the arguments alone, given as that function's call whatever was written)."""
+        the arguments alone, given as that function's call whatever was written).
+
+        The calls a stream has sent by the output's end (call_text.written_calls, from the
+        first marker on) are never taken back: where this reading does not extend them
+        (their markup turned out not to parse), the answer is those calls, the last one
+        incomplete, and the text before the marker its content, as the stream read it."""
+        content, calls = self._read(text, names, cut, required, named)
+        at = text.find(self.start)
+        sent = written_calls(text, at, names, self.args_key)[0] if at >= 0 else []
+        if not _extends(calls, sent):
+            content = text[:at].rstrip()
+            calls = [ToolCall(c.name, c.arguments, complete=c.complete) for c in sent]
+            calls[-1].complete = False
+        for call in calls:
+            call.id = self.call_id()
+        return content, calls
+
+    def _read(self, text: str, names: Collection[str], cut: bool, required: bool,
+              named: str | None) -> tuple[str, list[ToolCall]]:
         content, calls = self.parse(text)
         if any(c.name not in names for c in calls):
             return text, []
@@ -73,8 +91,6 @@ class ToolParser:
                 calls, last_cut = [ToolCall(named, "")], True
             if last_cut:
                 calls[-1].complete = False
-        for call in calls:
-            call.id = self.call_id()
         return content, calls
 
     def call_id(self) -> str:
@@ -108,6 +124,12 @@ class ToolParser:
         at its first token, as OpenAI answers such a request."""
         return structural_tag({"type": "or", "elements": [
             self.calls_format(tools, parallel=parallel), content]})
+
+
+def _extends(calls: list[ToolCall], sent: list[Written]) -> bool:
+    """Whether `calls` begin with the calls `sent`, each one's arguments where they left off."""
+    return len(calls) >= len(sent) and all(
+        c.name == w.name and c.arguments.startswith(w.arguments) for c, w in zip(calls, sent))
 
 
 # may end a "required" output: models write one after a call, then the end (else the

@@ -29,6 +29,7 @@ import random
 import string
 from typing import Any
 
+from aiollm.api.call_text import element_starts, member_text
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -43,6 +44,7 @@ MAX_WHITESPACE = 16
 # Mistral's call ids: 9 of these, drawn from the OS's randomness (not the seeded sampling's)
 _ID_CHARACTERS = string.ascii_letters + string.digits
 _ID_RANDOM = random.SystemRandom()
+_DECODER = json.JSONDecoder()
 
 
 def _arguments(tool: dict) -> dict:
@@ -60,27 +62,34 @@ def _json_calls(text: str, pos: int, args_key: str, seps: str) -> tuple[list[Too
     """The calls written as JSON values (objects, or arrays of them) from text[pos:] on,
     separated by characters of `seps`: (the calls, where they end); none if the first does
     not parse."""
-    decoder, calls = json.JSONDecoder(), []
+    calls = []
     while True:
         while pos < len(text) and text[pos] in seps:
             pos += 1
         try:
-            obj, end = decoder.raw_decode(text, pos)
+            obj, end = _DECODER.raw_decode(text, pos)
         except ValueError:
             return calls, pos
-        objs = obj if isinstance(obj, list) else [obj]
-        found = [_call(o, args_key) for o in objs]
+        if isinstance(obj, list):
+            found = [_call(o, args_key, text, at)
+                     for o, at in zip(obj, element_starts(text, pos))]
+        else:
+            found = [_call(obj, args_key, text, pos)]
         if not found or None in found:
             return calls, pos
         calls += found
         pos = end
 
 
-def _call(obj: Any, args_key: str) -> ToolCall | None:
+def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
+    """The call of `obj`, the JSON object written at text[at]; its arguments as written
+    (call_text.member_text), "{}" when it has none."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
-    args = obj.get(args_key, obj.get("arguments", {}))
-    return ToolCall(obj["name"], args if isinstance(args, str) else json.dumps(args))
+    args = member_text(text, at, args_key)
+    if args is None:
+        args = member_text(text, at, "arguments")
+    return ToolCall(obj["name"], "{}" if args is None else args)
 
 
 def _skip_space(text: str, pos: int) -> int:
@@ -99,14 +108,15 @@ class HermesParser(ToolParser):
     def parse(self, text):
         # each block read as JSON, so markers inside an argument's string are its text; a
         # block that does not hold one call (or misses its end before more text) stays content
-        decoder, calls, content, pos = json.JSONDecoder(), [], [], 0
+        calls, content, pos = [], [], 0
         i = text.find(self.start)
         while i >= 0:
+            at = _skip_space(text, i + len(self.start))
             try:
-                obj, j = decoder.raw_decode(text, _skip_space(text, i + len(self.start)))
+                obj, j = _DECODER.raw_decode(text, at)
             except ValueError:
                 obj = j = None
-            call = _call(obj, "arguments") if j is not None else None
+            call = _call(obj, "arguments", text, at) if j is not None else None
             if call is not None:
                 j = _skip_space(text, j)
                 if text.startswith(self.end, j):

@@ -1,19 +1,42 @@
-"""Tool calls in a stream of text deltas, for /v1/chat/completions with stream true: the
-content sent as it comes, the calls read (ToolParser.calls) once the output ends.
+"""Tool calls in a stream of text deltas, for /v1/chat/completions and /v1/responses with
+stream true: the content sent as it comes, each call sent as it is written (`CallDelta`s:
+its name once written, then its arguments as they arrive), and the calls read
+(ToolParser.calls) once the output ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
+from dataclasses import dataclass
 
+from aiollm.api.call_text import written_calls
 from aiollm.api.tool_calls import ToolCall, ToolParser
 
 
+@dataclass(slots=True)
+class CallDelta:
+    """One fragment of a streamed call: the first of a call has its `id` and `name` (and
+    arguments ""), the next ones the arguments' next characters."""
+
+    index: int  # the call's place among the output's calls
+    arguments: str
+    id: str | None = None
+    name: str | None = None
+
+    def as_openai(self) -> dict:
+        """The fragment as an entry of a chat chunk's delta.tool_calls."""
+        if self.name is None:
+            return {"index": self.index, "function": {"arguments": self.arguments}}
+        return {"index": self.index, "id": self.id, "type": "function",
+                "function": {"name": self.name, "arguments": self.arguments}}
+
+
 class StreamingToolParser:
-    """Splits a stream of text deltas into content and complete calls: text from the call
-    marker on is held back until the output ends, then parsed; each call is sent as one
-    delta.tool_calls fragment (its whole arguments string at once, which OpenAI clients
-    accumulate like smaller fragments)."""
+    """Splits a stream of text deltas into content and calls: text from the call marker on
+    is held back from content. A call is sent once its name is written
+    (call_text.written_calls: never a part of a name), its arguments as they are written, as
+    vLLM and SGLang stream them; what is sent is never taken back, and the whole answer
+    keeps it (ToolParser.calls), so the fragments join to the whole answer's calls."""
 
     def __init__(self, parser: ToolParser, names: Collection[str], *, required: bool = False,
                  named: str | None = None):
@@ -24,12 +47,17 @@ class StreamingToolParser:
         self.held = ""  # from the first character not sent
         self.calling = False
         self.calls: list[ToolCall] = []
+        self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
+        self.deltas: list[CallDelta] = []  # the fragments not yet taken
+        self.resume = -1  # where written_calls reads on (after the last complete call)
 
     def feed(self, text: str) -> str:
         """The content that can be sent now: never a trailing whitespace, which the whole
-        answer drops when calls follow (ToolParser.parse), until more text comes."""
+        answer drops when calls follow (ToolParser.parse), until more text comes. The
+        calls' fragments this text completes wait in take()."""
         self.held += text
         if self.calling:
+            self._written(text)
             return ""
         marker = self.parser.start
         i = self.held.find(marker)
@@ -44,13 +72,54 @@ class StreamingToolParser:
                     break
         end = len(self.held[:end].rstrip())
         out, self.held = self.held[:end], self.held[end:]
+        if self.calling:
+            self.resume = self.held.find(marker)
+            self._written(self.held)
+        return out
+
+    def take(self) -> list[CallDelta]:
+        """The calls' fragments since the last take, in order."""
+        out, self.deltas = self.deltas, []
         return out
 
     def finish(self, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
-        """At the end of the output: (content still held, the calls). The content sent and
-        this join to the whole answer's content (ToolParser.calls of all the text, `cut`
-        when max_tokens ended it)."""
+        """At the end of the output: (content still held, the calls, with the ids their
+        fragments had). The content sent and this join to the whole answer's content
+        (ToolParser.calls of all the text, `cut` when max_tokens ended it); the calls'
+        last fragments wait in take()."""
         content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
                                                 required=self.required, named=self.named)
+        self._send(self.calls)
+        for call, sent in zip(self.calls, self.sent):
+            call.id = sent.id
         self.held = ""
         return content, self.calls
+
+    def _written(self, text: str) -> None:
+        """Sends what the held text, `text` its newest part, adds to the calls written."""
+        last = self.sent[-1] if self.sent else None
+        if (last is not None and not last.complete and last.arguments[:1] in ("{", "[")
+                and text and "}" not in text and "]" not in text):
+            # an object or array open to the end stays open without a closing bracket:
+            # its arguments are all the text after its start (call_text.value_text), so
+            # the new text is theirs, without reading the whole value again
+            last.arguments += text
+            self.deltas.append(CallDelta(len(self.sent) - 1, text))
+            return
+        done = [c for c in self.sent if c.complete]
+        more, self.resume = written_calls(self.held, self.resume, self.names,
+                                          self.parser.args_key)
+        self._send(done + [ToolCall(c.name, c.arguments, "", c.complete) for c in more])
+
+    def _send(self, calls: list[ToolCall]) -> None:
+        """Fragments that bring the calls sent up to `calls`, which extend them."""
+        for i, call in enumerate(calls):
+            if i == len(self.sent):
+                self.sent.append(ToolCall(call.name, "", self.parser.call_id()))
+                self.deltas.append(CallDelta(i, "", self.sent[i].id, call.name))
+            sent = self.sent[i]
+            assert call.name == sent.name and call.arguments.startswith(sent.arguments)
+            if len(call.arguments) > len(sent.arguments):
+                self.deltas.append(CallDelta(i, call.arguments[len(sent.arguments):]))
+                sent.arguments = call.arguments
+            sent.complete = call.complete

@@ -1,0 +1,116 @@
+"""A tool call's arguments as the model wrote them, and the calls an output (whole or a
+stream's prefix) has written so far.
+
+A call's `arguments` is the text of its JSON value as written, not the value re-encoded:
+a stream sends that text as it arrives (aiollm/api/tool_stream.py), so the whole answer
+holds the same characters and the stream's fragments join to it byte for byte. OpenAI's
+arguments are the model's text too. An arguments value written as a JSON string (JSON in a
+string) is its decoded text, which a stream sends once the string is complete.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Collection
+from dataclasses import dataclass
+
+_DECODER = json.JSONDecoder()
+JSON_SPACE = " \t\n\r"
+
+
+def skip_json_space(text: str, pos: int) -> int:
+    """The first position at or after `pos` that is not JSON whitespace."""
+    while pos < len(text) and text[pos] in JSON_SPACE:
+        pos += 1
+    return pos
+
+
+def member_text(text: str, pos: int, key: str) -> str | None:
+    """The arguments text (value_text) of the first member named `key` of the JSON object
+    that starts at text[pos] and is known to be valid; None without one. The first, not
+    the last as json.loads keeps: a stream has sent the first by the time a second comes."""
+    pos = skip_json_space(text, pos + 1)
+    while text[pos] == '"':
+        name, pos = _DECODER.raw_decode(text, pos)
+        start = skip_json_space(text, skip_json_space(text, pos) + 1)  # past the ':'
+        value, pos = _DECODER.raw_decode(text, start)
+        if name == key:
+            return value if isinstance(value, str) else text[start:pos]
+        pos = skip_json_space(text, pos)
+        if text[pos] == ",":
+            pos = skip_json_space(text, pos + 1)
+    return None
+
+
+def element_starts(text: str, pos: int) -> list[int]:
+    """Where each element of the valid JSON array that starts at text[pos] starts."""
+    starts, pos = [], skip_json_space(text, pos + 1)
+    while text[pos] != "]":
+        starts.append(pos)
+        _, pos = _DECODER.raw_decode(text, pos)
+        pos = skip_json_space(text, pos)
+        if text[pos] == ",":
+            pos = skip_json_space(text, pos + 1)
+    return starts
+
+
+def value_text(text: str, start: int) -> tuple[str, int, bool]:
+    """(the arguments written so far, where they end, whether complete) of the JSON value
+    that starts at text[start] (after whitespace) and may be cut at the text's end. An
+    incomplete value is all the text after its start, except a string's (held: its decoded
+    text is the arguments); a number or literal that reaches the end may go on."""
+    start = skip_json_space(text, start)
+    if start >= len(text):
+        return "", start, False
+    try:
+        value, end = _DECODER.raw_decode(text, start)
+    except ValueError:
+        return ("" if text[start] == '"' else text[start:]), len(text), False
+    if end == len(text) and text[start] not in '{["':
+        return text[start:], end, False
+    return (value if isinstance(value, str) else text[start:end]), end, True
+
+
+@dataclass(slots=True)
+class Written:
+    """A call as written so far: its name, its arguments text, whether they are complete."""
+
+    name: str
+    arguments: str = ""
+    complete: bool = False
+
+
+@functools.lru_cache(maxsize=64)
+def _heads(names: tuple[str, ...]) -> re.Pattern:
+    # a JSON string's closing quote ends it: no name is a prefix of another's here
+    return re.compile(r'\{"name": (%s)' % "|".join(re.escape(json.dumps(n)) for n in names))
+
+
+def written_calls(text: str, pos: int, names: Collection[str], args_key: str
+                  ) -> tuple[list[Written], int]:
+    """The calls written from text[pos] on, as a tool grammar writes them
+    (`{"name": NAME, "<args_key>": VALUE`, NAME one of `names`), each known once its name
+    is written: (the calls, the last one's arguments as written so far; where a next call
+    may start, after the last complete one). Read in order, each call's value skipped
+    (markers in its strings are its text); reading stops at an incomplete value, or at a
+    head that goes on otherwise than `, "<args_key>": ` (that call's arguments stay "").
+
+    The calls of a longer text extend those of its prefix (same calls, arguments that
+    start with the prefix's): what a stream sends of them is never taken back."""
+    if not names:
+        return [], pos
+    heads, between = _heads(tuple(sorted(names))), f', "{args_key}": '
+    calls: list[Written] = []
+    while (m := heads.search(text, pos)) is not None:
+        call = Written(json.loads(m.group(1)))
+        calls.append(call)
+        rest = text[m.end():m.end() + len(between)]
+        if rest != between:  # the head cut, or not a grammar's head: no arguments read
+            return calls, pos
+        call.arguments, end, call.complete = value_text(text, m.end() + len(between))
+        if not call.complete:
+            return calls, pos
+        pos = end
+    return calls, pos

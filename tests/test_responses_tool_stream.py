@@ -1,0 +1,126 @@
+"""/v1/responses streams of tool calls, without a model: the events of a model's text fed
+in pieces (one character at a time too) are the openai SDK's types, in order, and the
+Response the SDK's stream state builds from them is the whole answer's: the same items
+(message, function_call items, their arguments byte for byte, their statuses), for every
+parser, whole or cut by max_output_tokens. A call's item is added once its name is written,
+before its arguments are."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pydantic
+import pytest
+from openai import omit
+from openai.lib.streaming.responses._responses import ResponseStreamState
+from openai.types.responses import ResponseStreamEvent
+
+from aiollm.api.cut_calls import may_cut_a_call
+from aiollm.api.responses_output import ResponseHead, answer_items, status_of, usage_of
+from aiollm.api.responses_request import ResponsesRequest
+from aiollm.api.responses_stream import ResponseEvents
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_stream import StreamingToolParser
+from aiollm.sampling_params import SamplingParams
+from test_tool_call_stream import ARGS, CALL, NAMES
+
+EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+
+
+def _events(parser, text: str, cuts: list[int], finish: str) -> list[dict]:
+    """The events of a stream of `text` in pieces ending at `cuts`, ended by `finish`."""
+    events = ResponseEvents(ResponseHead(ResponsesRequest(input="x"), "r1", "m",
+                                         SamplingParams()))
+    calls = StreamingToolParser(parser, NAMES)
+    out, prev, bounds = events.begin(), 0, cuts + [len(text)]
+    for k, end in enumerate(bounds):
+        last = k == len(bounds) - 1
+        out += events.output_delta("", text[prev:end], calls, finish if last else None)
+        prev = end
+    status, incomplete = status_of(finish)
+    out += events.finish(status, incomplete, usage_of(3, 4, 0))
+    return [json.loads(line[len("data: "):]) for line in out.decode().splitlines()
+            if line.startswith("data: ")]
+
+
+def _whole(parser, text: str, finish: str) -> list[dict]:
+    """The whole answer's output items, as /v1/responses builds them."""
+    content, calls = parser.calls(text, NAMES, cut=may_cut_a_call(finish))
+    before = StreamingToolParser(parser, NAMES).feed(text) if calls else content
+    return answer_items(None, content, calls, before, status_of(finish)[0])
+
+
+def _shape(items: list) -> list[tuple]:
+    """The items without their random ids."""
+    return [(i["type"], i["status"], i.get("name"), i.get("arguments"),
+             [c["text"] for c in i.get("content", [])]) for i in items]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_streamed_calls_build_the_whole_response(parser):
+    rng = random.Random(5)
+    text = "Sure. " + CALL[parser.name] % ARGS
+    texts = [(text, "stop"), (text + " Done.", "stop")]
+    texts += [(text[:n], "length") for n in range(0, len(text), 7)]
+    for t, finish in texts:
+        whole = _whole(parser, t, finish)
+        for cuts in ([], list(range(1, len(t))),
+                     sorted(rng.sample(range(1, max(len(t), 2)), min(len(t) // 3, 30)))):
+            events = _events(parser, t, cuts, finish)
+            assert [e["sequence_number"] for e in events] == list(range(len(events)))
+            sdk = ResponseStreamState(input_tools=omit, text_format=omit)
+            for e in events:
+                sdk.handle_event(EVENTS.validate_python(e))  # each an SDK type
+            final = events[-1]["response"]
+            assert events[-1]["type"] == "response.completed"
+            assert _shape(final["output"]) == _shape(whole), (t, cuts)
+            built = sdk._completed_response  # what client.responses.stream returns
+            assert [(i.type, getattr(i, "arguments", None)) for i in built.output] == [
+                (i["type"], i.get("arguments")) for i in whole]
+            for item in final["output"]:  # each call's deltas join to its arguments
+                if item["type"] == "function_call":
+                    deltas = [e["delta"] for e in events if e.get("item_id") == item["id"]
+                              and e["type"] == "response.function_call_arguments.delta"]
+                    assert "".join(deltas) == item["arguments"] and all(deltas)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_call_item_is_added_when_its_name_is_written(parser):
+    text = "Sure. " + CALL[parser.name] % ARGS
+    events = _events(parser, text, list(range(1, len(text))), "stop")
+    types = [e["type"] for e in events]
+    added = next(i for i, e in enumerate(events) if e["type"] == "response.output_item.added"
+                 and e["item"]["type"] == "function_call")
+    assert events[added]["item"]["name"] == "get_weather"
+    assert events[added]["item"]["arguments"] == ""
+    deltas = [i for i, t in enumerate(types) if t == "response.function_call_arguments.delta"]
+    assert len(deltas) > len(ARGS) // 2 and deltas[0] > added  # arguments piece by piece
+    # the message before the call is done before the call's item is added
+    assert types.index("response.output_text.done") < added
+    assert types[-3:] == ["response.function_call_arguments.done",
+                          "response.output_item.done", "response.completed"], types[-6:]
+
+
+def test_a_failure_while_a_call_is_written_leaves_it_incomplete():
+    """A request that fails while a call streams: response.failed holds the call as far as
+    it was sent, incomplete, an SDK type like every event."""
+    from aiollm.api.http_errors import ApiError
+
+    events = ResponseEvents(ResponseHead(ResponsesRequest(input="x"), "r1", "m",
+                                         SamplingParams()))
+    calls = StreamingToolParser(HermesParser(), NAMES)
+    text = CALL["hermes"] % ARGS
+    out = events.begin() + events.output_delta("", text[:-20], calls, None)
+    events.commit()
+    out += events.failed(ApiError(500, "boom"))
+    sent = [json.loads(line[len("data: "):]) for line in out.decode().splitlines()
+            if line.startswith("data: ")]
+    for e in sent:
+        EVENTS.validate_python(e)
+    [item] = sent[-1]["response"]["output"]
+    assert (item["type"], item["status"], item["name"]) == (
+        "function_call", "incomplete", "get_weather")
+    # the text cut 20 characters before its end: inside the arguments, after "}\n</tool_call>"
+    assert item["arguments"] == ARGS[:len(ARGS) - (20 - len("}\n</tool_call>"))]

@@ -1,0 +1,137 @@
+"""Tool calls streamed as they are written: for every parser and tool_choice mode, the
+content and call fragments of a stream, split anywhere (one character at a time too), join
+to the whole answer: the same content, the same calls, the same arguments byte for byte;
+also for outputs cut by max_tokens and for markup that turns out not to be a call. A
+call's name fragment goes out while its arguments are still being written."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_stream import StreamingToolParser
+from test_tool_parsers import TOOLS, _walks
+
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+NAMES = {t["function"]["name"] for t in TOOLS}
+# what models write (spacing, non-ASCII, escapes), which re-encoding would change
+ARGS = '{"city":  "Zürich \\u00e9\\/",\n "unit": "c"}'
+CALL = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>',
+        "llama3": '{"name": "get_weather", "parameters": %s}',
+        "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]'}
+
+
+def _stream(parser, text: str, cuts: list[int], *, cut: bool = False, **kw):
+    """(content, [(id, name, arguments)] joined from the fragments, the calls finish gave)
+    of `text` fed in pieces ending at `cuts`."""
+    stream = StreamingToolParser(parser, NAMES, **kw)
+    content, frags, prev = "", [], 0
+    for end in cuts + [len(text)]:
+        content += stream.feed(text[prev:end])
+        frags += stream.take()
+        prev = end
+    rest, calls = stream.finish(cut=cut)
+    frags += stream.take()
+    joined: list[list] = []
+    for f in frags:
+        if f.name is not None:
+            assert f.index == len(joined) and f.arguments == "", f
+            joined.append([f.id, f.name, ""])
+        else:
+            assert f.arguments, f  # no empty fragment
+            joined[f.index][2] += f.arguments
+    return content + rest, [tuple(c) for c in joined], calls
+
+
+def _splits(text: str, rng: random.Random) -> list[list[int]]:
+    """One character at a time, a few fixed steps, and random token boundaries."""
+    out = [list(range(1, len(text))), list(range(3, len(text), 3)), []]
+    for _ in range(6 if len(text) > 1 else 0):
+        out.append(sorted(rng.sample(range(1, len(text)), min(len(text) - 1, len(text) // 4))))
+    return out
+
+
+def _check(parser, text: str, rng: random.Random, **kw):
+    content, calls = parser.calls(text, NAMES, cut=kw.get("cut", False),
+                                  required=kw.get("required", False), named=kw.get("named"))
+    for cuts in _splits(text, rng):
+        got, joined, final = _stream(parser, text, cuts, **kw)
+        assert got == content, (text, cuts)
+        assert [(n, a) for _, n, a in joined] == [(c.name, c.arguments) for c in calls], (
+            text, cuts)
+        assert [(c.id, c.name, c.arguments) for c in final] == joined
+        assert [c.complete for c in final] == [c.complete for c in calls]
+    return content, calls
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("mode", ["auto", "required", "named"])
+def test_fragments_join_to_the_whole_answer(parser, mode):
+    rng = random.Random(len(parser.name) + len(mode))
+    tools = TOOLS[:1] if mode == "named" else TOOLS
+    spec = parser.grammar(tools, required=mode != "auto", parallel=mode != "named")
+    texts = _walks(spec.value, 6, seed=11)
+    kw = {"required": mode != "auto", "named": "get_weather" if mode == "named" else None}
+    if mode == "auto":
+        texts.append("Sure, let me see. " + CALL[parser.name] % ARGS)
+    for text in texts:
+        content, calls = _check(parser, text, rng, **kw)
+        assert calls or mode == "auto" and parser.start not in text, text
+        for n in range(0, len(text), max(1, len(text) // 25)):  # max_tokens anywhere
+            _check(parser, text[:n], rng, cut=True, **kw)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_arguments_are_the_text_the_model_wrote(parser):
+    """Streamed or not, a call's arguments are its JSON as written: spacing, escapes and
+    non-ASCII kept (re-encoding them would change bytes the stream has already sent)."""
+    text = CALL[parser.name] % ARGS
+    content, [call] = _check(parser, text, random.Random(1))
+    assert content == "" and call.arguments == ARGS and call.complete
+    string = CALL[parser.name] % json.dumps(ARGS)  # arguments written as a JSON string
+    _, [call] = _check(parser, string, random.Random(2))
+    assert call.arguments == ARGS
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_the_name_goes_out_before_the_arguments_end(parser):
+    text = "Hi. " + CALL[parser.name] % ARGS
+    stream = StreamingToolParser(parser, NAMES)
+    head = text.index('"get_weather"') + len('"get_weather"')
+    assert stream.feed(text[:head - 1]) == "Hi." and stream.take() == []  # no part of a name
+    stream.feed(text[head - 1:head])
+    [first] = stream.take()
+    assert (first.index, first.name, first.arguments) == (0, "get_weather", "")
+    assert first.id.startswith("call_") or parser.name == "mistral"
+    middle = text.index("Zü") + 2
+    stream.feed(text[head:middle])
+    frags = stream.take()
+    assert "".join(f.arguments for f in frags) == ARGS[:ARGS.index("Zü") + 2]
+    assert all(f.name is None for f in frags)
+    stream.feed(text[middle:])
+    _, [call] = stream.finish()
+    rest = "".join(f.arguments for f in stream.take())
+    assert call.id == first.id and ARGS[:ARGS.index("Zü") + 2] + rest == call.arguments == ARGS
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_call_sent_then_invalid_stays_a_call(parser):
+    """Markup that turns out not to be a call after its name went out: the stream cannot
+    take the call back, so the whole answer keeps it too (the last call incomplete, the
+    text before the marker its content), streamed or not, however split."""
+    rng = random.Random(3)
+    good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    for text in ("Ok. " + good[:-1] + " trailing junk",  # its end mis-written
+                 "Ok. " + good.replace('"P"', '"P" oops'),  # JSON that does not parse
+                 "Ok. " + good + " " + good.replace("get_weather", "nope")):  # no such tool
+        content, calls = _check(parser, text, rng)
+        assert content == "Ok." and [c.name for c in calls] == ["get_weather"], text
+        assert not calls[-1].complete, text
+    # a head that goes on otherwise is the call, its arguments read whole at the end
+    text = CALL[parser.name].replace('"arguments": %s', '"id": 1, "arguments": {}').replace(
+        '"parameters": %s', '"id": 1, "parameters": {}')
+    _, [call] = _check(parser, text, rng)
+    assert call.arguments == "{}" and call.complete
