@@ -116,6 +116,16 @@ def server(request):
     return shared_server(request.config)
 
 
+@pytest.fixture(scope="module", params=["deepseek_r1", "qwen3"])
+def thinker(request):
+    """A server started with --reasoning-parser, one per parser, for the module."""
+    from live_server import LiveServer
+
+    srv = LiveServer(reasoning_parser=request.param).start()
+    yield srv
+    srv.close()
+
+
 @pytest.fixture
 def held_json_schemas(monkeypatch):
     """xgrammar's JSON schema compilation made to wait, for a schema titled "held" with

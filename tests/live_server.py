@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import threading
 import time
@@ -136,6 +137,13 @@ def http(server: LiveServer, method: str, path: str, **kw) -> tuple[int, dict, b
             async with s.request(method, server.base + path, **kw) as r:
                 return r.status, dict(r.headers), await r.read()
     return asyncio.run(go())
+
+
+def post_ok(server: LiveServer, body: dict, path: str = "/v1/chat/completions") -> dict:
+    """POST `body` as JSON to `path`; the answer's JSON, asserting a 200."""
+    status, _, raw = http(server, "POST", path, json=body)
+    assert status == 200, raw
+    return json.loads(raw)
 
 
 def at_once(*calls: Callable[[], Any]) -> list[Any]:

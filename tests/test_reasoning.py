@@ -11,6 +11,7 @@ import re
 
 import pytest
 
+from live_server import post_ok
 from aiollm.api.reasoning import ReasoningSplitter, partial_tail, prompt_state, split, \
     splitter_for
 
@@ -144,26 +145,10 @@ WEATHER = {"type": "function", "function": {
         "required": ["city"], "additionalProperties": False}}}
 
 
-@pytest.fixture(scope="module", params=["deepseek_r1", "qwen3"])
-def thinker(request):
-    """A server started with --reasoning-parser (one per parser)."""
-    from live_server import LiveServer
-
-    srv = LiveServer(reasoning_parser=request.param).start()
-    yield srv
-    srv.close()
-
-
-def _post(srv, body: dict, path: str = "/v1/chat/completions") -> dict:
-    from live_server import http
-
-    status, _, raw = http(srv, "POST", path, json=body)
-    assert status == 200, raw
-    return json.loads(raw)
 
 
 def _whole(srv, **kw) -> tuple[dict, dict]:
-    r = _post(srv, {"messages": ASK, "temperature": 0, **kw})
+    r = post_ok(srv, {"messages": ASK, "temperature": 0, **kw})
     return r["choices"][0], r["usage"]
 
 
@@ -245,10 +230,10 @@ def test_reasoning_sent_back_reaches_the_template(thinker):
     from live_server import http
 
     turn = [ASK[0], {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "Ok?"}]
-    plain = _post(thinker, {"messages": turn}, "/tokenize")["tokens"]
+    plain = post_ok(thinker, {"messages": turn}, "/tokenize")["tokens"]
     for key in ("reasoning_content", "reasoning"):
         with_it = [turn[0], {**turn[1], key: "thought"}, turn[2]]
-        assert _post(thinker, {"messages": with_it}, "/tokenize")["tokens"] == plain
+        assert post_ok(thinker, {"messages": with_it}, "/tokenize")["tokens"] == plain
     status, _, _ = http(thinker, "POST", "/v1/chat/completions", json={
         "messages": [turn[0], {**turn[1], "reasoning_content": 5}, turn[2]], "max_tokens": 1})
     assert status == 400
@@ -283,8 +268,8 @@ def test_free_output_without_tags(thinker):
     """No tags in a free output: deepseek_r1 takes it all as reasoning (its template opens the
     block), qwen3 all as content; either way it is the raw text /v1/completions gives for the
     same prompt, unchanged there."""
-    ids = _post(thinker, {"messages": ASK}, "/tokenize")["tokens"]
-    raw = _post(thinker, {"prompt": ids, "max_tokens": 8, "temperature": 0},
+    ids = post_ok(thinker, {"messages": ASK}, "/tokenize")["tokens"]
+    raw = post_ok(thinker, {"prompt": ids, "max_tokens": 8, "temperature": 0},
                 "/v1/completions")["choices"][0]["text"]
     assert "think>" not in raw
     choice, usage = _whole(thinker, max_tokens=8)
@@ -303,7 +288,7 @@ def test_prompt_that_opens_the_reasoning(thinker):
     both parsers."""
     kw = {"messages": [*ASK, {"role": "assistant", "content": "<think>\n"}],
           "continue_final_message": True, "add_generation_prompt": False, "max_tokens": 6}
-    r = _post(thinker, {**kw, "temperature": 0})
+    r = post_ok(thinker, {**kw, "temperature": 0})
     m = r["choices"][0]["message"]
     assert m["reasoning_content"] and m["content"] is None, m
 
@@ -332,8 +317,8 @@ def test_continued_message_with_its_own_reasoning(thinker, prefill, inside):
     prompt's last tag); the text is the raw continuation /v1/completions gives."""
     msgs = [*ASK, {"role": "assistant", "content": prefill}]
     opts = {"add_generation_prompt": False, "continue_final_message": True}
-    ids = _post(thinker, {"messages": msgs, **opts}, "/tokenize")["tokens"]
-    raw = _post(thinker, {"prompt": ids, "max_tokens": 6, "temperature": 0},
+    ids = post_ok(thinker, {"messages": msgs, **opts}, "/tokenize")["tokens"]
+    raw = post_ok(thinker, {"prompt": ids, "max_tokens": 6, "temperature": 0},
                 "/v1/completions")["choices"][0]["text"]
     assert raw and "think>" not in raw
     choice, _ = _whole(thinker, messages=msgs, max_tokens=6, **opts)

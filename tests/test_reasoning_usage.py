@@ -11,6 +11,7 @@ import json
 
 import pytest
 
+from live_server import post_ok
 from aiollm.api.reasoning import ReasoningTokens, reasoning_tokens, split, splitter_for
 
 ASK = [{"role": "user", "content": "Think about the sky, then name a colour."}]
@@ -51,22 +52,6 @@ def test_count(parser, tail, tokens, count):
 
 # -- through the server ---------------------------------------------------------------------
 
-@pytest.fixture(scope="module", params=["deepseek_r1", "qwen3"])
-def thinker(request):
-    """A server started with --reasoning-parser (one per parser)."""
-    from live_server import LiveServer
-
-    srv = LiveServer(reasoning_parser=request.param).start()
-    yield srv
-    srv.close()
-
-
-def _post(srv, body: dict, path: str = "/v1/chat/completions") -> dict:
-    from live_server import http
-
-    status, _, raw = http(srv, "POST", path, json=body)
-    assert status == 200, raw
-    return json.loads(raw)
 
 
 def _stream_usage(srv, body: dict) -> list[dict]:
@@ -95,7 +80,7 @@ def test_chat_counts_reasoning_tokens(thinker):
     last chunk of a stream (include_usage) and, growing to it, in continuous usage stats;
     summed over the choices of n > 1."""
     body = {"messages": ASK, "temperature": 0, "max_tokens": 40, "guided_regex": THINK}
-    r = _post(thinker, {**body, "logprobs": True})
+    r = post_ok(thinker, {**body, "logprobs": True})
     n = _completing(r["choices"][0]["logprobs"])
     usage = r["usage"]
     assert usage["completion_tokens_details"] == {"reasoning_tokens": n}
@@ -107,20 +92,20 @@ def test_chat_counts_reasoning_tokens(thinker):
         thinker, {**body, "stream_options": {"include_usage": True,
                                              "continuous_usage_stats": True}})]
     assert counts == sorted(counts) and counts[0] < n and counts[-1] == n, counts
-    both = _post(thinker, {**body, "n": 2})["usage"]
+    both = post_ok(thinker, {**body, "n": 2})["usage"]
     assert both["completion_tokens_details"] == {"reasoning_tokens": 2 * n}
 
 
 def test_chat_without_reasoning(thinker):
     """No reasoning in the output (a grammar that writes the answer from the first token):
     0 reasoning tokens, the details still there as with a parser vLLM sends them."""
-    r = _post(thinker, {"messages": ASK, "max_tokens": 10, "guided_regex": r"[A-Z][a-z]{2,8}"})
+    r = post_ok(thinker, {"messages": ASK, "max_tokens": 10, "guided_regex": r"[A-Z][a-z]{2,8}"})
     assert r["usage"]["completion_tokens_details"] == {"reasoning_tokens": 0}
 
 
 def test_no_parser_no_details(server):
     """Without --reasoning-parser chat's usage has no completion_tokens_details."""
-    r = _post(server, {"messages": ASK, "max_tokens": 4})
+    r = post_ok(server, {"messages": ASK, "max_tokens": 4})
     assert "completion_tokens_details" not in r["usage"]
 
 
@@ -166,6 +151,6 @@ def test_responses_output_sent_back(thinker):
     thought = [i.content[0].text for i in first.output if i.type == "reasoning"]
     said = {"role": "assistant", "content": first.output_text,
             **({"reasoning_content": thought[0]} if thought else {})}
-    ids = _post(thinker, {"messages": [ASK[0], said, {"role": "user", "content": "And?"}]},
+    ids = post_ok(thinker, {"messages": [ASK[0], said, {"role": "user", "content": "And?"}]},
                 "/tokenize")["tokens"]
     assert again.usage.input_tokens == len(ids)
