@@ -34,11 +34,13 @@ def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
 
 class SpawnedRanks:
     """This node's spawned ranks: `procs` (rank: its subprocess.Popen, in the order
-    spawned) and their `.joining` and `.err` files in a temporary folder made here."""
+    spawned) and their `.joining` and `.err` files in a temporary folder made here with
+    the first rank's files (a node of one rank makes none: nothing could remove it were
+    the node killed)."""
 
     def __init__(self):
         self.procs: dict[int, subprocess.Popen] = {}
-        self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
+        self._dir: str | None = None
 
     def spawn(self, rank: int, addr: str, config_json: str) -> None:
         """Start rank `rank` as a follower that joins the group at `addr` (host:port of the
@@ -51,11 +53,16 @@ class SpawnedRanks:
 
     def joining_file(self, rank: int) -> str:
         """The file rank `rank` writes just before it enters the rendezvous."""
-        return os.path.join(self._dir, f"rank{rank}.joining")
+        return os.path.join(self._folder(), f"rank{rank}.joining")
 
     def error_file(self, rank: int) -> str:
         """The file rank `rank` writes its exception to when it fails."""
-        return os.path.join(self._dir, f"rank{rank}.err")
+        return os.path.join(self._folder(), f"rank{rank}.err")
+
+    def _folder(self) -> str:
+        if self._dir is None:  # the first rank's files: made now
+            self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
+        return self._dir
 
     def not_joining(self) -> list[str]:
         """The `.joining` files of the spawned ranks not yet written."""
@@ -114,4 +121,5 @@ class SpawnedRanks:
     def remove_files(self) -> None:
         """Remove the ranks' folder (their error files: read by cause() while a rank may
         still be failing, so only once they have ended)."""
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
