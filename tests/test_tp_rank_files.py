@@ -6,12 +6,22 @@ why it failed. Each test runs a follower (follower.py) as its lead would: second
 
 from __future__ import annotations
 
+import json
 import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
+from dataclasses import asdict
+
+from test_tensor_parallel import _alive, _children
 
 from aiollm.config import EngineConfig
 from aiollm.distributed import NodeRanks
 from aiollm.distributed.launch import _free_port
+
+TIMEOUT_S = 120  # a follower imports torch: seconds, more on a loaded machine
 
 
 def test_a_node_that_spawns_no_rank_makes_no_folder(tmp_path, monkeypatch):
@@ -25,3 +35,57 @@ def test_a_node_that_spawns_no_rank_makes_no_folder(tmp_path, monkeypatch):
     finally:
         ranks.abort()
     assert os.listdir(tmp_path) == []
+
+
+def _follower(folder, rank: int = 1) -> list[str]:
+    """A follower's command line, its files in `folder`, waiting in a rendezvous nobody hosts."""
+    return [sys.executable, "-m", "aiollm.distributed.follower", "--rank", str(rank),
+            "--init", f"127.0.0.1:{_free_port()}", "--error-file", str(folder / f"rank{rank}.err"),
+            "--joining-file", str(folder / f"rank{rank}.joining")]
+
+
+def _env(config: str) -> dict:
+    return {**os.environ, "AIOLLM_TP_CONFIG": config}
+
+
+def test_a_rank_whose_lead_was_killed_removes_its_folder(tmp_path):
+    """The lead (here a plain parent process) is killed while its ranks wait in the
+    rendezvous; they exit (follower._exit_with_parent) and left the folder behind with
+    their `.joining` files in it."""
+    folder = tmp_path / "aiollm-tp-x"
+    folder.mkdir()
+    config = json.dumps(asdict(EngineConfig(device="cpu", tensor_parallel_size=3)))
+    lead = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys\n"
+        f"ps = [subprocess.Popen(c) for c in {[_follower(folder, r) for r in (1, 2)]!r}]\n"
+        "[p.wait() for p in ps]")], env=_env(config))
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while sorted(os.listdir(folder)) != ["rank1.joining", "rank2.joining"]:
+            assert time.monotonic() < deadline and lead.poll() is None, os.listdir(folder)
+            time.sleep(0.1)
+        ranks = _children(lead.pid)
+        lead.send_signal(signal.SIGKILL)
+        lead.wait()
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in ranks):
+            assert time.monotonic() < deadline, "a rank outlived its lead"
+            time.sleep(0.1)
+        assert not folder.exists(), os.listdir(folder)
+    finally:
+        if lead.poll() is None:
+            lead.kill()
+            lead.wait()
+
+
+def test_a_rank_failing_after_its_folder_was_removed_says_why_and_makes_none(tmp_path):
+    """Its error file could not be written (the folder gone): the rank raised
+    FileNotFoundError from its error path, its own error never logged."""
+    folder = tmp_path / "gone"
+    proc = subprocess.run(_follower(folder), env=_env('{"no_such_option": 1}'),
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert proc.returncode == 1, proc.stderr
+    assert "tensor parallel rank 1 failed" in proc.stderr, proc.stderr
+    assert "no_such_option" in proc.stderr, proc.stderr
+    assert "FileNotFoundError" not in proc.stderr, proc.stderr
+    assert not folder.exists()
