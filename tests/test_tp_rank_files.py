@@ -89,3 +89,29 @@ def test_a_rank_failing_after_its_folder_was_removed_says_why_and_makes_none(tmp
     assert "no_such_option" in proc.stderr, proc.stderr
     assert "FileNotFoundError" not in proc.stderr, proc.stderr
     assert not folder.exists()
+
+
+def test_a_rank_whose_lead_died_during_its_imports_exits(tmp_path):
+    """The lead ended while its rank still imported torch: the rank took the process it was
+    re-parented to for its lead, so it never saw its lead go, and waited in the rendezvous
+    for 10 minutes (launch.INIT_TIMEOUT), its folder left behind after."""
+    folder = tmp_path / "aiollm-tp-x"
+    folder.mkdir()
+    config = json.dumps(asdict(EngineConfig(device="cpu", tensor_parallel_size=2)))
+    # (a spawned rank is told its lead's pid as SpawnedRanks.spawn tells it)
+    cmd = _follower(folder) + ["--lead-pid", "{pid}"]
+    lead = subprocess.run([sys.executable, "-c", (
+        "import os, subprocess\n"
+        f"cmd = [a.format(pid=os.getpid()) for a in {cmd!r}]\n"
+        "print(subprocess.Popen(cmd).pid)")], env=_env(config), capture_output=True,
+        text=True, timeout=TIMEOUT_S)
+    rank = int(lead.stdout)
+    try:
+        deadline = time.monotonic() + TIMEOUT_S
+        while _alive(rank):
+            assert time.monotonic() < deadline, os.listdir(folder)
+            time.sleep(0.1)
+        assert not folder.exists(), os.listdir(folder)
+    finally:
+        if _alive(rank):
+            os.kill(rank, signal.SIGKILL)

@@ -227,12 +227,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", required=True, help="HOST:PORT of the TCP rendezvous")
     parser.add_argument("--error-file", required=True)
     parser.add_argument("--joining-file", help="written just before the rendezvous")
+    # (its parent at spawn: one that ended during this rank's imports is no longer its parent)
+    parser.add_argument("--lead-pid", type=int, help="the process that spawned this rank")
     args = parser.parse_args(argv)
     from aiollm.cli import LOG_FORMAT
 
     logging.basicConfig(level=os.environ.get("AIOLLM_LOG_LEVEL", "INFO"),
                         format=f"[rank {args.rank}] {LOG_FORMAT}")
-    files = RankFiles(args.error_file, args.joining_file, os.getppid())
+    files = RankFiles(args.error_file, args.joining_file, args.lead_pid or os.getppid())
     threading.Thread(target=_exit_with_parent, args=(files,), daemon=True).start()
     tp = None
     try:

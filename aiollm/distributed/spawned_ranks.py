@@ -47,7 +47,7 @@ class SpawnedRanks:
         rendezvous) with the EngineConfig `config_json`."""
         cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank", str(rank),
                "--init", addr, "--error-file", self.error_file(rank),
-               "--joining-file", self.joining_file(rank)]
+               "--joining-file", self.joining_file(rank), "--lead-pid", str(os.getpid())]
         env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
         self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_stop_signals)
 
