@@ -161,6 +161,9 @@ def _leader_lost(ranks: NodeRanks, error: Exception) -> str:
             f"stops; start every node again ({error})")
 
 
+_PF_EXITING = 0x4  # Linux's flag of a process in its exit (include/linux/sched.h)
+
+
 class RankFiles:
     """This rank's `.joining` and `.err` files, in the folder its node's lead made for them
     (spawned_ranks.py). The lead removes the folder once its ranks have ended; a lead
@@ -196,8 +199,19 @@ class RankFiles:
                 log.warning("not written: %s (its folder is gone)", path)
 
     def parent_gone(self) -> bool:
-        """Whether the lead that spawned this rank has ended (this rank re-parented)."""
-        return os.getppid() != self.parent
+        """Whether the lead that spawned this rank has ended or is ending. Killed, a lead
+        closes its sockets (this rank's collectives fail at once) before it is reaped and
+        this rank re-parented: in that moment Linux shows it exiting (PF_EXITING in the
+        flags of /proc/PID/stat) or a zombie."""
+        if os.getppid() != self.parent:
+            return True
+        try:
+            with open(f"/proc/{self.parent}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # (its name may hold spaces)
+        except FileNotFoundError:  # gone; or no /proc (not Linux): the parent said enough
+            return os.path.isdir("/proc/self")
+        state, flags = fields[0], int(fields[6])  # stat's 3rd and 9th fields
+        return state in ("Z", "X") or bool(flags & _PF_EXITING)
 
     def remove(self) -> None:
         """The lead is gone: remove this rank's files, and the folder if none are left."""
