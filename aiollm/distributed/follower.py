@@ -134,6 +134,9 @@ def follow(cfg: EngineConfig) -> int:
         serve_steps(tp, runner)
     except Exception as e:
         if not peer_ended_error(e):
+            # its own failure (a device error): its ranks, waiting on it, end first; left to
+            # see its sockets close at its exit, they left their files behind
+            ranks.end_spawned()
             raise
         # rank 0's next step message lost: a rank of the group ended
         why = _leader_lost(ranks, e)
