@@ -4,7 +4,9 @@ processes, and the files through which they speak to it before the group exists.
 Each child is a `python -m aiollm.distributed.follower` with its rank, the rendezvous
 address and the EngineConfig (as JSON in $AIOLLM_TP_CONFIG). It writes its `.joining` file
 just before it enters the rendezvous, and its `.err` file (its exception, whole or not at
-all: follower.py) when it fails; both live in one temporary folder per node. The children
+all: follower.py) when it fails; both live in one temporary folder per node, made with the
+first rank's files and removed once the ranks have ended (NodeRanks' stop, abort and
+failure); a lead killed cannot remove it, so its ranks do (follower.RankFiles). The children
 ignore SIGINT and SIGTERM: Ctrl-C and a process group's SIGTERM reach them too, and rank 0
 stops them itself, after its drain. What a lost rank means for the group (the watchdog,
 the failure of the requests in flight) is NodeRanks'.
