@@ -2,7 +2,9 @@
 behind by no path the code controls: a node that spawns no rank makes none; a rank whose
 lead was killed (SIGKILL: the lead cleans nothing) removes its files and, the last one, the
 folder; a rank that fails after its folder was removed makes none again, and still says
-why it failed. Each test runs a follower (follower.py) as its lead would: seconds each."""
+why it failed. Each test runs a follower (follower.py) as its lead would: seconds each.
+NodeRanks.procs, the spawned ranks' processes, is read and assigned as before they moved to
+SpawnedRanks."""
 
 from __future__ import annotations
 
@@ -115,3 +117,19 @@ def test_a_rank_whose_lead_died_during_its_imports_exits(tmp_path):
     finally:
         if _alive(rank):
             os.kill(rank, signal.SIGKILL)
+
+
+def test_the_spawned_ranks_can_be_given_as_procs(tmp_path, monkeypatch):
+    """NodeRanks.procs (rank: process) is read and assigned as before SpawnedRanks held the
+    processes: a rank process given so is the one watched, its end named; assigning it
+    raised AttributeError (a property without a setter)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    ranks = NodeRanks(EngineConfig(device="cpu", tensor_parallel_size=2))
+    rank1 = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    ranks.procs = {1: rank1}
+    try:
+        assert ranks.procs == {1: rank1} and ranks.spawned.procs is ranks.procs
+        assert ranks.lost_rank(wait=30) == "tensor parallel rank 1 exited with status 3"
+    finally:
+        ranks.abort()
+    assert os.listdir(tmp_path) == []

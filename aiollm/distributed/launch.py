@@ -111,6 +111,10 @@ class NodeRanks:
         """This node's spawned ranks: rank, its process (SpawnedRanks.procs)."""
         return self.spawned.procs
 
+    @procs.setter
+    def procs(self, procs: dict[int, subprocess.Popen]) -> None:
+        self.spawned.procs = procs
+
     def start(self) -> TensorParallel:
         """Check this node, spawn its other ranks and join the group as its first rank.
         A failure before the group is made is posted to the rendezvous (Rendezvous.fail),
