@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 from test_tensor_parallel import tiny_model  # noqa: F401 - a fixture
+from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
 from test_tp_start_checks import _completion, _last_error, _serving, _two_nodes
 
 TIMEOUT_S = 300

@@ -17,6 +17,7 @@ import time
 
 import pytest
 from test_tensor_parallel import _alive, _children, tiny_model  # noqa: F401 - a fixture
+from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
 from test_tp_start_checks import TINY3, _completion, _last_error, _serving, _two_nodes
 
 # two processes import torch: seconds, up to a minute on a loaded 2-core machine

@@ -144,7 +144,10 @@ def _two_nodes(model: str, tmp_path, env: dict, tp: int = 2, models: dict | None
                start: tuple = (0, 1)) -> tuple[list[subprocess.Popen], list]:
     """`aiollm serve -tp TP --nnodes 2` on loopback (one rank per node by default), with
     `env`: the processes of the nodes in `start` and their log files, in that order.
-    `models`: another model path for a node (node rank -> path)."""
+    `models`: another model path for a node (node rank -> path). Their temporary files
+    go to tmp_path/"tmp" (rank_folders_removed checks that none is left)."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env = {**env, "TMPDIR": str(tmp_path / "tmp")}
     common = ["--device", "cpu", "--max-model-len", "128", "-tp", str(tp), "--nnodes", "2",
               "--dist-init-addr", f"127.0.0.1:{_free_port()}"]
     logs = [tmp_path / f"node{k}.log" for k in start]
@@ -157,6 +160,20 @@ def _two_nodes(model: str, tmp_path, env: dict, tp: int = 2, models: dict | None
                                            *common, node_model], stdout=out,
                                           stderr=subprocess.STDOUT, env=env))
     return nodes, logs
+
+
+@pytest.fixture(autouse=True)
+def rank_folders_removed(tmp_path):
+    """After the test, once its nodes ended (those killed by SIGKILL too: their spawned
+    ranks remove their files, follower.RankFiles), no folder of spawned ranks is left in
+    the nodes' TMPDIR (_two_nodes). Import it into a module to check its tests."""
+    yield
+    folder = tmp_path / "tmp"
+    deadline = time.monotonic() + 10  # (a rank sees its lead gone within 0.2 s)
+    while left := sorted(folder.glob("aiollm-tp-*")) if folder.exists() else []:
+        if time.monotonic() > deadline:
+            pytest.fail(f"left behind: {[(p.name, os.listdir(p)) for p in left]}")
+        time.sleep(0.1)
 
 
 def _serving(nodes: list, logs: list) -> str:

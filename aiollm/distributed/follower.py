@@ -18,6 +18,7 @@ what `aiollm serve --node-rank K` (K > 0) runs on the other nodes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -25,7 +26,6 @@ import sys
 import threading
 import time
 import traceback
-from functools import partial
 
 import torch
 
@@ -134,6 +134,9 @@ def follow(cfg: EngineConfig) -> int:
         serve_steps(tp, runner)
     except Exception as e:
         if not peer_ended_error(e):
+            # its own failure (a device error): its ranks, waiting on it, end first; left to
+            # see its sockets close at its exit, they left their files behind
+            ranks.end_spawned()
             raise
         # rank 0's next step message lost: a rank of the group ended
         why = _leader_lost(ranks, e)
@@ -161,26 +164,78 @@ def _leader_lost(ranks: NodeRanks, error: Exception) -> str:
             f"stops; start every node again ({error})")
 
 
-def _exit_with_parent(parent: int) -> None:
+_PF_EXITING = 0x4  # Linux's flag of a process in its exit (include/linux/sched.h)
+
+
+class RankFiles:
+    """This rank's `.joining` and `.err` files, in the folder its node's lead made for them
+    (spawned_ranks.py). The lead removes the folder once its ranks have ended; a lead
+    killed (SIGKILL, the OOM killer) cannot, so its ranks, which outlive it by a moment,
+    remove their own files, and the last one the folder (each removes its files before it
+    tries the folder: the last try sees them all gone). Nothing here makes a folder: a
+    file whose folder is gone is not written (nobody is left to read it)."""
+
+    def __init__(self, error: str, joining: str | None, parent: int):
+        self.error, self.joining, self.parent = error, joining, parent
+        self._lock = threading.Lock()  # the main thread writes, the parent's watch removes
+        self._removed = False
+
+    def touch_joining(self) -> None:
+        """Write the `.joining` file: the lead waits for it before its own rendezvous."""
+        if self.joining is not None:
+            self._write(self.joining, "")
+
+    def write_error(self, error: BaseException) -> None:
+        """The error file the lead reads, whole or not at all: the lead may read it while
+        this rank still waits at a start-up checkpoint."""
+        self._write(self.error, f"{type(error).__name__}: {error}")
+
+    def _write(self, path: str, text: str) -> None:
+        with self._lock:
+            if self._removed:
+                return
+            try:
+                with open(path + ".part", "w") as f:
+                    f.write(text)
+                os.replace(path + ".part", path)
+            except FileNotFoundError:  # the folder is gone: so is its lead
+                log.warning("not written: %s (its folder is gone)", path)
+
+    def parent_gone(self) -> bool:
+        """Whether the lead that spawned this rank has ended or is ending. Killed, a lead
+        closes its sockets (this rank's collectives fail at once) before it is reaped and
+        this rank re-parented: in that moment Linux shows it exiting (PF_EXITING in the
+        flags of /proc/PID/stat) or a zombie."""
+        if os.getppid() != self.parent:
+            return True
+        try:
+            with open(f"/proc/{self.parent}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # (its name may hold spaces)
+        except FileNotFoundError:  # gone; or no /proc (not Linux): the parent said enough
+            return os.path.isdir("/proc/self")
+        state, flags = fields[0], int(fields[6])  # stat's 3rd and 9th fields
+        return state in ("Z", "X") or bool(flags & _PF_EXITING)
+
+    def remove(self) -> None:
+        """The lead is gone: remove this rank's files, and the folder if none are left."""
+        with self._lock:
+            self._removed = True
+            for path in (self.error, self.error + ".part", self.joining):
+                if path is not None:
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
+            with contextlib.suppress(OSError):  # (another rank's files are still there)
+                os.rmdir(os.path.dirname(self.error))
+
+
+def _exit_with_parent(files: RankFiles) -> None:
     """A spawned rank must not outlive the process that spawned it (killed, crashed)."""
-    while os.getppid() == parent:
+    while not files.parent_gone():
         time.sleep(0.2)
-    log.error("the process that started this rank (pid %d) is gone: exiting", parent)
+    log.error("the process that started this rank (pid %d) is gone: exiting", files.parent)
+    files.remove()
     logging.shutdown()
     os._exit(1)
-
-
-def _write_error(path: str, error: BaseException) -> None:
-    """The error file its node's lead reads (spawned_ranks.py), whole or not at all: the
-    lead may read it while this rank still waits at a start-up checkpoint."""
-    with open(path + ".part", "w") as f:
-        f.write(f"{type(error).__name__}: {error}")
-    os.replace(path + ".part", path)
-
-
-def _touch(path: str | None) -> None:
-    if path is not None:  # the lead process waits for it before its own rendezvous
-        open(path, "w").close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,21 +244,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", required=True, help="HOST:PORT of the TCP rendezvous")
     parser.add_argument("--error-file", required=True)
     parser.add_argument("--joining-file", help="written just before the rendezvous")
+    # (its parent at spawn: one that ended during this rank's imports is no longer its parent)
+    parser.add_argument("--lead-pid", type=int, help="the process that spawned this rank")
     args = parser.parse_args(argv)
     from aiollm.cli import LOG_FORMAT
 
     logging.basicConfig(level=os.environ.get("AIOLLM_LOG_LEVEL", "INFO"),
                         format=f"[rank {args.rank}] {LOG_FORMAT}")
-    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
+    files = RankFiles(args.error_file, args.joining_file, args.lead_pid or os.getppid())
+    threading.Thread(target=_exit_with_parent, args=(files,), daemon=True).start()
     tp = None
     try:
         cfg = EngineConfig(**json.loads(os.environ["AIOLLM_TP_CONFIG"]))
         tp = join(cfg, args.rank, args.init, launch.INIT_TIMEOUT,
-                  joining=partial(_touch, args.joining_file))
+                  joining=files.touch_joining)
         runner = build_runner(cfg, tp)
         serve_steps(tp, runner)
     except BaseException as e:  # noqa: BLE001 - whatever it is, rank 0 must learn why
-        _write_error(args.error_file, e)
+        files.write_error(e)
         if isinstance(e, RankLost):  # another rank's failure, which that rank logs
             log.error("tensor parallel rank %d stops: %s", args.rank, e)
         elif tp is not None and not tp.starting and peer_ended_error(e):
@@ -214,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
             log.error("tensor parallel rank %d failed:\n%s", args.rank, traceback.format_exc())
         if tp is not None:  # at start-up: the other ranks (other nodes' too) learn why
             tp.start_failed(e)
+        if files.parent_gone():  # its lead was killed (its closed sockets ended this rank)
+            files.remove()
         logging.shutdown()
         os._exit(1)
     logging.shutdown()

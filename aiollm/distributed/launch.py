@@ -111,6 +111,10 @@ class NodeRanks:
         """This node's spawned ranks: rank, its process (SpawnedRanks.procs)."""
         return self.spawned.procs
 
+    @procs.setter
+    def procs(self, procs: dict[int, subprocess.Popen]) -> None:
+        self.spawned.procs = procs
+
     def start(self) -> TensorParallel:
         """Check this node, spawn its other ranks and join the group as its first rank.
         A failure before the group is made is posted to the rendezvous (Rendezvous.fail),
@@ -340,14 +344,19 @@ class NodeRanks:
             logging.shutdown()
             os._exit(1)
 
-    def abort(self) -> None:
-        """Rank 0 failed to start: end this node's ranks and leave the group."""
-        with self._lock:
-            self._ended = True
+    def end_spawned(self) -> None:
+        """End the watchdog, then kill the ranks this node spawned and remove their files:
+        this process failed on its own (they may wait for it in a collective)."""
         self.stopping = True
         self._end_watch()
         self.spawned.kill()
         self.spawned.remove_files()
+
+    def abort(self) -> None:
+        """Rank 0 failed to start: end this node's ranks and leave the group."""
+        with self._lock:
+            self._ended = True
+        self.end_spawned()
         if dist.is_initialized():
             dist.destroy_process_group()
         if self.tp is not None:

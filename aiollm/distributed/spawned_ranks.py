@@ -4,7 +4,9 @@ processes, and the files through which they speak to it before the group exists.
 Each child is a `python -m aiollm.distributed.follower` with its rank, the rendezvous
 address and the EngineConfig (as JSON in $AIOLLM_TP_CONFIG). It writes its `.joining` file
 just before it enters the rendezvous, and its `.err` file (its exception, whole or not at
-all: follower.py) when it fails; both live in one temporary folder per node. The children
+all: follower.py) when it fails; both live in one temporary folder per node, made with the
+first rank's files and removed once the ranks have ended (NodeRanks' stop, abort and
+failure); a lead killed cannot remove it, so its ranks do (follower.RankFiles). The children
 ignore SIGINT and SIGTERM: Ctrl-C and a process group's SIGTERM reach them too, and rank 0
 stops them itself, after its drain. What a lost rank means for the group (the watchdog,
 the failure of the requests in flight) is NodeRanks'.
@@ -34,28 +36,35 @@ def _ignore_stop_signals() -> None:  # runs in the child between fork and exec
 
 class SpawnedRanks:
     """This node's spawned ranks: `procs` (rank: its subprocess.Popen, in the order
-    spawned) and their `.joining` and `.err` files in a temporary folder made here."""
+    spawned) and their `.joining` and `.err` files in a temporary folder made here with
+    the first rank's files (a node of one rank makes none: nothing could remove it were
+    the node killed)."""
 
     def __init__(self):
         self.procs: dict[int, subprocess.Popen] = {}
-        self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
+        self._dir: str | None = None
 
     def spawn(self, rank: int, addr: str, config_json: str) -> None:
         """Start rank `rank` as a follower that joins the group at `addr` (host:port of the
         rendezvous) with the EngineConfig `config_json`."""
         cmd = [sys.executable, "-m", "aiollm.distributed.follower", "--rank", str(rank),
                "--init", addr, "--error-file", self.error_file(rank),
-               "--joining-file", self.joining_file(rank)]
+               "--joining-file", self.joining_file(rank), "--lead-pid", str(os.getpid())]
         env = {**os.environ, "AIOLLM_TP_CONFIG": config_json}
         self.procs[rank] = subprocess.Popen(cmd, env=env, preexec_fn=_ignore_stop_signals)
 
     def joining_file(self, rank: int) -> str:
         """The file rank `rank` writes just before it enters the rendezvous."""
-        return os.path.join(self._dir, f"rank{rank}.joining")
+        return os.path.join(self._folder(), f"rank{rank}.joining")
 
     def error_file(self, rank: int) -> str:
         """The file rank `rank` writes its exception to when it fails."""
-        return os.path.join(self._dir, f"rank{rank}.err")
+        return os.path.join(self._folder(), f"rank{rank}.err")
+
+    def _folder(self) -> str:
+        if self._dir is None:  # the first rank's files: made now
+            self._dir = tempfile.mkdtemp(prefix="aiollm-tp-")
+        return self._dir
 
     def not_joining(self) -> list[str]:
         """The `.joining` files of the spawned ranks not yet written."""
@@ -114,4 +123,5 @@ class SpawnedRanks:
     def remove_files(self) -> None:
         """Remove the ranks' folder (their error files: read by cause() while a rank may
         still be failing, so only once they have ended)."""
-        shutil.rmtree(self._dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
