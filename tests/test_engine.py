@@ -130,8 +130,11 @@ def test_stream_deltas_join_to_final_text(loop, engine):
         return await asyncio.gather(*(one(p) for p in prompts))
 
     outs = run(loop, all_at_once())
-    # characters split across tokens were streamed: a delta carries their tokens together
-    assert any(len(d.token_ids) > 1 for deltas, _ in outs for d in deltas)
+    # characters split across tokens were streamed: their first bytes' tokens go out as
+    # they come, text "" (they were held back until the character was whole)
+    assert any(d.token_ids and d.text == "" and d.finish_reason is None
+               for deltas, _ in outs for d in deltas)
+    assert all("".join(d.token_texts) == d.text for deltas, _ in outs for d in deltas)
     for deltas, final in outs:
         # a delta cut inside a multi-byte character would carry U+FFFD where the final
         # text has the real character, so equality proves whole characters only

@@ -118,3 +118,31 @@ def test_the_token_that_completes_a_stop_string_stays(tokenizer):
         out.feed(ids[1])  # a token generated meanwhile (the loop runs a step ahead)
         out.finish()
         assert out.kept == 1 and out.take() == (text, 1, [text])
+
+
+@pytest.mark.parametrize("stops", [[], ["🚀"], ["x"]])
+def test_a_token_of_no_text_is_handed_out_as_it_comes(tokenizer, stops):
+    """The first bytes of a character, and a skipped special token, are tokens with no
+    text of their own: each is handed out as it is fed, its text "" (LightLLM's
+    /generate_stream sends an event for it then, as vLLM's streams send its chunk), not
+    held back until text after it comes. Text that may begin a stop string is still held
+    back, with its token."""
+    ids = tokenizer.encode("🚀 a", add_special_tokens=False)  # 🚀 is three tokens here
+    special = tokenizer.all_special_ids[0]
+    out = OutputText(IncrementalDetokenizer(tokenizer, [], True, stops, False))
+    out.feed(special)
+    assert out.take() == ("", 1, [""])
+    out.feed(ids[0])
+    assert out.take() == ("", 1, [""])
+    out.feed(ids[1])
+    assert out.take() == ("", 1, [""])
+    out.feed(ids[2])  # the character is whole
+    if stops == ["🚀"]:  # the token that completes it ends the output, with no text
+        assert out.stopped
+        out.finish()
+        assert out.kept == 4 and out.take() == ("", 1, [""])
+        return
+    assert out.take() == ("🚀", 1, ["🚀"])
+    out.feed(ids[3])
+    out.finish()
+    assert out.take() == (" a", 1, [" a"])

@@ -144,14 +144,34 @@ def _min_new_tokens_quoted(p: GenerateParameters) -> Iterator[None]:
         raise InvalidRequest(message, param=e.param, code=e.code) from None
 
 
+async def _prompt_ids(st: ApiState, req: GenerateRequest) -> list[int]:
+    """The inputs' token ids: text as the tokenizer encodes it, and generated from whatever
+    that gives, as LightLLM does ("" is [BOS] where the tokenizer adds one). Raises
+    InvalidRequest naming inputs where they are no token at all (an empty list, or text
+    that encodes to none), as LightLLM refuses an empty list of prompt ids."""
+    if isinstance(req.inputs, list):  # ids: the engine checks them
+        if not req.inputs:
+            raise InvalidRequest("inputs must not be empty: give at least one token id",
+                                 param="inputs")
+        return await st.tokenize(req.inputs)
+    try:
+        return await st.tokenize(req.inputs,
+                                 add_special_tokens=req.parameters.add_special_tokens)
+    except InvalidRequest as e:  # of_some_tokens: the text is no token
+        if e.param != "prompt":
+            raise
+        special = ("add_special_tokens is false" if not req.parameters.add_special_tokens
+                   else "the tokenizer adds no BOS")
+        raise InvalidRequest(f"inputs must not be empty: the text encodes to no token "
+                             f"({special})", param="inputs") from None
+
+
 async def _prepare(st: ApiState, req: GenerateRequest
                    ) -> tuple[list[int], list[SamplingParams]]:
     n = req.parameters.choices()
     st.check_choices(n, "parameters.n" if req.parameters.n is not None
                      else "parameters.best_of")
-    if not req.inputs:
-        raise InvalidRequest("inputs must not be empty", param="inputs")
-    ids = await st.tokenize(req.inputs, add_special_tokens=req.parameters.add_special_tokens)
+    ids = await _prompt_ids(st, req)
     p = req.parameters
     req.check_unserved()
     length_left_out = p.max_new_tokens is None

@@ -60,16 +60,15 @@ async def get_model_name(request: web.Request) -> web.Response:
 async def tokens(request: web.Request) -> web.Response:
     """{"ntokens": how many tokens `text` is}, tokenized as /generate tokenizes its inputs
     (special tokens added unless parameters.add_special_tokens is false; the other
-    parameters are not checked, as TokensRequest says why). An empty text is counted too
-    (the special tokens alone), as LightLLM's and vLLM's /tokenize count it."""
+    parameters are not checked, as TokensRequest says why). Text of no token ("", or
+    whitespace the tokenizer drops) is counted too: the special tokens alone, or 0, as
+    LightLLM's /tokens and vLLM's /tokenize count it."""
     st = state(request)
     req = await decode_body(request, TokensRequest)
     refuse_media(req.multimodal_params)
     special = (req.parameters or GenerateParameters()).add_special_tokens
-    if req.text:
-        ids = await st.tokenize(req.text, add_special_tokens=special)
-    else:  # st.tokenize refuses an empty prompt, as generating from one is refused
-        ids = st.engine.tokenizer.encode("", add_special_tokens=special)
+    # text of no token counts 0: LightLLM counts what its tokenizer gives
+    ids = await st.encode(req.text, add_special_tokens=special)
     return json_response({"ntokens": len(ids)})
 
 

@@ -92,10 +92,10 @@ async def tokenize(request: web.Request) -> web.Response:
                                       add_special_tokens=bool(req.add_special_tokens))
     else:
         special = req.add_special_tokens is not False  # absent: true for a prompt
-        # "" is what the tokenizer makes of no text (a BOS where it adds one), as vLLM's
-        # /tokenize answers it; only a request to generate refuses an empty prompt
-        ids = (await st.tokenize(req.prompt, add_special_tokens=special) if req.prompt
-               else list(st.engine.tokenizer.encode("", add_special_tokens=special)))
+        # text of no token ("", whitespace the tokenizer drops) counts none (a BOS where
+        # the tokenizer adds one), as vLLM's /tokenize answers it; only a request to
+        # generate refuses a prompt of no token
+        ids = await st.encode(req.prompt, add_special_tokens=special)
     out = {"tokens": ids, "count": len(ids), "max_model_len": st.engine.max_model_len}
     if req.return_token_strs:
         # a long prompt's strings are looked up off the event loop, as it was tokenized

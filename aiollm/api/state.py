@@ -114,11 +114,20 @@ class ApiState:
         given (vLLM's truncate_prompt_tokens: text keeps the special tokens the tokenizer
         adds, encode_kept)."""
         if isinstance(prompt, str):
-            return of_some_tokens(await off_loop(len(prompt), encode_kept,
-                                                 self.engine.tokenizer, prompt,
-                                                 add_special_tokens, keep_last))
+            return of_some_tokens(await self.encode(prompt,
+                                                    add_special_tokens=add_special_tokens,
+                                                    keep_last=keep_last))
         # ids are checked
         return await off_loop(len(prompt), self.engine.tokenize, prompt, keep_last)
+
+    async def encode(self, text: str, *, add_special_tokens: bool = True,
+                     keep_last: int | None = None) -> list[int]:
+        """The token ids the tokenizer makes of `text` (off the event loop when long), none
+        at all where it gives none ("" or whitespace it drops, without a BOS): what
+        /tokenize and /tokens count; a prompt to generate from is `tokenize`'s, which
+        refuses no token."""
+        return await off_loop(len(text), encode_kept, self.engine.tokenizer, text,
+                              add_special_tokens, keep_last)
 
     async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]],
                              keep_last: int | None = None, add_special_tokens: bool = True

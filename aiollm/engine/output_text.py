@@ -4,9 +4,9 @@ Tokens are fed one at a time through the incremental detokenizer. Each token's t
 characters that decoding it completes (a token that holds the first bytes of a character
 has none; the one that completes it has the whole character), so the texts of the tokens
 join to the output text exactly. A token is handed out together with its text: while a
-stop string may be completing, the tokens whose text is held back are held back too (and a
-token with no text of its own until text after it is out), so every delta's text is the
-join of its tokens' texts, in streams as in whole results.
+stop string may be completing, the tokens whose text is held back are held back too, so
+every delta's text is the join of its tokens' texts, in streams as in whole results. A
+token with no text of its own goes out as it comes, its text "".
 
 When a stop string matches, the output text ends where it starts (with
 include_stop_str_in_output, where it ends). The output tokens end with the one that
@@ -110,15 +110,11 @@ class OutputText:
         else:
             limit = self._released
             n_new = 0
-            # a token whose text is all released; one with no text of its own (part of a
-            # character, a skipped special token) once text after it is, as its bytes
-            # may belong to a stop string that a later token completes
-            prev = ends[n - 1] if n else 0
-            while n + n_new < len(ends):
-                end = ends[n + n_new]
-                if not (end < limit or (end == limit and end > prev)):
-                    break
-                prev = end
+            # a token whose text is all released, and so one with no text of its own (part
+            # of a character, a skipped special token) as soon as the text before it is:
+            # its text "" (streams send it as it comes, as LightLLM and vLLM do). A stop
+            # string its bytes begin keeps it: the tokens up to the one completing it stay
+            while n + n_new < len(ends) and ends[n + n_new] <= limit:
                 n_new += 1
         pieces = []
         start = self._sent_chars

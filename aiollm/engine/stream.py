@@ -57,8 +57,11 @@ async def deltas(req: Request, out: OutputText | NoText,
                         del req.logprobs[out.kept:]
             text, n, texts = out.take()
             if req.done:  # the stop token, if it stayed, and the rest
-                if req.params.detokenize:  # (else no token has a text)
-                    texts += [""] * (len(req.output_ids) - sent - n)
+                extra = len(req.output_ids) - sent - n
+                if req.params.detokenize and extra:  # (else no token has a text)
+                    # their text is "", but for what the end released past the tokens out
+                    # before (an incomplete character's U+FFFD): the texts join to `text`
+                    texts += [text[len("".join(texts)):]] + [""] * (extra - 1)
                 n = len(req.output_ids) - sent
             new_ids = req.output_ids[sent:sent + n]
             lps = req.logprobs[sent:sent + n] if req.logprobs is not None else None
