@@ -20,21 +20,21 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from aiollm.api.call_text import written_calls
+from aiollm.api.call_text import Joints, written_calls
 
 if TYPE_CHECKING:
     from aiollm.api.tool_calls import ToolCall
 
 
 def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
-              names: Collection[str], only_calls: bool
+              joints: Joints, names: Collection[str], only_calls: bool
               ) -> tuple[str, list[tuple[str, str]], bool]:
     """(content left, [(name, arguments text)], whether the last call is cut) of the text
     a tool parser could not read as complete calls (`content`), from an output that
     max_tokens (or a stop string) cut.
 
     The calls are read from the last `marker` on (call_text.written_calls): each head
-    `{"name": <one of names>` starts one, whose arguments are the JSON value after
+    `{"name": <one of names>`, where `joints` lead to it, starts one, whose arguments are the JSON value after
     `, "<args_key>": ` as written or, for the one cut, the text written of it ("" when the
     cut falls in the head, after the name). The content is the text
     before that marker, without the `separator` between it and a complete call.
@@ -47,7 +47,7 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
     region, content = content[at:], content[:at].rstrip()
     if separator.strip():
         content = content.removesuffix(separator.strip()).rstrip()
-    calls, _ = written_calls(region, 0, names, args_key)
+    calls, _ = written_calls(region, 0, names, args_key, joints)
     return content, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
 
 
