@@ -151,3 +151,14 @@ def test_call_shaped_text_after_the_calls_stays_content(parser):
         assert [(c.name, c.arguments, c.complete) for c in calls] == [
             ("get_weather", '{"city": "P", "unit": "c"}', True)], text
         assert quoted in content, text
+
+
+def test_text_before_a_cut_call_keeps_its_last_character():
+    """The text before the calls goes out as it comes, so an output that max_tokens cuts in
+    a call keeps it whole, also where it ends with the format's separator (Llama 3's ';')."""
+    parser = Llama3Parser()
+    call = '{"name": "get_weather", "parameters": {"city": "P"}}'
+    for text in ["Sure; " + call[:-10], "Sure;" + call + "; " + call[:-5]]:
+        content, calls = _check(parser, text, random.Random(5), cut=True)
+        assert content == "Sure;" and calls[0].name == "get_weather", text
+        assert not calls[-1].complete

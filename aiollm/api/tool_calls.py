@@ -89,8 +89,7 @@ class ToolParser:
             return text, []
         if cut:
             content, more, last_cut = cut_calls(
-                content, marker=self.start, separator=self.separator, args_key=self.args_key,
-                joints=self.joints,
+                content, marker=self.start, args_key=self.args_key, joints=self.joints,
                 names=names, only_calls=required or bool(calls))
             calls += [ToolCall(name, arguments) for name, arguments in more]
             if named is not None and not calls:
