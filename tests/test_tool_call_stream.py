@@ -135,3 +135,30 @@ def test_a_call_sent_then_invalid_stays_a_call(parser):
         '"parameters": %s', '"id": 1, "parameters": {}')
     _, [call] = _check(parser, text, rng)
     assert call.arguments == "{}" and call.complete
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_call_shaped_text_after_the_calls_stays_content(parser):
+    """Text after the calls that quotes a call's JSON, without the markup that joins calls
+    in the parser's format, is no call: it stays content, streamed or not (the stream must
+    not send it as a call, which the whole answer would then have to keep)."""
+    rng = random.Random(4)
+    good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    quoted = '{"name": "get_weather", "%s": {"city": "Q"}}' % parser.args_key
+    for text in (good + "\nI called " + quoted + " for you.",
+                 good + " so " + quoted):
+        content, calls = _check(parser, text, rng)
+        assert [(c.name, c.arguments, c.complete) for c in calls] == [
+            ("get_weather", '{"city": "P", "unit": "c"}', True)], text
+        assert quoted in content, text
+
+
+def test_text_before_a_cut_call_keeps_its_last_character():
+    """The text before the calls goes out as it comes, so an output that max_tokens cuts in
+    a call keeps it whole, also where it ends with the format's separator (Llama 3's ';')."""
+    parser = Llama3Parser()
+    call = '{"name": "get_weather", "parameters": {"city": "P"}}'
+    for text in ["Sure; " + call[:-10], "Sure;" + call + "; " + call[:-5]]:
+        content, calls = _check(parser, text, random.Random(5), cut=True)
+        assert content == "Sure;" and calls[0].name == "get_weather", text
+        assert not calls[-1].complete

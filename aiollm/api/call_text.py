@@ -82,20 +82,33 @@ class Written:
     complete: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Joints:
+    """How a parser's format leads to a call's head `{"name": `: `lead`, the text from the
+    call marker to the first head; `between`, from the end of a call's arguments value
+    (its object's closing bracket not yet read) to the next call's head."""
+
+    lead: re.Pattern
+    between: re.Pattern
+
+
 @functools.lru_cache(maxsize=64)
 def _heads(names: tuple[str, ...]) -> re.Pattern:
     # a JSON string's closing quote ends it: no name is a prefix of another's here
     return re.compile(r'\{"name": (%s)' % "|".join(re.escape(json.dumps(n)) for n in names))
 
 
-def written_calls(text: str, pos: int, names: Collection[str], args_key: str
-                  ) -> tuple[list[Written], int]:
+def written_calls(text: str, pos: int, names: Collection[str], args_key: str,
+                  joints: Joints, *, after_call: bool = False) -> tuple[list[Written], int]:
     """The calls written from text[pos] on, as a tool grammar writes them
     (`{"name": NAME, "<args_key>": VALUE`, NAME one of `names`), each known once its name
     is written: (the calls, the last one's arguments as written so far; where a next call
     may start, after the last complete one). Read in order, each call's value skipped
-    (markers in its strings are its text); reading stops at an incomplete value, or at a
-    head that goes on otherwise than `, "<args_key>": ` (that call's arguments stay "").
+    (markers in its strings are its text); reading stops at an incomplete value, at a
+    head that goes on otherwise than `, "<args_key>": ` (that call's arguments stay ""),
+    or at a head the text before it does not lead to as the format joins calls (`joints`:
+    from text[pos], a call marker unless `after_call`, to the first head; from a call's
+    arguments to the next head): text after the calls that quotes a call's JSON is none.
 
     The calls of a longer text extend those of its prefix (same calls, arguments that
     start with the prefix's): what a stream sends of them is never taken back."""
@@ -104,6 +117,9 @@ def written_calls(text: str, pos: int, names: Collection[str], args_key: str
     heads, between = _heads(tuple(sorted(names))), f', "{args_key}": '
     calls: list[Written] = []
     while (m := heads.search(text, pos)) is not None:
+        joint = joints.between if calls or after_call else joints.lead
+        if joint.fullmatch(text, pos, m.start()) is None:
+            return calls, pos
         call = Written(json.loads(m.group(1)))
         calls.append(call)
         rest = text[m.end():m.end() + len(between)]

@@ -20,13 +20,13 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from aiollm.api.call_text import written_calls
+from aiollm.api.call_text import Joints, written_calls
 
 if TYPE_CHECKING:
     from aiollm.api.tool_calls import ToolCall
 
 
-def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
+def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
               names: Collection[str], only_calls: bool
               ) -> tuple[str, list[tuple[str, str]], bool]:
     """(content left, [(name, arguments text)], whether the last call is cut) of the text
@@ -34,20 +34,20 @@ def cut_calls(content: str, *, marker: str, separator: str, args_key: str,
     max_tokens (or a stop string) cut.
 
     The calls are read from the last `marker` on (call_text.written_calls): each head
-    `{"name": <one of names>` starts one, whose arguments are the JSON value after
-    `, "<args_key>": ` as written or, for the one cut, the text written of it ("" when the
-    cut falls in the head, after the name). The content is the text
-    before that marker, without the `separator` between it and a complete call.
+    `{"name": <one of names>` that `joints` lead to starts one, whose arguments are the JSON
+    value after `, "<args_key>": ` as written or, for the one cut, the text written of it
+    ("" when the cut falls in the head, after the name). The content is the text before
+    that marker, its trailing whitespace dropped.
     `only_calls` (the output can only be calls: "required", or calls already found) also
     drops a marker cut part way at the end. Without a marker the content is returned as it
     is, with no calls."""
     at = content.rfind(marker)
     if at < 0:
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
+    # the text before the marker as a stream sent it (a separator there, Llama 3's ';' after
+    # "Sure", is the model's text: the calls' own separators never reach the content)
     region, content = content[at:], content[:at].rstrip()
-    if separator.strip():
-        content = content.removesuffix(separator.strip()).rstrip()
-    calls, _ = written_calls(region, 0, names, args_key)
+    calls, _ = written_calls(region, 0, names, args_key, joints)
     return content, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
 
 

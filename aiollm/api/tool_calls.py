@@ -8,11 +8,12 @@ are read in aiollm/api/tool_stream.py.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from aiollm.api.call_text import Written, written_calls
+from aiollm.api.call_text import Joints, Written, written_calls
 from aiollm.api.cut_calls import cut_calls
 from aiollm.sampling_params import GrammarSpec
 
@@ -39,6 +40,9 @@ class ToolParser:
     start = ""
     separator = "\n"
     args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
+    # what leads from `start` to a call's head, and from one call's arguments to the next
+    # (call_text.written_calls: where a stream may send a call)
+    joints = Joints(re.compile(r"\s*"), re.compile(r"\s*\}\s*"))
 
     def parse(self, text: str) -> tuple[str, list[ToolCall]]:
         """(the text outside calls, the calls); text that does not parse stays content. With
@@ -68,7 +72,8 @@ class ToolParser:
         incomplete, and the text before the marker its content, as the stream read it."""
         content, calls = self._read(text, names, cut, required, named)
         at = text.find(self.start)
-        sent = written_calls(text, at, names, self.args_key)[0] if at >= 0 else []
+        sent = (written_calls(text, at, names, self.args_key, self.joints)[0] if at >= 0
+                else [])
         if not _extends(calls, sent):
             content = text[:at].rstrip()
             calls = [ToolCall(c.name, c.arguments, complete=c.complete) for c in sent]
@@ -84,7 +89,7 @@ class ToolParser:
             return text, []
         if cut:
             content, more, last_cut = cut_calls(
-                content, marker=self.start, separator=self.separator, args_key=self.args_key,
+                content, marker=self.start, args_key=self.args_key, joints=self.joints,
                 names=names, only_calls=required or bool(calls))
             calls += [ToolCall(name, arguments) for name, arguments in more]
             if named is not None and not calls:

@@ -26,10 +26,11 @@ from __future__ import annotations
 import functools
 import json
 import random
+import re
 import string
 from typing import Any
 
-from aiollm.api.call_text import element_starts, member_text
+from aiollm.api.call_text import Joints, element_starts, member_text
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -104,6 +105,8 @@ def _schema(tool: dict) -> dict:
 
 class HermesParser(ToolParser):
     name, start, end = "hermes", "<tool_call>", "</tool_call>"
+    joints = Joints(re.compile(r"<tool_call>\s*"),
+                    re.compile(r"\s*\}\s*</tool_call>\s*<tool_call>\s*"))
 
     def parse(self, text):
         # each block read as JSON, so markers inside an argument's string are its text; a
@@ -140,6 +143,8 @@ class HermesParser(ToolParser):
 
 class Llama3Parser(ToolParser):
     name, start, separator, args_key = "llama3", '{"name": ', ";", "parameters"
+    # the marker is the head itself; calls are separated by ';' or whitespace
+    joints = Joints(re.compile(""), re.compile(r"\s*\}[;\s]*"))
 
     def parse(self, text):
         # the calls, after <|python_tag|> or alone, separated by ';' (Llama 3.1's parallel
@@ -167,6 +172,9 @@ class Llama3Parser(ToolParser):
 
 class MistralParser(ToolParser):
     name, start = "mistral", "[TOOL_CALLS]"
+    # an array of calls (or objects one after another), a block a call under "auto"
+    joints = Joints(re.compile(r"\[TOOL_CALLS\]\s*\[?\s*"),
+                    re.compile(r"\s*\}\s*(?:,|\]?\s*(?:\[TOOL_CALLS\])?\s*\[?)\s*"))
 
     def call_id(self):
         # Mistral's chat templates refuse a history whose call ids are not 9 letters or

@@ -108,7 +108,8 @@ class StreamingToolParser:
             return
         done = [c for c in self.sent if c.complete]
         more, self.resume = written_calls(self.held, self.resume, self.names,
-                                          self.parser.args_key)
+                                          self.parser.args_key, self.parser.joints,
+                                          after_call=bool(done))
         self._send(done + [ToolCall(c.name, c.arguments, "", c.complete) for c in more])
 
     def _send(self, calls: list[ToolCall]) -> None:
