@@ -293,12 +293,27 @@ class NodeRanks:
         while not self.stopping:
             lost = self._lost_rank()
             if lost is not None:
+                self._end_group_making()
                 deadline = time.monotonic() + START_GRACE_S
                 while self.starting and not self.stopping and time.monotonic() < deadline:
                     self._watch_ended.wait(0.05)  # start_failed raises it to the caller
                 self.fail(lost)
                 return
             self._watch_ended.wait(0.1)
+
+    def _end_group_making(self) -> None:
+        """A spawned rank was lost (the watchdog): when start-up is making the group (past
+        the rendezvous, inside init_process_group or new_group, whose wait for that rank's
+        address in the store cannot be interrupted and lasted INIT_TIMEOUT), rank 0 stops
+        hosting the rendezvous' store, so that the wait fails at once and start-up's own
+        path (start_failed) raises RankLost naming the rank. Another node's lead holds only
+        a client: the watchdog ends its process after START_GRACE_S (exit_on_failure)."""
+        rdv = self.rendezvous
+        if (self.starting and self.tp is None and self.cfg.node_rank == 0
+                and rdv is not None and rdv.met):
+            log.debug("a tensor parallel rank was lost while the group was made: closing "
+                      "the rendezvous' store to end the group's start-up")
+            rdv.end_waits()
 
     def _end_watch(self) -> None:
         """End the watchdog's thread (woken from its poll at once) and wait for it, up to
