@@ -18,8 +18,12 @@ whose calls then raise naming the rank. While the caller still loads (start-up),
 rank is raised to it instead, in place of the collective's error rank 0 met (start_failed);
 rank 0 enters the rendezvous only once its node's spawned ranks are about to (each writes a
 file), so one lost before it (its import, its device) is raised at once, not after the
-rendezvous' timeout; one whose load fails meets the others at their next start-up
-checkpoint with its error (group.py), so that every rank, on every node, names it. A caller
+rendezvous' timeout; one lost once every rank met there, while the group is made (its
+peers wait inside init_process_group or new_group for its address in the store, a wait
+nothing interrupts), ends node 0's wait at once: the watchdog closes the rendezvous' store
+(_end_group_making), and start-up raises the lost rank; one whose load fails meets the
+others at their next start-up checkpoint with its error (group.py), so that every rank, on
+every node, names it. A caller
 that gives up on start-up (abandon: Ctrl-C) ends the ranks from its side. A spawned rank
 exits when its parent is gone (follower.py watches it), and one whose rank 0 vanished fails
 its next collective.
@@ -302,17 +306,13 @@ class NodeRanks:
             self._watch_ended.wait(0.1)
 
     def _end_group_making(self) -> None:
-        """A spawned rank was lost (the watchdog): when start-up is making the group (past
-        the rendezvous, inside init_process_group or new_group, whose wait for that rank's
-        address in the store cannot be interrupted and lasted INIT_TIMEOUT), rank 0 stops
-        hosting the rendezvous' store, so that the wait fails at once and start-up's own
-        path (start_failed) raises RankLost naming the rank. Another node's lead holds only
-        a client: the watchdog ends its process after START_GRACE_S (exit_on_failure)."""
+        """A spawned rank was lost while start-up makes the group (past the rendezvous):
+        rank 0 stops hosting the store, so that the wait for that rank inside
+        init_process_group or new_group fails at once and start_failed names it. Another
+        node's lead holds a client only: the watchdog ends it after START_GRACE_S."""
         rdv = self.rendezvous
         if (self.starting and self.tp is None and self.cfg.node_rank == 0
                 and rdv is not None and rdv.met):
-            log.debug("a tensor parallel rank was lost while the group was made: closing "
-                      "the rendezvous' store to end the group's start-up")
             rdv.end_waits()
 
     def _end_watch(self) -> None:
