@@ -18,8 +18,12 @@ whose calls then raise naming the rank. While the caller still loads (start-up),
 rank is raised to it instead, in place of the collective's error rank 0 met (start_failed);
 rank 0 enters the rendezvous only once its node's spawned ranks are about to (each writes a
 file), so one lost before it (its import, its device) is raised at once, not after the
-rendezvous' timeout; one whose load fails meets the others at their next start-up
-checkpoint with its error (group.py), so that every rank, on every node, names it. A caller
+rendezvous' timeout; one lost once every rank met there, while the group is made (its
+peers wait inside init_process_group or new_group for its address in the store, a wait
+nothing interrupts), ends node 0's wait at once: the watchdog closes the rendezvous' store
+(_end_group_making), and start-up raises the lost rank; one whose load fails meets the
+others at their next start-up checkpoint with its error (group.py), so that every rank, on
+every node, names it. A caller
 that gives up on start-up (abandon: Ctrl-C) ends the ranks from its side. A spawned rank
 exits when its parent is gone (follower.py watches it), and one whose rank 0 vanished fails
 its next collective.
@@ -293,12 +297,23 @@ class NodeRanks:
         while not self.stopping:
             lost = self._lost_rank()
             if lost is not None:
+                self._end_group_making()
                 deadline = time.monotonic() + START_GRACE_S
                 while self.starting and not self.stopping and time.monotonic() < deadline:
                     self._watch_ended.wait(0.05)  # start_failed raises it to the caller
                 self.fail(lost)
                 return
             self._watch_ended.wait(0.1)
+
+    def _end_group_making(self) -> None:
+        """A spawned rank was lost while start-up makes the group (past the rendezvous):
+        rank 0 stops hosting the store, so that the wait for that rank inside
+        init_process_group or new_group fails at once and start_failed names it. Another
+        node's lead holds a client only: the watchdog ends it after START_GRACE_S."""
+        rdv = self.rendezvous
+        if (self.starting and self.tp is None and self.cfg.node_rank == 0
+                and rdv is not None and rdv.met):
+            rdv.end_waits()
 
     def _end_watch(self) -> None:
         """End the watchdog's thread (woken from its poll at once) and wait for it, up to

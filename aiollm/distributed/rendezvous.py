@@ -386,6 +386,14 @@ class Rendezvous:
                 return
             time.sleep(POLL_S)
 
+    def end_waits(self) -> None:
+        """Rank 0, from another thread: stop hosting the store, so that every wait on it
+        (this process's init_process_group or new_group waiting for a rank that died, other
+        nodes' too) fails at once with DistNetworkError rather than at its timeout. Its
+        clients stay referenced (the group's init holds one): dropping the server, the last
+        reference to the master object, is what closes its port and connections."""
+        self._server = None
+
     def close(self) -> None:
         """Drop this rank's store (rank 0: the server, closing its port, even while a
         group made over the store lives on)."""

@@ -1,0 +1,144 @@
+"""A spawned rank lost while the group is made (tensor parallelism on the CPU, gloo): every
+rank has met at the rendezvous, then the rank dies (SIGKILL, the OOM killer) as it enters
+init_process_group or the host group's new_group. Its peers wait inside torch for its
+address in the store, which Ctrl-C and the watchdog cannot interrupt: an offline LLM's
+start-up on node 0 ended only after that wait's timeout (launch.INIT_TIMEOUT, 10 minutes, in
+init_process_group; the host group's 30 minutes in new_group). It now ends within seconds
+naming the rank and why, as the watchdog words it.
+
+A sitecustomize on the processes' PYTHONPATH shortens INIT_TIMEOUT to INIT_TIMEOUT_S (the
+old wait's length) and kills the chosen rank where AIOLLM_TEST_KILL_AT says, writing the
+time of its death to a file first."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from test_tensor_parallel import AIOLLM, tiny_model  # noqa: F401 - a fixture
+from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
+from test_tp_start_checks import _last_error, _two_nodes
+
+TIMEOUT_S = 300  # (processes that import torch on a loaded 2-core machine)
+INIT_TIMEOUT_S = 40  # the group's timeout here: the wait this test would see before
+FAST_S = 15  # from the rank's death to its peers' error: seconds, not INIT_TIMEOUT_S
+_SITECUSTOMIZE = '''
+import datetime, os
+import aiollm.distributed.launch as launch
+
+launch.INIT_TIMEOUT = datetime.timedelta(seconds=float(os.environ["AIOLLM_TEST_INIT_TIMEOUT"]))
+if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank
+    import signal, time
+    import torch.distributed as dist
+
+    _init, _new_group = dist.init_process_group, dist.new_group
+
+    def die(rank):
+        if rank == int(os.environ["AIOLLM_TEST_KILL_RANK"]):
+            with open(os.environ["AIOLLM_TEST_DIED"], "w") as f:
+                f.write(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def init_process_group(*args, **kwargs):
+        if os.environ["AIOLLM_TEST_KILL_AT"] == "init_process_group":
+            # once every other rank is past the rendezvous too (it met): else its look
+            # there saw this rank gone, as it did before
+            others = [f"aiollm/tp/met/{r}" for r in range(kwargs["world_size"])
+                      if r != kwargs["rank"]]
+            while not kwargs["store"].check(others):
+                time.sleep(0.01)
+            time.sleep(0.2)
+            die(kwargs["rank"])
+        return _init(*args, **kwargs)
+
+    def new_group(*args, **kwargs):
+        if os.environ["AIOLLM_TEST_KILL_AT"] == "new_group":
+            die(dist.get_rank())
+        return _new_group(*args, **kwargs)
+
+    dist.init_process_group, dist.new_group = init_process_group, new_group
+'''
+_OFFLINE_START = """
+import sys, time
+from aiollm import LLM
+try:
+    LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+    print("started", flush=True)
+except Exception as e:
+    print("raised:", type(e).__name__, e, flush=True)
+print("at", repr(time.time()), flush=True)
+"""
+
+
+def _env(tmp_path, rank: int, at: str) -> tuple[dict, str]:
+    (tmp_path / "sitecustomize.py").write_text(_SITECUSTOMIZE)
+    died = str(tmp_path / "died")
+    return {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_KILL_RANK": str(rank),
+            "AIOLLM_TEST_KILL_AT": at, "AIOLLM_TEST_DIED": died,
+            "AIOLLM_TEST_INIT_TIMEOUT": str(INIT_TIMEOUT_S)}, died
+
+
+def _died_at(path: str) -> float:
+    with open(path) as f:
+        return float(f.read())
+
+
+@pytest.mark.parametrize("at", ["init_process_group", "new_group"])
+def test_an_offline_llm_names_a_rank_lost_while_the_group_is_made(tiny_model, tmp_path,  # noqa: F811
+                                                                  at):
+    """Node 0 of an offline LLM (rank 0 in the caller's process): its start raises RankLost
+    naming rank 1 and its signal within seconds of rank 1's death. It waited out
+    INIT_TIMEOUT inside init_process_group (the watchdog could only record the loss)."""
+    env, died = _env(tmp_path, 1, at)
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")  # (rank_folders_removed: none left there)
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_START, tiny_model], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = proc.stdout + proc.stderr
+    assert "raised: RankLost tensor parallel rank 1 was killed by SIGKILL\n" in proc.stdout, out
+    ended = float(proc.stdout.rsplit("at ", 1)[1])
+    assert ended - _died_at(died) < FAST_S, out
+
+
+def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_model, tmp_path):  # noqa: F811
+    """`aiollm serve -tp 2` (node 0): exits 1 within seconds, its last error naming rank 1
+    and its signal."""
+    env, died = _env(tmp_path, 1, "init_process_group")
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([AIOLLM, "serve", tiny_model, "--device", "cpu", "--kv-tokens",
+                                 "256", "--max-model-len", "128", "-tp", "2", "--port", "0"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        assert proc.wait(timeout=TIMEOUT_S) == 1, log.read_text()
+        ended = time.time()
+        assert ended - _died_at(died) < FAST_S, log.read_text()
+        assert "tensor parallel rank 1 was killed by SIGKILL" in _last_error(log.read_text())
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path):  # noqa: F811
+    """-tp 4 over 2 nodes: node 1's spawned rank 3 dies as it enters init_process_group.
+    Node 1, whose lead waits there for it (a client of node 0's store: it cannot end that
+    wait), exits 1 within seconds naming rank 3 and its signal."""
+    env, died = _env(tmp_path, 3, "init_process_group")
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    try:
+        assert nodes[1].wait(timeout=TIMEOUT_S) == 1, logs[1].read_text()
+        ended = time.time()
+        assert ended - _died_at(died) < FAST_S, logs[1].read_text()
+        error = _last_error(logs[1].read_text())
+        assert "tensor parallel rank 3 was killed by SIGKILL" in error, error
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
