@@ -28,9 +28,11 @@ def _request(params: SamplingParams) -> SimpleNamespace:
         prompt_ids=[1], cached_tokens=0, prompt_logprobs=None, stop_reason=None)
 
 
-def _steps(tokenizer, steps: list[list[int]], stop_token: int | None) -> list:
+def _steps(tokenizer, steps: list[list[int]], stop_token: int | None,
+           stop_with_last: bool = False) -> list:
     """The deltas of a request whose steps bring these tokens, then ends: with
-    `stop_token` (eos: not part of the text) or at its length."""
+    `stop_token` (eos: not part of the text; in a step of its own, or with the last step's
+    tokens where stop_with_last) or at its length."""
     params = SamplingParams(max_tokens=64)
     req = _request(params)
     out = OutputText.of_request(tokenizer, req.prompt_ids, params)
@@ -41,9 +43,15 @@ def _steps(tokenizer, steps: list[list[int]], stop_token: int | None) -> list:
     async def go():
         gen = deltas(req, out, finish)
         got = []
-        for k, ids in enumerate(steps + ([[stop_token]] if stop_token is not None else [])):
+        if stop_token is None:
+            all_steps = steps
+        elif stop_with_last:
+            all_steps = steps[:-1] + [steps[-1] + [stop_token]]
+        else:
+            all_steps = steps + [[stop_token]]
+        for k, ids in enumerate(all_steps):
             req.output_ids += ids
-            if k == len(steps) - (stop_token is None):  # the last step ends it
+            if k == len(all_steps) - 1:  # the last step ends it
                 req.done, req.finish_reason = True, "stop" if stop_token else "length"
                 req.last_is_stop_token = stop_token is not None
             req.event.set()
@@ -72,3 +80,18 @@ def test_text_the_end_releases_goes_with_the_stop_token(tokenizer):
     assert [d.token_ids for d in got] == [[ids[0]], [ids[1]], [eos]]
     assert got[-1].text == "\ufffd" and got[-1].finish_reason == "stop"
     assert "".join(d.text for d in got) == tokenizer.decode(ids[:2])
+
+
+@pytest.mark.parametrize("steps", [[[0], [1]], [[0, 1]]])
+def test_text_the_end_releases_is_the_stop_tokens_however_the_steps_fall(tokenizer, steps):
+    """Each token's text is the same whether the eos came in a step of its own or with the
+    tokens before it (the loop ran ahead of a slow reader): the U+FFFD of a character the
+    eos cut is the eos's text, never the last token's only when the two came together."""
+    ids = tokenizer.encode("a🚀", add_special_tokens=False)[:2]
+    eos = tokenizer.eos_token_id
+    got = _steps(tokenizer, [[ids[i] for i in step] for step in steps], eos,
+                 stop_with_last=True)
+    texts = [t for d in got for t in d.token_texts]
+    assert [t for d in got for t in d.token_ids] == [ids[0], ids[1], eos]
+    assert texts == ["a", "", "\ufffd"], got
+    assert all("".join(d.token_texts) == d.text for d in got), got

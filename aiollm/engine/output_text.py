@@ -30,7 +30,7 @@ class OutputText:
     take() for what can be handed out now: (text, token count, each token's text)."""
 
     __slots__ = ("_detok", "_ends", "_min_tokens", "_unsent", "_released", "_sent_chars",
-                 "_sent_tokens", "_kept", "_finished")
+                 "_sent_tokens", "_kept", "_finished", "_end_token")
 
     @classmethod
     def of_request(cls, tokenizer, prompt_ids: list[int], params: SamplingParams
@@ -56,6 +56,7 @@ class OutputText:
         self._sent_tokens = 0
         self._kept: int | None = None
         self._finished = False
+        self._end_token = False  # a token not fed (the stop token) takes what the end releases
 
     @property
     def stopped(self) -> bool:
@@ -85,8 +86,12 @@ class OutputText:
             # the character the last of them began)
             self._detok.stop_floor = self._detok.decoded
 
-    def finish(self) -> None:
-        """The request ended: release what was held back and decide which tokens stay."""
+    def finish(self, end_token: bool = False) -> None:
+        """The request ended: release what was held back and decide which tokens stay.
+        end_token: a token that is not fed follows the fed ones (the stop token, eos): the
+        text the end releases (an incomplete character's U+FFFD) is its, left out of the
+        fed tokens' texts (take's pieces) for the caller to give it, so that no token's text
+        depends on whether the last fed token went out before the end (streams) or not."""
         if self._finished:
             return
         self._finished = True
@@ -97,6 +102,8 @@ class OutputText:
                            len(self._ends))
             self._kept = max(self._sent_tokens, through)
             del self._ends[self._kept:]
+        elif end_token:
+            self._end_token = True
         elif self._ends:
             self._ends[-1] = self._detok.decoded  # what finish() released ends the last token
 
@@ -123,7 +130,8 @@ class OutputText:
             pieces.append(self._unsent[start - self._sent_chars : end - self._sent_chars])
             start = max(start, end)
         if self._finished:
-            if pieces:  # the released text past the last token's (an abort's leftovers)
+            if pieces and not self._end_token:
+                # the released text past the last token's (an abort's leftovers)
                 pieces[-1] += self._unsent[start - self._sent_chars :]
             start = self._released
         text = self._unsent[: start - self._sent_chars]
@@ -157,7 +165,7 @@ class NoText:
     def feed(self, token_id: int) -> None:
         self.fed += 1
 
-    def finish(self) -> None:
+    def finish(self, end_token: bool = False) -> None:
         pass
 
     def take(self) -> tuple[str, int, list[str]]:

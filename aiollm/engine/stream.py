@@ -47,8 +47,8 @@ async def deltas(req: Request, out: OutputText | NoText,
                 out.feed(req.output_ids[out.fed])
             if out.stopped and not req.done:
                 finish(req, "stop")
-            if req.done:
-                out.finish()
+            if req.done:  # what the end releases is the stop token's, if it is not fed
+                out.finish(end_token=text_end < len(req.output_ids))
                 if out.stopped:  # the tokens after the one completing it are not output
                     req.finish_reason = "stop"
                     req.stop_reason = out.matched_stop
