@@ -168,3 +168,24 @@ def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+def test_node_1_says_node_0_ended_while_the_group_was_made(tiny_model, tmp_path):  # noqa: F811
+    """-tp 4 over 2 nodes: node 0's spawned rank 1 dies as it enters init_process_group.
+    Node 0 names it; node 1, whose wait ends as node 0 stops hosting the store, exits 1
+    within seconds saying node 0 ended while the group was made (it said "after the group
+    was made": no group was)."""
+    env, died = _env(tmp_path, 1, "init_process_group")
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    try:
+        assert [p.wait(timeout=TIMEOUT_S) for p in nodes] == [1, 1], logs[1].read_text()
+        assert time.time() - _died_at(died) < FAST_S, logs[1].read_text()
+        assert "tensor parallel rank 1 was killed by SIGKILL" in _last_error(
+            logs[0].read_text())
+        error = _last_error(logs[1].read_text())
+        assert "tensor parallel node 0 (ranks 0-1) ended while the group was made" in error, error
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
