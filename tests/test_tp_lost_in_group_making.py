@@ -36,8 +36,9 @@ if os.environ.get("AIOLLM_TP_CONFIG"):  # a spawned rank
 
     _init, _new_group = dist.init_process_group, dist.new_group
 
-    def die(rank):
-        if rank == int(os.environ["AIOLLM_TEST_KILL_RANK"]):
+    def die(rank):  # (once: the ranks of a start-up after it live)
+        if (rank == int(os.environ["AIOLLM_TEST_KILL_RANK"])
+                and not os.path.exists(os.environ["AIOLLM_TEST_DIED"])):
             with open(os.environ["AIOLLM_TEST_DIED"], "w") as f:
                 f.write(repr(time.time()))
             os.kill(os.getpid(), signal.SIGKILL)
@@ -103,6 +104,31 @@ def test_an_offline_llm_names_a_rank_lost_while_the_group_is_made(tiny_model, tm
     assert ended - _died_at(died) < FAST_S, out
 
 
+_START_AGAIN = _OFFLINE_START + """
+from aiollm import SamplingParams
+llm = LLM(sys.argv[1], device="cpu", tensor_parallel_size=2, kv_tokens=256, max_model_len=128)
+out = llm.generate([[3, 17]], SamplingParams(max_tokens=4, ignore_eos=True))
+print("again:", len(out[0].outputs[0].token_ids), "tokens", flush=True)
+"""
+
+
+@pytest.mark.parametrize("at", ["init_process_group", "new_group"])
+def test_an_offline_llm_made_again_after_the_loss_starts(tiny_model, tmp_path, at):  # noqa: F811
+    """The same process makes its LLM again once the first start raised RankLost: it
+    starts and generates. A loss in init_process_group left torch's count of groups (which
+    names their keys in the store) advanced on rank 0, destroy_process_group resetting it
+    only for a group made: the new start's names were not its fresh ranks', and it failed
+    after INIT_TIMEOUT (gloo's wait for a key no rank sets)."""
+    env, _ = _env(tmp_path, 1, at)
+    (tmp_path / "tmp").mkdir()
+    env["TMPDIR"] = str(tmp_path / "tmp")
+    proc = subprocess.run([sys.executable, "-c", _START_AGAIN, tiny_model], env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = proc.stdout + proc.stderr
+    assert "raised: RankLost tensor parallel rank 1 was killed by SIGKILL\n" in proc.stdout, out
+    assert "again: 4 tokens\n" in proc.stdout, out
+
+
 def test_serve_exits_naming_a_rank_lost_while_the_group_is_made(tiny_model, tmp_path):  # noqa: F811
     """`aiollm serve -tp 2` (node 0): exits 1 within seconds, its last error naming rank 1
     and its signal."""
@@ -137,6 +163,27 @@ def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path
         assert ended - _died_at(died) < FAST_S, logs[1].read_text()
         error = _last_error(logs[1].read_text())
         assert "tensor parallel rank 3 was killed by SIGKILL" in error, error
+    finally:
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_node_1_says_node_0_ended_while_the_group_was_made(tiny_model, tmp_path):  # noqa: F811
+    """-tp 4 over 2 nodes: node 0's spawned rank 1 dies as it enters init_process_group.
+    Node 0 names it; node 1, whose wait ends as node 0 stops hosting the store, exits 1
+    within seconds saying node 0 ended while the group was made (it said "after the group
+    was made": no group was)."""
+    env, died = _env(tmp_path, 1, "init_process_group")
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, tp=4)
+    try:
+        assert [p.wait(timeout=TIMEOUT_S) for p in nodes] == [1, 1], logs[1].read_text()
+        assert time.time() - _died_at(died) < FAST_S, logs[1].read_text()
+        assert "tensor parallel rank 1 was killed by SIGKILL" in _last_error(
+            logs[0].read_text())
+        error = _last_error(logs[1].read_text())
+        assert "tensor parallel node 0 (ranks 0-1) ended while the group was made" in error, error
     finally:
         for p in nodes:
             if p.poll() is None:

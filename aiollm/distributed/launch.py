@@ -277,7 +277,9 @@ class NodeRanks:
         lost = (self.lost or self.lost_rank(wait=1.0)) if collective else None
         if (self.cfg.nnodes > 1 and peer_ended_error(exc)
                 and (lost is None or only_collateral(self.procs, self.spawned.error_file))):
-            lost = self.other_node_lost(exc, "during start-up, after the group was made")
+            # (no group yet: node 0 stopped hosting the store, its rank lost meanwhile)
+            lost = self.other_node_lost(exc, "during start-up, after the group was made"
+                                        if self.tp is not None else "while the group was made")
         self.abort()
         return RankLost(lost) if lost is not None else None
 

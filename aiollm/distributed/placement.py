@@ -71,6 +71,7 @@ def join(cfg: EngineConfig, rank: int, init_addr: str, timeout: timedelta,
                                           cfg.nnodes, timeout)
     store = rendezvous.meet(check)
     backend = "nccl" if device.type == "cuda" else "gloo"
+    _reset_group_names()
     dist.init_process_group(backend, store=store, rank=rank,
                             world_size=cfg.tensor_parallel_size, timeout=timeout,
                             device_id=device if device.type == "cuda" else None)
@@ -80,3 +81,14 @@ def join(cfg: EngineConfig, rank: int, init_addr: str, timeout: timedelta,
     tp = TensorParallel(rank, cfg.tensor_parallel_size, device, cpu_group)
     parallel.set_current(tp)
     return tp
+
+
+def _reset_group_names() -> None:
+    """Number this process's groups from 0 again, as a fresh rank does: torch names a group
+    (its keys in the store) by a per-process count, which destroy_process_group resets only
+    where the default group was made. An init_process_group that failed (a rank lost while
+    the group was made) left it advanced on rank 0, so that the next start-up in the process
+    (an offline LLM made again) named its groups unlike its new ranks, and waited out
+    INIT_TIMEOUT for keys no rank set. No group exists here: nothing else uses the count."""
+    if not dist.is_initialized():
+        dist.distributed_c10d._world.group_count = 0
