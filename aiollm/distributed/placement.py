@@ -90,5 +90,6 @@ def _reset_group_names() -> None:
     the group was made) left it advanced on rank 0, so that the next start-up in the process
     (an offline LLM made again) named its groups unlike its new ranks, and waited out
     INIT_TIMEOUT for keys no rank set. No group exists here: nothing else uses the count."""
-    if not dist.is_initialized():
-        dist.distributed_c10d._world.group_count = 0
+    world = getattr(dist.distributed_c10d, "_world", None)  # (private: torch 2.11's)
+    if not dist.is_initialized() and hasattr(world, "group_count"):
+        world.group_count = 0
