@@ -20,7 +20,7 @@ import time
 import pytest
 from test_tensor_parallel import AIOLLM, tiny_model  # noqa: F401 - a fixture
 from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
-from test_tp_start_checks import _last_error, _two_nodes
+from test_tp_start_checks import _end, _last_error, _two_nodes
 
 TIMEOUT_S = 300  # (processes that import torch on a loaded 2-core machine)
 INIT_TIMEOUT_S = 40  # the group's timeout here: the wait this test would see before
@@ -164,10 +164,7 @@ def test_node_1_names_its_rank_lost_while_the_group_is_made(tiny_model, tmp_path
         error = _last_error(logs[1].read_text())
         assert "tensor parallel rank 3 was killed by SIGKILL" in error, error
     finally:
-        for p in nodes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _end(nodes)
 
 
 def test_node_1_says_node_0_ended_while_the_group_was_made(tiny_model, tmp_path):  # noqa: F811
@@ -185,7 +182,4 @@ def test_node_1_says_node_0_ended_while_the_group_was_made(tiny_model, tmp_path)
         error = _last_error(logs[1].read_text())
         assert "tensor parallel node 0 (ranks 0-1) ended while the group was made" in error, error
     finally:
-        for p in nodes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _end(nodes)

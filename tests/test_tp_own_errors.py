@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 from test_tensor_parallel import tiny_model  # noqa: F401 - a fixture
 from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
-from test_tp_start_checks import _completion, _last_error, _serving, _two_nodes
+from test_tp_start_checks import _completion, _end, _last_error, _serving, _two_nodes
 
 TIMEOUT_S = 300
 DEVICE_ERROR = "CUDA error: an illegal memory access was encountered"
@@ -51,12 +51,6 @@ def _env(tmp_path, rank: int, where: str) -> dict:
     (tmp_path / "sitecustomize.py").write_text(_SITECUSTOMIZE)
     return {**os.environ, "PYTHONPATH": str(tmp_path), "AIOLLM_TEST_FAIL": f"{rank}:{where}"}
 
-
-def _end(nodes) -> None:
-    for p in nodes:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
 
 
 def test_node_0_whose_load_failed_names_its_own_error(tiny_model, tmp_path):  # noqa: F811

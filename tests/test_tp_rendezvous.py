@@ -18,7 +18,7 @@ import time
 import pytest
 from test_tensor_parallel import _alive, _children, tiny_model  # noqa: F401 - a fixture
 from test_tp_start_checks import rank_folders_removed  # noqa: F401 - autouse
-from test_tp_start_checks import TINY3, _completion, _last_error, _serving, _two_nodes
+from test_tp_start_checks import TINY3, _completion, _end, _last_error, _serving, _two_nodes
 
 # two processes import torch: seconds, up to a minute on a loaded 2-core machine
 TIMEOUT_S = 300
@@ -58,12 +58,6 @@ def _wait_for(path: str, node, log) -> None:
         assert node.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
 
-
-def _end(nodes) -> None:
-    for p in nodes:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
 
 
 def test_node_0_names_the_node_whose_checks_failed_before_the_rendezvous(

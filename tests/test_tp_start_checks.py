@@ -162,6 +162,14 @@ def _two_nodes(model: str, tmp_path, env: dict, tp: int = 2, models: dict | None
     return nodes, logs
 
 
+def _end(nodes: list[subprocess.Popen]) -> None:
+    """Kill the nodes of `_two_nodes` still running, and reap them."""
+    for p in nodes:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 @pytest.fixture(autouse=True)
 def rank_folders_removed(tmp_path):
     """After the test, once its nodes ended (those killed by SIGKILL too: their spawned
@@ -217,10 +225,7 @@ def test_each_node_names_the_rank_that_failed_to_size_its_kv_cache(tiny_model,  
         # (its own ValueError, as on one rank: aiollm.cli logs the message)
         assert _last_error(texts[failing]).endswith(fault.split(": ", 1)[1]), texts[failing]
     finally:
-        for p in nodes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _end(nodes)
 
 
 def test_a_checkpoint_carries_a_long_or_non_ascii_failure_as_bytes_cut_to_its_bound(tmp_path):
@@ -318,7 +323,4 @@ def test_ctrl_c_ends_a_node_waiting_at_a_start_up_checkpoint(tiny_model, tmp_pat
         nodes[1].send_signal(signal.SIGINT)
         assert nodes[1].wait(timeout=20) == 130, logs[1].read_text()
     finally:
-        for p in nodes:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        _end(nodes)
