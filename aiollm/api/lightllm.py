@@ -154,16 +154,13 @@ async def _prompt_ids(st: ApiState, req: GenerateRequest) -> list[int]:
             raise InvalidRequest("inputs must not be empty: give at least one token id",
                                  param="inputs")
         return await st.tokenize(req.inputs)
-    try:
-        return await st.tokenize(req.inputs,
-                                 add_special_tokens=req.parameters.add_special_tokens)
-    except InvalidRequest as e:  # of_some_tokens: the text is no token
-        if e.param != "prompt":
-            raise
-        special = ("add_special_tokens is false" if not req.parameters.add_special_tokens
-                   else "the tokenizer adds no BOS")
-        raise InvalidRequest(f"inputs must not be empty: the text encodes to no token "
-                             f"({special})", param="inputs") from None
+    special = req.parameters.add_special_tokens
+    ids = await st.encode(req.inputs, add_special_tokens=special)
+    if not ids:
+        why = "add_special_tokens is false" if not special else "the tokenizer adds no BOS"
+        raise InvalidRequest(f"inputs must not be empty: the text encodes to no token ({why})",
+                             param="inputs")
+    return ids
 
 
 async def _prepare(st: ApiState, req: GenerateRequest

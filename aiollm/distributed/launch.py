@@ -284,8 +284,8 @@ class NodeRanks:
         return RankLost(lost) if lost is not None else None
 
     def other_node_lost(self, exc: BaseException | str, when: str) -> str:
-        """Why a collective failed `when` once the group was made, no rank of this node
-        lost: the other node ended (peer_lost.other_node_lost)."""
+        """Why a collective failed `when` (while the group was made or after), no rank of
+        this node lost: the other node ended (peer_lost.other_node_lost)."""
         return other_node_lost(self.cfg, self.rendezvous, exc, when)
 
     def _start_watch(self) -> None:
