@@ -281,7 +281,7 @@ def test_lightllm_generate_and_stream(server):
     assert "".join(e["token"]["text"] for e in events) == out["generated_text"][0]
     assert [e["finished"] for e in events] == [False] * 7 + [True]
     assert events[-1]["finish_reason"] == "length"
-    assert events[-1]["generated_text"] == out["generated_text"][0]
+    assert events[-1]["generated_text"] is None  # as LightLLM: the texts join to it
     assert all(isinstance(e["token"]["id"], int) and e["token"]["logprob"] <= 0 for e in events)
     # without max_new_tokens: LightLLM's default, 16 (the fuzz tests give theirs 4)
     status, _, body = http(server, "POST", "/generate", json={
