@@ -231,7 +231,7 @@ def test_context_length_errors_have_openai_code(client, model, server):
     status, _, body = http(server, "POST", "/generate", json={
         "inputs": "x", "parameters": {"max_new_tokens": MAX_MODEL_LEN}})
     err = json.loads(body)["error"]
-    assert status == 400 and err["code"] == "context_length_exceeded"
+    assert status == 417 and err["code"] == "context_length_exceeded"  # LightLLM's status
     assert err["param"] == "parameters.max_new_tokens"
 
 

@@ -418,13 +418,13 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
 
     def tool(i: int) -> dict:
         return {"type": "function", "function": {"name": f"f{i}", "parameters": {"type": "object"}}}
-    cases = [  # (path, body, expected status, param named by a 400)
+    cases = [  # (path, body, expected status, param named by a 400 or 417)
         ("/v1/completions", {"prompt": PARIS, "max_tokens": 4, "stop": long_stop}, 200, None),
         ("/v1/completions", {"prompt": PARIS, "stop": ["y" * 40_000]}, 400, "stop"),
         ("/v1/completions", {"prompt": PARIS, "stop": ["y" * (MAX_STOP_STRING_CHARS + 1)]},
          400, "stop"),
         ("/generate", {"inputs": PARIS, "parameters": {"stop_sequences": [[5] * 100_000]}},
-         400, "parameters.stop_sequences"),
+         417, "parameters.stop_sequences"),
         ("/generate", {"inputs": PARIS, "parameters": {
             "stop_sequences": ["z" * MAX_STOP_STRING_CHARS] * most,
             "max_new_tokens": 4}}, 200, None),
@@ -433,7 +433,7 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
         ("/v1/completions", {"prompt": [word] * 300, "max_tokens": 1}, 400, "prompt[0]"),
         ("/v1/completions", {"prompt": "x" * 2_000_000, "max_tokens": 1}, 400, "prompt"),
         ("/v1/completions", {"prompt": [42] * 2_000_000, "max_tokens": 1}, 400, "prompt"),
-        ("/generate", {"inputs": [42] * 2_000_000}, 400, "inputs"),
+        ("/generate", {"inputs": [42] * 2_000_000}, 417, "inputs"),  # LightLLM's status
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}] * 20_000,
                                   "max_tokens": 1}, 400, "messages"),
         ("/detokenize", {"tokens": [42] * 500_000}, 200, None),
@@ -447,7 +447,7 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
         ("/v1/completions", {"prompt": PARIS, "max_tokens": 1, "n": 200}, 200, None),
         # counts checked before each item is looked at (each decoded / submitted on the loop)
         ("/generate", {"inputs": PARIS, "parameters": {"stop_sequences": [[5, 5]] * 200_000}},
-         400, "parameters.stop_sequences"),
+         417, "parameters.stop_sequences"),
         ("/v1/completions", {"prompt": ["a"] * 200_000, "max_tokens": 1}, 400, "prompt"),
         ("/v1/completions", {"prompt": [[5]] * 200_000, "max_tokens": 1}, 400, "prompt"),
         ("/v1/completions", {"prompt": ["a"] * 17, "n": 64, "max_tokens": 1}, 400, "n"),

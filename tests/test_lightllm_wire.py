@@ -1,7 +1,8 @@
 """What LightLLM's clients read on the wire, as LightLLM's own server (lightllm/server/
 api_http.py, api_lightllm.py, detokenization/decode.py) sends it: /generate_stream's events
 leave generated_text null; an output never ends in the U+FFFD of an unfinished UTF-8
-character."""
+character; a refused request is a 417 whose body says why in a top-level "message"; GET
+/tokens reads a JSON body as POST does."""
 
 from __future__ import annotations
 
@@ -52,6 +53,61 @@ def test_an_output_cut_inside_a_character_drops_its_replacement_character(server
     assert [(e["token"]["id"], e["token"]["text"]) for e in events] == \
         [(first, "")] * max_new_tokens, events
     assert events[-1]["finished"] and events[-1]["finish_reason"] == "length"
+
+
+REFUSED = [
+    ("/generate", {"inputs": PARIS, "parameters": {"max_new_tokens": 0}},
+     "parameters.max_new_tokens"),
+    ("/generate_stream", {"inputs": PARIS, "parameters": {"top_k": 0}}, "parameters.top_k"),
+    ("/generate", {"inputs": PARIS, "parameters": {"temperature": "hot"}},
+     "parameters.temperature"),
+    ("/generate_stream", {"inputs": "hello " * 600}, "inputs"),  # past the context
+    ("/", {"inputs": [], "stream": True}, "inputs"),
+    ("/tokens", {"text": 3}, "text"),
+]
+
+
+@pytest.mark.parametrize("path,body,param", REFUSED, ids=[f"{p}:{q}" for p, _, q in REFUSED])
+def test_a_refused_request_is_417_with_a_top_level_message(server, path, body, param):
+    """LightLLM answers a request it refuses (a bad parameter, a prompt past the context,
+    a body of the wrong shape) with 417 and {"message": why}; its clients read that
+    message. Here the OpenAI-style error object stays beside it, naming the field. It was a
+    400 with the error object alone."""
+    status, _, raw = http(server, "POST", path, json=body)
+    out = json.loads(raw)
+    assert status == 417, raw
+    assert out["message"] and out["message"] == out["error"]["message"], out
+    assert out["error"]["param"] == param, out
+
+
+def test_a_request_body_that_is_no_json_is_417(server):
+    status, _, raw = http(server, "POST", "/generate", data=b'{"inputs": "x",',
+                          headers={"Content-Type": "application/json"})
+    assert status == 417 and "not valid JSON" in json.loads(raw)["message"], raw
+
+
+def test_the_other_routes_keep_400(server):
+    """The OpenAI routes answer a bad request 400, their error object alone."""
+    status, _, raw = http(server, "POST", "/v1/completions", json={"prompt": "x",
+                                                                   "max_tokens": -1})
+    assert status == 400 and set(json.loads(raw)) == {"error"}, raw
+
+
+def test_get_tokens_reads_a_json_body_as_post_does(server):
+    """LightLLM's GET /tokens reads the request's JSON body, as its POST does."""
+    body = {"text": PARIS}
+    _, _, want = http(server, "POST", "/tokens", json=body)
+    status, _, raw = http(server, "GET", "/tokens", json=body)
+    assert status == 200 and json.loads(raw) == json.loads(want), raw
+
+
+def test_get_tokens_with_a_query_and_no_body_says_where_the_text_goes(server):
+    """/tokens?text=... (LightLLM reads no query either): the refusal says the text goes
+    in the JSON body, naming the field; it said only that the body was empty."""
+    status, _, raw = http(server, "GET", "/tokens?text=hello")
+    out = json.loads(raw)
+    assert status == 417 and out["error"]["param"] == "text", raw
+    assert "JSON body" in out["message"] and "query" in out["message"], raw
 
 
 def test_an_aborted_streams_end_reaches_no_client_as_an_event(server):

@@ -24,6 +24,7 @@ from aiollm.api import sse, structured
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.http_errors import context_told, param_names
+from aiollm.api.lightllm_errors import lightllm_errors
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
@@ -323,6 +324,6 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
 
 
 ROUTES = [
-    web.post("/generate", generate),
-    web.post("/generate_stream", generate_stream),
+    web.post("/generate", lightllm_errors(generate)),
+    web.post("/generate_stream", lightllm_errors(generate_stream)),
 ]
