@@ -139,6 +139,16 @@ def http(server: LiveServer, method: str, path: str, **kw) -> tuple[int, dict, b
     return asyncio.run(go())
 
 
+LIGHTLLM_ROUTES = ("/generate", "/generate_stream", "/tokens", "/get_score", "/")
+
+
+def refused_status(path: str) -> int:
+    """The status of a request refused as sent (bad input) at `path`: 417 on LightLLM's
+    routes, as LightLLM answers it, else 400."""
+    bare = path.split("?")[0]
+    return 417 if bare in LIGHTLLM_ROUTES or bare.rstrip("/") in LIGHTLLM_ROUTES else 400
+
+
 def post_ok(server: LiveServer, body: dict, path: str = "/v1/chat/completions") -> dict:
     """POST `body` as JSON to `path`; the answer's JSON, asserting a 200."""
     status, _, raw = http(server, "POST", path, json=body)

@@ -11,16 +11,16 @@ import logging
 
 import pytest
 from aiohttp import web
-from live_server import MAX_MODEL_LEN, http
+from live_server import MAX_MODEL_LEN, http, refused_status
 
 C, CHAT, G = "/v1/completions", "/v1/chat/completions", "/generate"
 HI = [{"role": "user", "content": "hi"}]
 
 
-def error_of(status: int, raw: bytes, param: str | None) -> str:
-    """The message of a 400 naming `param`."""
+def error_of(status: int, raw: bytes, param: str | None, path: str = C) -> str:
+    """The message of a refusal naming `param` (a 400; at LightLLM's `path`, a 417)."""
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == param, (status, err)
+    assert status == refused_status(path) and err["param"] == param, (status, err)
     return err["message"]
 
 
@@ -61,7 +61,7 @@ def test_whole_floats_are_taken_for_integer_fields(server):
 def test_what_is_no_whole_number_is_still_refused(server, path, body, param):
     sent = {"json": body} if isinstance(body, dict) else {
         "data": body, "headers": {"Content-Type": "application/json"}}
-    msg = error_of(*http(server, "POST", path, **sent)[::2], param)
+    msg = error_of(*http(server, "POST", path, **sent)[::2], param, path)
     assert msg.startswith(f"{param}: "), msg
     assert "integer" in msg or "out of range" in msg, msg
 
@@ -201,7 +201,7 @@ def test_priority_other_than_0_is_refused(server, path, body):
         assert status == 200, raw
     for value in (1, -5):
         msg = error_of(*http(server, "POST", path, json={**body, "priority": value})[::2],
-                       "priority")
+                       "priority", path)
         assert "priority" in msg and "0" in msg, msg
 
 
@@ -219,7 +219,7 @@ def test_a_full_context_is_told_in_each_endpoints_fields(server):
         "messages": [{"role": "user", "content": "hello " * 600}],
         "truncate_prompt_tokens": MAX_MODEL_LEN})[::2], "messages")
     assert "max_tokens" not in msg and "shorten the messages" in msg, msg
-    msg = error_of(*http(server, "POST", G, json={"inputs": ids})[::2], "inputs")
+    msg = error_of(*http(server, "POST", G, json={"inputs": ids})[::2], "inputs", G)
     assert "max_new_tokens 0" not in msg and "max_tokens" not in msg, msg
     assert "shorten the inputs" in msg and "max_new_tokens" in msg, msg
 
@@ -246,10 +246,11 @@ def test_a_prompt_past_the_context_is_named_in_each_endpoints_fields(server):
     msg = error_of(*http(server, "POST", C, json={"prompt": "hello " * 100,
                                                   "max_tokens": 500})[::2], "max_tokens")
     assert "(101 in the prompt, 500 for the output)" in msg, msg
-    msg = error_of(*http(server, "POST", G, json={"inputs": "hello " * 600})[::2], "inputs")
+    msg = error_of(*http(server, "POST", G, json={"inputs": "hello " * 600})[::2], "inputs",
+                   G)
     assert msg.startswith("the inputs have 601 tokens") and "prompt" not in msg, msg
     msg = error_of(*http(server, "POST", G, json={"inputs": "hello " * 100, "parameters": {
-        "max_new_tokens": 500}})[::2], "parameters.max_new_tokens")
+        "max_new_tokens": 500}})[::2], "parameters.max_new_tokens", G)
     assert "(101 in the inputs, 500 for the output)" in msg and "prompt" not in msg, msg
 
 
@@ -374,6 +375,6 @@ def test_a_huge_integer_is_not_echoed_whole(server, path, body, param):
     message names the field and its bound, and shows the value cut, with its length."""
     status, _, raw = http(server, "POST", path, data=body.encode(),
                           headers={"Content-Type": "application/json"})
-    message = error_of(status, raw, param)
+    message = error_of(status, raw, param, path)
     assert len(message) < 400 and "(401 digits)" in message, message
     assert param.rsplit(".", 1)[-1] in message, message

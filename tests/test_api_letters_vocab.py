@@ -189,10 +189,10 @@ def test_a_grammar_the_vocabulary_cannot_write_is_400(server, path, body, param)
 ])
 def test_lightllm_grammars_the_vocabulary_cannot_write_name_their_field(server, path, body,
                                                                         param):
-    """LightLLM's grammar fields, inside its parameters: the 400 names the field by its
-    path, as the OpenAI endpoints' do."""
+    """LightLLM's grammar fields, inside its parameters: the refusal (LightLLM's 417) names
+    the field by its path, as the OpenAI endpoints' do."""
     status, out = post(server, path, body)
-    assert status == 400, out
+    assert status == 417, out
     assert out["error"]["param"] == param, out
     assert "vocabulary" in out["error"]["message"], out
     assert server.wait_idle()

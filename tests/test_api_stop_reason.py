@@ -191,4 +191,4 @@ def test_the_token_that_completes_a_stop_string_is_counted(server):
     assert [(t["id"], t["text"]) for t in out["tokens"]] == [(PARIS_ID, "")], out
     (last,) = [json.loads(e) for e in sse_events(gen_stream[2])]
     assert last["token"]["id"] == PARIS_ID and last["token"]["count_output_tokens"] == 1, last
-    assert (last["generated_text"], last["finish_reason"]) == ("", "stop"), last
+    assert (last["token"]["text"], last["finish_reason"]) == ("", "stop"), last

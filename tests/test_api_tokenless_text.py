@@ -72,11 +72,12 @@ def test_lightllm_inputs_of_the_bos_alone_generate(server, text):
 @pytest.mark.parametrize("path", ["/generate", "/generate_stream"])
 @pytest.mark.parametrize("inputs", ["", "   ", []])
 def test_lightllm_inputs_of_no_token_are_refused_naming_inputs(server, path, inputs):
-    """No token at all (no BOS added, or an empty list of ids) is a 400 naming inputs,
-    in the client's words, as LightLLM refuses an empty list of prompt ids."""
+    """No token at all (no BOS added, or an empty list of ids) is refused naming inputs
+    (417, LightLLM's status), in the client's words, as LightLLM refuses an empty list of
+    prompt ids."""
     status, out = post(server, path, {"inputs": inputs, "parameters": {
         "max_new_tokens": 2, "add_special_tokens": False}})
-    assert status == 400 and out["error"]["param"] == "inputs", out
+    assert status == 417 and out["error"]["param"] == "inputs", out
     message = out["error"]["message"]
     assert message.startswith("inputs must not be empty") and "prompt" not in message, out
     assert server.wait_idle()

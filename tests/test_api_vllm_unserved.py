@@ -9,17 +9,17 @@ from __future__ import annotations
 import json
 
 import pytest
-from live_server import http
+from live_server import http, refused_status
 
 C, CHAT, G = "/v1/completions", "/v1/chat/completions", "/generate"
 HI = [{"role": "user", "content": "hi"}]
 BODIES = {C: {"prompt": "Hi", "max_tokens": 1}, CHAT: {"messages": HI, "max_tokens": 1}}
 
 
-def error_of(status: int, raw: bytes, param: str | None) -> str:
-    """The message of a 400 naming `param`."""
+def error_of(status: int, raw: bytes, param: str | None, path: str = C) -> str:
+    """The message of a refusal naming `param` (a 400; at LightLLM's `path`, a 417)."""
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == param, (status, err)
+    assert status == refused_status(path) and err["param"] == param, (status, err)
     return err["message"]
 
 
@@ -56,5 +56,5 @@ def test_generate_top_k_error_says_what_it_takes(server, top_k):
     so. -2 was told "-1 or 0 (off)", the OpenAI endpoints' rule, and 0 is refused here."""
     msg = error_of(*http(server, "POST", G, json={
         "inputs": "Hi", "parameters": {"max_new_tokens": 1, "top_k": top_k}})[::2],
-        "parameters.top_k")
+        "parameters.top_k", G)
     assert "-1 (off)" in msg and "or 0" not in msg and str(top_k) in msg, msg

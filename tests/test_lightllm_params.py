@@ -57,7 +57,7 @@ def test_min_new_tokens_errors_quote_it_as_sent(server, parameters, says):
     status, _, raw = http(server, "POST", "/generate", json={"inputs": PARIS,
                                                              "parameters": parameters})
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == "parameters.min_new_tokens", err
+    assert status == 417 and err["param"] == "parameters.min_new_tokens", err
     assert says in err["message"] and "min_tokens" not in err["message"], err
 
 
@@ -73,7 +73,7 @@ def test_multimodal_inputs_are_refused_not_ignored(server, path, kind):
         "inputs": PARIS, "parameters": {"max_new_tokens": 1},
         "multimodal_params": {kind: [item]}})
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == f"multimodal_params.{kind}", (status, raw)
+    assert status == 417 and err["param"] == f"multimodal_params.{kind}", (status, raw)
     status, _, raw = http(server, "POST", path, json={
         "inputs": PARIS, "parameters": {"max_new_tokens": 1},
         "multimodal_params": {kind: []}})
@@ -92,7 +92,7 @@ def test_a_stop_sequence_of_ids_whose_text_is_too_long_says_so(server):
     body = {"inputs": PARIS, "parameters": {"max_new_tokens": 2, "stop_sequences": ["x", seq]}}
     status, _, raw = http(server, "POST", "/generate", json=body)
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == "parameters.stop_sequences", err
+    assert status == 417 and err["param"] == "parameters.stop_sequences", err
     assert err["message"] == (f"stop_sequences[1]: its 200 token ids decode to 1600 characters, "
                               f"more than the {MAX_STOP_STRING_CHARS} a stop sequence may have "
                               f"as text"), err

@@ -34,7 +34,7 @@ def test_tokens_counts_the_text_as_generate_reads_it(server):
     assert json.loads(raw) == {"ntokens": json.loads(tok)["count"]}
     status, _, raw = http(server, "POST", "/tokens", json={"text": 3})
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == "text", raw
+    assert status == 417 and err["param"] == "text", raw
 
 
 def test_tokens_counts_whatever_the_sampling_parameters_say(server):
@@ -42,7 +42,7 @@ def test_tokens_counts_whatever_the_sampling_parameters_say(server):
     passes them to its image preprocessing alone), so a client counting the prompt of the
     /generate request it is about to send, parameters and all, gets the count: values
     /generate would refuse are not checked here (it checks them when it is sent), nor is
-    null. A value of the wrong type is still the body's 400 naming the field, as on every
+    null. A value of the wrong type is still refused naming the field, as on every
     endpoint; add_special_tokens, the one that changes a count, is read (this model's
     tokenizer adds none: tests/test_api_letters_vocab.py counts one that does)."""
     _, _, want = http(server, "POST", "/tokens", json={"text": PARIS})
@@ -55,7 +55,7 @@ def test_tokens_counts_whatever_the_sampling_parameters_say(server):
     status, _, raw = http(server, "POST", "/tokens", json={
         "text": PARIS, "parameters": {"temperature": "hot"}})
     err = json.loads(raw)["error"]
-    assert status == 400 and err["param"] == "parameters.temperature", raw
+    assert status == 417 and err["param"] == "parameters.temperature", raw
 
 
 def test_tokens_refuses_images_as_generate_does(server):
@@ -64,7 +64,7 @@ def test_tokens_refuses_images_as_generate_does(server):
     request that /generate then refused did not have)."""
     body = {"text": PARIS, "multimodal_params": {"images": [{"type": "url", "data": "x"}]}}
     status, _, raw = http(server, "POST", "/tokens", json=body)
-    assert status == 400, raw
+    assert status == 417, raw
     assert json.loads(raw)["error"]["param"] == "multimodal_params.images", raw
 
 
@@ -94,7 +94,7 @@ def test_root_generates_or_streams_by_its_stream_flag(server):
     del got["prompt_cache_len"]
     assert status == 200 and got == want, raw
     status, _, raw = http(server, "POST", "/", json={**body, "stream": "yes"})
-    assert status == 400 and json.loads(raw)["error"]["param"] == "stream", raw
+    assert status == 417 and json.loads(raw)["error"]["param"] == "stream", raw
 
 
 def test_details_tokens_carry_lightllm_s_fields(server):

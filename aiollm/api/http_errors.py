@@ -61,10 +61,15 @@ def error_body(status: int, message: str, param: str | None = None,
                       "param": param, "code": code}}
 
 
-def error_response(err: ApiError) -> web.Response:
+def error_response(err: ApiError, message: bool = False) -> web.Response:
+    """`err` as a response; message: its message at the body's top level too
+    ({"message": ..., "error": {...}}), where LightLLM's clients read it."""
+    body = error_body(err.status, err.message, err.param, err.code)
+    if message:
+        body = {"message": err.message, **body}
     resp = web.Response(
         status=err.status,
-        body=msgspec.json.encode(error_body(err.status, err.message, err.param, err.code)),
+        body=msgspec.json.encode(body),
         content_type="application/json",
         charset="utf-8",  # clients that honour only the header must not guess ISO-8859-1
         headers=err.headers,

@@ -4,6 +4,11 @@ Same wire format as LightLLM's HTTP server, so its clients and benchmark scripts
 unchanged: {"inputs": str | [ids], "parameters": {...}} in; {"generated_text": [...],
 "count_output_tokens", "finish_reason", "prompt_tokens"} out, and for the stream one
 `data:{json}\\n\\n` event per generated token. Sampling is greedy unless do_sample is true.
+
+As LightLLM's detokenizer, the output never ends in an incomplete UTF-8 character: the
+U+FFFD that the end of an output cut inside one decodes to is dropped (see _unfinished_end),
+and the stream's events leave generated_text null, the last one too (the token texts join to
+the text).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from aiollm.api import sse, structured
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.http_errors import context_told, param_names
+from aiollm.api.lightllm_errors import lightllm_errors
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
     from aiollm.engine.outputs import RequestOutput
 
 _GREEDY_BELOW = 1e-5  # a temperature this small means greedy, as in LightLLM
+_REPLACEMENT = "\ufffd"  # what a decoder makes of an incomplete UTF-8 character
 
 # SamplingParams' and the engine's field names -> the LightLLM request's: errors name those
 _PARAM_NAMES = {
@@ -202,11 +209,14 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
         outs = await gather_outputs([st.engine.generate(ids, sp, group=group)
                                      for sp in params])
 
+    texts = [_whole_characters(o.token_texts) for o in outs]
+
     def one_or_all(values: list) -> object:  # LightLLM unwraps single results, except the text
         return values[0] if len(values) == 1 else values
 
     body = {
-        "generated_text": [o.text for o in outs],
+        "generated_text": [o.text[:len(o.text) - _unfinished_end(o.token_texts)]
+                           for o in outs],
         "count_output_tokens": one_or_all([o.completion_tokens for o in outs]),
         "finish_reason": one_or_all([o.finish_reason for o in outs]),
         "prompt_tokens": len(ids),
@@ -214,12 +224,32 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     }
     if req.parameters.return_details:
         special = set(st.engine.tokenizer.all_special_ids)
-        body["tokens"] = one_or_all([_details(o, special, len(ids)) for o in outs])
+        body["tokens"] = one_or_all([_details(o, t, special, len(ids))
+                                     for o, t in zip(outs, texts)])
     return json_response(body)
 
 
-def _details(out: RequestOutput, special: set[int], prompt_tokens: int) -> list[dict]:
-    """LightLLM's return_details entries of one output, a dict per token: its id, text,
+def _unfinished_end(texts: list[str]) -> int:
+    """How many characters to drop from the end of an output whose tokens' texts are
+    `texts` (the last is the output's last token's): the U+FFFD that the end released for
+    the bytes of a character the output stops inside (engine/output_text.py gives it to the
+    last token). LightLLM's detokenizer never sends a text that ends in U+FFFD, so at the end
+    of an output it drops it; its clients get the whole characters alone. Any other U+FFFD
+    (one that text follows) is kept."""
+    last = texts[-1] if texts else ""
+    return len(last) - len(last.rstrip(_REPLACEMENT))
+
+
+def _whole_characters(texts: list[str]) -> list[str]:
+    """The tokens' texts of a whole output, its unfinished end (_unfinished_end) dropped."""
+    cut = _unfinished_end(texts)
+    return texts if not cut else [*texts[:-1], texts[-1][:-cut]]
+
+
+def _details(out: RequestOutput, texts: list[str], special: set[int],
+             prompt_tokens: int) -> list[dict]:
+    """LightLLM's return_details entries of one output, a dict per token: its id, text
+    (`texts`, the output's token texts as /generate answers them),
     logprob, whether it is special, the output's count of tokens up to it, the prompt's
     length, and cumlogprob: the mean logprob of the output's tokens up to it (as LightLLM
     reports it: the sum divided by the count)."""
@@ -229,7 +259,7 @@ def _details(out: RequestOutput, special: set[int], prompt_tokens: int) -> list[
         logprob = out.logprobs[i].logprob if out.logprobs else None
         total += logprob or 0.0
         entries.append({
-            "id": t, "text": out.token_texts[i], "special": t in special, "logprob": logprob,
+            "id": t, "text": texts[i], "special": t in special, "logprob": logprob,
             "cumlogprob": total / (i + 1) if out.logprobs else None,
             "count_output_tokens": i + 1, "prompt_tokens": prompt_tokens,
         })
@@ -254,34 +284,32 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
     with param_names(_PARAM_NAMES):
         ids, params = await _prepare(st, req)
     special = set(st.engine.tokenizer.all_special_ids)
-    parts: list[str] = []
 
     def render(item: tuple[int, Delta]) -> bytes:
         _, d = item
-        parts.append(d.text)
-        tokens: list[int | None] = list(d.token_ids) or [None]  # an abort may bring no token
-        out = []
-        for i, t in enumerate(tokens):
-            last = i == len(tokens) - 1
-            finished = last and d.finish_reason is not None
-            out.append(sse.event({
-                "token": {
-                    "id": t,
-                    # each token's share of the text (they join to it); an abort's text, if
-                    # it brings no token, comes with the placeholder event
-                    "text": d.token_texts[i] if t is not None else d.text,
-                    "logprob": d.logprobs[i].logprob if d.logprobs and t is not None else None,
-                    "special": t in special,
-                    "count_output_tokens": d.completion_tokens - (len(tokens) - 1 - i),
-                    "prompt_tokens": d.prompt_tokens,
-                    "prompt_cache_len": d.cached_tokens,
-                },
-                "generated_text": "".join(parts) if finished else None,
-                "finished": finished,
-                "finish_reason": d.finish_reason if finished else None,
-                "details": None,
-            }, prefix=b"data:"))
-        return b"".join(out)
+        # Every delta that reaches here brings a token: the one delta that may bring none
+        # (the end of a request aborted after its last token went out, with what the end
+        # released of an unfinished character) is an abort's, which merge raises as the
+        # stream's error. An event of id null was sent for it.
+        assert d.token_ids, d
+        ended = d.finish_reason is not None
+        texts = _whole_characters(d.token_texts) if ended else d.token_texts
+        n = len(d.token_ids)
+        return b"".join(sse.event({
+            "token": {
+                "id": t,
+                "text": texts[i],  # each token's share of the text (they join to it)
+                "logprob": d.logprobs[i].logprob if d.logprobs else None,
+                "special": t in special,
+                "count_output_tokens": d.completion_tokens - (n - 1 - i),
+                "prompt_tokens": d.prompt_tokens,
+                "prompt_cache_len": d.cached_tokens,
+            },
+            "generated_text": None,  # LightLLM's, the last event's too: the texts join to it
+            "finished": ended and i == n - 1,
+            "finish_reason": d.finish_reason if ended and i == n - 1 else None,
+            "details": None,
+        }, prefix=b"data:") for i, t in enumerate(d.token_ids))
 
     async def events() -> AsyncIterator[tuple[int, Delta]]:
         # errors are named as they are raised: one found mid-stream (min_tokens past a
@@ -296,6 +324,6 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
 
 
 ROUTES = [
-    web.post("/generate", generate),
-    web.post("/generate_stream", generate_stream),
+    web.post("/generate", lightllm_errors(generate)),
+    web.post("/generate_stream", lightllm_errors(generate_stream)),
 ]

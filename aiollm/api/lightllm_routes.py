@@ -15,6 +15,7 @@ from msgspec import Struct
 from aiollm.api import lightllm, ops
 from aiollm.api.body import decode_body
 from aiollm.api.http_errors import ApiError
+from aiollm.api.lightllm_errors import lightllm_errors
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest, refuse_media
 from aiollm.api.protocol import json_response
 from aiollm.api.state import state
@@ -62,8 +63,13 @@ async def tokens(request: web.Request) -> web.Response:
     (special tokens added unless parameters.add_special_tokens is false; the other
     parameters are not checked, as TokensRequest says why). Text of no token ("", or
     whitespace the tokenizer drops) is counted too: the special tokens alone, or 0, as
-    LightLLM's /tokens and vLLM's /tokenize count it."""
+    LightLLM's /tokens and vLLM's /tokenize count it. GET reads the body too, as LightLLM's
+    does; the query string is not read."""
     st = state(request)
+    if not request.body_exists and request.query:  # LightLLM reads no query either
+        raise ApiError(400, f"/tokens reads the text from the request's JSON body "
+                       f"({{\"text\": ...}}, with GET as with POST), not from the query "
+                       f"string (which gave {', '.join(sorted(request.query))})", param="text")
     req = await decode_body(request, TokensRequest)
     refuse_media(req.multimodal_params)
     special = (req.parameters or GenerateParameters()).add_special_tokens
@@ -115,12 +121,12 @@ ROUTES = [
     web.post("/readiness", readiness),
     web.get("/get_model_name", get_model_name),
     web.post("/get_model_name", get_model_name),
-    web.get("/tokens", tokens),
-    web.post("/tokens", tokens),
+    web.get("/tokens", lightllm_errors(tokens)),
+    web.post("/tokens", lightllm_errors(tokens)),
     web.get("/token_load", token_load),
     # GET and POST, as LightLLM serves it: a "*" route would clash with CORS preflight
     # (aiohttp-cors adds OPTIONS to each route under --allowed-origins)
-    web.get("/get_score", get_score),
-    web.post("/get_score", get_score),
-    web.post("/", root),
+    web.get("/get_score", lightllm_errors(get_score)),
+    web.post("/get_score", lightllm_errors(get_score)),
+    web.post("/", lightllm_errors(root)),
 ]
