@@ -287,11 +287,11 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
 
     def render(item: tuple[int, Delta]) -> bytes:
         _, d = item
-        # Every delta that reaches here brings a token: the one delta that may bring none
-        # (the end of a request aborted after its last token went out, with what the end
-        # released of an unfinished character) is an abort's, which merge raises as the
-        # stream's error. An event of id null was sent for it.
-        assert d.token_ids, d
+        # One event per token. The one delta that may bring no token (the end of a request
+        # aborted after its last token went out, with what the end released of an
+        # unfinished character) is an abort's, which merge raises as the stream's error
+        # before it reaches here; were one to come, it would make no event (never one of
+        # id null).
         ended = d.finish_reason is not None
         texts = _whole_characters(d.token_texts) if ended else d.token_texts
         n = len(d.token_ids)
