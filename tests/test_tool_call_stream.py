@@ -221,7 +221,7 @@ def test_markup_that_is_no_call_stays_content(parser):
 _TAKES_BACK = """
 from aiollm.api.tool_calls import ToolCall
 from aiollm.api.tool_parsers import HermesParser
-from aiollm.api.tool_stream import StreamingToolParser
+from aiollm.api.tool_stream import StreamingToolParser, TakenBack
 
 class Other(HermesParser):  # a parser whose whole reading disagrees with what it streamed
     def calls(self, text, names, **kw):
@@ -245,3 +245,21 @@ def test_a_call_taken_back_fails_loudly():
     run = subprocess.run([sys.executable, "-O", "-c", _TAKES_BACK], capture_output=True,
                          text=True, timeout=60)
     assert run.returncode != 0 and f"TakenBack: {want}" in run.stderr, run.stderr
+
+
+# pieces of outputs: text, look-alikes, markers whole and in part, separators
+PIECES = ["Hi", " ", "{", "}", "[", "; ", "\n", '{"a": 1}', '{"name": "foo"}', '{"name": 5}',
+          "<|python_tag|>", "<|pyth", "<tool_call>", "<tool", "[TOOL_CALLS]", '{"name": "get_w']
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_any_mix_of_text_and_calls_joins_to_the_whole_answer(parser):
+    """Random mixes of text, markup and calls, ended anywhere, as "auto" and "required"
+    outputs: the stream, split anywhere, joins to the whole answer (the faults above were
+    found this way: a '{' or '[' before a call, <|python_tag|>, markup no call follows)."""
+    rng = random.Random(len(parser.name))
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    for _ in range(400):
+        text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 5)))
+        text = text[:rng.choice([len(text), rng.randint(0, len(text))])]
+        _check(parser, text, rng, cut=rng.random() < 0.7, required=rng.random() < 0.2)
