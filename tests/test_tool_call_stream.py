@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 
 from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
-from aiollm.api.tool_stream import StreamingToolParser
+from aiollm.api.tool_stream import StreamingToolParser, TakenBack
 from test_tool_parsers import TOOLS, _walks
 
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
@@ -162,3 +164,101 @@ def test_text_before_a_cut_call_keeps_its_last_character():
         content, calls = _check(parser, text, random.Random(5), cut=True)
         assert content == "Sure;" and calls[0].name == "get_weather", text
         assert not calls[-1].complete
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_text_before_the_calls_ending_like_a_marker_is_kept(parser):
+    """Text before the calls that ends with the start of a marker (Llama 3's '{', Mistral's
+    '[') goes out as content once the call's marker follows; the whole answer kept it
+    only while no call was cut (a finish of "stop" or "length" dropped it as a marker cut
+    part way), so stream and whole answer differed by that character."""
+    rng = random.Random(6)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    for before in ("Sure {", "x[", "<tool", "Ok "):
+        for text in (before + call, before + call + "\n" + call[:-4]):
+            for cut in (False, True):
+                content, calls = _check(parser, text, rng, cut=cut)
+                assert content == before.rstrip() and calls, (text, cut)
+
+
+def test_python_tag_opens_the_calls():
+    """Llama 3's <|python_tag|> (in the text with skip_special_tokens false) opens its
+    calls, as vLLM's llama3_json reads it: held back like the call's JSON, never content
+    before a call, streamed or not; without a call after it, it is the model's text."""
+    parser, rng = Llama3Parser(), random.Random(7)
+    call = CALL["llama3"] % '{"city": "P", "unit": "c"}'
+    for text in ("<|python_tag|>" + call, "Hi <|python_tag|>" + call,
+                 '{"a": 1}<|python_tag|>' + call + " ", "Hi\n<|python_tag|>; " + call):
+        for cut in (False, True):
+            content, calls = _check(parser, text, rng, cut=cut)
+            assert "<|python_tag|>" not in content and calls, (text, cut)
+    # max_tokens or a stop at the tag or in the head: the tag is markup too
+    for text in ("Hi <|python_tag|>", 'Hi <|python_tag|>{"name": "get_w'):
+        assert _check(parser, text, rng, cut=True) == ("Hi", []), text
+    text = "Hi <|python_tag|>print(1)"  # Llama 3.1's code interpreter: no call
+    assert _check(parser, text, rng) == (text, [])
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_markup_that_is_no_call_stays_content(parser):
+    """A marker followed by what no call's head begins with (JSON with a name that is no
+    string, free text) is the model's text: an output that ended there with "stop" or
+    "length" dropped everything from the marker on, streamed and whole. Text before a real
+    call stays content beside the call."""
+    rng = random.Random(8)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    junk = {"hermes": "<tool_call> not a call", "llama3": '{"name": 5} is no call',
+            "mistral": "[TOOL_CALLS] not a call"}[parser.name]
+    for text in ("Hi " + junk, junk + ".", '{"a": 1} ' + junk):
+        for cut in (False, True):
+            assert _check(parser, text, rng, cut=cut) == (text, []), (text, cut)
+    for before in ('{"a": 1}', "Hi " + junk):
+        content, calls = _check(parser, before + "\n" + call, rng, cut=True)
+        assert content == before and [c.name for c in calls] == ["get_weather"], before
+
+
+_TAKES_BACK = """
+from aiollm.api.tool_calls import ToolCall
+from aiollm.api.tool_parsers import HermesParser
+from aiollm.api.tool_stream import StreamingToolParser
+
+class Other(HermesParser):  # a parser whose whole reading disagrees with what it streamed
+    def calls(self, text, names, **kw):
+        return "", [ToolCall("tag", "{}")]
+
+stream = StreamingToolParser(Other(), {"get_weather", "tag"})
+stream.feed('<tool_call>\\n{"name": "get_weather", "arguments": {"city"')
+assert stream.take()[0].name == "get_weather"
+stream.finish()
+"""
+
+
+def test_a_call_taken_back_fails_loudly():
+    """What a stream has sent of a call is never taken back: where a parser would (a bug),
+    the stream raises an internal error that names the calls (a 500 error event, logged),
+    also under python -O, where an assert vanished and the stream sent fragments that
+    joined to no answer."""
+    want = "the hermes tool-call stream read call 0 as 'tag'"
+    with pytest.raises(TakenBack, match=want + ".* after sending 'get_weather'"):
+        exec(_TAKES_BACK, {})
+    run = subprocess.run([sys.executable, "-O", "-c", _TAKES_BACK], capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode != 0 and f"TakenBack: {want}" in run.stderr, run.stderr
+
+
+# pieces of outputs: text, look-alikes, markers whole and in part, separators
+PIECES = ["Hi", " ", "{", "}", "[", "; ", "\n", '{"a": 1}', '{"name": "foo"}', '{"name": 5}',
+          "<|python_tag|>", "<|pyth", "<tool_call>", "<tool", "[TOOL_CALLS]", '{"name": "get_w']
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_any_mix_of_text_and_calls_joins_to_the_whole_answer(parser):
+    """Random mixes of text, markup and calls, ended anywhere, as "auto" and "required"
+    outputs: the stream, split anywhere, joins to the whole answer (the faults above were
+    found this way: a '{' or '[' before a call, <|python_tag|>, markup no call follows)."""
+    rng = random.Random(len(parser.name))
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    for _ in range(400):
+        text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 5)))
+        text = text[:rng.choice([len(text), rng.randint(0, len(text))])]
+        _check(parser, text, rng, cut=rng.random() < 0.7, required=rng.random() < 0.2)

@@ -9,7 +9,9 @@ returned as calls, the cut one with the arguments text written so far (no comple
 as OpenAI answers a call cut by max_tokens; the call markup is never content. A call cut
 before its name is complete is no call and is dropped (under a named tool_choice it is
 still the named function's call, with no arguments yet: ToolParser.calls); so is a marker
-cut part way when the text can only be calls. Streamed and whole answers read the output alike
+cut part way when the text can only be calls. A marker that goes on as no call's head does
+(`{"name": 5}`, free text) is the model's text and stays content. Streamed and whole answers
+read the output alike
 (ToolParser.calls, aiollm/api/tool_calls.py, calls this for both), and both take the rules
 of when to look for a cut call and which finish_reason the calls give from here
 (may_cut_a_call, finish_with_calls).
@@ -17,6 +19,7 @@ of when to look for a cut call and which finish_reason the calls give from here
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
@@ -37,7 +40,8 @@ def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
     `{"name": <one of names>` that `joints` lead to starts one, whose arguments are the JSON
     value after `, "<args_key>": ` as written or, for the one cut, the text written of it
     ("" when the cut falls in the head, after the name). The content is the text before
-    that marker, its trailing whitespace dropped.
+    that marker, its trailing whitespace dropped. A marker followed by neither a call nor
+    the start of a head (`{"name": 5}`, free text) is the model's text: it stays content.
     `only_calls` (the output can only be calls: "required", or calls already found) also
     drops a marker cut part way at the end. Without a marker the content is returned as it
     is, with no calls."""
@@ -46,9 +50,12 @@ def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
     # the text before the marker as a stream sent it (a separator there, Llama 3's ';' after
     # "Sure", is the model's text: the calls' own separators never reach the content)
-    region, content = content[at:], content[:at].rstrip()
+    region, before = content[at:], content[:at].rstrip()
     calls, _ = written_calls(region, 0, names, args_key, joints)
-    return content, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
+    if not calls and not _cut_head(region, joints, names):
+        # the marker goes on as no call's head does: the model's text, not markup
+        return (_without_cut_marker(content, marker) if only_calls else content), [], False
+    return before, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
 
 
 def may_cut_a_call(finish_reason: str) -> bool:
@@ -76,3 +83,11 @@ def _without_cut_marker(text: str, marker: str) -> str:
         if text.endswith(marker[:k]):
             return text[:-k].rstrip()
     return text
+
+
+def _cut_head(region: str, joints: Joints, names: Collection[str]) -> bool:
+    """Whether `region`, a marker and what follows it to the output's end, is a call cut
+    before its name was complete: after the marker's lead (`joints`), the start of a head
+    `{"name": NAME` of one of `names`."""
+    rest = region[joints.lead.match(region).end():]
+    return any(f'{{"name": {json.dumps(n)}'.startswith(rest) for n in names)

@@ -33,11 +33,14 @@ class ToolCall:
 
 
 class ToolParser:
-    """One family's call format. `start` opens a call in the text (the streaming parser holds
-    text back from it on); `separator` goes between the calls of a "required" output."""
+    """One family's call format. `start` opens a call in the text (the head a call's JSON
+    begins with, or the marker before it); `opens`, the markups that open the calls (`start`,
+    and Llama 3's <|python_tag|>): a stream sends the text before the first as content and
+    holds the rest back; `separator` goes between the calls of a "required" output."""
 
     name = ""
     start = ""
+    opens: tuple[str, ...] = ()  # none given: `start` alone
     separator = "\n"
     args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
     # what leads from `start` to a call's head, and from one call's arguments to the next
@@ -50,9 +53,30 @@ class ToolParser:
         or after the last), its leading kept: a stream has sent that before any call came."""
         raise NotImplementedError
 
+    def opening(self, text: str, pos: int = 0) -> int:
+        """Where the first of `opens` is in text[pos:] (an index into `text`); -1: none."""
+        found = [i for i in (text.find(o, pos) for o in self.opens or (self.start,)) if i >= 0]
+        return min(found, default=-1)
+
+    def opening_part(self, text: str) -> int:
+        """The length of the longest end of `text` that begins one of `opens` (a stream
+        holds it back: the next text may complete it); 0: none."""
+        opens = self.opens or (self.start,)
+        for k in range(min(max(map(len, opens)) - 1, len(text)), 0, -1):
+            if any(o.startswith(text[-k:]) for o in opens):
+                return k
+        return 0
+
+    def content_end(self, text: str) -> int:
+        """Where the content a stream sends before any call ends: the first of `opens`, or
+        the start of a part of one that ends the text; its trailing whitespace held too
+        (parse drops it where calls follow)."""
+        at = self.opening(text)
+        return len(text[:at if at >= 0 else len(text) - self.opening_part(text)].rstrip())
+
     def calls(self, text: str, names: Collection[str], *, cut: bool = False,
-              required: bool = False, named: str | None = None
-              ) -> tuple[str, list[ToolCall]]:
+              required: bool = False, named: str | None = None,
+              sent: list[Written] | None = None) -> tuple[str, list[ToolCall]]:
         """parse(), where a call to a function not among `names` makes the whole text
         content: free text that only looked like a call (Llama 3's format is any JSON object
         that starts with "name"; the grammar holds only what follows its trigger).
@@ -66,21 +90,29 @@ class ToolParser:
         written, with no arguments yet, as vLLM answers a named tool_choice (its output is
         the arguments alone, given as that function's call whatever was written).
 
-        The calls a stream has sent by the output's end (call_text.written_calls, from the
-        first marker on) are never taken back: where this reading does not extend them
-        (their markup turned out not to parse), the answer is those calls, the last one
-        incomplete, and the text before the marker its content, as the stream read it."""
+        The text before the calls (content_end) is content as it is: a stream has sent it
+        before any call came, and reads the rest (the text it held) with this same method,
+        so that the two join to this answer's content by construction.
+
+        The calls a stream has sent by the output's end (`sent`, which a stream passes; else
+        call_text.written_calls from the first `start` on) are never taken back: where this
+        reading does not extend them (their markup turned out not to parse), the answer is
+        those calls, the last one incomplete, and the text before `start` its content, as
+        the stream read it."""
+        head = text[:self.content_end(text)]
+        text = text[len(head):]
         content, calls = self._read(text, names, cut, required, named)
         at = text.find(self.start)
-        sent = (written_calls(text, at, names, self.args_key, self.joints)[0] if at >= 0
-                else [])
+        if sent is None:
+            sent = (written_calls(text, at, names, self.args_key, self.joints)[0] if at >= 0
+                    else [])
         if not _extends(calls, sent):
             content = text[:at].rstrip()
             calls = [ToolCall(c.name, c.arguments, complete=c.complete) for c in sent]
             calls[-1].complete = False
         for call in calls:
             call.id = self.call_id()
-        return content, calls
+        return head + content, calls
 
     def _read(self, text: str, names: Collection[str], cut: bool, required: bool,
               named: str | None) -> tuple[str, list[ToolCall]]:

@@ -46,6 +46,7 @@ MAX_WHITESPACE = 16
 _ID_CHARACTERS = string.ascii_letters + string.digits
 _ID_RANDOM = random.SystemRandom()
 _DECODER = json.JSONDecoder()
+TAG = "<|python_tag|>"  # Llama 3's marker before calls (a special token)
 
 
 def _arguments(tool: dict) -> dict:
@@ -105,6 +106,7 @@ def _schema(tool: dict) -> dict:
 
 class HermesParser(ToolParser):
     name, start, end = "hermes", "<tool_call>", "</tool_call>"
+    opens = (start,)
     joints = Joints(re.compile(r"<tool_call>\s*"),
                     re.compile(r"\s*\}\s*</tool_call>\s*<tool_call>\s*"))
 
@@ -143,6 +145,9 @@ class HermesParser(ToolParser):
 
 class Llama3Parser(ToolParser):
     name, start, separator, args_key = "llama3", '{"name": ', ";", "parameters"
+    # <|python_tag|> (in the text with skip_special_tokens false) opens the calls too, as
+    # vLLM's llama3_json reads it: a stream holds it back until it knows what follows
+    opens = (TAG, start)
     # the marker is the head itself; calls are separated by ';' or whitespace
     joints = Joints(re.compile(""), re.compile(r"\s*\}[;\s]*"))
 
@@ -157,12 +162,14 @@ class Llama3Parser(ToolParser):
         calls, end = _json_calls(text, i, "parameters", "; \t\n")
         if not calls:
             return text, []
-        return (text[:i].replace("<|python_tag|>", "") + text[end:]).rstrip(), calls
+        return (text[:i].replace(TAG, "") + text[end:]).rstrip(), calls
 
-    def calls(self, text, names, *, cut=False, required=False, named=None):
-        content, calls = super().calls(text, names, cut=cut, required=required, named=named)
-        if cut and calls:  # the tag before a cut call is markup too
-            content = content.replace("<|python_tag|>", "").rstrip()
+    def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
+        content, calls = super().calls(text, names, cut=cut, required=required, named=named,
+                                       sent=sent)
+        if cut and (calls or content.endswith(TAG)):
+            # the tag before a cut call (or one cut before its name) is markup too
+            content = content.replace(TAG, "").rstrip()
         return content, calls
 
     def tags(self, tools):
@@ -172,6 +179,7 @@ class Llama3Parser(ToolParser):
 
 class MistralParser(ToolParser):
     name, start = "mistral", "[TOOL_CALLS]"
+    opens = (start,)
     # an array of calls (or objects one after another), a block a call under "auto"
     joints = Joints(re.compile(r"\[TOOL_CALLS\]\s*\[?\s*"),
                     re.compile(r"\s*\}\s*(?:,|\]?\s*(?:\[TOOL_CALLS\])?\s*\[?)\s*"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from aiollm.api.call_text import written_calls
+from aiollm.api.call_text import Written, written_calls
 from aiollm.api.tool_calls import ToolCall, ToolParser
 
 
@@ -52,28 +52,18 @@ class StreamingToolParser:
         self.resume = -1  # where written_calls reads on (after the last complete call)
 
     def feed(self, text: str) -> str:
-        """The content that can be sent now: never a trailing whitespace, which the whole
-        answer drops when calls follow (ToolParser.parse), until more text comes. The
-        calls' fragments this text completes wait in take()."""
+        """The content that can be sent now: the text before the calls' first opening
+        (ToolParser.content_end: never a trailing whitespace, nor a part of an opening, until
+        more text comes). The calls' fragments this text completes wait in take()."""
         self.held += text
         if self.calling:
             self._written(text)
             return ""
-        marker = self.parser.start
-        i = self.held.find(marker)
-        if i >= 0:
-            self.calling = True
-            end = i
-        else:  # keep a tail that may be the start of the marker
-            end = len(self.held)
-            for k in range(min(len(marker) - 1, len(self.held)), 0, -1):
-                if marker.startswith(self.held[-k:]):
-                    end -= k
-                    break
-        end = len(self.held[:end].rstrip())
+        self.calling = self.parser.opening(self.held) >= 0
+        end = self.parser.content_end(self.held)
         out, self.held = self.held[:end], self.held[end:]
         if self.calling:
-            self.resume = self.held.find(marker)
+            self.resume = self.held.find(self.parser.start)
             self._written(self.held)
         return out
 
@@ -87,16 +77,23 @@ class StreamingToolParser:
         fragments had). The content sent and this join to the whole answer's content
         (ToolParser.calls of all the text, `cut` when max_tokens ended it); the calls'
         last fragments wait in take()."""
+        sent = [Written(c.name, c.arguments, c.complete) for c in self.sent]
         content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
-                                                required=self.required, named=self.named)
+                                                required=self.required, named=self.named,
+                                                sent=sent)
         self._send(self.calls)
-        for call, sent in zip(self.calls, self.sent):
-            call.id = sent.id
+        for call, sent_call in zip(self.calls, self.sent):
+            call.id = sent_call.id
         self.held = ""
         return content, self.calls
 
     def _written(self, text: str) -> None:
         """Sends what the held text, `text` its newest part, adds to the calls written."""
+        if self.resume < 0:  # an opening before the first call's `start` (<|python_tag|>)
+            start = self.parser.start
+            self.resume = self.held.find(start, max(0, len(self.held) - len(text) - len(start)))
+            if self.resume < 0:
+                return
         last = self.sent[-1] if self.sent else None
         if (last is not None and not last.complete and last.arguments[:1] in ("{", "[")
                 and text and "}" not in text and "]" not in text):
@@ -113,14 +110,27 @@ class StreamingToolParser:
         self._send(done + [ToolCall(c.name, c.arguments, "", c.complete) for c in more])
 
     def _send(self, calls: list[ToolCall]) -> None:
-        """Fragments that bring the calls sent up to `calls`, which extend them."""
+        """Fragments that bring the calls sent up to `calls`, which extend them. Raises
+        TakenBack where they do not: a fragment sent cannot be taken back, and the answer
+        would no longer join to what the client has."""
         for i, call in enumerate(calls):
             if i == len(self.sent):
                 self.sent.append(ToolCall(call.name, "", self.parser.call_id()))
                 self.deltas.append(CallDelta(i, "", self.sent[i].id, call.name))
             sent = self.sent[i]
-            assert call.name == sent.name and call.arguments.startswith(sent.arguments)
+            if call.name != sent.name or not call.arguments.startswith(sent.arguments):
+                raise TakenBack(
+                    f"the {self.parser.name} tool-call stream read call {i} as "
+                    f"{call.name!r} ({len(call.arguments)} characters of arguments) after "
+                    f"sending {sent.name!r} ({len(sent.arguments)} characters), which it "
+                    f"does not extend")
             if len(call.arguments) > len(sent.arguments):
                 self.deltas.append(CallDelta(i, call.arguments[len(sent.arguments):]))
                 sent.arguments = call.arguments
             sent.complete = call.complete
+
+
+class TakenBack(RuntimeError):
+    """An internal error: the calls read from a stream's output no longer extend the calls
+    it has sent (a parser's bug). The stream ends with a 500 error event, the log names the
+    calls; it never sends fragments that would not join to the answer."""

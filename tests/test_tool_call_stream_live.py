@@ -1,0 +1,89 @@
+"""Tool calls on /v1/chat/completions, streamed and whole, for outputs whose text the test
+chooses: tool_choice "auto" beside a regex is calls or the regex's content
+(aiollm/api/tools_or_format.py), and the tool parser reads that content too, so a regex
+makes a random-weight model write call markup, and text around it, exactly. A logit bias
+toward the content's first token picks the content branch. The stream's content and calls
+join to the whole answer's, and text that is no call stays content."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from test_api_token_ids_echo import TEMPLATE, post, tiny  # noqa: F401 (the fixture)
+
+from aiollm.api import create_app
+from aiollm.engine import Engine
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}}}}]
+CALL = '{"name": "get_weather", "parameters": {"city": "P"}}'
+
+
+def _answers(tiny: str, texts: list[str]) -> list[tuple[dict, dict]]:
+    """For each text, (the whole answer's message, the stream's joined message) of a
+    Llama 3 tools request under "auto" whose output is that text."""
+    async def main():
+        engine = Engine(tiny, load_format="dummy", kv_tokens=1024, chat_template=TEMPLATE,
+                        tool_call_parser="llama3")
+        out = []
+        async with TestClient(TestServer(create_app(engine))) as client:
+            tok = engine.tokenizer  # loaded as the app starts
+            for text in texts:
+                first = tok.encode(text[:2], add_special_tokens=False)[0]
+                body = {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
+                        "structured_outputs": {"regex": re.escape(text)},
+                        "logit_bias": {str(first): 100}, "max_tokens": 100,
+                        "temperature": 0}
+                whole = (await post(client, "/v1/chat/completions", body))["choices"][0]
+                chunks = await post(client, "/v1/chat/completions", {**body, "stream": True})
+                out.append((_message(whole), _joined(chunks)))
+        return out
+    return asyncio.run(main())
+
+
+def _message(choice: dict) -> dict:
+    m = choice["message"]
+    return {"content": m["content"] or "", "finish_reason": choice["finish_reason"],
+            "calls": [(c["function"]["name"], c["function"]["arguments"])
+                      for c in m.get("tool_calls") or []]}
+
+
+def _joined(chunks: list[dict]) -> dict:
+    content, calls, finish = "", [], None
+    for chunk in chunks:
+        for c in chunk["choices"]:
+            delta = c["delta"]
+            content += delta.get("content") or ""
+            for f in delta.get("tool_calls") or []:
+                if f["index"] == len(calls):
+                    calls.append([f["function"]["name"], ""])
+                calls[f["index"]][1] += f["function"]["arguments"]
+            finish = c["finish_reason"] or finish
+    return {"content": content, "finish_reason": finish, "calls": [tuple(c) for c in calls]}
+
+
+# output text: (the content, the calls) of the answer, streamed and whole
+WANT = {"Sure {" + CALL: ("Sure {", [("get_weather", '{"city": "P"}')]),
+        "Hi <|python_tag|>" + CALL: ("Hi", [("get_weather", '{"city": "P"}')]),
+        'Use {"name": 5} here.': ('Use {"name": 5} here.', [])}
+
+
+@pytest.fixture(scope="module")
+def answers(tiny) -> dict[str, tuple[dict, dict]]:
+    return dict(zip(WANT, _answers(tiny, list(WANT))))
+
+
+@pytest.mark.parametrize("text", WANT, ids=["brace-before-call", "python-tag", "no-call"])
+def test_stream_and_whole_answer_join_to_the_same_text(answers, text):
+    """Text before a call ending with '{' (a marker's start), Llama 3's <|python_tag|> before
+    a call (as text here, where the tokenizer has no such token; as a special token with
+    skip_special_tokens false), and a marker that no call follows: the stream sent the '{'
+    and the tag as content where the whole answer dropped them, and both dropped the text
+    from `{"name": ` on where no call came."""
+    whole, stream = answers[text]
+    assert whole == stream, (whole, stream)
+    assert (whole["content"], whole["calls"]) == WANT[text], whole
+    assert whole["finish_reason"] == ("tool_calls" if WANT[text][1] else "stop"), whole
