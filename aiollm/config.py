@@ -21,6 +21,9 @@ MAX_KV_TOKENS = 2**31 - 2
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 # --tool-call-parser's choices (aiollm/api/tool_parsers.py)
 TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")
+# --chat-template-content-format's choices (aiollm/engine/content_format.py): the form of
+# message content a chat template is given
+CONTENT_FORMATS = ("auto", "string", "openai")
 # the KV pool's share of the GPU memory free after loading, by default; the rest is the
 # headroom for activations, CUDA graphs and sampling (gpu_memory_utilization keeps it too)
 KV_MEMORY_FRACTION = 0.85

@@ -133,15 +133,18 @@ class LLM:
         add_generation_prompt, continue_final_message, chat_template_kwargs and
         chat_template (a Jinja template rendering the conversations in place of the
         tokenizer's) for the template's options of those names (None: not given, the
-        default); `lora_request` as generate() takes it; chat_template_content_format
-        "auto" or "string" and mm_processor_kwargs None (vllm_names.no_multimodal_chat: text
-        parts are joined into one string; no images). The prompt is the one
+        default); chat_template_content_format, the form of message content the template
+        is given (engine/content_format.py: "string", text parts joined into one string;
+        "openai", a list of text parts; "auto", the default: whichever the template reads);
+        `lora_request` as generate() takes it; mm_processor_kwargs None
+        (vllm_names.no_multimodal_chat: no images). The prompt is the one
         /v1/chat/completions renders for the same messages, tools and options
         (Engine.render_chat); the output is the model's text,
         any calls in it unparsed, as vLLM's LLM.chat gives it.
         Raises InvalidRequest (a ValueError) naming the conversation and its field (param
         `conversations[2].messages[1].role`; a bad template option by its own name,
-        `continue_final_message`, `chat_template` for a template that does not compile; a
+        `continue_final_message`, `chat_template` for a template that does not compile,
+        `chat_template_content_format` for a value not "auto", "string" or "openai"; a
         bad tool by its place, `tools[0].function.name`), or
         `conversations` for a value that is neither a list (or tuple) of conversations nor
         one, before any is generated, and `conversations[i]` for one too long for the
@@ -149,14 +152,15 @@ class LLM:
         TypeError naming both names of a value given twice (template and one of its
         options) or no conversations at all; EngineStopped once close() has run."""
         no_lora(lora_request)
-        no_multimodal_chat(chat_template_content_format, mm_processor_kwargs)
+        no_multimodal_chat(mm_processor_kwargs)
         params = either(params, "params", sampling_params, "sampling_params")
         progress = either(progress, "progress", use_tqdm, "use_tqdm", UNSET)
         conversations = either(conversations, "conversations", messages, "messages", UNSET)
         if conversations is UNSET:
             raise TypeError("chat() missing its conversations (or vLLM's messages)")
         template = template_options(template, add_generation_prompt, continue_final_message,
-                                    chat_template_kwargs, chat_template)
+                                    chat_template_kwargs, chat_template,
+                                    chat_template_content_format)
         self._check_open()
         if not isinstance(conversations, (list, tuple)):
             # else None, a message dict or a generator raised Python's own errors, and a

@@ -145,10 +145,6 @@ REFUSED = (
             "there is no config file: give its options as flags on the command line"),
     Refusal(("--middleware",),
             "the HTTP server is aiohttp, not an ASGI app: it takes no ASGI middleware"),
-    Refusal(("--chat-template-content-format",),
-            "a message's text parts are joined into one string before the chat template "
-            "renders it (vLLM's \"string\" format); there is no \"openai\" format",
-            same=("auto", "string")),
     Refusal(("--uvicorn-log-level",),
             "the HTTP server is aiohttp, not uvicorn: --log-level sets its logging "
             "(debug logs every HTTP request)"),
@@ -186,8 +182,7 @@ SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
                          "--disable-fastapi-docs", "--disable-uvicorn-access-log",
                          "--ssl-keyfile", "--ssl-certfile", "--ssl-ca-certs", "--ssl-cert-reqs",
                          "--root-path", "--middleware",
-                         "--uvicorn-log-level", "--config",
-                         "--chat-template-content-format"})
+                         "--uvicorn-log-level", "--config"})
 
 _DTYPES = {"half": "float16", "float": "float32"}  # vLLM's other names for them
 _TOOL_CALL_PARSERS = {"llama3_json": "llama3"}  # the same format under vLLM's name

@@ -1,8 +1,8 @@
 """vLLM's keyword names for what LLM(...), LLM.generate and LLM.chat take under aiollm's own
 names, so that vLLM code runs as it is: sampling_params (params), use_tqdm (progress),
 messages (conversations), and the chat template's options add_generation_prompt,
-continue_final_message, chat_template_kwargs and chat_template (aiollm's
-template=TemplateOptions(...)); and lora_request, None alone.
+continue_final_message, chat_template_kwargs, chat_template and chat_template_content_format
+(aiollm's template=TemplateOptions(...)); and lora_request, None alone.
 A value given under both names is a TypeError naming both, as Python refuses an argument
 given twice.
 
@@ -32,6 +32,7 @@ from typing import Any
 from aiollm import vllm_flags
 from aiollm.config import EngineConfig
 from aiollm.engine.chat_template import TemplateOptions
+from aiollm.engine.content_format import check_content_format
 from aiollm.errors import InvalidRequest
 from aiollm.vllm_flags import Refusal
 
@@ -85,19 +86,9 @@ def no_priority(priority: Any, prompts: Any) -> None:
                              "(requests are admitted in arrival order)", param="priority")
 
 
-def no_multimodal_chat(chat_template_content_format: Any, mm_processor_kwargs: Any) -> None:
-    """vLLM's keywords of LLM.chat for content parts and images. A message's text parts are
-    joined into one string before the template renders it: vLLM's "string" format, which
-    its "auto" picks for a template that reads content as text. Raises InvalidRequest naming
-    the keyword for "openai" (parts given to the template as a list), any other format, or
-    mm_processor_kwargs other than None (no model here takes images)."""
-    fmt = chat_template_content_format
-    if fmt not in ("auto", "string"):
-        why = (" (the template given the content parts as a list) is not supported"
-               if fmt == "openai" else " is no content format")
-        raise InvalidRequest(f"chat_template_content_format {fmt!r:.40}{why}: give \"auto\" "
-                             "or \"string\" (text parts joined into one string)",
-                             param="chat_template_content_format")
+def no_multimodal_chat(mm_processor_kwargs: Any) -> None:
+    """vLLM's keyword of LLM.chat for image processing: None alone (no model here takes
+    images); InvalidRequest naming mm_processor_kwargs otherwise."""
     if mm_processor_kwargs is not None:
         raise InvalidRequest("mm_processor_kwargs is not supported: aiollm's models take "
                              "text alone (no images or audio to process)",
@@ -106,13 +97,18 @@ def no_multimodal_chat(chat_template_content_format: Any, mm_processor_kwargs: A
 
 def template_options(template: TemplateOptions | None, add_generation_prompt: bool | None,
                      continue_final_message: bool | None, chat_template_kwargs: dict | None,
-                     chat_template: str | None = None) -> TemplateOptions | None:
-    """`template`, or the TemplateOptions that vLLM's keywords say (None among them: not
-    given, the default). Raises TypeError naming template and the keyword when both are
-    given."""
+                     chat_template: str | None = None,
+                     content_format: str = "auto") -> TemplateOptions | None:
+    """`template`, or the TemplateOptions that vLLM's keywords say (None among them, and
+    content_format "auto": not given, the default). Raises InvalidRequest naming
+    chat_template_content_format for a content format not of CONTENT_FORMATS, TypeError
+    naming template and the keyword when both are given."""
+    check_content_format(content_format)
     given = {"add_generation_prompt": add_generation_prompt,
              "continue_final_message": continue_final_message,
-             "chat_template_kwargs": chat_template_kwargs, "chat_template": chat_template}
+             "chat_template_kwargs": chat_template_kwargs, "chat_template": chat_template,
+             "chat_template_content_format": None if content_format == "auto"
+             else content_format}
     given = {k: v for k, v in given.items() if v is not None}
     if not given:
         return template
@@ -120,7 +116,8 @@ def template_options(template: TemplateOptions | None, add_generation_prompt: bo
         raise TypeError(f"got both template and {next(iter(given))} (vLLM's keyword for "
                         "one of template's options): pass one of them")
     kwargs = given.pop("chat_template_kwargs", {})
-    return TemplateOptions(**given, kwargs=kwargs)
+    fmt = given.pop("chat_template_content_format", "auto")
+    return TemplateOptions(**given, kwargs=kwargs, content_format=fmt)
 
 
 # vLLM's keyword -> aiollm's option (EngineConfig field) of the same meaning, as

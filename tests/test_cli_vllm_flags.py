@@ -58,6 +58,9 @@ def test_a_vllm_launch_line_parses_to_aiollm_options():
     ("--disable-log-stats", "log_stats", False),
     ("--trust-request-chat-template", "trust_request_chat_template", True),
     ("--response-role bot", "response_role", "bot"),
+    # was refused for openai, taken for auto and string with no effect
+    ("--chat-template-content-format openai", "chat_template_content_format", "openai"),
+    ("--chat_template_content_format string", "chat_template_content_format", "string"),
     ("--return-tokens-as-token-ids", "return_tokens_as_token_ids", True),
     ("--return-tokens-as-token-ids --no-return-tokens-as-token-ids",
      "return_tokens_as_token_ids", False),
@@ -71,6 +74,13 @@ def test_aliases_leave_the_defaults_alone():
     assert (args.prefix_cache, args.cuda_graph, args.log_stats) == (True, True, True)
     assert args.dtype == "auto" and args.tool_call_parser is None
     assert args.trust_request_chat_template is False  # a request's template: 400, as in vLLM
+    assert args.chat_template_content_format == "auto"  # what the template reads
+
+
+def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsys):
+    err = refusal("--chat-template-content-format json", capsys)
+    assert "--chat-template-content-format" in err and "'json'" in err
+    assert "auto, string, openai" in err or "'auto', 'string', 'openai'" in err, err
 
 
 @pytest.mark.parametrize("line", [
@@ -87,8 +97,7 @@ def test_aliases_leave_the_defaults_alone():
     "--enable-prompt-tokens-details", "--enable-server-load-tracking",
     "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
     "--disable-uvicorn-access-log", "--response-role assistant",
-    "--distributed-executor-backend mp", "--chat-template-content-format string",
-    "--chat-template-content-format auto",
+    "--distributed-executor-backend mp",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -122,7 +131,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--config serve.yaml", ("command line",)),
     ("--override-generation-config {}", ("--generation-config",)),
     ("--distributed-executor-backend ray", ("Ray",)),
-    ("--chat-template-content-format openai", ("string",)),
     ("--middleware m.f", ("middleware",)),
     ("--uvicorn-log-level warning", ("--log-level",)),
     ("--hf-overrides {}", ("config.json",)),

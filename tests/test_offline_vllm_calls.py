@@ -90,16 +90,17 @@ def test_priority_of_zero_is_taken_others_are_refused(llm):
 
 def test_chat_takes_vllms_content_format_and_mm_processor_kwargs(llm):
     """LLM.chat(chat_template_content_format=..., mm_processor_kwargs=...) were unexpected
-    keywords. aiollm renders text parts as one string (vLLM's "string"; "auto" picks it for
-    such templates); "openai" and multimodal kwargs are refused naming them."""
+    keywords. The default model's template reads a string, so its text parts are joined
+    under "auto" and "string" (tests/test_content_format.py: templates that read parts);
+    a format of no meaning and multimodal kwargs are refused naming them."""
     parts = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
     want, = llm.chat(HI, GREEDY, False)
     for fmt in ("auto", "string"):
         got, = llm.chat(parts, GREEDY, False, chat_template_content_format=fmt,
                         mm_processor_kwargs=None)
         assert got.prompt_token_ids == want.prompt_token_ids
-    with pytest.raises(InvalidRequest, match="openai") as e:
-        llm.chat(HI, GREEDY, False, chat_template_content_format="openai")
+    with pytest.raises(InvalidRequest, match="'jinja'") as e:
+        llm.chat(HI, GREEDY, False, chat_template_content_format="jinja")
     assert e.value.param == "chat_template_content_format"
     with pytest.raises(InvalidRequest, match="mm_processor_kwargs") as e:
         llm.chat(HI, GREEDY, False, mm_processor_kwargs={"num_crops": 4})

@@ -275,9 +275,12 @@ def test_responses_and_events_are_the_sdks_types(server, body):
 def test_text_parts_of_an_item_join_by_newline_as_chats_do():
     """A message item's, or a call output's, parts are joined as chat joins a message's parts
     and as vLLM, which hands the parts to its chat parser: by "\n", an empty part left out,
-    a refusal part's text among them in any item (chat: an assistant's alone). They were
-    joined by "" ("Hello" and "there" read "Hellothere")."""
+    a refusal part's text among them in any item (chat: an assistant's alone), for a
+    template that reads a string; one that reads parts is given them as text parts
+    (tests/test_content_format.py). They were joined by "" ("Hello" and "there" read
+    "Hellothere")."""
     from aiollm.api.responses_request import input_messages
+    from aiollm.engine.content_format import as_parts, joined_text
 
     parts = [{"type": "input_text", "text": "Hello"}, {"type": "input_text", "text": ""},
              {"type": "output_text", "text": "there"}, {"type": "refusal", "refusal": "no"}]
@@ -285,7 +288,10 @@ def test_text_parts_of_an_item_join_by_newline_as_chats_do():
                           {"type": "function_call", "call_id": "c", "name": "f",
                            "arguments": "{}"},
                           {"type": "function_call_output", "call_id": "c", "output": parts}])
-    assert [m.content for m in got] == ["Hello\nthere\nno", None, "Hello\nthere\nno"]
+    contents = [m.as_dict(i)["content"] for i, m in enumerate(got)]
+    assert [joined_text(c) for c in contents] == ["Hello\nthere\nno", "", "Hello\nthere\nno"]
+    texts = [{"type": "text", "text": t} for t in ("Hello", "", "there", "no")]
+    assert [as_parts(c) for c in contents] == [texts, [], texts]
 
 
 @pytest.mark.parametrize("role, content, chat, responses", CONTENT_FAULTS)
@@ -351,7 +357,10 @@ def test_reasoning_items_sent_back_are_the_turns_reasoning():
     assistant turn's reasoning_content, which reaches the chat template: the message or
     calls after it are that turn's, as vLLM joins them; alone, the turn's content is "".
     It was dropped."""
+    import msgspec
+
     from aiollm.api.responses_request import input_messages
+    from aiollm.engine.content_format import joined_text
 
     def thought(text: str) -> dict:
         return {"type": "reasoning", "id": "rs_1", "summary": [], "status": "completed",
@@ -364,7 +373,11 @@ def test_reasoning_items_sent_back_are_the_turns_reasoning():
     got = input_messages([user, thought("sky"), said, user, thought("hm"), call,
                           {"type": "function_call_output", "call_id": "c", "output": "ok"},
                           thought("done"), user])
-    assert [(m.role, m.content, m.reasoning_content) for m in got] == [
+    def text(content):  # text parts (a message item's) as a template reading a string sees them
+        return content if content is None or isinstance(content, str) else joined_text(
+            msgspec.to_builtins(content))
+
+    assert [(m.role, text(m.content), m.reasoning_content) for m in got] == [
         ("user", "Hi", None), ("assistant", "Blue.", "sky"), ("user", "Hi", None),
         ("assistant", None, "hm"), ("tool", "ok", None), ("assistant", "", "done"),
         ("user", "Hi", None)]

@@ -20,6 +20,7 @@ from aiollm.api.tool_calls import ToolCall, ToolParser
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.api.tools_or_format import tools_constraint
 from aiollm.api.usage import room
+from aiollm.engine.content_format import joined_text
 from aiollm.sampling_params import SamplingParams
 
 
@@ -96,13 +97,15 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     if thinking and any(tool_parsers.marker_is_skipped(engine.tokenizer, tag)
                         for tag in (reasoning.START, reasoning.END)):
         req.skip_special_tokens = False  # the splitter must see the tags in the text
-    options = req.template_options(st.trust_request_chat_template)
+    options = req.template_options(st.trust_request_chat_template,
+                                   st.chat_template_content_format)
     # the template the messages are rendered with says which tool-call format to read
     template = options.chat_template or engine.tokenizer.chat_template
     dicts = req.message_dicts()
-    # vLLM's echo: the last message's text (as the template sees it) comes before each
-    # answer where the message is in the answer's role (the one it continues)
-    echo = (dicts[-1].get("content") or "") if req.echo and req.messages[-1].role == role else ""
+    # vLLM's echo: the last message's text (its parts joined, as vLLM echoes them) comes
+    # before each answer where the message is in the answer's role (the one it continues)
+    echo = (joined_text(dicts[-1].get("content")) if req.echo
+            and req.messages[-1].role == role else "")
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
@@ -144,6 +147,7 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     await engine.compile_grammar(params[0])
     prompt_tail = engine.tokenizer.decode(ids[-16:], skip_special_tokens=False) if thinking else ""
     # a continued message's own tags say whether it stopped inside its reasoning
-    continued = messages[-1].get("content") if req.continue_final_message else None
+    continued = (joined_text(messages[-1].get("content")) if req.continue_final_message
+                 else None)
     return ChatPlan(ids, messages, params, role, mode, named, forced, parser, names, thinking,
                     shaped, echo, logprobs, prompt_tail, continued)

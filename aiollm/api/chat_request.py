@@ -29,10 +29,12 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
 def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
-                          trust_request_chat_template: bool) -> TemplateOptions:
-    """The request's chat-template options (the method of both request types that take
-    them). A template of its own, `chat_template` (or vLLM's other place for it,
-    `chat_template_kwargs.chat_template`; the field wins), renders the messages only where
+                          trust_request_chat_template: bool,
+                          content_format: str = "auto") -> TemplateOptions:
+    """The request's chat-template options (the method of both request types that take them),
+    with the server's `content_format` (--chat-template-content-format). A template of its
+    own, `chat_template` (or vLLM's other place for it, `chat_template_kwargs.chat_template`;
+    the field wins), renders the messages only where
     the server trusts request templates (TRUST_FLAG, as vLLM's): it runs the client's Jinja
     on the server, sandboxed by transformers but unbounded in time. Else InvalidRequest
     naming the field and the flag; the template itself is checked as the engine renders.
@@ -58,7 +60,7 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
                              f"server started with {TRUST_FLAG}: leave it out to render with "
                              "the server's template", param=param)
     return TemplateOptions(req.add_generation_prompt, req.continue_final_message, kwargs,
-                           template, req.documents)
+                           template, req.documents, content_format)
 
 
 class ContentPart(Struct, kw_only=True):

@@ -88,7 +88,8 @@ async def tokenize(request: web.Request) -> web.Response:
     if req.messages is not None:
         ids, _ = await st.render_chat([m.as_dict(i) for i, m in enumerate(req.messages)],
                                       tool_request.choose(req.tools, None)[0],
-                                      req.template_options(st.trust_request_chat_template),
+                                      req.template_options(st.trust_request_chat_template,
+                                                           st.chat_template_content_format),
                                       add_special_tokens=bool(req.add_special_tokens))
     else:
         special = req.add_special_tokens is not False  # absent: true for a prompt

@@ -18,9 +18,9 @@ from typing import Any, Iterator, Union
 
 from msgspec import Struct
 
-from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage
+from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage, ContentPart
 from aiollm.api.protocol import Stop, TopK
-from aiollm.engine.content_parts import content_text
+from aiollm.engine.content_parts import text_parts
 from aiollm.errors import InvalidRequest
 
 _ROLES = ("user", "system", "developer", "assistant")
@@ -223,11 +223,16 @@ def _string(item: dict, key: str, at: str) -> str:
     return value
 
 
-def _text(content: Any, at: str) -> str:
+def _text(content: Any, at: str) -> str | list[ContentPart]:
     """An input message's content or a call's output, at the path `at`, as text
-    (content_parts.content_text, as chat joins a message's parts): the Responses API's
-    schema takes refusal parts in any role's content, and no plain strings in a list."""
-    return content_text(content, at, refusal=True, strings=False)
+    (content_parts.text_parts, as chat takes a message's parts): a string, or its text
+    parts, which the chat template is given in the server's content format, joined or as
+    a list. The Responses API's schema takes refusal parts in any role's content, and no
+    plain strings in a list."""
+    parts = text_parts(content, at, refusal=True, strings=False)
+    if isinstance(parts, str):
+        return parts
+    return [ContentPart(type="text", text=p["text"]) for p in parts]
 
 
 def response_format(text: dict | None) -> dict | None:

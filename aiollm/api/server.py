@@ -32,6 +32,7 @@ from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_re
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
+from aiollm.engine.content_format import check_content_format
 from aiollm.stop_signal import Terminated
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                body_timeout: float = BODY_TIMEOUT_S,
                cors: CorsOptions | None = None,
                trust_request_chat_template: bool = False,
+               chat_template_content_format: str = "auto",
                response_role: str = "assistant",
                return_tokens_as_token_ids: bool = False) -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
@@ -95,16 +97,21 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     several (vLLM's --served-model-name A B): the first is reported, each is accepted as a
     request's model and listed by /v1/models; None: the engine's model name.
     body_timeout: seconds a request body's next bytes may take (408 past it); ValueError
-    unless positive. trust_request_chat_template: a chat or /tokenize request may render
-    its messages with a chat template of its own (vLLM's --trust-request-chat-template;
-    else a 400 naming the flag). response_role: the role of a chat answer where the prompt
-    opens a new turn (vLLM's --response-role); ValueError unless a non-empty string.
+    unless positive. trust_request_chat_template: a chat or /tokenize request may render its
+    messages with a chat template of its own (vLLM's --trust-request-chat-template; else a
+    400 naming the flag). chat_template_content_format: the form of message content the chat
+    template is given, for chat, the Responses API and /tokenize (vLLM's
+    --chat-template-content-format: "auto", "string" or "openai"; engine/content_format.py);
+    InvalidRequest, a ValueError, naming it for another value. response_role: the role of a
+    chat answer where the prompt opens a new turn (vLLM's --response-role); ValueError
+    unless a non-empty string.
     return_tokens_as_token_ids: logprobs name tokens "token_id:N" where a request does not
     say (vLLM's --return-tokens-as-token-ids)."""
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")
     if not isinstance(response_role, str) or not response_role.strip():
         raise ValueError(f"response_role must be a non-empty string, got {response_role!r}")
+    check_content_format(chat_template_content_format)
     middlewares = [error_middleware]
     keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
     allowed = _key_check(keys) if any(keys) else None
@@ -117,6 +124,7 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                           aliases=names[1:], shutdown_timeout=shutdown_timeout,
                           created=int(time.time()), body_timeout=body_timeout,
                           trust_request_chat_template=trust_request_chat_template,
+                          chat_template_content_format=chat_template_content_format,
                           response_role=response_role,
                           return_tokens_as_token_ids=return_tokens_as_token_ids)
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES

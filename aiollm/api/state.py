@@ -38,6 +38,8 @@ class ApiState:
     body_timeout: float = BODY_TIMEOUT_S  # wait for a body's next bytes, s (api/body.py)
     # vLLM's --trust-request-chat-template: a request may render with its own chat template
     trust_request_chat_template: bool = False
+    # vLLM's --chat-template-content-format: the form of content the chat template is given
+    chat_template_content_format: str = "auto"
     # vLLM's --response-role: the role of a chat answer to a prompt that opens a new turn
     response_role: str = "assistant"
     # vLLM's --return-tokens-as-token-ids: logprobs name tokens "token_id:N" unless a

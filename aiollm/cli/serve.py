@@ -63,6 +63,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                          served_model_name=names or None,
                          shutdown_timeout=args.shutdown_timeout, cors=cors,
                          trust_request_chat_template=args.trust_request_chat_template,
+                         chat_template_content_format=args.chat_template_content_format,
                          response_role=args.response_role,
                          return_tokens_as_token_ids=args.return_tokens_as_token_ids)
         uvloop.run(serve(app, args.host, args.port))

@@ -10,7 +10,8 @@ import json
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.help_format import HelpFormatter
-from aiollm.config import KV_MEMORY_FRACTION, REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig
+from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, REASONING_PARSERS,
+                           TOOL_CALL_PARSERS, EngineConfig)
 from aiollm.model.paths import LOAD_FORMATS
 
 
@@ -80,6 +81,14 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      help="chat: render conversations with this Jinja chat template in place "
                           "of the tokenizer's: the path of a file holding it, or the template "
                           "itself (as vLLM's --chat-template; checked at start)")
+    net.add_argument("--chat-template-content-format", default="auto",
+                     choices=list(CONTENT_FORMATS),
+                     help="chat and the Responses API: the form of message content the chat "
+                          "template is given, as vLLM's flag: string (text parts joined by "
+                          "newlines into one string), openai (a list of {\"type\": \"text\", "
+                          "\"text\": ...} parts; a string as one part) or auto (whichever the "
+                          "template reads: openai where it loops over or indexes a message's "
+                          "content, else string)")
     net.add_argument("--trust-request-chat-template", action="store_true",
                      help="chat and /tokenize: render a request's messages with the chat "
                           "template it sends (chat_template, or chat_template_kwargs' "

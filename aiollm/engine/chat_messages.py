@@ -8,9 +8,12 @@ if it were a turn), content that is not text or text parts (or, an assistant's, 
 parts), a message without content or with an empty list of parts (only an assistant's tool
 calls stand in for it), tool calls anywhere but on an assistant message or malformed, a tool
 message without the id of the call it answers. The form: developer (OpenAI's newer name of
-system, which templates do not know) as system, text (and refusal) parts joined by "\n" as
-vLLM joins them (its "string" content format), no content as "", a call's JSON arguments as
-the object templates render themselves.
+system, which templates do not know) as system, content a string as given or a list of text
+parts ({"type": "text", "text": ...}: refusal parts and plain strings among them made text
+parts), no content as an empty list of parts, a call's JSON arguments as the object templates
+render themselves. The content reaches the template in the form content_format.py resolves:
+the parts joined by "\n" into one string (vLLM's "string" format, no content as ""), or the
+list (its "openai" format, a string as one text part).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 
 import msgspec
 
-from aiollm.engine.content_parts import content_text
+from aiollm.engine.content_parts import text_parts
 from aiollm.errors import InvalidRequest
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -39,10 +42,11 @@ def checked_messages(messages: Any) -> list[dict[str, Any]]:
 
 
 def checked_message(m: Any, at: str) -> dict[str, Any]:
-    """The message `m` (a dict, at the path `at`) as chat templates take it: role and text
-    content, its name, tool calls, tool_call_id and reasoning (`reasoning_content`, also
-    from vLLM's `reasoning`) when given; other keys as they are. Raises InvalidRequest
-    naming the field (`{at}.role`...) for a message OpenAI's chat API refuses."""
+    """The message `m` (a dict, at the path `at`) as chat templates take it: role and content
+    (a string, or a list of text parts: _content), its name, tool calls, tool_call_id and
+    reasoning (`reasoning_content`, also from vLLM's `reasoning`) when given; other keys as
+    they are. Raises InvalidRequest naming the field (`{at}.role`...) for a message OpenAI's
+    chat API refuses."""
     if not isinstance(m, dict):
         raise InvalidRequest(f'{at} must be a {{"role", "content"}} dict, got '
                              f"{type(m).__name__}", param=at)
@@ -104,18 +108,20 @@ def _article(role: str) -> str:
     return "an" if role == "assistant" else "a"
 
 
-def _content(content: Any, at: str, role: str) -> str:
-    """A message's content as one string (content_parts.content_text): "" for none; a plain
-    string in the list is a text part, as vLLM takes it; an assistant's refusal parts are
-    what it said (OpenAI's schema allows them there), another role's are refused."""
+def _content(content: Any, at: str, role: str) -> str | list[dict[str, str]]:
+    """A message's content as text (content_parts.text_parts): a string as it is, a list
+    as text parts (a plain string in it a text part, as vLLM takes it; an assistant's
+    refusal parts what it said, which OpenAI's schema allows there; another role's are
+    refused); no content as no parts (vLLM's: "" to a template that reads a string, an
+    empty list to one that reads parts)."""
     if content is None:
-        return ""
+        return []
     # vLLM folds a thinking part into the content: the model would read its own reasoning as
     # what it said (only an assistant's message renders reasoning)
     hint = (": send an assistant's reasoning as the message's reasoning_content"
             if role == "assistant" else "")
-    return content_text(content, at, refusal=role == "assistant", strings=True,
-                        thinking_hint=hint)
+    return text_parts(content, at, refusal=role == "assistant", strings=True,
+                      thinking_hint=hint)
 
 
 def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,8 +15,10 @@ text takes the plain path: the ids are exactly what `apply_chat_template` gives.
 
 TemplateOptions carries what a caller may ask of the rendering, as vLLM and SGLang take it:
 no generation prompt, continuing the final (assistant) message, the template's own
-variables (`chat_template_kwargs`, e.g. Qwen3's `enable_thinking`), and (the Python API's
-alone: the HTTP API refuses it per request) another template than the tokenizer's.
+variables (`chat_template_kwargs`, e.g. Qwen3's `enable_thinking`), the form of message
+content the template takes (vLLM's chat-template content format: content_format.py), and
+(the Python API's alone: the HTTP API refuses it per request) another template than the
+tokenizer's.
 Variables pass through to the template as they are, except that those the server gives a
 meaning to are type-checked (`enable_thinking` is a boolean: "no" would turn thinking on).
 """
@@ -29,6 +31,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aiollm.engine.content_format import (check_content_format, formed_messages,
+                                          resolve_content_format)
 from aiollm.engine.submission import check_unicode
 from aiollm.errors import ChatTemplateError, InvalidRequest, check_type
 from aiollm.model.chat_template_source import check_template_source
@@ -67,15 +71,19 @@ class TemplateOptions:
     documents: the sources of retrieval-augmented generation, given to the template as its
     `documents` variable (vLLM's chat field; each a dict of strings, such as {"title",
     "text"}; a template that renders none ignores them; control-token text in them stays
-    plain text, as in message content). `check` raises InvalidRequest naming the field
+    plain text, as in message content); content_format: the form message content takes in
+    the template, vLLM's chat_template_content_format (content_format.py): "string" (text
+    parts joined), "openai" (a list of text parts) or "auto" (whichever the template
+    reads). `check` raises InvalidRequest naming the field
     (`chat_template_kwargs.enable_thinking`; `chat_template` for one that is no string or
-    does not compile; `documents[1].text`)."""
+    does not compile; `documents[1].text`; chat_template_content_format)."""
 
     add_generation_prompt: bool = True
     continue_final_message: bool = False
     kwargs: dict[str, Any] = field(default_factory=dict)
     chat_template: str | None = None
     documents: list[dict[str, str]] | None = None
+    content_format: str = "auto"
 
     def check(self, specials: list[str], reserved: frozenset[str] = frozenset()) -> None:
         """specials: control-token texts a string variable may not hold (it would be
@@ -84,6 +92,7 @@ class TemplateOptions:
             raise InvalidRequest("continue_final_message needs add_generation_prompt false (a "
                                  "final message continued leaves no turn to open)",
                                  param="continue_final_message")
+        check_content_format(self.content_format)
         if self.chat_template is not None:
             check_template_source(self.chat_template)
         _check_documents(self.documents)
@@ -174,9 +183,11 @@ def checked_options(tokenizer: PreTrainedTokenizerBase,
 def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
                    tools: list[dict] | None = None, *, specials: list[str] | None = None,
                    options: TemplateOptions | None = None) -> list[int]:
-    """Token ids of `messages` rendered as `options` say (default: with the generation
-    prompt). `specials`: the control-token texts to keep as plain text wherever a string of
-    the messages or tools holds them (None: none, the template's tokenizing as it is).
+    """Token ids of `messages` rendered as `options` say (default: with the generation prompt),
+    their content in the form the options' content_format resolves to for the template that
+    renders (content_format.resolve_content_format). `specials`: the control-token texts to
+    keep as plain text wherever a string of the messages or tools holds them (None: none,
+    the template's tokenizing as it is).
     Raises InvalidRequest: param "messages" when the template refuses the conversation (its
     raise_exception, or an error rendering it), the option's name when an option is invalid;
     ChatTemplateError when the tokenizer's template does not compile."""
@@ -186,6 +197,9 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise InvalidRequest('messages must be a list of {"role", "content"} dicts',
                              param="messages")
+    template = options.chat_template or tokenizer.chat_template
+    fmt = resolve_content_format(options.content_format, template, tools)
+    messages = formed_messages(messages, fmt)
     # each control-token text in any string -> a placeholder the template passes through
     nonce = uuid.uuid4().hex
     found: list[str] = []

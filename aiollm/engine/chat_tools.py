@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any
 
+from aiollm.engine.content_format import joined_text
 from aiollm.engine.grammar_check import check_schema
 from aiollm.errors import InvalidRequest, check_type
 
@@ -96,8 +97,9 @@ def template_messages(messages: list[dict], tools: list[dict], template: str | N
                       in_system: bool = True) -> list[dict]:
     """Messages for a chat template that knows nothing of tools (the default model's):
     the tools go in a system message in the Hermes format (with in_system false, at the head
-    of the first user message), past calls into the assistant's text. Templates that render
-    tools themselves get the messages unchanged."""
+    of the first user message), past calls into the assistant's text (a message so written
+    to holds one string: its text parts joined). Templates that render tools themselves get
+    the messages unchanged."""
     t = template or ""
     out = messages
     if "tool_calls" not in t and any(m.get("tool_calls") for m in messages):
@@ -107,7 +109,7 @@ def template_messages(messages: list[dict], tools: list[dict], template: str | N
                 calls = "\n".join("<tool_call>\n" + json.dumps(
                     {"name": c["function"].get("name"), "arguments": c["function"].get(
                         "arguments")}) + "\n</tool_call>" for c in m["tool_calls"])
-                m = {**m, "content": ((m.get("content") or "") + "\n" + calls).strip()}
+                m = {**m, "content": (joined_text(m.get("content")) + "\n" + calls).strip()}
                 m.pop("tool_calls")
             out.append(m)
     if tools and "tools" not in t:
@@ -118,10 +120,11 @@ def template_messages(messages: list[dict], tools: list[dict], template: str | N
         if not in_system:
             i = next((i for i, m in enumerate(out) if m.get("role") == "user"), None)
             if i is not None:
-                return [*out[:i], {**out[i], "content": system + "\n\n" + out[i]["content"]},
-                        *out[i + 1:]]
+                text = system + "\n\n" + joined_text(out[i].get("content"))
+                return [*out[:i], {**out[i], "content": text}, *out[i + 1:]]
         if out and out[0].get("role") == "system":
-            out = [{**out[0], "content": out[0]["content"] + "\n\n" + system}, *out[1:]]
+            out = [{**out[0], "content": joined_text(out[0]["content"]) + "\n\n" + system},
+                   *out[1:]]
         else:
             out = [{"role": "system", "content": system}, *out]
     return out

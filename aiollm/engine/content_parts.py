@@ -1,8 +1,10 @@
-"""The text of a message's content: a string, or a list of content parts walked into one
-string. One walker for chat's messages (engine/chat_messages.py: the Engine API and
+"""The text of a message's content: a string, or a list of content parts walked into text
+parts. One walker for chat's messages (engine/chat_messages.py: the Engine API and
 /v1/chat/completions) and the Responses API's input items (api/responses_request.py), so a
 part one refuses the other refuses with the same words; the caller says where the content
-is (the path its errors name) and which parts its API takes besides text parts.
+is (the path its errors name) and which parts its API takes besides text parts. The parts
+reach the chat template in the form engine/content_format.py resolves (one string, or the
+list).
 """
 
 from __future__ import annotations
@@ -17,14 +19,15 @@ from aiollm.errors import InvalidRequest
 TEXT_PARTS = ("text", "input_text", "output_text")
 
 
-def content_text(content: Any, at: str, *, refusal: bool, strings: bool,
-                 thinking_hint: str = "") -> str:
-    """`content` (at the path `at`, e.g. "messages[1].content" or "input[0].output") as one
-    string: a string as it is, a list's text parts (TEXT_PARTS; refusal parts where
-    `refusal`: chat takes an assistant's, the Responses API any role's; plain strings where
-    `strings`, as vLLM's chat takes them) joined by "\n", an empty one left out, as vLLM
-    joins them for a template that reads content as a string. Each text is checked for
-    lone surrogates by its own path (joined, the template's check names only the content).
+def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
+               thinking_hint: str = "") -> str | list[dict[str, str]]:
+    """`content` (at the path `at`, e.g. "messages[1].content" or "input[0].output") as
+    text: a string as it is; a list as its text parts, each {"type": "text", "text": ...}
+    (from TEXT_PARTS; refusal parts where `refusal`: chat takes an assistant's, the
+    Responses API any role's; plain strings where `strings`, as vLLM's chat takes them),
+    as vLLM gives them to a template that reads parts (content_format.joined_text joins
+    them for one that reads a string). Each text is checked for lone surrogates by its own
+    path (joined, the template's check would name only the content).
 
     Raises InvalidRequest naming `at` for content neither a string nor a list, else the
     part (`{at}[j]`) or its field (`{at}[j].type`, `.text`, `.refusal`) for a part that is
@@ -42,7 +45,7 @@ def content_text(content: Any, at: str, *, refusal: bool, strings: bool,
         where = f"{at}[{j}]"
         if strings and isinstance(part, str):
             check_unicode(part, where)
-            texts.append(part)  # an empty one is left out below
+            texts.append(part)
             continue
         if not isinstance(part, dict):
             raise InvalidRequest(f'{where} must be a content part: an object with a "type",'
@@ -66,5 +69,4 @@ def content_text(content: Any, at: str, *, refusal: bool, strings: bool,
                                  "string)", param=f"{where}.{field}")
         check_unicode(part[field], f"{where}.{field}")
         texts.append(part[field])
-    # as vLLM: only parts with text are joined, an empty one adds no empty line
-    return "\n".join(text for text in texts if text)
+    return [{"type": "text", "text": text} for text in texts]

@@ -1,0 +1,206 @@
+"""The form in which a message's content reaches the chat template: vLLM's chat-template
+content format (`aiollm serve --chat-template-content-format`, LLM.chat's
+chat_template_content_format, TemplateOptions.content_format).
+
+- "string": the text parts joined into one string, as most templates read it
+  (`{{ message['content'] }}`);
+- "openai": the content as a list of parts, each {"type": "text", "text": ...}, as templates
+  of models that read parts take it (`{% for part in message['content'] %}`,
+  `message.content[0].text`); a message given as a plain string is a list of one text part
+  (vLLM wraps it so), one given no content an empty list;
+- "auto" (the default): whichever the template reads, found in its Jinja syntax tree
+  (`detect_content_format`).
+
+Checked messages (chat_messages.py) keep each message's content as it was given, a string or
+a list of text parts; `formed_messages` puts it in the resolved form just before the template
+renders it, so the rest of the server reads one string per message (`joined_text`).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+
+from aiollm.config import CONTENT_FORMATS
+from aiollm.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+PARAM = "chat_template_content_format"
+
+
+def check_content_format(value: Any) -> str:
+    """`value` if it is one of CONTENT_FORMATS, else InvalidRequest naming PARAM."""
+    if value not in CONTENT_FORMATS:
+        raise InvalidRequest(f"chat_template_content_format must be \"auto\" (what the chat "
+                             "template reads), \"string\" (text parts joined into one "
+                             "string) or \"openai\" (a list of text parts), got "
+                             f"{value!r:.40}", param=PARAM)
+    return value
+
+
+def joined_text(content: Any) -> str:
+    """A message's content (a string, or a list of text parts as checked messages hold them;
+    None: none) as one string: the parts' texts joined by "\n", an empty one left out, as
+    vLLM joins them for a template that reads a string."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    texts = (p if isinstance(p, str) else p.get("text") for p in content)
+    return "\n".join(t for t in texts if isinstance(t, str) and t)
+
+
+def as_parts(content: Any) -> list:
+    """A message's content in the "openai" form: a string as one text part, None as no
+    part, a list (of text parts, as checked messages hold them) as it is."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return content
+
+
+def formed_messages(messages: list[dict], fmt: str) -> list[dict]:
+    """`messages` with each content in the form `fmt` ("string" or "openai") says; messages
+    already in it, or without content (None or missing: a message not checked, as
+    Engine.chat_prompt may be given, keeps its own), are the same dicts."""
+    form = joined_text if fmt == "string" else as_parts
+    out = []
+    for m in messages:
+        content = m.get("content")
+        want = content if content is None else form(content)
+        out.append(m if want is content else {**m, "content": want})
+    return out
+
+
+def resolve_content_format(given: str, template: str | dict | None,
+                           tools: list | None = None) -> str:
+    """"string" or "openai": `given` unless it is "auto", else what `template` reads
+    (detect_content_format): the template that renders, named templates (a dict) resolved as
+    transformers picks them ("tool_use" with tools where there is one, else "default");
+    "string" where there is none."""
+    if given != "auto":
+        return given
+    if isinstance(template, dict):
+        template = template.get("tool_use") if tools and "tool_use" in template \
+            else template.get("default")
+    return detect_content_format(template) if isinstance(template, str) else "string"
+
+
+@functools.lru_cache(maxsize=32)
+def detect_content_format(source: str) -> str:
+    """"openai" when the chat template `source` reads a message's content as a list of
+    parts, else "string" (also for a template that does not parse: rendering it will say
+    why). Read from its Jinja syntax tree, as vLLM's "auto" reads it: a message is a loop
+    variable over `messages` (or a name set from it, `loop_messages = messages[1:]`), or a
+    name set to one item of them (`messages[0]`); its content is `m['content']` or
+    `m.content`, or a name set from that, or a variable named `content` (a macro's
+    parameter). A loop over content (through filters and slices: `for part in
+    m.content | selectattr(...)`), or an item of it by number read as a part
+    (`m.content[0].text`, `m['content'][0]['type']`), is a list read."""
+    from aiollm.model.serving_tokenizer import compile_chat_template
+
+    try:
+        root = compile_chat_template(source).environment.parse(source)
+    except jinja2.TemplateError:
+        return "string"
+    fmt = _read_as(root)
+    # once per template (a trusted request's own too: debug, not to flood the log)
+    log.debug("the chat template reads message content as %s (chat template content format "
+             "%r; --chat-template-content-format overrides it)",
+             "a list of parts" if fmt == "openai" else "a string", fmt)
+    return fmt
+
+
+def _read_as(root: nodes.Template) -> str:
+    """detect_content_format's reading of the parsed template `root`."""
+    messages = _names_set_from(root, {"messages"}, _derived)
+    holders = {n.target.name for n in root.find_all(nodes.For)
+               if isinstance(n.target, nodes.Name) and _derived(n.iter, messages)}
+    holders |= {n.target.name for n in root.find_all(nodes.Assign)
+                if isinstance(n.target, nodes.Name) and _item(n.node, messages)}
+    holders = _names_set_from(root, holders, _derived)
+
+    def is_content(node: nodes.Node) -> bool:
+        return _field(node, holders, "content") or _field(node, None, "content", messages)
+
+    contents = _names_set_from(root, {"content"},
+                               lambda value, names: _derived(value, names, is_content))
+    for loop in root.find_all(nodes.For):
+        if _derived(loop.iter, contents, is_content):
+            return "openai"
+    for node in root.find_all((nodes.Getattr, nodes.Getitem)):
+        read = node.node  # node is `.attr` or `['key']` of read: read a part?
+        if isinstance(node, nodes.Getitem) and not _const(node.arg, str):
+            continue
+        if (isinstance(read, nodes.Getitem) and _const(read.arg, int)
+                and _derived(read.node, contents, is_content)):
+            return "openai"
+    return "string"
+
+
+def _const(node: Any, kind: type) -> bool:
+    return (isinstance(node, nodes.Const) and isinstance(node.value, kind)
+            and not isinstance(node.value, bool))
+
+
+def _derived(node: Any, names: set[str], also=None) -> bool:
+    """Whether `node` is one of `names` (a variable read), or what `also` accepts, or either
+    through filters, tests and slices (`messages | selectattr(...)`, `messages[1:]`)."""
+    while True:
+        if isinstance(node, nodes.Name) and node.ctx == "load" and node.name in names:
+            return True
+        if also is not None and also(node):
+            return True
+        if isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
+            node = node.node
+        elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice):
+            node = node.node
+        else:
+            return False
+
+
+def _item(node: Any, names: set[str]) -> bool:
+    """Whether `node` is an item by number of one of `names` (`messages[0]`, `msgs[-1]`)."""
+    if isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Neg):
+        return _const(node.arg.node, int) and _derived(node.node, names)
+    return (isinstance(node, nodes.Getitem) and _const(node.arg, int)
+            and _derived(node.node, names))
+
+
+def _field(node: Any, holders: set[str] | None, key: str, lists: set[str] = frozenset()
+           ) -> bool:
+    """Whether `node` reads `key` (`x[key]` or `x.key`) of a name in `holders`, or (holders
+    None) of an item by number of one of `lists` (`messages[0]['content']`)."""
+    if isinstance(node, nodes.Getitem) and _const(node.arg, str):
+        named = node.arg.value == key
+    elif isinstance(node, nodes.Getattr):
+        named = node.attr == key
+    else:
+        return False
+    if not named:
+        return False
+    if holders is None:
+        return _item(node.node, lists)
+    return _derived(node.node, holders)
+
+
+def _names_set_from(root: Any, names: set[str], derived) -> set[str]:
+    """`names` and every variable set (`{% set x = ... %}`) from one of them, as
+    `derived(value, names)` says, to a fixed point (`a = messages; b = a[1:]`)."""
+    names = set(names)
+    assigns = [n for n in root.find_all(nodes.Assign)
+               if isinstance(n.target, nodes.Name)]
+    grew = True
+    while grew:
+        grew = False
+        for n in assigns:
+            if n.target.name not in names and derived(n.node, names):
+                names.add(n.target.name)
+                grew = True
+    return names
+

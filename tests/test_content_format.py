@@ -1,0 +1,196 @@
+"""vLLM's chat-template content format: a template that reads a message's content as a list
+of parts (`for part in message['content']`, `message.content[0].text`) is given the parts
+("openai"), one that reads a string the parts joined ("string"); "auto" reads which from
+the template's Jinja syntax tree. Served by `aiollm serve --chat-template-content-format`
+(chat, the Responses API, /tokenize) and LLM.chat(chat_template_content_format=...), on a
+tiny random-weight model. aiollm joined the parts always and refused "openai", so such
+templates rendered a string's characters as parts."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from chat_templates import ALTERNATING
+from transformers import LlamaConfig
+
+from aiollm import LLM, SamplingParams
+from aiollm.api import create_app
+from aiollm.engine import Engine
+from aiollm.engine.content_format import detect_content_format
+from aiollm.errors import InvalidRequest
+
+# reads parts: each one's text in brackets (a string's characters have no text: "[]" each)
+PARTS = ("{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{ p['text'] }}]"
+         "{% endfor %}{% endfor %}")
+# reads the first part by index, as some models' templates do
+INDEXED = "{% for m in messages %}<{{ m.role }}>{{ m.content[0].text }}{% endfor %}"
+# reads a string
+STRING = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+TWO_PARTS = [{"role": "user", "content": [{"type": "text", "text": "Once"}, "upon"]}]
+GREEDY = SamplingParams(max_tokens=1, temperature=0)
+
+
+@pytest.mark.parametrize("template, want", [
+    (PARTS, "openai"), (INDEXED, "openai"), (STRING, "string"), (ALTERNATING, "string"),
+    ("{% for m in messages[1:] %}{% for p in m.content | selectattr('type', 'equalto', "
+     "'text') %}{{ p.text }}{% endfor %}{% endfor %}", "openai"),
+    ("{% set rest = messages %}{% for m in rest %}{% set c = m['content'] %}"
+     "{{ c[0]['text'] }}{% endfor %}", "openai"),
+    ("{% macro render(content) %}{% for item in content %}{{ item.text }}{% endfor %}"
+     "{% endmacro %}{% for m in messages %}{{ render(m.content) }}{% endfor %}", "openai"),
+    ("{{ messages[-1]['content'][0]['text'] }}", "openai"),
+    # string reads: a character by index, lines of the string, the first message trimmed
+    ("{% for m in messages %}{% if m.content[0] == ' ' %}x{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% for line in m.content.split('\\n') %}{{ line }}"
+     "{% endfor %}{% endfor %}", "string"),
+    ("{% set system = messages[0]['content'] | trim %}{{ system }}", "string"),
+    ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
+])
+def test_auto_reads_the_form_the_template_takes(template, want):
+    assert detect_content_format(template) == want
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=512).save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def llm(tiny):
+    with LLM(tiny, load_format="dummy", kv_tokens=1024, max_model_len=256) as llm:
+        yield llm
+
+
+def prompt(llm, conversation, template, fmt="auto", **options) -> str:
+    out, = llm.chat(conversation, GREEDY, False, chat_template=template,
+                    chat_template_content_format=fmt, **options)
+    return out.prompt
+
+
+def test_a_template_that_reads_parts_is_given_parts(llm):
+    """Under auto and openai the parts reach the template as a list, each a text part (a
+    plain string in the list too); a message given as a string is one text part, as vLLM
+    gives it. Under string the template iterated the joined string's characters."""
+    conversation = [{"role": "system", "content": "Be brief"}, *TWO_PARTS]
+    want = "<system>[Be brief]<user>[Once][upon]"
+    assert prompt(llm, conversation, PARTS) == want
+    assert prompt(llm, conversation, PARTS, "openai") == want
+    assert prompt(llm, conversation, INDEXED) == "<system>Be brief<user>Once"
+    joined = prompt(llm, conversation, PARTS, "string")
+    assert joined == "<system>" + "[]" * len("Be brief") + "<user>" + "[]" * len("Once\nupon")
+
+
+def test_a_template_that_reads_a_string_is_given_the_parts_joined(llm):
+    assert prompt(llm, TWO_PARTS, STRING) == "<user>Once\nupon"
+    assert prompt(llm, TWO_PARTS, STRING, "string") == "<user>Once\nupon"
+    # the default model's own template reads a string: parts and their joined text alike
+    joined = [{"role": "user", "content": "Once\nupon"}]
+    assert prompt(llm, TWO_PARTS, None) == prompt(llm, joined, None)
+
+
+def test_openai_form_keeps_each_part_and_an_assistants_refusal(llm):
+    """Every part is its own text part (an empty one too, as vLLM keeps it); an assistant's
+    refusal part is a text part, as vLLM gives it; no content (a call's turn) is no part."""
+    conversation = [
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": ""},
+                                     {"type": "input_text", "text": "b"}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"}]
+    # the template renders calls itself ("tool_calls" in it), so they reach it as they are
+    template = (PARTS + "{% if messages[2].tool_calls %}{{ messages[2].content | length }}"
+                "{% endif %}")
+    assert prompt(llm, conversation, template, "openai") == (
+        "<user>[a][][b]<assistant>[no]<assistant><tool>[done]0")
+
+
+def test_the_offline_keyword_is_checked_and_agrees_with_template_options(llm):
+    from aiollm.engine.chat_template import TemplateOptions
+
+    with pytest.raises(InvalidRequest, match="'json'") as e:
+        prompt(llm, TWO_PARTS, PARTS, "json")
+    assert e.value.param == "chat_template_content_format"
+    with pytest.raises(InvalidRequest) as e:
+        llm.chat(TWO_PARTS, GREEDY, False, TemplateOptions(content_format="xml"))
+    assert e.value.param == "chat_template_content_format"
+    with pytest.raises(TypeError, match="both template and chat_template_content_format"):
+        llm.chat(TWO_PARTS, GREEDY, False, TemplateOptions(),
+                 chat_template_content_format="openai")
+    out, = llm.chat(TWO_PARTS, GREEDY, False,
+                    TemplateOptions(chat_template=PARTS, content_format="string"))
+    assert out.prompt == prompt(llm, TWO_PARTS, PARTS, "string")
+
+
+def test_other_part_types_are_still_refused_naming_the_part(llm):
+    image = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+    with pytest.raises(InvalidRequest, match="only text content parts") as e:
+        prompt(llm, [{"role": "user", "content": ["hi", image]}], PARTS, "openai")
+    assert e.value.param == "conversations[0].messages[0].content[1].type"
+
+
+def serve(tiny: str, check, template: str, **app_options):
+    async def main():
+        engine = Engine(tiny, load_format="dummy", kv_tokens=1024, chat_template=template)
+        async with TestClient(TestServer(create_app(engine, **app_options))) as client:
+            return await check(client, engine.tokenizer)
+    return asyncio.run(main())
+
+
+async def chat_prompt(client, tokenizer, messages: list[dict]) -> str:
+    r = await client.post("/v1/chat/completions", json={
+        "messages": messages, "max_tokens": 1, "return_token_ids": True})
+    assert r.status == 200, await r.text()
+    return tokenizer.decode((await r.json())["prompt_token_ids"])
+
+
+@pytest.mark.parametrize("flag", [None, "openai"])
+def test_server_gives_a_parts_template_the_parts(tiny, flag):
+    """A chat request's parts, the Responses API's input parts and /tokenize's messages reach
+    a template that reads parts as parts (auto, the default, or the flag's openai); the flag's
+    string forces the joined string on it."""
+    responses_input = [{"role": "user", "content": [
+        {"type": "input_text", "text": "Once"}, {"type": "input_text", "text": "upon"}]}]
+    want = "<user>[Once][upon]"
+
+    async def check(client, tokenizer):
+        got = await chat_prompt(client, tokenizer, TWO_PARTS)
+        r = await client.post("/v1/responses", json={"input": responses_input,
+                                                     "max_output_tokens": 1})
+        assert r.status == 200, await r.text()
+        input_tokens = (await r.json())["usage"]["input_tokens"]
+        r = await client.post("/tokenize", json={"messages": TWO_PARTS})
+        tokenized = tokenizer.decode((await r.json())["tokens"])
+        return got, input_tokens, tokenized, len(tokenizer.encode(want))
+
+    options = {} if flag is None else {"chat_template_content_format": flag}
+    got, input_tokens, tokenized, want_tokens = serve(tiny, check, PARTS, **options)
+    assert got == tokenized == want
+    assert input_tokens == want_tokens
+
+
+def test_server_flag_string_and_a_string_template(tiny):
+    async def forced(client, tokenizer):
+        return await chat_prompt(client, tokenizer, TWO_PARTS)
+
+    assert serve(tiny, forced, PARTS, chat_template_content_format="string") == (
+        "<user>" + "[]" * len("Once\nupon"))
+    assert serve(tiny, forced, STRING) == "<user>Once\nupon"
+
+
+def test_server_refuses_other_parts_and_a_bad_format(tiny):
+    async def check(client, tokenizer):
+        r = await client.post("/v1/chat/completions", json={"max_tokens": 1, "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi"},
+                                         {"type": "input_audio", "input_audio": {}}]}]})
+        return r.status, (await r.json())["error"]["param"]
+
+    assert serve(tiny, check, PARTS) == (400, "messages[0].content[1].type")
+    with pytest.raises(ValueError, match="chat_template_content_format .*'xml'"):
+        create_app(None, chat_template_content_format="xml")
