@@ -23,7 +23,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from aiollm.kernels import attention_oproj
-    from aiollm.model.config import load_hf_config
+    from aiollm.model.hf_config import load_hf_config
 
     cfg = load_hf_config(args.model)
     key = attention_oproj.config_key(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,

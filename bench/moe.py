@@ -52,7 +52,7 @@ from aiollm.kernels.fused_moe_gemm_configs import (
 from aiollm.kernels.fused_moe_grouped_mm import grouped_mm, usable_for
 from aiollm.kernels.moe_align import moe_align_triton, moe_route_ref, moe_route_triton
 from aiollm.kernels.moe_combine import moe_combine_triton
-from aiollm.model.config import load_hf_config
+from aiollm.model.hf_config import load_hf_config
 from aiollm.model.moe import SparseMoe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

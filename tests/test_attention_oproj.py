@@ -163,8 +163,9 @@ def test_takes_by_default_only_where_a_config_is_committed(monkeypatch):
 # ---- a tiny Llama decoding through the fused kernel ------------------------------------------
 
 def tiny_llama():
-    from aiollm.model.config import ModelConfig, RopeConfig
+    from aiollm.model.config import ModelConfig
     from aiollm.model.llama import LlamaForCausalLM
+    from aiollm.model.rope_config import RopeConfig
 
     cfg = ModelConfig(architecture="llama", vocab_size=101, hidden_size=48,
                       intermediate_size=80, num_layers=3, num_heads=8, num_kv_heads=2,

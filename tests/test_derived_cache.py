@@ -14,13 +14,14 @@ from test_loader import FAMILIES, save_random_hf_model, write_gguf
 
 from aiollm.model import load_model
 from aiollm.model.loader import read_config
-from aiollm.model.config import ModelConfig, MoeConfig, RopeConfig
+from aiollm.model.config import ModelConfig, MoeConfig
 from aiollm.model.derived_cache import (
     GGUFCache,
     config_from_dict,
     config_to_dict,
     file_digest,
 )
+from aiollm.model.rope_config import RopeConfig
 from aiollm.model.weights_gguf import iter_gguf, read_gguf
 
 

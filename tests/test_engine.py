@@ -1636,9 +1636,10 @@ def test_a_staging_turn_is_reused_only_after_its_step_is_collected(loop, engine)
     by then. On a GPU a step staged too early overwrites a result the host has not read, so
     check the order here, under joins, aborts and sampled rows."""
     from aiollm.engine.cuda_graph import STAGING
+    from aiollm.engine.step_results import Launched
 
     graphs, runner = engine.runner.graphs, engine.runner
-    real_stage, real_launch, real_collect = graphs.stage, runner.launch, runner.collect
+    real_stage, real_launch, real_collect = graphs.stage, runner.launch, Launched.collect
     uncollected: dict[int, object] = {}  # turn -> the launch of the step staged there
     reused = []
 
@@ -1669,11 +1670,12 @@ def test_a_staging_turn_is_reused_only_after_its_step_is_collected(loop, engine)
         await stream.aclose()
         return await asyncio.gather(*tasks)
 
-    graphs.stage, runner.launch, runner.collect = stage, launch, collect
+    graphs.stage, runner.launch, Launched.collect = stage, launch, collect
     try:
         run(loop, go())
     finally:
-        del graphs.stage, runner.launch, runner.collect
+        del graphs.stage, runner.launch
+        Launched.collect = real_collect
     assert len(reused) > 2 * STAGING and not any(reused)
     assert_all_free(engine)
 

@@ -366,7 +366,7 @@ def test_gguf_without_a_required_field_is_refused(tmp_path):
 def test_auto_dtype_keeps_a_half_checkpoint_in_half(tmp_path, declared, cuda):
     """--dtype auto: on a GPU, the checkpoint's own float16 / bfloat16 (vLLM's rule), bfloat16
     for float32 or none; float32 on the CPU whatever the checkpoint says."""
-    from aiollm.model.config import load_hf_config
+    from aiollm.model.hf_config import load_hf_config
     from aiollm.model.loader import auto_dtype
 
     config = LlamaConfig(**TINY)
@@ -417,7 +417,7 @@ def test_dummy_weights_from_config_only(tmp_path):
     {**YARN_ROPE, "attention_factor": 0.5},
 ], ids=["default", "linear", "llama3", "dynamic", "yarn", "yarn-mscale", "yarn-attn-factor"])
 def test_rope_cache_matches_transformers(rope_parameters):
-    from aiollm.model.config import config_from_hf
+    from aiollm.model.hf_config import config_from_hf
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
 
     hf_config = LlamaConfig(hidden_size=1024, num_attention_heads=8,

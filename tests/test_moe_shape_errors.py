@@ -192,7 +192,7 @@ def test_a_qwen2_moe_expert_count_spelled_as_mixtrals_is_warned_of_and_named(tmp
     config = json.loads((tmp_path / "config.json").read_text())
     count = config.pop("num_experts")
     (tmp_path / "config.json").write_text(json.dumps({**config, "num_local_experts": count}))
-    with caplog.at_level(logging.WARNING, logger="aiollm.model.config"), \
+    with caplog.at_level(logging.WARNING, logger="aiollm.model.hf_moe_config"), \
             pytest.raises(ValueError, match=re.escape(
                 "has shape (8, 64), the model expects (60, 64) (config.json's num_experts, "
                 "hidden_size)")):

@@ -389,7 +389,7 @@ def test_the_split_check_skips_the_expert_width_of_a_model_without_sparse_layers
     rank's config then cut it to 0 features (MoeConfig refused that)."""
     from test_moe_model import variant
 
-    from aiollm.model.config import config_from_hf
+    from aiollm.model.hf_config import config_from_hf
     from aiollm.model.parallel import ShardPlan, check_divisible
 
     config = config_from_hf(variant("qwen3_moe", moe_intermediate_size=1, **fields))

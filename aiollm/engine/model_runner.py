@@ -4,9 +4,10 @@ prepare() reads the request table and starts the batch metadata's copies to the 
 (from page-locked memory, so they queue behind the running step instead of waiting for it).
 launch() queues the forward pass, the sampling and the copy of the sampled ids into
 page-locked host memory (a greedy decode batch's graph writes them there itself), then
-records a CUDA event and returns without waiting. collect() turns a finished launch into
-numpy. On a GPU both run on the event loop's thread (queuing kernels does not block); on
-the CPU launch() computes the step, on the engine's model thread.
+records a CUDA event and returns without waiting: a Launched (step_results.py), whose
+collect() gives the results as numpy once that event has completed. On a GPU both run on
+the event loop's thread (queuing kernels does not block); on the CPU launch() computes the
+step, on the engine's model thread.
 
 Decode batches (every request feeds one token and samples one) take the short way:
 their inputs go through DecodeGraphs' static buffers in one copy, and when every request is
@@ -35,13 +36,13 @@ import numpy as np
 import torch
 
 from aiollm.engine.planner import Step
-from aiollm.engine.request import TokenLogprob
+from aiollm.engine.step_results import Launched
 from aiollm.kernels.decode_io import greedy_pick, resolve_placeholders
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 from aiollm.model.logit_masks import apply_bitmask_
 from aiollm.model.penalties import needs_history
-from aiollm.model.prompt_logprobs import PromptScoring, plan_scoring
+from aiollm.model.prompt_logprobs import plan_scoring
 from aiollm.model.sampler import SampleResult, sample
 from aiollm.model.sampling_tensors import SamplingTensors
 from aiollm.native import RequestTable
@@ -49,6 +50,8 @@ from aiollm.native import RequestTable
 
 @dataclass(slots=True)
 class StepInputs:
+    """A step prepared for launch: its batch metadata on the device and how it samples."""
+
     batch: ForwardBatch | None  # the eager path's batch (None: a staged decode batch)
     decode_bs: int  # > 0: a decode batch staged in DecodeGraphs, run at this bucket size
     n: int  # requests in the step
@@ -63,76 +66,6 @@ class StepInputs:
     remote_sampling: bool = False
     # every sampled row greedy, some under a bitmask: mask in place, then the argmax
     masked_argmax: bool = False
-
-
-@dataclass(slots=True)
-class Launched:
-    """A step queued on the device: host tensors that fill in when `done` completes."""
-
-    next_ids: torch.Tensor | None  # [S] int64 (None: nothing sampled)
-    logprobs: torch.Tensor | None
-    top_ids: torch.Tensor | None
-    top_logprobs: torch.Tensor | None
-    bad: torch.Tensor | None
-    start: torch.cuda.Event | None
-    done: torch.cuda.Event | None
-    packed: np.ndarray | None = None  # a decode batch's [2 * bs] argmax and non-finite flags
-    ranks: torch.Tensor | None = None  # [S] int64: the sampled tokens' ranks (with logprobs)
-    n: int = 0
-    bs: int = 0
-    # a constrained step's forward only: (inputs, logits [S, V], non-finite flags [S])
-    deferred: tuple | None = None
-    scoring: PromptScoring | None = None  # prompt logprobs, their results in host tensors
-    # a constrained step's end of forward (timed steps): the device's wait for the mask is
-    # the time from here to its sampling (the engine's step log)
-    forward_end: torch.cuda.Event | None = None
-    # a constrained step's host seconds to fill its mask and to queue its sampling (step log)
-    mask_host_s: float | None = None
-    sample_host_s: float | None = None
-    # perf_counter() seconds: the start of the loop's turn that launched the step, and the
-    # end of its launch (the step log's host timeline)
-    turn_start: float | None = None
-    issued: float | None = None
-
-
-@dataclass(slots=True)
-class StepResult:
-    next_ids: np.ndarray  # [S] int64
-    logprobs: np.ndarray | None  # [S] fp32
-    top_ids: np.ndarray | None  # [S, K]
-    top_logprobs: np.ndarray | None
-    bad: np.ndarray | None  # [S] bool: non-finite logits
-    scoring: PromptScoring | None = None
-    ranks: np.ndarray | None = None  # [S] int64: 1 + tokens more likely than the sampled one
-
-    def record_prompt_logprobs(self) -> None:
-        """Write the step's prompt logprobs into their requests' prompt_logprobs."""
-        sc = self.scoring
-        lps, ranks, tgt = sc.logprobs.numpy(), sc.ranks.numpy(), sc.targets.cpu().numpy()
-        k = 0
-        for r, first, count in sc.spans:
-            n_top = r.params.prompt_logprobs
-            for j in range(first, first + count):
-                top = []
-                if n_top:
-                    top = [(int(t), float(v)) for t, v in
-                           zip(sc.top_ids[k, :n_top].numpy(), sc.top_logprobs[k, :n_top].numpy())]
-                r.prompt_logprobs[j + 1] = TokenLogprob(int(tgt[k]), float(lps[k]), top,
-                                                        int(ranks[k]))
-                k += 1
-            r.prompt_scored = max(r.prompt_scored, first + count)
-
-    def logprob_entry(self, row: int, n_top: int) -> TokenLogprob:
-        """The sampled token of `row` with its logprob and the n_top most likely tokens,
-        fewer where a constraint (grammar, allowed_token_ids, min_tokens) left fewer that
-        could be sampled: a forbidden token (-inf) is no alternative, and JSON has no -inf."""
-        top = []
-        if n_top and self.top_ids is not None:
-            top = [(int(t), float(lp)) for t, lp in
-                   zip(self.top_ids[row, :n_top], self.top_logprobs[row, :n_top])
-                   if lp != -np.inf]
-        rank = None if self.ranks is None else int(self.ranks[row])
-        return TokenLogprob(int(self.next_ids[row]), float(self.logprobs[row]), top, rank)
 
 
 def _deferred(inp: StepInputs, logits: torch.Tensor, bad: torch.Tensor) -> Launched:
@@ -390,20 +323,3 @@ class ModelRunner:
         )
         out.done = self._record_done(inp)
         return out
-
-    @staticmethod
-    def collect(out: Launched) -> StepResult | None:
-        """The results of a launch whose `done` event has completed."""
-        if out.packed is not None:
-            n, bs = out.n, out.bs
-            return StepResult(next_ids=out.packed[:n].copy(), logprobs=None, top_ids=None,
-                              top_logprobs=None, bad=out.packed[bs : bs + n] != 0)
-        if out.next_ids is None and out.scoring is None:
-            return None
-
-        def np_(t):
-            return None if t is None else t.numpy()
-
-        return StepResult(next_ids=np_(out.next_ids), logprobs=np_(out.logprobs),
-                          top_ids=np_(out.top_ids), top_logprobs=np_(out.top_logprobs),
-                          bad=np_(out.bad), scoring=out.scoring, ranks=np_(out.ranks))

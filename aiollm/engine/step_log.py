@@ -40,7 +40,7 @@ class StepLog:
     def record(self, step, out, launched: float, done_seen: float, device_s: float | None,
                gap_s: float | None) -> None:
         """Add the entry of a completed step (engine.planner.Step) and its
-        model_runner.Launched `out`."""
+        step_results.Launched `out`."""
         fwd = out.forward_end
         self.records.append({
             "launched": launched, "done_seen": done_seen, "processed": time.perf_counter(),

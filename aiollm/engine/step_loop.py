@@ -164,7 +164,7 @@ class StepLoop:
         if counted:
             self.metrics.step_model.observe(model_s)
             self.metrics.step_tokens.observe(step.num_tokens)
-        result = self.runner.collect(out)
+        result = out.collect()
         if result is not None:
             self._process(step, result)
         if self._step_log is not None:

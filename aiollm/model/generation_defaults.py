@@ -45,7 +45,7 @@ def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
     SamplingParams checks it; do_sample (a bool) under its own name, for /generate.
     Raises ValueError naming the file and the key of a bad value, or the file when it is no
     JSON object."""
-    from aiollm.model.config import json_object  # imports torch: not for check_mode's CLI
+    from aiollm.model.hf_config import json_object  # imports torch: not for check_mode's CLI
     from aiollm.sampling_params import SamplingParams, is_int
 
     if mode == "vllm":

@@ -18,8 +18,9 @@ import torch
 from tqdm import tqdm
 
 from aiollm.model import parallel
-from aiollm.model.config import ModelConfig, load_hf_config
+from aiollm.model.config import ModelConfig
 from aiollm.model.derived_cache import GGUFCache
+from aiollm.model.hf_config import load_hf_config
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.paths import LOAD_FORMATS, check_load_format, resolve_model_path
 from aiollm.model.weights import WeightFiller

@@ -296,7 +296,7 @@ class WeightFiller:
                 "num_hidden_layers): use the config.json saved with these weights")
         elif (self.moe is None and self.architecture in MOE_ARCHITECTURES and not self.gguf
               and m is not None):
-            # a Qwen MoE config.json whose every layer is dense (config.py's _moe_from_hf)
+            # a Qwen MoE config.json whose every layer is dense (hf_moe_config.moe_from_hf)
             why = (f": layer {m.group(1)} has a dense MLP by the config, as every layer has "
                    "(its mlp_only_layers, decoder_sparse_step and num_experts leave no layer "
                    "sparse): use the config.json saved with these weights")
