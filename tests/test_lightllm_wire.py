@@ -141,3 +141,15 @@ def test_an_aborted_streams_end_reaches_no_client_as_an_event(server):
     assert isinstance(err, Overloaded), (seen, err)
     assert all(d.token_ids and d.finish_reason is None for d in seen), seen
     server.wait_idle()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_tokens_without_a_body_names_text(server, method):
+    """`curl host/tokens` (GET, no body, no query): the refusal names the field and says
+    where it goes, as with a query string. It said only "request body is empty", param
+    null, to a client that sent no body because it did not know /tokens reads one."""
+    status, _, raw = http(server, method, "/tokens")
+    out = json.loads(raw)
+    assert status == 417 and out["error"]["param"] == "text", raw
+    assert "JSON body" in out["message"] and '"text"' in out["message"], raw
+
