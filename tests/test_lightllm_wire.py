@@ -153,3 +153,19 @@ def test_tokens_without_a_body_names_text(server, method):
     assert status == 417 and out["error"]["param"] == "text", raw
     assert "JSON body" in out["message"] and '"text"' in out["message"], raw
 
+
+def test_a_stream_refused_after_its_first_event_ends_with_a_top_level_message(server):
+    """An error found mid-stream (min_new_tokens past where the grammar ends the output)
+    is the stream's last event: on /generate_stream its data carries the top-level
+    "message" LightLLM's clients read, as the 417 of the same request on /generate does.
+    It was the OpenAI-style error object alone."""
+    body = {"inputs": PARIS, "parameters": {"max_new_tokens": 50, "min_new_tokens": 40,
+                                           "regular_constraint": "ab"}}
+    status, _, raw = http(server, "POST", "/generate_stream", json=body)
+    last = json.loads(sse_events(raw)[-1])
+    assert status == 200, raw
+    assert last["error"]["param"] == "parameters.min_new_tokens", last
+    assert last.get("message") == last["error"]["message"], last
+    _, _, whole = http(server, "POST", "/generate", json=body)
+    assert json.loads(whole)["message"] == last["message"], whole
+    server.wait_idle()
