@@ -7,6 +7,7 @@ character; a refused request is a 417 whose body says why in a top-level "messag
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from live_server import http, sse_events
@@ -169,3 +170,29 @@ def test_a_stream_refused_after_its_first_event_ends_with_a_top_level_message(se
     _, _, whole = http(server, "POST", "/generate", json=body)
     assert json.loads(whole)["message"] == last["message"], whole
     server.wait_idle()
+
+
+def test_a_body_refused_on_its_expect_header_has_the_top_level_message(server):
+    """curl asks `Expect: 100-continue` before a body past 1 MB; one past the limit is
+    refused on its headers (413) before the handler runs. On LightLLM's routes that 413
+    says why in the top-level "message" too, as the 413 of a body found too large as it is
+    read does; it had the error object alone."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    async def exchange() -> bytes:
+        url = urlsplit(server.base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % 2**30)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        size = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        body = await asyncio.wait_for(reader.readexactly(size), 10)
+        writer.close()
+        return head, body
+
+    head, raw = asyncio.run(exchange())
+    assert head.startswith(b"HTTP/1.1 413"), head
+    out = json.loads(raw)
+    assert out.get("message") == out["error"]["message"], out

@@ -20,6 +20,7 @@ from aiollm.api import sse
 from aiollm.api.http_errors import ApiError, Handler, as_api_error, error_body, error_response
 
 REFUSED = 417  # LightLLM's status for a request it cannot serve as sent
+_MARK = "_aiollm_lightllm_errors"  # set on the handlers lightllm_errors makes
 
 
 def lightllm_errors(handler: Handler) -> Handler:
@@ -40,7 +41,14 @@ def lightllm_errors(handler: Handler) -> Handler:
                                headers=err.headers, close=err.close)
             return error_response(err, message=True)
 
+    setattr(handle, _MARK, True)
     return handle
+
+
+def answers_as_lightllm(handler: object) -> bool:
+    """Whether `handler` (a route's) answers failures as LightLLM does (lightllm_errors):
+    for the refusals made before it runs (the expect handler's 413), which say so too."""
+    return getattr(handler, _MARK, False)
 
 
 def stream_error(err: ApiError) -> bytes:
