@@ -7,6 +7,7 @@ character; a refused request is a 417 whose body says why in a top-level "messag
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from live_server import http, sse_events
@@ -141,3 +142,57 @@ def test_an_aborted_streams_end_reaches_no_client_as_an_event(server):
     assert isinstance(err, Overloaded), (seen, err)
     assert all(d.token_ids and d.finish_reason is None for d in seen), seen
     server.wait_idle()
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_tokens_without_a_body_names_text(server, method):
+    """`curl host/tokens` (GET, no body, no query): the refusal names the field and says
+    where it goes, as with a query string. It said only "request body is empty", param
+    null, to a client that sent no body because it did not know /tokens reads one."""
+    status, _, raw = http(server, method, "/tokens")
+    out = json.loads(raw)
+    assert status == 417 and out["error"]["param"] == "text", raw
+    assert "JSON body" in out["message"] and '"text"' in out["message"], raw
+
+
+def test_a_stream_refused_after_its_first_event_ends_with_a_top_level_message(server):
+    """An error found mid-stream (min_new_tokens past where the grammar ends the output)
+    is the stream's last event: on /generate_stream its data carries the top-level
+    "message" LightLLM's clients read, as the 417 of the same request on /generate does.
+    It was the OpenAI-style error object alone."""
+    body = {"inputs": PARIS, "parameters": {"max_new_tokens": 50, "min_new_tokens": 40,
+                                           "regular_constraint": "ab"}}
+    status, _, raw = http(server, "POST", "/generate_stream", json=body)
+    last = json.loads(sse_events(raw)[-1])
+    assert status == 200, raw
+    assert last["error"]["param"] == "parameters.min_new_tokens", last
+    assert last.get("message") == last["error"]["message"], last
+    _, _, whole = http(server, "POST", "/generate", json=body)
+    assert json.loads(whole)["message"] == last["message"], whole
+    server.wait_idle()
+
+
+def test_a_body_refused_on_its_expect_header_has_the_top_level_message(server):
+    """curl asks `Expect: 100-continue` before a body past 1 MB; one past the limit is
+    refused on its headers (413) before the handler runs. On LightLLM's routes that 413
+    says why in the top-level "message" too, as the 413 of a body found too large as it is
+    read does; it had the error object alone."""
+    import asyncio
+    from urllib.parse import urlsplit
+
+    async def exchange() -> bytes:
+        url = urlsplit(server.base)
+        reader, writer = await asyncio.open_connection(url.hostname, url.port)
+        writer.write(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                     b"\r\nExpect: 100-continue\r\nContent-Length: %d\r\n\r\n" % 2**30)
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        size = int(re.search(rb"Content-Length: (\d+)", head)[1])
+        body = await asyncio.wait_for(reader.readexactly(size), 10)
+        writer.close()
+        return head, body
+
+    head, raw = asyncio.run(exchange())
+    assert head.startswith(b"HTTP/1.1 413"), head
+    out = json.loads(raw)
+    assert out.get("message") == out["error"]["message"], out

@@ -137,25 +137,27 @@ async def _typed(body: bytes, type_: type[T]) -> T:
     return await off_loop(len(body), whole_floats.decode, body, type_)
 
 
-async def expect_continue(request: web.Request) -> web.StreamResponse | None:
+async def expect_continue(request: web.Request, message: bool = False
+                          ) -> web.StreamResponse | None:
     """The API routes' answer to an `Expect` header (aiohttp calls it before the handler
     and its middlewares). `100-continue` with a Content-Length past the app's
     client_max_size gets its 413 at once, as RFC 9110 (10.1.1) asks of a request refused
     on its header fields alone: aiohttp's own handler said 100 Continue to any size, and
     the client (curl, for bodies past 1 MB) sent megabytes only to be refused. Otherwise
-    100 Continue, as aiohttp's handler says it; another expectation is a 417."""
+    100 Continue, as aiohttp's handler says it; another expectation is a 417. message: the
+    refusal's message at its body's top level too (error_response's; LightLLM's routes)."""
     expect = request.headers.get(hdrs.EXPECT, "")
     if request.version != HttpVersion11:  # HTTP/1.0 has no 100 (Continue)
         return None
     if expect.lower() != "100-continue":
         return error_response(ApiError(417, f"unknown Expect: {expect!r}; only 100-continue "
-                                            "is served"))
+                                            "is served"), message)
     size, limit = request.content_length, request.client_max_size
     if size is not None and size > limit:
         # the body is never read: the connection cannot be reused past it
         return error_response(ApiError(413, f"request body too large: Content-Length {size} "
                                             f"is more than the {limit} bytes allowed",
-                                       close=True))
+                                       close=True), message)
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     request.writer.output_size = 0  # the 100 is no part of the response's size
     return None

@@ -24,7 +24,7 @@ from aiollm.api import sse, structured
 from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.http_errors import context_told, param_names
-from aiollm.api.lightllm_errors import lightllm_errors
+from aiollm.api.lightllm_errors import lightllm_errors, stream_error
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
@@ -320,7 +320,8 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
                 async for item in deltas:
                     yield item
 
-    return await sse.send(request, events(), render, lambda: b"", prefix=b"data:")
+    return await sse.send(request, events(), render, lambda: b"", prefix=b"data:",
+                          on_error=stream_error)
 
 
 ROUTES = [

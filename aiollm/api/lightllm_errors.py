@@ -6,7 +6,8 @@ message there. The OpenAI-style "error" object (type, param naming the field at 
 stays beside it, as every route here answers it.
 
 Other statuses stay as they are: 503 (overloaded, as LightLLM's busy server), 500 (an engine
-failure), 404, 413, 415.
+failure), 404, 413, 415. A stream that fails after its first event (its status already 200)
+ends with an event of the same body (stream_error).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ import functools
 
 from aiohttp import web
 
-from aiollm.api.http_errors import ApiError, Handler, as_api_error, error_response
+from aiollm.api import sse
+from aiollm.api.http_errors import ApiError, Handler, as_api_error, error_body, error_response
 
 REFUSED = 417  # LightLLM's status for a request it cannot serve as sent
+_MARK = "_aiollm_lightllm_errors"  # set on the handlers lightllm_errors makes
 
 
 def lightllm_errors(handler: Handler) -> Handler:
@@ -38,4 +41,20 @@ def lightllm_errors(handler: Handler) -> Handler:
                                headers=err.headers, close=err.close)
             return error_response(err, message=True)
 
+    setattr(handle, _MARK, True)
     return handle
+
+
+def answers_as_lightllm(handler: object) -> bool:
+    """Whether `handler` (a route's) answers failures as LightLLM does (lightllm_errors):
+    for the refusals made before it runs (the expect handler's 413), which say so too."""
+    return getattr(handler, _MARK, False)
+
+
+def stream_error(err: ApiError) -> bytes:
+    """The last event of a LightLLM stream that `err` ended after its first event: the body a
+    refused request gets ({"message": ..., "error": {...}}), as `data:{json}`. LightLLM's
+    clients read the message at the top level there too."""
+    body = {"message": err.message,
+            **error_body(err.status, err.message, err.param, err.code)}
+    return sse.event(body, prefix=b"data:")

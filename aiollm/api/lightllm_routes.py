@@ -64,12 +64,14 @@ async def tokens(request: web.Request) -> web.Response:
     parameters are not checked, as TokensRequest says why). Text of no token ("", or
     whitespace the tokenizer drops) is counted too: the special tokens alone, or 0, as
     LightLLM's /tokens and vLLM's /tokenize count it. GET reads the body too, as LightLLM's
-    does; the query string is not read."""
+    does; the query string is not read. A request without a body (GET or POST, a query
+    string or none) is refused naming `text`, before its Content-Type is looked at."""
     st = state(request)
-    if not request.body_exists and request.query:  # LightLLM reads no query either
+    if not request.body_exists:  # `curl host/tokens`: told where the text goes
+        query = (f", not from the query string (which gave {', '.join(sorted(request.query))})"
+                 if request.query else "; the request has no body")  # LightLLM reads none
         raise ApiError(400, f"/tokens reads the text from the request's JSON body "
-                       f"({{\"text\": ...}}, with GET as with POST), not from the query "
-                       f"string (which gave {', '.join(sorted(request.query))})", param="text")
+                       f"({{\"text\": ...}}, with GET as with POST){query}", param="text")
     req = await decode_body(request, TokensRequest)
     refuse_media(req.multimodal_params)
     special = (req.parameters or GenerateParameters()).add_special_tokens

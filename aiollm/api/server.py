@@ -29,6 +29,7 @@ from aiollm.api import lightllm, lightllm_routes, openai, ops
 from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
+from aiollm.api.lightllm_errors import answers_as_lightllm
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
@@ -242,7 +243,9 @@ def _expect_handler(allowed: Callable[[web.Request], bool] | None) -> Callable:
     async def expect(request: web.Request) -> web.StreamResponse | None:
         if allowed is not None and not allowed(request):
             return _unauthorized(close=True)
-        return await expect_continue(request)
+        # LightLLM's routes put the refusal's message at the top level, as they answer it
+        return await expect_continue(
+            request, message=answers_as_lightllm(request.match_info.handler))
 
     return expect
 
