@@ -46,6 +46,13 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
     ("{% for m in messages %}{% for line in m.content.split('\\n') %}{{ line }}"
      "{% endfor %}{% endfor %}", "string"),
     ("{% set system = messages[0]['content'] | trim %}{{ system }}", "string"),
+    # a string's method on its first character (capitalized) is no part's field
+    ("{% for m in messages %}{{ m.content[0].upper() + m.content[1:] }}{% endfor %}",
+     "string"),
+    ("{% for m in messages %}{% if m['content'][0].isspace() %}x{% endif %}{% endfor %}",
+     "string"),
+    # a part (a dict) read by its own method is a list read
+    ("{% for m in messages %}{{ m.content[0].get('text') }}{% endfor %}", "openai"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
 ])
 def test_auto_reads_the_form_the_template_takes(template, want):

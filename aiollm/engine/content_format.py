@@ -101,7 +101,8 @@ def detect_content_format(source: str) -> str:
     `m.content`, or a name set from that, or a variable named `content` (a macro's
     parameter). A loop over content (through filters and slices: `for part in
     m.content | selectattr(...)`), or an item of it by number read as a part
-    (`m.content[0].text`, `m['content'][0]['type']`), is a list read."""
+    (`m.content[0].text`, `m['content'][0]['type']`; not by a string's method,
+    `m.content[0].upper()`, which reads a character), is a list read."""
     from aiollm.model.serving_tokenizer import compile_chat_template
 
     try:
@@ -136,6 +137,9 @@ def _read_as(root: nodes.Template) -> str:
     for node in root.find_all((nodes.Getattr, nodes.Getitem)):
         read = node.node  # node is `.attr` or `['key']` of read: read a part?
         if isinstance(node, nodes.Getitem) and not _const(node.arg, str):
+            continue
+        # a string's own method (`content[0].upper()`) reads a character, not a part
+        if isinstance(node, nodes.Getattr) and hasattr(str, node.attr):
             continue
         if (isinstance(read, nodes.Getitem) and _const(read.arg, int)
                 and _derived(read.node, contents, is_content)):
