@@ -9,6 +9,7 @@ templates rendered a string's characters as parts."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -201,3 +202,34 @@ def test_server_refuses_other_parts_and_a_bad_format(tiny):
     assert serve(tiny, check, PARTS) == (400, "messages[0].content[1].type")
     with pytest.raises(ValueError, match="chat_template_content_format .*'xml'"):
         create_app(None, chat_template_content_format="xml")
+
+
+@pytest.mark.parametrize("template, flag, want", [
+    (PARTS, None, "Once\n\nupon"), (PARTS, "string", "Once\nupon"), (STRING, None, "Once\nupon"),
+    (STRING, "openai", "Once\n\nupon")])
+def test_echo_joins_the_parts_the_template_was_given(tiny, template, flag, want):
+    """vLLM's echo is the last message's content as the template was given it: the joined
+    string (an empty part left out) under string, each part's text joined by "\n" (an empty
+    one too) under openai. The parts were always joined as for string."""
+    conversation = [{"role": "user", "content": [
+        {"type": "text", "text": "Once"}, {"type": "text", "text": ""}, "upon"]}]
+
+    async def check(client, tokenizer):
+        texts = []
+        for stream in (False, True):
+            r = await client.post("/v1/chat/completions", json={
+                "messages": conversation, "max_tokens": 1, "echo": True, "stream": stream,
+                "add_generation_prompt": False})
+            assert r.status == 200, await r.text()
+            if not stream:
+                texts.append((await r.json())["choices"][0]["message"]["content"])
+                continue
+            deltas = [json.loads(line.removeprefix("data: "))["choices"][0]["delta"]
+                      for line in (await r.text()).splitlines()
+                      if line.startswith("data: {")]
+            texts.append(next(d["content"] for d in deltas if d.get("content")))
+        return texts
+
+    options = {} if flag is None else {"chat_template_content_format": flag}
+    whole, streamed = serve(tiny, check, template, **options)
+    assert whole.startswith(want) and streamed == want

@@ -54,6 +54,15 @@ def joined_text(content: Any) -> str:
     return "\n".join(t for t in texts if isinstance(t, str) and t)
 
 
+def echoed_text(content: Any, fmt: str) -> str:
+    """A message's content as vLLM's chat `echo` writes it before the answer: as the
+    template was given it in `fmt` ("string" or "openai"), one string, or each part's text
+    joined by "\n" (an empty part too: the list holds it)."""
+    if fmt == "string":
+        return joined_text(content)
+    return "\n".join(p["text"] for p in as_parts(content))
+
+
 def as_parts(content: Any) -> list:
     """A message's content in the "openai" form: a string as one text part, None as no
     part, a list (of text parts, as checked messages hold them) as it is."""
