@@ -233,3 +233,25 @@ def test_echo_joins_the_parts_the_template_was_given(tiny, template, flag, want)
     options = {} if flag is None else {"chat_template_content_format": flag}
     whole, streamed = serve(tiny, check, template, **options)
     assert whole.startswith(want) and streamed == want
+
+
+@pytest.mark.parametrize("fmt", ["auto", "string", "openai"])
+def test_engine_chat_prompt_keeps_content_that_is_no_text(llm, fmt):
+    """Engine.chat_prompt takes messages as the template takes them, unchecked: content
+    that is neither a string nor a list of text parts (a mapping, as Mistral's template reads
+    a tool result's `message.content.content`; a list of other values) reaches the template as
+    given, in any form. The string form joined a mapping's keys ("content") and raised
+    AttributeError on a list of numbers."""
+    from aiollm.engine.chat_template import TemplateOptions
+
+    template = ("{% for m in messages %}<{{ m.role }}>{% if m.content is mapping %}"
+                "{{ m.content.content }}{% else %}{{ m.content }}{% endif %}{% endfor %}")
+    options = TemplateOptions(chat_template=template, content_format=fmt)
+    engine = llm.engine
+
+    def render(content) -> str:
+        ids = engine.chat_prompt([{"role": "tool", "content": content}], None, options)
+        return engine.tokenizer.decode(ids)
+
+    assert render({"content": "sunny"}) == "<tool>sunny"
+    assert render([1, 2]) == "<tool>[1, 2]"

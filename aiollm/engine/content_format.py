@@ -75,15 +75,26 @@ def as_parts(content: Any) -> list:
 
 def formed_messages(messages: list[dict], fmt: str) -> list[dict]:
     """`messages` with each content in the form `fmt` ("string" or "openai") says; messages
-    already in it, or without content (None or missing: a message not checked, as
-    Engine.chat_prompt may be given, keeps its own), are the same dicts."""
+    already in it, or whose content is no text (a message not checked, as Engine.chat_prompt
+    may be given, keeps its own: None or missing, a mapping, a list of other values), are
+    the same dicts."""
     form = joined_text if fmt == "string" else as_parts
     out = []
     for m in messages:
         content = m.get("content")
-        want = content if content is None else form(content)
+        want = form(content) if _is_text(content) else content
         out.append(m if want is content else {**m, "content": want})
     return out
+
+
+def _is_text(content: Any) -> bool:
+    """Whether `content` is a string or a list of text parts (each a string or a dict with
+    a string "text"), as checked messages hold it."""
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and all(
+        isinstance(p, str) or (isinstance(p, dict) and isinstance(p.get("text"), str))
+        for p in content)
 
 
 def resolve_content_format(given: str, template: str | dict | None,
