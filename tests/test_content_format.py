@@ -55,6 +55,9 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
     # a part (a dict) read by its own method is a list read
     ("{% for m in messages %}{{ m.content[0].get('text') }}{% endfor %}", "openai"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
+    # nested past Python's recursion limit (a model's own template is not checked first):
+    # rendering says so too; the reading raised RecursionError, a 500
+    ("{{ " + "(" * 3000 + "x" + ")" * 3000 + " }}", "string"),
 ])
 def test_auto_reads_the_form_the_template_takes(template, want):
     assert detect_content_format(template) == want

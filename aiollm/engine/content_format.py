@@ -114,8 +114,8 @@ def resolve_content_format(given: str, template: str | dict | None,
 @functools.lru_cache(maxsize=32)
 def detect_content_format(source: str) -> str:
     """"openai" when the chat template `source` reads a message's content as a list of
-    parts, else "string" (also for a template that does not parse: rendering it will say
-    why). Read from its Jinja syntax tree, as vLLM's "auto" reads it: a message is a loop
+    parts, else "string" (also for a template that does not parse, or is nested too deeply
+    to: rendering it will say why). Read from its Jinja syntax tree, as vLLM's "auto" reads it: a message is a loop
     variable over `messages` (or a name set from it, `loop_messages = messages[1:]`), or a
     name set to one item of them (`messages[0]`); its content is `m['content']` or
     `m.content`, or a name set from that, or a variable named `content` (a macro's
@@ -127,7 +127,7 @@ def detect_content_format(source: str) -> str:
 
     try:
         root = compile_chat_template(source).environment.parse(source)
-    except jinja2.TemplateError:
+    except (jinja2.TemplateError, RecursionError):  # jinja2 parses by recursion
         return "string"
     fmt = _read_as(root)
     # once per template (a trusted request's own too: debug, not to flood the log)
