@@ -9,6 +9,7 @@ templates rendered a string's characters as parts."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -46,7 +47,17 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
     ("{% for m in messages %}{% for line in m.content.split('\\n') %}{{ line }}"
      "{% endfor %}{% endfor %}", "string"),
     ("{% set system = messages[0]['content'] | trim %}{{ system }}", "string"),
+    # a string's method on its first character (capitalized) is no part's field
+    ("{% for m in messages %}{{ m.content[0].upper() + m.content[1:] }}{% endfor %}",
+     "string"),
+    ("{% for m in messages %}{% if m['content'][0].isspace() %}x{% endif %}{% endfor %}",
+     "string"),
+    # a part (a dict) read by its own method is a list read
+    ("{% for m in messages %}{{ m.content[0].get('text') }}{% endfor %}", "openai"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
+    # nested past Python's recursion limit (a model's own template is not checked first):
+    # rendering says so too; the reading raised RecursionError, a 500
+    ("{{ " + "(" * 3000 + "x" + ")" * 3000 + " }}", "string"),
 ])
 def test_auto_reads_the_form_the_template_takes(template, want):
     assert detect_content_format(template) == want
@@ -194,3 +205,56 @@ def test_server_refuses_other_parts_and_a_bad_format(tiny):
     assert serve(tiny, check, PARTS) == (400, "messages[0].content[1].type")
     with pytest.raises(ValueError, match="chat_template_content_format .*'xml'"):
         create_app(None, chat_template_content_format="xml")
+
+
+@pytest.mark.parametrize("template, flag, want", [
+    (PARTS, None, "Once\n\nupon"), (PARTS, "string", "Once\nupon"), (STRING, None, "Once\nupon"),
+    (STRING, "openai", "Once\n\nupon")])
+def test_echo_joins_the_parts_the_template_was_given(tiny, template, flag, want):
+    """vLLM's echo is the last message's content as the template was given it: the joined
+    string (an empty part left out) under string, each part's text joined by "\n" (an empty
+    one too) under openai. The parts were always joined as for string."""
+    conversation = [{"role": "user", "content": [
+        {"type": "text", "text": "Once"}, {"type": "text", "text": ""}, "upon"]}]
+
+    async def check(client, tokenizer):
+        texts = []
+        for stream in (False, True):
+            r = await client.post("/v1/chat/completions", json={
+                "messages": conversation, "max_tokens": 1, "echo": True, "stream": stream,
+                "add_generation_prompt": False})
+            assert r.status == 200, await r.text()
+            if not stream:
+                texts.append((await r.json())["choices"][0]["message"]["content"])
+                continue
+            deltas = [json.loads(line.removeprefix("data: "))["choices"][0]["delta"]
+                      for line in (await r.text()).splitlines()
+                      if line.startswith("data: {")]
+            texts.append(next(d["content"] for d in deltas if d.get("content")))
+        return texts
+
+    options = {} if flag is None else {"chat_template_content_format": flag}
+    whole, streamed = serve(tiny, check, template, **options)
+    assert whole.startswith(want) and streamed == want
+
+
+@pytest.mark.parametrize("fmt", ["auto", "string", "openai"])
+def test_engine_chat_prompt_keeps_content_that_is_no_text(llm, fmt):
+    """Engine.chat_prompt takes messages as the template takes them, unchecked: content
+    that is neither a string nor a list of text parts (a mapping, as Mistral's template reads
+    a tool result's `message.content.content`; a list of other values) reaches the template as
+    given, in any form. The string form joined a mapping's keys ("content") and raised
+    AttributeError on a list of numbers."""
+    from aiollm.engine.chat_template import TemplateOptions
+
+    template = ("{% for m in messages %}<{{ m.role }}>{% if m.content is mapping %}"
+                "{{ m.content.content }}{% else %}{{ m.content }}{% endif %}{% endfor %}")
+    options = TemplateOptions(chat_template=template, content_format=fmt)
+    engine = llm.engine
+
+    def render(content) -> str:
+        ids = engine.chat_prompt([{"role": "tool", "content": content}], None, options)
+        return engine.tokenizer.decode(ids)
+
+    assert render({"content": "sunny"}) == "<tool>sunny"
+    assert render([1, 2]) == "<tool>[1, 2]"

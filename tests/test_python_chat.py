@@ -121,8 +121,11 @@ def test_llm_chat_takes_vllms_chat_template(llm):
     cont, = llm.chat([*HI, {"role": "assistant", "content": "Hel"}], sp, False,
                      chat_template=KNOWS_TOOLS, add_generation_prompt=False)
     assert cont.prompt == "<user>Hi\n<assistant>Hel\n"
+    # nested past Python's recursion limit: jinja2 raised RecursionError (a 500 on a trusted
+    # request's template)
+    deep = "{{ " + "(" * 3000 + "x" + ")" * 3000 + " }}"
     for bad, message in (("{% if %}", "does not compile"), ("", "non-empty"),
-                         (3, "must be a Jinja template")):
+                         (3, "must be a Jinja template"), (deep, "nested too deeply")):
         with pytest.raises(ValueError, match=message) as e:
             llm.chat(HI, sp, False, chat_template=bad)
         assert e.value.param == "chat_template"

@@ -294,6 +294,26 @@ def test_text_parts_of_an_item_join_by_newline_as_chats_do():
     assert [as_parts(c) for c in contents] == [texts, [], texts]
 
 
+def test_a_call_output_of_no_parts_is_an_empty_output():
+    """A function_call_output whose output is an empty list of parts is the tool's empty
+    answer, as an output of "" is (vLLM's chat parser joins no parts into ""). Once parts
+    were kept as a list for the chat template, the tool message had no content and every
+    such request was a 400 naming input[2].content, a field the item does not have."""
+    from aiollm.api.responses_request import input_messages
+    from aiollm.engine.content_format import joined_text
+
+    def output(value):
+        got = input_messages([{"role": "user", "content": "Weather?"},
+                              {"type": "function_call", "call_id": "c", "name": "f",
+                               "arguments": "{}"},
+                              {"type": "function_call_output", "call_id": "c",
+                               "output": value}])
+        return got[2].as_dict(2)
+
+    assert joined_text(output([])["content"]) == joined_text(output("")["content"]) == ""
+    assert output([])["role"] == "tool" and output([])["tool_call_id"] == "c"
+
+
 @pytest.mark.parametrize("role, content, chat, responses", CONTENT_FAULTS)
 def test_a_content_fault_is_one_400_on_chat_and_responses(server, role, content, chat,
                                                           responses):

@@ -20,7 +20,8 @@ from aiollm.api.tool_calls import ToolCall, ToolParser
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.api.tools_or_format import tools_constraint
 from aiollm.api.usage import room
-from aiollm.engine.content_format import joined_text
+from aiollm.engine.content_format import (echoed_text, joined_text,
+                                          resolve_content_format)
 from aiollm.sampling_params import SamplingParams
 
 
@@ -102,10 +103,6 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     # the template the messages are rendered with says which tool-call format to read
     template = options.chat_template or engine.tokenizer.chat_template
     dicts = req.message_dicts()
-    # vLLM's echo: the last message's text (its parts joined, as vLLM echoes them) comes
-    # before each answer where the message is in the answer's role (the one it continues)
-    echo = (joined_text(dicts[-1].get("content")) if req.echo
-            and req.messages[-1].role == role else "")
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
@@ -135,6 +132,12 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     # unless the server was told to leave them out
     shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
     ids, messages = await st.render_chat(dicts, shown, options, req.add_special_tokens, keep)
+    # vLLM's echo: the last message's text, as the template was given it (its parts joined,
+    # or each part's text: content_format.echoed_text), comes before each answer where the
+    # message is in the answer's role (the one it continues)
+    fmt = resolve_content_format(options.content_format, template, shown or None)
+    echo = (echoed_text(dicts[-1].get("content"), fmt) if req.echo
+            and req.messages[-1].role == role else "")
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else (
         req.max_tokens if req.max_tokens is not None else room(st, len(ids), req.min_tokens))
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

@@ -227,11 +227,14 @@ def _text(content: Any, at: str) -> str | list[ContentPart]:
     """An input message's content or a call's output, at the path `at`, as text
     (content_parts.text_parts, as chat takes a message's parts): a string, or its text
     parts, which the chat template is given in the server's content format, joined or as
-    a list. The Responses API's schema takes refusal parts in any role's content, and no
-    plain strings in a list."""
+    a list; no parts (a call's output: a message's are refused before) as "", the tool's
+    empty answer, as vLLM joins them. The Responses API's schema takes refusal parts in any
+    role's content, and no plain strings in a list."""
     parts = text_parts(content, at, refusal=True, strings=False)
     if isinstance(parts, str):
         return parts
+    if not parts:  # a call's output of no parts: the tool said nothing (a message's is refused)
+        return ""
     return [ContentPart(type="text", text=p["text"]) for p in parts]
 
 

@@ -54,6 +54,15 @@ def joined_text(content: Any) -> str:
     return "\n".join(t for t in texts if isinstance(t, str) and t)
 
 
+def echoed_text(content: Any, fmt: str) -> str:
+    """A message's content as vLLM's chat `echo` writes it before the answer: as the
+    template was given it in `fmt` ("string" or "openai"), one string, or each part's text
+    joined by "\n" (an empty part too: the list holds it)."""
+    if fmt == "string":
+        return joined_text(content)
+    return "\n".join(p["text"] for p in as_parts(content))
+
+
 def as_parts(content: Any) -> list:
     """A message's content in the "openai" form: a string as one text part, None as no
     part, a list (of text parts, as checked messages hold them) as it is."""
@@ -66,15 +75,26 @@ def as_parts(content: Any) -> list:
 
 def formed_messages(messages: list[dict], fmt: str) -> list[dict]:
     """`messages` with each content in the form `fmt` ("string" or "openai") says; messages
-    already in it, or without content (None or missing: a message not checked, as
-    Engine.chat_prompt may be given, keeps its own), are the same dicts."""
+    already in it, or whose content is no text (a message not checked, as Engine.chat_prompt
+    may be given, keeps its own: None or missing, a mapping, a list of other values), are
+    the same dicts."""
     form = joined_text if fmt == "string" else as_parts
     out = []
     for m in messages:
         content = m.get("content")
-        want = content if content is None else form(content)
+        want = form(content) if _is_text(content) else content
         out.append(m if want is content else {**m, "content": want})
     return out
+
+
+def _is_text(content: Any) -> bool:
+    """Whether `content` is a string or a list of text parts (each a string or a dict with
+    a string "text"), as checked messages hold it."""
+    if isinstance(content, str):
+        return True
+    return isinstance(content, list) and all(
+        isinstance(p, str) or (isinstance(p, dict) and isinstance(p.get("text"), str))
+        for p in content)
 
 
 def resolve_content_format(given: str, template: str | dict | None,
@@ -94,19 +114,20 @@ def resolve_content_format(given: str, template: str | dict | None,
 @functools.lru_cache(maxsize=32)
 def detect_content_format(source: str) -> str:
     """"openai" when the chat template `source` reads a message's content as a list of
-    parts, else "string" (also for a template that does not parse: rendering it will say
-    why). Read from its Jinja syntax tree, as vLLM's "auto" reads it: a message is a loop
+    parts, else "string" (also for a template that does not parse, or is nested too deeply
+    to: rendering it will say why). Read from its Jinja syntax tree, as vLLM's "auto" reads it: a message is a loop
     variable over `messages` (or a name set from it, `loop_messages = messages[1:]`), or a
     name set to one item of them (`messages[0]`); its content is `m['content']` or
     `m.content`, or a name set from that, or a variable named `content` (a macro's
     parameter). A loop over content (through filters and slices: `for part in
     m.content | selectattr(...)`), or an item of it by number read as a part
-    (`m.content[0].text`, `m['content'][0]['type']`), is a list read."""
+    (`m.content[0].text`, `m['content'][0]['type']`; not by a string's method,
+    `m.content[0].upper()`, which reads a character), is a list read."""
     from aiollm.model.serving_tokenizer import compile_chat_template
 
     try:
         root = compile_chat_template(source).environment.parse(source)
-    except jinja2.TemplateError:
+    except (jinja2.TemplateError, RecursionError):  # jinja2 parses by recursion
         return "string"
     fmt = _read_as(root)
     # once per template (a trusted request's own too: debug, not to flood the log)
@@ -136,6 +157,9 @@ def _read_as(root: nodes.Template) -> str:
     for node in root.find_all((nodes.Getattr, nodes.Getitem)):
         read = node.node  # node is `.attr` or `['key']` of read: read a part?
         if isinstance(node, nodes.Getitem) and not _const(node.arg, str):
+            continue
+        # a string's own method (`content[0].upper()`) reads a character, not a part
+        if isinstance(node, nodes.Getattr) and hasattr(str, node.attr):
             continue
         if (isinstance(read, nodes.Getitem) and _const(read.arg, int)
                 and _derived(read.node, contents, is_content)):

@@ -49,8 +49,9 @@ def read_chat_template(value: str) -> str:
 
 def check_template_source(source: Any) -> None:
     """Raise InvalidRequest naming chat_template unless `source` is a Jinja chat template
-    that compiles (as transformers compiles templates: the same sandbox and extensions) and
-    has a tag (one without renders no message)."""
+    that compiles (as transformers compiles templates: the same sandbox and extensions; one
+    nested past Python's recursion limit does not) and has a tag (one without renders no
+    message)."""
     from jinja2 import TemplateError
 
     from aiollm.model.serving_tokenizer import compile_chat_template
@@ -69,6 +70,10 @@ def check_template_source(source: Any) -> None:
     except TemplateError as e:
         raise InvalidRequest(f"chat_template does not compile ({type(e).__name__}: {e})",
                              param="chat_template") from None
+    except RecursionError:  # jinja2 parses and compiles by recursion
+        raise InvalidRequest("chat_template is nested too deeply to compile (brackets, "
+                             "filters or blocks inside one another past Python's recursion "
+                             "limit)", param="chat_template") from None
 
 
 def _has_tag(source: str) -> bool:
