@@ -54,6 +54,12 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
      "string"),
     # a part (a dict) read by its own method is a list read
     ("{% for m in messages %}{{ m.content[0].get('text') }}{% endfor %}", "openai"),
+    # a template that tests `is string` takes a string whole (its index is the other
+    # branch's): given parts it would render only the first; a loop over parts still wins
+    ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
+     "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
+     "{% for p in m.content %}{{ p.text }}{% endfor %}{% endif %}{% endfor %}", "openai"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
     # nested past Python's recursion limit (a model's own template is not checked first):
     # rendering says so too; the reading raised RecursionError, a 500

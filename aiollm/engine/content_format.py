@@ -115,14 +115,15 @@ def resolve_content_format(given: str, template: str | dict | None,
 def detect_content_format(source: str) -> str:
     """"openai" when the chat template `source` reads a message's content as a list of
     parts, else "string" (also for a template that does not parse, or is nested too deeply
-    to: rendering it will say why). Read from its Jinja syntax tree, as vLLM's "auto" reads it: a message is a loop
-    variable over `messages` (or a name set from it, `loop_messages = messages[1:]`), or a
+    to: rendering it will say why). Read from its Jinja syntax tree, as vLLM's "auto" reads
+    it: a message is a loop variable over `messages` (or a name set from it, `loop_messages = messages[1:]`), or a
     name set to one item of them (`messages[0]`); its content is `m['content']` or
     `m.content`, or a name set from that, or a variable named `content` (a macro's
     parameter). A loop over content (through filters and slices: `for part in
     m.content | selectattr(...)`), or an item of it by number read as a part
     (`m.content[0].text`, `m['content'][0]['type']`; not by a string's method,
-    `m.content[0].upper()`, which reads a character), is a list read."""
+    `m.content[0].upper()`, which reads a character, and not in a template that tests
+    `content is string`, which takes a string whole), is a list read."""
     from aiollm.model.serving_tokenizer import compile_chat_template
 
     try:
@@ -154,6 +155,11 @@ def _read_as(root: nodes.Template) -> str:
     for loop in root.find_all(nodes.For):
         if _derived(loop.iter, contents, is_content):
             return "openai"
+    # a template that tests `content is string` takes a string whole; its item by number is
+    # the other branch's (vLLM reads loops alone): given parts, it would read only the first
+    if any(t.name == "string" and _derived(t.node, contents, is_content)
+           for t in root.find_all(nodes.Test)):
+        return "string"
     for node in root.find_all((nodes.Getattr, nodes.Getitem)):
         read = node.node  # node is `.attr` or `['key']` of read: read a part?
         if isinstance(node, nodes.Getitem) and not _const(node.arg, str):
