@@ -83,12 +83,12 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "itself (as vLLM's --chat-template; checked at start)")
     net.add_argument("--chat-template-content-format", default="auto",
                      choices=list(CONTENT_FORMATS),
-                     help="chat and the Responses API: the form of message content the chat "
+                     help="chat, the Responses API and /tokenize: the form of message content the chat "
                           "template is given, as vLLM's flag: string (text parts joined by "
                           "newlines into one string), openai (a list of {\"type\": \"text\", "
                           "\"text\": ...} parts; a string as one part) or auto (whichever the "
-                          "template reads: openai where it loops over or indexes a message's "
-                          "content, else string)")
+                          "template reads: openai where it loops over a message's content, or "
+                          "indexes it and never tests it is a string; else string)")
     net.add_argument("--trust-request-chat-template", action="store_true",
                      help="chat and /tokenize: render a request's messages with the chat "
                           "template it sends (chat_template, or chat_template_kwargs' "
