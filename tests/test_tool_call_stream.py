@@ -262,3 +262,22 @@ def test_any_mix_of_text_and_calls_joins_to_the_whole_answer(parser):
         text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 5)))
         text = text[:rng.choice([len(text), rng.randint(0, len(text))])]
         _check(parser, text, rng, cut=rng.random() < 0.7, required=rng.random() < 0.2)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_text_after_the_calls_keeps_its_leading_whitespace(parser):
+    """Text after the last call keeps the whitespace the model wrote before it, streamed
+    or not, as Hermes' text after a </tool_call> always did: Llama 3's and Mistral's
+    readers skipped it with the calls' separators, so 'Checking.' + call + '\\n\\nDone.'
+    came out as 'Checking.Done.' (a ';' between the calls and the text is their
+    separator, and stays dropped for Llama 3)."""
+    rng = random.Random(9)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    sep = ";" if parser.name == "llama3" else ""
+    for after in (" Done.", "\n\nDone.", sep + " Done."):
+        between = {"hermes": "", "llama3": "; ", "mistral": "\n"}[parser.name]
+        for calls in (call, call + between + call):
+            for cut in (False, True):
+                content, found = _check(parser, "Checking." + calls + after, rng, cut=cut)
+                assert found and content == "Checking." + after.removeprefix(sep), (
+                    calls + after, cut)

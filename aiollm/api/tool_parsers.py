@@ -94,6 +94,16 @@ def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
     return ToolCall(obj["name"], "{}" if args is None else args)
 
 
+def _text_after(text: str, end: int) -> int:
+    """Where the text after a family's last call starts, `end` being where its reader
+    stopped (past the separators after the call): the whitespace just before `end` is the
+    text's own (the paragraph break before "Done."), as Hermes keeps what follows a
+    </tool_call>; a ';' there stays a separator."""
+    while end > 0 and text[end - 1] in " \t\n\r":
+        end -= 1
+    return end
+
+
 def _skip_space(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
@@ -162,7 +172,7 @@ class Llama3Parser(ToolParser):
         calls, end = _json_calls(text, i, "parameters", "; \t\n")
         if not calls:
             return text, []
-        return (text[:i].replace(TAG, "") + text[end:]).rstrip(), calls
+        return (text[:i].replace(TAG, "") + text[_text_after(text, end):]).rstrip(), calls
 
     def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
         content, calls = super().calls(text, names, cut=cut, required=required, named=named,
@@ -205,7 +215,7 @@ class MistralParser(ToolParser):
             i = text.find(self.start, end)
         if not calls:
             return text, []
-        content.append(text[pos:])
+        content.append(text[_text_after(text, pos):])
         return "".join(content).rstrip(), calls
 
     def tags(self, tools):
