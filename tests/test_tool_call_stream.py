@@ -281,3 +281,20 @@ def test_text_after_the_calls_keeps_its_leading_whitespace(parser):
                 content, found = _check(parser, "Checking." + calls + after, rng, cut=cut)
                 assert found and content == "Checking." + after.removeprefix(sep), (
                     calls + after, cut)
+
+
+def test_a_call_cut_anywhere_after_python_tag_leaves_the_text_before_it():
+    """max_tokens or a stop anywhere after <|python_tag|> (skip_special_tokens false):
+    what follows the tag can only be calls, so the tag and a call head cut part way are
+    markup, wherever the cut falls. The answer was "Hi" at the tag and from '{"name": ' on,
+    but 'Hi <|python_tag|>{"na' between them (and after the tag and a newline)."""
+    parser, rng = Llama3Parser(), random.Random(10)
+    for tag in ("<|python_tag|>", "<|python_tag|>\n"):
+        text = "Hi " + tag + CALL["llama3"] % '{"city": "P", "unit": "c"}'
+        for n in range(len("Hi " + tag), len(text)):
+            content, calls = _check(parser, text[:n], rng, cut=True)
+            assert content == "Hi", text[:n]
+            assert all(c.name == "get_weather" for c in calls), text[:n]
+    # text after the tag that no call's head begins stays the model's text
+    assert _check(parser, "Hi <|python_tag|>print(1)", rng, cut=True)[0] == (
+        "Hi <|python_tag|>print(1)")

@@ -177,9 +177,14 @@ class Llama3Parser(ToolParser):
     def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
         content, calls = super().calls(text, names, cut=cut, required=required, named=named,
                                        sent=sent)
-        if cut and (calls or content.endswith(TAG)):
-            # the tag before a cut call (or one cut before its name) is markup too
-            content = content.replace(TAG, "").rstrip()
+        if cut:
+            # what follows the tag can only be calls: the tag and a head cut part way
+            # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell
+            i = content.rfind(TAG)
+            if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
+                content = content[:i].rstrip()
+            if calls:  # the tag before a cut call is markup too
+                content = content.replace(TAG, "").rstrip()
         return content, calls
 
     def tags(self, tools):
