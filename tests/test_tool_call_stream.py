@@ -298,3 +298,30 @@ def test_a_call_cut_anywhere_after_python_tag_leaves_the_text_before_it():
     # text after the tag that no call's head begins stays the model's text
     assert _check(parser, "Hi <|python_tag|>print(1)", rng, cut=True)[0] == (
         "Hi <|python_tag|>print(1)")
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_text_after_call_shaped_text_is_kept_when_the_output_stops(parser):
+    """An output that ends with "stop" (its eos: read as one that may end inside a call)
+    and has text after call-shaped text: the text stays content as it does where the
+    output is read as whole. Llama 3's reader took the last quoted call for a call cut at
+    the output's end and dropped the text after it ('{call}\\nI called {call} for you.'
+    gave '\\nI called', the quote a second call); a call whose markup goes on as no call's
+    does is the call the stream sent, incomplete, cut or not."""
+    rng = random.Random(11)
+    good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    quoted = '{"name": "get_weather", "%s": {"city": "Q"}}' % parser.args_key
+    for text in (good + "\nI called " + quoted + " for you.", good + " A " + good + " B"):
+        plain, calls = _check(parser, text, rng)
+        assert plain.endswith(" for you." if "called" in text else " B"), text
+        content, cut_calls = _check(parser, text, rng, cut=True)
+        assert content == plain and _shape(cut_calls) == _shape(calls), text
+    text = "Ok. " + good[:-1] + " trailing junk"  # its end mis-written
+    _, plain = _check(parser, text, rng)
+    content, calls = _check(parser, text, rng, cut=True)
+    assert content == "Ok." and _shape(calls) == _shape(plain), text
+    assert [(c.name, c.complete) for c in calls] == [("get_weather", False)], text
+
+
+def _shape(calls) -> list[tuple]:
+    return [(c.name, c.arguments, c.complete) for c in calls]

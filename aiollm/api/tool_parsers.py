@@ -116,7 +116,7 @@ def _schema(tool: dict) -> dict:
 
 class HermesParser(ToolParser):
     name, start, end = "hermes", "<tool_call>", "</tool_call>"
-    opens = (start,)
+    opens, words = (start,), (end,)
     joints = Joints(re.compile(r"<tool_call>\s*"),
                     re.compile(r"\s*\}\s*</tool_call>\s*<tool_call>\s*"))
 
@@ -157,7 +157,7 @@ class Llama3Parser(ToolParser):
     name, start, separator, args_key = "llama3", '{"name": ', ";", "parameters"
     # <|python_tag|> (in the text with skip_special_tokens false) opens the calls too, as
     # vLLM's llama3_json reads it: a stream holds it back until it knows what follows
-    opens = (TAG, start)
+    opens, words = (TAG, start), (TAG,)
     # the marker is the head itself; calls are separated by ';' or whitespace
     joints = Joints(re.compile(""), re.compile(r"\s*\}[;\s]*"))
 
