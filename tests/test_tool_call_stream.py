@@ -262,3 +262,66 @@ def test_any_mix_of_text_and_calls_joins_to_the_whole_answer(parser):
         text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 5)))
         text = text[:rng.choice([len(text), rng.randint(0, len(text))])]
         _check(parser, text, rng, cut=rng.random() < 0.7, required=rng.random() < 0.2)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_text_after_the_calls_keeps_its_leading_whitespace(parser):
+    """Text after the last call keeps the whitespace the model wrote before it, streamed
+    or not, as Hermes' text after a </tool_call> always did: Llama 3's and Mistral's
+    readers skipped it with the calls' separators, so 'Checking.' + call + '\\n\\nDone.'
+    came out as 'Checking.Done.' (a ';' between the calls and the text is their
+    separator, and stays dropped for Llama 3)."""
+    rng = random.Random(9)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    sep = ";" if parser.name == "llama3" else ""
+    for after in (" Done.", "\n\nDone.", sep + " Done."):
+        between = {"hermes": "", "llama3": "; ", "mistral": "\n"}[parser.name]
+        for calls in (call, call + between + call):
+            for cut in (False, True):
+                content, found = _check(parser, "Checking." + calls + after, rng, cut=cut)
+                assert found and content == "Checking." + after.removeprefix(sep), (
+                    calls + after, cut)
+
+
+def test_a_call_cut_anywhere_after_python_tag_leaves_the_text_before_it():
+    """max_tokens or a stop anywhere after <|python_tag|> (skip_special_tokens false):
+    what follows the tag can only be calls, so the tag and a call head cut part way are
+    markup, wherever the cut falls. The answer was "Hi" at the tag and from '{"name": ' on,
+    but 'Hi <|python_tag|>{"na' between them (and after the tag and a newline)."""
+    parser, rng = Llama3Parser(), random.Random(10)
+    for tag in ("<|python_tag|>", "<|python_tag|>\n"):
+        text = "Hi " + tag + CALL["llama3"] % '{"city": "P", "unit": "c"}'
+        for n in range(len("Hi " + tag), len(text)):
+            content, calls = _check(parser, text[:n], rng, cut=True)
+            assert content == "Hi", text[:n]
+            assert all(c.name == "get_weather" for c in calls), text[:n]
+    # text after the tag that no call's head begins stays the model's text
+    assert _check(parser, "Hi <|python_tag|>print(1)", rng, cut=True)[0] == (
+        "Hi <|python_tag|>print(1)")
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_text_after_call_shaped_text_is_kept_when_the_output_stops(parser):
+    """An output that ends with "stop" (its eos: read as one that may end inside a call)
+    and has text after call-shaped text: the text stays content as it does where the
+    output is read as whole. Llama 3's reader took the last quoted call for a call cut at
+    the output's end and dropped the text after it ('{call}\\nI called {call} for you.'
+    gave '\\nI called', the quote a second call); a call whose markup goes on as no call's
+    does is the call the stream sent, incomplete, cut or not."""
+    rng = random.Random(11)
+    good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    quoted = '{"name": "get_weather", "%s": {"city": "Q"}}' % parser.args_key
+    for text in (good + "\nI called " + quoted + " for you.", good + " A " + good + " B"):
+        plain, calls = _check(parser, text, rng)
+        assert plain.endswith(" for you." if "called" in text else " B"), text
+        content, cut_calls = _check(parser, text, rng, cut=True)
+        assert content == plain and _shape(cut_calls) == _shape(calls), text
+    text = "Ok. " + good[:-1] + " trailing junk"  # its end mis-written
+    _, plain = _check(parser, text, rng)
+    content, calls = _check(parser, text, rng, cut=True)
+    assert content == "Ok." and _shape(calls) == _shape(plain), text
+    assert [(c.name, c.complete) for c in calls] == [("get_weather", False)], text
+
+
+def _shape(calls) -> list[tuple]:
+    return [(c.name, c.arguments, c.complete) for c in calls]

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 
 def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
-              names: Collection[str], only_calls: bool
+              names: Collection[str], only_calls: bool, words: Sequence[str] = ()
               ) -> tuple[str, list[tuple[str, str]], bool]:
     """(content left, [(name, arguments text)], whether the last call is cut) of the text
     a tool parser could not read as complete calls (`content`), from an output that
@@ -44,15 +44,19 @@ def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
     the start of a head (`{"name": 5}`, free text) is the model's text: it stays content.
     `only_calls` (the output can only be calls: "required", or calls already found) also
     drops a marker cut part way at the end. Without a marker the content is returned as it
-    is, with no calls."""
+    is, with no calls. Complete calls that text follows (other than the format's markup:
+    closing brackets, separators, `marker` and the other `words`, and a head cut part way)
+    are not cut either: call-shaped text the model wrote, content too."""
     at = content.rfind(marker)
     if at < 0:
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
     # the text before the marker as a stream sent it (a separator there, Llama 3's ';' after
     # "Sure", is the model's text: the calls' own separators never reach the content)
     region, before = content[at:], content[:at].rstrip()
-    calls, _ = written_calls(region, 0, names, args_key, joints)
-    if not calls and not _cut_head(region, joints, names):
+    calls, end = written_calls(region, 0, names, args_key, joints)
+    if (not calls and not _cut_head(region, joints, names)) or (
+            calls and calls[-1].complete and not _markup_only(region[end:], (marker, *words),
+                                                              names)):
         # the marker goes on as no call's head does: the model's text, not markup
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
     return before, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
@@ -91,3 +95,22 @@ def _cut_head(region: str, joints: Joints, names: Collection[str]) -> bool:
     `{"name": NAME` of one of `names`."""
     rest = region[joints.lead.match(region).end():]
     return any(f'{{"name": {json.dumps(n)}'.startswith(rest) for n in names)
+
+
+def _markup_only(rest: str, words: Sequence[str], names: Collection[str]) -> bool:
+    """Whether `rest`, from the end of a complete call's arguments to the output's end, is
+    what a format writes there (an output cut in a call's closing, or in the next call's
+    head): whitespace, closing brackets, separators and `words` (the format's markers),
+    then maybe a word or a head `{"name": NAME` of one of `names` cut part way."""
+    i = 0
+    while i < len(rest):
+        if rest[i] in " \t\n\r}],;[":
+            i += 1
+            continue
+        word = next((w for w in words if rest.startswith(w, i)), None)
+        if word is None:
+            tail = rest[i:]
+            return any(w.startswith(tail) for w in words) or any(
+                f'{{"name": {json.dumps(n)}'.startswith(tail) for n in names)
+        i += len(word)
+    return True

@@ -41,6 +41,7 @@ class ToolParser:
     name = ""
     start = ""
     opens: tuple[str, ...] = ()  # none given: `start` alone
+    words: tuple[str, ...] = ()  # the format's markup besides `start` (Hermes' end tag)
     separator = "\n"
     args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
     # what leads from `start` to a call's head, and from one call's arguments to the next
@@ -122,7 +123,7 @@ class ToolParser:
         if cut:
             content, more, last_cut = cut_calls(
                 content, marker=self.start, args_key=self.args_key, joints=self.joints,
-                names=names, only_calls=required or bool(calls))
+                names=names, only_calls=required or bool(calls), words=self.words)
             calls += [ToolCall(name, arguments) for name, arguments in more]
             if named is not None and not calls:
                 calls, last_cut = [ToolCall(named, "")], True

@@ -94,6 +94,16 @@ def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
     return ToolCall(obj["name"], "{}" if args is None else args)
 
 
+def _text_after(text: str, end: int) -> int:
+    """Where the text after a family's last call starts, `end` being where its reader
+    stopped (past the separators after the call): the whitespace just before `end` is the
+    text's own (the paragraph break before "Done."), as Hermes keeps what follows a
+    </tool_call>; a ';' there stays a separator."""
+    while end > 0 and text[end - 1] in " \t\n\r":
+        end -= 1
+    return end
+
+
 def _skip_space(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
@@ -106,7 +116,7 @@ def _schema(tool: dict) -> dict:
 
 class HermesParser(ToolParser):
     name, start, end = "hermes", "<tool_call>", "</tool_call>"
-    opens = (start,)
+    opens, words = (start,), (end,)
     joints = Joints(re.compile(r"<tool_call>\s*"),
                     re.compile(r"\s*\}\s*</tool_call>\s*<tool_call>\s*"))
 
@@ -147,7 +157,7 @@ class Llama3Parser(ToolParser):
     name, start, separator, args_key = "llama3", '{"name": ', ";", "parameters"
     # <|python_tag|> (in the text with skip_special_tokens false) opens the calls too, as
     # vLLM's llama3_json reads it: a stream holds it back until it knows what follows
-    opens = (TAG, start)
+    opens, words = (TAG, start), (TAG,)
     # the marker is the head itself; calls are separated by ';' or whitespace
     joints = Joints(re.compile(""), re.compile(r"\s*\}[;\s]*"))
 
@@ -162,14 +172,19 @@ class Llama3Parser(ToolParser):
         calls, end = _json_calls(text, i, "parameters", "; \t\n")
         if not calls:
             return text, []
-        return (text[:i].replace(TAG, "") + text[end:]).rstrip(), calls
+        return (text[:i].replace(TAG, "") + text[_text_after(text, end):]).rstrip(), calls
 
     def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
         content, calls = super().calls(text, names, cut=cut, required=required, named=named,
                                        sent=sent)
-        if cut and (calls or content.endswith(TAG)):
-            # the tag before a cut call (or one cut before its name) is markup too
-            content = content.replace(TAG, "").rstrip()
+        if cut:
+            # what follows the tag can only be calls: the tag and a head cut part way
+            # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell
+            i = content.rfind(TAG)
+            if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
+                content = content[:i].rstrip()
+            if calls:  # the tag before a cut call is markup too
+                content = content.replace(TAG, "").rstrip()
         return content, calls
 
     def tags(self, tools):
@@ -205,7 +220,7 @@ class MistralParser(ToolParser):
             i = text.find(self.start, end)
         if not calls:
             return text, []
-        content.append(text[pos:])
+        content.append(text[_text_after(text, pos):])
         return "".join(content).rstrip(), calls
 
     def tags(self, tools):
