@@ -325,3 +325,19 @@ def test_text_after_call_shaped_text_is_kept_when_the_output_stops(parser):
 
 def _shape(calls) -> list[tuple]:
     return [(c.name, c.arguments, c.complete) for c in calls]
+
+
+def test_text_between_mistral_call_blocks_keeps_its_leading_whitespace():
+    """Mistral under "auto" may write one [TOOL_CALLS] block per call with text between
+    them: that text keeps the whitespace the model wrote before it, as the text after the
+    last block does (and Hermes' text between blocks does). The reader skipped it with
+    the block's separators: call + '\\n\\nNow the other:\\n' + call gave 'Now the other:'
+    where the paragraph break was the model's. Whitespace alone between blocks is still
+    their separator, no content."""
+    parser, rng = MistralParser(), random.Random(12)
+    call = CALL["mistral"] % '{"city": "P", "unit": "c"}'
+    for cut in (False, True):
+        content, calls = _check(parser, "A " + call + "\n\nB " + call + " C", rng, cut=cut)
+        assert content == "A \n\nB  C" and len(calls) == 2, cut
+        content, calls = _check(parser, call + "\n" + call + "\n\nDone.", rng, cut=cut)
+        assert content == "\n\nDone." and len(calls) == 2, cut

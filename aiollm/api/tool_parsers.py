@@ -214,7 +214,9 @@ class MistralParser(ToolParser):
             found, end = _json_calls(text, i + len(self.start), "arguments", " \t\n")
             if not found:
                 return text, []
-            content.append(text[pos:i])
+            # text between blocks keeps the whitespace before it (whitespace alone there
+            # is the blocks' separator)
+            content.append(text[pos if pos == i or not calls else _text_after(text, pos):i])
             calls += found
             pos = end
             i = text.find(self.start, end)
