@@ -341,3 +341,20 @@ def test_text_between_mistral_call_blocks_keeps_its_leading_whitespace():
         assert content == "A \n\nB  C" and len(calls) == 2, cut
         content, calls = _check(parser, call + "\n" + call + "\n\nDone.", rng, cut=cut)
         assert content == "\n\nDone." and len(calls) == 2, cut
+
+
+def test_whitespace_alone_between_hermes_blocks_is_their_separator():
+    """Hermes' calls one block after another, '\\n' between them (as Qwen's template writes
+    them, and the "required" grammar's separator), then text: the newline between the
+    blocks is markup, as Llama 3's and Mistral's separators are, not content before the
+    text ('\\n\\nDone.' came out as '\\n\\n\\nDone.', 'A ' + calls + ' B' as 'A \\n B').
+    Text between blocks keeps its own whitespace."""
+    parser, rng = HermesParser(), random.Random(13)
+    call = CALL["hermes"] % '{"city": "P", "unit": "c"}'
+    for cut in (False, True):
+        content, calls = _check(parser, call + "\n" + call + "\n\nDone.", rng, cut=cut)
+        assert content == "\n\nDone." and len(calls) == 2, cut
+        content, calls = _check(parser, "A " + call + "\n" + call + " B", rng, cut=cut)
+        assert content == "A  B" and len(calls) == 2, cut
+        content, calls = _check(parser, "A " + call + "\nor\n" + call + " B", rng, cut=cut)
+        assert content == "A \nor\n B" and len(calls) == 2, cut

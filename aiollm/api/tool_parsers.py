@@ -141,7 +141,8 @@ class HermesParser(ToolParser):
             if call is None:
                 i = text.find(self.start, i + 1)
                 continue
-            content.append(text[pos:i])
+            # whitespace alone between two blocks is their separator (Qwen's "\n")
+            content.append("" if calls and not text[pos:i].strip() else text[pos:i])
             calls.append(call)
             pos = j
             i = text.find(self.start, j)
