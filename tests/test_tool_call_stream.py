@@ -358,3 +358,26 @@ def test_whitespace_alone_between_hermes_blocks_is_their_separator():
         assert content == "A  B" and len(calls) == 2, cut
         content, calls = _check(parser, "A " + call + "\nor\n" + call + " B", rng, cut=cut)
         assert content == "A \nor\n B" and len(calls) == 2, cut
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_text_after_a_head_that_goes_on_as_no_call_is_kept_when_the_output_stops(parser):
+    """After a call, text then a call's head that goes on as no call's does
+    (`{"name": "get_weather"}`: no `, "parameters": ` after the name), then more text, in
+    an output that ends with "stop" or "length" (read as one that may end inside a call):
+    the head is no call cut at the end, as a complete call that text follows is none. The
+    Llama 3 reader took it for a second call, cut, of no arguments, and dropped what
+    followed (' B' was lost, and a call of arguments '' came that the model never wrote)."""
+    rng = random.Random(14)
+    good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    text = good + ' A {"name": "get_weather"} B'
+    plain, calls = _check(parser, text, rng)
+    content, cut_calls = _check(parser, text, rng, cut=True)
+    assert content == plain and content.endswith(" B"), text
+    assert _shape(cut_calls) == _shape(calls) == [
+        ("get_weather", '{"city": "P", "unit": "c"}', True)], text
+    # a head cut at the output's end is still the call the output was writing
+    head = {"hermes": "\n<tool_call>\n", "llama3": "; ", "mistral": "[TOOL_CALLS]["}[
+        parser.name] + '{"name": "get_weather"'
+    content, calls = _check(parser, good + head, rng, cut=True)
+    assert [(c.name, c.complete) for c in calls][-1] == ("get_weather", False), calls
