@@ -381,3 +381,18 @@ def test_text_after_a_head_that_goes_on_as_no_call_is_kept_when_the_output_stops
         parser.name] + '{"name": "get_weather"'
     content, calls = _check(parser, good + head, rng, cut=True)
     assert [(c.name, c.complete) for c in calls][-1] == ("get_weather", False), calls
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_calls_separated_by_crlf_read_as_by_newline(parser):
+    """'\\r\\n' between calls (JSON whitespace, as '\\n' is) separates them as '\\n' does:
+    Llama 3's reader stopped at the '\\r', so the calls the stream had sent were kept
+    without the whole answer's reading, the last one marked incomplete and the text after
+    them lost ('Done.'); Mistral's kept the '\\r\\n' between blocks as content."""
+    rng = random.Random(15)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    for sep in ("\n", "\r\n"):
+        for cut in (False, True):
+            content, calls = _check(parser, call + sep + call + "\r\nDone.", rng, cut=cut)
+            assert content == "\r\nDone." and _shape(calls) == [
+                ("get_weather", '{"city": "P", "unit": "c"}', True)] * 2, (sep, cut)

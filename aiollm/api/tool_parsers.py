@@ -170,7 +170,7 @@ class Llama3Parser(ToolParser):
         i = text.find(self.start)
         if i < 0:
             return text, []
-        calls, end = _json_calls(text, i, "parameters", "; \t\n")
+        calls, end = _json_calls(text, i, "parameters", "; \t\n\r")
         if not calls:
             return text, []
         return (text[:i].replace(TAG, "") + text[_text_after(text, end):]).rstrip(), calls
@@ -212,7 +212,7 @@ class MistralParser(ToolParser):
         content, calls, pos = [], [], 0
         i = text.find(self.start)
         while i >= 0:
-            found, end = _json_calls(text, i + len(self.start), "arguments", " \t\n")
+            found, end = _json_calls(text, i + len(self.start), "arguments", " \t\n\r")
             if not found:
                 return text, []
             # text between blocks keeps the whitespace before it (whitespace alone there
