@@ -60,6 +60,15 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
      "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
     ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
      "{% for p in m.content %}{{ p.text }}{% endfor %}{% endif %}{% endfor %}", "openai"),
+    # ... in a macro's branch, or a macro of the list branch (its caller's test guards it),
+    # or an inline if; a test of one message guards no other message's index
+    ("{% macro parts(content) %}{{ content[0].text }}{% endmacro %}{% for m in messages %}"
+     "{% if m.content is string %}{{ m.content }}{% else %}{{ parts(m.content) }}{% endif %}"
+     "{% endfor %}", "string"),
+    ("{% for m in messages %}{{ m.content if m.content is string else m.content[0].text }}"
+     "{% endfor %}", "string"),
+    ("{% if messages[0].content is string %}{{ messages[0].content }}{% endif %}"
+     "{% for m in messages[1:] %}{{ m.content[0].text }}{% endfor %}", "openai"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
     # nested past Python's recursion limit (a model's own template is not checked first):
     # rendering says so too; the reading raised RecursionError, a 500
