@@ -60,6 +60,15 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
      "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
     ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
      "{% for p in m.content %}{{ p.text }}{% endfor %}{% endif %}{% endfor %}", "openai"),
+    # ... in a macro's branch, or a macro of the list branch (its caller's test guards it),
+    # or an inline if; a test of one message guards no other message's index
+    ("{% macro parts(content) %}{{ content[0].text }}{% endmacro %}{% for m in messages %}"
+     "{% if m.content is string %}{{ m.content }}{% else %}{{ parts(m.content) }}{% endif %}"
+     "{% endfor %}", "string"),
+    ("{% for m in messages %}{{ m.content if m.content is string else m.content[0].text }}"
+     "{% endfor %}", "string"),
+    ("{% if messages[0].content is string %}{{ messages[0].content }}{% endif %}"
+     "{% for m in messages[1:] %}{{ m.content[0].text }}{% endfor %}", "openai"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
     # nested past Python's recursion limit (a model's own template is not checked first):
     # rendering says so too; the reading raised RecursionError, a 500
@@ -264,3 +273,21 @@ def test_engine_chat_prompt_keeps_content_that_is_no_text(llm, fmt):
 
     assert render({"content": "sunny"}) == "<tool>sunny"
     assert render([1, 2]) == "<tool>[1, 2]"
+
+
+# the system message's content tested `is string`, the others' indexed with no test
+GUARDED_FIRST = ("{% if messages[0]['content'] is string %}S:{{ messages[0]['content'] }}"
+                 "{% endif %}{% for m in messages[1:] %}|{{ m['content'][0]['text'] }}"
+                 "{% endfor %}")
+
+
+def test_an_is_string_test_excuses_only_the_index_reads_it_guards(llm):
+    """`content is string` makes an item by number the list branch's only where the test
+    guards that read: a template that tests the system message's content and indexes the
+    other messages' with no test reads them as lists. Any test made the whole template
+    "string", and each user message rendered empty (its string's first character has no
+    'text')."""
+    assert detect_content_format(GUARDED_FIRST) == "openai"
+    conversation = [{"role": "system", "content": "Be brief"},
+                    {"role": "user", "content": "Once"}]
+    assert prompt(llm, conversation, GUARDED_FIRST) == "|Once"

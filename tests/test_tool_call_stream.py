@@ -325,3 +325,74 @@ def test_text_after_call_shaped_text_is_kept_when_the_output_stops(parser):
 
 def _shape(calls) -> list[tuple]:
     return [(c.name, c.arguments, c.complete) for c in calls]
+
+
+def test_text_between_mistral_call_blocks_keeps_its_leading_whitespace():
+    """Mistral under "auto" may write one [TOOL_CALLS] block per call with text between
+    them: that text keeps the whitespace the model wrote before it, as the text after the
+    last block does (and Hermes' text between blocks does). The reader skipped it with
+    the block's separators: call + '\\n\\nNow the other:\\n' + call gave 'Now the other:'
+    where the paragraph break was the model's. Whitespace alone between blocks is still
+    their separator, no content."""
+    parser, rng = MistralParser(), random.Random(12)
+    call = CALL["mistral"] % '{"city": "P", "unit": "c"}'
+    for cut in (False, True):
+        content, calls = _check(parser, "A " + call + "\n\nB " + call + " C", rng, cut=cut)
+        assert content == "A \n\nB  C" and len(calls) == 2, cut
+        content, calls = _check(parser, call + "\n" + call + "\n\nDone.", rng, cut=cut)
+        assert content == "\n\nDone." and len(calls) == 2, cut
+
+
+def test_whitespace_alone_between_hermes_blocks_is_their_separator():
+    """Hermes' calls one block after another, '\\n' between them (as Qwen's template writes
+    them, and the "required" grammar's separator), then text: the newline between the
+    blocks is markup, as Llama 3's and Mistral's separators are, not content before the
+    text ('\\n\\nDone.' came out as '\\n\\n\\nDone.', 'A ' + calls + ' B' as 'A \\n B').
+    Text between blocks keeps its own whitespace."""
+    parser, rng = HermesParser(), random.Random(13)
+    call = CALL["hermes"] % '{"city": "P", "unit": "c"}'
+    for cut in (False, True):
+        content, calls = _check(parser, call + "\n" + call + "\n\nDone.", rng, cut=cut)
+        assert content == "\n\nDone." and len(calls) == 2, cut
+        content, calls = _check(parser, "A " + call + "\n" + call + " B", rng, cut=cut)
+        assert content == "A  B" and len(calls) == 2, cut
+        content, calls = _check(parser, "A " + call + "\nor\n" + call + " B", rng, cut=cut)
+        assert content == "A \nor\n B" and len(calls) == 2, cut
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_text_after_a_head_that_goes_on_as_no_call_is_kept_when_the_output_stops(parser):
+    """After a call, text then a call's head that goes on as no call's does
+    (`{"name": "get_weather"}`: no `, "parameters": ` after the name), then more text, in
+    an output that ends with "stop" or "length" (read as one that may end inside a call):
+    the head is no call cut at the end, as a complete call that text follows is none. The
+    Llama 3 reader took it for a second call, cut, of no arguments, and dropped what
+    followed (' B' was lost, and a call of arguments '' came that the model never wrote)."""
+    rng = random.Random(14)
+    good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    text = good + ' A {"name": "get_weather"} B'
+    plain, calls = _check(parser, text, rng)
+    content, cut_calls = _check(parser, text, rng, cut=True)
+    assert content == plain and content.endswith(" B"), text
+    assert _shape(cut_calls) == _shape(calls) == [
+        ("get_weather", '{"city": "P", "unit": "c"}', True)], text
+    # a head cut at the output's end is still the call the output was writing
+    head = {"hermes": "\n<tool_call>\n", "llama3": "; ", "mistral": "[TOOL_CALLS]["}[
+        parser.name] + '{"name": "get_weather"'
+    content, calls = _check(parser, good + head, rng, cut=True)
+    assert [(c.name, c.complete) for c in calls][-1] == ("get_weather", False), calls
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_calls_separated_by_crlf_read_as_by_newline(parser):
+    """'\\r\\n' between calls (JSON whitespace, as '\\n' is) separates them as '\\n' does:
+    Llama 3's reader stopped at the '\\r', so the calls the stream had sent were kept
+    without the whole answer's reading, the last one marked incomplete and the text after
+    them lost ('Done.'); Mistral's kept the '\\r\\n' between blocks as content."""
+    rng = random.Random(15)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    for sep in ("\n", "\r\n"):
+        for cut in (False, True):
+            content, calls = _check(parser, call + sep + call + "\r\nDone.", rng, cut=cut)
+            assert content == "\r\nDone." and _shape(calls) == [
+                ("get_weather", '{"city": "P", "unit": "c"}', True)] * 2, (sep, cut)

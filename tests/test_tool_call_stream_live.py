@@ -70,7 +70,9 @@ WANT = {"Sure {" + CALL: ("Sure {", [("get_weather", '{"city": "P"}')]),
         "Hi <|python_tag|>" + CALL: ("Hi", [("get_weather", '{"city": "P"}')]),
         'Use {"name": 5} here.': ('Use {"name": 5} here.', []),
         "Checking." + CALL + "\n\nDone.": ("Checking.\n\nDone.", [("get_weather", '{"city": "P"}')]),
-        "x " + CALL + " A " + CALL + " B": ("x  A " + CALL + " B", [("get_weather", '{"city": "P"}')])}
+        "x " + CALL + " A " + CALL + " B": ("x  A " + CALL + " B", [("get_weather", '{"city": "P"}')]),
+        "x " + CALL + ' A {"name": "get_weather"} B': ('x  A {"name": "get_weather"} B',
+                                                       [("get_weather", '{"city": "P"}')])}
 
 
 @pytest.fixture(scope="module")
@@ -79,14 +81,16 @@ def answers(tiny) -> dict[str, tuple[dict, dict]]:
 
 
 @pytest.mark.parametrize("text", WANT, ids=["brace-before-call", "python-tag", "no-call",
-                                             "text-after-call", "call-shaped-text"])
+                                             "text-after-call", "call-shaped-text",
+                                             "head-that-goes-on"])
 def test_stream_and_whole_answer_join_to_the_same_text(answers, text):
     """Text before a call ending with '{' (a marker's start), Llama 3's <|python_tag|> before
     a call (as text here, where the tokenizer has no such token), a marker that no call
     follows, and text after a call: the stream sent the '{' and the tag as content where
     the whole answer dropped them, both dropped the text from `{"name": ` on where no call
     came, and both dropped the paragraph break between a call and the text after it, and
-    the text after call-shaped text that follows a call (read as a call cut at the end)."""
+    the text after call-shaped text that follows a call (read as a call cut at the end),
+    and after a head that goes on as no call's does (read as a call of no arguments)."""
     whole, stream = answers[text]
     assert whole == stream, (whole, stream)
     assert (whole["content"], whole["calls"]) == WANT[text], whole

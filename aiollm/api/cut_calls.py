@@ -23,7 +23,7 @@ import json
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from aiollm.api.call_text import Joints, written_calls
+from aiollm.api.call_text import Joints, Written, written_calls
 
 if TYPE_CHECKING:
     from aiollm.api.tool_calls import ToolCall
@@ -46,7 +46,8 @@ def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
     drops a marker cut part way at the end. Without a marker the content is returned as it
     is, with no calls. Complete calls that text follows (other than the format's markup:
     closing brackets, separators, `marker` and the other `words`, and a head cut part way)
-    are not cut either: call-shaped text the model wrote, content too."""
+    are not cut either: call-shaped text the model wrote, content too; nor is a head that
+    goes on otherwise than `, "<args_key>": ` (`{"name": "f"} and more`)."""
     at = content.rfind(marker)
     if at < 0:
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
@@ -56,7 +57,8 @@ def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
     calls, end = written_calls(region, 0, names, args_key, joints)
     if (not calls and not _cut_head(region, joints, names)) or (
             calls and calls[-1].complete and not _markup_only(region[end:], (marker, *words),
-                                                              names)):
+                                                              names)) or (
+            calls and _head_goes_on(region, end, calls[-1], args_key)):
         # the marker goes on as no call's head does: the model's text, not markup
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
     return before, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
@@ -95,6 +97,18 @@ def _cut_head(region: str, joints: Joints, names: Collection[str]) -> bool:
     `{"name": NAME` of one of `names`."""
     rest = region[joints.lead.match(region).end():]
     return any(f'{{"name": {json.dumps(n)}'.startswith(rest) for n in names)
+
+
+def _head_goes_on(region: str, end: int, call: Written, args_key: str) -> bool:
+    """Whether `call`, the last that written_calls read of `region` (the previous ones end
+    at `end`), stopped at a head that goes on as no call's does: `{"name": NAME` followed by
+    what does not begin `, "<args_key>": ` (`}`, text), which no output cut there holds."""
+    if call.complete or call.arguments:
+        return False
+    head = f'{{"name": {json.dumps(call.name)}'
+    at = region.find(head, end)
+    rest, between = region[at + len(head):], f', "{args_key}": '
+    return at >= 0 and not (between.startswith(rest) or rest.startswith(between))
 
 
 def _markup_only(rest: str, words: Sequence[str], names: Collection[str]) -> bool:

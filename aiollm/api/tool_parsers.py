@@ -141,7 +141,8 @@ class HermesParser(ToolParser):
             if call is None:
                 i = text.find(self.start, i + 1)
                 continue
-            content.append(text[pos:i])
+            # whitespace alone between two blocks is their separator (Qwen's "\n")
+            content.append("" if calls and not text[pos:i].strip() else text[pos:i])
             calls.append(call)
             pos = j
             i = text.find(self.start, j)
@@ -169,7 +170,7 @@ class Llama3Parser(ToolParser):
         i = text.find(self.start)
         if i < 0:
             return text, []
-        calls, end = _json_calls(text, i, "parameters", "; \t\n")
+        calls, end = _json_calls(text, i, "parameters", "; \t\n\r")
         if not calls:
             return text, []
         return (text[:i].replace(TAG, "") + text[_text_after(text, end):]).rstrip(), calls
@@ -211,10 +212,12 @@ class MistralParser(ToolParser):
         content, calls, pos = [], [], 0
         i = text.find(self.start)
         while i >= 0:
-            found, end = _json_calls(text, i + len(self.start), "arguments", " \t\n")
+            found, end = _json_calls(text, i + len(self.start), "arguments", " \t\n\r")
             if not found:
                 return text, []
-            content.append(text[pos:i])
+            # text between blocks keeps the whitespace before it (whitespace alone there
+            # is the blocks' separator)
+            content.append(text[pos if pos == i or not calls else _text_after(text, pos):i])
             calls += found
             pos = end
             i = text.find(self.start, end)

@@ -88,7 +88,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "newlines into one string), openai (a list of {\"type\": \"text\", "
                           "\"text\": ...} parts; a string as one part) or auto (whichever the "
                           "template reads: openai where it loops over a message's content, or "
-                          "indexes it and never tests it is a string; else string)")
+                          "indexes it outside a test that it is a string; else string)")
     net.add_argument("--trust-request-chat-template", action="store_true",
                      help="chat and /tokenize: render a request's messages with the chat "
                           "template it sends (chat_template, or chat_template_kwargs' "

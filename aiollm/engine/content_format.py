@@ -122,8 +122,9 @@ def detect_content_format(source: str) -> str:
     parameter). A loop over content (through filters and slices: `for part in
     m.content | selectattr(...)`), or an item of it by number read as a part
     (`m.content[0].text`, `m['content'][0]['type']`; not by a string's method,
-    `m.content[0].upper()`, which reads a character, and not in a template that tests
-    `content is string`, which takes a string whole), is a list read."""
+    `m.content[0].upper()`, which reads a character, and not in a branch of a test of
+    `content is string`, which takes a string whole, nor in a macro of a template with such
+    a test: its caller's branch), is a list read."""
     from aiollm.model.serving_tokenizer import compile_chat_template
 
     try:
@@ -155,13 +156,22 @@ def _read_as(root: nodes.Template) -> str:
     for loop in root.find_all(nodes.For):
         if _derived(loop.iter, contents, is_content):
             return "openai"
-    # a template that tests `content is string` takes a string whole; its item by number is
-    # the other branch's (vLLM reads loops alone): given parts, it would read only the first
-    if any(t.name == "string" and _derived(t.node, contents, is_content)
-           for t in root.find_all(nodes.Test)):
-        return "string"
+    # an item by number that a test of `content is string` guards is the other branch's
+    # (vLLM reads loops alone): given parts, the template would read only the first
+    def tests_string(test: nodes.Node) -> bool:
+        return any(t.name == "string" and _derived(t.node, contents, is_content)
+                   for t in [test, *test.find_all(nodes.Test)] if isinstance(t, nodes.Test))
+
+    branches = [b for b in root.find_all((nodes.If, nodes.CondExpr)) if tests_string(b.test)]
+    guarded = {id(n) for branch in branches for n in branch.find_all(nodes.Getitem)}
+    # a macro's reads are guarded where it is called: by the test, where the template has one
+    if branches:
+        guarded |= {id(n) for macro in root.find_all(nodes.Macro)
+                    for n in macro.find_all(nodes.Getitem)}
     for node in root.find_all((nodes.Getattr, nodes.Getitem)):
         read = node.node  # node is `.attr` or `['key']` of read: read a part?
+        if id(read) in guarded:
+            continue
         if isinstance(node, nodes.Getitem) and not _const(node.arg, str):
             continue
         # a string's own method (`content[0].upper()`) reads a character, not a part
