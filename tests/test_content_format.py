@@ -92,6 +92,10 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
      "{% endif %}{% endfor %}", "string"),
     ("{% for m in messages %}{% if m.role %}{% if m.content is string %}{{ m.content }}"
      "{% else %}{{ m.content[0]['text'] }}{% endif %}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+     "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
+     "{% set c = m['content'] %}{{ c[0].text }}{% endif %}{% endfor %}", "string"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
     # nested past Python's recursion limit (a model's own template is not checked first):
     # rendering says so too; the reading raised RecursionError, a 500

@@ -178,7 +178,8 @@ def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
     nodes are a message's content: an item of the tested content in the test's branch, in
     the branches after it (an elif's, the else) and in an inline if; and each item in a
     macro whose every call passes the tested content in such a branch (given parts, the
-    template would read only the first: vLLM reads loops alone)."""
+    template would read only the first: vLLM reads loops alone). The content is the same
+    read as `m.content` or `m['content']`, or through a name set once to it."""
     regions = []  # (nodes a test guards, the contents it tests)
     for node in root.find_all((nodes.If, nodes.CondExpr)):
         chain = [node, *node.elif_] if isinstance(node, nodes.If) else [node]
@@ -192,15 +193,23 @@ def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
                 region = [branch.test, *branch.body, *chain[i + 1:], *node.else_]
             regions.append((region, tested))
             break
+    sets = [n for n in root.find_all(nodes.Assign) if isinstance(n.target, nodes.Name)]
+    names = [n.target.name for n in sets]  # a name set once stands for its value
+    aliases = {n.target.name: n.node for n in sets if names.count(n.target.name) == 1}
+
+    def same(a: Any, b: Any) -> bool:
+        return _same(_unaliased(a, aliases), _unaliased(b, aliases))
+
     guarded = set()
     calls = {}  # a macro's name: whether each of its calls is guarded
     for region, tested in regions:
         for part in region:
             for n in [part, *part.find_all((nodes.Getitem, nodes.Call))]:
-                if isinstance(n, nodes.Getitem) and n.node in tested:
+                if isinstance(n, nodes.Getitem) and any(same(n.node, t) for t in tested):
                     guarded.add(id(n))
                 elif isinstance(n, nodes.Call) and any(
-                        a in tested for a in [*n.args, *(k.value for k in n.kwargs)]):
+                        same(a, t) for t in tested
+                        for a in [*n.args, *(k.value for k in n.kwargs)]):
                     guarded.add(id(n))
     for call in root.find_all(nodes.Call):
         if isinstance(call.node, nodes.Name):
@@ -209,6 +218,30 @@ def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
         if calls.get(macro.name) and all(calls[macro.name]):
             guarded |= {id(n) for n in macro.find_all(nodes.Getitem)}
     return guarded
+
+
+def _unaliased(node: Any, aliases: dict[str, Any]) -> Any:
+    """`node`, a name of `aliases` replaced by the value it was set to (`c` of
+    `{% set c = m.content %}`), through names set from names."""
+    for _ in range(len(aliases)):
+        if not (isinstance(node, nodes.Name) and node.name in aliases):
+            break
+        node = aliases[node.name]
+    return node
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether the expressions `a` and `b` read the same value: equal nodes, a field read
+    as `x.key` or `x['key']` alike (`m.content`, `m['content']`)."""
+    keys = []
+    for node in (a, b):
+        if isinstance(node, nodes.Getattr):
+            keys.append((node.attr, node.node))
+        elif isinstance(node, nodes.Getitem) and _const(node.arg, str):
+            keys.append((node.arg.value, node.node))
+    if len(keys) == 2:
+        return keys[0][0] == keys[1][0] and _same(keys[0][1], keys[1][1])
+    return a == b
 
 
 def _tested_strings(test: nodes.Node, is_content) -> list[nodes.Node]:
