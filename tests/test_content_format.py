@@ -69,6 +69,33 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
      "{% endfor %}", "string"),
     ("{% if messages[0].content is string %}{{ messages[0].content }}{% endif %}"
      "{% for m in messages[1:] %}{{ m.content[0].text }}{% endfor %}", "openai"),
+    # an elif's test guards its own branch and those after it (the else); a test of one
+    # message's content guards no other message's index in its branch; a macro's reads are
+    # guarded only where each call of it is
+    ("{% for m in messages %}{% if m.role == 'x' %}X{% elif m.content is string %}"
+     "{{ m.content }}{% else %}{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% elif m.role %}"
+     "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.content[0].type %}{{ m.content[0].text }}"
+     "{% elif m.content is string %}{{ m.content }}{% endif %}{% endfor %}", "openai"),
+    ("{% if messages[0].content is string %}{{ messages[0].content }}"
+     "{% for m in messages[1:] %}{{ m.content[0].text }}{% endfor %}{% endif %}", "openai"),
+    ("{% macro parts(content) %}{{ content[0].text }}{% endmacro %}"
+     "{% if messages[0].content is string %}S{% endif %}"
+     "{% for m in messages[1:] %}{{ parts(m.content) }}{% endfor %}", "openai"),
+    ("{% for m in messages %}{% set c = m.content %}{% if c is not string %}{{ c[0].text }}"
+     "{% else %}{{ c }}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if not (m.content is string) %}{{ m.content[0].text }}"
+     "{% else %}{{ m.content }}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.content is mapping %}{{ m.content.text }}"
+     "{% elif m.content is string %}{{ m.content }}{% else %}{{ m.content[0].text }}"
+     "{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.role %}{% if m.content is string %}{{ m.content }}"
+     "{% else %}{{ m.content[0]['text'] }}{% endif %}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+     "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
+     "{% set c = m['content'] %}{{ c[0].text }}{% endif %}{% endfor %}", "string"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
     # nested past Python's recursion limit (a model's own template is not checked first):
     # rendering says so too; the reading raised RecursionError, a 500
@@ -291,3 +318,27 @@ def test_an_is_string_test_excuses_only_the_index_reads_it_guards(llm):
     conversation = [{"role": "system", "content": "Be brief"},
                     {"role": "user", "content": "Once"}]
     assert prompt(llm, conversation, GUARDED_FIRST) == "|Once"
+
+
+
+@pytest.mark.parametrize("template, want", [
+    # the else of an elif that tests `is string`: every part, joined
+    ("{% for m in messages %}{% if m.role == 'x' %}X{% elif m.content is string %}"
+     "{{ m.content }}{% else %}{{ m.content[0].text }}{% endif %}|{% endfor %}",
+     "Be brief|Once\nupon|"),
+    # a macro called where no test guards it: the parts, read by index
+    ("{% macro parts(content) %}{{ content[0].text }}{% endmacro %}"
+     "{% if messages[0].content is string %}{{ messages[0].content }}"
+     "{% else %}{{ parts(messages[0].content) }}{% endif %}|"
+     "{% for m in messages[1:] %}{{ parts(m.content) }}|{% endfor %}", "Be brief|Once|"),
+])
+def test_the_form_auto_picks_renders_every_message(llm, template, want):
+    """An `is string` test guards the index reads of its own branch and those after it (an
+    elif's else too), and a macro's reads only where each call of it is in such a branch:
+    the elif's else read the parts' first alone ("upon" lost), and the macro read each
+    user message's string by character and rendered it empty."""
+    conversation = [{"role": "system", "content": "Be brief"},
+                    {"role": "user", "content": [{"type": "text", "text": "Once"}]}]
+    if "elif" in template:
+        conversation[1]["content"] = TWO_PARTS[0]["content"]
+    assert prompt(llm, conversation, template) == want

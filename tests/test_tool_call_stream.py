@@ -396,3 +396,33 @@ def test_calls_separated_by_crlf_read_as_by_newline(parser):
             content, calls = _check(parser, call + sep + call + "\r\nDone.", rng, cut=cut)
             assert content == "\r\nDone." and _shape(calls) == [
                 ("get_weather", '{"city": "P", "unit": "c"}', True)] * 2, (sep, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("space", ["\u00a0", "\u3000", "\t", "\r"])
+def test_unicode_whitespace_between_calls_separates_them_as_a_space_does(parser, space):
+    """Whitespace other than JSON's (U+00A0, U+3000) between calls or blocks is their
+    separator, as the stream reads it (and Hermes' reader did): Llama 3's reader stopped at
+    it, so the second call the stream had sent was kept incomplete and the text after the
+    calls lost ('Done.'); Mistral's kept it as content."""
+    rng = random.Random(16)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    for cut in (False, True):
+        content, calls = _check(parser, call + space + call + " Done.", rng, cut=cut)
+        assert content == " Done." and _shape(calls) == [
+            ("get_weather", '{"city": "P", "unit": "c"}', True)] * 2, (space, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_marker_in_text_after_the_calls_stays_text(parser):
+    """Text after a call that holds the format's marker followed by no call
+    ('x [TOOL_CALLS] y') is the model's text, as Hermes kept ' x <tool_call> y': Mistral's
+    reader gave up on the whole answer at such a marker, so the call the stream had sent
+    was kept incomplete and the text after it lost."""
+    rng = random.Random(17)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    marker = parser.start.strip()
+    for after in (f" x {marker} y", f" x {marker} y " + call, f"\n{marker} y."):
+        content, calls = _check(parser, "A " + call + after, rng)
+        assert content.startswith("A " + after.removesuffix(" " + call)), (after, content)
+        assert calls and all(c.complete for c in calls), after

@@ -62,11 +62,11 @@ def _name(tool: dict) -> str:
 
 def _json_calls(text: str, pos: int, args_key: str, seps: str) -> tuple[list[ToolCall], int]:
     """The calls written as JSON values (objects, or arrays of them) from text[pos:] on,
-    separated by characters of `seps`: (the calls, where they end); none if the first does
-    not parse."""
+    separated by characters of `seps` and whitespace (any: U+00A0 too, as a stream's
+    joints read it): (the calls, where they end); none if the first does not parse."""
     calls = []
     while True:
-        while pos < len(text) and text[pos] in seps:
+        while pos < len(text) and (text[pos] in seps or text[pos].isspace()):
             pos += 1
         try:
             obj, end = _DECODER.raw_decode(text, pos)
@@ -99,7 +99,7 @@ def _text_after(text: str, end: int) -> int:
     stopped (past the separators after the call): the whitespace just before `end` is the
     text's own (the paragraph break before "Done."), as Hermes keeps what follows a
     </tool_call>; a ';' there stays a separator."""
-    while end > 0 and text[end - 1] in " \t\n\r":
+    while end > 0 and text[end - 1].isspace():
         end -= 1
     return end
 
@@ -170,7 +170,7 @@ class Llama3Parser(ToolParser):
         i = text.find(self.start)
         if i < 0:
             return text, []
-        calls, end = _json_calls(text, i, "parameters", "; \t\n\r")
+        calls, end = _json_calls(text, i, "parameters", ";")
         if not calls:
             return text, []
         return (text[:i].replace(TAG, "") + text[_text_after(text, end):]).rstrip(), calls
@@ -212,7 +212,10 @@ class MistralParser(ToolParser):
         content, calls, pos = [], [], 0
         i = text.find(self.start)
         while i >= 0:
-            found, end = _json_calls(text, i + len(self.start), "arguments", " \t\n\r")
+            found, end = _json_calls(text, i + len(self.start), "arguments", "")
+            if not found and calls:  # a marker in the text after a call: the model's text
+                i = text.find(self.start, i + 1)
+                continue
             if not found:
                 return text, []
             # text between blocks keeps the whitespace before it (whitespace alone there

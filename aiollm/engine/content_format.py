@@ -122,9 +122,9 @@ def detect_content_format(source: str) -> str:
     parameter). A loop over content (through filters and slices: `for part in
     m.content | selectattr(...)`), or an item of it by number read as a part
     (`m.content[0].text`, `m['content'][0]['type']`; not by a string's method,
-    `m.content[0].upper()`, which reads a character, and not in a branch of a test of
-    `content is string`, which takes a string whole, nor in a macro of a template with such
-    a test: its caller's branch), is a list read."""
+    `m.content[0].upper()`, which reads a character, and not an item of the content that a
+    test of `content is string` guards, which takes a string whole: _guarded_reads), is a
+    list read."""
     from aiollm.model.serving_tokenizer import compile_chat_template
 
     try:
@@ -156,18 +156,7 @@ def _read_as(root: nodes.Template) -> str:
     for loop in root.find_all(nodes.For):
         if _derived(loop.iter, contents, is_content):
             return "openai"
-    # an item by number that a test of `content is string` guards is the other branch's
-    # (vLLM reads loops alone): given parts, the template would read only the first
-    def tests_string(test: nodes.Node) -> bool:
-        return any(t.name == "string" and _derived(t.node, contents, is_content)
-                   for t in [test, *test.find_all(nodes.Test)] if isinstance(t, nodes.Test))
-
-    branches = [b for b in root.find_all((nodes.If, nodes.CondExpr)) if tests_string(b.test)]
-    guarded = {id(n) for branch in branches for n in branch.find_all(nodes.Getitem)}
-    # a macro's reads are guarded where it is called: by the test, where the template has one
-    if branches:
-        guarded |= {id(n) for macro in root.find_all(nodes.Macro)
-                    for n in macro.find_all(nodes.Getitem)}
+    guarded = _guarded_reads(root, lambda node: _derived(node, contents, is_content))
     for node in root.find_all((nodes.Getattr, nodes.Getitem)):
         read = node.node  # node is `.attr` or `['key']` of read: read a part?
         if id(read) in guarded:
@@ -181,6 +170,92 @@ def _read_as(root: nodes.Template) -> str:
                 and _derived(read.node, contents, is_content)):
             return "openai"
     return "string"
+
+
+def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
+    """The ids of the items by number (Getitem nodes) that a test of `content is string`
+    (`is not string`, `not (... is string)` too) guards, `is_content(node)` saying which
+    nodes are a message's content: an item of the tested content in the test's branch, in
+    the branches after it (an elif's, the else) and in an inline if; and each item in a
+    macro whose every call passes the tested content in such a branch (given parts, the
+    template would read only the first: vLLM reads loops alone). The content is the same
+    read as `m.content` or `m['content']`, or through a name set once to it."""
+    regions = []  # (nodes a test guards, the contents it tests)
+    for node in root.find_all((nodes.If, nodes.CondExpr)):
+        chain = [node, *node.elif_] if isinstance(node, nodes.If) else [node]
+        for i, branch in enumerate(chain):
+            tested = _tested_strings(branch.test, is_content)
+            if not tested:
+                continue
+            if isinstance(node, nodes.CondExpr):
+                region = [node]
+            else:
+                region = [branch.test, *branch.body, *chain[i + 1:], *node.else_]
+            regions.append((region, tested))
+            break
+    sets = [n for n in root.find_all(nodes.Assign) if isinstance(n.target, nodes.Name)]
+    names = [n.target.name for n in sets]  # a name set once stands for its value
+    aliases = {n.target.name: n.node for n in sets if names.count(n.target.name) == 1}
+
+    def same(a: Any, b: Any) -> bool:
+        return _same(_unaliased(a, aliases), _unaliased(b, aliases))
+
+    guarded = set()
+    calls = {}  # a macro's name: whether each of its calls is guarded
+    for region, tested in regions:
+        for part in region:
+            for n in [part, *part.find_all((nodes.Getitem, nodes.Call))]:
+                if isinstance(n, nodes.Getitem) and any(same(n.node, t) for t in tested):
+                    guarded.add(id(n))
+                elif isinstance(n, nodes.Call) and any(
+                        same(a, t) for t in tested
+                        for a in [*n.args, *(k.value for k in n.kwargs)]):
+                    guarded.add(id(n))
+    for call in root.find_all(nodes.Call):
+        if isinstance(call.node, nodes.Name):
+            calls.setdefault(call.node.name, []).append(id(call) in guarded)
+    for macro in root.find_all(nodes.Macro):
+        if calls.get(macro.name) and all(calls[macro.name]):
+            guarded |= {id(n) for n in macro.find_all(nodes.Getitem)}
+    return guarded
+
+
+def _unaliased(node: Any, aliases: dict[str, Any]) -> Any:
+    """`node`, a name of `aliases` replaced by the value it was set to (`c` of
+    `{% set c = m.content %}`), through names set from names."""
+    for _ in range(len(aliases)):
+        if not (isinstance(node, nodes.Name) and node.name in aliases):
+            break
+        node = aliases[node.name]
+    return node
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether the expressions `a` and `b` read the same value: equal nodes, a field read
+    as `x.key` or `x['key']` alike (`m.content`, `m['content']`)."""
+    keys = []
+    for node in (a, b):
+        if isinstance(node, nodes.Getattr):
+            keys.append((node.attr, node.node))
+        elif isinstance(node, nodes.Getitem) and _const(node.arg, str):
+            keys.append((node.arg.value, node.node))
+    if len(keys) == 2:
+        return keys[0][0] == keys[1][0] and _same(keys[0][1], keys[1][1])
+    return a == b
+
+
+def _tested_strings(test: nodes.Node, is_content) -> list[nodes.Node]:
+    """The contents (as `is_content` says) that `test` tests `is string`, each as written
+    and through its filters (`m.content | trim is string`)."""
+    tested = []
+    for t in [test, *test.find_all(nodes.Test)]:
+        if isinstance(t, nodes.Test) and t.name == "string" and is_content(t.node):
+            node = t.node
+            tested.append(node)
+            while isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
+                node = node.node
+                tested.append(node)
+    return tested
 
 
 def _const(node: Any, kind: type) -> bool:
