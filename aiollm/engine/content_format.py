@@ -116,8 +116,8 @@ def detect_content_format(source: str) -> str:
     """"openai" when the chat template `source` reads a message's content as a list of
     parts, else "string" (also for a template that does not parse, or is nested too deeply
     to: rendering it will say why). Read from its Jinja syntax tree, as vLLM's "auto" reads
-    it: a message is a loop variable over `messages` (or a name set from it, `loop_messages = messages[1:]`), or a
-    name set to one item of them (`messages[0]`); its content is `m['content']` or
+    it: a message is a loop variable over `messages` (or a name set from it,
+    `loop_messages = messages[1:]`), or a name set to one item of them (`messages[0]`); its content is `m['content']` or
     `m.content`, or a name set from that, or a variable named `content` (a macro's
     parameter). A loop over content (through filters and slices: `for part in
     m.content | selectattr(...)`), or an item of it by number read as a part
