@@ -177,9 +177,10 @@ def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
     (`is not string`, `not (... is string)` too) guards, `is_content(node)` saying which
     nodes are a message's content: an item of the tested content in the test's branch, in
     the branches after it (an elif's, the else) and in an inline if; and each item in a
-    macro whose every call passes the tested content in such a branch (given parts, the
-    template would read only the first: vLLM reads loops alone). The content is the same
-    read as `m.content` or `m['content']`, or through a name set once to it."""
+    macro whose every call passes the tested content in such a branch, or is in a macro so
+    guarded and passes on its parameter (given parts, the template would read only the
+    first: vLLM reads loops alone). The content is the same read as `m.content` or
+    `m['content']`, through a name set once to it, filters and slices (`m.content | list`)."""
     regions = []  # (nodes a test guards, the contents it tests)
     for node in root.find_all((nodes.If, nodes.CondExpr)):
         chain = [node, *node.elif_] if isinstance(node, nodes.If) else [node]
@@ -198,32 +199,50 @@ def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
     aliases = {n.target.name: n.node for n in sets if names.count(n.target.name) == 1}
 
     def same(a: Any, b: Any) -> bool:
-        return _same(_unaliased(a, aliases), _unaliased(b, aliases))
+        return _same(_bare(a, aliases), _bare(b, aliases))
 
     guarded = set()
-    calls = {}  # a macro's name: whether each of its calls is guarded
-    for region, tested in regions:
-        for part in region:
-            for n in [part, *part.find_all((nodes.Getitem, nodes.Call))]:
-                if isinstance(n, nodes.Getitem) and any(same(n.node, t) for t in tested):
-                    guarded.add(id(n))
-                elif isinstance(n, nodes.Call) and any(
-                        same(a, t) for t in tested
-                        for a in [*n.args, *(k.value for k in n.kwargs)]):
-                    guarded.add(id(n))
-    for call in root.find_all(nodes.Call):
-        if isinstance(call.node, nodes.Name):
-            calls.setdefault(call.node.name, []).append(id(call) in guarded)
-    for macro in root.find_all(nodes.Macro):
-        if calls.get(macro.name) and all(calls[macro.name]):
+    macros = {m.name: m for m in root.find_all(nodes.Macro)}
+    done = set()  # the macros whose reads are guarded
+    while True:
+        for region, tested in regions:
+            for part in region:
+                for n in [part, *part.find_all((nodes.Getitem, nodes.Call))]:
+                    if isinstance(n, nodes.Getitem) and any(same(n.node, t) for t in tested):
+                        guarded.add(id(n))
+                    elif isinstance(n, nodes.Call) and any(
+                            same(a, t) for t in tested
+                            for a in [*n.args, *(k.value for k in n.kwargs)]):
+                        guarded.add(id(n))
+        calls = {}  # a macro's name: whether each of its calls is guarded
+        for call in root.find_all(nodes.Call):
+            if isinstance(call.node, nodes.Name):
+                calls.setdefault(call.node.name, []).append(id(call) in guarded)
+        new = [m for name, m in macros.items() if name not in done
+               and calls.get(name) and all(calls[name])]
+        if not new:
+            break
+        for macro in new:
+            done.add(macro.name)
             guarded |= {id(n) for n in macro.find_all(nodes.Getitem)}
+            # a guarded macro's parameters hold tested content: its calls passing them on
+            # (a macro that calls another) are guarded too
+            regions.append((macro.body, [nodes.Name(a.name, "load") for a in macro.args]))
     return guarded
 
 
-def _unaliased(node: Any, aliases: dict[str, Any]) -> Any:
-    """`node`, a name of `aliases` replaced by the value it was set to (`c` of
-    `{% set c = m.content %}`), through names set from names."""
-    for _ in range(len(aliases)):
+def _bare(node: Any, aliases: dict[str, Any]) -> Any:
+    """`node` without its filters, tests and slices (`m.content | list`, `c[1:]`), a name of
+    `aliases` replaced by the value it was set to (`c` of `{% set c = m.content %}`),
+    through names set from names."""
+    for _ in range(len(aliases) + 1):
+        while True:
+            if isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
+                node = node.node
+            elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice):
+                node = node.node
+            else:
+                break
         if not (isinstance(node, nodes.Name) and node.name in aliases):
             break
         node = aliases[node.name]
