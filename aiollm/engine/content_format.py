@@ -117,10 +117,10 @@ def detect_content_format(source: str) -> str:
     parts, else "string" (also for a template that does not parse, or is nested too deeply
     to: rendering it will say why). Read from its Jinja syntax tree, as vLLM's "auto" reads
     it: a message is a loop variable over `messages` (or a name set from it,
-    `loop_messages = messages[1:]`), or a name set to one item of them (`messages[0]`); its content is `m['content']` or
-    `m.content`, or a name set from that, or a variable named `content` (a macro's
-    parameter). A loop over content (through filters and slices: `for part in
-    m.content | selectattr(...)`), or an item of it by number read as a part
+    `loop_messages = messages[1:]`), or a name set to one item of them (`messages[0]`);
+    its content is `m['content']` or `m.content`, or a name set from that, or a variable
+    named `content` (a macro's parameter). A loop over content (through filters and
+    slices: `for part in m.content | selectattr(...)`), or an item of it by number read as a part
     (`m.content[0].text`, `m['content'][0]['type']`; not by a string's method,
     `m.content[0].upper()`, which reads a character, and not an item of the content that a
     test of `content is string` guards, which takes a string whole: _guarded_reads), is a
