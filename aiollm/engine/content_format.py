@@ -175,8 +175,9 @@ def _read_as(root: nodes.Template) -> str:
 def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
     """The ids of the items by number (Getitem nodes) that a test of `content is string`
     (`is not string`, `not (... is string)` too) guards, `is_content(node)` saying which
-    nodes are a message's content: an item of the tested content in the test's branch, in
-    the branches after it (an elif's, the else) and in an inline if; and each item in a
+    nodes are a message's content: an item of the tested content in the test's branch and
+    in the branches after it (an elif's, the else; an inline if's two), each where the
+    test's outcome decides the content's (_known); and each item in a
     macro whose every call passes the tested content in such a branch, or is in a macro so
     guarded and passes on its parameter (given parts, the template would read only the
     first: vLLM reads loops alone). The content is the same read as `m.content` or
@@ -185,15 +186,18 @@ def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
     for node in root.find_all((nodes.If, nodes.CondExpr)):
         chain = [node, *node.elif_] if isinstance(node, nodes.If) else [node]
         for i, branch in enumerate(chain):
-            tested = _tested_strings(branch.test, is_content)
-            if not tested:
-                continue
+            # a branch is guarded where its test's outcome decides the content's test:
+            # `c is string and x` false lets a string through to the branches after it
+            if_true, if_false = (_known(branch.test, v, is_content) for v in (True, False))
             if isinstance(node, nodes.CondExpr):
-                region = [node]
+                body, after = [node.expr1], [node.expr2] if node.expr2 is not None else []
             else:
-                region = [branch.test, *branch.body, *chain[i + 1:], *node.else_]
-            regions.append((region, tested))
-            break
+                body, after = branch.body, [*chain[i + 1:], *node.else_]
+            if if_true:
+                regions.append(([branch.test, *body], _tested_strings(if_true)))
+            if if_false:
+                regions.append((after, _tested_strings(if_false)))
+                break
     sets = [n for n in root.find_all(nodes.Assign) if isinstance(n.target, nodes.Name)]
     names = [n.target.name for n in sets]  # a name set once stands for its value
     aliases = {n.target.name: n.node for n in sets if names.count(n.target.name) == 1}
@@ -263,17 +267,32 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _tested_strings(test: nodes.Node, is_content) -> list[nodes.Node]:
-    """The contents (as `is_content` says) that `test` tests `is string`, each as written
-    and through its filters (`m.content | trim is string`)."""
+def _known(test: nodes.Node, value: bool, is_content) -> list[nodes.Test]:
+    """The tests of content (as `is_content` says) `is string` in `test` whose outcome
+    `test` being `value` decides (`not`, `and`, `or` read as logic: `c is string and x`
+    being false decides nothing)."""
+    if isinstance(test, nodes.Test) and test.name == "string" and is_content(test.node):
+        return [test]
+    if isinstance(test, nodes.Not):
+        return _known(test.node, not value, is_content)
+    if isinstance(test, (nodes.And, nodes.Or)):
+        left, right = (_known(t, value, is_content) for t in (test.left, test.right))
+        if isinstance(test, nodes.And) == value:  # each side has the outcome `value`
+            return left + right
+        return left + right if left and right else []  # either side may have it
+    return []
+
+
+def _tested_strings(tests: list[nodes.Test]) -> list[nodes.Node]:
+    """The contents that `tests` test `is string`, each as written and through its filters
+    (`m.content | trim is string`)."""
     tested = []
-    for t in [test, *test.find_all(nodes.Test)]:
-        if isinstance(t, nodes.Test) and t.name == "string" and is_content(t.node):
-            node = t.node
+    for t in tests:
+        node = t.node
+        tested.append(node)
+        while isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
+            node = node.node
             tested.append(node)
-            while isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
-                node = node.node
-                tested.append(node)
     return tested
 
 
