@@ -96,6 +96,33 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
      "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
     ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
      "{% set c = m['content'] %}{{ c[0].text }}{% endif %}{% endfor %}", "string"),
+    # a macro called only from a guarded macro is guarded too; the guarded content passed
+    # or read through a filter is the same content
+    ("{% macro inner(content) %}{{ content[0].text }}{% endmacro %}{% macro outer(content) %}"
+     "{{ inner(content) }}{% endmacro %}{% for m in messages %}{% if m.content is string %}"
+     "{{ m.content }}{% else %}{{ outer(m.content) }}{% endif %}{% endfor %}", "string"),
+    ("{% macro parts(content) %}{{ content[0].text }}{% endmacro %}{% for m in messages %}"
+     "{% if m.content is string %}{{ m.content }}{% else %}{{ parts(m.content | list) }}"
+     "{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
+     "{{ (m.content | list)[0].text }}{% endif %}{% endfor %}", "string"),
+    # ... and one called unguarded anywhere is not
+    ("{% macro inner(content) %}{{ content[0].text }}{% endmacro %}{% macro outer(content) %}"
+     "{{ inner(content) }}{% endmacro %}{% for m in messages %}{% if m.content is string %}"
+     "{{ outer(m.content) }}{% endif %}{{ inner(m.content) }}{% endfor %}", "openai"),
+    # a test whose outcome leaves the content's open guards nothing there: `and x` false
+    # lets a string through to the else, `or x` true lets a list into its branch
+    ("{% for m in messages %}{% if m.role == 'user' and m.content is string %}{{ m.content }}"
+     "{% else %}{{ m.content[0].text }}{% endif %}{% endfor %}", "openai"),
+    ("{% for m in messages %}{{ m.content if m.role == 'u' and m.content is string else "
+     "m.content[0].text }}{% endfor %}", "openai"),
+    ("{% for m in messages %}{% if m.content is string or m.role == 'x' %}"
+     "{{ m.content[0].text }}{% endif %}{% endfor %}", "openai"),
+    ("{% for m in messages %}{% if m.content is string or m.role == 'x' %}{{ m.content }}"
+     "{% else %}{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
+    ("{% for m in messages %}{% if m.role == 'u' and m.content is string %}{{ m.content }}"
+     "{% elif m.content is string %}{{ m.content }}{% else %}{{ m.content[0].text }}"
+     "{% endif %}{% endfor %}", "string"),
     ("{% for m in messages %}{{ m.content", "string"),  # does not parse: rendering says so
     # nested past Python's recursion limit (a model's own template is not checked first):
     # rendering says so too; the reading raised RecursionError, a 500
@@ -331,6 +358,19 @@ def test_an_is_string_test_excuses_only_the_index_reads_it_guards(llm):
      "{% if messages[0].content is string %}{{ messages[0].content }}"
      "{% else %}{{ parts(messages[0].content) }}{% endif %}|"
      "{% for m in messages[1:] %}{{ parts(m.content) }}|{% endfor %}", "Be brief|Once|"),
+    # a macro called only from a macro the test guards, and one given the tested content
+    # through a filter: the parts joined (the list branch read "Once" alone, "upon" lost)
+    ("{% macro inner(content) %}{{ content[0].text }}{% endmacro %}"
+     "{% macro outer(content) %}{{ inner(content) }}{% endmacro %}{% for m in messages %}"
+     "{% if m.content is string %}{{ m.content }}{% else %}{{ outer(m.content) }}{% endif %}"
+     "|{% endfor %}", "Be brief|Once\nupon|"),
+    ("{% macro parts(content) %}{{ content[0].text }}{% endmacro %}{% for m in messages %}"
+     "{% if m.content is string %}{{ m.content }}{% else %}{{ parts(m.content | list) }}"
+     "{% endif %}|{% endfor %}", "Be brief|Once\nupon|"),
+    # an else that a user's string test with `and` leads a system message's string to:
+    # the parts, each message's first (string: the system message rendered empty)
+    ("{% for m in messages %}{% if m.role == 'user' and m.content is string %}{{ m.content }}"
+     "{% else %}{{ m.content[0].text }}{% endif %}|{% endfor %}", "Be brief|Once|"),
 ])
 def test_the_form_auto_picks_renders_every_message(llm, template, want):
     """An `is string` test guards the index reads of its own branch and those after it (an
@@ -339,6 +379,6 @@ def test_the_form_auto_picks_renders_every_message(llm, template, want):
     user message's string by character and rendered it empty."""
     conversation = [{"role": "system", "content": "Be brief"},
                     {"role": "user", "content": [{"type": "text", "text": "Once"}]}]
-    if "elif" in template:
+    if "upon" in want:
         conversation[1]["content"] = TWO_PARTS[0]["content"]
     assert prompt(llm, conversation, template) == want

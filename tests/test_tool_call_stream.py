@@ -426,3 +426,22 @@ def test_a_marker_in_text_after_the_calls_stays_text(parser):
         content, calls = _check(parser, "A " + call + after, rng)
         assert content.startswith("A " + after.removesuffix(" " + call)), (after, content)
         assert calls and all(c.complete for c in calls), after
+
+
+@pytest.mark.parametrize("parser", [HermesParser(), MistralParser()], ids=lambda p: p.name)
+def test_a_marker_in_text_before_the_calls_stays_text(parser):
+    """A marker that no call follows in the text before the calls ('x [TOOL_CALLS] y') is
+    the model's text, and the call after it is read, as Hermes read ' <tool_call> y' (and
+    vLLM's Mistral reader finds the call's array): Mistral's reader gave up the whole
+    answer at such a marker, the call lost. (Llama 3's calls are read from its first head
+    on: a head that goes on as no call leaves the rest text.)"""
+    rng = random.Random(18)
+    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
+    marker = parser.start.strip()
+    for text, want in ((f"x {marker} y " + call, f"x {marker} y"),
+                       (f"{marker} y\n" + call + " z", f"{marker} y\n z"),
+                       (f"x {marker} y " + call + f" {marker} w", f"x {marker} y  {marker} w")):
+        for cut in (False, True):
+            content, calls = _check(parser, text, rng, cut=cut)
+            assert content == want and _shape(calls) == [
+                ("get_weather", '{"city": "P", "unit": "c"}', True)], (text, cut)

@@ -213,11 +213,9 @@ class MistralParser(ToolParser):
         i = text.find(self.start)
         while i >= 0:
             found, end = _json_calls(text, i + len(self.start), "arguments", "")
-            if not found and calls:  # a marker in the text after a call: the model's text
+            if not found:  # a marker in the text that no call follows: the model's text
                 i = text.find(self.start, i + 1)
                 continue
-            if not found:
-                return text, []
             # text between blocks keeps the whitespace before it (whitespace alone there
             # is the blocks' separator)
             content.append(text[pos if pos == i or not calls else _text_after(text, pos):i])

@@ -117,10 +117,10 @@ def detect_content_format(source: str) -> str:
     parts, else "string" (also for a template that does not parse, or is nested too deeply
     to: rendering it will say why). Read from its Jinja syntax tree, as vLLM's "auto" reads
     it: a message is a loop variable over `messages` (or a name set from it,
-    `loop_messages = messages[1:]`), or a name set to one item of them (`messages[0]`); its content is `m['content']` or
-    `m.content`, or a name set from that, or a variable named `content` (a macro's
-    parameter). A loop over content (through filters and slices: `for part in
-    m.content | selectattr(...)`), or an item of it by number read as a part
+    `loop_messages = messages[1:]`), or a name set to one item of them (`messages[0]`);
+    its content is `m['content']` or `m.content`, or a name set from that, or a variable
+    named `content` (a macro's parameter). A loop over content (through filters and
+    slices: `for part in m.content | selectattr(...)`), or an item of it by number read as a part
     (`m.content[0].text`, `m['content'][0]['type']`; not by a string's method,
     `m.content[0].upper()`, which reads a character, and not an item of the content that a
     test of `content is string` guards, which takes a string whole: _guarded_reads), is a
@@ -175,55 +175,78 @@ def _read_as(root: nodes.Template) -> str:
 def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
     """The ids of the items by number (Getitem nodes) that a test of `content is string`
     (`is not string`, `not (... is string)` too) guards, `is_content(node)` saying which
-    nodes are a message's content: an item of the tested content in the test's branch, in
-    the branches after it (an elif's, the else) and in an inline if; and each item in a
-    macro whose every call passes the tested content in such a branch (given parts, the
-    template would read only the first: vLLM reads loops alone). The content is the same
-    read as `m.content` or `m['content']`, or through a name set once to it."""
+    nodes are a message's content: an item of the tested content in the test's branch and
+    in the branches after it (an elif's, the else; an inline if's two), each where the
+    test's outcome decides the content's (_known); and each item in a
+    macro whose every call passes the tested content in such a branch, or is in a macro so
+    guarded and passes on its parameter (given parts, the template would read only the
+    first: vLLM reads loops alone). The content is the same read as `m.content` or
+    `m['content']`, through a name set once to it, filters and slices (`m.content | list`)."""
     regions = []  # (nodes a test guards, the contents it tests)
     for node in root.find_all((nodes.If, nodes.CondExpr)):
         chain = [node, *node.elif_] if isinstance(node, nodes.If) else [node]
         for i, branch in enumerate(chain):
-            tested = _tested_strings(branch.test, is_content)
-            if not tested:
-                continue
+            # a branch is guarded where its test's outcome decides the content's test:
+            # `c is string and x` false lets a string through to the branches after it
+            if_true, if_false = (_known(branch.test, v, is_content) for v in (True, False))
             if isinstance(node, nodes.CondExpr):
-                region = [node]
+                body, after = [node.expr1], [node.expr2] if node.expr2 is not None else []
             else:
-                region = [branch.test, *branch.body, *chain[i + 1:], *node.else_]
-            regions.append((region, tested))
-            break
+                body, after = branch.body, [*chain[i + 1:], *node.else_]
+            if if_true:
+                regions.append(([branch.test, *body], _tested_strings(if_true)))
+            if if_false:
+                regions.append((after, _tested_strings(if_false)))
+                break
     sets = [n for n in root.find_all(nodes.Assign) if isinstance(n.target, nodes.Name)]
     names = [n.target.name for n in sets]  # a name set once stands for its value
     aliases = {n.target.name: n.node for n in sets if names.count(n.target.name) == 1}
 
     def same(a: Any, b: Any) -> bool:
-        return _same(_unaliased(a, aliases), _unaliased(b, aliases))
+        return _same(_bare(a, aliases), _bare(b, aliases))
 
     guarded = set()
-    calls = {}  # a macro's name: whether each of its calls is guarded
-    for region, tested in regions:
-        for part in region:
-            for n in [part, *part.find_all((nodes.Getitem, nodes.Call))]:
-                if isinstance(n, nodes.Getitem) and any(same(n.node, t) for t in tested):
-                    guarded.add(id(n))
-                elif isinstance(n, nodes.Call) and any(
-                        same(a, t) for t in tested
-                        for a in [*n.args, *(k.value for k in n.kwargs)]):
-                    guarded.add(id(n))
-    for call in root.find_all(nodes.Call):
-        if isinstance(call.node, nodes.Name):
-            calls.setdefault(call.node.name, []).append(id(call) in guarded)
-    for macro in root.find_all(nodes.Macro):
-        if calls.get(macro.name) and all(calls[macro.name]):
+    macros = {m.name: m for m in root.find_all(nodes.Macro)}
+    done = set()  # the macros whose reads are guarded
+    while True:
+        for region, tested in regions:
+            for part in region:
+                for n in [part, *part.find_all((nodes.Getitem, nodes.Call))]:
+                    if isinstance(n, nodes.Getitem) and any(same(n.node, t) for t in tested):
+                        guarded.add(id(n))
+                    elif isinstance(n, nodes.Call) and any(
+                            same(a, t) for t in tested
+                            for a in [*n.args, *(k.value for k in n.kwargs)]):
+                        guarded.add(id(n))
+        calls = {}  # a macro's name: whether each of its calls is guarded
+        for call in root.find_all(nodes.Call):
+            if isinstance(call.node, nodes.Name):
+                calls.setdefault(call.node.name, []).append(id(call) in guarded)
+        new = [m for name, m in macros.items() if name not in done
+               and calls.get(name) and all(calls[name])]
+        if not new:
+            break
+        for macro in new:
+            done.add(macro.name)
             guarded |= {id(n) for n in macro.find_all(nodes.Getitem)}
+            # a guarded macro's parameters hold tested content: its calls passing them on
+            # (a macro that calls another) are guarded too
+            regions.append((macro.body, [nodes.Name(a.name, "load") for a in macro.args]))
     return guarded
 
 
-def _unaliased(node: Any, aliases: dict[str, Any]) -> Any:
-    """`node`, a name of `aliases` replaced by the value it was set to (`c` of
-    `{% set c = m.content %}`), through names set from names."""
-    for _ in range(len(aliases)):
+def _bare(node: Any, aliases: dict[str, Any]) -> Any:
+    """`node` without its filters, tests and slices (`m.content | list`, `c[1:]`), a name of
+    `aliases` replaced by the value it was set to (`c` of `{% set c = m.content %}`),
+    through names set from names."""
+    for _ in range(len(aliases) + 1):
+        while True:
+            if isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
+                node = node.node
+            elif isinstance(node, nodes.Getitem) and isinstance(node.arg, nodes.Slice):
+                node = node.node
+            else:
+                break
         if not (isinstance(node, nodes.Name) and node.name in aliases):
             break
         node = aliases[node.name]
@@ -244,17 +267,32 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def _tested_strings(test: nodes.Node, is_content) -> list[nodes.Node]:
-    """The contents (as `is_content` says) that `test` tests `is string`, each as written
-    and through its filters (`m.content | trim is string`)."""
+def _known(test: nodes.Node, value: bool, is_content) -> list[nodes.Test]:
+    """The tests of content (as `is_content` says) `is string` in `test` whose outcome
+    `test` being `value` decides (`not`, `and`, `or` read as logic: `c is string and x`
+    being false decides nothing)."""
+    if isinstance(test, nodes.Test) and test.name == "string" and is_content(test.node):
+        return [test]
+    if isinstance(test, nodes.Not):
+        return _known(test.node, not value, is_content)
+    if isinstance(test, (nodes.And, nodes.Or)):
+        left, right = (_known(t, value, is_content) for t in (test.left, test.right))
+        if isinstance(test, nodes.And) == value:  # each side has the outcome `value`
+            return left + right
+        return left + right if left and right else []  # either side may have it
+    return []
+
+
+def _tested_strings(tests: list[nodes.Test]) -> list[nodes.Node]:
+    """The contents that `tests` test `is string`, each as written and through its filters
+    (`m.content | trim is string`)."""
     tested = []
-    for t in [test, *test.find_all(nodes.Test)]:
-        if isinstance(t, nodes.Test) and t.name == "string" and is_content(t.node):
-            node = t.node
+    for t in tests:
+        node = t.node
+        tested.append(node)
+        while isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
+            node = node.node
             tested.append(node)
-            while isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
-                node = node.node
-                tested.append(node)
     return tested
 
 
