@@ -92,6 +92,12 @@ class Joints:
     between: re.Pattern
 
 
+def call_head(name: str) -> str:
+    """The text a call to `name` begins with, as a tool grammar writes it: `{"name": NAME`,
+    NAME the name as a JSON string (_heads finds these in a text)."""
+    return f'{{"name": {json.dumps(name)}'
+
+
 @functools.lru_cache(maxsize=64)
 def _heads(names: tuple[str, ...]) -> re.Pattern:
     # a JSON string's closing quote ends it: no name is a prefix of another's here

@@ -19,11 +19,10 @@ of when to look for a cut call and which finish_reason the calls give from here
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from aiollm.api.call_text import Joints, Written, written_calls
+from aiollm.api.call_text import Joints, Written, call_head, written_calls
 
 if TYPE_CHECKING:
     from aiollm.api.tool_calls import ToolCall
@@ -96,7 +95,7 @@ def _cut_head(region: str, joints: Joints, names: Collection[str]) -> bool:
     before its name was complete: after the marker's lead (`joints`), the start of a head
     `{"name": NAME` of one of `names`."""
     rest = region[joints.lead.match(region).end():]
-    return any(f'{{"name": {json.dumps(n)}'.startswith(rest) for n in names)
+    return any(call_head(n).startswith(rest) for n in names)
 
 
 def _head_goes_on(region: str, end: int, call: Written, args_key: str) -> bool:
@@ -105,7 +104,7 @@ def _head_goes_on(region: str, end: int, call: Written, args_key: str) -> bool:
     what does not begin `, "<args_key>": ` (`}`, text), which no output cut there holds."""
     if call.complete or call.arguments:
         return False
-    head = f'{{"name": {json.dumps(call.name)}'
+    head = call_head(call.name)
     at = region.find(head, end)
     rest, between = region[at + len(head):], f', "{args_key}": '
     return at >= 0 and not (between.startswith(rest) or rest.startswith(between))
@@ -125,6 +124,6 @@ def _markup_only(rest: str, words: Sequence[str], names: Collection[str]) -> boo
         if word is None:
             tail = rest[i:]
             return any(w.startswith(tail) for w in words) or any(
-                f'{{"name": {json.dumps(n)}'.startswith(tail) for n in names)
+                call_head(n).startswith(tail) for n in names)
         i += len(word)
     return True
