@@ -58,6 +58,9 @@ GREEDY = SamplingParams(max_tokens=1, temperature=0)
     # branch's): given parts it would render only the first; a loop over parts still wins
     ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
      "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
+    # the content tested through a filter guards its reads too
+    ("{% for m in messages %}{% if m.content | trim is string %}{{ m.content }}{% else %}"
+     "{{ m.content[0].text }}{% endif %}{% endfor %}", "string"),
     ("{% for m in messages %}{% if m.content is string %}{{ m.content }}{% else %}"
      "{% for p in m.content %}{{ p.text }}{% endfor %}{% endif %}{% endfor %}", "openai"),
     # ... in a macro's branch, or a macro of the list branch (its caller's test guards it),

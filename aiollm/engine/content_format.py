@@ -193,10 +193,12 @@ def _guarded_reads(root: nodes.Template, is_content) -> set[int]:
                 body, after = [node.expr1], [node.expr2] if node.expr2 is not None else []
             else:
                 body, after = branch.body, [*chain[i + 1:], *node.else_]
+            # the tested contents as written: same() reads them without their filters
+            # (`m.content | trim is string`) and aliases
             if if_true:
-                regions.append(([branch.test, *body], _tested_strings(if_true)))
+                regions.append(([branch.test, *body], [t.node for t in if_true]))
             if if_false:
-                regions.append((after, _tested_strings(if_false)))
+                regions.append((after, [t.node for t in if_false]))
                 break
     sets = [n for n in root.find_all(nodes.Assign) if isinstance(n.target, nodes.Name)]
     names = [n.target.name for n in sets]  # a name set once stands for its value
@@ -281,19 +283,6 @@ def _known(test: nodes.Node, value: bool, is_content) -> list[nodes.Test]:
             return left + right
         return left + right if left and right else []  # either side may have it
     return []
-
-
-def _tested_strings(tests: list[nodes.Test]) -> list[nodes.Node]:
-    """The contents that `tests` test `is string`, each as written and through its filters
-    (`m.content | trim is string`)."""
-    tested = []
-    for t in tests:
-        node = t.node
-        tested.append(node)
-        while isinstance(node, (nodes.Filter, nodes.Test)) and node.node is not None:
-            node = node.node
-            tested.append(node)
-    return tested
 
 
 def _const(node: Any, kind: type) -> bool:
