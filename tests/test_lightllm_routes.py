@@ -5,6 +5,7 @@ flag); and the fields of /generate's answer that LightLLM's clients read."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from live_server import http, sse_events
@@ -161,3 +162,20 @@ def test_get_score_says_no_reward_model_is_served(server, method):
     status, _, raw = http(server, method, "/get_score", json={"chat": "Hi"})
     err = json.loads(raw)["error"]
     assert status == 404 and "reward model" in err["message"], raw
+
+
+@pytest.mark.parametrize("path", ["/generate", "/generate_stream", "/", "/tokens"])
+@pytest.mark.parametrize("ctype", ["application/x-www-form-urlencoded", "text/plain"])
+def test_json_sent_under_another_content_type_is_read(server, path, ctype):
+    """LightLLM parses every body as JSON whatever its Content-Type (`await request.json()`),
+    so `curl URL -d '{"inputs": ...}'`, which sends a form's Content-Type, is served: it was
+    a 415 here. The answer is the one a JSON Content-Type gets (but for the prompt cache's
+    hit, which the first request made)."""
+    body = ({"text": PARIS} if path == "/tokens" else
+            {"inputs": PARIS, "parameters": {"max_new_tokens": 2, "do_sample": False}})
+    want = http(server, "POST", path, json=body)
+    got = http(server, "POST", path, data=json.dumps(body).encode(),
+               headers={"Content-Type": ctype})
+    assert got[0] == want[0] == 200, got
+    cached = re.compile(rb'"prompt_cache_len": ?\d+')
+    assert cached.sub(b"", got[2]) == cached.sub(b"", want[2])

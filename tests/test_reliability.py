@@ -172,8 +172,11 @@ BAD_INPUT = [
     bad("too-large", C, raw(b" " * (17 * 2**20)), 413, None, "too large"),
     bad("wrong-content-type", C, raw(b'{"prompt": "x"}', "text/plain"), 415, None,
         "Content-Type"),
-    bad("form-content-type", G, raw(b"inputs=x", "application/x-www-form-urlencoded"), 415,
-        None),
+    bad("form-content-type", CH, raw(b'{"messages": []}', "application/x-www-form-urlencoded"),
+        415, None, "Content-Type must be application/json"),
+    # LightLLM's routes read any body as JSON, as LightLLM does: a form's bytes are no JSON
+    bad("form-body-lightllm", G, raw(b"inputs=x", "application/x-www-form-urlencoded"), 400,
+        None, "not valid JSON"),
     # wrong types
     bad("type-temperature", C, prompt(temperature="hot"), 400, "temperature"),
     bad("type-max-tokens", C, prompt(max_tokens="5"), 400, "max_tokens"),

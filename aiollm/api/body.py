@@ -34,9 +34,11 @@ from aiollm.errors import InvalidRequest
 T = TypeVar("T")
 
 
-async def decode_body(request: web.Request, type_: type[T]) -> T:
+async def decode_body(request: web.Request, type_: type[T],
+                      any_content_type: bool = False) -> T:
     """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one
-    (415: a Content-Type not JSON, a Content-Encoding not gzip, deflate or identity),
+    (415: a Content-Type not JSON, unless `any_content_type`, a Content-Encoding not gzip,
+    deflate or identity),
     InvalidRequest naming the field whose string holds a lone surrogate escape ("\\ud800").
     A UTF-8 byte order mark before the JSON is skipped, and JSON in UTF-16 or UTF-32 is
     read (400 when its bytes are not that encoding), as Python's json (vLLM's and
@@ -48,9 +50,12 @@ async def decode_body(request: web.Request, type_: type[T]) -> T:
     bodies over as sent (aiohttp's auto_decompress=False, as serve() runs it): aiohttp's
     own decoding fails inside its parser, where a body that is not the gzip it claims
     left aiohttp draining the broken body after our 400 and logging the client's fault as
-    an "Unhandled exception" with a traceback."""
+    an "Unhandled exception" with a traceback.
+
+    `any_content_type` is for LightLLM's routes: LightLLM parses every body as JSON whatever
+    its Content-Type, so `curl -d '{"inputs": ...}'` (sent as a form) is served there."""
     ctype = request.headers.get(hdrs.CONTENT_TYPE)
-    if ctype is not None and not _is_json(request.content_type):
+    if ctype is not None and not any_content_type and not _is_json(request.content_type):
         raise ApiError(415, f"Content-Type must be application/json, got {ctype!r}")
     coding = _content_coding(request)
     try:

@@ -196,7 +196,8 @@ async def _prepare(st: ApiState, req: GenerateRequest
 
 
 async def generate(request: web.Request) -> web.Response:
-    return await answer(request, await decode_body(request, GenerateRequest))
+    return await answer(request, await decode_body(request, GenerateRequest,
+                                                   any_content_type=True))
 
 
 async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
@@ -267,7 +268,8 @@ def _details(out: RequestOutput, texts: list[str], special: set[int],
 
 
 async def generate_stream(request: web.Request) -> web.StreamResponse:
-    return await stream(request, await decode_body(request, GenerateRequest))
+    return await stream(request, await decode_body(request, GenerateRequest,
+                                                   any_content_type=True))
 
 
 async def stream(request: web.Request, req: GenerateRequest) -> web.StreamResponse:

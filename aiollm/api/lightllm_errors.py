@@ -6,7 +6,8 @@ message there. The OpenAI-style "error" object (type, param naming the field at 
 stays beside it, as every route here answers it.
 
 Other statuses stay as they are: 503 (overloaded, as LightLLM's busy server), 500 (an engine
-failure), 404, 413, 415. A stream that fails after its first event (its status already 200)
+failure), 404, 413, 415 (a Content-Encoding not decoded; any Content-Type is read as JSON
+here, body.decode_body). A stream that fails after its first event (its status already 200)
 ends with an event of the same body (stream_error).
 """
 

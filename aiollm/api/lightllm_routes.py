@@ -65,14 +65,15 @@ async def tokens(request: web.Request) -> web.Response:
     whitespace the tokenizer drops) is counted too: the special tokens alone, or 0, as
     LightLLM's /tokens and vLLM's /tokenize count it. GET reads the body too, as LightLLM's
     does; the query string is not read. A request without a body (GET or POST, a query
-    string or none) is refused naming `text`, before its Content-Type is looked at."""
+    string or none) is refused naming `text`. Any Content-Type is read as JSON, as on
+    /generate."""
     st = state(request)
     if not request.body_exists:  # `curl host/tokens`: told where the text goes
         query = (f", not from the query string (which gave {', '.join(sorted(request.query))})"
                  if request.query else "; the request has no body")  # LightLLM reads none
         raise ApiError(400, f"/tokens reads the text from the request's JSON body "
                        f"({{\"text\": ...}}, with GET as with POST){query}", param="text")
-    req = await decode_body(request, TokensRequest)
+    req = await decode_body(request, TokensRequest, any_content_type=True)
     refuse_media(req.multimodal_params)
     special = (req.parameters or GenerateParameters()).add_special_tokens
     # text of no token counts 0: LightLLM counts what its tokenizer gives
@@ -112,7 +113,7 @@ async def get_score(request: web.Request) -> web.Response:
 async def root(request: web.Request) -> web.StreamResponse:
     """POST /: /generate_stream's answer when the body's "stream" is true, else
     /generate's."""
-    req = await decode_body(request, GenerateRequest)
+    req = await decode_body(request, GenerateRequest, any_content_type=True)
     return await (lightllm.stream if req.stream else lightllm.answer)(request, req)
 
 
