@@ -179,3 +179,13 @@ def test_json_sent_under_another_content_type_is_read(server, path, ctype):
     assert got[0] == want[0] == 200, got
     cached = re.compile(rb'"prompt_cache_len": ?\d+')
     assert cached.sub(b"", got[2]) == cached.sub(b"", want[2])
+
+
+def test_a_page_s_form_post_stays_refused(server):
+    """A browser's cross-site form or text/plain POST needs no CORS preflight, so a page of
+    any site could drive the server through it: with an Origin header (browsers send one)
+    the Content-Type must be JSON, as on every route."""
+    body = json.dumps({"inputs": PARIS, "parameters": {"max_new_tokens": 1}}).encode()
+    status, _, raw = http(server, "POST", "/generate", data=body, headers={
+        "Content-Type": "text/plain", "Origin": "http://evil.example"})
+    assert status == 415 and "Content-Type" in json.loads(raw)["error"]["message"], raw

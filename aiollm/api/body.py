@@ -53,9 +53,14 @@ async def decode_body(request: web.Request, type_: type[T],
     an "Unhandled exception" with a traceback.
 
     `any_content_type` is for LightLLM's routes: LightLLM parses every body as JSON whatever
-    its Content-Type, so `curl -d '{"inputs": ...}'` (sent as a form) is served there."""
+    its Content-Type, so `curl -d '{"inputs": ...}'` (sent as a form) is served there. Not
+    for a request with an `Origin` header (a browser's page): a form or text/plain POST is
+    one a page of any site may send without a CORS preflight, so only a JSON Content-Type,
+    which needs the preflight that CORS (off by default) refuses, lets a page drive the
+    server."""
     ctype = request.headers.get(hdrs.CONTENT_TYPE)
-    if ctype is not None and not any_content_type and not _is_json(request.content_type):
+    lenient = any_content_type and hdrs.ORIGIN not in request.headers
+    if ctype is not None and not lenient and not _is_json(request.content_type):
         raise ApiError(415, f"Content-Type must be application/json, got {ctype!r}")
     coding = _content_coding(request)
     try:
