@@ -55,6 +55,24 @@ def test_off_by_default(server):
     assert status == 200 and cors_headers(headers) == {}
 
 
+@pytest.mark.parametrize("origin", [ELSEWHERE, "null"])
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", CHAT),
+    ("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 1}})])
+def test_a_page_s_post_without_content_type_is_refused(server, path, body, origin):
+    """A page's fetch() of an ArrayBuffer or an untyped Blob sends no Content-Type, and a
+    POST without one needs no CORS preflight: any site (or a sandboxed frame, whose Origin
+    is "null") could drive the server with CORS off. It was served; a request without an
+    Origin (curl, the SDKs) still is."""
+    data = json.dumps(body).encode()
+    status, _, raw = http(server, "POST", path, data=data, headers={"Origin": origin},
+                          skip_auto_headers=["Content-Type"])
+    err = json.loads(raw)["error"]
+    assert status == 415 and "Content-Type" in err["message"], raw
+    status, _, raw = http(server, "POST", path, data=data, skip_auto_headers=["Content-Type"])
+    assert status == 200, raw
+
+
 @pytest.mark.parametrize("method,path", ROUTES, ids=[p for _, p in ROUTES])
 def test_preflight_is_answered_on_every_route_without_the_key(cors_server, method, path):
     status, headers, _ = http(cors_server, "OPTIONS", path, headers={
