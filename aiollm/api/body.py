@@ -118,8 +118,11 @@ async def decode_body(request: web.Request, type_: type[T],
         raise ApiError(400, "request body is not valid UTF-8") from None
     if _SURROGATE_ESCAPE.search(body):  # valid JSON syntax, but no text: name the field
         await off_loop(len(body), _check_surrogates, body)
-    raise ApiError(400, f"request body is not valid JSON: {_why(error, body, encoding)}") \
-        from None
+    # a form's fields sent to a route that reads any Content-Type (curl -d a=b, -F a=b)
+    sent_as = ("" if ctype is None or _is_json(request.content_type) else
+               f" (it is read as JSON whatever its Content-Type, here {request.content_type})")
+    raise ApiError(400, f"request body is not valid JSON{sent_as}: "
+                        f"{_why(error, body, encoding)}") from None
 
 
 async def _decoded_once(body: bytes, type_: type[T]) -> tuple[T, tuple[list[str], int]] | None:
