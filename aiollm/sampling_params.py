@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aiollm.errors import InvalidRequest, shown
+from aiollm.errors import InvalidRequest, check_unicode, shown
 # the stop lists' bounds and checks, importable from here as before
 from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # noqa: F401
                                     MAX_STOP_TOKEN_IDS, checked_stop, checked_stop_token_ids,
@@ -308,6 +308,7 @@ class SamplingParams:
             if len(w) > MAX_BAD_WORD_CHARS:
                 raise InvalidRequest(f"bad_words[{i}] has {len(w)} characters, more than the "
                                      f"{MAX_BAD_WORD_CHARS} allowed", param="bad_words")
+            check_unicode(w, f"bad_words[{i}]")  # the tokenizer fails on one, naming neither
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         lp = self.logits_processors
         if lp is not None and not (isinstance(lp, (list, tuple)) and len(lp) == 0):
