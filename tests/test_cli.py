@@ -42,6 +42,18 @@ def test_serve_help():
         assert line.count("default") <= 1, line
 
 
+def test_version_flag_prints_the_version():
+    """`aiollm --version` (vLLM's `vllm --version`, `-v`) was a usage error ("the following
+    arguments are required: command"), exit 2: the version was only to be had from a
+    running server's /version."""
+    import aiollm
+
+    for flag in ("--version", "-v"):
+        out = subprocess.run([AIOLLM, flag], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == aiollm.__version__
+
+
 def test_what_cli_py_offered_importers_is_still_there():
     """aiollm/cli.py became the package aiollm/cli/: the names its importers used (the
     console script's main, the parser, the logging set-up and its logger names) still
