@@ -73,6 +73,31 @@ def test_a_page_s_post_without_content_type_is_refused(server, path, body, origi
     assert status == 200, raw
 
 
+@pytest.mark.parametrize("ctype", ["text/plain;charset=UTF-8", None])
+@pytest.mark.parametrize("path,body,served", [
+    ("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 1}}, True),
+    ("/v1/chat/completions", CHAT, None)])  # None: as without an Origin
+def test_a_page_of_an_allowed_origin_is_served_as_a_client_without_one(
+        cors_server, path, body, served, ctype):
+    """A page the server allows by CORS may drive it anyway (with JSON, after a preflight):
+    its fetch() of JSON.stringify(...) without a Content-Type (sent as text/plain) or of an
+    untyped Blob is served as without an Origin: LightLLM's routes read any type as JSON, as
+    LightLLM does; OpenAI's read an untyped body and refuse text/plain. Both were a 415."""
+    data = json.dumps(body).encode()
+    headers = {**AUTH, **({"Content-Type": ctype} if ctype else {})}
+    skip = [] if ctype else ["Content-Type"]
+    status, _, raw = http(cors_server, "POST", path, data=data,
+                          headers={"Origin": ORIGIN, **headers}, skip_auto_headers=skip)
+    plain, _, _ = http(cors_server, "POST", path, data=data, headers=headers,
+                       skip_auto_headers=skip)
+    assert status == plain, raw
+    assert status == (200 if served or ctype is None else 415), raw
+    # another origin, which CORS does not allow, is still refused
+    status, _, raw = http(cors_server, "POST", path, data=data,
+                          headers={"Origin": ELSEWHERE, **headers}, skip_auto_headers=skip)
+    assert status == 415, raw
+
+
 @pytest.mark.parametrize("method,path", ROUTES, ids=[p for _, p in ROUTES])
 def test_preflight_is_answered_on_every_route_without_the_key(cors_server, method, path):
     status, headers, _ = http(cors_server, "OPTIONS", path, headers={
