@@ -297,3 +297,19 @@ def test_responses_need_the_key(cors_server):
     """/v1/responses is guarded by the API key as the other /v1 routes are."""
     assert http(cors_server, "POST", "/v1/responses", json=RESPONSE)[0] == 401
     assert http(cors_server, "POST", "/v1/responses", json=RESPONSE, headers=AUTH)[0] == 200
+
+
+@pytest.mark.parametrize("ctype", ["text/plain;charset=UTF-8", None])
+def test_a_page_of_an_origin_allowed_only_other_methods_still_needs_json(ctype):
+    """An origin allowed only GET (--allowed-methods) has its POST preflight refused, so
+    its pages may not POST JSON: a preflight-free POST (text/plain, or no Content-Type) of
+    theirs is refused as another origin's is. It was served, read as JSON."""
+    srv = LiveServer(cors=CorsOptions((ORIGIN,), allowed_methods=("GET",))).start()
+    try:
+        body = json.dumps({"inputs": "hi", "parameters": {"max_new_tokens": 1}}).encode()
+        headers = {"Origin": ORIGIN, **({"Content-Type": ctype} if ctype else {})}
+        status, _, raw = http(srv, "POST", "/generate", data=body, headers=headers,
+                              skip_auto_headers=[] if ctype else ["Content-Type"])
+        assert status == 415, raw
+    finally:
+        srv.close()

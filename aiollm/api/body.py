@@ -58,14 +58,15 @@ async def decode_body(request: web.Request, type_: type[T],
     file) that CORS does not allow needs a JSON Content-Type on every route, whatever
     `any_content_type` says: a POST with a form's or text/plain's Content-Type, or with none
     (a page's fetch() of an ArrayBuffer or untyped Blob), is one a page of any site may send
-    without a CORS preflight, so only a JSON Content-Type, which needs the preflight that CORS (off by
-    default) refuses, lets a page drive the server. An origin CORS allows (--allowed-origins)
-    may drive it anyway: its requests are read as those without an Origin (curl, the SDKs),
-    a body without a Content-Type as JSON (and any type on LightLLM's routes: a page's
-    fetch() of JSON.stringify(...) sends text/plain)."""
+    without a CORS preflight, so only a JSON Content-Type, which needs the preflight that
+    CORS (off by default) refuses, lets a page drive the server. An origin CORS allows
+    (--allowed-origins) with the request's method (--allowed-methods: a method outside it
+    has its preflight refused) may drive it anyway: its requests are read as those without
+    an Origin (curl, the SDKs), a body without a Content-Type as JSON (and any type on
+    LightLLM's routes: a page's fetch() of JSON.stringify(...) sends text/plain)."""
     ctype = request.headers.get(hdrs.CONTENT_TYPE)
     origin = request.headers.get(hdrs.ORIGIN)
-    page = origin is not None and not state(request).allows_origin(origin)
+    page = origin is not None and not state(request).allows_origin(origin, request.method)
     checked = page or (ctype is not None and not any_content_type)
     if checked and not _is_json(request.content_type):  # (no Content-Type: octet-stream)
         where = (" on a request with an Origin CORS does not allow (a browser's page)"
