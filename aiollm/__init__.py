@@ -4,13 +4,22 @@
 first use, so `import aiollm.kernels` or the CLI's --help stay fast.
 """
 
-__version__ = "0.1.0"
 # vLLM's top-level names too: its outputs' classes and its prompt dicts' types
 __all__ = ["LLM", "Engine", "SamplingParams", "RequestOutput", "CompletionOutput",
            "TextPrompt", "TokensPrompt", "PromptType", "__version__"]
 
 
 def __getattr__(name: str):
+    if name == "__version__":
+        # the installed distribution's (pyproject.toml's), as vLLM reads its own, rather than
+        # a copy to keep in step; read on first use: importlib.metadata costs the CLI ~10 ms
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            globals()[name] = found = version("aiollm")
+        except PackageNotFoundError:  # a source tree on sys.path, never installed
+            globals()[name] = found = "unknown"
+        return found
     # numpy's import, for SamplingParams, was most of the `aiollm` command's before its own
     # Ctrl-C handling (aiollm/cli/__init__.py)
     if name == "SamplingParams":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -59,6 +60,22 @@ class ContextExceeded(InvalidRequest):
 # the most characters of a value an error message shows (a 400-digit max_tokens came back
 # whole, twice, in its 400)
 SHOWN_CHARS = 24
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(text: str, param: str) -> None:
+    """Raise InvalidRequest naming `param` when `text` holds a lone surrogate (U+D800 to
+    U+DFFF, which a Python str can hold but UTF-8 cannot encode): the tokenizer would fail on
+    it with a TypeError that names neither the field nor the character."""
+    if text.isascii():
+        return
+    bad = _SURROGATE.search(text)
+    if bad is not None:
+        raise InvalidRequest(f"{param} is not valid Unicode: it holds the lone surrogate "
+                             f"U+{ord(bad.group()):04X} at character {bad.start()}",
+                             param=param)
 
 
 def shown(value: Any) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aiollm.errors import InvalidRequest, shown
+from aiollm.errors import InvalidRequest, check_unicode, shown
 # the stop lists' bounds and checks, importable from here as before
 from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # noqa: F401
                                     MAX_STOP_TOKEN_IDS, checked_stop, checked_stop_token_ids,
@@ -54,6 +54,8 @@ MAX_BAD_WORD_CHARS = 256
 # Seen tokens' positive logits are divided by the repetition penalty in float32: far below
 # this they overflow to inf (a float32 zero below ~1e-45), and the logprobs become NaN
 MIN_REPETITION_PENALTY = 0.01
+# the highest temperature taken (at 100 the draw is already close to uniform)
+MAX_TEMPERATURE = 100
 GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf", "structural_tag")
 
 
@@ -243,8 +245,8 @@ class SamplingParams:
                 f"({shown(self.max_tokens)})",
                 param="min_tokens",
             )
-        if not is_num(self.temperature) or not 0 <= self.temperature <= 100:
-            raise bad("temperature", "must be a number in [0, 100]")
+        if not is_num(self.temperature) or not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise bad("temperature", f"must be a number in [0, {MAX_TEMPERATURE}]")
         if not is_num(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "must be in (0, 1]")
         if not is_int(self.top_k) or self.top_k < -1 or self.top_k == 0 or self.top_k >= 2**31:
@@ -308,6 +310,7 @@ class SamplingParams:
             if len(w) > MAX_BAD_WORD_CHARS:
                 raise InvalidRequest(f"bad_words[{i}] has {len(w)} characters, more than the "
                                      f"{MAX_BAD_WORD_CHARS} allowed", param="bad_words")
+            check_unicode(w, f"bad_words[{i}]")  # the tokenizer fails on one, naming neither
         check_truncate_prompt_tokens(self.truncate_prompt_tokens)
         lp = self.logits_processors
         if lp is not None and not (isinstance(lp, (list, tuple)) and len(lp) == 0):

@@ -7,7 +7,7 @@ the number of distinct stop token ids.
 
 from __future__ import annotations
 
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, check_unicode
 
 # characters per stop string: bounds the text a stream holds back while a stop string may be
 # completing (aiollm/engine/output_text.py)
@@ -32,8 +32,10 @@ def is_int(v: object) -> bool:
 def checked_stop(stop: object) -> list[str]:
     """`stop` (one string or a list of them) as a list of non-empty strings. Raises
     InvalidRequest naming "stop" for anything else, a string of more than
-    MAX_STOP_STRING_CHARS characters, or more than MAX_STOP_CHARS characters in all."""
+    MAX_STOP_STRING_CHARS characters, or more than MAX_STOP_CHARS characters in all, and
+    naming the string ("stop", "stop[1]") for a lone surrogate, as the HTTP API names it."""
     if isinstance(stop, str):
+        check_unicode(stop, "stop")
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise InvalidRequest(f"stop must be a non-empty string or a list of non-empty strings, "
@@ -43,6 +45,7 @@ def checked_stop(stop: object) -> list[str]:
         if len(s) > MAX_STOP_STRING_CHARS:
             raise InvalidRequest(f"stop[{i}] has {len(s)} characters, more than the "
                                  f"{MAX_STOP_STRING_CHARS} allowed", param="stop")
+        check_unicode(s, f"stop[{i}]")
         total += len(s)
     if total > MAX_STOP_CHARS:
         raise InvalidRequest(f"the stop strings have {total} characters in all, more than the "

@@ -42,6 +42,34 @@ def test_serve_help():
         assert line.count("default") <= 1, line
 
 
+def test_version_flag_prints_the_version():
+    """`aiollm --version` (vLLM's `vllm --version`, `-v`) was a usage error ("the following
+    arguments are required: command"), exit 2: the version was only to be had from a
+    running server's /version."""
+    import aiollm
+
+    for flag in ("--version", "-v"):
+        out = subprocess.run([AIOLLM, flag], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.strip() == aiollm.__version__
+
+
+def test_version_is_the_installed_distributions(tmp_path):
+    """The version printed (and served at /version) is the installed package's metadata, as
+    vLLM's `importlib.metadata.version("vllm")`: it was a literal in aiollm/__init__.py, a
+    copy of pyproject.toml's that a release could bump without it. A distribution's metadata
+    found first on the path (9.9.9 here) is the one printed."""
+    dist = tmp_path / "aiollm-9.9.9.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: aiollm\nVersion: 9.9.9\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = subprocess.run([AIOLLM, "--version"], capture_output=True, text=True, timeout=60,
+                         env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "9.9.9"
+
+
 def test_what_cli_py_offered_importers_is_still_there():
     """aiollm/cli.py became the package aiollm/cli/: the names its importers used (the
     console script's main, the parser, the logging set-up and its logger names) still

@@ -55,6 +55,49 @@ def test_off_by_default(server):
     assert status == 200 and cors_headers(headers) == {}
 
 
+@pytest.mark.parametrize("origin", [ELSEWHERE, "null"])
+@pytest.mark.parametrize("path,body", [
+    ("/v1/chat/completions", CHAT),
+    ("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 1}})])
+def test_a_page_s_post_without_content_type_is_refused(server, path, body, origin):
+    """A page's fetch() of an ArrayBuffer or an untyped Blob sends no Content-Type, and a
+    POST without one needs no CORS preflight: any site (or a sandboxed frame, whose Origin
+    is "null") could drive the server with CORS off. It was served; a request without an
+    Origin (curl, the SDKs) still is."""
+    data = json.dumps(body).encode()
+    status, _, raw = http(server, "POST", path, data=data, headers={"Origin": origin},
+                          skip_auto_headers=["Content-Type"])
+    err = json.loads(raw)["error"]
+    assert status == 415 and "Content-Type" in err["message"], raw
+    status, _, raw = http(server, "POST", path, data=data, skip_auto_headers=["Content-Type"])
+    assert status == 200, raw
+
+
+@pytest.mark.parametrize("ctype", ["text/plain;charset=UTF-8", None])
+@pytest.mark.parametrize("path,body,served", [
+    ("/generate", {"inputs": "hi", "parameters": {"max_new_tokens": 1}}, True),
+    ("/v1/chat/completions", CHAT, None)])  # None: as without an Origin
+def test_a_page_of_an_allowed_origin_is_served_as_a_client_without_one(
+        cors_server, path, body, served, ctype):
+    """A page the server allows by CORS may drive it anyway (with JSON, after a preflight):
+    its fetch() of JSON.stringify(...) without a Content-Type (sent as text/plain) or of an
+    untyped Blob is served as without an Origin: LightLLM's routes read any type as JSON, as
+    LightLLM does; OpenAI's read an untyped body and refuse text/plain. Both were a 415."""
+    data = json.dumps(body).encode()
+    headers = {**AUTH, **({"Content-Type": ctype} if ctype else {})}
+    skip = [] if ctype else ["Content-Type"]
+    status, _, raw = http(cors_server, "POST", path, data=data,
+                          headers={"Origin": ORIGIN, **headers}, skip_auto_headers=skip)
+    plain, _, _ = http(cors_server, "POST", path, data=data, headers=headers,
+                       skip_auto_headers=skip)
+    assert status == plain, raw
+    assert status == (200 if served or ctype is None else 415), raw
+    # another origin, which CORS does not allow, is still refused
+    status, _, raw = http(cors_server, "POST", path, data=data,
+                          headers={"Origin": ELSEWHERE, **headers}, skip_auto_headers=skip)
+    assert status == 415, raw
+
+
 @pytest.mark.parametrize("method,path", ROUTES, ids=[p for _, p in ROUTES])
 def test_preflight_is_answered_on_every_route_without_the_key(cors_server, method, path):
     status, headers, _ = http(cors_server, "OPTIONS", path, headers={
@@ -254,3 +297,19 @@ def test_responses_need_the_key(cors_server):
     """/v1/responses is guarded by the API key as the other /v1 routes are."""
     assert http(cors_server, "POST", "/v1/responses", json=RESPONSE)[0] == 401
     assert http(cors_server, "POST", "/v1/responses", json=RESPONSE, headers=AUTH)[0] == 200
+
+
+@pytest.mark.parametrize("ctype", ["text/plain;charset=UTF-8", None])
+def test_a_page_of_an_origin_allowed_only_other_methods_still_needs_json(ctype):
+    """An origin allowed only GET (--allowed-methods) has its POST preflight refused, so
+    its pages may not POST JSON: a preflight-free POST (text/plain, or no Content-Type) of
+    theirs is refused as another origin's is. It was served, read as JSON."""
+    srv = LiveServer(cors=CorsOptions((ORIGIN,), allowed_methods=("GET",))).start()
+    try:
+        body = json.dumps({"inputs": "hi", "parameters": {"max_new_tokens": 1}}).encode()
+        headers = {"Origin": ORIGIN, **({"Content-Type": ctype} if ctype else {})}
+        status, _, raw = http(srv, "POST", "/generate", data=body, headers=headers,
+                              skip_auto_headers=[] if ctype else ["Content-Type"])
+        assert status == 415, raw
+    finally:
+        srv.close()

@@ -403,6 +403,24 @@ def test_a_lone_surrogate_is_refused_naming_its_field(loop, engine):
     assert_all_free(engine)
 
 
+def test_a_lone_surrogate_in_stop_or_bad_words_is_refused_naming_it():
+    """The HTTP API refuses a lone surrogate in any string; SamplingParams took one in a stop
+    string (a stop that can never match: the output's text is valid UTF-8) and in bad_words,
+    which then failed generate() with the tokenizer's TypeError ("TextEncodeInput must be
+    Union[...]"), naming neither the field nor the character."""
+    for kwargs, param in (({"stop": "\ud800"}, "stop"),
+                          ({"stop": ["ok", "a\udc80"]}, "stop[1]"),
+                          ({"bad_words": ["x", "\udfff"]}, "bad_words[1]")):
+        with pytest.raises(InvalidRequest, match="lone surrogate") as e:
+            SamplingParams(max_tokens=2, **kwargs)
+        assert e.value.param == param
+    params = SamplingParams(max_tokens=2)
+    params.bad_words = ["\ud800"]  # set after construction: checked again at submission
+    with pytest.raises(InvalidRequest, match="lone surrogate") as e:
+        params.check()
+    assert e.value.param == "bad_words[0]"
+
+
 def test_a_failing_batch_holds_nothing(loop, engine):
     """generate_batch raises the first failure and aborts the rest of the batch: they went
     on running, holding table slots and KV for results nobody would read (with the offline

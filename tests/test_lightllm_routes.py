@@ -189,3 +189,16 @@ def test_a_page_s_form_post_stays_refused(server):
     status, _, raw = http(server, "POST", "/generate", data=body, headers={
         "Content-Type": "text/plain", "Origin": "http://evil.example"})
     assert status == 415 and "Content-Type" in json.loads(raw)["error"]["message"], raw
+
+
+@pytest.mark.parametrize("ctype,data", [
+    ("application/x-www-form-urlencoded", b"inputs=Hi"),  # curl -d inputs=Hi
+    ("multipart/form-data; boundary=b",  # curl -F inputs=Hi
+     b'--b\r\nContent-Disposition: form-data; name="inputs"\r\n\r\nHi\r\n--b--\r\n')])
+def test_a_form_s_fields_are_told_the_body_is_read_as_json(server, ctype, data):
+    """A form's fields under a form's Content-Type are no JSON: the 417 says the body is
+    read as JSON whatever its Content-Type, naming the type sent; it said only where the
+    JSON broke ("invalid character (byte 0)"), leaving the client to guess why."""
+    status, _, raw = http(server, "POST", "/generate", data=data, headers={"Content-Type": ctype})
+    msg = json.loads(raw)["message"]
+    assert status == 417 and "not valid JSON" in msg and ctype.split(";")[0] in msg, raw

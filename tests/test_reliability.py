@@ -260,6 +260,10 @@ BAD_INPUT = [
         "parameters.temperature"),
     bad("lightllm-temperature-negative-greedy", G, lightllm(temperature=-1), 400,
         "parameters.temperature"),
+    # greedy (do_sample false) ignores the temperature, but one past its range stays an
+    # error, as a negative one does: 1e300 was taken with a 200
+    bad("lightllm-temperature-huge-greedy", G, lightllm(temperature=1e300), 400,
+        "parameters.temperature"),
     # top_p outside (0, 1]
     bad("top-p-0", C, prompt(top_p=0), 400, "top_p", "(0, 1]"),
     bad("top-p-above-1", C, prompt(top_p=1.5), 400, "top_p"),

@@ -37,8 +37,8 @@ T = TypeVar("T")
 async def decode_body(request: web.Request, type_: type[T],
                       any_content_type: bool = False) -> T:
     """The JSON body of `request` decoded into `type_`; ApiError (400/415) when it is not one
-    (415: a Content-Type not JSON, unless `any_content_type`, a Content-Encoding not gzip,
-    deflate or identity),
+    (415: a Content-Type not JSON, unless `any_content_type`, or none, with an Origin CORS
+    does not allow; a Content-Encoding not gzip, deflate or identity),
     InvalidRequest naming the field whose string holds a lone surrogate escape ("\\ud800").
     A UTF-8 byte order mark before the JSON is skipped, and JSON in UTF-16 or UTF-32 is
     read (400 when its bytes are not that encoding), as Python's json (vLLM's and
@@ -53,15 +53,26 @@ async def decode_body(request: web.Request, type_: type[T],
     an "Unhandled exception" with a traceback.
 
     `any_content_type` is for LightLLM's routes: LightLLM parses every body as JSON whatever
-    its Content-Type, so `curl -d '{"inputs": ...}'` (sent as a form) is served there. Not
-    for a request with an `Origin` header (a browser's page): a form or text/plain POST is
-    one a page of any site may send without a CORS preflight, so only a JSON Content-Type,
-    which needs the preflight that CORS (off by default) refuses, lets a page drive the
-    server."""
+    its Content-Type, so `curl -d '{"inputs": ...}'` (sent as a form) is served there.
+    A request with an `Origin` header (a browser's page, "null" from a sandboxed frame or a
+    file) that CORS does not allow needs a JSON Content-Type on every route, whatever
+    `any_content_type` says: a POST with a form's or text/plain's Content-Type, or with none
+    (a page's fetch() of an ArrayBuffer or untyped Blob), is one a page of any site may send
+    without a CORS preflight, so only a JSON Content-Type, which needs the preflight that
+    CORS (off by default) refuses, lets a page drive the server. An origin CORS allows
+    (--allowed-origins) with the request's method (--allowed-methods: a method outside it
+    has its preflight refused) may drive it anyway: its requests are read as those without
+    an Origin (curl, the SDKs), a body without a Content-Type as JSON (and any type on
+    LightLLM's routes: a page's fetch() of JSON.stringify(...) sends text/plain)."""
     ctype = request.headers.get(hdrs.CONTENT_TYPE)
-    lenient = any_content_type and hdrs.ORIGIN not in request.headers
-    if ctype is not None and not lenient and not _is_json(request.content_type):
-        raise ApiError(415, f"Content-Type must be application/json, got {ctype!r}")
+    origin = request.headers.get(hdrs.ORIGIN)
+    page = origin is not None and not state(request).allows_origin(origin, request.method)
+    checked = page or (ctype is not None and not any_content_type)
+    if checked and not _is_json(request.content_type):  # (no Content-Type: octet-stream)
+        where = (" on a request with an Origin CORS does not allow (a browser's page)"
+                 if page else "")
+        got = repr(ctype) if ctype is not None else "none"
+        raise ApiError(415, f"Content-Type must be application/json{where}, got {got}")
     coding = _content_coding(request)
     try:
         body = await _read(request, state(request).body_timeout)
@@ -112,8 +123,11 @@ async def decode_body(request: web.Request, type_: type[T],
         raise ApiError(400, "request body is not valid UTF-8") from None
     if _SURROGATE_ESCAPE.search(body):  # valid JSON syntax, but no text: name the field
         await off_loop(len(body), _check_surrogates, body)
-    raise ApiError(400, f"request body is not valid JSON: {_why(error, body, encoding)}") \
-        from None
+    # a form's fields sent to a route that reads any Content-Type (curl -d a=b, -F a=b)
+    sent_as = ("" if ctype is None or _is_json(request.content_type) else
+               f" (it is read as JSON whatever its Content-Type, here {request.content_type})")
+    raise ApiError(400, f"request body is not valid JSON{sent_as}: "
+                        f"{_why(error, body, encoding)}") from None
 
 
 async def _decoded_once(body: bytes, type_: type[T]) -> tuple[T, tuple[list[str], int]] | None:

@@ -31,7 +31,7 @@ from aiollm.api.state import ApiState, state
 from aiollm.api.usage import room
 from aiollm.engine.request_group import choice_group
 from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import SamplingParams, choice_seed
+from aiollm.sampling_params import MAX_TEMPERATURE, SamplingParams, choice_seed
 from aiollm.stop_conditions import MAX_STOP_CHARS, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS
 
 if TYPE_CHECKING:
@@ -107,8 +107,10 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         # of any other value it refuses
         raise InvalidRequest(f"top_k must be -1 (off) or an integer >= 1, got {p.top_k}",
                              param="parameters.top_k")
-    # a negative temperature stays an error even where sampling is off
-    greedy = (not p.do_sample or p.temperature < _GREEDY_BELOW) and p.temperature >= 0
+    # a temperature out of range (negative, or past MAX_TEMPERATURE) stays an error even
+    # where sampling is off: SamplingParams gets it as sent and refuses it
+    greedy = ((not p.do_sample or p.temperature < _GREEDY_BELOW)
+              and 0 <= p.temperature <= MAX_TEMPERATURE)
     return SamplingParams(
         max_tokens=p.max_new_tokens, min_tokens=_min_tokens(p),
         temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,

@@ -127,7 +127,9 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                           trust_request_chat_template=trust_request_chat_template,
                           chat_template_content_format=chat_template_content_format,
                           response_role=response_role,
-                          return_tokens_as_token_ids=return_tokens_as_token_ids)
+                          return_tokens_as_token_ids=return_tokens_as_token_ids,
+                          allowed_origins=cors.allowed_origins if cors is not None else (),
+                          allowed_methods=cors.allowed_methods if cors is not None else ("*",))
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES
                                         + lightllm_routes.ROUTES,
                                         expect_handler=_expect_handler(allowed)))

@@ -45,11 +45,24 @@ class ApiState:
     # vLLM's --return-tokens-as-token-ids: logprobs name tokens "token_id:N" unless a
     # request says otherwise (api/token_names.py)
     return_tokens_as_token_ids: bool = False
+    # the origins CORS allows (--allowed-origins; "*": any), () with CORS off: a request
+    # with another Origin needs a JSON Content-Type (api/body.py)
+    allowed_origins: tuple[str, ...] = ()
+    # the methods CORS lets those origins use (--allowed-methods; "*": any): a method outside
+    # it has its preflight refused, so such a request needs a JSON Content-Type too
+    allowed_methods: tuple[str, ...] = ("*",)
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
     _token_bytes: TokenBytes | None = None
     _fingerprint: str | None = None
+
+    def allows_origin(self, origin: str, method: str) -> bool:
+        """Whether CORS lets pages of `origin` (a request's Origin header, compared as sent,
+        as aiohttp-cors does) call the server with `method` (any case, as aiohttp-cors)."""
+        methods = {m.upper() for m in self.allowed_methods}
+        return (("*" in self.allowed_origins or origin in self.allowed_origins)
+                and ("*" in methods or method.upper() in methods))
 
     @property
     def model_name(self) -> str:

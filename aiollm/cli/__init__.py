@@ -17,8 +17,12 @@ def build_parser() -> argparse.ArgumentParser:
     from aiollm.cli.flag_spelling import ArgumentParser
     from aiollm.cli.serve_parser import add_serve_parser
 
+    from aiollm import __version__
+
     parser = ArgumentParser(prog="aiollm", description="aiollm: a one-process LLM "
                                      "inference server (OpenAI- and LightLLM-compatible HTTP).")
+    # vLLM's `vllm --version` / `-v`: the version alone, as /version answers it
+    parser.add_argument("-v", "--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     add_serve_parser(sub)
     return parser

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -21,7 +20,8 @@ import numpy as np
 
 from aiollm.engine.request import Request
 from aiollm.engine.special_tokens import encode_kept
-from aiollm.errors import ContextExceeded, InvalidRequest, Overloaded, shown
+from aiollm.errors import (ContextExceeded, InvalidRequest, Overloaded,
+                           check_unicode, shown)
 from aiollm.model.sampling_tensors import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
@@ -44,22 +44,6 @@ async def off_loop(size: int, fn: Callable[..., R], *args: Any, **kwargs: Any) -
     if size <= TOKENIZE_INLINE_CHARS:
         return fn(*args, **kwargs)
     return await asyncio.to_thread(fn, *args, **kwargs)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def check_unicode(text: str, param: str) -> None:
-    """Raise InvalidRequest naming `param` when `text` holds a lone surrogate (U+D800 to
-    U+DFFF, which a Python str can hold but UTF-8 cannot encode): the tokenizer would fail on
-    it with a TypeError that names neither the field nor the character."""
-    if text.isascii():
-        return
-    bad = _SURROGATE.search(text)
-    if bad is not None:
-        raise InvalidRequest(f"{param} is not valid Unicode: it holds the lone surrogate "
-                             f"U+{ord(bad.group()):04X} at character {bad.start()}",
-                             param=param)
 
 
 def prompt_text(prompt: Prompt) -> str | None:
