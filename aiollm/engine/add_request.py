@@ -31,14 +31,15 @@ class AddRequest:
     started and accepting flags), adds requests to Engine._requests and wakes the loop;
     requests end through Engine._finish."""
 
-    def tokenize(self, prompt: Prompt, keep_last: int | None = None) -> list[int]:
+    def tokenize(self, prompt: Prompt, keep_last: int | None = None, *,
+                 refuse_long: bool = True) -> list[int]:
         """Token ids of a prompt (text, or ids checked against the vocabulary), only its
         last `keep_last` when given; raises InvalidRequest naming "prompt" (see
-        submission.tokenize), RuntimeError before the engine was first started (no
-        tokenizer yet)."""
+        submission.tokenize; refuse_long as it takes it), RuntimeError before the engine
+        was first started (no tokenizer yet)."""
         self._check_started()
         return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len,
-                        keep_last)
+                        keep_last, refuse_long=refuse_long)
 
     def _check_started(self) -> None:
         if not self._started and self._loop_task is None:  # never started: a usage error
