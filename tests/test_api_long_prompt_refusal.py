@@ -153,6 +153,13 @@ def test_truncated_and_counted_huge_prompts_are_still_served(tiny):
             "prompt": HUGE, "max_tokens": 1, "truncate_prompt_tokens": 8})
         assert r.status == 200, await r.text()
         assert (await r.json())["usage"]["prompt_tokens"] == 8
+        r = await client.post("/v1/completions", json={  # its own tokens found for the echo
+            "prompt": HUGE, "max_tokens": 1, "truncate_prompt_tokens": 8, "echo": True,
+            "logprobs": 1})
+        assert r.status == 200, await r.text()
+        choice = (await r.json())["choices"][0]
+        echoed = "".join(choice["logprobs"]["tokens"][:8])  # the prompt's, scored
+        assert len(echoed) > 8 and HUGE.endswith(echoed) and choice["text"].startswith(echoed)
         r = await client.post("/v1/chat/completions", json={
             "messages": [{"role": "user", "content": HUGE}], "max_tokens": 1,
             "truncate_prompt_tokens": 8})
