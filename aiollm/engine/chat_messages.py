@@ -6,13 +6,14 @@ field (`messages[1].content[0]`).
 Refused: a role outside OpenAI's (a template would render it anyway, and the model answer as
 if it were a turn), content that is not text or text parts (or, an assistant's, refusal
 parts), a message without content (only an assistant's tool calls stand in for it; an empty
-list of parts is taken as vLLM takes it, an empty turn), tool calls anywhere but on an assistant message or malformed, a tool
-message without the id of the call it answers. The form: developer (OpenAI's newer name of
-system, which templates do not know) as system, content a string as given or a list of text
-parts ({"type": "text", "text": ...}: refusal parts and plain strings among them made text
-parts), no content (an assistant's with tool calls) as an empty list of parts, a call's JSON arguments as the object templates
-render themselves. The content reaches the template in the form content_format.py resolves:
-the parts joined by "\n" into one string (vLLM's "string" format, no content as ""), or the
+list of parts is taken as vLLM takes it, an empty turn), tool calls anywhere but on an
+assistant message or malformed, a tool message without the id of the call it answers. The
+form: developer (OpenAI's newer name of system, which templates do not know) as system,
+content a string as given or a list of text parts ({"type": "text", "text": ...}: refusal
+parts and plain strings among them made text parts), no content (an assistant's with tool
+calls) as an empty list of parts, a call's JSON arguments as the object templates render
+themselves. The content reaches the template in the form content_format.py resolves: the
+parts joined by "\n" into one string (vLLM's "string" format, no content as ""), or the
 list (its "openai" format, a string as one text part).
 """
 
