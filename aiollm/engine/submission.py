@@ -121,8 +121,9 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     surrogate in the text, a bad id (the message says which), or ids that alone exceed
     max_model_len (tokens; a prompt of exactly max_model_len is checked with its max_tokens
     by check_request). keep_last: only the prompt's last that many tokens are kept (see
-    kept_prompt_tokens), before the length is checked: of text, its special tokens (a BOS) kept and its own tokens cut, as
-    vLLM's tokenizer truncates it (encode_kept); of ids, their last keep_last.
+    kept_prompt_tokens), before the length is checked: of text, its special tokens (a BOS)
+    kept and its own tokens cut, as vLLM's tokenizer truncates it (encode_kept); of ids,
+    their last keep_last.
     refuse_long (without keep_last): text that cannot be max_model_len tokens or fewer is
     refused before it is encoded (check_fewest_tokens); False where the caller takes it
     longer (it truncates the ids after)."""
