@@ -121,3 +121,17 @@ def test_no_bound_for_word_models_or_fused_unknowns():
     no_unk = Tokenizer(models.BPE({"a": 0}, []))  # drops what it does not know
     assert floor_of(Wrapped(no_unk)) is None and Wrapped(no_unk).encode("xyz") == []
     assert floor_of(object()) is None  # a slow tokenizer: no tokenizers backend
+
+
+@pytest.mark.parametrize("affix, text", [({"continuing_subword_prefix": "##"}, "a" * 1000),
+                                         ({"end_of_word_suffix": "</w>"}, "a." * 500)])
+def test_a_byte_level_bpe_with_an_affix_may_drop_whole_words(affix, text):
+    """A byte-level BPE without an unknown token looks a character up with its prefix (not
+    a word's first) or suffix (its last): where that form is not in the vocabulary it is
+    dropped though the bare one is there. "aaa…" was one token (only the first "a" kept)
+    and "a.a.…" none, yet the bound said hundreds."""
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["##b"] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab, [], **affix))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    assert fewest_tokens(Wrapped(tok), text) <= len(Wrapped(tok).encode(text))

@@ -22,7 +22,9 @@ Why ceil(C / K) is a lower bound, step by step through the tokenizers pipeline:
   merged, a continuing-subword prefix or end-of-word suffix only longer), provided no
   character is fused away and none dropped: byte fallback with all 256 byte tokens, or
   (BPE) an unknown token that is not fused (each unknown character one token), or every
-  byte-level character in the vocabulary. A byte-level BPE without an unknown token drops
+  byte-level character in the vocabulary (and no continuing-subword prefix or end-of-word
+  suffix, with which a character is looked up: "##a" missing drops each "a" but a word's
+  first). A byte-level BPE without an unknown token drops
   the bytes missing from its vocabulary (SmolLM2's: six ASCII control characters, and
   lead bytes no UTF-8 text or only planes 4-11 use): where every continuation byte is
   there, a character of several bytes keeps one, and only the one-byte characters missing
@@ -206,8 +208,9 @@ def _model_floor(model: dict, byte_level: bool) -> tuple[int, str] | None:
     if (model.get("byte_fallback") and all(f"<0x{b:02X}>" in vocab for b in range(256))
             or unk_ok):
         return longest, ""
-    if not byte_level:
-        return None
+    if not byte_level or model.get("continuing_subword_prefix") or model.get(
+            "end_of_word_suffix"):
+        return None  # a character is looked up with the affix: its bare form is not enough
     chars = _byte_chars()
     missing = [b for b in range(256) if chars[b] not in vocab]
     if kind != "BPE" and missing or any(b in _CONTINUATION_BYTES for b in missing):
