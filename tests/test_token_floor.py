@@ -5,12 +5,13 @@ special-token texts, characters the vocabulary drops, decomposed characters NFC 
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 import unicodedata
 
 import pytest
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from aiollm.engine.token_floor import NFC_SHRINK, floor_of, floor_of_spec, fewest_tokens
 from aiollm.model import load_serving_tokenizer
@@ -80,8 +81,6 @@ def test_an_nfc_normalizer_counts_four_characters_a_token_can_join():
 
 
 def _spec_with(tok: Tokenizer, **changes) -> dict:
-    import json
-
     spec = json.loads(tok.to_str())
     spec.update(changes)
     return spec
@@ -135,3 +134,16 @@ def test_a_byte_level_bpe_with_an_affix_may_drop_whole_words(affix, text):
     tok = Tokenizer(models.BPE(vocab, [], **affix))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     assert fewest_tokens(Wrapped(tok), text) <= len(Wrapped(tok).encode(text))
+
+
+def test_an_added_token_matched_after_the_normalizer_counts_its_normalized_length():
+    """Lowercase makes "İ" two characters ("i̇"): an added token "İ" matched in the normalized
+    text is one token standing for those two, which the raw text may hold as such (its raw
+    content's one character would make the bound twice the count)."""
+    tok = Tokenizer(models.BPE({"?": 0, "i": 1, "\u0307": 2}, [], unk_token="?"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.add_tokens([AddedToken("\u0130", normalized=True)])
+    text = "i\u0307" * 500
+    assert len(Wrapped(tok).encode(text)) == 500
+    assert fewest_tokens(Wrapped(tok), text) <= 500
+
