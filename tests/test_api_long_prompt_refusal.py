@@ -177,3 +177,27 @@ def test_truncated_and_counted_huge_prompts_are_still_served(tiny):
         assert len(out.prompt_token_ids) == 8
 
     serve(tiny, check)
+
+
+def test_counting_a_huge_prompt_is_never_refused(tiny):
+    """Engine.tokenize (public: a caller counts a text's tokens with it, as vLLM's
+    /tokenize counts any length), Engine.render_chat and /tokenize of messages count a
+    prompt past the context: only generating from it is refused. Engine.tokenize(HUGE)
+    raised ContextExceeded once the early refusal was wired into it."""
+    async def check(client, engine, spy):
+        assert len(engine.tokenize(HUGE)) > 100 * MAX_MODEL_LEN
+        assert len(engine.tokenize({"prompt": HUGE})) > 100 * MAX_MODEL_LEN
+        ids, _ = engine.render_chat([{"role": "user", "content": HUGE}])
+        assert len(ids) > 100 * MAX_MODEL_LEN
+        r = await client.post("/tokenize", json={
+            "messages": [{"role": "user", "content": HUGE}]})
+        assert r.status == 200, await r.text()
+        assert (await r.json())["count"] > 100 * MAX_MODEL_LEN
+        r = await client.post("/tokens", json={"text": HUGE})  # LightLLM's count
+        assert r.status == 200, await r.text()
+        spy.lengths.clear()
+        with pytest.raises(ContextExceeded, match="the prompt has at least"):
+            engine.stream(HUGE)  # the engine's defaults: generating, so refused early
+        assert not spy.saw(len(HUGE))
+
+    serve(tiny, check)

@@ -161,5 +161,5 @@ class EngineAPI:
     def _with_defaults(self, prompt: Prompt) -> tuple[list[int], SamplingParams]:
         """The prompt's ids and the params of a call given none for it: default_params()
         with the generation config's length within the context the prompt leaves."""
-        ids = self.tokenize(prompt)
+        ids = self.tokenize(prompt, refuse_long=True)  # generated from: refused when too long
         return ids, default_length_within(self.default_params(), len(ids), self.max_model_len)
