@@ -147,3 +147,28 @@ def test_an_added_token_matched_after_the_normalizer_counts_its_normalized_lengt
     assert len(Wrapped(tok).encode(text)) == 500
     assert fewest_tokens(Wrapped(tok), text) <= 500
 
+
+
+class CountedText(str):
+    """A text that records each count() made of it (TokenFloor.fewest counts the dropped
+    characters, one pass over the text each)."""
+
+    counts = 0
+
+    def count(self, *args):
+        CountedText.counts += 1
+        return super().count(*args)
+
+
+def test_a_long_text_that_may_fit_is_not_read(default_tokenizer):
+    """A text whose characters over the longest token fit the context cannot be refused,
+    whatever it drops: it is passed without a pass over it per dropped character (six for
+    the default tokenizer: a megabyte prompt that fits paid them for nothing)."""
+    from aiollm.engine.submission import check_fewest_tokens
+
+    assert floor_of(default_tokenizer).dropped  # the default tokenizer drops some
+    text = CountedText("x" * 81 * 100)
+    check_fewest_tokens(default_tokenizer, text, 100)
+    assert CountedText.counts == 0
+    with pytest.raises(Exception, match="at least 101 tokens"):
+        check_fewest_tokens(default_tokenizer, CountedText(text + "x"), 100)

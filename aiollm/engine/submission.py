@@ -195,10 +195,11 @@ def check_fewest_tokens(tokenizer, text: str, most: int) -> None:
     bound read off the vocabulary, no encoding), so that a prompt the context could never
     hold is refused at once rather than after seconds of tokenizing: the same refusal the
     length check after tokenizing gives it. Where no bound is proven, nothing is checked.
-    Reads the text (milliseconds per 16 MB): call it where the text would be encoded."""
+    Reads the text only where its characters over the longest token pass `most`
+    (milliseconds per 16 MB): call it where the text would be encoded."""
     if len(text) <= most:  # the fewest tokens are at most the characters
         return
-    fewest = fewest_tokens(tokenizer, text)
+    fewest = fewest_tokens(tokenizer, text, most)  # read only where it may be refused
     if fewest > most:
         raise too_long(fewest, most, at_least=True)
 
