@@ -5,7 +5,13 @@ A prompt whose fewest tokens already pass the context is refused before the toke
 runs: a 16 MiB prompt held a tokenizer thread (and a CPU core) for seconds, and its
 memory, only to be refused (submission.check_fewest_tokens).
 
-Why ceil(C / K) is a lower bound, step by step through the tokenizers pipeline:
+Units: C and K count characters, Python str's (Unicode code points); a byte-level
+vocabulary string is one character per UTF-8 byte, so at least as many as the text's
+characters it stands for, and K read off it is never too small. Tokens are the ids encode
+returns.
+
+Why ceil(C / K) is a lower bound, step by step through the tokenizers library's encode
+pipeline (https://huggingface.co/docs/tokenizers/pipeline):
 - added tokens are cut out of the raw text first; each stands for its own content's
   characters (its normalized content's, where it is matched after the normalizer). One with
   lstrip or rstrip also takes any run of whitespace beside it: no bound (None);
@@ -24,13 +30,12 @@ Why ceil(C / K) is a lower bound, step by step through the tokenizers pipeline:
   (BPE) an unknown token that is not fused (each unknown character one token), or every
   byte-level character in the vocabulary (and no continuing-subword prefix or end-of-word
   suffix, with which a character is looked up: "##a" missing drops each "a" but a word's
-  first). A byte-level BPE without an unknown token drops
-  the bytes missing from its vocabulary (SmolLM2's: six ASCII control characters, and
-  lead bytes no UTF-8 text or only planes 4-11 use): where every continuation byte is
-  there, a character of several bytes keeps one, and only the one-byte characters missing
-  are dropped whole; those are not counted in C (without a normalizer, which could make
-  them of others). WordPiece and WordLevel give one [UNK] for a whole word of any
-  length: None;
+  first). A byte-level BPE without an unknown token drops the bytes missing from its
+  vocabulary (SmolLM2's: six ASCII control characters, and lead bytes no UTF-8 text or
+  only planes 4-11 use): where every continuation byte is there, a character of several
+  bytes keeps one, and only the one-byte characters missing are dropped whole; those are
+  not counted in C (without a normalizer, which could make them of others). WordPiece
+  and WordLevel give one [UNK] for a whole word of any length: None;
 - the post-processor only adds tokens (a BOS); a truncation set in the file (which
   encode would apply) makes the count no measure: None.
 Where any step is not one of these, the bound is not applied (fewest_tokens is 0).
