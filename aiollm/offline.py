@@ -176,9 +176,13 @@ class LLM:
             tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
         prompts = []
         for i, conversation in enumerate(conversations):
+            # one the context cannot hold is refused before it is encoded, as Engine.chat
+            # refuses it (a list of params of another length is refused by _generate)
+            each = (params[i] if isinstance(params, (list, tuple)) and i < len(params)
+                    else params)
             try:
                 prompts.append(self.engine.render_chat(checked_messages(conversation), tools,
-                                                       template)[0])
+                                                       template, most=self._most(each))[0])
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
@@ -190,6 +194,13 @@ class LLM:
             for choice in (out, *out.other_choices):
                 choice.prompt = text
         return outs
+
+    def _most(self, params: object) -> int | None:
+        """The most tokens a conversation generated from with `params` may render to
+        (render_chat's most): the context, None where truncate_prompt_tokens cuts it."""
+        if getattr(params, "truncate_prompt_tokens", None) is not None:
+            return None
+        return self.engine.max_model_len
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

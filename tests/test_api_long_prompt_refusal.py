@@ -18,7 +18,7 @@ from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
-from aiollm.errors import ContextExceeded
+from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
 MAX_MODEL_LEN = 256
@@ -201,3 +201,27 @@ def test_counting_a_huge_prompt_is_never_refused(tiny):
         assert not spy.saw(len(HUGE))
 
     serve(tiny, check)
+
+
+def test_llm_refuses_a_huge_prompt_untokenized(tiny):
+    """LLM.generate and LLM.chat refuse a prompt the context can never hold before the
+    tokenizer sees it, as Engine.generate and Engine.chat do; a conversation that
+    truncate_prompt_tokens cuts is still rendered whole and served. LLM.chat rendered every
+    conversation without the bound: a megabyte was encoded only to be refused."""
+    from aiollm.offline import LLM
+
+    with LLM(tiny, load_format="dummy", kv_tokens=512) as llm:
+        spy = EncodeSpy(llm.get_tokenizer())
+        params = SamplingParams(max_tokens=1)
+        with pytest.raises(InvalidRequest, match=r"prompts\[1\]: the prompt has at least"):
+            llm.generate(["Hi", HUGE], params)
+        huge = [{"role": "user", "content": HUGE}]
+        with pytest.raises(InvalidRequest,
+                           match=r"conversations\[1\]: the prompt has at least"):
+            llm.chat([[{"role": "user", "content": "Hi"}], huge], params)
+        with pytest.raises(InvalidRequest,
+                           match=r"conversations\[0\]: the prompt has at least"):
+            llm.chat(huge, [params])  # one params per conversation
+        assert not spy.saw(len(HUGE)), spy.lengths
+        out = llm.chat(huge, SamplingParams(max_tokens=1, truncate_prompt_tokens=8))
+        assert len(out[0].prompt_token_ids) == 8
