@@ -177,12 +177,11 @@ class LLM:
         prompts = []
         for i, conversation in enumerate(conversations):
             # one the context cannot hold is refused before it is encoded, as Engine.chat
-            # refuses it (a list of params of another length is refused by _generate)
-            each = (params[i] if isinstance(params, (list, tuple)) and i < len(params)
-                    else params)
+            # refuses it
+            most = self._most(params, i, len(conversations))
             try:
                 prompts.append(self.engine.render_chat(checked_messages(conversation), tools,
-                                                       template, most=self._most(each))[0])
+                                                       template, most=most)[0])
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
@@ -195,9 +194,15 @@ class LLM:
                 choice.prompt = text
         return outs
 
-    def _most(self, params: object) -> int | None:
-        """The most tokens a conversation generated from with `params` may render to
-        (render_chat's most): the context, None where truncate_prompt_tokens cuts it."""
+    def _most(self, params: object, i: int, n: int) -> int | None:
+        """The most tokens conversation i of n, generated from with `params` (one for all,
+        or a list of one each), may render to (render_chat's most): the context; None
+        where truncate_prompt_tokens cuts it, or where a list of params of another length
+        leaves it unknown (_generate refuses that list, naming params)."""
+        if isinstance(params, (list, tuple)):
+            if len(params) != n:
+                return None
+            params = params[i]
         if getattr(params, "truncate_prompt_tokens", None) is not None:
             return None
         return self.engine.max_model_len

@@ -225,3 +225,6 @@ def test_llm_refuses_a_huge_prompt_untokenized(tiny):
         assert not spy.saw(len(HUGE)), spy.lengths
         out = llm.chat(huge, SamplingParams(max_tokens=1, truncate_prompt_tokens=8))
         assert len(out[0].prompt_token_ids) == 8
+        # a list of params of another length is named as such, as before the bound
+        with pytest.raises(InvalidRequest, match=r"params holds 2 SamplingParams for 1"):
+            llm.chat(huge, [params, params])
