@@ -176,9 +176,12 @@ class LLM:
             tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
         prompts = []
         for i, conversation in enumerate(conversations):
+            # one the context cannot hold is refused before it is encoded, as Engine.chat
+            # refuses it
+            most = self._most(params, i, len(conversations))
             try:
                 prompts.append(self.engine.render_chat(checked_messages(conversation), tools,
-                                                       template)[0])
+                                                       template, most=most)[0])
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
@@ -190,6 +193,19 @@ class LLM:
             for choice in (out, *out.other_choices):
                 choice.prompt = text
         return outs
+
+    def _most(self, params: object, i: int, n: int) -> int | None:
+        """The most tokens conversation i of n, generated from with `params` (one for all,
+        or a list of one each), may render to (render_chat's most): the context; None
+        where truncate_prompt_tokens cuts it, or where a list of params of another length
+        leaves it unknown (_generate refuses that list, naming params)."""
+        if isinstance(params, (list, tuple)):
+            if len(params) != n:
+                return None
+            params = params[i]
+        if getattr(params, "truncate_prompt_tokens", None) is not None:
+            return None
+        return self.engine.max_model_len
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

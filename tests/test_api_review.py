@@ -36,9 +36,9 @@ BAD_MESSAGES = [
     # vLLM's thinking part would be the model's reasoning read as what it said
     ([*HI, {"role": "assistant", "content": [{"type": "thinking", "thinking": "hm"}]}],
      "messages[1].content[0].type"),
-    # OpenAI refuses an empty list of parts (it rendered an empty turn)
-    ([{"role": "user", "content": []}], "messages[0].content"),
-    ([*HI, {"role": "assistant", "content": []}], "messages[1].content"),
+    # no content (an empty list of parts is an empty turn, as vLLM takes it)
+    ([{"role": "user", "content": None}], "messages[0].content"),
+    ([*HI, {"role": "assistant"}], "messages[1].content"),
 ]
 IMAGE = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
 # content one walker (engine/content_parts.py) reads for chat's messages and the Responses
@@ -303,13 +303,33 @@ def test_empty_text_parts_are_left_out_of_the_join_as_vllm_does(server):
         assert tokens(["", "a", ""], role) == tokens("a", role), role
 
 
+def test_an_empty_list_of_parts_is_an_empty_turn_as_in_vllm(server):
+    """`"content": []` renders as content "" (the default template reads a string), in
+    every role, as vLLM takes it (its parts joined: ""); a chat of it is answered. It was a
+    400 ("content is required"), which vLLM's clients never see."""
+    def tokens(content, role):
+        message = {"role": role, "content": content, "tool_call_id": "c"}
+        status, _, raw = http(server, "POST", "/tokenize", json={"messages": [*HI, message]})
+        assert status == 200, raw
+        return json.loads(raw)["tokens"]
+
+    for role in ("user", "system", "developer", "tool", "assistant"):
+        assert tokens([], role) == tokens("", role), role
+    for messages in ([{"role": "user", "content": []}],
+                     [{"role": "system", "content": []}, *HI]):
+        status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+            "messages": messages, "max_tokens": 1})
+        assert status == 200, raw
+    server.wait_idle()
+
+
 @pytest.mark.parametrize("role, words", [("user", "for a user message"),
                                          ("system", "for a system message"),
                                          ("assistant", "for an assistant message")])
 def test_missing_content_reads_right_for_each_role(server, role, words):
     """The 400 for a message without content names its role in plain English: it said
     "an user message" (the article was picked by the first letter)."""
-    messages = [*HI, {"role": role, "content": []}]
+    messages = [*HI, {"role": role}]
     status, _, raw = http(server, "POST", "/tokenize", json={"messages": messages})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == "messages[1].content", raw

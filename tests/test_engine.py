@@ -1009,20 +1009,21 @@ def test_long_prompt_text_is_tokenized_off_the_loop(loop, engine):
     """generate() encodes text past TOKENIZE_INLINE_CHARS on a worker thread, as the HTTP API
     does, and chat() a long conversation: the loop keeps ticking while a megabyte prompt is
     encoded (each held the loop for the whole encode), and a long prompt that fits gets the
-    ids tokenize() gives."""
+    ids tokenize() gives. (Cut to its last tokens, truncate_prompt_tokens: whole, the
+    context could not hold it, and it is refused before it is encoded.)"""
     text = " ".join(f"word{i % 5000} w" for i in range(120_000))  # ~1.4 MB
     t0 = time.perf_counter()
-    n = len(engine.tokenize(text))
+    engine.tokenize(text, 8)
     encode_s = time.perf_counter() - t0
     assert encode_s > 0.2, encode_s  # long enough to see the loop held
+    cut = SamplingParams(max_tokens=1, truncate_prompt_tokens=8)
 
-    async def refused():
-        with pytest.raises(InvalidRequest, match=f"has {n} tokens"):  # then refused
-            await engine.generate(text, SamplingParams(max_tokens=1))
-        with pytest.raises(InvalidRequest, match="tokens"):  # a conversation: likewise
-            await engine.chat([{"role": "user", "content": text}], SamplingParams(max_tokens=1))
+    async def served():
+        assert (await engine.generate(text, cut)).prompt_tokens == 8
+        out = await engine.chat([{"role": "user", "content": text}], cut)  # likewise
+        assert out.prompt_tokens == 8
 
-    gap = run(loop, _longest_loop_gap(refused))
+    gap = run(loop, _longest_loop_gap(served))
     assert gap < encode_s / 4, (gap, encode_s)
     # past TOKENIZE_INLINE_CHARS (512), so tokenized on a worker thread: 689 characters, 290
     # tokens to prefill twice (2,589 characters and 1,090 tokens took 10 s on a 2-core CPU)
@@ -1100,7 +1101,8 @@ def test_requests_still_tokenizing_when_stop_ends_get_overloaded(loop):
     with pytest.raises(RuntimeError, match="not started"):
         eng.stream([1, 2], SamplingParams())
     text = " ".join(f"word{i % 5000} w" for i in range(120_000))  # ~1.4 MB: ~1 s to encode
-    params = SamplingParams(max_tokens=1)
+    # cut to its last tokens: whole, it were refused before it is encoded
+    params = SamplingParams(max_tokens=1, truncate_prompt_tokens=8)
 
     async def scenario():
         await eng.start()

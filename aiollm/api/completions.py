@@ -221,8 +221,9 @@ async def _own_tokens(st: ApiState, prompt: str | list[int], ids: list[int]
     for token ids, or where `ids` hold them neither way."""
     if not isinstance(prompt, str):
         return None, False
-    # "" has no own tokens (st.tokenize refuses a text of none, as generating from it)
-    written = await st.tokenize(prompt, add_special_tokens=False) if prompt else []
+    # counted, never refused: a prompt truncate_prompt_tokens cut is longer than the context,
+    # and one of a BOS alone has no own token
+    written = await st.encode(prompt, add_special_tokens=False)
     n = len(written)
     k = next((k for k in range(len(ids) - n + 1) if ids[k:k + n] == written), None)
     if k is not None:

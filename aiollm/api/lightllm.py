@@ -164,7 +164,9 @@ async def _prompt_ids(st: ApiState, req: GenerateRequest) -> list[int]:
                                  param="inputs")
         return await st.tokenize(req.inputs)
     special = req.parameters.add_special_tokens
-    ids = await st.encode(req.inputs, add_special_tokens=special)
+    # inputs the context cannot hold are refused before they are encoded
+    ids = await st.encode(req.inputs, add_special_tokens=special,
+                          most=st.engine.max_model_len)
     if not ids:
         why = "add_special_tokens is false" if not special else "the tokenizer adds no BOS"
         raise InvalidRequest(f"inputs must not be empty: the text encodes to no token ({why})",
@@ -285,7 +287,8 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
         raise InvalidRequest(f"the stream endpoint generates one sequence: {field} must be 1 "
                              f"(or left out), got {n}; /generate returns several",
                              param=f"parameters.{field}")
-    with param_names(_PARAM_NAMES):
+    # inputs past the context may be refused here, before they are encoded: in their words
+    with param_names(_PARAM_NAMES), context_told(*_NAMING):
         ids, params = await _prepare(st, req)
     special = set(st.engine.tokenizer.all_special_ids)
 

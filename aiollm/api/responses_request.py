@@ -144,13 +144,8 @@ def input_messages(value: str | list[Any]) -> list[ChatMessage]:
             if role not in _ROLES:
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
                                      f"{role!r}", param=f"{at}.role")
-            content = item.get("content")
-            # no parts: an empty turn (the model would answer a question nobody asked),
-            # refused as chat refuses it
-            if content == []:
-                raise InvalidRequest(f"{at}.content must hold at least one part (or be a "
-                                     "string)", param=f"{at}.content")
-            text = _text(content, f"{at}.content")
+            # no parts: an empty turn, taken as chat (and vLLM) take it
+            text = _text(item.get("content"), f"{at}.content")
             last = out[-1] if out else None
             # the message of a turn whose reasoning (or calls) came first: that turn's
             if role == "assistant" and last is not None and last.role == "assistant" \
@@ -227,13 +222,13 @@ def _text(content: Any, at: str) -> str | list[ContentPart]:
     """An input message's content or a call's output, at the path `at`, as text
     (content_parts.text_parts, as chat takes a message's parts): a string, or its text
     parts, which the chat template is given in the server's content format, joined or as
-    a list; no parts (a call's output: a message's are refused before) as "", the tool's
-    empty answer, as vLLM joins them. The Responses API's schema takes refusal parts in any
+    a list; no parts as "" (a message's empty turn, a call's output: the tool said
+    nothing), as vLLM joins them. The Responses API's schema takes refusal parts in any
     role's content, and no plain strings in a list."""
     parts = text_parts(content, at, refusal=True, strings=False)
     if isinstance(parts, str):
         return parts
-    if not parts:  # a call's output of no parts: the tool said nothing (a message's is refused)
+    if not parts:
         return ""
     return [ContentPart(type="text", text=p["text"]) for p in parts]
 

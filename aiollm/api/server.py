@@ -33,7 +33,7 @@ from aiollm.api.lightllm_errors import answers_as_lightllm
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
-from aiollm.engine.content_format import check_content_format
+from aiollm.engine.content_format import check_content_format, log_served_format
 from aiollm.stop_signal import Terminated
 
 if TYPE_CHECKING:
@@ -158,7 +158,10 @@ def _with_trailing_slash(routes: list[web.RouteDef], **options) -> list[web.Rout
 
 
 async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
-    async with app[STATE].engine:
+    st = app[STATE]
+    async with st.engine:
+        # once, for the served template (vLLM logs its detected format at start too)
+        log_served_format(st.chat_template_content_format, st.engine.tokenizer.chat_template)
         # Everything alive now (torch, transformers, the tokenizer, the model: some 10^5-10^6
         # objects) stays alive while serving. Moving it out of the collector's reach keeps a
         # full collection, which would otherwise walk all of it and stall every stream for

@@ -16,7 +16,8 @@ from aiollm.api.http_errors import ApiError
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.special_tokens import encode_kept, with_special_tokens
-from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, of_some_tokens, off_loop
+from aiollm.engine.submission import (TOKENIZE_INLINE_CHARS, check_fewest_tokens,
+                                      of_some_tokens, off_loop)
 from aiollm.errors import naming_batch_item
 
 if TYPE_CHECKING:
@@ -127,22 +128,25 @@ class ApiState:
         checked by the engine, as is an empty list; text that encodes to no token is
         refused (of_some_tokens: "" without a BOS added); only the last `keep_last` when
         given (vLLM's truncate_prompt_tokens: text keeps the special tokens the tokenizer
-        adds, encode_kept)."""
+        adds, encode_kept). Without keep_last, text that cannot fit the context is refused
+        before it is encoded (encode's `most`), as the engine refuses it once encoded."""
         if isinstance(prompt, str):
+            most = self.engine.max_model_len if keep_last is None else None
             return of_some_tokens(await self.encode(prompt,
                                                     add_special_tokens=add_special_tokens,
-                                                    keep_last=keep_last))
+                                                    keep_last=keep_last, most=most))
         # ids are checked
         return await off_loop(len(prompt), self.engine.tokenize, prompt, keep_last)
 
     async def encode(self, text: str, *, add_special_tokens: bool = True,
-                     keep_last: int | None = None) -> list[int]:
+                     keep_last: int | None = None, most: int | None = None) -> list[int]:
         """The token ids the tokenizer makes of `text` (off the event loop when long), none
         at all where it gives none ("" or whitespace it drops, without a BOS): what
         /tokenize and /tokens count; a prompt to generate from is `tokenize`'s, which
-        refuses no token."""
-        return await off_loop(len(text), encode_kept, self.engine.tokenizer, text,
-                              add_special_tokens, keep_last)
+        refuses no token. most: text that cannot be that many tokens or fewer is refused
+        before it is encoded (submission.check_fewest_tokens: ContextExceeded)."""
+        return await off_loop(len(text), _encoded, self.engine.tokenizer, text,
+                              add_special_tokens, keep_last, most)
 
     async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]],
                              keep_last: int | None = None, add_special_tokens: bool = True
@@ -162,10 +166,11 @@ class ApiState:
         def all_of_them() -> list[list[int]]:
             out = []
             tokenizer = self.engine.tokenizer
+            most = self.engine.max_model_len if keep_last is None else None
             for i, p in enumerate(prompts):
                 with naming_batch_item("prompt", i):
-                    out.append(of_some_tokens(encode_kept(tokenizer, p, add_special_tokens,
-                                                          keep_last))
+                    out.append(of_some_tokens(_encoded(tokenizer, p, add_special_tokens,
+                                                       keep_last, most))
                                if isinstance(p, str)
                                else self.engine.tokenize(p, keep_last))
             return out
@@ -177,7 +182,8 @@ class ApiState:
 
     async def render_chat(self, messages: list[dict], tools: list[dict],
                           template: TemplateOptions, add_special_tokens: bool = False,
-                          keep_last: int | None = None) -> tuple[list[int], list[dict]]:
+                          keep_last: int | None = None, most: int | None = None
+                          ) -> tuple[list[int], list[dict]]:
         """(token ids, the messages rendered) of a conversation with its checked `tools`,
         rendered as `template` says (Engine.render_chat: the same prompt as the Python
         API's chat for the same messages and tools), off the event loop when long (the
@@ -188,12 +194,21 @@ class ApiState:
         (with_special_tokens), the rendered ones cut from the left as vLLM cuts them."""
         ids, shown = await off_loop(rendered_size(messages, tools, template),
                                     self.engine.render_chat,
-                                    messages, tools, template)
+                                    messages, tools, template, most=most)
         if add_special_tokens:
             ids = with_special_tokens(self.engine.tokenizer, ids, keep_last)
         elif keep_last:
             ids = ids[-keep_last:]
         return ids, shown
+
+
+def _encoded(tokenizer, text: str, add_special_tokens: bool, keep_last: int | None,
+             most: int | None) -> list[int]:
+    """encode_kept's ids of `text`, refused first (check_fewest_tokens) where it cannot be
+    `most` tokens or fewer (None: not checked): on the thread that would encode it."""
+    if most is not None:
+        check_fewest_tokens(tokenizer, text, most)
+    return encode_kept(tokenizer, text, add_special_tokens, keep_last)
 
 
 STATE = web.AppKey("aiollm_state", ApiState)

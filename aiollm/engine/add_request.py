@@ -31,14 +31,17 @@ class AddRequest:
     started and accepting flags), adds requests to Engine._requests and wakes the loop;
     requests end through Engine._finish."""
 
-    def tokenize(self, prompt: Prompt, keep_last: int | None = None) -> list[int]:
+    def tokenize(self, prompt: Prompt, keep_last: int | None = None, *,
+                 refuse_long: bool = False) -> list[int]:
         """Token ids of a prompt (text, or ids checked against the vocabulary), only its
         last `keep_last` when given; raises InvalidRequest naming "prompt" (see
         submission.tokenize), RuntimeError before the engine was first started (no
-        tokenizer yet)."""
+        tokenizer yet). Text of any length is counted (a caller counts tokens with it, as
+        with vLLM's /tokenize); refuse_long (generation's paths): text the context cannot
+        hold is refused before it is encoded (submission.tokenize's refuse_long)."""
         self._check_started()
         return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len,
-                        keep_last)
+                        keep_last, refuse_long=refuse_long)
 
     def _check_started(self) -> None:
         if not self._started and self._loop_task is None:  # never started: a usage error
@@ -94,7 +97,7 @@ class AddRequest:
         """_checked's part that reads only the model and the tokenizer (any thread)."""
         checked_params(params)
         ids = self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
-                                                       self.max_model_len))
+                                                       self.max_model_len), refuse_long=True)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         if params.constraint is not None:  # allowed_token_ids, logit_bias in the vocabulary
             self.grammars.check(params.constraint, params.min_tokens, params.stop_token_ids)

@@ -7,7 +7,6 @@ the template's rendering chat_template.py's.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 from aiollm.engine.cache_salt import checked_salt
@@ -17,7 +16,7 @@ from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, render
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.submission import off_loop
-from aiollm.errors import InvalidRequest
+from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
 
@@ -28,20 +27,24 @@ class ChatAPI:
     to EngineAPI's generate() and stream()."""
 
     def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None,
-                    template: TemplateOptions | None = None) -> list[int]:
+                    template: TemplateOptions | None = None, *, most: int | None = None
+                    ) -> list[int]:
         """Token ids of a conversation with the chat template applied as `template` says
         (default: the assistant's turn opened); control-token text in message content stays
         plain text unless config.special_tokens_in_content. `messages` as the template takes
-        them: chat() and the HTTP API check and shape theirs first (chat_messages.py)."""
+        them: chat() and the HTTP API check and shape theirs first (chat_messages.py).
+        most: a rendering that cannot be that many tokens or fewer is refused before it is
+        encoded (chat_token_ids)."""
         self._check_started()
         if self._content_specials is None:
             self._content_specials = ([] if self.config.special_tokens_in_content
                                       else special_texts(self.tokenizer))
         return chat_token_ids(self.tokenizer, messages, tools, specials=self._content_specials,
-                              options=template)
+                              options=template, most=most)
 
     def render_chat(self, messages: list[dict], tools: list[dict] | None = None,
-                    template: TemplateOptions | None = None) -> tuple[list[int], list[dict]]:
+                    template: TemplateOptions | None = None, *, most: int | None = None
+                    ) -> tuple[list[int], list[dict]]:
         """(token ids, the messages rendered) of a conversation as every chat of aiollm
         renders it (the HTTP API, chat(), LLM.chat), under `template`'s options and its
         chat_template if it gives one: `messages` as chat_messages.checked_messages gives
@@ -50,14 +53,20 @@ class ChatAPI:
         calls, in the messages (chat_tools.tool_renderings), and one that refuses a system
         turn, at the head of the first user message. InvalidRequest as chat_prompt raises
         it (the last rendering's, when the template takes none); ChatTemplateError when the
-        template does not compile."""
+        template does not compile. most: a rendering that cannot be that many tokens or
+        fewer is refused (ContextExceeded naming "prompt") before it is encoded, as
+        generating from its ids would refuse them (None: never: /tokenize counts it)."""
         source = (template.chat_template if isinstance(template, TemplateOptions) else None)
         *first, last = tool_renderings(messages, tools or [],
                                        source or self.tokenizer.chat_template)
         for shown in first:
-            with contextlib.suppress(InvalidRequest):
-                return self.chat_prompt(shown, tools or None, template), shown
-        return self.chat_prompt(last, tools or None, template), last
+            try:
+                return self.chat_prompt(shown, tools or None, template, most=most), shown
+            except ContextExceeded:  # the template took it: it is too long, not refused
+                raise
+            except InvalidRequest:
+                continue
+        return self.chat_prompt(last, tools or None, template, most=most), last
 
     async def chat(self, messages: list[dict], params: SamplingParams | None = None,
                    template: TemplateOptions | None = None,
@@ -73,7 +82,7 @@ class ChatAPI:
         takes it (checked before the messages are rendered)."""
         checked_salt(cache_salt)
         ids = await off_loop(rendered_size(messages, tools, template), self._chat_ids, messages,
-                             template, tools)
+                             template, tools, self._most(params))
         return await self.generate(ids, params, cache_salt=cache_salt)
 
     def stream_chat(self, messages: list[dict], params: SamplingParams | None = None,
@@ -83,13 +92,20 @@ class ChatAPI:
         """stream() on a conversation under the chat template, with `tools`, checked and
         rendered as chat() checks and renders them; `cache_salt` as generate() takes it."""
         checked_salt(cache_salt)
-        return self.stream(self._chat_ids(messages, template, tools), params,
-                           cache_salt=cache_salt)
+        return self.stream(self._chat_ids(messages, template, tools, self._most(params)),
+                           params, cache_salt=cache_salt)
 
     def _chat_ids(self, messages: list[dict], template: TemplateOptions | None,
-                  tools: list[dict] | None) -> list[int]:
+                  tools: list[dict] | None, most: int | None) -> list[int]:
         self._check_started()  # a usage error before any complaint about the messages
         messages = checked_messages(messages)
         if tools is not None:
             tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
-        return self.render_chat(messages, tools, template)[0]
+        return self.render_chat(messages, tools, template, most=most)[0]
+
+    def _most(self, params: SamplingParams | None) -> int | None:
+        """The most tokens a conversation may render to under `params` (render_chat's
+        most): the context, None where truncate_prompt_tokens will cut it."""
+        if getattr(params, "truncate_prompt_tokens", None) is not None:
+            return None
+        return self.max_model_len if self._started else None

@@ -5,14 +5,15 @@ field (`messages[1].content[0]`).
 
 Refused: a role outside OpenAI's (a template would render it anyway, and the model answer as
 if it were a turn), content that is not text or text parts (or, an assistant's, refusal
-parts), a message without content or with an empty list of parts (only an assistant's tool
-calls stand in for it), tool calls anywhere but on an assistant message or malformed, a tool
-message without the id of the call it answers. The form: developer (OpenAI's newer name of
-system, which templates do not know) as system, content a string as given or a list of text
-parts ({"type": "text", "text": ...}: refusal parts and plain strings among them made text
-parts), no content as an empty list of parts, a call's JSON arguments as the object templates
-render themselves. The content reaches the template in the form content_format.py resolves:
-the parts joined by "\n" into one string (vLLM's "string" format, no content as ""), or the
+parts), a message without content (only an assistant's tool calls stand in for it; an empty
+list of parts is taken as vLLM takes it, an empty turn), tool calls anywhere but on an
+assistant message or malformed, a tool message without the id of the call it answers. The
+form: developer (OpenAI's newer name of system, which templates do not know) as system,
+content a string as given or a list of text parts ({"type": "text", "text": ...}: refusal
+parts and plain strings among them made text parts), no content (an assistant's with tool
+calls) as an empty list of parts, a call's JSON arguments as the object templates render
+themselves. The content reaches the template in the form content_format.py resolves: the
+parts joined by "\n" into one string (vLLM's "string" format, no content as ""), or the
 list (its "openai" format, a string as one text part).
 """
 
@@ -61,11 +62,10 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
                                   and all(isinstance(c, dict) for c in calls)):
         raise InvalidRequest(f"{at}.tool_calls must be a list of objects",
                              param=f"{at}.tool_calls")
-    if m.get("content") in (None, []) and not (role == "assistant" and calls):
-        # OpenAI refuses an empty list of parts as it refuses no content: the turn would
-        # render empty, and the model answer a question nobody asked
-        given = ("an empty list of content parts" if m.get("content") == [] else
-                 "null" if "content" in m else "missing")
+    if m.get("content") is None and not (role == "assistant" and calls):
+        # an empty list of parts is taken, as vLLM takes it (an empty turn: "" or no parts,
+        # as the content format gives it); no content at all is likelier a client's slip
+        given = "null" if "content" in m else "missing"
         raise InvalidRequest(f"{at}.content is required for {_article(role)} {role} message, "
                              f"got {given} (only an assistant message with tool_calls may "
                              "omit it)", param=f"{at}.content")

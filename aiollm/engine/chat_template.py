@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiollm.engine.content_format import (check_content_format, formed_messages,
                                           resolve_content_format)
-from aiollm.engine.submission import check_unicode
+from aiollm.engine.submission import check_fewest_tokens, check_unicode
 from aiollm.errors import ChatTemplateError, InvalidRequest, check_type
 from aiollm.model.chat_template_source import check_template_source
 
@@ -182,7 +182,8 @@ def checked_options(tokenizer: PreTrainedTokenizerBase,
 
 def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
                    tools: list[dict] | None = None, *, specials: list[str] | None = None,
-                   options: TemplateOptions | None = None) -> list[int]:
+                   options: TemplateOptions | None = None, most: int | None = None
+                   ) -> list[int]:
     """Token ids of `messages` rendered as `options` say (default: with the generation prompt),
     their content in the form the options' content_format resolves to for the template that
     renders (content_format.resolve_content_format). `specials`: the control-token texts to
@@ -190,7 +191,9 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     the template's tokenizing as it is).
     Raises InvalidRequest: param "messages" when the template refuses the conversation (its
     raise_exception, or an error rendering it), the option's name when an option is invalid;
-    ChatTemplateError when the tokenizer's template does not compile."""
+    ChatTemplateError when the tokenizer's template does not compile. most: a rendered
+    text that cannot be that many tokens or fewer is refused (ContextExceeded naming
+    "prompt", submission.check_fewest_tokens) before it is encoded."""
     options = checked_options(tokenizer, options)
     if isinstance(messages, tuple):  # a sequence of dicts as good as a list
         messages = list(messages)
@@ -212,17 +215,25 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     hidden_messages = _checked(messages, "messages", pattern, hide)
     hidden_tools = _checked(tools, "tools", pattern, hide)
     hidden_documents = _checked(options.documents, "documents", pattern, hide)
-    if not found:  # nothing to hide: exactly what apply_chat_template gives
+    if not found and most is None:  # nothing to hide: exactly what apply_chat_template gives
         ids = _render(tokenizer, messages, tools, options, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
             ids = ids["input_ids"]
         return list(ids)
+    if not found:  # the same ids: apply_chat_template encodes its text so
+        text = _render(tokenizer, messages, tools, options, tokenize=False)
+        check_fewest_tokens(tokenizer, text, most)
+        return list(tokenizer.encode(text, add_special_tokens=False))
 
     text = _render(tokenizer, hidden_messages, hidden_tools,
                    dataclasses.replace(options, documents=hidden_documents), tokenize=False)
-    ids: list[int] = []
     # split() with a group alternates: rendered text, placeholder index, rendered text...
-    for k, part in enumerate(re.split(f"{nonce}_(\\d+)_{nonce}", text)):
+    parts = re.split(f"{nonce}_(\\d+)_{nonce}", text)
+    if most is not None:  # the text the parts encode: placeholders as what they hide
+        check_fewest_tokens(tokenizer, "".join(found[int(p)] if k % 2 else p
+                                               for k, p in enumerate(parts)), most)
+    ids: list[int] = []
+    for k, part in enumerate(parts):
         if k % 2:
             ids += tokenizer.encode(found[int(part)], add_special_tokens=False,
                                     split_special_tokens=True)

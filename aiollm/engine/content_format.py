@@ -111,6 +111,35 @@ def resolve_content_format(given: str, template: str | dict | None,
     return detect_content_format(template) if isinstance(template, str) else "string"
 
 
+def log_served_format(given: str, template: str | dict | None) -> None:
+    """Say once, at info (a server's start), the content format the served chat `template`
+    is given its messages' content in: `given` (the --chat-template-content-format value),
+    for "auto" what the template reads (each named template's, for several: "default:
+    'string', tool_use: 'openai'"); a warning where a format given is not what the template
+    reads. Per-request templates are not logged here (detect_content_format logs each at
+    debug: a client's many templates would flood the log)."""
+    if not template:
+        return  # no chat template: the tokenizer's loading warned that chats will fail
+    named = template if isinstance(template, dict) else {"": template}
+    found = {name: detect_content_format(src) for name, src in named.items()
+             if isinstance(src, str)}
+    read = ", ".join(f"{name}: {fmt!r}" if name else repr(fmt) for name, fmt in found.items())
+    if given == "auto":
+        log.info("chat template content format: %s (detected from the chat template: %s; "
+                 "--chat-template-content-format overrides it)", read, _AS[frozenset(
+                     found.values())] if len(set(found.values())) == 1 else "they differ")
+        return
+    log.info("chat template content format: %r (--chat-template-content-format)", given)
+    if any(fmt != given for fmt in found.values()):
+        log.warning("--chat-template-content-format %s is not what the chat template reads "
+                    "(%s): message content may render wrong; give auto to follow the "
+                    "template", given, read)
+
+
+_AS = {frozenset({"string"}): "it reads message content as a string",
+       frozenset({"openai"}): "it reads message content as a list of parts"}
+
+
 @functools.lru_cache(maxsize=32)
 def detect_content_format(source: str) -> str:
     """"openai" when the chat template `source` reads a message's content as a list of

@@ -68,7 +68,9 @@ class EngineAPI:
         await self.compile_grammar(params := params or self.default_params())
         given = prompt_text(prompt)
         if self._started and isinstance(prompt, str):
-            prompt = await off_loop(len(prompt), self.tokenize, prompt)
+            # a prompt truncate_prompt_tokens will cut is never too long: not refused here
+            whole = getattr(params, "truncate_prompt_tokens", None) is None
+            prompt = await off_loop(len(prompt), self.tokenize, prompt, refuse_long=whole)
         if defaulted:
             prompt, params = self._with_defaults(prompt)
         room = self._batch_room if n_of(params) > 1 else None
@@ -159,5 +161,5 @@ class EngineAPI:
     def _with_defaults(self, prompt: Prompt) -> tuple[list[int], SamplingParams]:
         """The prompt's ids and the params of a call given none for it: default_params()
         with the generation config's length within the context the prompt leaves."""
-        ids = self.tokenize(prompt)
+        ids = self.tokenize(prompt, refuse_long=True)  # generated from: refused when too long
         return ids, default_length_within(self.default_params(), len(ids), self.max_model_len)

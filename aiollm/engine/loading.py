@@ -21,6 +21,7 @@ import torch
 from aiollm.byte_size import byte_size
 from aiollm.config import EngineConfig, check_kv_cache_dtype
 from aiollm.engine.model_runner import ModelRunner
+from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
 from aiollm.model.generation_defaults import log_defaults, sampling_defaults
@@ -177,6 +178,9 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     dtype = loaded.dtype
     if tokenizer is None:  # the default model's, a .gguf file's, dummy weights'
         tokenizer = tokenizer_for(cfg, loaded.path)
+    # the fewest tokens a text can be, read off the vocabulary here (a worker thread, tens
+    # of ms) rather than by the first long prompt, which may be checked on the event loop
+    floor_of(tokenizer)
     if cfg.chat_template is not None:  # every chat renders with it (checked: it compiles)
         tokenizer.chat_template = cfg.chat_template
         log.info("chats are rendered with the chat template given (chat_template, "

@@ -20,6 +20,7 @@ import numpy as np
 
 from aiollm.engine.request import Request
 from aiollm.engine.special_tokens import encode_kept
+from aiollm.engine.token_floor import fewest_tokens
 from aiollm.errors import (ContextExceeded, InvalidRequest, Overloaded,
                            check_unicode, shown)
 from aiollm.model.sampling_tensors import GREEDY_EPS
@@ -92,7 +93,7 @@ def prompt_of_dict(prompt: dict) -> object:
 
 
 def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
-             keep_last: int | None = None) -> list[int]:
+             keep_last: int | None = None, *, refuse_long: bool = True) -> list[int]:
     """Token ids of a prompt: a string is encoded with `tokenizer`, a sequence of ids (ints
     or numpy integers) is checked to be in [0, vocab_size) and returned as a list of ints.
     vLLM's prompt dicts are taken too: {"prompt": text} (TextPrompt) and
@@ -100,16 +101,22 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     (prompt_of_dict).
 
     Raises InvalidRequest (param "prompt") for a prompt of another type, a dict with other
-    keys (prompt_of_dict), an empty prompt (of text: one that encodes to no token), a lone surrogate in the text, a bad id (the
-    message says which), or ids that alone exceed max_model_len (tokens; a prompt of
-    exactly max_model_len is checked with its max_tokens by check_request). keep_last:
-    only the prompt's last that many tokens are kept (see kept_prompt_tokens), before the
-    length is checked: of text, its special tokens (a BOS) kept and its own tokens cut, as
-    vLLM's tokenizer truncates it (encode_kept); of ids, their last keep_last."""
+    keys (prompt_of_dict), an empty prompt (of text: one that encodes to no token), a lone
+    surrogate in the text, a bad id (the message says which), or ids that alone exceed
+    max_model_len (tokens; a prompt of exactly max_model_len is checked with its max_tokens
+    by check_request). keep_last: only the prompt's last that many tokens are kept (see
+    kept_prompt_tokens), before the length is checked: of text, its special tokens (a BOS)
+    kept and its own tokens cut, as vLLM's tokenizer truncates it (encode_kept); of ids,
+    their last keep_last.
+    refuse_long (without keep_last): text that cannot be max_model_len tokens or fewer is
+    refused before it is encoded (check_fewest_tokens); False where the caller takes it
+    longer (it truncates the ids after)."""
     if isinstance(prompt, dict):
         prompt = prompt_of_dict(prompt)
     if isinstance(prompt, str):
         check_unicode(prompt, "prompt")
+        if refuse_long and keep_last is None:
+            check_fewest_tokens(tokenizer, prompt, max_model_len)
         return of_some_tokens(encode_kept(tokenizer, prompt, keep_last=keep_last))
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
@@ -157,10 +164,28 @@ def kept_prompt_tokens(truncate_prompt_tokens: int | None, max_model_len: int) -
     return truncate_prompt_tokens
 
 
-def too_long(n: int, max_model_len: int) -> ContextExceeded:
-    """The error for a prompt of n > max_model_len tokens."""
-    return ContextExceeded(f"{{subject}} {n} tokens, but this model's maximum context length "
-                           f"is {max_model_len} tokens (input and output together)", "prompt")
+def too_long(n: int, max_model_len: int, at_least: bool = False) -> ContextExceeded:
+    """The error for a prompt of n > max_model_len tokens (at_least: of n or more, counted
+    without tokenizing it: check_fewest_tokens)."""
+    more = "at least " if at_least else ""
+    return ContextExceeded(f"{{subject}} {more}{n} tokens, but this model's maximum context "
+                           f"length is {max_model_len} tokens (input and output together)",
+                           "prompt")
+
+
+def check_fewest_tokens(tokenizer, text: str, most: int) -> None:
+    """Raise too_long (ContextExceeded naming "prompt", its count "at least" the fewest)
+    when `text` cannot encode to `most` tokens or fewer (token_floor.fewest_tokens: a
+    bound read off the vocabulary, no encoding), so that a prompt the context could never
+    hold is refused at once rather than after seconds of tokenizing: the same refusal the
+    length check after tokenizing gives it. Where no bound is proven, nothing is checked.
+    Reads the text only where its characters over the longest token pass `most`
+    (milliseconds per 16 MB): call it where the text would be encoded."""
+    if len(text) <= most:  # the fewest tokens are at most the characters
+        return
+    fewest = fewest_tokens(tokenizer, text, most)  # read only where it may be refused
+    if fewest > most:
+        raise too_long(fewest, most, at_least=True)
 
 
 def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len: int) -> None:

@@ -1,0 +1,68 @@
+"""The server says at start, once and at info, the chat template content format it gives
+the served template (what "auto" detected, or the flag's), as vLLM logs its detected format;
+a request's own template logs nothing at info, however many come."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from transformers import LlamaConfig
+
+from aiollm.api import create_app
+from aiollm.engine import Engine
+
+PARTS = ("{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{ p['text'] }}]"
+         "{% endfor %}{% endfor %}")
+STRING = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+LOGGER = "aiollm.engine.content_format"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(path)
+    return str(path)
+
+
+def started(tiny: str, template: str, caplog, **app_options) -> list[logging.LogRecord]:
+    """The content-format records at info or above of a server started with `template`,
+    which then renders chats with templates of their own (five, each new)."""
+    async def main():
+        engine = Engine(tiny, load_format="dummy", kv_tokens=512, chat_template=template)
+        app = create_app(engine, trust_request_chat_template=True, **app_options)
+        async with TestClient(TestServer(app)) as client:
+            for i in range(5):
+                own = PARTS.replace("<{{", f"{i}<{{{{")
+                r = await client.post("/v1/chat/completions", json={
+                    "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+                    "chat_template": own})
+                assert r.status == 200, await r.text()
+
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        asyncio.run(main())
+    return [r for r in caplog.records if r.name == LOGGER and r.levelno >= logging.INFO]
+
+
+@pytest.mark.parametrize("template, fmt, reads", [
+    (STRING, "'string'", "as a string"), (PARTS, "'openai'", "as a list of parts")])
+def test_the_detected_format_is_logged_once_at_start(tiny, caplog, template, fmt, reads):
+    records = started(tiny, template, caplog)
+    assert len(records) == 1, [r.getMessage() for r in records]
+    message = records[0].getMessage()
+    assert records[0].levelno == logging.INFO
+    assert message.startswith(f"chat template content format: {fmt} (detected")
+    assert reads in message and "--chat-template-content-format" in message
+
+
+def test_a_format_given_is_logged_and_warned_of_where_the_template_reads_another(
+        tiny, caplog):
+    records = started(tiny, STRING, caplog, chat_template_content_format="openai")
+    assert [r.levelno for r in records] == [logging.INFO, logging.WARNING]
+    assert records[0].getMessage() == ("chat template content format: 'openai' "
+                                       "(--chat-template-content-format)")
+    assert "reads ('string')" in records[1].getMessage()
