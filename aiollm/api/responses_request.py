@@ -4,17 +4,17 @@ messages, `instructions` a system message first, `text.format` the response_form
 flat function tools the chat form of them. The chat path then renders, samples and
 constrains it as it would a chat completion (aiollm/api/chat_plan.py).
 
-What the server does not do is refused with a 400 naming the field: stored responses
-(previous_response_id, background, conversation, a reusable prompt), built-in tools, image,
-file and audio inputs, logprobs. store true is served as vLLM serves it without its store
-(VLLM_ENABLE_RESPONSES_API_STORE unset): the response is answered, not kept (store false).
+A request continuing a kept response (previous_response_id) is given that response's
+conversation first (`earlier`: its input items, then its output items; response_store.py).
+What the server does not do is refused with a 400 naming the field: background responses,
+conversations, a reusable prompt, built-in tools, image, file and audio inputs, logprobs.
 """
 
 from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Sequence, Union
 
 from msgspec import Struct
 
@@ -24,7 +24,7 @@ from aiollm.engine.content_parts import text_parts
 from aiollm.errors import InvalidRequest
 
 _ROLES = ("user", "system", "developer", "assistant")
-_STORED = "this server keeps no responses (they are answered with store false)"
+_STORED = "this server keeps no background responses, conversations or prompts"
 
 
 class ResponsesRequest(Struct, kw_only=True):
@@ -52,8 +52,8 @@ class ResponsesRequest(Struct, kw_only=True):
     max_tool_calls: int | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
+    previous_response_id: str | None = None  # a kept response's id (response_store.py)
     # refused (check_unserved)
-    previous_response_id: str | None = None
     background: bool | None = False
     conversation: Any = None
     prompt: Any = None
@@ -73,16 +73,13 @@ class ResponsesRequest(Struct, kw_only=True):
 
     def check_unserved(self) -> None:
         """InvalidRequest naming the first field asking for what the server does not do."""
-        if self.previous_response_id is not None:
-            raise InvalidRequest(f"previous_response_id is not served: {_STORED}; send the "
-                                 "whole conversation as input items", param="previous_response_id")
         if self.background:
             raise InvalidRequest(f"background is not served: {_STORED}; send false or leave "
                                  "it out", param="background")
         for name in ("conversation", "prompt"):
             if getattr(self, name) is not None:
                 raise InvalidRequest(f"{name} is not served: {_STORED}; send the messages as "
-                                     "input items", param=name)
+                                     "input items (or previous_response_id)", param=name)
         if self.truncation not in (None, "disabled"):
             raise InvalidRequest(f'truncation {self.truncation!r} is not served: send "disabled"'
                                  " or leave it out (an input past the context is a 400)",
@@ -100,12 +97,14 @@ class ResponsesRequest(Struct, kw_only=True):
                                  "(parallel_tool_calls false allows one)",
                                  param="max_tool_calls")
 
-    def as_chat(self) -> ChatCompletionRequest:
-        """The chat request this one stands for. InvalidRequest naming the field (input[i],
-        tools[i], text.format, tool_choice) for a shape the server does not take."""
+    def as_chat(self, earlier: Sequence[dict] = ()) -> ChatCompletionRequest:
+        """The chat request this one stands for, its input following the items `earlier`
+        (the conversation of the response it continues). InvalidRequest naming the field
+        (input[i], tools[i], text.format, tool_choice) for a shape the server does not
+        take."""
         messages = ([ChatMessage(role="system", content=self.instructions)]
                     if self.instructions is not None else [])
-        messages += input_messages(self.input)
+        messages += input_messages(self.input, earlier)
         effort = (self.reasoning or {}).get("effort")
         return ChatCompletionRequest(
             messages=messages, model=self.model, max_completion_tokens=self.max_output_tokens,
@@ -121,8 +120,11 @@ class ResponsesRequest(Struct, kw_only=True):
             cache_salt=self.cache_salt, request_id=self.request_id)
 
 
-def input_messages(value: str | list[Any]) -> list[ChatMessage]:
-    """The chat messages of `input`: a string is one user message; each item a message,
+def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list[ChatMessage]:
+    """The chat messages of the items `earlier` (a kept conversation, checked when it was
+    kept), then of `input` (its items named input[i] in errors), read as one list: a turn's
+    items may straddle the two (a kept call, then its output sent now). A string `input`
+    is one user message; each item a message,
     a function_call (joined to the assistant turn before it, or one of its own) or a
     function_call_output (a tool message). A reasoning item, a past turn's reasoning sent
     back, is that assistant turn's reasoning_content, which the chat template renders where
@@ -130,11 +132,11 @@ def input_messages(value: str | list[Any]) -> list[ChatMessage]:
     them, it goes to the assistant turn just before it if that has none yet, and an
     assistant message after reasoning or calls alone is their turn's content."""
     if isinstance(value, str):
-        return [ChatMessage(role="user", content=value)]
-    if not value:
+        value = [{"type": "message", "role": "user", "content": value}]
+    elif not value:
         raise InvalidRequest("input must hold at least one item", param="input")
     out: list[ChatMessage] = []
-    for i, item in enumerate(value):
+    for i, item in enumerate([*earlier, *value], -len(earlier)):
         at = f"input[{i}]"
         if not isinstance(item, dict):
             raise InvalidRequest(f"{at} must be an object", param=at)

@@ -13,7 +13,9 @@ from aiohttp import web
 
 from aiollm import __version__
 from aiollm.api.http_errors import ApiError
+from aiollm.api.response_store import ResponseStore
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.config import MAX_STORED_RESPONSES
 from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.special_tokens import encode_kept, with_special_tokens
 from aiollm.engine.submission import TOKENIZE_INLINE_CHARS, of_some_tokens, off_loop
@@ -45,6 +47,9 @@ class ApiState:
     # vLLM's --return-tokens-as-token-ids: logprobs name tokens "token_id:N" unless a
     # request says otherwise (api/token_names.py)
     return_tokens_as_token_ids: bool = False
+    # the responses kept for previous_response_id and GET /v1/responses/{id}
+    # (--max-stored-responses: the most recent N; 0 keeps none)
+    responses: ResponseStore = field(default_factory=lambda: ResponseStore(MAX_STORED_RESPONSES))
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)
