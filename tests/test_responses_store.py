@@ -253,6 +253,20 @@ def test_a_store_of_none_answers_store_false(tiny):
         create_app(Engine(tiny, load_format="dummy"), max_stored_responses=-1)
 
 
+def test_a_response_kept_again_is_the_newest():
+    """A client reusing an X-Request-Id makes a response of an id already kept: it replaces
+    the old one and is the newest, the oldest other one dropped to make room."""
+    from aiollm.api.response_store import ResponseStore
+
+    store = ResponseStore(2)
+    for rid in ("a", "b", "a", "c"):
+        store.put({"id": rid, "output": [{"id": f"msg_{rid}"}]}, [{"id": f"in_{rid}"}])
+    assert (store.get("a") is not None, store.get("b"), store.get("c") is not None) == (
+        True, None, True) and len(store) == 2
+    assert store.get("a").conversation() == [{"id": "in_a"}, {"id": "msg_a"}]
+    assert store.delete("a") and not store.delete("a") and len(store) == 1
+
+
 def test_the_flag_sets_the_bound_and_refuses_a_negative_one(capsys):
     from aiollm.cli import build_parser, main
 
