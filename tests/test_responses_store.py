@@ -277,3 +277,52 @@ def test_the_flag_sets_the_bound_and_refuses_a_negative_one(capsys):
         main(["serve", "--max-stored-responses", "-1"])
     assert e.value.code == 2
     assert "argument --max-stored-responses: must be >= 0" in capsys.readouterr().err
+
+
+def test_the_store_is_bounded_by_bytes_too():
+    """A count alone let clients drive the server out of memory (1000 responses of a 16 MiB
+    body each): the store also keeps at most max_bytes of JSON, the oldest dropped first;
+    one response larger than the whole bound is not kept and drops nothing."""
+    from aiollm.api.response_store import ResponseStore, stored_size
+
+    def response(rid: str, text: str) -> dict:
+        return {"id": rid, "output": [{"id": f"msg_{rid}", "text": text}]}
+
+    one = stored_size(response("a", "x" * 100), [{"id": "in_a"}])
+    assert one > 100
+    store = ResponseStore(10, max_bytes=2 * one)
+    for rid in "abc":
+        store.put(response(rid, "x" * 100), [{"id": f"in_{rid}"}])
+    assert [store.get(r) is not None for r in "abc"] == [False, True, True]
+    assert store.bytes == 2 * one and len(store) == 2
+    store.put(response("d", "x" * 10_000), [{"id": "in_d"}])  # past the whole bound
+    assert store.get("d") is None and len(store) == 2 and store.bytes == 2 * one
+    assert store.delete("b") and store.bytes == one
+    with pytest.raises(ValueError, match="max_bytes"):
+        ResponseStore(10, max_bytes=-1)
+    assert not ResponseStore(10, max_bytes=0).keeps and not ResponseStore(0).keeps
+
+
+def test_a_store_of_no_bytes_answers_store_false(tiny):
+    body = {"model": os.path.basename(tiny), "input": "Hi", "max_output_tokens": 2}
+
+    async def main():
+        engine = Engine(tiny, load_format="dummy", kv_tokens=512)
+        app = create_app(engine, max_stored_response_bytes=0)
+        async with TestClient(TestServer(app)) as client:
+            return (await (await client.post("/v1/responses", json=body)).json())["store"]
+
+    assert asyncio.run(main()) is False
+
+
+def test_the_byte_flag_sets_the_bound_and_refuses_a_negative_one(capsys):
+    from aiollm.cli import build_parser, main
+
+    serve = build_parser().parse_args(["serve", "--max-stored-response-bytes", "4096"])
+    assert serve.max_stored_response_bytes == 4096
+    assert build_parser().parse_args(["serve"]).max_stored_response_bytes == 2**30
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--max-stored-response-bytes", "-1"])
+    assert e.value.code == 2
+    assert "argument --max-stored-response-bytes: must be >= 0" in capsys.readouterr().err
+

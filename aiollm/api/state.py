@@ -48,7 +48,7 @@ class ApiState:
     # request says otherwise (api/token_names.py)
     return_tokens_as_token_ids: bool = False
     # the responses kept for previous_response_id and GET /v1/responses/{id}
-    # (--max-stored-responses: the most recent N; 0 keeps none)
+    # (--max-stored-responses, --max-stored-response-bytes: the most recent; 0 keeps none)
     responses: ResponseStore = field(default_factory=lambda: ResponseStore(MAX_STORED_RESPONSES))
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight

@@ -26,12 +26,15 @@ def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
     found = st.responses.get(rid)
     if found is not None:
         return found
-    if st.responses.capacity == 0:
-        why = "this server keeps no responses (--max-stored-responses 0)"
+    store = st.responses
+    if not store.keeps:
+        why = ("this server keeps no responses (--max-stored-responses 0 or "
+               "--max-stored-response-bytes 0)")
     else:
         why = (f"it was never kept (store false), was deleted, or was dropped as one of the "
-               f"oldest (this server keeps the {st.responses.capacity} most recent: "
-               "--max-stored-responses)")
+               f"oldest (this server keeps the {store.capacity} most recent within "
+               f"{store.max_bytes} bytes: --max-stored-responses, "
+               "--max-stored-response-bytes)")
     what = "Previous response" if param == "previous_response_id" else "Response"
     raise ApiError(404, f"{what} with id {rid!r} not found: {why}", param=param)
 

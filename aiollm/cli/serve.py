@@ -66,7 +66,8 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                          chat_template_content_format=args.chat_template_content_format,
                          response_role=args.response_role,
                          return_tokens_as_token_ids=args.return_tokens_as_token_ids,
-                         max_stored_responses=args.max_stored_responses)
+                         max_stored_responses=args.max_stored_responses,
+                         max_stored_response_bytes=args.max_stored_response_bytes)
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt as e:  # interrupted while loading (SIGTERM: see api.serve)
         return exit_status(e)

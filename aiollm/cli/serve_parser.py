@@ -10,8 +10,9 @@ import json
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.help_format import HelpFormatter
-from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, MAX_STORED_RESPONSES,
-                           REASONING_PARSERS, TOOL_CALL_PARSERS, EngineConfig)
+from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, MAX_STORED_RESPONSE_BYTES,
+                           MAX_STORED_RESPONSES, REASONING_PARSERS, TOOL_CALL_PARSERS,
+                           EngineConfig)
 from aiollm.model.paths import LOAD_FORMATS
 
 
@@ -109,6 +110,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           "GET/DELETE /v1/responses/{id}; the oldest is dropped first (lost at "
                           "a restart); 0 keeps none: each is answered with store false, as "
                           f"vLLM without its store (default: {MAX_STORED_RESPONSES})")
+    net.add_argument("--max-stored-response-bytes", type=int,
+                     default=MAX_STORED_RESPONSE_BYTES, metavar="N",
+                     help="the Responses API: the kept responses hold at most N bytes of JSON "
+                          "in all (each its Response and whole conversation), the oldest "
+                          "dropped first, so that clients cannot fill the server's memory; "
+                          "one larger than N is not kept; 0 keeps none "
+                          f"(default: {MAX_STORED_RESPONSE_BYTES}, 1 GiB)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "
