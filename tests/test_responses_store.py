@@ -326,3 +326,13 @@ def test_the_byte_flag_sets_the_bound_and_refuses_a_negative_one(capsys):
     assert e.value.code == 2
     assert "argument --max-stored-response-bytes: must be >= 0" in capsys.readouterr().err
 
+
+def test_a_long_unknown_id_is_not_echoed_whole(server, client, model):
+    """A 404's message names the id, cut short: a client's 100 kB id was echoed whole."""
+    long_id = "resp_" + "x" * 100_000
+    with pytest.raises(openai.NotFoundError) as e:
+        client.responses.create(model=model, input=ASK, previous_response_id=long_id, **KW)
+    assert e.value.body["param"] == "previous_response_id"
+    assert len(e.value.message) < 1000 and "resp_xxx" in e.value.message
+    status, error = _error(server, "GET", "/v1/responses/" + "y" * 6000)
+    assert status == 404 and len(error["message"]) < 1000 and "yyy" in error["message"]

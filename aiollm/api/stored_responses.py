@@ -19,6 +19,8 @@ from aiollm.api.response_items import items_page
 from aiollm.api.response_store import StoredResponse
 from aiollm.api.state import ApiState, state
 
+_SHOWN = 100  # the characters of an unknown id an error names (ours are 37)
+
 
 def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
     """The response kept under `rid`; ApiError 404 naming `param` (the path's response_id,
@@ -36,7 +38,9 @@ def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
                f"{store.max_bytes} bytes: --max-stored-responses, "
                "--max-stored-response-bytes)")
     what = "Previous response" if param == "previous_response_id" else "Response"
-    raise ApiError(404, f"{what} with id {rid!r} not found: {why}", param=param)
+    # an id is named cut short: a client's 16 MiB one is not sent back whole
+    shown = repr(rid[:_SHOWN]) + ("..." if len(rid) > _SHOWN else "")
+    raise ApiError(404, f"{what} with id {shown} not found: {why}", param=param)
 
 
 def _kept(request: web.Request) -> StoredResponse:
