@@ -155,6 +155,13 @@ def test_input_items_are_listed_page_by_page(client, model):
     before = client.responses.input_items.list(r.id, order="asc",
                                                extra_query={"before": every[2].id})
     assert [i.id for i in before.data] == [i.id for i in every[:2]]
+    # the page just before the cursor (the previous page), as OpenAI's `before` pages back:
+    # not the list's first items
+    back = client.responses.input_items.list(r.id, order="asc", limit=1,
+                                             extra_query={"before": every[3].id})
+    assert [i.id for i in back.data] == [every[2].id] and back.has_more is True
+    back = client.responses.input_items.list(r.id, limit=2, extra_query={"before": every[0].id})
+    assert [i.id for i in back.data] == [every[2].id, every[1].id] and back.has_more is True
 
 
 @pytest.mark.parametrize("query, param", [

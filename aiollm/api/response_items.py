@@ -68,9 +68,10 @@ def items_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
     """One page of `items` (a kept response's input items, in input order), as OpenAI's list
     object {object, data, first_id, last_id, has_more}, from the query parameters `order`
     ("desc", the default: the newest item first, or "asc"), `limit` (1 to 100, default 20)
-    and the cursors `after` and `before` (an item id: the page holds only the items after,
-    or before, it in that order). InvalidRequest naming the parameter for a bad value or an
-    id no item has."""
+    and the cursors `after` and `before` (an item id: the page holds the `limit` items just
+    after it, or just before it: the previous page, has_more where more precede; with both,
+    the first of those between them). InvalidRequest naming the parameter for a bad value or
+    an id no item has."""
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
         raise InvalidRequest(f'order must be "asc" or "desc", got {order!r}', param="order")
@@ -90,7 +91,8 @@ def items_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
         else:
             end = ids.index(cursor)
     window = ordered[start:end]
-    page = window[:limit]
+    # `before` alone pages back: the items just before it, as a previous page holds them
+    page = window[-limit:] if "before" in query and "after" not in query else window[:limit]
     return {"object": "list", "data": page,
             "first_id": page[0]["id"] if page else None,
             "last_id": page[-1]["id"] if page else None, "has_more": len(window) > limit}
