@@ -218,12 +218,13 @@ def tiny(tmp_path_factory) -> str:
     return str(path)
 
 
-def _with_store(tiny: str, capacity: int, calls) -> list:
+def _with_store(tiny: str, capacity: int, calls, max_bytes: int = 2**30) -> list:
     """What `calls` (an async function of the client) gives, on an app keeping `capacity`
-    responses around the tiny model."""
+    responses (of `max_bytes` in all) around the tiny model."""
     async def main():
         engine = Engine(tiny, load_format="dummy", kv_tokens=512)
-        app = create_app(engine, max_stored_responses=capacity)
+        app = create_app(engine, max_stored_responses=capacity,
+                         max_stored_response_bytes=max_bytes)
         async with TestClient(TestServer(app)) as client:
             return await calls(client)
     return asyncio.run(main())
@@ -313,13 +314,10 @@ def test_the_store_is_bounded_by_bytes_too():
 def test_a_store_of_no_bytes_answers_store_false(tiny):
     body = {"model": os.path.basename(tiny), "input": "Hi", "max_output_tokens": 2}
 
-    async def main():
-        engine = Engine(tiny, load_format="dummy", kv_tokens=512)
-        app = create_app(engine, max_stored_response_bytes=0)
-        async with TestClient(TestServer(app)) as client:
-            return (await (await client.post("/v1/responses", json=body)).json())["store"]
+    async def calls(client):
+        return (await (await client.post("/v1/responses", json=body)).json())["store"]
 
-    assert asyncio.run(main()) is False
+    assert _with_store(tiny, 10, calls, max_bytes=0) is False
 
 
 def test_the_byte_flag_sets_the_bound_and_refuses_a_negative_one(capsys):
