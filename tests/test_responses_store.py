@@ -341,3 +341,31 @@ def test_a_long_unknown_id_is_not_echoed_whole(server, client, model):
     assert len(e.value.message) < 1000 and "resp_xxx" in e.value.message
     status, error = _error(server, "GET", "/v1/responses/" + "y" * 6000)
     assert status == 404 and len(error["message"]) < 1000 and "yyy" in error["message"]
+
+
+def test_continuations_at_once_branch_and_outlive_their_parent(tiny):
+    """Two requests continuing one response at once each answer their own branch; deleting
+    (or dropping) the parent while a continuation streams ends neither it nor its keeping."""
+    body = {"model": os.path.basename(tiny), "max_output_tokens": 2}
+
+    async def calls(client):
+        first = await (await client.post("/v1/responses", json={**body, "input": "Hi"})).json()
+        more = {**body, "previous_response_id": first["id"]}
+        streamed = await client.post("/v1/responses", json={
+            **more, "input": "go", "stream": True, "max_output_tokens": 20, "ignore_eos": True})
+        await streamed.content.readline()  # begun: the parent's conversation taken
+        branches = await asyncio.gather(*[client.post("/v1/responses", json={
+            **more, "input": f"branch {i}"}) for i in range(2)])
+        ids = [(await b.json())["id"] for b in branches]
+        gone = (await client.delete(f"/v1/responses/{first['id']}")).status
+        raw = await streamed.read()
+        done = json.loads(raw.split(b"\ndata: ")[-1])["response"]
+        texts = []
+        for rid in [*ids, done["id"]]:
+            page = await (await client.get(f"/v1/responses/{rid}/input_items?order=asc")).json()
+            texts.append([i["content"][0]["text"] for i in page["data"] if i["role"] == "user"])
+        return gone, done["status"], texts
+
+    gone, status, texts = _with_store(tiny, 10, calls)
+    assert gone == 200 and status == "incomplete"
+    assert texts == [["Hi", "branch 0"], ["Hi", "branch 1"], ["Hi", "go"]]
