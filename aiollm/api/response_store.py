@@ -53,8 +53,7 @@ class ResponseStore:
     the oldest (by when each was kept) dropped first to make room; capacity 0 or max_bytes 0
     keeps none. ValueError for a negative or non-integer bound."""
 
-    def __init__(self, capacity: int, max_bytes: int | None = None):
-        max_bytes = MAX_STORED_RESPONSE_BYTES if max_bytes is None else max_bytes
+    def __init__(self, capacity: int, max_bytes: int = MAX_STORED_RESPONSE_BYTES):
         for name, value in (("capacity", capacity), ("max_bytes", max_bytes)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"the response store's {name} must be an integer >= 0, got "
