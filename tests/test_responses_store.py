@@ -369,3 +369,25 @@ def test_continuations_at_once_branch_and_outlive_their_parent(tiny):
     gone, status, texts = _with_store(tiny, 10, calls)
     assert gone == 200 and status == "incomplete"
     assert texts == [["Hi", "branch 0"], ["Hi", "branch 1"], ["Hi", "go"]]
+
+
+def test_a_conversation_past_the_context_is_told_as_one(tiny):
+    """A continued conversation that outgrew the context: the 400 says the conversation
+    (the kept turns and the input) has that many tokens, not the input alone, which was
+    short, and that a new conversation (no previous_response_id) starts afresh."""
+    body = {"model": os.path.basename(tiny), "input": "word " * 20, "max_output_tokens": 5}
+
+    async def calls(client):
+        prev = None
+        for _ in range(40):
+            r = await client.post("/v1/responses", json={**body, "previous_response_id": prev}
+                                  if prev else body)
+            answer = await r.json()
+            if r.status != 200:
+                return r.status, answer["error"]
+            prev = answer["id"]
+
+    status, error = _with_store(tiny, 100, calls)
+    assert status == 400 and error["code"] == "context_length_exceeded", error
+    assert error["message"].startswith("the conversation (previous_response_id's"), error
+    assert "without previous_response_id" in error["message"], error

@@ -38,11 +38,22 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/responses."""
     req = await decode_body(request, ResponsesRequest)
     request_id(request, req.request_id)  # errors too carry it from here
-    with responses_names(), param_names({"prompt": "input"}), context_told(
-            "the input (as the chat template renders it) has", "the input",
-            "shorten the input, or serve the model with a larger --max-model-len where it "
-            "allows one"):
+    with responses_names(), param_names({"prompt": "input"}), context_told(*_naming(req)):
         return await _create(request, req)
+
+
+def _naming(req: ResponsesRequest) -> tuple[str, str, str]:
+    """How a prompt past the context is told (http_errors.context_told): a continued
+    conversation as a whole, the kept turns with the input (the input alone may be short)."""
+    if req.previous_response_id is None:
+        return ("the input (as the chat template renders it) has", "the input",
+                "shorten the input, or serve the model with a larger --max-model-len where "
+                "it allows one")
+    return ("the conversation (previous_response_id's items, then the input, as the chat "
+            "template renders it; send the input without previous_response_id to start a "
+            "new one) has", "the conversation",
+            "start a new conversation (without previous_response_id), shorten the input, or "
+            "serve the model with a larger --max-model-len where it allows one")
 
 
 async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResponse:
