@@ -132,6 +132,13 @@ def test_store_false_keeps_nothing(server, client, model):
         client.responses.create(model=model, input=MORE, previous_response_id=r.id, **KW)
     assert e.value.body["param"] == "previous_response_id"
     assert "previous response" in e.value.message.lower() and r.id in e.value.message
+    # store false continues a kept response all the same, and keeps only that one
+    kept = client.responses.create(model=model, input=ASK, **KW)
+    on = client.responses.create(model=model, input=MORE, previous_response_id=kept.id,
+                                 store=False, **KW)
+    assert on.store is False and on.previous_response_id == kept.id
+    assert _error(server, "GET", f"/v1/responses/{on.id}")[0] == 404
+    assert client.responses.retrieve(kept.id).id == kept.id
 
 
 def test_input_items_are_listed_page_by_page(client, model):
