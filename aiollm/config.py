@@ -31,7 +31,7 @@ KV_MEMORY_FRACTION = 0.85
 # for many clients' conversations at once; each holds about a context's worth of text at
 # most (its conversation had to fit the context)
 MAX_STORED_RESPONSES = 1000
-# ... and the bytes of JSON they may hold in all (--max-stored-response-bytes): 1 GiB, a
+# ... and the bytes of memory they may hold in all (--max-stored-response-bytes): 1 GiB, a
 # small share of a GPU server's memory; the count alone let clients fill 16 GB (1000
 # responses of a 16 MiB body each)
 MAX_STORED_RESPONSE_BYTES = 2**30

@@ -12,17 +12,20 @@ OpenAI does not carry over either). Its output items are in the Response. A resp
 failed or whose client left before it ended is not kept: no Response was answered.
 
 The byte bound is what stops clients from driving the server out of memory: a count alone
-let 1000 responses of a 16 MiB body each hold 16 GB. A response's size (`stored_size`) is
-its JSON's: the Response and its whole conversation, the earlier turns included although a
-chain of continued responses shares them, so the sum bounds the memory held from above.
+let 1000 responses of a 16 MiB body each hold 16 GB. What is counted is what is held: the
+Python objects of each item (`held_bytes`), each item once however many responses hold it
+(a chain of continued responses shares its earlier turns: counting each response's
+conversation whole counted a 50-turn chain's first turn 50 times, 20 times what was held,
+and left room for a few long conversations), until the last response holding it goes. Not
+the JSON: a tiny item's objects weigh 4 times its JSON, and the JSON encoder keeps a UTF-8
+copy of each non-ASCII string.
 """
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from dataclasses import dataclass
-
-import msgspec
 
 from aiollm.config import MAX_STORED_RESPONSE_BYTES
 
@@ -34,7 +37,7 @@ class StoredResponse:
 
     response: dict  # the Response object, as answered (its "output": the output items)
     input_items: tuple[dict, ...]  # the conversation it answered, each item with its "id"
-    size: int  # bytes: stored_size(response, input_items)
+    size: int  # bytes: held by the response but not by its items (held_bytes)
 
     def conversation(self) -> list[dict]:
         """What a response continuing this one is given before its own input: this one's
@@ -42,16 +45,42 @@ class StoredResponse:
         return [*self.input_items, *self.response["output"]]
 
 
+def held_bytes(value: object) -> int:
+    """Bytes the Python objects of a decoded JSON `value` hold: sys.getsizeof of each dict,
+    list, tuple and scalar in it, a non-ASCII string's UTF-8 copy included (4 bytes a
+    character at most, which the JSON encoder caches in it). Not a dict's keys: the items'
+    are the API's field names (response_items.py keeps no other), shared. An upper bound:
+    values shared (small ints, short literals) are counted at each place."""
+    size = sys.getsizeof(value)
+    if isinstance(value, dict):
+        return size + sum(map(held_bytes, value.values()))
+    if isinstance(value, (list, tuple)):
+        return size + sum(held_bytes(v) for v in value)
+    if isinstance(value, str) and not value.isascii():
+        return size + 4 * len(value)
+    return size
+
+
+def _own_bytes(response: dict, input_items: tuple[dict, ...]) -> int:
+    """Bytes a kept response holds apart from its items: the Response but its output items,
+    the tuple of its input items, the StoredResponse."""
+    head = sys.getsizeof(response) + sum(
+        sys.getsizeof(v) if k == "output" else held_bytes(v) for k, v in response.items())
+    return head + sys.getsizeof(input_items) + sys.getsizeof(StoredResponse)
+
+
 def stored_size(response: dict, input_items: list[dict]) -> int:
-    """Bytes a kept response counts against the store's max_bytes: the JSON of `response`
-    and of its `input_items`, the earlier turns' included."""
-    return len(msgspec.json.encode(response)) + len(msgspec.json.encode(input_items))
+    """Bytes `response` kept with `input_items` would hold were it the only one kept (a
+    response larger than the store's max_bytes alone is not kept)."""
+    items = tuple(input_items)
+    return _own_bytes(response, items) + sum(map(held_bytes, [*items, *response["output"]]))
 
 
 class ResponseStore:
-    """At most `capacity` responses by id, of at most `max_bytes` bytes in all (stored_size),
-    the oldest (by when each was kept) dropped first to make room; capacity 0 or max_bytes 0
-    keeps none. ValueError for a negative or non-integer bound."""
+    """At most `capacity` responses by id, holding at most `max_bytes` bytes in all (their
+    own and their items', each item counted once: held_bytes), the oldest (by when each was
+    kept) dropped first to make room; capacity 0 or max_bytes 0 keeps none. ValueError for
+    a negative or non-integer bound."""
 
     def __init__(self, capacity: int, max_bytes: int = MAX_STORED_RESPONSE_BYTES):
         for name, value in (("capacity", capacity), ("max_bytes", max_bytes)):
@@ -59,8 +88,11 @@ class ResponseStore:
                 raise ValueError(f"the response store's {name} must be an integer >= 0, got "
                                  f"{value!r}")
         self.capacity, self.max_bytes = capacity, max_bytes
-        self.bytes = 0  # stored_size of all kept
+        self.bytes = 0  # held by all kept: their own bytes, each item's once
         self._kept: OrderedDict[str, StoredResponse] = OrderedDict()
+        # id() of each item some kept response holds: [its held_bytes, how many hold it]
+        # (the id stays the item's while a kept response holds it)
+        self._items: dict[int, list[int]] = {}
 
     @property
     def keeps(self) -> bool:
@@ -80,13 +112,21 @@ class ResponseStore:
             return
         rid = response["id"]
         self.delete(rid)
-        size = stored_size(response, input_items)
-        if size > self.max_bytes:
+        inputs = tuple(input_items)
+        items = [*inputs, *response["output"]]
+        sizes = [self._items[id(i)][0] if id(i) in self._items else held_bytes(i)
+                 for i in items]
+        own = _own_bytes(response, inputs)
+        if own + sum(sizes) > self.max_bytes:
             return
-        self._kept[rid] = StoredResponse(response, tuple(input_items), size)
-        self.bytes += size
+        self._kept[rid] = StoredResponse(response, inputs, own)
+        self.bytes += own
+        for item, size in zip(items, sizes):
+            held = self._items.setdefault(id(item), [size, 0])
+            self.bytes += size if held[1] == 0 else 0
+            held[1] += 1
         while len(self._kept) > self.capacity or self.bytes > self.max_bytes:
-            self.bytes -= self._kept.popitem(last=False)[1].size
+            self._release(self._kept.popitem(last=False)[1])
 
     def get(self, rid: str) -> StoredResponse | None:
         """The response kept under `rid`, None if none is (never kept, deleted, dropped)."""
@@ -96,5 +136,15 @@ class ResponseStore:
         """Forgets the response `rid`; False if none was kept under it."""
         gone = self._kept.pop(rid, None)
         if gone is not None:
-            self.bytes -= gone.size
+            self._release(gone)
         return gone is not None
+
+    def _release(self, gone: StoredResponse) -> None:
+        """Uncounts a response no longer kept, and each item no kept response holds now."""
+        self.bytes -= gone.size
+        for item in (*gone.input_items, *gone.response["output"]):
+            held = self._items[id(item)]
+            held[1] -= 1
+            if held[1] == 0:
+                self.bytes -= held[0]
+                del self._items[id(item)]

@@ -114,7 +114,7 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     say (vLLM's --return-tokens-as-token-ids). max_stored_responses: how many responses
     /v1/responses keeps (store true), the most recent (api/response_store.py); 0 keeps none,
     each answered with store false; ValueError unless an integer >= 0.
-    max_stored_response_bytes: the bytes of JSON those may hold in all, the oldest dropped
+    max_stored_response_bytes: the bytes of memory those may hold in all, the oldest dropped
     first; 0 keeps none; ValueError unless an integer >= 0."""
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")

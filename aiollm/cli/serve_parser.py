@@ -112,8 +112,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                           f"vLLM without its store (default: {MAX_STORED_RESPONSES})")
     net.add_argument("--max-stored-response-bytes", type=int,
                      default=MAX_STORED_RESPONSE_BYTES, metavar="N",
-                     help="the Responses API: the kept responses hold at most N bytes of JSON "
-                          "in all (each its Response and whole conversation), the oldest "
+                     help="the Responses API: the kept responses hold at most N bytes of "
+                          "memory in all (each turn of a conversation counted once), the oldest "
                           "dropped first, so that clients cannot fill the server's memory; "
                           "one larger than N is not kept; 0 keeps none "
                           f"(default: {MAX_STORED_RESPONSE_BYTES}, 1 GiB)")
