@@ -90,3 +90,15 @@ def test_shared_turns_are_counted_while_any_response_holds_them():
     assert store.delete("resp_2") and store.bytes == alone[1]  # resp_1 alone
     assert store.delete("resp_1") and store.bytes == 0
 
+
+def test_only_the_fields_of_an_item_are_kept():
+    """A reasoning item's or a refusal part's other keys were kept as sent: held, listed and
+    uncounted (held_bytes counts no dict's keys, the field names being shared)."""
+    junk = {"x" * 1000: 1}
+    [reasoning, message] = input_items([
+        {"type": "reasoning", "summary": [], **junk,
+         "content": [{"type": "reasoning_text", "text": "t", **junk}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no", **junk}]}])
+    assert set(reasoning) == {"id", "type", "summary", "content"}
+    assert reasoning["content"] == [{"type": "reasoning_text", "text": "t"}]
+    assert message["content"] == [{"type": "refusal", "refusal": "no"}]

@@ -17,6 +17,7 @@ DEFAULT_PAGE = 20
 _PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
            "reasoning": "rs"}
 _TEXT = ("text", "input_text", "output_text")
+_REASONING = ("summary", "content", "encrypted_content", "status")  # the SDK's fields
 
 
 def input_items(value: str | list[Any], earlier: Sequence[dict] = ()) -> list[dict]:
@@ -50,15 +51,21 @@ def _shaped(item: dict, kind: str, rid: str) -> dict:
     if kind == "function_call_output":
         return {"id": rid, "type": "function_call_output", "call_id": item["call_id"],
                 "output": item["output"], "status": "completed"}
-    # reasoning: as sent (its content or summary parts), the "summary" the SDK requires
-    return {"summary": [], **item, "id": rid, "type": "reasoning"}
+    # reasoning: its fields as sent (other keys dropped: kept, they would be held and
+    # listed), the "summary" the SDK requires
+    kept = {k: item[k] for k in _REASONING if k in item}
+    for key in ("summary", "content"):  # their parts' type and text (_reasoning took them)
+        if isinstance(kept.get(key), list):
+            kept[key] = [{"type": p["type"], "text": p["text"]} for p in kept[key]]
+    return {"summary": [], **kept, "id": rid, "type": "reasoning"}
 
 
 def _part(role: str, part: dict) -> dict:
     """A message's text part as the SDK types it: output_text in an assistant's message,
-    input_text in any other role's; a refusal part as sent."""
+    input_text in any other role's; a refusal part its type and refusal (text_parts took
+    it), other keys dropped."""
     if part.get("type") not in _TEXT:
-        return part
+        return {"type": "refusal", "refusal": part["refusal"]}
     if role == "assistant":
         return {"type": "output_text", "text": part["text"], "annotations": []}
     return {"type": "input_text", "text": part["text"]}
