@@ -102,3 +102,18 @@ def test_only_the_fields_of_an_item_are_kept():
     assert set(reasoning) == {"id", "type", "summary", "content"}
     assert reasoning["content"] == [{"type": "reasoning_text", "text": "t"}]
     assert message["content"] == [{"type": "refusal", "refusal": "no"}]
+
+
+def test_a_call_outputs_parts_are_kept_as_their_fields():
+    """A function_call_output's parts were kept as sent: another key nested 990 deep (as
+    deep as the JSON decoder takes) made held_bytes overflow Python's stack as the
+    response was kept (RecursionError)."""
+    deep: list = []
+    for _ in range(990):  # what the server's decoder takes from a body (its stack shallow)
+        deep = [deep]
+    [item] = input_items([{"type": "function_call_output", "call_id": "c", "output": [
+        {"type": "input_text", "text": "Sunny", "junk": deep}]}])
+    assert item["output"] == [{"type": "input_text", "text": "Sunny"}]
+    store = ResponseStore(10)
+    store.put(_response("r", "", None), [item])
+    assert store.get("r").input_items == (item,)

@@ -49,8 +49,11 @@ def _shaped(item: dict, kind: str, rid: str) -> dict:
         return {"id": rid, "type": "function_call", "call_id": item["call_id"],
                 "name": item["name"], "arguments": item["arguments"], "status": "completed"}
     if kind == "function_call_output":
+        output = item["output"]  # a string, or parts: their fields (other keys dropped)
+        if isinstance(output, list):
+            output = [_part("tool", p) for p in output]
         return {"id": rid, "type": "function_call_output", "call_id": item["call_id"],
-                "output": item["output"], "status": "completed"}
+                "output": output, "status": "completed"}
     # reasoning: its fields as sent (other keys dropped: kept, they would be held and
     # listed), the "summary" the SDK requires
     kept = {k: item[k] for k in _REASONING if k in item}
