@@ -117,3 +117,25 @@ def test_a_call_outputs_parts_are_kept_as_their_fields():
     store = ResponseStore(10)
     store.put(_response("r", "", None), [item])
     assert store.get("r").input_items == (item,)
+
+
+def test_a_deep_echoed_field_is_counted():
+    """The Response echoes fields as sent (text, reasoning, tools, metadata): a value nested
+    990 deep, which the server's decoder takes from a body, overflowed a recursive
+    held_bytes as the response was kept."""
+    deep: list = []
+    for _ in range(990):
+        deep = [deep]
+    store = ResponseStore(10)
+    store.put({**_response("r", "", None), "text": {"format": {"type": "text"}, "x": deep}},
+              [])
+    assert store.get("r") is not None and store.bytes > 990 * 56  # an empty list's bytes
+
+
+def test_the_keys_a_client_sent_are_counted():
+    """The Response echoes metadata, text, reasoning and tools as sent, their keys the
+    client's (1 MB of metadata keys was held uncounted); the items' keys are field names."""
+    metadata = {f"{k:06}" + "k" * 1000: "" for k in range(1000)}
+    store = ResponseStore(10)
+    store.put({**_response("r", "", None), "metadata": metadata}, [])
+    assert store.bytes > 1000 * 1000

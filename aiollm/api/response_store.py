@@ -45,27 +45,35 @@ class StoredResponse:
         return [*self.input_items, *self.response["output"]]
 
 
-def held_bytes(value: object) -> int:
+def held_bytes(value: object, keys: bool = False) -> int:
     """Bytes the Python objects of a decoded JSON `value` hold: sys.getsizeof of each dict,
     list, tuple and scalar in it, a non-ASCII string's UTF-8 copy included (4 bytes a
-    character at most, which the JSON encoder caches in it). Not a dict's keys: the items'
-    are the API's field names (response_items.py keeps no other), shared. An upper bound:
-    values shared (small ints, short literals) are counted at each place."""
-    size = sys.getsizeof(value)
-    if isinstance(value, dict):
-        return size + sum(map(held_bytes, value.values()))
-    if isinstance(value, (list, tuple)):
-        return size + sum(held_bytes(v) for v in value)
-    if isinstance(value, str) and not value.isascii():
-        return size + 4 * len(value)
+    character at most, which the JSON encoder caches in it); a dict's keys too where `keys`
+    (a client's: the fields a Response echoes; an item's are the API's field names,
+    response_items.py keeps no other, shared). An upper bound: values shared (small ints,
+    short literals) are counted at each place."""
+    size, todo = 0, [value]
+    while todo:  # not recursive: a value nests as deep as a body's JSON may (~1000)
+        value = todo.pop()
+        size += sys.getsizeof(value)
+        if isinstance(value, dict):
+            todo.extend(value.values())
+            if keys:
+                todo.extend(value)
+        elif isinstance(value, (list, tuple)):
+            todo.extend(value)
+        elif isinstance(value, str) and not value.isascii():
+            size += 4 * len(value)
     return size
 
 
 def _own_bytes(response: dict, input_items: tuple[dict, ...]) -> int:
-    """Bytes a kept response holds apart from its items: the Response but its output items,
-    the tuple of its input items, the StoredResponse."""
+    """Bytes a kept response holds apart from its items: the Response but its output items
+    (the fields it echoes as the client sent them, keys and all), the tuple of its input
+    items, the StoredResponse."""
     head = sys.getsizeof(response) + sum(
-        sys.getsizeof(v) if k == "output" else held_bytes(v) for k, v in response.items())
+        sys.getsizeof(v) if k == "output" else held_bytes(v, keys=True)
+        for k, v in response.items())
     return head + sys.getsizeof(input_items) + sys.getsizeof(StoredResponse)
 
 
