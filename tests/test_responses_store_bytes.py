@@ -7,10 +7,12 @@ turns) and for one response of many tiny items (whose Python objects outweigh th
 from __future__ import annotations
 
 import gc
+import os
 import tracemalloc
 
 import msgspec
 import pytest
+from test_responses_store import _with_store, tiny  # noqa: F401 (its fixture)
 
 from aiollm.api.response_items import input_items
 from aiollm.api.response_store import ResponseStore, stored_size
@@ -139,3 +141,19 @@ def test_the_keys_a_client_sent_are_counted():
     store = ResponseStore(10)
     store.put({**_response("r", "", None), "metadata": metadata}, [])
     assert store.bytes > 1000 * 1000
+
+
+def test_a_deep_echoed_field_is_kept_through_http(tiny):
+    """The same through the server: a text field nested 900 deep (the decoder takes some
+    940 there) was a 500 (RecursionError) as the response was kept."""
+    body = ('{"model": "%s", "input": "Hi", "max_output_tokens": 2, "text": {"x": %s}}'
+            % (os.path.basename(tiny), "[" * 900 + "]" * 900))
+
+    async def calls(client):
+        r = await client.post("/v1/responses", data=body,
+                              headers={"Content-Type": "application/json"})
+        rid = (await r.json())["id"] if r.status == 200 else None
+        kept = rid and (await client.get(f"/v1/responses/{rid}")).status
+        return r.status, kept
+
+    assert _with_store(tiny, 10, calls) == (200, 200)
