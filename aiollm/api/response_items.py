@@ -40,23 +40,26 @@ def input_items(value: str | list[Any], earlier: Sequence[dict] = ()) -> list[di
 
 
 def _shaped(item: dict, kind: str, rid: str) -> dict:
+    """`item` (checked) as kept: its fields (the SDK's ResponseItem's), its status as sent
+    (completed where it sent none)."""
+    status = item.get("status") or "completed"
     if kind == "message":
         role, content = item["role"], item["content"]
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
         return {"id": rid, "type": "message", "role": role,
-                "content": [_part(role, p) for p in parts], "status": "completed"}
+                "content": [_part(role, p) for p in parts], "status": status}
     if kind == "function_call":
         return {"id": rid, "type": "function_call", "call_id": item["call_id"],
-                "name": item["name"], "arguments": item["arguments"], "status": "completed"}
+                "name": item["name"], "arguments": item["arguments"], "status": status}
     if kind == "function_call_output":
         output = item["output"]  # a string, or parts: their fields (other keys dropped)
         if isinstance(output, list):
             output = [_part("tool", p) for p in output]
         return {"id": rid, "type": "function_call_output", "call_id": item["call_id"],
-                "output": output, "status": "completed"}
-    # reasoning: its fields as sent (other keys dropped: kept, they would be held and
-    # listed), the "summary" the SDK requires
-    kept = {k: item[k] for k in _REASONING if k in item}
+                "output": output, "status": status}
+    # reasoning: its fields as sent but null ones (other keys dropped: kept, they would be
+    # held and listed), the "summary" the SDK requires
+    kept = {k: item[k] for k in _REASONING if item.get(k) is not None}
     for key in ("summary", "content"):  # their parts' type and text (_reasoning took them)
         if isinstance(kept.get(key), list):
             kept[key] = [{"type": p["type"], "text": p["text"]} for p in kept[key]]

@@ -24,6 +24,7 @@ from aiollm.engine.content_parts import text_parts
 from aiollm.errors import InvalidRequest
 
 _ROLES = ("user", "system", "developer", "assistant")
+_STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
 _STORED = "this server keeps no background responses, conversations or prompts"
 
 
@@ -141,6 +142,10 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         if not isinstance(item, dict):
             raise InvalidRequest(f"{at} must be an object", param=at)
         kind = item.get("type", "message")
+        if item.get("status") not in _STATUSES:
+            raise InvalidRequest(f"{at}.status must be in_progress, completed or incomplete "
+                                 f"(or null), got {item['status']!r:.100}",
+                                 param=f"{at}.status")
         if kind == "message":
             role = item.get("role")
             if role not in _ROLES:
@@ -195,27 +200,39 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
 def _reasoning(item: dict, at: str) -> str:
     """The text of a reasoning item (a past turn's, sent back as OpenAI asks): its
     reasoning_text parts joined, else its summary_text parts joined by a blank line (as
-    vLLM takes the summary where the content is missing). A non-empty encrypted_content
-    is refused: the server never writes it, so it is another server's ("" or null carry
-    none, as vLLM reads them)."""
-    if item.get("encrypted_content"):
-        raise InvalidRequest(f"{at}.encrypted_content is not served: this server writes "
-                             "reasoning as reasoning_text content; send that back instead",
-                             param=f"{at}.encrypted_content")
-    content, summary = item.get("content"), item.get("summary")
-    key, kind, parts, sep = (("content", "reasoning_text", content, "") if content
-                             else ("summary", "summary_text", summary or [], "\n\n"))
+    vLLM takes the summary where the content is missing). Both are checked (null or a list
+    of their parts: the item is kept and listed back as sent). A non-empty
+    encrypted_content is refused: the server never writes it, so it is another server's
+    ("" or null carry none, as vLLM reads them)."""
+    if item.get("encrypted_content") not in (None, ""):
+        said = ("is not served: this server writes reasoning as reasoning_text content; "
+                "send that back instead") if isinstance(item["encrypted_content"], str) \
+            else "must be a string"
+        raise InvalidRequest(f"{at}.encrypted_content {said}", param=f"{at}.encrypted_content")
+    texts = {key: _thought_parts(item.get(key), kind, f"{at}.{key}")
+             for key, kind in (("content", "reasoning_text"), ("summary", "summary_text"))}
+    return "".join(texts["content"]) if texts["content"] else "\n\n".join(texts["summary"])
+
+
+def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
+    """The texts of a reasoning item's summary or content `parts` (at the path `at`), each
+    part of type `kind`; null is none."""
+    if parts is None:
+        return []
     if not isinstance(parts, list):
-        raise InvalidRequest(f"{at}.{key} must be a list of parts", param=f"{at}.{key}")
+        raise InvalidRequest(f"{at} must be a list of parts", param=at)
     texts = []
     for j, part in enumerate(parts):
-        where = f"{at}.{key}[{j}]"
-        if not isinstance(part, dict) or part.get("type") != kind:
+        where = f"{at}[{j}]"
+        if not isinstance(part, dict):
+            raise InvalidRequest(f'{where} must be a part: an object of type "{kind}"',
+                                 param=where)
+        if part.get("type") != kind:
             raise InvalidRequest(f'{where}.type must be "{kind}"', param=f"{where}.type")
         if not isinstance(part.get("text"), str):
             raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
         texts.append(part["text"])
-    return sep.join(texts)
+    return texts
 
 
 def _string(item: dict, key: str, at: str) -> str:
