@@ -21,7 +21,7 @@ _REASONING = ("summary", "content", "encrypted_content", "status")  # the SDK's 
 
 
 def input_items(value: str | list[Any], earlier: Sequence[dict] = ()) -> list[dict]:
-    """A request's `input` (checked: responses_request.input_messages took it) as the items
+    """A request's `input` (checked: response_input.input_messages took it) as the items
     kept with its response, each with an "id": the client's where it sent one that no item
     of the conversation (`earlier`, the items of the response it continues) or of this
     input has yet, else a fresh one (a page's cursor is an id: each must be unique)."""
@@ -60,7 +60,7 @@ def _shaped(item: dict, kind: str, rid: str) -> dict:
     # reasoning: its fields as sent but null ones (other keys dropped: kept, they would be
     # held and listed), the "summary" the SDK requires
     kept = {k: item[k] for k in _REASONING if item.get(k) is not None}
-    for key in ("summary", "content"):  # their parts' type and text (_reasoning took them)
+    for key in ("summary", "content"):  # their parts' type and text (checked)
         if isinstance(kept.get(key), list):
             kept[key] = [{"type": p["type"], "text": p["text"]} for p in kept[key]]
     return {"summary": [], **kept, "id": rid, "type": "reasoning"}
