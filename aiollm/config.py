@@ -27,6 +27,14 @@ CONTENT_FORMATS = ("auto", "string", "openai")
 # the KV pool's share of the GPU memory free after loading, by default; the rest is the
 # headroom for activations, CUDA graphs and sampling (gpu_memory_utilization keeps it too)
 KV_MEMORY_FRACTION = 0.85
+# the responses /v1/responses keeps (--max-stored-responses; api/response_store.py): enough
+# for many clients' conversations at once; each holds about a context's worth of text at
+# most (its conversation had to fit the context)
+MAX_STORED_RESPONSES = 1000
+# ... and the bytes of memory they may hold in all (--max-stored-response-bytes): 1 GiB, a
+# small share of a GPU server's memory; the count alone let clients fill 16 GB (1000
+# responses of a 16 MiB body each)
+MAX_STORED_RESPONSE_BYTES = 2**30
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # vLLM's --kv-cache-dtype values aiollm can honour: auto, or the dtype the model runs in
 # (vLLM's float16 and bfloat16; float32 too, the CPU's)

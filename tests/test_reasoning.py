@@ -350,6 +350,25 @@ def test_no_parser_leaves_the_output_alone(server):
     assert re.fullmatch(THINK, m["content"]), m
 
 
+def test_a_response_with_reasoning_is_continued_as_its_items_sent_back(thinker):
+    """previous_response_id gives the next turn the earlier output items, a reasoning item
+    among them, as a client sending them back as input gives them: the same prompt."""
+    import openai
+
+    client = openai.OpenAI(base_url=thinker.base + "/v1", api_key="unused", max_retries=0)
+    kw = dict(model=client.models.list().data[0].id, max_output_tokens=8, temperature=0)
+    first = client.responses.create(input=ASK[0]["content"], **kw)
+    assert "reasoning" in [i.type for i in first.output] or thinker.engine.config \
+        .reasoning_parser == "qwen3", first.output
+    follow = [{"role": "user", "content": "Why?"}]
+    continued = client.responses.create(input=follow, previous_response_id=first.id, **kw)
+    sent = client.responses.create(store=False, **kw, input=[
+        {"role": "user", "content": ASK[0]["content"]},
+        *[i.model_dump(exclude_none=True) for i in first.output], *follow])
+    assert continued.usage.input_tokens == sent.usage.input_tokens
+    assert continued.output_text == sent.output_text
+
+
 def test_responses_put_the_reasoning_in_a_reasoning_item(thinker):
     """/v1/responses splits as chat does: the reasoning a reasoning item (reasoning_text
     content, streamed as response.reasoning_text.delta before the message's events), the

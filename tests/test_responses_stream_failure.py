@@ -36,7 +36,8 @@ def tiny(tmp_path_factory) -> str:
 
 def _stream_failing_after(tiny: str, steps: int, body: dict) -> tuple[int, list[dict]]:
     """(status, events) of a streamed /v1/responses request whose model step raises from
-    call `steps` + 1 on; after it, a request is served again and nothing is held."""
+    call `steps` + 1 on; after it, a request is served again, nothing is held and the
+    failed response is not kept (a GET of it is a 404)."""
     async def main():
         engine, calls = Engine(tiny, load_format="dummy", kv_tokens=512), []
 
@@ -59,6 +60,8 @@ def _stream_failing_after(tiny: str, steps: int, body: dict) -> tuple[int, list[
             again = await client.post("/v1/responses", json={**body, "stream": False})
             assert again.status == 200, await again.text()
             assert engine.stats()["kv_used"] == engine.stats()["table_used"] == 0
+            failed = await client.get(f"/v1/responses/resp_{resp.headers['X-Request-Id']}")
+            assert failed.status == 404, await failed.text()
         datas = [line[len("data: "):] for line in raw.splitlines() if line.startswith("data: ")]
         return resp.status, [json.loads(d) for d in datas]
 

@@ -4,29 +4,33 @@ chat request it stands for (responses_request.py) and planned as a chat completi
 as chat reads it (the reasoning split off, the calls parsed) and answered as a Response
 (responses_output.py), whole or as typed events (responses_stream.py).
 
-No response is kept (vLLM's default, without VLLM_ENABLE_RESPONSES_API_STORE): retrieving
-or cancelling one by id is a 404 naming it.
+A response asked to be stored (store true, the default) is kept once it has ended
+(response_store.py), with the conversation it answered, for a later request's
+previous_response_id and for the routes by id (stored_responses.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 from aiohttp import web
 
-from aiollm.api import reasoning, sse
+from aiollm.api import reasoning, sse, stored_responses
 from aiollm.api.body import decode_body
 from aiollm.api.chat_plan import ChatPlan, plan_chat
 from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.cut_calls import may_cut_a_call
-from aiollm.api.http_errors import ApiError, context_told, param_names
+from aiollm.api.http_errors import context_told, param_names
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
+from aiollm.api.response_items import input_items
 from aiollm.api.responses_output import (ResponseHead, answer_items, reasoning_status,
                                          status_of, usage_of)
 from aiollm.api.responses_request import ResponsesRequest, responses_names
 from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.state import state
+from aiollm.api.stored_responses import kept
 from aiollm.engine.request_group import choice_group
 
 
@@ -34,20 +38,41 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/responses."""
     req = await decode_body(request, ResponsesRequest)
     request_id(request, req.request_id)  # errors too carry it from here
-    with responses_names(), param_names({"prompt": "input"}), context_told(
-            "the input (as the chat template renders it) has", "the input",
-            "shorten the input, or serve the model with a larger --max-model-len where it "
-            "allows one"):
+    with responses_names(), param_names({"prompt": "input"}), context_told(*_naming(req)):
         return await _create(request, req)
+
+
+def _naming(req: ResponsesRequest) -> tuple[str, str, str]:
+    """How a prompt past the context is told (http_errors.context_told): a continued
+    conversation as a whole, the kept turns with the input (the input alone may be short)."""
+    if req.previous_response_id is None:
+        return ("the input (as the chat template renders it) has", "the input",
+                "shorten the input, or serve the model with a larger --max-model-len where "
+                "it allows one")
+    return ("the conversation (previous_response_id's items, then the input, as the chat "
+            "template renders it; send the input without previous_response_id to start a "
+            "new one) has", "the conversation",
+            "start a new conversation (without previous_response_id), shorten the input, or "
+            "serve the model with a larger --max-model-len where it allows one")
 
 
 async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResponse:
     st = state(request)
     req.check_unserved()
-    plan = await plan_chat(st, req.as_chat())
-    head = ResponseHead(req, request_id(request), st.model_name, plan.params[0])
+    earlier = [] if req.previous_response_id is None else kept(
+        st, req.previous_response_id, "previous_response_id").conversation()
+    plan = await plan_chat(st, req.as_chat(earlier))
+    store = req.store is not False and st.responses.keeps
+    head = ResponseHead(req, request_id(request), st.model_name, plan.params[0], store)
+    # kept with the response: the conversation it answers, each item with an id
+    items = [*earlier, *input_items(req.input, earlier)] if store else None
+
+    def keep(response: dict) -> None:
+        if items is not None:
+            st.responses.put(response, items)
+
     if req.stream:
-        return await _stream(request, req, plan, head)
+        return await _stream(request, req, plan, head, keep)
     group = choice_group(1)
     [out] = await gather_outputs([st.engine.generate(plan.ids, plan.params[0],
                                                      cache_salt=req.cache_salt, group=group)])
@@ -64,11 +89,13 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     output = answer_items(thought, content, calls, before, status,
                           reasoning_status(status, cut_inside))
     usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens, thought_tokens)
-    return json_response(head.response(status, output, usage, incomplete))
+    response = head.response(status, output, usage, incomplete)
+    keep(response)
+    return json_response(response)
 
 
 async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
-                  head: ResponseHead) -> web.StreamResponse:
+                  head: ResponseHead, keep: Callable[[dict], None]) -> web.StreamResponse:
     events = ResponseEvents(head)
     splitter, calls = plan.splitter(), plan.stream_calls()
     thought_tokens = None if splitter is None else reasoning.ReasoningTokens(splitter)
@@ -96,8 +123,11 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
         usage = usage_of(len(plan.ids), d.completion_tokens, d.cached_tokens,
                          thought_tokens.count if thought_tokens else 0)
         cut_inside = splitter is not None and splitter.in_reasoning
-        return out + events.finish(status, incomplete, usage,
-                                   reasoning_status(status, cut_inside))
+        out += events.finish(status, incomplete, usage, reasoning_status(status, cut_inside))
+        # kept as it ends, before response.completed is written: a client that reads it
+        # may ask for the response at once
+        keep(events.final)
+        return out
 
     start = partial(state(request).engine.stream, plan.ids, plan.params[0],
                     cache_salt=req.cache_salt, group=choice_group(1))
@@ -105,16 +135,4 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
     return await sse.send(request, merge([start]), render, lambda: b"", on_error=events.failed)
 
 
-async def stored_response(request: web.Request) -> web.Response:
-    """GET /v1/responses/{id} and POST /v1/responses/{id}/cancel: none is kept, so none is
-    found (404, as vLLM answers without its store)."""
-    rid = request.match_info["response_id"]
-    raise ApiError(404, f"Response with id {rid!r} not found: this server keeps no responses "
-                   "(each is answered with store false)", param="response_id")
-
-
-ROUTES = [
-    web.post("/v1/responses", create_response),
-    web.get("/v1/responses/{response_id}", stored_response),
-    web.post("/v1/responses/{response_id}/cancel", stored_response),
-]
+ROUTES = [web.post("/v1/responses", create_response), *stored_responses.ROUTES]

@@ -96,12 +96,14 @@ def reasoning_status(status: str, cut_inside: bool) -> str:
 @dataclass(slots=True)
 class ResponseHead:
     """What every Response of one request repeats: its id, creation time, and the
-    request's settings echoed (the sampling values the engine used where it chose them)."""
+    request's settings echoed (the sampling values the engine used where it chose them),
+    whether it is kept (`store`: the request asked and the server keeps responses)."""
 
     req: ResponsesRequest
     rid: str  # the request id (X-Request-Id)
     model: str
     params: SamplingParams
+    store: bool = False
     created_at: int = field(default_factory=lambda: int(time.time()))
 
     def response(self, status: str, output: list[dict], usage: dict | None = None,
@@ -118,8 +120,8 @@ class ResponseHead:
             "max_output_tokens": r.max_output_tokens, "max_tool_calls": None,
             "metadata": r.metadata, "model": self.model, "output": output,
             "parallel_tool_calls": r.parallel_tool_calls is not False,
-            "previous_response_id": None, "reasoning": r.reasoning,
-            "service_tier": r.service_tier or "auto", "store": False,
+            "previous_response_id": r.previous_response_id, "reasoning": r.reasoning,
+            "service_tier": r.service_tier or "auto", "store": self.store,
             "temperature": self.params.temperature, "text": {**(r.text or {}), "format": fmt},
             "tool_choice": r.tool_choice if r.tool_choice is not None else "auto",
             "tools": r.tools or [], "top_logprobs": r.top_logprobs or 0,

@@ -1,30 +1,29 @@
 """The body of /v1/responses (`ResponsesRequest`, OpenAI's Responses API as vLLM serves it)
 and its translation into the chat request it stands for (`as_chat`): the input items become
-messages, `instructions` a system message first, `text.format` the response_format, the
-flat function tools the chat form of them. The chat path then renders, samples and
-constrains it as it would a chat completion (aiollm/api/chat_plan.py).
+messages (response_input.py), `instructions` a system message first, `text.format` the
+response_format, the flat function tools the chat form of them. The chat path then
+renders, samples and constrains it as it would a chat completion (aiollm/api/chat_plan.py).
 
-What the server does not do is refused with a 400 naming the field: stored responses
-(previous_response_id, background, conversation, a reusable prompt), built-in tools, image,
-file and audio inputs, logprobs. store true is served as vLLM serves it without its store
-(VLLM_ENABLE_RESPONSES_API_STORE unset): the response is answered, not kept (store false).
+A request continuing a kept response (previous_response_id) is given that response's
+conversation first (`earlier`: its input items, then its output items; response_store.py).
+What the server does not do is refused with a 400 naming the field: background responses,
+conversations, a reusable prompt, built-in tools, image, file and audio inputs, logprobs.
 """
 
 from __future__ import annotations
 
 import re
 from contextlib import contextmanager
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Sequence, Union
 
 from msgspec import Struct
 
-from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage, ContentPart
+from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage
 from aiollm.api.protocol import Stop, TopK
-from aiollm.engine.content_parts import text_parts
+from aiollm.api.response_input import input_messages
 from aiollm.errors import InvalidRequest
 
-_ROLES = ("user", "system", "developer", "assistant")
-_STORED = "this server keeps no responses (they are answered with store false)"
+_STORED = "this server keeps no background responses, conversations or prompts"
 
 
 class ResponsesRequest(Struct, kw_only=True):
@@ -52,8 +51,8 @@ class ResponsesRequest(Struct, kw_only=True):
     max_tool_calls: int | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
+    previous_response_id: str | None = None  # a kept response's id (response_store.py)
     # refused (check_unserved)
-    previous_response_id: str | None = None
     background: bool | None = False
     conversation: Any = None
     prompt: Any = None
@@ -73,16 +72,13 @@ class ResponsesRequest(Struct, kw_only=True):
 
     def check_unserved(self) -> None:
         """InvalidRequest naming the first field asking for what the server does not do."""
-        if self.previous_response_id is not None:
-            raise InvalidRequest(f"previous_response_id is not served: {_STORED}; send the "
-                                 "whole conversation as input items", param="previous_response_id")
         if self.background:
             raise InvalidRequest(f"background is not served: {_STORED}; send false or leave "
                                  "it out", param="background")
         for name in ("conversation", "prompt"):
             if getattr(self, name) is not None:
                 raise InvalidRequest(f"{name} is not served: {_STORED}; send the messages as "
-                                     "input items", param=name)
+                                     "input items (or previous_response_id)", param=name)
         if self.truncation not in (None, "disabled"):
             raise InvalidRequest(f'truncation {self.truncation!r} is not served: send "disabled"'
                                  " or leave it out (an input past the context is a 400)",
@@ -100,12 +96,14 @@ class ResponsesRequest(Struct, kw_only=True):
                                  "(parallel_tool_calls false allows one)",
                                  param="max_tool_calls")
 
-    def as_chat(self) -> ChatCompletionRequest:
-        """The chat request this one stands for. InvalidRequest naming the field (input[i],
-        tools[i], text.format, tool_choice) for a shape the server does not take."""
+    def as_chat(self, earlier: Sequence[dict] = ()) -> ChatCompletionRequest:
+        """The chat request this one stands for, its input following the items `earlier`
+        (the conversation of the response it continues). InvalidRequest naming the field
+        (input[i], tools[i], text.format, tool_choice) for a shape the server does not
+        take."""
         messages = ([ChatMessage(role="system", content=self.instructions)]
                     if self.instructions is not None else [])
-        messages += input_messages(self.input)
+        messages += input_messages(self.input, earlier)
         effort = (self.reasoning or {}).get("effort")
         return ChatCompletionRequest(
             messages=messages, model=self.model, max_completion_tokens=self.max_output_tokens,
@@ -119,118 +117,6 @@ class ResponsesRequest(Struct, kw_only=True):
             parallel_tool_calls=self.parallel_tool_calls, reasoning_effort=effort,
             chat_template_kwargs=self.chat_template_kwargs, user=self.user,
             cache_salt=self.cache_salt, request_id=self.request_id)
-
-
-def input_messages(value: str | list[Any]) -> list[ChatMessage]:
-    """The chat messages of `input`: a string is one user message; each item a message,
-    a function_call (joined to the assistant turn before it, or one of its own) or a
-    function_call_output (a tool message). A reasoning item, a past turn's reasoning sent
-    back, is that assistant turn's reasoning_content, which the chat template renders where
-    it renders reasoning (Qwen3's: in the turns after the last user message); as vLLM joins
-    them, it goes to the assistant turn just before it if that has none yet, and an
-    assistant message after reasoning or calls alone is their turn's content."""
-    if isinstance(value, str):
-        return [ChatMessage(role="user", content=value)]
-    if not value:
-        raise InvalidRequest("input must hold at least one item", param="input")
-    out: list[ChatMessage] = []
-    for i, item in enumerate(value):
-        at = f"input[{i}]"
-        if not isinstance(item, dict):
-            raise InvalidRequest(f"{at} must be an object", param=at)
-        kind = item.get("type", "message")
-        if kind == "message":
-            role = item.get("role")
-            if role not in _ROLES:
-                raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
-                                     f"{role!r}", param=f"{at}.role")
-            # no parts: an empty turn, taken as chat (and vLLM) take it
-            text = _text(item.get("content"), f"{at}.content")
-            last = out[-1] if out else None
-            # the message of a turn whose reasoning (or calls) came first: that turn's
-            if role == "assistant" and last is not None and last.role == "assistant" \
-                    and last.content is None:
-                last.content = text
-            else:
-                out.append(ChatMessage(role=role, content=text))
-        elif kind == "function_call":
-            call = {"id": _string(item, "call_id", at), "type": "function", "function": {
-                "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
-            last = out[-1] if out else None
-            if last is not None and last.role == "assistant" and last.tool_calls is not None:
-                last.tool_calls.append(call)
-            elif last is not None and last.role == "assistant":
-                last.tool_calls = [call]
-            else:
-                out.append(ChatMessage(role="assistant", tool_calls=[call]))
-        elif kind == "function_call_output":
-            output = item.get("output")
-            text = _text(output, f"{at}.output")
-            out.append(ChatMessage(role="tool", content=text,
-                                   tool_call_id=_string(item, "call_id", at)))
-        elif kind == "reasoning":
-            thought = _reasoning(item, at)
-            last = out[-1] if out else None
-            if last is not None and last.role == "assistant" and last.reasoning_content is None:
-                last.reasoning_content = thought
-            else:
-                out.append(ChatMessage(role="assistant", reasoning_content=thought))
-        else:
-            raise InvalidRequest(f'{at}.type {kind!r} is not served: send "message", '
-                                 '"reasoning", "function_call" or "function_call_output" '
-                                 "items", param=f"{at}.type")
-    for m in out:  # a turn of reasoning alone: its answer was empty
-        if m.role == "assistant" and m.content is None and m.tool_calls is None:
-            m.content = ""
-    return out
-
-
-def _reasoning(item: dict, at: str) -> str:
-    """The text of a reasoning item (a past turn's, sent back as OpenAI asks): its
-    reasoning_text parts joined, else its summary_text parts joined by a blank line (as
-    vLLM takes the summary where the content is missing). A non-empty encrypted_content
-    is refused: the server never writes it, so it is another server's ("" or null carry
-    none, as vLLM reads them)."""
-    if item.get("encrypted_content"):
-        raise InvalidRequest(f"{at}.encrypted_content is not served: this server writes "
-                             "reasoning as reasoning_text content; send that back instead",
-                             param=f"{at}.encrypted_content")
-    content, summary = item.get("content"), item.get("summary")
-    key, kind, parts, sep = (("content", "reasoning_text", content, "") if content
-                             else ("summary", "summary_text", summary or [], "\n\n"))
-    if not isinstance(parts, list):
-        raise InvalidRequest(f"{at}.{key} must be a list of parts", param=f"{at}.{key}")
-    texts = []
-    for j, part in enumerate(parts):
-        where = f"{at}.{key}[{j}]"
-        if not isinstance(part, dict) or part.get("type") != kind:
-            raise InvalidRequest(f'{where}.type must be "{kind}"', param=f"{where}.type")
-        if not isinstance(part.get("text"), str):
-            raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
-        texts.append(part["text"])
-    return sep.join(texts)
-
-
-def _string(item: dict, key: str, at: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{at}.{key} must be a string", param=f"{at}.{key}")
-    return value
-
-
-def _text(content: Any, at: str) -> str | list[ContentPart]:
-    """An input message's content or a call's output, at the path `at`, as text
-    (content_parts.text_parts, as chat takes a message's parts): a string, or its text
-    parts, which the chat template is given in the server's content format, joined or as
-    a list; no parts as "" (a message's empty turn, a call's output: the tool said
-    nothing), as vLLM joins them. The Responses API's schema takes refusal parts in any
-    role's content, and no plain strings in a list."""
-    parts = text_parts(content, at, refusal=True, strings=False)
-    if isinstance(parts, str):
-        return parts
-    if not parts:
-        return ""
-    return [ContentPart(type="text", text=p["text"]) for p in parts]
 
 
 def response_format(text: dict | None) -> dict | None:

@@ -32,7 +32,9 @@ from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_re
 from aiollm.api.lightllm_errors import answers_as_lightllm
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
+from aiollm.api.response_store import ResponseStore
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
+from aiollm.config import MAX_STORED_RESPONSE_BYTES, MAX_STORED_RESPONSES
 from aiollm.engine.content_format import check_content_format, log_served_format
 from aiollm.stop_signal import Terminated
 
@@ -88,7 +90,9 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                trust_request_chat_template: bool = False,
                chat_template_content_format: str = "auto",
                response_role: str = "assistant",
-               return_tokens_as_token_ids: bool = False) -> web.Application:
+               return_tokens_as_token_ids: bool = False,
+               max_stored_responses: int = MAX_STORED_RESPONSES,
+               max_stored_response_bytes: int = MAX_STORED_RESPONSE_BYTES) -> web.Application:
     """The HTTP app around `engine` (not yet started: the app starts and stops it). Browsers
     may call it from other origins only as `cors` allows (None: from none, CORS off).
     api_key: the key every route but the probes, metrics and version needs, or several
@@ -107,7 +111,11 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     chat answer where the prompt opens a new turn (vLLM's --response-role); ValueError
     unless a non-empty string.
     return_tokens_as_token_ids: logprobs name tokens "token_id:N" where a request does not
-    say (vLLM's --return-tokens-as-token-ids)."""
+    say (vLLM's --return-tokens-as-token-ids). max_stored_responses: how many responses
+    /v1/responses keeps (store true), the most recent (api/response_store.py); 0 keeps none,
+    each answered with store false; ValueError unless an integer >= 0.
+    max_stored_response_bytes: the bytes of memory those may hold in all, the oldest dropped
+    first; 0 keeps none; ValueError unless an integer >= 0."""
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")
     if not isinstance(response_role, str) or not response_role.strip():
@@ -129,7 +137,9 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                           response_role=response_role,
                           return_tokens_as_token_ids=return_tokens_as_token_ids,
                           allowed_origins=cors.allowed_origins if cors is not None else (),
-                          allowed_methods=cors.allowed_methods if cors is not None else ("*",))
+                          allowed_methods=cors.allowed_methods if cors is not None else ("*",),
+                          responses=ResponseStore(max_stored_responses,
+                                                  max_stored_response_bytes))
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES
                                         + lightllm_routes.ROUTES,
                                         expect_handler=_expect_handler(allowed)))

@@ -13,7 +13,9 @@ from aiohttp import web
 
 from aiollm import __version__
 from aiollm.api.http_errors import ApiError
+from aiollm.api.response_store import ResponseStore
 from aiollm.api.token_bytes import TokenBytes
+from aiollm.config import MAX_STORED_RESPONSES
 from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.special_tokens import encode_kept, with_special_tokens
 from aiollm.engine.submission import (TOKENIZE_INLINE_CHARS, check_fewest_tokens,
@@ -52,6 +54,9 @@ class ApiState:
     # the methods CORS lets those origins use (--allowed-methods; "*": any): a method outside
     # it has its preflight refused, so such a request needs a JSON Content-Type too
     allowed_methods: tuple[str, ...] = ("*",)
+    # the responses kept for previous_response_id and GET /v1/responses/{id}
+    # (--max-stored-responses, --max-stored-response-bytes: the most recent; 0 keeps none)
+    responses: ResponseStore = field(default_factory=lambda: ResponseStore(MAX_STORED_RESPONSES))
     draining: bool = False  # set when shutdown begins: /health turns 503 for load balancers
     # set by a second SIGINT/SIGTERM: the drain stops waiting and aborts what is in flight
     hurry: asyncio.Event = field(default_factory=asyncio.Event)

@@ -65,7 +65,9 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                          trust_request_chat_template=args.trust_request_chat_template,
                          chat_template_content_format=args.chat_template_content_format,
                          response_role=args.response_role,
-                         return_tokens_as_token_ids=args.return_tokens_as_token_ids)
+                         return_tokens_as_token_ids=args.return_tokens_as_token_ids,
+                         max_stored_responses=args.max_stored_responses,
+                         max_stored_response_bytes=args.max_stored_response_bytes)
         uvloop.run(serve(app, args.host, args.port))
     except KeyboardInterrupt as e:  # interrupted while loading (SIGTERM: see api.serve)
         return exit_status(e)

@@ -47,6 +47,12 @@ def checked_config(parser: argparse.ArgumentParser,
     api_keys = _api_keys(parser, args)
     if not args.response_role.strip():  # else refused only after loading, by create_app
         parser.error("argument --response-role: must not be empty (default: assistant)")
+    if args.max_stored_responses < 0:  # else refused only after loading, by create_app
+        parser.error(f"argument --max-stored-responses: must be >= 0 (0 keeps no response), "
+                     f"got {args.max_stored_responses}")
+    if args.max_stored_response_bytes < 0:
+        parser.error("argument --max-stored-response-bytes: must be >= 0 (0 keeps no "
+                     f"response), got {args.max_stored_response_bytes}")
     if not args.host.strip():  # failed only after loading: "Name or service not known"
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading

@@ -10,8 +10,9 @@ import json
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.help_format import HelpFormatter
-from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, REASONING_PARSERS,
-                           TOOL_CALL_PARSERS, EngineConfig)
+from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, MAX_STORED_RESPONSE_BYTES,
+                           MAX_STORED_RESPONSES, REASONING_PARSERS, TOOL_CALL_PARSERS,
+                           EngineConfig)
 from aiollm.model.paths import LOAD_FORMATS
 
 
@@ -48,15 +49,15 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s = sub.add_parser("serve", help="serve a model over HTTP",
                        formatter_class=HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
-                       "/v1/chat/completions, /v1/responses, /v1/responses/{response_id}, "
+                       "/v1/chat/completions, /v1/responses, /v1/responses/{response_id} "
+                       "(GET, DELETE), /v1/responses/{response_id}/input_items, "
                        "/v1/responses/{response_id}/cancel, /v1/models, "
                        "/v1/models/{model}, "
                        "/generate, "
                        "/generate_stream, /health, /healthz, /ping, /load, /metrics, /version, "
                        "/tokenize, /detokenize, /flush_cache, and LightLLM's /liveness, "
                        "/readiness, /get_model_name, /tokens, /token_load, POST /, and "
-                       "/get_score, a reward model's route: a 404 saying none is served. No "
-                       "response is kept: retrieving or cancelling one is a 404.")
+                       "/get_score, a reward model's route: a 404 saying none is served.")
     s.set_defaults(model=None)  # before the two ways to name it, which set only what is given
     s.add_argument("model", nargs="?", default=argparse.SUPPRESS, action=_Model,
                    metavar="MODEL",
@@ -102,6 +103,20 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                      help="logprobs name each token \"token_id:N\" rather than by its text, "
                           "as vLLM's flag: for every request that does not send "
                           "return_tokens_as_token_ids")
+    net.add_argument("--max-stored-responses", type=int, default=MAX_STORED_RESPONSES,
+                     metavar="N",
+                     help="the Responses API: keep the N most recent responses made with store "
+                          "true (or store left out), in memory, for previous_response_id and "
+                          "GET/DELETE /v1/responses/{id}; the oldest is dropped first (lost at "
+                          "a restart); 0 keeps none: each is answered with store false, as "
+                          f"vLLM without its store (default: {MAX_STORED_RESPONSES})")
+    net.add_argument("--max-stored-response-bytes", type=int,
+                     default=MAX_STORED_RESPONSE_BYTES, metavar="N",
+                     help="the Responses API: the kept responses hold at most N bytes of "
+                          "memory in all (each turn of a conversation counted once), the oldest "
+                          "dropped first, so that clients cannot fill the server's memory; "
+                          "one larger than N is not kept; 0 keeps none "
+                          f"(default: {MAX_STORED_RESPONSE_BYTES}, 1 GiB)")
     net.add_argument("--reasoning-parser", default=None, choices=list(REASONING_PARSERS),
                      help="chat: put the model's <think>...</think> text in reasoning_content "
                           "and the rest in content (deepseek_r1: the output starts inside the "

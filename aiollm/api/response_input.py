@@ -1,0 +1,148 @@
+"""The input items of a /v1/responses request as the chat messages they stand for
+(`input_messages`): a message, a function_call joined to its assistant turn, a
+function_call_output a tool message, a reasoning item its turn's reasoning_content; each
+checked, errors naming its field (input[i]...), as the items are also kept as sent
+(response_items.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from aiollm.api.chat_request import ChatMessage, ContentPart
+from aiollm.engine.content_parts import text_parts
+from aiollm.errors import InvalidRequest
+
+_ROLES = ("user", "system", "developer", "assistant")
+_STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
+
+
+def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list[ChatMessage]:
+    """The chat messages of the items `earlier` (a kept conversation, checked when it was
+    kept), then of `input` (its items named input[i] in errors), read as one list: a turn's
+    items may straddle the two (a kept call, then its output sent now). A string `input`
+    is one user message; each item a message,
+    a function_call (joined to the assistant turn before it, or one of its own) or a
+    function_call_output (a tool message). A reasoning item, a past turn's reasoning sent
+    back, is that assistant turn's reasoning_content, which the chat template renders where
+    it renders reasoning (Qwen3's: in the turns after the last user message); as vLLM joins
+    them, it goes to the assistant turn just before it if that has none yet, and an
+    assistant message after reasoning or calls alone is their turn's content."""
+    if isinstance(value, str):
+        value = [{"type": "message", "role": "user", "content": value}]
+    elif not value:
+        raise InvalidRequest("input must hold at least one item", param="input")
+    out: list[ChatMessage] = []
+    for i, item in enumerate([*earlier, *value], -len(earlier)):
+        at = f"input[{i}]"
+        if not isinstance(item, dict):
+            raise InvalidRequest(f"{at} must be an object", param=at)
+        kind = item.get("type", "message")
+        if item.get("status") not in _STATUSES:
+            raise InvalidRequest(f"{at}.status must be in_progress, completed or incomplete "
+                                 f"(or null), got {item['status']!r:.100}",
+                                 param=f"{at}.status")
+        if kind == "message":
+            role = item.get("role")
+            if role not in _ROLES:
+                raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
+                                     f"{role!r}", param=f"{at}.role")
+            # no parts: an empty turn, taken as chat (and vLLM) take it
+            text = _text(item.get("content"), f"{at}.content")
+            last = out[-1] if out else None
+            # the message of a turn whose reasoning (or calls) came first: that turn's
+            if role == "assistant" and last is not None and last.role == "assistant" \
+                    and last.content is None:
+                last.content = text
+            else:
+                out.append(ChatMessage(role=role, content=text))
+        elif kind == "function_call":
+            call = {"id": _string(item, "call_id", at), "type": "function", "function": {
+                "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
+            last = out[-1] if out else None
+            if last is not None and last.role == "assistant" and last.tool_calls is not None:
+                last.tool_calls.append(call)
+            elif last is not None and last.role == "assistant":
+                last.tool_calls = [call]
+            else:
+                out.append(ChatMessage(role="assistant", tool_calls=[call]))
+        elif kind == "function_call_output":
+            output = item.get("output")
+            text = _text(output, f"{at}.output")
+            out.append(ChatMessage(role="tool", content=text,
+                                   tool_call_id=_string(item, "call_id", at)))
+        elif kind == "reasoning":
+            thought = _reasoning(item, at)
+            last = out[-1] if out else None
+            if last is not None and last.role == "assistant" and last.reasoning_content is None:
+                last.reasoning_content = thought
+            else:
+                out.append(ChatMessage(role="assistant", reasoning_content=thought))
+        else:
+            raise InvalidRequest(f'{at}.type {kind!r} is not served: send "message", '
+                                 '"reasoning", "function_call" or "function_call_output" '
+                                 "items", param=f"{at}.type")
+    for m in out:  # a turn of reasoning alone: its answer was empty
+        if m.role == "assistant" and m.content is None and m.tool_calls is None:
+            m.content = ""
+    return out
+
+
+def _reasoning(item: dict, at: str) -> str:
+    """The text of a reasoning item (a past turn's, sent back as OpenAI asks): its
+    reasoning_text parts joined, else its summary_text parts joined by a blank line (as
+    vLLM takes the summary where the content is missing). Both are checked (null or a list
+    of their parts: the item is kept and listed back as sent). A non-empty
+    encrypted_content is refused: the server never writes it, so it is another server's
+    ("" or null carry none, as vLLM reads them)."""
+    if item.get("encrypted_content") not in (None, ""):
+        said = ("is not served: this server writes reasoning as reasoning_text content; "
+                "send that back instead") if isinstance(item["encrypted_content"], str) \
+            else "must be a string"
+        raise InvalidRequest(f"{at}.encrypted_content {said}", param=f"{at}.encrypted_content")
+    texts = {key: _thought_parts(item.get(key), kind, f"{at}.{key}")
+             for key, kind in (("content", "reasoning_text"), ("summary", "summary_text"))}
+    return "".join(texts["content"]) if texts["content"] else "\n\n".join(texts["summary"])
+
+
+def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
+    """The texts of a reasoning item's summary or content `parts` (at the path `at`), each
+    part of type `kind`; null is none."""
+    if parts is None:
+        return []
+    if not isinstance(parts, list):
+        raise InvalidRequest(f"{at} must be a list of parts", param=at)
+    texts = []
+    for j, part in enumerate(parts):
+        where = f"{at}[{j}]"
+        if not isinstance(part, dict):
+            raise InvalidRequest(f'{where} must be a part: an object of type "{kind}"',
+                                 param=where)
+        if part.get("type") != kind:
+            raise InvalidRequest(f'{where}.type must be "{kind}"', param=f"{where}.type")
+        if not isinstance(part.get("text"), str):
+            raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
+        texts.append(part["text"])
+    return texts
+
+
+def _string(item: dict, key: str, at: str) -> str:
+    value = item.get(key)
+    if not isinstance(value, str):
+        raise InvalidRequest(f"{at}.{key} must be a string", param=f"{at}.{key}")
+    return value
+
+
+def _text(content: Any, at: str) -> str | list[ContentPart]:
+    """An input message's content or a call's output, at the path `at`, as text
+    (content_parts.text_parts, as chat takes a message's parts): a string, or its text
+    parts, which the chat template is given in the server's content format, joined or as
+    a list; no parts as "" (a message's empty turn, a call's output: the tool said
+    nothing), as vLLM joins them. The Responses API's schema takes refusal parts in any
+    role's content, and no plain strings in a list."""
+    parts = text_parts(content, at, refusal=True, strings=False)
+    if isinstance(parts, str):
+        return parts
+    if not parts:
+        return ""
+    return [ContentPart(type="text", text=p["text"]) for p in parts]

@@ -1,0 +1,87 @@
+"""The routes of a kept response (response_store.py), as OpenAI's Responses API serves
+them: GET /v1/responses/{id} (the Response as it was answered), DELETE /v1/responses/{id},
+GET /v1/responses/{id}/input_items (a page of the conversation it answered:
+response_items.py) and POST /v1/responses/{id}/cancel. An id the server does not keep is a
+404 naming response_id, as OpenAI and vLLM answer it.
+
+Only a background response can be cancelled or streamed again (OpenAI's rule); the server
+makes none (background is refused), so both are a 400 for a kept response, as vLLM answers
+the cancel of a response that was not made in the background.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from aiollm.api.http_errors import ApiError
+from aiollm.api.protocol import json_response
+from aiollm.api.response_items import items_page
+from aiollm.api.response_store import StoredResponse
+from aiollm.api.state import ApiState, state
+
+_SHOWN = 100  # the characters of an unknown id an error names (ours are 37)
+
+
+def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
+    """The response kept under `rid`; ApiError 404 naming `param` (the path's response_id,
+    or the body's previous_response_id) where none is."""
+    found = st.responses.get(rid)
+    if found is not None:
+        return found
+    store = st.responses
+    if not store.keeps:
+        why = ("this server keeps no responses (--max-stored-responses 0 or "
+               "--max-stored-response-bytes 0)")
+    else:
+        why = (f"it was never kept (store false), was deleted, or was dropped as one of the "
+               f"oldest (this server keeps the {store.capacity} most recent within "
+               f"{store.max_bytes} bytes: --max-stored-responses, "
+               "--max-stored-response-bytes)")
+    what = "Previous response" if param == "previous_response_id" else "Response"
+    # an id is named cut short: a client's 16 MiB one is not sent back whole
+    shown = repr(rid[:_SHOWN]) + ("..." if len(rid) > _SHOWN else "")
+    raise ApiError(404, f"{what} with id {shown} not found: {why}", param=param)
+
+
+def _kept(request: web.Request) -> StoredResponse:
+    return kept(state(request), request.match_info["response_id"], "response_id")
+
+
+async def retrieve_response(request: web.Request) -> web.Response:
+    """GET /v1/responses/{response_id}: the Response as it was answered. stream true (a
+    background response's events again) is a 400 naming stream."""
+    found = _kept(request)
+    if request.query.get("stream", "false").lower() not in ("false", "0"):
+        raise ApiError(400, "stream is served only for background responses, and this server "
+                       "makes none: leave stream out to get the Response", param="stream")
+    return json_response(found.response)
+
+
+async def delete_response(request: web.Request) -> web.Response:
+    """DELETE /v1/responses/{response_id}: forgets it; OpenAI's deletion object."""
+    rid = _kept(request).response["id"]
+    state(request).responses.delete(rid)
+    return json_response({"id": rid, "object": "response.deleted", "deleted": True})
+
+
+async def list_input_items(request: web.Request) -> web.Response:
+    """GET /v1/responses/{response_id}/input_items: a page of the items the response
+    answered (response_items.items_page reads order, limit, after and before)."""
+    return json_response(items_page(_kept(request).input_items, request.query))
+
+
+async def cancel_response(request: web.Request) -> web.Response:
+    """POST /v1/responses/{response_id}/cancel: a kept response was not made in the
+    background, so it cannot be cancelled (400); an unknown one is a 404."""
+    _kept(request)
+    raise ApiError(400, "only a response made with background true can be cancelled; this "
+                   "one ended before it was answered (this server makes no background "
+                   "responses)", param="response_id")
+
+
+ROUTES = [
+    web.get("/v1/responses/{response_id}", retrieve_response),
+    web.delete("/v1/responses/{response_id}", delete_response),
+    web.get("/v1/responses/{response_id}/input_items", list_input_items),
+    web.post("/v1/responses/{response_id}/cancel", cancel_response),
+]

@@ -1,0 +1,159 @@
+"""What the response store counts against --max-stored-response-bytes
+(api/response_store.py) next to the memory its responses really hold (tracemalloc): within
+a small factor above it, for a long chain of continued responses (which share their earlier
+turns) and for one response of many tiny items (whose Python objects outweigh their JSON).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import tracemalloc
+
+import msgspec
+import pytest
+from test_responses_store import _with_store, tiny  # noqa: F401 (its fixture)
+
+from aiollm.api.response_items import input_items
+from aiollm.api.response_store import ResponseStore, stored_size
+from aiollm.api.responses_output import item_id
+
+
+def _response(rid: str, text: str, previous: str | None) -> dict:
+    """A Response as the server answers one message (the fields that matter to its size)."""
+    output = [{"id": item_id("msg"), "type": "message", "role": "assistant",
+               "status": "completed",
+               "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+    return {"id": rid, "object": "response", "status": "completed", "output": output,
+            "previous_response_id": previous, "model": "m", "store": True}
+
+
+def _held(build) -> tuple[ResponseStore, int]:
+    """The store `build()` returns, and the bytes allocated while it was built that it
+    still holds."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        store = build()
+        gc.collect()
+        return store, tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+
+
+def _chain(turns: int, text: int) -> ResponseStore:
+    """`turns` responses, each continuing the one before (previous_response_id), as
+    responses.py keeps them: the earlier conversation, then the input's items."""
+    store, previous = ResponseStore(10**6, 2**40), None
+    for k in range(turns):
+        earlier = [] if previous is None else store.get(previous).conversation()
+        sent = msgspec.json.decode(msgspec.json.encode(
+            [{"role": "user", "content": f"{k}" + "u" * text}]))
+        store.put(_response(f"resp_{k}", "a" * text, previous),
+                  [*earlier, *input_items(sent, earlier)])
+        previous = f"resp_{k}"
+    return store
+
+
+@pytest.mark.parametrize("text", [10, 5000])
+def test_a_long_chain_counts_each_turn_once(text):
+    """50 turns, each kept with the whole conversation before it: the earlier turns are the
+    same objects, so counting each response's conversation whole counted the first turn 50
+    times (21 times what was held at 5000 characters a turn), and the store kept a few
+    long conversations where it had room for many."""
+    store, held = _held(lambda: _chain(50, text))
+    assert held <= store.bytes <= 3 * held, (store.bytes, held)
+
+
+def test_many_tiny_items_count_their_objects():
+    """An input of many empty messages: some 140 bytes of JSON each, 600 of Python objects;
+    counting the JSON alone let the bound hold 4 times its bytes."""
+    sent = msgspec.json.encode([{"role": "user", "content": ""}] * 20_000)
+
+    def build():
+        store = ResponseStore(10, 2**40)
+        store.put(_response("r", "", None), input_items(msgspec.json.decode(sent)))
+        return store
+
+    store, held = _held(build)
+    assert held <= store.bytes <= 3 * held, (store.bytes, held)
+
+
+def test_shared_turns_are_counted_while_any_response_holds_them():
+    """A parent dropped while its continuation holds its turns: those still count, until
+    the last response holding them goes; the store of none counts 0 again."""
+    store = _chain(3, 100)
+    alone = [stored_size(store.get(f"resp_{k}").response, list(store.get(f"resp_{k}")
+                                                                .input_items))
+             for k in range(3)]
+    assert store.bytes < sum(alone)  # the turns each later response repeats count once
+    assert store.delete("resp_0") and store.bytes >= alone[2]  # resp_2 holds turn 0
+    assert store.delete("resp_2") and store.bytes == alone[1]  # resp_1 alone
+    assert store.delete("resp_1") and store.bytes == 0
+
+
+def test_only_the_fields_of_an_item_are_kept():
+    """A reasoning item's or a refusal part's other keys were kept as sent: held, listed and
+    uncounted (held_bytes counts no dict's keys, the field names being shared)."""
+    junk = {"x" * 1000: 1}
+    [reasoning, message] = input_items([
+        {"type": "reasoning", "summary": [], **junk,
+         "content": [{"type": "reasoning_text", "text": "t", **junk}]},
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "no", **junk}]}])
+    assert set(reasoning) == {"id", "type", "summary", "content"}
+    assert reasoning["content"] == [{"type": "reasoning_text", "text": "t"}]
+    assert message["content"] == [{"type": "refusal", "refusal": "no"}]
+
+
+def test_a_call_outputs_parts_are_kept_as_their_fields():
+    """A function_call_output's parts were kept as sent: another key nested 990 deep (as
+    deep as the JSON decoder takes) made held_bytes overflow Python's stack as the
+    response was kept (RecursionError)."""
+    deep: list = []
+    for _ in range(990):  # what the server's decoder takes from a body (its stack shallow)
+        deep = [deep]
+    [item] = input_items([{"type": "function_call_output", "call_id": "c", "output": [
+        {"type": "input_text", "text": "Sunny", "junk": deep}]}])
+    assert item["output"] == [{"type": "input_text", "text": "Sunny"}]
+    store = ResponseStore(10)
+    store.put(_response("r", "", None), [item])
+    assert store.get("r").input_items == (item,)
+
+
+def test_a_deep_echoed_field_is_counted():
+    """The Response echoes fields as sent (text, reasoning, tools, metadata): a value nested
+    990 deep, which the server's decoder takes from a body, overflowed a recursive
+    held_bytes as the response was kept."""
+    deep: list = []
+    for _ in range(990):
+        deep = [deep]
+    store = ResponseStore(10)
+    store.put({**_response("r", "", None), "text": {"format": {"type": "text"}, "x": deep}},
+              [])
+    assert store.get("r") is not None and store.bytes > 990 * 56  # an empty list's bytes
+
+
+def test_the_keys_a_client_sent_are_counted():
+    """The Response echoes metadata, text, reasoning and tools as sent, their keys the
+    client's (1 MB of metadata keys was held uncounted); the items' keys are field names."""
+    metadata = {f"{k:06}" + "k" * 1000: "" for k in range(1000)}
+    store = ResponseStore(10)
+    store.put({**_response("r", "", None), "metadata": metadata}, [])
+    assert store.bytes > 1000 * 1000
+
+
+def test_a_deep_echoed_field_is_kept_through_http(tiny):
+    """The same through the server: a text field nested 900 deep (the decoder takes some
+    940 there) was a 500 (RecursionError) as the response was kept."""
+    body = ('{"model": "%s", "input": "Hi", "max_output_tokens": 2, "text": {"x": %s}}'
+            % (os.path.basename(tiny), "[" * 900 + "]" * 900))
+
+    async def calls(client):
+        r = await client.post("/v1/responses", data=body,
+                              headers={"Content-Type": "application/json"})
+        rid = (await r.json())["id"] if r.status == 200 else None
+        kept = rid and (await client.get(f"/v1/responses/{rid}")).status
+        return r.status, kept
+
+    assert _with_store(tiny, 10, calls) == (200, 200)
