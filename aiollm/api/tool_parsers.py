@@ -60,14 +60,21 @@ def _name(tool: dict) -> str:
     return json.dumps(tool["function"]["name"])
 
 
-def _json_calls(text: str, pos: int, args_key: str, seps: str) -> tuple[list[ToolCall], int]:
+def _json_calls(text: str, pos: int, args_key: str, seps: str,
+                words: tuple[str, ...] = ()) -> tuple[list[ToolCall], int]:
     """The calls written as JSON values (objects, or arrays of them) from text[pos:] on,
-    separated by characters of `seps` and whitespace (any: U+00A0 too, as a stream's
-    joints read it): (the calls, where they end); none if the first does not parse."""
+    separated by characters of `seps`, `words` (Llama 3's <|python_tag|>) and whitespace
+    (any: U+00A0 too, as a stream's joints read it): (the calls, where they end); none if
+    the first does not parse."""
     calls = []
     while True:
-        while pos < len(text) and (text[pos] in seps or text[pos].isspace()):
-            pos += 1
+        while pos < len(text):
+            if text[pos] in seps or text[pos].isspace():
+                pos += 1
+            elif (word := next((w for w in words if text.startswith(w, pos)), None)):
+                pos += len(word)
+            else:
+                break
         try:
             obj, end = _DECODER.raw_decode(text, pos)
         except ValueError:
@@ -159,21 +166,36 @@ class Llama3Parser(ToolParser):
     # <|python_tag|> (in the text with skip_special_tokens false) opens the calls too, as
     # vLLM's llama3_json reads it: a stream holds it back until it knows what follows
     opens, words = (TAG, start), (TAG,)
-    # the marker is the head itself; calls are separated by ';' or whitespace
-    joints = Joints(re.compile(""), re.compile(r"\s*\}[;\s]*"))
+    # the marker is the head itself; calls are separated by ';', whitespace or the tag
+    # (Llama 3.2 writes one before each of its parallel calls)
+    joints = Joints(re.compile(""), re.compile(r"\s*\}(?:[;\s]|<\|python_tag\|>)*"))
 
     def parse(self, text):
-        # the calls, after <|python_tag|> or alone, separated by ';' (Llama 3.1's parallel
-        # calls); text around them (a model under "auto" may write some) stays content. The
-        # first opens as the grammar's trigger does: JSON spelt otherwise was never held to
-        # a tool's schema (and the stream has sent it as content)
+        content, calls, _ = self.parse_tail(text)
+        return content, calls
+
+    def parse_tail(self, text):
+        # every call is read wherever it stands, as vLLM's llama3_json reads them and as the
+        # "auto" grammar holds each head it meets to a tool's schema: runs of calls joined by
+        # separators, text between runs content. A call opens as the grammar's trigger does
+        # (JSON spelt otherwise was never held to a tool's schema); a head that does not
+        # parse ({"name": 5}) is the model's text
+        gaps, calls, pos = [], [], 0
         i = text.find(self.start)
-        if i < 0:
-            return text, []
-        calls, end = _json_calls(text, i, "parameters", ";")
+        while i >= 0:
+            found, end = _json_calls(text, i, self.args_key, ";", (TAG,))
+            if found:
+                gaps.append(text[pos:i])
+                calls += found
+                pos = _text_after(text, end)
+            i = text.find(self.start, end if found else i + 1)
         if not calls:
-            return text, []
-        return (text[:i].replace(TAG, "") + text[_text_after(text, end):]).rstrip(), calls
+            return text, [], 0
+        # the tag is markup wherever calls are: the text decoded skipping special tokens
+        # (the default) has none, and reads the same
+        before = "".join(gaps).replace(TAG, "")
+        content = (before + text[pos:].replace(TAG, "")).rstrip()
+        return content, calls, min(len(before), len(content))
 
     def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
         content, calls = super().calls(text, names, cut=cut, required=required, named=named,
@@ -184,8 +206,8 @@ class Llama3Parser(ToolParser):
             i = content.rfind(TAG)
             if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
                 content = content[:i].rstrip()
-            if calls:  # the tag before a cut call is markup too
-                content = content.replace(TAG, "").rstrip()
+        if calls:  # the tag before a cut call, or the calls a stream sent, is markup too
+            content = content.replace(TAG, "").rstrip()
         return content, calls
 
     def tags(self, tools):

@@ -36,7 +36,9 @@ class StreamingToolParser:
     is held back from content. A call is sent once its name is written
     (call_text.written_calls: never a part of a name), its arguments as they are written, as
     vLLM and SGLang stream them; what is sent is never taken back, and the whole answer
-    keeps it (ToolParser.calls), so the fragments join to the whole answer's calls."""
+    keeps it (ToolParser.calls), so the fragments join to the whole answer's calls. Calls
+    joined to the first as the format joins them go out as written; calls after text (a
+    Hermes block, or a Llama 3 call, after words) go out at the end, read with the rest."""
 
     def __init__(self, parser: ToolParser, names: Collection[str], *, required: bool = False,
                  named: str | None = None):
