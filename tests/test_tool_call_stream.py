@@ -123,12 +123,14 @@ def test_the_name_goes_out_before_the_arguments_end(parser):
 def test_a_call_sent_then_invalid_stays_a_call(parser):
     """Markup that turns out not to be a call after its name went out: the stream cannot
     take the call back, so the whole answer keeps it too (the last call incomplete, the
-    text before the marker its content), streamed or not, however split."""
+    text before the marker its content), streamed or not, however split. (Llama 3's JSON
+    naming no tool is text, not markup: LLAMA3_ROWS.)"""
     rng = random.Random(3)
     good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
-    for text in ("Ok. " + good[:-1] + " trailing junk",  # its end mis-written
-                 "Ok. " + good.replace('"P"', '"P" oops'),  # JSON that does not parse
-                 "Ok. " + good + " " + good.replace("get_weather", "nope")):  # no such tool
+    nope = [] if parser.name == "llama3" else [  # no such tool
+        "Ok. " + good + " " + good.replace("get_weather", "nope")]
+    for text in ["Ok. " + good[:-1] + " trailing junk",  # its end mis-written
+                 "Ok. " + good.replace('"P"', '"P" oops')] + nope:  # JSON that does not parse
         content, calls = _check(parser, text, rng)
         assert content == "Ok." and [c.name for c in calls] == ["get_weather"], text
         assert not calls[-1].complete, text
@@ -468,6 +470,14 @@ LLAMA3_ROWS = [
     (CALL["llama3"] % P + " x " + TAG + "print(1)", " x print(1)", [P]),
     ('{"name": 5} ' + CALL["llama3"] % P, '{"name": 5}', [P]),
     ('{"name": "get_w' + CALL["llama3"] % P + " x", '{"name": "get_w x', [P]),
+    # JSON naming no tool is the model's text (test_a_call_to_no_tool_is_content), wherever
+    # it stands: it neither takes the calls' text away nor leaves the calls incomplete
+    (CALL["llama3"] % P + ' Also {"name": "Bob", "age": 3}',
+     ' Also {"name": "Bob", "age": 3}', [P]),
+    ('Hi {"name": "Bob", "age": 3} ' + CALL["llama3"] % P + " x",
+     'Hi {"name": "Bob", "age": 3}  x', [P]),
+    (CALL["llama3"] % P + "; " + CALL["llama3"].replace("get_weather", "nope") % Q,
+     ' {"name": "nope", "parameters": %s}' % Q, [P]),
 ]
 
 

@@ -54,10 +54,14 @@ class ToolParser:
         or after the last), its leading kept: a stream has sent that before any call came."""
         raise NotImplementedError
 
-    def parse_tail(self, text: str) -> tuple[str, list[ToolCall], int]:
+    def parse_tail(self, text: str, names: Collection[str] | None = None
+                   ) -> tuple[str, list[ToolCall], int]:
         """parse(), and where in its content the text after the last call starts: a call
         max_tokens cut is read there only (cut_calls), as a whole answer reads what comes
-        before as content and calls; 0 where the family does not tell (all its content)."""
+        before as content and calls; 0 where the family does not tell (all its content).
+        `names`, the request's functions: a family whose calls are plain JSON (Llama 3)
+        reads one naming none of them as text; the others return it (calls() then makes
+        the whole text content)."""
         content, calls = self.parse(text)
         return content, calls, 0
 
@@ -124,7 +128,7 @@ class ToolParser:
 
     def _read(self, text: str, names: Collection[str], cut: bool, required: bool,
               named: str | None) -> tuple[str, list[ToolCall]]:
-        content, calls, tail = self.parse_tail(text)
+        content, calls, tail = self.parse_tail(text, names)
         if any(c.name not in names for c in calls):
             return text, []
         if cut:

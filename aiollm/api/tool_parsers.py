@@ -28,6 +28,7 @@ import json
 import random
 import re
 import string
+from collections.abc import Collection
 from typing import Any
 
 from aiollm.api.call_text import Joints, element_starts, member_text
@@ -61,11 +62,13 @@ def _name(tool: dict) -> str:
 
 
 def _json_calls(text: str, pos: int, args_key: str, seps: str,
-                words: tuple[str, ...] = ()) -> tuple[list[ToolCall], int]:
+                words: tuple[str, ...] = (),
+                names: Collection[str] | None = None) -> tuple[list[ToolCall], int]:
     """The calls written as JSON values (objects, or arrays of them) from text[pos:] on,
     separated by characters of `seps`, `words` (Llama 3's <|python_tag|>) and whitespace
     (any: U+00A0 too, as a stream's joints read it): (the calls, where they end); none if
-    the first does not parse."""
+    the first does not parse. With `names`, a value naming a function not among them ends
+    the calls as one that does not parse does (None: any name)."""
     calls = []
     while True:
         while pos < len(text):
@@ -84,7 +87,8 @@ def _json_calls(text: str, pos: int, args_key: str, seps: str,
                      for o, at in zip(obj, element_starts(text, pos))]
         else:
             found = [_call(obj, args_key, text, pos)]
-        if not found or None in found:
+        if not found or None in found or (
+                names is not None and any(c.name not in names for c in found)):
             return calls, pos
         calls += found
         pos = end
@@ -174,16 +178,17 @@ class Llama3Parser(ToolParser):
         content, calls, _ = self.parse_tail(text)
         return content, calls
 
-    def parse_tail(self, text):
+    def parse_tail(self, text, names=None):
         # every call is read wherever it stands, as vLLM's llama3_json reads them and as the
         # "auto" grammar holds each head it meets to a tool's schema: runs of calls joined by
         # separators, text between runs content. A call opens as the grammar's trigger does
         # (JSON spelt otherwise was never held to a tool's schema); a head that does not
-        # parse ({"name": 5}) is the model's text
+        # parse ({"name": 5}), or names no tool ({"name": "Bob", "age": 3}: the format is
+        # any such object), is the model's text, and ends the run it stands in
         gaps, calls, pos = [], [], 0
         i = text.find(self.start)
         while i >= 0:
-            found, end = _json_calls(text, i, self.args_key, ";", (TAG,))
+            found, end = _json_calls(text, i, self.args_key, ";", (TAG,), names)
             if found:
                 gaps.append(text[pos:i])
                 calls += found
