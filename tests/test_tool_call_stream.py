@@ -478,6 +478,11 @@ LLAMA3_ROWS = [
      'Hi {"name": "Bob", "age": 3}  x', [P]),
     (CALL["llama3"] % P + "; " + CALL["llama3"].replace("get_weather", "nope") % Q,
      ' {"name": "nope", "parameters": %s}' % Q, [P]),
+    # such an object is text as a whole: a call's JSON inside it (a value) is its text
+    ('{"name": "Bob", "pet": ' + CALL["llama3"] % P + "} x",
+     '{"name": "Bob", "pet": ' + CALL["llama3"] % P + "} x", []),
+    (CALL["llama3"] % Q + ' {"name": 5, "pet": ' + CALL["llama3"] % P + "}",
+     ' {"name": 5, "pet": ' + CALL["llama3"] % P + "}", [Q]),
 ]
 
 

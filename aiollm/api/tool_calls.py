@@ -136,8 +136,10 @@ class ToolParser:
                 content[tail:], marker=self.start, args_key=self.args_key,
                 joints=self.joints, names=names, only_calls=required or bool(calls),
                 words=self.words)
-            content = (content[:tail] + rest).rstrip() if tail else rest
+            content = content[:tail] + rest
             calls += [ToolCall(name, arguments) for name, arguments in more]
+            if tail and calls:  # else the text as written (ToolParser.parse)
+                content = content.rstrip()
             if named is not None and not calls:
                 calls, last_cut = [ToolCall(named, "")], True
             if last_cut:

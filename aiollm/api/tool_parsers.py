@@ -105,6 +105,14 @@ def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
     return ToolCall(obj["name"], "{}" if args is None else args)
 
 
+def _object_end(text: str, at: int) -> int:
+    """Where the JSON value written at text[at] ends; `at` where none is."""
+    try:
+        return _DECODER.raw_decode(text, at)[1]
+    except ValueError:
+        return at
+
+
 def _text_after(text: str, end: int) -> int:
     """Where the text after a family's last call starts, `end` being where its reader
     stopped (past the separators after the call): the whitespace just before `end` is the
@@ -184,8 +192,9 @@ class Llama3Parser(ToolParser):
         # separators, text between runs content. A call opens as the grammar's trigger does
         # (JSON spelt otherwise was never held to a tool's schema); a head that does not
         # parse ({"name": 5}), or names no tool ({"name": "Bob", "age": 3}: the format is
-        # any such object), is the model's text, and ends the run it stands in
-        gaps, calls, pos = [], [], 0
+        # any such object), is the model's text, and ends the run it stands in; an object
+        # it opens is text whole (a call's JSON among its values too)
+        gaps, calls, pos, read = [], [], 0, 0  # read: the end of the last such object
         i = text.find(self.start)
         while i >= 0:
             found, end = _json_calls(text, i, self.args_key, ";", (TAG,), names)
@@ -193,14 +202,17 @@ class Llama3Parser(ToolParser):
                 gaps.append(text[pos:i])
                 calls += found
                 pos = _text_after(text, end)
-            i = text.find(self.start, end if found else i + 1)
-        if not calls:
-            return text, [], 0
+            elif (end := _object_end(text, i)) > i:
+                read = end
+            i = text.find(self.start, max(end, i + 1))
+        if not calls:  # a cut call is looked for after the objects read as text only
+            return text, [], read
         # the tag is markup wherever calls are: the text decoded skipping special tokens
         # (the default) has none, and reads the same
         before = "".join(gaps).replace(TAG, "")
         content = (before + text[pos:].replace(TAG, "")).rstrip()
-        return content, calls, min(len(before), len(content))
+        tail = len(before) + len(text[pos:max(pos, read)].replace(TAG, ""))
+        return content, calls, min(tail, len(content))
 
     def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
         content, calls = super().calls(text, names, cut=cut, required=required, named=named,
