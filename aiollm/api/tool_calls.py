@@ -91,7 +91,8 @@ class ToolParser:
               sent: list[Written] | None = None) -> tuple[str, list[ToolCall]]:
         """parse(), where a call to a function not among `names` makes the whole text
         content: free text that only looked like a call (Llama 3's format is any JSON object
-        that starts with "name"; the grammar holds only what follows its trigger).
+        that starts with "name", so there that object alone is text: parse_tail; the grammar
+        holds only what follows its trigger).
 
         `cut`: max_tokens, a stop string or a stop token id ended the output, maybe inside
         a call:
