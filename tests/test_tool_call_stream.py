@@ -521,3 +521,21 @@ def test_llama3_calls_after_a_second_python_tag_stream_as_written():
         assert stream.feed(text) == ""
         assert [(f.index, f.name) for f in stream.take() if f.name] == [
             (0, "get_weather"), (1, "get_weather")], sep
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_arguments_nested_deeper_than_the_json_decoder_goes_are_read_without_error(parser):
+    """A tool whose parameters allow any JSON lets a looping model write '[' after '[' in
+    a call's arguments: the decoder's recursion limit made every reading (whole, cut and
+    streamed) raise RecursionError, a failed request. Too deep to decode is as unparsable:
+    the call the stream sent stays a call, incomplete, streamed or not."""
+    deep = '{"a": ' + "[" * 3000 + "]" * 3000 + "}"
+    text = "Ok. " + CALL[parser.name] % deep
+    for t, cut in ((text, False), (text[:3000], True)):
+        content, calls = parser.calls(t, NAMES, cut=cut)
+        assert content == "Ok." and [c.name for c in calls] == ["get_weather"], t[:80]
+        assert not calls[-1].complete and deep.startswith(calls[-1].arguments[:3000])
+        for cuts in ([], list(range(1, len(t), 700))):
+            got, joined, _ = _stream(parser, t, cuts, cut=cut)
+            assert (got, [(n, a) for _, n, a in joined]) == (
+                content, [(c.name, c.arguments) for c in calls]), cuts

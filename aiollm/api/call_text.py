@@ -20,6 +20,17 @@ _DECODER = json.JSONDecoder()
 JSON_SPACE = " \t\n\r"
 
 
+def decode_json(text: str, pos: int) -> tuple[object, int]:
+    """(the JSON value that starts at text[pos], where it ends), as JSONDecoder.raw_decode.
+    Raises ValueError where none parses there, a value nested deeper than the decoder's
+    recursion goes too (a looping model's '[[[...' in a call's arguments): the readers
+    take it for text that does not parse rather than fail the request."""
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except RecursionError:
+        raise ValueError(f"JSON at {pos} nested too deep to decode") from None
+
+
 def skip_json_space(text: str, pos: int) -> int:
     """The first position at or after `pos` that is not JSON whitespace."""
     while pos < len(text) and text[pos] in JSON_SPACE:
@@ -65,7 +76,7 @@ def value_text(text: str, start: int) -> tuple[str, int, bool]:
     if start >= len(text):
         return "", start, False
     try:
-        value, end = _DECODER.raw_decode(text, start)
+        value, end = decode_json(text, start)
     except ValueError:
         return ("" if text[start] == '"' else text[start:]), len(text), False
     if end == len(text) and text[start] not in '{["':

@@ -31,7 +31,7 @@ import string
 from collections.abc import Collection
 from typing import Any
 
-from aiollm.api.call_text import Joints, element_starts, member_text
+from aiollm.api.call_text import Joints, decode_json, element_starts, member_text
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -46,7 +46,6 @@ MAX_WHITESPACE = 16
 # Mistral's call ids: 9 of these, drawn from the OS's randomness (not the seeded sampling's)
 _ID_CHARACTERS = string.ascii_letters + string.digits
 _ID_RANDOM = random.SystemRandom()
-_DECODER = json.JSONDecoder()
 TAG = "<|python_tag|>"  # Llama 3's marker before calls (a special token)
 
 
@@ -79,7 +78,7 @@ def _json_calls(text: str, pos: int, args_key: str, seps: str,
             else:
                 break
         try:
-            obj, end = _DECODER.raw_decode(text, pos)
+            obj, end = decode_json(text, pos)
         except ValueError:
             return calls, pos
         if isinstance(obj, list):
@@ -108,7 +107,7 @@ def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
 def _object_end(text: str, at: int) -> int:
     """Where the JSON value written at text[at] ends; `at` where none is."""
     try:
-        return _DECODER.raw_decode(text, at)[1]
+        return decode_json(text, at)[1]
     except ValueError:
         return at
 
@@ -147,7 +146,7 @@ class HermesParser(ToolParser):
         while i >= 0:
             at = _skip_space(text, i + len(self.start))
             try:
-                obj, j = _DECODER.raw_decode(text, at)
+                obj, j = decode_json(text, at)
             except ValueError:
                 obj = j = None
             call = _call(obj, "arguments", text, at) if j is not None else None
