@@ -105,17 +105,19 @@ class StreamingToolParser:
             last.arguments += text
             self.deltas.append(CallDelta(len(self.sent) - 1, text))
             return
-        done = [c for c in self.sent if c.complete]
+        # the calls read before `resume` are complete and sent: only those after it are
+        # read and compared again (a delta's work does not grow with the calls sent)
+        done = len(self.sent) - (last is not None and not last.complete)
         more, self.resume = written_calls(self.held, self.resume, self.names,
                                           self.parser.args_key, self.parser.joints,
-                                          after_call=bool(done))
-        self._send(done + [ToolCall(c.name, c.arguments, "", c.complete) for c in more])
+                                          after_call=done > 0)
+        self._send([ToolCall(c.name, c.arguments, "", c.complete) for c in more], done)
 
-    def _send(self, calls: list[ToolCall]) -> None:
-        """Fragments that bring the calls sent up to `calls`, which extend them. Raises
-        TakenBack where they do not: a fragment sent cannot be taken back, and the answer
-        would no longer join to what the client has."""
-        for i, call in enumerate(calls):
+    def _send(self, calls: list[ToolCall], first: int = 0) -> None:
+        """Fragments that bring the calls sent from index `first` on up to `calls`, which
+        extend them. Raises TakenBack where they do not: a fragment sent cannot be taken
+        back, and the answer would no longer join to what the client has."""
+        for i, call in enumerate(calls, first):
             if i == len(self.sent):
                 self.sent.append(ToolCall(call.name, "", self.parser.call_id()))
                 self.deltas.append(CallDelta(i, "", self.sent[i].id, call.name))
