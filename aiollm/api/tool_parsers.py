@@ -31,7 +31,8 @@ import string
 from collections.abc import Collection
 from typing import Any
 
-from aiollm.api.call_text import Joints, decode_json, element_starts, member_text
+from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
+                                   skip_json_space)
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -77,6 +78,8 @@ def _json_calls(text: str, pos: int, args_key: str, seps: str,
                 pos += len(word)
             else:
                 break
+        if not _may_hold_calls(text, pos):  # not decoded: see _may_hold_calls
+            return calls, pos
         try:
             obj, end = decode_json(text, pos)
         except ValueError:
@@ -91,6 +94,18 @@ def _json_calls(text: str, pos: int, args_key: str, seps: str,
             return calls, pos
         calls += found
         pos = end
+
+
+def _may_hold_calls(text: str, pos: int) -> bool:
+    """Whether text[pos:] may begin an object or an array of objects, the values calls
+    are. Asked before decoding: a value that fails to decode raises a JSONDecodeError,
+    which counts the lines of all the text before it, so that an output of many places
+    where a run of calls ends in text (or in Mistral's next marker, `[TOOL_CALLS]`) would
+    read in time quadratic in its length."""
+    if text.startswith("[", pos):
+        pos = skip_json_space(text, pos + 1)
+        return text.startswith(("{", "]"), pos)
+    return text.startswith("{", pos)
 
 
 def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
@@ -196,13 +211,15 @@ class Llama3Parser(ToolParser):
         gaps, calls, pos, read = [], [], 0, 0  # read: the end of the last such object
         i = text.find(self.start)
         while i >= 0:
-            found, end = _json_calls(text, i, self.args_key, ";", (TAG,), names)
-            if found:
-                gaps.append(text[pos:i])
-                calls += found
-                pos = _text_after(text, end)
-            elif (end := _object_end(text, i)) > i:
-                read = end
+            # decoded once where no JSON parses there (see _may_hold_calls), twice else
+            if (end := _object_end(text, i)) > i:
+                found, stop = _json_calls(text, i, self.args_key, ";", (TAG,), names)
+                if found:
+                    gaps.append(text[pos:i])
+                    calls += found
+                    pos, end = _text_after(text, stop), stop
+                else:
+                    read = end
             i = text.find(self.start, max(end, i + 1))
         if not calls:  # a cut call is looked for after the objects read as text only
             return text, [], read
