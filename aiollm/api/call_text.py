@@ -85,6 +85,39 @@ def value_text(text: str, start: int) -> tuple[str, int, bool]:
 
 
 @dataclass(slots=True)
+class OpenValue:
+    """Where a JSON object or array written so far stands, read one delta at a time: its
+    brackets open outside strings (`depth`), whether it is inside a string (after a
+    backslash there). A value that never comes back to depth 0 cannot decode, so its
+    arguments are all the text after its start (value_text), without reading them again."""
+
+    depth: int = 0
+    in_string: bool = False
+    escaped: bool = False
+
+    def extend(self, text: str) -> bool:
+        """Reads `text`, the value's next characters: whether the value is still open
+        after them (False: it may end in them; the state is then no longer the value's)."""
+        for ch in text:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth <= 0:
+                    return False
+        return True
+
+
+@dataclass(slots=True)
 class Written:
     """A call as written so far: its name, its arguments text, whether they are complete."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from aiollm.api.call_text import Written, written_calls
+from aiollm.api.call_text import OpenValue, Written, written_calls
 from aiollm.api.tool_calls import ToolCall, ToolParser
 
 
@@ -52,6 +52,7 @@ class StreamingToolParser:
         self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
         self.deltas: list[CallDelta] = []  # the fragments not yet taken
         self.resume = -1  # where written_calls reads on (after the last complete call)
+        self.open: OpenValue | None = None  # the last call's arguments, while still open
 
     def feed(self, text: str) -> str:
         """The content that can be sent now: the text before the calls' first opening
@@ -97,14 +98,14 @@ class StreamingToolParser:
             if self.resume < 0:
                 return
         last = self.sent[-1] if self.sent else None
-        if (last is not None and not last.complete and last.arguments[:1] in ("{", "[")
-                and text and "}" not in text and "]" not in text):
-            # an object or array open to the end stays open without a closing bracket:
-            # its arguments are all the text after its start (call_text.value_text), so
-            # the new text is theirs, without reading the whole value again
+        if self.open is not None and text and self.open.extend(text):
+            # the last call's arguments, an object or array, are still open: all the text
+            # after their start (call_text.value_text), so the new text is theirs, without
+            # reading the whole value again
             last.arguments += text
             self.deltas.append(CallDelta(len(self.sent) - 1, text))
             return
+        self.open = None
         # the calls read before `resume` are complete and sent: only those after it are
         # read and compared again (a delta's work does not grow with the calls sent)
         done = len(self.sent) - (last is not None and not last.complete)
@@ -112,6 +113,11 @@ class StreamingToolParser:
                                           self.parser.args_key, self.parser.joints,
                                           after_call=done > 0)
         self._send([ToolCall(c.name, c.arguments, "", c.complete) for c in more], done)
+        last = self.sent[-1] if self.sent else None
+        if last is not None and not last.complete and last.arguments[:1] in ("{", "["):
+            self.open = OpenValue()
+            if not self.open.extend(last.arguments):  # not JSON that a delta can extend
+                self.open = None
 
     def _send(self, calls: list[ToolCall], first: int = 0) -> None:
         """Fragments that bring the calls sent from index `first` on up to `calls`, which
