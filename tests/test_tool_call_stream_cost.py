@@ -5,12 +5,15 @@ already sent, nor a whole answer's reading with the square of its length."""
 from __future__ import annotations
 
 import json.decoder
+import random
 import sys
 
 import pytest
 
 from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
 from aiollm.api.tool_stream import StreamingToolParser
+from test_tool_call_stream import CALL as ONE_CALL
+from test_tool_call_stream import _check
 
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
 NAMES = {"get_weather", "search"}
@@ -100,3 +103,24 @@ def test_a_delta_in_long_arguments_costs_what_it_adds(parser):
 
     few, many = cost(10), cost(1000)
     assert many < 1.2 * few, (few, many)
+
+
+# JSON values whose strings hold brackets, quotes and backslashes, escaped
+_ATOMS = ['"x\\"y"', '"a\\"}]"', '"\\\\"', '"[{"', '{"k": [1, {"x": "}"}]}', "[]", "{}",
+          '"\\\\\\"]"', "1", "null"]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_arguments_read_bracket_by_bracket_join_to_the_whole_answer(parser):
+    """The stream follows open arguments bracket by bracket (the shortcut above), reading
+    strings and escapes as JSON does: a quote escaped in a string, then a closing bracket
+    after the string, ends the arguments where the whole answer ends them, split anywhere,
+    whole or cut. (Escapes read wrongly kept such arguments open past their end.)"""
+    rng = random.Random(5)
+    for _ in range(60):
+        args = "{" + ", ".join(f'"k{i}": {rng.choice(_ATOMS)}'
+                               for i in range(rng.randint(0, 4))) + "}"
+        call = ONE_CALL[parser.name] % args
+        text = rng.choice(["", "Hi "]) + call + rng.choice(["", " Done.", "\n" + call])
+        _check(parser, text, rng)
+        _check(parser, text[:rng.randint(1, len(text))], rng, cut=True)
