@@ -149,7 +149,8 @@ def _heads(names: tuple[str, ...]) -> re.Pattern:
 
 
 def written_calls(text: str, pos: int, names: Collection[str], args_key: str,
-                  joints: Joints, *, after_call: bool = False) -> tuple[list[Written], int]:
+                  joints: Joints, *, after_call: bool = False,
+                  seen: int = 0) -> tuple[list[Written], int]:
     """The calls written from text[pos] on, as a tool grammar writes them
     (`{"name": NAME, "<args_key>": VALUE`, NAME one of `names`), each known once its name
     is written: (the calls, the last one's arguments as written so far; where a next call
@@ -159,6 +160,8 @@ def written_calls(text: str, pos: int, names: Collection[str], args_key: str,
     or at a head the text before it does not lead to as the format joins calls (`joints`:
     from text[pos], a call marker unless `after_call`, to the first head; from a call's
     arguments to the next head): text after the calls that quotes a call's JSON is none.
+    `seen`: no head that leads on starts before it (a stream read the text that far), so
+    heads are looked for from there: no joint spans a head.
 
     The calls of a longer text extend those of its prefix (same calls, arguments that
     start with the prefix's): what a stream sends of them is never taken back."""
@@ -166,7 +169,7 @@ def written_calls(text: str, pos: int, names: Collection[str], args_key: str,
         return [], pos
     heads, between = _heads(tuple(sorted(names))), f', "{args_key}": '
     calls: list[Written] = []
-    while (m := heads.search(text, pos)) is not None:
+    while (m := heads.search(text, max(pos, seen))) is not None:
         joint = joints.between if calls or after_call else joints.lead
         if joint.fullmatch(text, pos, m.start()) is None:
             return calls, pos
