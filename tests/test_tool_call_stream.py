@@ -539,3 +539,18 @@ def test_arguments_nested_deeper_than_the_json_decoder_goes_are_read_without_err
             got, joined, _ = _stream(parser, t, cuts, cut=cut)
             assert (got, [(n, a) for _, n, a in joined]) == (
                 content, [(c.name, c.arguments) for c in calls]), cuts
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("number", ["-2.5e3", "7E+2", "0.25"])
+def test_a_number_as_arguments_split_inside_is_read_whole(parser, number):
+    """Arguments written as a bare number, a delta ending inside it ('-2.', '-2.5e'): the
+    decoder reads '-2' there and stops at the '.', which the stream took for the number's
+    end, sent '-2' complete, and read no call after it (the fraction was not a joint), so
+    the calls after it went out only at the end and the answer lost a cut call's space."""
+    rng = random.Random(21)
+    text = "".join(CALL[parser.name] % a for a in (number, P, "[ "))
+    for n in range(len(text) + 1):
+        _check(parser, text[:n], rng, cut=True)
+    content, calls = _check(parser, text, rng)
+    assert [c.arguments for c in calls][:1] == [number], text

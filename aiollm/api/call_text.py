@@ -18,6 +18,9 @@ from dataclasses import dataclass
 
 _DECODER = json.JSONDecoder()
 JSON_SPACE = " \t\n\r"
+# what may follow a number's digits and still be that number ('-2.' of '-2.5', '1e' of
+# '1e-3'): the decoder stops before it, at the text's end too
+_NUMBER_GOES_ON = re.compile(r"(?:\.\d*)?(?:[eE][-+]?\d*)?")
 
 
 def decode_json(text: str, pos: int) -> tuple[object, int]:
@@ -71,7 +74,8 @@ def value_text(text: str, start: int) -> tuple[str, int, bool]:
     """(the arguments written so far, where they end, whether complete) of the JSON value
     that starts at text[start] (after whitespace) and may be cut at the text's end. An
     incomplete value is all the text after its start, except a string's (held: its decoded
-    text is the arguments); a number or literal that reaches the end may go on."""
+    text is the arguments); a number or literal that reaches the end may go on, a number
+    too that the end cuts in its fraction or exponent ('-2.', '1e': its digits so far)."""
     start = skip_json_space(text, start)
     if start >= len(text):
         return "", start, False
@@ -81,6 +85,8 @@ def value_text(text: str, start: int) -> tuple[str, int, bool]:
         return ("" if text[start] == '"' else text[start:]), len(text), False
     if end == len(text) and text[start] not in '{["':
         return text[start:], end, False
+    if type(value) in (int, float) and _NUMBER_GOES_ON.fullmatch(text, end) is not None:
+        return text[start:end], end, False  # its digits so far: '-2.' may end as '-2'
     return (value if isinstance(value, str) else text[start:end]), end, True
 
 
