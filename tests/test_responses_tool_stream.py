@@ -23,7 +23,7 @@ from aiollm.api.responses_stream import ResponseEvents
 from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.sampling_params import SamplingParams
-from test_tool_call_stream import ARGS, CALL, NAMES
+from test_tool_call_stream import ARGS, CALL, LLAMA3_ROWS, NAMES
 
 EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
@@ -65,25 +65,44 @@ def test_streamed_calls_build_the_whole_response(parser):
     texts = [(text, "stop"), (text + " Done.", "stop")]
     texts += [(text[:n], "length") for n in range(0, len(text), 7)]
     for t, finish in texts:
-        whole = _whole(parser, t, finish)
-        for cuts in ([], list(range(1, len(t))),
-                     sorted(rng.sample(range(1, max(len(t), 2)), min(len(t) // 3, 30)))):
-            events = _events(parser, t, cuts, finish)
-            assert [e["sequence_number"] for e in events] == list(range(len(events)))
-            sdk = ResponseStreamState(input_tools=omit, text_format=omit)
-            for e in events:
-                sdk.handle_event(EVENTS.validate_python(e))  # each an SDK type
-            final = events[-1]["response"]
-            assert events[-1]["type"] == "response.completed"
-            assert _shape(final["output"]) == _shape(whole), (t, cuts)
-            built = sdk._completed_response  # what client.responses.stream returns
-            assert [(i.type, getattr(i, "arguments", None)) for i in built.output] == [
-                (i["type"], i.get("arguments")) for i in whole]
-            for item in final["output"]:  # each call's deltas join to its arguments
-                if item["type"] == "function_call":
-                    deltas = [e["delta"] for e in events if e.get("item_id") == item["id"]
-                              and e["type"] == "response.function_call_arguments.delta"]
-                    assert "".join(deltas) == item["arguments"] and all(deltas)
+        _check(parser, t, finish, rng)
+
+
+@pytest.mark.parametrize("text,content,args", LLAMA3_ROWS)
+def test_llama3_calls_anywhere_build_the_whole_response(text, content, args):
+    """Llama 3's calls after text or after a second <|python_tag|> are function_call items,
+    streamed or not, whether the eos or max_output_tokens ended the output: the answer was
+    one call and a message of the rest unless the output was cut there."""
+    for finish in ("stop", "length"):
+        whole = _check(Llama3Parser(), text, finish, random.Random(6))
+        assert [i["arguments"] for i in whole if i["type"] == "function_call"] == args
+        assert "".join(c["text"] for i in whole if i["type"] == "message"
+                       for c in i["content"]) == content, (text, finish)
+
+
+def _check(parser, t: str, finish: str, rng: random.Random) -> list[dict]:
+    """The events of `t` split anywhere are SDK types and build the whole answer (its
+    output items, returned)."""
+    whole = _whole(parser, t, finish)
+    for cuts in ([], list(range(1, len(t))),
+                 sorted(rng.sample(range(1, max(len(t), 2)), min(len(t) // 3, 30)))):
+        events = _events(parser, t, cuts, finish)
+        assert [e["sequence_number"] for e in events] == list(range(len(events)))
+        sdk = ResponseStreamState(input_tools=omit, text_format=omit)
+        for e in events:
+            sdk.handle_event(EVENTS.validate_python(e))  # each an SDK type
+        final = events[-1]["response"]
+        assert events[-1]["type"] == "response.completed"
+        assert _shape(final["output"]) == _shape(whole), (t, cuts)
+        built = sdk._completed_response  # what client.responses.stream returns
+        assert [(i.type, getattr(i, "arguments", None)) for i in built.output] == [
+            (i["type"], i.get("arguments")) for i in whole]
+        for item in final["output"]:  # each call's deltas join to its arguments
+            if item["type"] == "function_call":
+                deltas = [e["delta"] for e in events if e.get("item_id") == item["id"]
+                          and e["type"] == "response.function_call_arguments.delta"]
+                assert "".join(deltas) == item["arguments"] and all(deltas)
+    return whole
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)

@@ -123,12 +123,14 @@ def test_the_name_goes_out_before_the_arguments_end(parser):
 def test_a_call_sent_then_invalid_stays_a_call(parser):
     """Markup that turns out not to be a call after its name went out: the stream cannot
     take the call back, so the whole answer keeps it too (the last call incomplete, the
-    text before the marker its content), streamed or not, however split."""
+    text before the marker its content), streamed or not, however split. (Llama 3's JSON
+    naming no tool is text, not markup: LLAMA3_ROWS.)"""
     rng = random.Random(3)
     good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
-    for text in ("Ok. " + good[:-1] + " trailing junk",  # its end mis-written
-                 "Ok. " + good.replace('"P"', '"P" oops'),  # JSON that does not parse
-                 "Ok. " + good + " " + good.replace("get_weather", "nope")):  # no such tool
+    nope = [] if parser.name == "llama3" else [  # no such tool
+        "Ok. " + good + " " + good.replace("get_weather", "nope")]
+    for text in ["Ok. " + good[:-1] + " trailing junk",  # its end mis-written
+                 "Ok. " + good.replace('"P"', '"P" oops')] + nope:  # JSON that does not parse
         content, calls = _check(parser, text, rng)
         assert content == "Ok." and [c.name for c in calls] == ["get_weather"], text
         assert not calls[-1].complete, text
@@ -139,11 +141,12 @@ def test_a_call_sent_then_invalid_stays_a_call(parser):
     assert call.arguments == "{}" and call.complete
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", [HermesParser(), MistralParser()], ids=lambda p: p.name)
 def test_call_shaped_text_after_the_calls_stays_content(parser):
     """Text after the calls that quotes a call's JSON, without the markup that joins calls
     in the parser's format, is no call: it stays content, streamed or not (the stream must
-    not send it as a call, which the whole answer would then have to keep)."""
+    not send it as a call, which the whole answer would then have to keep). A Llama 3
+    call's JSON is its markup: a call wherever it stands (LLAMA3_ROWS)."""
     rng = random.Random(4)
     good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
     quoted = '{"name": "get_weather", "%s": {"city": "Q"}}' % parser.args_key
@@ -367,7 +370,8 @@ def test_text_after_a_head_that_goes_on_as_no_call_is_kept_when_the_output_stops
     an output that ends with "stop" or "length" (read as one that may end inside a call):
     the head is no call cut at the end, as a complete call that text follows is none. The
     Llama 3 reader took it for a second call, cut, of no arguments, and dropped what
-    followed (' B' was lost, and a call of arguments '' came that the model never wrote)."""
+    followed (' B' was lost, and a call of arguments '' came that the model never wrote).
+    For Llama 3 that head is a complete call of no arguments, read as the first is."""
     rng = random.Random(14)
     good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
     text = good + ' A {"name": "get_weather"} B'
@@ -375,7 +379,8 @@ def test_text_after_a_head_that_goes_on_as_no_call_is_kept_when_the_output_stops
     content, cut_calls = _check(parser, text, rng, cut=True)
     assert content == plain and content.endswith(" B"), text
     assert _shape(cut_calls) == _shape(calls) == [
-        ("get_weather", '{"city": "P", "unit": "c"}', True)], text
+        ("get_weather", '{"city": "P", "unit": "c"}', True)] + (
+        [("get_weather", "{}", True)] if parser.name == "llama3" else []), text
     # a head cut at the output's end is still the call the output was writing
     head = {"hermes": "\n<tool_call>\n", "llama3": "; ", "mistral": "[TOOL_CALLS]["}[
         parser.name] + '{"name": "get_weather"'
@@ -445,3 +450,107 @@ def test_a_marker_in_text_before_the_calls_stays_text(parser):
             content, calls = _check(parser, text, rng, cut=cut)
             assert content == want and _shape(calls) == [
                 ("get_weather", '{"city": "P", "unit": "c"}', True)], (text, cut)
+
+
+TAG = "<|python_tag|>"
+P, Q = '{"city": "P", "unit": "c"}', '{"city": "Q", "unit": "f"}'
+# (text, content, arguments of its calls): every call a Llama 3 output writes is a call,
+# wherever it stands, as the "auto" grammar (which triggers on each head when calls are
+# parallel) holds each to its tool's schema and vLLM's llama3_json reads every one;
+# <|python_tag|> (skip_special_tokens false) is markup wherever calls are, as it is absent
+# from the text that skips special tokens; text between calls is content
+LLAMA3_ROWS = [
+    (TAG + CALL["llama3"] % P + TAG + CALL["llama3"] % Q, "", [P, Q]),  # Llama 3.2's parallel
+    (CALL["llama3"] % P + TAG + CALL["llama3"] % Q, "", [P, Q]),
+    (TAG + CALL["llama3"] % P + "\n" + TAG + CALL["llama3"] % Q + "\n", "", [P, Q]),
+    (CALL["llama3"] % P + " some words " + CALL["llama3"] % Q, " some words", [P, Q]),
+    ("Hi " + CALL["llama3"] % P + " then " + CALL["llama3"] % Q + " Done.",
+     "Hi  then  Done.", [P, Q]),
+    (CALL["llama3"] % P + " x " + TAG + CALL["llama3"] % Q, " x", [P, Q]),
+    (CALL["llama3"] % P + " x " + TAG + "print(1)", " x print(1)", [P]),
+    ('{"name": 5} ' + CALL["llama3"] % P, '{"name": 5}', [P]),
+    ('{"name": "get_w' + CALL["llama3"] % P + " x", '{"name": "get_w x', [P]),
+    # JSON naming no tool is the model's text (test_a_call_to_no_tool_is_content), wherever
+    # it stands: it neither takes the calls' text away nor leaves the calls incomplete
+    (CALL["llama3"] % P + ' Also {"name": "Bob", "age": 3}',
+     ' Also {"name": "Bob", "age": 3}', [P]),
+    ('Hi {"name": "Bob", "age": 3} ' + CALL["llama3"] % P + " x",
+     'Hi {"name": "Bob", "age": 3}  x', [P]),
+    (CALL["llama3"] % P + "; " + CALL["llama3"].replace("get_weather", "nope") % Q,
+     ' {"name": "nope", "parameters": %s}' % Q, [P]),
+    # such an object is text as a whole: a call's JSON inside it (a value) is its text
+    ('{"name": "Bob", "pet": ' + CALL["llama3"] % P + "} x",
+     '{"name": "Bob", "pet": ' + CALL["llama3"] % P + "} x", []),
+    (CALL["llama3"] % Q + ' {"name": 5, "pet": ' + CALL["llama3"] % P + "}",
+     ' {"name": 5, "pet": ' + CALL["llama3"] % P + "}", [Q]),
+]
+
+
+@pytest.mark.parametrize("text,content,args", LLAMA3_ROWS)
+def test_every_llama3_call_is_read_whole_cut_and_streamed_alike(text, content, args):
+    """The whole answer, an output that max_tokens or a stop ended there (cut), and the
+    stream (however split) read the same calls and content: a second <|python_tag|> left
+    the second call content, and calls after text were read only when the output was cut."""
+    rng = random.Random(19)
+    for cut in (False, True):
+        got, calls = _check(Llama3Parser(), text, rng, cut=cut)
+        assert (got, [c.arguments for c in calls]) == (content, args), (text, cut)
+        assert all(c.complete for c in calls), (text, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_an_output_ended_in_text_reads_alike_cut_or_whole(parser):
+    """Random mixes of text, markup and calls that end in text: an output that max_tokens
+    or a stop ended there holds no cut call, so it reads as the whole answer does."""
+    rng = random.Random(20 + len(parser.name))
+    call = CALL[parser.name] % P
+    for _ in range(300):
+        text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 5)))
+        text += " Done."
+        whole = _check(parser, text, rng)
+        content, calls = _check(parser, text, rng, cut=True)
+        assert (content, _shape(calls)) == (whole[0], _shape(whole[1])), text
+
+
+def test_llama3_calls_after_a_second_python_tag_stream_as_written():
+    """Llama 3.2's parallel calls, each after its <|python_tag|>: the second call's name
+    goes out once written, as one after ';' does, not at the output's end."""
+    for sep in (TAG, "\n" + TAG, "; "):
+        stream = StreamingToolParser(Llama3Parser(), NAMES)
+        text = TAG + CALL["llama3"] % P + sep + '{"name": "get_weather"'
+        assert stream.feed(text) == ""
+        assert [(f.index, f.name) for f in stream.take() if f.name] == [
+            (0, "get_weather"), (1, "get_weather")], sep
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_arguments_nested_deeper_than_the_json_decoder_goes_are_read_without_error(parser):
+    """A tool whose parameters allow any JSON lets a looping model write '[' after '[' in
+    a call's arguments: the decoder's recursion limit made every reading (whole, cut and
+    streamed) raise RecursionError, a failed request. Too deep to decode is as unparsable:
+    the call the stream sent stays a call, incomplete, streamed or not."""
+    deep = '{"a": ' + "[" * 3000 + "]" * 3000 + "}"
+    text = "Ok. " + CALL[parser.name] % deep
+    for t, cut in ((text, False), (text[:3000], True)):
+        content, calls = parser.calls(t, NAMES, cut=cut)
+        assert content == "Ok." and [c.name for c in calls] == ["get_weather"], t[:80]
+        assert not calls[-1].complete and deep.startswith(calls[-1].arguments[:3000])
+        for cuts in ([], list(range(1, len(t), 700))):
+            got, joined, _ = _stream(parser, t, cuts, cut=cut)
+            assert (got, [(n, a) for _, n, a in joined]) == (
+                content, [(c.name, c.arguments) for c in calls]), cuts
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("number", ["-2.5e3", "7E+2", "0.25"])
+def test_a_number_as_arguments_split_inside_is_read_whole(parser, number):
+    """Arguments written as a bare number, a delta ending inside it ('-2.', '-2.5e'): the
+    decoder reads '-2' there and stops at the '.', which the stream took for the number's
+    end, sent '-2' complete, and read no call after it (the fraction was not a joint), so
+    the calls after it went out only at the end and the answer lost a cut call's space."""
+    rng = random.Random(21)
+    text = "".join(CALL[parser.name] % a for a in (number, P, "[ "))
+    for n in range(len(text) + 1):
+        _check(parser, text[:n], rng, cut=True)
+    content, calls = _check(parser, text, rng)
+    assert [c.arguments for c in calls][:1] == [number], text

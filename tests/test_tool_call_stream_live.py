@@ -70,9 +70,12 @@ WANT = {"Sure {" + CALL: ("Sure {", [("get_weather", '{"city": "P"}')]),
         "Hi <|python_tag|>" + CALL: ("Hi", [("get_weather", '{"city": "P"}')]),
         'Use {"name": 5} here.': ('Use {"name": 5} here.', []),
         "Checking." + CALL + "\n\nDone.": ("Checking.\n\nDone.", [("get_weather", '{"city": "P"}')]),
-        "x " + CALL + " A " + CALL + " B": ("x  A " + CALL + " B", [("get_weather", '{"city": "P"}')]),
-        "x " + CALL + ' A {"name": "get_weather"} B': ('x  A {"name": "get_weather"} B',
-                                                       [("get_weather", '{"city": "P"}')])}
+        "x " + CALL + " A " + CALL + " B": (
+            "x  A  B", [("get_weather", '{"city": "P"}')] * 2),
+        "x " + CALL + ' A {"name": "get_weather"} B': (
+            "x  A  B", [("get_weather", '{"city": "P"}'), ("get_weather", "{}")]),
+        "<|python_tag|>" + CALL + "<|python_tag|>" + CALL: (
+            "", [("get_weather", '{"city": "P"}')] * 2)}
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +85,16 @@ def answers(tiny) -> dict[str, tuple[dict, dict]]:
 
 @pytest.mark.parametrize("text", WANT, ids=["brace-before-call", "python-tag", "no-call",
                                              "text-after-call", "call-shaped-text",
-                                             "head-that-goes-on"])
+                                             "head-that-goes-on", "python-tag-twice"])
 def test_stream_and_whole_answer_join_to_the_same_text(answers, text):
     """Text before a call ending with '{' (a marker's start), Llama 3's <|python_tag|> before
     a call (as text here, where the tokenizer has no such token), a marker that no call
     follows, and text after a call: the stream sent the '{' and the tag as content where
     the whole answer dropped them, both dropped the text from `{"name": ` on where no call
-    came, and both dropped the paragraph break between a call and the text after it, and
-    the text after call-shaped text that follows a call (read as a call cut at the end),
-    and after a head that goes on as no call's does (read as a call of no arguments)."""
+    came, and both dropped the paragraph break between a call and the text after it. A
+    call after text, or after a second <|python_tag|> (Llama 3.2's parallel calls), is a
+    call wherever it stands, as vLLM's llama3_json reads it (it was content, or a call
+    only where the reader took it for one cut at the output's end)."""
     whole, stream = answers[text]
     assert whole == stream, (whole, stream)
     assert (whole["content"], whole["calls"]) == WANT[text], whole

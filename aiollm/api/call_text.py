@@ -18,6 +18,20 @@ from dataclasses import dataclass
 
 _DECODER = json.JSONDecoder()
 JSON_SPACE = " \t\n\r"
+# what may follow a number's digits and still be that number ('-2.' of '-2.5', '1e' of
+# '1e-3'): the decoder stops before it, at the text's end too
+_NUMBER_GOES_ON = re.compile(r"(?:\.\d*)?(?:[eE][-+]?\d*)?")
+
+
+def decode_json(text: str, pos: int) -> tuple[object, int]:
+    """(the JSON value that starts at text[pos], where it ends), as JSONDecoder.raw_decode.
+    Raises ValueError where none parses there, a value nested deeper than the decoder's
+    recursion goes too (a looping model's '[[[...' in a call's arguments): the readers
+    take it for text that does not parse rather than fail the request."""
+    try:
+        return _DECODER.raw_decode(text, pos)
+    except RecursionError:
+        raise ValueError(f"JSON at {pos} nested too deep to decode") from None
 
 
 def skip_json_space(text: str, pos: int) -> int:
@@ -60,17 +74,53 @@ def value_text(text: str, start: int) -> tuple[str, int, bool]:
     """(the arguments written so far, where they end, whether complete) of the JSON value
     that starts at text[start] (after whitespace) and may be cut at the text's end. An
     incomplete value is all the text after its start, except a string's (held: its decoded
-    text is the arguments); a number or literal that reaches the end may go on."""
+    text is the arguments); a number or literal that reaches the end may go on, a number
+    too that the end cuts in its fraction or exponent ('-2.', '1e': its digits so far)."""
     start = skip_json_space(text, start)
     if start >= len(text):
         return "", start, False
     try:
-        value, end = _DECODER.raw_decode(text, start)
+        value, end = decode_json(text, start)
     except ValueError:
         return ("" if text[start] == '"' else text[start:]), len(text), False
     if end == len(text) and text[start] not in '{["':
         return text[start:], end, False
+    if type(value) in (int, float) and _NUMBER_GOES_ON.fullmatch(text, end) is not None:
+        return text[start:end], end, False  # its digits so far: '-2.' may end as '-2'
     return (value if isinstance(value, str) else text[start:end]), end, True
+
+
+@dataclass(slots=True)
+class OpenValue:
+    """Where a JSON object or array written so far stands, read one delta at a time: its
+    brackets open outside strings (`depth`), whether it is inside a string (after a
+    backslash there). A value that never comes back to depth 0 cannot decode, so its
+    arguments are all the text after its start (value_text), without reading them again."""
+
+    depth: int = 0
+    in_string: bool = False
+    escaped: bool = False
+
+    def extend(self, text: str) -> bool:
+        """Reads `text`, the value's next characters: whether the value is still open
+        after them (False: it may end in them; the state is then no longer the value's)."""
+        for ch in text:
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth <= 0:
+                    return False
+        return True
 
 
 @dataclass(slots=True)
@@ -105,7 +155,8 @@ def _heads(names: tuple[str, ...]) -> re.Pattern:
 
 
 def written_calls(text: str, pos: int, names: Collection[str], args_key: str,
-                  joints: Joints, *, after_call: bool = False) -> tuple[list[Written], int]:
+                  joints: Joints, *, after_call: bool = False,
+                  seen: int = 0) -> tuple[list[Written], int]:
     """The calls written from text[pos] on, as a tool grammar writes them
     (`{"name": NAME, "<args_key>": VALUE`, NAME one of `names`), each known once its name
     is written: (the calls, the last one's arguments as written so far; where a next call
@@ -115,6 +166,8 @@ def written_calls(text: str, pos: int, names: Collection[str], args_key: str,
     or at a head the text before it does not lead to as the format joins calls (`joints`:
     from text[pos], a call marker unless `after_call`, to the first head; from a call's
     arguments to the next head): text after the calls that quotes a call's JSON is none.
+    `seen`: no head that leads on starts before it (a stream read the text that far), so
+    heads are looked for from there: no joint spans a head.
 
     The calls of a longer text extend those of its prefix (same calls, arguments that
     start with the prefix's): what a stream sends of them is never taken back."""
@@ -122,7 +175,7 @@ def written_calls(text: str, pos: int, names: Collection[str], args_key: str,
         return [], pos
     heads, between = _heads(tuple(sorted(names))), f', "{args_key}": '
     calls: list[Written] = []
-    while (m := heads.search(text, pos)) is not None:
+    while (m := heads.search(text, max(pos, seen))) is not None:
         joint = joints.between if calls or after_call else joints.lead
         if joint.fullmatch(text, pos, m.start()) is None:
             return calls, pos

@@ -54,6 +54,17 @@ class ToolParser:
         or after the last), its leading kept: a stream has sent that before any call came."""
         raise NotImplementedError
 
+    def parse_tail(self, text: str, names: Collection[str] | None = None
+                   ) -> tuple[str, list[ToolCall], int]:
+        """parse(), and where in its content the text after the last call starts: a call
+        max_tokens cut is read there only (cut_calls), as a whole answer reads what comes
+        before as content and calls; 0 where the family does not tell (all its content).
+        `names`, the request's functions: a family whose calls are plain JSON (Llama 3)
+        reads one naming none of them as text; the others return it (calls() then makes
+        the whole text content)."""
+        content, calls = self.parse(text)
+        return content, calls, 0
+
     def opening(self, text: str, pos: int = 0) -> int:
         """Where the first of `opens` is in text[pos:] (an index into `text`); -1: none."""
         found = [i for i in (text.find(o, pos) for o in self.opens or (self.start,)) if i >= 0]
@@ -80,7 +91,8 @@ class ToolParser:
               sent: list[Written] | None = None) -> tuple[str, list[ToolCall]]:
         """parse(), where a call to a function not among `names` makes the whole text
         content: free text that only looked like a call (Llama 3's format is any JSON object
-        that starts with "name"; the grammar holds only what follows its trigger).
+        that starts with "name", so there that object alone is text: parse_tail; the grammar
+        holds only what follows its trigger).
 
         `cut`: max_tokens, a stop string or a stop token id ended the output, maybe inside
         a call:
@@ -117,14 +129,18 @@ class ToolParser:
 
     def _read(self, text: str, names: Collection[str], cut: bool, required: bool,
               named: str | None) -> tuple[str, list[ToolCall]]:
-        content, calls = self.parse(text)
+        content, calls, tail = self.parse_tail(text, names)
         if any(c.name not in names for c in calls):
             return text, []
         if cut:
-            content, more, last_cut = cut_calls(
-                content, marker=self.start, args_key=self.args_key, joints=self.joints,
-                names=names, only_calls=required or bool(calls), words=self.words)
+            rest, more, last_cut = cut_calls(
+                content[tail:], marker=self.start, args_key=self.args_key,
+                joints=self.joints, names=names, only_calls=required or bool(calls),
+                words=self.words)
+            content = content[:tail] + rest
             calls += [ToolCall(name, arguments) for name, arguments in more]
+            if tail and calls:  # else the text as written (ToolParser.parse)
+                content = content.rstrip()
             if named is not None and not calls:
                 calls, last_cut = [ToolCall(named, "")], True
             if last_cut:

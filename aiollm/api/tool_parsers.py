@@ -28,9 +28,11 @@ import json
 import random
 import re
 import string
+from collections.abc import Collection
 from typing import Any
 
-from aiollm.api.call_text import Joints, element_starts, member_text
+from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
+                                   skip_json_space)
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -45,7 +47,6 @@ MAX_WHITESPACE = 16
 # Mistral's call ids: 9 of these, drawn from the OS's randomness (not the seeded sampling's)
 _ID_CHARACTERS = string.ascii_letters + string.digits
 _ID_RANDOM = random.SystemRandom()
-_DECODER = json.JSONDecoder()
 TAG = "<|python_tag|>"  # Llama 3's marker before calls (a special token)
 
 
@@ -60,16 +61,27 @@ def _name(tool: dict) -> str:
     return json.dumps(tool["function"]["name"])
 
 
-def _json_calls(text: str, pos: int, args_key: str, seps: str) -> tuple[list[ToolCall], int]:
+def _json_calls(text: str, pos: int, args_key: str, seps: str,
+                words: tuple[str, ...] = (),
+                names: Collection[str] | None = None) -> tuple[list[ToolCall], int]:
     """The calls written as JSON values (objects, or arrays of them) from text[pos:] on,
-    separated by characters of `seps` and whitespace (any: U+00A0 too, as a stream's
-    joints read it): (the calls, where they end); none if the first does not parse."""
+    separated by characters of `seps`, `words` (Llama 3's <|python_tag|>) and whitespace
+    (any: U+00A0 too, as a stream's joints read it): (the calls, where they end); none if
+    the first does not parse. With `names`, a value naming a function not among them ends
+    the calls as one that does not parse does (None: any name)."""
     calls = []
     while True:
-        while pos < len(text) and (text[pos] in seps or text[pos].isspace()):
-            pos += 1
+        while pos < len(text):
+            if text[pos] in seps or text[pos].isspace():
+                pos += 1
+            elif (word := next((w for w in words if text.startswith(w, pos)), None)):
+                pos += len(word)
+            else:
+                break
+        if not _may_hold_calls(text, pos):  # not decoded: see _may_hold_calls
+            return calls, pos
         try:
-            obj, end = _DECODER.raw_decode(text, pos)
+            obj, end = decode_json(text, pos)
         except ValueError:
             return calls, pos
         if isinstance(obj, list):
@@ -77,10 +89,23 @@ def _json_calls(text: str, pos: int, args_key: str, seps: str) -> tuple[list[Too
                      for o, at in zip(obj, element_starts(text, pos))]
         else:
             found = [_call(obj, args_key, text, pos)]
-        if not found or None in found:
+        if not found or None in found or (
+                names is not None and any(c.name not in names for c in found)):
             return calls, pos
         calls += found
         pos = end
+
+
+def _may_hold_calls(text: str, pos: int) -> bool:
+    """Whether text[pos:] may begin an object or an array of objects, the values calls
+    are. Asked before decoding: a value that fails to decode raises a JSONDecodeError,
+    which counts the lines of all the text before it, so that an output of many places
+    where a run of calls ends in text (or in Mistral's next marker, `[TOOL_CALLS]`) would
+    read in time quadratic in its length."""
+    if text.startswith("[", pos):
+        pos = skip_json_space(text, pos + 1)
+        return text.startswith(("{", "]"), pos)
+    return text.startswith("{", pos)
 
 
 def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
@@ -92,6 +117,14 @@ def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
     if args is None:
         args = member_text(text, at, "arguments")
     return ToolCall(obj["name"], "{}" if args is None else args)
+
+
+def _object_end(text: str, at: int) -> int:
+    """Where the JSON value written at text[at] ends; `at` where none is."""
+    try:
+        return decode_json(text, at)[1]
+    except ValueError:
+        return at
 
 
 def _text_after(text: str, end: int) -> int:
@@ -128,7 +161,7 @@ class HermesParser(ToolParser):
         while i >= 0:
             at = _skip_space(text, i + len(self.start))
             try:
-                obj, j = _DECODER.raw_decode(text, at)
+                obj, j = decode_json(text, at)
             except ValueError:
                 obj = j = None
             call = _call(obj, "arguments", text, at) if j is not None else None
@@ -159,21 +192,43 @@ class Llama3Parser(ToolParser):
     # <|python_tag|> (in the text with skip_special_tokens false) opens the calls too, as
     # vLLM's llama3_json reads it: a stream holds it back until it knows what follows
     opens, words = (TAG, start), (TAG,)
-    # the marker is the head itself; calls are separated by ';' or whitespace
-    joints = Joints(re.compile(""), re.compile(r"\s*\}[;\s]*"))
+    # the marker is the head itself; calls are separated by ';', whitespace or the tag
+    # (Llama 3.2 writes one before each of its parallel calls)
+    joints = Joints(re.compile(""), re.compile(r"\s*\}(?:[;\s]|<\|python_tag\|>)*"))
 
     def parse(self, text):
-        # the calls, after <|python_tag|> or alone, separated by ';' (Llama 3.1's parallel
-        # calls); text around them (a model under "auto" may write some) stays content. The
-        # first opens as the grammar's trigger does: JSON spelt otherwise was never held to
-        # a tool's schema (and the stream has sent it as content)
+        content, calls, _ = self.parse_tail(text)
+        return content, calls
+
+    def parse_tail(self, text, names=None):
+        # every call is read wherever it stands, as vLLM's llama3_json reads them and as the
+        # "auto" grammar holds each head it meets to a tool's schema: runs of calls joined by
+        # separators, text between runs content. A call opens as the grammar's trigger does
+        # (JSON spelt otherwise was never held to a tool's schema); a head that does not
+        # parse ({"name": 5}), or names no tool ({"name": "Bob", "age": 3}: the format is
+        # any such object), is the model's text, and ends the run it stands in; an object
+        # it opens is text whole (a call's JSON among its values too)
+        gaps, calls, pos, read = [], [], 0, 0  # read: the end of the last such object
         i = text.find(self.start)
-        if i < 0:
-            return text, []
-        calls, end = _json_calls(text, i, "parameters", ";")
-        if not calls:
-            return text, []
-        return (text[:i].replace(TAG, "") + text[_text_after(text, end):]).rstrip(), calls
+        while i >= 0:
+            # decoded once where no JSON parses there (see _may_hold_calls), twice else
+            if (end := _object_end(text, i)) > i:
+                found, stop = _json_calls(text, i, self.args_key, ";", (TAG,), names)
+                if found:
+                    gaps.append(text[pos:i])
+                    calls += found
+                    pos, end = _text_after(text, stop), stop
+                else:
+                    read = end
+            i = text.find(self.start, max(end, i + 1))
+        if not calls:  # a cut call is looked for after the objects read as text only
+            return text, [], read
+        # the tag is markup wherever calls are: the text decoded skipping special tokens
+        # (the default) has none, and reads the same
+        before = "".join(gaps).replace(TAG, "")
+        content = (before + text[pos:].replace(TAG, "")).rstrip()
+        tail = len(before) + len(text[pos:max(pos, read)].replace(TAG, ""))
+        return content, calls, min(tail, len(content))
 
     def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
         content, calls = super().calls(text, names, cut=cut, required=required, named=named,
@@ -184,8 +239,8 @@ class Llama3Parser(ToolParser):
             i = content.rfind(TAG)
             if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
                 content = content[:i].rstrip()
-            if calls:  # the tag before a cut call is markup too
-                content = content.replace(TAG, "").rstrip()
+        if calls:  # the tag before a cut call, or the calls a stream sent, is markup too
+            content = content.replace(TAG, "").rstrip()
         return content, calls
 
     def tags(self, tools):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from aiollm.api.call_text import Written, written_calls
+from aiollm.api.call_text import OpenValue, Written, call_head, written_calls
 from aiollm.api.tool_calls import ToolCall, ToolParser
 
 
@@ -36,7 +36,9 @@ class StreamingToolParser:
     is held back from content. A call is sent once its name is written
     (call_text.written_calls: never a part of a name), its arguments as they are written, as
     vLLM and SGLang stream them; what is sent is never taken back, and the whole answer
-    keeps it (ToolParser.calls), so the fragments join to the whole answer's calls."""
+    keeps it (ToolParser.calls), so the fragments join to the whole answer's calls. Calls
+    joined to the first as the format joins them go out as written; calls after text (a
+    Hermes block, or a Llama 3 call, after words) go out at the end, read with the rest."""
 
     def __init__(self, parser: ToolParser, names: Collection[str], *, required: bool = False,
                  named: str | None = None):
@@ -50,6 +52,9 @@ class StreamingToolParser:
         self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
         self.deltas: list[CallDelta] = []  # the fragments not yet taken
         self.resume = -1  # where written_calls reads on (after the last complete call)
+        self.open: OpenValue | None = None  # the last call's arguments, while still open
+        self.seen = 0  # no head that leads on starts before it (written_calls)
+        self.head_len = max((len(call_head(n)) for n in names), default=0)
 
     def feed(self, text: str) -> str:
         """The content that can be sent now: the text before the calls' first opening
@@ -95,25 +100,36 @@ class StreamingToolParser:
             if self.resume < 0:
                 return
         last = self.sent[-1] if self.sent else None
-        if (last is not None and not last.complete and last.arguments[:1] in ("{", "[")
-                and text and "}" not in text and "]" not in text):
-            # an object or array open to the end stays open without a closing bracket:
-            # its arguments are all the text after its start (call_text.value_text), so
-            # the new text is theirs, without reading the whole value again
+        if self.open is not None and text and self.open.extend(text):
+            # the last call's arguments, an object or array, are still open: all the text
+            # after their start (call_text.value_text), so the new text is theirs, without
+            # reading the whole value again
             last.arguments += text
             self.deltas.append(CallDelta(len(self.sent) - 1, text))
             return
-        done = [c for c in self.sent if c.complete]
+        self.open = None
+        # the calls read before `resume` are complete and sent: only those after it are
+        # read and compared again (a delta's work does not grow with the calls sent)
+        done = len(self.sent) - (last is not None and not last.complete)
         more, self.resume = written_calls(self.held, self.resume, self.names,
                                           self.parser.args_key, self.parser.joints,
-                                          after_call=bool(done))
-        self._send(done + [ToolCall(c.name, c.arguments, "", c.complete) for c in more])
+                                          after_call=done > 0, seen=self.seen)
+        if not more or more[-1].complete:
+            # reading stopped where no head leads on: one can only start in the text to
+            # come, so the next delta does not search the text after the calls again
+            self.seen = len(self.held) - self.head_len + 1
+        self._send([ToolCall(c.name, c.arguments, "", c.complete) for c in more], done)
+        last = self.sent[-1] if self.sent else None
+        if last is not None and not last.complete and last.arguments[:1] in ("{", "["):
+            self.open = OpenValue()
+            if not self.open.extend(last.arguments):  # not JSON that a delta can extend
+                self.open = None
 
-    def _send(self, calls: list[ToolCall]) -> None:
-        """Fragments that bring the calls sent up to `calls`, which extend them. Raises
-        TakenBack where they do not: a fragment sent cannot be taken back, and the answer
-        would no longer join to what the client has."""
-        for i, call in enumerate(calls):
+    def _send(self, calls: list[ToolCall], first: int = 0) -> None:
+        """Fragments that bring the calls sent from index `first` on up to `calls`, which
+        extend them. Raises TakenBack where they do not: a fragment sent cannot be taken
+        back, and the answer would no longer join to what the client has."""
+        for i, call in enumerate(calls, first):
             if i == len(self.sent):
                 self.sent.append(ToolCall(call.name, "", self.parser.call_id()))
                 self.deltas.append(CallDelta(i, "", self.sent[i].id, call.name))

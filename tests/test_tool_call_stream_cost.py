@@ -1,0 +1,152 @@
+"""What reading tool calls costs on the event loop: a stream's per-delta work does not
+grow with the calls sent, the arguments or the text before it, nor a whole answer's
+reading with the square of its length. Counted where the work is in Python (a timing on
+a shared host is noise), timed with a wide margin where it is in one C call."""
+
+from __future__ import annotations
+
+import json.decoder
+import random
+import sys
+import time
+
+import pytest
+
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_stream import StreamingToolParser
+from test_tool_call_stream import CALL as ONE_CALL
+from test_tool_call_stream import _check
+
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+NAMES = {"get_weather", "search"}
+ARGS = '{"city": "P", "unit": "c"}'
+CALL = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>\n',
+        "llama3": '{"name": "get_weather", "parameters": %s}; ',
+        "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]\n'}
+
+
+class _Count:
+    """Counts, while active, the Python and built-in functions called (`calls`) and the
+    characters a JSONDecodeError counts the lines of (`scanned`: all the text before the
+    place a value failed to decode)."""
+
+    def __init__(self):
+        self.calls = self.scanned = 0
+
+    def __enter__(self):
+        sys.setprofile(self._event)
+        return self
+
+    def __exit__(self, *exc):
+        sys.setprofile(None)
+
+    def _event(self, frame, event, arg):
+        if event in ("call", "c_call"):
+            self.calls += 1
+            if event == "call" and frame.f_code is json.decoder.JSONDecodeError.__init__.__code__:
+                self.scanned += frame.f_locals["pos"]
+
+
+def _feed_calls(parser, calls: int) -> int:
+    """The functions called to feed, in 4-character deltas, 20 calls after `calls` calls
+    were sent."""
+    call = CALL[parser.name] % ARGS
+    stream = StreamingToolParser(parser, NAMES)
+    stream.feed(call * calls)
+    stream.take()
+    more = call * 20
+    with _Count() as count:
+        for i in range(0, len(more), 4):
+            stream.feed(more[i:i + 4])
+            stream.take()
+    return count.calls
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_delta_costs_the_same_after_many_calls(parser):
+    """Each delta compared every call sent so far with its reading again: 2,000 parallel
+    calls (100 KB) took ~10 s of event loop, streamed; a delta's work is the call it adds
+    to. 20 calls after 1,000 cost what they cost after 10 (it was ~50 times more)."""
+    few, many = _feed_calls(parser, 10), _feed_calls(parser, 1000)
+    assert many < 1.2 * few, (few, many)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("piece", ["x %s ", "%s", '{"name": 5, "v": [1]} %s'])
+def test_reading_grows_with_the_output_not_its_square(parser, piece):
+    """Every place a run of calls ends (text after it, Mistral's next marker) was decoded
+    as JSON that failed there, a JSONDecodeError that counts the lines of all the text
+    before it: an output of many calls read in time quadratic in its length (Llama 3, which
+    reads every head, and Mistral: ~1 s for 6,000 calls). What the readers scan so is
+    now at most the output's length, whole or cut."""
+    text = piece.replace("%s", CALL[parser.name] % ARGS) * 2000
+    for cut in (False, True):
+        with _Count() as count:
+            parser.calls(text, NAMES, cut=cut)
+        assert count.scanned <= len(text), (cut, count.scanned, len(text))
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_delta_in_long_arguments_costs_what_it_adds(parser):
+    """A delta that held a closing bracket read the call's arguments again from their
+    start, to know whether they were complete: arguments of many small objects (rows of a
+    table, 40 KB) took 3 to 7 s of event loop, streamed, each delta re-reading (and failing
+    to decode) all of them. A delta's work no longer grows with the arguments before it."""
+    def cost(rows: int) -> int:
+        args = '{"rows": [' + '{"a": 1, "b": [2]}, ' * rows
+        stream = StreamingToolParser(parser, NAMES)
+        stream.feed(CALL[parser.name].split("%s")[0] + args)
+        more = '{"a": 1, "b": [2]}, ' * 20
+        with _Count() as count:
+            for i in range(0, len(more), 4):
+                stream.feed(more[i:i + 4])
+        assert [len(f.arguments) for f in stream.take()][-1] > 0
+        return count.scanned + count.calls
+
+    few, many = cost(10), cost(1000)
+    assert many < 1.2 * few, (few, many)
+
+
+# JSON values whose strings hold brackets, quotes and backslashes, escaped
+_ATOMS = ['"x\\"y"', '"a\\"}]"', '"\\\\"', '"[{"', '{"k": [1, {"x": "}"}]}', "[]", "{}",
+          '"\\\\\\"]"', "1", "null"]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_arguments_read_bracket_by_bracket_join_to_the_whole_answer(parser):
+    """The stream follows open arguments bracket by bracket (the shortcut above), reading
+    strings and escapes as JSON does: a quote escaped in a string, then a closing bracket
+    after the string, ends the arguments where the whole answer ends them, split anywhere,
+    whole or cut. (Escapes read wrongly kept such arguments open past their end.)"""
+    rng = random.Random(5)
+    for _ in range(60):
+        args = "{" + ", ".join(f'"k{i}": {rng.choice(_ATOMS)}'
+                               for i in range(rng.randint(0, 4))) + "}"
+        call = ONE_CALL[parser.name] % args
+        text = rng.choice(["", "Hi "]) + call + rng.choice(["", " Done.", "\n" + call])
+        _check(parser, text, rng)
+        _check(parser, text[:rng.randint(1, len(text))], rng, cut=True)
+
+
+def _prose_delta_seconds(parser, prose: int) -> float:
+    """Seconds to feed 200 4-character deltas of text after a call and `prose` characters
+    of text (the best of 5): timed, as the work is inside one regular-expression search."""
+    best = float("inf")
+    for _ in range(5):
+        stream = StreamingToolParser(parser, NAMES)
+        stream.feed(CALL[parser.name] % ARGS + ("Then some {x} words. " * prose)[:prose])
+        t = time.perf_counter()
+        for _ in range(200):
+            stream.feed("abc ")
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_delta_of_text_after_the_calls_costs_the_same_after_much_text(parser):
+    """Each delta after a call searched all the text since that call for the next call's
+    head (~1 s of event loop for 100 KB after a call; 2.5 s for Llama 3 text full of heads
+    that lead to no call): a delta is searched once, with the few characters before it a
+    head may start in. 100 KB of text before them no longer makes deltas ~25 times dearer."""
+    few, many = _prose_delta_seconds(parser, 1000), _prose_delta_seconds(parser, 100_000)
+    assert many < 5 * few, (few, many)
