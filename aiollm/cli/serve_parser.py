@@ -49,8 +49,8 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s = sub.add_parser("serve", help="serve a model over HTTP",
                        formatter_class=HelpFormatter,
                        description="Serve MODEL over HTTP: /v1/completions, "
-                       "/v1/chat/completions, /v1/responses, /v1/responses/{response_id} "
-                       "(GET, DELETE), /v1/responses/{response_id}/input_items, "
+                       "/v1/chat/completions, /v1/responses, /v1/responses/{response_id}, "
+                       "/v1/responses/{response_id}/input_items, "
                        "/v1/responses/{response_id}/cancel, /v1/models, "
                        "/v1/models/{model}, "
                        "/generate, "
