@@ -157,3 +157,21 @@ def test_a_deep_echoed_field_is_kept_through_http(tiny):
         return r.status, kept
 
     assert _with_store(tiny, 10, calls) == (200, 200)
+
+
+def test_a_404_tells_of_every_way_a_response_is_not_kept(tiny):
+    """A response whose store said true but that no store holds: one larger than the byte
+    bound alone, or one of an earlier run (kept in memory only). The 404's message named
+    only store false, a delete and the oldest dropped: a client whose stored response was
+    lost to a restart, or to its size, was told it never asked for it."""
+    body = {"model": os.path.basename(tiny), "input": "Hi " * 200, "max_output_tokens": 2}
+
+    async def calls(client):
+        r = await client.post("/v1/responses", json=body)
+        rid = (await r.json())["id"]
+        got = await client.get(f"/v1/responses/{rid}")
+        return got.status, (await got.json())["error"]["message"]
+
+    status, message = _with_store(tiny, 10, calls, max_bytes=1000)
+    assert status == 404
+    assert "larger than" in message and "restart" in message, message

@@ -33,10 +33,11 @@ def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
         why = ("this server keeps no responses (--max-stored-responses 0 or "
                "--max-stored-response-bytes 0)")
     else:
-        why = (f"it was never kept (store false), was deleted, or was dropped as one of the "
-               f"oldest (this server keeps the {store.capacity} most recent within "
-               f"{store.max_bytes} bytes: --max-stored-responses, "
-               "--max-stored-response-bytes)")
+        why = (f"it was never kept (store false), was deleted, was dropped as one of the "
+               f"oldest or was larger than the byte bound alone (this server keeps the "
+               f"{store.capacity} most recent within {store.max_bytes} bytes: "
+               "--max-stored-responses, --max-stored-response-bytes), or was made before "
+               "the server's last restart (responses are kept in memory only)")
     what = "Previous response" if param == "previous_response_id" else "Response"
     # an id is named cut short: a client's 16 MiB one is not sent back whole
     shown = repr(rid[:_SHOWN]) + ("..." if len(rid) > _SHOWN else "")
