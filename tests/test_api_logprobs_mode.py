@@ -1,0 +1,165 @@
+"""Logprobs through the real server under --logprobs-mode: raw_logprobs (the default, vLLM
+V1's) reports the model's own distribution whatever the request's penalties, logit_bias,
+allowed_token_ids or grammar did to the draw; processed_logprobs the distribution the token
+was drawn from. The tokens are the same under both; streams agree with whole answers; a
+bad value is refused naming the option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from live_server import LiveServer, at_once, http, sse_events
+
+from aiollm.cli import build_parser
+from aiollm.engine import Engine
+from aiollm.vllm_names import engine_options
+
+# the fault's reproduction: "Hi" is one token, which a repetition penalty of 0.01 makes the
+# greedy choice three times over; its processed logprob was 0.0, the runner-up's -1469
+REPRO = {"prompt": "Hi", "max_tokens": 3, "repetition_penalty": 0.01, "logprobs": 2,
+         "temperature": 0}
+PARIS = "The capital of France is"
+CHAT = [{"role": "user", "content": "Give me a JSON object"}]
+
+
+@pytest.fixture(scope="module")
+def processed():
+    srv = LiveServer(logprobs_mode="processed_logprobs").start()
+    yield srv
+    srv.close()
+
+
+def post(server, path: str, body: dict) -> dict:
+    status, _, raw = http(server, "POST", path, json={"model": None, **body})
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+def completion_logprobs(server, body: dict) -> dict:
+    return post(server, "/v1/completions", body)["choices"][0]["logprobs"]
+
+
+def streamed_logprobs(server, body: dict) -> dict:
+    status, _, raw = http(server, "POST", "/v1/completions",
+                          json={"model": None, **body, "stream": True})
+    assert status == 200, raw
+    joined: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": []}
+    for event in sse_events(raw):
+        if event != "[DONE]" and (choices := json.loads(event)["choices"]):
+            for key in joined:
+                joined[key] += choices[0]["logprobs"][key]
+    return joined
+
+
+def model_scores(server, ids: list[int], n_top: int) -> dict:
+    """The model's own logprobs of each token of `ids` after the ones before it (prompt
+    scoring: echo with max_tokens 0), tokens named by id."""
+    return completion_logprobs(server, {"prompt": ids, "max_tokens": 0, "echo": True,
+                                        "logprobs": n_top, "return_tokens_as_token_ids": True})
+
+
+def assert_tops_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for tok, lp in want.items():
+        assert got[tok] == pytest.approx(lp, abs=1e-3, rel=1e-5), tok
+
+
+def test_repro_reports_the_penalised_tokens_raw_logprob(server, processed):
+    body = {**REPRO, "echo": True, "return_tokens_as_token_ids": True}
+    raw, proc = at_once(lambda: completion_logprobs(server, body),
+                        lambda: completion_logprobs(processed, body))
+    assert raw["tokens"] == proc["tokens"]  # the mode changes no token
+    ids = [int(t.removeprefix("token_id:")) for t in raw["tokens"]]
+    scores = model_scores(server, ids, 2)
+    n_prompt = len(ids) - REPRO["max_tokens"]
+    for j in range(n_prompt, len(ids)):
+        assert raw["token_logprobs"][j] == pytest.approx(scores["token_logprobs"][j], abs=1e-3)
+        assert_tops_close(raw["top_logprobs"][j], scores["top_logprobs"][j])
+        # the model's distribution: the penalised token is unlikely, its runner-ups likely
+        assert raw["token_logprobs"][j] < -5
+        assert max(raw["top_logprobs"][j].values()) > -2
+        # processed (today's value before the option): the penalised row's, a certainty
+        assert proc["token_logprobs"][j] == pytest.approx(0.0, abs=1e-3)
+        assert min(proc["top_logprobs"][j].values()) < -100
+    # LightLLM's per-token logprob is the same raw one
+    events = [json.loads(e) for e in sse_events(http(server, "POST", "/generate_stream", json={
+        "inputs": "Hi", "parameters": {"max_new_tokens": 3, "repetition_penalty": 0.01}})[2])]
+    assert [e["token"]["logprob"] for e in events] == pytest.approx(
+        raw["token_logprobs"][n_prompt:], abs=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["raw", "processed"])
+def test_streams_report_what_whole_answers_do(server, processed, mode):
+    srv = server if mode == "raw" else processed
+    for body in (REPRO, {"prompt": PARIS, "max_tokens": 4, "logprobs": 3, "temperature": 0.8,
+                         "top_k": 5, "seed": 7}):
+        whole, streamed = at_once(lambda: completion_logprobs(srv, body),
+                                  lambda: streamed_logprobs(srv, body))
+        assert streamed["tokens"] == whole["tokens"]
+        assert streamed["token_logprobs"] == pytest.approx(whole["token_logprobs"], abs=1e-4)
+        for got, want in zip(streamed["top_logprobs"], whole["top_logprobs"]):
+            assert_tops_close(got, want)
+
+
+def test_logit_bias_and_allowed_token_ids(server, processed):
+    plain = completion_logprobs(server, {"prompt": PARIS, "max_tokens": 1, "logprobs": 5,
+                                         "temperature": 0, "return_tokens_as_token_ids": True})
+    model = plain["top_logprobs"][0]  # the model's five most likely first tokens
+    third, fourth = (int(t.removeprefix("token_id:")) for t in list(model)[2:4])
+    biased = {"prompt": PARIS, "max_tokens": 1, "logprobs": 5, "temperature": 0,
+              "return_tokens_as_token_ids": True, "logit_bias": {str(third): 100}}
+    allowed = {**biased, "logit_bias": None, "allowed_token_ids": [third, fourth]}
+    raw_b, proc_b, raw_a, proc_a = at_once(
+        lambda: completion_logprobs(server, biased), lambda: completion_logprobs(processed, biased),
+        lambda: completion_logprobs(server, allowed),
+        lambda: completion_logprobs(processed, allowed))
+    name = f"token_id:{third}"
+    assert raw_b["tokens"] == proc_b["tokens"] == raw_a["tokens"] == proc_a["tokens"] == [name]
+    # raw: the model's logprob of the biased token, and its own top five around it
+    assert raw_b["token_logprobs"][0] == pytest.approx(model[name], abs=1e-3)
+    assert_tops_close(raw_b["top_logprobs"][0], model)
+    assert proc_b["token_logprobs"][0] == pytest.approx(0.0, abs=1e-3)
+    # allowed_token_ids: raw lists the tokens it forbids; processed only the two allowed
+    assert_tops_close(raw_a["top_logprobs"][0], model)
+    assert set(proc_a["top_logprobs"][0]) == {name, f"token_id:{fourth}"}
+    assert sum(2.718281828 ** lp for lp in proc_a["top_logprobs"][0].values()) == \
+        pytest.approx(1.0, abs=1e-3)
+
+
+def test_json_grammar(server, processed):
+    def chat(srv, **extra):
+        return post(srv, "/v1/chat/completions", {
+            "messages": CHAT, "max_tokens": 3, "temperature": 0, "logprobs": True,
+            "top_logprobs": 3, **extra})["choices"][0]["logprobs"]["content"]
+    fmt = {"type": "json_object"}
+    free, raw, proc = at_once(lambda: chat(server), lambda: chat(server, response_format=fmt),
+                              lambda: chat(processed, response_format=fmt))
+    assert [t["token"] for t in raw] == [t["token"] for t in proc]
+    assert raw[0]["token"] != free[0]["token"]  # the grammar changed the first token
+    # raw: the first step's distribution is the unconstrained one, top list included
+    assert raw[0]["logprob"] == pytest.approx(
+        next(t["logprob"] for t in free[0]["top_logprobs"] if t["token"] == raw[0]["token"]),
+        abs=1e-3)
+    assert [t["token"] for t in raw[0]["top_logprobs"]] == \
+        [t["token"] for t in free[0]["top_logprobs"]]
+    # processed: only what the grammar allows, so the chosen token is more likely
+    assert proc[0]["logprob"] > raw[0]["logprob"] + 1
+    assert free[0]["token"] not in [t["token"] for t in proc[0]["top_logprobs"]]
+    for entry in proc:
+        assert len(entry["top_logprobs"]) <= 3
+
+
+def test_a_bad_mode_is_refused_naming_the_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["serve", "M", "--logprobs-mode", "processed"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--logprobs-mode" in err and "raw_logprobs" in err and "'processed'" in err
+    args = build_parser().parse_args(["serve", "M", "--logprobs-mode", "processed_logits"])
+    assert args.logprobs_mode == "processed_logits"
+    assert build_parser().parse_args(["serve", "M"]).logprobs_mode == "raw_logprobs"
+    with pytest.raises(ValueError, match="logprobs_mode must be one of .* got 'raw'"):
+        Engine(logprobs_mode="raw")
+    # vLLM's LLM(logprobs_mode=...) keyword is EngineConfig's field, passed as it is
+    assert engine_options({"logprobs_mode": "raw_logits"})[0] == {"logprobs_mode": "raw_logits"}
