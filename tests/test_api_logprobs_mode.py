@@ -150,6 +150,48 @@ def test_json_grammar(server, processed):
         assert len(entry["top_logprobs"]) <= 3
 
 
+@pytest.mark.parametrize("mode", ["raw", "processed"])
+def test_top_logprobs_are_numbers_where_a_constraint_leaves_fewer_tokens(server, processed,
+                                                                         mode):
+    """A constraint that leaves fewer tokens possible than top_logprobs asks for filled the
+    list with forbidden tokens whose logprob, -inf, went out as JSON null: OpenAI's schema
+    has a number there (typed clients, e.g. Rust's and Go's, fail to parse the response).
+    Processed, the list holds only tokens that could be sampled (fewer: OpenAI allows it);
+    raw (moved here from test_api_outputs.py when raw became the default), the model's top
+    tokens, forbidden ones too, each with its finite logprob, as vLLM lists them. Chat and
+    completions, streamed or not."""
+    srv = server if mode == "raw" else processed
+    chat = {"messages": [{"role": "user", "content": "yes or no?"}], "max_tokens": 4,
+            "temperature": 0, "guided_choice": ["yes", "no"], "logprobs": True,
+            "top_logprobs": 5}
+    for stream in (False, True):
+        status, _, raw = http(srv, "POST", "/v1/chat/completions",
+                              json={**chat, "stream": stream})
+        assert status == 200, raw
+        entries = ([json.loads(raw)["choices"][0]["logprobs"]] if not stream else
+                   [json.loads(e)["choices"][0]["logprobs"] for e in sse_events(raw)
+                    if e != "[DONE]"])
+        content = [c for lp in entries if lp for c in lp["content"]]
+        assert content and all(1 <= len(c["top_logprobs"]) <= 5 for c in content)
+        for c in content:
+            assert all(isinstance(t["logprob"], float) for t in c["top_logprobs"]), c
+        if mode == "raw":
+            assert all(len(c["top_logprobs"]) == 5 for c in content), content
+            continue
+        # past its first token the answer has one way on (then only the end of text)
+        assert len(content[-1]["top_logprobs"]) == 1, content
+        for c in content:
+            assert c["top_logprobs"][0]["token"] == c["token"]  # greedy: the most likely
+    # two tokens allowed, five alternatives asked for
+    body = {"prompt": PARIS, "max_tokens": 3, "temperature": 0, "logprobs": 5,
+            "allowed_token_ids": [28, 30]}
+    for lp in (completion_logprobs(srv, body), streamed_logprobs(srv, body)):
+        assert len(lp["top_logprobs"]) == 3
+        for top in lp["top_logprobs"]:
+            assert all(isinstance(v, float) for v in top.values()), top
+            assert (5 <= len(top) <= 6) if mode == "raw" else (1 <= len(top) <= 2), top
+
+
 def test_a_bad_mode_is_refused_naming_the_option(capsys):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args(["serve", "M", "--logprobs-mode", "processed"])

@@ -11,13 +11,12 @@ Order of operations on each row:
      tokens, subtracted) (model/penalties.py);
   2. min_tokens: eos and stop ids banned (-inf) while a request is under its min_tokens,
      then logit_bias and the grammar's allowed-token bitmask (model/logit_masks.py);
-  3. (nothing is taken here: the logprobs come from the row the logprobs mode names, below);
-  4. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
+  3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
      temperature-scaled probabilities renormalised over the top-k set) and min-p (relative
      to the most likely token, after temperature) each keep a most-likely prefix of the
      sorted row, so together they reduce to one logit floor per row (ties at the floor
      are kept, as HF's top-k does);
-  5. the draw is a Gumbel-max race over the tokens at or above the floor:
+  4. the draw is a Gumbel-max race over the tokens at or above the floor:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
      When every sampled row has a top-k, only the top max(k) candidates are scanned.
 
@@ -28,13 +27,15 @@ server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
      logprob there (and can be listed among the top ones), as vLLM V1 reports it;
   processed_logprobs: log_softmax of the row the token was drawn from: steps 1 and 2, then
      on sampled rows the logits divided by the temperature and the tokens below the floor
-     of step 4 at -inf (vLLM's "processed", which includes temperature and top-k/top-p/
+     of step 3 at -inf (vLLM's "processed", which includes temperature and top-k/top-p/
      min-p); greedy rows' is the row of steps 1 and 2. aiollm's logprobs before this option
      were those of steps 1 and 2 without temperature or truncation, which no mode keeps;
   raw_logits, processed_logits: those rows' logits themselves, not normalised.
-A step re-reads the logits for them only when a row asked for logprobs and the mode's row
-differs from the one the draw scanned (a penalty, a ban or a constraint under a raw mode; a
-temperature or truncation under a processed one): else the draw's logsumexp serves.
+A step makes one more pass over the logits for them only when a row asked for logprobs and
+its row under the mode differs from the one the draw scanned (under a raw mode: a penalty or
+ban on that row, or a constraint on any row of the step, as which rows a grammar or bias
+touched is not known on the host; under a processed one: that row sampled with a temperature
+other than 1 or a truncation): else the draw's logsumexp serves.
 
 The noise u is a counter-based hash of (seed, step, token id): keys of (seed, step) on the
 host, then a 32-bit hash of (keys, id) per token on the device. A request's draw depends on
