@@ -24,7 +24,9 @@ Logprobs (the chosen token's, its rank and the top ones, all on one row) report 
 server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
   raw_logprobs (default): log_softmax of the model's logits as they came in, before steps 1
      and 2, temperature and truncation: a token the request bans or penalises keeps its
-     logprob there (and can be listed among the top ones), as vLLM V1 reports it;
+     logprob there (and can be listed among the top ones), as vLLM V1 reports it, except
+     that vLLM masks a grammar before its raw logprobs: here a grammar shares one mask with
+     allowed_token_ids and bad_words, which vLLM applies after them, so the mask comes after;
   processed_logprobs: log_softmax of the row the token was drawn from: steps 1 and 2, then
      on sampled rows the logits divided by the temperature and the tokens below the floor
      of step 3 at -inf (vLLM's "processed", which includes temperature and top-k/top-p/
