@@ -7,6 +7,7 @@ bad value is refused naming the option."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from live_server import LiveServer, at_once, http, sse_events
@@ -205,3 +206,33 @@ def test_a_bad_mode_is_refused_naming_the_option(capsys):
         Engine(logprobs_mode="raw")
     # vLLM's LLM(logprobs_mode=...) keyword is EngineConfig's field, passed as it is
     assert engine_options({"logprobs_mode": "raw_logits"})[0] == {"logprobs_mode": "raw_logits"}
+
+
+def test_processed_logprobs_of_a_truncated_draw_are_its_distribution(server, processed):
+    """Sampled with a temperature and top_k 3, 20 alternatives asked for: processed lists
+    only the 3 tokens the draw could take, finite, their probabilities summing to 1 (the
+    temperature included), the chosen one among them; raw lists 20 (up to 21 in
+    completions) of the model's. Streams list the same tokens (seeded); the tokens are the
+    same under both modes."""
+    body = {"prompt": PARIS, "max_tokens": 4, "temperature": 0.7, "top_k": 3, "seed": 5,
+            "logprobs": 20, "return_tokens_as_token_ids": True}
+    got = {name: completion_logprobs(srv, body) for name, srv in
+           (("raw", server), ("processed", processed))}
+    assert got["raw"]["tokens"] == got["processed"]["tokens"]
+    streamed = streamed_logprobs(processed, body)
+    assert streamed["tokens"] == got["processed"]["tokens"]
+    for tops, want in zip(streamed["top_logprobs"], got["processed"]["top_logprobs"]):
+        assert_tops_close(tops, want)
+    for tok, lp, top in zip(*(got["processed"][k] for k in
+                              ("tokens", "token_logprobs", "top_logprobs"))):
+        assert isinstance(lp, float) and -1e30 < lp <= 0, lp
+        assert 1 <= len(top) <= 3 and tok in top, top
+        assert sum(math.exp(v) for v in top.values()) == pytest.approx(1, abs=1e-4), top
+        assert top[tok] == pytest.approx(lp)
+    assert all(20 <= len(top) <= 21 for top in got["raw"]["top_logprobs"])
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "temperature": 0.7, "top_k": 3, "seed": 5, "logprobs": True, "top_logprobs": 20}
+    for entry in post(processed, "/v1/chat/completions", chat)["choices"][0]["logprobs"][
+            "content"]:
+        assert 1 <= len(entry["top_logprobs"]) <= 3
+        assert all(isinstance(t["logprob"], float) for t in entry["top_logprobs"])
