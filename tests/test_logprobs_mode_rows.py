@@ -132,3 +132,33 @@ def test_each_row_reports_what_it_reports_alone(mode):
                 torch.testing.assert_close(got, ref, msg=str(where))
                 finite = torch.isfinite(ref)
                 assert torch.equal(out.top_ids[i, :n][finite], alone.top_ids[0, :n][finite])
+
+
+def test_processed_row_is_the_candidates_the_draw_took_when_the_floor_ties():
+    """When every sampled row has a top-k the draw scans only the top max(k) candidates, so
+    a token tied with the k-th beyond them cannot be drawn: processed logprobs must not give
+    it probability (they did: 3 tokens listed at 0.58/0.21/0.21 while the draw took 2 at
+    0.73/0.27). Bf16 logits tie often."""
+    row = torch.tensor([[0.0, 4.0, 4.0, 0, 0, 0, 0, 5.0]])
+    one = lambda x: np.full(1, x)  # noqa: E731
+    drawn = set()
+    for seed in range(64):
+        st = SamplingTensors.from_numpy(
+            temperature=one(1.0).astype(np.float32), top_p=one(1.0).astype(np.float32),
+            top_k=one(2), min_p=one(0.0).astype(np.float32),
+            repetition_penalty=one(1.0).astype(np.float32),
+            presence_penalty=one(0.0).astype(np.float32),
+            frequency_penalty=one(0.0).astype(np.float32), seed=one(seed),
+            step=one(0), top_logprobs=one(5), vocab_size=8, device="cpu",
+            logprobs_mode="processed_logprobs")
+        assert st.draw_on_candidates
+        out = sample(row, st)
+        drawn.add(out.next_ids.item())
+        finite = torch.isfinite(out.top_logprobs[0])
+        assert int(finite.sum()) == 2, out.top_logprobs
+        listed = out.top_ids[0][finite].tolist()
+        assert out.next_ids.item() in listed
+        torch.testing.assert_close(out.top_logprobs[0][finite],
+                                   torch.tensor([5.0, 4.0]).log_softmax(-1))
+        assert drawn <= set(listed) | {7}
+    assert len(drawn) == 2  # 7 and whichever tied token topk kept

@@ -29,8 +29,9 @@ server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
      allowed_token_ids and bad_words, which vLLM applies after them, so the mask comes after;
   processed_logprobs: log_softmax of the row the token was drawn from: steps 1 and 2, then
      on sampled rows the logits divided by the temperature and the tokens below the floor
-     of step 3 at -inf (vLLM's "processed", which includes temperature and top-k/top-p/
-     min-p); greedy rows' is the row of steps 1 and 2. aiollm's logprobs before this option
+     of step 3 at -inf, and those outside the candidates when the draw scanned only them
+     (a token tied with the floor outside them is never drawn) (vLLM's "processed", which
+     includes temperature and top-k/top-p/min-p); greedy rows' is the row of steps 1, 2. aiollm's logprobs before this option
      were those of steps 1 and 2 without temperature or truncation, which no mode keeps;
   raw_logits, processed_logits: those rows' logits themselves, not normalised.
 A step makes one more pass over the logits for them only when a row asked for logprobs and
@@ -138,7 +139,7 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
 
     if st.all_greedy and not st.want_logprobs and st.ban_ids is None and not st.use_penalties:
         return SampleResult(logits.argmax(dim=-1), None, None, None)
-    scale_floor = None
+    scale_floor = candidates = None
     if st.all_greedy:
         next_ids, lse, _ = row_scan(logits)
     else:
@@ -156,7 +157,7 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     if not st.want_logprobs:
         return SampleResult(next_ids, None, None, None)
 
-    values, lse = _reported(raw, logits, lse, scale_floor, st, constrained)
+    values, lse = _reported(raw, logits, lse, scale_floor, candidates, st, constrained)
     chosen = values.gather(1, next_ids[:, None])
     logprobs = (chosen if lse is None else chosen - lse).squeeze(1)
     # the chosen token's place in the vocabulary, as vLLM reports it: one compare over the
@@ -172,12 +173,14 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
 
 
 def _reported(raw: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
-              scale_floor: torch.Tensor | None, st: SamplingTensors, constrained: bool):
+              scale_floor: torch.Tensor | None, candidates, st: SamplingTensors,
+              constrained: bool):
     """The row [B, V] logprobs are read from under st.logprobs_mode, and its logsumexp
     [B, 1] (None for the *_logits modes: the values are reported as they are). raw: the
     logits given to sample(); logits, lse: the row after penalties, bans and constraints
     and its logsumexp, which the draw computed; scale_floor: the draw's [1/T, floor] ([2, B],
-    None when every row is greedy)."""
+    None when every row is greedy); candidates: the (values, ids) [B, C] the draw scanned
+    when not the whole row (a token tied with the floor outside them was never drawable)."""
     mode = st.logprobs_mode
     if mode.startswith("raw"):
         if mode == "raw_logits":
@@ -188,7 +191,12 @@ def _reported(raw: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
     if scale_floor is None or not st.lp_scaled:  # the drawn row is `logits` itself
         return logits, (None if mode == "processed_logits" else lse)
     scale, floor = scale_floor[0, :, None], scale_floor[1, :, None]
-    drawn = torch.where(logits >= floor, logits * scale, float("-inf"))
+    if candidates is None:
+        drawn = torch.where(logits >= floor, logits * scale, float("-inf"))
+    else:
+        vals, ids = candidates
+        kept = torch.where(vals >= floor, vals * scale, float("-inf"))
+        drawn = torch.full_like(logits, float("-inf")).scatter_(1, ids, kept)
     if st.is_greedy is not None:  # greedy rows take the argmax of `logits`: no truncation
         drawn = torch.where(st.is_greedy[:, None], logits, drawn)
     return drawn, (None if mode == "processed_logits" else row_scan(drawn)[1])
