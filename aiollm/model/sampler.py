@@ -18,21 +18,21 @@ Order of operations on each row:
      are kept, as HF's top-k does);
   4. the draw is a Gumbel-max race over the tokens at or above the floor:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
-     When every sampled row has a top-k, only the top max(k) candidates are scanned.
+     When every sampled row has a top-k, only the top max(k) candidates are scanned: a
+     token tied with a row's floor past them is left out, so where such ties fall the
+     tokens a row may draw depend on the batch's largest top-k (not otherwise).
 
 Logprobs (the chosen token's, its rank and the top ones, all on one row) report what the
 server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
-  raw_logprobs (default): log_softmax of the model's logits as they came in, before steps 1
-     and 2, temperature and truncation: a token the request bans or penalises keeps its
-     logprob there (and can be listed among the top ones), as vLLM V1 reports it, except
-     that vLLM masks a grammar before its raw logprobs: here a grammar shares one mask with
-     allowed_token_ids and bad_words, which vLLM applies after them, so the mask comes after;
-  processed_logprobs: log_softmax of the row the token was drawn from: steps 1 and 2, then
-     on sampled rows the logits divided by the temperature and the tokens below the floor
-     of step 3 at -inf, and those outside the candidates when the draw scanned only them
-     (a token tied with the floor outside them is never drawn) (vLLM's "processed", which
-     includes temperature and top-k/top-p/min-p); greedy rows' is the row of steps 1, 2. aiollm's logprobs before this option
-     were those of steps 1 and 2 without temperature or truncation, which no mode keeps;
+  raw_logprobs (default): log_softmax of the logits as they came in, before steps 1 and 2,
+     temperature and truncation: a token the request bans or penalises keeps its logprob
+     (and can be listed among the top ones), as in vLLM V1, except that vLLM masks a grammar
+     before its raw logprobs; here the grammar's bitmask is one with allowed_token_ids' (which
+     vLLM masks after them), so it stays after them too;
+  processed_logprobs: log_softmax of the row the token was drawn from (vLLM's "processed"):
+     steps 1 and 2, then on sampled rows the logits divided by the temperature, with -inf
+     below the floor of step 3 and outside the candidates when the draw scanned only them
+     (a token tied with the floor outside them is never drawn); on greedy rows, steps 1, 2;
   raw_logits, processed_logits: those rows' logits themselves, not normalised.
 A step makes one more pass over the logits for them only when a row asked for logprobs and
 its row under the mode differs from the one the draw scanned (under a raw mode: a penalty or
