@@ -10,6 +10,8 @@ import pytest
 import torch
 
 from aiollm.config import LOGPROBS_MODES
+from aiollm.kernels import sampling
+from aiollm.model import sampler
 from aiollm.model.sampler import sample
 from aiollm.model.sampling_tensors import SamplingTensors
 
@@ -133,6 +135,38 @@ def test_each_row_reports_what_it_reports_alone(mode):
                 finite = torch.isfinite(ref)
                 assert torch.equal(out.top_ids[i, :n][finite], alone.top_ids[0, :n][finite])
 
+
+
+@pytest.mark.parametrize("mode", LOGPROBS_MODES)
+def test_kernel_path_gives_each_row_what_the_reference_does(mode, monkeypatch):
+    """The random batches through the Triton row scan (TRITON_INTERPRET=1 on the CPU): the
+    same tokens, logprobs, ranks and top lists as the PyTorch reference, in the one-pass,
+    candidates and all-greedy paths alike."""
+    if sampling.triton is None:
+        pytest.skip("triton is not installed")
+    paths = set()
+    for trial in range(12):
+        rng = np.random.default_rng(trial)
+        b = int(rng.integers(2, 9))
+        rows = random_rows(rng, b)
+        logits = torch.from_numpy(rng.normal(0, 3, (b, V)).astype(np.float32))
+        constrain = trial % 3 != 0
+        monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_ref)
+        want = sample(logits, build(rows, slice(None), mode, constrain))
+        monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_triton)
+        st = build(rows, slice(None), mode, constrain)
+        paths.add(st.draw_on_candidates)
+        got = sample(logits, st)
+        assert torch.equal(got.next_ids, want.next_ids), trial
+        asked = torch.from_numpy(rows["top_logprobs"] >= 0)
+        if not asked.any():
+            continue
+        torch.testing.assert_close(got.logprobs[asked], want.logprobs[asked], msg=str(trial))
+        assert torch.equal(got.ranks[asked], want.ranks[asked]), trial
+        if want.top_logprobs is not None:
+            torch.testing.assert_close(got.top_logprobs[asked], want.top_logprobs[asked])
+            assert torch.equal(got.top_ids[asked], want.top_ids[asked]), trial
+    assert paths == {False, True}  # both draws were taken
 
 def test_processed_row_is_the_candidates_the_draw_took_when_the_floor_ties():
     """When every sampled row has a top-k the draw scans only the top max(k) candidates, so
