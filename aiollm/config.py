@@ -24,6 +24,8 @@ TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")
 # --chat-template-content-format's choices (aiollm/engine/content_format.py): the form of
 # message content a chat template is given
 CONTENT_FORMATS = ("auto", "string", "openai")
+# --logprobs-mode's choices, vLLM's names (aiollm/model/sampler.py says what each reports)
+LOGPROBS_MODES = ("raw_logprobs", "raw_logits", "processed_logprobs", "processed_logits")
 # the KV pool's share of the GPU memory free after loading, by default; the rest is the
 # headroom for activations, CUDA graphs and sampling (gpu_memory_utilization keeps it too)
 KV_MEMORY_FRACTION = 0.85
@@ -111,6 +113,11 @@ class EngineConfig:
     # generation_config.json; vllm, SamplingParams' own; or a folder holding a
     # generation_config.json (vLLM's --generation-config; aiollm/model/generation_defaults.py)
     generation_config: str = "auto"
+    # what the logprobs of sampled tokens report (vLLM's --logprobs-mode, one of
+    # LOGPROBS_MODES): raw_logprobs, the model's distribution before penalties, bans, biases,
+    # grammars, temperature and truncation; processed_logprobs, the one the token was drawn
+    # from; the *_logits modes report those logits themselves (aiollm/model/sampler.py)
+    logprobs_mode: str = "raw_logprobs"
     # on a GPU, decode steps replay CUDA graphs and eager steps graph segments around their
     # attention (engine/cuda_graph.py, engine/prefill_graphs.py)
     cuda_graph: bool = True
@@ -172,6 +179,9 @@ class EngineConfig:
                              f"got {self.load_format!r}")
         from aiollm.model.generation_defaults import check_mode
         check_mode(self.generation_config)
+        if self.logprobs_mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {', '.join(LOGPROBS_MODES)}, got "
+                             f"{self.logprobs_mode!r}")
         from aiollm.scheduler import SCHEDULERS
         from aiollm.scheduler.config import ESTIMATORS
 

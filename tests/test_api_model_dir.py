@@ -35,8 +35,10 @@ def server(tmp_path_factory):
     tok = load_tokenizer(None)
     tok.chat_template = ALTERNATING
     tok.save_pretrained(str(d))
+    # processed logprobs: the padding id the bias forces is then the most likely token of its
+    # row, so chat's top_logprobs list it too (raw, the default, has the model's own top)
     srv = LiveServer(model=str(d), load_format="dummy", max_model_len=256,
-                     kv_tokens=1024).start()
+                     kv_tokens=1024, logprobs_mode="processed_logprobs").start()
     yield srv
     srv.close()
 
@@ -125,8 +127,10 @@ def bos_server(tmp_path_factory):
     tok.backend_tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
         single=f"{START} $A", special_tokens=[(START, 0)])
     tok.save_pretrained(str(d))
+    # processed logprobs: the padding id the bias forces is then the most likely token of its
+    # row, so chat's top_logprobs list it too (raw, the default, has the model's own top)
     srv = LiveServer(model=str(d), load_format="dummy", max_model_len=256,
-                     kv_tokens=1024).start()
+                     kv_tokens=1024, logprobs_mode="processed_logprobs").start()
     yield srv
     srv.close()
 

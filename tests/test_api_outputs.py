@@ -511,39 +511,6 @@ def test_inputs_at_their_limits_do_not_stall_a_stream(server):
     server.wait_idle()
 
 
-def test_top_logprobs_list_no_token_a_constraint_forbids(server):
-    """A constraint that leaves fewer tokens possible than top_logprobs asks for filled the
-    list with forbidden tokens whose logprob, -inf, went out as JSON null: OpenAI's schema
-    has a number there (typed clients, e.g. Rust's and Go's, fail to parse the response). Now
-    the list holds only tokens that could be sampled (fewer: OpenAI allows it), chat and
-    completions, streamed or not."""
-    chat = {"messages": [{"role": "user", "content": "yes or no?"}], "max_tokens": 4,
-            "temperature": 0, "guided_choice": ["yes", "no"], "logprobs": True,
-            "top_logprobs": 5}
-    for stream in (False, True):
-        status, _, raw = http(server, "POST", "/v1/chat/completions",
-                              json={**chat, "stream": stream})
-        assert status == 200, raw
-        entries = ([json.loads(raw)["choices"][0]["logprobs"]] if not stream else
-                   [json.loads(e)["choices"][0]["logprobs"] for e in sse_events(raw)
-                    if e != "[DONE]"])
-        content = [c for lp in entries if lp for c in lp["content"]]
-        # past its first token the answer has one way on (then only the end of text)
-        assert content and all(1 <= len(c["top_logprobs"]) <= 5 for c in content)
-        assert len(content[-1]["top_logprobs"]) == 1, content
-        for c in content:
-            assert all(isinstance(t["logprob"], float) for t in c["top_logprobs"]), c
-            assert c["top_logprobs"][0]["token"] == c["token"]  # greedy: the most likely
-    # two tokens allowed, five alternatives asked for
-    body = {"prompt": PARIS, "max_tokens": 3, "temperature": 0, "logprobs": 5,
-            "allowed_token_ids": [28, 30]}
-    for lp in (completion(server, body)["choices"][0]["logprobs"],
-               completion_stream(server, body)[1]):
-        assert len(lp["top_logprobs"]) == 3
-        for top in lp["top_logprobs"]:
-            assert 1 <= len(top) <= 2 and all(isinstance(v, float) for v in top.values()), top
-
-
 # -- usage in a stream ----------------------------------------------------------------------------
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "parameters": {

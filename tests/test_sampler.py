@@ -33,7 +33,7 @@ def params(b: int, vocab: int, device="cpu", **over) -> SamplingTensors:
         step=0,
         top_logprobs=0,
     )
-    history = ("token_ids", "prompt_lens", "min_tokens", "stop_ids")
+    history = ("token_ids", "prompt_lens", "min_tokens", "stop_ids", "logprobs_mode")
     extra = {k: over.pop(k) for k in history if k in over}
     cols.update(over)
     arrays = {k: np.broadcast_to(np.asarray(v), (b,)).copy() for k, v in cols.items()}
@@ -184,7 +184,10 @@ def reference_penalties(logits, history, prompt_len, rep, pres, freq):
     return out
 
 
-def test_penalties_match_a_per_request_reference():
+@pytest.mark.parametrize("mode", ["raw_logprobs", "processed_logprobs"])
+def test_penalties_match_a_per_request_reference(mode):
+    """The draw follows the penalised logits; the logprobs are the model's own (raw, the
+    default) or, processed, the penalised ones (greedy rows: no temperature to apply)."""
     rng = np.random.default_rng(3)
     b, v = 6, 40
     logits = torch.from_numpy(rng.normal(size=(b, v)).astype(np.float32)) * 3
@@ -203,11 +206,12 @@ def test_penalties_match_a_per_request_reference():
     st = params(
         b, v, temperature=0.0, repetition_penalty=rep, presence_penalty=pres,
         frequency_penalty=freq, top_logprobs=v, token_ids=token_ids, prompt_lens=prompt_lens,
+        logprobs_mode=mode,
     )
     out = sample(logits, st)
     for i in range(b):
         ref = reference_penalties(logits[i], histories[i], prompt_lens[i], rep[i], pres[i], freq[i])
-        ref_lp = ref.log_softmax(-1)
+        ref_lp = (ref if mode == "processed_logprobs" else logits[i]).log_softmax(-1)
         got = torch.empty(v).scatter_(0, out.top_ids[i], out.top_logprobs[i])
         torch.testing.assert_close(got, ref_lp, atol=1e-5, rtol=1e-5)
         assert out.next_ids[i].item() == ref.argmax().item()
@@ -315,8 +319,15 @@ def test_min_tokens_bans_stop_ids_until_reached():
                 stop_ids=stop_ids)
     out = sample(logits, st)
     assert out.next_ids.tolist() == [0, 2, 7, 2]  # banned, past min_tokens, eos only, no ids
-    # banned ids carry no probability, and the caller's logits are untouched
+    # raw logprobs (the default) are the model's: the banned ids keep theirs
+    assert out.logprobs[0].item() == pytest.approx(-torch.logsumexp(logits[0], 0).item())
+    assert out.ranks[0].item() == 3  # eos and the stop id are more likely on the model's row
+    # processed: banned ids carry no probability; and the caller's logits are untouched
+    st = params(4, 10, temperature=0.0, step=[0, 5, 1, 0], min_tokens=[3, 3, 2, 1],
+                stop_ids=stop_ids, logprobs_mode="processed_logprobs")
+    out = sample(logits, st)
     assert out.logprobs[0].item() == pytest.approx(-math.log(8))
+    assert out.ranks[0].item() == 1
     assert logits[0, 2].item() == 10.0
 
 

@@ -10,9 +10,9 @@ import json
 from aiollm import vllm_flags
 from aiollm.cli import token_counts
 from aiollm.cli.help_format import HelpFormatter
-from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, MAX_STORED_RESPONSE_BYTES,
-                           MAX_STORED_RESPONSES, REASONING_PARSERS, TOOL_CALL_PARSERS,
-                           EngineConfig)
+from aiollm.config import (CONTENT_FORMATS, KV_MEMORY_FRACTION, LOGPROBS_MODES,
+                           MAX_STORED_RESPONSE_BYTES, MAX_STORED_RESPONSES, REASONING_PARSERS,
+                           TOOL_CALL_PARSERS, EngineConfig)
 from aiollm.model.paths import LOAD_FORMATS
 
 
@@ -188,6 +188,13 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "repetition_penalty or their length out are sampled with: auto, the "
                         "model's generation_config.json; vllm, the API's own values; PATH, a "
                         "folder holding a generation_config.json")
+    m.add_argument("--logprobs-mode", default=d.logprobs_mode, choices=list(LOGPROBS_MODES),
+                   help="vLLM's: what the logprobs of sampled tokens report: raw_logprobs, "
+                        "the model's own distribution, before penalties, bans, logit_bias, "
+                        "grammars, temperature and top-k/top-p/min-p; processed_logprobs, "
+                        "the distribution the token was drawn from, after all of them; "
+                        "raw_logits and processed_logits, those logits themselves "
+                        "(default: %(default)s)")
     m.add_argument("--seed", type=int, default=d.seed,
                    help="seed of the server's sampling when a request gives none")
     e = s.add_argument_group("engine")
@@ -291,6 +298,7 @@ ENGINE_OPTIONS = ("dtype", "kv_cache_dtype", "device", "load_format", "tokenizer
                   "served_model_name", "tool_call_parser", "reasoning_parser",
                   "prefix_cache", "tensor_parallel_size", "nnodes", "node_rank",
                   "dist_init_addr", "special_tokens_in_content", "generation_config",
+                  "logprobs_mode",
                   "exclude_tools_when_tool_choice_none",
                   "chat_template")
 

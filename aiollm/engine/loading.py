@@ -96,7 +96,8 @@ def build_rank_model(cfg: EngineConfig, loaded, device: torch.device, dtype: tor
         tp.start_check(last=True)
     runner = ModelRunner(loaded.model, mc, kv_pool, r2t, device, eos_ids=list(eos_ids),
                          cuda_graph=cfg.cuda_graph and device.type == "cuda",
-                         cuda_graph_max_batch=cfg.cuda_graph_max_batch, dist=tp)
+                         cuda_graph_max_batch=cfg.cuda_graph_max_batch, dist=tp,
+                         logprobs_mode=cfg.logprobs_mode)
     if cfg.warm_up and device.type == "cuda":
         warm_up(runner, max_prefill=cfg.max_prefill_tokens,
                 max_mixed=cfg.mixed_prefill_tokens or cfg.max_prefill_tokens, max_batch=rows)

@@ -89,7 +89,8 @@ def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
 class ModelRunner:
     def __init__(self, model: torch.nn.Module, model_config, kv_pool: KVPool,
                  req_to_token: ReqToTokenTable, device: torch.device, *, eos_ids=(),
-                 cuda_graph: bool = False, cuda_graph_max_batch: int = 256, dist=None):
+                 cuda_graph: bool = False, cuda_graph_max_batch: int = 256, dist=None,
+                 logprobs_mode: str = "raw_logprobs"):
         from aiollm.engine.cuda_graph import STAGING, DecodeGraphs
         from aiollm.engine.prefill_graphs import PrefillGraphs
         from aiollm.engine.prefill_graphs import enabled as prefill_graphs_enabled
@@ -104,6 +105,7 @@ class ModelRunner:
         self.device = device
         self.eos_ids = list(eos_ids)
         self.vocab_size = model_config.vocab_size
+        self.logprobs_mode = logprobs_mode  # what sampled tokens' logprobs report (sampler.py)
         # [rows + 1] what the last launched step sampled, by sampled row (static: the decode
         # graphs read and write it too)
         self._prev_ids = torch.zeros(req_to_token.rows + 1, dtype=torch.int64, device=device)
@@ -195,7 +197,8 @@ class ModelRunner:
         return SamplingTensors.from_table(table, slots, vocab_size=self.vocab_size, device=dev,
                                           eos_ids=self.eos_ids, token_ids=history,
                                           prompt_lens=prompt_lens,
-                                          step=np.array(step.out_pos, dtype=np.int64))
+                                          step=np.array(step.out_pos, dtype=np.int64),
+                                          logprobs_mode=self.logprobs_mode)
 
     @torch.inference_mode()
     def launch(self, inp: StepInputs) -> Launched:

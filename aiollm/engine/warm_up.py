@@ -155,7 +155,8 @@ def _sampling(runner) -> None:
         st = SamplingTensors.from_numpy(
             **mix, presence_penalty=zeros, frequency_penalty=zeros,
             seed=np.arange(b, dtype=np.int64), step=np.zeros(b, np.int64), vocab_size=vocab,
-            device=runner.device, token_ids=history, prompt_lens=np.full(b, 4, np.int64))
+            device=runner.device, token_ids=history, prompt_lens=np.full(b, 4, np.int64),
+            logprobs_mode=runner.logprobs_mode)
         sample(logits, st)
     # a constrained greedy step's in-place mask (xgrammar's kernel)
     apply_bitmask_(logits, torch.full((b, (vocab + 31) // 32), -1, dtype=torch.int32,

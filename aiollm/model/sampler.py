@@ -11,17 +11,34 @@ Order of operations on each row:
      tokens, subtracted) (model/penalties.py);
   2. min_tokens: eos and stop ids banned (-inf) while a request is under its min_tokens,
      then logit_bias and the grammar's allowed-token bitmask (model/logit_masks.py);
-  3. logprobs are taken here: log_softmax of these logits, before temperature and
-     truncation, i.e. the model's distribution as the request's penalties shaped it
-     (what OpenAI and vLLM report), with the chosen token's rank on the same row;
-  4. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
+  3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
      temperature-scaled probabilities renormalised over the top-k set) and min-p (relative
      to the most likely token, after temperature) each keep a most-likely prefix of the
      sorted row, so together they reduce to one logit floor per row (ties at the floor
      are kept, as HF's top-k does);
-  5. the draw is a Gumbel-max race over the tokens at or above the floor:
+  4. the draw is a Gumbel-max race over the tokens at or above the floor:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
-     When every sampled row has a top-k, only the top max(k) candidates are scanned.
+     When every sampled row has a top-k, only the top max(k) candidates are scanned: a
+     token tied with a row's floor past them is left out, so where such ties fall the
+     tokens a row may draw depend on the batch's largest top-k (not otherwise).
+
+Logprobs (the chosen token's, its rank and the top ones, all on one row) report what the
+server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
+  raw_logprobs (default): log_softmax of the logits as they came in, before steps 1 and 2,
+     temperature and truncation: a token the request bans or penalises keeps its logprob
+     (and can be listed among the top ones), as in vLLM V1, except that vLLM masks a grammar
+     before its raw logprobs; here the grammar's bitmask is one with allowed_token_ids' (which
+     vLLM masks after them), so it stays after them too;
+  processed_logprobs: log_softmax of the row the token was drawn from (vLLM's "processed"):
+     steps 1 and 2, then on sampled rows the logits divided by the temperature, with -inf
+     below the floor of step 3 and outside the candidates when the draw scanned only them
+     (a token tied with the floor outside them is never drawn); on greedy rows, steps 1, 2;
+  raw_logits, processed_logits: those rows' logits themselves, not normalised.
+A step makes one more pass over the logits for them only when a row asked for logprobs and
+its row under the mode differs from the one the draw scanned (under a raw mode: a penalty or
+ban on that row, or a constraint on any row of the step, as which rows a grammar or bias
+touched is not known on the host; under a processed one: that row sampled with a temperature
+other than 1 or a truncation): else the draw's logsumexp serves.
 
 The noise u is a counter-based hash of (seed, step, token id): keys of (seed, step) on the
 host, then a 32-bit hash of (keys, id) per token on the device. A request's draw depends on
@@ -37,6 +54,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aiollm.config import LOGPROBS_MODES
 from aiollm.kernels.sampling import row_scan
 from aiollm.model.logit_masks import apply_constraints, mask_token_ids
 from aiollm.model.penalties import apply_penalties
@@ -104,8 +122,11 @@ def _floor(logits: torch.Tensor, st: SamplingTensors):
 
 
 def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
-    """Next token of every row of logits [B, V] fp32; `logits` is not modified."""
+    """Next token of every row of logits [B, V] fp32; `logits` is not modified. The logprobs
+    (when some row asked) are those of st.logprobs_mode (see the module's docstring)."""
     assert logits.dim() == 2 and logits.dtype == torch.float32, (logits.shape, logits.dtype)
+    assert st.logprobs_mode in LOGPROBS_MODES, st.logprobs_mode
+    raw = logits
     constrained = st.allowed is not None or st.bias_ids is not None
     if st.use_penalties:
         logits = apply_penalties(logits, st)
@@ -118,6 +139,7 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
 
     if st.all_greedy and not st.want_logprobs and st.ban_ids is None and not st.use_penalties:
         return SampleResult(logits.argmax(dim=-1), None, None, None)
+    scale_floor = candidates = None
     if st.all_greedy:
         next_ids, lse, _ = row_scan(logits)
     else:
@@ -132,16 +154,49 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
             next_ids = ids.gather(1, choice[:, None]).squeeze(1)
         if st.any_greedy:
             next_ids = torch.where(st.is_greedy, greedy, next_ids)
+    if not st.want_logprobs:
+        return SampleResult(next_ids, None, None, None)
 
-    chosen = logits.gather(1, next_ids[:, None])
-    logprobs = (chosen - lse).squeeze(1)
-    top_ids = top_logprobs = ranks = None
-    if st.want_logprobs:
-        # the chosen token's place in the vocabulary, as vLLM reports it: one compare over
-        # the row (no sort), only for a step where some row asked for logprobs
-        ranks = (logits > chosen).sum(dim=-1) + 1
+    values, lse = _reported(raw, logits, lse, scale_floor, candidates, st, constrained)
+    chosen = values.gather(1, next_ids[:, None])
+    logprobs = (chosen if lse is None else chosen - lse).squeeze(1)
+    # the chosen token's place in the vocabulary, as vLLM reports it: one compare over the
+    # row the logprobs come from (no sort)
+    ranks = (values > chosen).sum(dim=-1) + 1
+    top_ids = top_logprobs = None
     if st.max_top_logprobs > 0:
-        k = min(st.max_top_logprobs, logits.shape[1])
-        top_vals, top_ids = logits.topk(k, dim=-1)
-        top_logprobs = top_vals - lse
+        k = min(st.max_top_logprobs, values.shape[1])
+        top_logprobs, top_ids = values.topk(k, dim=-1)
+        if lse is not None:
+            top_logprobs = top_logprobs - lse
     return SampleResult(next_ids, logprobs, top_ids, top_logprobs, ranks)
+
+
+def _reported(raw: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
+              scale_floor: torch.Tensor | None, candidates, st: SamplingTensors,
+              constrained: bool):
+    """The row [B, V] logprobs are read from under st.logprobs_mode, and its logsumexp
+    [B, 1] (None for the *_logits modes: the values are reported as they are). raw: the
+    logits given to sample(); logits, lse: the row after penalties, bans and constraints
+    and its logsumexp, which the draw computed; scale_floor: the draw's [1/T, floor] ([2, B],
+    None when every row is greedy); candidates: the (values, ids) [B, C] the draw scanned
+    when not the whole row (a token tied with the floor outside them was never drawable)."""
+    mode = st.logprobs_mode
+    if mode.startswith("raw"):
+        if mode == "raw_logits":
+            return raw, None
+        # a row that asked and was not changed has the same logsumexp in `lse`
+        changed = logits is not raw and (st.lp_penalized or constrained)
+        return raw, (row_scan(raw)[1] if changed else lse)
+    if scale_floor is None or not st.lp_scaled:  # the drawn row is `logits` itself
+        return logits, (None if mode == "processed_logits" else lse)
+    scale, floor = scale_floor[0, :, None], scale_floor[1, :, None]
+    if candidates is None:
+        drawn = torch.where(logits >= floor, logits * scale, float("-inf"))
+    else:
+        vals, ids = candidates
+        kept = torch.where(vals >= floor, vals * scale, float("-inf"))
+        drawn = torch.full_like(logits, float("-inf")).scatter_(1, ids, kept)
+    if st.is_greedy is not None:  # greedy rows take the argmax of `logits`: no truncation
+        drawn = torch.where(st.is_greedy[:, None], logits, drawn)
+    return drawn, (None if mode == "processed_logits" else row_scan(drawn)[1])

@@ -47,6 +47,13 @@ class SamplingTensors:
     draw_on_candidates: bool  # every sampled row has a top-k: draw among the trunc_width best
     max_top_logprobs: int
     want_logprobs: bool = True  # some row asked for logprobs (else sample() may skip them)
+    # what logprobs report (LOGPROBS_MODES, vLLM's --logprobs-mode), and whether a row that
+    # asked for them had its logits changed by a penalty or a min_tokens ban (lp_penalized)
+    # or is sampled with a temperature other than 1 or a truncation (lp_scaled): sample()
+    # makes a second pass over the logits for the reported values only when one did
+    logprobs_mode: str = "raw_logprobs"
+    lp_penalized: bool = False
+    lp_scaled: bool = False
     # Token history, present only when some row uses a penalty.
     seen: torch.Tensor | None = None  # [B, V] bool: token in prompt or output
     output_counts: torch.Tensor | None = None  # [B, V] fp32: occurrences in the output
@@ -82,13 +89,15 @@ class SamplingTensors:
         prompt_lens: np.ndarray | torch.Tensor | None = None,
         min_tokens: np.ndarray | None = None,
         stop_ids: np.ndarray | None = None,
+        logprobs_mode: str = "raw_logprobs",
     ) -> SamplingTensors:
         """Build from [B] arrays (request table columns; step = output_len).
 
         token_ids [B, L] (prompt then output tokens, -1 padding) and prompt_lens [B] are
         required only when some row has a penalty (see needs_history()); they are ignored
         otherwise. min_tokens [B] and stop_ids [B, K] (eos + stop ids, -1 padding) ban those
-        ids on rows whose step < min_tokens.
+        ids on rows whose step < min_tokens. logprobs_mode: one of LOGPROBS_MODES
+        (model/sampler.py says what each reports).
         """
         b = len(temperature)
         want_logprobs = bool(np.count_nonzero(np.asarray(top_logprobs) >= 0))
@@ -102,7 +111,7 @@ class SamplingTensors:
             return cls(None, None, None, None, None, None, None, None, None, all_greedy=True,
                        any_greedy=True, use_top_p=False, use_min_p=False, trunc_width=0,
                        draw_on_candidates=False, max_top_logprobs=max_top,
-                       want_logprobs=want_logprobs)
+                       want_logprobs=want_logprobs, logprobs_mode=logprobs_mode)
         # Host flags with few numpy calls: this runs once per step on the event loop.
         floats = np.empty((7, b), dtype=np.float32)
         floats[0] = temperature
@@ -158,7 +167,17 @@ class SamplingTensors:
             draw_on_candidates=on_candidates,
             max_top_logprobs=max_top,
             want_logprobs=want_logprobs,
+            logprobs_mode=logprobs_mode,
         )
+        if want_logprobs:
+            lp_rows = np.asarray(top_logprobs) >= 0
+            changed = (floats[4] != 1.0) | (floats[5] != 0.0) | (floats[6] != 0.0)
+            if min_tokens is not None and stop_ids is not None:
+                changed |= np.asarray(step) < np.asarray(min_tokens)
+            st.lp_penalized = bool(np.count_nonzero(lp_rows & changed))
+            # temp is 1/temperature by now, 1 on greedy rows; k is vocab_size where off
+            scaled = ~greedy & ((temp != 1.0) | (k < vocab_size) | (p < 1.0) | (mp > -np.inf))
+            st.lp_scaled = bool(np.count_nonzero(lp_rows & scaled))
         if needs_history(floats[4], floats[5], floats[6]):
             if token_ids is None or prompt_lens is None:
                 raise ValueError("a penalty is set: token_ids and prompt_lens are required")
@@ -184,6 +203,7 @@ class SamplingTensors:
         token_ids: np.ndarray | torch.Tensor | None = None,
         prompt_lens: np.ndarray | torch.Tensor | None = None,
         step: np.ndarray | None = None,
+        logprobs_mode: str = "raw_logprobs",
     ) -> SamplingTensors:
         """Gather the parameters of `slots` from an aiollm.native RequestTable. step (the
         output index each row samples) defaults to the table's output_len; the engine
@@ -212,6 +232,7 @@ class SamplingTensors:
             prompt_lens=prompt_lens,
             min_tokens=f["min_new_tokens"],
             stop_ids=ban_ids,
+            logprobs_mode=logprobs_mode,
         )
 
 

@@ -1,0 +1,238 @@
+"""Logprobs through the real server under --logprobs-mode: raw_logprobs (the default, vLLM
+V1's) reports the model's own distribution whatever the request's penalties, logit_bias,
+allowed_token_ids or grammar did to the draw; processed_logprobs the distribution the token
+was drawn from. The tokens are the same under both; streams agree with whole answers; a
+bad value is refused naming the option."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from live_server import LiveServer, at_once, http, sse_events
+
+from aiollm.cli import build_parser
+from aiollm.engine import Engine
+from aiollm.vllm_names import engine_options
+
+# the fault's reproduction: "Hi" is one token, which a repetition penalty of 0.01 makes the
+# greedy choice three times over; its processed logprob was 0.0, the runner-up's -1469
+REPRO = {"prompt": "Hi", "max_tokens": 3, "repetition_penalty": 0.01, "logprobs": 2,
+         "temperature": 0}
+PARIS = "The capital of France is"
+CHAT = [{"role": "user", "content": "Give me a JSON object"}]
+
+
+@pytest.fixture(scope="module")
+def processed():
+    srv = LiveServer(logprobs_mode="processed_logprobs").start()
+    yield srv
+    srv.close()
+
+
+def post(server, path: str, body: dict) -> dict:
+    status, _, raw = http(server, "POST", path, json={"model": None, **body})
+    assert status == 200, raw
+    return json.loads(raw)
+
+
+def completion_logprobs(server, body: dict) -> dict:
+    return post(server, "/v1/completions", body)["choices"][0]["logprobs"]
+
+
+def streamed_logprobs(server, body: dict) -> dict:
+    status, _, raw = http(server, "POST", "/v1/completions",
+                          json={"model": None, **body, "stream": True})
+    assert status == 200, raw
+    joined: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": []}
+    for event in sse_events(raw):
+        if event != "[DONE]" and (choices := json.loads(event)["choices"]):
+            for key in joined:
+                joined[key] += choices[0]["logprobs"][key]
+    return joined
+
+
+def model_scores(server, ids: list[int], n_top: int) -> dict:
+    """The model's own logprobs of each token of `ids` after the ones before it (prompt
+    scoring: echo with max_tokens 0), tokens named by id."""
+    return completion_logprobs(server, {"prompt": ids, "max_tokens": 0, "echo": True,
+                                        "logprobs": n_top, "return_tokens_as_token_ids": True})
+
+
+def assert_tops_close(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for tok, lp in want.items():
+        assert got[tok] == pytest.approx(lp, abs=1e-3, rel=1e-5), tok
+
+
+def test_repro_reports_the_penalised_tokens_raw_logprob(server, processed):
+    body = {**REPRO, "echo": True, "return_tokens_as_token_ids": True}
+    raw, proc = at_once(lambda: completion_logprobs(server, body),
+                        lambda: completion_logprobs(processed, body))
+    assert raw["tokens"] == proc["tokens"]  # the mode changes no token
+    ids = [int(t.removeprefix("token_id:")) for t in raw["tokens"]]
+    scores = model_scores(server, ids, 2)
+    n_prompt = len(ids) - REPRO["max_tokens"]
+    for j in range(n_prompt, len(ids)):
+        assert raw["token_logprobs"][j] == pytest.approx(scores["token_logprobs"][j], abs=1e-3)
+        assert_tops_close(raw["top_logprobs"][j], scores["top_logprobs"][j])
+        # the model's distribution: the penalised token is unlikely, its runner-ups likely
+        assert raw["token_logprobs"][j] < -5
+        assert max(raw["top_logprobs"][j].values()) > -2
+        # processed (today's value before the option): the penalised row's, a certainty
+        assert proc["token_logprobs"][j] == pytest.approx(0.0, abs=1e-3)
+        assert min(proc["top_logprobs"][j].values()) < -100
+    # LightLLM's per-token logprob is the same raw one
+    events = [json.loads(e) for e in sse_events(http(server, "POST", "/generate_stream", json={
+        "inputs": "Hi", "parameters": {"max_new_tokens": 3, "repetition_penalty": 0.01}})[2])]
+    assert [e["token"]["logprob"] for e in events] == pytest.approx(
+        raw["token_logprobs"][n_prompt:], abs=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["raw", "processed"])
+def test_streams_report_what_whole_answers_do(server, processed, mode):
+    srv = server if mode == "raw" else processed
+    for body in (REPRO, {"prompt": PARIS, "max_tokens": 4, "logprobs": 3, "temperature": 0.8,
+                         "top_k": 5, "seed": 7}):
+        whole, streamed = at_once(lambda: completion_logprobs(srv, body),
+                                  lambda: streamed_logprobs(srv, body))
+        assert streamed["tokens"] == whole["tokens"]
+        assert streamed["token_logprobs"] == pytest.approx(whole["token_logprobs"], abs=1e-4)
+        for got, want in zip(streamed["top_logprobs"], whole["top_logprobs"]):
+            assert_tops_close(got, want)
+
+
+def test_logit_bias_and_allowed_token_ids(server, processed):
+    plain = completion_logprobs(server, {"prompt": PARIS, "max_tokens": 1, "logprobs": 5,
+                                         "temperature": 0, "return_tokens_as_token_ids": True})
+    model = plain["top_logprobs"][0]  # the model's five most likely first tokens
+    third, fourth = (int(t.removeprefix("token_id:")) for t in list(model)[2:4])
+    biased = {"prompt": PARIS, "max_tokens": 1, "logprobs": 5, "temperature": 0,
+              "return_tokens_as_token_ids": True, "logit_bias": {str(third): 100}}
+    allowed = {**biased, "logit_bias": None, "allowed_token_ids": [third, fourth]}
+    raw_b, proc_b, raw_a, proc_a = at_once(
+        lambda: completion_logprobs(server, biased), lambda: completion_logprobs(processed, biased),
+        lambda: completion_logprobs(server, allowed),
+        lambda: completion_logprobs(processed, allowed))
+    name = f"token_id:{third}"
+    assert raw_b["tokens"] == proc_b["tokens"] == raw_a["tokens"] == proc_a["tokens"] == [name]
+    # raw: the model's logprob of the biased token, and its own top five around it
+    assert raw_b["token_logprobs"][0] == pytest.approx(model[name], abs=1e-3)
+    assert_tops_close(raw_b["top_logprobs"][0], model)
+    assert proc_b["token_logprobs"][0] == pytest.approx(0.0, abs=1e-3)
+    # allowed_token_ids: raw lists the tokens it forbids; processed only the two allowed
+    assert_tops_close(raw_a["top_logprobs"][0], model)
+    assert set(proc_a["top_logprobs"][0]) == {name, f"token_id:{fourth}"}
+    assert sum(2.718281828 ** lp for lp in proc_a["top_logprobs"][0].values()) == \
+        pytest.approx(1.0, abs=1e-3)
+
+
+def test_json_grammar(server, processed):
+    def chat(srv, **extra):
+        return post(srv, "/v1/chat/completions", {
+            "messages": CHAT, "max_tokens": 3, "temperature": 0, "logprobs": True,
+            "top_logprobs": 3, **extra})["choices"][0]["logprobs"]["content"]
+    fmt = {"type": "json_object"}
+    free, raw, proc = at_once(lambda: chat(server), lambda: chat(server, response_format=fmt),
+                              lambda: chat(processed, response_format=fmt))
+    assert [t["token"] for t in raw] == [t["token"] for t in proc]
+    assert raw[0]["token"] != free[0]["token"]  # the grammar changed the first token
+    # raw: the first step's distribution is the unconstrained one, top list included
+    assert raw[0]["logprob"] == pytest.approx(
+        next(t["logprob"] for t in free[0]["top_logprobs"] if t["token"] == raw[0]["token"]),
+        abs=1e-3)
+    assert [t["token"] for t in raw[0]["top_logprobs"]] == \
+        [t["token"] for t in free[0]["top_logprobs"]]
+    # processed: only what the grammar allows, so the chosen token is more likely
+    assert proc[0]["logprob"] > raw[0]["logprob"] + 1
+    assert free[0]["token"] not in [t["token"] for t in proc[0]["top_logprobs"]]
+    for entry in proc:
+        assert len(entry["top_logprobs"]) <= 3
+
+
+@pytest.mark.parametrize("mode", ["raw", "processed"])
+def test_top_logprobs_are_numbers_where_a_constraint_leaves_fewer_tokens(server, processed,
+                                                                         mode):
+    """A constraint that leaves fewer tokens possible than top_logprobs asks for filled the
+    list with forbidden tokens whose logprob, -inf, went out as JSON null: OpenAI's schema
+    has a number there (typed clients, e.g. Rust's and Go's, fail to parse the response).
+    Processed, the list holds only tokens that could be sampled (fewer: OpenAI allows it);
+    raw (moved here from test_api_outputs.py when raw became the default), the model's top
+    tokens, forbidden ones too, each with its finite logprob, as vLLM lists them. Chat and
+    completions, streamed or not."""
+    srv = server if mode == "raw" else processed
+    chat = {"messages": [{"role": "user", "content": "yes or no?"}], "max_tokens": 4,
+            "temperature": 0, "guided_choice": ["yes", "no"], "logprobs": True,
+            "top_logprobs": 5}
+    for stream in (False, True):
+        status, _, raw = http(srv, "POST", "/v1/chat/completions",
+                              json={**chat, "stream": stream})
+        assert status == 200, raw
+        entries = ([json.loads(raw)["choices"][0]["logprobs"]] if not stream else
+                   [json.loads(e)["choices"][0]["logprobs"] for e in sse_events(raw)
+                    if e != "[DONE]"])
+        content = [c for lp in entries if lp for c in lp["content"]]
+        assert content and all(1 <= len(c["top_logprobs"]) <= 5 for c in content)
+        for c in content:
+            assert all(isinstance(t["logprob"], float) for t in c["top_logprobs"]), c
+        if mode == "raw":
+            assert all(len(c["top_logprobs"]) == 5 for c in content), content
+            continue
+        # past its first token the answer has one way on (then only the end of text)
+        assert len(content[-1]["top_logprobs"]) == 1, content
+        for c in content:
+            assert c["top_logprobs"][0]["token"] == c["token"]  # greedy: the most likely
+    # two tokens allowed, five alternatives asked for
+    body = {"prompt": PARIS, "max_tokens": 3, "temperature": 0, "logprobs": 5,
+            "allowed_token_ids": [28, 30]}
+    for lp in (completion_logprobs(srv, body), streamed_logprobs(srv, body)):
+        assert len(lp["top_logprobs"]) == 3
+        for top in lp["top_logprobs"]:
+            assert all(isinstance(v, float) for v in top.values()), top
+            assert (5 <= len(top) <= 6) if mode == "raw" else (1 <= len(top) <= 2), top
+
+
+def test_a_bad_mode_is_refused_naming_the_option(capsys):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["serve", "M", "--logprobs-mode", "processed"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--logprobs-mode" in err and "raw_logprobs" in err and "'processed'" in err
+    args = build_parser().parse_args(["serve", "M", "--logprobs-mode", "processed_logits"])
+    assert args.logprobs_mode == "processed_logits"
+    assert build_parser().parse_args(["serve", "M"]).logprobs_mode == "raw_logprobs"
+    with pytest.raises(ValueError, match="logprobs_mode must be one of .* got 'raw'"):
+        Engine(logprobs_mode="raw")
+    # vLLM's LLM(logprobs_mode=...) keyword is EngineConfig's field, passed as it is
+    assert engine_options({"logprobs_mode": "raw_logits"})[0] == {"logprobs_mode": "raw_logits"}
+
+
+def test_processed_logprobs_of_a_truncated_draw_are_its_distribution(server, processed):
+    """Sampled with a temperature and top_k 3, 20 alternatives asked for: processed lists
+    only the 3 tokens the draw could take, finite, their probabilities summing to 1 (the
+    temperature included), the chosen one among them; raw lists 20 (up to 21 in
+    completions) of the model's. Streams list the same tokens (seeded); the tokens are the
+    same under both modes."""
+    body = {"prompt": PARIS, "max_tokens": 4, "temperature": 0.7, "top_k": 3, "seed": 5,
+            "logprobs": 20, "return_tokens_as_token_ids": True}
+    got = {name: completion_logprobs(srv, body) for name, srv in
+           (("raw", server), ("processed", processed))}
+    assert got["raw"]["tokens"] == got["processed"]["tokens"]
+    streamed = streamed_logprobs(processed, body)
+    assert streamed["tokens"] == got["processed"]["tokens"]
+    for tops, want in zip(streamed["top_logprobs"], got["processed"]["top_logprobs"]):
+        assert_tops_close(tops, want)
+    for tok, lp, top in zip(*(got["processed"][k] for k in
+                              ("tokens", "token_logprobs", "top_logprobs"))):
+        assert isinstance(lp, float) and -1e30 < lp <= 0, lp
+        assert 1 <= len(top) <= 3 and tok in top, top
+        assert sum(math.exp(v) for v in top.values()) == pytest.approx(1, abs=1e-4), top
+        assert top[tok] == pytest.approx(lp)
+    assert all(20 <= len(top) <= 21 for top in got["raw"]["top_logprobs"])
+    chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
+            "temperature": 0.7, "top_k": 3, "seed": 5, "logprobs": True, "top_logprobs": 20}
+    for entry in post(processed, "/v1/chat/completions", chat)["choices"][0]["logprobs"][
+            "content"]:
+        assert 1 <= len(entry["top_logprobs"]) <= 3
+        assert all(isinstance(t["logprob"], float) for t in entry["top_logprobs"])
