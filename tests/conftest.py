@@ -107,6 +107,21 @@ def hf_reference():
     return model
 
 
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """A directory holding a tiny random Llama config (one layer, hidden 32, 4 query and 2
+    KV heads, 256 positions; the default tokenizer's 49,152-token vocabulary), for tests
+    that serve an app in process without loading the default model: Engine loads it with
+    random weights. A module that needs another shape defines its own `tiny`."""
+    from transformers import LlamaConfig
+
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=256).save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def server(request):
     """The live server shared by the HTTP tests (tests/live_server.py); a module that needs

@@ -9,7 +9,6 @@ import logging
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
@@ -18,15 +17,6 @@ PARTS = ("{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{
          "{% endfor %}{% endfor %}")
 STRING = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
 LOGGER = "aiollm.engine.content_format"
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(path)
-    return str(path)
 
 
 def started(tiny: str, template: str, caplog, **app_options) -> list[logging.LogRecord]:

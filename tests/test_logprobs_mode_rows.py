@@ -104,14 +104,20 @@ def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
     return x.log_softmax(-1) if mode.endswith("logprobs") else x
 
 
+def random_batch(trial: int) -> tuple[int, dict, torch.Tensor, bool]:
+    """Trial `trial`'s batch: (rows, their parameters, logits [B, V] fp32, whether the
+    rows are constrained by bias and masks)."""
+    rng = np.random.default_rng(trial)
+    b = int(rng.integers(2, 9))
+    rows = random_rows(rng, b)
+    logits = torch.from_numpy(rng.normal(0, 3, (b, V)).astype(np.float32))
+    return b, rows, logits, trial % 3 != 0
+
+
 @pytest.mark.parametrize("mode", LOGPROBS_MODES)
 def test_each_row_reports_what_it_reports_alone(mode):
     for trial in range(12):
-        rng = np.random.default_rng(trial)
-        b = int(rng.integers(2, 9))
-        rows = random_rows(rng, b)
-        logits = torch.from_numpy(rng.normal(0, 3, (b, V)).astype(np.float32))
-        constrain = trial % 3 != 0
+        b, rows, logits, constrain = random_batch(trial)
         out = sample(logits, build(rows, slice(None), mode, constrain))
         base = sample(logits, build(rows, slice(None), "raw_logprobs", constrain))
         assert torch.equal(out.next_ids, base.next_ids), trial  # the mode draws the same
@@ -136,7 +142,6 @@ def test_each_row_reports_what_it_reports_alone(mode):
                 assert torch.equal(out.top_ids[i, :n][finite], alone.top_ids[0, :n][finite])
 
 
-
 @pytest.mark.parametrize("mode", LOGPROBS_MODES)
 def test_kernel_path_gives_each_row_what_the_reference_does(mode, monkeypatch):
     """The random batches through the Triton row scan (TRITON_INTERPRET=1 on the CPU): the
@@ -146,11 +151,7 @@ def test_kernel_path_gives_each_row_what_the_reference_does(mode, monkeypatch):
         pytest.skip("triton is not installed")
     paths = set()
     for trial in range(12):
-        rng = np.random.default_rng(trial)
-        b = int(rng.integers(2, 9))
-        rows = random_rows(rng, b)
-        logits = torch.from_numpy(rng.normal(0, 3, (b, V)).astype(np.float32))
-        constrain = trial % 3 != 0
+        _, rows, logits, constrain = random_batch(trial)
         monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_ref)
         want = sample(logits, build(rows, slice(None), mode, constrain))
         monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_triton)

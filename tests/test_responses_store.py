@@ -17,7 +17,6 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from live_server import http
 from test_responses_api import WEATHER
-from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
@@ -213,16 +212,6 @@ def test_a_stream_the_client_leaves_is_not_kept(server):
     server.wait_idle()
     status, error = _error(server, "GET", "/v1/responses/resp_left-midway")
     assert status == 404, error
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=49152,  # the default tokenizer's
-                hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(path)
-    return str(path)
 
 
 def _with_store(tiny: str, capacity: int, calls, max_bytes: int = 2**30) -> list:

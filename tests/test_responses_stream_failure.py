@@ -16,22 +16,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from openai import omit
 from openai.lib.streaming.responses._responses import ResponseStreamState
 from openai.types.responses import ResponseStreamEvent
-from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
 
 EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=49152,  # the default tokenizer's
-                hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(path)
-    return str(path)
 
 
 def _stream_failing_after(tiny: str, steps: int, body: dict) -> tuple[int, list[dict]]:
