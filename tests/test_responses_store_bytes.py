@@ -12,7 +12,7 @@ import tracemalloc
 
 import msgspec
 import pytest
-from test_responses_store import _with_store, tiny  # noqa: F401 (its fixture)
+from test_responses_store import _with_store
 
 from aiollm.api.response_items import input_items
 from aiollm.api.response_store import ResponseStore, stored_size
@@ -175,3 +175,18 @@ def test_a_404_tells_of_every_way_a_response_is_not_kept(tiny):
     status, message = _with_store(tiny, 10, calls, max_bytes=1000)
     assert status == 404
     assert "larger than" in message and "restart" in message, message
+
+
+def test_an_answer_too_large_to_keep_says_store_false(tiny):
+    """A response larger than --max-stored-response-bytes alone is not kept: the answer
+    said `store: true` all the same, and a client that then continued it got a 404 (a
+    stream has said true in response.created before its size is known, and keeps it)."""
+    # 6,000 characters in ~96 tokens (the tokenizer merges runs of "-"): fits the tiny context
+    body = {"model": os.path.basename(tiny), "input": "x" + "-" * 6000, "max_output_tokens": 1}
+
+    async def calls(client):
+        big = await (await client.post("/v1/responses", json=body)).json()
+        small = await (await client.post("/v1/responses", json={**body, "input": "Hi"})).json()
+        return big["store"], small["store"]
+
+    assert _with_store(tiny, 10, calls, max_bytes=10_000) == (False, True)

@@ -9,7 +9,7 @@ import os
 import pydantic
 import pytest
 from openai.types.responses import ResponseItem
-from test_responses_store import _with_store, tiny  # noqa: F401 (its fixture)
+from test_responses_store import _with_store
 
 THOUGHT = [{"type": "reasoning_text", "text": "hm"}]
 ODD = [  # (an item sent before a user message, the param of its 400 or None: answered)

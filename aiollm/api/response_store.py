@@ -110,14 +110,14 @@ class ResponseStore:
     def __len__(self) -> int:
         return len(self._kept)
 
-    def put(self, response: dict, input_items: list[dict]) -> None:
+    def put(self, response: dict, input_items: list[dict]) -> bool:
         """Keeps `response` (a Response object; its "id" the key) with the `input_items` it
         answered, as the newest; a response of the same id (a client reusing an
         X-Request-Id) is replaced. Nothing is kept where the store keeps none, nor a
         response larger than max_bytes alone (it drops no other; a later GET is a 404, as
-        for one dropped)."""
+        for one dropped). Returns whether it was kept."""
         if not self.keeps:
-            return
+            return False
         rid = response["id"]
         self.delete(rid)
         inputs = tuple(input_items)
@@ -126,7 +126,7 @@ class ResponseStore:
                  for i in items]
         own = _own_bytes(response, inputs)
         if own + sum(sizes) > self.max_bytes:
-            return
+            return False
         self._kept[rid] = StoredResponse(response, inputs, own)
         self.bytes += own
         for item, size in zip(items, sizes):
@@ -135,6 +135,7 @@ class ResponseStore:
             held[1] += 1
         while len(self._kept) > self.capacity or self.bytes > self.max_bytes:
             self._release(self._kept.popitem(last=False)[1])
+        return True
 
     def get(self, rid: str) -> StoredResponse | None:
         """The response kept under `rid`, None if none is (never kept, deleted, dropped)."""

@@ -67,9 +67,8 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     # kept with the response: the conversation it answers, each item with an id
     items = [*earlier, *input_items(req.input, earlier)] if store else None
 
-    def keep(response: dict) -> None:
-        if items is not None:
-            st.responses.put(response, items)
+    def keep(response: dict) -> bool:
+        return items is not None and st.responses.put(response, items)
 
     if req.stream:
         return await _stream(request, req, plan, head, keep)
@@ -90,12 +89,13 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
                           reasoning_status(status, cut_inside))
     usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens, thought_tokens)
     response = head.response(status, output, usage, incomplete)
-    keep(response)
+    if store and not keep(response):  # larger than the byte bound alone: said so
+        response["store"] = False
     return json_response(response)
 
 
 async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
-                  head: ResponseHead, keep: Callable[[dict], None]) -> web.StreamResponse:
+                  head: ResponseHead, keep: Callable[[dict], bool]) -> web.StreamResponse:
     events = ResponseEvents(head)
     splitter, calls = plan.splitter(), plan.stream_calls()
     thought_tokens = None if splitter is None else reasoning.ReasoningTokens(splitter)
