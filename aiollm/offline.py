@@ -19,6 +19,7 @@ from aiollm.engine.batch_api import Progress
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
 from aiollm.engine.chat_tools import check_tools
+from aiollm.engine.submission import render_bound
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
@@ -203,9 +204,7 @@ class LLM:
             if len(params) != n:
                 return None
             params = params[i]
-        if getattr(params, "truncate_prompt_tokens", None) is not None:
-            return None
-        return self.engine.max_model_len
+        return render_bound(params, self.engine.max_model_len)
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

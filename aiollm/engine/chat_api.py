@@ -15,7 +15,7 @@ from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, render
                                           special_texts)
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.outputs import Delta, RequestOutput
-from aiollm.engine.submission import off_loop
+from aiollm.engine.submission import off_loop, render_bound
 from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
@@ -106,6 +106,4 @@ class ChatAPI:
     def _most(self, params: SamplingParams | None) -> int | None:
         """The most tokens a conversation may render to under `params` (render_chat's
         most): the context, None where truncate_prompt_tokens will cut it."""
-        if getattr(params, "truncate_prompt_tokens", None) is not None:
-            return None
-        return self.max_model_len if self._started else None
+        return render_bound(params, self.max_model_len) if self._started else None

@@ -173,6 +173,15 @@ def too_long(n: int, max_model_len: int, at_least: bool = False) -> ContextExcee
                            "prompt")
 
 
+def render_bound(params: object, max_model_len: int) -> int | None:
+    """The `most` tokens a prompt generated from with `params` may be, checked before it is
+    encoded (check_fewest_tokens): the context; None where params.truncate_prompt_tokens
+    will cut it (never too long then)."""
+    if getattr(params, "truncate_prompt_tokens", None) is not None:
+        return None
+    return max_model_len
+
+
 def check_fewest_tokens(tokenizer, text: str, most: int) -> None:
     """Raise too_long (ContextExceeded naming "prompt", its count "at least" the fewest)
     when `text` cannot encode to `most` tokens or fewer (token_floor.fewest_tokens: a
