@@ -316,3 +316,28 @@ def test_a_page_of_an_origin_allowed_only_other_methods_still_needs_json(ctype):
         assert status == 415, raw
     finally:
         srv.close()
+
+
+@pytest.mark.parametrize("ctype", ["text/plain", None])
+def test_a_foreign_page_cannot_flush_the_cache(server, ctype):
+    """POST /flush_cache reads no body, so its form-typed or untyped POST, which a page of any
+    site may send without a CORS preflight, emptied the prefix cache with CORS off. It now
+    needs a JSON Content-Type from such a page, as every route that reads a body does; curl
+    and the SDKs (no Origin) still flush without one."""
+    headers = {"Content-Type": ctype} if ctype else {}
+    skip = [] if ctype else ["Content-Type"]
+    status, _, raw = http(server, "POST", "/flush_cache", data=b"",
+                          headers={"Origin": ELSEWHERE, **headers}, skip_auto_headers=skip)
+    assert status == 415 and "Content-Type" in json.loads(raw)["error"]["message"], raw
+    status, _, raw = http(server, "POST", "/flush_cache", data=b"", headers=headers,
+                          skip_auto_headers=skip)
+    assert status == 200 and "flushed_tokens" in json.loads(raw), raw
+    status, _, raw = http(server, "POST", "/flush_cache", data=b"",
+                          headers={"Origin": ELSEWHERE, "Content-Type": "application/json"})
+    assert status == 200, raw
+
+
+def test_an_allowed_page_flushes_the_cache_without_json(cors_server):
+    status, _, raw = http(cors_server, "POST", "/flush_cache", data=b"",
+                          headers={"Origin": ORIGIN, **AUTH}, skip_auto_headers=["Content-Type"])
+    assert status == 200, raw

@@ -65,14 +65,9 @@ async def decode_body(request: web.Request, type_: type[T],
     an Origin (curl, the SDKs), a body without a Content-Type as JSON (and any type on
     LightLLM's routes: a page's fetch() of JSON.stringify(...) sends text/plain)."""
     ctype = request.headers.get(hdrs.CONTENT_TYPE)
-    origin = request.headers.get(hdrs.ORIGIN)
-    page = origin is not None and not state(request).allows_origin(origin, request.method)
-    checked = page or (ctype is not None and not any_content_type)
-    if checked and not _is_json(request.content_type):  # (no Content-Type: octet-stream)
-        where = (" on a request with an Origin CORS does not allow (a browser's page)"
-                 if page else "")
-        got = repr(ctype) if ctype is not None else "none"
-        raise ApiError(415, f"Content-Type must be application/json{where}, got {got}")
+    check_page(request)
+    if ctype is not None and not any_content_type and not _is_json(request.content_type):
+        raise ApiError(415, f"Content-Type must be application/json, got {ctype!r}")
     coding = _content_coding(request)
     try:
         body = await _read(request, state(request).body_timeout)
@@ -128,6 +123,21 @@ async def decode_body(request: web.Request, type_: type[T],
                f" (it is read as JSON whatever its Content-Type, here {request.content_type})")
     raise ApiError(400, f"request body is not valid JSON{sent_as}: "
                         f"{_why(error, body, encoding)}") from None
+
+
+def check_page(request: web.Request) -> None:
+    """ApiError 415 when `request` has an Origin CORS does not allow with its method (a
+    browser's page of another site) and a Content-Type not JSON, or none: such a POST needs
+    no CORS preflight, so any site could send it (see decode_body). For a route that reads no
+    body (POST /flush_cache) as for one that does."""
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is None or state(request).allows_origin(origin, request.method):
+        return
+    if not _is_json(request.content_type):  # (no Content-Type: octet-stream)
+        ctype = request.headers.get(hdrs.CONTENT_TYPE)
+        got = repr(ctype) if ctype is not None else "none"
+        raise ApiError(415, "Content-Type must be application/json on a request with an "
+                       f"Origin CORS does not allow (a browser's page), got {got}")
 
 
 async def _decoded_once(body: bytes, type_: type[T]) -> tuple[T, tuple[list[str], int]] | None:

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from aiollm import __version__
 from aiollm.api import tool_request
-from aiollm.api.body import decode_body
+from aiollm.api.body import check_page, decode_body
 from aiollm.api.http_errors import ApiError
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
@@ -118,7 +118,9 @@ async def detokenize(request: web.Request) -> web.Response:
 
 async def flush_cache(request: web.Request) -> web.Response:
     """Empty the prefix cache of everything no running request uses (behind the API key:
-    it changes the server's state, unlike /health, /metrics and /version)."""
+    it changes the server's state, unlike /health, /metrics and /version). A page of a site
+    CORS does not allow needs a JSON Content-Type, as on the routes that read a body."""
+    check_page(request)
     freed = state(request).engine.flush_cache()
     return json_response({"flushed_tokens": freed})
 
