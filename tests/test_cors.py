@@ -183,6 +183,18 @@ def test_an_origin_no_browser_sends_is_refused(origin):
         CorsOptions((origin,))
 
 
+@pytest.mark.parametrize("origin,sent", [
+    ("http://localhost:80", "http://localhost"), ("https://app.example:443", "https://app.example"),
+    ("HTTP://App.Example:8080", "http://app.example:8080")])
+def test_an_origin_written_unlike_a_browser_names_the_form_it_sends(origin, sent):
+    """A browser sends its origin with the scheme and host in lower case and without the
+    scheme's default port; aiohttp-cors compares the header as sent, so these entries were
+    accepted and never matched: the page was refused with no word why."""
+    with pytest.raises(ValueError, match=re.escape(repr(sent))):
+        CorsOptions((origin,))
+    CorsOptions((sent, "http://[::1]:8000", "null"))
+
+
 def test_allowed_methods_hold_for_routes_that_serve_the_method():
     """aiohttp-cors lets a route's own method through whatever allow_methods says, when CORS
     is added route by route: a POST route took POST preflights with only GET allowed."""

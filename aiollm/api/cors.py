@@ -53,10 +53,36 @@ class CorsOptions:
                 raise ValueError(f"{origin!r} is not an origin: give scheme://host[:port] "
                                  "without a path, as browsers send it (e.g. "
                                  "http://localhost:3000), or \"*\" for any")
+            sent = _as_sent(origin)
+            if sent != origin:  # compared as sent: this entry would never match
+                raise ValueError(f"{origin!r} is not an origin as browsers send it: give "
+                                 f"{sent!r} (scheme and host in lower case, no default port)")
         for name in ("allowed_methods", "allowed_headers"):
             if not getattr(self, name) or not all(getattr(self, name)):
                 raise ValueError(f"{name} must name at least one, without empty names "
                                  "(or \"*\" for any)")
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _as_sent(origin: str) -> str:
+    """`origin` (one _ORIGIN matches) as a browser serializes it in the Origin header (the
+    HTML standard's ASCII serialization of an origin): scheme and host in lower case, the
+    port left out when it is the scheme's default. "*" and "null" as given; an entry whose
+    port is no number, as given (it then fails no check here, and matches nothing)."""
+    if origin in ("*", "null"):
+        return origin
+    scheme, _, rest = origin.partition("://")
+    host, colon, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
+    if not colon or "]" in port:  # no port, or the colon was inside an IPv6 address
+        host, port = rest, ""
+    if port and not port.isdigit():
+        return origin
+    scheme = scheme.lower()
+    if port and int(port) == _DEFAULT_PORTS.get(scheme):
+        port = ""
+    return f"{scheme}://{host.lower()}" + (f":{port}" if port else "")
 
 
 def enable_cors(app: web.Application, options: CorsOptions) -> None:
