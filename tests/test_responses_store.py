@@ -117,9 +117,10 @@ def test_delete_forgets_it(server, client, model):
         client.responses.retrieve(first.id)
     second = client.responses.create(model=model, input=ASK, **KW)
     assert client.responses.delete(second.id) is None  # the SDK's answer to a deletion
-    with pytest.raises(openai.NotFoundError) as e:
+    with pytest.raises(openai.BadRequestError) as e:  # OpenAI's 400, not a 404
         client.responses.create(model=model, input=MORE, previous_response_id=second.id, **KW)
     assert e.value.body["param"] == "previous_response_id", e.value.body
+    assert e.value.body["code"] == "previous_response_not_found", e.value.body
 
 
 def test_store_false_keeps_nothing(server, client, model):
@@ -127,7 +128,7 @@ def test_store_false_keeps_nothing(server, client, model):
     assert r.store is False
     status, error = _error(server, "GET", f"/v1/responses/{r.id}")
     assert status == 404 and error["param"] == "response_id"
-    with pytest.raises(openai.NotFoundError) as e:
+    with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=model, input=MORE, previous_response_id=r.id, **KW)
     assert e.value.body["param"] == "previous_response_id"
     assert "previous response" in e.value.message.lower() and r.id in e.value.message
@@ -251,7 +252,7 @@ def test_a_store_of_none_answers_store_false(tiny):
         return r["store"], got.status, again.status, (await again.json())["error"]
 
     store, got, again, error = _with_store(tiny, 0, calls)
-    assert store is False and got == 404 and again == 404
+    assert store is False and got == 404 and again == 400
     assert "--max-stored-responses 0" in error["message"], error
     with pytest.raises(ValueError, match="capacity"):
         create_app(Engine(tiny, load_format="dummy"), max_stored_responses=-1)
@@ -331,7 +332,7 @@ def test_the_byte_flag_sets_the_bound_and_refuses_a_negative_one(capsys):
 def test_a_long_unknown_id_is_not_echoed_whole(server, client, model):
     """A 404's message names the id, cut short: a client's 100 kB id was echoed whole."""
     long_id = "resp_" + "x" * 100_000
-    with pytest.raises(openai.NotFoundError) as e:
+    with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=model, input=ASK, previous_response_id=long_id, **KW)
     assert e.value.body["param"] == "previous_response_id"
     assert len(e.value.message) < 1000 and "resp_xxx" in e.value.message

@@ -1,0 +1,50 @@
+"""What a stored response's id and `store` promise (the tiny app, in-process): a streamed
+response too large to keep ends saying store false, as GET (a 404) says; a response's id is
+the server's own, so a client reusing an X-Request-Id replaces no other client's response;
+a function_call_output answers a call of its conversation or is a 400 naming its call_id;
+an unknown id is told as OpenAI tells it (type invalid_request_error; an unknown
+previous_response_id a 400 of code previous_response_not_found)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from test_responses_store import _with_store
+
+CALL = {"type": "function_call", "call_id": "call_1", "name": "f", "arguments": "{}"}
+OUTPUT = {"type": "function_call_output", "call_id": "call_1", "output": "ok"}
+
+
+def _body(tiny: str, **fields) -> dict:
+    return {"model": os.path.basename(tiny), "input": "Hi", "max_output_tokens": 1, **fields}
+
+
+def _events(raw: bytes) -> list[dict]:
+    return [json.loads(line[len(b"data: "):]) for line in raw.splitlines()
+            if line.startswith(b"data: ")]
+
+
+def test_an_unknown_id_is_told_as_openai_tells_it(tiny):
+    """A 404 of an unknown response id had type not_found_error; OpenAI's is an
+    invalid_request_error. An unknown previous_response_id is OpenAI's 400 of code
+    previous_response_not_found (clients that recover a lost conversation look for it)."""
+    async def calls(client):
+        out = []
+        for method, path in (("GET", ""), ("DELETE", ""), ("GET", "/input_items"),
+                             ("POST", "/cancel")):
+            r = await client.request(method, f"/v1/responses/resp_nope{path}")
+            out.append((r.status, (await r.json())["error"]))
+        r = await client.post("/v1/responses", json=_body(tiny,
+                                                          previous_response_id="resp_nope"))
+        out.append((r.status, (await r.json())["error"]))
+        return out
+
+    *by_id, previous = _with_store(tiny, 10, calls)
+    for status, error in by_id:
+        assert (status, error["type"], error["param"]) == (
+            404, "invalid_request_error", "response_id"), error
+    status, error = previous
+    assert (status, error["type"], error["param"], error["code"]) == (
+        400, "invalid_request_error", "previous_response_id",
+        "previous_response_not_found"), error
