@@ -25,6 +25,33 @@ def _events(raw: bytes) -> list[dict]:
             if line.startswith(b"data: ")]
 
 
+def test_a_stream_too_large_to_keep_ends_saying_store_false(tiny):
+    """A stream says store true in response.created, before its size is known; one found
+    larger than --max-stored-response-bytes alone at its end is not kept, and its last
+    event (response.completed) said store true all the same: a client continuing it got a
+    404. Now the last event says what was kept, as GET does; a small stream's still says
+    true and GET gives that Response."""
+    # 6,000 characters in ~96 tokens (the tokenizer merges runs of "-"): fits the tiny context
+    big = _body(tiny, input="x" + "-" * 6000, stream=True)
+
+    async def calls(client):
+        out = []
+        for body in (big, {**big, "input": "Hi"}):
+            events = _events(await (await client.post("/v1/responses", json=body)).read())
+            final = events[-1]["response"]
+            got = await client.get(f"/v1/responses/{final['id']}")
+            out.append((events[0]["response"]["store"], events[-1]["type"], final,
+                        got.status, await got.json()))
+        return out
+
+    (said, last, final, status, _), (s_said, s_last, s_final, s_status, kept) = _with_store(
+        tiny, 10, calls, max_bytes=10_000)
+    assert (said, last, final["store"], status) == (True, "response.completed", False, 404)
+    assert (s_said, s_last, s_final["store"], s_status) == (
+        True, "response.completed", True, 200)
+    assert kept == s_final
+
+
 def test_an_unknown_id_is_told_as_openai_tells_it(tiny):
     """A 404 of an unknown response id had type not_found_error; OpenAI's is an
     invalid_request_error. An unknown previous_response_id is OpenAI's 400 of code
