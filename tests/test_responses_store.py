@@ -198,20 +198,23 @@ def test_cancel_and_stream_again_are_for_background_responses(server, client, mo
 def test_a_stream_the_client_leaves_is_not_kept(server):
     """Nothing is kept of a response whose client left before it ended, and nothing of it
     is held by the engine."""
-    async def leave():
+    async def leave() -> str:
+        rid = None
         async with aiohttp.ClientSession() as s:
-            async with s.post(server.base + "/v1/responses", headers={
-                    "X-Request-Id": "left-midway"}, json={
+            async with s.post(server.base + "/v1/responses", json={
                     "input": ASK, "stream": True, "max_output_tokens": 400,
                     "ignore_eos": True}) as r:
                 assert r.status == 200
                 async for line in r.content:  # until the text begins, then away
+                    if line.startswith(b"data: ") and rid is None:  # response.created
+                        rid = json.loads(line[len(b"data: "):])["response"]["id"]
                     if b"output_text.delta" in line:
-                        break
+                        return rid
 
-    asyncio.run(leave())
+    rid = asyncio.run(leave())
+    assert rid and rid.startswith("resp_"), rid
     server.wait_idle()
-    status, error = _error(server, "GET", "/v1/responses/resp_left-midway")
+    status, error = _error(server, "GET", f"/v1/responses/{rid}")
     assert status == 404, error
 
 
@@ -234,9 +237,10 @@ def test_the_store_keeps_the_most_recent(tiny):
         ids = []
         for stream in (False, False, True):
             r = await client.post("/v1/responses", json={**body, "stream": stream})
-            ids.append(r.headers["X-Request-Id"])
-            await r.read()
-        return [(await client.get(f"/v1/responses/resp_{rid}")).status for rid in ids]
+            raw = await r.read()
+            ids.append(json.loads(raw.split(b"\ndata: ")[-1])["response"]["id"] if stream
+                       else json.loads(raw)["id"])
+        return [(await client.get(f"/v1/responses/{rid}")).status for rid in ids]
 
     assert _with_store(tiny, 2, calls) == [404, 200, 200]  # the oldest dropped
 
@@ -259,8 +263,9 @@ def test_a_store_of_none_answers_store_false(tiny):
 
 
 def test_a_response_kept_again_is_the_newest():
-    """A client reusing an X-Request-Id makes a response of an id already kept: it replaces
-    the old one and is the newest, the oldest other one dropped to make room."""
+    """A response put under an id already kept (the server makes each id afresh, so only
+    the store's own callers can) replaces the old one and is the newest, the oldest other
+    one dropped to make room."""
     from aiollm.api.response_store import ResponseStore
 
     store = ResponseStore(2)

@@ -52,6 +52,38 @@ def test_a_stream_too_large_to_keep_ends_saying_store_false(tiny):
     assert kept == s_final
 
 
+def test_a_reused_request_id_replaces_no_kept_response(tiny):
+    """The response id was resp_ and the request's X-Request-Id (or body request_id): a
+    second request sent with the same one, by another client or a retry, replaced the
+    first's kept response (its GET gave the other's answer, a continuation of it continued
+    the other's conversation). Each response's id is the server's own now; the request id
+    is still sent back in the X-Request-Id header."""
+    async def calls(client):
+        answers, headers = [], []
+        for text, stream in (("Hi", False), ("Bye", False), ("Yo", True)):
+            r = await client.post("/v1/responses", headers={"X-Request-Id": "same"},
+                                  json=_body(tiny, input=text, stream=stream))
+            headers.append(r.headers["X-Request-Id"])
+            raw = await r.read()
+            answers.append(_events(raw)[-1]["response"] if stream else json.loads(raw))
+        by_body = await (await client.post("/v1/responses", json=_body(
+            tiny, request_id="same"))).json()
+        answers.append(by_body)
+        kept = [await (await client.get(f"/v1/responses/{a['id']}")).json()
+                for a in answers]
+        items = [await (await client.get(f"/v1/responses/{a['id']}/input_items")).json()
+                 for a in answers]
+        return answers, headers, kept, items
+
+    answers, headers, kept, items = _with_store(tiny, 10, calls)
+    assert headers == ["same"] * 3
+    ids = [a["id"] for a in answers]
+    assert len(set(ids)) == 4 and all(i.startswith("resp_") for i in ids), ids
+    assert kept == answers
+    assert [page["data"][0]["content"][0]["text"] for page in items] == [
+        "Hi", "Bye", "Yo", "Hi"]
+
+
 def test_an_unknown_id_is_told_as_openai_tells_it(tiny):
     """A 404 of an unknown response id had type not_found_error; OpenAI's is an
     invalid_request_error. An unknown previous_response_id is OpenAI's 400 of code

@@ -63,7 +63,7 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
         st, req.previous_response_id, "previous_response_id").conversation()
     plan = await plan_chat(st, req.as_chat(earlier))
     store = req.store is not False and st.responses.keeps
-    head = ResponseHead(req, request_id(request), st.model_name, plan.params[0], store)
+    head = ResponseHead(req, st.model_name, plan.params[0], store)
     # kept with the response: the conversation it answers, each item with an id
     items = [*earlier, *input_items(req.input, earlier)] if store else None
 
