@@ -84,6 +84,39 @@ def test_a_reused_request_id_replaces_no_kept_response(tiny):
         "Hi", "Bye", "Yo", "Hi"]
 
 
+def test_an_output_of_no_call_is_a_400_naming_its_call_id(tiny):
+    """A function_call_output whose call_id no function_call of the conversation (the
+    kept response's items, then this input) has was answered; OpenAI refuses it (400, "No
+    tool call found for function call output with call_id ..."). Answered: a call and its
+    output in one input, and an output of a call kept with the previous response."""
+    async def calls(client):
+        async def post(**fields):
+            r = await client.post("/v1/responses", json=_body(tiny, **fields))
+            return r.status, await r.json()
+
+        out = [await post(input=[{"role": "user", "content": "Hi"}, OUTPUT]),
+               await post(input=[{"role": "user", "content": "Hi"}, CALL,
+                                 {**OUTPUT, "call_id": "call_2"}])]
+        status, first = await post(input=[{"role": "user", "content": "Hi"}, CALL])
+        out.append((status, first))
+        out.append(await post(input=[OUTPUT], previous_response_id=first["id"]))
+        plain = (await post())[1]
+        out.append(await post(input=[{"role": "user", "content": "Hi"}, OUTPUT],
+                              previous_response_id=plain["id"]))
+        out.append(await post(input=[{"role": "user", "content": "Hi"}, CALL, OUTPUT]))
+        return out
+
+    no_call, other_call, first, continued, no_kept_call, both = _with_store(tiny, 10, calls)
+    for (status, body), param in ((no_call, "input[1].call_id"),
+                                  (other_call, "input[2].call_id"),
+                                  (no_kept_call, "input[1].call_id")):
+        assert status == 400, body
+        error = body["error"]
+        assert (error["param"], error["type"]) == (param, "invalid_request_error"), body
+        assert "call_1" in error["message"] or "call_2" in error["message"], error
+    assert first[0] == continued[0] == both[0] == 200, (first, continued, both)
+
+
 def test_an_unknown_id_is_told_as_openai_tells_it(tiny):
     """A 404 of an unknown response id had type not_found_error; OpenAI's is an
     invalid_request_error. An unknown previous_response_id is OpenAI's 400 of code

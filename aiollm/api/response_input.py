@@ -27,12 +27,16 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
     back, is that assistant turn's reasoning_content, which the chat template renders where
     it renders reasoning (Qwen3's: in the turns after the last user message); as vLLM joins
     them, it goes to the assistant turn just before it if that has none yet, and an
-    assistant message after reasoning or calls alone is their turn's content."""
+    assistant message after reasoning or calls alone is their turn's content. An output
+    whose call_id no function_call item of the conversation (`earlier` or `input`) has is
+    refused, naming input[i].call_id, as OpenAI refuses it."""
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     elif not value:
         raise InvalidRequest("input must hold at least one item", param="input")
     out: list[ChatMessage] = []
+    calls: set[str] = set()  # the call_ids of the conversation's function_call items
+    answers: list[tuple[int, str]] = []  # (i, call_id) of this input's outputs
     for i, item in enumerate([*earlier, *value], -len(earlier)):
         at = f"input[{i}]"
         if not isinstance(item, dict):
@@ -59,6 +63,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", at), "type": "function", "function": {
                 "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
+            calls.add(call["id"])
             last = out[-1] if out else None
             if last is not None and last.role == "assistant" and last.tool_calls is not None:
                 last.tool_calls.append(call)
@@ -69,8 +74,10 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         elif kind == "function_call_output":
             output = item.get("output")
             text = _text(output, f"{at}.output")
-            out.append(ChatMessage(role="tool", content=text,
-                                   tool_call_id=_string(item, "call_id", at)))
+            call_id = _string(item, "call_id", at)
+            out.append(ChatMessage(role="tool", content=text, tool_call_id=call_id))
+            if i >= 0:  # the kept ones were checked when they were sent
+                answers.append((i, call_id))
         elif kind == "reasoning":
             thought = _reasoning(item, at)
             last = out[-1] if out else None
@@ -82,10 +89,28 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             raise InvalidRequest(f'{at}.type {kind!r} is not served: send "message", '
                                  '"reasoning", "function_call" or "function_call_output" '
                                  "items", param=f"{at}.type")
+    _check_answers(answers, calls)
     for m in out:  # a turn of reasoning alone: its answer was empty
         if m.role == "assistant" and m.content is None and m.tool_calls is None:
             m.content = ""
     return out
+
+
+def _check_answers(answers: list[tuple[int, str]], calls: set[str]) -> None:
+    """InvalidRequest naming input[i].call_id for the first output of `answers` ((i,
+    call_id) of the input's function_call_output items) whose call_id is none of `calls`
+    (those of the conversation's function_call items, kept or sent now, before or after
+    it), as OpenAI refuses an output of no call (400, param "input"): such a tool message
+    answers nothing the model asked."""
+    for i, call_id in answers:
+        if call_id not in calls:
+            shown = repr(call_id[:100]) + ("..." if len(call_id) > 100 else "")
+            raise InvalidRequest(
+                f"input[{i}].call_id {shown} answers no function call: no function_call "
+                "item of this input, nor of the conversation of previous_response_id, has "
+                "that call_id; send the function_call item too (before its output), or "
+                "continue the response that made the call (previous_response_id)",
+                param=f"input[{i}].call_id")
 
 
 def _reasoning(item: dict, at: str) -> str:
