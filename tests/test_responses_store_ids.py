@@ -1,8 +1,8 @@
 """What a stored response's id and `store` promise (the tiny app, in-process): a streamed
 response too large to keep ends saying store false, as GET (a 404) says; a response's id is
 the server's own, so a client reusing an X-Request-Id replaces no other client's response;
-a function_call_output answers a call of its conversation or is a 400 naming its call_id;
-an unknown id is told as OpenAI tells it (type invalid_request_error; an unknown
+a function_call_output answers a call before it in its conversation or is a 400 naming
+its call_id; an unknown id is told as OpenAI tells it (type invalid_request_error; an unknown
 previous_response_id a 400 of code previous_response_not_found)."""
 
 from __future__ import annotations
@@ -140,3 +140,25 @@ def test_an_unknown_id_is_told_as_openai_tells_it(tiny):
     assert (status, error["type"], error["param"], error["code"]) == (
         400, "invalid_request_error", "previous_response_id",
         "previous_response_not_found"), error
+
+
+def test_an_output_before_its_call_is_a_400(tiny):
+    """An output sent before the function_call it answers was taken (the check looked at
+    the whole input): the chat template then rendered a tool result ahead of the call it
+    answers. OpenAI's API reads the input in order, an output binding to a call made
+    before it; one ahead of its call is its 400 of an output of no call. An output after
+    its call, or after one kept with the previous response, is answered."""
+    async def calls(client):
+        async def post(**fields):
+            r = await client.post("/v1/responses", json=_body(tiny, **fields))
+            return r.status, await r.json()
+
+        ahead = await post(input=[{"role": "user", "content": "Hi"}, OUTPUT, CALL])
+        after = await post(input=[{"role": "user", "content": "Hi"}, CALL, OUTPUT])
+        return ahead, after
+
+    (status, body), (after, _) = _with_store(tiny, 10, calls)
+    assert status == 400, body
+    assert body["error"]["param"] == "input[1].call_id", body
+    assert "call_1" in body["error"]["message"], body
+    assert after == 200

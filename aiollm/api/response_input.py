@@ -28,15 +28,14 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
     it renders reasoning (Qwen3's: in the turns after the last user message); as vLLM joins
     them, it goes to the assistant turn just before it if that has none yet, and an
     assistant message after reasoning or calls alone is their turn's content. An output
-    whose call_id no function_call item of the conversation (`earlier` or `input`) has is
-    refused, naming input[i].call_id, as OpenAI refuses it."""
+    of `input` whose call_id no function_call item before it (of `earlier` or `input`) has
+    is refused, naming input[i].call_id: _refuse_orphan."""
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     elif not value:
         raise InvalidRequest("input must hold at least one item", param="input")
     out: list[ChatMessage] = []
-    calls: set[str] = set()  # the call_ids of the conversation's function_call items
-    answers: list[tuple[int, str]] = []  # (i, call_id) of this input's outputs
+    calls: set[str] = set()  # the call_ids of the function_call items so far
     for i, item in enumerate([*earlier, *value], -len(earlier)):
         at = f"input[{i}]"
         if not isinstance(item, dict):
@@ -76,8 +75,8 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             text = _text(output, f"{at}.output")
             call_id = _string(item, "call_id", at)
             out.append(ChatMessage(role="tool", content=text, tool_call_id=call_id))
-            if i >= 0:  # the kept ones were checked when they were sent
-                answers.append((i, call_id))
+            if i >= 0 and call_id not in calls:  # the kept ones were checked when sent
+                _refuse_orphan(i, call_id)
         elif kind == "reasoning":
             thought = _reasoning(item, at)
             last = out[-1] if out else None
@@ -89,28 +88,24 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             raise InvalidRequest(f'{at}.type {kind!r} is not served: send "message", '
                                  '"reasoning", "function_call" or "function_call_output" '
                                  "items", param=f"{at}.type")
-    _check_answers(answers, calls)
     for m in out:  # a turn of reasoning alone: its answer was empty
         if m.role == "assistant" and m.content is None and m.tool_calls is None:
             m.content = ""
     return out
 
 
-def _check_answers(answers: list[tuple[int, str]], calls: set[str]) -> None:
-    """InvalidRequest naming input[i].call_id for the first output of `answers` ((i,
-    call_id) of the input's function_call_output items) whose call_id is none of `calls`
-    (those of the conversation's function_call items, kept or sent now, before or after
-    it), as OpenAI refuses an output of no call (400, param "input"): such a tool message
-    answers nothing the model asked."""
-    for i, call_id in answers:
-        if call_id not in calls:
-            shown = repr(call_id[:100]) + ("..." if len(call_id) > 100 else "")
-            raise InvalidRequest(
-                f"input[{i}].call_id {shown} answers no function call: no function_call "
-                "item of this input, nor of the conversation of previous_response_id, has "
-                "that call_id; send the function_call item too (before its output), or "
-                "continue the response that made the call (previous_response_id)",
-                param=f"input[{i}].call_id")
+def _refuse_orphan(i: int, call_id: str) -> None:
+    """InvalidRequest naming input[i].call_id: the output input[i] answers no function_call
+    item before it (of the input, or of the conversation of previous_response_id), as
+    OpenAI refuses it (400, "No tool call found for function call output"), reading the
+    input in order: a tool message that answers nothing asked, or a call sent after it,
+    renders a turn the model never took."""
+    shown = repr(call_id[:100]) + ("..." if len(call_id) > 100 else "")
+    raise InvalidRequest(
+        f"input[{i}].call_id {shown} answers no function call: no function_call item "
+        "before it, of this input or of the conversation of previous_response_id, has "
+        "that call_id; send the function_call item before its output, or continue the "
+        "response that made the call (previous_response_id)", param=f"input[{i}].call_id")
 
 
 def _reasoning(item: dict, at: str) -> str:
