@@ -99,8 +99,10 @@ class ResponseHead:
     request's settings echoed (the sampling values the engine used where it chose them),
     whether it is kept (`store`: the request asked and the server keeps responses).
 
-    The id is the server's own, fresh for each response (resp_ and 32 hex digits, as
-    OpenAI makes every one), never the request's X-Request-Id: it is the key of a kept
+    The id is the server's own, fresh for each response (resp_ and a uuid4's 32 hex
+    digits, as vLLM makes one where the client sets no request_id; OpenAI's are longer,
+    and clients take ids as opaque strings), never the request's X-Request-Id or body
+    request_id (vLLM takes the latter as the id): it is the key of a kept
     response, so one a client chose (again, or another client's) replaced a kept response
     of the same id, and a trace id made a conversation readable by whoever saw it. The
     request id goes on in the X-Request-Id header."""
