@@ -55,7 +55,6 @@ class ResponseEvents:
         self.call_index = 0  # the open call's place among the output's calls
         # (seq, items, kind, id, text, call) at commit()
         self.sent: tuple = (0, 0, None, "", "", None)
-        self.final: dict | None = None  # the Response response.completed sent
 
     def event(self, type_: str, **fields: object) -> bytes:
         """One SSE event of type `type_` with the next sequence_number."""
@@ -181,10 +180,10 @@ class ResponseEvents:
         if not self.output and self.kind is None:
             out = self._open("message")
         out += self._close(reasoning if self.kind == "reasoning" else status)
-        self.final = self.head.response(status, list(self.output), usage, incomplete)
-        if self.final["store"] and (keep is None or not keep(self.final)):
-            self.final["store"] = False
-        return out + self.event("response.completed", response=self.final)
+        final = self.head.response(status, list(self.output), usage, incomplete)
+        if final["store"] and (keep is None or not keep(final)):
+            final["store"] = False
+        return out + self.event("response.completed", response=final)
 
     def commit(self) -> None:
         """Marks every event rendered so far as handed to the client: a failure undoes only
