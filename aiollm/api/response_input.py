@@ -7,7 +7,7 @@ checked, errors naming its field (input[i]...), as the items are also kept as se
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.content_parts import text_parts
@@ -94,7 +94,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
     return out
 
 
-def _refuse_orphan(i: int, call_id: str) -> None:
+def _refuse_orphan(i: int, call_id: str) -> NoReturn:
     """InvalidRequest naming input[i].call_id: the output input[i] answers no function_call
     item before it (of the input, or of the conversation of previous_response_id), as
     OpenAI refuses it (400, "No tool call found for function call output"), reading the
