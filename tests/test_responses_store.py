@@ -117,9 +117,10 @@ def test_delete_forgets_it(server, client, model):
         client.responses.retrieve(first.id)
     second = client.responses.create(model=model, input=ASK, **KW)
     assert client.responses.delete(second.id) is None  # the SDK's answer to a deletion
-    with pytest.raises(openai.NotFoundError) as e:
+    with pytest.raises(openai.BadRequestError) as e:  # OpenAI's 400, not a 404
         client.responses.create(model=model, input=MORE, previous_response_id=second.id, **KW)
     assert e.value.body["param"] == "previous_response_id", e.value.body
+    assert e.value.body["code"] == "previous_response_not_found", e.value.body
 
 
 def test_store_false_keeps_nothing(server, client, model):
@@ -127,7 +128,7 @@ def test_store_false_keeps_nothing(server, client, model):
     assert r.store is False
     status, error = _error(server, "GET", f"/v1/responses/{r.id}")
     assert status == 404 and error["param"] == "response_id"
-    with pytest.raises(openai.NotFoundError) as e:
+    with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=model, input=MORE, previous_response_id=r.id, **KW)
     assert e.value.body["param"] == "previous_response_id"
     assert "previous response" in e.value.message.lower() and r.id in e.value.message
@@ -197,20 +198,23 @@ def test_cancel_and_stream_again_are_for_background_responses(server, client, mo
 def test_a_stream_the_client_leaves_is_not_kept(server):
     """Nothing is kept of a response whose client left before it ended, and nothing of it
     is held by the engine."""
-    async def leave():
+    async def leave() -> str:
+        rid = None
         async with aiohttp.ClientSession() as s:
-            async with s.post(server.base + "/v1/responses", headers={
-                    "X-Request-Id": "left-midway"}, json={
+            async with s.post(server.base + "/v1/responses", json={
                     "input": ASK, "stream": True, "max_output_tokens": 400,
                     "ignore_eos": True}) as r:
                 assert r.status == 200
                 async for line in r.content:  # until the text begins, then away
+                    if line.startswith(b"data: ") and rid is None:  # response.created
+                        rid = json.loads(line[len(b"data: "):])["response"]["id"]
                     if b"output_text.delta" in line:
-                        break
+                        return rid
 
-    asyncio.run(leave())
+    rid = asyncio.run(leave())
+    assert rid and rid.startswith("resp_"), rid
     server.wait_idle()
-    status, error = _error(server, "GET", "/v1/responses/resp_left-midway")
+    status, error = _error(server, "GET", f"/v1/responses/{rid}")
     assert status == 404, error
 
 
@@ -233,9 +237,10 @@ def test_the_store_keeps_the_most_recent(tiny):
         ids = []
         for stream in (False, False, True):
             r = await client.post("/v1/responses", json={**body, "stream": stream})
-            ids.append(r.headers["X-Request-Id"])
-            await r.read()
-        return [(await client.get(f"/v1/responses/resp_{rid}")).status for rid in ids]
+            raw = await r.read()
+            ids.append(json.loads(raw.split(b"\ndata: ")[-1])["response"]["id"] if stream
+                       else json.loads(raw)["id"])
+        return [(await client.get(f"/v1/responses/{rid}")).status for rid in ids]
 
     assert _with_store(tiny, 2, calls) == [404, 200, 200]  # the oldest dropped
 
@@ -251,15 +256,16 @@ def test_a_store_of_none_answers_store_false(tiny):
         return r["store"], got.status, again.status, (await again.json())["error"]
 
     store, got, again, error = _with_store(tiny, 0, calls)
-    assert store is False and got == 404 and again == 404
+    assert store is False and got == 404 and again == 400
     assert "--max-stored-responses 0" in error["message"], error
     with pytest.raises(ValueError, match="capacity"):
         create_app(Engine(tiny, load_format="dummy"), max_stored_responses=-1)
 
 
 def test_a_response_kept_again_is_the_newest():
-    """A client reusing an X-Request-Id makes a response of an id already kept: it replaces
-    the old one and is the newest, the oldest other one dropped to make room."""
+    """A response put under an id already kept (the server makes each id afresh, so only
+    the store's own callers can) replaces the old one and is the newest, the oldest other
+    one dropped to make room."""
     from aiollm.api.response_store import ResponseStore
 
     store = ResponseStore(2)
@@ -331,7 +337,7 @@ def test_the_byte_flag_sets_the_bound_and_refuses_a_negative_one(capsys):
 def test_a_long_unknown_id_is_not_echoed_whole(server, client, model):
     """A 404's message names the id, cut short: a client's 100 kB id was echoed whole."""
     long_id = "resp_" + "x" * 100_000
-    with pytest.raises(openai.NotFoundError) as e:
+    with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=model, input=ASK, previous_response_id=long_id, **KW)
     assert e.value.body["param"] == "previous_response_id"
     assert len(e.value.message) < 1000 and "resp_xxx" in e.value.message

@@ -1,6 +1,7 @@
 """The response store's count of held bytes (api/response_store.py) under a random mix of
-what clients do: create, continue (sharing the earlier turns), delete, reuse an
-X-Request-Id (replacing a kept response, possibly by one continuing it), and the drops
+what clients do: create, continue (sharing the earlier turns), delete, put under a kept
+id (replacing a kept response, possibly by one continuing it, as a reused X-Request-Id did
+before responses had ids of their own), and the drops
 the count and byte bounds make. After each step the count equals a recount from scratch
 (each kept response's own bytes, each item held once), and it is 0 once all are gone."""
 

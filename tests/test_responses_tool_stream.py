@@ -31,8 +31,7 @@ PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
 
 def _events(parser, text: str, cuts: list[int], finish: str) -> list[dict]:
     """The events of a stream of `text` in pieces ending at `cuts`, ended by `finish`."""
-    events = ResponseEvents(ResponseHead(ResponsesRequest(input="x"), "r1", "m",
-                                         SamplingParams()))
+    events = ResponseEvents(ResponseHead(ResponsesRequest(input="x"), "m", SamplingParams()))
     calls = StreamingToolParser(parser, NAMES)
     out, prev, bounds = events.begin(), 0, cuts + [len(text)]
     for k, end in enumerate(bounds):
@@ -127,8 +126,7 @@ def test_a_failure_while_a_call_is_written_leaves_it_incomplete():
     it was sent, incomplete, an SDK type like every event."""
     from aiollm.api.http_errors import ApiError
 
-    events = ResponseEvents(ResponseHead(ResponsesRequest(input="x"), "r1", "m",
-                                         SamplingParams()))
+    events = ResponseEvents(ResponseHead(ResponsesRequest(input="x"), "m", SamplingParams()))
     calls = StreamingToolParser(HermesParser(), NAMES)
     text = CALL["hermes"] % ARGS
     out = events.begin() + events.output_delta("", text[:-20], calls, None)

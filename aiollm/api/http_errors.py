@@ -40,31 +40,36 @@ _TYPES = {
 
 class ApiError(Exception):
     """An HTTP error with a message for the client; `param` names the field at fault;
-    `close` ends the connection after the response (Connection: close), for a request whose
-    bytes the server could not read to their end."""
+    `type` the body's error type where it is not the status's (_TYPES: OpenAI's stored
+    responses tell an unknown id as a 404 invalid_request_error); `close` ends the
+    connection after the response (Connection: close), for a request whose bytes the
+    server could not read to their end."""
 
     def __init__(self, status: int, message: str, *, param: str | None = None,
                  code: str | None = None, headers: dict[str, str] | None = None,
-                 close: bool = False):
+                 close: bool = False, type: str | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.type = type
         self.headers = headers or {}
         self.close = close
 
 
 def error_body(status: int, message: str, param: str | None = None,
-               code: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _TYPES.get(status, "invalid_request_error"),
+               code: str | None = None, type: str | None = None) -> dict:
+    """OpenAI's error body; its type is `type`, else the one of `status` (_TYPES)."""
+    return {"error": {"message": message,
+                      "type": type or _TYPES.get(status, "invalid_request_error"),
                       "param": param, "code": code}}
 
 
 def error_response(err: ApiError, message: bool = False) -> web.Response:
     """`err` as a response; message: its message at the body's top level too
     ({"message": ..., "error": {...}}), where LightLLM's clients read it."""
-    body = error_body(err.status, err.message, err.param, err.code)
+    body = error_body(err.status, err.message, err.param, err.code, err.type)
     if message:
         body = {"message": err.message, **body}
     resp = web.Response(

@@ -57,5 +57,5 @@ def stream_error(err: ApiError) -> bytes:
     refused request gets ({"message": ..., "error": {...}}), as `data:{json}`. LightLLM's
     clients read the message at the top level there too."""
     body = {"message": err.message,
-            **error_body(err.status, err.message, err.param, err.code)}
+            **error_body(err.status, err.message, err.param, err.code, err.type)}
     return sse.event(body, prefix=b"data:")

@@ -1,7 +1,8 @@
 """Request ids: one per HTTP request, sent back in its `X-Request-Id` response header (which
 the openai SDK reads as `response._request_id`, as OpenAI sends it on every response) and
 in the `id` of a completion (`chatcmpl-<id>`, `cmpl-<id>`), so that a client, a proxy's log
-and the server's access log name a request alike.
+and the server's access log name a request alike. Not in a Response's id (/v1/responses),
+which is the key of a kept response and so the server's own (responses_output.ResponseHead).
 
 The id is the client's, as vLLM takes it: the request's `X-Request-Id` header, else the
 body's `request_id` field (vLLM's, on /v1/completions and /v1/chat/completions), else a

@@ -7,7 +7,7 @@ checked, errors naming its field (input[i]...), as the items are also kept as se
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.content_parts import text_parts
@@ -27,12 +27,15 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
     back, is that assistant turn's reasoning_content, which the chat template renders where
     it renders reasoning (Qwen3's: in the turns after the last user message); as vLLM joins
     them, it goes to the assistant turn just before it if that has none yet, and an
-    assistant message after reasoning or calls alone is their turn's content."""
+    assistant message after reasoning or calls alone is their turn's content. An output
+    of `input` whose call_id no function_call item before it (of `earlier` or `input`) has
+    is refused, naming input[i].call_id: _refuse_orphan."""
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     elif not value:
         raise InvalidRequest("input must hold at least one item", param="input")
     out: list[ChatMessage] = []
+    calls: set[str] = set()  # the call_ids of the function_call items so far
     for i, item in enumerate([*earlier, *value], -len(earlier)):
         at = f"input[{i}]"
         if not isinstance(item, dict):
@@ -59,6 +62,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", at), "type": "function", "function": {
                 "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
+            calls.add(call["id"])
             last = out[-1] if out else None
             if last is not None and last.role == "assistant" and last.tool_calls is not None:
                 last.tool_calls.append(call)
@@ -69,8 +73,10 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         elif kind == "function_call_output":
             output = item.get("output")
             text = _text(output, f"{at}.output")
-            out.append(ChatMessage(role="tool", content=text,
-                                   tool_call_id=_string(item, "call_id", at)))
+            call_id = _string(item, "call_id", at)
+            out.append(ChatMessage(role="tool", content=text, tool_call_id=call_id))
+            if i >= 0 and call_id not in calls:  # the kept ones were checked when sent
+                _refuse_orphan(i, call_id)
         elif kind == "reasoning":
             thought = _reasoning(item, at)
             last = out[-1] if out else None
@@ -86,6 +92,20 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         if m.role == "assistant" and m.content is None and m.tool_calls is None:
             m.content = ""
     return out
+
+
+def _refuse_orphan(i: int, call_id: str) -> NoReturn:
+    """InvalidRequest naming input[i].call_id: the output input[i] answers no function_call
+    item before it (of the input, or of the conversation of previous_response_id), as
+    OpenAI refuses it (400, "No tool call found for function call output"), reading the
+    input in order: a tool message that answers nothing asked, or a call sent after it,
+    renders a turn the model never took."""
+    shown = repr(call_id[:100]) + ("..." if len(call_id) > 100 else "")
+    raise InvalidRequest(
+        f"input[{i}].call_id {shown} answers no function call: no function_call item "
+        "before it, of this input or of the conversation of previous_response_id, has "
+        "that call_id; send the function_call item before its output, or continue the "
+        "response that made the call (previous_response_id)", param=f"input[{i}].call_id")
 
 
 def _reasoning(item: dict, at: str) -> str:

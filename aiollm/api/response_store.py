@@ -112,8 +112,8 @@ class ResponseStore:
 
     def put(self, response: dict, input_items: list[dict]) -> bool:
         """Keeps `response` (a Response object; its "id" the key) with the `input_items` it
-        answered, as the newest; a response of the same id (a client reusing an
-        X-Request-Id) is replaced. Nothing is kept where the store keeps none, nor a
+        answered, as the newest; a response of the same id is replaced (the server makes
+        each id afresh: responses_output.ResponseHead). Nothing is kept where the store keeps none, nor a
         response larger than max_bytes alone (it drops no other; a later GET is a 404, as
         for one dropped). Returns whether it was kept."""
         if not self.keeps:

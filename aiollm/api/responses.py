@@ -63,7 +63,7 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
         st, req.previous_response_id, "previous_response_id").conversation()
     plan = await plan_chat(st, req.as_chat(earlier))
     store = req.store is not False and st.responses.keeps
-    head = ResponseHead(req, request_id(request), st.model_name, plan.params[0], store)
+    head = ResponseHead(req, st.model_name, plan.params[0], store)
     # kept with the response: the conversation it answers, each item with an id
     items = [*earlier, *input_items(req.input, earlier)] if store else None
 
@@ -123,11 +123,10 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
         usage = usage_of(len(plan.ids), d.completion_tokens, d.cached_tokens,
                          thought_tokens.count if thought_tokens else 0)
         cut_inside = splitter is not None and splitter.in_reasoning
-        out += events.finish(status, incomplete, usage, reasoning_status(status, cut_inside))
-        # kept as it ends, before response.completed is written: a client that reads it
-        # may ask for the response at once
-        keep(events.final)
-        return out
+        # kept as it ends, before response.completed is written (which says whether it
+        # was): a client that reads it may ask for the response at once
+        return out + events.finish(status, incomplete, usage,
+                                   reasoning_status(status, cut_inside), keep)
 
     start = partial(state(request).engine.stream, plan.ids, plan.params[0],
                     cache_salt=req.cache_salt, group=choice_group(1))

@@ -97,14 +97,22 @@ def reasoning_status(status: str, cut_inside: bool) -> str:
 class ResponseHead:
     """What every Response of one request repeats: its id, creation time, and the
     request's settings echoed (the sampling values the engine used where it chose them),
-    whether it is kept (`store`: the request asked and the server keeps responses)."""
+    whether it is kept (`store`: the request asked and the server keeps responses).
+
+    The id is the server's own, fresh for each response (resp_ and a uuid4's 32 hex
+    digits, as vLLM makes one where the client sets no request_id; OpenAI's are longer,
+    and clients take ids as opaque strings), never the request's X-Request-Id or body
+    request_id (vLLM takes the latter as the id): it is the key of a kept
+    response, so one a client chose (again, or another client's) replaced a kept response
+    of the same id, and a trace id made a conversation readable by whoever saw it. The
+    request id goes on in the X-Request-Id header."""
 
     req: ResponsesRequest
-    rid: str  # the request id (X-Request-Id)
     model: str
     params: SamplingParams
     store: bool = False
     created_at: int = field(default_factory=lambda: int(time.time()))
+    id: str = field(default_factory=lambda: item_id("resp"))
 
     def response(self, status: str, output: list[dict], usage: dict | None = None,
                  incomplete: dict | None = None, error: dict | None = None) -> dict:
@@ -114,7 +122,7 @@ class ResponseHead:
         r = self.req
         fmt = (r.text or {}).get("format") or {"type": "text"}
         return {
-            "id": f"resp_{self.rid}", "object": "response", "created_at": self.created_at,
+            "id": self.id, "object": "response", "created_at": self.created_at,
             "status": status, "background": False, "error": error,
             "incomplete_details": incomplete, "instructions": r.instructions,
             "max_output_tokens": r.max_output_tokens, "max_tool_calls": None,

@@ -19,12 +19,16 @@ reasoning "completed" unless the output was cut (max_output_tokens) inside it, t
 
 The last event is response.completed also for an incomplete response (its status says
 so), as vLLM sends it: the SDK's stream helper (get_final_response) takes no other end.
+response.created says `store` as asked; the last event says whether the response was kept
+(one larger than the store's byte bound alone, known only at its end, is not).
 A request that fails after the stream began ends instead with OpenAI's `error` event and
 then response.failed (the Response in status "failed", its `error` set), as OpenAI ends a
 failed stream; numbering goes on from the last event sent, so that it has no gap.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from aiollm.api import sse
 from aiollm.api.cut_calls import may_cut_a_call
@@ -51,7 +55,6 @@ class ResponseEvents:
         self.call_index = 0  # the open call's place among the output's calls
         # (seq, items, kind, id, text, call) at commit()
         self.sent: tuple = (0, 0, None, "", "", None)
-        self.final: dict | None = None  # the Response response.completed sent
 
     def event(self, type_: str, **fields: object) -> bytes:
         """One SSE event of type `type_` with the next sequence_number."""
@@ -164,16 +167,23 @@ class ResponseEvents:
         return out
 
     def finish(self, status: str, incomplete: dict | None, usage: dict,
-               reasoning: str = "completed") -> bytes:
+               reasoning: str = "completed",
+               keep: Callable[[dict], bool] | None = None) -> bytes:
         """The open item closed (a message in the Response's `status`, the reasoning in
         `reasoning`'s), then response.completed. An output of neither text nor calls is an
-        empty message, as the whole answer has it."""
+        empty message, as the whole answer has it. `keep` (the store's) is given the
+        Response before response.completed is rendered, so that a client reading it may
+        ask for it at once; where it was not kept (larger than the store's byte bound
+        alone, known only now), response.completed says store false, as GET (a 404) and
+        the whole answer do: response.created said true before the size was known."""
         out = b""
         if not self.output and self.kind is None:
             out = self._open("message")
         out += self._close(reasoning if self.kind == "reasoning" else status)
-        self.final = self.head.response(status, list(self.output), usage, incomplete)
-        return out + self.event("response.completed", response=self.final)
+        final = self.head.response(status, list(self.output), usage, incomplete)
+        if final["store"] and (keep is None or not keep(final)):
+            final["store"] = False
+        return out + self.event("response.completed", response=final)
 
     def commit(self) -> None:
         """Marks every event rendered so far as handed to the client: a failure undoes only
@@ -185,7 +195,8 @@ class ResponseEvents:
         event, then response.failed with the Response in status "failed", its output what
         was sent (an open item as incomplete) and its error {code, message}. Events
         rendered after the last commit() are dropped (numbering goes on from the last event
-        sent); a stream that sent none yet begins first."""
+        sent); a stream that sent none yet begins first. The failed Response says store
+        false: it is not kept."""
         self.seq, items, self.kind, self.id, self.text, self.call = self.sent
         del self.output[items:]
         out = b"" if self.seq else self.begin()
@@ -202,4 +213,5 @@ class ResponseEvents:
             output.append(make(self.id, self.text, "incomplete"))
         failed = self.head.response("failed", output,
                                     error={"code": code, "message": err.message})
+        failed["store"] = False  # a failed response is not kept (a GET of it is a 404)
         return out + self.event("response.failed", response=failed)

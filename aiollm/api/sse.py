@@ -63,7 +63,8 @@ async def send(request: web.Request, events: AsyncIterator[T],
             err = as_api_error(exc, request)
             try:
                 await resp.write(on_error(err) if on_error is not None else event(
-                    error_body(err.status, err.message, err.param, err.code), prefix=prefix))
+                    error_body(err.status, err.message, err.param, err.code, err.type),
+                    prefix=prefix))
             except ConnectionResetError:
                 pass
     return resp

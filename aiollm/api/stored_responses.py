@@ -1,8 +1,11 @@
 """The routes of a kept response (response_store.py), as OpenAI's Responses API serves
 them: GET /v1/responses/{id} (the Response as it was answered), DELETE /v1/responses/{id},
 GET /v1/responses/{id}/input_items (a page of the conversation it answered:
-response_items.py) and POST /v1/responses/{id}/cancel. An id the server does not keep is a
-404 naming response_id, as OpenAI and vLLM answer it.
+response_items.py) and POST /v1/responses/{id}/cancel. An id the server does not keep is
+told as OpenAI tells it: a 404 of type invalid_request_error naming response_id (vLLM's
+type too), and as a request's previous_response_id a 400 naming it, of code
+previous_response_not_found (vLLM answers a 404 there; clients that recover a lost
+conversation, by sending it whole, look for OpenAI's code).
 
 Only a background response can be cancelled or streamed again (OpenAI's rule); the server
 makes none (background is refused), so both are a 400 for a kept response, as vLLM answers
@@ -23,8 +26,9 @@ _SHOWN = 100  # the characters of an unknown id an error names (ours are 37)
 
 
 def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
-    """The response kept under `rid`; ApiError 404 naming `param` (the path's response_id,
-    or the body's previous_response_id) where none is."""
+    """The response kept under `rid`; where none is, ApiError naming `param`: 404 for the
+    path's response_id, 400 (code previous_response_not_found) for the body's
+    previous_response_id, as OpenAI answers them."""
     found = st.responses.get(rid)
     if found is not None:
         return found
@@ -38,10 +42,13 @@ def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
                f"{store.capacity} most recent within {store.max_bytes} bytes: "
                "--max-stored-responses, --max-stored-response-bytes), or was made before "
                "the server's last restart (responses are kept in memory only)")
-    what = "Previous response" if param == "previous_response_id" else "Response"
     # an id is named cut short: a client's 16 MiB one is not sent back whole
     shown = repr(rid[:_SHOWN]) + ("..." if len(rid) > _SHOWN else "")
-    raise ApiError(404, f"{what} with id {shown} not found: {why}", param=param)
+    if param == "previous_response_id":  # OpenAI's code, which clients recovering look for
+        raise ApiError(400, f"Previous response with id {shown} not found: {why}",
+                       param=param, code="previous_response_not_found")
+    raise ApiError(404, f"Response with id {shown} not found: {why}", param=param,
+                   type="invalid_request_error")
 
 
 def _kept(request: web.Request) -> StoredResponse:
