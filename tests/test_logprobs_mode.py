@@ -102,7 +102,7 @@ def test_each_mode_reports_its_row_and_draws_the_same_tokens(mode, device):
         chosen = values.gather(1, ids[:, None]).squeeze(1)
         assert torch.isfinite(chosen).all()
         torch.testing.assert_close(out.logprobs.cpu()[asked], chosen[asked])
-        ranks = (values > chosen[:, None]).sum(-1) + 1
+        ranks = (values >= chosen[:, None]).sum(-1)
         assert out.ranks.cpu()[asked].tolist() == ranks[asked].tolist()
         top_vals, top_ids = values.topk(4, dim=-1)
         for i in asked:

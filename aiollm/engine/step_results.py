@@ -76,7 +76,7 @@ class StepResult:
     top_logprobs: np.ndarray | None
     bad: np.ndarray | None  # [S] bool: non-finite logits
     scoring: PromptScoring | None = None
-    ranks: np.ndarray | None = None  # [S] int64: 1 + tokens more likely than the sampled one
+    ranks: np.ndarray | None = None  # [S] int64: tokens at least as likely as the sampled one
 
     def record_prompt_logprobs(self) -> None:
         """Write the step's prompt logprobs into their requests' prompt_logprobs."""

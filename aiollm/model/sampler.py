@@ -70,8 +70,8 @@ class SampleResult:
     logprobs: torch.Tensor | None  # [B] fp32: logprob of next_ids (None: no row asked)
     top_ids: torch.Tensor | None  # [B, K] int64, K = max top_logprobs in the batch
     top_logprobs: torch.Tensor | None  # [B, K] fp32
-    # [B] int64: 1 + the number of tokens more likely than next_ids on the row the logprobs
-    # come from (None: no row asked for logprobs)
+    # [B] int64: the number of tokens at least as likely as next_ids (itself included) on
+    # the row the logprobs come from, vLLM V1's rank (None: no row asked for logprobs)
     ranks: torch.Tensor | None = None
 
 
@@ -160,9 +160,9 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     values, lse = _reported(raw, logits, lse, scale_floor, candidates, st, constrained)
     chosen = values.gather(1, next_ids[:, None])
     logprobs = (chosen if lse is None else chosen - lse).squeeze(1)
-    # the chosen token's place in the vocabulary, as vLLM reports it: one compare over the
-    # row the logprobs come from (no sort)
-    ranks = (values > chosen).sum(dim=-1) + 1
+    # the chosen token's place in the vocabulary, as vLLM V1 reports it: the tokens at least
+    # as likely, itself included (tied tokens share the worse rank); one compare, no sort
+    ranks = (values >= chosen).sum(dim=-1)
     top_ids = top_logprobs = None
     if st.max_top_logprobs > 0:
         k = min(st.max_top_logprobs, values.shape[1])
