@@ -139,6 +139,9 @@ def test_logit_bias_and_allowed_token_ids(server, processed):
 
 
 def test_json_grammar(server, processed):
+    """A grammar's forbidden tokens are out of the raw row too: vLLM V1's model runner
+    masks a grammar before its sampler takes the raw logprobs. So greedy with nothing else
+    on the row, raw reports what processed does; ours reported the unconstrained row."""
     def chat(srv, **extra):
         return post(srv, "/v1/chat/completions", {
             "messages": CHAT, "max_tokens": 3, "temperature": 0, "logprobs": True,
@@ -148,17 +151,19 @@ def test_json_grammar(server, processed):
                               lambda: chat(processed, response_format=fmt))
     assert [t["token"] for t in raw] == [t["token"] for t in proc]
     assert raw[0]["token"] != free[0]["token"]  # the grammar changed the first token
-    # raw: the first step's distribution is the unconstrained one, top list included
-    assert raw[0]["logprob"] == pytest.approx(
-        next(t["logprob"] for t in free[0]["top_logprobs"] if t["token"] == raw[0]["token"]),
-        abs=1e-3)
-    assert [t["token"] for t in raw[0]["top_logprobs"]] == \
-        [t["token"] for t in free[0]["top_logprobs"]]
-    # processed: only what the grammar allows, so the chosen token is more likely
-    assert proc[0]["logprob"] > raw[0]["logprob"] + 1
-    assert free[0]["token"] not in [t["token"] for t in proc[0]["top_logprobs"]]
-    for entry in proc:
-        assert len(entry["top_logprobs"]) <= 3
+    # both: only what the grammar allows, so the chosen token is more likely than the
+    # model alone says
+    unconstrained = next(t["logprob"] for t in free[0]["top_logprobs"]
+                         if t["token"] == raw[0]["token"])
+    assert proc[0]["logprob"] > unconstrained + 1
+    for r, p in zip(raw, proc):
+        assert r["logprob"] == pytest.approx(p["logprob"], abs=1e-3)
+        assert len(r["top_logprobs"]) == len(p["top_logprobs"]) == 3
+        assert possible({t["token"]: t["logprob"] for t in r["top_logprobs"]}) == \
+            pytest.approx(possible({t["token"]: t["logprob"] for t in p["top_logprobs"]}),
+                          abs=1e-3)
+    assert free[0]["token"] not in possible(
+        {t["token"]: t["logprob"] for t in raw[0]["top_logprobs"]})
 
 
 @pytest.mark.parametrize("mode", ["raw", "processed"])
@@ -167,11 +172,12 @@ def test_top_logprobs_are_numbers_where_a_constraint_leaves_fewer_tokens(server,
     """A constraint that leaves fewer tokens possible than top_logprobs asks for filled the
     list with forbidden tokens whose logprob, -inf, went out as JSON null: OpenAI's schema
     has a number there (typed clients, e.g. Rust's and Go's, fail to parse the response).
-    Processed, the list is as long as asked, the tokens that cannot be sampled at -9999.0
-    (they were left out; vLLM lists them so, as OpenAI does); raw (moved here from
-    test_api_outputs.py when raw became the default), the model's top tokens, forbidden ones
-    too, each with its finite logprob, as vLLM lists them. Chat and completions, streamed or
-    not."""
+    The list is as long as asked, the tokens that cannot be sampled at -9999.0 (they were
+    left out; vLLM lists them so, as OpenAI does): processed, and raw under a grammar
+    (vLLM masks a grammar before it takes raw logprobs); under allowed_token_ids raw lists
+    the model's top tokens, forbidden ones too, each with its finite logprob, as vLLM does
+    (moved here from test_api_outputs.py when raw became the default). Chat and
+    completions, streamed or not."""
     srv = server if mode == "raw" else processed
     chat = {"messages": [{"role": "user", "content": "yes or no?"}], "max_tokens": 4,
             "temperature": 0, "guided_choice": ["yes", "no"], "logprobs": True,
@@ -187,9 +193,6 @@ def test_top_logprobs_are_numbers_where_a_constraint_leaves_fewer_tokens(server,
         assert content and all(1 <= len(c["top_logprobs"]) <= 5 for c in content)
         for c in content:
             assert all(isinstance(t["logprob"], float) for t in c["top_logprobs"]), c
-        if mode == "raw":
-            assert all(len(c["top_logprobs"]) == 5 for c in content), content
-            continue
         assert all(len(c["top_logprobs"]) == 5 for c in content), content
         # past its first token the answer has one way on (then only the end of text)
         last = [t["logprob"] for t in content[-1]["top_logprobs"]]

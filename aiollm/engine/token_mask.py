@@ -17,6 +17,11 @@ class TokenMask:
     """A step's constraints on the device, one row per sampled row."""
 
     bitmask: torch.Tensor | None  # [B, W] int32
+    # [B, W] int32: the grammars' part of `bitmask` (all bits set on rows without one),
+    # which raw logprobs see, as vLLM V1 masks a grammar before its sampler and
+    # allowed_token_ids after; `bitmask` itself when no row has allowed_token_ids, None
+    # when no row has a grammar
+    grammar: torch.Tensor | None = None
     bias_ids: torch.Tensor | None = None  # [B, K] int64 (padding: id 0, bias 0)
     bias: torch.Tensor | None = None  # [B, K] fp32
 
@@ -52,11 +57,15 @@ class BitmaskBuffers:
                           else None)
         self.device_buf = (torch.empty((rows, words), dtype=torch.int32, device=device)
                            if pin else None)
+        self.device = device
         self.turn = 0
 
     def fill(self, b: int, grammar_rows: list[int], allowed_rows: list[int],
-             states: list, batch) -> torch.Tensor:
-        """The [b, W] bitmask of a step on the device (queued copy), or on the host (CPU)."""
+             states: list, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The [b, W] bitmask of a step on the device (queued copy), or on the host (CPU),
+        and its grammars' part (TokenMask.grammar): None without grammar rows, the bitmask
+        itself without allowed rows, else a copy taken before the allowed ids are ANDed in
+        (only steps that mix both pay for it)."""
         assert b <= self.rows, (b, self.rows)
         t = self.turn
         self.turn = (t + 1) % self.TURNS
@@ -83,13 +92,19 @@ class BitmaskBuffers:
         plain = np.flatnonzero(~is_grammar)
         if len(plain):  # rows without a grammar: all allowed (or their allowed set, below)
             arr[plain, :gw] = -1
+        grammar = None
+        if grammar_rows and allowed_rows:
+            grammar = to_device(torch.from_numpy(arr[:b].copy()), self.device)
         for i in allowed_rows:
             arr[i] &= states[i].allowed
         if self.device_buf is None:  # the CPU samples from it before the turn comes back
-            return host[:b]
-        dev = self.device_buf[:b]
-        dev.copy_(host[:b], non_blocking=True)
-        return dev
+            mask = host[:b]
+        else:
+            mask = self.device_buf[:b]
+            mask.copy_(host[:b], non_blocking=True)
+        if grammar is None and grammar_rows:
+            grammar = mask
+        return mask, grammar
 
 
 def to_device(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
