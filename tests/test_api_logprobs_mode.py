@@ -166,6 +166,35 @@ def test_json_grammar(server, processed):
         {t["token"]: t["logprob"] for t in raw[0]["top_logprobs"]})
 
 
+def test_a_grammar_beside_allowed_token_ids(server, processed):
+    """A step mixing a grammar row and an allowed_token_ids row, both reporting raw
+    logprobs, masks each raw row with the grammars' part of its bitmask alone: the grammar
+    request reports what processed does (greedy, nothing else on its row), the other the
+    model's own logprobs, as each does alone. (The part is taken only for raw logprobs: a
+    mixed step without them copied it too.)"""
+    chat = {"messages": CHAT, "max_tokens": 3, "temperature": 0, "logprobs": True,
+            "top_logprobs": 3, "response_format": {"type": "json_object"}}
+    ids = {"prompt": PARIS, "max_tokens": 3, "temperature": 0, "logprobs": 3,
+           "allowed_token_ids": [28, 30]}
+
+    def tops(content: list) -> list:
+        return [possible({t["token"]: t["logprob"] for t in c["top_logprobs"]})
+                for c in content]
+
+    def ask(srv, body):
+        if "messages" in body:
+            return tops(post(srv, "/v1/chat/completions", body)["choices"][0]["logprobs"][
+                "content"])
+        return completion_logprobs(srv, body)["top_logprobs"]
+    want = at_once(lambda: ask(processed, chat), lambda: ask(server, ids))
+    for _ in range(3):  # the two in one step (they come together; asked a few times)
+        got = at_once(lambda: ask(server, chat), lambda: ask(server, ids))
+        for g, w in zip(got, want):
+            assert len(g) == len(w)
+            for a, b in zip(g, w):
+                assert a == pytest.approx(b, abs=1e-3)
+
+
 @pytest.mark.parametrize("mode", ["raw", "processed"])
 def test_top_logprobs_are_numbers_where_a_constraint_leaves_fewer_tokens(server, processed,
                                                                          mode):

@@ -347,9 +347,11 @@ class Grammars:
             return False
         return allows_none(state.matcher, self.grammar_vocab)
 
-    def masks(self, states: list[GrammarState | None]) -> TokenMask | None:
+    def masks(self, states: list[GrammarState | None], grammar_part: bool = False
+              ) -> TokenMask | None:
         """The device constraints of a step's sampled rows (None where no row has one).
-        A finished request's row (a discarded token) is left unconstrained."""
+        A finished request's row (a discarded token) is left unconstrained. grammar_part:
+        the step reports raw logprobs, which need the grammars' part (TokenMask.grammar)."""
         rows = [i for i, s in enumerate(states) if s is not None]
         if not rows:
             return None
@@ -367,7 +369,7 @@ class Grammars:
                                                  self.grammar_vocab, self.device)
                 self._batch = xgr.BatchGrammarMatcher()
             bitmask, grammar = self._bitmasks.fill(b, grammar_rows, allowed_rows, states,
-                                                   self._batch)
+                                                   self._batch, grammar_part)
         out = TokenMask(bitmask, grammar)
         # a row's biases: its logit_bias, then -inf on the ids its bad words ban now
         banned = {i: banned_ids(states[i].bad_words, states[i].recent) for i in rows

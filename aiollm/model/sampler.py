@@ -129,8 +129,7 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     raw = logits
     constrained = st.allowed is not None or st.bias_ids is not None
     # vLLM V1 masks a grammar before its sampler, so its raw rows are the grammar's
-    grammar_first = (st.grammar is not None and st.want_logprobs
-                     and st.logprobs_mode.startswith("raw"))
+    grammar_first = st.grammar is not None and st.raw_logprobs
     if st.use_penalties:
         logits = apply_penalties(logits, st)
         if st.ban_ids is not None:
