@@ -77,7 +77,7 @@ def test_a_step_without_raw_logprobs_takes_no_grammar_part():
 def test_a_mixed_steps_grammar_part_queues_behind_the_running_step():
     """The part's copy goes from page-locked memory, so the host queues it behind the step
     running on the device (the loop runs one step ahead) instead of waiting for that step:
-    it was a copy from pageable memory, which waits. Row 0's part is its grammar alone."""
+    it was a copy from pageable memory, which CUDA may make wait."""
     vocab = 128 * 1024
     words = vocab // 32
     states = [SimpleNamespace(matcher=np.full(words, -1, np.int32), allowed=None),

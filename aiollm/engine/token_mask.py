@@ -40,7 +40,7 @@ class BitmaskBuffers:
     model's width, else into a scratch block that is then copied in. A step that mixes
     grammar and allowed-ids rows and reports raw logprobs also needs its grammars' part
     apart: page-locked turns and a device target of their own, made on first use (a copy
-    from pageable memory would wait for the step running on the device)."""
+    from pageable memory may wait for the step running on the device: CUDA stages it)."""
 
     TURNS = 2
 
