@@ -22,6 +22,8 @@ REPRO = {"prompt": "Hi", "max_tokens": 3, "repetition_penalty": 0.01, "logprobs"
          "temperature": 0}
 PARIS = "The capital of France is"
 CHAT = [{"role": "user", "content": "Give me a JSON object"}]
+# what OpenAI's API and vLLM's server report for a token the request made impossible
+IMPOSSIBLE = -9999.0
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,12 @@ def model_scores(server, ids: list[int], n_top: int) -> dict:
     scoring: echo with max_tokens 0), tokens named by id."""
     return completion_logprobs(server, {"prompt": ids, "max_tokens": 0, "echo": True,
                                         "logprobs": n_top, "return_tokens_as_token_ids": True})
+
+
+def possible(top: dict) -> dict:
+    """A {token: logprob} list's tokens that could be drawn: without the impossible ones,
+    reported at -9999.0 (JSON has no -inf), which tie and so come in any order."""
+    return {tok: lp for tok, lp in top.items() if lp != IMPOSSIBLE}
 
 
 def assert_tops_close(got: dict, want: dict) -> None:
@@ -121,14 +129,19 @@ def test_logit_bias_and_allowed_token_ids(server, processed):
     assert raw_b["token_logprobs"][0] == pytest.approx(model[name], abs=1e-3)
     assert_tops_close(raw_b["top_logprobs"][0], model)
     assert proc_b["token_logprobs"][0] == pytest.approx(0.0, abs=1e-3)
-    # allowed_token_ids: raw lists the tokens it forbids; processed only the two allowed
+    # allowed_token_ids: raw lists the tokens it forbids with their logprobs; processed the
+    # two allowed ones, then three it forbids at -9999.0, as vLLM reports them
     assert_tops_close(raw_a["top_logprobs"][0], model)
-    assert set(proc_a["top_logprobs"][0]) == {name, f"token_id:{fourth}"}
-    assert sum(2.718281828 ** lp for lp in proc_a["top_logprobs"][0].values()) == \
+    top = proc_a["top_logprobs"][0]
+    assert len(top) == 5 and set(possible(top)) == {name, f"token_id:{fourth}"}
+    assert sum(2.718281828 ** lp for lp in possible(top).values()) == \
         pytest.approx(1.0, abs=1e-3)
 
 
 def test_json_grammar(server, processed):
+    """A grammar's forbidden tokens are out of the raw row too: vLLM V1's model runner
+    masks a grammar before its sampler takes the raw logprobs. So greedy with nothing else
+    on the row, raw reports what processed does; ours reported the unconstrained row."""
     def chat(srv, **extra):
         return post(srv, "/v1/chat/completions", {
             "messages": CHAT, "max_tokens": 3, "temperature": 0, "logprobs": True,
@@ -138,17 +151,48 @@ def test_json_grammar(server, processed):
                               lambda: chat(processed, response_format=fmt))
     assert [t["token"] for t in raw] == [t["token"] for t in proc]
     assert raw[0]["token"] != free[0]["token"]  # the grammar changed the first token
-    # raw: the first step's distribution is the unconstrained one, top list included
-    assert raw[0]["logprob"] == pytest.approx(
-        next(t["logprob"] for t in free[0]["top_logprobs"] if t["token"] == raw[0]["token"]),
-        abs=1e-3)
-    assert [t["token"] for t in raw[0]["top_logprobs"]] == \
-        [t["token"] for t in free[0]["top_logprobs"]]
-    # processed: only what the grammar allows, so the chosen token is more likely
-    assert proc[0]["logprob"] > raw[0]["logprob"] + 1
-    assert free[0]["token"] not in [t["token"] for t in proc[0]["top_logprobs"]]
-    for entry in proc:
-        assert len(entry["top_logprobs"]) <= 3
+    # both: only what the grammar allows, so the chosen token is more likely than the
+    # model alone says
+    unconstrained = next(t["logprob"] for t in free[0]["top_logprobs"]
+                         if t["token"] == raw[0]["token"])
+    assert proc[0]["logprob"] > unconstrained + 1
+    for r, p in zip(raw, proc):
+        assert r["logprob"] == pytest.approx(p["logprob"], abs=1e-3)
+        assert len(r["top_logprobs"]) == len(p["top_logprobs"]) == 3
+        assert possible({t["token"]: t["logprob"] for t in r["top_logprobs"]}) == \
+            pytest.approx(possible({t["token"]: t["logprob"] for t in p["top_logprobs"]}),
+                          abs=1e-3)
+    assert free[0]["token"] not in possible(
+        {t["token"]: t["logprob"] for t in raw[0]["top_logprobs"]})
+
+
+def test_a_grammar_beside_allowed_token_ids(server, processed):
+    """A step mixing a grammar row and an allowed_token_ids row, both reporting raw
+    logprobs, masks each raw row with the grammars' part of its bitmask alone: the grammar
+    request reports what processed does (greedy, nothing else on its row), the other the
+    model's own logprobs, as each does alone. (The part is taken only for raw logprobs: a
+    mixed step without them copied it too.)"""
+    chat = {"messages": CHAT, "max_tokens": 3, "temperature": 0, "logprobs": True,
+            "top_logprobs": 3, "response_format": {"type": "json_object"}}
+    ids = {"prompt": PARIS, "max_tokens": 3, "temperature": 0, "logprobs": 3,
+           "allowed_token_ids": [28, 30]}
+
+    def tops(content: list) -> list:
+        return [possible({t["token"]: t["logprob"] for t in c["top_logprobs"]})
+                for c in content]
+
+    def ask(srv, body):
+        if "messages" in body:
+            return tops(post(srv, "/v1/chat/completions", body)["choices"][0]["logprobs"][
+                "content"])
+        return completion_logprobs(srv, body)["top_logprobs"]
+    want = at_once(lambda: ask(processed, chat), lambda: ask(server, ids))
+    for _ in range(3):  # the two in one step (they come together; asked a few times)
+        got = at_once(lambda: ask(server, chat), lambda: ask(server, ids))
+        for g, w in zip(got, want):
+            assert len(g) == len(w)
+            for a, b in zip(g, w):
+                assert a == pytest.approx(b, abs=1e-3)
 
 
 @pytest.mark.parametrize("mode", ["raw", "processed"])
@@ -157,9 +201,11 @@ def test_top_logprobs_are_numbers_where_a_constraint_leaves_fewer_tokens(server,
     """A constraint that leaves fewer tokens possible than top_logprobs asks for filled the
     list with forbidden tokens whose logprob, -inf, went out as JSON null: OpenAI's schema
     has a number there (typed clients, e.g. Rust's and Go's, fail to parse the response).
-    Processed, the list holds only tokens that could be sampled (fewer: OpenAI allows it);
-    raw (moved here from test_api_outputs.py when raw became the default), the model's top
-    tokens, forbidden ones too, each with its finite logprob, as vLLM lists them. Chat and
+    The list is as long as asked, the tokens that cannot be sampled at -9999.0 (they were
+    left out; vLLM lists them so, as OpenAI does): processed, and raw under a grammar
+    (vLLM masks a grammar before it takes raw logprobs); under allowed_token_ids raw lists
+    the model's top tokens, forbidden ones too, each with its finite logprob, as vLLM does
+    (moved here from test_api_outputs.py when raw became the default). Chat and
     completions, streamed or not."""
     srv = server if mode == "raw" else processed
     chat = {"messages": [{"role": "user", "content": "yes or no?"}], "max_tokens": 4,
@@ -176,11 +222,10 @@ def test_top_logprobs_are_numbers_where_a_constraint_leaves_fewer_tokens(server,
         assert content and all(1 <= len(c["top_logprobs"]) <= 5 for c in content)
         for c in content:
             assert all(isinstance(t["logprob"], float) for t in c["top_logprobs"]), c
-        if mode == "raw":
-            assert all(len(c["top_logprobs"]) == 5 for c in content), content
-            continue
+        assert all(len(c["top_logprobs"]) == 5 for c in content), content
         # past its first token the answer has one way on (then only the end of text)
-        assert len(content[-1]["top_logprobs"]) == 1, content
+        last = [t["logprob"] for t in content[-1]["top_logprobs"]]
+        assert last[0] > IMPOSSIBLE and last[1:] == [IMPOSSIBLE] * 4, content
         for c in content:
             assert c["top_logprobs"][0]["token"] == c["token"]  # greedy: the most likely
     # two tokens allowed, five alternatives asked for
@@ -190,7 +235,11 @@ def test_top_logprobs_are_numbers_where_a_constraint_leaves_fewer_tokens(server,
         assert len(lp["top_logprobs"]) == 3
         for top in lp["top_logprobs"]:
             assert all(isinstance(v, float) for v in top.values()), top
-            assert (5 <= len(top) <= 6) if mode == "raw" else (1 <= len(top) <= 2), top
+            assert 5 <= len(top) <= 6, top
+            if mode == "processed":
+                assert 1 <= len(possible(top)) <= 2, top
+                assert all(v == IMPOSSIBLE for v in top.values() if v not in
+                           possible(top).values()), top
 
 
 def test_a_bad_mode_is_refused_naming_the_option(capsys):
@@ -210,10 +259,11 @@ def test_a_bad_mode_is_refused_naming_the_option(capsys):
 
 def test_processed_logprobs_of_a_truncated_draw_are_its_distribution(server, processed):
     """Sampled with a temperature and top_k 3, 20 alternatives asked for: processed lists
-    only the 3 tokens the draw could take, finite, their probabilities summing to 1 (the
-    temperature included), the chosen one among them; raw lists 20 (up to 21 in
-    completions) of the model's. Streams list the same tokens (seeded); the tokens are the
-    same under both modes."""
+    the 3 tokens the draw could take, their probabilities summing to 1 (the temperature
+    included), the chosen one among them, then 17 it could not at -9999.0 (vLLM's and
+    OpenAI's number for them; they were left out); raw lists 20 (up to 21 in completions)
+    of the model's. Streams list the same tokens (seeded); the tokens are the same under
+    both modes."""
     body = {"prompt": PARIS, "max_tokens": 4, "temperature": 0.7, "top_k": 3, "seed": 5,
             "logprobs": 20, "return_tokens_as_token_ids": True}
     got = {name: completion_logprobs(srv, body) for name, srv in
@@ -222,17 +272,23 @@ def test_processed_logprobs_of_a_truncated_draw_are_its_distribution(server, pro
     streamed = streamed_logprobs(processed, body)
     assert streamed["tokens"] == got["processed"]["tokens"]
     for tops, want in zip(streamed["top_logprobs"], got["processed"]["top_logprobs"]):
-        assert_tops_close(tops, want)
+        assert len(tops) == len(want)
+        assert_tops_close(possible(tops), possible(want))
     for tok, lp, top in zip(*(got["processed"][k] for k in
                               ("tokens", "token_logprobs", "top_logprobs"))):
         assert isinstance(lp, float) and -1e30 < lp <= 0, lp
-        assert 1 <= len(top) <= 3 and tok in top, top
-        assert sum(math.exp(v) for v in top.values()) == pytest.approx(1, abs=1e-4), top
+        assert len(top) == 20 and tok in possible(top), top
+        assert 1 <= len(possible(top)) <= 3, top
+        assert sorted(set(top.values()) - set(possible(top).values())) == [IMPOSSIBLE], top
+        assert sum(math.exp(v) for v in possible(top).values()) == \
+            pytest.approx(1, abs=1e-4), top
         assert top[tok] == pytest.approx(lp)
     assert all(20 <= len(top) <= 21 for top in got["raw"]["top_logprobs"])
     chat = {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4,
             "temperature": 0.7, "top_k": 3, "seed": 5, "logprobs": True, "top_logprobs": 20}
     for entry in post(processed, "/v1/chat/completions", chat)["choices"][0]["logprobs"][
             "content"]:
-        assert 1 <= len(entry["top_logprobs"]) <= 3
-        assert all(isinstance(t["logprob"], float) for t in entry["top_logprobs"])
+        values = [t["logprob"] for t in entry["top_logprobs"]]
+        assert len(values) == 20 and all(isinstance(v, float) for v in values)
+        n = sum(v > IMPOSSIBLE for v in values)
+        assert 1 <= n <= 3 and values[n:] == [IMPOSSIBLE] * (20 - n), values

@@ -48,12 +48,18 @@ def batch(mode: str, device: str, seed: int = 0):
     allowed = np.ones((B, V), dtype=bool)
     allowed[4] = False
     allowed[4, ALLOWED] = True
-    # xgrammar's bitmask: bit t % 32 of word t // 32
-    words = (allowed.reshape(B, V // 32, 32).astype(np.uint64) << np.arange(32, dtype=np.uint64))
-    words = words.sum(-1).astype(np.uint32).view(np.int32)
     st.bias_ids, st.bias = bias_ids.to(device), bias.to(device)
-    st.allowed = torch.from_numpy(words).to(device)
+    st.allowed = bitmask(allowed).to(device)
     return logits, st
+
+
+def bitmask(allowed: np.ndarray) -> torch.Tensor:
+    """xgrammar's bitmask [B, V / 32] int32 of allowed [B, V] bool: bit t % 32 of word
+    t // 32 set where token t is allowed."""
+    b = allowed.shape[0]
+    words = (allowed.reshape(b, V // 32, 32).astype(np.uint64)
+             << np.arange(32, dtype=np.uint64))
+    return torch.from_numpy(words.sum(-1).astype(np.uint32).view(np.int32))
 
 
 def processed_rows(logits: torch.Tensor) -> torch.Tensor:
@@ -102,7 +108,7 @@ def test_each_mode_reports_its_row_and_draws_the_same_tokens(mode, device):
         chosen = values.gather(1, ids[:, None]).squeeze(1)
         assert torch.isfinite(chosen).all()
         torch.testing.assert_close(out.logprobs.cpu()[asked], chosen[asked])
-        ranks = (values > chosen[:, None]).sum(-1) + 1
+        ranks = (values >= chosen[:, None]).sum(-1)
         assert out.ranks.cpu()[asked].tolist() == ranks[asked].tolist()
         top_vals, top_ids = values.topk(4, dim=-1)
         for i in asked:
@@ -128,20 +134,74 @@ def test_raw_logprobs_list_what_the_request_forbids():
     assert processed.ranks[1].item() == 1  # greedy: the most likely of its processed row
 
 
+@pytest.mark.parametrize("mode", ["raw_logprobs", "raw_logits"])
+def test_raw_rows_are_masked_by_a_grammar_not_by_allowed_token_ids(mode):
+    """vLLM V1's model runner applies a grammar's bitmask to the logits before its sampler
+    takes the raw ones; allowed_token_ids' mask, bans, logit_bias and penalties come after.
+    So under a raw mode a token the grammar forbids is -inf (listed at -9999.0, the
+    chosen token's logprob renormalised over what the grammar allows), and one only
+    allowed_token_ids forbids keeps the model's value. Ours took the raw row before both.
+    Row 4: a grammar allowing ALLOWED; then row 4 with allowed_token_ids 20..29 on top of
+    its grammar, and row 2 with allowed_token_ids 0..9 alone (the step's bitmask ANDs a
+    row's grammar and allowed ids; st.grammar is the grammar's alone)."""
+    logits, st = batch(mode, "cpu")
+    logits[4, 0] = 50.0  # the model's favourite, which the grammar forbids
+    grammar = np.ones((B, V), dtype=bool)
+    grammar[4] = False
+    grammar[4, ALLOWED] = True
+    st.grammar = st.allowed  # a grammar alone: the step's bitmask is the grammar's
+
+    def raw_row(i: int, masked: bool) -> torch.Tensor:
+        row = logits[i].masked_fill(torch.from_numpy(~grammar[i]), float("-inf")) \
+            if masked else logits[i]
+        return row.log_softmax(-1) if mode == "raw_logprobs" else row
+
+    out = sample(logits, st)
+    want = raw_row(4, True)
+    assert out.logprobs[4].item() == pytest.approx(want[out.next_ids[4]].item(), abs=1e-5)
+    assert out.ranks[4].item() == int((want >= want[out.next_ids[4]]).sum())
+    assert set(out.top_ids[4].tolist()) <= set(ALLOWED)
+    torch.testing.assert_close(out.top_logprobs[4], want.topk(4).values)
+
+    ids = np.zeros((B, V), dtype=bool)
+    ids[4, 20:30] = ids[2, :10] = True
+    ids[[0, 1, 3, 5]] = True
+    st.allowed, st.grammar = bitmask(grammar & ids), bitmask(grammar)
+    out = sample(logits, st)
+    assert 20 <= out.next_ids[4].item() < 30 and 0 <= out.next_ids[2].item() < 10
+    for i, masked in ((4, True), (2, False)):
+        want = raw_row(i, masked)
+        assert out.logprobs[i].item() == pytest.approx(want[out.next_ids[i]].item(),
+                                                       abs=1e-5), i
+        assert out.ranks[i].item() == int((want >= want[out.next_ids[i]]).sum()), i
+        torch.testing.assert_close(out.top_logprobs[i], want.topk(4).values)
+    assert set(out.top_ids[4].tolist()) <= set(ALLOWED)
+    # allowed_token_ids do not mask the raw row: it lists tokens they forbid
+    assert any(t >= 10 for t in out.top_ids[2].tolist())
+
+
 def test_kernel_path_agrees_with_the_reference(monkeypatch):
     """sample() through the Triton row scan (under TRITON_INTERPRET=1 on the CPU) gives the
-    reference path's tokens, logprobs and ranks in every mode."""
+    reference path's tokens, logprobs and ranks in every mode, with row 4's mask a
+    grammar's (raw rows masked by it) or allowed_token_ids'."""
     if sampling.triton is None:
         pytest.skip("triton is not installed")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    want = {m: sample(*batch(m, device)) for m in LOGPROBS_MODES}
+
+    def case(mode: str, grammar: bool):
+        logits, st = batch(mode, device)
+        st.grammar = st.allowed if grammar else None
+        return logits, st
+
+    cases = [(m, g) for m in LOGPROBS_MODES for g in (False, True)]
+    want = {c: sample(*case(*c)) for c in cases}
     monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_triton)
-    for mode in LOGPROBS_MODES:
-        got = sample(*batch(mode, device))
-        assert torch.equal(got.next_ids, want[mode].next_ids)
+    for c in cases:
+        got = sample(*case(*c))
+        assert torch.equal(got.next_ids, want[c].next_ids)
         asked = [i for i, n in enumerate(TOP_LOGPROBS) if n >= 0]
-        torch.testing.assert_close(got.logprobs[asked], want[mode].logprobs[asked])
-        assert torch.equal(got.ranks[asked], want[mode].ranks[asked])
+        torch.testing.assert_close(got.logprobs[asked], want[c].logprobs[asked])
+        assert torch.equal(got.ranks[asked], want[c].ranks[asked])
 
 
 def test_rows_that_ask_decide_the_extra_pass():

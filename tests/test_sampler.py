@@ -304,10 +304,31 @@ def test_chosen_tokens_rank_is_its_place_in_the_vocabulary(device):
                 top_logprobs=[0, 0, 2, 0, 0, 5])
     out = sample(logits, st)
     chosen = logits.gather(1, out.next_ids[:, None])
-    assert out.ranks.tolist() == ((logits > chosen).sum(-1) + 1).tolist()
+    assert out.ranks.tolist() == (logits >= chosen).sum(-1).tolist()
     assert out.ranks[[0, 3]].tolist() == [1, 1]
     assert out.ranks.max().item() > 5  # a draw outside the top list has its rank too
     assert sample(logits, params(6, 500, device, top_logprobs=-1)).ranks is None
+
+
+@pytest.mark.parametrize("mode", ["raw_logprobs", "raw_logits", "processed_logprobs"])
+def test_tied_tokens_share_the_worse_rank(mode):
+    """vLLM V1 ranks the chosen token by the number of tokens at least as likely as it
+    (itself included): tokens tied with it share the worse rank. Ours counted only those
+    strictly more likely (+1), so a greedy pick tied with two others said rank 1, not 3."""
+    logits = torch.tensor([[2.0, 0.5, 2.0, 2.0, -1.0], [0.0, 3.0, 1.0, 1.0, 1.0]])
+    st = params(2, 5, temperature=0.0, top_logprobs=1, logprobs_mode=mode)
+    out = sample(logits, st)
+    assert out.next_ids.tolist() == [0, 1]
+    assert out.ranks.tolist() == [3, 1]
+    # a sampled token tied with others below the top: 1 above it, 3 equal to it
+    for seed in range(40):
+        st = params(1, 5, temperature=1.0, seed=seed, top_logprobs=1, logprobs_mode=mode)
+        out = sample(logits[1:], st)
+        if out.next_ids.item() in (2, 3, 4):
+            assert out.ranks.item() == 4, seed
+            break
+    else:
+        raise AssertionError("no seed drew a tied token")
 
 
 def test_min_tokens_bans_stop_ids_until_reached():
@@ -321,13 +342,15 @@ def test_min_tokens_bans_stop_ids_until_reached():
     assert out.next_ids.tolist() == [0, 2, 7, 2]  # banned, past min_tokens, eos only, no ids
     # raw logprobs (the default) are the model's: the banned ids keep theirs
     assert out.logprobs[0].item() == pytest.approx(-torch.logsumexp(logits[0], 0).item())
-    assert out.ranks[0].item() == 3  # eos and the stop id are more likely on the model's row
+    # eos and the stop id are more likely on the model's row, 7 others tie with it (vLLM:
+    # ties share the worse rank)
+    assert out.ranks[0].item() == 10
     # processed: banned ids carry no probability; and the caller's logits are untouched
     st = params(4, 10, temperature=0.0, step=[0, 5, 1, 0], min_tokens=[3, 3, 2, 1],
                 stop_ids=stop_ids, logprobs_mode="processed_logprobs")
     out = sample(logits, st)
     assert out.logprobs[0].item() == pytest.approx(-math.log(8))
-    assert out.ranks[0].item() == 1
+    assert out.ranks[0].item() == 8  # the 8 tokens left, all tied
     assert logits[0, 2].item() == 10.0
 
 

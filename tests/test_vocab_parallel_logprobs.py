@@ -26,7 +26,9 @@ def reference_scores(logits: torch.Tensor, targets: torch.Tensor, k: int):
     ascending token id)."""
     lse = logits.logsumexp(dim=-1)
     chosen = logits.gather(1, targets[:, None]).squeeze(1)
-    ranks = (logits > chosen[:, None]).sum(dim=-1) + 1
+    # vLLM's rank: the tokens at least as likely as the target, itself included (ties
+    # share the worse rank)
+    ranks = (logits >= chosen[:, None]).sum(dim=-1)
     vals, ids = logits.sort(dim=-1, descending=True, stable=True)
     k = min(k, logits.shape[1])
     return chosen - lse, ranks, ids[:, :k], vals[:, :k] - lse[:, None]

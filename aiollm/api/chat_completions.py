@@ -20,6 +20,7 @@ from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.completions import vllm_prompt_logprobs
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import context_told, param_names
+from aiollm.api.logprob_json import json_logprob
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
 from aiollm.api.state import state
@@ -253,10 +254,11 @@ def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequen
     string) reports the bytes of the part that is. With a reasoning parser they join to the
     whole output: the reasoning, its tags and the content. by_id: each token is named
     "token_id:N" (return_tokens_as_token_ids); its bytes stay its own (vLLM gives a top
-    alternative the bytes of its name, which are no token's)."""
+    alternative the bytes of its name, which are no token's). An impossible token's
+    logprob (-inf) is sent as -9999.0 (api/logprob_json.py)."""
     def entry(token_id: int, logprob: float) -> dict:
         return {"token": id_name(token_id) if by_id else vocab.text_of(token_id),
-                "logprob": logprob,
+                "logprob": json_logprob(logprob),
                 "bytes": list(vocab.bytes_of(token_id))}
 
     content = []

@@ -23,6 +23,7 @@ from aiollm.api.body import decode_body
 from aiollm.api.choices import gather_outputs, leaders_first, merge
 from aiollm.api.completion_request import CompletionRequest
 from aiollm.api.http_errors import context_told
+from aiollm.api.logprob_json import json_logprob
 from aiollm.api.prompt_echo import PromptEcho, echo_only
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
@@ -271,7 +272,8 @@ def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
     None entry (the prompt's first token) has no logprob. `ids`, the tokens' ids (one per
     entry: the only source of a None entry's), name the tokens and the alternatives
     "token_id:N" (return_tokens_as_token_ids); the offsets still index the text (vLLM
-    counts the names' lengths there, which index nothing)."""
+    counts the names' lengths there, which index nothing). An impossible token's logprob
+    (-inf) is sent as -9999.0 (api/logprob_json.py)."""
     name = vocab.text_of if ids is None else id_name
     tokens, values, tops, offsets = [], [], [], []
     for k, (lp, text) in enumerate(zip(lps, texts)):
@@ -282,11 +284,11 @@ def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
             values.append(None)
             tops.append(None)
             continue
-        values.append(lp.logprob)
+        values.append(json_logprob(lp.logprob))
         # the chosen token is always listed, after the top alternatives when not among them
         # (OpenAI: "up to logprobs+1 elements"; vLLM likewise), so a client can compare it
-        top = {name(t): v for t, v in lp.top}
-        top.setdefault(name(lp.token_id), lp.logprob)
+        top = {name(t): json_logprob(v) for t, v in lp.top}
+        top.setdefault(name(lp.token_id), json_logprob(lp.logprob))
         tops.append(top)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
             "text_offset": offsets}
@@ -305,10 +307,10 @@ def vllm_prompt_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None]) 
         if lp is None:
             out.append(None)
             continue
-        entry = {str(lp.token_id): {"logprob": lp.logprob, "rank": lp.rank,
+        entry = {str(lp.token_id): {"logprob": json_logprob(lp.logprob), "rank": lp.rank,
                                     "decoded_token": vocab.text_of(lp.token_id)}}
         for rank, (t, v) in enumerate(lp.top, 1):
-            entry.setdefault(str(t), {"logprob": v, "rank": rank,
+            entry.setdefault(str(t), {"logprob": json_logprob(v), "rank": rank,
                                       "decoded_token": vocab.text_of(t)})
         out.append(entry)
     return out

@@ -347,9 +347,11 @@ class Grammars:
             return False
         return allows_none(state.matcher, self.grammar_vocab)
 
-    def masks(self, states: list[GrammarState | None]) -> TokenMask | None:
+    def masks(self, states: list[GrammarState | None], grammar_part: bool = False
+              ) -> TokenMask | None:
         """The device constraints of a step's sampled rows (None where no row has one).
-        A finished request's row (a discarded token) is left unconstrained."""
+        A finished request's row (a discarded token) is left unconstrained. grammar_part:
+        the step reports raw logprobs, which need the grammars' part (TokenMask.grammar)."""
         rows = [i for i, s in enumerate(states) if s is not None]
         if not rows:
             return None
@@ -358,7 +360,7 @@ class Grammars:
         grammar_rows = [i for i in rows
                         if states[i].matcher is not None and not states[i].terminated]
         allowed_rows = [i for i in rows if states[i].allowed is not None]
-        bitmask = None
+        bitmask = grammar = None
         if grammar_rows or allowed_rows:
             if self._bitmasks is None:
                 import xgrammar as xgr
@@ -366,8 +368,9 @@ class Grammars:
                 self._bitmasks = BitmaskBuffers(self.max_rows, self.words, self.grammar_words,
                                                  self.grammar_vocab, self.device)
                 self._batch = xgr.BatchGrammarMatcher()
-            bitmask = self._bitmasks.fill(b, grammar_rows, allowed_rows, states, self._batch)
-        out = TokenMask(bitmask)
+            bitmask, grammar = self._bitmasks.fill(b, grammar_rows, allowed_rows, states,
+                                                   self._batch, grammar_part)
+        out = TokenMask(bitmask, grammar)
         # a row's biases: its logit_bias, then -inf on the ids its bad words ban now
         banned = {i: banned_ids(states[i].bad_words, states[i].recent) for i in rows
                   if states[i].bad_words is not None}

@@ -277,6 +277,7 @@ class ModelRunner:
             st = inp.sampling
             if mask is not None:
                 st.allowed, st.bias_ids, st.bias = mask.bitmask, mask.bias_ids, mask.bias
+                st.grammar = mask.grammar
             res = self._queue_results(inp, self._sample(logits, inp), bad)
         res.forward_end = out.forward_end
         return res

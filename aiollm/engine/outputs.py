@@ -172,10 +172,11 @@ class CompletionOutput:
     from that choice's RequestOutput. `logprobs` is vLLM's shape: per generated token a
     dict {token id: Logprob} of the chosen token and its top alternatives (None without
     SamplingParams.logprobs). An alternative's rank is its place in the top list, the
-    chosen token's its place in the whole vocabulary (1 + the tokens more likely), as
-    vLLM's; the chosen token's decoded_token is its share of `text` (token_texts; None
-    with detokenize=False), an alternative's its id decoded alone where the output
-    carries decoded_tokens (LLM's outputs do; Engine's do not: None)."""
+    chosen token's its place in the whole vocabulary (the tokens at least as likely,
+    itself included: tied tokens share the worse rank), as vLLM V1's; the chosen token's
+    decoded_token is its share of `text` (token_texts; None with detokenize=False), an
+    alternative's its id decoded alone where the output carries decoded_tokens (LLM's
+    outputs do; Engine's do not: None)."""
 
     __slots__ = ("index", "_of")
 

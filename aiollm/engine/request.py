@@ -32,7 +32,8 @@ class TokenLogprob:
     token_id: int
     logprob: float
     top: list[tuple[int, float]] = field(default_factory=list)
-    rank: int | None = None  # 1 + the number of more likely tokens in the vocabulary
+    # vLLM V1's rank: the tokens of the vocabulary at least as likely, itself included
+    rank: int | None = None
 
 
 @dataclass(slots=True, eq=False)

@@ -112,8 +112,9 @@ class StepLoop:
             # constrained rows: step N's tokens have advanced their grammars; sample now
             try:
                 t_mask = perf()
+                st = out.deferred[0].sampling  # None: a masked argmax, no logprobs
                 mask = self.grammars.masks([r.grammar for r, s in zip(step.reqs, step.sample)
-                                            if s])
+                                            if s], st is not None and st.raw_logprobs)
                 t_sample = perf()
                 out = self.runner.sample_deferred(out, mask)
                 out.mask_host_s, out.sample_host_s = t_sample - t_mask, perf() - t_sample

@@ -76,7 +76,7 @@ class StepResult:
     top_logprobs: np.ndarray | None
     bad: np.ndarray | None  # [S] bool: non-finite logits
     scoring: PromptScoring | None = None
-    ranks: np.ndarray | None = None  # [S] int64: 1 + tokens more likely than the sampled one
+    ranks: np.ndarray | None = None  # [S] int64: tokens at least as likely as the sampled one
 
     def record_prompt_logprobs(self) -> None:
         """Write the step's prompt logprobs into their requests' prompt_logprobs."""
@@ -96,14 +96,14 @@ class StepResult:
             r.prompt_scored = max(r.prompt_scored, first + count)
 
     def logprob_entry(self, row: int, n_top: int) -> TokenLogprob:
-        """The sampled token of `row` with its logprob and the n_top most likely tokens,
-        fewer where a constraint (grammar, allowed_token_ids, min_tokens) left fewer that
-        could be sampled: a forbidden token (-inf) is no alternative, and JSON has no -inf."""
+        """The sampled token of `row` with its logprob and the n_top most likely tokens of
+        the row the logprobs mode reports, as vLLM V1 lists them: n_top of them also where
+        fewer could be drawn (a grammar, top-k, top-p, min-p), those at -inf, in any order
+        (the API reports -inf as -9999.0: api/logprob_json.py)."""
         top = []
         if n_top and self.top_ids is not None:
             top = [(int(t), float(lp)) for t, lp in
-                   zip(self.top_ids[row, :n_top], self.top_logprobs[row, :n_top])
-                   if lp != -np.inf]
+                   zip(self.top_ids[row, :n_top], self.top_logprobs[row, :n_top])]
         rank = None if self.ranks is None else int(self.ranks[row])
         return TokenLogprob(int(self.next_ids[row]), float(self.logprobs[row]), top, rank)
 

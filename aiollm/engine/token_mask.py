@@ -17,6 +17,11 @@ class TokenMask:
     """A step's constraints on the device, one row per sampled row."""
 
     bitmask: torch.Tensor | None  # [B, W] int32
+    # [B, W] int32: the grammars' part of `bitmask` (all bits set on rows without one),
+    # which raw logprobs see, as vLLM V1 masks a grammar before its sampler and
+    # allowed_token_ids after; `bitmask` itself when no row has allowed_token_ids, None
+    # when no row has a grammar or none reports raw logprobs
+    grammar: torch.Tensor | None = None
     bias_ids: torch.Tensor | None = None  # [B, K] int64 (padding: id 0, bias 0)
     bias: torch.Tensor | None = None  # [B, K] fp32
 
@@ -32,7 +37,10 @@ class BitmaskBuffers:
     grammar and all ones otherwise (an allowed-ids row ANDs its own in); `tail` remembers
     which per row, so a step rewrites only the tails of rows that changed role. xgrammar
     writes full rows of grammar_words words: into the host rows directly when that is the
-    model's width, else into a scratch block that is then copied in."""
+    model's width, else into a scratch block that is then copied in. A step that mixes
+    grammar and allowed-ids rows and reports raw logprobs also needs its grammars' part
+    apart: page-locked turns and a device target of their own, made on first use (a copy
+    from pageable memory may wait for the step running on the device: CUDA stages it)."""
 
     TURNS = 2
 
@@ -52,11 +60,18 @@ class BitmaskBuffers:
                           else None)
         self.device_buf = (torch.empty((rows, words), dtype=torch.int32, device=device)
                            if pin else None)
+        self.part_host: list[torch.Tensor] | None = None  # the grammars' part, on first use
+        self.part_device: torch.Tensor | None = None
         self.turn = 0
 
     def fill(self, b: int, grammar_rows: list[int], allowed_rows: list[int],
-             states: list, batch) -> torch.Tensor:
-        """The [b, W] bitmask of a step on the device (queued copy), or on the host (CPU)."""
+             states: list, batch, part: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The [b, W] bitmask of a step on the device (queued copy), or on the host (CPU),
+        and its grammars' part (TokenMask.grammar) when `part` asks for it (a row reports
+        raw logprobs): None without grammar rows, the bitmask itself without allowed rows,
+        else a copy taken before the allowed ids are ANDed in (only steps that mix both
+        and ask for it pay for it)."""
         assert b <= self.rows, (b, self.rows)
         t = self.turn
         self.turn = (t + 1) % self.TURNS
@@ -83,12 +98,35 @@ class BitmaskBuffers:
         plain = np.flatnonzero(~is_grammar)
         if len(plain):  # rows without a grammar: all allowed (or their allowed set, below)
             arr[plain, :gw] = -1
+        grammar = None
+        if part and grammar_rows and allowed_rows:
+            grammar = self._grammar_part(t, b, arr)
         for i in allowed_rows:
             arr[i] &= states[i].allowed
         if self.device_buf is None:  # the CPU samples from it before the turn comes back
-            return host[:b]
-        dev = self.device_buf[:b]
-        dev.copy_(host[:b], non_blocking=True)
+            mask = host[:b]
+        else:
+            mask = self.device_buf[:b]
+            mask.copy_(host[:b], non_blocking=True)
+        if part and grammar is None and grammar_rows:
+            grammar = mask
+        return mask, grammar
+
+    def _grammar_part(self, t: int, b: int, arr: np.ndarray) -> torch.Tensor:
+        """Turn t's rows `arr[:b]` as they are now (before the allowed ids), copied into
+        the part's own page-locked turn and queued for its device target (the host turn
+        on the CPU)."""
+        if self.part_host is None:
+            pin = self.device_buf is not None
+            self.part_host = [torch.empty((self.rows, self.words), dtype=torch.int32,
+                                          pin_memory=pin) for _ in range(self.TURNS)]
+            self.part_device = (torch.empty_like(self.device_buf) if pin else None)
+        host = self.part_host[t][:b]
+        host.numpy()[:] = arr[:b]
+        if self.part_device is None:
+            return host
+        dev = self.part_device[:b]
+        dev.copy_(host, non_blocking=True)
         return dev
 
 

@@ -8,8 +8,9 @@ that a long prompt never holds a [prompt, vocab] logits tensor at once. A prompt
 several steps (chunked prefill) gets each chunk's positions in the step that computes it;
 positions already scored (a paused request recomputing its prompt) are not scored again.
 
-Each scored position gives the prompt token's logprob, its rank among the vocabulary
-(1 + the number of tokens more likely), and the top-k tokens with their logprobs.
+Each scored position gives the prompt token's logprob, its rank among the vocabulary (the
+tokens at least as likely, itself included: vLLM V1's rank), and the top-k tokens with
+their logprobs.
 
 Under tensor parallelism each rank's LM head holds a part of the vocabulary: every rank
 scores the same positions (rank 0's step message carries them, their prompt tokens and the

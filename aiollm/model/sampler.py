@@ -25,10 +25,10 @@ Order of operations on each row:
 Logprobs (the chosen token's, its rank and the top ones, all on one row) report what the
 server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
   raw_logprobs (default): log_softmax of the logits as they came in, before steps 1 and 2,
-     temperature and truncation: a token the request bans or penalises keeps its logprob
-     (and can be listed among the top ones), as in vLLM V1, except that vLLM masks a grammar
-     before its raw logprobs; here the grammar's bitmask is one with allowed_token_ids' (which
-     vLLM masks after them), so it stays after them too;
+     temperature and truncation: a token the request bans, biases, penalises or leaves out
+     of its allowed_token_ids keeps its logprob (and can be listed among the top ones), as
+     in vLLM V1; but a grammar's forbidden tokens are -inf there (st.grammar, the grammars'
+     part of step 2's bitmask), as vLLM's model runner masks a grammar before its sampler;
   processed_logprobs: log_softmax of the row the token was drawn from (vLLM's "processed"):
      steps 1 and 2, then on sampled rows the logits divided by the temperature, with -inf
      below the floor of step 3 and outside the candidates when the draw scanned only them
@@ -36,9 +36,9 @@ server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
   raw_logits, processed_logits: those rows' logits themselves, not normalised.
 A step makes one more pass over the logits for them only when a row asked for logprobs and
 its row under the mode differs from the one the draw scanned (under a raw mode: a penalty or
-ban on that row, or a constraint on any row of the step, as which rows a grammar or bias
-touched is not known on the host; under a processed one: that row sampled with a temperature
-other than 1 or a truncation): else the draw's logsumexp serves.
+ban on that row, or a constraint other than a grammar alone on any row of the step, as which
+rows a grammar or bias touched is not known on the host; under a processed one: that row
+sampled with a temperature other than 1 or a truncation): else the draw's logsumexp serves.
 
 The noise u is a counter-based hash of (seed, step, token id): keys of (seed, step) on the
 host, then a 32-bit hash of (keys, id) per token on the device. A request's draw depends on
@@ -56,7 +56,7 @@ import torch
 
 from aiollm.config import LOGPROBS_MODES
 from aiollm.kernels.sampling import row_scan
-from aiollm.model.logit_masks import apply_constraints, mask_token_ids
+from aiollm.model.logit_masks import apply_bitmask_, apply_constraints, mask_token_ids
 from aiollm.model.penalties import apply_penalties
 from aiollm.model.sampling_tensors import SamplingTensors
 
@@ -70,8 +70,8 @@ class SampleResult:
     logprobs: torch.Tensor | None  # [B] fp32: logprob of next_ids (None: no row asked)
     top_ids: torch.Tensor | None  # [B, K] int64, K = max top_logprobs in the batch
     top_logprobs: torch.Tensor | None  # [B, K] fp32
-    # [B] int64: 1 + the number of tokens more likely than next_ids on the row the logprobs
-    # come from (None: no row asked for logprobs)
+    # [B] int64: the number of tokens at least as likely as next_ids (itself included) on
+    # the row the logprobs come from, vLLM V1's rank (None: no row asked for logprobs)
     ranks: torch.Tensor | None = None
 
 
@@ -128,6 +128,8 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     assert st.logprobs_mode in LOGPROBS_MODES, st.logprobs_mode
     raw = logits
     constrained = st.allowed is not None or st.bias_ids is not None
+    # vLLM V1 masks a grammar before its sampler, so its raw rows are the grammar's
+    grammar_first = st.grammar is not None and st.raw_logprobs
     if st.use_penalties:
         logits = apply_penalties(logits, st)
         if st.ban_ids is not None:
@@ -136,6 +138,12 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
         logits = mask_token_ids(logits.clone(), st.ban_ids, st.ban_active)
     if constrained:
         logits = apply_constraints(logits, st)
+    if grammar_first:
+        if (st.grammar is st.allowed and st.bias_ids is None and st.ban_ids is None
+                and not st.use_penalties):
+            raw = logits  # the grammar is all that changed the row
+        else:
+            raw = apply_bitmask_(raw.clone(), st.grammar)
 
     if st.all_greedy and not st.want_logprobs and st.ban_ids is None and not st.use_penalties:
         return SampleResult(logits.argmax(dim=-1), None, None, None)
@@ -160,9 +168,9 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     values, lse = _reported(raw, logits, lse, scale_floor, candidates, st, constrained)
     chosen = values.gather(1, next_ids[:, None])
     logprobs = (chosen if lse is None else chosen - lse).squeeze(1)
-    # the chosen token's place in the vocabulary, as vLLM reports it: one compare over the
-    # row the logprobs come from (no sort)
-    ranks = (values > chosen).sum(dim=-1) + 1
+    # the chosen token's place in the vocabulary, as vLLM V1 reports it: the tokens at least
+    # as likely, itself included (tied tokens share the worse rank); one compare, no sort
+    ranks = (values >= chosen).sum(dim=-1)
     top_ids = top_logprobs = None
     if st.max_top_logprobs > 0:
         k = min(st.max_top_logprobs, values.shape[1])
@@ -177,9 +185,10 @@ def _reported(raw: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
               constrained: bool):
     """The row [B, V] logprobs are read from under st.logprobs_mode, and its logsumexp
     [B, 1] (None for the *_logits modes: the values are reported as they are). raw: the
-    logits given to sample(); logits, lse: the row after penalties, bans and constraints
-    and its logsumexp, which the draw computed; scale_floor: the draw's [1/T, floor] ([2, B],
-    None when every row is greedy); candidates: the (values, ids) [B, C] the draw scanned
+    logits given to sample(), a grammar's forbidden tokens -inf under a raw mode; logits,
+    lse: the row after penalties, bans and constraints and its logsumexp, which the draw
+    computed; scale_floor: the draw's [1/T, floor] ([2, B], None when every row is
+    greedy); candidates: the (values, ids) [B, C] the draw scanned
     when not the whole row (a token tied with the floor outside them was never drawable)."""
     mode = st.logprobs_mode
     if mode.startswith("raw"):

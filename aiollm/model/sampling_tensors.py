@@ -62,12 +62,23 @@ class SamplingTensors:
     ban_active: torch.Tensor | None = None  # [B] bool
     # Constraints (engine/token_mask.py TokenMask), set once the step's grammars have advanced.
     allowed: torch.Tensor | None = None  # [B, ceil(V / 32)] int32 bitmask: bit t = t allowed
+    # the grammars' part of `allowed` (all bits set on rows without one; `allowed` itself
+    # when no row has allowed_token_ids), which raw logprobs are taken after, as vLLM V1
+    # masks a grammar before its sampler (None: no row has a grammar, or no row reports
+    # raw logprobs)
+    grammar: torch.Tensor | None = None
     bias_ids: torch.Tensor | None = None  # [B, K] int64 logit_bias ids (padding id 0, bias 0)
     bias: torch.Tensor | None = None  # [B, K] fp32
 
     @property
     def use_penalties(self) -> bool:
         return self.seen is not None
+
+    @property
+    def raw_logprobs(self) -> bool:
+        """Whether some row reports logprobs of its raw row (a raw_* mode), which a
+        grammar's mask is in (`grammar`, asked of the step's masks only then)."""
+        return self.want_logprobs and self.logprobs_mode.startswith("raw")
 
     @classmethod
     def from_numpy(

@@ -4,14 +4,14 @@ per row and part instead of the rows themselves.
 
 For row i and a scored token t_i, one rank holding the whole row computes
     logprob_i = x_i[t_i] - logsumexp_v x_i[v]
-    rank_i    = 1 + #{v : x_i[v] > x_i[t_i]}        (ties share the better rank)
+    rank_i    = #{v : x_i[v] >= x_i[t_i]}           (ties share the worse rank, as vLLM V1)
     top-k     = the k largest x_i[v], minus the log-sum-exp.
 Each of these splits over a partition of v: the logit of t_i lives in one part (every other
 part contributes 0 to a sum), the log-sum-exp is the log-sum-exp of the parts' log-sum-exps,
 the count is a sum of the parts' counts, and the k largest of the row are the k largest of
 the parts' k largest. So a part is summarised by [P, 2 + 2k] numbers (its log-sum-exp, its
-count above the target's logit, its k largest values and their token ids) and the parts'
-summaries combine into exactly the whole row's scores, the log-sum-exp to float rounding.
+count at or above the target's logit, its k largest values and their token ids) and the
+parts' summaries combine into exactly the whole row's scores, the log-sum-exp to float rounding.
 This is the decomposition Megatron-LM's vocab-parallel cross-entropy uses for the loss
 (Shoeybi et al. 2019, section 3), extended to ranks and top-k.
 
@@ -70,15 +70,17 @@ def part_summary(logits: torch.Tensor, chosen: torch.Tensor, k: int, start: int,
     """One part's summary of rows of logits [P, n] float32, tokens [start, start + n), the
     columns of tokens >= vocab padding (set to -inf here, in place); chosen [P] float32 the
     target's logit of each row (from every part). Returns [P, 2 + 2k] float32: the part's
-    log-sum-exp, its number of logits above the target's, its k largest logits (-inf where
+    log-sum-exp, its number of logits at or above the target's (padding not counted), its k
+    largest logits (-inf where
     the part has fewer than k columns), their token ids (vocab for those missing)."""
     p, n = logits.shape
     assert vocab < MAX_VOCAB, vocab
-    if start + n > vocab:
-        logits[:, max(0, vocab - start):] = float("-inf")
+    real = min(n, max(0, vocab - start))  # the columns of real tokens
+    if real < n:
+        logits[:, real:] = float("-inf")
     out = torch.empty((p, 2 + 2 * k), dtype=torch.float32, device=logits.device)
     out[:, 0] = logits.logsumexp(dim=-1)
-    out[:, 1] = (logits > chosen[:, None]).sum(dim=-1)
+    out[:, 1] = (logits[:, :real] >= chosen[:, None]).sum(dim=-1)
     if k:
         m = min(k, n)
         vals, ids = top_k(logits, m, first=start)
@@ -97,7 +99,7 @@ def combine(parts: torch.Tensor, chosen: torch.Tensor, k: int
     [P, k] float32, or None and None when k is 0)."""
     r, p, _ = parts.shape
     lse = parts[:, :, 0].logsumexp(dim=0)
-    ranks = parts[:, :, 1].sum(dim=0).to(torch.int64) + 1
+    ranks = parts[:, :, 1].sum(dim=0).to(torch.int64)
     if not k:
         return chosen - lse, ranks, None, None
     vals = parts[:, :, 2: 2 + k].permute(1, 0, 2).reshape(p, r * k)
