@@ -19,7 +19,7 @@ from aiollm.engine.batch_api import Progress
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
 from aiollm.engine.chat_tools import check_tools
-from aiollm.engine.submission import render_bound
+from aiollm.engine.submission import prompt_bound
 from aiollm.errors import EngineStopped, InvalidRequest
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
@@ -197,14 +197,15 @@ class LLM:
 
     def _most(self, params: object, i: int, n: int) -> int | None:
         """The most tokens conversation i of n, generated from with `params` (one for all,
-        or a list of one each), may render to (render_chat's most): the context; None
-        where truncate_prompt_tokens cuts it, or where a list of params of another length
-        leaves it unknown (_generate refuses that list, naming params)."""
+        or a list of one each), may render to (render_chat's most; prompt_bound); None
+        where a list of params of another length leaves it unknown (_generate refuses that
+        list, naming params)."""
         if isinstance(params, (list, tuple)):
             if len(params) != n:
                 return None
             params = params[i]
-        return render_bound(params, self.engine.max_model_len)
+        return prompt_bound(self.engine.max_model_len,
+                            getattr(params, "truncate_prompt_tokens", None))
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

@@ -37,8 +37,8 @@ class AddRequest:
         last `keep_last` when given; raises InvalidRequest naming "prompt" (see
         submission.tokenize), RuntimeError before the engine was first started (no
         tokenizer yet). Text of any length is counted (a caller counts tokens with it, as
-        with vLLM's /tokenize); refuse_long (generation's paths): text the context cannot
-        hold is refused before it is encoded (submission.tokenize's refuse_long)."""
+        with vLLM's /tokenize); refuse_long: text to generate from, refused before it is
+        encoded where it can never fit (submission.prompt_bound)."""
         self._check_started()
         return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len,
                         keep_last, refuse_long=refuse_long)

@@ -15,7 +15,7 @@ from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, render
                                           special_texts)
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.outputs import Delta, RequestOutput
-from aiollm.engine.submission import off_loop, render_bound
+from aiollm.engine.submission import off_loop, prompt_bound
 from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
@@ -105,5 +105,6 @@ class ChatAPI:
 
     def _most(self, params: SamplingParams | None) -> int | None:
         """The most tokens a conversation may render to under `params` (render_chat's
-        most): the context, None where truncate_prompt_tokens will cut it."""
-        return render_bound(params, self.max_model_len) if self._started else None
+        most; prompt_bound)."""
+        return (prompt_bound(self.max_model_len, getattr(params, "truncate_prompt_tokens", None))
+                if self._started else None)
