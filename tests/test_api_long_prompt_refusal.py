@@ -228,3 +228,22 @@ def test_llm_refuses_a_huge_prompt_untokenized(tiny):
         # a list of params of another length is named as such, as before the bound
         with pytest.raises(InvalidRequest, match=r"params holds 2 SamplingParams for 1"):
             llm.chat(huge, [params, params])
+
+
+def test_the_engine_checks_the_params_before_the_prompts_length(tiny):
+    """A huge prompt with a bad field (temperature set out of range after SamplingParams
+    checked it) is refused for the field by Engine.generate, as Engine.stream refuses it
+    (the params first, as SamplingParams refuses the field when it is made): generate
+    refused it for its length. The HTTP routes refuse the length first, as vLLM's do (it
+    makes the SamplingParams once the prompt is tokenized)."""
+    async def check(client, engine, spy):
+        bad = SamplingParams(max_tokens=1)
+        bad.temperature = -1.0
+        with pytest.raises(InvalidRequest) as streamed:
+            engine.stream(HUGE, bad)
+        with pytest.raises(InvalidRequest) as generated:
+            await engine.generate(HUGE, bad)
+        assert streamed.value.param == generated.value.param == "temperature"
+        assert str(generated.value) == str(streamed.value)
+
+    serve(tiny, check)

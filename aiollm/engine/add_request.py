@@ -95,13 +95,19 @@ class AddRequest:
 
     def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """_checked's part that reads only the model and the tokenizer (any thread)."""
-        checked_params(params)
-        ids = self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
-                                                       self.max_model_len), refuse_long=True)
+        ids = self._prompt_ids(prompt, params)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         if params.constraint is not None:  # allowed_token_ids, logit_bias in the vocabulary
             self.grammars.check(params.constraint, params.min_tokens, params.stop_token_ids)
         return ids
+
+    def _prompt_ids(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The ids generating from `prompt` with `params` takes (params checked first):
+        its last truncate_prompt_tokens, text refused before it is encoded where it can
+        never fit (any thread)."""
+        checked_params(params)
+        return self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
+                                                        self.max_model_len), refuse_long=True)
 
     def _submit(self, prompt: Prompt, params: SamplingParams, *, counted: bool = True,
                 cache_salt: str | None = None, group: ChoiceGroup | None = None
