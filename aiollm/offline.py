@@ -15,12 +15,12 @@ import weakref
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
+from aiollm.engine.add_request import params_bound
 from aiollm.engine.batch_api import Progress
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
 from aiollm.engine.chat_tools import check_tools
-from aiollm.engine.submission import prompt_bound
-from aiollm.errors import EngineStopped, InvalidRequest
+from aiollm.errors import EngineStopped, InvalidRequest, naming_params_item
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
 from aiollm.vllm_members import lacking
@@ -197,15 +197,16 @@ class LLM:
 
     def _most(self, params: object, i: int, n: int) -> int | None:
         """The most tokens conversation i of n, generated from with `params` (one for all,
-        or a list of one each), may render to (render_chat's most; prompt_bound); None
+        or a list of one each), may render to (render_chat's most; params_bound: bad params
+        refused first, named as generate() names them, params[i].field in a list); None
         where a list of params of another length leaves it unknown (_generate refuses that
         list, naming params)."""
-        if isinstance(params, (list, tuple)):
-            if len(params) != n:
-                return None
-            params = params[i]
-        return prompt_bound(self.engine.max_model_len,
-                            getattr(params, "truncate_prompt_tokens", None))
+        if not isinstance(params, (list, tuple)):
+            return params_bound(params, self.engine.max_model_len)
+        if len(params) != n:
+            return None
+        with naming_params_item(i):
+            return params_bound(params[i], self.engine.max_model_len)
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

@@ -247,3 +247,62 @@ def test_the_engine_checks_the_params_before_the_prompts_length(tiny):
         assert str(generated.value) == str(streamed.value)
 
     serve(tiny, check)
+
+
+def _bad_params() -> list[tuple[SamplingParams, str]]:
+    """(params generating refuses, the field named): a truncate_prompt_tokens past the
+    context (only the engine knows the context), one of no meaning and a temperature set
+    out of range after SamplingParams checked them when made."""
+    past = SamplingParams(max_tokens=1, truncate_prompt_tokens=MAX_MODEL_LEN + 1)
+    zero = SamplingParams(max_tokens=1)
+    zero.truncate_prompt_tokens = 0
+    cold = SamplingParams(max_tokens=1)
+    cold.temperature = -1.0
+    return [(past, "truncate_prompt_tokens"), (zero, "truncate_prompt_tokens"),
+            (cold, "temperature")]
+
+
+def test_chat_checks_the_params_before_rendering_a_huge_conversation(tiny):
+    """Engine.chat and stream_chat refuse params that generating refuses before the
+    conversation is rendered and encoded, with the refusal Engine.generate and stream give
+    a prompt: any truncate_prompt_tokens was read as one that cuts the conversation, which
+    was then encoded whole (seconds for megabytes; stream_chat on the event loop) only to
+    be refused for that value; a bad temperature was refused as the prompt's length."""
+    huge = [{"role": "user", "content": HUGE}]
+
+    async def check(client, engine, spy):
+        for bad, field in _bad_params():
+            with pytest.raises(InvalidRequest) as generated:
+                await engine.generate(HUGE, bad)
+            with pytest.raises(InvalidRequest) as chatted:
+                await engine.chat(huge, bad)
+            with pytest.raises(InvalidRequest) as streamed:
+                engine.stream_chat(huge, bad)
+            for e in (generated, chatted, streamed):
+                assert e.value.param == field, (field, e.value)
+                assert str(e.value) == str(generated.value)
+            assert not spy.saw(len(HUGE)), (field, spy.lengths)
+
+    serve(tiny, check)
+
+
+def test_llm_chat_checks_the_params_before_rendering_a_huge_conversation(tiny):
+    """LLM.chat refuses params that generating refuses (one for all, or one per
+    conversation: params[i].field, params[i] for one that is no SamplingParams) before it
+    renders a conversation, as LLM.generate refuses them before it tokenizes a prompt."""
+    from aiollm.offline import LLM
+
+    huge = [{"role": "user", "content": HUGE}]
+    with LLM(tiny, load_format="dummy", kv_tokens=512) as llm:
+        spy = EncodeSpy(llm.get_tokenizer())
+        cases = [("x", "params"), (["x"], "params[0]")]
+        for bad, field in _bad_params():
+            cases += [(bad, field), ([bad], f"params[0].{field}")]
+        for params, named in cases:
+            with pytest.raises(InvalidRequest) as generated:
+                llm.generate([HUGE], params)
+            with pytest.raises(InvalidRequest) as chatted:
+                llm.chat(huge, params)
+            assert chatted.value.param == generated.value.param == named
+            assert str(chatted.value) == str(generated.value)
+            assert not spy.saw(len(HUGE)), (named, spy.lengths)

@@ -19,7 +19,7 @@ from aiollm.engine.output_text import NoText, OutputText
 from aiollm.engine.request import Request
 from aiollm.engine.request_group import ChoiceGroup
 from aiollm.engine.submission import (Prompt, check_request, kept_prompt_tokens, new_request,
-                                      request_params, tokenize)
+                                      prompt_bound, request_params, tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
 from aiollm.sampling_params import SamplingParams
 
@@ -144,3 +144,16 @@ def checked_params(params: SamplingParams) -> None:
         raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}",
                              param="params")
     params.check()
+
+
+def params_bound(params: SamplingParams | None, max_model_len: int) -> int | None:
+    """prompt_bound of a prompt (a conversation, rendered) to generate from with `params`
+    (None: the engine's defaults, which cut nothing): the params checked first, as
+    submitting them checks them (checked_params, then kept_prompt_tokens: InvalidRequest
+    naming the field), so that a truncate_prompt_tokens that cuts nothing (0, past the
+    context) is refused before the prompt is encoded, not read as one that cuts it."""
+    if params is None:
+        return max_model_len
+    checked_params(params)
+    return prompt_bound(max_model_len,
+                        kept_prompt_tokens(params.truncate_prompt_tokens, max_model_len))

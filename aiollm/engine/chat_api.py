@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from aiollm.engine.add_request import params_bound
 from aiollm.engine.cache_salt import checked_salt
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.outputs import Delta, RequestOutput
-from aiollm.engine.submission import off_loop, prompt_bound
+from aiollm.engine.submission import off_loop
 from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
@@ -105,6 +106,6 @@ class ChatAPI:
 
     def _most(self, params: SamplingParams | None) -> int | None:
         """The most tokens a conversation may render to under `params` (render_chat's
-        most; prompt_bound)."""
-        return (prompt_bound(self.max_model_len, getattr(params, "truncate_prompt_tokens", None))
-                if self._started else None)
+        most; params_bound: bad params refused first, as generate() refuses them before
+        the prompt's length)."""
+        return params_bound(params, self.max_model_len) if self._started else None
