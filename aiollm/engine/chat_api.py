@@ -80,7 +80,8 @@ class ChatAPI:
         naming `tools[i]...`): the prompt is the one /v1/chat/completions renders for the
         same messages, tools and options (render_chat). The output is the model's text, any
         calls in it unparsed, as vLLM's LLM.chat gives it. `cache_salt`: as generate()
-        takes it (checked before the messages are rendered)."""
+        takes it; it and `params` (InvalidRequest naming the field, as generate() names
+        it) are checked before the messages are rendered."""
         checked_salt(cache_salt)
         ids = await off_loop(rendered_size(messages, tools, template), self._chat_ids, messages,
                              template, tools, self._most(params))

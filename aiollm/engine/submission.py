@@ -176,8 +176,10 @@ def prompt_bound(max_model_len: int, keep_last: int | None) -> int | None:
     """The early refusal's rule, which every path that tokenizes a prompt to generate from
     follows: the most tokens its text (or rendered conversation) may encode to, checked
     before it is encoded (check_fewest_tokens): the context; None (nothing checked) where
-    keep_last (truncate_prompt_tokens, as sent or as kept_prompt_tokens counts it) keeps
-    only the prompt's last tokens, never too long then. A path that counts tokens
+    keep_last (truncate_prompt_tokens as kept_prompt_tokens checks and counts it: a value
+    sent as it is, 0 or past the context, would skip the check for a request refused
+    anyway; add_request.params_bound reads it off params) keeps only the prompt's last
+    tokens, never too long then. A path that counts tokens
     (Engine.tokenize and render_chat, /tokenize, LightLLM's /tokens) checks no bound."""
     return max_model_len if keep_last is None else None
 
