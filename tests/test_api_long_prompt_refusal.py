@@ -306,3 +306,39 @@ def test_llm_chat_checks_the_params_before_rendering_a_huge_conversation(tiny):
             assert chatted.value.param == generated.value.param == named
             assert str(chatted.value) == str(generated.value)
             assert not spy.saw(len(HUGE)), (named, spy.lengths)
+
+
+def test_llm_chat_checks_every_params_before_rendering_any_conversation(tiny):
+    """LLM.chat refuses a list of params of another length than the conversations, a bad
+    params[i] and a None in the list (the engine's defaults are for params given none, as
+    LLM.generate reads them) before it renders any conversation, as LLM.generate refuses
+    them before it tokenizes any prompt: a list of another length, or a bad params[1]
+    after a params[0] that cuts a huge conversation 0, rendered and encoded that
+    conversation whole first (seconds for megabytes); [None] was refused as the huge
+    conversation's length, where LLM.generate names params[0]. A batch of none is served
+    as LLM.generate serves it (the context bounds no prompt)."""
+    from aiollm.offline import LLM
+
+    huge = [{"role": "user", "content": HUGE}]
+    cut = SamplingParams(max_tokens=1, truncate_prompt_tokens=8)
+    with LLM(tiny, load_format="dummy", kv_tokens=512) as llm:
+        spy = EncodeSpy(llm.get_tokenizer())
+        with pytest.raises(InvalidRequest) as e:
+            llm.chat(huge, [cut, cut])
+        assert e.value.param == "params"
+        assert str(e.value) == ("params holds 2 SamplingParams for 1 conversations: give one "
+                                "for all of them, or one for each")
+        for bad, field in _bad_params():
+            with pytest.raises(InvalidRequest) as e:
+                llm.chat([huge, huge], [cut, bad])
+            assert e.value.param == f"params[1].{field}", e.value
+        with pytest.raises(InvalidRequest) as generated:
+            llm.generate([HUGE], [None])
+        with pytest.raises(InvalidRequest) as chatted:
+            llm.chat(huge, [None])
+        assert chatted.value.param == generated.value.param == "params[0]"
+        assert str(chatted.value) == str(generated.value)
+        assert not spy.saw(len(HUGE)), spy.lengths
+        # no conversation, nothing the context bounds: served, as LLM.generate serves it
+        past = SamplingParams(max_tokens=1, truncate_prompt_tokens=MAX_MODEL_LEN + 1)
+        assert llm.chat([], past) == llm.generate([], past) == []
