@@ -126,11 +126,8 @@ def _params_of_batch(params: SamplingParams | Sequence[SamplingParams] | None, n
         return [_as_called(params)] * n
     check_params_count(params, n, batch_name)
     for i, p in enumerate(params):
-        try:
+        with naming_params_item(i):
             checked_params(p)
-        except InvalidRequest as e:
-            raise e.within(f"params[{i}]", f"params[{i}]" if e.param == "params"
-                           else f"params[{i}].{e.param}") from None
     called = {id(p): _as_called(p) for p in params}  # one copy of a params given twice
     return [called[id(p)] for p in params]
 
