@@ -143,13 +143,16 @@ def naming_batch_item(field: str, index: int | None, name: str | None = None
 def naming_params_item(index: int | None) -> Iterator[None]:
     """An InvalidRequest about a field of params (not the prompt, not the context's
     length) raised in the block is raised as params[index]'s (param
-    "params[1].stop_token_ids"): a batch given one SamplingParams per prompt. With index
-    None (params the batch shares), as it is."""
+    "params[1].stop_token_ids"; one about params itself, "params[1]"): a batch given one
+    SamplingParams per prompt. With index None (params the batch shares), as it is."""
     try:
         yield
     except InvalidRequest as e:
-        if (index is None or e.param in (None, "prompt") or e.code is not None
-                or e.param.startswith("params")):
+        if index is None or e.param in (None, "prompt") or e.code is not None:
+            raise
+        if e.param == "params":  # not SamplingParams at all
+            raise e.within(f"params[{index}]", f"params[{index}]") from None
+        if e.param.startswith("params"):
             raise
         raise e.within(f"params[{index}]", f"params[{index}].{e.param}") from None
 

@@ -15,12 +15,12 @@ import weakref
 from collections.abc import Sequence
 
 from aiollm.engine import Engine, RequestOutput
-from aiollm.engine.batch_api import Progress
+from aiollm.engine.add_request import checked_params, params_bound
+from aiollm.engine.batch_api import Progress, check_params_count
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import TemplateOptions, checked_options
 from aiollm.engine.chat_tools import check_tools
-from aiollm.engine.submission import render_bound
-from aiollm.errors import EngineStopped, InvalidRequest
+from aiollm.errors import EngineStopped, InvalidRequest, naming_params_item
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
 from aiollm.vllm_members import lacking
@@ -148,7 +148,9 @@ class LLM:
         `chat_template_content_format` for a value not "auto", "string" or "openai"; a
         bad tool by its place, `tools[0].function.name`), or
         `conversations` for a value that is neither a list (or tuple) of conversations nor
-        one, before any is generated, and `conversations[i]` for one too long for the
+        one, before any is generated; bad params as generate() names them (`params` for a
+        list of another length, `params[i].field`), before any conversation is rendered;
+        and `conversations[i]` for one too long for the
         context (or the param to change, as Engine.generate_batch names prompts);
         TypeError naming both names of a value given twice (template and one of its
         options) or no conversations at all; EngineStopped once close() has run."""
@@ -175,14 +177,15 @@ class LLM:
         template = checked_options(self.engine.tokenizer, template)
         if tools is not None:
             tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
+        # every params checked before any conversation is rendered, as generate() checks
+        # them before any prompt is tokenized; one the context cannot hold is refused
+        # before it is encoded, as Engine.chat refuses it
+        bounds = self._bounds(params, len(conversations))
         prompts = []
         for i, conversation in enumerate(conversations):
-            # one the context cannot hold is refused before it is encoded, as Engine.chat
-            # refuses it
-            most = self._most(params, i, len(conversations))
             try:
                 prompts.append(self.engine.render_chat(checked_messages(conversation), tools,
-                                                       template, most=most)[0])
+                                                       template, most=bounds[i])[0])
             except InvalidRequest as e:
                 # the same check serves one conversation (Engine.chat, HTTP), whose names
                 # start at messages: say which of the batch it was
@@ -195,16 +198,25 @@ class LLM:
                 choice.prompt = text
         return outs
 
-    def _most(self, params: object, i: int, n: int) -> int | None:
-        """The most tokens conversation i of n, generated from with `params` (one for all,
-        or a list of one each), may render to (render_chat's most): the context; None
-        where truncate_prompt_tokens cuts it, or where a list of params of another length
-        leaves it unknown (_generate refuses that list, naming params)."""
-        if isinstance(params, (list, tuple)):
-            if len(params) != n:
-                return None
-            params = params[i]
-        return render_bound(params, self.engine.max_model_len)
+    def _bounds(self, params: object, n: int) -> list[int | None]:
+        """The most tokens each of n conversations, generated from with `params` (one for
+        all, or a list of one each), may render to (render_chat's most: params_bound),
+        every params checked first as generate() checks them: InvalidRequest naming
+        `params` for a list of another length, `params[i]` (a None too: the engine's
+        defaults are for params given none) or `params[i].field` for a bad one of a
+        list, the field for a bad one for all."""
+        most = self.engine.max_model_len
+        if not isinstance(params, (list, tuple)):
+            # a batch of none has no prompt for the context to bound (generate() takes it)
+            return [params_bound(params, most)] * n if n else []
+        check_params_count(params, n, "conversations")
+        bounds = []
+        for i, p in enumerate(params):
+            with naming_params_item(i):
+                if p is None:
+                    checked_params(p)  # refused: no SamplingParams
+                bounds.append(params_bound(p, most))
+        return bounds
 
     def get_tokenizer(self):
         """The tokenizer the engine encodes prompts and decodes outputs with (vLLM's

@@ -147,6 +147,26 @@ def test_offline_truncate_prompt_tokens_keeps_the_added_bos(model_dir):
     assert ids.prompt_token_ids == [3, e, f], ids
 
 
+def test_engine_generate_truncates_a_text_prompt_as_stream_does(model_dir):
+    """Engine.generate's truncate_prompt_tokens keeps a text prompt's BOS, as Engine.stream
+    and LLM.generate keep it: generate encoded the whole text, then cut its ids, the BOS
+    with the rest ([d, e, f])."""
+    import asyncio
+
+    from aiollm import SamplingParams
+    from aiollm.engine import Engine
+
+    e, f = LETTERS["e"], LETTERS["f"]
+    params = SamplingParams(max_tokens=1, truncate_prompt_tokens=3)
+
+    async def main():
+        async with Engine(model_dir, load_format="dummy", max_model_len=64,
+                          kv_tokens=256) as engine:
+            return (await engine.generate("abcdef", params)).prompt_token_ids
+
+    assert asyncio.run(main()) == [BOS, e, f]
+
+
 def test_lightllm_tokens_counts_the_special_tokens_unless_told_not_to(server):
     """LightLLM's /tokens counts the text as /generate tokenizes it: with the tokenizer's
     BOS, unless parameters.add_special_tokens is false (the one parameter read there)."""

@@ -228,3 +228,117 @@ def test_llm_refuses_a_huge_prompt_untokenized(tiny):
         # a list of params of another length is named as such, as before the bound
         with pytest.raises(InvalidRequest, match=r"params holds 2 SamplingParams for 1"):
             llm.chat(huge, [params, params])
+
+
+def test_the_engine_checks_the_params_before_the_prompts_length(tiny):
+    """A huge prompt with a bad field (temperature set out of range after SamplingParams
+    checked it) is refused for the field by Engine.generate, as Engine.stream refuses it
+    (the params first, as SamplingParams refuses the field when it is made): generate
+    refused it for its length. The HTTP routes refuse the length first, as vLLM's do (it
+    makes the SamplingParams once the prompt is tokenized)."""
+    async def check(client, engine, spy):
+        bad = SamplingParams(max_tokens=1)
+        bad.temperature = -1.0
+        with pytest.raises(InvalidRequest) as streamed:
+            engine.stream(HUGE, bad)
+        with pytest.raises(InvalidRequest) as generated:
+            await engine.generate(HUGE, bad)
+        assert streamed.value.param == generated.value.param == "temperature"
+        assert str(generated.value) == str(streamed.value)
+
+    serve(tiny, check)
+
+
+def _bad_params() -> list[tuple[SamplingParams, str]]:
+    """(params generating refuses, the field named): a truncate_prompt_tokens past the
+    context (only the engine knows the context), one of no meaning and a temperature set
+    out of range after SamplingParams checked them when made."""
+    past = SamplingParams(max_tokens=1, truncate_prompt_tokens=MAX_MODEL_LEN + 1)
+    zero = SamplingParams(max_tokens=1)
+    zero.truncate_prompt_tokens = 0
+    cold = SamplingParams(max_tokens=1)
+    cold.temperature = -1.0
+    return [(past, "truncate_prompt_tokens"), (zero, "truncate_prompt_tokens"),
+            (cold, "temperature")]
+
+
+def test_chat_checks_the_params_before_rendering_a_huge_conversation(tiny):
+    """Engine.chat and stream_chat refuse params that generating refuses before the
+    conversation is rendered and encoded, with the refusal Engine.generate and stream give
+    a prompt: any truncate_prompt_tokens was read as one that cuts the conversation, which
+    was then encoded whole (seconds for megabytes; stream_chat on the event loop) only to
+    be refused for that value; a bad temperature was refused as the prompt's length."""
+    huge = [{"role": "user", "content": HUGE}]
+
+    async def check(client, engine, spy):
+        for bad, field in _bad_params():
+            with pytest.raises(InvalidRequest) as generated:
+                await engine.generate(HUGE, bad)
+            with pytest.raises(InvalidRequest) as chatted:
+                await engine.chat(huge, bad)
+            with pytest.raises(InvalidRequest) as streamed:
+                engine.stream_chat(huge, bad)
+            for e in (generated, chatted, streamed):
+                assert e.value.param == field, (field, e.value)
+                assert str(e.value) == str(generated.value)
+            assert not spy.saw(len(HUGE)), (field, spy.lengths)
+
+    serve(tiny, check)
+
+
+def test_llm_chat_checks_the_params_before_rendering_a_huge_conversation(tiny):
+    """LLM.chat refuses params that generating refuses (one for all, or one per
+    conversation: params[i].field, params[i] for one that is no SamplingParams) before it
+    renders a conversation, as LLM.generate refuses them before it tokenizes a prompt."""
+    from aiollm.offline import LLM
+
+    huge = [{"role": "user", "content": HUGE}]
+    with LLM(tiny, load_format="dummy", kv_tokens=512) as llm:
+        spy = EncodeSpy(llm.get_tokenizer())
+        cases = [("x", "params"), (["x"], "params[0]")]
+        for bad, field in _bad_params():
+            cases += [(bad, field), ([bad], f"params[0].{field}")]
+        for params, named in cases:
+            with pytest.raises(InvalidRequest) as generated:
+                llm.generate([HUGE], params)
+            with pytest.raises(InvalidRequest) as chatted:
+                llm.chat(huge, params)
+            assert chatted.value.param == generated.value.param == named
+            assert str(chatted.value) == str(generated.value)
+            assert not spy.saw(len(HUGE)), (named, spy.lengths)
+
+
+def test_llm_chat_checks_every_params_before_rendering_any_conversation(tiny):
+    """LLM.chat refuses a list of params of another length than the conversations, a bad
+    params[i] and a None in the list (the engine's defaults are for params given none, as
+    LLM.generate reads them) before it renders any conversation, as LLM.generate refuses
+    them before it tokenizes any prompt: a list of another length, or a bad params[1]
+    after a params[0] that cuts a huge conversation 0, rendered and encoded that
+    conversation whole first (seconds for megabytes); [None] was refused as the huge
+    conversation's length, where LLM.generate names params[0]. A batch of none is served
+    as LLM.generate serves it (the context bounds no prompt)."""
+    from aiollm.offline import LLM
+
+    huge = [{"role": "user", "content": HUGE}]
+    cut = SamplingParams(max_tokens=1, truncate_prompt_tokens=8)
+    with LLM(tiny, load_format="dummy", kv_tokens=512) as llm:
+        spy = EncodeSpy(llm.get_tokenizer())
+        with pytest.raises(InvalidRequest) as e:
+            llm.chat(huge, [cut, cut])
+        assert e.value.param == "params"
+        assert str(e.value) == ("params holds 2 SamplingParams for 1 conversations: give one "
+                                "for all of them, or one for each")
+        for bad, field in _bad_params():
+            with pytest.raises(InvalidRequest) as e:
+                llm.chat([huge, huge], [cut, bad])
+            assert e.value.param == f"params[1].{field}", e.value
+        with pytest.raises(InvalidRequest) as generated:
+            llm.generate([HUGE], [None])
+        with pytest.raises(InvalidRequest) as chatted:
+            llm.chat(huge, [None])
+        assert chatted.value.param == generated.value.param == "params[0]"
+        assert str(chatted.value) == str(generated.value)
+        assert not spy.saw(len(HUGE)), spy.lengths
+        # no conversation, nothing the context bounds: served, as LLM.generate serves it
+        past = SamplingParams(max_tokens=1, truncate_prompt_tokens=MAX_MODEL_LEN + 1)
+        assert llm.chat([], past) == llm.generate([], past) == []

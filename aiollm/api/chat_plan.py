@@ -131,10 +131,8 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     # model still sees the tools (vLLM's default; OpenAI's model sees them and calls none)
     # unless the server was told to leave them out
     shown = [] if mode == "none" and engine.config.exclude_tools_when_tool_choice_none else tools
-    # a rendering the context cannot hold is refused before it is encoded, unless
-    # truncate_prompt_tokens (keep) cuts it
     ids, messages = await st.render_chat(dicts, shown, options, req.add_special_tokens, keep,
-                                         most=None if keep else engine.max_model_len)
+                                         refuse_long=True)
     # vLLM's echo: the last message's text, as the template was given it (its parts joined,
     # or each part's text: content_format.echoed_text), comes before each answer where the
     # message is in the answer's role (the one it continues)

@@ -164,9 +164,7 @@ async def _prompt_ids(st: ApiState, req: GenerateRequest) -> list[int]:
                                  param="inputs")
         return await st.tokenize(req.inputs)
     special = req.parameters.add_special_tokens
-    # inputs the context cannot hold are refused before they are encoded
-    ids = await st.encode(req.inputs, add_special_tokens=special,
-                          most=st.engine.max_model_len)
+    ids = await st.encode(req.inputs, add_special_tokens=special, refuse_long=True)
     if not ids:
         why = "add_special_tokens is false" if not special else "the tokenizer adds no BOS"
         raise InvalidRequest(f"inputs must not be empty: the text encodes to no token ({why})",

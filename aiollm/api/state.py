@@ -19,7 +19,7 @@ from aiollm.config import MAX_STORED_RESPONSES
 from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.special_tokens import encode_kept, with_special_tokens
 from aiollm.engine.submission import (TOKENIZE_INLINE_CHARS, check_fewest_tokens,
-                                      of_some_tokens, off_loop)
+                                      of_some_tokens, off_loop, prompt_bound)
 from aiollm.errors import naming_batch_item
 
 if TYPE_CHECKING:
@@ -129,65 +129,61 @@ class ApiState:
     async def tokenize(self, prompt: str | Sequence[int], *,
                        add_special_tokens: bool = True, keep_last: int | None = None
                        ) -> list[int]:
-        """Token ids of a prompt: text is tokenized (long text off the event loop), ids are
-        checked by the engine, as is an empty list; text that encodes to no token is
-        refused (of_some_tokens: "" without a BOS added); only the last `keep_last` when
+        """Token ids of a prompt to generate from (long text tokenized off the event loop):
+        text is refused where it can never fit the context (before it is encoded:
+        prompt_bound) or encodes to no token (of_some_tokens: "" without a BOS added), ids
+        are checked by the engine, as is an empty list; only the last `keep_last` when
         given (vLLM's truncate_prompt_tokens: text keeps the special tokens the tokenizer
-        adds, encode_kept). Without keep_last, text that cannot fit the context is refused
-        before it is encoded (encode's `most`), as the engine refuses it once encoded."""
-        if isinstance(prompt, str):
-            most = self.engine.max_model_len if keep_last is None else None
-            return of_some_tokens(await self.encode(prompt,
-                                                    add_special_tokens=add_special_tokens,
-                                                    keep_last=keep_last, most=most))
-        # ids are checked
-        return await off_loop(len(prompt), self.engine.tokenize, prompt, keep_last)
-
-    async def encode(self, text: str, *, add_special_tokens: bool = True,
-                     keep_last: int | None = None, most: int | None = None) -> list[int]:
-        """The token ids the tokenizer makes of `text` (off the event loop when long), none
-        at all where it gives none ("" or whitespace it drops, without a BOS): what
-        /tokenize and /tokens count; a prompt to generate from is `tokenize`'s, which
-        refuses no token. most: text that cannot be that many tokens or fewer is refused
-        before it is encoded (submission.check_fewest_tokens: ContextExceeded)."""
-        return await off_loop(len(text), _encoded, self.engine.tokenizer, text,
-                              add_special_tokens, keep_last, most)
+        adds, encode_kept)."""
+        return await off_loop(len(prompt), self._tokenized, prompt, add_special_tokens,
+                              keep_last)
 
     async def tokenize_batch(self, prompts: Sequence[str | Sequence[int]],
                              keep_last: int | None = None, add_special_tokens: bool = True
                              ) -> list[list[int]]:
-        """Token ids of each prompt of a batch (each its last `keep_last` when given): off
-        the event loop when the batch is long, also when it is many short prompts. A bad
-        prompt is named by its index (prompt[i])."""
-        size = sum(len(p) for p in prompts)
-        if size <= TOKENIZE_INLINE_CHARS:
-            out = []
-            for i, p in enumerate(prompts):
-                with naming_batch_item("prompt", i):
-                    out.append(await self.tokenize(p, add_special_tokens=add_special_tokens,
-                                                   keep_last=keep_last))
-            return out
-
+        """Token ids of each prompt of a batch, as `tokenize` gives them: off the event loop
+        when the batch is long, also when it is many short prompts. A bad prompt is named
+        by its index (prompt[i])."""
         def all_of_them() -> list[list[int]]:
             out = []
-            tokenizer = self.engine.tokenizer
-            most = self.engine.max_model_len if keep_last is None else None
             for i, p in enumerate(prompts):
                 with naming_batch_item("prompt", i):
-                    out.append(of_some_tokens(_encoded(tokenizer, p, add_special_tokens,
-                                                       keep_last, most))
-                               if isinstance(p, str)
-                               else self.engine.tokenize(p, keep_last))
+                    out.append(self._tokenized(p, add_special_tokens, keep_last))
             return out
 
+        if sum(len(p) for p in prompts) <= TOKENIZE_INLINE_CHARS:
+            return all_of_them()
         return await asyncio.to_thread(all_of_them)
+
+    def _tokenized(self, prompt: str | Sequence[int], add_special_tokens: bool,
+                   keep_last: int | None) -> list[int]:
+        if isinstance(prompt, str):
+            return of_some_tokens(self._encoded(prompt, add_special_tokens, keep_last, True))
+        return self.engine.tokenize(prompt, keep_last)
+
+    async def encode(self, text: str, *, add_special_tokens: bool = True,
+                     keep_last: int | None = None, refuse_long: bool = False) -> list[int]:
+        """The token ids the tokenizer makes of `text` (off the event loop when long), none
+        at all where it gives none ("" or whitespace it drops, without a BOS): what
+        /tokenize and /tokens count; a prompt to generate from is `tokenize`'s, which
+        refuses no token. refuse_long: text to generate from, refused before it is encoded
+        where it can never fit (prompt_bound; ContextExceeded)."""
+        return await off_loop(len(text), self._encoded, text, add_special_tokens, keep_last,
+                              refuse_long)
+
+    def _encoded(self, text: str, add_special_tokens: bool, keep_last: int | None,
+                 refuse_long: bool) -> list[int]:
+        if refuse_long:
+            check_fewest_tokens(self.engine.tokenizer, text,
+                                prompt_bound(self.engine.max_model_len, keep_last))
+        return encode_kept(self.engine.tokenizer, text, add_special_tokens, keep_last)
 
     async def detokenize(self, ids: list[int]) -> str:
         return await off_loop(len(ids), self.engine.tokenizer.decode, ids)
 
     async def render_chat(self, messages: list[dict], tools: list[dict],
                           template: TemplateOptions, add_special_tokens: bool = False,
-                          keep_last: int | None = None, most: int | None = None
+                          keep_last: int | None = None, refuse_long: bool = False
                           ) -> tuple[list[int], list[dict]]:
         """(token ids, the messages rendered) of a conversation with its checked `tools`,
         rendered as `template` says (Engine.render_chat: the same prompt as the Python
@@ -196,7 +192,10 @@ class ApiState:
         add_special_tokens: the tokenizer's special tokens (a BOS) added on top of what the
         template wrote, as vLLM's chat field of that name (default false) adds them.
         keep_last: only that many tokens (truncate_prompt_tokens), those added kept
-        (with_special_tokens), the rendered ones cut from the left as vLLM cuts them."""
+        (with_special_tokens), the rendered ones cut from the left as vLLM cuts them.
+        refuse_long: a conversation to generate from, refused before it is encoded where
+        it can never fit (prompt_bound; ContextExceeded)."""
+        most = prompt_bound(self.engine.max_model_len, keep_last) if refuse_long else None
         ids, shown = await off_loop(rendered_size(messages, tools, template),
                                     self.engine.render_chat,
                                     messages, tools, template, most=most)
@@ -205,15 +204,6 @@ class ApiState:
         elif keep_last:
             ids = ids[-keep_last:]
         return ids, shown
-
-
-def _encoded(tokenizer, text: str, add_special_tokens: bool, keep_last: int | None,
-             most: int | None) -> list[int]:
-    """encode_kept's ids of `text`, refused first (check_fewest_tokens) where it cannot be
-    `most` tokens or fewer (None: not checked): on the thread that would encode it."""
-    if most is not None:
-        check_fewest_tokens(tokenizer, text, most)
-    return encode_kept(tokenizer, text, add_special_tokens, keep_last)
 
 
 STATE = web.AppKey("aiollm_state", ApiState)

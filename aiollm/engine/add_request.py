@@ -19,7 +19,7 @@ from aiollm.engine.output_text import NoText, OutputText
 from aiollm.engine.request import Request
 from aiollm.engine.request_group import ChoiceGroup
 from aiollm.engine.submission import (Prompt, check_request, kept_prompt_tokens, new_request,
-                                      request_params, tokenize)
+                                      prompt_bound, request_params, tokenize)
 from aiollm.errors import EngineStopped, InvalidRequest, Overloaded
 from aiollm.sampling_params import SamplingParams
 
@@ -37,8 +37,8 @@ class AddRequest:
         last `keep_last` when given; raises InvalidRequest naming "prompt" (see
         submission.tokenize), RuntimeError before the engine was first started (no
         tokenizer yet). Text of any length is counted (a caller counts tokens with it, as
-        with vLLM's /tokenize); refuse_long (generation's paths): text the context cannot
-        hold is refused before it is encoded (submission.tokenize's refuse_long)."""
+        with vLLM's /tokenize); refuse_long: text to generate from, refused before it is
+        encoded where it can never fit (submission.prompt_bound)."""
         self._check_started()
         return tokenize(self.tokenizer, prompt, self.model_config.vocab_size, self.max_model_len,
                         keep_last, refuse_long=refuse_long)
@@ -95,13 +95,19 @@ class AddRequest:
 
     def _checked_input(self, prompt: Prompt, params: SamplingParams) -> list[int]:
         """_checked's part that reads only the model and the tokenizer (any thread)."""
-        checked_params(params)
-        ids = self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
-                                                       self.max_model_len), refuse_long=True)
+        ids = self._prompt_ids(prompt, params)
         check_request(len(ids), params, self.model_config.vocab_size, self.max_model_len)
         if params.constraint is not None:  # allowed_token_ids, logit_bias in the vocabulary
             self.grammars.check(params.constraint, params.min_tokens, params.stop_token_ids)
         return ids
+
+    def _prompt_ids(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        """The ids generating from `prompt` with `params` takes (params checked first):
+        its last truncate_prompt_tokens, text refused before it is encoded where it can
+        never fit (any thread)."""
+        checked_params(params)
+        return self.tokenize(prompt, kept_prompt_tokens(params.truncate_prompt_tokens,
+                                                        self.max_model_len), refuse_long=True)
 
     def _submit(self, prompt: Prompt, params: SamplingParams, *, counted: bool = True,
                 cache_salt: str | None = None, group: ChoiceGroup | None = None
@@ -138,3 +144,16 @@ def checked_params(params: SamplingParams) -> None:
         raise InvalidRequest(f"params must be SamplingParams, got {type(params).__name__}",
                              param="params")
     params.check()
+
+
+def params_bound(params: SamplingParams | None, max_model_len: int) -> int | None:
+    """prompt_bound of a prompt (a conversation, rendered) to generate from with `params`
+    (None: the engine's defaults, which cut nothing): the params checked first, as
+    submitting them checks them (checked_params, then kept_prompt_tokens: InvalidRequest
+    naming the field), so that a truncate_prompt_tokens that cuts nothing (0, past the
+    context) is refused before the prompt is encoded, not read as one that cuts it."""
+    if params is None:
+        return max_model_len
+    checked_params(params)
+    return prompt_bound(max_model_len,
+                        kept_prompt_tokens(params.truncate_prompt_tokens, max_model_len))

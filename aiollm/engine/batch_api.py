@@ -124,17 +124,20 @@ def _params_of_batch(params: SamplingParams | Sequence[SamplingParams] | None, n
     if not isinstance(params, (list, tuple)):
         checked_params(params)
         return [_as_called(params)] * n
-    if len(params) != n:
-        raise InvalidRequest(f"params holds {len(params)} SamplingParams for {n} {batch_name}: "
-                             f"give one for all of them, or one for each", param="params")
+    check_params_count(params, n, batch_name)
     for i, p in enumerate(params):
-        try:
+        with naming_params_item(i):
             checked_params(p)
-        except InvalidRequest as e:
-            raise e.within(f"params[{i}]", f"params[{i}]" if e.param == "params"
-                           else f"params[{i}].{e.param}") from None
     called = {id(p): _as_called(p) for p in params}  # one copy of a params given twice
     return [called[id(p)] for p in params]
+
+
+def check_params_count(params: object, n: int, batch_name: str) -> None:
+    """Raise InvalidRequest naming `params` where it is a list (or tuple) of another length
+    than the batch's n items (one SamplingParams for all is any batch's)."""
+    if isinstance(params, (list, tuple)) and len(params) != n:
+        raise InvalidRequest(f"params holds {len(params)} SamplingParams for {n} {batch_name}: "
+                             f"give one for all of them, or one for each", param="params")
 
 
 def _as_called(params: SamplingParams) -> SamplingParams:

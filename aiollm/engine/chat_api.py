@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from aiollm.engine.add_request import params_bound
 from aiollm.engine.cache_salt import checked_salt
 from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.chat_tools import check_tools, tool_renderings
 from aiollm.engine.outputs import Delta, RequestOutput
-from aiollm.engine.submission import off_loop, render_bound
+from aiollm.engine.submission import off_loop
 from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
 
@@ -79,7 +80,8 @@ class ChatAPI:
         naming `tools[i]...`): the prompt is the one /v1/chat/completions renders for the
         same messages, tools and options (render_chat). The output is the model's text, any
         calls in it unparsed, as vLLM's LLM.chat gives it. `cache_salt`: as generate()
-        takes it (checked before the messages are rendered)."""
+        takes it; it and `params` (InvalidRequest naming the field, as generate() names
+        it) are checked before the messages are rendered."""
         checked_salt(cache_salt)
         ids = await off_loop(rendered_size(messages, tools, template), self._chat_ids, messages,
                              template, tools, self._most(params))
@@ -105,5 +107,6 @@ class ChatAPI:
 
     def _most(self, params: SamplingParams | None) -> int | None:
         """The most tokens a conversation may render to under `params` (render_chat's
-        most): the context, None where truncate_prompt_tokens will cut it."""
-        return render_bound(params, self.max_model_len) if self._started else None
+        most; params_bound: bad params refused first, as generate() refuses them before
+        the prompt's length)."""
+        return params_bound(params, self.max_model_len) if self._started else None

@@ -67,10 +67,8 @@ class EngineAPI:
         defaulted = params is None
         await self.compile_grammar(params := params or self.default_params())
         given = prompt_text(prompt)
-        if self._started and isinstance(prompt, str):
-            # a prompt truncate_prompt_tokens will cut is never too long: not refused here
-            whole = getattr(params, "truncate_prompt_tokens", None) is None
-            prompt = await off_loop(len(prompt), self.tokenize, prompt, refuse_long=whole)
+        if self._started and isinstance(prompt, str):  # as _submit would, once, off the loop
+            prompt = await off_loop(len(prompt), self._prompt_ids, prompt, params)
         if defaulted:
             prompt, params = self._with_defaults(prompt)
         room = self._batch_room if n_of(params) > 1 else None

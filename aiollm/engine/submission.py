@@ -108,15 +108,14 @@ def tokenize(tokenizer, prompt: Prompt, vocab_size: int, max_model_len: int,
     kept_prompt_tokens), before the length is checked: of text, its special tokens (a BOS)
     kept and its own tokens cut, as vLLM's tokenizer truncates it (encode_kept); of ids,
     their last keep_last.
-    refuse_long (without keep_last): text that cannot be max_model_len tokens or fewer is
-    refused before it is encoded (check_fewest_tokens); False where the caller takes it
-    longer (it truncates the ids after)."""
+    refuse_long: text to generate from, refused before it is encoded where it can never
+    fit (prompt_bound); False: counted, of any length."""
     if isinstance(prompt, dict):
         prompt = prompt_of_dict(prompt)
     if isinstance(prompt, str):
         check_unicode(prompt, "prompt")
-        if refuse_long and keep_last is None:
-            check_fewest_tokens(tokenizer, prompt, max_model_len)
+        if refuse_long:
+            check_fewest_tokens(tokenizer, prompt, prompt_bound(max_model_len, keep_last))
         return of_some_tokens(encode_kept(tokenizer, prompt, keep_last=keep_last))
     # bytes are a sequence of ints too: b"hello" would be the ids 104, 101, ...
     if not isinstance(prompt, Sequence) or isinstance(prompt, (bytes, bytearray)):
@@ -173,24 +172,28 @@ def too_long(n: int, max_model_len: int, at_least: bool = False) -> ContextExcee
                            "prompt")
 
 
-def render_bound(params: object, max_model_len: int) -> int | None:
-    """The `most` tokens a prompt generated from with `params` may be, checked before it is
-    encoded (check_fewest_tokens): the context; None where params.truncate_prompt_tokens
-    will cut it (never too long then)."""
-    if getattr(params, "truncate_prompt_tokens", None) is not None:
-        return None
-    return max_model_len
+def prompt_bound(max_model_len: int, keep_last: int | None) -> int | None:
+    """The early refusal's rule, which every path that tokenizes a prompt to generate from
+    follows: the most tokens its text (or rendered conversation) may encode to, checked
+    before it is encoded (check_fewest_tokens): the context; None (nothing checked) where
+    keep_last (truncate_prompt_tokens as kept_prompt_tokens checks and counts it: a value
+    sent as it is, 0 or past the context, would skip the check for a request refused
+    anyway; add_request.params_bound reads it off params) keeps only the prompt's last
+    tokens, never too long then. A path that counts tokens
+    (Engine.tokenize and render_chat, /tokenize, LightLLM's /tokens) checks no bound."""
+    return max_model_len if keep_last is None else None
 
 
-def check_fewest_tokens(tokenizer, text: str, most: int) -> None:
+def check_fewest_tokens(tokenizer, text: str, most: int | None) -> None:
     """Raise too_long (ContextExceeded naming "prompt", its count "at least" the fewest)
     when `text` cannot encode to `most` tokens or fewer (token_floor.fewest_tokens: a
     bound read off the vocabulary, no encoding), so that a prompt the context could never
     hold is refused at once rather than after seconds of tokenizing: the same refusal the
-    length check after tokenizing gives it. Where no bound is proven, nothing is checked.
-    Reads the text only where its characters over the longest token pass `most`
-    (milliseconds per 16 MB): call it where the text would be encoded."""
-    if len(text) <= most:  # the fewest tokens are at most the characters
+    length check after tokenizing gives it. Where no bound is proven, or `most` is None
+    (prompt_bound's: none is), nothing is checked. Reads the text only where its
+    characters over the longest token pass `most` (milliseconds per 16 MB): call it where
+    the text would be encoded."""
+    if most is None or len(text) <= most:  # the fewest tokens are at most the characters
         return
     fewest = fewest_tokens(tokenizer, text, most)  # read only where it may be refused
     if fewest > most:
