@@ -177,7 +177,9 @@ def test_preflight_outside_the_allowed_methods_and_headers_is_refused(cors_serve
     assert status == 403 and cors_headers(headers) == {}
 
 
-@pytest.mark.parametrize("origin", ["http://localhost:3000/", "localhost:3000", ""])
+@pytest.mark.parametrize("origin", ["http://localhost:3000/", "localhost:3000", "",
+                                    "http://user@localhost:3000", "http://localhost:99999",
+                                    "http://localhost:30x0", "http://[::g]:3000"])
 def test_an_origin_no_browser_sends_is_refused(origin):
     with pytest.raises(ValueError, match="not an origin"):
         CorsOptions((origin,))
@@ -185,11 +187,17 @@ def test_an_origin_no_browser_sends_is_refused(origin):
 
 @pytest.mark.parametrize("origin,sent", [
     ("http://localhost:80", "http://localhost"), ("https://app.example:443", "https://app.example"),
-    ("HTTP://App.Example:8080", "http://app.example:8080")])
+    ("HTTP://App.Example:8080", "http://app.example:8080"),
+    ("http://localhost:03000", "http://localhost:3000"),
+    ("http://café.example:3000", "http://xn--caf-dma.example:3000"),
+    ("http://[0:0:0:0:0:0:0:1]:3000", "http://[::1]:3000"),
+    ("http://[::ABCD]", "http://[::abcd]")])
 def test_an_origin_written_unlike_a_browser_names_the_form_it_sends(origin, sent):
     """A browser sends its origin with the scheme and host in lower case and without the
     scheme's default port; aiohttp-cors compares the header as sent, so these entries were
-    accepted and never matched: the page was refused with no word why."""
+    accepted and never matched: the page was refused with no word why. The same holds of a
+    port with leading zeros, a host not in ASCII (browsers send its IDNA form, punycode)
+    and an IPv6 address not in its shortest form (browsers send RFC 5952's)."""
     with pytest.raises(ValueError, match=re.escape(repr(sent))):
         CorsOptions((origin,))
     CorsOptions((sent, "http://[::1]:8000", "null"))

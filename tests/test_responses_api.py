@@ -418,3 +418,29 @@ def test_an_empty_encrypted_content_is_no_encrypted_reasoning():
                 "content": [{"type": "reasoning_text", "text": "sky"}]}
         got = input_messages([{"role": "user", "content": "Hi"}, item])
         assert got[1].reasoning_content == "sky"
+
+
+
+LONG = "t" * 100_000
+
+
+@pytest.mark.parametrize("body, param, says", [
+    ({"input": [{"content": "x"}]}, "input[0].role", "input[0].role is required"),
+    ({"input": [{"role": LONG, "content": "x"}]}, "input[0].role", "input[0].role must be"),
+    ({"input": [{"type": LONG}]}, "input[0].type", "input[0].type 'ttt"),
+    ({"truncation": LONG}, "truncation", "truncation 'ttt"),
+    ({"tools": [{"type": LONG}]}, "tools[0].type", "tools[0].type 'ttt"),
+    ({"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": LONG}},
+     "tool_choice", "tool_choice of type 'ttt"),
+])
+def test_a_bad_value_is_told_in_json_s_words_and_quoted_short(server, model, body, param, says):
+    """A message item without a role is told so (it said "got None", Python's word for
+    JSON's null), and a bad value is quoted at most 100 characters: one of 100,000
+    characters came back whole in the error."""
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"model": model, "input": "x", "max_output_tokens": 1, **body})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, str(error)[:300]
+    assert error["message"].startswith(says) and len(error["message"]) < 400, \
+        error["message"][:300]
+    assert "None" not in error["message"]

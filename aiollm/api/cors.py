@@ -12,6 +12,7 @@ configuration.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -54,9 +55,15 @@ class CorsOptions:
                                  "without a path, as browsers send it (e.g. "
                                  "http://localhost:3000), or \"*\" for any")
             sent = _as_sent(origin)
+            if sent is None:
+                raise ValueError(f"{origin!r} is not an origin a browser sends: give "
+                                 "scheme://host[:port] with no user name, a port from 0 to "
+                                 "65535 and a valid address (e.g. http://localhost:3000)")
             if sent != origin:  # compared as sent: this entry would never match
                 raise ValueError(f"{origin!r} is not an origin as browsers send it: give "
-                                 f"{sent!r} (scheme and host in lower case, no default port)")
+                                 f"{sent!r} (scheme and host in lower case, a host not in "
+                                 "ASCII in its IDNA form, an IPv6 address in its shortest "
+                                 "form, no default port, no leading zeros)")
         for name in ("allowed_methods", "allowed_headers"):
             if not getattr(self, name) or not all(getattr(self, name)):
                 raise ValueError(f"{name} must name at least one, without empty names "
@@ -66,22 +73,36 @@ class CorsOptions:
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
-def _as_sent(origin: str) -> str:
+def _as_sent(origin: str) -> str | None:
     """`origin` (one _ORIGIN matches) as a browser serializes it in the Origin header (the
-    HTML standard's ASCII serialization of an origin): scheme and host in lower case, the
-    port left out when it is the scheme's default. "*" and "null" as given; an entry whose
-    port is no number, as given (it then fails no check here, and matches nothing)."""
+    HTML standard's ASCII serialization of an origin, the host and port as the URL standard
+    parses them): scheme and host in lower case, a host not in ASCII in its IDNA form
+    (punycode), an IPv6 address in its shortest form (RFC 5952), the port as a decimal number
+    without leading zeros and left out when it is the scheme's default. "*" and "null" as
+    given. None for what no browser sends: a user name (user@host), a port that is no number
+    or past 65535, a bracketed host that is no IPv6 address, a host IDNA cannot encode."""
     if origin in ("*", "null"):
         return origin
     scheme, _, rest = origin.partition("://")
+    if "@" in rest:
+        return None
     host, colon, port = rest.rpartition(":") if not rest.endswith("]") else (rest, "", "")
     if not colon or "]" in port:  # no port, or the colon was inside an IPv6 address
         host, port = rest, ""
-    if port and not port.isdigit():
-        return origin
+    if port and not (port.isascii() and port.isdigit() and int(port) <= 65535):
+        return None
     scheme = scheme.lower()
-    if port and int(port) == _DEFAULT_PORTS.get(scheme):
-        port = ""
+    if port:
+        port = "" if int(port) == _DEFAULT_PORTS.get(scheme) else str(int(port))
+    try:
+        if host.startswith("["):
+            if not host.endswith("]"):
+                return None
+            host = f"[{ipaddress.IPv6Address(host[1:-1]).compressed}]"
+        elif not host.isascii():
+            host = host.encode("idna").decode("ascii")
+    except (ValueError, UnicodeError):
+        return None
     return f"{scheme}://{host.lower()}" + (f":{port}" if port else "")
 
 

@@ -47,9 +47,12 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
                                  param=f"{at}.status")
         if kind == "message":
             role = item.get("role")
+            if role is None:
+                raise InvalidRequest(f"{at}.role is required: one of {', '.join(_ROLES)}",
+                                     param=f"{at}.role")
             if role not in _ROLES:
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
-                                     f"{role!r}", param=f"{at}.role")
+                                     f"{role!r:.100}", param=f"{at}.role")
             # no parts: an empty turn, taken as chat (and vLLM) take it
             text = _text(item.get("content"), f"{at}.content")
             last = out[-1] if out else None
@@ -85,7 +88,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             else:
                 out.append(ChatMessage(role="assistant", reasoning_content=thought))
         else:
-            raise InvalidRequest(f'{at}.type {kind!r} is not served: send "message", '
+            raise InvalidRequest(f'{at}.type {kind!r:.100} is not served: send "message", '
                                  '"reasoning", "function_call" or "function_call_output" '
                                  "items", param=f"{at}.type")
     for m in out:  # a turn of reasoning alone: its answer was empty
