@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from aiollm.api.call_text import Joints, Written, written_calls
+from aiollm.api.call_wrap import wrap_before, wrap_part, without_wrap_end
 from aiollm.api.cut_calls import cut_calls
 from aiollm.sampling_params import GrammarSpec
 
@@ -44,6 +45,7 @@ class ToolParser:
     words: tuple[str, ...] = ()  # the format's markup besides `start` (Hermes' end tag)
     separator = "\n"
     args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
+    brackets = False  # a JSON list around calls is markup (call_wrap: bare JSON calls)
     # what leads from `start` to a call's head, and from one call's arguments to the next
     # (call_text.written_calls: where a stream may send a call)
     joints = Joints(re.compile(r"\s*"), re.compile(r"\s*\}\s*"))
@@ -66,18 +68,23 @@ class ToolParser:
         return content, calls, 0
 
     def opening(self, text: str, pos: int = 0) -> int:
-        """Where the first of `opens` is in text[pos:] (an index into `text`); -1: none."""
+        """Where the first of `opens` is in text[pos:] (an index into `text`), or the
+        opening of a wrapper (call_wrap: a code fence, a list) that leads to it; -1: none."""
         found = [i for i in (text.find(o, pos) for o in self.opens or (self.start,)) if i >= 0]
-        return min(found, default=-1)
+        at = min(found, default=-1)
+        wrap = wrap_before(text, at, pos, self.brackets) if at > pos else None
+        return at if wrap is None else wrap.start
 
     def opening_part(self, text: str) -> int:
-        """The length of the longest end of `text` that begins one of `opens` (a stream
-        holds it back: the next text may complete it); 0: none."""
+        """The length of the longest end of `text` that begins one of `opens`, or a
+        wrapper's opening that may lead to one (a stream holds it back: the next text
+        may complete it); 0: none."""
         opens = self.opens or (self.start,)
-        for k in range(min(max(map(len, opens)) - 1, len(text)), 0, -1):
+        wrapped = wrap_part(text, opens, self.brackets)
+        for k in range(min(max(map(len, opens)) - 1, len(text)), wrapped, -1):
             if any(o.startswith(text[-k:]) for o in opens):
                 return k
-        return 0
+        return wrapped
 
     def content_end(self, text: str) -> int:
         """Where the content a stream sends before any call ends: the first of `opens`, or
@@ -120,7 +127,7 @@ class ToolParser:
             sent = (written_calls(text, at, names, self.args_key, self.joints)[0] if at >= 0
                     else [])
         if not _extends(calls, sent):
-            content = text[:at].rstrip()
+            content = without_wrap_end(text[:at], self.brackets)
             calls = [ToolCall(c.name, c.arguments, complete=c.complete) for c in sent]
             calls[-1].complete = False
         for call in calls:
@@ -137,6 +144,8 @@ class ToolParser:
                 content[tail:], marker=self.start, args_key=self.args_key,
                 joints=self.joints, names=names, only_calls=required or bool(calls),
                 words=self.words)
+            if more:  # a wrapper's opening before the cut call is markup too
+                rest = without_wrap_end(rest, self.brackets)
             content = content[:tail] + rest
             calls += [ToolCall(name, arguments) for name, arguments in more]
             if tail and calls:  # else the text as written (ToolParser.parse)

@@ -23,6 +23,7 @@ are checked, and turned into that mode, in aiollm/api/tool_request.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -33,6 +34,7 @@ from typing import Any
 
 from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
                                    skip_json_space)
+from aiollm.api.call_wrap import Wrap, wrap_before, wrap_close
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -137,6 +139,17 @@ def _text_after(text: str, end: int) -> int:
     return end
 
 
+def _wrap(text: str, at: int, pos: int, wrap: Wrap | None,
+          brackets: bool) -> tuple[Wrap | None, int]:
+    """(the wrapper of the block of calls at text[at], where the text before it ends):
+    one whose opening ends there, or `wrap`, the previous block's still open, where only
+    whitespace parts them (text[pos:at], pos where the previous block ended)."""
+    own = wrap_before(text, at, pos, brackets)
+    if own is not None:
+        return own, own.start
+    return (wrap if wrap is not None and not text[pos:at].strip() else None), at
+
+
 def _skip_space(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
@@ -156,7 +169,7 @@ class HermesParser(ToolParser):
     def parse(self, text):
         # each block read as JSON, so markers inside an argument's string are its text; a
         # block that does not hold one call (or misses its end before more text) stays content
-        calls, content, pos = [], [], 0
+        calls, content, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
             at = _skip_space(text, i + len(self.start))
@@ -174,11 +187,14 @@ class HermesParser(ToolParser):
             if call is None:
                 i = text.find(self.start, i + 1)
                 continue
-            # whitespace alone between two blocks is their separator (Qwen's "\n")
-            content.append("" if calls and not text[pos:i].strip() else text[pos:i])
+            # whitespace alone between two blocks is their separator (Qwen's "\n"); a
+            # fence around blocks is markup (call_wrap), closed after any block in it
+            wrap, lead = _wrap(text, i, pos, wrap, False)
+            content.append("" if calls and not text[pos:lead].strip() else text[pos:lead])
             calls.append(call)
-            pos = j
-            i = text.find(self.start, j)
+            pos = wrap_close(text, j, wrap)
+            wrap = wrap if pos == j else None
+            i = text.find(self.start, pos)
         content.append(text[pos:])
         return "".join(content).rstrip() if calls else text, calls
 
@@ -189,12 +205,13 @@ class HermesParser(ToolParser):
 
 class Llama3Parser(ToolParser):
     name, start, separator, args_key = "llama3", '{"name": ', ";", "parameters"
+    brackets = True  # bare JSON: parallel calls may come as a JSON list of them
     # <|python_tag|> (in the text with skip_special_tokens false) opens the calls too, as
     # vLLM's llama3_json reads it: a stream holds it back until it knows what follows
     opens, words = (TAG, start), (TAG,)
     # the marker is the head itself; calls are separated by ';', whitespace or the tag
-    # (Llama 3.2 writes one before each of its parallel calls)
-    joints = Joints(re.compile(""), re.compile(r"\s*\}(?:[;\s]|<\|python_tag\|>)*"))
+    # (Llama 3.2 writes one before each of its parallel calls), or ',' in a JSON list
+    joints = Joints(re.compile(""), re.compile(r"\s*\}(?:[;,\s]|<\|python_tag\|>)*"))
 
     def parse(self, text):
         content, calls, _ = self.parse_tail(text)
@@ -213,10 +230,21 @@ class Llama3Parser(ToolParser):
         while i >= 0:
             # decoded once where no JSON parses there (see _may_hold_calls), twice else
             if (end := _object_end(text, i)) > i:
-                found, stop = _json_calls(text, i, self.args_key, ";", (TAG,), names)
+                # a list or a fence around the run is markup (call_wrap): the list read
+                # whole where it parses, else its calls one by one (it may be cut)
+                wrap = wrap_before(text, i, pos, self.brackets)
+                found, stop = [], i
+                if wrap is not None and wrap.bracket:
+                    found, stop = _json_calls(text, text.rindex("[", wrap.start, i),
+                                              self.args_key, ";,", (TAG,), names)
+                    if found:  # its ']' read with it
+                        wrap = dataclasses.replace(wrap, bracket=False)
+                if not found:
+                    found, stop = _json_calls(text, i, self.args_key, ";,", (TAG,), names)
                 if found:
-                    gaps.append(text[pos:i])
+                    gaps.append(text[pos:i if wrap is None else wrap.start])
                     calls += found
+                    stop = wrap_close(text, stop, wrap)
                     pos, end = _text_after(text, stop), stop
                 else:
                     read = end
@@ -264,7 +292,7 @@ class MistralParser(ToolParser):
     def parse(self, text):
         # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call. The
         # next marker is looked for after a block's JSON (an argument may hold the marker)
-        content, calls, pos = [], [], 0
+        content, calls, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
             found, end = _json_calls(text, i + len(self.start), "arguments", "")
@@ -272,11 +300,13 @@ class MistralParser(ToolParser):
                 i = text.find(self.start, i + 1)
                 continue
             # text between blocks keeps the whitespace before it (whitespace alone there
-            # is the blocks' separator)
-            content.append(text[pos if pos == i or not calls else _text_after(text, pos):i])
+            # is the blocks' separator); a fence around blocks is markup (call_wrap)
+            wrap, lead = _wrap(text, i, pos, wrap, False)
+            content.append(text[pos if pos == lead or not calls else _text_after(text, pos):lead])
             calls += found
-            pos = end
-            i = text.find(self.start, end)
+            pos = wrap_close(text, end, wrap)
+            wrap = wrap if pos == end else None
+            i = text.find(self.start, pos)
         if not calls:
             return text, []
         content.append(text[_text_after(text, pos):])

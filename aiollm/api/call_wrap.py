@@ -1,0 +1,136 @@
+"""Markup that models put around tool calls without their format defining it: a markdown
+code fence (```json ... ```, ``` ... ```) around the calls, and for bare-JSON calls
+(Llama 3) a JSON list of them (`[{...}, {...}]`). Such a wrapper is markup, not content,
+when calls follow its opening: its opening goes with the calls, and its closing (`]`,
+then the fence's ```) too where it follows them. Text that might be a wrapper's opening is
+held back by a stream (ToolParser.content_end) until what follows shows whether a call
+does; a wrapper's opening is bounded (a fence's language, the whitespace in it), so that
+is never more than WRAP_MAX characters. vLLM's llama3_json drops all text around calls
+(content null); aiollm drops the wrapper and keeps the model's other text.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+FENCE = "```"
+_INFO = frozenset(string.ascii_letters + string.digits + "_+.-")  # a fence's language
+MAX_INFO = 16  # the longest language a fence opening calls may have ("javascript", "json")
+MAX_SPACE = 16  # the most whitespace in one place of a wrapper's opening
+_SPACE = " \t\r\n"
+# the longest wrapper opening: ``` language \r\n space [ space
+WRAP_MAX = len(FENCE) + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
+
+
+@dataclass(frozen=True, slots=True)
+class Wrap:
+    """A wrapper's opening at text[start:end] (the calls' own opening at `end`, or the text's
+    end where it may still come): whether it opens a fence, whether a list ('[')."""
+
+    start: int
+    end: int
+    fence: bool
+    bracket: bool
+
+
+def _space(text: str, i: int) -> int:
+    """Past at most MAX_SPACE whitespace characters from text[i]; -1 where more follow."""
+    j = i
+    while j < len(text) and text[j] in _SPACE:
+        j += 1
+        if j - i > MAX_SPACE:
+            return -1
+    return j
+
+
+def wrap_at(text: str, start: int, brackets: bool) -> Wrap | None:
+    """The wrapper opening that starts at text[start], read to the first character that
+    is not its own (its `end`: where the calls' opening must begin, or len(text) where the
+    text ends inside it); None where none starts there. `brackets`: a list's '[' is one
+    (Llama 3's bare JSON calls)."""
+    i, n, fence = start, len(text), False
+    if text.startswith("`", i):
+        if not text.startswith(FENCE, i):  # "``" may go on as a fence where the text ends
+            return Wrap(start, n, True, False) if FENCE.startswith(text[i:]) else None
+        i += len(FENCE)
+        info = i
+        while i < n and text[i] in _INFO:
+            i += 1
+            if i - info > MAX_INFO:
+                return None
+        if i < n and text[i] == "\r":
+            i += 1
+        if i < n:
+            if text[i] != "\n":
+                return None
+            i = _space(text, i + 1)
+            if i < 0:
+                return None
+        fence = True
+    bracket = brackets and text.startswith("[", i)
+    if bracket:
+        i = _space(text, i + 1)
+        if i < 0:
+            return None
+    return Wrap(start, i, fence, bracket) if fence or bracket else None
+
+
+def wrap_before(text: str, at: int, floor: int, brackets: bool) -> Wrap | None:
+    """The wrapper whose opening ends at text[at] (where a call's opening is), starting
+    at or after `floor`; None where none does (the earliest where more would)."""
+    for s in range(max(floor, at - WRAP_MAX), at):
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets)) is not None and w.end == at:
+            return w
+    return None
+
+
+def wrap_part(text: str, opens: Sequence[str], brackets: bool) -> int:
+    """The length of the longest end of `text` that begins a wrapper's opening followed
+    by one of `opens` (all of that, or a part of it); 0: none."""
+    lo = max(0, len(text) - WRAP_MAX - max(map(len, opens)))
+    for s in range(lo, len(text)):
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets)) is not None and any(
+                o.startswith(text[w.end:]) for o in opens):
+            return len(text) - s
+    return 0
+
+
+def wrap_close(text: str, end: int, wrap: Wrap | None) -> int:
+    """Past the closing of `wrap` (']' where it opened a list, then ``` where a fence, or
+    a part of it that ends the text), whitespace before each, where it follows text[end]
+    (the end of its calls); `end` where it does not follow there."""
+    if wrap is None:
+        return end
+    i = end
+    if wrap.bracket:
+        j = _skip(text, i)
+        if not text.startswith("]", j):
+            return end
+        i = j + 1
+    if wrap.fence:
+        j = _skip(text, i)
+        if j < len(text) and FENCE.startswith(text[j:]):  # cut part way, ending the text
+            return len(text)
+        if not text.startswith(FENCE, j):
+            return i
+        i = j + len(FENCE)
+    return i
+
+
+def without_wrap_end(text: str, brackets: bool) -> str:
+    """`text`, the text before a call, without a wrapper's opening that ends it (its
+    trailing whitespace dropped), and without the whitespace before that."""
+    text = text.rstrip()
+    for s in range(max(0, len(text) - WRAP_MAX), len(text)):
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets)) is not None and (
+                w.end == len(text) and (w.bracket or text.startswith(FENCE, s))):
+            return text[:s].rstrip()
+    return text
+
+
+def _skip(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i

@@ -1,0 +1,144 @@
+"""Calls wrapped in markup the format does not define: a JSON list of Llama 3 calls
+(`[{...}, {...}]`, as bare-JSON models write parallel calls) and a markdown code fence
+around calls (```json ... ```, or ``` alone). The wrapper is markup, not content: an
+output of wrapped calls only has no content (null on the wire), streamed or not, and the
+stream holds the wrapper's opening back (a bounded amount) until it knows whether a call
+follows it, then sends it as content where none does. Whole and streamed answers agree,
+however the stream is split (one character at a time too)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_stream import StreamingToolParser
+from test_tool_call_stream import CALL, NAMES, P, Q, _check
+
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+LLAMA3 = Llama3Parser()
+A, B = CALL["llama3"] % P, CALL["llama3"] % Q
+WANT = [("get_weather", P, True), ("get_weather", Q, True)]
+
+
+def _shape(calls) -> list[tuple]:
+    return [(c.name, c.arguments, c.complete) for c in calls]
+
+
+@pytest.mark.parametrize("text,content", [
+    (f"[{A}, {B}]", ""),
+    (f"[{A},{B}]", ""),
+    (f"[\n  {A},\n  {B}\n]", ""),
+    (f"[{A}, {B}]\n", ""),
+    (f"Sure. [{A}, {B}]", "Sure."),
+    (f"[{A}, {B}] Done.", " Done."),
+    (f"[{A}]\n[{B}]", ""),
+])
+def test_a_json_list_of_llama3_calls_leaves_no_brackets(text, content):
+    """'[' + call + ', ' + call + ']': both calls, and neither the brackets nor the comma
+    as content ('[, ]' was), as vLLM's llama3_json answers it (content null)."""
+    rng = random.Random(1)
+    for cut in (False, True):
+        got, calls = _check(LLAMA3, text, rng, cut=cut)
+        assert (got, _shape(calls)) == (content, WANT[:len(calls)]) and len(calls) == 2, (
+            text, cut)
+
+
+def test_a_llama3_list_cut_anywhere_leaves_no_bracket():
+    """max_tokens anywhere in a list of calls after the first name: the calls written
+    so far, no '[' or ',' as content."""
+    rng = random.Random(2)
+    text = f"Hi [{A}, {B}]"
+    for n in range(text.index('"get_weather"') + len('"get_weather"'), len(text)):
+        got, calls = _check(LLAMA3, text[:n], rng, cut=True)
+        assert got == "Hi" and calls and calls[0].name == "get_weather", text[:n]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("fence", ["```json\n", "```\n", "```JSON\n\n", "```tool_call\n"])
+def test_a_call_in_a_code_fence_leaves_no_fence(parser, fence):
+    """A call (or two) inside a markdown code fence: the fence is markup, the content
+    empty (it was the fence: '```json\\n\\n```'); text around the fence stays."""
+    rng = random.Random(3)
+    one, two = CALL[parser.name] % P, CALL[parser.name] % Q
+    sep = {"hermes": "\n", "llama3": "; ", "mistral": "\n"}[parser.name]
+    for body, calls in ((one, WANT[:1]), (one + sep + two, WANT)):
+        for before, after, content in (("", "\n```", ""), ("", "\n```\n", ""),
+                                       ("Here:\n", "\n```", "Here:"),
+                                       ("Here:\n", "\n```\nDone.", "Here:\n\nDone.")):
+            text = before + fence + body + after
+            for cut in (False, True):
+                got, found = _check(parser, text, rng, cut=cut)
+                assert (got, _shape(found)) == (content, calls), (text, cut)
+
+
+def test_a_fenced_llama3_list_leaves_neither_fence_nor_brackets():
+    rng = random.Random(4)
+    for text in (f"```json\n[{A}, {B}]\n```", f"```\n[\n{A},\n{B}\n]\n```\n"):
+        for cut in (False, True):
+            got, calls = _check(LLAMA3, text, rng, cut=cut)
+            assert (got, _shape(calls)) == ("", WANT), (text, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_fenced_call_cut_anywhere_leaves_no_fence(parser):
+    """max_tokens anywhere after the call's name: the fence is no content."""
+    rng = random.Random(5)
+    text = "Ok.\n```json\n" + CALL[parser.name] % P + "\n```"
+    for n in range(text.index('"get_weather"') + len('"get_weather"'), len(text)):
+        got, calls = _check(parser, text[:n], rng, cut=True)
+        assert got == "Ok." and [c.name for c in calls] == ["get_weather"], text[:n]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("text", [
+    "Use [1, 2] here.", "a [ b", "x [] y", "```python\nprint(1)\n```", "```\n```",
+    "```json\n{\"a\": 1}\n```", "Run ``` then [", "``", "```json", "```json\n", "[",
+    "```" + "x" * 40 + "\n{", "[" + " " * 40 + "{",
+])
+def test_brackets_and_fences_without_calls_stay_content(parser, text):
+    """A bracket or a fence that no call follows is the model's text, streamed or not,
+    wherever the stream is split (it is held back only until that is known)."""
+    rng = random.Random(6)
+    for cut in (False, True):
+        assert _check(parser, text, rng, cut=cut) == (text, []), (text, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_the_stream_holds_a_wrapper_back_a_bounded_amount(parser):
+    """Text that might open wrapped calls is held back only while it might: a fence's
+    first line and a bracket, not an unbounded run of text after them."""
+    stream = StreamingToolParser(parser, NAMES)
+    assert stream.feed("Look:\n```json\n") == "Look:"
+    assert stream.feed('{"a": 1}\n```') == "\n```json\n" + '{"a": 1}\n```'[:-3].rstrip()
+    stream = StreamingToolParser(parser, NAMES)
+    sent = stream.feed("```" + "j" * 100)  # no fence's language is that long
+    assert len(sent) >= 100, sent
+    stream = StreamingToolParser(parser, NAMES)
+    sent = stream.feed("[" + "x" * 100)
+    assert sent == "[" + "x" * 100
+
+
+def test_the_second_listed_call_streams_as_it_is_written():
+    """Calls in a list go out as they are written, the second once its name is (not at
+    the output's end), and the '[' never as content."""
+    stream = StreamingToolParser(LLAMA3, NAMES)
+    assert stream.feed(f'[{A}, {{"name": "get_weather"') == ""
+    assert [(f.index, f.name) for f in stream.take() if f.name] == [
+        (0, "get_weather"), (1, "get_weather")]
+
+
+# pieces of outputs around the wrappers: text, brackets, fences, separators, calls
+PIECES = ["Hi", " ", "\n", "[", "]", ", ", "```", "```json\n", "json", "`", "{", '{"a": 1}',
+          '{"name": 5}', "; "]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_any_mix_of_wrappers_text_and_calls_joins_to_the_whole_answer(parser):
+    rng = random.Random(7 + len(parser.name))
+    call = CALL[parser.name] % P
+    for _ in range(300):
+        text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 6)))
+        text = text[:rng.choice([len(text), rng.randint(0, len(text))])]
+        _check(parser, text, rng, cut=rng.random() < 0.6, required=rng.random() < 0.2)
