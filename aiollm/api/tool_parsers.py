@@ -12,6 +12,9 @@ template (or `--tool-call-parser`):
   (Llama 3.1/3.2);
 - "mistral": `[TOOL_CALLS]` then a JSON array of `{"name": ..., "arguments": {...}}`.
 
+A markdown code fence around calls, and a JSON list around Llama 3's, are markup too, not
+content (aiollm/api/call_wrap.py).
+
 tool_choice "required" and a named function are enforced with an xgrammar structural tag
 built from the tools' parameter schemas (calls and nothing else, each one valid for its tool:
 one or more for "required", exactly one for a named function); "auto" constrains a call once
@@ -189,7 +192,7 @@ class HermesParser(ToolParser):
                 continue
             # whitespace alone between two blocks is their separator (Qwen's "\n"); a
             # fence around blocks is markup (call_wrap), closed after any block in it
-            wrap, lead = _wrap(text, i, pos, wrap, False)
+            wrap, lead = _wrap(text, i, pos, wrap, self.brackets)
             content.append("" if calls and not text[pos:lead].strip() else text[pos:lead])
             calls.append(call)
             pos = wrap_close(text, j, wrap)
@@ -301,7 +304,7 @@ class MistralParser(ToolParser):
                 continue
             # text between blocks keeps the whitespace before it (whitespace alone there
             # is the blocks' separator); a fence around blocks is markup (call_wrap)
-            wrap, lead = _wrap(text, i, pos, wrap, False)
+            wrap, lead = _wrap(text, i, pos, wrap, self.brackets)
             content.append(text[pos if pos == lead or not calls else _text_after(text, pos):lead])
             calls += found
             pos = wrap_close(text, end, wrap)
