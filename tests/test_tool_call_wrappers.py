@@ -111,7 +111,8 @@ def test_the_stream_holds_a_wrapper_back_a_bounded_amount(parser):
     first line and a bracket, not an unbounded run of text after them."""
     stream = StreamingToolParser(parser, NAMES)
     assert stream.feed("Look:\n```json\n") == "Look:"
-    assert stream.feed('{"a": 1}\n```') == "\n```json\n" + '{"a": 1}\n```'[:-3].rstrip()
+    # no call: the fence and its block are content, its closing too (no wrapper's opening)
+    assert stream.feed('{"a": 1}\n```') == '\n```json\n{"a": 1}\n```'
     stream = StreamingToolParser(parser, NAMES)
     sent = stream.feed("```" + "j" * 100)  # no fence's language is that long
     assert len(sent) >= 100, sent
@@ -142,3 +143,18 @@ def test_any_mix_of_wrappers_text_and_calls_joins_to_the_whole_answer(parser):
         text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 6)))
         text = text[:rng.choice([len(text), rng.randint(0, len(text))])]
         _check(parser, text, rng, cut=rng.random() < 0.6, required=rng.random() < 0.2)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_code_blocks_closing_fence_before_a_call_stays_content(parser):
+    """A fence that closes the model's code block is no wrapper's opening, even where a
+    call follows it on the next line: the block stays whole (its closing ``` was eaten)."""
+    rng = random.Random(8)
+    call = CALL[parser.name] % P
+    for before in ("Run this:\n```python\nprint(1)\n```", "```\nls\n```",
+                   "```python\na = 1\n```\n```\nb = 2\n```"):
+        for cut in (False, True):
+            got, calls = _check(parser, before + "\n" + call, rng, cut=cut)
+            assert (got, _shape(calls)) == (before, WANT[:1]), (before, cut)
+        got, calls = _check(parser, before + "\n```json\n" + call + "\n```", rng)
+        assert (got, _shape(calls)) == (before, WANT[:1]), before

@@ -7,10 +7,15 @@ held back by a stream (ToolParser.content_end) until what follows shows whether 
 does; a wrapper's opening is bounded (a fence's language, the whitespace in it), so that
 is never more than WRAP_MAX characters. vLLM's llama3_json drops all text around calls
 (content null); aiollm drops the wrapper and keeps the model's other text.
+
+A fence opens a wrapper only outside the model's code blocks (where the runs of three or
+more backticks before it are even in number: Fences), so a block's closing ``` before a
+call stays the block's; a stream passes the code blocks of the content it has sent.
 """
 
 from __future__ import annotations
 
+import re
 import string
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +25,7 @@ _INFO = frozenset(string.ascii_letters + string.digits + "_+.-")  # a fence's la
 MAX_INFO = 16  # the longest language a fence opening calls may have ("javascript", "json")
 MAX_SPACE = 16  # the most whitespace in one place of a wrapper's opening
 _SPACE = " \t\r\n"
+_TICKS = re.compile("`+")
 # the longest wrapper opening: ``` language \r\n space [ space
 WRAP_MAX = len(FENCE) + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
 
@@ -45,13 +51,40 @@ def _space(text: str, i: int) -> int:
     return j
 
 
-def wrap_at(text: str, start: int, brackets: bool) -> Wrap | None:
+@dataclass(frozen=True, slots=True)
+class Fences:
+    """The code blocks of a text so far: whether one is open (an odd number of runs of
+    three or more backticks, each a fence that opens or closes one), and the backticks
+    that end it (a run that the text to come may make longer). Read character by
+    character, so that a text read in parts (a stream's) gives what it gives whole."""
+
+    open: bool = False
+    ticks: int = 0
+
+    def after(self, text: str, end: int) -> Fences:
+        """These fences followed by text[:end]."""
+        is_open, ticks, at = self.open, self.ticks, 0
+        for m in _TICKS.finditer(text, 0, end):
+            if m.start() > at:  # the run before ended
+                is_open, ticks = is_open != (ticks >= 3), 0
+            ticks, at = ticks + m.end() - m.start(), m.end()
+        if end > at:
+            is_open, ticks = is_open != (ticks >= 3), 0
+        return Fences(is_open, ticks)
+
+
+OUTSIDE = Fences()  # before the first character
+
+
+def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE) -> Wrap | None:
     """The wrapper opening that starts at text[start], read to the first character that
     is not its own (its `end`: where the calls' opening must begin, or len(text) where the
     text ends inside it); None where none starts there. `brackets`: a list's '[' is one
-    (Llama 3's bare JSON calls)."""
+    (Llama 3's bare JSON calls); `fences`: the code blocks before text[0]."""
     i, n, fence = start, len(text), False
     if text.startswith("`", i):
+        if (before := fences.after(text, start)).open or before.ticks:
+            return None  # a code block's closing, or not a run's start
         if not text.startswith(FENCE, i):  # "``" may go on as a fence where the text ends
             return Wrap(start, n, True, False) if FENCE.startswith(text[i:]) else None
         i += len(FENCE)
@@ -77,21 +110,23 @@ def wrap_at(text: str, start: int, brackets: bool) -> Wrap | None:
     return Wrap(start, i, fence, bracket) if fence or bracket else None
 
 
-def wrap_before(text: str, at: int, floor: int, brackets: bool) -> Wrap | None:
+def wrap_before(text: str, at: int, floor: int, brackets: bool,
+                fences: Fences = OUTSIDE) -> Wrap | None:
     """The wrapper whose opening ends at text[at] (where a call's opening is), starting
     at or after `floor`; None where none does (the earliest where more would)."""
     for s in range(max(floor, at - WRAP_MAX), at):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets)) is not None and w.end == at:
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences)) is not None and (
+                w.end == at):
             return w
     return None
 
 
-def wrap_part(text: str, opens: Sequence[str], brackets: bool) -> int:
+def wrap_part(text: str, opens: Sequence[str], brackets: bool, fences: Fences = OUTSIDE) -> int:
     """The length of the longest end of `text` that begins a wrapper's opening followed
     by one of `opens` (all of that, or a part of it); 0: none."""
     lo = max(0, len(text) - WRAP_MAX - max(map(len, opens)))
     for s in range(lo, len(text)):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets)) is not None and any(
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences)) is not None and any(
                 o.startswith(text[w.end:]) for o in opens):
             return len(text) - s
     return 0
@@ -119,12 +154,12 @@ def wrap_close(text: str, end: int, wrap: Wrap | None) -> int:
     return i
 
 
-def without_wrap_end(text: str, brackets: bool) -> str:
+def without_wrap_end(text: str, brackets: bool, fences: Fences = OUTSIDE) -> str:
     """`text`, the text before a call, without a wrapper's opening that ends it (its
     trailing whitespace dropped), and without the whitespace before that."""
     text = text.rstrip()
     for s in range(max(0, len(text) - WRAP_MAX), len(text)):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets)) is not None and (
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences)) is not None and (
                 w.end == len(text) and (w.bracket or text.startswith(FENCE, s))):
             return text[:s].rstrip()
     return text

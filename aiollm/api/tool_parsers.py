@@ -37,7 +37,7 @@ from typing import Any
 
 from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
                                    skip_json_space)
-from aiollm.api.call_wrap import Wrap, wrap_before, wrap_close
+from aiollm.api.call_wrap import OUTSIDE, Fences, Wrap, wrap_before, wrap_close
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -142,12 +142,13 @@ def _text_after(text: str, end: int) -> int:
     return end
 
 
-def _wrap(text: str, at: int, pos: int, wrap: Wrap | None,
-          brackets: bool) -> tuple[Wrap | None, int]:
+def _wrap(text: str, at: int, pos: int, wrap: Wrap | None, brackets: bool,
+          fences: Fences) -> tuple[Wrap | None, int]:
     """(the wrapper of the block of calls at text[at], where the text before it ends):
     one whose opening ends there, or `wrap`, the previous block's still open, where only
-    whitespace parts them (text[pos:at], pos where the previous block ended)."""
-    own = wrap_before(text, at, pos, brackets)
+    whitespace parts them (text[pos:at], pos where the previous block ended). `fences`:
+    the code blocks before the text (call_wrap.Fences)."""
+    own = wrap_before(text, at, pos, brackets, fences)
     if own is not None:
         return own, own.start
     return (wrap if wrap is not None and not text[pos:at].strip() else None), at
@@ -169,7 +170,7 @@ class HermesParser(ToolParser):
     joints = Joints(re.compile(r"<tool_call>\s*"),
                     re.compile(r"\s*\}\s*</tool_call>\s*<tool_call>\s*"))
 
-    def parse(self, text):
+    def parse(self, text, fences=OUTSIDE):
         # each block read as JSON, so markers inside an argument's string are its text; a
         # block that does not hold one call (or misses its end before more text) stays content
         calls, content, pos, wrap = [], [], 0, None
@@ -192,7 +193,7 @@ class HermesParser(ToolParser):
                 continue
             # whitespace alone between two blocks is their separator (Qwen's "\n"); a
             # fence around blocks is markup (call_wrap), closed after any block in it
-            wrap, lead = _wrap(text, i, pos, wrap, self.brackets)
+            wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
             content.append("" if calls and not text[pos:lead].strip() else text[pos:lead])
             calls.append(call)
             pos = wrap_close(text, j, wrap)
@@ -216,11 +217,11 @@ class Llama3Parser(ToolParser):
     # (Llama 3.2 writes one before each of its parallel calls), or ',' in a JSON list
     joints = Joints(re.compile(""), re.compile(r"\s*\}(?:[;,\s]|<\|python_tag\|>)*"))
 
-    def parse(self, text):
-        content, calls, _ = self.parse_tail(text)
+    def parse(self, text, fences=OUTSIDE):
+        content, calls, _ = self.parse_tail(text, fences=fences)
         return content, calls
 
-    def parse_tail(self, text, names=None):
+    def parse_tail(self, text, names=None, fences=OUTSIDE):
         # every call is read wherever it stands, as vLLM's llama3_json reads them and as the
         # "auto" grammar holds each head it meets to a tool's schema: runs of calls joined by
         # separators, text between runs content. A call opens as the grammar's trigger does
@@ -235,7 +236,7 @@ class Llama3Parser(ToolParser):
             if (end := _object_end(text, i)) > i:
                 # a list or a fence around the run is markup (call_wrap): the list read
                 # whole where it parses, else its calls one by one (it may be cut)
-                wrap = wrap_before(text, i, pos, self.brackets)
+                wrap = wrap_before(text, i, pos, self.brackets, fences)
                 found, stop = [], i
                 if wrap is not None and wrap.bracket:
                     found, stop = _json_calls(text, text.rindex("[", wrap.start, i),
@@ -261,9 +262,10 @@ class Llama3Parser(ToolParser):
         tail = len(before) + len(text[pos:max(pos, read)].replace(TAG, ""))
         return content, calls, min(tail, len(content))
 
-    def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
+    def calls(self, text, names, *, cut=False, required=False, named=None, sent=None,
+              fences=OUTSIDE):
         content, calls = super().calls(text, names, cut=cut, required=required, named=named,
-                                       sent=sent)
+                                       sent=sent, fences=fences)
         if cut:
             # what follows the tag can only be calls: the tag and a head cut part way
             # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell
@@ -292,7 +294,7 @@ class MistralParser(ToolParser):
         # vLLM's Mistral parser makes them
         return "".join(_ID_RANDOM.choices(_ID_CHARACTERS, k=9))
 
-    def parse(self, text):
+    def parse(self, text, fences=OUTSIDE):
         # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call. The
         # next marker is looked for after a block's JSON (an argument may hold the marker)
         content, calls, pos, wrap = [], [], 0, None
@@ -304,7 +306,7 @@ class MistralParser(ToolParser):
                 continue
             # text between blocks keeps the whitespace before it (whitespace alone there
             # is the blocks' separator); a fence around blocks is markup (call_wrap)
-            wrap, lead = _wrap(text, i, pos, wrap, self.brackets)
+            wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
             content.append(text[pos if pos == lead or not calls else _text_after(text, pos):lead])
             calls += found
             pos = wrap_close(text, end, wrap)

@@ -10,6 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from aiollm.api.call_text import OpenValue, Written, call_head, written_calls
+from aiollm.api.call_wrap import OUTSIDE
 from aiollm.api.tool_calls import ToolCall, ToolParser
 
 
@@ -47,6 +48,7 @@ class StreamingToolParser:
         self.required = required  # the output can only be calls (ToolParser.calls)
         self.named = named  # the function tool_choice named (ToolParser.calls)
         self.held = ""  # from the first character not sent
+        self.fences = OUTSIDE  # the code blocks of the content sent (call_wrap.Fences)
         self.calling = False
         self.calls: list[ToolCall] = []
         self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
@@ -64,9 +66,10 @@ class StreamingToolParser:
         if self.calling:
             self._written(text)
             return ""
-        self.calling = self.parser.opening(self.held) >= 0
-        end = self.parser.content_end(self.held)
+        self.calling = self.parser.opening(self.held, 0, self.fences) >= 0
+        end = self.parser.content_end(self.held, self.fences)
         out, self.held = self.held[:end], self.held[end:]
+        self.fences = self.fences.after(out, end)
         if self.calling:
             self.resume = self.held.find(self.parser.start)
             self._written(self.held)
@@ -85,7 +88,7 @@ class StreamingToolParser:
         sent = [Written(c.name, c.arguments, c.complete) for c in self.sent]
         content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
                                                 required=self.required, named=self.named,
-                                                sent=sent)
+                                                sent=sent, fences=self.fences)
         self._send(self.calls)
         for call, sent_call in zip(self.calls, self.sent):
             call.id = sent_call.id
