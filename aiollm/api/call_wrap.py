@@ -61,10 +61,10 @@ class Fences:
     open: bool = False
     ticks: int = 0
 
-    def after(self, text: str, end: int) -> Fences:
-        """These fences followed by text[:end]."""
-        is_open, ticks, at = self.open, self.ticks, 0
-        for m in _TICKS.finditer(text, 0, end):
+    def after(self, text: str, end: int, start: int = 0) -> Fences:
+        """These fences (those before text[start]) followed by text[start:end]."""
+        is_open, ticks, at = self.open, self.ticks, start
+        for m in _TICKS.finditer(text, start, end):
             if m.start() > at:  # the run before ended
                 is_open, ticks = is_open != (ticks >= 3), 0
             ticks, at = ticks + m.end() - m.start(), m.end()
@@ -76,14 +76,15 @@ class Fences:
 OUTSIDE = Fences()  # before the first character
 
 
-def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE) -> Wrap | None:
+def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE,
+            since: int = 0) -> Wrap | None:
     """The wrapper opening that starts at text[start], read to the first character that
     is not its own (its `end`: where the calls' opening must begin, or len(text) where the
     text ends inside it); None where none starts there. `brackets`: a list's '[' is one
-    (Llama 3's bare JSON calls); `fences`: the code blocks before text[0]."""
+    (Llama 3's bare JSON calls); `fences`: the code blocks before text[since]."""
     i, n, fence = start, len(text), False
     if text.startswith("`", i):
-        if (before := fences.after(text, start)).open or before.ticks:
+        if (before := fences.after(text, start, since)).open or before.ticks:
             return None  # a code block's closing, or not a run's start
         if not text.startswith(FENCE, i):  # "``" may go on as a fence where the text ends
             return Wrap(start, n, True, False) if FENCE.startswith(text[i:]) else None
@@ -113,9 +114,12 @@ def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE) -> 
 def wrap_before(text: str, at: int, floor: int, brackets: bool,
                 fences: Fences = OUTSIDE) -> Wrap | None:
     """The wrapper whose opening ends at text[at] (where a call's opening is), starting
-    at or after `floor`; None where none does (the earliest where more would)."""
-    for s in range(max(floor, at - WRAP_MAX), at):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences)) is not None and (
+    at or after `floor` (`fences`: the code blocks before text[floor]); None where none
+    does (the earliest where more would)."""
+    lo = max(floor, at - WRAP_MAX)
+    fences = fences.after(text, lo, floor)
+    for s in range(lo, at):
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences, lo)) is not None and (
                 w.end == at):
             return w
     return None
@@ -123,10 +127,12 @@ def wrap_before(text: str, at: int, floor: int, brackets: bool,
 
 def wrap_part(text: str, opens: Sequence[str], brackets: bool, fences: Fences = OUTSIDE) -> int:
     """The length of the longest end of `text` that begins a wrapper's opening followed
-    by one of `opens` (all of that, or a part of it); 0: none."""
+    by one of `opens` (all of that, or a part of it); 0: none. `fences`: the code blocks
+    before text[0]."""
     lo = max(0, len(text) - WRAP_MAX - max(map(len, opens)))
+    fences = fences.after(text, lo)
     for s in range(lo, len(text)):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences)) is not None and any(
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences, lo)) is not None and any(
                 o.startswith(text[w.end:]) for o in opens):
             return len(text) - s
     return 0
@@ -156,10 +162,13 @@ def wrap_close(text: str, end: int, wrap: Wrap | None) -> int:
 
 def without_wrap_end(text: str, brackets: bool, fences: Fences = OUTSIDE) -> str:
     """`text`, the text before a call, without a wrapper's opening that ends it (its
-    trailing whitespace dropped), and without the whitespace before that."""
+    trailing whitespace dropped), and without the whitespace before that. `fences`: the
+    code blocks before text[0]."""
     text = text.rstrip()
-    for s in range(max(0, len(text) - WRAP_MAX), len(text)):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences)) is not None and (
+    lo = max(0, len(text) - WRAP_MAX)
+    fences = fences.after(text, lo)
+    for s in range(lo, len(text)):
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences, lo)) is not None and (
                 w.end == len(text) and (w.bracket or text.startswith(FENCE, s))):
             return text[:s].rstrip()
     return text

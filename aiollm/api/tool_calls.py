@@ -71,7 +71,7 @@ class ToolParser:
     def opening(self, text: str, pos: int = 0, fences: Fences = OUTSIDE) -> int:
         """Where the first of `opens` is in text[pos:] (an index into `text`), or the
         opening of a wrapper (call_wrap: a code fence, a list) that leads to it; -1: none.
-        `fences`: the code blocks before the text (call_wrap.Fences)."""
+        `fences`: the code blocks before text[pos] (call_wrap.Fences)."""
         found = [i for i in (text.find(o, pos) for o in self.opens or (self.start,)) if i >= 0]
         at = min(found, default=-1)
         wrap = wrap_before(text, at, pos, self.brackets, fences) if at > pos else None
