@@ -158,3 +158,18 @@ def test_a_code_blocks_closing_fence_before_a_call_stays_content(parser):
             assert (got, _shape(calls)) == (before, WANT[:1]), (before, cut)
         got, calls = _check(parser, before + "\n```json\n" + call + "\n```", rng)
         assert (got, _shape(calls)) == (before, WANT[:1]), before
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_wrapper_goes_with_a_call_cut_before_its_name(parser):
+    """max_tokens inside a call's head, its name not yet whole: the head is markup (no
+    call), and so is the wrapper's opening before it ('```json' or '[' was content)."""
+    rng = random.Random(9)
+    call = CALL[parser.name] % P
+    name_end = call.index('"get_weather"') + len('"get_weather"') - 1
+    leads = ["Ok.\n```json\n"] + (["Ok. [", "Ok. ```\n[\n"] if parser is LLAMA3 else [])
+    for lead in leads:
+        for n in range(len(parser.start), name_end):  # its marker whole, its name not
+            for required in (False, True):
+                got, calls = _check(parser, lead + call[:n], rng, cut=True, required=required)
+                assert (got, calls) == ("Ok.", []), (lead + call[:n], required)

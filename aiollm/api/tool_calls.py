@@ -149,7 +149,8 @@ class ToolParser:
                 content[tail:], marker=self.start, args_key=self.args_key,
                 joints=self.joints, names=names, only_calls=required or bool(calls),
                 words=self.words)
-            if more:  # a wrapper's opening before the cut call is markup too
+            if more or rest != content[tail:]:  # call markup dropped (a cut call, a
+                # head cut before its name): a wrapper's opening before it is markup too
                 rest = without_wrap_end(rest, self.brackets,
                                         fences.after(content, tail))
             content = content[:tail] + rest
