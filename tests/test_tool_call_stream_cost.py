@@ -150,3 +150,26 @@ def test_a_delta_of_text_after_the_calls_costs_the_same_after_much_text(parser):
     head may start in. 100 KB of text before them no longer makes deltas ~25 times dearer."""
     few, many = _prose_delta_seconds(parser, 1000), _prose_delta_seconds(parser, 100_000)
     assert many < 5 * few, (few, many)
+
+
+def _blank_delta_seconds(parser, blank: int) -> float:
+    """Seconds to feed 200 one-character deltas of whitespace after `blank` characters of
+    it and no call (the best of 5)."""
+    best = float("inf")
+    for _ in range(5):
+        stream = StreamingToolParser(parser, NAMES)
+        stream.feed("Hi\n```json\n" + "\n" * blank)
+        t = time.perf_counter()
+        for _ in range(200):
+            stream.feed("\n")
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_delta_of_whitespace_costs_the_same_after_much_whitespace(parser):
+    """Whitespace is held back (a call may follow it), and each delta read all of it again
+    (a model writing newlines: 50 KB of them one at a time took ~12 s of event loop): the
+    text held before any call is read from its first character that is not whitespace."""
+    few, many = _blank_delta_seconds(parser, 1000), _blank_delta_seconds(parser, 100_000)
+    assert many < 5 * few, (few, many)

@@ -47,8 +47,11 @@ class StreamingToolParser:
         self.names = names
         self.required = required  # the output can only be calls (ToolParser.calls)
         self.named = named  # the function tool_choice named (ToolParser.calls)
-        self.held = ""  # from the first character not sent
-        self.fences = OUTSIDE  # the code blocks of the content sent (call_wrap.Fences)
+        self.held = ""  # from the first character not sent (but `blank`)
+        # before any call, the whitespace held before `held` (a call may follow it): kept
+        # apart, so that a delta does not read it again (a model writing newlines)
+        self.blank: list[str] = []
+        self.fences = OUTSIDE  # the code blocks of the text before held (call_wrap.Fences)
         self.calling = False
         self.calls: list[ToolCall] = []
         self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
@@ -62,18 +65,35 @@ class StreamingToolParser:
         """The content that can be sent now: the text before the calls' first opening
         (ToolParser.content_end: never a trailing whitespace, nor a part of an opening, until
         more text comes). The calls' fragments this text completes wait in take()."""
-        self.held += text
         if self.calling:
+            self.held += text
             self._written(text)
             return ""
-        self.calling = self.parser.opening(self.held, 0, self.fences) >= 0
-        end = self.parser.content_end(self.held, self.fences)
-        out, self.held = self.held[:end], self.held[end:]
+        # `held` never starts with whitespace: no opening does, so content_end reads the
+        # same of it as of the blank before it and it (ToolParser.content_end)
+        rest = self._blank(self.held + text)
+        self.calling = self.parser.opening(rest, 0, self.fences) >= 0
+        end = self.parser.content_end(rest, self.fences)
+        out, held = rest[:end], rest[end:]
         self.fences = self.fences.after(out, end)
+        if out and self.blank:
+            out, self.blank = "".join(self.blank) + out, []
         if self.calling:
+            self.held, self.blank = "".join(self.blank) + held, []
             self.resume = self.held.find(self.parser.start)
             self._written(self.held)
+            return out
+        self.held = self._blank(held)
         return out
+
+    def _blank(self, held: str) -> str:
+        """`held` without the whitespace it starts with, which goes to `blank` (and ends
+        a run of backticks before it: `fences`, those of the text before `held`)."""
+        rest = held.lstrip()
+        if len(rest) < len(held):
+            self.blank.append(held[:len(held) - len(rest)])
+            self.fences = self.fences.after(" ", 1)
+        return rest
 
     def take(self) -> list[CallDelta]:
         """The calls' fragments since the last take, in order."""
@@ -86,6 +106,7 @@ class StreamingToolParser:
         (ToolParser.calls of all the text, `cut` when max_tokens ended it); the calls'
         last fragments wait in take()."""
         sent = [Written(c.name, c.arguments, c.complete) for c in self.sent]
+        self.held, self.blank = "".join(self.blank) + self.held, []
         content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
                                                 required=self.required, named=self.named,
                                                 sent=sent, fences=self.fences)
