@@ -63,6 +63,8 @@ class Fences:
 
     def after(self, text: str, end: int, start: int = 0) -> Fences:
         """These fences (those before text[start]) followed by text[start:end]."""
+        if not self.ticks and text.find("`", start, end) < 0:
+            return self  # most text: no backtick
         is_open, ticks, at = self.open, self.ticks, start
         for m in _TICKS.finditer(text, start, end):
             if m.start() > at:  # the run before ended
