@@ -22,8 +22,9 @@ OTHER = CALL.replace('"P"', '"Q"')
 WANT = {f"[{CALL}, {OTHER}]": ("", [ARGS, '{"city": "Q"}']),
         f"```json\n{CALL}\n```": ("", [ARGS]),
         f"Here:\n```\n[{CALL}]\n```\nDone.": ("Here:\n\nDone.", [ARGS]),
-        "See [1, 2] and ```x```.": ("See [1, 2] and ```x```.", [])}
-IDS = ["list", "fence", "fenced-list-between-text", "no-call"]
+        "See [1, 2] and ```x```.": ("See [1, 2] and ```x```.", []),
+        f"Run:\n```sh\nls\n```\n{CALL}": ("Run:\n```sh\nls\n```", [ARGS])}
+IDS = ["list", "fence", "fenced-list-between-text", "no-call", "code-block-then-call"]
 
 
 @pytest.fixture(scope="module")
