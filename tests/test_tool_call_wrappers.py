@@ -173,3 +173,18 @@ def test_a_wrapper_goes_with_a_call_cut_before_its_name(parser):
             for required in (False, True):
                 got, calls = _check(parser, lead + call[:n], rng, cut=True, required=required)
                 assert (got, calls) == ("Ok.", []), (lead + call[:n], required)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_backticks_in_a_calls_arguments_are_no_code_block(parser):
+    """A call's arguments are not the model's text: a run of backticks in them (a pattern
+    to search for, a file's markdown) opens no code block, so a fence around the next
+    call is still markup ('```json' and '```' were content)."""
+    rng = random.Random(10)
+    ticks = '{"city": "```", "unit": "c"}'
+    for args in (ticks, '{"city": "```py\\n```\\n```", "unit": "c"}'):
+        first, second = CALL[parser.name] % args, CALL[parser.name] % Q
+        text = f"```json\n{first}\n```\nThen:\n```json\n{second}\n```"
+        for cut in (False, True):
+            got, calls = _check(parser, text, rng, cut=cut)
+            assert (got, [c.arguments for c in calls]) == ("\nThen:", [args, Q]), (text, cut)

@@ -10,7 +10,8 @@ is never more than WRAP_MAX characters. vLLM's llama3_json drops all text around
 
 A fence opens a wrapper only outside the model's code blocks (where the runs of three or
 more backticks before it are even in number: Fences), so a block's closing ``` before a
-call stays the block's; a stream passes the code blocks of the content it has sent.
+call stays the block's; a stream passes the code blocks of the content it has sent. Only
+the content counts: the calls' arguments are not the model's text (a pattern "```").
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class Fences:
         if end > at:
             is_open, ticks = is_open != (ticks >= 3), 0
         return Fences(is_open, ticks)
+
+    def ended(self) -> Fences:
+        """These fences where other text follows (a call, whitespace): the run that ended
+        them is whole."""
+        return self if not self.ticks else Fences(self.open != (self.ticks >= 3), 0)
 
 
 OUTSIDE = Fences()  # before the first character

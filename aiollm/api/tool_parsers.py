@@ -173,7 +173,7 @@ class HermesParser(ToolParser):
     def parse(self, text, fences=OUTSIDE):
         # each block read as JSON, so markers inside an argument's string are its text; a
         # block that does not hold one call (or misses its end before more text) stays content
-        calls, content, pos, wrap, seen = [], [], 0, None, 0
+        calls, content, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
             at = _skip_space(text, i + len(self.start))
@@ -193,9 +193,9 @@ class HermesParser(ToolParser):
                 continue
             # whitespace alone between two blocks is their separator (Qwen's "\n"); a
             # fence around blocks is markup (call_wrap), closed after any block in it
-            fences, seen = fences.after(text, pos, seen), pos
             wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
             content.append("" if calls and not text[pos:lead].strip() else text[pos:lead])
+            fences = fences.after(text, lead, pos).ended()  # the content's, not the call's
             calls.append(call)
             pos = wrap_close(text, j, wrap)
             wrap = wrap if pos == j else None
@@ -230,14 +230,13 @@ class Llama3Parser(ToolParser):
         # parse ({"name": 5}), or names no tool ({"name": "Bob", "age": 3}: the format is
         # any such object), is the model's text, and ends the run it stands in; an object
         # it opens is text whole (a call's JSON among its values too)
-        gaps, calls, pos, read, seen = [], [], 0, 0, 0  # read: the end of the last such object
+        gaps, calls, pos, read = [], [], 0, 0  # read: the end of the last such object
         i = text.find(self.start)
         while i >= 0:
             # decoded once where no JSON parses there (see _may_hold_calls), twice else
             if (end := _object_end(text, i)) > i:
                 # a list or a fence around the run is markup (call_wrap): the list read
                 # whole where it parses, else its calls one by one (it may be cut)
-                fences, seen = fences.after(text, pos, seen), pos
                 wrap = wrap_before(text, i, pos, self.brackets, fences)
                 found, stop = [], i
                 if wrap is not None and wrap.bracket:
@@ -248,7 +247,10 @@ class Llama3Parser(ToolParser):
                 if not found:
                     found, stop = _json_calls(text, i, self.args_key, ";,", (TAG,), names)
                 if found:
-                    gaps.append(text[pos:i if wrap is None else wrap.start])
+                    lead = i if wrap is None else wrap.start
+                    gaps.append(text[pos:lead])
+                    # the code blocks of the content, not of the calls (their arguments)
+                    fences = fences.after(text, lead, pos).ended()
                     calls += found
                     stop = wrap_close(text, stop, wrap)
                     pos, end = _text_after(text, stop), stop
@@ -299,7 +301,7 @@ class MistralParser(ToolParser):
     def parse(self, text, fences=OUTSIDE):
         # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call. The
         # next marker is looked for after a block's JSON (an argument may hold the marker)
-        content, calls, pos, wrap, seen = [], [], 0, None, 0
+        content, calls, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
             found, end = _json_calls(text, i + len(self.start), "arguments", "")
@@ -308,9 +310,9 @@ class MistralParser(ToolParser):
                 continue
             # text between blocks keeps the whitespace before it (whitespace alone there
             # is the blocks' separator); a fence around blocks is markup (call_wrap)
-            fences, seen = fences.after(text, pos, seen), pos
             wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
             content.append(text[pos if pos == lead or not calls else _text_after(text, pos):lead])
+            fences = fences.after(text, lead, pos).ended()  # the content's, not the calls'
             calls += found
             pos = wrap_close(text, end, wrap)
             wrap = wrap if pos == end else None

@@ -92,7 +92,7 @@ class StreamingToolParser:
         rest = held.lstrip()
         if len(rest) < len(held):
             self.blank.append(held[:len(held) - len(rest)])
-            self.fences = self.fences.after(" ", 1)
+            self.fences = self.fences.ended()
         return rest
 
     def take(self) -> list[CallDelta]:
