@@ -188,3 +188,20 @@ def test_backticks_in_a_calls_arguments_are_no_code_block(parser):
         for cut in (False, True):
             got, calls = _check(parser, text, rng, cut=cut)
             assert (got, [c.arguments for c in calls]) == ("\nThen:", [args, Q]), (text, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_backticks_within_a_line_open_no_code_block(parser):
+    """A fence begins a line (up to 3 spaces before it, as CommonMark has it): ``` within
+    a sentence opens no code block, so the block after it keeps its closing fence before
+    a call (it was eaten as a wrapper's opening), and a fence around a call is markup."""
+    rng = random.Random(11)
+    call = CALL[parser.name] % P
+    for words in ("Write ``` to open a block.", "Type ```` or ```; then"):
+        for block in ("\n```python\nx = 1\n```", "\n   ```\nx\n   ```", ""):
+            for cut in (False, True):
+                got, calls = _check(parser, words + block + "\n" + call, rng, cut=cut)
+                assert (got, _shape(calls)) == (words + block, WANT[:1]), (words, block)
+                text = words + block + "\n```json\n" + call + "\n```"
+                got, calls = _check(parser, text, rng, cut=cut)
+                assert (got, _shape(calls)) == (words + block, WANT[:1]), (words, block)

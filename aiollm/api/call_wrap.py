@@ -26,7 +26,8 @@ _INFO = frozenset(string.ascii_letters + string.digits + "_+.-")  # a fence's la
 MAX_INFO = 16  # the longest language a fence opening calls may have ("javascript", "json")
 MAX_SPACE = 16  # the most whitespace in one place of a wrapper's opening
 _SPACE = " \t\r\n"
-_TICKS = re.compile("`+")
+_MARKS = re.compile("`+|\n")  # runs of backticks, line breaks
+INDENT = 3  # the most spaces before a fence on its line (CommonMark)
 # the longest wrapper opening: ``` language \r\n space [ space
 WRAP_MAX = len(FENCE) + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
 
@@ -54,31 +55,57 @@ def _space(text: str, i: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Fences:
-    """The code blocks of a text so far: whether one is open (an odd number of runs of
-    three or more backticks, each a fence that opens or closes one), and the backticks
-    that end it (a run that the text to come may make longer). Read character by
-    character, so that a text read in parts (a stream's) gives what it gives whole."""
+    """The code blocks of a text so far: whether one is open (an odd number of fences, runs
+    of three or more backticks that begin a line, after at most INDENT spaces, as
+    CommonMark's do: ``` within a sentence is none), the backticks that end the text (a run
+    that the text to come may make longer), and the spaces that begin the text's last line
+    (`col`; INDENT + 1: other text, or too many). Read character by character, so that a
+    text read in parts (a stream's) gives what it gives whole."""
 
     open: bool = False
     ticks: int = 0
+    col: int = 0
 
     def after(self, text: str, end: int, start: int = 0) -> Fences:
         """These fences (those before text[start]) followed by text[start:end]."""
-        if not self.ticks and text.find("`", start, end) < 0:
-            return self  # most text: no backtick
-        is_open, ticks, at = self.open, self.ticks, start
-        for m in _TICKS.finditer(text, start, end):
-            if m.start() > at:  # the run before ended
-                is_open, ticks = is_open != (ticks >= 3), 0
-            ticks, at = ticks + m.end() - m.start(), m.end()
+        if not self.ticks and text.find("`", start, end) < 0:  # most text: no backtick
+            nl = text.rfind("\n", start, end)
+            col = _indent(self.col if nl < 0 else 0, text, max(start, nl + 1), end)
+            return self if col == self.col else Fences(self.open, 0, col)
+        is_open, ticks, col, at = self.open, self.ticks, self.col, start
+        for m in _MARKS.finditer(text, start, end):
+            line = text[m.start()] == "\n"
+            if line or m.start() > at:  # the run before ended
+                is_open, ticks, col = _ended(is_open, ticks, col)
+                col = 0 if line else _indent(col, text, at, m.start())
+            if not line:
+                ticks += m.end() - m.start()
+            at = m.end()
         if end > at:
-            is_open, ticks = is_open != (ticks >= 3), 0
-        return Fences(is_open, ticks)
+            is_open, ticks, col = _ended(is_open, ticks, col)
+            col = _indent(col, text, at, end)
+        return Fences(is_open, ticks, col)
 
     def ended(self) -> Fences:
-        """These fences where other text follows (a call, whitespace): the run that ended
-        them is whole."""
-        return self if not self.ticks else Fences(self.open != (self.ticks >= 3), 0)
+        """These fences where other text follows (a call): the run that ended them is
+        whole, and the line no longer begins."""
+        return Fences(*_ended(self.open, self.ticks, INDENT + 1))
+
+
+def _ended(is_open: bool, ticks: int, col: int) -> tuple[bool, int, int]:
+    """(open, ticks, col) once the run of `ticks` backticks that `col` spaces began is
+    followed by other text: a fence where it begins a line and is one."""
+    if not ticks:
+        return is_open, 0, col
+    return is_open != (ticks >= len(FENCE) and col <= INDENT), 0, INDENT + 1
+
+
+def _indent(col: int, text: str, start: int, end: int) -> int:
+    """The spaces that begin a line after `col` of them and text[start:end]; INDENT + 1
+    where other text (or more spaces) is there."""
+    if col > INDENT or end - start > INDENT - col or text.count(" ", start, end) < end - start:
+        return INDENT + 1 if end > start else col
+    return col + end - start
 
 
 OUTSIDE = Fences()  # before the first character

@@ -51,7 +51,8 @@ class StreamingToolParser:
         # before any call, the whitespace held before `held` (a call may follow it): kept
         # apart, so that a delta does not read it again (a model writing newlines)
         self.blank: list[str] = []
-        self.fences = OUTSIDE  # the code blocks of the text before held (call_wrap.Fences)
+        self.fences = OUTSIDE  # the code blocks of the text sent (call_wrap.Fences)
+        self.lead = OUTSIDE  # those of the text sent and `blank`: of the text before held
         self.calling = False
         self.calls: list[ToolCall] = []
         self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
@@ -72,11 +73,11 @@ class StreamingToolParser:
         # `held` never starts with whitespace: no opening does, so content_end reads the
         # same of it as of the blank before it and it (ToolParser.content_end)
         rest = self._blank(self.held + text)
-        self.calling = self.parser.opening(rest, 0, self.fences) >= 0
-        end = self.parser.content_end(rest, self.fences)
+        self.calling = self.parser.opening(rest, 0, self.lead) >= 0
+        end = self.parser.content_end(rest, self.lead)
         out, held = rest[:end], rest[end:]
-        self.fences = self.fences.after(out, end)
-        if out and self.blank:
+        if out:
+            self.fences = self.lead = self.lead.after(out, end)
             out, self.blank = "".join(self.blank) + out, []
         if self.calling:
             self.held, self.blank = "".join(self.blank) + held, []
@@ -87,12 +88,12 @@ class StreamingToolParser:
         return out
 
     def _blank(self, held: str) -> str:
-        """`held` without the whitespace it starts with, which goes to `blank` (and ends
-        a run of backticks before it: `fences`, those of the text before `held`)."""
+        """`held` without the whitespace it starts with, which goes to `blank` (and `lead`,
+        the code blocks before what is held)."""
         rest = held.lstrip()
         if len(rest) < len(held):
             self.blank.append(held[:len(held) - len(rest)])
-            self.fences = self.fences.ended()
+            self.lead = self.lead.after(held, len(held) - len(rest))
         return rest
 
     def take(self) -> list[CallDelta]:
