@@ -26,8 +26,10 @@ _INFO = frozenset(string.ascii_letters + string.digits + "_+.-")  # a fence's la
 MAX_INFO = 16  # the longest language a fence opening calls may have ("javascript", "json")
 MAX_SPACE = 16  # the most whitespace in one place of a wrapper's opening
 _SPACE = " \t\r\n"
-_MARKS = re.compile("`+|\n")  # runs of backticks, line breaks
+_RUN, _LEAD, _TAIL = re.compile("`+"), re.compile("( *)(`*)"), re.compile(r"`+\Z")
 INDENT = 3  # the most spaces before a fence on its line (CommonMark)
+# a fence that begins a line, whole (other text follows it)
+_LINE_FENCES = re.compile("\n {0,%d}`{3,}(?=[^`])" % INDENT)
 # the longest wrapper opening: ``` language \r\n space [ space
 WRAP_MAX = len(FENCE) + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
 
@@ -67,24 +69,20 @@ class Fences:
     col: int = 0
 
     def after(self, text: str, end: int, start: int = 0) -> Fences:
-        """These fences (those before text[start]) followed by text[start:end]."""
+        """These fences (those before text[start]) followed by text[start:end]: the first
+        and the last line read here, the fences that begin the lines between counted by
+        one regular expression (a long code-heavy answer is read in C, not run by run)."""
         if not self.ticks and text.find("`", start, end) < 0:  # most text: no backtick
             nl = text.rfind("\n", start, end)
             col = _indent(self.col if nl < 0 else 0, text, max(start, nl + 1), end)
             return self if col == self.col else Fences(self.open, 0, col)
-        is_open, ticks, col, at = self.open, self.ticks, self.col, start
-        for m in _MARKS.finditer(text, start, end):
-            line = text[m.start()] == "\n"
-            if line or m.start() > at:  # the run before ended
-                is_open, ticks, col = _ended(is_open, ticks, col)
-                col = 0 if line else _indent(col, text, at, m.start())
-            if not line:
-                ticks += m.end() - m.start()
-            at = m.end()
-        if end > at:
-            is_open, ticks, col = _ended(is_open, ticks, col)
-            col = _indent(col, text, at, end)
-        return Fences(is_open, ticks, col)
+        first = text.find("\n", start, end)
+        if first < 0:
+            return Fences(*_line(self.open, self.ticks, self.col, text, start, end))
+        is_open, _, _ = _ended(*_line(self.open, self.ticks, self.col, text, start, first))
+        last = text.rfind("\n", first, end)
+        is_open ^= len(_LINE_FENCES.findall(text, first, last + 1)) % 2 == 1
+        return Fences(*_line(is_open, 0, 0, text, last + 1, end))
 
     def ended(self) -> Fences:
         """These fences where other text follows (a call): the run that ended them is
@@ -98,6 +96,29 @@ def _ended(is_open: bool, ticks: int, col: int) -> tuple[bool, int, int]:
     if not ticks:
         return is_open, 0, col
     return is_open != (ticks >= len(FENCE) and col <= INDENT), 0, INDENT + 1
+
+
+def _line(is_open: bool, ticks: int, col: int, text: str, start: int, end: int
+          ) -> tuple[bool, int, int]:
+    """(open, ticks, col) after text[start:end], a part of a line (no line break in it):
+    only its first run of backticks may be a fence, or make one longer."""
+    if start == end:
+        return is_open, ticks, col
+    if ticks:  # the run before goes on
+        k = _RUN.match(text, start, end)
+        at = start if k is None else k.end()
+        if at == end:
+            return is_open, ticks + end - start, col
+        is_open, _, _ = _ended(is_open, ticks + at - start, col)
+    else:
+        lead = _LEAD.match(text, start, end)  # spaces, then backticks
+        col = _indent(col, text, start, lead.start(2))
+        if lead.end() == end:
+            return is_open, lead.end(2) - lead.start(2), col
+        is_open, _, _ = _ended(is_open, lead.end(2) - lead.start(2), col)
+        at = lead.end()
+    tail = _TAIL.search(text, at, end)  # within the line: a run, but no fence
+    return is_open, 0 if tail is None else tail.end() - tail.start(), INDENT + 1
 
 
 def _indent(col: int, text: str, start: int, end: int) -> int:
