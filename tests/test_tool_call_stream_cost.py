@@ -191,3 +191,14 @@ def test_reading_the_code_blocks_of_a_whole_answer_is_one_pass_in_c(parser):
     are read by one regular expression, so 3,000 blocks cost what 30 do."""
     few, many = _whole_code_calls(parser, 30), _whole_code_calls(parser, 3000)
     assert many < 1.2 * few, (few, many)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_long_run_of_backticks_is_read_in_linear_time(parser):
+    """A model stuck writing backticks within a line: the run that ends a line was looked
+    for by a regular expression that tried every backtick as its start, to the run's end
+    (20,000 of them: ~1.3 s of event loop, 100,000: ~30 s); it is read once."""
+    for text in ("a" + "`" * 20_000 + "x", "a" + "`" * 20_000):
+        t = time.perf_counter()
+        assert parser.calls(text, NAMES, cut=True) == (text, [])
+        assert time.perf_counter() - t < 0.1, len(text)

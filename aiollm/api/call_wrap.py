@@ -26,7 +26,7 @@ _INFO = frozenset(string.ascii_letters + string.digits + "_+.-")  # a fence's la
 MAX_INFO = 16  # the longest language a fence opening calls may have ("javascript", "json")
 MAX_SPACE = 16  # the most whitespace in one place of a wrapper's opening
 _SPACE = " \t\r\n"
-_RUN, _LEAD, _TAIL = re.compile("`+"), re.compile("( *)(`*)"), re.compile(r"`+\Z")
+_RUN, _LEAD = re.compile("`+"), re.compile("( *)(`*)")
 INDENT = 3  # the most spaces before a fence on its line (CommonMark)
 # a fence that begins a line, whole (other text follows it)
 _LINE_FENCES = re.compile("\n {0,%d}`{3,}(?=[^`])" % INDENT)
@@ -117,8 +117,10 @@ def _line(is_open: bool, ticks: int, col: int, text: str, start: int, end: int
             return is_open, lead.end(2) - lead.start(2), col
         is_open, _, _ = _ended(is_open, lead.end(2) - lead.start(2), col)
         at = lead.end()
-    tail = _TAIL.search(text, at, end)  # within the line: a run, but no fence
-    return is_open, 0 if tail is None else tail.end() - tail.start(), INDENT + 1
+    # within the line: a run, but no fence (stripped, not searched for: a search from
+    # every backtick of a long run would read to its end each time)
+    rest = text[at:end]
+    return is_open, len(rest) - len(rest.rstrip("`")), INDENT + 1
 
 
 def _indent(col: int, text: str, start: int, end: int) -> int:
