@@ -18,6 +18,7 @@ from test_tool_call_stream import CALL as ONE_CALL
 from test_tool_call_stream import _check
 
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+LLAMA3 = PARSERS[1]
 NAMES = {"get_weather", "search"}
 ARGS = '{"city": "P", "unit": "c"}'
 CALL = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>\n',
@@ -202,3 +203,25 @@ def test_a_long_run_of_backticks_is_read_in_linear_time(parser):
         t = time.perf_counter()
         assert parser.calls(text, NAMES, cut=True) == (text, [])
         assert time.perf_counter() - t < 0.1, len(text)
+
+
+def _llama3_text_seconds(size: int) -> float:
+    """Seconds to read a whole Llama 3 answer of `size` characters of JSON objects that
+    name no tool (text, not calls) among code fences, the best of 3."""
+    unit = '{"name": "Bob", "v": "```"}\n```\n'
+    text = unit * (size // len(unit))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        assert LLAMA3.calls(text, NAMES) == (text, [])
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def test_llama3_objects_of_text_among_code_blocks_read_in_linear_time():
+    """Llama 3 reads every head, and a fence before one may be a wrapper's, which depends
+    on the code blocks before it: each object of text read them from the text's start again
+    (100 KB of objects among fences took ~4 s of event loop); they are read on from the last
+    object's. Ten times the text costs about ten times as much (it was ~40 to 80)."""
+    few, many = _llama3_text_seconds(10_000), _llama3_text_seconds(100_000)
+    assert many < 20 * few, (few, many)

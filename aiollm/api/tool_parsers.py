@@ -37,7 +37,8 @@ from typing import Any
 
 from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
                                    skip_json_space)
-from aiollm.api.call_wrap import OUTSIDE, Fences, Wrap, wrap_before, wrap_close
+from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, wrap_before,
+                                   wrap_close)
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -231,13 +232,18 @@ class Llama3Parser(ToolParser):
         # any such object), is the model's text, and ends the run it stands in; an object
         # it opens is text whole (a call's JSON among its values too)
         gaps, calls, pos, read = [], [], 0, 0  # read: the end of the last such object
+        mark = 0  # `fences`: the code blocks of the content before text[mark] (>= pos)
         i = text.find(self.start)
         while i >= 0:
             # decoded once where no JSON parses there (see _may_hold_calls), twice else
             if (end := _object_end(text, i)) > i:
                 # a list or a fence around the run is markup (call_wrap): the list read
-                # whole where it parses, else its calls one by one (it may be cut)
-                wrap = wrap_before(text, i, pos, self.brackets, fences)
+                # whole where it parses, else its calls one by one (it may be cut). The
+                # code blocks are read on from the last head's (objects of text: not from
+                # `pos` again each time); a wrapper before this head starts after `mark`
+                if i - WRAP_MAX > mark:
+                    fences, mark = fences.after(text, i - WRAP_MAX, mark), i - WRAP_MAX
+                wrap = wrap_before(text, i, mark, self.brackets, fences)
                 found, stop = [], i
                 if wrap is not None and wrap.bracket:
                     found, stop = _json_calls(text, text.rindex("[", wrap.start, i),
@@ -250,10 +256,11 @@ class Llama3Parser(ToolParser):
                     lead = i if wrap is None else wrap.start
                     gaps.append(text[pos:lead])
                     # the code blocks of the content, not of the calls (their arguments)
-                    fences = fences.after(text, lead, pos).ended()
+                    fences = fences.after(text, lead, mark).ended()
                     calls += found
                     stop = wrap_close(text, stop, wrap)
                     pos, end = _text_after(text, stop), stop
+                    mark = pos
                 else:
                     read = end
             i = text.find(self.start, max(end, i + 1))
