@@ -205,3 +205,24 @@ def test_backticks_within_a_line_open_no_code_block(parser):
                 text = words + block + "\n```json\n" + call + "\n```"
                 got, calls = _check(parser, text, rng, cut=cut)
                 assert (got, _shape(calls)) == (words + block, WANT[:1]), (words, block)
+
+
+# pieces of markdown answers: code blocks (indented, inline ```, nested fences), non-ASCII
+MARKDOWN = ["```python\nprint('é')\n```\n", "```\nls\n```", "Use ``` here. ", "   ```\n",
+            "    ```\n", "````\n```\n````\n", "```json\n", "\n```", "\n```\n", "\r\n", "🙂",
+            "日本", "`x`", "``", "[", "]", "\n", " ", "Done.", "\n" * 17]
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_markdown_around_calls_joins_to_the_whole_answer(parser):
+    """Code blocks before, between and after calls (also calls whose arguments hold
+    backticks), cut anywhere, split anywhere: the stream joins to the whole answer, and an
+    answer with no call is its text as written, byte for byte."""
+    rng = random.Random(12 + len(parser.name))
+    calls = [CALL[parser.name] % P, CALL[parser.name] % '{"city": "```", "unit": "c"}']
+    for _ in range(150):
+        text = "".join(rng.choice(MARKDOWN + calls * 3) for _ in range(rng.randint(1, 8)))
+        cut = rng.random() < 0.5
+        text = text[:rng.randint(0, len(text))] if cut else text
+        content, found = _check(parser, text, rng, cut=cut)
+        assert found or cut or content == text, text
