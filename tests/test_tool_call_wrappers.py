@@ -161,6 +161,22 @@ def test_a_code_blocks_closing_fence_before_a_call_stays_content(parser):
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_code_block_on_the_line_after_a_call_keeps_its_fences(parser):
+    """A code block that begins on the line after a call: its opening fence begins a line
+    (Mistral's reader had passed the newline with the call's, so the fence read as one
+    within a line, the block's closing as an opening, and the fence around the next call
+    stayed content as that block's closing: '```json\\n\\n```')."""
+    rng = random.Random(13)
+    one, two = CALL[parser.name] % P, CALL[parser.name] % Q
+    for gap in ("\n", "\n\n", " \n  ", "\r\n"):
+        block = gap + "```python\nx\n```"
+        for cut in (False, True):
+            got, calls = _check(parser, one + block + "\n```json\n" + two + "\n```", rng,
+                                cut=cut)
+            assert (got, _shape(calls)) == (block, WANT), (gap, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
 def test_a_wrapper_goes_with_a_call_cut_before_its_name(parser):
     """max_tokens inside a call's head, its name not yet whole: the head is markup (no
     call), and so is the wrapper's opening before it ('```json' or '[' was content)."""

@@ -323,6 +323,9 @@ class MistralParser(ToolParser):
             calls += found
             pos = wrap_close(text, end, wrap)
             wrap = wrap if pos == end else None
+            # the whitespace the calls' reader passed is the text's (a line break: a
+            # fence after it begins a line)
+            fences = fences.after(text, pos, _text_after(text, pos))
             i = text.find(self.start, pos)
         if not calls:
             return text, []
