@@ -177,6 +177,23 @@ def test_a_code_block_on_the_line_after_a_call_keeps_its_fences(parser):
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_fence_closes_a_wrapper_only_as_a_line_of_backticks(parser):
+    """A wrapper's closing is a run of three or more backticks that nothing but spaces
+    follows on its line (CommonMark's closing fence): '```python' after the calls opens
+    the model's next code block ('python' was left as content, its fence eaten), and a
+    longer run closes the wrapper whole (one '`' was left)."""
+    rng = random.Random(14)
+    call = CALL[parser.name] % P
+    for after, content in (("\n```python\nx = 1\n```", "\n```python\nx = 1\n```"),
+                           ("\n````", ""), ("\n```` \nDone.", " \nDone."),
+                           ("\n```\t\r\nDone.", "\t\r\nDone."),
+                           ("\n```` more", "\n```` more")):
+        for cut in (False, True):
+            got, calls = _check(parser, "```json\n" + call + after, rng, cut=cut)
+            assert (got, _shape(calls)) == (content, WANT[:1]), (after, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
 def test_a_wrapper_goes_with_a_call_cut_before_its_name(parser):
     """max_tokens inside a call's head, its name not yet whole: the head is markup (no
     call), and so is the wrapper's opening before it ('```json' or '[' was content)."""

@@ -30,6 +30,8 @@ _RUN, _LEAD = re.compile("`+"), re.compile("( *)(`*)")
 INDENT = 3  # the most spaces before a fence on its line (CommonMark)
 # a fence that begins a line, whole (other text follows it)
 _LINE_FENCES = re.compile("\n {0,%d}`{3,}(?=[^`])" % INDENT)
+# a closing fence: its backticks, then only spaces to its line's end ("```python" opens)
+_CLOSE = re.compile("`{3,}(?=[ \t]*(?:[\r\n]|\\Z))")
 # the longest wrapper opening: ``` language \r\n space [ space
 WRAP_MAX = len(FENCE) + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
 
@@ -197,9 +199,10 @@ def wrap_part(text: str, opens: Sequence[str], brackets: bool, fences: Fences = 
 
 
 def wrap_close(text: str, end: int, wrap: Wrap | None) -> int:
-    """Past the closing of `wrap` (']' where it opened a list, then ``` where a fence, or
-    a part of it that ends the text), whitespace before each, where it follows text[end]
-    (the end of its calls); `end` where it does not follow there."""
+    """Past the closing of `wrap` (']' where it opened a list, then ``` where a fence: a
+    run of three or more backticks that only spaces follow on its line, or a part of one
+    that ends the text), whitespace before each, where it follows text[end] (the end of
+    its calls); `end` where it does not follow there."""
     if wrap is None:
         return end
     i = end
@@ -212,9 +215,10 @@ def wrap_close(text: str, end: int, wrap: Wrap | None) -> int:
         j = _skip(text, i)
         if j < len(text) and FENCE.startswith(text[j:]):  # cut part way, ending the text
             return len(text)
-        if not text.startswith(FENCE, j):
+        close = _CLOSE.match(text, j)
+        if close is None:
             return i
-        i = j + len(FENCE)
+        i = close.end()
     return i
 
 
