@@ -194,6 +194,24 @@ def test_a_fence_closes_a_wrapper_only_as_a_line_of_backticks(parser):
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_backticks_that_begin_no_line_open_no_wrapper(parser):
+    """A wrapper's opening is a fence, as a code block's is: at a line's start after at
+    most three spaces. The closing ``` of an indented code block (four spaces), ``` after a
+    tab or within a sentence, before a call, are the model's text (they were eaten as a
+    wrapper's opening), and a fence indented three spaces still wraps."""
+    rng = random.Random(15)
+    call = CALL[parser.name] % P
+    for before, after, content in (
+            ("Code:\n    ```\n    x\n    ```\n", "", "Code:\n    ```\n    x\n    ```"),
+            ("\t```\n", "", "\t```"),
+            ("Sure! ```json\n", "\n```", "Sure! ```json\n\n```"),
+            ("Hi\n   ```json\n", "\n   ```", "Hi")):
+        for cut in (False, True):
+            got, calls = _check(parser, before + call + after, rng, cut=cut)
+            assert (got, _shape(calls)) == (content, WANT[:1]), (before, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
 def test_a_wrapper_goes_with_a_call_cut_before_its_name(parser):
     """max_tokens inside a call's head, its name not yet whole: the head is markup (no
     call), and so is the wrapper's opening before it ('```json' or '[' was content)."""

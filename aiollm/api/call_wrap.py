@@ -8,8 +8,9 @@ does; a wrapper's opening is bounded (a fence's language, the whitespace in it),
 is never more than WRAP_MAX characters. vLLM's llama3_json drops all text around calls
 (content null); aiollm drops the wrapper and keeps the model's other text.
 
-A fence opens a wrapper only outside the model's code blocks (where the runs of three or
-more backticks before it are even in number: Fences), so a block's closing ``` before a
+A fence opens a wrapper only where it is a fence (at a line's start, after at most INDENT
+spaces) and outside the model's code blocks (where the fences before it are even in
+number: Fences), so a block's closing ``` before a
 call stays the block's; a stream passes the code blocks of the content it has sent. Only
 the content counts: the calls' arguments are not the model's text (a pattern "```").
 """
@@ -144,8 +145,9 @@ def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE,
     (Llama 3's bare JSON calls); `fences`: the code blocks before text[since]."""
     i, n, fence = start, len(text), False
     if text.startswith("`", i):
-        if (before := fences.after(text, start, since)).open or before.ticks:
-            return None  # a code block's closing, or not a run's start
+        before = fences.after(text, start, since)
+        if before.open or before.ticks or before.col > INDENT:
+            return None  # a code block's closing, not a run's start, or not a line's
         if not text.startswith(FENCE, i):  # "``" may go on as a fence where the text ends
             return Wrap(start, n, True, False) if FENCE.startswith(text[i:]) else None
         i += len(FENCE)
