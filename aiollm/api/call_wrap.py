@@ -10,9 +10,10 @@ is never more than WRAP_MAX characters. vLLM's llama3_json drops all text around
 
 A fence opens a wrapper only where it is a fence (at a line's start, after at most INDENT
 spaces) and outside the model's code blocks (where the fences before it are even in
-number: Fences), so a block's closing ``` before a
-call stays the block's; a stream passes the code blocks of the content it has sent. Only
-the content counts: the calls' arguments are not the model's text (a pattern "```").
+number: Fences), so a block's closing ``` before a call stays the block's; a stream
+passes the code blocks of the content it has sent. Only the content counts: the calls'
+arguments are not the model's text (a pattern "```"). A wrapper's closing fence is a
+line of backticks (only spaces after them on its line).
 """
 
 from __future__ import annotations
