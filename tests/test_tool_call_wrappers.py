@@ -177,6 +177,23 @@ def test_a_code_block_on_the_line_after_a_call_keeps_its_fences(parser):
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_whitespace_between_fenced_blocks_of_calls_is_no_content(parser):
+    """Whitespace alone between two blocks of calls separates them, a fence around either
+    or both or not: the content is what follows the last, as without fences (Llama 3 and
+    Mistral kept the blank lines after a wrapper's closing, Llama 3 those before an
+    opening: '\\n\\n\\nDone.', where Hermes answered '\\nDone.')."""
+    rng = random.Random(16)
+    one, two = CALL[parser.name] % P, CALL[parser.name] % Q
+    fenced = "```json\n%s\n```".__mod__
+    for gap in ("\n", "\n\n", " \n ", "\r\n\r\n"):
+        for a, b in ((one, two), (fenced(one), two), (one, fenced(two)),
+                     (fenced(one), fenced(two))):
+            for cut in (False, True):
+                got, calls = _check(parser, a + gap + b + "\nDone.", rng, cut=cut)
+                assert (got, _shape(calls)) == ("\nDone.", WANT), (a, gap, b, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
 def test_a_fence_closes_a_wrapper_only_as_a_line_of_backticks(parser):
     """A wrapper's closing is a run of three or more backticks that nothing but spaces
     follows on its line (CommonMark's closing fence): '```python' after the calls opens

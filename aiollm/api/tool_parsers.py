@@ -254,7 +254,10 @@ class Llama3Parser(ToolParser):
                     found, stop = _json_calls(text, i, self.args_key, ";,", (TAG,), names)
                 if found:
                     lead = i if wrap is None else wrap.start
-                    gaps.append(text[pos:lead])
+                    # whitespace alone between runs separates them, a fence around
+                    # either or not (as it does without one)
+                    gap = text[pos:lead]
+                    gaps.append(gap if not calls or gap.replace(TAG, "").strip() else "")
                     # the code blocks of the content, not of the calls (their arguments)
                     fences = fences.after(text, lead, mark).ended()
                     calls += found
@@ -315,10 +318,12 @@ class MistralParser(ToolParser):
             if not found:  # a marker in the text that no call follows: the model's text
                 i = text.find(self.start, i + 1)
                 continue
-            # text between blocks keeps the whitespace before it (whitespace alone there
-            # is the blocks' separator); a fence around blocks is markup (call_wrap)
+            # text between blocks keeps the whitespace before it (whitespace alone there,
+            # a wrapper's fence before it or not, is the blocks' separator); a fence
+            # around blocks is markup (call_wrap)
             wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
-            content.append(text[pos if pos == lead or not calls else _text_after(text, pos):lead])
+            gap = text[_text_after(text, pos) if calls else pos:lead]
+            content.append(gap if not calls or gap.strip() else "")
             fences = fences.after(text, lead, pos).ended()  # the content's, not the calls'
             calls += found
             pos = wrap_close(text, end, wrap)
