@@ -195,10 +195,10 @@ def test_whitespace_between_fenced_blocks_of_calls_is_no_content(parser):
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
 def test_a_fence_closes_a_wrapper_only_as_a_line_of_backticks(parser):
-    """A wrapper's closing is a run of three or more backticks that nothing but spaces
-    follows on its line (CommonMark's closing fence): '```python' after the calls opens
-    the model's next code block ('python' was left as content, its fence eaten), and a
-    longer run closes the wrapper whole (one '`' was left)."""
+    """A wrapper's closing is a run of three or more backticks that nothing but spaces or
+    tabs follows on its line (CommonMark's closing fence): '```python' after the calls
+    opens the model's next code block ('python' was left as content, its fence eaten), and
+    a longer run closes the wrapper whole (one '`' was left)."""
     rng = random.Random(14)
     call = CALL[parser.name] % P
     for after, content in (("\n```python\nx = 1\n```", "\n```python\nx = 1\n```"),

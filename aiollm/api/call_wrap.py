@@ -13,7 +13,8 @@ spaces) and outside the model's code blocks (where the fences before it are even
 number: Fences), so a block's closing ``` before a call stays the block's; a stream
 passes the code blocks of the content it has sent. Only the content counts: the calls'
 arguments are not the model's text (a pattern "```"). A wrapper's closing fence is a
-line of backticks (only spaces after them on its line).
+run of three or more backticks, whitespace before it, only spaces or tabs after it on
+its line (CommonMark's closing, though it may follow the calls on their line).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _RUN, _LEAD = re.compile("`+"), re.compile("( *)(`*)")
 INDENT = 3  # the most spaces before a fence on its line (CommonMark)
 # a fence that begins a line, whole (other text follows it)
 _LINE_FENCES = re.compile("\n {0,%d}`{3,}(?=[^`])" % INDENT)
-# a closing fence: its backticks, then only spaces to its line's end ("```python" opens)
+# a closing fence: its backticks, then only spaces or tabs to its line's end ("```python" opens)
 _CLOSE = re.compile("`{3,}(?=[ \t]*(?:[\r\n]|\\Z))")
 # the longest wrapper opening: ``` language \r\n space [ space
 WRAP_MAX = len(FENCE) + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
@@ -203,9 +204,9 @@ def wrap_part(text: str, opens: Sequence[str], brackets: bool, fences: Fences = 
 
 def wrap_close(text: str, end: int, wrap: Wrap | None) -> int:
     """Past the closing of `wrap` (']' where it opened a list, then ``` where a fence: a
-    run of three or more backticks that only spaces follow on its line, or a part of one
-    that ends the text), whitespace before each, where it follows text[end] (the end of
-    its calls); `end` where it does not follow there."""
+    run of three or more backticks that only spaces or tabs follow on its line, or a part
+    of one that ends the text), whitespace before each, where it follows text[end] (the
+    end of its calls); `end` where it does not follow there."""
     if wrap is None:
         return end
     i = end
