@@ -211,6 +211,23 @@ def test_a_fence_closes_a_wrapper_only_as_a_line_of_backticks(parser):
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_wrappers_opening_may_have_spaces_around_its_language(parser):
+    """Spaces or tabs before and after a fence's language, as CommonMark's opening fence
+    has them and as a wrapper's closing took them after its backticks: the fence is
+    markup (it was content, '```json \\n\\n``` ', the closing after it kept too); other
+    words after the language make no wrapper's opening."""
+    rng = random.Random(17)
+    call = CALL[parser.name] % P
+    for opening in ("```json \n", "``` json\n", "```\tjson\t\r\n", "```  \n"):
+        for cut in (False, True):
+            got, calls = _check(parser, "Hi\n" + opening + call + "\n``` \nDone.", rng,
+                                cut=cut)
+            assert (got, _shape(calls)) == ("Hi\n \nDone.", WANT[:1]), (opening, cut)
+    got, calls = _check(parser, "```json x\n" + call + "\n```", rng)
+    assert (got, _shape(calls)) == ("```json x\n\n```", WANT[:1])
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
 def test_backticks_that_begin_no_line_open_no_wrapper(parser):
     """A wrapper's opening is a fence, as a code block's is: at a line's start after at
     most three spaces. The closing ``` of an indented code block (four spaces), ``` after a

@@ -33,10 +33,11 @@ _RUN, _LEAD = re.compile("`+"), re.compile("( *)(`*)")
 INDENT = 3  # the most spaces before a fence on its line (CommonMark)
 # a fence that begins a line, whole (other text follows it)
 _LINE_FENCES = re.compile("\n {0,%d}`{3,}(?=[^`])" % INDENT)
-# a closing fence: its backticks, then only spaces or tabs to its line's end ("```python" opens)
+# a closing fence: its backticks, then only spaces or tabs to its line's end ("```python"
+# opens a code block)
 _CLOSE = re.compile("`{3,}(?=[ \t]*(?:[\r\n]|\\Z))")
-# the longest wrapper opening: ``` language \r\n space [ space
-WRAP_MAX = len(FENCE) + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
+# the longest wrapper opening: ``` blank language blank \r\n space [ space
+WRAP_MAX = len(FENCE) + MAX_INFO + 2 + 4 * MAX_SPACE + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +51,10 @@ class Wrap:
     bracket: bool
 
 
-def _space(text: str, i: int) -> int:
-    """Past at most MAX_SPACE whitespace characters from text[i]; -1 where more follow."""
+def _space(text: str, i: int, space: str = _SPACE) -> int:
+    """Past at most MAX_SPACE characters of `space` from text[i]; -1 where more follow."""
     j = i
-    while j < len(text) and text[j] in _SPACE:
+    while j < len(text) and text[j] in space:
         j += 1
         if j - i > MAX_SPACE:
             return -1
@@ -152,12 +153,16 @@ def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE,
             return None  # a code block's closing, not a run's start, or not a line's
         if not text.startswith(FENCE, i):  # "``" may go on as a fence where the text ends
             return Wrap(start, n, True, False) if FENCE.startswith(text[i:]) else None
-        i += len(FENCE)
+        # the language, spaces or tabs around it (CommonMark's info string, trimmed)
+        if (i := _space(text, i + len(FENCE), " \t")) < 0:
+            return None
         info = i
         while i < n and text[i] in _INFO:
             i += 1
             if i - info > MAX_INFO:
                 return None
+        if (i := _space(text, i, " \t")) < 0:
+            return None
         if i < n and text[i] == "\r":
             i += 1
         if i < n:
