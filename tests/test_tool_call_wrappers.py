@@ -252,7 +252,7 @@ def test_a_wrapper_goes_with_a_call_cut_before_its_name(parser):
     rng = random.Random(9)
     call = CALL[parser.name] % P
     name_end = call.index('"get_weather"') + len('"get_weather"') - 1
-    leads = ["Ok.\n```json\n"] + (["Ok. [", "Ok. ```\n[\n"] if parser is LLAMA3 else [])
+    leads = ["Ok.\n```json\n"] + (["Ok. [", "Ok.\n```\n[\n"] if parser.name == "llama3" else [])
     for lead in leads:
         for n in range(len(parser.start), name_end):  # its marker whole, its name not
             for required in (False, True):
