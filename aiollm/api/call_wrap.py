@@ -28,6 +28,7 @@ FENCE = "```"
 _INFO = frozenset(string.ascii_letters + string.digits + "_+.-")  # a fence's language
 MAX_INFO = 16  # the longest language a fence opening calls may have ("javascript", "json")
 MAX_SPACE = 16  # the most whitespace in one place of a wrapper's opening
+MAX_BLANK = 3  # the most spaces or tabs on either side of a fence's language
 _SPACE = " \t\r\n"
 _RUN, _LEAD = re.compile("`+"), re.compile("( *)(`*)")
 INDENT = 3  # the most spaces before a fence on its line (CommonMark)
@@ -37,7 +38,7 @@ _LINE_FENCES = re.compile("\n {0,%d}`{3,}(?=[^`])" % INDENT)
 # opens a code block)
 _CLOSE = re.compile("`{3,}(?=[ \t]*(?:[\r\n]|\\Z))")
 # the longest wrapper opening: ``` blank language blank \r\n space [ space
-WRAP_MAX = len(FENCE) + MAX_INFO + 2 + 4 * MAX_SPACE + 1
+WRAP_MAX = len(FENCE) + 2 * MAX_BLANK + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +52,12 @@ class Wrap:
     bracket: bool
 
 
-def _space(text: str, i: int, space: str = _SPACE) -> int:
-    """Past at most MAX_SPACE characters of `space` from text[i]; -1 where more follow."""
+def _space(text: str, i: int, space: str = _SPACE, most: int = MAX_SPACE) -> int:
+    """Past at most `most` characters of `space` from text[i]; -1 where more follow."""
     j = i
     while j < len(text) and text[j] in space:
         j += 1
-        if j - i > MAX_SPACE:
+        if j - i > most:
             return -1
     return j
 
@@ -154,14 +155,14 @@ def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE,
         if not text.startswith(FENCE, i):  # "``" may go on as a fence where the text ends
             return Wrap(start, n, True, False) if FENCE.startswith(text[i:]) else None
         # the language, spaces or tabs around it (CommonMark's info string, trimmed)
-        if (i := _space(text, i + len(FENCE), " \t")) < 0:
+        if (i := _space(text, i + len(FENCE), " \t", MAX_BLANK)) < 0:
             return None
         info = i
         while i < n and text[i] in _INFO:
             i += 1
             if i - info > MAX_INFO:
                 return None
-        if (i := _space(text, i, " \t")) < 0:
+        if (i := _space(text, i, " \t", MAX_BLANK)) < 0:
             return None
         if i < n and text[i] == "\r":
             i += 1
