@@ -18,6 +18,7 @@ from test_tool_call_stream import CALL as ONE_CALL
 from test_tool_call_stream import _check
 
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+LLAMA3 = PARSERS[1]
 NAMES = {"get_weather", "search"}
 ARGS = '{"city": "P", "unit": "c"}'
 CALL = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>\n',
@@ -150,3 +151,77 @@ def test_a_delta_of_text_after_the_calls_costs_the_same_after_much_text(parser):
     head may start in. 100 KB of text before them no longer makes deltas ~25 times dearer."""
     few, many = _prose_delta_seconds(parser, 1000), _prose_delta_seconds(parser, 100_000)
     assert many < 5 * few, (few, many)
+
+
+def _blank_delta_seconds(parser, blank: int) -> float:
+    """Seconds to feed 200 one-character deltas of whitespace after `blank` characters of
+    it and no call (the best of 5)."""
+    best = float("inf")
+    for _ in range(5):
+        stream = StreamingToolParser(parser, NAMES)
+        stream.feed("Hi\n```json\n" + "\n" * blank)
+        t = time.perf_counter()
+        for _ in range(200):
+            stream.feed("\n")
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_delta_of_whitespace_costs_the_same_after_much_whitespace(parser):
+    """Whitespace is held back (a call may follow it), and each delta read all of it again
+    (a model writing newlines: 50 KB of them one at a time took ~12 s of event loop): the
+    text held before any call is read from its first character that is not whitespace."""
+    few, many = _blank_delta_seconds(parser, 1000), _blank_delta_seconds(parser, 100_000)
+    assert many < 5 * few, (few, many)
+
+
+def _whole_code_calls(parser, blocks: int) -> int:
+    """The functions called to read a whole answer of `blocks` code blocks and no call."""
+    text = "Here:\n```python\nprint(`x`)\n```\n" * blocks
+    with _Count() as count:
+        assert parser.calls(text, NAMES, cut=True) == (text, [])
+    return count.calls
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_reading_the_code_blocks_of_a_whole_answer_is_one_pass_in_c(parser):
+    """Whether a fence is a wrapper's depends on the code blocks before it (call_wrap.Fences),
+    read for a whole answer from its start: run by run (or line by line) in Python, 100 KB
+    of code blocks took 5 to 18 ms of event loop; the lines between the first and the last
+    are read by one regular expression, so 3,000 blocks cost what 30 do."""
+    few, many = _whole_code_calls(parser, 30), _whole_code_calls(parser, 3000)
+    assert many < 1.2 * few, (few, many)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_long_run_of_backticks_is_read_in_linear_time(parser):
+    """A model stuck writing backticks within a line: the run that ends a line was looked
+    for by a regular expression that tried every backtick as its start, to the run's end
+    (20,000 of them: ~1.3 s of event loop, 100,000: ~30 s); it is read once."""
+    for text in ("a" + "`" * 20_000 + "x", "a" + "`" * 20_000):
+        t = time.perf_counter()
+        assert parser.calls(text, NAMES, cut=True) == (text, [])
+        assert time.perf_counter() - t < 0.1, len(text)
+
+
+def _llama3_text_seconds(size: int) -> float:
+    """Seconds to read a whole Llama 3 answer of `size` characters of JSON objects that
+    name no tool (text, not calls) among code fences, the best of 3."""
+    unit = '{"name": "Bob", "v": "```"}\n```\n'
+    text = unit * (size // len(unit))
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        assert LLAMA3.calls(text, NAMES) == (text, [])
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def test_llama3_objects_of_text_among_code_blocks_read_in_linear_time():
+    """Llama 3 reads every head, and a fence before one may be a wrapper's, which depends
+    on the code blocks before it: each object of text read them from the text's start again
+    (100 KB of objects among fences took ~4 s of event loop); they are read on from the last
+    object's. Ten times the text costs about ten times as much (it was ~40 to 80)."""
+    few, many = _llama3_text_seconds(10_000), _llama3_text_seconds(100_000)
+    assert many < 20 * few, (few, many)

@@ -14,6 +14,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from aiollm.api.call_text import Joints, Written, written_calls
+from aiollm.api.call_wrap import OUTSIDE, Fences, wrap_before, wrap_part, without_wrap_end
 from aiollm.api.cut_calls import cut_calls
 from aiollm.sampling_params import GrammarSpec
 
@@ -44,51 +45,61 @@ class ToolParser:
     words: tuple[str, ...] = ()  # the format's markup besides `start` (Hermes' end tag)
     separator = "\n"
     args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
+    brackets = False  # a JSON list around calls is markup (call_wrap: bare JSON calls)
     # what leads from `start` to a call's head, and from one call's arguments to the next
     # (call_text.written_calls: where a stream may send a call)
     joints = Joints(re.compile(r"\s*"), re.compile(r"\s*\}\s*"))
 
-    def parse(self, text: str) -> tuple[str, list[ToolCall]]:
+    def parse(self, text: str, fences: Fences = OUTSIDE) -> tuple[str, list[ToolCall]]:
         """(the text outside calls, the calls); text that does not parse stays content. With
         calls, the content's trailing whitespace is dropped (what a model writes before a call
-        or after the last), its leading kept: a stream has sent that before any call came."""
+        or after the last), its leading kept: a stream has sent that before any call came.
+        `fences`: the code blocks before the text (call_wrap.Fences)."""
         raise NotImplementedError
 
-    def parse_tail(self, text: str, names: Collection[str] | None = None
-                   ) -> tuple[str, list[ToolCall], int]:
+    def parse_tail(self, text: str, names: Collection[str] | None = None,
+                   fences: Fences = OUTSIDE) -> tuple[str, list[ToolCall], int]:
         """parse(), and where in its content the text after the last call starts: a call
         max_tokens cut is read there only (cut_calls), as a whole answer reads what comes
         before as content and calls; 0 where the family does not tell (all its content).
         `names`, the request's functions: a family whose calls are plain JSON (Llama 3)
         reads one naming none of them as text; the others return it (calls() then makes
         the whole text content)."""
-        content, calls = self.parse(text)
+        content, calls = self.parse(text, fences)
         return content, calls, 0
 
-    def opening(self, text: str, pos: int = 0) -> int:
-        """Where the first of `opens` is in text[pos:] (an index into `text`); -1: none."""
+    def opening(self, text: str, pos: int = 0, fences: Fences = OUTSIDE) -> int:
+        """Where the first of `opens` is in text[pos:] (an index into `text`), or the
+        opening of a wrapper (call_wrap: a code fence, a list) that leads to it; -1: none.
+        `fences`: the code blocks before text[pos] (call_wrap.Fences)."""
         found = [i for i in (text.find(o, pos) for o in self.opens or (self.start,)) if i >= 0]
-        return min(found, default=-1)
+        at = min(found, default=-1)
+        wrap = wrap_before(text, at, pos, self.brackets, fences) if at > pos else None
+        return at if wrap is None else wrap.start
 
-    def opening_part(self, text: str) -> int:
-        """The length of the longest end of `text` that begins one of `opens` (a stream
-        holds it back: the next text may complete it); 0: none."""
+    def opening_part(self, text: str, fences: Fences = OUTSIDE) -> int:
+        """The length of the longest end of `text` that begins one of `opens`, or a
+        wrapper's opening that may lead to one (a stream holds it back: the next text
+        may complete it); 0: none."""
         opens = self.opens or (self.start,)
-        for k in range(min(max(map(len, opens)) - 1, len(text)), 0, -1):
+        wrapped = wrap_part(text, opens, self.brackets, fences)
+        for k in range(min(max(map(len, opens)) - 1, len(text)), wrapped, -1):
             if any(o.startswith(text[-k:]) for o in opens):
                 return k
-        return 0
+        return wrapped
 
-    def content_end(self, text: str) -> int:
+    def content_end(self, text: str, fences: Fences = OUTSIDE) -> int:
         """Where the content a stream sends before any call ends: the first of `opens`, or
         the start of a part of one that ends the text; its trailing whitespace held too
         (parse drops it where calls follow)."""
-        at = self.opening(text)
-        return len(text[:at if at >= 0 else len(text) - self.opening_part(text)].rstrip())
+        at = self.opening(text, 0, fences)
+        end = at if at >= 0 else len(text) - self.opening_part(text, fences)
+        return len(text[:end].rstrip())
 
     def calls(self, text: str, names: Collection[str], *, cut: bool = False,
               required: bool = False, named: str | None = None,
-              sent: list[Written] | None = None) -> tuple[str, list[ToolCall]]:
+              sent: list[Written] | None = None, fences: Fences = OUTSIDE
+              ) -> tuple[str, list[ToolCall]]:
         """parse(), where a call to a function not among `names` makes the whole text
         content: free text that only looked like a call (Llama 3's format is any JSON object
         that starts with "name", so there that object alone is text: parse_tail; the grammar
@@ -111,16 +122,17 @@ class ToolParser:
         call_text.written_calls from the first `start` on) are never taken back: where this
         reading does not extend them (their markup turned out not to parse), the answer is
         those calls, the last one incomplete, and the text before `start` its content, as
-        the stream read it."""
-        head = text[:self.content_end(text)]
-        text = text[len(head):]
-        content, calls = self._read(text, names, cut, required, named)
+        the stream read it. `fences`: the code blocks before the text (a stream's
+        held text: call_wrap.Fences)."""
+        head = text[:self.content_end(text, fences)]
+        text, fences = text[len(head):], fences.after(head, len(head))
+        content, calls = self._read(text, names, cut, required, named, fences)
         at = text.find(self.start)
         if sent is None:
             sent = (written_calls(text, at, names, self.args_key, self.joints)[0] if at >= 0
                     else [])
         if not _extends(calls, sent):
-            content = text[:at].rstrip()
+            content = without_wrap_end(text[:at], self.brackets, fences)
             calls = [ToolCall(c.name, c.arguments, complete=c.complete) for c in sent]
             calls[-1].complete = False
         for call in calls:
@@ -128,8 +140,8 @@ class ToolParser:
         return head + content, calls
 
     def _read(self, text: str, names: Collection[str], cut: bool, required: bool,
-              named: str | None) -> tuple[str, list[ToolCall]]:
-        content, calls, tail = self.parse_tail(text, names)
+              named: str | None, fences: Fences) -> tuple[str, list[ToolCall]]:
+        content, calls, tail = self.parse_tail(text, names, fences)
         if any(c.name not in names for c in calls):
             return text, []
         if cut:
@@ -137,6 +149,10 @@ class ToolParser:
                 content[tail:], marker=self.start, args_key=self.args_key,
                 joints=self.joints, names=names, only_calls=required or bool(calls),
                 words=self.words)
+            if more or rest != content[tail:]:  # call markup dropped (a cut call, a
+                # head cut before its name): a wrapper's opening before it is markup too
+                rest = without_wrap_end(rest, self.brackets,
+                                        fences.after(content, tail))
             content = content[:tail] + rest
             calls += [ToolCall(name, arguments) for name, arguments in more]
             if tail and calls:  # else the text as written (ToolParser.parse)

@@ -12,6 +12,9 @@ template (or `--tool-call-parser`):
   (Llama 3.1/3.2);
 - "mistral": `[TOOL_CALLS]` then a JSON array of `{"name": ..., "arguments": {...}}`.
 
+A markdown code fence around calls, and a JSON list around Llama 3's, are markup too, not
+content (aiollm/api/call_wrap.py).
+
 tool_choice "required" and a named function are enforced with an xgrammar structural tag
 built from the tools' parameter schemas (calls and nothing else, each one valid for its tool:
 one or more for "required", exactly one for a named function); "auto" constrains a call once
@@ -23,6 +26,7 @@ are checked, and turned into that mode, in aiollm/api/tool_request.py.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import random
@@ -33,6 +37,8 @@ from typing import Any
 
 from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
                                    skip_json_space)
+from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, wrap_before,
+                                   wrap_close)
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -137,6 +143,18 @@ def _text_after(text: str, end: int) -> int:
     return end
 
 
+def _wrap(text: str, at: int, pos: int, wrap: Wrap | None, brackets: bool,
+          fences: Fences) -> tuple[Wrap | None, int]:
+    """(the wrapper of the block of calls at text[at], where the text before it ends):
+    one whose opening ends there, or `wrap`, the previous block's still open, where only
+    whitespace parts them (text[pos:at], pos where the previous block ended). `fences`:
+    the code blocks before text[pos] (call_wrap.Fences)."""
+    own = wrap_before(text, at, pos, brackets, fences)
+    if own is not None:
+        return own, own.start
+    return (wrap if wrap is not None and not text[pos:at].strip() else None), at
+
+
 def _skip_space(text: str, pos: int) -> int:
     while pos < len(text) and text[pos].isspace():
         pos += 1
@@ -153,10 +171,10 @@ class HermesParser(ToolParser):
     joints = Joints(re.compile(r"<tool_call>\s*"),
                     re.compile(r"\s*\}\s*</tool_call>\s*<tool_call>\s*"))
 
-    def parse(self, text):
+    def parse(self, text, fences=OUTSIDE):
         # each block read as JSON, so markers inside an argument's string are its text; a
         # block that does not hold one call (or misses its end before more text) stays content
-        calls, content, pos = [], [], 0
+        calls, content, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
             at = _skip_space(text, i + len(self.start))
@@ -174,11 +192,15 @@ class HermesParser(ToolParser):
             if call is None:
                 i = text.find(self.start, i + 1)
                 continue
-            # whitespace alone between two blocks is their separator (Qwen's "\n")
-            content.append("" if calls and not text[pos:i].strip() else text[pos:i])
+            # whitespace alone between two blocks is their separator (Qwen's "\n"); a
+            # fence around blocks is markup (call_wrap), closed after any block in it
+            wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
+            content.append("" if calls and not text[pos:lead].strip() else text[pos:lead])
+            fences = fences.after(text, lead, pos).ended()  # the content's, not the call's
             calls.append(call)
-            pos = j
-            i = text.find(self.start, j)
+            pos = wrap_close(text, j, wrap)
+            wrap = wrap if pos == j else None
+            i = text.find(self.start, pos)
         content.append(text[pos:])
         return "".join(content).rstrip() if calls else text, calls
 
@@ -189,18 +211,19 @@ class HermesParser(ToolParser):
 
 class Llama3Parser(ToolParser):
     name, start, separator, args_key = "llama3", '{"name": ', ";", "parameters"
+    brackets = True  # bare JSON: parallel calls may come as a JSON list of them
     # <|python_tag|> (in the text with skip_special_tokens false) opens the calls too, as
     # vLLM's llama3_json reads it: a stream holds it back until it knows what follows
     opens, words = (TAG, start), (TAG,)
     # the marker is the head itself; calls are separated by ';', whitespace or the tag
-    # (Llama 3.2 writes one before each of its parallel calls)
-    joints = Joints(re.compile(""), re.compile(r"\s*\}(?:[;\s]|<\|python_tag\|>)*"))
+    # (Llama 3.2 writes one before each of its parallel calls), or ',' in a JSON list
+    joints = Joints(re.compile(""), re.compile(r"\s*\}(?:[;,\s]|<\|python_tag\|>)*"))
 
-    def parse(self, text):
-        content, calls, _ = self.parse_tail(text)
+    def parse(self, text, fences=OUTSIDE):
+        content, calls, _ = self.parse_tail(text, fences=fences)
         return content, calls
 
-    def parse_tail(self, text, names=None):
+    def parse_tail(self, text, names=None, fences=OUTSIDE):
         # every call is read wherever it stands, as vLLM's llama3_json reads them and as the
         # "auto" grammar holds each head it meets to a tool's schema: runs of calls joined by
         # separators, text between runs content. A call opens as the grammar's trigger does
@@ -209,15 +232,38 @@ class Llama3Parser(ToolParser):
         # any such object), is the model's text, and ends the run it stands in; an object
         # it opens is text whole (a call's JSON among its values too)
         gaps, calls, pos, read = [], [], 0, 0  # read: the end of the last such object
+        mark = 0  # `fences`: the code blocks of the content before text[mark] (>= pos)
         i = text.find(self.start)
         while i >= 0:
             # decoded once where no JSON parses there (see _may_hold_calls), twice else
             if (end := _object_end(text, i)) > i:
-                found, stop = _json_calls(text, i, self.args_key, ";", (TAG,), names)
+                # a list or a fence around the run is markup (call_wrap): the list read
+                # whole where it parses, else its calls one by one (it may be cut). The
+                # code blocks are read on from the last head's (objects of text: not from
+                # `pos` again each time); a wrapper before this head starts after `mark`
+                if i - WRAP_MAX > mark:
+                    fences, mark = fences.after(text, i - WRAP_MAX, mark), i - WRAP_MAX
+                wrap = wrap_before(text, i, mark, self.brackets, fences)
+                found, stop = [], i
+                if wrap is not None and wrap.bracket:
+                    found, stop = _json_calls(text, text.rindex("[", wrap.start, i),
+                                              self.args_key, ";,", (TAG,), names)
+                    if found:  # its ']' read with it
+                        wrap = dataclasses.replace(wrap, bracket=False)
+                if not found:
+                    found, stop = _json_calls(text, i, self.args_key, ";,", (TAG,), names)
                 if found:
-                    gaps.append(text[pos:i])
+                    lead = i if wrap is None else wrap.start
+                    # whitespace alone between runs separates them, a fence around
+                    # either or not (as it does without one)
+                    gap = text[pos:lead]
+                    gaps.append(gap if not calls or gap.replace(TAG, "").strip() else "")
+                    # the code blocks of the content, not of the calls (their arguments)
+                    fences = fences.after(text, lead, mark).ended()
                     calls += found
+                    stop = wrap_close(text, stop, wrap)
                     pos, end = _text_after(text, stop), stop
+                    mark = pos
                 else:
                     read = end
             i = text.find(self.start, max(end, i + 1))
@@ -230,9 +276,10 @@ class Llama3Parser(ToolParser):
         tail = len(before) + len(text[pos:max(pos, read)].replace(TAG, ""))
         return content, calls, min(tail, len(content))
 
-    def calls(self, text, names, *, cut=False, required=False, named=None, sent=None):
+    def calls(self, text, names, *, cut=False, required=False, named=None, sent=None,
+              fences=OUTSIDE):
         content, calls = super().calls(text, names, cut=cut, required=required, named=named,
-                                       sent=sent)
+                                       sent=sent, fences=fences)
         if cut:
             # what follows the tag can only be calls: the tag and a head cut part way
             # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell
@@ -261,22 +308,30 @@ class MistralParser(ToolParser):
         # vLLM's Mistral parser makes them
         return "".join(_ID_RANDOM.choices(_ID_CHARACTERS, k=9))
 
-    def parse(self, text):
+    def parse(self, text, fences=OUTSIDE):
         # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call. The
         # next marker is looked for after a block's JSON (an argument may hold the marker)
-        content, calls, pos = [], [], 0
+        content, calls, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
             found, end = _json_calls(text, i + len(self.start), "arguments", "")
             if not found:  # a marker in the text that no call follows: the model's text
                 i = text.find(self.start, i + 1)
                 continue
-            # text between blocks keeps the whitespace before it (whitespace alone there
-            # is the blocks' separator)
-            content.append(text[pos if pos == i or not calls else _text_after(text, pos):i])
+            # text between blocks keeps the whitespace before it (whitespace alone there,
+            # a wrapper's fence before it or not, is the blocks' separator); a fence
+            # around blocks is markup (call_wrap)
+            wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
+            gap = text[_text_after(text, pos) if calls else pos:lead]
+            content.append(gap if not calls or gap.strip() else "")
+            fences = fences.after(text, lead, pos).ended()  # the content's, not the calls'
             calls += found
-            pos = end
-            i = text.find(self.start, end)
+            pos = wrap_close(text, end, wrap)
+            wrap = wrap if pos == end else None
+            # the whitespace the calls' reader passed is the text's (a line break: a
+            # fence after it begins a line)
+            fences = fences.after(text, pos, _text_after(text, pos))
+            i = text.find(self.start, pos)
         if not calls:
             return text, []
         content.append(text[_text_after(text, pos):])

@@ -10,6 +10,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from aiollm.api.call_text import OpenValue, Written, call_head, written_calls
+from aiollm.api.call_wrap import OUTSIDE
 from aiollm.api.tool_calls import ToolCall, ToolParser
 
 
@@ -46,7 +47,12 @@ class StreamingToolParser:
         self.names = names
         self.required = required  # the output can only be calls (ToolParser.calls)
         self.named = named  # the function tool_choice named (ToolParser.calls)
-        self.held = ""  # from the first character not sent
+        self.held = ""  # from the first character not sent (but `blank`)
+        # before any call, the whitespace held before `held` (a call may follow it): kept
+        # apart, so that a delta does not read it again (a model writing newlines)
+        self.blank: list[str] = []
+        self.fences = OUTSIDE  # the code blocks of the text sent (call_wrap.Fences)
+        self.lead = OUTSIDE  # those of the text sent and `blank`: of the text before held
         self.calling = False
         self.calls: list[ToolCall] = []
         self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
@@ -60,17 +66,35 @@ class StreamingToolParser:
         """The content that can be sent now: the text before the calls' first opening
         (ToolParser.content_end: never a trailing whitespace, nor a part of an opening, until
         more text comes). The calls' fragments this text completes wait in take()."""
-        self.held += text
         if self.calling:
+            self.held += text
             self._written(text)
             return ""
-        self.calling = self.parser.opening(self.held) >= 0
-        end = self.parser.content_end(self.held)
-        out, self.held = self.held[:end], self.held[end:]
+        # `held` never starts with whitespace: no opening does, so content_end reads the
+        # same of it as of the blank before it and it (ToolParser.content_end)
+        rest = self._blank(self.held + text)
+        self.calling = self.parser.opening(rest, 0, self.lead) >= 0
+        end = self.parser.content_end(rest, self.lead)
+        out, held = rest[:end], rest[end:]
+        if out:
+            self.fences = self.lead = self.lead.after(out, end)
+            out, self.blank = "".join(self.blank) + out, []
         if self.calling:
+            self.held, self.blank = "".join(self.blank) + held, []
             self.resume = self.held.find(self.parser.start)
             self._written(self.held)
+            return out
+        self.held = self._blank(held)
         return out
+
+    def _blank(self, held: str) -> str:
+        """`held` without the whitespace it starts with, which goes to `blank` (and `lead`,
+        the code blocks before what is held)."""
+        rest = held.lstrip()
+        if len(rest) < len(held):
+            self.blank.append(held[:len(held) - len(rest)])
+            self.lead = self.lead.after(held, len(held) - len(rest))
+        return rest
 
     def take(self) -> list[CallDelta]:
         """The calls' fragments since the last take, in order."""
@@ -83,9 +107,10 @@ class StreamingToolParser:
         (ToolParser.calls of all the text, `cut` when max_tokens ended it); the calls'
         last fragments wait in take()."""
         sent = [Written(c.name, c.arguments, c.complete) for c in self.sent]
+        self.held, self.blank = "".join(self.blank) + self.held, []
         content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
                                                 required=self.required, named=self.named,
-                                                sent=sent)
+                                                sent=sent, fences=self.fences)
         self._send(self.calls)
         for call, sent_call in zip(self.calls, self.sent):
             call.id = sent_call.id
