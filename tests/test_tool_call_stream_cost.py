@@ -200,18 +200,21 @@ def test_a_long_run_of_backticks_is_read_in_linear_time(parser):
     for by a regular expression that tried every backtick as its start, to the run's end
     (20,000 of them: ~1.3 s of event loop, 100,000: ~30 s); it is read once."""
     for text in ("a" + "`" * 20_000 + "x", "a" + "`" * 20_000):
-        t = time.perf_counter()
-        assert parser.calls(text, NAMES, cut=True) == (text, [])
-        assert time.perf_counter() - t < 0.1, len(text)
+        best = float("inf")
+        for _ in range(3):  # the best of 3: a loaded machine's pauses are not the reading's
+            t = time.perf_counter()
+            assert parser.calls(text, NAMES, cut=True) == (text, [])
+            best = min(best, time.perf_counter() - t)
+        assert best < 0.1, (len(text), best)
 
 
 def _llama3_text_seconds(size: int) -> float:
     """Seconds to read a whole Llama 3 answer of `size` characters of JSON objects that
-    name no tool (text, not calls) among code fences, the best of 3."""
+    name no tool (text, not calls) among code fences, the best of 5."""
     unit = '{"name": "Bob", "v": "```"}\n```\n'
     text = unit * (size // len(unit))
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         t = time.perf_counter()
         assert LLAMA3.calls(text, NAMES) == (text, [])
         best = min(best, time.perf_counter() - t)
@@ -222,6 +225,7 @@ def test_llama3_objects_of_text_among_code_blocks_read_in_linear_time():
     """Llama 3 reads every head, and a fence before one may be a wrapper's, which depends
     on the code blocks before it: each object of text read them from the text's start again
     (100 KB of objects among fences took ~4 s of event loop); they are read on from the last
-    object's. Ten times the text costs about ten times as much (it was ~40 to 80)."""
+    object's. Ten times the text costs about ten times as much (it was ~40 to 80; the
+    bound leaves room for a loaded machine)."""
     few, many = _llama3_text_seconds(10_000), _llama3_text_seconds(100_000)
-    assert many < 20 * few, (few, many)
+    assert many < 25 * few, (few, many)
