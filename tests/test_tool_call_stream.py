@@ -261,12 +261,19 @@ def test_any_mix_of_text_and_calls_joins_to_the_whole_answer(parser):
     """Random mixes of text, markup and calls, ended anywhere, as "auto" and "required"
     outputs: the stream, split anywhere, joins to the whole answer (the faults above were
     found this way: a '{' or '[' before a call, <|python_tag|>, markup no call follows)."""
-    rng = random.Random(len(parser.name))
-    call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
-    for _ in range(400):
-        text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 5)))
+    check_random_mixes(parser, PIECES, CALL[parser.name] % '{"city": "P", "unit": "c"}',
+                       random.Random(len(parser.name)), 400, 5, 0.7)
+
+
+def check_random_mixes(parser, pieces: list[str], call: str, rng: random.Random, n: int,
+                       most: int, cut: float) -> None:
+    """_check n random joins of 1 to `most` of `pieces` and `call` (three times as likely
+    as a piece), half of them ended anywhere, cut (max_tokens) with chance `cut` and
+    "required" with chance 0.2."""
+    for _ in range(n):
+        text = "".join(rng.choice(pieces + [call] * 3) for _ in range(rng.randint(1, most)))
         text = text[:rng.choice([len(text), rng.randint(0, len(text))])]
-        _check(parser, text, rng, cut=rng.random() < 0.7, required=rng.random() < 0.2)
+        _check(parser, text, rng, cut=rng.random() < cut, required=rng.random() < 0.2)
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)

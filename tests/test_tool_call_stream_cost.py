@@ -129,18 +129,24 @@ def test_arguments_read_bracket_by_bracket_join_to_the_whole_answer(parser):
         _check(parser, text[:rng.randint(1, len(text))], rng, cut=True)
 
 
-def _prose_delta_seconds(parser, prose: int) -> float:
-    """Seconds to feed 200 4-character deltas of text after a call and `prose` characters
-    of text (the best of 5): timed, as the work is inside one regular-expression search."""
+def _delta_seconds(parser, before: str, delta: str) -> float:
+    """Seconds to feed 200 deltas `delta` after `before` (the best of 5): timed, as the work
+    is inside regular-expression searches."""
     best = float("inf")
     for _ in range(5):
         stream = StreamingToolParser(parser, NAMES)
-        stream.feed(CALL[parser.name] % ARGS + ("Then some {x} words. " * prose)[:prose])
+        stream.feed(before)
         t = time.perf_counter()
         for _ in range(200):
-            stream.feed("abc ")
+            stream.feed(delta)
         best = min(best, time.perf_counter() - t)
     return best
+
+
+def _prose_delta_seconds(parser, prose: int) -> float:
+    """Seconds for 4-character deltas of text after a call and `prose` characters of text."""
+    return _delta_seconds(
+        parser, CALL[parser.name] % ARGS + ("Then some {x} words. " * prose)[:prose], "abc ")
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
@@ -154,17 +160,9 @@ def test_a_delta_of_text_after_the_calls_costs_the_same_after_much_text(parser):
 
 
 def _blank_delta_seconds(parser, blank: int) -> float:
-    """Seconds to feed 200 one-character deltas of whitespace after `blank` characters of
-    it and no call (the best of 5)."""
-    best = float("inf")
-    for _ in range(5):
-        stream = StreamingToolParser(parser, NAMES)
-        stream.feed("Hi\n```json\n" + "\n" * blank)
-        t = time.perf_counter()
-        for _ in range(200):
-            stream.feed("\n")
-        best = min(best, time.perf_counter() - t)
-    return best
+    """Seconds for one-character deltas of whitespace after `blank` characters of it and
+    no call."""
+    return _delta_seconds(parser, "Hi\n```json\n" + "\n" * blank, "\n")
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)

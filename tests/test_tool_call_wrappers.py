@@ -14,7 +14,7 @@ import pytest
 
 from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
 from aiollm.api.tool_stream import StreamingToolParser
-from test_tool_call_stream import CALL, NAMES, P, Q, _check
+from test_tool_call_stream import CALL, NAMES, P, Q, _check, check_random_mixes
 
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
 LLAMA3 = Llama3Parser()
@@ -137,12 +137,8 @@ PIECES = ["Hi", " ", "\n", "[", "]", ", ", "```", "```json\n", "json", "`", "{",
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
 def test_any_mix_of_wrappers_text_and_calls_joins_to_the_whole_answer(parser):
-    rng = random.Random(7 + len(parser.name))
-    call = CALL[parser.name] % P
-    for _ in range(300):
-        text = "".join(rng.choice(PIECES + [call] * 3) for _ in range(rng.randint(1, 6)))
-        text = text[:rng.choice([len(text), rng.randint(0, len(text))])]
-        _check(parser, text, rng, cut=rng.random() < 0.6, required=rng.random() < 0.2)
+    check_random_mixes(parser, PIECES, CALL[parser.name] % P,
+                       random.Random(7 + len(parser.name)), 300, 6, 0.6)
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
