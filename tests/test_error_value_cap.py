@@ -35,6 +35,12 @@ CHAT = [
     ({"tools": [{"type": "function", "function": {"name": LONG}}]}, "tools[0].function.name"),
     ({"tools": [TOOL], "tool_choice": {"type": "function", "function": {"name": LONG}}},
      "tool_choice"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"$ref": LONG}}}}}]},
+     "tools[0].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {}, "required": [LONG]}}}]},
+     "tools[0].function.parameters"),
     ({"reasoning_effort": LONG}, "reasoning_effort"),
     ({"logit_bias": {LONG: 1}}, "logit_bias"),
 ]
