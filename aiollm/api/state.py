@@ -104,7 +104,7 @@ class ApiState:
                     and name == e.config.model)
         if name and name not in self.model_names and not as_given:
             served = ", ".join(repr(n) for n in self.model_names)
-            raise ApiError(404, f"model {name!r} does not exist; this server serves "
+            raise ApiError(404, f"model {name!r:.100} does not exist; this server serves "
                                 f"{served}", param="model", code="model_not_found")
 
     def check_choices(self, count: int, param: str) -> None:

@@ -109,7 +109,7 @@ def response_format(value: Any) -> GrammarSpec | None:
                                  param=f"{p}.json_schema.name")
         if not isinstance(name, str) or not FORMAT_NAME.fullmatch(name):
             raise InvalidRequest(f"response_format.json_schema.name must be {form}, got "
-                                 f"{name!r}", param=f"{p}.json_schema.name")
+                                 f"{name!r:.100}", param=f"{p}.json_schema.name")
         for field, kinds in (("description", (str,)), ("strict", (bool,))):
             check_type(js.get(field), kinds, f"{p}.json_schema.{field}")
         if js.get("schema") is None:
@@ -123,7 +123,7 @@ def response_format(value: Any) -> GrammarSpec | None:
         # first (structures and triggers; engine/grammar_check.py reads it as the same)
         return GrammarSpec("structural_tag", _structural_tag(value, p), p)
     raise InvalidRequest(f'response_format.type must be "text", "json_object", '
-                         f'"json_schema" or "structural_tag", got {kind!r}', param=f"{p}.type")
+                         f'"json_schema" or "structural_tag", got {kind!r:.100}', param=f"{p}.type")
 
 
 # vLLM's options beside the grammar, with their types: its output here is already compact,
@@ -244,7 +244,7 @@ def _checked_bias(value: dict) -> dict[int, float] | None:
         # int() would read " 1", "+1", "1_0" and non-ASCII digits as ids: a key is the id
         # written in decimal digits, nothing else
         if not isinstance(k, str) or not _TOKEN_ID.fullmatch(k):
-            raise InvalidRequest(f"logit_bias key {k!r} is not a token id: keys are token ids "
+            raise InvalidRequest(f"logit_bias key {k!r:.100} is not a token id: keys are token ids "
                                  f'written in decimal digits ("1234")', param="logit_bias")
         if len(k) > _MAX_ID_DIGITS:  # past any vocabulary (and past int()'s digit limit)
             raise InvalidRequest(f"logit_bias key {k[:20]!r}... is past any vocabulary",

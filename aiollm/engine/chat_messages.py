@@ -54,7 +54,7 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
     role, calls = m.get("role"), m.get("tool_calls")
     if not isinstance(role, str) or role not in CHAT_ROLES:
         raise InvalidRequest(f"{at}.role must be one of {', '.join(CHAT_ROLES)}, got "
-                             f"{role!r}", param=f"{at}.role")
+                             f"{role!r:.100}", param=f"{at}.role")
     for key in _STRINGS:
         if m.get(key) is not None and not isinstance(m[key], str):
             raise InvalidRequest(f"{at}.{key} must be a string", param=f"{at}.{key}")
@@ -83,7 +83,7 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
                                  param=f"{at}.tool_calls[{j}].id")
         if call.get("type", "function") != "function":
             raise InvalidRequest(f'{at}.tool_calls[{j}].type must be "function", got '
-                                 f"{call.get('type')!r}", param=f"{at}.tool_calls[{j}].type")
+                                 f"{call.get('type')!r:.100}", param=f"{at}.tool_calls[{j}].type")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise InvalidRequest(f'{at}.tool_calls[{j}].function must be an object with '
                                  'a "name"', param=f"{at}.tool_calls[{j}].function")

@@ -61,7 +61,7 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
                                               else "; and an assistant's refusal parts")
             hint = thinking_hint if kind == "thinking" else ""
             raise InvalidRequest(f"only text content parts ({served}) are supported, got type "
-                                 f"{kind!r}{hint}", param=f"{where}.type")
+                                 f"{kind!r:.100}{hint}", param=f"{where}.type")
         field = "refusal" if kind == "refusal" else "text"
         if not isinstance(part.get(field), str):
             article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal

@@ -35,7 +35,7 @@ def check_token_lists(c: Constraint, vocab_size: int, eos: Set[int], min_tokens:
     if c.logit_bias is not None and not _bias_fits(c.logit_bias, v):
         for t, b in c.logit_bias.items():
             if not is_int(t) or not 0 <= t < v:
-                raise InvalidRequest(f"logit_bias key {t!r} is not a token id in [0, {v})",
+                raise InvalidRequest(f"logit_bias key {t!r:.100} is not a token id in [0, {v})",
                                      param="logit_bias")
             if not isinstance(b, (int, float)) or isinstance(b, bool) or not (
                     -MAX_BIAS <= b <= MAX_BIAS):
