@@ -103,11 +103,8 @@ class BitmaskBuffers:
             grammar = self._grammar_part(t, b, arr)
         for i in allowed_rows:
             arr[i] &= states[i].allowed
-        if self.device_buf is None:  # the CPU samples from it before the turn comes back
-            mask = host[:b]
-        else:
-            mask = self.device_buf[:b]
-            mask.copy_(host[:b], non_blocking=True)
+        # the CPU samples from the host turn before the turn comes back
+        mask = _queued(host[:b], self.device_buf)
         if part and grammar is None and grammar_rows:
             grammar = mask
         return mask, grammar
@@ -123,11 +120,17 @@ class BitmaskBuffers:
             self.part_device = (torch.empty_like(self.device_buf) if pin else None)
         host = self.part_host[t][:b]
         host.numpy()[:] = arr[:b]
-        if self.part_device is None:
-            return host
-        dev = self.part_device[:b]
-        dev.copy_(host, non_blocking=True)
-        return dev
+        return _queued(host, self.part_device)
+
+
+def _queued(host: torch.Tensor, device_buf: torch.Tensor | None) -> torch.Tensor:
+    """Rows `host` [b, W] (a page-locked turn) queued for a copy into the first b rows of
+    `device_buf`, which it returns; `host` itself where there is none (the CPU)."""
+    if device_buf is None:
+        return host
+    dev = device_buf[:host.shape[0]]
+    dev.copy_(host, non_blocking=True)
+    return dev
 
 
 def to_device(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
