@@ -217,12 +217,12 @@ def wrap_close(text: str, end: int, wrap: Wrap | None) -> int:
         return end
     i = end
     if wrap.bracket:
-        j = _skip(text, i)
+        j = skip_space(text, i)
         if not text.startswith("]", j):
             return end
         i = j + 1
     if wrap.fence:
-        j = _skip(text, i)
+        j = skip_space(text, i)
         if j < len(text) and FENCE.startswith(text[j:]):  # cut part way, ending the text
             return len(text)
         close = _CLOSE.match(text, j)
@@ -246,7 +246,8 @@ def without_wrap_end(text: str, brackets: bool, fences: Fences = OUTSIDE) -> str
     return text
 
 
-def _skip(text: str, i: int) -> int:
+def skip_space(text: str, i: int) -> int:
+    """Past the whitespace from text[i] on."""
     while i < len(text) and text[i].isspace():
         i += 1
     return i

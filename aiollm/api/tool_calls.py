@@ -88,11 +88,13 @@ class ToolParser:
                 return k
         return wrapped
 
-    def content_end(self, text: str, fences: Fences = OUTSIDE) -> int:
+    def content_end(self, text: str, fences: Fences = OUTSIDE, at: int | None = None) -> int:
         """Where the content a stream sends before any call ends: the first of `opens`, or
         the start of a part of one that ends the text; its trailing whitespace held too
-        (parse drops it where calls follow)."""
-        at = self.opening(text, 0, fences)
+        (parse drops it where calls follow). `at`: opening(text, 0, fences) where the
+        caller has it already."""
+        if at is None:
+            at = self.opening(text, 0, fences)
         end = at if at >= 0 else len(text) - self.opening_part(text, fences)
         return len(text[:end].rstrip())
 

@@ -37,8 +37,8 @@ from typing import Any
 
 from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
                                    skip_json_space)
-from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, wrap_before,
-                                   wrap_close)
+from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, skip_space,
+                                   wrap_before, wrap_close)
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -155,12 +155,6 @@ def _wrap(text: str, at: int, pos: int, wrap: Wrap | None, brackets: bool,
     return (wrap if wrap is not None and not text[pos:at].strip() else None), at
 
 
-def _skip_space(text: str, pos: int) -> int:
-    while pos < len(text) and text[pos].isspace():
-        pos += 1
-    return pos
-
-
 def _schema(tool: dict) -> dict:
     return tool["function"].get("parameters") or {"type": "object", "properties": {}}
 
@@ -177,14 +171,14 @@ class HermesParser(ToolParser):
         calls, content, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
-            at = _skip_space(text, i + len(self.start))
+            at = skip_space(text, i + len(self.start))
             try:
                 obj, j = decode_json(text, at)
             except ValueError:
                 obj = j = None
             call = _call(obj, "arguments", text, at) if j is not None else None
             if call is not None:
-                j = _skip_space(text, j)
+                j = skip_space(text, j)
                 if text.startswith(self.end, j):
                     j += len(self.end)
                 elif j < len(text):

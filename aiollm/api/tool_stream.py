@@ -73,8 +73,9 @@ class StreamingToolParser:
         # `held` never starts with whitespace: no opening does, so content_end reads the
         # same of it as of the blank before it and it (ToolParser.content_end)
         rest = self._blank(self.held + text)
-        self.calling = self.parser.opening(rest, 0, self.lead) >= 0
-        end = self.parser.content_end(rest, self.lead)
+        at = self.parser.opening(rest, 0, self.lead)
+        self.calling = at >= 0
+        end = self.parser.content_end(rest, self.lead, at)
         out, held = rest[:end], rest[end:]
         if out:
             self.fences = self.lead = self.lead.after(out, end)
