@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 FENCE = "```"
@@ -187,12 +187,8 @@ def wrap_before(text: str, at: int, floor: int, brackets: bool,
     at or after `floor` (`fences`: the code blocks before text[floor]); None where none
     does (the earliest where more would)."""
     lo = max(floor, at - WRAP_MAX)
-    fences = fences.after(text, lo, floor)
-    for s in range(lo, at):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences, lo)) is not None and (
-                w.end == at):
-            return w
-    return None
+    return next((w for w in _wraps(text, lo, at, brackets, fences.after(text, lo, floor))
+                 if w.end == at), None)
 
 
 def wrap_part(text: str, opens: Sequence[str], brackets: bool, fences: Fences = OUTSIDE) -> int:
@@ -200,11 +196,9 @@ def wrap_part(text: str, opens: Sequence[str], brackets: bool, fences: Fences = 
     by one of `opens` (all of that, or a part of it); 0: none. `fences`: the code blocks
     before text[0]."""
     lo = max(0, len(text) - WRAP_MAX - max(map(len, opens)))
-    fences = fences.after(text, lo)
-    for s in range(lo, len(text)):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences, lo)) is not None and any(
-                o.startswith(text[w.end:]) for o in opens):
-            return len(text) - s
+    for w in _wraps(text, lo, len(text), brackets, fences.after(text, lo)):
+        if any(o.startswith(text[w.end:]) for o in opens):
+            return len(text) - w.start
     return 0
 
 
@@ -238,12 +232,18 @@ def without_wrap_end(text: str, brackets: bool, fences: Fences = OUTSIDE) -> str
     code blocks before text[0]."""
     text = text.rstrip()
     lo = max(0, len(text) - WRAP_MAX)
-    fences = fences.after(text, lo)
-    for s in range(lo, len(text)):
-        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences, lo)) is not None and (
-                w.end == len(text) and (w.bracket or text.startswith(FENCE, s))):
-            return text[:s].rstrip()
+    for w in _wraps(text, lo, len(text), brackets, fences.after(text, lo)):
+        if w.end == len(text) and (w.bracket or text.startswith(FENCE, w.start)):
+            return text[:w.start].rstrip()
     return text
+
+
+def _wraps(text: str, lo: int, end: int, brackets: bool, fences: Fences) -> Iterator[Wrap]:
+    """The wrappers whose openings start in text[lo:end], in order (wrap_at; `fences`: the
+    code blocks before text[lo])."""
+    for s in range(lo, end):
+        if text[s] in "`[" and (w := wrap_at(text, s, brackets, fences, lo)) is not None:
+            yield w
 
 
 def skip_space(text: str, i: int) -> int:
