@@ -78,6 +78,15 @@ def check_unicode(text: str, param: str) -> None:
                              param=param)
 
 
+ID_CHARS = 100  # the characters of a client's id an error names (a 16 MiB one is cut)
+
+
+def shown_id(text: str) -> str:
+    """A client's id (a response id, a call_id) as an error names it: its repr, cut to
+    ID_CHARS characters with "..." after where it was longer."""
+    return repr(text[:ID_CHARS]) + ("..." if len(text) > ID_CHARS else "")
+
+
 def shown(value: Any) -> str:
     """`value` as an error message shows it: its repr, or for one longer than SHOWN_CHARS
     its first characters and its length ("100000000000...(401 digits)" for an integer; a

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, shown_id
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
@@ -103,12 +103,12 @@ def _refuse_orphan(i: int, call_id: str) -> NoReturn:
     OpenAI refuses it (400, "No tool call found for function call output"), reading the
     input in order: a tool message that answers nothing asked, or a call sent after it,
     renders a turn the model never took."""
-    shown = repr(call_id[:100]) + ("..." if len(call_id) > 100 else "")
     raise InvalidRequest(
-        f"input[{i}].call_id {shown} answers no function call: no function_call item "
-        "before it, of this input or of the conversation of previous_response_id, has "
-        "that call_id; send the function_call item before its output, or continue the "
-        "response that made the call (previous_response_id)", param=f"input[{i}].call_id")
+        f"input[{i}].call_id {shown_id(call_id)} answers no function call: no "
+        "function_call item before it, of this input or of the conversation of "
+        "previous_response_id, has that call_id; send the function_call item before its "
+        "output, or continue the response that made the call (previous_response_id)",
+        param=f"input[{i}].call_id")
 
 
 def _reasoning(item: dict, at: str) -> str:

@@ -10,13 +10,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiollm.api.responses_output import item_id
+from aiollm.engine.content_parts import TEXT_PARTS
 from aiollm.errors import InvalidRequest
 
 MAX_PAGE = 100  # OpenAI's largest page of input items
 DEFAULT_PAGE = 20
 _PREFIX = {"message": "msg", "function_call": "fc", "function_call_output": "fco",
            "reasoning": "rs"}
-_TEXT = ("text", "input_text", "output_text")
 _REASONING = ("summary", "content", "encrypted_content", "status")  # the SDK's fields
 
 
@@ -70,7 +70,7 @@ def _part(role: str, part: dict) -> dict:
     """A message's text part as the SDK types it: output_text in an assistant's message,
     input_text in any other role's; a refusal part its type and refusal (text_parts took
     it), other keys dropped."""
-    if part.get("type") not in _TEXT:
+    if part.get("type") not in TEXT_PARTS:
         return {"type": "refusal", "refusal": part["refusal"]}
     if role == "assistant":
         return {"type": "output_text", "text": part["text"], "annotations": []}

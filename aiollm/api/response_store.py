@@ -113,9 +113,9 @@ class ResponseStore:
     def put(self, response: dict, input_items: list[dict]) -> bool:
         """Keeps `response` (a Response object; its "id" the key) with the `input_items` it
         answered, as the newest; a response of the same id is replaced (the server makes
-        each id afresh: responses_output.ResponseHead). Nothing is kept where the store keeps none, nor a
-        response larger than max_bytes alone (it drops no other; a later GET is a 404, as
-        for one dropped). Returns whether it was kept."""
+        each id afresh: responses_output.ResponseHead). Nothing is kept where the store
+        keeps none, nor a response larger than max_bytes alone (it drops no other; a later
+        GET is a 404, as for one dropped). Returns whether it was kept."""
         if not self.keeps:
             return False
         rid = response["id"]
@@ -151,7 +151,7 @@ class ResponseStore:
     def _release(self, gone: StoredResponse) -> None:
         """Uncounts a response no longer kept, and each item no kept response holds now."""
         self.bytes -= gone.size
-        for item in (*gone.input_items, *gone.response["output"]):
+        for item in gone.conversation():
             held = self._items[id(item)]
             held[1] -= 1
             if held[1] == 0:

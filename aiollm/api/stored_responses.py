@@ -21,9 +21,7 @@ from aiollm.api.protocol import json_response
 from aiollm.api.response_items import items_page
 from aiollm.api.response_store import StoredResponse
 from aiollm.api.state import ApiState, state
-
-_SHOWN = 100  # the characters of an unknown id an error names (ours are 37)
-
+from aiollm.errors import shown_id
 
 def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
     """The response kept under `rid`; where none is, ApiError naming `param`: 404 for the
@@ -42,8 +40,7 @@ def kept(st: ApiState, rid: str, param: str) -> StoredResponse:
                f"{store.capacity} most recent within {store.max_bytes} bytes: "
                "--max-stored-responses, --max-stored-response-bytes), or was made before "
                "the server's last restart (responses are kept in memory only)")
-    # an id is named cut short: a client's 16 MiB one is not sent back whole
-    shown = repr(rid[:_SHOWN]) + ("..." if len(rid) > _SHOWN else "")
+    shown = shown_id(rid)  # a client's 16 MiB one is not sent back whole
     if param == "previous_response_id":  # OpenAI's code, which clients recovering look for
         raise ApiError(400, f"Previous response with id {shown} not found: {why}",
                        param=param, code="previous_response_not_found")
