@@ -67,8 +67,11 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
     # kept with the response: the conversation it answers, each item with an id
     items = [*earlier, *input_items(req.input, earlier)] if store else None
 
-    def keep(response: dict) -> bool:
-        return items is not None and st.responses.put(response, items)
+    def keep(response: dict) -> None:
+        """Keeps `response` where it says store (items are then the conversation's); one
+        not kept (larger than the byte bound alone) says store false, as GET (a 404) does."""
+        if response["store"] and not st.responses.put(response, items):
+            response["store"] = False
 
     if req.stream:
         return await _stream(request, req, plan, head, keep)
@@ -89,13 +92,12 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
                           reasoning_status(status, cut_inside))
     usage = usage_of(len(plan.ids), out.completion_tokens, out.cached_tokens, thought_tokens)
     response = head.response(status, output, usage, incomplete)
-    if store and not keep(response):  # larger than the byte bound alone: said so
-        response["store"] = False
+    keep(response)
     return json_response(response)
 
 
 async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
-                  head: ResponseHead, keep: Callable[[dict], bool]) -> web.StreamResponse:
+                  head: ResponseHead, keep: Callable[[dict], None]) -> web.StreamResponse:
     events = ResponseEvents(head)
     splitter, calls = plan.splitter(), plan.stream_calls()
     thought_tokens = None if splitter is None else reasoning.ReasoningTokens(splitter)

@@ -168,21 +168,23 @@ class ResponseEvents:
 
     def finish(self, status: str, incomplete: dict | None, usage: dict,
                reasoning: str = "completed",
-               keep: Callable[[dict], bool] | None = None) -> bytes:
+               keep: Callable[[dict], None] | None = None) -> bytes:
         """The open item closed (a message in the Response's `status`, the reasoning in
         `reasoning`'s), then response.completed. An output of neither text nor calls is an
         empty message, as the whole answer has it. `keep` (the store's) is given the
         Response before response.completed is rendered, so that a client reading it may
         ask for it at once; where it was not kept (larger than the store's byte bound
-        alone, known only now), response.completed says store false, as GET (a 404) and
-        the whole answer do: response.created said true before the size was known."""
+        alone, known only now), keep makes it say store false, as GET (a 404) and the
+        whole answer do: response.created said true before the size was known."""
         out = b""
         if not self.output and self.kind is None:
             out = self._open("message")
         out += self._close(reasoning if self.kind == "reasoning" else status)
         final = self.head.response(status, list(self.output), usage, incomplete)
-        if final["store"] and (keep is None or not keep(final)):
+        if keep is None:  # nothing keeps it
             final["store"] = False
+        else:
+            keep(final)
         return out + self.event("response.completed", response=final)
 
     def commit(self) -> None:
