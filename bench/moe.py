@@ -9,7 +9,11 @@ expert intermediate 768; random bf16 weights, random routing), at each token cou
   as transformers computes it), eager;
 - roofline: max(bytes / copy bandwidth, FLOPs / matmul rate), with bytes = the experts actually
   touched by this routing (+ router, activations) and FLOPs = 2 x T x top_k x 3 x H x I; both
-  ceilings measured in the same run.
+  ceilings measured in the same run;
+- cuBLAS at the layer's shapes (from t x top_k >= experts): torch.mm on the pairs as one dense
+  [T*k, H] x [H, 2I] and [T*k, I] x [I, H] product, and torch.bmm on the same work split evenly
+  over the experts (no padding, no imbalance); the roofline again with the dense rate in place
+  of the 8192^3 one ("at shapes"), beside, not instead of, the roofline above.
 
 Before timing, every token-count class of the autotuner is tuned for this shape (AIOLLM_AUTOTUNE
 applies, 1 unless set: 1 tunes missing keys, 2 retunes all), so aiollm/kernels/configs/<gpu>.json covers
@@ -90,6 +94,31 @@ def ceilings() -> dict[str, float]:
     if GPU:
         torch.cuda.empty_cache()
     return {"copy_bw_bytes_per_s": copy_bw, "matmul_flops_per_s": mm}
+
+
+def cublas_at_shapes(t: int, H: int, I: int, E: int, k: int) -> dict:
+    """cuBLAS (torch.mm / torch.bmm, bf16) on this layer's own GEMM shapes at t tokens:
+    "dense": one [t*k, H] x [H, 2I] and one [t*k, I] x [I, H] product (the pairs as if one
+    expert took them all: the matmul rate at the layer's prefill sizes); "balanced": the same
+    as batched products over E experts of t*k/E rows each (the layer's work with no padding
+    and no imbalance). Times in ms (median), rates in FLOP/s; no SiLU, gather or top-k sum."""
+    pairs, rows = t * k, t * k // E
+    flops = 2 * pairs * 3 * H * I
+    x = torch.randn(pairs, H, dtype=DT, device=DEV)
+    h = torch.randn(pairs, I, dtype=DT, device=DEV)
+    w13 = torch.randn(H, 2 * I, dtype=DT, device=DEV)
+    w2 = torch.randn(I, H, dtype=DT, device=DEV)
+    dense = median_ms(lambda: x @ w13) + median_ms(lambda: h @ w2)
+    bx, bh = x[: E * rows].view(E, rows, H), h[: E * rows].view(E, rows, I)
+    bw13 = torch.randn(E, H, 2 * I, dtype=DT, device=DEV)
+    bw2 = torch.randn(E, I, H, dtype=DT, device=DEV)
+    balanced = median_ms(lambda: torch.bmm(bx, bw13)) + median_ms(lambda: torch.bmm(bh, bw2))
+    del x, h, w13, w2, bx, bh, bw13, bw2
+    if GPU:
+        torch.cuda.empty_cache()
+    return {"dense_ms": dense, "dense_flops_per_s": flops / (dense * 1e-3),
+            "balanced_bmm_ms": balanced,
+            "balanced_bmm_flops_per_s": 2 * E * rows * 3 * H * I / (balanced * 1e-3)}
 
 
 def make_layer(model_dir: str) -> tuple[SparseMoe, object]:
@@ -360,6 +389,13 @@ def main() -> None:
                      "max_abs_diff_vs_loop": err,
                      "bound": "memory" if nbytes / ceil["copy_bw_bytes_per_s"]
                      >= flops / ceil["matmul_flops_per_s"] else "compute"})
+        if t * k >= E:
+            shapes = cublas_at_shapes(t, H, I, E, k)
+            roof_shapes = 1e3 * max(nbytes / ceil["copy_bw_bytes_per_s"],
+                                    flops / shapes["dense_flops_per_s"])
+            rows[-1]["cublas_at_shapes"] = shapes
+            rows[-1]["roofline_at_shapes_ms"] = roof_shapes
+            rows[-1]["fraction_of_roofline_at_shapes"] = roof_shapes / (fused_graph or fused_eager)
 
     print(f"{'tokens':>6} {'experts':>7} {'roof ms':>8} {'fused ms':>9} {'eager ms':>9} "
           f"{'loop ms':>8} {'of roof':>8} {'vs loop':>8} {'bound':>8}")
@@ -368,6 +404,14 @@ def main() -> None:
               f"{r['fused_graph_ms'] or float('nan'):9.4f} {r['fused_eager_ms']:9.4f} "
               f"{r['loop_ms']:8.3f} "
               f"{r['fraction_of_roofline']:8.1%} {r['speedup_vs_loop']:7.1f}x {r['bound']:>8}")
+    for r in rows:
+        if "cublas_at_shapes" in r:
+            c = r["cublas_at_shapes"]
+            print(f"{r['tokens']:6d} tokens, cuBLAS on the layer's shapes: dense "
+                  f"{c['dense_ms']:.4f} ms ({c['dense_flops_per_s'] / 1e12:.0f} TFLOP/s), balanced bmm "
+                  f"{c['balanced_bmm_ms']:.4f} ms ({c['balanced_bmm_flops_per_s'] / 1e12:.0f} "
+                  f"TFLOP/s); fused {r['fraction_of_roofline_at_shapes']:.1%} of the roofline "
+                  f"at the dense rate")
     commit = tree_commit()
     report = {"bench": "moe", "date": str(date.today()), "device": device, "commit": commit,
               "model": Path(args.model).name, "hidden": H, "experts": E, "top_k": k,
