@@ -31,14 +31,14 @@ def tied_row() -> torch.Tensor:
 
 
 def st_for(top_k, seed, *, temperature=T, top_p=1.0, min_p=0.0, top_logprobs=-1,
-           mode="raw_logprobs", step=0, vocab=V) -> SamplingTensors:
+           mode="raw_logprobs", step=0, vocab=V, device="cpu") -> SamplingTensors:
     b = len(top_k)
     col = lambda x, dt=np.float32: np.broadcast_to(np.asarray(x, dt), (b,)).copy()  # noqa: E731
     return SamplingTensors.from_numpy(
         temperature=col(temperature), top_p=col(top_p), top_k=col(top_k, np.int64),
         min_p=col(min_p), repetition_penalty=col(1.0), presence_penalty=col(0.0),
         frequency_penalty=col(0.0), seed=col(seed, np.int64), step=col(step, np.int64),
-        top_logprobs=col(top_logprobs, np.int64), vocab_size=vocab, device="cpu",
+        top_logprobs=col(top_logprobs, np.int64), vocab_size=vocab, device=device,
         logprobs_mode=mode)
 
 
@@ -134,18 +134,23 @@ def test_bf16_logits_draw_the_same_in_any_batch():
 
 @pytest.mark.parametrize("mode", LOGPROBS_MODES)
 def test_kernel_path_draws_tied_rows_as_the_reference(mode, monkeypatch):
-    """The Triton row scan (TRITON_INTERPRET=1 on the CPU) on a batch with a spill row, a
-    row drawn on its candidates and a greedy row: the reference's tokens and logprobs."""
+    """The Triton row scan (on the GPU, or TRITON_INTERPRET=1 on the CPU) on a batch with a
+    spill row, a row drawn on its candidates and a greedy row: the reference's tokens and
+    logprobs."""
     if sampling.triton is None:
         pytest.skip("triton is not installed")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     row = tied_row()
     mates = torch.randn(2, V, generator=torch.Generator().manual_seed(5))
-    logits = torch.cat([row[None], mates])
-    kw = dict(top_logprobs=[3, 0, 2], mode=mode, temperature=[T, 1.0, 0.0])
-    want = [sample(logits, st_for([2, 2, 4], s, **kw)) for s in range(6)]
-    monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_triton)
-    for s in range(6):
-        got = sample(logits, st_for([2, 2, 4], s, **kw))
-        assert torch.equal(got.next_ids, want[s].next_ids)
-        torch.testing.assert_close(got.logprobs, want[s].logprobs)
-        torch.testing.assert_close(got.top_logprobs, want[s].top_logprobs)
+    logits = torch.cat([row[None], mates]).to(device)
+    kw = dict(top_logprobs=[3, 0, 2], mode=mode, temperature=[T, 1.0, 0.0], device=device)
+    for path in (sampling.row_scan_ref, sampling.row_scan_triton):
+        monkeypatch.setattr(sampler, "row_scan", path)
+        out = [sample(logits, st_for([2, 2, 4], s, **kw)) for s in range(6)]
+        if path is sampling.row_scan_ref:
+            want = out
+            assert len({o.next_ids[0].item() for o in out}) > 1  # the spill row draws
+    for got, ref in zip(out, want):
+        assert torch.equal(got.next_ids, ref.next_ids)
+        torch.testing.assert_close(got.logprobs, ref.logprobs)
+        torch.testing.assert_close(got.top_logprobs, ref.top_logprobs)
