@@ -120,8 +120,8 @@ if triton is not None:
         v = tl.load(Values + row * stride_v + cols, mask=mask, other=float("-inf"))
         out = row * n_blocks + blk
         plane = B * n_blocks
+        m = tl.max(v, axis=0)
         if STATS:  # block max, its index, and sum(exp(v - max)) for the logsumexp
-            m = tl.max(v, axis=0)
             m_safe = tl.where(m == float("-inf"), 0.0, m)
             tl.store(Fl + out, m)
             tl.store(Fl + plane + out, tl.sum(tl.exp(v - m_safe), axis=0))
@@ -130,9 +130,9 @@ if triton is not None:
             floor = tl.load(ScaleFloor + B + row)
             best = tl.full([], float("-inf"), tl.float32)
             at = blk * BLOCK  # what a block with nothing kept gives: -inf at its first column
-            # the hash only where the block keeps a token: under a top-k floor (or a floor of
-            # +inf, a row the caller draws elsewhere) most blocks of a row keep none
-            if tl.max(v, axis=0) >= floor:  # uniform_noise's hash in uint32 (>> logical)
+            # the hash only where the block keeps a token: a block wholly below the floor
+            # skips it (under a floor of +inf, a row the caller draws elsewhere, all do)
+            if m >= floor:  # uniform_noise's hash in uint32 (>> logical)
                 ids = tl.load(Ids + row * stride_ids + cols, mask=mask, other=0)
                 k1 = tl.load(Keys + row).to(tl.uint32, bitcast=True)
                 k2 = tl.load(Keys + B + row).to(tl.uint32, bitcast=True)
@@ -182,7 +182,8 @@ def row_scan_triton(values, scale_floor=None, keys=None, ids=None, stats=True):
 
 def row_scan(values, scale_floor=None, keys=None, ids=None, stats=True):
     """Per row of values [B, C]: argmax and logsumexp (stats) and the Gumbel-max draw of
-    gumbel_argmax_ref (keys given). Triton on CUDA, the reference otherwise."""
+    gumbel_argmax_ref (keys given; 0 on a row with nothing at or above its floor, whose
+    noise is not computed). Triton on CUDA, the reference otherwise."""
     if values.is_cuda and triton is not None and values.shape[0] > 0:
         return row_scan_triton(values, scale_floor, keys, ids, stats)
     return row_scan_ref(values, scale_floor, keys, ids, stats)

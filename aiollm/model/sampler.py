@@ -16,8 +16,9 @@ Order of operations on each row:
      to the most likely token, after temperature) each keep a most-likely prefix of the
      sorted row, so together they reduce to one logit floor per row: every token at or
      above it is kept, ties at the floor included (as HF's and vLLM's top-k do; bf16
-     logits tie often). Top-p's mass is that of the k highest ranks, whose values do not
-     depend on which tied tokens fill them (vLLM also counts tied tokens past rank k);
+     logits tie often). Top-p's mass is that of the k highest ranks alone: their values
+     do not depend on which tied tokens fill them, so neither on the batch (vLLM's mass
+     also counts the tokens tied with the k-th past rank k);
   4. the draw is a Gumbel-max race over the tokens at or above the floor:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
      When every sampled row has a top-k, the race runs on the max(k) + 1 most likely
@@ -176,13 +177,13 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
             greedy, lse, next_ids = row_scan(logits, scale_floor, st.keys, vocab)
         else:
             # the pass over the row that gives argmax and logsumexp also draws the spill
-            # rows on the whole row (the others' floor +inf there: the kernel skips their
-            # noise); the rest draw on their candidates, which hold every token they keep
+            # rows on the whole row; the others' floor is +inf there, so nothing of theirs
+            # is kept (their scale, +inf too, is never read) and the kernel skips their
+            # noise: they draw on their candidates, which hold every token they keep
             vals, ids, spill = candidates
             vocab = _vocab_ids(logits.shape[1], logits.device)
-            row_floor = torch.stack(
-                [scale_floor[0], torch.where(spill, scale_floor[1], float("inf"))])
-            greedy, lse, whole = row_scan(logits, row_floor, st.keys, vocab)
+            whole_row = torch.where(spill, scale_floor, float("inf"))
+            greedy, lse, whole = row_scan(logits, whole_row, st.keys, vocab)
             _, _, choice = row_scan(vals, scale_floor, st.keys, ids, stats=False)
             next_ids = torch.where(spill, whole, ids.gather(1, choice[:, None]).squeeze(1))
         if st.any_greedy:
