@@ -154,3 +154,41 @@ def test_kernel_path_draws_tied_rows_as_the_reference(mode, monkeypatch):
         assert torch.equal(got.next_ids, ref.next_ids)
         torch.testing.assert_close(got.logprobs, ref.logprobs)
         torch.testing.assert_close(got.top_logprobs, ref.top_logprobs)
+
+
+def test_a_cut_off_tied_at_minus_inf_draws_on_the_candidates(monkeypatch):
+    """A grammar (or allowed_token_ids) that leaves fewer than k + 1 tokens puts the row's
+    cut-off at -inf, tied with all the masked tokens: those can never win the race, so the
+    row draws on its candidates (they hold every finite token), not on the whole row, whose
+    noise would be hashed over the vocabulary on every constrained step. Still the same
+    seeded tokens as the whole-row threshold draw, alone and beside other rows."""
+    allowed = [9, 60]  # top_k 3: the third is -inf, tied with every masked token
+    masked = torch.full((V,), float("-inf"))
+    masked[allowed] = tied_row()[allowed]
+    words = np.zeros(V, dtype=bool)
+    words[allowed] = True
+    bits = torch.from_numpy((words.reshape(V // 32, 32).astype(np.uint64)
+                             << np.arange(32, dtype=np.uint64)).sum(-1).astype(np.uint32)
+                            .view(np.int32))
+    whole_row = []  # per call of the whole-row pass, the rows it was asked to draw
+
+    def recording(values, scale_floor=None, keys=None, ids=None, stats=True):
+        if keys is not None and values.shape[1] == V:
+            whole_row.append((scale_floor[1] < float("inf")).tolist())
+        return sampling.row_scan(values, scale_floor, keys, ids, stats)
+
+    monkeypatch.setattr(sampler, "row_scan", recording)
+    mate = torch.randn(1, V, generator=torch.Generator().manual_seed(6))
+    for seed in range(40):
+        for logits, ks, at in [(masked[None], [3], 0),
+                               (torch.cat([tied_row()[None], masked[None], mate]), [2, 3, 3], 1)]:
+            st = st_for(ks, seed)
+            st.allowed = bits.expand(len(ks), -1).clone()
+            st.allowed[:at] = -1
+            st.allowed[at + 1:] = -1
+            whole_row.clear()
+            got = int(sample(logits, st).next_ids[at])
+            assert got == threshold_draw(masked, float("-inf"), seed), seed
+            assert whole_row and not any(r[at] for r in whole_row), whole_row
+            if at:  # the finite tie at the first row's cut-off still needs the whole row
+                assert whole_row[0][0]

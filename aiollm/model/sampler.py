@@ -23,10 +23,13 @@ Order of operations on each row:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
      When every sampled row has a top-k, the race runs on the max(k) + 1 most likely
      tokens of each row (a topk the floor needs anyway), except on a row whose last
-     candidate is still at or above its floor: tokens tied with it may lie past them, so
-     that row races over its whole row, in the pass that gives argmax and logsumexp
-     (chosen on the device, no host sync). Either way a row draws from exactly the
-     tokens at or above its floor, so its draw does not depend on the batch.
+     candidate is still at or above its floor (and finite: a tie at -inf, where a grammar
+     left k tokens or fewer, leaves past them only tokens that never win): tokens tied
+     with it may lie past them, so that row races over its whole row, in the pass that
+     gives argmax and logsumexp (chosen on the device, no host sync). Either way a row
+     draws from exactly the tokens at or above its floor, so its draw does not depend on
+     the batch (save on a row with no finite logit left, where any token breaks its
+     constraints).
 
 Logprobs (the chosen token's, its rank and the top ones, all on one row) report what the
 server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
@@ -97,8 +100,9 @@ def _floor(logits: torch.Tensor, st: SamplingTensors):
     keeps a most-likely prefix of the sorted row, so together they keep the shortest), and,
     when every sampled row has a top-k, the candidates to draw from: (values, ids) [B, C],
     the C = max(k) + 1 most likely tokens of each row, and spill [B] bool, the sampled rows
-    whose last candidate is still at or above their floor (a tie at the floor, so tokens
-    of the same logit may lie past the candidates: those rows are drawn on the whole row)."""
+    whose last candidate is finite and still at or above their floor (a tie at the floor,
+    so tokens of the same logit may lie past the candidates: those rows are drawn on the
+    whole row)."""
     vocab = logits.shape[1]
     if not st.trunc_width:
         if not st.use_min_p:
@@ -135,7 +139,9 @@ def _floor(logits: torch.Tensor, st: SamplingTensors):
     if width == vocab:  # the candidates are the whole row: nothing lies past them
         spill = torch.zeros_like(floor, dtype=torch.bool)
     else:
-        spill = vals[:, -1] >= floor
+        # a tie at -inf (a grammar or allowed_token_ids left k or fewer tokens) leaves only
+        # -inf past the candidates, which never win the race: no need of the whole row
+        spill = vals[:, -1] >= floor.clamp(min=torch.finfo(floor.dtype).min)
         if st.is_greedy is not None:  # greedy rows take the argmax, whatever their floor
             spill &= ~st.is_greedy
     return scale_floor, (vals, ids, spill)
