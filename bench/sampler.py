@@ -1,10 +1,12 @@
 """The sampler's top-k draw: time of sample() for a decode batch, top_k 50 on every row.
 
 Shapes: batch 64 and 256, vocabularies 151,936 (Qwen) and 49,152; temperature 0.7,
-top_k 50, seeded rows, no logprobs. Two kinds of logits: "bf16" (random normals x 2 rounded
+top_k 50, seeded rows, no logprobs. Three kinds of logits: "bf16" (random normals x 2 rounded
 to bf16, then fp32, as a bf16 model's upcast logits: ties at the 50th value are common, and
 the fraction of rows whose tie reaches past the 51st, which the sampler draws on the whole
-row, is reported) and "fp32" (the same without rounding: no ties). Forms timed:
+row, is reported), "fp32" (the same without rounding: no ties) and "masked" (the fp32
+logits with all but 20 tokens of each row -inf, as a grammar step leaves them: the cut-off
+ties at -inf, which needs no whole-row draw). Forms timed:
 
 - tree: aiollm.model.sampler.sample() of the tree the script runs in (main or a branch);
 - candidates: main's form written out here (topk(50), a stats pass over the row, the
@@ -104,11 +106,16 @@ def measure(b: int, vocab: int, kind: str, device: str, args) -> dict:
     logits = torch.randn(b, vocab, generator=gen) * 2.0
     if kind == "bf16":
         logits = logits.bfloat16().float()
+    elif kind == "masked":  # 20 allowed tokens a row, fewer than top_k
+        allowed = torch.rand(b, vocab, generator=gen).argsort(dim=-1)[:, :20]
+        logits = torch.full_like(logits, float("-inf")).scatter_(1, allowed,
+                                                                  logits.gather(1, allowed))
     logits = logits.to(device)
     st = params(b, vocab, device)
     vocab_ids = torch.arange(vocab, device=device)[None, :]
     kth = logits.topk(TOP_K + 1, dim=-1).values
-    spill = float((kth[:, -1] >= kth[:, -2]).float().mean())  # the 51st ties the 50th
+    # the 51st ties the 50th (a finite tie: one at -inf is drawn on the candidates)
+    spill = float(((kth[:, -1] >= kth[:, -2]) & kth[:, -1].isfinite()).float().mean())
     forms = {
         "tree": lambda: sample(logits, st).next_ids,
         "candidates": lambda: candidates_form(logits, st),
@@ -150,7 +157,7 @@ def main() -> None:
     print(f"{'batch':>5} {'vocab':>7} {'logits':>6} {'spill':>5}  "
           + "  ".join(f"{f + ' eager/graph us':>26}" for f in ("tree", "candidates", "threshold")))
     for b, v in shapes:
-        for kind in ("bf16", "fp32"):
+        for kind in ("bf16", "fp32", "masked"):
             r = measure(b, v, kind, device, args)
             rows.append(r)
             cells = [f"{r[f + '_eager_us']:>12.1f} / {r.get(f + '_graph_us', float('nan')):>9.1f}"
