@@ -192,3 +192,19 @@ def test_a_cut_off_tied_at_minus_inf_draws_on_the_candidates(monkeypatch):
             assert whole_row and not any(r[at] for r in whole_row), whole_row
             if at:  # the finite tie at the first row's cut-off still needs the whole row
                 assert whole_row[0][0]
+
+
+@pytest.mark.parametrize("mode", LOGPROBS_MODES)
+def test_top_logprobs_list_tied_tokens_in_ascending_id_whatever_the_batch(mode):
+    """A row's top logprobs list with ties among its entries and at its last place (bf16
+    logits tie often): equal values in ascending token id, and at the last place the lowest
+    ids, as prompt logprobs list them (model/vocab_parallel_logprobs.top_k), alone or
+    beside a row asking for more (the batch takes the top of its largest top_logprobs)."""
+    row = tied_row()
+    row[[8, 30]] = 5.0  # tied with the best, 60
+    want_ids = [8, 30, 60, 3, 17]  # then 40 and 55, tied with 3 and 17 at the 5th place
+    mate = torch.randn(1, V, generator=torch.Generator().manual_seed(8))
+    for logits, lp, at in [(row[None], [5], 0), (torch.cat([mate, row[None]]), [20, 5], 1)]:
+        out = sample(logits, st_for([-1] * len(lp), 3, temperature=1.0, top_logprobs=lp,
+                                    mode=mode))
+        assert out.top_ids[at][:5].tolist() == want_ids, out.top_ids[at]

@@ -68,6 +68,7 @@ from aiollm.kernels.sampling import row_scan
 from aiollm.model.logit_masks import apply_bitmask_, apply_constraints, mask_token_ids
 from aiollm.model.penalties import apply_penalties
 from aiollm.model.sampling_tensors import SamplingTensors
+from aiollm.model.vocab_parallel_logprobs import top_k as ordered_top_k
 
 
 @dataclass(slots=True)
@@ -77,7 +78,9 @@ class SampleResult:
 
     next_ids: torch.Tensor  # [B] int64
     logprobs: torch.Tensor | None  # [B] fp32: logprob of next_ids (None: no row asked)
-    top_ids: torch.Tensor | None  # [B, K] int64, K = max top_logprobs in the batch
+    # [B, K] int64, K = max top_logprobs in the batch: largest first, equal values in
+    # ascending token id (the lowest ids kept at the K-th place), whatever the batch
+    top_ids: torch.Tensor | None
     top_logprobs: torch.Tensor | None  # [B, K] fp32
     # [B] int64: the number of tokens at least as likely as next_ids (itself included) on
     # the row the logprobs come from, vLLM V1's rank (None: no row asked for logprobs)
@@ -205,8 +208,10 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     ranks = (values >= chosen).sum(dim=-1)
     top_ids = top_logprobs = None
     if st.max_top_logprobs > 0:
+        # ties in token id order (as prompt logprobs list them): torch.topk's pick among
+        # them may change with k, the batch's largest top_logprobs
         k = min(st.max_top_logprobs, values.shape[1])
-        top_logprobs, top_ids = values.topk(k, dim=-1)
+        top_logprobs, top_ids = ordered_top_k(values, k)
         if lse is not None:
             top_logprobs = top_logprobs - lse
     return SampleResult(next_ids, logprobs, top_ids, top_logprobs, ranks)
