@@ -45,7 +45,7 @@ class SamplingTensors:
     use_min_p: bool
     trunc_width: int  # sorted prefix top-k/top-p need: 0 none, < V a topk, V a full sort
     # every sampled row has a top-k: draw among the trunc_width + 1 best, a row whose floor
-    # ties with the last of them on its whole row (sampler._floor)
+    # ties with the last of them (a finite tie) on its whole row (sampler._floor)
     draw_on_candidates: bool
     max_top_logprobs: int
     want_logprobs: bool = True  # some row asked for logprobs (else sample() may skip them)
