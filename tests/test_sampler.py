@@ -407,10 +407,13 @@ def test_min_tokens_bans_every_stop_id_of_a_request_past_the_records_8():
 
 
 @pytest.mark.parametrize(
-    "b, c, broadcast", [(1, 3000, True), (5, 777, True), (4, 50, False), (3, 2048, False)]
+    "b, c, broadcast",
+    [(1, 3000, True), (5, 777, True), (4, 50, False), (3, 2048, False), (4, 5000, True)],
 )
 def test_triton_scan_matches_the_reference(b, c, broadcast):
-    """The fused kernel (under TRITON_INTERPRET=1 on the CPU) against the reference."""
+    """The fused kernel (under TRITON_INTERPRET=1 on the CPU) against the reference, with
+    rows whose floor keeps nothing (+inf: index 0) or only some of the kernel's blocks
+    (the others skip the noise)."""
 
     if sampling.triton is None:
         pytest.skip("triton is not installed")
@@ -425,6 +428,10 @@ def test_triton_scan_matches_the_reference(b, c, broadcast):
         ids = torch.randperm(50_000, generator=g)[: b * c].view(b, c)
     scale_floor = torch.stack([torch.rand(b, generator=g) + 0.5, torch.randn(b, generator=g)])
     scale_floor[1, 0] = float("-inf")
+    if b > 2:
+        scale_floor[1, 1] = float("inf")
+        values[2, : c // 2] -= 100.0  # kept only past the middle: (4, 5000)'s first block
+        scale_floor[1, 2] = values[2, c // 2 :].amax() - 0.5  # has nothing to keep
     keys = torch.from_numpy(row_keys(np.arange(b) * 977 - 5, np.arange(b) + 3))
     args = [t.to(device) for t in (values, scale_floor, keys, ids)]
     want = sampling.row_scan_ref(*args)

@@ -79,9 +79,20 @@ def gumbel_argmax_ref(
 ) -> torch.Tensor:
     """Per row, the index of argmax(values * scale + g) over the entries >= floor, where
     values [B, C] are logits, scale_floor = [1/temperature, floor] ([2, B]) and g is the
-    Gumbel noise -log(-log(u)) of (keys [2, B], ids [B or 1, C])."""
+    Gumbel noise -log(-log(u)) of (keys [2, B], ids [B or 1, C]). A row with no entry
+    >= its floor (e.g. a floor of +inf) gives 0."""
+    keep = values >= scale_floor[1, :, None]
+    if not values.is_cuda:  # on the host (no sync to pay) rows that keep nothing skip the hash
+        live = keep.any(dim=-1)
+        if not bool(live.all()):
+            drawn = torch.zeros(values.shape[0], dtype=torch.int64, device=values.device)
+            rows = live.nonzero().squeeze(1)
+            if len(rows):
+                drawn[rows] = gumbel_argmax_ref(values[rows], scale_floor[:, rows], keys[:, rows],
+                                                ids if ids.shape[0] == 1 else ids[rows])
+            return drawn
     score = values * scale_floor[0, :, None] - torch.log(-torch.log(uniform_noise(keys, ids)))
-    return torch.where(values >= scale_floor[1, :, None], score, float("-inf")).argmax(dim=-1)
+    return torch.where(keep, score, float("-inf")).argmax(dim=-1)
 
 
 def row_scan_ref(values, scale_floor=None, keys=None, ids=None, stats=True):
@@ -109,27 +120,34 @@ if triton is not None:
         v = tl.load(Values + row * stride_v + cols, mask=mask, other=float("-inf"))
         out = row * n_blocks + blk
         plane = B * n_blocks
+        m = tl.max(v, axis=0)
         if STATS:  # block max, its index, and sum(exp(v - max)) for the logsumexp
-            m = tl.max(v, axis=0)
             m_safe = tl.where(m == float("-inf"), 0.0, m)
             tl.store(Fl + out, m)
             tl.store(Fl + plane + out, tl.sum(tl.exp(v - m_safe), axis=0))
             tl.store(Ix + out, blk * BLOCK + tl.argmax(v, axis=0, tie_break_left=True))
-        if SAMPLE:  # uniform_noise's hash in uint32, where >> is the logical shift
-            ids = tl.load(Ids + row * stride_ids + cols, mask=mask, other=0)
-            k1 = tl.load(Keys + row).to(tl.uint32, bitcast=True)
-            k2 = tl.load(Keys + B + row).to(tl.uint32, bitcast=True)
-            x = (ids.to(tl.uint32) ^ k1) * tl.full([BLOCK], 0x9E3779B1, tl.uint32) + k2
-            x = (x ^ (x >> 16)) * tl.full([BLOCK], 0x7FEB352D, tl.uint32)
-            x = (x ^ (x >> 15)) * tl.full([BLOCK], 0x846CA68B, tl.uint32)
-            x = x ^ (x >> 16)
-            u = ((x & 0xFFFFFF).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
-            u = tl.minimum(u, 1.0 - 1.0 / 16777216.0)  # uniform_noise's clamp
-            score = v * tl.load(ScaleFloor + row) - tl.log(-tl.log(u))
-            keep = mask & (v >= tl.load(ScaleFloor + B + row))
-            score = tl.where(keep, score, float("-inf"))
-            tl.store(Fl + 2 * plane + out, tl.max(score, axis=0))
-            tl.store(Ix + plane + out, blk * BLOCK + tl.argmax(score, axis=0, tie_break_left=True))
+        if SAMPLE:
+            floor = tl.load(ScaleFloor + B + row)
+            best = tl.full([], float("-inf"), tl.float32)
+            at = blk * BLOCK  # what a block with nothing kept gives: -inf at its first column
+            # the hash only where the block keeps a token: a block wholly below the floor
+            # skips it (under a floor of +inf, a row the caller draws elsewhere, all do)
+            if m >= floor:  # uniform_noise's hash in uint32 (>> logical)
+                ids = tl.load(Ids + row * stride_ids + cols, mask=mask, other=0)
+                k1 = tl.load(Keys + row).to(tl.uint32, bitcast=True)
+                k2 = tl.load(Keys + B + row).to(tl.uint32, bitcast=True)
+                x = (ids.to(tl.uint32) ^ k1) * tl.full([BLOCK], 0x9E3779B1, tl.uint32) + k2
+                x = (x ^ (x >> 16)) * tl.full([BLOCK], 0x7FEB352D, tl.uint32)
+                x = (x ^ (x >> 15)) * tl.full([BLOCK], 0x846CA68B, tl.uint32)
+                x = x ^ (x >> 16)
+                u = ((x & 0xFFFFFF).to(tl.float32) + 0.5) * (1.0 / 16777216.0)
+                u = tl.minimum(u, 1.0 - 1.0 / 16777216.0)  # uniform_noise's clamp
+                score = v * tl.load(ScaleFloor + row) - tl.log(-tl.log(u))
+                score = tl.where(mask & (v >= floor), score, float("-inf"))
+                best = tl.max(score, axis=0)
+                at = blk * BLOCK + tl.argmax(score, axis=0, tie_break_left=True)
+            tl.store(Fl + 2 * plane + out, best)
+            tl.store(Ix + plane + out, at)
 
 
 def row_scan_triton(values, scale_floor=None, keys=None, ids=None, stats=True):
@@ -164,7 +182,8 @@ def row_scan_triton(values, scale_floor=None, keys=None, ids=None, stats=True):
 
 def row_scan(values, scale_floor=None, keys=None, ids=None, stats=True):
     """Per row of values [B, C]: argmax and logsumexp (stats) and the Gumbel-max draw of
-    gumbel_argmax_ref (keys given). Triton on CUDA, the reference otherwise."""
+    gumbel_argmax_ref (keys given; 0 on a row with nothing at or above its floor, whose
+    noise is not computed). Triton on CUDA, the reference otherwise."""
     if values.is_cuda and triton is not None and values.shape[0] > 0:
         return row_scan_triton(values, scale_floor, keys, ids, stats)
     return row_scan_ref(values, scale_floor, keys, ids, stats)

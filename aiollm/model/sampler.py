@@ -14,13 +14,22 @@ Order of operations on each row:
   3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
      temperature-scaled probabilities renormalised over the top-k set) and min-p (relative
      to the most likely token, after temperature) each keep a most-likely prefix of the
-     sorted row, so together they reduce to one logit floor per row (ties at the floor
-     are kept, as HF's top-k does);
+     sorted row, so together they reduce to one logit floor per row: every token at or
+     above it is kept, ties at the floor included (as HF's and vLLM's top-k do; bf16
+     logits tie often). Top-p's mass is that of the k highest ranks alone: their values
+     do not depend on which tied tokens fill them, so neither on the batch (vLLM's mass
+     also counts the tokens tied with the k-th past rank k);
   4. the draw is a Gumbel-max race over the tokens at or above the floor:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
-     When every sampled row has a top-k, only the top max(k) candidates are scanned: a
-     token tied with a row's floor past them is left out, so where such ties fall the
-     tokens a row may draw depend on the batch's largest top-k (not otherwise).
+     When every sampled row has a top-k, the race runs on the max(k) + 1 most likely
+     tokens of each row (a topk the floor needs anyway), except on a row whose last
+     candidate is still at or above its floor (and finite: a tie at -inf, where a grammar
+     left k tokens or fewer, leaves past them only tokens that never win): tokens tied
+     with it may lie past them, so that row races over its whole row, in the pass that
+     gives argmax and logsumexp (chosen on the device, no host sync). Either way a row
+     draws from exactly the tokens at or above its floor, so its draw does not depend on
+     the batch (save on a row with no finite logit left, where any token breaks its
+     constraints).
 
 Logprobs (the chosen token's, its rank and the top ones, all on one row) report what the
 server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
@@ -31,8 +40,8 @@ server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
      part of step 2's bitmask), as vLLM's model runner masks a grammar before its sampler;
   processed_logprobs: log_softmax of the row the token was drawn from (vLLM's "processed"):
      steps 1 and 2, then on sampled rows the logits divided by the temperature, with -inf
-     below the floor of step 3 and outside the candidates when the draw scanned only them
-     (a token tied with the floor outside them is never drawn); on greedy rows, steps 1, 2;
+     below the floor of step 3 (every token at or above it was drawable); on greedy rows,
+     steps 1, 2;
   raw_logits, processed_logits: those rows' logits themselves, not normalised.
 A step makes one more pass over the logits for them only when a row asked for logprobs and
 its row under the mode differs from the one the draw scanned (under a raw mode: a penalty or
@@ -59,6 +68,7 @@ from aiollm.kernels.sampling import row_scan
 from aiollm.model.logit_masks import apply_bitmask_, apply_constraints, mask_token_ids
 from aiollm.model.penalties import apply_penalties
 from aiollm.model.sampling_tensors import SamplingTensors
+from aiollm.model.vocab_parallel_logprobs import top_k as ordered_top_k
 
 
 @dataclass(slots=True)
@@ -68,7 +78,9 @@ class SampleResult:
 
     next_ids: torch.Tensor  # [B] int64
     logprobs: torch.Tensor | None  # [B] fp32: logprob of next_ids (None: no row asked)
-    top_ids: torch.Tensor | None  # [B, K] int64, K = max top_logprobs in the batch
+    # [B, K] int64, K = max top_logprobs in the batch: largest first, equal values in
+    # ascending token id (the lowest ids kept at the K-th place), whatever the batch
+    top_ids: torch.Tensor | None
     top_logprobs: torch.Tensor | None  # [B, K] fp32
     # [B] int64: the number of tokens at least as likely as next_ids (itself included) on
     # the row the logprobs come from, vLLM V1's rank (None: no row asked for logprobs)
@@ -88,22 +100,29 @@ def _vocab_ids(vocab: int, device: torch.device) -> torch.Tensor:
 
 def _floor(logits: torch.Tensor, st: SamplingTensors):
     """[1/temperature, the logit floor that top-k, top-p and min-p leave] per row (each
-    keeps a most-likely prefix of the sorted row, so together they keep the shortest), and
-    the candidates (values, ids) to draw from when every sampled row has a top-k."""
+    keeps a most-likely prefix of the sorted row, so together they keep the shortest), and,
+    when every sampled row has a top-k, the candidates to draw from: (values, ids) [B, C],
+    the C = max(k) + 1 most likely tokens of each row, and spill [B] bool, the sampled rows
+    whose last candidate is finite and still at or above their floor (a tie at the floor,
+    so tokens of the same logit may lie past the candidates: those rows are drawn on the
+    whole row)."""
     vocab = logits.shape[1]
     if not st.trunc_width:
         if not st.use_min_p:
             return st.scale_floor, None
         floor = logits.amax(dim=-1) + st.min_p_offset
         return torch.stack([st.scale_floor[0], floor]), None
-    if st.trunc_width < vocab:
-        vals, ids = logits.topk(st.trunc_width, dim=-1)
+    # one candidate past the largest k: below a row's floor, it proves nothing tied past it
+    width = min(st.trunc_width + 1, vocab) if st.draw_on_candidates else st.trunc_width
+    if width < vocab:
+        vals, ids = logits.topk(width, dim=-1)
     else:
         vals, ids = logits.sort(dim=-1, descending=True)
     n_keep = st.top_k.clamp(max=st.trunc_width).long()
     if st.use_top_p:
-        # top-p over the renormalised top-k set, on temperature-scaled probabilities
-        rank = torch.arange(st.trunc_width, device=vals.device)[None, :]
+        # top-p over the renormalised top-k set (its k highest ranks: their values, unlike
+        # which of tied tokens fill them, do not depend on the batch), temperature-scaled
+        rank = torch.arange(width, device=vals.device)[None, :]
         scaled = (vals * st.scale_floor[0, :, None]).masked_fill(
             rank >= n_keep[:, None], float("-inf")
         )
@@ -118,7 +137,17 @@ def _floor(logits: torch.Tensor, st: SamplingTensors):
     if st.use_min_p:
         floor = torch.maximum(floor, vals[:, 0] + st.min_p_offset)
     scale_floor = torch.stack([st.scale_floor[0], floor])
-    return scale_floor, ((vals, ids) if st.draw_on_candidates else None)
+    if not st.draw_on_candidates:
+        return scale_floor, None
+    if width == vocab:  # the candidates are the whole row: nothing lies past them
+        spill = torch.zeros_like(floor, dtype=torch.bool)
+    else:
+        # a tie at -inf (a grammar or allowed_token_ids left k or fewer tokens) leaves only
+        # -inf past the candidates, which never win the race: no need of the whole row
+        spill = vals[:, -1] >= floor.clamp(min=torch.finfo(floor.dtype).min)
+        if st.is_greedy is not None:  # greedy rows take the argmax, whatever their floor
+            spill &= ~st.is_greedy
+    return scale_floor, (vals, ids, spill)
 
 
 def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
@@ -156,16 +185,22 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
             vocab = _vocab_ids(logits.shape[1], logits.device)
             greedy, lse, next_ids = row_scan(logits, scale_floor, st.keys, vocab)
         else:
-            vals, ids = candidates
-            greedy, lse, _ = row_scan(logits)
+            # the pass over the row that gives argmax and logsumexp also draws the spill
+            # rows on the whole row; the others' floor is +inf there, so nothing of theirs
+            # is kept (their scale, +inf too, is never read) and the kernel skips their
+            # noise: they draw on their candidates, which hold every token they keep
+            vals, ids, spill = candidates
+            vocab = _vocab_ids(logits.shape[1], logits.device)
+            whole_row = torch.where(spill, scale_floor, float("inf"))
+            greedy, lse, whole = row_scan(logits, whole_row, st.keys, vocab)
             _, _, choice = row_scan(vals, scale_floor, st.keys, ids, stats=False)
-            next_ids = ids.gather(1, choice[:, None]).squeeze(1)
+            next_ids = torch.where(spill, whole, ids.gather(1, choice[:, None]).squeeze(1))
         if st.any_greedy:
             next_ids = torch.where(st.is_greedy, greedy, next_ids)
     if not st.want_logprobs:
         return SampleResult(next_ids, None, None, None)
 
-    values, lse = _reported(raw, logits, lse, scale_floor, candidates, st, constrained)
+    values, lse = _reported(raw, logits, lse, scale_floor, st, constrained)
     chosen = values.gather(1, next_ids[:, None])
     logprobs = (chosen if lse is None else chosen - lse).squeeze(1)
     # the chosen token's place in the vocabulary, as vLLM V1 reports it: the tokens at least
@@ -173,23 +208,23 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     ranks = (values >= chosen).sum(dim=-1)
     top_ids = top_logprobs = None
     if st.max_top_logprobs > 0:
+        # ties in token id order (as prompt logprobs list them): torch.topk's pick among
+        # them may change with k, the batch's largest top_logprobs
         k = min(st.max_top_logprobs, values.shape[1])
-        top_logprobs, top_ids = values.topk(k, dim=-1)
+        top_logprobs, top_ids = ordered_top_k(values, k)
         if lse is not None:
             top_logprobs = top_logprobs - lse
     return SampleResult(next_ids, logprobs, top_ids, top_logprobs, ranks)
 
 
 def _reported(raw: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
-              scale_floor: torch.Tensor | None, candidates, st: SamplingTensors,
-              constrained: bool):
+              scale_floor: torch.Tensor | None, st: SamplingTensors, constrained: bool):
     """The row [B, V] logprobs are read from under st.logprobs_mode, and its logsumexp
     [B, 1] (None for the *_logits modes: the values are reported as they are). raw: the
     logits given to sample(), a grammar's forbidden tokens -inf under a raw mode; logits,
     lse: the row after penalties, bans and constraints and its logsumexp, which the draw
     computed; scale_floor: the draw's [1/T, floor] ([2, B], None when every row is
-    greedy); candidates: the (values, ids) [B, C] the draw scanned
-    when not the whole row (a token tied with the floor outside them was never drawable)."""
+    greedy): every token at or above the floor was drawable, candidates or not."""
     mode = st.logprobs_mode
     if mode.startswith("raw"):
         if mode == "raw_logits":
@@ -200,12 +235,7 @@ def _reported(raw: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
     if scale_floor is None or not st.lp_scaled:  # the drawn row is `logits` itself
         return logits, (None if mode == "processed_logits" else lse)
     scale, floor = scale_floor[0, :, None], scale_floor[1, :, None]
-    if candidates is None:
-        drawn = torch.where(logits >= floor, logits * scale, float("-inf"))
-    else:
-        vals, ids = candidates
-        kept = torch.where(vals >= floor, vals * scale, float("-inf"))
-        drawn = torch.full_like(logits, float("-inf")).scatter_(1, ids, kept)
+    drawn = torch.where(logits >= floor, logits * scale, float("-inf"))
     if st.is_greedy is not None:  # greedy rows take the argmax of `logits`: no truncation
         drawn = torch.where(st.is_greedy[:, None], logits, drawn)
     return drawn, (None if mode == "processed_logits" else row_scan(drawn)[1])

@@ -44,7 +44,9 @@ class SamplingTensors:
     use_top_p: bool
     use_min_p: bool
     trunc_width: int  # sorted prefix top-k/top-p need: 0 none, < V a topk, V a full sort
-    draw_on_candidates: bool  # every sampled row has a top-k: draw among the trunc_width best
+    # every sampled row has a top-k: draw among the trunc_width + 1 best, a row whose floor
+    # ties with the last of them (a finite tie) on its whole row (sampler._floor)
+    draw_on_candidates: bool
     max_top_logprobs: int
     want_logprobs: bool = True  # some row asked for logprobs (else sample() may skip them)
     # what logprobs report (LOGPROBS_MODES, vLLM's --logprobs-mode), and whether a row that
