@@ -162,6 +162,7 @@ def _schema(tool: dict) -> dict:
 class HermesParser(ToolParser):
     name, start, end = "hermes", "<tool_call>", "</tool_call>"
     opens, words = (start,), (end,)
+    closing = re.compile(r"\s*\}\s*</tool_call>")
     joints = Joints(re.compile(r"<tool_call>\s*"),
                     re.compile(r"\s*\}\s*</tool_call>\s*<tool_call>\s*"))
 
