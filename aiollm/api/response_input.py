@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest, shown_id
+from aiollm.errors import InvalidRequest, check_type, shown_id
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
@@ -54,7 +54,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
                                      f"{role!r:.100}", param=f"{at}.role")
             # no parts: an empty turn, taken as chat (and vLLM) take it
-            text = _text(item.get("content"), f"{at}.content")
+            text = _text(_required(item, "content", at), f"{at}.content")
             last = out[-1] if out else None
             # the message of a turn whose reasoning (or calls) came first: that turn's
             if role == "assistant" and last is not None and last.role == "assistant" \
@@ -74,8 +74,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             else:
                 out.append(ChatMessage(role="assistant", tool_calls=[call]))
         elif kind == "function_call_output":
-            output = item.get("output")
-            text = _text(output, f"{at}.output")
+            text = _text(_required(item, "output", at), f"{at}.output")
             call_id = _string(item, "call_id", at)
             out.append(ChatMessage(role="tool", content=text, tool_call_id=call_id))
             if i >= 0 and call_id not in calls:  # the kept ones were checked when sent
@@ -149,11 +148,19 @@ def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
     return texts
 
 
+def _required(item: dict, key: str, at: str) -> Any:
+    """item[key], the item at the path `at`; InvalidRequest naming `{at}.{key}` where the
+    item leaves it out, told as missing ("input[2].call_id is required"), as the body's
+    own missing fields are (validation_errors.describe)."""
+    if key not in item:
+        raise InvalidRequest(f"{at}.{key} is required", param=f"{at}.{key}")
+    return item[key]
+
+
 def _string(item: dict, key: str, at: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{at}.{key} must be a string", param=f"{at}.{key}")
-    return value
+    """item[key], a string (_required); one of another type (null too) is told as the
+    body's type errors are ("input[2].call_id: expected a string, got an integer")."""
+    return check_type(_required(item, key, at), (str,), f"{at}.{key}", required=True)
 
 
 def _text(content: Any, at: str) -> str | list[ContentPart]:
