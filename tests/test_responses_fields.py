@@ -60,3 +60,42 @@ def test_a_missing_call_id_is_an_openai_400(server):
     assert status == 400 and error == {"message": "input[2].call_id is required",
                                        "type": "invalid_request_error",
                                        "param": "input[2].call_id", "code": None}, error
+
+
+LONG = "v" * 100_000
+PAIRS = {f"k{i}": "v" for i in range(16)}
+ROUTES = [("/v1/responses", {"input": "x", "max_output_tokens": 1}),
+          ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                    "max_tokens": 1})]
+
+
+@pytest.mark.parametrize("path, body", ROUTES, ids=["responses", "chat"])
+@pytest.mark.parametrize("metadata, param, says", [
+    ({**PAIRS, "k16": "v"}, "metadata", "metadata has 17 key-value pairs"),
+    ({"k" * 65: "v"}, "metadata", f"metadata key {'k' * 65!r} has 65 characters"),
+    ({LONG: "v"}, "metadata", f"metadata key {'v' * 100!r}... has 100000 characters"),
+    ({"a": "v" * 513}, "metadata.a", f"metadata.a: the value {'v' * 100!r}... has 513 "),
+    ({"a": LONG}, "metadata.a", f"metadata.a: the value {'v' * 100!r}... has 100000 "),
+    ({"a": 5}, "metadata.a", "metadata.a: expected a string, got an integer"),
+    ({"a": None}, "metadata.a", "metadata.a: expected a string, got null"),
+    ([], "metadata", "metadata: expected an object, got an array"),
+])
+def test_metadata_past_openais_bounds_is_a_400(server, path, body, metadata, param, says):
+    """metadata is OpenAI's: at most 16 pairs, keys of at most 64 characters, values
+    strings of at most 512. Past that it was taken whole (kept with the response and
+    echoed in every event); now a 400 naming the field and the value, cut to 100
+    characters."""
+    status, _, raw = http(server, "POST", path, json={**body, "metadata": metadata})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, str(error)[:300]
+    assert error["message"].startswith(says) and len(error["message"]) < 400, \
+        error["message"][:300]
+
+
+@pytest.mark.parametrize("path, body", ROUTES, ids=["responses", "chat"])
+def test_metadata_at_openais_bounds_is_served(server, path, body):
+    metadata = {**{f"k{i}": "v" for i in range(15)}, "k" * 64: "v" * 512}
+    status, _, raw = http(server, "POST", path, json={**body, "metadata": metadata})
+    assert status == 200, raw[:300]
+    if path == "/v1/responses":
+        assert json.loads(raw)["metadata"] == metadata

@@ -15,6 +15,7 @@ from functools import partial
 from aiollm.api import reasoning, tool_parsers, tool_request
 from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.http_errors import ApiError
+from aiollm.api.metadata import check_metadata
 from aiollm.api.state import ApiState
 from aiollm.api.tool_calls import ToolCall, ToolParser
 from aiollm.api.tool_stream import StreamingToolParser
@@ -75,6 +76,7 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     engine = st.engine
     st.check_model(req.model)
     req.check_unserved()
+    check_metadata(req.metadata)
     req.check_max_tokens()
     st.check_choices(req.n, "n")
     keep = req.kept_prompt_tokens(engine.max_model_len)
