@@ -117,8 +117,9 @@ class ToolParser:
         are whole but whose markup the cut left open (`closing`) is not complete either.
         `required`: the output can only be calls (tool_choice "required" or a named
         function). `named`: the function tool_choice named, whose call a cut output is
-        even before the call's name was written, with no arguments yet, as vLLM answers a named tool_choice (its output is
-        the arguments alone, given as that function's call whatever was written).
+        even before the call's name was written, with no arguments yet, as vLLM answers
+        a named tool_choice (its output is the arguments alone, given as that function's
+        call whatever was written).
 
         The text before the calls (content_end) is content as it is: a stream has sent it
         before any call came, and reads the rest (the text it held) with this same method,
