@@ -47,7 +47,8 @@ def _events(parser, text: str, cuts: list[int], finish: str, **kw) -> list[dict]
 
 def _whole(parser, text: str, finish: str) -> list[dict]:
     """The whole answer's output items, as /v1/responses builds them."""
-    content, calls = parser.calls(text, NAMES, cut=may_cut_a_call(finish))
+    content, calls = parser.calls(text, NAMES, cut=may_cut_a_call(finish),
+                                  length=finish == "length")
     before = StreamingToolParser(parser, NAMES).feed(text) if calls else content
     return answer_items(None, content, calls, before, status_of(finish)[0])
 
@@ -169,7 +170,7 @@ def test_a_call_cut_in_its_closing_is_incomplete(parser, required):
     kw = {"required": required}
     for text, status in [*((t, "incomplete") for t in OPEN_CALLS[parser.name]),
                          (CLOSED_CALLS[parser.name], "completed")]:
-        content, calls = parser.calls(text, NAMES, cut=True, **kw)
+        content, calls = parser.calls(text, NAMES, cut=True, length=True, **kw)
         before = StreamingToolParser(parser, NAMES, **kw).feed(text)
         whole = answer_items(None, content, calls, before, "incomplete")
         assert _shape(whole) == [("function_call", status, "get_weather", '{"city": "P"}',
@@ -178,3 +179,22 @@ def test_a_call_cut_in_its_closing_is_incomplete(parser, required):
             events = _events(parser, text, cuts, "length", **kw)
             done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
             assert _shape(done) == _shape(events[-1]["response"]["output"]) == _shape(whole)
+
+
+@pytest.mark.parametrize("required", [False, True])
+@pytest.mark.parametrize("end", ["", "\n", "\n</tool_c"])
+def test_a_stop_after_a_whole_hermes_call_leaves_it_completed(required, end):
+    """A stop (the model's end token, a stop string such as "</tool_call>") after a call's
+    whole JSON, its end tag not (or part) written, ended a whole call: completed, whole and
+    streamed, in a completed Response, as vLLM's Hermes parser reads a last call without
+    its end tag. Only max_output_tokens there leaves it incomplete (the test above)."""
+    parser, kw = HermesParser(), {"required": required}
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}}' + end
+    whole = _whole(parser, text, "stop")
+    assert _shape(whole) == [("function_call", "completed", "get_weather", '{"city": "P"}',
+                              [])], whole
+    for cuts in ([], list(range(1, len(text)))):
+        events = _events(parser, text, cuts, "stop", **kw)
+        done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+        assert _shape(done) == _shape(events[-1]["response"]["output"]) == _shape(whole)
+        assert events[-1]["response"]["status"] == "completed"

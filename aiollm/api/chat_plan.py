@@ -53,13 +53,15 @@ class ChatPlan:
         return reasoning.splitter_for(self.thinking, self.prompt_tail, shaped=self.shaped,
                                       continued=self.continued)
 
-    def calls(self, text: str, *, cut: bool) -> tuple[str, list[ToolCall]]:
+    def calls(self, text: str, *, cut: bool, length: bool = False
+              ) -> tuple[str, list[ToolCall]]:
         """(content, calls) of a whole output's content (its reasoning split off); no
-        calls where no parser runs. `cut`: the output may end inside a call."""
+        calls where no parser runs. `cut`: the output may end inside a call; `length`:
+        max_tokens ended it (ToolParser.calls)."""
         if self.parser is None:
             return text, []
-        return self.parser.calls(text, self.names, cut=cut, required=self.mode == "required",
-                                 named=self.forced)
+        return self.parser.calls(text, self.names, cut=cut, length=length,
+                                 required=self.mode == "required", named=self.forced)
 
     def stream_calls(self) -> StreamingToolParser | None:
         """A fresh streaming tool parser for one choice, None where no parser runs."""

@@ -102,7 +102,7 @@ class ToolParser:
         return len(text[:end].rstrip())
 
     def calls(self, text: str, names: Collection[str], *, cut: bool = False,
-              required: bool = False, named: str | None = None,
+              length: bool = False, required: bool = False, named: str | None = None,
               sent: list[Written] | None = None, fences: Fences = OUTSIDE
               ) -> tuple[str, list[ToolCall]]:
         """parse(), where a call to a function not among `names` makes the whole text
@@ -113,8 +113,11 @@ class ToolParser:
         `cut`: max_tokens, a stop string or a stop token id ended the output, maybe inside
         a call:
         the calls it holds are returned with the cut one's arguments as written so far, and
-        no call markup stays content (aiollm/api/cut_calls.py); a last call whose arguments
-        are whole but whose markup the cut left open (`closing`) is not complete either.
+        no call markup stays content (aiollm/api/cut_calls.py). `length`: max_tokens ended
+        it (finish_reason "length"), so a last call whose arguments are whole but whose
+        markup is left open (`closing`) was cut there, not complete either; a stop that
+        falls there (the model's end token, a client's stop string "</tool_call>") ended a
+        whole call, as vLLM's Hermes parser reads a last call without its end tag.
         `required`: the output can only be calls (tool_choice "required" or a named
         function). `named`: the function tool_choice named, whose call a cut output is
         even before the call's name was written, with no arguments yet, as vLLM answers
@@ -142,7 +145,8 @@ class ToolParser:
             content = without_wrap_end(text[:at], self.brackets, fences)
             calls = [ToolCall(c.name, c.arguments, complete=c.complete) for c in sent]
             calls[-1].complete = False
-        if cut and calls and calls[-1].complete and not self._closed(text, at, names, calls):
+        if length and calls and calls[-1].complete \
+                and not self._closed(text, at, names, calls):
             calls[-1].complete = False
         for call in calls:
             call.id = self.call_id()

@@ -271,10 +271,10 @@ class Llama3Parser(ToolParser):
         tail = len(before) + len(text[pos:max(pos, read)].replace(TAG, ""))
         return content, calls, min(tail, len(content))
 
-    def calls(self, text, names, *, cut=False, required=False, named=None, sent=None,
-              fences=OUTSIDE):
-        content, calls = super().calls(text, names, cut=cut, required=required, named=named,
-                                       sent=sent, fences=fences)
+    def calls(self, text, names, *, cut=False, length=False, required=False, named=None,
+              sent=None, fences=OUTSIDE):
+        content, calls = super().calls(text, names, cut=cut, length=length, required=required,
+                                       named=named, sent=sent, fences=fences)
         if cut:
             # what follows the tag can only be calls: the tag and a head cut part way
             # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell
