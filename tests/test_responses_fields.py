@@ -99,3 +99,29 @@ def test_metadata_at_openais_bounds_is_served(server, path, body):
     assert status == 200, raw[:300]
     if path == "/v1/responses":
         assert json.loads(raw)["metadata"] == metadata
+
+
+@pytest.mark.parametrize("items, param, says", [
+    ([{**USER, "content": 7}], "input[0].content",
+     "input[0].content must be a string or a list of content parts, got an integer"),
+    ([{**USER, "content": {"a": 1}}], "input[0].content",
+     "input[0].content must be a string or a list of content parts, got an object"),
+    ([{**USER, "content": [True]}], "input[0].content[0]",
+     'input[0].content[0] must be a content part: an object with a "type", got a boolean'),
+    ([USER, CALL, {**OUTPUT, "output": False}], "input[2].output",
+     "input[2].output must be a string or a list of content parts, got a boolean"),
+    ([{**USER, "type": None}], "input[0].type", "input[0].type: expected a string, got null"),
+    ([{**USER, "type": True}], "input[0].type",
+     "input[0].type: expected a string, got a boolean"),
+    ([{**USER, "type": {"a": 1}}], "input[0].type",
+     "input[0].type: expected a string, got an object"),
+])
+def test_an_item_field_of_the_wrong_type_is_named_in_jsons_words(server, items, param, says):
+    """A content, an output or an item's type of the wrong type names what was sent as the
+    body's type errors do, in JSON's words ("got an integer", "got null"), not Python's
+    ("got int", "got dict", "input[0].type None is not served")."""
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": items, "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"] == says, error["message"]

@@ -40,7 +40,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         at = f"input[{i}]"
         if not isinstance(item, dict):
             raise InvalidRequest(f"{at} must be an object", param=at)
-        kind = item.get("type", "message")
+        kind = check_type(item.get("type", "message"), (str,), f"{at}.type", required=True)
         if item.get("status") not in _STATUSES:
             raise InvalidRequest(f"{at}.status must be in_progress, completed or incomplete "
                                  f"(or null), got {item['status']!r:.100}",
