@@ -125,3 +125,32 @@ def test_an_item_field_of_the_wrong_type_is_named_in_jsons_words(server, items, 
     error = json.loads(raw)["error"]
     assert status == 400 and error["param"] == param, error
     assert error["message"] == says, error["message"]
+
+
+REASONING = {"type": "reasoning", "id": "rs_1"}
+
+
+@pytest.mark.parametrize("item, param, says", [
+    ({**REASONING, "summary": [{"type": "summary_text"}]}, "input[1].summary[0].text",
+     "input[1].summary[0].text is required"),
+    ({**REASONING, "content": [{"type": "reasoning_text"}]}, "input[1].content[0].text",
+     "input[1].content[0].text is required"),
+    ({**REASONING, "summary": [{"type": "summary_text", "text": 5}]},
+     "input[1].summary[0].text", "input[1].summary[0].text: expected a string, got an integer"),
+    ({**REASONING, "summary": [{"type": "summary_text", "text": None}]},
+     "input[1].summary[0].text", "input[1].summary[0].text: expected a string, got null"),
+    ({**REASONING, "summary": "t"}, "input[1].summary",
+     "input[1].summary must be a list of parts, got a string"),
+    ({**REASONING, "content": [7]}, "input[1].content[0]",
+     'input[1].content[0] must be a part: an object of type "reasoning_text", got an integer'),
+    ({**REASONING, "encrypted_content": 5}, "input[1].encrypted_content",
+     "input[1].encrypted_content: expected a string, got an integer"),
+])
+def test_a_reasoning_items_field_is_told_missing_or_named(item, param, says):
+    """A reasoning item's part without its text says the text is required (it said "must
+    be a string"), one of the wrong type names what was sent, as the other items' fields
+    are told."""
+    with pytest.raises(InvalidRequest) as e:
+        input_messages([USER, item])
+    assert e.value.param == param
+    assert str(e.value) == says

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest, check_type, shown_id
+from aiollm.errors import InvalidRequest, check_type, json_type, shown_id
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
@@ -117,11 +117,10 @@ def _reasoning(item: dict, at: str) -> str:
     of their parts: the item is kept and listed back as sent). A non-empty
     encrypted_content is refused: the server never writes it, so it is another server's
     ("" or null carry none, as vLLM reads them)."""
-    if item.get("encrypted_content") not in (None, ""):
-        said = ("is not served: this server writes reasoning as reasoning_text content; "
-                "send that back instead") if isinstance(item["encrypted_content"], str) \
-            else "must be a string"
-        raise InvalidRequest(f"{at}.encrypted_content {said}", param=f"{at}.encrypted_content")
+    if check_type(item.get("encrypted_content"), (str,), f"{at}.encrypted_content"):
+        raise InvalidRequest(f"{at}.encrypted_content is not served: this server writes "
+                             "reasoning as reasoning_text content; send that back instead",
+                             param=f"{at}.encrypted_content")
     texts = {key: _thought_parts(item.get(key), kind, f"{at}.{key}")
              for key, kind in (("content", "reasoning_text"), ("summary", "summary_text"))}
     return "".join(texts["content"]) if texts["content"] else "\n\n".join(texts["summary"])
@@ -129,22 +128,21 @@ def _reasoning(item: dict, at: str) -> str:
 
 def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
     """The texts of a reasoning item's summary or content `parts` (at the path `at`), each
-    part of type `kind`; null is none."""
+    part of type `kind`; null is none. A part's text left out is told as missing, one of
+    another type names what was sent (_string)."""
     if parts is None:
         return []
     if not isinstance(parts, list):
-        raise InvalidRequest(f"{at} must be a list of parts", param=at)
+        raise InvalidRequest(f"{at} must be a list of parts, got {json_type(parts)}", param=at)
     texts = []
     for j, part in enumerate(parts):
         where = f"{at}[{j}]"
         if not isinstance(part, dict):
-            raise InvalidRequest(f'{where} must be a part: an object of type "{kind}"',
-                                 param=where)
+            raise InvalidRequest(f'{where} must be a part: an object of type "{kind}", got '
+                                 f"{json_type(part)}", param=where)
         if part.get("type") != kind:
             raise InvalidRequest(f'{where}.type must be "{kind}"', param=f"{where}.type")
-        if not isinstance(part.get("text"), str):
-            raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
-        texts.append(part["text"])
+        texts.append(_string(part, "text", where))
     return texts
 
 
