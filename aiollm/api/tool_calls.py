@@ -47,7 +47,7 @@ class ToolParser:
     args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
     brackets = False  # a JSON list around calls is markup (call_wrap: bare JSON calls)
     # what closes a call after its arguments (the tool grammar's tag end, whitespace aside):
-    # a cut output whose last call stops short of it was cut in that call
+    # an output max_tokens cut whose last call stops short of it was cut in that call
     closing = re.compile(r"\s*\}")
     # what leads from `start` to a call's head, and from one call's arguments to the next
     # (call_text.written_calls: where a stream may send a call)
