@@ -103,6 +103,12 @@ _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a 
                list: "an array", dict: "an object", type(None): "null"}
 
 
+def json_type(value: Any) -> str:
+    """What `value`, decoded from a JSON body, is in JSON's words, as an error names what
+    was sent ("an integer", "an object", "null"; a type JSON does not have by its name)."""
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
 def check_type(value: Any, kinds: tuple[type, ...], param: str, *, required: bool = False
                ) -> Any:
     """`value`, when it is null (unless `required`) or of one of `kinds` (JSON's types as
@@ -114,8 +120,7 @@ def check_type(value: Any, kinds: tuple[type, ...], param: str, *, required: boo
             isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)):
         return value
     want = " or ".join(_TYPE_NAMES[k] for k in kinds)
-    got = _TYPE_NAMES.get(type(value), type(value).__name__)
-    raise InvalidRequest(f"{param}: expected {want}, got {got}", param=param)
+    raise InvalidRequest(f"{param}: expected {want}, got {json_type(value)}", param=param)
 
 
 def of_batch_item(exc: InvalidRequest, field: str, index: int,

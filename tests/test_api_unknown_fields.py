@@ -48,17 +48,18 @@ def test_unknown_lightllm_parameters_are_named_once(server, caplog):
      {"audio": {"voice": "alloy", "format": "wav"}}),
 ], ids=["completions", "chat"])
 def test_unknown_openai_fields_are_named_once(server, caplog, path, body, refused):
-    """Top-level fields (max_token, an extension's metadata) and those of a known object
+    """Top-level fields (max_token, another vendor's safety_settings; metadata, OpenAI's,
+    is chat's own now: api/metadata.py checks it) and those of a known object
     (stream_options) are named; fields the endpoint knows, served or refused, are not:
     an OpenAI field the server refuses (suffix, audio...) stays a 400 naming it."""
     want, warned = served(server, caplog, path, body)
     assert warned == []
     got, warned = served(server, caplog, path, {**body, "max_token": 9,
-                                                "metadata": {"user": "x"}})
+                                                "safety_settings": {"user": "x"}})
     assert got["choices"][0].get("text") == want["choices"][0].get("text")
     assert got["choices"][0].get("message") == want["choices"][0].get("message")
     assert len(warned) == 1, warned
-    assert "max_token, metadata" in warned[0] and path in warned[0], warned[0]
+    assert "max_token, safety_settings" in warned[0] and path in warned[0], warned[0]
     _, warned = served(server, caplog, path, {**body, "stream": True, "stream_options": {
         "include_usage": True, "include_obfuscation": False}})
     assert len(warned) == 1 and "stream_options.include_obfuscation" in warned[0], warned

@@ -29,10 +29,11 @@ EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
 PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
 
 
-def _events(parser, text: str, cuts: list[int], finish: str) -> list[dict]:
-    """The events of a stream of `text` in pieces ending at `cuts`, ended by `finish`."""
+def _events(parser, text: str, cuts: list[int], finish: str, **kw) -> list[dict]:
+    """The events of a stream of `text` in pieces ending at `cuts`, ended by `finish`; `kw`
+    the streaming parser's (required)."""
     events = ResponseEvents(ResponseHead(ResponsesRequest(input="x"), "m", SamplingParams()))
-    calls = StreamingToolParser(parser, NAMES)
+    calls = StreamingToolParser(parser, NAMES, **kw)
     out, prev, bounds = events.begin(), 0, cuts + [len(text)]
     for k, end in enumerate(bounds):
         last = k == len(bounds) - 1
@@ -46,7 +47,8 @@ def _events(parser, text: str, cuts: list[int], finish: str) -> list[dict]:
 
 def _whole(parser, text: str, finish: str) -> list[dict]:
     """The whole answer's output items, as /v1/responses builds them."""
-    content, calls = parser.calls(text, NAMES, cut=may_cut_a_call(finish))
+    content, calls = parser.calls(text, NAMES, cut=may_cut_a_call(finish),
+                                  length=finish == "length")
     before = StreamingToolParser(parser, NAMES).feed(text) if calls else content
     return answer_items(None, content, calls, before, status_of(finish)[0])
 
@@ -141,3 +143,58 @@ def test_a_failure_while_a_call_is_written_leaves_it_incomplete():
         "function_call", "incomplete", "get_weather")
     # the text cut 20 characters before its end: inside the arguments, after "}\n</tool_call>"
     assert item["arguments"] == ARGS[:len(ARGS) - (20 - len("}\n</tool_call>"))]
+
+
+# a call of each family whose arguments are whole but whose markup is not closed: the
+# output was cut in the call's own closing, and the model was still writing it
+OPEN_CALLS = {"hermes": ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}',
+                         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}}',
+                         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}}\n'
+                         '</tool_c'],
+              "llama3": ['{"name": "get_weather", "parameters": {"city": "P"}'],
+              "mistral": ['[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "P"}']}
+CLOSED_CALLS = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}}\n'
+                          '</tool_call>\n<tool_c',
+                "llama3": '{"name": "get_weather", "parameters": {"city": "P"}}; {"na',
+                "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "P"}}'}
+
+
+@pytest.mark.parametrize("required", [False, True])
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_a_call_cut_in_its_closing_is_incomplete(parser, required):
+    """max_output_tokens that cut a call after its arguments but before its markup closed
+    (the "}" of the call, Hermes' </tool_call>) leave it incomplete, whole and streamed, as
+    OpenAI marks an item a cut fell in; it said "completed" in an incomplete Response (with
+    tool_choice "required" or a named function the grammar writes nothing but calls, so the
+    cut falls there). A call whose markup closed before the cut stays completed."""
+    kw = {"required": required}
+    for text, status in [*((t, "incomplete") for t in OPEN_CALLS[parser.name]),
+                         (CLOSED_CALLS[parser.name], "completed")]:
+        content, calls = parser.calls(text, NAMES, cut=True, length=True, **kw)
+        before = StreamingToolParser(parser, NAMES, **kw).feed(text)
+        whole = answer_items(None, content, calls, before, "incomplete")
+        assert _shape(whole) == [("function_call", status, "get_weather", '{"city": "P"}',
+                                  [])], text
+        for cuts in ([], list(range(1, len(text)))):
+            events = _events(parser, text, cuts, "length", **kw)
+            done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+            assert _shape(done) == _shape(events[-1]["response"]["output"]) == _shape(whole)
+
+
+@pytest.mark.parametrize("required", [False, True])
+@pytest.mark.parametrize("end", ["", "\n", "\n</tool_c"])
+def test_a_stop_after_a_whole_hermes_call_leaves_it_completed(required, end):
+    """A stop (the model's end token, a stop string such as "</tool_call>") after a call's
+    whole JSON, its end tag not (or part) written, ended a whole call: completed, whole and
+    streamed, in a completed Response, as vLLM's Hermes parser reads a last call without
+    its end tag. Only max_output_tokens there leaves it incomplete (the test above)."""
+    parser, kw = HermesParser(), {"required": required}
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}}' + end
+    whole = _whole(parser, text, "stop")
+    assert _shape(whole) == [("function_call", "completed", "get_weather", '{"city": "P"}',
+                              [])], whole
+    for cuts in ([], list(range(1, len(text)))):
+        events = _events(parser, text, cuts, "stop", **kw)
+        done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
+        assert _shape(done) == _shape(events[-1]["response"]["output"]) == _shape(whole)
+        assert events[-1]["response"]["status"] == "completed"

@@ -138,3 +138,43 @@ def test_a_named_call_on_responses_completes(tiny):
     [call] = r["output"]
     assert call["type"] == "function_call" and call["name"] == "f", call
     assert json.loads(call["arguments"])["a"] in range(10)
+
+
+def _sse(raw: str) -> list[dict]:
+    """The JSON of each `data:` line of a stream (chat's or /v1/responses' events)."""
+    return [json.loads(line[len("data: "):]) for line in raw.splitlines()
+            if line.startswith("data: ") and line != "data: [DONE]"]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_stop_string_at_the_calls_end_tag_leaves_the_call_complete(tiny, stream):
+    """A client's stop string "</tool_call>" (the server drops it from the text) ends a
+    Hermes call whose arguments and JSON are whole, its end tag not written: the call is
+    complete, as vLLM's Hermes parser reads a last call without its end tag. Chat says
+    "tool_calls"; /v1/responses a completed call in a completed Response. Only max_tokens
+    leaves a call whose markup is open incomplete; a stop is where the output chose to end."""
+    stop = ["</tool_call>"]
+
+    async def check(engine, client):
+        chat = await client.post("/v1/chat/completions", json=_body(
+            tools=[TOOL], tool_choice="required", parallel_tool_calls=False, stop=stop,
+            stream=stream))
+        resp = await client.post("/v1/responses", json={
+            "input": "hi", "tools": [{"type": "function", **TOOL["function"]}],
+            "tool_choice": "required", "parallel_tool_calls": False, "stop": stop,
+            "max_output_tokens": MAX_TOKENS, "temperature": 0, "stream": stream})
+        assert chat.status == resp.status == 200
+        return await chat.text(), await resp.text()
+    chat, resp = _serve(tiny, check)
+    if stream:
+        chunks = _sse(chat)
+        finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1]
+        resp = _sse(resp)[-1]["response"]
+    else:
+        finish = json.loads(chat)["choices"][0]["finish_reason"]
+        resp = json.loads(resp)
+    assert finish == "tool_calls", chat[-600:]
+    assert resp["status"] == "completed", resp
+    [call] = resp["output"]
+    assert call["type"] == "function_call" and call["status"] == "completed", call
+    assert json.loads(call["arguments"])["a"] in range(10)

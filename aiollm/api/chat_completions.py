@@ -89,7 +89,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 # reasoning_content as DeepSeek and SGLang name it, reasoning as vLLM now does
                 thought = {"reasoning_content": r, "reasoning": r} if req.include_reasoning else {}
             finish = out.finish_reason
-            content, calls = plan.calls(text, cut=may_cut_a_call(finish))
+            content, calls = plan.calls(text, cut=may_cut_a_call(finish),
+                                        length=finish == "length")
             # after reasoning, an empty answer is null (as vLLM sends it)
             answer = content if r is None else content or None
             # refusal is one of the message's required fields in OpenAI's schema (typed
@@ -153,7 +154,8 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         if calls[j] is not None:
             text = calls[j].feed(text)
             if finish is not None:
-                rest, found = calls[j].finish(cut=may_cut_a_call(finish))
+                rest, found = calls[j].finish(cut=may_cut_a_call(finish),
+                                              length=finish == "length")
                 text += rest
                 finish = finish_with_calls(finish, found, named)
             frags = [f.as_openai() for f in calls[j].take()]

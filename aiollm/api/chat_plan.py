@@ -15,6 +15,7 @@ from functools import partial
 from aiollm.api import reasoning, tool_parsers, tool_request
 from aiollm.api.chat_request import ChatCompletionRequest
 from aiollm.api.http_errors import ApiError
+from aiollm.api.metadata import check_metadata
 from aiollm.api.state import ApiState
 from aiollm.api.tool_calls import ToolCall, ToolParser
 from aiollm.api.tool_stream import StreamingToolParser
@@ -52,13 +53,15 @@ class ChatPlan:
         return reasoning.splitter_for(self.thinking, self.prompt_tail, shaped=self.shaped,
                                       continued=self.continued)
 
-    def calls(self, text: str, *, cut: bool) -> tuple[str, list[ToolCall]]:
+    def calls(self, text: str, *, cut: bool, length: bool = False
+              ) -> tuple[str, list[ToolCall]]:
         """(content, calls) of a whole output's content (its reasoning split off); no
-        calls where no parser runs. `cut`: the output may end inside a call."""
+        calls where no parser runs. `cut`: the output may end inside a call; `length`:
+        max_tokens ended it (ToolParser.calls)."""
         if self.parser is None:
             return text, []
-        return self.parser.calls(text, self.names, cut=cut, required=self.mode == "required",
-                                 named=self.forced)
+        return self.parser.calls(text, self.names, cut=cut, length=length,
+                                 required=self.mode == "required", named=self.forced)
 
     def stream_calls(self) -> StreamingToolParser | None:
         """A fresh streaming tool parser for one choice, None where no parser runs."""
@@ -75,6 +78,7 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     engine = st.engine
     st.check_model(req.model)
     req.check_unserved()
+    check_metadata(req.metadata)
     req.check_max_tokens()
     st.check_choices(req.n, "n")
     keep = req.kept_prompt_tokens(engine.max_model_len)

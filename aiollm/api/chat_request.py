@@ -126,6 +126,8 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     # OpenAI's audio output: served as text alone (check_unserved)
     modalities: Any = None
     audio: Any = None
+    # OpenAI's: the client's key-value pairs, read and checked (api/metadata.py), unused
+    metadata: dict[str, Any] | None = None
 
     def check_max_tokens(self) -> None:
         """The length field the request uses (max_completion_tokens over max_tokens) is >= 1,

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest, shown_id
+from aiollm.errors import InvalidRequest, check_type, json_type, shown_id
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
@@ -40,7 +40,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         at = f"input[{i}]"
         if not isinstance(item, dict):
             raise InvalidRequest(f"{at} must be an object", param=at)
-        kind = item.get("type", "message")
+        kind = check_type(item.get("type", "message"), (str,), f"{at}.type", required=True)
         if item.get("status") not in _STATUSES:
             raise InvalidRequest(f"{at}.status must be in_progress, completed or incomplete "
                                  f"(or null), got {item['status']!r:.100}",
@@ -54,7 +54,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
                                      f"{role!r:.100}", param=f"{at}.role")
             # no parts: an empty turn, taken as chat (and vLLM) take it
-            text = _text(item.get("content"), f"{at}.content")
+            text = _text(_required(item, "content", at), f"{at}.content")
             last = out[-1] if out else None
             # the message of a turn whose reasoning (or calls) came first: that turn's
             if role == "assistant" and last is not None and last.role == "assistant" \
@@ -74,8 +74,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             else:
                 out.append(ChatMessage(role="assistant", tool_calls=[call]))
         elif kind == "function_call_output":
-            output = item.get("output")
-            text = _text(output, f"{at}.output")
+            text = _text(_required(item, "output", at), f"{at}.output")
             call_id = _string(item, "call_id", at)
             out.append(ChatMessage(role="tool", content=text, tool_call_id=call_id))
             if i >= 0 and call_id not in calls:  # the kept ones were checked when sent
@@ -118,11 +117,10 @@ def _reasoning(item: dict, at: str) -> str:
     of their parts: the item is kept and listed back as sent). A non-empty
     encrypted_content is refused: the server never writes it, so it is another server's
     ("" or null carry none, as vLLM reads them)."""
-    if item.get("encrypted_content") not in (None, ""):
-        said = ("is not served: this server writes reasoning as reasoning_text content; "
-                "send that back instead") if isinstance(item["encrypted_content"], str) \
-            else "must be a string"
-        raise InvalidRequest(f"{at}.encrypted_content {said}", param=f"{at}.encrypted_content")
+    if check_type(item.get("encrypted_content"), (str,), f"{at}.encrypted_content"):
+        raise InvalidRequest(f"{at}.encrypted_content is not served: this server writes "
+                             "reasoning as reasoning_text content; send that back instead",
+                             param=f"{at}.encrypted_content")
     texts = {key: _thought_parts(item.get(key), kind, f"{at}.{key}")
              for key, kind in (("content", "reasoning_text"), ("summary", "summary_text"))}
     return "".join(texts["content"]) if texts["content"] else "\n\n".join(texts["summary"])
@@ -130,30 +128,37 @@ def _reasoning(item: dict, at: str) -> str:
 
 def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
     """The texts of a reasoning item's summary or content `parts` (at the path `at`), each
-    part of type `kind`; null is none."""
+    part of type `kind`; null is none. A part's text left out is told as missing, one of
+    another type names what was sent (_string)."""
     if parts is None:
         return []
     if not isinstance(parts, list):
-        raise InvalidRequest(f"{at} must be a list of parts", param=at)
+        raise InvalidRequest(f"{at} must be a list of parts, got {json_type(parts)}", param=at)
     texts = []
     for j, part in enumerate(parts):
         where = f"{at}[{j}]"
         if not isinstance(part, dict):
-            raise InvalidRequest(f'{where} must be a part: an object of type "{kind}"',
-                                 param=where)
+            raise InvalidRequest(f'{where} must be a part: an object of type "{kind}", got '
+                                 f"{json_type(part)}", param=where)
         if part.get("type") != kind:
             raise InvalidRequest(f'{where}.type must be "{kind}"', param=f"{where}.type")
-        if not isinstance(part.get("text"), str):
-            raise InvalidRequest(f"{where}.text must be a string", param=f"{where}.text")
-        texts.append(part["text"])
+        texts.append(_string(part, "text", where))
     return texts
 
 
+def _required(item: dict, key: str, at: str) -> Any:
+    """item[key], the item at the path `at`; InvalidRequest naming `{at}.{key}` where the
+    item leaves it out, told as missing ("input[2].call_id is required"), as the body's
+    own missing fields are (validation_errors.describe)."""
+    if key not in item:
+        raise InvalidRequest(f"{at}.{key} is required", param=f"{at}.{key}")
+    return item[key]
+
+
 def _string(item: dict, key: str, at: str) -> str:
-    value = item.get(key)
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{at}.{key} must be a string", param=f"{at}.{key}")
-    return value
+    """item[key], a string (_required); one of another type (null too) is told as the
+    body's type errors are ("input[2].call_id: expected a string, got an integer")."""
+    return check_type(_required(item, key, at), (str,), f"{at}.{key}", required=True)
 
 
 def _text(content: Any, at: str) -> str | list[ContentPart]:

@@ -84,7 +84,8 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
         thought, text = reasoning.split(splitter, out.text)
         thought_tokens = reasoning.reasoning_tokens(splitter, out.token_texts)
         cut_inside = splitter.in_reasoning
-    content, calls = plan.calls(text, cut=may_cut_a_call(out.finish_reason))
+    content, calls = plan.calls(text, cut=may_cut_a_call(out.finish_reason),
+                                length=out.finish_reason == "length")
     status, incomplete = status_of(out.finish_reason)
     # a stream sends the text before the calls as it comes: what one fed it all sends
     before = plan.stream_calls().feed(text) if calls else content

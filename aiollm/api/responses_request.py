@@ -42,7 +42,7 @@ class ResponsesRequest(Struct, kw_only=True):
     reasoning: dict[str, Any] | None = None
     stream: bool | None = False
     store: bool | None = True
-    metadata: dict[str, str] | None = None
+    metadata: dict[str, Any] | None = None  # checked with the chat request (metadata.py)
     user: str | None = None
     service_tier: str | None = None
     truncation: str | None = None
@@ -117,7 +117,8 @@ class ResponsesRequest(Struct, kw_only=True):
             tool_choice=chat_tool_choice(self.tool_choice),
             parallel_tool_calls=self.parallel_tool_calls, reasoning_effort=effort,
             chat_template_kwargs=self.chat_template_kwargs, user=self.user,
-            cache_salt=self.cache_salt, request_id=self.request_id)
+            cache_salt=self.cache_salt, request_id=self.request_id,
+            metadata=self.metadata)
 
 
 def response_format(text: dict | None) -> dict | None:

@@ -86,7 +86,8 @@ class ResponseEvents:
         if calls is not None:
             text = calls.feed(text)
             if finish_reason is not None:
-                rest, found = calls.finish(cut=may_cut_a_call(finish_reason))
+                rest, found = calls.finish(cut=may_cut_a_call(finish_reason),
+                                           length=finish_reason == "length")
             frags = calls.take()
         out = self.reasoning(thought) + self.content(text)
         out += b"".join(self.call_fragment(f) for f in frags)

@@ -46,6 +46,9 @@ class ToolParser:
     separator = "\n"
     args_key = "arguments"  # a call's JSON: {"name": ..., "<args_key>": {...}}
     brackets = False  # a JSON list around calls is markup (call_wrap: bare JSON calls)
+    # what closes a call after its arguments (the tool grammar's tag end, whitespace aside):
+    # an output max_tokens cut whose last call stops short of it was cut in that call
+    closing = re.compile(r"\s*\}")
     # what leads from `start` to a call's head, and from one call's arguments to the next
     # (call_text.written_calls: where a stream may send a call)
     joints = Joints(re.compile(r"\s*"), re.compile(r"\s*\}\s*"))
@@ -99,7 +102,7 @@ class ToolParser:
         return len(text[:end].rstrip())
 
     def calls(self, text: str, names: Collection[str], *, cut: bool = False,
-              required: bool = False, named: str | None = None,
+              length: bool = False, required: bool = False, named: str | None = None,
               sent: list[Written] | None = None, fences: Fences = OUTSIDE
               ) -> tuple[str, list[ToolCall]]:
         """parse(), where a call to a function not among `names` makes the whole text
@@ -110,11 +113,16 @@ class ToolParser:
         `cut`: max_tokens, a stop string or a stop token id ended the output, maybe inside
         a call:
         the calls it holds are returned with the cut one's arguments as written so far, and
-        no call markup stays content (aiollm/api/cut_calls.py). `required`: the output can
-        only be calls (tool_choice "required" or a named function). `named`: the function
-        tool_choice named, whose call a cut output is even before the call's name was
-        written, with no arguments yet, as vLLM answers a named tool_choice (its output is
-        the arguments alone, given as that function's call whatever was written).
+        no call markup stays content (aiollm/api/cut_calls.py). `length`: max_tokens ended
+        it (finish_reason "length"), so a last call whose arguments are whole but whose
+        markup is left open (`closing`) was cut there, not complete either; a stop that
+        falls there (the model's end token, a client's stop string "</tool_call>") ended a
+        whole call, as vLLM's Hermes parser reads a last call without its end tag.
+        `required`: the output can only be calls (tool_choice "required" or a named
+        function). `named`: the function tool_choice named, whose call a cut output is
+        even before the call's name was written, with no arguments yet, as vLLM answers
+        a named tool_choice (its output is the arguments alone, given as that function's
+        call whatever was written).
 
         The text before the calls (content_end) is content as it is: a stream has sent it
         before any call came, and reads the rest (the text it held) with this same method,
@@ -137,9 +145,26 @@ class ToolParser:
             content = without_wrap_end(text[:at], self.brackets, fences)
             calls = [ToolCall(c.name, c.arguments, complete=c.complete) for c in sent]
             calls[-1].complete = False
+        if length and calls and calls[-1].complete \
+                and not self._closed(text, at, names, calls):
+            calls[-1].complete = False
         for call in calls:
             call.id = self.call_id()
         return head + content, calls
+
+    def _closed(self, text: str, at: int, names: Collection[str],
+                calls: list[ToolCall]) -> bool:
+        """Whether the last of `calls`, read of `text` (its first call marker at `at`) with
+        its arguments whole, has its markup closed there too (`closing`): an output cut
+        after the arguments but before the call's end (the "}" of its object, Hermes'
+        </tool_call>) was cut in the call, which OpenAI's items then say is incomplete.
+        Where the calls as written (call_text.written_calls) are not these, it is taken
+        as closed: the parser read it so."""
+        written, end = written_calls(text, max(at, 0), names, self.args_key, self.joints)
+        if len(written) != len(calls) or written[-1].arguments != calls[-1].arguments \
+                or not written[-1].complete:
+            return True
+        return self.closing.match(text, end) is not None
 
     def _read(self, text: str, names: Collection[str], cut: bool, required: bool,
               named: str | None, fences: Fences) -> tuple[str, list[ToolCall]]:

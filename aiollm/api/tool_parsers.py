@@ -162,6 +162,7 @@ def _schema(tool: dict) -> dict:
 class HermesParser(ToolParser):
     name, start, end = "hermes", "<tool_call>", "</tool_call>"
     opens, words = (start,), (end,)
+    closing = re.compile(r"\s*\}\s*</tool_call>")
     joints = Joints(re.compile(r"<tool_call>\s*"),
                     re.compile(r"\s*\}\s*</tool_call>\s*<tool_call>\s*"))
 
@@ -270,10 +271,10 @@ class Llama3Parser(ToolParser):
         tail = len(before) + len(text[pos:max(pos, read)].replace(TAG, ""))
         return content, calls, min(tail, len(content))
 
-    def calls(self, text, names, *, cut=False, required=False, named=None, sent=None,
-              fences=OUTSIDE):
-        content, calls = super().calls(text, names, cut=cut, required=required, named=named,
-                                       sent=sent, fences=fences)
+    def calls(self, text, names, *, cut=False, length=False, required=False, named=None,
+              sent=None, fences=OUTSIDE):
+        content, calls = super().calls(text, names, cut=cut, length=length, required=required,
+                                       named=named, sent=sent, fences=fences)
         if cut:
             # what follows the tag can only be calls: the tag and a head cut part way
             # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell

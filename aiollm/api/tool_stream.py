@@ -102,14 +102,15 @@ class StreamingToolParser:
         out, self.deltas = self.deltas, []
         return out
 
-    def finish(self, *, cut: bool = False) -> tuple[str, list[ToolCall]]:
+    def finish(self, *, cut: bool = False, length: bool = False
+               ) -> tuple[str, list[ToolCall]]:
         """At the end of the output: (content still held, the calls, with the ids their
         fragments had). The content sent and this join to the whole answer's content
-        (ToolParser.calls of all the text, `cut` when max_tokens ended it); the calls'
+        (ToolParser.calls of all the text, `cut` and `length` as it takes them); the calls'
         last fragments wait in take()."""
         sent = [Written(c.name, c.arguments, c.complete) for c in self.sent]
         self.held, self.blank = "".join(self.blank) + self.held, []
-        content, self.calls = self.parser.calls(self.held, self.names, cut=cut,
+        content, self.calls = self.parser.calls(self.held, self.names, cut=cut, length=length,
                                                 required=self.required, named=self.named,
                                                 sent=sent, fences=self.fences)
         self._send(self.calls)

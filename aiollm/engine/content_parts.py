@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiollm.engine.submission import check_unicode
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, json_type
 
 # the part types whose `text` field is the part's text: OpenAI's chat part, and the Responses
 # API's input and output parts, which vLLM takes in chat messages too
@@ -37,9 +37,8 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        got = "null" if content is None else type(content).__name__
-        raise InvalidRequest(f"{at} must be a string or a list of content parts, got {got}",
-                             param=at)
+        raise InvalidRequest(f"{at} must be a string or a list of content parts, got "
+                             f"{json_type(content)}", param=at)
     texts = []
     for j, part in enumerate(content):
         where = f"{at}[{j}]"
@@ -49,7 +48,7 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
             continue
         if not isinstance(part, dict):
             raise InvalidRequest(f'{where} must be a content part: an object with a "type",'
-                                 f" got {type(part).__name__}", param=where)
+                                 f" got {json_type(part)}", param=where)
         kind = part.get("type")
         if not isinstance(kind, str):
             # as vLLM: a part says what it is; a text part without its type is refused too

@@ -1,0 +1,156 @@
+"""/v1/responses fields a client may get wrong, each a 400 with OpenAI's error body naming
+it: an input item's required field left out is told as missing ("is required", as the
+body's own missing fields are: api/validation_errors.py), not as a value of the wrong
+type; and metadata past OpenAI's bounds (16 pairs, keys of 64 characters, string values
+of 512), on /v1/responses and /v1/chat/completions."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from live_server import http
+
+from aiollm.api.responses_request import input_messages
+from aiollm.errors import InvalidRequest
+
+USER = {"role": "user", "content": "Weather?"}
+CALL = {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"}
+OUTPUT = {"type": "function_call_output", "call_id": "c", "output": "Sunny"}
+
+
+def _without(item: dict, key: str) -> dict:
+    return {k: v for k, v in item.items() if k != key}
+
+
+@pytest.mark.parametrize("items, param", [
+    ([USER, CALL, _without(OUTPUT, "call_id")], "input[2].call_id"),
+    ([USER, CALL, _without(OUTPUT, "output")], "input[2].output"),
+    ([USER, _without(CALL, "call_id")], "input[1].call_id"),
+    ([USER, _without(CALL, "name")], "input[1].name"),
+    ([USER, _without(CALL, "arguments")], "input[1].arguments"),
+    ([_without(USER, "role")], "input[0].role"),
+    ([_without(USER, "content")], "input[0].content"),
+])
+def test_a_missing_item_field_is_told_missing(items, param):
+    """A required field of an input item left out says it is required (a function_call_
+    output without call_id said "must be a string"; a message without content "got
+    null"), naming the field by its place, as a missing field of the body is."""
+    with pytest.raises(InvalidRequest) as e:
+        input_messages(items)
+    assert e.value.param == param
+    assert str(e.value).startswith(f"{param} is required"), str(e.value)
+
+
+@pytest.mark.parametrize("value, got", [(None, "null"), (7, "an integer"),
+                                        ({"a": 1}, "an object")])
+def test_a_field_of_the_wrong_type_names_what_was_sent(value, got):
+    """A call_id sent of another type (null among them) is told as the body's own type
+    errors are, naming what was sent."""
+    with pytest.raises(InvalidRequest) as e:
+        input_messages([USER, CALL, {**OUTPUT, "call_id": value}])
+    assert e.value.param == "input[2].call_id"
+    assert str(e.value) == f"input[2].call_id: expected a string, got {got}"
+
+
+def test_a_missing_call_id_is_an_openai_400(server):
+    status, _, raw = http(server, "POST", "/v1/responses", json={
+        "input": [USER, CALL, _without(OUTPUT, "call_id")], "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error == {"message": "input[2].call_id is required",
+                                       "type": "invalid_request_error",
+                                       "param": "input[2].call_id", "code": None}, error
+
+
+LONG = "v" * 100_000
+PAIRS = {f"k{i}": "v" for i in range(16)}
+ROUTES = [("/v1/responses", {"input": "x", "max_output_tokens": 1}),
+          ("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                    "max_tokens": 1})]
+
+
+@pytest.mark.parametrize("path, body", ROUTES, ids=["responses", "chat"])
+@pytest.mark.parametrize("metadata, param, says", [
+    ({**PAIRS, "k16": "v"}, "metadata", "metadata has 17 key-value pairs"),
+    ({"k" * 65: "v"}, "metadata", f"metadata key {'k' * 65!r} has 65 characters"),
+    ({LONG: "v"}, "metadata", f"metadata key {'v' * 100!r}... has 100000 characters"),
+    ({"a": "v" * 513}, "metadata.a", f"metadata.a: the value {'v' * 100!r}... has 513 "),
+    ({"a": LONG}, "metadata.a", f"metadata.a: the value {'v' * 100!r}... has 100000 "),
+    ({"a": 5}, "metadata.a", "metadata.a: expected a string, got an integer"),
+    ({"a": None}, "metadata.a", "metadata.a: expected a string, got null"),
+    ([], "metadata", "metadata: expected an object, got an array"),
+])
+def test_metadata_past_openais_bounds_is_a_400(server, path, body, metadata, param, says):
+    """metadata is OpenAI's: at most 16 pairs, keys of at most 64 characters, values
+    strings of at most 512. Past that it was taken whole (kept with the response and
+    echoed in every event); now a 400 naming the field and the value, cut to 100
+    characters."""
+    status, _, raw = http(server, "POST", path, json={**body, "metadata": metadata})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, str(error)[:300]
+    assert error["message"].startswith(says) and len(error["message"]) < 400, \
+        error["message"][:300]
+
+
+@pytest.mark.parametrize("path, body", ROUTES, ids=["responses", "chat"])
+def test_metadata_at_openais_bounds_is_served(server, path, body):
+    metadata = {**{f"k{i}": "v" for i in range(15)}, "k" * 64: "v" * 512}
+    status, _, raw = http(server, "POST", path, json={**body, "metadata": metadata})
+    assert status == 200, raw[:300]
+    if path == "/v1/responses":
+        assert json.loads(raw)["metadata"] == metadata
+
+
+@pytest.mark.parametrize("items, param, says", [
+    ([{**USER, "content": 7}], "input[0].content",
+     "input[0].content must be a string or a list of content parts, got an integer"),
+    ([{**USER, "content": {"a": 1}}], "input[0].content",
+     "input[0].content must be a string or a list of content parts, got an object"),
+    ([{**USER, "content": [True]}], "input[0].content[0]",
+     'input[0].content[0] must be a content part: an object with a "type", got a boolean'),
+    ([USER, CALL, {**OUTPUT, "output": False}], "input[2].output",
+     "input[2].output must be a string or a list of content parts, got a boolean"),
+    ([{**USER, "type": None}], "input[0].type", "input[0].type: expected a string, got null"),
+    ([{**USER, "type": True}], "input[0].type",
+     "input[0].type: expected a string, got a boolean"),
+    ([{**USER, "type": {"a": 1}}], "input[0].type",
+     "input[0].type: expected a string, got an object"),
+])
+def test_an_item_field_of_the_wrong_type_is_named_in_jsons_words(server, items, param, says):
+    """A content, an output or an item's type of the wrong type names what was sent as the
+    body's type errors do, in JSON's words ("got an integer", "got null"), not Python's
+    ("got int", "got dict", "input[0].type None is not served")."""
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": items, "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"] == says, error["message"]
+
+
+REASONING = {"type": "reasoning", "id": "rs_1"}
+
+
+@pytest.mark.parametrize("item, param, says", [
+    ({**REASONING, "summary": [{"type": "summary_text"}]}, "input[1].summary[0].text",
+     "input[1].summary[0].text is required"),
+    ({**REASONING, "content": [{"type": "reasoning_text"}]}, "input[1].content[0].text",
+     "input[1].content[0].text is required"),
+    ({**REASONING, "summary": [{"type": "summary_text", "text": 5}]},
+     "input[1].summary[0].text", "input[1].summary[0].text: expected a string, got an integer"),
+    ({**REASONING, "summary": [{"type": "summary_text", "text": None}]},
+     "input[1].summary[0].text", "input[1].summary[0].text: expected a string, got null"),
+    ({**REASONING, "summary": "t"}, "input[1].summary",
+     "input[1].summary must be a list of parts, got a string"),
+    ({**REASONING, "content": [7]}, "input[1].content[0]",
+     'input[1].content[0] must be a part: an object of type "reasoning_text", got an integer'),
+    ({**REASONING, "encrypted_content": 5}, "input[1].encrypted_content",
+     "input[1].encrypted_content: expected a string, got an integer"),
+])
+def test_a_reasoning_items_field_is_told_missing_or_named(item, param, says):
+    """A reasoning item's part without its text says the text is required (it said "must
+    be a string"), one of the wrong type names what was sent, as the other items' fields
+    are told."""
+    with pytest.raises(InvalidRequest) as e:
+        input_messages([USER, item])
+    assert e.value.param == param
+    assert str(e.value) == says
