@@ -307,3 +307,40 @@ def test_markdown_around_calls_joins_to_the_whole_answer(parser):
         text = text[:rng.randint(0, len(text))] if cut else text
         content, found = _check(parser, text, rng, cut=cut)
         assert found or cut or content == text, text
+
+
+@pytest.mark.parametrize("text,content,args", [
+    (f'[{A}, {{"x": 1}}]', '[{"x": 1}]', [P]),
+    (f'Hi [{A}, {{"x": 1}}] Done.', 'Hi [{"x": 1}] Done.', [P]),
+    (f'[\n  {A},\n  {{"x": 1}},\n  {B}\n]', '[\n  {"x": 1}\n]', [P, Q]),
+    (f'[{A}, {{"x": 1}}, "y", {B}, 2]', '[{"x": 1}, "y", 2]', [P, Q]),
+    (f'[{A}, {{"name": "nope", "parameters": {{}}}}]', '[{"name": "nope", "parameters": {}}]',
+     [P]),
+    (f'```json\n[{A}, {{"x": 1}}]\n```\nDone.', '[{"x": 1}]\nDone.', [P]),
+])
+def test_a_llama3_list_of_calls_and_other_values_keeps_the_others_as_a_list(
+        text, content, args):
+    """A JSON list whose elements are not all calls (to the request's tools): its calls
+    are calls (a stream has sent the first before the others are written), the list
+    without them is content as written, a well-formed list (' {"x": 1}]' was, the '['
+    taken as the calls' markup and the ']' left)."""
+    rng = random.Random(18)
+    for cut in (False, True):
+        got, calls = _check(LLAMA3, text, rng, cut=cut)
+        assert (got, [c.arguments for c in calls]) == (content, args), (text, cut)
+        assert all(c.complete for c in calls), (text, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("indent", [" ", "  ", "   "])
+def test_an_indented_wrappers_indent_is_markup_too(parser, indent):
+    """A fence indented one to three spaces (CommonMark's fence) around calls: its indent
+    goes with it, as the closing fence's does ('Hi\\n  \\nDone.' kept the opening's)."""
+    rng = random.Random(19)
+    call = CALL[parser.name] % P
+    for before, after, content in (("Hi\n", "\nDone.", "Hi\n\nDone."), ("", "\nDone.", "\nDone."),
+                                   ("Hi\n", " \nDone.", "Hi\n \nDone.")):
+        text = before + indent + "```json\n" + call + "\n" + indent + "```" + after
+        for cut in (False, True):
+            got, calls = _check(parser, text, rng, cut=cut)
+            assert (got, _shape(calls)) == (content, WANT[:1]), (text, cut)

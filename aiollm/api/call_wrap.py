@@ -37,14 +37,15 @@ _LINE_FENCES = re.compile("\n {0,%d}`{3,}(?=[^`])" % INDENT)
 # a closing fence: its backticks, then only spaces or tabs to its line's end ("```python"
 # opens a code block)
 _CLOSE = re.compile("`{3,}(?=[ \t]*(?:[\r\n]|\\Z))")
-# the longest wrapper opening: ``` blank language blank \r\n space [ space
-WRAP_MAX = len(FENCE) + 2 * MAX_BLANK + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
+# the longest wrapper opening: indent ``` blank language blank \r\n space [ space
+WRAP_MAX = INDENT + len(FENCE) + 2 * MAX_BLANK + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
 
 
 @dataclass(frozen=True, slots=True)
 class Wrap:
     """A wrapper's opening at text[start:end] (the calls' own opening at `end`, or the text's
-    end where it may still come): whether it opens a fence, whether a list ('[')."""
+    end where it may still come), a fence's indent on its line included (markup as the
+    closing fence's is): whether it opens a fence, whether a list ('[')."""
 
     start: int
     end: int
@@ -152,6 +153,7 @@ def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE,
         before = fences.after(text, start, since)
         if before.open or before.ticks or before.col > INDENT:
             return None  # a code block's closing, not a run's start, or not a line's
+        start -= min(before.col, start - since)  # its indent (the spaces read from `since`)
         if not text.startswith(FENCE, i):  # "``" may go on as a fence where the text ends
             return Wrap(start, n, True, False) if FENCE.startswith(text[i:]) else None
         # the language, spaces or tabs around it (CommonMark's info string, trimmed)
@@ -233,7 +235,7 @@ def without_wrap_end(text: str, brackets: bool, fences: Fences = OUTSIDE) -> str
     text = text.rstrip()
     lo = max(0, len(text) - WRAP_MAX)
     for w in _wraps(text, lo, len(text), brackets, fences.after(text, lo)):
-        if w.end == len(text) and (w.bracket or text.startswith(FENCE, w.start)):
+        if w.end == len(text) and (w.bracket or FENCE in text[w.start:w.end]):
             return text[:w.start].rstrip()
     return text
 
