@@ -2,7 +2,9 @@
 code fence (```json ... ```, ``` ... ```) around the calls, and for bare-JSON calls
 (Llama 3) a JSON list of them (`[{...}, {...}]`). Such a wrapper is markup, not content,
 when calls follow its opening: its opening goes with the calls, and its closing (`]`,
-then the fence's ```) too where it follows them. Text that might be a wrapper's opening is
+then the fence's ```) too where it follows them. A whole list whose other elements are
+not calls keeps them as a list, content (`[{"x": 1}]`): a stream has sent its first call
+before they came, so the list cannot be text whole, as vLLM's llama3_json answers it. Text that might be a wrapper's opening is
 held back by a stream (ToolParser.content_end) until what follows shows whether a call
 does; a wrapper's opening is bounded (a fence's language, the whitespace in it), so that
 is never more than WRAP_MAX characters. vLLM's llama3_json drops all text around calls

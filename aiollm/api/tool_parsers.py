@@ -102,6 +102,37 @@ def _json_calls(text: str, pos: int, args_key: str, seps: str,
         pos = end
 
 
+def _list_calls(text: str, at: int, args_key: str, names: Collection[str] | None
+                ) -> tuple[list[ToolCall], str, int] | None:
+    """(the calls among the elements of the JSON list written at text[at], the list without
+    them as written, where the list ends): its elements that are not calls (to one of
+    `names`; None: any name) are the model's text, a list still. None where the list does
+    not parse or holds no call."""
+    try:
+        obj, end = decode_json(text, at)
+    except ValueError:
+        return None
+    if not isinstance(obj, list):
+        return None
+    starts = element_starts(text, at)
+    ends = [decode_json(text, s)[1] for s in starts]
+    calls, keep = [], []
+    for k, (o, s) in enumerate(zip(obj, starts)):
+        call = _call(o, args_key, text, s)
+        if call is not None and (names is None or call.name in names):
+            calls.append(call)
+        else:
+            keep.append(k)
+    if not calls:
+        return None
+    # each element kept with the separator after it, the last with the list's closing
+    rest = [text[at:starts[0]]]
+    for k in keep:
+        rest += [text[starts[k]:ends[k]],
+                 text[ends[k]:starts[k + 1]] if k != keep[-1] else text[ends[-1]:end]]
+    return calls, "".join(rest), end
+
+
 def _may_hold_calls(text: str, pos: int) -> bool:
     """Whether text[pos:] may begin an object or an array of objects, the values calls
     are. Asked before decoding: a value that fails to decode raises a JSONDecodeError,
@@ -238,10 +269,14 @@ class Llama3Parser(ToolParser):
                 if i - WRAP_MAX > mark:
                     fences, mark = fences.after(text, i - WRAP_MAX, mark), i - WRAP_MAX
                 wrap = wrap_before(text, i, mark, self.brackets, fences)
-                found, stop = [], i
+                found, stop, kept = [], i, ""
                 if wrap is not None and wrap.bracket:
-                    found, stop = _json_calls(text, text.rindex("[", wrap.start, i),
-                                              self.args_key, ";,", (TAG,), names)
+                    at = text.rindex("[", wrap.start, i)
+                    found, stop = _json_calls(text, at, self.args_key, ";,", (TAG,), names)
+                    # a whole list of calls and other values: the others stay a list,
+                    # content (the first call may have been streamed before they came)
+                    if not found and (mixed := _list_calls(text, at, self.args_key, names)):
+                        found, kept, stop = mixed
                     if found:  # its ']' read with it
                         wrap = dataclasses.replace(wrap, bracket=False)
                 if not found:
@@ -251,7 +286,7 @@ class Llama3Parser(ToolParser):
                     # whitespace alone between runs separates them, a fence around
                     # either or not (as it does without one)
                     gap = text[pos:lead]
-                    gaps.append(gap if not calls or gap.replace(TAG, "").strip() else "")
+                    gaps += [gap if not calls or gap.replace(TAG, "").strip() else "", kept]
                     # the code blocks of the content, not of the calls (their arguments)
                     fences = fences.after(text, lead, mark).ended()
                     calls += found
