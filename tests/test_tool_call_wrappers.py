@@ -344,3 +344,40 @@ def test_an_indented_wrappers_indent_is_markup_too(parser, indent):
         for cut in (False, True):
             got, calls = _check(parser, text, rng, cut=cut)
             assert (got, _shape(calls)) == (content, WANT[:1]), (text, cut)
+
+
+TAG = "<|python_tag|>"
+
+
+@pytest.mark.parametrize("text,content,calls", [
+    (f"Hi\n```json\n{TAG}{A}\n```\nDone.", "Hi\n\nDone.", WANT[:1]),
+    (f"Hi\n```json\n{TAG}\n{A}; {TAG}{B}\n```", "Hi", WANT),
+    (f"Hi\n[{TAG}{A}, {B}]\nDone.", "Hi\n\nDone.", WANT),
+    (f"{A}\nThen:\n```json\n{TAG}{B}\n```", "\nThen:", WANT),
+])
+def test_python_tag_inside_a_wrapper_leaves_no_wrapper(text, content, calls):
+    """<|python_tag|> (skip_special_tokens false) between a wrapper's opening and the
+    calls: the wrapper is markup as it is without the tag, the text decoding skips it from
+    ('```json\\n\\n```' was content)."""
+    rng = random.Random(20)
+    for cut in (False, True):
+        got, found = _check(LLAMA3, text, rng, cut=cut)
+        assert (got, _shape(found)) == (content, calls), (text, cut)
+
+
+@pytest.mark.parametrize("lead,content", [("Hi\n```json\n", "Hi"), ("Hi\n   ```\n", "Hi"),
+                                          ("Hi\n[", "Hi"), (A + "\n```json\n", "")])
+@pytest.mark.parametrize("after", ["", "\n", " ", '{"na', '{"name": '])
+def test_python_tag_cut_in_a_wrapper_leaves_no_wrapper(lead, content, after):
+    """max_tokens or a stop right after <|python_tag|> (or in the head after it) inside a
+    wrapper: the tag opens calls, so the wrapper before it is markup too, as Hermes' is
+    before a <tool_call> cut there (Llama 3 left '```json' as content)."""
+    rng = random.Random(21)
+    for required in (False, True):
+        got, found = _check(LLAMA3, lead + TAG + after, rng, cut=True, required=required)
+        want = WANT[:1] if lead.startswith(A) else []
+        assert (got, _shape(found)) == (content, want), (lead, after, required)
+    hermes = HermesParser()
+    marker_lead = lead.replace(A, CALL["hermes"] % P).replace("[", "")
+    got, _ = _check(hermes, marker_lead + hermes.start + after, rng, cut=True)
+    assert got == content, (marker_lead, after)

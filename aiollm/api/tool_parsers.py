@@ -38,7 +38,7 @@ from typing import Any
 from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
                                    skip_json_space)
 from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, skip_space,
-                                   wrap_before, wrap_close)
+                                   without_wrap_end, wrap_before, wrap_close)
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -186,6 +186,18 @@ def _wrap(text: str, at: int, pos: int, wrap: Wrap | None, brackets: bool,
     return (wrap if wrap is not None and not text[pos:at].strip() else None), at
 
 
+def _tags_before(text: str, i: int) -> int:
+    """Where the run of <|python_tag|>s (whitespace between them) that ends at text[i]
+    starts; `i` where none does."""
+    start = k = i
+    while True:
+        while k > 0 and text[k - 1].isspace():
+            k -= 1
+        if not text.endswith(TAG, 0, k):
+            return start
+        start = k = k - len(TAG)
+
+
 def _schema(tool: dict) -> dict:
     return tool["function"].get("parameters") or {"type": "object", "properties": {}}
 
@@ -266,9 +278,12 @@ class Llama3Parser(ToolParser):
                 # whole where it parses, else its calls one by one (it may be cut). The
                 # code blocks are read on from the last head's (objects of text: not from
                 # `pos` again each time); a wrapper before this head starts after `mark`
-                if i - WRAP_MAX > mark:
-                    fences, mark = fences.after(text, i - WRAP_MAX, mark), i - WRAP_MAX
-                wrap = wrap_before(text, i, mark, self.brackets, fences)
+                # <|python_tag|> between a wrapper and the head is markup with them (the
+                # text decoded skipping special tokens reads the same)
+                at = _tags_before(text, i)
+                if at - WRAP_MAX > mark:
+                    fences, mark = fences.after(text, at - WRAP_MAX, mark), at - WRAP_MAX
+                wrap = wrap_before(text, at, mark, self.brackets, fences)
                 found, stop, kept = [], i, ""
                 if wrap is not None and wrap.bracket:
                     at = text.rindex("[", wrap.start, i)
@@ -311,10 +326,13 @@ class Llama3Parser(ToolParser):
                                        sent=sent, fences=fences)
         if cut:
             # what follows the tag can only be calls: the tag and a head cut part way
-            # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell
+            # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell, and
+            # so is a wrapper's opening before them, as before Hermes' cut <tool_call>
             i = content.rfind(TAG)
             if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
-                content = content[:i].rstrip()
+                content = without_wrap_end(content[:i], self.brackets, fences)
+            elif calls and text.rstrip().endswith(TAG):  # one the calls' reader dropped
+                content = without_wrap_end(content, self.brackets, fences)
         if calls:  # the tag before a cut call, or the calls a stream sent, is markup too
             content = content.replace(TAG, "").rstrip()
         return content, calls
