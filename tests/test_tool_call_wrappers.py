@@ -317,6 +317,12 @@ def test_markdown_around_calls_joins_to_the_whole_answer(parser):
     (f'[{A}, {{"name": "nope", "parameters": {{}}}}]', '[{"name": "nope", "parameters": {}}]',
      [P]),
     (f'```json\n[{A}, {{"x": 1}}]\n```\nDone.', '[{"x": 1}]\nDone.', [P]),
+    # a list of calls among them is calls, as json_calls reads one after a call
+    (f'[{A}, [{B}]]', '', [P, Q]),
+    (f'[{A}, [{B}], {{"x": 1}}]', '[{"x": 1}]', [P, Q]),
+    # <|python_tag|> before an element is markup, as it is without the other values
+    (f'[<|python_tag|>{A}, {{"x": 1}}]', '[{"x": 1}]', [P]),
+    (f'[{A}, <|python_tag|>{B}, {{"x": 1}}]', '[{"x": 1}]', [P, Q]),
 ])
 def test_a_llama3_list_of_calls_and_other_values_keeps_the_others_as_a_list(
         text, content, args):

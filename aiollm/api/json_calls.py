@@ -13,6 +13,10 @@ from typing import Any
 from aiollm.api.call_text import decode_json, element_starts, member_text, skip_json_space
 from aiollm.api.tool_calls import ToolCall
 
+# what a JSON value may start with: an element is decoded only where one may (a value that
+# fails to decode costs the text before it: _may_hold_calls)
+_VALUE_START = frozenset('{["-0123456789tfn')
+
 
 def json_calls(text: str, pos: int, args_key: str, seps: str,
                words: tuple[str, ...] = (),
@@ -37,11 +41,7 @@ def json_calls(text: str, pos: int, args_key: str, seps: str,
             obj, end = decode_json(text, pos)
         except ValueError:
             return calls, pos
-        if isinstance(obj, list):
-            found = [json_call(o, args_key, text, at)
-                     for o, at in zip(obj, element_starts(text, pos))]
-        else:
-            found = [json_call(obj, args_key, text, pos)]
+        found = _calls_of(obj, args_key, text, pos)
         if not found or None in found or (
                 names is not None and any(c.name not in names for c in found)):
             return calls, pos
@@ -49,35 +49,70 @@ def json_calls(text: str, pos: int, args_key: str, seps: str,
         pos = end
 
 
-def list_calls(text: str, at: int, args_key: str, names: Collection[str] | None
-               ) -> tuple[list[ToolCall], str, int] | None:
-    """(the calls among the elements of the JSON list written at text[at], the list without
-    them as written, where the list ends): its elements that are not calls (to one of
-    `names`; None: any name) are the model's text, a list still. None where the list does
-    not parse or holds no call."""
-    try:
-        obj, end = decode_json(text, at)
-    except ValueError:
+def list_calls(text: str, at: int, args_key: str, names: Collection[str] | None,
+               words: tuple[str, ...] = ()) -> tuple[list[ToolCall], str, int] | None:
+    """(the calls among the elements of the JSON list written at text[at], a list of calls
+    among them too (as json_calls reads one); the list without them as written, "" where
+    all are calls; where the list ends): its elements that are not calls (to one of
+    `names`; None: any name) are the model's text, a list still. `words` (Llama 3's
+    <|python_tag|>) before an element are markup. None where no list of such elements is
+    written there or it holds no call. Read element by element, and no further than one
+    that neither ',' nor ']' follows (a list that text ends, not decoded whole: see
+    _may_hold_calls)."""
+    read = _elements(text, at, words)
+    if read is None:
         return None
-    if not isinstance(obj, list):
-        return None
-    starts = element_starts(text, at)
-    ends = [decode_json(text, s)[1] for s in starts]
+    elements, end = read
     calls, keep = [], []
-    for k, (o, s) in enumerate(zip(obj, starts)):
-        call = json_call(o, args_key, text, s)
-        if call is not None and (names is None or call.name in names):
-            calls.append(call)
+    for k, (obj, start, _) in enumerate(elements):
+        found = _calls_of(obj, args_key, text, start)
+        if found and None not in found and (
+                names is None or all(c.name in names for c in found)):
+            calls += found
         else:
             keep.append(k)
-    if not calls:
-        return None
+    if not calls or not keep:
+        return (calls, "", end) if calls else None
     # each element kept with the separator after it, the last with the list's closing
-    rest = [text[at:starts[0]]]
+    rest = [text[at:elements[0][1]]]
     for k in keep:
-        rest += [text[starts[k]:ends[k]],
-                 text[ends[k]:starts[k + 1]] if k != keep[-1] else text[ends[-1]:end]]
+        _, start, stop = elements[k]
+        rest += [text[start:stop],
+                 text[stop:elements[k + 1][1]] if k != keep[-1] else text[elements[-1][2]:end]]
     return calls, "".join(rest), end
+
+
+def _elements(text: str, at: int, words: tuple[str, ...]
+              ) -> tuple[list[tuple[Any, int, int]], int] | None:
+    """([(value, where it starts, where it ends)] of the elements of the JSON list written
+    at text[at], `words` allowed before each; where the list ends). None where no such
+    list (of one element or more) is written there; a value is decoded only where one may
+    start, and where the element before it is followed by ','."""
+    elements, pos = [], at
+    while True:
+        pos = skip_json_space(text, pos + 1)  # past the '[' or the ','
+        while (word := next((w for w in words if text.startswith(w, pos)), None)):
+            pos = skip_json_space(text, pos + len(word))
+        if pos >= len(text) or text[pos] not in _VALUE_START:
+            return None
+        try:
+            obj, end = decode_json(text, pos)
+        except ValueError:
+            return None
+        elements.append((obj, pos, end))
+        pos = skip_json_space(text, end)
+        if text.startswith("]", pos):
+            return elements, pos + 1
+        if not text.startswith(",", pos):
+            return None
+
+
+def _calls_of(obj: Any, args_key: str, text: str, at: int) -> list[ToolCall | None]:
+    """The calls of `obj`, the JSON value written at text[at] (decoded already): its own
+    (json_call) or, a list, its elements' (None for one that is no call)."""
+    if isinstance(obj, list):
+        return [json_call(o, args_key, text, s) for o, s in zip(obj, element_starts(text, at))]
+    return [json_call(obj, args_key, text, at)]
 
 
 def _may_hold_calls(text: str, pos: int) -> bool:

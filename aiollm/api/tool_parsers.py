@@ -188,15 +188,17 @@ class Llama3Parser(ToolParser):
                 wrap = wrap_before(text, at, mark, self.brackets, fences)
                 found, stop, kept = [], i, ""
                 if wrap is not None and wrap.bracket:
-                    bracket = text.rindex("[", wrap.start, i)
-                    found, stop = json_calls(text, bracket, self.args_key, ";,", (TAG,),
-                                              names)
                     # a whole list of calls and other values: the others stay a list,
-                    # content (the first call may have been streamed before they came)
-                    if not found and (mixed := list_calls(text, bracket, self.args_key,
-                                                           names)):
-                        found, kept, stop = mixed
-                    if found:  # its ']' read with it
+                    # content (the first call may have been streamed before they came);
+                    # a list of calls only, the run goes on after it
+                    listed = list_calls(text, text.rindex("[", wrap.start, i),
+                                        self.args_key, names, (TAG,))
+                    if listed is not None:  # its ']' read with it
+                        found, kept, stop = listed
+                        if not kept:
+                            more, stop = json_calls(text, stop, self.args_key, ";,", (TAG,),
+                                                    names)
+                            found += more
                         wrap = dataclasses.replace(wrap, bracket=False)
                 if not found:
                     found, stop = json_calls(text, i, self.args_key, ";,", (TAG,), names)
