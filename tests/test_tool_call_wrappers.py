@@ -360,6 +360,8 @@ TAG = "<|python_tag|>"
     (f"Hi\n```json\n{TAG}\n{A}; {TAG}{B}\n```", "Hi", WANT),
     (f"Hi\n[{TAG}{A}, {B}]\nDone.", "Hi\n\nDone.", WANT),
     (f"{A}\nThen:\n```json\n{TAG}{B}\n```", "\nThen:", WANT),
+    # a tag after the calls (read with them) follows no wrapper: the '[' before stays
+    (f"[[{A}]{TAG}", "[", WANT[:1]), (f"Hi\n```json\n[\n[{A}] {TAG}", "Hi\n```json\n[", WANT[:1]),
 ])
 def test_python_tag_inside_a_wrapper_leaves_no_wrapper(text, content, calls):
     """<|python_tag|> (skip_special_tokens false) between a wrapper's opening and the

@@ -238,7 +238,12 @@ class Llama3Parser(ToolParser):
             if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
                 content = without_wrap_end(content[:i], self.brackets, fences)
             elif calls and text.rstrip().endswith(TAG):  # one the calls' reader dropped
-                content = without_wrap_end(content, self.brackets, fences)
+                # a wrapper's opening that ends the content, where it is the text's
+                # before the tag (not a '[' before calls that read the tag after them)
+                kept = without_wrap_end(content, self.brackets, fences)
+                before = text.rstrip()[:-len(TAG)].rstrip()
+                if before.endswith(content[len(kept):].strip()):
+                    content = kept
         if calls:  # the tag before a cut call, or the calls a stream sent, is markup too
             content = content.replace(TAG, "").rstrip()
         return content, calls
