@@ -5,12 +5,14 @@ when calls follow its opening: its opening goes with the calls, and its closing 
 then the fence's ```) too where it follows them. A whole list whose other elements are
 not calls keeps those as a list, content (`[{"x": 1}]`): a stream has sent its first
 call before they came, and never takes a call back, so the list cannot be content whole
-(vLLM's llama3_json answers such an output as content). Text that might be a wrapper's
-opening is held back by a stream (ToolParser.content_end) until what follows shows
-whether a call does; a wrapper's opening is bounded (a fence's indent and language, the
-whitespace in it), so that is never more than WRAP_MAX characters. vLLM's llama3_json
-drops all text around calls (content null); aiollm drops the wrapper and keeps the
-model's other text.
+(vLLM's llama3_json answers such an output as content). A list is a wrapper only where
+a call is its first element: one that opens with other values was sent as content
+before its first call came (`[{"x": 1}, {call}]` leaves `[{"x": 1}, ]`). Text that might
+be a wrapper's opening is held back by a stream (ToolParser.content_end) until what
+follows shows whether a call does; a wrapper's opening is bounded (a fence's indent and
+language, the whitespace in it), so that is never more than WRAP_MAX characters. vLLM's
+llama3_json drops all text around calls (content null); aiollm drops the wrapper and
+keeps the model's other text.
 
 A fence opens a wrapper only where it is a fence (at a line's start, after at most INDENT
 spaces) and outside the model's code blocks (where the fences before it are even in
