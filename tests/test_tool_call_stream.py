@@ -473,6 +473,10 @@ LLAMA3_ROWS = [
     (CALL["llama3"] % P + TAG + CALL["llama3"] % Q, "", [P, Q]),
     (TAG + CALL["llama3"] % P + "\n" + TAG + CALL["llama3"] % Q + "\n", "", [P, Q]),
     (CALL["llama3"] % P + " some words " + CALL["llama3"] % Q, " some words", [P, Q]),
+    # ',' joins calls outside a list too: vLLM's llama3_json reads every object, whatever
+    # stands between them (its stream steps over any two characters after one)
+    (CALL["llama3"] % P + ", " + CALL["llama3"] % Q, "", [P, Q]),
+    ("Hi " + CALL["llama3"] % P + ",\n" + CALL["llama3"] % Q + " Done.", "Hi  Done.", [P, Q]),
     ("Hi " + CALL["llama3"] % P + " then " + CALL["llama3"] % Q + " Done.",
      "Hi  then  Done.", [P, Q]),
     (CALL["llama3"] % P + " x " + TAG + CALL["llama3"] % Q, " x", [P, Q]),

@@ -87,6 +87,20 @@ def test_reading_grows_with_the_output_not_its_square(parser, piece):
         assert count.scanned <= len(text), (cut, count.scanned, len(text))
 
 
+@pytest.mark.parametrize("piece", ["[%s x ", "[<|python_tag|>%s x "])
+def test_reading_llama3_lists_grows_with_the_output_not_its_square(piece):
+    """A '[' before a call opens a list that is read whole where it parses (json_calls):
+    each list that text ends before its ']' was decoded as JSON that failed there (twice
+    with the mixed list's reading, once more with <|python_tag|> after its '['), so that
+    such an output read in time quadratic in its length. A list is read element by
+    element, and no further where one is followed by neither ',' nor ']'."""
+    text = piece.replace("%s", CALL["llama3"].removesuffix("; ") % ARGS) * 2000
+    for cut in (False, True):
+        with _Count() as count:
+            LLAMA3.calls(text, NAMES, cut=cut)
+        assert count.scanned <= len(text), (cut, count.scanned, len(text))
+
+
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
 def test_a_delta_in_long_arguments_costs_what_it_adds(parser):
     """A delta that held a closing bracket read the call's arguments again from their

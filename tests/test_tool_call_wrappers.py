@@ -307,3 +307,85 @@ def test_markdown_around_calls_joins_to_the_whole_answer(parser):
         text = text[:rng.randint(0, len(text))] if cut else text
         content, found = _check(parser, text, rng, cut=cut)
         assert found or cut or content == text, text
+
+
+@pytest.mark.parametrize("text,content,args", [
+    (f'[{A}, {{"x": 1}}]', '[{"x": 1}]', [P]),
+    (f'Hi [{A}, {{"x": 1}}] Done.', 'Hi [{"x": 1}] Done.', [P]),
+    (f'[\n  {A},\n  {{"x": 1}},\n  {B}\n]', '[\n  {"x": 1}\n]', [P, Q]),
+    (f'[{A}, {{"x": 1}}, "y", {B}, 2]', '[{"x": 1}, "y", 2]', [P, Q]),
+    (f'[{A}, {{"name": "nope", "parameters": {{}}}}]', '[{"name": "nope", "parameters": {}}]',
+     [P]),
+    (f'```json\n[{A}, {{"x": 1}}]\n```\nDone.', '[{"x": 1}]\nDone.', [P]),
+    # a list of calls among them is calls, as json_calls reads one after a call
+    (f'[{A}, [{B}]]', '', [P, Q]),
+    (f'[{A}, [{B}], {{"x": 1}}]', '[{"x": 1}]', [P, Q]),
+    # <|python_tag|> before an element is markup, as it is without the other values
+    (f'[<|python_tag|>{A}, {{"x": 1}}]', '[{"x": 1}]', [P]),
+    (f'[{A}, <|python_tag|>{B}, {{"x": 1}}]', '[{"x": 1}]', [P, Q]),
+])
+def test_a_llama3_list_of_calls_and_other_values_keeps_the_others_as_a_list(
+        text, content, args):
+    """A JSON list whose elements are not all calls (to the request's tools): its calls
+    are calls (a stream has sent the first before the others are written), the list
+    without them is content as written, a well-formed list (' {"x": 1}]' was, the '['
+    taken as the calls' markup and the ']' left)."""
+    rng = random.Random(18)
+    for cut in (False, True):
+        got, calls = _check(LLAMA3, text, rng, cut=cut)
+        assert (got, [c.arguments for c in calls]) == (content, args), (text, cut)
+        assert all(c.complete for c in calls), (text, cut)
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("indent", [" ", "  ", "   "])
+def test_an_indented_wrappers_indent_is_markup_too(parser, indent):
+    """A fence indented one to three spaces (CommonMark's fence) around calls: its indent
+    goes with it, as the closing fence's does ('Hi\\n  \\nDone.' kept the opening's)."""
+    rng = random.Random(19)
+    call = CALL[parser.name] % P
+    for before, after, content in (("Hi\n", "\nDone.", "Hi\n\nDone."), ("", "\nDone.", "\nDone."),
+                                   ("Hi\n", " \nDone.", "Hi\n \nDone.")):
+        text = before + indent + "```json\n" + call + "\n" + indent + "```" + after
+        for cut in (False, True):
+            got, calls = _check(parser, text, rng, cut=cut)
+            assert (got, _shape(calls)) == (content, WANT[:1]), (text, cut)
+
+
+TAG = "<|python_tag|>"
+
+
+@pytest.mark.parametrize("text,content,calls", [
+    (f"Hi\n```json\n{TAG}{A}\n```\nDone.", "Hi\n\nDone.", WANT[:1]),
+    (f"Hi\n```json\n{TAG}\n{A}; {TAG}{B}\n```", "Hi", WANT),
+    (f"Hi\n[{TAG}{A}, {B}]\nDone.", "Hi\n\nDone.", WANT),
+    (f"{A}\nThen:\n```json\n{TAG}{B}\n```", "\nThen:", WANT),
+    # a tag after the calls (read with them) follows no wrapper: the '[' before stays
+    (f"[[{A}]{TAG}", "[", WANT[:1]), (f"Hi\n```json\n[\n[{A}] {TAG}", "Hi\n```json\n[", WANT[:1]),
+])
+def test_python_tag_inside_a_wrapper_leaves_no_wrapper(text, content, calls):
+    """<|python_tag|> (skip_special_tokens false) between a wrapper's opening and the
+    calls: the wrapper is markup as it is without the tag, the text decoding skips it from
+    ('```json\\n\\n```' was content)."""
+    rng = random.Random(20)
+    for cut in (False, True):
+        got, found = _check(LLAMA3, text, rng, cut=cut)
+        assert (got, _shape(found)) == (content, calls), (text, cut)
+
+
+@pytest.mark.parametrize("lead,content", [("Hi\n```json\n", "Hi"), ("Hi\n   ```\n", "Hi"),
+                                          ("Hi\n[", "Hi"), (A + "\n```json\n", "")])
+@pytest.mark.parametrize("after", ["", "\n", " ", '{"na', '{"name": '])
+def test_python_tag_cut_in_a_wrapper_leaves_no_wrapper(lead, content, after):
+    """max_tokens or a stop right after <|python_tag|> (or in the head after it) inside a
+    wrapper: the tag opens calls, so the wrapper before it is markup too, as Hermes' is
+    before a <tool_call> cut there (Llama 3 left '```json' as content)."""
+    rng = random.Random(21)
+    for required in (False, True):
+        got, found = _check(LLAMA3, lead + TAG + after, rng, cut=True, required=required)
+        want = WANT[:1] if lead.startswith(A) else []
+        assert (got, _shape(found)) == (content, want), (lead, after, required)
+    hermes = HermesParser()
+    marker_lead = lead.replace(A, CALL["hermes"] % P).replace("[", "")
+    got, _ = _check(hermes, marker_lead + hermes.start + after, rng, cut=True)
+    assert got == content, (marker_lead, after)

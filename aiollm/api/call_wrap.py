@@ -2,11 +2,17 @@
 code fence (```json ... ```, ``` ... ```) around the calls, and for bare-JSON calls
 (Llama 3) a JSON list of them (`[{...}, {...}]`). Such a wrapper is markup, not content,
 when calls follow its opening: its opening goes with the calls, and its closing (`]`,
-then the fence's ```) too where it follows them. Text that might be a wrapper's opening is
-held back by a stream (ToolParser.content_end) until what follows shows whether a call
-does; a wrapper's opening is bounded (a fence's language, the whitespace in it), so that
-is never more than WRAP_MAX characters. vLLM's llama3_json drops all text around calls
-(content null); aiollm drops the wrapper and keeps the model's other text.
+then the fence's ```) too where it follows them. A whole list whose other elements are
+not calls keeps those as a list, content (`[{"x": 1}]`): a stream has sent its first
+call before they came, and never takes a call back, so the list cannot be content whole
+(vLLM's llama3_json answers such an output as content). A list is a wrapper only where
+a call is its first element: one that opens with other values was sent as content
+before its first call came (`[{"x": 1}, {call}]` leaves `[{"x": 1}, ]`). Text that might
+be a wrapper's opening is held back by a stream (ToolParser.content_end) until what
+follows shows whether a call does; a wrapper's opening is bounded (a fence's indent and
+language, the whitespace in it), so that is never more than WRAP_MAX characters. vLLM's
+llama3_json drops all text around calls (content null); aiollm drops the wrapper and
+keeps the model's other text.
 
 A fence opens a wrapper only where it is a fence (at a line's start, after at most INDENT
 spaces) and outside the model's code blocks (where the fences before it are even in
@@ -37,14 +43,15 @@ _LINE_FENCES = re.compile("\n {0,%d}`{3,}(?=[^`])" % INDENT)
 # a closing fence: its backticks, then only spaces or tabs to its line's end ("```python"
 # opens a code block)
 _CLOSE = re.compile("`{3,}(?=[ \t]*(?:[\r\n]|\\Z))")
-# the longest wrapper opening: ``` blank language blank \r\n space [ space
-WRAP_MAX = len(FENCE) + 2 * MAX_BLANK + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
+# the longest wrapper opening: indent ``` blank language blank \r\n space [ space
+WRAP_MAX = INDENT + len(FENCE) + 2 * MAX_BLANK + MAX_INFO + 2 + MAX_SPACE + 1 + MAX_SPACE
 
 
 @dataclass(frozen=True, slots=True)
 class Wrap:
     """A wrapper's opening at text[start:end] (the calls' own opening at `end`, or the text's
-    end where it may still come): whether it opens a fence, whether a list ('[')."""
+    end where it may still come), a fence's indent on its line included (markup as the
+    closing fence's is): whether it opens a fence, whether a list ('[')."""
 
     start: int
     end: int
@@ -152,6 +159,7 @@ def wrap_at(text: str, start: int, brackets: bool, fences: Fences = OUTSIDE,
         before = fences.after(text, start, since)
         if before.open or before.ticks or before.col > INDENT:
             return None  # a code block's closing, not a run's start, or not a line's
+        start -= min(before.col, start - since)  # its indent (the spaces read from `since`)
         if not text.startswith(FENCE, i):  # "``" may go on as a fence where the text ends
             return Wrap(start, n, True, False) if FENCE.startswith(text[i:]) else None
         # the language, spaces or tabs around it (CommonMark's info string, trimmed)
@@ -233,7 +241,7 @@ def without_wrap_end(text: str, brackets: bool, fences: Fences = OUTSIDE) -> str
     text = text.rstrip()
     lo = max(0, len(text) - WRAP_MAX)
     for w in _wraps(text, lo, len(text), brackets, fences.after(text, lo)):
-        if w.end == len(text) and (w.bracket or text.startswith(FENCE, w.start)):
+        if w.end == len(text) and (w.bracket or FENCE in text[w.start:w.end]):
             return text[:w.start].rstrip()
     return text
 

@@ -13,7 +13,8 @@ template (or `--tool-call-parser`):
 - "mistral": `[TOOL_CALLS]` then a JSON array of `{"name": ..., "arguments": {...}}`.
 
 A markdown code fence around calls, and a JSON list around Llama 3's, are markup too, not
-content (aiollm/api/call_wrap.py).
+content (aiollm/api/call_wrap.py). The calls' JSON values are read by
+aiollm/api/json_calls.py.
 
 tool_choice "required" and a named function are enforced with an xgrammar structural tag
 built from the tools' parameter schemas (calls and nothing else, each one valid for its tool:
@@ -32,13 +33,11 @@ import json
 import random
 import re
 import string
-from collections.abc import Collection
-from typing import Any
 
-from aiollm.api.call_text import (Joints, decode_json, element_starts, member_text,
-                                   skip_json_space)
+from aiollm.api.call_text import Joints, decode_json
 from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, skip_space,
-                                   wrap_before, wrap_close)
+                                   without_wrap_end, wrap_before, wrap_close)
+from aiollm.api.json_calls import json_call, json_calls, list_calls, value_end
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
 from aiollm.engine.grammar_check import grammar_schema
@@ -67,72 +66,6 @@ def _name(tool: dict) -> str:
     return json.dumps(tool["function"]["name"])
 
 
-def _json_calls(text: str, pos: int, args_key: str, seps: str,
-                words: tuple[str, ...] = (),
-                names: Collection[str] | None = None) -> tuple[list[ToolCall], int]:
-    """The calls written as JSON values (objects, or arrays of them) from text[pos:] on,
-    separated by characters of `seps`, `words` (Llama 3's <|python_tag|>) and whitespace
-    (any: U+00A0 too, as a stream's joints read it): (the calls, where they end); none if
-    the first does not parse. With `names`, a value naming a function not among them ends
-    the calls as one that does not parse does (None: any name)."""
-    calls = []
-    while True:
-        while pos < len(text):
-            if text[pos] in seps or text[pos].isspace():
-                pos += 1
-            elif (word := next((w for w in words if text.startswith(w, pos)), None)):
-                pos += len(word)
-            else:
-                break
-        if not _may_hold_calls(text, pos):  # not decoded: see _may_hold_calls
-            return calls, pos
-        try:
-            obj, end = decode_json(text, pos)
-        except ValueError:
-            return calls, pos
-        if isinstance(obj, list):
-            found = [_call(o, args_key, text, at)
-                     for o, at in zip(obj, element_starts(text, pos))]
-        else:
-            found = [_call(obj, args_key, text, pos)]
-        if not found or None in found or (
-                names is not None and any(c.name not in names for c in found)):
-            return calls, pos
-        calls += found
-        pos = end
-
-
-def _may_hold_calls(text: str, pos: int) -> bool:
-    """Whether text[pos:] may begin an object or an array of objects, the values calls
-    are. Asked before decoding: a value that fails to decode raises a JSONDecodeError,
-    which counts the lines of all the text before it, so that an output of many places
-    where a run of calls ends in text (or in Mistral's next marker, `[TOOL_CALLS]`) would
-    read in time quadratic in its length."""
-    if text.startswith("[", pos):
-        pos = skip_json_space(text, pos + 1)
-        return text.startswith(("{", "]"), pos)
-    return text.startswith("{", pos)
-
-
-def _call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
-    """The call of `obj`, the JSON object written at text[at]; its arguments as written
-    (call_text.member_text), "{}" when it has none."""
-    if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-        return None
-    args = member_text(text, at, args_key)
-    if args is None:
-        args = member_text(text, at, "arguments")
-    return ToolCall(obj["name"], "{}" if args is None else args)
-
-
-def _object_end(text: str, at: int) -> int:
-    """Where the JSON value written at text[at] ends; `at` where none is."""
-    try:
-        return decode_json(text, at)[1]
-    except ValueError:
-        return at
-
-
 def _text_after(text: str, end: int) -> int:
     """Where the text after a family's last call starts, `end` being where its reader
     stopped (past the separators after the call): the whitespace just before `end` is the
@@ -153,6 +86,18 @@ def _wrap(text: str, at: int, pos: int, wrap: Wrap | None, brackets: bool,
     if own is not None:
         return own, own.start
     return (wrap if wrap is not None and not text[pos:at].strip() else None), at
+
+
+def _tags_before(text: str, i: int) -> int:
+    """Where the run of <|python_tag|>s (whitespace between them) that ends at text[i]
+    starts; `i` where none does."""
+    start = k = i
+    while True:
+        while k > 0 and text[k - 1].isspace():
+            k -= 1
+        if not text.endswith(TAG, 0, k):
+            return start
+        start = k = k - len(TAG)
 
 
 def _schema(tool: dict) -> dict:
@@ -177,7 +122,7 @@ class HermesParser(ToolParser):
                 obj, j = decode_json(text, at)
             except ValueError:
                 obj = j = None
-            call = _call(obj, "arguments", text, at) if j is not None else None
+            call = json_call(obj, "arguments", text, at) if j is not None else None
             if call is not None:
                 j = skip_space(text, j)
                 if text.startswith(self.end, j):
@@ -230,29 +175,40 @@ class Llama3Parser(ToolParser):
         mark = 0  # `fences`: the code blocks of the content before text[mark] (>= pos)
         i = text.find(self.start)
         while i >= 0:
-            # decoded once where no JSON parses there (see _may_hold_calls), twice else
-            if (end := _object_end(text, i)) > i:
+            # decoded once where no JSON parses there (json_calls), twice else
+            if (end := value_end(text, i)) > i:
                 # a list or a fence around the run is markup (call_wrap): the list read
                 # whole where it parses, else its calls one by one (it may be cut). The
                 # code blocks are read on from the last head's (objects of text: not from
                 # `pos` again each time); a wrapper before this head starts after `mark`
-                if i - WRAP_MAX > mark:
-                    fences, mark = fences.after(text, i - WRAP_MAX, mark), i - WRAP_MAX
-                wrap = wrap_before(text, i, mark, self.brackets, fences)
-                found, stop = [], i
+                # <|python_tag|> between a wrapper and the head is markup with them (the
+                # text decoded skipping special tokens reads the same)
+                at = _tags_before(text, i)
+                if at - WRAP_MAX > mark:
+                    fences, mark = fences.after(text, at - WRAP_MAX, mark), at - WRAP_MAX
+                wrap = wrap_before(text, at, mark, self.brackets, fences)
+                found, stop, kept = [], i, ""
                 if wrap is not None and wrap.bracket:
-                    found, stop = _json_calls(text, text.rindex("[", wrap.start, i),
-                                              self.args_key, ";,", (TAG,), names)
-                    if found:  # its ']' read with it
+                    # a whole list of calls and other values: the others stay a list,
+                    # content (the first call may have been streamed before they came);
+                    # a list of calls only, the run goes on after it
+                    listed = list_calls(text, text.rindex("[", wrap.start, i),
+                                        self.args_key, names, (TAG,))
+                    if listed is not None:  # its ']' read with it
+                        found, kept, stop = listed
+                        if not kept:
+                            more, stop = json_calls(text, stop, self.args_key, ";,", (TAG,),
+                                                    names)
+                            found += more
                         wrap = dataclasses.replace(wrap, bracket=False)
                 if not found:
-                    found, stop = _json_calls(text, i, self.args_key, ";,", (TAG,), names)
+                    found, stop = json_calls(text, i, self.args_key, ";,", (TAG,), names)
                 if found:
                     lead = i if wrap is None else wrap.start
                     # whitespace alone between runs separates them, a fence around
                     # either or not (as it does without one)
                     gap = text[pos:lead]
-                    gaps.append(gap if not calls or gap.replace(TAG, "").strip() else "")
+                    gaps += [gap if not calls or gap.replace(TAG, "").strip() else "", kept]
                     # the code blocks of the content, not of the calls (their arguments)
                     fences = fences.after(text, lead, mark).ended()
                     calls += found
@@ -277,10 +233,18 @@ class Llama3Parser(ToolParser):
                                        named=named, sent=sent, fences=fences)
         if cut:
             # what follows the tag can only be calls: the tag and a head cut part way
-            # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell
+            # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell, and
+            # so is a wrapper's opening before them, as before Hermes' cut <tool_call>
             i = content.rfind(TAG)
             if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
-                content = content[:i].rstrip()
+                content = without_wrap_end(content[:i], self.brackets, fences)
+            elif calls and text.rstrip().endswith(TAG):  # one the calls' reader dropped
+                # a wrapper's opening that ends the content, where it is the text's
+                # before the tag (not a '[' before calls that read the tag after them)
+                kept = without_wrap_end(content, self.brackets, fences)
+                before = text.rstrip()[:-len(TAG)].rstrip()
+                if before.endswith(content[len(kept):].strip()):
+                    content = kept
         if calls:  # the tag before a cut call, or the calls a stream sent, is markup too
             content = content.replace(TAG, "").rstrip()
         return content, calls
@@ -309,7 +273,7 @@ class MistralParser(ToolParser):
         content, calls, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
-            found, end = _json_calls(text, i + len(self.start), "arguments", "")
+            found, end = json_calls(text, i + len(self.start), "arguments", "")
             if not found:  # a marker in the text that no call follows: the model's text
                 i = text.find(self.start, i + 1)
                 continue
