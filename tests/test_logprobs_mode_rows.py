@@ -145,8 +145,8 @@ def test_each_row_reports_what_it_reports_alone(mode):
 @pytest.mark.parametrize("mode", LOGPROBS_MODES)
 def test_kernel_path_gives_each_row_what_the_reference_does(mode, monkeypatch):
     """The random batches through the Triton row scan (TRITON_INTERPRET=1 on the CPU): the
-    same tokens, logprobs, ranks and top lists as the PyTorch reference, in the one-pass,
-    candidates and all-greedy paths alike."""
+    same tokens, logprobs, ranks and top lists as the PyTorch reference, with rows drawn
+    over a top-k or top-p floor and rows drawn without one alike."""
     if sampling.triton is None:
         pytest.skip("triton is not installed")
     paths = set()
@@ -156,7 +156,7 @@ def test_kernel_path_gives_each_row_what_the_reference_does(mode, monkeypatch):
         want = sample(logits, build(rows, slice(None), mode, constrain))
         monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_triton)
         st = build(rows, slice(None), mode, constrain)
-        paths.add(st.draw_on_candidates)
+        paths.add(st.trunc_width > 0)
         got = sample(logits, st)
         assert torch.equal(got.next_ids, want.next_ids), trial
         asked = torch.from_numpy(rows["top_logprobs"] >= 0)
@@ -167,14 +167,13 @@ def test_kernel_path_gives_each_row_what_the_reference_does(mode, monkeypatch):
         if want.top_logprobs is not None:
             torch.testing.assert_close(got.top_logprobs[asked], want.top_logprobs[asked])
             assert torch.equal(got.top_ids[asked], want.top_ids[asked]), trial
-    assert paths == {False, True}  # both draws were taken
+    assert paths == {False, True}  # batches with a topk or sort for the floor and without
 
 def test_processed_row_is_what_the_draw_took_when_the_floor_ties():
-    """A token tied with the k-th logit is kept (as vLLM's top-k keeps it), also past the
-    top max(k) candidates the draw scans: processed logprobs list all three at
-    softmax([5, 4, 4]) and every one is drawn. Once the draw left the tied token past its
-    candidates out, and processed logprobs listed 2 (0.73/0.27) so as to match it. Bf16
-    logits tie often."""
+    """A token tied with the k-th logit is kept (as vLLM's top-k keeps it), also past rank
+    k: processed logprobs list all three at softmax([5, 4, 4]) and every one is drawn.
+    Once the draw left the tied token past the top max(k) out, and processed logprobs
+    listed 2 (0.73/0.27) so as to match it. Bf16 logits tie often."""
     row = torch.tensor([[0.0, 4.0, 4.0, 0, 0, 0, 0, 5.0]])
     one = lambda x: np.full(1, x)  # noqa: E731
     drawn = set()
@@ -187,7 +186,6 @@ def test_processed_row_is_what_the_draw_took_when_the_floor_ties():
             frequency_penalty=one(0.0).astype(np.float32), seed=one(seed),
             step=one(0), top_logprobs=one(5), vocab_size=8, device="cpu",
             logprobs_mode="processed_logprobs")
-        assert st.draw_on_candidates
         out = sample(row, st)
         drawn.add(out.next_ids.item())
         finite = torch.isfinite(out.top_logprobs[0])
