@@ -52,7 +52,7 @@ def threshold_draw(row: torch.Tensor, floor: float, seed: int, step: int = 0) ->
 
 
 @pytest.mark.parametrize("others", [[], [1], [10], [0, 30], [1, 2, 63]])
-def test_tied_tokens_past_the_candidates_are_drawn_whatever_the_batch(others):
+def test_tied_tokens_past_rank_k_are_drawn_whatever_the_batch(others):
     """Alone (a topk of 2) or beside a row of larger top_k, the row draws what the whole-row
     threshold draw does, so all four tied tokens are drawable. Once, alone it drew only 60
     and the tied token topk happened to keep; in a batch with top_k=10 all."""
