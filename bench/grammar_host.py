@@ -54,8 +54,8 @@ def measure(module, batch: int, steps: int, seed: int = 0) -> dict:
     states = [g.start(c) for _ in range(batch)]
     gen = torch.Generator().manual_seed(seed)
     st = SamplingTensors(*([None] * 9), all_greedy=True, any_greedy=True, use_top_p=False,
-                         use_min_p=False, trunc_width=0, draw_on_candidates=False,
-                         max_top_logprobs=0, want_logprobs=False)
+                         use_min_p=False, trunc_width=0, max_top_logprobs=0,
+                         want_logprobs=False)
     masks, accepts = [], []
     for _ in range(steps):
         t0 = time.perf_counter()

@@ -3,17 +3,20 @@
 Shapes: batch 64 and 256, vocabularies 151,936 (Qwen) and 49,152; temperature 0.7,
 top_k 50, seeded rows, no logprobs. Three kinds of logits: "bf16" (random normals x 2 rounded
 to bf16, then fp32, as a bf16 model's upcast logits: ties at the 50th value are common, and
-the fraction of rows whose tie reaches past the 51st, which the sampler draws on the whole
-row, is reported), "fp32" (the same without rounding: no ties) and "masked" (the fp32
-logits with all but 20 tokens of each row -inf, as a grammar step leaves them: the cut-off
-ties at -inf, which needs no whole-row draw). Forms timed:
+the fraction of rows whose tie reaches past rank 50, "ties", where a draw on the top 50
+alone leaves tied tokens out, is reported), "fp32" (the same without rounding: no ties) and
+"masked" (the fp32 logits with all but 20 tokens of each row -inf, as a grammar step leaves
+them: the cut-off ties at -inf, with tokens that never win). Forms timed:
 
 - tree: aiollm.model.sampler.sample() of the tree the script runs in (main or a branch);
-- candidates: main's form written out here (topk(50), a stats pass over the row, the
-  Gumbel race on the 50 candidates only: drops tokens tied with the 50th past them);
+  since h187 the whole-row threshold draw below, with sample()'s own bookkeeping;
+- candidates: the draw before r190, written out here (topk(50), a stats pass over the
+  row, the Gumbel race on the 50 candidates only: it drops tokens tied with the 50th past
+  them, so a row's draw depends on the batch's largest top_k), the reference for speed;
 - threshold: the whole-row threshold draw (topk(50) for the floor, then one row scan
   giving argmax, logsumexp and the race over every token >= the floor, vLLM's form of
-  top-k), with the row scan of this tree (which may skip blocks below the floor).
+  top-k), with the row scan of this tree (which skips the noise of blocks below the
+  floor): the batch-independent answer every form's draws are compared with.
 
 Each form is timed eagerly (CUDA events around `--iters` back-to-back calls, host launch
 cost included: the engine samples outside its graphs) and, device time alone, replayed from
@@ -114,8 +117,8 @@ def measure(b: int, vocab: int, kind: str, device: str, args) -> dict:
     st = params(b, vocab, device)
     vocab_ids = torch.arange(vocab, device=device)[None, :]
     kth = logits.topk(TOP_K + 1, dim=-1).values
-    # the 51st ties the 50th (a finite tie: one at -inf is drawn on the candidates)
-    spill = float(((kth[:, -1] >= kth[:, -2]) & kth[:, -1].isfinite()).float().mean())
+    # the 51st ties the 50th (a finite tie: past a tie at -inf no token can win)
+    ties = float(((kth[:, -1] >= kth[:, -2]) & kth[:, -1].isfinite()).float().mean())
     forms = {
         "tree": lambda: sample(logits, st).next_ids,
         "candidates": lambda: candidates_form(logits, st),
@@ -123,7 +126,7 @@ def measure(b: int, vocab: int, kind: str, device: str, args) -> dict:
     }
     # the threshold draw is the batch-independent answer; the tree should give it
     want = forms["threshold"]()
-    row = {"batch": b, "vocab": vocab, "logits": kind, "spill_rows": spill}
+    row = {"batch": b, "vocab": vocab, "logits": kind, "tied_rows": ties}
     cuda = device == "cuda"
     for name, fn in forms.items():
         row[f"{name}_matches_threshold"] = float((fn() == want).float().mean())
@@ -154,7 +157,7 @@ def main() -> None:
         shapes = [(b, v) for b in (64, 256) for v in (151_936, 49_152)]
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     rows = []
-    print(f"{'batch':>5} {'vocab':>7} {'logits':>6} {'spill':>5}  "
+    print(f"{'batch':>5} {'vocab':>7} {'logits':>6} {'ties':>5}  "
           + "  ".join(f"{f + ' eager/graph us':>26}" for f in ("tree", "candidates", "threshold")))
     for b, v in shapes:
         for kind in ("bf16", "fp32", "masked"):
@@ -162,7 +165,7 @@ def main() -> None:
             rows.append(r)
             cells = [f"{r[f + '_eager_us']:>12.1f} / {r.get(f + '_graph_us', float('nan')):>9.1f}"
                      for f in ("tree", "candidates", "threshold")]
-            print(f"{b:>5} {v:>7} {kind:>6} {r['spill_rows']:>5.2f}  " + "  ".join(cells))
+            print(f"{b:>5} {v:>7} {kind:>6} {r['tied_rows']:>5.2f}  " + "  ".join(cells))
     report = {"device": name, "commit": tree_commit(dirty=True), "top_k": TOP_K,
               "temperature": TEMPERATURE, "rounds": args.rounds, "iters": args.iters,
               "dry_run": args.dry_run, "torch": torch.__version__, "rows": rows}

@@ -16,6 +16,8 @@ from aiollm.model.sampler import sample
 from aiollm.model.sampling_tensors import SamplingTensors
 
 V = 96
+# where the Triton kernel runs: the GPU, or the interpreter on the CPU (tests/conftest.py)
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def random_rows(rng: np.random.Generator, b: int) -> dict:
@@ -40,25 +42,27 @@ def random_rows(rng: np.random.Generator, b: int) -> dict:
         masked=some(0.3, 1, 0).astype(bool), allowed=rng.random((b, V)) < 0.4)
 
 
-def build(rows: dict, idx, mode: str, constrain: bool):
-    """SamplingTensors of rows[idx] under `mode`; the bias and mask set as the engine sets a
-    step's constraints (all-zero bias and all-ones words on rows without them)."""
+def build(rows: dict, idx, mode: str, constrain: bool, device: str = "cpu"):
+    """SamplingTensors of rows[idx] under `mode` on `device`; the bias and mask set as the
+    engine sets a step's constraints (all-zero bias and all-ones words on rows without
+    them)."""
     c = {k: v[idx] for k, v in rows.items()}
     b = len(c["temperature"])
     st = SamplingTensors.from_numpy(
         temperature=c["temperature"], top_p=c["top_p"], top_k=c["top_k"], min_p=c["min_p"],
         repetition_penalty=c["repetition_penalty"], presence_penalty=c["presence_penalty"],
         frequency_penalty=c["frequency_penalty"], seed=c["seed"], step=c["step"],
-        top_logprobs=c["top_logprobs"], vocab_size=V, device="cpu", token_ids=c["history"],
+        top_logprobs=c["top_logprobs"], vocab_size=V, device=device, token_ids=c["history"],
         prompt_lens=np.full(b, 3, np.int64), min_tokens=c["min_tokens"],
         stop_ids=c["stop"], logprobs_mode=mode)
     if constrain and (c["bias"].any() or c["masked"].any()):
-        st.bias_ids = torch.from_numpy(c["bias_ids"])
+        st.bias_ids = torch.from_numpy(c["bias_ids"]).to(device)
         st.bias = torch.from_numpy(np.where(c["bias"][:, None], c["bias_vals"], 0.0)
-                                   .astype(np.float32))
+                                   .astype(np.float32)).to(device)
         allowed = np.where(c["masked"][:, None], c["allowed"], True)
         words = allowed.reshape(b, V // 32, 32).astype(np.uint64) << np.arange(32, dtype=np.uint64)
-        st.allowed = torch.from_numpy(words.sum(-1).astype(np.uint32).view(np.int32))
+        words = words.sum(-1).astype(np.uint32).view(np.int32)
+        st.allowed = torch.from_numpy(words).to(device)
     return st
 
 
@@ -144,22 +148,23 @@ def test_each_row_reports_what_it_reports_alone(mode):
 
 @pytest.mark.parametrize("mode", LOGPROBS_MODES)
 def test_kernel_path_gives_each_row_what_the_reference_does(mode, monkeypatch):
-    """The random batches through the Triton row scan (TRITON_INTERPRET=1 on the CPU): the
-    same tokens, logprobs, ranks and top lists as the PyTorch reference, in the one-pass,
-    candidates and all-greedy paths alike."""
+    """The random batches through the Triton row scan (on the GPU, or TRITON_INTERPRET=1 on
+    the CPU): the same tokens, logprobs, ranks and top lists as the PyTorch reference, with
+    rows drawn over a top-k or top-p floor and rows drawn without one alike."""
     if sampling.triton is None:
         pytest.skip("triton is not installed")
     paths = set()
     for trial in range(12):
         _, rows, logits, constrain = random_batch(trial)
+        logits = logits.to(KERNEL_DEVICE)
         monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_ref)
-        want = sample(logits, build(rows, slice(None), mode, constrain))
+        want = sample(logits, build(rows, slice(None), mode, constrain, KERNEL_DEVICE))
         monkeypatch.setattr(sampler, "row_scan", sampling.row_scan_triton)
-        st = build(rows, slice(None), mode, constrain)
-        paths.add(st.draw_on_candidates)
+        st = build(rows, slice(None), mode, constrain, KERNEL_DEVICE)
+        paths.add(st.trunc_width > 0)
         got = sample(logits, st)
         assert torch.equal(got.next_ids, want.next_ids), trial
-        asked = torch.from_numpy(rows["top_logprobs"] >= 0)
+        asked = torch.from_numpy(rows["top_logprobs"] >= 0).to(KERNEL_DEVICE)
         if not asked.any():
             continue
         torch.testing.assert_close(got.logprobs[asked], want.logprobs[asked], msg=str(trial))
@@ -167,14 +172,13 @@ def test_kernel_path_gives_each_row_what_the_reference_does(mode, monkeypatch):
         if want.top_logprobs is not None:
             torch.testing.assert_close(got.top_logprobs[asked], want.top_logprobs[asked])
             assert torch.equal(got.top_ids[asked], want.top_ids[asked]), trial
-    assert paths == {False, True}  # both draws were taken
+    assert paths == {False, True}  # batches with a topk or sort for the floor and without
 
 def test_processed_row_is_what_the_draw_took_when_the_floor_ties():
-    """A token tied with the k-th logit is kept (as vLLM's top-k keeps it), also past the
-    top max(k) candidates the draw scans: processed logprobs list all three at
-    softmax([5, 4, 4]) and every one is drawn. Once the draw left the tied token past its
-    candidates out, and processed logprobs listed 2 (0.73/0.27) so as to match it. Bf16
-    logits tie often."""
+    """A token tied with the k-th logit is kept (as vLLM's top-k keeps it), also past rank
+    k: processed logprobs list all three at softmax([5, 4, 4]) and every one is drawn.
+    Once the draw left the tied token past the top max(k) out, and processed logprobs
+    listed 2 (0.73/0.27) so as to match it. Bf16 logits tie often."""
     row = torch.tensor([[0.0, 4.0, 4.0, 0, 0, 0, 0, 5.0]])
     one = lambda x: np.full(1, x)  # noqa: E731
     drawn = set()
@@ -187,7 +191,6 @@ def test_processed_row_is_what_the_draw_took_when_the_floor_ties():
             frequency_penalty=one(0.0).astype(np.float32), seed=one(seed),
             step=one(0), top_logprobs=one(5), vocab_size=8, device="cpu",
             logprobs_mode="processed_logprobs")
-        assert st.draw_on_candidates
         out = sample(row, st)
         drawn.add(out.next_ids.item())
         finite = torch.isfinite(out.top_logprobs[0])

@@ -16,6 +16,8 @@ from aiollm.model.sampler import sample
 from aiollm.model.sampling_tensors import SamplingTensors
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+# where a Triton kernel runs: the GPU, or the interpreter on the CPU (tests/conftest.py)
+KERNEL_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def params(b: int, vocab: int, device="cpu", **over) -> SamplingTensors:
@@ -417,7 +419,7 @@ def test_triton_scan_matches_the_reference(b, c, broadcast):
 
     if sampling.triton is None:
         pytest.skip("triton is not installed")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = KERNEL_DEVICE
     g = torch.Generator().manual_seed(c)
     values = torch.randn(b, c, generator=g) * 3
     values[0, :7] = float("-inf")  # banned ids
@@ -483,6 +485,7 @@ def test_noise_is_below_one_so_a_draw_stays_in_the_allowed_set(device):
         st = params(1, 4096, device, seed=2136, step=0)
         assert int(sample(logits.to(device), st).next_ids[0]) in allowed
         if sampling.triton is not None:  # the kernel's own noise
-            drawn = sampling.row_scan_triton(logits.to(device), st.scale_floor, st.keys,
-                                             ids.to(device))[2]
+            kst = params(1, 4096, KERNEL_DEVICE, seed=2136, step=0)
+            drawn = sampling.row_scan_triton(logits.to(KERNEL_DEVICE), kst.scale_floor,
+                                             kst.keys, ids.to(KERNEL_DEVICE))[2]
             assert int(drawn[0]) in allowed

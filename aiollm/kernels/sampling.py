@@ -131,7 +131,7 @@ if triton is not None:
             best = tl.full([], float("-inf"), tl.float32)
             at = blk * BLOCK  # what a block with nothing kept gives: -inf at its first column
             # the hash only where the block keeps a token: a block wholly below the floor
-            # skips it (under a floor of +inf, a row the caller draws elsewhere, all do)
+            # (most of a top-k row's) skips it
             if m >= floor:  # uniform_noise's hash in uint32 (>> logical)
                 ids = tl.load(Ids + row * stride_ids + cols, mask=mask, other=0)
                 k1 = tl.load(Keys + row).to(tl.uint32, bitcast=True)

@@ -21,15 +21,14 @@ Order of operations on each row:
      also counts the tokens tied with the k-th past rank k);
   4. the draw is a Gumbel-max race over the tokens at or above the floor:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
-     When every sampled row has a top-k, the race runs on the max(k) + 1 most likely
-     tokens of each row (a topk the floor needs anyway), except on a row whose last
-     candidate is still at or above its floor (and finite: a tie at -inf, where a grammar
-     left k tokens or fewer, leaves past them only tokens that never win): tokens tied
-     with it may lie past them, so that row races over its whole row, in the pass that
-     gives argmax and logsumexp (chosen on the device, no host sync). Either way a row
-     draws from exactly the tokens at or above its floor, so its draw does not depend on
+     It runs over the whole row, in the pass that gives argmax and logsumexp (vLLM's form
+     of top-k: a threshold, not a candidate list), so a row draws from exactly the tokens
+     at or above its floor, ties past rank k included, and its draw does not depend on
      the batch (save on a row with no finite logit left, where any token breaks its
-     constraints).
+     constraints). The kernel skips the noise of blocks with nothing at or above the
+     floor. Timed on an H100 (bench/sampler.py) this beat a race on the max(k) + 1 best
+     tokens that fell back to the whole row where the floor tied past them; a race on the
+     max(k) best alone leaves such ties out, so a row's draw depended on its batch.
 
 Logprobs (the chosen token's, its rank and the top ones, all on one row) report what the
 server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
@@ -98,31 +97,25 @@ def _vocab_ids(vocab: int, device: torch.device) -> torch.Tensor:
     return _VOCAB_IDS[key]
 
 
-def _floor(logits: torch.Tensor, st: SamplingTensors):
-    """[1/temperature, the logit floor that top-k, top-p and min-p leave] per row (each
-    keeps a most-likely prefix of the sorted row, so together they keep the shortest), and,
-    when every sampled row has a top-k, the candidates to draw from: (values, ids) [B, C],
-    the C = max(k) + 1 most likely tokens of each row, and spill [B] bool, the sampled rows
-    whose last candidate is finite and still at or above their floor (a tie at the floor,
-    so tokens of the same logit may lie past the candidates: those rows are drawn on the
-    whole row)."""
+def _floor(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
+    """[2, B]: [1/temperature, the logit floor that top-k, top-p and min-p leave] per row
+    (each keeps a most-likely prefix of the sorted row, so together they keep the shortest;
+    -inf where none truncates)."""
     vocab = logits.shape[1]
     if not st.trunc_width:
         if not st.use_min_p:
-            return st.scale_floor, None
+            return st.scale_floor
         floor = logits.amax(dim=-1) + st.min_p_offset
-        return torch.stack([st.scale_floor[0], floor]), None
-    # one candidate past the largest k: below a row's floor, it proves nothing tied past it
-    width = min(st.trunc_width + 1, vocab) if st.draw_on_candidates else st.trunc_width
-    if width < vocab:
-        vals, ids = logits.topk(width, dim=-1)
+        return torch.stack([st.scale_floor[0], floor])
+    if st.trunc_width < vocab:
+        vals = logits.topk(st.trunc_width, dim=-1).values
     else:
-        vals, ids = logits.sort(dim=-1, descending=True)
+        vals = logits.sort(dim=-1, descending=True).values
     n_keep = st.top_k.clamp(max=st.trunc_width).long()
     if st.use_top_p:
         # top-p over the renormalised top-k set (its k highest ranks: their values, unlike
         # which of tied tokens fill them, do not depend on the batch), temperature-scaled
-        rank = torch.arange(width, device=vals.device)[None, :]
+        rank = torch.arange(st.trunc_width, device=vals.device)[None, :]
         scaled = (vals * st.scale_floor[0, :, None]).masked_fill(
             rank >= n_keep[:, None], float("-inf")
         )
@@ -136,18 +129,7 @@ def _floor(logits: torch.Tensor, st: SamplingTensors):
     floor = torch.where(limited, floor, float("-inf"))
     if st.use_min_p:
         floor = torch.maximum(floor, vals[:, 0] + st.min_p_offset)
-    scale_floor = torch.stack([st.scale_floor[0], floor])
-    if not st.draw_on_candidates:
-        return scale_floor, None
-    if width == vocab:  # the candidates are the whole row: nothing lies past them
-        spill = torch.zeros_like(floor, dtype=torch.bool)
-    else:
-        # a tie at -inf (a grammar or allowed_token_ids left k or fewer tokens) leaves only
-        # -inf past the candidates, which never win the race: no need of the whole row
-        spill = vals[:, -1] >= floor.clamp(min=torch.finfo(floor.dtype).min)
-        if st.is_greedy is not None:  # greedy rows take the argmax, whatever their floor
-            spill &= ~st.is_greedy
-    return scale_floor, (vals, ids, spill)
+    return torch.stack([st.scale_floor[0], floor])
 
 
 def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
@@ -176,25 +158,13 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
 
     if st.all_greedy and not st.want_logprobs and st.ban_ids is None and not st.use_penalties:
         return SampleResult(logits.argmax(dim=-1), None, None, None)
-    scale_floor = candidates = None
+    scale_floor = None
     if st.all_greedy:
         next_ids, lse, _ = row_scan(logits)
-    else:
-        scale_floor, candidates = _floor(logits, st)
-        if candidates is None:  # one pass: argmax, logsumexp and the draw
-            vocab = _vocab_ids(logits.shape[1], logits.device)
-            greedy, lse, next_ids = row_scan(logits, scale_floor, st.keys, vocab)
-        else:
-            # the pass over the row that gives argmax and logsumexp also draws the spill
-            # rows on the whole row; the others' floor is +inf there, so nothing of theirs
-            # is kept (their scale, +inf too, is never read) and the kernel skips their
-            # noise: they draw on their candidates, which hold every token they keep
-            vals, ids, spill = candidates
-            vocab = _vocab_ids(logits.shape[1], logits.device)
-            whole_row = torch.where(spill, scale_floor, float("inf"))
-            greedy, lse, whole = row_scan(logits, whole_row, st.keys, vocab)
-            _, _, choice = row_scan(vals, scale_floor, st.keys, ids, stats=False)
-            next_ids = torch.where(spill, whole, ids.gather(1, choice[:, None]).squeeze(1))
+    else:  # one pass: argmax, logsumexp and the draw over every token >= the floor
+        scale_floor = _floor(logits, st)
+        vocab = _vocab_ids(logits.shape[1], logits.device)
+        greedy, lse, next_ids = row_scan(logits, scale_floor, st.keys, vocab)
         if st.any_greedy:
             next_ids = torch.where(st.is_greedy, greedy, next_ids)
     if not st.want_logprobs:
@@ -224,7 +194,7 @@ def _reported(raw: torch.Tensor, logits: torch.Tensor, lse: torch.Tensor,
     logits given to sample(), a grammar's forbidden tokens -inf under a raw mode; logits,
     lse: the row after penalties, bans and constraints and its logsumexp, which the draw
     computed; scale_floor: the draw's [1/T, floor] ([2, B], None when every row is
-    greedy): every token at or above the floor was drawable, candidates or not."""
+    greedy): every token at or above the floor was drawable."""
     mode = st.logprobs_mode
     if mode.startswith("raw"):
         if mode == "raw_logits":

@@ -44,9 +44,6 @@ class SamplingTensors:
     use_top_p: bool
     use_min_p: bool
     trunc_width: int  # sorted prefix top-k/top-p need: 0 none, < V a topk, V a full sort
-    # every sampled row has a top-k: draw among the trunc_width + 1 best, a row whose floor
-    # ties with the last of them (a finite tie) on its whole row (sampler._floor)
-    draw_on_candidates: bool
     max_top_logprobs: int
     want_logprobs: bool = True  # some row asked for logprobs (else sample() may skip them)
     # what logprobs report (LOGPROBS_MODES, vLLM's --logprobs-mode), and whether a row that
@@ -123,7 +120,7 @@ class SamplingTensors:
             # nothing is copied to the device (the common case of a greedy decode batch)
             return cls(None, None, None, None, None, None, None, None, None, all_greedy=True,
                        any_greedy=True, use_top_p=False, use_min_p=False, trunc_width=0,
-                       draw_on_candidates=False, max_top_logprobs=max_top,
+                       max_top_logprobs=max_top,
                        want_logprobs=want_logprobs, logprobs_mode=logprobs_mode)
         # Host flags with few numpy calls: this runs once per step on the event loop.
         floats = np.empty((7, b), dtype=np.float32)
@@ -142,7 +139,7 @@ class SamplingTensors:
         ints[1] = greedy
         n_greedy = int(np.count_nonzero(greedy))
         k[k <= 0] = vocab_size
-        use_top_p = use_min_p = on_candidates = False
+        use_top_p = use_min_p = False
         trunc_width = 0
         if n_greedy < b:
             sampled = ~greedy if n_greedy else slice(None)
@@ -154,7 +151,6 @@ class SamplingTensors:
                 trunc_width = vocab_size  # top-p without top-k: a full sort
             elif np.count_nonzero(has_k):
                 trunc_width = int(k_s[has_k].max())
-            on_candidates = trunc_width > 0 and bool(has_k.all())
         temp[greedy] = 1.0
         with np.errstate(divide="ignore"):
             np.log(mp, out=mp)
@@ -177,7 +173,6 @@ class SamplingTensors:
             use_top_p=use_top_p,
             use_min_p=use_min_p,
             trunc_width=trunc_width,
-            draw_on_candidates=on_candidates,
             max_top_logprobs=max_top,
             want_logprobs=want_logprobs,
             logprobs_mode=logprobs_mode,
