@@ -43,9 +43,12 @@ serve: $(DEPS)
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them
 # (module fixtures such as a started server are built once): about 9 minutes on 2 CPU cores,
 # against 15-16 in one process. TEST_WORKERS=1 runs it in one process.
+# The CPU suite: its kernel tests give Triton CPU tensors, so Triton's interpreter runs them
+# also where there is a GPU (tests/conftest.py sets it only where there is none; the gpu-marked
+# tests, left out here, compile for the GPU: pytest -m gpu tests).
 TEST_WORKERS ?= 2
 test: $(DEPS)
-	$(BIN)/python -m pytest -q -m "not slow and not gpu" \
+	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow and not gpu" \
 		$(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) tests
 
 soak: $(DEPS)
