@@ -87,13 +87,15 @@ def test_reading_grows_with_the_output_not_its_square(parser, piece):
         assert count.scanned <= len(text), (cut, count.scanned, len(text))
 
 
-@pytest.mark.parametrize("piece", ["[%s x ", "[<|python_tag|>%s x "])
+@pytest.mark.parametrize("piece", ["[%s x ", "[<|python_tag|>%s x ", "[%s, t ", "[%s, -x ",
+                                   "[%s, 1, nul "])
 def test_reading_llama3_lists_grows_with_the_output_not_its_square(piece):
     """A '[' before a call opens a list that is read whole where it parses (json_calls):
     each list that text ends before its ']' was decoded as JSON that failed there (twice
     with the mixed list's reading, once more with <|python_tag|> after its '['), so that
     such an output read in time quadratic in its length. A list is read element by
-    element, and no further where one is followed by neither ',' nor ']'."""
+    element, and no further where one is followed by neither ',' nor ']', nor where a
+    number or literal (true, false, null) is not written whole ('t ', '-x')."""
     text = piece.replace("%s", CALL["llama3"].removesuffix("; ") % ARGS) * 2000
     for cut in (False, True):
         with _Count() as count:

@@ -389,3 +389,19 @@ def test_python_tag_cut_in_a_wrapper_leaves_no_wrapper(lead, content, after):
     marker_lead = lead.replace(A, CALL["hermes"] % P).replace("[", "")
     got, _ = _check(hermes, marker_lead + hermes.start + after, rng, cut=True)
     assert got == content, (marker_lead, after)
+
+
+@pytest.mark.parametrize("lead", ["```json", "Hi\n```json ", "\n```", "x\n```-2.5",
+                                  "Hi\n```json\n" + " " * 20])
+@pytest.mark.parametrize("after", ["", '{"na'])
+def test_python_tag_cut_after_what_opens_no_wrapper_leaves_it_content(lead, after):
+    """max_tokens or a stop right after <|python_tag|> that follows backticks on their
+    line ('```json<|python_tag|>'), or a fence's line and more whitespace than a wrapper's
+    opening holds: no wrapper opens there (the tag's calls, whole, keep '```json' as
+    content, and a stream sends it), so the cut leaves it content, as the stream sent it;
+    the cut rule dropped any fence-like end of the text before the tag ('```json' was
+    content streamed, none whole)."""
+    rng = random.Random(22)
+    for required in (False, True):
+        got, found = _check(LLAMA3, lead + TAG + after, rng, cut=True, required=required)
+        assert (got, found) == (lead.rstrip(), []), (lead, after, required)

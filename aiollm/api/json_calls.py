@@ -7,6 +7,7 @@ separates them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Any
 
@@ -14,8 +15,10 @@ from aiollm.api.call_text import decode_json, element_starts, member_text, skip_
 from aiollm.api.tool_calls import ToolCall
 
 # what a JSON value may start with: an element is decoded only where one may (a value that
-# fails to decode costs the text before it: _may_hold_calls)
+# fails to decode costs the text before it: _may_hold_calls), a number or a literal only
+# where it is written whole (as the decoder reads them: -Infinity too)
 _VALUE_START = frozenset('{["-0123456789tfn')
+_SCALAR = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|null|-Infinity")
 
 
 def json_calls(text: str, pos: int, args_key: str, seps: str,
@@ -87,13 +90,15 @@ def _elements(text: str, at: int, words: tuple[str, ...]
     """([(value, where it starts, where it ends)] of the elements of the JSON list written
     at text[at], `words` allowed before each; where the list ends). None where no such
     list (of one element or more) is written there; a value is decoded only where one may
-    start, and where the element before it is followed by ','."""
+    start (a number or a literal: where one is written whole), and where the element
+    before it is followed by ','."""
     elements, pos = [], at
     while True:
         pos = skip_json_space(text, pos + 1)  # past the '[' or the ','
         while (word := next((w for w in words if text.startswith(w, pos)), None)):
             pos = skip_json_space(text, pos + len(word))
-        if pos >= len(text) or text[pos] not in _VALUE_START:
+        if pos >= len(text) or text[pos] not in _VALUE_START or (
+                text[pos] not in '{["' and _SCALAR.match(text, pos) is None):
             return None
         try:
             obj, end = decode_json(text, pos)

@@ -234,10 +234,14 @@ class Llama3Parser(ToolParser):
         if cut:
             # what follows the tag can only be calls: the tag and a head cut part way
             # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell, and
-            # so is a wrapper's opening before them, as before Hermes' cut <tool_call>
+            # so is a wrapper's opening before them, as before Hermes' cut <tool_call>:
+            # one that the tags follow, as a stream reads it ('```json<|python_tag|>'
+            # opens none, the fence's line unended: a stream sent it as content)
             i = content.rfind(TAG)
             if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
-                content = without_wrap_end(content[:i], self.brackets, fences)
+                at = _tags_before(content, i)
+                wrap = wrap_before(content, at, 0, self.brackets, fences)
+                content = content[:at if wrap is None else wrap.start].rstrip()
             elif calls and text.rstrip().endswith(TAG):  # one the calls' reader dropped
                 # a wrapper's opening that ends the content, where it is the text's
                 # before the tag (not a '[' before calls that read the tag after them)
