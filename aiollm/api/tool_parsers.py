@@ -235,15 +235,20 @@ class Llama3Parser(ToolParser):
             # what follows the tag can only be calls: the tag and a head cut part way
             # ('{"na', or nothing yet) are markup wherever max_tokens or a stop fell, and
             # so is a wrapper's opening before them, as before Hermes' cut <tool_call>
+            # (only an opening the tag ends: backticks it follows on their line open no
+            # fence, and are the model's text, as they are before a call or Hermes' tag)
             i = content.rfind(TAG)
             if i >= 0 and self.start.startswith(content[i + len(TAG):].lstrip()):
-                content = without_wrap_end(content[:i], self.brackets, fences)
-            elif calls and text.rstrip().endswith(TAG):  # one the calls' reader dropped
-                # a wrapper's opening that ends the content, where it is the text's
-                # before the tag (not a '[' before calls that read the tag after them)
+                wrapped = wrap_before(content, i, 0, self.brackets, fences) is not None
+                content = (without_wrap_end(content[:i], self.brackets, fences) if wrapped
+                           else content[:i].rstrip())
+            elif calls and (last := text.rstrip()).endswith(TAG) and wrap_before(
+                    last, len(last) - len(TAG), 0, self.brackets, fences) is not None:
+                # one the calls' reader dropped: a wrapper's opening that ends the content,
+                # where it is the text's before the tag (not a '[' before calls that read
+                # the tag after them)
                 kept = without_wrap_end(content, self.brackets, fences)
-                before = text.rstrip()[:-len(TAG)].rstrip()
-                if before.endswith(content[len(kept):].strip()):
+                if last[:-len(TAG)].rstrip().endswith(content[len(kept):].strip()):
                     content = kept
         if calls:  # the tag before a cut call, or the calls a stream sent, is markup too
             content = content.replace(TAG, "").rstrip()
