@@ -29,7 +29,8 @@ Order of operations on each row:
      gives argmax and logsumexp (chosen on the device, no host sync). Either way a row
      draws from exactly the tokens at or above its floor, so its draw does not depend on
      the batch (save on a row with no finite logit left, where any token breaks its
-     constraints).
+     constraints); both races scan in token id order, so a tie of best scores goes to the
+     lowest id either way.
 
 Logprobs (the chosen token's, its rank and the top ones, all on one row) report what the
 server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
@@ -193,6 +194,12 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
             vocab = _vocab_ids(logits.shape[1], logits.device)
             whole_row = torch.where(spill, scale_floor, float("inf"))
             greedy, lse, whole = row_scan(logits, whole_row, st.keys, vocab)
+            # the race scans the candidates in token id order, as a whole row is scanned:
+            # of tied best scores (tied logits at a near-greedy temperature, where 1/T
+            # swallows the noise in float32) the first wins, so topk's order made the
+            # winner depend on the path the batch took
+            ids, order = ids.sort(dim=-1)
+            vals = vals.gather(1, order)
             _, _, choice = row_scan(vals, scale_floor, st.keys, ids, stats=False)
             next_ids = torch.where(spill, whole, ids.gather(1, choice[:, None]).squeeze(1))
         if st.any_greedy:
