@@ -475,5 +475,6 @@ def test_a_part_without_its_text_is_named_with_the_right_article(kind, article):
     from aiollm.engine.chat_messages import checked_messages
     from aiollm.errors import InvalidRequest
 
-    with pytest.raises(InvalidRequest, match=f"^{article} {kind} content part needs"):
+    with pytest.raises(InvalidRequest, match=rf"^messages\[0\]\.content\[0\]\.text is "
+                                             rf"required \({article} {kind} content part"):
         checked_messages([{"role": "user", "content": [{"type": kind}]}])

@@ -154,3 +154,39 @@ def test_a_reasoning_items_field_is_told_missing_or_named(item, param, says):
         input_messages([USER, item])
     assert e.value.param == param
     assert str(e.value) == says
+
+
+@pytest.mark.parametrize("items, param, says", [
+    ([{**USER, "content": [{"type": "input_text"}]}], "input[0].content[0].text",
+     "input[0].content[0].text is required (an input_text content part's text)"),
+    ([{**USER, "content": [{"type": "input_text", "text": None}]}], "input[0].content[0].text",
+     "input[0].content[0].text: expected a string, got null"),
+    ([{**USER, "content": [{"type": "input_text", "text": 5}]}], "input[0].content[0].text",
+     "input[0].content[0].text: expected a string, got an integer"),
+    ([{"role": "assistant", "content": [{"type": "refusal"}]}], "input[0].content[0].refusal",
+     "input[0].content[0].refusal is required (a refusal content part's refusal)"),
+    ([USER, CALL, {**OUTPUT, "output": [{"type": "input_text", "text": []}]}],
+     "input[2].output[0].text", "input[2].output[0].text: expected a string, got an array"),
+    ([{**USER, "content": [{"type": 5, "text": "x"}]}], "input[0].content[0].type",
+     'input[0].content[0].type: expected a string, got an integer ("text" or "input_text" '
+     "for a text part)"),
+    ([{**USER, "content": [{"text": "x"}]}], "input[0].content[0].type",
+     'input[0].content[0].type is required: "text" or "input_text" for a text part'),
+    ([USER, {**REASONING, "summary": [{"text": "x"}]}], "input[1].summary[0].type",
+     'input[1].summary[0].type is required: "summary_text"'),
+    ([USER, {**REASONING, "summary": [{"type": 5, "text": "x"}]}], "input[1].summary[0].type",
+     "input[1].summary[0].type: expected a string, got an integer"),
+    ([USER, {**REASONING, "content": [{"type": "summary_text", "text": "x"}]}],
+     "input[1].content[0].type",
+     "input[1].content[0].type must be \"reasoning_text\", got 'summary_text'"),
+])
+def test_a_parts_field_is_told_missing_or_named(items, param, says):
+    """A content part's text (a message's, a call output's) or a part's type left out says
+    it is required, one of the wrong type names what was sent, as the items' own fields
+    are told: a part's text said "an input_text content part needs a `text` field (a
+    string)" whether it was missing, null or a number, and a reasoning part's type said
+    'must be "summary_text"' of a missing type or a number alike."""
+    with pytest.raises(InvalidRequest) as e:
+        input_messages(items)
+    assert e.value.param == param
+    assert str(e.value) == says

@@ -405,3 +405,24 @@ def test_python_tag_cut_after_what_opens_no_wrapper_leaves_it_content(lead, afte
     for required in (False, True):
         got, found = _check(LLAMA3, lead + TAG + after, rng, cut=True, required=required)
         assert (got, found) == (lead.rstrip(), []), (lead, after, required)
+
+
+@pytest.mark.parametrize("lead,content", [("Hi\n```", "Hi\n```"), ("```", "```"),
+                                          ("Hi\n```json ", "Hi\n```json"),
+                                          ("Hi\n```\u00a0", "Hi\n```"),
+                                          (A + " x\n```", " x\n```")])
+@pytest.mark.parametrize("after", ["", "\n", '{"na'])
+def test_backticks_right_before_a_cut_python_tag_open_no_wrapper(lead, content, after):
+    """A fence opens a wrapper only where a line break ends its line: backticks that the
+    tag follows on their line are the model's text, cut there as they are before a call
+    (and as Hermes' are before a <tool_call> cut there). The whole answer dropped them as
+    a wrapper's opening while a stream had sent them as content."""
+    rng = random.Random(22)
+    for required in (False, True):
+        got, found = _check(LLAMA3, lead + TAG + after, rng, cut=True, required=required)
+        want = WANT[:1] if lead.startswith(A) else []
+        assert (got, _shape(found)) == (content, want), (lead, after, required)
+    hermes = HermesParser()
+    marker_lead = lead.replace(A, CALL["hermes"] % P)
+    got, _ = _check(hermes, marker_lead + hermes.start + after, rng, cut=True)
+    assert got == content, (marker_lead, after)

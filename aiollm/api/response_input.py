@@ -128,8 +128,8 @@ def _reasoning(item: dict, at: str) -> str:
 
 def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
     """The texts of a reasoning item's summary or content `parts` (at the path `at`), each
-    part of type `kind`; null is none. A part's text left out is told as missing, one of
-    another type names what was sent (_string)."""
+    part of type `kind`; null is none. A part's text or type left out is told as missing,
+    one of another type names what was sent (_string)."""
     if parts is None:
         return []
     if not isinstance(parts, list):
@@ -141,7 +141,12 @@ def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
             raise InvalidRequest(f'{where} must be a part: an object of type "{kind}", got '
                                  f"{json_type(part)}", param=where)
         if part.get("type") != kind:
-            raise InvalidRequest(f'{where}.type must be "{kind}"', param=f"{where}.type")
+            if "type" not in part:
+                raise InvalidRequest(f'{where}.type is required: "{kind}"',
+                                     param=f"{where}.type")
+            given = check_type(part["type"], (str,), f"{where}.type", required=True)
+            raise InvalidRequest(f'{where}.type must be "{kind}", got {shown_id(given)}',
+                                 param=f"{where}.type")
         texts.append(_string(part, "text", where))
     return texts
 

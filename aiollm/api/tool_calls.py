@@ -14,7 +14,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from aiollm.api.call_text import Joints, Written, written_calls
-from aiollm.api.call_wrap import OUTSIDE, Fences, wrap_before, wrap_part, without_wrap_end
+from aiollm.api.call_wrap import (OUTSIDE, Fences, skip_space, wrap_before, wrap_part,
+                                  without_wrap_end)
 from aiollm.api.cut_calls import cut_calls
 from aiollm.sampling_params import GrammarSpec
 
@@ -176,10 +177,13 @@ class ToolParser:
                 content[tail:], marker=self.start, args_key=self.args_key,
                 joints=self.joints, names=names, only_calls=required or bool(calls),
                 words=self.words)
-            if more or rest != content[tail:]:  # call markup dropped (a cut call, a
-                # head cut before its name): a wrapper's opening before it is markup too
-                rest = without_wrap_end(rest, self.brackets,
-                                        fences.after(content, tail))
+            left, after = content[tail:], fences.after(content, tail)
+            # call markup dropped (a cut call, a head cut before its name): a wrapper's
+            # opening that ends where it begins is markup too (backticks it follows on
+            # their line open no fence: the model's text, as before a whole call)
+            if (more or rest != left) and wrap_before(
+                    left, skip_space(left, len(rest)), 0, self.brackets, after) is not None:
+                rest = without_wrap_end(rest, self.brackets, after)
             content = content[:tail] + rest
             calls += [ToolCall(name, arguments) for name, arguments in more]
             if tail and calls:  # else the text as written (ToolParser.parse)

@@ -242,12 +242,15 @@ class Llama3Parser(ToolParser):
                 at = _tags_before(content, i)
                 wrap = wrap_before(content, at, 0, self.brackets, fences)
                 content = content[:at if wrap is None else wrap.start].rstrip()
-            elif calls and text.rstrip().endswith(TAG):  # one the calls' reader dropped
-                # a wrapper's opening that ends the content, where it is the text's
-                # before the tag (not a '[' before calls that read the tag after them)
+            elif calls and (last := text.rstrip()).endswith(TAG) and wrap_before(
+                    last, _tags_before(last, len(last) - len(TAG)), 0, self.brackets,
+                    fences) is not None:
+                # one the calls' reader dropped: a wrapper's opening that ends the content,
+                # where one opens right before the tags (backticks the tag follows on their
+                # line open none) and it is the text's before them (not a '[' before calls
+                # that read the tag after them)
                 kept = without_wrap_end(content, self.brackets, fences)
-                before = text.rstrip()[:-len(TAG)].rstrip()
-                if before.endswith(content[len(kept):].strip()):
+                if last[:-len(TAG)].rstrip().endswith(content[len(kept):].strip()):
                     content = kept
         if calls:  # the tag before a cut call, or the calls a stream sent, is markup too
             content = content.replace(TAG, "").rstrip()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiollm.engine.submission import check_unicode
-from aiollm.errors import InvalidRequest, json_type
+from aiollm.errors import InvalidRequest, check_type, json_type
 
 # the part types whose `text` field is the part's text: OpenAI's chat part, and the Responses
 # API's input and output parts, which vLLM takes in chat messages too
@@ -33,7 +33,8 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
     part (`{at}[j]`) or its field (`{at}[j].type`, `.text`, `.refusal`) for a part that is
     no object, has no string type, is of another type (images, audio, vLLM's "thinking":
     not text of the message; `thinking_hint` ends the error for a thinking part), or whose
-    text is missing or no string."""
+    text is missing ("... is required") or no string (what was sent named, as the body's
+    type errors are: "...text: expected a string, got null")."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
@@ -52,9 +53,12 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
         kind = part.get("type")
         if not isinstance(kind, str):
             # as vLLM: a part says what it is; a text part without its type is refused too
-            said = "must be a string" if "type" in part else "is required"
-            raise InvalidRequest(f'{where}.type {said}: "text" or "input_text" for a text '
-                                 "part", param=f"{where}.type")
+            if "type" not in part:
+                raise InvalidRequest(f'{where}.type is required: "text" or "input_text" for '
+                                     "a text part", param=f"{where}.type")
+            raise InvalidRequest(f"{where}.type: expected a string, got {json_type(kind)} "
+                                 '("text" or "input_text" for a text part)',
+                                 param=f"{where}.type")
         if kind not in TEXT_PARTS and not (kind == "refusal" and refusal):
             served = ", ".join(TEXT_PARTS) + (", refusal" if refusal
                                               else "; and an assistant's refusal parts")
@@ -62,10 +66,11 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
             raise InvalidRequest(f"only text content parts ({served}) are supported, got type "
                                  f"{kind!r:.100}{hint}", param=f"{where}.type")
         field = "refusal" if kind == "refusal" else "text"
-        if not isinstance(part.get(field), str):
+        if field not in part:  # told as missing, as a body's own missing field is
             article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal
-            raise InvalidRequest(f"{article} {kind} content part needs a `{field}` field (a "
-                                 "string)", param=f"{where}.{field}")
+            raise InvalidRequest(f"{where}.{field} is required ({article} {kind} content "
+                                 f"part's {field})", param=f"{where}.{field}")
+        check_type(part[field], (str,), f"{where}.{field}", required=True)
         check_unicode(part[field], f"{where}.{field}")
         texts.append(part[field])
     return [{"type": "text", "text": text} for text in texts]
