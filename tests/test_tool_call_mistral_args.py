@@ -111,3 +111,56 @@ def test_a_call_cut_by_max_tokens():
             assert calls[0].arguments == text[text.index("[ARGS]") + 6:n].lstrip() or (
                 not calls[0].arguments)
             assert calls[0].complete == (n == len(text)), text[:n]
+
+
+@pytest.fixture
+def trusting_server(server):
+    """The shared server as `aiollm serve --trust-request-chat-template` runs it: a
+    request's chat template picks the call format."""
+    from aiollm.api.state import STATE
+
+    st = server.app[STATE]
+    server.call(lambda: setattr(st, "trust_request_chat_template", True))
+    yield server
+    server.call(lambda: setattr(st, "trust_request_chat_template", False))
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_forced_call_over_http_under_a_v11_template(trusting_server, stream):
+    """Served end to end: the template's [ARGS] picks the format, the grammar writes a call
+    in it, and the answer is that call, with Mistral's 9-character id."""
+    from live_server import http
+
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["a"], "additionalProperties": False}}}]
+    template = ("{% for message in messages %}{% if message['tool_calls'] %}" + TEMPLATE
+                + "{% else %}[INST]{{ message['content'] }}[/INST]{% endif %}{% endfor %}")
+    status, _, raw = http(trusting_server, "POST", "/v1/chat/completions", json={
+        "messages": [{"role": "user", "content": "Call f."}], "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "f"}}, "max_tokens": 80,
+        "temperature": 0, "chat_template": template, "stream": stream,
+        "return_token_ids": True})
+    assert status == 200, raw
+    ids: list[int] = []
+    if stream:
+        calls: dict[int, dict] = {}
+        for line in raw.decode().splitlines():
+            if not line.startswith("data: {"):
+                continue
+            choice = json.loads(line[6:])["choices"][0]
+            ids += choice.get("token_ids") or []
+            for frag in choice["delta"].get("tool_calls") or []:
+                call = calls.setdefault(frag["index"], {"id": frag.get("id"), "arguments": ""})
+                call["name"] = frag["function"].get("name") or call.get("name")
+                call["arguments"] += frag["function"]["arguments"]
+        calls = list(calls.values())
+    else:
+        choice = json.loads(raw)["choices"][0]
+        calls = [{"id": c["id"], **c["function"]} for c in choice["message"]["tool_calls"]]
+        ids = choice["token_ids"]
+    written = trusting_server.engine.tokenizer.decode(ids)
+    assert written.startswith("[TOOL_CALLS]f[ARGS]"), written  # the template's form
+    assert [c["name"] for c in calls] == ["f"], raw
+    assert isinstance(json.loads(calls[0]["arguments"])["a"], int), calls
+    assert len(calls[0]["id"]) == 9 and calls[0]["id"].isalnum(), calls

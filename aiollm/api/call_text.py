@@ -166,9 +166,10 @@ class Heads:
 
 @functools.lru_cache(maxsize=64)
 def _heads(heads: Heads, names: tuple[str, ...]) -> tuple[re.Pattern, dict[str, str]]:
-    # the longest first: a bare name may be a part of another's (JSON names never are)
+    # no head is a part of another's: a JSON name's closing quote ends it, or the marker
+    # after a bare name ("get[ARGS]" is no part of "get_weather[ARGS]")
     named = {heads.named(n): n for n in names}
-    return re.compile("|".join(map(re.escape, sorted(named, key=len, reverse=True)))), named
+    return re.compile("|".join(map(re.escape, named))), named
 
 
 def written_calls(text: str, pos: int, names: Collection[str], heads: Heads,
