@@ -2,20 +2,18 @@
 
 Under a tool grammar (tool_choice "required" or a named function, or "auto" once a call's
 marker is written) every call is written as `{"name": NAME, "<arguments key>": ARGUMENTS`
-(Mistral v11's `NAME[ARGS]ARGUMENTS`: call_text.Heads) after its family's marker, so
-a call cut by max_tokens is still known by its name once that head is written. Such an
-output ends with finish_reason "length" (or "stop", where a stop string or stop token id
-ended it inside a call) and its calls are returned as calls, the cut one with the arguments text written so far (no complete JSON),
-as OpenAI answers a call cut by max_tokens; the call markup is never content. A call cut
-before its name is complete is no call and is dropped (under a named tool_choice it is
-still the named function's call, with no arguments yet: ToolParser.calls); so is a marker
-cut part way when the text can only be calls. A marker that goes on as no call's head does
-(`{"name": 5}`, free text) is the model's text and stays content. Streamed and whole answers
-read the output alike
-(ToolParser.calls, aiollm/api/tool_calls.py, calls this for both), and both take the rules
-of when to look for a cut call and which finish_reason the calls give from here
-(may_cut_a_call, finish_with_calls).
-"""
+(Mistral v11's `NAME[ARGS]ARGUMENTS`: call_text.Heads) after its family's marker, so a call
+cut by max_tokens is still known by its name once that head is written. Such an output ends
+with finish_reason "length" (or "stop", where a stop string or stop token id ended it inside
+a call) and its calls are returned as calls, the cut one with the arguments text written so
+far (no complete JSON), as OpenAI answers a call cut by max_tokens; the call markup is never
+content. A call cut before its name is complete is no call and is dropped (under a named
+tool_choice it is still the named function's call, with no arguments yet: ToolParser.calls);
+so is a marker cut part way when the text can only be calls. A marker that goes on as no
+call's head does (`{"name": 5}`, free text) is the model's text and stays content. Streamed
+and whole answers read the output alike (ToolParser.calls, aiollm/api/tool_calls.py, calls
+this for both), and both take the rules of when to look for a cut call and which
+finish_reason the calls give from here (may_cut_a_call, finish_with_calls)."""
 
 from __future__ import annotations
 
