@@ -164,3 +164,52 @@ def test_a_forced_call_over_http_under_a_v11_template(trusting_server, stream):
     assert [c["name"] for c in calls] == ["f"], raw
     assert isinstance(json.loads(calls[0]["arguments"])["a"], int), calls
     assert len(calls[0]["id"]) == 9 and calls[0]["id"].isalnum(), calls
+
+
+@pytest.mark.parametrize("specials", [("[TOOL_CALLS]", "[ARGS]"), ("[ARGS]",)],
+                         ids=["both", "args-only"])
+def test_markers_that_are_special_tokens_stay_in_the_text(server, tmp_path, specials):
+    """Mistral's tokenizers (v11 on) hold [TOOL_CALLS] and [ARGS] as special tokens, which
+    text decoded skipping them loses: [ARGS] is kept for the parser as [TOOL_CALLS] is, also
+    where it alone is special (the decoding is chosen by either). A tiny random model with
+    the default tokenizer plus those tokens, a v11 template; a logit bias makes the model
+    write each marker as its token rather than spell it."""
+    import tokenizers
+    import transformers
+
+    from live_server import LiveServer, http
+
+    server.engine.tokenizer.hf_tokenizer.save_pretrained(tmp_path / "tok")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+    tok.add_tokens([tokenizers.AddedToken(t, special=True) for t in specials])
+    tok.chat_template = ("{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}"
+                         "{# calls: " + TEMPLATE + " #}")
+    tok.save_pretrained(tmp_path / "tok")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(tok),
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))
+    srv = LiveServer(model=str(model), tokenizer=str(tmp_path / "tok"), load_format="dummy",
+                     max_model_len=1024, kv_tokens=2048).start()
+    try:
+        tool = {"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "properties": {"q": {"enum": ["a", "b"]}}, "required": ["q"],
+            "additionalProperties": False}}}
+        bias = {str(tok.convert_tokens_to_ids(t)): 100 for t in specials}
+        status, _, raw = http(srv, "POST", "/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "Call f."}], "tools": [tool],
+            "tool_choice": "required", "max_tokens": 200, "temperature": 0,
+            "logit_bias": bias, "logprobs": True, "parallel_tool_calls": False})
+        assert status == 200, raw
+        choice = json.loads(raw)["choices"][0]
+        tokens = [t["token"] for t in choice["logprobs"]["content"]]
+        assert "[ARGS]" in tokens, tokens  # written as the special token
+        [call] = choice["message"]["tool_calls"]
+        assert call["function"]["name"] == "f", choice["message"]
+        assert json.loads(call["function"]["arguments"])["q"] in ("a", "b")
+        assert not choice["message"]["content"], choice["message"]
+    finally:
+        srv.close()
