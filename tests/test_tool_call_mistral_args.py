@@ -17,7 +17,8 @@ from aiollm.api.tool_stream import StreamingToolParser
 from test_tool_call_stream import NAMES, _check
 from test_tool_parsers import TOOLS, _walks
 
-# the part of Mistral-Small-3.2's chat template that writes an assistant's calls
+# the part of a v13 Mistral template that writes an assistant's calls (v11's, Mistral-Small
+# 3.2's, writes '[CALL_ID]' + the call's id before '[ARGS]': the grammar leaves it out)
 TEMPLATE = ("{%- for tool in message['tool_calls'] %}{%- set arguments = "
             "tool['function']['arguments'] %}{{- '[TOOL_CALLS]' + tool['function']['name'] "
             "+ '[ARGS]' + arguments }}{%- endfor %}{{- eos_token }}")

@@ -13,7 +13,9 @@ template (or `--tool-call-parser`):
 - "mistral": `[TOOL_CALLS]` then a JSON array of `{"name": ..., "arguments": {...}}`
   (Mistral's tokenizers before v11: Mistral-7B-Instruct-v0.3, Mixtral);
 - "mistral_v11": `[TOOL_CALLS]NAME[ARGS]{...}`, one block per call (tokenizer v11 on:
-  Mistral-Small-3.2, Magistral, Devstral), where the template writes calls with `[ARGS]`.
+  Mistral-Small-3.2, Magistral, Devstral), where the template writes calls with `[ARGS]`;
+  v11's own (Mistral-Small-3.2's) writes `[CALL_ID]ID` before `[ARGS]`, which the grammar
+  leaves out (the model writes the v13 form; the template's 9-character ids are ours).
 
 A markdown code fence around calls, and a JSON list around Llama 3's, are markup too, not
 content (aiollm/api/call_wrap.py). The calls' JSON values are read by
