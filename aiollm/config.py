@@ -20,7 +20,7 @@ MAX_KV_TOKENS = 2**31 - 2
 # --reasoning-parser's choices (aiollm/api/reasoning.py); here so the config need not import the API
 REASONING_PARSERS = ("deepseek_r1", "qwen3")
 # --tool-call-parser's choices (aiollm/api/tool_parsers.py)
-TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral")
+TOOL_CALL_PARSERS = ("hermes", "llama3", "mistral", "mistral_v11")
 # --chat-template-content-format's choices (aiollm/engine/content_format.py): the form of
 # message content a chat template is given
 CONTENT_FORMATS = ("auto", "string", "openai")
@@ -125,8 +125,8 @@ class EngineConfig:
     # on a GPU, launch the prefill, mixed and sampling step shapes once at start-up, so their
     # kernels compile before serving rather than stalling the first streams
     warm_up: bool = True
-    # how /v1/chat/completions reads tool calls: hermes | llama3 | mistral (None: from the
-    # chat template; see aiollm/api/tool_parsers.py)
+    # how /v1/chat/completions reads tool calls: hermes | llama3 | mistral | mistral_v11
+    # (None: from the chat template; see aiollm/api/tool_parsers.py)
     tool_call_parser: str | None = None
     # how /v1/chat/completions splits <think>...</think> into reasoning_content: deepseek_r1 |
     # qwen3 (None: no split, the output is all content; see aiollm/api/reasoning.py)

@@ -20,13 +20,13 @@ from aiollm.api.cut_calls import may_cut_a_call
 from aiollm.api.responses_output import ResponseHead, answer_items, status_of, usage_of
 from aiollm.api.responses_request import ResponsesRequest
 from aiollm.api.responses_stream import ResponseEvents
-from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser, MistralV11Parser
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.sampling_params import SamplingParams
 from test_tool_call_stream import ARGS, CALL, LLAMA3_ROWS, NAMES
 
 EVENTS = pydantic.TypeAdapter(ResponseStreamEvent)
-PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser(), MistralV11Parser()]
 
 
 def _events(parser, text: str, cuts: list[int], finish: str, **kw) -> list[dict]:
@@ -152,11 +152,13 @@ OPEN_CALLS = {"hermes": ['<tool_call>\n{"name": "get_weather", "arguments": {"ci
                          '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}}\n'
                          '</tool_c'],
               "llama3": ['{"name": "get_weather", "parameters": {"city": "P"}'],
-              "mistral": ['[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "P"}']}
+              "mistral": ['[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "P"}'],
+              "mistral_v11": []}  # nothing closes a call but its arguments' end
 CLOSED_CALLS = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": {"city": "P"}}\n'
                           '</tool_call>\n<tool_c',
                 "llama3": '{"name": "get_weather", "parameters": {"city": "P"}}; {"na',
-                "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "P"}}'}
+                "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "P"}}',
+                "mistral_v11": '[TOOL_CALLS]get_weather[ARGS]{"city": "P"}[TOOL_CALLS]get_w'}
 
 
 @pytest.mark.parametrize("required", [False, True])

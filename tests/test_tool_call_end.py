@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from test_api_token_ids_echo import TEMPLATE, post, tiny  # noqa: F401 (the fixture)
 
 from aiollm.api import create_app
-from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser, MistralV11Parser
 from aiollm.engine import Engine
 
 TOOL = {"type": "function", "function": {"name": "f", "parameters": {
@@ -30,8 +30,9 @@ MAX_TOKENS = 200
 # one complete call of TOOL in each family's format
 CALLS = {"hermes": '<tool_call>\n{"name": "f", "arguments": {"a": 3}}\n</tool_call>',
          "llama3": '{"name": "f", "parameters": {"a": 3}}',
-         "mistral": '[TOOL_CALLS][{"name": "f", "arguments": {"a": 3}}]'}
-PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+         "mistral": '[TOOL_CALLS][{"name": "f", "arguments": {"a": 3}}]',
+         "mistral_v11": '[TOOL_CALLS]f[ARGS]{"a": 3}'}
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser(), MistralV11Parser()]
 
 
 def _serve(tiny: str, check):

@@ -13,17 +13,18 @@ import sys
 
 import pytest
 
-from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser, MistralV11Parser
 from aiollm.api.tool_stream import StreamingToolParser, TakenBack
 from test_tool_parsers import TOOLS, _walks
 
-PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser(), MistralV11Parser()]
 NAMES = {t["function"]["name"] for t in TOOLS}
 # what models write (spacing, non-ASCII, escapes), which re-encoding would change
 ARGS = '{"city":  "Zürich \\u00e9\\/",\n "unit": "c"}'
 CALL = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>',
         "llama3": '{"name": "get_weather", "parameters": %s}',
-        "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]'}
+        "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]',
+        "mistral_v11": "[TOOL_CALLS]get_weather[ARGS]%s"}
 
 
 def _stream(parser, text: str, cuts: list[int], *, cut: bool = False, **kw):
@@ -102,12 +103,13 @@ def test_arguments_are_the_text_the_model_wrote(parser):
 def test_the_name_goes_out_before_the_arguments_end(parser):
     text = "Hi. " + CALL[parser.name] % ARGS
     stream = StreamingToolParser(parser, NAMES)
-    head = text.index('"get_weather"') + len('"get_weather"')
+    named = parser.heads.named("get_weather")  # '{"name": "get_weather"', 'get_weather[ARGS]'
+    head = text.index(named) + len(named)
     assert stream.feed(text[:head - 1]) == "Hi." and stream.take() == []  # no part of a name
     stream.feed(text[head - 1:head])
     [first] = stream.take()
     assert (first.index, first.name, first.arguments) == (0, "get_weather", "")
-    assert first.id.startswith("call_") or parser.name == "mistral"
+    assert first.id.startswith("call_") or parser.name.startswith("mistral")
     middle = text.index("Zü") + 2
     stream.feed(text[head:middle])
     frags = stream.take()
@@ -134,6 +136,8 @@ def test_a_call_sent_then_invalid_stays_a_call(parser):
         content, calls = _check(parser, text, rng)
         assert content == "Ok." and [c.name for c in calls] == ["get_weather"], text
         assert not calls[-1].complete, text
+    if not parser.heads.lead:  # NAME[ARGS]: no head that could go on otherwise
+        return
     # a head that goes on otherwise is the call, its arguments read whole at the end
     text = CALL[parser.name].replace('"arguments": %s', '"id": 1, "arguments": {}').replace(
         '"parameters": %s', '"id": 1, "parameters": {}')
@@ -141,7 +145,8 @@ def test_a_call_sent_then_invalid_stays_a_call(parser):
     assert call.arguments == "{}" and call.complete
 
 
-@pytest.mark.parametrize("parser", [HermesParser(), MistralParser()], ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", [HermesParser(), MistralParser(), MistralV11Parser()],
+                         ids=lambda p: p.name)
 def test_call_shaped_text_after_the_calls_stays_content(parser):
     """Text after the calls that quotes a call's JSON, without the markup that joins calls
     in the parser's format, is no call: it stays content, streamed or not (the stream must
@@ -150,6 +155,8 @@ def test_call_shaped_text_after_the_calls_stays_content(parser):
     rng = random.Random(4)
     good = CALL[parser.name] % '{"city": "P", "unit": "c"}'
     quoted = '{"name": "get_weather", "%s": {"city": "Q"}}' % parser.args_key
+    if not parser.heads.lead:
+        quoted = 'get_weather[ARGS]{"city": "Q"}'
     for text in (good + "\nI called " + quoted + " for you.",
                  good + " so " + quoted):
         content, calls = _check(parser, text, rng)
@@ -213,7 +220,8 @@ def test_markup_that_is_no_call_stays_content(parser):
     rng = random.Random(8)
     call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
     junk = {"hermes": "<tool_call> not a call", "llama3": '{"name": 5} is no call',
-            "mistral": "[TOOL_CALLS] not a call"}[parser.name]
+            "mistral": "[TOOL_CALLS] not a call", "mistral_v11": "[TOOL_CALLS] not a call"}[
+        parser.name]
     for text in ("Hi " + junk, junk + ".", '{"a": 1} ' + junk):
         for cut in (False, True):
             assert _check(parser, text, rng, cut=cut) == (text, []), (text, cut)
@@ -253,7 +261,8 @@ def test_a_call_taken_back_fails_loudly():
 
 # pieces of outputs: text, look-alikes, markers whole and in part, separators
 PIECES = ["Hi", " ", "{", "}", "[", "; ", "\n", '{"a": 1}', '{"name": "foo"}', '{"name": 5}',
-          "<|python_tag|>", "<|pyth", "<tool_call>", "<tool", "[TOOL_CALLS]", '{"name": "get_w']
+          "<|python_tag|>", "<|pyth", "<tool_call>", "<tool", "[TOOL_CALLS]", '{"name": "get_w',
+          "[ARGS]", "get_weather[ARGS]", "get_w"]
 
 
 @pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
@@ -287,7 +296,8 @@ def test_text_after_the_calls_keeps_its_leading_whitespace(parser):
     call = CALL[parser.name] % '{"city": "P", "unit": "c"}'
     sep = ";" if parser.name == "llama3" else ""
     for after in (" Done.", "\n\nDone.", sep + " Done."):
-        between = {"hermes": "", "llama3": "; ", "mistral": "\n"}[parser.name]
+        between = {"hermes": "", "llama3": "; ", "mistral": "\n", "mistral_v11": ""}[
+            parser.name]
         for calls in (call, call + between + call):
             for cut in (False, True):
                 content, found = _check(parser, "Checking." + calls + after, rng, cut=cut)
@@ -391,8 +401,8 @@ def test_text_after_a_head_that_goes_on_as_no_call_is_kept_when_the_output_stops
         ("get_weather", '{"city": "P", "unit": "c"}', True)] + (
         [("get_weather", "{}", True)] if parser.name == "llama3" else []), text
     # a head cut at the output's end is still the call the output was writing
-    head = {"hermes": "\n<tool_call>\n", "llama3": "; ", "mistral": "[TOOL_CALLS]["}[
-        parser.name] + '{"name": "get_weather"'
+    head = {"hermes": "\n<tool_call>\n", "llama3": "; ", "mistral": "[TOOL_CALLS][",
+            "mistral_v11": "[TOOL_CALLS]"}[parser.name] + parser.heads.named("get_weather")
     content, calls = _check(parser, good + head, rng, cut=True)
     assert [(c.name, c.complete) for c in calls][-1] == ("get_weather", False), calls
 
@@ -442,7 +452,8 @@ def test_a_marker_in_text_after_the_calls_stays_text(parser):
         assert calls and all(c.complete for c in calls), after
 
 
-@pytest.mark.parametrize("parser", [HermesParser(), MistralParser()], ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", [HermesParser(), MistralParser(), MistralV11Parser()],
+                         ids=lambda p: p.name)
 def test_a_marker_in_text_before_the_calls_stays_text(parser):
     """A marker that no call follows in the text before the calls ('x [TOOL_CALLS] y') is
     the model's text, and the call after it is read, as Hermes read ' <tool_call> y' (and

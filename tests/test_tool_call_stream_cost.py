@@ -12,18 +12,19 @@ import time
 
 import pytest
 
-from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser, MistralV11Parser
 from aiollm.api.tool_stream import StreamingToolParser
 from test_tool_call_stream import CALL as ONE_CALL
 from test_tool_call_stream import _check
 
-PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser(), MistralV11Parser()]
 LLAMA3 = PARSERS[1]
 NAMES = {"get_weather", "search"}
 ARGS = '{"city": "P", "unit": "c"}'
 CALL = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>\n',
         "llama3": '{"name": "get_weather", "parameters": %s}; ',
-        "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]\n'}
+        "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]\n',
+        "mistral_v11": "[TOOL_CALLS]get_weather[ARGS]%s\n"}
 
 
 class _Count:

@@ -12,11 +12,11 @@ import random
 
 import pytest
 
-from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser
+from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser, MistralV11Parser
 from aiollm.api.tool_stream import StreamingToolParser
 from test_tool_call_stream import CALL, NAMES, P, Q, _check, check_random_mixes
 
-PARSERS = [HermesParser(), Llama3Parser(), MistralParser()]
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser(), MistralV11Parser()]
 LLAMA3 = Llama3Parser()
 A, B = CALL["llama3"] % P, CALL["llama3"] % Q
 WANT = [("get_weather", P, True), ("get_weather", Q, True)]
@@ -62,7 +62,7 @@ def test_a_call_in_a_code_fence_leaves_no_fence(parser, fence):
     empty (it was the fence: '```json\\n\\n```'); text around the fence stays."""
     rng = random.Random(3)
     one, two = CALL[parser.name] % P, CALL[parser.name] % Q
-    sep = {"hermes": "\n", "llama3": "; ", "mistral": "\n"}[parser.name]
+    sep = {"hermes": "\n", "llama3": "; ", "mistral": "\n", "mistral_v11": ""}[parser.name]
     for body, calls in ((one, WANT[:1]), (one + sep + two, WANT)):
         for before, after, content in (("", "\n```", ""), ("", "\n```\n", ""),
                                        ("Here:\n", "\n```", "Here:"),
@@ -86,7 +86,8 @@ def test_a_fenced_call_cut_anywhere_leaves_no_fence(parser):
     """max_tokens anywhere after the call's name: the fence is no content."""
     rng = random.Random(5)
     text = "Ok.\n```json\n" + CALL[parser.name] % P + "\n```"
-    for n in range(text.index('"get_weather"') + len('"get_weather"'), len(text)):
+    named = parser.heads.named("get_weather")  # '{"name": "get_weather"', 'get_weather[ARGS]'
+    for n in range(text.index(named) + len(named), len(text)):
         got, calls = _check(parser, text[:n], rng, cut=True)
         assert got == "Ok." and [c.name for c in calls] == ["get_weather"], text[:n]
 
@@ -247,7 +248,8 @@ def test_a_wrapper_goes_with_a_call_cut_before_its_name(parser):
     call), and so is the wrapper's opening before it ('```json' or '[' was content)."""
     rng = random.Random(9)
     call = CALL[parser.name] % P
-    name_end = call.index('"get_weather"') + len('"get_weather"') - 1
+    named = parser.heads.named("get_weather")
+    name_end = call.index(named) + len(named) - 1
     leads = ["Ok.\n```json\n"] + (["Ok. [", "Ok.\n```\n[\n"] if parser.name == "llama3" else [])
     for lead in leads:
         for n in range(len(parser.start), name_end):  # its marker whole, its name not

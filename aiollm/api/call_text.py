@@ -142,44 +142,62 @@ class Joints:
     between: re.Pattern
 
 
-def call_head(name: str) -> str:
-    """The text a call to `name` begins with, as a tool grammar writes it: `{"name": NAME`,
-    NAME the name as a JSON string (_heads finds these in a text)."""
-    return f'{{"name": {json.dumps(name)}'
+@dataclass(frozen=True, slots=True)
+class Heads:
+    """How a format writes a call's head, the text before its arguments value: the part
+    that names the call (`named`: the call is known once it is written) and what follows
+    it up to the value (`lead`). JSON heads (`marked` ""): `{"name": NAME` then
+    `, "<args_key>": `, NAME a JSON string, whose closing quote ends it; a marker's heads
+    (Mistral's v11 `marked` "[ARGS]"): the bare NAME and the marker, which alone ends it
+    (`get` is a part of `get_weather`)."""
+
+    args_key: str = "arguments"
+    marked: str = ""
+
+    def named(self, name: str) -> str:
+        """The text that names a call to `name`, as a tool grammar writes it."""
+        return name + self.marked if self.marked else f'{{"name": {json.dumps(name)}'
+
+    @property
+    def lead(self) -> str:
+        """What follows `named` up to the arguments value."""
+        return "" if self.marked else f', "{self.args_key}": '
 
 
 @functools.lru_cache(maxsize=64)
-def _heads(names: tuple[str, ...]) -> re.Pattern:
-    # a JSON string's closing quote ends it: no name is a prefix of another's here
-    return re.compile(r'\{"name": (%s)' % "|".join(re.escape(json.dumps(n)) for n in names))
+def _heads(heads: Heads, names: tuple[str, ...]) -> tuple[re.Pattern, dict[str, str]]:
+    # no head is a part of another's: a JSON name's closing quote ends it, or the marker
+    # after a bare name ("get[ARGS]" is no part of "get_weather[ARGS]")
+    named = {heads.named(n): n for n in names}
+    return re.compile("|".join(map(re.escape, named))), named
 
 
-def written_calls(text: str, pos: int, names: Collection[str], args_key: str,
+def written_calls(text: str, pos: int, names: Collection[str], heads: Heads,
                   joints: Joints, *, after_call: bool = False,
                   seen: int = 0) -> tuple[list[Written], int]:
-    """The calls written from text[pos] on, as a tool grammar writes them
-    (`{"name": NAME, "<args_key>": VALUE`, NAME one of `names`), each known once its name
-    is written: (the calls, the last one's arguments as written so far; where a next call
-    may start, after the last complete one). Read in order, each call's value skipped
-    (markers in its strings are its text); reading stops at an incomplete value, at a
-    head that goes on otherwise than `, "<args_key>": ` (that call's arguments stay ""),
-    or at a head the text before it does not lead to as the format joins calls (`joints`:
-    from text[pos], a call marker unless `after_call`, to the first head; from a call's
-    arguments to the next head): text after the calls that quotes a call's JSON is none.
-    `seen`: no head that leads on starts before it (a stream read the text that far), so
-    heads are looked for from there: no joint spans a head.
+    """The calls written from text[pos] on, as a tool grammar writes them (`heads`: JSON
+    heads `{"name": NAME, "<args_key>": VALUE`, or `NAME[ARGS]VALUE`, NAME one of `names`),
+    each known once its name is written: (the calls, the last one's arguments as written
+    so far; where a next call may start, after the last complete one). Read in order, each
+    call's value skipped (markers in its strings are its text); reading stops at an
+    incomplete value, at a head that goes on otherwise than `heads.lead` (that call's
+    arguments stay ""), or at a head the text before it does not lead to as the format
+    joins calls (`joints`: from text[pos], a call marker unless `after_call`, to the first
+    head; from a call's arguments to the next head): text after the calls that quotes a
+    call's JSON is none. `seen`: no head that leads on starts before it (a stream read the
+    text that far), so heads are looked for from there: no joint spans a head.
 
     The calls of a longer text extend those of its prefix (same calls, arguments that
     start with the prefix's): what a stream sends of them is never taken back."""
     if not names:
         return [], pos
-    heads, between = _heads(tuple(sorted(names))), f', "{args_key}": '
+    (pattern, named), between = _heads(heads, tuple(sorted(names))), heads.lead
     calls: list[Written] = []
-    while (m := heads.search(text, max(pos, seen))) is not None:
+    while (m := pattern.search(text, max(pos, seen))) is not None:
         joint = joints.between if calls or after_call else joints.lead
         if joint.fullmatch(text, pos, m.start()) is None:
             return calls, pos
-        call = Written(json.loads(m.group(1)))
+        call = Written(named[m.group()])
         calls.append(call)
         rest = text[m.end():m.end() + len(between)]
         if rest != between:  # the head cut, or not a grammar's head: no arguments read

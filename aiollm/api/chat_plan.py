@@ -111,7 +111,8 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
         parser = tool_parsers.parser_for(template, engine.config.tool_call_parser)
-        if tool_parsers.marker_is_skipped(engine.tokenizer, parser.start):
+        if any(tool_parsers.marker_is_skipped(engine.tokenizer, m)
+               for m in (parser.start, *parser.special)):
             req.skip_special_tokens = False  # the parser must see it in the text
         if named:  # not the "required" it was turned into
             sent = f"tool_choice naming the function {forced!r}"

@@ -2,33 +2,31 @@
 
 Under a tool grammar (tool_choice "required" or a named function, or "auto" once a call's
 marker is written) every call is written as `{"name": NAME, "<arguments key>": ARGUMENTS`
-after its family's marker, so a call cut by max_tokens is still known by its name once
-that head is written. Such an output ends with finish_reason "length" (or "stop", where a
-stop string or stop token id ended it inside a call) and its calls are
-returned as calls, the cut one with the arguments text written so far (no complete JSON),
-as OpenAI answers a call cut by max_tokens; the call markup is never content. A call cut
-before its name is complete is no call and is dropped (under a named tool_choice it is
-still the named function's call, with no arguments yet: ToolParser.calls); so is a marker
-cut part way when the text can only be calls. A marker that goes on as no call's head does
-(`{"name": 5}`, free text) is the model's text and stays content. Streamed and whole answers
-read the output alike
-(ToolParser.calls, aiollm/api/tool_calls.py, calls this for both), and both take the rules
-of when to look for a cut call and which finish_reason the calls give from here
-(may_cut_a_call, finish_with_calls).
-"""
+(Mistral v11's `NAME[ARGS]ARGUMENTS`: call_text.Heads) after its family's marker, so a call
+cut by max_tokens is still known by its name once that head is written. Such an output ends
+with finish_reason "length" (or "stop", where a stop string or stop token id ended it inside
+a call) and its calls are returned as calls, the cut one with the arguments text written so
+far (no complete JSON), as OpenAI answers a call cut by max_tokens; the call markup is never
+content. A call cut before its name is complete is no call and is dropped (under a named
+tool_choice it is still the named function's call, with no arguments yet: ToolParser.calls);
+so is a marker cut part way when the text can only be calls. A marker that goes on as no
+call's head does (`{"name": 5}`, free text) is the model's text and stays content. Streamed
+and whole answers read the output alike (ToolParser.calls, aiollm/api/tool_calls.py, calls
+this for both), and both take the rules of when to look for a cut call and which
+finish_reason the calls give from here (may_cut_a_call, finish_with_calls)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
-from aiollm.api.call_text import Joints, Written, call_head, written_calls
+from aiollm.api.call_text import Heads, Joints, Written, written_calls
 
 if TYPE_CHECKING:
     from aiollm.api.tool_calls import ToolCall
 
 
-def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
+def cut_calls(content: str, *, marker: str, heads: Heads, joints: Joints,
               names: Collection[str], only_calls: bool, words: Sequence[str] = ()
               ) -> tuple[str, list[tuple[str, str]], bool]:
     """(content left, [(name, arguments text)], whether the last call is cut) of the text
@@ -36,8 +34,9 @@ def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
     max_tokens (or a stop string) cut.
 
     The calls are read from the last `marker` on (call_text.written_calls): each head
-    `{"name": <one of names>` that `joints` lead to starts one, whose arguments are the JSON
-    value after `, "<args_key>": ` as written or, for the one cut, the text written of it
+    `{"name": <one of names>` (`heads`: the format's, Heads.named) that `joints` lead to
+    starts one, whose arguments are the JSON value after `, "<args_key>": ` (Heads.lead)
+    as written or, for the one cut, the text written of it
     ("" when the cut falls in the head, after the name). The content is the text before
     that marker, its trailing whitespace dropped. A marker followed by neither a call nor
     the start of a head (`{"name": 5}`, free text) is the model's text: it stays content.
@@ -53,11 +52,11 @@ def cut_calls(content: str, *, marker: str, args_key: str, joints: Joints,
     # the text before the marker as a stream sent it (a separator there, Llama 3's ';' after
     # "Sure", is the model's text: the calls' own separators never reach the content)
     region, before = content[at:], content[:at].rstrip()
-    calls, end = written_calls(region, 0, names, args_key, joints)
-    if (not calls and not _cut_head(region, joints, names)) or (
+    calls, end = written_calls(region, 0, names, heads, joints)
+    if (not calls and not _cut_head(region, joints, names, heads)) or (
             calls and calls[-1].complete and not _markup_only(region[end:], (marker, *words),
-                                                              names)) or (
-            calls and _head_goes_on(region, end, calls[-1], args_key)):
+                                                              names, heads)) or (
+            calls and _head_goes_on(region, end, calls[-1], heads)):
         # the marker goes on as no call's head does: the model's text, not markup
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
     return before, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
@@ -90,27 +89,27 @@ def _without_cut_marker(text: str, marker: str) -> str:
     return text
 
 
-def _cut_head(region: str, joints: Joints, names: Collection[str]) -> bool:
+def _cut_head(region: str, joints: Joints, names: Collection[str], heads: Heads) -> bool:
     """Whether `region`, a marker and what follows it to the output's end, is a call cut
     before its name was complete: after the marker's lead (`joints`), the start of a head
     `{"name": NAME` of one of `names`."""
     rest = region[joints.lead.match(region).end():]
-    return any(call_head(n).startswith(rest) for n in names)
+    return any(heads.named(n).startswith(rest) for n in names)
 
 
-def _head_goes_on(region: str, end: int, call: Written, args_key: str) -> bool:
+def _head_goes_on(region: str, end: int, call: Written, heads: Heads) -> bool:
     """Whether `call`, the last that written_calls read of `region` (the previous ones end
     at `end`), stopped at a head that goes on as no call's does: `{"name": NAME` followed by
     what does not begin `, "<args_key>": ` (`}`, text), which no output cut there holds."""
     if call.complete or call.arguments:
         return False
-    head = call_head(call.name)
+    head = heads.named(call.name)
     at = region.find(head, end)
-    rest, between = region[at + len(head):], f', "{args_key}": '
+    rest, between = region[at + len(head):], heads.lead
     return at >= 0 and not (between.startswith(rest) or rest.startswith(between))
 
 
-def _markup_only(rest: str, words: Sequence[str], names: Collection[str]) -> bool:
+def _markup_only(rest: str, words: Sequence[str], names: Collection[str], heads: Heads) -> bool:
     """Whether `rest`, from the end of a complete call's arguments to the output's end, is
     what a format writes there (an output cut in a call's closing, or in the next call's
     head): whitespace, closing brackets, separators and `words` (the format's markers),
@@ -124,6 +123,6 @@ def _markup_only(rest: str, words: Sequence[str], names: Collection[str]) -> boo
         if word is None:
             tail = rest[i:]
             return any(w.startswith(tail) for w in words) or any(
-                call_head(n).startswith(tail) for n in names)
+                heads.named(n).startswith(tail) for n in names)
         i += len(word)
     return True

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from aiollm.api.call_text import Joints, Written, written_calls
+from aiollm.api.call_text import Heads, Joints, Written, written_calls
 from aiollm.api.call_wrap import (OUTSIDE, Fences, skip_space, wrap_before, wrap_part,
                                   without_wrap_end)
 from aiollm.api.cut_calls import cut_calls
@@ -53,6 +53,14 @@ class ToolParser:
     # what leads from `start` to a call's head, and from one call's arguments to the next
     # (call_text.written_calls: where a stream may send a call)
     joints = Joints(re.compile(r"\s*"), re.compile(r"\s*\}\s*"))
+    # markup besides `start` a tokenizer may hold as special tokens, which the text must
+    # keep (decoded with skip_special_tokens false: aiollm/api/chat_plan.py)
+    special: tuple[str, ...] = ()
+
+    @property
+    def heads(self) -> Heads:
+        """How the format writes a call's head (call_text.Heads): JSON, with `args_key`."""
+        return Heads(self.args_key)
 
     def parse(self, text: str, fences: Fences = OUTSIDE) -> tuple[str, list[ToolCall]]:
         """(the text outside calls, the calls); text that does not parse stays content. With
@@ -140,7 +148,7 @@ class ToolParser:
         content, calls = self._read(text, names, cut, required, named, fences)
         at = text.find(self.start)
         if sent is None:
-            sent = (written_calls(text, at, names, self.args_key, self.joints)[0] if at >= 0
+            sent = (written_calls(text, at, names, self.heads, self.joints)[0] if at >= 0
                     else [])
         if not _extends(calls, sent):
             content = without_wrap_end(text[:at], self.brackets, fences)
@@ -161,7 +169,7 @@ class ToolParser:
         </tool_call>) was cut in the call, which OpenAI's items then say is incomplete.
         Where the calls as written (call_text.written_calls) are not these, it is taken
         as closed: the parser read it so."""
-        written, end = written_calls(text, max(at, 0), names, self.args_key, self.joints)
+        written, end = written_calls(text, max(at, 0), names, self.heads, self.joints)
         if len(written) != len(calls) or written[-1].arguments != calls[-1].arguments \
                 or not written[-1].complete:
             return True
@@ -174,7 +182,7 @@ class ToolParser:
             return text, []
         if cut:
             rest, more, last_cut = cut_calls(
-                content[tail:], marker=self.start, args_key=self.args_key,
+                content[tail:], marker=self.start, heads=self.heads,
                 joints=self.joints, names=names, only_calls=required or bool(calls),
                 words=self.words)
             left, after = content[tail:], fences.after(content, tail)

@@ -10,7 +10,12 @@ template (or `--tool-call-parser`):
   (Qwen2.5/Qwen3, Hermes, SmolLM2);
 - "llama3": a JSON object `{"name": ..., "parameters": {...}}`, after `<|python_tag|>` or alone
   (Llama 3.1/3.2);
-- "mistral": `[TOOL_CALLS]` then a JSON array of `{"name": ..., "arguments": {...}}`.
+- "mistral": `[TOOL_CALLS]` then a JSON array of `{"name": ..., "arguments": {...}}`
+  (Mistral's tokenizers before v11: Mistral-7B-Instruct-v0.3, Mixtral);
+- "mistral_v11": `[TOOL_CALLS]NAME[ARGS]{...}`, one block per call (tokenizer v11 on:
+  Mistral-Small-3.2, Magistral, Devstral), where the template writes calls with `[ARGS]`;
+  v11's own (Mistral-Small-3.2's) writes `[CALL_ID]ID` before `[ARGS]`, which the grammar
+  leaves out (the model writes the v13 form; the template's 9-character ids are ours).
 
 A markdown code fence around calls, and a JSON list around Llama 3's, are markup too, not
 content (aiollm/api/call_wrap.py). The calls' JSON values are read by
@@ -34,7 +39,7 @@ import random
 import re
 import string
 
-from aiollm.api.call_text import Joints, decode_json
+from aiollm.api.call_text import Heads, Joints, decode_json, value_text
 from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, skip_space,
                                    without_wrap_end, wrap_before, wrap_close)
 from aiollm.api.json_calls import json_call, json_calls, list_calls, value_end
@@ -53,6 +58,9 @@ MAX_WHITESPACE = 16
 _ID_CHARACTERS = string.ascii_letters + string.digits
 _ID_RANDOM = random.SystemRandom()
 TAG = "<|python_tag|>"  # Llama 3's marker before calls (a special token)
+ARGS = "[ARGS]"  # Mistral v11's marker between a call's name and its arguments
+# a call's name and its [ARGS], after the marker (whitespace before it is the joint's)
+_V11_HEAD = re.compile(r"\s*([^\s\[\]](?:[^\n\[\]]*[^\s\[\]])?)\[ARGS\]")
 
 
 def _arguments(tool: dict) -> dict:
@@ -280,7 +288,7 @@ class MistralParser(ToolParser):
         content, calls, pos, wrap = [], [], 0, None
         i = text.find(self.start)
         while i >= 0:
-            found, end = json_calls(text, i + len(self.start), "arguments", "")
+            found, end = self._block(text, i + len(self.start))
             if not found:  # a marker in the text that no call follows: the model's text
                 i = text.find(self.start, i + 1)
                 continue
@@ -303,6 +311,12 @@ class MistralParser(ToolParser):
         content.append(text[_text_after(text, pos):])
         return "".join(content).rstrip(), calls
 
+    def _block(self, text: str, at: int) -> tuple[list[ToolCall], int]:
+        """(the calls of the block that starts at text[at], after a marker; where it
+        ends): a JSON array of calls (or objects one after another); none where none
+        parses there."""
+        return json_calls(text, at, "arguments", "")
+
     def tags(self, tools):
         return [{"type": "tag", "begin": f'[TOOL_CALLS][{{"name": {_name(t)}, "arguments": ',
                  "content": _arguments(t), "end": "}]"} for t in tools]
@@ -318,19 +332,55 @@ class MistralParser(ToolParser):
             {"type": "const_string", "value": "]"}, OPTIONAL_NEWLINE]}
 
 
-_BY_NAME = {p.name: p for p in (HermesParser, Llama3Parser, MistralParser)}
+class MistralV11Parser(MistralParser):
+    """Mistral's tokenizers from v11 on (Mistral-Small-3.2, Magistral, Devstral):
+    `[TOOL_CALLS]NAME[ARGS]{...}`, one block per call, the name bare ([ARGS] ends it)."""
+
+    name, heads, special = "mistral_v11", Heads(marked=ARGS), (ARGS,)
+    separator = MistralParser.start  # between the calls of a "required" output
+    closing = re.compile("")  # a call ends with its arguments: nothing closes it
+    joints = Joints(re.compile(r"\[TOOL_CALLS\]\s*"), re.compile(r"\s*\[TOOL_CALLS\]\s*"))
+
+    def _block(self, text, at):
+        # one call: a name, [ARGS], its arguments as written (call_text.value_text); a
+        # marker no name and [ARGS] follow is the model's text
+        m = _V11_HEAD.match(text, at)
+        if m is None:
+            return [], at
+        args, end, complete = value_text(text, m.end())
+        return ([ToolCall(m.group(1), args)], end) if complete else ([], at)
+
+    def tags(self, tools):
+        return [{"type": "tag", "begin": f"[TOOL_CALLS]{t['function']['name']}{ARGS}",
+                 "content": _arguments(t), "end": ""} for t in tools]
+
+    def calls_format(self, tools, *, parallel):
+        # [TOOL_CALLS]a[ARGS]{...}[TOOL_CALLS]b[ARGS]{...}: the marker between the calls
+        calls = [{"type": "tag", "begin": f"{t['function']['name']}{ARGS}",
+                  "content": _arguments(t), "end": ""} for t in tools]
+        return {"type": "sequence", "elements": [
+            {"type": "const_string", "value": self.start},
+            {"type": "tags_with_separator", "tags": calls, "separator": self.separator,
+             "at_least_one": True, "stop_after_first": not parallel}, OPTIONAL_NEWLINE]}
+
+
+_BY_NAME = {p.name: p for p in (HermesParser, Llama3Parser, MistralParser, MistralV11Parser)}
 
 
 def parser_for(template: str | None, override: str | None = None) -> ToolParser:
     """The parser named by `override`, else the one the chat template's format implies
-    (hermes when the template shows none: the default model's family)."""
-    if override:
+    (hermes when the template shows none: the default model's family). Raises ValueError
+    naming an unknown `override`. "mistral" is either of Mistral's forms, as the template
+    writes calls: with `[ARGS]` (tokenizer v11 on) "mistral_v11", else the JSON array, as
+    vLLM's mistral parser reads by the tokenizer's version."""
+    if override and override != "mistral":
         if override not in _BY_NAME:
             raise ValueError(f"unknown tool call parser {override!r}; one of {PARSERS}")
         return _BY_NAME[override]()
     t = template or ""
-    if "[TOOL_CALLS]" in t:
-        return MistralParser()
+    if "[TOOL_CALLS]" in t or override == "mistral":
+        # v11's templates write a call's arguments after [ARGS]; the older ones a JSON array
+        return MistralV11Parser() if ARGS in t else MistralParser()
     if "<|python_tag|>" in t or "ipython" in t:
         return Llama3Parser()
     return HermesParser()

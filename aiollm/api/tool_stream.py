@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from aiollm.api.call_text import OpenValue, Written, call_head, written_calls
+from aiollm.api.call_text import OpenValue, Written, written_calls
 from aiollm.api.call_wrap import OUTSIDE
 from aiollm.api.tool_calls import ToolCall, ToolParser
 
@@ -60,7 +60,7 @@ class StreamingToolParser:
         self.resume = -1  # where written_calls reads on (after the last complete call)
         self.open: OpenValue | None = None  # the last call's arguments, while still open
         self.seen = 0  # no head that leads on starts before it (written_calls)
-        self.head_len = max((len(call_head(n)) for n in names), default=0)
+        self.head_len = max((len(parser.heads.named(n)) for n in names), default=0)
 
     def feed(self, text: str) -> str:
         """The content that can be sent now: the text before the calls' first opening
@@ -139,7 +139,7 @@ class StreamingToolParser:
         # read and compared again (a delta's work does not grow with the calls sent)
         done = len(self.sent) - (last is not None and not last.complete)
         more, self.resume = written_calls(self.held, self.resume, self.names,
-                                          self.parser.args_key, self.parser.joints,
+                                          self.parser.heads, self.parser.joints,
                                           after_call=done > 0, seen=self.seen)
         if not more or more[-1].complete:
             # reading stopped where no head leads on: one can only start in the text to
