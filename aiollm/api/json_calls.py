@@ -141,12 +141,16 @@ def _may_hold_calls(text: str, pos: int) -> bool:
 def json_call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
     """The call of `obj`, the JSON object written at text[at] (decoded already): its
     "name" a string, its arguments the text of its `args_key` (or "arguments") member as
-    written (call_text.member_text), "{}" when it has none; None where `obj` is no call."""
+    written (call_text.member_text), "{}" when it has none; None where `obj` is no call,
+    or its arguments are nested too deep for the decoder to read them again here."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
-    args = member_text(text, at, args_key)
-    if args is None:
-        args = member_text(text, at, "arguments")
+    try:
+        args = member_text(text, at, args_key)
+        if args is None:
+            args = member_text(text, at, "arguments")
+    except ValueError:  # too deep to read again here: as one too deep to decode
+        return None
     return ToolCall(obj["name"], "{}" if args is None else args)
 
 
