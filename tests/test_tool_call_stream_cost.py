@@ -300,3 +300,21 @@ def test_a_llama3_list_nested_in_itself_reads_in_linear_time(streamed):
     a loaded machine)."""
     few, many = _nested_seconds((10_000, 40_000), streamed)
     assert many < 10 * few, (few, many)
+
+
+@pytest.mark.parametrize("unit", ['{"name": ,\\"```\n\\"', ':\\"{"name": \\", "parameters": ',
+                                  '<|python_tag|>"\\""get_weather"}x{"name": '])
+def test_llama3_heads_of_invalid_json_with_escaped_quotes_read_in_linear_time(unit):
+    """Heads of invalid JSON, `\\"` between them: the decoder fails a few characters into
+    each, but the bracket matcher read each to the text's end, every head standing in a
+    string of the readings before it (a `\\"` escapes in a string and opens one outside
+    it), so the readings shared nothing (20k characters: 270 ms, main 5 ms). A reading
+    stops where the JSON stops being valid, as the decoder does: four times the text
+    calls about four times the functions."""
+    counts = []
+    for size in (10_000, 40_000):
+        text = (unit * (size // len(unit) + 1))[:size]
+        with _Count() as count:
+            LLAMA3.calls(text, NAMES, cut=True, length=True)
+        counts.append(count.calls)
+    assert counts[1] < 6 * counts[0], counts
