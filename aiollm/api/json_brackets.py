@@ -1,8 +1,9 @@
 """Where the JSON objects and arrays written in one text close, found by reading their
 brackets once (and checking their JSON as the decoder would), and their decoding within
 them: a value that never closes (a looping model's list nested in itself,
-`[{...}, [{...}, [...`, cut by max_tokens) is never handed to the decoder, which would read it to the text's end (or its recursion limit) once for
-each of its levels, in time quadratic in the text's length.
+`[{...}, [{...}, [...`, cut by max_tokens) is never handed to the decoder, which would
+read it to the text's end (or its recursion limit) once for each of its levels, in time
+quadratic in the text's length.
 """
 
 from __future__ import annotations
