@@ -247,3 +247,74 @@ def test_llama3_objects_of_text_among_code_blocks_read_in_linear_time():
     bound leaves room for a loaded machine)."""
     few, many = _llama3_text_seconds(10_000, 100_000)
     assert many < 25 * few, (few, many)
+
+
+_LOOP = '{"name": "get_weather", "parameters": {}}'  # a call a looping model repeats
+
+
+@pytest.mark.parametrize("piece", ["[%s, ", "[%s, [", '[%s, {"x" ', "[%s, [x "])
+@pytest.mark.parametrize("head", [_LOOP, _LOOP.replace("get_weather", "nope")],
+                         ids=["call", "no tool"])
+def test_reading_llama3_lists_nested_in_themselves_grows_with_the_output(head, piece):
+    """A model looping until max_tokens nests a list in itself, `[{...}, [{...}, [...`:
+    each level was decoded to the text's end (or the decoder's recursion limit) twice,
+    as a list that holds calls and then after the call before it, each failure counting
+    the lines of all the text before it (an element that never parses, '{"x" ...' or
+    '[x ...', once); the brackets are matched once, and a value that never closes is
+    not decoded."""
+    text = (piece % head) * 300
+    for cut in (False, True):
+        with _Count() as count:
+            LLAMA3.calls(text, NAMES, cut=cut, length=cut)
+        assert count.scanned <= len(text), (cut, count.scanned, len(text))
+
+
+def _nested_seconds(sizes: tuple[int, ...], streamed: bool) -> list[float]:
+    """Seconds to read a Llama 3 answer of `size` characters of a call's list nested in
+    itself, cut by max_tokens, whole or streamed in 16-character deltas: the best of 5
+    for each size, the sizes interleaved (a loaded machine's pauses fall on all)."""
+    unit = f"[{_LOOP}, "
+    best = [float("inf")] * len(sizes)
+    for _ in range(5):
+        for k, size in enumerate(sizes):
+            text = (unit * (size // len(unit) + 1))[:size]
+            t = time.perf_counter()
+            if streamed:
+                stream = StreamingToolParser(LLAMA3, NAMES)
+                for i in range(0, len(text), 16):
+                    stream.feed(text[i:i + 16])
+                    stream.take()
+                _, calls = stream.finish(cut=True, length=True)
+            else:
+                _, calls = LLAMA3.calls(text, NAMES, cut=True, length=True)
+            best[k] = min(best[k], time.perf_counter() - t)
+            assert len(calls) >= size // len(unit)  # each level's call
+    return best
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_a_llama3_list_nested_in_itself_reads_in_linear_time(streamed):
+    """The nested lists above took time quadratic in their length to read, on the event
+    loop (10k characters: ~12 ms, 40k: ~260 ms, 100k: 1.6 s, 400k: 9.8 s); four times
+    the text costs about four times as much (it was ~20 times; the bound leaves room for
+    a loaded machine)."""
+    few, many = _nested_seconds((10_000, 40_000), streamed)
+    assert many < 10 * few, (few, many)
+
+
+@pytest.mark.parametrize("unit", ['{"name": ,\\"```\n\\"', ':\\"{"name": \\", "parameters": ',
+                                  '<|python_tag|>"\\""get_weather"}x{"name": '])
+def test_llama3_heads_of_invalid_json_with_escaped_quotes_read_in_linear_time(unit):
+    """Heads of invalid JSON, `\\"` between them: the decoder fails a few characters into
+    each, but the bracket matcher read each to the text's end, every head standing in a
+    string of the readings before it (a `\\"` escapes in a string and opens one outside
+    it), so the readings shared nothing (20k characters: 270 ms, main 5 ms). A reading
+    stops where the JSON stops being valid, as the decoder does: four times the text
+    calls about four times the functions."""
+    counts = []
+    for size in (10_000, 40_000):
+        text = (unit * (size // len(unit) + 1))[:size]
+        with _Count() as count:
+            LLAMA3.calls(text, NAMES, cut=True, length=True)
+        counts.append(count.calls)
+    assert counts[1] < 6 * counts[0], counts

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 
 import jsonschema
 import numpy as np
 import pytest
 import xgrammar as xgr
 
+from aiollm.api.json_calls import json_call
 from aiollm.api.tool_parsers import HermesParser, Llama3Parser, MistralParser, MistralV11Parser
 from aiollm.api.tool_stream import StreamingToolParser
 
@@ -345,3 +347,21 @@ def test_auto_beside_a_format_is_calls_or_the_format(parser, parallel):
         matcher = xgr.GrammarMatcher(compiled)
         assert matcher.accept_string(text) and matcher.accept_token(EOS), text
         assert bool(parser.calls(text, names)[1]) == (text == call), text
+
+
+@pytest.mark.parametrize("args_key", ["parameters", "arguments"])
+def test_a_call_whose_arguments_are_too_deep_to_read_again_is_no_call(args_key):
+    """json_call reads a call's arguments text again from the text (member_text), a few
+    calls deeper than the object was decoded: at the decoder's recursion limit that second
+    reading raised RecursionError, a failed request (main's Llama 3 and Mistral readings
+    did at 988-990 levels; h189's Brackets.decode, one call deeper, made both readings
+    meet the limit together, by chance of frame counts). Too deep to read is no call, as
+    too deep to decode is."""
+    text = '{"name": "f", "%s": %s}' % (args_key, "[" * 3000 + "]" * 3000)
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(20_000)
+    try:
+        obj = json.loads(text)  # the object as a reader at a shallower depth decoded it
+    finally:
+        sys.setrecursionlimit(limit)
+    assert json_call(obj, "parameters", text, 0) is None

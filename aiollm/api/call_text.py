@@ -44,12 +44,14 @@ def skip_json_space(text: str, pos: int) -> int:
 def member_text(text: str, pos: int, key: str) -> str | None:
     """The arguments text (value_text) of the first member named `key` of the JSON object
     that starts at text[pos] and is known to be valid; None without one. The first, not
-    the last as json.loads keeps: a stream has sent the first by the time a second comes."""
+    the last as json.loads keeps: a stream has sent the first by the time a second comes.
+    Raises ValueError where a member is nested deeper than the decoder goes here (deeper
+    in the stack than where the object was decoded: decode_json)."""
     pos = skip_json_space(text, pos + 1)
     while text[pos] == '"':
         name, pos = _DECODER.raw_decode(text, pos)
         start = skip_json_space(text, skip_json_space(text, pos) + 1)  # past the ':'
-        value, pos = _DECODER.raw_decode(text, start)
+        value, pos = decode_json(text, start)
         if name == key:
             return value if isinstance(value, str) else text[start:pos]
         pos = skip_json_space(text, pos)

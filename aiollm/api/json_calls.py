@@ -11,7 +11,8 @@ import re
 from collections.abc import Collection
 from typing import Any
 
-from aiollm.api.call_text import decode_json, element_starts, member_text, skip_json_space
+from aiollm.api.call_text import element_starts, member_text, skip_json_space
+from aiollm.api.json_brackets import Brackets
 from aiollm.api.tool_calls import ToolCall
 
 # what a JSON value may start with: an element is decoded only where one may (a value that
@@ -23,13 +24,15 @@ _SCALAR = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|true|false|nu
 
 def json_calls(text: str, pos: int, args_key: str, seps: str,
                words: tuple[str, ...] = (),
-               names: Collection[str] | None = None) -> tuple[list[ToolCall], int]:
+               names: Collection[str] | None = None,
+               brackets: Brackets | None = None) -> tuple[list[ToolCall], int]:
     """The calls written as JSON values (objects, or arrays of them) from text[pos:] on,
     separated by characters of `seps`, `words` (Llama 3's <|python_tag|>) and whitespace
     (any: U+00A0 too, as a stream's joints read it): (the calls, where they end); none if
     the first does not parse. With `names`, a value naming a function not among them ends
-    the calls as one that does not parse does (None: any name)."""
-    calls = []
+    the calls as one that does not parse does (None: any name). `brackets`: the text's
+    (json_brackets.Brackets), which a caller reading it again shares."""
+    calls, brackets = [], Brackets(text) if brackets is None else brackets
     while True:
         while pos < len(text):
             if text[pos] in seps or text[pos].isspace():
@@ -41,7 +44,7 @@ def json_calls(text: str, pos: int, args_key: str, seps: str,
         if not _may_hold_calls(text, pos):  # not decoded: see _may_hold_calls
             return calls, pos
         try:
-            obj, end = decode_json(text, pos)
+            obj, end = brackets.decode(pos)
         except ValueError:
             return calls, pos
         found = _calls_of(obj, args_key, text, pos)
@@ -53,7 +56,8 @@ def json_calls(text: str, pos: int, args_key: str, seps: str,
 
 
 def list_calls(text: str, at: int, args_key: str, names: Collection[str] | None,
-               words: tuple[str, ...] = ()) -> tuple[list[ToolCall], str, int] | None:
+               words: tuple[str, ...] = (), brackets: Brackets | None = None
+               ) -> tuple[list[ToolCall], str, int] | None:
     """(the calls among the elements of the JSON list written at text[at], a list of calls
     among them too (as json_calls reads one); the list without them as written, "" where
     all are calls; where the list ends): its elements that are not calls (to one of
@@ -61,8 +65,9 @@ def list_calls(text: str, at: int, args_key: str, names: Collection[str] | None,
     <|python_tag|>) before an element are markup. None where no list of such elements is
     written there or it holds no call. Read element by element, and no further than one
     that neither ',' nor ']' follows (a list that text ends, not decoded whole: see
-    _may_hold_calls)."""
-    read = _elements(text, at, words)
+    _may_hold_calls); an element that is an object or an array only where its brackets
+    close (`brackets`, the text's: json_brackets.Brackets)."""
+    read = _elements(Brackets(text) if brackets is None else brackets, at, words)
     if read is None:
         return None
     elements, end = read
@@ -85,14 +90,15 @@ def list_calls(text: str, at: int, args_key: str, names: Collection[str] | None,
     return calls, "".join(rest), end
 
 
-def _elements(text: str, at: int, words: tuple[str, ...]
+def _elements(brackets: Brackets, at: int, words: tuple[str, ...]
               ) -> tuple[list[tuple[Any, int, int]], int] | None:
     """([(value, where it starts, where it ends)] of the elements of the JSON list written
-    at text[at], `words` allowed before each; where the list ends). None where no such
-    list (of one element or more) is written there; a value is decoded only where one may
-    start (a number or a literal: where one is written whole), and where the element
-    before it is followed by ','."""
-    elements, pos = [], at
+    at text[at] (the text of `brackets`), `words` allowed before each; where the list
+    ends). None where no such list (of one element or more) is written there; a value is
+    decoded only where one may start (a number or a literal: where one is written whole;
+    an object or an array: where its brackets close), and where the element before it is
+    followed by ','."""
+    text, elements, pos = brackets.text, [], at
     while True:
         pos = skip_json_space(text, pos + 1)  # past the '[' or the ','
         while (word := next((w for w in words if text.startswith(w, pos)), None)):
@@ -101,7 +107,7 @@ def _elements(text: str, at: int, words: tuple[str, ...]
                 text[pos] not in '{["' and _SCALAR.match(text, pos) is None):
             return None
         try:
-            obj, end = decode_json(text, pos)
+            obj, end = brackets.decode(pos)
         except ValueError:
             return None
         elements.append((obj, pos, end))
@@ -135,18 +141,23 @@ def _may_hold_calls(text: str, pos: int) -> bool:
 def json_call(obj: Any, args_key: str, text: str, at: int) -> ToolCall | None:
     """The call of `obj`, the JSON object written at text[at] (decoded already): its
     "name" a string, its arguments the text of its `args_key` (or "arguments") member as
-    written (call_text.member_text), "{}" when it has none; None where `obj` is no call."""
+    written (call_text.member_text), "{}" when it has none; None where `obj` is no call,
+    or its arguments are nested too deep for the decoder to read them again here."""
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
         return None
-    args = member_text(text, at, args_key)
-    if args is None:
-        args = member_text(text, at, "arguments")
+    try:
+        args = member_text(text, at, args_key)
+        if args is None:
+            args = member_text(text, at, "arguments")
+    except ValueError:  # too deep to read again here: as one too deep to decode
+        return None
     return ToolCall(obj["name"], "{}" if args is None else args)
 
 
-def value_end(text: str, at: int) -> int:
-    """Where the JSON value written at text[at] ends; `at` where none is."""
+def value_end(text: str, at: int, brackets: Brackets | None = None) -> int:
+    """Where the JSON value written at text[at] ends; `at` where none is. `brackets`: the
+    text's (json_brackets.Brackets), which a caller reading it again shares."""
     try:
-        return decode_json(text, at)[1]
+        return (Brackets(text) if brackets is None else brackets).decode(at)[1]
     except ValueError:
         return at

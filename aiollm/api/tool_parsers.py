@@ -42,6 +42,7 @@ import string
 from aiollm.api.call_text import Heads, Joints, decode_json, value_text
 from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, skip_space,
                                    without_wrap_end, wrap_before, wrap_close)
+from aiollm.api.json_brackets import Brackets
 from aiollm.api.json_calls import json_call, json_calls, list_calls, value_end
 from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
 from aiollm.config import TOOL_CALL_PARSERS
@@ -181,10 +182,13 @@ class Llama3Parser(ToolParser):
         # it opens is text whole (a call's JSON among its values too)
         gaps, calls, pos, read = [], [], 0, 0  # read: the end of the last such object
         mark = 0  # `fences`: the code blocks of the content before text[mark] (>= pos)
+        # matched once for all the readings below: a list nested in itself that the text
+        # ends (a looping model) is read once, not once for each of its levels
+        brackets = Brackets(text)
         i = text.find(self.start)
         while i >= 0:
             # decoded once where no JSON parses there (json_calls), twice else
-            if (end := value_end(text, i)) > i:
+            if (end := value_end(text, i, brackets)) > i:
                 # a list or a fence around the run is markup (call_wrap): the list read
                 # whole where it parses, else its calls one by one (it may be cut). The
                 # code blocks are read on from the last head's (objects of text: not from
@@ -201,16 +205,17 @@ class Llama3Parser(ToolParser):
                     # content (the first call may have been streamed before they came);
                     # a list of calls only, the run goes on after it
                     listed = list_calls(text, text.rindex("[", wrap.start, i),
-                                        self.args_key, names, (TAG,))
+                                        self.args_key, names, (TAG,), brackets)
                     if listed is not None:  # its ']' read with it
                         found, kept, stop = listed
                         if not kept:
                             more, stop = json_calls(text, stop, self.args_key, ";,", (TAG,),
-                                                    names)
+                                                    names, brackets)
                             found += more
                         wrap = dataclasses.replace(wrap, bracket=False)
                 if not found:
-                    found, stop = json_calls(text, i, self.args_key, ";,", (TAG,), names)
+                    found, stop = json_calls(text, i, self.args_key, ";,", (TAG,), names,
+                                             brackets)
                 if found:
                     lead = i if wrap is None else wrap.start
                     # whitespace alone between runs separates them, a fence around
