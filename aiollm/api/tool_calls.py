@@ -17,6 +17,7 @@ from aiollm.api.call_text import Heads, Joints, Written, written_calls
 from aiollm.api.call_wrap import (OUTSIDE, Fences, skip_space, wrap_before, wrap_part,
                                   without_wrap_end)
 from aiollm.api.cut_calls import cut_calls
+from aiollm.engine.grammar_check import grammar_schema
 from aiollm.sampling_params import GrammarSpec
 
 
@@ -250,3 +251,25 @@ def structural_tag(fmt: dict) -> GrammarSpec:
     """The grammar of a structural tag of format `fmt`, named "tools" in its errors."""
     return GrammarSpec("structural_tag", json.dumps({"type": "structural_tag", "format": fmt}),
                        "tools")
+
+
+# Whitespace a call's JSON may have in one run: enough to pretty-print a few levels, and a
+# bound on a model that would otherwise write newlines forever (seen: a tool without
+# parameters, whose `{}` the default model never closed)
+MAX_WHITESPACE = 16
+
+
+def tool_arguments(tool: dict) -> dict:
+    """A tag's content: the tool's arguments under its parameter schema."""
+    return {"type": "json_schema", "json_schema": grammar_schema(tool_schema(tool)),
+            "max_whitespace_cnt": MAX_WHITESPACE}
+
+
+def tool_name_json(tool: dict) -> str:
+    """The tool's name as a JSON string (a name may hold quotes or backslashes)."""
+    return json.dumps(tool["function"]["name"])
+
+
+def tool_schema(tool: dict) -> dict:
+    """The tool's parameter schema (an object of no properties where it gives none)."""
+    return tool["function"].get("parameters") or {"type": "object", "properties": {}}
