@@ -14,8 +14,8 @@ template (or `--tool-call-parser`):
   (Mistral's tokenizers before v11: Mistral-7B-Instruct-v0.3, Mixtral);
 - "mistral_v11": `[TOOL_CALLS]NAME[ARGS]{...}`, one block per call (tokenizer v11 on:
   Mistral-Small-3.2, Magistral, Devstral), where the template writes calls with `[ARGS]`;
-  v11's own (Mistral-Small-3.2's) writes `[CALL_ID]ID` before `[ARGS]`, which the grammar
-  leaves out (the model writes the v13 form; the template's 9-character ids are ours).
+  where the template writes `[CALL_ID]ID` before `[ARGS]` (v11's own, Mistral-Small-3.2's),
+  `[TOOL_CALLS]NAME[CALL_ID]ID[ARGS]{...}`, the model's ID the call's id.
   Both Mistral forms are in aiollm/api/mistral_calls.py.
 
 A markdown code fence around calls, and a JSON list around Llama 3's, are markup too, not
@@ -41,7 +41,7 @@ from aiollm.api.call_text import Joints, decode_json
 from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, block_wrap, skip_space, text_after,
                                   without_wrap_end, wrap_before, wrap_close)
 from aiollm.api.json_calls import json_call, json_calls, list_calls, value_end
-from aiollm.api.mistral_calls import ARGS, MistralParser, MistralV11Parser
+from aiollm.api.mistral_calls import ARGS, CALL_ID, MistralParser, MistralV11Parser
 from aiollm.api.tool_calls import ToolParser, tool_arguments, tool_name_json
 from aiollm.config import TOOL_CALL_PARSERS
 
@@ -228,15 +228,19 @@ def parser_for(template: str | None, override: str | None = None) -> ToolParser:
     (hermes when the template shows none: the default model's family). Raises ValueError
     naming an unknown `override`. "mistral" is either of Mistral's forms, as the template
     writes calls: with `[ARGS]` (tokenizer v11 on) "mistral_v11", else the JSON array, as
-    vLLM's mistral parser reads by the tokenizer's version."""
-    if override and override != "mistral":
+    vLLM's mistral parser reads by the tokenizer's version; "mistral_v11" (named or so
+    picked) writes and reads the call's id after `[CALL_ID]` where the template does."""
+    t = template or ""
+    if override and override not in ("mistral", "mistral_v11"):
         if override not in _BY_NAME:
             raise ValueError(f"unknown tool call parser {override!r}; one of {PARSERS}")
         return _BY_NAME[override]()
-    t = template or ""
-    if "[TOOL_CALLS]" in t or override == "mistral":
-        # v11's templates write a call's arguments after [ARGS]; the older ones a JSON array
-        return MistralV11Parser() if ARGS in t else MistralParser()
+    if "[TOOL_CALLS]" in t or override in ("mistral", "mistral_v11"):
+        # v11's templates write a call's arguments after [ARGS]; the older ones a JSON
+        # array; Mistral-Small-3.2's the call's id before [ARGS], after [CALL_ID]
+        if ARGS in t or override == "mistral_v11":
+            return MistralV11Parser(call_ids=CALL_ID in t)
+        return MistralParser()
     if "<|python_tag|>" in t or "ipython" in t:
         return Llama3Parser()
     return HermesParser()
