@@ -199,3 +199,19 @@ def test_call_id_as_a_special_token_stays_in_the_text(server, tmp_path):
     text for the parser, as [TOOL_CALLS] and [ARGS] are."""
     served_with_special_markers(server, tmp_path, ("[TOOL_CALLS]", "[ARGS]", "[CALL_ID]"),
                                 TEMPLATE)
+
+
+def test_an_id_the_model_wrote_twice_is_the_first_calls_only():
+    """Two calls of one answer under one id: the first keeps it, the second gets ours (9
+    letters or digits, the template's form), whole and streamed, as OpenAI's calls of one
+    message have ids of their own: a client matches each tool result to its call by id."""
+    parser = _parser()
+    two = CALLED + '[TOOL_CALLS]tag[CALL_ID]a1B2c3D4e[ARGS]{"t": [2]}'
+    for cut in (False, True):
+        _, calls = _every_split(parser, two, cut=cut)
+        assert [c[0] for c in calls][:1] == ["a1B2c3D4e"] and calls[1][0] != "a1B2c3D4e"
+        assert re.fullmatch("[A-Za-z0-9]{9}", calls[1][0]), calls
+        for cuts in ([len(CALLED) + 3], list(range(1, len(two)))):
+            _, joined, final = _stream(parser, two, cuts, cut=cut)
+            assert len({c.id for c in final}) == 2 and joined[0][0] == "a1B2c3D4e", joined
+            assert re.fullmatch("[A-Za-z0-9]{9}", joined[1][0]), joined

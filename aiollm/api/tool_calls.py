@@ -163,9 +163,12 @@ class ToolParser:
         if length and calls and calls[-1].complete \
                 and not self._closed(text, at, names, calls):
             calls[-1].complete = False
-        for call in calls:  # the id the model wrote in the call's head is the call's
-            if not (self.heads.call_id and _MODEL_ID.fullmatch(call.id)):
+        taken: set[str] = set()
+        for call in calls:  # the id the model wrote in the call's head is the call's,
+            # unless an earlier call has it (a client matches results to calls by id)
+            if not (self.heads.call_id and _MODEL_ID.fullmatch(call.id)) or call.id in taken:
                 call.id = self.call_id()
+            taken.add(call.id)
         return head + content, calls
 
     def _closed(self, text: str, at: int, names: Collection[str],

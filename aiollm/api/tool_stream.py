@@ -56,6 +56,7 @@ class StreamingToolParser:
         self.calling = False
         self.calls: list[ToolCall] = []
         self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
+        self.ids: set[str] = set()  # the ids of the calls sent
         self.deltas: list[CallDelta] = []  # the fragments not yet taken
         self.resume = -1  # where written_calls reads on (after the last complete call)
         self.open: OpenValue | None = None  # the last call's arguments, while still open
@@ -158,8 +159,12 @@ class StreamingToolParser:
         back, and the answer would no longer join to what the client has."""
         for i, call in enumerate(calls, first):
             if i == len(self.sent):
-                # the id the model wrote in the call's head (Heads.call_id), else ours
-                self.sent.append(ToolCall(call.name, "", call.id or self.parser.call_id()))
+                # the id the model wrote in the call's head (Heads.call_id), else ours (and
+                # where an earlier call has it: each call its own, as ToolParser.calls)
+                fresh = call.id and call.id not in self.ids
+                cid = call.id if fresh else self.parser.call_id()
+                self.sent.append(ToolCall(call.name, "", cid))
+                self.ids.add(self.sent[i].id)
                 self.deltas.append(CallDelta(i, "", self.sent[i].id, call.name))
             sent = self.sent[i]
             if call.name != sent.name or not call.arguments.startswith(sent.arguments):
