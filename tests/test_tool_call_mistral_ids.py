@@ -215,3 +215,52 @@ def test_an_id_the_model_wrote_twice_is_the_first_calls_only():
             _, joined, final = _stream(parser, two, cuts, cut=cut)
             assert len({c.id for c in final}) == 2 and joined[0][0] == "a1B2c3D4e", joined
             assert re.fullmatch("[A-Za-z0-9]{9}", joined[1][0]), joined
+
+
+def test_a_call_sent_back_renders_as_the_model_wrote_it(server):
+    """The agent loop under a template that writes [CALL_ID] and checks ids as Mistral's
+    do: a forced call, then the history with it and its result renders (the ids 9 letters
+    or digits), the model's id or, where max_tokens cut the call before it, ours."""
+    from live_server import http
+
+    from aiollm.api.state import STATE
+    from test_tool_call_ids import CHECKING_TEMPLATE
+
+    st = server.app[STATE]
+    # as Mistral-Small-3.2's: arguments a JSON object (the server hands a template the
+    # history's arguments parsed, as vLLM does) are written with tojson
+    parsed = TEMPLATE.replace("{{- '[TOOL_CALLS]'", "{%- if arguments is not string %}{%- set "
+                              "arguments = arguments|tojson %}{%- endif %}{{- '[TOOL_CALLS]'")
+    template = ("{% for message in messages %}{% if message['tool_calls'] %}" + parsed
+                + "{% elif message['role'] == 'tool' %}[TOOL_RESULTS]{{ message['tool_call_id']"
+                " }}[TOOL_CONTENT]{{ message['content'] }}[/TOOL_RESULTS]"
+                "{% else %}[INST]{{ message['content'] }}[/INST]{% endif %}{% endfor %}")
+    template = CHECKING_TEMPLATE.split("{{ m.content")[0] + "{% endfor %}" + template
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
+        "required": ["a"], "additionalProperties": False}}}]
+    first = [{"role": "user", "content": "Call f."}]
+    server.call(lambda: setattr(st, "trust_request_chat_template", True))
+    try:
+        for max_tokens in (80, 7):  # 7: cut before the model wrote its id: ours
+            status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+                "messages": first, "tools": tools, "max_tokens": max_tokens,
+                "tool_choice": {"type": "function", "function": {"name": "f"}},
+                "temperature": 0, "chat_template": template, "return_token_ids": True})
+            assert status == 200, raw
+            choice = json.loads(raw)["choices"][0]
+            calls = choice["message"]["tool_calls"]
+            written = server.engine.tokenizer.decode(choice["token_ids"])
+            assert len(calls) == 1 and re.fullmatch("[A-Za-z0-9]{9}", calls[0]["id"]), calls
+            assert (calls[0]["id"] in written) == (max_tokens == 80), (written, calls)
+            if max_tokens == 7:
+                calls[0]["function"]["arguments"] = '{"a": 1}'
+            history = first + [{"role": "assistant", "content": None, "tool_calls": calls},
+                               {"role": "tool", "tool_call_id": calls[0]["id"],
+                                "content": "3"}]
+            status, _, raw = http(server, "POST", "/v1/chat/completions", json={
+                "messages": history, "tools": tools, "max_tokens": 1,
+                "chat_template": template, "return_token_ids": True})
+            assert status == 200, raw
+    finally:
+        server.call(lambda: setattr(st, "trust_request_chat_template", False))
