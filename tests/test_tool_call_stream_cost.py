@@ -17,14 +17,24 @@ from aiollm.api.tool_stream import StreamingToolParser
 from test_tool_call_stream import CALL as ONE_CALL
 from test_tool_call_stream import _check
 
-PARSERS = [HermesParser(), Llama3Parser(), MistralParser(), MistralV11Parser()]
+# the last: Mistral-Small-3.2's form, a call's id after [CALL_ID] (its template's)
+PARSERS = [HermesParser(), Llama3Parser(), MistralParser(), MistralV11Parser(),
+           MistralV11Parser(call_ids=True)]
 LLAMA3 = PARSERS[1]
 NAMES = {"get_weather", "search"}
 ARGS = '{"city": "P", "unit": "c"}'
 CALL = {"hermes": '<tool_call>\n{"name": "get_weather", "arguments": %s}\n</tool_call>\n',
         "llama3": '{"name": "get_weather", "parameters": %s}; ',
         "mistral": '[TOOL_CALLS][{"name": "get_weather", "arguments": %s}]\n',
-        "mistral_v11": "[TOOL_CALLS]get_weather[ARGS]%s\n"}
+        "mistral_v11": "[TOOL_CALLS]get_weather[ARGS]%s\n",
+        "mistral_v11_ids": "[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]%s\n"}
+ONE_CALL = {**ONE_CALL,
+            "mistral_v11_ids": "[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]%s"}
+
+
+def _form(parser) -> str:
+    """The parser's key in CALL: its name, and "_ids" where its heads write an id."""
+    return parser.name + ("_ids" if parser.heads.call_id else "")
 
 
 class _Count:
@@ -52,7 +62,7 @@ class _Count:
 def _feed_calls(parser, calls: int) -> int:
     """The functions called to feed, in 4-character deltas, 20 calls after `calls` calls
     were sent."""
-    call = CALL[parser.name] % ARGS
+    call = CALL[_form(parser)] % ARGS
     stream = StreamingToolParser(parser, NAMES)
     stream.feed(call * calls)
     stream.take()
@@ -64,7 +74,7 @@ def _feed_calls(parser, calls: int) -> int:
     return count.calls
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", PARSERS, ids=_form)
 def test_a_delta_costs_the_same_after_many_calls(parser):
     """Each delta compared every call sent so far with its reading again: 2,000 parallel
     calls (100 KB) took ~10 s of event loop, streamed; a delta's work is the call it adds
@@ -73,7 +83,7 @@ def test_a_delta_costs_the_same_after_many_calls(parser):
     assert many < 1.2 * few, (few, many)
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", PARSERS, ids=_form)
 @pytest.mark.parametrize("piece", ["x %s ", "%s", '{"name": 5, "v": [1]} %s'])
 def test_reading_grows_with_the_output_not_its_square(parser, piece):
     """Every place a run of calls ends (text after it, Mistral's next marker) was decoded
@@ -81,7 +91,7 @@ def test_reading_grows_with_the_output_not_its_square(parser, piece):
     before it: an output of many calls read in time quadratic in its length (Llama 3, which
     reads every head, and Mistral: ~1 s for 6,000 calls). What the readers scan so is
     now at most the output's length, whole or cut."""
-    text = piece.replace("%s", CALL[parser.name] % ARGS) * 2000
+    text = piece.replace("%s", CALL[_form(parser)] % ARGS) * 2000
     for cut in (False, True):
         with _Count() as count:
             parser.calls(text, NAMES, cut=cut)
@@ -104,7 +114,7 @@ def test_reading_llama3_lists_grows_with_the_output_not_its_square(piece):
         assert count.scanned <= len(text), (cut, count.scanned, len(text))
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", PARSERS, ids=_form)
 def test_a_delta_in_long_arguments_costs_what_it_adds(parser):
     """A delta that held a closing bracket read the call's arguments again from their
     start, to know whether they were complete: arguments of many small objects (rows of a
@@ -113,7 +123,7 @@ def test_a_delta_in_long_arguments_costs_what_it_adds(parser):
     def cost(rows: int) -> int:
         args = '{"rows": [' + '{"a": 1, "b": [2]}, ' * rows
         stream = StreamingToolParser(parser, NAMES)
-        stream.feed(CALL[parser.name].split("%s")[0] + args)
+        stream.feed(CALL[_form(parser)].split("%s")[0] + args)
         more = '{"a": 1, "b": [2]}, ' * 20
         with _Count() as count:
             for i in range(0, len(more), 4):
@@ -130,7 +140,7 @@ _ATOMS = ['"x\\"y"', '"a\\"}]"', '"\\\\"', '"[{"', '{"k": [1, {"x": "}"}]}', "[]
           '"\\\\\\"]"', "1", "null"]
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", PARSERS, ids=_form)
 def test_arguments_read_bracket_by_bracket_join_to_the_whole_answer(parser):
     """The stream follows open arguments bracket by bracket (the shortcut above), reading
     strings and escapes as JSON does: a quote escaped in a string, then a closing bracket
@@ -140,7 +150,7 @@ def test_arguments_read_bracket_by_bracket_join_to_the_whole_answer(parser):
     for _ in range(60):
         args = "{" + ", ".join(f'"k{i}": {rng.choice(_ATOMS)}'
                                for i in range(rng.randint(0, 4))) + "}"
-        call = ONE_CALL[parser.name] % args
+        call = ONE_CALL[_form(parser)] % args
         text = rng.choice(["", "Hi "]) + call + rng.choice(["", " Done.", "\n" + call])
         _check(parser, text, rng)
         _check(parser, text[:rng.randint(1, len(text))], rng, cut=True)
@@ -163,10 +173,10 @@ def _delta_seconds(parser, before: str, delta: str) -> float:
 def _prose_delta_seconds(parser, prose: int) -> float:
     """Seconds for 4-character deltas of text after a call and `prose` characters of text."""
     return _delta_seconds(
-        parser, CALL[parser.name] % ARGS + ("Then some {x} words. " * prose)[:prose], "abc ")
+        parser, CALL[_form(parser)] % ARGS + ("Then some {x} words. " * prose)[:prose], "abc ")
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", PARSERS, ids=_form)
 def test_a_delta_of_text_after_the_calls_costs_the_same_after_much_text(parser):
     """Each delta after a call searched all the text since that call for the next call's
     head (~1 s of event loop for 100 KB after a call; 2.5 s for Llama 3 text full of heads
@@ -182,7 +192,7 @@ def _blank_delta_seconds(parser, blank: int) -> float:
     return _delta_seconds(parser, "Hi\n```json\n" + "\n" * blank, "\n")
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", PARSERS, ids=_form)
 def test_a_delta_of_whitespace_costs_the_same_after_much_whitespace(parser):
     """Whitespace is held back (a call may follow it), and each delta read all of it again
     (a model writing newlines: 50 KB of them one at a time took ~12 s of event loop): the
@@ -199,7 +209,7 @@ def _whole_code_calls(parser, blocks: int) -> int:
     return count.calls
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", PARSERS, ids=_form)
 def test_reading_the_code_blocks_of_a_whole_answer_is_one_pass_in_c(parser):
     """Whether a fence is a wrapper's depends on the code blocks before it (call_wrap.Fences),
     read for a whole answer from its start: run by run (or line by line) in Python, 100 KB
@@ -209,7 +219,7 @@ def test_reading_the_code_blocks_of_a_whole_answer_is_one_pass_in_c(parser):
     assert many < 1.2 * few, (few, many)
 
 
-@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+@pytest.mark.parametrize("parser", PARSERS, ids=_form)
 def test_a_long_run_of_backticks_is_read_in_linear_time(parser):
     """A model stuck writing backticks within a line: the run that ends a line was looked
     for by a regular expression that tried every backtick as its start, to the run's end

@@ -132,6 +132,7 @@ class Written:
     name: str
     arguments: str = ""
     complete: bool = False
+    id: str = ""  # the id the model wrote in its head (Heads.call_id); "" where none
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,41 +145,75 @@ class Joints:
     between: re.Pattern
 
 
+ID_LENGTH = 9  # a call id a marked head writes (Mistral's: letters and digits)
+_ID = f"([A-Za-z0-9]{{{ID_LENGTH}}})"
+
+
 @dataclass(frozen=True, slots=True)
 class Heads:
     """How a format writes a call's head, the text before its arguments value: the part
-    that names the call (`named`: the call is known once it is written) and what follows
-    it up to the value (`lead`). JSON heads (`marked` ""): `{"name": NAME` then
-    `, "<args_key>": `, NAME a JSON string, whose closing quote ends it; a marker's heads
-    (Mistral's v11 `marked` "[ARGS]"): the bare NAME and the marker, which alone ends it
-    (`get` is a part of `get_weather`)."""
+    that names the call (`named`) and what follows it up to the value (`lead`). JSON heads
+    (`marked` ""): `{"name": NAME` then `, "<args_key>": `, NAME a JSON string, whose
+    closing quote ends it; a marker's heads (Mistral's v11 `marked` "[ARGS]"): the bare
+    NAME and the marker, which alone ends it (`get` is a part of `get_weather`); with
+    `call_id` (Mistral-Small-3.2's "[CALL_ID]"), NAME, that marker, the call's id
+    (ID_LENGTH letters or digits, the model's) and `marked`. A call is known once its
+    whole head up to `lead` is written, its id with it."""
 
     args_key: str = "arguments"
     marked: str = ""
+    call_id: str = ""
 
     def named(self, name: str) -> str:
-        """The text that names a call to `name`, as a tool grammar writes it."""
+        """The text that names a call to `name`, as a tool grammar writes it (with
+        `call_id`, the name and that marker: the id and `marked` follow)."""
+        if self.call_id:
+            return name + self.call_id
         return name + self.marked if self.marked else f'{{"name": {json.dumps(name)}'
 
     @property
     def lead(self) -> str:
-        """What follows `named` up to the arguments value."""
+        """What follows the head (`named`, and an id) up to the arguments value."""
         return "" if self.marked else f', "{self.args_key}": '
+
+    def size(self, name: str) -> int:
+        """The length of a whole head of a call to `name`, up to `lead`."""
+        return len(self.named(name)) + (ID_LENGTH + len(self.marked) if self.call_id else 0)
+
+    def begins(self, text: str, name: str) -> bool:
+        """Whether `text` is the start of a head of a call to `name` (a cut one: the
+        whole `named` part, or a start of it, then maybe an id and `marked` cut)."""
+        named = self.named(name)
+        if named.startswith(text):
+            return True
+        if not self.call_id or not text.startswith(named):
+            return False
+        rest = text[len(named):]
+        written = rest[:ID_LENGTH]
+        if not (written.isascii() and written.isalnum()):
+            return False
+        return len(written) < ID_LENGTH and rest == written or (
+            len(written) == ID_LENGTH and self.marked.startswith(rest[ID_LENGTH:]))
 
 
 @functools.lru_cache(maxsize=64)
 def _heads(heads: Heads, names: tuple[str, ...]) -> tuple[re.Pattern, dict[str, str]]:
     # no head is a part of another's: a JSON name's closing quote ends it, or the marker
-    # after a bare name ("get[ARGS]" is no part of "get_weather[ARGS]")
+    # after a bare name ("get[ARGS]" is no part of "get_weather[ARGS]"); group 1 the head
+    # that names the call, group 2 its id (with `call_id`)
     named = {heads.named(n): n for n in names}
-    return re.compile("|".join(map(re.escape, named))), named
+    heads_re = "(" + "|".join(map(re.escape, named)) + ")"
+    if heads.call_id:
+        heads_re += _ID + re.escape(heads.marked)
+    return re.compile(heads_re), named
 
 
 def written_calls(text: str, pos: int, names: Collection[str], heads: Heads,
                   joints: Joints, *, after_call: bool = False,
                   seen: int = 0) -> tuple[list[Written], int]:
     """The calls written from text[pos] on, as a tool grammar writes them (`heads`: JSON
-    heads `{"name": NAME, "<args_key>": VALUE`, or `NAME[ARGS]VALUE`, NAME one of `names`),
+    heads `{"name": NAME, "<args_key>": VALUE`, or `NAME[ARGS]VALUE`, or with an id
+    `NAME[CALL_ID]ID[ARGS]VALUE` (its `id`), NAME one of `names`),
     each known once its name is written: (the calls, the last one's arguments as written
     so far; where a next call may start, after the last complete one). Read in order, each
     call's value skipped (markers in its strings are its text); reading stops at an
@@ -199,7 +234,7 @@ def written_calls(text: str, pos: int, names: Collection[str], heads: Heads,
         joint = joints.between if calls or after_call else joints.lead
         if joint.fullmatch(text, pos, m.start()) is None:
             return calls, pos
-        call = Written(named[m.group()])
+        call = Written(named[m.group(1)], id=m.group(2) if heads.call_id else "")
         calls.append(call)
         rest = text[m.end():m.end() + len(between)]
         if rest != between:  # the head cut, or not a grammar's head: no arguments read

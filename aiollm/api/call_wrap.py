@@ -259,3 +259,25 @@ def skip_space(text: str, i: int) -> int:
     while i < len(text) and text[i].isspace():
         i += 1
     return i
+
+
+def text_after(text: str, end: int) -> int:
+    """Where the text after a family's last call starts, `end` being where its reader
+    stopped (past the separators after the call): the whitespace just before `end` is the
+    text's own (the paragraph break before "Done."), as Hermes keeps what follows a
+    </tool_call>; a ';' there stays a separator."""
+    while end > 0 and text[end - 1].isspace():
+        end -= 1
+    return end
+
+
+def block_wrap(text: str, at: int, pos: int, wrap: Wrap | None, brackets: bool,
+          fences: Fences) -> tuple[Wrap | None, int]:
+    """(the wrapper of the block of calls at text[at], where the text before it ends):
+    one whose opening ends there, or `wrap`, the previous block's still open, where only
+    whitespace parts them (text[pos:at], pos where the previous block ended). `fences`:
+    the code blocks before text[pos] (call_wrap.Fences)."""
+    own = wrap_before(text, at, pos, brackets, fences)
+    if own is not None:
+        return own, own.start
+    return (wrap if wrap is not None and not text[pos:at].strip() else None), at

@@ -2,8 +2,9 @@
 
 Under a tool grammar (tool_choice "required" or a named function, or "auto" once a call's
 marker is written) every call is written as `{"name": NAME, "<arguments key>": ARGUMENTS`
-(Mistral v11's `NAME[ARGS]ARGUMENTS`: call_text.Heads) after its family's marker, so a call
-cut by max_tokens is still known by its name once that head is written. Such an output ends
+(Mistral v11's `NAME[ARGS]ARGUMENTS`, or `NAME[CALL_ID]ID[ARGS]ARGUMENTS`: call_text.Heads)
+after its family's marker, so a call cut by max_tokens is still known by its name (and id)
+once that head is written. Such an output ends
 with finish_reason "length" (or "stop", where a stop string or stop token id ended it inside
 a call) and its calls are returned as calls, the cut one with the arguments text written so
 far (no complete JSON), as OpenAI answers a call cut by max_tokens; the call markup is never
@@ -28,8 +29,8 @@ if TYPE_CHECKING:
 
 def cut_calls(content: str, *, marker: str, heads: Heads, joints: Joints,
               names: Collection[str], only_calls: bool, words: Sequence[str] = ()
-              ) -> tuple[str, list[tuple[str, str]], bool]:
-    """(content left, [(name, arguments text)], whether the last call is cut) of the text
+              ) -> tuple[str, list[tuple[str, str, str]], bool]:
+    """(content left, [(name, arguments text, id)], whether the last call is cut) of the text
     a tool parser could not read as complete calls (`content`), from an output that
     max_tokens (or a stop string) cut.
 
@@ -37,7 +38,8 @@ def cut_calls(content: str, *, marker: str, heads: Heads, joints: Joints,
     `{"name": <one of names>` (`heads`: the format's, Heads.named) that `joints` lead to
     starts one, whose arguments are the JSON value after `, "<args_key>": ` (Heads.lead)
     as written or, for the one cut, the text written of it
-    ("" when the cut falls in the head, after the name). The content is the text before
+    ("" when the cut falls in the head, after the name); the id, the one the head wrote
+    (Heads.call_id), else "". The content is the text before
     that marker, its trailing whitespace dropped. A marker followed by neither a call nor
     the start of a head (`{"name": 5}`, free text) is the model's text: it stays content.
     `only_calls` (the output can only be calls: "required", or calls already found) also
@@ -59,7 +61,7 @@ def cut_calls(content: str, *, marker: str, heads: Heads, joints: Joints,
             calls and _head_goes_on(region, end, calls[-1], heads)):
         # the marker goes on as no call's head does: the model's text, not markup
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
-    return before, [(c.name, c.arguments) for c in calls], bool(calls) and not calls[-1].complete
+    return before, [(c.name, c.arguments, c.id) for c in calls], bool(calls) and not calls[-1].complete
 
 
 def may_cut_a_call(finish_reason: str) -> bool:
@@ -94,7 +96,7 @@ def _cut_head(region: str, joints: Joints, names: Collection[str], heads: Heads)
     before its name was complete: after the marker's lead (`joints`), the start of a head
     `{"name": NAME` of one of `names`."""
     rest = region[joints.lead.match(region).end():]
-    return any(heads.named(n).startswith(rest) for n in names)
+    return any(heads.begins(rest, n) for n in names)
 
 
 def _head_goes_on(region: str, end: int, call: Written, heads: Heads) -> bool:
@@ -123,6 +125,6 @@ def _markup_only(rest: str, words: Sequence[str], names: Collection[str], heads:
         if word is None:
             tail = rest[i:]
             return any(w.startswith(tail) for w in words) or any(
-                heads.named(n).startswith(tail) for n in names)
+                heads.begins(tail, n) for n in names)
         i += len(word)
     return True

@@ -13,10 +13,11 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from aiollm.api.call_text import Heads, Joints, Written, written_calls
+from aiollm.api.call_text import ID_LENGTH, Heads, Joints, Written, written_calls
 from aiollm.api.call_wrap import (OUTSIDE, Fences, skip_space, wrap_before, wrap_part,
                                   without_wrap_end)
 from aiollm.api.cut_calls import cut_calls
+from aiollm.engine.grammar_check import grammar_schema
 from aiollm.sampling_params import GrammarSpec
 
 
@@ -32,6 +33,11 @@ class ToolCall:
         aiollm/api/tool_stream.py)."""
         return {"id": self.id, "type": "function",
                 "function": {"name": self.name, "arguments": self.arguments}}
+
+
+# an id a call's head wrote (Heads.call_id): the call's own; a call read without one has
+# ToolCall's default ("call_...", never such an id) or "", and gets ours (call_id)
+_MODEL_ID = re.compile(f"[A-Za-z0-9]{{{ID_LENGTH}}}")
 
 
 class ToolParser:
@@ -152,13 +158,17 @@ class ToolParser:
                     else [])
         if not _extends(calls, sent):
             content = without_wrap_end(text[:at], self.brackets, fences)
-            calls = [ToolCall(c.name, c.arguments, complete=c.complete) for c in sent]
+            calls = [ToolCall(c.name, c.arguments, c.id, c.complete) for c in sent]
             calls[-1].complete = False
         if length and calls and calls[-1].complete \
                 and not self._closed(text, at, names, calls):
             calls[-1].complete = False
-        for call in calls:
-            call.id = self.call_id()
+        taken: set[str] = set()
+        for call in calls:  # the id the model wrote in the call's head is the call's,
+            # unless an earlier call has it (a client matches results to calls by id)
+            if not (self.heads.call_id and _MODEL_ID.fullmatch(call.id)) or call.id in taken:
+                call.id = self.call_id()
+            taken.add(call.id)
         return head + content, calls
 
     def _closed(self, text: str, at: int, names: Collection[str],
@@ -193,7 +203,7 @@ class ToolParser:
                     left, skip_space(left, len(rest)), 0, self.brackets, after) is not None:
                 rest = without_wrap_end(rest, self.brackets, after)
             content = content[:tail] + rest
-            calls += [ToolCall(name, arguments) for name, arguments in more]
+            calls += [ToolCall(name, arguments, id) for name, arguments, id in more]
             if tail and calls:  # else the text as written (ToolParser.parse)
                 content = content.rstrip()
             if named is not None and not calls:
@@ -250,3 +260,25 @@ def structural_tag(fmt: dict) -> GrammarSpec:
     """The grammar of a structural tag of format `fmt`, named "tools" in its errors."""
     return GrammarSpec("structural_tag", json.dumps({"type": "structural_tag", "format": fmt}),
                        "tools")
+
+
+# Whitespace a call's JSON may have in one run: enough to pretty-print a few levels, and a
+# bound on a model that would otherwise write newlines forever (seen: a tool without
+# parameters, whose `{}` the default model never closed)
+MAX_WHITESPACE = 16
+
+
+def tool_arguments(tool: dict) -> dict:
+    """A tag's content: the tool's arguments under its parameter schema."""
+    return {"type": "json_schema", "json_schema": grammar_schema(tool_schema(tool)),
+            "max_whitespace_cnt": MAX_WHITESPACE}
+
+
+def tool_name_json(tool: dict) -> str:
+    """The tool's name as a JSON string (a name may hold quotes or backslashes)."""
+    return json.dumps(tool["function"]["name"])
+
+
+def tool_schema(tool: dict) -> dict:
+    """The tool's parameter schema (an object of no properties where it gives none)."""
+    return tool["function"].get("parameters") or {"type": "object", "properties": {}}

@@ -14,8 +14,9 @@ template (or `--tool-call-parser`):
   (Mistral's tokenizers before v11: Mistral-7B-Instruct-v0.3, Mixtral);
 - "mistral_v11": `[TOOL_CALLS]NAME[ARGS]{...}`, one block per call (tokenizer v11 on:
   Mistral-Small-3.2, Magistral, Devstral), where the template writes calls with `[ARGS]`;
-  v11's own (Mistral-Small-3.2's) writes `[CALL_ID]ID` before `[ARGS]`, which the grammar
-  leaves out (the model writes the v13 form; the template's 9-character ids are ours).
+  where the template writes `[CALL_ID]ID` before `[ARGS]` (v11's own, Mistral-Small-3.2's),
+  `[TOOL_CALLS]NAME[CALL_ID]ID[ARGS]{...}`, the model's ID the call's id.
+  Both Mistral forms are in aiollm/api/mistral_calls.py.
 
 A markdown code fence around calls, and a JSON list around Llama 3's, are markup too, not
 content (aiollm/api/call_wrap.py). The calls' JSON values are read by
@@ -34,67 +35,21 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import random
 import re
-import string
 
-from aiollm.api.call_text import Heads, Joints, decode_json, value_text
-from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, Fences, Wrap, skip_space,
-                                   without_wrap_end, wrap_before, wrap_close)
+from aiollm.api.call_text import Joints, decode_json
+from aiollm.api.call_wrap import (OUTSIDE, WRAP_MAX, block_wrap, skip_space, text_after,
+                                  without_wrap_end, wrap_before, wrap_close)
 from aiollm.api.json_brackets import Brackets
 from aiollm.api.json_calls import json_call, json_calls, list_calls, value_end
-from aiollm.api.tool_calls import OPTIONAL_NEWLINE, ToolCall, ToolParser
+from aiollm.api.mistral_calls import ARGS, CALL_ID, MistralParser, MistralV11Parser
+from aiollm.api.tool_calls import ToolParser, tool_arguments, tool_name_json
 from aiollm.config import TOOL_CALL_PARSERS
-from aiollm.engine.grammar_check import grammar_schema
 
 PARSERS = TOOL_CALL_PARSERS  # EngineConfig checks --tool-call-parser against them
 
 
-# Whitespace a call's JSON may have in one run: enough to pretty-print a few levels, and a
-# bound on a model that would otherwise write newlines forever (seen: a tool without
-# parameters, whose `{}` the default model never closed)
-MAX_WHITESPACE = 16
-# Mistral's call ids: 9 of these, drawn from the OS's randomness (not the seeded sampling's)
-_ID_CHARACTERS = string.ascii_letters + string.digits
-_ID_RANDOM = random.SystemRandom()
 TAG = "<|python_tag|>"  # Llama 3's marker before calls (a special token)
-ARGS = "[ARGS]"  # Mistral v11's marker between a call's name and its arguments
-# a call's name and its [ARGS], after the marker (whitespace before it is the joint's)
-_V11_HEAD = re.compile(r"\s*([^\s\[\]](?:[^\n\[\]]*[^\s\[\]])?)\[ARGS\]")
-
-
-def _arguments(tool: dict) -> dict:
-    """A tag's content: the tool's arguments under its parameter schema."""
-    return {"type": "json_schema", "json_schema": grammar_schema(_schema(tool)),
-            "max_whitespace_cnt": MAX_WHITESPACE}
-
-
-def _name(tool: dict) -> str:
-    """The tool's name as a JSON string (a name may hold quotes or backslashes)."""
-    return json.dumps(tool["function"]["name"])
-
-
-def _text_after(text: str, end: int) -> int:
-    """Where the text after a family's last call starts, `end` being where its reader
-    stopped (past the separators after the call): the whitespace just before `end` is the
-    text's own (the paragraph break before "Done."), as Hermes keeps what follows a
-    </tool_call>; a ';' there stays a separator."""
-    while end > 0 and text[end - 1].isspace():
-        end -= 1
-    return end
-
-
-def _wrap(text: str, at: int, pos: int, wrap: Wrap | None, brackets: bool,
-          fences: Fences) -> tuple[Wrap | None, int]:
-    """(the wrapper of the block of calls at text[at], where the text before it ends):
-    one whose opening ends there, or `wrap`, the previous block's still open, where only
-    whitespace parts them (text[pos:at], pos where the previous block ended). `fences`:
-    the code blocks before text[pos] (call_wrap.Fences)."""
-    own = wrap_before(text, at, pos, brackets, fences)
-    if own is not None:
-        return own, own.start
-    return (wrap if wrap is not None and not text[pos:at].strip() else None), at
 
 
 def _tags_before(text: str, i: int) -> int:
@@ -107,10 +62,6 @@ def _tags_before(text: str, i: int) -> int:
         if not text.endswith(TAG, 0, k):
             return start
         start = k = k - len(TAG)
-
-
-def _schema(tool: dict) -> dict:
-    return tool["function"].get("parameters") or {"type": "object", "properties": {}}
 
 
 class HermesParser(ToolParser):
@@ -143,7 +94,7 @@ class HermesParser(ToolParser):
                 continue
             # whitespace alone between two blocks is their separator (Qwen's "\n"); a
             # fence around blocks is markup (call_wrap), closed after any block in it
-            wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
+            wrap, lead = block_wrap(text, i, pos, wrap, self.brackets, fences)
             content.append("" if calls and not text[pos:lead].strip() else text[pos:lead])
             fences = fences.after(text, lead, pos).ended()  # the content's, not the call's
             calls.append(call)
@@ -154,8 +105,8 @@ class HermesParser(ToolParser):
         return "".join(content).rstrip() if calls else text, calls
 
     def tags(self, tools):
-        return [{"type": "tag", "begin": f'<tool_call>\n{{"name": {_name(t)}, "arguments": ',
-                 "content": _arguments(t), "end": "}\n</tool_call>"} for t in tools]
+        return [{"type": "tag", "begin": f'<tool_call>\n{{"name": {tool_name_json(t)}, "arguments": ',
+                 "content": tool_arguments(t), "end": "}\n</tool_call>"} for t in tools]
 
 
 class Llama3Parser(ToolParser):
@@ -226,7 +177,7 @@ class Llama3Parser(ToolParser):
                     fences = fences.after(text, lead, mark).ended()
                     calls += found
                     stop = wrap_close(text, stop, wrap)
-                    pos, end = _text_after(text, stop), stop
+                    pos, end = text_after(text, stop), stop
                     mark = pos
                 else:
                     read = end
@@ -270,103 +221,8 @@ class Llama3Parser(ToolParser):
         return content, calls
 
     def tags(self, tools):
-        return [{"type": "tag", "begin": f'{{"name": {_name(t)}, "parameters": ',
-                 "content": _arguments(t), "end": "}"} for t in tools]
-
-
-class MistralParser(ToolParser):
-    name, start = "mistral", "[TOOL_CALLS]"
-    opens = (start,)
-    # an array of calls (or objects one after another), a block a call under "auto"
-    joints = Joints(re.compile(r"\[TOOL_CALLS\]\s*\[?\s*"),
-                    re.compile(r"\s*\}\s*(?:,|\]?\s*(?:\[TOOL_CALLS\])?\s*\[?)\s*"))
-
-    def call_id(self):
-        # Mistral's chat templates refuse a history whose call ids are not 9 letters or
-        # digits (raise_exception), so the calls an agent sends back must have such ids, as
-        # vLLM's Mistral parser makes them
-        return "".join(_ID_RANDOM.choices(_ID_CHARACTERS, k=9))
-
-    def parse(self, text, fences=OUTSIDE):
-        # `[TOOL_CALLS]` then a JSON array of calls; "auto" may write one block per call. The
-        # next marker is looked for after a block's JSON (an argument may hold the marker)
-        content, calls, pos, wrap = [], [], 0, None
-        i = text.find(self.start)
-        while i >= 0:
-            found, end = self._block(text, i + len(self.start))
-            if not found:  # a marker in the text that no call follows: the model's text
-                i = text.find(self.start, i + 1)
-                continue
-            # text between blocks keeps the whitespace before it (whitespace alone there,
-            # a wrapper's fence before it or not, is the blocks' separator); a fence
-            # around blocks is markup (call_wrap)
-            wrap, lead = _wrap(text, i, pos, wrap, self.brackets, fences)
-            gap = text[_text_after(text, pos) if calls else pos:lead]
-            content.append(gap if not calls or gap.strip() else "")
-            fences = fences.after(text, lead, pos).ended()  # the content's, not the calls'
-            calls += found
-            pos = wrap_close(text, end, wrap)
-            wrap = wrap if pos == end else None
-            # the whitespace the calls' reader passed is the text's (a line break: a
-            # fence after it begins a line)
-            fences = fences.after(text, pos, _text_after(text, pos))
-            i = text.find(self.start, pos)
-        if not calls:
-            return text, []
-        content.append(text[_text_after(text, pos):])
-        return "".join(content).rstrip(), calls
-
-    def _block(self, text: str, at: int) -> tuple[list[ToolCall], int]:
-        """(the calls of the block that starts at text[at], after a marker; where it
-        ends): a JSON array of calls (or objects one after another); none where none
-        parses there."""
-        return json_calls(text, at, "arguments", "")
-
-    def tags(self, tools):
-        return [{"type": "tag", "begin": f'[TOOL_CALLS][{{"name": {_name(t)}, "arguments": ',
-                 "content": _arguments(t), "end": "}]"} for t in tools]
-
-    def calls_format(self, tools, *, parallel):
-        # one array of calls: [TOOL_CALLS][{...}, {...}]
-        calls = [{"type": "tag", "begin": f'{{"name": {_name(t)}, "arguments": ',
-                  "content": _arguments(t), "end": "}"} for t in tools]
-        return {"type": "sequence", "elements": [
-            {"type": "const_string", "value": "[TOOL_CALLS]["},
-            {"type": "tags_with_separator", "tags": calls, "separator": ", ",
-             "at_least_one": True, "stop_after_first": not parallel},
-            {"type": "const_string", "value": "]"}, OPTIONAL_NEWLINE]}
-
-
-class MistralV11Parser(MistralParser):
-    """Mistral's tokenizers from v11 on (Mistral-Small-3.2, Magistral, Devstral):
-    `[TOOL_CALLS]NAME[ARGS]{...}`, one block per call, the name bare ([ARGS] ends it)."""
-
-    name, heads, special = "mistral_v11", Heads(marked=ARGS), (ARGS,)
-    separator = MistralParser.start  # between the calls of a "required" output
-    closing = re.compile("")  # a call ends with its arguments: nothing closes it
-    joints = Joints(re.compile(r"\[TOOL_CALLS\]\s*"), re.compile(r"\s*\[TOOL_CALLS\]\s*"))
-
-    def _block(self, text, at):
-        # one call: a name, [ARGS], its arguments as written (call_text.value_text); a
-        # marker no name and [ARGS] follow is the model's text
-        m = _V11_HEAD.match(text, at)
-        if m is None:
-            return [], at
-        args, end, complete = value_text(text, m.end())
-        return ([ToolCall(m.group(1), args)], end) if complete else ([], at)
-
-    def tags(self, tools):
-        return [{"type": "tag", "begin": f"[TOOL_CALLS]{t['function']['name']}{ARGS}",
-                 "content": _arguments(t), "end": ""} for t in tools]
-
-    def calls_format(self, tools, *, parallel):
-        # [TOOL_CALLS]a[ARGS]{...}[TOOL_CALLS]b[ARGS]{...}: the marker between the calls
-        calls = [{"type": "tag", "begin": f"{t['function']['name']}{ARGS}",
-                  "content": _arguments(t), "end": ""} for t in tools]
-        return {"type": "sequence", "elements": [
-            {"type": "const_string", "value": self.start},
-            {"type": "tags_with_separator", "tags": calls, "separator": self.separator,
-             "at_least_one": True, "stop_after_first": not parallel}, OPTIONAL_NEWLINE]}
+        return [{"type": "tag", "begin": f'{{"name": {tool_name_json(t)}, "parameters": ',
+                 "content": tool_arguments(t), "end": "}"} for t in tools]
 
 
 _BY_NAME = {p.name: p for p in (HermesParser, Llama3Parser, MistralParser, MistralV11Parser)}
@@ -377,15 +233,19 @@ def parser_for(template: str | None, override: str | None = None) -> ToolParser:
     (hermes when the template shows none: the default model's family). Raises ValueError
     naming an unknown `override`. "mistral" is either of Mistral's forms, as the template
     writes calls: with `[ARGS]` (tokenizer v11 on) "mistral_v11", else the JSON array, as
-    vLLM's mistral parser reads by the tokenizer's version."""
-    if override and override != "mistral":
+    vLLM's mistral parser reads by the tokenizer's version; "mistral_v11" (named or so
+    picked) writes and reads the call's id after `[CALL_ID]` where the template does."""
+    t = template or ""
+    if override and override not in ("mistral", "mistral_v11"):
         if override not in _BY_NAME:
             raise ValueError(f"unknown tool call parser {override!r}; one of {PARSERS}")
         return _BY_NAME[override]()
-    t = template or ""
-    if "[TOOL_CALLS]" in t or override == "mistral":
-        # v11's templates write a call's arguments after [ARGS]; the older ones a JSON array
-        return MistralV11Parser() if ARGS in t else MistralParser()
+    if "[TOOL_CALLS]" in t or override in ("mistral", "mistral_v11"):
+        # v11's templates write a call's arguments after [ARGS]; the older ones a JSON
+        # array; Mistral-Small-3.2's the call's id before [ARGS], after [CALL_ID]
+        if ARGS in t or override == "mistral_v11":
+            return MistralV11Parser(call_ids=CALL_ID in t)
+        return MistralParser()
     if "<|python_tag|>" in t or "ipython" in t:
         return Llama3Parser()
     return HermesParser()

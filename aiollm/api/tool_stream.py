@@ -56,11 +56,12 @@ class StreamingToolParser:
         self.calling = False
         self.calls: list[ToolCall] = []
         self.sent: list[ToolCall] = []  # the calls sent, with the arguments sent so far
+        self.ids: set[str] = set()  # the ids of the calls sent
         self.deltas: list[CallDelta] = []  # the fragments not yet taken
         self.resume = -1  # where written_calls reads on (after the last complete call)
         self.open: OpenValue | None = None  # the last call's arguments, while still open
         self.seen = 0  # no head that leads on starts before it (written_calls)
-        self.head_len = max((len(parser.heads.named(n)) for n in names), default=0)
+        self.head_len = max((parser.heads.size(n) for n in names), default=0)
 
     def feed(self, text: str) -> str:
         """The content that can be sent now: the text before the calls' first opening
@@ -108,7 +109,7 @@ class StreamingToolParser:
         fragments had). The content sent and this join to the whole answer's content
         (ToolParser.calls of all the text, `cut` and `length` as it takes them); the calls'
         last fragments wait in take()."""
-        sent = [Written(c.name, c.arguments, c.complete) for c in self.sent]
+        sent = [Written(c.name, c.arguments, c.complete, c.id) for c in self.sent]
         self.held, self.blank = "".join(self.blank) + self.held, []
         content, self.calls = self.parser.calls(self.held, self.names, cut=cut, length=length,
                                                 required=self.required, named=self.named,
@@ -145,7 +146,7 @@ class StreamingToolParser:
             # reading stopped where no head leads on: one can only start in the text to
             # come, so the next delta does not search the text after the calls again
             self.seen = len(self.held) - self.head_len + 1
-        self._send([ToolCall(c.name, c.arguments, "", c.complete) for c in more], done)
+        self._send([ToolCall(c.name, c.arguments, c.id, c.complete) for c in more], done)
         last = self.sent[-1] if self.sent else None
         if last is not None and not last.complete and last.arguments[:1] in ("{", "["):
             self.open = OpenValue()
@@ -158,7 +159,12 @@ class StreamingToolParser:
         back, and the answer would no longer join to what the client has."""
         for i, call in enumerate(calls, first):
             if i == len(self.sent):
-                self.sent.append(ToolCall(call.name, "", self.parser.call_id()))
+                # the id the model wrote in the call's head (Heads.call_id), else ours (and
+                # where an earlier call has it: each call its own, as ToolParser.calls)
+                fresh = call.id and call.id not in self.ids
+                cid = call.id if fresh else self.parser.call_id()
+                self.sent.append(ToolCall(call.name, "", cid))
+                self.ids.add(self.sent[i].id)
                 self.deltas.append(CallDelta(i, "", self.sent[i].id, call.name))
             sent = self.sent[i]
             if call.name != sent.name or not call.arguments.startswith(sent.arguments):
