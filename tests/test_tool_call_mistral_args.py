@@ -126,43 +126,55 @@ def trusting_server(server):
     server.call(lambda: setattr(st, "trust_request_chat_template", False))
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_forced_call_over_http_under_a_v11_template(trusting_server, stream):
-    """Served end to end: the template's [ARGS] picks the format, the grammar writes a call
-    in it, and the answer is that call, with Mistral's 9-character id."""
+def forced_call(server, calls_template: str, stream: bool
+                ) -> tuple[str, list[dict], list[str]]:
+    """A chat completion that forces a call of f(a: 0-9) under a chat template whose
+    assistant turns with calls render `calls_template` (the server must trust a request's
+    template): (what the model wrote, decoded from the answer's token ids, the answer's
+    calls as {"id", "name", "arguments"}, the id of every streamed fragment that has one)."""
     from live_server import http
 
     tools = [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"a": {"type": "integer", "minimum": 0, "maximum": 9}},
         "required": ["a"], "additionalProperties": False}}}]
-    template = ("{% for message in messages %}{% if message['tool_calls'] %}" + TEMPLATE
+    template = ("{% for message in messages %}{% if message['tool_calls'] %}" + calls_template
                 + "{% else %}[INST]{{ message['content'] }}[/INST]{% endif %}{% endfor %}")
-    status, _, raw = http(trusting_server, "POST", "/v1/chat/completions", json={
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json={
         "messages": [{"role": "user", "content": "Call f."}], "tools": tools,
         "tool_choice": {"type": "function", "function": {"name": "f"}}, "max_tokens": 80,
         "temperature": 0, "chat_template": template, "stream": stream,
         "return_token_ids": True})
     assert status == 200, raw
     ids: list[int] = []
+    call_ids: list[str] = []
     if stream:
-        calls: dict[int, dict] = {}
+        by_index: dict[int, dict] = {}
         for line in raw.decode().splitlines():
             if not line.startswith("data: {"):
                 continue
             choice = json.loads(line[6:])["choices"][0]
             ids += choice.get("token_ids") or []
             for frag in choice["delta"].get("tool_calls") or []:
-                call = calls.setdefault(frag["index"], {"id": frag.get("id"), "arguments": ""})
+                call = by_index.setdefault(frag["index"],
+                                           {"id": frag.get("id"), "arguments": ""})
+                call_ids += [frag["id"]] if frag.get("id") else []
                 call["name"] = frag["function"].get("name") or call.get("name")
                 call["arguments"] += frag["function"]["arguments"]
-        calls = list(calls.values())
+        calls = list(by_index.values())
     else:
         choice = json.loads(raw)["choices"][0]
         calls = [{"id": c["id"], **c["function"]} for c in choice["message"]["tool_calls"]]
         ids = choice["token_ids"]
-    written = trusting_server.engine.tokenizer.decode(ids)
+    return server.engine.tokenizer.decode(ids), calls, call_ids
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_forced_call_over_http_under_a_v11_template(trusting_server, stream):
+    """Served end to end: the template's [ARGS] picks the format, the grammar writes a call
+    in it, and the answer is that call, with Mistral's 9-character id."""
+    written, calls, _ = forced_call(trusting_server, TEMPLATE, stream)
     assert written.startswith("[TOOL_CALLS]f[ARGS]"), written  # the template's form
-    assert [c["name"] for c in calls] == ["f"], raw
+    assert [c["name"] for c in calls] == ["f"], calls
     assert isinstance(json.loads(calls[0]["arguments"])["a"], int), calls
     assert len(calls[0]["id"]) == 9 and calls[0]["id"].isalnum(), calls
 

@@ -15,7 +15,7 @@ import pytest
 
 from aiollm.api.tool_parsers import parser_for
 from test_tool_call_mistral_args import TEMPLATE as V13
-from test_tool_call_mistral_args import served_with_special_markers
+from test_tool_call_mistral_args import forced_call, served_with_special_markers
 from test_tool_call_stream import NAMES, _check, _stream
 from test_tool_parsers import EOS, TOOLS, VOCAB, _random_step, _walks
 
@@ -146,47 +146,14 @@ def test_the_grammar_writes_the_id(mode):
 def test_a_forced_call_over_http_under_small_3_2s_template(server, stream):
     """Served end to end: the template's [CALL_ID] picks the form, the grammar writes the
     id, and the answer's call has that id (every fragment of a stream the same)."""
-    from live_server import http
-
     from aiollm.api.state import STATE
 
     st = server.app[STATE]
     server.call(lambda: setattr(st, "trust_request_chat_template", True))
     try:
-        tools = [{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"a": {"type": "integer", "minimum": 0,
-                                                   "maximum": 9}},
-            "required": ["a"], "additionalProperties": False}}}]
-        template = ("{% for message in messages %}{% if message['tool_calls'] %}" + TEMPLATE
-                    + "{% else %}[INST]{{ message['content'] }}[/INST]{% endif %}"
-                    "{% endfor %}")
-        status, _, raw = http(server, "POST", "/v1/chat/completions", json={
-            "messages": [{"role": "user", "content": "Call f."}], "tools": tools,
-            "tool_choice": {"type": "function", "function": {"name": "f"}},
-            "max_tokens": 80, "temperature": 0, "chat_template": template,
-            "stream": stream, "return_token_ids": True})
+        written, calls, call_ids = forced_call(server, TEMPLATE, stream)
     finally:
         server.call(lambda: setattr(st, "trust_request_chat_template", False))
-    assert status == 200, raw
-    ids, call_ids = [], []
-    if stream:
-        calls: dict[int, dict] = {}
-        for line in raw.decode().splitlines():
-            if not line.startswith("data: {"):
-                continue
-            choice = json.loads(line[6:])["choices"][0]
-            ids += choice.get("token_ids") or []
-            for frag in choice["delta"].get("tool_calls") or []:
-                call = calls.setdefault(frag["index"], {"id": frag.get("id"), "arguments": ""})
-                call_ids += [frag["id"]] if frag.get("id") else []
-                call["name"] = frag["function"].get("name") or call.get("name")
-                call["arguments"] += frag["function"]["arguments"]
-        calls = list(calls.values())
-    else:
-        choice = json.loads(raw)["choices"][0]
-        calls = [{"id": c["id"], **c["function"]} for c in choice["message"]["tool_calls"]]
-        ids = choice["token_ids"]
-    written = server.engine.tokenizer.decode(ids)
     m = _HEAD.match(written)
     assert m is not None and m.group(1) == "f", written  # the template's form, with an id
     assert [(c["id"], c["name"]) for c in calls] == [(m.group(2), "f")], (written, calls)
