@@ -365,3 +365,45 @@ def test_a_call_whose_arguments_are_too_deep_to_read_again_is_no_call(args_key):
     finally:
         sys.setrecursionlimit(limit)
     assert json_call(obj, "parameters", text, 0) is None
+
+
+_JSON_BITS = ['-', '-0', '01', '1.', '1e', '1E+', '.5', '1.5e-3', '1e999', '-Infinity', 'NaN',
+              'Infinityx', 'tru', 'true', 'null', '"\\u123"', '"\\u00e9"', '"\\ud800"',
+              '"\\x"', '"\x1f"', '"\x7f\U0001F600"', '"\\"', '\x0b', '\xa0', '\u2028', ' ',
+              '\n', ',', ':', '"k"', '[', ']', '{', '}', '[]', '{}', '[1,]', '{"a":1,}',
+              '{"a":1,"a":[2, {}]}']
+
+
+def _json_ish(rng: random.Random, depth: int = 0) -> str:
+    """A random JSON value, or near one: JSON's edge cases among its parts."""
+    if depth > 4 or rng.random() < 0.4:
+        return rng.choice(_JSON_BITS)
+    space = lambda: rng.choice(["", "", " ", "\n", "\t", "\x0c"])  # noqa: E731
+    parts = [_json_ish(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if rng.random() < 0.5:
+        return "[" + space() + ",".join(parts) + space() + "]"
+    keys = [rng.choice(['"a"', '"\\u0041"', "b"]) + space() + ":" + space() for _ in parts]
+    return "{" + ",".join(k + v for k, v in zip(keys, parts)) + space() + "}"
+
+
+def test_brackets_end_where_the_decoder_does():
+    """json_brackets.Brackets.end(p) is where JSONDecoder.raw_decode(text, p) ends the
+    object or array at text[p], -1 exactly where it fails, asked in any order on one
+    instance (its cache) or on a fresh one: random texts of JSON's edge cases."""
+    from aiollm.api.json_brackets import Brackets
+
+    rng, decoder = random.Random(7), json.JSONDecoder()
+    for _ in range(4000):
+        text = _json_ish(rng)
+        for _ in range(rng.randint(0, 2)):  # a part dropped or added
+            k = rng.randint(0, len(text))
+            text = text[:k] + rng.choice(_JSON_BITS + [""]) + text[k + rng.randint(0, 2):]
+        opens = [i for i, c in enumerate(text) if c in "[{"]
+        rng.shuffle(opens)
+        shared = Brackets(text)
+        for p in opens:
+            try:
+                want = decoder.raw_decode(text, p)[1]
+            except ValueError:
+                want = -1
+            assert shared.end(p) == Brackets(text).end(p) == want, (text, p)

@@ -18,6 +18,14 @@ _STRING = re.compile(r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\
 # a number (ASCII digits only, as the decoder's) or a literal, NaN and Infinity included
 _SCALAR = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?"
                      r"|true|false|null|NaN|Infinity|-Infinity")
+# runs of those values as an array's elements, or an object's members, that one regular
+# expression reads (in C, not a Python step each: a call's arguments of many numbers); a
+# value matches one way only, so a run stops where the steps one by one would
+_ONE = rf"(?:{_STRING.pattern}|{_SCALAR.pattern})"
+_ELEMENTS = re.compile(rf"{_ONE}(?:[ \t\n\r]*,[ \t\n\r]*{_ONE})*")
+_MEMBER = rf"{_STRING.pattern}[ \t\n\r]*:[ \t\n\r]*{_ONE}"
+_MEMBERS = re.compile(rf"{_MEMBER}(?:[ \t\n\r]*,[ \t\n\r]*{_MEMBER})*")
+_ONE_VALUE = re.compile(_ONE)
 # what a reading expects next
 _VALUE, _VALUE_OR_CLOSE, _KEY, _KEY_OR_CLOSE, _COLON, _NEXT = range(6)
 
@@ -68,9 +76,12 @@ class Brackets:
                     break
                 expect, pos = _VALUE, pos + 1
             elif expect in (_KEY, _KEY_OR_CLOSE):
-                if (m := _STRING.match(text, pos)) is None:
+                if (m := _MEMBERS.match(text, pos)) is not None:
+                    expect, pos = _NEXT, m.end()
+                elif (m := _STRING.match(text, pos)) is not None:
+                    expect, pos = _COLON, m.end()
+                else:
                     break
-                expect, pos = _COLON, m.end()
             elif ch in "[{":
                 known = ends.get(pos)
                 if known is None:
@@ -80,7 +91,8 @@ class Brackets:
                     break
                 else:
                     expect, pos = _NEXT, known
-            elif (m := (_STRING if ch == '"' else _SCALAR).match(text, pos)) is not None:
+            elif (m := (_ELEMENTS if text[stack[-1]] == "[" else _ONE_VALUE).match(text, pos)
+                  ) is not None:
                 expect, pos = _NEXT, m.end()
             else:
                 break
