@@ -79,7 +79,8 @@ class MistralParser(ToolParser):
         return json_calls(text, at, "arguments", "")
 
     def tags(self, tools):
-        return [{"type": "tag", "begin": f'[TOOL_CALLS][{{"name": {tool_name_json(t)}, "arguments": ',
+        return [{"type": "tag",
+                 "begin": f'[TOOL_CALLS][{{"name": {tool_name_json(t)}, "arguments": ',
                  "content": tool_arguments(t), "end": "}]"} for t in tools]
 
     def calls_format(self, tools, *, parallel):

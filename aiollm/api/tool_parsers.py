@@ -105,7 +105,8 @@ class HermesParser(ToolParser):
         return "".join(content).rstrip() if calls else text, calls
 
     def tags(self, tools):
-        return [{"type": "tag", "begin": f'<tool_call>\n{{"name": {tool_name_json(t)}, "arguments": ',
+        return [{"type": "tag",
+                 "begin": f'<tool_call>\n{{"name": {tool_name_json(t)}, "arguments": ',
                  "content": tool_arguments(t), "end": "}\n</tool_call>"} for t in tools]
 
 
