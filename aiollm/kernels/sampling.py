@@ -82,15 +82,6 @@ def gumbel_argmax_ref(
     Gumbel noise -log(-log(u)) of (keys [2, B], ids [B or 1, C]). A row with no entry
     >= its floor (e.g. a floor of +inf) gives 0."""
     keep = values >= scale_floor[1, :, None]
-    if not values.is_cuda:  # on the host (no sync to pay) rows that keep nothing skip the hash
-        live = keep.any(dim=-1)
-        if not bool(live.all()):
-            drawn = torch.zeros(values.shape[0], dtype=torch.int64, device=values.device)
-            rows = live.nonzero().squeeze(1)
-            if len(rows):
-                drawn[rows] = gumbel_argmax_ref(values[rows], scale_floor[:, rows], keys[:, rows],
-                                                ids if ids.shape[0] == 1 else ids[rows])
-            return drawn
     score = values * scale_floor[0, :, None] - torch.log(-torch.log(uniform_noise(keys, ids)))
     return torch.where(keep, score, float("-inf")).argmax(dim=-1)
 
