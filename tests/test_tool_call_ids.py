@@ -85,3 +85,33 @@ def test_a_mistral_call_sent_back_renders_on_the_next_turn(mistral_server):
         "messages": history, "tools": tools, "max_tokens": 2,
         "chat_template": CHECKING_TEMPLATE})
     assert status == 200, raw
+
+
+def test_a_call_sent_back_with_arguments_nested_deep_is_refused_not_a_500(server):
+    """A history's call whose arguments are JSON nested deeper than the server can hand the
+    template parsed (decoded, then checked string by string): a 400 naming messages, as a
+    body nested too deeply is, where chat and Responses failed with a 500 (RecursionError)
+    from 500 levels on; shallow ones still render. The server serves on, nothing held."""
+    for depth in (50, 500, 1500, 100_000):
+        args = '{"a": ' + "[" * depth + "]" * depth + "}"
+        history = [{"role": "user", "content": "Call f."},
+                   {"role": "assistant", "tool_calls": [{"id": "abcdefghi", "type": "function",
+                                                         "function": {"name": "f",
+                                                                      "arguments": args}}]},
+                   {"role": "tool", "tool_call_id": "abcdefghi", "content": "3"}]
+        items = [history[0], {"type": "function_call", "call_id": "abcdefghi", "name": "f",
+                              "arguments": args},
+                 {"type": "function_call_output", "call_id": "abcdefghi", "output": "3"}]
+        for path, body in (("/v1/chat/completions", {"messages": history, "max_tokens": 1}),
+                           ("/v1/responses", {"input": items, "max_output_tokens": 1})):
+            status, _, raw = http(server, "POST", path, json=body)
+            if depth == 50:
+                assert status == 200, (path, raw)
+                continue
+            assert status == 400, (path, depth, raw[:300])
+            error = json.loads(raw)["error"]
+            if depth == 500 and error["code"] == "context_length_exceeded":
+                continue  # rendered (the recursion a thread has left varies): too long
+            assert "nested too deeply" in error["message"], error
+            assert error["param"].startswith(("messages", "input")), error
+    server.wait_idle()

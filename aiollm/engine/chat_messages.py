@@ -94,7 +94,7 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
     msg["role"] = "system" if role == "developer" else role
     msg["content"] = _content(m.get("content"), f"{at}.content", role)
     if calls is not None:
-        msg["tool_calls"] = _template_tool_calls(calls)
+        msg["tool_calls"] = _template_tool_calls(calls, at)
     thought = m.get("reasoning_content")
     if thought is None:
         thought = m.get("reasoning")
@@ -124,16 +124,22 @@ def _content(content: Any, at: str, role: str) -> str | list[dict[str, str]]:
                       thinking_hint=hint)
 
 
-def _template_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _template_tool_calls(calls: list[dict[str, Any]], at: str) -> list[dict[str, Any]]:
     """OpenAI's calls carry arguments as a JSON string; chat templates (HF's convention)
-    want the object, which they render themselves."""
+    want the object, which they render themselves (arguments that are no JSON stay the
+    string). Raises InvalidRequest naming `{at}.tool_calls[j].function.arguments` for
+    arguments nested too deeply to decode (the decoder's recursion)."""
     out = []
-    for c in calls:
+    for j, c in enumerate(calls):
         fn = dict(c.get("function") or {})
         if isinstance(fn.get("arguments"), str):
             try:
                 fn["arguments"] = msgspec.json.decode(fn["arguments"])
             except msgspec.DecodeError:
                 pass
+            except RecursionError:
+                field = f"{at}.tool_calls[{j}].function.arguments"
+                raise InvalidRequest(f"{field} is nested too deeply to render",
+                                     param=field) from None
         out.append({**c, "function": fn})
     return out

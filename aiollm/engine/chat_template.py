@@ -212,9 +212,9 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
         return f"{nonce}_{len(found) - 1}_{nonce}"
 
     pattern = re.compile("|".join(map(re.escape, specials))) if specials else None
-    hidden_messages = _checked(messages, "messages", pattern, hide)
-    hidden_tools = _checked(tools, "tools", pattern, hide)
-    hidden_documents = _checked(options.documents, "documents", pattern, hide)
+    hidden_messages, hidden_tools, hidden_documents = (
+        _checked_top(value, name, pattern, hide) for value, name in (
+            (messages, "messages"), (tools, "tools"), (options.documents, "documents")))
     if not found and most is None:  # nothing to hide: exactly what apply_chat_template gives
         ids = _render(tokenizer, messages, tools, options, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "input_ids"):
@@ -240,6 +240,17 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
         elif part:
             ids += tokenizer.encode(part, add_special_tokens=False)
     return ids
+
+
+def _checked_top(value: Any, name: str, pattern: re.Pattern | None, hide) -> Any:
+    """_checked of a whole argument `name` (messages, tools, documents); InvalidRequest
+    naming it where it is nested too deeply to walk (a history call's arguments of a few
+    hundred levels, which the body's decoder takes inside their string, failed here with a
+    RecursionError)."""
+    try:
+        return _checked(value, name, pattern, hide)
+    except RecursionError:
+        raise InvalidRequest(f"{name} is nested too deeply to render", param=name) from None
 
 
 def _checked(value: Any, path: str, pattern: re.Pattern | None, hide) -> Any:
