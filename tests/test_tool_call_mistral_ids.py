@@ -17,7 +17,7 @@ from aiollm.api.tool_parsers import parser_for
 from test_tool_call_mistral_args import TEMPLATE as V13
 from test_tool_call_mistral_args import forced_call, served_with_special_markers
 from test_tool_call_stream import NAMES, _check, _stream
-from test_tool_parsers import EOS, TOOLS, VOCAB, _random_step, _walks
+from test_tool_parsers import TOOLS, _walks
 
 # the part of Mistral-Small-3.2's template that writes an assistant's calls
 TEMPLATE = ("{%- for tool in message['tool_calls'] %}{%- set arguments = "
@@ -27,27 +27,6 @@ TEMPLATE = ("{%- for tool in message['tool_calls'] %}{%- set arguments = "
 P = '{"city": "Paris", "unit": "c"}'
 CALLED = "Sure.[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]" + P
 _HEAD = re.compile(r"\[TOOL_CALLS\]([^\[]+)\[CALL_ID\]([A-Za-z0-9]{9})\[ARGS\]")
-
-
-def _walks_after_marker(spec_value: str, n: int, seed: int) -> list[str]:
-    """n random outputs the grammar allows that begin with its [TOOL_CALLS] (under "auto"
-    a random walk rarely writes it), each to its end."""
-    import xgrammar as xgr
-
-    info = xgr.TokenizerInfo(VOCAB, stop_token_ids=[EOS])
-    compiled = xgr.GrammarCompiler(info, cache_enabled=False).compile_structural_tag(spec_value)
-    rng, outs = random.Random(seed), []
-    bitmask = xgr.allocate_token_bitmask(1, len(VOCAB))
-    while len(outs) < n:
-        matcher, text = xgr.GrammarMatcher(compiled), ["[TOOL_CALLS]"]
-        assert matcher.accept_token(VOCAB.index("[TOOL_CALLS]"))
-        for _ in range(400):
-            tok = _random_step(matcher, bitmask, rng)
-            if tok == EOS:
-                outs.append("".join(text))
-                break
-            text.append(VOCAB[tok])
-    return outs
 
 
 def _parser():
@@ -124,7 +103,7 @@ def test_the_grammar_writes_the_id(mode):
     spec = parser.grammar(tools, required=mode != "auto", parallel=mode != "named")
     texts = _walks(spec.value, 8, seed=7)
     if mode == "auto":
-        texts += ["Sure. " + t for t in _walks_after_marker(spec.value, 6, seed=7)]
+        texts += ["Sure. " + t for t in _walks(spec.value, 6, seed=7, start="[TOOL_CALLS]")]
     kw = {"required": mode != "auto", "named": "get_weather" if mode == "named" else None}
     by_name = {t["function"]["name"]: t for t in TOOLS}
     assert any(_HEAD.search(t) for t in texts), texts  # "auto" too writes calls

@@ -47,14 +47,18 @@ def _random_step(matcher, bitmask, rng) -> int:
     return tok
 
 
-def _walks(spec_value: str, n: int, seed: int) -> list[str]:
-    """n random outputs the grammar allows, each to its end."""
+def _walks(spec_value: str, n: int, seed: int, start: str | None = None) -> list[str]:
+    """n random outputs the grammar allows, each to its end; each begins with the token
+    `start` where given (under "auto" a random walk rarely writes a call's marker)."""
     info = xgr.TokenizerInfo(VOCAB, stop_token_ids=[EOS])
     compiled = xgr.GrammarCompiler(info, cache_enabled=False).compile_structural_tag(spec_value)
     rng, outs = random.Random(seed), []
     bitmask = xgr.allocate_token_bitmask(1, len(VOCAB))
     while len(outs) < n:
         matcher, text = xgr.GrammarMatcher(compiled), []
+        if start is not None:
+            assert matcher.accept_token(VOCAB.index(start)), start
+            text.append(start)
         for _ in range(400):
             tok = _random_step(matcher, bitmask, rng)
             if tok == EOS:
