@@ -179,3 +179,29 @@ def rss_bytes() -> int:
     gc.collect()
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def tiny_server(server: LiveServer, tmp_path, add_tokens: Callable[[Any], None],
+                calls_template: str) -> tuple[LiveServer, Any]:
+    """A started LiveServer of a tiny random Llama (1 layer, hidden 32, dummy weights) whose
+    tokenizer is `server`'s plus what `add_tokens(tokenizer)` adds, with a chat template
+    that names `calls_template` (so the tool parser is chosen by it); and that transformers
+    tokenizer. The caller closes the server."""
+    import transformers
+
+    server.engine.tokenizer.hf_tokenizer.save_pretrained(tmp_path / "tok")
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+    add_tokens(tok)
+    tok.chat_template = ("{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}"
+                         "{# calls: " + calls_template + " #}")
+    tok.save_pretrained(tmp_path / "tok")
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(tok),
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))
+    srv = LiveServer(model=str(model), tokenizer=str(tmp_path / "tok"), load_format="dummy",
+                     max_model_len=1024, kv_tokens=2048).start()
+    return srv, tok

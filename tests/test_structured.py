@@ -820,29 +820,17 @@ def test_call_marker_that_is_a_special_token_is_parsed(server, tmp_path, listed)
     listed among the special tokens, or only added as a special one (no list names it, and
     decoding skips it all the same)."""
     import tokenizers
-    import transformers
 
-    from live_server import LiveServer
+    from live_server import tiny_server
 
-    server.engine.tokenizer.hf_tokenizer.save_pretrained(tmp_path / "tok")
-    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
-    if listed:
-        tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
-    else:
-        tok.add_tokens([tokenizers.AddedToken("[TOOL_CALLS]", special=True)])
-    tok.chat_template = ("{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}"
-                         "{# calls: [TOOL_CALLS] #}")
-    tok.save_pretrained(tmp_path / "tok")
+    def add(tok):
+        if listed:
+            tok.add_special_tokens({"additional_special_tokens": ["[TOOL_CALLS]"]})
+        else:
+            tok.add_tokens([tokenizers.AddedToken("[TOOL_CALLS]", special=True)])
+
+    srv, tok = tiny_server(server, tmp_path, add, "[TOOL_CALLS]")
     marker = tok.convert_tokens_to_ids("[TOOL_CALLS]")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(tok),
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))
-    srv = LiveServer(model=str(model), tokenizer=str(tmp_path / "tok"), load_format="dummy",
-                     max_model_len=1024, kv_tokens=2048).start()
     try:
         tool = {"type": "function", "function": {"name": "f", "parameters": {
             "type": "object", "properties": {"q": {"enum": ["a", "b"]}}, "required": ["q"],

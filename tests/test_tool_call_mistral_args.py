@@ -195,25 +195,11 @@ def served_with_special_markers(server, tmp_path, specials: tuple[str, ...],
     written as its token (a logit bias makes the model write it rather than spell it), and
     the answer is the call, none of its markup content."""
     import tokenizers
-    import transformers
 
-    from live_server import LiveServer, http
+    from live_server import http, tiny_server
 
-    server.engine.tokenizer.hf_tokenizer.save_pretrained(tmp_path / "tok")
-    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
-    tok.add_tokens([tokenizers.AddedToken(t, special=True) for t in specials])
-    tok.chat_template = ("{% for m in messages %}[INST]{{ m['content'] }}[/INST]{% endfor %}"
-                         "{# calls: " + template + " #}")
-    tok.save_pretrained(tmp_path / "tok")
-    model = tmp_path / "model"
-    model.mkdir()
-    (model / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": len(tok),
-        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-        "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 1024,
-        "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))
-    srv = LiveServer(model=str(model), tokenizer=str(tmp_path / "tok"), load_format="dummy",
-                     max_model_len=1024, kv_tokens=2048).start()
+    srv, tok = tiny_server(server, tmp_path, lambda tok: tok.add_tokens(
+        [tokenizers.AddedToken(t, special=True) for t in specials]), template)
     try:
         tool = {"type": "function", "function": {"name": "f", "parameters": {
             "type": "object", "properties": {"q": {"enum": ["a", "b"]}}, "required": ["q"],
