@@ -146,7 +146,7 @@ class Joints:
 
 
 ID_LENGTH = 9  # a call id a marked head writes (Mistral's: letters and digits)
-_ID = f"([A-Za-z0-9]{{{ID_LENGTH}}})"
+ID_PATTERN = f"[A-Za-z0-9]{{{ID_LENGTH}}}"  # such an id, as a regular expression
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +204,7 @@ def _heads(heads: Heads, names: tuple[str, ...]) -> tuple[re.Pattern, dict[str, 
     named = {heads.named(n): n for n in names}
     heads_re = "(" + "|".join(map(re.escape, named)) + ")"
     if heads.call_id:
-        heads_re += _ID + re.escape(heads.marked)
+        heads_re += f"({ID_PATTERN})" + re.escape(heads.marked)
     return re.compile(heads_re), named
 
 

@@ -10,7 +10,7 @@ import random
 import re
 import string
 
-from aiollm.api.call_text import ID_LENGTH, Heads, Joints, value_text
+from aiollm.api.call_text import ID_PATTERN, Heads, Joints, value_text
 from aiollm.api.call_wrap import OUTSIDE, block_wrap, text_after, wrap_close
 from aiollm.api.json_calls import json_calls
 from aiollm.api.tool_calls import (OPTIONAL_NEWLINE, ToolCall, ToolParser, tool_arguments,
@@ -26,8 +26,8 @@ CALL_ID = "[CALL_ID]"
 # with [CALL_ID], the name, the marker, the id, [ARGS]
 _NAME = r"\s*([^\s\[\]](?:[^\n\[\]]*[^\s\[\]])?)"
 _V11_HEAD = re.compile(_NAME + r"\[ARGS\]")
-_V11_ID_HEAD = re.compile(_NAME + r"\[CALL_ID\]([A-Za-z0-9]{%d})\[ARGS\]" % ID_LENGTH)
-_ID_FORMAT = {"type": "regex", "pattern": "[A-Za-z0-9]{%d}" % ID_LENGTH}
+_V11_ID_HEAD = re.compile(_NAME + rf"\[CALL_ID\]({ID_PATTERN})\[ARGS\]")
+_ID_FORMAT = {"type": "regex", "pattern": ID_PATTERN}
 
 
 class MistralParser(ToolParser):

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from aiollm.api.call_text import ID_LENGTH, Heads, Joints, Written, written_calls
+from aiollm.api.call_text import ID_PATTERN, Heads, Joints, Written, written_calls
 from aiollm.api.call_wrap import (OUTSIDE, Fences, skip_space, wrap_before, wrap_part,
                                   without_wrap_end)
 from aiollm.api.cut_calls import cut_calls
@@ -37,7 +37,7 @@ class ToolCall:
 
 # an id a call's head wrote (Heads.call_id): the call's own; a call read without one has
 # ToolCall's default ("call_...", never such an id) or "", and gets ours (call_id)
-_MODEL_ID = re.compile(f"[A-Za-z0-9]{{{ID_LENGTH}}}")
+_MODEL_ID = re.compile(ID_PATTERN)
 
 
 class ToolParser:
