@@ -29,7 +29,7 @@ from aiollm.api import lightllm, lightllm_routes, openai, ops
 from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
-from aiollm.api.lightllm_errors import answers_as_lightllm
+from aiollm.api.lightllm_errors import answers_as_lightllm, lightllm_http_errors
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.response_store import ResponseStore
@@ -121,7 +121,8 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     if not isinstance(response_role, str) or not response_role.strip():
         raise ValueError(f"response_role must be a non-empty string, got {response_role!r}")
     check_content_format(chat_template_content_format)
-    middlewares = [error_middleware]
+    # LightLLM's routes answer the router's 405 in their own body
+    middlewares = [error_middleware, lightllm_http_errors]
     keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
     allowed = _key_check(keys) if any(keys) else None
     if allowed is not None:
