@@ -74,9 +74,20 @@ _ANY = msgspec.json.Decoder(float_hook=_finite)
 def plain_and_typed(body: bytes, type_: type[T]) -> tuple[Any, T]:
     """`body` (JSON) decoded once: as plain Python objects (an object a dict), and those
     converted into `type_` (msgspec.convert, strict: no parse again, and the value strict()
-    gives). Raises msgspec's errors, which may not be strict()'s (a path not named, the
+    gives), a whole float taken where an integer is expected, as decode() takes it. A key
+    the body names twice has its last value, as Python's json keeps it (FastAPI's, vLLM's):
+    the value dropped is never checked, here where decode(), which reads the bytes again,
+    checked its type and refused a body that has a whole float (the value kept is the same
+    in both). Raises msgspec's errors, which may not be strict()'s (a path not named, the
     later of two errors): a caller that reports one decodes with strict() for it."""
     value = _ANY.decode(body)
+    for _ in range(_MAX_PASSES):
+        try:
+            return value, msgspec.convert(value, type_, strict=True)
+        except msgspec.ValidationError as exc:
+            path = _float_for_int(exc)
+            if path is None or not _make_whole(value, path):
+                raise
     return value, msgspec.convert(value, type_, strict=True)
 
 
