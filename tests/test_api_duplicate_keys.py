@@ -66,3 +66,22 @@ def test_a_dropped_duplicate_is_no_error_beside_a_whole_float(server, path, temp
         body = body.replace("{", "{" + twice + ", ", 1)
     status, out = _post(server, path, body)
     assert status == 200 and _generated(path, out) == 3, (body, out)
+
+
+@pytest.mark.parametrize("path,template,param", ROUTES, ids=[p for p, _, _ in ROUTES])
+def test_a_refused_body_names_a_kept_value_not_a_dropped_duplicate(server, path, template,
+                                                                   param):
+    """A body refused for another field, whose length field is named twice (a value of the
+    wrong type, then a valid one): the error names the field at fault, not the dropped
+    value, which is never used; a second decode of the bytes for the error named it
+    (`max_tokens: expected an integer`) and sent the client to fix a field already fine.
+    The same beside a whole float, and for a float that is no whole one."""
+    prefix = "parameters." if path == "/generate" else ""
+    for bad, field in (('"temperature": "hot"', "temperature"), ('"seed": 2.5', "seed"),
+                       ('"seed": 2.0, "temperature": "hot"', "temperature")):
+        body = template.format(first='"three"', last=3)  # after both values: read last
+        end = 2 if path == "/generate" else 1
+        body = body[:-end] + ", " + bad + body[-end:]
+        status, out = _post(server, path, body)
+        assert status == refused_status(path), (body, out)
+        assert out["error"]["param"] == prefix + field, (body, out)

@@ -161,15 +161,10 @@ async def _decoded_once(body: bytes, type_: type[T]) -> tuple[T, tuple[list[str]
 
 
 async def _typed(body: bytes, type_: type[T]) -> T:
-    """`body`, UTF-8 JSON, decoded into `type_`: msgspec's errors as it raises them."""
-    try:
-        return whole_floats.strict(body, type_)
-    except msgspec.ValidationError as exc:
-        if not whole_floats.refused_whole_float(exc):
-            raise
-    # an integer field sent as a float: taken where it is a whole one (256.0), as vLLM
-    # takes it; the body is decoded again, off the loop when it is large
-    return await off_loop(len(body), whole_floats.decode, body, type_)
+    """`body`, UTF-8 JSON, decoded into `type_`: msgspec's errors as it raises them, of the
+    values the body keeps (a key named twice: its last, as _decoded_once reads it), whole
+    floats taken (whole_floats.decode_kept); off the loop when it is large."""
+    return await off_loop(len(body), whole_floats.decode_kept, body, type_)
 
 
 async def expect_continue(request: web.Request, message: bool = False

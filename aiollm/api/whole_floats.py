@@ -120,10 +120,18 @@ def decode(body: bytes, type_: type[T]) -> T:
     raise first
 
 
-def refused_whole_float(exc: msgspec.ValidationError) -> bool:
-    """Whether `exc` may be msgspec's refusal of a whole float where an integer is expected
-    (a float of any value: `decode` tells them apart)."""
-    return _float_for_int(exc) is not None
+def decode_kept(body: bytes, type_: type[T]) -> T:
+    """`body` (JSON) decoded as decode() decodes it, but a key an object names twice read
+    once, with its last value, as plain_and_typed reads it: its errors name a value the
+    body keeps, never one dropped (`{"n": "x", "n": 1, "temperature": "hot"}`:
+    temperature), for a body plain_and_typed refused. A body the plain decode refuses
+    (no JSON, a lone surrogate escape, nested too deeply) is decoded as sent, for decode()'s
+    own error."""
+    try:
+        kept = msgspec.json.encode(_PLAIN.decode(body))
+    except (msgspec.DecodeError, RecursionError):
+        kept = body
+    return decode(kept, type_)
 
 
 def _float_for_int(exc: msgspec.ValidationError) -> list[str | int] | None:
