@@ -208,8 +208,10 @@ def check_parameters(st: ApiState, req: GenerateRequest) -> None:
     """Refuse `req`'s parameters where /generate refuses them, without generating (for
     LightLLM's /tokens, which checks the parameters of the request it counts as /generate
     checks them): InvalidRequest (ApiError past the server's choices) naming the field in
-    the request's words (parameters.temperature). A grammar is not compiled; the inputs'
-    length is not checked against the context."""
+    the request's words (parameters.temperature). Not checked here, as the engine checks
+    them when /generate submits the request: the grammar (not compiled), the inputs' length
+    against the context, and token ids against the vocabulary (a stop_sequences entry of
+    one id, allowed_token_ids): /tokens counts such a request, /generate refuses it."""
     with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
         _checked_params(st, req, _check_choices(st, req.parameters), None)
 
