@@ -6,7 +6,8 @@ message there. The OpenAI-style "error" object (type, param naming the field at 
 stays beside it, as every route here answers it.
 
 A wrong method on one of these routes (aiohttp's router answers it, before any handler) is
-a 405 with its Allow header and the same body (lightllm_http_errors).
+a 405 with its Allow header and the same body (lightllm_http_errors); so is a request
+without the API key's 401 (lightllm_path: server.py's key check).
 
 Other statuses stay as they are: 503 (overloaded, as LightLLM's busy server), 500 (an engine
 failure), 404, 413, 415 (a Content-Encoding not decoded; any Content-Type is read as JSON
@@ -66,14 +67,15 @@ async def lightllm_http_errors(request: web.Request, handler: Handler) -> web.St
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.status < 400 or not _lightllm_path(request):
+        if exc.status < 400 or not lightllm_path(request):
             raise
         return error_response(http_exception_error(exc, request), message=True)
 
 
-def _lightllm_path(request: web.Request) -> bool:
+def lightllm_path(request: web.Request) -> bool:
     """Whether `request.path` is the path of a route that answers as LightLLM, by any
-    method (the router tells a 405 no route: its path is looked up among the app's)."""
+    method (the router tells a 405 no route: its path is looked up among the app's), for
+    the refusals made before its handler runs (the router's 405, the API key's 401)."""
     for resource in request.app.router.resources():
         if resource.get_info().get("path") == request.path:
             return any(answers_as_lightllm(route.handler) for route in resource)
