@@ -38,25 +38,41 @@ def test_tokens_counts_the_text_as_generate_reads_it(server):
     assert status == 417 and err["param"] == "text", raw
 
 
-def test_tokens_counts_whatever_the_sampling_parameters_say(server):
-    """LightLLM's /tokens reads `parameters` for nothing that changes a text's count (it
-    passes them to its image preprocessing alone), so a client counting the prompt of the
-    /generate request it is about to send, parameters and all, gets the count: values
-    /generate would refuse are not checked here (it checks them when it is sent), nor is
-    null. A value of the wrong type is still refused naming the field, as on every
-    endpoint; add_special_tokens, the one that changes a count, is read (this model's
-    tokenizer adds none: tests/test_api_letters_vocab.py counts one that does)."""
+def test_tokens_checks_the_parameters_as_generate_does(server):
+    """LightLLM's /tokens builds and verifies the SamplingParams of its `parameters` as
+    /generate does (api_http.py), and answers a value /generate refuses with its 417: a
+    client counting the prompt of the /generate request it is about to send learns then
+    that the request is refused. Here they were not checked (a temperature of -1 was
+    counted). Valid ones, and null (taken as none), are counted; add_special_tokens, the
+    one that changes a count, is read (this model's tokenizer adds none:
+    tests/test_api_letters_vocab.py counts one that does)."""
     _, _, want = http(server, "POST", "/tokens", json={"text": PARIS})
-    for parameters in ({"temperature": -1, "max_new_tokens": 0, "top_k": 0},
-                       {"guided_json": "not a schema", "n": 2, "cache_salt": "s"},
+    for parameters in ({"temperature": 0.5, "max_new_tokens": 3, "top_k": 4, "n": 2},
                        {"add_special_tokens": False}, None):
         status, _, raw = http(server, "POST", "/tokens", json={"text": PARIS,
                                                                "parameters": parameters})
         assert status == 200 and json.loads(raw) == json.loads(want), (parameters, raw)
+    for parameters, param in (({"temperature": -1}, "parameters.temperature"),
+                              ({"max_new_tokens": 0}, "parameters.max_new_tokens"),
+                              ({"top_k": 0}, "parameters.top_k"),
+                              ({"min_new_tokens": 5, "max_new_tokens": 2},
+                               "parameters.min_new_tokens"),
+                              ({"n": 2, "best_of": 3}, "parameters.best_of"),
+                              ({"guided_json": {"type": "object"}, "regular_constraint": "a"},
+                               "parameters.regular_constraint"),
+                              ({"temperature": "hot"}, "parameters.temperature")):
+        status, _, raw = http(server, "POST", "/tokens", json={"text": PARIS,
+                                                               "parameters": parameters})
+        out = json.loads(raw)
+        assert status == 417 and out["error"]["param"] == param, (parameters, raw)
+        assert out["message"] == out["error"]["message"], out
+        _, _, generate = http(server, "POST", "/generate", json={"inputs": PARIS,
+                                                                 "parameters": parameters})
+        assert json.loads(generate)["message"] == out["message"], (generate, raw)
+    # a text past the context is still counted: only /generate refuses it
     status, _, raw = http(server, "POST", "/tokens", json={
-        "text": PARIS, "parameters": {"temperature": "hot"}})
-    err = json.loads(raw)["error"]
-    assert status == 417 and err["param"] == "parameters.temperature", raw
+        "text": "hello " * 600, "parameters": {"max_new_tokens": 3}})
+    assert status == 200 and json.loads(raw)["ntokens"] > 512, raw
 
 
 def test_tokens_refuses_images_as_generate_does(server):

@@ -196,3 +196,23 @@ def test_a_body_refused_on_its_expect_header_has_the_top_level_message(server):
     assert head.startswith(b"HTTP/1.1 413"), head
     out = json.loads(raw)
     assert out.get("message") == out["error"]["message"], out
+
+
+@pytest.mark.parametrize("method,path,allow", [
+    ("GET", "/generate", "POST"), ("PUT", "/generate_stream", "POST"),
+    ("DELETE", "/", "POST"), ("PUT", "/tokens", "GET,HEAD,POST"),
+    ("GET", "/generate/", "POST")])
+def test_a_wrong_method_on_a_lightllm_route_has_the_top_level_message(server, method, path,
+                                                                      allow):
+    """A wrong method on one of LightLLM's routes is a 405 with its Allow header, and its
+    body says why in the top-level "message" LightLLM's clients read, as every other
+    refusal on those routes does; it had the error object alone. The OpenAI routes' 405
+    keeps their error object alone."""
+    status, headers, raw = http(server, method, path)
+    out = json.loads(raw)
+    assert status == 405 and headers["Allow"] == allow, (status, headers)
+    assert out.get("message") and out["message"] == out["error"]["message"], out
+    assert allow in out["message"], out
+    status, headers, raw = http(server, "GET", "/v1/completions")
+    assert status == 405 and headers["Allow"] == "POST", (status, headers)
+    assert set(json.loads(raw)) == {"error"}, raw

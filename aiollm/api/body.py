@@ -94,8 +94,8 @@ async def decode_body(request: web.Request, type_: type[T],
         value, found = once
         unknown_fields.warn(request, found)  # served as if left out, and named
         return value
-    # refused (or a whole float to take): decoded by the typed decode, which names the
-    # first field at fault in the body's order as msgspec reads it
+    # refused: decoded by the typed decode, which names the first field at fault in the
+    # body's order as msgspec reads it
     try:
         value = await _typed(body, type_)
     except msgspec.ValidationError as exc:
@@ -144,8 +144,9 @@ async def _decoded_once(body: bytes, type_: type[T]) -> tuple[T, tuple[list[str]
     """`body` (UTF-8 JSON) decoded once into `type_`, with its unknown fields
     (unknown_fields.unknown_in); on a worker thread when its decode is not cheap
     (unknown_fields.inline: a body past 1 MiB, or of many keys). None when msgspec refuses
-    it or it runs out of recursion: the caller decodes it as before for the error (and a
-    whole float to take), so every refusal stays as it was. It was decoded twice: into
+    it or it runs out of recursion: the caller decodes it as before for the error, so
+    every refusal stays as it was. Whole floats are taken here too, and a key named twice
+    has its last value alone checked (whole_floats.plain_and_typed). It was decoded twice: into
     its Struct on the loop, then as raw values for the unknown fields."""
     def decode() -> tuple[T, tuple[list[str], int]] | None:
         try:
@@ -160,15 +161,10 @@ async def _decoded_once(body: bytes, type_: type[T]) -> tuple[T, tuple[list[str]
 
 
 async def _typed(body: bytes, type_: type[T]) -> T:
-    """`body`, UTF-8 JSON, decoded into `type_`: msgspec's errors as it raises them."""
-    try:
-        return whole_floats.strict(body, type_)
-    except msgspec.ValidationError as exc:
-        if not whole_floats.refused_whole_float(exc):
-            raise
-    # an integer field sent as a float: taken where it is a whole one (256.0), as vLLM
-    # takes it; the body is decoded again, off the loop when it is large
-    return await off_loop(len(body), whole_floats.decode, body, type_)
+    """`body`, UTF-8 JSON, decoded into `type_`: msgspec's errors as it raises them, of the
+    values the body keeps (a key named twice: its last, as _decoded_once reads it), whole
+    floats taken (whole_floats.decode_kept); off the loop when it is large."""
+    return await off_loop(len(body), whole_floats.decode_kept, body, type_)
 
 
 async def expect_continue(request: web.Request, message: bool = False

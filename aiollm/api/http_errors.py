@@ -157,10 +157,13 @@ def context_told(subject: str, prompt: str, advice: str) -> Iterator[None]:
         raise e.told(subject, prompt, advice) from None
 
 
-def _from_http_exception(exc: web.HTTPException) -> ApiError:
+def http_exception_error(exc: web.HTTPException, request: web.Request) -> ApiError:
+    """aiohttp's HTTP exception `exc` (the router's 404 and 405 among them), raised while
+    serving `request`, as the error the client sees: its status, its Allow and Retry-After
+    headers, a message that says why."""
     status = exc.status
     if status == 404:
-        message = "no such route"
+        message = f"no such route: {request.method} {request.path}"
     elif status == 405:
         message = f"method not allowed; allowed: {exc.headers.get('Allow', '')}"
     elif status == 413:
@@ -181,10 +184,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        err = _from_http_exception(exc)
-        if exc.status == 404:
-            err.message = f"no such route: {request.method} {request.path}"
-        return error_response(err)
+        return error_response(http_exception_error(exc, request))
     except OSError as exc:  # ConnectionResetError among them
         if request.transport is None or request.transport.is_closing():
             # The client went away; nobody is left to read an error. aiohttp cancels the

@@ -172,27 +172,55 @@ async def _prompt_ids(st: ApiState, req: GenerateRequest) -> list[int]:
     return ids
 
 
-async def _prepare(st: ApiState, req: GenerateRequest
-                   ) -> tuple[list[int], list[SamplingParams]]:
-    n = req.parameters.choices()
-    st.check_choices(n, "parameters.n" if req.parameters.n is not None
-                     else "parameters.best_of")
-    ids = await _prompt_ids(st, req)
+def _check_choices(st: ApiState, p: GenerateParameters) -> int:
+    """How many sequences `p` asks for (choices()); ApiError naming the field past what the
+    server holds at once."""
+    n = p.choices()
+    st.check_choices(n, "parameters.n" if p.n is not None else "parameters.best_of")
+    return n
+
+
+def _checked_params(st: ApiState, req: GenerateRequest, n: int,
+                    prompt_tokens: int | None) -> list[SamplingParams]:
+    """The SamplingParams of `req`'s `n` choices, its parameters checked (InvalidRequest
+    naming the engine's field) but its grammar not compiled. prompt_tokens: the inputs'
+    length, which a length the model's generation config gives is fitted to; None leaves
+    that length as the file gives it (/tokens, which generates nothing)."""
     p = req.parameters
     req.check_unserved()
     length_left_out = p.max_new_tokens is None
     p.with_defaults(st.engine.sampling_defaults)
-    if length_left_out and "max_tokens" in st.engine.sampling_defaults:
+    if (length_left_out and prompt_tokens is not None
+            and "max_tokens" in st.engine.sampling_defaults):
         # the file's length, within the context: a 32k default refused a short context's
         # request naming a field it never sent
-        p.max_new_tokens = room(st, len(ids))
+        p.max_new_tokens = room(st, prompt_tokens)
     p.check_max_tokens()
     fields = {"guided_json": p.guided_json, "guided_grammar": p.guided_grammar,
               "regular_constraint": p.regular_constraint}
     constraint = structured.constraint(structured.guided(fields, "parameters."),
                                        allowed_token_ids=p.allowed_token_ids,
                                        allowed_param="parameters.allowed_token_ids")
-    params = [_sampling_params(st, p, j, constraint) for j in range(n)]
+    return [_sampling_params(st, p, j, constraint) for j in range(n)]
+
+
+def check_parameters(st: ApiState, req: GenerateRequest) -> None:
+    """Refuse `req`'s parameters where /generate refuses them, without generating (for
+    LightLLM's /tokens, which checks the parameters of the request it counts as /generate
+    checks them): InvalidRequest (ApiError past the server's choices) naming the field in
+    the request's words (parameters.temperature). Not checked here, as the engine checks
+    them when /generate submits the request: the grammar (not compiled), the inputs' length
+    against the context, and token ids against the vocabulary (a stop_sequences entry of
+    one id, allowed_token_ids): /tokens counts such a request, /generate refuses it."""
+    with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
+        _checked_params(st, req, _check_choices(st, req.parameters), None)
+
+
+async def _prepare(st: ApiState, req: GenerateRequest
+                   ) -> tuple[list[int], list[SamplingParams]]:
+    n = _check_choices(st, req.parameters)
+    ids = await _prompt_ids(st, req)
+    params = _checked_params(st, req, n, len(ids))
     await st.engine.compile_grammar(params[0])
     return ids, params
 

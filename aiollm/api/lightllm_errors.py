@@ -5,6 +5,10 @@ status 417 (Expectation Failed) where the other routes say 400, and a body whose
 message there. The OpenAI-style "error" object (type, param naming the field at fault, code)
 stays beside it, as every route here answers it.
 
+A wrong method on one of these routes (aiohttp's router answers it, before any handler) is
+a 405 with its Allow header and the same body (lightllm_http_errors); so is a request
+without the API key's 401 (lightllm_path: server.py's key check).
+
 Other statuses stay as they are: 503 (overloaded, as LightLLM's busy server), 500 (an engine
 failure), 404, 413, 415 (a Content-Encoding not decoded; any Content-Type is read as JSON
 here, body.decode_body). A stream that fails after its first event (its status already 200)
@@ -18,7 +22,8 @@ import functools
 from aiohttp import web
 
 from aiollm.api import sse
-from aiollm.api.http_errors import ApiError, Handler, as_api_error, error_body, error_response
+from aiollm.api.http_errors import (ApiError, Handler, as_api_error, error_body, error_response,
+                                    http_exception_error)
 
 REFUSED = 417  # LightLLM's status for a request it cannot serve as sent
 _MARK = "_aiollm_lightllm_errors"  # set on the handlers lightllm_errors makes
@@ -50,6 +55,31 @@ def answers_as_lightllm(handler: object) -> bool:
     """Whether `handler` (a route's) answers failures as LightLLM does (lightllm_errors):
     for the refusals made before it runs (the expect handler's 413), which say so too."""
     return getattr(handler, _MARK, False)
+
+
+@web.middleware
+async def lightllm_http_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's HTTP errors at the path of one of LightLLM's routes (the router's 405 for a
+    wrong method: GET /generate) answered with LightLLM's top-level message beside the
+    error object, as the route answers its own refusals; its Allow header kept. Elsewhere
+    (the OpenAI routes, unknown paths, which belong to no family) they go on to
+    error_middleware."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or not lightllm_path(request):
+            raise
+        return error_response(http_exception_error(exc, request), message=True)
+
+
+def lightllm_path(request: web.Request) -> bool:
+    """Whether `request.path` is the path of a route that answers as LightLLM, by any
+    method (the router tells a 405 no route: its path is looked up among the app's), for
+    the refusals made before its handler runs (the router's 405, the API key's 401)."""
+    for resource in request.app.router.resources():
+        if resource.get_info().get("path") == request.path:
+            return any(answers_as_lightllm(route.handler) for route in resource)
+    return False
 
 
 def stream_error(err: ApiError) -> bytes:

@@ -23,17 +23,15 @@ from aiollm.api.state import state
 
 class TokensRequest(Struct, kw_only=True):
     """LightLLM's /tokens body: the text to count, the `parameters` of the /generate
-    request it is the prompt of (or null), and images or audios, which are refused as
-    /generate refuses them.
+    request it is the prompt of (or null: none), and images or audios, which are refused
+    as /generate refuses them.
 
-    Of the parameters, add_special_tokens alone changes a count, and it is read; the others'
-    values are not checked. LightLLM's /tokens reads none of them for the text (it hands
-    them to its image preprocessing alone), so its clients send a /generate request's
-    parameters as they are, to learn whether its prompt fits: /generate checks them when
-    the request is sent, and a count refused for a temperature would answer nothing they
-    asked. They are decoded by /generate's Struct all the same: a value of the wrong type
-    is the body's 400 naming the field, as on every endpoint, and an unknown field is
-    named in the log."""
+    Of the parameters, add_special_tokens alone changes a count, and it is read; the others
+    are checked as /generate checks them (lightllm.check_parameters), as LightLLM's /tokens
+    builds and verifies the same SamplingParams its /generate does (api_http.py) and
+    answers a value /generate refuses with its 417: its clients count the prompt of the
+    request they are about to send, parameters and all, and learn then that it would be
+    refused. An unknown field is named in the log, as on every endpoint."""
 
     text: str
     parameters: GenerateParameters | None = None
@@ -60,8 +58,9 @@ async def get_model_name(request: web.Request) -> web.Response:
 
 async def tokens(request: web.Request) -> web.Response:
     """{"ntokens": how many tokens `text` is}, tokenized as /generate tokenizes its inputs
-    (special tokens added unless parameters.add_special_tokens is false; the other
-    parameters are not checked, as TokensRequest says why). Text of no token ("", or
+    (special tokens added unless parameters.add_special_tokens is false; the parameters
+    are checked as /generate checks them: TokensRequest says why). A text past the context
+    is counted (only /generate refuses it). Text of no token ("", or
     whitespace the tokenizer drops) is counted too: the special tokens alone, or 0, as
     LightLLM's /tokens and vLLM's /tokenize count it. GET reads the body too, as LightLLM's
     does; the query string is not read. A request without a body (GET or POST, a query
@@ -75,7 +74,9 @@ async def tokens(request: web.Request) -> web.Response:
                        f"({{\"text\": ...}}, with GET as with POST){query}", param="text")
     req = await decode_body(request, TokensRequest, any_content_type=True)
     refuse_media(req.multimodal_params)
-    special = (req.parameters or GenerateParameters()).add_special_tokens
+    parameters = req.parameters or GenerateParameters()
+    lightllm.check_parameters(st, GenerateRequest(inputs=req.text, parameters=parameters))
+    special = parameters.add_special_tokens
     # text of no token counts 0: LightLLM counts what its tokenizer gives
     ids = await st.encode(req.text, add_special_tokens=special)
     return json_response({"ntokens": len(ids)})

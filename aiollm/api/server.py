@@ -29,7 +29,8 @@ from aiollm.api import lightllm, lightllm_routes, openai, ops
 from aiollm.api.body import expect_continue
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
-from aiollm.api.lightllm_errors import answers_as_lightllm
+from aiollm.api.lightllm_errors import (answers_as_lightllm, lightllm_http_errors,
+                                        lightllm_path)
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.response_store import ResponseStore
@@ -121,7 +122,8 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     if not isinstance(response_role, str) or not response_role.strip():
         raise ValueError(f"response_role must be a non-empty string, got {response_role!r}")
     check_content_format(chat_template_content_format)
-    middlewares = [error_middleware]
+    # LightLLM's routes answer the router's 405 in their own body
+    middlewares = [error_middleware, lightllm_http_errors]
     keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
     allowed = _key_check(keys) if any(keys) else None
     if allowed is not None:
@@ -234,17 +236,19 @@ def _key_check(api_keys: tuple[str, ...]) -> Callable[[web.Request], bool]:
     return allowed
 
 
-def _unauthorized(*, close: bool = False) -> web.Response:
+def _unauthorized(*, close: bool = False, message: bool = False) -> web.Response:
+    """The 401 of a request without a valid key; message: its message at the body's top
+    level too, as LightLLM's routes answer every refusal (error_response)."""
     return error_response(ApiError(
         401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}, close=close))
+        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}, close=close), message)
 
 
 def _auth_middleware(allowed: Callable[[web.Request], bool]) -> Callable:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not allowed(request):
-            return _unauthorized()
+            return _unauthorized(message=lightllm_path(request))
         return await handler(request)
 
     return auth
@@ -257,7 +261,7 @@ def _expect_handler(allowed: Callable[[web.Request], bool] | None) -> Callable:
     (RFC 9110 10.1.1), and the connection closes: the body is never read."""
     async def expect(request: web.Request) -> web.StreamResponse | None:
         if allowed is not None and not allowed(request):
-            return _unauthorized(close=True)
+            return _unauthorized(close=True, message=lightllm_path(request))
         # LightLLM's routes put the refusal's message at the top level, as they answer it
         return await expect_continue(
             request, message=answers_as_lightllm(request.match_info.handler))

@@ -74,9 +74,20 @@ _ANY = msgspec.json.Decoder(float_hook=_finite)
 def plain_and_typed(body: bytes, type_: type[T]) -> tuple[Any, T]:
     """`body` (JSON) decoded once: as plain Python objects (an object a dict), and those
     converted into `type_` (msgspec.convert, strict: no parse again, and the value strict()
-    gives). Raises msgspec's errors, which may not be strict()'s (a path not named, the
+    gives), a whole float taken where an integer is expected, as decode() takes it. A key
+    the body names twice has its last value, as Python's json keeps it (FastAPI's, vLLM's):
+    the value dropped is never checked, here where decode(), which reads the bytes again,
+    checked its type and refused a body that has a whole float (the value kept is the same
+    in both). Raises msgspec's errors, which may not be strict()'s (a path not named, the
     later of two errors): a caller that reports one decodes with strict() for it."""
     value = _ANY.decode(body)
+    for _ in range(_MAX_PASSES):
+        try:
+            return value, msgspec.convert(value, type_, strict=True)
+        except msgspec.ValidationError as exc:
+            path = _float_for_int(exc)
+            if path is None or not _make_whole(value, path):
+                raise
     return value, msgspec.convert(value, type_, strict=True)
 
 
@@ -109,10 +120,18 @@ def decode(body: bytes, type_: type[T]) -> T:
     raise first
 
 
-def refused_whole_float(exc: msgspec.ValidationError) -> bool:
-    """Whether `exc` may be msgspec's refusal of a whole float where an integer is expected
-    (a float of any value: `decode` tells them apart)."""
-    return _float_for_int(exc) is not None
+def decode_kept(body: bytes, type_: type[T]) -> T:
+    """`body` (JSON) decoded as decode() decodes it, but a key an object names twice read
+    once, with its last value, as plain_and_typed reads it: its errors name a value the
+    body keeps, never one dropped (`{"n": "x", "n": 1, "temperature": "hot"}`:
+    temperature), for a body plain_and_typed refused. A body the plain decode refuses
+    (no JSON, a lone surrogate escape, nested too deeply) is decoded as sent, for decode()'s
+    own error."""
+    try:
+        kept = msgspec.json.encode(_PLAIN.decode(body))
+    except (msgspec.DecodeError, RecursionError):
+        kept = body
+    return decode(kept, type_)
 
 
 def _float_for_int(exc: msgspec.ValidationError) -> list[str | int] | None:
