@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
+
 
 # InvalidRequest.code of a prompt (with max_tokens) past the model's context: OpenAI's code,
 # which clients read to shorten the conversation and retry
@@ -85,6 +87,21 @@ def shown_id(text: str) -> str:
     """A client's id (a response id, a call_id) as an error names it: its repr, cut to
     ID_CHARS characters with "..." after where it was longer."""
     return repr(text[:ID_CHARS]) + ("..." if len(text) > ID_CHARS else "")
+
+
+def shown_json(value: Any) -> str:
+    """A client's value (decoded from a JSON body) as an error quotes it: as JSON spells it
+    ("foo", null, true, {"a":1}), not as Python's repr ('foo', None, True); a string cut
+    to ID_CHARS characters, another value's JSON text cut to ID_CHARS, "..." after where
+    it was longer."""
+    if isinstance(value, str):
+        cut = value[:ID_CHARS]
+        return msgspec.json.encode(cut).decode() + ("..." if len(value) > ID_CHARS else "")
+    try:
+        text = msgspec.json.encode(value).decode()
+    except (TypeError, ValueError, RecursionError):  # not from a JSON body: Python's words
+        text = repr(value)
+    return text[:ID_CHARS] + ("..." if len(text) > ID_CHARS else "")
 
 
 def shown(value: Any) -> str:

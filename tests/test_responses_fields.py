@@ -190,3 +190,29 @@ def test_a_parts_field_is_told_missing_or_named(items, param, says):
         input_messages(items)
     assert e.value.param == param
     assert str(e.value) == says
+
+
+ROLES = "must be one of user, system, developer, assistant, got"
+STATUSES = "must be in_progress, completed or incomplete (or null), got"
+
+
+@pytest.mark.parametrize("item, param, says", [
+    ({**USER, "role": "foo"}, "input[0].role", f'input[0].role {ROLES} "foo"'),
+    ({**USER, "role": None}, "input[0].role", f"input[0].role {ROLES} null"),
+    ({**USER, "role": True}, "input[0].role", f"input[0].role {ROLES} true"),
+    ({**USER, "role": {"a": "b"}}, "input[0].role", f'input[0].role {ROLES} {{"a":"b"}}'),
+    ({**USER, "role": "x" * 101}, "input[0].role", f'input[0].role {ROLES} "{"x" * 100}"...'),
+    ({**USER, "status": "done"}, "input[0].status", f'input[0].status {STATUSES} "done"'),
+    ({**USER, "status": False}, "input[0].status", f"input[0].status {STATUSES} false"),
+    ({**USER, "status": [None, 1.5]}, "input[0].status",
+     f"input[0].status {STATUSES} [null,1.5]"),
+])
+def test_a_bad_role_or_status_is_spelled_in_json(server, item, param, says):
+    """An item's role or status outside OpenAI's is quoted as JSON spells it ("foo",
+    null, true), cut to 100 characters: it was Python's repr ('foo', None, True)."""
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": [item], "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"] == says, error["message"]
+    assert error["code"] is None, error

@@ -11,7 +11,7 @@ from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest, check_type, json_type, shown_id
+from aiollm.errors import InvalidRequest, check_type, json_type, shown_id, shown_json
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
@@ -43,16 +43,16 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         kind = check_type(item.get("type", "message"), (str,), f"{at}.type", required=True)
         if item.get("status") not in _STATUSES:
             raise InvalidRequest(f"{at}.status must be in_progress, completed or incomplete "
-                                 f"(or null), got {item['status']!r:.100}",
+                                 f"(or null), got {shown_json(item['status'])}",
                                  param=f"{at}.status")
         if kind == "message":
-            role = item.get("role")
-            if role is None:
+            if "role" not in item:
                 raise InvalidRequest(f"{at}.role is required: one of {', '.join(_ROLES)}",
                                      param=f"{at}.role")
-            if role not in _ROLES:
+            role = item["role"]
+            if role not in _ROLES:  # null too: a value sent, as _required tells it
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
-                                     f"{role!r:.100}", param=f"{at}.role")
+                                     f"{shown_json(role)}", param=f"{at}.role")
             # no parts: an empty turn, taken as chat (and vLLM) take it
             text = _text(_required(item, "content", at), f"{at}.content")
             last = out[-1] if out else None

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, shown_json
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 _STRINGS = ("name", "tool_call_id", "reasoning_content", "reasoning")
@@ -54,7 +54,7 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
     role, calls = m.get("role"), m.get("tool_calls")
     if not isinstance(role, str) or role not in CHAT_ROLES:
         raise InvalidRequest(f"{at}.role must be one of {', '.join(CHAT_ROLES)}, got "
-                             f"{role!r:.100}", param=f"{at}.role")
+                             f"{shown_json(role)}", param=f"{at}.role")
     for key in _STRINGS:
         if m.get(key) is not None and not isinstance(m[key], str):
             raise InvalidRequest(f"{at}.{key} must be a string", param=f"{at}.{key}")
