@@ -216,3 +216,22 @@ def test_a_bad_role_or_status_is_spelled_in_json(server, item, param, says):
     assert status == 400 and error["param"] == param, error
     assert error["message"] == says, error["message"]
     assert error["code"] is None, error
+
+
+@pytest.mark.parametrize("items, param, got", [
+    ([{**USER, "id": 5}], "input[0].id", "an integer"),
+    ([USER, {**CALL, "id": ["fc_1"]}], "input[1].id", "an array"),
+    ([USER, CALL, {**OUTPUT, "id": {"a": 1}}], "input[2].id", "an object"),
+    ([USER, {**REASONING, "id": True}], "input[1].id", "a boolean"),
+])
+def test_an_items_id_of_another_type_is_a_400(server, items, param, got):
+    """An item's id is a string (the SDK's types): one of another type was taken and then
+    dropped for a fresh id; now a 400 naming it. null is none, as the SDK's optional id."""
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": items, "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"] == f"{param}: expected a string, got {got}", error
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": [{**USER, "id": None}], "max_output_tokens": 1})
+    assert status == 200, raw[:300]

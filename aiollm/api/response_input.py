@@ -29,7 +29,8 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
     them, it goes to the assistant turn just before it if that has none yet, and an
     assistant message after reasoning or calls alone is their turn's content. An output
     of `input` whose call_id no function_call item before it (of `earlier` or `input`) has
-    is refused, naming input[i].call_id: _refuse_orphan."""
+    is refused, naming input[i].call_id: _refuse_orphan. An item's id, where sent, is a
+    string (null: none)."""
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     elif not value:
@@ -41,6 +42,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         if not isinstance(item, dict):
             raise InvalidRequest(f"{at} must be an object", param=at)
         kind = check_type(item.get("type", "message"), (str,), f"{at}.type", required=True)
+        check_type(item.get("id"), (str,), f"{at}.id")  # the SDK's ids: strings, or none
         if item.get("status") not in _STATUSES:
             raise InvalidRequest(f"{at}.status must be in_progress, completed or incomplete "
                                  f"(or null), got {shown_json(item['status'])}",
