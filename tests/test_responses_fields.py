@@ -78,6 +78,7 @@ ROUTES = [("/v1/responses", {"input": "x", "max_output_tokens": 1}),
     ({"a": LONG}, "metadata.a", f"metadata.a: the value {'v' * 100!r}... has 100000 "),
     ({"a": 5}, "metadata.a", "metadata.a: expected a string, got an integer"),
     ({"a": None}, "metadata.a", "metadata.a: expected a string, got null"),
+    ({"": "v"}, "metadata", 'metadata has an empty key ""'),
     ([], "metadata", "metadata: expected an object, got an array"),
 ])
 def test_metadata_past_openais_bounds_is_a_400(server, path, body, metadata, param, says):
