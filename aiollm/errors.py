@@ -13,11 +13,14 @@ import msgspec
 # InvalidRequest.code of a prompt (with max_tokens) past the model's context: OpenAI's code,
 # which clients read to shorten the conversation and retry
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+# InvalidRequest.code of a required field left out ("messages is required"): OpenAI's code
+MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
 
 
 class InvalidRequest(ValueError):
     """Bad input from a caller (HTTP 400). `param` names the offending field when known;
-    `code` is OpenAI's error code when it has one (CONTEXT_LENGTH_EXCEEDED), else None."""
+    `code` is OpenAI's error code when it has one (CONTEXT_LENGTH_EXCEEDED,
+    MISSING_REQUIRED_PARAMETER), else None."""
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -32,6 +35,14 @@ class InvalidRequest(ValueError):
         if param is None:
             param = f"{at}.{self.param}" if self.param else at
         return InvalidRequest(f"{at}: {self}", param=param, code=self.code)
+
+
+def missing(param: str, more: str = "") -> InvalidRequest:
+    """The error of the required field `param` left out: "{param} is required" followed by
+    `more` (what to send, ": one of user, ..."), with OpenAI's code for it
+    (MISSING_REQUIRED_PARAMETER), which its clients read."""
+    return InvalidRequest(f"{param} is required{more}", param=param,
+                          code=MISSING_REQUIRED_PARAMETER)
 
 
 class ContextExceeded(InvalidRequest):

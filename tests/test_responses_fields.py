@@ -59,7 +59,8 @@ def test_a_missing_call_id_is_an_openai_400(server):
     error = json.loads(raw)["error"]
     assert status == 400 and error == {"message": "input[2].call_id is required",
                                        "type": "invalid_request_error",
-                                       "param": "input[2].call_id", "code": None}, error
+                                       "param": "input[2].call_id",
+                                       "code": "missing_required_parameter"}, error
 
 
 LONG = "v" * 100_000
@@ -236,3 +237,34 @@ def test_an_items_id_of_another_type_is_a_400(server, items, param, got):
     status, _, raw = http(server, "POST", "/v1/responses",
                           json={"input": [{**USER, "id": None}], "max_output_tokens": 1})
     assert status == 200, raw[:300]
+
+
+MISSING = "missing_required_parameter"
+FORMAT = {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/responses", {"max_output_tokens": 1}, "input"),
+    ("/v1/responses", {"input": [{"content": "x"}]}, "input[0].role"),
+    ("/v1/responses", {"input": [{**USER, "content": [{"type": "input_text"}]}]},
+     "input[0].content[0].text"),
+    ("/v1/responses", {"input": [USER, {**REASONING, "summary": [{"text": "x"}]}]},
+     "input[1].summary[0].type"),
+    ("/v1/chat/completions", {"max_tokens": 1}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"content": "x"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"text": "x"}]}]},
+     "messages[0].content[0].type"),
+    ("/v1/chat/completions", {"messages": [USER], "response_format": FORMAT},
+     "response_format.json_schema.name"),
+    ("/v1/completions", {"max_tokens": 1}, "prompt"),
+])
+def test_a_missing_field_carries_openais_code(server, path, body, param):
+    """Every "... is required" 400 carries OpenAI's code for it, "missing_required_
+    parameter" (it was null), which clients read as OpenAI's own 400s; other 400s keep
+    theirs (null: test_a_bad_role_or_status_is_spelled_in_json)."""
+    status, _, raw = http(server, "POST", path, json=body)
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"].startswith(f"{param} is required"), error
+    assert error["code"] == MISSING, error

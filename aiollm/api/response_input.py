@@ -11,7 +11,8 @@ from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest, check_type, json_type, shown_id, shown_json
+from aiollm.errors import (InvalidRequest, check_type, json_type, missing, shown_id,
+                           shown_json)
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
@@ -49,8 +50,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
                                  param=f"{at}.status")
         if kind == "message":
             if "role" not in item:
-                raise InvalidRequest(f"{at}.role is required: one of {', '.join(_ROLES)}",
-                                     param=f"{at}.role")
+                raise missing(f"{at}.role", f": one of {', '.join(_ROLES)}")
             role = item["role"]
             if role not in _ROLES:  # null too: a value sent, as _required tells it
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
@@ -144,8 +144,7 @@ def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
                                  f"{json_type(part)}", param=where)
         if part.get("type") != kind:
             if "type" not in part:
-                raise InvalidRequest(f'{where}.type is required: "{kind}"',
-                                     param=f"{where}.type")
+                raise missing(f"{where}.type", f': "{kind}"')
             given = check_type(part["type"], (str,), f"{where}.type", required=True)
             raise InvalidRequest(f'{where}.type must be "{kind}", got {shown_id(given)}',
                                  param=f"{where}.type")
@@ -158,7 +157,7 @@ def _required(item: dict, key: str, at: str) -> Any:
     item leaves it out, told as missing ("input[2].call_id is required"), as the body's
     own missing fields are (validation_errors.describe)."""
     if key not in item:
-        raise InvalidRequest(f"{at}.{key} is required", param=f"{at}.{key}")
+        raise missing(f"{at}.{key}")
     return item[key]
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest, shown_json
+from aiollm.errors import InvalidRequest, missing, shown_json
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 _STRINGS = ("name", "tool_call_id", "reasoning_content", "reasoning")
@@ -66,9 +66,8 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
         # an empty list of parts is taken, as vLLM takes it (an empty turn: "" or no parts,
         # as the content format gives it); no content at all is likelier a client's slip
         given = "null" if "content" in m else "missing"
-        raise InvalidRequest(f"{at}.content is required for {_article(role)} {role} message, "
-                             f"got {given} (only an assistant message with tool_calls may "
-                             "omit it)", param=f"{at}.content")
+        raise missing(f"{at}.content", f" for {_article(role)} {role} message, got {given} "
+                      "(only an assistant message with tool_calls may omit it)")
     if calls and role != "assistant":
         raise InvalidRequest(f"only assistant messages have tool_calls, {at} is a "
                              f"{role} message", param=f"{at}.tool_calls")
