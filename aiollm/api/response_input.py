@@ -116,13 +116,15 @@ def _reasoning(item: dict, at: str) -> str:
     """The text of a reasoning item (a past turn's, sent back as OpenAI asks): its
     reasoning_text parts joined, else its summary_text parts joined by a blank line (as
     vLLM takes the summary where the content is missing). Both are checked (null or a list
-    of their parts: the item is kept and listed back as sent). A non-empty
+    of their parts: the item is kept and listed back as sent); the summary, which OpenAI
+    requires, is told missing where it is left out. A non-empty
     encrypted_content is refused: the server never writes it, so it is another server's
     ("" or null carry none, as vLLM reads them)."""
     if check_type(item.get("encrypted_content"), (str,), f"{at}.encrypted_content"):
         raise InvalidRequest(f"{at}.encrypted_content is not served: this server writes "
                              "reasoning as reasoning_text content; send that back instead",
                              param=f"{at}.encrypted_content")
+    _required(item, "summary", at)  # the SDK's type requires it ([] for none); null is none
     texts = {key: _thought_parts(item.get(key), kind, f"{at}.{key}")
              for key, kind in (("content", "reasoning_text"), ("summary", "summary_text"))}
     return "".join(texts["content"]) if texts["content"] else "\n\n".join(texts["summary"])
