@@ -282,3 +282,19 @@ def test_a_missing_field_carries_openais_code(server, path, body, param):
     assert status == 400 and error["param"] == param, error
     assert error["message"].startswith(f"{param} is required"), error
     assert error["code"] == MISSING, error
+
+
+def test_a_history_calls_error_names_its_input_item(server):
+    """A function_call item whose arguments are nested too deeply to render is named by
+    its item (input[i].arguments), not by the chat message it became
+    (messages[k].tool_calls[0].function.arguments, k shifted by the instructions and by
+    the items joined into one turn)."""
+    args = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    items = [USER, {**CALL, "call_id": "d", "arguments": args}, CALL,
+             {**OUTPUT, "call_id": "d"}, OUTPUT]
+    status, _, raw = http(server, "POST", "/v1/responses", json={
+        "input": items, "instructions": "Be brief.", "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == "input[1].arguments", error
+    assert error["message"] == "input[1].arguments is nested too deeply to render", error
+    server.wait_idle()

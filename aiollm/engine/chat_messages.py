@@ -132,13 +132,20 @@ def _template_tool_calls(calls: list[dict[str, Any]], at: str) -> list[dict[str,
     for j, c in enumerate(calls):
         fn = dict(c.get("function") or {})
         if isinstance(fn.get("arguments"), str):
-            try:
-                fn["arguments"] = msgspec.json.decode(fn["arguments"])
-            except msgspec.DecodeError:
-                pass
-            except RecursionError:
-                field = f"{at}.tool_calls[{j}].function.arguments"
-                raise InvalidRequest(f"{field} is nested too deeply to render",
-                                     param=field) from None
+            fn["arguments"] = call_arguments(fn["arguments"],
+                                             f"{at}.tool_calls[{j}].function.arguments")
         out.append({**c, "function": fn})
     return out
+
+
+def call_arguments(text: str, param: str) -> Any:
+    """A call's arguments `text` (a JSON string, as OpenAI sends them) as a template renders
+    them: the decoded JSON value, or `text` itself where it is no JSON. InvalidRequest naming
+    `param` where it is nested too deeply to decode (the decoder's recursion): the
+    Responses API checks its function_call items with it, naming input[i].arguments."""
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return text
+    except RecursionError:
+        raise InvalidRequest(f"{param} is nested too deeply to render", param=param) from None
