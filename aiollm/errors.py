@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -104,15 +105,47 @@ def shown_json(value: Any) -> str:
     """A client's value (decoded from a JSON body) as an error quotes it: as JSON spells it
     ("foo", null, true, {"a":1}), not as Python's repr ('foo', None, True); a string cut
     to ID_CHARS characters, another value's JSON text cut to ID_CHARS, "..." after where
-    it was longer."""
+    it was longer. Only what is shown is spelled: a huge or deeply nested value costs no
+    more than a short one. Never raises: a value no JSON body holds (NaN, bytes, a lone
+    surrogate: the Engine API's Python values) is spelled as _spelled says."""
     if isinstance(value, str):
-        cut = value[:ID_CHARS]
-        return msgspec.json.encode(cut).decode() + ("..." if len(value) > ID_CHARS else "")
-    try:
-        text = msgspec.json.encode(value).decode()
-    except (TypeError, ValueError, RecursionError):  # not from a JSON body: Python's words
-        text = repr(value)
+        return _spelled(value, ID_CHARS) + ("..." if len(value) > ID_CHARS else "")
+    text = _spelled(value, ID_CHARS + 1)
     return text[:ID_CHARS] + ("..." if len(text) > ID_CHARS else "")
+
+
+def _spelled(value: Any, room: int) -> str:
+    """`value` as compact JSON; where that is longer than `room` characters (>= 0), at least
+    its first `room` of it, the rest left out: a container's items are spelled only while
+    room is left, so each level of nesting takes a character of room and the recursion is
+    at most `room` deep. A string's characters are cut to `room`, a lone surrogate written
+    as JSON's escape for it; a value JSON has no spelling for (NaN, bytes, another type) as
+    Python's repr, an integer past Python's digits (sys.get_int_max_str_digits) by its
+    size in bits."""
+    if isinstance(value, str):
+        try:
+            return msgspec.json.encode(value[:room]).decode()
+        except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold
+            return json.dumps(value[:room])
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, int):
+        try:
+            return repr(value)
+        except ValueError:  # more digits than Python converts
+            return f"(an integer of {value.bit_length()} bits)"
+    if isinstance(value, (list, tuple, dict)):
+        pairs = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        text = "{" if isinstance(value, dict) else "["
+        for n, (key, item) in enumerate(pairs):
+            if len(text) >= room:
+                break
+            text += "," if n else ""
+            if isinstance(value, dict):
+                text += _spelled(key, max(room - len(text), 0)) + ":"
+            text += _spelled(item, max(room - len(text), 0))
+        return text + ("}" if isinstance(value, dict) else "]")
+    return repr(value)[:room + 1]  # a finite float as JSON spells it; NaN, bytes: Python's
 
 
 def shown(value: Any) -> str:
