@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
-from aiollm.engine.chat_messages import call_arguments
+from aiollm.engine.chat_messages import check_call_arguments
 from aiollm.engine.content_parts import text_parts
 from aiollm.errors import (InvalidRequest, check_type, json_type, missing, shown_id,
                            shown_json)
@@ -70,7 +70,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
                 "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
             # told here by its item: the chat check would name the turn it joins
             # (messages[k].tool_calls[j]), whose place in the input is not k
-            call_arguments(call["function"]["arguments"], f"{at}.arguments")
+            check_call_arguments(call["function"]["arguments"], f"{at}.arguments")
             calls.add(call["id"])
             last = out[-1] if out else None
             if last is not None and last.role == "assistant" and last.tool_calls is not None:
