@@ -315,3 +315,22 @@ def test_a_calls_arguments_are_checked_without_decoding_them():
     finally:
         tracemalloc.stop()
     assert peak < len(args), (peak, len(args))
+
+
+def test_history_arguments_of_any_depth_are_never_a_500(server):
+    """A history call's arguments nested just shallower than the decoder's limit decoded,
+    then failed in json.dumps as the default template's tool-call text was written
+    (chat_tools.template_messages): a 500 "internal error: RecursionError" on chat and
+    Responses alike. Where that limit falls depends on the stack, so every depth near it
+    is sent."""
+    for depth in range(940, 1000):
+        args = "[" * depth + "]" * depth
+        chat = [USER, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "x"}]
+        items = [USER, {**CALL, "arguments": args}, OUTPUT]
+        for path, body in (("/v1/chat/completions", {"messages": chat, "max_tokens": 1}),
+                           ("/v1/responses", {"input": items, "max_output_tokens": 1})):
+            status, _, raw = http(server, "POST", path, json=body)
+            assert status == 400, (depth, path, raw[:300])
+    server.wait_idle()
