@@ -132,13 +132,13 @@ def _template_tool_calls(calls: list[dict[str, Any]], at: str) -> list[dict[str,
     for j, c in enumerate(calls):
         fn = dict(c.get("function") or {})
         if isinstance(fn.get("arguments"), str):
-            fn["arguments"] = call_arguments(fn["arguments"],
-                                             f"{at}.tool_calls[{j}].function.arguments")
+            fn["arguments"] = _decoded_arguments(fn["arguments"],
+                                                 f"{at}.tool_calls[{j}].function.arguments")
         out.append({**c, "function": fn})
     return out
 
 
-def call_arguments(text: str, param: str) -> Any:
+def _decoded_arguments(text: str, param: str) -> Any:
     """A call's arguments `text` (a JSON string, as OpenAI sends them) as a template renders
     them: the decoded JSON value, or `text` itself where it is no JSON. InvalidRequest naming
     `param` where it is nested too deeply to decode (the decoder's recursion)."""
@@ -152,7 +152,7 @@ def call_arguments(text: str, param: str) -> Any:
 
 def check_call_arguments(text: str, param: str) -> None:
     """InvalidRequest naming `param` where a call's arguments `text` are nested too deeply
-    to decode, as call_arguments would tell them, without decoding them: msgspec skips a
+    to decode, as _decoded_arguments would tell them, without decoding them: msgspec skips a
     Raw value, checking its syntax and nesting (7 ms for 6 MB of small arrays, which take
     250 ms to decode). The Responses API checks its function_call items so, naming
     input[i].arguments, before the template's decode names the chat turn they join."""
