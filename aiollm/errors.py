@@ -2,20 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import msgspec
+
 
 # InvalidRequest.code of a prompt (with max_tokens) past the model's context: OpenAI's code,
 # which clients read to shorten the conversation and retry
 CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+# InvalidRequest.code of a required field left out ("messages is required"): OpenAI's code
+MISSING_REQUIRED_PARAMETER = "missing_required_parameter"
 
 
 class InvalidRequest(ValueError):
     """Bad input from a caller (HTTP 400). `param` names the offending field when known;
-    `code` is OpenAI's error code when it has one (CONTEXT_LENGTH_EXCEEDED), else None."""
+    `code` is OpenAI's error code when it has one (CONTEXT_LENGTH_EXCEEDED,
+    MISSING_REQUIRED_PARAMETER), else None."""
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None):
         super().__init__(message)
@@ -30,6 +36,14 @@ class InvalidRequest(ValueError):
         if param is None:
             param = f"{at}.{self.param}" if self.param else at
         return InvalidRequest(f"{at}: {self}", param=param, code=self.code)
+
+
+def missing(param: str, more: str = "") -> InvalidRequest:
+    """The error of the required field `param` left out: "{param} is required" followed by
+    `more` (what to send, ": one of user, ..."), with OpenAI's code for it
+    (MISSING_REQUIRED_PARAMETER), which its clients read."""
+    return InvalidRequest(f"{param} is required{more}", param=param,
+                          code=MISSING_REQUIRED_PARAMETER)
 
 
 class ContextExceeded(InvalidRequest):
@@ -85,6 +99,53 @@ def shown_id(text: str) -> str:
     """A client's id (a response id, a call_id) as an error names it: its repr, cut to
     ID_CHARS characters with "..." after where it was longer."""
     return repr(text[:ID_CHARS]) + ("..." if len(text) > ID_CHARS else "")
+
+
+def shown_json(value: Any) -> str:
+    """A client's value (decoded from a JSON body) as an error quotes it: as JSON spells it
+    ("foo", null, true, {"a":1}), not as Python's repr ('foo', None, True); a string cut
+    to ID_CHARS characters, another value's JSON text cut to ID_CHARS, "..." after where
+    it was longer. Only what is shown is spelled: a huge or deeply nested value costs no
+    more than a short one. Never raises: a value no JSON body holds (NaN, bytes, a lone
+    surrogate: the Engine API's Python values) is spelled as _spelled says."""
+    if isinstance(value, str):
+        return _spelled(value, ID_CHARS) + ("..." if len(value) > ID_CHARS else "")
+    text = _spelled(value, ID_CHARS + 1)
+    return text[:ID_CHARS] + ("..." if len(text) > ID_CHARS else "")
+
+
+def _spelled(value: Any, room: int) -> str:
+    """`value` as compact JSON; where that is longer than `room` characters (>= 0), at least
+    its first `room` of it, the rest left out: a container's items are spelled only while
+    room is left, so each level of nesting takes a character of room and the recursion is
+    at most `room` deep. A string's characters are cut to `room`, a lone surrogate written
+    as JSON's escape for it; a value JSON has no spelling for (NaN, bytes, another type) as
+    Python's repr, an integer past Python's digits (sys.get_int_max_str_digits) by its
+    size in bits."""
+    if isinstance(value, str):
+        try:
+            return msgspec.json.encode(value[:room]).decode()
+        except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold
+            return json.dumps(value[:room])
+    if value is None or isinstance(value, bool):
+        return "null" if value is None else "true" if value else "false"
+    if isinstance(value, int):
+        try:
+            return repr(value)
+        except ValueError:  # more digits than Python converts
+            return f"(an integer of {value.bit_length()} bits)"
+    if isinstance(value, (list, tuple, dict)):
+        pairs = value.items() if isinstance(value, dict) else ((None, v) for v in value)
+        text = "{" if isinstance(value, dict) else "["
+        for n, (key, item) in enumerate(pairs):
+            if len(text) >= room:
+                break
+            text += "," if n else ""
+            if isinstance(value, dict):
+                text += _spelled(key, max(room - len(text), 0)) + ":"
+            text += _spelled(item, max(room - len(text), 0))
+        return text + ("}" if isinstance(value, dict) else "]")
+    return repr(value)[:room + 1]  # a finite float as JSON spells it; NaN, bytes: Python's
 
 
 def shown(value: Any) -> str:

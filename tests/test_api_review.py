@@ -208,12 +208,15 @@ def test_every_response_says_utf8(server):
 
 
 def assert_openai_400(status: int, raw: bytes, param: str) -> None:
-    """A 400 with OpenAI's error body, naming `param`, its message naming the field."""
+    """A 400 with OpenAI's error body, naming `param`, its message naming the field; its
+    code OpenAI's "missing_required_parameter" where the field is told missing, else
+    null."""
     body = json.loads(raw)
     assert status == 400 and list(body) == ["error"], (status, raw[:300])
     err = body["error"]
+    code = "missing_required_parameter" if f"{param} is required" in err["message"] else None
     assert err == {"message": err["message"], "type": "invalid_request_error",
-                   "param": param, "code": None}, (param, err)
+                   "param": param, "code": code}, (param, err)
     assert param.split(".")[-1].split("[")[0] in err["message"], err
 
 

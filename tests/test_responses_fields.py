@@ -59,7 +59,8 @@ def test_a_missing_call_id_is_an_openai_400(server):
     error = json.loads(raw)["error"]
     assert status == 400 and error == {"message": "input[2].call_id is required",
                                        "type": "invalid_request_error",
-                                       "param": "input[2].call_id", "code": None}, error
+                                       "param": "input[2].call_id",
+                                       "code": "missing_required_parameter"}, error
 
 
 LONG = "v" * 100_000
@@ -78,6 +79,7 @@ ROUTES = [("/v1/responses", {"input": "x", "max_output_tokens": 1}),
     ({"a": LONG}, "metadata.a", f"metadata.a: the value {'v' * 100!r}... has 100000 "),
     ({"a": 5}, "metadata.a", "metadata.a: expected a string, got an integer"),
     ({"a": None}, "metadata.a", "metadata.a: expected a string, got null"),
+    ({"": "v"}, "metadata", 'metadata has an empty key ""'),
     ([], "metadata", "metadata: expected an object, got an array"),
 ])
 def test_metadata_past_openais_bounds_is_a_400(server, path, body, metadata, param, says):
@@ -127,7 +129,7 @@ def test_an_item_field_of_the_wrong_type_is_named_in_jsons_words(server, items, 
     assert error["message"] == says, error["message"]
 
 
-REASONING = {"type": "reasoning", "id": "rs_1"}
+REASONING = {"type": "reasoning", "id": "rs_1", "summary": []}
 
 
 @pytest.mark.parametrize("item, param, says", [
@@ -190,3 +192,145 @@ def test_a_parts_field_is_told_missing_or_named(items, param, says):
         input_messages(items)
     assert e.value.param == param
     assert str(e.value) == says
+
+
+ROLES = "must be one of user, system, developer, assistant, got"
+STATUSES = "must be in_progress, completed or incomplete (or null), got"
+
+
+@pytest.mark.parametrize("item, param, says", [
+    ({**USER, "role": "foo"}, "input[0].role", f'input[0].role {ROLES} "foo"'),
+    ({**USER, "role": None}, "input[0].role", f"input[0].role {ROLES} null"),
+    ({**USER, "role": True}, "input[0].role", f"input[0].role {ROLES} true"),
+    ({**USER, "role": {"a": "b"}}, "input[0].role", f'input[0].role {ROLES} {{"a":"b"}}'),
+    ({**USER, "role": "x" * 101}, "input[0].role", f'input[0].role {ROLES} "{"x" * 100}"...'),
+    ({**USER, "status": "done"}, "input[0].status", f'input[0].status {STATUSES} "done"'),
+    ({**USER, "status": False}, "input[0].status", f"input[0].status {STATUSES} false"),
+    ({**USER, "status": [None, 1.5]}, "input[0].status",
+     f"input[0].status {STATUSES} [null,1.5]"),
+])
+def test_a_bad_role_or_status_is_spelled_in_json(server, item, param, says):
+    """An item's role or status outside OpenAI's is quoted as JSON spells it ("foo",
+    null, true), cut to 100 characters: it was Python's repr ('foo', None, True)."""
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": [item], "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"] == says, error["message"]
+    assert error["code"] is None, error
+
+
+@pytest.mark.parametrize("items, param, got", [
+    ([{**USER, "id": 5}], "input[0].id", "an integer"),
+    ([USER, {**CALL, "id": ["fc_1"]}], "input[1].id", "an array"),
+    ([USER, CALL, {**OUTPUT, "id": {"a": 1}}], "input[2].id", "an object"),
+    ([USER, {**REASONING, "id": True}], "input[1].id", "a boolean"),
+])
+def test_an_items_id_of_another_type_is_a_400(server, items, param, got):
+    """An item's id is a string (the SDK's types): one of another type was taken and then
+    dropped for a fresh id; now a 400 naming it. null is none, as the SDK's optional id."""
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": items, "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"] == f"{param}: expected a string, got {got}", error
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": [{**USER, "id": None}], "max_output_tokens": 1})
+    assert status == 200, raw[:300]
+
+
+def test_a_reasoning_item_without_summary_is_told_missing(server):
+    """OpenAI requires a reasoning item's summary (a list, empty where there is none): one
+    left out was taken; now a 400 as the other missing fields are. null is still read as
+    no summary."""
+    thought = {"type": "reasoning", "content": [{"type": "reasoning_text", "text": "t"}]}
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": [USER, thought], "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error == {"message": "input[1].summary is required",
+                                       "type": "invalid_request_error",
+                                       "param": "input[1].summary",
+                                       "code": "missing_required_parameter"}, error
+
+
+MISSING = "missing_required_parameter"
+FORMAT = {"type": "json_schema", "json_schema": {"schema": {"type": "object"}}}
+
+
+@pytest.mark.parametrize("path, body, param", [
+    ("/v1/responses", {"max_output_tokens": 1}, "input"),
+    ("/v1/responses", {"input": [{"content": "x"}]}, "input[0].role"),
+    ("/v1/responses", {"input": [{**USER, "content": [{"type": "input_text"}]}]},
+     "input[0].content[0].text"),
+    ("/v1/responses", {"input": [USER, {**REASONING, "summary": [{"text": "x"}]}]},
+     "input[1].summary[0].type"),
+    ("/v1/chat/completions", {"max_tokens": 1}, "messages"),
+    ("/v1/chat/completions", {"messages": [{"content": "x"}]}, "messages[0].role"),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}, "messages[0].content"),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": [{"text": "x"}]}]},
+     "messages[0].content[0].type"),
+    ("/v1/chat/completions", {"messages": [USER], "response_format": FORMAT},
+     "response_format.json_schema.name"),
+    ("/v1/completions", {"max_tokens": 1}, "prompt"),
+])
+def test_a_missing_field_carries_openais_code(server, path, body, param):
+    """Every "... is required" 400 carries OpenAI's code for it, "missing_required_
+    parameter" (it was null), which clients read as OpenAI's own 400s; other 400s keep
+    theirs (null: test_a_bad_role_or_status_is_spelled_in_json)."""
+    status, _, raw = http(server, "POST", path, json=body)
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"].startswith(f"{param} is required"), error
+    assert error["code"] == MISSING, error
+
+
+def test_a_history_calls_error_names_its_input_item(server):
+    """A function_call item whose arguments are nested too deeply to render is named by
+    its item (input[i].arguments), not by the chat message it became
+    (messages[k].tool_calls[0].function.arguments, k shifted by the instructions and by
+    the items joined into one turn)."""
+    args = '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    items = [USER, {**CALL, "call_id": "d", "arguments": args}, CALL,
+             {**OUTPUT, "call_id": "d"}, OUTPUT]
+    status, _, raw = http(server, "POST", "/v1/responses", json={
+        "input": items, "instructions": "Be brief.", "max_output_tokens": 1})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == "input[1].arguments", error
+    assert error["message"] == "input[1].arguments is nested too deeply to render", error
+    server.wait_idle()
+
+
+def test_a_calls_arguments_are_checked_without_decoding_them():
+    """The depth check of a function_call item's arguments (input_messages) builds no
+    objects of them: decoding them there, besides the chat template's own decode, doubled
+    the cost of a call's arguments of megabytes (250 ms more for 6 MB of small arrays)."""
+    import tracemalloc
+
+    args = json.dumps({"a": [[i, i + 0.5, "x"] for i in range(50_000)]})
+    items = [USER, {**CALL, "arguments": args}, OUTPUT]
+    tracemalloc.start()
+    try:
+        input_messages(items)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < len(args), (peak, len(args))
+
+
+def test_history_arguments_of_any_depth_are_never_a_500(server):
+    """A history call's arguments nested just shallower than the decoder's limit decoded,
+    then failed in json.dumps as the default template's tool-call text was written
+    (chat_tools.template_messages): a 500 "internal error: RecursionError" on chat and
+    Responses alike. Where that limit falls depends on the stack, so every depth near it
+    is sent."""
+    for depth in range(940, 1000):
+        args = "[" * depth + "]" * depth
+        chat = [USER, {"role": "assistant", "tool_calls": [
+            {"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "x"}]
+        items = [USER, {**CALL, "arguments": args}, OUTPUT]
+        for path, body in (("/v1/chat/completions", {"messages": chat, "max_tokens": 1}),
+                           ("/v1/responses", {"input": items, "max_output_tokens": 1})):
+            status, _, raw = http(server, "POST", path, json=body)
+            assert status == 400, (depth, path, raw[:300])
+    server.wait_idle()

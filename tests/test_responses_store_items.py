@@ -33,7 +33,10 @@ ODD = [  # (an item sent before a user message, the param of its 400 or None: an
       "output": [{"type": "input_text", "text": "t", "x": 1}]}, None),
     ({"role": "assistant", "content": [{"type": "output_text", "text": "a", "x": 1}]}, None),
     ({"role": "assistant", "content": [{"type": "refusal", "refusal": "no"}]}, None),
-    ({"role": "developer", "content": [{"type": "input_text", "text": "d"}], "id": 5}, None),
+    ({"role": "developer", "content": [{"type": "input_text", "text": "d"}], "id": 5},
+     "input[0].id"),  # the SDK's ids are strings
+    ({"role": "developer", "content": [{"type": "input_text", "text": "d"}], "id": None},
+     None),
 ]
 
 

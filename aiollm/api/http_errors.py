@@ -97,8 +97,8 @@ def as_api_error(exc: BaseException, request: web.Request | None = None) -> ApiE
         return ApiError(503, str(exc) or "server overloaded, retry later",
                         headers={"Retry-After": str(RETRY_AFTER_S)})
     if isinstance(exc, msgspec.ValidationError):
-        message, param = validation_errors.describe(exc)
-        return ApiError(400, message, param=param)
+        message, param, code = validation_errors.describe(exc)
+        return ApiError(400, message, param=param, code=code)
     if isinstance(exc, RequestFailed):  # the engine logged the cause; this names the request
         log.error("request %s failed: %s", _named(request), exc)
         return ApiError(500, str(exc) or "the request failed in the engine")

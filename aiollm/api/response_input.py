@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Any, NoReturn, Sequence
 
 from aiollm.api.chat_request import ChatMessage, ContentPart
+from aiollm.engine.chat_messages import check_call_arguments
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest, check_type, json_type, shown_id
+from aiollm.errors import (InvalidRequest, check_type, json_type, missing, shown_id,
+                           shown_json)
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
@@ -29,7 +31,8 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
     them, it goes to the assistant turn just before it if that has none yet, and an
     assistant message after reasoning or calls alone is their turn's content. An output
     of `input` whose call_id no function_call item before it (of `earlier` or `input`) has
-    is refused, naming input[i].call_id: _refuse_orphan."""
+    is refused, naming input[i].call_id: _refuse_orphan. An item's id, where sent, is a
+    string (null: none)."""
     if isinstance(value, str):
         value = [{"type": "message", "role": "user", "content": value}]
     elif not value:
@@ -41,18 +44,18 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         if not isinstance(item, dict):
             raise InvalidRequest(f"{at} must be an object", param=at)
         kind = check_type(item.get("type", "message"), (str,), f"{at}.type", required=True)
+        check_type(item.get("id"), (str,), f"{at}.id")  # the SDK's ids: strings, or none
         if item.get("status") not in _STATUSES:
             raise InvalidRequest(f"{at}.status must be in_progress, completed or incomplete "
-                                 f"(or null), got {item['status']!r:.100}",
+                                 f"(or null), got {shown_json(item['status'])}",
                                  param=f"{at}.status")
         if kind == "message":
-            role = item.get("role")
-            if role is None:
-                raise InvalidRequest(f"{at}.role is required: one of {', '.join(_ROLES)}",
-                                     param=f"{at}.role")
-            if role not in _ROLES:
+            if "role" not in item:
+                raise missing(f"{at}.role", f": one of {', '.join(_ROLES)}")
+            role = item["role"]
+            if role not in _ROLES:  # null too: a value sent, as _required tells it
                 raise InvalidRequest(f"{at}.role must be one of {', '.join(_ROLES)}, got "
-                                     f"{role!r:.100}", param=f"{at}.role")
+                                     f"{shown_json(role)}", param=f"{at}.role")
             # no parts: an empty turn, taken as chat (and vLLM) take it
             text = _text(_required(item, "content", at), f"{at}.content")
             last = out[-1] if out else None
@@ -65,6 +68,9 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
         elif kind == "function_call":
             call = {"id": _string(item, "call_id", at), "type": "function", "function": {
                 "name": _string(item, "name", at), "arguments": _string(item, "arguments", at)}}
+            # told here by its item: the chat check would name the turn it joins
+            # (messages[k].tool_calls[j]), whose place in the input is not k
+            check_call_arguments(call["function"]["arguments"], f"{at}.arguments")
             calls.add(call["id"])
             last = out[-1] if out else None
             if last is not None and last.role == "assistant" and last.tool_calls is not None:
@@ -114,13 +120,15 @@ def _reasoning(item: dict, at: str) -> str:
     """The text of a reasoning item (a past turn's, sent back as OpenAI asks): its
     reasoning_text parts joined, else its summary_text parts joined by a blank line (as
     vLLM takes the summary where the content is missing). Both are checked (null or a list
-    of their parts: the item is kept and listed back as sent). A non-empty
+    of their parts: the item is kept and listed back as sent); the summary, which OpenAI
+    requires, is told missing where it is left out. A non-empty
     encrypted_content is refused: the server never writes it, so it is another server's
     ("" or null carry none, as vLLM reads them)."""
     if check_type(item.get("encrypted_content"), (str,), f"{at}.encrypted_content"):
         raise InvalidRequest(f"{at}.encrypted_content is not served: this server writes "
                              "reasoning as reasoning_text content; send that back instead",
                              param=f"{at}.encrypted_content")
+    _required(item, "summary", at)  # the SDK's type requires it ([] for none); null is none
     texts = {key: _thought_parts(item.get(key), kind, f"{at}.{key}")
              for key, kind in (("content", "reasoning_text"), ("summary", "summary_text"))}
     return "".join(texts["content"]) if texts["content"] else "\n\n".join(texts["summary"])
@@ -142,8 +150,7 @@ def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
                                  f"{json_type(part)}", param=where)
         if part.get("type") != kind:
             if "type" not in part:
-                raise InvalidRequest(f'{where}.type is required: "{kind}"',
-                                     param=f"{where}.type")
+                raise missing(f"{where}.type", f': "{kind}"')
             given = check_type(part["type"], (str,), f"{where}.type", required=True)
             raise InvalidRequest(f'{where}.type must be "{kind}", got {shown_id(given)}',
                                  param=f"{where}.type")
@@ -156,7 +163,7 @@ def _required(item: dict, key: str, at: str) -> Any:
     item leaves it out, told as missing ("input[2].call_id is required"), as the body's
     own missing fields are (validation_errors.describe)."""
     if key not in item:
-        raise InvalidRequest(f"{at}.{key} is required", param=f"{at}.{key}")
+        raise missing(f"{at}.{key}")
     return item[key]
 
 

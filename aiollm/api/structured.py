@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aiollm.errors import InvalidRequest, check_type
+from aiollm.errors import InvalidRequest, check_type, missing
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 # OpenAI's form of response_format.json_schema.name (as of a function name)
@@ -105,8 +105,7 @@ def response_format(value: Any) -> GrammarSpec | None:
         # OpenAI requires a name, of this form (its clients name it after the output's type)
         name, form = js.get("name"), "1 to 64 of a-z, A-Z, 0-9, '_' or '-'"
         if name is None:
-            raise InvalidRequest(f"response_format.json_schema.name is required: {form}",
-                                 param=f"{p}.json_schema.name")
+            raise missing(f"{p}.json_schema.name", f": {form}")
         if not isinstance(name, str) or not FORMAT_NAME.fullmatch(name):
             raise InvalidRequest(f"response_format.json_schema.name must be {form}, got "
                                  f"{name!r:.100}", param=f"{p}.json_schema.name")

@@ -10,6 +10,8 @@ import re
 
 import msgspec
 
+from aiollm.errors import MISSING_REQUIRED_PARAMETER
+
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`$")
 _TYPE = re.compile(r"^Expected `([^`]+)`, got `([^`]+)`$")
@@ -25,9 +27,11 @@ _UNITS = {"str": "characters", "array": "items", "object": "fields"}
 _AT_LEAST = {">=": "at least", "<=": "at most", ">": "more than", "<": "fewer than"}
 
 
-def describe(exc: msgspec.ValidationError) -> tuple[str, str | None]:
-    """(message, param) of a ValidationError from msgspec.json.decode: param is the field's
-    path as OpenAI writes it (None for the body itself), and the message names it first.
+def describe(exc: msgspec.ValidationError) -> tuple[str, str | None, str | None]:
+    """(message, param, code) of a ValidationError from msgspec.json.decode: param is the
+    field's path as OpenAI writes it (None for the body itself), and the message names it
+    first; code is OpenAI's for a required field left out (MISSING_REQUIRED_PARAMETER),
+    else None.
     A wording msgspec may add later that is not known here is kept, its backticks dropped."""
     text = str(exc)
     at = _AT.search(text)
@@ -36,7 +40,7 @@ def describe(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     path = at.group(1).split("[...]", 1)[0] if at else ""
     if m := _MISSING.match(what):
         param = f"{path}.{m.group(1)}" if path else m.group(1)
-        return f"{param} is required", param
+        return f"{param} is required", param, MISSING_REQUIRED_PARAMETER
     field = path or "request body"
     if m := _TYPE.match(what):
         message = f"expected {_one_of(m.group(1))}, got {_GOT.get(m.group(2), m.group(2))}"
@@ -50,7 +54,7 @@ def describe(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     else:
         message = what.replace("`", "")
         message = message[:1].lower() + message[1:]
-    return f"{field}: {message}", path or None
+    return f"{field}: {message}", path or None, None
 
 
 def _one_of(types: str) -> str:

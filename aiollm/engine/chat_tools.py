@@ -104,11 +104,10 @@ def template_messages(messages: list[dict], tools: list[dict], template: str | N
     out = messages
     if "tool_calls" not in t and any(m.get("tool_calls") for m in messages):
         out = []
-        for m in messages:
+        for k, m in enumerate(messages):
             if m.get("tool_calls"):
-                calls = "\n".join("<tool_call>\n" + json.dumps(
-                    {"name": c["function"].get("name"), "arguments": c["function"].get(
-                        "arguments")}) + "\n</tool_call>" for c in m["tool_calls"])
+                calls = "\n".join(_call_text(c, f"messages[{k}].tool_calls[{j}]")
+                                  for j, c in enumerate(m["tool_calls"]))
                 m = {**m, "content": (joined_text(m.get("content")) + "\n" + calls).strip()}
                 m.pop("tool_calls")
             out.append(m)
@@ -128,6 +127,20 @@ def template_messages(messages: list[dict], tools: list[dict], template: str | N
         else:
             out = [{"role": "system", "content": system}, *out]
     return out
+
+
+def _call_text(call: dict, at: str) -> str:
+    """A past call (`at`: its place, messages[k].tool_calls[j]) as the Hermes format writes
+    it, <tool_call> around its name and arguments as JSON; InvalidRequest naming its
+    arguments where they are nested too deeply to write (the decoder took them a few frames
+    shallower than json.dumps runs here: it was a 500)."""
+    fn = call["function"]
+    try:
+        text = json.dumps({"name": fn.get("name"), "arguments": fn.get("arguments")})
+    except RecursionError:
+        field = f"{at}.function.arguments"
+        raise InvalidRequest(f"{field} is nested too deeply to render", param=field) from None
+    return f"<tool_call>\n{text}\n</tool_call>"
 
 
 def tool_renderings(messages: list[dict], tools: list[dict], template: str | None

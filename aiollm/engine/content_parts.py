@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiollm.engine.submission import check_unicode
-from aiollm.errors import InvalidRequest, check_type, json_type
+from aiollm.errors import InvalidRequest, check_type, json_type, missing
 
 # the part types whose `text` field is the part's text: OpenAI's chat part, and the Responses
 # API's input and output parts, which vLLM takes in chat messages too
@@ -54,8 +54,7 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
         if not isinstance(kind, str):
             # as vLLM: a part says what it is; a text part without its type is refused too
             if "type" not in part:
-                raise InvalidRequest(f'{where}.type is required: "text" or "input_text" for '
-                                     "a text part", param=f"{where}.type")
+                raise missing(f"{where}.type", ': "text" or "input_text" for a text part')
             raise InvalidRequest(f"{where}.type: expected a string, got {json_type(kind)} "
                                  '("text" or "input_text" for a text part)',
                                  param=f"{where}.type")
@@ -68,8 +67,7 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
         field = "refusal" if kind == "refusal" else "text"
         if field not in part:  # told as missing, as a body's own missing field is
             article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal
-            raise InvalidRequest(f"{where}.{field} is required ({article} {kind} content "
-                                 f"part's {field})", param=f"{where}.{field}")
+            raise missing(f"{where}.{field}", f" ({article} {kind} content part's {field})")
         check_type(part[field], (str,), f"{where}.{field}", required=True)
         check_unicode(part[field], f"{where}.{field}")
         texts.append(part[field])

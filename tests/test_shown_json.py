@@ -1,0 +1,53 @@
+"""errors.shown_json, the quoting of a client's bad value in an error (a role, a status):
+as JSON spells it, cut to 100 characters, and never failing itself: the Engine API and
+offline LLM.chat take Python values no JSON body holds (a lone surrogate, NaN, bytes, an
+integer past Python's 4,300 digits, a list nested 100,000 deep)."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiollm.engine.chat_messages import checked_messages
+from aiollm.errors import InvalidRequest, shown_json
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("value, says", [
+    ("foo", '"foo"'),
+    (None, "null"),
+    (True, "true"),
+    ({"a": [1, 2.5, None]}, '{"a":[1,2.5,null]}'),
+    ("é\n", '"é\\n"'),
+    ("x" * 101, f'"{"x" * 100}"...'),
+    ([1] * 100_000, "[" + "1," * 49 + "1..."),
+    ({"k": "v" * 200}, '{"k":"' + "v" * 94 + "..."),
+    ("\ud800", '"\\ud800"'),  # JSON's escape for it: UTF-8 has none
+    (float("nan"), "nan"),  # no JSON spelling: Python's words, not null
+    (float("inf"), "inf"),
+    (b"ab", "b'ab'"),  # not its base64 ("YWI="), which msgspec would write
+    (_nested(100_000), "[" * 100 + "..."),
+])
+def test_a_value_is_spelled_as_json_cut_to_100(value, says):
+    assert shown_json(value) == says
+
+
+def test_an_integer_past_pythons_digits_is_named_not_raised():
+    assert shown_json(10 ** 5000) == "(an integer of 16610 bits)"
+
+
+@pytest.mark.parametrize("role", ["\ud800", _nested(100_000), 10 ** 5000, float("nan")],
+                         ids=["surrogate", "deep", "huge_integer", "nan"])
+def test_the_engine_apis_bad_role_is_an_invalid_request(role):
+    """A chat message's role as LLM.chat and Engine take it (Python values): a 400-kind
+    error naming messages[0].role, where a lone surrogate raised UnicodeEncodeError, a
+    deep list RecursionError, a huge integer ValueError, and NaN was quoted as null."""
+    with pytest.raises(InvalidRequest) as e:
+        checked_messages([{"role": role, "content": "Hi"}])
+    assert e.value.param == "messages[0].role"
+    assert "null" not in str(e.value)
