@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import ipaddress
 import logging
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
@@ -29,6 +27,7 @@ from aiollm.api.api_keys import auth_middleware, expect_handler, key_check
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import error_middleware
 from aiollm.api.lightllm_errors import lightllm_http_errors
+from aiollm.api.listening import check_bindable, listening_site
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.response_store import ResponseStore
@@ -250,7 +249,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
             signals.append(sig)
     try:  # the handlers go with serve(), however it ends: else Ctrl-C sets a dead event
         if port:  # a taken port is told now, not after the model has loaded
-            await _check_bindable(host, port)
+            await check_bindable(host, port)
         setup = asyncio.ensure_future(runner.setup())  # starts the engine: loads the model
         try:
             await setup
@@ -277,20 +276,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
 async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
                   on_started: Callable[[str, int], None] | None) -> None:
     """Open the port of a set-up runner, say so, and call on_started(host, port)."""
-    if _dual_stack(host):
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        try:  # as asyncio's create_server sets it, but for IPV6_V6ONLY
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((host, port))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        site: web.BaseSite = web.SockSite(runner, sock)
-    else:
-        site = web.TCPSite(runner, host, port)
-    await site.start()
+    await listening_site(runner, host, port).start()
     bound_host, bound_port = runner.addresses[0][:2]
     # an IPv6 address goes in brackets, as a URL writes it (else its port reads as part of it)
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -298,46 +284,6 @@ async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
              url_host, bound_port, st.engine.stats()["kv_total"])
     if on_started is not None:
         on_started(bound_host, bound_port)
-
-
-def _dual_stack(host: str) -> bool:
-    """Whether `host` is the IPv6 wildcard (::), which listens for IPv4 clients too, on one
-    socket of both families, as vLLM's server socket for it does: asyncio's create_server
-    makes its IPv6 sockets IPv6-only, and `--host ::` refused every IPv4 client."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:  # a name, or an address with a zone
-        return False
-    return address.version == 6 and address.is_unspecified
-
-
-async def _check_bindable(host: str, port: int) -> None:
-    """Raise the OSError TCPSite would raise for an address of `host`:`port` that cannot be
-    bound (in use, not this machine's), as asyncio words it, or socket.gaierror naming a
-    host that does not resolve. Bound and closed at once, never listening: until the model
-    has loaded, connections are refused, not left waiting."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:  # its own words name no host
-        raise socket.gaierror(e.errno, f"host {host!r} does not resolve: "
-                                       f"{(e.strerror or str(e)).lower()}") from None
-    for family, kind, proto, _, addr in set(infos):
-        try:
-            sock = socket.socket(family, kind, proto)
-        except OSError:  # a family this machine lacks: asyncio skips it too
-            continue
-        with sock:
-            # as asyncio's create_server sets them: only a live socket on it is a conflict
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, not _dual_stack(host))
-            try:
-                sock.bind(addr)
-            except OSError as e:
-                raise OSError(e.errno, f"error while attempting to bind on address {addr!r}: "
-                                       f"{(e.strerror or str(e)).lower()}") from None
 
 
 def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, *,
