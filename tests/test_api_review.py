@@ -466,7 +466,7 @@ def test_a_thinking_part_of_another_role_is_not_told_to_be_reasoning_content(rol
     with pytest.raises(InvalidRequest) as e:
         checked_messages([{"role": role, "content": [part], "tool_call_id": "c"}])
     assert e.value.param == "messages[0].content[0].type"
-    assert "reasoning_content" not in str(e.value) and "'thinking'" in str(e.value)
+    assert "reasoning_content" not in str(e.value) and '"thinking"' in str(e.value)
     with pytest.raises(InvalidRequest, match="reasoning_content"):
         checked_messages([{"role": "assistant", "content": [part]}])
 

@@ -180,7 +180,7 @@ def test_a_reasoning_items_field_is_told_missing_or_named(item, param, says):
      "input[1].summary[0].type: expected a string, got an integer"),
     ([USER, {**REASONING, "content": [{"type": "summary_text", "text": "x"}]}],
      "input[1].content[0].type",
-     "input[1].content[0].type must be \"reasoning_text\", got 'summary_text'"),
+     "input[1].content[0].type must be \"reasoning_text\", got \"summary_text\""),
 ])
 def test_a_parts_field_is_told_missing_or_named(items, param, says):
     """A content part's text (a message's, a call output's) or a part's type left out says

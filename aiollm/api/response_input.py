@@ -93,7 +93,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             else:
                 out.append(ChatMessage(role="assistant", reasoning_content=thought))
         else:
-            raise InvalidRequest(f'{at}.type {kind!r:.100} is not served: send "message", '
+            raise InvalidRequest(f'{at}.type {shown_json(kind)} is not served: send "message", '
                                  '"reasoning", "function_call" or "function_call_output" '
                                  "items", param=f"{at}.type")
     for m in out:  # a turn of reasoning alone: its answer was empty
@@ -152,7 +152,7 @@ def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
             if "type" not in part:
                 raise missing(f"{where}.type", f': "{kind}"')
             given = check_type(part["type"], (str,), f"{where}.type", required=True)
-            raise InvalidRequest(f'{where}.type must be "{kind}", got {shown_id(given)}',
+            raise InvalidRequest(f'{where}.type must be "{kind}", got {shown_json(given)}',
                                  param=f"{where}.type")
         texts.append(_string(part, "text", where))
     return texts
