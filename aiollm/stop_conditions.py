@@ -7,7 +7,7 @@ the number of distinct stop token ids.
 
 from __future__ import annotations
 
-from aiollm.errors import InvalidRequest, check_unicode
+from aiollm.errors import InvalidRequest, check_unicode, shown_json
 
 # characters per stop string: bounds the text a stream holds back while a stop string may be
 # completing (aiollm/engine/output_text.py)
@@ -39,7 +39,7 @@ def checked_stop(stop: object) -> list[str]:
         stop = [stop]
     if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
         raise InvalidRequest(f"stop must be a non-empty string or a list of non-empty strings, "
-                             f"got {stop!r:.200}", param="stop")
+                             f"got {shown_json(stop)}", param="stop")
     total = 0
     for i, s in enumerate(stop):
         if len(s) > MAX_STOP_STRING_CHARS:

@@ -124,6 +124,7 @@ SPELLED = [
         "type": "function", "function": {"name": "g"}}}, "tool_choice", 'names "g"'),
     ("/v1/chat/completions", {"tools": [TOOL, TOOL]}, "tools[1].function.name",
      'both named "f"'),
+    ("/v1/chat/completions", {"stop": ["a", ""]}, "stop", 'got ["a",""]'),
 ]
 
 
