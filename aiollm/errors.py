@@ -96,8 +96,9 @@ ID_CHARS = 100  # the characters of a client's id an error names (a 16 MiB one i
 
 
 def shown_id(text: str) -> str:
-    """A client's id (a response id, a call_id) as an error names it: its repr, cut to
-    ID_CHARS characters with "..." after where it was longer."""
+    """A response id as an error names it: its repr, as OpenAI quotes it ("Previous
+    response with id 'resp_...' not found"), cut to ID_CHARS characters with "..." after
+    where it was longer. Other client values: shown_json."""
     return repr(text[:ID_CHARS]) + ("..." if len(text) > ID_CHARS else "")
 
 
