@@ -125,6 +125,10 @@ SPELLED = [
     ("/v1/chat/completions", {"tools": [TOOL, TOOL]}, "tools[1].function.name",
      'both named "f"'),
     ("/v1/chat/completions", {"stop": ["a", ""]}, "stop", 'got ["a",""]'),
+    ("/v1/chat/completions", {"structured_outputs": {"regexx": "a"}},
+     "structured_outputs.regexx", 'no field "regexx"'),
+    ("/v1/chat/completions", {"chat_template_kwargs": {"messages": 1}},
+     "chat_template_kwargs.messages", '"messages" cannot be a template variable'),
 ]
 
 

@@ -158,7 +158,7 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
     }
     unknown = [k for k in value if k not in makers and k not in _STRUCTURED_OPTIONS]
     if unknown:  # a misspelt grammar field would leave the output free
-        raise InvalidRequest(f"structured_outputs has no field {unknown[0]!r}; it takes one of "
+        raise InvalidRequest(f"structured_outputs has no field {shown_json(unknown[0])}; it takes one of "
                              f"{', '.join(makers)}", param=f"{p}.{unknown[0]}")
     for option, kinds in _STRUCTURED_OPTIONS.items():
         check_type(value.get(option), kinds, f"{p}.{option}")
