@@ -430,9 +430,9 @@ LONG_STOP = "a" * 1500  # past MAX_STOP_STRING_CHARS
 RENAMED_WRONGLY = [
     # the client's own values are quoted as sent: a stop string "logprobs" read "top_logprobs"
     ("/v1/chat/completions", {"messages": HI, "stop": ["", "logprobs"]}, "stop",
-     "['', 'logprobs']", "top_logprobs"),
+     '["","logprobs"]', "top_logprobs"),
     ("/v1/chat/completions", {"messages": HI, "stop": ["", "max_tokens"],
-                              "max_completion_tokens": 4}, "stop", "'max_tokens'",
+                              "max_completion_tokens": 4}, "stop", '"max_tokens"',
      "max_completion_tokens"),
     # LightLLM's stop_sequences mixes token ids and strings: the index is the client's, and
     # "stop" as a word was renamed ("a stop_sequences string")
