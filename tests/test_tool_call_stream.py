@@ -578,3 +578,30 @@ def test_a_number_as_arguments_split_inside_is_read_whole(parser, number):
         _check(parser, text[:n], rng, cut=True)
     content, calls = _check(parser, text, rng)
     assert [c.arguments for c in calls][:1] == [number], text
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_under_a_format_text_before_a_call_makes_it_all_content(parser):
+    """tool_choice "auto" beside a content format (ChatPlan.formatted): an output that
+    opens with a call is read for calls as ever (the grammar's calls branch); one with text
+    before its first call is the format's content, all of it, streamed (however split) as
+    the whole answer reads it."""
+    from aiollm.api.chat_plan import ChatPlan
+
+    plan = ChatPlan([], [], [], "assistant", "auto", False, None, parser, set(NAMES), True,
+                    None, True, "", None, "", None)
+    rng = random.Random(23)
+    call = CALL[parser.name] % P
+    for text, calls in [("Answer: " + call, 0), (" " + call, 1), (call + "\n" + call, 2),
+                        ('{"a": ' + call + "}", 0), ("\n", 0), (call[:5], 0)]:
+        for cut in (False, True):
+            content, found = plan.calls(text, cut=cut)
+            assert len(found) == calls and (calls or content == text), (text, cut)
+            for cuts in _splits(text, rng):
+                stream, got, prev = plan.stream_calls(), "", 0
+                for end in cuts + [len(text)]:
+                    got += stream.feed(text[prev:end])
+                    prev = end
+                rest, final = stream.finish(cut=cut)
+                assert (got + rest, [(c.name, c.arguments) for c in final]) == (
+                    content, [(c.name, c.arguments) for c in found]), (text, cuts, cut)

@@ -16,6 +16,16 @@ openai SDK's parse() validates any content a message has against the format, cal
 (free text would raise there), and a content that is the format's answer beside calls is
 no message an agent loop can act on. vLLM holds "auto" beside a format to the format alone
 (no call can be written at all).
+
+Reading such an output back (ChatPlan.calls, StreamingToolParser's `formatted`): it is calls
+only where it opens with a call's opening (whitespace aside), as the calls branch writes
+it; text before the first opening means the model took the format's branch, and the whole
+output is that content as written, never read for calls, call markup in it included (a
+regex that spells "Answer: <tool_call>...", a JSON answer holding a Llama 3 call's JSON
+as a value). vLLM runs its tool parser over the format's output there, and so reads as a
+call whatever call the format spells. An output that opens with a call and goes on with
+other text cannot be told apart before its end, by which a stream has sent the call: it
+is read as the parser reads it elsewhere.
 """
 
 from __future__ import annotations
