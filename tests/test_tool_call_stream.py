@@ -585,7 +585,9 @@ def test_under_a_format_text_before_a_call_makes_it_all_content(parser):
     """tool_choice "auto" beside a content format (ChatPlan.formatted): an output that
     opens with a call is read for calls as ever (the grammar's calls branch); one with text
     before its first call is the format's content, all of it, streamed (however split) as
-    the whole answer reads it."""
+    the whole answer reads it. A wrapper the parser reads elsewhere (a code fence, Llama 3's
+    list, a ',' before the calls) is such text: the calls' branch opens with a call, so a
+    JSON list answer whose item is spelt as a call is that answer (it was read as a call)."""
     from aiollm.api.chat_plan import ChatPlan
 
     plan = ChatPlan([], [], [], "assistant", "auto", False, None, parser, set(NAMES), True,
@@ -593,7 +595,9 @@ def test_under_a_format_text_before_a_call_makes_it_all_content(parser):
     rng = random.Random(23)
     call = CALL[parser.name] % P
     for text, calls in [("Answer: " + call, 0), (" " + call, 1), (call + "\n" + call, 2),
-                        ('{"a": ' + call + "}", 0), ("\n", 0), (call[:5], 0)]:
+                        ('{"a": ' + call + "}", 0), ("\n", 0), (call[:5], 0),
+                        ("[" + call + "]", 0), ("```json\n" + call + "\n```", 0),
+                        (", " + call, 0), ("\n```\n" + call, 0)]:
         for cut in (False, True):
             content, found = plan.calls(text, cut=cut)
             assert len(found) == calls and (calls or content == text), (text, cut)

@@ -19,7 +19,7 @@ from aiollm.api.metadata import check_metadata
 from aiollm.api.state import ApiState
 from aiollm.api.tool_calls import ToolCall, ToolParser
 from aiollm.api.tool_stream import StreamingToolParser
-from aiollm.api.tools_or_format import tools_constraint
+from aiollm.api.tools_or_format import opens_calls, tools_constraint
 from aiollm.api.usage import room
 from aiollm.engine.content_format import (echoed_text, joined_text,
                                           resolve_content_format)
@@ -63,7 +63,7 @@ class ChatPlan:
         max_tokens ended it (ToolParser.calls). Beside a content format (`formatted`),
         an output with text before its first call's opening is all content
         (aiollm/api/tools_or_format.py)."""
-        if self.parser is None or (self.formatted and self.parser.content_end(text) > 0):
+        if self.parser is None or (self.formatted and not opens_calls(self.parser, text)):
             return text, []
         return self.parser.calls(text, self.names, cut=cut, length=length,
                                  required=self.mode == "required", named=self.forced)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiollm.api.call_text import OpenValue, Written, written_calls
 from aiollm.api.call_wrap import OUTSIDE
 from aiollm.api.tool_calls import ToolCall, ToolParser
+from aiollm.api.tools_or_format import opens_calls
 
 
 @dataclass(slots=True)
@@ -80,13 +81,14 @@ class StreamingToolParser:
         # `held` never starts with whitespace: no opening does, so content_end reads the
         # same of it as of the blank before it and it (ToolParser.content_end)
         rest = self._blank(self.held + text)
+        if self.formatted and opens_calls(self.parser, rest) is False:
+            # the format's content: all of it, as it comes
+            self.plain, self.held = True, ""
+            out, self.blank = "".join(self.blank) + rest, []
+            return out
         at = self.parser.opening(rest, 0, self.lead)
         self.calling = at >= 0
         end = self.parser.content_end(rest, self.lead, at)
-        if self.formatted and end > 0:  # the format's content: all of it, as it comes
-            self.plain, self.calling, self.held = True, False, ""
-            out, self.blank = "".join(self.blank) + rest, []
-            return out
         out, held = rest[:end], rest[end:]
         if out:
             self.fences = self.lead = self.lead.after(out, end)

@@ -17,9 +17,11 @@ openai SDK's parse() validates any content a message has against the format, cal
 no message an agent loop can act on. vLLM holds "auto" beside a format to the format alone
 (no call can be written at all).
 
-Reading such an output back (ChatPlan.calls, StreamingToolParser's `formatted`): it is calls
-only where it opens with a call's opening (whitespace aside), as the calls branch writes
-it; text before the first opening means the model took the format's branch, and the whole
+Reading such an output back (ChatPlan.calls, StreamingToolParser's `formatted`:
+`opens_calls`): it is calls only where it opens with a call's opening (whitespace aside),
+as the calls branch writes it; text before the first opening (a wrapper the parser reads
+elsewhere too: a code fence, Llama 3's '[' or ',') means the model took the format's
+branch, and the whole
 output is that content as written, never read for calls, call markup in it included (a
 regex that spells "Answer: <tool_call>...", a JSON answer holding a Llama 3 call's JSON
 as a value). vLLM runs its tool parser over the format's output there, and so reads as a
@@ -71,3 +73,14 @@ def content_format(spec: GrammarSpec) -> dict:
     except Exception as e:  # the library's own error types: the client's grammar is bad
         raise grammar_error(spec, e) from e
     return {"type": "grammar", "grammar": str(grammar)}
+
+
+def opens_calls(parser: ToolParser, text: str) -> bool | None:
+    """Whether an output `text` (its start so far, under tool_choice "auto" beside a
+    format) opens with one of `parser.opens`, whitespace aside, as the calls branch of the
+    grammar writes it: True; False where it opens with anything else (the format's
+    content); None while it cannot tell yet (blank, or a part of an opening)."""
+    head = text.lstrip()
+    if any(head.startswith(o) for o in parser.opens):
+        return True
+    return None if any(o.startswith(head) for o in parser.opens) else False
