@@ -322,7 +322,6 @@ def test_a_compile_timeout_names_the_field_whose_grammar_is_slow(slow_part):
         srv.close()
 
 
-
 # a content the format forces that holds a call's markup after text of its own: only the
 # format's branch of the grammar writes text before a call (the calls' branch opens with one)
 QUOTED = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
@@ -337,6 +336,10 @@ HOLDER = {"type": "object", "properties": {"answer": {
     "required": ["name", "parameters"], "additionalProperties": False}},
     "required": ["answer"], "additionalProperties": False}
 HELD = '{"answer": {"name": "get_weather", "parameters": {"city": "Paris"}}}'
+# a JSON list answer whose one item is spelt as a Llama 3 call
+LISTER = {"type": "array", "items": HOLDER["properties"]["answer"], "minItems": 1,
+          "maxItems": 1}
+LISTED = '[{"name": "get_weather", "parameters": {"city": "Paris"}}]'
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -395,3 +398,20 @@ def test_a_json_schema_answer_holding_a_llama3_call_is_content(llama3_server, ap
     assert r["status"] == "completed", r
     assert [(i["type"], [c["text"] for c in i.get("content", [])]) for i in r["output"]] == [
         ("message", [HELD])], r
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_json_list_answer_whose_item_is_a_llama3_call_is_content(llama3_server, stream):
+    """A json_schema list answer beside tools ("auto") whose item is spelt as a Llama 3
+    call: the list the client asked for (it was the call, the list read as its wrapper, as
+    the parser reads one elsewhere; but the calls' branch never writes a '[', so the list
+    came from the format's). A bias toward '[' picks the format's branch."""
+    _, _, raw = http(llama3_server, "POST", "/tokenize", json={
+        "prompt": LISTED[:2], "add_special_tokens": False})
+    first = json.loads(raw)["tokens"][0]
+    m = _post(llama3_server, {
+        "messages": ASK, "tools": [WEATHER], "max_tokens": 60, "temperature": 0,
+        "logit_bias": {str(first): 100}, "stream": stream, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "lister", "schema": LISTER}}})
+    assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
+    assert m["content"] == LISTED, m
