@@ -21,13 +21,13 @@ Reading such an output back (ChatPlan.calls, StreamingToolParser's `formatted`:
 `opens_calls`): it is calls only where it opens with a call's opening (whitespace aside),
 as the calls branch writes it; text before the first opening (a wrapper the parser reads
 elsewhere too: a code fence, Llama 3's '[' or ',') means the model took the format's
-branch, and the whole
-output is that content as written, never read for calls, call markup in it included (a
-regex that spells "Answer: <tool_call>...", a JSON answer holding a Llama 3 call's JSON
-as a value). vLLM runs its tool parser over the format's output there, and so reads as a
-call whatever call the format spells. An output that opens with a call and goes on with
-other text cannot be told apart before its end, by which a stream has sent the call: it
-is read as the parser reads it elsewhere.
+branch, and the whole output is that content as written, never read for calls, call
+markup in it included (a regex that spells "Answer: <tool_call>...", a JSON answer
+holding a Llama 3 call's JSON as a value, or a list of such). vLLM runs its tool parser
+over the format's output there, and so reads as a call whatever call the format spells.
+An output that opens with a call and goes on with other text cannot be told apart before
+its end, by which a stream has sent the call: it is read as the parser reads it
+elsewhere.
 """
 
 from __future__ import annotations
