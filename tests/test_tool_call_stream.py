@@ -609,3 +609,30 @@ def test_under_a_format_text_before_a_call_makes_it_all_content(parser):
                 rest, final = stream.finish(cut=cut)
                 assert (got + rest, [(c.name, c.arguments) for c in final]) == (
                     content, [(c.name, c.arguments) for c in found]), (text, cuts, cut)
+
+
+@pytest.mark.parametrize("text,before,after", [
+    ("Let me check, " + CALL["llama3"] % P, "Let me check,", ""),
+    ("Let me check,<|python_tag|>" + CALL["llama3"] % P, "Let me check,", ""),
+    ("See [1], then, " + CALL["llama3"] % P + "]", "See [1], then,", " ]"),
+    ('[{"x": 1}, ' + CALL["llama3"] % P + "]", '[{"x": 1}', "]"),
+    ('[{"x": "]"}, ' + CALL["llama3"] % P + "]", '[{"x": "]"}', "]"),
+    ('{"a": [1], ' + CALL["llama3"] % P + "}", '{"a": [1],', " }"),
+    ('["a\\"]", ' + CALL["llama3"] % P + "]", '["a\\"]"', "]"),
+])
+def test_a_llama3_comma_goes_with_calls_only_between_list_elements(text, before, after):
+    """A ',' before Llama 3's calls is held with them only where it parts elements of a
+    list open before it ([{"x": 1}, CALL]: the list is left [{"x": 1}]); in prose ("Let
+    me check, CALL") it is the sentence's, sent before the call as any text before it is,
+    not after the call's fragments (on /v1/responses a message item of its own)."""
+    rng = random.Random(24)
+    content, calls = Llama3Parser().calls(text, NAMES)
+    assert (content, len(calls)) == (before + after, 1), text
+    for cuts in _splits(text, rng):
+        stream, sent, calling, prev = StreamingToolParser(Llama3Parser(), NAMES), "", False, 0
+        for end in cuts + [len(text)]:
+            out = stream.feed(text[prev:end])
+            assert not (calling and out), (text, cuts)  # nothing after a call's fragment
+            sent, calling, prev = sent + out, calling or bool(stream.take()), end
+        rest, final = stream.finish()
+        assert (sent, rest, len(final)) == (before, after, 1), (text, cuts)
