@@ -20,7 +20,7 @@ no message an agent loop can act on. vLLM holds "auto" beside a format to the fo
 Reading such an output back (ChatPlan.calls, StreamingToolParser's `formatted`:
 `opens_calls`): it is calls only where it opens with a call's opening (whitespace aside),
 as the calls branch writes it; text before the first opening (a wrapper the parser reads
-elsewhere too: a code fence, Llama 3's '[' or ',') means the model took the format's
+elsewhere too: a code fence, Llama 3's '[') means the model took the format's
 branch, and the whole output is that content as written, never read for calls, call
 markup in it included (a regex that spells "Answer: <tool_call>...", a JSON answer
 holding a Llama 3 call's JSON as a value, or a list of such). vLLM runs its tool parser
