@@ -107,19 +107,32 @@ def hf_reference():
     return model
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> str:
-    """A directory holding a tiny random Llama config (one layer, hidden 32, 4 query and 2
-    KV heads, 256 positions; the default tokenizer's 49,152-token vocabulary), for tests
-    that serve an app in process without loading the default model: Engine loads it with
-    random weights. A module that needs another shape defines its own `tiny`."""
+def tiny_llama(path, *, vocab_size: int = 49152, hidden_size: int = 32,
+               intermediate_size: int = 64, num_hidden_layers: int = 1,
+               num_attention_heads: int = 4, num_key_value_heads: int = 2,
+               max_position_embeddings: int = 256, bos_token_id: int | None = 1,
+               eos_token_id: int | None = 2) -> str:
+    """The config.json of a tiny random Llama saved into the directory `path` (str or Path),
+    as a str: by default one layer, hidden 32, 4 query and 2 KV heads, 256 positions and the
+    default tokenizer's 49,152-token vocabulary (transformers' bos 1 and eos 2). Engine or
+    LLM loads it with load_format="dummy" (random weights, no weight files here); the
+    tokenizer is the default one unless the caller saves another beside it."""
     from transformers import LlamaConfig
 
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(path)
+    LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                intermediate_size=intermediate_size, num_hidden_layers=num_hidden_layers,
+                num_attention_heads=num_attention_heads, num_key_value_heads=num_key_value_heads,
+                max_position_embeddings=max_position_embeddings, bos_token_id=bos_token_id,
+                eos_token_id=eos_token_id).save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> str:
+    """A directory holding tiny_llama's default config, for tests that serve an app in
+    process without loading the default model: Engine loads it with random weights. A
+    module that needs another shape defines its own `tiny` with tiny_llama's keywords."""
+    return tiny_llama(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ import pytest
 
 from aiollm import Engine, SamplingParams
 from aiollm.engine.request import Phase, Request
-from conftest import run
+from conftest import run, tiny_llama
 
 BUDGET = 32  # prefill tokens a step: a 600-token prompt takes about 20 steps
 PROMPT_LEN = 600
@@ -34,13 +34,8 @@ DECODE = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    from transformers import LlamaConfig
-
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=1024).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), vocab_size=256, num_hidden_layers=2,
+                      max_position_embeddings=1024)
 
 
 def long_prompt(seed: int = 0) -> list[int]:

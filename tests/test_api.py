@@ -12,6 +12,7 @@ import time
 import aiohttp
 import openai
 import pytest
+from conftest import tiny_llama
 from live_server import KV_TOKENS, MAX_MODEL_LEN, http, sse_events
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
@@ -127,8 +128,6 @@ def test_system_fingerprint_tells_model_directories_apart(tmp_path):
     had "" for its name in the fingerprint's hash: every such directory served in one dtype
     had the same system_fingerprint, so a client comparing seeded outputs could not tell
     that the model had changed. The directory's own name counts, with or without a slash."""
-    from transformers import LlamaConfig
-
     from aiollm import Engine
     from aiollm.api.state import ApiState
 
@@ -140,9 +139,7 @@ def test_system_fingerprint_tells_model_directories_apart(tmp_path):
         return asyncio.run(go())
 
     for name in ("tiny-a", "tiny-b"):
-        LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=4, num_key_value_heads=2,
-                    max_position_embeddings=256).save_pretrained(tmp_path / name)
+        tiny_llama(tmp_path / name, vocab_size=256)
     a, b = fingerprint(f"{tmp_path / 'tiny-a'}/"), fingerprint(f"{tmp_path / 'tiny-b'}/")
     assert a != b
     assert fingerprint(str(tmp_path / "tiny-a")) == a
@@ -152,8 +149,6 @@ def test_a_model_directory_given_as_dot_is_named_by_the_directory(tmp_path, monk
     """`aiollm serve .` from inside the model's directory served it as "" (/v1/models' id,
     every answer's model: a client sending the directory's name got 404), and every model
     served so in one dtype had one system_fingerprint. The directory's own name counts."""
-    from transformers import LlamaConfig
-
     from aiollm import Engine
     from aiollm.api.state import ApiState
 
@@ -163,9 +158,7 @@ def test_a_model_directory_given_as_dot_is_named_by_the_directory(tmp_path, monk
 
     seen = []
     for name in ("tiny-a", "tiny-b"):
-        LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                    num_attention_heads=4, num_key_value_heads=2,
-                    max_position_embeddings=256).save_pretrained(tmp_path / name)
+        tiny_llama(tmp_path / name, vocab_size=256)
         monkeypatch.chdir(tmp_path / name)
         seen.append(asyncio.run(served(".")))
     assert [n for n, _ in seen] == ["tiny-a", "tiny-b"]

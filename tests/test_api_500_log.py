@@ -10,11 +10,11 @@ import logging
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
 from aiollm.errors import RequestFailed
+from conftest import tiny_llama
 
 
 @pytest.mark.parametrize("error, message", [
@@ -28,9 +28,7 @@ from aiollm.errors import RequestFailed
      "model step failed: RuntimeError: boom in the step"),
 ])
 def test_a_500_is_logged_with_its_request_id(tmp_path, caplog, error, message):
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(tmp_path)
+    tiny_llama(tmp_path, vocab_size=256)
 
     async def broken() -> None:
         raise error

@@ -19,9 +19,10 @@ import json
 import string
 
 import pytest
+from conftest import tiny_llama
 from live_server import LiveServer, http
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import LlamaConfig, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 HI = [{"role": "user", "content": "hi"}]
 LETTERS = {c: i for i, c in enumerate(string.ascii_lowercase)}
@@ -39,9 +40,7 @@ def model_dir(tmp_path_factory):
     tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>")
     tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['content'] }}{% endfor %}"
     tok.save_pretrained(str(d))
-    LlamaConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                bos_token_id=BOS, eos_token_id=None).save_pretrained(str(d))
+    tiny_llama(str(d), vocab_size=32, bos_token_id=BOS, eos_token_id=None)
     return str(d)
 
 

@@ -14,12 +14,12 @@ import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
 from aiollm.errors import ContextExceeded, InvalidRequest
 from aiollm.sampling_params import SamplingParams
+from conftest import tiny_llama
 
 MAX_MODEL_LEN = 256
 LONGEST = "\n" + " " * 80  # one token of the default tokenizer, its longest
@@ -29,11 +29,7 @@ HUGE = OVER * 1000  # 1 MB: about 280,000 tokens
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=MAX_MODEL_LEN).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), max_position_embeddings=MAX_MODEL_LEN)
 
 
 class EncodeSpy:

@@ -11,20 +11,16 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
 from aiollm.engine.step_health import FAILING_STEPS
+from conftest import tiny_llama
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), vocab_size=256)
 
 
 def serve_tiny(tiny: str, check, **app_options):

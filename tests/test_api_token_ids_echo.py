@@ -10,10 +10,10 @@ import json
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from transformers import LlamaConfig
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
+from conftest import tiny_llama
 
 AS_ID = "return_tokens_as_token_ids"
 TEMPLATE = "{% for m in messages %}a{{ m['content'] }}{% endfor %}"
@@ -21,11 +21,7 @@ TEMPLATE = "{% for m in messages %}a{{ m['content'] }}{% endfor %}"
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), max_position_embeddings=512)
 
 
 def serve(tiny: str, check, engine_options: dict | None = None, **app_options):

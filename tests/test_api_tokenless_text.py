@@ -18,9 +18,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_llama
 from live_server import LiveServer, http, sse_events
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import LlamaConfig, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 WORDS = {w: i for i, w in enumerate(["hello", "world", "a", "b", "c"])}
 UNK, BOS = len(WORDS), len(WORDS) + 1
@@ -36,9 +37,7 @@ def server(tmp_path_factory):
                                                            special_tokens=[("<s>", BOS)])
     PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>",
                             bos_token="<s>").save_pretrained(d)
-    LlamaConfig(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                bos_token_id=BOS, eos_token_id=None).save_pretrained(d)
+    tiny_llama(d, vocab_size=16, max_position_embeddings=128, bos_token_id=BOS, eos_token_id=None)
     srv = LiveServer(model=d, load_format="dummy", max_model_len=128, kv_tokens=512).start()
     yield srv
     srv.close()

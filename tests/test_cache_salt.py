@@ -18,7 +18,7 @@ from test_prefix_cache import assert_idle_and_flush, check_every_step
 from aiollm import Engine, SamplingParams
 from aiollm.engine.prefix_cache import RadixTree
 from aiollm.errors import InvalidRequest
-from conftest import run as run_with_timeout
+from conftest import run as run_with_timeout, tiny_llama
 
 ONE = SamplingParams(max_tokens=1, temperature=0, ignore_eos=True)
 
@@ -31,13 +31,8 @@ def run(loop, coro):
 def tiny(tmp_path_factory):
     """A tiny random Llama (the default tokenizer's vocabulary, for chat): what the cache
     reuses, not what the model says, is tested."""
-    from transformers import LlamaConfig
-
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), num_hidden_layers=2,
+                      max_position_embeddings=512)
 
 
 def test_tree_paths_of_one_salt_are_not_matched_by_another():

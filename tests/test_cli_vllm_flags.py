@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from aiollm.cli import build_parser
+from conftest import tiny_llama
 
 VLLM_LINE = ("--max-num-seqs 256 --max-num-batched-tokens 8192 --enforce-eager "
              "--enable-prefix-caching --enable-auto-tool-choice --tool-call-parser hermes "
@@ -367,11 +368,7 @@ def _checked(argv: list[str]):
 
 @pytest.fixture
 def config_dir(tmp_path) -> str:
-    from transformers import LlamaConfig
-
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2).save_pretrained(tmp_path)
-    return str(tmp_path)
+    return tiny_llama(tmp_path, vocab_size=256, max_position_embeddings=2048)
 
 
 def test_load_format_of_what_the_model_is_is_taken(config_dir):

@@ -14,13 +14,13 @@ import json
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from chat_templates import ALTERNATING
-from transformers import LlamaConfig
 
 from aiollm import LLM, SamplingParams
 from aiollm.api import create_app
 from aiollm.engine import Engine
 from aiollm.engine.content_format import detect_content_format
 from aiollm.errors import InvalidRequest
+from conftest import tiny_llama
 
 # reads parts: each one's text in brackets (a string's characters have no text: "[]" each)
 PARTS = ("{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{ p['text'] }}]"
@@ -137,11 +137,7 @@ def test_auto_reads_the_form_the_template_takes(template, want):
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from aiollm import LLM, Engine, SamplingParams
 from aiollm.engine import engine as engine_module
 from aiollm.errors import EngineStopped, InvalidRequest
-from conftest import run
+from conftest import run, tiny_llama
 from script_run import ROOT, run_script, script_env
 
 LONG = SamplingParams(max_tokens=400, ignore_eos=True)
@@ -977,11 +977,7 @@ def test_a_kv_cache_sized_short_of_max_model_len_stops_the_start(loop, tmp_path)
     it; on the CPU the default pool holds at least one max_model_len request, past its
     usual 65,536 tokens. The bytes are in a unit that shows them: this model's 128 bytes a
     token (K and V, 2 heads of 8 float32s, 1 layer) read "0.00 GiB" for both sizes."""
-    from transformers import LlamaConfig
-
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=131072).save_pretrained(tmp_path)
+    tiny_llama(tmp_path, vocab_size=256, max_position_embeddings=131072)
     options = dict(load_format="dummy", device="cpu", max_running_requests=2,
                    warm_up=False)
 

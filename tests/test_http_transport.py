@@ -16,8 +16,8 @@ import time
 import warnings
 
 import pytest
+from conftest import tiny_llama
 from live_server import LiveServer, http, sse_events
-from transformers import LlamaConfig
 
 C = "/v1/completions"
 JSON = {"Content-Type": "application/json"}
@@ -121,11 +121,8 @@ def impatient(tmp_path_factory) -> LiveServer:
     """A server that waits BODY_TIMEOUT seconds for the next bytes of a body: a tiny dummy
     model (its output is nonsense, but it is deterministic and hundreds of tokens a second on
     the CPU)."""
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(path)
-    srv = LiveServer(model=str(path), load_format="dummy", max_model_len=256, kv_tokens=512,
+    path = tiny_llama(tmp_path_factory.mktemp("tiny"), vocab_size=256)
+    srv = LiveServer(model=path, load_format="dummy", max_model_len=256, kv_tokens=512,
                      app_options={"body_timeout": BODY_TIMEOUT}).start()
     yield srv
     srv.close()

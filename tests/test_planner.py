@@ -10,7 +10,7 @@ import random
 import pytest
 
 from aiollm import Engine, SamplingParams
-from conftest import run
+from conftest import run, tiny_llama
 
 BUDGET = 64
 GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
@@ -18,13 +18,8 @@ GREEDY = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
-    from transformers import LlamaConfig
-
-    path = tmp_path_factory.mktemp("tiny")
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny"), vocab_size=256, num_hidden_layers=2,
+                      max_position_embeddings=512)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from live_server import http, sse_events
 
 from aiollm import Engine, SamplingParams
 from aiollm.engine.prefix_cache import RadixTree
-from conftest import load_bench, run as run_with_timeout
+from conftest import load_bench, run as run_with_timeout, tiny_llama
 
 PROMPTS = load_bench("accuracy").PROMPTS
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
@@ -314,11 +314,7 @@ def test_a_hit_with_no_slot_left_for_its_new_tokens_waits(loop, tmp_path):
     decode, so the waiting one was admitted: its hit locked every free slot, it got no chunk,
     the planner paused it to make room and admitted it again, until RecursionError failed
     every request. It waits for the running request to finish now."""
-    from transformers import LlamaConfig
-
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512).save_pretrained(tmp_path)
+    tiny_llama(tmp_path, vocab_size=256, num_hidden_layers=2, max_position_embeddings=512)
     params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
     prefix = [(7 * i) % 150 + 1 for i in range(30)]
     first = [(11 * i) % 140 + 3 for i in range(50)]  # 70 tokens with its output
@@ -348,11 +344,7 @@ def test_a_hit_with_no_slot_left_for_its_new_tokens_waits(loop, tmp_path):
 # -- nothing leaks: a randomized run --------------------------------------------------------
 
 def test_randomized_traffic_keeps_the_invariants_after_every_step(loop, tmp_path):
-    from transformers import LlamaConfig
-
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512).save_pretrained(tmp_path)
+    tiny_llama(tmp_path, vocab_size=256, num_hidden_layers=2, max_position_embeddings=512)
     rng = random.Random(3)
     prefixes = [[rng.randrange(256) for _ in range(rng.randrange(10, 120))] for _ in range(4)]
     finished = []  # (prompt, params, tokens) of greedy requests that ran to the end

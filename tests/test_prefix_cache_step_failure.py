@@ -21,7 +21,7 @@ from test_prefix_cache import check_every_step, check_invariants
 
 from aiollm import Engine, SamplingParams
 from aiollm.errors import RequestFailed
-from conftest import run
+from conftest import run, tiny_llama
 
 GREEDY = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
 GARBAGE = 50.0  # what the failed step leaves in its KV slots
@@ -39,12 +39,8 @@ class _FailingDone:
 
 @pytest.fixture
 def tiny(tmp_path):
-    from transformers import LlamaConfig
-
-    LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=512).save_pretrained(tmp_path)
-    return str(tmp_path)
+    return tiny_llama(tmp_path, vocab_size=256, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, max_position_embeddings=512)
 
 
 def fail_steps(eng: Engine, which, count: int = 1) -> tuple[list[np.ndarray], object]:

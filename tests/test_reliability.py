@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import aiohttp
 import pytest
 import torch
+from conftest import tiny_llama
 from live_server import MAX_MODEL_LEN, LiveServer, http, is_idle, refused_status, sse_events
 
 QUEUE_TIMEOUT = 2.0
@@ -1166,14 +1167,10 @@ def test_out_of_memory_halves_the_failed_steps_tokens(tmp_path):
     tokens each time, recomputed after each pause) and once more in a chunk of 128: five
     failed steps. Half the failed step's tokens is a budget that can fit: one failed step,
     then chunks of 100, and the output the request has without faults."""
-    from transformers import LlamaConfig
-
     from aiollm import SamplingParams
     from aiollm.engine import Engine
 
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(tmp_path)
+    tiny_llama(tmp_path, vocab_size=256)
     prompt_ids = list(range(1, 201))
     params = SamplingParams(max_tokens=4, temperature=0, ignore_eos=True)
     failed = []  # the tokens of each step that ran out of memory
@@ -1204,14 +1201,10 @@ def test_out_of_memory_in_a_decode_step_halves_the_prefill_budget(tmp_path):
     the requests a step may run; its four tokens say nothing of prefill chunks, so the token
     budget halves from its own value (2048 -> 1024) instead of falling to its floor of 64,
     where prompts ran in chunks of 64 for the ~320 steps the budget took to regrow."""
-    from transformers import LlamaConfig
-
     from aiollm import SamplingParams
     from aiollm.engine import Engine
 
-    LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256).save_pretrained(tmp_path)
+    tiny_llama(tmp_path, vocab_size=256)
     prompts = [[i + 1, i + 2, i + 3] for i in range(4)]
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
     failed = []

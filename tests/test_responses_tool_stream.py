@@ -200,3 +200,12 @@ def test_a_stop_after_a_whole_hermes_call_leaves_it_completed(required, end):
         done = [e["item"] for e in events if e["type"] == "response.output_item.done"]
         assert _shape(done) == _shape(events[-1]["response"]["output"]) == _shape(whole)
         assert events[-1]["response"]["status"] == "completed"
+
+
+def test_a_llama3_comma_in_prose_stays_in_the_message_before_the_call():
+    """A ',' before a Llama 3 call in prose is the message's before the call item, not a
+    message of its own after it, streamed or not."""
+    text = "Let me check, " + CALL["llama3"] % ARGS
+    whole = _check(Llama3Parser(), text, "stop", random.Random(7))
+    assert _shape(whole) == [("message", "completed", None, None, ["Let me check,"]),
+                             ("function_call", "completed", "get_weather", ARGS, [])], text

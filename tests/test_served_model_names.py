@@ -5,8 +5,8 @@ served in-process."""
 from __future__ import annotations
 
 import pytest
+from conftest import tiny_llama
 from test_api_ops import serve_tiny
-from transformers import LlamaConfig
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -14,11 +14,8 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     """A config-only Llama with the default tokenizer's vocabulary (a chat prompt's ids)."""
-    path = tmp_path_factory.mktemp("tiny-named")
-    LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                num_attention_heads=2, num_key_value_heads=1,
-                max_position_embeddings=256).save_pretrained(path)
-    return str(path)
+    return tiny_llama(tmp_path_factory.mktemp("tiny-named"), hidden_size=16, intermediate_size=32,
+                      num_attention_heads=2, num_key_value_heads=1)
 
 
 def test_every_name_is_served_and_the_first_reported(tiny):

@@ -179,3 +179,46 @@ def test_a_stop_string_at_the_calls_end_tag_leaves_the_call_complete(tiny, strea
     [call] = resp["output"]
     assert call["type"] == "function_call" and call["status"] == "completed", call
     assert json.loads(call["arguments"])["a"] in range(10)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_stop_string_inside_a_calls_arguments_leaves_the_response_incomplete(tiny, stream):
+    """A client's stop string that matches inside a call's arguments ('"a"', the key of
+    TOOL's one argument) ends the output there: the call keeps its name and the arguments
+    written so far, and says it was cut, on both endpoints alike. Chat: finish_reason "stop"
+    (not "tool_calls": the call is not whole). /v1/responses: the function_call item
+    "incomplete", and the Response too (it was "completed" around a call whose arguments
+    are no JSON, which an agent loop would run), with no reason OpenAI's list names (a stop
+    string is none of max_output_tokens or content_filter)."""
+    stop = ['"a"']
+
+    async def check(engine, client):
+        chat = await client.post("/v1/chat/completions", json=_body(
+            tools=[TOOL], tool_choice="required", parallel_tool_calls=False, stop=stop,
+            stream=stream))
+        resp = await client.post("/v1/responses", json={
+            "input": "hi", "tools": [{"type": "function", **TOOL["function"]}],
+            "tool_choice": "required", "parallel_tool_calls": False, "stop": stop,
+            "max_output_tokens": MAX_TOKENS, "temperature": 0, "stream": stream})
+        assert chat.status == resp.status == 200
+        return await chat.text(), await resp.text()
+    chat, resp = _serve(tiny, check)
+    if stream:
+        chunks = [c for c in _sse(chat) if c["choices"]]
+        finish = chunks[-1]["choices"][0]["finish_reason"]
+        args = "".join(f["function"].get("arguments") or "" for c in chunks
+                       for f in c["choices"][0]["delta"].get("tool_calls") or [])
+        resp = _sse(resp)[-1]["response"]
+    else:
+        choice = json.loads(chat)["choices"][0]
+        finish = choice["finish_reason"]
+        [call] = choice["message"]["tool_calls"]
+        args = call["function"]["arguments"]
+        resp = json.loads(resp)
+    assert finish == "stop", chat[-600:]
+    assert args.strip() == "{", chat[-600:]  # cut before the key the stop string matched
+    assert resp["status"] == "incomplete", resp
+    assert resp["incomplete_details"] == {"reason": None}, resp
+    [call] = resp["output"]
+    assert call["type"] == "function_call" and call["status"] == "incomplete", call
+    assert call["name"] == "f" and call["arguments"].strip() == "{", call

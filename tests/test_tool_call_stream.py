@@ -578,3 +578,57 @@ def test_a_number_as_arguments_split_inside_is_read_whole(parser, number):
         _check(parser, text[:n], rng, cut=True)
     content, calls = _check(parser, text, rng)
     assert [c.arguments for c in calls][:1] == [number], text
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=lambda p: p.name)
+def test_under_a_format_text_before_a_call_makes_it_all_content(parser):
+    """tool_choice "auto" beside a content format (ChatPlan.formatted): an output that
+    opens with a call is read for calls as ever (the grammar's calls branch); one with text
+    before its first call is the format's content, all of it, streamed (however split) as
+    the whole answer reads it. A wrapper the parser reads elsewhere (a code fence, Llama 3's
+    list, a ',' before the calls) is such text: the calls' branch opens with a call, so a
+    JSON list answer whose item is spelt as a call is that answer (it was read as a call)."""
+    from aiollm.api.chat_plan import ChatPlan
+
+    plan = ChatPlan([], [], [], "assistant", "auto", False, None, parser, set(NAMES), True,
+                    None, True, "", None, "", None)
+    rng = random.Random(23)
+    call = CALL[parser.name] % P
+    for text, calls in [("Answer: " + call, 0), (" " + call, 1), (call + "\n" + call, 2),
+                        ('{"a": ' + call + "}", 0), ("\n", 0), (call[:5], 0),
+                        ("[" + call + "]", 0), ("```json\n" + call + "\n```", 0),
+                        (", " + call, 0), ("\n```\n" + call, 0)]:
+        for cut in (False, True):
+            content, found = plan.calls(text, cut=cut)
+            assert len(found) == calls and (calls or content == text), (text, cut)
+            for cuts in _splits(text, rng):
+                stream, got, prev = plan.stream_calls(), "", 0
+                for end in cuts + [len(text)]:
+                    got += stream.feed(text[prev:end])
+                    prev = end
+                rest, final = stream.finish(cut=cut)
+                assert (got + rest, [(c.name, c.arguments) for c in final]) == (
+                    content, [(c.name, c.arguments) for c in found]), (text, cuts, cut)
+
+
+@pytest.mark.parametrize("text,before,after", [
+    ("Let me check, " + CALL["llama3"] % P, "Let me check,", ""),
+    ("Let me check,<|python_tag|>" + CALL["llama3"] % P, "Let me check,", ""),
+    ("See [1], then, " + CALL["llama3"] % P + "]", "See [1], then,", " ]"),
+    ('{"a": [1], ' + CALL["llama3"] % P + "}", '{"a": [1],', " }"),
+])
+def test_a_llama3_comma_before_a_call_is_sent_before_it(text, before, after):
+    """A ',' before Llama 3's calls in prose ("Let me check, CALL") is the sentence's, sent
+    before the call as any text before it is, never after the call's fragments (on
+    /v1/responses that would be a message item of its own), however the stream is split."""
+    rng = random.Random(24)
+    content, calls = Llama3Parser().calls(text, NAMES)
+    assert (content, len(calls)) == (before + after, 1), text
+    for cuts in _splits(text, rng):
+        stream, sent, calling, prev = StreamingToolParser(Llama3Parser(), NAMES), "", False, 0
+        for end in cuts + [len(text)]:
+            out = stream.feed(text[prev:end])
+            assert not (calling and out), (text, cuts)  # nothing after a call's fragment
+            sent, calling, prev = sent + out, calling or bool(stream.take()), end
+        rest, final = stream.finish()
+        assert (sent, rest, len(final)) == (before, after, 1), (text, cuts)

@@ -1,13 +1,15 @@
 """Tool calls on /v1/chat/completions, streamed and whole, for outputs whose text the test
-chooses: tool_choice "auto" beside a regex is calls or the regex's content
-(aiollm/api/tools_or_format.py), and the tool parser reads that content too, so a regex
-makes a random-weight model write call markup, and text around it, exactly. A logit bias
-toward the content's first token picks the content branch. The stream's content and calls
-join to the whole answer's, and text that is no call stays content."""
+chooses: the engine holds each request to a regex of that text (`_forced`), unseen by the
+API, so a random-weight model writes call markup, and text around it, exactly, and the
+tool parser reads it as the model's own output under tool_choice "auto". (A client's
+format beside tools would make such text that format's content, read for no calls:
+aiollm/api/tools_or_format.py.) The stream's content and calls join to the whole
+answer's, and text that is no call stays content."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 
 import pytest
@@ -16,6 +18,7 @@ from test_api_token_ids_echo import TEMPLATE, post, tiny  # noqa: F401 (the fixt
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
+from aiollm.sampling_params import Constraint, GrammarSpec
 
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {
     "type": "object", "properties": {"city": {"type": "string"}}}}}]
@@ -29,19 +32,33 @@ def _answers(tiny: str, texts: list[str]) -> list[tuple[dict, dict]]:
         engine = Engine(tiny, load_format="dummy", kv_tokens=1024, chat_template=TEMPLATE,
                         tool_call_parser="llama3")
         out = []
+        forced = _forced(engine)
         async with TestClient(TestServer(create_app(engine))) as client:
-            tok = engine.tokenizer  # loaded as the app starts
             for text in texts:
-                first = tok.encode(text[:2], add_special_tokens=False)[0]
+                forced[0] = text
                 body = {"messages": [{"role": "user", "content": "hi"}], "tools": TOOLS,
-                        "structured_outputs": {"regex": re.escape(text)},
-                        "logit_bias": {str(first): 100}, "max_tokens": 100,
-                        "temperature": 0}
+                        "max_tokens": 100, "temperature": 0}
                 whole = (await post(client, "/v1/chat/completions", body))["choices"][0]
                 chunks = await post(client, "/v1/chat/completions", {**body, "stream": True})
                 out.append((_message(whole), _joined(chunks)))
         return out
     return asyncio.run(main())
+
+
+def _forced(engine: Engine) -> list[str]:
+    """A one-element list whose text every request `engine` generates or streams from then
+    on is held to (a regex of it in place of the request's constraint: the tools' grammar),
+    as the model's own output."""
+    forced = [""]
+    generate, stream = engine.generate, engine.stream
+
+    def held(params):
+        regex = GrammarSpec("regex", re.escape(forced[0]), "guided_regex")
+        return dataclasses.replace(params, constraint=Constraint(regex))
+
+    engine.generate = lambda ids, params, **kw: generate(ids, held(params), **kw)
+    engine.stream = lambda ids, params, **kw: stream(ids, held(params), **kw)
+    return forced
 
 
 def _message(choice: dict) -> dict:

@@ -320,3 +320,98 @@ def test_a_compile_timeout_names_the_field_whose_grammar_is_slow(slow_part):
             slow_part.clear()
     finally:
         srv.close()
+
+
+# a content the format forces that holds a call's markup after text of its own: only the
+# format's branch of the grammar writes text before a call (the calls' branch opens with one)
+QUOTED = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+QUOTING = {"guided_regex": r'Answer: <tool_call>\n\{"name": "get_weather", "arguments": '
+                           r'\{"city": "Paris"\}\}\n</tool_call>'}
+# a JSON answer that holds a Llama 3 call's JSON as a value (the grammar writes JSON with
+# ", " and ": ", as the call's head is written)
+HOLDER = {"type": "object", "properties": {"answer": {
+    "type": "object", "properties": {"name": {"const": "get_weather"}, "parameters": {
+        "type": "object", "properties": {"city": {"const": "Paris"}}, "required": ["city"],
+        "additionalProperties": False}},
+    "required": ["name", "parameters"], "additionalProperties": False}},
+    "required": ["answer"], "additionalProperties": False}
+HELD = '{"answer": {"name": "get_weather", "parameters": {"city": "Paris"}}}'
+# a JSON list answer whose one item is spelt as a Llama 3 call
+LISTER = {"type": "array", "items": HOLDER["properties"]["answer"], "minItems": 1,
+          "maxItems": 1}
+LISTED = '[{"name": "get_weather", "parameters": {"city": "Paris"}}]'
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_format_s_content_that_quotes_a_call_is_content(server, stream):
+    """tools with tool_choice "auto" beside a format (guided_regex here) whose content holds
+    a call's markup after text: the model took the format's branch (the calls' branch has
+    nothing before the first call), so the output is the content the client shaped, call
+    markup and all, and no call (it was "Answer:" and a get_weather call the client never
+    let the model choose). vLLM runs its parser on any output there; its format holds the
+    whole output, so no call can be written but one the format spells, which it then reads
+    as one: aiollm reads a call only where the output opens with one, as the calls' branch
+    of its grammar writes it."""
+    m = _post(server, {"messages": ASK, "tools": [WEATHER], "max_tokens": 60,
+                       "temperature": 0, "stream": stream, **QUOTING})
+    assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
+    assert m["content"] == "Answer: " + QUOTED, m
+
+
+@pytest.fixture(scope="module")
+def llama3_server(server, tmp_path_factory):
+    """A tiny random Llama whose template writes Llama 3's calls (the llama3 parser)."""
+    from live_server import tiny_server
+
+    srv, _ = tiny_server(server, tmp_path_factory.mktemp("llama3"), lambda tok: None,
+                         "<|python_tag|>")
+    yield srv
+    srv.close()
+
+
+def _events_data(raw: bytes) -> list[dict]:
+    """The data of each event of a /v1/responses stream (an "event:" line before each)."""
+    return [json.loads(line[6:]) for line in raw.decode().splitlines()
+            if line.startswith("data: ")]
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("api", ["chat", "responses"])
+def test_a_json_schema_answer_holding_a_llama3_call_is_content(llama3_server, api, stream):
+    """A json_schema answer beside tools ("auto") whose value is a Llama 3 call's JSON: the
+    JSON the client asked for, whole, on both endpoints (it was the call, and the content
+    '{"answer": }', no JSON)."""
+    if api == "chat":
+        m = _post(llama3_server, {
+            "messages": ASK, "tools": [WEATHER], "max_tokens": 60, "temperature": 0,
+            "stream": stream, "response_format": {"type": "json_schema", "json_schema": {
+                "name": "holder", "schema": HOLDER}}})
+        assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
+        assert m["content"] == HELD, m
+        return
+    status, _, raw = http(llama3_server, "POST", "/v1/responses", json={
+        "input": ASK[0]["content"], "tools": [{"type": "function", **WEATHER["function"]}],
+        "max_output_tokens": 60, "temperature": 0, "stream": stream,
+        "text": {"format": {"type": "json_schema", "name": "holder", "schema": HOLDER}}})
+    assert status == 200, raw
+    r = _events_data(raw)[-1]["response"] if stream else json.loads(raw)
+    assert r["status"] == "completed", r
+    assert [(i["type"], [c["text"] for c in i.get("content", [])]) for i in r["output"]] == [
+        ("message", [HELD])], r
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_json_list_answer_whose_item_is_a_llama3_call_is_content(llama3_server, stream):
+    """A json_schema list answer beside tools ("auto") whose item is spelt as a Llama 3
+    call: the list the client asked for (it was the call, the list read as its wrapper, as
+    the parser reads one elsewhere; but the calls' branch never writes a '[', so the list
+    came from the format's). A bias toward '[' picks the format's branch."""
+    _, _, raw = http(llama3_server, "POST", "/tokenize", json={
+        "prompt": LISTED[:2], "add_special_tokens": False})
+    first = json.loads(raw)["tokens"][0]
+    m = _post(llama3_server, {
+        "messages": ASK, "tools": [WEATHER], "max_tokens": 60, "temperature": 0,
+        "logit_bias": {str(first): 100}, "stream": stream, "response_format": {
+            "type": "json_schema", "json_schema": {"name": "lister", "schema": LISTER}}})
+    assert m["finish_reason"] == "stop" and not m.get("tool_calls"), m
+    assert m["content"] == LISTED, m

@@ -19,7 +19,7 @@ from aiollm.api.metadata import check_metadata
 from aiollm.api.state import ApiState
 from aiollm.api.tool_calls import ToolCall, ToolParser
 from aiollm.api.tool_stream import StreamingToolParser
-from aiollm.api.tools_or_format import tools_constraint
+from aiollm.api.tools_or_format import opens_calls, tools_constraint
 from aiollm.api.usage import room
 from aiollm.engine.content_format import (echoed_text, joined_text,
                                           resolve_content_format)
@@ -40,6 +40,9 @@ class ChatPlan:
     forced: str | None  # that function's name
     parser: ToolParser | None  # reads calls out of the output (None: mode "none")
     names: set[str]  # the functions a call may name
+    # tool_choice "auto" beside a content format: calls only where the output opens with
+    # one, else the format's content as written (tools_or_format.py)
+    formatted: bool
     thinking: str | None  # the reasoning parser's name, None: no split
     shaped: bool  # a grammar holds the output from its first token
     echo: str  # vLLM's echo: the text put before each answer
@@ -58,8 +61,10 @@ class ChatPlan:
               ) -> tuple[str, list[ToolCall]]:
         """(content, calls) of a whole output's content (its reasoning split off); no
         calls where no parser runs. `cut`: the output may end inside a call; `length`:
-        max_tokens ended it (ToolParser.calls)."""
-        if self.parser is None:
+        max_tokens ended it (ToolParser.calls). Beside a content format (`formatted`),
+        an output with text before its first call's opening is all content
+        (aiollm/api/tools_or_format.py)."""
+        if self.parser is None or (self.formatted and not opens_calls(self.parser, text)):
             return text, []
         return self.parser.calls(text, self.names, cut=cut, length=length,
                                  required=self.mode == "required", named=self.forced)
@@ -69,7 +74,7 @@ class ChatPlan:
         if self.parser is None:
             return None
         return StreamingToolParser(self.parser, self.names, required=self.mode == "required",
-                                   named=self.forced)
+                                   named=self.forced, formatted=self.formatted)
 
 
 async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
@@ -96,6 +101,7 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     # the named function: a cut output is its call, as vLLM answers it (ToolParser.calls)
     forced = callable_tools[0]["function"]["name"] if named else None
     constraint = req.constraint()
+    formatted = mode == "auto" and constraint is not None and constraint.grammar is not None
     # a grammar that holds the output from its first token leaves no room to reason first
     shaped = mode == "required" or constraint is not None and constraint.grammar is not None
     # SGLang's separate_reasoning false: the output unsplit, tags and all, in content
@@ -159,5 +165,5 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     # a continued message's own tags say whether it stopped inside its reasoning
     continued = (joined_text(messages[-1].get("content")) if req.continue_final_message
                  else None)
-    return ChatPlan(ids, messages, params, role, mode, named, forced, parser, names, thinking,
-                    shaped, echo, logprobs, prompt_tail, continued)
+    return ChatPlan(ids, messages, params, role, mode, named, forced, parser, names, formatted,
+                    thinking, shaped, echo, logprobs, prompt_tail, continued)

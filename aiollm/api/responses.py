@@ -86,7 +86,7 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
         cut_inside = splitter.in_reasoning
     content, calls = plan.calls(text, cut=may_cut_a_call(out.finish_reason),
                                 length=out.finish_reason == "length")
-    status, incomplete = status_of(out.finish_reason)
+    status, incomplete = status_of(out.finish_reason, calls)
     # a stream sends the text before the calls as it comes: what one fed it all sends
     before = plan.stream_calls().feed(text) if calls else content
     output = answer_items(thought, content, calls, before, status,
@@ -122,7 +122,7 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
         out += events.output_delta(thought, text, calls, finish)
         if finish is None:
             return out
-        status, incomplete = status_of(finish)
+        status, incomplete = status_of(finish, calls.calls if calls is not None else ())
         usage = usage_of(len(plan.ids), d.completion_tokens, d.cached_tokens,
                          thought_tokens.count if thought_tokens else 0)
         cut_inside = splitter is not None and splitter.in_reasoning

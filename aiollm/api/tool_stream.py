@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from aiollm.api.call_text import OpenValue, Written, written_calls
 from aiollm.api.call_wrap import OUTSIDE
 from aiollm.api.tool_calls import ToolCall, ToolParser
+from aiollm.api.tools_or_format import opens_calls
 
 
 @dataclass(slots=True)
@@ -42,11 +43,15 @@ class StreamingToolParser:
     Hermes block, or a Llama 3 call, after words) go out at the end, read with the rest."""
 
     def __init__(self, parser: ToolParser, names: Collection[str], *, required: bool = False,
-                 named: str | None = None):
+                 named: str | None = None, formatted: bool = False):
         self.parser = parser
         self.names = names
         self.required = required  # the output can only be calls (ToolParser.calls)
         self.named = named  # the function tool_choice named (ToolParser.calls)
+        # "auto" beside a content format: text before any call makes the output that
+        # format's content, sent as it comes and never read for calls (`plain` from then)
+        self.formatted = formatted
+        self.plain = False
         self.held = ""  # from the first character not sent (but `blank`)
         # before any call, the whitespace held before `held` (a call may follow it): kept
         # apart, so that a delta does not read it again (a model writing newlines)
@@ -67,6 +72,8 @@ class StreamingToolParser:
         """The content that can be sent now: the text before the calls' first opening
         (ToolParser.content_end: never a trailing whitespace, nor a part of an opening, until
         more text comes). The calls' fragments this text completes wait in take()."""
+        if self.plain:
+            return text
         if self.calling:
             self.held += text
             self._written(text)
@@ -74,6 +81,11 @@ class StreamingToolParser:
         # `held` never starts with whitespace: no opening does, so content_end reads the
         # same of it as of the blank before it and it (ToolParser.content_end)
         rest = self._blank(self.held + text)
+        if self.formatted and opens_calls(self.parser, rest) is False:
+            # the format's content: all of it, as it comes
+            self.plain, self.held = True, ""
+            out, self.blank = "".join(self.blank) + rest, []
+            return out
         at = self.parser.opening(rest, 0, self.lead)
         self.calling = at >= 0
         end = self.parser.content_end(rest, self.lead, at)
@@ -109,6 +121,8 @@ class StreamingToolParser:
         fragments had). The content sent and this join to the whole answer's content
         (ToolParser.calls of all the text, `cut` and `length` as it takes them); the calls'
         last fragments wait in take()."""
+        if self.plain:
+            return "", []
         sent = [Written(c.name, c.arguments, c.complete, c.id) for c in self.sent]
         self.held, self.blank = "".join(self.blank) + self.held, []
         content, self.calls = self.parser.calls(self.held, self.names, cut=cut, length=length,

@@ -16,6 +16,18 @@ openai SDK's parse() validates any content a message has against the format, cal
 (free text would raise there), and a content that is the format's answer beside calls is
 no message an agent loop can act on. vLLM holds "auto" beside a format to the format alone
 (no call can be written at all).
+
+Reading such an output back (ChatPlan.calls, StreamingToolParser's `formatted`:
+`opens_calls`): it is calls only where it opens with a call's opening (whitespace aside),
+as the calls branch writes it; text before the first opening (a wrapper the parser reads
+elsewhere too: a code fence, Llama 3's '[') means the model took the format's
+branch, and the whole output is that content as written, never read for calls, call
+markup in it included (a regex that spells "Answer: <tool_call>...", a JSON answer
+holding a Llama 3 call's JSON as a value, or a list of such). vLLM runs its tool parser
+over the format's output there, and so reads as a call whatever call the format spells.
+An output that opens with a call and goes on with other text cannot be told apart before
+its end, by which a stream has sent the call: it is read as the parser reads it
+elsewhere.
 """
 
 from __future__ import annotations
@@ -61,3 +73,14 @@ def content_format(spec: GrammarSpec) -> dict:
     except Exception as e:  # the library's own error types: the client's grammar is bad
         raise grammar_error(spec, e) from e
     return {"type": "grammar", "grammar": str(grammar)}
+
+
+def opens_calls(parser: ToolParser, text: str) -> bool | None:
+    """Whether an output `text` (its start so far, under tool_choice "auto" beside a
+    format) opens with one of `parser.opens`, whitespace aside, as the calls branch of the
+    grammar writes it: True; False where it opens with anything else (the format's
+    content); None while it cannot tell yet (blank, or a part of an opening)."""
+    head = text.lstrip()
+    if any(head.startswith(o) for o in parser.opens):
+        return True
+    return None if any(o.startswith(head) for o in parser.opens) else False
