@@ -125,6 +125,9 @@ SPELLED = [
     ("/v1/chat/completions", {"tools": [TOOL, TOOL]}, "tools[1].function.name",
      'both named "f"'),
     ("/v1/chat/completions", {"stop": ["a", ""]}, "stop", 'got ["a",""]'),
+    # a zero-width space, which JSON leaves as it is, escaped: the name looked right
+    ("/v1/chat/completions", {"tools": [{"type": "function", "function": {
+        "name": "get\u200bweather"}}]}, "tools[0].function.name", 'got "get\\u200bweather"'),
     ("/v1/chat/completions", {"structured_outputs": {"regexx": "a"}},
      "structured_outputs.regexx", 'no field "regexx"'),
     ("/v1/chat/completions", {"chat_template_kwargs": {"messages": 1}},
