@@ -124,7 +124,8 @@ SPELLED = [
         "type": "function", "function": {"name": "g"}}}, "tool_choice", 'names "g"'),
     ("/v1/chat/completions", {"tools": [TOOL, TOOL]}, "tools[1].function.name",
      'both named "f"'),
-    ("/v1/chat/completions", {"stop": ["a", ""]}, "stop", 'got ["a",""]'),
+    ("/v1/chat/completions", {"stop": ["a", ""]}, "stop", 'stop[1] must be a non-empty '
+     'string, got ""'),
     # a zero-width space, which JSON leaves as it is, escaped: the name looked right
     ("/v1/chat/completions", {"tools": [{"type": "function", "function": {
         "name": "get\u200bweather"}}]}, "tools[0].function.name", 'got "get\\u200bweather"'),
