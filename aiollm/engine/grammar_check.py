@@ -168,8 +168,9 @@ def _check_shapes(node: dict, at: str, param: str) -> None:
     refused them itself, but its error was named after the whole grammar: for tools,
     param "tools" and no word of which tool or where."""
     def wrong(key: str, want: str) -> None:
+        # shown_json: json.dumps raised on the Engine API's bytes or huge integers
         raise InvalidRequest(f"{param}: {key!r} at {at or '/'} must be {want}, got "
-                             f"{json.dumps(node[key])[:40]}", param=param)
+                             f"{shown_json(node[key])}", param=param)
 
     for key in _SCHEMA_MAPS:
         if key in node and not isinstance(node[key], dict):
