@@ -977,7 +977,7 @@ def test_offline_chat_takes_the_template_options_engine_chat_takes():
      "'not'"),
     ("json_schema", '{"type": "object", "properties": {"a": {"$ref": "https://x.org/a.json"}}}',
      "https://x.org/a.json"),
-    ("json_schema", '{"type": "object", "required": ["a"]}', "'a'"),
+    ("json_schema", '{"type": "object", "required": ["a"]}', '"a"'),
     ("json_schema", '{"enum": [%s]}' % ", ".join(str(i) for i in range(1001)), "1001 enum"),
     ("regex", r"\Aab\Z", r"escape \\A"),
     ("structural_tag", '{"type": "structural_tag", "format": {"type": "json_schema", '
