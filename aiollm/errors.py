@@ -8,8 +8,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import msgspec
-
 
 # InvalidRequest.code of a prompt (with max_tokens) past the model's context: OpenAI's code,
 # which clients read to shorten the conversation and retry
@@ -96,8 +94,9 @@ ID_CHARS = 100  # the characters of a client's id an error names (a 16 MiB one i
 
 
 def shown_id(text: str) -> str:
-    """A client's id (a response id, a call_id) as an error names it: its repr, cut to
-    ID_CHARS characters with "..." after where it was longer."""
+    """A response id as an error names it: its repr, as OpenAI quotes it ("Previous
+    response with id 'resp_...' not found"), cut to ID_CHARS characters with "..." after
+    where it was longer. Other client values: shown_json."""
     return repr(text[:ID_CHARS]) + ("..." if len(text) > ID_CHARS else "")
 
 
@@ -118,15 +117,17 @@ def _spelled(value: Any, room: int) -> str:
     """`value` as compact JSON; where that is longer than `room` characters (>= 0), at least
     its first `room` of it, the rest left out: a container's items are spelled only while
     room is left, so each level of nesting takes a character of room and the recursion is
-    at most `room` deep. A string's characters are cut to `room`, a lone surrogate written
-    as JSON's escape for it; a value JSON has no spelling for (NaN, bytes, another type) as
-    Python's repr, an integer past Python's digits (sys.get_int_max_str_digits) by its
-    size in bits."""
+    at most `room` deep. A string's characters are cut to `room`, one that prints as
+    nothing or as a blank (a zero-width or no-break space, a lone surrogate: not
+    str.isprintable) written as JSON's escape for it, as repr() escaped it: JSON would
+    leave it as it is, and a tool name with a zero-width space was quoted as if it were
+    right. A value JSON has no spelling for (NaN, bytes, another type) as Python's repr,
+    an integer past Python's digits (sys.get_int_max_str_digits) by its size in bits."""
     if isinstance(value, str):
-        try:
-            return msgspec.json.encode(value[:room]).decode()
-        except UnicodeEncodeError:  # a lone surrogate, which UTF-8 cannot hold
-            return json.dumps(value[:room])
+        text = json.dumps(value[:room], ensure_ascii=False)  # escapes controls and quotes
+        if text.isprintable():
+            return text
+        return "".join(c if c.isprintable() else _escape(c) for c in text)
     if value is None or isinstance(value, bool):
         return "null" if value is None else "true" if value else "false"
     if isinstance(value, int):
@@ -146,6 +147,15 @@ def _spelled(value: Any, room: int) -> str:
             text += _spelled(item, max(room - len(text), 0))
         return text + ("}" if isinstance(value, dict) else "]")
     return repr(value)[:room + 1]  # a finite float as JSON spells it; NaN, bytes: Python's
+
+
+def _escape(char: str) -> str:
+    """JSON's escape of one character: \\uXXXX, a pair of them past U+FFFF."""
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def shown(value: Any) -> str:

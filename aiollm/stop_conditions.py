@@ -7,7 +7,7 @@ the number of distinct stop token ids.
 
 from __future__ import annotations
 
-from aiollm.errors import InvalidRequest, check_unicode
+from aiollm.errors import InvalidRequest, check_unicode, shown_json
 
 # characters per stop string: bounds the text a stream holds back while a stop string may be
 # completing (aiollm/engine/output_text.py)
@@ -31,15 +31,22 @@ def is_int(v: object) -> bool:
 
 def checked_stop(stop: object) -> list[str]:
     """`stop` (one string or a list of them) as a list of non-empty strings. Raises
-    InvalidRequest naming "stop" for anything else, a string of more than
-    MAX_STOP_STRING_CHARS characters, or more than MAX_STOP_CHARS characters in all, and
-    naming the string ("stop", "stop[1]") for a lone surrogate, as the HTTP API names it."""
-    if isinstance(stop, str):
+    InvalidRequest naming "stop" for anything else (its message naming a list's first bad
+    item, "stop[2]"), a string of more than MAX_STOP_STRING_CHARS characters, or more than
+    MAX_STOP_CHARS characters in all, and naming the string ("stop", "stop[1]") for a lone
+    surrogate, as the HTTP API names it."""
+    if isinstance(stop, str) and stop:
         check_unicode(stop, "stop")
         stop = [stop]
-    if not isinstance(stop, list) or not all(isinstance(s, str) and s for s in stop):
+    if not isinstance(stop, list):
         raise InvalidRequest(f"stop must be a non-empty string or a list of non-empty strings, "
-                             f"got {stop!r:.200}", param="stop")
+                             f"got {shown_json(stop)}", param="stop")
+    # the bad item quoted alone: the list, cut to 100 characters, hid one past them and
+    # left a string open, whose words param_names took for the message's own and renamed
+    bad = next((i for i, s in enumerate(stop) if not (isinstance(s, str) and s)), None)
+    if bad is not None:
+        raise InvalidRequest(f"stop[{bad}] must be a non-empty string, got "
+                             f"{shown_json(stop[bad])}", param="stop")
     total = 0
     for i, s in enumerate(stop):
         if len(s) > MAX_STOP_STRING_CHARS:

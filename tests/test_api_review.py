@@ -429,11 +429,17 @@ LONG_STOP = "a" * 1500  # past MAX_STOP_STRING_CHARS
 # (path, body, the field the error names, what its message must say, what it must not)
 RENAMED_WRONGLY = [
     # the client's own values are quoted as sent: a stop string "logprobs" read "top_logprobs"
-    ("/v1/chat/completions", {"messages": HI, "stop": ["", "logprobs"]}, "stop",
-     "['', 'logprobs']", "top_logprobs"),
-    ("/v1/chat/completions", {"messages": HI, "stop": ["", "max_tokens"],
-                              "max_completion_tokens": 4}, "stop", "'max_tokens'",
+    # (a logit_bias key: stop's error quotes only its bad item, "")
+    ("/v1/chat/completions", {"messages": HI, "logit_bias": {"logprobs": 1}}, "logit_bias",
+     '"logprobs"', "top_logprobs"),
+    ("/v1/chat/completions", {"messages": HI, "logit_bias": {"max_tokens": 1},
+                              "max_completion_tokens": 4}, "logit_bias", '"max_tokens"',
      "max_completion_tokens"),
+    # the bad string named alone: cut to 100 characters, the list hid its "" and left its
+    # first string open, whose words were renamed as the message's own
+    ("/v1/chat/completions", {"messages": HI, "stop": ["max_tokens " * 10, ""],
+                              "max_completion_tokens": 4}, "stop",
+     'stop[1] must be a non-empty string, got ""', "max_completion_tokens"),
     # LightLLM's stop_sequences mixes token ids and strings: the index is the client's, and
     # "stop" as a word was renamed ("a stop_sequences string")
     ("/generate", {"inputs": "Hi", "parameters": {"stop_sequences": [[5], LONG_STOP]}},
@@ -466,7 +472,7 @@ def test_a_thinking_part_of_another_role_is_not_told_to_be_reasoning_content(rol
     with pytest.raises(InvalidRequest) as e:
         checked_messages([{"role": role, "content": [part], "tool_call_id": "c"}])
     assert e.value.param == "messages[0].content[0].type"
-    assert "reasoning_content" not in str(e.value) and "'thinking'" in str(e.value)
+    assert "reasoning_content" not in str(e.value) and '"thinking"' in str(e.value)
     with pytest.raises(InvalidRequest, match="reasoning_content"):
         checked_messages([{"role": "assistant", "content": [part]}])
 

@@ -775,6 +775,20 @@ def test_many_stop_strings_and_stop_token_ids_are_taken():
     assert e.value.param == "stop"
 
 
+@pytest.mark.parametrize("stop, says", [
+    (["a" * 60, "b" * 60, 5], "stop[2] must be a non-empty string, got 5"),
+    (["a" * 200, ""], 'stop[1] must be a non-empty string, got ""'),
+    ("", 'a list of non-empty strings, got ""'),
+    ({"a"}, "a list of non-empty strings, got {'a'}"),
+])
+def test_a_bad_stop_string_is_named_by_its_place(stop, says):
+    """A list's bad item is named and quoted alone: the list quoted whole, cut to 100
+    characters, hid one past them."""
+    with pytest.raises(InvalidRequest) as e:
+        SamplingParams(stop=stop)
+    assert says in str(e.value) and e.value.param == "stop", str(e.value)
+
+
 def test_a_stop_token_id_past_the_tables_eight_ends_a_request(loop, engine):
     """The request table's record holds 8 stop ids; a request's 9th and later are checked on
     the host after the C stop check, with the same rule: they end the request (its
@@ -963,7 +977,7 @@ def test_offline_chat_takes_the_template_options_engine_chat_takes():
      "'not'"),
     ("json_schema", '{"type": "object", "properties": {"a": {"$ref": "https://x.org/a.json"}}}',
      "https://x.org/a.json"),
-    ("json_schema", '{"type": "object", "required": ["a"]}', "'a'"),
+    ("json_schema", '{"type": "object", "required": ["a"]}', '"a"'),
     ("json_schema", '{"enum": [%s]}' % ", ".join(str(i) for i in range(1001)), "1001 enum"),
     ("regex", r"\Aab\Z", r"escape \\A"),
     ("structural_tag", '{"type": "structural_tag", "format": {"type": "json_schema", '

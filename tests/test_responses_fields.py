@@ -73,10 +73,10 @@ ROUTES = [("/v1/responses", {"input": "x", "max_output_tokens": 1}),
 @pytest.mark.parametrize("path, body", ROUTES, ids=["responses", "chat"])
 @pytest.mark.parametrize("metadata, param, says", [
     ({**PAIRS, "k16": "v"}, "metadata", "metadata has 17 key-value pairs"),
-    ({"k" * 65: "v"}, "metadata", f"metadata key {'k' * 65!r} has 65 characters"),
-    ({LONG: "v"}, "metadata", f"metadata key {'v' * 100!r}... has 100000 characters"),
-    ({"a": "v" * 513}, "metadata.a", f"metadata.a: the value {'v' * 100!r}... has 513 "),
-    ({"a": LONG}, "metadata.a", f"metadata.a: the value {'v' * 100!r}... has 100000 "),
+    ({"k" * 65: "v"}, "metadata", f'metadata key "{"k" * 65}" has 65 characters'),
+    ({LONG: "v"}, "metadata", f'metadata key "{"v" * 100}"... has 100000 characters'),
+    ({"a": "v" * 513}, "metadata.a", f'metadata.a: the value "{"v" * 100}"... has 513 '),
+    ({"a": LONG}, "metadata.a", f'metadata.a: the value "{"v" * 100}"... has 100000 '),
     ({"a": 5}, "metadata.a", "metadata.a: expected a string, got an integer"),
     ({"a": None}, "metadata.a", "metadata.a: expected a string, got null"),
     ({"": "v"}, "metadata", 'metadata has an empty key ""'),
@@ -180,7 +180,7 @@ def test_a_reasoning_items_field_is_told_missing_or_named(item, param, says):
      "input[1].summary[0].type: expected a string, got an integer"),
     ([USER, {**REASONING, "content": [{"type": "summary_text", "text": "x"}]}],
      "input[1].content[0].type",
-     "input[1].content[0].type must be \"reasoning_text\", got 'summary_text'"),
+     "input[1].content[0].type must be \"reasoning_text\", got \"summary_text\""),
 ])
 def test_a_parts_field_is_told_missing_or_named(items, param, says):
     """A content part's text (a message's, a call output's) or a part's type left out says

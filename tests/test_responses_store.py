@@ -179,6 +179,8 @@ def test_bad_input_items_queries_are_400s_naming_them(server, client, model, que
     status, error = _error(server, "GET", f"/v1/responses/{r.id}/input_items?{query}")
     assert status == 400 and error["param"] == param, error
     assert param in error["message"]
+    # the value sent quoted as JSON spells a string, as the body's values are, not repr's 'up'
+    assert f'"{query.partition("=")[2]}"' in error["message"], error
 
 
 def test_cancel_and_stream_again_are_for_background_responses(server, client, model):

@@ -113,7 +113,8 @@ def test_an_output_of_no_call_is_a_400_naming_its_call_id(tiny):
         assert status == 400, body
         error = body["error"]
         assert (error["param"], error["type"]) == (param, "invalid_request_error"), body
-        assert "call_1" in error["message"] or "call_2" in error["message"], error
+        # quoted as JSON spells a string ("call_1"), not as Python's repr ('call_1')
+        assert '"call_1"' in error["message"] or '"call_2"' in error["message"], error
     assert first[0] == continued[0] == both[0] == 200, (first, continued, both)
 
 

@@ -33,7 +33,7 @@ def test_every_name_is_served_and_the_first_reported(tiny):
             other = await client.post(path, json={**body, "model": "gpt-5", "max_tokens": 1})
             err = (await other.json())["error"]
             assert other.status == 404 and err["param"] == "model", err
-            assert "'gpt-4-0613', 'gpt-4'" in err["message"], err
+            assert '"gpt-4-0613", "gpt-4"' in err["message"], err
     serve_tiny(tiny, check, served_model_name=["gpt-4-0613", "gpt-4"])
 
 

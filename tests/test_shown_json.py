@@ -51,3 +51,35 @@ def test_the_engine_apis_bad_role_is_an_invalid_request(role):
         checked_messages([{"role": role, "content": "Hi"}])
     assert e.value.param == "messages[0].role"
     assert "null" not in str(e.value)
+
+
+@pytest.mark.parametrize("value, says", [
+    ("get\u200bweather", '"get\\u200bweather"'),  # a zero-width space: looked valid
+    ("llama\u00a0", '"llama\\u00a0"'),  # a no-break space: looked like a space
+    ("a\u202eb", '"a\\u202eb"'),  # right-to-left override: turned the rest around
+    ("\x7f\u2028", '"\\u007f\\u2028"'),
+    ("\U000e0041", '"\\udb40\\udc41"'),  # an invisible tag character, as a JSON pair
+    ("é\ud800", '"é\\ud800"'),  # the rest of the string is left as it was
+    (["a\u200b"], '["a\\u200b"]'),
+])
+def test_a_character_that_prints_as_nothing_is_escaped(value, says):
+    """Python's repr() escaped what prints as nothing or as a blank; JSON writes it as it is,
+    so a tool name or model with a zero-width space was quoted as if it were right. Its JSON
+    escape keeps the bad part seen, and the quote still JSON."""
+    assert shown_json(value) == says
+
+
+@pytest.mark.parametrize("required", [[b"x"], [10 ** 5000], [float("nan")]],
+                         ids=["bytes", "huge_integer", "nan"])
+def test_the_engine_apis_bad_required_is_an_invalid_request(required):
+    """A tool's schema as Engine.chat and LLM.chat take it (Python values): its 'required'
+    of the wrong kind is a 400-kind error naming the tool's parameters, where bytes raised
+    TypeError and a huge integer ValueError from the json.dumps that quoted it."""
+    from aiollm.engine.chat_tools import check_tools
+
+    tool = {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {}, "required": required}}}
+    with pytest.raises(InvalidRequest) as e:
+        check_tools([tool])
+    assert e.value.param == "tools[0].function.parameters"
+    assert "'required' at / must be an array of property names" in str(e.value)

@@ -171,7 +171,8 @@ def test_logit_bias_keys_are_decimal_token_ids(server, bias):
         "prompt": "Hi", "max_tokens": 1, "logit_bias": bias})
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == "logit_bias", err
-    assert repr(list(bias)[-1][:20]) in err["message"], err
+    # quoted as JSON spells it ("01"), not as Python's repr ('01')
+    assert json.dumps(list(bias)[-1][:20], ensure_ascii=False) in err["message"], err
 
 
 @pytest.mark.parametrize("value,shown", [(True, "true"), (None, "null"), ("1", '"1"'),

@@ -131,9 +131,9 @@ def test_structural_tag_beside_tools_is_refused(server, choice):
     status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == "tool_choice", err
-    assert ("'required'" in err["message"]) == (choice == "required"), err
+    assert ('"required"' in err["message"]) == (choice == "required"), err
     assert ("absent" in err["message"]) == (choice is None), err
-    assert ("'get_weather'" in err["message"]) == (choice is NAMED), err
+    assert ('"get_weather"' in err["message"]) == (choice is NAMED), err
 
 
 @pytest.mark.parametrize("field,value", [

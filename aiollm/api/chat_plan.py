@@ -23,6 +23,7 @@ from aiollm.api.tools_or_format import opens_calls, tools_constraint
 from aiollm.api.usage import room
 from aiollm.engine.content_format import (echoed_text, joined_text,
                                           resolve_content_format)
+from aiollm.errors import shown_json
 from aiollm.sampling_params import SamplingParams
 
 
@@ -121,9 +122,9 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
                for m in (parser.start, *parser.special)):
             req.skip_special_tokens = False  # the parser must see it in the text
         if named:  # not the "required" it was turned into
-            sent = f"tool_choice naming the function {forced!r}"
+            sent = f"tool_choice naming the function {shown_json(forced)}"
         elif req.tool_choice is not None:
-            sent = f"tool_choice {mode!r}"
+            sent = f"tool_choice {shown_json(mode)}"
         else:
             sent = "tools (with tool_choice absent, \"auto\")"
         # a named function is one call, as vLLM and SGLang answer it; else several may come

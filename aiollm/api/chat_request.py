@@ -14,7 +14,7 @@ from aiollm.api.protocol import check_max_tokens
 from aiollm.api.sampling_fields import SamplingFields
 from aiollm.engine.chat_messages import checked_message
 from aiollm.engine.chat_template import TemplateOptions
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, shown_json
 from aiollm.sampling_params import MAX_LOGPROBS
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
     effort = getattr(req, "reasoning_effort", None)  # a chat request's, not /tokenize's
     if effort is not None and effort not in REASONING_EFFORTS:
         raise InvalidRequest(f"reasoning_effort must be one of {', '.join(REASONING_EFFORTS)}"
-                             f" (or null); got {effort!r:.100}", param="reasoning_effort")
+                             f" (or null); got {shown_json(effort)}", param="reasoning_effort")
     if effort is not None:
         # as vLLM: the field over chat_template_kwargs' variable of that name, and thinking
         # on unless its effort is "none", where the client's enable_thinking says nothing

@@ -7,7 +7,7 @@ stays beside it, as every route here answers it.
 
 A wrong method on one of these routes (aiohttp's router answers it, before any handler) is
 a 405 with its Allow header and the same body (lightllm_http_errors); so is a request
-without the API key's 401 (lightllm_path: server.py's key check).
+without the API key's 401 (lightllm_path: api_keys.py's key check).
 
 Other statuses stay as they are: 503 (overloaded, as LightLLM's busy server), 500 (an engine
 failure), 404, 413, 415 (a Content-Encoding not decoded; any Content-Type is read as JSON

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiollm.errors import InvalidRequest, check_type, shown_id
+from aiollm.errors import InvalidRequest, check_type, shown_json
 
 MAX_PAIRS = 16
 MAX_KEY_CHARS = 64
@@ -20,7 +20,7 @@ def check_metadata(metadata: dict[str, Any] | None) -> None:
     """InvalidRequest where `metadata` (None: not sent; a JSON object's keys are strings)
     is past OpenAI's bounds, naming the field: `metadata` for too many pairs or a key
     empty or too long, `metadata.<key>` for a value not a string or too long; the key or
-    value quoted, cut to errors.ID_CHARS characters."""
+    value quoted as JSON spells it, cut to errors.ID_CHARS characters."""
     if metadata is None:
         return
     if len(metadata) > MAX_PAIRS:
@@ -31,11 +31,11 @@ def check_metadata(metadata: dict[str, Any] | None) -> None:
             raise InvalidRequest('metadata has an empty key "": keys have 1 to '
                                  f"{MAX_KEY_CHARS} characters", param="metadata")
         if len(key) > MAX_KEY_CHARS:
-            raise InvalidRequest(f"metadata key {shown_id(key)} has {len(key)} characters: "
+            raise InvalidRequest(f"metadata key {shown_json(key)} has {len(key)} characters: "
                                  f"at most {MAX_KEY_CHARS} are taken", param="metadata")
         param = f"metadata.{key}"
         check_type(value, (str,), param, required=True)
         if len(value) > MAX_VALUE_CHARS:
-            raise InvalidRequest(f"{param}: the value {shown_id(value)} has {len(value)} "
+            raise InvalidRequest(f"{param}: the value {shown_json(value)} has {len(value)} "
                                  f"characters: at most {MAX_VALUE_CHARS} are taken",
                                  param=param)

@@ -12,8 +12,7 @@ from typing import Any, NoReturn, Sequence
 from aiollm.api.chat_request import ChatMessage, ContentPart
 from aiollm.engine.chat_messages import check_call_arguments
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import (InvalidRequest, check_type, json_type, missing, shown_id,
-                           shown_json)
+from aiollm.errors import InvalidRequest, check_type, json_type, missing, shown_json
 
 _ROLES = ("user", "system", "developer", "assistant")
 _STATUSES = (None, "in_progress", "completed", "incomplete")  # an item's, as the SDK types it
@@ -93,7 +92,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             else:
                 out.append(ChatMessage(role="assistant", reasoning_content=thought))
         else:
-            raise InvalidRequest(f'{at}.type {kind!r:.100} is not served: send "message", '
+            raise InvalidRequest(f'{at}.type {shown_json(kind)} is not served: send "message", '
                                  '"reasoning", "function_call" or "function_call_output" '
                                  "items", param=f"{at}.type")
     for m in out:  # a turn of reasoning alone: its answer was empty
@@ -109,7 +108,7 @@ def _refuse_orphan(i: int, call_id: str) -> NoReturn:
     input in order: a tool message that answers nothing asked, or a call sent after it,
     renders a turn the model never took."""
     raise InvalidRequest(
-        f"input[{i}].call_id {shown_id(call_id)} answers no function call: no "
+        f"input[{i}].call_id {shown_json(call_id)} answers no function call: no "
         "function_call item before it, of this input or of the conversation of "
         "previous_response_id, has that call_id; send the function_call item before its "
         "output, or continue the response that made the call (previous_response_id)",
@@ -152,7 +151,7 @@ def _thought_parts(parts: Any, kind: str, at: str) -> list[str]:
             if "type" not in part:
                 raise missing(f"{where}.type", f': "{kind}"')
             given = check_type(part["type"], (str,), f"{where}.type", required=True)
-            raise InvalidRequest(f'{where}.type must be "{kind}", got {shown_id(given)}',
+            raise InvalidRequest(f'{where}.type must be "{kind}", got {shown_json(given)}',
                                  param=f"{where}.type")
         texts.append(_string(part, "text", where))
     return texts

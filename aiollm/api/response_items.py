@@ -11,7 +11,7 @@ from typing import Any
 
 from aiollm.api.responses_output import item_id
 from aiollm.engine.content_parts import TEXT_PARTS
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, shown_json
 
 MAX_PAGE = 100  # OpenAI's largest page of input items
 DEFAULT_PAGE = 20
@@ -87,7 +87,7 @@ def items_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
     an id no item has."""
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
-        raise InvalidRequest(f'order must be "asc" or "desc", got {order!r}', param="order")
+        raise InvalidRequest(f'order must be "asc" or "desc", got {shown_json(order)}', param="order")
     limit = _limit(query.get("limit"))
     ordered = list(items) if order == "asc" else list(reversed(items))
     ids = [item["id"] for item in ordered]
@@ -97,7 +97,7 @@ def items_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
         if cursor is None:
             continue
         if cursor not in ids:
-            raise InvalidRequest(f"{name} {cursor!r} is the id of none of this response's "
+            raise InvalidRequest(f"{name} {shown_json(cursor)} is the id of none of this response's "
                                  "input items", param=name)
         if name == "after":
             start = ids.index(cursor) + 1
@@ -119,6 +119,6 @@ def _limit(value: str | None) -> int:
     except ValueError:
         limit = None
     if limit is None or not 1 <= limit <= MAX_PAGE:
-        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE}, got {value!r}",
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE}, got {shown_json(value)}",
                              param="limit")
     return limit

@@ -1,4 +1,5 @@
-"""The aiohttp app: routes, auth, error handling, the engine's lifetime, graceful shutdown.
+"""The aiohttp app: routes, error handling, the engine's lifetime, graceful shutdown; the
+API key's check is api_keys.py's.
 
 One event loop runs it all: the app's handlers, the engine's scheduler and model loop.
 `create_app` builds the app around an Engine; the app starts the engine (loads the model)
@@ -11,26 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
-import hmac
-import ipaddress
 import logging
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING
 
-from aiohttp import hdrs, web
+from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.log import server_logger
 
 from aiollm.api import lightllm, lightllm_routes, openai, ops
-from aiollm.api.body import expect_continue
+from aiollm.api.api_keys import auth_middleware, expect_handler, key_check
 from aiollm.api.cors import CorsOptions, enable_cors
-from aiollm.api.http_errors import ApiError, Handler, error_middleware, error_response
-from aiollm.api.lightllm_errors import (answers_as_lightllm, lightllm_http_errors,
-                                        lightllm_path)
+from aiollm.api.http_errors import error_middleware
+from aiollm.api.lightllm_errors import lightllm_http_errors
+from aiollm.api.listening import check_bindable, listening_site
 from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.response_store import ResponseStore
@@ -49,18 +46,6 @@ MAX_BODY_BYTES = 16 * 2**20  # larger bodies get 413; a full-context prompt is f
 # one header line, the number of header lines.
 MAX_HEADER_LINE_BYTES = 8190
 MAX_HEADERS = 128
-# Reachable without the API key, with or without a trailing slash: the operations a probe
-# (LightLLM's /liveness and /readiness too), a Prometheus scraper, a router (/load, LightLLM's
-# /token_load) or a deploy script reads, which carry no secrets, run no model and change
-# nothing (vLLM's key guards /v1 alone;
-# its /metrics and /version are open). Every other path needs the key, unknown ones
-# included: a route added later is guarded unless it is listed here. /tokenize,
-# /detokenize and /flush_cache stay behind it, unlike vLLM's open /tokenize: they run the
-# tokenizer on the caller's input or change the cache.
-OPEN_PATHS = frozenset(path + end for path in ("/health", "/healthz", "/ping", "/load",
-                                              "/metrics", "/version", "/liveness",
-                                              "/readiness", "/token_load")
-                       for end in ("", "/"))
 
 
 class _ServerLog(logging.LoggerAdapter):
@@ -125,9 +110,9 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     # LightLLM's routes answer the router's 405 in their own body
     middlewares = [error_middleware, lightllm_http_errors]
     keys = (api_key,) if isinstance(api_key, str) else tuple(api_key or ())
-    allowed = _key_check(keys) if any(keys) else None
+    allowed = key_check(keys) if any(keys) else None
     if allowed is not None:
-        middlewares.append(_auth_middleware(allowed))
+        middlewares.append(auth_middleware(allowed))
     app = web.Application(middlewares=middlewares, client_max_size=max_body_bytes)
     names = ((served_model_name,) if isinstance(served_model_name, str)
              else tuple(dict.fromkeys(served_model_name or ())))  # each once, in order
@@ -144,7 +129,7 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                                                   max_stored_response_bytes))
     app.add_routes(_with_trailing_slash(ops.ROUTES + openai.ROUTES + lightllm.ROUTES
                                         + lightllm_routes.ROUTES,
-                                        expect_handler=_expect_handler(allowed)))
+                                        expect_handler=expect_handler(allowed)))
     if cors is not None:
         enable_cors(app, cors)
     app.on_response_prepare.append(send_request_id)
@@ -212,63 +197,6 @@ async def _drain(app: web.Application) -> None:
         hurry.cancel()
 
 
-def _key_check(api_keys: tuple[str, ...]) -> Callable[[web.Request], bool]:
-    """Whether a request may reach its route under `api_keys`: it carries one of them, or
-    its route needs none."""
-    # compared as SHA-256 digests: equal lengths, so compare_digest's time tells neither
-    # how much of a key was right nor how long the keys are
-    expected = [hashlib.sha256(key.encode()).digest() for key in api_keys if key]
-
-    def allowed(request: web.Request) -> bool:
-        # OPTIONS routes exist only with CORS on: its preflights, which carry no credentials
-        # (browsers never send them) and run nothing
-        if (request.path in OPEN_PATHS
-                or request.match_info.route.method == hdrs.METH_OPTIONS):
-            return True
-        scheme, _, token = request.headers.get(hdrs.AUTHORIZATION, "").partition(" ")
-        # compare_digest: the time taken must not tell how much of the key was right.
-        # Header bytes that are not UTF-8 arrive as surrogates: encode them back.
-        given = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-        # every key compared, none skipped: the time does not tell which key matched
-        matched = [hmac.compare_digest(given, key) for key in expected]
-        return scheme.lower() == "bearer" and any(matched)
-
-    return allowed
-
-
-def _unauthorized(*, close: bool = False, message: bool = False) -> web.Response:
-    """The 401 of a request without a valid key; message: its message at the body's top
-    level too, as LightLLM's routes answer every refusal (error_response)."""
-    return error_response(ApiError(
-        401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
-        code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"}, close=close), message)
-
-
-def _auth_middleware(allowed: Callable[[web.Request], bool]) -> Callable:
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not allowed(request):
-            return _unauthorized(message=lightllm_path(request))
-        return await handler(request)
-
-    return auth
-
-
-def _expect_handler(allowed: Callable[[web.Request], bool] | None) -> Callable:
-    """expect_continue behind the API key: aiohttp asks the route's expect handler before
-    any middleware runs, so a request without the key was told 100 Continue and sent its
-    whole body only to get its 401. Refused on its headers alone, it gets the 401 at once
-    (RFC 9110 10.1.1), and the connection closes: the body is never read."""
-    async def expect(request: web.Request) -> web.StreamResponse | None:
-        if allowed is not None and not allowed(request):
-            return _unauthorized(close=True, message=lightllm_path(request))
-        # LightLLM's routes put the refusal's message at the top level, as they answer it
-        return await expect_continue(
-            request, message=answers_as_lightllm(request.match_info.handler))
-
-    return expect
-
-
 async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000, *,
                 stop: asyncio.Event | None = None,
                 on_started: Callable[[str, int], None] | None = None) -> None:
@@ -321,7 +249,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
             signals.append(sig)
     try:  # the handlers go with serve(), however it ends: else Ctrl-C sets a dead event
         if port:  # a taken port is told now, not after the model has loaded
-            await _check_bindable(host, port)
+            await check_bindable(host, port)
         setup = asyncio.ensure_future(runner.setup())  # starts the engine: loads the model
         try:
             await setup
@@ -348,20 +276,7 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
 async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
                   on_started: Callable[[str, int], None] | None) -> None:
     """Open the port of a set-up runner, say so, and call on_started(host, port)."""
-    if _dual_stack(host):
-        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        try:  # as asyncio's create_server sets it, but for IPV6_V6ONLY
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            sock.bind((host, port))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        site: web.BaseSite = web.SockSite(runner, sock)
-    else:
-        site = web.TCPSite(runner, host, port)
-    await site.start()
+    await listening_site(runner, host, port).start()
     bound_host, bound_port = runner.addresses[0][:2]
     # an IPv6 address goes in brackets, as a URL writes it (else its port reads as part of it)
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
@@ -369,46 +284,6 @@ async def _listen(runner: web.AppRunner, host: str, port: int, st: ApiState,
              url_host, bound_port, st.engine.stats()["kv_total"])
     if on_started is not None:
         on_started(bound_host, bound_port)
-
-
-def _dual_stack(host: str) -> bool:
-    """Whether `host` is the IPv6 wildcard (::), which listens for IPv4 clients too, on one
-    socket of both families, as vLLM's server socket for it does: asyncio's create_server
-    makes its IPv6 sockets IPv6-only, and `--host ::` refused every IPv4 client."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:  # a name, or an address with a zone
-        return False
-    return address.version == 6 and address.is_unspecified
-
-
-async def _check_bindable(host: str, port: int) -> None:
-    """Raise the OSError TCPSite would raise for an address of `host`:`port` that cannot be
-    bound (in use, not this machine's), as asyncio words it, or socket.gaierror naming a
-    host that does not resolve. Bound and closed at once, never listening: until the model
-    has loaded, connections are refused, not left waiting."""
-    loop = asyncio.get_running_loop()
-    try:
-        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-    except socket.gaierror as e:  # its own words name no host
-        raise socket.gaierror(e.errno, f"host {host!r} does not resolve: "
-                                       f"{(e.strerror or str(e)).lower()}") from None
-    for family, kind, proto, _, addr in set(infos):
-        try:
-            sock = socket.socket(family, kind, proto)
-        except OSError:  # a family this machine lacks: asyncio skips it too
-            continue
-        with sock:
-            # as asyncio's create_server sets them: only a live socket on it is a conflict
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, not _dual_stack(host))
-            try:
-                sock.bind(addr)
-            except OSError as e:
-                raise OSError(e.errno, f"error while attempting to bind on address {addr!r}: "
-                                       f"{(e.strerror or str(e)).lower()}") from None
 
 
 def run_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, *,

@@ -20,7 +20,7 @@ from aiollm.engine.chat_template import TemplateOptions, rendered_size
 from aiollm.engine.special_tokens import encode_kept, with_special_tokens
 from aiollm.engine.submission import (TOKENIZE_INLINE_CHARS, check_fewest_tokens,
                                       of_some_tokens, off_loop, prompt_bound)
-from aiollm.errors import naming_batch_item
+from aiollm.errors import naming_batch_item, shown_json
 
 if TYPE_CHECKING:
     from aiollm.engine import Engine
@@ -103,8 +103,8 @@ class ApiState:
         as_given = (self.served_model_name is None and e.config.served_model_name is None
                     and name == e.config.model)
         if name and name not in self.model_names and not as_given:
-            served = ", ".join(repr(n) for n in self.model_names)
-            raise ApiError(404, f"model {name!r:.100} does not exist; this server serves "
+            served = ", ".join(shown_json(n) for n in self.model_names)
+            raise ApiError(404, f"model {shown_json(name)} does not exist; this server serves "
                                 f"{served}", param="model", code="model_not_found")
 
     def check_choices(self, count: int, param: str) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from aiollm.errors import InvalidRequest, check_type, missing
+from aiollm.errors import InvalidRequest, check_type, missing, shown_json
 from aiollm.sampling_params import Constraint, GrammarSpec, is_int
 
 # OpenAI's form of response_format.json_schema.name (as of a function name)
@@ -108,7 +108,7 @@ def response_format(value: Any) -> GrammarSpec | None:
             raise missing(f"{p}.json_schema.name", f": {form}")
         if not isinstance(name, str) or not FORMAT_NAME.fullmatch(name):
             raise InvalidRequest(f"response_format.json_schema.name must be {form}, got "
-                                 f"{name!r:.100}", param=f"{p}.json_schema.name")
+                                 f"{shown_json(name)}", param=f"{p}.json_schema.name")
         for field, kinds in (("description", (str,)), ("strict", (bool,))):
             check_type(js.get(field), kinds, f"{p}.json_schema.{field}")
         if js.get("schema") is None:
@@ -122,7 +122,7 @@ def response_format(value: Any) -> GrammarSpec | None:
         # first (structures and triggers; engine/grammar_check.py reads it as the same)
         return GrammarSpec("structural_tag", _structural_tag(value, p), p)
     raise InvalidRequest(f'response_format.type must be "text", "json_object", '
-                         f'"json_schema" or "structural_tag", got {kind!r:.100}', param=f"{p}.type")
+                         f'"json_schema" or "structural_tag", got {shown_json(kind)}', param=f"{p}.type")
 
 
 # vLLM's options beside the grammar, with their types: its output here is already compact,
@@ -158,7 +158,7 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
     }
     unknown = [k for k in value if k not in makers and k not in _STRUCTURED_OPTIONS]
     if unknown:  # a misspelt grammar field would leave the output free
-        raise InvalidRequest(f"structured_outputs has no field {unknown[0]!r}; it takes one of "
+        raise InvalidRequest(f"structured_outputs has no field {shown_json(unknown[0])}; it takes one of "
                              f"{', '.join(makers)}", param=f"{p}.{unknown[0]}")
     for option, kinds in _STRUCTURED_OPTIONS.items():
         check_type(value.get(option), kinds, f"{p}.{option}")
@@ -243,14 +243,14 @@ def _checked_bias(value: dict) -> dict[int, float] | None:
         # int() would read " 1", "+1", "1_0" and non-ASCII digits as ids: a key is the id
         # written in decimal digits, nothing else
         if not isinstance(k, str) or not _TOKEN_ID.fullmatch(k):
-            raise InvalidRequest(f"logit_bias key {k!r:.100} is not a token id: keys are token ids "
+            raise InvalidRequest(f"logit_bias key {shown_json(k)} is not a token id: keys are token ids "
                                  f'written in decimal digits ("1234")', param="logit_bias")
         if len(k) > _MAX_ID_DIGITS:  # past any vocabulary (and past int()'s digit limit)
-            raise InvalidRequest(f"logit_bias key {k[:20]!r}... is past any vocabulary",
+            raise InvalidRequest(f"logit_bias key {shown_json(k[:20])}... is past any vocabulary",
                                  param="logit_bias")
         t = int(k)
         if t in keys:  # "1" and "01": which bias would hold?
-            raise InvalidRequest(f"logit_bias keys {keys[t]!r} and {k!r} both name token {t}",
+            raise InvalidRequest(f"logit_bias keys {shown_json(keys[t])} and {shown_json(k)} both name token {t}",
                                  param="logit_bias")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not -100 <= v <= 100:
             # shown as the client wrote it (true, null), not as Python would (True, None)

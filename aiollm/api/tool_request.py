@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from aiollm.engine.chat_tools import check_tools
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, shown_json
 
 
 def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
@@ -38,7 +38,7 @@ def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
     if name is not None:
         named = [t for t in tools if t["function"]["name"] == name]
         if not named:
-            raise InvalidRequest(f"tool_choice names {name!r:.100}, which is not among the tools",
+            raise InvalidRequest(f"tool_choice names {shown_json(name)}, which is not among the tools",
                                  param="tool_choice")
         return tools, "required", named
     raise InvalidRequest(_choice_forms(choice), param="tool_choice")
@@ -67,4 +67,5 @@ def _choice_text(tool_choice: Any) -> str:
     """A tool_choice that asks for a call as a message names it: "required", or the
     function it names."""
     name = _named_function(tool_choice)
-    return f"naming the function {name!r}" if name is not None else repr(tool_choice)
+    return (f"naming the function {shown_json(name)}" if name is not None
+            else shown_json(tool_choice))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 from aiollm.engine.content_format import (check_content_format, formed_messages,
                                           resolve_content_format)
 from aiollm.engine.submission import check_fewest_tokens, check_unicode
-from aiollm.errors import ChatTemplateError, InvalidRequest, check_type
+from aiollm.errors import ChatTemplateError, InvalidRequest, check_type, shown_json
 from aiollm.model.chat_template_source import check_template_source
 
 if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
@@ -102,7 +102,7 @@ class TemplateOptions:
         for name, value in self.kwargs.items():
             param = f"chat_template_kwargs.{name}"
             if name in _RESERVED or name in reserved:
-                raise InvalidRequest(f"{name!r} cannot be a template variable: the server "
+                raise InvalidRequest(f"{shown_json(name)} cannot be a template variable: the server "
                                      "sets it", param=param)
             if name in _TYPED:
                 check_type(value, (_TYPED[name],), param)

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiollm.engine.content_format import joined_text
 from aiollm.engine.grammar_check import check_schema
-from aiollm.errors import InvalidRequest, check_type
+from aiollm.errors import InvalidRequest, check_type, shown_json
 
 # OpenAI's rule for a function's name (it answers 400 otherwise): names go into the grammar's
 # tags and the chat template's text, and clients match calls back to tools by them
@@ -56,9 +56,9 @@ def check_tools(tools: Any) -> list[dict]:
         name = t["function"]["name"]
         if not TOOL_NAME.fullmatch(name):
             raise InvalidRequest(f"a function name must be 1 to 64 letters, digits, '_' or "
-                                 f"'-', got {name!r:.100}", param=f"tools[{i}].function.name")
+                                 f"'-', got {shown_json(name)}", param=f"tools[{i}].function.name")
         if name in seen:  # a call names its function: which schema would hold it?
-            raise InvalidRequest(f"tools[{seen[name]}] and tools[{i}] are both named {name!r}; "
+            raise InvalidRequest(f"tools[{seen[name]}] and tools[{i}] are both named {shown_json(name)}; "
                                  "function names must be unique",
                                  param=f"tools[{i}].function.name")
         seen[name] = i
@@ -72,7 +72,7 @@ def check_tools(tools: Any) -> list[dict]:
         if params and root != "object":  # as OpenAI refuses a string, an array
             raise InvalidRequest(f'parameters must be an object schema ({{"type": "object", '
                                  f'"properties": ...}}): a call\'s arguments are a JSON object, '
-                                 f'got type {root!r:.100}', param=f"tools[{i}].function.parameters")
+                                 f'got type {shown_json(root)}', param=f"tools[{i}].function.parameters")
         if params is not None:
             check_schema(params, f"tools[{i}].function.parameters")
     return tools
@@ -85,7 +85,7 @@ def _check_tool_shape(tool: Any, at: str) -> None:
     check_type(tool, (dict,), at, required=True)
     if tool.get("type") != "function":
         raise InvalidRequest(f'{shape}: {at}.type must be "function", got '
-                             f"{tool.get('type')!r:.100}", param=f"{at}.type")
+                             f"{shown_json(tool.get('type'))}", param=f"{at}.type")
     if not isinstance(tool.get("function"), dict):
         raise InvalidRequest(f"{shape}: {at}.function must be an object", param=f"{at}.function")
     if not isinstance(tool["function"].get("name"), str):

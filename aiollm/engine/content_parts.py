@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiollm.engine.submission import check_unicode
-from aiollm.errors import InvalidRequest, check_type, json_type, missing
+from aiollm.errors import InvalidRequest, check_type, json_type, missing, shown_json
 
 # the part types whose `text` field is the part's text: OpenAI's chat part, and the Responses
 # API's input and output parts, which vLLM takes in chat messages too
@@ -63,7 +63,7 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
                                               else "; and an assistant's refusal parts")
             hint = thinking_hint if kind == "thinking" else ""
             raise InvalidRequest(f"only text content parts ({served}) are supported, got type "
-                                 f"{kind!r:.100}{hint}", param=f"{where}.type")
+                                 f"{shown_json(kind)}{hint}", param=f"{where}.type")
         field = "refusal" if kind == "refusal" else "text"
         if field not in part:  # told as missing, as a body's own missing field is
             article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal

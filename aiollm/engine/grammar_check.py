@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from aiollm.errors import InvalidRequest
+from aiollm.errors import InvalidRequest, shown_json
 from aiollm.sampling_params import GrammarSpec, is_int
 
 # Measured on the default model's tokenizer: 200 nested levels compile in 1.5 s, 600 in 11 s
@@ -124,7 +124,7 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
                    f"move it into the schemas {combinator!r} names")
     ref = node.get("$ref")
     if isinstance(ref, str) and not (ref == "#" or ref.startswith("#/")):
-        refuse(f"the $ref {ref!r:.100}", "only references into the schema itself ('#', '#/...') "
+        refuse(f"the $ref {shown_json(ref)}", "only references into the schema itself ('#', '#/...') "
                "are resolved; inline the schema it names")
     required, props = node.get("required"), node.get("properties")
     # xgrammar writes only the properties `properties` names: another required one never
@@ -132,7 +132,7 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     missing = next((r for r in required if isinstance(r, str) and not (
         isinstance(props, dict) and r in props)), None) if isinstance(required, list) else None
     if missing is not None:
-        refuse(f"the required property {missing!r:.100}, which 'properties' does not name",
+        refuse(f"the required property {shown_json(missing)}, which 'properties' does not name",
                "add it to 'properties'")
     if node.get("uniqueItems") is True:
         refuse("'uniqueItems'")
@@ -168,8 +168,9 @@ def _check_shapes(node: dict, at: str, param: str) -> None:
     refused them itself, but its error was named after the whole grammar: for tools,
     param "tools" and no word of which tool or where."""
     def wrong(key: str, want: str) -> None:
+        # shown_json: json.dumps raised on the Engine API's bytes or huge integers
         raise InvalidRequest(f"{param}: {key!r} at {at or '/'} must be {want}, got "
-                             f"{json.dumps(node[key])[:40]}", param=param)
+                             f"{shown_json(node[key])}", param=param)
 
     for key in _SCHEMA_MAPS:
         if key in node and not isinstance(node[key], dict):
