@@ -427,11 +427,11 @@ LONG = "t" * 100_000
 @pytest.mark.parametrize("body, param, says", [
     ({"input": [{"content": "x"}]}, "input[0].role", "input[0].role is required"),
     ({"input": [{"role": LONG, "content": "x"}]}, "input[0].role", "input[0].role must be"),
-    ({"input": [{"type": LONG}]}, "input[0].type", "input[0].type 'ttt"),
-    ({"truncation": LONG}, "truncation", "truncation 'ttt"),
-    ({"tools": [{"type": LONG}]}, "tools[0].type", "tools[0].type 'ttt"),
+    ({"input": [{"type": LONG}]}, "input[0].type", 'input[0].type "ttt'),
+    ({"truncation": LONG}, "truncation", 'truncation "ttt'),
+    ({"tools": [{"type": LONG}]}, "tools[0].type", 'tools[0].type "ttt'),
     ({"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": LONG}},
-     "tool_choice", "tool_choice of type 'ttt"),
+     "tool_choice", 'tool_choice of type "ttt'),
 ])
 def test_a_bad_value_is_told_in_json_s_words_and_quoted_short(server, model, body, param, says):
     """A message item without a role is told so (it said "got None", Python's word for

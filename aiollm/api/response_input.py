@@ -93,7 +93,7 @@ def input_messages(value: str | list[Any], earlier: Sequence[dict] = ()) -> list
             else:
                 out.append(ChatMessage(role="assistant", reasoning_content=thought))
         else:
-            raise InvalidRequest(f'{at}.type {kind!r:.100} is not served: send "message", '
+            raise InvalidRequest(f'{at}.type {shown_json(kind)} is not served: send "message", '
                                  '"reasoning", "function_call" or "function_call_output" '
                                  "items", param=f"{at}.type")
     for m in out:  # a turn of reasoning alone: its answer was empty
