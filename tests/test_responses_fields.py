@@ -334,3 +334,40 @@ def test_history_arguments_of_any_depth_are_never_a_500(server):
             status, _, raw = http(server, "POST", path, json=body)
             assert status == 400, (depth, path, raw[:300])
     server.wait_idle()
+
+
+TOOL = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+
+
+@pytest.mark.parametrize("body, param, says", [
+    ({"input": [{"type": "bogus"}]}, "input[0].type",
+     'input[0].type "bogus" is not served: send "message", "reasoning", "function_call" or '
+     '"function_call_output" items'),
+    ({"tools": [{"type": None}]}, "tools[0].type",
+     "tools[0].type null is not served: the server runs no built-in tools; send tools of "
+     'type "function"'),
+    ({"tools": [{"type": "web_search"}]}, "tools[0].type",
+     'tools[0].type "web_search" is not served: the server runs no built-in tools; send '
+     'tools of type "function"'),
+    ({"tools": [{"name": "f"}]}, "tools[0].type", "tools[0].type is required"),
+    ({"tools": [5]}, "tools[0]", "tools[0]: expected an object, got an integer"),
+    ({"truncation": "auto"}, "truncation",
+     'truncation "auto" is not served: send "disabled" or leave it out (an input past the '
+     "context is a 400)"),
+    ({"tools": [TOOL], "tool_choice": {"type": "file_search"}}, "tool_choice",
+     'tool_choice of type "file_search" is not served: send "none", "auto", "required" or '
+     '{"type": "function", "name": ...}'),
+    ({"tools": [TOOL], "tool_choice": {"type": None}}, "tool_choice",
+     'tool_choice of type null is not served: send "none", "auto", "required" or '
+     '{"type": "function", "name": ...}'),
+])
+def test_a_refused_tool_or_setting_is_spelled_in_json(server, body, param, says):
+    """A Responses request's refused input item type, tool type, tool_choice type or
+    truncation quotes the value as JSON spells it, as its items' role and status do: it
+    was Python's repr ('bogus', and None for a null tool type); a tool that is no object
+    or has no type is told so, not as a type None."""
+    status, _, raw = http(server, "POST", "/v1/responses",
+                          json={"input": "hi", "max_output_tokens": 1, **body})
+    error = json.loads(raw)["error"]
+    assert status == 400 and error["param"] == param, error
+    assert error["message"] == says, error["message"]

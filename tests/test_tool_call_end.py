@@ -222,3 +222,25 @@ def test_a_stop_string_inside_a_calls_arguments_leaves_the_response_incomplete(t
     [call] = resp["output"]
     assert call["type"] == "function_call" and call["status"] == "incomplete", call
     assert call["name"] == "f" and call["arguments"].strip() == "{", call
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_stop_string_inside_a_calls_head_leaves_the_response_incomplete(tiny, stream):
+    """A client's stop string that matches inside a call's head ('"name"', before the name
+    is written) cuts the call before it is one: the reading drops it (no call, no markup
+    as content), so the Response has no call and an empty message, which it said was
+    "completed": an agent loop read it as the model's final answer, though the output
+    (tool_choice "required": calls only) ended inside a call. It is "incomplete", as for
+    a stop inside the arguments, whole and streamed alike."""
+    async def check(engine, client):
+        resp = await client.post("/v1/responses", json={
+            "input": "hi", "tools": [{"type": "function", **TOOL["function"]}],
+            "tool_choice": "required", "parallel_tool_calls": False, "stop": ['"name"'],
+            "max_output_tokens": MAX_TOKENS, "temperature": 0, "stream": stream})
+        assert resp.status == 200
+        return await resp.text()
+    resp = _serve(tiny, check)
+    resp = _sse(resp)[-1]["response"] if stream else json.loads(resp)
+    assert not [o for o in resp["output"] if o["type"] == "function_call"], resp
+    assert resp["status"] == "incomplete", resp
+    assert resp["incomplete_details"] == {"reason": None}, resp

@@ -9,6 +9,7 @@ conversation.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -68,6 +69,22 @@ class ChatPlan:
             return text, []
         return self.parser.calls(text, self.names, cut=cut, length=length,
                                  required=self.mode == "required", named=self.forced)
+
+    def stopped_in_call(self, text: str, finish_reason: str | None,
+                        calls: Sequence[ToolCall]) -> bool:
+        """Whether a stop (a stop string or stop token id: finish_reason "stop") ended the
+        output whose content is `text` (its reasoning split off), read into `calls`,
+        inside a call: the last call cut, or a call's opening or head cut before its name
+        was whole, which the reading drops as markup (cut_calls.py) so that no call tells
+        of it; the cut reading's content then lacks text that a plain reading keeps.
+        False where no parser runs."""
+        if finish_reason != "stop" or self.parser is None:
+            return False
+        if calls and not calls[-1].complete:
+            return True
+        kept, _ = self.calls(text, cut=True)
+        plain, _ = self.calls(text, cut=False)
+        return kept.rstrip() != plain.rstrip()
 
     def stream_calls(self) -> StreamingToolParser | None:
         """A fresh streaming tool parser for one choice, None where no parser runs."""

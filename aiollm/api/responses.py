@@ -86,7 +86,8 @@ async def _create(request: web.Request, req: ResponsesRequest) -> web.StreamResp
         cut_inside = splitter.in_reasoning
     content, calls = plan.calls(text, cut=may_cut_a_call(out.finish_reason),
                                 length=out.finish_reason == "length")
-    status, incomplete = status_of(out.finish_reason, calls)
+    status, incomplete = status_of(out.finish_reason,
+                                   plan.stopped_in_call(text, out.finish_reason, calls))
     # a stream sends the text before the calls as it comes: what one fed it all sends
     before = plan.stream_calls().feed(text) if calls else content
     output = answer_items(thought, content, calls, before, status,
@@ -102,6 +103,7 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
     events = ResponseEvents(head)
     splitter, calls = plan.splitter(), plan.stream_calls()
     thought_tokens = None if splitter is None else reasoning.ReasoningTokens(splitter)
+    said: list[str] = []  # the content's deltas, read again at the end (stopped_in_call)
 
     def render(item: tuple) -> bytes:
         out = _render(item)
@@ -119,10 +121,13 @@ async def _stream(request: web.Request, req: ResponsesRequest, plan: ChatPlan,
                 r, c = splitter.finish()
                 thought, text = thought + r, text + c
             thought_tokens.add(d.token_texts)
+        if calls is not None:
+            said.append(text)
         out += events.output_delta(thought, text, calls, finish)
         if finish is None:
             return out
-        status, incomplete = status_of(finish, calls.calls if calls is not None else ())
+        status, incomplete = status_of(finish, calls is not None and plan.stopped_in_call(
+            "".join(said), finish, calls.calls))
         usage = usage_of(len(plan.ids), d.completion_tokens, d.cached_tokens,
                          thought_tokens.count if thought_tokens else 0)
         cut_inside = splitter is not None and splitter.in_reasoning

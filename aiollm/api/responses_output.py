@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from aiollm.api.responses_request import ResponsesRequest
@@ -21,18 +20,19 @@ def item_id(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex}"
 
 
-def status_of(finish_reason: str | None, calls: Sequence[ToolCall] = ()
+def status_of(finish_reason: str | None, in_call: bool = False
               ) -> tuple[str, dict | None]:
-    """(status, incomplete_details) of a response whose output ended with `finish_reason`
-    and holds `calls`: the length limit (max_output_tokens, or the context's end) leaves it
-    incomplete; so does a stop (a stop string, a stop token id) that fell inside the last
-    call, whose item then says "incomplete" too: a Response "completed" around a call whose
-    arguments are cut reads as one to run. OpenAI's reasons name no stop string (its API has
-    none): the reason is null there, as chat's finish_reason stays "stop" (not
-    "tool_calls") for such a call."""
+    """(status, incomplete_details) of a response whose output ended with `finish_reason`:
+    the length limit (max_output_tokens, or the context's end) leaves it incomplete; so does
+    a stop (a stop string, a stop token id) that fell inside a call (`in_call`:
+    ChatPlan.stopped_in_call), whose item then says "incomplete" too, or which was cut
+    before its name and is no item: a Response "completed" around a call whose arguments
+    are cut reads as one to run, and one without the call it was writing as the model's
+    final answer. OpenAI's reasons name no stop string (its API has none): the reason is
+    null there, as chat's finish_reason stays "stop" (not "tool_calls") for such a call."""
     if finish_reason == "length":
         return "incomplete", {"reason": "max_output_tokens"}
-    if calls and not calls[-1].complete:
+    if in_call:
         return "incomplete", {"reason": None}
     return "completed", None
 

@@ -21,7 +21,7 @@ from msgspec import Struct
 from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage
 from aiollm.api.protocol import Stop, TopK
 from aiollm.api.response_input import input_messages
-from aiollm.errors import InvalidRequest, shown_json
+from aiollm.errors import InvalidRequest, check_type, missing, shown_json
 
 _STORED = "this server keeps no background responses, conversations or prompts"
 
@@ -141,10 +141,13 @@ def chat_tools(tools: list | None) -> list | None:
         return None
     out = []
     for i, tool in enumerate(tools):
-        kind = tool.get("type") if isinstance(tool, dict) else None
+        check_type(tool, (dict,), f"tools[{i}]", required=True)
+        if "type" not in tool:
+            raise missing(f"tools[{i}].type")
+        kind = tool["type"]
         if kind != "function":
-            raise InvalidRequest(f'tools[{i}].type {shown_json(kind)} is not served: the server runs '
-                                 'no built-in tools; send tools of type "function"',
+            raise InvalidRequest(f"tools[{i}].type {shown_json(kind)} is not served: the server "
+                                 'runs no built-in tools; send tools of type "function"',
                                  param=f"tools[{i}].type")
         out.append({"type": "function", "function": {
             k: v for k, v in tool.items() if k != "type" and v is not None}})
@@ -159,9 +162,9 @@ def chat_tool_choice(choice: Any) -> Any:
                                  "of the tools", param="tool_choice.name")
         return {"type": "function", "function": {"name": choice["name"]}}
     if isinstance(choice, dict):
-        raise InvalidRequest(f"tool_choice of type {shown_json(choice.get('type'))} is not served: "
-                             'send "none", "auto", "required" or {"type": "function", '
-                             '"name": ...}', param="tool_choice")
+        raise InvalidRequest(f"tool_choice of type {shown_json(choice.get('type'))} is not "
+                             'served: send "none", "auto", "required" or {"type": '
+                             '"function", "name": ...}', param="tool_choice")
     return choice
 
 
