@@ -15,6 +15,7 @@ from functools import partial
 
 from aiollm.api import reasoning, tool_parsers, tool_request
 from aiollm.api.chat_request import ChatCompletionRequest
+from aiollm.api.cut_calls import next_head_cut
 from aiollm.api.http_errors import ApiError
 from aiollm.api.metadata import check_metadata
 from aiollm.api.state import ApiState
@@ -76,7 +77,8 @@ class ChatPlan:
         output whose content is `text` (its reasoning split off), read into `calls`,
         inside a call: the last call cut, or a call's opening or head cut before its name
         was whole, which the reading drops as markup (cut_calls.py) so that no call tells
-        of it; the cut reading's content then lacks text that a plain reading keeps.
+        of it; the cut reading's content then lacks text that a plain reading keeps, or
+        both drop a next call's cut head (Mistral's array: cut_calls.next_head_cut).
         False where no parser runs."""
         if finish_reason != "stop" or self.parser is None:
             return False
@@ -84,7 +86,13 @@ class ChatPlan:
             return True
         kept, _ = self.calls(text, cut=True)
         plain, _ = self.calls(text, cut=False)
-        return kept.rstrip() != plain.rstrip()
+        if kept.rstrip() != plain.rstrip():
+            return True
+        # a next call's head cut that both readings drop (Mistral's array), the cut
+        # reading's content not keeping it as the model's text
+        head = next_head_cut(text, marker=self.parser.start, heads=self.parser.heads,
+                             joints=self.parser.joints, names=self.names)
+        return bool(head) and not kept.rstrip().endswith(head.rstrip())
 
     def stream_calls(self) -> StreamingToolParser | None:
         """A fresh streaming tool parser for one choice, None where no parser runs."""

@@ -64,6 +64,25 @@ def cut_calls(content: str, *, marker: str, heads: Heads, joints: Joints,
     return before, [(c.name, c.arguments, c.id) for c in calls], bool(calls) and not calls[-1].complete
 
 
+def next_head_cut(text: str, *, marker: str, heads: Heads, joints: Joints,
+                  names: Collection[str]) -> str:
+    """The text after the last whole call that `text` writes from its first `marker` on
+    (call_text.written_calls), where that text is a joint (`joints.between`) and then the
+    start of a next call's head cut before its name was whole (`heads`, one of `names`):
+    the output ended while that call was being written; "" where it is not. Mistral's array
+    (`, {"na`) shows it here only: its plain reading drops that element as the cut one
+    does, so that no content tells of it (ChatPlan.stopped_in_call)."""
+    at = text.find(marker)
+    if at < 0:
+        return ""
+    calls, end = written_calls(text, at, names, heads, joints)
+    if not calls or not calls[-1].complete:
+        return ""
+    joint = joints.between.match(text, end)
+    rest = text[joint.end():] if joint is not None else ""
+    return text[end:] if rest and any(heads.begins(rest, n) for n in names) else ""
+
+
 def may_cut_a_call(finish_reason: str) -> bool:
     """Whether an output that ended with `finish_reason` may have ended inside a tool call,
     whose calls are then read with cut_calls: max_tokens ("length"), a stop string or a stop
