@@ -147,15 +147,9 @@ def _sse(raw: str) -> list[dict]:
             if line.startswith("data: ") and line != "data: [DONE]"]
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_stop_string_at_the_calls_end_tag_leaves_the_call_complete(tiny, stream):
-    """A client's stop string "</tool_call>" (the server drops it from the text) ends a
-    Hermes call whose arguments and JSON are whole, its end tag not written: the call is
-    complete, as vLLM's Hermes parser reads a last call without its end tag. Chat says
-    "tool_calls"; /v1/responses a completed call in a completed Response. Only max_tokens
-    leaves a call whose markup is open incomplete; a stop is where the output chose to end."""
-    stop = ["</tool_call>"]
-
+def _both_endpoints(tiny: str, stop: list[str], stream: bool) -> tuple[str, str]:
+    """The raw bodies of one chat completion and one Response, each asked for TOOL's one
+    call (tool_choice "required") with the client's `stop`, streamed or not."""
     async def check(engine, client):
         chat = await client.post("/v1/chat/completions", json=_body(
             tools=[TOOL], tool_choice="required", parallel_tool_calls=False, stop=stop,
@@ -166,7 +160,17 @@ def test_a_stop_string_at_the_calls_end_tag_leaves_the_call_complete(tiny, strea
             "max_output_tokens": MAX_TOKENS, "temperature": 0, "stream": stream})
         assert chat.status == resp.status == 200
         return await chat.text(), await resp.text()
-    chat, resp = _serve(tiny, check)
+    return _serve(tiny, check)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_stop_string_at_the_calls_end_tag_leaves_the_call_complete(tiny, stream):
+    """A client's stop string "</tool_call>" (the server drops it from the text) ends a
+    Hermes call whose arguments and JSON are whole, its end tag not written: the call is
+    complete, as vLLM's Hermes parser reads a last call without its end tag. Chat says
+    "tool_calls"; /v1/responses a completed call in a completed Response. Only max_tokens
+    leaves a call whose markup is open incomplete; a stop is where the output chose to end."""
+    chat, resp = _both_endpoints(tiny, ["</tool_call>"], stream)
     if stream:
         chunks = _sse(chat)
         finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1]
@@ -190,19 +194,7 @@ def test_a_stop_string_inside_a_calls_arguments_leaves_the_response_incomplete(t
     "incomplete", and the Response too (it was "completed" around a call whose arguments
     are no JSON, which an agent loop would run), with no reason OpenAI's list names (a stop
     string is none of max_output_tokens or content_filter)."""
-    stop = ['"a"']
-
-    async def check(engine, client):
-        chat = await client.post("/v1/chat/completions", json=_body(
-            tools=[TOOL], tool_choice="required", parallel_tool_calls=False, stop=stop,
-            stream=stream))
-        resp = await client.post("/v1/responses", json={
-            "input": "hi", "tools": [{"type": "function", **TOOL["function"]}],
-            "tool_choice": "required", "parallel_tool_calls": False, "stop": stop,
-            "max_output_tokens": MAX_TOKENS, "temperature": 0, "stream": stream})
-        assert chat.status == resp.status == 200
-        return await chat.text(), await resp.text()
-    chat, resp = _serve(tiny, check)
+    chat, resp = _both_endpoints(tiny, ['"a"'], stream)
     if stream:
         chunks = [c for c in _sse(chat) if c["choices"]]
         finish = chunks[-1]["choices"][0]["finish_reason"]
