@@ -127,7 +127,8 @@ def _spelled(value: Any, room: int) -> str:
         text = json.dumps(value[:room], ensure_ascii=False)  # escapes controls and quotes
         if text.isprintable():
             return text
-        return "".join(c if c.isprintable() else _escape(c) for c in text)
+        # json.dumps' ASCII form escapes the one character (a pair of escapes past U+FFFF)
+        return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
     if value is None or isinstance(value, bool):
         return "null" if value is None else "true" if value else "false"
     if isinstance(value, int):
@@ -147,15 +148,6 @@ def _spelled(value: Any, room: int) -> str:
             text += _spelled(item, max(room - len(text), 0))
         return text + ("}" if isinstance(value, dict) else "]")
     return repr(value)[:room + 1]  # a finite float as JSON spells it; NaN, bytes: Python's
-
-
-def _escape(char: str) -> str:
-    """JSON's escape of one character: \\uXXXX, a pair of them past U+FFFF."""
-    code = ord(char)
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    code -= 0x10000
-    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
 
 
 def shown(value: Any) -> str:
