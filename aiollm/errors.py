@@ -44,6 +44,13 @@ def missing(param: str, more: str = "") -> InvalidRequest:
                           code=MISSING_REQUIRED_PARAMETER)
 
 
+def too_deep(param: str) -> InvalidRequest:
+    """The error of the field `param` (a call's arguments, a conversation) nested too
+    deeply for the decoder, json.dumps or a template's walk to go through: their
+    RecursionError, told as the client's input."""
+    return InvalidRequest(f"{param} is nested too deeply to render", param=param)
+
+
 class ContextExceeded(InvalidRequest):
     """A prompt that, with the output asked of it, does not fit the model's context (code
     CONTEXT_LENGTH_EXCEEDED). Its message names the prompt as the Engine API takes it ("the

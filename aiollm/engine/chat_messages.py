@@ -24,7 +24,7 @@ from typing import Any
 import msgspec
 
 from aiollm.engine.content_parts import text_parts
-from aiollm.errors import InvalidRequest, missing, shown_json
+from aiollm.errors import InvalidRequest, missing, shown_json, too_deep
 
 CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 _STRINGS = ("name", "tool_call_id", "reasoning_content", "reasoning")
@@ -147,7 +147,7 @@ def _decoded_arguments(text: str, param: str) -> Any:
     except msgspec.DecodeError:
         return text
     except RecursionError:
-        raise _too_deep(param) from None
+        raise too_deep(param) from None
 
 
 def check_call_arguments(text: str, param: str) -> None:
@@ -161,9 +161,5 @@ def check_call_arguments(text: str, param: str) -> None:
     except msgspec.DecodeError:
         return  # no JSON: the template renders the string itself
     except RecursionError:
-        raise _too_deep(param) from None
+        raise too_deep(param) from None
 
-
-def _too_deep(param: str) -> InvalidRequest:
-    """The error of a call's arguments `param` nested too deeply to decode."""
-    return InvalidRequest(f"{param} is nested too deeply to render", param=param)

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 from aiollm.engine.content_format import (check_content_format, formed_messages,
                                           resolve_content_format)
 from aiollm.engine.submission import check_fewest_tokens, check_unicode
-from aiollm.errors import ChatTemplateError, InvalidRequest, check_type, shown_json
+from aiollm.errors import (ChatTemplateError, InvalidRequest, check_type, shown_json,
+                           too_deep)
 from aiollm.model.chat_template_source import check_template_source
 
 if TYPE_CHECKING:  # the interface; the engine's may be a ServingTokenizer
@@ -250,7 +251,7 @@ def _checked_top(value: Any, name: str, pattern: re.Pattern | None, hide) -> Any
     try:
         return _checked(value, name, pattern, hide)
     except RecursionError:
-        raise InvalidRequest(f"{name} is nested too deeply to render", param=name) from None
+        raise too_deep(name) from None
 
 
 def _checked(value: Any, path: str, pattern: re.Pattern | None, hide) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiollm.engine.content_format import joined_text
 from aiollm.engine.grammar_check import check_schema
-from aiollm.errors import InvalidRequest, check_type, shown_json
+from aiollm.errors import InvalidRequest, check_type, shown_json, too_deep
 
 # OpenAI's rule for a function's name (it answers 400 otherwise): names go into the grammar's
 # tags and the chat template's text, and clients match calls back to tools by them
@@ -138,8 +138,7 @@ def _call_text(call: dict, at: str) -> str:
     try:
         text = json.dumps({"name": fn.get("name"), "arguments": fn.get("arguments")})
     except RecursionError:
-        field = f"{at}.function.arguments"
-        raise InvalidRequest(f"{field} is nested too deeply to render", param=field) from None
+        raise too_deep(f"{at}.function.arguments") from None
     return f"<tool_call>\n{text}\n</tool_call>"
 
 
