@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -81,14 +82,8 @@ def plain_and_typed(body: bytes, type_: type[T]) -> tuple[Any, T]:
     in both). Raises msgspec's errors, which may not be strict()'s (a path not named, the
     later of two errors): a caller that reports one decodes with strict() for it."""
     value = _ANY.decode(body)
-    for _ in range(_MAX_PASSES):
-        try:
-            return value, msgspec.convert(value, type_, strict=True)
-        except msgspec.ValidationError as exc:
-            path = _float_for_int(exc)
-            if path is None or not _make_whole(value, path):
-                raise
-    return value, msgspec.convert(value, type_, strict=True)
+    typed = _whole_floats_taken(value, lambda v: msgspec.convert(v, type_, strict=True))
+    return value, typed if typed is not None else msgspec.convert(value, type_, strict=True)
 
 
 # the body as plain JSON (_number)
@@ -110,14 +105,10 @@ def decode(body: bytes, type_: type[T]) -> T:
             raise
     # a body whose JSON breaks after the float raises DecodeError here, as bad JSON
     value = _PLAIN.decode(body)
-    for _ in range(_MAX_PASSES):
-        try:
-            return strict(msgspec.json.encode(value), type_)
-        except msgspec.ValidationError as exc:
-            path = _float_for_int(exc)
-            if path is None or not _make_whole(value, path):
-                raise
-    raise first
+    typed = _whole_floats_taken(value, lambda v: strict(msgspec.json.encode(v), type_))
+    if typed is None:
+        raise first
+    return typed
 
 
 def decode_kept(body: bytes, type_: type[T]) -> T:
@@ -132,6 +123,21 @@ def decode_kept(body: bytes, type_: type[T]) -> T:
     except (msgspec.DecodeError, RecursionError):
         kept = body
     return decode(kept, type_)
+
+
+def _whole_floats_taken(value: Any, typed: Callable[[Any], T]) -> T | None:
+    """typed(value) (the plain JSON `value` made the body's Struct), retried after each
+    whole float it refuses where an integer is expected is made one in `value`
+    (_make_whole), at most _MAX_PASSES times: None where those run out. Raises typed's
+    error for any other refusal."""
+    for _ in range(_MAX_PASSES):
+        try:
+            return typed(value)
+        except msgspec.ValidationError as exc:
+            path = _float_for_int(exc)
+            if path is None or not _make_whole(value, path):
+                raise
+    return None
 
 
 def _float_for_int(exc: msgspec.ValidationError) -> list[str | int] | None:
