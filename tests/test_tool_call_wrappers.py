@@ -375,6 +375,21 @@ def test_python_tag_inside_a_wrapper_leaves_no_wrapper(text, content, calls):
         assert (got, _shape(found)) == (content, calls), (text, cut)
 
 
+def _check_cut_tag(lead: str, content: str, after: str, rng: random.Random,
+                   hermes_lead: str | None = None) -> None:
+    """Llama 3 output `lead` + <|python_tag|> + `after`, cut there (tool_choice auto and
+    required), leaves `content` and the call `lead` holds (A) if any; Hermes, its marker
+    after `hermes_lead` (default `lead`, its A spelt as a Hermes call), leaves `content`."""
+    for required in (False, True):
+        got, found = _check(LLAMA3, lead + TAG + after, rng, cut=True, required=required)
+        want = WANT[:1] if lead.startswith(A) else []
+        assert (got, _shape(found)) == (content, want), (lead, after, required)
+    hermes = HermesParser()
+    marker_lead = (lead if hermes_lead is None else hermes_lead).replace(A, CALL["hermes"] % P)
+    got, _ = _check(hermes, marker_lead + hermes.start + after, rng, cut=True)
+    assert got == content, (marker_lead, after)
+
+
 @pytest.mark.parametrize("lead,content", [("Hi\n```json\n", "Hi"), ("Hi\n   ```\n", "Hi"),
                                           ("Hi\n[", "Hi"), (A + "\n```json\n", "")])
 @pytest.mark.parametrize("after", ["", "\n", " ", '{"na', '{"name": '])
@@ -382,15 +397,7 @@ def test_python_tag_cut_in_a_wrapper_leaves_no_wrapper(lead, content, after):
     """max_tokens or a stop right after <|python_tag|> (or in the head after it) inside a
     wrapper: the tag opens calls, so the wrapper before it is markup too, as Hermes' is
     before a <tool_call> cut there (Llama 3 left '```json' as content)."""
-    rng = random.Random(21)
-    for required in (False, True):
-        got, found = _check(LLAMA3, lead + TAG + after, rng, cut=True, required=required)
-        want = WANT[:1] if lead.startswith(A) else []
-        assert (got, _shape(found)) == (content, want), (lead, after, required)
-    hermes = HermesParser()
-    marker_lead = lead.replace(A, CALL["hermes"] % P).replace("[", "")
-    got, _ = _check(hermes, marker_lead + hermes.start + after, rng, cut=True)
-    assert got == content, (marker_lead, after)
+    _check_cut_tag(lead, content, after, random.Random(21), hermes_lead=lead.replace("[", ""))
 
 
 @pytest.mark.parametrize("lead,content", [("Hi\n```", "Hi\n```"), ("```", "```"),
@@ -408,12 +415,4 @@ def test_backticks_right_before_a_cut_python_tag_open_no_wrapper(lead, content, 
     as Hermes' are before a <tool_call> cut there), as a stream sends them. The whole
     answer dropped them (any fence-like end of the text before the tag) as a wrapper's
     opening while a stream had sent them as content."""
-    rng = random.Random(22)
-    for required in (False, True):
-        got, found = _check(LLAMA3, lead + TAG + after, rng, cut=True, required=required)
-        want = WANT[:1] if lead.startswith(A) else []
-        assert (got, _shape(found)) == (content, want), (lead, after, required)
-    hermes = HermesParser()
-    marker_lead = lead.replace(A, CALL["hermes"] % P)
-    got, _ = _check(hermes, marker_lead + hermes.start + after, rng, cut=True)
-    assert got == content, (marker_lead, after)
+    _check_cut_tag(lead, content, after, random.Random(22))
