@@ -61,7 +61,8 @@ def cut_calls(content: str, *, marker: str, heads: Heads, joints: Joints,
             calls and _head_goes_on(region, end, calls[-1], heads)):
         # the marker goes on as no call's head does: the model's text, not markup
         return (_without_cut_marker(content, marker) if only_calls else content), [], False
-    return before, [(c.name, c.arguments, c.id) for c in calls], bool(calls) and not calls[-1].complete
+    cut = bool(calls) and not calls[-1].complete
+    return before, [(c.name, c.arguments, c.id) for c in calls], cut
 
 
 def next_head_cut(text: str, *, marker: str, heads: Heads, joints: Joints,

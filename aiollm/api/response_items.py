@@ -87,7 +87,8 @@ def items_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
     an id no item has."""
     order = query.get("order", "desc")
     if order not in ("asc", "desc"):
-        raise InvalidRequest(f'order must be "asc" or "desc", got {shown_json(order)}', param="order")
+        raise InvalidRequest(f'order must be "asc" or "desc", got {shown_json(order)}',
+                             param="order")
     limit = _limit(query.get("limit"))
     ordered = list(items) if order == "asc" else list(reversed(items))
     ids = [item["id"] for item in ordered]
@@ -97,8 +98,8 @@ def items_page(items: Sequence[dict], query: Mapping[str, str]) -> dict:
         if cursor is None:
             continue
         if cursor not in ids:
-            raise InvalidRequest(f"{name} {shown_json(cursor)} is the id of none of this response's "
-                                 "input items", param=name)
+            raise InvalidRequest(f"{name} {shown_json(cursor)} is the id of none of this "
+                                 "response's input items", param=name)
         if name == "after":
             start = ids.index(cursor) + 1
         else:
@@ -119,6 +120,6 @@ def _limit(value: str | None) -> int:
     except ValueError:
         limit = None
     if limit is None or not 1 <= limit <= MAX_PAGE:
-        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE}, got {shown_json(value)}",
-                             param="limit")
+        raise InvalidRequest(f"limit must be an integer from 1 to {MAX_PAGE}, got "
+                             f"{shown_json(value)}", param="limit")
     return limit

@@ -122,7 +122,8 @@ def response_format(value: Any) -> GrammarSpec | None:
         # first (structures and triggers; engine/grammar_check.py reads it as the same)
         return GrammarSpec("structural_tag", _structural_tag(value, p), p)
     raise InvalidRequest(f'response_format.type must be "text", "json_object", '
-                         f'"json_schema" or "structural_tag", got {shown_json(kind)}', param=f"{p}.type")
+                         f'"json_schema" or "structural_tag", got {shown_json(kind)}',
+                         param=f"{p}.type")
 
 
 # vLLM's options beside the grammar, with their types: its output here is already compact,
@@ -158,8 +159,8 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
     }
     unknown = [k for k in value if k not in makers and k not in _STRUCTURED_OPTIONS]
     if unknown:  # a misspelt grammar field would leave the output free
-        raise InvalidRequest(f"structured_outputs has no field {shown_json(unknown[0])}; it takes one of "
-                             f"{', '.join(makers)}", param=f"{p}.{unknown[0]}")
+        raise InvalidRequest(f"structured_outputs has no field {shown_json(unknown[0])}; it "
+                             f"takes one of {', '.join(makers)}", param=f"{p}.{unknown[0]}")
     for option, kinds in _STRUCTURED_OPTIONS.items():
         check_type(value.get(option), kinds, f"{p}.{option}")
     if value.get("whitespace_pattern") is not None:
@@ -243,15 +244,16 @@ def _checked_bias(value: dict) -> dict[int, float] | None:
         # int() would read " 1", "+1", "1_0" and non-ASCII digits as ids: a key is the id
         # written in decimal digits, nothing else
         if not isinstance(k, str) or not _TOKEN_ID.fullmatch(k):
-            raise InvalidRequest(f"logit_bias key {shown_json(k)} is not a token id: keys are token ids "
-                                 f'written in decimal digits ("1234")', param="logit_bias")
+            raise InvalidRequest(f"logit_bias key {shown_json(k)} is not a token id: keys are "
+                                 'token ids written in decimal digits ("1234")',
+                                 param="logit_bias")
         if len(k) > _MAX_ID_DIGITS:  # past any vocabulary (and past int()'s digit limit)
             raise InvalidRequest(f"logit_bias key {shown_json(k[:20])}... is past any vocabulary",
                                  param="logit_bias")
         t = int(k)
         if t in keys:  # "1" and "01": which bias would hold?
-            raise InvalidRequest(f"logit_bias keys {shown_json(keys[t])} and {shown_json(k)} both name token {t}",
-                                 param="logit_bias")
+            raise InvalidRequest(f"logit_bias keys {shown_json(keys[t])} and {shown_json(k)} "
+                                 f"both name token {t}", param="logit_bias")
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not -100 <= v <= 100:
             # shown as the client wrote it (true, null), not as Python would (True, None)
             shown = json.dumps(v)

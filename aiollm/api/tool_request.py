@@ -38,8 +38,8 @@ def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
     if name is not None:
         named = [t for t in tools if t["function"]["name"] == name]
         if not named:
-            raise InvalidRequest(f"tool_choice names {shown_json(name)}, which is not among the tools",
-                                 param="tool_choice")
+            raise InvalidRequest(f"tool_choice names {shown_json(name)}, which is not among "
+                                 "the tools", param="tool_choice")
         return tools, "required", named
     raise InvalidRequest(_choice_forms(choice), param="tool_choice")
 

@@ -82,7 +82,8 @@ def checked_message(m: Any, at: str) -> dict[str, Any]:
                                  param=f"{at}.tool_calls[{j}].id")
         if call.get("type", "function") != "function":
             raise InvalidRequest(f'{at}.tool_calls[{j}].type must be "function", got '
-                                 f"{shown_json(call.get('type'))}", param=f"{at}.tool_calls[{j}].type")
+                                 f"{shown_json(call.get('type'))}",
+                                 param=f"{at}.tool_calls[{j}].type")
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise InvalidRequest(f'{at}.tool_calls[{j}].function must be an object with '
                                  'a "name"', param=f"{at}.tool_calls[{j}].function")

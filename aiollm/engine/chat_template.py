@@ -103,8 +103,8 @@ class TemplateOptions:
         for name, value in self.kwargs.items():
             param = f"chat_template_kwargs.{name}"
             if name in _RESERVED or name in reserved:
-                raise InvalidRequest(f"{shown_json(name)} cannot be a template variable: the server "
-                                     "sets it", param=param)
+                raise InvalidRequest(f"{shown_json(name)} cannot be a template variable: the "
+                                     "server sets it", param=param)
             if name in _TYPED:
                 check_type(value, (_TYPED[name],), param)
             if value is not None and not isinstance(value, (bool, int, float, str)):

@@ -58,8 +58,8 @@ def check_tools(tools: Any) -> list[dict]:
             raise InvalidRequest(f"a function name must be 1 to 64 letters, digits, '_' or "
                                  f"'-', got {shown_json(name)}", param=f"tools[{i}].function.name")
         if name in seen:  # a call names its function: which schema would hold it?
-            raise InvalidRequest(f"tools[{seen[name]}] and tools[{i}] are both named {shown_json(name)}; "
-                                 "function names must be unique",
+            raise InvalidRequest(f"tools[{seen[name]}] and tools[{i}] are both named "
+                                 f"{shown_json(name)}; function names must be unique",
                                  param=f"tools[{i}].function.name")
         seen[name] = i
         for field, kinds in (("description", (str,)), ("strict", (bool,))):
@@ -72,7 +72,8 @@ def check_tools(tools: Any) -> list[dict]:
         if params and root != "object":  # as OpenAI refuses a string, an array
             raise InvalidRequest(f'parameters must be an object schema ({{"type": "object", '
                                  f'"properties": ...}}): a call\'s arguments are a JSON object, '
-                                 f'got type {shown_json(root)}', param=f"tools[{i}].function.parameters")
+                                 f'got type {shown_json(root)}',
+                                 param=f"tools[{i}].function.parameters")
         if params is not None:
             check_schema(params, f"tools[{i}].function.parameters")
     return tools

@@ -124,8 +124,8 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
                    f"move it into the schemas {combinator!r} names")
     ref = node.get("$ref")
     if isinstance(ref, str) and not (ref == "#" or ref.startswith("#/")):
-        refuse(f"the $ref {shown_json(ref)}", "only references into the schema itself ('#', '#/...') "
-               "are resolved; inline the schema it names")
+        refuse(f"the $ref {shown_json(ref)}", "only references into the schema itself ('#', "
+               "'#/...') are resolved; inline the schema it names")
     required, props = node.get("required"), node.get("properties")
     # xgrammar writes only the properties `properties` names: another required one never
     # appears, whatever additionalProperties or patternProperties allow
