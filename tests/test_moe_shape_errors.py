@@ -217,6 +217,31 @@ def test_a_qwen3_moe_gguf_with_shared_expert_tensors_is_refused(tmp_path):
         load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
 
 
+def test_a_gguf_whose_shared_expert_width_disagrees_with_its_tensors_names_the_key(
+        tmp_path, monkeypatch):
+    """A qwen2moe file whose expert_shared_feed_forward_length (40) is not its *_shexp
+    tensors' width (48): llama.cpp refuses the file by the tensor's shape. It was refused
+    by the tensor alone, the key that sized the model unnamed, as the routed experts' width
+    is named (expert_feed_forward_length)."""
+    import test_moe_model
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    plain = test_moe_model.gguf_writer
+
+    def with_shared_width(c, path, arch):
+        w = plain(c, path, arch)
+        w.add_expert_shared_feed_forward_length(40)
+        return w
+
+    monkeypatch.setattr(test_moe_model, "gguf_writer", with_shared_width)
+    hf = save_moe_model("qwen2_moe", tmp_path / "hf", tokenizer=False)
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    with pytest.raises(ValueError, match=re.escape(
+            "GGUF metadata qwen2moe.expert_shared_feed_forward_length = 40 disagrees with "
+            "tensor blk.0.ffn_gate_shexp.weight, whose shared expert is 48 wide")):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+
+
 def test_an_expert_count_in_a_dense_architecture_gguf_is_ignored_as_llama_cpp_does(
         tmp_path, monkeypatch):
     """llama.cpp's qwen2 and qwen3 graphs are dense: they read no experts whatever the

@@ -248,14 +248,18 @@ def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
     wrote expert_shared_feed_forward_length (Qwen1.5-MoE's of spring 2024) lack the key,
     and llama.cpp sizes their shared expert by other means: here, by its tensor. Only
     qwen2moe has one (llama.cpp's qwen3moe and Mixtral read no *_shexp tensor): another
-    architecture's shared-expert tensors are refused by the weight loader."""
+    architecture's shared-expert tensors are refused by the weight loader. Raises
+    ValueError naming the key when it disagrees with the tensor (as _expert_width)."""
     if p != "qwen2moe.":
         return 0
-    width = int(_field(reader, p + "expert_shared_feed_forward_length", 0) or 0)
-    if width:
-        return width
+    key = int(_field(reader, p + "expert_shared_feed_forward_length", 0) or 0)
     gate = next((t for n, t in tensors.items() if n.endswith(".ffn_gate_shexp.weight")), None)
-    return int(gate.shape[1]) if gate is not None else 0  # ggml order: [hidden, width]
+    width = int(gate.shape[1]) if gate is not None else 0  # ggml order: [hidden, width]
+    if key and width and key != width:
+        raise ValueError(f"GGUF metadata {p}expert_shared_feed_forward_length = {key} "
+                         f"disagrees with tensor {gate.name}, whose shared expert is {width} "
+                         "wide")
+    return key or width
 
 
 def _hf_name(gguf_name: str) -> str:
