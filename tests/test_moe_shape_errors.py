@@ -242,6 +242,27 @@ def test_a_gguf_whose_shared_expert_width_disagrees_with_its_tensors_names_the_k
         load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
 
 
+@pytest.mark.parametrize("family, arch", [("qwen3_moe", "qwen3moe"), ("mixtral", "llama")])
+def test_a_gguf_whose_expert_count_disagrees_with_its_router_names_the_key(
+        tmp_path, monkeypatch, family, arch):
+    """An expert_count two short of the experts the file's routers and tensors hold was
+    refused by a tensor's shape ("stacks 16 experts, but the config has 14", a GGUF file
+    having no config; Mixtral's router shape), the key that sized the model unnamed."""
+    import gguf
+
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    plain = gguf.GGUFWriter.add_expert_count
+    monkeypatch.setattr(gguf.GGUFWriter, "add_expert_count", lambda w, n: plain(w, n - 2))
+    hf = save_moe_model(family, tmp_path / "hf", tokenizer=False)
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    n = hf.config.num_experts if family == "qwen3_moe" else hf.config.num_local_experts
+    with pytest.raises(ValueError, match=re.escape(
+            f"GGUF metadata {arch}.expert_count = {n - 2} disagrees with tensor "
+            f"blk.0.ffn_gate_inp.weight, whose router scores {n} experts")):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+
+
 def test_an_expert_count_in_a_dense_architecture_gguf_is_ignored_as_llama_cpp_does(
         tmp_path, monkeypatch):
     """llama.cpp's qwen2 and qwen3 graphs are dense: they read no experts whatever the

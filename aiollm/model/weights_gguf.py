@@ -192,6 +192,7 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
     if not experts or arch not in MOE_ARCHITECTURES:
         return None
     layers = int(_field(reader, p + "block_count"))
+    _check_expert_count(p, experts, tensors)
     inter = _expert_width(reader, p, tensors)
     # int(None) of a missing count was a TypeError traceback; MoeConfig's own range check
     # speaks of top_k, a name the file does not use
@@ -224,6 +225,18 @@ def _norm_topk(reader: GGUFReader, p: str, arch: str, warnings: list[str]) -> bo
                         f"{'renormalised' if norm else 'not renormalised'}, whatever the file "
                         "says, and so does aiollm")
     return norm
+
+
+def _check_expert_count(p: str, experts: int, tensors: dict) -> None:
+    """Raise ValueError naming expert_count when the first router (ffn_gate_inp, ggml order
+    [hidden, experts]) scores another number of experts: the loader then refused a tensor's
+    shape, the key that sized the model unnamed (llama.cpp refuses such a file too)."""
+    router = next((t for n, t in tensors.items()
+                   if re.fullmatch(r"blk\.\d+\.ffn_gate_inp\.weight", n)), None)
+    scored = int(router.shape[1]) if router is not None and len(router.shape) > 1 else 0
+    if scored and scored != experts:
+        raise ValueError(f"GGUF metadata {p}expert_count = {experts} disagrees with tensor "
+                         f"{router.name}, whose router scores {scored} experts")
 
 
 def _expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
