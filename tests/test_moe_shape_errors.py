@@ -146,6 +146,26 @@ def test_the_expert_count_is_named_as_config_json_spells_it(tmp_path, model_type
         load_model(str(tmp_path), dtype=torch.float32, device="cpu")
 
 
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "qwen3_moe", "mixtral"])
+def test_a_config_of_fewer_experts_than_the_checkpoint_names_the_count_field(tmp_path,
+                                                                             model_type):
+    """A config.json whose expert count is smaller than the checkpoint's (another size of
+    the model): the first extra expert was refused "but the config has 6 experts", naming
+    no field of config.json."""
+    import json
+
+    from test_moe_model import FAMILIES
+
+    save_random_hf_model(FAMILIES[model_type], str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    spelling = next(k for k in ("num_experts", "num_local_experts") if k in config)
+    (tmp_path / "config.json").write_text(json.dumps({**config, spelling: 6}))
+    with pytest.raises(ValueError, match=r"experts\.(\d+)\.\w+\.weight' is of expert \1, but "
+                       + re.escape(f"config.json's {spelling} is 6 (experts 0 to 5): use the "
+                                   "config.json saved with these weights")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+
+
 @pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "qwen2_moe"])
 def test_with_both_spellings_of_the_expert_count_the_one_read_is_named(tmp_path, model_type):
     """A config.json with num_experts and num_local_experts both (a config merged from two
