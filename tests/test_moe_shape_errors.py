@@ -55,6 +55,12 @@ CASES = {
                              "experts.gate_up_proj' has shape (7, 32, 32), the model expects "
                              "(8, 32, 32) (config.json's num_experts, moe_intermediate_size, "
                              "hidden_size)"),
+    # the same in down_proj, which is refused by its count alone: it said "but the config
+    # has 8", naming no field of config.json
+    "stacked-down-expert-count": (stacked(resize(MLP + "experts.down_proj", lambda w: w[:7])),
+                                  "experts.down_proj' stacks 7 experts, but config.json's "
+                                  "num_experts is 8: use the config.json saved with these "
+                                  "weights"),
     "stacked-width": (stacked(resize(MLP + "experts.down_proj", lambda w: w[:, :, :12])),
                       "experts.down_proj' has shape (8, 32, 12), the model expects (8, 32, 16) "
                       "(config.json's num_experts, moe_intermediate_size, hidden_size)"),
