@@ -78,10 +78,14 @@ REFUSED = (
     Refusal(("--cpu-offload-gb",),
             "weights are never offloaded to the CPU: split a model too large for one GPU "
             "with --tensor-parallel-size", same=("0",)),
-    Refusal(("--enable-expert-parallel",),
+    Refusal(("-ep", "--enable-expert-parallel"),
             "there is no expert parallelism: --tensor-parallel-size gives every rank its "
             "share of each expert's features (vLLM's split without this flag; the outputs "
             "are the same), leave the flag out", takes_value=False),
+    Refusal(("--enable-eplb",),
+            "there is no expert parallelism, so no expert load balancing: every rank holds "
+            "its share of every expert (--tensor-parallel-size), leave the flag out",
+            takes_value=False),
     Refusal(("--enable-lora",), _NO_LORA, takes_value=False),
     Refusal(("--lora-modules",), _NO_LORA),
     Refusal(("--speculative-config",), "speculative decoding is not supported"),

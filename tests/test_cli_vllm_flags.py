@@ -114,6 +114,10 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--swap-space 4", ("recomput",)),
     ("--cpu-offload-gb 8", ("--tensor-parallel-size",)),
     ("--enable-expert-parallel", ("--tensor-parallel-size", "leave the flag out")),
+    # vLLM's short form of it, which stopped at "unrecognized arguments: -ep"
+    ("-ep", ("--tensor-parallel-size", "leave the flag out")),
+    # expert-parallel load balancing, which vLLM runs only with expert parallelism
+    ("--enable-eplb", ("no expert parallelism", "leave the flag out")),
     ("--enable-lora", ("merged",)),
     ("--lora-modules a=/x", ("merged",)),
     ("--speculative-config {}", ("speculative",)),

@@ -204,7 +204,7 @@ def test_an_expert_past_num_experts_is_refused(copy):
     _edit(path, lambda t: t.update({first.replace(".0.w2", ".8.w2"): t[first].clone()} if first in t
                                    else {}))
     with pytest.raises(ValueError, match="'model.layers.0.block_sparse_moe.experts.8.w2.weight' "
-                       "is of expert 8, but the config has 8 experts"):
+                       "is of expert 8, but config.json's num_local_experts is 8"):
         load(path)
 
 

@@ -55,6 +55,12 @@ CASES = {
                              "experts.gate_up_proj' has shape (7, 32, 32), the model expects "
                              "(8, 32, 32) (config.json's num_experts, moe_intermediate_size, "
                              "hidden_size)"),
+    # the same in down_proj, which is refused by its count alone: it said "but the config
+    # has 8", naming no field of config.json
+    "stacked-down-expert-count": (stacked(resize(MLP + "experts.down_proj", lambda w: w[:7])),
+                                  "experts.down_proj' stacks 7 experts, but config.json's "
+                                  "num_experts is 8: use the config.json saved with these "
+                                  "weights"),
     "stacked-width": (stacked(resize(MLP + "experts.down_proj", lambda w: w[:, :, :12])),
                       "experts.down_proj' has shape (8, 32, 12), the model expects (8, 32, 16) "
                       "(config.json's num_experts, moe_intermediate_size, hidden_size)"),
@@ -146,6 +152,26 @@ def test_the_expert_count_is_named_as_config_json_spells_it(tmp_path, model_type
         load_model(str(tmp_path), dtype=torch.float32, device="cpu")
 
 
+@pytest.mark.parametrize("model_type", ["qwen2_moe", "qwen3_moe", "mixtral"])
+def test_a_config_of_fewer_experts_than_the_checkpoint_names_the_count_field(tmp_path,
+                                                                             model_type):
+    """A config.json whose expert count is smaller than the checkpoint's (another size of
+    the model): the first extra expert was refused "but the config has 6 experts", naming
+    no field of config.json."""
+    import json
+
+    from test_moe_model import FAMILIES
+
+    save_random_hf_model(FAMILIES[model_type], str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    spelling = next(k for k in ("num_experts", "num_local_experts") if k in config)
+    (tmp_path / "config.json").write_text(json.dumps({**config, spelling: 6}))
+    with pytest.raises(ValueError, match=r"experts\.(\d+)\.\w+\.weight' is of expert \1, but "
+                       + re.escape(f"config.json's {spelling} is 6 (experts 0 to 5): use the "
+                                   "config.json saved with these weights")):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+
+
 @pytest.mark.parametrize("model_type", ["mixtral", "qwen3_moe", "qwen2_moe"])
 def test_with_both_spellings_of_the_expert_count_the_one_read_is_named(tmp_path, model_type):
     """A config.json with num_experts and num_local_experts both (a config merged from two
@@ -214,6 +240,52 @@ def test_a_qwen3_moe_gguf_with_shared_expert_tensors_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint tensor 'blk\.0\.ffn_\w+_shexp\.weight' "
                        r"has no place in the model: qwen3_moe models have no shared expert .*"
                        "check the file's general.architecture"):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+
+
+def test_a_gguf_whose_shared_expert_width_disagrees_with_its_tensors_names_the_key(
+        tmp_path, monkeypatch):
+    """A qwen2moe file whose expert_shared_feed_forward_length (40) is not its *_shexp
+    tensors' width (48): llama.cpp refuses the file by the tensor's shape. It was refused
+    by the tensor alone, the key that sized the model unnamed, as the routed experts' width
+    is named (expert_feed_forward_length)."""
+    import test_moe_model
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    plain = test_moe_model.gguf_writer
+
+    def with_shared_width(c, path, arch):
+        w = plain(c, path, arch)
+        w.add_expert_shared_feed_forward_length(40)
+        return w
+
+    monkeypatch.setattr(test_moe_model, "gguf_writer", with_shared_width)
+    hf = save_moe_model("qwen2_moe", tmp_path / "hf", tokenizer=False)
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    with pytest.raises(ValueError, match=re.escape(
+            "GGUF metadata qwen2moe.expert_shared_feed_forward_length = 40 disagrees with "
+            "tensor blk.0.ffn_gate_shexp.weight, whose shared expert is 48 wide")):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("family, arch", [("qwen3_moe", "qwen3moe"), ("mixtral", "llama")])
+def test_a_gguf_whose_expert_count_disagrees_with_its_router_names_the_key(
+        tmp_path, monkeypatch, family, arch):
+    """An expert_count two short of the experts the file's routers and tensors hold was
+    refused by a tensor's shape ("stacks 16 experts, but the config has 14", a GGUF file
+    having no config; Mixtral's router shape), the key that sized the model unnamed."""
+    import gguf
+
+    from test_moe_model import save_moe_model, write_moe_gguf
+
+    plain = gguf.GGUFWriter.add_expert_count
+    monkeypatch.setattr(gguf.GGUFWriter, "add_expert_count", lambda w, n: plain(w, n - 2))
+    hf = save_moe_model(family, tmp_path / "hf", tokenizer=False)
+    write_moe_gguf(hf, str(tmp_path / "model.gguf"))
+    n = hf.config.num_experts if family == "qwen3_moe" else hf.config.num_local_experts
+    with pytest.raises(ValueError, match=re.escape(
+            f"GGUF metadata {arch}.expert_count = {n - 2} disagrees with tensor "
+            f"blk.0.ffn_gate_inp.weight, whose router scores {n} experts")):
         load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
 
 

@@ -109,7 +109,7 @@ def test_what_aiollm_always_does_is_taken():
                     kv_cache_dtype="auto", swap_space=0, cpu_offload_gb=0.0, block_size=1,
                     max_logprobs=20, tokenizer_mode="auto", quantization=None,
                     revision=None, download_dir=None, speculative_config=None,
-                    enable_lora=False, enable_expert_parallel=False)
+                    enable_lora=False, enable_expert_parallel=False, enable_eplb=False)
 
 
 def test_vllm_llm_parameters_at_their_defaults_are_taken():
@@ -124,7 +124,7 @@ def test_vllm_llm_parameters_at_their_defaults_are_taken():
 def _cli_error(flag: str, capsys) -> str:
     """`aiollm serve M FLAG [VALUE]`'s error, after "argument FLAG: "."""
     args = [flag] if flag.startswith("--no-") or flag in (
-        "--trust-remote-code", "--enable-lora", "--enable-expert-parallel",
+        "--trust-remote-code", "--enable-lora", "--enable-expert-parallel", "--enable-eplb",
         "--skip-tokenizer-init") else [flag, "2"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "M", *args])
@@ -141,6 +141,7 @@ def _cli_error(flag: str, capsys) -> str:
     ("cpu_offload_gb", 2, "--cpu-offload-gb"),
     ("enable_lora", True, "--enable-lora"),
     ("enable_expert_parallel", True, "--enable-expert-parallel"),
+    ("enable_eplb", True, "--enable-eplb"),
     ("speculative_config", {"method": "ngram"}, "--speculative-config"),
     ("max_logprobs", 5, "--max-logprobs"),
     ("enable_chunked_prefill", False, "--no-enable-chunked-prefill"),

@@ -192,12 +192,20 @@ class WeightFiller:
             raise self._shape_error(hf_name, tensor, want)
         return tensor if part is None else tensor.narrow(dim, *part)
 
-    def _shape_error(self, hf_name: str, tensor: torch.Tensor, want) -> ValueError:
+    def _advice(self) -> str:
         # a GGUF file's metadata and tensors come together; a directory's config.json
         # may be another model's (another size of it), whose fields are named
+        return "" if self.gguf else ": use the config.json saved with these weights"
+
+    def _expert_count(self) -> str:
+        """Where the model's expert count comes from, and its value, for messages."""
+        where = "the file's expert_count" if self.gguf else \
+            f"config.json's {self.moe.experts_field}"
+        return f"{where} is {self.num_experts}"
+
+    def _shape_error(self, hf_name: str, tensor: torch.Tensor, want) -> ValueError:
         advice = "" if self.gguf else (
-            f" (config.json's {self._sized_by(hf_name)}): use the config.json saved with "
-            "these weights")
+            f" (config.json's {self._sized_by(hf_name)}){self._advice()}")
         return ValueError(f"checkpoint tensor {self._src(hf_name)!r} has shape "
                           f"{tuple(tensor.shape)}, the model expects {tuple(want)}{advice}")
 
@@ -231,8 +239,8 @@ class WeightFiller:
             e = int(m.group(2))
             if e >= self.num_experts:
                 raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is of expert {e}, "
-                                 f"but the config has {self.num_experts} experts (0 to "
-                                 f"{self.num_experts - 1})")
+                                 f"but {self._expert_count()} (experts 0 to "
+                                 f"{self.num_experts - 1}){self._advice()}")
             if e not in experts:
                 return  # held by another expert-parallel rank
             dst = param[e - experts.start]
@@ -240,8 +248,8 @@ class WeightFiller:
             self.expert_layout = "stacked"
             if tensor.shape[0] != self.num_experts:
                 raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} stacks "
-                                 f"{tensor.shape[0]} experts, but the config has "
-                                 f"{self.num_experts}")
+                                 f"{tensor.shape[0]} experts, but {self._expert_count()}"
+                                 f"{self._advice()}")
             dst, tensor = param, tensor[experts.start:experts.stop]
         if half is not None:
             rows = dst.shape[-2] // 2

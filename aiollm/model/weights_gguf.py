@@ -192,6 +192,7 @@ def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
     if not experts or arch not in MOE_ARCHITECTURES:
         return None
     layers = int(_field(reader, p + "block_count"))
+    _check_expert_count(p, experts, tensors)
     inter = _expert_width(reader, p, tensors)
     # int(None) of a missing count was a TypeError traceback; MoeConfig's own range check
     # speaks of top_k, a name the file does not use
@@ -226,6 +227,18 @@ def _norm_topk(reader: GGUFReader, p: str, arch: str, warnings: list[str]) -> bo
     return norm
 
 
+def _check_expert_count(p: str, experts: int, tensors: dict) -> None:
+    """Raise ValueError naming expert_count when the first router (ffn_gate_inp, ggml order
+    [hidden, experts]) scores another number of experts: the loader then refused a tensor's
+    shape, the key that sized the model unnamed (llama.cpp refuses such a file too)."""
+    router = next((t for n, t in tensors.items()
+                   if re.fullmatch(r"blk\.\d+\.ffn_gate_inp\.weight", n)), None)
+    scored = int(router.shape[1]) if router is not None and len(router.shape) > 1 else 0
+    if scored and scored != experts:
+        raise ValueError(f"GGUF metadata {p}expert_count = {experts} disagrees with tensor "
+                         f"{router.name}, whose router scores {scored} experts")
+
+
 def _expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
     """The routed experts' intermediate size, from expert_feed_forward_length checked against
     the first gate tensor of the experts (ffn_gate_exps, ggml order [hidden, width, experts],
@@ -248,14 +261,18 @@ def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
     wrote expert_shared_feed_forward_length (Qwen1.5-MoE's of spring 2024) lack the key,
     and llama.cpp sizes their shared expert by other means: here, by its tensor. Only
     qwen2moe has one (llama.cpp's qwen3moe and Mixtral read no *_shexp tensor): another
-    architecture's shared-expert tensors are refused by the weight loader."""
+    architecture's shared-expert tensors are refused by the weight loader. Raises
+    ValueError naming the key when it disagrees with the tensor (as _expert_width)."""
     if p != "qwen2moe.":
         return 0
-    width = int(_field(reader, p + "expert_shared_feed_forward_length", 0) or 0)
-    if width:
-        return width
+    key = int(_field(reader, p + "expert_shared_feed_forward_length", 0) or 0)
     gate = next((t for n, t in tensors.items() if n.endswith(".ffn_gate_shexp.weight")), None)
-    return int(gate.shape[1]) if gate is not None else 0  # ggml order: [hidden, width]
+    width = int(gate.shape[1]) if gate is not None else 0  # ggml order: [hidden, width]
+    if key and width and key != width:
+        raise ValueError(f"GGUF metadata {p}expert_shared_feed_forward_length = {key} "
+                         f"disagrees with tensor {gate.name}, whose shared expert is {width} "
+                         "wide")
+    return key or width
 
 
 def _hf_name(gguf_name: str) -> str:
