@@ -164,6 +164,9 @@ NO_EFFECT = {
     "--disable-log-requests": "request contents are never logged",
     "--no-enable-log-requests": "request contents are never logged",
     "--no-trust-remote-code": "no code from a checkpoint is ever run",
+    "--no-enable-expert-parallel": "there is no expert parallelism: --tensor-parallel-size "
+                                   "splits every expert's features over the ranks",
+    "--no-enable-eplb": "there is no expert parallelism, so no expert load balancing",
     "--disable-custom-all-reduce": "tensor parallelism all-reduces with torch.distributed "
                                    "(NCCL) only",
     "--enable-request-id-headers": "every response carries X-Request-Id: the request's own "

@@ -99,6 +99,8 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
     "--disable-uvicorn-access-log", "--response-role assistant",
     "--distributed-executor-backend mp",
+    # vLLM's switches off of what aiollm never does
+    "--no-enable-expert-parallel", "--no-enable-eplb",
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
