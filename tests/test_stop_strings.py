@@ -15,8 +15,9 @@ from aiollm.model import load_tokenizer
 
 
 def reference(text: str, stops: list[str], floor: int = 0) -> int | None:
-    """Where the first stop string starting at or after `floor` starts."""
-    starts = [i for s in stops for i in range(floor, len(text)) if text.startswith(s, i)]
+    """Where the first stop string ending after `floor` starts."""
+    starts = [i for s in stops for i in range(len(text))
+              if text.startswith(s, i) and i + len(s) > floor]
     return min(starts, default=None)
 
 
@@ -90,7 +91,8 @@ def test_output_tokens_and_text_agree(tokenizer, min_tokens, include_stop):
             assert len(pieces) == n and "".join(pieces) == d_text
         got = "".join(d[0] for d in deltas)
         pieces = [p for d in deltas for p in d[2]]
-        # stop strings count after the first min_tokens tokens' text (whole characters)
+        # stop strings count ending after the first min_tokens tokens' text (whole
+        # characters)
         floor = 0
         for k in range(min_tokens, len(ids) + 1) if min_tokens else ():
             prefix = tokenizer.decode(ids[:k])
@@ -146,3 +148,33 @@ def test_a_token_of_no_text_is_handed_out_as_it_comes(tokenizer, stops):
     out.feed(ids[3])
     out.finish()
     assert out.take() == (" a", 1, [" a"])
+
+
+@pytest.mark.parametrize("include_stop", [False, True], ids=["cut", "include_stop"])
+def test_a_stop_string_completed_after_min_tokens_counts_where_it_starts(tokenizer,
+                                                                         include_stop):
+    """min_tokens holds stop strings back until that many tokens are out; one that a later
+    token completes ends the output, also where it began in the first min_tokens tokens'
+    text, as vLLM checks it (each token after min_tokens, over its text and the stop
+    string's length before it). It was ignored: the output went on past it, the stop
+    string in its text. Streamed, the text it may begin is held back all along, so none of
+    it goes out before the cut."""
+    ids = tokenizer.encode("One. Two. Three.", add_special_tokens=False)
+    assert tokenizer.decode(ids[:2]) == "One." and tokenizer.decode(ids[2:3]) == " Two"
+    for stop in (". T", "e. Two", "."):  # straddling tokens 2 and 3 / ending in token 2
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], include_stop),
+                         min_tokens=2)
+        sent = ""
+        for t in ids:
+            out.feed(t)
+            sent += out.take()[0]
+            if out.stopped:
+                break
+        out.finish()
+        sent += out.take()[0]
+        if stop == ".":  # the first "." ends token 2: within min_tokens, it does not count
+            want = "One. Two" + "." * include_stop
+        else:
+            want = "One" if stop == ". T" else "On"
+            want += stop * include_stop
+        assert sent == want and out.kept == (4 if stop == "." else 3), (stop, sent)

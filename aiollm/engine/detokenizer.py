@@ -94,7 +94,7 @@ class IncrementalDetokenizer:
 
     @stop_floor.setter
     def stop_floor(self, index: float) -> None:
-        """Stop strings starting before character `index` of the output do not count."""
+        """Stop strings ending at or before character `index` of the output do not count."""
         if self._stop is not None:
             self._stop.floor = index
 
