@@ -91,14 +91,9 @@ def test_output_tokens_and_text_agree(tokenizer, min_tokens, include_stop):
             assert len(pieces) == n and "".join(pieces) == d_text
         got = "".join(d[0] for d in deltas)
         pieces = [p for d in deltas for p in d[2]]
-        # stop strings count ending after the first min_tokens tokens' text (whole
-        # characters)
-        floor = 0
-        for k in range(min_tokens, len(ids) + 1) if min_tokens else ():
-            prefix = tokenizer.decode(ids[:k])
-            if not prefix.endswith("\ufffd"):
-                floor = len(prefix)
-                break
+        # stop strings count ending after the first min_tokens tokens' text (their whole
+        # characters: one the last of them begins is after it, as in vLLM)
+        floor = len(tokenizer.decode(ids[:min_tokens]).rstrip("\ufffd"))
         cut = reference(text, stops, floor)
         end = None if cut is None else cut + len(stops[0])
         assert got == (text if cut is None else text[:end if include_stop else cut]), stops
@@ -178,3 +173,28 @@ def test_a_stop_string_completed_after_min_tokens_counts_where_it_starts(tokeniz
             want = "One" if stop == ". T" else "On"
             want += stop * include_stop
         assert sent == want and out.kept == (4 if stop == "." else 3), (stop, sent)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_stop_string_in_the_character_the_last_min_token_began_counts(tokenizer, stream):
+    """The text of the first min_tokens tokens is their whole characters (vLLM's output
+    text holds no incomplete character): a character the last of them begins and a later
+    token completes is after it, so a stop string ending in it counts, as vLLM counts it.
+    It was taken into the first min_tokens' text with the rest of the completing token's
+    text, so such a stop string was missed and the output ran on past it."""
+    ids = tokenizer.encode("你好世界", add_special_tokens=False)
+    assert tokenizer.decode(ids[:1]) == "\ufffd" and tokenizer.decode(ids[:2]) == "你"
+    for stop, min_tokens, want, kept in (("你", 1, "", 2), ("好", 3, "你", 4),
+                                         ("你好", 3, "", 4), ("你", 2, "你好世界", 9)):
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], False),
+                         min_tokens)
+        sent = ""
+        for t in ids:
+            out.feed(t)
+            if stream:
+                sent += out.take()[0]
+            if out.stopped:
+                break
+        out.finish()
+        sent += out.take()[0]
+        assert (sent, out.kept) == (want, kept), (stop, min_tokens)

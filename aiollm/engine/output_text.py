@@ -82,10 +82,10 @@ class OutputText:
     def feed(self, token_id: int) -> None:
         self._add(self._detok.add([token_id]))
         self._ends.append(self._detok.decoded)
-        if (len(self._ends) >= self._min_tokens and not self._detok.partial
-                and self._detok.stop_floor == float("inf")):
-            # stop strings ending past the first min_tokens tokens' text (and the character
-            # the last of them began) count
+        if len(self._ends) == self._min_tokens:
+            # stop strings ending past the first min_tokens tokens' text count; that text
+            # is their whole characters (as vLLM's output text), so one ending in a
+            # character the last of them began counts once a later token completes it
             self._detok.stop_floor = self._detok.decoded
 
     def finish(self, end_token: bool = False) -> None:
