@@ -198,3 +198,46 @@ def test_a_stop_string_in_the_character_the_last_min_token_began_counts(tokenize
         out.finish()
         sent += out.take()[0]
         assert (sent, out.kept) == (want, kept), (stop, min_tokens)
+
+
+def _per_token_check(tokenizer, ids: list[int], stop: str, min_tokens: int,
+                     include_stop: bool) -> tuple[str, int]:
+    """(text, tokens kept) as vLLM decides them: after each token past the first min_tokens,
+    a stop string ending in the whole characters that token added ends the output (text
+    holds whole characters only); none: everything."""
+    done = 0  # characters checked: those of the tokens before, the first min_tokens' all
+    for k in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:k]).rstrip("\ufffd")
+        at = text.find(stop, max(0, done - len(stop) + 1))
+        if k > min_tokens and len(text) > done and at >= 0:
+            return text[:at + len(stop) * include_stop], k
+        done = len(text)
+    return tokenizer.decode(ids), len(ids)
+
+
+def test_min_tokens_and_a_stop_string_end_the_output_where_vllm_ends_it(tokenizer):
+    """Random stop strings (pieces of the text, so they match) and min_tokens over text
+    whose characters are split across tokens: streamed, the output and its tokens are
+    those of vLLM's check after each token. The floor taken at the first whole character
+    after min_tokens missed 1% of these."""
+    rng = random.Random(2)
+    texts = ["One. Two 🚀🚀 three. Four, five. Six 日本. Seven.", "你好世界，我们是中国人。",
+             "aaa bbb aaa bbb ab ab", "こんにちは世界 Привет мир"]
+    for _ in range(1500):
+        text = rng.choice(texts)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        at = rng.randrange(len(text))
+        stop, min_tokens = text[at:at + rng.randint(1, 6)], rng.randint(0, len(ids))
+        include_stop = rng.random() < 0.5
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], include_stop),
+                         min_tokens)
+        sent = ""
+        for t in ids:
+            out.feed(t)
+            sent += out.take()[0]
+            if out.stopped:
+                break
+        out.finish()
+        sent += out.take()[0]
+        assert (sent, out.kept) == _per_token_check(tokenizer, ids, stop, min_tokens,
+                                                    include_stop), (text, stop, min_tokens)
