@@ -44,10 +44,10 @@ def lightllm(server, body: dict) -> tuple[dict, list[dict]]:
 
 
 def first_stop_after(pieces: list[str], stop: str, min_tokens: int) -> str:
-    """The greedy text cut at the first `stop` that starts after the text of the first
+    """The greedy text cut at the first `stop` that ends after the text of the first
     min_tokens tokens (the reference the server must match)."""
     text = "".join(pieces)
-    at = text.find(stop, len("".join(pieces[:min_tokens])))
+    at = text.find(stop, max(0, len("".join(pieces[:min_tokens])) - len(stop) + 1))
     return text if at < 0 else text[:at]
 
 

@@ -113,3 +113,24 @@ def test_a_tool_that_is_no_object_is_told_in_json_words(client, model):
                                        extra_body={"tools": ["get_weather"]})
     assert e.value.param == "tools[0]", e.value.body
     assert e.value.message.endswith("tools[0]: expected an object, got a string"), e.value.body
+
+
+@pytest.mark.parametrize("logprobs", [False, None])
+def test_top_logprobs_zero_asks_for_nothing_without_logprobs(client, model, logprobs):
+    """top_logprobs 0 without logprobs true asks for no alternatives, so it needs no
+    logprobs flag: vLLM accepts it (only a count that would return alternatives needs the
+    flag) and answers without logprobs. It was refused with a 400, failing clients that
+    send top_logprobs 0 as their default; a count above 0 is still refused."""
+    import openai
+
+    flag = {} if logprobs is None else {"logprobs": logprobs}
+    out = client.chat.completions.create(model=model, messages=EMOJI, max_tokens=2,
+                                         top_logprobs=0, **flag)
+    assert out.choices[0].logprobs is None, out
+    chunks = list(client.chat.completions.create(model=model, messages=EMOJI, max_tokens=2,
+                                                 top_logprobs=0, stream=True, **flag))
+    assert all(c.logprobs is None for chunk in chunks for c in chunk.choices), chunks
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=model, messages=EMOJI, max_tokens=2,
+                                       top_logprobs=1, **flag)
+    assert e.value.param == "top_logprobs", e.value.body

@@ -15,8 +15,9 @@ from aiollm.model import load_tokenizer
 
 
 def reference(text: str, stops: list[str], floor: int = 0) -> int | None:
-    """Where the first stop string starting at or after `floor` starts."""
-    starts = [i for s in stops for i in range(floor, len(text)) if text.startswith(s, i)]
+    """Where the first stop string ending after `floor` starts."""
+    starts = [i for s in stops for i in range(len(text))
+              if text.startswith(s, i) and i + len(s) > floor]
     return min(starts, default=None)
 
 
@@ -90,13 +91,9 @@ def test_output_tokens_and_text_agree(tokenizer, min_tokens, include_stop):
             assert len(pieces) == n and "".join(pieces) == d_text
         got = "".join(d[0] for d in deltas)
         pieces = [p for d in deltas for p in d[2]]
-        # stop strings count after the first min_tokens tokens' text (whole characters)
-        floor = 0
-        for k in range(min_tokens, len(ids) + 1) if min_tokens else ():
-            prefix = tokenizer.decode(ids[:k])
-            if not prefix.endswith("\ufffd"):
-                floor = len(prefix)
-                break
+        # stop strings count ending after the first min_tokens tokens' text (their whole
+        # characters: one the last of them begins is after it, as in vLLM)
+        floor = len(tokenizer.decode(ids[:min_tokens]).rstrip("\ufffd"))
         cut = reference(text, stops, floor)
         end = None if cut is None else cut + len(stops[0])
         assert got == (text if cut is None else text[:end if include_stop else cut]), stops
@@ -146,3 +143,101 @@ def test_a_token_of_no_text_is_handed_out_as_it_comes(tokenizer, stops):
     out.feed(ids[3])
     out.finish()
     assert out.take() == (" a", 1, [" a"])
+
+
+@pytest.mark.parametrize("include_stop", [False, True], ids=["cut", "include_stop"])
+def test_a_stop_string_completed_after_min_tokens_counts_where_it_starts(tokenizer,
+                                                                         include_stop):
+    """min_tokens holds stop strings back until that many tokens are out; one that a later
+    token completes ends the output, also where it began in the first min_tokens tokens'
+    text, as vLLM checks it (each token after min_tokens, over its text and the stop
+    string's length before it). It was ignored: the output went on past it, the stop
+    string in its text. Streamed, the text it may begin is held back all along, so none of
+    it goes out before the cut."""
+    ids = tokenizer.encode("One. Two. Three.", add_special_tokens=False)
+    assert tokenizer.decode(ids[:2]) == "One." and tokenizer.decode(ids[2:3]) == " Two"
+    for stop in (". T", "e. Two", "."):  # straddling tokens 2 and 3 / ending in token 2
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], include_stop),
+                         min_tokens=2)
+        sent = ""
+        for t in ids:
+            out.feed(t)
+            sent += out.take()[0]
+            if out.stopped:
+                break
+        out.finish()
+        sent += out.take()[0]
+        if stop == ".":  # the first "." ends token 2: within min_tokens, it does not count
+            want = "One. Two" + "." * include_stop
+        else:
+            want = "One" if stop == ". T" else "On"
+            want += stop * include_stop
+        assert sent == want and out.kept == (4 if stop == "." else 3), (stop, sent)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_stop_string_in_the_character_the_last_min_token_began_counts(tokenizer, stream):
+    """The text of the first min_tokens tokens is their whole characters (vLLM's output
+    text holds no incomplete character): a character the last of them begins and a later
+    token completes is after it, so a stop string ending in it counts, as vLLM counts it.
+    It was taken into the first min_tokens' text with the rest of the completing token's
+    text, so such a stop string was missed and the output ran on past it."""
+    ids = tokenizer.encode("你好世界", add_special_tokens=False)
+    assert tokenizer.decode(ids[:1]) == "\ufffd" and tokenizer.decode(ids[:2]) == "你"
+    for stop, min_tokens, want, kept in (("你", 1, "", 2), ("好", 3, "你", 4),
+                                         ("你好", 3, "", 4), ("你", 2, "你好世界", 9)):
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], False),
+                         min_tokens)
+        sent = ""
+        for t in ids:
+            out.feed(t)
+            if stream:
+                sent += out.take()[0]
+            if out.stopped:
+                break
+        out.finish()
+        sent += out.take()[0]
+        assert (sent, out.kept) == (want, kept), (stop, min_tokens)
+
+
+def _per_token_check(tokenizer, ids: list[int], stop: str, min_tokens: int,
+                     include_stop: bool) -> tuple[str, int]:
+    """(text, tokens kept) as vLLM decides them: after each token past the first min_tokens,
+    a stop string ending in the whole characters that token added ends the output (text
+    holds whole characters only); none: everything."""
+    done = 0  # characters checked: those of the tokens before, the first min_tokens' all
+    for k in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:k]).rstrip("\ufffd")
+        at = text.find(stop, max(0, done - len(stop) + 1))
+        if k > min_tokens and len(text) > done and at >= 0:
+            return text[:at + len(stop) * include_stop], k
+        done = len(text)
+    return tokenizer.decode(ids), len(ids)
+
+
+def test_min_tokens_and_a_stop_string_end_the_output_where_vllm_ends_it(tokenizer):
+    """Random stop strings (pieces of the text, so they match) and min_tokens over text
+    whose characters are split across tokens: streamed, the output and its tokens are
+    those of vLLM's check after each token. The floor taken at the first whole character
+    after min_tokens missed 1% of these."""
+    rng = random.Random(2)
+    texts = ["One. Two 🚀🚀 three. Four, five. Six 日本. Seven.", "你好世界，我们是中国人。",
+             "aaa bbb aaa bbb ab ab", "こんにちは世界 Привет мир"]
+    for _ in range(1500):
+        text = rng.choice(texts)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        at = rng.randrange(len(text))
+        stop, min_tokens = text[at:at + rng.randint(1, 6)], rng.randint(0, len(ids))
+        include_stop = rng.random() < 0.5
+        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], include_stop),
+                         min_tokens)
+        sent = ""
+        for t in ids:
+            out.feed(t)
+            sent += out.take()[0]
+            if out.stopped:
+                break
+        out.finish()
+        sent += out.take()[0]
+        assert (sent, out.kept) == _per_token_check(tokenizer, ids, stop, min_tokens,
+                                                    include_stop), (text, stop, min_tokens)

@@ -113,8 +113,10 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     req.check_max_tokens()
     st.check_choices(req.n, "n")
     keep = req.kept_prompt_tokens(engine.max_model_len)
-    if req.top_logprobs is not None and not req.logprobs:
-        raise ApiError(400, "top_logprobs needs logprobs set to true", param="top_logprobs")
+    # as vLLM: only a count that asks for alternatives needs the flag (0 asks for none)
+    if req.top_logprobs and not req.logprobs:
+        raise ApiError(400, f"top_logprobs {req.top_logprobs} needs logprobs set to true "
+                       "(send logprobs true, or top_logprobs 0)", param="top_logprobs")
     if req.functions is not None or req.function_call is not None:
         raise ApiError(400, "functions and function_call are deprecated and not supported: "
                        "send tools and tool_choice", param="functions" if req.functions

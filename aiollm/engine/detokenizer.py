@@ -80,7 +80,6 @@ class IncrementalDetokenizer:
         self._include_stop = include_stop  # the output ends after the stop string
         self._pending = ""  # released by the decoder, held back by the stop filter
         self.decoded = 0  # characters of output decoded, before the stop filter
-        self.partial = False  # the latest token ended inside a character
         self._released = 0
         self._pieces: list[str] = []
         self.stopped = False
@@ -94,7 +93,7 @@ class IncrementalDetokenizer:
 
     @stop_floor.setter
     def stop_floor(self, index: float) -> None:
-        """Stop strings starting before character `index` of the output do not count."""
+        """Stop strings ending at or before character `index` of the output do not count."""
         if self._stop is not None:
             self._stop.floor = index
 
@@ -113,7 +112,6 @@ class IncrementalDetokenizer:
         stable = len(text.rstrip(REPLACEMENT))
         if self._prompt_tail is not None and stable > self._emitted:
             self._skip_prompt_tail(text)
-        self.partial = stable < len(text)
         delta = ""
         if stable > self._emitted:
             delta = text[self._emitted : stable]

@@ -15,8 +15,10 @@ logprobs and token count (billed as OpenAI bills every generated token), while i
 and that of the tokens between the cut and it, is only what lies before the cut (often
 ""). The tokens after it (generated while the match was undecided, or while the loop ran a
 step ahead) are dropped: vLLM, which stops at once, never generates them. Stop strings count
-only once the first min_tokens tokens are out, and only after their text: a request never
-ends with fewer than min_tokens tokens.
+only once the first min_tokens tokens are out, as in vLLM: one that those tokens' text holds
+whole is no stop, one that a later token completes is, where it starts (in that text too),
+so a request never ends with fewer than min_tokens tokens, nor goes on past a stop string
+completed after them.
 """
 
 from __future__ import annotations
@@ -80,10 +82,10 @@ class OutputText:
     def feed(self, token_id: int) -> None:
         self._add(self._detok.add([token_id]))
         self._ends.append(self._detok.decoded)
-        if (len(self._ends) >= self._min_tokens and not self._detok.partial
-                and self._detok.stop_floor == float("inf")):
-            # stop strings count from the end of the first min_tokens tokens' text (and of
-            # the character the last of them began)
+        if len(self._ends) == self._min_tokens:
+            # stop strings ending past the first min_tokens tokens' text count; that text
+            # is their whole characters (as vLLM's output text), so one ending in a
+            # character the last of them began counts once a later token completes it
             self._detok.stop_floor = self._detok.decoded
 
     def finish(self, end_token: bool = False) -> None:

@@ -12,9 +12,12 @@ costs O(1) per character, with no set of every prefix of every stop string.
 
 The output is cut at the stop string that starts first in the text (ties: any). A match
 that ends now may be overtaken by a longer one that began earlier and is still being
-completed; the match is decided once no partial match starts before it. Matches that start
-before `floor` do not count: the engine raises the floor to the end of the text of the
-first min_tokens tokens, so no stop string ends a request before min_tokens.
+completed; the match is decided once no partial match starts before it. Matches that end
+at or before `floor` do not count: the engine lowers the floor (infinite until then) to the
+end of the text of the first min_tokens tokens, so no stop string ends a request before
+min_tokens. One that a later token completes counts where it starts, in that text too, as
+vLLM checks stop strings once min_tokens are out; so what may begin one is held back all
+along.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ class StopStringMatcher:
         self._goto, self._fail, self._depth, self._out = goto, fail, depth, out
         self._state = 0
         self.pos = 0  # characters fed
-        self.floor: float = 0  # matches starting before this index are ignored
+        self.floor: float = 0  # matches ending at or before this index are ignored
         self.match_start: int | None = None  # decided: the output ends here
         self.matched: str | None = None
         self._best: int | None = None  # the earliest match found, not yet decided
@@ -74,7 +77,7 @@ class StopStringMatcher:
         """Index from which the text fed so far must be held back."""
         if self.match_start is not None:
             return self.match_start
-        start = max(self.pos - self._depth[self._state], self.floor)
+        start = self.pos - self._depth[self._state]  # a partial match may end past floor
         if self._best is not None:
             start = min(start, self._best)
         return min(start, self.pos)
@@ -89,12 +92,11 @@ class StopStringMatcher:
                 state = fail[state]
             state = goto[state].get(ch, 0)
             pos += 1
-            for length, i in out[state]:  # longest first: the earliest start that counts
+            if out[state] and pos > self.floor:  # the longest: the earliest start
+                length, i = out[state][0]
                 start = pos - length
-                if start >= self.floor:
-                    if self._best is None or start < self._best:
-                        self._best, self._best_stop = start, i
-                    break
+                if self._best is None or start < self._best:
+                    self._best, self._best_stop = start, i
             if self._best is not None and pos - self._depth[state] >= self._best:
                 # no partial match began before the best one: it is final
                 self.pos, self._state = pos, state
