@@ -823,6 +823,30 @@ def test_a_cancelled_shutdown_leaves_the_engine_serving(loop):
     run(loop, go())
 
 
+@pytest.mark.parametrize("timeout", [None, "30", True, -1, float("nan")])
+def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused_changing_nothing(
+        loop, timeout):
+    """shutdown(None) (meaning "no limit") or shutdown("30") raised TypeError from inside
+    its wait ('unsupported operand type(s) for +'), after it had stopped accepting: the
+    engine then refused every request with Overloaded ('the server is shutting down') for
+    a shutdown that never ran. -1 and nan stopped at once, as if 0. Each is refused naming
+    the argument, before anything changes, as --shutdown-timeout's are."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        try:
+            with pytest.raises(ValueError, match=r"shutdown\(\) timeout must be a number of "
+                                                 r"seconds >= 0 \(inf: no limit\), got "):
+                await eng.shutdown(timeout)
+            out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+            assert len(out.token_ids) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
     """stop() from another thread's event loop failed the requests in flight and stopped
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its

@@ -344,7 +344,10 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         stop() does (their generate() and streams raise EngineStopped).
         A start() meanwhile waits for it, then starts the engine again; a stop() aborts the
         rest now; cancelled while it waits (a wait_for's timeout), the engine serves on.
-        RuntimeError, as stop() raises it, from another event loop than the running engine's."""
+        RuntimeError, as stop() raises it, from another event loop than the running engine's;
+        ValueError, changing nothing, unless `timeout` is a number of seconds >= 0 (inf: no
+        limit)."""
+        check_shutdown_timeout(timeout)
         if self._running:
             self._check_own_loop()
         await self._after_changes()
@@ -365,6 +368,16 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
             # for a shutdown that would never end was a dead end that start() left as it was
             self._accepting = accepting
             raise
+
+
+def check_shutdown_timeout(timeout: float, name: str = "shutdown() timeout") -> None:
+    """ValueError naming `name` and the value unless `timeout` is a number of seconds >= 0
+    (an int or float, not a bool; inf: no limit): checked before a shutdown changes
+    anything, which a TypeError inside its wait left refusing every request."""
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not timeout >= 0):
+        raise ValueError(f"{name} must be a number of seconds >= 0 (inf: no limit), "
+                         f"got {timeout!r}")
 
 
 def _retrieve(load: asyncio.Future) -> None:
