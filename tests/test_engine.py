@@ -1951,6 +1951,42 @@ def test_a_stream_dropped_on_another_thread_is_released_on_its_loop(loop):
     assert calls == [(threading.get_ident(), "abort")]
 
 
+def test_a_stream_read_from_another_event_loop_is_a_usage_error(loop, engine):
+    """A stream read from another thread's event loop (asyncio.run in a worker thread) waited
+    on a queue whose wake-ups come from the engine's loop, which cannot wake another loop:
+    the reader stalled until something else woke its loop (forever, without a timeout). It
+    raises RuntimeError, as the engine's calls from another loop do, and the stream is
+    still read to its end on its own loop, holding nothing after."""
+    import threading
+
+    async def make():
+        return engine.stream("Count to ten:", SamplingParams(max_tokens=20, ignore_eos=True))
+
+    stream = run(loop, make())
+    errors = []
+
+    def other_thread():
+        async def read():
+            async for _ in stream:
+                pass
+        try:
+            asyncio.run(asyncio.wait_for(read(), 5))
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(30)
+    assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
+    assert "another event loop" in str(errors[0])
+
+    async def read_here():
+        return [d async for d in stream]
+
+    assert sum(len(d.token_ids) for d in run(loop, read_here())) == 20
+    assert_all_free(engine)
+
+
 def test_a_stream_the_collector_frees_amid_loop_code_is_released_after_it(loop, engine):
     """The cycle collector runs where an allocation trips it, on the loop's thread too: in
     the middle of the step loop or the planner. A stream it frees there must not release its

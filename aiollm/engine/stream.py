@@ -143,12 +143,22 @@ class RequestStream:
     async def __anext__(self) -> Delta:
         """The next delta. RuntimeError while another task waits for one (as Python's async
         generators refuse a second anext()): each delta goes to one reader, and the end to
-        one alone, so a second reader waited forever once the first had taken it."""
+        one alone, so a second reader waited forever once the first had taken it.
+        RuntimeError, changing nothing, from another event loop than the stream's (the one
+        it was made on, or first read on): its deltas come from that loop, which cannot
+        wake another, so such a reader stalled."""
         if self._ended:
             raise StopAsyncIteration
         if self._reading:
             raise RuntimeError("anext(): this stream is already being read by another task; "
                                "read a stream from one task at a time")
+        running = asyncio.get_running_loop()
+        if self._loop is None:  # made outside a loop: its first reader's loop is its own
+            self._loop = running
+        elif running is not self._loop:
+            raise RuntimeError("this stream is read from another event loop than the "
+                               "engine's, which makes its deltas: read it on that loop (from "
+                               "another thread: asyncio.run_coroutine_threadsafe)")
         if self._pump is None:  # made outside a loop
             self._pump = asyncio.ensure_future(_pump(self._gen, self._queue))
         self._reading = True
