@@ -1955,8 +1955,9 @@ def test_a_stream_read_from_another_event_loop_is_a_usage_error(loop, engine):
     """A stream read from another thread's event loop (asyncio.run in a worker thread) waited
     on a queue whose wake-ups come from the engine's loop, which cannot wake another loop:
     the reader stalled until something else woke its loop (forever, without a timeout). It
-    raises RuntimeError, as the engine's calls from another loop do, and the stream is
-    still read to its end on its own loop, holding nothing after."""
+    raises RuntimeError, as the engine's calls from another loop do (so does aclose(), which
+    released the request on the calling thread), and the stream is still read to its end on
+    its own loop, holding nothing after."""
     import threading
 
     async def make():
@@ -1974,11 +1975,18 @@ def test_a_stream_read_from_another_event_loop_is_a_usage_error(loop, engine):
         except BaseException as e:
             errors.append(e)
 
-    t = threading.Thread(target=other_thread)
-    t.start()
-    t.join(30)
-    assert len(errors) == 1 and isinstance(errors[0], RuntimeError), errors
-    assert "another event loop" in str(errors[0])
+    def close_elsewhere():  # would release the request on this thread, under its loop
+        try:
+            asyncio.run(stream.aclose())
+        except BaseException as e:
+            errors.append(e)
+
+    for target in (other_thread, close_elsewhere):
+        t = threading.Thread(target=target)
+        t.start()
+        t.join(30)
+    assert len(errors) == 2 and all(isinstance(e, RuntimeError) for e in errors), errors
+    assert all("another event loop" in str(e) for e in errors)
 
     async def read_here():
         return [d async for d in stream]

@@ -152,13 +152,9 @@ class RequestStream:
         if self._reading:
             raise RuntimeError("anext(): this stream is already being read by another task; "
                                "read a stream from one task at a time")
-        running = asyncio.get_running_loop()
         if self._loop is None:  # made outside a loop: its first reader's loop is its own
-            self._loop = running
-        elif running is not self._loop:
-            raise RuntimeError("this stream is read from another event loop than the "
-                               "engine's, which makes its deltas: read it on that loop (from "
-                               "another thread: asyncio.run_coroutine_threadsafe)")
+            self._loop = asyncio.get_running_loop()
+        self._check_loop("read")
         if self._pump is None:  # made outside a loop
             self._pump = asyncio.ensure_future(_pump(self._gen, self._queue))
         self._reading = True
@@ -180,10 +176,20 @@ class RequestStream:
     async def aclose(self) -> None:
         """Abort the request (if unfinished) and close the stream. Called from another task
         while one iterates the stream (waiting for tokens), it ends the request, whose last
-        delta (finish_reason "abort") then ends that task's `async for`."""
+        delta (finish_reason "abort") then ends that task's `async for`. RuntimeError,
+        changing nothing, from another event loop than the stream's (the release changes
+        the engine's state under its loop)."""
+        if self._loop is not None and not self._loop.is_closed():  # (closed: nothing runs)
+            self._check_loop("closed")
         self._close()
         if self._pump is None:  # made outside a loop, never iterated: nothing runs it
             await self._gen.aclose()
+
+    def _check_loop(self, verb: str) -> None:
+        if asyncio.get_running_loop() is not self._loop:
+            raise RuntimeError(f"this stream is {verb} from another event loop than the "
+                               "engine's, which makes its deltas: use it on that loop (from "
+                               "another thread: asyncio.run_coroutine_threadsafe)")
 
     def _close(self) -> None:
         self.closed = True
