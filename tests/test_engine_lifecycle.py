@@ -913,6 +913,22 @@ def test_an_unstarted_engine_says_so_from_every_method():
             call()
 
 
+def test_an_unstarted_engines_model_attributes_say_it_is_not_started():
+    """engine.tokenizer, .max_model_len, .model_config... are set when start() loads the
+    model; read before, they raised "'Engine' object has no attribute 'max_model_len'", as
+    if the Engine had no such attribute. They say to start it (an AttributeError still, so
+    hasattr() and getattr(..., default) answer as before); a name Engine never has does not."""
+    eng = Engine(None)
+    for name in ("tokenizer", "max_model_len", "model_config", "model_name", "kv_pool"):
+        with pytest.raises(AttributeError, match=rf"Engine.{name} is set when the engine "
+                                                 r"starts .*await engine.start\(\)"):
+            getattr(eng, name)
+        assert not hasattr(eng, name)
+    with pytest.raises(AttributeError) as e:
+        eng.no_such_attribute
+    assert "starts" not in str(e.value)
+
+
 def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monkeypatch):
     """The model loads on a thread, which a cancelled start() (a wait_for's timeout, Ctrl-C)
     cannot stop: it loaded on and then wrote the engine's table, planner, runner... over

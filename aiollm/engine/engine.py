@@ -100,6 +100,15 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         # SamplingParams' fields the model's generation config gives defaults (set at start)
         self.sampling_defaults: dict = {}
 
+    def __getattr__(self, name: str):
+        # only for a name not set: the model's, before start() loads it, read as "'Engine'
+        # object has no attribute 'max_model_len'", as if no Engine had one
+        if name in _SET_AT_START:
+            raise AttributeError(f"Engine.{name} is set when the engine starts (it loads the "
+                                 "model): await engine.start(), or use `async with Engine(...) "
+                                 "as engine`, first", name=name, obj=self)
+        raise AttributeError(f"'Engine' object has no attribute {name!r}", name=name, obj=self)
+
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
         await self.start()
@@ -368,6 +377,13 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
             # for a shutdown that would never end was a dead end that start() left as it was
             self._accepting = accepting
             raise
+
+
+# what start() sets (_adopt) from the loaded model: Engine.__getattr__ says so before
+_SET_AT_START = frozenset({
+    "device", "dtype", "model_config", "model_path", "model_name", "tokenizer", "eos_ids",
+    "eos_token_id", "table", "runner", "kv_pool", "req_to_token", "max_model_len",
+    "scheduler", "metrics", "prefix_cache", "planner", "grammars", "ranks"})
 
 
 def check_shutdown_timeout(timeout: float, name: str = "shutdown() timeout") -> None:
