@@ -394,6 +394,26 @@ def test_serve_that_cannot_bind_leaves_no_signal_handler_and_names_the_host():
     asyncio.run(main())
 
 
+def test_a_host_that_does_not_resolve_is_named_before_the_load_with_port_0(monkeypatch):
+    """The address was checked before the model loaded only for a port other than 0: with
+    --port 0 (any free port) a host that does not resolve (`--host "[::1]"`, brackets and
+    all; `--host http://localhost`) was found once the model had loaded, told as '[Errno
+    -2] Name or service not known', naming no host."""
+    import re
+
+    import aiollm.engine.engine as engine_module
+    from aiollm.api import create_app, serve
+    from aiollm.engine import Engine
+
+    def no_load(self, ranks=None):
+        raise AssertionError("the model was loaded before the host was checked")
+
+    monkeypatch.setattr(engine_module.Engine, "_load_model", no_load)
+    for host in ("no-such-host.invalid", "[::1]"):
+        with pytest.raises(OSError, match=re.escape(f"host {host!r} does not resolve")):
+            asyncio.run(serve(create_app(Engine(None)), host, 0))
+
+
 def _write_tiny_config(path) -> None:
     """config.json of a tiny Llama of random weights (load_format dummy) into `path`."""
     (path / "config.json").write_text(json.dumps({

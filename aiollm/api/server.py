@@ -252,8 +252,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
             loop.add_signal_handler(sig, on_signal, sig)
             signals.append(sig)
     try:  # the handlers go with serve(), however it ends: else Ctrl-C sets a dead event
-        if port:  # a taken port is told now, not after the model has loaded
-            await check_bindable(host, port)
+        # a taken port, or a host that does not resolve (with port 0 too), is told now,
+        # not after the model has loaded
+        await check_bindable(host, port)
         setup = asyncio.ensure_future(runner.setup())  # starts the engine: loads the model
         try:
             await setup
