@@ -1891,6 +1891,27 @@ def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop,
     assert_all_free(engine)
 
 
+def test_a_stream_its_own_reader_closed_ends_as_a_closed_generator(loop, engine):
+    """A consumer that closes its stream itself (`await stream.aclose()` in its `async for`,
+    without a break) was handed the deltas queued meanwhile and then one more, the abort's,
+    so its loop body ran on after it had closed the stream. As after an async generator's
+    aclose(), the next read ends the iteration; nothing is held."""
+    async def go():
+        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=400, ignore_eos=True))
+        closed, after = False, []  # after: what the loop is given once it has closed it
+        async for delta in stream:
+            if closed:
+                after.append(delta)
+            elif delta.completion_tokens >= 3:
+                await asyncio.sleep(0.2)  # more deltas are queued meanwhile
+                await stream.aclose()
+                closed = True
+        return closed, after
+
+    assert run(loop, go()) == (True, [])
+    assert_all_free(engine)
+
+
 def test_a_stream_its_consumer_stops_reading_ends_at_its_stop_string(loop, engine):
     """A consumer that holds its stream and stops iterating (busy with the deltas it has, or
     writing them to a socket that is full) held up the detokenizing and the stop-string

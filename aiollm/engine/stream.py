@@ -116,7 +116,7 @@ class RequestStream:
     tokenizer worker's) or amid the loop's own code."""
 
     __slots__ = ("_req", "_gen", "_finish", "_loop", "closed", "_pump", "_queue", "_ended",
-                 "_reading", "__weakref__")
+                 "_reading", "_reader", "__weakref__")
 
     def __init__(self, req: Request | None, gen: AsyncIterator[Delta] | None, finish: Finish):
         """req None: a stream whose request is submitted later (submitted_later)."""
@@ -126,6 +126,7 @@ class RequestStream:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._ended = False
         self._reading = False  # a reader waits for the next delta
+        self._reader: weakref.ref | None = None  # the task that read last (weakly held)
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # made outside a loop: released where it is dropped
@@ -157,6 +158,7 @@ class RequestStream:
         self._check_loop("read")
         if self._pump is None:  # made outside a loop
             self._pump = asyncio.ensure_future(_pump(self._gen, self._queue))
+        self._reader = weakref.ref(asyncio.current_task())
         self._reading = True
         try:
             item = await self._queue.get()
@@ -178,9 +180,14 @@ class RequestStream:
         while one iterates the stream (waiting for tokens), it ends the request, whose last
         delta (finish_reason "abort") then ends that task's `async for`. RuntimeError,
         changing nothing, from another event loop than the stream's (the release changes
-        the engine's state under its loop)."""
+        the engine's state under its loop). Closed by its own reader (or before any read),
+        the stream ends as a closed async generator does: the next read ends the iteration,
+        not the deltas queued meanwhile and the abort's."""
         if self._loop is not None and not self._loop.is_closed():  # (closed: nothing runs)
             self._check_loop("closed")
+        reader = self._reader() if self._reader is not None else None
+        if reader is None or reader is asyncio.current_task():
+            self._ended = True
         self._close()
         if self._pump is None:  # made outside a loop, never iterated: nothing runs it
             await self._gen.aclose()
