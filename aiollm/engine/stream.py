@@ -158,7 +158,8 @@ class RequestStream:
         self._check_loop("read")
         if self._pump is None:  # made outside a loop
             self._pump = asyncio.ensure_future(_pump(self._gen, self._queue))
-        self._reader = weakref.ref(asyncio.current_task())
+        task = asyncio.current_task()  # (None: a coroutine driven by hand, in no task)
+        self._reader = weakref.ref(task) if task is not None else None
         self._reading = True
         try:
             item = await self._queue.get()
@@ -180,13 +181,16 @@ class RequestStream:
         while one iterates the stream (waiting for tokens), it ends the request, whose last
         delta (finish_reason "abort") then ends that task's `async for`. RuntimeError,
         changing nothing, from another event loop than the stream's (the release changes
-        the engine's state under its loop). Closed by its own reader (or before any read),
-        the stream ends as a closed async generator does: the next read ends the iteration,
-        not the deltas queued meanwhile and the abort's."""
+        the engine's state under its loop). Closed by its own reader (or before any read, or
+        once the task that read it last has ended), the stream ends as a closed async
+        generator does: the next read ends the iteration, not the deltas queued meanwhile
+        and the abort's."""
         if self._loop is not None and not self._loop.is_closed():  # (closed: nothing runs)
             self._check_loop("closed")
+        # another task still reading it (a task that has ended reads no more: freed or
+        # not, it is the same) is handed the abort's delta, which ends its async for
         reader = self._reader() if self._reader is not None else None
-        if reader is None or reader is asyncio.current_task():
+        if reader is None or reader.done() or reader is asyncio.current_task():
             self._ended = True
         self._close()
         if self._pump is None:  # made outside a loop, never iterated: nothing runs it
