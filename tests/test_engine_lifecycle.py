@@ -6,7 +6,9 @@ prefix-cache locks, asyncio tasks)."""
 from __future__ import annotations
 
 import asyncio
+from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from aiollm import LLM, Engine, SamplingParams
@@ -841,6 +843,24 @@ def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused_changing_not
             out = await eng.generate("Hello", SamplingParams(max_tokens=2))
             assert len(out.token_ids) == 2
             assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+@pytest.mark.parametrize("timeout", [np.int64(5), np.float32(0.5), Fraction(1, 2)],
+                         ids=["int64", "float32", "Fraction"])
+def test_a_shutdown_timeout_of_numpys_numbers_is_taken(loop, timeout):
+    """Any real number of seconds >= 0 was taken before the timeout was checked up front;
+    the check took Python's int and float alone, refusing numpy's (a config read with
+    numpy, a value computed from an array) as "no number of seconds"."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        try:
+            await eng.shutdown(timeout)
+            assert not eng.serving
         finally:
             await eng.stop()
 

@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import numbers
 import random
 import time
 
@@ -388,9 +389,9 @@ _SET_AT_START = frozenset({
 
 def check_shutdown_timeout(timeout: float, name: str = "shutdown() timeout") -> None:
     """ValueError naming `name` and the value unless `timeout` is a number of seconds >= 0
-    (an int or float, not a bool; inf: no limit): checked before a shutdown changes
-    anything, which a TypeError inside its wait left refusing every request."""
-    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+    (any real number, numpy's too, not a bool; inf: no limit): checked before a shutdown
+    changes anything, which a TypeError inside its wait left refusing every request."""
+    if (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
             or not timeout >= 0):
         raise ValueError(f"{name} must be a number of seconds >= 0 (inf: no limit), "
                          f"got {timeout!r}")
