@@ -949,6 +949,24 @@ def test_an_unstarted_engines_model_attributes_say_it_is_not_started():
     assert "starts" not in str(e.value)
 
 
+def test_an_attribute_error_inside_a_property_is_not_masked_by_engines_getattr():
+    """Python calls __getattr__ when a property's getter raises AttributeError: Engine's
+    (which says which attributes start() sets) answered for the property itself, "'Engine'
+    object has no attribute 'ready'" for a subclass's property that has one and failed
+    reading another, hiding the name that was missing. The property's own error stands,
+    and a subclass's missing attribute is named with the subclass's name."""
+    class Mine(Engine):
+        @property
+        def ready(self):
+            return self.warmed_up  # never set
+
+    eng = Mine(None)
+    with pytest.raises(AttributeError, match="'Mine' object has no attribute 'warmed_up'"):
+        eng.ready
+    with pytest.raises(AttributeError, match="'Mine' object has no attribute 'nothing'"):
+        eng.nothing
+
+
 def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monkeypatch):
     """The model loads on a thread, which a cancelled start() (a wait_for's timeout, Ctrl-C)
     cannot stop: it loaded on and then wrote the engine's table, planner, runner... over

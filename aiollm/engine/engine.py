@@ -108,7 +108,12 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
             raise AttributeError(f"Engine.{name} is set when the engine starts (it loads the "
                                  "model): await engine.start(), or use `async with Engine(...) "
                                  "as engine`, first", name=name, obj=self)
-        raise AttributeError(f"'Engine' object has no attribute {name!r}", name=name, obj=self)
+        for klass in type(self).__mro__:
+            if name in vars(klass):  # a property whose getter raised AttributeError: that
+                # error, naming what was missing, not one saying it has no such property
+                return vars(klass)[name].__get__(self, type(self))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}",
+                             name=name, obj=self)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
