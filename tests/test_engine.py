@@ -2016,6 +2016,23 @@ def test_a_stream_read_from_another_event_loop_is_a_usage_error(loop, engine):
     assert_all_free(engine)
 
 
+def test_a_stream_made_outside_a_loop_and_read_on_another_is_a_usage_error(loop, engine):
+    """A stream made in plain code while the engine's loop is not running (between its
+    run_until_complete calls) takes the loop it is first read on as its own: read first on
+    another (asyncio.run in the same thread), it took that one, and stalled there, as a
+    read from another loop did before it was refused. It is refused as that is, and is
+    still read to its end on the engine's loop."""
+    stream = engine.stream("Count to ten:", SamplingParams(max_tokens=20, ignore_eos=True))
+
+    async def read():
+        return [d async for d in stream]
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(asyncio.wait_for(read(), 5))
+    assert sum(len(d.token_ids) for d in run(loop, read())) == 20
+    assert_all_free(engine)
+
+
 def test_a_stream_the_collector_frees_amid_loop_code_is_released_after_it(loop, engine):
     """The cycle collector runs where an allocation trips it, on the loop's thread too: in
     the middle of the step loop or the planner. A stream it frees there must not release its
