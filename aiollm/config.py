@@ -192,9 +192,11 @@ class EngineConfig:
         if self.past_future_estimator not in ESTIMATORS:
             raise ValueError(f"past_future_estimator must be one of {', '.join(ESTIMATORS)}, "
                              f"got {self.past_future_estimator!r}")
-        if self.scheduler_blind_cap is not None and self.scheduler_blind_cap < 1:
-            raise ValueError(f"scheduler_blind_cap must be an integer >= 1 (or None), got "
-                             f"{self.scheduler_blind_cap}")
+        # at most the largest pool's tokens: past int64, every step failed converting it
+        cap = self.scheduler_blind_cap
+        if cap is not None and not 1 <= cap <= MAX_KV_TOKENS:
+            raise ValueError(f"scheduler_blind_cap must be an integer in [1, {MAX_KV_TOKENS}] "
+                             f"(or None), got {cap}")
         for name in ("max_running_requests", "max_prefill_tokens", "max_waiting_requests",
                      "table_capacity", "cuda_graph_max_batch"):
             v = getattr(self, name)

@@ -415,6 +415,16 @@ def test_version_says_which_aiollm_serves(tiny):
     serve_tiny(tiny, check)
 
 
+@pytest.mark.parametrize("timeout", [None, "30", -1.0, float("nan")])
+def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused_by_create_app(tiny,
+                                                                                 timeout):
+    """create_app(shutdown_timeout=None) was taken, and failed only at SIGTERM, inside the
+    engine's shutdown (a TypeError), leaving a server that refused every request as
+    shutting down. It is refused where it is given, as --shutdown-timeout's are."""
+    with pytest.raises(ValueError, match=r"timeout must be a number of seconds >= 0"):
+        create_app(Engine(tiny, load_format="dummy"), shutdown_timeout=timeout)
+
+
 def test_serve_help_names_every_endpoint(capsys):
     """`aiollm serve --help` lists the endpoints it serves; /healthz and /version were
     added to the routes and not to the list, so an operator reading it missed them."""

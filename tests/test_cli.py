@@ -160,13 +160,18 @@ def test_each_bad_option_names_its_own_flag():
     --host and --served-model-name were taken (the host failed after loading, "Name or
     service not known"), and --kv-tokens 2**31 (past the int32 slot ids) and a rendezvous
     port past 65535 ("Port out of range", with -tp 2 after its ranks started) only after
-    loading; an empty --api-key (`--api-key "$KEY"`, KEY unset) served without auth. Each is
-    a usage error now (exit 2, no traceback) naming its flag."""
+    loading; a --scheduler-blind-cap past int64 failed every step; an empty --api-key
+    (`--api-key "$KEY"`, KEY unset) served without auth. Each is a usage error now (exit
+    2, no traceback) naming its flag."""
     checks = ((["--nnodes", "0"], "argument --nnodes: nnodes must be >= 1"),
               (["--tensor-parallel-size", "0"],
                "argument --tensor-parallel-size: tensor_parallel_size must be >= 1"),
               (["--scheduler-blind-cap", "0"], "argument --scheduler-blind-cap: "
-               "scheduler_blind_cap must be an integer >= 1"),
+               "scheduler_blind_cap must be an integer in [1, 2147483646]"),
+              # past int64, it failed every model step ("Python int too large to convert
+              # to C long"), each request a 500, on a server that had started
+              (["--scheduler-blind-cap", str(10**20)], "argument --scheduler-blind-cap: "
+               "scheduler_blind_cap must be an integer in [1, 2147483646]"),
               (["--kv-tokens", str(2**31)], "argument --kv-tokens: kv_tokens must "
                "be in [1, 2147483646]"),
               (["--served-model-name", " "], "argument --served-model-name: "
@@ -387,6 +392,26 @@ def test_serve_that_cannot_bind_leaves_no_signal_handler_and_names_the_host():
         assert not loop.remove_signal_handler(signal.SIGINT)
 
     asyncio.run(main())
+
+
+def test_a_host_that_does_not_resolve_is_named_before_the_load_with_port_0(monkeypatch):
+    """The address was checked before the model loaded only for a port other than 0: with
+    --port 0 (any free port) a host that does not resolve (`--host "[::1]"`, brackets and
+    all; `--host http://localhost`) was found once the model had loaded, told as '[Errno
+    -2] Name or service not known', naming no host."""
+    import re
+
+    import aiollm.engine.engine as engine_module
+    from aiollm.api import create_app, serve
+    from aiollm.engine import Engine
+
+    def no_load(self, ranks=None):
+        raise AssertionError("the model was loaded before the host was checked")
+
+    monkeypatch.setattr(engine_module.Engine, "_load_model", no_load)
+    for host in ("no-such-host.invalid", "[::1]"):
+        with pytest.raises(OSError, match=re.escape(f"host {host!r} does not resolve")):
+            asyncio.run(serve(create_app(Engine(None)), host, 0))
 
 
 def _write_tiny_config(path) -> None:

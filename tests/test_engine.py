@@ -1891,6 +1891,27 @@ def test_a_stream_closed_by_another_task_while_iterated_aborts_its_request(loop,
     assert_all_free(engine)
 
 
+def test_a_stream_its_own_reader_closed_ends_as_a_closed_generator(loop, engine):
+    """A consumer that closes its stream itself (`await stream.aclose()` in its `async for`,
+    without a break) was handed the deltas queued meanwhile and then one more, the abort's,
+    so its loop body ran on after it had closed the stream. As after an async generator's
+    aclose(), the next read ends the iteration; nothing is held."""
+    async def go():
+        stream = engine.stream("Count to ten:", SamplingParams(max_tokens=400, ignore_eos=True))
+        closed, after = False, []  # after: what the loop is given once it has closed it
+        async for delta in stream:
+            if closed:
+                after.append(delta)
+            elif delta.completion_tokens >= 3:
+                await asyncio.sleep(0.2)  # more deltas are queued meanwhile
+                await stream.aclose()
+                closed = True
+        return closed, after
+
+    assert run(loop, go()) == (True, [])
+    assert_all_free(engine)
+
+
 def test_a_stream_its_consumer_stops_reading_ends_at_its_stop_string(loop, engine):
     """A consumer that holds its stream and stops iterating (busy with the deltas it has, or
     writing them to a socket that is full) held up the detokenizing and the stop-string
@@ -1949,6 +1970,67 @@ def test_a_stream_dropped_on_another_thread_is_released_on_its_loop(loop):
     assert calls == []  # not on the dropping thread
     run(loop, asyncio.sleep(0))
     assert calls == [(threading.get_ident(), "abort")]
+
+
+def test_a_stream_read_from_another_event_loop_is_a_usage_error(loop, engine):
+    """A stream read from another thread's event loop (asyncio.run in a worker thread) waited
+    on a queue whose wake-ups come from the engine's loop, which cannot wake another loop:
+    the reader stalled until something else woke its loop (forever, without a timeout). It
+    raises RuntimeError, as the engine's calls from another loop do (so does aclose(), which
+    released the request on the calling thread), and the stream is still read to its end on
+    its own loop, holding nothing after."""
+    import threading
+
+    async def make():
+        return engine.stream("Count to ten:", SamplingParams(max_tokens=20, ignore_eos=True))
+
+    stream = run(loop, make())
+    errors = []
+
+    def other_thread():
+        async def read():
+            async for _ in stream:
+                pass
+        try:
+            asyncio.run(asyncio.wait_for(read(), 5))
+        except BaseException as e:
+            errors.append(e)
+
+    def close_elsewhere():  # would release the request on this thread, under its loop
+        try:
+            asyncio.run(stream.aclose())
+        except BaseException as e:
+            errors.append(e)
+
+    for target in (other_thread, close_elsewhere):
+        t = threading.Thread(target=target)
+        t.start()
+        t.join(30)
+    assert len(errors) == 2 and all(isinstance(e, RuntimeError) for e in errors), errors
+    assert all("another event loop" in str(e) for e in errors)
+
+    async def read_here():
+        return [d async for d in stream]
+
+    assert sum(len(d.token_ids) for d in run(loop, read_here())) == 20
+    assert_all_free(engine)
+
+
+def test_a_stream_made_outside_a_loop_and_read_on_another_is_a_usage_error(loop, engine):
+    """A stream made in plain code while the engine's loop is not running (between its
+    run_until_complete calls) takes the loop it is first read on as its own: read first on
+    another (asyncio.run in the same thread), it took that one, and stalled there, as a
+    read from another loop did before it was refused. It is refused as that is, and is
+    still read to its end on the engine's loop."""
+    stream = engine.stream("Count to ten:", SamplingParams(max_tokens=20, ignore_eos=True))
+
+    async def read():
+        return [d async for d in stream]
+
+    with pytest.raises(RuntimeError, match="another event loop"):
+        asyncio.run(asyncio.wait_for(read(), 5))
+    assert sum(len(d.token_ids) for d in run(loop, read())) == 20
+    assert_all_free(engine)
 
 
 def test_a_stream_the_collector_frees_amid_loop_code_is_released_after_it(loop, engine):

@@ -6,7 +6,9 @@ prefix-cache locks, asyncio tasks)."""
 from __future__ import annotations
 
 import asyncio
+from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from aiollm import LLM, Engine, SamplingParams
@@ -823,6 +825,48 @@ def test_a_cancelled_shutdown_leaves_the_engine_serving(loop):
     run(loop, go())
 
 
+@pytest.mark.parametrize("timeout", [None, "30", True, -1, float("nan")])
+def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused_changing_nothing(
+        loop, timeout):
+    """shutdown(None) (meaning "no limit") or shutdown("30") raised TypeError from inside
+    its wait ('unsupported operand type(s) for +'), after it had stopped accepting: the
+    engine then refused every request with Overloaded ('the server is shutting down') for
+    a shutdown that never ran. -1 and nan stopped at once, as if 0. Each is refused naming
+    the argument, before anything changes, as --shutdown-timeout's are."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        try:
+            with pytest.raises(ValueError, match=r"shutdown\(\) timeout must be a number of "
+                                                 r"seconds >= 0 \(inf: no limit\), got "):
+                await eng.shutdown(timeout)
+            out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+            assert len(out.token_ids) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+@pytest.mark.parametrize("timeout", [np.int64(5), np.float32(0.5), Fraction(1, 2)],
+                         ids=["int64", "float32", "Fraction"])
+def test_a_shutdown_timeout_of_numpys_numbers_is_taken(loop, timeout):
+    """Any real number of seconds >= 0 was taken before the timeout was checked up front;
+    the check took Python's int and float alone, refusing numpy's (a config read with
+    numpy, a value computed from an array) as "no number of seconds"."""
+    async def go():
+        eng = Engine(None, kv_tokens=1024)
+        await eng.start()
+        try:
+            await eng.shutdown(timeout)
+            assert not eng.serving
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
 def test_stop_from_another_event_loop_is_a_usage_error_that_changes_nothing(loop):
     """stop() from another thread's event loop failed the requests in flight and stopped
     the engine's accepting, then raised asyncio's 'attached to a different loop' from its
@@ -887,6 +931,40 @@ def test_an_unstarted_engine_says_so_from_every_method():
                  lambda: eng.stream("Hello")):
         with pytest.raises(RuntimeError, match="not started: use `async with Engine"):
             call()
+
+
+def test_an_unstarted_engines_model_attributes_say_it_is_not_started():
+    """engine.tokenizer, .max_model_len, .model_config... are set when start() loads the
+    model; read before, they raised "'Engine' object has no attribute 'max_model_len'", as
+    if the Engine had no such attribute. They say to start it (an AttributeError still, so
+    hasattr() and getattr(..., default) answer as before); a name Engine never has does not."""
+    eng = Engine(None)
+    for name in ("tokenizer", "max_model_len", "model_config", "model_name", "kv_pool"):
+        with pytest.raises(AttributeError, match=rf"Engine.{name} is set when the engine "
+                                                 r"starts .*await engine.start\(\)"):
+            getattr(eng, name)
+        assert not hasattr(eng, name)
+    with pytest.raises(AttributeError) as e:
+        eng.no_such_attribute
+    assert "starts" not in str(e.value)
+
+
+def test_an_attribute_error_inside_a_property_is_not_masked_by_engines_getattr():
+    """Python calls __getattr__ when a property's getter raises AttributeError: Engine's
+    (which says which attributes start() sets) answered for the property itself, "'Engine'
+    object has no attribute 'ready'" for a subclass's property that has one and failed
+    reading another, hiding the name that was missing. The property's own error stands,
+    and a subclass's missing attribute is named with the subclass's name."""
+    class Mine(Engine):
+        @property
+        def ready(self):
+            return self.warmed_up  # never set
+
+    eng = Mine(None)
+    with pytest.raises(AttributeError, match="'Mine' object has no attribute 'warmed_up'"):
+        eng.ready
+    with pytest.raises(AttributeError, match="'Mine' object has no attribute 'nothing'"):
+        eng.nothing
 
 
 def test_a_start_cancelled_while_loading_leaves_the_next_start_alone(loop, monkeypatch):

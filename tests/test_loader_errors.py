@@ -541,6 +541,32 @@ def test_a_damaged_tokenizer_of_a_model_directory_fails_before_the_weights_load(
         start_engine(str(path), kv_tokens=256)
 
 
+@pytest.mark.parametrize("field, text, message", [
+    (None, "{bad", "config.json is not valid JSON"),
+    (None, "[1]", "config.json holds a JSON list, not an object"),
+    ("num_attention_heads", "4", "config.json: Field 'num_attention_heads' expected int"),
+])
+def test_a_damaged_config_json_beside_a_tokenizer_is_named_not_the_tokenizer(
+        copy, monkeypatch, field, text, message):
+    """transformers' AutoTokenizer reads config.json too, and the tokenizer is read before
+    the weights: a config.json that is not JSON (or a field of the wrong type) was reported
+    as "cannot read the tokenizer in DIR (tokenizer.json, tokenizer_config.json)", sending
+    the user to intact tokenizer files. The config is read first and named."""
+    from aiollm.model import load_tokenizer
+
+    path, _ = copy
+    load_tokenizer(None).save_pretrained(str(path))
+    if field is None:
+        (path / "config.json").write_text(text)
+    else:
+        set_field(path, field, text)
+    forbid_loading_weights(monkeypatch, "the weights were loaded before the config was read")
+
+    with pytest.raises(ValueError, match=re.escape(message)) as e:
+        start_engine(str(path), kv_tokens=256)
+    assert "tokenizer" not in str(e.value)
+
+
 def test_a_gguf_file_without_a_tokenizer_says_to_give_one(tmp_path):
     """A GGUF file whose metadata holds no tokenizer (written without one, or with one
     transformers cannot convert) failed at start-up with transformers' KeyError: 'tokens',

@@ -66,3 +66,21 @@ def test_readers_one_after_another_are_served(loop, engine):
     deltas = run(loop, go(), timeout=90)
     assert sum(len(d.token_ids) for d in deltas) == 6 and deltas[-1].finish_reason == "length"
     assert _all_free(engine), engine.stats()
+
+
+def test_a_stream_whose_last_reader_has_ended_ends_when_closed(loop, engine):
+    """aclose() ends the stream at once unless another task is still reading it: whether a
+    read after the close got the deltas queued meanwhile and the abort's, or the end,
+    depended on whether the collector had freed the task that read last (held weakly),
+    though that task had ended either way."""
+    async def go():
+        stream = engine.stream("Hi", SamplingParams(max_tokens=400, ignore_eos=True))
+        reader = asyncio.ensure_future(stream.__anext__())  # reads one delta, then ends
+        await reader
+        await asyncio.sleep(0.2)  # more deltas are queued meanwhile
+        await stream.aclose()
+        return reader, [d async for d in stream]
+
+    reader, after = run(loop, go(), timeout=90)
+    assert after == [], [(len(d.token_ids), d.finish_reason) for d in after]
+    assert _all_free(engine), engine.stats()

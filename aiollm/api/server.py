@@ -101,7 +101,11 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     /v1/responses keeps (store true), the most recent (api/response_store.py); 0 keeps none,
     each answered with store false; ValueError unless an integer >= 0.
     max_stored_response_bytes: the bytes of memory those may hold in all, the oldest dropped
-    first; 0 keeps none; ValueError unless an integer >= 0."""
+    first; 0 keeps none; ValueError unless an integer >= 0. shutdown_timeout: seconds the
+    requests in flight at SIGTERM may take to finish; ValueError unless a number >= 0."""
+    from aiollm.engine.engine import check_shutdown_timeout  # (loaded: `engine` is one)
+
+    check_shutdown_timeout(shutdown_timeout, "shutdown_timeout")  # here, not at SIGTERM
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")
     if not isinstance(response_role, str) or not response_role.strip():
@@ -248,8 +252,9 @@ async def serve(app: web.Application, host: str = "127.0.0.1", port: int = 8000,
             loop.add_signal_handler(sig, on_signal, sig)
             signals.append(sig)
     try:  # the handlers go with serve(), however it ends: else Ctrl-C sets a dead event
-        if port:  # a taken port is told now, not after the model has loaded
-            await check_bindable(host, port)
+        # a taken port, or a host that does not resolve (with port 0 too), is told now,
+        # not after the model has loaded
+        await check_bindable(host, port)
         setup = asyncio.ensure_future(runner.setup())  # starts the engine: loads the model
         try:
             await setup

@@ -23,6 +23,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import numbers
 import random
 import time
 
@@ -99,6 +100,20 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         self._requests: dict[int, Request] = {}
         # SamplingParams' fields the model's generation config gives defaults (set at start)
         self.sampling_defaults: dict = {}
+
+    def __getattr__(self, name: str):
+        # only for a name not set: the model's, before start() loads it, read as "'Engine'
+        # object has no attribute 'max_model_len'", as if no Engine had one
+        if name in _SET_AT_START:
+            raise AttributeError(f"Engine.{name} is set when the engine starts (it loads the "
+                                 "model): await engine.start(), or use `async with Engine(...) "
+                                 "as engine`, first", name=name, obj=self)
+        for klass in type(self).__mro__:
+            if name in vars(klass):  # a property whose getter raised AttributeError: that
+                # error, naming what was missing, not one saying it has no such property
+                return vars(klass)[name].__get__(self, type(self))
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}",
+                             name=name, obj=self)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -344,7 +359,10 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         stop() does (their generate() and streams raise EngineStopped).
         A start() meanwhile waits for it, then starts the engine again; a stop() aborts the
         rest now; cancelled while it waits (a wait_for's timeout), the engine serves on.
-        RuntimeError, as stop() raises it, from another event loop than the running engine's."""
+        RuntimeError, as stop() raises it, from another event loop than the running engine's;
+        ValueError, changing nothing, unless `timeout` is a number of seconds >= 0 (inf: no
+        limit)."""
+        check_shutdown_timeout(timeout)
         if self._running:
             self._check_own_loop()
         await self._after_changes()
@@ -365,6 +383,23 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
             # for a shutdown that would never end was a dead end that start() left as it was
             self._accepting = accepting
             raise
+
+
+# what start() sets (_adopt) from the loaded model: Engine.__getattr__ says so before
+_SET_AT_START = frozenset({
+    "device", "dtype", "model_config", "model_path", "model_name", "tokenizer", "eos_ids",
+    "eos_token_id", "table", "runner", "kv_pool", "req_to_token", "max_model_len",
+    "scheduler", "metrics", "prefix_cache", "planner", "grammars", "ranks"})
+
+
+def check_shutdown_timeout(timeout: float, name: str = "shutdown() timeout") -> None:
+    """ValueError naming `name` and the value unless `timeout` is a number of seconds >= 0
+    (any real number, numpy's too, not a bool; inf: no limit): checked before a shutdown
+    changes anything, which a TypeError inside its wait left refusing every request."""
+    if (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+            or not timeout >= 0):
+        raise ValueError(f"{name} must be a number of seconds >= 0 (inf: no limit), "
+                         f"got {timeout!r}")
 
 
 def _retrieve(load: asyncio.Future) -> None:

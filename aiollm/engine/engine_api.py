@@ -124,9 +124,11 @@ class EngineAPI:
             ids = self._checked(prompt, params)
             return RequestStream.submitted_later(
                 self._finish,
-                lambda ref: self._stream_compiled(ids, params, ref, cache_salt, group))
+                lambda ref: self._stream_compiled(ids, params, ref, cache_salt, group),
+                self._event_loop)
         req, text = self._submit(prompt, params, cache_salt=cache_salt, group=group)
-        return RequestStream(req, deltas(req, text, self._finish), self._finish)
+        return RequestStream(req, deltas(req, text, self._finish), self._finish,
+                             self._event_loop)
 
     async def _stream_compiled(self, ids: list[int], params: SamplingParams,
                                stream_ref: Callable[[], RequestStream | None],

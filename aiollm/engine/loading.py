@@ -169,6 +169,11 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
             check_tokenizer_path(cfg.model)
         except FileNotFoundError as e:
             raise FileNotFoundError(f"model path {e}; give one with --tokenizer") from None
+        # transformers' AutoTokenizer reads config.json too: a damaged one is named as the
+        # model's config (read_config's ValueError), not as an unreadable tokenizer
+        from aiollm.model.loader import read_config
+
+        read_config(cfg.model)
         tokenizer = tokenizer_for(cfg, os.path.expanduser(cfg.model))
     # before the weights: a bad value in the file fails in a moment, not after minutes
     defaults = sampling_defaults(cfg.generation_config, cfg.model or "")

@@ -115,17 +115,21 @@ class RequestStream:
     loop it was made on: the cycle collector may free it on another thread (the model's, a
     tokenizer worker's) or amid the loop's own code."""
 
-    __slots__ = ("_req", "_gen", "_finish", "_loop", "closed", "_pump", "_queue", "_ended",
-                 "_reading", "__weakref__")
+    __slots__ = ("_req", "_gen", "_finish", "_loop", "_home", "closed", "_pump", "_queue",
+                 "_ended", "_reading", "_reader", "__weakref__")
 
-    def __init__(self, req: Request | None, gen: AsyncIterator[Delta] | None, finish: Finish):
-        """req None: a stream whose request is submitted later (submitted_later)."""
-        self._req, self._gen, self._finish = req, gen, finish
+    def __init__(self, req: Request | None, gen: AsyncIterator[Delta] | None, finish: Finish,
+                 home: asyncio.AbstractEventLoop | None = None):
+        """req None: a stream whose request is submitted later (submitted_later); `home`:
+        the engine's loop, whose step loop makes the deltas (a stream made outside a loop
+        is read on it alone; None: the loop it is first read on)."""
+        self._req, self._gen, self._finish, self._home = req, gen, finish, home
         self.closed = False
         self._pump: asyncio.Task | None = None
         self._queue: asyncio.Queue = asyncio.Queue()
         self._ended = False
         self._reading = False  # a reader waits for the next delta
+        self._reader: weakref.ref | None = None  # the task that read last (weakly held)
         try:
             self._loop = asyncio.get_running_loop()
         except RuntimeError:  # made outside a loop: released where it is dropped
@@ -143,14 +147,22 @@ class RequestStream:
     async def __anext__(self) -> Delta:
         """The next delta. RuntimeError while another task waits for one (as Python's async
         generators refuse a second anext()): each delta goes to one reader, and the end to
-        one alone, so a second reader waited forever once the first had taken it."""
+        one alone, so a second reader waited forever once the first had taken it.
+        RuntimeError, changing nothing, from another event loop than the stream's (the one
+        it was made on; made outside a loop, the engine's): its deltas come from that loop,
+        which cannot wake another, so such a reader stalled."""
         if self._ended:
             raise StopAsyncIteration
         if self._reading:
             raise RuntimeError("anext(): this stream is already being read by another task; "
                                "read a stream from one task at a time")
+        # made outside a loop: the engine's is its own (else its first reader's)
+        self._check_loop("read", self._loop or self._home or asyncio.get_running_loop())
+        self._loop = asyncio.get_running_loop()
         if self._pump is None:  # made outside a loop
             self._pump = asyncio.ensure_future(_pump(self._gen, self._queue))
+        task = asyncio.current_task()  # (None: a coroutine driven by hand, in no task)
+        self._reader = weakref.ref(task) if task is not None else None
         self._reading = True
         try:
             item = await self._queue.get()
@@ -170,10 +182,29 @@ class RequestStream:
     async def aclose(self) -> None:
         """Abort the request (if unfinished) and close the stream. Called from another task
         while one iterates the stream (waiting for tokens), it ends the request, whose last
-        delta (finish_reason "abort") then ends that task's `async for`."""
+        delta (finish_reason "abort") then ends that task's `async for`. RuntimeError,
+        changing nothing, from another event loop than the stream's (the release changes
+        the engine's state under its loop). Closed by its own reader (or before any read, or
+        once the task that read it last has ended), the stream ends as a closed async
+        generator does: the next read ends the iteration, not the deltas queued meanwhile
+        and the abort's."""
+        if self._loop is not None and not self._loop.is_closed():  # (closed: nothing runs)
+            self._check_loop("closed", self._loop)
+        # another task still reading it (a task that has ended reads no more: freed or
+        # not, it is the same) is handed the abort's delta, which ends its async for
+        reader = self._reader() if self._reader is not None else None
+        if reader is None or reader.done() or reader is asyncio.current_task():
+            self._ended = True
         self._close()
         if self._pump is None:  # made outside a loop, never iterated: nothing runs it
             await self._gen.aclose()
+
+    @staticmethod
+    def _check_loop(verb: str, own: asyncio.AbstractEventLoop) -> None:
+        if asyncio.get_running_loop() is not own:
+            raise RuntimeError(f"this stream is {verb} from another event loop than the "
+                               "engine's, which makes its deltas: use it on that loop (from "
+                               "another thread: asyncio.run_coroutine_threadsafe)")
 
     def _close(self) -> None:
         self.closed = True
@@ -184,12 +215,13 @@ class RequestStream:
     @classmethod
     def submitted_later(cls, finish: Finish,
                         make: Callable[[Callable[[], "RequestStream | None"]],
-                                       AsyncIterator[Delta]]) -> "RequestStream":
+                                       AsyncIterator[Delta]],
+                        home: asyncio.AbstractEventLoop | None = None) -> "RequestStream":
         """A stream whose request is not submitted yet (its grammar compiles first): make(ref)
         gives the deltas' generator, which submits nothing once ref() (the stream, weakly
         held: a dropped stream must be collectable while its pump runs) is None or closed,
         and calls bind(req) on it when it submits."""
-        stream = cls(None, None, finish)
+        stream = cls(None, None, finish, home)
         stream._gen = make(weakref.ref(stream))
         stream._start()
         return stream
