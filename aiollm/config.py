@@ -55,6 +55,16 @@ def check_kv_cache_dtype(kv_cache_dtype: str, dtype: str, why: str = "") -> None
                      f"(--kv-cache-dtype) auto or {dtype}, or dtype (--dtype) {kv_cache_dtype}")
 
 
+def check_shutdown_timeout(timeout: float, name: str = "shutdown() timeout") -> None:
+    """ValueError naming `name` and the value unless `timeout` is a number of seconds >= 0
+    (any real number, numpy's too, not a bool; inf: no limit): checked before a shutdown
+    changes anything, which a TypeError inside its wait left refusing every request."""
+    if (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+            or not timeout >= 0):
+        raise ValueError(f"{name} must be a number of seconds >= 0 (inf: no limit), "
+                         f"got {timeout!r}")
+
+
 @dataclass(slots=True)
 class EngineConfig:
     model: str | None = None  # HF directory or .gguf file; None: the default SmolLM2-135M

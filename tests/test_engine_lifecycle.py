@@ -1239,3 +1239,24 @@ def test_stop_returns_while_queued_work_cannot_be_planned():
 
     for _ in range(3):
         asyncio.run(main())
+
+
+def test_the_names_an_unstarted_engine_explains_are_the_ones_start_sets(tmp_path):
+    """unstarted.SET_AT_START is a list kept by hand beside Engine._adopt: every name in it
+    is an attribute of a started engine (a name start() no longer sets would be explained as
+    set at start forever), and each public attribute start() sets is in it."""
+    from aiollm.engine.unstarted import SET_AT_START
+
+    tiny_llama(tmp_path)
+
+    async def main():
+        eng = Engine(str(tmp_path), load_format="dummy", device="cpu", kv_tokens=256,
+                     warm_up=False)
+        before = set(vars(eng))
+        async with eng:
+            after = set(vars(eng))
+        return before, after
+
+    before, after = asyncio.run(main())
+    assert SET_AT_START <= after, SET_AT_START - after
+    assert {n for n in after - before if not n.startswith("_")} <= SET_AT_START

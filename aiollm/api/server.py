@@ -32,7 +32,8 @@ from aiollm.api.request_id import HEADER as REQUEST_ID_HEADER
 from aiollm.api.request_id import send_request_id
 from aiollm.api.response_store import ResponseStore
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
-from aiollm.config import MAX_STORED_RESPONSE_BYTES, MAX_STORED_RESPONSES
+from aiollm.config import (MAX_STORED_RESPONSE_BYTES, MAX_STORED_RESPONSES,
+                           check_shutdown_timeout)
 from aiollm.engine.content_format import check_content_format, log_served_format
 from aiollm.stop_signal import Terminated
 
@@ -103,8 +104,6 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     max_stored_response_bytes: the bytes of memory those may hold in all, the oldest dropped
     first; 0 keeps none; ValueError unless an integer >= 0. shutdown_timeout: seconds the
     requests in flight at SIGTERM may take to finish; ValueError unless a number >= 0."""
-    from aiollm.engine.engine import check_shutdown_timeout  # (loaded: `engine` is one)
-
     check_shutdown_timeout(shutdown_timeout, "shutdown_timeout")  # here, not at SIGTERM
     if not body_timeout > 0:
         raise ValueError(f"body_timeout must be positive seconds, got {body_timeout!r}")

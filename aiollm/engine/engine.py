@@ -23,11 +23,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
-import numbers
 import random
 import time
 
-from aiollm.config import EngineConfig
+from aiollm.config import EngineConfig, check_shutdown_timeout
 from aiollm.engine.add_request import AddRequest
 from aiollm.engine.batch_api import BatchAPI
 from aiollm.engine.chat_api import ChatAPI
@@ -45,6 +44,7 @@ from aiollm.engine.request import Request
 from aiollm.engine.step_health import StepHealth
 from aiollm.engine.step_log import StepLog
 from aiollm.engine.step_loop import StepLoop
+from aiollm.engine.unstarted import Unstarted
 from aiollm.errors import EngineStopped
 from aiollm.metrics import EngineMetrics
 from aiollm.weak_method import weak_method
@@ -58,7 +58,7 @@ _STOPPED = ("the engine shut down before the request finished; retry it on a run
 
 
 class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, EngineHealth,
-             EngineStats):
+             EngineStats, Unstarted):
     """An LLM inference engine on the caller's event loop: start() loads the model, then
     generate() / stream() / chat() serve requests concurrently until stop().
 
@@ -100,20 +100,6 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         self._requests: dict[int, Request] = {}
         # SamplingParams' fields the model's generation config gives defaults (set at start)
         self.sampling_defaults: dict = {}
-
-    def __getattr__(self, name: str):
-        # only for a name not set: the model's, before start() loads it, read as "'Engine'
-        # object has no attribute 'max_model_len'", as if no Engine had one
-        if name in _SET_AT_START:
-            raise AttributeError(f"Engine.{name} is set when the engine starts (it loads the "
-                                 "model): await engine.start(), or use `async with Engine(...) "
-                                 "as engine`, first", name=name, obj=self)
-        for klass in type(self).__mro__:
-            if name in vars(klass):  # a property whose getter raised AttributeError: that
-                # error, naming what was missing, not one saying it has no such property
-                return vars(klass)[name].__get__(self, type(self))
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}",
-                             name=name, obj=self)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> "Engine":
@@ -383,23 +369,6 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
             # for a shutdown that would never end was a dead end that start() left as it was
             self._accepting = accepting
             raise
-
-
-# what start() sets (_adopt) from the loaded model: Engine.__getattr__ says so before
-_SET_AT_START = frozenset({
-    "device", "dtype", "model_config", "model_path", "model_name", "tokenizer", "eos_ids",
-    "eos_token_id", "table", "runner", "kv_pool", "req_to_token", "max_model_len",
-    "scheduler", "metrics", "prefix_cache", "planner", "grammars", "ranks"})
-
-
-def check_shutdown_timeout(timeout: float, name: str = "shutdown() timeout") -> None:
-    """ValueError naming `name` and the value unless `timeout` is a number of seconds >= 0
-    (any real number, numpy's too, not a bool; inf: no limit): checked before a shutdown
-    changes anything, which a TypeError inside its wait left refusing every request."""
-    if (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
-            or not timeout >= 0):
-        raise ValueError(f"{name} must be a number of seconds >= 0 (inf: no limit), "
-                         f"got {timeout!r}")
 
 
 def _retrieve(load: asyncio.Future) -> None:
