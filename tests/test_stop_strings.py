@@ -157,22 +157,13 @@ def test_a_stop_string_completed_after_min_tokens_counts_where_it_starts(tokeniz
     ids = tokenizer.encode("One. Two. Three.", add_special_tokens=False)
     assert tokenizer.decode(ids[:2]) == "One." and tokenizer.decode(ids[2:3]) == " Two"
     for stop in (". T", "e. Two", "."):  # straddling tokens 2 and 3 / ending in token 2
-        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], include_stop),
-                         min_tokens=2)
-        sent = ""
-        for t in ids:
-            out.feed(t)
-            sent += out.take()[0]
-            if out.stopped:
-                break
-        out.finish()
-        sent += out.take()[0]
+        sent, kept = _streamed(tokenizer, ids, stop, 2, include_stop)
         if stop == ".":  # the first "." ends token 2: within min_tokens, it does not count
             want = "One. Two" + "." * include_stop
         else:
             want = "One" if stop == ". T" else "On"
             want += stop * include_stop
-        assert sent == want and out.kept == (4 if stop == "." else 3), (stop, sent)
+        assert sent == want and kept == (4 if stop == "." else 3), (stop, sent)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
@@ -229,15 +220,22 @@ def test_min_tokens_and_a_stop_string_end_the_output_where_vllm_ends_it(tokenize
         at = rng.randrange(len(text))
         stop, min_tokens = text[at:at + rng.randint(1, 6)], rng.randint(0, len(ids))
         include_stop = rng.random() < 0.5
-        out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], include_stop),
-                         min_tokens)
-        sent = ""
-        for t in ids:
-            out.feed(t)
-            sent += out.take()[0]
-            if out.stopped:
-                break
-        out.finish()
-        sent += out.take()[0]
-        assert (sent, out.kept) == _per_token_check(tokenizer, ids, stop, min_tokens,
+        sent, kept = _streamed(tokenizer, ids, stop, min_tokens, include_stop)
+        assert (sent, kept) == _per_token_check(tokenizer, ids, stop, min_tokens,
                                                     include_stop), (text, stop, min_tokens)
+
+
+def _streamed(tokenizer, ids: list[int], stop: str, min_tokens: int,
+              include_stop: bool) -> tuple[str, int]:
+    """ids fed one at a time to OutputText with one stop string, its text taken after each
+    as a stream takes it, until it stops -> (the text sent, the tokens kept)."""
+    out = OutputText(IncrementalDetokenizer(tokenizer, [], True, [stop], include_stop),
+                     min_tokens)
+    sent = ""
+    for t in ids:
+        out.feed(t)
+        sent += out.take()[0]
+        if out.stopped:
+            break
+    out.finish()
+    return sent + out.take()[0], out.kept
