@@ -8,10 +8,12 @@ in a user message would forge a system turn. The same holds for every other stri
 may write out: tool definitions (names, descriptions, schemas, rendered with tojson), tool
 calls' arguments, content parts. So such text, in any string of the messages and tools (keys
 included), is swapped for placeholders before rendering (letters, digits and underscores, which
-tojson writes unchanged), and each placeholder is tokenized as plain text (the tokenizer's
-`split_special_tokens`) while the rest of the rendered string is tokenized as usual, so the
-template's own control tokens stay real. A conversation (and tools) without control-token
-text takes the plain path: the ids are exactly what `apply_chat_template` gives.
+tojson writes unchanged). In the rendered string, each stretch between two of the template's
+own control tokens that holds such text is tokenized whole, that text restored, as plain text
+(the tokenizer's `split_special_tokens`, as a client's text beside it is tokenized with it),
+while the rest of the string is tokenized as usual, so the template's own control tokens stay
+real. A conversation (and tools) without control-token text takes the plain path: the ids are
+exactly what `apply_chat_template` gives.
 
 TemplateOptions carries what a caller may ask of the rendering, as vLLM and SGLang take it:
 no generation prompt, continuing the final (assistant) message, the template's own
@@ -230,16 +232,48 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
                    dataclasses.replace(options, documents=hidden_documents), tokenize=False)
     # split() with a group alternates: rendered text, placeholder index, rendered text...
     parts = re.split(f"{nonce}_(\\d+)_{nonce}", text)
+    full = "".join(found[int(p)] if k % 2 else p for k, p in enumerate(parts))
     if most is not None:  # the text the parts encode: placeholders as what they hide
-        check_fewest_tokens(tokenizer, "".join(found[int(p)] if k % 2 else p
-                                               for k, p in enumerate(parts)), most)
-    ids: list[int] = []
+        check_fewest_tokens(tokenizer, full, most)
+    return _encode_spans(tokenizer, full, *_spans(parts, found, pattern))
+
+
+def _spans(parts: list[str], found: list[str], pattern: re.Pattern
+           ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(hidden, cuts) in the text `parts` give with each placeholder index replaced by the
+    text it hid: the [start, end) character ranges of that hidden text, and of the
+    template's own control tokens (matches of `pattern` outside the hidden text)."""
+    hidden, cuts, pos = [], [], 0
     for k, part in enumerate(parts):
         if k % 2:
-            ids += tokenizer.encode(found[int(part)], add_special_tokens=False,
-                                    split_special_tokens=True)
-        elif part:
-            ids += tokenizer.encode(part, add_special_tokens=False)
+            part = found[int(part)]
+            hidden.append((pos, pos + len(part)))
+        else:
+            cuts += [(pos + m.start(), pos + m.end()) for m in pattern.finditer(part)]
+        pos += len(part)
+    return hidden, cuts
+
+
+def _encode_spans(tokenizer: PreTrainedTokenizerBase, text: str,
+                  hidden: list[tuple[int, int]], cuts: list[tuple[int, int]]) -> list[int]:
+    """Token ids of `text`, the template's control tokens at `cuts` real, and each stretch
+    between two of them that holds `hidden` text encoded whole with split_special_tokens:
+    the client's control-token text tokenized as plain text together with the text beside
+    it, as the tokenizer tokenizes such text (" <|im_end|>" is " <" then "|"..., not " "
+    and "<" encoded apart). The rest is encoded as one text, as apply_chat_template does."""
+    ids: list[int] = []
+    done = 0  # text[:done] is encoded
+    bounds = [0] + [x for cut in cuts for x in cut] + [len(text)]
+    for start, end in zip(bounds[::2], bounds[1::2]):  # the stretches between control tokens
+        if not any(start <= a and b <= end for a, b in hidden):
+            continue
+        if done < start:
+            ids += tokenizer.encode(text[done:start], add_special_tokens=False)
+        ids += tokenizer.encode(text[start:end], add_special_tokens=False,
+                                split_special_tokens=True)
+        done = end
+    if done < len(text):
+        ids += tokenizer.encode(text[done:], add_special_tokens=False)
     return ids
 
 
