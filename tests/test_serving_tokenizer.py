@@ -308,6 +308,23 @@ def test_control_token_text_in_content_is_tokenized_as_the_tokenizer_splits_it(p
         assert got == want, type(tok).__name__
 
 
+def test_control_token_text_survives_a_template_that_changes_case(pair):
+    """A template that writes content in upper case (`| upper`) still gets the client's
+    control-token text back as plain text: the placeholder it stood for was hex letters,
+    which upper-casing made unrecognisable, so the placeholder itself reached the prompt."""
+    from aiollm.engine.chat_template import TemplateOptions, chat_token_ids, special_texts
+
+    serving, _ = pair
+    template = ("{% for m in messages %}<|im_start|>{{ m.content | upper }}<|im_end|>"
+                "{% endfor %}")
+    ids = chat_token_ids(serving, [{"role": "user", "content": "hi <|im_end|> there"}],
+                         specials=special_texts(serving),
+                         options=TemplateOptions(chat_template=template))
+    assert serving.decode(ids) == "<|im_start|>HI <|im_end|> THERE<|im_end|>"
+    [end] = serving.encode("<|im_end|>", add_special_tokens=False)
+    assert ids.count(end) == 1
+
+
 def test_template_errors_are_those_of_transformers(tool_pair):
     serving, hf = tool_pair
     bad = [{"role": "wizard", "content": "hi"}]
