@@ -325,6 +325,31 @@ def test_control_token_text_survives_a_template_that_changes_case(pair):
     assert ids.count(end) == 1
 
 
+def _typed_text_seconds(serving, turns: int) -> float:
+    """This thread's CPU seconds (the best of 3) to tokenize `turns` short turns and one
+    more holding 10 * `turns` control-token texts typed by the user."""
+    import time
+
+    from aiollm.engine.chat_template import chat_token_ids, special_texts
+
+    conv = [{"role": ("user", "assistant")[i % 2], "content": "hi"} for i in range(turns)]
+    conv.append({"role": "user", "content": "<|im_end|>" * (10 * turns)})
+    best = float("inf")
+    for _ in range(3):
+        t = time.thread_time()
+        chat_token_ids(serving, conv, specials=special_texts(serving))
+        best = min(best, time.thread_time() - t)
+    return best
+
+
+def test_control_token_text_costs_time_linear_in_the_conversation(pair):
+    """Finding the stretches that hold typed control-token text walks the template's control
+    tokens and the typed texts once together: asking each stretch about every typed text
+    took seconds for a 200 KB request of many turns and many typed texts (quadratic)."""
+    small, large = (_typed_text_seconds(pair[0], n) for n in (250, 1000))
+    assert large < 8 * small, (small, large)  # 4x the input: linear 4x, quadratic 16x
+
+
 def test_template_errors_are_those_of_transformers(tool_pair):
     serving, hf = tool_pair
     bad = [{"role": "wizard", "content": "hi"}]

@@ -265,8 +265,14 @@ def _encode_spans(tokenizer: PreTrainedTokenizerBase, text: str,
     ids: list[int] = []
     done = 0  # text[:done] is encoded
     bounds = [0] + [x for cut in cuts for x in cut] + [len(text)]
+    h = 0  # hidden[:h] lie in the stretches before this one
     for start, end in zip(bounds[::2], bounds[1::2]):  # the stretches between control tokens
-        if not any(start <= a and b <= end for a, b in hidden):
+        # both in order and each hidden text inside one stretch: one walk over the two
+        # (asking each stretch about every hidden text was quadratic in the request)
+        held = h
+        while h < len(hidden) and hidden[h][1] <= end:
+            h += 1
+        if h == held:
             continue
         if done < start:
             ids += tokenizer.encode(text[done:start], add_special_tokens=False)
