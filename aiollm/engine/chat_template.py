@@ -12,7 +12,9 @@ case filters write unchanged). In the rendered string, each stretch between two 
 own control tokens that holds such text is tokenized whole, that text restored, as plain text
 (the tokenizer's `split_special_tokens`, as a client's text beside it is tokenized with it),
 while the rest of the string is tokenized as usual, so the template's own control tokens stay
-real. A conversation (and tools) without control-token text takes the plain path: the ids are
+real (in one pass over the whole string where the tokenizer has a `tokenizers` backend, so
+that text after a control token is tokenized as it is there: control_text_encoding.py).
+A conversation (and tools) without control-token text takes the plain path: the ids are
 exactly what `apply_chat_template` gives.
 
 TemplateOptions carries what a caller may ask of the rendering, as vLLM and SGLang take it:
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiollm.engine.content_format import (check_content_format, formed_messages,
                                           resolve_content_format)
+from aiollm.engine.control_text_encoding import encode_in_one_pass
 from aiollm.engine.submission import check_fewest_tokens, check_unicode
 from aiollm.errors import (ChatTemplateError, InvalidRequest, check_type, shown_json,
                            too_deep)
@@ -236,7 +239,9 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     full = "".join(found[int(p)] if k % 2 else p for k, p in enumerate(parts))
     if most is not None:  # the text the parts encode: placeholders as what they hide
         check_fewest_tokens(tokenizer, full, most)
-    return _encode_spans(tokenizer, full, *_spans(parts, found, pattern))
+    hidden, cuts = _spans(parts, found, pattern)
+    ids = encode_in_one_pass(tokenizer, full, cuts)
+    return _encode_spans(tokenizer, full, hidden, cuts) if ids is None else ids
 
 
 def _spans(parts: list[str], found: list[str], pattern: re.Pattern
@@ -261,7 +266,9 @@ def _encode_spans(tokenizer: PreTrainedTokenizerBase, text: str,
     between two of them that holds `hidden` text encoded whole with split_special_tokens:
     the client's control-token text tokenized as plain text together with the text beside
     it, as the tokenizer tokenizes such text (" <|im_end|>" is " <" then "|"..., not " "
-    and "<" encoded apart). The rest is encoded as one text, as apply_chat_template does."""
+    and "<" encoded apart). The rest is encoded as one text, as apply_chat_template does.
+    What a tokenizer without a `tokenizers` backend gets (control_text_encoding.py's one
+    pass is exact where a stretch's encoding depends on where it stands)."""
     ids: list[int] = []
     done = 0  # text[:done] is encoded
     bounds = [0] + [x for cut in cuts for x in cut] + [len(text)]
