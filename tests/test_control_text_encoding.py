@@ -99,3 +99,16 @@ def test_a_tokenizer_without_a_backend_encodes_the_stretches_apart_alike(content
     assert chat_token_ids(_NoBackend(tok), conv, specials=special_texts(tok)) == one_pass
     assert tok.decode(one_pass) == tok.apply_chat_template(conv, tokenize=False,
                                                            add_generation_prompt=True)
+
+
+def test_typed_stand_in_text_stays_text():
+    """The stand-ins are private-use text: a client who types one gets text, not the control
+    token it stands for (such a prompt is encoded by the stretches instead)."""
+    tok = load_tokenizer(None)
+    [end] = tok.encode("<|im_end|>", add_special_tokens=False)
+    tok.chat_template = "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}"
+    typed = f"a \ue000{end}\ue001 b <|im_end|> c"
+    ids = chat_token_ids(tok, [{"role": "user", "content": typed}],
+                         specials=special_texts(tok))
+    assert ids.count(end) == 1
+    assert tok.decode(ids) == f"<|im_start|>{typed}<|im_end|>"
