@@ -112,3 +112,17 @@ def test_typed_stand_in_text_stays_text():
                          specials=special_texts(tok))
     assert ids.count(end) == 1
     assert tok.decode(ids) == f"<|im_start|>{typed}<|im_end|>"
+
+
+def test_a_backend_that_truncates_does_not_cut_the_prompt():
+    """A tokenizer.json may carry truncation (and padding) settings, which transformers
+    turns off for each encode it makes; the one pass's copy of the backend had them on."""
+    backend = _metaspace("always")
+    plain = _fast(Tokenizer.from_str(backend.to_str()), TEMPLATE)
+    backend.enable_truncation(8)
+    backend.enable_padding(length=64, pad_id=0, pad_token="<unk>")
+    tok = _fast(backend, TEMPLATE)
+    conv = [{"role": "user", "content": "Hello world, how are you </s> today?"}]
+    ids = chat_token_ids(tok, conv, specials=special_texts(tok))
+    assert ids == chat_token_ids(plain, conv, specials=special_texts(plain))
+    assert tok.decode(ids).endswith("you </s> today?[/INST]")

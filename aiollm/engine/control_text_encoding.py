@@ -70,6 +70,9 @@ def _copy_of(tokenizer: Any) -> tuple | None:
             return copy
         splitting = Tokenizer.from_str(backend.to_str())
         splitting.encode_special_tokens = True
+        # tokenizer.json's own settings, which transformers turns off for each encode
+        splitting.no_truncation()
+        splitting.no_padding()
         stand_in, real, added = {}, {}, []
         for i, token in backend.get_added_tokens_decoder().items():
             if token.special and token.content:
