@@ -212,6 +212,9 @@ def test_other_part_types_are_still_refused_naming_the_part(llm):
     with pytest.raises(InvalidRequest, match="only text content parts") as e:
         prompt(llm, [{"role": "user", "content": ["hi", image]}], PARTS, "openai")
     assert e.value.param == "conversations[0].messages[0].content[1].type"
+    # the message names the part too: the openai client shows the message, not the param
+    assert 'messages[0].content[1].type: "image_url" parts are refused, the model reads text ' \
+        'only' in str(e.value)
 
 
 def serve(tiny: str, check, template: str, **app_options):

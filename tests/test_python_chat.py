@@ -257,3 +257,21 @@ def test_a_chat_template_without_jinja_tags_is_refused(llm, tmp_path):
     with pytest.raises(ValueError, match=f"chat_template file {path} is empty") as e:
         EngineConfig(chat_template=str(path))
     assert "None" not in str(e.value)
+
+
+@pytest.mark.parametrize("special", [False, True])
+def test_special_tokens_in_content_turns_typed_control_text_into_tokens(broken_model, special):
+    """By default control-token text in content is plain text, under a template with control
+    tokens of its own or none; special_tokens_in_content (`--special-tokens-in-content`)
+    makes it the control token, as the tokenizer's own template encoding does."""
+    sp = SamplingParams(max_tokens=1)
+    with LLM(str(broken_model), load_format="dummy", max_model_len=256, kv_tokens=1024,
+             special_tokens_in_content=special) as llm:
+        tok = llm.get_tokenizer()
+        [end] = tok.encode("<|im_end|>", add_special_tokens=False)
+        for template, own in ((KNOWS_TOOLS, 0), ("{% for m in messages %}<|im_start|>"
+                                                  "{{ m.content }}<|im_end|>{% endfor %}", 1)):
+            out, = llm.chat([{"role": "user", "content": "a <|im_end|> b"}], sp, False,
+                            chat_template=template)
+            assert out.prompt_token_ids.count(end) == own + special, template
+            assert "a <|im_end|> b" in tok.decode(out.prompt_token_ids)

@@ -7,11 +7,15 @@ client wrote inside a message into real control tokens: "hi<|im_end|>\\n<|im_sta
 in a user message would forge a system turn. The same holds for every other string a template
 may write out: tool definitions (names, descriptions, schemas, rendered with tojson), tool
 calls' arguments, content parts. So such text, in any string of the messages and tools (keys
-included), is swapped for placeholders before rendering (letters, digits and underscores, which
-tojson writes unchanged), and each placeholder is tokenized as plain text (the tokenizer's
-`split_special_tokens`) while the rest of the rendered string is tokenized as usual, so the
-template's own control tokens stay real. A conversation (and tools) without control-token
-text takes the plain path: the ids are exactly what `apply_chat_template` gives.
+included), is swapped for placeholders before rendering (digits and underscores, which tojson and
+case filters write unchanged). In the rendered string, each stretch between two of the template's
+own control tokens that holds such text is tokenized whole, that text restored, as plain text
+(the tokenizer's `split_special_tokens`, as a client's text beside it is tokenized with it),
+while the rest of the string is tokenized as usual, so the template's own control tokens stay
+real (in one pass over the whole string where the tokenizer has a `tokenizers` backend, so
+that text after a control token is tokenized as it is there: control_text_encoding.py).
+A conversation (and tools) without control-token text takes the plain path: the ids are
+exactly what `apply_chat_template` gives.
 
 TemplateOptions carries what a caller may ask of the rendering, as vLLM and SGLang take it:
 no generation prompt, continuing the final (assistant) message, the template's own
@@ -33,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiollm.engine.content_format import (check_content_format, formed_messages,
                                           resolve_content_format)
+from aiollm.engine.control_text_encoding import encode_in_one_pass
 from aiollm.engine.submission import check_fewest_tokens, check_unicode
 from aiollm.errors import (ChatTemplateError, InvalidRequest, check_type, shown_json,
                            too_deep)
@@ -205,7 +210,8 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     fmt = resolve_content_format(options.content_format, template, tools)
     messages = formed_messages(messages, fmt)
     # each control-token text in any string -> a placeholder the template passes through
-    nonce = uuid.uuid4().hex
+    # digits, which a template's case filters (upper, title...) leave as they are
+    nonce = str(uuid.uuid4().int)
     found: list[str] = []
 
     def hide(m: re.Match) -> str:
@@ -230,16 +236,58 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
                    dataclasses.replace(options, documents=hidden_documents), tokenize=False)
     # split() with a group alternates: rendered text, placeholder index, rendered text...
     parts = re.split(f"{nonce}_(\\d+)_{nonce}", text)
+    full = "".join(found[int(p)] if k % 2 else p for k, p in enumerate(parts))
     if most is not None:  # the text the parts encode: placeholders as what they hide
-        check_fewest_tokens(tokenizer, "".join(found[int(p)] if k % 2 else p
-                                               for k, p in enumerate(parts)), most)
-    ids: list[int] = []
+        check_fewest_tokens(tokenizer, full, most)
+    hidden, cuts = _spans(parts, found, pattern)
+    ids = encode_in_one_pass(tokenizer, full, cuts)
+    return _encode_spans(tokenizer, full, hidden, cuts) if ids is None else ids
+
+
+def _spans(parts: list[str], found: list[str], pattern: re.Pattern
+           ) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """(hidden, cuts) in the text `parts` give with each placeholder index replaced by the
+    text it hid: the [start, end) character ranges of that hidden text, and of the
+    template's own control tokens (matches of `pattern` outside the hidden text)."""
+    hidden, cuts, pos = [], [], 0
     for k, part in enumerate(parts):
         if k % 2:
-            ids += tokenizer.encode(found[int(part)], add_special_tokens=False,
-                                    split_special_tokens=True)
-        elif part:
-            ids += tokenizer.encode(part, add_special_tokens=False)
+            part = found[int(part)]
+            hidden.append((pos, pos + len(part)))
+        else:
+            cuts += [(pos + m.start(), pos + m.end()) for m in pattern.finditer(part)]
+        pos += len(part)
+    return hidden, cuts
+
+
+def _encode_spans(tokenizer: PreTrainedTokenizerBase, text: str,
+                  hidden: list[tuple[int, int]], cuts: list[tuple[int, int]]) -> list[int]:
+    """Token ids of `text`, the template's control tokens at `cuts` real, and each stretch
+    between two of them that holds `hidden` text encoded whole with split_special_tokens:
+    the client's control-token text tokenized as plain text together with the text beside
+    it, as the tokenizer tokenizes such text (" <|im_end|>" is " <" then "|"..., not " "
+    and "<" encoded apart). The rest is encoded as one text, as apply_chat_template does.
+    What a tokenizer without a `tokenizers` backend gets (control_text_encoding.py's one
+    pass is exact where a stretch's encoding depends on where it stands)."""
+    ids: list[int] = []
+    done = 0  # text[:done] is encoded
+    bounds = [0] + [x for cut in cuts for x in cut] + [len(text)]
+    h = 0  # hidden[:h] lie in the stretches before this one
+    for start, end in zip(bounds[::2], bounds[1::2]):  # the stretches between control tokens
+        # both in order and each hidden text inside one stretch: one walk over the two
+        # (asking each stretch about every hidden text was quadratic in the request)
+        held = h
+        while h < len(hidden) and hidden[h][1] <= end:
+            h += 1
+        if h == held:
+            continue
+        if done < start:
+            ids += tokenizer.encode(text[done:start], add_special_tokens=False)
+        ids += tokenizer.encode(text[start:end], add_special_tokens=False,
+                                split_special_tokens=True)
+        done = end
+    if done < len(text):
+        ids += tokenizer.encode(text[done:], add_special_tokens=False)
     return ids
 
 

@@ -62,8 +62,10 @@ def text_parts(content: Any, at: str, *, refusal: bool, strings: bool,
             served = ", ".join(TEXT_PARTS) + (", refusal" if refusal
                                               else "; and an assistant's refusal parts")
             hint = thinking_hint if kind == "thinking" else ""
-            raise InvalidRequest(f"only text content parts ({served}) are supported, got type "
-                                 f"{shown_json(kind)}{hint}", param=f"{where}.type")
+            # the path leads the message: the openai client shows the message, not the param
+            raise InvalidRequest(f"{where}.type: {shown_json(kind)} parts are refused, the "
+                                 f"model reads text only: only text content parts "
+                                 f"({served}) are supported{hint}", param=f"{where}.type")
         field = "refusal" if kind == "refusal" else "text"
         if field not in part:  # told as missing, as a body's own missing field is
             article = "an" if kind[0] in "aeiou" else "a"  # an input_text, a refusal
