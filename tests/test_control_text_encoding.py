@@ -126,3 +126,22 @@ def test_a_backend_that_truncates_does_not_cut_the_prompt():
     ids = chat_token_ids(tok, conv, specials=special_texts(tok))
     assert ids == chat_token_ids(plain, conv, specials=special_texts(plain))
     assert tok.decode(ids).endswith("you </s> today?[/INST]")
+
+
+def test_a_stand_in_never_takes_the_id_of_a_word():
+    """A vocabulary with a gap in its ids (a word missing, as a tokenizer.json whose vocab
+    had a duplicate) has fewer entries than its highest id: the copy gave a stand-in the
+    next id by count, a word's id, so the client's typed word came back as the control
+    token that stand-in stands for."""
+    tok = Tokenizer(models.WordLevel({"</s>": 0, "a": 1, "<unk>": 2, "zz": 4},
+                                     unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.add_special_tokens([AddedToken("</s>", special=True, normalized=False)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = "{% for m in messages %}{{ m.content }}</s>{% endfor %}"
+    assert fast.apply_chat_template([{"role": "user", "content": "zz a"}],
+                                    tokenize=True)["input_ids"] == [4, 1, 0]
+    got = chat_token_ids(fast, [{"role": "user", "content": "zz a </s> zz"}],
+                         specials=special_texts(fast))
+    # typed "</s>" is "</", "s", ">": words this vocabulary lacks
+    assert fast.convert_ids_to_tokens(got) == ["zz", "a"] + ["<unk>"] * 3 + ["zz", "</s>"]

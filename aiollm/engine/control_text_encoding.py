@@ -37,10 +37,11 @@ def encode_in_one_pass(tokenizer: PreTrainedTokenizerBase, text: str,
     """Token ids of `text` with the special tokens at `cuts` ([start, end) character ranges,
     in order, not overlapping) real and any other special-token text encoded as plain
     text, as the tokenizer encodes it with split_special_tokens; None where that cannot be
-    done in one pass (a tokenizer without a `tokenizers` backend, a cut that is no special
-    token of it, a text that holds a stand-in's private-use character)."""
+    done in one pass (a tokenizer without a `tokenizers` backend, or whose vocabulary has a
+    gap in its ids; a cut that is no special token of it, a text that holds a stand-in's
+    private-use character)."""
     copy = _copy_of(tokenizer)
-    if copy is None or _MARK in text:
+    if copy is None or copy[1] is None or _MARK in text:
         return None
     _, splitting, stand_in, back, _ = copy
     pieces, done = [], 0
@@ -83,6 +84,10 @@ def _copy_of(tokenizer: Any) -> tuple | None:
                                         special=False))
         splitting.add_tokens(added)
         back = {splitting.token_to_id(s): i for s, i in real.items()}
+        # ids are given by count: a vocabulary with a gap in its ids gives a stand-in a word's
+        # id, which would turn the typed word into the control token (no one pass then)
+        if any(backend.id_to_token(i) is not None for i in back):
+            splitting = None
         copy = (backend, splitting, stand_in, back, size)
         try:
             _copies[tokenizer] = copy
