@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiollm.engine.content_format import (check_content_format, formed_messages,
                                           resolve_content_format)
-from aiollm.engine.control_text_encoding import encode_in_one_pass
+from aiollm.engine.control_text_encoding import encode_in_one_pass, encode_split
 from aiollm.engine.submission import check_fewest_tokens, check_unicode
 from aiollm.errors import (ChatTemplateError, InvalidRequest, check_type, shown_json,
                            too_deep)
@@ -283,8 +283,7 @@ def _encode_spans(tokenizer: PreTrainedTokenizerBase, text: str,
             continue
         if done < start:
             ids += tokenizer.encode(text[done:start], add_special_tokens=False)
-        ids += tokenizer.encode(text[start:end], add_special_tokens=False,
-                                split_special_tokens=True)
+        ids += encode_split(tokenizer, text[start:end])
         done = end
     if done < len(text):
         ids += tokenizer.encode(text[done:], add_special_tokens=False)
