@@ -286,3 +286,28 @@ def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path, tp):  #
         assert said in error and "start every node again" in error, error
     finally:
         _end(nodes)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_node_1_at_once_while_it_serves(tiny_model, tmp_path, sig):  # noqa: F811
+    """Two nodes serve, idle; node 1 gets Ctrl-C (SIGINT) or SIGTERM. Its lead waits for
+    rank 0's next step message inside gloo, where Python's KeyboardInterrupt is raised
+    only once one comes: at Ctrl-C it ran on until rank 0's keep-alive, up to a minute
+    (group.KEEPALIVE_S). Both signals now end it at once, as a signal ends a process;
+    node 0's next request names node 1."""
+    import urllib.error
+    import urllib.request
+
+    env, _ = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    try:
+        base = _serving(nodes, logs)
+        time.sleep(0.5)  # (in the wait for the next step message)
+        nodes[1].send_signal(sig)
+        assert nodes[1].wait(timeout=20) == -sig, logs[1].read_text()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(_completion(base), timeout=60)
+        assert "tensor parallel node 1 (rank 1) ended while this node served" in \
+            e.value.read().decode()
+    finally:
+        _end(nodes)
