@@ -311,3 +311,25 @@ def test_a_signal_ends_node_1_at_once_while_it_serves(tiny_model, tmp_path, sig)
             e.value.read().decode()
     finally:
         _end(nodes)
+
+
+def test_node_0_idle_names_node_1_ended_at_its_keep_alive(tiny_model, tmp_path):  # noqa: F811
+    """Two nodes serve, idle; node 1 is killed. Node 0's next message is its keep-alive
+    (group.KEEPALIVE_S, 2 s here), which fails: it went to the loop's catch-all, which
+    logged "engine loop error" and tried again every 10 ms, for as long as no request came
+    (a hundred tracebacks a second, /health ok). Node 0 now exits 1 naming node 1."""
+    env, _ = _env(tmp_path, timeout_s=120)
+    with open(tmp_path / "sitecustomize.py", "a") as f:
+        f.write("\nimport aiollm.distributed.group as group\ngroup.KEEPALIVE_S = 2.0\n")
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    try:
+        _serving(nodes, logs)
+        nodes[1].kill()
+        nodes[1].wait()
+        assert nodes[0].wait(timeout=30) == 1, logs[0].read_text()[-3000:]
+        text = logs[0].read_text()
+        assert "engine loop error" not in text, text[-3000:]
+        error = _last_error(text)
+        assert "tensor parallel node 1 (rank 1) ended while this node served" in error, error
+    finally:
+        _end(nodes)
