@@ -59,31 +59,7 @@ class StepLoop:
             await self._complete_inflight()
         step = self.planner.plan()
         if step is None and self._inflight is None:
-            self._wake.clear()
-            timeout = 0.05 if self.planner.has_work() else None
-            tp = self.ranks.tp if self.ranks is not None and self.ranks.lost is None else None
-            if tp is not None:  # the followers wait for a message: one comes in time
-                timeout = tp.idle_wait() if timeout is None else min(timeout, tp.idle_wait())
-            # the timeout sets the wake-up itself, not wait_for: Python 3.11's wait_for drops
-            # a cancel (stop()'s) that lands in the turn the wake-up does, and stop() would
-            # wait forever; nor a task to wait on, which would outlive the loop's turn
-            timer = (asyncio.get_running_loop().call_later(timeout, self._wake.set)
-                     if timeout is not None else None)
-            try:
-                await self._wake.wait()
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            # (no launch, the other sender of step messages, is under way here)
-            if tp is not None and self.ranks.lost is None:
-                try:
-                    tp.keep_alive()
-                except Exception as e:
-                    # a rank ended while this node idled (another node's: the watchdog
-                    # names this node's own first): as a failed step, the group cannot go
-                    # on; left to the loop's catch-all, it was tried again every 10 ms
-                    log.error("tensor parallel keep-alive failed", exc_info=e)
-                    self._fail_ranks(e, f"keep-alive failed: {e}")
+            await self._idle()
             return
         launch = out = err = issued = None
         if step is not None:
@@ -132,6 +108,36 @@ class StepLoop:
             return
         out.turn_start, out.issued = t0, issued  # the step log's host timeline
         self._inflight = (step, out, perf(), cpu_s)
+
+    async def _idle(self) -> None:
+        """No step to launch and none in flight: wait for a request (a look every 50 ms
+        while the planner holds work it could not plan), then, under tensor parallelism,
+        send the followers their keep-alive when it is due."""
+        self._wake.clear()
+        timeout = 0.05 if self.planner.has_work() else None
+        tp = self.ranks.tp if self.ranks is not None and self.ranks.lost is None else None
+        if tp is not None:  # the followers wait for a message: one comes in time
+            timeout = tp.idle_wait() if timeout is None else min(timeout, tp.idle_wait())
+        # the timeout sets the wake-up itself, not wait_for: Python 3.11's wait_for drops
+        # a cancel (stop()'s) that lands in the turn the wake-up does, and stop() would
+        # wait forever; nor a task to wait on, which would outlive the loop's turn
+        timer = (asyncio.get_running_loop().call_later(timeout, self._wake.set)
+                 if timeout is not None else None)
+        try:
+            await self._wake.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        # (no launch, the other sender of step messages, is under way here)
+        if tp is not None and self.ranks.lost is None:
+            try:
+                tp.keep_alive()
+            except Exception as e:
+                # a rank ended while this node idled (another node's: the watchdog
+                # names this node's own first): as a failed step, the group cannot go
+                # on; left to the loop's catch-all, it was tried again every 10 ms
+                log.error("tensor parallel keep-alive failed", exc_info=e)
+                self._fail_ranks(e, f"keep-alive failed: {e}")
 
     @staticmethod
     def _must_wait_for(step: Step) -> bool:
