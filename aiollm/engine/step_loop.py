@@ -133,10 +133,14 @@ class StepLoop:
             try:
                 tp.keep_alive()
             except Exception as e:
+                from aiollm.distributed.peer_lost import peer_ended_error
+
                 # a rank ended while this node idled (another node's: the watchdog
                 # names this node's own first): as a failed step, the group cannot go
-                # on; left to the loop's catch-all, it was tried again every 10 ms
-                log.error("tensor parallel keep-alive failed", exc_info=e)
+                # on; left to the loop's catch-all, it was tried again every 10 ms. A
+                # peer's closed socket needs no traceback: fail() names who ended
+                log.error("tensor parallel keep-alive failed: %s", e,
+                          exc_info=None if peer_ended_error(e) else e)
                 self._fail_ranks(e, f"keep-alive failed: {e}")
 
     @staticmethod
