@@ -313,6 +313,35 @@ def test_a_signal_ends_node_1_at_once_while_it_serves(tiny_model, tmp_path, sig)
         _end(nodes)
 
 
+def test_node_1_started_ignoring_ctrl_c_serves_on_at_it(tiny_model, tmp_path):  # noqa: F811
+    """Node 1 started with SIGINT ignored, as a shell script's background job is (POSIX:
+    `aiollm serve --node-rank 1 ... &`), so that Ctrl-C in the script's terminal reaches
+    node 0 alone, whose drain needs node 1. Node 1 put the default back once it served and
+    died of that Ctrl-C at once, failing node 0's requests in flight; it now serves on."""
+    import urllib.request
+
+    env, _ = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, start=(0,))
+    args = list(nodes[0].args)  # node 0's, at the same --dist-init-addr
+    args[args.index("--node-rank") + 1] = "1"
+    del args[args.index("--port"): args.index("--port") + 2]
+    logs.append(tmp_path / "node1.log")
+    with open(logs[1], "w") as out:
+        nodes.append(subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT,
+            env={**env, "TMPDIR": str(tmp_path / "tmp")},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)))
+    try:
+        base = _serving(nodes, logs)
+        nodes[1].send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert nodes[1].poll() is None, logs[1].read_text()
+        with urllib.request.urlopen(_completion(base), timeout=60) as r:
+            assert r.status == 200
+    finally:
+        _end(nodes)
+
+
 def test_node_0_idle_names_node_1_ended_at_its_keep_alive(tiny_model, tmp_path):  # noqa: F811
     """Two nodes serve, idle; node 1 is killed. Node 0's next message is its keep-alive
     (group.KEEPALIVE_S, 2 s here), which fails: it went to the loop's catch-all, which

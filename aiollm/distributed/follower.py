@@ -135,8 +135,11 @@ def follow(cfg: EngineConfig) -> int:
     # serving, the main thread waits for rank 0's next step message inside gloo, where
     # Ctrl-C's KeyboardInterrupt is raised only once one comes (rank 0's keep-alive: up to
     # a minute idle): SIGINT ends the node at once, as SIGTERM does (Python's default); its
-    # ranks follow (they watch it), and node 0 names this node at its next step
-    if threading.current_thread() is threading.main_thread():
+    # ranks follow (they watch it), and node 0 names this node at its next step. Not where
+    # SIGINT was ignored at start (a shell script's background job: Ctrl-C in its terminal
+    # is node 0's to drain, with this node), as Python itself leaves it ignored there
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
         signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         serve_steps(tp, runner)
