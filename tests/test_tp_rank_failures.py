@@ -194,12 +194,15 @@ def test_ctrl_c_during_an_offline_llm_s_start_ends_its_ranks(tiny_model):  # noq
     assert "interrupted\nchildren: []\nsecond: 4\nchildren at the end: []\n" in proc.stdout, out
 
 
-def test_sigterm_to_the_servers_process_group_drains_it(tiny_model, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_the_servers_process_group_drains_it(tiny_model, tmp_path,  # noqa: F811
+                                                         sig):
     """SIGTERM to the whole process group, as systemd stops a service (KillMode
     control-group) and `kill -TERM -PGID` does: the server finishes the request in flight
     and exits 0. Rank 1 died of the SIGTERM at once, so the request failed ("rank 1 was
-    killed by SIGTERM") and the server exited 1; rank 0 stops its ranks itself, as at a
-    Ctrl-C, which they ignore for the same reason."""
+    killed by SIGTERM") and the server exited 1; rank 0 stops its ranks itself. So at
+    Ctrl-C in the server's terminal (SIGINT to the foreground process group): a spawned
+    rank ignores it (it is no other node's lead, which a signal ends at once)."""
     import aiohttp
 
     log = tmp_path / "serve.log"
@@ -217,7 +220,7 @@ def test_sigterm_to_the_servers_process_group_drains_it(tiny_model, tmp_path):  
             async with aiohttp.ClientSession() as s:
                 async with s.post(base + "/v1/completions", json=body) as r:
                     await r.content.readline()  # serving has begun
-                    os.killpg(proc.pid, signal.SIGTERM)
+                    os.killpg(proc.pid, sig)
                     return r.status, (await r.read()).decode()
 
         status, tail = asyncio.run(terminated_while_streaming())

@@ -286,3 +286,80 @@ def test_node_0_names_node_1_ended_while_it_served(tiny_model, tmp_path, tp):  #
         assert said in error and "start every node again" in error, error
     finally:
         _end(nodes)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_ends_node_1_at_once_while_it_serves(tiny_model, tmp_path, sig):  # noqa: F811
+    """Two nodes serve, idle; node 1 gets Ctrl-C (SIGINT) or SIGTERM. Its lead waits for
+    rank 0's next step message inside gloo, where Python's KeyboardInterrupt is raised
+    only once one comes: at Ctrl-C it ran on until rank 0's keep-alive, up to a minute
+    (group.KEEPALIVE_S). Both signals now end it at once, as a signal ends a process;
+    node 0's next request names node 1."""
+    import urllib.error
+    import urllib.request
+
+    env, _ = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    try:
+        base = _serving(nodes, logs)
+        time.sleep(0.5)  # (in the wait for the next step message)
+        nodes[1].send_signal(sig)
+        assert nodes[1].wait(timeout=20) == -sig, logs[1].read_text()
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(_completion(base), timeout=60)
+        assert "tensor parallel node 1 (rank 1) ended while this node served" in \
+            e.value.read().decode()
+    finally:
+        _end(nodes)
+
+
+def test_node_1_started_ignoring_ctrl_c_serves_on_at_it(tiny_model, tmp_path):  # noqa: F811
+    """Node 1 started with SIGINT ignored, as a shell script's background job is (POSIX:
+    `aiollm serve --node-rank 1 ... &`), so that Ctrl-C in the script's terminal reaches
+    node 0 alone, whose drain needs node 1. Node 1 put the default back once it served and
+    died of that Ctrl-C at once, failing node 0's requests in flight; it now serves on."""
+    import urllib.request
+
+    env, _ = _env(tmp_path, timeout_s=120)
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env, start=(0,))
+    args = list(nodes[0].args)  # node 0's, at the same --dist-init-addr
+    args[args.index("--node-rank") + 1] = "1"
+    del args[args.index("--port"): args.index("--port") + 2]
+    logs.append(tmp_path / "node1.log")
+    with open(logs[1], "w") as out:
+        nodes.append(subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT,
+            env={**env, "TMPDIR": str(tmp_path / "tmp")},
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)))
+    try:
+        base = _serving(nodes, logs)
+        nodes[1].send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert nodes[1].poll() is None, logs[1].read_text()
+        with urllib.request.urlopen(_completion(base), timeout=60) as r:
+            assert r.status == 200
+    finally:
+        _end(nodes)
+
+
+def test_node_0_idle_names_node_1_ended_at_its_keep_alive(tiny_model, tmp_path):  # noqa: F811
+    """Two nodes serve, idle; node 1 is killed. Node 0's next message is its keep-alive
+    (group.KEEPALIVE_S, 2 s here), which fails: it went to the loop's catch-all, which
+    logged "engine loop error" and tried again every 10 ms, for as long as no request came
+    (a hundred tracebacks a second, /health ok). Node 0 now exits 1 naming node 1, with no
+    traceback of gloo's closed socket (which says no more than that name)."""
+    env, _ = _env(tmp_path, timeout_s=120)
+    with open(tmp_path / "sitecustomize.py", "a") as f:
+        f.write("\nimport aiollm.distributed.group as group\ngroup.KEEPALIVE_S = 2.0\n")
+    nodes, logs = _two_nodes(tiny_model, tmp_path, env)
+    try:
+        _serving(nodes, logs)
+        nodes[1].kill()
+        nodes[1].wait()
+        assert nodes[0].wait(timeout=30) == 1, logs[0].read_text()[-3000:]
+        text = logs[0].read_text()
+        assert "engine loop error" not in text and "Traceback" not in text, text[-3000:]
+        error = _last_error(text)
+        assert "tensor parallel node 1 (rank 1) ended while this node served" in error, error
+    finally:
+        _end(nodes)

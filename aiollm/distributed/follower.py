@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -119,7 +120,8 @@ def follow(cfg: EngineConfig) -> int:
     try:
         # SIGTERM in start-up ends it as Ctrl-C does: the other nodes are told, and this
         # node's ranks end; past it, a rank waits for rank 0 inside gloo (its handler could
-        # run only once a step message came): Python's default, which ends the process
+        # run only once a step message came): Python's default, which ends the process (and
+        # so for SIGINT, below)
         with sigterm_raises():
             tp = ranks.start()
             runner = build_runner(cfg, tp)
@@ -130,6 +132,15 @@ def follow(cfg: EngineConfig) -> int:
             raise lost from e
         raise
     ranks.started()
+    # serving, the main thread waits for rank 0's next step message inside gloo, where
+    # Ctrl-C's KeyboardInterrupt is raised only once one comes (rank 0's keep-alive: up to
+    # a minute idle): SIGINT ends the node at once, as SIGTERM does (Python's default); its
+    # ranks follow (they watch it), and node 0 names this node at its next step. Not where
+    # SIGINT was ignored at start (a shell script's background job: Ctrl-C in its terminal
+    # is node 0's to drain, with this node), as Python itself leaves it ignored there
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         serve_steps(tp, runner)
     except Exception as e:

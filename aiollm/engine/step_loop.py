@@ -59,24 +59,7 @@ class StepLoop:
             await self._complete_inflight()
         step = self.planner.plan()
         if step is None and self._inflight is None:
-            self._wake.clear()
-            timeout = 0.05 if self.planner.has_work() else None
-            tp = self.ranks.tp if self.ranks is not None and self.ranks.lost is None else None
-            if tp is not None:  # the followers wait for a message: one comes in time
-                timeout = tp.idle_wait() if timeout is None else min(timeout, tp.idle_wait())
-            # the timeout sets the wake-up itself, not wait_for: Python 3.11's wait_for drops
-            # a cancel (stop()'s) that lands in the turn the wake-up does, and stop() would
-            # wait forever; nor a task to wait on, which would outlive the loop's turn
-            timer = (asyncio.get_running_loop().call_later(timeout, self._wake.set)
-                     if timeout is not None else None)
-            try:
-                await self._wake.wait()
-            finally:
-                if timer is not None:
-                    timer.cancel()
-            # (no launch, the other sender of step messages, is under way here)
-            if tp is not None and self.ranks.lost is None:
-                tp.keep_alive()
+            await self._idle()
             return
         launch = out = err = issued = None
         if step is not None:
@@ -125,6 +108,40 @@ class StepLoop:
             return
         out.turn_start, out.issued = t0, issued  # the step log's host timeline
         self._inflight = (step, out, perf(), cpu_s)
+
+    async def _idle(self) -> None:
+        """No step to launch and none in flight: wait for a request (a look every 50 ms
+        while the planner holds work it could not plan), then, under tensor parallelism,
+        send the followers their keep-alive when it is due."""
+        self._wake.clear()
+        timeout = 0.05 if self.planner.has_work() else None
+        tp = self.ranks.tp if self.ranks is not None and self.ranks.lost is None else None
+        if tp is not None:  # the followers wait for a message: one comes in time
+            timeout = tp.idle_wait() if timeout is None else min(timeout, tp.idle_wait())
+        # the timeout sets the wake-up itself, not wait_for: Python 3.11's wait_for drops
+        # a cancel (stop()'s) that lands in the turn the wake-up does, and stop() would
+        # wait forever; nor a task to wait on, which would outlive the loop's turn
+        timer = (asyncio.get_running_loop().call_later(timeout, self._wake.set)
+                 if timeout is not None else None)
+        try:
+            await self._wake.wait()
+        finally:
+            if timer is not None:
+                timer.cancel()
+        # (no launch, the other sender of step messages, is under way here)
+        if tp is not None and self.ranks.lost is None:
+            try:
+                tp.keep_alive()
+            except Exception as e:
+                from aiollm.distributed.peer_lost import peer_ended_error
+
+                # a rank ended while this node idled (another node's: the watchdog
+                # names this node's own first): as a failed step, the group cannot go
+                # on; left to the loop's catch-all, it was tried again every 10 ms. A
+                # peer's closed socket needs no traceback: fail() names who ended
+                log.error("tensor parallel keep-alive failed: %s", e,
+                          exc_info=None if peer_ended_error(e) else e)
+                self._fail_ranks(e, f"keep-alive failed: {e}")
 
     @staticmethod
     def _must_wait_for(step: Step) -> bool:
@@ -183,6 +200,21 @@ class StepLoop:
             if s:
                 r.pending -= 1
 
+    def _fail_ranks(self, e: Exception, error: str) -> str:
+        """A collective of rank 0 failed with `e` (`error`: what it was doing and why): the
+        ranks are out of step, the group cannot go on (NodeRanks.fail ends the process).
+        Returns what the requests in flight are told: the lost rank or node when one is,
+        not the collective's error (gloo's "Connection reset by peer ... Check the logs of
+        the remote worker"), else `error`."""
+        from aiollm.distributed.peer_lost import peer_ended_error
+
+        lost = self.ranks.lost_rank(wait=0.5)
+        # (a peer's closed socket; a device error is this node's own)
+        if lost is None and self.ranks.cfg.nnodes > 1 and peer_ended_error(e):
+            lost = self.ranks.other_node_lost(e, "while this node served")
+        self.ranks.fail(lost or f"tensor parallel rank 0: {error}")
+        return lost or error
+
     def _step_failed(self, step: Step, e: Exception, later: Step | None = None) -> None:
         """End (or, out of memory, pause) the requests of a failed step, and fail those
         that reuse the KV it was to write. `later`: the step planned since (a device step
@@ -192,16 +224,7 @@ class StepLoop:
         log.error("model step failed", exc_info=e)
         error = f"model step failed: {e}"
         if self.ranks is not None:  # the ranks are out of step now: the server cannot go on
-            from aiollm.distributed.peer_lost import peer_ended_error
-
-            # a lost rank is what the step's requests are told, not the collective's error
-            # (gloo's "Connection reset by peer ... Check the logs of the remote worker")
-            lost = self.ranks.lost_rank(wait=0.5)
-            # (a peer's closed socket; a device error is this node's own)
-            if lost is None and self.ranks.cfg.nnodes > 1 and peer_ended_error(e):
-                lost = self.ranks.other_node_lost(e, "while this node served")
-            self.ranks.fail(lost or f"tensor parallel rank 0: {error}")
-            error = lost or error
+            error = self._fail_ranks(e, error)
         self._undo_pending(step)
         # slots the later step allocated again (freed since: evicted, or of a request that
         # ended) hold its own KV, not the failed step's
