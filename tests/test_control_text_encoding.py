@@ -6,7 +6,8 @@ whitespace after it strips it before typed text too (engine/control_text_encodin
 from __future__ import annotations
 
 import pytest
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import (AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                        trainers)
 from transformers import PreTrainedTokenizerFast
 
 from aiollm.engine.chat_template import chat_token_ids, special_texts
@@ -163,3 +164,24 @@ def test_stretches_encoded_apart_leave_the_shared_backend_as_it_is():
     # what a request on another thread encodes with, then and afterwards
     assert tok.backend_tokenizer.encode_special_tokens is False
     assert tok.backend_tokenizer.encode("<|im_end|>", add_special_tokens=False).ids == [end]
+
+
+def test_a_control_token_the_copy_matches_nowhere_falls_back_to_the_stretches():
+    """A special token flagged normalized under a Prepend("▁") normalizer is matched only
+    where "▁" stands before it (its text is normalized to "▁</s>"), and its stand-in alike:
+    after "x" the stand-in stayed private-use text, unknown tokens in place of the
+    template's own "</s>". Then the stretches are encoded apart."""
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"),
+                                           normalizers.Replace(" ", "▁")])
+    tok.train_from_iterator(CORPUS + ["Hi x"], trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<unk>", "<s>"]))
+    tok.add_special_tokens([AddedToken("</s>", special=True, normalized=True)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = "{% for m in messages %}{{ m.content }}</s>{% endfor %}"
+    got = chat_token_ids(fast, [{"role": "user", "content": "Hi </s> x"}],
+                         specials=special_texts(fast))
+    assert fast.unk_token_id not in got
+    want = (fast.encode("Hi </s> x", add_special_tokens=False, split_special_tokens=True)
+            + fast.encode("</s>", add_special_tokens=False))
+    assert fast.convert_ids_to_tokens(got) == fast.convert_ids_to_tokens(want)

@@ -43,8 +43,8 @@ def encode_in_one_pass(tokenizer: PreTrainedTokenizerBase, text: str,
     in order, not overlapping) real and any other special-token text encoded as plain
     text, as the tokenizer encodes it with split_special_tokens; None where that cannot be
     done in one pass (a tokenizer without a `tokenizers` backend, or whose vocabulary has a
-    gap in its ids; a cut that is no special token of it, a text that holds a stand-in's
-    private-use character)."""
+    gap in its ids; a cut that is no special token of it, or whose stand-in the copy does
+    not match where it stands; a text that holds a stand-in's private-use character)."""
     copy = _cached(_copies, tokenizer, _stand_in_copy)
     if copy is None or copy[0] is None or _MARK in text:
         return None
@@ -59,6 +59,10 @@ def encode_in_one_pass(tokenizer: PreTrainedTokenizerBase, text: str,
     pieces.append(text[done:])
     # the batch call releases the GIL while it runs, as ServingTokenizer.encode's does
     ids = splitting.encode_batch(["".join(pieces)], add_special_tokens=False)[0].ids
+    # a stand-in the copy matched nowhere (a normalized control token under a Prepend("▁")
+    # normalizer is matched only after a "▁") stayed private-use text: no one pass then
+    if sum(i in back for i in ids) != len(cuts):
+        return None
     return [back.get(i, i) for i in ids]
 
 
