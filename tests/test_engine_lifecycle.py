@@ -925,10 +925,12 @@ def test_a_call_from_a_thread_outside_the_engines_running_loop_is_a_usage_error(
 def test_an_unstarted_engine_says_so_from_every_method():
     """stats(), flush_cache() and tokenize() before start() raised AttributeError ('Engine'
     object has no attribute 'prefix_cache' / 'tokenizer'); generate() and stream() already
-    said what to do. All raise the same usage error now."""
+    said what to do. All raise the same usage error now. default_params() gave
+    SamplingParams' own defaults before start(), not the ones the model's generation config
+    recommends (read at start): params a caller took from it then overrode the model's."""
     eng = Engine(None)
     for call in (eng.stats, eng.flush_cache, lambda: eng.tokenize("Hello"),
-                 lambda: eng.stream("Hello")):
+                 lambda: eng.stream("Hello"), eng.default_params):
         with pytest.raises(RuntimeError, match="not started: use `async with Engine"):
             call()
 

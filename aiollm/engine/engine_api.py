@@ -29,7 +29,10 @@ class EngineAPI:
     def default_params(self) -> SamplingParams:
         """The SamplingParams of a call given none: SamplingParams' defaults, those the
         model's generation config recommends in their place (config.generation_config;
-        aiollm/model/generation_defaults.py), as vLLM's LLM.generate takes them."""
+        aiollm/model/generation_defaults.py), as vLLM's LLM.generate takes them.
+        RuntimeError before start(), which reads that config: SamplingParams' own defaults
+        then, taken by a caller, overrode the model's."""
+        self._check_started()
         return SamplingParams(**{k: v for k, v in self.sampling_defaults.items()
                                  if k != "do_sample"})
 
