@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from tokenizers import AddedToken, Tokenizer
 
+from aiollm.model.serving_tokenizer import splitting_copy
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -102,8 +104,7 @@ def _cached(cache: weakref.WeakKeyDictionary, tokenizer: Any, make: Any) -> Any:
 
 
 def _splitting_copy(backend: Tokenizer) -> Tokenizer:
-    splitting = Tokenizer.from_str(backend.to_str())
-    splitting.encode_special_tokens = True
+    splitting = splitting_copy(backend)
     # tokenizer.json's own settings, which transformers turns off for each encode
     splitting.no_truncation()
     splitting.no_padding()

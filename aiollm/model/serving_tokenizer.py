@@ -48,6 +48,16 @@ _TEMPLATE_DEFAULTS = {"documents": None, "chat_template": None, "continue_final_
                       "max_length": None}
 
 
+def splitting_copy(backend: Tokenizer) -> Tokenizer:
+    """A second `tokenizers` Tokenizer like `backend` that encodes special tokens' text as
+    plain text (encode_special_tokens set): transformers flips that flag on its one backend
+    for each split_special_tokens encode, which a concurrent encode on another thread
+    would read flipped."""
+    splitting = Tokenizer.from_str(backend.to_str())
+    splitting.encode_special_tokens = True
+    return splitting
+
+
 class ServingTokenizer:
     """The tokenizer in `directory` (tokenizer.json, tokenizer_config.json and optionally
     chat_template.jinja). Raises ValueError when the directory holds a tokenizer whose
@@ -90,12 +100,10 @@ class ServingTokenizer:
         return backend.encode_batch([text], add_special_tokens=add_special_tokens)[0].ids
 
     def _splitting_backend(self) -> Tokenizer:
-        # a second Rust tokenizer with the flag set (transformers flips it on its one
-        # tokenizer per call, which a concurrent encode on another thread would see)
+        # made once, on first use (splitting_copy says why a copy)
         with self._hf_lock:
             if self._splitting is None:
-                self._splitting = Tokenizer.from_str(self.backend_tokenizer.to_str())
-                self._splitting.encode_special_tokens = True
+                self._splitting = splitting_copy(self.backend_tokenizer)
             return self._splitting
 
     def decode(self, token_ids: int | list[int], skip_special_tokens: bool = False) -> str:
