@@ -31,6 +31,14 @@ def assert_idle(eng: Engine) -> None:
         assert eng.prefix_cache.tree.protected == 0
         assert eng.kv_pool.n_used == eng.prefix_cache.size
 
+
+async def assert_serves(eng: Engine) -> None:
+    """A two-token request is served whole, and leaves the engine idle."""
+    out = await eng.generate("Hello", SamplingParams(max_tokens=2))
+    assert len(out.token_ids) == 2
+    assert_idle(eng)
+
+
 async def assert_cancelled_stop_ended_the_engine(eng: Engine, stopping: asyncio.Future) -> None:
     """`stopping`, an eng.stop() just cancelled, raises the cancel once the engine is stopped
     to the end (its model threads ended); requests then get EngineStopped, and start() serves
@@ -723,9 +731,7 @@ def test_a_start_while_stop_runs_starts_the_engine_again(loop):
         await eng.start()
         await stopping
         try:
-            out = await eng.generate("Hello", SamplingParams(max_tokens=2))
-            assert len(out.token_ids) == 2
-            assert_idle(eng)
+            await assert_serves(eng)
         finally:
             await eng.stop()
 
@@ -773,9 +779,7 @@ def test_a_start_while_shutdown_runs_starts_the_engine_again(loop):
                 assert shutting.done()
                 with pytest.raises(EngineStopped):
                     await long
-                out = await eng.generate("Hello", SamplingParams(max_tokens=2))
-                assert len(out.token_ids) == 2
-                assert_idle(eng)
+                await assert_serves(eng)
             long = asyncio.ensure_future(eng.generate("Hello", LONG))
             while not eng._requests:
                 await asyncio.sleep(0.01)
@@ -840,9 +844,7 @@ def test_a_shutdown_timeout_that_is_no_number_of_seconds_is_refused_changing_not
             with pytest.raises(ValueError, match=r"shutdown\(\) timeout must be a number of "
                                                  r"seconds >= 0 \(inf: no limit\), got "):
                 await eng.shutdown(timeout)
-            out = await eng.generate("Hello", SamplingParams(max_tokens=2))
-            assert len(out.token_ids) == 2
-            assert_idle(eng)
+            await assert_serves(eng)
         finally:
             await eng.stop()
 
