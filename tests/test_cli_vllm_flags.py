@@ -22,8 +22,10 @@ def parse(line: str):
 
 
 def options(line: str) -> dict:
-    """What `aiollm serve M line` sets, but the parser it reports errors through."""
-    return {k: v for k, v in vars(parse(line)).items() if k != "command_parser"}
+    """What `aiollm serve M line` sets, but the parser it reports errors through and the
+    flags it logs as having no effect."""
+    return {k: v for k, v in vars(parse(line)).items()
+            if k not in ("command_parser", "no_effect")}
 
 
 def refusal(line: str, capsys) -> str:
@@ -101,6 +103,11 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--distributed-executor-backend mp",
     # vLLM's switches off of what aiollm never does
     "--no-enable-expert-parallel", "--no-enable-eplb",
+    # vLLM's MoE options of expert parallelism (and its load balancing), which vLLM itself
+    # uses only with --enable-expert-parallel (--enable-eplb): aiollm is vLLM without them
+    "--all2all-backend deepep_low_latency", "--all2all-backend allgather_reducescatter",
+    "--expert-placement-strategy round_robin",
+    '--eplb-config {"window_size":1000,"step_interval":3000,"num_redundant_experts":0}',
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -120,6 +127,9 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("-ep", ("--tensor-parallel-size", "leave the flag out")),
     # expert-parallel load balancing, which vLLM runs only with expert parallelism
     ("--enable-eplb", ("no expert parallelism", "leave the flag out")),
+    # redundant experts, which vLLM too refuses without --enable-eplb
+    ('--eplb-config {"num_redundant_experts":32}', ("num_redundant_experts", "32")),
+    ("--eplb-config window_size=1000", ("JSON object",)),
     ("--enable-lora", ("merged",)),
     ("--lora-modules a=/x", ("merged",)),
     ("--speculative-config {}", ("speculative",)),
@@ -409,3 +419,22 @@ def test_a_load_format_aiollm_lacks_names_those_it_has(capsys):
     assert "argument --load-format" in err, err
     for fmt in ("auto", "safetensors", "gguf", "dummy"):
         assert fmt in err, err
+
+
+def test_flags_of_no_effect_are_logged_as_such(caplog):
+    """A vLLM flag that changes nothing is accepted, and the start-up log says so: the flag,
+    its value, and why (--all2all-backend stopped a vLLM MoE launch line with argparse's
+    "unrecognized arguments")."""
+    with caplog.at_level(logging.INFO, logger="aiollm.cli"):
+        _config(["--all2all-backend", "deepep_low_latency", "--no-enable-eplb",
+                 "--expert-placement-strategy", "round_robin"])
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert len(said) == 3, said
+    assert said[0].startswith("--all2all-backend deepep_low_latency has no effect: ")
+    assert "expert parallelism" in said[0], said
+    assert said[1].startswith("--no-enable-eplb has no effect: "), said
+    assert said[2].startswith("--expert-placement-strategy round_robin has no effect: "), said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="aiollm.cli"):
+        _config([])
+    assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
