@@ -3,9 +3,10 @@ vLLM's parser reads them: launch lines written for `vllm serve` use both spellin
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
+
+from aiollm.cli.help_format import ShortUsage
 
 
 def dashed(args: Sequence[str]) -> list[str]:
@@ -22,8 +23,9 @@ def dashed(args: Sequence[str]) -> list[str]:
     return out
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, reading long flags spelt with underscores as their dashed names."""
+class ArgumentParser(ShortUsage):
+    """argparse's parser, reading long flags spelt with underscores as their dashed names
+    (and printing a short usage line with its errors: ShortUsage)."""
 
     def parse_known_args(self, args=None, namespace=None):
         return super().parse_known_args(dashed(sys.argv[1:] if args is None else args),
