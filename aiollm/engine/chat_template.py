@@ -199,9 +199,10 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     raise_exception, or an error rendering it), the option's name when an option is invalid;
     ChatTemplateError when the tokenizer's template does not compile, or when a content
     format given (not "auto") is one the template cannot render the conversation in while
-    it renders it in the form it reads (the format's fault, not the conversation's). most: a rendered
-    text that cannot be that many tokens or fewer is refused (ContextExceeded naming
-    "prompt", submission.check_fewest_tokens) before it is encoded."""
+    it renders it in the form it reads (the format's fault, not the conversation's).
+    most: a rendered text that cannot be that many tokens or fewer is refused
+    (ContextExceeded naming "prompt", submission.check_fewest_tokens) before it is
+    encoded."""
     options = checked_options(tokenizer, options)
     if isinstance(messages, tuple):  # a sequence of dicts as good as a list
         messages = list(messages)
