@@ -323,9 +323,42 @@ def test_a_content_format_the_template_cannot_render_names_the_flag(tiny):
         "<user>Once\nupon")
 
 
-def test_offline_a_content_format_the_template_cannot_render_names_the_keyword(llm):
-    with pytest.raises(ChatTemplateError) as e:
+def test_a_requests_own_template_that_cannot_render_the_format_is_the_requests_fault(tiny):
+    """A request's own chat_template (--trust-request-chat-template) that cannot render the
+    server's content format was a 500 blaming the server's flag, logged at error for each
+    such request, though the server's own template renders fine and the client chose the
+    template: a 400 naming chat_template, saying which form it is given and reads."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+            "chat_template": CONCAT}
+
+    async def check(client, tokenizer):
+        out = []
+        for path in ("/v1/chat/completions", "/tokenize"):
+            r = await client.post(path, json=body)
+            out.append((r.status, (await r.json())["error"]))
+        return out
+
+    for status, error in serve(tiny, check, PARTS, chat_template_content_format="openai",
+                               trust_request_chat_template=True):
+        assert status == 400 and error["param"] == "chat_template", error
+        message = error["message"]
+        assert "a list of parts" in message and "reads content as a string" in message
+        assert "--chat-template-content-format openai" in message, message
+
+
+def test_offline_a_content_format_the_template_cannot_render_names_the_keyword(tiny, llm):
+    """The engine's own template (LLM(chat_template=...)) that cannot render the content
+    format asked for is the engine's fault (ChatTemplateError); a template given to one call
+    (LLM.chat(chat_template=...)) is that call's (InvalidRequest naming chat_template).
+    Both name the keyword to change."""
+    with LLM(tiny, load_format="dummy", kv_tokens=1024, max_model_len=256,
+             chat_template=CONCAT) as served:
+        with pytest.raises(ChatTemplateError) as e:
+            served.chat(TWO_PARTS, GREEDY, False, chat_template_content_format="openai")
+    assert "chat_template_content_format" in str(e.value), str(e.value)
+    with pytest.raises(InvalidRequest) as e:
         prompt(llm, TWO_PARTS, CONCAT, "openai")
+    assert e.value.param.endswith("chat_template"), e.value.param
     assert "chat_template_content_format" in str(e.value), str(e.value)
     with pytest.raises(InvalidRequest, match="the user speaks first"):
         prompt(llm, [{"role": "system", "content": "x"}], CONCAT, "openai")

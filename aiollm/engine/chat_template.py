@@ -199,7 +199,8 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     raise_exception, or an error rendering it), the option's name when an option is invalid;
     ChatTemplateError when the tokenizer's template does not compile, or when a content
     format given (not "auto") is one the template cannot render the conversation in while
-    it renders it in the form it reads (the format's fault, not the conversation's).
+    it renders it in the form it reads (the format's fault, not the conversation's; where
+    the template is the options' own, the caller's, InvalidRequest naming chat_template).
     most: a rendered text that cannot be that many tokens or fewer is refused
     (ContextExceeded naming "prompt", submission.check_fewest_tokens) before it is
     encoded."""
@@ -221,22 +222,28 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
         if reads == fmt or not _renders(tokenizer, formed_messages(messages, reads), tools,
                                         options):
             raise  # the conversation's fault in either form
+        if options.chat_template is not None:  # the caller's own template, not the served
+            raise InvalidRequest(_format_refused(fmt, reads, e, "chat_template"),
+                                 param="chat_template") from e
         raise ChatTemplateError(_format_refused(fmt, reads, e)) from e
 
 
 _FORMS = {"string": "a string", "openai": "a list of parts"}
 
 
-def _format_refused(fmt: str, reads: str, e: InvalidRequest) -> str:
+def _format_refused(fmt: str, reads: str, e: InvalidRequest, own: str | None = None) -> str:
     """Why a conversation the chat template renders with its content as it reads it (in
     the form `reads`) failed (`e`) in the form `fmt` forced on it: the server's
     --chat-template-content-format (LLM.chat's chat_template_content_format), not the
-    request."""
+    conversation. own: the field of a template the caller gave (chat_template), to change
+    instead of the format; None: the served template."""
     cause = f"{type(e.__cause__).__name__}: {e.__cause__}" if e.__cause__ else str(e)
+    what = "the chat template" if own is None else f"the chat template given ({own})"
+    fix = (f"give auto (the form the template reads) or {reads}" if own is None else
+           f"give a template that reads {_FORMS[fmt]}, or leave {own} out")
     return (f"--chat-template-content-format {fmt} (chat_template_content_format={fmt!r}) "
-            f"gives the chat template each message's content as {_FORMS[fmt]}, and it cannot "
-            f"render that ({cause}): it reads content as {_FORMS[reads]}; give auto (the "
-            f"form the template reads) or {reads}")
+            f"gives {what} each message's content as {_FORMS[fmt]}, and it cannot "
+            f"render that ({cause}): it reads content as {_FORMS[reads]}; {fix}")
 
 
 def _renders(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
