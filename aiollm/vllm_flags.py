@@ -202,8 +202,9 @@ class Ignored:
 
 def _eplb_refusal(value: Any) -> str | None:
     """--eplb-config's value (vLLM's EPLBConfig: a JSON object, or as LLM(...)'s keyword a
-    dict or an object with its fields) refused where it is no JSON object, or asks for
-    redundant experts, which vLLM too refuses without --enable-eplb."""
+    dict or an object with its fields) refused where it is no JSON object, its
+    num_redundant_experts no whole number of 0 or more (as vLLM's check refuses it), or
+    asks for redundant experts, which vLLM too refuses without --enable-eplb."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
@@ -212,14 +213,32 @@ def _eplb_refusal(value: Any) -> str | None:
         if not isinstance(value, dict):
             return ("takes a JSON object of vLLM's EPLBConfig fields, such as "
                     "'{\"window_size\": 1000}'")
-    redundant = (value.get("num_redundant_experts") if isinstance(value, dict)
-                 else getattr(value, "num_redundant_experts", None))
-    if redundant in (None, 0):
+    given = (value.get("num_redundant_experts") if isinstance(value, dict)
+             else getattr(value, "num_redundant_experts", None))
+    if given is None:
+        return None
+    redundant = _whole_number(given)
+    if redundant is None or redundant < 0:
+        return f"num_redundant_experts must be a whole number, 0 or more; got {given!r}"
+    if redundant == 0:
         return None
     return (f"num_redundant_experts {redundant} asks for redundant experts, which need "
             "expert parallelism load balancing (--enable-eplb); there is no expert "
             "parallelism: every rank holds its share of every expert "
             "(--tensor-parallel-size), leave num_redundant_experts out")
+
+
+def _whole_number(value: Any) -> int | None:
+    """`value` as the whole number vLLM's EPLBConfig (pydantic, lax) reads it as: an int (or
+    bool), a float with no fraction, or a string of one; None for anything else."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return int(value) if isinstance(value, int) else None
 
 
 _NO_EXPERT_PARALLELISM = ("there is no expert parallelism (vLLM uses the flag only with "

@@ -108,6 +108,8 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--all2all-backend deepep_low_latency", "--all2all-backend allgather_reducescatter",
     "--expert-placement-strategy round_robin",
     '--eplb-config {"window_size":1000,"step_interval":3000,"num_redundant_experts":0}',
+    # vLLM's EPLBConfig (pydantic) reads a whole number's string, or 0.0, as the number
+    '--eplb-config {"num_redundant_experts":"0"}', '--eplb-config {"num_redundant_experts":0.0}',
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -438,3 +440,13 @@ def test_flags_of_no_effect_are_logged_as_such(caplog):
     with caplog.at_level(logging.INFO, logger="aiollm.cli"):
         _config([])
     assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
+
+
+@pytest.mark.parametrize("value", ["-1", '"two"', "1.5", "[]"])
+def test_an_eplb_config_of_no_count_of_experts_says_so(value, capsys):
+    """num_redundant_experts that is no whole number of 0 or more (vLLM's EPLBConfig refuses
+    it whatever the flags) was refused as "asking for redundant experts", which -1 does
+    not; a string of 0 was refused so too, where vLLM reads it as 0."""
+    line = refusal(f'--eplb-config {{"num_redundant_experts":{value}}}', capsys)
+    assert "num_redundant_experts must be a whole number, 0 or more" in line, line
+    assert "asks for redundant experts" not in line, line
