@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from aiollm import vllm_flags
 from aiollm.cli import build_parser
 from conftest import tiny_llama
 
@@ -450,3 +451,38 @@ def test_an_eplb_config_of_no_count_of_experts_says_so(value, capsys):
     line = refusal(f'--eplb-config {{"num_redundant_experts":{value}}}', capsys)
     assert "num_redundant_experts must be a whole number, 0 or more" in line, line
     assert "asks for redundant experts" not in line, line
+
+
+@pytest.mark.parametrize("line, json", [
+    ("--eplb-config.window_size 1000 --eplb-config.step_interval=3000",
+     '{"window_size": 1000, "step_interval": 3000}'),
+    ("--eplb_config.log_balancedness true", '{"log_balancedness": true}'),
+    ("--eplb-config.policy default", '{"policy": "default"}'),
+])
+def test_a_json_flags_keys_given_one_by_one_are_its_json(line, json):
+    """vLLM's parser takes a JSON flag's keys one by one (--eplb-config.window_size 1000
+    is --eplb-config '{"window_size": 1000}'), its keys' underscores kept: such a vLLM launch
+    line stopped at "unrecognized arguments"."""
+    assert parse(line).no_effect == [(f"--eplb-config {json}", NO_EXPERT_BALANCING)]
+
+
+NO_EXPERT_BALANCING = next(i.why for i in vllm_flags.NO_EFFECT_VALUES
+                           if i.names == ("--eplb-config",))
+
+
+@pytest.mark.parametrize("line, said", [
+    ("--eplb-config.num_redundant_experts 32", "num_redundant_experts 32"),
+    ("--compilation-config.mode 3", "--enforce-eager"),
+    ("--speculative-config.method ngram --speculative-config.num_speculative_tokens 4",
+     "speculative decoding is not supported"),
+])
+def test_a_refused_json_flag_given_key_by_key_is_refused_as_itself(line, said, capsys):
+    assert said in refusal(line, capsys)
+
+
+def test_json_keys_reads_lists_nesting_and_stops_at_a_double_dash():
+    from aiollm.cli.flag_spelling import json_keys
+
+    assert json_keys(["--x.a+", "1,2", "--x.a+=3", "--x.b.c", "v", "--y", "--", "--z.k=1"]) == [
+        "--y", "--x", '{"a": ["1", "2", "3"], "b": {"c": "v"}}', "--", "--z.k=1"]
+    assert json_keys(["--x.a"]) == ["--x.a"]  # no value: argparse says so
