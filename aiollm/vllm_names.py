@@ -11,8 +11,9 @@ CLI's own tables (aiollm/vllm_flags.py): its aliases (max_num_seqs, max_num_batc
 enforce_eager, enable_prefix_caching; dtype="half"/"float" or a torch.dtype); its
 NO_EFFECT switches, accepted; its NO_EFFECT_VALUES, accepted with a log line saying so
 (but for a value they refuse, a ValueError as the CLI's); its REFUSED flags, a ValueError
-with the flag's message, its flags written as keywords; seed=None, vLLM's default, is aiollm's (0), and so is
-max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-len -1`).
+with the flag's message, its flags written as keywords; seed=None, vLLM's default, is
+aiollm's (0), and so is max_model_len=-1 (vLLM's "the longest that fits", as
+`aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
 (tensor_parallel_size, gpu_memory_utilization, which lm-eval-harness passes on every call and
 which on a GPU sizes the KV pool as vLLM's does: aiollm/model/kv_pool.py). swap_space, which
