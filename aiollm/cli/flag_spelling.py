@@ -14,7 +14,9 @@ from aiollm.cli.help_format import ShortUsage
 
 def dashed(args: Sequence[str]) -> list[str]:
     """`args` with each long flag's name dashed (--max_num_seqs=8 is --max-num-seqs=8);
-    values, single-dash flags and every word after a bare "--" stay as given."""
+    values, a JSON flag's keys after its name (--eplb_config.window_size is
+    --eplb-config.window_size), single-dash flags and every word after a bare "--" stay
+    as given."""
     out = []
     for i, arg in enumerate(args):
         if arg == "--":
