@@ -254,9 +254,11 @@ class EngineStopped(Overloaded):
 
 class ChatTemplateError(RuntimeError):
     """The chat template the engine serves with does not compile (a syntax error in the
-    model's template): no conversation can be rendered, whatever the request holds. The
-    server's fault, not the caller's (HTTP 500); what a template refuses of a conversation
-    (its raise_exception) is an InvalidRequest naming messages."""
+    model's template), or is given message content in a form it cannot render (the
+    server's --chat-template-content-format, where the form it reads renders): no
+    conversation can be rendered, whatever the request holds. The server's fault, not the
+    caller's (HTTP 500); what a template refuses of a conversation (its raise_exception)
+    is an InvalidRequest naming messages."""
 
 
 class RequestFailed(RuntimeError):

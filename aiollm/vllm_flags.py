@@ -8,7 +8,11 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
 `tool_call_parser_name`). This module adds the rest to the serve parser (`add_to`):
 
 - NO_EFFECT: flags asking for what aiollm always does; accepted, each listed in --help
-  saying so;
+  saying so, and logged at start-up as having no effect;
+- NO_EFFECT_VALUES: flags taking a value that vLLM itself uses only with a feature aiollm
+  lacks and refuses under its own flag (expert parallelism's --all2all-backend): accepted
+  and logged as NO_EFFECT, but for a value that asks for what aiollm cannot do, refused as
+  REFUSED are;
 - REFUSED: flags asking for what aiollm cannot do; each is a usage error (exit 2) whose one
   line names the flag and what aiollm offers instead. A value asking for aiollm's own
   behaviour (-pp 1, --max-logprobs 20) is accepted. Hidden from --help, which names them
@@ -22,8 +26,9 @@ answer vLLM's keywords of LLM(...) (aiollm/vllm_names.py), but for SERVER_ONLY.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +185,79 @@ NO_EFFECT = {
     "--disable-uvicorn-access-log": "HTTP requests are logged only with --log-level debug",
 }
 
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    """A vLLM flag taking a value that changes nothing in aiollm (vLLM uses it only with a
+    feature aiollm lacks). names: the flag; why: what aiollm does instead; metavar: its
+    value's name in --help; refuse: given
+    the value (as typed, or as LLM(...)'s keyword takes it), why it is refused (it asks
+    for what aiollm cannot do), or None: taken."""
+
+    names: tuple[str, ...]
+    why: str
+    metavar: str
+    refuse: Callable[[Any], str | None] | None = None
+
+
+def _eplb_refusal(value: Any) -> str | None:
+    """--eplb-config's value (vLLM's EPLBConfig: a JSON object, or as LLM(...)'s keyword a
+    dict or an object with its fields) refused where it is no JSON object, its
+    num_redundant_experts no whole number of 0 or more (as vLLM's check refuses it), or
+    asks for redundant experts, which vLLM too refuses without --enable-eplb."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            return ("takes a JSON object of vLLM's EPLBConfig fields, such as "
+                    "'{\"window_size\": 1000}'")
+    given = (value.get("num_redundant_experts") if isinstance(value, dict)
+             else getattr(value, "num_redundant_experts", None))
+    if given is None:
+        return None
+    redundant = _whole_number(given)
+    if redundant is None or redundant < 0:
+        return f"num_redundant_experts must be a whole number, 0 or more; got {given!r}"
+    if redundant == 0:
+        return None
+    return (f"num_redundant_experts {redundant} asks for redundant experts, which need "
+            "expert parallelism load balancing (--enable-eplb); there is no expert "
+            "parallelism: every rank holds its share of every expert "
+            "(--tensor-parallel-size), leave num_redundant_experts out")
+
+
+def _whole_number(value: Any) -> int | None:
+    """`value` as the whole number vLLM's EPLBConfig (pydantic, lax) reads it as: an int (or
+    bool), a float with no fraction, or a string of one; None for anything else."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return None
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    return int(value) if isinstance(value, int) else None
+
+
+_NO_EXPERT_PARALLELISM = ("there is no expert parallelism (vLLM uses the flag only with "
+                          "--enable-expert-parallel): every rank holds its share of every "
+                          "expert (--tensor-parallel-size)")
+
+NO_EFFECT_VALUES = (
+    Ignored(("--all2all-backend",),
+            f"{_NO_EXPERT_PARALLELISM}, so tokens are never exchanged all-to-all between "
+            "expert ranks", "BACKEND"),
+    Ignored(("--expert-placement-strategy",),
+            f"{_NO_EXPERT_PARALLELISM}, so there are no experts to place on ranks",
+            "STRATEGY"),
+    Ignored(("--eplb-config",),
+            "there is no expert parallelism load balancing (vLLM uses the config only with "
+            "--enable-eplb), which these are the settings of", "JSON",
+            refuse=_eplb_refusal),
+)
+
 # flags of vLLM's server alone (its frontend's, AsyncEngineArgs'), not keywords of its LLM(...):
 # aiollm's LLM refuses them as unknown, as vLLM's does
 SERVER_ONLY = frozenset({"--enable-auto-tool-choice", "--disable-log-requests",
@@ -205,15 +283,38 @@ def tool_call_parser_name(value: str) -> str:
     return _TOOL_CALL_PARSERS.get(value, value)
 
 
-class _NoEffect(argparse.Action):
-    """A switch that is accepted and sets nothing."""
+def _note(namespace: argparse.Namespace, flag: str, why: str) -> None:
+    """Record in the namespace's `no_effect` (set only when one is given) that `flag` (with
+    its value) has no effect and why: serve's checks log it."""
+    namespace.no_effect = [*getattr(namespace, "no_effect", ()), (flag, why)]
 
-    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+
+class _NoEffect(argparse.Action):
+    """A switch that is accepted and sets nothing but its note (_note)."""
+
+    def __init__(self, option_strings: list[str], dest: str, why: str, **kwargs) -> None:
         super().__init__(option_strings, argparse.SUPPRESS, nargs=0,
                          default=argparse.SUPPRESS, **kwargs)
+        self.why = why
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        pass
+        _note(namespace, option_string, self.why)
+
+
+class _NoEffectValue(argparse.Action):
+    """A flag of NO_EFFECT_VALUES: its value accepted with a note (_note), or a usage
+    error naming the flag where ignored.refuse refuses it."""
+
+    def __init__(self, option_strings: list[str], dest: str, ignored: Ignored,
+                 **kwargs) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS,
+                         **kwargs)
+        self.ignored = ignored
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        if self.ignored.refuse is not None and (why := self.ignored.refuse(values)):
+            raise argparse.ArgumentError(self, why)
+        _note(namespace, f"{option_string} {values}", self.ignored.why)
 
 
 class _Refuse(argparse.Action):
@@ -243,6 +344,9 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "change nothing. Refused, each with what to use instead (a value asking for "
         f"aiollm's own behaviour, such as -pp 1, is taken): {refused}.")
     for flag, why in NO_EFFECT.items():
-        group.add_argument(flag, action=_NoEffect, help=f"no effect: {why}")
+        group.add_argument(flag, action=_NoEffect, why=why, help=f"no effect: {why}")
+    for ignored in NO_EFFECT_VALUES:
+        group.add_argument(*ignored.names, action=_NoEffectValue, ignored=ignored,
+                           metavar=ignored.metavar, help=f"no effect: {ignored.why}")
     for refusal in REFUSED:
         group.add_argument(*refusal.names, action=_Refuse, refusal=refusal)

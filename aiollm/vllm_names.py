@@ -9,9 +9,11 @@ given twice.
 LLM(...)'s options (`engine_options`) are `aiollm serve`'s vLLM flags as keywords, from the
 CLI's own tables (aiollm/vllm_flags.py): its aliases (max_num_seqs, max_num_batched_tokens,
 enforce_eager, enable_prefix_caching; dtype="half"/"float" or a torch.dtype); its
-NO_EFFECT switches, accepted; its REFUSED flags, a ValueError with the flag's message, its
-flags written as keywords; seed=None, vLLM's default, is aiollm's (0), and so is
-max_model_len=-1 (vLLM's "the longest that fits", as `aiollm serve --max-model-len -1`).
+NO_EFFECT switches, accepted; its NO_EFFECT_VALUES, accepted with a log line saying so
+(but for a value they refuse, a ValueError as the CLI's); its REFUSED flags, a ValueError
+with the flag's message, its flags written as keywords; seed=None, vLLM's default, is
+aiollm's (0), and so is max_model_len=-1 (vLLM's "the longest that fits", as
+`aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
 (tensor_parallel_size, gpu_memory_utilization, which lm-eval-harness passes on every call and
 which on a GPU sizes the KV pool as vLLM's does: aiollm/model/kv_pool.py). swap_space, which
@@ -176,6 +178,9 @@ def _tables() -> tuple[set[str], dict[tuple[str, bool], Refusal], dict[str, Refu
 
 
 _SWITCHES, _REFUSED_SWITCHES, _REFUSED_VALUES = _tables()
+# keywords taking a value that changes nothing (all2all_backend...), as the CLI's flags
+_NO_EFFECT_VALUES = {_keyword(i.names[-1])[0]: i for i in vllm_flags.NO_EFFECT_VALUES
+                     if i.names[-1] not in vllm_flags.SERVER_ONLY}
 
 # a flag, and the one-letter value name after it (--kv-tokens N), outside `commands`
 _FLAG = re.compile(r"--([a-z][a-z0-9-]*)(?: ([A-Z])\b)?")
@@ -210,6 +215,16 @@ def _asks_for_ours(value: Any, same: tuple[str, ...]) -> bool:
             except ValueError:
                 pass
     return False
+
+
+def _take_no_effect(keyword: str, value: Any, ignored: vllm_flags.Ignored) -> None:
+    """A keyword of no effect given `value`: logged as such (None, vLLM's 'not set',
+    silently); raises ValueError naming it and its value where the CLI refuses the value."""
+    if value is None:
+        return
+    if ignored.refuse is not None and (why := ignored.refuse(value)):
+        raise ValueError(f"{keyword}={value!r}: {_as_keywords(why)}")
+    log.info("%s=%r has no effect: %s", keyword, value, _as_keywords(ignored.why))
 
 
 def _check_switch(keyword: str, value: Any) -> None:
@@ -249,7 +264,7 @@ _IGNORED_BY_VLLM = frozenset({"swap_space"})
 
 def _unknown(keyword: str) -> TypeError:
     """Python's TypeError for an unknown keyword, named as LLM()'s, with the names near it."""
-    known = [*_OPTIONS, *_ALIASES, *_SWITCHES, *_REFUSED_VALUES]
+    known = [*_OPTIONS, *_ALIASES, *_SWITCHES, *_REFUSED_VALUES, *_NO_EFFECT_VALUES]
     near = difflib.get_close_matches(keyword, known, n=3, cutoff=0.8)
     hint = f" (did you mean {' or '.join(near)}?)" if near else ""
     return TypeError(f"LLM() got an unexpected keyword argument {keyword!r}{hint}")
@@ -282,6 +297,8 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
             _check_switch(keyword, value)
             if (refusal := _REFUSED_SWITCHES.get((keyword, value))) is not None:
                 raise _refused(keyword, value, refusal)
+        elif keyword in _NO_EFFECT_VALUES:
+            _take_no_effect(keyword, value, _NO_EFFECT_VALUES[keyword])
         elif keyword in _REFUSED_VALUES:
             refusal = _REFUSED_VALUES[keyword]
             if value is not None and not _asks_for_ours(value, refusal.same):

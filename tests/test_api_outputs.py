@@ -553,20 +553,39 @@ def test_include_usage_gives_every_other_chunk_a_null_usage(server, path, body):
 
 
 @pytest.mark.parametrize("path,body", STREAMS)
-def test_continuous_usage_stats_count_the_tokens_so_far(server, path, body):
-    """vLLM's (and SGLang's) stream_options.continuous_usage_stats: every chunk carries the
-    usage so far, the last one the whole request's. It was ignored: null on every chunk."""
+def test_continuous_usage_stats_count_each_choice_so_far(server, path, body):
+    """vLLM's (and SGLang's) stream_options.continuous_usage_stats: every chunk of a choice
+    carries that choice's usage so far (its prompt's tokens, its own completion tokens, as
+    vLLM counts them), the last chunk the whole request's. With n > 1 a chunk said the
+    request's running total over all choices, which no choice's count is and which vLLM
+    never sends."""
     chunks = usage_stream(server, path, body, continuous_usage_stats=True)
-    usages = [c["usage"] for c in chunks]
-    assert all(u is not None for u in usages), chunks
-    final = usages[-1]
-    assert {u["prompt_tokens"] for u in usages} == {final["prompt_tokens"]}
-    done = [u["completion_tokens"] for u in usages]
-    assert done == sorted(done) and done[-1] > 0 and done[-2] == done[-1], done
-    # a chat stream opens with each choice's role chunk, before any token (0, as vLLM's)
-    opening = body["n"] if "messages" in body else 0
-    assert done[:opening] == [0] * opening and done[opening] > 0, done
-    assert all(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"] for u in usages)
+    assert all(c["usage"] is not None for c in chunks), chunks
+    *others, last = chunks
+    final = last["usage"]
+    assert last["choices"] == [] and final["completion_tokens"] > 0, last
+    assert all(u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+               for u in (c["usage"] for c in chunks))
+    by_choice: dict[int, list[dict]] = {}
+    for c in others:
+        [choice] = c["choices"]
+        by_choice.setdefault(choice["index"], []).append(c["usage"])
+    n = body["n"]
+    prompt = body.get("prompt")
+    assert sorted(by_choice) == list(range(n * (len(prompt) if prompt else 1))), by_choice.keys()
+    prompts = {}  # each prompt's tokens, as its choices' chunks all say
+    for k, usages in by_choice.items():
+        done = [u["completion_tokens"] for u in usages]
+        assert done == sorted(done) and done[-1] > 0, (k, done)
+        if "messages" in body:  # a chat choice opens with its role chunk, before any token
+            assert done[0] == 0 and done[1] > 0, (k, done)
+        assert len({u["prompt_tokens"] for u in usages}) == 1, (k, usages)
+        assert prompts.setdefault(k // n, usages[0]["prompt_tokens"]) == usages[0][
+            "prompt_tokens"], (k, prompts)
+    assert sum(prompts.values()) == final["prompt_tokens"], (prompts, final)
+    # each choice's last count is its own; together they are the request's
+    assert sum(u[-1]["completion_tokens"] for u in by_choice.values()) == final[
+        "completion_tokens"], (by_choice, final)
     # only with include_usage, as in vLLM: alone it asks for nothing
     status, _, raw = http(server, "POST", path, json={
         **body, "max_tokens": 3, "stream": True,

@@ -233,6 +233,46 @@ def test_checks_after_parsing_report_as_serve_usage_errors(capsys):
         assert err.startswith("usage: aiollm serve ") and "\naiollm serve: error: " in err, err
 
 
+SERVE_USAGE = "usage: aiollm serve [-h] [MODEL] [options]"
+
+
+@pytest.mark.parametrize("args, error", [
+    (["--port", "x"], "argument --port: invalid int value: 'x'"),  # argparse's own
+    (["--port", "70000"], "--port must be in [0, 65535], got 70000"),  # a check after it
+    (["--quantization", "awq"], "argument -q/--quantization: quantized"),  # a vLLM flag's
+    # a flag aiollm lacks: said by serve, not by the top-level parser ("aiollm: error")
+    (["M", "--no-such-flag", "1"], "unrecognized arguments: --no-such-flag 1"),
+])
+def test_a_usage_error_is_one_usage_line_and_the_error(args, error, capsys):
+    """A bad argument printed argparse's whole synopsis of serve's ~100 flags (~50 lines)
+    above the one line that says what is wrong; now one short usage line and the error, as
+    `vllm serve` answers (exit 2, as argparse). --help still lists every flag."""
+    from aiollm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and err[0] == SERVE_USAGE, err
+    assert err[1].startswith(f"aiollm serve: error: {error}"), err
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: aiollm serve [-h] [--model MODEL] [--host HOST]"), out[:200]
+    assert "--eplb-config JSON" in out and len(out.splitlines()) > 200
+
+
+def test_the_commands_usage_error_is_unchanged(capsys):
+    from aiollm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["run"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "usage: aiollm [-h] [-v] {serve} ...", err
+
+
 def test_tokenizer_directory_without_a_tokenizer_is_a_usage_error(tmp_path, capsys):
     """A --tokenizer directory that exists but holds no tokenizer failed once the weights had
     loaded, exit code 1, its message calling it the model path or naming no flag. It is a

@@ -9,6 +9,7 @@ import logging
 
 import pytest
 
+from aiollm import vllm_flags
 from aiollm.cli import build_parser
 from conftest import tiny_llama
 
@@ -22,8 +23,10 @@ def parse(line: str):
 
 
 def options(line: str) -> dict:
-    """What `aiollm serve M line` sets, but the parser it reports errors through."""
-    return {k: v for k, v in vars(parse(line)).items() if k != "command_parser"}
+    """What `aiollm serve M line` sets, but the parser it reports errors through and the
+    flags it logs as having no effect."""
+    return {k: v for k, v in vars(parse(line)).items()
+            if k not in ("command_parser", "no_effect")}
 
 
 def refusal(line: str, capsys) -> str:
@@ -101,6 +104,13 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--distributed-executor-backend mp",
     # vLLM's switches off of what aiollm never does
     "--no-enable-expert-parallel", "--no-enable-eplb",
+    # vLLM's MoE options of expert parallelism (and its load balancing), which vLLM itself
+    # uses only with --enable-expert-parallel (--enable-eplb): aiollm is vLLM without them
+    "--all2all-backend deepep_low_latency", "--all2all-backend allgather_reducescatter",
+    "--expert-placement-strategy round_robin",
+    '--eplb-config {"window_size":1000,"step_interval":3000,"num_redundant_experts":0}',
+    # vLLM's EPLBConfig (pydantic) reads a whole number's string, or 0.0, as the number
+    '--eplb-config {"num_redundant_experts":"0"}', '--eplb-config {"num_redundant_experts":0.0}',
 ])
 def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line):
     assert options(line) == options("")
@@ -120,6 +130,9 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("-ep", ("--tensor-parallel-size", "leave the flag out")),
     # expert-parallel load balancing, which vLLM runs only with expert parallelism
     ("--enable-eplb", ("no expert parallelism", "leave the flag out")),
+    # redundant experts, which vLLM too refuses without --enable-eplb
+    ('--eplb-config {"num_redundant_experts":32}', ("num_redundant_experts", "32")),
+    ("--eplb-config window_size=1000", ("JSON object",)),
     ("--enable-lora", ("merged",)),
     ("--lora-modules a=/x", ("merged",)),
     ("--speculative-config {}", ("speculative",)),
@@ -409,3 +422,67 @@ def test_a_load_format_aiollm_lacks_names_those_it_has(capsys):
     assert "argument --load-format" in err, err
     for fmt in ("auto", "safetensors", "gguf", "dummy"):
         assert fmt in err, err
+
+
+def test_flags_of_no_effect_are_logged_as_such(caplog):
+    """A vLLM flag that changes nothing is accepted, and the start-up log says so: the flag,
+    its value, and why (--all2all-backend stopped a vLLM MoE launch line with argparse's
+    "unrecognized arguments")."""
+    with caplog.at_level(logging.INFO, logger="aiollm.cli"):
+        _config(["--all2all-backend", "deepep_low_latency", "--no-enable-eplb",
+                 "--expert-placement-strategy", "round_robin"])
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert len(said) == 3, said
+    assert said[0].startswith("--all2all-backend deepep_low_latency has no effect: ")
+    assert "expert parallelism" in said[0], said
+    assert said[1].startswith("--no-enable-eplb has no effect: "), said
+    assert said[2].startswith("--expert-placement-strategy round_robin has no effect: "), said
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="aiollm.cli"):
+        _config([])
+    assert not [r for r in caplog.records if "has no effect" in r.getMessage()]
+
+
+@pytest.mark.parametrize("value", ["-1", '"two"', "1.5", "[]"])
+def test_an_eplb_config_of_no_count_of_experts_says_so(value, capsys):
+    """num_redundant_experts that is no whole number of 0 or more (vLLM's EPLBConfig refuses
+    it whatever the flags) was refused as "asking for redundant experts", which -1 does
+    not; a string of 0 was refused so too, where vLLM reads it as 0."""
+    line = refusal(f'--eplb-config {{"num_redundant_experts":{value}}}', capsys)
+    assert "num_redundant_experts must be a whole number, 0 or more" in line, line
+    assert "asks for redundant experts" not in line, line
+
+
+@pytest.mark.parametrize("line, json", [
+    ("--eplb-config.window_size 1000 --eplb-config.step_interval=3000",
+     '{"window_size": 1000, "step_interval": 3000}'),
+    ("--eplb_config.log_balancedness true", '{"log_balancedness": true}'),
+    ("--eplb-config.policy default", '{"policy": "default"}'),
+])
+def test_a_json_flags_keys_given_one_by_one_are_its_json(line, json):
+    """vLLM's parser takes a JSON flag's keys one by one (--eplb-config.window_size 1000
+    is --eplb-config '{"window_size": 1000}'), its keys' underscores kept: such a vLLM launch
+    line stopped at "unrecognized arguments"."""
+    assert parse(line).no_effect == [(f"--eplb-config {json}", NO_EXPERT_BALANCING)]
+
+
+NO_EXPERT_BALANCING = next(i.why for i in vllm_flags.NO_EFFECT_VALUES
+                           if i.names == ("--eplb-config",))
+
+
+@pytest.mark.parametrize("line, said", [
+    ("--eplb-config.num_redundant_experts 32", "num_redundant_experts 32"),
+    ("--compilation-config.mode 3", "--enforce-eager"),
+    ("--speculative-config.method ngram --speculative-config.num_speculative_tokens 4",
+     "speculative decoding is not supported"),
+])
+def test_a_refused_json_flag_given_key_by_key_is_refused_as_itself(line, said, capsys):
+    assert said in refusal(line, capsys)
+
+
+def test_json_keys_reads_lists_nesting_and_stops_at_a_double_dash():
+    from aiollm.cli.flag_spelling import json_keys
+
+    assert json_keys(["--x.a+", "1,2", "--x.a+=3", "--x.b.c", "v", "--y", "--", "--z.k=1"]) == [
+        "--y", "--x", '{"a": ["1", "2", "3"], "b": {"c": "v"}}', "--", "--z.k=1"]
+    assert json_keys(["--x.a"]) == ["--x.a"]  # no value: argparse says so

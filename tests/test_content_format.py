@@ -19,7 +19,7 @@ from aiollm import LLM, SamplingParams
 from aiollm.api import create_app
 from aiollm.engine import Engine
 from aiollm.engine.content_format import detect_content_format
-from aiollm.errors import InvalidRequest
+from aiollm.errors import ChatTemplateError, InvalidRequest
 from conftest import tiny_llama
 
 # reads parts: each one's text in brackets (a string's characters have no text: "[]" each)
@@ -276,6 +276,92 @@ def test_server_refuses_other_parts_and_a_bad_format(tiny):
     assert serve(tiny, check, PARTS) == (400, "messages[0].content[1].type")
     with pytest.raises(ValueError, match="chat_template_content_format .*'xml'"):
         create_app(None, chat_template_content_format="xml")
+
+
+# reads a string, and concatenates it: a list of parts cannot render; refuses a conversation
+# that does not open with the user
+CONCAT = ("{% if messages[0]['role'] != 'user' %}{{ raise_exception('the user speaks first') }}"
+          "{% endif %}{% for m in messages %}{{ '<' + m['role'] + '>' + m['content'] }}"
+          "{% endfor %}")
+
+
+def test_a_content_format_the_template_cannot_render_names_the_flag(tiny):
+    """--chat-template-content-format openai given a template that reads (and concatenates)
+    a string failed every chat request with a 400 blaming `messages`: the request was
+    fine, the server's flag was not. Now the server's fault (500, as a template that does
+    not compile), naming the flag and what to give instead, on chat, the Responses API and
+    /tokenize; a conversation the template refuses in either form is still the request's
+    400 naming messages."""
+    said = "the user speaks first"
+
+    async def check(client, tokenizer):
+        out = []
+        for path, body in (
+                ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                          "max_tokens": 1}),
+                ("/v1/responses", {"input": "hi", "max_output_tokens": 1}),
+                ("/tokenize", {"messages": [{"role": "user", "content": "hi"}]}),
+                ("/v1/chat/completions", {"messages": [
+                    {"role": "assistant", "content": "hi"}], "max_tokens": 1})):
+            r = await client.post(path, json=body)
+            out.append((r.status, (await r.json())["error"]))
+        return out
+
+    *flagged, refused = serve(tiny, check, CONCAT, chat_template_content_format="openai")
+    for status, error in flagged:
+        assert status == 500 and error["param"] is None, error
+        message = error["message"]
+        assert "--chat-template-content-format openai" in message, message
+        assert "auto" in message and "string" in message and "concatenate" in message
+    status, error = refused
+    assert status == 400 and error["param"] == "messages" and said in error["message"], error
+
+    async def fine(client, tokenizer):
+        return await chat_prompt(client, tokenizer, TWO_PARTS)
+
+    assert serve(tiny, fine, CONCAT, chat_template_content_format="string") == (
+        "<user>Once\nupon")
+
+
+def test_a_requests_own_template_that_cannot_render_the_format_is_the_requests_fault(tiny):
+    """A request's own chat_template (--trust-request-chat-template) that cannot render the
+    server's content format was a 500 blaming the server's flag, logged at error for each
+    such request, though the server's own template renders fine and the client chose the
+    template: a 400 naming chat_template, saying which form it is given and reads."""
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+            "chat_template": CONCAT}
+
+    async def check(client, tokenizer):
+        out = []
+        for path in ("/v1/chat/completions", "/tokenize"):
+            r = await client.post(path, json=body)
+            out.append((r.status, (await r.json())["error"]))
+        return out
+
+    for status, error in serve(tiny, check, PARTS, chat_template_content_format="openai",
+                               trust_request_chat_template=True):
+        assert status == 400 and error["param"] == "chat_template", error
+        message = error["message"]
+        assert "a list of parts" in message and "reads content as a string" in message
+        assert "--chat-template-content-format openai" in message, message
+
+
+def test_offline_a_content_format_the_template_cannot_render_names_the_keyword(tiny, llm):
+    """The engine's own template (LLM(chat_template=...)) that cannot render the content
+    format asked for is the engine's fault (ChatTemplateError); a template given to one call
+    (LLM.chat(chat_template=...)) is that call's (InvalidRequest naming chat_template).
+    Both name the keyword to change."""
+    with LLM(tiny, load_format="dummy", kv_tokens=1024, max_model_len=256,
+             chat_template=CONCAT) as served:
+        with pytest.raises(ChatTemplateError) as e:
+            served.chat(TWO_PARTS, GREEDY, False, chat_template_content_format="openai")
+    assert "chat_template_content_format" in str(e.value), str(e.value)
+    with pytest.raises(InvalidRequest) as e:
+        prompt(llm, TWO_PARTS, CONCAT, "openai")
+    assert e.value.param.endswith("chat_template"), e.value.param
+    assert "chat_template_content_format" in str(e.value), str(e.value)
+    with pytest.raises(InvalidRequest, match="the user speaks first"):
+        prompt(llm, [{"role": "system", "content": "x"}], CONCAT, "openai")
 
 
 @pytest.mark.parametrize("template, flag, want", [

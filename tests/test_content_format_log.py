@@ -16,6 +16,8 @@ from aiollm.engine import Engine
 PARTS = ("{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{ p['text'] }}]"
          "{% endfor %}{% endfor %}")
 STRING = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+# reads a string and concatenates it: a list of parts does not render
+CONCAT = "{% for m in messages %}{{ '<' + m['role'] + '>' + m['content'] }}{% endfor %}"
 LOGGER = "aiollm.engine.content_format"
 
 
@@ -56,3 +58,18 @@ def test_a_format_given_is_logged_and_warned_of_where_the_template_reads_another
     assert records[0].getMessage() == ("chat template content format: 'openai' "
                                        "(--chat-template-content-format)")
     assert "reads ('string')" in records[1].getMessage()
+
+
+def test_a_format_given_that_the_template_cannot_render_is_an_error_at_start(tiny, caplog):
+    """The start renders one message in the format given (where it is not what the template
+    reads): a template that cannot render it is logged at error, naming the flag and what
+    to give, before any chat request fails on it (each a 500 saying the same). One that
+    renders it (the parts' text as a list) is only warned of, as before."""
+    started(tiny, CONCAT, caplog, chat_template_content_format="openai")
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, errors
+    assert errors[0].startswith("--chat-template-content-format openai "), errors
+    assert "give auto" in errors[0] and "every chat request fails" in errors[0], errors
+    caplog.clear()
+    started(tiny, STRING, caplog, chat_template_content_format="openai")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

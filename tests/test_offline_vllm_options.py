@@ -112,6 +112,26 @@ def test_what_aiollm_always_does_is_taken():
                     enable_lora=False, enable_expert_parallel=False, enable_eplb=False)
 
 
+def test_moe_options_of_expert_parallelism_are_taken_with_no_effect(caplog):
+    """vLLM's all2all_backend, expert_placement_strategy and eplb_config, which vLLM uses
+    only with expert parallelism (and its load balancing), are taken as the CLI takes them,
+    each logged as having no effect; redundant experts are refused as vLLM refuses them
+    without enable_eplb."""
+    with caplog.at_level("INFO", logger="aiollm.vllm_names"):
+        past_the_checks(all2all_backend="deepep_low_latency",
+                        expert_placement_strategy="round_robin",
+                        eplb_config={"window_size": 100, "num_redundant_experts": 0})
+    said = [r.getMessage() for r in caplog.records if "has no effect" in r.getMessage()]
+    assert [m.split(" has")[0] for m in said] == [
+        "all2all_backend='deepep_low_latency'", "expert_placement_strategy='round_robin'",
+        "eplb_config={'window_size': 100, 'num_redundant_experts': 0}"], said
+    past_the_checks(eplb_config='{"window_size": 100}', all2all_backend=None)
+    message = refused(eplb_config={"num_redundant_experts": 2})
+    lead = "eplb_config={'num_redundant_experts': 2}: "
+    assert message.startswith(lead) and "--" not in message, message
+    assert "num_redundant_experts 2" in message[len(lead):] and "enable_eplb" in message
+
+
 def test_vllm_llm_parameters_at_their_defaults_are_taken():
     """Parameters of vLLM's LLM(...) given at its defaults, as scripts spell them out: each
     was a TypeError, "unexpected keyword argument", for a keyword vLLM's LLM names."""

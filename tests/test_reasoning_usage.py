@@ -54,14 +54,18 @@ def test_count(parser, tail, tokens, count):
 
 
 
-def _stream_usage(srv, body: dict) -> list[dict]:
-    """The usage of each chunk of a chat stream that has one."""
+def _stream_chunks(srv, body: dict) -> list[dict]:
+    """The chunks (not [DONE]) of a chat stream."""
     from live_server import http, sse_events
 
     status, _, raw = http(srv, "POST", "/v1/chat/completions", json={**body, "stream": True})
     assert status == 200, raw
-    chunks = [json.loads(e) for e in sse_events(raw)[:-1]]
-    return [c["usage"] for c in chunks if c.get("usage")]
+    return [json.loads(e) for e in sse_events(raw)[:-1]]
+
+
+def _stream_usage(srv, body: dict) -> list[dict]:
+    """The usage of each chunk of a chat stream that has one."""
+    return [c["usage"] for c in _stream_chunks(srv, body) if c.get("usage")]
 
 
 def _completing(logprobs: dict, tag: str = "</think>") -> int:
@@ -94,6 +98,14 @@ def test_chat_counts_reasoning_tokens(thinker):
     assert counts == sorted(counts) and counts[0] < n and counts[-1] == n, counts
     both = post_ok(thinker, {**body, "n": 2})["usage"]
     assert both["completion_tokens_details"] == {"reasoning_tokens": 2 * n}
+    # streamed with n = 2, a choice's chunks count its own reasoning tokens (as vLLM's),
+    # the last chunk both choices'
+    chunks = _stream_chunks(thinker, {**body, "n": 2, "stream_options": {
+        "include_usage": True, "continuous_usage_stats": True}})
+    last = {c["choices"][0]["index"]: c["usage"]["completion_tokens_details"]
+            for c in chunks if c["choices"]}
+    assert last == {0: {"reasoning_tokens": n}, 1: {"reasoning_tokens": n}}, last
+    assert chunks[-1]["usage"]["completion_tokens_details"] == {"reasoning_tokens": 2 * n}
 
 
 def test_chat_without_reasoning(thinker):

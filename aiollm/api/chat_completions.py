@@ -138,10 +138,17 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         thought = sum(c.count for c in thought_counts if c) if thinking else None
         return usage_of(len(ids), sum(done_tokens), known, thought)
 
+    def choice_usage(j: int) -> dict:
+        """Choice j's usage so far, as a chunk of it counts it (continuous_usage_stats): the
+        prompt's tokens and hit, its own completion (and reasoning) tokens."""
+        known = next((c for c in cached_tokens if c is not None), 0)
+        thought = (thought_counts[j].count if thought_counts[j] else 0) if thinking else None
+        return usage_of(len(ids), done_tokens[j], known, thought)
+
     def render(item: tuple[int, Delta]) -> bytes:
         j, d = item
         cached_tokens[j] = d.cached_tokens
-        roles = b"" if opened[0] else open_choices(chunk_usage(req, usage))
+        roles = b"" if opened[0] else open_choices()
         text, finish = d.text, d.finish_reason
         found, thought = [], ""
         if splits[j] is not None:  # the tool parser sees the content only
@@ -176,7 +183,7 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                                                                      d.token_texts, by_id)
         # return_token_ids: every id, also of text the parsers hold back
         generated = {"token_ids": list(d.token_ids)} if req.return_token_ids else {}
-        counts = {**prompt_scores(d), **chunk_usage(req, usage)}
+        counts = {**prompt_scores(d), **chunk_usage(req, partial(choice_usage, j))}
         # a "" content alone (content begun, by an echo too) says nothing either
         if not (frags or any(delta.values()) or generated.get("token_ids")) and (
                 finish is None and logprobs is None and "prompt_logprobs" not in counts):
@@ -196,14 +203,14 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
                 "index": j, "delta": {**delta, "tool_calls": group}, "finish_reason": None,
                 "logprobs": logprobs, **generated}], **counts}))
             delta = {"content": ""} if said[j] else {}
-            logprobs, generated, counts = None, {}, chunk_usage(req, usage)
+            logprobs, generated, counts = None, {}, chunk_usage(req, partial(choice_usage, j))
         if finish is not None:
             events.append(sse.event({**head, "choices": [{
                 "index": j, "delta": {"content": ""} if said[j] else {},
                 "finish_reason": finish, **ended, "logprobs": None}], **counts}))
         return roles + b"".join(events)
 
-    def open_choices(counts: dict) -> bytes:
+    def open_choices() -> bytes:
         """Each choice's first chunk, the role alone, all in index order before any token,
         as vLLM and OpenAI open a stream. The openai SDK's stream helper needs that order:
         a choice first seen out of it (its first token held back, an incomplete character)
@@ -213,19 +220,21 @@ async def _chat_completions(request: web.Request, req: ChatCompletionRequest
         call): a client that joins the stream's content has "" where the whole answer of
         calls or reasoning alone has null, as from vLLM. Without a parser every later chunk
         carries content too (simple clients join delta["content"]). Then vLLM's echo, if
-        any: one chunk a choice, in index order."""
+        any: one chunk a choice, in index order. Each counts its choice's usage (none of
+        its tokens yet) where continuous_usage_stats asks for it."""
         opened[0] = True
         events = []
         for k in range(req.n):
             said[k] = calls[k] is None and splits[k] is None
             events.append(sse.event({**head, **(prompt_ids if k == 0 else {}), "choices": [{
                 "index": k, "delta": {"role": role, "content": ""},
-                "finish_reason": None, "logprobs": None}], **counts}))
+                "finish_reason": None, "logprobs": None}],
+                **chunk_usage(req, partial(choice_usage, k))}))
         for k in range(req.n) if echo else ():  # vLLM's echo: a chunk of its own, each
             said[k] = True
             events.append(sse.event({**head, "choices": [{
                 "index": k, "delta": {"content": echo}, "finish_reason": None,
-                "logprobs": None}], **counts}))
+                "logprobs": None}], **chunk_usage(req, partial(choice_usage, k))}))
         return b"".join(events)
 
     def tail() -> bytes:

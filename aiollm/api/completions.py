@@ -166,6 +166,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
     def usage() -> dict:
         return usage_of(prompt_tokens, sum(done_tokens), sum(cached_tokens[::req.n]))
 
+    def choice_usage(k: int) -> dict:
+        """Choice k's usage so far, as a chunk of it counts it (continuous_usage_stats): its
+        prompt's tokens and hit (its first choice's, rendered by now: leaders_first)."""
+        lead = k - k % req.n
+        return usage_of(len(jobs[k][1]), done_tokens[k], cached_tokens[lead])
+
     def render(item: tuple[int, Delta]) -> bytes:
         k, delta = item
         text, first = delta.text, not echoed[k]
@@ -179,7 +185,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
             "index": k, "text": text, "logprobs": logprobs, "finish_reason": delta.finish_reason,
             "stop_reason": delta.stop_reason,  # null until the last (vLLM sends it in each)
             **prompt_scores(k, delta, first), **token_ids(k, delta, first),
-        }], **chunk_usage(req, usage)})
+        }], **chunk_usage(req, partial(choice_usage, k))})
 
     def tail() -> bytes:
         last = sse.event({**head, "choices": [], "usage": usage()}) if req.include_usage else b""

@@ -35,6 +35,7 @@ from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
 from aiollm.config import (MAX_STORED_RESPONSE_BYTES, MAX_STORED_RESPONSES,
                            check_shutdown_timeout)
 from aiollm.engine.content_format import check_content_format, log_served_format
+from aiollm.engine.served_format import check_served_format
 from aiollm.stop_signal import Terminated
 
 if TYPE_CHECKING:
@@ -162,6 +163,7 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
     async with st.engine:
         # once, for the served template (vLLM logs its detected format at start too)
         log_served_format(st.chat_template_content_format, st.engine.tokenizer.chat_template)
+        check_served_format(st.engine.tokenizer, st.chat_template_content_format)
         # Everything alive now (torch, transformers, the tokenizer, the model: some 10^5-10^6
         # objects) stays alive while serving. Moving it out of the collector's reach keeps a
         # full collection, which would otherwise walk all of it and stall every stream for

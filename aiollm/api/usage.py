@@ -45,7 +45,9 @@ def usage_of(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0,
 def chunk_usage(req: SamplingFields, usage: Callable[[], dict]) -> dict:
     """The usage field of a chunk before the last: none without include_usage; with it null,
     as OpenAI sends it on every chunk but the last; with vLLM's continuous_usage_stats too,
-    the request's usage so far (all its choices' tokens, as the last chunk counts them)."""
+    `usage()`: the usage so far of the chunk's choice (its prompt's tokens, its own
+    completion tokens, as vLLM counts a chunk's), where the last chunk counts the whole
+    request's."""
     if not req.include_usage:
         return {}
     return {"usage": usage() if req.continuous_usage else None}

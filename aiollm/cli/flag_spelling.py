@@ -1,30 +1,83 @@
-"""Flag names spelt with underscores (`--max_model_len 512`), read as their dashed names, as
-vLLM's parser reads them: launch lines written for `vllm serve` use both spellings."""
+"""Flags spelt as vLLM's parser reads them, which launch lines written for `vllm serve` use:
+names with underscores (`--max_model_len 512`) as their dashed names, and a JSON flag's keys
+given one by one (`--eplb-config.window_size 1000`) as its JSON object."""
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
 from collections.abc import Sequence
+from typing import Any
+
+from aiollm.cli.help_format import ShortUsage
 
 
 def dashed(args: Sequence[str]) -> list[str]:
     """`args` with each long flag's name dashed (--max_num_seqs=8 is --max-num-seqs=8);
-    values, single-dash flags and every word after a bare "--" stay as given."""
+    values, a JSON flag's keys after its name (--eplb_config.window_size is
+    --eplb-config.window_size), single-dash flags and every word after a bare "--" stay
+    as given."""
     out = []
     for i, arg in enumerate(args):
         if arg == "--":
             return out + list(args[i:])
         if arg.startswith("--"):
             name, eq, value = arg.partition("=")
-            arg = name.replace("_", "-") + eq + value
+            flag, dot, keys = name.partition(".")  # a JSON flag's keys keep their spelling
+            arg = flag.replace("_", "-") + dot + keys + eq + value
         out.append(arg)
     return out
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse's parser, reading long flags spelt with underscores as their dashed names."""
+def json_keys(args: Sequence[str]) -> list[str]:
+    """`args` with each JSON flag's keys given one by one, `--FLAG.KEY[.KEY...] VALUE` (or
+    `=VALUE`; `KEY+` appends VALUE's comma-separated items to a list), gathered into one
+    `--FLAG JSON` after the other flags, as vLLM's parser reads them: VALUE is JSON where
+    it parses as JSON (1000, true), else the string. A dotted flag with no value after it,
+    and every word from a bare "--" on, stay as given."""
+    args = list(args)
+    rest = args[args.index("--"):] if "--" in args else []
+    args = args[:len(args) - len(rest)]
+    out: list[str] = []
+    objects: dict[str, dict[str, Any]] = {}
+    i = 0
+    while i < len(args):
+        name, eq, value = args[i].partition("=")
+        if not name.startswith("--") or "." not in name or (not eq and i + 1 == len(args)):
+            out.append(args[i])
+            i += 1
+            continue
+        if not eq:
+            value = args[i + 1]
+        i += 1 if eq else 2
+        flag, *inner, last = name.split(".")
+        node = objects.setdefault(flag, {})
+        for key in inner:  # a later nested key replaces a value given before
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        if last.endswith("+"):
+            items = node.get(last[:-1])
+            node[last[:-1]] = (items if isinstance(items, list) else []) + value.split(",")
+        else:
+            node[last] = _json_or_text(value)
+    for flag, obj in objects.items():
+        out += [flag, json.dumps(obj)]
+    return out + rest
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
+
+
+class ArgumentParser(ShortUsage):
+    """argparse's parser, reading long flags spelt with underscores as their dashed names and
+    a JSON flag's keys given one by one as its JSON (and printing a short usage line with
+    its errors: ShortUsage)."""
 
     def parse_known_args(self, args=None, namespace=None):
-        return super().parse_known_args(dashed(sys.argv[1:] if args is None else args),
-                                        namespace)
+        args = sys.argv[1:] if args is None else args
+        return super().parse_known_args(json_keys(dashed(args)), namespace)

@@ -5,6 +5,7 @@ the flags give together (EngineConfig's checks, CORS options without --allowed-o
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 from typing import TYPE_CHECKING
@@ -15,12 +16,15 @@ from aiollm.config import EngineConfig
 if TYPE_CHECKING:
     from aiollm.api.cors import CorsOptions
 
+log = logging.getLogger(__name__)
+
 
 def checked_config(parser: argparse.ArgumentParser,
                    args: argparse.Namespace) -> tuple[EngineConfig, tuple[str, ...] | None]:
     """The EngineConfig the flags give (its chat template read, once) and the API keys
     (--api-key's, else $AIOLLM_API_KEY, else vLLM's $VLLM_API_KEY; None: no auth), once
-    every check passed; parser.error (SystemExit 2) for the first that fails."""
+    every check passed; parser.error (SystemExit 2) for the first that fails. Each vLLM
+    flag given that has no effect (vllm_flags.py) is logged as such once they pass."""
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     options["served_model_name"] = names[0] if names else None  # the name reported
@@ -57,6 +61,8 @@ def checked_config(parser: argparse.ArgumentParser,
         parser.error("--host must not be empty (0.0.0.0 or :: listens on every interface)")
     if not 0 <= args.port <= 65535:  # the OS would take 70000 as 4464, -1 only after loading
         parser.error(f"--port must be in [0, 65535], got {args.port}")
+    for flag, why in getattr(args, "no_effect", ()):
+        log.info("%s has no effect: %s", flag, why)
     return config, api_keys
 
 

@@ -48,6 +48,7 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     d = EngineConfig()  # the engine's defaults, shown in --help
     s = sub.add_parser("serve", help="serve a model over HTTP",
                        formatter_class=HelpFormatter,
+                       short_usage="aiollm serve [-h] [MODEL] [options]",
                        description="Serve MODEL over HTTP: /v1/completions, "
                        "/v1/chat/completions, /v1/responses, /v1/responses/{response_id}, "
                        "/v1/responses/{response_id}/input_items, "

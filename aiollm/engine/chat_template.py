@@ -197,9 +197,13 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
     the template's tokenizing as it is).
     Raises InvalidRequest: param "messages" when the template refuses the conversation (its
     raise_exception, or an error rendering it), the option's name when an option is invalid;
-    ChatTemplateError when the tokenizer's template does not compile. most: a rendered
-    text that cannot be that many tokens or fewer is refused (ContextExceeded naming
-    "prompt", submission.check_fewest_tokens) before it is encoded."""
+    ChatTemplateError when the tokenizer's template does not compile, or when a content
+    format given (not "auto") is one the template cannot render the conversation in while
+    it renders it in the form it reads (the format's fault, not the conversation's; where
+    the template is the options' own, the caller's, InvalidRequest naming chat_template).
+    most: a rendered text that cannot be that many tokens or fewer is refused
+    (ContextExceeded naming "prompt", submission.check_fewest_tokens) before it is
+    encoded."""
     options = checked_options(tokenizer, options)
     if isinstance(messages, tuple):  # a sequence of dicts as good as a list
         messages = list(messages)
@@ -208,7 +212,54 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
                              param="messages")
     template = options.chat_template or tokenizer.chat_template
     fmt = resolve_content_format(options.content_format, template, tools)
-    messages = formed_messages(messages, fmt)
+    try:
+        return _token_ids(tokenizer, formed_messages(messages, fmt), tools, specials, options,
+                          most)
+    except InvalidRequest as e:
+        if e.param != "messages" or options.content_format == "auto":
+            raise
+        reads = resolve_content_format("auto", template, tools)
+        if reads == fmt or not _renders(tokenizer, formed_messages(messages, reads), tools,
+                                        options):
+            raise  # the conversation's fault in either form
+        if options.chat_template is not None:  # the caller's own template, not the served
+            raise InvalidRequest(_format_refused(fmt, reads, e, "chat_template"),
+                                 param="chat_template") from e
+        raise ChatTemplateError(_format_refused(fmt, reads, e)) from e
+
+
+_FORMS = {"string": "a string", "openai": "a list of parts"}
+
+
+def _format_refused(fmt: str, reads: str, e: InvalidRequest, own: str | None = None) -> str:
+    """Why a conversation the chat template renders with its content as it reads it (in
+    the form `reads`) failed (`e`) in the form `fmt` forced on it: the server's
+    --chat-template-content-format (LLM.chat's chat_template_content_format), not the
+    conversation. own: the field of a template the caller gave (chat_template), to change
+    instead of the format; None: the served template."""
+    cause = f"{type(e.__cause__).__name__}: {e.__cause__}" if e.__cause__ else str(e)
+    what = "the chat template" if own is None else f"the chat template given ({own})"
+    fix = (f"give auto (the form the template reads) or {reads}" if own is None else
+           f"give a template that reads {_FORMS[fmt]}, or leave {own} out")
+    return (f"--chat-template-content-format {fmt} (chat_template_content_format={fmt!r}) "
+            f"gives {what} each message's content as {_FORMS[fmt]}, and it cannot "
+            f"render that ({cause}): it reads content as {_FORMS[reads]}; {fix}")
+
+
+def _renders(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
+             tools: list[dict] | None, options: TemplateOptions) -> bool:
+    """Whether the template renders `messages` as they are."""
+    try:
+        _render(tokenizer, messages, tools, options, tokenize=False)
+    except (InvalidRequest, ChatTemplateError):
+        return False
+    return True
+
+
+def _token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, Any]],
+               tools: list[dict] | None, specials: list[str] | None,
+               options: TemplateOptions, most: int | None) -> list[int]:
+    """chat_token_ids of `messages` whose content is in the form the template is given."""
     # each control-token text in any string -> a placeholder the template passes through
     # digits, which a template's case filters (upper, title...) leave as they are
     nonce = str(uuid.uuid4().int)

@@ -1,0 +1,33 @@
+"""The start's check of the served chat template against the content format the server was
+given (--chat-template-content-format): one message rendered in that form, so that a
+template that cannot render it is an error in the start-up log, not first a failed chat
+request (each of which says the same, HTTP 500: chat_template.chat_token_ids)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from aiollm.engine.chat_template import TemplateOptions, chat_token_ids
+from aiollm.errors import ChatTemplateError, InvalidRequest
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+def check_served_format(tokenizer: PreTrainedTokenizerBase, content_format: str) -> None:
+    """Log at error, naming the flag and what to give instead, where `content_format` (not
+    "auto") is a form of message content the tokenizer's chat template cannot render one
+    user message in while it renders the form it reads. Nothing is refused: a server
+    starts as vLLM's does (which only warns that the format is not the one detected)."""
+    if content_format == "auto" or not tokenizer.chat_template:
+        return
+    try:
+        chat_token_ids(tokenizer, [{"role": "user", "content": "Hello"}],
+                       options=TemplateOptions(content_format=content_format))
+    except ChatTemplateError as e:
+        log.error("%s; as served, every chat request fails", e)
+    except InvalidRequest:
+        pass  # the template refuses a lone user message in either form: nothing learnt
