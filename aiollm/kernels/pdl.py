@@ -49,9 +49,21 @@ def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
 
 
+def _interpreted() -> bool:
+    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET), read as Triton reads
+    it where its version has `triton.knobs`."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
 def enabled(device: torch.device) -> bool:
-    """Whether kernels on `device` are launched with PDL (never on the CPU interpreter)."""
+    """Whether kernels on `device` are launched with PDL: never on the CPU, nor under Triton's
+    interpreter (TRITON_INTERPRET=1, CUDA tensors included), which cannot run gdc_wait's PTX."""
     if not (_SUPPORTED and _ON) or device.type != "cuda" or getattr(_off, "active", False):
+        return False
+    if _interpreted():
         return False
     return _capable(device.index if device.index is not None else torch.cuda.current_device())
 
