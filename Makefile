@@ -43,12 +43,14 @@ serve: $(DEPS)
 # The suite runs in TEST_WORKERS processes (pytest-xdist), each test file whole in one of them
 # (module fixtures such as a started server are built once): about 9 minutes on 2 CPU cores,
 # against 15-16 in one process. TEST_WORKERS=1 runs it in one process.
-# The CPU suite: its kernel tests give Triton CPU tensors, so Triton's interpreter runs them
-# also where there is a GPU (tests/conftest.py sets it only where there is none; the gpu-marked
-# tests, left out here, compile for the GPU: pytest -m gpu tests).
+# The CPU suite, the same on every machine: CUDA_VISIBLE_DEVICES= hides any GPU, so engines
+# run on the CPU and Triton's interpreter runs every kernel (on an H100, 2026-12-06, with the
+# GPU visible, the engines of tests that leave the device to aiollm ran on it, bf16 where the
+# dtype is left too, their CUDA tensors through the interpreter). The gpu-marked tests, left
+# out here, compile for the GPU: pytest -m gpu tests.
 TEST_WORKERS ?= 2
 test: $(DEPS)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow and not gpu" \
+	CUDA_VISIBLE_DEVICES= TRITON_INTERPRET=1 $(BIN)/python -m pytest -q -m "not slow and not gpu" \
 		$(if $(filter-out 0 1,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile) tests
 
 soak: $(DEPS)
