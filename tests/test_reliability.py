@@ -846,23 +846,25 @@ def test_overload_and_queue_timeout(tight):
 
 
 @pytest.mark.parametrize("path,body,param", [
-    (C, prompt(n=3), "n"),
-    (C, prompt(prompt=["a", "b", "c"], stream=True), "prompt"),
+    (C, prompt(n=4), "n"),
+    (C, prompt(prompt=["a", "b", "c", "d"], stream=True), "prompt"),
     (C, prompt(prompt=["a", "b"], n=2), "n"),
-    (CH, chat(n=3, stream=True), "n"),
-    (G, lightllm(n=3, best_of=3), "parameters.n"),
-    (G, lightllm(best_of=3), "parameters.best_of"),
+    (CH, chat(n=4, stream=True), "n"),
+    (G, lightllm(n=4, best_of=4), "parameters.n"),
+    (G, lightllm(best_of=4), "parameters.best_of"),
 ])
 def test_more_choices_than_the_queue_holds_are_400(tight, path, body, param):
-    """A request's choices all enter the queue at once: with more of them than
-    --max-waiting-requests it was a 503 on an idle server too (retried in vain, the
-    openai client twice). Now a 400 naming the field, while as many as the queue holds are
-    served."""
+    """A request's choices all enter the queue at once: with more of them than an idle
+    server's running batch and --max-waiting-requests hold it was a 503 on an idle server
+    too (retried in vain, the openai client twice). Now a 400 naming the field, while as
+    many as they hold are served: 3 here, one running and two waiting (it was 2, the
+    waiting queue alone, as if the idle batch had no room)."""
     status, _, raw_body = http(tight, "POST", path, json=body, headers=AUTH)
-    assert_error(status, raw_body, refused_status(path), param, "(--max-waiting-requests 2)")
+    assert_error(status, raw_body, refused_status(path), param,
+                 "(--max-running-requests 1 running, --max-waiting-requests 2 waiting)")
     status, _, raw_body = http(tight, "POST", path, headers=AUTH, json={
-        **body, **({"parameters": {**body["parameters"], "n": 2, "best_of": 2}} if path == G
-                   else {"n": 2, "prompt": "a"} if path == C else {"n": 2})})
+        **body, **({"parameters": {**body["parameters"], "n": 3, "best_of": 3}} if path == G
+                   else {"n": 3, "prompt": "a"} if path == C else {"n": 3})})
     assert status == 200, raw_body
     tight.wait_idle()
 

@@ -118,7 +118,8 @@ class AddRequest:
         it is one of (request_group.ChoiceGroup; None: a request of one choice)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
-        if len(self.planner.waiting) >= self.config.max_waiting_requests:
+        # what waits beyond the running batch's room: a burst the batch takes is no overload
+        if self.planner.waiting_beyond_batch() >= self.config.max_waiting_requests:
             raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
         bad_words = (bad_word_ids(self.tokenizer, params.bad_words, self.model_config.vocab_size)
                      if params.bad_words else None)

@@ -85,6 +85,14 @@ class Planner:
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
 
+    def waiting_beyond_batch(self) -> int:
+        """Waiting requests (paused ones included) beyond the running batch's free rows:
+        those that truly wait, for a running request to end. The rest the next admissions
+        can take without one ending (as the token budget and the KV pool let them in, over
+        a step or a few), so a burst at an idle engine is not counted as a backlog."""
+        room = min(self.max_running - len(self.running), self.r2t.n_free_rows)
+        return max(len(self.waiting) - max(room, 0), 0)
+
     def release(self, req: Request) -> None:
         """Give back everything req holds (KV slots, row, queue place). Idempotent."""
         if req.phase is Phase.RUNNING:

@@ -1,0 +1,71 @@
+"""--max-waiting-requests (EngineConfig.max_waiting_requests) bounds the requests that truly
+wait: those the running batch has no room for. A burst at an idle engine that its running
+batch takes (max_running_requests of it) plus the waiting limit is served whole; one request
+more is refused with Overloaded (HTTP 503), at once, holding nothing."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiollm import Engine, SamplingParams
+from aiollm.errors import Overloaded
+from conftest import run
+
+PARAMS = SamplingParams(max_tokens=3, temperature=0)
+LONG = SamplingParams(max_tokens=400, ignore_eos=True)
+
+
+async def drain(streams) -> list[str]:
+    texts = []
+    for s in streams:
+        texts.append("".join([d.text async for d in s]))
+    return texts
+
+
+def assert_idle(eng: Engine) -> None:
+    s = eng.stats()
+    assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
+
+
+def test_a_burst_the_running_batch_takes_is_not_refused(loop):
+    """At an idle engine with room for 3 running and a waiting limit of 2, a burst of 5
+    requests submitted before the step loop turns once was refused from the third on
+    (the running batch, empty, was not counted as room): all 5 are served; the sixth waits
+    beyond the limit and is refused, holding nothing."""
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=3, max_waiting_requests=2)
+        await eng.start()
+        try:
+            streams = [eng.stream(f"Question {i}:", PARAMS) for i in range(5)]
+            with pytest.raises(Overloaded, match=r"too many waiting requests \(2\)"):
+                eng.stream("One too many:", PARAMS)
+            assert eng.stats()["table_used"] == 5
+            texts = await drain(streams)
+            assert len(texts) == 5
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_a_busy_batch_leaves_only_the_waiting_limit(loop):
+    """With the running batch full, the limit counts every waiting request: a real overload
+    is still refused after max_waiting_requests of them."""
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=1, max_waiting_requests=2)
+        await eng.start()
+        try:
+            busy = eng.stream("Count:", LONG)
+            first = await anext(busy)  # admitted: the batch is full now
+            assert first is not None and eng.stats()["running"] == 1
+            waiting = [eng.stream(f"Question {i}:", PARAMS) for i in range(2)]
+            with pytest.raises(Overloaded, match="too many waiting requests"):
+                eng.stream("One too many:", PARAMS)
+            await busy.aclose()
+            assert len(await drain(waiting)) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
