@@ -383,7 +383,16 @@ BAD_INPUT = [
         "parameters.stop_sequences[0][0]"),
     # logprobs above the limit
     bad("logprobs-above-limit", C, prompt(logprobs=21), 400, "logprobs", "20"),
-    bad("logprobs-negative", C, prompt(logprobs=-1), 400, "logprobs"),
+    bad("logprobs-negative", C, prompt(logprobs=-2), 400, "logprobs"),
+    # -1, vLLM's whole vocabulary, is past vLLM's default --max-logprobs 20 too (which
+    # aiollm keeps): refused naming the field and the limit, in completions and chat alike
+    # (chat said only "expected an integer >= 0")
+    bad("logprobs-whole-vocabulary", C, prompt(logprobs=-1), 400, "logprobs",
+        "logprobs -1 asks for the whole vocabulary's"),
+    bad("top-logprobs-whole-vocabulary", CH, chat(logprobs=True, top_logprobs=-1), 400,
+        "top_logprobs", "top_logprobs -1 asks for the whole vocabulary's"),
+    bad("top-logprobs-negative", CH, chat(logprobs=True, top_logprobs=-2), 400,
+        "top_logprobs"),
     bad("top-logprobs-above-limit", CH, chat(logprobs=True, top_logprobs=21), 400,
         "top_logprobs"),
     bad("top-logprobs-without-logprobs", CH, chat(top_logprobs=2), 400, "top_logprobs"),
