@@ -89,7 +89,9 @@ class Planner:
         """Waiting requests (paused ones included) beyond the running batch's free rows:
         those that truly wait, for a running request to end. The rest the next admissions
         can take without one ending (as the token budget and the KV pool let them in, over
-        a step or a few), so a burst at an idle engine is not counted as a backlog."""
+        a step or a few), so a burst at an idle engine is not counted as a backlog. Free
+        rows are counted as room even where the KV pool is what holds the queue back (paused
+        requests, a Past-Future refusal): the queue is then bounded by both limits together."""
         room = min(self.max_running - len(self.running), self.r2t.n_free_rows)
         return max(len(self.waiting) - max(room, 0), 0)
 
