@@ -5,6 +5,8 @@ more is refused with Overloaded (HTTP 503), at once, holding nothing."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from aiollm import Engine, SamplingParams
@@ -13,6 +15,8 @@ from conftest import run
 
 PARAMS = SamplingParams(max_tokens=3, temperature=0)
 LONG = SamplingParams(max_tokens=400, ignore_eos=True)
+SOME = SamplingParams(max_tokens=20, ignore_eos=True)
+SOME_OF_FOUR = SamplingParams(max_tokens=20, ignore_eos=True, n=4)
 
 
 async def drain(streams) -> list[str]:
@@ -20,6 +24,17 @@ async def drain(streams) -> list[str]:
     for s in streams:
         texts.append("".join([d.text async for d in s]))
     return texts
+
+
+async def running_peak(eng: Engine, call) -> tuple[object, int]:
+    """call's result, and the most requests the engine ran at once meanwhile (read at each
+    turn of the loop: the step loop changes them between turns)."""
+    task = asyncio.ensure_future(call)
+    peak = 0
+    while not task.done():
+        peak = max(peak, eng.stats()["running"])
+        await asyncio.sleep(0)
+    return task.result(), peak
 
 
 def assert_idle(eng: Engine) -> None:
@@ -64,6 +79,27 @@ def test_a_busy_batch_leaves_only_the_waiting_limit(loop):
                 eng.stream("One too many:", PARAMS)
             await busy.aclose()
             assert len(await drain(waiting)) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_generate_batch_fills_the_running_batch(loop):
+    """generate_batch (and generate with n > 1) keeps as many prompts in flight as the
+    engine takes without refusing one: the running batch and the waiting queue. It held
+    them to max_waiting_requests, so with a waiting limit of 1 a batch ran one prompt at a
+    time, whatever room the running batch had."""
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=3, max_waiting_requests=1)
+        await eng.start()
+        try:
+            batch = eng.generate_batch([f"Question {i}:" for i in range(6)], SOME, progress=False)
+            outs, peak = await running_peak(eng, batch)
+            assert len(outs) == 6 and peak == 3, peak
+            out, peak = await running_peak(eng, eng.generate("Question:", SOME_OF_FOUR))
+            assert len(out.outputs) == 4 and peak == 3, peak
             assert_idle(eng)
         finally:
             await eng.stop()
