@@ -33,3 +33,31 @@ def test_a_cut_character_is_dropped_and_the_stream_joins_to_the_text(server, pat
     assert "".join(deltas) == text, (deltas, text)
     # three tokens that are each a character's first byte: no whole character
     assert text == "", text
+
+
+@pytest.mark.parametrize("char", ["\ufffd", "🚀"])
+def test_chat_logprob_bytes_are_each_tokens_own_next_to_a_held_back_character(server, char):
+    """Tokens the detokenizer holds back as a possibly unfinished character: one whose bytes
+    decode to U+FFFD (a real one, whole, or a character's first bytes), then "a" or the
+    end. Each chat logprob gives its token's own bytes, and they decode to the content (with
+    the held-back character dropped at the end). A whole U+FFFD token that the end dropped
+    gave no bytes ([]), and the token after one took its bytes as well as its own."""
+    tok = server.engine.tokenizer
+    held = tok.encode(char, add_special_tokens=False)[0]
+    a = tok.encode("a", add_special_tokens=False)[0]
+    assert tok.decode([held]) == "\ufffd"  # the case at hand
+    body = {"messages": HI, "max_tokens": 8, "ignore_eos": True, "allowed_token_ids": [held, a],
+            "temperature": 100, "seed": 3, "n": 4, "logprobs": True}
+    status, _, raw = http(server, "POST", "/v1/chat/completions", json=body)
+    assert status == 200, raw
+    seen = set()
+    for choice in json.loads(raw)["choices"]:
+        entries = choice["logprobs"]["content"]
+        seen.add(tuple(e["token"] == "a" for e in entries))
+        for e in entries:
+            assert bytes(e["bytes"]).decode("utf-8", "backslashreplace") == e["token"], e
+        joined = b"".join(bytes(e["bytes"]) for e in entries).decode("utf-8", "replace")
+        assert joined.rstrip("\ufffd") == choice["message"]["content"], (joined, choice)
+    # the case at hand: the held token before "a" and at the end
+    assert any(s[-1] is False and True in s for s in seen), seen
+    assert any(s[k:k + 2] == (False, True) for s in seen for k in range(len(s))), seen
