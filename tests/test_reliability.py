@@ -74,6 +74,10 @@ def coded(data: bytes, coding: str) -> dict:
 C, CH, G, GS = "/v1/completions", "/v1/chat/completions", "/generate", "/generate_stream"
 
 
+WHOLE_VOCABULARY = ("{} -1 asks for every token of the vocabulary, more than the 20 this "
+                    "server returns (vLLM's default max_logprobs, which aiollm does not raise)")
+
+
 def bad(case: str, path: str, body: dict, status: int, param: str | None, text: str | None = None,
         method: str = "POST"):
     """One row of the table: `body` is a JSON body, or {"data", "headers"} from raw()."""
@@ -387,10 +391,13 @@ BAD_INPUT = [
     # -1, vLLM's whole vocabulary, is past vLLM's default --max-logprobs 20 too (which
     # aiollm keeps): refused naming the field and the limit, in completions and chat alike
     # (chat said only "expected an integer >= 0")
+    # (chat's renaming of logprobs to top_logprobs once named a flag --max-top_logprobs)
     bad("logprobs-whole-vocabulary", C, prompt(logprobs=-1), 400, "logprobs",
-        "logprobs -1 asks for the whole vocabulary's"),
+        WHOLE_VOCABULARY.format("logprobs")),
     bad("top-logprobs-whole-vocabulary", CH, chat(logprobs=True, top_logprobs=-1), 400,
-        "top_logprobs", "top_logprobs -1 asks for the whole vocabulary's"),
+        "top_logprobs", WHOLE_VOCABULARY.format("top_logprobs")),
+    bad("chat-prompt-logprobs-whole-vocabulary", CH, chat(prompt_logprobs=-1), 400,
+        "prompt_logprobs", WHOLE_VOCABULARY.format("prompt_logprobs")),
     bad("top-logprobs-negative", CH, chat(logprobs=True, top_logprobs=-2), 400,
         "top_logprobs"),
     bad("top-logprobs-above-limit", CH, chat(logprobs=True, top_logprobs=21), 400,
