@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from aiollm import Engine, SamplingParams
 from aiollm.errors import Overloaded
-from conftest import run
+from conftest import run, tiny_llama
 
 PARAMS = SamplingParams(max_tokens=3, temperature=0)
 LONG = SamplingParams(max_tokens=400, ignore_eos=True)
@@ -109,3 +110,35 @@ def test_generate_batch_fills_the_running_batch(loop):
             await eng.stop()
 
     run(loop, go())
+
+
+def test_generate_batch_is_not_refused_while_out_of_memory_halves_the_batch(tmp_path):
+    """An out-of-memory step halves the requests a step may run (engine/oom.py) for a while.
+    generate_batch keeps as many prompts in flight as the configured batch and the waiting
+    queue take: the waiting limit must count the batch's configured places, or the batch's
+    own next prompt was refused (Overloaded, and so the whole batch) while backed off."""
+    tiny_llama(tmp_path, vocab_size=256)
+    prompts = [[i + 1, i + 2, i + 3] for i in range(10)]
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    failed = []
+
+    async def main():
+        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=512,
+                          max_running_requests=4, max_waiting_requests=1,
+                          prefix_cache=False) as engine:
+            model = engine.runner.model
+
+            def forward(batch):
+                if len(batch.input_ids) == 4 and not failed:  # the first decode step of 4
+                    failed.append(4)
+                    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+                return type(model).forward(model, batch)
+
+            model.forward = forward
+            outs = await asyncio.wait_for(engine.generate_batch(prompts, params, False), 60)
+            assert engine.planner.max_running < 4  # still backed off at the end
+            assert_idle(engine)
+            return outs
+
+    outs = asyncio.run(main())
+    assert failed == [4] and len(outs) == 10

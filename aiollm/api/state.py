@@ -113,7 +113,7 @@ class ApiState:
         waiting queue take together, or the table holds, were a 503 on an idle server too,
         which a client retries in vain. ApiError 400 naming `param` instead."""
         config = self.engine.config
-        batch = self.engine.planner.max_running
+        batch = self.engine.planner.r2t.rows  # as configured (not lowered by an OOM step)
         limit, flag = min((config.max_waiting_requests + batch,
                            f"--max-running-requests {batch} running, --max-waiting-requests "
                            f"{config.max_waiting_requests} waiting"),

@@ -274,7 +274,7 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         # running batch and the waiting queue together (Planner.waiting_beyond_batch), they
         # got Overloaded, and so their whole batch; they wait here
         self._batch_room = asyncio.Semaphore(
-            min(cfg.table_capacity, self.planner.max_running + cfg.max_waiting_requests))
+            min(cfg.table_capacity, self.planner.r2t.rows + cfg.max_waiting_requests))
         self._oom = OomBackoff(self.planner, device)
         self._step_health = StepHealth()
         self._health_probe = HealthProbe(self)
