@@ -103,6 +103,8 @@ class EngineConfig:
     # LightLLM workload (bench/README.md); with prefill graphs a capped step takes up to 31
     # more, the padding rows of its graph bucket (Planner.fill_to)
     mixed_prefill_tokens: int | None = 1024
+    # requests waiting beyond the running batch's free places (Planner.waiting_beyond_batch):
+    # past them a request gets Overloaded (503); a burst the idle batch takes is not refused
     max_waiting_requests: int = 4096
     queue_timeout: float | None = None  # seconds a request may wait before admission
     # seconds a request's grammar may compile before the request fails (400; as long queued

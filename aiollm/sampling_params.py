@@ -271,10 +271,13 @@ class SamplingParams:
                 raise bad(name, "must be a boolean")
         for name in ("logprobs", "prompt_logprobs"):
             if is_int(getattr(self, name)) and getattr(self, name) == -1:
+                # as vLLM refuses it under its default --max-logprobs 20, which aiollm keeps.
+                # No bare word "logprobs" here: chat renames it top_logprobs in messages
                 raise InvalidRequest(
-                    f"{name}=-1 (vLLM's whole vocabulary) is not supported: ask for at most "
-                    f"{MAX_LOGPROBS} (the most likely tokens, beside the chosen one)",
-                    param=name)
+                    f"{name} -1 asks for every token of the vocabulary, more than the "
+                    f"{MAX_LOGPROBS} this server returns (vLLM's default max_logprobs, which "
+                    f"aiollm does not raise): ask for at most {MAX_LOGPROBS} (the most likely "
+                    f"tokens, beside the chosen one)", param=name)
         if self.logprobs is not None and (
             not is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):

@@ -74,6 +74,10 @@ def coded(data: bytes, coding: str) -> dict:
 C, CH, G, GS = "/v1/completions", "/v1/chat/completions", "/generate", "/generate_stream"
 
 
+WHOLE_VOCABULARY = ("{} -1 asks for every token of the vocabulary, more than the 20 this "
+                    "server returns (vLLM's default max_logprobs, which aiollm does not raise)")
+
+
 def bad(case: str, path: str, body: dict, status: int, param: str | None, text: str | None = None,
         method: str = "POST"):
     """One row of the table: `body` is a JSON body, or {"data", "headers"} from raw()."""
@@ -383,7 +387,19 @@ BAD_INPUT = [
         "parameters.stop_sequences[0][0]"),
     # logprobs above the limit
     bad("logprobs-above-limit", C, prompt(logprobs=21), 400, "logprobs", "20"),
-    bad("logprobs-negative", C, prompt(logprobs=-1), 400, "logprobs"),
+    bad("logprobs-negative", C, prompt(logprobs=-2), 400, "logprobs"),
+    # -1, vLLM's whole vocabulary, is past vLLM's default --max-logprobs 20 too (which
+    # aiollm keeps): refused naming the field and the limit, in completions and chat alike
+    # (chat said only "expected an integer >= 0")
+    # (chat's renaming of logprobs to top_logprobs once named a flag --max-top_logprobs)
+    bad("logprobs-whole-vocabulary", C, prompt(logprobs=-1), 400, "logprobs",
+        WHOLE_VOCABULARY.format("logprobs")),
+    bad("top-logprobs-whole-vocabulary", CH, chat(logprobs=True, top_logprobs=-1), 400,
+        "top_logprobs", WHOLE_VOCABULARY.format("top_logprobs")),
+    bad("chat-prompt-logprobs-whole-vocabulary", CH, chat(prompt_logprobs=-1), 400,
+        "prompt_logprobs", WHOLE_VOCABULARY.format("prompt_logprobs")),
+    bad("top-logprobs-negative", CH, chat(logprobs=True, top_logprobs=-2), 400,
+        "top_logprobs"),
     bad("top-logprobs-above-limit", CH, chat(logprobs=True, top_logprobs=21), 400,
         "top_logprobs"),
     bad("top-logprobs-without-logprobs", CH, chat(top_logprobs=2), 400, "top_logprobs"),
@@ -846,23 +862,25 @@ def test_overload_and_queue_timeout(tight):
 
 
 @pytest.mark.parametrize("path,body,param", [
-    (C, prompt(n=3), "n"),
-    (C, prompt(prompt=["a", "b", "c"], stream=True), "prompt"),
+    (C, prompt(n=4), "n"),
+    (C, prompt(prompt=["a", "b", "c", "d"], stream=True), "prompt"),
     (C, prompt(prompt=["a", "b"], n=2), "n"),
-    (CH, chat(n=3, stream=True), "n"),
-    (G, lightllm(n=3, best_of=3), "parameters.n"),
-    (G, lightllm(best_of=3), "parameters.best_of"),
+    (CH, chat(n=4, stream=True), "n"),
+    (G, lightllm(n=4, best_of=4), "parameters.n"),
+    (G, lightllm(best_of=4), "parameters.best_of"),
 ])
 def test_more_choices_than_the_queue_holds_are_400(tight, path, body, param):
-    """A request's choices all enter the queue at once: with more of them than
-    --max-waiting-requests it was a 503 on an idle server too (retried in vain, the
-    openai client twice). Now a 400 naming the field, while as many as the queue holds are
-    served."""
+    """A request's choices all enter the queue at once: with more of them than an idle
+    server's running batch and --max-waiting-requests hold it was a 503 on an idle server
+    too (retried in vain, the openai client twice). Now a 400 naming the field, while as
+    many as they hold are served: 3 here, one running and two waiting (it was 2, the
+    waiting queue alone, as if the idle batch had no room)."""
     status, _, raw_body = http(tight, "POST", path, json=body, headers=AUTH)
-    assert_error(status, raw_body, refused_status(path), param, "(--max-waiting-requests 2)")
+    assert_error(status, raw_body, refused_status(path), param,
+                 "(--max-running-requests 1 running, --max-waiting-requests 2 waiting)")
     status, _, raw_body = http(tight, "POST", path, headers=AUTH, json={
-        **body, **({"parameters": {**body["parameters"], "n": 2, "best_of": 2}} if path == G
-                   else {"n": 2, "prompt": "a"} if path == C else {"n": 2})})
+        **body, **({"parameters": {**body["parameters"], "n": 3, "best_of": 3}} if path == G
+                   else {"n": 3, "prompt": "a"} if path == C else {"n": 3})})
     assert status == 200, raw_body
     tight.wait_idle()
 

@@ -27,6 +27,7 @@ from aiollm.api.state import state
 from aiollm.api.token_bytes import TokenBytes
 from aiollm.api.token_names import id_name, names_by_id
 from aiollm.api.usage import chunk_usage, usage_of
+from aiollm.engine.detokenizer import REPLACEMENT
 from aiollm.engine.request_group import choice_group
 
 if TYPE_CHECKING:
@@ -260,11 +261,14 @@ def _by_call(frags: list[dict]) -> list[list[dict]]:
 def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequence[str],
                    by_id: bool = False) -> dict:
     """Chat logprobs: each token with its real bytes (a token that holds part of a UTF-8
-    character has only those bytes), so the bytes of all tokens join to the content's UTF-8.
-    A token whose text is not all in the content (skipped special, stop token, cut by a stop
-    string) reports the bytes of the part that is. With a reasoning parser they join to the
-    whole output: the reasoning, its tags and the content. by_id: each token is named
-    "token_id:N" (return_tokens_as_token_ids); its bytes stay its own (vLLM gives a top
+    character has only those bytes), so the bytes of all tokens join to the content's UTF-8
+    (decoded with errors="replace": bytes that are no character are the content's U+FFFD; a
+    character the output stops inside, dropped from the content, keeps its tokens' bytes).
+    A U+FFFD that the detokenizer held back and gave the next token's text stays its own
+    token's bytes. A token whose text is not all in the content (skipped special, stop
+    token, cut by a stop string) reports the bytes of the part that is. With a reasoning
+    parser they join to the whole output: the reasoning, its tags and the content. by_id:
+    each token is named "token_id:N" (return_tokens_as_token_ids); its bytes stay its own (vLLM gives a top
     alternative the bytes of its name, which are no token's). An impossible token's
     logprob (-inf) is sent as -9999.0 (api/logprob_json.py)."""
     def entry(token_id: int, logprob: float) -> dict:
@@ -279,6 +283,13 @@ def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequen
         try:
             whole = real.decode()
         except UnicodeDecodeError:  # part of a character: its neighbours complete it
+            whole = text
+        if whole and not whole.strip(REPLACEMENT):
+            # a whole U+FFFD, which the detokenizer holds back as it does a character's
+            # first bytes (dropped at the end, else the next token's text): its own bytes
+            whole = text
+        elif whole and text.endswith(whole) and not text[:-len(whole)].strip(REPLACEMENT):
+            # the U+FFFD held back from the tokens before (their bytes are theirs) + its own
             whole = text
         if whole != text:
             e["bytes"] = list(text.encode())

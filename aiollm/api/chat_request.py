@@ -96,7 +96,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     max_tokens: int | None = None
     max_completion_tokens: int | None = None  # the newer name of max_tokens
     logprobs: bool | None = False
-    top_logprobs: Annotated[int, Meta(ge=0, le=MAX_LOGPROBS)] | None = None
+    # -1 (vLLM's whole vocabulary) passes here to be refused by SamplingParams.check, which
+    # says why (past the limit, as vLLM's default --max-logprobs refuses it)
+    top_logprobs: Annotated[int, Meta(ge=-1, le=MAX_LOGPROBS)] | None = None
     tools: Any = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None

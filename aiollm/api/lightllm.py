@@ -5,10 +5,9 @@ unchanged: {"inputs": str | [ids], "parameters": {...}} in; {"generated_text": [
 "count_output_tokens", "finish_reason", "prompt_tokens"} out, and for the stream one
 `data:{json}\\n\\n` event per generated token. Sampling is greedy unless do_sample is true.
 
-As LightLLM's detokenizer, the output never ends in an incomplete UTF-8 character: the
-U+FFFD that the end of an output cut inside one decodes to is dropped (see _unfinished_end),
-and the stream's events leave generated_text null, the last one too (the token texts join to
-the text).
+As LightLLM's detokenizer, the output never ends in an incomplete UTF-8 character (the
+engine's detokenizer drops one, engine/detokenizer.py), and the stream's events leave
+generated_text null, the last one too (the token texts join to the text).
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
     from aiollm.engine.outputs import RequestOutput
 
 _GREEDY_BELOW = 1e-5  # a temperature this small means greedy, as in LightLLM
-_REPLACEMENT = "\ufffd"  # what a decoder makes of an incomplete UTF-8 character
 
 # SamplingParams' and the engine's field names -> the LightLLM request's: errors name those
 _PARAM_NAMES = {
@@ -240,14 +238,11 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
         outs = await gather_outputs([st.engine.generate(ids, sp, group=group)
                                      for sp in params])
 
-    texts = [_whole_characters(o.token_texts) for o in outs]
-
     def one_or_all(values: list) -> object:  # LightLLM unwraps single results, except the text
         return values[0] if len(values) == 1 else values
 
     body = {
-        "generated_text": [o.text[:len(o.text) - _unfinished_end(o.token_texts)]
-                           for o in outs],
+        "generated_text": [o.text for o in outs],
         "count_output_tokens": one_or_all([o.completion_tokens for o in outs]),
         "finish_reason": one_or_all([o.finish_reason for o in outs]),
         "prompt_tokens": len(ids),
@@ -255,42 +250,23 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     }
     if req.parameters.return_details:
         special = set(st.engine.tokenizer.all_special_ids)
-        body["tokens"] = one_or_all([_details(o, t, special, len(ids))
-                                     for o, t in zip(outs, texts)])
+        body["tokens"] = one_or_all([_details(o, special, len(ids)) for o in outs])
     return json_response(body)
 
 
-def _unfinished_end(texts: list[str]) -> int:
-    """How many characters to drop from the end of an output whose tokens' texts are
-    `texts` (the last is the output's last token's): the U+FFFD that the end released for
-    the bytes of a character the output stops inside (engine/output_text.py gives it to the
-    last token). LightLLM's detokenizer never sends a text that ends in U+FFFD, so at the end
-    of an output it drops it; its clients get the whole characters alone. Any other U+FFFD
-    (one that text follows) is kept."""
-    last = texts[-1] if texts else ""
-    return len(last) - len(last.rstrip(_REPLACEMENT))
-
-
-def _whole_characters(texts: list[str]) -> list[str]:
-    """The tokens' texts of a whole output, its unfinished end (_unfinished_end) dropped."""
-    cut = _unfinished_end(texts)
-    return texts if not cut else [*texts[:-1], texts[-1][:-cut]]
-
-
-def _details(out: RequestOutput, texts: list[str], special: set[int],
-             prompt_tokens: int) -> list[dict]:
+def _details(out: RequestOutput, special: set[int], prompt_tokens: int) -> list[dict]:
     """LightLLM's return_details entries of one output, a dict per token: its id, text
-    (`texts`, the output's token texts as /generate answers them),
-    logprob, whether it is special, the output's count of tokens up to it, the prompt's
-    length, and cumlogprob: the mean logprob of the output's tokens up to it (as LightLLM
-    reports it: the sum divided by the count)."""
+    (its share of the output's text: the texts join to it), logprob, whether it is
+    special, the output's count of tokens up to it, the prompt's length, and cumlogprob:
+    the mean logprob of the output's tokens up to it (as LightLLM reports it: the sum
+    divided by the count)."""
     entries = []
     total = 0.0
     for i, t in enumerate(out.token_ids):
         logprob = out.logprobs[i].logprob if out.logprobs else None
         total += logprob or 0.0
         entries.append({
-            "id": t, "text": texts[i], "special": t in special, "logprob": logprob,
+            "id": t, "text": out.token_texts[i], "special": t in special, "logprob": logprob,
             "cumlogprob": total / (i + 1) if out.logprobs else None,
             "count_output_tokens": i + 1, "prompt_tokens": prompt_tokens,
         })
@@ -321,17 +297,15 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
     def render(item: tuple[int, Delta]) -> bytes:
         _, d = item
         # One event per token. The one delta that may bring no token (the end of a request
-        # aborted after its last token went out, with what the end released of an
-        # unfinished character) is an abort's, which merge raises as the stream's error
-        # before it reaches here; were one to come, it would make no event (never one of
-        # id null).
+        # aborted after its last token went out, with what the end released) is an
+        # abort's, which merge raises as the stream's error before it reaches here; were
+        # one to come, it would make no event (never one of id null).
         ended = d.finish_reason is not None
-        texts = _whole_characters(d.token_texts) if ended else d.token_texts
         n = len(d.token_ids)
         return b"".join(sse.event({
             "token": {
                 "id": t,
-                "text": texts[i],  # each token's share of the text (they join to it)
+                "text": d.token_texts[i],  # each token's share of the text (they join to it)
                 "logprob": d.logprobs[i].logprob if d.logprobs else None,
                 "special": t in special,
                 "count_output_tokens": d.completion_tokens - (n - 1 - i),

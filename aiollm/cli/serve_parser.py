@@ -230,7 +230,9 @@ def add_serve_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                         "more prompts wait than streams decode (a burst); 0: no cap "
                         "(default: %(default)s)")
     e.add_argument("--max-waiting-requests", type=int, default=d.max_waiting_requests,
-                   help="queue length beyond which requests get 503")
+                   help="requests that may wait beyond the running batch's free places "
+                        "(--max-running-requests); past them a request gets 503 (default: "
+                        "%(default)s)")
     e.add_argument("--table-capacity", type=int, default=d.table_capacity,
                    help="request-table slots: requests running, waiting and paused together; "
                         "past them a request gets 503 (at most 1048576)")

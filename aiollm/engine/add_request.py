@@ -118,8 +118,12 @@ class AddRequest:
         it is one of (request_group.ChoiceGroup; None: a request of one choice)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
-        if len(self.planner.waiting) >= self.config.max_waiting_requests:
-            raise Overloaded(f"too many waiting requests ({self.config.max_waiting_requests})")
+        # what waits beyond the running batch's room: a burst the batch takes is no overload
+        beyond, limit = self.planner.waiting_beyond_batch(), self.config.max_waiting_requests
+        if beyond >= limit:
+            raise Overloaded(f"too many waiting requests: {beyond} wait beyond the running "
+                             "batch's free places, the most max_waiting_requests "
+                             f"(--max-waiting-requests) allows ({limit}); retry later")
         bad_words = (bad_word_ids(self.tokenizer, params.bad_words, self.model_config.vocab_size)
                      if params.bad_words else None)
         grammar = (self.grammars.start(params.constraint, bad_words)

@@ -40,8 +40,8 @@ class BatchAPI:
         for a bad one). `params`:
         one SamplingParams for every prompt, or a list (or tuple) of one per prompt, as
         vLLM's LLM.generate takes them (InvalidRequest naming `params` for another length,
-        `params[i].field` for a bad one). A batch
-        larger than the request table or the waiting queue is submitted as they make room,
+        `params[i].field` for a bad one). A batch larger than the request table, or than
+        the running batch and the waiting queue together, is submitted as they make room,
         which all batches share (other callers of the engine may still fill them:
         Overloaded). Raises
         InvalidRequest naming `prompts` for a value that is no list or tuple of prompts, and

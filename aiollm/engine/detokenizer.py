@@ -9,7 +9,10 @@ window of at most MAX_WINDOW tokens plus, every few tokens, one more to re-ancho
 
 Whole characters only: a byte-level or byte-fallback decoder renders an incomplete UTF-8
 sequence as U+FFFD, so a trailing run of U+FFFD is held back until a later token completes
-it (or finish() releases it as the tokenizer would decode it).
+it. An output that ends inside a character never has it: finish() drops it, as vLLM's
+detokenizer never flushes an incomplete character (LightLLM's drops it too), so the text is
+the same whether it was streamed or not, and never ends in a U+FFFD that no token made
+whole.
 
 Stop strings: decoded text goes through a StopStringMatcher (stop_strings.py), which
 says from where on the text must be held back (a stop string may be completing there) and
@@ -121,16 +124,13 @@ class IncrementalDetokenizer:
         return self._release(delta)
 
     def finish(self) -> str:
-        """The request ended: return the held-back text (an incomplete character decoded as
-        the tokenizer would, a possible stop-string prefix) unless a stop string matched."""
+        """The request ended: return the held-back text (a possible stop-string prefix)
+        unless a stop string matched. An incomplete character at the end (the U+FFFD run
+        add() held back) is dropped: it is no text (vLLM's and LightLLM's outputs drop it)."""
         if self.stopped or self.finished:
             return ""
         self.finished = True
-        text = self._decode(self._window)
-        if self._prompt_tail is not None:
-            self._skip_prompt_tail(text)
-        out = self._release(text[self._emitted :])
-        self._emitted = len(text)
+        out = ""
         if not self.stopped and self._stop is not None:
             self._stop.finish()
             out += self._release("")

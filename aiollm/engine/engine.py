@@ -270,9 +270,11 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         self._host_time = 0.0
         self._step_log = StepLog.from_env()  # AIOLLM_STEP_LOG: bench diagnostics
         self._rng = random.Random(cfg.seed)
-        # generate_batch's prompts in flight, of all batches: past the request table or the
-        # waiting queue they got Overloaded, and so their whole batch; they wait here
-        self._batch_room = asyncio.Semaphore(min(cfg.table_capacity, cfg.max_waiting_requests))
+        # generate_batch's prompts in flight, of all batches: past the request table, or the
+        # running batch and the waiting queue together (Planner.waiting_beyond_batch), they
+        # got Overloaded, and so their whole batch; they wait here
+        self._batch_room = asyncio.Semaphore(
+            min(cfg.table_capacity, self.planner.r2t.rows + cfg.max_waiting_requests))
         self._oom = OomBackoff(self.planner, device)
         self._step_health = StepHealth()
         self._health_probe = HealthProbe(self)

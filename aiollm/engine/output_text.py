@@ -91,9 +91,11 @@ class OutputText:
     def finish(self, end_token: bool = False) -> None:
         """The request ended: release what was held back and decide which tokens stay.
         end_token: a token that is not fed follows the fed ones (the stop token, eos): the
-        text the end releases (an incomplete character's U+FFFD) is its, left out of the
-        fed tokens' texts (take's pieces) for the caller to give it, so that no token's text
-        depends on whether the last fed token went out before the end (streams) or not."""
+        text the end releases (a stop string's possible start, held back until now) is its,
+        left out of the fed tokens' texts (take's pieces) for the caller to give it, so that
+        no token's text depends on whether the last fed token went out before the end
+        (streams) or not. An incomplete character at the end is no one's: the detokenizer
+        drops it, as vLLM's does."""
         if self._finished:
             return
         self._finished = True

@@ -85,6 +85,17 @@ class Planner:
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
 
+    def waiting_beyond_batch(self) -> int:
+        """Waiting requests (paused ones included) beyond the running batch's free rows:
+        those that truly wait, for a running request to end. The rest the next admissions
+        can take without one ending (as the token budget and the KV pool let them in, over
+        a step or a few), so a burst at an idle engine is not counted as a backlog. Free
+        rows are counted as room even where the KV pool is what holds the queue back (paused
+        requests, a Past-Future refusal), or an out-of-memory step lowered max_running for a
+        while (oom.py): the queue is then bounded by both limits together, as configured, so
+        that what generate_batch keeps in flight is never refused."""
+        return max(len(self.waiting) - self.r2t.n_free_rows, 0)
+
     def release(self, req: Request) -> None:
         """Give back everything req holds (KV slots, row, queue place). Idempotent."""
         if req.phase is Phase.RUNNING:

@@ -60,7 +60,7 @@ async def deltas(req: Request, out: OutputText | NoText,
                 extra = len(req.output_ids) - sent - n
                 if req.params.detokenize and extra:  # (else no token has a text)
                     # their text is "", but for what the end released past the tokens out
-                    # before (an incomplete character's U+FFFD): the texts join to `text`
+                    # before (a held-back stop-string start): the texts join to `text`
                     texts += [text[len("".join(texts)):]] + [""] * (extra - 1)
                 n = len(req.output_ids) - sent
             new_ids = req.output_ids[sent:sent + n]

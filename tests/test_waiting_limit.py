@@ -1,0 +1,144 @@
+"""--max-waiting-requests (EngineConfig.max_waiting_requests) bounds the requests that truly
+wait: those the running batch has no room for. A burst at an idle engine that its running
+batch takes (max_running_requests of it) plus the waiting limit is served whole; one request
+more is refused with Overloaded (HTTP 503), at once, holding nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from aiollm import Engine, SamplingParams
+from aiollm.errors import Overloaded
+from conftest import run, tiny_llama
+
+PARAMS = SamplingParams(max_tokens=3, temperature=0)
+LONG = SamplingParams(max_tokens=400, ignore_eos=True)
+SOME = SamplingParams(max_tokens=20, ignore_eos=True)
+SOME_OF_FOUR = SamplingParams(max_tokens=20, ignore_eos=True, n=4)
+
+
+async def drain(streams) -> list[str]:
+    texts = []
+    for s in streams:
+        texts.append("".join([d.text async for d in s]))
+    return texts
+
+
+async def running_peak(eng: Engine, call) -> tuple[object, int]:
+    """call's result, and the most requests the engine ran at once meanwhile (read at each
+    turn of the loop: the step loop changes them between turns)."""
+    task = asyncio.ensure_future(call)
+    peak = 0
+    while not task.done():
+        peak = max(peak, eng.stats()["running"])
+        await asyncio.sleep(0)
+    return task.result(), peak
+
+
+def assert_idle(eng: Engine) -> None:
+    s = eng.stats()
+    assert (s["running"], s["waiting"], s["table_used"], s["kv_used"]) == (0, 0, 0, 0), s
+
+
+def test_a_burst_the_running_batch_takes_is_not_refused(loop):
+    """At an idle engine with room for 3 running and a waiting limit of 2, a burst of 5
+    requests submitted before the step loop turns once was refused from the third on
+    (the running batch, empty, was not counted as room): all 5 are served; the sixth waits
+    beyond the limit and is refused, holding nothing."""
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=3, max_waiting_requests=2)
+        await eng.start()
+        try:
+            streams = [eng.stream(f"Question {i}:", PARAMS) for i in range(5)]
+            # the message says what the limit counts and where it is set (it said only
+            # "too many waiting requests (2)", though 5 were in)
+            with pytest.raises(Overloaded, match=r"^too many waiting requests: 2 wait beyond "
+                               r"the running batch's free places, the most max_waiting_requests "
+                               r"\(--max-waiting-requests\) allows \(2\); retry later$"):
+                eng.stream("One too many:", PARAMS)
+            assert eng.stats()["table_used"] == 5
+            texts = await drain(streams)
+            assert len(texts) == 5
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_a_busy_batch_leaves_only_the_waiting_limit(loop):
+    """With the running batch full, the limit counts every waiting request: a real overload
+    is still refused after max_waiting_requests of them."""
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=1, max_waiting_requests=2)
+        await eng.start()
+        try:
+            busy = eng.stream("Count:", LONG)
+            first = await anext(busy)  # admitted: the batch is full now
+            assert first is not None and eng.stats()["running"] == 1
+            waiting = [eng.stream(f"Question {i}:", PARAMS) for i in range(2)]
+            with pytest.raises(Overloaded, match="too many waiting requests"):
+                eng.stream("One too many:", PARAMS)
+            await busy.aclose()
+            assert len(await drain(waiting)) == 2
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_generate_batch_fills_the_running_batch(loop):
+    """generate_batch (and generate with n > 1) keeps as many prompts in flight as the
+    engine takes without refusing one: the running batch and the waiting queue. It held
+    them to max_waiting_requests, so with a waiting limit of 1 a batch ran one prompt at a
+    time, whatever room the running batch had."""
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=3, max_waiting_requests=1)
+        await eng.start()
+        try:
+            batch = eng.generate_batch([f"Question {i}:" for i in range(6)], SOME, progress=False)
+            outs, peak = await running_peak(eng, batch)
+            assert len(outs) == 6 and peak == 3, peak
+            out, peak = await running_peak(eng, eng.generate("Question:", SOME_OF_FOUR))
+            assert len(out.outputs) == 4 and peak == 3, peak
+            assert_idle(eng)
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_generate_batch_is_not_refused_while_out_of_memory_halves_the_batch(tmp_path):
+    """An out-of-memory step halves the requests a step may run (engine/oom.py) for a while.
+    generate_batch keeps as many prompts in flight as the configured batch and the waiting
+    queue take: the waiting limit must count the batch's configured places, or the batch's
+    own next prompt was refused (Overloaded, and so the whole batch) while backed off."""
+    tiny_llama(tmp_path, vocab_size=256)
+    prompts = [[i + 1, i + 2, i + 3] for i in range(10)]
+    params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    failed = []
+
+    async def main():
+        async with Engine(str(tmp_path), load_format="dummy", kv_tokens=512,
+                          max_running_requests=4, max_waiting_requests=1,
+                          prefix_cache=False) as engine:
+            model = engine.runner.model
+
+            def forward(batch):
+                if len(batch.input_ids) == 4 and not failed:  # the first decode step of 4
+                    failed.append(4)
+                    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+                return type(model).forward(model, batch)
+
+            model.forward = forward
+            outs = await asyncio.wait_for(engine.generate_batch(prompts, params, False), 60)
+            assert engine.planner.max_running < 4  # still backed off at the end
+            assert_idle(engine)
+            return outs
+
+    outs = asyncio.run(main())
+    assert failed == [4] and len(outs) == 10
