@@ -975,3 +975,22 @@ def test_response_format_structural_tag_in_both_of_vllms_forms(server, path, bod
             **body, "response_format": bad, "max_tokens": 4})
         assert status == 400, raw
         assert json.loads(raw)["error"]["param"] == "response_format", raw
+
+
+@pytest.mark.parametrize("schema,keyword", [
+    # an empty anyOf/oneOf matches nothing: xgrammar compiled it, and the output was '' or
+    # '{"a": }', no JSON at all; JSON Schema requires the three non-empty
+    ({"anyOf": []}, "anyOf"),
+    ({"type": "object", "properties": {"a": {"oneOf": []}}, "required": ["a"]}, "oneOf"),
+    ({"allOf": []}, "allOf"),
+    # sizes below 0: xgrammar took minItems -1 and maxLength -1 (as no bound)
+    ({"type": "array", "items": {"type": "integer"}, "minItems": -1}, "minItems"),
+    ({"type": "object", "properties": {"s": {"type": "string", "maxLength": -1}}}, "maxLength"),
+])
+def test_a_schema_json_schema_calls_invalid_is_refused(schema, keyword):
+    from aiollm.engine.grammar_check import check_schema
+    from aiollm.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match=repr(keyword)) as e:
+        check_schema(schema, "guided_json")
+    assert e.value.param == "guided_json"

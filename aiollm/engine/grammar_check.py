@@ -41,6 +41,7 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 _SCHEMA_ONE = ("items", "additionalProperties", "propertyNames", "additionalItems",
                "unevaluatedProperties", "unevaluatedItems")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+_SIZES = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
 _OBJECT_SHAPES = ("properties", "patternProperties", "additionalProperties", "propertyNames",
                   "unevaluatedProperties")
 
@@ -178,6 +179,15 @@ def _check_shapes(node: dict, at: str, param: str) -> None:
     for key in _SCHEMA_LISTS:
         if key != "items" and key in node and not isinstance(node[key], list):
             wrong(key, "an array of schemas")
+    # an empty anyOf/oneOf matches nothing, and xgrammar let the output end there ('' or
+    # '{"a": }'); JSON Schema requires all three non-empty
+    for key in ("anyOf", "oneOf", "allOf"):
+        if node.get(key) == []:
+            wrong(key, "a non-empty array of schemas")
+    # xgrammar refuses most bad sizes itself but took minItems -1 and maxLength -1 as no bound
+    for key in _SIZES:
+        if key in node and not (is_int(node[key]) and node[key] >= 0):
+            wrong(key, "a non-negative integer")
     kind = node.get("type")
     if "type" in node and not (isinstance(kind, str) or (
             isinstance(kind, list) and kind and all(isinstance(k, str) for k in kind))):
