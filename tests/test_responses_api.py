@@ -444,3 +444,47 @@ def test_a_bad_value_is_told_in_json_s_words_and_quoted_short(server, model, bod
     assert error["message"].startswith(says) and len(error["message"]) < 400, \
         error["message"][:300]
     assert "None" not in error["message"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllms_structured_outputs_and_logit_bias_shape_the_output(server, client, model,
+                                                                  stream):
+    """vLLM's Responses API takes `structured_outputs` (and `logit_bias`) beside `text`: they
+    were unknown fields here, ignored, and the output free text."""
+    kw = dict(model=model, input=ASK, max_output_tokens=20, temperature=0,
+              extra_body={"structured_outputs": {"choice": ["mauve", "teal"]}})
+    if stream:
+        with client.responses.stream(**kw) as s:
+            list(s)
+            r = s.get_final_response()
+    else:
+        r = client.responses.create(**kw)
+    assert r.output_text in ("mauve", "teal") and r.status == "completed", r.output_text
+    tid = first_token(server, model, "teal")
+    r = client.responses.create(**{**kw, "extra_body": {
+        "structured_outputs": {"choice": ["mauve", "teal"]}, "logit_bias": {str(tid): 100}}})
+    assert r.output_text == "teal", r.output_text
+
+
+def first_token(server, model, text: str) -> int:
+    """The first token id of `text` (the server's /tokenize)."""
+    status, _, raw = http(server, "POST", "/tokenize", json={"model": model, "prompt": text, "add_special_tokens": False})
+    assert status == 200, raw
+    return json.loads(raw)["tokens"][0]
+
+
+@pytest.mark.parametrize("body, param", [
+    # vLLM refuses both at once, naming structured_outputs
+    ({"text": {"format": {"type": "json_object"}}, "structured_outputs": {"regex": "a+"}},
+     "structured_outputs.regex"),
+    ({"structured_outputs": {"regex": "(["}}, "structured_outputs.regex"),
+    # chat's fields, not the Responses API's (text.format, structured_outputs): they were
+    # ignored, the output left free
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"guided_json": {"type": "object"}}, "guided_json"),
+    ({"guided_choice": ["a"]}, "guided_choice"),
+])
+def test_constraints_on_responses_are_served_or_refused(client, model, body, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=ASK, max_output_tokens=4, extra_body=body)
+    assert e.value.param == param, e.value.body
