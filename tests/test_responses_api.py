@@ -488,3 +488,15 @@ def test_constraints_on_responses_are_served_or_refused(client, model, body, par
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=model, input=ASK, max_output_tokens=4, extra_body=body)
     assert e.value.param == param, e.value.body
+
+
+def test_a_tools_schema_the_grammar_refuses_is_named(client, model):
+    """xgrammar's refusal of one tool's parameters names that tool (in the Responses API's
+    words), not the whole of `tools`."""
+    bad = {**WEATHER, "name": "f", "parameters": {"type": "object", "properties": {
+        "a": {"type": "frobnicate"}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=ASK, max_output_tokens=4,
+                                tools=[WEATHER, bad], tool_choice="required")
+    assert e.value.param == "tools[1].parameters", e.value.body
+    assert "frobnicate" in e.value.message, e.value.body
