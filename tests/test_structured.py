@@ -1011,3 +1011,36 @@ def test_a_schema_json_schema_calls_invalid_is_refused(schema, keyword):
     with pytest.raises(InvalidRequest, match=repr(keyword)) as e:
         check_schema(schema, "guided_json")
     assert e.value.param == "guided_json"
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "enum": ["a", 1]},
+    {"type": "object", "properties": {"n": {"type": "integer", "enum": [1, 2.5]}}},
+    {"type": ["string", "null"], "const": 3},
+    {"type": "boolean", "enum": [0, 1]},
+    {"type": "string", "enum": ["a", None]},
+])
+def test_an_enum_value_of_another_type_than_the_type_beside_it_is_refused(schema):
+    """xgrammar writes an enum (or const) by its values alone and drops the "type" beside it:
+    {"type": "string", "enum": ["a", 1]} wrote 1, which the schema refuses."""
+    from aiollm.engine.grammar_check import check_schema
+    from aiollm.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="'type'") as e:
+        check_schema(schema, "guided_json")
+    assert e.value.param == "guided_json"
+
+
+@pytest.mark.parametrize("schema", [
+    {"type": "string", "enum": ["a", "b"]},
+    {"type": "number", "enum": [1, 2.5]},
+    {"type": "integer", "enum": [1, 2.0]},
+    {"type": ["string", "null"], "enum": ["a", None]},
+    {"type": "object", "const": {"a": 1}},
+    {"type": "array", "enum": [[1], []]},
+    {"type": "string", "enum": ["a", None], "nullable": True},  # OpenAPI 3.0's null
+])
+def test_an_enum_of_the_type_beside_it_is_accepted(schema):
+    from aiollm.engine.grammar_check import check_schema
+
+    check_schema(schema, "guided_json")

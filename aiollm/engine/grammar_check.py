@@ -135,6 +135,11 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if missing is not None:
         refuse(f"the required property {shown_json(missing)}, which 'properties' does not name",
                "add it to 'properties'")
+    stray = _stray_values(node)
+    if stray:
+        refuse(f"the value {shown_json(stray[0])} of 'enum'/'const', not of the 'type' beside it "
+               f"({shown_json(node['type'])}), which xgrammar drops: the output could be it",
+               "remove the value, or add its type")
     if node.get("uniqueItems") is True:
         refuse("'uniqueItems'")
     if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
@@ -161,6 +166,34 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
                f"remove them (a maxLength of {LOOSE_MAX_LENGTH} or more is accepted)")
     for step, sub in _subschemas(node):
         _check_keywords(sub, at + step, param)
+
+
+def _json_type(value: Any) -> str:
+    """JSON Schema's type of a JSON value: a whole float (2.0) is an integer, as the spec
+    counts it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if is_int(value) or (isinstance(value, float) and value.is_integer()):
+        return "integer"
+    return {float: "number", str: "string", list: "array", dict: "object"}.get(
+        type(value), "")
+
+
+def _stray_values(node: dict) -> list:
+    """The enum (and const) values of `node` that its "type" does not allow."""
+    kinds = node.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else kinds
+    values = node.get("enum") if isinstance(node.get("enum"), list) else []
+    if "const" in node:
+        values = [*values, node["const"]]
+    if not isinstance(kinds, list) or not values:
+        return []
+    allowed = set(kinds) | ({"integer"} if "number" in kinds else set())
+    if node.get("nullable") is True:  # OpenAPI 3.0's way to allow null beside a type
+        allowed.add("null")
+    return [v for v in values if _json_type(v) not in allowed]
 
 
 def _check_shapes(node: dict, at: str, param: str) -> None:
