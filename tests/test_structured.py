@@ -1019,6 +1019,10 @@ def test_a_schema_json_schema_calls_invalid_is_refused(schema, keyword):
     {"type": ["string", "null"], "const": 3},
     {"type": "boolean", "enum": [0, 1]},
     {"type": "string", "enum": ["a", None]},
+    # other assertions beside an enum: dropped too ("a" was written under minLength 2)
+    {"type": "string", "enum": ["a", "bbb"], "minLength": 2},
+    {"type": "integer", "enum": [1, 50], "maximum": 10},
+    {"type": "string", "const": "x", "pattern": "^y"},
 ])
 def test_an_enum_value_of_another_type_than_the_type_beside_it_is_refused(schema):
     """xgrammar writes an enum (or const) by its values alone and drops the "type" beside it:
@@ -1026,13 +1030,14 @@ def test_an_enum_value_of_another_type_than_the_type_beside_it_is_refused(schema
     from aiollm.engine.grammar_check import check_schema
     from aiollm.errors import InvalidRequest
 
-    with pytest.raises(InvalidRequest, match="'type'") as e:
+    with pytest.raises(InvalidRequest, match="'type'|beside 'enum'") as e:
         check_schema(schema, "guided_json")
     assert e.value.param == "guided_json"
 
 
 @pytest.mark.parametrize("schema", [
     {"type": "string", "enum": ["a", "b"]},
+    {"type": "string", "enum": ["a"], "title": "A", "description": "d", "default": "a"},
     {"type": "number", "enum": [1, 2.5]},
     {"type": "integer", "enum": [1, 2.0]},
     {"type": ["string", "null"], "enum": ["a", None]},

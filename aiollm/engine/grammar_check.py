@@ -140,6 +140,12 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
         refuse(f"the value {shown_json(stray[0])} of 'enum'/'const', not of the 'type' beside it "
                f"({shown_json(node['type'])}), which xgrammar drops: the output could be it",
                "remove the value, or add its type")
+    if "enum" in node or "const" in node:
+        beside = next((k for k in _ASSERTIONS if k in node and k not in (
+            "type", "enum", "const")), None)
+        if beside is not None:
+            refuse(f"{beside!r} beside 'enum'/'const', which xgrammar drops (it writes the "
+                   "values alone)", "remove it, or the values it would refuse")
     if node.get("uniqueItems") is True:
         refuse("'uniqueItems'")
     if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
