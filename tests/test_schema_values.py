@@ -1,9 +1,14 @@
 """The JSON schema checks before xgrammar on what JSON Schema calls invalid, and on an
-`enum` or `const` beside other keywords: xgrammar writes the values alone."""
+`enum` or `const` beside other keywords (aiollm/engine/grammar_values.py): xgrammar writes
+the values alone, so a value a keyword beside it refuses is refused, and a schema whose
+values all pass is taken (tests/test_client_schemas.py has the clients' own)."""
 
 from __future__ import annotations
 
 import pytest
+
+from aiollm.engine.grammar_check import check_schema
+from aiollm.errors import InvalidRequest
 
 
 @pytest.mark.parametrize("schema,keyword", [
@@ -15,34 +20,49 @@ import pytest
     # sizes below 0: xgrammar took minItems -1 and maxLength -1 (as no bound)
     ({"type": "array", "items": {"type": "integer"}, "minItems": -1}, "minItems"),
     ({"type": "object", "properties": {"s": {"type": "string", "maxLength": -1}}}, "maxLength"),
+    # ... beside an enum too, where xgrammar reads none of them
+    ({"type": "string", "enum": ["a"], "maxLength": -1}, "maxLength"),
 ])
 def test_a_schema_json_schema_calls_invalid_is_refused(schema, keyword):
-    from aiollm.engine.grammar_check import check_schema
-    from aiollm.errors import InvalidRequest
-
     with pytest.raises(InvalidRequest, match=repr(keyword)) as e:
         check_schema(schema, "guided_json")
     assert e.value.param == "guided_json"
 
 
-@pytest.mark.parametrize("schema", [
-    {"type": "string", "enum": ["a", 1]},
-    {"type": "object", "properties": {"n": {"type": "integer", "enum": [1, 2.5]}}},
-    {"type": ["string", "null"], "const": 3},
-    {"type": "boolean", "enum": [0, 1]},
-    {"type": "string", "enum": ["a", None]},
-    # other assertions beside an enum: dropped too ("a" was written under minLength 2)
-    {"type": "string", "enum": ["a", "bbb"], "minLength": 2},
-    {"type": "integer", "enum": [1, 50], "maximum": 10},
-    {"type": "string", "const": "x", "pattern": "^y"},
+@pytest.mark.parametrize("schema, says", [
+    ({"type": "string", "enum": ["a", 1]}, "value 1 .* 'type' \"string\""),
+    ({"type": "object", "properties": {"n": {"type": "integer", "enum": [1, 2.5]}}},
+     "value 2.5 .* 'type' \"integer\".* at /properties/n "),
+    ({"type": ["string", "null"], "const": 3}, "value 3 "),
+    ({"type": "boolean", "enum": [0, 1]}, "value 0 "),
+    ({"type": "string", "enum": ["a", None]}, "value null "),
+    # other keywords beside an enum: dropped too ("a" was written under minLength 2)
+    ({"type": "string", "enum": ["a", "bbb"], "minLength": 2}, "value \"a\" .* 'minLength' 2"),
+    ({"type": "string", "enum": ["abc"], "maxLength": 2}, "'maxLength' 2"),
+    ({"type": "integer", "enum": [1, 50], "maximum": 10}, "value 50 .* 'maximum' 10"),
+    ({"type": "integer", "enum": [0, 1], "minimum": 1}, "value 0 .* 'minimum' 1"),
+    ({"type": "number", "enum": [1, 2], "exclusiveMaximum": 2}, "value 2 .*'exclusiveMaximum'"),
+    ({"type": "number", "enum": [1], "exclusiveMinimum": 1}, "value 1 .*'exclusiveMinimum'"),
+    ({"type": "integer", "enum": [3], "minimum": 3, "exclusiveMinimum": True},
+     "'exclusiveMinimum' true"),  # OpenAPI 3.0's flag
+    ({"type": "number", "enum": [0.3, 0.35], "multipleOf": 0.1}, "value 0.35 .*'multipleOf'"),
+    ({"type": "string", "const": "x", "pattern": "^y"}, "value \"x\" .* 'pattern' \"\\^y\""),
+    ({"type": "array", "enum": [[1], []], "minItems": 1}, "value \\[\\] .* 'minItems' 1"),
+    ({"type": "object", "const": {"a": 1}, "required": ["b"]}, "'required'"),
+    ({"type": "object", "enum": [{"a": 1}], "maxProperties": 0}, "'maxProperties' 0"),
+    # keywords on an object's or array's members are not tested: refused beside one
+    ({"type": "object", "enum": [{"a": 1}], "properties": {"a": {"type": "string"}}},
+     "'properties' beside .* value {\"a\":1}, which is not tested"),
+    ({"type": "array", "const": [1, 1], "uniqueItems": True}, "'uniqueItems' beside"),
+    ({"enum": [[1]], "items": {"type": "string"}}, "'items' beside"),
+    # nor is a pattern Python's re cannot read, nor a bound that is no number
+    ({"type": "string", "enum": ["a"], "pattern": "(?<x>a)"}, "'pattern' beside"),
+    ({"type": "integer", "enum": [1], "maximum": "9"}, "'maximum' beside"),
 ])
-def test_an_enum_value_of_another_type_than_the_type_beside_it_is_refused(schema):
-    """xgrammar writes an enum (or const) by its values alone and drops the "type" beside it:
-    {"type": "string", "enum": ["a", 1]} wrote 1, which the schema refuses."""
-    from aiollm.engine.grammar_check import check_schema
-    from aiollm.errors import InvalidRequest
-
-    with pytest.raises(InvalidRequest, match="'type'|beside 'enum'") as e:
+def test_an_enum_value_a_keyword_beside_it_refuses_is_refused(schema, says):
+    """xgrammar writes an enum (or const) by its values alone and drops the keywords
+    beside it: {"type": "string", "enum": ["a", 1]} wrote 1, which the schema refuses."""
+    with pytest.raises(InvalidRequest, match=says) as e:
         check_schema(schema, "guided_json")
     assert e.value.param == "guided_json"
 
@@ -56,8 +76,23 @@ def test_an_enum_value_of_another_type_than_the_type_beside_it_is_refused(schema
     {"type": "object", "const": {"a": 1}},
     {"type": "array", "enum": [[1], []]},
     {"type": "string", "enum": ["a", None], "nullable": True},  # OpenAPI 3.0's null
+    # every value passes the keywords beside it
+    {"type": "integer", "enum": [1, 10], "minimum": 1, "maximum": 10},
+    {"type": "integer", "enum": [2], "exclusiveMinimum": 1, "exclusiveMaximum": 3},
+    {"type": "integer", "enum": [2], "minimum": 2, "exclusiveMinimum": False},
+    {"type": "number", "enum": [0.3, 0.6], "multipleOf": 0.1},
+    {"type": "string", "enum": ["ab", "cde"], "minLength": 2, "maxLength": 3},
+    {"type": "string", "enum": ["v1", "v22"], "pattern": "^v\\d+$"},
+    {"type": "array", "enum": [[1]], "minItems": 1, "maxItems": 1, "uniqueItems": False},
+    {"type": "object", "const": {"a": 1}, "required": ["a"], "minProperties": 1},
+    # a format is an annotation (OpenAPI's int32, Gemini's enum)
+    {"type": "string", "enum": ["x"], "format": "date"},
+    # keywords on another type than the values' assert nothing on them
+    {"enum": ["a", 1], "minLength": 1, "minimum": 0, "items": {}, "properties": {}},
+    # xgrammar's rules for writing a string or an integer do not apply to values
+    {"type": "string", "enum": ["a"], "pattern": "a", "minLength": 1, "format": "email"},
+    {"type": "integer", "enum": [4], "multipleOf": 2, "minimum": 0},
+    {"type": "object", "const": {"a": 1}, "required": ["a"]},
 ])
-def test_an_enum_of_the_type_beside_it_is_accepted(schema):
-    from aiollm.engine.grammar_check import check_schema
-
+def test_an_enum_the_keywords_beside_it_allow_is_accepted(schema):
     check_schema(schema, "guided_json")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from aiollm.engine.grammar_values import value_refusal
 from aiollm.errors import InvalidRequest, shown_json
 from aiollm.sampling_params import GrammarSpec, is_int
 
@@ -127,6 +128,23 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if isinstance(ref, str) and not (ref == "#" or ref.startswith("#/")):
         refuse(f"the $ref {shown_json(ref)}", "only references into the schema itself ('#', "
                "'#/...') are resolved; inline the schema it names")
+    if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
+        refuse("'allOf' of more than one schema")
+    if isinstance(node.get("enum"), list) or "const" in node:
+        # written as the values alone: they are what the keywords beside must allow, and
+        # what xgrammar makes of those keywords (below) does not matter
+        refusal = value_refusal(node)
+        if refusal is not None:
+            refuse(*refusal)
+    else:
+        _check_written(node, refuse)
+    for step, sub in _subschemas(node):
+        _check_keywords(sub, at + step, param)
+
+
+def _check_written(node: dict, refuse: Callable[..., None]) -> None:
+    """Refuse (through `refuse(what, fix)`) the keywords of a schema node without enum or
+    const that xgrammar would write without enforcing them."""
     required, props = node.get("required"), node.get("properties")
     # xgrammar writes only the properties `properties` names: another required one never
     # appears, whatever additionalProperties or patternProperties allow
@@ -135,21 +153,8 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if missing is not None:
         refuse(f"the required property {shown_json(missing)}, which 'properties' does not name",
                "add it to 'properties'")
-    stray = _stray_values(node)
-    if stray:
-        refuse(f"the value {shown_json(stray[0])} of 'enum'/'const', not of the 'type' beside it "
-               f"({shown_json(node['type'])}), which xgrammar drops: the output could be it",
-               "remove the value, or add its type")
-    if "enum" in node or "const" in node:
-        beside = next((k for k in _ASSERTIONS if k in node and k not in (
-            "type", "enum", "const")), None)
-        if beside is not None:
-            refuse(f"{beside!r} beside 'enum'/'const', which xgrammar drops (it writes the "
-                   "values alone)", "remove it, or the values it would refuse")
     if node.get("uniqueItems") is True:
         refuse("'uniqueItems'")
-    if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
-        refuse("'allOf' of more than one schema")
     mult = node.get("multipleOf")
     if mult is not None and not (node.get("type") == "integer" and isinstance(mult, int)):
         refuse("'multipleOf' other than an integer's by an integer")
@@ -170,36 +175,6 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if isinstance(node.get("format"), str) and _binding_lengths(node):
         refuse("'format' with 'minLength'/'maxLength'",
                f"remove them (a maxLength of {LOOSE_MAX_LENGTH} or more is accepted)")
-    for step, sub in _subschemas(node):
-        _check_keywords(sub, at + step, param)
-
-
-def _json_type(value: Any) -> str:
-    """JSON Schema's type of a JSON value: a whole float (2.0) is an integer, as the spec
-    counts it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if is_int(value) or (isinstance(value, float) and value.is_integer()):
-        return "integer"
-    return {float: "number", str: "string", list: "array", dict: "object"}.get(
-        type(value), "")
-
-
-def _stray_values(node: dict) -> list:
-    """The enum (and const) values of `node` that its "type" does not allow."""
-    kinds = node.get("type")
-    kinds = [kinds] if isinstance(kinds, str) else kinds
-    values = node.get("enum") if isinstance(node.get("enum"), list) else []
-    if "const" in node:
-        values = [*values, node["const"]]
-    if not isinstance(kinds, list) or not values:
-        return []
-    allowed = set(kinds) | ({"integer"} if "number" in kinds else set())
-    if node.get("nullable") is True:  # OpenAPI 3.0's way to allow null beside a type
-        allowed.add("null")
-    return [v for v in values if _json_type(v) not in allowed]
 
 
 def _check_shapes(node: dict, at: str, param: str) -> None:
