@@ -10,15 +10,14 @@ refuses a value refuses the schema. Where every value passes (pydantic's
 range), xgrammar's output is what the schema allows and the schema is taken.
 
 `format` is never tested: JSON Schema counts it an annotation unless a validator opts in,
-and clients write it beside enums as one (OpenAPI's "int32", Gemini's "enum"). The keywords
-that hold schemas for an object's or array's members (properties, items...) are not tested
-either: beside an object or array value they are refused, beside others they assert
-nothing.
+and clients write it beside enums as one (OpenAPI's "int32", Gemini's "enum"). A `pattern`
+is not tested (no regex is run on a client's values: see _refuses), nor the keywords that
+hold schemas for an object's or array's members (properties, items...): beside a string,
+object or array value they are refused; beside others they assert nothing.
 """
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -96,8 +95,9 @@ def _number(bound: Any) -> bool:
 
 def _refuses(node: dict, key: str, value: Any) -> bool | None:
     """Whether `key` of `node` refuses `value` (one of the JSON type the key asserts on);
-    None where it is not tested here (the keywords holding members' schemas, a bound that
-    is no number, a pattern Python's re cannot read)."""
+    None where it is not tested here: the keywords holding members' schemas, a bound that
+    is no number, a pattern (Python's re backtracks, 2**n steps on a pattern such as
+    "^(a+)+$", holding the GIL: this runs on the event loop for tools)."""
     bound = node[key]
     if key == "uniqueItems" and bound is False:
         return False
@@ -107,11 +107,6 @@ def _refuses(node: dict, key: str, value: Any) -> bool | None:
         return len(value) > bound
     if key == "required":
         return any(name not in value for name in bound)
-    if key == "pattern":
-        try:
-            return re.search(bound, value) is None if isinstance(bound, str) else None
-        except re.error:
-            return None
     if key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(bound, bool):
         # OpenAPI 3.0 (JSON Schema draft 4): a flag on minimum/maximum
         end = node.get("minimum" if key == "exclusiveMinimum" else "maximum")
