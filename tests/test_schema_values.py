@@ -84,6 +84,7 @@ def test_an_enum_value_a_keyword_beside_it_refuses_is_refused(schema, says):
     {"type": "integer", "enum": [2], "exclusiveMinimum": 1, "exclusiveMaximum": 3},
     {"type": "integer", "enum": [2], "minimum": 2, "exclusiveMinimum": False},
     {"type": "number", "enum": [0.3, 0.6], "multipleOf": 0.1},
+    {"type": "integer", "enum": [7 * 10**30], "multipleOf": 7},  # past decimal's 28 digits
     {"type": "string", "enum": ["ab", "cde"], "minLength": 2, "maxLength": 3},
     {"type": "array", "enum": [[1]], "minItems": 1, "maxItems": 1, "uniqueItems": False},
     {"type": "object", "const": {"a": 1}, "required": ["a"], "minProperties": 1},

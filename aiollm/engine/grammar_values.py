@@ -120,6 +120,8 @@ def _refuses(node: dict, key: str, value: Any) -> bool | None:
     if key in ("exclusiveMinimum", "exclusiveMaximum"):
         return value <= bound if key == "exclusiveMinimum" else value >= bound
     if key == "multipleOf":
+        if is_int(value) and is_int(bound):
+            return value % bound != 0 if bound > 0 else None
         try:  # in decimal, as written: 1.5 is a multiple of 0.5, 0.3 of 0.1
             return Decimal(repr(value)) % Decimal(repr(bound)) != 0 if bound > 0 else None
         except InvalidOperation:
