@@ -47,11 +47,12 @@ def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, p
                      parts: tuple[tuple[str, str], ...] = ()) -> Constraint:
     """The request's constraint with its tools' grammar in it. `sent` names the tool_choice
     as the client sent it, for the 400 on a structural tag; `parts`, the tools' schemas by
-    their fields (tool_parts), for the 400 on a schema xgrammar refuses. The content grammar is turned
-    into EBNF here (xgrammar's JSON schema conversion: milliseconds for any schema the checks
-    let through); call it off the event loop. Raises InvalidRequest naming the content
-    grammar's field where that grammar is bad, whether or not it shapes the output (a calls-
-    only answer checks it too: a bad field is a 400 whatever the tool_choice)."""
+    their fields (tool_parts), for the 400 on a schema xgrammar refuses. The content
+    grammar is turned into EBNF here (xgrammar's JSON schema conversion: milliseconds for
+    any schema the checks let through); call it off the event loop. Raises InvalidRequest
+    naming the content grammar's field where that grammar is bad, whether or not it shapes
+    the output (a calls-only answer checks it too: a bad field is a 400 whatever the
+    tool_choice)."""
     content = constraint.grammar if constraint is not None else None
     if content is not None and content.kind == "structural_tag":
         raise ApiError(400, f"{sent} and {content.param} both constrain the calls; send one "
