@@ -49,6 +49,11 @@ def test_a_schema_json_schema_calls_invalid_is_refused(schema, keyword):
     ({"type": "integer", "enum": [3], "minimum": 3, "exclusiveMinimum": True},
      "'exclusiveMinimum' true"),  # OpenAPI 3.0's flag
     ({"type": "number", "enum": [0.3, 0.35], "multipleOf": 0.1}, "value 0.35 .*'multipleOf'"),
+    # tested exactly past decimal's 28 digits too (0.5 / 3e-300 is 1.66...e299), not
+    # refused as untested
+    ({"type": "number", "enum": [0.5], "multipleOf": 3e-300},
+     "value 0.5 of .* 'multipleOf' 3e-300 beside it refuses"),
+    ({"type": "number", "const": 1e300, "multipleOf": 0.7}, "value 1e\\+300 of .* refuses"),
     ({"type": "array", "enum": [[1], []], "minItems": 1}, "value \\[\\] .* 'minItems' 1"),
     ({"type": "object", "const": {"a": 1}, "required": ["b"]}, "'required'"),
     ({"type": "object", "enum": [{"a": 1}], "maxProperties": 0}, "'maxProperties' 0"),
@@ -85,6 +90,9 @@ def test_an_enum_value_a_keyword_beside_it_refuses_is_refused(schema, says):
     {"type": "integer", "enum": [2], "minimum": 2, "exclusiveMinimum": False},
     {"type": "number", "enum": [0.3, 0.6], "multipleOf": 0.1},
     {"type": "integer", "enum": [7 * 10**30], "multipleOf": 7},  # past decimal's 28 digits
+    {"type": "number", "enum": [0.5, 1e308], "multipleOf": 1e-300},  # floats past them too
+    {"type": "number", "enum": [7e30, 7e300], "multipleOf": 7},
+    {"type": "number", "enum": [10**400], "multipleOf": 0.5},
     {"type": "string", "enum": ["ab", "cde"], "minLength": 2, "maxLength": 3},
     {"type": "array", "enum": [[1]], "minItems": 1, "maxItems": 1, "uniqueItems": False},
     {"type": "object", "const": {"a": 1}, "required": ["a"], "minProperties": 1},
