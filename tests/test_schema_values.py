@@ -5,6 +5,7 @@ values all pass is taken (tests/test_client_schemas.py has the clients' own)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -120,3 +121,35 @@ def test_a_pattern_beside_an_enum_is_never_run_on_its_values():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 3 and "'pattern' beside" in done.stdout, done
+
+
+@pytest.mark.parametrize("schema, takes, refuses", [
+    ({"type": "integer", "minimum": 0, "maximum": 3, "exclusiveMaximum": True}, "2", "3"),
+    ({"type": "integer", "minimum": 0, "exclusiveMinimum": True}, "1", "0"),
+    ({"type": "number", "minimum": 1.5, "exclusiveMinimum": False}, "1.5", "1.4"),
+    ({"type": "integer", "multipleOf": 7, "minimum": 0, "maximum": 70,
+      "exclusiveMinimum": True}, "7", "0"),
+])
+def test_openapi_3_0s_exclusive_flags_hold_the_output(schema, takes, refuses):
+    """OpenAPI 3.0 (JSON Schema draft 4) writes exclusiveMinimum/Maximum as a flag on
+    minimum/maximum; xgrammar refused the schema ("Value must be a number"). It is compiled
+    as 2020-12 writes it, and holds the output to it."""
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string
+
+    from aiollm.engine.grammar_check import compilable
+    from aiollm.sampling_params import GrammarSpec
+
+    grammar = xgr.Grammar.from_json_schema(
+        compilable(GrammarSpec("json_schema", json.dumps(schema), "guided_json")))
+    assert _is_grammar_accept_string(grammar, takes)
+    assert not _is_grammar_accept_string(grammar, refuses)
+
+
+def test_a_multiple_of_beside_an_openapi_3_0_range_of_one_end_is_refused():
+    """{"minimum": 0, "exclusiveMinimum": true} is one end: xgrammar would drop the
+    multipleOf beside it, as beside {"exclusiveMinimum": 0}."""
+    schema = {"type": "integer", "multipleOf": 7, "minimum": 0, "exclusiveMinimum": True,
+              "exclusiveMaximum": False}
+    with pytest.raises(InvalidRequest, match="'multipleOf' beside a range with one end"):
+        check_schema(schema, "guided_json")
