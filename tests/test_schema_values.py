@@ -49,6 +49,8 @@ def test_a_schema_json_schema_calls_invalid_is_refused(schema, keyword):
     ({"type": "number", "enum": [1], "exclusiveMinimum": 1}, "value 1 .*'exclusiveMinimum'"),
     ({"type": "integer", "enum": [3], "minimum": 3, "exclusiveMinimum": True},
      "'exclusiveMinimum' true"),  # OpenAPI 3.0's flag
+    ({"type": "integer", "enum": [9, 10], "maximum": 10, "exclusiveMaximum": True},
+     "value 10 .*'exclusiveMaximum' true"),
     ({"type": "number", "enum": [0.3, 0.35], "multipleOf": 0.1}, "value 0.35 .*'multipleOf'"),
     # tested exactly past decimal's 28 digits too (0.5 / 3e-300 is 1.66...e299), not
     # refused as untested
@@ -89,6 +91,7 @@ def test_an_enum_value_a_keyword_beside_it_refuses_is_refused(schema, says):
     {"type": "integer", "enum": [1, 10], "minimum": 1, "maximum": 10},
     {"type": "integer", "enum": [2], "exclusiveMinimum": 1, "exclusiveMaximum": 3},
     {"type": "integer", "enum": [2], "minimum": 2, "exclusiveMinimum": False},
+    {"type": "integer", "enum": [5], "maximum": 10, "exclusiveMaximum": True},  # not 1
     {"type": "number", "enum": [0.3, 0.6], "multipleOf": 0.1},
     {"type": "integer", "enum": [7 * 10**30], "multipleOf": 7},  # past decimal's 28 digits
     {"type": "number", "enum": [0.5, 1e308], "multipleOf": 1e-300},  # floats past them too
