@@ -76,12 +76,16 @@ class GrammarSpec:
     """A grammar as the client sent it. `value` is text: the schema's JSON, the regex, the
     EBNF, a JSON list of choice strings, a structural tag's JSON. `param` names the field it
     came from, for errors. `embeds`: other fields' grammars this one holds (a response
-    format beside tools), compiled alone first so that a timeout names the slow field."""
+    format beside tools), compiled alone first so that a timeout names the slow field.
+    `parts`: (field, JSON schema text) of the schemas a structural tag holds (the tools'
+    parameters), each tried alone where the library refuses the whole, so that the refusal
+    names the field at fault (`tools[2].function.parameters`, not `tools`)."""
 
     kind: str
     value: str = ""
     param: str = "response_format"
     embeds: tuple[GrammarSpec, ...] = ()
+    parts: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         # the HTTP API makes only good ones; the Engine API's users write their own
@@ -98,6 +102,13 @@ class GrammarSpec:
                                  f"{embeds!r:.80}", param=self.param)
         if isinstance(embeds, list):  # (frozen: kept hashable)
             object.__setattr__(self, "embeds", tuple(embeds))
+        parts = self.parts
+        if not isinstance(parts, (tuple, list)) or not all(
+                isinstance(p, (tuple, list)) and len(p) == 2
+                and all(isinstance(x, str) for x in p) for p in parts):
+            raise InvalidRequest(f"a grammar's parts must be a tuple of (field, schema text) "
+                                 f"pairs, got {parts!r:.80}", param=self.param)
+        object.__setattr__(self, "parts", tuple(tuple(p) for p in parts))
 
 
 def check_truncate_prompt_tokens(t: object) -> None:

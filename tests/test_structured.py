@@ -301,6 +301,23 @@ def test_logit_bias_key_with_leading_zeros_is_its_token(client):
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"a": {"anyOf": {"type": "string"}}}}}}]},
      "tools[0].function.parameters"),
+    # a schema xgrammar itself refuses (an unknown type) in one tool's parameters: the 400
+    # named "tools", no word of which tool, whatever the tool_choice
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "frobnicate"}}}}}]},
+     "tools[1].function.parameters"),
+    ({"tools": [WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "frobnicate"}}}}}],
+      "tool_choice": {"type": "function", "function": {"name": "f"}}},
+     "tools[1].function.parameters"),
+    ({"tools": [TIME, WEATHER, {"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "string", "pattern": "[a-"}}}}}],
+      "tool_choice": "required", "response_format": {"type": "json_object"}},
+     "tools[2].function.parameters"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer", "minimum": 5,
+                                                "maximum": 1}}}}}, WEATHER],
+      "response_format": {"type": "json_object"}}, "tools[0].function.parameters"),
     # escapes xgrammar would match as the letter itself (\A and \Z are anchors)
     ({"guided_regex": r"\Aabc\Z"}, "guided_regex"),
     ({"structured_outputs": {"regex": r"[0-9]+\Z"}}, "structured_outputs.regex"),
@@ -975,3 +992,4 @@ def test_response_format_structural_tag_in_both_of_vllms_forms(server, path, bod
             **body, "response_format": bad, "max_tokens": 4})
         assert status == 400, raw
         assert json.loads(raw)["error"]["param"] == "response_format", raw
+

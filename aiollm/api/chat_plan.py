@@ -21,7 +21,7 @@ from aiollm.api.metadata import check_metadata
 from aiollm.api.state import ApiState
 from aiollm.api.tool_calls import ToolCall, ToolParser
 from aiollm.api.tool_stream import StreamingToolParser
-from aiollm.api.tools_or_format import opens_calls, tools_constraint
+from aiollm.api.tools_or_format import opens_calls, tool_parts, tools_constraint
 from aiollm.api.usage import room
 from aiollm.engine.content_format import (echoed_text, joined_text,
                                           resolve_content_format)
@@ -159,7 +159,8 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
         # format's content under "auto", calls only else (aiollm/api/tools_or_format.py)
         combine = partial(tools_constraint, parser, callable_tools, required=mode == "required",
                           parallel=req.parallel_tool_calls is not False and not named,
-                          constraint=constraint, sent=sent)
+                          constraint=constraint, sent=sent,
+                          parts=tool_parts(tools, callable_tools))
         # a content grammar is converted to EBNF: off the event loop
         constraint = (await asyncio.to_thread(combine) if constraint is not None
                       and constraint.grammar is not None else combine())

@@ -38,6 +38,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     """POST /v1/responses."""
     req = await decode_body(request, ResponsesRequest)
     request_id(request, req.request_id)  # errors too carry it from here
+    req.check_chat_fields()
     with responses_names(), param_names({"prompt": "input"}), context_told(*_naming(req)):
         return await _create(request, req)
 

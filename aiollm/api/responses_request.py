@@ -19,10 +19,12 @@ from typing import Any, Iterator, Sequence, Union
 from msgspec import Struct
 
 from aiollm.api.chat_request import ChatCompletionRequest, ChatMessage
-from aiollm.api.protocol import Stop, TopK
+from aiollm.api.protocol import Stop, TopK, refuse_unserved
 from aiollm.api.response_input import input_messages
 from aiollm.errors import InvalidRequest, check_type, missing, shown_json
 
+_CHAT_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice",
+                     "guided_grammar")
 _STORED = "this server keeps no background responses, conversations or prompts"
 
 
@@ -69,6 +71,21 @@ class ResponsesRequest(Struct, kw_only=True):
     chat_template_kwargs: dict[str, Any] | None = None
     cache_salt: str | None = None
     request_id: str | None = None
+    structured_outputs: Any = None  # checked on the chat path (structured.py)
+    logit_bias: Any = None
+    # chat's constraints, not this API's: refused (check_chat_fields), never ignored
+    response_format: Any = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+
+    def check_chat_fields(self) -> None:
+        """InvalidRequest naming the first of chat's constraint fields sent here: they would
+        shape the output, and this body takes text.format and structured_outputs instead.
+        Checked before the chat path names response_format as text.format."""
+        refuse_unserved(self, _CHAT_CONSTRAINTS, "", "/v1/responses takes text.format (or "
+                        "vLLM's structured_outputs: json, regex, choice, grammar...)")
 
     def check_unserved(self) -> None:
         """InvalidRequest naming the first field asking for what the server does not do."""
@@ -118,7 +135,8 @@ class ResponsesRequest(Struct, kw_only=True):
             parallel_tool_calls=self.parallel_tool_calls, reasoning_effort=effort,
             chat_template_kwargs=self.chat_template_kwargs, user=self.user,
             cache_salt=self.cache_salt, request_id=self.request_id,
-            metadata=self.metadata)
+            metadata=self.metadata, structured_outputs=self.structured_outputs,
+            logit_bias=self.logit_bias)
 
 
 def response_format(text: dict | None) -> dict | None:

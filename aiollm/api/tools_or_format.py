@@ -32,23 +32,27 @@ elsewhere.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from aiollm.api.http_errors import ApiError
-from aiollm.api.tool_calls import ToolParser
+from aiollm.api.tool_calls import ToolParser, tool_schema
 from aiollm.engine.grammar_build import grammar_error, grammar_of
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, GrammarSpec
 
 
 def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, parallel: bool,
-                     constraint: Constraint | None, sent: str) -> Constraint:
+                     constraint: Constraint | None, sent: str,
+                     parts: tuple[tuple[str, str], ...] = ()) -> Constraint:
     """The request's constraint with its tools' grammar in it. `sent` names the tool_choice
-    as the client sent it, for the 400 on a structural tag. The content grammar is turned
-    into EBNF here (xgrammar's JSON schema conversion: milliseconds for any schema the checks
-    let through); call it off the event loop. Raises InvalidRequest naming the content
-    grammar's field where that grammar is bad, whether or not it shapes the output (a calls-
-    only answer checks it too: a bad field is a 400 whatever the tool_choice)."""
+    as the client sent it, for the 400 on a structural tag; `parts`, the tools' schemas by
+    their fields (tool_parts), for the 400 on a schema xgrammar refuses. The content
+    grammar is turned into EBNF here (xgrammar's JSON schema conversion: milliseconds for
+    any schema the checks let through); call it off the event loop. Raises InvalidRequest
+    naming the content grammar's field where that grammar is bad, whether or not it shapes
+    the output (a calls-only answer checks it too: a bad field is a 400 whatever the
+    tool_choice)."""
     content = constraint.grammar if constraint is not None else None
     if content is not None and content.kind == "structural_tag":
         raise ApiError(400, f"{sent} and {content.param} both constrain the calls; send one "
@@ -59,7 +63,14 @@ def tools_constraint(parser: ToolParser, tools: list[dict], *, required: bool, p
     else:  # named "tools" in its errors, but a compile timeout names the format if it is slow
         spec = replace(parser.either(tools, fmt, parallel=parallel), embeds=(content,))
     kept = (constraint.allowed_token_ids, constraint.logit_bias) if constraint else ()
-    return Constraint(spec, *kept)
+    return Constraint(replace(spec, parts=parts), *kept)
+
+
+def tool_parts(tools: list[dict], callable_tools: list[dict]) -> tuple[tuple[str, str], ...]:
+    """(field, JSON schema text) of the parameters of each of `callable_tools`, its field
+    named by the tool's place in the request's `tools` (GrammarSpec.parts)."""
+    return tuple((f"tools[{i}].function.parameters", json.dumps(tool_schema(t)))
+                 for i, t in enumerate(tools) if any(t is c for c in callable_tools))
 
 
 def content_format(spec: GrammarSpec) -> dict:

@@ -93,6 +93,12 @@ def _tokenizer_key(tokenizer, vocab_size: int) -> tuple:
             tokenizer.eos_token_id)
 
 
+def _field(spec: GrammarSpec) -> tuple:
+    """What a refusal of `spec` names: its field, and the fields of its parts (one tag of
+    tools' schemas may come from different places in two requests' tools lists)."""
+    return spec.param, tuple(param for param, _ in spec.parts)
+
+
 @dataclass
 class _Cache:
     """Process-wide: tokenizer infos and compiled grammars, shared by engines that serve the
@@ -190,7 +196,7 @@ class Grammars:
             check_writable(compiled, spec, self.stop_ids, self.grammar_vocab)
         except InvalidRequest as e:
             with _CACHE.lock:
-                _CACHE.refused[(*key, spec.param)] = (str(e), e.param)
+                _CACHE.refused[(*key, *_field(spec))] = (str(e), e.param)
                 while len(_CACHE.refused) > CACHE_SIZE:
                     _CACHE.refused.popitem(last=False)
             raise
@@ -204,7 +210,7 @@ class Grammars:
         """Raises the InvalidRequest `spec` was refused with when it was compiled (from
         its field), if it was; else nothing."""
         with _CACHE.lock:
-            refusal = _CACHE.refused.get((*self._cache_key(spec), spec.param))
+            refusal = _CACHE.refused.get((*self._cache_key(spec), *_field(spec)))
         if refusal is not None:
             raise InvalidRequest(*refusal)
 
@@ -251,7 +257,7 @@ class Grammars:
 
     def _run(self, spec: GrammarSpec) -> Awaitable:
         # shared per field too: a refusal names the field of the request it answers
-        return self._threads.run((*self._cache_key(spec), spec.param), self.compile_now, spec)
+        return self._threads.run((*self._cache_key(spec), *_field(spec)), self.compile_now, spec)
 
     def close(self) -> None:
         """Stop compiling: queued compilations are dropped and every request waiting for one

@@ -107,6 +107,18 @@ def choice_ebnf(spec: GrammarSpec) -> str:
 
 def grammar_error(spec: GrammarSpec, e: Exception) -> InvalidRequest:
     """The 400 for a grammar that xgrammar refuses (its own error types): xgrammar's message
-    without its log prefix, naming spec.param."""
+    without its log prefix, naming spec.param, or the first of spec.parts that xgrammar
+    refuses alone (a tool's parameters), naming its field. Trying the parts costs a JSON
+    schema conversion each (no compilation), on this failing path only."""
+    import xgrammar as xgr
+
+    for param, schema in spec.parts:
+        try:
+            xgr.Grammar.from_json_schema(compilable(GrammarSpec("json_schema", schema, param)),
+                                         any_whitespace=True, strict_mode=True)
+        except InvalidRequest as refused:
+            return refused
+        except Exception as part_error:  # the library's own error types
+            return grammar_error(GrammarSpec("json_schema", schema, param), part_error)
     msg = _LOG_PREFIX.sub("", str(e)).strip()
     return InvalidRequest(f"invalid {spec.param}: {msg}", param=spec.param)

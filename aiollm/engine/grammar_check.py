@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from aiollm.engine.grammar_values import value_refusal
 from aiollm.errors import InvalidRequest, shown_json
 from aiollm.sampling_params import GrammarSpec, is_int
 
@@ -41,6 +42,7 @@ _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
 _SCHEMA_ONE = ("items", "additionalProperties", "propertyNames", "additionalItems",
                "unevaluatedProperties", "unevaluatedItems")
 _SCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+_SIZES = ("minItems", "maxItems", "minLength", "maxLength", "minProperties", "maxProperties")
 _OBJECT_SHAPES = ("properties", "patternProperties", "additionalProperties", "propertyNames",
                   "unevaluatedProperties")
 
@@ -69,7 +71,8 @@ def grammar_schema(schema: dict) -> dict:
     no items or prefixItems) gets `items: {}` and an object sized without properties gets
     `additionalProperties: {}`. JSON Schema allows any items there; xgrammar's strict mode
     (no items or properties but those named) allowed none: minItems 1 did not compile and
-    maxItems alone allowed only []."""
+    maxItems alone allowed only []. OpenAPI 3.0's exclusive flags are written as numbers
+    (`_bounds`)."""
     out = copy.deepcopy(schema)
     stack = [out]
     while stack:
@@ -82,6 +85,11 @@ def grammar_schema(schema: dict) -> dict:
         if ("minProperties" in node or "maxProperties" in node) and not any(
                 k in node for k in _OBJECT_SHAPES):
             node["additionalProperties"] = {}
+        if any(isinstance(node.get(k), bool) for k in ("exclusiveMinimum", "exclusiveMaximum")):
+            bounds = _bounds(node)
+            for key in _RANGE:
+                node.pop(key, None)
+            node.update(bounds)
         stack.extend(sub for _, sub in _subschemas(node))
     return out
 
@@ -126,6 +134,23 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if isinstance(ref, str) and not (ref == "#" or ref.startswith("#/")):
         refuse(f"the $ref {shown_json(ref)}", "only references into the schema itself ('#', "
                "'#/...') are resolved; inline the schema it names")
+    if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
+        refuse("'allOf' of more than one schema")
+    if isinstance(node.get("enum"), list) or "const" in node:
+        # written as the values alone: they are what the keywords beside must allow, and
+        # what xgrammar makes of those keywords (below) does not matter
+        refusal = value_refusal(node)
+        if refusal is not None:
+            refuse(*refusal)
+    else:
+        _check_written(node, refuse)
+    for step, sub in _subschemas(node):
+        _check_keywords(sub, at + step, param)
+
+
+def _check_written(node: dict, refuse: Callable[..., None]) -> None:
+    """Refuse (through `refuse(what, fix)`) the keywords of a schema node without enum or
+    const that xgrammar would write without enforcing them."""
     required, props = node.get("required"), node.get("properties")
     # xgrammar writes only the properties `properties` names: another required one never
     # appears, whatever additionalProperties or patternProperties allow
@@ -136,8 +161,6 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
                "add it to 'properties'")
     if node.get("uniqueItems") is True:
         refuse("'uniqueItems'")
-    if isinstance(node.get("allOf"), list) and len(node["allOf"]) > 1:
-        refuse("'allOf' of more than one schema")
     mult = node.get("multipleOf")
     if mult is not None and not (node.get("type") == "integer" and isinstance(mult, int)):
         refuse("'multipleOf' other than an integer's by an integer")
@@ -158,8 +181,6 @@ def _check_keywords(node: Any, at: str, param: str) -> None:
     if isinstance(node.get("format"), str) and _binding_lengths(node):
         refuse("'format' with 'minLength'/'maxLength'",
                f"remove them (a maxLength of {LOOSE_MAX_LENGTH} or more is accepted)")
-    for step, sub in _subschemas(node):
-        _check_keywords(sub, at + step, param)
 
 
 def _check_shapes(node: dict, at: str, param: str) -> None:
@@ -178,6 +199,15 @@ def _check_shapes(node: dict, at: str, param: str) -> None:
     for key in _SCHEMA_LISTS:
         if key != "items" and key in node and not isinstance(node[key], list):
             wrong(key, "an array of schemas")
+    # an empty anyOf/oneOf matches nothing, and xgrammar let the output end there ('' or
+    # '{"a": }'); JSON Schema requires all three non-empty
+    for key in ("anyOf", "oneOf", "allOf"):
+        if node.get(key) == []:
+            wrong(key, "a non-empty array of schemas")
+    # xgrammar refuses most bad sizes itself but took minItems -1 and maxLength -1 as no bound
+    for key in _SIZES:
+        if key in node and not (is_int(node[key]) and node[key] >= 0):
+            wrong(key, "a non-negative integer")
     kind = node.get("type")
     if "type" in node and not (isinstance(kind, str) or (
             isinstance(kind, list) and kind and all(isinstance(k, str) for k in kind))):
@@ -201,7 +231,8 @@ def _dropped_multiple(node: dict) -> tuple[str, str] | None:
         return None
     if mult > MAX_MULTIPLE_OF:
         return f"'multipleOf' above {MAX_MULTIPLE_OF}", "remove it"
-    ends = [node.get(k) for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")]
+    bounds = _bounds(node)
+    ends = [bounds.get(k) for k in _RANGE]
     if not all(e is None or is_int(e) or (isinstance(e, float) and e.is_integer())
                for e in ends):
         return None
@@ -214,6 +245,22 @@ def _dropped_multiple(node: dict) -> tuple[str, str] | None:
         return (f"'multipleOf' over a range of more than {MAX_MULTIPLE_OF_RANGE} integers",
                 f"narrow the range to at most {MAX_MULTIPLE_OF_RANGE}, or remove it")
     return None
+
+
+_RANGE = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+
+
+def _bounds(node: dict) -> dict:
+    """The range keywords of `node` (those of _RANGE it has) as JSON Schema 2020-12 writes
+    them: OpenAPI 3.0's (draft 4's) flag on a minimum, {"minimum": 0, "exclusiveMinimum":
+    true}, as {"exclusiveMinimum": 0}; a false flag, or one without its end, as nothing.
+    xgrammar refused the flag ("Value must be a number"): every OpenAPI 3.0 schema with
+    an open range."""
+    out = {k: node[k] for k in _RANGE if k in node}
+    for flag, end in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(flag), bool) and out.pop(flag) and end in out:
+            out[flag] = out.pop(end)
+    return out
 
 
 # A maxLength this large beside a format is accepted though the grammar cannot hold it:

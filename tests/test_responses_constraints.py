@@ -1,0 +1,74 @@
+"""/v1/responses beside its text.format: vLLM's structured_outputs and logit_bias served,
+chat's response_format and guided_* refused, and a tool's schema the grammar refuses named
+by its place, through the real server and the openai SDK."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from live_server import http
+from test_responses_api import ASK, WEATHER
+
+
+@pytest.fixture(scope="module")
+def model(client) -> str:
+    return client.models.list().data[0].id
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_vllms_structured_outputs_and_logit_bias_shape_the_output(server, client, model,
+                                                                  stream):
+    """vLLM's Responses API takes `structured_outputs` (and `logit_bias`) beside `text`: they
+    were unknown fields here, ignored, and the output free text."""
+    kw = dict(model=model, input=ASK, max_output_tokens=20, temperature=0,
+              extra_body={"structured_outputs": {"choice": ["mauve", "teal"]}})
+    if stream:
+        with client.responses.stream(**kw) as s:
+            list(s)
+            r = s.get_final_response()
+    else:
+        r = client.responses.create(**kw)
+    assert r.output_text in ("mauve", "teal") and r.status == "completed", r.output_text
+    tid = first_token(server, model, "teal")
+    r = client.responses.create(**{**kw, "extra_body": {
+        "structured_outputs": {"choice": ["mauve", "teal"]}, "logit_bias": {str(tid): 100}}})
+    assert r.output_text == "teal", r.output_text
+
+
+def first_token(server, model, text: str) -> int:
+    """The first token id of `text` (the server's /tokenize)."""
+    status, _, raw = http(server, "POST", "/tokenize", json={
+        "model": model, "prompt": text, "add_special_tokens": False})
+    assert status == 200, raw
+    return json.loads(raw)["tokens"][0]
+
+
+@pytest.mark.parametrize("body, param", [
+    # vLLM refuses both at once, naming structured_outputs
+    ({"text": {"format": {"type": "json_object"}}, "structured_outputs": {"regex": "a+"}},
+     "structured_outputs.regex"),
+    ({"structured_outputs": {"regex": "(["}}, "structured_outputs.regex"),
+    # chat's fields, not the Responses API's (text.format, structured_outputs): they were
+    # ignored, the output left free
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"guided_json": {"type": "object"}}, "guided_json"),
+    ({"guided_choice": ["a"]}, "guided_choice"),
+])
+def test_constraints_on_responses_are_served_or_refused(client, model, body, param):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=ASK, max_output_tokens=4, extra_body=body)
+    assert e.value.param == param, e.value.body
+
+
+def test_a_tools_schema_the_grammar_refuses_is_named(client, model):
+    """xgrammar's refusal of one tool's parameters names that tool (in the Responses API's
+    words), not the whole of `tools`."""
+    bad = {**WEATHER, "name": "f", "parameters": {"type": "object", "properties": {
+        "a": {"type": "frobnicate"}}}}
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=ASK, max_output_tokens=4,
+                                tools=[WEATHER, bad], tool_choice="required")
+    assert e.value.param == "tools[1].parameters", e.value.body
+    assert "frobnicate" in e.value.message, e.value.body
