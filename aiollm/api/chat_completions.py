@@ -269,8 +269,8 @@ def _chat_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob], texts: Sequen
     token, cut by a stop string) reports the bytes of the part that is. With a reasoning
     parser they join to the whole output: the reasoning, its tags and the content. by_id:
     each token is named "token_id:N" (return_tokens_as_token_ids); its bytes stay its own
-    (vLLM gives a top alternative the bytes of its name, which are no token's). An impossible token's
-    logprob (-inf) is sent as -9999.0 (api/logprob_json.py)."""
+    (vLLM gives a top alternative the bytes of its name, which are no token's). An
+    impossible token's logprob (-inf) is sent as -9999.0 (api/logprob_json.py)."""
     def entry(token_id: int, logprob: float) -> dict:
         return {"token": id_name(token_id) if by_id else vocab.text_of(token_id),
                 "logprob": json_logprob(logprob),
