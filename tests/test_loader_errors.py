@@ -316,6 +316,47 @@ def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, m
         load(path)
 
 
+LLAMA3 = {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+YARN = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+        "original_max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("field, value, message", [
+    # transformers divides by these: ZeroDivisionError, a traceback from aiollm serve (in
+    # transformers' own check of yarn as config.json is read, or in our llama3 table)
+    ("rope_parameters", {**YARN, "original_max_position_embeddings": 0},
+     "original_max_position_embeddings must be > 0, got 0"),
+    ("rope_parameters", {**LLAMA3, "low_freq_factor": 0.0}, "low_freq_factor must be > 0, got 0.0"),
+    ("rope_parameters", {**LLAMA3, "low_freq_factor": 0.5, "high_freq_factor": 0},
+     "high_freq_factor must be > 0, got 0"),
+    # transformers' rotary table of these is inf/NaN (or a TypeError): they were read as the
+    # defaults (theta 10000, factor 1) and served another model than the file describes
+    ("rope_parameters", {"rope_type": "default", "rope_theta": 0.0},
+     "rope_theta must be > 0, got 0.0"),
+    ("rope_parameters", {**YARN, "rope_theta": 0}, "rope_theta must be > 0, got 0"),
+    ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": 0},
+     "factor must be > 0, got 0"),
+    ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": None},
+     "factor must be a number for rope_type 'linear', got None"),
+    ("rope_parameters", {**LLAMA3, "factor": -2.0}, "factor must be > 0, got -2.0"),
+    ("rope_scaling", {"type": "dynamic", "factor": 0.0}, "factor must be > 0, got 0.0"),
+    # an unknown type names the field it is read from
+    ("rope_scaling", {"type": "su", "factor": 2.0}, "rope_type 'su' is not supported"),
+])
+def test_a_rope_parameter_no_rotary_table_can_be_made_of_is_named(copy, field, value, message):
+    """A rope parameter of config.json (transformers 5's rope_parameters or 4.x's
+    rope_scaling) that transformers divides by, or computes no finite rotary table of, is
+    refused naming the file, the key and its value."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    fields.pop("rope_parameters", None)
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=rf"config.json: rope_parameters \(rope_scaling\) "
+                                         rf"{re.escape(message)}"):
+        load(path)
+
+
 @pytest.mark.parametrize("field, value", [("num_experts", -2),
                                           ("shared_expert_intermediate_size", -1)])
 def test_a_negative_qwen_moe_size_is_named(tmp_path, field, value):

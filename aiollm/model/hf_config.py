@@ -20,7 +20,7 @@ import torch
 from aiollm.model.config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, ModelConfig
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import gguf_names
-from aiollm.model.rope_config import RopeConfig, rope_from_hf
+from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +219,13 @@ def _check_raw_fields(fields: dict, path: str) -> None:
     """Refuse the config.json values transformers fails on without naming them: a dtype
     (torch_dtype before transformers 5; dtype wins when both are given, as there) that names
     no torch dtype (it looks the name up in torch: AttributeError for 'bf16'), and
-    num_attention_heads below 1 (its check of hidden_size % heads: ZeroDivisionError)."""
+    num_attention_heads below 1 (its check of hidden_size % heads: ZeroDivisionError), and a
+    rope parameter it divides by of 0 (its check of yarn: ZeroDivisionError)."""
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = fields.get(key)
+        if isinstance(rope, dict):  # nested by layer type in some families: each one
+            for params in [rope, *(v for v in rope.values() if isinstance(v, dict))]:
+                check_rope_parameters(params)
     heads = fields.get("num_attention_heads")
     if isinstance(heads, int) and heads < 1:
         raise ValueError(f"{path}: num_attention_heads must be >= 1, got {heads}")
