@@ -238,6 +238,31 @@ def test_a_zero_head_count_or_size_is_named(copy, field):
         load(path)
 
 
+@pytest.mark.parametrize("field, value", [
+    ("max_position_embeddings", -5), ("num_hidden_layers", 0), ("vocab_size", 0),
+    ("intermediate_size", -1), ("hidden_size", 0),
+    # Mistral's window: 0 was read as none (transformers fails on it, a mask of no
+    # positions), -1 capped the context at -1 and was named "max_position"
+    ("sliding_window", 0), ("sliding_window", -1),
+])
+def test_a_size_below_one_is_named_as_config_json_spells_it(copy, field, value):
+    """A size below 1 was refused by the name of aiollm's own ModelConfig field
+    ("model config: max_position must be >= 1"), which config.json does not have."""
+    path, _ = copy
+    set_field(path, field, value)
+    with pytest.raises(ValueError, match=rf"config.json: {field} must be >= 1"
+                                         rf"(, or null for none)?, got {value}"):
+        load(path)
+
+
+def test_kv_heads_that_do_not_divide_the_heads_are_named_as_config_json_spells_them(copy):
+    path, _ = copy
+    set_field(path, "num_key_value_heads", 3)
+    with pytest.raises(ValueError, match="config.json: num_attention_heads 4 is not a multiple "
+                                         "of num_key_value_heads 3"):
+        load(path)
+
+
 def test_a_model_path_that_does_not_exist_says_so(tmp_path):
     """It was 'neither a .gguf file nor a directory', as for a file of another kind."""
     with pytest.raises(FileNotFoundError, match=r"model path '.*nope' does not exist"):
