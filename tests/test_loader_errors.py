@@ -100,6 +100,40 @@ def test_a_shard_the_index_lists_but_the_directory_lacks_is_named(copy):
         load(path)
 
 
+@pytest.mark.parametrize("of_shards", [False, True], ids=["one-file", "sharded"])
+def test_a_weights_link_to_a_missing_file_is_named_with_its_target(copy, of_shards):
+    """The Hugging Face cache's snapshot directory links each file to a blob: a download
+    cut short leaves a link whose blob is gone. model.safetensors was then reported as
+    '[Errno 2] No such file or directory' though `ls` lists it, and a shard as missing
+    from the directory that holds it."""
+    path, shards = copy
+    if of_shards:
+        name = shards[1]
+        os.remove(path / name)
+    else:
+        name = "model.safetensors"
+        os.remove(path / INDEX)
+        for shard in shards:
+            os.remove(path / shard)
+    blob = path.parent / "blobs" / "0123abcd"
+    os.symlink(os.path.relpath(blob, path), path / name)
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(path / name))} is a link to "
+                                                rf"\.\./blobs/0123abcd, which does not exist"):
+        load(path)
+
+
+def test_a_link_to_nothing_beside_a_tokenizer_leaves_the_tokenizer_readable(tmp_path):
+    """The tokenizer's cache key stats every file of the directory through its links: a
+    weights link to nothing stopped the start there, before the weights' loader could name
+    it, with a bare '[Errno 2] No such file or directory' naming a file `ls` lists."""
+    from aiollm.model import load_tokenizer
+
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    os.symlink("../blobs/0123abcd", tmp_path / "model.safetensors")
+    assert load_tokenizer(str(tmp_path)).encode("Hello world") == \
+        load_tokenizer(None).encode("Hello world")
+
+
 @pytest.mark.parametrize("keep", [0.5, 4 / 1e9], ids=["half", "4-bytes"])
 def test_a_truncated_shard_is_named(copy, keep):
     """safetensors' own error (SafetensorError, not a ValueError: a traceback from the CLI)

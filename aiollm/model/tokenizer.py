@@ -98,7 +98,16 @@ def _stamp(source: str) -> int:
     """Latest modification time of the file, or of the files in the directory."""
     if os.path.isfile(source):
         return os.stat(source).st_mtime_ns
-    return max((e.stat().st_mtime_ns for e in os.scandir(source)), default=0)
+    return max((_mtime(e) for e in os.scandir(source)), default=0)
+
+
+def _mtime(entry: os.DirEntry) -> int:
+    """The modification time of what `entry` names, or of the link itself when it links to
+    nothing (a weights file of an HF cache whose blob is gone: the loader names it)."""
+    try:
+        return entry.stat().st_mtime_ns
+    except FileNotFoundError:
+        return entry.stat(follow_symlinks=False).st_mtime_ns
 
 
 @functools.lru_cache(maxsize=4)

@@ -33,14 +33,14 @@ def safetensors_files(model_dir: str) -> list[str]:
     from_pretrained picks them: model.safetensors alone when it is there, whatever sits beside
     it (an index, Mistral's consolidated.safetensors, a LoRA adapter); else the files the index
     names; else (beyond transformers) every *.safetensors file. Raises FileNotFoundError when
-    there is none or the index names a file that is not there, ValueError when the index is
-    not one."""
+    there is none, the index names a file that is not there or one is a link to nothing,
+    ValueError when the index is not one."""
     single = os.path.join(model_dir, SINGLE_FILE)
-    if os.path.isfile(single):
-        return [single]
+    if os.path.lexists(single):  # a link to nothing too: _check_linked says so
+        return _check_linked([single])
     index = os.path.join(model_dir, INDEX_FILE)
     if os.path.isfile(index):
-        files = [os.path.join(model_dir, n) for n in _indexed_files(index)]
+        files = _check_linked([os.path.join(model_dir, n) for n in _indexed_files(index)])
         missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -60,6 +60,18 @@ def safetensors_files(model_dir: str) -> list[str]:
             f"no *.safetensors file in {model_dir} (PyTorch .bin checkpoints are not supported; "
             "convert with save_pretrained(..., safe_serialization=True))"
         )
+    return _check_linked(files)
+
+
+def _check_linked(files: list[str]) -> list[str]:
+    """`files`, unless one is a symbolic link to nothing (FileNotFoundError naming the link
+    and its target): the Hugging Face cache links a snapshot's files to blobs, and a download
+    cut short or a cache cleaned by hand leaves links whose blobs are gone."""
+    for path in files:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not "
+                                    "exist (an interrupted download, or a cleaned cache?): "
+                                    "download the model again")
     return files
 
 
