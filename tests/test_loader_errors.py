@@ -100,6 +100,27 @@ def test_a_shard_the_index_lists_but_the_directory_lacks_is_named(copy):
         load(path)
 
 
+def test_an_index_that_names_no_file_is_named(copy):
+    """An index whose weight_map is empty was read as a checkpoint of no tensors: every
+    weight of the model was then listed as missing, the index not named."""
+    path, _ = copy
+    (path / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+    with pytest.raises(ValueError, match=f"{INDEX} names no safetensors file"):
+        load(path)
+
+
+def test_a_shard_missing_beside_no_index_is_named(copy):
+    """Without the index, every *.safetensors file is read: a numbered shard missing among
+    them was told only as the weights it held (model.layers.0.... missing), not as the file."""
+    path, shards = copy
+    os.remove(path / INDEX)
+    os.remove(path / shards[2])
+    with pytest.raises(FileNotFoundError, match=rf"{shards[2]} is missing from .* \(the other "
+                                                rf"shards of {len(shards)} are there, with "
+                                                rf"no {INDEX}\)"):
+        load(path)
+
+
 @pytest.mark.parametrize("of_shards", [False, True], ids=["one-file", "sharded"])
 def test_a_weights_link_to_a_missing_file_is_named_with_its_target(copy, of_shards):
     """The Hugging Face cache's snapshot directory links each file to a blob: a download

@@ -3,14 +3,16 @@
 model.safetensors is read when it is there (as transformers does, even beside an index); else
 the files model.safetensors.index.json names; else every *.safetensors file of the directory.
 Files are memory-mapped by safetensors and each tensor is read straight onto the target device.
-A broken directory (an index that is not JSON or lists a missing shard, a truncated or corrupt
-file) fails with a ValueError or FileNotFoundError naming the file, before any weight is read.
+A broken directory (an index that is not JSON, names no file or lists a missing shard; a
+numbered shard missing beside no index; a link to nothing; a truncated or corrupt file) fails
+with a ValueError or FileNotFoundError naming the file, before any weight is read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from glob import glob
@@ -60,7 +62,32 @@ def safetensors_files(model_dir: str) -> list[str]:
             f"no *.safetensors file in {model_dir} (PyTorch .bin checkpoints are not supported; "
             "convert with save_pretrained(..., safe_serialization=True))"
         )
-    return _check_linked(files)
+    return _check_linked(_check_numbered(files))
+
+
+# a numbered shard's name, as save_pretrained writes them: model-00002-of-00004.safetensors
+_SHARD = re.compile(r"(.*)-(\d+)-of-(\d+)\.safetensors$")
+
+
+def _check_numbered(files: list[str]) -> list[str]:
+    """`files`, unless they hold numbered shards (prefix-NNNNN-of-MMMMM) of which some are
+    missing: FileNotFoundError naming them (without an index, their weights would be told
+    missing one by one, not the file)."""
+    present: dict[tuple[str, str, int], set[int]] = {}
+    for path in files:
+        if m := _SHARD.fullmatch(path):
+            width = len(m[2])
+            present.setdefault((m[1], m[3], width), set()).add(int(m[2]))
+    for (prefix, total, width), numbers in present.items():
+        missing = [f"{os.path.basename(prefix)}-{n:0{width}d}-of-{total}.safetensors"
+                   for n in range(1, int(total) + 1) if n not in numbers]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise FileNotFoundError(
+                f"{', '.join(missing[:3])}{more} {'is' if len(missing) == 1 else 'are'} "
+                f"missing from {os.path.dirname(prefix)} (the other shards of {int(total)} are "
+                f"there, with no {INDEX_FILE}): an interrupted download or copy?")
+    return files
 
 
 def _check_linked(files: list[str]) -> list[str]:
@@ -85,6 +112,10 @@ def _indexed_files(index: str) -> list[str]:
     if not isinstance(weight_map, dict) or not all(
             isinstance(n, str) for n in weight_map.values()):
         raise ValueError(f"{index} has no weight_map object of tensor name -> file name")
+    if not weight_map:
+        raise ValueError(f"{index} names no safetensors file (its weight_map is empty): save "
+                         "the checkpoint again, or remove the index to read every "
+                         "*.safetensors file")
     return sorted(set(weight_map.values()))
 
 
