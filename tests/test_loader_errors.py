@@ -121,6 +121,26 @@ def test_a_shard_missing_beside_no_index_is_named(copy):
         load(path)
 
 
+def test_mistrals_own_consolidated_file_is_named_as_its_format(copy):
+    """Mistral's repositories hold its own format (consolidated.safetensors, names such as
+    layers.0.attention.wq.weight) beside transformers'. A directory of that file alone was
+    refused as 'tensor layers.0.attention.wq.weight has no place in the model', naming
+    neither the file nor its format; beside the shards of a lost index it was read with
+    them, and refused so too."""
+    from safetensors.torch import save_file
+
+    path, shards = copy
+    os.remove(path / INDEX)
+    save_file({"layers.0.attention.wq.weight": torch.zeros(4, 4)},
+              str(path / "consolidated.safetensors"))
+    assert load(path).config.moe.num_experts == 8
+    for shard in shards:
+        os.remove(path / shard)
+    with pytest.raises(FileNotFoundError, match=r"consolidated\.safetensors alone: Mistral's "
+                                                r"own format, not transformers'"):
+        load(path)
+
+
 @pytest.mark.parametrize("of_shards", [False, True], ids=["one-file", "sharded"])
 def test_a_weights_link_to_a_missing_file_is_named_with_its_target(copy, of_shards):
     """The Hugging Face cache's snapshot directory links each file to a blob: a download

@@ -34,8 +34,9 @@ def safetensors_files(model_dir: str) -> list[str]:
     """The safetensors files holding the weights of an HF directory, in the order transformers'
     from_pretrained picks them: model.safetensors alone when it is there, whatever sits beside
     it (an index, Mistral's consolidated.safetensors, a LoRA adapter); else the files the index
-    names; else (beyond transformers) every *.safetensors file. Raises FileNotFoundError when
-    there is none, the index names a file that is not there or one is a link to nothing,
+    names; else (beyond transformers) every *.safetensors file but Mistral's own
+    consolidated*.safetensors. Raises FileNotFoundError when there is none (or only
+    Mistral's), the index names a file that is not there or one is a link to nothing,
     ValueError when the index is not one."""
     single = os.path.join(model_dir, SINGLE_FILE)
     if os.path.lexists(single):  # a link to nothing too: _check_linked says so
@@ -51,6 +52,16 @@ def safetensors_files(model_dir: str) -> list[str]:
                 "(an interrupted download or copy?)")
         return files
     files = sorted(glob(os.path.join(model_dir, "*.safetensors")))
+    # Mistral's own format beside transformers' files (its repositories hold both): not ours
+    consolidated = [f for f in files if os.path.basename(f).startswith("consolidated")]
+    if consolidated and len(consolidated) == len(files):
+        names = ", ".join(os.path.basename(f) for f in consolidated)
+        raise FileNotFoundError(
+            f"{model_dir} holds {names} alone: Mistral's own format, not transformers' "
+            "(vLLM reads it with --load-format mistral): give a directory of the model's "
+            "transformers files (config.json, model*.safetensors), which its repository "
+            "holds too")
+    files = [f for f in files if f not in consolidated]
     if not files:
         ggufs = gguf_names(model_dir)
         if ggufs:  # beside config.json, a .gguf file is not taken for the model (paths.py)
