@@ -121,6 +121,17 @@ def test_a_shard_missing_beside_no_index_is_named(copy):
         load(path)
 
 
+def test_a_config_json_linked_to_nothing_is_named_with_its_target(copy):
+    """It was told as a directory with no config.json (nor a .gguf file), though `ls`
+    lists one: an HF cache snapshot whose blob is gone."""
+    path, _ = copy
+    os.remove(path / "config.json")
+    os.symlink("../blobs/0123abcd", path / "config.json")
+    with pytest.raises(FileNotFoundError, match=r"config\.json is a link to \.\./blobs/"
+                                                r"0123abcd, which does not exist"):
+        load(path)
+
+
 def test_mistrals_own_consolidated_file_is_named_as_its_format(copy):
     """Mistral's repositories hold its own format (consolidated.safetensors, names such as
     layers.0.attention.wq.weight) beside transformers'. A directory of that file alone was

@@ -19,7 +19,7 @@ import torch
 
 from aiollm.model.config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, ModelConfig
 from aiollm.model.hf_moe_config import moe_from_hf
-from aiollm.model.paths import gguf_names
+from aiollm.model.paths import check_links, gguf_names
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     from transformers import AutoConfig
 
     path = os.path.join(model_dir, "config.json")
+    check_links([path])  # an HF cache link whose blob is gone: not "no config.json"
     if not os.path.exists(path):
         ggufs = gguf_names(model_dir)
         if ggufs:  # more than one: a lone .gguf file is the model (paths.py)

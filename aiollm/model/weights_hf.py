@@ -20,7 +20,7 @@ from glob import glob
 import torch
 from safetensors import SafetensorError, safe_open
 
-from aiollm.model.paths import gguf_names
+from aiollm.model.paths import check_links, gguf_names
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -40,10 +40,10 @@ def safetensors_files(model_dir: str) -> list[str]:
     ValueError when the index is not one."""
     single = os.path.join(model_dir, SINGLE_FILE)
     if os.path.lexists(single):  # a link to nothing too: _check_linked says so
-        return _check_linked([single])
+        return check_links([single])
     index = os.path.join(model_dir, INDEX_FILE)
     if os.path.isfile(index):
-        files = _check_linked([os.path.join(model_dir, n) for n in _indexed_files(index)])
+        files = check_links([os.path.join(model_dir, n) for n in _indexed_files(index)])
         missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -73,7 +73,7 @@ def safetensors_files(model_dir: str) -> list[str]:
             f"no *.safetensors file in {model_dir} (PyTorch .bin checkpoints are not supported; "
             "convert with save_pretrained(..., safe_serialization=True))"
         )
-    return _check_linked(_check_numbered(files))
+    return check_links(_check_numbered(files))
 
 
 # a numbered shard's name, as save_pretrained writes them: model-00002-of-00004.safetensors
@@ -98,18 +98,6 @@ def _check_numbered(files: list[str]) -> list[str]:
                 f"{', '.join(missing[:3])}{more} {'is' if len(missing) == 1 else 'are'} "
                 f"missing from {os.path.dirname(prefix)} (the other shards of {int(total)} are "
                 f"there, with no {INDEX_FILE}): an interrupted download or copy?")
-    return files
-
-
-def _check_linked(files: list[str]) -> list[str]:
-    """`files`, unless one is a symbolic link to nothing (FileNotFoundError naming the link
-    and its target): the Hugging Face cache links a snapshot's files to blobs, and a download
-    cut short or a cache cleaned by hand leaves links whose blobs are gone."""
-    for path in files:
-        if os.path.islink(path) and not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not "
-                                    "exist (an interrupted download, or a cleaned cache?): "
-                                    "download the model again")
     return files
 
 
