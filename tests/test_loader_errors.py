@@ -414,7 +414,7 @@ def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
     # ... and only warns of this one, which float() then refused naming nothing:
     # "could not convert string to float: 'x'"
     ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": "x"},
-     r"rope_parameters \(rope_scaling\) factor must be a number, got 'x'"),
+     "rope_parameters factor must be a number, got 'x'"),
 ])
 def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, message):
     """transformers 5 checks each field's type, and some fields against others, as it reads
@@ -433,27 +433,36 @@ YARN = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
         "original_max_position_embeddings": 64}
 
 
+# after transformers has read config.json, a value is known only as rope_parameters (it
+# moves rope_scaling there): named so
+AFTER = "rope_parameters (rope_scaling)"
+
+
 @pytest.mark.parametrize("field, value, message", [
     # transformers divides by these: ZeroDivisionError, a traceback from aiollm serve (in
     # transformers' own check of yarn as config.json is read, or in our llama3 table)
     ("rope_parameters", {**YARN, "original_max_position_embeddings": 0},
-     "original_max_position_embeddings must be > 0, got 0"),
-    ("rope_parameters", {**LLAMA3, "low_freq_factor": 0.0}, "low_freq_factor must be > 0, got 0.0"),
+     "rope_parameters original_max_position_embeddings must be > 0, got 0"),
+    ("rope_parameters", {**LLAMA3, "low_freq_factor": 0.0},
+     "rope_parameters low_freq_factor must be > 0, got 0.0"),
     ("rope_parameters", {**LLAMA3, "low_freq_factor": 0.5, "high_freq_factor": 0},
-     "high_freq_factor must be > 0, got 0"),
+     "rope_parameters high_freq_factor must be > 0, got 0"),
     # transformers' rotary table of these is inf/NaN (or a TypeError): they were read as the
     # defaults (theta 10000, factor 1) and served another model than the file describes
     ("rope_parameters", {"rope_type": "default", "rope_theta": 0.0},
-     "rope_theta must be > 0, got 0.0"),
-    ("rope_parameters", {**YARN, "rope_theta": 0}, "rope_theta must be > 0, got 0"),
+     "rope_parameters rope_theta must be > 0, got 0.0"),
+    ("rope_parameters", {**YARN, "rope_theta": 0},
+     "rope_parameters rope_theta must be > 0, got 0"),
     ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": 0},
-     "factor must be > 0, got 0"),
+     "rope_parameters factor must be > 0, got 0"),
     ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": None},
-     "factor must be a number for rope_type 'linear', got None"),
-    ("rope_parameters", {**LLAMA3, "factor": -2.0}, "factor must be > 0, got -2.0"),
-    ("rope_scaling", {"type": "dynamic", "factor": 0.0}, "factor must be > 0, got 0.0"),
+     f"{AFTER} factor must be a number for rope_type 'linear', got None"),
+    ("rope_parameters", {**LLAMA3, "factor": -2.0},
+     "rope_parameters factor must be > 0, got -2.0"),
+    ("rope_scaling", {"type": "dynamic", "factor": 0.0},
+     "rope_scaling factor must be > 0, got 0.0"),
     # an unknown type names the field it is read from
-    ("rope_scaling", {"type": "su", "factor": 2.0}, "rope_type 'su' is not supported"),
+    ("rope_scaling", {"type": "su", "factor": 2.0}, f"{AFTER} rope_type 'su' is not supported"),
 ])
 def test_a_rope_parameter_no_rotary_table_can_be_made_of_is_named(copy, field, value, message):
     """A rope parameter of config.json (transformers 5's rope_parameters or 4.x's
@@ -463,8 +472,28 @@ def test_a_rope_parameter_no_rotary_table_can_be_made_of_is_named(copy, field, v
     fields = json.loads((path / "config.json").read_text())
     fields.pop("rope_parameters", None)
     (path / "config.json").write_text(json.dumps({**fields, field: value}))
-    with pytest.raises(ValueError, match=rf"config.json: rope_parameters \(rope_scaling\) "
-                                         rf"{re.escape(message)}"):
+    with pytest.raises(ValueError, match=rf"config.json: {re.escape(message)}"):
+        load(path)
+
+
+@pytest.mark.parametrize("rope, message", [
+    ({"rope_theta": 0}, "rope_theta must be > 0, got 0"),
+    ({"rope_theta": 0.0, "rope_scaling": {"type": "linear", "factor": 2.0}},
+     "rope_theta must be > 0, got 0.0"),
+    ({"rope_theta": "1e6"}, "rope_theta must be a number, got '1e6'"),
+    ({"rope_theta": 5e5, "rope_scaling": {**LLAMA3, "rope_theta": None, "high_freq_factor": 0}},
+     "rope_scaling high_freq_factor must be > 0, got 0"),
+])
+def test_a_transformers_4_rope_value_is_named_by_its_own_key(copy, rope, message):
+    """config.json files written by transformers 4 (every published Llama, Mistral and Qwen
+    one) keep rope_theta beside the rope_scaling dict: a bad value of either was named
+    'rope_parameters (rope_scaling) rope_theta' (or high_freq_factor), keys such a file
+    does not have."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    fields.pop("rope_parameters", None)
+    (path / "config.json").write_text(json.dumps({**fields, **rope}))
+    with pytest.raises(ValueError, match=rf"^config.json: {re.escape(message)}$"):
         load(path)
 
 

@@ -236,11 +236,16 @@ def _check_raw_fields(fields: dict, path: str) -> None:
     no torch dtype (it looks the name up in torch: AttributeError for 'bf16'), and
     num_attention_heads below 1 (its check of hidden_size % heads: ZeroDivisionError), and a
     rope parameter it divides by of 0 (its check of yarn: ZeroDivisionError)."""
+    # by the keys the file has: transformers 4 wrote rope_theta beside rope_scaling (every
+    # published Llama, Mistral and Qwen config), transformers 5 moves both into rope_parameters
+    check_rope_parameters({"rope_theta": fields.get("rope_theta")}, "config.json:")
     for key in ("rope_parameters", "rope_scaling"):
         rope = fields.get(key)
         if isinstance(rope, dict):  # nested by layer type in some families: each one
-            for params in [rope, *(v for v in rope.values() if isinstance(v, dict))]:
-                check_rope_parameters(params)
+            check_rope_parameters(rope, f"config.json: {key}")
+            for kind, params in rope.items():
+                if isinstance(params, dict):
+                    check_rope_parameters(params, f"config.json: {key} {kind}")
     heads = fields.get("num_attention_heads")
     if isinstance(heads, int) and heads < 1:
         raise ValueError(f"{path}: num_attention_heads must be >= 1, got {heads}")

@@ -61,20 +61,20 @@ _FACTOR_REQUIRED = ("linear", "dynamic", "llama3")
 _FIELD = "config.json: rope_parameters (rope_scaling)"
 
 
-def check_rope_parameters(params: dict) -> None:
-    """Raise ValueError naming config.json's rope_parameters (rope_scaling) key whose value
-    is not a number, or not positive where transformers divides by it (rope_theta, factor,
-    low/high_freq_factor, original_max_position_embeddings); None stands for "not given".
-    Checked on config.json's own dict before transformers reads it, and on the config it
-    read."""
+def check_rope_parameters(params: dict, field: str = _FIELD) -> None:
+    """Raise ValueError naming the key of `params` (`field`: the dict's name in messages)
+    whose value is not a number, or not positive where transformers divides by it
+    (rope_theta, factor, low/high_freq_factor, original_max_position_embeddings); None
+    stands for "not given". Checked on config.json's own dicts (and top-level rope_theta)
+    before transformers reads it, and on the rope_parameters of the config it read."""
     for key in _ROPE_NUMBERS:  # transformers warns of a string here and goes on
         value = params.get(key)
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{_FIELD} {key} must be a number, got {value!r}")
+            raise ValueError(f"{field} {key} must be a number, got {value!r}")
         if key in _POSITIVE and not value > 0:
-            raise ValueError(f"{_FIELD} {key} must be > 0, got {value!r}")
+            raise ValueError(f"{field} {key} must be > 0, got {value!r}")
 
 
 def rope_from_hf(hf: Any, head_dim: int) -> RopeConfig:
