@@ -186,6 +186,21 @@ def test_a_link_to_nothing_beside_a_tokenizer_leaves_the_tokenizer_readable(tmp_
         load_tokenizer(None).encode("Hello world")
 
 
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+def test_a_tokenizer_file_linked_to_nothing_is_named_with_its_target(tmp_path, name):
+    """An HF cache snapshot whose tokenizer blob is gone was told as 'cannot read the
+    tokenizer ... Couldn't instantiate the backend tokenizer' (or a tokenizer class it
+    could not find), though `ls` lists the file: the link, like the weights', is named."""
+    from aiollm.model import load_tokenizer
+
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    os.remove(tmp_path / name)
+    os.symlink("../blobs/0123abcd", tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(name)} is a link to "
+                                                r"\.\./blobs/0123abcd, which does not exist"):
+        load_tokenizer(str(tmp_path))
+
+
 @pytest.mark.parametrize("keep", [0.5, 4 / 1e9], ids=["half", "4-bytes"])
 def test_a_truncated_shard_is_named(copy, keep):
     """safetensors' own error (SafetensorError, not a ValueError: a traceback from the CLI)
