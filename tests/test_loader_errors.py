@@ -152,6 +152,24 @@ def test_mistrals_own_consolidated_file_is_named_as_its_format(copy):
         load(path)
 
 
+def test_mistrals_own_shards_alone_are_named_in_one_short_line(copy):
+    """Mistral's larger repositories shard its own format too (consolidated-00001-of-00032
+    .safetensors and on): every one was listed in the message."""
+    from safetensors.torch import save_file
+
+    path, shards = copy
+    for name in [INDEX, *shards]:
+        os.remove(path / name)
+    for i in range(1, 33):
+        save_file({f"layers.{i}.attention.wq.weight": torch.zeros(4, 4)},
+                  str(path / f"consolidated-{i:05d}-of-00032.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"holds consolidated-00001-of-00032\.safetensors, "
+                                                r"consolidated-00002-of-00032\.safetensors, "
+                                                r"consolidated-00003-of-00032\.safetensors and 29 "
+                                                r"more alone: Mistral's own format"):
+        load(path)
+
+
 @pytest.mark.parametrize("of_shards", [False, True], ids=["one-file", "sharded"])
 def test_a_weights_link_to_a_missing_file_is_named_with_its_target(copy, of_shards):
     """The Hugging Face cache's snapshot directory links each file to a blob: a download

@@ -55,7 +55,8 @@ def safetensors_files(model_dir: str) -> list[str]:
     # Mistral's own format beside transformers' files (its repositories hold both): not ours
     consolidated = [f for f in files if os.path.basename(f).startswith("consolidated")]
     if consolidated and len(consolidated) == len(files):
-        names = ", ".join(os.path.basename(f) for f in consolidated)
+        more = f" and {len(consolidated) - 3} more" if len(consolidated) > 3 else ""
+        names = ", ".join(os.path.basename(f) for f in consolidated[:3]) + more
         raise FileNotFoundError(
             f"{model_dir} holds {names} alone: Mistral's own format, not transformers' "
             "(vLLM reads it with --load-format mistral): give a directory of the model's "
