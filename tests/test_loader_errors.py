@@ -219,6 +219,20 @@ def test_a_tokenizer_file_linked_to_nothing_is_named_with_its_target(tmp_path, n
         load_tokenizer(str(tmp_path))
 
 
+def test_tokenizer_files_all_linked_to_nothing_are_named_before_the_weights_load(tmp_path):
+    """The check of a model's (or --tokenizer's) directory before the weights load told a
+    snapshot whose tokenizer blobs are all gone as 'a directory without a tokenizer: it has
+    none of tokenizer.json, ...', though `ls` lists them."""
+    from aiollm.model.tokenizer_files import check_tokenizer_path
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        os.symlink(f"../blobs/{name}", tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=rf"^{re.escape(repr(str(tmp_path)))}: "
+                                                r"tokenizer\.json is a link to \.\./blobs/"
+                                                r"tokenizer\.json, which does not exist"):
+        check_tokenizer_path(str(tmp_path))
+
+
 @pytest.mark.parametrize("keep", [0.5, 4 / 1e9], ids=["half", "4-bytes"])
 def test_a_truncated_shard_is_named(copy, keep):
     """safetensors' own error (SafetensorError, not a ValueError: a traceback from the CLI)
