@@ -367,7 +367,7 @@ def test_serve_refuses_an_unsupported_model_in_one_line(tmp_path):
     out = subprocess.run([AIOLLM, "serve", str(tmp_path), "--load-format", "dummy", "--port",
                           "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert "rope scaling 'longrope' is not supported" in out.stderr
+    assert "rope_type 'longrope' is not supported" in out.stderr
 
 
 @pytest.mark.parametrize("file, edit, says", [

@@ -100,6 +100,139 @@ def test_a_shard_the_index_lists_but_the_directory_lacks_is_named(copy):
         load(path)
 
 
+def test_an_index_that_names_no_file_is_named(copy):
+    """An index whose weight_map is empty was read as a checkpoint of no tensors: every
+    weight of the model was then listed as missing, the index not named."""
+    path, _ = copy
+    (path / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": {}}))
+    with pytest.raises(ValueError, match=f"{INDEX} names no safetensors file"):
+        load(path)
+
+
+def test_a_shard_missing_beside_no_index_is_named(copy):
+    """Without the index, every *.safetensors file is read: a numbered shard missing among
+    them was told only as the weights it held (model.layers.0.... missing), not as the file."""
+    path, shards = copy
+    os.remove(path / INDEX)
+    os.remove(path / shards[2])
+    with pytest.raises(FileNotFoundError, match=rf"{shards[2]} is missing from .* \(the other "
+                                                rf"shards of {len(shards)} are there, with "
+                                                rf"no {INDEX}\)"):
+        load(path)
+
+
+def test_a_config_json_linked_to_nothing_is_named_with_its_target(copy):
+    """It was told as a directory with no config.json (nor a .gguf file), though `ls`
+    lists one: an HF cache snapshot whose blob is gone."""
+    path, _ = copy
+    os.remove(path / "config.json")
+    os.symlink("../blobs/0123abcd", path / "config.json")
+    with pytest.raises(FileNotFoundError, match=r"config\.json is a link to \.\./blobs/"
+                                                r"0123abcd, which does not exist"):
+        load(path)
+
+
+def test_mistrals_own_consolidated_file_is_named_as_its_format(copy):
+    """Mistral's repositories hold its own format (consolidated.safetensors, names such as
+    layers.0.attention.wq.weight) beside transformers'. A directory of that file alone was
+    refused as 'tensor layers.0.attention.wq.weight has no place in the model', naming
+    neither the file nor its format; beside the shards of a lost index it was read with
+    them, and refused so too."""
+    from safetensors.torch import save_file
+
+    path, shards = copy
+    os.remove(path / INDEX)
+    save_file({"layers.0.attention.wq.weight": torch.zeros(4, 4)},
+              str(path / "consolidated.safetensors"))
+    assert load(path).config.moe.num_experts == 8
+    for shard in shards:
+        os.remove(path / shard)
+    with pytest.raises(FileNotFoundError, match=r"consolidated\.safetensors alone: Mistral's "
+                                                r"own format, not transformers'"):
+        load(path)
+
+
+def test_mistrals_own_shards_alone_are_named_in_one_short_line(copy):
+    """Mistral's larger repositories shard its own format too (consolidated-00001-of-00032
+    .safetensors and on): every one was listed in the message."""
+    from safetensors.torch import save_file
+
+    path, shards = copy
+    for name in [INDEX, *shards]:
+        os.remove(path / name)
+    for i in range(1, 33):
+        save_file({f"layers.{i}.attention.wq.weight": torch.zeros(4, 4)},
+                  str(path / f"consolidated-{i:05d}-of-00032.safetensors"))
+    with pytest.raises(FileNotFoundError, match=r"holds consolidated-00001-of-00032\.safetensors, "
+                                                r"consolidated-00002-of-00032\.safetensors, "
+                                                r"consolidated-00003-of-00032\.safetensors and 29 "
+                                                r"more alone: Mistral's own format"):
+        load(path)
+
+
+@pytest.mark.parametrize("of_shards", [False, True], ids=["one-file", "sharded"])
+def test_a_weights_link_to_a_missing_file_is_named_with_its_target(copy, of_shards):
+    """The Hugging Face cache's snapshot directory links each file to a blob: a download
+    cut short leaves a link whose blob is gone. model.safetensors was then reported as
+    '[Errno 2] No such file or directory' though `ls` lists it, and a shard as missing
+    from the directory that holds it."""
+    path, shards = copy
+    if of_shards:
+        name = shards[1]
+        os.remove(path / name)
+    else:
+        name = "model.safetensors"
+        os.remove(path / INDEX)
+        for shard in shards:
+            os.remove(path / shard)
+    blob = path.parent / "blobs" / "0123abcd"
+    os.symlink(os.path.relpath(blob, path), path / name)
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(path / name))} is a link to "
+                                                rf"\.\./blobs/0123abcd, which does not exist"):
+        load(path)
+
+
+def test_a_link_to_nothing_beside_a_tokenizer_leaves_the_tokenizer_readable(tmp_path):
+    """The tokenizer's cache key stats every file of the directory through its links: a
+    weights link to nothing stopped the start there, before the weights' loader could name
+    it, with a bare '[Errno 2] No such file or directory' naming a file `ls` lists."""
+    from aiollm.model import load_tokenizer
+
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    os.symlink("../blobs/0123abcd", tmp_path / "model.safetensors")
+    assert load_tokenizer(str(tmp_path)).encode("Hello world") == \
+        load_tokenizer(None).encode("Hello world")
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])
+def test_a_tokenizer_file_linked_to_nothing_is_named_with_its_target(tmp_path, name):
+    """An HF cache snapshot whose tokenizer blob is gone was told as 'cannot read the
+    tokenizer ... Couldn't instantiate the backend tokenizer' (or a tokenizer class it
+    could not find), though `ls` lists the file: the link, like the weights', is named."""
+    from aiollm.model import load_tokenizer
+
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    os.remove(tmp_path / name)
+    os.symlink("../blobs/0123abcd", tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(name)} is a link to "
+                                                r"\.\./blobs/0123abcd, which does not exist"):
+        load_tokenizer(str(tmp_path))
+
+
+def test_tokenizer_files_all_linked_to_nothing_are_named_before_the_weights_load(tmp_path):
+    """The check of a model's (or --tokenizer's) directory before the weights load told a
+    snapshot whose tokenizer blobs are all gone as 'a directory without a tokenizer: it has
+    none of tokenizer.json, ...', though `ls` lists them."""
+    from aiollm.model.tokenizer_files import check_tokenizer_path
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        os.symlink(f"../blobs/{name}", tmp_path / name)
+    with pytest.raises(FileNotFoundError, match=rf"^{re.escape(repr(str(tmp_path)))}: "
+                                                r"tokenizer\.json is a link to \.\./blobs/"
+                                                r"tokenizer\.json, which does not exist"):
+        check_tokenizer_path(str(tmp_path))
+
+
 @pytest.mark.parametrize("keep", [0.5, 4 / 1e9], ids=["half", "4-bytes"])
 def test_a_truncated_shard_is_named(copy, keep):
     """safetensors' own error (SafetensorError, not a ValueError: a traceback from the CLI)
@@ -238,6 +371,31 @@ def test_a_zero_head_count_or_size_is_named(copy, field):
         load(path)
 
 
+@pytest.mark.parametrize("field, value", [
+    ("max_position_embeddings", -5), ("num_hidden_layers", 0), ("vocab_size", 0),
+    ("intermediate_size", -1), ("hidden_size", 0),
+    # Mistral's window: 0 was read as none (transformers fails on it, a mask of no
+    # positions), -1 capped the context at -1 and was named "max_position"
+    ("sliding_window", 0), ("sliding_window", -1),
+])
+def test_a_size_below_one_is_named_as_config_json_spells_it(copy, field, value):
+    """A size below 1 was refused by the name of aiollm's own ModelConfig field
+    ("model config: max_position must be >= 1"), which config.json does not have."""
+    path, _ = copy
+    set_field(path, field, value)
+    with pytest.raises(ValueError, match=rf"config.json: {field} must be >= 1"
+                                         rf"(, or null for none)?, got {value}"):
+        load(path)
+
+
+def test_kv_heads_that_do_not_divide_the_heads_are_named_as_config_json_spells_them(copy):
+    path, _ = copy
+    set_field(path, "num_key_value_heads", 3)
+    with pytest.raises(ValueError, match="config.json: num_attention_heads 4 is not a multiple "
+                                         "of num_key_value_heads 3"):
+        load(path)
+
+
 def test_a_model_path_that_does_not_exist_says_so(tmp_path):
     """It was 'neither a .gguf file nor a directory', as for a file of another kind."""
     with pytest.raises(FileNotFoundError, match=r"model path '.*nope' does not exist"):
@@ -303,7 +461,7 @@ def test_a_bad_qwen_moe_field_of_config_json_is_named(tmp_path, field, value):
     # ... and only warns of this one, which float() then refused naming nothing:
     # "could not convert string to float: 'x'"
     ("rope_parameters", {"rope_type": "yarn", "rope_theta": 1e4, "factor": "x"},
-     r"rope_parameters \(rope_scaling\) factor must be a number, got 'x'"),
+     "rope_parameters factor must be a number, got 'x'"),
 ])
 def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, message):
     """transformers 5 checks each field's type, and some fields against others, as it reads
@@ -313,6 +471,76 @@ def test_a_config_json_field_transformers_refuses_is_named(copy, field, value, m
     path, _ = copy
     set_field(path, field, value)
     with pytest.raises(ValueError, match=rf"config.json: {message}"):
+        load(path)
+
+
+LLAMA3 = {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0, "low_freq_factor": 1.0,
+          "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+YARN = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0,
+        "original_max_position_embeddings": 64}
+
+
+# after transformers has read config.json, a value is known only as rope_parameters (it
+# moves rope_scaling there): named so
+AFTER = "rope_parameters (rope_scaling)"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    # transformers divides by these: ZeroDivisionError, a traceback from aiollm serve (in
+    # transformers' own check of yarn as config.json is read, or in our llama3 table)
+    ("rope_parameters", {**YARN, "original_max_position_embeddings": 0},
+     "rope_parameters original_max_position_embeddings must be > 0, got 0"),
+    ("rope_parameters", {**LLAMA3, "low_freq_factor": 0.0},
+     "rope_parameters low_freq_factor must be > 0, got 0.0"),
+    ("rope_parameters", {**LLAMA3, "low_freq_factor": 0.5, "high_freq_factor": 0},
+     "rope_parameters high_freq_factor must be > 0, got 0"),
+    # transformers' rotary table of these is inf/NaN (or a TypeError): they were read as the
+    # defaults (theta 10000, factor 1) and served another model than the file describes
+    ("rope_parameters", {"rope_type": "default", "rope_theta": 0.0},
+     "rope_parameters rope_theta must be > 0, got 0.0"),
+    ("rope_parameters", {**YARN, "rope_theta": 0},
+     "rope_parameters rope_theta must be > 0, got 0"),
+    ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": 0},
+     "rope_parameters factor must be > 0, got 0"),
+    ("rope_parameters", {"rope_type": "linear", "rope_theta": 1e4, "factor": None},
+     f"{AFTER} factor must be a number for rope_type 'linear', got None"),
+    ("rope_parameters", {**LLAMA3, "factor": -2.0},
+     "rope_parameters factor must be > 0, got -2.0"),
+    ("rope_scaling", {"type": "dynamic", "factor": 0.0},
+     "rope_scaling factor must be > 0, got 0.0"),
+    # an unknown type names the field it is read from
+    ("rope_scaling", {"type": "su", "factor": 2.0}, f"{AFTER} rope_type 'su' is not supported"),
+])
+def test_a_rope_parameter_no_rotary_table_can_be_made_of_is_named(copy, field, value, message):
+    """A rope parameter of config.json (transformers 5's rope_parameters or 4.x's
+    rope_scaling) that transformers divides by, or computes no finite rotary table of, is
+    refused naming the file, the key and its value."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    fields.pop("rope_parameters", None)
+    (path / "config.json").write_text(json.dumps({**fields, field: value}))
+    with pytest.raises(ValueError, match=rf"config.json: {re.escape(message)}"):
+        load(path)
+
+
+@pytest.mark.parametrize("rope, message", [
+    ({"rope_theta": 0}, "rope_theta must be > 0, got 0"),
+    ({"rope_theta": 0.0, "rope_scaling": {"type": "linear", "factor": 2.0}},
+     "rope_theta must be > 0, got 0.0"),
+    ({"rope_theta": "1e6"}, "rope_theta must be a number, got '1e6'"),
+    ({"rope_theta": 5e5, "rope_scaling": {**LLAMA3, "rope_theta": None, "high_freq_factor": 0}},
+     "rope_scaling high_freq_factor must be > 0, got 0"),
+])
+def test_a_transformers_4_rope_value_is_named_by_its_own_key(copy, rope, message):
+    """config.json files written by transformers 4 (every published Llama, Mistral and Qwen
+    one) keep rope_theta beside the rope_scaling dict: a bad value of either was named
+    'rope_parameters (rope_scaling) rope_theta' (or high_freq_factor), keys such a file
+    does not have."""
+    path, _ = copy
+    fields = json.loads((path / "config.json").read_text())
+    fields.pop("rope_parameters", None)
+    (path / "config.json").write_text(json.dumps({**fields, **rope}))
+    with pytest.raises(ValueError, match=rf"^config.json: {re.escape(message)}$"):
         load(path)
 
 

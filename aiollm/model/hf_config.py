@@ -19,8 +19,8 @@ import torch
 
 from aiollm.model.config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, ModelConfig
 from aiollm.model.hf_moe_config import moe_from_hf
-from aiollm.model.paths import gguf_names
-from aiollm.model.rope_config import RopeConfig, rope_from_hf
+from aiollm.model.paths import check_links, gguf_names
+from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,15 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     if act not in ("silu", "swish"):
         raise ValueError(f"hidden_act {act!r} is not supported (aiollm's MLPs compute SiLU: "
                          "hidden_act must be 'silu')")
+    # sizes by config.json's names (ModelConfig's own check names its fields, not these)
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "max_position_embeddings"):
+        _given(hf, name, 0)
+    heads, kv_heads = int(hf.num_attention_heads), _given(hf, "num_key_value_heads",
+                                                           hf.num_attention_heads)
+    if heads % kv_heads:
+        raise ValueError(f"config.json: num_attention_heads {heads} is not a multiple of "
+                         f"num_key_value_heads {kv_heads}")
     attention_bias = arch in ("llama", "qwen3", "qwen3_moe") and bool(
         getattr(hf, "attention_bias", False))
     rope = rope_from_hf(hf, _head_dim(hf))
@@ -107,6 +116,9 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     layer_types = getattr(hf, "layer_types", None)
     if layer_types is not None and "sliding_attention" not in layer_types:
         window = None
+    if window is not None and int(window) < 1:  # transformers fails on 0 (no position seen)
+        raise ValueError(f"config.json: sliding_window must be >= 1, or null for none, got "
+                         f"{window}")
     if window and window < max_position:
         log.warning("sliding window %d < the model's context %d: context capped at the window",
                     window, max_position)
@@ -122,7 +134,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         intermediate_size=int(hf.intermediate_size),
         num_layers=int(hf.num_hidden_layers),
         num_heads=int(hf.num_attention_heads),
-        num_kv_heads=_given(hf, "num_key_value_heads", hf.num_attention_heads),
+        num_kv_heads=kv_heads,
         head_dim=_head_dim(hf),
         rms_norm_eps=float(hf.rms_norm_eps),
         rope=rope,
@@ -163,12 +175,14 @@ def _check_model_type(model_type: Any) -> None:
 
 
 def _given(hf: Any, field: str, default: int) -> int:
-    """config.json's `field` as an int, `default` when absent or null; a value below 1 is
-    refused by the field's name (0 was read as absent: the model then failed on a weight's
-    shape, naming no field)."""
+    """config.json's `field` as an int, `default` when absent or null (0: required); a value
+    below 1 is refused by the field's name (0 was read as absent: the model then failed on a
+    weight's shape, naming no field)."""
     value = getattr(hf, field, None)
-    if value is None:
+    if value is None and default:
         return int(default)
+    if value is None:
+        raise ValueError(f"config.json: {field} must be given (>= 1), got null")
     if int(value) < 1:
         raise ValueError(f"config.json: {field} must be >= 1, got {value}")
     return int(value)
@@ -187,6 +201,7 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     from transformers import AutoConfig
 
     path = os.path.join(model_dir, "config.json")
+    check_links([path])  # an HF cache link whose blob is gone: not "no config.json"
     if not os.path.exists(path):
         ggufs = gguf_names(model_dir)
         if ggufs:  # more than one: a lone .gguf file is the model (paths.py)
@@ -219,7 +234,18 @@ def _check_raw_fields(fields: dict, path: str) -> None:
     """Refuse the config.json values transformers fails on without naming them: a dtype
     (torch_dtype before transformers 5; dtype wins when both are given, as there) that names
     no torch dtype (it looks the name up in torch: AttributeError for 'bf16'), and
-    num_attention_heads below 1 (its check of hidden_size % heads: ZeroDivisionError)."""
+    num_attention_heads below 1 (its check of hidden_size % heads: ZeroDivisionError), and a
+    rope parameter it divides by of 0 (its check of yarn: ZeroDivisionError)."""
+    # by the keys the file has: transformers 4 wrote rope_theta beside rope_scaling (every
+    # published Llama, Mistral and Qwen config), transformers 5 moves both into rope_parameters
+    check_rope_parameters({"rope_theta": fields.get("rope_theta")}, "config.json:")
+    for key in ("rope_parameters", "rope_scaling"):
+        rope = fields.get(key)
+        if isinstance(rope, dict):  # nested by layer type in some families: each one
+            check_rope_parameters(rope, f"config.json: {key}")
+            for kind, params in rope.items():
+                if isinstance(params, dict):
+                    check_rope_parameters(params, f"config.json: {key} {kind}")
     heads = fields.get("num_attention_heads")
     if isinstance(heads, int) and heads < 1:
         raise ValueError(f"{path}: num_attention_heads must be >= 1, got {heads}")

@@ -114,3 +114,15 @@ def check_load_format(load_format: str, path: str | None) -> None:
         raise ValueError(f"load_format safetensors asks for a Hugging Face model directory, "
                          f"and {shown!r} is a GGUF file: give load_format auto (it reads "
                          "either) or gguf, or a Hugging Face model directory as the model")
+
+
+def check_links(files: list[str]) -> list[str]:
+    """`files`, unless one is a symbolic link to nothing (FileNotFoundError naming the link
+    and its target): the Hugging Face cache links a snapshot's files to blobs, and a download
+    cut short or a cache cleaned by hand leaves links whose blobs are gone."""
+    for path in files:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not "
+                                    "exist (an interrupted download, or a cleaned cache?): "
+                                    "download the model again")
+    return files

@@ -50,24 +50,54 @@ class RopeConfig:
 _ROPE_NUMBERS = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor",
                  "original_max_position_embeddings", "attention_factor", "beta_fast",
                  "beta_slow", "mscale", "mscale_all_dim", "partial_rotary_factor")
+# ... and those transformers divides by or raises to a power: 0 (or less) is a
+# ZeroDivisionError there (yarn's check as config.json is read, llama3's table) or a rotary
+# table of inf and NaN
+_POSITIVE = ("rope_theta", "factor", "low_freq_factor", "high_freq_factor",
+             "original_max_position_embeddings")
+# the rope types whose frequencies transformers scales by `factor`, which it requires
+# (yarn derives a missing one from the contexts)
+_FACTOR_REQUIRED = ("linear", "dynamic", "llama3")
+_FIELD = "config.json: rope_parameters (rope_scaling)"
+
+
+def check_rope_parameters(params: dict, field: str = _FIELD) -> None:
+    """Raise ValueError naming the key of `params` (`field`: the dict's name in messages)
+    whose value is not a number, or not positive where transformers divides by it
+    (rope_theta, factor, low/high_freq_factor, original_max_position_embeddings); None
+    stands for "not given". Checked on config.json's own dicts (and top-level rope_theta)
+    before transformers reads it, and on the rope_parameters of the config it read."""
+    for key in _ROPE_NUMBERS:  # transformers warns of a string here and goes on
+        value = params.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{field} {key} must be a number, got {value!r}")
+        if key in _POSITIVE and not value > 0:
+            raise ValueError(f"{field} {key} must be > 0, got {value!r}")
 
 
 def rope_from_hf(hf: Any, head_dim: int) -> RopeConfig:
     """RopeConfig from a transformers config (`head_dim`: its attention head size). Raises
-    ValueError naming the rope_parameters (rope_scaling) field that is not a number, or a
-    partial rotary factor with a scaled rope."""
+    ValueError naming the rope_parameters (rope_scaling) field that is not a number (or not
+    positive: check_rope_parameters), a type aiollm does not compute, a scaled type without
+    its factor, or a partial rotary factor with a scaled rope."""
     # transformers 5 keeps theta and scaling together in rope_parameters; 4.x had rope_theta and
     # an optional rope_scaling dict whose type key was "type" before "rope_type".
     params = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
-    for key in _ROPE_NUMBERS:  # transformers warns of a string here and goes on
-        value = params.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise ValueError(f"config.json: rope_parameters (rope_scaling) {key} must be a "
-                             f"number, got {value!r}")
-    theta = params.get("rope_theta") or getattr(hf, "rope_theta", None) or 10000.0
+    if params.get("rope_theta") is None:  # 4.x: beside the dict (a 0 there is no default)
+        params["rope_theta"] = getattr(hf, "rope_theta", None)
+    check_rope_parameters(params)
+    theta = params["rope_theta"] if params["rope_theta"] is not None else 10000.0
     kind = params.get("rope_type") or params.get("type") or "default"
+    if kind not in ROPE_TYPES:
+        raise ValueError(f"{_FIELD} rope_type {kind!r} is not supported (supported: "
+                         f"{', '.join(ROPE_TYPES)})")
+    factor = params.get("factor")
+    if factor is None and kind in _FACTOR_REQUIRED:  # transformers: TypeError at the table
+        raise ValueError(f"{_FIELD} factor must be a number for rope_type {kind!r}, got None")
     _check_partial_rotary(hf, params, kind, head_dim)
-    rope = RopeConfig(theta=float(theta), type=kind, factor=float(params.get("factor", 1.0) or 1.0))
+    rope = RopeConfig(theta=float(theta), type=kind, factor=float(factor or 1.0))
     if kind == "llama3":
         rope.low_freq_factor = float(params["low_freq_factor"])
         rope.high_freq_factor = float(params["high_freq_factor"])

@@ -20,7 +20,7 @@ import os
 from typing import TYPE_CHECKING
 
 from aiollm.model.derived_cache import GGUFCache
-from aiollm.model.paths import resolve_model_path
+from aiollm.model.paths import check_links, resolve_model_path
 from aiollm.model.tokenizer_files import TOKENIZER_FILES
 
 if TYPE_CHECKING:
@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(path: str | None) -> PreTrainedTokenizerBase:
     """The transformers tokenizer of a model path (None: the default model);
-    FileNotFoundError for a directory without one, ValueError naming the directory and its
-    tokenizer files for one transformers cannot read."""
+    FileNotFoundError for a directory without one or with a tokenizer file linked to nothing
+    (paths.check_links), ValueError naming the directory and its tokenizer files for one
+    transformers cannot read."""
     model_dir, gguf_name = _source(path)
     source = os.path.join(model_dir, gguf_name) if gguf_name else model_dir
     tok = _load(model_dir, gguf_name, _stamp(source))
@@ -98,7 +99,21 @@ def _stamp(source: str) -> int:
     """Latest modification time of the file, or of the files in the directory."""
     if os.path.isfile(source):
         return os.stat(source).st_mtime_ns
-    return max((e.stat().st_mtime_ns for e in os.scandir(source)), default=0)
+    return max((_mtime(e) for e in os.scandir(source)), default=0)
+
+
+def _mtime(entry: os.DirEntry) -> int:
+    """The modification time of what `entry` names, or of the link itself when it links to
+    nothing (a weights file of an HF cache whose blob is gone: the loader names it)."""
+    try:
+        return entry.stat().st_mtime_ns
+    except FileNotFoundError:
+        return entry.stat(follow_symlinks=False).st_mtime_ns
+
+
+# the files of an HF directory that AutoTokenizer reads, beside tokenizer*, chat_template*
+_TOKENIZER_PARTS = (*TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json",
+                    "merges.txt")
 
 
 @functools.lru_cache(maxsize=4)
@@ -106,12 +121,17 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
     from transformers import AutoTokenizer
 
     if gguf_name is None:
+        names = sorted(os.listdir(model_dir))
+        # an HF cache link whose blob is gone: transformers takes the file as absent, and
+        # fails naming another thing or (tokenizer_config.json) loads without its tokens
+        check_links([os.path.join(model_dir, f) for f in names if f in _TOKENIZER_PARTS
+                     or f.startswith("tokenizer") or f.startswith("chat_template")])
         try:
             return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself)
             # a file cut short or replaced fails deep in transformers (a KeyError for "{}",
             # a JSONDecodeError), naming neither the file nor the directory
-            files = ", ".join(f for f in sorted(os.listdir(model_dir))
+            files = ", ".join(f for f in names
                               if f.startswith("tokenizer") or f in TOKENIZER_FILES)
             raise ValueError(f"cannot read the tokenizer in {model_dir} ({files}): "
                              f"{type(e).__name__}: {e}") from e

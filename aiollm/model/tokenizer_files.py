@@ -21,9 +21,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 def check_tokenizer_path(path: str) -> None:
     """Returns when `path` (a user's path: ~ is expanded) holds a tokenizer; raises
     FileNotFoundError saying what is missing otherwise: the path itself, a file that is not
-    a .gguf, or a directory without tokenizer files (naming them, and the .gguf files that
-    were not taken for one). The message starts with the path as given, for the caller to
-    name the option before it."""
+    a .gguf, a directory without tokenizer files (naming them, and the .gguf files that
+    were not taken for one) or with one linked to nothing. The message starts with the path
+    as given, for the caller to name the option before it."""
     full = os.path.expanduser(path)
     give = "give a model directory or .gguf file that holds a tokenizer"
     if not os.path.exists(full):
@@ -33,6 +33,12 @@ def check_tokenizer_path(path: str) -> None:
             _check_gguf(full, path)
             return
         raise FileNotFoundError(f"{path!r} is a file but not a GGUF file ({give})")
+    for name in TOKENIZER_FILES:  # an HF cache link whose blob is gone: not "none of"
+        link = os.path.join(full, name)
+        if os.path.islink(link) and not os.path.exists(link):
+            raise FileNotFoundError(f"{path!r}: {name} is a link to {os.readlink(link)}, which "
+                                    "does not exist (an interrupted download, or a cleaned "
+                                    "cache?): download the model again")
     if any(os.path.exists(os.path.join(full, f)) for f in TOKENIZER_FILES):
         return
     model_dir, gguf = resolve_model_path(full)  # the directory's .gguf, as the loader takes it

@@ -3,14 +3,16 @@
 model.safetensors is read when it is there (as transformers does, even beside an index); else
 the files model.safetensors.index.json names; else every *.safetensors file of the directory.
 Files are memory-mapped by safetensors and each tensor is read straight onto the target device.
-A broken directory (an index that is not JSON or lists a missing shard, a truncated or corrupt
-file) fails with a ValueError or FileNotFoundError naming the file, before any weight is read.
+A broken directory (an index that is not JSON, names no file or lists a missing shard; a
+numbered shard missing beside no index; a link to nothing; a truncated or corrupt file) fails
+with a ValueError or FileNotFoundError naming the file, before any weight is read.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from glob import glob
@@ -18,7 +20,7 @@ from glob import glob
 import torch
 from safetensors import SafetensorError, safe_open
 
-from aiollm.model.paths import gguf_names
+from aiollm.model.paths import check_links, gguf_names
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -32,15 +34,16 @@ def safetensors_files(model_dir: str) -> list[str]:
     """The safetensors files holding the weights of an HF directory, in the order transformers'
     from_pretrained picks them: model.safetensors alone when it is there, whatever sits beside
     it (an index, Mistral's consolidated.safetensors, a LoRA adapter); else the files the index
-    names; else (beyond transformers) every *.safetensors file. Raises FileNotFoundError when
-    there is none or the index names a file that is not there, ValueError when the index is
-    not one."""
+    names; else (beyond transformers) every *.safetensors file but Mistral's own
+    consolidated*.safetensors. Raises FileNotFoundError when there is none (or only
+    Mistral's), the index names a file that is not there or one is a link to nothing,
+    ValueError when the index is not one."""
     single = os.path.join(model_dir, SINGLE_FILE)
-    if os.path.isfile(single):
-        return [single]
+    if os.path.lexists(single):  # a link to nothing too: _check_linked says so
+        return check_links([single])
     index = os.path.join(model_dir, INDEX_FILE)
     if os.path.isfile(index):
-        files = [os.path.join(model_dir, n) for n in _indexed_files(index)]
+        files = check_links([os.path.join(model_dir, n) for n in _indexed_files(index)])
         missing = [os.path.basename(f) for f in files if not os.path.isfile(f)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
@@ -49,6 +52,17 @@ def safetensors_files(model_dir: str) -> list[str]:
                 "(an interrupted download or copy?)")
         return files
     files = sorted(glob(os.path.join(model_dir, "*.safetensors")))
+    # Mistral's own format beside transformers' files (its repositories hold both): not ours
+    consolidated = [f for f in files if os.path.basename(f).startswith("consolidated")]
+    if consolidated and len(consolidated) == len(files):
+        more = f" and {len(consolidated) - 3} more" if len(consolidated) > 3 else ""
+        names = ", ".join(os.path.basename(f) for f in consolidated[:3]) + more
+        raise FileNotFoundError(
+            f"{model_dir} holds {names} alone: Mistral's own format, not transformers' "
+            "(vLLM reads it with --load-format mistral): give a directory of the model's "
+            "transformers files (config.json, model*.safetensors), which its repository "
+            "holds too")
+    files = [f for f in files if f not in consolidated]
     if not files:
         ggufs = gguf_names(model_dir)
         if ggufs:  # beside config.json, a .gguf file is not taken for the model (paths.py)
@@ -60,6 +74,31 @@ def safetensors_files(model_dir: str) -> list[str]:
             f"no *.safetensors file in {model_dir} (PyTorch .bin checkpoints are not supported; "
             "convert with save_pretrained(..., safe_serialization=True))"
         )
+    return check_links(_check_numbered(files))
+
+
+# a numbered shard's name, as save_pretrained writes them: model-00002-of-00004.safetensors
+_SHARD = re.compile(r"(.*)-(\d+)-of-(\d+)\.safetensors$")
+
+
+def _check_numbered(files: list[str]) -> list[str]:
+    """`files`, unless they hold numbered shards (prefix-NNNNN-of-MMMMM) of which some are
+    missing: FileNotFoundError naming them (without an index, their weights would be told
+    missing one by one, not the file)."""
+    present: dict[tuple[str, str, int], set[int]] = {}
+    for path in files:
+        if m := _SHARD.fullmatch(path):
+            width = len(m[2])
+            present.setdefault((m[1], m[3], width), set()).add(int(m[2]))
+    for (prefix, total, width), numbers in present.items():
+        missing = [f"{os.path.basename(prefix)}-{n:0{width}d}-of-{total}.safetensors"
+                   for n in range(1, int(total) + 1) if n not in numbers]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise FileNotFoundError(
+                f"{', '.join(missing[:3])}{more} {'is' if len(missing) == 1 else 'are'} "
+                f"missing from {os.path.dirname(prefix)} (the other shards of {int(total)} are "
+                f"there, with no {INDEX_FILE}): an interrupted download or copy?")
     return files
 
 
@@ -73,6 +112,10 @@ def _indexed_files(index: str) -> list[str]:
     if not isinstance(weight_map, dict) or not all(
             isinstance(n, str) for n in weight_map.values()):
         raise ValueError(f"{index} has no weight_map object of tensor name -> file name")
+    if not weight_map:
+        raise ValueError(f"{index} names no safetensors file (its weight_map is empty): save "
+                         "the checkpoint again, or remove the index to read every "
+                         "*.safetensors file")
     return sorted(set(weight_map.values()))
 
 
