@@ -204,15 +204,17 @@ def _eplb_refusal(value: Any) -> str | None:
     """--eplb-config's value (vLLM's EPLBConfig: a JSON object, or as LLM(...)'s keyword a
     dict or an object with its fields) refused where it is no JSON object, its
     num_redundant_experts no whole number of 0 or more (as vLLM's check refuses it), or
-    asks for redundant experts, which vLLM too refuses without --enable-eplb."""
+    asks for redundant experts, which vLLM too refuses without --enable-eplb. A number, a
+    bool, a list (no object of fields, which vLLM's EPLBConfig refuses too) is refused alike
+    on the command line and as LLM(...)'s keyword."""
     if isinstance(value, str):
         try:
             value = json.loads(value)
         except json.JSONDecodeError:
             value = None
-        if not isinstance(value, dict):
-            return ("takes a JSON object of vLLM's EPLBConfig fields, such as "
-                    "'{\"window_size\": 1000}'")
+    if isinstance(value, (str, int, float, bool, list, tuple)) or value is None:
+        return ("takes a JSON object of vLLM's EPLBConfig fields, such as "
+                "'{\"window_size\": 1000}'")
     given = (value.get("num_redundant_experts") if isinstance(value, dict)
              else getattr(value, "num_redundant_experts", None))
     if given is None:

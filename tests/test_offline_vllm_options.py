@@ -321,3 +321,13 @@ def test_swap_space_is_taken_and_ignored_as_vllms_llm_takes_it(caplog):
     with caplog.at_level("WARNING", logger="aiollm.vllm_names"):
         past_the_checks(swap_space=0)
     assert not caplog.records
+
+
+def test_an_eplb_config_of_no_object_is_refused_offline_as_by_the_cli():
+    """`--eplb-config 5` is a usage error; LLM(eplb_config=5) (or a list, a bool) was taken
+    and logged as having no effect. vLLM's EPLBConfig is an object of fields: refused alike,
+    naming the keyword."""
+    for value in (5, 1.5, True, ["window_size", 10]):
+        message = refused(eplb_config=value)
+        assert message.startswith(f"eplb_config={value!r}: "), message
+        assert "EPLBConfig" in message, message

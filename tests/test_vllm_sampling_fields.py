@@ -207,14 +207,17 @@ def test_a_whitespace_pattern_is_refused_offline_as_over_http(name):
     """whitespace_pattern (vLLM's outlines and guidance backends' regex for the whitespace
     between JSON's tokens) was taken and ignored by SamplingParams, where HTTP refused
     guided_whitespace_pattern: xgrammar takes no such pattern, so the output never followed
-    it. Refused on every path, naming the field; disable_any_whitespace (compact JSON, which
-    the output is) and a pattern of None are taken."""
+    it. Refused on every path, naming the field; disable_any_whitespace (no free whitespace,
+    which the output has) and a pattern of None are taken."""
     schema = {"type": "object"}
     for value in (StructuredOutputsParams(json=schema, whitespace_pattern=r"[ ]?"),
                   {"json": schema, "whitespace_pattern": ""}):
         with pytest.raises(InvalidRequest, match="xgrammar") as e:
             SamplingParams(**{name: value})
         assert e.value.param == f"{name}.whitespace_pattern"
+        # the whitespace the output has, as the README says ('{"a": 1, "b": 2}'); the
+        # message said "compact (no whitespace between its tokens)"
+        assert "one space after ':' and ','" in str(e.value), str(e.value)
         assert (name == "structured_outputs") == ("structured_outputs" in str(e.value))
     p = SamplingParams(**{name: StructuredOutputsParams(json=schema, whitespace_pattern=None,
                                                         disable_any_whitespace=True)})

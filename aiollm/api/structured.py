@@ -126,9 +126,9 @@ def response_format(value: Any) -> GrammarSpec | None:
                          param=f"{p}.type")
 
 
-# vLLM's options beside the grammar, with their types: its output here is already compact,
-# strict JSON, so they change nothing, but a value of the wrong type is refused as vLLM
-# refuses it
+# vLLM's options beside the grammar, with their types: its output here is already strict JSON
+# of fixed whitespace (json.dumps' own: '{"a": 1, "b": 2}'), so they change nothing, but a
+# value of the wrong type is refused as vLLM refuses it
 _STRUCTURED_OPTIONS = {"disable_fallback": (bool,), "disable_any_whitespace": (bool,),
                        "disable_additional_properties": (bool,), "whitespace_pattern": (str,)}
 # vLLM's whitespace pattern (a regex for the whitespace between JSON's tokens) is an option of
@@ -136,8 +136,9 @@ _STRUCTURED_OPTIONS = {"disable_fallback": (bool,), "disable_any_whitespace": (b
 # xgrammar backend drops it unread). Refused wherever it is sent, rather than ignored: the
 # output would not follow it
 WHITESPACE_PATTERN_REFUSED = ("a whitespace pattern is not supported: grammars run on "
-                              "xgrammar, which takes none, and JSON output is compact (no "
-                              "whitespace between its tokens); leave it out")
+                              "xgrammar, which takes none, and JSON output has fixed "
+                              "whitespace (one space after ':' and ',', no newline); leave it "
+                              "out")
 
 
 def structured_outputs(value: Any) -> GrammarSpec | None:

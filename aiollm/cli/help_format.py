@@ -1,9 +1,11 @@
 """How the command line presents itself: HelpFormatter lays out `aiollm serve --help`'s
-options; ShortUsage makes a usage error one short usage line and the error."""
+options; ShortUsage makes a usage error one short usage line and the error, and reads vLLM's
+`--help=VALUE` (help_for)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 import textwrap
 
 
@@ -45,9 +47,52 @@ class ShortUsage(argparse.ArgumentParser):
             return super().format_usage()
         return f"usage: {self.short_usage}\n"
 
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, but `--help=VALUE` (or -h=VALUE; before a bare "--") prints
+        help_for's part of the help and exits 0, or is a usage error naming VALUE where it
+        matches nothing, on a parser with no subcommands (the command's own)."""
+        args = sys.argv[1:] if args is None else list(args)
+        if not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
+            for arg in args[:args.index("--") if "--" in args else len(args)]:
+                flag, eq, value = arg.partition("=")
+                if eq and flag in ("--help", "-h"):
+                    text = help_for(self, value)
+                    if text is None:
+                        self.error(f"--help={value}: no option or group of that name; "
+                                   f"--help=all shows every option")
+                    self._print_message(text, sys.stdout)  # as --help prints
+                    self.exit(0)
+        return super().parse_known_args(args, namespace)
+
     def parse_args(self, args=None, namespace=None):
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
             reporter = getattr(parsed, "command_parser", self)
             reporter.error(f"unrecognized arguments: {' '.join(extra)}")
         return parsed
+
+
+def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:
+    """`--help=VALUE`'s text, as `vllm serve` reads it: "all" is the whole --help; a group's
+    title (case aside, "-" for a space: `--help=tensor-parallelism`) is that group's options;
+    else the options whose flag holds VALUE (case, leading dashes and "_" for "-" aside:
+    `--help=max_model_len`, `--help=eplb`). None where nothing matches."""
+    if value == "all":
+        return parser.format_help()
+    key = value.lstrip("-").lower().replace("_", "-")
+    formatter = parser._get_formatter()
+    shown = [a for a in parser._actions if a.help != argparse.SUPPRESS]
+    group = next((g for g in parser._action_groups
+                  if (g.title or "").lower().replace(" ", "-") == key.replace(" ", "-")), None)
+    if group is not None:
+        title, actions = group.title, [a for a in group._group_actions if a in shown]
+    else:
+        title = f"options with {value!r} in their name"
+        actions = [a for a in shown if key and any(key in o.lstrip("-").lower()
+                                                   for o in a.option_strings)]
+    if not actions:
+        return None
+    formatter.start_section(title)
+    formatter.add_arguments(actions)
+    formatter.end_section()
+    return formatter.format_help()

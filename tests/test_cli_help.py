@@ -1,0 +1,65 @@
+"""`aiollm serve --help=VALUE`, as vLLM's `vllm serve --help=all` / `--help=max-model-len` /
+`--help=<group>` (its documented ways to read one part of a long help): argparse alone
+answered every one with "ignored explicit argument"."""
+
+from __future__ import annotations
+
+import pytest
+
+SERVE_USAGE = "usage: aiollm serve [-h] [MODEL] [options]"
+
+
+def _serve(args: list[str], capsys) -> tuple[int, str, str]:
+    from aiollm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", *args])
+    out = capsys.readouterr()
+    return e.value.code, out.out, out.err
+
+
+def test_help_all_is_the_whole_help(capsys):
+    code, whole, _ = _serve(["--help"], capsys)
+    assert code == 0
+    code, out, err = _serve(["--help=all"], capsys)
+    assert (code, err) == (0, "")
+    assert out == whole
+
+
+@pytest.mark.parametrize("value", ["max-model-len", "max_model_len", "--max-model-len",
+                                   "MAX-MODEL"])
+def test_help_keyword_shows_the_flags_it_names(value, capsys):
+    code, out, err = _serve([f"--help={value}"], capsys)
+    assert (code, err) == (0, "")
+    assert "--max-model-len" in out
+    assert "--port" not in out and "--eplb-config" not in out
+    assert len(out.splitlines()) < 20, out
+
+
+def test_help_keyword_matching_several_flags_shows_each(capsys):
+    code, out, _ = _serve(["--help=eplb"], capsys)
+    assert code == 0
+    assert "--eplb-config" in out and "--enable-eplb" in out
+    assert "--port" not in out
+
+
+def test_help_group_shows_that_group(capsys):
+    code, out, _ = _serve(["--help=Server"], capsys)
+    assert code == 0
+    assert "--port" in out and "--host" in out
+    assert "--max-model-len" not in out
+
+
+def test_help_matching_nothing_is_a_usage_error_naming_it(capsys):
+    code, out, err = _serve(["--help=no-such-thing"], capsys)
+    assert code == 2 and out == ""
+    lines = err.splitlines()
+    assert lines[0] == SERVE_USAGE
+    assert lines[1].startswith("aiollm serve: error: --help=no-such-thing: "), lines
+    assert "--help=all" in lines[1]
+
+
+def test_help_value_after_a_bare_double_dash_is_not_help(capsys):
+    """Words after "--" are positionals, not flags: serve's MODEL then, whatever they spell."""
+    code, _, err = _serve(["--", "x", "--help=all"], capsys)
+    assert code == 2 and "unrecognized arguments" in err
