@@ -54,6 +54,19 @@ def run(loop, coro, timeout: float = 300):
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))
 
 
+def out_of_memory_once(model, step_tokens: int, failed: list) -> None:
+    """Make model.forward raise torch.OutOfMemoryError in the first step of `step_tokens`
+    tokens (appending them to `failed`, which must start empty) and run as before after:
+    one injected out-of-memory step (engine/oom.py's back-off follows)."""
+    def forward(batch):
+        if len(batch.input_ids) == step_tokens and not failed:
+            failed.append(step_tokens)
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return type(model).forward(model, batch)
+
+    model.forward = forward
+
+
 def pytest_configure(config):
     # One clear line instead of every kernel test failing alike (triton_interpreter_check.py).
     if os.environ.get("TRITON_INTERPRET") == "1":

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import aiohttp
 import pytest
 import torch
-from conftest import tiny_llama
+from conftest import out_of_memory_once, tiny_llama
 from live_server import MAX_MODEL_LEN, LiveServer, http, is_idle, refused_status, sse_events
 
 QUEUE_TIMEOUT = 2.0
@@ -1231,15 +1231,7 @@ def test_out_of_memory_in_a_decode_step_halves_the_prefill_budget(tmp_path):
         async with Engine(str(tmp_path), load_format="dummy", kv_tokens=512,
                           max_prefill_tokens=2048, prefix_cache=False) as engine:
             expected = [o.token_ids for o in await engine.generate_batch(prompts, params)]
-            model = engine.runner.model
-
-            def forward(batch):
-                if len(batch.input_ids) == 4 and not failed:  # the first decode step
-                    failed.append(4)
-                    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-                return type(model).forward(model, batch)
-
-            model.forward = forward
+            out_of_memory_once(engine.runner.model, 4, failed)  # the first decode step
             got = await asyncio.wait_for(engine.generate_batch(prompts, params), 30)
             return expected, [o.token_ids for o in got], engine.planner
 

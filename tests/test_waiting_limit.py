@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import torch
 
 from aiollm import Engine, SamplingParams
 from aiollm.errors import Overloaded
-from conftest import run, tiny_llama
+from conftest import out_of_memory_once, run, tiny_llama
 
 PARAMS = SamplingParams(max_tokens=3, temperature=0)
 LONG = SamplingParams(max_tokens=400, ignore_eos=True)
@@ -126,15 +125,7 @@ def test_generate_batch_is_not_refused_while_out_of_memory_halves_the_batch(tmp_
         async with Engine(str(tmp_path), load_format="dummy", kv_tokens=512,
                           max_running_requests=4, max_waiting_requests=1,
                           prefix_cache=False) as engine:
-            model = engine.runner.model
-
-            def forward(batch):
-                if len(batch.input_ids) == 4 and not failed:  # the first decode step of 4
-                    failed.append(4)
-                    raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-                return type(model).forward(model, batch)
-
-            model.forward = forward
+            out_of_memory_once(engine.runner.model, 4, failed)  # the first decode step of 4
             outs = await asyncio.wait_for(engine.generate_batch(prompts, params, False), 60)
             assert engine.planner.max_running < 4  # still backed off at the end
             assert_idle(engine)
