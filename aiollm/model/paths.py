@@ -116,13 +116,16 @@ def check_load_format(load_format: str, path: str | None) -> None:
                          "either) or gguf, or a Hugging Face model directory as the model")
 
 
-def check_links(files: list[str]) -> list[str]:
+def check_links(files: list[str], shown: str | None = None) -> list[str]:
     """`files`, unless one is a symbolic link to nothing (FileNotFoundError naming the link
     and its target): the Hugging Face cache links a snapshot's files to blobs, and a download
-    cut short or a cache cleaned by hand leaves links whose blobs are gone."""
+    cut short or a cache cleaned by hand leaves links whose blobs are gone. shown: the
+    files' directory as the user gave it, to start the message with (each file then named
+    by its name in it)."""
     for path in files:
         if os.path.islink(path) and not os.path.exists(path):
-            raise FileNotFoundError(f"{path} is a link to {os.readlink(path)}, which does not "
+            name = path if shown is None else f"{shown!r}: {os.path.basename(path)}"
+            raise FileNotFoundError(f"{name} is a link to {os.readlink(path)}, which does not "
                                     "exist (an interrupted download, or a cleaned cache?): "
                                     "download the model again")
     return files

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from glob import glob
 
-from aiollm.model.paths import GGUF_MAGIC, is_gguf_file, resolve_model_path
+from aiollm.model.paths import GGUF_MAGIC, check_links, is_gguf_file, resolve_model_path
 
 # Files a Hugging Face tokenizer is built from; without one, AutoTokenizer may still return a
 # tokenizer (Qwen's, with an empty vocabulary) that encodes every text to no tokens.
@@ -33,12 +33,8 @@ def check_tokenizer_path(path: str) -> None:
             _check_gguf(full, path)
             return
         raise FileNotFoundError(f"{path!r} is a file but not a GGUF file ({give})")
-    for name in TOKENIZER_FILES:  # an HF cache link whose blob is gone: not "none of"
-        link = os.path.join(full, name)
-        if os.path.islink(link) and not os.path.exists(link):
-            raise FileNotFoundError(f"{path!r}: {name} is a link to {os.readlink(link)}, which "
-                                    "does not exist (an interrupted download, or a cleaned "
-                                    "cache?): download the model again")
+    # an HF cache link whose blob is gone: named, not "none of"
+    check_links([os.path.join(full, name) for name in TOKENIZER_FILES], shown=path)
     if any(os.path.exists(os.path.join(full, f)) for f in TOKENIZER_FILES):
         return
     model_dir, gguf = resolve_model_path(full)  # the directory's .gguf, as the loader takes it
