@@ -9,6 +9,7 @@ row r, column p holds the slot of token p of the request that owns row r.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import numpy as np
@@ -24,7 +25,7 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
     """KV pool size in tokens for this process: cfg.kv_tokens (an EngineConfig) when given;
     on a GPU, with cfg.gpu_memory_utilization, what `utilization_pool_tokens` leaves, else
     kv_memory_fraction (default KV_MEMORY_FRACTION) of the free memory after loading
-    (PyTorch's cached blocks counted free) over bytes_per_token; on the CPU,
+    (PyTorch's cached blocks and cyclic garbage's counted free) over bytes_per_token; on the CPU,
     cfg.cpu_pool_tokens of the context (the smaller of max_position and max_model_len,
     tokens). The Engine and each tensor-parallel follower size theirs so. Raises ValueError
     naming gpu_memory_utilization when it leaves no room for a pool."""
@@ -36,7 +37,9 @@ def pool_tokens(cfg, device: torch.device, bytes_per_token: int, max_position: i
         return cfg.kv_tokens
     if device.type == "cuda":
         # blocks PyTorch keeps cached (the load's temporary tensors, ~0.9 GB for a 135M
-        # GGUF; an earlier engine's) are free for the pool too: give them back first
+        # GGUF; an earlier engine's) are free for the pool too: give them back first, with
+        # those that garbage in reference cycles still holds (collected first, as vLLM does)
+        gc.collect()
         torch.cuda.empty_cache()
         free, total = torch.cuda.mem_get_info(device)
         if utilization is not None:
