@@ -69,18 +69,10 @@ def build(rows: dict, idx, mode: str, constrain: bool, device: str = "cpu"):
 def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
                   constrain: bool) -> torch.Tensor:
     """Row i's reported values [V] by plain per-request Python: raw, the model's; processed,
-    the penalties, the ban, the bias and the mask, then on a sampled row the temperature and
-    the top-k, top-p (over the top-k set) and min-p cut at -inf."""
+    the ban, the bias and the mask, then the penalties, then on a sampled row the temperature
+    and the top-k, top-p (over the top-k set) and min-p cut at -inf."""
     x = logits[i].clone()
     if mode.startswith("processed"):
-        hist = rows["history"][i].tolist()
-        rep = float(rows["repetition_penalty"][i])
-        for tok in set(hist):
-            x[tok] = x[tok] / rep if x[tok] > 0 else x[tok] * rep
-        out = hist[3:]
-        for tok in set(out):
-            x[tok] -= (float(rows["frequency_penalty"][i]) * out.count(tok)
-                       + float(rows["presence_penalty"][i]))
         if rows["step"][i] < rows["min_tokens"][i]:
             x[rows["stop"][i]] = float("-inf")
         if constrain and rows["bias"][i]:
@@ -88,6 +80,14 @@ def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
                 x[tok] += v
         if constrain and rows["masked"][i]:
             x[torch.from_numpy(~rows["allowed"][i])] = float("-inf")
+        hist = rows["history"][i].tolist()  # the penalties after the bias, as vLLM's
+        rep = float(rows["repetition_penalty"][i])
+        for tok in set(hist):
+            x[tok] = x[tok] / rep if x[tok] > 0 else x[tok] * rep
+        out = hist[3:]
+        for tok in set(out):
+            x[tok] -= (float(rows["frequency_penalty"][i]) * out.count(tok)
+                       + float(rows["presence_penalty"][i]))
         t = float(rows["temperature"][i])
         if t >= 1e-5:
             cut = torch.zeros(V, dtype=torch.bool)

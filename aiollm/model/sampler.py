@@ -6,11 +6,14 @@ sample() has no per-request Python loop and no host sync, so it runs as-is on CP
 and its shapes depend only on B, V and a few host ints.
 
 Order of operations on each row:
-  1. penalties on the raw logits: repetition (HF: over prompt + output tokens, positive
+  1. logit_bias (bad words among them, as biases of -inf) and the grammar's allowed-token
+     bitmask (model/logit_masks.py); eos and stop ids banned (-inf) while a request is
+     under its min_tokens;
+  2. penalties on those logits: repetition (HF: over prompt + output tokens, positive
      logits divided, negative multiplied), then frequency and presence (OpenAI: over output
-     tokens, subtracted) (model/penalties.py);
-  2. min_tokens: eos and stop ids banned (-inf) while a request is under its min_tokens,
-     then logit_bias and the grammar's allowed-token bitmask (model/logit_masks.py);
+     tokens, subtracted) (model/penalties.py). vLLM V1's order (bias before penalties, as
+     transformers' SequenceBias before RepetitionPenalty): the penalty divides a biased
+     logit, by the biased logit's sign;
   3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
      temperature-scaled probabilities renormalised over the top-k set) and min-p (relative
      to the most likely token, after temperature) each keep a most-likely prefix of the
@@ -36,7 +39,7 @@ server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
      temperature and truncation: a token the request bans, biases, penalises or leaves out
      of its allowed_token_ids keeps its logprob (and can be listed among the top ones), as
      in vLLM V1; but a grammar's forbidden tokens are -inf there (st.grammar, the grammars'
-     part of step 2's bitmask), as vLLM's model runner masks a grammar before its sampler;
+     part of step 1's bitmask), as vLLM's model runner masks a grammar before its sampler;
   processed_logprobs: log_softmax of the row the token was drawn from (vLLM's "processed"):
      steps 1 and 2, then on sampled rows the logits divided by the temperature, with -inf
      below the floor of step 3 (every token at or above it was drawable); on greedy rows,
@@ -141,14 +144,16 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     constrained = st.allowed is not None or st.bias_ids is not None
     # vLLM V1 masks a grammar before its sampler, so its raw rows are the grammar's
     grammar_first = st.grammar is not None and st.raw_logprobs
-    if st.use_penalties:
-        logits = apply_penalties(logits, st)
-        if st.ban_ids is not None:
-            mask_token_ids(logits, st.ban_ids, st.ban_active)
-    elif st.ban_ids is not None:
-        logits = mask_token_ids(logits.clone(), st.ban_ids, st.ban_active)
+    # vLLM V1's order (and transformers'): the bias, then the penalties, which divide or
+    # multiply a biased logit by its sign. A ban (-inf) stays -inf under either, so it
+    # comes last, in place on a tensor of this step's own
     if constrained:
         logits = apply_constraints(logits, st)
+    if st.use_penalties:
+        logits = apply_penalties(logits, st)
+    if st.ban_ids is not None:
+        logits = mask_token_ids(logits.clone() if logits is raw else logits, st.ban_ids,
+                                st.ban_active)
     if grammar_first:
         if (st.grammar is st.allowed and st.bias_ids is None and st.ban_ids is None
                 and not st.use_penalties):
