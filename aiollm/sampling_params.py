@@ -226,6 +226,9 @@ class SamplingParams:
             setattr(self, name, _plain(getattr(self, name)))
         if is_int(self.seed) and self.seed == NO_SEED:
             self.seed = None
+        for name in ("logprobs", "prompt_logprobs"):  # vLLM's reading of True: 1
+            if _plain_bool(getattr(self, name)) is True:
+                setattr(self, name, 1)
         self._fold_into_constraint()
         # vLLM's spellings: None for no stop strings or ids, a tuple for a list, top_k 0 for
         # off (its default; the HTTP API takes it too)
