@@ -70,7 +70,7 @@ def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
                   constrain: bool) -> torch.Tensor:
     """Row i's reported values [V] by plain per-request Python: raw, the model's; processed,
     the ban, the bias and the mask, then the penalties, then on a sampled row the temperature
-    and the top-k, top-p (over the top-k set) and min-p cut at -inf."""
+    and the top-k, min-p and top-p (over what those two keep) cut at -inf."""
     x = logits[i].clone()
     if mode.startswith("processed"):
         if rows["step"][i] < rows["min_tokens"][i]:
@@ -94,6 +94,9 @@ def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
             k = int(rows["top_k"][i])
             if k > 0:
                 cut |= x < x.topk(k).values[-1]
+            mp = float(rows["min_p"][i])  # min-p before top-p, as vLLM V1 applies it
+            if mp > 0:
+                cut |= (x - x.max()) / t < np.log(mp)
             p = float(rows["top_p"][i])
             if p < 1:
                 probs, order = (x / t).masked_fill(cut, float("-inf")).softmax(-1).sort(
@@ -101,9 +104,6 @@ def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
                 before = probs.cumsum(-1) - probs
                 drop = order[before >= p]
                 cut[drop[drop != order[0]]] = True
-            mp = float(rows["min_p"][i])
-            if mp > 0:
-                cut |= (x - x.max()) / t < np.log(mp)
             x = (x / t).masked_fill(cut, float("-inf"))
     return x.log_softmax(-1) if mode.endswith("logprobs") else x
 

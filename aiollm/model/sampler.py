@@ -15,13 +15,14 @@ Order of operations on each row:
      transformers' SequenceBias before RepetitionPenalty): the penalty divides a biased
      logit, by the biased logit's sign;
   3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
-     temperature-scaled probabilities renormalised over the top-k set) and min-p (relative
-     to the most likely token, after temperature) each keep a most-likely prefix of the
-     sorted row, so together they reduce to one logit floor per row: every token at or
-     above it is kept, ties at the floor included (as HF's and vLLM's top-k do; bf16
-     logits tie often). Top-p's mass is that of the k highest ranks alone: their values
-     do not depend on which tied tokens fill them, so neither on the batch (vLLM's mass
-     also counts the tokens tied with the k-th past rank k);
+     temperature-scaled probabilities renormalised over the tokens top-k and min-p keep, as
+     vLLM V1 applies min-p first; transformers and SGLang cut top-p before min-p) and
+     min-p (relative to the most likely token, after temperature) each keep a most-likely
+     prefix of the sorted row, so together they reduce to one logit floor per row: every
+     token at or above it is kept, ties at the floor included (as HF's and vLLM's top-k
+     do; bf16 logits tie often). Top-p's mass is that of the k highest ranks alone: their
+     values do not depend on which tied tokens fill them, so neither on the batch (vLLM's
+     mass also counts the tokens tied with the k-th past rank k);
   4. the draw is a Gumbel-max race over the tokens at or above the floor:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
      It runs over the whole row, in the pass that gives argmax and logsumexp (vLLM's form
@@ -115,13 +116,16 @@ def _floor(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
     else:
         vals = logits.sort(dim=-1, descending=True).values
     n_keep = st.top_k.clamp(max=st.trunc_width).long()
+    min_p_floor = vals[:, 0] + st.min_p_offset if st.use_min_p else None
     if st.use_top_p:
         # top-p over the renormalised top-k set (its k highest ranks: their values, unlike
-        # which of tied tokens fill them, do not depend on the batch), temperature-scaled
+        # which of tied tokens fill them, do not depend on the batch), temperature-scaled,
+        # less what min-p cuts (vLLM V1 applies min-p before top-k and top-p)
         rank = torch.arange(st.trunc_width, device=vals.device)[None, :]
-        scaled = (vals * st.scale_floor[0, :, None]).masked_fill(
-            rank >= n_keep[:, None], float("-inf")
-        )
+        cut = rank >= n_keep[:, None]
+        if min_p_floor is not None:
+            cut |= vals < min_p_floor[:, None]
+        scaled = (vals * st.scale_floor[0, :, None]).masked_fill(cut, float("-inf"))
         probs = scaled.softmax(dim=-1)
         before = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))
         # the most likely token always stays, also for a top_p that is 0 in float32
@@ -130,8 +134,8 @@ def _floor(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
     limited = (st.top_k < vocab) | (st.top_p < 1.0)
     floor = vals.gather(1, (n_keep - 1)[:, None]).squeeze(1)
     floor = torch.where(limited, floor, float("-inf"))
-    if st.use_min_p:
-        floor = torch.maximum(floor, vals[:, 0] + st.min_p_offset)
+    if min_p_floor is not None:
+        floor = torch.maximum(floor, min_p_floor)
     return torch.stack([st.scale_floor[0], floor])
 
 
