@@ -226,9 +226,11 @@ class SamplingParams:
             setattr(self, name, _plain(getattr(self, name)))
         if is_int(self.seed) and self.seed == NO_SEED:
             self.seed = None
-        for name in ("logprobs", "prompt_logprobs"):  # vLLM's reading of True: 1
-            if _plain_bool(getattr(self, name)) is True:
-                setattr(self, name, 1)
+        # vLLM's reading of a bool: True is 1 (its __post_init__), False is Python's 0 (which
+        # its engine takes as the chosen token's logprob only)
+        for name in ("logprobs", "prompt_logprobs"):
+            if isinstance(v := _plain_bool(getattr(self, name)), bool):
+                setattr(self, name, int(v))
         self._fold_into_constraint()
         # vLLM's spellings: None for no stop strings or ids, a tuple for a list, top_k 0 for
         # off (its default; the HTTP API takes it too)
