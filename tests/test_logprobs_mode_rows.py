@@ -25,19 +25,25 @@ def random_rows(rng: np.random.Generator, b: int) -> dict:
     def some(p, value, off):
         return np.where(rng.random(b) < p, value, off)
     temp = some(0.6, rng.uniform(0.3, 2.0, b), 0.0).astype(np.float32)
+    history = rng.integers(0, V, (b, 6))
+    # half the biased ids seen before, so that the bias and the penalties meet on a token
+    # (their order then shows); min-p on rows with top-p, so that it cuts what top-p counts
+    bias_ids = np.where(rng.random((b, 3)) < 0.5, history[:, :3], rng.integers(0, V, (b, 3)))
+    top_p = some(0.3, rng.uniform(0.3, 0.95, b), 1.0).astype(np.float32)
+    min_p = np.where((top_p < 1) & (rng.random(b) < 0.5), rng.uniform(0.05, 0.5, b),
+                     some(0.2, rng.uniform(0.01, 0.3, b), 0.0)).astype(np.float32)
     return dict(
         temperature=temp,
         top_k=some(0.3, rng.integers(1, 20, b), -1),
-        top_p=some(0.3, rng.uniform(0.3, 0.95, b), 1.0).astype(np.float32),
-        min_p=some(0.2, rng.uniform(0.01, 0.3, b), 0.0).astype(np.float32),
+        top_p=top_p, min_p=min_p,
         repetition_penalty=some(0.3, rng.uniform(0.5, 2.0, b), 1.0).astype(np.float32),
         presence_penalty=some(0.2, rng.uniform(-1, 1, b), 0.0).astype(np.float32),
         frequency_penalty=some(0.2, rng.uniform(-1, 1, b), 0.0).astype(np.float32),
         seed=rng.integers(0, 1 << 40, b), step=rng.integers(0, 4, b),
         min_tokens=some(0.3, 5, 0).astype(np.int64),
         top_logprobs=rng.choice([-1, -1, 0, 1, 5, 20], b),
-        history=rng.integers(0, V, (b, 6)), stop=rng.integers(0, V, (b, 2)),
-        bias=some(0.3, 1, 0).astype(bool), bias_ids=rng.integers(0, V, (b, 3)),
+        history=history, stop=rng.integers(0, V, (b, 2)),
+        bias=some(0.3, 1, 0).astype(bool), bias_ids=bias_ids,
         bias_vals=rng.uniform(-5, 5, (b, 3)).astype(np.float32),
         masked=some(0.3, 1, 0).astype(bool), allowed=rng.random((b, V)) < 0.4)
 
