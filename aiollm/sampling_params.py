@@ -170,11 +170,12 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    seed: int | None = None
+    seed: int | None = None  # -1 is None (no seed), as vLLM reads it
     stop: list[str] = field(default_factory=list)  # also one string, a tuple or None
     stop_token_ids: list[int] = field(default_factory=list)  # also a tuple or None
     ignore_eos: bool = False
-    logprobs: int | None = None  # top-N logprobs of each chosen token; 0: the chosen one only
+    # top-N logprobs of each chosen token; 0: the chosen one only (True is 1, False 0)
+    logprobs: int | None = None
     # logprob of each prompt token and its top-N alternatives; 0: the prompt token's only.
     # With it, max_tokens may be 0: the prompt is scored and nothing generated.
     prompt_logprobs: int | None = None
