@@ -41,6 +41,9 @@ _NUMBERS = ("n", "best_of", "max_tokens", "min_tokens", "temperature", "top_p", 
 # seeds are int64, as vLLM and OpenAI's API take them (-1 included): [-2**63, 2**63); the
 # noise keys read them as 64 bits (kernels/sampling.py's row_keys)
 SEED_RANGE = 2**63
+# vLLM's SamplingParams reads seed -1 as no seed (None): front ends send it for "random"
+# (llama.cpp's convention), and a fixed seed would give them the same draw every time
+NO_SEED = -1
 # choices of one prompt (n): vLLM's bound (VLLM_MAX_N_SEQUENCES' default). Each is an engine
 # request whose params and task are made on the event loop before the first runs, which
 # takes seconds past about 10**5 (16384: a fraction of a second); the table and the waiting
@@ -62,13 +65,17 @@ GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf", "struc
 def choice_seed(seed: int | None, choice: int) -> int | None:
     """The seed of choice i of a seeded request (n > 1): seed + i, as vLLM seeds the
     choices of one request, wrapped within the seed's half of the range (a seed >= 0 in
-    [0, 2**63), a negative one in [-2**63, 0)) so that every valid seed works for every n:
-    the choices differ and the request stays reproducible. None (each choice draws its own)
-    and an invalid seed are passed on as they are, for SamplingParams to report."""
+    [0, 2**63), a negative one in [-2**63, -1): -1 is no seed, NO_SEED) so that every valid
+    seed works for every n: the choices differ and the request stays reproducible. None and
+    -1 (each choice draws its own) are None; an invalid seed is passed on as it is, for
+    SamplingParams to report."""
+    if is_int(seed) and seed == NO_SEED:
+        return None
     if seed is None or not is_int(seed) or not -SEED_RANGE <= seed < SEED_RANGE:
         return seed
-    wrapped = (seed + choice) % SEED_RANGE
-    return wrapped if seed >= 0 else wrapped - SEED_RANGE
+    if seed >= 0:
+        return (seed + choice) % SEED_RANGE
+    return (seed + SEED_RANGE + choice) % (SEED_RANGE - 1) - SEED_RANGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,11 +170,12 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    seed: int | None = None
+    seed: int | None = None  # -1 is None (no seed), as vLLM reads it
     stop: list[str] = field(default_factory=list)  # also one string, a tuple or None
     stop_token_ids: list[int] = field(default_factory=list)  # also a tuple or None
     ignore_eos: bool = False
-    logprobs: int | None = None  # top-N logprobs of each chosen token; 0: the chosen one only
+    # top-N logprobs of each chosen token; 0: the chosen one only (True is 1, False 0)
+    logprobs: int | None = None
     # logprob of each prompt token and its top-N alternatives; 0: the prompt token's only.
     # With it, max_tokens may be 0: the prompt is scored and nothing generated.
     prompt_logprobs: int | None = None
@@ -217,6 +225,13 @@ class SamplingParams:
         bools where a bool is asked for."""
         for name in _NUMBERS:
             setattr(self, name, _plain(getattr(self, name)))
+        if is_int(self.seed) and self.seed == NO_SEED:
+            self.seed = None
+        # vLLM's reading of a bool: True is 1 (its __post_init__), False is Python's 0 (which
+        # its engine takes as the chosen token's logprob only)
+        for name in ("logprobs", "prompt_logprobs"):
+            if isinstance(v := _plain_bool(getattr(self, name)), bool):
+                setattr(self, name, int(v))
         self._fold_into_constraint()
         # vLLM's spellings: None for no stop strings or ids, a tuple for a list, top_k 0 for
         # off (its default; the HTTP API takes it too)

@@ -25,19 +25,25 @@ def random_rows(rng: np.random.Generator, b: int) -> dict:
     def some(p, value, off):
         return np.where(rng.random(b) < p, value, off)
     temp = some(0.6, rng.uniform(0.3, 2.0, b), 0.0).astype(np.float32)
+    history = rng.integers(0, V, (b, 6))
+    # half the biased ids seen before, so that the bias and the penalties meet on a token
+    # (their order then shows); min-p on rows with top-p, so that it cuts what top-p counts
+    bias_ids = np.where(rng.random((b, 3)) < 0.5, history[:, :3], rng.integers(0, V, (b, 3)))
+    top_p = some(0.3, rng.uniform(0.3, 0.95, b), 1.0).astype(np.float32)
+    min_p = np.where((top_p < 1) & (rng.random(b) < 0.5), rng.uniform(0.05, 0.5, b),
+                     some(0.2, rng.uniform(0.01, 0.3, b), 0.0)).astype(np.float32)
     return dict(
         temperature=temp,
         top_k=some(0.3, rng.integers(1, 20, b), -1),
-        top_p=some(0.3, rng.uniform(0.3, 0.95, b), 1.0).astype(np.float32),
-        min_p=some(0.2, rng.uniform(0.01, 0.3, b), 0.0).astype(np.float32),
+        top_p=top_p, min_p=min_p,
         repetition_penalty=some(0.3, rng.uniform(0.5, 2.0, b), 1.0).astype(np.float32),
         presence_penalty=some(0.2, rng.uniform(-1, 1, b), 0.0).astype(np.float32),
         frequency_penalty=some(0.2, rng.uniform(-1, 1, b), 0.0).astype(np.float32),
         seed=rng.integers(0, 1 << 40, b), step=rng.integers(0, 4, b),
         min_tokens=some(0.3, 5, 0).astype(np.int64),
         top_logprobs=rng.choice([-1, -1, 0, 1, 5, 20], b),
-        history=rng.integers(0, V, (b, 6)), stop=rng.integers(0, V, (b, 2)),
-        bias=some(0.3, 1, 0).astype(bool), bias_ids=rng.integers(0, V, (b, 3)),
+        history=history, stop=rng.integers(0, V, (b, 2)),
+        bias=some(0.3, 1, 0).astype(bool), bias_ids=bias_ids,
         bias_vals=rng.uniform(-5, 5, (b, 3)).astype(np.float32),
         masked=some(0.3, 1, 0).astype(bool), allowed=rng.random((b, V)) < 0.4)
 
@@ -69,18 +75,10 @@ def build(rows: dict, idx, mode: str, constrain: bool, device: str = "cpu"):
 def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
                   constrain: bool) -> torch.Tensor:
     """Row i's reported values [V] by plain per-request Python: raw, the model's; processed,
-    the penalties, the ban, the bias and the mask, then on a sampled row the temperature and
-    the top-k, top-p (over the top-k set) and min-p cut at -inf."""
+    the ban, the bias and the mask, then the penalties, then on a sampled row the temperature
+    and the top-k, min-p and top-p (over what those two keep) cut at -inf."""
     x = logits[i].clone()
     if mode.startswith("processed"):
-        hist = rows["history"][i].tolist()
-        rep = float(rows["repetition_penalty"][i])
-        for tok in set(hist):
-            x[tok] = x[tok] / rep if x[tok] > 0 else x[tok] * rep
-        out = hist[3:]
-        for tok in set(out):
-            x[tok] -= (float(rows["frequency_penalty"][i]) * out.count(tok)
-                       + float(rows["presence_penalty"][i]))
         if rows["step"][i] < rows["min_tokens"][i]:
             x[rows["stop"][i]] = float("-inf")
         if constrain and rows["bias"][i]:
@@ -88,12 +86,23 @@ def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
                 x[tok] += v
         if constrain and rows["masked"][i]:
             x[torch.from_numpy(~rows["allowed"][i])] = float("-inf")
+        hist = rows["history"][i].tolist()  # the penalties after the bias, as vLLM's
+        rep = float(rows["repetition_penalty"][i])
+        for tok in set(hist):
+            x[tok] = x[tok] / rep if x[tok] > 0 else x[tok] * rep
+        out = hist[3:]
+        for tok in set(out):
+            x[tok] -= (float(rows["frequency_penalty"][i]) * out.count(tok)
+                       + float(rows["presence_penalty"][i]))
         t = float(rows["temperature"][i])
         if t >= 1e-5:
             cut = torch.zeros(V, dtype=torch.bool)
             k = int(rows["top_k"][i])
             if k > 0:
                 cut |= x < x.topk(k).values[-1]
+            mp = float(rows["min_p"][i])  # min-p before top-p, as vLLM V1 applies it
+            if mp > 0:
+                cut |= (x - x.max()) / t < np.log(mp)
             p = float(rows["top_p"][i])
             if p < 1:
                 probs, order = (x / t).masked_fill(cut, float("-inf")).softmax(-1).sort(
@@ -101,9 +110,6 @@ def reference_row(logits: torch.Tensor, rows: dict, i: int, mode: str,
                 before = probs.cumsum(-1) - probs
                 drop = order[before >= p]
                 cut[drop[drop != order[0]]] = True
-            mp = float(rows["min_p"][i])
-            if mp > 0:
-                cut |= (x - x.max()) / t < np.log(mp)
             x = (x / t).masked_fill(cut, float("-inf"))
     return x.log_softmax(-1) if mode.endswith("logprobs") else x
 

@@ -1,7 +1,8 @@
-"""Penalties on the raw logits: repetition (HF's: over prompt and output tokens, positive
-logits divided by the penalty, negative ones multiplied), then frequency and presence (OpenAI's:
-over output tokens, subtracted), and the token history they read ([B, V] seen flags and output
-counts, built on the device from a padded history of ids).
+"""Penalties on the logits after logit_bias and the masks (vLLM V1's order, and transformers'):
+repetition (HF's: over prompt and output tokens, positive logits divided by the penalty,
+negative ones multiplied), then frequency and presence (OpenAI's: over output tokens,
+subtracted), and the token history they read ([B, V] seen flags and output counts, built on
+the device from a padded history of ids).
 """
 
 from __future__ import annotations

@@ -6,19 +6,23 @@ sample() has no per-request Python loop and no host sync, so it runs as-is on CP
 and its shapes depend only on B, V and a few host ints.
 
 Order of operations on each row:
-  1. penalties on the raw logits: repetition (HF: over prompt + output tokens, positive
+  1. logit_bias (bad words among them, as biases of -inf) and the grammar's allowed-token
+     bitmask (model/logit_masks.py); eos and stop ids banned (-inf) while a request is
+     under its min_tokens;
+  2. penalties on those logits: repetition (HF: over prompt + output tokens, positive
      logits divided, negative multiplied), then frequency and presence (OpenAI: over output
-     tokens, subtracted) (model/penalties.py);
-  2. min_tokens: eos and stop ids banned (-inf) while a request is under its min_tokens,
-     then logit_bias and the grammar's allowed-token bitmask (model/logit_masks.py);
+     tokens, subtracted) (model/penalties.py). vLLM V1's order (bias before penalties, as
+     transformers' SequenceBias before RepetitionPenalty): the penalty divides a biased
+     logit, by the biased logit's sign;
   3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
-     temperature-scaled probabilities renormalised over the top-k set) and min-p (relative
-     to the most likely token, after temperature) each keep a most-likely prefix of the
-     sorted row, so together they reduce to one logit floor per row: every token at or
-     above it is kept, ties at the floor included (as HF's and vLLM's top-k do; bf16
-     logits tie often). Top-p's mass is that of the k highest ranks alone: their values
-     do not depend on which tied tokens fill them, so neither on the batch (vLLM's mass
-     also counts the tokens tied with the k-th past rank k);
+     temperature-scaled probabilities renormalised over the tokens top-k and min-p keep, as
+     vLLM V1 applies min-p first; transformers and SGLang cut top-p before min-p) and
+     min-p (relative to the most likely token, after temperature) each keep a most-likely
+     prefix of the sorted row, so together they reduce to one logit floor per row: every
+     token at or above it is kept, ties at the floor included (as HF's and vLLM's top-k
+     do; bf16 logits tie often). Top-p's mass is that of the k highest ranks alone: their
+     values do not depend on which tied tokens fill them, so neither on the batch (vLLM's
+     mass also counts the tokens tied with the k-th past rank k);
   4. the draw is a Gumbel-max race over the tokens at or above the floor:
      argmax(logits / T + g), g = -log(-log(u)), which samples softmax(logits / T) exactly.
      It runs over the whole row, in the pass that gives argmax and logsumexp (vLLM's form
@@ -36,7 +40,7 @@ server's logprobs mode (LOGPROBS_MODES, vLLM V1's --logprobs-mode) names:
      temperature and truncation: a token the request bans, biases, penalises or leaves out
      of its allowed_token_ids keeps its logprob (and can be listed among the top ones), as
      in vLLM V1; but a grammar's forbidden tokens are -inf there (st.grammar, the grammars'
-     part of step 2's bitmask), as vLLM's model runner masks a grammar before its sampler;
+     part of step 1's bitmask), as vLLM's model runner masks a grammar before its sampler;
   processed_logprobs: log_softmax of the row the token was drawn from (vLLM's "processed"):
      steps 1 and 2, then on sampled rows the logits divided by the temperature, with -inf
      below the floor of step 3 (every token at or above it was drawable); on greedy rows,
@@ -112,13 +116,16 @@ def _floor(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
     else:
         vals = logits.sort(dim=-1, descending=True).values
     n_keep = st.top_k.clamp(max=st.trunc_width).long()
+    min_p_floor = vals[:, 0] + st.min_p_offset if st.use_min_p else None
     if st.use_top_p:
         # top-p over the renormalised top-k set (its k highest ranks: their values, unlike
-        # which of tied tokens fill them, do not depend on the batch), temperature-scaled
+        # which of tied tokens fill them, do not depend on the batch), temperature-scaled,
+        # less what min-p cuts (vLLM V1 applies min-p before top-k and top-p)
         rank = torch.arange(st.trunc_width, device=vals.device)[None, :]
-        scaled = (vals * st.scale_floor[0, :, None]).masked_fill(
-            rank >= n_keep[:, None], float("-inf")
-        )
+        cut = rank >= n_keep[:, None]
+        if min_p_floor is not None:
+            cut |= vals < min_p_floor[:, None]
+        scaled = (vals * st.scale_floor[0, :, None]).masked_fill(cut, float("-inf"))
         probs = scaled.softmax(dim=-1)
         before = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))
         # the most likely token always stays, also for a top_p that is 0 in float32
@@ -127,8 +134,8 @@ def _floor(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
     limited = (st.top_k < vocab) | (st.top_p < 1.0)
     floor = vals.gather(1, (n_keep - 1)[:, None]).squeeze(1)
     floor = torch.where(limited, floor, float("-inf"))
-    if st.use_min_p:
-        floor = torch.maximum(floor, vals[:, 0] + st.min_p_offset)
+    if min_p_floor is not None:
+        floor = torch.maximum(floor, min_p_floor)
     return torch.stack([st.scale_floor[0], floor])
 
 
@@ -141,14 +148,16 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     constrained = st.allowed is not None or st.bias_ids is not None
     # vLLM V1 masks a grammar before its sampler, so its raw rows are the grammar's
     grammar_first = st.grammar is not None and st.raw_logprobs
-    if st.use_penalties:
-        logits = apply_penalties(logits, st)
-        if st.ban_ids is not None:
-            mask_token_ids(logits, st.ban_ids, st.ban_active)
-    elif st.ban_ids is not None:
-        logits = mask_token_ids(logits.clone(), st.ban_ids, st.ban_active)
+    # vLLM V1's order (and transformers'): the bias, then the penalties, which divide or
+    # multiply a biased logit by its sign. A ban (-inf) stays -inf under either, so it
+    # comes last, in place on a tensor of this step's own
     if constrained:
         logits = apply_constraints(logits, st)
+    if st.use_penalties:
+        logits = apply_penalties(logits, st)
+    if st.ban_ids is not None:
+        logits = mask_token_ids(logits.clone() if logits is raw else logits, st.ban_ids,
+                                st.ban_active)
     if grammar_first:
         if (st.grammar is st.allowed and st.bias_ids is None and st.ban_ids is None
                 and not st.use_penalties):
