@@ -59,6 +59,8 @@ def value_refusal(node: dict) -> tuple[str, str] | None:
     values = list(node["enum"]) if isinstance(node.get("enum"), list) else []
     if "const" in node:
         values.append(node["const"])
+    # the range as 2020-12 writes it: OpenAPI 3.0's flag is tested as its bound
+    asserted = {**{k: v for k, v in node.items() if k not in RANGE}, **range_bounds(node)}
     for value in values:
         kind = json_type(value)
         if not _type_allows(node, kind):
@@ -66,9 +68,10 @@ def value_refusal(node: dict) -> tuple[str, str] | None:
                     f"{shown_json(node['type'])} beside it refuses (xgrammar writes the "
                     "values alone),", "remove the value, or add its type")
         for key in _KEYS.get(kind, ()):
-            if key not in node:
+            if key not in asserted:
                 continue
-            refused = _refuses(node, key, value)
+            # the message shows the keyword as the client wrote it (a flag: true)
+            refused = _refuses(asserted, key, value)
             if refused is None:
                 return (f"{key!r} beside the 'enum'/'const' value {shown_json(value)}, "
                         "which is not tested on it (xgrammar writes the values alone),",
@@ -89,15 +92,33 @@ def _type_allows(node: dict, kind: str) -> bool:
             or (kind == "null" and node.get("nullable") is True))
 
 
+RANGE = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+
+
+def range_bounds(node: dict) -> dict:
+    """The range keywords of the schema node `node` (those of RANGE it has) as JSON Schema
+    2020-12 writes them: OpenAPI 3.0's (draft 4's) flag on a minimum, {"minimum": 0,
+    "exclusiveMinimum": true}, as {"exclusiveMinimum": 0}; a false flag, or one without its
+    end, as nothing. The one reading of the flag: the values are tested (value_refusal) and
+    the schema compiled (grammar_check.grammar_schema; xgrammar refused the flag, "Value
+    must be a number") by it."""
+    out = {k: node[k] for k in RANGE if k in node}
+    for flag, end in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(flag), bool) and out.pop(flag) and end in out:
+            out[flag] = out.pop(end)
+    return out
+
+
 def _number(bound: Any) -> bool:
     return isinstance(bound, (int, float)) and not isinstance(bound, bool)
 
 
 def _refuses(node: dict, key: str, value: Any) -> bool | None:
-    """Whether `key` of `node` refuses `value` (one of the JSON type the key asserts on);
-    None where it is not tested here: the keywords holding members' schemas, a bound that
-    is no number, a pattern (Python's re backtracks, 2**n steps on a pattern such as
-    "^(a+)+$", holding the GIL: this runs on the event loop for tools)."""
+    """Whether `key` of `node` (its range as range_bounds writes it) refuses `value` (one
+    of the JSON type the key asserts on); None where it is not tested here: the keywords
+    holding members' schemas, a bound that is no number, a pattern (Python's re
+    backtracks, 2**n steps on a pattern such as "^(a+)+$", holding the GIL: this runs on
+    the event loop for tools)."""
     bound = node[key]
     if key == "uniqueItems" and bound is False:
         return False
@@ -107,12 +128,6 @@ def _refuses(node: dict, key: str, value: Any) -> bool | None:
         return len(value) > bound
     if key == "required":
         return any(name not in value for name in bound)
-    if key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(bound, bool):
-        # OpenAPI 3.0 (JSON Schema draft 4): a flag on minimum/maximum
-        end = node.get("minimum" if key == "exclusiveMinimum" else "maximum")
-        if not bound or end is None:
-            return False
-        bound = end
     if not _number(bound):
         return None
     if key in ("minimum", "maximum"):
