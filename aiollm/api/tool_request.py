@@ -30,8 +30,9 @@ def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
                                  f"but {sent}: send the tools, or tool_choice \"auto\" or "
                                  f"\"none\"", param="tool_choice")
         raise InvalidRequest(_choice_forms(tool_choice), param="tool_choice")
-    tools = check_tools(tools)
     choice = "auto" if tool_choice is None else tool_choice
+    # under "none" no call comes: the schemas are shown to the model, never compiled
+    tools = check_tools(tools, enforced=choice != "none")
     if choice in ("none", "auto", "required"):
         return tools, choice, tools
     name = _named_function(choice)

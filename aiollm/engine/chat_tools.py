@@ -42,10 +42,12 @@ def _root_type(schema: dict) -> Any:
     return node.get("type")
 
 
-def check_tools(tools: Any) -> list[dict]:
+def check_tools(tools: Any, *, enforced: bool = True) -> list[dict]:
     """`tools` as OpenAI takes them (InvalidRequest naming the field otherwise): at most
     MAX_TOOLS functions with unique names of TOOL_NAME's form, each `parameters` an object
-    schema the grammar can enforce."""
+    schema; one the grammar can enforce (grammar_check.check_schema) where `enforced`,
+    false where no call may come (tool_choice "none": no grammar is built from them, as
+    vLLM builds none)."""
     if not isinstance(tools, list):
         raise InvalidRequest("tools must be a list", param="tools")
     if len(tools) > MAX_TOOLS:
@@ -74,7 +76,7 @@ def check_tools(tools: Any) -> list[dict]:
                                  f'"properties": ...}}): a call\'s arguments are a JSON object, '
                                  f'got type {shown_json(root)}',
                                  param=f"tools[{i}].function.parameters")
-        if params is not None:
+        if params is not None and enforced:
             check_schema(params, f"tools[{i}].function.parameters")
     return tools
 
