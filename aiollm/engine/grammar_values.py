@@ -70,17 +70,29 @@ def value_refusal(node: dict) -> tuple[str, str] | None:
         for key in _KEYS.get(kind, ()):
             if key not in asserted:
                 continue
-            # the message shows the keyword as the client wrote it (a flag: true)
             refused = _refuses(asserted, key, value)
+            shown, culprit = _as_written(node, key, value)
             if refused is None:
-                return (f"{key!r} beside the 'enum'/'const' value {shown_json(value)}, "
+                return (f"{culprit!r} beside the 'enum'/'const' value {shown_json(value)}, "
                         "which is not tested on it (xgrammar writes the values alone),",
                         "remove it, or the value")
             if refused:
                 return (f"the value {shown_json(value)} of 'enum'/'const', which the "
-                        f"{key!r} {shown_json(node[key])} beside it refuses (xgrammar "
-                        "writes the values alone),", f"remove the value, or the {key!r}")
+                        f"{shown} beside it refuses (xgrammar writes the values alone),",
+                        f"remove the value, or the {culprit!r}")
     return None
+
+
+def _as_written(node: dict, key: str, value: Any) -> tuple[str, str]:
+    """(the range keyword `key` of range_bounds(node) as the client wrote it, the keyword
+    whose removal lets `value` pass): OpenAPI 3.0's flag is its end and the flag, "'minimum'
+    3 with 'exclusiveMinimum' true"; the flag lets through a value at the end, the end one
+    past it (it was named the flag's fault: removing it left the value refused)."""
+    end = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}.get(key)
+    if end is None or not isinstance(node[key], bool):
+        return f"{key!r} {shown_json(node[key])}", key
+    shown = f"{end!r} {shown_json(node[end])} with {key!r} true"
+    return shown, key if _number(node[end]) and value == node[end] else end
 
 
 def _type_allows(node: dict, kind: str) -> bool:
