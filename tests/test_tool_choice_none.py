@@ -52,3 +52,20 @@ def test_a_malformed_tool_is_refused_under_none(server, path, tool, at, body, ba
     status, _, raw = http(server, "POST", path, json=body([tool(bad)], "none"))
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == f"{at}.{field}", err
+
+
+@pytest.mark.parametrize("path, tool, at, body", ENDPOINTS)
+@pytest.mark.parametrize("depth", [65, 180])
+def test_a_schema_nested_too_deeply_is_refused_under_none(server, path, tool, at, body,
+                                                          depth):
+    """A parameters schema nested past MAX_SCHEMA_DEPTH is refused in every mode, naming
+    it: under "none" it reached the chat template, whose walk ran out of recursion (a 400
+    blaming `messages`), or was a 400 for a prompt the context could not hold."""
+    schema: dict = {"type": "string"}
+    for _ in range(depth):
+        schema = {"type": "object", "properties": {"a": schema}}
+    status, _, raw = http(server, "POST", path,
+                          json=body([tool({"name": "deep", "parameters": schema})], "none"))
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == f"{at}.parameters", err
+    assert "nests deeper than 64 levels" in err["message"], err

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from aiollm.engine.content_format import joined_text
-from aiollm.engine.grammar_check import check_schema
+from aiollm.engine.grammar_check import check_nesting, check_schema
 from aiollm.errors import InvalidRequest, check_type, shown_json, too_deep
 
 # OpenAI's rule for a function's name (it answers 400 otherwise): names go into the grammar's
@@ -46,8 +46,9 @@ def check_tools(tools: Any, *, enforced: bool = True) -> list[dict]:
     """`tools` as OpenAI takes them (InvalidRequest naming the field otherwise): at most
     MAX_TOOLS functions with unique names of TOOL_NAME's form, each `parameters` an object
     schema; one the grammar can enforce (grammar_check.check_schema) where `enforced`,
-    false where no call may come (tool_choice "none": no grammar is built from them, as
-    vLLM builds none)."""
+    false where no call may come (tool_choice "none", chats that only render them: no
+    grammar is built from them, as vLLM builds none), where it is only held to the depth
+    bound (grammar_check.check_nesting) the template's rendering needs."""
     if not isinstance(tools, list):
         raise InvalidRequest("tools must be a list", param="tools")
     if len(tools) > MAX_TOOLS:
@@ -76,8 +77,9 @@ def check_tools(tools: Any, *, enforced: bool = True) -> list[dict]:
                                  f'"properties": ...}}): a call\'s arguments are a JSON object, '
                                  f'got type {shown_json(root)}',
                                  param=f"tools[{i}].function.parameters")
-        if params is not None and enforced:
-            check_schema(params, f"tools[{i}].function.parameters")
+        if params is not None:
+            (check_schema if enforced else check_nesting)(
+                params, f"tools[{i}].function.parameters")
     return tools
 
 

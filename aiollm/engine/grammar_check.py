@@ -50,6 +50,19 @@ _OBJECT_SHAPES = ("properties", "patternProperties", "additionalProperties", "pr
 def check_schema(schema: dict, param: str) -> None:
     """Refuse (InvalidRequest naming `param` and the keyword's JSON pointer) a JSON schema the
     grammar cannot hold the output to, or one too large to compile quickly."""
+    enums = check_nesting(schema, param)
+    if enums > MAX_ENUM_VALUES:
+        raise InvalidRequest(f"{param} has {enums} enum values; at most {MAX_ENUM_VALUES}",
+                             param=param)
+    _check_keywords(schema, "", param)
+
+
+def check_nesting(schema: Any, param: str) -> int:
+    """The number of enum values in the JSON schema `schema`; InvalidRequest naming `param`
+    where it nests deeper than MAX_SCHEMA_DEPTH levels. The bound holds where no grammar
+    is built too (tools only rendered): a chat template's walk over a schema some 170
+    levels deep ran out of Python's recursion (a 400 blaming the messages; the Python API's
+    tools, unbounded by the HTTP body's decoder, a RecursionError)."""
     stack, enums = [(schema, 1)], 0
     while stack:  # every container, values too: no recursion on a deep document
         node, depth = stack.pop()
@@ -60,10 +73,7 @@ def check_schema(schema: dict, param: str) -> None:
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
         if isinstance(node, dict) and isinstance(node.get("enum"), list):
             enums += len(node["enum"])
-    if enums > MAX_ENUM_VALUES:
-        raise InvalidRequest(f"{param} has {enums} enum values; at most {MAX_ENUM_VALUES}",
-                             param=param)
-    _check_keywords(schema, "", param)
+    return enums
 
 
 def grammar_schema(schema: dict) -> dict:
