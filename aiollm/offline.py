@@ -176,7 +176,9 @@ class LLM:
         # once, before any conversation: a bad option is no conversation's field
         template = checked_options(self.engine.tokenizer, template)
         if tools is not None:
-            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
+            # rendered only, as Engine.chat renders them: no grammar is built from them
+            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools,
+                                enforced=False)
         # every params checked before any conversation is rendered, as generate() checks
         # them before any prompt is tokenized; one the context cannot hold is refused
         # before it is encoded, as Engine.chat refuses it

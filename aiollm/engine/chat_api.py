@@ -102,7 +102,9 @@ class ChatAPI:
         self._check_started()  # a usage error before any complaint about the messages
         messages = checked_messages(messages)
         if tools is not None:
-            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
+            # rendered only (no call is parsed or held to a grammar): vLLM takes any schema
+            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools,
+                                enforced=False)
         return self.render_chat(messages, tools, template, most=most)[0]
 
     def _most(self, params: SamplingParams | None) -> int | None:
