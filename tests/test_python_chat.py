@@ -120,6 +120,23 @@ def test_tools_only_rendered_are_not_held_to_the_grammar(server):
         on_loop(server, engine.chat(HI, sp, tools=[{"type": "function", "function": {
             "name": "deep", "parameters": deep}}]))
     assert e.value.param == "tools[0].function.parameters"
+    # Python values JSON cannot write, which the grammar's checks refused in some places
+    # ('required'): a TypeError or ValueError from the rendering's json.dumps, or NaN
+    # written into the prompt
+    for bad in ({"required": [b"x"]}, {"required": [10 ** 5000]}, {"required": [float("nan")]},
+                {"properties": {"a": {"type": "string", "default": b"x"}}}):
+        with pytest.raises(InvalidRequest, match="is not JSON") as e:
+            on_loop(server, engine.chat(HI, sp, tools=[{"type": "function", "function": {
+                "name": "odd", "parameters": {"type": "object", **bad}}}]))
+        assert e.value.param == "tools[0].function.parameters"
+    with pytest.raises(InvalidRequest, match="is not JSON") as e:
+        on_loop(server, engine.chat(HI, sp, tools=[{"type": "function", "function": {
+            "name": "odd", "x-tags": {1, 2}}}]))
+    assert e.value.param == "tools[0].function"
+    with pytest.raises(InvalidRequest, match="nested too deeply") as e:
+        on_loop(server, engine.chat(HI, sp, tools=[{"type": "function", "function": {
+            "name": "odd", "x-schema": deep}}]))
+    assert e.value.param == "tools[0].function"
     server.wait_idle()
 
 

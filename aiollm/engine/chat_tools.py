@@ -80,7 +80,22 @@ def check_tools(tools: Any, *, enforced: bool = True) -> list[dict]:
         if params is not None:
             (check_schema if enforced else check_nesting)(
                 params, f"tools[{i}].function.parameters")
+        _check_json(t["function"], f"tools[{i}].function")
     return tools
+
+
+def _check_json(function: dict, at: str) -> None:
+    """InvalidRequest naming `at`.parameters, else `at` (a tool's function), where the
+    Python API's tool holds a value JSON cannot write (bytes, a set, NaN, an integer of
+    over 4300 digits): templates write the tools as JSON, and its TypeError or ValueError
+    named no tool (NaN was written into the prompt). A request's JSON always passes."""
+    for param, value in ((f"{at}.parameters", function.get("parameters")), (at, function)):
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise InvalidRequest(f"{param} is not JSON: {e}", param=param) from None
+        except RecursionError:
+            raise too_deep(param) from None
 
 
 def _check_tool_shape(tool: Any, at: str) -> None:
