@@ -69,3 +69,16 @@ def test_a_schema_nested_too_deeply_is_refused_under_none(server, path, tool, at
     err = json.loads(raw)["error"]
     assert status == 400 and err["param"] == f"{at}.parameters", err
     assert "nests deeper than 64 levels" in err["message"], err
+
+
+@pytest.mark.parametrize("path, tool, at, body", ENDPOINTS)
+@pytest.mark.parametrize("choice", ["None", "nothing"])
+def test_a_tool_choice_of_no_form_is_told_before_the_schemas(server, path, tool, at, body,
+                                                             choice):
+    """A mistyped "none" is told the forms: the schemas' check depends on the mode, and it
+    was told to remove the uniqueItems that "none" would have taken."""
+    tools = [tool({"name": "tag", "parameters": UNENFORCED})]
+    status, _, raw = http(server, "POST", path, json=body(tools, choice))
+    err = json.loads(raw)["error"]
+    assert status == 400 and err["param"] == "tool_choice", err
+    assert "uniqueItems" not in err["message"], err
