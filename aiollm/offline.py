@@ -126,7 +126,8 @@ class LLM:
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,
         continue_final_message, chat_template_kwargs such as enable_thinking; default: the
         assistant's turn opened), with `tools` (OpenAI's function tools, checked as the
-        HTTP API checks them) given to the template for every conversation. A single
+        HTTP API checks them under tool_choice "none": no grammar is built from them)
+        given to the template for every conversation. A single
         conversation (a list of message dicts) is a batch of one, as in vLLM's LLM.chat;
         each output's `prompt` is its conversation rendered (the prompt's tokens decoded,
         control tokens included), as vLLM's. vLLM's keywords: `sampling_params` and

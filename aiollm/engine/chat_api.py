@@ -76,8 +76,9 @@ class ChatAPI:
         """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
         checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
         chat template (a long one rendered and tokenized off the loop), with `tools`
-        (OpenAI's function tools, checked as the HTTP API checks them: InvalidRequest
-        naming `tools[i]...`): the prompt is the one /v1/chat/completions renders for the
+        (OpenAI's function tools, checked as the HTTP API checks them under tool_choice
+        "none", no grammar being built from them: InvalidRequest naming `tools[i]...`): the
+        prompt is the one /v1/chat/completions renders for the
         same messages, tools and options (render_chat). The output is the model's text, any
         calls in it unparsed, as vLLM's LLM.chat gives it. `cache_salt`: as generate()
         takes it; it and `params` (InvalidRequest naming the field, as generate() names
