@@ -126,7 +126,8 @@ class LLM:
         the chat template as `template` says (Engine.chat's options: add_generation_prompt,
         continue_final_message, chat_template_kwargs such as enable_thinking; default: the
         assistant's turn opened), with `tools` (OpenAI's function tools, checked as the
-        HTTP API checks them) given to the template for every conversation. A single
+        HTTP API checks them under tool_choice "none": no grammar is built from them)
+        given to the template for every conversation. A single
         conversation (a list of message dicts) is a batch of one, as in vLLM's LLM.chat;
         each output's `prompt` is its conversation rendered (the prompt's tokens decoded,
         control tokens included), as vLLM's. vLLM's keywords: `sampling_params` and
@@ -176,7 +177,9 @@ class LLM:
         # once, before any conversation: a bad option is no conversation's field
         template = checked_options(self.engine.tokenizer, template)
         if tools is not None:
-            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
+            # rendered only, as Engine.chat renders them: no grammar is built from them
+            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools,
+                                enforced=False)
         # every params checked before any conversation is rendered, as generate() checks
         # them before any prompt is tokenized; one the context cannot hold is refused
         # before it is encoded, as Engine.chat refuses it

@@ -368,12 +368,8 @@ class SamplingParams:
             raise InvalidRequest("structured_outputs and guided_decoding (its former name) "
                                  "are both given: give one", param="guided_decoding")
         if grammars:
-            grammar = grammar_of(grammars[0][1], grammars[0][0])
-            if grammar is not None:  # (json_object=False: none)
-                given["grammar"] = grammar
+            given["grammar"] = grammar_of(grammars[0][1], grammars[0][0])
             self.structured_outputs = self.guided_decoding = None
-            if not given:
-                return
         for name in given:
             if getattr(c, name) is not None:
                 field_name = grammars[0][0] if name == "grammar" else name

@@ -19,8 +19,9 @@ GRAMMAR_FIELDS = ("json", "regex", "choice", "grammar", "json_object", "structur
 class StructuredOutputsParams:
     """One grammar the output follows: `json` (a JSON schema, as a dict or its JSON text),
     `regex`, `choice` (a list of strings: the output is one of them), `grammar` (EBNF, as
-    xgrammar reads it), `json_object` (True: any JSON object) or `structural_tag` (xgrammar's
-    structural tag, a dict or its JSON text). The boolean options are vLLM's and change
+    xgrammar reads it), `json_object` (True: any JSON object; False is refused by
+    SamplingParams, as vLLM's refuses it) or `structural_tag` (xgrammar's structural tag,
+    a dict or its JSON text). The boolean options are vLLM's and change
     nothing here (the output is compact, strict JSON already), but are checked as booleans;
     whitespace_pattern must be None (xgrammar takes no whitespace pattern: SamplingParams
     refuses one, naming structured_outputs.whitespace_pattern, as the HTTP API does);
@@ -62,7 +63,7 @@ GuidedDecodingParams = StructuredOutputsParams  # vLLM's name before 0.11
 
 def grammar_of(value: Any, name: str):
     """The GrammarSpec (aiollm.sampling_params) of a StructuredOutputsParams or of the dict
-    the HTTP API takes (None for None, or json_object False), given to SamplingParams as
+    the HTTP API takes (None for None), given to SamplingParams as
     `name` (structured_outputs or guided_decoding). Raises InvalidRequest naming the field
     (`name.choice`), `name` for a value of neither kind."""
     from aiollm.api.structured import structured_outputs

@@ -31,6 +31,11 @@ CALLED = [  # a past call and its answer: a template that knows no calls is show
         "id": "c1", "type": "function",
         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
     {"role": "tool", "tool_call_id": "c1", "content": "21 C"}]
+# uniqueItems: no grammar holds a call to it (a chat request refuses it where a call may
+# come), but a chat that only renders the tools takes it, as vLLM's LLM.chat and /tokenize do
+UNIQUE = [{"type": "function", "function": {"name": "tag", "parameters": {
+    "type": "object", "properties": {"tags": {
+        "type": "array", "items": {"type": "string"}, "uniqueItems": True}}}}}]
 # renders the tools itself (so they reach it as they are), then each message
 KNOWS_TOOLS = ("{% if tools %}{{ tools | length }} tools\n{% endif %}{% for m in messages %}"
                "<{{ m.role }}>{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}"
@@ -88,6 +93,53 @@ def test_engine_chat_takes_tools_as_the_server_renders_them(server):
     server.wait_idle()
 
 
+def test_tools_only_rendered_are_not_held_to_the_grammar(server):
+    """Engine.chat, stream_chat and /tokenize render the tools and parse no call (no grammar
+    is built from them, as under tool_choice "none"): a parameters schema the grammar could
+    not enforce was refused there (InvalidRequest naming it, a 400), where vLLM takes it."""
+    engine = server.engine
+    sp = SamplingParams(max_tokens=1, temperature=0)
+
+    async def chats():
+        out = await engine.chat(HI, sp, tools=UNIQUE)
+        streamed = [d async for d in engine.stream_chat(HI, sp, tools=UNIQUE)]
+        return out, streamed
+
+    out, streamed = on_loop(server, chats())
+    status, _, raw = http(server, "POST", "/tokenize", json={"messages": HI, "tools": UNIQUE})
+    assert status == 200, raw
+    assert out.prompt_token_ids == json.loads(raw)["tokens"]
+    assert '"uniqueItems": true' in engine.tokenizer.decode(out.prompt_token_ids)
+    assert streamed[-1].prompt_tokens == len(out.prompt_token_ids)
+    # nested past json.dumps' recursion (the HTTP body's decoder stops it shallower): still
+    # held to the grammar's depth bound; it was a RecursionError from the rendering
+    deep: dict = {"type": "string"}
+    for _ in range(3000):
+        deep = {"type": "object", "properties": {"a": deep}}
+    with pytest.raises(InvalidRequest, match="nests deeper than 64 levels") as e:
+        on_loop(server, engine.chat(HI, sp, tools=[{"type": "function", "function": {
+            "name": "deep", "parameters": deep}}]))
+    assert e.value.param == "tools[0].function.parameters"
+    # Python values JSON cannot write, which the grammar's checks refused in some places
+    # ('required'): a TypeError or ValueError from the rendering's json.dumps, or NaN
+    # written into the prompt
+    for bad in ({"required": [b"x"]}, {"required": [10 ** 5000]}, {"required": [float("nan")]},
+                {"properties": {"a": {"type": "string", "default": b"x"}}}):
+        with pytest.raises(InvalidRequest, match="is not JSON") as e:
+            on_loop(server, engine.chat(HI, sp, tools=[{"type": "function", "function": {
+                "name": "odd", "parameters": {"type": "object", **bad}}}]))
+        assert e.value.param == "tools[0].function.parameters"
+    with pytest.raises(InvalidRequest, match="is not JSON") as e:
+        on_loop(server, engine.chat(HI, sp, tools=[{"type": "function", "function": {
+            "name": "odd", "x-tags": {1, 2}}}]))
+    assert e.value.param == "tools[0].function"
+    with pytest.raises(InvalidRequest, match="nested too deeply") as e:
+        on_loop(server, engine.chat(HI, sp, tools=[{"type": "function", "function": {
+            "name": "odd", "x-schema": deep}}]))
+    assert e.value.param == "tools[0].function"
+    server.wait_idle()
+
+
 @pytest.fixture(scope="module")
 def broken_model(tmp_path_factory):
     """A model directory (tiny random weights) whose own chat template does not compile."""
@@ -116,6 +168,9 @@ def test_llm_chat_takes_vllms_chat_template(llm):
     out, = llm.chat(CALLED[:1], sp, False, chat_template=KNOWS_TOOLS, tools=TOOLS)
     # a template that renders the tools itself: they reach it unchanged
     assert out.prompt == "1 tools\n<user>Weather in Paris?\n<assistant>"
+    # tools it only renders are not held to the grammar's checks (see above)
+    out, = llm.chat(HI, sp, False, chat_template=KNOWS_TOOLS, tools=UNIQUE)
+    assert out.prompt == "1 tools\n<user>Hi\n<assistant>"
     with pytest.raises(ChatTemplateError, match="chat template does not compile"):
         llm.chat(HI, sp, False)  # the model's own
     cont, = llm.chat([*HI, {"role": "assistant", "content": "Hel"}], sp, False,

@@ -51,6 +51,15 @@ def test_a_schema_json_schema_calls_invalid_is_refused(schema, keyword):
      "'exclusiveMinimum' true"),  # OpenAPI 3.0's flag
     ({"type": "integer", "enum": [9, 10], "maximum": 10, "exclusiveMaximum": True},
      "value 10 .*'exclusiveMaximum' true"),
+    # a value past the flag's end: the end refuses it, and removing the flag would not do
+    ({"type": "integer", "enum": [2], "minimum": 3, "exclusiveMinimum": True},
+     "value 2 .*'minimum' 3 with 'exclusiveMinimum' true .*: remove the value, or the "
+     "'minimum'$"),
+    ({"type": "number", "enum": [10], "maximum": 10, "exclusiveMaximum": True},
+     "'maximum' 10 with 'exclusiveMaximum' true .*: remove the value, or the "
+     "'exclusiveMaximum'$"),
+    ({"type": "integer", "enum": [1], "minimum": "0", "exclusiveMinimum": True},
+     "'minimum' beside .* value 1, which is not tested"),
     ({"type": "number", "enum": [0.3, 0.35], "multipleOf": 0.1}, "value 0.35 .*'multipleOf'"),
     # tested exactly past decimal's 28 digits too (0.5 / 3e-300 is 1.66...e299), not
     # refused as untested

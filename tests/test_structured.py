@@ -224,6 +224,11 @@ def test_logit_bias_key_with_leading_zeros_is_its_token(client):
     ({"response_format": {"type": 5}}, "response_format.type"),
     ({"response_format": {"type": None}}, "response_format.type"),
     ({"structured_outputs": {"json_object": "yes"}}, "structured_outputs.json_object"),
+    # false asks for no grammar: vLLM refuses it (its backends would fail on it), and it was
+    # taken here as no constraint, or beside another grammar as that one
+    ({"structured_outputs": {"json_object": False}}, "structured_outputs.json_object"),
+    ({"structured_outputs": {"regex": "[0-9]+", "json_object": False}},
+     "structured_outputs.json_object"),
     ({"structured_outputs": {"json": SCHEMAS[0], "disable_fallback": "x"}},
      "structured_outputs.disable_fallback"),
     ({"tools": [{"type": "function", "function": {"name": "f", "description": 5}}]},

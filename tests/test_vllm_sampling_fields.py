@@ -52,9 +52,6 @@ def test_structured_outputs_constrain_the_output(llm):
     assert params[0].constraint.grammar == GrammarSpec(
         "choice", '["yes", "no"]', "structured_outputs.choice")
     assert params[0].structured_outputs is None  # moved into the constraint, as logit_bias
-    # json_object False asks for nothing (as the HTTP API's): no constraint at all
-    assert SamplingParams(structured_outputs=StructuredOutputsParams(
-        json_object=False)).constraint is None
 
 
 @pytest.mark.parametrize("make, param", [
@@ -65,6 +62,12 @@ def test_structured_outputs_constrain_the_output(llm):
     (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex=3)),
      "structured_outputs.regex"),
     (lambda: SamplingParams(structured_outputs={"jsn": {}}), "structured_outputs.jsn"),
+    # json_object False asks for no grammar: vLLM's SamplingParams refuses it (it was no
+    # constraint here)
+    (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(json_object=False)),
+     "structured_outputs.json_object"),
+    (lambda: SamplingParams(guided_decoding=StructuredOutputsParams(json_object=False)),
+     "guided_decoding.json_object"),
     (lambda: SamplingParams(structured_outputs="[0-9]"), "structured_outputs"),
     (lambda: SamplingParams(structured_outputs=StructuredOutputsParams(regex="a"),
                             guided_decoding=StructuredOutputsParams(regex="b")),

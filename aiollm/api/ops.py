@@ -87,7 +87,8 @@ async def tokenize(request: web.Request) -> web.Response:
                        "messages", param="tools")
     if req.messages is not None:
         ids, _ = await st.render_chat([m.as_dict(i) for i, m in enumerate(req.messages)],
-                                      tool_request.choose(req.tools, None)[0],
+                                      # rendered only: checked as under "none", no grammar
+                                      tool_request.choose(req.tools, "none")[0],
                                       req.template_options(st.trust_request_chat_template,
                                                            st.chat_template_content_format),
                                       add_special_tokens=bool(req.add_special_tokens))

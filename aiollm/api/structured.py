@@ -143,7 +143,7 @@ WHITESPACE_PATTERN_REFUSED = ("a whitespace pattern is not supported: grammars r
 
 def structured_outputs(value: Any) -> GrammarSpec | None:
     """vLLM's structured_outputs object: exactly one of its grammar fields (json_object
-    false: none, the output free)."""
+    true, if given: false is refused, as vLLM refuses it)."""
     p = "structured_outputs"
     if value is None:
         return None
@@ -154,8 +154,7 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
         "regex": lambda v, q: GrammarSpec("regex", _text(v, q), q),
         "choice": lambda v, q: GrammarSpec("choice", _choice(v, q), q),
         "grammar": lambda v, q: GrammarSpec("ebnf", _text(v, q), q),
-        "json_object": lambda v, q: (GrammarSpec("json_object", "", q)
-                                     if check_type(v, (bool,), q) else None),
+        "json_object": _json_object,
         "structural_tag": lambda v, q: GrammarSpec("structural_tag", _structural_tag(v, q), q),
     }
     unknown = [k for k in value if k not in makers and k not in _STRUCTURED_OPTIONS]
@@ -172,11 +171,20 @@ def structured_outputs(value: Any) -> GrammarSpec | None:
         raise InvalidRequest(f"structured_outputs gives no grammar: send one of "
                              f"{', '.join(makers)}, or leave structured_outputs out", param=p)
     specs = [makers[k](value[k], f"{p}.{k}") for k in given]
-    specs = [s for s in specs if s is not None]
     if len(specs) > 1:
         raise InvalidRequest("structured_outputs takes one of json, regex, choice, grammar, "
                              "json_object, structural_tag", param=p)
-    return specs[0] if specs else None
+    return specs[0]
+
+
+def _json_object(value: Any, param: str) -> GrammarSpec:
+    """json_object true: any JSON object. False asks for no grammar, and vLLM refuses it
+    (a 400 naming the field: its grammar backends would fail on it), beside another grammar
+    too; it was taken here as no constraint, or as the grammar beside it."""
+    if not check_type(value, (bool,), param):
+        raise InvalidRequest(f"{param}: expected true (any JSON object), got false; to leave "
+                             "the output free, leave structured_outputs out", param=param)
+    return GrammarSpec("json_object", "", param)
 
 
 def guided(fields: dict[str, Any], prefix: str = "") -> list[GrammarSpec]:

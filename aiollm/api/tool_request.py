@@ -30,18 +30,21 @@ def choose(tools: Any, tool_choice: Any) -> tuple[list[dict], str, list[dict]]:
                                  f"but {sent}: send the tools, or tool_choice \"auto\" or "
                                  f"\"none\"", param="tool_choice")
         raise InvalidRequest(_choice_forms(tool_choice), param="tool_choice")
-    tools = check_tools(tools)
     choice = "auto" if tool_choice is None else tool_choice
-    if choice in ("none", "auto", "required"):
-        return tools, choice, tools
     name = _named_function(choice)
-    if name is not None:
-        named = [t for t in tools if t["function"]["name"] == name]
-        if not named:
-            raise InvalidRequest(f"tool_choice names {shown_json(name)}, which is not among "
-                                 "the tools", param="tool_choice")
-        return tools, "required", named
-    raise InvalidRequest(_choice_forms(choice), param="tool_choice")
+    if name is None and choice not in ("none", "auto", "required"):
+        # before the tools: their check depends on the mode ("None" was told to remove
+        # what "none" takes)
+        raise InvalidRequest(_choice_forms(choice), param="tool_choice")
+    # under "none" no call comes: the schemas are shown to the model, never compiled
+    tools = check_tools(tools, enforced=choice != "none")
+    if name is None:
+        return tools, choice, tools
+    named = [t for t in tools if t["function"]["name"] == name]
+    if not named:
+        raise InvalidRequest(f"tool_choice names {shown_json(name)}, which is not among "
+                             "the tools", param="tool_choice")
+    return tools, "required", named
 
 
 def _named_function(tool_choice: Any) -> str | None:

@@ -76,8 +76,9 @@ class ChatAPI:
         """generate() on a conversation ({"role", "content"} dicts, checked as the HTTP API
         checks them: InvalidRequest naming the field, engine/chat_messages.py) under the
         chat template (a long one rendered and tokenized off the loop), with `tools`
-        (OpenAI's function tools, checked as the HTTP API checks them: InvalidRequest
-        naming `tools[i]...`): the prompt is the one /v1/chat/completions renders for the
+        (OpenAI's function tools, checked as the HTTP API checks them under tool_choice
+        "none", no grammar being built from them: InvalidRequest naming `tools[i]...`): the
+        prompt is the one /v1/chat/completions renders for the
         same messages, tools and options (render_chat). The output is the model's text, any
         calls in it unparsed, as vLLM's LLM.chat gives it. `cache_salt`: as generate()
         takes it; it and `params` (InvalidRequest naming the field, as generate() names
@@ -102,7 +103,9 @@ class ChatAPI:
         self._check_started()  # a usage error before any complaint about the messages
         messages = checked_messages(messages)
         if tools is not None:
-            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools)
+            # rendered only (no call is parsed or held to a grammar): vLLM takes any schema
+            tools = check_tools(list(tools) if isinstance(tools, tuple) else tools,
+                                enforced=False)
         return self.render_chat(messages, tools, template, most=most)[0]
 
     def _most(self, params: SamplingParams | None) -> int | None:

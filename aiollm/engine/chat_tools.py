@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from aiollm.engine.content_format import joined_text
-from aiollm.engine.grammar_check import check_schema
+from aiollm.engine.grammar_check import check_nesting, check_schema
 from aiollm.errors import InvalidRequest, check_type, shown_json, too_deep
 
 # OpenAI's rule for a function's name (it answers 400 otherwise): names go into the grammar's
@@ -42,10 +42,13 @@ def _root_type(schema: dict) -> Any:
     return node.get("type")
 
 
-def check_tools(tools: Any) -> list[dict]:
+def check_tools(tools: Any, *, enforced: bool = True) -> list[dict]:
     """`tools` as OpenAI takes them (InvalidRequest naming the field otherwise): at most
     MAX_TOOLS functions with unique names of TOOL_NAME's form, each `parameters` an object
-    schema the grammar can enforce."""
+    schema; one the grammar can enforce (grammar_check.check_schema) where `enforced`,
+    false where no call may come (tool_choice "none", chats that only render them: no
+    grammar is built from them, as vLLM builds none), where it is only held to the depth
+    bound (grammar_check.check_nesting) the template's rendering needs."""
     if not isinstance(tools, list):
         raise InvalidRequest("tools must be a list", param="tools")
     if len(tools) > MAX_TOOLS:
@@ -75,8 +78,24 @@ def check_tools(tools: Any) -> list[dict]:
                                  f'got type {shown_json(root)}',
                                  param=f"tools[{i}].function.parameters")
         if params is not None:
-            check_schema(params, f"tools[{i}].function.parameters")
+            (check_schema if enforced else check_nesting)(
+                params, f"tools[{i}].function.parameters")
+        _check_json(t["function"], f"tools[{i}].function")
     return tools
+
+
+def _check_json(function: dict, at: str) -> None:
+    """InvalidRequest naming `at`.parameters, else `at` (a tool's function), where the
+    Python API's tool holds a value JSON cannot write (bytes, a set, NaN, an integer of
+    over 4300 digits): templates write the tools as JSON, and its TypeError or ValueError
+    named no tool (NaN was written into the prompt). A request's JSON always passes."""
+    for param, value in ((f"{at}.parameters", function.get("parameters")), (at, function)):
+        try:
+            json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise InvalidRequest(f"{param} is not JSON: {e}", param=param) from None
+        except RecursionError:
+            raise too_deep(param) from None
 
 
 def _check_tool_shape(tool: Any, at: str) -> None:

@@ -16,7 +16,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from aiollm.engine.grammar_values import value_refusal
+from aiollm.engine.grammar_values import RANGE, range_bounds, value_refusal
 from aiollm.errors import InvalidRequest, shown_json
 from aiollm.sampling_params import GrammarSpec, is_int
 
@@ -50,6 +50,19 @@ _OBJECT_SHAPES = ("properties", "patternProperties", "additionalProperties", "pr
 def check_schema(schema: dict, param: str) -> None:
     """Refuse (InvalidRequest naming `param` and the keyword's JSON pointer) a JSON schema the
     grammar cannot hold the output to, or one too large to compile quickly."""
+    enums = check_nesting(schema, param)
+    if enums > MAX_ENUM_VALUES:
+        raise InvalidRequest(f"{param} has {enums} enum values; at most {MAX_ENUM_VALUES}",
+                             param=param)
+    _check_keywords(schema, "", param)
+
+
+def check_nesting(schema: Any, param: str) -> int:
+    """The number of enum values in the JSON schema `schema`; InvalidRequest naming `param`
+    where it nests deeper than MAX_SCHEMA_DEPTH levels. The bound holds where no grammar
+    is built too (tools only rendered): a chat template's walk over a schema some 170
+    levels deep ran out of Python's recursion (a 400 blaming the messages; the Python API's
+    tools, unbounded by the HTTP body's decoder, a RecursionError)."""
     stack, enums = [(schema, 1)], 0
     while stack:  # every container, values too: no recursion on a deep document
         node, depth = stack.pop()
@@ -60,10 +73,7 @@ def check_schema(schema: dict, param: str) -> None:
         stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list)))
         if isinstance(node, dict) and isinstance(node.get("enum"), list):
             enums += len(node["enum"])
-    if enums > MAX_ENUM_VALUES:
-        raise InvalidRequest(f"{param} has {enums} enum values; at most {MAX_ENUM_VALUES}",
-                             param=param)
-    _check_keywords(schema, "", param)
+    return enums
 
 
 def grammar_schema(schema: dict) -> dict:
@@ -72,7 +82,7 @@ def grammar_schema(schema: dict) -> dict:
     `additionalProperties: {}`. JSON Schema allows any items there; xgrammar's strict mode
     (no items or properties but those named) allowed none: minItems 1 did not compile and
     maxItems alone allowed only []. OpenAPI 3.0's exclusive flags are written as numbers
-    (`_bounds`)."""
+    (grammar_values.range_bounds)."""
     out = copy.deepcopy(schema)
     stack = [out]
     while stack:
@@ -86,8 +96,8 @@ def grammar_schema(schema: dict) -> dict:
                 k in node for k in _OBJECT_SHAPES):
             node["additionalProperties"] = {}
         if any(isinstance(node.get(k), bool) for k in ("exclusiveMinimum", "exclusiveMaximum")):
-            bounds = _bounds(node)
-            for key in _RANGE:
+            bounds = range_bounds(node)
+            for key in RANGE:
                 node.pop(key, None)
             node.update(bounds)
         stack.extend(sub for _, sub in _subschemas(node))
@@ -231,8 +241,8 @@ def _dropped_multiple(node: dict) -> tuple[str, str] | None:
         return None
     if mult > MAX_MULTIPLE_OF:
         return f"'multipleOf' above {MAX_MULTIPLE_OF}", "remove it"
-    bounds = _bounds(node)
-    ends = [bounds.get(k) for k in _RANGE]
+    bounds = range_bounds(node)
+    ends = [bounds.get(k) for k in RANGE]
     if not all(e is None or is_int(e) or (isinstance(e, float) and e.is_integer())
                for e in ends):
         return None
@@ -245,22 +255,6 @@ def _dropped_multiple(node: dict) -> tuple[str, str] | None:
         return (f"'multipleOf' over a range of more than {MAX_MULTIPLE_OF_RANGE} integers",
                 f"narrow the range to at most {MAX_MULTIPLE_OF_RANGE}, or remove it")
     return None
-
-
-_RANGE = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
-
-
-def _bounds(node: dict) -> dict:
-    """The range keywords of `node` (those of _RANGE it has) as JSON Schema 2020-12 writes
-    them: OpenAPI 3.0's (draft 4's) flag on a minimum, {"minimum": 0, "exclusiveMinimum":
-    true}, as {"exclusiveMinimum": 0}; a false flag, or one without its end, as nothing.
-    xgrammar refused the flag ("Value must be a number"): every OpenAPI 3.0 schema with
-    an open range."""
-    out = {k: node[k] for k in _RANGE if k in node}
-    for flag, end in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
-        if isinstance(out.get(flag), bool) and out.pop(flag) and end in out:
-            out[flag] = out.pop(end)
-    return out
 
 
 # A maxLength this large beside a format is accepted though the grammar cannot hold it:

@@ -59,6 +59,8 @@ def value_refusal(node: dict) -> tuple[str, str] | None:
     values = list(node["enum"]) if isinstance(node.get("enum"), list) else []
     if "const" in node:
         values.append(node["const"])
+    # the range as 2020-12 writes it: OpenAPI 3.0's flag is tested as its bound
+    asserted = {**{k: v for k, v in node.items() if k not in RANGE}, **range_bounds(node)}
     for value in values:
         kind = json_type(value)
         if not _type_allows(node, kind):
@@ -66,18 +68,31 @@ def value_refusal(node: dict) -> tuple[str, str] | None:
                     f"{shown_json(node['type'])} beside it refuses (xgrammar writes the "
                     "values alone),", "remove the value, or add its type")
         for key in _KEYS.get(kind, ()):
-            if key not in node:
+            if key not in asserted:
                 continue
-            refused = _refuses(node, key, value)
+            refused = _refuses(asserted, key, value)
+            shown, culprit = _as_written(node, key, value)
             if refused is None:
-                return (f"{key!r} beside the 'enum'/'const' value {shown_json(value)}, "
+                return (f"{culprit!r} beside the 'enum'/'const' value {shown_json(value)}, "
                         "which is not tested on it (xgrammar writes the values alone),",
                         "remove it, or the value")
             if refused:
                 return (f"the value {shown_json(value)} of 'enum'/'const', which the "
-                        f"{key!r} {shown_json(node[key])} beside it refuses (xgrammar "
-                        "writes the values alone),", f"remove the value, or the {key!r}")
+                        f"{shown} beside it refuses (xgrammar writes the values alone),",
+                        f"remove the value, or the {culprit!r}")
     return None
+
+
+def _as_written(node: dict, key: str, value: Any) -> tuple[str, str]:
+    """(the range keyword `key` of range_bounds(node) as the client wrote it, the keyword
+    whose removal lets `value` pass): OpenAPI 3.0's flag is its end and the flag, "'minimum'
+    3 with 'exclusiveMinimum' true"; the flag lets through a value at the end, the end one
+    past it (it was named the flag's fault: removing it left the value refused)."""
+    end = {"exclusiveMinimum": "minimum", "exclusiveMaximum": "maximum"}.get(key)
+    if end is None or not isinstance(node[key], bool):
+        return f"{key!r} {shown_json(node[key])}", key
+    shown = f"{end!r} {shown_json(node[end])} with {key!r} true"
+    return shown, key if _number(node[end]) and value == node[end] else end
 
 
 def _type_allows(node: dict, kind: str) -> bool:
@@ -89,15 +104,33 @@ def _type_allows(node: dict, kind: str) -> bool:
             or (kind == "null" and node.get("nullable") is True))
 
 
+RANGE = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+
+
+def range_bounds(node: dict) -> dict:
+    """The range keywords of the schema node `node` (those of RANGE it has) as JSON Schema
+    2020-12 writes them: OpenAPI 3.0's (draft 4's) flag on a minimum, {"minimum": 0,
+    "exclusiveMinimum": true}, as {"exclusiveMinimum": 0}; a false flag, or one without its
+    end, as nothing. The one reading of the flag: the values are tested (value_refusal) and
+    the schema compiled (grammar_check.grammar_schema; xgrammar refused the flag, "Value
+    must be a number") by it."""
+    out = {k: node[k] for k in RANGE if k in node}
+    for flag, end in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(flag), bool) and out.pop(flag) and end in out:
+            out[flag] = out.pop(end)
+    return out
+
+
 def _number(bound: Any) -> bool:
     return isinstance(bound, (int, float)) and not isinstance(bound, bool)
 
 
 def _refuses(node: dict, key: str, value: Any) -> bool | None:
-    """Whether `key` of `node` refuses `value` (one of the JSON type the key asserts on);
-    None where it is not tested here: the keywords holding members' schemas, a bound that
-    is no number, a pattern (Python's re backtracks, 2**n steps on a pattern such as
-    "^(a+)+$", holding the GIL: this runs on the event loop for tools)."""
+    """Whether `key` of `node` (its range as range_bounds writes it) refuses `value` (one
+    of the JSON type the key asserts on); None where it is not tested here: the keywords
+    holding members' schemas, a bound that is no number, a pattern (Python's re
+    backtracks, 2**n steps on a pattern such as "^(a+)+$", holding the GIL: this runs on
+    the event loop for tools)."""
     bound = node[key]
     if key == "uniqueItems" and bound is False:
         return False
@@ -107,12 +140,6 @@ def _refuses(node: dict, key: str, value: Any) -> bool | None:
         return len(value) > bound
     if key == "required":
         return any(name not in value for name in bound)
-    if key in ("exclusiveMinimum", "exclusiveMaximum") and isinstance(bound, bool):
-        # OpenAPI 3.0 (JSON Schema draft 4): a flag on minimum/maximum
-        end = node.get("minimum" if key == "exclusiveMinimum" else "maximum")
-        if not bound or end is None:
-            return False
-        bound = end
     if not _number(bound):
         return None
     if key in ("minimum", "maximum"):
