@@ -72,3 +72,45 @@ def test_a_tools_schema_the_grammar_refuses_is_named(client, model):
                                 tools=[WEATHER, bad], tool_choice="required")
     assert e.value.param == "tools[1].parameters", e.value.body
     assert "frobnicate" in e.value.message, e.value.body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_include_stop_str_in_output_keeps_the_stop_string(client, model, stream):
+    """vLLM's Responses API takes include_stop_str_in_output (as chat does): the text ends
+    after the stop string, not before it. It was an unknown field here, ignored."""
+    free = client.responses.create(model=model, input=ASK, max_output_tokens=12,
+                                   temperature=0).output_text
+    assert len(free) > 4, free
+    stop = free[2:4]
+    cut = free[:free.index(stop)]
+    for include, text in ((True, cut + stop), (False, cut)):
+        kw = dict(model=model, input=ASK, max_output_tokens=12, temperature=0,
+                  extra_body={"stop": [stop], "include_stop_str_in_output": include})
+        if stream:
+            with client.responses.stream(**kw) as s:
+                list(s)
+                r = s.get_final_response()
+        else:
+            r = client.responses.create(**kw)
+        assert (r.output_text, r.status) == (text, "completed"), (include, stop, free)
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"min_tokens": 3}, "min_tokens"),
+    ({"bad_words": ["blue"]}, "bad_words"),
+    ({"allowed_token_ids": [1, 2]}, "allowed_token_ids"),
+    ({"allowed_token_ids": []}, "allowed_token_ids"),
+])
+def test_chats_sampling_fields_vllm_ignores_here_are_refused(client, model, body, param):
+    """vLLM's Responses API does not take these (it ignores them, with a warning): they
+    shape the output, so they are a 400 naming them, as chat's response_format is."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=ASK, max_output_tokens=4, extra_body=body)
+    assert e.value.param == param, e.value.body
+    assert "/v1/chat/completions" in e.value.message, e.value.body
+
+
+def test_their_values_that_ask_for_nothing_are_taken(client, model):
+    r = client.responses.create(model=model, input=ASK, max_output_tokens=4, extra_body={
+        "min_tokens": 0, "bad_words": [], "allowed_token_ids": None})
+    assert r.status in ("completed", "incomplete")
