@@ -6,6 +6,7 @@ more is refused with Overloaded (HTTP 503), at once, holding nothing."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -133,3 +134,67 @@ def test_generate_batch_is_not_refused_while_out_of_memory_halves_the_batch(tmp_
 
     outs = asyncio.run(main())
     assert failed == [4] and len(outs) == 10
+
+
+@pytest.mark.parametrize("probe_first", [True, False])
+def test_a_health_probe_takes_no_place_in_the_waiting_queue_nor_needs_one(tiny, probe_first):
+    """While the engine is failing, a health check runs a probe request (health_probe.py).
+    It was an ordinary request of the waiting queue: counted against --max-waiting-requests,
+    a probe made a client's request a 503 in its place (probe_first), and with the queue
+    full the probe itself was refused, /health naming the full queue instead of the engine's
+    state (probe_last). vLLM's /health takes no queue place: here the probe counts in no
+    limit and waits first in line."""
+    from aiollm.engine.step_health import FAILING_STEPS
+    from aiollm.errors import RequestFailed
+
+    entered, unstuck = threading.Event(), threading.Event()
+
+    async def go():
+        async with Engine(tiny, load_format="dummy", kv_tokens=512, max_running_requests=1,
+                          max_waiting_requests=1, prefix_cache=False) as eng:
+            model = eng.runner.model
+
+            def broken(batch):
+                raise RuntimeError("CUDA error: an illegal memory access (injected)")
+
+            def stuck(batch):  # the first step after the fault, until the test lets it go
+                entered.set()
+                unstuck.wait(30)
+                return type(model).forward(model, batch)
+
+            model.forward = broken
+            for _ in range(FAILING_STEPS):
+                with pytest.raises(RequestFailed):
+                    await eng.generate([1, 2, 3], SamplingParams(max_tokens=2))
+            assert eng.failing
+            model.forward = stuck
+            running = eng.stream([4, 5, 6], PARAMS)
+            first = asyncio.ensure_future(anext(running))
+            while not entered.is_set():  # admitted, its step under way: the batch is full
+                await asyncio.sleep(0.01)
+
+            async def probe() -> asyncio.Future:
+                check = asyncio.ensure_future(eng.check_health(timeout=60))
+                while not any(not r.counted for r in eng.planner.waiting) and not check.done():
+                    await asyncio.sleep(0.01)
+                assert not check.done(), await check  # refused: "too many waiting requests"
+                assert not eng.planner.waiting[0].counted  # first in line
+                return check
+
+            health = await probe() if probe_first else None
+            waiting = eng.stream([7, 8, 9], PARAMS)  # the one place the limit leaves
+            with pytest.raises(Overloaded, match="too many waiting requests: 1 wait"):
+                eng.stream([1, 2], PARAMS)
+            if not probe_first:
+                health = await probe()
+            unstuck.set()
+            assert await health is None  # the probe's step completed: the fault has passed
+            await first
+            assert len(await drain([running, waiting])) == 2
+            assert_idle(eng)
+            model.forward = type(model).forward.__get__(model)
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 120))
+    finally:
+        unstuck.set()

@@ -118,9 +118,10 @@ class AddRequest:
         it is one of (request_group.ChoiceGroup; None: a request of one choice)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
-        # what waits beyond the running batch's room: a burst the batch takes is no overload
+        # what waits beyond the running batch's room: a burst the batch takes is no overload.
+        # A health probe (counted False) is no client's request: it needs no place
         beyond, limit = self.planner.waiting_beyond_batch(), self.config.max_waiting_requests
-        if beyond >= limit:
+        if counted and beyond >= limit:
             raise Overloaded(f"too many waiting requests: {beyond} wait beyond the running "
                              "batch's free places, the most max_waiting_requests "
                              f"(--max-waiting-requests) allows ({limit}); retry later")

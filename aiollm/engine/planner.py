@@ -72,6 +72,7 @@ class Planner:
         self.fill_to = fill_to
         self.running: list[Request] = []
         self.waiting: collections.deque[Request] = collections.deque()
+        self._uncounted_waiting = 0  # health probes in `waiting` (Request.counted False)
         self._admit_counter = 0
         self._on_evict = on_evict
         self._on_admit = on_admit
@@ -80,7 +81,18 @@ class Planner:
 
     # -- queue ---------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
-        self.waiting.append(req)
+        """Queue req last; a health probe (req.counted False) first: it checks that steps
+        complete, and waits behind no client's request (as vLLM's /health queues nothing)."""
+        if req.counted:
+            self.waiting.append(req)
+        else:
+            self.waiting.appendleft(req)
+            self._uncounted_waiting += 1
+
+    def _unqueued(self, req: Request) -> None:
+        """Count req, just taken out of `waiting`, out of it."""
+        if not req.counted:
+            self._uncounted_waiting -= 1
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
@@ -93,8 +105,9 @@ class Planner:
         rows are counted as room even where the KV pool is what holds the queue back (paused
         requests, a Past-Future refusal), or an out-of-memory step lowered max_running for a
         while (oom.py): the queue is then bounded by both limits together, as configured, so
-        that what generate_batch keeps in flight is never refused."""
-        return max(len(self.waiting) - self.r2t.n_free_rows, 0)
+        that what generate_batch keeps in flight is never refused. A health probe waiting
+        is not counted: it takes no client's place."""
+        return max(len(self.waiting) - self._uncounted_waiting - self.r2t.n_free_rows, 0)
 
     def release(self, req: Request) -> None:
         """Give back everything req holds (KV slots, row, queue place). Idempotent."""
@@ -106,6 +119,8 @@ class Planner:
                 self.waiting.remove(req)
             except ValueError:
                 pass
+            else:
+                self._unqueued(req)
 
     def readers_of(self, slots: np.ndarray, skip: list[Request]) -> list[Request]:
         """Running requests but those in `skip` whose KV (their own, or a cached prefix they
@@ -135,6 +150,7 @@ class Planner:
         req.phase = Phase.PAUSED
         self.table.col("state")[req.slot] = ReqState.PAUSED
         self.waiting.appendleft(req)
+        self._uncounted_waiting += not req.counted
         self.evictions += 1
         if self._on_evict:
             self._on_evict(req)
@@ -245,7 +261,7 @@ class Planner:
                 # leave no slot for a token of its own: admitted, it would only be paused
                 # again (plan()'s stuck case), then admitted again, for ever
                 break
-            self.waiting.popleft()
+            self._unqueued(self.waiting.popleft())
             r.row = self.r2t.alloc_row()
             assert r.row is not None
             r.phase = Phase.RUNNING
