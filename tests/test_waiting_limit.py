@@ -198,3 +198,67 @@ def test_a_health_probe_takes_no_place_in_the_waiting_queue_nor_needs_one(tiny, 
         asyncio.run(asyncio.wait_for(go(), 120))
     finally:
         unstuck.set()
+
+
+def test_refusals_are_logged_once_then_counted(loop, caplog, monkeypatch):
+    """A full queue's 503s were not logged: an operator saw clients turned away nowhere but
+    in their own logs. The first refusal is one WARNING line at once, naming the limit; the
+    refusals that follow within the interval (a client retrying in a loop) are one line at
+    its end, counted, not one line each."""
+    from aiollm.engine import refusal_log
+
+    monkeypatch.setattr(refusal_log, "INTERVAL_S", 0.5)
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == refusal_log.log.name]
+
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=1, max_waiting_requests=1)
+        await eng.start()
+        try:
+            busy = eng.stream("Count:", LONG)
+            await anext(busy)
+            waiting = eng.stream("Question:", PARAMS)
+            with caplog.at_level("WARNING", logger=refusal_log.log.name):
+                for _ in range(5):
+                    with pytest.raises(Overloaded):
+                        eng.stream("One too many:", PARAMS)
+                [first] = lines()
+                assert "refused" in first and "--max-waiting-requests" in first, first
+                assert "(1)" in first, first
+                await asyncio.sleep(0.8)
+                assert len(lines()) == 2, lines()
+                assert lines()[1].startswith("4 more requests refused"), lines()
+                await asyncio.sleep(0.8)  # nothing more refused: nothing more logged
+                assert len(lines()) == 2, lines()
+                with pytest.raises(Overloaded):  # after a quiet interval: told at once
+                    eng.stream("One too many:", PARAMS)
+                assert len(lines()) == 3 and "more" not in lines()[2], lines()
+            await busy.aclose()
+            await drain([waiting])
+        finally:
+            await eng.stop()
+
+    run(loop, go())
+
+
+def test_a_queue_timeout_is_logged(loop, caplog):
+    """A request that waited past --queue-timeout gets a 503 too: logged as a refusal."""
+    from aiollm.engine import refusal_log
+
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=1, queue_timeout=0.2)
+        await eng.start()
+        try:
+            busy = eng.stream("Count:", LONG)
+            await anext(busy)
+            with caplog.at_level("WARNING", logger=refusal_log.log.name):
+                with pytest.raises(Overloaded, match="waited more than"):
+                    await drain([eng.stream("Question:", PARAMS)])
+            said = [r.getMessage() for r in caplog.records if r.name == refusal_log.log.name]
+            assert len(said) == 1 and "--queue-timeout" in said[0], said
+            await busy.aclose()
+        finally:
+            await eng.stop()
+
+    run(loop, go())

@@ -40,6 +40,7 @@ from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
 from aiollm.engine.planner import Planner
 from aiollm.engine.prefix_cache import PrefixCache
+from aiollm.engine.refusal_log import RefusalLog
 from aiollm.engine.request import Request
 from aiollm.engine.step_health import StepHealth
 from aiollm.engine.step_log import StepLog
@@ -278,6 +279,7 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         self._oom = OomBackoff(self.planner, device)
         self._step_health = StepHealth()
         self._health_probe = HealthProbe(self)
+        self._refusals = RefusalLog()
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop; a start() under way is waited for,
