@@ -52,6 +52,9 @@ def _no_checkpoint_code() -> str:
             "flag out")
 
 
+_NOT_COMPILED = ("nothing is compiled with torch.compile: decode steps replay CUDA graphs, "
+                 "which --cuda-graph-max-batch sizes and --enforce-eager turns off")
+
 # what a pooling task (vLLM's --task embed, LLM.embed ...) is told (vllm_members.py too)
 GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings, "
                    "classification, scores, rewards)")
@@ -132,9 +135,10 @@ REFUSED = (
     Refusal(("--hf-overrides",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json"),
-    Refusal(("-O", "--compilation-config"),
-            "nothing is compiled with torch.compile: decode steps replay CUDA graphs, which "
-            "--cuda-graph-max-batch sizes and --enforce-eager turns off"),
+    # -cc is vLLM's short name of --compilation-config, -O of --optimization-level (its
+    # older releases' of --compilation-config, dotted keys and all: -O.level 3)
+    *(Refusal(names, _NOT_COMPILED)
+      for names in (("-cc", "--compilation-config"), ("-O", "--optimization-level"))),
     Refusal(("--mm-processor-kwargs",), _TEXT_ONLY),
     Refusal(("--override-generation-config",),
             "put the values in the generation_config.json of a folder and give it with "

@@ -1,10 +1,12 @@
 """Flags spelt as vLLM's parser reads them, which launch lines written for `vllm serve` use:
 names with underscores (`--max_model_len 512`) as their dashed names, and a JSON flag's keys
-given one by one (`--eplb-config.window_size 1000`) as its JSON object."""
+given one by one (`--eplb-config.window_size 1000`, or after its short name: `-cc.mode 3`)
+as its JSON object."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,12 +31,17 @@ def dashed(args: Sequence[str]) -> list[str]:
     return out
 
 
+# a flag's name: long, or short (-cc, -O), never a negative number (-0.5) given as a value
+_FLAG = re.compile(r"--|-[A-Za-z]")
+
+
 def json_keys(args: Sequence[str]) -> list[str]:
     """`args` with each JSON flag's keys given one by one, `--FLAG.KEY[.KEY...] VALUE` (or
-    `=VALUE`; `KEY+` appends VALUE's comma-separated items to a list), gathered into one
-    `--FLAG JSON` after the other flags, as vLLM's parser reads them: VALUE is JSON where
-    it parses as JSON (1000, true), else the string. A dotted flag with no value after it,
-    and every word from a bare "--" on, stay as given."""
+    `=VALUE`; `KEY+` appends VALUE's comma-separated items to a list; a short name too,
+    `-cc.KEY VALUE`), gathered into one `--FLAG JSON` after the other flags, as vLLM's
+    parser reads them: VALUE is JSON where it parses as JSON (1000, true), else the
+    string. A dotted flag with no value after it, and every word from a bare "--" on, stay
+    as given."""
     args = list(args)
     rest = args[args.index("--"):] if "--" in args else []
     args = args[:len(args) - len(rest)]
@@ -43,7 +50,7 @@ def json_keys(args: Sequence[str]) -> list[str]:
     i = 0
     while i < len(args):
         name, eq, value = args[i].partition("=")
-        if not name.startswith("--") or "." not in name or (not eq and i + 1 == len(args)):
+        if not _FLAG.match(name) or "." not in name or (not eq and i + 1 == len(args)):
             out.append(args[i])
             i += 1
             continue
