@@ -289,10 +289,19 @@ def tool_call_parser_name(value: str) -> str:
     return _TOOL_CALL_PARSERS.get(value, value)
 
 
-def _note(namespace: argparse.Namespace, flag: str, why: str) -> None:
+def _note(namespace: argparse.Namespace, flag: str, why: str, value: Any = None) -> None:
     """Record in the namespace's `no_effect` (set only when one is given) that `flag` (with
-    its value) has no effect and why: serve's checks log it."""
-    namespace.no_effect = [*getattr(namespace, "no_effect", ()), (flag, why)]
+    its `value`, if it takes one) has no effect and why: serve's checks log it. A flag
+    given again is one note, with the value argparse keeps (the last), in the place of the
+    first: one line in the log."""
+    note = (flag if value is None else f"{flag} {value}", why)
+    notes = list(getattr(namespace, "no_effect", ()))
+    same = (i for i, (shown, _) in enumerate(notes) if shown.split(" ", 1)[0] == flag)
+    if (i := next(same, None)) is None:
+        notes.append(note)
+    else:
+        notes[i] = note
+    namespace.no_effect = notes
 
 
 class _NoEffect(argparse.Action):
@@ -320,7 +329,7 @@ class _NoEffectValue(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if self.ignored.refuse is not None and (why := self.ignored.refuse(values)):
             raise argparse.ArgumentError(self, why)
-        _note(namespace, f"{option_string} {values}", self.ignored.why)
+        _note(namespace, option_string, self.ignored.why, values)
 
 
 class _Refuse(argparse.Action):
