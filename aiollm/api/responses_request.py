@@ -7,8 +7,9 @@ renders, samples and constrains it as it would a chat completion (aiollm/api/cha
 A request continuing a kept response (previous_response_id) is given that response's
 conversation first (`earlier`: its input items, then its output items; response_store.py).
 What the server does not do is refused with a 400 naming the field: background responses,
-conversations, a reusable prompt, built-in tools, image, file and audio inputs, logprobs,
-and chat's min_tokens, bad_words and allowed_token_ids (which vLLM's ResponsesRequest lacks).
+conversations, a reusable prompt, built-in tools, image, file and audio inputs, logprobs.
+Chat's min_tokens, bad_words and allowed_token_ids, which vLLM's ResponsesRequest lacks (it
+ignores them), are served as chat serves them: they ask for what the client wants.
 """
 
 from __future__ import annotations
@@ -27,10 +28,6 @@ from aiollm.errors import InvalidRequest, check_type, missing, shown_json
 _CHAT_CONSTRAINTS = ("response_format", "guided_json", "guided_regex", "guided_choice",
                      "guided_grammar")
 _STORED = "this server keeps no background responses, conversations or prompts"
-# chat's sampling fields that vLLM's ResponsesRequest does not declare (it ignores them, with
-# a warning): they shape the output, so they are refused rather than ignored; the value
-# that asks for nothing (as chat's default) is taken
-_CHAT_SAMPLING = {"min_tokens": 0, "bad_words": [], "allowed_token_ids": None}
 
 
 class ResponsesRequest(Struct, kw_only=True):
@@ -85,10 +82,11 @@ class ResponsesRequest(Struct, kw_only=True):
     guided_regex: Any = None
     guided_choice: Any = None
     guided_grammar: Any = None
-    # chat's sampling fields, not this API's in vLLM: refused (check_unserved)
-    min_tokens: Any = None
-    bad_words: Any = None
-    allowed_token_ids: Any = None
+    # chat's sampling fields, which vLLM's ResponsesRequest lacks and ignores: served as on
+    # chat (a client sending them asks for them; a 400 would fail a request vLLM runs)
+    min_tokens: int | None = None
+    bad_words: list[str] | None = None
+    allowed_token_ids: Any = None  # checked on the chat path (structured.constraint)
 
     def check_chat_fields(self) -> None:
         """InvalidRequest naming the first of chat's constraint fields sent here: they would
@@ -106,12 +104,6 @@ class ResponsesRequest(Struct, kw_only=True):
             if getattr(self, name) is not None:
                 raise InvalidRequest(f"{name} is not served: {_STORED}; send the messages as "
                                      "input items (or previous_response_id)", param=name)
-        for name, neutral in _CHAT_SAMPLING.items():
-            if getattr(self, name) not in (None, neutral):
-                raise InvalidRequest(f"{name} is not served on /v1/responses (vLLM's Responses "
-                                     "API takes no such field): leave it out, or send the "
-                                     "conversation to /v1/chat/completions, which serves it",
-                                     param=name)
         if self.truncation not in (None, "disabled"):
             raise InvalidRequest(f"truncation {shown_json(self.truncation)} is not served: send "
                                  '"disabled" or leave it out (an input past the context is a '
@@ -147,6 +139,8 @@ class ResponsesRequest(Struct, kw_only=True):
             repetition_penalty=self.repetition_penalty, ignore_eos=self.ignore_eos,
             skip_special_tokens=self.skip_special_tokens,
             include_stop_str_in_output=self.include_stop_str_in_output, stream=self.stream,
+            min_tokens=self.min_tokens, bad_words=self.bad_words,
+            allowed_token_ids=self.allowed_token_ids,
             response_format=response_format(self.text), tools=chat_tools(self.tools),
             tool_choice=chat_tool_choice(self.tool_choice),
             parallel_tool_calls=self.parallel_tool_calls, reasoning_effort=effort,
