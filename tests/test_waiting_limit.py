@@ -262,3 +262,36 @@ def test_a_queue_timeout_is_logged(loop, caplog):
             await eng.stop()
 
     run(loop, go())
+
+
+def test_refusals_counted_when_the_engine_stops_are_told_once(loop, caplog, monkeypatch):
+    """Refusals counted but not yet told when the engine stops are logged by its stop(),
+    once: they waited on a timer of the event loop, which stop() left behind, so a server
+    shut down (its loop closed) within the interval after a burst of 503s never logged
+    them, and a loop that ran on logged them after the engine was gone."""
+    from aiollm.engine import refusal_log
+
+    monkeypatch.setattr(refusal_log, "INTERVAL_S", 2.0)
+
+    def lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.name == refusal_log.log.name]
+
+    async def go():
+        eng = Engine(None, kv_tokens=2048, max_running_requests=1, max_waiting_requests=1)
+        await eng.start()
+        with caplog.at_level("WARNING", logger=refusal_log.log.name):
+            try:
+                busy = eng.stream("Count:", LONG)
+                await anext(busy)
+                eng.stream("Question:", PARAMS)
+                for _ in range(3):
+                    with pytest.raises(Overloaded):
+                        eng.stream("One too many:", PARAMS)
+                assert len(lines()) == 1, lines()
+            finally:
+                await eng.stop()  # within the interval: the two counted are told now
+            assert len(lines()) == 2 and lines()[1].startswith("2 more requests"), lines()
+            await asyncio.sleep(2.2)  # and not again when the interval ends
+        assert len(lines()) == 2, lines()
+
+    run(loop, go())

@@ -279,7 +279,7 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         self._oom = OomBackoff(self.planner, device)
         self._step_health = StepHealth()
         self._health_probe = HealthProbe(self)
-        self._refusals = RefusalLog()
+        self._refusals = RefusalLog(self._event_loop)
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop; a start() under way is waited for,
@@ -308,6 +308,7 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
     async def _stopping(self) -> None:
         self._accepting = False
         self._fail_all(_STOPPED, EngineStopped)
+        self._refusals.close()  # nothing is refused from now on: what was counted is told
         if self._loop_task and not self._loop_task.done():
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):  # the step loop's own
