@@ -69,3 +69,26 @@ def test_a_flag_of_no_effect_given_twice_is_logged_once(caplog):
     assert len(said) == 2, said
     assert said[0].startswith("--enable-chunked-prefill has no effect"), said
     assert said[1].startswith("--all2all-backend deepep_low_latency has no effect"), said
+
+
+@pytest.mark.parametrize("argv, shown", [
+    # a model path beginning with "-" (give it after "--"): it swallowed --port as its
+    # value, and the error named '-m {"x": "--port"}', which nobody typed
+    (["-m.x", "--port", "1"], "-m.x"),
+    (["--no-such-flag.key", "v"], "--no-such-flag.key v"),
+    (["-Z.a=1"], "-Z.a=1"),
+])
+def test_a_dotted_word_of_no_flag_is_named_as_typed(argv, shown, capsys):
+    """Only a flag the parser knows (or argparse's abbreviation of one) has its keys
+    gathered into JSON: another dotted word stays as typed, for argparse to name."""
+    err = refusal(argv, capsys)
+    assert err.endswith(f"unrecognized arguments: {shown}"), err
+
+
+def test_a_known_flags_keys_are_still_gathered(capsys):
+    """Its abbreviation too, as argparse reads one; a negative number is a key's value."""
+    err = refusal(["--compilation-conf.mode", "3"], capsys)
+    assert f"argument -cc/--compilation-config: {COMPILE}" in err, err
+    args = build_parser().parse_args(["serve", "M", "--eplb-config.window_size", "-5",
+                                      "--eplb_config.step_interval=7"])
+    assert args.no_effect[0][0] == '--eplb-config {"window_size": -5, "step_interval": 7}'
