@@ -295,3 +295,51 @@ def test_refusals_counted_when_the_engine_stops_are_told_once(loop, caplog, monk
         assert len(lines()) == 2, lines()
 
     run(loop, go())
+
+
+def test_a_running_health_probe_takes_no_clients_row(tiny):
+    """A probe admitted into the running batch held a row that the waiting limit counted as
+    no room: while its step ran (a slow or hung device is why the engine probes), a client's
+    request was a 503 in its place. Its row counts as room, as it would without the probe:
+    the batch's one row and the one waiting place are the clients' (two served, the third
+    refused)."""
+    from aiollm.engine.step_health import FAILING_STEPS
+    from aiollm.errors import RequestFailed
+
+    entered, unstuck = threading.Event(), threading.Event()
+
+    async def go():
+        async with Engine(tiny, load_format="dummy", kv_tokens=512, max_running_requests=1,
+                          max_waiting_requests=1, prefix_cache=False) as eng:
+            model = eng.runner.model
+
+            def broken(batch):
+                raise RuntimeError("CUDA error: an illegal memory access (injected)")
+
+            def stuck(batch):  # the probe's step, until the test lets it go
+                entered.set()
+                unstuck.wait(30)
+                return type(model).forward(model, batch)
+
+            model.forward = broken
+            for _ in range(FAILING_STEPS):
+                with pytest.raises(RequestFailed):
+                    await eng.generate([1, 2, 3], SamplingParams(max_tokens=2))
+            model.forward = stuck
+            health = asyncio.ensure_future(eng.check_health(timeout=60))
+            while not entered.is_set():  # the probe runs: the batch's one row is its
+                await asyncio.sleep(0.01)
+            assert not any(r.counted for r in eng.planner.running)
+            clients = [eng.stream([4, 5, 6], PARAMS), eng.stream([7, 8, 9], PARAMS)]
+            with pytest.raises(Overloaded, match="too many waiting requests: 1 wait"):
+                eng.stream([1, 2], PARAMS)
+            unstuck.set()
+            assert await health is None
+            model.forward = type(model).forward.__get__(model)
+            assert len(await drain(clients)) == 2
+            assert_idle(eng)
+
+    try:
+        asyncio.run(asyncio.wait_for(go(), 120))
+    finally:
+        unstuck.set()

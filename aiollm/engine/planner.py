@@ -72,7 +72,8 @@ class Planner:
         self.fill_to = fill_to
         self.running: list[Request] = []
         self.waiting: collections.deque[Request] = collections.deque()
-        self._uncounted_waiting = 0  # health probes in `waiting` (Request.counted False)
+        # health probes (Request.counted False) waiting or running: no client's place
+        self._probes = 0
         self._admit_counter = 0
         self._on_evict = on_evict
         self._on_admit = on_admit
@@ -87,12 +88,7 @@ class Planner:
             self.waiting.append(req)
         else:
             self.waiting.appendleft(req)
-            self._uncounted_waiting += 1
-
-    def _unqueued(self, req: Request) -> None:
-        """Count req, just taken out of `waiting`, out of it."""
-        if not req.counted:
-            self._uncounted_waiting -= 1
+            self._probes += 1
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
@@ -105,9 +101,9 @@ class Planner:
         rows are counted as room even where the KV pool is what holds the queue back (paused
         requests, a Past-Future refusal), or an out-of-memory step lowered max_running for a
         while (oom.py): the queue is then bounded by both limits together, as configured, so
-        that what generate_batch keeps in flight is never refused. A health probe waiting
-        is not counted: it takes no client's place."""
-        return max(len(self.waiting) - self._uncounted_waiting - self.r2t.n_free_rows, 0)
+        that what generate_batch keeps in flight is never refused. A health probe takes no
+        client's place: waiting, it is not counted; running, its row counts as free."""
+        return max(len(self.waiting) - self._probes - self.r2t.n_free_rows, 0)
 
     def release(self, req: Request) -> None:
         """Give back everything req holds (KV slots, row, queue place). Idempotent."""
@@ -118,9 +114,10 @@ class Planner:
             try:
                 self.waiting.remove(req)
             except ValueError:
-                pass
-            else:
-                self._unqueued(req)
+                return
+        else:
+            return
+        self._probes -= not req.counted
 
     def readers_of(self, slots: np.ndarray, skip: list[Request]) -> list[Request]:
         """Running requests but those in `skip` whose KV (their own, or a cached prefix they
@@ -150,7 +147,6 @@ class Planner:
         req.phase = Phase.PAUSED
         self.table.col("state")[req.slot] = ReqState.PAUSED
         self.waiting.appendleft(req)
-        self._uncounted_waiting += not req.counted
         self.evictions += 1
         if self._on_evict:
             self._on_evict(req)
@@ -261,7 +257,7 @@ class Planner:
                 # leave no slot for a token of its own: admitted, it would only be paused
                 # again (plan()'s stuck case), then admitted again, for ever
                 break
-            self._unqueued(self.waiting.popleft())
+            self.waiting.popleft()
             r.row = self.r2t.alloc_row()
             assert r.row is not None
             r.phase = Phase.RUNNING
