@@ -152,3 +152,13 @@ def test_their_bad_values_are_400s_naming_them(client, model, body, param):
     with pytest.raises(openai.BadRequestError) as e:
         client.responses.create(model=model, input=ASK, max_output_tokens=4, extra_body=body)
     assert e.value.param == param, e.value.body
+
+
+def test_min_tokens_past_max_output_tokens_is_named_in_this_apis_words(client, model):
+    """Chat's check, its max_tokens told as this body's max_output_tokens."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=ASK, max_output_tokens=2,
+                                extra_body={"min_tokens": 5})
+    assert e.value.param == "min_tokens", e.value.body
+    assert "max_output_tokens" in e.value.message, e.value.body
+    assert "max_tokens" not in e.value.message, e.value.body
