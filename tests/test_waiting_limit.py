@@ -343,3 +343,26 @@ def test_a_running_health_probe_takes_no_clients_row(tiny):
         asyncio.run(asyncio.wait_for(go(), 120))
     finally:
         unstuck.set()
+
+
+def test_a_full_request_table_is_logged_as_a_refusal(tiny, caplog):
+    """A request table with no free slot (--table-capacity, below what the running batch and
+    --max-waiting-requests allow) refuses a request with the same 503: it was not logged,
+    unlike the waiting limit's."""
+    from aiollm.engine import refusal_log
+
+    async def go():
+        async with Engine(tiny, load_format="dummy", kv_tokens=512, max_running_requests=1,
+                          max_waiting_requests=100, table_capacity=3,
+                          prefix_cache=False) as eng:
+            with caplog.at_level("WARNING", logger=refusal_log.log.name):
+                streams = [eng.stream([1, 2, 3], PARAMS) for _ in range(3)]
+                with pytest.raises(Overloaded):
+                    eng.stream([1, 2, 3], PARAMS)
+                said = [r.getMessage() for r in caplog.records
+                        if r.name == refusal_log.log.name]
+                assert len(said) == 1 and "--table-capacity" in said[0], said
+                assert len(await drain(streams)) == 3
+            assert_idle(eng)
+
+    asyncio.run(asyncio.wait_for(go(), 120))

@@ -134,8 +134,15 @@ class AddRequest:
                    if params.constraint or bad_words else None)
         # everything that can raise comes before the table slot: nothing would give it back
         detok = OutputText.of_request(self.tokenizer, ids, params)
-        req = new_request(self.table, ids, params, self._rng, grammar,
-                          keep_prompt_array=self.prefix_cache is not None)
+        try:
+            req = new_request(self.table, ids, params, self._rng, grammar,
+                              keep_prompt_array=self.prefix_cache is not None)
+        except Overloaded:  # no free table slot: the same 503 as a full queue, told as one
+            if counted:
+                self._refusals.refused("the request table is full", "every one of its "
+                                       f"{self.table.capacity} slots (--table-capacity) "
+                                       "holds a request")
+            raise
         req.counted = counted
         req.cache_salt = cache_salt
         req.group = group

@@ -1,5 +1,6 @@
 """The log of the requests the waiting queue turns away (Overloaded: a server's HTTP 503): a
-full queue (--max-waiting-requests) and a wait past --queue-timeout.
+full queue (--max-waiting-requests), a full request table (--table-capacity) and a wait past
+--queue-timeout.
 
 An operator must see them (the server is refusing clients: raise the limit, or add
 capacity), but a refused client that retries in a loop must not fill the log with a line
