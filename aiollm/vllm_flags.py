@@ -52,6 +52,9 @@ def _no_checkpoint_code() -> str:
             "flag out")
 
 
+_NOT_COMPILED = ("nothing is compiled with torch.compile: decode steps replay CUDA graphs, "
+                 "which --cuda-graph-max-batch sizes and --enforce-eager turns off")
+
 # what a pooling task (vLLM's --task embed, LLM.embed ...) is told (vllm_members.py too)
 GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings, "
                    "classification, scores, rewards)")
@@ -132,9 +135,10 @@ REFUSED = (
     Refusal(("--hf-overrides",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json"),
-    Refusal(("-O", "--compilation-config"),
-            "nothing is compiled with torch.compile: decode steps replay CUDA graphs, which "
-            "--cuda-graph-max-batch sizes and --enforce-eager turns off"),
+    # -cc is vLLM's short name of --compilation-config, -O of --optimization-level (its
+    # older releases' of --compilation-config, dotted keys and all: -O.level 3)
+    *(Refusal(names, _NOT_COMPILED)
+      for names in (("-cc", "--compilation-config"), ("-O", "--optimization-level"))),
     Refusal(("--mm-processor-kwargs",), _TEXT_ONLY),
     Refusal(("--override-generation-config",),
             "put the values in the generation_config.json of a folder and give it with "
@@ -285,10 +289,19 @@ def tool_call_parser_name(value: str) -> str:
     return _TOOL_CALL_PARSERS.get(value, value)
 
 
-def _note(namespace: argparse.Namespace, flag: str, why: str) -> None:
+def _note(namespace: argparse.Namespace, flag: str, why: str, value: Any = None) -> None:
     """Record in the namespace's `no_effect` (set only when one is given) that `flag` (with
-    its value) has no effect and why: serve's checks log it."""
-    namespace.no_effect = [*getattr(namespace, "no_effect", ()), (flag, why)]
+    its `value`, if it takes one) has no effect and why: serve's checks log it. A flag
+    given again is one note, with the value argparse keeps (the last), in the place of the
+    first: one line in the log."""
+    note = (flag if value is None else f"{flag} {value}", why)
+    notes = list(getattr(namespace, "no_effect", ()))
+    same = (i for i, (shown, _) in enumerate(notes) if shown.split(" ", 1)[0] == flag)
+    if (i := next(same, None)) is None:
+        notes.append(note)
+    else:
+        notes[i] = note
+    namespace.no_effect = notes
 
 
 class _NoEffect(argparse.Action):
@@ -316,7 +329,7 @@ class _NoEffectValue(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if self.ignored.refuse is not None and (why := self.ignored.refuse(values)):
             raise argparse.ArgumentError(self, why)
-        _note(namespace, f"{option_string} {values}", self.ignored.why)
+        _note(namespace, option_string, self.ignored.why, values)
 
 
 class _Refuse(argparse.Action):

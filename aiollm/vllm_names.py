@@ -119,7 +119,8 @@ def template_options(template: TemplateOptions | None, add_generation_prompt: bo
                         "one of template's options): pass one of them")
     kwargs = given.pop("chat_template_kwargs", {})
     fmt = given.pop("chat_template_content_format", "auto")
-    return TemplateOptions(**given, kwargs=kwargs, content_format=fmt)
+    return TemplateOptions(**given, kwargs=kwargs, content_format=fmt,
+                           content_format_name="chat_template_content_format")
 
 
 # vLLM's keyword -> aiollm's option (EngineConfig field) of the same meaning, as
