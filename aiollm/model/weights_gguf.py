@@ -141,20 +141,10 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     if rotated != head_dim:  # llama.cpp rotates only that many dimensions of each head
         raise ValueError(f"GGUF {p}rope.dimension_count {rotated} differs from head_dim "
                          f"{head_dim}: partial rotary is not supported")
-    rope = RopeConfig(theta=float(_field(reader, p + "rope.freq_base", 10000.0)))
+    rope = _rope_scaling(reader, p, float(_field(reader, p + "rope.freq_base", 10000.0)))
     if "rope_freqs.weight" in tensors:
         # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
         rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
-    else:
-        scaling = _field(reader, p + "rope.scaling.type", "none")
-        if scaling not in ("none", "linear"):
-            # llama.cpp's yarn (its attn_factor, ramp and original context keys) is not
-            # transformers' yarn that RopeConfig implements
-            raise ValueError(f"GGUF rope scaling {scaling!r} is not supported "
-                             "(supported: none, linear)")
-        if scaling != "none":
-            factor = float(_required(reader, p + "rope.scaling.factor"))
-            rope = RopeConfig(theta=rope.theta, type=scaling, factor=factor)
     eos = [
         int(v)
         for key in ("eos_token_id", "eot_token_id", "eom_token_id")
@@ -181,6 +171,27 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         torch_dtype=None,
         moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
     )
+
+
+def _rope_scaling(reader: GGUFReader, p: str, theta: float) -> RopeConfig:
+    """The rotary scaling of a file's metadata as llama.cpp reads it (llama-model.cpp's
+    hyperparameters, llama-context.cpp): rope.scaling.type is "linear" when absent; the
+    factor is rope.scaling.factor or, in files converted before that key (2023's
+    rope.scale_linear, e.g. 16k-context Llama 2 fine-tunes), the old key; no factor (or 0)
+    scales nothing, and type "none" scales nothing whatever the factor says. Raises
+    ValueError for another type that would scale: llama.cpp's yarn (its attn_factor, ramp
+    and original context keys) is not transformers' yarn that RopeConfig implements."""
+    scaling = _field(reader, p + "rope.scaling.type", "linear")
+    factor = _field(reader, p + "rope.scaling.factor")
+    factor = float(factor if factor is not None else _field(reader, p + "rope.scale_linear", 0))
+    if scaling == "none" or factor in (0.0, 1.0):
+        return RopeConfig(theta=theta)
+    if scaling != "linear":
+        raise ValueError(f"GGUF rope scaling {scaling!r} is not supported "
+                         "(supported: none, linear)")
+    if factor < 0:
+        raise ValueError(f"GGUF metadata {p}rope.scaling.factor must be positive, got {factor}")
+    return RopeConfig(theta=theta, type="linear", factor=factor)
 
 
 def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
