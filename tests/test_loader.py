@@ -224,13 +224,18 @@ def write_gguf(hf, path: str, raw_types: dict | None = None, rope_scaling: str |
     named in raw_types (GGUF name -> GGMLQuantizationType) is written as zero bytes of it,
     rope_scaling as the file's rope.scaling.type (factor 4), rope_dims as its
     rope.dimension_count (the rotated part of each head), metadata's keys as strings (a str
-    value) or float32 numbers."""
+    value), arrays (a list: one value per layer) or float32 numbers, each in place of the
+    key gguf_writer wrote, if it did."""
     c = hf.config
     arch = c.model_type
     w = gguf_writer(c, path, arch)
     w.add_eos_token_id(7)
     for key, value in (metadata or {}).items():
-        (w.add_string if isinstance(value, str) else w.add_float32)(key, value)
+        w.kv_data[0].pop(key, None)  # the writer warns of a key written twice
+        if isinstance(value, list):
+            w.add_array(key, value)
+        else:
+            (w.add_string if isinstance(value, str) else w.add_float32)(key, value)
     if rope_dims is not None:
         w.add_rope_dimension_count(rope_dims)
     if rope_scaling is not None:

@@ -90,6 +90,21 @@ def _required(reader: GGUFReader, key: str) -> Any:
     return v
 
 
+def _one_for_all_layers(reader: GGUFReader, key: str, default: Any = None) -> Any:
+    """A hyperparameter llama.cpp reads as one value or as one per layer (its
+    get_key_or_arr: head counts, feed_forward_length): per-layer values that are all equal
+    are that value. Raises ValueError naming the key when they differ (aiollm's layers are
+    all alike) or the key is absent without a default; int() of a list was a TypeError."""
+    v = _required(reader, key) if default is None else _field(reader, key, default)
+    if isinstance(v, list):
+        if not v or len(set(v)) > 1:
+            raise ValueError(f"GGUF metadata {key} gives its layers different values "
+                             f"({', '.join(map(str, v[:8]))}{', ...' if len(v) > 8 else ''}): "
+                             "aiollm runs models whose layers are all alike")
+        v = v[0]
+    return v
+
+
 def _dequantized(tensor: Any) -> torch.Tensor:
     """float32 [rows, cols] (torch order: [out_features, in_features])."""
     w = dequantize(tensor.data, tensor.tensor_type)
@@ -135,7 +150,7 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
     _check_tensor_types(reader.tensors)
     hidden = int(_required(reader, p + "embedding_length"))
-    heads = int(_required(reader, p + "attention.head_count"))
+    heads = int(_one_for_all_layers(reader, p + "attention.head_count"))
     head_dim = int(_field(reader, p + "attention.key_length", hidden // heads))
     rotated = int(_field(reader, p + "rope.dimension_count", head_dim))
     if rotated != head_dim:  # llama.cpp rotates only that many dimensions of each head
@@ -154,10 +169,10 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         architecture=arch,
         vocab_size=int(tensors["token_embd.weight"].shape[1]),  # ggml order: [hidden, vocab]
         hidden_size=hidden,
-        intermediate_size=int(_required(reader, p + "feed_forward_length")),
+        intermediate_size=int(_one_for_all_layers(reader, p + "feed_forward_length")),
         num_layers=int(_required(reader, p + "block_count")),
         num_heads=heads,
-        num_kv_heads=int(_field(reader, p + "attention.head_count_kv", heads)),
+        num_kv_heads=int(_one_for_all_layers(reader, p + "attention.head_count_kv", heads)),
         head_dim=head_dim,
         rms_norm_eps=float(_required(reader, p + "attention.layer_norm_rms_epsilon")),
         rope=rope,
@@ -264,7 +279,7 @@ def _expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
     if key and width and key != width:
         raise ValueError(f"GGUF metadata {p}expert_feed_forward_length = {key} disagrees with "
                          f"tensor {gate.name}, whose experts are {width} wide")
-    return key or width or int(_required(reader, p + "feed_forward_length"))
+    return key or width or int(_one_for_all_layers(reader, p + "feed_forward_length"))
 
 
 def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
