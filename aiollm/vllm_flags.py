@@ -129,6 +129,10 @@ REFUSED = (
     Refusal(("--hf-token",),
             "models are never downloaded, so no hub token is used: MODEL is a local "
             "directory or .gguf file"),
+    Refusal(("--hf-config-path",),
+            "a GGUF file's config is read from its own metadata, as llama.cpp reads it: "
+            "serve the Hugging Face model directory with that config.json instead, or leave "
+            "the flag out"),
     Refusal(("--hf-overrides",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json"),

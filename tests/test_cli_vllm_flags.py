@@ -154,6 +154,8 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--middleware m.f", ("middleware",)),
     ("--uvicorn-log-level warning", ("--log-level",)),
     ("--hf-overrides {}", ("config.json",)),
+    # vLLM's GGUF guide gives a config beside a .gguf with it: argparse's bare refusal
+    ("--hf-config-path /cfg", ("GGUF", "metadata", "config.json")),
     ("--hf-token t", ("local",)),
     ("--skip-tokenizer-init", ("token ids",)),
     ("--compilation-config 3", ("--enforce-eager",)),
