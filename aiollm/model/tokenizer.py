@@ -56,10 +56,15 @@ def load_serving_tokenizer(path: str | None) -> ServingTokenizer | PreTrainedTok
         tok = load_tokenizer(path)  # converts, and caches when the cache is on
         if cache.tokenizer_dir is None:
             return tok
-    from aiollm.model.serving_tokenizer import ServingTokenizer
+    from aiollm.model.serving_tokenizer import NotServedNatively, ServingTokenizer
 
     try:
         tok = ServingTokenizer(cache.tokenizer_dir, name_or_path=model_dir)
+    except NotServedNatively as e:
+        # a tokenizer class of its own (Qwen2Tokenizer: every Qwen GGUF): served as an HF
+        # directory's is, nothing to warn of at every start
+        log.info("serving the tokenizer of %s through transformers: %s", gguf_path, e)
+        return load_tokenizer(path)
     except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself)
         log.warning("serving the tokenizer of %s through transformers: %s", gguf_path, e)
         return load_tokenizer(path)
