@@ -67,7 +67,8 @@ REFUSED = (
     Refusal(("--trust-remote-code",), _no_checkpoint_code, takes_value=False),
     Refusal(("-q", "--quantization"),
             "quantized checkpoints are not supported: serve float16/bfloat16/float32 "
-            "safetensors, or a GGUF file (dequantized as it loads)"),
+            "safetensors, or a GGUF file (dequantized as it loads)",
+            same=("gguf",)),  # vLLM's name for what a .gguf model always is
     Refusal(("-pp", "--pipeline-parallel-size"),
             "there is no pipeline parallelism: split the model over GPUs with "
             "--tensor-parallel-size (over nodes too, with --nnodes)", same=("1",)),

@@ -102,6 +102,8 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
     "--disable-uvicorn-access-log", "--response-role assistant",
     "--distributed-executor-backend mp",
+    # vLLM's quantization of a .gguf model: it was refused saying to serve a GGUF file
+    "--quantization gguf", "-q gguf",
     # vLLM's switches off of what aiollm never does
     "--no-enable-expert-parallel", "--no-enable-eplb",
     # vLLM's MoE options of expert parallelism (and its load balancing), which vLLM itself

@@ -138,7 +138,7 @@ def test_vllm_llm_parameters_at_their_defaults_are_taken():
     past_the_checks(skip_tokenizer_init=False, hf_token=None, hf_overrides=None,
                     compilation_config=None, mm_processor_kwargs=None,
                     allowed_local_media_path="", override_generation_config=None,
-                    distributed_executor_backend="mp")
+                    distributed_executor_backend="mp", quantization="gguf")
 
 
 def _cli_error(flag: str, capsys) -> str:
