@@ -132,19 +132,41 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
                 "another quantization, e.g. Q8_0, Q4_K, Q6_K or F16")
 
 
+# SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
+_GGUF_SUPPORTED = "llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe"
+
+
+def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
+    """Raise ValueError for a GGUF file of llama.cpp's that is not a model but a part served
+    beside one: a LoRA adapter (general.type "adapter") or a vision model's projector
+    (mmproj: general.type "mmproj", or architecture "clip" in files before that key). They
+    were refused as a model without token_embd.weight, or of architecture 'clip'."""
+    kind = _field(reader, "general.type")
+    if kind == "adapter":
+        adapter = _field(reader, "adapter.type", "lora")
+        raise ValueError(f"the GGUF file is a {'LoRA' if adapter == 'lora' else adapter} adapter, "
+                         "not a model: aiollm serves no adapters; give a model file with the "
+                         "adapter merged into its weights (llama.cpp's llama-export-lora)")
+    if kind == "mmproj" or gguf_arch == "clip":
+        raise ValueError("the GGUF file is a multimodal projector (mmproj) of a vision "
+                         "model, not a language model: aiollm serves text alone; give the "
+                         "language model's own .gguf file")
+
+
 def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     """ModelConfig of a GGUF file's metadata and tensor index. Metadata that is read and then
     ignored (llama.cpp ignores it too) is described in `warnings`, appended to, for the
     loader to log at every load of the file, the derived cache's too (derived_cache.py).
     Raises ValueError naming the key or tensor that aiollm cannot run."""
     gguf_arch = _field(reader, "general.architecture")
+    _check_is_a_model(reader, gguf_arch)
     p = f"{gguf_arch}."
     arch = _ARCH_NAMES.get(gguf_arch, gguf_arch)
     if arch == "llama" and _field(reader, p + "expert_count", 0):
         arch = "mixtral"
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported "
-                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported (supported, as "
+                         f"llama.cpp names them: {_GGUF_SUPPORTED})")
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
