@@ -11,15 +11,17 @@ import gguf
 from aiollm.model import default_model_path, load_serving_tokenizer
 
 
-def write_tokenizer_only(path: str, arch: str) -> None:
+def write_tokenizer_only(path: str, arch: str, strings: dict | None = None) -> None:
     """A GGUF file of architecture `arch` holding the default model's tokenizer metadata
-    and nothing else (the tokenizer is all that is read here)."""
+    and `strings` (key -> str) and nothing else (the tokenizer is all that is read here)."""
     source = gguf.GGUFReader(default_model_path())
     w = gguf.GGUFWriter(path, arch)
     for key, field in source.fields.items():
         if key.startswith("tokenizer."):
             sub = field.types[1] if len(field.types) > 1 else None
             w.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
+    for key, value in (strings or {}).items():
+        w.add_string(key, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -160,5 +160,22 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
                          f"metadata): {type(e).__name__}: {e}: give one with --tokenizer "
                          "(Engine's tokenizer=), e.g. the Hugging Face directory of the "
                          "model it was converted from") from e
+    _add_named_templates(tok, path)
     cache.store_tokenizer(tok)
     return tok
+
+
+def _add_named_templates(tok: PreTrainedTokenizerBase, path: str) -> None:
+    """Give `tok` the GGUF file's named chat templates (tokenizer.chat_template.<name>,
+    e.g. Hermes' tool_use, which llama.cpp renders when a request has tools) beside its
+    default one, as transformers holds several: a dict of name -> template, "default" the
+    unnamed one. transformers' GGUF conversion reads only the unnamed one."""
+    from gguf import GGUFReader
+
+    prefix = "tokenizer.chat_template."
+    named = {key[len(prefix):]: field.contents()
+             for key, field in GGUFReader(path).fields.items() if key.startswith(prefix)}
+    named = {k: v for k, v in named.items() if k and isinstance(v, str) and v}
+    if named:
+        default = {"default": tok.chat_template} if tok.chat_template else {}
+        tok.chat_template = {**default, **named}
