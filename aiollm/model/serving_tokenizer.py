@@ -75,8 +75,9 @@ class ServingTokenizer:
         unsupported = [k for k in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces",
                                    "split_special_tokens") if config.get(k)]
         if config.get("tokenizer_class") != "TokenizersBackend" or unsupported:
-            raise NotServedNatively(f"{directory}: tokenizer class {config.get('tokenizer_class')!r} "
-                             f"with {unsupported or 'no options'} is not served natively")
+            raise NotServedNatively(f"{directory}: tokenizer class "
+                                    f"{config.get('tokenizer_class')!r} with "
+                                    f"{unsupported or 'no options'} is not served natively")
         self.directory = directory
         self.name_or_path = name_or_path or directory
         self.backend_tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))
