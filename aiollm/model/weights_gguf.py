@@ -76,9 +76,21 @@ _PER_EXPERT_NAMES = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "
 _CONFIG_TENSORS = ("rope_freqs.weight",)
 
 
+# the metadata read here as text; every other key read is a number (or a list of them)
+_TEXT_KEYS = ("general.architecture", "general.type", "adapter.type", ".rope.scaling.type")
+
+
 def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
+    """The value of metadata `key` (`default` when absent). Raises ValueError naming the key
+    when a key read as a number holds text (int() of it named no key)."""
     f = reader.fields.get(key)
-    return default if f is None else f.contents()
+    if f is None:
+        return default
+    v = f.contents()
+    if not key.endswith(_TEXT_KEYS) and any(isinstance(x, str)
+                                            for x in (v if isinstance(v, list) else [v])):
+        raise ValueError(f"GGUF metadata {key} must be a number, got {v!r:.80}")
+    return v
 
 
 def _required(reader: GGUFReader, key: str) -> Any:
