@@ -332,3 +332,17 @@ def test_an_eplb_config_of_no_object_is_refused_offline_as_by_the_cli():
         message = refused(eplb_config=value)
         assert message.startswith(f"eplb_config={value!r}: "), message
         assert "EPLBConfig" in message, message
+
+
+def test_quantization_gguf_with_a_hugging_face_directory_is_refused(tmp_path):
+    """LLM(hf_dir, quantization='gguf') names what a GGUF file is, not what an HF directory
+    is: vLLM would fail to load it as GGUF; it was taken silently (and loaded)."""
+    from conftest import tiny_llama
+
+    model = tiny_llama(tmp_path)
+    with pytest.raises(ValueError) as e:
+        LLM(model, quantization="gguf", load_format="dummy")
+    message = str(e.value)
+    assert message.startswith("quantization='gguf': "), message
+    assert model in message and "Hugging Face model directory" in message, message
+    assert "leave the keyword out" in message and "--" not in message, message
