@@ -4,6 +4,8 @@ nothing. The reference is transformers' model of that scaling on the same weight
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from transformers import Qwen2Config
@@ -69,3 +71,25 @@ def test_a_linear_factor_scales_on_top_of_rope_freqs_divisors():
     plain = inv_freq(RopeConfig(theta=500.0), 8)
     both = inv_freq(RopeConfig(theta=500.0, type="linear", factor=4.0, freq_factors=divisors), 8)
     assert torch.equal(both, plain / torch.tensor(divisors) / 4.0)
+
+
+@pytest.mark.parametrize("keys, says", [
+    # llama.cpp knows none, linear, yarn and longrope, and stops at any other name (its
+    # GGML_ASSERT), a factor or not: 'Linear' or a typo was served unscaled here
+    ({"qwen2.rope.scaling.type": "Linear"}, "rope scaling 'Linear' is not supported"),
+    ({"qwen2.rope.scaling.type": "dynamic"}, "rope scaling 'dynamic' is not supported"),
+    # a factor that is no number of positions: every rotation NaN, or none at all
+    ({"qwen2.rope.scaling.factor": float("nan")}, "rope.scaling.factor must be positive"),
+    ({"qwen2.rope.scale_linear": float("inf")}, "rope.scale_linear must be positive"),
+    ({"qwen2.rope.scaling.factor": -2.0}, "rope.scaling.factor must be positive"),
+])
+def test_a_scaling_llama_cpp_refuses_or_a_factor_of_no_meaning_is_refused(tmp_path, keys,
+                                                                          says):
+    from gguf import GGUFReader
+
+    from aiollm.model.weights_gguf import config_from_gguf
+
+    hf = fp16_model({"rope_type": "default", "rope_theta": 10000.0}, str(tmp_path / "hf"))
+    write_gguf(hf, str(tmp_path / "model.gguf"), metadata=keys)
+    with pytest.raises(ValueError, match=re.escape(says)):
+        config_from_gguf(GGUFReader(str(tmp_path / "model.gguf")), [])

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -228,19 +229,32 @@ def _rope_scaling(reader: GGUFReader, p: str, theta: float) -> RopeConfig:
     factor is rope.scaling.factor or, in files converted before that key (2023's
     rope.scale_linear, e.g. 16k-context Llama 2 fine-tunes), the old key; no factor (or 0)
     scales nothing, and type "none" scales nothing whatever the factor says. Raises
-    ValueError for another type that would scale: llama.cpp's yarn (its attn_factor, ramp
-    and original context keys) is not transformers' yarn that RopeConfig implements."""
+    ValueError naming the key for a type llama.cpp does not know (it stops at any but its
+    four, factor or not), for another type that would scale (llama.cpp's yarn, with its
+    attn_factor, ramp and original context keys, is not transformers' yarn that RopeConfig
+    implements), and for a factor that is negative, infinite or NaN."""
     scaling = _field(reader, p + "rope.scaling.type", "linear")
-    factor = _field(reader, p + "rope.scaling.factor")
-    factor = float(factor if factor is not None else _field(reader, p + "rope.scale_linear", 0))
+    if scaling not in _LLAMA_CPP_ROPE_SCALINGS:
+        raise ValueError(f"GGUF rope scaling {scaling!r} is not supported (supported: none, "
+                         f"linear; {p}rope.scaling.type is none, linear, yarn or longrope "
+                         "in llama.cpp's files)")
+    key = p + "rope.scaling.factor"
+    if (factor := _field(reader, key)) is None:
+        key = p + "rope.scale_linear"
+        factor = _field(reader, key, 0)
+    factor = float(factor)
     if scaling == "none" or factor in (0.0, 1.0):
         return RopeConfig(theta=theta)
     if scaling != "linear":
         raise ValueError(f"GGUF rope scaling {scaling!r} is not supported "
                          "(supported: none, linear)")
-    if factor < 0:
-        raise ValueError(f"GGUF metadata {p}rope.scaling.factor must be positive, got {factor}")
+    if not 0 < factor < math.inf:
+        raise ValueError(f"GGUF metadata {key} must be positive, got {factor}")
     return RopeConfig(theta=theta, type="linear", factor=factor)
+
+
+# llama.cpp's rope scaling types (llama_rope_scaling_type_from_string); it stops at others
+_LLAMA_CPP_ROPE_SCALINGS = ("none", "linear", "yarn", "longrope")
 
 
 def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
