@@ -11,13 +11,15 @@ import gguf
 from aiollm.model import default_model_path, load_serving_tokenizer
 
 
-def write_tokenizer_only(path: str, arch: str, strings: dict | None = None) -> None:
+def write_tokenizer_only(path: str, arch: str, strings: dict | None = None,
+                         without: tuple[str, ...] = ()) -> None:
     """A GGUF file of architecture `arch` holding the default model's tokenizer metadata
-    and `strings` (key -> str) and nothing else (the tokenizer is all that is read here)."""
+    (but the keys `without`) and `strings` (key -> str) and nothing else (the tokenizer is
+    all that is read here)."""
     source = gguf.GGUFReader(default_model_path())
     w = gguf.GGUFWriter(path, arch)
     for key, field in source.fields.items():
-        if key.startswith("tokenizer."):
+        if key.startswith("tokenizer.") and key not in without:
             sub = field.types[1] if len(field.types) > 1 else None
             w.add_key_value(key, field.contents(), field.types[0], sub_type=sub)
     for key, value in (strings or {}).items():

@@ -169,13 +169,16 @@ def _add_named_templates(tok: PreTrainedTokenizerBase, path: str) -> None:
     """Give `tok` the GGUF file's named chat templates (tokenizer.chat_template.<name>,
     e.g. Hermes' tool_use, which llama.cpp renders when a request has tools) beside its
     default one, as transformers holds several: a dict of name -> template, "default" the
-    unnamed one. transformers' GGUF conversion reads only the unnamed one."""
+    unnamed one, else tool_use (llama.cpp renders it for every request then). Without
+    either, the named ones are left out, as llama.cpp renders none of them: a dict without
+    a default fails every chat request at transformers. transformers' GGUF conversion
+    reads only the unnamed one."""
     from gguf import GGUFReader
 
     prefix = "tokenizer.chat_template."
     named = {key[len(prefix):]: field.contents()
              for key, field in GGUFReader(path).fields.items() if key.startswith(prefix)}
     named = {k: v for k, v in named.items() if k and isinstance(v, str) and v}
-    if named:
-        default = {"default": tok.chat_template} if tok.chat_template else {}
-        tok.chat_template = {**default, **named}
+    default = tok.chat_template or named.get("tool_use")
+    if named and default:
+        tok.chat_template = {"default": default, **named}
