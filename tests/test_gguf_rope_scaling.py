@@ -93,3 +93,30 @@ def test_a_scaling_llama_cpp_refuses_or_a_factor_of_no_meaning_is_refused(tmp_pa
     write_gguf(hf, str(tmp_path / "model.gguf"), metadata=keys)
     with pytest.raises(ValueError, match=re.escape(says)):
         config_from_gguf(GGUFReader(str(tmp_path / "model.gguf")), [])
+
+
+@pytest.mark.parametrize("keys, rope", [
+    ({"qwen2.rope.scaling.factor": 4.0, "qwen2.rope.scaling.attn_factor": 0.5},
+     RopeConfig(theta=10000.0, type="linear", factor=4.0, attention_factor=0.5)),
+    ({"qwen2.rope.scaling.type": "none", "qwen2.rope.scaling.attn_factor": 1.25},
+     RopeConfig(theta=10000.0, attention_factor=1.25)),
+])
+def test_the_files_attn_factor_scales_cos_and_sin_as_llama_cpp_does(tmp_path, keys, rope):
+    """llama.cpp multiplies the rotary's cos and sin by rope.scaling.attn_factor whatever
+    the scaling type (llama-context.cpp: yarn_attn_factor *= the file's); it was ignored."""
+    hf = fp16_model(LINEAR_4, str(tmp_path / "hf"))
+    write_gguf(hf, str(tmp_path / "model.gguf"), metadata=keys)
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    assert loaded.config.rope == rope
+
+
+def test_an_attn_factor_of_no_meaning_is_refused(tmp_path):
+    from gguf import GGUFReader
+
+    from aiollm.model.weights_gguf import config_from_gguf
+
+    hf = fp16_model(LINEAR_4, str(tmp_path / "hf"))
+    write_gguf(hf, str(tmp_path / "model.gguf"),
+               metadata={"qwen2.rope.scaling.attn_factor": float("nan")})
+    with pytest.raises(ValueError, match="rope.scaling.attn_factor must be positive"):
+        config_from_gguf(GGUFReader(str(tmp_path / "model.gguf")), [])

@@ -232,7 +232,20 @@ def _rope_scaling(reader: GGUFReader, p: str, theta: float) -> RopeConfig:
     ValueError naming the key for a type llama.cpp does not know (it stops at any but its
     four, factor or not), for another type that would scale (llama.cpp's yarn, with its
     attn_factor, ramp and original context keys, is not transformers' yarn that RopeConfig
-    implements), and for a factor that is negative, infinite or NaN."""
+    implements), and for a factor that is negative, infinite or NaN. rope.scaling.attn_factor
+    multiplies cos and sin whatever the type, as llama.cpp multiplies its yarn_attn_factor
+    by it (llama-context.cpp)."""
+    rope = _rope_frequencies(reader, p, theta)
+    attn = float(_field(reader, p + "rope.scaling.attn_factor", 1.0))
+    if not 0 < attn < math.inf:
+        raise ValueError(f"GGUF metadata {p}rope.scaling.attn_factor must be positive, "
+                         f"got {attn}")
+    rope.attention_factor = attn
+    return rope
+
+
+def _rope_frequencies(reader: GGUFReader, p: str, theta: float) -> RopeConfig:
+    """_rope_scaling's frequencies (of rope.scaling.type and its factor)."""
     scaling = _field(reader, p + "rope.scaling.type", "linear")
     if scaling not in _LLAMA_CPP_ROPE_SCALINGS:
         raise ValueError(f"GGUF rope scaling {scaling!r} is not supported (supported: none, "
