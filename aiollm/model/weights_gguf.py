@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -32,7 +31,10 @@ from aiollm.model.config import (
     ModelConfig,
     MoeConfig,
 )
-from aiollm.model.rope_config import RopeConfig
+from aiollm.model.gguf_metadata import field as _field
+from aiollm.model.gguf_metadata import one_for_all_layers as _one_for_all_layers
+from aiollm.model.gguf_metadata import required as _required
+from aiollm.model.gguf_metadata import rope_scaling as _rope_scaling
 from aiollm.model.weights_hf import damaged_file_advice
 
 
@@ -75,47 +77,6 @@ _LAYER_NAMES = {
 _PER_EXPERT_NAMES = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
 # Weights that carry configuration, not parameters: read by config_from_gguf.
 _CONFIG_TENSORS = ("rope_freqs.weight",)
-
-
-# the metadata read here as text; every other key read is a number (or a list of them)
-_TEXT_KEYS = ("general.architecture", "general.type", "adapter.type", ".rope.scaling.type")
-
-
-def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    """The value of metadata `key` (`default` when absent). Raises ValueError naming the key
-    when a key read as a number holds text (int() of it named no key)."""
-    f = reader.fields.get(key)
-    if f is None:
-        return default
-    v = f.contents()
-    if not key.endswith(_TEXT_KEYS) and any(isinstance(x, str)
-                                            for x in (v if isinstance(v, list) else [v])):
-        raise ValueError(f"GGUF metadata {key} must be a number, got {v!r:.80}")
-    return v
-
-
-def _required(reader: GGUFReader, key: str) -> Any:
-    """A metadata field every model file carries: ValueError naming it if absent (int(None)
-    was a TypeError traceback from aiollm serve)."""
-    v = _field(reader, key)
-    if v is None:
-        raise ValueError(f"GGUF file has no {key!r} metadata: it is not a complete model file")
-    return v
-
-
-def _one_for_all_layers(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    """A hyperparameter llama.cpp reads as one value or as one per layer (its
-    get_key_or_arr: head counts, feed_forward_length): per-layer values that are all equal
-    are that value. Raises ValueError naming the key when they differ (aiollm's layers are
-    all alike) or the key is absent without a default; int() of a list was a TypeError."""
-    v = _required(reader, key) if default is None else _field(reader, key, default)
-    if isinstance(v, list):
-        if not v or len(set(v)) > 1:
-            raise ValueError(f"GGUF metadata {key} gives its layers different values "
-                             f"({', '.join(map(str, v[:8]))}{', ...' if len(v) > 8 else ''}): "
-                             "aiollm runs models whose layers are all alike")
-        v = v[0]
-    return v
 
 
 def _dequantized(tensor: Any) -> torch.Tensor:
@@ -221,53 +182,6 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         torch_dtype=None,
         moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
     )
-
-
-def _rope_scaling(reader: GGUFReader, p: str, theta: float) -> RopeConfig:
-    """The rotary scaling of a file's metadata as llama.cpp reads it (llama-model.cpp's
-    hyperparameters, llama-context.cpp): rope.scaling.type is "linear" when absent; the
-    factor is rope.scaling.factor or, in files converted before that key (2023's
-    rope.scale_linear, e.g. 16k-context Llama 2 fine-tunes), the old key; no factor (or 0)
-    scales nothing, and type "none" scales nothing whatever the factor says. Raises
-    ValueError naming the key for a type llama.cpp does not know (it stops at any but its
-    four, factor or not), for another type that would scale (llama.cpp's yarn, with its
-    attn_factor, ramp and original context keys, is not transformers' yarn that RopeConfig
-    implements), and for a factor that is negative, infinite or NaN. rope.scaling.attn_factor
-    multiplies cos and sin whatever the type, as llama.cpp multiplies its yarn_attn_factor
-    by it (llama-context.cpp)."""
-    rope = _rope_frequencies(reader, p, theta)
-    attn = float(_field(reader, p + "rope.scaling.attn_factor", 1.0))
-    if not 0 < attn < math.inf:
-        raise ValueError(f"GGUF metadata {p}rope.scaling.attn_factor must be positive, "
-                         f"got {attn}")
-    rope.attention_factor = attn
-    return rope
-
-
-def _rope_frequencies(reader: GGUFReader, p: str, theta: float) -> RopeConfig:
-    """_rope_scaling's frequencies (of rope.scaling.type and its factor)."""
-    scaling = _field(reader, p + "rope.scaling.type", "linear")
-    if scaling not in _LLAMA_CPP_ROPE_SCALINGS:
-        raise ValueError(f"GGUF rope scaling {scaling!r} is not supported (supported: none, "
-                         f"linear; {p}rope.scaling.type is none, linear, yarn or longrope "
-                         "in llama.cpp's files)")
-    key = p + "rope.scaling.factor"
-    if (factor := _field(reader, key)) is None:
-        key = p + "rope.scale_linear"
-        factor = _field(reader, key, 0)
-    factor = float(factor)
-    if scaling == "none" or factor in (0.0, 1.0):
-        return RopeConfig(theta=theta)
-    if scaling != "linear":
-        raise ValueError(f"GGUF rope scaling {scaling!r} is not supported "
-                         "(supported: none, linear)")
-    if not 0 < factor < math.inf:
-        raise ValueError(f"GGUF metadata {key} must be positive, got {factor}")
-    return RopeConfig(theta=theta, type="linear", factor=factor)
-
-
-# llama.cpp's rope scaling types (llama_rope_scaling_type_from_string); it stops at others
-_LLAMA_CPP_ROPE_SCALINGS = ("none", "linear", "yarn", "longrope")
 
 
 def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
