@@ -37,3 +37,18 @@ def test_layers_of_different_values_are_refused_naming_the_key(hf, tmp_path, key
     with pytest.raises(ValueError, match=rf"GGUF metadata qwen2\.{key} gives its layers "
                                          r"different values \(2, 4\)"):
         load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_an_array_not_one_value_per_layer_is_refused_naming_its_length(hf, tmp_path, key):
+    """llama.cpp refuses a per-layer array whose length is not block_count ("wrong array
+    length"); one of equal values was taken here, whatever its length."""
+    layers = hf.config.num_hidden_layers
+    value = {"attention.head_count": hf.config.num_attention_heads,
+             "attention.head_count_kv": hf.config.num_key_value_heads,
+             "feed_forward_length": hf.config.intermediate_size}[key]
+    write_gguf(hf, str(tmp_path / "model.gguf"),
+               metadata={f"qwen2.{key}": [value] * (layers + 1)})
+    with pytest.raises(ValueError, match=rf"GGUF metadata qwen2\.{key} has {layers + 1} "
+                                         rf"values, not one per layer \(block_count {layers}\)"):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")

@@ -42,9 +42,15 @@ def one_for_all_layers(reader: GGUFReader, key: str, default: Any = None) -> Any
     """A hyperparameter llama.cpp reads as one value or as one per layer (its
     get_key_or_arr: head counts, feed_forward_length): per-layer values that are all equal
     are that value. Raises ValueError naming the key when they differ (aiollm's layers are
-    all alike) or the key is absent without a default; int() of a list was a TypeError."""
+    all alike), when they are not one per layer (block_count, of the key's architecture:
+    llama.cpp refuses the "wrong array length" too) or the key is absent without a default;
+    int() of a list was a TypeError."""
     v = required(reader, key) if default is None else field(reader, key, default)
     if isinstance(v, list):
+        layers = field(reader, key.split(".")[0] + ".block_count")
+        if layers is not None and len(v) != layers:
+            raise ValueError(f"GGUF metadata {key} has {len(v)} values, not one per layer "
+                             f"(block_count {layers})")
         if not v or len(set(v)) > 1:
             raise ValueError(f"GGUF metadata {key} gives its layers different values "
                              f"({', '.join(map(str, v[:8]))}{', ...' if len(v) > 8 else ''}): "
