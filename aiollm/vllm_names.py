@@ -271,6 +271,18 @@ def _unknown(keyword: str) -> TypeError:
     return TypeError(f"LLM() got an unexpected keyword argument {keyword!r}{hint}")
 
 
+def check_model_fits(model: str | None, options: dict[str, Any]) -> None:
+    """Raise ValueError naming the keyword, its value and why, where a refused keyword's
+    value asking for aiollm's own behaviour does not fit `model` (quantization='gguf' with
+    a Hugging Face directory: refusal.model_check)."""
+    for keyword, value in options.items():
+        refusal = _REFUSED_VALUES.get(keyword)
+        if (refusal is not None and refusal.model_check is not None and value is not None
+                and _asks_for_ours(value, refusal.same)
+                and (why := refusal.model_check(model)) is not None):
+            raise ValueError(f"{keyword}={value!r}: {_as_keywords(why)}")
+
+
 def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
     """LLM(...)'s keyword `options` as Engine takes them (EngineConfig's fields), and, for
     each option set by vLLM's name, that name (option -> keyword, for `named_as_given`).
