@@ -136,6 +136,32 @@ def test_generate_batch_is_not_refused_while_out_of_memory_halves_the_batch(tmp_
     assert failed == [4] and len(outs) == 10
 
 
+async def failing_then_stuck(eng, entered: threading.Event, unstuck: threading.Event):
+    """Fail the steps of FAILING_STEPS requests (the engine is then failing: a health check
+    probes it), then make each step set `entered` and wait for `unstuck` before it runs.
+    Returns a function that gives the model its own forward back."""
+    from aiollm.engine.step_health import FAILING_STEPS
+    from aiollm.errors import RequestFailed
+
+    model = eng.runner.model
+
+    def broken(batch):
+        raise RuntimeError("CUDA error: an illegal memory access (injected)")
+
+    def stuck(batch):
+        entered.set()
+        unstuck.wait(30)
+        return type(model).forward(model, batch)
+
+    model.forward = broken
+    for _ in range(FAILING_STEPS):
+        with pytest.raises(RequestFailed):
+            await eng.generate([1, 2, 3], SamplingParams(max_tokens=2))
+    assert eng.failing
+    model.forward = stuck
+    return lambda: setattr(model, "forward", type(model).forward.__get__(model))
+
+
 @pytest.mark.parametrize("probe_first", [True, False])
 def test_a_health_probe_takes_no_place_in_the_waiting_queue_nor_needs_one(tiny, probe_first):
     """While the engine is failing, a health check runs a probe request (health_probe.py).
@@ -144,30 +170,12 @@ def test_a_health_probe_takes_no_place_in_the_waiting_queue_nor_needs_one(tiny, 
     full the probe itself was refused, /health naming the full queue instead of the engine's
     state (probe_last). vLLM's /health takes no queue place: here the probe counts in no
     limit and waits first in line."""
-    from aiollm.engine.step_health import FAILING_STEPS
-    from aiollm.errors import RequestFailed
-
     entered, unstuck = threading.Event(), threading.Event()
 
     async def go():
         async with Engine(tiny, load_format="dummy", kv_tokens=512, max_running_requests=1,
                           max_waiting_requests=1, prefix_cache=False) as eng:
-            model = eng.runner.model
-
-            def broken(batch):
-                raise RuntimeError("CUDA error: an illegal memory access (injected)")
-
-            def stuck(batch):  # the first step after the fault, until the test lets it go
-                entered.set()
-                unstuck.wait(30)
-                return type(model).forward(model, batch)
-
-            model.forward = broken
-            for _ in range(FAILING_STEPS):
-                with pytest.raises(RequestFailed):
-                    await eng.generate([1, 2, 3], SamplingParams(max_tokens=2))
-            assert eng.failing
-            model.forward = stuck
+            restore = await failing_then_stuck(eng, entered, unstuck)
             running = eng.stream([4, 5, 6], PARAMS)
             first = asyncio.ensure_future(anext(running))
             while not entered.is_set():  # admitted, its step under way: the batch is full
@@ -192,7 +200,7 @@ def test_a_health_probe_takes_no_place_in_the_waiting_queue_nor_needs_one(tiny, 
             await first
             assert len(await drain([running, waiting])) == 2
             assert_idle(eng)
-            model.forward = type(model).forward.__get__(model)
+            restore()
 
     try:
         asyncio.run(asyncio.wait_for(go(), 120))
@@ -303,29 +311,12 @@ def test_a_running_health_probe_takes_no_clients_row(tiny):
     request was a 503 in its place. Its row counts as room, as it would without the probe:
     the batch's one row and the one waiting place are the clients' (two served, the third
     refused)."""
-    from aiollm.engine.step_health import FAILING_STEPS
-    from aiollm.errors import RequestFailed
-
     entered, unstuck = threading.Event(), threading.Event()
 
     async def go():
         async with Engine(tiny, load_format="dummy", kv_tokens=512, max_running_requests=1,
                           max_waiting_requests=1, prefix_cache=False) as eng:
-            model = eng.runner.model
-
-            def broken(batch):
-                raise RuntimeError("CUDA error: an illegal memory access (injected)")
-
-            def stuck(batch):  # the probe's step, until the test lets it go
-                entered.set()
-                unstuck.wait(30)
-                return type(model).forward(model, batch)
-
-            model.forward = broken
-            for _ in range(FAILING_STEPS):
-                with pytest.raises(RequestFailed):
-                    await eng.generate([1, 2, 3], SamplingParams(max_tokens=2))
-            model.forward = stuck
+            restore = await failing_then_stuck(eng, entered, unstuck)
             health = asyncio.ensure_future(eng.check_health(timeout=60))
             while not entered.is_set():  # the probe runs: the batch's one row is its
                 await asyncio.sleep(0.01)
@@ -335,7 +326,7 @@ def test_a_running_health_probe_takes_no_clients_row(tiny):
                 eng.stream([1, 2], PARAMS)
             unstuck.set()
             assert await health is None
-            model.forward = type(model).forward.__get__(model)
+            restore()
             assert len(await drain(clients)) == 2
             assert_idle(eng)
 
