@@ -18,6 +18,15 @@ def model(client) -> str:
     return client.models.list().data[0].id
 
 
+def answer(client, stream: bool, **kw):
+    """The Response of responses.create(**kw), streamed or in one piece."""
+    if not stream:
+        return client.responses.create(**kw)
+    with client.responses.stream(**kw) as s:
+        list(s)
+        return s.get_final_response()
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_vllms_structured_outputs_and_logit_bias_shape_the_output(server, client, model,
                                                                   stream):
@@ -25,12 +34,7 @@ def test_vllms_structured_outputs_and_logit_bias_shape_the_output(server, client
     were unknown fields here, ignored, and the output free text."""
     kw = dict(model=model, input=ASK, max_output_tokens=20, temperature=0,
               extra_body={"structured_outputs": {"choice": ["mauve", "teal"]}})
-    if stream:
-        with client.responses.stream(**kw) as s:
-            list(s)
-            r = s.get_final_response()
-    else:
-        r = client.responses.create(**kw)
+    r = answer(client, stream, **kw)
     assert r.output_text in ("mauve", "teal") and r.status == "completed", r.output_text
     tid = first_token(server, model, "teal")
     r = client.responses.create(**{**kw, "extra_body": {
@@ -87,22 +91,8 @@ def test_include_stop_str_in_output_keeps_the_stop_string(client, model, stream)
     for include, text in ((True, cut + stop), (False, cut)):
         kw = dict(model=model, input=ASK, max_output_tokens=12, temperature=0,
                   extra_body={"stop": [stop], "include_stop_str_in_output": include})
-        if stream:
-            with client.responses.stream(**kw) as s:
-                list(s)
-                r = s.get_final_response()
-        else:
-            r = client.responses.create(**kw)
+        r = answer(client, stream, **kw)
         assert (r.output_text, r.status) == (text, "completed"), (include, stop, free)
-
-
-def answer(client, stream: bool, **kw):
-    """The Response of responses.create(**kw), streamed or in one piece."""
-    if not stream:
-        return client.responses.create(**kw)
-    with client.responses.stream(**kw) as s:
-        list(s)
-        return s.get_final_response()
 
 
 @pytest.mark.parametrize("stream", [False, True])
