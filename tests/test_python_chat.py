@@ -52,6 +52,25 @@ def on_loop(server: LiveServer, coro):
     return asyncio.run_coroutine_threadsafe(coro, server.loop).result(60)
 
 
+def chats_as_tokenized(server, messages, sp, tools):
+    """Engine.chat's output and stream_chat's deltas for `messages` and `tools`, each checked
+    to have rendered the prompt that /tokenize renders for the same chat request."""
+    engine = server.engine
+
+    async def chats():
+        out = await engine.chat(messages, sp, tools=tools)
+        streamed = [d async for d in engine.stream_chat(messages, sp, tools=tools)]
+        return out, streamed
+
+    out, streamed = on_loop(server, chats())
+    status, _, raw = http(server, "POST", "/tokenize",
+                          json={"messages": messages, "tools": tools})
+    assert status == 200, raw
+    assert out.prompt_token_ids == json.loads(raw)["tokens"]
+    assert streamed[-1].prompt_tokens == len(out.prompt_token_ids)
+    return out, streamed
+
+
 def test_engine_chat_takes_tools_as_the_server_renders_them(server):
     """Engine.chat and stream_chat took no tools (TypeError), where LLM.chat and
     /v1/chat/completions take them. Their prompt is the server's for the same messages and
@@ -61,19 +80,9 @@ def test_engine_chat_takes_tools_as_the_server_renders_them(server):
     naming it, as the HTTP API's 400 does."""
     engine = server.engine
     sp = SamplingParams(max_tokens=2, temperature=0)
-
-    async def chats():
-        out = await engine.chat(CALLED, sp, tools=TOOLS)
-        streamed = [d async for d in engine.stream_chat(CALLED, sp, tools=TOOLS)]
-        return out, streamed
-
-    out, streamed = on_loop(server, chats())
-    status, _, raw = http(server, "POST", "/tokenize", json={"messages": CALLED, "tools": TOOLS})
-    assert status == 200, raw
-    assert out.prompt_token_ids == json.loads(raw)["tokens"]
+    out, streamed = chats_as_tokenized(server, CALLED, sp, TOOLS)
     text = engine.tokenizer.decode(out.prompt_token_ids)
     assert '"name": "get_weather"' in text and "<tool_call>" in text  # the tool, the past call
-    assert streamed[-1].prompt_tokens == len(out.prompt_token_ids)
     assert "".join(d.text for d in streamed) == out.text  # greedy, on the same prompt
     bad = [{"type": "function", "function": {"name": "get weather"}}]
     with pytest.raises(InvalidRequest) as e:
@@ -99,18 +108,8 @@ def test_tools_only_rendered_are_not_held_to_the_grammar(server):
     not enforce was refused there (InvalidRequest naming it, a 400), where vLLM takes it."""
     engine = server.engine
     sp = SamplingParams(max_tokens=1, temperature=0)
-
-    async def chats():
-        out = await engine.chat(HI, sp, tools=UNIQUE)
-        streamed = [d async for d in engine.stream_chat(HI, sp, tools=UNIQUE)]
-        return out, streamed
-
-    out, streamed = on_loop(server, chats())
-    status, _, raw = http(server, "POST", "/tokenize", json={"messages": HI, "tools": UNIQUE})
-    assert status == 200, raw
-    assert out.prompt_token_ids == json.loads(raw)["tokens"]
+    out, _ = chats_as_tokenized(server, HI, sp, UNIQUE)
     assert '"uniqueItems": true' in engine.tokenizer.decode(out.prompt_token_ids)
-    assert streamed[-1].prompt_tokens == len(out.prompt_token_ids)
     # nested past json.dumps' recursion (the HTTP body's decoder stops it shallower): still
     # held to the grammar's depth bound; it was a RecursionError from the rendering
     deep: dict = {"type": "string"}
