@@ -9,8 +9,9 @@ its tokenizer. The first start stores the results; later starts read them back:
         config-<code>.json the ModelConfig (JSON), with the warnings deriving it gave (a
                            "warnings" list: logged again at every load of the file); <code>:
                            a hash of the code that derives and stores it (config.py,
-                           weights_gguf.py, gguf_metadata.py, this file), so a config derived by another
-                           version, without a check added since, is derived again
+                           weights_gguf.py, gguf_metadata.py, this file), so a config
+                           derived by another version, without a check added since, is
+                           derived again
         model-<code>.safetensors
                            float32 weights under transformers' names, llama.cpp's q/k row
                            permutation undone (for GPU or tensor-parallel loads; <code>: a
