@@ -23,7 +23,7 @@ from aiollm.api.tool_calls import ToolCall, ToolParser
 from aiollm.api.tool_stream import StreamingToolParser
 from aiollm.api.tools_or_format import opens_calls, tool_parts, tools_constraint
 from aiollm.api.usage import room
-from aiollm.engine.content_format import (echoed_text, joined_text,
+from aiollm.engine.content_format import (echoed_text, joined_text, rendering_template,
                                           resolve_content_format)
 from aiollm.errors import shown_json
 from aiollm.sampling_params import SamplingParams
@@ -144,7 +144,8 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
     parser = None
     names = {t["function"]["name"] for t in callable_tools}
     if mode != "none":
-        parser = tool_parsers.parser_for(template, engine.config.tool_call_parser)
+        parser = tool_parsers.parser_for(rendering_template(template, tools),
+                                         engine.config.tool_call_parser)
         if any(tool_parsers.marker_is_skipped(engine.tokenizer, m)
                for m in (parser.start, *parser.special)):
             req.skip_special_tokens = False  # the parser must see it in the text

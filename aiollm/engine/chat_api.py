@@ -15,6 +15,7 @@ from aiollm.engine.chat_messages import checked_messages
 from aiollm.engine.chat_template import (TemplateOptions, chat_token_ids, rendered_size,
                                           special_texts)
 from aiollm.engine.chat_tools import check_tools, tool_renderings
+from aiollm.engine.content_format import rendering_template
 from aiollm.engine.outputs import Delta, RequestOutput
 from aiollm.engine.submission import off_loop
 from aiollm.errors import ContextExceeded, InvalidRequest
@@ -58,8 +59,8 @@ class ChatAPI:
         fewer is refused (ContextExceeded naming "prompt") before it is encoded, as
         generating from its ids would refuse them (None: never: /tokenize counts it)."""
         source = (template.chat_template if isinstance(template, TemplateOptions) else None)
-        *first, last = tool_renderings(messages, tools or [],
-                                       source or self.tokenizer.chat_template)
+        *first, last = tool_renderings(messages, tools or [], rendering_template(
+            source or self.tokenizer.chat_template, tools))
         for shown in first:
             try:
                 return self.chat_prompt(shown, tools or None, template, most=most), shown

@@ -97,18 +97,28 @@ def _is_text(content: Any) -> bool:
         for p in content)
 
 
-def resolve_content_format(given: str, template: str | dict | None,
-                           tools: list | None = None) -> str:
-    """"string" or "openai": `given` unless it is "auto", else what `template` reads
-    (detect_content_format): the template that renders, named templates (a dict) resolved as
-    transformers picks them ("tool_use" with tools where there is one, else "default");
-    "string" where there is none."""
-    if given != "auto":
-        return given
+def rendering_template(template: str | dict | None, tools: list | None = None) -> str | None:
+    """The template that renders a chat with `tools` (None or []: none): `template` itself,
+    or of named templates (a dict: a GGUF file's tokenizer.chat_template.<name>, a
+    directory's several) the one transformers picks, "tool_use" for a chat with tools where
+    there is one, else "default"; None where there is none. What is asked of the template's
+    text (does it render tools, past calls; in which format does it write calls) is asked
+    of this one: a dict's keys hold none of it."""
     if isinstance(template, dict):
         template = template.get("tool_use") if tools and "tool_use" in template \
             else template.get("default")
-    return detect_content_format(template) if isinstance(template, str) else "string"
+    return template if isinstance(template, str) else None
+
+
+def resolve_content_format(given: str, template: str | dict | None,
+                           tools: list | None = None) -> str:
+    """"string" or "openai": `given` unless it is "auto", else what the template that
+    renders reads (detect_content_format of rendering_template's); "string" where there is
+    none."""
+    if given != "auto":
+        return given
+    template = rendering_template(template, tools)
+    return detect_content_format(template) if template is not None else "string"
 
 
 def log_served_format(given: str, template: str | dict | None) -> None:
