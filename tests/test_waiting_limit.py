@@ -233,7 +233,7 @@ def test_refusals_are_logged_once_then_counted(loop, caplog, monkeypatch):
                         eng.stream("One too many:", PARAMS)
                 [first] = lines()
                 assert "refused" in first and "--max-waiting-requests" in first, first
-                assert "(1)" in first, first
+                assert "(1)" in first and "1 request waits beyond" in first, first
                 await asyncio.sleep(0.8)
                 assert len(lines()) == 2, lines()
                 assert lines()[1].startswith("4 more requests refused"), lines()

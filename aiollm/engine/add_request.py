@@ -122,8 +122,9 @@ class AddRequest:
         # A health probe (counted False) is no client's request: it needs no place
         beyond, limit = self.planner.waiting_beyond_batch(), self.config.max_waiting_requests
         if counted and beyond >= limit:
-            self._refusals.refused("the waiting queue is full", f"{beyond} requests wait "
-                                   "beyond the running batch's free places, the most "
+            self._refusals.refused("the waiting queue is full", f"{beyond} request"
+                                   f"{'s wait' if beyond != 1 else ' waits'} beyond the "
+                                   "running batch's free places, the most "
                                    f"--max-waiting-requests allows ({limit})")
             raise Overloaded(f"too many waiting requests: {beyond} wait beyond the running "
                              "batch's free places, the most max_waiting_requests "
