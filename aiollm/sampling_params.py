@@ -50,6 +50,8 @@ NO_SEED = -1
 # queue then take them as they make room. The HTTP API's bound is lower (api/protocol.py).
 MAX_N_SEQUENCES = 16384
 MAX_LOGPROBS = 20
+# SamplingParams.penalty_scope's values (the field's comment says what each counts)
+PENALTY_SCOPES = ("vllm", "output", "prompt_and_output")
 # bad words per request: each step's banned ids are found on the host, a few list
 # compares per word (aiollm/engine/bad_words.py)
 MAX_BAD_WORDS = 64
@@ -170,6 +172,11 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # which tokens the three penalties count (PENALTY_SCOPES): "vllm", vLLM's and
+    # transformers' (repetition over prompt and output, presence and frequency over the
+    # output); "output", LightLLM's default (all three over the output); "prompt_and_output",
+    # LightLLM's input_penalty (all three over both, the prompt's occurrences counted)
+    penalty_scope: str = "vllm"
     seed: int | None = None  # -1 is None (no seed), as vLLM reads it
     stop: list[str] = field(default_factory=list)  # also one string, a tuple or None
     stop_token_ids: list[int] = field(default_factory=list)  # also a tuple or None
@@ -285,6 +292,8 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not is_num(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
                 raise bad(name, "must be in [-2, 2]")
+        if self.penalty_scope not in PENALTY_SCOPES:
+            raise bad("penalty_scope", f"must be one of {', '.join(PENALTY_SCOPES)}")
         if self.seed is not None and (not is_int(self.seed)
                                       or not -SEED_RANGE <= self.seed < SEED_RANGE):
             raise bad("seed", "must be an integer in [-2**63, 2**63)")

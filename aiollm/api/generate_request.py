@@ -48,8 +48,9 @@ class GenerateParameters(Struct, kw_only=True):
     guided_choice: Any = None
     logit_bias: Any = None
     cache_salt: Any = None  # vLLM's tenant isolation: refused here too (_refuse_salt)
-    # LightLLM's own, not served: refused where they would change the output
+    # LightLLM's: the penalties count the prompt's tokens too (else the output's alone)
     input_penalty: bool = False
+    # LightLLM's own, not served: refused where they would change the output
     exponential_decay_length_penalty: Any = None
     print_eos_token: bool = False
 
@@ -62,8 +63,6 @@ class GenerateParameters(Struct, kw_only=True):
                         "OpenAI's and vLLM's")
         decay = self.exponential_decay_length_penalty
         for name, served, why in (
-                ("input_penalty", not self.input_penalty, "presence and frequency penalties "
-                 "count the output's tokens only (repetition_penalty counts the prompt's too)"),
                 ("exponential_decay_length_penalty", decay is None or (
                     isinstance(decay, list) and len(decay) == 2 and decay[1] == 1),
                  "the server has no length penalty"),

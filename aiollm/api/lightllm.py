@@ -114,6 +114,8 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
         min_p=p.min_p, repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
+        # LightLLM's penalties count the output alone, or with input_penalty the prompt too
+        penalty_scope="prompt_and_output" if p.input_penalty else "output",
         seed=choice_seed(p.seed, choice), stop=stop, stop_token_ids=stop_ids,
         ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens,
         logprobs=0,  # LightLLM reports each token's logprob
