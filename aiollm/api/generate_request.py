@@ -52,6 +52,8 @@ class GenerateParameters(Struct, kw_only=True):
     input_penalty: bool = False
     # LightLLM's own, not served: refused where they would change the output
     exponential_decay_length_penalty: Any = None
+    # LightLLM's: an eos token's text is "" unless this is true (and special tokens are
+    # not skipped)
     print_eos_token: bool = False
 
     def check_unserved(self) -> None:
@@ -62,15 +64,11 @@ class GenerateParameters(Struct, kw_only=True):
                         "regular_constraint and allowed_token_ids; /v1/completions takes "
                         "OpenAI's and vLLM's")
         decay = self.exponential_decay_length_penalty
-        for name, served, why in (
-                ("exponential_decay_length_penalty", decay is None or (
-                    isinstance(decay, list) and len(decay) == 2 and decay[1] == 1),
-                 "the server has no length penalty"),
-                ("print_eos_token", not self.print_eos_token, "the eos token that ends an "
-                 "output is counted with an empty text")):
-            if not served:
-                raise InvalidRequest(f"parameters.{name} is not served: {why}",
-                                     param=f"parameters.{name}")
+        if not (decay is None or (isinstance(decay, list) and len(decay) == 2
+                                  and decay[1] == 1)):
+            raise InvalidRequest("parameters.exponential_decay_length_penalty is not served: "
+                                 "the server has no length penalty",
+                                 param="parameters.exponential_decay_length_penalty")
 
     def with_defaults(self, defaults: dict) -> None:
         """Fill the fields left None from `defaults` (the model's generation config's, by

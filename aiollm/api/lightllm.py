@@ -119,6 +119,9 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         seed=choice_seed(p.seed, choice), stop=stop, stop_token_ids=stop_ids,
         ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens,
         logprobs=0,  # LightLLM reports each token's logprob
+        # LightLLM matches stop sequences on the tokens and detokenizes every token made:
+        # the text keeps the stop sequence (and an eos's text, which _token_texts blanks)
+        include_stop_str_in_output=True,
         constraint=constraint,
     )
 
@@ -243,8 +246,10 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     def one_or_all(values: list) -> object:  # LightLLM unwraps single results, except the text
         return values[0] if len(values) == 1 else values
 
+    eos = _unprinted_eos(st, req.parameters)
+    texts = [_token_texts(o.token_ids, o.token_texts, eos) for o in outs]
     body = {
-        "generated_text": [o.text for o in outs],
+        "generated_text": ["".join(t) for t in texts],
         "count_output_tokens": one_or_all([o.completion_tokens for o in outs]),
         "finish_reason": one_or_all([o.finish_reason for o in outs]),
         "prompt_tokens": len(ids),
@@ -252,11 +257,27 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     }
     if req.parameters.return_details:
         special = set(st.engine.tokenizer.all_special_ids)
-        body["tokens"] = one_or_all([_details(o, special, len(ids)) for o in outs])
+        body["tokens"] = one_or_all([_details(o, t, special, len(ids))
+                                     for o, t in zip(outs, texts)])
     return json_response(body)
 
 
-def _details(out: RequestOutput, special: set[int], prompt_tokens: int) -> list[dict]:
+def _unprinted_eos(st: ApiState, p: GenerateParameters) -> frozenset[int]:
+    """The token ids whose text LightLLM's detokenizer leaves out: the model's eos ids,
+    unless print_eos_token (none then)."""
+    return frozenset() if p.print_eos_token else frozenset(st.engine.eos_ids.tolist())
+
+
+def _token_texts(ids: list[int], texts: list[str], eos: frozenset[int]) -> list[str]:
+    """Each token's text as LightLLM gives it: "" for an id of `eos` (_unprinted_eos),
+    wherever it is (ignore_eos lets eos come mid-output), else the engine's text."""
+    if not eos.intersection(ids):
+        return texts
+    return ["" if t in eos else text for t, text in zip(ids, texts)]
+
+
+def _details(out: RequestOutput, texts: list[str], special: set[int],
+             prompt_tokens: int) -> list[dict]:
     """LightLLM's return_details entries of one output, a dict per token: its id, text
     (its share of the output's text: the texts join to it), logprob, whether it is
     special, the output's count of tokens up to it, the prompt's length, and cumlogprob:
@@ -268,7 +289,7 @@ def _details(out: RequestOutput, special: set[int], prompt_tokens: int) -> list[
         logprob = out.logprobs[i].logprob if out.logprobs else None
         total += logprob or 0.0
         entries.append({
-            "id": t, "text": out.token_texts[i], "special": t in special, "logprob": logprob,
+            "id": t, "text": texts[i], "special": t in special, "logprob": logprob,
             "cumlogprob": total / (i + 1) if out.logprobs else None,
             "count_output_tokens": i + 1, "prompt_tokens": prompt_tokens,
         })
@@ -295,9 +316,11 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
     with param_names(_PARAM_NAMES), context_told(*_NAMING):
         ids, params = await _prepare(st, req)
     special = set(st.engine.tokenizer.all_special_ids)
+    eos = _unprinted_eos(st, req.parameters)
 
     def render(item: tuple[int, Delta]) -> bytes:
         _, d = item
+        token_texts = _token_texts(d.token_ids, d.token_texts, eos)
         # One event per token. The one delta that may bring no token (the end of a request
         # aborted after its last token went out, with what the end released) is an
         # abort's, which merge raises as the stream's error before it reaches here; were
@@ -307,7 +330,7 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
         return b"".join(sse.event({
             "token": {
                 "id": t,
-                "text": d.token_texts[i],  # each token's share of the text (they join to it)
+                "text": token_texts[i],  # each token's share of the text (they join to it)
                 "logprob": d.logprobs[i].logprob if d.logprobs else None,
                 "special": t in special,
                 "count_output_tokens": d.completion_tokens - (n - 1 - i),
