@@ -177,6 +177,9 @@ class SamplingParams:
     # output); "output", LightLLM's default (all three over the output); "prompt_and_output",
     # LightLLM's input_penalty (all three over both, the prompt's occurrences counted)
     penalty_scope: str = "vllm"
+    # False: top-p's mass is that of the tokens top-k and min-p keep, renormalised (vLLM's);
+    # True: that of the whole distribution, cut by top-k after (LightLLM's sampler)
+    top_p_joint: bool = False
     seed: int | None = None  # -1 is None (no seed), as vLLM reads it
     stop: list[str] = field(default_factory=list)  # also one string, a tuple or None
     stop_token_ids: list[int] = field(default_factory=list)  # also a tuple or None
@@ -300,7 +303,7 @@ class SamplingParams:
         self.stop = checked_stop(self.stop)
         self.stop_token_ids = checked_stop_token_ids(self.stop_token_ids)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
-                     "spaces_between_special_tokens"):
+                     "spaces_between_special_tokens", "top_p_joint"):
             setattr(self, name, _plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")

@@ -112,6 +112,7 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
     return SamplingParams(
         max_tokens=p.max_new_tokens, min_tokens=_min_tokens(p),
         temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
+        top_p_joint=True,  # LightLLM's top-p counts the whole distribution's mass
         min_p=p.min_p, repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
         # LightLLM's penalties count the output alone, or with input_penalty the prompt too

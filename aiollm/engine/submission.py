@@ -320,6 +320,7 @@ def _fill_record(table: RequestTable, req: Request, params: SamplingParams) -> N
     rec["min_new_tokens"] = params.min_tokens
     rec["temperature"] = params.temperature
     rec["top_p"] = params.top_p
+    rec["top_p_joint"] = params.top_p_joint
     rec["top_k"] = params.top_k
     rec["min_p"] = params.min_p
     rec["repetition_penalty"] = params.repetition_penalty

@@ -16,7 +16,8 @@ Order of operations on each row:
      logit, by the biased logit's sign;
   3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
      temperature-scaled probabilities renormalised over the tokens top-k and min-p keep, as
-     vLLM V1 applies min-p first; transformers and SGLang cut top-p before min-p) and
+     vLLM V1 applies min-p first; transformers and SGLang cut top-p before min-p; on rows
+     of st.top_p_joint, LightLLM's, over the whole distribution instead) and
      min-p (relative to the most likely token, after temperature) each keep a most-likely
      prefix of the sorted row, so together they reduce to one logit floor per row: every
      token at or above it is kept, ties at the floor included (as HF's and vLLM's top-k
@@ -127,6 +128,12 @@ def _floor(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
             cut |= vals < min_p_floor[:, None]
         scaled = (vals * st.scale_floor[0, :, None]).masked_fill(cut, float("-inf"))
         probs = scaled.softmax(dim=-1)
+        if st.top_p_joint is not None:
+            # LightLLM's rows: the mass of the whole temperature-scaled distribution, which
+            # top-k (and min-p) then cut; one more pass over the row, for them alone
+            full = (logits * st.scale_floor[0, :, None]).logsumexp(dim=-1, keepdim=True)
+            whole = (vals * st.scale_floor[0, :, None] - full).exp()
+            probs = torch.where(st.top_p_joint[:, None], whole, probs)
         before = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))
         # the most likely token always stays, also for a top_p that is 0 in float32
         n_top_p = (before < st.top_p[:, None]).sum(dim=-1).clamp(min=1)

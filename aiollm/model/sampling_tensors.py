@@ -45,6 +45,9 @@ class SamplingTensors:
     use_min_p: bool
     trunc_width: int  # sorted prefix top-k/top-p need: 0 none, < V a topk, V a full sort
     max_top_logprobs: int
+    # [B] bool: rows whose top-p counts the whole distribution's mass (LightLLM's cut),
+    # not the top-k set's renormalised (vLLM's); None when no sampled row with top-p is
+    top_p_joint: torch.Tensor | None = None
     want_logprobs: bool = True  # some row asked for logprobs (else sample() may skip them)
     # what logprobs report (LOGPROBS_MODES, vLLM's --logprobs-mode), and whether a row that
     # asked for them had its logits changed by a penalty or a min_tokens ban (lp_penalized)
@@ -100,12 +103,14 @@ class SamplingTensors:
         min_tokens: np.ndarray | None = None,
         stop_ids: np.ndarray | None = None,
         logprobs_mode: str = "raw_logprobs",
+        top_p_joint: np.ndarray | None = None,
     ) -> SamplingTensors:
         """Build from [B] arrays (request table columns; step = output_len).
 
         token_ids [B, L] (prompt then output tokens, -1 padding) and prompt_lens [B] are
         required only when some row has a penalty (see needs_history()); they are ignored
-        otherwise. min_tokens [B] and stop_ids [B, K] (eos + stop ids, -1 padding) ban those
+        otherwise. top_p_joint [B] bool (None: none) marks rows whose top-p counts the
+        whole distribution (LightLLM's), not the top-k set renormalised (vLLM's). min_tokens [B] and stop_ids [B, K] (eos + stop ids, -1 padding) ban those
         ids on rows whose step < min_tokens. logprobs_mode: one of LOGPROBS_MODES
         (model/sampler.py says what each reports).
         """
@@ -131,21 +136,23 @@ class SamplingTensors:
         floats[4] = repetition_penalty
         floats[5] = presence_penalty
         floats[6] = frequency_penalty
-        ints = np.empty((4, b), dtype=np.int32)
+        ints = np.empty((5, b), dtype=np.int32)
         ints[0] = np.clip(top_k, -1, vocab_size)
-        ints[2:] = row_keys(seed, step)
+        ints[2:4] = row_keys(seed, step)
+        ints[4] = 0 if top_p_joint is None else top_p_joint
         temp, p, mp, k = floats[0], floats[2], floats[3], ints[0]
         greedy = temp < GREEDY_EPS
         ints[1] = greedy
         n_greedy = int(np.count_nonzero(greedy))
         k[k <= 0] = vocab_size
-        use_top_p = use_min_p = False
+        use_top_p = use_min_p = joint = False
         trunc_width = 0
         if n_greedy < b:
             sampled = ~greedy if n_greedy else slice(None)
             k_s = k[sampled]
             has_k, has_p = k_s < vocab_size, p[sampled] < 1.0
             use_top_p = bool(np.count_nonzero(has_p))
+            joint = bool(np.count_nonzero(has_p & (ints[4][sampled] != 0)))
             use_min_p = bool(np.count_nonzero(mp[sampled] > 0.0))
             if use_top_p and np.count_nonzero(has_p & ~has_k):
                 trunc_width = vocab_size  # top-p without top-k: a full sort
@@ -176,6 +183,7 @@ class SamplingTensors:
             max_top_logprobs=max_top,
             want_logprobs=want_logprobs,
             logprobs_mode=logprobs_mode,
+            top_p_joint=i[4] != 0 if joint else None,
         )
         if want_logprobs:
             lp_rows = np.asarray(top_logprobs) >= 0
@@ -241,8 +249,10 @@ class SamplingTensors:
             min_tokens=f["min_new_tokens"],
             stop_ids=ban_ids,
             logprobs_mode=logprobs_mode,
+            top_p_joint=f["top_p_joint"],
         )
 
 
 _FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-           "frequency_penalty", "seed", "output_len", "top_logprobs", "min_new_tokens")
+           "frequency_penalty", "seed", "output_len", "top_logprobs", "min_new_tokens",
+           "top_p_joint")
