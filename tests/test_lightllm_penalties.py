@@ -65,3 +65,27 @@ def test_penalty_scope_is_checked():
     with pytest.raises(InvalidRequest, match="penalty_scope must be one of") as e:
         SamplingParams(penalty_scope="prompt")
     assert e.value.param == "penalty_scope"
+
+
+def test_exponential_decay_length_penalty_ends_the_output_sooner(server):
+    """LightLLM's length penalty (refused before): past `start` output tokens the eos
+    logit grows by |logit| * (factor ** (n - start) - 1), so a steep one ends the output
+    at once after start."""
+    body = {"inputs": PROMPT, "parameters": {"max_new_tokens": 12}}
+    status, _, raw = http(server, "POST", "/generate", json=body)
+    assert json.loads(raw)["count_output_tokens"] == 12, raw
+    body["parameters"]["exponential_decay_length_penalty"] = [2, 1e6]
+    status, _, raw = http(server, "POST", "/generate", json=body)
+    assert status == 200, raw
+    out = json.loads(raw)
+    assert out["finish_reason"] == "stop" and out["count_output_tokens"] == 4, out
+
+
+@pytest.mark.parametrize("value", [[1], [-1, 1.5], [1, 0.5], "x"])
+def test_a_bad_length_penalty_names_the_field(server, value):
+    body = {"inputs": PROMPT,
+            "parameters": {"exponential_decay_length_penalty": value}}
+    status, _, raw = http(server, "POST", "/generate", json=body)
+    err = json.loads(raw)["error"]
+    assert status in (400, 417) and err["param"] == (
+        "parameters.exponential_decay_length_penalty"), err

@@ -50,7 +50,7 @@ class GenerateParameters(Struct, kw_only=True):
     cache_salt: Any = None  # vLLM's tenant isolation: refused here too (_refuse_salt)
     # LightLLM's: the penalties count the prompt's tokens too (else the output's alone)
     input_penalty: bool = False
-    # LightLLM's own, not served: refused where they would change the output
+    # LightLLM's [start, factor] (SamplingParams.exponential_decay_length_penalty)
     exponential_decay_length_penalty: Any = None
     # LightLLM's: an eos token's text is "" unless this is true (and special tokens are
     # not skipped)
@@ -63,12 +63,6 @@ class GenerateParameters(Struct, kw_only=True):
                         "LightLLM's constraints are guided_json, guided_grammar, "
                         "regular_constraint and allowed_token_ids; /v1/completions takes "
                         "OpenAI's and vLLM's")
-        decay = self.exponential_decay_length_penalty
-        if not (decay is None or (isinstance(decay, list) and len(decay) == 2
-                                  and decay[1] == 1)):
-            raise InvalidRequest("parameters.exponential_decay_length_penalty is not served: "
-                                 "the server has no length penalty",
-                                 param="parameters.exponential_decay_length_penalty")
 
     def with_defaults(self, defaults: dict) -> None:
         """Fill the fields left None from `defaults` (the model's generation config's, by

@@ -48,7 +48,8 @@ _PARAM_NAMES = {
     "stop_token_ids": "parameters.stop_sequences",
     **{f: f"parameters.{f}" for f in (
         "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-        "frequency_penalty", "seed", "ignore_eos", "logprobs", "allowed_token_ids")},
+        "frequency_penalty", "seed", "ignore_eos", "logprobs", "allowed_token_ids",
+        "exponential_decay_length_penalty")},
 }
 # max_new_tokens is at least 1 here: an input of the whole context leaves it no room
 _NAMING = ("the inputs have", "the inputs",
@@ -113,6 +114,7 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         max_tokens=p.max_new_tokens, min_tokens=_min_tokens(p),
         temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
         top_p_joint=True,  # LightLLM's top-p counts the whole distribution's mass
+        exponential_decay_length_penalty=p.exponential_decay_length_penalty,
         min_p=p.min_p, repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
         # LightLLM's penalties count the output alone, or with input_penalty the prompt too

@@ -11,7 +11,8 @@ Order of operations on each row:
      under its min_tokens;
   2. penalties on those logits: repetition (HF: over prompt + output tokens, positive
      logits divided, negative multiplied), then frequency and presence (OpenAI: over output
-     tokens, subtracted) (model/penalties.py). vLLM V1's order (bias before penalties, as
+     tokens, subtracted) (model/penalties.py), then exponential_decay_length_penalty on the
+     eos logits (transformers' and LightLLM's). vLLM V1's order (bias before penalties, as
      transformers' SequenceBias before RepetitionPenalty): the penalty divides a biased
      logit, by the biased logit's sign;
   3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
@@ -162,6 +163,10 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
         logits = apply_constraints(logits, st)
     if st.use_penalties:
         logits = apply_penalties(logits, st)
+    if st.eos_scale is not None:  # exponential_decay_length_penalty, after the penalties
+        logits = logits.clone() if logits is raw else logits
+        eos = logits[:, st.eos_ids]
+        logits[:, st.eos_ids] = eos + eos.abs() * st.eos_scale[:, None]
     if st.ban_ids is not None:
         logits = mask_token_ids(logits.clone() if logits is raw else logits, st.ban_ids,
                                 st.ban_active)
