@@ -5,6 +5,12 @@ unchanged: {"inputs": str | [ids], "parameters": {...}} in; {"generated_text": [
 "count_output_tokens", "finish_reason", "prompt_tokens"} out, and for the stream one
 `data:{json}\\n\\n` event per generated token. Sampling is greedy unless do_sample is true.
 
+The parameters mean what they mean in LightLLM where it differs from vLLM: the penalties
+count the output's tokens alone (the prompt's too with input_penalty), top-p counts the
+whole distribution's mass before top-k cuts it, exponential_decay_length_penalty raises
+the eos logits, the stop sequence that ended an output stays in its text, and an eos
+token has no text unless print_eos_token.
+
 As LightLLM's detokenizer, the output never ends in an incomplete UTF-8 character (the
 engine's detokenizer drops one, engine/detokenizer.py), and the stream's events leave
 generated_text null, the last one too (the token texts join to the text).
@@ -252,7 +258,9 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     eos = _unprinted_eos(st, req.parameters)
     texts = [_token_texts(o.token_ids, o.token_texts, eos) for o in outs]
     body = {
-        "generated_text": ["".join(t) for t in texts],
+        # the engine's text where no eos text was left out (the token texts join to it)
+        "generated_text": [o.text if t is o.token_texts else "".join(t)
+                           for o, t in zip(outs, texts)],
         "count_output_tokens": one_or_all([o.completion_tokens for o in outs]),
         "finish_reason": one_or_all([o.finish_reason for o in outs]),
         "prompt_tokens": len(ids),
