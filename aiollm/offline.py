@@ -24,8 +24,9 @@ from aiollm.errors import EngineStopped, InvalidRequest, naming_params_item
 from aiollm.loop_thread import POLL_S, LoopThread
 from aiollm.sampling_params import SamplingParams
 from aiollm.vllm_members import lacking
-from aiollm.vllm_names import (UNSET, either, engine_options, named_as_given, no_lora,
-                                no_multimodal_chat, no_priority, template_options)
+from aiollm.vllm_names import (UNSET, check_model_fits, either, engine_options,
+                                named_as_given, no_lora, no_multimodal_chat, no_priority,
+                                template_options)
 
 
 class LLM:
@@ -44,6 +45,7 @@ class LLM:
     TypeError for an option given under both names with different values."""
 
     def __init__(self, model: str | None = None, **options):
+        check_model_fits(model, options)
         options, named = engine_options(options)
         try:
             self.engine = Engine(model, **options)  # a bad option raises before any thread

@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import copy
-import numbers
 from dataclasses import dataclass, field
 
-import numpy as np
-
+# a request's grammar and token constraints, importable from here as README documents them
+from aiollm.constraint import Constraint, GrammarSpec  # noqa: F401
 from aiollm.errors import InvalidRequest, check_unicode, shown
+from aiollm.numpy_scalars import plain_bool, plain_number
 # the stop lists' bounds and checks, importable from here as before
 from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # noqa: F401
                                     MAX_STOP_TOKEN_IDS, checked_stop, checked_stop_token_ids,
                                     is_int)
 # vLLM's grammar object, importable from here as from vllm.sampling_params
 from aiollm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams, grammar_of
-
-
-def _plain(v: object) -> object:
-    """numpy's integers and reals as Python's int and float (a length from np.percentile, an
-    id from an array); anything else as it is."""
-    if isinstance(v, numbers.Integral) and not isinstance(v, (int, bool)):
-        return int(v)
-    if isinstance(v, numbers.Real) and not isinstance(v, (int, float)):
-        return float(v)
-    return v
-
-
-def _plain_bool(v: object) -> object:
-    """numpy's bool (a flag from a mask or a data frame) as Python's; anything else as it is
-    (a numpy bool stays refused where a number is asked for)."""
-    return bool(v) if isinstance(v, np.bool_) else v
 
 
 _NUMBERS = ("n", "best_of", "max_tokens", "min_tokens", "temperature", "top_p", "top_k",
@@ -61,7 +45,6 @@ MAX_BAD_WORD_CHARS = 256
 MIN_REPETITION_PENALTY = 0.01
 # the highest temperature taken (at 100 the draw is already close to uniform)
 MAX_TEMPERATURE = 100
-GRAMMAR_KINDS = ("json_schema", "json_object", "regex", "choice", "ebnf", "structural_tag")
 
 
 def choice_seed(seed: int | None, choice: int) -> int | None:
@@ -80,46 +63,6 @@ def choice_seed(seed: int | None, choice: int) -> int | None:
     return (seed + SEED_RANGE + choice) % (SEED_RANGE - 1) - SEED_RANGE
 
 
-@dataclass(frozen=True, slots=True)
-class GrammarSpec:
-    """A grammar as the client sent it. `value` is text: the schema's JSON, the regex, the
-    EBNF, a JSON list of choice strings, a structural tag's JSON. `param` names the field it
-    came from, for errors. `embeds`: other fields' grammars this one holds (a response
-    format beside tools), compiled alone first so that a timeout names the slow field.
-    `parts`: (field, JSON schema text) of the schemas a structural tag holds (the tools'
-    parameters), each tried alone where the library refuses the whole, so that the refusal
-    names the field at fault (`tools[2].function.parameters`, not `tools`)."""
-
-    kind: str
-    value: str = ""
-    param: str = "response_format"
-    embeds: tuple[GrammarSpec, ...] = ()
-    parts: tuple[tuple[str, str], ...] = ()
-
-    def __post_init__(self) -> None:
-        # the HTTP API makes only good ones; the Engine API's users write their own
-        if self.kind not in GRAMMAR_KINDS:
-            raise InvalidRequest(f"a grammar's kind must be one of {', '.join(GRAMMAR_KINDS)}, "
-                                 f"got {self.kind!r}", param=self.param)
-        if not isinstance(self.value, str):
-            raise InvalidRequest(f"a grammar's value must be text (a schema as JSON text), got "
-                                 f"{type(self.value).__name__}", param=self.param)
-        embeds = self.embeds
-        if not isinstance(embeds, (tuple, list)) or not all(
-                isinstance(g, GrammarSpec) for g in embeds):
-            raise InvalidRequest(f"a grammar's embeds must be a tuple of GrammarSpec, got "
-                                 f"{embeds!r:.80}", param=self.param)
-        if isinstance(embeds, list):  # (frozen: kept hashable)
-            object.__setattr__(self, "embeds", tuple(embeds))
-        parts = self.parts
-        if not isinstance(parts, (tuple, list)) or not all(
-                isinstance(p, (tuple, list)) and len(p) == 2
-                and all(isinstance(x, str) for x in p) for p in parts):
-            raise InvalidRequest(f"a grammar's parts must be a tuple of (field, schema text) "
-                                 f"pairs, got {parts!r:.80}", param=self.param)
-        object.__setattr__(self, "parts", tuple(tuple(p) for p in parts))
-
-
 def check_truncate_prompt_tokens(t: object) -> None:
     """Raise InvalidRequest naming truncate_prompt_tokens unless it is None, -1 (the
     model's context length) or an integer >= 1 (the prompt's last tokens kept), as vLLM
@@ -128,34 +71,6 @@ def check_truncate_prompt_tokens(t: object) -> None:
         raise InvalidRequest("truncate_prompt_tokens must be None, -1 (the model's context "
                              "length) or an integer >= 1 (the prompt tokens kept, its last), "
                              f"got {t!r}", param="truncate_prompt_tokens")
-
-
-@dataclass(slots=True)
-class Constraint:
-    """What SamplingParams carries: any of a grammar, allowed token ids, logit biases."""
-
-    grammar: GrammarSpec | None = None
-    allowed_token_ids: list[int] | None = None
-    logit_bias: dict[int, float] | None = None
-
-    def __post_init__(self) -> None:
-        # ids from an array (list(np.flatnonzero(mask))) as SamplingParams takes stop ids: the
-        # engine refused them as no token ids, and a numpy bias as no number
-        # (only then: a vocabulary's worth of Python's ints is the HTTP API's common case)
-        ids = self.allowed_token_ids
-        if isinstance(ids, (list, tuple)) and not all(type(t) is int for t in ids):
-            self.allowed_token_ids = [_plain(t) for t in ids]
-        bias = self.logit_bias
-        if isinstance(bias, dict) and not (set(map(type, bias)) <= {int}
-                                           and set(map(type, bias.values())) <= {int, float}):
-            # (the type sets are C passes: _plain per item cost ~200 ms for a vocabulary)
-            self.logit_bias = {_plain(t): _plain(b) for t, b in bias.items()}
-        for name, kinds in (("grammar", (GrammarSpec,)), ("allowed_token_ids", (list, tuple)),
-                            ("logit_bias", (dict,))):
-            v = getattr(self, name)
-            if v is not None and not isinstance(v, kinds):
-                raise InvalidRequest(f"{name} must be a {kinds[0].__name__} or None, got "
-                                     f"{type(v).__name__}", param=name)
 
 
 # keywords only: vLLM's first field is n, so SamplingParams(2) meant n=2 there and another
@@ -237,13 +152,13 @@ class SamplingParams:
         sampler as it was). numpy's numbers are taken, as Python's int and float, and numpy's
         bools where a bool is asked for."""
         for name in _NUMBERS:
-            setattr(self, name, _plain(getattr(self, name)))
+            setattr(self, name, plain_number(getattr(self, name)))
         if is_int(self.seed) and self.seed == NO_SEED:
             self.seed = None
         # vLLM's reading of a bool: True is 1 (its __post_init__), False is Python's 0 (which
         # its engine takes as the chosen token's logprob only)
         for name in ("logprobs", "prompt_logprobs"):
-            if isinstance(v := _plain_bool(getattr(self, name)), bool):
+            if isinstance(v := plain_bool(getattr(self, name)), bool):
                 setattr(self, name, int(v))
         self._fold_into_constraint()
         # vLLM's spellings: None for no stop strings or ids, a tuple for a list, top_k 0 for
@@ -255,7 +170,7 @@ class SamplingParams:
         if is_int(self.top_k) and self.top_k == 0:
             self.top_k = -1
         if isinstance(self.stop_token_ids, list):
-            self.stop_token_ids = [_plain(t) for t in self.stop_token_ids]
+            self.stop_token_ids = [plain_number(t) for t in self.stop_token_ids]
 
         def bad(name: str, why: str) -> InvalidRequest:
             return InvalidRequest(f"{name} {why}, got {shown(getattr(self, name))}",
@@ -308,7 +223,7 @@ class SamplingParams:
         self.stop_token_ids = checked_stop_token_ids(self.stop_token_ids)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
                      "spaces_between_special_tokens", "top_p_joint"):
-            setattr(self, name, _plain_bool(getattr(self, name)))
+            setattr(self, name, plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
         for name in ("logprobs", "prompt_logprobs"):
@@ -333,7 +248,7 @@ class SamplingParams:
 
     def _check_vllm_extras(self, bad) -> None:
         """detokenize, bad_words, truncate_prompt_tokens and logits_processors (vLLM's)."""
-        self.detokenize = _plain_bool(self.detokenize)
+        self.detokenize = plain_bool(self.detokenize)
         if not isinstance(self.detokenize, bool):
             raise bad("detokenize", "must be a boolean")
         if not self.detokenize and self.stop:
@@ -405,7 +320,7 @@ class SamplingParams:
         v = self.exponential_decay_length_penalty
         if v is None:
             return
-        pair = tuple(map(_plain, v)) if isinstance(v, (list, tuple)) else None
+        pair = tuple(map(plain_number, v)) if isinstance(v, (list, tuple)) else None
         if (pair is None or len(pair) != 2 or not is_int(pair[0]) or pair[0] < 0
                 or pair[0] >= 2**31 or isinstance(pair[1], bool)
                 or not isinstance(pair[1], (int, float)) or not 1 <= pair[1] <= 10**6):

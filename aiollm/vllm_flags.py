@@ -36,12 +36,31 @@ class Refusal:
     """A vLLM flag aiollm refuses. names: the flag and its short form; message: what aiollm
     offers instead (a callable when it must import to say it); takes_value: vLLM's flag
     takes one value (else it is a switch); same: values asking for aiollm's own behaviour,
-    accepted."""
+    accepted; model_check: for such a value, why MODEL (None: the default model) does not
+    fit it, or None when it does (a missing MODEL is left for the load to report)."""
 
     names: tuple[str, ...]
     message: str | Callable[[], str]
     takes_value: bool = True
     same: tuple[str, ...] = ()
+    model_check: Callable[[str | None], str | None] | None = None
+
+
+def gguf_quantization_misfit(model: str | None) -> str | None:
+    """Why vLLM's quantization gguf (what a GGUF file always is) does not fit `model`: a
+    Hugging Face directory, which vLLM would fail to load as GGUF. None for a GGUF file,
+    and for a path that is neither (the load reports it)."""
+    from aiollm.model.paths import resolve_model_path
+
+    try:
+        _, gguf_name = resolve_model_path(model)
+    except FileNotFoundError:
+        return None
+    if gguf_name is not None:
+        return None
+    return (f"gguf is the quantization of a GGUF file, and {model!r} is a Hugging Face model "
+            "directory (served as its safetensors are): leave the flag out, or give a .gguf "
+            "file as MODEL")
 
 
 def _no_checkpoint_code() -> str:
@@ -51,6 +70,9 @@ def _no_checkpoint_code() -> str:
             f"({', '.join(SUPPORTED_ARCHITECTURES)}) with their tokenizer.json; leave the "
             "flag out")
 
+
+_NOT_COMPILED = ("nothing is compiled with torch.compile: decode steps replay CUDA graphs, "
+                 "which --cuda-graph-max-batch sizes and --enforce-eager turns off")
 
 # what a pooling task (vLLM's --task embed, LLM.embed ...) is told (vllm_members.py too)
 GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings, "
@@ -67,7 +89,9 @@ REFUSED = (
     Refusal(("--trust-remote-code",), _no_checkpoint_code, takes_value=False),
     Refusal(("-q", "--quantization"),
             "quantized checkpoints are not supported: serve float16/bfloat16/float32 "
-            "safetensors, or a GGUF file (dequantized as it loads)"),
+            "safetensors, or a GGUF file (dequantized as it loads)",
+            same=("gguf",),  # vLLM's name for what a .gguf model always is
+            model_check=gguf_quantization_misfit),
     Refusal(("-pp", "--pipeline-parallel-size"),
             "there is no pipeline parallelism: split the model over GPUs with "
             "--tensor-parallel-size (over nodes too, with --nnodes)", same=("1",)),
@@ -129,12 +153,17 @@ REFUSED = (
     Refusal(("--hf-token",),
             "models are never downloaded, so no hub token is used: MODEL is a local "
             "directory or .gguf file"),
+    Refusal(("--hf-config-path",),
+            "a GGUF file's config is read from its own metadata, as llama.cpp reads it: "
+            "serve the Hugging Face model directory with that config.json instead, or leave "
+            "the flag out"),
     Refusal(("--hf-overrides",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json"),
-    Refusal(("-O", "--compilation-config"),
-            "nothing is compiled with torch.compile: decode steps replay CUDA graphs, which "
-            "--cuda-graph-max-batch sizes and --enforce-eager turns off"),
+    # -cc is vLLM's short name of --compilation-config, -O of --optimization-level (its
+    # older releases' of --compilation-config, dotted keys and all: -O.level 3)
+    *(Refusal(names, _NOT_COMPILED)
+      for names in (("-cc", "--compilation-config"), ("-O", "--optimization-level"))),
     Refusal(("--mm-processor-kwargs",), _TEXT_ONLY),
     Refusal(("--override-generation-config",),
             "put the values in the generation_config.json of a folder and give it with "
@@ -285,10 +314,19 @@ def tool_call_parser_name(value: str) -> str:
     return _TOOL_CALL_PARSERS.get(value, value)
 
 
-def _note(namespace: argparse.Namespace, flag: str, why: str) -> None:
+def _note(namespace: argparse.Namespace, flag: str, why: str, value: Any = None) -> None:
     """Record in the namespace's `no_effect` (set only when one is given) that `flag` (with
-    its value) has no effect and why: serve's checks log it."""
-    namespace.no_effect = [*getattr(namespace, "no_effect", ()), (flag, why)]
+    its `value`, if it takes one) has no effect and why: serve's checks log it. A flag
+    given again is one note, with the value argparse keeps (the last), in the place of the
+    first: one line in the log."""
+    note = (flag if value is None else f"{flag} {value}", why)
+    notes = list(getattr(namespace, "no_effect", ()))
+    same = (i for i, (shown, _) in enumerate(notes) if shown.split(" ", 1)[0] == flag)
+    if (i := next(same, None)) is None:
+        notes.append(note)
+    else:
+        notes[i] = note
+    namespace.no_effect = notes
 
 
 class _NoEffect(argparse.Action):
@@ -316,11 +354,13 @@ class _NoEffectValue(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if self.ignored.refuse is not None and (why := self.ignored.refuse(values)):
             raise argparse.ArgumentError(self, why)
-        _note(namespace, f"{option_string} {values}", self.ignored.why)
+        _note(namespace, option_string, self.ignored.why, values)
 
 
 class _Refuse(argparse.Action):
-    """A refused flag: a usage error naming it, unless its value is one of refusal.same."""
+    """A refused flag: a usage error naming it, unless its value is one of refusal.same
+    (then its refusal.model_check goes to the namespace's `model_checks`, for serve's
+    checks to run against MODEL)."""
 
     def __init__(self, option_strings: list[str], dest: str, refusal: Refusal) -> None:
         super().__init__(option_strings, argparse.SUPPRESS,
@@ -330,6 +370,10 @@ class _Refuse(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         if self.refusal.takes_value and values in self.refusal.same:
+            if self.refusal.model_check is not None:  # run by serve's checks (serve_checks)
+                namespace.model_checks = [*getattr(namespace, "model_checks", ()),
+                                          (f"{option_string} {values}",
+                                           self.refusal.model_check)]
             return
         message = self.refusal.message
         raise argparse.ArgumentError(self, message() if callable(message) else message)

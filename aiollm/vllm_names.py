@@ -119,7 +119,8 @@ def template_options(template: TemplateOptions | None, add_generation_prompt: bo
                         "one of template's options): pass one of them")
     kwargs = given.pop("chat_template_kwargs", {})
     fmt = given.pop("chat_template_content_format", "auto")
-    return TemplateOptions(**given, kwargs=kwargs, content_format=fmt)
+    return TemplateOptions(**given, kwargs=kwargs, content_format=fmt,
+                           content_format_name="chat_template_content_format")
 
 
 # vLLM's keyword -> aiollm's option (EngineConfig field) of the same meaning, as
@@ -268,6 +269,18 @@ def _unknown(keyword: str) -> TypeError:
     near = difflib.get_close_matches(keyword, known, n=3, cutoff=0.8)
     hint = f" (did you mean {' or '.join(near)}?)" if near else ""
     return TypeError(f"LLM() got an unexpected keyword argument {keyword!r}{hint}")
+
+
+def check_model_fits(model: str | None, options: dict[str, Any]) -> None:
+    """Raise ValueError naming the keyword, its value and why, where a refused keyword's
+    value asking for aiollm's own behaviour does not fit `model` (quantization='gguf' with
+    a Hugging Face directory: refusal.model_check)."""
+    for keyword, value in options.items():
+        refusal = _REFUSED_VALUES.get(keyword)
+        if (refusal is not None and refusal.model_check is not None and value is not None
+                and _asks_for_ours(value, refusal.same)
+                and (why := refusal.model_check(model)) is not None):
+            raise ValueError(f"{keyword}={value!r}: {_as_keywords(why)}")
 
 
 def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:

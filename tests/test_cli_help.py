@@ -50,13 +50,15 @@ def test_help_group_shows_that_group(capsys):
     assert "--max-model-len" not in out
 
 
-def test_help_matching_nothing_is_a_usage_error_naming_it(capsys):
+def test_help_matching_nothing_prints_a_tip_as_vllm_does(capsys):
+    """vLLM's --help=WORD matching no group or option prints a tip (where to look instead)
+    as its help, exit 0; this was a usage error, exit 2, which fails a script that only
+    asked for help."""
     code, out, err = _serve(["--help=no-such-thing"], capsys)
-    assert code == 2 and out == ""
-    lines = err.splitlines()
-    assert lines[0] == SERVE_USAGE
-    assert lines[1].startswith("aiollm serve: error: --help=no-such-thing: "), lines
-    assert "--help=all" in lines[1]
+    assert (code, err) == (0, "")
+    assert "no option or group matching 'no-such-thing'" in out.lower(), out
+    assert "--help=all" in out and "--help " in out, out
+    assert len(out.splitlines()) <= 3, out
 
 
 def test_help_value_after_a_bare_double_dash_is_not_help(capsys):

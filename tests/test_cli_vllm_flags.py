@@ -23,10 +23,10 @@ def parse(line: str):
 
 
 def options(line: str) -> dict:
-    """What `aiollm serve M line` sets, but the parser it reports errors through and the
-    flags it logs as having no effect."""
+    """What `aiollm serve M line` sets, but the parser it reports errors through, the
+    flags it logs as having no effect and the checks of MODEL its checks run."""
     return {k: v for k, v in vars(parse(line)).items()
-            if k not in ("command_parser", "no_effect")}
+            if k not in ("command_parser", "no_effect", "model_checks")}
 
 
 def refusal(line: str, capsys) -> str:
@@ -102,6 +102,8 @@ def test_a_content_format_of_no_meaning_stops_the_start_naming_the_choices(capsy
     "--disable-frontend-multiprocessing", "--disable-fastapi-docs",
     "--disable-uvicorn-access-log", "--response-role assistant",
     "--distributed-executor-backend mp",
+    # vLLM's quantization of a .gguf model: it was refused saying to serve a GGUF file
+    "--quantization gguf", "-q gguf",
     # vLLM's switches off of what aiollm never does
     "--no-enable-expert-parallel", "--no-enable-eplb",
     # vLLM's MoE options of expert parallelism (and its load balancing), which vLLM itself
@@ -154,6 +156,8 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--middleware m.f", ("middleware",)),
     ("--uvicorn-log-level warning", ("--log-level",)),
     ("--hf-overrides {}", ("config.json",)),
+    # vLLM's GGUF guide gives a config beside a .gguf with it: argparse's bare refusal
+    ("--hf-config-path /cfg", ("GGUF", "metadata", "config.json")),
     ("--hf-token t", ("local",)),
     ("--skip-tokenizer-init", ("token ids",)),
     ("--compilation-config 3", ("--enforce-eager",)),
@@ -486,3 +490,23 @@ def test_json_keys_reads_lists_nesting_and_stops_at_a_double_dash():
     assert json_keys(["--x.a+", "1,2", "--x.a+=3", "--x.b.c", "v", "--y", "--", "--z.k=1"]) == [
         "--y", "--x", '{"a": ["1", "2", "3"], "b": {"c": "v"}}', "--", "--z.k=1"]
     assert json_keys(["--x.a"]) == ["--x.a"]  # no value: argparse says so
+
+
+@pytest.mark.parametrize("flag", ["-q", "--quantization"])
+def test_quantization_gguf_with_a_hugging_face_directory_is_a_usage_error(flag, config_dir,
+                                                                          capsys):
+    """vLLM's --quantization gguf names what a GGUF file is: taken with a .gguf model (the
+    default one too), and a usage error naming both with an HF directory, which vLLM would
+    fail to load as GGUF; it was taken silently there."""
+    from aiollm.model.paths import default_model_path
+
+    assert _checked([default_model_path(), flag, "gguf"]).model == default_model_path()
+    _checked([flag, "gguf"])  # the default model
+    _checked(["/nonexistent/m", flag, "gguf"])  # missing: reported once loading starts
+    with pytest.raises(SystemExit) as e:
+        _checked([config_dir, flag, "gguf"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"aiollm serve: error: argument {flag} gguf: "), err
+    assert "Hugging Face model directory" in err and config_dir in err, err
+    assert "leave the flag out" in err, err

@@ -312,6 +312,8 @@ def test_a_content_format_the_template_cannot_render_names_the_flag(tiny):
         assert status == 500 and error["param"] is None, error
         message = error["message"]
         assert "--chat-template-content-format openai" in message, message
+        # what the server's operator typed, not LLM.chat's keyword too
+        assert "chat_template_content_format" not in message, message
         assert "auto" in message and "string" in message and "concatenate" in message
     status, error = refused
     assert status == 400 and error["param"] == "messages" and said in error["message"], error
@@ -344,6 +346,7 @@ def test_a_requests_own_template_that_cannot_render_the_format_is_the_requests_f
         message = error["message"]
         assert "a list of parts" in message and "reads content as a string" in message
         assert "--chat-template-content-format openai" in message, message
+        assert "chat_template_content_format" not in message, message
 
 
 def test_offline_a_content_format_the_template_cannot_render_names_the_keyword(tiny, llm):
@@ -355,11 +358,22 @@ def test_offline_a_content_format_the_template_cannot_render_names_the_keyword(t
              chat_template=CONCAT) as served:
         with pytest.raises(ChatTemplateError) as e:
             served.chat(TWO_PARTS, GREEDY, False, chat_template_content_format="openai")
-    assert "chat_template_content_format" in str(e.value), str(e.value)
+    # the keyword as it was given, not the server's flag too
+    assert str(e.value).startswith("chat_template_content_format='openai' "), str(e.value)
+    assert "--chat-template-content-format" not in str(e.value), str(e.value)
     with pytest.raises(InvalidRequest) as e:
         prompt(llm, TWO_PARTS, CONCAT, "openai")
     assert e.value.param.endswith("chat_template"), e.value.param
-    assert "chat_template_content_format" in str(e.value), str(e.value)
+    assert "chat_template_content_format='openai' " in str(e.value), str(e.value)
+    assert "--chat-template-content-format" not in str(e.value), str(e.value)
+    # the Engine API's own option, named as its caller gave it
+    from aiollm.engine.chat_template import TemplateOptions
+
+    with pytest.raises(InvalidRequest) as e:
+        llm.chat(TWO_PARTS, GREEDY, False, TemplateOptions(chat_template=CONCAT,
+                                                           content_format="openai"))
+    assert "content_format='openai' " in str(e.value), str(e.value)
+    assert "chat_template_content_format" not in str(e.value), str(e.value)
     with pytest.raises(InvalidRequest, match="the user speaks first"):
         prompt(llm, [{"role": "system", "content": "x"}], CONCAT, "openai")
 

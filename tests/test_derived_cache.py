@@ -282,10 +282,12 @@ class _SlowTokenizer:
     """Stands in for a transformers tokenizer whose save_pretrained takes as long as the test
     wants: it writes one file, sets `started`, and waits for `finish`."""
 
+    chat_template = None
+
     def __init__(self, started, finish):
         self.started, self.finish = started, finish
 
-    def save_pretrained(self, directory: str) -> None:
+    def save_pretrained(self, directory: str, **options) -> None:
         os.makedirs(directory)
         with open(os.path.join(directory, "tokenizer.json"), "w") as f:
             f.write("{}")

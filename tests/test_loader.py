@@ -219,15 +219,23 @@ def finish_gguf(w) -> None:
 
 
 def write_gguf(hf, path: str, raw_types: dict | None = None, rope_scaling: str | None = None,
-               rope_dims: int | None = None) -> None:
+               rope_dims: int | None = None, metadata: dict | None = None) -> None:
     """Write an HF model as llama.cpp would (fp16 tensors; llama q/k rows permuted); a tensor
     named in raw_types (GGUF name -> GGMLQuantizationType) is written as zero bytes of it,
     rope_scaling as the file's rope.scaling.type (factor 4), rope_dims as its
-    rope.dimension_count (the rotated part of each head)."""
+    rope.dimension_count (the rotated part of each head), metadata's keys as strings (a str
+    value), arrays (a list: one value per layer) or float32 numbers, each in place of the
+    key gguf_writer wrote, if it did."""
     c = hf.config
     arch = c.model_type
     w = gguf_writer(c, path, arch)
     w.add_eos_token_id(7)
+    for key, value in (metadata or {}).items():
+        w.kv_data[0].pop(key, None)  # the writer warns of a key written twice
+        if isinstance(value, list):
+            w.add_array(key, value)
+        else:
+            (w.add_string if isinstance(value, str) else w.add_float32)(key, value)
     if rope_dims is not None:
         w.add_rope_dimension_count(rope_dims)
     if rope_scaling is not None:

@@ -138,7 +138,7 @@ def test_vllm_llm_parameters_at_their_defaults_are_taken():
     past_the_checks(skip_tokenizer_init=False, hf_token=None, hf_overrides=None,
                     compilation_config=None, mm_processor_kwargs=None,
                     allowed_local_media_path="", override_generation_config=None,
-                    distributed_executor_backend="mp")
+                    distributed_executor_backend="mp", quantization="gguf")
 
 
 def _cli_error(flag: str, capsys) -> str:
@@ -171,6 +171,7 @@ def _cli_error(flag: str, capsys) -> str:
     ("skip_tokenizer_init", True, "--skip-tokenizer-init"),
     ("hf_token", "t", "--hf-token"),
     ("hf_overrides", {"rope_theta": 1.0}, "--hf-overrides"),
+    ("hf_config_path", "/cfg", "--hf-config-path"),
     ("compilation_config", 3, "--compilation-config"),
     ("mm_processor_kwargs", {"a": 1}, "--mm-processor-kwargs"),
     ("allowed_local_media_path", "/m", "--allowed-local-media-path"),
@@ -331,3 +332,17 @@ def test_an_eplb_config_of_no_object_is_refused_offline_as_by_the_cli():
         message = refused(eplb_config=value)
         assert message.startswith(f"eplb_config={value!r}: "), message
         assert "EPLBConfig" in message, message
+
+
+def test_quantization_gguf_with_a_hugging_face_directory_is_refused(tmp_path):
+    """LLM(hf_dir, quantization='gguf') names what a GGUF file is, not what an HF directory
+    is: vLLM would fail to load it as GGUF; it was taken silently (and loaded)."""
+    from conftest import tiny_llama
+
+    model = tiny_llama(tmp_path)
+    with pytest.raises(ValueError) as e:
+        LLM(model, quantization="gguf", load_format="dummy")
+    message = str(e.value)
+    assert message.startswith("quantization='gguf': "), message
+    assert model in message and "Hugging Face model directory" in message, message
+    assert "leave the keyword out" in message and "--" not in message, message

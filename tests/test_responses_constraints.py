@@ -1,5 +1,6 @@
 """/v1/responses beside its text.format: vLLM's structured_outputs and logit_bias served,
-chat's response_format and guided_* refused, and a tool's schema the grammar refuses named
+chat's min_tokens, bad_words and allowed_token_ids served, chat's
+response_format and guided_* refused, and a tool's schema the grammar refuses named
 by its place, through the real server and the openai SDK."""
 
 from __future__ import annotations
@@ -72,3 +73,92 @@ def test_a_tools_schema_the_grammar_refuses_is_named(client, model):
                                 tools=[WEATHER, bad], tool_choice="required")
     assert e.value.param == "tools[1].parameters", e.value.body
     assert "frobnicate" in e.value.message, e.value.body
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_include_stop_str_in_output_keeps_the_stop_string(client, model, stream):
+    """vLLM's Responses API takes include_stop_str_in_output (as chat does): the text ends
+    after the stop string, not before it. It was an unknown field here, ignored."""
+    free = client.responses.create(model=model, input=ASK, max_output_tokens=12,
+                                   temperature=0).output_text
+    assert len(free) > 4, free
+    stop = free[2:4]
+    cut = free[:free.index(stop)]
+    for include, text in ((True, cut + stop), (False, cut)):
+        kw = dict(model=model, input=ASK, max_output_tokens=12, temperature=0,
+                  extra_body={"stop": [stop], "include_stop_str_in_output": include})
+        if stream:
+            with client.responses.stream(**kw) as s:
+                list(s)
+                r = s.get_final_response()
+        else:
+            r = client.responses.create(**kw)
+        assert (r.output_text, r.status) == (text, "completed"), (include, stop, free)
+
+
+def answer(client, stream: bool, **kw):
+    """The Response of responses.create(**kw), streamed or in one piece."""
+    if not stream:
+        return client.responses.create(**kw)
+    with client.responses.stream(**kw) as s:
+        list(s)
+        return s.get_final_response()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_min_tokens_holds_off_a_stop_string(client, model, stream):
+    """chat's min_tokens, which vLLM's Responses API ignores, is served here as chat serves
+    it (it was a 400): no stop string ends the output before min_tokens tokens."""
+    kw = dict(model=model, input=ASK, max_output_tokens=12, temperature=0)
+    free = client.responses.create(**kw).output_text
+    assert len(free) > 4, free
+    stop = free[2:4]
+    cut = answer(client, stream, **kw, extra_body={"stop": [stop]})
+    assert cut.output_text == free[:free.index(stop)] and cut.usage.output_tokens < 6, free
+    held = answer(client, stream, **kw, extra_body={"stop": [stop], "min_tokens": 6})
+    assert held.usage.output_tokens >= 6, (held.output_text, free)
+    assert held.output_text.startswith(cut.output_text + stop), (held.output_text, free)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_bad_words_are_never_generated(client, model, stream):
+    """chat's bad_words, served here too (they were a 400)."""
+    kw = dict(model=model, input=ASK, max_output_tokens=3, temperature=0)
+    word = client.responses.create(**kw).output_text.split()[0]
+    banned = answer(client, stream, **kw, extra_body={"bad_words": [word]})
+    assert banned.output_text and word not in banned.output_text, (word, banned.output_text)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_allowed_token_ids_restrict_the_output(server, client, model, stream):
+    """chat's allowed_token_ids, served here too (they were a 400): the one id allowed is
+    every token of the output."""
+    r = answer(client, stream, model=model, input=ASK, max_output_tokens=3, temperature=0,
+               extra_body={"allowed_token_ids": [314]})
+    status, _, raw = http(server, "POST", "/detokenize", json={"tokens": [314] * 3})
+    assert status == 200, raw
+    assert (r.output_text, r.usage.output_tokens) == (json.loads(raw)["prompt"], 3)
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"min_tokens": "3"}, "min_tokens"),
+    ({"min_tokens": -1}, "min_tokens"),
+    ({"bad_words": "blue"}, "bad_words"),
+    ({"allowed_token_ids": [-1]}, "allowed_token_ids"),
+    ({"allowed_token_ids": "1"}, "allowed_token_ids"),
+])
+def test_their_bad_values_are_400s_naming_them(client, model, body, param):
+    """Checked as chat checks them, the error naming the field."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=ASK, max_output_tokens=4, extra_body=body)
+    assert e.value.param == param, e.value.body
+
+
+def test_min_tokens_past_max_output_tokens_is_named_in_this_apis_words(client, model):
+    """Chat's check, its max_tokens told as this body's max_output_tokens."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.responses.create(model=model, input=ASK, max_output_tokens=2,
+                                extra_body={"min_tokens": 5})
+    assert e.value.param == "min_tokens", e.value.body
+    assert "max_output_tokens" in e.value.message, e.value.body
+    assert "max_tokens" not in e.value.message, e.value.body

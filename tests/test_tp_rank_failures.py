@@ -267,7 +267,7 @@ async def main():
     await engine.stop()
     print("children:", children(), flush=True)
     # a watchdog left running dropped the last reference to its group at exit, on a daemon
-    # thread, and the process aborted (NodeRanks._end_watch)
+    # thread, and the process aborted (RankWatchdog.end)
     print("watchdogs:", [t.name for t in threading.enumerate() if "watchdog" in t.name],
           flush=True)
 

@@ -27,7 +27,7 @@ def _watchdogs() -> list[threading.Thread]:
 def test_the_watchdog_ends_within_stop_and_abort(end):
     others = set(_watchdogs())  # (an engine's of another test may be running)
     ranks = NodeRanks(EngineConfig(device="cpu", tensor_parallel_size=2))
-    ranks._start_watch()
+    ranks.watchdog.start(ranks)
     [watchdog] = set(_watchdogs()) - others
     gc.disable()  # the reference must go on this thread by counting, not by a collection
     try:

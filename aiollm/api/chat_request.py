@@ -12,6 +12,7 @@ from msgspec import Meta, Struct
 
 from aiollm.api.protocol import check_max_tokens
 from aiollm.api.sampling_fields import SamplingFields
+from aiollm.engine import served_format
 from aiollm.engine.chat_messages import checked_message
 from aiollm.engine.chat_template import TemplateOptions
 from aiollm.errors import InvalidRequest, shown_json
@@ -60,7 +61,7 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
                              f"server started with {TRUST_FLAG}: leave it out to render with "
                              "the server's template", param=param)
     return TemplateOptions(req.add_generation_prompt, req.continue_final_message, kwargs,
-                           template, req.documents, content_format)
+                           template, req.documents, content_format, served_format.FLAG)
 
 
 class ContentPart(Struct, kw_only=True):

@@ -8,6 +8,8 @@ A request continuing a kept response (previous_response_id) is given that respon
 conversation first (`earlier`: its input items, then its output items; response_store.py).
 What the server does not do is refused with a 400 naming the field: background responses,
 conversations, a reusable prompt, built-in tools, image, file and audio inputs, logprobs.
+Chat's min_tokens, bad_words and allowed_token_ids, which vLLM's ResponsesRequest lacks (it
+ignores them), are served as chat serves them: they ask for what the client wants.
 """
 
 from __future__ import annotations
@@ -73,12 +75,18 @@ class ResponsesRequest(Struct, kw_only=True):
     request_id: str | None = None
     structured_outputs: Any = None  # checked on the chat path (structured.py)
     logit_bias: Any = None
+    include_stop_str_in_output: bool | None = False  # vLLM's, as on its chat path
     # chat's constraints, not this API's: refused (check_chat_fields), never ignored
     response_format: Any = None
     guided_json: Any = None
     guided_regex: Any = None
     guided_choice: Any = None
     guided_grammar: Any = None
+    # chat's sampling fields, which vLLM's ResponsesRequest lacks and ignores: served as on
+    # chat (a client sending them asks for them; a 400 would fail a request vLLM runs)
+    min_tokens: int | None = None
+    bad_words: list[str] | None = None
+    allowed_token_ids: Any = None  # checked on the chat path (structured.constraint)
 
     def check_chat_fields(self) -> None:
         """InvalidRequest naming the first of chat's constraint fields sent here: they would
@@ -129,7 +137,10 @@ class ResponsesRequest(Struct, kw_only=True):
             seed=self.seed, stop=self.stop, presence_penalty=self.presence_penalty,
             frequency_penalty=self.frequency_penalty,
             repetition_penalty=self.repetition_penalty, ignore_eos=self.ignore_eos,
-            skip_special_tokens=self.skip_special_tokens, stream=self.stream,
+            skip_special_tokens=self.skip_special_tokens,
+            include_stop_str_in_output=self.include_stop_str_in_output, stream=self.stream,
+            min_tokens=self.min_tokens, bad_words=self.bad_words,
+            allowed_token_ids=self.allowed_token_ids,
             response_format=response_format(self.text), tools=chat_tools(self.tools),
             tool_choice=chat_tool_choice(self.tool_choice),
             parallel_tool_calls=self.parallel_tool_calls, reasoning_effort=effort,

@@ -1,12 +1,14 @@
 """Flags spelt as vLLM's parser reads them, which launch lines written for `vllm serve` use:
 names with underscores (`--max_model_len 512`) as their dashed names, and a JSON flag's keys
-given one by one (`--eplb-config.window_size 1000`) as its JSON object."""
+given one by one (`--eplb-config.window_size 1000`, or after its short name: `-cc.mode 3`)
+as its JSON object."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from aiollm.cli.help_format import ShortUsage
@@ -29,12 +31,20 @@ def dashed(args: Sequence[str]) -> list[str]:
     return out
 
 
-def json_keys(args: Sequence[str]) -> list[str]:
+# a flag's name: long, or short (-cc, -O), never a negative number (-0.5) given as a value
+_FLAG = re.compile(r"--|-[A-Za-z]")
+
+
+def json_keys(args: Sequence[str], known: Collection[str] | None = None) -> list[str]:
     """`args` with each JSON flag's keys given one by one, `--FLAG.KEY[.KEY...] VALUE` (or
-    `=VALUE`; `KEY+` appends VALUE's comma-separated items to a list), gathered into one
-    `--FLAG JSON` after the other flags, as vLLM's parser reads them: VALUE is JSON where
-    it parses as JSON (1000, true), else the string. A dotted flag with no value after it,
-    and every word from a bare "--" on, stay as given."""
+    `=VALUE`; `KEY+` appends VALUE's comma-separated items to a list; a short name too,
+    `-cc.KEY VALUE`), gathered into one `--FLAG JSON` after the other flags, as vLLM's
+    parser reads them: VALUE is JSON where it parses as JSON (1000, true), else the
+    string. Only flags of `known` (a parser's option strings; None: any flag), or the start
+    of one (argparse's abbreviation), are gathered: another dotted word (a model path
+    beginning with "-", a misspelt flag) stays as given, for argparse to name as typed. A
+    dotted flag with no value after it, and every word from a bare "--" on, stay as
+    given."""
     args = list(args)
     rest = args[args.index("--"):] if "--" in args else []
     args = args[:len(args) - len(rest)]
@@ -43,7 +53,8 @@ def json_keys(args: Sequence[str]) -> list[str]:
     i = 0
     while i < len(args):
         name, eq, value = args[i].partition("=")
-        if not name.startswith("--") or "." not in name or (not eq and i + 1 == len(args)):
+        if (not _FLAG.match(name) or "." not in name or (not eq and i + 1 == len(args))
+                or not _known(name.split(".", 1)[0], known)):
             out.append(args[i])
             i += 1
             continue
@@ -66,6 +77,10 @@ def json_keys(args: Sequence[str]) -> list[str]:
     return out + rest
 
 
+def _known(flag: str, known: Collection[str] | None) -> bool:
+    return known is None or any(option.startswith(flag) for option in known)
+
+
 def _json_or_text(value: str) -> Any:
     try:
         return json.loads(value)
@@ -80,4 +95,5 @@ class ArgumentParser(ShortUsage):
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else args
-        return super().parse_known_args(json_keys(dashed(args)), namespace)
+        return super().parse_known_args(json_keys(dashed(args), self._option_string_actions),
+                                        namespace)

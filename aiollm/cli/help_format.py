@@ -49,8 +49,10 @@ class ShortUsage(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         """argparse's, but `--help=VALUE` (or -h=VALUE; before a bare "--") prints
-        help_for's part of the help and exits 0, or is a usage error naming VALUE where it
-        matches nothing, on a parser with no subcommands (the command's own)."""
+        help_for's part of the help and exits 0, on a parser with no subcommands (the
+        command's own); where VALUE matches nothing, a tip of where to look instead, and
+        exits 0 too, as `vllm serve --help=VALUE` answers it (it asked for help, and got
+        an answer: no error)."""
         args = sys.argv[1:] if args is None else list(args)
         if not any(isinstance(a, argparse._SubParsersAction) for a in self._actions):
             for arg in args[:args.index("--") if "--" in args else len(args)]:
@@ -58,8 +60,10 @@ class ShortUsage(argparse.ArgumentParser):
                 if eq and flag in ("--help", "-h"):
                     text = help_for(self, value)
                     if text is None:
-                        self.error(f"--help={value}: no option or group of that name; "
-                                   f"--help=all shows every option")
+                        text = (f"No option or group matching {value!r}: --help (or "
+                                "--help=all) shows every option, by group; --help=GROUP "
+                                "one group's, --help=WORD the options with WORD in their "
+                                "name.\n")
                     self._print_message(text, sys.stdout)  # as --help prints
                     self.exit(0)
         return super().parse_known_args(args, namespace)

@@ -39,6 +39,9 @@ def checked_config(parser: argparse.ArgumentParser,
         parser.error(_naming_flag(str(e), args))
     _check_served_names(parser, args.model, names)
     _check_load_format(parser, args)
+    for flag, misfit in getattr(args, "model_checks", ()):  # -q gguf with an HF directory
+        if (why := misfit(args.model)) is not None:
+            parser.error(f"argument {flag}: {why}")
     if not args.shutdown_timeout >= 0:  # NaN too: it aborted every request at once
         parser.error(f"--shutdown-timeout must be >= 0, got {args.shutdown_timeout}")
     if args.tokenizer is not None:  # else found only once the weights have loaded

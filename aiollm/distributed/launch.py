@@ -21,7 +21,7 @@ file), so one lost before it (its import, its device) is raised at once, not aft
 rendezvous' timeout; one lost once every rank met there, while the group is made (its
 peers wait inside init_process_group or new_group for its address in the store, a wait
 nothing interrupts), ends node 0's wait at once: the watchdog closes the rendezvous' store
-(_end_group_making), and start-up raises the lost rank; one whose load fails meets the
+(rank_watchdog.py), and start-up raises the lost rank; one whose load fails meets the
 others at their next start-up checkpoint with its error (group.py), so that every rank, on
 every node, names it. A caller
 that gives up on start-up (abandon: Ctrl-C) ends the ranks from its side. A spawned rank
@@ -48,6 +48,7 @@ from aiollm.config import EngineConfig
 from aiollm.distributed.group import STOP, RankLost, TensorParallel
 from aiollm.distributed.peer_lost import only_collateral, other_node_lost, peer_ended_error
 from aiollm.distributed.placement import check_devices, join, node_ranks
+from aiollm.distributed.rank_watchdog import RankWatchdog
 from aiollm.distributed.rendezvous import Rendezvous
 from aiollm.distributed.spawned_ranks import SpawnedRanks
 from aiollm.distributed.start_settings import start_settings
@@ -56,10 +57,6 @@ from aiollm.model import parallel
 log = logging.getLogger(__name__)
 
 INIT_TIMEOUT = timedelta(minutes=10)  # loading a large model on a slow disk takes minutes
-# a rank lost while rank 0 still loads: how long the watchdog leaves start-up's own path to
-# raise it to the caller (rank 0's next collective fails at once) before ending the process
-# itself (rank 0 may be waiting in the rendezvous for a rank that will never join)
-START_GRACE_S = 5.0
 # start-ups given up on in the rendezvous or the load, whose threads still run: they end
 # their ranks and leave the process's one group when done, which a new start-up waits for
 _LEFT = threading.Condition()
@@ -103,11 +100,10 @@ class NodeRanks:
         self._joining = False  # in the rendezvous or past it
         self._loaded = False
         self._ended = False  # by abort()
-        # the watchdog's thread, ended and joined by stop() and abort(): its target (a bound
-        # method) holds this object, and so the group; a daemon thread that dropped the last
-        # reference while the interpreter exited aborted the process (see _end_watch)
-        self._watchdog: threading.Thread | None = None
-        self._watch_ended = threading.Event()
+        # ended and joined by stop() and abort(): its thread holds this object, and so the
+        # group; a daemon thread that dropped the last reference while the interpreter
+        # exited aborted the process (see RankWatchdog.end)
+        self.watchdog = RankWatchdog()
         self.rendezvous: Rendezvous | None = None
 
     @property
@@ -156,7 +152,7 @@ class NodeRanks:
         log.info("tensor parallel: %d ranks over %d node(s); this node runs ranks %d-%d, "
                  "rendezvous at %s", cfg.tensor_parallel_size, cfg.nnodes, ranks[0],
                  ranks[-1], addr)
-        self._start_watch()
+        self.watchdog.start(self)
         self._wait_for_joining()
         with self._lock:
             if self._abandoned:
@@ -288,50 +284,6 @@ class NodeRanks:
         this node lost: the other node ended (peer_lost.other_node_lost)."""
         return other_node_lost(self.cfg, self.rendezvous, exc, when)
 
-    def _start_watch(self) -> None:
-        """Start the watchdog: it fails the group (fail) when a spawned rank exits (on one
-        node: or has written its error file, see _lost_rank)."""
-        self._watchdog = threading.Thread(target=self._watch, name="aiollm-tp-watchdog",
-                                          daemon=True)
-        self._watchdog.start()
-
-    def _watch(self) -> None:
-        while not self.stopping:
-            lost = self._lost_rank()
-            if lost is not None:
-                self._end_group_making()
-                deadline = time.monotonic() + START_GRACE_S
-                while self.starting and not self.stopping and time.monotonic() < deadline:
-                    self._watch_ended.wait(0.05)  # start_failed raises it to the caller
-                self.fail(lost)
-                return
-            self._watch_ended.wait(0.1)
-
-    def _end_group_making(self) -> None:
-        """A spawned rank was lost while start-up makes the group (past the rendezvous):
-        rank 0 stops hosting the store, so that the wait for that rank inside
-        init_process_group or new_group fails at once and start_failed names it. Another
-        node's lead holds a client only: the watchdog ends it after START_GRACE_S."""
-        rdv = self.rendezvous
-        if (self.starting and self.tp is None and self.cfg.node_rank == 0
-                and rdv is not None and rdv.met):
-            rdv.end_waits()
-
-    def _end_watch(self) -> None:
-        """End the watchdog's thread (woken from its poll at once) and wait for it, up to
-        10 s. Left running, it dropped its reference to this object (its target)
-        up to 0.1 s after stop(): when that was the last one, the group's ProcessGroup was
-        destroyed on that daemon thread, which releases the GIL meanwhile; had the
-        interpreter begun to exit by then, the thread could not take the GIL back, and
-        CPython ends such a thread by unwinding it through pybind11's noexcept destructor:
-        std::terminate, the process aborted after all its work was done."""
-        self._watch_ended.set()
-        watchdog = self._watchdog
-        if watchdog is not None and watchdog is not threading.current_thread():
-            watchdog.join(timeout=10.0)
-            if watchdog.is_alive():
-                log.warning("the tensor parallel watchdog did not end in 10 s")
-
     def fail(self, message: str) -> None:
         """A rank is lost: the group cannot go on. Log why, stop every rank of this node,
         let on_failure fail what is in flight, and exit with status 1 (on a thread of its
@@ -365,7 +317,7 @@ class NodeRanks:
         """End the watchdog, then kill the ranks this node spawned and remove their files:
         this process failed on its own (they may wait for it in a collective)."""
         self.stopping = True
-        self._end_watch()
+        self.watchdog.end()
         self.spawned.kill()
         self.spawned.remove_files()
 
@@ -388,7 +340,7 @@ class NodeRanks:
     def stop(self, timeout: float = 10.0, leave_group: bool = True) -> None:
         """Rank 0: tell every follower to exit, and wait for this node's (kill after timeout)."""
         self.stopping = True
-        self._end_watch()
+        self.watchdog.end()
         if self.tp is not None and self.tp.rank == 0 and self.lost is None:
             try:
                 self.tp.send_step(STOP)

@@ -118,9 +118,13 @@ class AddRequest:
         it is one of (request_group.ChoiceGroup; None: a request of one choice)."""
         ids = self._checked(prompt, params)
         params = request_params(params, len(ids), self.max_model_len)
-        # what waits beyond the running batch's room: a burst the batch takes is no overload
+        # what waits beyond the running batch's room: a burst the batch takes is no overload.
+        # A health probe (counted False) is no client's request: it needs no place
         beyond, limit = self.planner.waiting_beyond_batch(), self.config.max_waiting_requests
-        if beyond >= limit:
+        if counted and beyond >= limit:
+            self._refusals.refused("the waiting queue is full", f"{beyond} requests wait "
+                                   "beyond the running batch's free places, the most "
+                                   f"--max-waiting-requests allows ({limit})")
             raise Overloaded(f"too many waiting requests: {beyond} wait beyond the running "
                              "batch's free places, the most max_waiting_requests "
                              f"(--max-waiting-requests) allows ({limit}); retry later")
@@ -130,8 +134,15 @@ class AddRequest:
                    if params.constraint or bad_words else None)
         # everything that can raise comes before the table slot: nothing would give it back
         detok = OutputText.of_request(self.tokenizer, ids, params)
-        req = new_request(self.table, ids, params, self._rng, grammar,
-                          keep_prompt_array=self.prefix_cache is not None)
+        try:
+            req = new_request(self.table, ids, params, self._rng, grammar,
+                              keep_prompt_array=self.prefix_cache is not None)
+        except Overloaded:  # no free table slot: the same 503 as a full queue, told as one
+            if counted:
+                self._refusals.refused("the request table is full", "every one of its "
+                                       f"{self.table.capacity} slots (--table-capacity) "
+                                       "holds a request")
+            raise
         req.counted = counted
         req.cache_salt = cache_salt
         req.group = group

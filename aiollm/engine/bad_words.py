@@ -7,7 +7,8 @@ is banned at every step whose output so far ends with the rest of the sequence (
 token: at every step), so the sequence is never completed. Only the output counts, as in
 vLLM: a prompt that ends with the start of a word does not ban its completion. The ids are
 found on the host per step, a few list compares per word; the sampler applies them as logit
-biases of -inf (engine/grammar.py's masks, model/logit_masks.py's apply_constraints).
+biases of -inf (engine/logit_bias.py's step_biases, model/logit_masks.py's
+apply_constraints).
 """
 
 from __future__ import annotations

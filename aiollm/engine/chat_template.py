@@ -80,7 +80,9 @@ class TemplateOptions:
     plain text, as in message content); content_format: the form message content takes in
     the template, vLLM's chat_template_content_format (content_format.py): "string" (text
     parts joined), "openai" (a list of text parts) or "auto" (whichever the template
-    reads). `check` raises InvalidRequest naming the field
+    reads); content_format_name: how its caller names content_format, for the messages
+    that quote it (the server's --chat-template-content-format, LLM.chat's
+    chat_template_content_format). `check` raises InvalidRequest naming the field
     (`chat_template_kwargs.enable_thinking`; `chat_template` for one that is no string or
     does not compile; `documents[1].text`; chat_template_content_format)."""
 
@@ -90,6 +92,7 @@ class TemplateOptions:
     chat_template: str | None = None
     documents: list[dict[str, str]] | None = None
     content_format: str = "auto"
+    content_format_name: str = "content_format"
 
     def check(self, specials: list[str], reserved: frozenset[str] = frozenset()) -> None:
         """specials: control-token texts a string variable may not hold (it would be
@@ -223,26 +226,29 @@ def chat_token_ids(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, 
                                         options):
             raise  # the conversation's fault in either form
         if options.chat_template is not None:  # the caller's own template, not the served
-            raise InvalidRequest(_format_refused(fmt, reads, e, "chat_template"),
+            raise InvalidRequest(_format_refused(options, fmt, reads, e, "chat_template"),
                                  param="chat_template") from e
-        raise ChatTemplateError(_format_refused(fmt, reads, e)) from e
+        raise ChatTemplateError(_format_refused(options, fmt, reads, e)) from e
 
 
 _FORMS = {"string": "a string", "openai": "a list of parts"}
 
 
-def _format_refused(fmt: str, reads: str, e: InvalidRequest, own: str | None = None) -> str:
+def _format_refused(options: TemplateOptions, fmt: str, reads: str, e: InvalidRequest,
+                    own: str | None = None) -> str:
     """Why a conversation the chat template renders with its content as it reads it (in
-    the form `reads`) failed (`e`) in the form `fmt` forced on it: the server's
-    --chat-template-content-format (LLM.chat's chat_template_content_format), not the
-    conversation. own: the field of a template the caller gave (chat_template), to change
-    instead of the format; None: the served template."""
+    the form `reads`) failed (`e`) in the form `fmt` forced on it by `options`' content
+    format, named as their caller names it (the server's --chat-template-content-format,
+    LLM.chat's chat_template_content_format), not the conversation. own: the field of a
+    template the caller gave (chat_template), to change instead of the format; None: the
+    served template."""
     cause = f"{type(e.__cause__).__name__}: {e.__cause__}" if e.__cause__ else str(e)
     what = "the chat template" if own is None else f"the chat template given ({own})"
     fix = (f"give auto (the form the template reads) or {reads}" if own is None else
            f"give a template that reads {_FORMS[fmt]}, or leave {own} out")
-    return (f"--chat-template-content-format {fmt} (chat_template_content_format={fmt!r}) "
-            f"gives {what} each message's content as {_FORMS[fmt]}, and it cannot "
+    name = options.content_format_name
+    given = f"{name} {fmt}" if name.startswith("--") else f"{name}={fmt!r}"
+    return (f"{given} gives {what} each message's content as {_FORMS[fmt]}, and it cannot "
             f"render that ({cause}): it reads content as {_FORMS[reads]}; {fix}")
 
 

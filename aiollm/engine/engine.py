@@ -40,6 +40,7 @@ from aiollm.engine.loading import load, resolve_device
 from aiollm.engine.oom import OomBackoff
 from aiollm.engine.planner import Planner
 from aiollm.engine.prefix_cache import PrefixCache
+from aiollm.engine.refusal_log import RefusalLog
 from aiollm.engine.request import Request
 from aiollm.engine.step_health import StepHealth
 from aiollm.engine.step_log import StepLog
@@ -278,6 +279,7 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
         self._oom = OomBackoff(self.planner, device)
         self._step_health = StepHealth()
         self._health_probe = HealthProbe(self)
+        self._refusals = RefusalLog(self._event_loop)
 
     async def stop(self) -> None:
         """Abort everything in flight and stop the loop; a start() under way is waited for,
@@ -306,6 +308,7 @@ class Engine(EngineAPI, ChatAPI, BatchAPI, AddRequest, StepLoop, HandOut, Engine
     async def _stopping(self) -> None:
         self._accepting = False
         self._fail_all(_STOPPED, EngineStopped)
+        self._refusals.close()  # nothing is refused from now on: what was counted is told
         if self._loop_task and not self._loop_task.done():
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):  # the step loop's own

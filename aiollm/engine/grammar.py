@@ -42,12 +42,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from aiollm.engine.bad_words import banned_ids
 from aiollm.engine.grammar_build import (allows_none, check_writable, compile_spec,
                                          grammar_error)
 from aiollm.engine.grammar_compile import CompileThreads
+from aiollm.engine.logit_bias import bias_arrays, step_biases
 from aiollm.engine.token_lists import check_token_lists
-from aiollm.engine.token_mask import BitmaskBuffers, TokenMask, to_device
+from aiollm.engine.token_mask import BitmaskBuffers, TokenMask
 from aiollm.errors import InvalidRequest
 from aiollm.sampling_params import Constraint, GrammarSpec
 
@@ -294,10 +294,7 @@ class Grammars:
             ids = np.asarray(sorted(set(c.allowed_token_ids)), dtype=np.int64)
             np.bitwise_or.at(allowed.view(np.uint32), ids >> 5,
                              (np.uint32(1) << (ids & 31).astype(np.uint32)))
-        bias_ids = bias = None
-        if c.logit_bias:
-            bias_ids = np.fromiter(c.logit_bias, np.int64, len(c.logit_bias))
-            bias = np.fromiter(c.logit_bias.values(), np.float32, len(c.logit_bias))
+        bias_ids, bias = bias_arrays(c.logit_bias) if c.logit_bias else (None, None)
         return GrammarState(matcher, allowed, bias_ids, bias, bad_words=bad_words or None)
 
     def accept(self, states: list[GrammarState], tokens: np.ndarray) -> list[int]:
@@ -362,7 +359,6 @@ class Grammars:
         if not rows:
             return None
         b = len(states)
-        pin = self.device.type == "cuda"
         grammar_rows = [i for i in rows
                         if states[i].matcher is not None and not states[i].terminated]
         allowed_rows = [i for i in rows if states[i].allowed is not None]
@@ -378,29 +374,7 @@ class Grammars:
                                                    self._batch, grammar_part)
         out = TokenMask(bitmask, grammar)
         # a row's biases: its logit_bias, then -inf on the ids its bad words ban now
-        banned = {i: banned_ids(states[i].bad_words, states[i].recent) for i in rows
-                  if states[i].bad_words is not None}
-        k = max((len(states[i].bias_ids if states[i].bias_ids is not None else ())
-                 + len(banned.get(i, ())) for i in rows), default=0)
-        if k:
-            # made and filled through numpy views: torch's fills and per-row copies of a
-            # 49,152-entry bias took 15-40 ms each on a busy 2-core host (its thread pool
-            # hands them out), numpy's 0.01-0.05 ms
-            ids = torch.empty((b, k), dtype=torch.int64, pin_memory=pin)
-            vals = torch.empty((b, k), dtype=torch.float32, pin_memory=pin)
-            ids_np, vals_np = ids.numpy(), vals.numpy()
-            ids_np.fill(0)
-            vals_np.fill(0)
-            for i in rows:
-                s = states[i]
-                n = 0
-                if s.bias_ids is not None:
-                    n = len(s.bias_ids)
-                    ids_np[i, :n] = s.bias_ids
-                    vals_np[i, :n] = s.bias
-                if banned.get(i):
-                    ids_np[i, n : n + len(banned[i])] = banned[i]
-                    vals_np[i, n : n + len(banned[i])] = -np.inf
-            out.bias_ids, out.bias = to_device(ids, self.device), to_device(vals, self.device)
+        if (biases := step_biases(states, rows, self.device)) is not None:
+            out.bias_ids, out.bias = biases
         return out
 

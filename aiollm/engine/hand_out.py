@@ -121,6 +121,9 @@ class HandOut:
         # admitted and served; it resumes, as a preempted request does in vLLM
         for r in [r for r in self.planner.waiting if r.arrival < cutoff and r.admitted_seq < 0
                   and not r.output_ids and not r.pending]:
+            if r.counted:
+                self._refusals.refused("a request waited past the queue timeout",
+                                       f"more than {timeout} s (--queue-timeout) unadmitted")
             self._finish(r, "abort", error=f"the request waited more than {timeout}s in the queue",
                          failed=True, error_type=Overloaded)
 

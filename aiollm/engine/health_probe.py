@@ -14,8 +14,11 @@ PROBE_INTERVAL_S seconds (a check in between answers from the state as it is), s
 loop cannot load a sick server. The probe is an ordinary request kept out of the request
 metrics and the scheduler's history of output lengths (Request.counted), and a step of
 nothing but the probe out of the step histograms (a step it shares with a client's request
-is that request's work and counts); a probe that times out is aborted as a client that goes
-away is, which gives back its KV and its table slot.
+is that request's work and counts); it takes no place of the waiting queue's
+(--max-waiting-requests does not count it, nor the running batch's row it holds, and a full
+queue does not refuse it) and waits first in line, behind no client's request
+(Planner.enqueue); a probe that times out is
+aborted as a client that goes away is, which gives back its KV and its table slot.
 
 Hugging Face TGI's router works this way: once a generation failed, its /health runs a
 one-token prefill on the model and answers by its outcome (a healthy server's check only

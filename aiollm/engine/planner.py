@@ -72,6 +72,8 @@ class Planner:
         self.fill_to = fill_to
         self.running: list[Request] = []
         self.waiting: collections.deque[Request] = collections.deque()
+        # health probes (Request.counted False) waiting or running: no client's place
+        self._probes = 0
         self._admit_counter = 0
         self._on_evict = on_evict
         self._on_admit = on_admit
@@ -80,7 +82,13 @@ class Planner:
 
     # -- queue ---------------------------------------------------------------------------
     def enqueue(self, req: Request) -> None:
-        self.waiting.append(req)
+        """Queue req last; a health probe (req.counted False) first: it checks that steps
+        complete, and waits behind no client's request (as vLLM's /health queues nothing)."""
+        if req.counted:
+            self.waiting.append(req)
+        else:
+            self.waiting.appendleft(req)
+            self._probes += 1
 
     def has_work(self) -> bool:
         return bool(self.running or self.waiting)
@@ -93,8 +101,9 @@ class Planner:
         rows are counted as room even where the KV pool is what holds the queue back (paused
         requests, a Past-Future refusal), or an out-of-memory step lowered max_running for a
         while (oom.py): the queue is then bounded by both limits together, as configured, so
-        that what generate_batch keeps in flight is never refused."""
-        return max(len(self.waiting) - self.r2t.n_free_rows, 0)
+        that what generate_batch keeps in flight is never refused. A health probe takes no
+        client's place: waiting, it is not counted; running, its row counts as free."""
+        return max(len(self.waiting) - self._probes - self.r2t.n_free_rows, 0)
 
     def release(self, req: Request) -> None:
         """Give back everything req holds (KV slots, row, queue place). Idempotent."""
@@ -105,7 +114,10 @@ class Planner:
             try:
                 self.waiting.remove(req)
             except ValueError:
-                pass
+                return
+        else:
+            return
+        self._probes -= not req.counted
 
     def readers_of(self, slots: np.ndarray, skip: list[Request]) -> list[Request]:
         """Running requests but those in `skip` whose KV (their own, or a cached prefix they

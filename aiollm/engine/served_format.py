@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+FLAG = "--chat-template-content-format"  # how the server's operator gives the format
+
 
 def check_served_format(tokenizer: PreTrainedTokenizerBase, content_format: str) -> None:
     """Log at error, naming the flag and what to give instead, where `content_format` (not
@@ -26,7 +28,8 @@ def check_served_format(tokenizer: PreTrainedTokenizerBase, content_format: str)
         return
     try:
         chat_token_ids(tokenizer, [{"role": "user", "content": "Hello"}],
-                       options=TemplateOptions(content_format=content_format))
+                       options=TemplateOptions(content_format=content_format,
+                                               content_format_name=FLAG))
     except ChatTemplateError as e:
         log.error("%s; as served, every chat request fails", e)
     except InvalidRequest:

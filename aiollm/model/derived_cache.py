@@ -9,7 +9,7 @@ its tokenizer. The first start stores the results; later starts read them back:
         config-<code>.json the ModelConfig (JSON), with the warnings deriving it gave (a
                            "warnings" list: logged again at every load of the file); <code>:
                            a hash of the code that derives and stores it (config.py,
-                           weights_gguf.py, this file), so a config derived by another
+                           weights_gguf.py, gguf_metadata.py, this file), so a config derived by another
                            version, without a check added since, is derived again
         model-<code>.safetensors
                            float32 weights under transformers' names, llama.cpp's q/k row
@@ -19,7 +19,7 @@ its tokenizer. The first start stores the results; later starts read them back:
                            a one-rank CPU model's own parameters (q/k/v and gate/up fused),
                            memory-mapped as the parameters at the next start: no copy
                            (<layout>: a hash of the code that decides that layout)
-        tokenizer/         the converted tokenizer, as transformers' save_pretrained writes it,
+        tokenizer-v2/      the converted tokenizer, as transformers' save_pretrained writes it,
                            and the SHA-256 of each of its files (sha256.json): a damaged or
                            incomplete copy is removed and converted again, never served
 
@@ -61,7 +61,9 @@ FORMAT = "gguf-v1"  # bump when what is stored, or how it is derived, changes
 # Dequantized float32 weights take 4 bytes a parameter (4-8x the quantized file): models whose
 # weights or parameters would exceed this are dequantized at every start, not stored.
 MAX_WEIGHT_BYTES = 4 * 2**30
-TOKENIZER_DIR = "tokenizer"
+# v2: with the file's named chat templates (tokenizer.chat_template.<name>), which the
+# conversion stored before did not hold
+TOKENIZER_DIR = "tokenizer-v2"
 MANIFEST_FILE = "sha256.json"  # in TOKENIZER_DIR: {file name: hex SHA-256 of its content}
 
 
@@ -246,9 +248,13 @@ class GGUFCache:
         return None
 
     def store_tokenizer(self, tokenizer) -> None:
-        """Store a transformers tokenizer with save_pretrained, and its files' SHA-256."""
+        """Store a transformers tokenizer with save_pretrained, and its files' SHA-256.
+        Named chat templates go into tokenizer_config.json (transformers' legacy list,
+        which it and ServingTokenizer read): its own layout puts them in a subdirectory,
+        and the manifest lists files."""
         def write(tmp: str) -> None:
-            tokenizer.save_pretrained(tmp)
+            tokenizer.save_pretrained(
+                tmp, save_jinja_files=not isinstance(tokenizer.chat_template, dict))
             digests = {name: _sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
             write_text(os.path.join(tmp, MANIFEST_FILE), json.dumps(digests, indent=1))
 
@@ -260,9 +266,9 @@ class GGUFCache:
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
 # refused on the way; the weights: their names and values from a GGUF file's tensors; the
 # parameters: their layout from those.
-_CONFIG_CODE = ("config", "weights_gguf", "derived_cache")
+_CONFIG_CODE = ("config", "weights_gguf", "gguf_metadata", "derived_cache")
 _WEIGHTS_CODE = ("weights_gguf",)
-_LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf")
+_LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf", "gguf_metadata")
 
 
 @functools.cache

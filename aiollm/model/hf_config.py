@@ -19,7 +19,7 @@ import torch
 
 from aiollm.model.config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, ModelConfig
 from aiollm.model.hf_moe_config import moe_from_hf
-from aiollm.model.paths import check_links, gguf_names
+from aiollm.model.paths import check_links, gguf_names, split_first_part
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,12 @@ def load_hf_config(model_dir: str) -> ModelConfig:
     check_links([path])  # an HF cache link whose blob is gone: not "no config.json"
     if not os.path.exists(path):
         ggufs = gguf_names(model_dir)
+        if (first := split_first_part(ggufs)) is not None:
+            raise FileNotFoundError(
+                f"{model_dir} holds the {len(ggufs)} parts of a split GGUF model (llama.cpp's "
+                "gguf-split): aiollm reads a model from one file, as vLLM does; merge the "
+                f"parts with `llama-gguf-split --merge {os.path.join(model_dir, first)} "
+                "merged.gguf` and give merged.gguf")
         if ggufs:  # more than one: a lone .gguf file is the model (paths.py)
             names = ", ".join(ggufs[:4]) + (", ..." if len(ggufs) > 4 else "")
             raise FileNotFoundError(f"{model_dir} has no config.json and {len(ggufs)} .gguf "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from glob import glob
 
 
@@ -46,6 +47,22 @@ def is_gguf_file(path: str) -> bool:
 def gguf_names(directory: str) -> list[str]:
     """The names of the .gguf files in `directory`, sorted."""
     return sorted(os.path.basename(g) for g in glob(os.path.join(directory, "*.gguf")))
+
+
+# llama.cpp's gguf-split names each part of a model NAME-00001-of-00003.gguf
+SPLIT_PART = re.compile(r"^(.+)-(\d{5})-of-(\d{5})\.gguf$")
+
+
+def split_first_part(names: list[str]) -> str | None:
+    """The first part's name when `names` (.gguf files of one directory) are exactly the
+    parts of one model that llama.cpp's gguf-split cut into files; else None."""
+    parts = [SPLIT_PART.match(n) for n in names]
+    if not parts or not all(parts) or len({(m[1], m[3]) for m in parts}) != 1:
+        return None
+    count = int(parts[0][3])
+    if sorted(int(m[2]) for m in parts) != list(range(1, count + 1)) or count < 2:
+        return None
+    return f"{parts[0][1]}-00001-of-{parts[0][3]}.gguf"
 
 
 def resolve_model_path(path: str | None) -> tuple[str, str | None]:

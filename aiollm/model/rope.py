@@ -23,7 +23,8 @@ def inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
     if rope.freq_factors is not None:
         factors = torch.tensor(rope.freq_factors, dtype=torch.float32, device="cpu")
         assert factors.shape == freqs.shape, "rope freq_factors must have head_dim / 2 entries"
-        return freqs / factors
+        # a GGUF file's linear factor scales on top of its divisors, as llama.cpp runs both
+        return freqs / factors / (rope.factor if rope.type == "linear" else 1.0)
     if rope.type == "linear":
         return freqs / rope.factor
     if rope.type == "llama3":

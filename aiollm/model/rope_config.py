@@ -31,7 +31,8 @@ class RopeConfig:
     beta_slow: float = 1.0
     truncate: bool = True  # yarn: round the ramp's ends to whole dimensions
     # llama.cpp stores llama3 scaling as precomputed per-frequency divisors (the rope_freqs
-    # tensor of a GGUF file); when present they replace `type`-based scaling.
+    # tensor of a GGUF file); when present they replace `type`-based scaling, but for a
+    # linear factor, which divides on top of them as llama.cpp applies both (rope.py).
     freq_factors: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:

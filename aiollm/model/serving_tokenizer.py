@@ -58,10 +58,16 @@ def splitting_copy(backend: Tokenizer) -> Tokenizer:
     return splitting
 
 
+class NotServedNatively(ValueError):
+    """A tokenizer whose transformers behaviour ServingTokenizer does not reproduce (its
+    class or options): transformers serves it instead, as it serves an HF directory's."""
+
+
 class ServingTokenizer:
     """The tokenizer in `directory` (tokenizer.json, tokenizer_config.json and optionally
-    chat_template.jinja). Raises ValueError when the directory holds a tokenizer whose
-    transformers behaviour this class does not reproduce (use transformers for it)."""
+    chat_template.jinja). Raises NotServedNatively (a ValueError) when the directory holds a
+    tokenizer whose transformers behaviour this class does not reproduce (use transformers
+    for it)."""
 
     def __init__(self, directory: str, name_or_path: str | None = None):
         with open(os.path.join(directory, "tokenizer_config.json")) as f:
@@ -69,8 +75,9 @@ class ServingTokenizer:
         unsupported = [k for k in ("add_bos_token", "add_eos_token", "clean_up_tokenization_spaces",
                                    "split_special_tokens") if config.get(k)]
         if config.get("tokenizer_class") != "TokenizersBackend" or unsupported:
-            raise ValueError(f"{directory}: tokenizer class {config.get('tokenizer_class')!r} "
-                             f"with {unsupported or 'no options'} is not served natively")
+            raise NotServedNatively(f"{directory}: tokenizer class "
+                                    f"{config.get('tokenizer_class')!r} with "
+                                    f"{unsupported or 'no options'} is not served natively")
         self.directory = directory
         self.name_or_path = name_or_path or directory
         self.backend_tokenizer = Tokenizer.from_file(os.path.join(directory, "tokenizer.json"))

@@ -56,10 +56,15 @@ def load_serving_tokenizer(path: str | None) -> ServingTokenizer | PreTrainedTok
         tok = load_tokenizer(path)  # converts, and caches when the cache is on
         if cache.tokenizer_dir is None:
             return tok
-    from aiollm.model.serving_tokenizer import ServingTokenizer
+    from aiollm.model.serving_tokenizer import NotServedNatively, ServingTokenizer
 
     try:
         tok = ServingTokenizer(cache.tokenizer_dir, name_or_path=model_dir)
+    except NotServedNatively as e:
+        # a tokenizer class of its own (Qwen2Tokenizer: every Qwen GGUF): served as an HF
+        # directory's is, nothing to warn of at every start
+        log.info("serving the tokenizer of %s through transformers: %s", gguf_path, e)
+        return load_tokenizer(path)
     except Exception as e:  # noqa: BLE001 (tokenizers raises Exception itself)
         log.warning("serving the tokenizer of %s through transformers: %s", gguf_path, e)
         return load_tokenizer(path)
@@ -155,5 +160,25 @@ def _load(model_dir: str, gguf_name: str | None, stamp: int) -> PreTrainedTokeni
                          f"metadata): {type(e).__name__}: {e}: give one with --tokenizer "
                          "(Engine's tokenizer=), e.g. the Hugging Face directory of the "
                          "model it was converted from") from e
+    _add_named_templates(tok, path)
     cache.store_tokenizer(tok)
     return tok
+
+
+def _add_named_templates(tok: PreTrainedTokenizerBase, path: str) -> None:
+    """Give `tok` the GGUF file's named chat templates (tokenizer.chat_template.<name>,
+    e.g. Hermes' tool_use, which llama.cpp renders when a request has tools) beside its
+    default one, as transformers holds several: a dict of name -> template, "default" the
+    unnamed one, else tool_use (llama.cpp renders it for every request then). Without
+    either, the named ones are left out, as llama.cpp renders none of them: a dict without
+    a default fails every chat request at transformers. transformers' GGUF conversion
+    reads only the unnamed one."""
+    from gguf import GGUFReader
+
+    prefix = "tokenizer.chat_template."
+    named = {key[len(prefix):]: field.contents()
+             for key, field in GGUFReader(path).fields.items() if key.startswith(prefix)}
+    named = {k: v for k, v in named.items() if k and isinstance(v, str) and v}
+    default = tok.chat_template or named.get("tool_use")
+    if named and default:
+        tok.chat_template = {"default": default, **named}

@@ -31,7 +31,10 @@ from aiollm.model.config import (
     ModelConfig,
     MoeConfig,
 )
-from aiollm.model.rope_config import RopeConfig
+from aiollm.model.gguf_metadata import field as _field
+from aiollm.model.gguf_metadata import one_for_all_layers as _one_for_all_layers
+from aiollm.model.gguf_metadata import required as _required
+from aiollm.model.gguf_metadata import rope_scaling as _rope_scaling
 from aiollm.model.weights_hf import damaged_file_advice
 
 
@@ -76,20 +79,6 @@ _PER_EXPERT_NAMES = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "
 _CONFIG_TENSORS = ("rope_freqs.weight",)
 
 
-def _field(reader: GGUFReader, key: str, default: Any = None) -> Any:
-    f = reader.fields.get(key)
-    return default if f is None else f.contents()
-
-
-def _required(reader: GGUFReader, key: str) -> Any:
-    """A metadata field every model file carries: ValueError naming it if absent (int(None)
-    was a TypeError traceback from aiollm serve)."""
-    v = _field(reader, key)
-    if v is None:
-        raise ValueError(f"GGUF file has no {key!r} metadata: it is not a complete model file")
-    return v
-
-
 def _dequantized(tensor: Any) -> torch.Tensor:
     """float32 [rows, cols] (torch order: [out_features, in_features])."""
     w = dequantize(tensor.data, tensor.tensor_type)
@@ -117,44 +106,56 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
                 "another quantization, e.g. Q8_0, Q4_K, Q6_K or F16")
 
 
+# SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
+_GGUF_SUPPORTED = "llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe"
+
+
+def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
+    """Raise ValueError for a GGUF file of llama.cpp's that is not a model but a part served
+    beside one: a LoRA adapter (general.type "adapter") or a vision model's projector
+    (mmproj: general.type "mmproj", or architecture "clip" in files before that key). They
+    were refused as a model without token_embd.weight, or of architecture 'clip'."""
+    kind = _field(reader, "general.type")
+    if kind == "adapter":
+        adapter = _field(reader, "adapter.type", "lora")
+        raise ValueError(f"the GGUF file is a {'LoRA' if adapter == 'lora' else adapter} adapter, "
+                         "not a model: aiollm serves no adapters; give a model file with the "
+                         "adapter merged into its weights (llama.cpp's llama-export-lora)")
+    if kind == "mmproj" or gguf_arch == "clip":
+        raise ValueError("the GGUF file is a multimodal projector (mmproj) of a vision "
+                         "model, not a language model: aiollm serves text alone; give the "
+                         "language model's own .gguf file")
+
+
 def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     """ModelConfig of a GGUF file's metadata and tensor index. Metadata that is read and then
     ignored (llama.cpp ignores it too) is described in `warnings`, appended to, for the
     loader to log at every load of the file, the derived cache's too (derived_cache.py).
     Raises ValueError naming the key or tensor that aiollm cannot run."""
     gguf_arch = _field(reader, "general.architecture")
+    _check_is_a_model(reader, gguf_arch)
     p = f"{gguf_arch}."
     arch = _ARCH_NAMES.get(gguf_arch, gguf_arch)
     if arch == "llama" and _field(reader, p + "expert_count", 0):
         arch = "mixtral"
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported "
-                         f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported (supported, as "
+                         f"llama.cpp names them: {_GGUF_SUPPORTED})")
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
     _check_tensor_types(reader.tensors)
     hidden = int(_required(reader, p + "embedding_length"))
-    heads = int(_required(reader, p + "attention.head_count"))
+    heads = int(_one_for_all_layers(reader, p + "attention.head_count"))
     head_dim = int(_field(reader, p + "attention.key_length", hidden // heads))
     rotated = int(_field(reader, p + "rope.dimension_count", head_dim))
     if rotated != head_dim:  # llama.cpp rotates only that many dimensions of each head
         raise ValueError(f"GGUF {p}rope.dimension_count {rotated} differs from head_dim "
                          f"{head_dim}: partial rotary is not supported")
-    rope = RopeConfig(theta=float(_field(reader, p + "rope.freq_base", 10000.0)))
+    rope = _rope_scaling(reader, p, float(_field(reader, p + "rope.freq_base", 10000.0)))
     if "rope_freqs.weight" in tensors:
         # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
         rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
-    else:
-        scaling = _field(reader, p + "rope.scaling.type", "none")
-        if scaling not in ("none", "linear"):
-            # llama.cpp's yarn (its attn_factor, ramp and original context keys) is not
-            # transformers' yarn that RopeConfig implements
-            raise ValueError(f"GGUF rope scaling {scaling!r} is not supported "
-                             "(supported: none, linear)")
-        if scaling != "none":
-            factor = float(_required(reader, p + "rope.scaling.factor"))
-            rope = RopeConfig(theta=rope.theta, type=scaling, factor=factor)
     eos = [
         int(v)
         for key in ("eos_token_id", "eot_token_id", "eom_token_id")
@@ -164,10 +165,10 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         architecture=arch,
         vocab_size=int(tensors["token_embd.weight"].shape[1]),  # ggml order: [hidden, vocab]
         hidden_size=hidden,
-        intermediate_size=int(_required(reader, p + "feed_forward_length")),
+        intermediate_size=int(_one_for_all_layers(reader, p + "feed_forward_length")),
         num_layers=int(_required(reader, p + "block_count")),
         num_heads=heads,
-        num_kv_heads=int(_field(reader, p + "attention.head_count_kv", heads)),
+        num_kv_heads=int(_one_for_all_layers(reader, p + "attention.head_count_kv", heads)),
         head_dim=head_dim,
         rms_norm_eps=float(_required(reader, p + "attention.layer_norm_rms_epsilon")),
         rope=rope,
@@ -253,7 +254,7 @@ def _expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
     if key and width and key != width:
         raise ValueError(f"GGUF metadata {p}expert_feed_forward_length = {key} disagrees with "
                          f"tensor {gate.name}, whose experts are {width} wide")
-    return key or width or int(_required(reader, p + "feed_forward_length"))
+    return key or width or int(_one_for_all_layers(reader, p + "feed_forward_length"))
 
 
 def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
