@@ -50,3 +50,20 @@ def test_the_penalty_is_checked():
         with pytest.raises(InvalidRequest) as e:
             SamplingParams(exponential_decay_length_penalty=bad)
         assert e.value.param == "exponential_decay_length_penalty"
+
+
+def test_raw_logprobs_of_a_grammar_row_leave_the_penalty_out():
+    """raw_logprobs report the model's row (less a grammar's forbidden tokens): a row with
+    a grammar and a length penalty in effect reports eos's logprob as it came in, not the
+    raised one (the grammar is not all that changed the row)."""
+    st = SamplingTensors.from_numpy(
+        temperature=np.zeros(1), top_p=np.ones(1), top_k=np.full(1, -1), min_p=np.zeros(1),
+        repetition_penalty=np.ones(1), presence_penalty=np.zeros(1),
+        frequency_penalty=np.zeros(1), seed=np.zeros(1, np.int64),
+        step=np.full(1, 5), top_logprobs=np.full(1, 4), vocab_size=4, device="cpu",
+        length_penalty=np.array([[2, 2.0]]), eos_ids=[EOS], logprobs_mode="raw_logprobs")
+    st.allowed = st.grammar = torch.full((1, 1), -1, dtype=torch.int32)  # all allowed
+    out = sample(torch.tensor([LOGITS]), st)
+    assert int(out.next_ids[0]) == EOS  # the draw saw the raised eos logit
+    want = torch.tensor(LOGITS).log_softmax(-1)[EOS]
+    assert math.isclose(float(out.logprobs[0]), float(want), rel_tol=1e-5), out.logprobs

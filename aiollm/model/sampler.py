@@ -172,7 +172,7 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
                                 st.ban_active)
     if grammar_first:
         if (st.grammar is st.allowed and st.bias_ids is None and st.ban_ids is None
-                and not st.use_penalties):
+                and not st.use_penalties and st.eos_scale is None):
             raw = logits  # the grammar is all that changed the row
         else:
             raw = apply_bitmask_(raw.clone(), st.grammar)
