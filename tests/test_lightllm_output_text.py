@@ -40,3 +40,13 @@ def test_eos_text_is_printed_only_when_asked(server, print_eos, want):
     assert texts(server, parameters) == (want * 3, want * 3)
     parameters["skip_special_tokens"] = True
     assert texts(server, parameters) == ("", "")
+
+
+def test_the_eos_that_ends_an_output_is_printed_when_asked(server):
+    """LightLLM detokenizes every token it made, the eos that ends the output too: with
+    print_eos_token (and special tokens kept) that eos's text ends the text."""
+    parameters = {"max_new_tokens": 3, "allowed_token_ids": [EOS],
+                  "skip_special_tokens": False, "print_eos_token": True}
+    assert texts(server, parameters) == ("<|im_end|>", "<|im_end|>")
+    parameters["print_eos_token"] = False
+    assert texts(server, parameters) == ("", "")
