@@ -242,6 +242,9 @@ class SamplingTensors:
 
         f = table.gather_fields(_FIELDS, slots)
         step = f["output_len"] if step is None else step
+        factor = f["length_penalty_factor"]  # 1 on every row but a LightLLM one's with it
+        length_penalty = (np.stack([f["length_penalty_start"], factor], axis=1)
+                          if np.count_nonzero(factor != 1.0) else None)
         ban_ids = None
         if np.count_nonzero(np.asarray(step) < f["min_new_tokens"]):  # min_tokens bans them
             eos = np.broadcast_to(np.asarray(eos_ids, dtype=np.int64), (len(slots), len(eos_ids)))
@@ -265,8 +268,7 @@ class SamplingTensors:
             stop_ids=ban_ids,
             logprobs_mode=logprobs_mode,
             top_p_joint=f["top_p_joint"],
-            length_penalty=np.stack([f["length_penalty_start"], f["length_penalty_factor"]],
-                                    axis=1),
+            length_penalty=length_penalty,
             eos_ids=eos_ids,
         )
 
