@@ -118,9 +118,10 @@ class SamplingTensors:
         otherwise. top_p_joint [B] bool (None: none) marks rows whose top-p counts the
         whole distribution (LightLLM's), not the top-k set renormalised (vLLM's).
         length_penalty [B, 2] (start, factor; None: none) raises the logits of eos_ids by
-        exponential_decay_length_penalty on rows whose step is past start. min_tokens [B] and stop_ids [B, K] (eos + stop ids, -1 padding) ban those
-        ids on rows whose step < min_tokens. logprobs_mode: one of LOGPROBS_MODES
-        (model/sampler.py says what each reports).
+        exponential_decay_length_penalty on rows whose step is past start. min_tokens [B]
+        and stop_ids [B, K] (eos + stop ids, -1 padding) ban those ids on rows whose step <
+        min_tokens. logprobs_mode: one of LOGPROBS_MODES (model/sampler.py says what each
+        reports).
         """
         b = len(temperature)
         want_logprobs = bool(np.count_nonzero(np.asarray(top_logprobs) >= 0))
