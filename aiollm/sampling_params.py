@@ -34,6 +34,8 @@ NO_SEED = -1
 # queue then take them as they make room. The HTTP API's bound is lower (api/protocol.py).
 MAX_N_SEQUENCES = 16384
 MAX_LOGPROBS = 20
+# SamplingParams.penalty_scope's values (the field's comment says what each counts)
+PENALTY_SCOPES = ("vllm", "output", "prompt_and_output")
 # bad words per request: each step's banned ids are found on the host, a few list
 # compares per word (aiollm/engine/bad_words.py)
 MAX_BAD_WORDS = 64
@@ -85,6 +87,17 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    # which tokens the three penalties count (PENALTY_SCOPES): "vllm", vLLM's and
+    # transformers' (repetition over prompt and output, presence and frequency over the
+    # output); "output", LightLLM's default (all three over the output); "prompt_and_output",
+    # LightLLM's input_penalty (all three over both, the prompt's occurrences counted)
+    penalty_scope: str = "vllm"
+    # False: top-p's mass is that of the tokens top-k and min-p keep, renormalised (vLLM's);
+    # True: that of the whole distribution, cut by top-k after (LightLLM's sampler)
+    top_p_joint: bool = False
+    # transformers' and LightLLM's (start, factor): once the output holds n > start tokens,
+    # each eos logit x is raised by |x| * (factor ** (n - start) - 1); None: none
+    exponential_decay_length_penalty: tuple[int, float] | None = None
     seed: int | None = None  # -1 is None (no seed), as vLLM reads it
     stop: list[str] = field(default_factory=list)  # also one string, a tuple or None
     stop_token_ids: list[int] = field(default_factory=list)  # also a tuple or None
@@ -200,13 +213,16 @@ class SamplingParams:
         for name in ("presence_penalty", "frequency_penalty"):
             if not is_num(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
                 raise bad(name, "must be in [-2, 2]")
+        self._check_length_penalty()
+        if self.penalty_scope not in PENALTY_SCOPES:
+            raise bad("penalty_scope", f"must be one of {', '.join(PENALTY_SCOPES)}")
         if self.seed is not None and (not is_int(self.seed)
                                       or not -SEED_RANGE <= self.seed < SEED_RANGE):
             raise bad("seed", "must be an integer in [-2**63, 2**63)")
         self.stop = checked_stop(self.stop)
         self.stop_token_ids = checked_stop_token_ids(self.stop_token_ids)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
-                     "spaces_between_special_tokens"):
+                     "spaces_between_special_tokens", "top_p_joint"):
             setattr(self, name, plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
@@ -296,6 +312,24 @@ class SamplingParams:
             logit_bias=given.get("logit_bias", c.logit_bias))
         self.allowed_token_ids = self.logit_bias = None
 
+    def _check_length_penalty(self) -> None:
+        """exponential_decay_length_penalty as a tuple (start, factor), or InvalidRequest
+        naming it: a pair of an integer start >= 0 and a number factor in [1, 10**6] (as
+        LightLLM's; at 1 it changes nothing), or None. A list is taken as the pair (JSON's
+        form)."""
+        v = self.exponential_decay_length_penalty
+        if v is None:
+            return
+        pair = tuple(map(plain_number, v)) if isinstance(v, (list, tuple)) else None
+        if (pair is None or len(pair) != 2 or not is_int(pair[0]) or pair[0] < 0
+                or pair[0] >= 2**31 or isinstance(pair[1], bool)
+                or not isinstance(pair[1], (int, float)) or not 1 <= pair[1] <= 10**6):
+            raise InvalidRequest(
+                "exponential_decay_length_penalty must be a pair [start, factor] of an "
+                f"integer start >= 0 and a factor in [1, 1e6], got {shown(v)}",
+                param="exponential_decay_length_penalty")
+        self.exponential_decay_length_penalty = (pair[0], float(pair[1]))
+
     @staticmethod
     def from_optional(**fields) -> SamplingParams:
         """SamplingParams of `fields` that may be None (vLLM's from_optional, for a request's
@@ -329,3 +363,9 @@ class SamplingParams:
         """Sampling needs the token history (repetition, presence or frequency penalty)."""
         return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
                 or self.frequency_penalty != 0.0)
+
+    @property
+    def uses_length_penalty(self) -> bool:
+        """An exponential_decay_length_penalty that changes the eos logits (factor > 1)."""
+        decay = self.exponential_decay_length_penalty
+        return decay is not None and decay[1] != 1.0

@@ -287,12 +287,6 @@ BAD_INPUT = [
     bad("lightllm-best-of", G, lightllm(best_of=1025), 400, "parameters.best_of"),
     bad("stream-n-2", GS, lightllm(n=2), 400, "parameters.n"),
     # LightLLM's own fields that change the output, not served: refused
-    bad("lightllm-input-penalty", G, lightllm(input_penalty=True, presence_penalty=1), 400,
-        "parameters.input_penalty"),
-    bad("lightllm-length-penalty", GS, lightllm(exponential_decay_length_penalty=[4, 1.5]),
-        400, "parameters.exponential_decay_length_penalty"),
-    bad("lightllm-print-eos", G, lightllm(print_eos_token=True), 400,
-        "parameters.print_eos_token"),
     # LightLLM serves n == best_of only (n defaults to best_of): not n outputs of best_of
     bad("lightllm-best-of-above-n", G, lightllm(n=1, best_of=2), 400, "parameters.best_of",
         "best_of"),

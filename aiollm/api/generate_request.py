@@ -48,9 +48,12 @@ class GenerateParameters(Struct, kw_only=True):
     guided_choice: Any = None
     logit_bias: Any = None
     cache_salt: Any = None  # vLLM's tenant isolation: refused here too (_refuse_salt)
-    # LightLLM's own, not served: refused where they would change the output
+    # LightLLM's: the penalties count the prompt's tokens too (else the output's alone)
     input_penalty: bool = False
+    # LightLLM's [start, factor] (SamplingParams.exponential_decay_length_penalty)
     exponential_decay_length_penalty: Any = None
+    # LightLLM's: an eos token's text is "" unless this is true (and special tokens are
+    # not skipped)
     print_eos_token: bool = False
 
     def check_unserved(self) -> None:
@@ -60,18 +63,6 @@ class GenerateParameters(Struct, kw_only=True):
                         "LightLLM's constraints are guided_json, guided_grammar, "
                         "regular_constraint and allowed_token_ids; /v1/completions takes "
                         "OpenAI's and vLLM's")
-        decay = self.exponential_decay_length_penalty
-        for name, served, why in (
-                ("input_penalty", not self.input_penalty, "presence and frequency penalties "
-                 "count the output's tokens only (repetition_penalty counts the prompt's too)"),
-                ("exponential_decay_length_penalty", decay is None or (
-                    isinstance(decay, list) and len(decay) == 2 and decay[1] == 1),
-                 "the server has no length penalty"),
-                ("print_eos_token", not self.print_eos_token, "the eos token that ends an "
-                 "output is counted with an empty text")):
-            if not served:
-                raise InvalidRequest(f"parameters.{name} is not served: {why}",
-                                     param=f"parameters.{name}")
 
     def with_defaults(self, defaults: dict) -> None:
         """Fill the fields left None from `defaults` (the model's generation config's, by

@@ -5,6 +5,12 @@ unchanged: {"inputs": str | [ids], "parameters": {...}} in; {"generated_text": [
 "count_output_tokens", "finish_reason", "prompt_tokens"} out, and for the stream one
 `data:{json}\\n\\n` event per generated token. Sampling is greedy unless do_sample is true.
 
+The parameters mean what they mean in LightLLM where it differs from vLLM: the penalties
+count the output's tokens alone (the prompt's too with input_penalty), top-p counts the
+whole distribution's mass before top-k cuts it, exponential_decay_length_penalty raises
+the eos logits, the stop sequence that ended an output stays in its text, and an eos
+token has no text unless print_eos_token.
+
 As LightLLM's detokenizer, the output never ends in an incomplete UTF-8 character (the
 engine's detokenizer drops one, engine/detokenizer.py), and the stream's events leave
 generated_text null, the last one too (the token texts join to the text).
@@ -48,7 +54,8 @@ _PARAM_NAMES = {
     "stop_token_ids": "parameters.stop_sequences",
     **{f: f"parameters.{f}" for f in (
         "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-        "frequency_penalty", "seed", "ignore_eos", "logprobs", "allowed_token_ids")},
+        "frequency_penalty", "seed", "ignore_eos", "logprobs", "allowed_token_ids",
+        "exponential_decay_length_penalty")},
 }
 # max_new_tokens is at least 1 here: an input of the whole context leaves it no room
 _NAMING = ("the inputs have", "the inputs",
@@ -112,11 +119,18 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
     return SamplingParams(
         max_tokens=p.max_new_tokens, min_tokens=_min_tokens(p),
         temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
+        top_p_joint=True,  # LightLLM's top-p counts the whole distribution's mass
+        exponential_decay_length_penalty=p.exponential_decay_length_penalty,
         min_p=p.min_p, repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
+        # LightLLM's penalties count the output alone, or with input_penalty the prompt too
+        penalty_scope="prompt_and_output" if p.input_penalty else "output",
         seed=choice_seed(p.seed, choice), stop=stop, stop_token_ids=stop_ids,
         ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens,
         logprobs=0,  # LightLLM reports each token's logprob
+        # LightLLM matches stop sequences on the tokens and detokenizes every token made:
+        # the text keeps the stop sequence (and an eos's text, which _token_texts blanks)
+        include_stop_str_in_output=True,
         constraint=constraint,
     )
 
@@ -241,8 +255,12 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     def one_or_all(values: list) -> object:  # LightLLM unwraps single results, except the text
         return values[0] if len(values) == 1 else values
 
+    eos = _unprinted_eos(st, req.parameters)
+    texts = [_token_texts(o.token_ids, o.token_texts, eos) for o in outs]
     body = {
-        "generated_text": [o.text for o in outs],
+        # the engine's text where no eos text was left out (the token texts join to it)
+        "generated_text": [o.text if t is o.token_texts else "".join(t)
+                           for o, t in zip(outs, texts)],
         "count_output_tokens": one_or_all([o.completion_tokens for o in outs]),
         "finish_reason": one_or_all([o.finish_reason for o in outs]),
         "prompt_tokens": len(ids),
@@ -250,11 +268,27 @@ async def answer(request: web.Request, req: GenerateRequest) -> web.Response:
     }
     if req.parameters.return_details:
         special = set(st.engine.tokenizer.all_special_ids)
-        body["tokens"] = one_or_all([_details(o, special, len(ids)) for o in outs])
+        body["tokens"] = one_or_all([_details(o, t, special, len(ids))
+                                     for o, t in zip(outs, texts)])
     return json_response(body)
 
 
-def _details(out: RequestOutput, special: set[int], prompt_tokens: int) -> list[dict]:
+def _unprinted_eos(st: ApiState, p: GenerateParameters) -> frozenset[int]:
+    """The token ids whose text LightLLM's detokenizer leaves out: the model's eos ids,
+    unless print_eos_token (none then)."""
+    return frozenset() if p.print_eos_token else frozenset(st.engine.eos_ids.tolist())
+
+
+def _token_texts(ids: list[int], texts: list[str], eos: frozenset[int]) -> list[str]:
+    """Each token's text as LightLLM gives it: "" for an id of `eos` (_unprinted_eos),
+    wherever it is (ignore_eos lets eos come mid-output), else the engine's text."""
+    if not eos.intersection(ids):
+        return texts
+    return ["" if t in eos else text for t, text in zip(ids, texts)]
+
+
+def _details(out: RequestOutput, texts: list[str], special: set[int],
+             prompt_tokens: int) -> list[dict]:
     """LightLLM's return_details entries of one output, a dict per token: its id, text
     (its share of the output's text: the texts join to it), logprob, whether it is
     special, the output's count of tokens up to it, the prompt's length, and cumlogprob:
@@ -266,7 +300,7 @@ def _details(out: RequestOutput, special: set[int], prompt_tokens: int) -> list[
         logprob = out.logprobs[i].logprob if out.logprobs else None
         total += logprob or 0.0
         entries.append({
-            "id": t, "text": out.token_texts[i], "special": t in special, "logprob": logprob,
+            "id": t, "text": texts[i], "special": t in special, "logprob": logprob,
             "cumlogprob": total / (i + 1) if out.logprobs else None,
             "count_output_tokens": i + 1, "prompt_tokens": prompt_tokens,
         })
@@ -293,9 +327,11 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
     with param_names(_PARAM_NAMES), context_told(*_NAMING):
         ids, params = await _prepare(st, req)
     special = set(st.engine.tokenizer.all_special_ids)
+    eos = _unprinted_eos(st, req.parameters)
 
     def render(item: tuple[int, Delta]) -> bytes:
         _, d = item
+        token_texts = _token_texts(d.token_ids, d.token_texts, eos)
         # One event per token. The one delta that may bring no token (the end of a request
         # aborted after its last token went out, with what the end released) is an
         # abort's, which merge raises as the stream's error before it reaches here; were
@@ -305,7 +341,7 @@ async def stream(request: web.Request, req: GenerateRequest) -> web.StreamRespon
         return b"".join(sse.event({
             "token": {
                 "id": t,
-                "text": d.token_texts[i],  # each token's share of the text (they join to it)
+                "text": token_texts[i],  # each token's share of the text (they join to it)
                 "logprob": d.logprobs[i].logprob if d.logprobs else None,
                 "special": t in special,
                 "count_output_tokens": d.completion_tokens - (n - 1 - i),

@@ -41,7 +41,7 @@ from aiollm.kernels.decode_io import greedy_pick, resolve_placeholders
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable
 from aiollm.model.logit_masks import apply_bitmask_
-from aiollm.model.penalties import needs_history
+from aiollm.model.penalties import needs_history, token_history
 from aiollm.model.prompt_logprobs import plan_scoring
 from aiollm.model.sampler import SampleResult, sample
 from aiollm.model.sampling_tensors import SamplingTensors
@@ -189,11 +189,9 @@ class ModelRunner:
                          pen["frequency_penalty"]):
             # the engine plans such steps only once no earlier token is pending (see
             # Engine._must_wait_for): the history is every token on the host
-            known = [r.prompt_ids + r.output_ids for r in sampled]
-            history = np.full((len(sampled), max(map(len, known))), -1, dtype=np.int64)
-            for i, toks in enumerate(known):
-                history[i, : len(toks)] = toks
-            prompt_lens = np.array([len(r.prompt_ids) for r in sampled], dtype=np.int64)
+            history, prompt_lens = token_history(
+                [r.prompt_ids for r in sampled], [r.output_ids for r in sampled],
+                [r.params.penalty_scope for r in sampled])
         return SamplingTensors.from_table(table, slots, vocab_size=self.vocab_size, device=dev,
                                           eos_ids=self.eos_ids, token_ids=history,
                                           prompt_lens=prompt_lens,

@@ -301,7 +301,8 @@ def new_request(table: RequestTable, ids: list[int], params: SamplingParams, rng
     if params.prompt_logprobs is not None:
         req.prompt_logprobs = [None] * len(ids)
     greedy = (params.temperature < GREEDY_EPS and params.logprobs is None
-              and not params.uses_penalty and params.min_tokens == 0)
+              and not params.uses_penalty and params.min_tokens == 0
+              and not params.uses_length_penalty)
     req.argmax_only = greedy and grammar is None
     req.masked_argmax = greedy and grammar is not None and not grammar.biased
     try:
@@ -320,6 +321,10 @@ def _fill_record(table: RequestTable, req: Request, params: SamplingParams) -> N
     rec["min_new_tokens"] = params.min_tokens
     rec["temperature"] = params.temperature
     rec["top_p"] = params.top_p
+    rec["top_p_joint"] = params.top_p_joint
+    if params.uses_length_penalty:
+        rec["length_penalty_start"], rec["length_penalty_factor"] = (
+            params.exponential_decay_length_penalty)
     rec["top_k"] = params.top_k
     rec["min_p"] = params.min_p
     rec["repetition_penalty"] = params.repetition_penalty

@@ -2,7 +2,9 @@
 repetition (HF's: over prompt and output tokens, positive logits divided by the penalty,
 negative ones multiplied), then frequency and presence (OpenAI's: over output tokens,
 subtracted), and the token history they read ([B, V] seen flags and output counts, built on
-the device from a padded history of ids).
+the device from a padded history of ids). Which tokens a request's history holds is its
+SamplingParams.penalty_scope (token_history): vLLM's above, or LightLLM's, where all three
+count the output alone, or the prompt and the output alike (its input_penalty).
 """
 
 from __future__ import annotations
@@ -23,6 +25,24 @@ def needs_history(repetition_penalty, presence_penalty, frequency_penalty) -> bo
         or np.count_nonzero(np.asarray(presence_penalty))
         or np.count_nonzero(np.asarray(frequency_penalty))
     )
+
+
+def token_history(prompts: list[list[int]], outputs: list[list[int]],
+                  scopes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The padded history [B, L] int64 (-1 padding) and the prompt lengths [B] int64 that
+    token_counts reads, for requests of prompt and output ids and penalty scopes
+    (SamplingParams.penalty_scope). Under "vllm" the row is prompt then output, the prompt
+    marked as such (seen by the repetition penalty, not counted by presence and frequency);
+    under "output" it is the output alone; under "prompt_and_output" prompt and output,
+    all of it counted as output is."""
+    rows, marked = [], []
+    for prompt, output, scope in zip(prompts, outputs, scopes):
+        rows.append(output if scope == "output" else prompt + output)
+        marked.append(len(prompt) if scope == "vllm" else 0)
+    history = np.full((len(rows), max(1, max(map(len, rows), default=0))), -1, dtype=np.int64)
+    for i, toks in enumerate(rows):
+        history[i, : len(toks)] = toks
+    return history, np.array(marked, dtype=np.int64)
 
 
 def token_counts(

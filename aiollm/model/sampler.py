@@ -11,12 +11,14 @@ Order of operations on each row:
      under its min_tokens;
   2. penalties on those logits: repetition (HF: over prompt + output tokens, positive
      logits divided, negative multiplied), then frequency and presence (OpenAI: over output
-     tokens, subtracted) (model/penalties.py). vLLM V1's order (bias before penalties, as
+     tokens, subtracted) (model/penalties.py), then exponential_decay_length_penalty on the
+     eos logits (transformers' and LightLLM's). vLLM V1's order (bias before penalties, as
      transformers' SequenceBias before RepetitionPenalty): the penalty divides a biased
      logit, by the biased logit's sign;
   3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
      temperature-scaled probabilities renormalised over the tokens top-k and min-p keep, as
-     vLLM V1 applies min-p first; transformers and SGLang cut top-p before min-p) and
+     vLLM V1 applies min-p first; transformers and SGLang cut top-p before min-p; on rows
+     of st.top_p_joint, LightLLM's, over the whole distribution instead) and
      min-p (relative to the most likely token, after temperature) each keep a most-likely
      prefix of the sorted row, so together they reduce to one logit floor per row: every
      token at or above it is kept, ties at the floor included (as HF's and vLLM's top-k
@@ -127,6 +129,12 @@ def _floor(logits: torch.Tensor, st: SamplingTensors) -> torch.Tensor:
             cut |= vals < min_p_floor[:, None]
         scaled = (vals * st.scale_floor[0, :, None]).masked_fill(cut, float("-inf"))
         probs = scaled.softmax(dim=-1)
+        if st.top_p_joint is not None:
+            # LightLLM's rows: the mass of the whole temperature-scaled distribution, which
+            # top-k (and min-p) then cut; one more pass over the row, for them alone
+            full = (logits * st.scale_floor[0, :, None]).logsumexp(dim=-1, keepdim=True)
+            whole = (vals * st.scale_floor[0, :, None] - full).exp()
+            probs = torch.where(st.top_p_joint[:, None], whole, probs)
         before = torch.nn.functional.pad(probs.cumsum(dim=-1)[:, :-1], (1, 0))
         # the most likely token always stays, also for a top_p that is 0 in float32
         n_top_p = (before < st.top_p[:, None]).sum(dim=-1).clamp(min=1)
@@ -155,12 +163,16 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
         logits = apply_constraints(logits, st)
     if st.use_penalties:
         logits = apply_penalties(logits, st)
+    if st.eos_scale is not None:  # exponential_decay_length_penalty, after the penalties
+        logits = logits.clone() if logits is raw else logits
+        eos = logits[:, st.eos_ids]
+        logits[:, st.eos_ids] = eos + eos.abs() * st.eos_scale[:, None]
     if st.ban_ids is not None:
         logits = mask_token_ids(logits.clone() if logits is raw else logits, st.ban_ids,
                                 st.ban_active)
     if grammar_first:
         if (st.grammar is st.allowed and st.bias_ids is None and st.ban_ids is None
-                and not st.use_penalties):
+                and not st.use_penalties and st.eos_scale is None):
             raw = logits  # the grammar is all that changed the row
         else:
             raw = apply_bitmask_(raw.clone(), st.grammar)

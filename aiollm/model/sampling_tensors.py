@@ -45,6 +45,13 @@ class SamplingTensors:
     use_min_p: bool
     trunc_width: int  # sorted prefix top-k/top-p need: 0 none, < V a topk, V a full sort
     max_top_logprobs: int
+    # [B] bool: rows whose top-p counts the whole distribution's mass (LightLLM's cut),
+    # not the top-k set's renormalised (vLLM's); None when no sampled row with top-p is
+    top_p_joint: torch.Tensor | None = None
+    # exponential_decay_length_penalty: each eos logit x of a row gains |x| * eos_scale
+    # (factor ** (step - start) - 1, 0 where none); None when no row's is in effect
+    eos_ids: torch.Tensor | None = None  # [E] int64
+    eos_scale: torch.Tensor | None = None  # [B] fp32
     want_logprobs: bool = True  # some row asked for logprobs (else sample() may skip them)
     # what logprobs report (LOGPROBS_MODES, vLLM's --logprobs-mode), and whether a row that
     # asked for them had its logits changed by a penalty or a min_tokens ban (lp_penalized)
@@ -100,21 +107,30 @@ class SamplingTensors:
         min_tokens: np.ndarray | None = None,
         stop_ids: np.ndarray | None = None,
         logprobs_mode: str = "raw_logprobs",
+        top_p_joint: np.ndarray | None = None,
+        length_penalty: np.ndarray | None = None,
+        eos_ids: list[int] | None = None,
     ) -> SamplingTensors:
         """Build from [B] arrays (request table columns; step = output_len).
 
         token_ids [B, L] (prompt then output tokens, -1 padding) and prompt_lens [B] are
         required only when some row has a penalty (see needs_history()); they are ignored
-        otherwise. min_tokens [B] and stop_ids [B, K] (eos + stop ids, -1 padding) ban those
-        ids on rows whose step < min_tokens. logprobs_mode: one of LOGPROBS_MODES
-        (model/sampler.py says what each reports).
+        otherwise. top_p_joint [B] bool (None: none) marks rows whose top-p counts the
+        whole distribution (LightLLM's), not the top-k set renormalised (vLLM's).
+        length_penalty [B, 2] (start, factor; None: none) raises the logits of eos_ids by
+        exponential_decay_length_penalty on rows whose step is past start. min_tokens [B]
+        and stop_ids [B, K] (eos + stop ids, -1 padding) ban those ids on rows whose step <
+        min_tokens. logprobs_mode: one of LOGPROBS_MODES (model/sampler.py says what each
+        reports).
         """
         b = len(temperature)
         want_logprobs = bool(np.count_nonzero(np.asarray(top_logprobs) >= 0))
         max_top = int(np.max(top_logprobs, initial=0))
         banning = min_tokens is not None and stop_ids is not None and bool(
             np.count_nonzero(np.asarray(step) < np.asarray(min_tokens)))
+        eos_scale = _eos_scale(length_penalty, step) if eos_ids else None
         if (not np.count_nonzero(np.asarray(temperature) >= GREEDY_EPS) and not banning
+                and eos_scale is None
                 and not needs_history(repetition_penalty, presence_penalty, frequency_penalty)):
             # every row greedy, nothing to mask: sample() reads no per-row parameter, so
             # nothing is copied to the device (the common case of a greedy decode batch)
@@ -123,7 +139,8 @@ class SamplingTensors:
                        max_top_logprobs=max_top,
                        want_logprobs=want_logprobs, logprobs_mode=logprobs_mode)
         # Host flags with few numpy calls: this runs once per step on the event loop.
-        floats = np.empty((7, b), dtype=np.float32)
+        floats = np.empty((8, b), dtype=np.float32)
+        floats[7] = 0.0 if eos_scale is None else eos_scale
         floats[0] = temperature
         floats[1] = float("-inf")  # the draw's floor where nothing truncates
         floats[2] = top_p
@@ -131,21 +148,23 @@ class SamplingTensors:
         floats[4] = repetition_penalty
         floats[5] = presence_penalty
         floats[6] = frequency_penalty
-        ints = np.empty((4, b), dtype=np.int32)
+        ints = np.empty((5, b), dtype=np.int32)
         ints[0] = np.clip(top_k, -1, vocab_size)
-        ints[2:] = row_keys(seed, step)
+        ints[2:4] = row_keys(seed, step)
+        ints[4] = 0 if top_p_joint is None else top_p_joint
         temp, p, mp, k = floats[0], floats[2], floats[3], ints[0]
         greedy = temp < GREEDY_EPS
         ints[1] = greedy
         n_greedy = int(np.count_nonzero(greedy))
         k[k <= 0] = vocab_size
-        use_top_p = use_min_p = False
+        use_top_p = use_min_p = joint = False
         trunc_width = 0
         if n_greedy < b:
             sampled = ~greedy if n_greedy else slice(None)
             k_s = k[sampled]
             has_k, has_p = k_s < vocab_size, p[sampled] < 1.0
             use_top_p = bool(np.count_nonzero(has_p))
+            joint = bool(np.count_nonzero(has_p & (ints[4][sampled] != 0)))
             use_min_p = bool(np.count_nonzero(mp[sampled] > 0.0))
             if use_top_p and np.count_nonzero(has_p & ~has_k):
                 trunc_width = vocab_size  # top-p without top-k: a full sort
@@ -176,12 +195,17 @@ class SamplingTensors:
             max_top_logprobs=max_top,
             want_logprobs=want_logprobs,
             logprobs_mode=logprobs_mode,
+            top_p_joint=i[4] != 0 if joint else None,
         )
+        if eos_scale is not None:
+            st.eos_scale = f[7]
+            st.eos_ids = to_device(np.asarray(eos_ids, dtype=np.int64), device)
         if want_logprobs:
             lp_rows = np.asarray(top_logprobs) >= 0
             changed = (floats[4] != 1.0) | (floats[5] != 0.0) | (floats[6] != 0.0)
             if min_tokens is not None and stop_ids is not None:
                 changed |= np.asarray(step) < np.asarray(min_tokens)
+            changed |= floats[7] != 0.0
             st.lp_penalized = bool(np.count_nonzero(lp_rows & changed))
             # temp is 1/temperature by now, 1 on greedy rows; k is vocab_size where off
             scaled = ~greedy & ((temp != 1.0) | (k < vocab_size) | (p < 1.0) | (mp > -np.inf))
@@ -219,6 +243,9 @@ class SamplingTensors:
 
         f = table.gather_fields(_FIELDS, slots)
         step = f["output_len"] if step is None else step
+        factor = f["length_penalty_factor"]  # 1 on every row but a LightLLM one's with it
+        length_penalty = (np.stack([f["length_penalty_start"], factor], axis=1)
+                          if np.count_nonzero(factor != 1.0) else None)
         ban_ids = None
         if np.count_nonzero(np.asarray(step) < f["min_new_tokens"]):  # min_tokens bans them
             eos = np.broadcast_to(np.asarray(eos_ids, dtype=np.int64), (len(slots), len(eos_ids)))
@@ -241,8 +268,28 @@ class SamplingTensors:
             min_tokens=f["min_new_tokens"],
             stop_ids=ban_ids,
             logprobs_mode=logprobs_mode,
+            top_p_joint=f["top_p_joint"],
+            length_penalty=length_penalty,
+            eos_ids=eos_ids,
         )
 
 
+def _eos_scale(length_penalty: np.ndarray | None, step: np.ndarray) -> np.ndarray | None:
+    """[B] float32 factor ** (step - start) - 1 where step > start and factor > 1 (in
+    float32's range: a steep factor makes eos certain, never inf * 0), else 0; None where
+    no row's is in effect."""
+    if length_penalty is None:
+        return None
+    lp = np.asarray(length_penalty, dtype=np.float64).reshape(-1, 2)
+    past = np.maximum(np.asarray(step, dtype=np.float64) - lp[:, 0], 0.0)
+    live = (lp[:, 1] > 1.0) & (past > 0)
+    if not np.count_nonzero(live):
+        return None
+    with np.errstate(over="ignore"):
+        scale = np.where(live, np.power(np.maximum(lp[:, 1], 1.0), past) - 1.0, 0.0)
+    return np.minimum(scale, 1e30).astype(np.float32)
+
+
 _FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
-           "frequency_penalty", "seed", "output_len", "top_logprobs", "min_new_tokens")
+           "frequency_penalty", "seed", "output_len", "top_logprobs", "min_new_tokens",
+           "top_p_joint", "length_penalty_start", "length_penalty_factor")

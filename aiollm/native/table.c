@@ -46,6 +46,7 @@ int32_t aio_alloc(aio_table *t)
     r->temperature = 1.0f;
     r->top_p = 1.0f;
     r->repetition_penalty = 1.0f;
+    r->length_penalty_factor = 1.0f;
     return slot;
 }
 

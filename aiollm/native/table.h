@@ -54,6 +54,9 @@ typedef struct {
     float frequency_penalty;
     int32_t ignore_eos;
     int32_t top_logprobs;
+    int32_t top_p_joint;
+    int32_t length_penalty_start;  /* exponential_decay_length_penalty: (start, factor) */
+    float length_penalty_factor;   /* 1: none */
     int32_t n_stop;
     int32_t stop_ids[8];
     int32_t finish_reason;
