@@ -8,13 +8,15 @@ and its shapes depend only on B, V and a few host ints.
 Order of operations on each row:
   1. logit_bias (bad words among them, as biases of -inf) and the grammar's allowed-token
      bitmask (model/logit_masks.py); eos and stop ids banned (-inf) while a request is
-     under its min_tokens;
+     under its min_tokens (vLLM's place for the ban; the code bans after step 2, which
+     gives the same row: -inf stays -inf under every penalty);
   2. penalties on those logits: repetition (HF: over prompt + output tokens, positive
-     logits divided, negative multiplied), then frequency and presence (OpenAI: over output
-     tokens, subtracted) (model/penalties.py), then exponential_decay_length_penalty on the
-     eos logits (transformers' and LightLLM's). vLLM V1's order (bias before penalties, as
-     transformers' SequenceBias before RepetitionPenalty): the penalty divides a biased
-     logit, by the biased logit's sign;
+     logits divided, negative multiplied; over the output alone on LightLLM's /generate
+     unless input_penalty, SamplingParams.penalty_scope), then frequency and presence
+     (OpenAI: over output tokens, subtracted) (model/penalties.py), then
+     exponential_decay_length_penalty on the eos logits (transformers' and LightLLM's).
+     vLLM V1's order (bias before penalties, as transformers' SequenceBias before
+     RepetitionPenalty): the penalty divides a biased logit, by the biased logit's sign;
   3. greedy rows (temperature < 1e-5) take the argmax; for the others top-k, top-p (on
      temperature-scaled probabilities renormalised over the tokens top-k and min-p keep, as
      vLLM V1 applies min-p first; transformers and SGLang cut top-p before min-p; on rows
