@@ -72,9 +72,11 @@ def test_a_character_that_prints_as_nothing_is_escaped(value, says):
 @pytest.mark.parametrize("required", [[b"x"], [10 ** 5000], [float("nan")]],
                          ids=["bytes", "huge_integer", "nan"])
 def test_the_engine_apis_bad_required_is_an_invalid_request(required):
-    """A tool's schema as Engine.chat and LLM.chat take it (Python values): its 'required'
-    of the wrong kind is a 400-kind error naming the tool's parameters, where bytes raised
-    TypeError and a huge integer ValueError from the json.dumps that quoted it."""
+    """A tool's schema in Python values, held to the grammar's checks (check_tools'
+    default: a request whose tool_choice builds a grammar): its 'required' of the wrong kind
+    is a 400-kind error naming the tool's parameters, where bytes raised TypeError and a
+    huge integer ValueError from the json.dumps that quoted it. (Engine.chat and LLM.chat,
+    which only render tools, refuse such values through check_tools' JSON check.)"""
     from aiollm.engine.chat_tools import check_tools
 
     tool = {"type": "function", "function": {"name": "f", "parameters": {
