@@ -91,9 +91,11 @@ def test_repro_reports_the_penalised_tokens_raw_logprob(server, processed):
         # processed (today's value before the option): the penalised row's, a certainty
         assert proc["token_logprobs"][j] == pytest.approx(0.0, abs=1e-3)
         assert min(proc["top_logprobs"][j].values()) < -100
-    # LightLLM's per-token logprob is the same raw one
+    # LightLLM's per-token logprob is the same raw one (input_penalty: its repetition
+    # penalty then counts the prompt too, as vLLM's does)
     events = [json.loads(e) for e in sse_events(http(server, "POST", "/generate_stream", json={
-        "inputs": "Hi", "parameters": {"max_new_tokens": 3, "repetition_penalty": 0.01}})[2])]
+        "inputs": "Hi", "parameters": {"max_new_tokens": 3, "repetition_penalty": 0.01,
+                                       "input_penalty": True}})[2])]
     assert [e["token"]["logprob"] for e in events] == pytest.approx(
         raw["token_logprobs"][n_prompt:], abs=1e-3)
 

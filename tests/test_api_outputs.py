@@ -98,11 +98,12 @@ def test_stop_string_output_tokens_text_and_usage_agree(server):
     cut = completion(server, {**body, "stop": ["ris"]})["choices"][0]
     assert cut["text"] == " Pa" and cut["logprobs"]["tokens"] == [" Pa"]
 
+    # LightLLM's /generate keeps the stop sequence in its text (it detokenizes every token)
     gen, events = lightllm(server, {"inputs": PARIS, "parameters": {
         "max_new_tokens": 20, "stop_sequences": ["."], "return_details": True}})
-    assert gen["generated_text"] == [" Paris"] and gen["count_output_tokens"] == 2
-    assert [t["text"] for t in gen["tokens"]] == [" Paris", ""]
-    assert [e["token"]["text"] for e in events] == [" Paris", ""]
+    assert gen["generated_text"] == [" Paris."] and gen["count_output_tokens"] == 2
+    assert [t["text"] for t in gen["tokens"]] == [" Paris", "."]
+    assert [e["token"]["text"] for e in events] == [" Paris", "."]
     assert events[-1]["finished"] and events[-1]["token"]["count_output_tokens"] == 2
     assert events[-1]["generated_text"] is None and events[-1]["finish_reason"] == "stop"
 
