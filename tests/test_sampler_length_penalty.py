@@ -67,3 +67,24 @@ def test_raw_logprobs_of_a_grammar_row_leave_the_penalty_out():
     assert int(out.next_ids[0]) == EOS  # the draw saw the raised eos logit
     want = torch.tensor(LOGITS).log_softmax(-1)[EOS]
     assert math.isclose(float(out.logprobs[0]), float(want), rel_tol=1e-5), out.logprobs
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_banned_eos_stays_banned_beside_a_length_penalty(temperature):
+    """Rows whose eos is -inf (here allowed_token_ids leave it out) in a batch where some row's
+    length penalty is in effect: -inf + |-inf| * scale was NaN (scale 0 on the rows without
+    the penalty, inf * scale on a row with it), and a NaN eos logit won the draw on both."""
+    b = 3
+    st = SamplingTensors.from_numpy(
+        temperature=np.full(b, temperature), top_p=np.full(b, 0.9), top_k=np.full(b, 3),
+        min_p=np.zeros(b), repetition_penalty=np.ones(b), presence_penalty=np.zeros(b),
+        frequency_penalty=np.zeros(b), seed=np.arange(b), step=np.full(b, 5),
+        top_logprobs=np.full(b, 2), vocab_size=4, device="cpu",
+        length_penalty=np.array([[2, 2.0], [0, 1.0], [2, 2.0]]), eos_ids=[EOS],
+        logprobs_mode="processed_logprobs")
+    # rows 0 and 1 may draw tokens 0-2 only; row 2 anything (its raised eos wins)
+    st.allowed = torch.tensor([[0b0111], [0b0111], [-1]], dtype=torch.int32)
+    out = sample(torch.tensor([LOGITS] * b), st)
+    assert EOS not in out.next_ids.tolist()[:2], out.next_ids
+    assert int(out.next_ids[2]) == EOS
+    assert not torch.isnan(out.logprobs).any() and not torch.isnan(out.top_logprobs).any()

@@ -168,7 +168,9 @@ def sample(logits: torch.Tensor, st: SamplingTensors) -> SampleResult:
     if st.eos_scale is not None:  # exponential_decay_length_penalty, after the penalties
         logits = logits.clone() if logits is raw else logits
         eos = logits[:, st.eos_ids]
-        logits[:, st.eos_ids] = eos + eos.abs() * st.eos_scale[:, None]
+        # a banned eos (-inf) stays banned: -inf + inf * scale would be NaN, which wins a draw
+        logits[:, st.eos_ids] = torch.where(eos.isinf(), eos,
+                                            eos + eos.abs() * st.eos_scale[:, None])
     if st.ban_ids is not None:
         logits = mask_token_ids(logits.clone() if logits is raw else logits, st.ban_ids,
                                 st.ban_active)
