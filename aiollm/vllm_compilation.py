@@ -213,6 +213,9 @@ def graph_settings(level: int | None, config: dict[str, Any] | None, level_shown
             said.append(f"{shown}: {EAGER}")
         elif cap == 0:
             said.append(f"{shown}: no CUDA graph is captured, so {EAGER}")
+        elif eager:
+            said.append(f"{shown} has no effect: no CUDA graph is captured (vLLM captures "
+                        "none with these settings)")
         else:
             said.append(f"{shown}: decode batches of up to {cap} requests replay CUDA graphs, "
                         f"as --cuda-graph-max-batch {cap} (aiollm picks the sizes below it)")

@@ -378,15 +378,17 @@ class _Refuse(argparse.Action):
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:
-    """Add NO_EFFECT and REFUSED to `parser` (aiollm serve's), in a group of their own."""
+    """Add NO_EFFECT, NO_EFFECT_VALUES, REFUSED and -O/-cc (vllm_compilation.add_to) to
+    `parser` (aiollm serve's), in a group of their own."""
     refused = ", ".join(r.names[-1] for r in REFUSED)
     group = parser.add_argument_group(
         "vLLM's flags", "`vllm serve` flags of the same meaning are aliases of aiollm's "
         "above (--model, --max-num-seqs, --max-num-batched-tokens, --enforce-eager, "
         "--[no-]enable-prefix-caching, --disable-log-stats, -tp; --dtype half/float, "
         "--tool-call-parser llama3_json). Those below ask for what aiollm always does and "
-        "change nothing. Refused, each with what to use instead (a value asking for "
-        f"aiollm's own behaviour, such as -pp 1, is taken): {refused}.")
+        "change nothing, but -O and -cc, read as aiollm's CUDA graphs. Refused, each with "
+        "what to use instead (a value asking for aiollm's own behaviour, such as -pp 1, is "
+        f"taken): {refused}.")
     for flag, why in NO_EFFECT.items():
         group.add_argument(flag, action=_NoEffect, why=why, help=f"no effect: {why}")
     for ignored in NO_EFFECT_VALUES:

@@ -11,7 +11,10 @@ CLI's own tables (aiollm/vllm_flags.py): its aliases (max_num_seqs, max_num_batc
 enforce_eager, enable_prefix_caching; dtype="half"/"float" or a torch.dtype); its
 NO_EFFECT switches, accepted; its NO_EFFECT_VALUES, accepted with a log line saying so
 (but for a value they refuse, a ValueError as the CLI's); its REFUSED flags, a ValueError
-with the flag's message, its flags written as keywords; seed=None, vLLM's default, is
+with the flag's message, its flags written as keywords; optimization_level and
+compilation_config, read as the CLI's -O and -cc are (aiollm/vllm_compilation.py: no CUDA
+graphs where vLLM would have none, the largest graph as cuda_graph_max_batch, the rest
+logged as having no effect); seed=None, vLLM's default, is
 aiollm's (0), and so is max_model_len=-1 (vLLM's "the longest that fits", as
 `aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are

@@ -89,6 +89,15 @@ def test_the_largest_cuda_graph_is_cuda_graph_max_batch(line, size, caplog):
     assert any(f"--cuda-graph-max-batch {size}" in s for s in said), said
 
 
+def test_a_graph_size_under_settings_of_no_graphs_is_said_to_change_nothing(caplog):
+    """-O0 captures no graph in vLLM, whatever the largest size: eager, and the size is
+    not reported as --cuda-graph-max-batch."""
+    config, said = started("-O0 -cc.max_cudagraph_capture_size 64", caplog)
+    assert config.cuda_graph is False
+    assert any(s.startswith("-cc.max_cudagraph_capture_size=64 has no effect") for s in said)
+    assert not any("--cuda-graph-max-batch 64" in s for s in said), said
+
+
 def test_enforce_eager_wins_over_an_optimization_level(caplog):
     """As in vLLM (enforce_eager sets -O0 there)."""
     config, _ = started("-O3 --enforce-eager", caplog)
