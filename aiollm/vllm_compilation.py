@@ -16,8 +16,9 @@ So:
   its older key; an empty cudagraph_capture_sizes or max_cudagraph_capture_size 0) runs
   every step eagerly, as --enforce-eager does;
 - the largest graph (max_cudagraph_capture_size, its older name max_capture_size, or the
-  largest of cudagraph_capture_sizes; the smaller where both are given) is
-  --cuda-graph-max-batch; aiollm picks the sizes below it itself (cuda_graph.batch_buckets);
+  largest of cudagraph_capture_sizes; both given, they must agree, as vLLM's VllmConfig
+  requires) is --cuda-graph-max-batch; aiollm picks the sizes below it itself
+  (cuda_graph.batch_buckets); --enforce-eager wins over all of it, as in vLLM;
 - the rest (-O1 to -O3, compilation modes, the other graph modes, torch.compile's and
   Inductor's keys) is taken, with a log line saying it has no effect and why: none of it
   changes what is computed, only how vLLM would launch it;
@@ -162,12 +163,15 @@ def _key_misfit(key: str, item: Any) -> str | None:
 
 
 def graph_settings(level: int | None, config: dict[str, Any] | None, level_shown: str = "-O",
-                   config_shown: str = "-cc") -> GraphSettings:
+                   config_shown: str = "-cc", enforce_eager: bool = False) -> GraphSettings:
     """What optimization `level` (parse_level's; None: not given, vLLM's 2) and compilation
     `config` (parse_config's; None: not given) ask of aiollm, as vLLM resolves them: the
-    level's defaults for what the config leaves out. Each line in `said` names its setting
-    as `level_shown` (the level as given: "-O3") or `config_shown` and the key
-    ("-cc.mode=3")."""
+    level's defaults for what the config leaves out; `enforce_eager` (--enforce-eager or
+    --no-cuda-graph given) over all of them, as vLLM's enforce_eager sets no graphs. Each
+    line in `said` names its setting as `level_shown` (the level as given: "-O3") or
+    `config_shown` and the key ("-cc.mode=3").
+    Raises ValueError, as vLLM's VllmConfig does, where graphs are captured and
+    max_cudagraph_capture_size is not the largest of cudagraph_capture_sizes."""
     config = config or {}
     lvl = 2 if level is None else level
     mode = config.get("mode", config.get("level"))  # level: its older name; mode wins
@@ -179,12 +183,19 @@ def graph_settings(level: int | None, config: dict[str, Any] | None, level_shown
         graphs = "NONE"
     graphs = _LEVEL_GRAPHS[lvl] if graphs is None else graphs.upper()
     dropped = graphs in _PIECEWISE and mode != 3  # vLLM: piecewise graphs need its compiler
+    no_graphs = enforce_eager or graphs == "NONE" or dropped
     sizes = config.get("cudagraph_capture_sizes")
     largest = config.get("max_cudagraph_capture_size", config.get("max_capture_size"))
-    caps = [c for c in (max(sizes, default=0) if sizes is not None else None, largest)
-            if c is not None]
-    cap = min(caps) if caps else None
-    eager = graphs == "NONE" or dropped or cap == 0
+    if sizes is not None:
+        if largest is not None and largest != max(sizes, default=0) and not no_graphs:
+            key = ("max_cudagraph_capture_size" if "max_cudagraph_capture_size" in config
+                   else "max_capture_size")
+            raise ValueError(f"{key} {largest} and the largest of cudagraph_capture_sizes, "
+                             f"{max(sizes, default=0)}, disagree (vLLM refuses them too): "
+                             "give one of them")
+        largest = max(sizes, default=0)
+    cap = largest
+    eager = no_graphs or cap == 0
 
     said = []
     if level is not None:
@@ -265,11 +276,12 @@ def add_to(group: argparse._ArgumentGroup) -> None:
 
 
 def applied(namespace: argparse.Namespace) -> GraphSettings | None:
-    """The GraphSettings of the -O and --compilation-config the namespace holds; None where
-    neither was given."""
+    """The GraphSettings of the -O and --compilation-config the namespace holds (under its
+    --enforce-eager); None where neither was given. Raises graph_settings' ValueError."""
     graphs = getattr(namespace, "vllm_graphs", None)
     if not graphs:
         return None
     level_shown, level = graphs.get("level", ("-O", None))
     config_flag, config = graphs.get("config", ("-cc", None))
-    return graph_settings(level, config, level_shown, config_flag)
+    return graph_settings(level, config, level_shown, config_flag,
+                          enforce_eager=not namespace.cuda_graph)

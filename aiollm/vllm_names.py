@@ -357,7 +357,7 @@ def _take_graph_keywords(graphs: dict[str, Any], ours: dict[str, Any]) -> None:
     CUDA graphs where they leave vLLM with none (cuda_graph=False, which enforce_eager=True
     gives too), their largest graph as cuda_graph_max_batch. Raises ValueError naming the
     keyword and its value where the CLI refuses the flag's, or where cuda_graph_max_batch
-    is given too with another size."""
+    is given too with another size; enforce_eager=True (cuda_graph=False) wins over them."""
     level = config = None
     try:
         if "optimization_level" in graphs:
@@ -372,9 +372,12 @@ def _take_graph_keywords(graphs: dict[str, Any], ours: dict[str, Any]) -> None:
                          f"{_as_keywords(str(e))}") from None
     if level is None and config is None:
         return
-    settings = vllm_compilation.graph_settings(
-        level, config, f"optimization_level={graphs.get('optimization_level')!r}",
-        "compilation_config")
+    try:
+        settings = vllm_compilation.graph_settings(
+            level, config, f"optimization_level={graphs.get('optimization_level')!r}",
+            "compilation_config", enforce_eager=ours.get("cuda_graph") is False)
+    except ValueError as e:
+        raise ValueError(f"compilation_config={graphs['compilation_config']!r}: {e}") from None
     if settings.eager:
         ours["cuda_graph"] = False
     if settings.max_batch is not None:

@@ -79,7 +79,7 @@ def test_other_compilation_settings_keep_the_graphs_and_say_so(line, caplog):
     ("-cc.max_capture_size 32", 32),  # its older name
     ("-cc.cudagraph_capture_sizes [1,2,4,8,16]", 16),
     ("-cc.cudagraph_capture_sizes+ 1,2,48", 48),
-    ("-cc.cudagraph_capture_sizes [1,2,4,128] -cc.max_cudagraph_capture_size 64", 64),
+    ("-cc.cudagraph_capture_sizes [1,2,4,64] -cc.max_cudagraph_capture_size 64", 64),
     ("-cc.max_cudagraph_capture_size 64 --cuda-graph-max-batch 64", 64),
     ("-O3 -cc.max_cudagraph_capture_size=96", 96),
 ])
@@ -96,6 +96,44 @@ def test_a_graph_size_under_settings_of_no_graphs_is_said_to_change_nothing(capl
     assert config.cuda_graph is False
     assert any(s.startswith("-cc.max_cudagraph_capture_size=64 has no effect") for s in said)
     assert not any("--cuda-graph-max-batch 64" in s for s in said), said
+
+
+def test_sizes_that_disagree_stop_the_start_as_in_vllm(capsys):
+    """vLLM refuses a max_cudagraph_capture_size other than the largest of
+    cudagraph_capture_sizes (VllmConfig's "should be consistent with the max value of
+    cudagraph_capture_sizes"); the smaller was taken. 0 with sizes given is such a
+    disagreement too (vLLM: its largest graph must be >= 1 while graphs are on)."""
+    err = refusal("-cc.cudagraph_capture_sizes [1,2,4,128] -cc.max_cudagraph_capture_size 64",
+                  capsys)
+    assert ("argument -cc/--compilation-config: max_cudagraph_capture_size 64 and the "
+            "largest of cudagraph_capture_sizes, 128, disagree") in err, err
+    err = refusal("--compilation-config.cudagraph_capture_sizes [1,2] "
+                  "--compilation-config.max_cudagraph_capture_size 0", capsys)
+    assert "max_cudagraph_capture_size 0 and the largest of cudagraph_capture_sizes, 2" in err
+
+
+def test_sizes_that_disagree_are_moot_where_no_graph_is_captured(caplog):
+    """vLLM checks the sizes only while it captures graphs (-O0, cudagraph_mode NONE and
+    --enforce-eager set both to "none")."""
+    for line in ("-O0", "-cc.cudagraph_mode NONE", "--enforce-eager"):
+        config, said = started(line + " -cc.cudagraph_capture_sizes [1,2,4,128] "
+                                      "-cc.max_cudagraph_capture_size 64", caplog)
+        assert config.cuda_graph is False, line
+
+
+@pytest.mark.parametrize("line", ["--enforce-eager -cc.cudagraph_capture_sizes [1,2,4]",
+                                  "-cc.max_cudagraph_capture_size 64 --no-cuda-graph",
+                                  "--enforce-eager -cc.max_cudagraph_capture_size 64 "
+                                  "--cuda-graph-max-batch 32"])
+def test_a_graph_size_beside_enforce_eager_is_said_to_change_nothing(line, caplog):
+    """--enforce-eager wins over -cc's sizes (vLLM sets them to none under it): the log
+    said decode batches replay CUDA graphs while none was captured, and a
+    --cuda-graph-max-batch beside them, as moot, was called a disagreement."""
+    caplog.clear()
+    config, said = started(line, caplog)
+    assert config.cuda_graph is False
+    assert not any("replay CUDA graphs" in s for s in said), said
+    assert any(s.startswith("-cc.") and "has no effect" in s for s in said), said
 
 
 def test_enforce_eager_wins_over_an_optimization_level(caplog):
@@ -143,6 +181,9 @@ def test_serve_help_describes_both_flags(capsys):
     ({"compilation_config": {"cudagraph_mode": "NONE"}}, False, None),
     ({"compilation_config": {"cudagraph_capture_sizes": [1, 2, 4]}}, None, 4),
     ({"compilation_config": '{"max_cudagraph_capture_size": 8}'}, None, 8),
+    # enforce_eager wins: no graph, so no largest one
+    ({"compilation_config": {"cudagraph_capture_sizes": [1, 2, 4]}, "enforce_eager": True},
+     False, None),
 ])
 def test_llm_keywords_are_read_as_the_flags(options, cuda_graph, max_batch):
     """LLM(optimization_level=..., compilation_config=...) as `aiollm serve` reads -O and
@@ -158,6 +199,11 @@ def test_llm_keywords_are_read_as_the_flags(options, cuda_graph, max_batch):
     ({"compilation_config": [3]}, "compilation_config=[3]: takes a JSON object"),
     ({"compilation_config": {"max_cudagraph_capture_size": 8},
       "cuda_graph_max_batch": 16}, "cuda_graph_max_batch=16 and compilation_config's"),
+    ({"compilation_config": {"max_cudagraph_capture_size": 8,
+                             "cudagraph_capture_sizes": [1, 2, 4]}},
+     "compilation_config={'max_cudagraph_capture_size': 8, 'cudagraph_capture_sizes': "
+     "[1, 2, 4]}: max_cudagraph_capture_size 8 and the largest of cudagraph_capture_sizes,"
+     " 4, disagree"),
 ])
 def test_llm_keywords_vllm_refuses_name_the_keyword(options, lead):
     with pytest.raises(ValueError) as e:

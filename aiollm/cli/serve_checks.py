@@ -78,8 +78,15 @@ def _graph_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
     """vLLM's -O and --compilation-config given (None: neither) as aiollm's `options`: no
     CUDA graphs where they leave vLLM with none (--enforce-eager wins over them, as in
     vLLM), their largest graph as --cuda-graph-max-batch. parser.error where
-    --cuda-graph-max-batch is given too, with another size."""
-    graphs = vllm_compilation.applied(args)
+    --cuda-graph-max-batch is given too, with another size, or where -cc's two largest
+    sizes disagree."""
+    try:
+        graphs = vllm_compilation.applied(args)
+    except ValueError as e:  # -cc's keys, or -O's as vLLM's older releases took them
+        names = ("-O/--optimization-level" if args.vllm_graphs["config"][0].startswith("-O")
+                 or args.vllm_graphs["config"][0] == "--optimization-level"
+                 else "-cc/--compilation-config")
+        parser.error(f"argument {names}: {e}")
     if graphs is None:
         return None
     if graphs.eager:
