@@ -206,7 +206,10 @@ def graph_settings(level: int | None, config: dict[str, Any] | None, level_shown
             said.append(f"{level_shown} has no effect: {_NOT_COMPILED}; {_OUR_GRAPHS}")
     for key, item in config.items():
         shown = f"{config_shown}.{key}={json.dumps(item)}"
-        if key in ("mode", "level") and dropped and "cudagraph_mode" not in config:
+        if key == "level" and "mode" in config:
+            said.append(f"{shown} has no effect: mode, given too, is taken over level (its "
+                        "older name)")
+        elif key in ("mode", "level") and dropped and "cudagraph_mode" not in config:
             said.append(f"{shown}: {EAGER} (vLLM's piecewise CUDA graphs need its "
                         "compilation, mode 3)")
         elif key in ("mode", "level") or key in _COMPILE_ONLY:

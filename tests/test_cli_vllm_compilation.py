@@ -136,6 +136,16 @@ def test_a_graph_size_beside_enforce_eager_is_said_to_change_nothing(line, caplo
     assert any(s.startswith("-cc.") and "has no effect" in s for s in said), said
 
 
+def test_a_level_key_beside_mode_is_said_to_change_nothing(caplog):
+    """vLLM's CompilationConfig takes mode over level, its older name, where both are
+    given: -cc.level=3 beside mode 0 was said to run every step eagerly."""
+    config, said = started("""-cc {"level":3,"mode":0}""", caplog)
+    assert config.cuda_graph is False
+    assert [s for s in said if s.startswith("-cc.level=3")] == [
+        "-cc.level=3 has no effect: mode, given too, is taken over level (its older name)"]
+    assert any(s.startswith("-cc.mode=0: every step runs eagerly") for s in said), said
+
+
 def test_enforce_eager_wins_over_an_optimization_level(caplog):
     """As in vLLM (enforce_eager sets -O0 there)."""
     config, _ = started("-O3 --enforce-eager", caplog)
