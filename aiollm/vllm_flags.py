@@ -16,9 +16,12 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
 - REFUSED: flags asking for what aiollm cannot do; each is a usage error (exit 2) whose one
   line names the flag and what aiollm offers instead. A value asking for aiollm's own
   behaviour (-pp 1, --max-logprobs 20) is accepted. Hidden from --help, which names them
-  in the group's description.
+  in the group's description;
+- -O/--optimization-level and -cc/--compilation-config (aiollm/vllm_compilation.py): read
+  as aiollm's CUDA-graph settings (--enforce-eager, --cuda-graph-max-batch), the rest
+  logged as having no effect.
 
-Nothing here reaches EngineConfig: a flag is either an alias, or changes nothing, or stops
+Nothing else here reaches EngineConfig: a flag is either an alias, or changes nothing, or stops
 the start; none is dropped while it would change outputs or memory use. The same tables
 answer vLLM's keywords of LLM(...) (aiollm/vllm_names.py), but for SERVER_ONLY.
 """
@@ -29,6 +32,8 @@ import argparse
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
+
+from aiollm import vllm_compilation
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,9 +75,6 @@ def _no_checkpoint_code() -> str:
             f"({', '.join(SUPPORTED_ARCHITECTURES)}) with their tokenizer.json; leave the "
             "flag out")
 
-
-_NOT_COMPILED = ("nothing is compiled with torch.compile: decode steps replay CUDA graphs, "
-                 "which --cuda-graph-max-batch sizes and --enforce-eager turns off")
 
 # what a pooling task (vLLM's --task embed, LLM.embed ...) is told (vllm_members.py too)
 GENERATIVE_ONLY = ("aiollm serves generative models only: no pooling (embeddings, "
@@ -160,10 +162,6 @@ REFUSED = (
     Refusal(("--hf-overrides",),
             "the model's config.json is read as it is: serve a copy of the model directory "
             "with the values changed in its config.json"),
-    # -cc is vLLM's short name of --compilation-config, -O of --optimization-level (its
-    # older releases' of --compilation-config, dotted keys and all: -O.level 3)
-    *(Refusal(names, _NOT_COMPILED)
-      for names in (("-cc", "--compilation-config"), ("-O", "--optimization-level"))),
     Refusal(("--mm-processor-kwargs",), _TEXT_ONLY),
     Refusal(("--override-generation-config",),
             "put the values in the generation_config.json of a folder and give it with "
@@ -380,15 +378,17 @@ class _Refuse(argparse.Action):
 
 
 def add_to(parser: argparse.ArgumentParser) -> None:
-    """Add NO_EFFECT and REFUSED to `parser` (aiollm serve's), in a group of their own."""
+    """Add NO_EFFECT, NO_EFFECT_VALUES, REFUSED and -O/-cc (vllm_compilation.add_to) to
+    `parser` (aiollm serve's), in a group of their own."""
     refused = ", ".join(r.names[-1] for r in REFUSED)
     group = parser.add_argument_group(
         "vLLM's flags", "`vllm serve` flags of the same meaning are aliases of aiollm's "
         "above (--model, --max-num-seqs, --max-num-batched-tokens, --enforce-eager, "
         "--[no-]enable-prefix-caching, --disable-log-stats, -tp; --dtype half/float, "
         "--tool-call-parser llama3_json). Those below ask for what aiollm always does and "
-        "change nothing. Refused, each with what to use instead (a value asking for "
-        f"aiollm's own behaviour, such as -pp 1, is taken): {refused}.")
+        "change nothing, but -O and -cc, read as aiollm's CUDA graphs. Refused, each with "
+        "what to use instead (a value asking for aiollm's own behaviour, such as -pp 1, is "
+        f"taken): {refused}.")
     for flag, why in NO_EFFECT.items():
         group.add_argument(flag, action=_NoEffect, why=why, help=f"no effect: {why}")
     for ignored in NO_EFFECT_VALUES:
@@ -396,3 +396,4 @@ def add_to(parser: argparse.ArgumentParser) -> None:
                            metavar=ignored.metavar, help=f"no effect: {ignored.why}")
     for refusal in REFUSED:
         group.add_argument(*refusal.names, action=_Refuse, refusal=refusal)
+    vllm_compilation.add_to(group)

@@ -65,3 +65,15 @@ def test_help_value_after_a_bare_double_dash_is_not_help(capsys):
     """Words after "--" are positionals, not flags: serve's MODEL then, whatever they spell."""
     code, _, err = _serve(["--", "x", "--help=all"], capsys)
     assert code == 2 and "unrecognized arguments" in err
+
+
+@pytest.mark.parametrize("args", [["--help="], ["-h="], ["--help=-"], ["--help=--"],
+                                  ["--help=", "--port", "1"]])
+def test_help_with_an_empty_word_is_the_whole_help(args, capsys):
+    """An empty word (`--help=`, a script's `--help=$TOPIC` with TOPIC unset) matches every
+    option, as vLLM's search for '' does: the whole help. It printed "No option or group
+    matching ''", which helps nobody."""
+    code, whole, _ = _serve(["--help"], capsys)
+    code, out, err = _serve(args, capsys)
+    assert (code, err) == (0, "")
+    assert out == whole

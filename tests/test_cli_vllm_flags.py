@@ -160,8 +160,6 @@ def test_flags_asking_for_what_aiollm_does_are_accepted_and_change_nothing(line)
     ("--hf-config-path /cfg", ("GGUF", "metadata", "config.json")),
     ("--hf-token t", ("local",)),
     ("--skip-tokenizer-init", ("token ids",)),
-    ("--compilation-config 3", ("--enforce-eager",)),
-    ("-O 3", ("--enforce-eager",)),
     ("--mm-processor-kwargs {}", ("text",)),
     ("--allowed-local-media-path /m", ("text",)),
 ])
@@ -476,7 +474,7 @@ NO_EXPERT_BALANCING = next(i.why for i in vllm_flags.NO_EFFECT_VALUES
 
 @pytest.mark.parametrize("line, said", [
     ("--eplb-config.num_redundant_experts 32", "num_redundant_experts 32"),
-    ("--compilation-config.mode 3", "--enforce-eager"),
+    ("--compilation-config.mode 7", "mode takes 0, 1, 2, 3"),
     ("--speculative-config.method ngram --speculative-config.num_speculative_tokens 4",
      "speculative decoding is not supported"),
 ])

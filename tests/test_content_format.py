@@ -19,6 +19,7 @@ from aiollm import LLM, SamplingParams
 from aiollm.api import create_app
 from aiollm.engine import Engine
 from aiollm.engine.content_format import detect_content_format
+from aiollm.engine.served_format import FLAG
 from aiollm.errors import ChatTemplateError, InvalidRequest
 from conftest import tiny_llama
 
@@ -307,7 +308,8 @@ def test_a_content_format_the_template_cannot_render_names_the_flag(tiny):
             out.append((r.status, (await r.json())["error"]))
         return out
 
-    *flagged, refused = serve(tiny, check, CONCAT, chat_template_content_format="openai")
+    *flagged, refused = serve(tiny, check, CONCAT, chat_template_content_format="openai",
+                              content_format_name=FLAG)  # as `aiollm serve` names it
     for status, error in flagged:
         assert status == 500 and error["param"] is None, error
         message = error["message"]
@@ -341,7 +343,8 @@ def test_a_requests_own_template_that_cannot_render_the_format_is_the_requests_f
         return out
 
     for status, error in serve(tiny, check, PARTS, chat_template_content_format="openai",
-                               trust_request_chat_template=True):
+                               trust_request_chat_template=True,
+                               content_format_name=FLAG):  # as `aiollm serve` names it
         assert status == 400 and error["param"] == "chat_template", error
         message = error["message"]
         assert "a list of parts" in message and "reads content as a string" in message

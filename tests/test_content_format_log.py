@@ -12,6 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from aiollm.api import create_app
 from aiollm.engine import Engine
+from aiollm.engine.served_format import FLAG
 
 PARTS = ("{% for m in messages %}<{{ m['role'] }}>{% for p in m['content'] %}[{{ p['text'] }}]"
          "{% endfor %}{% endfor %}")
@@ -22,11 +23,14 @@ LOGGER = "aiollm.engine.content_format"
 
 
 def started(tiny: str, template: str, caplog, **app_options) -> list[logging.LogRecord]:
-    """The content-format records at info or above of a server started with `template`,
-    which then renders chats with templates of their own (five, each new)."""
+    """The content-format records at info or above of a server started with `template`
+    as `aiollm serve` starts it (naming its flag: test_content_format_naming.py has
+    create_app's own naming), which then renders chats with templates of their own (five,
+    each new)."""
     async def main():
         engine = Engine(tiny, load_format="dummy", kv_tokens=512, chat_template=template)
-        app = create_app(engine, trust_request_chat_template=True, **app_options)
+        app = create_app(engine, trust_request_chat_template=True,
+                         content_format_name=FLAG, **app_options)
         async with TestClient(TestServer(app)) as client:
             for i in range(5):
                 own = PARTS.replace("<{{", f"{i}<{{{{")

@@ -172,7 +172,6 @@ def _cli_error(flag: str, capsys) -> str:
     ("hf_token", "t", "--hf-token"),
     ("hf_overrides", {"rope_theta": 1.0}, "--hf-overrides"),
     ("hf_config_path", "/cfg", "--hf-config-path"),
-    ("compilation_config", 3, "--compilation-config"),
     ("mm_processor_kwargs", {"a": 1}, "--mm-processor-kwargs"),
     ("allowed_local_media_path", "/m", "--allowed-local-media-path"),
     ("override_generation_config", {"temperature": 0.5}, "--override-generation-config"),

@@ -12,7 +12,7 @@ from msgspec import Meta, Struct
 
 from aiollm.api.protocol import check_max_tokens
 from aiollm.api.sampling_fields import SamplingFields
-from aiollm.engine import served_format
+from aiollm.engine.content_format import PARAM
 from aiollm.engine.chat_messages import checked_message
 from aiollm.engine.chat_template import TemplateOptions
 from aiollm.errors import InvalidRequest, shown_json
@@ -31,9 +31,12 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
                           trust_request_chat_template: bool,
-                          content_format: str = "auto") -> TemplateOptions:
+                          content_format: str = "auto",
+                          content_format_name: str = PARAM) -> TemplateOptions:
     """The request's chat-template options (the method of both request types that take them),
-    with the server's `content_format` (--chat-template-content-format). A template of its
+    with the server's `content_format` (--chat-template-content-format, or create_app's
+    chat_template_content_format: `content_format_name` says which, for the messages of a
+    template that cannot render it). A template of its
     own, `chat_template` (or vLLM's other place for it, `chat_template_kwargs.chat_template`;
     the field wins), renders the messages only where
     the server trusts request templates (TRUST_FLAG, as vLLM's): it runs the client's Jinja
@@ -61,7 +64,7 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
                              f"server started with {TRUST_FLAG}: leave it out to render with "
                              "the server's template", param=param)
     return TemplateOptions(req.add_generation_prompt, req.continue_final_message, kwargs,
-                           template, req.documents, content_format, served_format.FLAG)
+                           template, req.documents, content_format, content_format_name)
 
 
 class ContentPart(Struct, kw_only=True):

@@ -34,6 +34,7 @@ from aiollm.api.response_store import ResponseStore
 from aiollm.api.state import BODY_TIMEOUT_S, STATE, ApiState
 from aiollm.config import (MAX_STORED_RESPONSE_BYTES, MAX_STORED_RESPONSES,
                            check_shutdown_timeout)
+from aiollm.engine.content_format import PARAM as CONTENT_FORMAT_PARAM
 from aiollm.engine.content_format import check_content_format, log_served_format
 from aiollm.engine.served_format import check_served_format
 from aiollm.stop_signal import Terminated
@@ -77,6 +78,7 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                cors: CorsOptions | None = None,
                trust_request_chat_template: bool = False,
                chat_template_content_format: str = "auto",
+               content_format_name: str = CONTENT_FORMAT_PARAM,
                response_role: str = "assistant",
                return_tokens_as_token_ids: bool = False,
                max_stored_responses: int = MAX_STORED_RESPONSES,
@@ -95,7 +97,10 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     400 naming the flag). chat_template_content_format: the form of message content the chat
     template is given, for chat, the Responses API and /tokenize (vLLM's
     --chat-template-content-format: "auto", "string" or "openai"; engine/content_format.py);
-    InvalidRequest, a ValueError, naming it for another value. response_role: the role of a
+    InvalidRequest, a ValueError, naming it for another value. content_format_name: how
+    the messages of a chat template that cannot render that form (logged at start, and each
+    such chat request's 500) name it: this argument by default; `aiollm serve` gives its
+    flag, --chat-template-content-format. response_role: the role of a
     chat answer where the prompt opens a new turn (vLLM's --response-role); ValueError
     unless a non-empty string.
     return_tokens_as_token_ids: logprobs name tokens "token_id:N" where a request does not
@@ -125,6 +130,7 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                           created=int(time.time()), body_timeout=body_timeout,
                           trust_request_chat_template=trust_request_chat_template,
                           chat_template_content_format=chat_template_content_format,
+                          content_format_name=content_format_name,
                           response_role=response_role,
                           return_tokens_as_token_ids=return_tokens_as_token_ids,
                           allowed_origins=cors.allowed_origins if cors is not None else (),
@@ -162,8 +168,10 @@ async def _engine_lifetime(app: web.Application) -> AsyncIterator[None]:
     st = app[STATE]
     async with st.engine:
         # once, for the served template (vLLM logs its detected format at start too)
-        log_served_format(st.chat_template_content_format, st.engine.tokenizer.chat_template)
-        check_served_format(st.engine.tokenizer, st.chat_template_content_format)
+        log_served_format(st.chat_template_content_format, st.engine.tokenizer.chat_template,
+                          st.content_format_name)
+        check_served_format(st.engine.tokenizer, st.chat_template_content_format,
+                            st.content_format_name)
         # Everything alive now (torch, transformers, the tokenizer, the model: some 10^5-10^6
         # objects) stays alive while serving. Moving it out of the collector's reach keeps a
         # full collection, which would otherwise walk all of it and stall every stream for

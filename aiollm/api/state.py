@@ -43,6 +43,8 @@ class ApiState:
     trust_request_chat_template: bool = False
     # vLLM's --chat-template-content-format: the form of content the chat template is given
     chat_template_content_format: str = "auto"
+    # how messages name it: create_app's argument, or `aiollm serve`'s flag
+    content_format_name: str = "chat_template_content_format"
     # vLLM's --response-role: the role of a chat answer to a prompt that opens a new turn
     response_role: str = "assistant"
     # vLLM's --return-tokens-as-token-ids: logprobs name tokens "token_id:N" unless a

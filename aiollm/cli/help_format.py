@@ -80,10 +80,12 @@ def help_for(parser: argparse.ArgumentParser, value: str) -> str | None:
     """`--help=VALUE`'s text, as `vllm serve` reads it: "all" is the whole --help; a group's
     title (case aside, "-" for a space: `--help=tensor-parallelism`) is that group's options;
     else the options whose flag holds VALUE (case, leading dashes and "_" for "-" aside:
-    `--help=max_model_len`, `--help=eplb`). None where nothing matches."""
-    if value == "all":
-        return parser.format_help()
+    `--help=max_model_len`, `--help=eplb`); an empty word (`--help=`, `--help=--`) too is
+    the whole --help, as every option's name holds it (vLLM lists every option for it).
+    None where nothing matches."""
     key = value.lstrip("-").lower().replace("_", "-")
+    if value == "all" or not key.strip():
+        return parser.format_help()
     formatter = parser._get_formatter()
     shown = [a for a in parser._actions if a.help != argparse.SUPPRESS]
     group = next((g for g in parser._action_groups

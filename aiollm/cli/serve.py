@@ -56,7 +56,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         import uvloop
 
         from aiollm.api import create_app, serve
-        from aiollm.engine import Engine
+        from aiollm.engine import Engine, served_format
 
         cors = cors_options(parser, args)
         app = create_app(Engine.from_config(config), api_key=api_keys,
@@ -64,6 +64,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                          shutdown_timeout=args.shutdown_timeout, cors=cors,
                          trust_request_chat_template=args.trust_request_chat_template,
                          chat_template_content_format=args.chat_template_content_format,
+                         content_format_name=served_format.FLAG,
                          response_role=args.response_role,
                          return_tokens_as_token_ids=args.return_tokens_as_token_ids,
                          max_stored_responses=args.max_stored_responses,

@@ -10,6 +10,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
+from aiollm import vllm_compilation
 from aiollm.cli.serve_parser import ENGINE_OPTIONS
 from aiollm.config import EngineConfig
 
@@ -27,6 +28,7 @@ def checked_config(parser: argparse.ArgumentParser,
     flag given that has no effect (vllm_flags.py) is logged as such once they pass."""
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
+    graphs = _graph_options(parser, args, options)
     options["served_model_name"] = names[0] if names else None  # the name reported
     if args.chat_template is not None:  # as vLLM's flag: a template's \n is a newline
         try:
@@ -66,7 +68,37 @@ def checked_config(parser: argparse.ArgumentParser,
         parser.error(f"--port must be in [0, 65535], got {args.port}")
     for flag, why in getattr(args, "no_effect", ()):
         log.info("%s has no effect: %s", flag, why)
+    for line in graphs.said if graphs is not None else ():
+        log.info("%s", line)
     return config, api_keys
+
+
+def _graph_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   options: dict) -> vllm_compilation.GraphSettings | None:
+    """vLLM's -O and --compilation-config given (None: neither) as aiollm's `options`: no
+    CUDA graphs where they leave vLLM with none (--enforce-eager wins over them, as in
+    vLLM), their largest graph as --cuda-graph-max-batch. parser.error where
+    --cuda-graph-max-batch is given too, with another size, or where -cc's two largest
+    sizes disagree."""
+    try:
+        graphs = vllm_compilation.applied(args)
+    except ValueError as e:  # -cc's keys, or -O's as vLLM's older releases took them
+        names = ("-O/--optimization-level" if args.vllm_graphs["config"][0].startswith("-O")
+                 or args.vllm_graphs["config"][0] == "--optimization-level"
+                 else "-cc/--compilation-config")
+        parser.error(f"argument {names}: {e}")
+    if graphs is None:
+        return None
+    if graphs.eager:
+        options["cuda_graph"] = False
+    if graphs.max_batch is not None:
+        typed = getattr(args, "flags_typed", {}).get("cuda_graph_max_batch")
+        if typed is not None and args.cuda_graph_max_batch != graphs.max_batch:
+            config_flag = args.vllm_graphs["config"][0]
+            parser.error(f"argument {typed}: {args.cuda_graph_max_batch} and {config_flag}'s "
+                         f"largest CUDA graph, {graphs.max_batch}, disagree: give one")
+        options["cuda_graph_max_batch"] = graphs.max_batch
+    return graphs
 
 
 def decode_template_escapes(value: str) -> str:

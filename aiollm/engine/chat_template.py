@@ -35,7 +35,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiollm.engine.content_format import (check_content_format, formed_messages,
+from aiollm.engine.content_format import (check_content_format, formed_messages, given_format,
                                           resolve_content_format)
 from aiollm.engine.control_text_encoding import encode_in_one_pass, encode_split
 from aiollm.engine.submission import check_fewest_tokens, check_unicode
@@ -246,8 +246,7 @@ def _format_refused(options: TemplateOptions, fmt: str, reads: str, e: InvalidRe
     what = "the chat template" if own is None else f"the chat template given ({own})"
     fix = (f"give auto (the form the template reads) or {reads}" if own is None else
            f"give a template that reads {_FORMS[fmt]}, or leave {own} out")
-    name = options.content_format_name
-    given = f"{name} {fmt}" if name.startswith("--") else f"{name}={fmt!r}"
+    given = given_format(options.content_format_name, fmt)
     return (f"{given} gives {what} each message's content as {_FORMS[fmt]}, and it cannot "
             f"render that ({cause}): it reads content as {_FORMS[reads]}; {fix}")
 

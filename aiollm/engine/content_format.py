@@ -42,6 +42,12 @@ def check_content_format(value: Any) -> str:
     return value
 
 
+def given_format(name: str, fmt: str) -> str:
+    """The content format `fmt` as its giver wrote it: a flag's `--chat-template-content-format
+    openai`, an argument's or keyword's `chat_template_content_format='openai'`."""
+    return f"{name} {fmt}" if name.startswith("--") else f"{name}={fmt!r}"
+
+
 def joined_text(content: Any) -> str:
     """A message's content (a string, or a list of text parts as checked messages hold them;
     None: none) as one string: the parts' texts joined by "\n", an empty one left out, as
@@ -121,9 +127,10 @@ def resolve_content_format(given: str, template: str | dict | None,
     return detect_content_format(template) if template is not None else "string"
 
 
-def log_served_format(given: str, template: str | dict | None) -> None:
+def log_served_format(given: str, template: str | dict | None, name: str = PARAM) -> None:
     """Say once, at info (a server's start), the content format the served chat `template`
-    is given its messages' content in: `given` (the --chat-template-content-format value),
+    is given its messages' content in: `given` (the value of what `name` names: create_app's
+    chat_template_content_format, or `aiollm serve`'s --chat-template-content-format),
     for "auto" what the template reads (each named template's, for several: "default:
     'string', tool_use: 'openai'"); a warning where a format given is not what the template
     reads. Per-request templates are not logged here (detect_content_format logs each at
@@ -136,14 +143,13 @@ def log_served_format(given: str, template: str | dict | None) -> None:
     read = ", ".join(f"{name}: {fmt!r}" if name else repr(fmt) for name, fmt in found.items())
     if given == "auto":
         log.info("chat template content format: %s (detected from the chat template: %s; "
-                 "--chat-template-content-format overrides it)", read, _AS[frozenset(
-                     found.values())] if len(set(found.values())) == 1 else "they differ")
+                 "%s overrides it)", read, _AS[frozenset(found.values())]
+                 if len(set(found.values())) == 1 else "they differ", name)
         return
-    log.info("chat template content format: %r (--chat-template-content-format)", given)
+    log.info("chat template content format: %r (%s)", given, name)
     if any(fmt != given for fmt in found.values()):
-        log.warning("--chat-template-content-format %s is not what the chat template reads "
-                    "(%s): message content may render wrong; give auto to follow the "
-                    "template", given, read)
+        log.warning("%s is not what the chat template reads (%s): message content may render "
+                    "wrong; give auto to follow the template", given_format(name, given), read)
 
 
 _AS = {frozenset({"string"}): "it reads message content as a string",

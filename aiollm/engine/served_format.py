@@ -19,8 +19,10 @@ log = logging.getLogger(__name__)
 FLAG = "--chat-template-content-format"  # how the server's operator gives the format
 
 
-def check_served_format(tokenizer: PreTrainedTokenizerBase, content_format: str) -> None:
-    """Log at error, naming the flag and what to give instead, where `content_format` (not
+def check_served_format(tokenizer: PreTrainedTokenizerBase, content_format: str,
+                        name: str = FLAG) -> None:
+    """Log at error, naming it as `name` (the flag; create_app's caller gave its argument,
+    chat_template_content_format) and what to give instead, where `content_format` (not
     "auto") is a form of message content the tokenizer's chat template cannot render one
     user message in while it renders the form it reads. Nothing is refused: a server
     starts as vLLM's does (which only warns that the format is not the one detected)."""
@@ -29,7 +31,7 @@ def check_served_format(tokenizer: PreTrainedTokenizerBase, content_format: str)
     try:
         chat_token_ids(tokenizer, [{"role": "user", "content": "Hello"}],
                        options=TemplateOptions(content_format=content_format,
-                                               content_format_name=FLAG))
+                                               content_format_name=name))
     except ChatTemplateError as e:
         log.error("%s; as served, every chat request fails", e)
     except InvalidRequest:
