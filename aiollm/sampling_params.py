@@ -102,6 +102,9 @@ class SamplingParams:
     # False: top-p's mass is that of the tokens top-k and min-p keep, renormalised (vLLM's);
     # True: that of the whole distribution, cut by top-k after (LightLLM's sampler)
     top_p_joint: bool = False
+    # True: a temperature in (0, MIN_TEMPERATURE) is raised to it, as vLLM's SamplingParams
+    # raises it; False: sampled as sent (LightLLM's, whose /generate has no such floor)
+    raise_low_temperature: bool = True
     # transformers' and LightLLM's (start, factor): once the output holds n > start tokens,
     # each eos logit x is raised by |x| * (factor ** (n - start) - 1); None: none
     exponential_decay_length_penalty: tuple[int, float] | None = None
@@ -230,7 +233,7 @@ class SamplingParams:
         self.stop = checked_stop(self.stop)
         self.stop_token_ids = checked_stop_token_ids(self.stop_token_ids)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
-                     "spaces_between_special_tokens", "top_p_joint"):
+                     "spaces_between_special_tokens", "top_p_joint", "raise_low_temperature"):
             setattr(self, name, plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
@@ -256,9 +259,11 @@ class SamplingParams:
 
     def _raise_tiny_temperature(self) -> None:
         """A temperature in (0, MIN_TEMPERATURE) raised to MIN_TEMPERATURE, with a warning in
-        the log, as vLLM's SamplingParams raises it; 0 (greedy) and the rest as they are."""
+        the log, as vLLM's SamplingParams raises it; 0 (greedy) and the rest as they are, and
+        all of them where raise_low_temperature is off (its value is checked after)."""
         t = self.temperature
-        if isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < MIN_TEMPERATURE:
+        if (plain_bool(self.raise_low_temperature) is True and isinstance(t, (int, float))
+                and not isinstance(t, bool) and 0 < t < MIN_TEMPERATURE):
             logger.warning("temperature %s is below %s, which vLLM raises it to (dividing the "
                            "logits by less risks inf or NaN): sampling at %s", t,
                            MIN_TEMPERATURE, MIN_TEMPERATURE)
