@@ -52,6 +52,7 @@ MAX_TEMPERATURE = 100
 # SamplingParams raises it (a client's 0.001 for "almost greedy" samples at 0.01 there, and
 # one below the sampler's greedy threshold, 1e-5, samples too rather than taking the argmax)
 MIN_TEMPERATURE = 0.01
+_low_temperature_warned = False  # _raise_tiny_temperature's first warning given
 
 
 def choice_seed(seed: int | None, choice: int) -> int | None:
@@ -264,9 +265,14 @@ class SamplingParams:
         t = self.temperature
         if (plain_bool(self.raise_low_temperature) is True and isinstance(t, (int, float))
                 and not isinstance(t, bool) and 0 < t < MIN_TEMPERATURE):
-            logger.warning("temperature %s is below %s, which vLLM raises it to (dividing the "
-                           "logits by less risks inf or NaN): sampling at %s", t,
-                           MIN_TEMPERATURE, MIN_TEMPERATURE)
+            global _low_temperature_warned
+            # a warning the first time, debug lines after: a client that always sends 0.001
+            # would write one warning per request under load
+            log = logger.debug if _low_temperature_warned else logger.warning
+            _low_temperature_warned = True
+            log("temperature %s is below %s, which vLLM raises it to (dividing the logits by "
+                "less risks inf or NaN): sampling at %s (further raises are logged at debug "
+                "level)", t, MIN_TEMPERATURE, MIN_TEMPERATURE)
             self.temperature = MIN_TEMPERATURE
 
     def _check_vllm_extras(self, bad) -> None:

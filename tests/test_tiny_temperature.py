@@ -22,7 +22,7 @@ MIN_TEMPERATURE = 0.01  # vLLM's _MAX_TEMP
 def test_a_tiny_temperature_is_raised_to_a_hundredth(t, caplog):
     """vLLM's SamplingParams raises a temperature in (0, 0.01) to 0.01 with a warning;
     aiollm took it as sent (below 1e-5 greedy: vLLM samples those at 0.01)."""
-    with caplog.at_level(logging.WARNING, logger="aiollm.sampling_params"):
+    with caplog.at_level(logging.DEBUG, logger="aiollm.sampling_params"):
         p = SamplingParams(temperature=t)
     assert p.temperature == MIN_TEMPERATURE and not p.greedy
     assert "temperature" in caplog.text and "0.01" in caplog.text
@@ -32,7 +32,7 @@ def test_a_tiny_temperature_is_raised_to_a_hundredth(t, caplog):
 
 
 def test_zero_and_a_hundredth_stay_as_they_are(caplog):
-    with caplog.at_level(logging.WARNING, logger="aiollm.sampling_params"):
+    with caplog.at_level(logging.DEBUG, logger="aiollm.sampling_params"):
         assert SamplingParams(temperature=0).temperature == 0
         assert SamplingParams(temperature=0.01).temperature == 0.01
         assert SamplingParams(temperature=0.5).temperature == 0.5
@@ -71,3 +71,14 @@ def test_a_tiny_temperature_is_served(server):
     assert status == 200, raw
     lps = json.loads(raw)["choices"][0]["logprobs"]["token_logprobs"]
     assert all(isinstance(x, float) for x in lps), lps
+
+
+def test_the_raise_warns_once_not_per_request(caplog):
+    """Under load every request of a client sending 0.001 was one WARNING line (vLLM's
+    SamplingParams logs each): the first is a warning, the rest debug lines."""
+    with caplog.at_level(logging.DEBUG, logger="aiollm.sampling_params"):
+        for _ in range(50):
+            assert SamplingParams(temperature=0.001).temperature == MIN_TEMPERATURE
+    raised = [r for r in caplog.records if "temperature 0.001" in r.getMessage()]
+    assert len(raised) == 50, caplog.text
+    assert sum(r.levelno >= logging.WARNING for r in raised) <= 1, caplog.text
