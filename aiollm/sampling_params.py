@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass, field
 
 # a request's grammar and token constraints, importable from here as README documents them
@@ -16,6 +17,8 @@ from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # no
 # vLLM's grammar object, importable from here as from vllm.sampling_params
 from aiollm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams, grammar_of
 
+
+logger = logging.getLogger(__name__)
 
 _NUMBERS = ("n", "best_of", "max_tokens", "min_tokens", "temperature", "top_p", "top_k",
             "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed",
@@ -45,6 +48,11 @@ MAX_BAD_WORD_CHARS = 256
 MIN_REPETITION_PENALTY = 0.01
 # the highest temperature taken (at 100 the draw is already close to uniform)
 MAX_TEMPERATURE = 100
+# vLLM's _MAX_TEMP: a temperature in (0, this) is raised to it, with a warning, as vLLM's
+# SamplingParams raises it (a client's 0.001 for "almost greedy" samples at 0.01 there, and
+# one below the sampler's greedy threshold, 1e-5, samples too rather than taking the argmax)
+MIN_TEMPERATURE = 0.01
+_low_temperature_warned = False  # _raise_tiny_temperature's first warning given
 
 
 def choice_seed(seed: int | None, choice: int) -> int | None:
@@ -95,6 +103,9 @@ class SamplingParams:
     # False: top-p's mass is that of the tokens top-k and min-p keep, renormalised (vLLM's);
     # True: that of the whole distribution, cut by top-k after (LightLLM's sampler)
     top_p_joint: bool = False
+    # True: a temperature in (0, MIN_TEMPERATURE) is raised to it, as vLLM's SamplingParams
+    # raises it; False: sampled as sent (LightLLM's, whose /generate has no such floor)
+    raise_low_temperature: bool = True
     # transformers' and LightLLM's (start, factor): once the output holds n > start tokens,
     # each eos logit x is raised by |x| * (factor ** (n - start) - 1); None: none
     exponential_decay_length_penalty: tuple[int, float] | None = None
@@ -155,6 +166,7 @@ class SamplingParams:
             setattr(self, name, plain_number(getattr(self, name)))
         if is_int(self.seed) and self.seed == NO_SEED:
             self.seed = None
+        self._raise_tiny_temperature()
         # vLLM's reading of a bool: True is 1 (its __post_init__), False is Python's 0 (which
         # its engine takes as the chosen token's logprob only)
         for name in ("logprobs", "prompt_logprobs"):
@@ -222,7 +234,7 @@ class SamplingParams:
         self.stop = checked_stop(self.stop)
         self.stop_token_ids = checked_stop_token_ids(self.stop_token_ids)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
-                     "spaces_between_special_tokens", "top_p_joint"):
+                     "spaces_between_special_tokens", "top_p_joint", "raise_low_temperature"):
             setattr(self, name, plain_bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "must be a boolean")
@@ -245,6 +257,23 @@ class SamplingParams:
                         or not 0 <= self.prompt_logprobs <= MAX_LOGPROBS):
             raise bad("prompt_logprobs", f"must be an integer in [0, {MAX_LOGPROBS}]")
         self._check_vllm_extras(bad)
+
+    def _raise_tiny_temperature(self) -> None:
+        """A temperature in (0, MIN_TEMPERATURE) raised to MIN_TEMPERATURE, with a warning in
+        the log, as vLLM's SamplingParams raises it; 0 (greedy) and the rest as they are, and
+        all of them where raise_low_temperature is off (its value is checked after)."""
+        t = self.temperature
+        if (plain_bool(self.raise_low_temperature) is True and isinstance(t, (int, float))
+                and not isinstance(t, bool) and 0 < t < MIN_TEMPERATURE):
+            global _low_temperature_warned
+            # a warning the first time, debug lines after: a client that always sends 0.001
+            # would write one warning per request under load
+            log = logger.debug if _low_temperature_warned else logger.warning
+            _low_temperature_warned = True
+            log("temperature %s is below %s, which vLLM raises it to (dividing the logits by "
+                "less risks inf or NaN): sampling at %s (further raises are logged at debug "
+                "level)", t, MIN_TEMPERATURE, MIN_TEMPERATURE)
+            self.temperature = MIN_TEMPERATURE
 
     def _check_vllm_extras(self, bad) -> None:
         """detokenize, bad_words, truncate_prompt_tokens and logits_processors (vLLM's)."""

@@ -31,7 +31,7 @@ def _refusal(server, bias: dict) -> dict:
     {" 1": 5}, {"+1": 5}, {"1_0": 5}, {"\u0661": 5}, {"": 5}, {"0x1": 5},
     {"1": 5, "01": 5}, {"1\u00002": 5}, {"\u00001": 5}, {"1\u0000": 5}, {"9" * 13: 5},
     {"9" * 5000: 5}, {str(VOCAB): 5}, {"99999999": 5},
-    {"5": True}, {"5": None}, {"5": "1"}, {"5": [1]}, {"5": 101}, {"5": -100.5}])
+    {"5": True}, {"5": None}, {"5": "1"}, {"5": [1]}])
 def test_a_bad_entry_among_a_vocabulary_is_named_as_alone(server, bad):
     alone, among = _refusal(server, bad), _refusal(server, {**FULL, **bad})
     assert among == alone and alone["param"] == "logit_bias", (among, alone)

@@ -176,10 +176,11 @@ def test_logit_bias_keys_are_decimal_token_ids(server, bias):
 
 
 @pytest.mark.parametrize("value,shown", [(True, "true"), (None, "null"), ("1", '"1"'),
-                                         ([1], "[1]"), (101, "101")])
+                                         ([1], "[1]"), ({"a": 1}, '{"a": 1}')])
 def test_logit_bias_value_is_shown_as_the_client_wrote_it(server, value, shown):
-    """A bias that is no number in [-100, 100] is named in JSON's spelling (true, null),
-    not Python's (True, None), which a JSON client never sent."""
+    """A bias that is no number is named in JSON's spelling (true, null), not Python's
+    (True, None), which a JSON client never sent (one past [-100, 100] is clipped to it,
+    as vLLM clips it: tests/test_logit_bias_clipped.py)."""
     status, _, raw = http(server, "POST", "/v1/completions", json={
         "prompt": "Hi", "max_tokens": 1, "logit_bias": {"5": value}})
     err = json.loads(raw)["error"]
@@ -238,7 +239,8 @@ def test_logit_bias_key_with_leading_zeros_is_its_token(client):
     ({"guided_grammar": "root ::= undefined_rule"}, "guided_grammar"),
     ({"response_format": {"type": "yaml"}}, "response_format.type"),
     ({"logit_bias": {"99999999": 5}}, "logit_bias"),
-    ({"logit_bias": {"5": 101}}, "logit_bias"),
+    # a bias of no number (one past [-100, 100] is clipped, as vLLM clips it)
+    ({"logit_bias": {"5": True}}, "logit_bias"),
     ({"allowed_token_ids": [-1]}, "allowed_token_ids"),
     ({"functions": [{"name": "f"}]}, "functions"),
     ({"tool_choice": "required"}, "tool_choice"),

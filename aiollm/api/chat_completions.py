@@ -20,6 +20,7 @@ from aiollm.api.choices import gather_outputs, merge
 from aiollm.api.completions import vllm_prompt_logprobs
 from aiollm.api.cut_calls import finish_with_calls, may_cut_a_call
 from aiollm.api.http_errors import context_told, param_names
+from aiollm.api.lax_bool import lax_bool
 from aiollm.api.logprob_json import json_logprob
 from aiollm.api.protocol import json_response
 from aiollm.api.request_id import request_id
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     req = await decode_body(request, ChatCompletionRequest)
     request_id(request, req.request_id)  # errors too carry it from here
+    req.logprobs = lax_bool(req.logprobs, "logprobs")  # named so: param_names' are below
     names = {"logprobs": "top_logprobs", "prompt": "messages"}
     if req.max_completion_tokens is not None:
         names["max_tokens"] = "max_completion_tokens"

@@ -99,7 +99,9 @@ class ChatCompletionRequest(SamplingFields, kw_only=True):
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     max_tokens: int | None = None
     max_completion_tokens: int | None = None  # the newer name of max_tokens
-    logprobs: bool | None = False
+    # a bool as vLLM's pydantic model reads one (1, "true": api/lax_bool.py), made one by
+    # chat_completions before anything reads it
+    logprobs: Any = False
     # -1 (vLLM's whole vocabulary) passes here to be refused by SamplingParams.check, which
     # says why (past the limit, as vLLM's default --max-logprobs refuses it)
     top_logprobs: Annotated[int, Meta(ge=-1, le=MAX_LOGPROBS)] | None = None

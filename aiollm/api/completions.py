@@ -292,9 +292,13 @@ def _completion_logprobs(vocab: TokenBytes, lps: Sequence[TokenLogprob | None],
             continue
         values.append(json_logprob(lp.logprob))
         # the chosen token is always listed, after the top alternatives when not among them
-        # (OpenAI: "up to logprobs+1 elements"; vLLM likewise), so a client can compare it
-        top = {name(t): json_logprob(v) for t, v in lp.top}
-        top.setdefault(name(lp.token_id), json_logprob(lp.logprob))
+        # (OpenAI: "up to logprobs+1 elements"; vLLM likewise), so a client can compare it.
+        # It is keyed by its text in `tokens` (vLLM takes both from its one decoded_token):
+        # a token holding part of a character is "" or the whole character there, where
+        # its own bytes (name) are \xNN escapes. The alternatives keep their own bytes.
+        own = tokens[-1]
+        top = {own if t == lp.token_id else name(t): json_logprob(v) for t, v in lp.top}
+        top.setdefault(own, json_logprob(lp.logprob))
         tops.append(top)
     return {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops,
             "text_offset": offsets}

@@ -120,6 +120,7 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         max_tokens=p.max_new_tokens, min_tokens=_min_tokens(p),
         temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
         top_p_joint=True,  # LightLLM's top-p counts the whole distribution's mass
+        raise_low_temperature=False,  # LightLLM samples at 0.005 as sent; vLLM raises it
         exponential_decay_length_penalty=p.exponential_decay_length_penalty,
         min_p=p.min_p, repetition_penalty=p.repetition_penalty,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,

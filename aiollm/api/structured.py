@@ -3,7 +3,7 @@
 OpenAI: `response_format` ({"type": "text" | "json_object" | "json_schema", "json_schema":
 {"name", "schema", "strict", "description"}}; without a schema, any JSON object; vLLM's
 "structural_tag", the object an xgrammar structural tag),
-`logit_bias` ({"token id in decimal digits": bias in [-100, 100]}). vLLM's
+`logit_bias` ({"token id in decimal digits": bias}, clipped to [-100, 100]). vLLM's
 extensions: `guided_json`, `guided_regex`, `guided_choice`, `guided_grammar` (EBNF, as
 xgrammar takes it) and the newer `structured_outputs` object ({"json" | "regex" | "choice" |
 "grammar" | "json_object" | "structural_tag": ...}), `allowed_token_ids`. LightLLM's
@@ -205,7 +205,9 @@ def guided(fields: dict[str, Any], prefix: str = "") -> list[GrammarSpec]:
 def logit_bias(value: Any) -> dict[int, float] | None:
     """OpenAI's {"token id": bias}; ranges are checked against the vocabulary by the engine.
     InvalidRequest naming logit_bias for a key that is no token id in decimal digits, two
-    keys naming one token ("1", "01"), a bias that is no number in [-100, 100].
+    keys naming one token ("1", "01"), a bias that is no number. A bias past [-100, 100] is
+    clipped to it, as vLLM's server clips it (SamplingParams.from_optional): OpenAI's range,
+    which a client's -1000 for "never" means as -100 does.
 
     A whole vocabulary's worth (49,152 keys) is checked by whole-list passes in C (one
     regex over the joined keys, numpy over the biases): a per-key Python loop held the
@@ -238,11 +240,9 @@ def _bias_at_once(value: dict) -> dict[int, float] | None:
         return None
     try:
         arr = np.fromiter(biases, np.float64, len(biases))
-    except OverflowError:  # an int past a double: out of range, named below
+    except OverflowError:  # an int past a double: clipped below, one by one
         return None
-    if not ((arr >= -100) & (arr <= 100)).all():  # (NaN too, which JSON cannot send)
-        return None
-    return dict(zip(ids, arr.tolist()))
+    return dict(zip(ids, np.clip(arr, -100.0, 100.0).tolist()))
 
 
 def _checked_bias(value: dict) -> dict[int, float] | None:
@@ -263,13 +263,14 @@ def _checked_bias(value: dict) -> dict[int, float] | None:
         if t in keys:  # "1" and "01": which bias would hold?
             raise InvalidRequest(f"logit_bias keys {shown_json(keys[t])} and {shown_json(k)} "
                                  f"both name token {t}", param="logit_bias")
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not -100 <= v <= 100:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
             # shown as the client wrote it (true, null), not as Python would (True, None)
             shown = json.dumps(v)
             shown = shown if len(shown) <= 40 else shown[:40] + "..."
-            raise InvalidRequest(f"logit_bias[{k}] must be a number in [-100, 100], got {shown}",
-                                 param="logit_bias")
-        keys[t], out[t] = k, float(v)
+            raise InvalidRequest(f"logit_bias[{k}] must be a number (clipped to [-100, 100]), "
+                                 f"got {shown}", param="logit_bias")
+        # compared before float(): an int past a double (10**400) has no float
+        keys[t], out[t] = k, 100.0 if v > 100 else -100.0 if v < -100 else float(v)
     return out or None
 
 
