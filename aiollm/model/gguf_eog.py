@@ -46,13 +46,14 @@ _FIM_END = {
     "tokenizer.ggml.fim_sep_token_id": ("<|file_sep|>",),
 }
 _KEYS = tuple(f"tokenizer.ggml.{k}_token_id" for k in ("eos", "eot", "eom"))
+_BY_TEXT = EOG_TEXTS.union(*_FIM_END.values())
 
 
 def eog_token_ids(reader: GGUFReader, warnings: list[str]) -> list[int]:
     """The token ids generation ends at for a GGUF file: its eos, eot and eom ids (in that
-    order, as its keys give them), then those llama.cpp adds by their text (end_of_generation,
-    ascending). The ids added are logged at INFO; a marker the file does not type as a control
-    token is described in `warnings` (appended to), as llama.cpp warns of it."""
+    order, as its keys give them), then those llama.cpp adds (end_of_generation, ascending).
+    The ids added are logged at INFO; one found by its text that the file does not type as a
+    control token is described in `warnings` (appended to), as llama.cpp warns of it."""
     keyed = [int(v) for key in _KEYS if (v := field(reader, key)) is not None]
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     if tokens is None:  # no vocabulary: nothing to read texts from
@@ -62,13 +63,15 @@ def eog_token_ids(reader: GGUFReader, warnings: list[str]) -> list[int]:
     fim = {key: field(reader, key) for key in _FIM_END}
     added = end_of_generation(texts, fim, keyed)
     for i in added:
-        if types is not None and i < len(types) and types[i] != TokenType.CONTROL:
+        if (texts[i] in _BY_TEXT and types is not None and i < len(types)
+                and types[i] != TokenType.CONTROL):
             warnings.append(f"GGUF token {i} {texts[i]!r} ends generation (llama.cpp ends at "
                             "it by its text) but is not typed as a control token in the "
                             "file's tokenizer.ggml.token_type: the file is probably wrong")
     if added:
-        log.info("GGUF end-of-generation tokens added to the file's eos/eot/eom ids %s by "
-                 "their text, as llama.cpp stops at them: %s", keyed,
+        log.info("GGUF end-of-generation tokens added to the file's eos/eot/eom ids %s, as "
+                 "llama.cpp ends at them (end-of-turn markers by their text, "
+                 "fill-in-the-middle tokens): %s", keyed,
                  ", ".join(f"{i} {texts[i]!r}" for i in added))
     return list(dict.fromkeys(keyed + added))
 
