@@ -79,3 +79,24 @@ def test_a_folders_eos_token_id_that_is_no_id_is_refused_naming_the_file(dirs, t
     with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id must be a "
                                          r"token id or a list of them, got \['</s>'\]"):
         _ends(dirs[0], str(tmp_path))
+
+
+def test_end_ids_outside_the_vocabulary_are_dropped_with_a_warning(dirs, tmp_path, caplog):
+    """A generation config's eos id past the model's vocabulary (or negative) can never be
+    sampled; it was kept, and the first request with min_tokens (which bans the end ids)
+    failed its step indexing the logits with it. Dropped, and named in a warning (llama.cpp
+    drops a GGUF file's special token id out of its vocabulary likewise)."""
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [5, 49152,
+                                                                                   -1]}))
+
+    async def go():
+        async with _engine(dirs[0], str(tmp_path)) as engine:
+            out = await engine.generate([5, 6, 7], SamplingParams(
+                max_tokens=3, min_tokens=2, temperature=0, logit_bias={5: 100.0}))
+            return engine.eos_ids.tolist(), out
+
+    with caplog.at_level("WARNING", logger="aiollm.engine.loading"):
+        eos, out = asyncio.run(go())
+    assert eos == [TOKENIZER_EOS, 5]
+    assert (out.finish_reason, out.stop_reason, len(out.token_ids)) == ("stop", 5, 3)
+    assert "[-1, 49152]" in caplog.text and "vocabulary of 49152" in caplog.text

@@ -209,6 +209,11 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
     eos = set(own) | set(folder_eos or ())
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))
+    if outside := sorted(t for t in eos if not 0 <= t < mc.vocab_size):
+        # never sampled, and an index past the logits in min_tokens' ban (the step failed)
+        log.warning("end-of-sequence ids %s are outside the model's vocabulary of %d (a "
+                    "config's or the tokenizer's eos): ignored", outside, mc.vocab_size)
+        eos.difference_update(outside)
     eos_ids = np.array(sorted(eos), dtype=np.int32)
     log.info("requests end at token ids %s (the tokenizer's eos and the model's end ids)",
              eos_ids.tolist())
