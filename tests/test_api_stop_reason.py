@@ -194,3 +194,34 @@ def test_the_token_that_completes_a_stop_string_is_counted(server):
     (last,) = [json.loads(e) for e in sse_events(gen_stream[2])]
     assert last["token"]["id"] == PARIS_ID and last["token"]["count_output_tokens"] == 1, last
     assert (last["token"]["text"], last["finish_reason"]) == (" Par", "stop"), last
+
+
+def test_a_gguf_models_end_of_generation_ids_through_each_api(server):
+    """The default model (SmolLM2's GGUF file) ends where llama.cpp ends (gguf_eog.py): at its
+    eos <|im_end|> (2: no stop_reason, as vLLM reports the tokenizer's eos) and at
+    <|endoftext|> (0) and <reponame> (4), which are stop ids as vLLM counts a generation
+    config's other eos ids (stop_reason the id); ignore_eos turns all three off, and
+    min_tokens bans all three until it is reached."""
+    calls = []
+    for token in (0, EOS, 4):
+        for fields in ({}, {"ignore_eos": True}, {"min_tokens": 2}):
+            body = {"logit_bias": {str(token): 100}, "temperature": 0, "max_tokens": 3,
+                    "return_token_ids": True, **fields}
+            calls.append(lambda b=body: _whole(server, "/v1/completions", {"prompt": "Hi", **b}))
+            calls.append(lambda b=body: _chunks(server, "/v1/chat/completions", {
+                "messages": [{"role": "user", "content": "Hi"}], **b})[-1])
+        calls.append(lambda t=token: json.loads(http(server, "POST", "/generate", json={
+            "inputs": "Hi", "parameters": {"max_new_tokens": 3, "allowed_token_ids": [t]}})[2]))
+    results = iter(at_once(*calls))
+    for token in (0, EOS, 4):
+        reason = None if token == EOS else token
+        for fields, finish, stop in (({}, "stop", reason), ({"ignore_eos": True}, "length", None),
+                                     ({"min_tokens": 2}, "stop", reason)):
+            whole, last = next(results), next(results)
+            assert (whole["finish_reason"], whole["stop_reason"]) == (finish, stop), (token, whole)
+            assert (last["finish_reason"], last["stop_reason"]) == (finish, stop), (token, last)
+            ids = whole["token_ids"]
+            if "min_tokens" in fields:
+                assert len(ids) == 3 and not {0, EOS, 4} & set(ids[:2]), (token, ids)
+        generated = next(results)
+        assert generated["finish_reason"] == "stop", (token, generated)

@@ -85,7 +85,9 @@ def test_config_matches_transformers(ours, hf):
     assert cfg.rms_norm_eps == ref.rms_norm_eps
     assert cfg.rope.theta == ref.rope_parameters["rope_theta"] and cfg.rope.type == "default"
     assert cfg.max_position == ref.max_position_embeddings == ours.max_model_len
-    assert cfg.tie_word_embeddings and cfg.eos_token_ids == [ref.eos_token_id]
+    # transformers' eos first; llama.cpp also ends at <|endoftext|> and (a fill-in-the-middle
+    # repo name) <reponame> by their text (gguf_eog.py)
+    assert cfg.tie_word_embeddings and cfg.eos_token_ids == [ref.eos_token_id, 0, 4]
 
 
 def test_batched_prefill_matches_hf_at_every_position(ours, hf):

@@ -219,7 +219,7 @@ def test_finished_cached_tokens_and_stop_reason(llm):
     by_text, = llm.generate("The capital of France is", SamplingParams(
         max_tokens=8, temperature=0, ignore_eos=True, stop=["zzzq", word]), False)
     assert (by_text.finish_reason, by_text.outputs[0].stop_reason) == ("stop", word)
-    eos = int(llm.engine.eos_ids[0])
+    eos = int(llm.engine.eos_token_id)
     only_eos = Constraint(allowed_token_ids=[eos])
     ended, = llm.generate("The capital of France is", SamplingParams(
         max_tokens=8, stop_token_ids=[eos], constraint=only_eos), False)
@@ -251,11 +251,11 @@ def test_many_stop_strings_and_stop_token_ids(llm):
          SamplingParams(max_tokens=8, temperature=0, ignore_eos=True,
                         stop=[f"zzq{i}" for i in range(40)] + [word]),
          SamplingParams(max_tokens=8, temperature=0, stop_token_ids=others,
-                        logit_bias={int(llm.engine.eos_ids[0]): 100})], False)
+                        logit_bias={int(llm.engine.eos_token_id): 100})], False)
     assert by_id.token_ids == base.token_ids[: first + 1]
     assert (by_id.finish_reason, by_id.outputs[0].stop_reason) == ("stop", stop_id)
     assert (by_text.finish_reason, by_text.outputs[0].stop_reason) == ("stop", word)
-    assert eos_ended.token_ids == [int(llm.engine.eos_ids[0])]
+    assert eos_ended.token_ids == [int(llm.engine.eos_token_id)]
     assert (eos_ended.finish_reason, eos_ended.outputs[0].stop_reason) == ("stop", None)
 
 

@@ -66,6 +66,12 @@ class HandOut:
         if constrained:
             grammar_end[constrained] = self.grammars.accept(
                 [reqs[k].grammar for k in constrained], tokens[constrained])
+            for k in constrained:
+                # an end id under min_tokens, which bans them: the sampler's draw where the
+                # ban left the grammar no token (token 0, an end id of some models: a GGUF
+                # file's <|endoftext|>), refused as the grammar refuses any other such draw
+                if grammar_end[k] == ENDED and len(reqs[k].output_ids) < reqs[k].params.min_tokens:
+                    grammar_end[k] = REJECTED
         # a prompt-scoring request's (max_tokens 0) sample is no output: not generated
         self.metrics.generation_tokens.inc(sum(r.counted and r.params.max_tokens != 0
                                                for r in reqs))

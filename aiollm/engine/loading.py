@@ -24,7 +24,7 @@ from aiollm.engine.model_runner import ModelRunner
 from aiollm.engine.token_floor import floor_of
 from aiollm.engine.warm_up import warm_up
 from aiollm.model.config import ModelConfig
-from aiollm.model.generation_defaults import log_defaults, sampling_defaults
+from aiollm.model.generation_defaults import folder_eos_ids, log_defaults, sampling_defaults
 from aiollm.model.kv_pool import KVPool, ReqToTokenTable, pool_tokens
 from aiollm.model.tokenizer_files import check_tokenizer_path
 from aiollm.native import RequestTable
@@ -127,7 +127,8 @@ def _pool_short(cfg: EngineConfig, device: torch.device, kv_tokens: int,
 class Loaded:
     """What rank 0's Engine serves with, built by load().
 
-    eos_ids: int32 token ids that end a request (the model config's and the tokenizer's);
+    eos_ids: int32 token ids that end a request (the tokenizer's eos and the model config's,
+    or for an HF directory given a folder's generation config, that folder's);
     table: the request table, page-locked on a GPU so batch metadata copies asynchronously;
     sampling_defaults: SamplingParams' fields a request leaves out take these values
     (aiollm/model/generation_defaults.py)."""
@@ -177,6 +178,7 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         tokenizer = tokenizer_for(cfg, os.path.expanduser(cfg.model))
     # before the weights: a bad value in the file fails in a moment, not after minutes
     defaults = sampling_defaults(cfg.generation_config, cfg.model or "")
+    folder_eos = folder_eos_ids(cfg.generation_config)
     if cfg.kv_cache_dtype != "auto" and cfg.dtype == "auto":  # EngineConfig checked the rest
         _check_auto_kv_cache_dtype(cfg, device)
     loaded = load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), device=device,
@@ -200,10 +202,21 @@ def load(cfg: EngineConfig, device: torch.device, tp=None) -> Loaded:
         log.warning("the tokenizer has %d tokens, more than the model's vocabulary of %d: a "
                     "prompt holding a token id of %d or more is refused; serve the model's own "
                     "tokenizer (--tokenizer)", len(tokenizer), mc.vocab_size, mc.vocab_size)
-    eos = set(mc.eos_token_ids)
+    # a folder's generation config (--generation-config PATH) replaces an HF directory's
+    # own (vLLM reads one); a GGUF file's ids are its vocabulary's (llama.cpp's end of
+    # generation), kept as the tokenizer's eos is
+    own = mc.eos_token_ids if folder_eos is None or os.path.isfile(loaded.path) else []
+    eos = set(own) | set(folder_eos or ())
     if tokenizer.eos_token_id is not None:
         eos.add(int(tokenizer.eos_token_id))
+    if outside := sorted(t for t in eos if not 0 <= t < mc.vocab_size):
+        # never sampled, and an index past the logits in min_tokens' ban (the step failed)
+        log.warning("end-of-sequence ids %s are outside the model's vocabulary of %d (a "
+                    "config's or the tokenizer's eos): ignored", outside, mc.vocab_size)
+        eos.difference_update(outside)
     eos_ids = np.array(sorted(eos), dtype=np.int32)
+    log.info("requests end at token ids %s (the tokenizer's eos and the model's end ids)",
+             eos_ids.tolist())
     rank = build_rank_model(cfg, loaded, device, dtype, tp, eos_ids.tolist())
     table = RequestTable(cfg.table_capacity, pin_memory=device.type == "cuda")
     log.info("model %s (%s) dtype %s device %s: loaded in %.1fs", model_name, mc.architecture,

@@ -77,6 +77,22 @@ def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
     return defaults
 
 
+def folder_eos_ids(mode: str) -> list[int] | None:
+    """The eos_token_id (ids; none, []) of the generation_config.json of the folder `mode`
+    names (--generation-config PATH), which generation ends at in place of an HF model
+    directory's own eos ids, as in vLLM, whose stop ids are the tokenizer's eos and those of
+    the one generation config it reads (the model's own under auto and vllm: None here).
+    Raises ValueError naming the file when its eos_token_id holds no token ids."""
+    from aiollm.model.hf_config import generation_eos_ids  # imports torch (as above)
+
+    if mode in MODES:
+        return None
+    path = os.path.join(mode, FILE)
+    ids = generation_eos_ids(path)
+    log.info("generation ends at the eos ids of %s: %s (and the tokenizer's eos)", path, ids)
+    return ids
+
+
 def log_defaults(defaults: dict[str, float | int], mode: str) -> None:
     """Say at start-up which defaults requests that leave the fields out are generated with."""
     if defaults:

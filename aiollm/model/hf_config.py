@@ -1,11 +1,12 @@
 """Reading a Hugging Face model directory's config into a ModelConfig.
 
 config.json goes through transformers' AutoConfig (local files only), after checks of its
-raw fields that transformers would fail on without naming them; generation_config.json adds
-its end-of-turn ids. config_from_hf maps a PretrainedConfig of a supported model_type onto
-ModelConfig: which fields each family (Llama, Mistral, Qwen2/3, Mixtral, Qwen MoE) reads,
-what it refuses (quantized checkpoints, other heads, other activations), and the context
-(YaRN, sliding windows). A bad value is refused naming its config.json field.
+raw fields that transformers would fail on without naming them; generation_config.json gives
+the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
+PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
+Mistral, Qwen2/3, Mixtral, Qwen MoE) reads, what it refuses (quantized checkpoints, other
+heads, other activations), and the context (YaRN, sliding windows). A bad value is refused
+naming its config.json field.
 """
 
 from __future__ import annotations
@@ -60,7 +61,10 @@ def _checkpoint_dtype(hf: Any) -> torch.dtype | None:
 def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
                    fields: dict | None = None) -> ModelConfig:
     """ModelConfig from a transformers PretrainedConfig of a supported model_type; `fields`,
-    the config.json it was read from, if any (messages then name fields as it spells them)."""
+    the config.json it was read from, if any (messages then name fields as it spells them).
+    eos_token_ids: `generation_eos` (a generation_config.json's eos_token_id), or without one
+    (None) the config's eos_token_id, as vLLM reads a model's generation config (transformers'
+    GenerationConfig: the file's, else one made from config.json)."""
     arch = hf.model_type
     _check_model_type(arch)
     classes = getattr(hf, "architectures", None) or []
@@ -125,8 +129,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         max_position = int(window)
     else:
         window = None
-    eos = _as_list(hf.eos_token_id)
-    eos += [t for t in generation_eos or [] if t not in eos]
+    eos = (_as_list(hf.eos_token_id) if generation_eos is None
+           else list(dict.fromkeys(generation_eos)))
     return ModelConfig(
         architecture=arch,
         vocab_size=int(hf.vocab_size),
@@ -232,7 +236,7 @@ def load_hf_config(model_dir: str) -> ModelConfig:
         raise ValueError(f"{path}: {e.args[0] if e.args else e}") from None
     gen_path = os.path.join(model_dir, "generation_config.json")
     # Instruct checkpoints (Llama 3.x) list their end-of-turn ids there, not in config.json.
-    generation_eos = _generation_eos(gen_path) if os.path.exists(gen_path) else []
+    generation_eos = generation_eos_ids(gen_path) if os.path.exists(gen_path) else None
     return config_from_hf(hf, generation_eos, fields)
 
 
@@ -275,7 +279,7 @@ def json_object(path: str) -> dict:
     return fields
 
 
-def _generation_eos(path: str) -> list[int]:
+def generation_eos_ids(path: str) -> list[int]:
     """The eos_token_id (a token id, a list of them, or none) of a generation_config.json.
     Raises ValueError naming the file when it is not a JSON object or the ids are not ids."""
     eos = json_object(path).get("eos_token_id")

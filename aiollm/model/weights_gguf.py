@@ -31,6 +31,7 @@ from aiollm.model.config import (
     ModelConfig,
     MoeConfig,
 )
+from aiollm.model.gguf_eog import eog_token_ids
 from aiollm.model.gguf_metadata import field as _field
 from aiollm.model.gguf_metadata import one_for_all_layers as _one_for_all_layers
 from aiollm.model.gguf_metadata import required as _required
@@ -156,11 +157,6 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     if "rope_freqs.weight" in tensors:
         # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
         rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
-    eos = [
-        int(v)
-        for key in ("eos_token_id", "eot_token_id", "eom_token_id")
-        if (v := _field(reader, f"tokenizer.ggml.{key}")) is not None
-    ]
     return ModelConfig(
         architecture=arch,
         vocab_size=int(tensors["token_embd.weight"].shape[1]),  # ggml order: [hidden, vocab]
@@ -177,7 +173,7 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         qkv_bias="blk.0.attn_q.bias" in tensors,
         o_bias="blk.0.attn_output.bias" in tensors,
         qk_norm="blk.0.attn_q_norm.weight" in tensors,
-        eos_token_ids=list(dict.fromkeys(eos)),
+        eos_token_ids=eog_token_ids(reader, warnings),  # as llama.cpp ends generation
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         torch_dtype=None,
         moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
