@@ -1,0 +1,140 @@
+"""vLLM's top-level CUDA-graph flags, --cudagraph-capture-sizes (its older spelling,
+--cuda-graph-sizes) and --max-cudagraph-capture-size, and its --performance-mode, on
+`aiollm serve`: each stopped a vLLM launch line as an unrecognized argument.
+
+What they are in vLLM (vllm/engine/arg_utils.py, vllm/config/vllm.py):
+
+- the two size flags set the compilation config's keys of the same names (its EngineArgs
+  refuses a flag beside -cc's key of the same name, as mutually exclusive): they are read
+  as -cc's keys are (aiollm/vllm_compilation.py), the largest graph as
+  --cuda-graph-max-batch. They take plain integers, as vLLM's (no 1k); the largest
+  size, also None (vLLM's optional int: not given);
+- --performance-mode balanced | interactivity | throughput: balanced is the default;
+  interactivity captures a decode graph at every batch size up to 32 (finer graphs, less
+  padding) and picks latency-oriented kernels: aiollm picks its graph sizes itself
+  (engine/cuda_graph.batch_buckets) and has one set of kernels, so it changes nothing;
+  throughput doubles vLLM's default max_num_seqs and max_num_batched_tokens where they are
+  not given: aiollm doubles its default --max-num-seqs alike, and keeps its step budget
+  (--max-num-batched-tokens 2048: 4096 measured no more output tokens/s on the 8B
+  LightLLM workload and a worse inter-token p99, bench/README.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+MODES = ("balanced", "interactivity", "throughput")
+SIZES = "cudagraph_capture_sizes"
+LARGEST = "max_cudagraph_capture_size"
+
+
+class _SizeFlag(argparse.Action):
+    """--cudagraph-capture-sizes N... (or --cuda-graph-sizes) or --max-cudagraph-capture-size
+    N: its values checked (a usage error naming the flag and the value vLLM's int refuses)
+    and kept in the namespace's `vllm_graphs["flags"]` as {key: (flag, shown, value)} for
+    vllm_compilation.applied; the two spellings of the sizes together are refused."""
+
+    def __init__(self, option_strings: list[str], dest: str, key: str, **kwargs) -> None:
+        super().__init__(option_strings, argparse.SUPPRESS, default=argparse.SUPPRESS,
+                         **kwargs)
+        self.key = key
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        graphs = dict(getattr(namespace, "vllm_graphs", {}))
+        flags = dict(graphs.get("flags", {}))
+        earlier = flags.get(self.key, (option_string,))[0]
+        if earlier != option_string:
+            raise argparse.ArgumentError(self, f"{earlier} is given too: they are one "
+                                               "setting (vLLM refuses both), give one")
+        if self.key == SIZES:
+            value: Any = [_whole(v, 1, "takes batch sizes, whole numbers >= 1", self)
+                          for v in values]
+            shown = " ".join(values)
+        elif values.strip() in ("None", ""):  # vLLM's optional int: not given
+            flags.pop(self.key, None)
+            graphs["flags"] = flags
+            namespace.vllm_graphs = graphs
+            return
+        else:
+            value = _whole(values, 0, "takes a whole number >= 0", self)
+            shown = str(value)
+        flags[self.key] = (option_string, f"{option_string} {shown}", value)
+        graphs["flags"] = flags
+        namespace.vllm_graphs = graphs
+
+
+def _whole(text: str, least: int, takes: str, action: argparse.Action) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or value < least:
+        raise argparse.ArgumentError(action, f"{takes}; got {text!r}")
+    return value
+
+
+def add_to(group: argparse._ArgumentGroup) -> None:
+    """Add --cudagraph-capture-sizes (--cuda-graph-sizes), --max-cudagraph-capture-size and
+    --performance-mode to `group` (vLLM's flags)."""
+    group.add_argument("--cudagraph-capture-sizes", "--cuda-graph-sizes", action=_SizeFlag,
+                       key=SIZES, nargs="+", metavar="N",
+                       help="vLLM's decode batch sizes captured as CUDA graphs: the largest "
+                            "is --cuda-graph-max-batch, aiollm picks the sizes below it")
+    group.add_argument("--max-cudagraph-capture-size", action=_SizeFlag, key=LARGEST,
+                       metavar="N",
+                       help="vLLM's largest decode batch captured as a CUDA graph: "
+                            "--cuda-graph-max-batch (0: no graphs, as --enforce-eager)")
+    group.add_argument("--performance-mode", choices=MODES, default=argparse.SUPPRESS,
+                       help="vLLM's: throughput doubles --max-num-seqs where it is not "
+                            "given (512), as vLLM doubles its own; balanced, vLLM's usual "
+                            "mode, and interactivity (vLLM's finer decode graphs) change "
+                            "nothing")
+
+
+def merged(config_flag: str, config: dict[str, Any] | None,
+           flags: dict[str, tuple[str, str, Any]]) -> tuple[dict[str, Any] | None,
+                                                          dict[str, tuple[str, str]]]:
+    """-cc's `config` (None: not given; `config_flag` as typed) with the size flags'
+    keys added, and for each of those keys its (flag, shown) as typed. Raises ValueError,
+    "argument FLAG: ...", where -cc gives the same key (vLLM's EngineArgs refuses them as
+    mutually exclusive; -cc's older max_capture_size is the largest size too)."""
+    if not flags:
+        return config, {}
+    config = dict(config or {})
+    named = {}
+    for key, (flag, shown, value) in flags.items():
+        same = [k for k in config if k == key or (key == LARGEST and k == "max_capture_size")]
+        if same:
+            raise ValueError(f"argument {flag}: {config_flag}'s {same[0]} is given too (vLLM "
+                             "refuses both, as mutually exclusive): give one")
+        config[key] = value
+        named[key] = (flag, shown)
+    return config, named
+
+
+def performance_mode(args: argparse.Namespace, options: dict[str, Any]) -> str | None:
+    """--performance-mode given (None: not given) applied to EngineConfig's `options`:
+    throughput doubles max_running_requests where --max-num-seqs is not given. Returns the
+    log line saying what it did, or that it changes nothing and why."""
+    mode = getattr(args, "performance_mode", None)
+    if mode is None:
+        return None
+    given = f"--performance-mode {mode}"
+    if mode == "balanced":
+        return f"{given} has no effect: it is vLLM's default"
+    if mode == "interactivity":
+        return (f"{given} has no effect: aiollm picks its decode graph sizes itself (up to "
+                "--cuda-graph-max-batch), not vLLM's every size to 32, and has one set of "
+                "kernels; what is computed is the same")
+    typed = getattr(args, "flags_typed", {}).get("max_running_requests")
+    if typed is not None:
+        return f"{given} has no effect: {typed} is given"
+    options["max_running_requests"] *= 2
+    said = (f"{given}: --max-num-seqs {options['max_running_requests']}, twice aiollm's "
+            "default, as vLLM doubles its own in this mode")
+    if "max_prefill_tokens" in getattr(args, "flags_typed", {}):
+        return said
+    return (f"{said} (--max-num-batched-tokens stays {options['max_prefill_tokens']}: twice "
+            "it measured no more output tokens/s and a worse inter-token p99, "
+            "bench/README.md)")
