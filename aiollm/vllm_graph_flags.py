@@ -17,6 +17,9 @@ What they are in vLLM (vllm/engine/arg_utils.py, vllm/config/vllm.py):
   not given: aiollm doubles its default --max-num-seqs alike, and keeps its step budget
   (--max-num-batched-tokens 2048: 4096 measured no more output tokens/s on the 8B
   LightLLM workload and a worse inter-token p99, bench/README.md).
+
+vLLM's LLM(...) takes the same as keywords (KEYWORDS; aiollm/vllm_names.py reads them with
+keyword_flags and performance_mode_keyword).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from typing import Any
 MODES = ("balanced", "interactivity", "throughput")
 SIZES = "cudagraph_capture_sizes"
 LARGEST = "max_cudagraph_capture_size"
+# vLLM's LLM(...) keywords of these flags (EngineArgs' fields; cuda_graph_sizes its older)
+KEYWORDS = ("cuda_graph_sizes", SIZES, LARGEST, "performance_mode")
 
 
 class _SizeFlag(argparse.Action):
@@ -47,31 +52,71 @@ class _SizeFlag(argparse.Action):
         if earlier != option_string:
             raise argparse.ArgumentError(self, f"{earlier} is given too: they are one "
                                                "setting (vLLM refuses both), give one")
-        if self.key == SIZES:
-            value: Any = [_whole(v, 1, "takes batch sizes, whole numbers >= 1", self)
-                          for v in values]
-            shown = " ".join(values)
-        elif values.strip() in ("None", ""):  # vLLM's optional int: not given
+        if self.key == LARGEST and values.strip() in ("None", ""):  # vLLM's optional int
             flags.pop(self.key, None)
             graphs["flags"] = flags
             namespace.vllm_graphs = graphs
             return
-        else:
-            value = _whole(values, 0, "takes a whole number >= 0", self)
-            shown = str(value)
+        try:  # vLLM's int() of each word, then the size's own check
+            if self.key == SIZES:
+                value = checked_size(SIZES, [_as_int(v) for v in values])
+            else:
+                value = checked_size(LARGEST, _as_int(values))
+        except ValueError as e:
+            raise argparse.ArgumentError(self, str(e)) from None
+        shown = " ".join(values) if self.key == SIZES else str(value)
         flags[self.key] = (option_string, f"{option_string} {shown}", value)
         graphs["flags"] = flags
         namespace.vllm_graphs = graphs
 
 
-def _whole(text: str, least: int, takes: str, action: argparse.Action) -> int:
+def _as_int(text: str) -> int | str:
+    """A word as vLLM's int() reads it, or the word itself (for checked_size to refuse)."""
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
-        value = None
-    if value is None or value < least:
-        raise argparse.ArgumentError(action, f"{takes}; got {text!r}")
+        return text
+
+
+def checked_size(key: str, value: Any) -> Any:
+    """`value` of size `key` (SIZES: a list of batch sizes, whole numbers >= 1; LARGEST: a
+    whole number >= 0) as it is; ValueError saying what it takes and the value (the first
+    bad item of a list) otherwise."""
+    def whole(item: Any, least: int) -> bool:
+        return isinstance(item, int) and not isinstance(item, bool) and item >= least
+
+    if key == SIZES:
+        if not isinstance(value, (list, tuple)) or not value:
+            raise ValueError(f"takes batch sizes, whole numbers >= 1; got {value!r}")
+        for item in value:
+            if not whole(item, 1):
+                raise ValueError(f"takes batch sizes, whole numbers >= 1; got {item!r}")
+        return list(value)
+    if not whole(value, 0):
+        raise ValueError(f"takes a whole number >= 0; got {value!r}")
     return value
+
+
+def keyword_flags(options: dict[str, Any]) -> dict[str, tuple[str, str, Any]]:
+    """LLM(...)'s keywords of the size flags given in `options` (None: not given), as
+    _SizeFlag keeps the flags: {key: (keyword, "keyword=value", value)}. Raises ValueError
+    led by the keyword and its value where the value is no size, or both spellings of the
+    sizes are given."""
+    flags: dict[str, tuple[str, str, Any]] = {}
+    for keyword in KEYWORDS[:-1]:
+        value = options.get(keyword)
+        if value is None:
+            continue
+        key = LARGEST if keyword == LARGEST else SIZES
+        shown = f"{keyword}={value!r}"
+        if key in flags:
+            raise ValueError(f"{shown}: {flags[key][0]} is given too: they are one setting "
+                             "(vLLM refuses both), give one")
+        try:
+            flags[key] = (keyword, shown, checked_size(key, value))
+        except ValueError as e:
+            raise ValueError(f"{shown}: {e}") from None
+    return flags
 
 
 def add_to(group: argparse._ArgumentGroup) -> None:
@@ -97,8 +142,9 @@ def merged(config_flag: str, config: dict[str, Any] | None,
                                                           dict[str, tuple[str, str]]]:
     """-cc's `config` (None: not given; `config_flag` as typed) with the size flags'
     keys added, and for each of those keys its (flag, shown) as typed. Raises ValueError,
-    "argument FLAG: ...", where -cc gives the same key (vLLM's EngineArgs refuses them as
-    mutually exclusive; -cc's older max_capture_size is the largest size too)."""
+    "argument FLAG: ..." (a keyword's: "keyword=value: ..."), where -cc gives the same key
+    (vLLM's EngineArgs refuses them as mutually exclusive; -cc's older max_capture_size is
+    the largest size too)."""
     if not flags:
         return config, {}
     config = dict(config or {})
@@ -106,8 +152,9 @@ def merged(config_flag: str, config: dict[str, Any] | None,
     for key, (flag, shown, value) in flags.items():
         same = [k for k in config if k == key or (key == LARGEST and k == "max_capture_size")]
         if same:
-            raise ValueError(f"argument {flag}: {config_flag}'s {same[0]} is given too (vLLM "
-                             "refuses both, as mutually exclusive): give one")
+            lead = f"argument {flag}" if flag.startswith("-") else shown
+            raise ValueError(f"{lead}: {config_flag}'s {same[0]} is given too (vLLM refuses "
+                             "both, as mutually exclusive): give one")
         config[key] = value
         named[key] = (flag, shown)
     return config, named
@@ -120,20 +167,45 @@ def performance_mode(args: argparse.Namespace, options: dict[str, Any]) -> str |
     mode = getattr(args, "performance_mode", None)
     if mode is None:
         return None
-    given = f"--performance-mode {mode}"
+    return _mode_applied(mode, f"--performance-mode {mode}", options,
+                         getattr(args, "flags_typed", {}))
+
+
+def performance_mode_keyword(mode: Any, options: dict[str, Any], defaults: Any,
+                             named: dict[str, str]) -> str:
+    """LLM(...)'s performance_mode, given, applied to its engine `options` as
+    the flag is (the default max_running_requests from `defaults`, EngineConfig(), where
+    options lack it; `named`: option -> the vLLM keyword that set it). Returns the log line,
+    as performance_mode; ValueError naming the keyword and its value for a mode not of
+    MODES."""
+    if mode not in MODES:
+        raise ValueError(f"performance_mode={mode!r}: takes one of {', '.join(MODES)}")
+    typed = {k: named.get(k, k) for k in ("max_running_requests", "max_prefill_tokens")
+             if options.get(k) is not None}
+    work = {k: getattr(defaults, k) if options.get(k) is None else options[k]
+            for k in ("max_running_requests", "max_prefill_tokens")}
+    said = _mode_applied(mode, f"performance_mode={mode!r}", work, typed)
+    if "max_running_requests" not in typed and mode == "throughput":
+        options["max_running_requests"] = work["max_running_requests"]
+    return said
+
+
+def _mode_applied(mode: str, given: str, options: dict[str, Any],
+                  typed: dict[str, str]) -> str:
+    """`mode` applied to `options` (max_running_requests doubled for throughput, unless
+    `typed`, the options given, hold it); the line saying so, led by `given`."""
     if mode == "balanced":
         return f"{given} has no effect: it is vLLM's default"
     if mode == "interactivity":
         return (f"{given} has no effect: aiollm picks its decode graph sizes itself (up to "
                 "--cuda-graph-max-batch), not vLLM's every size to 32, and has one set of "
                 "kernels; what is computed is the same")
-    typed = getattr(args, "flags_typed", {}).get("max_running_requests")
-    if typed is not None:
-        return f"{given} has no effect: {typed} is given"
+    if "max_running_requests" in typed:
+        return f"{given} has no effect: {typed['max_running_requests']} is given"
     options["max_running_requests"] *= 2
     said = (f"{given}: --max-num-seqs {options['max_running_requests']}, twice aiollm's "
             "default, as vLLM doubles its own in this mode")
-    if "max_prefill_tokens" in getattr(args, "flags_typed", {}):
+    if "max_prefill_tokens" in typed:
         return said
     return (f"{said} (--max-num-batched-tokens stays {options['max_prefill_tokens']}: twice "
             "it measured no more output tokens/s and a worse inter-token p99, "

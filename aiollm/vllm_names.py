@@ -14,7 +14,9 @@ NO_EFFECT switches, accepted; its NO_EFFECT_VALUES, accepted with a log line say
 with the flag's message, its flags written as keywords; optimization_level and
 compilation_config, read as the CLI's -O and -cc are (aiollm/vllm_compilation.py: no CUDA
 graphs where vLLM would have none, the largest graph as cuda_graph_max_batch, the rest
-logged as having no effect); seed=None, vLLM's default, is
+logged as having no effect), and so are cudagraph_capture_sizes (cuda_graph_sizes),
+max_cudagraph_capture_size and performance_mode, as the CLI's flags of those names
+(aiollm/vllm_graph_flags.py); seed=None, vLLM's default, is
 aiollm's (0), and so is max_model_len=-1 (vLLM's "the longest that fits", as
 `aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
@@ -34,7 +36,7 @@ import re
 from dataclasses import fields
 from typing import Any
 
-from aiollm import vllm_compilation, vllm_flags
+from aiollm import vllm_compilation, vllm_flags, vllm_graph_flags
 from aiollm.config import EngineConfig
 from aiollm.engine.chat_template import TemplateOptions
 from aiollm.engine.content_format import check_content_format
@@ -344,11 +346,15 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
         ours[option] = value
         named[option] = keyword
     _take_graph_keywords(graphs, ours)
+    if (mode := graphs.get("performance_mode")) is not None:
+        said = vllm_graph_flags.performance_mode_keyword(mode, ours, EngineConfig(), named)
+        log.info("%s", _as_keywords(said))
     return ours, named
 
 
-# vLLM's -O and --compilation-config as LLM(...)'s keywords (aiollm/vllm_compilation.py)
-_GRAPH_KEYWORDS = ("optimization_level", "compilation_config")
+# vLLM's -O and --compilation-config as LLM(...)'s keywords (aiollm/vllm_compilation.py),
+# and its CUDA-graph sizes and performance mode (aiollm/vllm_graph_flags.py)
+_GRAPH_KEYWORDS = ("optimization_level", "compilation_config", *vllm_graph_flags.KEYWORDS)
 
 
 def _take_graph_keywords(graphs: dict[str, Any], ours: dict[str, Any]) -> None:
@@ -370,14 +376,19 @@ def _take_graph_keywords(graphs: dict[str, Any], ours: dict[str, Any]) -> None:
     except ValueError as e:
         raise ValueError(f"compilation_config={graphs['compilation_config']!r}: "
                          f"{_as_keywords(str(e))}") from None
+    flags = vllm_graph_flags.keyword_flags(graphs)
+    config, flags = vllm_graph_flags.merged("compilation_config", config, flags)
     if level is None and config is None:
         return
     try:
         settings = vllm_compilation.graph_settings(
             level, config, f"optimization_level={graphs.get('optimization_level')!r}",
-            "compilation_config", enforce_eager=ours.get("cuda_graph") is False)
-    except ValueError as e:
-        raise ValueError(f"compilation_config={graphs['compilation_config']!r}: {e}") from None
+            "compilation_config", enforce_eager=ours.get("cuda_graph") is False,
+            flags={key: (keyword, shown) for key, (keyword, shown) in flags.items()})
+    except ValueError as e:  # the sizes disagree: a keyword's, where one is given
+        lead = (flags.get(vllm_graph_flags.LARGEST) or flags.get(vllm_graph_flags.SIZES)
+                or (None, f"compilation_config={graphs.get('compilation_config')!r}"))[1]
+        raise ValueError(f"{lead}: {e}") from None
     if settings.eager:
         ours["cuda_graph"] = False
     if settings.max_batch is not None:

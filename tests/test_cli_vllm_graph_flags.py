@@ -85,9 +85,9 @@ def test_max_cudagraph_capture_size_none_is_not_given(caplog):
      "graph, 64, disagree"),
     ("--max-cudagraph-capture-size 1k", "argument --max-cudagraph-capture-size: takes a "
                                         "whole number >= 0; got '1k'"),
-    ("--max-cudagraph-capture-size -8", "got '-8'"),
+    ("--max-cudagraph-capture-size -8", "takes a whole number >= 0; got -8"),
     ("--cudagraph-capture-sizes 1 0", "argument --cudagraph-capture-sizes/--cuda-graph-sizes: "
-                                      "takes batch sizes, whole numbers >= 1; got '0'"),
+                                      "takes batch sizes, whole numbers >= 1; got 0"),
 ])
 def test_what_vllm_refuses_stops_naming_the_flag(line, said, capsys):
     """Both a flag and -cc's key of the same name: vLLM's EngineArgs refuses them as
