@@ -394,7 +394,7 @@ def _take_graph_keywords(graphs: dict[str, Any], ours: dict[str, Any]) -> None:
     if settings.max_batch is not None:
         given = ours.get("cuda_graph_max_batch")
         if given is not None and given != settings.max_batch:
-            raise ValueError(f"cuda_graph_max_batch={given!r} and compilation_config's "
+            raise ValueError(f"cuda_graph_max_batch={given!r} and {settings.max_batch_from}'s "
                              f"largest CUDA graph, {settings.max_batch}, disagree: give one")
         ours["cuda_graph_max_batch"] = settings.max_batch
     for line in settings.said:

@@ -45,3 +45,20 @@ def test_values_vllm_refuses_name_the_keyword(options, lead):
     with pytest.raises(ValueError) as e:
         engine_options(options)
     assert str(e.value).startswith(lead), e.value
+
+
+@pytest.mark.parametrize("options, lead", [
+    ({"cuda_graph_max_batch": 32, "max_cudagraph_capture_size": 64},
+     "cuda_graph_max_batch=32 and max_cudagraph_capture_size's largest CUDA graph, 64, "
+     "disagree"),
+    ({"cuda_graph_max_batch": 32, "cuda_graph_sizes": [1, 64]},
+     "cuda_graph_max_batch=32 and cuda_graph_sizes's largest CUDA graph, 64, disagree"),
+    ({"cuda_graph_max_batch": 32, "compilation_config": {"max_cudagraph_capture_size": 64}},
+     "cuda_graph_max_batch=32 and compilation_config's largest CUDA graph, 64, disagree"),
+])
+def test_cuda_graph_max_batch_beside_another_size_names_the_keyword_given(options, lead):
+    """The refusal names the keyword the caller gave the other size with: it named
+    compilation_config, never given, for max_cudagraph_capture_size's or the sizes'."""
+    with pytest.raises(ValueError) as e:
+        engine_options(options)
+    assert str(e.value).startswith(lead), e.value
