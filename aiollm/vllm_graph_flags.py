@@ -63,7 +63,7 @@ class _SizeFlag(argparse.Action):
             else:
                 value = checked_size(LARGEST, _as_int(values))
         except ValueError as e:
-            raise argparse.ArgumentError(self, str(e)) from None
+            raise argparse.ArgumentError(self, str(e) + _model_hint(self.key, values)) from None
         shown = " ".join(values) if self.key == SIZES else str(value)
         flags[self.key] = (option_string, f"{option_string} {shown}", value)
         graphs["flags"] = flags
@@ -76,6 +76,18 @@ def _as_int(text: str) -> int | str:
         return int(text)
     except ValueError:
         return text
+
+
+def _model_hint(key: str, values: list[str] | str) -> str:
+    """Where the sizes' last word, after sizes, is no number: a note that it was read as a
+    size, being before no flag (a model written after the sizes, as argparse's nargs="+"
+    takes every word up to the next flag, vLLM's too), and where the model goes."""
+    if key != SIZES or len(values) < 2 or isinstance(_as_int(values[-1]), int):
+        return ""
+    if not all(isinstance(_as_int(v), int) for v in values[:-1]):
+        return ""
+    return (" (the sizes take every word up to the next flag: give the model first, "
+            "`aiollm serve MODEL ...`, or as --model MODEL)")
 
 
 def checked_size(key: str, value: Any) -> Any:

@@ -135,3 +135,24 @@ def test_serve_help_lists_the_flags(capsys):
     for flag in ("--cudagraph-capture-sizes", "--max-cudagraph-capture-size",
                  "--performance-mode"):
         assert flag in out, flag
+
+
+@pytest.mark.parametrize("line, word", [
+    ("--cudagraph-capture-sizes 1 2 4 Qwen/Qwen3-0.6B", "Qwen/Qwen3-0.6B"),
+    ("--port 8001 --cuda-graph-sizes 8 ./models/7b", "./models/7b")])
+def test_a_model_after_the_sizes_is_told_to_go_first(line, word, capsys):
+    """The sizes take every word up to the next flag, as vLLM's do, so a model written
+    after them is read as a size: the error says so and where the model goes, not only that
+    the model's name is no batch size."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", *line.split()])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"got {word!r}" in err, err
+    assert "give the model first" in err, err
+
+
+def test_a_bad_size_before_the_last_is_not_taken_for_a_model(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "M", "--cudagraph-capture-sizes", "1", "x", "4"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "got 'x'" in err and "model" not in err, err
