@@ -18,8 +18,8 @@ What they are in vLLM (vllm/engine/arg_utils.py, vllm/config/vllm.py):
   (--max-num-batched-tokens 2048: 4096 measured no more output tokens/s on the 8B
   LightLLM workload and a worse inter-token p99, bench/README.md).
 
-vLLM's LLM(...) takes the same as keywords (KEYWORDS; aiollm/vllm_names.py reads them with
-keyword_flags and performance_mode_keyword).
+vLLM's LLM(...) takes the same as keywords (KEYWORDS; aiollm/vllm_graph_keywords.py reads them
+with keyword_flags and performance_mode_keyword).
 """
 
 from __future__ import annotations
