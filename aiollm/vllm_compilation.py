@@ -33,6 +33,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from aiollm import vllm_graph_flags
+
 LEVELS = (0, 1, 2, 3)
 _MODES = {"NONE": 0, "STOCK_TORCH_COMPILE": 1, "DYNAMO_TRACE_ONCE": 2, "VLLM_COMPILE": 3}
 _GRAPH_MODES = ("NONE", "PIECEWISE", "FULL", "FULL_DECODE_ONLY", "FULL_AND_PIECEWISE")
@@ -67,11 +69,13 @@ _OUR_GRAPHS = ("aiollm's CUDA graphs are -O2's kind (vLLM's FULL_AND_PIECEWISE):
 class GraphSettings:
     """What -O and --compilation-config ask of aiollm. eager: no CUDA graphs (as
     --enforce-eager); max_batch: the largest decode batch captured (--cuda-graph-max-batch),
-    None: aiollm's own; said: one line per setting given, what it does in aiollm."""
+    None: aiollm's own; said: one line per setting given, what it does in aiollm;
+    max_batch_from: the flag that gave max_batch (-cc, or a size flag of its own)."""
 
     eager: bool
     max_batch: int | None
     said: tuple[str, ...]
+    max_batch_from: str = "-cc"
 
 
 def _whole(value: Any) -> int | None:
@@ -163,16 +167,23 @@ def _key_misfit(key: str, item: Any) -> str | None:
 
 
 def graph_settings(level: int | None, config: dict[str, Any] | None, level_shown: str = "-O",
-                   config_shown: str = "-cc", enforce_eager: bool = False) -> GraphSettings:
+                   config_shown: str = "-cc", enforce_eager: bool = False,
+                   flags: dict[str, tuple[str, str]] | None = None) -> GraphSettings:
     """What optimization `level` (parse_level's; None: not given, vLLM's 2) and compilation
     `config` (parse_config's; None: not given) ask of aiollm, as vLLM resolves them: the
     level's defaults for what the config leaves out; `enforce_eager` (--enforce-eager or
     --no-cuda-graph given) over all of them, as vLLM's enforce_eager sets no graphs. Each
     line in `said` names its setting as `level_shown` (the level as given: "-O3") or
-    `config_shown` and the key ("-cc.mode=3").
+    `config_shown` and the key ("-cc.mode=3"), or, for a key given by a flag of its own
+    (vllm_graph_flags.py), as `flags` has it: key -> (flag, flag and value as typed).
     Raises ValueError, as vLLM's VllmConfig does, where graphs are captured and
     max_cudagraph_capture_size is not the largest of cudagraph_capture_sizes."""
     config = config or {}
+    flags = flags or {}
+
+    def name(key: str) -> str:
+        return flags[key][0] if key in flags else key
+
     lvl = 2 if level is None else level
     mode = config.get("mode", config.get("level"))  # level: its older name; mode wins
     mode = _MODES[mode.upper()] if isinstance(mode, str) else mode
@@ -190,12 +201,15 @@ def graph_settings(level: int | None, config: dict[str, Any] | None, level_shown
         if largest is not None and largest != max(sizes, default=0) and not no_graphs:
             key = ("max_cudagraph_capture_size" if "max_cudagraph_capture_size" in config
                    else "max_capture_size")
-            raise ValueError(f"{key} {largest} and the largest of cudagraph_capture_sizes, "
-                             f"{max(sizes, default=0)}, disagree (vLLM refuses them too): "
-                             "give one of them")
+            raise ValueError(f"{name(key)} {largest} and the largest of "
+                             f"{name('cudagraph_capture_sizes')}, {max(sizes, default=0)}, "
+                             "disagree (vLLM refuses them too): give one of them")
         largest = max(sizes, default=0)
     cap = largest
     eager = no_graphs or cap == 0
+    from_key = next((k for k in ("max_cudagraph_capture_size", "max_capture_size")
+                     if k in config), "cudagraph_capture_sizes")
+    from_flag = flags[from_key][0] if from_key in flags else config_shown
 
     said = []
     if level is not None:
@@ -205,7 +219,8 @@ def graph_settings(level: int | None, config: dict[str, Any] | None, level_shown
         else:
             said.append(f"{level_shown} has no effect: {_NOT_COMPILED}; {_OUR_GRAPHS}")
     for key, item in config.items():
-        shown = f"{config_shown}.{key}={json.dumps(item)}"
+        shown = (flags[key][1] if key in flags
+                 else f"{config_shown}.{key}={json.dumps(item)}")
         if key == "level" and "mode" in config:
             said.append(f"{shown} has no effect: mode, given too, is taken over level (its "
                         "older name)")
@@ -233,7 +248,8 @@ def graph_settings(level: int | None, config: dict[str, Any] | None, level_shown
         else:
             said.append(f"{shown}: decode batches of up to {cap} requests replay CUDA graphs, "
                         f"as --cuda-graph-max-batch {cap} (aiollm picks the sizes below it)")
-    return GraphSettings(eager=eager, max_batch=None if eager else cap, said=tuple(said))
+    return GraphSettings(eager=eager, max_batch=None if eager else cap, said=tuple(said),
+                         max_batch_from=from_flag)
 
 
 class _GraphFlag(argparse.Action):
@@ -279,12 +295,21 @@ def add_to(group: argparse._ArgumentGroup) -> None:
 
 
 def applied(namespace: argparse.Namespace) -> GraphSettings | None:
-    """The GraphSettings of the -O and --compilation-config the namespace holds (under its
-    --enforce-eager); None where neither was given. Raises graph_settings' ValueError."""
+    """The GraphSettings of the -O, --compilation-config and vLLM's size flags
+    (vllm_graph_flags.py) the namespace holds (under its --enforce-eager); None where none
+    was given. Raises graph_settings' ValueError, or vllm_graph_flags.merged's; one about
+    a size given by a flag begins "argument FLAG: "."""
     graphs = getattr(namespace, "vllm_graphs", None)
     if not graphs:
         return None
     level_shown, level = graphs.get("level", ("-O", None))
     config_flag, config = graphs.get("config", ("-cc", None))
-    return graph_settings(level, config, level_shown, config_flag,
-                          enforce_eager=not namespace.cuda_graph)
+    config, flags = vllm_graph_flags.merged(config_flag, config, graphs.get("flags", {}))
+    try:
+        return graph_settings(level, config, level_shown, config_flag,
+                              enforce_eager=not namespace.cuda_graph, flags=flags)
+    except ValueError as e:  # the sizes disagree: one of them, at least, a flag's
+        if not flags:
+            raise
+        flag = (flags.get(vllm_graph_flags.LARGEST) or flags[vllm_graph_flags.SIZES])[0]
+        raise ValueError(f"argument {flag}: {e}") from None

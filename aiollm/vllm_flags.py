@@ -19,7 +19,8 @@ aiollm/cli/serve_parser.py defines that name (--model, --max-num-seqs,
   in the group's description;
 - -O/--optimization-level and -cc/--compilation-config (aiollm/vllm_compilation.py): read
   as aiollm's CUDA-graph settings (--enforce-eager, --cuda-graph-max-batch), the rest
-  logged as having no effect.
+  logged as having no effect; --cudagraph-capture-sizes, --max-cudagraph-capture-size and
+  --performance-mode (aiollm/vllm_graph_flags.py) likewise.
 
 Nothing else here reaches EngineConfig: a flag is either an alias, or changes nothing, or stops
 the start; none is dropped while it would change outputs or memory use. The same tables
@@ -33,7 +34,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from aiollm import vllm_compilation
+from aiollm import vllm_compilation, vllm_graph_flags
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +387,8 @@ def add_to(parser: argparse.ArgumentParser) -> None:
         "above (--model, --max-num-seqs, --max-num-batched-tokens, --enforce-eager, "
         "--[no-]enable-prefix-caching, --disable-log-stats, -tp; --dtype half/float, "
         "--tool-call-parser llama3_json). Those below ask for what aiollm always does and "
-        "change nothing, but -O and -cc, read as aiollm's CUDA graphs. Refused, each with "
+        "change nothing, but -O, -cc and the CUDA-graph sizes, read as aiollm's CUDA graphs, "
+        "and --performance-mode throughput. Refused, each with "
         "what to use instead (a value asking for aiollm's own behaviour, such as -pp 1, is "
         f"taken): {refused}.")
     for flag, why in NO_EFFECT.items():
@@ -397,3 +399,4 @@ def add_to(parser: argparse.ArgumentParser) -> None:
     for refusal in REFUSED:
         group.add_argument(*refusal.names, action=_Refuse, refusal=refusal)
     vllm_compilation.add_to(group)
+    vllm_graph_flags.add_to(group)

@@ -14,7 +14,9 @@ NO_EFFECT switches, accepted; its NO_EFFECT_VALUES, accepted with a log line say
 with the flag's message, its flags written as keywords; optimization_level and
 compilation_config, read as the CLI's -O and -cc are (aiollm/vllm_compilation.py: no CUDA
 graphs where vLLM would have none, the largest graph as cuda_graph_max_batch, the rest
-logged as having no effect); seed=None, vLLM's default, is
+logged as having no effect), and so are cudagraph_capture_sizes (cuda_graph_sizes),
+max_cudagraph_capture_size and performance_mode, as the CLI's flags of those names
+(aiollm/vllm_graph_keywords.py reads all of these); seed=None, vLLM's default, is
 aiollm's (0), and so is max_model_len=-1 (vLLM's "the longest that fits", as
 `aiollm serve --max-model-len -1`).
 Keywords vLLM and aiollm share by name are EngineConfig's fields and pass as they are
@@ -34,7 +36,7 @@ import re
 from dataclasses import fields
 from typing import Any
 
-from aiollm import vllm_compilation, vllm_flags
+from aiollm import vllm_flags, vllm_graph_keywords
 from aiollm.config import EngineConfig
 from aiollm.engine.chat_template import TemplateOptions
 from aiollm.engine.content_format import check_content_format
@@ -316,7 +318,7 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
                 raise _refused(keyword, value, refusal)
         elif keyword in _NO_EFFECT_VALUES:
             _take_no_effect(keyword, value, _NO_EFFECT_VALUES[keyword])
-        elif keyword in _GRAPH_KEYWORDS:
+        elif keyword in vllm_graph_keywords.KEYWORDS:
             if value is not None:
                 graphs[keyword] = value
         elif keyword in _REFUSED_VALUES:
@@ -343,51 +345,9 @@ def engine_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, s
                             "which disagree: pass one of them")
         ours[option] = value
         named[option] = keyword
-    _take_graph_keywords(graphs, ours)
-    return ours, named
-
-
-# vLLM's -O and --compilation-config as LLM(...)'s keywords (aiollm/vllm_compilation.py)
-_GRAPH_KEYWORDS = ("optimization_level", "compilation_config")
-
-
-def _take_graph_keywords(graphs: dict[str, Any], ours: dict[str, Any]) -> None:
-    """optimization_level and compilation_config given (`graphs`, None left out) as aiollm's
-    options in `ours`, each setting logged with what it does, as the CLI's -O and -cc: no
-    CUDA graphs where they leave vLLM with none (cuda_graph=False, which enforce_eager=True
-    gives too), their largest graph as cuda_graph_max_batch. Raises ValueError naming the
-    keyword and its value where the CLI refuses the flag's, or where cuda_graph_max_batch
-    is given too with another size; enforce_eager=True (cuda_graph=False) wins over them."""
-    level = config = None
-    try:
-        if "optimization_level" in graphs:
-            level = vllm_compilation.parse_level(graphs["optimization_level"])
-    except ValueError as e:
-        raise ValueError(f"optimization_level={graphs['optimization_level']!r}: {e}") from None
-    try:
-        if "compilation_config" in graphs:
-            config = vllm_compilation.parse_config(graphs["compilation_config"])
-    except ValueError as e:
-        raise ValueError(f"compilation_config={graphs['compilation_config']!r}: "
-                         f"{_as_keywords(str(e))}") from None
-    if level is None and config is None:
-        return
-    try:
-        settings = vllm_compilation.graph_settings(
-            level, config, f"optimization_level={graphs.get('optimization_level')!r}",
-            "compilation_config", enforce_eager=ours.get("cuda_graph") is False)
-    except ValueError as e:
-        raise ValueError(f"compilation_config={graphs['compilation_config']!r}: {e}") from None
-    if settings.eager:
-        ours["cuda_graph"] = False
-    if settings.max_batch is not None:
-        given = ours.get("cuda_graph_max_batch")
-        if given is not None and given != settings.max_batch:
-            raise ValueError(f"cuda_graph_max_batch={given!r} and compilation_config's "
-                             f"largest CUDA graph, {settings.max_batch}, disagree: give one")
-        ours["cuda_graph_max_batch"] = settings.max_batch
-    for line in settings.said:
+    for line in vllm_graph_keywords.taken(graphs, ours, named, _as_keywords):
         log.info("%s", _as_keywords(line))
+    return ours, named
 
 
 def named_as_given(error: ValueError, named: dict[str, str]) -> ValueError | None:

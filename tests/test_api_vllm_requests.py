@@ -164,13 +164,15 @@ def test_a_trusting_server_renders_with_the_requests_template(trusting):
 
 def test_without_trust_the_servers_template_alone_renders(server):
     """As vLLM without --trust-request-chat-template: a request's template is a 400 that
-    names its field and the flag; template variables are served."""
+    names its field and the setting (this server's maker, create_app, is told of its
+    argument: tests/test_request_template_trust_naming.py); template variables are
+    served."""
     for body, param in (({"chat_template": CONTENTS}, "chat_template"),
                         ({"chat_template_kwargs": {"chat_template": CONTENTS}},
                          "chat_template_kwargs.chat_template")):
         status, _, out = chat(server, body)
         assert status == 400 and out["error"]["param"] == param, out
-        assert "--trust-request-chat-template" in out["error"]["message"]
+        assert "trust_request_chat_template=True" in out["error"]["message"]
         status, out = tokens(server, {"messages": HI, **body})
         assert status == 400 and out["error"]["param"] == param, out
     assert chat(server, {"chat_template_kwargs": {"x": 1}})[0] == 200

@@ -137,7 +137,8 @@ async def plan_chat(st: ApiState, req: ChatCompletionRequest) -> ChatPlan:
                         for tag in (reasoning.START, reasoning.END)):
         req.skip_special_tokens = False  # the splitter must see the tags in the text
     options = req.template_options(st.trust_request_chat_template,
-                                   st.chat_template_content_format, st.content_format_name)
+                                   st.chat_template_content_format, st.content_format_name,
+                                   st.trust_request_chat_template_name)
     # the template the messages are rendered with says which tool-call format to read
     template = options.chat_template or engine.tokenizer.chat_template
     dicts = req.message_dicts()

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from aiollm.api.tokenize_request import TokenizeRequest
 
 
-TRUST_FLAG = "--trust-request-chat-template"
+TRUST_FLAG = "--trust-request-chat-template"  # `aiollm serve`'s name for the setting
+TRUST_PARAM = "trust_request_chat_template"  # create_app's
 
 # reasoning_effort's values, vLLM's ("max" is DeepSeek V4's, "xhigh" and "none" OpenAI's
 # newer ones)
@@ -32,7 +33,8 @@ REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
                           trust_request_chat_template: bool,
                           content_format: str = "auto",
-                          content_format_name: str = PARAM) -> TemplateOptions:
+                          content_format_name: str = PARAM,
+                          trust_name: str = TRUST_PARAM) -> TemplateOptions:
     """The request's chat-template options (the method of both request types that take them),
     with the server's `content_format` (--chat-template-content-format, or create_app's
     chat_template_content_format: `content_format_name` says which, for the messages of a
@@ -41,7 +43,9 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
     the field wins), renders the messages only where
     the server trusts request templates (TRUST_FLAG, as vLLM's): it runs the client's Jinja
     on the server, sandboxed by transformers but unbounded in time. Else InvalidRequest
-    naming the field and the flag; the template itself is checked as the engine renders.
+    naming the field and the setting, as `trust_name` (create_app's argument, TRUST_PARAM,
+    or `aiollm serve`'s flag, TRUST_FLAG); the template itself is checked as the engine
+    renders.
     InvalidRequest too for a reasoning_effort not of vLLM's values. A chat request's
     reasoning_effort is the template's variable of that name, and sets enable_thinking
     (false for "none") where chat_template_kwargs leaves it out, as vLLM renders it."""
@@ -60,8 +64,9 @@ def chat_template_options(req: ChatCompletionRequest | TokenizeRequest,
     if template is not None and not trust_request_chat_template:
         param = ("chat_template" if req.chat_template is not None
                  else "chat_template_kwargs.chat_template")
+        setting = trust_name if trust_name.startswith("--") else f"{trust_name}=True"
         raise InvalidRequest(f"a request's own chat template ({param}) is taken only by a "
-                             f"server started with {TRUST_FLAG}: leave it out to render with "
+                             f"server started with {setting}: leave it out to render with "
                              "the server's template", param=param)
     return TemplateOptions(req.add_generation_prompt, req.continue_final_message, kwargs,
                            template, req.documents, content_format, content_format_name)

@@ -89,9 +89,11 @@ async def tokenize(request: web.Request) -> web.Response:
         ids, _ = await st.render_chat([m.as_dict(i) for i, m in enumerate(req.messages)],
                                       # rendered only: checked as under "none", no grammar
                                       tool_request.choose(req.tools, "none")[0],
-                                      req.template_options(st.trust_request_chat_template,
-                                                           st.chat_template_content_format,
-                                                           st.content_format_name),
+                                      req.template_options(
+                                          st.trust_request_chat_template,
+                                          st.chat_template_content_format,
+                                          st.content_format_name,
+                                          st.trust_request_chat_template_name),
                                       add_special_tokens=bool(req.add_special_tokens))
     else:
         special = req.add_special_tokens is not False  # absent: true for a prompt

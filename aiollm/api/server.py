@@ -24,6 +24,7 @@ from aiohttp.log import server_logger
 
 from aiollm.api import lightllm, lightllm_routes, openai, ops
 from aiollm.api.api_keys import auth_middleware, expect_handler, key_check
+from aiollm.api.chat_request import TRUST_PARAM
 from aiollm.api.cors import CorsOptions, enable_cors
 from aiollm.api.http_errors import error_middleware
 from aiollm.api.lightllm_errors import lightllm_http_errors
@@ -77,6 +78,7 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                body_timeout: float = BODY_TIMEOUT_S,
                cors: CorsOptions | None = None,
                trust_request_chat_template: bool = False,
+               trust_request_chat_template_name: str = TRUST_PARAM,
                chat_template_content_format: str = "auto",
                content_format_name: str = CONTENT_FORMAT_PARAM,
                response_role: str = "assistant",
@@ -94,7 +96,8 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
     body_timeout: seconds a request body's next bytes may take (408 past it); ValueError
     unless positive. trust_request_chat_template: a chat or /tokenize request may render its
     messages with a chat template of its own (vLLM's --trust-request-chat-template; else a
-    400 naming the flag). chat_template_content_format: the form of message content the chat
+    400 naming it as trust_request_chat_template_name says: this argument by default;
+    `aiollm serve` gives its flag). chat_template_content_format: the form of message content the chat
     template is given, for chat, the Responses API and /tokenize (vLLM's
     --chat-template-content-format: "auto", "string" or "openai"; engine/content_format.py);
     InvalidRequest, a ValueError, naming it for another value. content_format_name: how
@@ -129,6 +132,7 @@ def create_app(engine: Engine, *, api_key: str | Sequence[str] | None = None,
                           aliases=names[1:], shutdown_timeout=shutdown_timeout,
                           created=int(time.time()), body_timeout=body_timeout,
                           trust_request_chat_template=trust_request_chat_template,
+                          trust_request_chat_template_name=trust_request_chat_template_name,
                           chat_template_content_format=chat_template_content_format,
                           content_format_name=content_format_name,
                           response_role=response_role,

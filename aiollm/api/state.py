@@ -41,6 +41,8 @@ class ApiState:
     body_timeout: float = BODY_TIMEOUT_S  # wait for a body's next bytes, s (api/body.py)
     # vLLM's --trust-request-chat-template: a request may render with its own chat template
     trust_request_chat_template: bool = False
+    # how the 400 without it names it: create_app's argument, or `aiollm serve`'s flag
+    trust_request_chat_template_name: str = "trust_request_chat_template"
     # vLLM's --chat-template-content-format: the form of content the chat template is given
     chat_template_content_format: str = "auto"
     # how messages name it: create_app's argument, or `aiollm serve`'s flag

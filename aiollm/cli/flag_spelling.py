@@ -1,10 +1,12 @@
 """Flags spelt as vLLM's parser reads them, which launch lines written for `vllm serve` use:
 names with underscores (`--max_model_len 512`) as their dashed names, and a JSON flag's keys
-given one by one (`--eplb-config.window_size 1000`, or after its short name: `-cc.mode 3`)
-as its JSON object."""
+given one by one (`--eplb-config.window_size 1000`, or after its short name: `-cc.mode 3`;
+a number as vLLM writes it there too: `-cc.max_cudagraph_capture_size 1k`) as its JSON
+object."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -12,6 +14,7 @@ from collections.abc import Collection, Sequence
 from typing import Any
 
 from aiollm.cli.help_format import ShortUsage
+from aiollm.cli.token_counts import token_count
 
 
 def dashed(args: Sequence[str]) -> list[str]:
@@ -39,8 +42,8 @@ def json_keys(args: Sequence[str], known: Collection[str] | None = None) -> list
     """`args` with each JSON flag's keys given one by one, `--FLAG.KEY[.KEY...] VALUE` (or
     `=VALUE`; `KEY+` appends VALUE's comma-separated items to a list; a short name too,
     `-cc.KEY VALUE`), gathered into one `--FLAG JSON` after the other flags, as vLLM's
-    parser reads them: VALUE is JSON where it parses as JSON (1000, true), else the
-    string. Only flags of `known` (a parser's option strings; None: any flag), or the start
+    parser reads them: VALUE is JSON where it parses as JSON (1000, true), else a whole
+    number with a suffix (1k, 8K: _json_or_text), else the string. Only flags of `known` (a parser's option strings; None: any flag), or the start
     of one (argparse's abbreviation), are gathered: another dotted word (a model path
     beginning with "-", a misspelt flag) stays as given, for argparse to name as typed. A
     dotted flag with no value after it, and every word from a bare "--" on, stay as
@@ -82,9 +85,16 @@ def _known(flag: str, known: Collection[str] | None) -> bool:
 
 
 def _json_or_text(value: str) -> Any:
+    """A dotted key's value as vLLM's parser reads it: JSON where it parses, else a whole
+    number with a suffix (1k is 1000, 1K 1024: token_counts' forms, the ones vLLM's
+    human_readable_int takes), else the text, for the flag's own check to take or refuse."""
     try:
         return json.loads(value)
     except json.JSONDecodeError:
+        pass
+    try:
+        return token_count(value)
+    except argparse.ArgumentTypeError:
         return value
 
 

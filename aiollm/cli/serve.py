@@ -56,6 +56,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         import uvloop
 
         from aiollm.api import create_app, serve
+        from aiollm.api.chat_request import TRUST_FLAG
         from aiollm.engine import Engine, served_format
 
         cors = cors_options(parser, args)
@@ -63,6 +64,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                          served_model_name=names or None,
                          shutdown_timeout=args.shutdown_timeout, cors=cors,
                          trust_request_chat_template=args.trust_request_chat_template,
+                         trust_request_chat_template_name=TRUST_FLAG,
                          chat_template_content_format=args.chat_template_content_format,
                          content_format_name=served_format.FLAG,
                          response_role=args.response_role,

@@ -10,7 +10,7 @@ import os
 import re
 from typing import TYPE_CHECKING
 
-from aiollm import vllm_compilation
+from aiollm import vllm_compilation, vllm_graph_flags
 from aiollm.cli.serve_parser import ENGINE_OPTIONS
 from aiollm.config import EngineConfig
 
@@ -29,6 +29,7 @@ def checked_config(parser: argparse.ArgumentParser,
     names = args.served_model_name or []
     options = {name: getattr(args, name) for name in ENGINE_OPTIONS}
     graphs = _graph_options(parser, args, options)
+    mode_said = vllm_graph_flags.performance_mode(args, options)
     options["served_model_name"] = names[0] if names else None  # the name reported
     if args.chat_template is not None:  # as vLLM's flag: a template's \n is a newline
         try:
@@ -70,6 +71,8 @@ def checked_config(parser: argparse.ArgumentParser,
         log.info("%s has no effect: %s", flag, why)
     for line in graphs.said if graphs is not None else ():
         log.info("%s", line)
+    if mode_said is not None:
+        log.info("%s", mode_said)
     return config, api_keys
 
 
@@ -83,6 +86,8 @@ def _graph_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
     try:
         graphs = vllm_compilation.applied(args)
     except ValueError as e:  # -cc's keys, or -O's as vLLM's older releases took them
+        if str(e).startswith("argument "):  # a size flag's (vllm_graph_flags.py)
+            parser.error(str(e))
         names = ("-O/--optimization-level" if args.vllm_graphs["config"][0].startswith("-O")
                  or args.vllm_graphs["config"][0] == "--optimization-level"
                  else "-cc/--compilation-config")
@@ -94,9 +99,9 @@ def _graph_options(parser: argparse.ArgumentParser, args: argparse.Namespace,
     if graphs.max_batch is not None:
         typed = getattr(args, "flags_typed", {}).get("cuda_graph_max_batch")
         if typed is not None and args.cuda_graph_max_batch != graphs.max_batch:
-            config_flag = args.vllm_graphs["config"][0]
-            parser.error(f"argument {typed}: {args.cuda_graph_max_batch} and {config_flag}'s "
-                         f"largest CUDA graph, {graphs.max_batch}, disagree: give one")
+            parser.error(f"argument {typed}: {args.cuda_graph_max_batch} and "
+                         f"{graphs.max_batch_from}'s largest CUDA graph, {graphs.max_batch}, "
+                         "disagree: give one")
         options["cuda_graph_max_batch"] = graphs.max_batch
     return graphs
 
