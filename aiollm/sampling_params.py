@@ -43,6 +43,9 @@ MAX_BAD_WORD_CHARS = 256
 # Seen tokens' positive logits are divided by the repetition penalty in float32: far below
 # this they overflow to inf (a float32 zero below ~1e-45), and the logprobs become NaN
 MIN_REPETITION_PENALTY = 0.01
+# the highest penalties taken with LightLLM's penalty scopes (LightLLM bounds them only below):
+# far within float32 once multiplied by a count of occurrences or a logit
+MAX_LIGHTLLM_PENALTY = 10**6
 # the highest temperature taken (at 100 the draw is already close to uniform)
 MAX_TEMPERATURE = 100
 
@@ -90,7 +93,8 @@ class SamplingParams:
     # which tokens the three penalties count (PENALTY_SCOPES): "vllm", vLLM's and
     # transformers' (repetition over prompt and output, presence and frequency over the
     # output); "output", LightLLM's default (all three over the output); "prompt_and_output",
-    # LightLLM's input_penalty (all three over both, the prompt's occurrences counted)
+    # LightLLM's input_penalty (all three over both, the prompt's occurrences counted).
+    # LightLLM's scopes take LightLLM's ranges of the three too (check)
     penalty_scope: str = "vllm"
     # False: top-p's mass is that of the tokens top-k and min-p keep, renormalised (vLLM's);
     # True: that of the whole distribution, cut by top-k after (LightLLM's sampler)
@@ -207,15 +211,19 @@ class SamplingParams:
             raise bad("top_k", "must be -1 or 0 (off) or an integer in [1, 2**31)")
         if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", "must be in [0, 1]")
-        if not is_num(self.repetition_penalty) or not (
-                MIN_REPETITION_PENALTY <= self.repetition_penalty <= 10):
-            raise bad("repetition_penalty", f"must be in [{MIN_REPETITION_PENALTY}, 10]")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if not is_num(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
-                raise bad(name, "must be in [-2, 2]")
-        self._check_length_penalty()
         if self.penalty_scope not in PENALTY_SCOPES:
             raise bad("penalty_scope", f"must be one of {', '.join(PENALTY_SCOPES)}")
+        # vLLM's ranges, or with LightLLM's scopes LightLLM's: no penalty below neutral
+        # (it refuses those) and none above MAX_LIGHTLLM_PENALTY (it bounds none)
+        vllm = self.penalty_scope == "vllm"
+        low, high = (MIN_REPETITION_PENALTY, 10) if vllm else (1, MAX_LIGHTLLM_PENALTY)
+        if not is_num(self.repetition_penalty) or not low <= self.repetition_penalty <= high:
+            raise bad("repetition_penalty", f"must be in [{low}, {high:g}]")
+        low, high = (-2, 2) if vllm else (0, MAX_LIGHTLLM_PENALTY)
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not is_num(getattr(self, name)) or not low <= getattr(self, name) <= high:
+                raise bad(name, f"must be in [{low}, {high:g}]")
+        self._check_length_penalty()
         if self.seed is not None and (not is_int(self.seed)
                                       or not -SEED_RANGE <= self.seed < SEED_RANGE):
             raise bad("seed", "must be an integer in [-2**63, 2**63)")

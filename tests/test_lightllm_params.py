@@ -46,7 +46,7 @@ def test_eos_may_end_the_output_at_once_by_default(server):
 
 
 @pytest.mark.parametrize("parameters,says", [
-    ({"min_new_tokens": -1}, "min_new_tokens must be an integer >= 0, got -1"),
+    ({"min_new_tokens": -1}, "min_new_tokens must be an integer >= 1 (1: no minimum), got -1"),
     ({"min_new_tokens": 5, "max_new_tokens": 2}, "min_new_tokens (5)"),
     ({"min_new_tokens": 3, "max_new_tokens": 8, "allowed_token_ids": [EOS]},
      "min_new_tokens (3)"),

@@ -33,10 +33,9 @@ from aiollm.api.lightllm_errors import lightllm_errors, stream_error
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
-from aiollm.api.usage import room
 from aiollm.engine.request_group import choice_group
 from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import MAX_TEMPERATURE, SamplingParams, choice_seed
+from aiollm.sampling_params import SamplingParams, choice_seed
 from aiollm.stop_conditions import MAX_STOP_CHARS, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS
 
 if TYPE_CHECKING:
@@ -107,18 +106,20 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
                        f"may have as text")
             raise InvalidRequest(message, param="parameters.stop_sequences")
         stop.append(text)
-    if p.top_k < 1 and p.top_k != -1:
+    # As LightLLM: without do_sample, temperature, top_p and top_k are not read (any value
+    # is taken); with it, a temperature in [0, 1e-5) is greedy and top_k is not read. A
+    # negative temperature stays an error: SamplingParams gets it as sent and refuses it
+    greedy = not p.do_sample or 0 <= p.temperature < _GREEDY_BELOW
+    top_p = p.top_p if p.do_sample else 1.0
+    top_k = -1 if greedy else p.top_k
+    if top_k < 1 and top_k != -1:
         # LightLLM refuses 0, where SamplingParams takes it as off (vLLM's) and would say so
         # of any other value it refuses
-        raise InvalidRequest(f"top_k must be -1 (off) or an integer >= 1, got {p.top_k}",
+        raise InvalidRequest(f"top_k must be -1 (off) or an integer >= 1, got {top_k}",
                              param="parameters.top_k")
-    # a temperature out of range (negative, or past MAX_TEMPERATURE) stays an error even
-    # where sampling is off: SamplingParams gets it as sent and refuses it
-    greedy = ((not p.do_sample or p.temperature < _GREEDY_BELOW)
-              and 0 <= p.temperature <= MAX_TEMPERATURE)
     return SamplingParams(
         max_tokens=p.max_new_tokens, min_tokens=_min_tokens(p),
-        temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
+        temperature=0.0 if greedy else p.temperature, top_p=top_p, top_k=top_k,
         top_p_joint=True,  # LightLLM's top-p counts the whole distribution's mass
         exponential_decay_length_penalty=p.exponential_decay_length_penalty,
         min_p=p.min_p, repetition_penalty=p.repetition_penalty,
@@ -141,13 +142,15 @@ def _min_tokens(p: GenerateParameters) -> int:
     min_new_tokens-th token (counted): its default, 1, sets no minimum. min_tokens counts
     the tokens before the eos: one less. (LightLLM also matches stop_sequences from the
     first token whatever min_new_tokens, where min_tokens holds them back too: the same
-    once min_new_tokens is 1.) 0 is taken as 1; a negative one is refused by
-    SamplingParams as sent."""
+    once min_new_tokens is 1.) Below 1 it is refused, as LightLLM refuses it."""
     k = p.min_new_tokens
+    if k < 1:
+        raise InvalidRequest(f"min_new_tokens must be an integer >= 1 (1: no minimum), got "
+                             f"{k}", param="parameters.min_new_tokens")
     if k > p.max_new_tokens:  # LightLLM's rule, told here: SamplingParams sees k - 1
         raise InvalidRequest(f"min_new_tokens ({k}) must not exceed max_new_tokens "
                              f"({p.max_new_tokens})", param="parameters.min_new_tokens")
-    return k - 1 if k >= 1 else k
+    return k - 1
 
 
 @contextmanager
@@ -200,13 +203,7 @@ def _checked_params(st: ApiState, req: GenerateRequest, n: int,
     that length as the file gives it (/tokens, which generates nothing)."""
     p = req.parameters
     req.check_unserved()
-    length_left_out = p.max_new_tokens is None
     p.with_defaults(st.engine.sampling_defaults)
-    if (length_left_out and prompt_tokens is not None
-            and "max_tokens" in st.engine.sampling_defaults):
-        # the file's length, within the context: a 32k default refused a short context's
-        # request naming a field it never sent
-        p.max_new_tokens = room(st, prompt_tokens)
     p.check_max_tokens()
     fields = {"guided_json": p.guided_json, "guided_grammar": p.guided_grammar,
               "regular_constraint": p.regular_constraint}
