@@ -12,7 +12,7 @@ from aiollm.numpy_scalars import plain_bool, plain_number
 # the stop lists' bounds and checks, importable from here as before
 from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # noqa: F401
                                     MAX_STOP_TOKEN_IDS, checked_stop, checked_stop_token_ids,
-                                    is_int)
+                                    checked_stop_token_sequences, is_int)
 # vLLM's grammar object, importable from here as from vllm.sampling_params
 from aiollm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams, grammar_of
 
@@ -105,6 +105,11 @@ class SamplingParams:
     seed: int | None = None  # -1 is None (no seed), as vLLM reads it
     stop: list[str] = field(default_factory=list)  # also one string, a tuple or None
     stop_token_ids: list[int] = field(default_factory=list)  # also a tuple or None
+    # LightLLM's stop_sequences: token id sequences that end the output ("stop") once its
+    # last tokens are one of them, from its first token whatever min_tokens (as LightLLM
+    # matches them). The matched tokens stay in the output and in its text, whatever
+    # include_stop_str_in_output; no stop_reason is given. Held as tuples
+    stop_token_sequences: list[tuple[int, ...]] = field(default_factory=list)
     ignore_eos: bool = False
     # top-N logprobs of each chosen token; 0: the chosen one only (True is 1, False 0)
     logprobs: int | None = None
@@ -229,6 +234,11 @@ class SamplingParams:
             raise bad("seed", "must be an integer in [-2**63, 2**63)")
         self.stop = checked_stop(self.stop)
         self.stop_token_ids = checked_stop_token_ids(self.stop_token_ids)
+        if isinstance(self.stop_token_sequences, (list, tuple)):
+            self.stop_token_sequences = [
+                [plain_number(t) for t in s] if isinstance(s, (list, tuple)) else s
+                for s in self.stop_token_sequences]
+        self.stop_token_sequences = checked_stop_token_sequences(self.stop_token_sequences)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
                      "spaces_between_special_tokens", "top_p_joint"):
             setattr(self, name, plain_bool(getattr(self, name)))

@@ -370,10 +370,10 @@ BAD_INPUT = [
         "stop_token_ids", "at most 1024 distinct stop token ids"),
     bad("stop-id-negative", C, prompt(stop_token_ids=[-1]), 400, "stop_token_ids"),
     bad("stop-id-past-int32", CH, chat(stop_token_ids=[2**40]), 400, "stop_token_ids[0]"),
-    bad("stop-sequences-too-many-chars", G, lightllm(stop_sequences=STOPS), 400,
-        "parameters.stop_sequences"),
+    bad("stop-sequence-too-many-tokens", G, lightllm(stop_sequences=["z" * 1024]), 400,
+        "parameters.stop_sequences", "encodes to 512 token ids"),
     bad("stop-sequences-too-many", G, lightllm(stop_sequences=["a"] * 20_000), 400,
-        "parameters.stop_sequences", "at most 17408 stop_sequences"),
+        "parameters.stop_sequences", "at most 64 stop_sequences"),
     bad("stop-sequence-id-past-int32", G, lightllm(stop_sequences=[[2**40]]), 400,
         "parameters.stop_sequences[0][0]"),
     # logprobs above the limit

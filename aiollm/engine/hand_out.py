@@ -6,10 +6,11 @@ _process takes one step and its result (the sampled token ids, one row per sampl
 of the step) and, for the requests still running, appends each token, checks the stop
 conditions of the whole batch in one C call (`RequestTable.stop_check`: eos and stop token
 ids once min_tokens are out, max_new_tokens, which admission keeps within the model's
-length), advances constrained requests' grammars, records logprobs and the TTFT / ITL
-metrics, and wakes each request's stream. _finish ends one request: it gives back its KV
-slots and its request-table slot, keeps the scheduler's history of output lengths, and wakes
-its stream, which raises the request's error if it failed.
+length; then, per request that has them, its stop token sequences), advances constrained
+requests' grammars, records logprobs and the TTFT / ITL metrics, and wakes each request's
+stream. _finish ends one request: it gives back its KV slots and its request-table slot,
+keeps the scheduler's history of output lengths, and wakes its stream, which raises the
+request's error if it failed.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from aiollm.engine.planner import Step
 from aiollm.engine.request import Phase, Request
 from aiollm.errors import Overloaded, RequestFailed
 from aiollm.native import FinishReason, ReqState
+from aiollm.stop_conditions import ends_with_stop_sequence
 
 # how long a thread failing every request (_fail_all_threadsafe) waits for the event loop to
 # have done it: a loop held longer than this is stuck, and its requests are left to the caller
@@ -95,6 +97,9 @@ class HandOut:
                 why, kind = rejection(r.params, len(r.output_ids),
                                       self.grammars.dead_end(r.grammar))
                 self._finish(r, failure_reason(kind), error=why, failed=True, error_type=kind)
+            elif (r.params.stop_token_sequences  # before eos and length, as LightLLM checks
+                  and ends_with_stop_sequence(r.output_ids, r.params.stop_token_sequences)):
+                self._finish(r, "stop")
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP
                 tok = r.output_ids[-1]

@@ -210,7 +210,8 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     Raises ContextExceeded (an InvalidRequest whose message an endpoint may name the prompt
     in, in its own fields) naming "prompt", "max_tokens" or "min_tokens" for a prompt past
     the context, or of max_model_len tokens with output asked, or with max_tokens or
-    min_tokens past what it leaves; InvalidRequest naming "stop_token_ids"."""
+    min_tokens past what it leaves; InvalidRequest naming "stop_token_ids" or
+    "stop_token_sequences"."""
     if n > max_model_len:
         raise too_long(n, max_model_len)
     if n == max_model_len and params.max_tokens != 0:
@@ -229,6 +230,12 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     if bad is not None:
         raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
                              param="stop_token_ids")
+    # (never generated, so never matched: a client's mistake, told)
+    bad = next((t for s in params.stop_token_sequences for t in s if not 0 <= t < vocab_size),
+               None)
+    if bad is not None:
+        raise InvalidRequest(f"stop_token_sequences must hold token ids in [0, {vocab_size}), "
+                             f"got {bad}", param="stop_token_sequences")
 
 
 def check_min_tokens(n: int, min_tokens: int, max_model_len: int) -> None:
