@@ -1,5 +1,5 @@
 """A request's stop strings, stop token ids and stop token sequences: their bounds and
-their checks.
+their checks, and the stop token sequences' matcher (StopSequences).
 
 vLLM bounds neither of its lists. aiollm takes any number of both and bounds only what
 costs the server: the characters of the stop strings (each string's, and all of them
@@ -108,10 +108,37 @@ def checked_stop_token_sequences(seqs: object) -> list[tuple[int, ...]]:
     return out
 
 
-def ends_with_stop_sequence(output_ids: list[int], seqs: list[tuple[int, ...]]) -> bool:
-    """Whether `output_ids` (a request's output tokens alone) end with one of `seqs`."""
-    last = output_ids[-1]
-    for s in seqs:
-        if s[-1] == last and len(s) <= len(output_ids) and tuple(output_ids[-len(s):]) == s:
-            return True
-    return False
+# the key that marks, in StopSequences' tree, a node where a whole sequence was walked
+_END = -1
+
+
+class StopSequences:
+    """A request's stop token sequences (checked_stop_token_sequences' tuples) as a tree of
+    their ids from the last: ends() walks the output backwards from its last token along
+    it, so the sequences' shared ends are compared once. A token costs at most the longest
+    sequence's length in dict lookups, whatever the number of sequences (comparing each in
+    turn cost their total length: a client's sequences that all end like the output made
+    that the event loop's cost per token), and usually one: the last token is no
+    sequence's last."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self, seqs: list[tuple[int, ...]]):
+        root: dict = {}
+        for s in seqs:
+            node = root
+            for t in reversed(s):
+                node = node.setdefault(t, {})
+            node[_END] = True
+        self._root = root
+
+    def ends(self, output_ids: list[int]) -> bool:
+        """Whether `output_ids` (a request's output tokens alone) end with a sequence."""
+        node = self._root
+        for t in reversed(output_ids):
+            node = node.get(t)
+            if node is None:
+                return False
+            if _END in node:
+                return True
+        return False

@@ -28,7 +28,6 @@ from aiollm.engine.planner import Step
 from aiollm.engine.request import Phase, Request
 from aiollm.errors import Overloaded, RequestFailed
 from aiollm.native import FinishReason, ReqState
-from aiollm.stop_conditions import ends_with_stop_sequence
 
 # how long a thread failing every request (_fail_all_threadsafe) waits for the event loop to
 # have done it: a loop held longer than this is stuck, and its requests are left to the caller
@@ -97,8 +96,8 @@ class HandOut:
                 why, kind = rejection(r.params, len(r.output_ids),
                                       self.grammars.dead_end(r.grammar))
                 self._finish(r, failure_reason(kind), error=why, failed=True, error_type=kind)
-            elif (r.params.stop_token_sequences  # before eos and length, as LightLLM checks
-                  and ends_with_stop_sequence(r.output_ids, r.params.stop_token_sequences)):
+            elif (r.stop_sequences is not None  # before eos and length, as LightLLM checks
+                  and r.stop_sequences.ends(r.output_ids)):
                 self._finish(r, "stop")
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP

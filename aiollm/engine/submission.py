@@ -26,6 +26,7 @@ from aiollm.errors import (ContextExceeded, InvalidRequest, Overloaded,
 from aiollm.model.sampling_tensors import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
+from aiollm.stop_conditions import StopSequences
 
 Prompt = str | Sequence[int] | dict  # a dict: vLLM's {"prompt"} or {"prompt_token_ids"}
 R = TypeVar("R")
@@ -303,6 +304,8 @@ def new_request(table: RequestTable, ids: list[int], params: SamplingParams, rng
                   grammar=grammar)
     if keep_prompt_array:
         req.prompt_array = np.asarray(ids, dtype=np.int32)
+    if params.stop_token_sequences:
+        req.stop_sequences = StopSequences(params.stop_token_sequences)
     if params.logprobs is not None:
         req.logprobs = []
     if params.prompt_logprobs is not None:
