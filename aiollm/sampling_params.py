@@ -108,7 +108,7 @@ class SamplingParams:
     # LightLLM's stop_sequences: token id sequences that end the output ("stop") once its
     # last tokens are one of them, from its first token whatever min_tokens (as LightLLM
     # matches them). The matched tokens stay in the output and in its text, whatever
-    # include_stop_str_in_output; no stop_reason is given. Held as tuples
+    # include_stop_str_in_output; no stop_reason is given. Held as tuples (None is none)
     stop_token_sequences: list[tuple[int, ...]] = field(default_factory=list)
     ignore_eos: bool = False
     # top-N logprobs of each chosen token; 0: the chosen one only (True is 1, False 0)

@@ -85,10 +85,12 @@ def checked_stop_token_ids(ids: object) -> list[int]:
 
 
 def checked_stop_token_sequences(seqs: object) -> list[tuple[int, ...]]:
-    """`seqs` (a list of lists of ints) as a list of tuples, without repeats, in their
-    first order. Raises InvalidRequest naming "stop_token_sequences" for anything else, an
-    empty sequence, an id outside [0, 2**31), a sequence of more than
+    """`seqs` (a list of lists of ints; None is none) as a list of tuples, without
+    repeats, in their first order. Raises InvalidRequest naming "stop_token_sequences" for
+    anything else, an empty sequence, an id outside [0, 2**31), a sequence of more than
     MAX_STOP_SEQUENCE_TOKENS ids, or more than MAX_STOP_SEQUENCES distinct sequences."""
+    if seqs is None:  # (as stop and stop_token_ids take it)
+        return []
     ok = isinstance(seqs, (list, tuple)) and all(
         isinstance(s, (list, tuple)) and s and all(is_int(t) and 0 <= t < 2**31 for t in s)
         for s in seqs)

@@ -65,3 +65,9 @@ def test_ids_past_the_vocabulary_are_refused(loop, engine):
         run(loop, engine.generate(PROMPT, SamplingParams(stop_token_sequences=[[1, vocab]])))
     assert e.value.param == "stop_token_sequences"
 
+
+
+def test_none_is_no_sequence():
+    """As stop and stop_token_ids take None (vLLM's default) for none, so does
+    stop_token_sequences; it was refused as not a list."""
+    assert SamplingParams(stop_token_sequences=None).stop_token_sequences == []
