@@ -39,8 +39,8 @@ from aiollm.engine.request_group import choice_group
 from aiollm.engine.special_tokens import encode_kept
 from aiollm.errors import InvalidRequest, check_unicode
 from aiollm.sampling_params import SamplingParams, choice_seed
-from aiollm.stop_conditions import (MAX_STOP_SEQUENCE_TOKENS, MAX_STOP_SEQUENCES,
-                                    MAX_STOP_STRING_CHARS)
+from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_SEQUENCE_TOKENS,
+                                    MAX_STOP_SEQUENCES, MAX_STOP_STRING_CHARS)
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta
@@ -69,12 +69,19 @@ def _stop_sequences(st: ApiState, p: GenerateParameters) -> list[list[int]]:
     tokenizer encodes it without special tokens, a list of ids as it is. A sequence of no
     token ("", [], or a string the tokenizer drops) is no stop, as LightLLM drops it.
     InvalidRequest naming parameters.stop_sequences (the client's index in its message)
-    past MAX_STOP_SEQUENCES of them (checked before any is encoded), a string past
-    MAX_STOP_STRING_CHARS characters or a lone surrogate (encoded on the event loop), or a
-    sequence past MAX_STOP_SEQUENCE_TOKENS ids."""
+    past MAX_STOP_SEQUENCES of them or strings past MAX_STOP_CHARS characters in all
+    (checked before any is encoded), a string past MAX_STOP_STRING_CHARS characters or a
+    lone surrogate (encoded on the event loop), or a sequence past MAX_STOP_SEQUENCE_TOKENS
+    ids."""
     seqs = [p.stop_sequences] if isinstance(p.stop_sequences, str) else p.stop_sequences or []
     if len(seqs) > MAX_STOP_SEQUENCES:
         raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop_sequences, got {len(seqs)}",
+                             param="parameters.stop_sequences")
+    # encoded on the event loop: all of them bounded as the OpenAI routes' stop strings are
+    chars = sum(len(s) for s in seqs if isinstance(s, str))
+    if chars > MAX_STOP_CHARS:
+        raise InvalidRequest(f"the stop_sequences' strings have {chars} characters in all, more "
+                             f"than the {MAX_STOP_CHARS} allowed: send fewer or shorter ones",
                              param="parameters.stop_sequences")
     out = []
     for i, s in enumerate(seqs):
