@@ -13,7 +13,7 @@ from aiollm.numpy_scalars import plain_bool, plain_number
 # the stop lists' bounds and checks, importable from here as before
 from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_STRING_CHARS,  # noqa: F401
                                     MAX_STOP_TOKEN_IDS, checked_stop, checked_stop_token_ids,
-                                    is_int)
+                                    checked_stop_token_sequences, is_int)
 # vLLM's grammar object, importable from here as from vllm.sampling_params
 from aiollm.structured_outputs import GuidedDecodingParams, StructuredOutputsParams, grammar_of
 
@@ -46,6 +46,9 @@ MAX_BAD_WORD_CHARS = 256
 # Seen tokens' positive logits are divided by the repetition penalty in float32: far below
 # this they overflow to inf (a float32 zero below ~1e-45), and the logprobs become NaN
 MIN_REPETITION_PENALTY = 0.01
+# the highest penalties taken with LightLLM's penalty scopes (LightLLM bounds them only below):
+# far within float32 once multiplied by a count of occurrences or a logit
+MAX_LIGHTLLM_PENALTY = 10**6
 # the highest temperature taken (at 100 the draw is already close to uniform)
 MAX_TEMPERATURE = 100
 # vLLM's _MAX_TEMP: a temperature in (0, this) is raised to it, with a warning, as vLLM's
@@ -98,7 +101,8 @@ class SamplingParams:
     # which tokens the three penalties count (PENALTY_SCOPES): "vllm", vLLM's and
     # transformers' (repetition over prompt and output, presence and frequency over the
     # output); "output", LightLLM's default (all three over the output); "prompt_and_output",
-    # LightLLM's input_penalty (all three over both, the prompt's occurrences counted)
+    # LightLLM's input_penalty (all three over both, the prompt's occurrences counted).
+    # LightLLM's scopes take LightLLM's ranges of the three too (check)
     penalty_scope: str = "vllm"
     # False: top-p's mass is that of the tokens top-k and min-p keep, renormalised (vLLM's);
     # True: that of the whole distribution, cut by top-k after (LightLLM's sampler)
@@ -112,6 +116,11 @@ class SamplingParams:
     seed: int | None = None  # -1 is None (no seed), as vLLM reads it
     stop: list[str] = field(default_factory=list)  # also one string, a tuple or None
     stop_token_ids: list[int] = field(default_factory=list)  # also a tuple or None
+    # LightLLM's stop_sequences: token id sequences that end the output ("stop") once its
+    # last tokens are one of them, from its first token whatever min_tokens (as LightLLM
+    # matches them). The matched tokens stay in the output and in its text, whatever
+    # include_stop_str_in_output; no stop_reason is given. Held as tuples (None is none)
+    stop_token_sequences: list[tuple[int, ...]] = field(default_factory=list)
     ignore_eos: bool = False
     # top-N logprobs of each chosen token; 0: the chosen one only (True is 1, False 0)
     logprobs: int | None = None
@@ -219,20 +228,29 @@ class SamplingParams:
             raise bad("top_k", "must be -1 or 0 (off) or an integer in [1, 2**31)")
         if not is_num(self.min_p) or not 0 <= self.min_p <= 1:
             raise bad("min_p", "must be in [0, 1]")
-        if not is_num(self.repetition_penalty) or not (
-                MIN_REPETITION_PENALTY <= self.repetition_penalty <= 10):
-            raise bad("repetition_penalty", f"must be in [{MIN_REPETITION_PENALTY}, 10]")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if not is_num(getattr(self, name)) or not -2 <= getattr(self, name) <= 2:
-                raise bad(name, "must be in [-2, 2]")
-        self._check_length_penalty()
         if self.penalty_scope not in PENALTY_SCOPES:
             raise bad("penalty_scope", f"must be one of {', '.join(PENALTY_SCOPES)}")
+        # vLLM's ranges, or with LightLLM's scopes LightLLM's: no penalty below neutral
+        # (it refuses those) and none above MAX_LIGHTLLM_PENALTY (it bounds none)
+        vllm = self.penalty_scope == "vllm"
+        low, high = (MIN_REPETITION_PENALTY, 10) if vllm else (1, MAX_LIGHTLLM_PENALTY)
+        if not is_num(self.repetition_penalty) or not low <= self.repetition_penalty <= high:
+            raise bad("repetition_penalty", f"must be in [{low}, {high:g}]")
+        low, high = (-2, 2) if vllm else (0, MAX_LIGHTLLM_PENALTY)
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not is_num(getattr(self, name)) or not low <= getattr(self, name) <= high:
+                raise bad(name, f"must be in [{low}, {high:g}]")
+        self._check_length_penalty()
         if self.seed is not None and (not is_int(self.seed)
                                       or not -SEED_RANGE <= self.seed < SEED_RANGE):
             raise bad("seed", "must be an integer in [-2**63, 2**63)")
         self.stop = checked_stop(self.stop)
         self.stop_token_ids = checked_stop_token_ids(self.stop_token_ids)
+        if isinstance(self.stop_token_sequences, (list, tuple)):
+            self.stop_token_sequences = [
+                [plain_number(t) for t in s] if isinstance(s, (list, tuple)) else s
+                for s in self.stop_token_sequences]
+        self.stop_token_sequences = checked_stop_token_sequences(self.stop_token_sequences)
         for name in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output",
                      "spaces_between_special_tokens", "top_p_joint", "raise_low_temperature"):
             setattr(self, name, plain_bool(getattr(self, name)))

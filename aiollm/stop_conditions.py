@@ -1,8 +1,10 @@
-"""A request's stop strings and stop token ids: their bounds and their checks.
+"""A request's stop strings, stop token ids and stop token sequences: their bounds and
+their checks, and the stop token sequences' matcher (StopSequences).
 
-vLLM bounds neither list. aiollm takes any number of both and bounds only what costs the
-server: the characters of the stop strings (each string's, and all of them together) and
-the number of distinct stop token ids.
+vLLM bounds neither of its lists. aiollm takes any number of both and bounds only what
+costs the server: the characters of the stop strings (each string's, and all of them
+together) and the number of distinct stop token ids. The stop token sequences (LightLLM's
+stop_sequences, matched on the output's token ids) are bounded in number and length.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ MAX_STOP_CHARS = 16 * MAX_STOP_STRING_CHARS
 # (aiollm/model/sampling_tensors.py), so the widest request sets the batch's width. 1024 is
 # past any model's special tokens (Llama 3 reserves 256)
 MAX_STOP_TOKEN_IDS = 1024
+# stop token sequences per request and token ids per sequence: each output token of the
+# request is compared with the sequences' last ids on the event loop (engine/hand_out.py).
+# LightLLM's defaults are 10 and 256 (LIGHTLLM_MAX_STOP_SEQUENCES and
+# LIGHTLLM_STOP_SEQUENCE_MAX_LENGTH); more sequences are taken here
+MAX_STOP_SEQUENCES = 64
+MAX_STOP_SEQUENCE_TOKENS = 256
 
 
 def is_int(v: object) -> bool:
@@ -74,3 +82,65 @@ def checked_stop_token_ids(ids: object) -> list[int]:
         raise InvalidRequest(f"at most {MAX_STOP_TOKEN_IDS} distinct stop token ids, got "
                              f"{len(ids)}", param="stop_token_ids")
     return ids
+
+
+def checked_stop_token_sequences(seqs: object) -> list[tuple[int, ...]]:
+    """`seqs` (a list of lists of ints; None is none) as a list of tuples, without
+    repeats, in their first order. Raises InvalidRequest naming "stop_token_sequences" for
+    anything else, an empty sequence, an id outside [0, 2**31), a sequence of more than
+    MAX_STOP_SEQUENCE_TOKENS ids, or more than MAX_STOP_SEQUENCES distinct sequences."""
+    if seqs is None:  # (as stop and stop_token_ids take it)
+        return []
+    ok = isinstance(seqs, (list, tuple)) and all(
+        isinstance(s, (list, tuple)) and s and all(is_int(t) and 0 <= t < 2**31 for t in s)
+        for s in seqs)
+    if not ok:
+        raise InvalidRequest(f"stop_token_sequences must be a list of non-empty lists of "
+                             f"integers in [0, 2**31), got {shown_json(seqs)}",
+                             param="stop_token_sequences")
+    long = next((i for i, s in enumerate(seqs) if len(s) > MAX_STOP_SEQUENCE_TOKENS), None)
+    if long is not None:
+        raise InvalidRequest(f"stop_token_sequences[{long}] has {len(seqs[long])} token ids, "
+                             f"more than the {MAX_STOP_SEQUENCE_TOKENS} allowed",
+                             param="stop_token_sequences")
+    out = list(dict.fromkeys(tuple(s) for s in seqs))
+    if len(out) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} distinct stop token sequences, "
+                             f"got {len(out)}", param="stop_token_sequences")
+    return out
+
+
+# the key that marks, in StopSequences' tree, a node where a whole sequence was walked
+_END = -1
+
+
+class StopSequences:
+    """A request's stop token sequences (checked_stop_token_sequences' tuples) as a tree of
+    their ids from the last: ends() walks the output backwards from its last token along
+    it, so the sequences' shared ends are compared once. A token costs at most the longest
+    sequence's length in dict lookups, whatever the number of sequences (comparing each in
+    turn cost their total length: a client's sequences that all end like the output made
+    that the event loop's cost per token), and usually one: the last token is no
+    sequence's last."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self, seqs: list[tuple[int, ...]]):
+        root: dict = {}
+        for s in seqs:
+            node = root
+            for t in reversed(s):
+                node = node.setdefault(t, {})
+            node[_END] = True
+        self._root = root
+
+    def ends(self, output_ids: list[int]) -> bool:
+        """Whether `output_ids` (a request's output tokens alone) end with a sequence."""
+        node = self._root
+        for t in reversed(output_ids):
+            node = node.get(t)
+            if node is None:
+                return False
+            if _END in node:
+                return True
+        return False

@@ -91,13 +91,17 @@ def test_repro_reports_the_penalised_tokens_raw_logprob(server, processed):
         # processed (today's value before the option): the penalised row's, a certainty
         assert proc["token_logprobs"][j] == pytest.approx(0.0, abs=1e-3)
         assert min(proc["top_logprobs"][j].values()) < -100
-    # LightLLM's per-token logprob is the same raw one (input_penalty: its repetition
-    # penalty then counts the prompt too, as vLLM's does)
+    # LightLLM's per-token logprob is the raw one too. Its repetition penalty is at least 1
+    # (it refuses 0.01): 1e6 over the prompt and the output (input_penalty) keeps every
+    # token seen from being drawn, so that the tokens drawn are not the model's likeliest
     events = [json.loads(e) for e in sse_events(http(server, "POST", "/generate_stream", json={
-        "inputs": "Hi", "parameters": {"max_new_tokens": 3, "repetition_penalty": 0.01,
+        "inputs": "Hi", "parameters": {"max_new_tokens": 3, "repetition_penalty": 1e6,
                                        "input_penalty": True}})[2])]
-    assert [e["token"]["logprob"] for e in events] == pytest.approx(
-        raw["token_logprobs"][n_prompt:], abs=1e-3)
+    got = [e["token"]["logprob"] for e in events]
+    scores = model_scores(server, ids[:n_prompt] + [e["token"]["id"] for e in events], 2)
+    assert got == pytest.approx(scores["token_logprobs"][n_prompt:], abs=1e-3)
+    assert any(lp < max(top.values()) - 0.1
+               for lp, top in zip(got, scores["top_logprobs"][n_prompt:])), (got, scores)
 
 
 @pytest.mark.parametrize("mode", ["raw", "processed"])

@@ -187,13 +187,14 @@ def test_the_token_that_completes_a_stop_string_is_counted(server):
     assert [(x["token"], x["bytes"]) for x in entries] == [(" Paris", [])], entries
     assert events[-1]["usage"]["completion_tokens"] == 1, events[-1]
 
-    # LightLLM's /generate keeps the stop sequence in its text: up to the stop string's end
+    # LightLLM's /generate matches its stop sequences on the token ids: " Par" (its own
+    # token) is no part of " Paris" there, and the output runs to its length
     out = json.loads(gen[2])
-    assert (out["generated_text"], out["count_output_tokens"]) == ([" Par"], 1), out
-    assert [(t["id"], t["text"]) for t in out["tokens"]] == [(PARIS_ID, " Par")], out
-    (last,) = [json.loads(e) for e in sse_events(gen_stream[2])]
-    assert last["token"]["id"] == PARIS_ID and last["token"]["count_output_tokens"] == 1, last
-    assert (last["token"]["text"], last["finish_reason"]) == (" Par", "stop"), last
+    assert out["generated_text"] == [" Paris" * 3] and out["count_output_tokens"] == 3, out
+    assert [(t["id"], t["text"]) for t in out["tokens"]] == [(PARIS_ID, " Paris")] * 3, out
+    events = [json.loads(e) for e in sse_events(gen_stream[2])]
+    assert [e["token"]["id"] for e in events] == [PARIS_ID] * 3, events
+    assert events[-1]["finish_reason"] == "length", events
 
 
 def test_a_gguf_models_end_of_generation_ids_through_each_api(server):

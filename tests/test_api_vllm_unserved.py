@@ -55,6 +55,7 @@ def test_generate_top_k_error_says_what_it_takes(server, top_k):
     """/generate takes top_k -1 (off) or >= 1, as LightLLM does: every refused value is told
     so. -2 was told "-1 or 0 (off)", the OpenAI endpoints' rule, and 0 is refused here."""
     msg = error_of(*http(server, "POST", G, json={
-        "inputs": "Hi", "parameters": {"max_new_tokens": 1, "top_k": top_k}})[::2],
+        "inputs": "Hi", "parameters": {"max_new_tokens": 1, "do_sample": True,
+                                       "top_k": top_k}})[::2],
         "parameters.top_k", G)
     assert "-1 (off)" in msg and "or 0" not in msg and str(top_k) in msg, msg

@@ -52,9 +52,11 @@ def test_tokens_checks_the_parameters_as_generate_does(server):
         status, _, raw = http(server, "POST", "/tokens", json={"text": PARIS,
                                                                "parameters": parameters})
         assert status == 200 and json.loads(raw) == json.loads(want), (parameters, raw)
-    for parameters, param in (({"temperature": -1}, "parameters.temperature"),
+    # (temperature and top_k are read with do_sample alone, as LightLLM reads them)
+    for parameters, param in (({"do_sample": True, "temperature": -1},
+                               "parameters.temperature"),
                               ({"max_new_tokens": 0}, "parameters.max_new_tokens"),
-                              ({"top_k": 0}, "parameters.top_k"),
+                              ({"do_sample": True, "top_k": 0}, "parameters.top_k"),
                               ({"min_new_tokens": 5, "max_new_tokens": 2},
                                "parameters.min_new_tokens"),
                               ({"n": 2, "best_of": 3}, "parameters.best_of"),

@@ -59,7 +59,8 @@ def test_an_output_cut_inside_a_character_drops_its_replacement_character(server
 REFUSED = [
     ("/generate", {"inputs": PARIS, "parameters": {"max_new_tokens": 0}},
      "parameters.max_new_tokens"),
-    ("/generate_stream", {"inputs": PARIS, "parameters": {"top_k": 0}}, "parameters.top_k"),
+    ("/generate_stream", {"inputs": PARIS, "parameters": {"do_sample": True, "top_k": 0}},
+     "parameters.top_k"),
     ("/generate", {"inputs": PARIS, "parameters": {"temperature": "hot"}},
      "parameters.temperature"),
     ("/generate_stream", {"inputs": "hello " * 600}, "inputs"),  # past the context

@@ -263,22 +263,19 @@ BAD_INPUT = [
     bad("temperature-huge", C, prompt(temperature=1e300), 400, "temperature"),
     bad("lightllm-temperature-negative", G, lightllm(do_sample=True, temperature=-1), 400,
         "parameters.temperature"),
-    bad("lightllm-temperature-negative-greedy", G, lightllm(temperature=-1), 400,
-        "parameters.temperature"),
-    # greedy (do_sample false) ignores the temperature, but one past its range stays an
-    # error, as a negative one does: 1e300 was taken with a 200
-    bad("lightllm-temperature-huge-greedy", G, lightllm(temperature=1e300), 400,
+    # (greedy, do_sample false, reads no temperature, top_p or top_k, as LightLLM)
+    bad("lightllm-temperature-huge", G, lightllm(do_sample=True, temperature=1e300), 400,
         "parameters.temperature"),
     # top_p outside (0, 1]
     bad("top-p-0", C, prompt(top_p=0), 400, "top_p", "(0, 1]"),
     bad("top-p-above-1", C, prompt(top_p=1.5), 400, "top_p"),
     bad("top-p-negative", CH, chat(top_p=-0.1), 400, "top_p"),
-    bad("lightllm-top-p-0", G, lightllm(top_p=0), 400, "parameters.top_p"),
+    bad("lightllm-top-p-0", G, lightllm(do_sample=True, top_p=0), 400, "parameters.top_p"),
     # top_k < -1 (0 is off on the OpenAI endpoints, as in vLLM; LightLLM refuses it)
     bad("top-k-below-minus-1", C, prompt(top_k=-2), 400, "top_k"),
     bad("lightllm-top-k-0", G, lightllm(do_sample=True, top_k=0), 400, "parameters.top_k"),
     bad("top-k-past-int32", C, prompt(top_k=2**40), 400, "top_k"),
-    bad("lightllm-top-k", GS, lightllm(top_k=-5), 400, "parameters.top_k"),
+    bad("lightllm-top-k", GS, lightllm(do_sample=True, top_k=-5), 400, "parameters.top_k"),
     # n < 1 or above the limit
     bad("n-0", C, prompt(n=0), 400, "n"),
     bad("n-above-limit", C, prompt(n=1025), 400, "n", "1024"),
@@ -373,10 +370,10 @@ BAD_INPUT = [
         "stop_token_ids", "at most 1024 distinct stop token ids"),
     bad("stop-id-negative", C, prompt(stop_token_ids=[-1]), 400, "stop_token_ids"),
     bad("stop-id-past-int32", CH, chat(stop_token_ids=[2**40]), 400, "stop_token_ids[0]"),
-    bad("stop-sequences-too-many-chars", G, lightllm(stop_sequences=STOPS), 400,
-        "parameters.stop_sequences"),
+    bad("stop-sequence-too-many-tokens", G, lightllm(stop_sequences=["z" * 1024]), 400,
+        "parameters.stop_sequences", "encodes to 512 token ids"),
     bad("stop-sequences-too-many", G, lightllm(stop_sequences=["a"] * 20_000), 400,
-        "parameters.stop_sequences", "at most 17408 stop_sequences"),
+        "parameters.stop_sequences", "at most 64 stop_sequences"),
     bad("stop-sequence-id-past-int32", G, lightllm(stop_sequences=[[2**40]]), 400,
         "parameters.stop_sequences[0][0]"),
     # logprobs above the limit

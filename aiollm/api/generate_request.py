@@ -14,9 +14,12 @@ from aiollm.errors import InvalidRequest
 
 
 class GenerateParameters(Struct, kw_only=True):
-    """LightLLM's `parameters`: sampling is off unless do_sample is true. None (left out or
+    """LightLLM's `parameters`: sampling is off unless do_sample is true (temperature,
+    top_p and top_k are then not read, as LightLLM overwrites them). None (left out or
     null) takes the model's generation config's value (do_sample too, as LightLLM reads
-    it; aiollm/model/generation_defaults.py), else LightLLM's default (`with_defaults`)."""
+    it; aiollm/model/generation_defaults.py), else LightLLM's default (`with_defaults`).
+    max_new_tokens left out is 16 whatever the generation config says, as LightLLM reads
+    no length from it."""
 
     do_sample: bool | None = None
     temperature: float | None = None
@@ -66,15 +69,14 @@ class GenerateParameters(Struct, kw_only=True):
 
     def with_defaults(self, defaults: dict) -> None:
         """Fill the fields left None from `defaults` (the model's generation config's, by
-        SamplingParams' names, do_sample under its own), else from LightLLM's defaults."""
-        for name, field, lightllm in (("do_sample", "do_sample", False),
-                                      ("temperature", "temperature", 1.0),
-                                      ("top_p", "top_p", 1.0), ("top_k", "top_k", -1),
-                                      ("min_p", "min_p", 0.0),
-                                      ("repetition_penalty", "repetition_penalty", 1.0),
-                                      ("max_new_tokens", "max_tokens", 16)):
+        SamplingParams' names, do_sample under its own), else from LightLLM's defaults;
+        max_new_tokens from LightLLM's alone (16)."""
+        for name, lightllm in (("do_sample", False), ("temperature", 1.0), ("top_p", 1.0),
+                               ("top_k", -1), ("min_p", 0.0), ("repetition_penalty", 1.0)):
             if getattr(self, name) is None:
-                setattr(self, name, defaults.get(field, lightllm))
+                setattr(self, name, defaults.get(name, lightllm))
+        if self.max_new_tokens is None:
+            self.max_new_tokens = 16
 
     def check_max_tokens(self) -> None:
         check_max_tokens(self.max_new_tokens, "parameters.max_new_tokens")

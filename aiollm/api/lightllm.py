@@ -8,8 +8,10 @@ unchanged: {"inputs": str | [ids], "parameters": {...}} in; {"generated_text": [
 The parameters mean what they mean in LightLLM where it differs from vLLM: the penalties
 count the output's tokens alone (the prompt's too with input_penalty), top-p counts the
 whole distribution's mass before top-k cuts it, exponential_decay_length_penalty raises
-the eos logits, the stop sequence that ended an output stays in its text, and an eos
-token has no text unless print_eos_token.
+the eos logits, stop sequences are matched on the output's token ids (a string as the
+tokenizer encodes it) from its first token and the one that ended an output stays in its
+text, and an eos token has no text unless print_eos_token. Their ranges and defaults are
+LightLLM's too (its SamplingParams.verify()).
 
 As LightLLM's detokenizer, the output never ends in an incomplete UTF-8 character (the
 engine's detokenizer drops one, engine/detokenizer.py), and the stream's events leave
@@ -33,11 +35,12 @@ from aiollm.api.lightllm_errors import lightllm_errors, stream_error
 from aiollm.api.generate_request import GenerateParameters, GenerateRequest
 from aiollm.api.protocol import json_response
 from aiollm.api.state import ApiState, state
-from aiollm.api.usage import room
 from aiollm.engine.request_group import choice_group
-from aiollm.errors import InvalidRequest
-from aiollm.sampling_params import MAX_TEMPERATURE, SamplingParams, choice_seed
-from aiollm.stop_conditions import MAX_STOP_CHARS, MAX_STOP_STRING_CHARS, MAX_STOP_TOKEN_IDS
+from aiollm.engine.special_tokens import encode_kept
+from aiollm.errors import InvalidRequest, check_unicode
+from aiollm.sampling_params import SamplingParams, choice_seed
+from aiollm.stop_conditions import (MAX_STOP_CHARS, MAX_STOP_SEQUENCE_TOKENS,
+                                    MAX_STOP_SEQUENCES, MAX_STOP_STRING_CHARS)
 
 if TYPE_CHECKING:
     from aiollm.engine import Delta
@@ -50,8 +53,7 @@ _PARAM_NAMES = {
     "prompt": "inputs",
     "max_tokens": "parameters.max_new_tokens",
     "min_tokens": "parameters.min_new_tokens",
-    "stop": "parameters.stop_sequences",
-    "stop_token_ids": "parameters.stop_sequences",
+    "stop_token_sequences": "parameters.stop_sequences",
     **{f: f"parameters.{f}" for f in (
         "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "presence_penalty",
         "frequency_penalty", "seed", "ignore_eos", "logprobs", "allowed_token_ids",
@@ -62,63 +64,60 @@ _NAMING = ("the inputs have", "the inputs",
            "shorten the inputs to leave room for max_new_tokens (at least 1)")
 
 
-def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
-                     constraint=None) -> SamplingParams:
-    stop: list[str] = []
-    stop_ids: list[int] = []
+def _stop_sequences(st: ApiState, p: GenerateParameters) -> list[list[int]]:
+    """LightLLM's stop_sequences as the token id sequences it matches: a string as the
+    tokenizer encodes it without special tokens, a list of ids as it is. A sequence of no
+    token ("", [], or a string the tokenizer drops) is no stop, as LightLLM drops it.
+    InvalidRequest naming parameters.stop_sequences (the client's index in its message)
+    past MAX_STOP_SEQUENCES of them or strings past MAX_STOP_CHARS characters in all
+    (checked before any is encoded), a string past MAX_STOP_STRING_CHARS characters or a
+    lone surrogate (encoded on the event loop), or a sequence past MAX_STOP_SEQUENCE_TOKENS
+    ids."""
     seqs = [p.stop_sequences] if isinstance(p.stop_sequences, str) else p.stop_sequences or []
-    # before walking them on the loop: each is a stop token id or a stop string of at least
-    # one character
-    if len(seqs) > MAX_STOP_TOKEN_IDS + MAX_STOP_CHARS:
-        raise InvalidRequest(f"at most {MAX_STOP_TOKEN_IDS + MAX_STOP_CHARS} stop_sequences, "
-                             f"got {len(seqs)}", param="parameters.stop_sequences")
-    decoded = 0  # token ids of multi-token sequences, decoded on the event loop
-    vocab = st.engine.model_config.vocab_size
+    if len(seqs) > MAX_STOP_SEQUENCES:
+        raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop_sequences, got {len(seqs)}",
+                             param="parameters.stop_sequences")
+    # encoded on the event loop: all of them bounded as the OpenAI routes' stop strings are
+    chars = sum(len(s) for s in seqs if isinstance(s, str))
+    if chars > MAX_STOP_CHARS:
+        raise InvalidRequest(f"the stop_sequences' strings have {chars} characters in all, more "
+                             f"than the {MAX_STOP_CHARS} allowed: send fewer or shorter ones",
+                             param="parameters.stop_sequences")
+    out = []
     for i, s in enumerate(seqs):
-        text = None
+        what = "has"
         if isinstance(s, str):
-            text = s  # "" is refused by SamplingParams, naming this field
-        elif not s:  # was ignored, where an empty stop string is refused
-            raise InvalidRequest("a stop sequence must hold at least one token id, got []",
+            if len(s) > MAX_STOP_STRING_CHARS:
+                raise InvalidRequest(f"stop_sequences[{i}] has {len(s)} characters, more than "
+                                     f"the {MAX_STOP_STRING_CHARS} allowed",
+                                     param="parameters.stop_sequences")
+            check_unicode(s, f"parameters.stop_sequences[{i}]")
+            s, what = encode_kept(st.engine.tokenizer, s, add_special_tokens=False), "encodes to"
+        if len(s) > MAX_STOP_SEQUENCE_TOKENS:
+            raise InvalidRequest(f"stop_sequences[{i}] {what} {len(s)} token ids, more than the "
+                                 f"{MAX_STOP_SEQUENCE_TOKENS} a stop sequence may have",
                                  param="parameters.stop_sequences")
-        elif len(s) == 1:
-            stop_ids.append(s[0])
-        elif len(s) > MAX_STOP_STRING_CHARS:  # decoded on the event loop: bound it
-            raise InvalidRequest(f"a stop sequence may have at most {MAX_STOP_STRING_CHARS} "
-                                 f"token ids, got {len(s)}", param="parameters.stop_sequences")
-        elif (decoded := decoded + len(s)) > MAX_STOP_CHARS:  # and all of them
-            raise InvalidRequest(f"the stop sequences of several token ids may have at most "
-                                 f"{MAX_STOP_CHARS} token ids in all",
-                                 param="parameters.stop_sequences")
-        elif not all(0 <= t < vocab for t in s):
-            raise InvalidRequest(f"stop_sequences token ids must be in [0, {vocab}), got {s}",
-                                 param="parameters.stop_sequences")
-        else:  # a multi-token stop sequence is matched as its text
-            text = st.engine.tokenizer.decode(s)
-        if text is None:
-            continue
-        # checked here, where i is the client's index (SamplingParams' counts strings alone)
-        if len(text) > MAX_STOP_STRING_CHARS:
-            # token ids are matched as their text: say so, not count characters never sent
-            message = (f"stop_sequences[{i}] has {len(text)} characters, more than the "
-                       f"{MAX_STOP_STRING_CHARS} allowed" if isinstance(s, str) else
-                       f"stop_sequences[{i}]: its {len(s)} token ids decode to {len(text)} "
-                       f"characters, more than the {MAX_STOP_STRING_CHARS} a stop sequence "
-                       f"may have as text")
-            raise InvalidRequest(message, param="parameters.stop_sequences")
-        stop.append(text)
-    if p.top_k < 1 and p.top_k != -1:
+        if s:
+            out.append(list(s))
+    return out
+
+
+def _sampling_params(p: GenerateParameters, choice: int, stop: list[list[int]],
+                     constraint=None) -> SamplingParams:
+    # As LightLLM: without do_sample, temperature, top_p and top_k are not read (any value
+    # is taken); with it, a temperature in [0, 1e-5) is greedy and top_k is not read. A
+    # negative temperature stays an error: SamplingParams gets it as sent and refuses it
+    greedy = not p.do_sample or 0 <= p.temperature < _GREEDY_BELOW
+    top_p = p.top_p if p.do_sample else 1.0
+    top_k = -1 if greedy else p.top_k
+    if top_k < 1 and top_k != -1:
         # LightLLM refuses 0, where SamplingParams takes it as off (vLLM's) and would say so
         # of any other value it refuses
-        raise InvalidRequest(f"top_k must be -1 (off) or an integer >= 1, got {p.top_k}",
+        raise InvalidRequest(f"top_k must be -1 (off) or an integer >= 1, got {top_k}",
                              param="parameters.top_k")
-    # a temperature out of range (negative, or past MAX_TEMPERATURE) stays an error even
-    # where sampling is off: SamplingParams gets it as sent and refuses it
-    greedy = ((not p.do_sample or p.temperature < _GREEDY_BELOW)
-              and 0 <= p.temperature <= MAX_TEMPERATURE)
     return SamplingParams(
         max_tokens=p.max_new_tokens, min_tokens=_min_tokens(p),
-        temperature=0.0 if greedy else p.temperature, top_p=p.top_p, top_k=p.top_k,
+        temperature=0.0 if greedy else p.temperature, top_p=top_p, top_k=top_k,
         top_p_joint=True,  # LightLLM's top-p counts the whole distribution's mass
         raise_low_temperature=False,  # LightLLM samples at 0.005 as sent; vLLM raises it
         exponential_decay_length_penalty=p.exponential_decay_length_penalty,
@@ -126,11 +125,12 @@ def _sampling_params(st: ApiState, p: GenerateParameters, choice: int,
         presence_penalty=p.presence_penalty, frequency_penalty=p.frequency_penalty,
         # LightLLM's penalties count the output alone, or with input_penalty the prompt too
         penalty_scope="prompt_and_output" if p.input_penalty else "output",
-        seed=choice_seed(p.seed, choice), stop=stop, stop_token_ids=stop_ids,
+        # LightLLM matches stop sequences on the output's token ids, from its first token,
+        # and detokenizes every token made: the text keeps the stop sequence (and an eos's
+        # text, which _token_texts blanks)
+        seed=choice_seed(p.seed, choice), stop_token_sequences=stop,
         ignore_eos=p.ignore_eos, skip_special_tokens=p.skip_special_tokens,
         logprobs=0,  # LightLLM reports each token's logprob
-        # LightLLM matches stop sequences on the tokens and detokenizes every token made:
-        # the text keeps the stop sequence (and an eos's text, which _token_texts blanks)
         include_stop_str_in_output=True,
         constraint=constraint,
     )
@@ -140,15 +140,17 @@ def _min_tokens(p: GenerateParameters) -> int:
     """SamplingParams' min_tokens for LightLLM's min_new_tokens. LightLLM masks eos while
     fewer than min_new_tokens - 1 tokens are out, so the eos that ends an output may be its
     min_new_tokens-th token (counted): its default, 1, sets no minimum. min_tokens counts
-    the tokens before the eos: one less. (LightLLM also matches stop_sequences from the
-    first token whatever min_new_tokens, where min_tokens holds them back too: the same
-    once min_new_tokens is 1.) 0 is taken as 1; a negative one is refused by
-    SamplingParams as sent."""
+    the tokens before the eos: one less. (Stop sequences are matched from the first token
+    whatever min_new_tokens, as LightLLM matches them: stop_token_sequences, which
+    min_tokens does not hold back.) Below 1 it is refused, as LightLLM refuses it."""
     k = p.min_new_tokens
+    if k < 1:
+        raise InvalidRequest(f"min_new_tokens must be an integer >= 1 (1: no minimum), got "
+                             f"{k}", param="parameters.min_new_tokens")
     if k > p.max_new_tokens:  # LightLLM's rule, told here: SamplingParams sees k - 1
         raise InvalidRequest(f"min_new_tokens ({k}) must not exceed max_new_tokens "
                              f"({p.max_new_tokens})", param="parameters.min_new_tokens")
-    return k - 1 if k >= 1 else k
+    return k - 1
 
 
 @contextmanager
@@ -193,28 +195,20 @@ def _check_choices(st: ApiState, p: GenerateParameters) -> int:
     return n
 
 
-def _checked_params(st: ApiState, req: GenerateRequest, n: int,
-                    prompt_tokens: int | None) -> list[SamplingParams]:
+def _checked_params(st: ApiState, req: GenerateRequest, n: int) -> list[SamplingParams]:
     """The SamplingParams of `req`'s `n` choices, its parameters checked (InvalidRequest
-    naming the engine's field) but its grammar not compiled. prompt_tokens: the inputs'
-    length, which a length the model's generation config gives is fitted to; None leaves
-    that length as the file gives it (/tokens, which generates nothing)."""
+    naming the engine's field) but its grammar not compiled; its stop sequences encoded."""
     p = req.parameters
     req.check_unserved()
-    length_left_out = p.max_new_tokens is None
     p.with_defaults(st.engine.sampling_defaults)
-    if (length_left_out and prompt_tokens is not None
-            and "max_tokens" in st.engine.sampling_defaults):
-        # the file's length, within the context: a 32k default refused a short context's
-        # request naming a field it never sent
-        p.max_new_tokens = room(st, prompt_tokens)
     p.check_max_tokens()
     fields = {"guided_json": p.guided_json, "guided_grammar": p.guided_grammar,
               "regular_constraint": p.regular_constraint}
     constraint = structured.constraint(structured.guided(fields, "parameters."),
                                        allowed_token_ids=p.allowed_token_ids,
                                        allowed_param="parameters.allowed_token_ids")
-    return [_sampling_params(st, p, j, constraint) for j in range(n)]
+    stop = _stop_sequences(st, p)
+    return [_sampling_params(p, j, stop, constraint) for j in range(n)]
 
 
 def check_parameters(st: ApiState, req: GenerateRequest) -> None:
@@ -223,17 +217,17 @@ def check_parameters(st: ApiState, req: GenerateRequest) -> None:
     checks them): InvalidRequest (ApiError past the server's choices) naming the field in
     the request's words (parameters.temperature). Not checked here, as the engine checks
     them when /generate submits the request: the grammar (not compiled), the inputs' length
-    against the context, and token ids against the vocabulary (a stop_sequences entry of
-    one id, allowed_token_ids): /tokens counts such a request, /generate refuses it."""
+    against the context, and token ids against the vocabulary (stop_sequences' id lists,
+    allowed_token_ids): /tokens counts such a request, /generate refuses it."""
     with param_names(_PARAM_NAMES), _min_new_tokens_quoted(req.parameters):
-        _checked_params(st, req, _check_choices(st, req.parameters), None)
+        _checked_params(st, req, _check_choices(st, req.parameters))
 
 
 async def _prepare(st: ApiState, req: GenerateRequest
                    ) -> tuple[list[int], list[SamplingParams]]:
     n = _check_choices(st, req.parameters)
     ids = await _prompt_ids(st, req)
-    params = _checked_params(st, req, n, len(ids))
+    params = _checked_params(st, req, n)
     await st.engine.compile_grammar(params[0])
     return ids, params
 

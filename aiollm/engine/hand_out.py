@@ -6,10 +6,11 @@ _process takes one step and its result (the sampled token ids, one row per sampl
 of the step) and, for the requests still running, appends each token, checks the stop
 conditions of the whole batch in one C call (`RequestTable.stop_check`: eos and stop token
 ids once min_tokens are out, max_new_tokens, which admission keeps within the model's
-length), advances constrained requests' grammars, records logprobs and the TTFT / ITL
-metrics, and wakes each request's stream. _finish ends one request: it gives back its KV
-slots and its request-table slot, keeps the scheduler's history of output lengths, and wakes
-its stream, which raises the request's error if it failed.
+length; then, per request that has them, its stop token sequences), advances constrained
+requests' grammars, records logprobs and the TTFT / ITL metrics, and wakes each request's
+stream. _finish ends one request: it gives back its KV slots and its request-table slot,
+keeps the scheduler's history of output lengths, and wakes its stream, which raises the
+request's error if it failed.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ class HandOut:
                 why, kind = rejection(r.params, len(r.output_ids),
                                       self.grammars.dead_end(r.grammar))
                 self._finish(r, failure_reason(kind), error=why, failed=True, error_type=kind)
+            elif (r.stop_sequences is not None  # before eos and length, as LightLLM checks
+                  and r.stop_sequences.ends(r.output_ids)):
+                self._finish(r, "stop")
             elif finished[k]:
                 r.last_is_stop_token = finished[k] == FinishReason.STOP
                 tok = r.output_ids[-1]

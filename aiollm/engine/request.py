@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aiollm.sampling_params import SamplingParams
+from aiollm.stop_conditions import StopSequences
 
 _ids = itertools.count()
 
@@ -80,6 +81,8 @@ class Request:
     masked_argmax: bool = False  # the same under a bitmask (a grammar or allowed ids, no bias)
     event: asyncio.Event = field(default_factory=asyncio.Event)
     grammar: object | None = None  # its engine.grammar.GrammarState, when constrained
+    # its params' stop_token_sequences as their matcher, when it has some (hand_out.py)
+    stop_sequences: StopSequences | None = None
     # prefix cache (aiollm.engine.prefix_cache): the tree node its locked prefix ends at,
     # that prefix's length (its first cache_len KV slots belong to the tree), the prompt
     # tokens the cache gave it at its first admission (-1 before), its prompt as an array,

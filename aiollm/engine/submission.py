@@ -26,6 +26,7 @@ from aiollm.errors import (ContextExceeded, InvalidRequest, Overloaded,
 from aiollm.model.sampling_tensors import GREEDY_EPS
 from aiollm.native import RequestTable, TableError
 from aiollm.sampling_params import SamplingParams, check_truncate_prompt_tokens, is_int
+from aiollm.stop_conditions import StopSequences
 
 Prompt = str | Sequence[int] | dict  # a dict: vLLM's {"prompt"} or {"prompt_token_ids"}
 R = TypeVar("R")
@@ -210,7 +211,8 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     Raises ContextExceeded (an InvalidRequest whose message an endpoint may name the prompt
     in, in its own fields) naming "prompt", "max_tokens" or "min_tokens" for a prompt past
     the context, or of max_model_len tokens with output asked, or with max_tokens or
-    min_tokens past what it leaves; InvalidRequest naming "stop_token_ids"."""
+    min_tokens past what it leaves; InvalidRequest naming "stop_token_ids" or
+    "stop_token_sequences"."""
     if n > max_model_len:
         raise too_long(n, max_model_len)
     if n == max_model_len and params.max_tokens != 0:
@@ -229,6 +231,12 @@ def check_request(n: int, params: SamplingParams, vocab_size: int, max_model_len
     if bad is not None:
         raise InvalidRequest(f"stop_token_ids must be token ids in [0, {vocab_size}), got {bad}",
                              param="stop_token_ids")
+    # (never generated, so never matched: a client's mistake, told)
+    bad = next((t for s in params.stop_token_sequences for t in s if not 0 <= t < vocab_size),
+               None)
+    if bad is not None:
+        raise InvalidRequest(f"stop_token_sequences must hold token ids in [0, {vocab_size}), "
+                             f"got {bad}", param="stop_token_sequences")
 
 
 def check_min_tokens(n: int, min_tokens: int, max_model_len: int) -> None:
@@ -296,6 +304,8 @@ def new_request(table: RequestTable, ids: list[int], params: SamplingParams, rng
                   grammar=grammar)
     if keep_prompt_array:
         req.prompt_array = np.asarray(ids, dtype=np.int32)
+    if params.stop_token_sequences:
+        req.stop_sequences = StopSequences(params.stop_token_sequences)
     if params.logprobs is not None:
         req.logprobs = []
     if params.prompt_logprobs is not None:
