@@ -82,3 +82,20 @@ def test_the_raise_warns_once_not_per_request(caplog):
     raised = [r for r in caplog.records if "temperature 0.001" in r.getMessage()]
     assert len(raised) == 50, caplog.text
     assert sum(r.levelno >= logging.WARNING for r in raised) <= 1, caplog.text
+
+
+def test_a_generation_configs_tiny_temperature_leaves_the_warning_to_requests(
+        tmp_path, monkeypatch, caplog):
+    """Start-up checks a generation_config.json's temperature by building a SamplingParams:
+    a file's 0.001 spent the one warning there (naming no file), so the first request raised
+    to 0.01 (a client's 0.001, or the file's default) logged at debug level only."""
+    from aiollm import sampling_params
+    from aiollm.model.generation_defaults import sampling_defaults
+
+    monkeypatch.setattr(sampling_params, "_low_temperature_warned", False)
+    (tmp_path / "generation_config.json").write_text('{"temperature": 0.001}')
+    with caplog.at_level(logging.DEBUG, logger="aiollm.sampling_params"):
+        assert sampling_defaults(str(tmp_path), "unused")["temperature"] == 0.001
+        assert not caplog.records, caplog.text  # the file's value is valid: nothing to say
+        assert SamplingParams(temperature=0.001).temperature == MIN_TEMPERATURE
+    assert [r.levelno for r in caplog.records] == [logging.WARNING], caplog.text

@@ -63,7 +63,9 @@ def sampling_defaults(mode: str, model_path: str) -> dict[str, float | int]:
             # SamplingParams' message speaks of its None and prompt_logprobs, no file's
             raise ValueError(f"{path}: max_new_tokens must be an integer >= 1, got {value!r}")
         try:
-            SamplingParams(**{name: value})
+            # checked as given: a temperature in (0, 0.01) is raised per request (and
+            # warned of there), not here, where it would spend that one warning
+            SamplingParams(**{name: value}, raise_low_temperature=False)
         except InvalidRequest as e:
             # SamplingParams' message names its own field; the file's key is what to fix
             raise ValueError(f"{path}: {str(e).replace(name, key, 1)}") from None
