@@ -5,20 +5,10 @@ and refused it as no whole number. Parse-level and serve's checks: no model load
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
-from aiollm.cli import build_parser
 from aiollm.cli.flag_spelling import json_keys
-from aiollm.cli.serve_checks import checked_config
-
-
-def started(line: str, caplog):
-    args = build_parser().parse_args(["serve", "M", "--device", "cpu", *line.split()])
-    with caplog.at_level(logging.INFO):
-        config, _ = checked_config(args.command_parser, args)
-    return config, [r.getMessage() for r in caplog.records]
+from cli_lines import started
 
 
 @pytest.mark.parametrize("value, number", [

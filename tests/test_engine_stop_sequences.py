@@ -8,19 +8,12 @@ import re
 
 import pytest
 
-from aiollm import Engine, SamplingParams
+from aiollm import SamplingParams
 from aiollm.errors import InvalidRequest
 from conftest import run
+from test_engine_lifecycle import engine  # noqa: F401  (the default model's Engine)
 
 PROMPT = "The capital of France is"
-
-
-@pytest.fixture(scope="module")
-def engine(loop):
-    eng = Engine(None, kv_tokens=2048)
-    loop.run_until_complete(eng.start())
-    yield eng
-    loop.run_until_complete(eng.stop())
 
 
 def test_the_output_ends_with_the_sequence(loop, engine):
@@ -64,7 +57,6 @@ def test_ids_past_the_vocabulary_are_refused(loop, engine):
     with pytest.raises(InvalidRequest, match=str(vocab)) as e:
         run(loop, engine.generate(PROMPT, SamplingParams(stop_token_sequences=[[1, vocab]])))
     assert e.value.param == "stop_token_sequences"
-
 
 
 def test_none_is_no_sequence():
