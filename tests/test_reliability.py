@@ -353,15 +353,16 @@ BAD_INPUT = [
         "control-token"),
     bad("chat-template-kwargs-not-object", CH, chat(chat_template_kwargs=[1]), 400,
         "chat_template_kwargs"),
-    # a request's own template, as vLLM takes it: only from a server that trusts it
+    # a request's own template, as vLLM takes it: only from a server that trusts it (this one
+    # is create_app's: the message names its argument, `aiollm serve` its flag)
     bad("chat-template", CH, chat(chat_template="{{ messages[0].content }}"), 400,
-        "chat_template", "--trust-request-chat-template"),
+        "chat_template", "trust_request_chat_template=True"),
     bad("chat-template-kwarg", CH,
         chat(chat_template_kwargs={"chat_template": "{{ messages[0].content }}"}), 400,
-        "chat_template_kwargs.chat_template", "--trust-request-chat-template"),
+        "chat_template_kwargs.chat_template", "trust_request_chat_template=True"),
     bad("tokenize-chat-template", "/tokenize",
         {"messages": MSGS, "chat_template": "{{ messages[0].content }}"}, 400,
-        "chat_template", "--trust-request-chat-template"),
+        "chat_template", "trust_request_chat_template=True"),
     # stop strings of too many characters in all, too many stop ids
     bad("stop-too-many-chars", C, prompt(stop=STOPS), 400, "stop", "16385 characters in all"),
     bad("chat-stop-too-many-chars", CH, chat(stop=STOPS), 400, "stop"),
