@@ -151,11 +151,11 @@ def _key_misfit(key: str, item: Any) -> str | None:
             return None
         return f"takes one of {', '.join(_GRAPH_MODES)}"
     if key == "cudagraph_capture_sizes":
-        if isinstance(item, list) and all((_whole(s) or 0) >= 1 for s in item):
+        if isinstance(item, list) and all(vllm_graph_flags.whole(s, 1) for s in item):
             return None
         return "takes a list of batch sizes, whole numbers >= 1"
     if key in ("max_cudagraph_capture_size", "max_capture_size", "cudagraph_num_of_warmups"):
-        return None if (_whole(item) is not None and item >= 0) else "takes a whole number >= 0"
+        return None if vllm_graph_flags.whole(item, 0) else "takes a whole number >= 0"
     if key == "compile_cache_save_format":
         return None if item in ("binary", "unpacked") else "takes \"binary\" or \"unpacked\""
     kind = _COMPILE_ONLY.get(key, bool)

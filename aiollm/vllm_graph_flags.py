@@ -54,18 +54,17 @@ class _SizeFlag(argparse.Action):
                                                "setting (vLLM refuses both), give one")
         if self.key == LARGEST and values.strip() in ("None", ""):  # vLLM's optional int
             flags.pop(self.key, None)
-            graphs["flags"] = flags
-            namespace.vllm_graphs = graphs
-            return
-        try:  # vLLM's int() of each word, then the size's own check
-            if self.key == SIZES:
-                value = checked_size(SIZES, [_as_int(v) for v in values])
-            else:
-                value = checked_size(LARGEST, _as_int(values))
-        except ValueError as e:
-            raise argparse.ArgumentError(self, str(e) + _model_hint(self.key, values)) from None
-        shown = " ".join(values) if self.key == SIZES else str(value)
-        flags[self.key] = (option_string, f"{option_string} {shown}", value)
+        else:
+            try:  # vLLM's int() of each word, then the size's own check
+                if self.key == SIZES:
+                    value = checked_size(SIZES, [_as_int(v) for v in values])
+                else:
+                    value = checked_size(LARGEST, _as_int(values))
+            except ValueError as e:
+                raise argparse.ArgumentError(
+                    self, str(e) + _model_hint(self.key, values)) from None
+            shown = " ".join(values) if self.key == SIZES else str(value)
+            flags[self.key] = (option_string, f"{option_string} {shown}", value)
         graphs["flags"] = flags
         namespace.vllm_graphs = graphs
 
@@ -90,13 +89,16 @@ def _model_hint(key: str, values: list[str] | str) -> str:
             "`aiollm serve MODEL ...`, or as --model MODEL)")
 
 
+def whole(item: Any, least: int) -> bool:
+    """Whether `item` is a whole number (an int, not a bool) of at least `least`: a batch
+    size (least 1) or the largest one (least 0), here and in -cc's keys (vllm_compilation)."""
+    return isinstance(item, int) and not isinstance(item, bool) and item >= least
+
+
 def checked_size(key: str, value: Any) -> Any:
     """`value` of size `key` (SIZES: a list of batch sizes, whole numbers >= 1; LARGEST: a
     whole number >= 0) as it is; ValueError saying what it takes and the value (the first
     bad item of a list) otherwise."""
-    def whole(item: Any, least: int) -> bool:
-        return isinstance(item, int) and not isinstance(item, bool) and item >= least
-
     if key == SIZES:
         if not isinstance(value, (list, tuple)) or not value:
             raise ValueError(f"takes batch sizes, whole numbers >= 1; got {value!r}")
