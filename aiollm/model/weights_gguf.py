@@ -8,6 +8,10 @@ llama.cpp's converter permutes the rows of Llama's q and k projections (each hea
 interleaved, for its own rotary layout); we undo that here exactly as transformers' GGUF loader
 does, so our rotate-half rotary sees the original Hugging Face weights. Qwen2/Qwen3 files are
 not permuted (llama.cpp uses the neox rotary for them).
+
+Granite files (architecture "granite", "granitemoe") carry transformers' four scalars as
+llama.cpp's converter writes them: {arch}.embedding_scale, .residual_scale, .logit_scale and
+.attention.scale; each is read as llama.cpp's Granite graph reads it (_granite_scalars).
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from aiollm.model.gguf_metadata import rope_scaling as _rope_scaling
 from aiollm.model.weights_hf import damaged_file_advice
 
 
-_PERMUTED_ARCHS = ("llama", "mistral", "mixtral")
+# llama.cpp's converter permutes Granite's q/k as Llama's (its Granite classes are Llama's)
+_PERMUTED_ARCHS = ("llama", "mistral", "mixtral", "granite", "granitemoe")
 # llama.cpp's architecture names that differ from transformers' model_type (Mixtral is stored
 # as "llama" with an expert count)
 _ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
@@ -47,8 +52,9 @@ _ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
 # whose graphs pass it as a constant (src/models/llama.cpp and qwen3moe.cpp true,
 # qwen2moe.cpp false) and whose loader reads no expert_weights_norm for them (its converter
 # writes none: a Qwen3-MoE of norm_topk_prob false runs renormalised there); transformers'
-# GGUF loader sets the same (qwen3_moe norm_topk_prob True, qwen2_moe its default False)
-_NORM_TOPK = {"mixtral": True, "qwen3_moe": True, "qwen2_moe": False}
+# GGUF loader sets the same (qwen3_moe norm_topk_prob True, qwen2_moe its default False).
+# GraniteMoe's softmax over the top-k logits is a renormalised top-k (config.py's MoeConfig).
+_NORM_TOPK = {"mixtral": True, "qwen3_moe": True, "qwen2_moe": False, "granitemoe": True}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -108,7 +114,8 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
 
 
 # SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
-_GGUF_SUPPORTED = "llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe"
+_GGUF_SUPPORTED = ("llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe, "
+                   "granite, granitemoe")
 
 
 def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
@@ -177,7 +184,25 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         torch_dtype=None,
         moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
+        **(_granite_scalars(reader, p) if arch in ("granite", "granitemoe") else {}),
     )
+
+
+def _granite_scalars(reader: GGUFReader, p: str) -> dict[str, float | None]:
+    """ModelConfig's Granite scalars from a Granite file's metadata, as llama.cpp's Granite
+    graph applies them (granite and granitemoe alike): a key that is
+    absent or 0 scales nothing (its converter writes a key only for a nonzero value of the
+    config.json field), and attention.scale absent or 0 leaves the softmax scale at
+    1/sqrt(head_dim), which transformers' default attention_multiplier (1.0) would not."""
+    def scale(key: str) -> float:
+        value = float(_field(reader, p + key, 0.0) or 0.0)
+        return value or 1.0
+
+    attention = float(_field(reader, p + "attention.scale", 0.0) or 0.0)
+    return {"embedding_multiplier": scale("embedding_scale"),
+            "residual_multiplier": scale("residual_scale"),
+            "logits_scaling": scale("logit_scale"),
+            "attention_multiplier": attention or None}
 
 
 def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
