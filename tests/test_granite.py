@@ -72,8 +72,7 @@ def hf_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[float]]:
     seq, past, out, logprobs = torch.tensor([ids]), None, [], []
     with torch.no_grad():
         for _ in range(n):
-            res = model(seq if past is None else seq[:, -1:], past_key_values=past,
-                        use_cache=True)
+            res = model(seq if past is None else seq[:, -1:], cache=past, use_cache=True)
             past = res.past_key_values
             lp = torch.log_softmax(res.logits[0, -1].float(), dim=-1)
             out.append(int(lp.argmax()))
@@ -257,3 +256,30 @@ def test_config_values_aiollm_cannot_run_are_refused_by_name(tmp_path, field, va
     (tmp_path / "config.json").write_text(json.dumps(d))
     with pytest.raises(ValueError, match=says):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+@pytest.mark.parametrize("family", ["granite", "granitemoe"])
+def test_two_ranks_match_transformers(tmp_path, monkeypatch, family):
+    """Tensor parallelism over two CPU ranks (gloo): the scalars folded into each rank's
+    part of o_proj / down_proj (an expert's too), the tied LM head split by vocabulary
+    (vocab-parallel logits, the final norm's 1/logits_scaling on every rank): transformers'
+    greedy ids and logprobs."""
+    import tempfile
+
+    from test_tensor_parallel import _save_tokenizer
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    hf = save_granite(family, tmp_path / "hf", tokenizer=False)
+    _save_tokenizer(str(tmp_path / "hf"))
+    want = [hf_greedy(hf, p, 6) for p in PROMPTS[:2]]
+
+    async def main():
+        params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=0)
+        async with Engine(str(tmp_path / "hf"), device="cpu", tensor_parallel_size=2,
+                          kv_tokens=1024, max_model_len=256) as engine:
+            return await asyncio.gather(*(engine.generate(p, params) for p in PROMPTS[:2]))
+
+    for out, (ids, logprobs) in zip(asyncio.run(main()), want):
+        assert out.token_ids == ids
+        got = torch.tensor([lp.logprob for lp in out.logprobs])
+        torch.testing.assert_close(got, torch.tensor(logprobs), atol=1e-4, rtol=0)
