@@ -266,7 +266,7 @@ class GGUFCache:
 # The modules of aiollm.model whose code decides a stored part: a change to one of them
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
 # refused on the way; the weights: their names and values from a GGUF file's tensors; the
-# parameters: their layout from those.
+# parameters: their layout from those, and the scalars folded into them (granite_scales.py).
 _CONFIG_CODE = ("config", "weights_gguf", "gguf_metadata", "gguf_eog", "derived_cache")
 _WEIGHTS_CODE = ("weights_gguf",)
 _LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf", "gguf_metadata", "granite_scales")

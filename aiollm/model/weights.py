@@ -11,7 +11,10 @@ them). A loader whose files use other names (GGUF's) passes their mapping from t
 names, and every message names the file's tensor. Under tensor parallelism
 (aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
 gate/up (of the MLP and of every expert), the embedding and lm_head, its columns of o_proj
-and down_proj; the router and the shared expert's gate whole.
+and down_proj; the router and the shared expert's gate whole. GraniteMoe's router
+(router.layer) and its experts, stacked and gate/up fused already (input_linear,
+output_linear), land in our router and stacked experts; Granite's residual and logit scales
+are multiplied into the tensors they fold into as those are copied (granite_scales.py).
 """
 
 from __future__ import annotations
