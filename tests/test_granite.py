@@ -248,6 +248,8 @@ def test_dummy_weights_build_the_shapes_from_config_alone(tmp_path, family):
     ("logits_scaling", None, "logits_scaling"),
     ("residual_multiplier", None, "residual_multiplier"),
     ("logits_scaling", 0, "logits_scaling must not be 0"),
+    ("num_experts_per_tok", None, "num_experts_per_tok must be an integer"),
+    ("num_local_experts", None, "num_local_experts must be an integer"),
 ])
 def test_config_values_aiollm_cannot_run_are_refused_by_name(tmp_path, field, value, says):
     family = "granitemoe" if field != "mlp_bias" else "granite"
@@ -283,3 +285,30 @@ def test_two_ranks_match_transformers(tmp_path, monkeypatch, family):
         assert out.token_ids == ids
         got = torch.tensor([lp.logprob for lp in out.logprobs])
         torch.testing.assert_close(got, torch.tensor(logprobs), atol=1e-4, rtol=0)
+
+
+def test_granitemoe_tensors_under_either_set_of_names(tmp_path):
+    """GraniteMoe's experts as transformers saves them (block_sparse_moe.input_linear,
+    output_linear, router.layer) and as its state dict names them (experts.gate_up_proj,
+    experts.down_proj, router): the same model. A tensor missing is named as the checkpoint
+    names it."""
+    from safetensors.torch import load_file, save_file
+
+    hf = save_granite("granitemoe", tmp_path / "saved", tokenizer=False)
+    saved = load_model(str(tmp_path / "saved"), dtype=torch.float32, device="cpu")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "config.json").write_text((tmp_path / "saved" / "config.json")
+                                                    .read_text())
+    save_file({n: t.contiguous() for n, t in hf.state_dict().items() if n != "lm_head.weight"},
+              str(tmp_path / "state" / "model.safetensors"), metadata={"format": "pt"})
+    state = load_model(str(tmp_path / "state"), dtype=torch.float32, device="cpu")
+    assert torch.equal(all_position_logits(state, PROMPTS), all_position_logits(saved, PROMPTS))
+
+    path = tmp_path / "saved" / "model.safetensors"
+    tensors = load_file(str(path))
+    for name in ("model.layers.1.block_sparse_moe.router.layer.weight",
+                 "model.layers.2.block_sparse_moe.input_linear.weight"):
+        save_file({n: t for n, t in tensors.items() if n != name}, str(path),
+                  metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=f"missing weights: {name}"):
+            load_model(str(tmp_path / "saved"), dtype=torch.float32, device="cpu")

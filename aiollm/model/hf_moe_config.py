@@ -60,7 +60,9 @@ def moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
             raise ValueError(f"config.json: decoder_sparse_step must be >= 1, got {step}")
         if not any((i + 1) % step == 0 for i in candidates):
             return None  # a step past the last layer not in mlp_only_layers
-    top_k = int(hf.num_experts_per_tok)
+    top_k = hf.num_experts_per_tok
+    if not isinstance(top_k, int) or isinstance(top_k, bool):  # GraniteMoe's may be null
+        raise ValueError(f"config.json: num_experts_per_tok must be an integer, got {top_k!r}")
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"config.json: num_experts_per_tok must be in [1, {experts_field} = "
                          f"{num_experts}], got {top_k}")

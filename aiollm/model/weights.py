@@ -369,7 +369,10 @@ class WeightFiller:
         base, _, kind = name.rpartition(".")
         row = param[0].numel()
         parts: list[tuple[int, str]]  # (offset of the part in the parameter, its name)
-        if base.endswith(".experts") and self.expert_layout == "fused":
+        # GraniteMoe's checkpoints hold each projection of all experts in one tensor, gate and
+        # up together (input_linear), whatever layout its down projection was read as
+        granite = self.architecture == "granitemoe" and not self.gguf
+        if base.endswith(".experts") and (self.expert_layout == "fused" or granite):
             parts = [(0, name)]
         elif base.endswith(".experts") and self.expert_layout == "stacked":
             # one copy per projection of all experts, begun at expert 0's gate or up half
@@ -397,7 +400,7 @@ class WeightFiller:
             parts = [(0, name)]
         names = [f"model.{n}" if not n.startswith("lm_head") else n
                  for offset, n in parts if offset not in written]
-        if self.architecture == "granitemoe" and not self.gguf:  # its checkpoint's names
+        if granite:  # its checkpoint's names
             names = [re.sub(r"\.mlp\.(gate\.weight|experts\.gate_up_proj|experts\.down_proj)$",
                             lambda m: ".block_sparse_moe." + _GRANITE_MOE_SOURCE[m[1]], n)
                      for n in names]
