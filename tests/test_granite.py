@@ -153,15 +153,27 @@ _GGUF_NAMES = {"input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
                "block_sparse_moe.experts.down_proj": "ffn_down_exps"}
 
 
-def write_granite_gguf(hf, path: str, scalars: dict | None = None) -> None:
+def write_granite_gguf(hf, path: str, scalars: dict | None = None, shared_expert: int = 0,
+                       rope_finetuned: bool | None = None) -> None:
     """Write a Granite / GraniteMoe model as llama.cpp's converter does: its scalars as
     {arch}.embedding_scale, residual_scale, logit_scale and attention.scale (`scalars`: those
     keys' values instead, a None leaves the key out), q/k rows permuted as Llama's, the
-    experts' gate and up apart (ffn_gate_exps, ffn_up_exps), float32 tensors."""
+    experts' gate and up apart (ffn_gate_exps, ffn_up_exps), float32 tensors. shared_expert:
+    the width of a GraniteMoeShared shared expert (random, *_shexp tensors and
+    expert_shared_feed_forward_length), rope_finetuned: {arch}.rope.scaling.finetuned."""
     c = hf.config
     arch = c.model_type
     w = gguf_writer(c, path, arch)
     w.add_eos_token_id(7)
+    if rope_finetuned is not None:
+        w.add_bool(f"{arch}.rope.scaling.finetuned", rope_finetuned)
+    if shared_expert:
+        w.add_uint32(f"{arch}.expert_shared_feed_forward_length", shared_expert)
+        for i in range(c.num_hidden_layers):
+            for kind, shape in (("gate", (shared_expert, c.hidden_size)),
+                                ("up", (shared_expert, c.hidden_size)),
+                                ("down", (c.hidden_size, shared_expert))):
+                w.add_tensor(f"blk.{i}.ffn_{kind}_shexp.weight", torch.randn(shape).numpy())
     keys = {"embedding_scale": c.embedding_multiplier, "residual_scale": c.residual_multiplier,
             "logit_scale": c.logits_scaling, "attention.scale": c.attention_multiplier,
             **(scalars or {})}
@@ -216,18 +228,51 @@ def test_gguf_file_matches_transformers(tmp_path, family):
 
 
 def test_gguf_without_the_scalar_keys_runs_as_llama_cpp_does(tmp_path):
-    """llama.cpp's Granite graph scales nothing for an absent (or 0) embedding_scale,
-    residual_scale or logit_scale, and takes 1/sqrt(head_dim) for an absent attention.scale
-    (transformers' attention_multiplier default is 1.0): a file without the keys is the
+    """llama.cpp's Granite graph scales nothing for an absent (or 0) embedding_scale or
+    residual_scale, and takes 1/sqrt(head_dim) for an absent attention.scale
+    (transformers' attention_multiplier default is 1.0): a file without those keys is the
     model with multipliers 1 and the usual softmax scale."""
     hf = save_granite("granite", tmp_path / "hf", tokenizer=False)
     write_granite_gguf(hf, str(tmp_path / "model.gguf"),
-                       {"embedding_scale": None, "residual_scale": 0.0, "logit_scale": None,
+                       {"embedding_scale": None, "residual_scale": 0.0, "logit_scale": 2.0,
                         "attention.scale": None})
     cfg = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu").config
     assert (cfg.embedding_multiplier, cfg.residual_multiplier, cfg.attention_multiplier,
-            cfg.logits_scaling) == (1.0, 1.0, None, 1.0)
+            cfg.logits_scaling) == (1.0, 1.0, None, 2.0)
     assert cfg.softmax_scale == cfg.head_dim**-0.5
+
+
+@pytest.mark.parametrize("family, kwargs, says", [
+    # llama.cpp's Granite loaders require logit_scale (src/models/granite.cpp and
+    # granite-moe.cpp: get_key without `false`) and divide the logits by it: without it,
+    # or at 0, llama.cpp refuses the file or returns inf; a 1.0 here was a silent guess
+    ("granite", dict(scalars={"logit_scale": None}), "no 'granite.logit_scale'"),
+    ("granitemoe", dict(scalars={"logit_scale": 0.0}), "granitemoe.logit_scale must not"),
+    # GraniteMoeShared (and Granite 4's attention-only MoE models), which llama.cpp's
+    # converter writes as granitemoe: its shared expert is added ungated, which aiollm's
+    # shared expert (Qwen2-MoE's, sigmoid-gated) is not; the loader's message said only
+    # qwen2_moe has one and sent the user to check general.architecture
+    ("granitemoe", dict(shared_expert=16), "GraniteMoeShared"),
+    # llama.cpp's Granite graph runs no rotary when rope.scaling.finetuned is false
+    ("granite", dict(rope_finetuned=False), "granite.rope.scaling.finetuned"),
+])
+def test_gguf_granite_files_aiollm_cannot_run_as_llama_cpp_does_are_refused(
+        tmp_path, family, kwargs, says):
+    hf = save_granite(family, tmp_path / "hf", tokenizer=False)
+    write_granite_gguf(hf, str(tmp_path / "model.gguf"), **kwargs)
+    with pytest.raises(ValueError, match=says):
+        load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+
+
+def test_gguf_rope_finetuned_true_is_the_model(tmp_path):
+    """Granite 4's attention-only files carry rope.scaling.finetuned true (the converter's
+    GraniteHybridModel writes it): the same model as without the key."""
+    hf = save_granite("granite", tmp_path / "hf", tokenizer=False)
+    write_granite_gguf(hf, str(tmp_path / "model.gguf"), rope_finetuned=True)
+    loaded = load_model(str(tmp_path / "model.gguf"), dtype=torch.float32, device="cpu")
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("family", ["granite", "granitemoe"])

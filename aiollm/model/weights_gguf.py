@@ -11,7 +11,7 @@ not permuted (llama.cpp uses the neox rotary for them).
 
 Granite files (architecture "granite", "granitemoe") carry transformers' four scalars as
 llama.cpp's converter writes them: {arch}.embedding_scale, .residual_scale, .logit_scale and
-.attention.scale; each is read as llama.cpp's Granite graph reads it (_granite_scalars).
+.attention.scale; each is read as llama.cpp reads it (gguf_granite.py).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from aiollm.model.config import (
     MoeConfig,
 )
 from aiollm.model.gguf_eog import eog_token_ids
+from aiollm.model.gguf_granite import check_granite_file, granite_scalars
 from aiollm.model.gguf_metadata import field as _field
 from aiollm.model.gguf_metadata import one_for_all_layers as _one_for_all_layers
 from aiollm.model.gguf_metadata import required as _required
@@ -153,6 +154,8 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
     _check_tensor_types(reader.tensors)
+    if arch in ("granite", "granitemoe"):
+        check_granite_file(reader, p, tensors)
     hidden = int(_required(reader, p + "embedding_length"))
     heads = int(_one_for_all_layers(reader, p + "attention.head_count"))
     head_dim = int(_field(reader, p + "attention.key_length", hidden // heads))
@@ -184,25 +187,8 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         torch_dtype=None,
         moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
-        **(_granite_scalars(reader, p) if arch in ("granite", "granitemoe") else {}),
+        **(granite_scalars(reader, p) if arch in ("granite", "granitemoe") else {}),
     )
-
-
-def _granite_scalars(reader: GGUFReader, p: str) -> dict[str, float | None]:
-    """ModelConfig's Granite scalars from a Granite file's metadata, as llama.cpp's Granite
-    graph applies them (granite and granitemoe alike): a key that is
-    absent or 0 scales nothing (its converter writes a key only for a nonzero value of the
-    config.json field), and attention.scale absent or 0 leaves the softmax scale at
-    1/sqrt(head_dim), which transformers' default attention_multiplier (1.0) would not."""
-    def scale(key: str) -> float:
-        value = float(_field(reader, p + key, 0.0) or 0.0)
-        return value or 1.0
-
-    attention = float(_field(reader, p + "attention.scale", 0.0) or 0.0)
-    return {"embedding_multiplier": scale("embedding_scale"),
-            "residual_multiplier": scale("residual_scale"),
-            "logits_scaling": scale("logit_scale"),
-            "attention_multiplier": attention or None}
 
 
 def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
