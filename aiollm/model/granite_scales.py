@@ -14,8 +14,10 @@ tensor parallelism (a row-parallel shard scaled is the shard of the scaled weigh
 - logits_scaling divides the logits. Granite ties the LM head to the embedding, which the
   embedding_multiplier does not scale, so the LM head cannot take it; the final norm's
   weight can (logits = (w * x_hat) E^T / s = ((w / s) * x_hat) E^T), and that norm feeds
-  nothing but the LM head. Granite 3's logits_scaling is a power of two (8, 16), so the
-  fold is exact in bfloat16 too.
+  nothing but the LM head (and the prompt logprobs computed from its logits). The dense
+  Granite 3 models' logits_scaling is a power of two (8, 16), which divides a bfloat16
+  weight exactly; GraniteMoe's (6.0 for granite-3.x 1b-a400m and 3b-a800m) is not, so there
+  the scaled weight is rounded once more (next paragraph).
 
 Folding is exact up to rounding: in float32 the logits differ from transformers' at the
 1e-7 level; in bfloat16 the scaled weight is rounded once where transformers rounds the
