@@ -78,7 +78,6 @@ def test_renormalised_routing_is_granitemoes_softmax_over_the_top_k_logits():
                                    rtol=1e-6, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("nan_lanes", ["one", "all"])
 def test_routing_of_a_nan_row_gives_nan_weights_on_experts_in_range(nan_lanes):
     """A token whose router logits hold a NaN (non-finite hidden states) has NaN routing
