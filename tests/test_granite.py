@@ -2,10 +2,11 @@
 
 Tiny random models built here with a fixed seed and saved as HF safetensors, their four
 scalars far from 1 (embedding_multiplier 12, residual_multiplier 0.22, attention_multiplier
-1/64, logits_scaling 8) so that a path that misses one fails: logits at every position,
-greedy ids and each token's logprob through `Engine` (batched steps and the one-token fused
-step), prompt logprobs, the same models from a GGUF file (llama.cpp's keys for the scalars),
-dummy weights from config.json alone, and the config values aiollm refuses.
+1/64, logits_scaling 8; GraniteMoe's 6, as its real models', not a power of two) so that a
+path that misses one fails: logits at every position, greedy ids and each token's logprob
+through `Engine` (batched steps and the one-token fused step), prompt logprobs, the same
+models from a GGUF file (llama.cpp's keys for the scalars), dummy weights from config.json
+alone, and the config values and GGUF files aiollm refuses.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ FAMILIES = {
     # an o_proj bias, which residual_multiplier scales with the weight; lm_head apart
     "granite-bias-untied": GraniteConfig(**{**TINY, "tie_word_embeddings": False},
                                          intermediate_size=96, attention_bias=True),
-    "granitemoe": GraniteMoeConfig(**TINY, intermediate_size=32, num_local_experts=8,
-                                   num_experts_per_tok=2),
+    # logits_scaling 6, as granite-3.x 1b-a400m and 3b-a800m: 1/6 is inexact in binary
+    "granitemoe": GraniteMoeConfig(**{**TINY, "logits_scaling": 6.0}, intermediate_size=32,
+                                   num_local_experts=8, num_experts_per_tok=2),
 }
 PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2], [5],
            [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]]
@@ -95,7 +97,7 @@ def test_logits_match_transformers_at_every_position(tmp_path, family):
     cfg = loaded.config
     assert cfg.architecture == family.split("-")[0]
     assert (cfg.embedding_multiplier, cfg.residual_multiplier, cfg.attention_multiplier,
-            cfg.logits_scaling) == (12.0, 0.22, 0.015625, 8.0)
+            cfg.logits_scaling) == (12.0, 0.22, 0.015625, FAMILIES[family].logits_scaling)
     logits = all_position_logits(loaded, PROMPTS)
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
@@ -217,7 +219,8 @@ def test_gguf_file_matches_transformers(tmp_path, family):
     cfg = loaded.config
     assert (cfg.architecture, cfg.tie_word_embeddings) == (family, True)
     assert (cfg.embedding_multiplier, cfg.residual_multiplier, cfg.attention_multiplier,
-            cfg.logits_scaling) == (12.0, pytest.approx(0.22), 0.015625, 8.0)
+            cfg.logits_scaling) == (12.0, pytest.approx(0.22), 0.015625,
+                                    FAMILIES[family].logits_scaling)
     logits = all_position_logits(loaded, PROMPTS)
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
@@ -284,7 +287,8 @@ def test_dummy_weights_build_the_shapes_from_config_alone(tmp_path, family):
         assert tuple(loaded.model.layers[0].mlp.experts.gate_up_proj.shape) == (8, 64, 64)
     # the scalars folded into the random weights (granite_scales.py): the final norm's
     # ones divided by logits_scaling
-    assert torch.equal(loaded.model.norm.weight, torch.full((64,), 1 / 8))
+    assert torch.equal(loaded.model.norm.weight,
+                       torch.full((64,), 1 / FAMILIES[family].logits_scaling))
     assert torch.isfinite(all_position_logits(loaded, PROMPTS)).all()
 
 
