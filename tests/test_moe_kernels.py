@@ -49,7 +49,8 @@ GEMV = ({"BLOCK_N": 16, "BLOCK_K": 16, "num_warps": 4, "num_stages": 1},
 
 
 @pytest.mark.parametrize("T,E,k,renorm", [(1, 8, 2, True), (13, 16, 2, False), (5, 6, 3, True),
-                                           (67, 128, 8, True), (70, 6, 3, False)])
+                                           (67, 128, 8, True), (70, 6, 3, False),
+                                           (9, 40, 8, True)])  # granite-3.0-3b-a800m's
 def test_routing_matches_reference(T, E, k, renorm):
     torch.manual_seed(T)
     logits = torch.randn(T, E) * 3
@@ -60,6 +61,21 @@ def test_routing_matches_reference(T, E, k, renorm):
     if renorm:
         torch.testing.assert_close(w.sum(-1), torch.ones(T))
 
+
+def test_renormalised_routing_is_granitemoes_softmax_over_the_top_k_logits():
+    """GraniteMoe routes by the top-k router logits and a softmax over those alone
+    (transformers' GraniteMoeTopKRouter); MoeConfig runs it as norm_topk_prob (softmax, top-k,
+    renormalised): the same experts and weights, kernel and reference."""
+    torch.manual_seed(0)
+    logits = torch.randn(9, 40) * 3
+    top, ids_granite = logits.topk(8, dim=-1)
+    w_granite = torch.softmax(top, dim=-1)
+    for route in (moe_route_ref, moe_route_triton):
+        w, ids = route(logits, 8, True)
+        order = ids.sort(-1).indices, ids_granite.sort(-1).indices
+        assert torch.equal(ids.gather(-1, order[0]), ids_granite.gather(-1, order[1]))
+        torch.testing.assert_close(w.gather(-1, order[0]), w_granite.gather(-1, order[1]),
+                                   rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("nan_lanes", ["one", "all"])

@@ -352,5 +352,6 @@ def test_expert_tensors_under_a_dense_model_type_name_the_field(tmp_path, monkey
         write_moe_gguf(hf, str(path))
     with pytest.raises(ValueError, match=r"checkpoint tensor '[\w.]+' has no place in the "
                        rf"model: {dense} models have no experts \(of the supported model "
-                       r"types mixtral, qwen2_moe and qwen3_moe have them\): check " + where):
+                       r"types mixtral, qwen2_moe, qwen3_moe and granitemoe have them\): check "
+                       + where):
         load_model(str(path), dtype=torch.float32, device="cpu")

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import GraniteConfig, LlamaConfig, Qwen2Config, Qwen3Config
 
 from aiollm import Engine, SamplingParams
 from aiollm.engine.prefill_graphs import PrefillGraphs, token_buckets
@@ -27,6 +27,9 @@ FAMILIES = {
     "llama": LlamaConfig(**TINY),
     "qwen2": Qwen2Config(**TINY),  # q/k/v biases
     "qwen3": Qwen3Config(**TINY, head_dim=24),  # q/k norms; q_size 96 != hidden_size 64
+    # the embedding multiplied in segment 0, the softmax scale, the folded residual scale
+    "granite": GraniteConfig(**TINY, embedding_multiplier=12.0, residual_multiplier=0.22,
+                             attention_multiplier=0.015625, logits_scaling=8.0),
 }
 PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2],
            [11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30]]
@@ -236,7 +239,7 @@ def test_engine_prefix_hits_chunks_and_long_steps_are_unchanged(tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe"])
+@pytest.mark.parametrize("family", ["qwen3", "qwen3_moe", "granite"])
 def test_gpu_captured_segments_give_the_eager_tokens(tmp_path, monkeypatch, family):
     """On CUDA (fp32, no TF32): the same greedy tokens with captured segments as with
     AIOLLM_PREFILL_GRAPHS=0, each bucket captured once, L + 1 graphs in it."""

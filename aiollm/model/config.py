@@ -10,6 +10,7 @@ version differences (rope_scaling in 4.x, rope_parameters in 5.x).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -18,18 +19,23 @@ from aiollm.model.rope_config import RopeConfig
 
 # model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
 # mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
-                           "qwen3_moe")
-MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "mixtral",
+                           "qwen2_moe", "qwen3_moe", "granitemoe")
+MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "granitemoe")
 
 
 @dataclass(slots=True)
 class MoeConfig:
-    """The sparse MLP of a mixture-of-experts model (Mixtral, Qwen2-MoE, Qwen3-MoE).
+    """The sparse MLP of a mixture-of-experts model (Mixtral, Qwen2-MoE, Qwen3-MoE,
+    GraniteMoe).
 
     Routing: softmax over the router's logits, the top `top_k` experts, their probabilities
     renormalised to sum to 1 when `norm_topk_prob` (Mixtral always; Qwen by its config.json,
-    by its architecture in a GGUF file, as llama.cpp runs it: weights_gguf.py).
+    by its architecture in a GGUF file, as llama.cpp runs it: weights_gguf.py). GraniteMoe's
+    router takes the top-k logits first and a softmax over those alone: exp(l_i) / sum over
+    the top k of exp(l_j), which is p_i / sum over the top k of p_j for p = softmax(l) (the
+    full softmax's denominator cancels) and picks the same experts (softmax is monotonic):
+    norm_topk_prob True, no field of its own.
     Layer i is sparse unless i is in `dense_layers` or (i + 1) % `sparse_step` != 0 (Qwen's
     decoder_sparse_step / mlp_only_layers); dense layers use ModelConfig.intermediate_size.
     """
@@ -83,6 +89,12 @@ class ModelConfig:
     torch_dtype: torch.dtype | None = None  # the checkpoint's dtype; None when unknown (GGUF)
     moe: MoeConfig | None = None  # mixture-of-experts layers (None: every layer is dense)
     sliding_window: int | None = None  # the window max_position is capped at (None: no cap)
+    # Granite's four scalars (transformers' GraniteForCausalLM); 1.0 / None for the others.
+    # Where llama.py applies each: its module docstring.
+    embedding_multiplier: float = 1.0  # the token embeddings are multiplied by it
+    residual_multiplier: float = 1.0  # each attention and MLP output, before the residual add
+    attention_multiplier: float | None = None  # the softmax scale (None: 1 / sqrt(head_dim))
+    logits_scaling: float = 1.0  # the logits are divided by it
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -101,6 +113,20 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"model config: rotary needs an even head_dim, got {self.head_dim}")
+        for name in ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
+                     "logits_scaling"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"model config: {name} must be a finite number, got {value}")
+        if self.logits_scaling == 0:  # the logits are divided by it
+            raise ValueError("model config: logits_scaling must not be 0")
+
+    @property
+    def softmax_scale(self) -> float:
+        """The attention's softmax scale: attention_multiplier (Granite), else 1/sqrt(D)."""
+        if self.attention_multiplier is not None:
+            return self.attention_multiplier
+        return self.head_dim**-0.5
 
     @property
     def q_size(self) -> int:

@@ -9,9 +9,9 @@ its tokenizer. The first start stores the results; later starts read them back:
         config-<code>.json the ModelConfig (JSON), with the warnings deriving it gave (a
                            "warnings" list: logged again at every load of the file); <code>:
                            a hash of the code that derives and stores it (config.py,
-                           weights_gguf.py, gguf_metadata.py, gguf_eog.py, this file), so
-                           a config derived by another version, without a check added
-                           since, is derived again
+                           weights_gguf.py, gguf_metadata.py, gguf_eog.py, gguf_granite.py,
+                           this file), so a config derived by another version, without a
+                           check added since, is derived again
         model-<code>.safetensors
                            float32 weights under transformers' names, llama.cpp's q/k row
                            permutation undone (for GPU or tensor-parallel loads; <code>: a
@@ -266,10 +266,12 @@ class GGUFCache:
 # The modules of aiollm.model whose code decides a stored part: a change to one of them
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
 # refused on the way; the weights: their names and values from a GGUF file's tensors; the
-# parameters: their layout from those.
-_CONFIG_CODE = ("config", "weights_gguf", "gguf_metadata", "gguf_eog", "derived_cache")
+# parameters: their layout from those, and the scalars folded into them (granite_scales.py).
+_CONFIG_CODE = ("config", "weights_gguf", "gguf_metadata", "gguf_eog", "gguf_granite",
+                "derived_cache")
 _WEIGHTS_CODE = ("weights_gguf",)
-_LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf", "gguf_metadata")
+_LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf", "gguf_metadata", "gguf_granite",
+                "granite_scales")
 
 
 @functools.cache

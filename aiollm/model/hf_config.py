@@ -4,9 +4,9 @@ config.json goes through transformers' AutoConfig (local files only), after chec
 raw fields that transformers would fail on without naming them; generation_config.json gives
 the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
 PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
-Mistral, Qwen2/3, Mixtral, Qwen MoE) reads, what it refuses (quantized checkpoints, other
-heads, other activations), and the context (YaRN, sliding windows). A bad value is refused
-naming its config.json field.
+Mistral, Qwen2/3, Granite, Mixtral, Qwen MoE, GraniteMoe) reads, what it refuses (quantized
+checkpoints, other heads, other activations), and the context (YaRN, sliding windows). A bad
+value is refused naming its config.json field.
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ except ImportError:  # pragma: no cover
 # transformers loads them by model_type as LlamaForCausalLM, and so did we.
 CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM",
                      "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
-                     "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+                     "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "GraniteForCausalLM",
+                     "GraniteMoeForCausalLM")
+# Granite's scalars: config.json's name -> ModelConfig's (the same names)
+GRANITE_SCALARS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
+                   "logits_scaling")
 
 
 def _as_list(value: Any) -> list[int]:
@@ -87,8 +91,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     # transformers reads mlp_bias for Llama only, attention_bias for Llama and Qwen3 (MoE
     # too) only: Mistral and Mixtral have no biases, Qwen2 q/k/v biases always, Qwen2-MoE
     # by qkv_bias. Other families run with either field in their config.json, ignored.
-    if arch == "llama" and getattr(hf, "mlp_bias", False):
-        raise ValueError("models with mlp_bias=True are not supported")
+    if arch in ("llama", "granite") and getattr(hf, "mlp_bias", False):
+        raise ValueError("config.json: models with mlp_bias=True are not supported")
     # Every MLP (dense, expert, shared expert) runs the fused SiLU kernels; transformers
     # applies ACT2FN[hidden_act], where "swish" is SiLU too.
     act = getattr(hf, "hidden_act", "silu")
@@ -104,7 +108,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     if heads % kv_heads:
         raise ValueError(f"config.json: num_attention_heads {heads} is not a multiple of "
                          f"num_key_value_heads {kv_heads}")
-    attention_bias = arch in ("llama", "qwen3", "qwen3_moe") and bool(
+    attention_bias = arch in ("llama", "qwen3", "qwen3_moe", "granite", "granitemoe") and bool(
         getattr(hf, "attention_bias", False))
     rope = rope_from_hf(hf, _head_dim(hf))
     max_position = _context_of(hf, rope)
@@ -155,7 +159,22 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         torch_dtype=_checkpoint_dtype(hf),
         moe=moe_from_hf(hf, fields or {}) if arch in MOE_ARCHITECTURES else None,
         sliding_window=int(window) if window else None,
+        **(_granite_scalars(hf) if arch.startswith("granite") else {}),
     )
+
+
+def _granite_scalars(hf: Any) -> dict[str, float]:
+    """Granite's four scalars, as transformers' Granite classes read them: each defaults to
+    1.0 (attention_multiplier too: the softmax scale is then 1, not 1/sqrt(head_dim)). A
+    null or non-number, which transformers multiplies by and fails on, is refused naming
+    the field."""
+    scalars = {}
+    for name in GRANITE_SCALARS:
+        value = getattr(hf, name, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config.json: {name} must be a number, got {value!r}")
+        scalars[name] = float(value)
+    return scalars
 
 
 def _context_of(hf: Any, rope: RopeConfig) -> int:

@@ -1,4 +1,5 @@
-"""The mixture-of-experts fields of a Hugging Face config (Mixtral, Qwen2-MoE, Qwen3-MoE).
+"""The mixture-of-experts fields of a Hugging Face config (Mixtral, Qwen2-MoE, Qwen3-MoE,
+GraniteMoe).
 
 moe_from_hf reads them as transformers' model classes do: which layers are sparse
 (mlp_only_layers, decoder_sparse_step, num_experts 0), the experts' count under either of
@@ -27,7 +28,10 @@ def moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
     types, not their values. The expert fields are read here in that order, and a field no
     layer reads is not checked: a config whose every layer is dense loads whatever its
     num_experts_per_tok, moe_intermediate_size or shared_expert_intermediate_size say."""
-    mixtral = hf.model_type == "mixtral"
+    # GraniteMoe is laid out as Mixtral is: every layer sparse, num_local_experts experts of
+    # intermediate_size, no shared expert; its top-k-then-softmax routing is MoeConfig's
+    # norm_topk_prob True (config.py)
+    mixtral = hf.model_type in ("mixtral", "granitemoe")
     dense_layers = () if mixtral else tuple(
         int(i) for i in getattr(hf, "mlp_only_layers", None) or ())
     candidates = [i for i in range(int(hf.num_hidden_layers)) if i not in dense_layers]
@@ -56,12 +60,15 @@ def moe_from_hf(hf: Any, fields: dict) -> MoeConfig | None:
             raise ValueError(f"config.json: decoder_sparse_step must be >= 1, got {step}")
         if not any((i + 1) % step == 0 for i in candidates):
             return None  # a step past the last layer not in mlp_only_layers
-    top_k = int(hf.num_experts_per_tok)
+    top_k = hf.num_experts_per_tok
+    if not isinstance(top_k, int) or isinstance(top_k, bool):  # GraniteMoe's may be null
+        raise ValueError(f"config.json: num_experts_per_tok must be an integer, got {top_k!r}")
     if not 1 <= top_k <= num_experts:
         raise ValueError(f"config.json: num_experts_per_tok must be in [1, {experts_field} = "
                          f"{num_experts}], got {top_k}")
     if mixtral:
-        # Mixtral: every layer sparse, experts of intermediate_size, top-k always renormalised
+        # Mixtral and GraniteMoe: every layer sparse, experts of intermediate_size, top-k
+        # always renormalised
         return MoeConfig(num_experts=num_experts, top_k=top_k,
                          intermediate_size=int(hf.intermediate_size), norm_topk_prob=True,
                          experts_field=experts_field)

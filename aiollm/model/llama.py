@@ -1,10 +1,17 @@
 """The Llama-family decoder over the token-level KV pool.
 
-One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 and SmolLM2: they differ only in flags
-of ModelConfig (q/k/v biases, q/k norm, tied embeddings) and in rope scaling. Mixtral,
-Qwen2-MoE and Qwen3-MoE are the same decoder with moe.py's SparseMoe in place of the MLP. Parameter names
+One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2 and Granite 3: they differ only
+in flags and scalars of ModelConfig (q/k/v biases, q/k norm, tied embeddings, Granite's
+multipliers) and in rope scaling. Mixtral, Qwen2-MoE, Qwen3-MoE and GraniteMoe are the same
+decoder with moe.py's SparseMoe in place of the MLP. Parameter names
 follow transformers' with q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one
 matmul each instead of three and two); the loaders fill the fused weights shard by shard.
+
+Granite (and GraniteMoe) is this decoder with four scalars: attention_multiplier is the
+attention kernels' softmax scale (Attention.sm_scale, an argument every attention kernel
+already takes); embedding_multiplier multiplies the embedded tokens (LlamaForCausalLM.embed:
+the embedding is tied to the LM head, so its weight cannot carry it); residual_multiplier and
+logits_scaling are folded into the weights as they load (granite_scales.py says why).
 
 forward() reads only the ForwardBatch's tensors and the Python scalars fixed when the batch was
 built (is_decode, max_extend_len, max_seq_len): no host syncs, so a decode step can be captured
@@ -106,7 +113,7 @@ class Attention(nn.Module):
         self.num_kv_heads = config.num_kv_heads
         self.head_dim = config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
-        self.sm_scale = config.head_dim**-0.5
+        self.sm_scale = config.softmax_scale  # Granite's attention_multiplier, or 1/sqrt(D)
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
         )
@@ -322,10 +329,17 @@ class LlamaForCausalLM(nn.Module):
     def lm_head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """The embeddings [T, H] (the model's dtype) of token ids [T], times Granite's
+        embedding_multiplier, in that dtype as transformers multiplies them."""
+        x = self.embed_tokens(ids)
+        m = self.config.embedding_multiplier
+        return x if m == 1.0 else x * m
+
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [B, vocab] float32 of each request's last new token."""
-        x = self.embed_tokens(batch.input_ids)
+        x = self.embed(batch.input_ids)
         if self.fused_small and x.shape[0] <= FUSED_MAX_TOKENS and batch.prompt_scoring is None:
             return self._forward_small(x, batch)
         residual = None
@@ -343,8 +357,7 @@ class LlamaForCausalLM(nn.Module):
         free and shape-static; only for models without tensor parallelism (graph_segments)."""
         # the same blocks as DecoderLayer.forward, cut at the attention
         if k == 0:
-            h, _ = self.layers[0].attention_input(self.embed_tokens(io.input_ids), None,
-                                                  io.residual)
+            h, _ = self.layers[0].attention_input(self.embed(io.input_ids), None, io.residual)
         else:
             layer = self.layers[k - 1]
             x, _ = layer.mlp_block(layer.self_attn.o_proj(io.o), io.residual, io.residual)

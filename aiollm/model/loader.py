@@ -20,6 +20,7 @@ from tqdm import tqdm
 from aiollm.model import parallel
 from aiollm.model.config import ModelConfig
 from aiollm.model.derived_cache import GGUFCache
+from aiollm.model.granite_scales import fold_into
 from aiollm.model.hf_config import load_hf_config
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.paths import LOAD_FORMATS, check_load_format, resolve_model_path
@@ -92,6 +93,8 @@ def _init_dummy(model: LlamaForCausalLM, seed: int = 0) -> None:
     gen = torch.Generator(device=model.cos_sin_cache.device).manual_seed(seed)
     for name, p in model.named_parameters():
         _init_random(name, p.data, gen)
+    # as WeightFiller scales what it copies: a tensor-parallel dummy model is the same model
+    fold_into(model, model.config)
 
 
 def _init_random(name: str, t: torch.Tensor, gen: torch.Generator) -> None:

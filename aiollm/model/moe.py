@@ -1,4 +1,4 @@
-"""SparseMoe: the mixture-of-experts MLP of Mixtral, Qwen2-MoE and Qwen3-MoE.
+"""SparseMoe: the mixture-of-experts MLP of Mixtral, Qwen2-MoE, Qwen3-MoE and GraniteMoe.
 
 A router (`gate`, a linear map to one logit per expert) picks each token's top-k experts
 (softmax, top-k, renormalised as the config says); each expert is a SwiGLU MLP; the token's

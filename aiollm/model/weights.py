@@ -11,7 +11,10 @@ them). A loader whose files use other names (GGUF's) passes their mapping from t
 names, and every message names the file's tensor. Under tensor parallelism
 (aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
 gate/up (of the MLP and of every expert), the embedding and lm_head, its columns of o_proj
-and down_proj; the router and the shared expert's gate whole.
+and down_proj; the router and the shared expert's gate whole. GraniteMoe's router
+(router.layer) and its experts, stacked and gate/up fused already (input_linear,
+output_linear), land in our router and stacked experts; Granite's residual and logit scales
+are multiplied into the tensors they fold into as those are copied (granite_scales.py).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from aiollm.model.config import MOE_ARCHITECTURES
+from aiollm.model.granite_scales import scaled
 from aiollm.model.llama import LlamaForCausalLM
 from aiollm.model.parallel import ShardPlan
 
@@ -36,6 +40,15 @@ _EXPERT = re.compile(r"layers\.(\d+)\.(?:mlp|block_sparse_moe)\.experts\.(\d+)\.
 _STACKED = re.compile(
     r"layers\.(\d+)\.mlp\.experts\.(gate_proj|up_proj|down_proj)(?:\.weight)?$")
 _EXPERT_PROJ = {"gate_proj": 0, "w1": 0, "up_proj": 1, "w3": 1, "down_proj": None, "w2": None}
+# GraniteMoe's names of the router and the stacked experts -> ours
+_GRANITE_MOE_NAMES = {"router.layer.weight": "gate.weight", "router.weight": "gate.weight",
+                      "input_linear.weight": "experts.gate_up_proj",
+                      "output_linear.weight": "experts.down_proj"}
+_GRANITE_MOE = re.compile(r"(?<=\.mlp\.)(router\.layer\.weight|router\.weight|"
+                          r"input_linear\.weight|output_linear\.weight)$")
+_GRANITE_MOE_SOURCE = {"gate.weight": "router.layer.weight",
+                       "experts.gate_up_proj": "input_linear.weight",
+                       "experts.down_proj": "output_linear.weight"}
 # Qwen2-MoE's shared expert and its gate.
 _SHARED_EXPERT = re.compile(r"layers\.\d+\.mlp\.shared_expert(?:_gate)?\.")
 # a tensor of a dense MLP or of a sparse one (router, experts, shared expert)
@@ -93,6 +106,7 @@ class WeightFiller:
         # same place is a repeated tensor, and the places never written name what is missing
         self.starts: dict[str, set[int]] = {}
         self.moe, self.architecture = cfg.moe, cfg.architecture
+        self.config = cfg
         self.num_experts = cfg.moe.num_experts if cfg.moe is not None else 0
         self.mixtral_names = False  # the checkpoint names experts w1/w3/w2 (for messages)
         # how the checkpoint lays out experts (for messages): one tensor per expert and
@@ -115,9 +129,13 @@ class WeightFiller:
         name = hf_name.removeprefix("model.")
         if name.endswith(_IGNORED_SUFFIXES) or (self.tied and name == "lm_head.weight"):
             return
-        if ".block_sparse_moe." in name:  # Mixtral's name of the MoE block
+        if ".block_sparse_moe." in name:  # Mixtral's (and GraniteMoe's) name of the MoE block
             name = name.replace(".block_sparse_moe.", ".mlp.")
             self.mixtral_names = True
+            # GraniteMoe's router and its experts, all in one [E, out, in] tensor per
+            # projection (gate above up in input_linear, as in our gate_up_proj), under
+            # their checkpoint names and transformers 5's
+            name = _GRANITE_MOE.sub(lambda m: _GRANITE_MOE_NAMES[m[1]], name)
         if self.no_shared_expert and _SHARED_EXPERT.search(name):
             if self.architecture != "qwen2_moe" and tensor.numel():
                 # no config field gives Mixtral or Qwen3-MoE a shared expert: naming
@@ -222,7 +240,7 @@ class WeightFiller:
             raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is given twice (two "
                              "files of the directory hold it, or two names of one weight)")
         starts.add(dst.storage_offset())
-        dst.copy_(tensor)
+        dst.copy_(scaled(self.config, name, tensor))  # Granite's scalars: granite_scales.py
         self.filled[name] = self.filled.get(name, 0) + dst.numel()
 
     def _fill_experts(self, hf_name: str, m: re.Match, tensor: torch.Tensor) -> None:
@@ -278,7 +296,8 @@ class WeightFiller:
             width = experts
         elif width is None and "shared_expert" in hf_name:
             width = "shared_expert_intermediate_size"
-        elif width is None and ".experts" in hf_name and self.architecture != "mixtral":
+        elif width is None and ".experts" in hf_name and self.architecture not in (
+                "mixtral", "granitemoe"):
             width = "moe_intermediate_size"
         # all experts in one tensor [E, out, in]: the expert count is a field too
         stacked = f"{experts}, " if module in ("gate_up_proj", "down_proj") and (
@@ -327,7 +346,7 @@ class WeightFiller:
                       f"router {router})"
             else:
                 why = f": layer {layer} has {self.layer_kinds[layer]} by the config"
-                if self.architecture != "mixtral":
+                if self.architecture not in ("mixtral", "granitemoe"):
                     why += (f" (mlp_only_layers {list(self.moe.dense_layers)}, "
                             f"decoder_sparse_step {self.moe.sparse_step})")
         return ValueError(f"checkpoint tensor {self._src(hf_name)!r} has no place in the "
@@ -350,7 +369,10 @@ class WeightFiller:
         base, _, kind = name.rpartition(".")
         row = param[0].numel()
         parts: list[tuple[int, str]]  # (offset of the part in the parameter, its name)
-        if base.endswith(".experts") and self.expert_layout == "fused":
+        # GraniteMoe's checkpoints hold each projection of all experts in one tensor, gate and
+        # up together (input_linear), whatever layout its down projection was read as
+        granite = self.architecture == "granitemoe" and not self.gguf
+        if base.endswith(".experts") and (self.expert_layout == "fused" or granite):
             parts = [(0, name)]
         elif base.endswith(".experts") and self.expert_layout == "stacked":
             # one copy per projection of all experts, begun at expert 0's gate or up half
@@ -378,4 +400,8 @@ class WeightFiller:
             parts = [(0, name)]
         names = [f"model.{n}" if not n.startswith("lm_head") else n
                  for offset, n in parts if offset not in written]
+        if granite:  # its checkpoint's names
+            names = [re.sub(r"\.mlp\.(gate\.weight|experts\.gate_up_proj|experts\.down_proj)$",
+                            lambda m: ".block_sparse_moe." + _GRANITE_MOE_SOURCE[m[1]], n)
+                     for n in names]
         return names or [name]  # every part begun, yet a count short: name the parameter

@@ -8,6 +8,10 @@ llama.cpp's converter permutes the rows of Llama's q and k projections (each hea
 interleaved, for its own rotary layout); we undo that here exactly as transformers' GGUF loader
 does, so our rotate-half rotary sees the original Hugging Face weights. Qwen2/Qwen3 files are
 not permuted (llama.cpp uses the neox rotary for them).
+
+Granite files (architecture "granite", "granitemoe") carry transformers' four scalars as
+llama.cpp's converter writes them: {arch}.embedding_scale, .residual_scale, .logit_scale and
+.attention.scale; each is read as llama.cpp reads it (gguf_granite.py).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from aiollm.model.config import (
     MoeConfig,
 )
 from aiollm.model.gguf_eog import eog_token_ids
+from aiollm.model.gguf_granite import check_granite_file, granite_scalars
 from aiollm.model.gguf_metadata import field as _field
 from aiollm.model.gguf_metadata import one_for_all_layers as _one_for_all_layers
 from aiollm.model.gguf_metadata import required as _required
@@ -39,7 +44,8 @@ from aiollm.model.gguf_metadata import rope_scaling as _rope_scaling
 from aiollm.model.weights_hf import damaged_file_advice
 
 
-_PERMUTED_ARCHS = ("llama", "mistral", "mixtral")
+# llama.cpp's converter permutes Granite's q/k as Llama's (its Granite classes are Llama's)
+_PERMUTED_ARCHS = ("llama", "mistral", "mixtral", "granite", "granitemoe")
 # llama.cpp's architecture names that differ from transformers' model_type (Mixtral is stored
 # as "llama" with an expert count)
 _ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
@@ -47,8 +53,9 @@ _ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
 # whose graphs pass it as a constant (src/models/llama.cpp and qwen3moe.cpp true,
 # qwen2moe.cpp false) and whose loader reads no expert_weights_norm for them (its converter
 # writes none: a Qwen3-MoE of norm_topk_prob false runs renormalised there); transformers'
-# GGUF loader sets the same (qwen3_moe norm_topk_prob True, qwen2_moe its default False)
-_NORM_TOPK = {"mixtral": True, "qwen3_moe": True, "qwen2_moe": False}
+# GGUF loader sets the same (qwen3_moe norm_topk_prob True, qwen2_moe its default False).
+# GraniteMoe's softmax over the top-k logits is a renormalised top-k (config.py's MoeConfig).
+_NORM_TOPK = {"mixtral": True, "qwen3_moe": True, "qwen2_moe": False, "granitemoe": True}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -108,7 +115,8 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
 
 
 # SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
-_GGUF_SUPPORTED = "llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe"
+_GGUF_SUPPORTED = ("llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe, "
+                   "granite, granitemoe")
 
 
 def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
@@ -146,6 +154,8 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
     _check_tensor_types(reader.tensors)
+    if arch in ("granite", "granitemoe"):
+        check_granite_file(reader, p, tensors)
     hidden = int(_required(reader, p + "embedding_length"))
     heads = int(_one_for_all_layers(reader, p + "attention.head_count"))
     head_dim = int(_field(reader, p + "attention.key_length", hidden // heads))
@@ -177,6 +187,7 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         torch_dtype=None,
         moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
+        **(granite_scalars(reader, p) if arch in ("granite", "granitemoe") else {}),
     )
 
 
