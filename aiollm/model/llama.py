@@ -6,6 +6,11 @@ Qwen2-MoE and Qwen3-MoE are the same decoder with moe.py's SparseMoe in place of
 follow transformers' with q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one
 matmul each instead of three and two); the loaders fill the fused weights shard by shard.
 
+A layer with a sliding window (ModelConfig.layer_window: Mistral, Qwen2's upper layers, ...)
+passes it to every attention kernel it runs, so a query at position p sees the keys
+(p - window, p] only, as transformers masks them; the KV pool still keeps every token's K/V
+(the window saves reads, not memory), so the context is the model's max_position.
+
 forward() reads only the ForwardBatch's tensors and the Python scalars fixed when the batch was
 built (is_decode, max_extend_len, max_seq_len): no host syncs, so a decode step can be captured
 in a CUDA graph.
@@ -107,6 +112,9 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
         self.sm_scale = config.head_dim**-0.5
+        # the sliding window in tokens, 0 for none (LlamaForCausalLM clears one no context
+        # of the engine reaches)
+        self.window = config.layer_window(layer_id)
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
         )
@@ -174,7 +182,7 @@ class Attention(nn.Module):
             return attention_oproj.attention_oproj(
                 q, batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
                 batch.req_to_token, batch.req_rows, batch.seq_lens, self.sm_scale,
-                batch.max_seq_len, self.o_proj.weight, residual)
+                batch.max_seq_len, self.o_proj.weight, residual, window=self.window)
         o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
         return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
 
@@ -187,7 +195,7 @@ class Attention(nn.Module):
         if batch.is_decode:
             return decode_attention(
                 q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,
-                self.sm_scale, batch.max_seq_len, out=out,
+                self.sm_scale, batch.max_seq_len, out=out, window=self.window,
             )
         if batch.mixed_parts is not None:
             # A mixed step: the decodes go through the decode kernel, which reads each KV
@@ -197,16 +205,17 @@ class Attention(nn.Module):
             (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = batch.mixed_parts
             o = extend_attention(
                 q, k_cache, v_cache, batch.req_to_token, e_rows, e_pre, e_ext, e_start,
-                self.sm_scale, batch.max_extend_len, out=out,
+                self.sm_scale, batch.max_extend_len, out=out, window=self.window,
             )
             decode_attention(
                 q[:n], k_cache, v_cache, batch.req_to_token, d_rows, d_seq, self.sm_scale,
-                batch.decode_max_seq_len, out=o[:n],
+                batch.decode_max_seq_len, out=o[:n], window=self.window,
             )
             return o
         return extend_attention(
             q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
             batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len, out=out,
+            window=self.window,
         )
 
 
@@ -286,6 +295,9 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size,
                                                    config.vocab_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        for layer in self.layers:  # a window no context reaches: the unwindowed kernels
+            if layer.self_attn.window >= self.max_len:
+                layer.self_attn.window = 0
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
