@@ -139,3 +139,14 @@ def test_gpu_matches_the_cpu_path_past_the_window(model, dtype, monkeypatch):
     else:  # bf16 rounding may flip a near-tie, and the rest of that request follows it
         firsts = [got[0] for run in runs[:2] for got in run]
         assert sum(a == b for a, b in zip(firsts, [w[0] for w in want] * 2)) >= 0.8 * len(firsts)
+
+
+def test_sliding_layers_without_a_window_are_refused_naming_the_fields(tmp_path):
+    """layer_types marking sliding layers while use_sliding_window is false leaves
+    transformers' Qwen2 without a window for them (its mask fails): refused by name."""
+    fields = {**CONFIGS["qwen2"].to_dict(), "use_sliding_window": False,
+              "layer_types": ["full_attention", "sliding_attention", "full_attention"]}
+    Qwen2Config(**fields).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"config.json: layer_types marks layers \[1\] "
+                                         "sliding_attention but use_sliding_window is false"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
