@@ -237,9 +237,9 @@ def test_tiny_llama_decodes_the_same_through_the_fused_kernel(monkeypatch):
     assert fused_ref[0] == unfused[0] and torch.equal(fused_ref[1], unfused[1])
     calls = []
 
-    def triton_on_cpu(*args):
+    def triton_on_cpu(*args, **kwargs):
         calls.append(1)
-        return ao.attention_oproj_triton(*args)
+        return ao.attention_oproj_triton(*args, **kwargs)
 
     monkeypatch.setattr(ao, "attention_oproj", triton_on_cpu)
     fused = greedy(model, prompt, 20)

@@ -28,7 +28,9 @@ from test_kernels import TOL, assert_close, make_pool  # noqa: E402
 DEV = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 # float16 on the CPU: Triton 3.9's interpreter returns garbage for tl.dot of bfloat16
 HALF = torch.bfloat16 if torch.cuda.is_available() else torch.float16
-BLOCK = 16  # the CPU configs' key block (extend_attention.CPU_CONFIG's BLOCK_N)
+# the key block of the extend kernel's CPU config; on the GPU the largest a tuned one has
+# (the positions before a multiple of it are before one of every smaller block too)
+BLOCK = 128 if torch.cuda.is_available() else 16
 
 
 @pytest.fixture(autouse=True)
@@ -190,3 +192,17 @@ def test_attention_oproj_with_a_window(seq_len, window, dtype):
     assert not out.isnan().any()
     err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
     assert err <= max(TOL[dtype], 1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mistral_shape_past_its_window_on_gpu(dtype):
+    """Mistral-7B's attention (32 query heads, 8 KV heads of 128) with its 4,096-token window
+    on contexts past it, under the tuned configs: a 1,000-token chunk after a 4,500-token
+    prefix beside a whole 700-token prompt, and decodes of one and of three requests (split
+    and unsplit launches)."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    check_extend([4500, 0], [1000, 700], 4096, dtype, HQ=32, HKV=8, D=128)
+    check_decode([6000], 4096, None, dtype, HQ=32, HKV=8, D=128)
+    check_decode([5000, 300, 4097], 4096, None, dtype, HQ=32, HKV=8, D=128)
