@@ -313,8 +313,9 @@ def attention_oproj_ref(
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     w_o: torch.Tensor, residual: torch.Tensor, *, window: int | None = None,
 ) -> torch.Tensor:
-    """decode_attention_ref (with its `window`), then o_proj, then the residual add, all in float32 (the
-    attention output is not rounded to q's dtype); in place when residual is float32."""
+    """decode_attention_ref (with its `window`), then o_proj, then the residual add, all in
+    float32 (the attention output is not rounded to q's dtype); in place when residual is
+    float32."""
     o = decode_attention_ref(q.float(), k_cache, v_cache, req_to_token, req_rows, seq_lens,
                              sm_scale, max_seq_len, window=window)
     y = residual.float() + F.linear(o.reshape(q.shape[0], -1), w_o.float())
