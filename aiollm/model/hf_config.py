@@ -169,7 +169,8 @@ def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | N
             layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
         if not layers:
             return None, None
-        if window is None or (arch == "qwen2_moe" and not window):
+        if window is None or (arch == "qwen2_moe"
+                              and not getattr(hf, "use_sliding_window", False)):
             # transformers' Qwen2/3 configs set sliding_window null (Qwen2-MoE's 0) without
             # use_sliding_window, and the mask of a sliding layer then fails or hides all
             raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
@@ -184,8 +185,8 @@ def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | N
 
 
 def _context_of(hf: Any, rope: RopeConfig) -> int:
-    """The model's context: max_position_embeddings, or with
-    YaRN original_max_position_embeddings x factor (as vLLM derives it: YaRN configs such as
+    """The model's context: max_position_embeddings, or with YaRN
+    original_max_position_embeddings x factor (as vLLM derives it: YaRN configs such as
     Qwen2.5's keep max_position_embeddings at the original context). YaRN's frequencies do not
     depend on the position, so a longer context is only more rows of the rotary table. Never
     less than max_position_embeddings (a config whose factor says less keeps its own)."""
