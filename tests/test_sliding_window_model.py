@@ -150,3 +150,20 @@ def test_sliding_layers_without_a_window_are_refused_naming_the_fields(tmp_path)
     with pytest.raises(ValueError, match=r"config.json: layer_types marks layers \[1\] "
                                          "sliding_attention but use_sliding_window is false"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "qwen2_moe"])
+def test_sliding_layers_with_a_null_window_are_refused_naming_it(tmp_path, family):
+    """use_sliding_window true but sliding_window null: transformers' sliding-window mask
+    fails for want of a window. The refusal names the null sliding_window, not a false
+    use_sliding_window."""
+    from transformers import Qwen2MoeConfig
+
+    cls = {"qwen2": Qwen2Config, "qwen2_moe": Qwen2MoeConfig}[family]
+    fields = {**TINY, "num_hidden_layers": 3, "use_sliding_window": True,
+              "sliding_window": None,
+              "layer_types": ["full_attention", "sliding_attention", "full_attention"]}
+    cls(**fields).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=r"config.json: layer_types marks layers \[1\] "
+                                         "sliding_attention but sliding_window is null"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")

@@ -169,13 +169,16 @@ def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | N
             layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
         if not layers:
             return None, None
-        if window is None or (arch == "qwen2_moe"
-                              and not getattr(hf, "use_sliding_window", False)):
-            # transformers' Qwen2/3 configs set sliding_window null (Qwen2-MoE's 0) without
-            # use_sliding_window, and the mask of a sliding layer then fails or hides all
+        # transformers' Qwen2/3 configs set sliding_window null (Qwen2-MoE's 0) without
+        # use_sliding_window, and the mask of a sliding layer then fails or hides all; a
+        # null sliding_window fails it too
+        if not getattr(hf, "use_sliding_window", False):
             raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
                              "sliding_attention but use_sliding_window is false (no "
                              "sliding_window): set use_sliding_window and sliding_window")
+        if window is None:
+            raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
+                             "sliding_attention but sliding_window is null: set it")
     if window is None:
         return None, None
     if int(window) < 1:  # transformers fails on 0 (no position seen)
