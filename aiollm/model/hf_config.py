@@ -149,7 +149,7 @@ def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | N
     """(window in tokens, the layers that slide: None for all) of a config as transformers 5
     runs it; (None, None) when no layer slides. Raises ValueError naming config.json's field
     for a window below 1 (transformers' mask then hides every key) or sliding layers
-    without a window."""
+    without use_sliding_window or with a null sliding_window (its mask then fails)."""
     if arch == "llama":
         return None, None
     window = getattr(hf, "sliding_window", None)
