@@ -167,3 +167,22 @@ def test_sliding_layers_with_a_null_window_are_refused_naming_it(tmp_path, famil
     with pytest.raises(ValueError, match=r"config.json: layer_types marks layers \[1\] "
                                          "sliding_attention but sliding_window is null"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_qwen3_with_explicit_layer_types_matches_transformers(tmp_path):
+    """Qwen3 (q/k norms) with layer_types given in config.json, not derived from
+    max_window_layers: layers 0 and 2 slide over 6 tokens, layer 1 does not. Logits at every
+    position of prompts up to 45 tokens against transformers' (sdpa and eager)."""
+    from transformers import Qwen3Config
+
+    config = Qwen3Config(**TINY, num_hidden_layers=3, head_dim=16, use_sliding_window=True,
+                         sliding_window=6, max_window_layers=3,
+                         layer_types=["sliding_attention", "full_attention",
+                                      "sliding_attention"])
+    hf = save_random_hf_model(config, str(tmp_path))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert [layer.self_attn.window for layer in loaded.model.layers] == [6, 0, 6]
+    logits = all_position_logits(loaded, PROMPTS)
+    for attn in ("sdpa", "eager"):
+        ref = hf_logits(hf, PROMPTS, attn)
+        assert (logits - ref).abs().max() < 1e-4, attn
