@@ -44,20 +44,25 @@ def served(tmp_path_factory):
     srv.close()
 
 
-def completion_ids(server, prompt: list[int]) -> list[int]:
+def completion_ids(server, prompt: list[int]) -> tuple[list[int], int]:
+    """The greedy completion's token ids, and how many prompt tokens the prefix cache held."""
     body = {"prompt": prompt, "max_tokens": NEW_TOKENS, "temperature": 0, "ignore_eos": True,
             "logprobs": 0, "return_tokens_as_token_ids": True}
     status, _, raw = http(server, "POST", "/v1/completions", json=body)
     assert status == 200, raw
-    tokens = json.loads(raw)["choices"][0]["logprobs"]["tokens"]
-    return [int(t.removeprefix("token_id:")) for t in tokens]
+    out = json.loads(raw)
+    tokens = out["choices"][0]["logprobs"]["tokens"]
+    return ([int(t.removeprefix("token_id:")) for t in tokens],
+            out["usage"]["prompt_tokens_details"]["cached_tokens"])
 
 
 def test_greedy_completions_past_the_window_match_transformers(served):
     server, hf = served
     want = {name: hf_greedy(hf, p, NEW_TOKENS) for name, p in
             (("long", LONG), ("shared", SHARED), ("short", LONG[:5]))}
-    assert completion_ids(server, LONG) == want["long"]
-    assert completion_ids(server, LONG) == want["long"]  # its prefix cached
-    assert completion_ids(server, SHARED) == want["shared"]
-    assert completion_ids(server, LONG[:5]) == want["short"]  # decodes past the window
+    assert completion_ids(server, LONG)[0] == want["long"]
+    ids, cached = completion_ids(server, LONG)  # its prefix cached
+    assert ids == want["long"] and cached >= 32
+    ids, cached = completion_ids(server, SHARED)
+    assert ids == want["shared"] and cached >= 32
+    assert completion_ids(server, LONG[:5])[0] == want["short"]  # decodes past the window
