@@ -280,14 +280,15 @@ def test_mixed_lengths_in_chunks_through_generate_batch_match_transformers(tmp_p
 def test_a_sliding_window_no_layer_uses_does_not_cap_the_context(tmp_path):
     """Qwen2-MoE slides only the layers its layer_types marks (the even ones below
     max_window_layers): with max_window_layers 0 none is, and transformers attends over the
-    whole sequence. The context was capped at the window all the same (when a window capped
-    the context), and a prompt longer than it refused."""
+    whole sequence, as every layer here does (the context was once capped at the window all
+    the same, and a prompt longer than it refused)."""
     config = variant("qwen2_moe", use_sliding_window=True, sliding_window=32,
                      max_window_layers=0)
     assert "sliding_attention" not in config.layer_types
     hf = save_moe_model("qwen2_moe", tmp_path, config)
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", max_model_len=256)
     assert loaded.config.sliding_window is None and loaded.config.max_position == 512
+    assert [layer.self_attn.window for layer in loaded.model.layers] == [0] * len(hf.model.layers)
     prompts = [list(range(100)), PROMPTS[1]]
     logits = all_position_logits(loaded, prompts)
     with torch.no_grad():
