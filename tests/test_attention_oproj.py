@@ -162,14 +162,16 @@ def test_takes_by_default_only_where_a_config_is_committed(monkeypatch):
 
 # ---- a tiny Llama decoding through the fused kernel ------------------------------------------
 
-def tiny_llama():
+def tiny_llama(**window):
+    """A random tiny Llama; `window`: ModelConfig's sliding_window and sliding_layers."""
     from aiollm.model.config import ModelConfig
     from aiollm.model.llama import LlamaForCausalLM
     from aiollm.model.rope_config import RopeConfig
 
     cfg = ModelConfig(architecture="llama", vocab_size=101, hidden_size=48,
                       intermediate_size=80, num_layers=3, num_heads=8, num_kv_heads=2,
-                      head_dim=16, rms_norm_eps=1e-5, rope=RopeConfig(), max_position=128)
+                      head_dim=16, rms_norm_eps=1e-5, rope=RopeConfig(), max_position=128,
+                      **window)
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg, max_len=128)
     with torch.no_grad():
@@ -224,11 +226,14 @@ def greedy(model, prompt: list[int], steps: int) -> tuple[list[int], torch.Tenso
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU model path")
-def test_tiny_llama_decodes_the_same_through_the_fused_kernel(monkeypatch):
+@pytest.mark.parametrize("window", [{}, {"sliding_window": 7, "sliding_layers": (0, 2)}],
+                         ids=["whole", "sliding-window-7"])
+def test_tiny_llama_decodes_the_same_through_the_fused_kernel(monkeypatch, window):
     """float32: the decode steps through the Triton kernel (the interpreter), through the
     fused path's reference (the CPU path) and through attention + o_proj GEMV give the same
-    greedy tokens, logits within float32 rounding; 20 steps cross a 16-token block."""
-    model = tiny_llama()
+    greedy tokens, logits within float32 rounding; 20 steps cross a 16-token block (and
+    layers 0 and 2 attend to their last 7 positions only)."""
+    model = tiny_llama(**window)
     prompt = [3, 14, 15, 92, 65]
     monkeypatch.setattr(ao, "ENABLED", False)
     unfused = greedy(model, prompt, 20)
@@ -237,9 +242,9 @@ def test_tiny_llama_decodes_the_same_through_the_fused_kernel(monkeypatch):
     assert fused_ref[0] == unfused[0] and torch.equal(fused_ref[1], unfused[1])
     calls = []
 
-    def triton_on_cpu(*args):
+    def triton_on_cpu(*args, **kwargs):
         calls.append(1)
-        return ao.attention_oproj_triton(*args)
+        return ao.attention_oproj_triton(*args, **kwargs)
 
     monkeypatch.setattr(ao, "attention_oproj", triton_on_cpu)
     fused = greedy(model, prompt, 20)

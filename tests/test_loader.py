@@ -537,17 +537,24 @@ def test_bad_paths_and_lengths_fail_clearly(tmp_path):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
-def test_max_model_len_past_a_sliding_window_names_the_window(tmp_path):
-    """A sliding-window model's context is capped at its window: a longer max_model_len is
-    refused naming sliding_window and its value, not max_position_embeddings' 256."""
+def test_a_sliding_window_model_keeps_its_context(tmp_path):
+    """A sliding-window model runs exact past its window (each layer attends to the window's
+    keys only), so its context is max_position_embeddings' 256, not the window's 128 (which
+    capped it before): a max_model_len past the window is taken, one past 256 refused naming
+    256 and not the window."""
     MistralConfig(**TINY, sliding_window=128).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="max_model_len 200 exceeds the model's context of "
-                                         "128 .*sliding_window 128"):
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy",
+                        max_model_len=200)
+    assert loaded.max_model_len == 200 and loaded.config.sliding_window == 128
+    assert [layer.self_attn.window for layer in loaded.model.layers] == [128, 128]
+    with pytest.raises(ValueError, match=r"max_model_len 300 exceeds the model's context of "
+                                         r"256: set max_model_len"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy",
-                   max_model_len=200)
+                   max_model_len=300)
+    # a window no context reaches runs the unwindowed kernels
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy",
                         max_model_len=128)
-    assert loaded.max_model_len == 128
+    assert [layer.self_attn.window for layer in loaded.model.layers] == [0, 0]
 
 
 @pytest.mark.parametrize("config, field", [

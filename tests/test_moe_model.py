@@ -150,7 +150,9 @@ def variant(family: str, **fields):
 
 # config variants transformers accepts, beyond FAMILIES: where the sparse layers are, the
 # routing's edges (one expert a token, every expert), renormalisation the other way, tied
-# embeddings, a sliding window longer than the prompts, one expert with a shared one
+# embeddings, a sliding window longer than the prompts, one expert with a shared one, sliding
+# windows shorter than the prompts (Mixtral's every layer, Qwen2-MoE's layer 0 only: the even
+# layers below max_window_layers; Qwen3-MoE's every layer)
 VARIANTS = {
     "qwen3_moe-sparse-step-2": ("qwen3_moe", dict(num_hidden_layers=4, decoder_sparse_step=2,
                                                   mlp_only_layers=[3])),
@@ -160,6 +162,10 @@ VARIANTS = {
                                                  tie_word_embeddings=True)),
     "mixtral-sliding-window-tied": ("mixtral", dict(sliding_window=300,
                                                     tie_word_embeddings=True)),
+    "mixtral-sliding-window-5": ("mixtral", dict(sliding_window=5)),
+    "qwen2_moe-sliding-layer-0": ("qwen2_moe", dict(use_sliding_window=True, sliding_window=4,
+                                                    max_window_layers=2, layer_types=None)),
+    "qwen3_moe-sliding-window-6": ("qwen3_moe", dict(use_sliding_window=True, sliding_window=6)),
     "qwen2_moe-one-expert-normalised": ("qwen2_moe", dict(num_experts=1, num_experts_per_tok=1,
                                                           norm_topk_prob=True,
                                                           decoder_sparse_step=2)),
@@ -173,6 +179,10 @@ def test_config_variants_match_transformers(tmp_path, name):
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
     sparse = [hasattr(layer.mlp, "experts") for layer in loaded.model.layers]
     assert sparse == [hasattr(layer.mlp, "experts") for layer in hf.model.layers], name
+    windows = [layer.self_attn.window for layer in loaded.model.layers]
+    assert windows == {"mixtral-sliding-window-tied": [300] * 3,
+                       "mixtral-sliding-window-5": [5] * 3, "qwen2_moe-sliding-layer-0": [4, 0, 0],
+                       "qwen3_moe-sliding-window-6": [6] * 3}.get(name, [0] * len(windows)), name
     logits = all_position_logits(loaded, PROMPTS)
     with torch.no_grad():
         ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
@@ -268,16 +278,17 @@ def test_mixed_lengths_in_chunks_through_generate_batch_match_transformers(tmp_p
 
 
 def test_a_sliding_window_no_layer_uses_does_not_cap_the_context(tmp_path):
-    """Qwen2-MoE slides only the layers its layer_types marks (odd ones below
+    """Qwen2-MoE slides only the layers its layer_types marks (the even ones below
     max_window_layers): with max_window_layers 0 none is, and transformers attends over the
-    whole sequence. The context was capped at the window all the same, and a prompt longer
-    than it refused."""
+    whole sequence, as every layer here does (the context was once capped at the window all
+    the same, and a prompt longer than it refused)."""
     config = variant("qwen2_moe", use_sliding_window=True, sliding_window=32,
                      max_window_layers=0)
     assert "sliding_attention" not in config.layer_types
     hf = save_moe_model("qwen2_moe", tmp_path, config)
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", max_model_len=256)
     assert loaded.config.sliding_window is None and loaded.config.max_position == 512
+    assert [layer.self_attn.window for layer in loaded.model.layers] == [0] * len(hf.model.layers)
     prompts = [list(range(100)), PROMPTS[1]]
     logits = all_position_logits(loaded, prompts)
     with torch.no_grad():

@@ -29,6 +29,9 @@ whose longest context is longer captures batch 1 a second time for contexts up t
 MAX_SEQ_LEN (engine/cuda_graph.py, SHORT_CONTEXT), so its short-context steps take this
 kernel too.
 
+With a sliding window of W tokens (SLIDING, a compile-time branch) a program reads only the
+positions [seq_len - W, seq_len), the window decode_attention_ref keeps.
+
 Reduction, deterministic (no float atomics): each program writes its partial to a float32
 scratch [HKV, H], then counts itself in on its row block's int32 counter (a barrier, then
 an acq_rel atomic, as decode_attention's split merge); the last of the HKV programs of row
@@ -97,14 +100,15 @@ def _top_half(x, ROWS: tl.constexpr, COLS: tl.constexpr):
     return top
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window"])
 def _attention_oproj_kernel(
     Q, KCache, VCache, ReqToToken, ReqRows, SeqLens, Wo, ResIn, Out, Partial, Counters,
-    H, sm_scale_log2,
+    H, sm_scale_log2, window,
     stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t, stride_wn, stride_ph,
     GROUP: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_H: tl.constexpr, GROUP_P2: tl.constexpr, BLOCK_N: tl.constexpr,
     TILE_N: tl.constexpr, BLOCK_KV: tl.constexpr, PRECISION: tl.constexpr, PDL: tl.constexpr,
+    SLIDING: tl.constexpr = False,
 ):
     h = tl.program_id(0)
     j = tl.program_id(1)
@@ -121,7 +125,11 @@ def _attention_oproj_kernel(
     dmask = d < HEAD_DIM
     k_base = KCache + h * stride_kh
     v_base = VCache + h * stride_vh
-    offs_n = tl.arange(0, BLOCK_KV)
+    if SLIDING:  # the window's positions [lo, seq_len)
+        lo = tl.maximum(seq_len - window, 0)
+    else:
+        lo = 0
+    offs_n = lo + tl.arange(0, BLOCK_KV)
     nmask = offs_n < newest
     k, v = _load_kv(r2t_row, k_base, v_base, offs_n, nmask, d, dmask, stride_ks, stride_vs,
                     BLOCK_D == HEAD_DIM)
@@ -142,7 +150,7 @@ def _attention_oproj_kernel(
     k_new = tl.load(k_base + slot_new * stride_ks + d, mask=dmask, other=0.0)
     v_new = tl.load(v_base + slot_new * stride_vs + d, mask=dmask, other=0.0)
 
-    m_i, l_i, acc = _attend_context(q, k, v, nmask, r2t_row, k_base, v_base, 0, newest, d,
+    m_i, l_i, acc = _attend_context(q, k, v, nmask, r2t_row, k_base, v_base, lo, newest, d,
                                     dmask, stride_ks, stride_vs, sm_scale_log2, BLOCK_H,
                                     BLOCK_D, BLOCK_KV, BLOCK_D == HEAD_DIM, PRECISION)
     # the newest token: one score per query head, in float32; it always has weight > 0
@@ -226,7 +234,7 @@ def _block_counters(device: torch.device) -> torch.Tensor:
 
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o, res_in,
-            out, cfg: Config) -> None:
+            out, cfg: Config, window: int | None = None) -> None:
     _, HQ, D = q.shape
     HKV = k_cache.shape[1]
     H = w_o.shape[0]
@@ -238,13 +246,13 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o
     partial = torch.empty((HKV, H), dtype=torch.float32, device=q.device)
     _attention_oproj_kernel[(HKV, n_blocks)](
         q, k_cache, v_cache, req_to_token, req_rows, seq_lens, w_o, res_in, out, partial,
-        _block_counters(q.device), H, sm_scale * LOG2E,
+        _block_counters(q.device), H, sm_scale * LOG2E, window or 0,
         q.stride(1), k_cache.stride(0), k_cache.stride(1), v_cache.stride(0),
         v_cache.stride(1), req_to_token.stride(0), w_o.stride(0), partial.stride(0),
         GROUP=group, HKV=HKV, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_H=max(16, group_p2),
         GROUP_P2=group_p2, BLOCK_N=block_n, TILE_N=_tile_rows(cfg, group_p2, block_d),
         BLOCK_KV=cfg["BLOCK_KV"], PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        SLIDING=bool(window), num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
         **pdl.launch_kwargs(q.device))
 
 
@@ -264,6 +272,7 @@ def attention_oproj_triton(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     w_o: torch.Tensor, residual: torch.Tensor, *, config: Config | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """residual + o_proj(decode attention of q) for one request, in float32.
 
@@ -273,7 +282,8 @@ def attention_oproj_triton(
     max_seq_len the longest length a launch is sized for (the shape class of its config);
     w_o [H, HQ*D] (o_proj's weight, no bias); residual [1, H] of any float dtype. Returns
     [1, H] float32, written into residual itself when it is float32 (the residual stream).
-    `config` overrides the tuned one. AssertionError when the shapes or strides do not fit.
+    `config` overrides the tuned one; `window` the sliding window in tokens (None or 0:
+    none; decode_attention_ref). AssertionError when the shapes or strides do not fit.
     """
     _check(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, w_o, residual)
     out = residual if residual.dtype == torch.float32 else torch.empty(
@@ -288,24 +298,26 @@ def attention_oproj_triton(
             # timed runs write a scratch output: out is usually the residual stream itself
             scratch = torch.empty_like(out)
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
-                                               seq_lens, sm_scale, w_o, residual, scratch, cfg))
+                                               seq_lens, sm_scale, w_o, residual, scratch, cfg,
+                                               window))
 
         config = get_config("attention_oproj", key, q.device, DEFAULT_CONFIG, candidates(D),
                             bench, classes={"n": LENGTH_CLASSES})
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, w_o, residual,
-            out, config)
+            out, config, window)
     return out
 
 
 def attention_oproj_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
-    w_o: torch.Tensor, residual: torch.Tensor,
+    w_o: torch.Tensor, residual: torch.Tensor, *, window: int | None = None,
 ) -> torch.Tensor:
-    """decode_attention_ref, then o_proj, then the residual add, all in float32 (the
-    attention output is not rounded to q's dtype); in place when residual is float32."""
+    """decode_attention_ref (with its `window`), then o_proj, then the residual add, all in
+    float32 (the attention output is not rounded to q's dtype); in place when residual is
+    float32."""
     o = decode_attention_ref(q.float(), k_cache, v_cache, req_to_token, req_rows, seq_lens,
-                             sm_scale, max_seq_len)
+                             sm_scale, max_seq_len, window=window)
     y = residual.float() + F.linear(o.reshape(q.shape[0], -1), w_o.float())
     if residual.dtype == torch.float32:
         return residual.copy_(y)
@@ -313,11 +325,11 @@ def attention_oproj_ref(
 
 
 def attention_oproj(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale,
-                    max_seq_len, w_o, residual):
+                    max_seq_len, w_o, residual, window=None):
     """Triton on CUDA tensors, the reference otherwise (attention_oproj_triton's contract)."""
     fn = attention_oproj_triton if q.is_cuda else attention_oproj_ref
     return fn(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-              w_o, residual)
+              w_o, residual, window=window)
 
 
 def takes(q: torch.Tensor, k_cache: torch.Tensor, w_o: torch.Tensor, max_seq_len: int) -> bool:

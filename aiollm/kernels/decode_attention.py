@@ -60,7 +60,7 @@ def _merge_counters(device: torch.device) -> torch.Tensor:
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
             out, cfg: Config, num_splits: int | None, merge_in_kernel: bool = True,
-            long_only: int | None = None) -> None:
+            long_only: int | None = None, window: int | None = None) -> None:
     B, HQ, D = q.shape
     HKV = k_cache.shape[1]
     group = HQ // HKV
@@ -81,7 +81,7 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     common = dict(
         GROUP=group, BLOCK_H=max(16, group_p2), HEAD_DIM=D, BLOCK_D=block_d, BLOCK_N=block_n,
         GROUP_P2=group_p2, MERGE_CHUNK=max(1, min(16, MERGE_ELEMENTS // (group_p2 * block_d))),
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SLIDING=bool(window),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"], **pdl.launch_kwargs(q.device),
     )
     args = (q, k_cache, v_cache, req_to_token, req_rows, seq_lens)
@@ -91,7 +91,7 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     if num_splits == 1:
         _decode_kernel[(B, HKV, 1)](
             *args, out, out, out, out, scale, *strides, out.stride(0), out.stride(1), 0, 0, 0,
-            0, 0, 1, SPLIT=False, MERGE=False, **common)
+            0, 0, 1, window or 0, SPLIT=False, MERGE=False, **common)
         return
     partial = torch.empty((B, HQ, num_splits, D), dtype=torch.float32, device=q.device)
     lse = torch.empty((B, HQ, num_splits), dtype=torch.float32, device=q.device)
@@ -100,7 +100,7 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max
     _decode_kernel[(B, HKV, num_splits)](
         *args, partial, lse, out, counters, scale, *strides,
         partial.stride(0), partial.stride(1), partial.stride(2), lse.stride(0), lse.stride(1),
-        out.stride(0), out.stride(1), num_splits, SPLIT=True, MERGE=merge,
+        out.stride(0), out.stride(1), num_splits, window or 0, SPLIT=True, MERGE=merge,
         LONG_ONLY=bool(long_only), **common)
     if merge:
         return
@@ -144,12 +144,14 @@ def decode_attention_triton(
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
     *, config: Config | None = None, num_splits: int | None = None,
     merge_in_kernel: bool | None = None, out: torch.Tensor | None = None,
-    long_only: int | None = None,
+    long_only: int | None = None, window: int | None = None,
 ) -> torch.Tensor:
     """`config` and `num_splits` override the tuned config and the split rule,
     `merge_in_kernel` (default MERGE_IN_KERNEL) where split outputs merge, and `long_only`
     the splits a launch of one split (by the rule or num_splits=1) offers to long contexts
-    (long_splits) (tests, bench)."""
+    (long_splits) (tests, bench); `window`: the sliding window in tokens (None or 0: none;
+    decode_attention_ref). The split rule still sizes a launch by max_seq_len, not by the
+    window (the warm-up compiles the variants a length class reaches, launch_variant)."""
     if merge_in_kernel is None:
         merge_in_kernel = MERGE_IN_KERNEL
     B, HQ, D = q.shape
@@ -168,25 +170,30 @@ def decode_attention_triton(
             scratch = torch.empty_like(q)
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
                                                seq_lens, sm_scale, max_seq_len, scratch, cfg,
-                                               num_splits, merge_in_kernel, long_only))
+                                               num_splits, merge_in_kernel, long_only,
+                                               window))
 
         config = _config(B, HQ, HKV, D, q.dtype, q.device, max_seq_len, bench)
     _launch(q, k_cache, v_cache, req_to_token, req_rows, seq_lens, sm_scale, max_seq_len,
-            out, config, num_splits, merge_in_kernel, long_only)
+            out, config, num_splits, merge_in_kernel, long_only, window)
     return out
 
 
 def decode_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, seq_lens: torch.Tensor, sm_scale: float, max_seq_len: int,
-    *, out: torch.Tensor | None = None,
+    *, out: torch.Tensor | None = None, window: int | None = None,
 ) -> torch.Tensor:
-    """Padded to the longest context in the batch and masked; computed in fp32."""
+    """Padded to the longest context in the batch and masked; computed in fp32. With a
+    `window` of W tokens the query at position p = seq_lens[b] - 1 sees keys (p - W, p]
+    only, the W newest (transformers' sliding_window_causal_mask_function)."""
     B, HQ, D = q.shape
     HKV = k_cache.shape[1]
     L = int(seq_lens.max()) if B else 0
     pos = torch.arange(L, device=q.device)
     valid = pos[None, :] < seq_lens[:, None].long()                       # [B, L]
+    if window:
+        valid &= pos[None, :] >= seq_lens[:, None].long() - window
     slots = req_to_token[req_rows.long()][:, :L].long()
     slots = torch.where(valid, slots, torch.zeros_like(slots))
     k = k_cache[slots].float().permute(0, 2, 1, 3)                         # [B, HKV, L, D]

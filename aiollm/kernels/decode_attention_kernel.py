@@ -22,6 +22,11 @@ Three variants, picked by the split rule (decode_splits.py) from batch size and 
   not read by a single program per KV head while the rest of the GPU idles; the other
   contexts run whole and write their output directly, their empty splits return at once.
 
+With a sliding window of W tokens (SLIDING, a compile-time branch: the unwindowed kernel is
+unchanged) the query at position seq_len - 1 attends to positions [seq_len - W, seq_len) only,
+as transformers' sliding-window mask keeps them (decode_attention.py): every variant splits
+that range instead of [0, seq_len), so the blocks before it are never read.
+
 The online-softmax pieces (_load_kv, _attend, _attend_context) are shared with the fused
 attention + o_proj kernel (attention_oproj.py). _decode_reduce_kernel is the second, reduce
 launch used where the splits do not merge in the split launch itself.
@@ -89,17 +94,17 @@ def _attend_context(q, k, v, nmask, r2t_row, k_base, v_base, start, end, d, dmas
 # The split count and the strides that follow from it are runtime values: specialising on
 # them (Triton compiles a variant for 1, for multiples of 16 and for the rest) would compile
 # one more variant per split count a batch size or context class picks.
-@triton.jit(do_not_specialize=["stride_lb", "stride_lh", "num_splits"])
+@triton.jit(do_not_specialize=["stride_lb", "stride_lh", "num_splits", "window"])
 def _decode_kernel(
     Q, KCache, VCache, ReqToToken, ReqRows, SeqLens, Out, Lse, Merged, Counters,
     sm_scale_log2,
     stride_qb, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_r2t,
     stride_ob, stride_oh, stride_os, stride_lb, stride_lh, stride_mb, stride_mh,
-    num_splits,
+    num_splits, window,
     GROUP: tl.constexpr, BLOCK_H: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, MERGE: tl.constexpr, PRECISION: tl.constexpr,
     PDL: tl.constexpr, GROUP_P2: tl.constexpr, MERGE_CHUNK: tl.constexpr,
-    LONG_ONLY: tl.constexpr = False,
+    LONG_ONLY: tl.constexpr = False, SLIDING: tl.constexpr = False,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -114,16 +119,22 @@ def _decode_kernel(
     # Each request splits its own length, so a launch sized for a long max_seq_len (as a
     # CUDA graph must be) still spreads a short context over all its splits. Splits cover
     # whole blocks so that only a split's last block needs masking.
-    split_len = tl.maximum(tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N), 1) * BLOCK_N
+    if SLIDING:  # the positions [lo, seq_len) in the window
+        lo = tl.maximum(seq_len - window, 0)
+        ctx_len = seq_len - lo
+    else:
+        lo = 0
+        ctx_len = seq_len
+    split_len = tl.maximum(tl.cdiv(tl.cdiv(ctx_len, num_splits), BLOCK_N), 1) * BLOCK_N
     if LONG_ONLY:
         # split only contexts longer than twice the batch's mean, into pieces of at least
         # that length: the others run whole, as in the one-split kernel
         split_len = tl.maximum(split_len, _long_split_len(SeqLens, tl.num_programs(0), BLOCK_N))
-    used_splits = tl.cdiv(seq_len, split_len)  # the rest are empty
+    used_splits = tl.cdiv(ctx_len, split_len)  # the rest are empty
     if LONG_ONLY:
         if split >= used_splits:
             return
-    start = split * split_len
+    start = lo + split * split_len
     end = tl.minimum(start + split_len, seq_len)
     newest = seq_len - 1
     end_old = tl.minimum(end, newest)  # [start, end_old): tokens of earlier steps

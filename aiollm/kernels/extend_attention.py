@@ -1,15 +1,20 @@
 """Extend (prefill) attention: causal, variable length, no padding, over prefix + new tokens.
 
-Query i of request b sits at position prefix_lens[b] + i and attends to the request's keys
-0 .. prefix_lens[b] + i, all gathered from the KV pool through req_to_token (the new tokens'
-K/V are stored before this runs). The same kernel serves a plain prefill (prefix 0), a chunk
-of a chunked prefill and a prefix-cache hit.
+Query i of request b sits at position p = prefix_lens[b] + i and attends to the request's keys
+0 .. p, all gathered from the KV pool through req_to_token (the new tokens' K/V are stored
+before this runs); with a sliding window of W tokens only to the keys in (p - W, p], the W
+newest including its own, as transformers' sliding_window_causal_mask_function masks them
+(masking_utils: kv_idx > q_idx - sliding_window, and causal). The same kernel serves a plain
+prefill (prefix 0), a chunk of a chunked prefill and a prefix-cache hit.
 
 One program owns BLOCK_M queries of one (request, query head) and runs an online softmax
 (flash attention) over key blocks. Keys below prefix + m0 + 1 are visible to every query of the
 tile, so that stretch runs without masks; only the last few blocks, on the diagonal, are masked.
 The grid puts the query-block index slowest and walks it backwards, so the long programs (late
-queries see the most keys) start first and the short ones fill the tail.
+queries see the most keys) start first and the short ones fill the tail. With a window
+(SLIDING, a compile-time branch: the unwindowed kernel is unchanged) a tile starts at the block
+of its first query's oldest key, skipping the blocks before it; the blocks its last query's
+window cuts run masked, those every query of the tile sees whole run without masks.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ def _extend_step(
     stride_ks, stride_vs,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr, LAZY_RESCALE: tl.constexpr, PRECISION: tl.constexpr,
+    SLIDING: tl.constexpr = False, window=0,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     nmask = offs_n < kv_end
@@ -63,10 +69,22 @@ def _extend_step(
     qk = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     if MASKED:
         visible = (offs_n[None, :] <= q_pos[:, None]) & nmask[None, :]
+        if SLIDING:
+            visible = visible & (offs_n[None, :] > q_pos[:, None] - window)
         qk = tl.where(visible, qk, float("-inf"))
     # The softmax scale is applied inside max and exp2 so that it fuses into one FMA.
     m_new = tl.maximum(m_i, tl.max(qk, 1) * sm_scale_log2)
-    if LAZY_RESCALE:
+    if SLIDING:
+        # A window can hide a whole block from a query that has seen no key yet (m_i and
+        # m_new -inf): its weights must stay 0, not exp2(-inf + inf) = nan. Never lazy: a
+        # row's running max may start late.
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        acc = acc * alpha[:, None]
+        l_i = l_i * alpha
+        m_i = m_new
+        p = tl.exp2(qk * sm_scale_log2 - m_use[:, None])
+    elif LAZY_RESCALE:
         # Keep the running max (and skip the BLOCK_M x D multiply of acc) until some row's
         # max grows by more than 2^8: p then stays <= 256, harmless for fp32 sums and bf16 p.
         if tl.max(m_new - m_i, 0) > 8.0:
@@ -79,7 +97,8 @@ def _extend_step(
         acc = acc * alpha[:, None]
         l_i = l_i * alpha
         m_i = m_new
-    p = tl.exp2(qk * sm_scale_log2 - m_i[:, None])
+    if not SLIDING:
+        p = tl.exp2(qk * sm_scale_log2 - m_i[:, None])
     l_i = l_i + tl.sum(p, 1)
     if BLOCK_D == HEAD_DIM:
         v = tl.load(v_ptrs)
@@ -89,15 +108,15 @@ def _extend_step(
     return acc, m_i, l_i
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["window"])
 def _extend_kernel(
     Q, KCache, VCache, Out, ReqToToken, ReqRows, PrefixLens, ExtendLens, QStartLoc,
     sm_scale_log2,
     stride_qt, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_ot, stride_oh,
-    stride_r2t,
+    stride_r2t, window,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LAZY_RESCALE: tl.constexpr,
-    PRECISION: tl.constexpr,
+    PRECISION: tl.constexpr, SLIDING: tl.constexpr = False,
 ):
     h = tl.program_id(0)
     b = tl.program_id(1)
@@ -126,14 +145,38 @@ def _extend_kernel(
     r2t_row = ReqToToken + row * stride_r2t
     kv_end = prefix + tl.minimum(m0 + BLOCK_M, ext)
     full_end = ((prefix + m0 + 1) // BLOCK_N) * BLOCK_N  # every query of the tile sees these
-    for start_n in range(0, full_end, BLOCK_N):
-        acc, m_i, l_i = _extend_step(
-            q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d, sm_scale_log2,
-            stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, False, LAZY_RESCALE, PRECISION)
-    for start_n in range(full_end, kv_end, BLOCK_N):
-        acc, m_i, l_i = _extend_step(
-            q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d, sm_scale_log2,
-            stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, True, LAZY_RESCALE, PRECISION)
+    if SLIDING:
+        # from the block of the first query's oldest key; whole from the first block at or
+        # after the last query's oldest key (that query is at prefix + m0 + BLOCK_M - 1)
+        lo = (tl.maximum(prefix + m0 - window + 1, 0) // BLOCK_N) * BLOCK_N
+        full_start = tl.cdiv(tl.maximum(prefix + m0 + BLOCK_M - window, 0), BLOCK_N) * BLOCK_N
+        full_start = tl.minimum(full_start, full_end)
+        for start_n in range(lo, full_start, BLOCK_N):
+            acc, m_i, l_i = _extend_step(
+                q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
+                sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+                LAZY_RESCALE, PRECISION, True, window)
+        for start_n in range(full_start, full_end, BLOCK_N):
+            acc, m_i, l_i = _extend_step(
+                q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
+                sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+                LAZY_RESCALE, PRECISION, True, window)
+        for start_n in range(full_end, kv_end, BLOCK_N):
+            acc, m_i, l_i = _extend_step(
+                q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
+                sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+                LAZY_RESCALE, PRECISION, True, window)
+    else:
+        for start_n in range(0, full_end, BLOCK_N):
+            acc, m_i, l_i = _extend_step(
+                q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
+                sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, False,
+                LAZY_RESCALE, PRECISION)
+        for start_n in range(full_end, kv_end, BLOCK_N):
+            acc, m_i, l_i = _extend_step(
+                q, acc, m_i, l_i, k_base, v_base, r2t_row, start_n, q_pos, kv_end, d,
+                sm_scale_log2, stride_ks, stride_vs, HEAD_DIM, BLOCK_D, BLOCK_N, True,
+                LAZY_RESCALE, PRECISION)
 
     o = acc / l_i[:, None]
     tl.store(Out + (q_start + offs_m)[:, None] * stride_ot + h * stride_oh + d[None, :],
@@ -141,7 +184,7 @@ def _extend_kernel(
 
 
 def _launch(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens, q_start_loc,
-            sm_scale, max_extend_len, out, cfg: Config) -> None:
+            sm_scale, max_extend_len, out, cfg: Config, window: int | None = None) -> None:
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     B = req_rows.shape[0]
@@ -151,10 +194,10 @@ def _launch(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_len
         sm_scale * LOG2E,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
-        req_to_token.stride(0),
+        req_to_token.stride(0), window or 0,
         GROUP=HQ // HKV, HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D),
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], LAZY_RESCALE=bool(cfg.get("LAZY", 0)),
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32", SLIDING=bool(window),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
 
@@ -164,9 +207,10 @@ def extend_attention_triton(
     req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
     *, config: Config | None = None, out: torch.Tensor | None = None,
+    window: int | None = None,
 ) -> torch.Tensor:
     """`config` overrides the tuned launch config (tests, bench); `out` is where the rows go
-    (attention_out)."""
+    (attention_out); `window` the sliding window in tokens (None or 0: none)."""
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     B = req_rows.shape[0]
@@ -189,12 +233,12 @@ def extend_attention_triton(
             scratch = torch.empty_like(q)
             return time_config(lambda: _launch(q, k_cache, v_cache, req_to_token, req_rows,
                                                prefix_lens, extend_lens, q_start_loc, sm_scale,
-                                               max_extend_len, scratch, cfg))
+                                               max_extend_len, scratch, cfg, window))
 
         config = get_config("extend_attention", key, q.device, DEFAULT_CONFIG, candidates, bench,
                             classes={"m": LENGTH_CLASSES})
     _launch(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens, q_start_loc,
-            sm_scale, max_extend_len, out, config)
+            sm_scale, max_extend_len, out, config, window)
     return out
 
 
@@ -202,10 +246,11 @@ def extend_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, req_to_token: torch.Tensor,
     req_rows: torch.Tensor, prefix_lens: torch.Tensor, extend_lens: torch.Tensor,
     q_start_loc: torch.Tensor, sm_scale: float, max_extend_len: int,
-    q_chunk: int = 256, *, out: torch.Tensor | None = None,
+    q_chunk: int = 256, *, out: torch.Tensor | None = None, window: int | None = None,
 ) -> torch.Tensor:
     """Per request, in fp32; queries in chunks so long prompts stay within memory, each
-    chunk scored against the keys up to its last query only (the later ones are masked)."""
+    chunk scored against the keys up to its last query only (the later ones are masked) and,
+    with a `window` of W tokens, from its first query's oldest key (p - W, p] on."""
     T, HQ, D = q.shape
     HKV = k_cache.shape[1]
     G = HQ // HKV
@@ -219,12 +264,15 @@ def extend_attention_ref(
         for c0 in range(0, ext, q_chunk):
             c1 = min(ext, c0 + q_chunk)
             n = prefix + c1  # keys a query of this chunk may see
+            n0 = max(prefix + c0 - window + 1, 0) if window else 0  # ... from this one
             qc = q[qs + c0 : qs + c1].float().view(c1 - c0, HKV, G, D).permute(1, 2, 0, 3)
-            scores = (qc @ k[:, None, :n].transpose(-1, -2)) * sm_scale      # [HKV, G, C, n]
+            scores = (qc @ k[:, None, n0:n].transpose(-1, -2)) * sm_scale   # [HKV, G, C, n]
             q_pos = prefix + torch.arange(c0, c1, device=q.device)
-            hidden = key_pos[None, :n] > q_pos[:, None]
+            hidden = key_pos[None, n0:n] > q_pos[:, None]
+            if window:
+                hidden |= key_pos[None, n0:n] <= q_pos[:, None] - window
             scores = scores.masked_fill(hidden, -math.inf)
-            o = torch.softmax(scores, dim=-1) @ v[:, None, :n]              # [HKV, G, C, D]
+            o = torch.softmax(scores, dim=-1) @ v[:, None, n0:n]            # [HKV, G, C, D]
             out[qs + c0 : qs + c1] = o.permute(2, 0, 1, 3).reshape(c1 - c0, HQ, D).to(q.dtype)
     return out
 

@@ -88,7 +88,12 @@ class ModelConfig:
     bos_token_id: int | None = None
     torch_dtype: torch.dtype | None = None  # the checkpoint's dtype; None when unknown (GGUF)
     moe: MoeConfig | None = None  # mixture-of-experts layers (None: every layer is dense)
-    sliding_window: int | None = None  # the window max_position is capped at (None: no cap)
+    # Sliding-window attention: a query at position p of a sliding layer attends to the keys
+    # (p - sliding_window, p] only (transformers' sliding-window mask); the layers that slide
+    # are sliding_layers, every layer when None. sliding_window None: no layer slides. Every
+    # token keeps its KV slot all the same (the KV pool saves no memory by the window).
+    sliding_window: int | None = None
+    sliding_layers: tuple[int, ...] | None = None
     # Granite's four scalars (transformers' GraniteForCausalLM); 1.0 / None for the others.
     # Where llama.py applies each: its module docstring.
     embedding_multiplier: float = 1.0  # the token embeddings are multiplied by it
@@ -120,6 +125,22 @@ class ModelConfig:
                 raise ValueError(f"model config: {name} must be a finite number, got {value}")
         if self.logits_scaling == 0:  # the logits are divided by it
             raise ValueError("model config: logits_scaling must not be 0")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"model config: sliding_window must be >= 1, or None for none, "
+                             f"got {self.sliding_window}")
+        if self.sliding_layers is not None and not all(
+                0 <= i < self.num_layers for i in self.sliding_layers):
+            raise ValueError(f"model config: sliding_layers must be layer indices below "
+                             f"num_layers {self.num_layers}, got {self.sliding_layers}")
+
+    def layer_window(self, layer: int) -> int:
+        """The sliding window of layer `layer` in tokens, 0 when it attends over the whole
+        sequence."""
+        if self.sliding_window is None:
+            return 0
+        if self.sliding_layers is not None and layer not in self.sliding_layers:
+            return 0
+        return self.sliding_window
 
     @property
     def softmax_scale(self) -> float:

@@ -304,6 +304,8 @@ def config_from_dict(d: dict) -> ModelConfig:
     moe = d.pop("moe")
     if moe is not None:
         moe = MoeConfig(**{**moe, "dense_layers": tuple(moe["dense_layers"])})
+    if d.get("sliding_layers") is not None:  # a JSON list
+        d["sliding_layers"] = tuple(d["sliding_layers"])
     return ModelConfig(**d, rope=RopeConfig(**rope), moe=moe, torch_dtype=None)
 
 

@@ -5,14 +5,14 @@ raw fields that transformers would fail on without naming them; generation_confi
 the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
 PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
 Mistral, Qwen2/3, Granite, Mixtral, Qwen MoE, GraniteMoe) reads, what it refuses (quantized
-checkpoints, other heads, other activations), and the context (YaRN, sliding windows). A bad
-value is refused naming its config.json field.
+checkpoints, other heads, other activations), the context (YaRN) and which layers attend
+through a sliding window (as transformers 5 decides it, family by family). A bad value is
+refused naming its config.json field.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
@@ -22,8 +22,6 @@ from aiollm.model.config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, Mode
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import check_links, gguf_names, split_first_part
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
-
-log = logging.getLogger(__name__)
 
 try:  # huggingface_hub >= 0.35, which transformers 5 requires; older ones raise ValueErrors
     from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
@@ -112,27 +110,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         getattr(hf, "attention_bias", False))
     rope = rope_from_hf(hf, _head_dim(hf))
     max_position = _context_of(hf, rope)
-    # We attend over the whole sequence; a model trained with a sliding window is exact only
-    # within one window, so its context is capped there rather than silently drifting.
-    # (transformers' Llama never slides: a sliding_window in its config.json is left by a
-    # conversion from another family, and ignored there)
-    window = None if arch == "llama" else getattr(hf, "sliding_window", None)
-    if arch.startswith("qwen") and not getattr(hf, "use_sliding_window", False):
-        window = None
-    # transformers 5 slides only the layers layer_types marks (Qwen2 and Qwen2-MoE derive it
-    # from max_window_layers): with none marked it attends over the whole sequence too
-    layer_types = getattr(hf, "layer_types", None)
-    if layer_types is not None and "sliding_attention" not in layer_types:
-        window = None
-    if window is not None and int(window) < 1:  # transformers fails on 0 (no position seen)
-        raise ValueError(f"config.json: sliding_window must be >= 1, or null for none, got "
-                         f"{window}")
-    if window and window < max_position:
-        log.warning("sliding window %d < the model's context %d: context capped at the window",
-                    window, max_position)
-        max_position = int(window)
-    else:
-        window = None
+    window, sliding_layers = _sliding_window(hf, arch)
     eos = (_as_list(hf.eos_token_id) if generation_eos is None
            else list(dict.fromkeys(generation_eos)))
     return ModelConfig(
@@ -158,7 +136,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         bos_token_id=getattr(hf, "bos_token_id", None),
         torch_dtype=_checkpoint_dtype(hf),
         moe=moe_from_hf(hf, fields or {}) if arch in MOE_ARCHITECTURES else None,
-        sliding_window=int(window) if window else None,
+        sliding_window=window,
+        sliding_layers=sliding_layers,
         **(_granite_scalars(hf) if arch.startswith("granite") else {}),
     )
 
@@ -177,9 +156,59 @@ def _granite_scalars(hf: Any) -> dict[str, float]:
     return scalars
 
 
+# the families whose every layer slides when config.json has a sliding_window (transformers'
+# Mistral, Mixtral and Qwen3-MoE models build one sliding-window mask for all layers; its
+# Qwen3-MoE config drops the window unless use_sliding_window); Qwen2, Qwen3 and Qwen2-MoE
+# slide the layers their layer_types marks "sliding_attention"; Llama never slides
+# (a sliding_window in its config.json is left by a conversion from another family)
+_EVERY_LAYER_SLIDES = ("mistral", "mixtral", "qwen3_moe")
+
+
+def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | None]:
+    """(window in tokens, the layers that slide: None for all) of a config as transformers 5
+    runs it; (None, None) when no layer slides. Raises ValueError naming config.json's field
+    for a window below 1 (transformers' mask then hides every key) or sliding layers
+    without use_sliding_window or with a null sliding_window (its mask then fails)."""
+    if arch == "llama":
+        return None, None
+    window = getattr(hf, "sliding_window", None)
+    if arch in _EVERY_LAYER_SLIDES:
+        layers = None
+    else:
+        types = getattr(hf, "layer_types", None)
+        if types is None:  # derived as transformers 5's configs derive it
+            on = bool(getattr(hf, "use_sliding_window", False) and window)
+            bound = int(getattr(hf, "max_window_layers", 0) or 0)
+            n = int(hf.num_hidden_layers)
+            if arch == "qwen2_moe":  # the even layers below max_window_layers
+                layers = tuple(i for i in range(0, min(n, bound), 2) if on)
+            else:  # Qwen2, Qwen3: the layers from max_window_layers on
+                layers = tuple(i for i in range(bound, n) if on)
+        else:
+            layers = tuple(i for i, t in enumerate(types) if t == "sliding_attention")
+        if not layers:
+            return None, None
+        # transformers' Qwen2/3 configs set sliding_window null (Qwen2-MoE's 0) without
+        # use_sliding_window, and the mask of a sliding layer then fails or hides all; a
+        # null sliding_window fails it too
+        if not getattr(hf, "use_sliding_window", False):
+            raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
+                             "sliding_attention but use_sliding_window is false (no "
+                             "sliding_window): set use_sliding_window and sliding_window")
+        if window is None:
+            raise ValueError(f"config.json: layer_types marks layers {list(layers)} "
+                             "sliding_attention but sliding_window is null: set it")
+    if window is None:
+        return None, None
+    if int(window) < 1:  # transformers fails on 0 (no position seen)
+        raise ValueError(f"config.json: sliding_window must be >= 1, or null for none, got "
+                         f"{window}")
+    return int(window), layers
+
+
 def _context_of(hf: Any, rope: RopeConfig) -> int:
-    """The model's context before any sliding-window cap: max_position_embeddings, or with
-    YaRN original_max_position_embeddings x factor (as vLLM derives it: YaRN configs such as
+    """The model's context: max_position_embeddings, or with YaRN
+    original_max_position_embeddings x factor (as vLLM derives it: YaRN configs such as
     Qwen2.5's keep max_position_embeddings at the original context). YaRN's frequencies do not
     depend on the position, so a longer context is only more rows of the rotary table. Never
     less than max_position_embeddings (a config whose factor says less keeps its own)."""

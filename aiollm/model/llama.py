@@ -13,6 +13,11 @@ already takes); embedding_multiplier multiplies the embedded tokens (LlamaForCau
 the embedding is tied to the LM head, so its weight cannot carry it); residual_multiplier and
 logits_scaling are folded into the weights as they load (granite_scales.py says why).
 
+A layer with a sliding window (ModelConfig.layer_window: Mistral, Qwen2's upper layers, ...)
+passes it to every attention kernel it runs, so a query at position p sees the keys
+(p - window, p] only, as transformers masks them; the KV pool still keeps every token's K/V
+(the window saves reads, not memory), so the context is the model's max_position.
+
 forward() reads only the ForwardBatch's tensors and the Python scalars fixed when the batch was
 built (is_decode, max_extend_len, max_seq_len): no host syncs, so a decode step can be captured
 in a CUDA graph.
@@ -114,6 +119,9 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.q_size, self.kv_size = config.q_size, config.kv_size
         self.sm_scale = config.softmax_scale  # Granite's attention_multiplier, or 1/sqrt(D)
+        # the sliding window in tokens, 0 for none (LlamaForCausalLM clears one no context
+        # of the engine reaches)
+        self.window = config.layer_window(layer_id)
         self.qkv_proj = Linear(
             config.hidden_size, self.q_size + 2 * self.kv_size, bias=config.qkv_bias
         )
@@ -181,7 +189,7 @@ class Attention(nn.Module):
             return attention_oproj.attention_oproj(
                 q, batch.kv_pool.k_cache[self.layer_id], batch.kv_pool.v_cache[self.layer_id],
                 batch.req_to_token, batch.req_rows, batch.seq_lens, self.sm_scale,
-                batch.max_seq_len, self.o_proj.weight, residual)
+                batch.max_seq_len, self.o_proj.weight, residual, window=self.window)
         o = self.attend(q, batch).reshape(residual.shape[0], self.q_size)
         return gemv_residual(o, self.o_proj.weight, self.o_proj.bias, residual)
 
@@ -194,7 +202,7 @@ class Attention(nn.Module):
         if batch.is_decode:
             return decode_attention(
                 q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.seq_lens,
-                self.sm_scale, batch.max_seq_len, out=out,
+                self.sm_scale, batch.max_seq_len, out=out, window=self.window,
             )
         if batch.mixed_parts is not None:
             # A mixed step: the decodes go through the decode kernel, which reads each KV
@@ -204,16 +212,17 @@ class Attention(nn.Module):
             (d_rows, d_seq), (e_rows, e_pre, e_ext, e_start) = batch.mixed_parts
             o = extend_attention(
                 q, k_cache, v_cache, batch.req_to_token, e_rows, e_pre, e_ext, e_start,
-                self.sm_scale, batch.max_extend_len, out=out,
+                self.sm_scale, batch.max_extend_len, out=out, window=self.window,
             )
             decode_attention(
                 q[:n], k_cache, v_cache, batch.req_to_token, d_rows, d_seq, self.sm_scale,
-                batch.decode_max_seq_len, out=o[:n],
+                batch.decode_max_seq_len, out=o[:n], window=self.window,
             )
             return o
         return extend_attention(
             q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
             batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len, out=out,
+            window=self.window,
         )
 
 
@@ -293,6 +302,9 @@ class LlamaForCausalLM(nn.Module):
         self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size,
                                                    config.vocab_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
+        for layer in self.layers:  # a window no context reaches: the unwindowed kernels
+            if layer.self_attn.window >= self.max_len:
+                layer.self_attn.window = 0
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)

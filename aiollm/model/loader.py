@@ -166,11 +166,8 @@ def load_model(
     else:
         config = load_hf_config(model_dir)
     if max_model_len is not None and max_model_len > config.max_position:
-        why = (f" (its sliding_window {config.sliding_window}: aiollm attends over the whole "
-               "sequence, which matches the model only within one window)"
-               if config.sliding_window else "")
         raise ValueError(f"max_model_len {max_model_len} exceeds the model's context of "
-                         f"{config.max_position}{why}: set max_model_len (--max-model-len) to "
+                         f"{config.max_position}: set max_model_len (--max-model-len) to "
                          f"at most {config.max_position}")
     max_len = max_model_len or config.max_position
     if dtype is None:

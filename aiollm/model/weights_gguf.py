@@ -140,6 +140,9 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     """ModelConfig of a GGUF file's metadata and tensor index. Metadata that is read and then
     ignored (llama.cpp ignores it too) is described in `warnings`, appended to, for the
     loader to log at every load of the file, the derived cache's too (derived_cache.py).
+    No sliding window: llama.cpp's llama, qwen2, qwen2moe, qwen3 and qwen3moe graphs attend
+    over the whole sequence and its loader reads no `{arch}.attention.sliding_window` for
+    them (a Mistral v0.1 GGUF is a llama one), so neither does this.
     Raises ValueError naming the key or tensor that aiollm cannot run."""
     gguf_arch = _field(reader, "general.architecture")
     _check_is_a_model(reader, gguf_arch)
