@@ -3,7 +3,8 @@
 The common dataclasses (ModelConfig, and MoeConfig for mixture-of-experts layers) with the
 checks every source shares, and the model types aiollm runs. They are filled from a Hugging
 Face config.json by hf_config.py (its MoE fields by hf_moe_config.py) and from GGUF metadata
-by weights_gguf.py. Everything the model, the KV pool and the engine need is here, in one
+by weights_gguf.py. Gemma 1 is the same decoder with three changes of numerics, flags here
+(hidden_act, rms_norm_unit_offset, scale_embeddings) that Gemma 2 and 3 will reuse. Everything the model, the KV pool and the engine need is here, in one
 flat dataclass, so nothing downstream has to know transformers' config classes or their
 version differences (rope_scaling in 4.x, rope_parameters in 5.x).
 """
@@ -19,8 +20,34 @@ from aiollm.model.rope_config import RopeConfig
 # model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
 # mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
-                           "qwen3_moe")
+                           "qwen3_moe", "gemma")
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
+# The MLP activations the kernels compute (transformers' ACT2FN names): SiLU (SwiGLU) and
+# GELU's tanh approximation (GeGLU: Gemma's).
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+# Later Gemma generations, refused naming what aiollm lacks to run them as transformers does.
+_GEMMA2 = ("sliding-window attention on alternate layers (sliding_window), attention and "
+           "final logit soft-capping (attn_logit_softcapping, final_logit_softcapping), "
+           "query_pre_attn_scalar and the extra pre/post feed-forward norms")
+_GEMMA3 = ("sliding-window attention on 5 of every 6 layers (sliding_window, layer_types) "
+           "with their own rope base (rope_local_base_freq), per-head q/k norms of (1 + w), "
+           "query_pre_attn_scalar and the extra pre/post feed-forward norms")
+UNSUPPORTED_GEMMA = {
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA3,
+    "gemma3": _GEMMA3 + ", and its vision tower (aiollm serves text alone)",
+    "gemma3n": "Gemma 3n's per-layer embeddings, AltUp and LAuReL blocks, KV sharing "
+               "across layers and its audio and vision towers",
+}
+
+
+def unsupported_gemma(model_type: str) -> str | None:
+    """The error message for a later Gemma's model_type (transformers' name), else None."""
+    missing = UNSUPPORTED_GEMMA.get(model_type)
+    if missing is None:
+        return None
+    return (f"model_type {model_type!r} is not supported: aiollm runs Gemma 1 (model_type "
+            f"'gemma') but lacks what {model_type} needs: {missing}")
 
 
 @dataclass(slots=True)
@@ -83,6 +110,12 @@ class ModelConfig:
     torch_dtype: torch.dtype | None = None  # the checkpoint's dtype; None when unknown (GGUF)
     moe: MoeConfig | None = None  # mixture-of-experts layers (None: every layer is dense)
     sliding_window: int | None = None  # the window max_position is capped at (None: no cap)
+    hidden_act: str = "silu"  # the MLP's gate activation, one of ACTIVATIONS
+    # Gemma's RMSNorm x * (1 + w): the checkpoint holds w, the model 1 + w, computed in
+    # float32 at load and kept in float32 (in bfloat16 the sum would round)
+    rms_norm_unit_offset: bool = False
+    # Gemma: embeddings x sqrt(hidden_size), that factor rounded to the model dtype first
+    scale_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -101,6 +134,9 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"model config: rotary needs an even head_dim, got {self.head_dim}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"model config: hidden_act {self.hidden_act!r} is not supported "
+                             f"(supported: {', '.join(ACTIVATIONS)})")
 
     @property
     def q_size(self) -> int:

@@ -4,8 +4,8 @@ config.json goes through transformers' AutoConfig (local files only), after chec
 raw fields that transformers would fail on without naming them; generation_config.json gives
 the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
 PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
-Mistral, Qwen2/3, Mixtral, Qwen MoE) reads, what it refuses (quantized checkpoints, other
-heads, other activations), and the context (YaRN, sliding windows). A bad value is refused
+Mistral, Qwen2/3, Mixtral, Qwen MoE, Gemma) reads, what it refuses (quantized checkpoints,
+other heads, other activations, later Gemmas), and the context (YaRN, sliding windows). A bad value is refused
 naming its config.json field.
 """
 
@@ -18,7 +18,12 @@ from typing import Any
 
 import torch
 
-from aiollm.model.config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, ModelConfig
+from aiollm.model.config import (
+    MOE_ARCHITECTURES,
+    SUPPORTED_ARCHITECTURES,
+    ModelConfig,
+    unsupported_gemma,
+)
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import check_links, gguf_names, split_first_part
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
@@ -38,6 +43,15 @@ except ImportError:  # pragma: no cover
 CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM",
                      "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
                      "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+# Gemma's class is taken with model_type gemma only, and gemma takes no other: transformers
+# builds the class of the model_type whatever `architectures` says, so a Llama config naming
+# GemmaForCausalLM would run Gemma's weights without Gemma's numerics (the (1 + w) norms,
+# scaled embeddings, GELU), and a gemma config naming a Llama class is such a relabelling too.
+GEMMA_CLASSES = ("GemmaForCausalLM",)
+# transformers' GELU activations that compute GELU's tanh approximation; Gemma's config reads
+# the legacy "gelu" of the first releases as that too (GemmaConfig.__post_init__), other
+# families as the exact (erf) GELU, which aiollm's kernels do not compute
+_GELU_TANH = ("gelu_pytorch_tanh",)
 
 
 def _as_list(value: Any) -> list[int]:
@@ -69,9 +83,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     _check_model_type(arch)
     classes = getattr(hf, "architectures", None) or []
     classes = [classes] if isinstance(classes, str) else list(classes)  # transformers takes one
-    if classes and not set(classes) & set(CAUSAL_LM_CLASSES):
-        raise ValueError(f"architectures {classes} is not supported "
-                         f"(supported: {', '.join(CAUSAL_LM_CLASSES)})")
+    allowed = GEMMA_CLASSES if arch == "gemma" else CAUSAL_LM_CLASSES
+    if classes and not set(classes) & set(allowed):
+        raise ValueError(f"architectures {classes} is not supported with model_type {arch!r} "
+                         f"(supported: {', '.join(allowed)})")
     quant = getattr(hf, "quantization_config", None)
     if quant:
         method = quant.get("quant_method") if isinstance(quant, dict) else getattr(
@@ -89,12 +104,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     # by qkv_bias. Other families run with either field in their config.json, ignored.
     if arch == "llama" and getattr(hf, "mlp_bias", False):
         raise ValueError("models with mlp_bias=True are not supported")
-    # Every MLP (dense, expert, shared expert) runs the fused SiLU kernels; transformers
-    # applies ACT2FN[hidden_act], where "swish" is SiLU too.
-    act = getattr(hf, "hidden_act", "silu")
-    if act not in ("silu", "swish"):
-        raise ValueError(f"hidden_act {act!r} is not supported (aiollm's MLPs compute SiLU: "
-                         "hidden_act must be 'silu')")
+    act = _activation(hf, arch)
+    if arch == "gemma" and getattr(hf, "use_bidirectional_attention", None):
+        raise ValueError("config.json: use_bidirectional_attention true is not supported "
+                         "(an encoder's attention over the whole text; aiollm's is causal)")
     # sizes by config.json's names (ModelConfig's own check names its fields, not these)
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                  "max_position_embeddings"):
@@ -104,7 +117,7 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     if heads % kv_heads:
         raise ValueError(f"config.json: num_attention_heads {heads} is not a multiple of "
                          f"num_key_value_heads {kv_heads}")
-    attention_bias = arch in ("llama", "qwen3", "qwen3_moe") and bool(
+    attention_bias = arch in ("llama", "qwen3", "qwen3_moe", "gemma") and bool(
         getattr(hf, "attention_bias", False))
     rope = rope_from_hf(hf, _head_dim(hf))
     max_position = _context_of(hf, rope)
@@ -155,7 +168,28 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         torch_dtype=_checkpoint_dtype(hf),
         moe=moe_from_hf(hf, fields or {}) if arch in MOE_ARCHITECTURES else None,
         sliding_window=int(window) if window else None,
+        hidden_act=act,
+        rms_norm_unit_offset=arch == "gemma",
+        scale_embeddings=arch == "gemma",
     )
+
+
+def _activation(hf: Any, arch: str) -> str:
+    """The MLP activation (config.ACTIVATIONS) of transformers' ACT2FN[hidden_act]: "swish"
+    is SiLU, Gemma's "gelu" the tanh approximation (as its config reads it; transformers 5
+    reads no hidden_activation, which transformers 4's Gemma preferred). Every MLP of a
+    mixture of experts (experts, shared expert) runs the fused SiLU kernels: SiLU only.
+    ValueError naming hidden_act otherwise."""
+    act = getattr(hf, "hidden_act", "silu")
+    if act in ("silu", "swish"):
+        return "silu"
+    if arch not in MOE_ARCHITECTURES and (act in _GELU_TANH or arch == "gemma"
+                                          and act == "gelu"):
+        return "gelu_pytorch_tanh"
+    why = ("the experts' kernels compute SiLU: hidden_act must be 'silu'"
+           if arch in MOE_ARCHITECTURES else "aiollm's MLPs compute SiLU or GELU's tanh "
+           "approximation: hidden_act must be 'silu' or 'gelu_pytorch_tanh'")
+    raise ValueError(f"hidden_act {act!r} is not supported ({why})")
 
 
 def _context_of(hf: Any, rope: RopeConfig) -> int:
@@ -171,6 +205,8 @@ def _context_of(hf: Any, rope: RopeConfig) -> int:
 
 
 def _check_model_type(model_type: Any) -> None:
+    if (message := unsupported_gemma(model_type)) is not None:
+        raise ValueError(message)
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
             f"model_type {model_type!r} is not supported "

@@ -1,7 +1,8 @@
 """The Llama-family decoder over the token-level KV pool.
 
-One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 and SmolLM2: they differ only in flags
-of ModelConfig (q/k/v biases, q/k norm, tied embeddings) and in rope scaling. Mixtral,
+One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2 and Gemma: they differ only in
+flags of ModelConfig (q/k/v biases, q/k norm, tied embeddings; Gemma's GELU MLP, (1 + w)
+norms held as 1 + w in float32, and embeddings scaled by sqrt(hidden_size)) and in rope scaling. Mixtral,
 Qwen2-MoE and Qwen3-MoE are the same decoder with moe.py's SparseMoe in place of the MLP. Parameter names
 follow transformers' with q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one
 matmul each instead of three and two); the loaders fill the fused weights shard by shard.
@@ -23,11 +24,18 @@ from aiollm.kernels import (
     attention_oproj,
     decode_attention,
     extend_attention,
+    gelu_tanh_and_mul,
     rms_norm,
     rotary_store_kv,
     silu_and_mul,
 )
-from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_norm_silu, gemv_residual
+from aiollm.kernels.gemv import (
+    gemv_norm,
+    gemv_norm_gelu_tanh,
+    gemv_norm_rope_kv,
+    gemv_norm_silu,
+    gemv_residual,
+)
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool
@@ -44,6 +52,9 @@ from aiollm.model.rope import cos_sin_cache
 # (H200, 2026-12-01, bench/README.md "Decode": batch-4 decode 2,595 against 3,531 tok/s on
 # the 1B shape, 528 against 825 on the 8B), at one faster (833 -> 1,085; 207.5 -> 237.7).
 FUSED_MAX_TOKENS = 1
+# hidden_act -> (act(gate) * up of [T, 2I], the same after a one-token step's gate/up GEMV)
+GATED_ACTIVATIONS = {"silu": (silu_and_mul, gemv_norm_silu),
+                     "gelu_pytorch_tanh": (gelu_tanh_and_mul, gemv_norm_gelu_tanh)}
 
 
 class Linear(nn.Module):
@@ -211,18 +222,21 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int):
+    """down(act(gate(x)) * up(x)), act config.hidden_act's (SwiGLU, or Gemma's GeGLU)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu"):
         super().__init__()
         self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
         self.down_proj = RowParallelLinear(intermediate_size, hidden_size)
+        self.act_and_mul, self.gemv_norm_act = GATED_ACTIVATIONS[hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
         """residual + mlp(norm(residual)) for at most FUSED_MAX_TOKENS tokens, in two fused
-        GEMVs (norm + gate/up + SiLU-and-mul; down + residual add); float32 stream out."""
-        act = gemv_norm_silu(residual, norm.weight, norm.eps, self.gate_up_proj.weight)
+        GEMVs (norm + gate/up + activation-and-mul; down + residual add); float32 stream out."""
+        act = self.gemv_norm_act(residual, norm.weight, norm.eps, self.gate_up_proj.weight)
         return gemv_residual(act, self.down_proj.weight, None, residual)
 
 
@@ -237,7 +251,7 @@ class DecoderLayer(nn.Module):
 
             self.mlp = SparseMoe(config)
         else:
-            self.mlp = MLP(config.hidden_size, config.intermediate_size)
+            self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
     def forward(
         self,
@@ -287,6 +301,7 @@ class LlamaForCausalLM(nn.Module):
                                                    config.vocab_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.embed_scale = config.hidden_size**0.5 if config.scale_embeddings else None
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer(
@@ -318,6 +333,14 @@ class LlamaForCausalLM(nn.Module):
                                                 attn.head_dim, w_o.shape[0], w_o.dtype,
                                                 w_o.device, max_seq_len))
 
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings [T, H] (model dtype), with scale_embeddings times sqrt(hidden_size)
+        rounded to float32 and then the model dtype, as transformers' Gemma scales them."""
+        x = self.embed_tokens(input_ids)
+        if self.embed_scale is None:
+            return x
+        return x * torch.tensor(self.embed_scale).to(x.dtype).item()  # 55.5 for 3,072 in bf16
+
     @property
     def lm_head_weight(self) -> torch.Tensor:
         return self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
@@ -325,7 +348,7 @@ class LlamaForCausalLM(nn.Module):
     @torch.inference_mode()
     def forward(self, batch: ForwardBatch) -> torch.Tensor:
         """Logits [B, vocab] float32 of each request's last new token."""
-        x = self.embed_tokens(batch.input_ids)
+        x = self.embed(batch.input_ids)
         if self.fused_small and x.shape[0] <= FUSED_MAX_TOKENS and batch.prompt_scoring is None:
             return self._forward_small(x, batch)
         residual = None
@@ -343,7 +366,7 @@ class LlamaForCausalLM(nn.Module):
         free and shape-static; only for models without tensor parallelism (graph_segments)."""
         # the same blocks as DecoderLayer.forward, cut at the attention
         if k == 0:
-            h, _ = self.layers[0].attention_input(self.embed_tokens(io.input_ids), None,
+            h, _ = self.layers[0].attention_input(self.embed(io.input_ids), None,
                                                   io.residual)
         else:
             layer = self.layers[k - 1]
