@@ -75,7 +75,8 @@ def config(request, monkeypatch):
 def test_gemv_norm_gelu_tanh(M, K, I, dtype, config):
     """The fused one-token MLP input: norm (Gemma's float32 1 + w), gate/up GEMV, GELU-tanh
     gate times up; the residual stream x in float32, as the model runs it."""
-    x, g, w = rand(M, K, scale=3.0), 1 + rand(K, scale=0.3), rand(2 * I, K, dtype=dtype)
+    x, g = rand(M, K, scale=3.0), 1 + rand(K, scale=0.3)
+    w = rand(2 * I, K, dtype=dtype, scale=K**-0.5)  # gates of order 1, where GELU != SiLU
     out = gemv.gemv_norm_gelu_tanh_triton(x, g, 1e-6, w)
     ref = gemv.gemv_norm_gelu_tanh_ref(x, g, 1e-6, w)
     assert rel_err(out, ref) <= TOL[dtype]
