@@ -176,3 +176,17 @@ def test_rotary_store_kv_at_head_dim_256():
     kernels.store_kv_ref(kc_ref, vc_ref, k_ref, v, loc)
     assert rel_err(q, q_ref) <= TOL[dtype] and rel_err(kc, kc_ref) <= TOL[dtype]
     assert torch.equal(vc, vc_ref)
+
+
+def test_wide_kv_rows_default_to_one_stage_of_smaller_blocks(monkeypatch):
+    """Head dim 256 in float32 (1 KiB K/V rows): the untuned default (the warm-up's and a
+    graph capture's, until tuning runs) is one pipeline stage of 32-row blocks, whose shared
+    memory fits an H100; narrower rows keep the default they had."""
+    from aiollm.kernels import decode_attention_configs as dc
+
+    seen = []
+    monkeypatch.setattr(dc, "get_config", lambda kernel, key, device, default, *args, **kw:
+                        seen.append(default) or default)
+    for D, dtype in ((256, torch.float32), (256, torch.bfloat16), (128, torch.float32)):
+        dc._config(1, 8, 1, D, dtype, DEV, 512, None)
+    assert seen == [dc.WIDE_ROW_CONFIG, dc.DEFAULT_CONFIG, dc.DEFAULT_CONFIG]
