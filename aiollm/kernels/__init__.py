@@ -28,14 +28,15 @@ from aiollm.kernels.norm import rms_norm_ref, rms_norm_triton
 from aiollm.kernels.rotary import apply_rotary_ref, apply_rotary_triton, rotary_store_kv_triton
 
 __all__ = [
-    "rms_norm", "silu_and_mul", "gelu_tanh_and_mul", "apply_rotary", "store_kv", "rotary_store_kv",
-    "decode_attention", "extend_attention", "fused_moe", "fused_moe_decode",
-    "rms_norm_triton", "silu_and_mul_triton", "gelu_tanh_and_mul_triton", "apply_rotary_triton", "store_kv_triton",
-    "rotary_store_kv_triton",
+    "rms_norm", "silu_and_mul", "gelu_tanh_and_mul", "apply_rotary", "store_kv",
+    "rotary_store_kv", "decode_attention", "extend_attention", "fused_moe", "fused_moe_decode",
+    "rms_norm_triton", "silu_and_mul_triton", "gelu_tanh_and_mul_triton", "apply_rotary_triton",
+    "store_kv_triton", "rotary_store_kv_triton",
     "decode_attention_triton", "extend_attention_triton", "fused_moe_triton",
     "fused_moe_decode_triton",
     "moe_route_triton",
-    "rms_norm_ref", "silu_and_mul_ref", "gelu_tanh_and_mul_ref", "apply_rotary_ref", "store_kv_ref",
+    "rms_norm_ref", "silu_and_mul_ref", "gelu_tanh_and_mul_ref", "apply_rotary_ref",
+    "store_kv_ref",
     "decode_attention_ref", "extend_attention_ref", "fused_moe_ref", "moe_route_ref",
     "fused_moe_decode_ref",
 ]

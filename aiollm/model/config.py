@@ -1,12 +1,13 @@
 """ModelConfig: the shape and numerics of a Llama-family checkpoint, whatever format it came in.
 
 The common dataclasses (ModelConfig, and MoeConfig for mixture-of-experts layers) with the
-checks every source shares, and the model types aiollm runs. They are filled from a Hugging
-Face config.json by hf_config.py (its MoE fields by hf_moe_config.py) and from GGUF metadata
-by weights_gguf.py. Gemma 1 is the same decoder with three changes of numerics, flags here
-(hidden_act, rms_norm_unit_offset, scale_embeddings) that Gemma 2 and 3 will reuse. Everything the model, the KV pool and the engine need is here, in one
-flat dataclass, so nothing downstream has to know transformers' config classes or their
-version differences (rope_scaling in 4.x, rope_parameters in 5.x).
+checks every source shares, and the model types aiollm runs. They are filled from a Hugging Face
+config.json by hf_config.py (its MoE fields by hf_moe_config.py) and from GGUF metadata by
+weights_gguf.py. Gemma 1 is the same decoder with three changes of numerics, flags here
+(hidden_act, rms_norm_unit_offset, scale_embeddings) that Gemma 2 and 3 will reuse. Everything
+the model, the KV pool and the engine need is here, in one flat dataclass, so nothing downstream
+has to know transformers' config classes or their version differences (rope_scaling in 4.x,
+rope_parameters in 5.x).
 """
 
 from __future__ import annotations

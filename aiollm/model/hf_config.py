@@ -1,11 +1,11 @@
 """Reading a Hugging Face model directory's config into a ModelConfig.
 
-config.json goes through transformers' AutoConfig (local files only), after checks of its
-raw fields that transformers would fail on without naming them; generation_config.json gives
-the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
-PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
-Mistral, Qwen2/3, Mixtral, Qwen MoE, Gemma) reads, what it refuses (quantized checkpoints,
-other heads, other activations, later Gemmas), and the context (YaRN, sliding windows). A bad value is refused
+config.json goes through transformers' AutoConfig (local files only), after checks of its raw
+fields that transformers would fail on without naming them; generation_config.json gives the eos
+ids (its end-of-turn ids) where the directory has one. config_from_hf maps a PretrainedConfig of
+a supported model_type onto ModelConfig: which fields each family (Llama, Mistral, Qwen2/3,
+Mixtral, Qwen MoE, Gemma) reads, what it refuses (quantized checkpoints, other heads, other
+activations, later Gemmas), and the context (YaRN, sliding windows). A bad value is refused
 naming its config.json field.
 """
 

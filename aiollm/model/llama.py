@@ -1,11 +1,12 @@
 """The Llama-family decoder over the token-level KV pool.
 
 One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2 and Gemma: they differ only in
-flags of ModelConfig (q/k/v biases, q/k norm, tied embeddings; Gemma's GELU MLP, (1 + w)
-norms held as 1 + w in float32, and embeddings scaled by sqrt(hidden_size)) and in rope scaling. Mixtral,
-Qwen2-MoE and Qwen3-MoE are the same decoder with moe.py's SparseMoe in place of the MLP. Parameter names
-follow transformers' with q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one
-matmul each instead of three and two); the loaders fill the fused weights shard by shard.
+flags of ModelConfig (q/k/v biases, q/k norm, tied embeddings; Gemma's GELU MLP, (1 + w) norms
+held as 1 + w in float32, and embeddings scaled by sqrt(hidden_size)) and in rope scaling.
+Mixtral, Qwen2-MoE and Qwen3-MoE are the same decoder with moe.py's SparseMoe in place of the
+MLP. Parameter names follow transformers' with q/k/v fused into `qkv_proj` and gate/up into
+`gate_up_proj` (one matmul each instead of three and two); the loaders fill the fused weights
+shard by shard.
 
 forward() reads only the ForwardBatch's tensors and the Python scalars fixed when the batch was
 built (is_decode, max_extend_len, max_seq_len): no host syncs, so a decode step can be captured

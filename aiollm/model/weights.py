@@ -1,18 +1,17 @@
 """WeightFiller: copies checkpoint tensors, named as in transformers, into our fused parameters.
 
 Both loaders (safetensors directories and GGUF files) translate their tensors to transformers'
-names; this is the one place that knows how those names land in llama.py's modules: q/k/v
-become row ranges of qkv_proj, gate/up row ranges of gate_up_proj, everything else maps one to
-one (Gemma's norm weights w become 1 + w). The copy casts to the run dtype (a Gemma norm's
-to float32) and moves to the model's device in one step, and the
-filler checks that every parameter was written exactly once: a tensor given twice is refused
-when it comes, the tensors never given are named at the end in the checkpoint's terms (which
-of q/k/v, which expert, or which stacked tensor of all experts when the checkpoint stacks
-them). A loader whose files use other names (GGUF's) passes their mapping from transformers'
-names, and every message names the file's tensor. Under tensor parallelism
-(aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
-gate/up (of the MLP and of every expert), the embedding and lm_head, its columns of o_proj
-and down_proj; the router and the shared expert's gate whole.
+names; this is the one place that knows how those names land in llama.py's modules: q/k/v become
+row ranges of qkv_proj, gate/up row ranges of gate_up_proj, everything else maps one to one
+(Gemma's norm weights w become 1 + w). The copy casts to the run dtype (a Gemma norm's to
+float32) and moves to the model's device in one step, and the filler checks that every parameter
+was written exactly once: a tensor given twice is refused when it comes, the tensors never given
+are named at the end in the checkpoint's terms (which of q/k/v, which expert, or which stacked
+tensor of all experts when the checkpoint stacks them). A loader whose files use other names
+(GGUF's) passes their mapping from transformers' names, and every message names the file's
+tensor. Under tensor parallelism (aiollm.model.parallel) it copies only the rank's part of each
+tensor: its rows of q/k/v, gate/up (of the MLP and of every expert), the embedding and lm_head,
+its columns of o_proj and down_proj; the router and the shared expert's gate whole.
 """
 
 from __future__ import annotations
