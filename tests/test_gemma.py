@@ -210,13 +210,14 @@ def test_dummy_weights_build_gemma_from_config_alone(tmp_path, dtype):
 
 
 def test_legacy_gelu_is_the_tanh_approximation_as_transformers_reads_it(tmp_path):
-    """The first Gemma releases say hidden_act "gelu": transformers' GemmaConfig runs it as
-    gelu_pytorch_tanh, and so do we (config.json edited after saving, as those files are)."""
+    """The first Gemma releases say hidden_act "gelu" (Gemma 1.1's beside hidden_activation
+    "gelu_pytorch_tanh", which transformers 5 no longer reads): transformers' GemmaConfig
+    runs it as gelu_pytorch_tanh, and so do we (config.json edited as those files are)."""
     hf = save_gemma(FAMILIES["gemma-1kv"], tmp_path)
     with open(tmp_path / "config.json") as f:
         fields = json.load(f)
     with open(tmp_path / "config.json", "w") as f:
-        json.dump({**fields, "hidden_act": "gelu"}, f)
+        json.dump({**fields, "hidden_act": "gelu", "hidden_activation": "gelu_pytorch_tanh"}, f)
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
     assert loaded.config.hidden_act == "gelu_pytorch_tanh"
     assert (all_position_logits(loaded, PROMPTS) - hf_logits(hf, PROMPTS)).abs().max() < 1e-4
