@@ -285,3 +285,25 @@ def test_gemma_fields_that_change_the_math_are_refused(tmp_path, config, field):
     config.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=field):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_gemma3n_text_is_refused_naming_what_it_needs(tmp_path):
+    """Gemma 3n's text model alone (model_type gemma3n_text, as Gemma3nForCausalLM saves it)
+    is refused as Gemma 3n is, not with the generic list of supported model types."""
+    from transformers import Gemma3nTextConfig
+
+    Gemma3nTextConfig(vocab_size=160, hidden_size=48, intermediate_size=96,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
+                      head_dim=16).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="'gemma3n_text' is not supported: .*AltUp"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_a_sliding_window_field_leaves_gemmas_context_whole(tmp_path):
+    """transformers' Gemma attends over the whole sequence whatever config.json says of a
+    sliding_window (GemmaConfig has no such field): the context is not capped at one."""
+    config = GemmaConfig(**GEMMA_TINY, num_key_value_heads=1)
+    config.sliding_window = 64
+    config.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    assert loaded.config.sliding_window is None and loaded.config.max_position == 256

@@ -33,12 +33,14 @@ _GEMMA2 = ("sliding-window attention on alternate layers (sliding_window), atten
 _GEMMA3 = ("sliding-window attention on 5 of every 6 layers (sliding_window, layer_types) "
            "with their own rope base (rope_local_base_freq), per-head q/k norms of (1 + w), "
            "query_pre_attn_scalar and the extra pre/post feed-forward norms")
+_GEMMA3N = ("Gemma 3n's per-layer embeddings, AltUp and LAuReL blocks, activation "
+            "sparsity and KV sharing across layers")
 UNSUPPORTED_GEMMA = {
     "gemma2": _GEMMA2,
     "gemma3_text": _GEMMA3,
     "gemma3": _GEMMA3 + ", and its vision tower (aiollm serves text alone)",
-    "gemma3n": "Gemma 3n's per-layer embeddings, AltUp and LAuReL blocks, KV sharing "
-               "across layers and its audio and vision towers",
+    "gemma3n_text": _GEMMA3N,
+    "gemma3n": _GEMMA3N + " and its audio and vision towers",
 }
 
 
