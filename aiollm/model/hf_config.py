@@ -123,9 +123,9 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     max_position = _context_of(hf, rope)
     # We attend over the whole sequence; a model trained with a sliding window is exact only
     # within one window, so its context is capped there rather than silently drifting.
-    # (transformers' Llama never slides: a sliding_window in its config.json is left by a
-    # conversion from another family, and ignored there)
-    window = None if arch == "llama" else getattr(hf, "sliding_window", None)
+    # (transformers' Llama and Gemma never slide: a sliding_window in their config.json is
+    # left by a conversion from another family, and ignored there)
+    window = None if arch in ("llama", "gemma") else getattr(hf, "sliding_window", None)
     if arch.startswith("qwen") and not getattr(hf, "use_sliding_window", False):
         window = None
     # transformers 5 slides only the layers layer_types marks (Qwen2 and Qwen2-MoE derive it
