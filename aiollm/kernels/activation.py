@@ -68,6 +68,8 @@ def silu_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
 
 
 def gelu_tanh_and_mul_ref(x: torch.Tensor) -> torch.Tensor:
+    """[..., 2I] -> [..., I] in x's dtype: torch's gelu(approximate="tanh") of the gate half
+    times the up half, in float32 (the CPU path and the kernels' reference)."""
     I = x.shape[-1] // 2
     gate = F.gelu(x[..., :I].float(), approximate="tanh")
     return (gate * x[..., I:].float()).to(x.dtype)

@@ -318,6 +318,8 @@ def gemv_norm_gelu_tanh_triton(x: torch.Tensor, norm_w: torch.Tensor, eps: float
 
 
 def gemv_norm_gelu_tanh_ref(x, norm_w, eps, w):
+    """gemv_norm_gelu_tanh_triton's reference (the CPU path): the norm's output rounded to
+    w's dtype before the matmul, as the unfused layers compute it."""
     return gelu_tanh_and_mul_ref(gemv_norm_ref(x, norm_w, eps, w))
 
 
@@ -376,6 +378,7 @@ def gemv_norm_silu(x, norm_w, eps, w):
 
 
 def gemv_norm_gelu_tanh(x, norm_w, eps, w):
+    """Gemma's one-token gate/up step: the kernel on a GPU, its reference elsewhere."""
     fn = gemv_norm_gelu_tanh_triton if x.is_cuda else gemv_norm_gelu_tanh_ref
     return fn(x, norm_w, eps, w)
 
