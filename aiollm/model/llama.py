@@ -4,7 +4,7 @@ One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2 and Gemma: they
 flags of ModelConfig (q/k/v biases, q/k norm, tied embeddings; Gemma's GELU MLP, (1 + w) norms
 held as 1 + w in float32, and embeddings scaled by sqrt(hidden_size)) and in rope scaling.
 Mixtral, Qwen2-MoE and Qwen3-MoE are the same decoder with moe.py's SparseMoe in place of the
-MLP. Parameter names follow transformers' with q/k/v fused into `qkv_proj` and gate/up into
+dense MLP (mlp.py, which picks the activation). Parameter names follow transformers' with q/k/v fused into `qkv_proj` and gate/up into
 `gate_up_proj` (one matmul each instead of three and two); the loaders fill the fused weights
 shard by shard.
 
@@ -25,21 +25,15 @@ from aiollm.kernels import (
     attention_oproj,
     decode_attention,
     extend_attention,
-    gelu_tanh_and_mul,
     rms_norm,
     rotary_store_kv,
-    silu_and_mul,
 )
-from aiollm.kernels.gemv import (
-    gemv_norm,
-    gemv_norm_gelu_tanh,
-    gemv_norm_rope_kv,
-    gemv_norm_silu,
-    gemv_residual,
-)
+from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_residual
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool
+from aiollm.model.linear import Linear
+from aiollm.model.mlp import MLP
 from aiollm.model.parallel import (
     RowParallelLinear,
     VocabParallelEmbedding,
@@ -53,22 +47,6 @@ from aiollm.model.rope import cos_sin_cache
 # (H200, 2026-12-01, bench/README.md "Decode": batch-4 decode 2,595 against 3,531 tok/s on
 # the 1B shape, 528 against 825 on the 8B), at one faster (833 -> 1,085; 207.5 -> 237.7).
 FUSED_MAX_TOKENS = 1
-# hidden_act -> (act(gate) * up of [T, 2I], the same after a one-token step's gate/up GEMV)
-GATED_ACTIVATIONS = {"silu": (silu_and_mul, gemv_norm_silu),
-                     "gelu_pytorch_tanh": (gelu_tanh_and_mul, gemv_norm_gelu_tanh)}
-
-
-class Linear(nn.Module):
-    """y = x W^T (+ b), with parameters left uninitialised: the loader always overwrites them,
-    and nn.Linear's random init costs time on a device (and a second of imports on meta)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -220,25 +198,6 @@ class Attention(nn.Module):
             q, k_cache, v_cache, batch.req_to_token, batch.req_rows, batch.prefix_lens,
             batch.extend_lens, batch.q_start_loc, self.sm_scale, batch.max_extend_len, out=out,
         )
-
-
-class MLP(nn.Module):
-    """down(act(gate(x)) * up(x)), act config.hidden_act's (SwiGLU, or Gemma's GeGLU)."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str = "silu"):
-        super().__init__()
-        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = RowParallelLinear(intermediate_size, hidden_size)
-        self.act_and_mul, self.gemv_norm_act = GATED_ACTIVATIONS[hidden_act]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act_and_mul(self.gate_up_proj(x)))
-
-    def forward_small(self, residual: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
-        """residual + mlp(norm(residual)) for at most FUSED_MAX_TOKENS tokens, in two fused
-        GEMVs (norm + gate/up + activation-and-mul; down + residual add); float32 stream out."""
-        act = self.gemv_norm_act(residual, norm.weight, norm.eps, self.gate_up_proj.weight)
-        return gemv_residual(act, self.down_proj.weight, None, residual)
 
 
 class DecoderLayer(nn.Module):

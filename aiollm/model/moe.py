@@ -25,7 +25,9 @@ from torch import nn
 from aiollm.kernels import fused_moe, fused_moe_decode, silu_and_mul
 from aiollm.kernels.gemv import gemv_norm
 from aiollm.model.config import ModelConfig
-from aiollm.model.llama import MLP, Linear, RMSNorm
+from aiollm.model.linear import Linear
+from aiollm.model.llama import RMSNorm
+from aiollm.model.mlp import MLP
 from aiollm.model.parallel import current
 
 
@@ -79,7 +81,7 @@ class SparseMoe(nn.Module):
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
         """The block on the float32 residual stream [T, H] of a one-token step, as
-        llama.MLP.forward_small: the router's GEMV with `norm` folded in (gemv.py), then the
+        mlp.MLP.forward_small: the router's GEMV with `norm` folded in (gemv.py), then the
         experts' two GEMVs with the norm, the routing and the residual add folded in
         (fused_moe_gemv.fused_moe_decode_triton); returns the stream, updated in place."""
         logits = gemv_norm(residual, norm.weight, norm.eps, self.gate.weight, None,
