@@ -6,7 +6,7 @@ output is the routing-weighted sum of its experts' outputs (Shazeer et al. 2017;
 2024, "Mixtral of Experts"). Qwen2-MoE adds a shared expert that every token passes through,
 scaled by sigmoid(shared_expert_gate(x)).
 
-The experts' weights are stacked per layer, gate and up fused as in llama.py's MLP:
+The experts' weights are stacked per layer, gate and up fused as in mlp.py's MLP:
 experts.gate_up_proj [E, 2I, H] and experts.down_proj [E, H, I], the layout the fused kernel
 reads (kernels/fused_moe.py); the loaders fill them expert by expert. The layer holds the
 experts of `expert_range` only (all by default) and routes over all of them, so an
