@@ -190,3 +190,30 @@ def test_wide_kv_rows_default_to_one_stage_of_smaller_blocks(monkeypatch):
     for D, dtype in ((256, torch.float32), (256, torch.bfloat16), (128, torch.float32)):
         dc._config(1, 8, 1, D, dtype, DEV, 512, None)
     assert seen == [dc.WIDE_ROW_CONFIG, dc.DEFAULT_CONFIG, dc.DEFAULT_CONFIG]
+
+
+def test_wide_row_defaults_compute_attention_at_head_dim_256_in_float32():
+    """The wide-row defaults (one stage, 32-row K/V blocks) are the configs a float32 Gemma's
+    untuned GPU run launches: decode and extend attention under them equal their
+    references (the interpreter runs them as given, the CPU configs aside)."""
+    import importlib
+
+    from aiollm.kernels import decode_attention_configs as dc
+
+    # the module: aiollm.kernels exports a function of the same name
+    ea = importlib.import_module("aiollm.kernels.extend_attention")
+    D, dtype, HQ, HKV = 256, torch.float32, 8, 1
+    seq_lens, prefix_lens, extend_lens = [1, 70], [0, 41], [1, 29]
+    k_cache, v_cache, table, rows = make_pool(seq_lens, HKV, D, dtype, DEV)
+    lens = torch.tensor(seq_lens, dtype=torch.int32, device=DEV)
+    q = rand(len(seq_lens), HQ, D, dtype=dtype)
+    args = (q, k_cache, v_cache, table, rows, lens, D**-0.5, max(seq_lens))
+    out = kernels.decode_attention_triton(*args, config=dc.WIDE_ROW_CONFIG)
+    assert rel_err(out, kernels.decode_attention_ref(*args)) <= TOL[dtype]
+    q = rand(sum(extend_lens), HQ, D, dtype=dtype)
+    ext = torch.tensor(extend_lens, dtype=torch.int32, device=DEV)
+    starts = torch.cumsum(ext, 0, dtype=torch.int32) - ext
+    pre = torch.tensor(prefix_lens, dtype=torch.int32, device=DEV)
+    args = (q, k_cache, v_cache, table, rows, pre, ext, starts, D**-0.5, max(extend_lens))
+    out = kernels.extend_attention_triton(*args, config=ea.WIDE_ROW_CONFIG)
+    assert rel_err(out, kernels.extend_attention_ref(*args)) <= TOL[dtype]
