@@ -269,7 +269,7 @@ class GGUFCache:
 # parameters: their layout from those.
 _CONFIG_CODE = ("config", "weights_gguf", "gguf_metadata", "gguf_eog", "derived_cache")
 _WEIGHTS_CODE = ("weights_gguf",)
-_LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf", "gguf_metadata")
+_LAYOUT_CODE = ("llama", "mlp", "linear", "moe", "weights", "weights_gguf", "gguf_metadata")
 
 
 @functools.cache
