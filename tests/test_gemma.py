@@ -16,7 +16,7 @@ import json
 
 import pytest
 import torch
-from transformers import GemmaConfig, LlamaConfig, MistralConfig
+from transformers import GemmaConfig, LlamaConfig, MistralConfig, Qwen3Config
 
 from aiollm import Engine, SamplingParams
 from aiollm.model import load_model, load_tokenizer
@@ -226,9 +226,10 @@ def test_legacy_gelu_is_the_tanh_approximation_as_transformers_reads_it(tmp_path
 @pytest.mark.parametrize("config", [
     LlamaConfig(**TINY, hidden_act="gelu_pytorch_tanh", tie_word_embeddings=False),
     MistralConfig(**TINY, hidden_act="gelu_pytorch_tanh", sliding_window=None),
-], ids=["llama", "mistral"])
+    Qwen3Config(**TINY, hidden_act="gelu_pytorch_tanh", head_dim=16),
+], ids=["llama", "mistral", "qwen3"])
 def test_gelu_tanh_in_a_llama_family_mlp_matches_transformers(tmp_path, config):
-    """transformers' Llama and Mistral MLPs apply ACT2FN[hidden_act]: with the tanh GELU
+    """transformers' Llama, Mistral and Qwen MLPs apply ACT2FN[hidden_act]: with the tanh GELU
     they run as Gemma's MLP does, and so do ours (they were refused)."""
     hf = save_random_hf_model(config, str(tmp_path))
     loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
