@@ -63,7 +63,7 @@ def main() -> None:
     import importlib
 
     from aiollm.kernels import attention_oproj, autotune, pdl
-    from aiollm.model import llama
+    from aiollm.model import llama, mlp
 
     # the module: aiollm.kernels exports a function of the same name, on which a variant's
     # "merge" would be set without effect (as it was until 2026-12-04)
@@ -92,7 +92,7 @@ def main() -> None:
     skips = {
         "attention": (llama.Attention, "attend", lambda self, q, batch: q),
         "attention_block": (llama.Attention, "forward_small", lambda self, r, *a: r),
-        "mlp": (llama.MLP, "forward_small", lambda self, r, norm: r),
+        "mlp": (mlp.MLP, "forward_small", lambda self, r, norm: r),
         "layers": (llama.DecoderLayer, "forward_small", lambda self, r, *a: r),
     }
     plain = {part: getattr(cls, attr) for part, (cls, attr, _) in skips.items()}

@@ -558,12 +558,17 @@ def test_a_sliding_window_model_keeps_its_context(tmp_path):
 
 
 @pytest.mark.parametrize("config, field", [
-    # transformers runs these MLPs with GELU; our kernels compute SiLU only
+    # transformers runs these MLPs with the exact (erf) GELU, or experts with the tanh one;
+    # our kernels compute SiLU, and GELU's tanh approximation in dense MLPs only
     (LlamaConfig(**TINY, hidden_act="gelu"), "hidden_act 'gelu'"),
-    (MistralConfig(**TINY, hidden_act="gelu_pytorch_tanh"), "hidden_act 'gelu_pytorch_tanh'"),
+    (MixtralConfig(**TINY, num_local_experts=4, hidden_act="gelu_pytorch_tanh"),
+     "hidden_act 'gelu_pytorch_tanh' is not supported .the experts' kernels compute SiLU"),
     (MixtralConfig(**TINY, num_local_experts=4, hidden_act="relu"), "hidden_act 'relu'"),
-    # a checkpoint of another family relabelled, or another head on a Llama body
-    (LlamaConfig(**TINY, architectures=["GemmaForCausalLM"]), r"architectures \['Gemma"),
+    # a checkpoint of another family relabelled (transformers would run a Gemma checkpoint
+    # as the Llama its model_type names, without Gemma's numerics), or another head on a
+    # Llama body
+    (LlamaConfig(**TINY, architectures=["GemmaForCausalLM"]),
+     r"architectures \['GemmaForCausalLM'\] is not supported with model_type 'llama'"),
     (Qwen2Config(**TINY, architectures=["Qwen2ForRewardModel"]), "Qwen2ForRewardModel"),
     (LlamaConfig(**TINY, quantization_config={"quant_method": "fp8"}), "quant_method 'fp8'"),
     # mlx-lm's quantized checkpoints say so in `quantization`, which transformers leaves
@@ -580,7 +585,7 @@ def test_a_sliding_window_model_keeps_its_context(tmp_path):
     (Qwen2Config(**TINY, partial_rotary_factor=0.5,
                  rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}),
      "partial_rotary_factor 0.5 with rope scaling 'linear'"),
-], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
+], ids=["llama-gelu", "mixtral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
         "fp8-quantized", "mlx-quantized", "partial-yarn", "partial-llama3", "partial-linear"])
 def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
     """A config field we do not implement is refused at load, naming the field and value,

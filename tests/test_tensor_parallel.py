@@ -473,3 +473,25 @@ def test_a_rank_lost_as_an_offline_engine_stops_ends_the_process_cleanly(tiny_mo
     assert "tensor parallel rank 1 was killed by SIGKILL: stopping the server" in out, out
     assert "while failing the requests in flight" not in out, out
     assert "Event loop is closed" not in out, out
+
+
+def test_tp2_gemma_matches_transformers_and_its_dummy_weights_one_rank(tmp_path, monkeypatch):
+    """Gemma over two ranks: each rank adds the 1 of its norms' 1 + w (float32), scales the
+    embedding after the vocabulary-parallel all-reduce, its one KV head replicated on both
+    ranks; transformers' greedy tokens. Its dummy weights (norms' w 0: 1 + w = 1) are one
+    rank's too."""
+    from transformers import GemmaConfig
+
+    from test_gemma import GEMMA_TINY, save_gemma
+    from test_moe_model import hf_greedy
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = tmp_path / "hf"
+    hf = save_gemma(GemmaConfig(**{**GEMMA_TINY, "vocab_size": TINY.vocab_size},
+                                num_key_value_heads=1), model)
+    _save_tokenizer(str(model))
+    got, procs = asyncio.run(_generate(str(model), 2))
+    assert got[:3] == [hf_greedy(hf, p, 10) for p in PROMPTS]
+    one, _ = asyncio.run(_generate(str(model), 1, load_format="dummy"))
+    two, _ = asyncio.run(_generate(str(model), 2, load_format="dummy"))
+    assert two == one

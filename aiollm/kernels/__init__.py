@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from aiollm.kernels.activation import silu_and_mul_ref, silu_and_mul_triton
+from aiollm.kernels.activation import (
+    gelu_tanh_and_mul_ref,
+    gelu_tanh_and_mul_triton,
+    silu_and_mul_ref,
+    silu_and_mul_triton,
+)
 from aiollm.kernels.decode_attention import decode_attention_ref, decode_attention_triton
 from aiollm.kernels.extend_attention import extend_attention_ref, extend_attention_triton
 from aiollm.kernels.fused_moe import fused_moe_decode_ref, fused_moe_ref, fused_moe_triton
@@ -23,14 +28,15 @@ from aiollm.kernels.norm import rms_norm_ref, rms_norm_triton
 from aiollm.kernels.rotary import apply_rotary_ref, apply_rotary_triton, rotary_store_kv_triton
 
 __all__ = [
-    "rms_norm", "silu_and_mul", "apply_rotary", "store_kv", "rotary_store_kv",
-    "decode_attention", "extend_attention", "fused_moe", "fused_moe_decode",
-    "rms_norm_triton", "silu_and_mul_triton", "apply_rotary_triton", "store_kv_triton",
-    "rotary_store_kv_triton",
+    "rms_norm", "silu_and_mul", "gelu_tanh_and_mul", "apply_rotary", "store_kv",
+    "rotary_store_kv", "decode_attention", "extend_attention", "fused_moe", "fused_moe_decode",
+    "rms_norm_triton", "silu_and_mul_triton", "gelu_tanh_and_mul_triton", "apply_rotary_triton",
+    "store_kv_triton", "rotary_store_kv_triton",
     "decode_attention_triton", "extend_attention_triton", "fused_moe_triton",
     "fused_moe_decode_triton",
     "moe_route_triton",
-    "rms_norm_ref", "silu_and_mul_ref", "apply_rotary_ref", "store_kv_ref",
+    "rms_norm_ref", "silu_and_mul_ref", "gelu_tanh_and_mul_ref", "apply_rotary_ref",
+    "store_kv_ref",
     "decode_attention_ref", "extend_attention_ref", "fused_moe_ref", "moe_route_ref",
     "fused_moe_decode_ref",
 ]
@@ -50,6 +56,12 @@ def rms_norm(
 def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     """[T, 2I] -> [T, I]: silu(x[:, :I]) * x[:, I:]."""
     return silu_and_mul_triton(x) if x.is_cuda else silu_and_mul_ref(x)
+
+
+def gelu_tanh_and_mul(x: torch.Tensor) -> torch.Tensor:
+    """[T, 2I] -> [T, I]: gelu_tanh(x[:, :I]) * x[:, I:] (GELU's tanh approximation: GeGLU,
+    Gemma's MLP, as torch's gelu(approximate="tanh"))."""
+    return gelu_tanh_and_mul_triton(x) if x.is_cuda else gelu_tanh_and_mul_ref(x)
 
 
 def apply_rotary(

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from aiollm.kernels.autotune import Config, bucket, get_config, time_config
+from aiollm.kernels.decode_attention_configs import WIDE_ROW_BYTES
 
 LOG2E = 1.4426950408889634
 
@@ -36,6 +37,10 @@ LENGTH_CLASSES = (64, 256, 1024, 4096)
 # default: on an H100 it won 6% for 8-warp 128x128 tiles but lost 3% for the best (4-warp) ones.
 DEFAULT_CONFIG: Config = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2, "LAZY": 0}
 CPU_CONFIG: Config = {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 1, "num_stages": 1, "LAZY": 1}
+# the default for K/V rows past WIDE_ROW_BYTES (head_dim 256 in float32), as decode attention's
+# (decode_attention_configs.py says why)
+WIDE_ROW_CONFIG: Config = {"BLOCK_M": 64, "BLOCK_N": 32, "num_warps": 4, "num_stages": 1,
+                           "LAZY": 0}
 CANDIDATES: list[Config] = [
     {"BLOCK_M": bm, "BLOCK_N": bn, "num_warps": w, "num_stages": s, "LAZY": lazy}
     for bm, bn, w, s in (
@@ -235,7 +240,9 @@ def extend_attention_triton(
                                                prefix_lens, extend_lens, q_start_loc, sm_scale,
                                                max_extend_len, scratch, cfg, window))
 
-        config = get_config("extend_attention", key, q.device, DEFAULT_CONFIG, candidates, bench,
+        wide = triton.next_power_of_2(D) * q.element_size() > WIDE_ROW_BYTES
+        config = get_config("extend_attention", key, q.device,
+                            WIDE_ROW_CONFIG if wide else DEFAULT_CONFIG, candidates, bench,
                             classes={"m": LENGTH_CLASSES})
     _launch(q, k_cache, v_cache, req_to_token, req_rows, prefix_lens, extend_lens, q_start_loc,
             sm_scale, max_extend_len, out, config, window)

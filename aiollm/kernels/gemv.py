@@ -18,7 +18,8 @@ pdl.py). It folds the neighbours in:
 - epilogue RESIDUAL: res_out = res_in + y in float32 (the residual stream; res_out may be
   res_in) for o_proj and down_proj;
 - epilogue SILU: W is gate/up fused [2I, K]; a program computes gate rows n and up rows
-  I + n together and writes silu(gate) * up [M, I] (SwiGLU, Shazeer 2020);
+  I + n together and writes silu(gate) * up [M, I] (SwiGLU, Shazeer 2020); epilogue GELU
+  the same with GELU's tanh approximation (GeGLU, Gemma's; activation.py);
 - epilogue ROPE: W is q/k/v fused; a program computes rows j and j + D/2 of a head together,
   rotates q and k by their positions (rotate_half layout, as rotary.py) and writes q [M, Hq,
   D], k and v into their KV cache slots (as rotary_store_kv).
@@ -37,17 +38,17 @@ import triton
 import triton.language as tl
 
 from aiollm.kernels import pdl
-from aiollm.kernels.activation import silu_and_mul_ref
+from aiollm.kernels.activation import gelu_tanh, gelu_tanh_and_mul_ref, silu_and_mul_ref
 from aiollm.kernels.autotune import Config, get_config, time_config
 from aiollm.kernels.norm import rms_norm_ref
 from aiollm.kernels.pdl import gdc_launch_dependents, gdc_wait
 
 MAX_ROWS = 4  # decode batches up to this many tokens take these kernels
 
-PLAIN, RESIDUAL, SILU, ROPE = 0, 1, 2, 3
-_KIND = {PLAIN: "plain", RESIDUAL: "residual", SILU: "silu", ROPE: "rope"}
+PLAIN, RESIDUAL, SILU, ROPE, GELU = 0, 1, 2, 3, 4
+_KIND = {PLAIN: "plain", RESIDUAL: "residual", SILU: "silu", ROPE: "rope", GELU: "gelu"}
 
-# (BLOCK_N, BLOCK_K, num_warps, num_stages); a pair kernel (SILU, ROPE) reads 2 x BLOCK_N rows
+# (BLOCK_N, BLOCK_K, num_warps, num_stages); a pair kernel (SILU, ROPE, GELU) reads 2 x BLOCK_N
 CANDIDATES = [(1, 1024, 4, 1), (1, 2048, 4, 1), (2, 512, 4, 1), (2, 1024, 4, 1),
               (2, 1024, 8, 1), (2, 2048, 8, 1), (4, 256, 4, 1), (4, 512, 4, 1),
               (4, 1024, 4, 1), (4, 1024, 8, 1), (4, 2048, 8, 1), (8, 128, 4, 1),
@@ -165,6 +166,9 @@ def _gemv_kernel(
     elif EPI == 2:
         act = ya * tl.sigmoid(ya) * yb
         tl.store(Out + rows * stride_om + r[None, :], act.to(Out.dtype.element_ty), mask=mask)
+    elif EPI == 4:
+        act = gelu_tanh(ya) * yb
+        tl.store(Out + rows * stride_om + r[None, :], act.to(Out.dtype.element_ty), mask=mask)
     else:
         head = (r // pair_group)[None, :]
         j = (r % pair_group)[None, :]
@@ -237,7 +241,7 @@ def _run(epi: int, x, w, bias, norm_w, eps, out, res_in=None, rope=None, pair_gr
     assert w.dim() == 2 and w.shape[1] == K and w.stride(1) == 1 and x.stride(1) == 1
     assert norm_w is None or (norm_w.shape == (K,) and norm_w.is_contiguous())
     assert bias is None or (bias.shape == (N,) and bias.is_contiguous())
-    R = N // 2 if epi >= SILU else N
+    R = N // 2 if epi >= SILU else N  # a pair kernel's programs own row pairs
     bm = _block_m(M)
     key = f"{_KIND[epi]}{'-norm' if norm_w is not None else ''}-n{N}-k{K}-m{bm}-" \
           f"{str(w.dtype).removeprefix('torch.')}"
@@ -304,6 +308,21 @@ def gemv_norm_silu_ref(x, norm_w, eps, w):
     return silu_and_mul_ref(gemv_norm_ref(x, norm_w, eps, w))
 
 
+def gemv_norm_gelu_tanh_triton(x: torch.Tensor, norm_w: torch.Tensor, eps: float,
+                               w: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(g) * u of [g | u] = rmsnorm(x) * norm_w @ w^T (GELU's tanh approximation,
+    activation.py): x [M, K], w [2I, K] (gate rows, then up rows) -> [M, I] in w's dtype."""
+    out = torch.empty((x.shape[0], w.shape[0] // 2), dtype=w.dtype, device=x.device)
+    _run(GELU, x, w, None, norm_w, eps, out, pair_group=w.shape[0] // 2)
+    return out
+
+
+def gemv_norm_gelu_tanh_ref(x, norm_w, eps, w):
+    """gemv_norm_gelu_tanh_triton's reference (the CPU path): the norm's output rounded to
+    w's dtype before the matmul, as the unfused layers compute it."""
+    return gelu_tanh_and_mul_ref(gemv_norm_ref(x, norm_w, eps, w))
+
+
 def gemv_norm_rope_kv_triton(
     x: torch.Tensor, norm_w: torch.Tensor, eps: float, w: torch.Tensor,
     bias: torch.Tensor | None, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
@@ -356,6 +375,12 @@ def gemv_residual(x, w, bias, residual):
 
 def gemv_norm_silu(x, norm_w, eps, w):
     return (gemv_norm_silu_triton if x.is_cuda else gemv_norm_silu_ref)(x, norm_w, eps, w)
+
+
+def gemv_norm_gelu_tanh(x, norm_w, eps, w):
+    """Gemma's one-token gate/up step: the kernel on a GPU, its reference elsewhere."""
+    fn = gemv_norm_gelu_tanh_triton if x.is_cuda else gemv_norm_gelu_tanh_ref
+    return fn(x, norm_w, eps, w)
 
 
 def gemv_norm_rope_kv(x, norm_w, eps, w, bias, positions, cos_sin_cache, k_cache, v_cache,

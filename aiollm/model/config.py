@@ -1,11 +1,13 @@
 """ModelConfig: the shape and numerics of a Llama-family checkpoint, whatever format it came in.
 
 The common dataclasses (ModelConfig, and MoeConfig for mixture-of-experts layers) with the
-checks every source shares, and the model types aiollm runs. They are filled from a Hugging
-Face config.json by hf_config.py (its MoE fields by hf_moe_config.py) and from GGUF metadata
-by weights_gguf.py. Everything the model, the KV pool and the engine need is here, in one
-flat dataclass, so nothing downstream has to know transformers' config classes or their
-version differences (rope_scaling in 4.x, rope_parameters in 5.x).
+checks every source shares, and the model types aiollm runs. They are filled from a Hugging Face
+config.json by hf_config.py (its MoE fields by hf_moe_config.py) and from GGUF metadata by
+weights_gguf.py. Gemma 1 is the same decoder with three changes of numerics, flags here
+(hidden_act, rms_norm_unit_offset, scale_embeddings) that Gemma 2 and 3 will reuse. Everything
+the model, the KV pool and the engine need is here, in one flat dataclass, so nothing downstream
+has to know transformers' config classes or their version differences (rope_scaling in 4.x,
+rope_parameters in 5.x).
 """
 
 from __future__ import annotations
@@ -19,9 +21,37 @@ from aiollm.model.rope_config import RopeConfig
 
 # model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
 # mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "mixtral",
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "gemma", "mixtral",
                            "qwen2_moe", "qwen3_moe", "granitemoe")
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "granitemoe")
+# The MLP activations the kernels compute (transformers' ACT2FN names): SiLU (SwiGLU) and
+# GELU's tanh approximation (GeGLU: Gemma's).
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+# Later Gemma generations, refused naming what aiollm lacks to run them as transformers does.
+# (aiollm's sliding-window attention is not among them: ModelConfig.layer_window)
+_GEMMA2 = ("attention and final logit soft-capping (attn_logit_softcapping, "
+           "final_logit_softcapping), query_pre_attn_scalar and the extra pre/post "
+           "feed-forward norms")
+_GEMMA3 = ("a rope base of the sliding layers' own (rope_local_base_freq), per-head q/k norms "
+           "of (1 + w), query_pre_attn_scalar and the extra pre/post feed-forward norms")
+_GEMMA3N = ("Gemma 3n's per-layer embeddings, AltUp and LAuReL blocks, activation "
+            "sparsity and KV sharing across layers")
+UNSUPPORTED_GEMMA = {
+    "gemma2": _GEMMA2,
+    "gemma3_text": _GEMMA3,
+    "gemma3": _GEMMA3 + ", and its vision tower (aiollm serves text alone)",
+    "gemma3n_text": _GEMMA3N,
+    "gemma3n": _GEMMA3N + " and its audio and vision towers",
+}
+
+
+def unsupported_gemma(model_type: str) -> str | None:
+    """The error message for a later Gemma's model_type (transformers' name), else None."""
+    missing = UNSUPPORTED_GEMMA.get(model_type)
+    if missing is None:
+        return None
+    return (f"model_type {model_type!r} is not supported: aiollm runs Gemma 1 (model_type "
+            f"'gemma') but lacks what {model_type} needs: {missing}")
 
 
 @dataclass(slots=True)
@@ -100,6 +130,12 @@ class ModelConfig:
     residual_multiplier: float = 1.0  # each attention and MLP output, before the residual add
     attention_multiplier: float | None = None  # the softmax scale (None: 1 / sqrt(head_dim))
     logits_scaling: float = 1.0  # the logits are divided by it
+    hidden_act: str = "silu"  # the MLP's gate activation, one of ACTIVATIONS
+    # Gemma's RMSNorm x * (1 + w): the checkpoint holds w, the model 1 + w, computed in
+    # float32 at load and kept in float32 (in bfloat16 the sum would round)
+    rms_norm_unit_offset: bool = False
+    # Gemma: embeddings x sqrt(hidden_size), that factor rounded to the model dtype first
+    scale_embeddings: bool = False
 
     def __post_init__(self) -> None:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
@@ -132,6 +168,9 @@ class ModelConfig:
                 0 <= i < self.num_layers for i in self.sliding_layers):
             raise ValueError(f"model config: sliding_layers must be layer indices below "
                              f"num_layers {self.num_layers}, got {self.sliding_layers}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"model config: hidden_act {self.hidden_act!r} is not supported "
+                             f"(supported: {', '.join(ACTIVATIONS)})")
 
     def layer_window(self, layer: int) -> int:
         """The sliding window of layer `layer` in tokens, 0 when it attends over the whole

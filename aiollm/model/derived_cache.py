@@ -270,8 +270,8 @@ class GGUFCache:
 _CONFIG_CODE = ("config", "weights_gguf", "gguf_metadata", "gguf_eog", "gguf_granite",
                 "derived_cache")
 _WEIGHTS_CODE = ("weights_gguf",)
-_LAYOUT_CODE = ("llama", "moe", "weights", "weights_gguf", "gguf_metadata", "gguf_granite",
-                "granite_scales")
+_LAYOUT_CODE = ("llama", "mlp", "linear", "moe", "weights", "weights_gguf", "gguf_metadata",
+                "gguf_granite", "granite_scales")
 
 
 @functools.cache

@@ -4,10 +4,10 @@ config.json goes through transformers' AutoConfig (local files only), after chec
 raw fields that transformers would fail on without naming them; generation_config.json gives
 the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
 PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
-Mistral, Qwen2/3, Granite, Mixtral, Qwen MoE, GraniteMoe) reads, what it refuses (quantized
-checkpoints, other heads, other activations), the context (YaRN) and which layers attend
-through a sliding window (as transformers 5 decides it, family by family). A bad value is
-refused naming its config.json field.
+Mistral, Qwen2/3, Granite, Gemma, Mixtral, Qwen MoE, GraniteMoe) reads, what it refuses
+(quantized checkpoints, other heads, other activations, later Gemmas), the context (YaRN) and
+which layers attend through a sliding window (as transformers 5 decides it, family by family).
+A bad value is refused naming its config.json field.
 """
 
 from __future__ import annotations
@@ -18,7 +18,12 @@ from typing import Any
 
 import torch
 
-from aiollm.model.config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, ModelConfig
+from aiollm.model.config import (
+    MOE_ARCHITECTURES,
+    SUPPORTED_ARCHITECTURES,
+    ModelConfig,
+    unsupported_gemma,
+)
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import check_links, gguf_names, split_first_part
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
@@ -40,6 +45,15 @@ CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM
 # Granite's scalars: config.json's name -> ModelConfig's (the same names)
 GRANITE_SCALARS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
                    "logits_scaling")
+# Gemma's class is taken with model_type gemma only, and gemma takes no other: transformers
+# builds the class of the model_type whatever `architectures` says, so a Llama config naming
+# GemmaForCausalLM would run Gemma's weights without Gemma's numerics (the (1 + w) norms,
+# scaled embeddings, GELU), and a gemma config naming a Llama class is such a relabelling too.
+GEMMA_CLASSES = ("GemmaForCausalLM",)
+# transformers' GELU activations that compute GELU's tanh approximation; Gemma's config reads
+# the legacy "gelu" of the first releases as that too (GemmaConfig.__post_init__), other
+# families as the exact (erf) GELU, which aiollm's kernels do not compute
+_GELU_TANH = ("gelu_pytorch_tanh",)
 
 
 def _as_list(value: Any) -> list[int]:
@@ -71,9 +85,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     _check_model_type(arch)
     classes = getattr(hf, "architectures", None) or []
     classes = [classes] if isinstance(classes, str) else list(classes)  # transformers takes one
-    if classes and not set(classes) & set(CAUSAL_LM_CLASSES):
-        raise ValueError(f"architectures {classes} is not supported "
-                         f"(supported: {', '.join(CAUSAL_LM_CLASSES)})")
+    allowed = GEMMA_CLASSES if arch == "gemma" else CAUSAL_LM_CLASSES
+    if classes and not set(classes) & set(allowed):
+        raise ValueError(f"architectures {classes} is not supported with model_type {arch!r} "
+                         f"(supported: {', '.join(allowed)})")
     quant = getattr(hf, "quantization_config", None)
     if quant:
         method = quant.get("quant_method") if isinstance(quant, dict) else getattr(
@@ -91,12 +106,10 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     # by qkv_bias. Other families run with either field in their config.json, ignored.
     if arch in ("llama", "granite") and getattr(hf, "mlp_bias", False):
         raise ValueError("config.json: models with mlp_bias=True are not supported")
-    # Every MLP (dense, expert, shared expert) runs the fused SiLU kernels; transformers
-    # applies ACT2FN[hidden_act], where "swish" is SiLU too.
-    act = getattr(hf, "hidden_act", "silu")
-    if act not in ("silu", "swish"):
-        raise ValueError(f"hidden_act {act!r} is not supported (aiollm's MLPs compute SiLU: "
-                         "hidden_act must be 'silu')")
+    act = _activation(hf, arch)
+    if arch == "gemma" and getattr(hf, "use_bidirectional_attention", None):
+        raise ValueError("config.json: use_bidirectional_attention true is not supported "
+                         "(an encoder's attention over the whole text; aiollm's is causal)")
     # sizes by config.json's names (ModelConfig's own check names its fields, not these)
     for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                  "max_position_embeddings"):
@@ -106,8 +119,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     if heads % kv_heads:
         raise ValueError(f"config.json: num_attention_heads {heads} is not a multiple of "
                          f"num_key_value_heads {kv_heads}")
-    attention_bias = arch in ("llama", "qwen3", "qwen3_moe", "granite", "granitemoe") and bool(
-        getattr(hf, "attention_bias", False))
+    attention_bias = arch in ("llama", "qwen3", "qwen3_moe", "granite", "granitemoe",
+                              "gemma") and bool(getattr(hf, "attention_bias", False))
     rope = rope_from_hf(hf, _head_dim(hf))
     max_position = _context_of(hf, rope)
     window, sliding_layers = _sliding_window(hf, arch)
@@ -139,7 +152,28 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         sliding_window=window,
         sliding_layers=sliding_layers,
         **(_granite_scalars(hf) if arch.startswith("granite") else {}),
+        hidden_act=act,
+        rms_norm_unit_offset=arch == "gemma",
+        scale_embeddings=arch == "gemma",
     )
+
+
+def _activation(hf: Any, arch: str) -> str:
+    """The MLP activation (config.ACTIVATIONS) of transformers' ACT2FN[hidden_act]: "swish"
+    is SiLU, Gemma's "gelu" the tanh approximation (as its config reads it; transformers 5
+    reads no hidden_activation, which transformers 4's Gemma preferred). Every MLP of a
+    mixture of experts (experts, shared expert) runs the fused SiLU kernels: SiLU only.
+    ValueError naming hidden_act otherwise."""
+    act = getattr(hf, "hidden_act", "silu")
+    if act in ("silu", "swish"):
+        return "silu"
+    if arch not in MOE_ARCHITECTURES and (act in _GELU_TANH or arch == "gemma"
+                                          and act == "gelu"):
+        return "gelu_pytorch_tanh"
+    why = ("the experts' kernels compute SiLU: hidden_act must be 'silu'"
+           if arch in MOE_ARCHITECTURES else "aiollm's MLPs compute SiLU or GELU's tanh "
+           "approximation: hidden_act must be 'silu' or 'gelu_pytorch_tanh'")
+    raise ValueError(f"hidden_act {act!r} is not supported ({why})")
 
 
 def _granite_scalars(hf: Any) -> dict[str, float]:
@@ -159,8 +193,8 @@ def _granite_scalars(hf: Any) -> dict[str, float]:
 # the families whose every layer slides when config.json has a sliding_window (transformers'
 # Mistral, Mixtral and Qwen3-MoE models build one sliding-window mask for all layers; its
 # Qwen3-MoE config drops the window unless use_sliding_window); Qwen2, Qwen3 and Qwen2-MoE
-# slide the layers their layer_types marks "sliding_attention"; Llama never slides
-# (a sliding_window in its config.json is left by a conversion from another family)
+# slide the layers their layer_types marks "sliding_attention"; Llama and Gemma never slide
+# (a sliding_window in their config.json is left by a conversion from another family)
 _EVERY_LAYER_SLIDES = ("mistral", "mixtral", "qwen3_moe")
 
 
@@ -169,7 +203,7 @@ def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | N
     runs it; (None, None) when no layer slides. Raises ValueError naming config.json's field
     for a window below 1 (transformers' mask then hides every key) or sliding layers
     without use_sliding_window or with a null sliding_window (its mask then fails)."""
-    if arch == "llama":
+    if arch in ("llama", "gemma"):  # transformers' Llama and Gemma never slide
         return None, None
     window = getattr(hf, "sliding_window", None)
     if arch in _EVERY_LAYER_SLIDES:
@@ -219,6 +253,8 @@ def _context_of(hf: Any, rope: RopeConfig) -> int:
 
 
 def _check_model_type(model_type: Any) -> None:
+    if (message := unsupported_gemma(model_type)) is not None:
+        raise ValueError(message)
     if model_type not in SUPPORTED_ARCHITECTURES:
         raise ValueError(
             f"model_type {model_type!r} is not supported "

@@ -1,11 +1,13 @@
 """The Llama-family decoder over the token-level KV pool.
 
-One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2 and Granite 3: they differ only
-in flags and scalars of ModelConfig (q/k/v biases, q/k norm, tied embeddings, Granite's
-multipliers) and in rope scaling. Mixtral, Qwen2-MoE, Qwen3-MoE and GraniteMoe are the same
-decoder with moe.py's SparseMoe in place of the MLP. Parameter names
-follow transformers' with q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one
-matmul each instead of three and two); the loaders fill the fused weights shard by shard.
+One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2, Granite 3 and Gemma: they
+differ only in flags and scalars of ModelConfig (q/k/v biases, q/k norm, tied embeddings,
+Granite's multipliers; Gemma's GELU MLP, (1 + w) norms held as 1 + w in float32, and
+embeddings scaled by sqrt(hidden_size)) and in rope scaling. Mixtral, Qwen2-MoE, Qwen3-MoE and
+GraniteMoe are the same decoder with moe.py's SparseMoe in place of the dense MLP (mlp.py,
+which picks the activation). Parameter names follow transformers' with q/k/v fused into
+`qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three and two); the
+loaders fill the fused weights shard by shard.
 
 Granite (and GraniteMoe) is this decoder with four scalars: attention_multiplier is the
 attention kernels' softmax scale (Attention.sm_scale, an argument every attention kernel
@@ -37,12 +39,13 @@ from aiollm.kernels import (
     extend_attention,
     rms_norm,
     rotary_store_kv,
-    silu_and_mul,
 )
-from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_norm_silu, gemv_residual
+from aiollm.kernels.gemv import gemv_norm, gemv_norm_rope_kv, gemv_residual
 from aiollm.model.config import ModelConfig
 from aiollm.model.forward_batch import ForwardBatch
 from aiollm.model.kv_pool import KVPool
+from aiollm.model.linear import Linear
+from aiollm.model.mlp import MLP
 from aiollm.model.parallel import (
     RowParallelLinear,
     VocabParallelEmbedding,
@@ -56,19 +59,6 @@ from aiollm.model.rope import cos_sin_cache
 # (H200, 2026-12-01, bench/README.md "Decode": batch-4 decode 2,595 against 3,531 tok/s on
 # the 1B shape, 528 against 825 on the 8B), at one faster (833 -> 1,085; 207.5 -> 237.7).
 FUSED_MAX_TOKENS = 1
-
-
-class Linear(nn.Module):
-    """y = x W^T (+ b), with parameters left uninitialised: the loader always overwrites them,
-    and nn.Linear's random init costs time on a device (and a second of imports on meta)."""
-
-    def __init__(self, in_features: int, out_features: int, bias: bool = False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
 
 
 class RMSNorm(nn.Module):
@@ -226,22 +216,6 @@ class Attention(nn.Module):
         )
 
 
-class MLP(nn.Module):
-    def __init__(self, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        self.gate_up_proj = Linear(hidden_size, 2 * intermediate_size, bias=False)
-        self.down_proj = RowParallelLinear(intermediate_size, hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
-
-    def forward_small(self, residual: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
-        """residual + mlp(norm(residual)) for at most FUSED_MAX_TOKENS tokens, in two fused
-        GEMVs (norm + gate/up + SiLU-and-mul; down + residual add); float32 stream out."""
-        act = gemv_norm_silu(residual, norm.weight, norm.eps, self.gate_up_proj.weight)
-        return gemv_residual(act, self.down_proj.weight, None, residual)
-
-
 class DecoderLayer(nn.Module):
     def __init__(self, config: ModelConfig, layer_id: int):
         super().__init__()
@@ -253,7 +227,7 @@ class DecoderLayer(nn.Module):
 
             self.mlp = SparseMoe(config)
         else:
-            self.mlp = MLP(config.hidden_size, config.intermediate_size)
+            self.mlp = MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
     def forward(
         self,
@@ -306,6 +280,7 @@ class LlamaForCausalLM(nn.Module):
             if layer.self_attn.window >= self.max_len:
                 layer.self_attn.window = 0
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.embed_scale = config.hidden_size**0.5 if config.scale_embeddings else None
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.register_buffer(
@@ -342,9 +317,13 @@ class LlamaForCausalLM(nn.Module):
         return self.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """The embeddings [T, H] (the model's dtype) of token ids [T], times Granite's
-        embedding_multiplier, in that dtype as transformers multiplies them."""
+        """The embeddings [T, H] (the model's dtype) of token ids [T]: with scale_embeddings
+        times sqrt(hidden_size) rounded to float32 and then the model dtype, as transformers'
+        Gemma scales them; times Granite's embedding_multiplier, in that dtype as
+        transformers multiplies them."""
         x = self.embed_tokens(ids)
+        if self.embed_scale is not None:
+            x = x * torch.tensor(self.embed_scale).to(x.dtype).item()  # 55.5 for 3,072 in bf16
         m = self.config.embedding_multiplier
         return x if m == 1.0 else x * m
 

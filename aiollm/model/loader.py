@@ -22,7 +22,7 @@ from aiollm.model.config import ModelConfig
 from aiollm.model.derived_cache import GGUFCache
 from aiollm.model.granite_scales import fold_into
 from aiollm.model.hf_config import load_hf_config
-from aiollm.model.llama import LlamaForCausalLM
+from aiollm.model.llama import LlamaForCausalLM, RMSNorm
 from aiollm.model.paths import LOAD_FORMATS, check_load_format, resolve_model_path
 from aiollm.model.weights import WeightFiller
 
@@ -82,6 +82,10 @@ def _gguf_config(path: str, cache: GGUFCache, need_reader: bool, warn: bool = Fa
 def _empty_model(config: ModelConfig, max_len: int, dtype: torch.dtype, device: torch.device):
     with torch.device("meta"):
         model = LlamaForCausalLM(config, max_len).to(dtype)
+        if config.rms_norm_unit_offset:  # 1 + w stays float32 (ModelConfig says why)
+            for module in model.modules():
+                if isinstance(module, RMSNorm):
+                    module.float()
     # Module.to_empty would do this through torch.empty_like, whose meta-tensor path imports
     # sympy (about a second of start-up) to compute strides a fresh tensor does not need.
     model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device=device))
@@ -127,6 +131,8 @@ def _dummy_checkpoint(config: ModelConfig, dtype: torch.dtype, device: torch.dev
     for name, p in full.named_parameters():
         t = torch.empty(p.shape, dtype=dtype, device=device)
         _init_random(name, t, gen)
+        if config.rms_norm_unit_offset and name.endswith("norm.weight"):
+            t.zero_()  # a checkpoint's w of Gemma's 1 + w: the filler adds the 1
         module = name.split(".")[-2] if "." in name else ""
         if module in fused:
             parts, sizes = fused[module]

@@ -6,7 +6,7 @@ output is the routing-weighted sum of its experts' outputs (Shazeer et al. 2017;
 2024, "Mixtral of Experts"). Qwen2-MoE adds a shared expert that every token passes through,
 scaled by sigmoid(shared_expert_gate(x)).
 
-The experts' weights are stacked per layer, gate and up fused as in llama.py's MLP:
+The experts' weights are stacked per layer, gate and up fused as in mlp.py's MLP:
 experts.gate_up_proj [E, 2I, H] and experts.down_proj [E, H, I], the layout the fused kernel
 reads (kernels/fused_moe.py); the loaders fill them expert by expert. The layer holds the
 experts of `expert_range` only (all by default) and routes over all of them, so an
@@ -25,7 +25,9 @@ from torch import nn
 from aiollm.kernels import fused_moe, fused_moe_decode, silu_and_mul
 from aiollm.kernels.gemv import gemv_norm
 from aiollm.model.config import ModelConfig
-from aiollm.model.llama import MLP, Linear, RMSNorm
+from aiollm.model.linear import Linear
+from aiollm.model.llama import RMSNorm
+from aiollm.model.mlp import MLP
 from aiollm.model.parallel import current
 
 
@@ -79,7 +81,7 @@ class SparseMoe(nn.Module):
 
     def forward_small(self, residual: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
         """The block on the float32 residual stream [T, H] of a one-token step, as
-        llama.MLP.forward_small: the router's GEMV with `norm` folded in (gemv.py), then the
+        mlp.MLP.forward_small: the router's GEMV with `norm` folded in (gemv.py), then the
         experts' two GEMVs with the norm, the routing and the residual add folded in
         (fused_moe_gemv.fused_moe_decode_triton); returns the stream, updated in place."""
         logits = gemv_norm(residual, norm.weight, norm.eps, self.gate.weight, None,

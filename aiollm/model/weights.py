@@ -3,18 +3,19 @@
 Both loaders (safetensors directories and GGUF files) translate their tensors to transformers'
 names; this is the one place that knows how those names land in llama.py's modules: q/k/v
 become row ranges of qkv_proj, gate/up row ranges of gate_up_proj, everything else maps one to
-one. The copy casts to the run dtype and moves to the model's device in one step, and the
-filler checks that every parameter was written exactly once: a tensor given twice is refused
-when it comes, the tensors never given are named at the end in the checkpoint's terms (which
-of q/k/v, which expert, or which stacked tensor of all experts when the checkpoint stacks
-them). A loader whose files use other names (GGUF's) passes their mapping from transformers'
-names, and every message names the file's tensor. Under tensor parallelism
-(aiollm.model.parallel) it copies only the rank's part of each tensor: its rows of q/k/v,
-gate/up (of the MLP and of every expert), the embedding and lm_head, its columns of o_proj
-and down_proj; the router and the shared expert's gate whole. GraniteMoe's router
-(router.layer) and its experts, stacked and gate/up fused already (input_linear,
-output_linear), land in our router and stacked experts; Granite's residual and logit scales
-are multiplied into the tensors they fold into as those are copied (granite_scales.py).
+one (Gemma's norm weights w become 1 + w). The copy casts to the run dtype (a Gemma norm's to
+float32) and moves to the model's device in one step, and the filler checks that every
+parameter was written exactly once: a tensor given twice is refused when it comes, the tensors
+never given are named at the end in the checkpoint's terms (which of q/k/v, which expert, or
+which stacked tensor of all experts when the checkpoint stacks them). A loader whose files use
+other names (GGUF's) passes their mapping from transformers' names, and every message names
+the file's tensor. Under tensor parallelism (aiollm.model.parallel) it copies only the rank's
+part of each tensor: its rows of q/k/v, gate/up (of the MLP and of every expert), the
+embedding and lm_head, its columns of o_proj and down_proj; the router and the shared expert's
+gate whole. GraniteMoe's router (router.layer) and its experts, stacked and gate/up fused
+already (input_linear, output_linear), land in our router and stacked experts; Granite's
+residual and logit scales are multiplied into the tensors they fold into as those are copied
+(granite_scales.py).
 """
 
 from __future__ import annotations
@@ -69,6 +70,10 @@ class WeightFiller:
         self.gguf = gguf
         self.params = dict(model.named_parameters())
         self.tied = cfg.tie_word_embeddings
+        # Gemma's norms: 1 + w from a checkpoint's w (llama.cpp's files hold 1 + w already),
+        # in float32 from w in the run dtype, as transformers computes it in its forward
+        self.norm_offset = cfg.rms_norm_unit_offset and not gguf
+        self.run_dtype = model.embed_tokens.weight.dtype
         tp = model.embed_tokens.tp
         self.sharded = tp is not None
         if tp is None:
@@ -154,6 +159,8 @@ class WeightFiller:
             return
         if (m := _EXPERT.search(name) or _STACKED.search(name)) is not None:
             return self._fill_experts(hf_name, m, tensor)
+        if self.norm_offset and name.endswith("norm.weight") and tensor.dtype in _WEIGHT_DTYPES:
+            tensor = tensor.to(self.run_dtype).float() + 1
         parts = name.split(".")
         module = parts[-2] if len(parts) >= 2 else ""
         shard = self.shards.get(module)

@@ -7,7 +7,9 @@ at the largest single tensor.
 llama.cpp's converter permutes the rows of Llama's q and k projections (each head's two halves
 interleaved, for its own rotary layout); we undo that here exactly as transformers' GGUF loader
 does, so our rotate-half rotary sees the original Hugging Face weights. Qwen2/Qwen3 files are
-not permuted (llama.cpp uses the neox rotary for them).
+not permuted (llama.cpp uses the neox rotary for them), nor are Gemma's, whose norm weights
+llama.cpp's converter stores as 1 + w (what aiollm's model holds: weights.py adds the 1 to a
+safetensors checkpoint's w only).
 
 Granite files (architecture "granite", "granitemoe") carry transformers' four scalars as
 llama.cpp's converter writes them: {arch}.embedding_scale, .residual_scale, .logit_scale and
@@ -34,6 +36,7 @@ from aiollm.model.config import (
     SUPPORTED_ARCHITECTURES,
     ModelConfig,
     MoeConfig,
+    unsupported_gemma,
 )
 from aiollm.model.gguf_eog import eog_token_ids
 from aiollm.model.gguf_granite import check_granite_file, granite_scalars
@@ -48,7 +51,7 @@ from aiollm.model.weights_hf import damaged_file_advice
 _PERMUTED_ARCHS = ("llama", "mistral", "mixtral", "granite", "granitemoe")
 # llama.cpp's architecture names that differ from transformers' model_type (Mixtral is stored
 # as "llama" with an expert count)
-_ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+_ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gemma3": "gemma3_text"}
 # whether the top-k routing weights are renormalised: fixed by the architecture in llama.cpp,
 # whose graphs pass it as a constant (src/models/llama.cpp and qwen3moe.cpp true,
 # qwen2moe.cpp false) and whose loader reads no expert_weights_norm for them (its converter
@@ -116,7 +119,7 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
 
 # SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
 _GGUF_SUPPORTED = ("llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe, "
-                   "granite, granitemoe")
+                   "granite, granitemoe, gemma")
 
 
 def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
@@ -150,6 +153,8 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     arch = _ARCH_NAMES.get(gguf_arch, gguf_arch)
     if arch == "llama" and _field(reader, p + "expert_count", 0):
         arch = "mixtral"
+    if (later := unsupported_gemma(arch)) is not None:
+        raise ValueError(f"GGUF architecture {gguf_arch!r}: {later}")
     if arch not in SUPPORTED_ARCHITECTURES:
         raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported (supported, as "
                          f"llama.cpp names them: {_GGUF_SUPPORTED})")
@@ -191,6 +196,11 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         torch_dtype=None,
         moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
         **(granite_scalars(reader, p) if arch in ("granite", "granitemoe") else {}),
+        # llama.cpp's Gemma graph: GELU (ggml's is the tanh approximation), norms of its
+        # stored 1 + w, embeddings x sqrt(embedding_length)
+        hidden_act="gelu_pytorch_tanh" if arch == "gemma" else "silu",
+        rms_norm_unit_offset=arch == "gemma",
+        scale_embeddings=arch == "gemma",
     )
 
 
