@@ -19,7 +19,7 @@ from aiollm.model.rope_config import RopeConfig
 # model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
 # mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "mixtral", "qwen2_moe",
-                           "qwen3_moe")
+                           "qwen3_moe", "phi3")
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe")
 
 

@@ -4,8 +4,8 @@ config.json goes through transformers' AutoConfig (local files only), after chec
 raw fields that transformers would fail on without naming them; generation_config.json gives
 the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
 PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
-Mistral, Qwen2/3, Mixtral, Qwen MoE) reads, what it refuses (quantized checkpoints, other
-heads, other activations), and the context (YaRN, sliding windows). A bad value is refused
+Mistral, Qwen2/3, Mixtral, Qwen MoE, Phi-3) reads, what it refuses (quantized checkpoints,
+other heads, other activations), and the context (YaRN, sliding windows). A bad value is refused
 naming its config.json field.
 """
 
@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover
 # transformers loads them by model_type as LlamaForCausalLM, and so did we.
 CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM",
                      "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
-                     "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM")
+                     "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "Phi3ForCausalLM")
 
 
 def _as_list(value: Any) -> list[int]:
