@@ -109,6 +109,10 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
 
 # SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
 _GGUF_SUPPORTED = "llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe"
+# model types served from transformers' files alone: llama.cpp's phi3 files keep LongRoPE's
+# factors as tensors (rope_factors_long/short) and its partial rotary as
+# rope.dimension_count, which this reader does not map yet
+_HF_ONLY = ("phi3",)
 
 
 def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
@@ -139,9 +143,12 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     arch = _ARCH_NAMES.get(gguf_arch, gguf_arch)
     if arch == "llama" and _field(reader, p + "expert_count", 0):
         arch = "mixtral"
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported (supported, as "
-                         f"llama.cpp names them: {_GGUF_SUPPORTED})")
+    if arch not in SUPPORTED_ARCHITECTURES or arch in _HF_ONLY:
+        served = (" here: aiollm serves it from a transformers directory (config.json and "
+                  "*.safetensors) only, not yet from llama.cpp's files" if arch in _HF_ONLY
+                  else "")
+        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported{served} "
+                         f"(supported, as llama.cpp names them: {_GGUF_SUPPORTED})")
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")

@@ -1,0 +1,179 @@
+"""Phi-3 (Phi3ForCausalLM: Phi-3-mini, Phi-3.5-mini, Phi-4, Phi-4-mini) against transformers.
+
+Tiny random Phi3 models saved as HF safetensors: the plain one, Phi-4-mini's partial rotary
+(partial_rotary_factor 0.75) and LongRoPE with short and long factors (with a partial rotary
+too). Logits at every position and greedy ids through Engine must be transformers' for prompts
+within the original context; past it, the rotary table takes the long factors from
+original_max_position on (rope._longrope_rows), which this checks row by row against
+transformers' own rotary embedding. Tensor-parallel ranks must get their own q, k and v heads
+and gate and up rows out of the fused checkpoint tensors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+import torch
+from transformers import Phi3Config
+from transformers.models.phi3.modeling_phi3 import Phi3RotaryEmbedding
+
+from test_loader import all_position_logits, finish_gguf, gguf_writer, save_random_hf_model
+from test_moe_model import hf_greedy
+
+from aiollm import Engine, SamplingParams
+from aiollm.model import load_model, load_tokenizer
+from aiollm.model import parallel
+
+TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            pad_token_id=0, tie_word_embeddings=False)  # head_dim 16
+LONGROPE = {"rope_type": "longrope", "short_factor": [1.0, 1.25, 1.7, 2.3, 3.1, 4.0],
+            "long_factor": [1.5, 2.5, 4.5, 8.0, 13.0, 21.0]}
+FAMILIES = {
+    "plain": Phi3Config(**TINY),
+    "partial-rotary": Phi3Config(**TINY, partial_rotary_factor=0.75),
+    # Phi-4-mini's shape of it: 12 of 16 dimensions rotated, tied embeddings
+    "longrope-partial": Phi3Config(**{**TINY, "tie_word_embeddings": True},
+                                   partial_rotary_factor=0.75,
+                                   original_max_position_embeddings=32,
+                                   rope_scaling=LONGROPE),
+}
+# within longrope-partial's original context of 32, with NEW_TOKENS
+PROMPTS = [[3, 17, 99, 4, 150, 23, 7], [42, 8, 1, 77, 159, 0, 12, 5, 66, 31, 2], [5]]
+NEW_TOKENS = 10
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def saved(request, tmp_path_factory):
+    path = tmp_path_factory.mktemp(request.param)
+    hf = save_random_hf_model(FAMILIES[request.param], str(path))
+    return request.param, str(path), hf
+
+
+def test_logits_match_transformers_at_every_position(saved):
+    _, path, hf = saved
+    loaded = load_model(path, dtype=torch.float32, device="cpu")
+    assert loaded.config.architecture == "phi3"
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
+
+
+def test_greedy_ids_through_engine_match_transformers(saved):
+    name, path, hf = saved
+    want = [hf_greedy(hf, p, NEW_TOKENS) for p in PROMPTS]
+    load_tokenizer(None).save_pretrained(path)  # any tokenizer: the prompts are ids
+
+    async def main():
+        params = SamplingParams(max_tokens=NEW_TOKENS, temperature=0, ignore_eos=True)
+        async with Engine(path, kv_tokens=1024, max_model_len=256) as engine:
+            outs = await asyncio.gather(*(engine.generate(p, params) for p in PROMPTS))
+        return [o.token_ids for o in outs]
+
+    assert asyncio.run(main()) == want, name
+
+
+def test_longrope_rotary_rows_are_transformers_short_then_long_sets(tmp_path):
+    """Rows below original_max_position are the cos/sin transformers uses for a sequence
+    that fits the original context (short factors); rows from it on, those it uses for one
+    that does not (long factors), attention factor included on both; the dimensions past
+    the rotated ones pass through (cos 1, sin 0)."""
+    config = FAMILIES["longrope-partial"]
+    config.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    cache = loaded.model.cos_sin_cache  # [positions, 16]: cos of 8 pairs, then sin
+    assert loaded.config.rope.rotary_dim == 12
+    rotary = Phi3RotaryEmbedding(config)
+    x = torch.zeros(1, dtype=torch.float32)
+    short_cos, short_sin = rotary(x, torch.arange(32)[None])  # seq_len 32: short factors
+    long_cos, long_sin = rotary(x, torch.arange(64)[None])  # seq_len 64: long factors
+    assert rotary.attention_scaling == pytest.approx(loaded.config.rope.attention_factor)
+    assert torch.equal(cache[:32, :6], short_cos[0, :, :6])
+    assert torch.equal(cache[:32, 8:14], short_sin[0, :, :6])
+    assert torch.equal(cache[32:64, :6], long_cos[0, 32:, :6])
+    assert torch.equal(cache[32:64, 8:14], long_sin[0, 32:, :6])
+    assert not torch.equal(cache[:32, :6], long_cos[0, :32, :6])  # the sets differ
+    assert (cache[:, 6:8] == 1).all() and (cache[:, 14:] == 0).all()
+
+
+@pytest.mark.parametrize("name", list(FAMILIES))
+def test_dummy_load_runs(tmp_path, name):
+    FAMILIES[name].save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    logits = all_position_logits(loaded, PROMPTS)
+    assert logits.shape == (sum(map(len, PROMPTS)), 160) and logits.isfinite().all()
+
+
+@pytest.mark.parametrize("name", ["plain", "partial-rotary"])
+def test_tensor_parallel_ranks_get_their_own_heads_and_rows(tmp_path, name):
+    """Each of 2 ranks holds its own q, k and v heads (and its own gate and up rows) of the
+    fused qkv_proj (gate_up_proj), in our layout: the rank's q heads, then its k heads, then
+    its v heads; with a partial rotary, q and k in the head order of rotary_head_order."""
+    from aiollm.model.weights_layout import rotary_head_order
+
+    config = FAMILIES[name]
+    hf = save_random_hf_model(config, str(tmp_path))
+    d, q, kv, inter = 16, 64, 32, 96
+    attn, mlp = hf.model.layers[1].self_attn, hf.model.layers[1].mlp
+    wq, wk, wv = attn.qkv_proj.weight.detach().split([q, kv, kv])
+    gate, up = mlp.gate_up_proj.weight.detach().chunk(2)
+    order = rotary_head_order(d, 12) if name == "partial-rotary" else torch.arange(d)
+
+    def heads(w, first, count):  # rows of heads [first, first + count), q/k head order
+        return w.view(-1, d, 64)[first:first + count][:, order].reshape(-1, 64)
+
+    for rank in range(2):
+        parallel.set_current(SimpleNamespace(rank=rank, size=2))
+        try:
+            loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+        finally:
+            parallel.set_current(None)
+        layer = loaded.model.layers[1]
+        want = torch.cat([heads(wq, 2 * rank, 2), heads(wk, rank, 1),
+                          wv.view(-1, d, 64)[rank].reshape(-1, 64)])
+        assert torch.equal(layer.self_attn.qkv_proj.weight, want)
+        rows = slice(rank * inter // 2, (rank + 1) * inter // 2)
+        assert torch.equal(layer.mlp.gate_up_proj.weight, torch.cat([gate[rows], up[rows]]))
+        assert torch.equal(layer.self_attn.o_proj.weight,
+                           attn.o_proj.weight.detach()[:, rank * 32:(rank + 1) * 32])
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(hidden_act="gelu_new"), "hidden_act 'gelu_new'"),
+    # 16 x 0.5625 = 9 dimensions: rotate_half would pair the wrong ones
+    (dict(partial_rotary_factor=0.5625), "partial_rotary_factor 0.5625 rotates 9"),
+], ids=["gelu", "odd-rotary-dim"])
+def test_phi3_fields_that_change_the_math_are_refused(tmp_path, fields, message):
+    Phi3Config(**TINY, **fields).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_phi3_gguf_is_refused_naming_the_architecture(tmp_path):
+    """llama.cpp's phi3 files are not read yet: refused by name, not loaded as a Llama."""
+    w = gguf_writer(FAMILIES["plain"], str(tmp_path / "phi3.gguf"), "phi3")
+    w.add_tensor("token_embd.weight", torch.zeros(160, 64).numpy())
+    finish_gguf(w)
+    with pytest.raises(ValueError, match="GGUF architecture 'phi3' is not supported here"):
+        load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.gpu
+def test_longrope_partial_phi3_on_gpu_matches_cpu_and_transformers(tmp_path):
+    """The GPU kernels (fused rotary + KV store, fused GEMV paths) on a partial-rotary
+    LongRoPE Phi-3: fp32 logits close to the CPU's, bf16 top-1 mostly transformers'."""
+    hf = save_random_hf_model(FAMILIES["longrope-partial"], str(tmp_path))
+    cpu = all_position_logits(load_model(str(tmp_path), dtype=torch.float32, device="cpu"),
+                              PROMPTS)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    gpu = all_position_logits(load_model(str(tmp_path), dtype=torch.float32, device="cuda"),
+                              PROMPTS)
+    assert (gpu.cpu() - cpu).abs().max() < 1e-3
+    bf16 = all_position_logits(load_model(str(tmp_path), dtype=torch.bfloat16, device="cuda"),
+                               PROMPTS)
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    agree = (bf16.float().cpu().argmax(-1) == ref.argmax(-1)).float().mean()
+    assert agree >= 0.9, agree
