@@ -21,6 +21,7 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
+    Phi3Config,
     Qwen2Config,
     Qwen3Config,
 )
@@ -573,8 +574,11 @@ def test_max_model_len_past_a_sliding_window_names_the_window(tmp_path):
     (Qwen2Config(**TINY, partial_rotary_factor=0.5,
                  rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}),
      "partial_rotary_factor 0.5 with rope scaling 'linear'"),
+    # Phi-3 rotates int(head_dim x partial_rotary_factor) dimensions: 16 x 0.5625 = 9 is odd
+    (Phi3Config(**TINY, partial_rotary_factor=0.5625), "partial_rotary_factor 0.5625"),
 ], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
-        "fp8-quantized", "mlx-quantized", "partial-yarn", "partial-llama3", "partial-linear"])
+        "fp8-quantized", "mlx-quantized", "partial-yarn", "partial-llama3", "partial-linear",
+        "phi3-odd-rotary"])
 def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
     """A config field we do not implement is refused at load, naming the field and value,
     instead of running a model whose outputs differ from transformers'."""

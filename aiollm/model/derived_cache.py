@@ -297,8 +297,9 @@ def config_from_dict(d: dict) -> ModelConfig:
     d = dict(d)
     d.pop("warnings", None)
     rope = dict(d.pop("rope"))
-    if rope.get("freq_factors") is not None:
-        rope["freq_factors"] = tuple(rope["freq_factors"])
+    for key in ("freq_factors", "short_factor", "long_factor"):  # JSON gave lists
+        if rope.get(key) is not None:
+            rope[key] = tuple(rope[key])
     moe = d.pop("moe")
     if moe is not None:
         moe = MoeConfig(**{**moe, "dense_layers": tuple(moe["dense_layers"])})
