@@ -151,13 +151,71 @@ def test_phi3_fields_that_change_the_math_are_refused(tmp_path, fields, message)
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
-def test_phi3_gguf_is_refused_naming_the_architecture(tmp_path):
-    """llama.cpp's phi3 files are not read yet: refused by name, not loaded as a Llama."""
-    w = gguf_writer(FAMILIES["plain"], str(tmp_path / "phi3.gguf"), "phi3")
-    w.add_tensor("token_embd.weight", torch.zeros(160, 64).numpy())
+def write_phi3_gguf(hf, path: str, window: int = 0) -> None:
+    """`hf` as llama.cpp's converter writes a Phi-3 (float32 tensors, so that logits can be
+    compared tightly): attn_qkv and ffn_up fused as in the checkpoint, the partial rotary as
+    rope.dimension_count, LongRoPE's factors as tensors with the original context and the
+    attention factor in the metadata, the sliding window (0: none)."""
+    import math
+
+    import numpy as np
+
+    c = hf.config
+    rope = c.rope_parameters
+    w = gguf_writer(c, path, "phi3")
+    w.add_eos_token_id(7)
+    w.add_rope_dimension_count(int(16 * rope.get("partial_rotary_factor", 1.0)))
+    w.add_rope_scaling_orig_ctx_len(c.original_max_position_embeddings)
+    w.add_sliding_window(window)
+    if rope["rope_type"] == "longrope":
+        scale = c.max_position_embeddings / c.original_max_position_embeddings
+        w.add_rope_scaling_attn_factors(
+            math.sqrt(1 + math.log(scale) / math.log(c.original_max_position_embeddings)))
+        for kind in ("long", "short"):
+            w.add_tensor(f"rope_factors_{kind}.weight",
+                         np.array(rope[f"{kind}_factor"], dtype=np.float32))
+    layer_names = {"self_attn.qkv_proj": "attn_qkv", "self_attn.o_proj": "attn_output",
+                   "mlp.gate_up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+                   "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    for name, t in hf.state_dict().items():
+        if name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        if name.startswith("model.layers."):
+            _, _, layer, rest = name.split(".", 3)
+            module, suffix = rest.rsplit(".", 1)
+            name = f"blk.{layer}.{layer_names[module]}.{suffix}"
+        else:
+            name = {"model.embed_tokens.weight": "token_embd.weight",
+                    "model.norm.weight": "output_norm.weight",
+                    "lm_head.weight": "output.weight"}[name]
+        w.add_tensor(name, t.float().numpy())
     finish_gguf(w)
-    with pytest.raises(ValueError, match="GGUF architecture 'phi3' is not supported here"):
-        load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
+
+
+def test_gguf_file_matches_transformers(saved, tmp_path):
+    """llama.cpp's phi3 file of each model gives transformers' logits, and a second load
+    (from the derived cache) the same config."""
+    name, _, hf = saved
+    write_phi3_gguf(hf, str(tmp_path / "phi3.gguf"))
+    loaded = load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
+    assert loaded.config.rope.type == ("longrope" if name.startswith("longrope") else "default")
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4
+    again = load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
+    assert again.config == loaded.config
+
+
+def test_gguf_sliding_window_caps_the_context(tmp_path):
+    """Phi-3-mini-4k's files carry its sliding_window (2047 of 4096): the context is capped
+    there, as for its safetensors; 0 (Phi-4's) is no window."""
+    hf = save_random_hf_model(FAMILIES["plain"], str(tmp_path / "hf"))
+    write_phi3_gguf(hf, str(tmp_path / "window.gguf"), window=100)
+    loaded = load_model(str(tmp_path / "window.gguf"), dtype=torch.float32, device="cpu")
+    assert (loaded.config.max_position, loaded.config.sliding_window) == (100, 100)
+    write_phi3_gguf(hf, str(tmp_path / "none.gguf"), window=0)
+    loaded = load_model(str(tmp_path / "none.gguf"), dtype=torch.float32, device="cpu")
+    assert (loaded.config.max_position, loaded.config.sliding_window) == (256, None)
 
 
 @pytest.mark.gpu

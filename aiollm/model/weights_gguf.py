@@ -7,7 +7,8 @@ at the largest single tensor.
 llama.cpp's converter permutes the rows of Llama's q and k projections (each head's two halves
 interleaved, for its own rotary layout); we undo that here exactly as transformers' GGUF loader
 does, so our rotate-half rotary sees the original Hugging Face weights. Qwen2/Qwen3 files are
-not permuted (llama.cpp uses the neox rotary for them).
+not permuted (llama.cpp uses the neox rotary for them), nor are Phi-3's (gguf_phi3.py: its
+partial rotary, LongRoPE factors, sliding window and fused attn_qkv / ffn_up).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from aiollm.model.gguf_metadata import field as _field
 from aiollm.model.gguf_metadata import one_for_all_layers as _one_for_all_layers
 from aiollm.model.gguf_metadata import required as _required
 from aiollm.model.gguf_metadata import rope_scaling as _rope_scaling
+from aiollm.model.gguf_phi3 import ROPE_FACTOR_TENSORS, phi3_rope, phi3_window
 from aiollm.model.weights_hf import damaged_file_advice
 
 
@@ -59,6 +61,7 @@ _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
+    "attn_qkv": "self_attn.qkv_proj",  # phi3: q, k and v in one (weights_layout splits them)
     "attn_output": "self_attn.o_proj",
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
@@ -77,7 +80,7 @@ _LAYER_NAMES = {
 }
 _PER_EXPERT_NAMES = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
 # Weights that carry configuration, not parameters: read by config_from_gguf.
-_CONFIG_TENSORS = ("rope_freqs.weight",)
+_CONFIG_TENSORS = ("rope_freqs.weight", *ROPE_FACTOR_TENSORS)
 
 
 def _dequantized(tensor: Any) -> torch.Tensor:
@@ -108,11 +111,7 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
 
 
 # SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
-_GGUF_SUPPORTED = "llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe"
-# model types served from transformers' files alone: llama.cpp's phi3 files keep LongRoPE's
-# factors as tensors (rope_factors_long/short) and its partial rotary as
-# rope.dimension_count, which this reader does not map yet
-_HF_ONLY = ("phi3",)
+_GGUF_SUPPORTED = "llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe, phi3"
 
 
 def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
@@ -143,12 +142,9 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     arch = _ARCH_NAMES.get(gguf_arch, gguf_arch)
     if arch == "llama" and _field(reader, p + "expert_count", 0):
         arch = "mixtral"
-    if arch not in SUPPORTED_ARCHITECTURES or arch in _HF_ONLY:
-        served = (" here: aiollm serves it from a transformers directory (config.json and "
-                  "*.safetensors) only, not yet from llama.cpp's files" if arch in _HF_ONLY
-                  else "")
-        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported{served} "
-                         f"(supported, as llama.cpp names them: {_GGUF_SUPPORTED})")
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ValueError(f"GGUF architecture {gguf_arch!r} is not supported (supported, as "
+                         f"llama.cpp names them: {_GGUF_SUPPORTED})")
     tensors = {t.name: t for t in reader.tensors}
     if "token_embd.weight" not in tensors:
         raise ValueError("GGUF file has no token_embd.weight tensor; is it a language model?")
@@ -157,10 +153,17 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     heads = int(_one_for_all_layers(reader, p + "attention.head_count"))
     head_dim = int(_field(reader, p + "attention.key_length", hidden // heads))
     rotated = int(_field(reader, p + "rope.dimension_count", head_dim))
-    if rotated != head_dim:  # llama.cpp rotates only that many dimensions of each head
+    if rotated != head_dim and arch != "phi3":  # llama.cpp rotates that many of each head
         raise ValueError(f"GGUF {p}rope.dimension_count {rotated} differs from head_dim "
-                         f"{head_dim}: partial rotary is not supported")
+                         f"{head_dim}: partial rotary is not supported (but in phi3 files)")
     rope = _rope_scaling(reader, p, float(_field(reader, p + "rope.freq_base", 10000.0)))
+    context, window = int(_required(reader, p + "context_length")), None
+    if arch == "phi3":
+        phi3_rope(reader, p, tensors, rope, head_dim, rotated, context,
+                  lambda t: _dequantized(t).reshape(-1).tolist())
+        window = phi3_window(reader, p)
+        # capped at the window as a transformers Phi-3 is (hf_config.config_from_hf)
+        context, window = (window, window) if window and window < context else (context, None)
     if "rope_freqs.weight" in tensors:
         # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
         rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
@@ -175,7 +178,7 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         head_dim=head_dim,
         rms_norm_eps=float(_required(reader, p + "attention.layer_norm_rms_epsilon")),
         rope=rope,
-        max_position=int(_required(reader, p + "context_length")),
+        max_position=context,
         tie_word_embeddings="output.weight" not in tensors,
         qkv_bias="blk.0.attn_q.bias" in tensors,
         o_bias="blk.0.attn_output.bias" in tensors,
@@ -184,6 +187,7 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         torch_dtype=None,
         moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
+        sliding_window=window,
     )
 
 
@@ -296,7 +300,7 @@ def _hf_name(gguf_name: str) -> str:
 
 
 _GGUF_GLOBAL_NAMES = {hf: g for g, hf in _GLOBAL_NAMES.items()}
-_GGUF_LAYER_NAMES = {hf: g for g, hf in _LAYER_NAMES.items()}
+_GGUF_LAYER_NAMES = {hf: g for g, hf in _LAYER_NAMES.items()} | {"mlp.gate_up_proj": "ffn_up"}
 _GGUF_PER_EXPERT_NAMES = {hf: g for g, hf in _PER_EXPERT_NAMES.items()}
 
 
@@ -378,6 +382,7 @@ def iter_gguf(gguf: GGUFModel) -> Iterator[tuple[str, torch.Tensor]]:
     """(transformers name, float32 CPU tensor) for every weight of the file."""
     config = gguf.config
     permuted = config.architecture in _PERMUTED_ARCHS
+    fused_up = config.architecture == "phi3"  # its ffn_up holds gate and up
     for t in gguf.tensors:
         if t.name in _CONFIG_TENSORS:
             continue
@@ -388,4 +393,7 @@ def iter_gguf(gguf: GGUFModel) -> Iterator[tuple[str, torch.Tensor]]:
             w = _unpermute(w, config.num_kv_heads)
         elif ".ffn_gate_inp_shexp." in t.name:
             w = w.reshape(1, -1)  # [hidden] in some files, transformers' [1, hidden] in ours
-        yield _hf_name(t.name), w
+        name = _hf_name(t.name)
+        if fused_up and name.endswith(".mlp.up_proj.weight"):
+            name = name.replace(".up_proj.", ".gate_up_proj.")
+        yield name, w
