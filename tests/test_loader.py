@@ -602,9 +602,15 @@ def test_max_model_len_past_a_sliding_window_names_the_window(tmp_path):
      "partial_rotary_factor 0.5 with rope scaling 'linear'"),
     # Phi-3 rotates int(head_dim x partial_rotary_factor) dimensions: 16 x 0.5625 = 9 is odd
     (Phi3Config(**TINY, partial_rotary_factor=0.5625), "partial_rotary_factor 0.5625"),
+    # transformers warns of a longrope factor list of the wrong length outside Phi-3, then
+    # fails multiplying it into the frequencies
+    (LlamaConfig(**TINY, rope_parameters={"rope_type": "longrope", "rope_theta": 1e4,
+                                          "original_max_position_embeddings": 64,
+                                          "short_factor": [1.0] * 3, "long_factor": [2.0] * 8}),
+     "short_factor must be a list of 8 positive numbers"),
 ], ids=["llama-gelu", "mistral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
         "fp8-quantized", "mlx-quantized", "partial-yarn", "partial-llama3", "partial-linear",
-        "phi3-odd-rotary"])
+        "phi3-odd-rotary", "longrope-factors-length"])
 def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
     """A config field we do not implement is refused at load, naming the field and value,
     instead of running a model whose outputs differ from transformers'."""

@@ -12,6 +12,8 @@ and gate and up rows out of the fused checkpoint tensors.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -148,6 +150,28 @@ def test_tensor_parallel_ranks_get_their_own_heads_and_rows(tmp_path, name):
 def test_phi3_fields_that_change_the_math_are_refused(tmp_path, fields, message):
     Phi3Config(**TINY, **fields).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=message):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
+def test_phi3_128k_config_as_published_loads_its_longrope(tmp_path):
+    """Phi-3-mini-128k's config.json as first published: rope_scaling type "su" (transformers
+    reads it as longrope), original_max_position_embeddings beside it, a sliding window
+    past the context (no cap); a rope type Phi-3 does not take is refused naming it."""
+    fields = {**FAMILIES["plain"].to_dict(), "original_max_position_embeddings": 32,
+              "sliding_window": 262144, "rope_theta": 10000.0,
+              "rope_scaling": {"type": "su", "short_factor": [1.0] * 8,
+                               "long_factor": [2.0] * 8}}
+    fields.pop("rope_parameters")
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    rope = loaded.config.rope
+    assert (rope.type, rope.original_max_position, rope.long_factor) == ("longrope", 32,
+                                                                         (2.0,) * 8)
+    assert rope.attention_factor == pytest.approx((1 + math.log(8) / math.log(32)) ** 0.5)
+    assert (loaded.config.max_position, loaded.config.sliding_window) == (256, None)
+    fields["rope_scaling"] = {"type": "linear", "factor": 2.0}
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match="type field must be one of .*got linear"):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
