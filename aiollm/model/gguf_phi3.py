@@ -17,19 +17,17 @@ same model's safetensors compute.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Callable
 from typing import Any
 
 from aiollm.model.gguf_metadata import field, required
 from aiollm.model.rope_config import RopeConfig
 
-log = logging.getLogger(__name__)
-
 ROPE_FACTOR_TENSORS = ("rope_factors_short.weight", "rope_factors_long.weight")
 
 
 def phi3_rope(reader: Any, p: str, tensors: dict, rope: RopeConfig, head_dim: int,
-              rotated: int, context: int, factors) -> None:
+              rotated: int, context: int, factors: Callable[[Any], list[float]]) -> None:
     """Fill `rope` (read by gguf_metadata.rope_scaling) with the file's partial rotary
     (`rotated` dimensions of `head_dim`) and LongRoPE factors; `factors(tensor)` is the
     tensor's values as a flat list of floats, `context` the file's context_length. Raises
