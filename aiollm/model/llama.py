@@ -1,7 +1,9 @@
 """The Llama-family decoder over the token-level KV pool.
 
-One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3 and SmolLM2: they differ only in flags
-of ModelConfig (q/k/v biases, q/k norm, tied embeddings) and in rope scaling. Mixtral,
+One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2 and Phi-3/Phi-4: they differ
+only in flags of ModelConfig (q/k/v biases, q/k norm, tied embeddings) and in the rotary table
+(scaling; Phi-3's partial rotary, run through the loader's q/k head order: rope.py,
+weights_layout.py). Mixtral,
 Qwen2-MoE and Qwen3-MoE are the same decoder with moe.py's SparseMoe in place of the MLP. Parameter names
 follow transformers' with q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one
 matmul each instead of three and two); the loaders fill the fused weights shard by shard.
