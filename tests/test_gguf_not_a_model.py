@@ -29,7 +29,7 @@ def test_an_architecture_aiollm_does_not_run_names_those_it_does_as_gguf_names_t
     with pytest.raises(ValueError, match=r"GGUF architecture 'gemma3' is not supported "
                                          r"\(supported, as llama.cpp names them: llama "
                                          r"\(Llama, Mistral, Mixtral\), qwen2, qwen3, "
-                                         r"qwen2moe, qwen3moe\)"):
+                                         r"qwen2moe, qwen3moe, phi3\)"):
         load_model(write(tmp_path / "m.gguf", "gemma3"), dtype=torch.float32, device="cpu")
 
 
