@@ -154,6 +154,28 @@ def test_phi3_fields_that_change_the_math_are_refused(tmp_path, fields, message)
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
+def test_a_fused_tensor_of_another_size_or_missing_is_named_as_the_checkpoint_has_it(
+        tmp_path):
+    """Messages name the checkpoint's fused tensor, once, and the fields that size it."""
+    from safetensors.torch import load_file, save_file
+
+    save_random_hf_model(FAMILIES["plain"], str(tmp_path))
+    fields = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**fields, "num_key_value_heads": 4}))
+    with pytest.raises(ValueError, match=r"'model.layers.0.self_attn.qkv_proj.weight' has "
+                                         r"shape \(128, 64\), the model expects \(192, 64\) "
+                                         r"\(config.json's num_attention_heads, "
+                                         "num_key_value_heads, head_dim, hidden_size"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    tensors = load_file(tmp_path / "model.safetensors")
+    del tensors["model.layers.1.self_attn.qkv_proj.weight"]
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match=r"missing weights: "
+                                         r"model.layers.1.self_attn.qkv_proj.weight$"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+
+
 def test_phi3_128k_config_as_published_loads_its_longrope(tmp_path):
     """Phi-3-mini-128k's config.json as first published: rope_scaling type "su" (transformers
     reads it as longrope), original_max_position_embeddings beside it, a sliding window

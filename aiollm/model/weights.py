@@ -269,6 +269,7 @@ class WeightFiller:
             return "hidden_size"
         width = {"q_proj": "num_attention_heads, head_dim", "o_proj": "num_attention_heads, "
                  "head_dim", "k_proj": "num_key_value_heads, head_dim",
+                 "qkv_proj": "num_attention_heads, num_key_value_heads, head_dim",  # Phi-3
                  "v_proj": "num_key_value_heads, head_dim", "embed_tokens": "vocab_size",
                  "lm_head": "vocab_size"}.get(module)
         experts = self.moe.experts_field if self.moe is not None else "num_experts"
@@ -338,8 +339,10 @@ class WeightFiller:
         missing = [t for n, p in self.params.items() if self.filled.get(n, 0) != p.numel()
                    for t in self._missing_parts(n, p)]
         if missing:
+            # q, k and v of a fused checkpoint tensor (Phi-3's) are one name of its
+            missing = list(dict.fromkeys(self._src(n) for n in missing))
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            names = [self._src(n) for n in missing[:5]]
+            names = missing[:5]
             raise ValueError(f"checkpoint is missing weights: {', '.join(names)}{more}")
 
     def _missing_parts(self, name: str, param: torch.Tensor) -> list[str]:
