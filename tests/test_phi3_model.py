@@ -253,6 +253,14 @@ def test_gguf_file_matches_transformers(saved, tmp_path):
     assert again.config == loaded.config
 
 
+def test_sliding_window_caps_the_context(tmp_path):
+    """Phi-3-mini-4k's sliding_window (2047 of 4096) caps the context, as for Mistral:
+    aiollm attends over the whole sequence, which is the model only within one window."""
+    Phi3Config(**TINY, sliding_window=100).save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    assert (loaded.config.max_position, loaded.config.sliding_window) == (100, 100)
+
+
 def test_gguf_sliding_window_caps_the_context(tmp_path):
     """Phi-3-mini-4k's files carry its sliding_window (2047 of 4096): the context is capped
     there, as for its safetensors; 0 (Phi-4's) is no window."""
