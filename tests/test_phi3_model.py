@@ -261,6 +261,23 @@ def test_sliding_window_caps_the_context(tmp_path):
     assert (loaded.config.max_position, loaded.config.sliding_window) == (100, 100)
 
 
+def test_longrope_factor_tensors_outside_a_phi3_file_are_refused(tmp_path):
+    """Only phi3 files' LongRoPE factors are read: another architecture's would be skipped
+    as configuration tensors, silently running other frequencies."""
+    import numpy as np
+
+    from transformers import Qwen2Config
+
+    hf = save_random_hf_model(Qwen2Config(**{**TINY, "pad_token_id": None}), str(tmp_path))
+    w = gguf_writer(hf.config, str(tmp_path / "qwen2.gguf"), "qwen2")
+    w.add_tensor("token_embd.weight", np.zeros((160, 64), dtype=np.float32))
+    for kind in ("long", "short"):
+        w.add_tensor(f"rope_factors_{kind}.weight", np.ones(8, dtype=np.float32))
+    finish_gguf(w)
+    with pytest.raises(ValueError, match="LongRoPE factors .* in phi3 files only, not 'qwen2'"):
+        load_model(str(tmp_path / "qwen2.gguf"), dtype=torch.float32, device="cpu")
+
+
 def test_gguf_sliding_window_caps_the_context(tmp_path):
     """Phi-3-mini-4k's files carry its sliding_window (2047 of 4096): the context is capped
     there, as for its safetensors; 0 (Phi-4's) is no window."""

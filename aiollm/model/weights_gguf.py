@@ -164,6 +164,9 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         window = phi3_window(reader, p)
         # capped at the window as a transformers Phi-3 is (hf_config.config_from_hf)
         context, window = (window, window) if window and window < context else (context, None)
+    elif any(name in tensors for name in ROPE_FACTOR_TENSORS):  # not to be skipped unread
+        raise ValueError(f"GGUF file has LongRoPE factors ({', '.join(ROPE_FACTOR_TENSORS)}), "
+                         f"which aiollm reads in phi3 files only, not {gguf_arch!r} ones")
     if "rope_freqs.weight" in tensors:
         # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
         rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
