@@ -101,6 +101,30 @@ def test_longrope_rotary_rows_are_transformers_short_then_long_sets(tmp_path):
     assert (cache[:, 6:8] == 1).all() and (cache[:, 14:] == 0).all()
 
 
+def test_longrope_decode_past_the_original_context_is_transformers_cached_decode(tmp_path):
+    """A prompt within original_max_position_embeddings (32) decoding past it: transformers'
+    cached decode keeps the prompt's short-factor keys and rotates each later token by the
+    long factors, which is what the per-position table computes; greedy ids must agree
+    (larger random weights, so that the argmax depends on the frequencies: all-short or
+    all-long tables give other ids)."""
+    hf = save_random_hf_model(FAMILIES["longrope-partial"], str(tmp_path))
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3, generator=torch.Generator().manual_seed(p.numel()))
+    hf.save_pretrained(str(tmp_path))
+    load_tokenizer(None).save_pretrained(str(tmp_path))
+    prompt = [(11 * i + 5) % 160 for i in range(25)]
+    want = hf_greedy(hf, prompt, 20)  # positions 25..44: the original context is passed
+
+    async def main():
+        params = SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)
+        async with Engine(str(tmp_path), kv_tokens=1024, max_model_len=256) as engine:
+            return (await engine.generate(prompt, params)).token_ids
+
+    assert asyncio.run(main()) == want
+
+
 @pytest.mark.parametrize("name", list(FAMILIES))
 def test_dummy_load_runs(tmp_path, name):
     FAMILIES[name].save_pretrained(tmp_path)
