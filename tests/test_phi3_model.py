@@ -78,6 +78,32 @@ def test_greedy_ids_through_engine_match_transformers(saved):
     assert asyncio.run(main()) == want, name
 
 
+def test_longrope_past_the_original_context_warns_it_is_not_transformers(tmp_path, caplog):
+    """A LongRoPE model served past original_max_position_embeddings says at start-up that a
+    prompt longer than that is not rotated as transformers rotates it (all long factors);
+    one whose context stays within it says nothing. The GGUF config carries the same
+    warning (logged at every load)."""
+    from aiollm.model.derived_cache import GGUFCache
+
+    FAMILIES["longrope-partial"].save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    assert "longer than original_max_position_embeddings 32" in caplog.text
+    caplog.clear()
+    within = Phi3Config(**{**TINY, "max_position_embeddings": 32},
+                        original_max_position_embeddings=32,
+                        rope_scaling={**LONGROPE, "factor": 4.0})
+    within.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+    assert "longrope" not in caplog.text
+    hf = save_random_hf_model(FAMILIES["longrope-partial"], str(tmp_path / "hf"))
+    write_phi3_gguf(hf, str(tmp_path / "phi3.gguf"))
+    load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
+    warnings = GGUFCache(str(tmp_path / "phi3.gguf")).load_config()[1]
+    assert any("longer than original_max_position_embeddings 32" in w for w in warnings)
+
+
 def test_longrope_rotary_rows_are_transformers_short_then_long_sets(tmp_path):
     """Rows below original_max_position are the cos/sin transformers uses for a sequence
     that fits the original context (short factors); rows from it on, those it uses for one

@@ -21,6 +21,7 @@ import torch
 from aiollm.model.config import MOE_ARCHITECTURES, SUPPORTED_ARCHITECTURES, ModelConfig
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import check_links, gguf_names, split_first_part
+from aiollm.model.rope import longrope_warning
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
         max_position = int(window)
     else:
         window = None
+    if (message := longrope_warning(rope, max_position)) is not None:
+        log.warning("%s", message)
     eos = (_as_list(hf.eos_token_id) if generation_eos is None
            else list(dict.fromkeys(generation_eos)))
     return ModelConfig(

@@ -125,7 +125,24 @@ def _longrope_rows(angles: torch.Tensor, positions: torch.Tensor, rope: RopeConf
     it, transformers rotates a prompt longer than that entirely by the long factors, and
     keeps the short-factor keys of a sequence that grew past it while decoding; here
     positions below original_max_position keep the short factors and the later ones take
-    the long factors, whichever way the sequence got there."""
+    the long factors, whichever way the sequence got there: a prompt that grows past it
+    while decoding is transformers' cached decode exactly, but a prompt longer than it is
+    not transformers' (its early keys' rotation differs, and a late query against an early
+    key sees no purely relative rotation): longrope_warning says so at start-up."""
     n = rope.original_max_position
     if len(positions) > n:
         angles[n:] = positions[n:, None] * inv_freq(rope, head_dim, long=True)[None, :]
+
+
+def longrope_warning(rope: RopeConfig, context: int) -> str | None:
+    """The start-up warning for a LongRoPE model whose `context` (tokens) passes its
+    original_max_position, None for any other: prompts longer than the original context
+    are rotated otherwise than transformers rotates them (_longrope_rows)."""
+    if rope.type != "longrope" or context <= rope.original_max_position:
+        return None
+    n = rope.original_max_position
+    return (f"longrope: a prompt longer than original_max_position_embeddings {n} keeps the "
+            f"short factors for its first {n} positions and takes the long ones from there "
+            "on, where transformers rotates such a prompt entirely by the long factors: its "
+            "output is not transformers' (a prompt within it that grows past it while "
+            "decoding is)")

@@ -38,6 +38,7 @@ from aiollm.model.gguf_metadata import one_for_all_layers as _one_for_all_layers
 from aiollm.model.gguf_metadata import required as _required
 from aiollm.model.gguf_metadata import rope_scaling as _rope_scaling
 from aiollm.model.gguf_phi3 import ROPE_FACTOR_TENSORS, phi3_rope, phi3_window
+from aiollm.model.rope import longrope_warning
 from aiollm.model.weights_hf import damaged_file_advice
 
 
@@ -164,6 +165,8 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         window = phi3_window(reader, p)
         # capped at the window as a transformers Phi-3 is (hf_config.config_from_hf)
         context, window = (window, window) if window and window < context else (context, None)
+        if (message := longrope_warning(rope, context)) is not None:
+            warnings.append(message)
     elif any(name in tensors for name in ROPE_FACTOR_TENSORS):  # not to be skipped unread
         raise ValueError(f"GGUF file has LongRoPE factors ({', '.join(ROPE_FACTOR_TENSORS)}), "
                          f"which aiollm reads in phi3 files only, not {gguf_arch!r} ones")
