@@ -193,6 +193,30 @@ def test_tensor_parallel_ranks_get_their_own_heads_and_rows(tmp_path, name):
                            attn.o_proj.weight.detach()[:, rank * 32:(rank + 1) * 32])
 
 
+@pytest.mark.parametrize("module, rows", [("self_attn.qkv_proj", 64),
+                                          ("mlp.gate_up_proj", 96)])
+def test_a_fused_tensor_of_one_ranks_size_is_refused_under_tensor_parallel(tmp_path, module,
+                                                                          rows):
+    """A fused tensor whose rows are not q + 2 kv (2 intermediate) cannot be split, and must
+    be refused on every rank: one of exactly a rank's rows (qkv 64 = 2 q + 1 k + 1 v heads of
+    16; gate_up 96 = 2 x 48) was taken whole as that rank's part under 2-way TP."""
+    from safetensors.torch import load_file, save_file
+
+    save_random_hf_model(FAMILIES["plain"], str(tmp_path))
+    tensors = load_file(tmp_path / "model.safetensors")
+    name = f"model.layers.1.{module}.weight"
+    tensors[name] = tensors[name][:rows].clone()
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    for rank in range(2):
+        parallel.set_current(SimpleNamespace(rank=rank, size=2))
+        try:
+            with pytest.raises(ValueError, match=rf"{name}' has shape \({rows}, 64\), the "
+                                                 rf"model expects \({rows * 2}, 64\)"):
+                load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+        finally:
+            parallel.set_current(None)
+
+
 @pytest.mark.parametrize("fields, message", [
     (dict(hidden_act="gelu_new"), "hidden_act 'gelu_new'"),
     # 16 x 0.5625 = 9 dimensions: rotate_half would pair the wrong ones

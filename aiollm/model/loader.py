@@ -283,8 +283,8 @@ def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str,
     """Fill `model` from (transformers name, tensor) pairs; source_name, gguf: WeightFiller's.
     Phi-3's fused tensors are split and a partial rotary's q/k rows reordered first
     (weights_layout)."""
-    tensors = to_llama_layout(tensors, model.config)
     filler = WeightFiller(model, fused_source_name(model.config, source_name), gguf=gguf)
+    tensors = to_llama_layout(tensors, model.config, filler.shape_error)
     # disable=None: the bar shows on a terminal and stays silent in logs and tests.
     for name, tensor in tqdm(tensors, total=total, desc=f"loading {label}", unit="tensor",
                              disable=None):

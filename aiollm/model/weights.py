@@ -189,7 +189,7 @@ class WeightFiller:
         want = list(dst.shape)
         want[dim] = size
         if list(tensor.shape) != want:
-            raise self._shape_error(hf_name, tensor, want)
+            raise self.shape_error(hf_name, tensor, want)
         return tensor if part is None else tensor.narrow(dim, *part)
 
     def _advice(self) -> str:
@@ -203,7 +203,10 @@ class WeightFiller:
             f"config.json's {self.moe.experts_field}"
         return f"{where} is {self.num_experts}"
 
-    def _shape_error(self, hf_name: str, tensor: torch.Tensor, want) -> ValueError:
+    def shape_error(self, hf_name: str, tensor: torch.Tensor, want) -> ValueError:
+        """The ValueError for checkpoint tensor `hf_name` of `tensor`'s shape where the model
+        expects `want`, naming the checkpoint's name and the config.json fields that size it
+        (weights_layout's refusal of a fused tensor it cannot split too)."""
         advice = "" if self.gguf else (
             f" (config.json's {self._sized_by(hf_name)}){self._advice()}")
         return ValueError(f"checkpoint tensor {self._src(hf_name)!r} has shape "
@@ -216,7 +219,7 @@ class WeightFiller:
                 "quantized weight, which aiollm does not read: use a float16/bfloat16/float32 "
                 "checkpoint or a GGUF file")
         if dst.shape != tensor.shape:
-            raise self._shape_error(hf_name, tensor, dst.shape)
+            raise self.shape_error(hf_name, tensor, dst.shape)
         starts = self.starts.setdefault(name, set())
         if dst.storage_offset() in starts:
             raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is given twice (two "

@@ -43,12 +43,14 @@ def rotary_head_order(head_dim: int, rotary_dim: int) -> torch.Tensor:
                       torch.arange(r, 2 * r), torch.arange(2 * r + p, head_dim)])
 
 
-def to_llama_layout(tensors: Iterable[tuple[str, torch.Tensor]], config: ModelConfig
+def to_llama_layout(tensors: Iterable[tuple[str, torch.Tensor]], config: ModelConfig,
+                    shape_error: Callable[[str, torch.Tensor, tuple], ValueError]
                     ) -> Iterator[tuple[str, torch.Tensor]]:
     """(transformers Llama name, tensor) for each (checkpoint name, tensor) of `tensors`,
     `config` the whole model's (not one rank's): fused projections of FUSED_ARCHITECTURES
-    split, q and k rows of a partial rotary reordered. A fused tensor of the wrong size is
-    passed on whole, for WeightFiller to refuse by its shape."""
+    split, q and k rows of a partial rotary reordered. A fused tensor whose rows are not the
+    sum of its parts' raises shape_error(name, tensor, expected shape) (WeightFiller's): passed
+    on whole, one of a tensor-parallel rank's size would fill that rank's fused parameter."""
     fused = config.architecture in FUSED_ARCHITECTURES
     order = None
     if config.rope.rotary_dim is not None and config.rope.rotary_dim != config.head_dim:
@@ -56,25 +58,21 @@ def to_llama_layout(tensors: Iterable[tuple[str, torch.Tensor]], config: ModelCo
     for name, tensor in tensors:
         m = _FUSED.search(name) if fused else None
         if m is not None and ".experts." not in name:
-            pieces = _split(m.group(1), tensor, config)
-            if pieces is not None:
-                for part, piece in pieces:
-                    yield from _reordered(name.replace(m.group(1), part), piece, order,
-                                          config.head_dim)
-                continue
+            sizes = _part_sizes(m.group(1), config)
+            if tensor.dim() == 0 or tensor.shape[0] != sum(sizes.values()):
+                raise shape_error(name, tensor, (sum(sizes.values()), *tensor.shape[1:]))
+            for part, piece in zip(sizes, tensor.split(list(sizes.values()))):
+                yield from _reordered(name.replace(m.group(1), part), piece, order,
+                                      config.head_dim)
+            continue
         yield from _reordered(name, tensor, order, config.head_dim)
 
 
-def _split(module: str, tensor: torch.Tensor, config: ModelConfig):
-    """[(part name, rows)] of a fused projection, None when its rows are not the sum."""
+def _part_sizes(module: str, config: ModelConfig) -> dict[str, int]:
+    """{part name: rows} of a fused projection, in the checkpoint's order."""
     if module == "qkv_proj":
-        names, sizes = ("q_proj", "k_proj", "v_proj"), (config.q_size, config.kv_size,
-                                                        config.kv_size)
-    else:
-        names, sizes = ("gate_proj", "up_proj"), (config.intermediate_size,) * 2
-    if tensor.dim() == 0 or tensor.shape[0] != sum(sizes):
-        return None
-    return list(zip(names, tensor.split(sizes)))
+        return {"q_proj": config.q_size, "k_proj": config.kv_size, "v_proj": config.kv_size}
+    return {"gate_proj": config.intermediate_size, "up_proj": config.intermediate_size}
 
 
 def _reordered(name: str, tensor: torch.Tensor, order: torch.Tensor | None, head_dim: int):
