@@ -267,8 +267,8 @@ class GGUFCache:
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
 # refused on the way; the weights: their names and values from a GGUF file's tensors; the
 # parameters: their layout from those.
-_CONFIG_CODE = ("config", "rope_config", "weights_gguf", "gguf_metadata", "gguf_phi3",
-                "gguf_eog", "derived_cache")
+_CONFIG_CODE = ("config", "rope_config", "rope", "weights_gguf", "gguf_metadata", "gguf_moe",
+                "gguf_phi3", "gguf_eog", "derived_cache")
 _WEIGHTS_CODE = ("weights_gguf",)
 _LAYOUT_CODE = ("llama", "moe", "weights", "weights_layout", "weights_gguf", "gguf_metadata")
 
