@@ -145,4 +145,4 @@ def longrope_warning(rope: RopeConfig, context: int) -> str | None:
             f"short factors for its first {n} positions and takes the long ones from there "
             "on, where transformers rotates such a prompt entirely by the long factors: its "
             "output is not transformers' (a prompt within it that grows past it while "
-            "decoding is)")
+            f"decoding is; --max-model-len {n} keeps every request within transformers')")
