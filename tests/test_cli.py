@@ -359,15 +359,17 @@ def test_serve_refuses_an_unsupported_model_in_one_line(tmp_path):
     scaling raised NotImplementedError, which the CLI did not catch)."""
     from transformers import LlamaConfig
 
+    # (longrope, refused here before, is served now: a partial rotary with a scaled rope,
+    # which transformers cannot run either, stays refused)
     LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                 num_attention_heads=2, rope_parameters={
-                    "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0] * 8,
-                    "long_factor": [2.0] * 8, "original_max_position_embeddings": 64,
+                    "rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                    "original_max_position_embeddings": 64, "partial_rotary_factor": 0.5,
                 }).save_pretrained(tmp_path)
     out = subprocess.run([AIOLLM, "serve", str(tmp_path), "--load-format", "dummy", "--port",
                           "0"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
-    assert "rope_type 'longrope' is not supported" in out.stderr
+    assert "partial_rotary_factor 0.5 with rope scaling 'yarn'" in out.stderr
 
 
 @pytest.mark.parametrize("file, edit, says", [

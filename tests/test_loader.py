@@ -21,6 +21,7 @@ from transformers import (
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
+    Phi3Config,
     Qwen2Config,
     Qwen3Config,
 )
@@ -439,6 +440,32 @@ def test_rope_cache_matches_transformers(rope_parameters):
     assert torch.equal(cache[:, half:], sin[0, :, :half])
 
 
+def test_longrope_cache_is_transformers_short_set_then_long_set():
+    """LongRoPE, which transformers runs on any model type: below
+    original_max_position_embeddings the rows transformers computes for a sequence within it
+    (short factors), from it on those for a longer one (long factors), both with the
+    attention factor of max_position_embeddings / original (rope._longrope_rows)."""
+    from aiollm.model.hf_config import config_from_hf
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0,
+            "original_max_position_embeddings": 1024,
+            "short_factor": [1.0 + 0.05 * i for i in range(64)],
+            "long_factor": [1.0 + 0.5 * i for i in range(64)]}
+    hf_config = LlamaConfig(hidden_size=1024, num_attention_heads=8,
+                            max_position_embeddings=4096, rope_parameters=rope)
+    cfg = config_from_hf(hf_config)
+    cache = cos_sin_cache(cfg.rope, cfg.head_dim, 4096)
+    embed = LlamaRotaryEmbedding(hf_config)
+    x = torch.zeros(1, dtype=torch.float32)
+    short_cos, short_sin = embed(x, torch.arange(1024)[None])
+    long_cos, long_sin = embed(x, torch.arange(4096)[None])
+    assert torch.equal(cache[:1024, :64], short_cos[0, :, :64])
+    assert torch.equal(cache[:1024, 64:], short_sin[0, :, :64])
+    assert torch.equal(cache[1024:, :64], long_cos[0, 1024:, :64])
+    assert torch.equal(cache[1024:, 64:], long_sin[0, 1024:, :64])
+
+
 @pytest.mark.parametrize("config", [
     Qwen2Config(**TINY, rope_parameters=dict(YARN_ROPE)),
     Qwen3Config(**TINY, head_dim=32, rope_parameters={**YARN_ROPE, "factor": 8.0}),
@@ -585,8 +612,17 @@ def test_a_sliding_window_model_keeps_its_context(tmp_path):
     (Qwen2Config(**TINY, partial_rotary_factor=0.5,
                  rope_parameters={"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}),
      "partial_rotary_factor 0.5 with rope scaling 'linear'"),
+    # Phi-3 rotates int(head_dim x partial_rotary_factor) dimensions: 16 x 0.5625 = 9 is odd
+    (Phi3Config(**TINY, partial_rotary_factor=0.5625), "partial_rotary_factor 0.5625"),
+    # transformers warns of a longrope factor list of the wrong length outside Phi-3, then
+    # fails multiplying it into the frequencies
+    (LlamaConfig(**TINY, rope_parameters={"rope_type": "longrope", "rope_theta": 1e4,
+                                          "original_max_position_embeddings": 64,
+                                          "short_factor": [1.0] * 3, "long_factor": [2.0] * 8}),
+     "short_factor must be a list of 8 positive numbers"),
 ], ids=["llama-gelu", "mixtral-gelu-tanh", "mixtral-relu", "gemma-class", "reward-model",
-        "fp8-quantized", "mlx-quantized", "partial-yarn", "partial-llama3", "partial-linear"])
+        "fp8-quantized", "mlx-quantized", "partial-yarn", "partial-llama3", "partial-linear",
+        "phi3-odd-rotary", "longrope-factors-length"])
 def test_config_fields_that_change_the_math_are_refused(tmp_path, config, field):
     """A config field we do not implement is refused at load, naming the field and value,
     instead of running a model whose outputs differ from transformers'."""

@@ -495,3 +495,30 @@ def test_tp2_gemma_matches_transformers_and_its_dummy_weights_one_rank(tmp_path,
     one, _ = asyncio.run(_generate(str(model), 1, load_format="dummy"))
     two, _ = asyncio.run(_generate(str(model), 2, load_format="dummy"))
     assert two == one
+
+
+def test_tp2_phi3_matches_transformers(tmp_path, monkeypatch):
+    """Phi-3 over two ranks: its fused qkv_proj and gate_up_proj split so that each rank holds
+    its own q, k and v heads and gate and up rows (one kv head each), with Phi-4-mini's
+    partial rotary, LongRoPE and tied embeddings over a vocabulary the ranks split unevenly:
+    greedy ids are transformers'."""
+    from transformers import Phi3Config
+
+    from test_loader import save_random_hf_model
+    from test_moe_model import hf_greedy
+    from test_phi3_model import FAMILIES
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model_dir = str(tmp_path / "hf")
+    config = Phi3Config(**{**FAMILIES["longrope-partial"].to_dict(), "vocab_size": 161})
+    hf = save_random_hf_model(config, model_dir)
+    with torch.no_grad():  # large weights: the argmax then changes from token to token
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    hf.save_pretrained(model_dir)
+    _save_tokenizer(model_dir)
+    want = [hf_greedy(hf, p, 10) for p in PROMPTS]
+    got, procs = asyncio.run(_generate(model_dir, 2))
+    assert got[:3] == want
+    assert [p.poll() for p in procs] == [0]

@@ -21,8 +21,8 @@ from aiollm.model.rope_config import RopeConfig
 
 # model_type values of transformers configs that LlamaForCausalLM (llama.py) implements; the
 # mixture-of-experts ones replace (some of) the MLPs with moe.py's SparseMoe.
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "gemma", "mixtral",
-                           "qwen2_moe", "qwen3_moe", "granitemoe")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "granite", "gemma", "phi3",
+                           "mixtral", "qwen2_moe", "qwen3_moe", "granitemoe")
 MOE_ARCHITECTURES = ("mixtral", "qwen2_moe", "qwen3_moe", "granitemoe")
 # The MLP activations the kernels compute (transformers' ACT2FN names): SiLU (SwiGLU) and
 # GELU's tanh approximation (GeGLU: Gemma's).

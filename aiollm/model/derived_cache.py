@@ -267,11 +267,11 @@ class GGUFCache:
 # invalidates that part. The config: how GGUF metadata becomes a ModelConfig and what is
 # refused on the way; the weights: their names and values from a GGUF file's tensors; the
 # parameters: their layout from those, and the scalars folded into them (granite_scales.py).
-_CONFIG_CODE = ("config", "weights_gguf", "gguf_metadata", "gguf_eog", "gguf_granite",
-                "derived_cache")
+_CONFIG_CODE = ("config", "rope_config", "rope", "weights_gguf", "gguf_metadata", "gguf_moe",
+                "gguf_phi3", "gguf_eog", "gguf_granite", "derived_cache")
 _WEIGHTS_CODE = ("weights_gguf",)
-_LAYOUT_CODE = ("llama", "mlp", "linear", "moe", "weights", "weights_gguf", "gguf_metadata",
-                "gguf_granite", "granite_scales")
+_LAYOUT_CODE = ("llama", "mlp", "linear", "moe", "weights", "weights_layout", "weights_gguf",
+                "gguf_metadata", "gguf_granite", "granite_scales")
 
 
 @functools.cache
@@ -299,8 +299,9 @@ def config_from_dict(d: dict) -> ModelConfig:
     d = dict(d)
     d.pop("warnings", None)
     rope = dict(d.pop("rope"))
-    if rope.get("freq_factors") is not None:
-        rope["freq_factors"] = tuple(rope["freq_factors"])
+    for key in ("freq_factors", "short_factor", "long_factor"):  # JSON gave lists
+        if rope.get(key) is not None:
+            rope[key] = tuple(rope[key])
     moe = d.pop("moe")
     if moe is not None:
         moe = MoeConfig(**{**moe, "dense_layers": tuple(moe["dense_layers"])})

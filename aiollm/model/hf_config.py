@@ -4,15 +4,16 @@ config.json goes through transformers' AutoConfig (local files only), after chec
 raw fields that transformers would fail on without naming them; generation_config.json gives
 the eos ids (its end-of-turn ids) where the directory has one. config_from_hf maps a
 PretrainedConfig of a supported model_type onto ModelConfig: which fields each family (Llama,
-Mistral, Qwen2/3, Granite, Gemma, Mixtral, Qwen MoE, GraniteMoe) reads, what it refuses
-(quantized checkpoints, other heads, other activations, later Gemmas), the context (YaRN) and
-which layers attend through a sliding window (as transformers 5 decides it, family by family).
-A bad value is refused naming its config.json field.
+Mistral, Qwen2/3, Granite, Gemma, Phi-3, Mixtral, Qwen MoE, GraniteMoe) reads, what it
+refuses (quantized checkpoints, other heads, other activations, later Gemmas), the context
+(YaRN, LongRoPE) and which layers attend through a sliding window (as transformers 5 decides
+it, family by family). A bad value is refused naming its config.json field.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Any
 
@@ -26,7 +27,10 @@ from aiollm.model.config import (
 )
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import check_links, gguf_names, split_first_part
+from aiollm.model.rope import longrope_warning
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
+
+log = logging.getLogger(__name__)
 
 try:  # huggingface_hub >= 0.35, which transformers 5 requires; older ones raise ValueErrors
     from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
@@ -41,7 +45,7 @@ except ImportError:  # pragma: no cover
 CAUSAL_LM_CLASSES = ("LlamaForCausalLM", "LLaMAForCausalLM", "MistralForCausalLM",
                      "Qwen2ForCausalLM", "Qwen3ForCausalLM", "MixtralForCausalLM",
                      "Qwen2MoeForCausalLM", "Qwen3MoeForCausalLM", "GraniteForCausalLM",
-                     "GraniteMoeForCausalLM")
+                     "GraniteMoeForCausalLM", "Phi3ForCausalLM")
 # Granite's scalars: config.json's name -> ModelConfig's (the same names)
 GRANITE_SCALARS = ("embedding_multiplier", "residual_multiplier", "attention_multiplier",
                    "logits_scaling")
@@ -124,6 +128,8 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     rope = rope_from_hf(hf, _head_dim(hf))
     max_position = _context_of(hf, rope)
     window, sliding_layers = _sliding_window(hf, arch)
+    if (message := longrope_warning(rope, max_position)) is not None:
+        log.warning("%s", message)
     eos = (_as_list(hf.eos_token_id) if generation_eos is None
            else list(dict.fromkeys(generation_eos)))
     return ModelConfig(
@@ -191,11 +197,11 @@ def _granite_scalars(hf: Any) -> dict[str, float]:
 
 
 # the families whose every layer slides when config.json has a sliding_window (transformers'
-# Mistral, Mixtral and Qwen3-MoE models build one sliding-window mask for all layers; its
+# Mistral, Mixtral, Phi-3 and Qwen3-MoE models build one sliding-window mask for all layers; its
 # Qwen3-MoE config drops the window unless use_sliding_window); Qwen2, Qwen3 and Qwen2-MoE
 # slide the layers their layer_types marks "sliding_attention"; Llama and Gemma never slide
 # (a sliding_window in their config.json is left by a conversion from another family)
-_EVERY_LAYER_SLIDES = ("mistral", "mixtral", "qwen3_moe")
+_EVERY_LAYER_SLIDES = ("mistral", "mixtral", "qwen3_moe", "phi3")
 
 
 def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | None]:

@@ -1,13 +1,14 @@
 """The Llama-family decoder over the token-level KV pool.
 
-One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2, Granite 3 and Gemma: they
-differ only in flags and scalars of ModelConfig (q/k/v biases, q/k norm, tied embeddings,
-Granite's multipliers; Gemma's GELU MLP, (1 + w) norms held as 1 + w in float32, and
-embeddings scaled by sqrt(hidden_size)) and in rope scaling. Mixtral, Qwen2-MoE, Qwen3-MoE and
-GraniteMoe are the same decoder with moe.py's SparseMoe in place of the dense MLP (mlp.py,
-which picks the activation). Parameter names follow transformers' with q/k/v fused into
-`qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three and two); the
-loaders fill the fused weights shard by shard.
+One class covers Llama 2/3.x, Mistral, Qwen2/2.5, Qwen3, SmolLM2, Granite 3, Gemma and
+Phi-3/Phi-4: they differ only in flags and scalars of ModelConfig (q/k/v biases, q/k norm, tied
+embeddings, Granite's multipliers; Gemma's GELU MLP, (1 + w) norms held as 1 + w in float32,
+and embeddings scaled by sqrt(hidden_size)) and in the rotary table (scaling; Phi-3's partial
+rotary, run through the loader's q/k head order: rope.py, weights_layout.py). Mixtral,
+Qwen2-MoE, Qwen3-MoE and GraniteMoe are the same decoder with moe.py's SparseMoe in place of
+the dense MLP (mlp.py, which picks the activation). Parameter names follow transformers' with
+q/k/v fused into `qkv_proj` and gate/up into `gate_up_proj` (one matmul each instead of three
+and two); the loaders fill the fused weights shard by shard.
 
 Granite (and GraniteMoe) is this decoder with four scalars: attention_multiplier is the
 attention kernels' softmax scale (Attention.sm_scale, an argument every attention kernel

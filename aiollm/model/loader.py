@@ -25,6 +25,7 @@ from aiollm.model.hf_config import load_hf_config
 from aiollm.model.llama import LlamaForCausalLM, RMSNorm
 from aiollm.model.paths import LOAD_FORMATS, check_load_format, resolve_model_path
 from aiollm.model.weights import WeightFiller
+from aiollm.model.weights_layout import fused_source_name, to_llama_layout
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +286,11 @@ def gguf_name(hf_name: str) -> str:
 
 def _fill(model: LlamaForCausalLM, tensors, total: int | None, label: str,
           source_name=None, *, gguf: bool = False) -> None:
-    """Fill `model` from (transformers name, tensor) pairs; source_name, gguf: WeightFiller's."""
-    filler = WeightFiller(model, source_name, gguf=gguf)
+    """Fill `model` from (transformers name, tensor) pairs; source_name, gguf: WeightFiller's.
+    Phi-3's fused tensors are split and a partial rotary's q/k rows reordered first
+    (weights_layout)."""
+    filler = WeightFiller(model, fused_source_name(model.config, source_name), gguf=gguf)
+    tensors = to_llama_layout(tensors, model.config, filler.shape_error)
     # disable=None: the bar shows on a terminal and stays silent in logs and tests.
     for name, tensor in tqdm(tensors, total=total, desc=f"loading {label}", unit="tensor",
                              disable=None):

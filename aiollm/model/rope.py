@@ -16,8 +16,10 @@ import torch
 from aiollm.model.rope_config import RopeConfig
 
 
-def inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
-    """[head_dim / 2] float32 inverse frequencies after scaling."""
+def inv_freq(rope: RopeConfig, head_dim: int, long: bool = False) -> torch.Tensor:
+    """[rotary_dim / 2] float32 inverse frequencies after scaling (rotary_dim: rope's, or
+    head_dim); `long`: longrope's for positions from original_max_position on."""
+    head_dim = rope.rotary_dim or head_dim  # a partial rotary's frequencies span its part
     exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device="cpu").float() / head_dim
     freqs = 1.0 / (rope.theta ** exponents)
     if rope.freq_factors is not None:
@@ -39,6 +41,10 @@ def inv_freq(rope: RopeConfig, head_dim: int) -> torch.Tensor:
         return 1.0 / (base ** exponents)
     if rope.type == "yarn":
         return _yarn(rope, head_dim)
+    if rope.type == "longrope":  # as transformers' _compute_longrope_parameters
+        factors = torch.tensor(rope.long_factor if long else rope.short_factor,
+                               dtype=torch.float32, device="cpu")
+        return 1.0 / (factors * rope.theta ** exponents)
     return freqs
 
 
@@ -82,11 +88,61 @@ def _yarn(rope: RopeConfig, head_dim: int) -> torch.Tensor:
 
 
 def cos_sin_cache(rope: RopeConfig, head_dim: int, max_len: int, device=None) -> torch.Tensor:
-    """[max_len, head_dim] float32: cos in the first half of each row, sin in the second."""
-    freqs = inv_freq(rope, head_dim)
+    """[max_len, head_dim] float32: cos in the first half of each row, sin in the second.
+
+    A partial rotary (rope.rotary_dim < head_dim) fills the rest of each half with cos 1 and
+    sin 0: those pairs pass through the rotation unchanged (exactly: x * 1 - y * 0), once the
+    loader has ordered each q and k head so that the rotated pairs come first in each half
+    (weights_layout.rotary_head_order). LongRoPE takes the short factors' frequencies below
+    original_max_position and the long factors' from there on: see _longrope_rows."""
     positions = torch.arange(max_len, dtype=torch.int64, device="cpu").float()
-    angles = positions[:, None] * freqs[None, :]
+    angles = positions[:, None] * inv_freq(rope, head_dim)[None, :]
+    if rope.type == "longrope":
+        _longrope_rows(angles, positions, rope, head_dim)
     cos, sin = angles.cos(), angles.sin()
-    if rope.attention_factor != 1.0:  # yarn: scales q.k through both rotated vectors
+    if rope.attention_factor != 1.0:  # yarn, longrope: scales q.k through both rotated vectors
         cos, sin = cos * rope.attention_factor, sin * rope.attention_factor
+    rest = head_dim // 2 - cos.shape[1]
+    if rest:
+        cos = torch.cat((cos, torch.ones(max_len, rest, device="cpu")), dim=-1)
+        sin = torch.cat((sin, torch.zeros(max_len, rest, device="cpu")), dim=-1)
     return torch.cat((cos, sin), dim=-1).to(device)
+
+
+def _longrope_rows(angles: torch.Tensor, positions: torch.Tensor, rope: RopeConfig,
+                   head_dim: int) -> None:
+    """Rotate positions >= original_max_position by the long factors' frequencies, in place.
+
+    transformers (its dynamic rope update) picks one set for a whole forward by its longest
+    position: the short factors while the sequence fits in original_max_position, the long
+    ones for every position once it does not, recomputing nothing already in its KV cache.
+    Our KV cache is shared token by token between requests (and prefixes), so a key's
+    rotation must depend on its position alone: each position takes the set transformers
+    uses for a sequence ending there. (vLLM keeps both tables too, but takes the long one
+    for every token of a batch in which any position passes original_max_position: a
+    request's rotation then depends on its batch mates, which a shared prefix cache cannot
+    allow.) Within original_max_position tokens the result is transformers' exactly. Past
+    it, transformers rotates a prompt longer than that entirely by the long factors, and
+    keeps the short-factor keys of a sequence that grew past it while decoding; here
+    positions below original_max_position keep the short factors and the later ones take
+    the long factors, whichever way the sequence got there: a prompt that grows past it
+    while decoding is transformers' cached decode exactly, but a prompt longer than it is
+    not transformers' (its early keys' rotation differs, and a late query against an early
+    key sees no purely relative rotation): longrope_warning says so at start-up."""
+    n = rope.original_max_position
+    if len(positions) > n:
+        angles[n:] = positions[n:, None] * inv_freq(rope, head_dim, long=True)[None, :]
+
+
+def longrope_warning(rope: RopeConfig, context: int) -> str | None:
+    """The start-up warning for a LongRoPE model whose `context` (tokens) passes its
+    original_max_position, None for any other: prompts longer than the original context
+    are rotated otherwise than transformers rotates them (_longrope_rows)."""
+    if rope.type != "longrope" or context <= rope.original_max_position:
+        return None
+    n = rope.original_max_position
+    return (f"longrope: a prompt longer than original_max_position_embeddings {n} keeps the "
+            f"short factors for its first {n} positions and takes the long ones from there "
+            "on, where transformers rotates such a prompt entirely by the long factors: its "
+            "output is not transformers' (a prompt within it that grows past it while "
+            f"decoding is; --max-model-len {n} keeps every request within transformers')")

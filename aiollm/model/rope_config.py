@@ -10,14 +10,16 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn")
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "yarn", "longrope")
 
 
 @dataclass(slots=True)
 class RopeConfig:
     """The rotary embedding of a checkpoint: base `theta` and one of transformers' scalings
     (linear and dynamic NTK; Llama 3.1's per-band llama3; YaRN, Peng et al. 2023,
-    arXiv:2309.00071), lengths in tokens."""
+    arXiv:2309.00071; LongRoPE, Ding et al. 2024, arXiv:2402.13753, as Phi-3 uses it),
+    lengths in tokens; `rotary_dim`, the leading dimensions of each head that rotate (Phi-3's
+    partial_rotary_factor; None: the whole head)."""
 
     theta: float = 10000.0
     type: str = "default"  # one of ROPE_TYPES
@@ -34,6 +36,11 @@ class RopeConfig:
     # tensor of a GGUF file); when present they replace `type`-based scaling, but for a
     # linear factor, which divides on top of them as llama.cpp applies both (rope.py).
     freq_factors: tuple[float, ...] | None = None
+    rotary_dim: int | None = None
+    # longrope: per-frequency divisors below original_max_position (short) and from it on
+    # (long); attention_factor is its mscale (rope.py)
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if self.type not in ROPE_TYPES:
@@ -82,7 +89,8 @@ def rope_from_hf(hf: Any, head_dim: int) -> RopeConfig:
     """RopeConfig from a transformers config (`head_dim`: its attention head size). Raises
     ValueError naming the rope_parameters (rope_scaling) field that is not a number (or not
     positive: check_rope_parameters), a type aiollm does not compute, a scaled type without
-    its factor, or a partial rotary factor with a scaled rope."""
+    its factor, or a partial rotary factor with a scaled rope (but for Phi-3's longrope,
+    which transformers runs: _phi3_rotary_dim, _longrope_from_hf)."""
     # transformers 5 keeps theta and scaling together in rope_parameters; 4.x had rope_theta and
     # an optional rope_scaling dict whose type key was "type" before "rope_type".
     params = dict(getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {})
@@ -97,8 +105,11 @@ def rope_from_hf(hf: Any, head_dim: int) -> RopeConfig:
     factor = params.get("factor")
     if factor is None and kind in _FACTOR_REQUIRED:  # transformers: TypeError at the table
         raise ValueError(f"{_FIELD} factor must be a number for rope_type {kind!r}, got None")
-    _check_partial_rotary(hf, params, kind, head_dim)
     rope = RopeConfig(theta=float(theta), type=kind, factor=float(factor or 1.0))
+    if getattr(hf, "model_type", None) == "phi3":
+        rope.rotary_dim = _phi3_rotary_dim(hf, params, head_dim)
+    else:
+        _check_partial_rotary(hf, params, kind, head_dim)
     if kind == "llama3":
         rope.low_freq_factor = float(params["low_freq_factor"])
         rope.high_freq_factor = float(params["high_freq_factor"])
@@ -107,7 +118,55 @@ def rope_from_hf(hf: Any, head_dim: int) -> RopeConfig:
         rope.original_max_position = int(hf.max_position_embeddings)
     elif kind == "yarn":
         _yarn_from_hf(rope, params, hf)
+    elif kind == "longrope":
+        _longrope_from_hf(rope, params, hf, rope.rotary_dim or head_dim)
     return rope
+
+
+def _phi3_rotary_dim(hf: Any, params: dict, head_dim: int) -> int | None:
+    """The dimensions of each head Phi-3 rotates: int(head_dim x partial_rotary_factor), as
+    transformers' Phi3RotaryEmbedding computes them (None: all). Raises ValueError naming
+    partial_rotary_factor when that leaves an odd count or none (transformers' rotate_half
+    then pairs the wrong dimensions) or asks for more than the head."""
+    factor = params.get("partial_rotary_factor", getattr(hf, "partial_rotary_factor", None))
+    dim = head_dim if factor is None else int(head_dim * factor)
+    if dim == head_dim:
+        return None
+    if dim < 2 or dim % 2 or dim > head_dim:
+        raise ValueError(f"config.json: partial_rotary_factor {factor} rotates {dim} of the "
+                         f"head's {head_dim} dimensions: it must give an even count from 2 "
+                         "to head_dim")
+    return dim
+
+
+def _longrope_from_hf(rope: RopeConfig, params: dict, hf: Any, rotary_dim: int) -> None:
+    """LongRoPE's parameters as transformers' _compute_longrope_parameters reads them: the
+    short and long per-frequency factors (rotary_dim / 2 numbers each), the pretraining
+    context, and the attention factor (given, or sqrt(1 + ln(s) / ln(original)) with s the
+    factor or max_position_embeddings / original_max_position_embeddings, 1 when s <= 1)."""
+    original = params.get("original_max_position_embeddings",
+                          getattr(hf, "original_max_position_embeddings", None))
+    if original is None:
+        raise ValueError(f"{_FIELD} original_max_position_embeddings must be given for "
+                         "rope_type 'longrope', got None")
+    rope.original_max_position = int(original)
+    for key in ("short_factor", "long_factor"):
+        value = params.get(key)
+        if not (isinstance(value, (list, tuple)) and len(value) == rotary_dim // 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0
+                for x in value)):
+            raise ValueError(f"{_FIELD} {key} must be a list of {rotary_dim // 2} positive "
+                             f"numbers (one per rotated frequency), got {value!r}")
+        setattr(rope, key, tuple(float(x) for x in value))
+    scale = params.get("factor")
+    if scale is None:  # Phi-3: the ratio of the two contexts
+        scale = hf.max_position_embeddings / rope.original_max_position
+    rope.factor = float(scale)
+    factor = params.get("attention_factor")
+    if factor is None:
+        factor = 1.0 if scale <= 1.0 else math.sqrt(
+            1 + math.log(scale) / math.log(rope.original_max_position))
+    rope.attention_factor = float(factor)
 
 
 def _check_partial_rotary(hf: Any, params: dict, kind: str, head_dim: int) -> None:

@@ -214,7 +214,7 @@ class WeightFiller:
         want = list(dst.shape)
         want[dim] = size
         if list(tensor.shape) != want:
-            raise self._shape_error(hf_name, tensor, want)
+            raise self.shape_error(hf_name, tensor, want)
         return tensor if part is None else tensor.narrow(dim, *part)
 
     def _advice(self) -> str:
@@ -228,7 +228,10 @@ class WeightFiller:
             f"config.json's {self.moe.experts_field}"
         return f"{where} is {self.num_experts}"
 
-    def _shape_error(self, hf_name: str, tensor: torch.Tensor, want) -> ValueError:
+    def shape_error(self, hf_name: str, tensor: torch.Tensor, want) -> ValueError:
+        """The ValueError for checkpoint tensor `hf_name` of `tensor`'s shape where the model
+        expects `want`, naming the checkpoint's name and the config.json fields that size it
+        (weights_layout's refusal of a fused tensor it cannot split too)."""
         advice = "" if self.gguf else (
             f" (config.json's {self._sized_by(hf_name)}){self._advice()}")
         return ValueError(f"checkpoint tensor {self._src(hf_name)!r} has shape "
@@ -241,7 +244,7 @@ class WeightFiller:
                 "quantized weight, which aiollm does not read: use a float16/bfloat16/float32 "
                 "checkpoint or a GGUF file")
         if dst.shape != tensor.shape:
-            raise self._shape_error(hf_name, tensor, dst.shape)
+            raise self.shape_error(hf_name, tensor, dst.shape)
         starts = self.starts.setdefault(name, set())
         if dst.storage_offset() in starts:
             raise ValueError(f"checkpoint tensor {self._src(hf_name)!r} is given twice (two "
@@ -294,6 +297,7 @@ class WeightFiller:
             return "hidden_size"
         width = {"q_proj": "num_attention_heads, head_dim", "o_proj": "num_attention_heads, "
                  "head_dim", "k_proj": "num_key_value_heads, head_dim",
+                 "qkv_proj": "num_attention_heads, num_key_value_heads, head_dim",  # Phi-3
                  "v_proj": "num_key_value_heads, head_dim", "embed_tokens": "vocab_size",
                  "lm_head": "vocab_size"}.get(module)
         experts = self.moe.experts_field if self.moe is not None else "num_experts"
@@ -364,8 +368,10 @@ class WeightFiller:
         missing = [t for n, p in self.params.items() if self.filled.get(n, 0) != p.numel()
                    for t in self._missing_parts(n, p)]
         if missing:
+            # q, k and v of a fused checkpoint tensor (Phi-3's) are one name of its
+            missing = list(dict.fromkeys(self._src(n) for n in missing))
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            names = [self._src(n) for n in missing[:5]]
+            names = missing[:5]
             raise ValueError(f"checkpoint is missing weights: {', '.join(names)}{more}")
 
     def _missing_parts(self, name: str, param: torch.Tensor) -> list[str]:

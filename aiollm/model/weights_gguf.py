@@ -9,7 +9,8 @@ interleaved, for its own rotary layout); we undo that here exactly as transforme
 does, so our rotate-half rotary sees the original Hugging Face weights. Qwen2/Qwen3 files are
 not permuted (llama.cpp uses the neox rotary for them), nor are Gemma's, whose norm weights
 llama.cpp's converter stores as 1 + w (what aiollm's model holds: weights.py adds the 1 to a
-safetensors checkpoint's w only).
+safetensors checkpoint's w only), nor Phi-3's (gguf_phi3.py: its partial rotary, LongRoPE
+factors, sliding window and fused attn_qkv / ffn_up).
 
 Granite files (architecture "granite", "granitemoe") carry transformers' four scalars as
 llama.cpp's converter writes them: {arch}.embedding_scale, .residual_scale, .logit_scale and
@@ -31,19 +32,16 @@ import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, ReaderTensor
 from gguf.quants import dequantize
 
-from aiollm.model.config import (
-    MOE_ARCHITECTURES,
-    SUPPORTED_ARCHITECTURES,
-    ModelConfig,
-    MoeConfig,
-    unsupported_gemma,
-)
+from aiollm.model.config import SUPPORTED_ARCHITECTURES, ModelConfig, unsupported_gemma
 from aiollm.model.gguf_eog import eog_token_ids
 from aiollm.model.gguf_granite import check_granite_file, granite_scalars
 from aiollm.model.gguf_metadata import field as _field
 from aiollm.model.gguf_metadata import one_for_all_layers as _one_for_all_layers
 from aiollm.model.gguf_metadata import required as _required
 from aiollm.model.gguf_metadata import rope_scaling as _rope_scaling
+from aiollm.model.gguf_moe import moe_from_gguf
+from aiollm.model.gguf_phi3 import ROPE_FACTOR_TENSORS, phi3_rope, phi3_window
+from aiollm.model.rope import longrope_warning
 from aiollm.model.weights_hf import damaged_file_advice
 
 
@@ -52,13 +50,6 @@ _PERMUTED_ARCHS = ("llama", "mistral", "mixtral", "granite", "granitemoe")
 # llama.cpp's architecture names that differ from transformers' model_type (Mixtral is stored
 # as "llama" with an expert count)
 _ARCH_NAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gemma3": "gemma3_text"}
-# whether the top-k routing weights are renormalised: fixed by the architecture in llama.cpp,
-# whose graphs pass it as a constant (src/models/llama.cpp and qwen3moe.cpp true,
-# qwen2moe.cpp false) and whose loader reads no expert_weights_norm for them (its converter
-# writes none: a Qwen3-MoE of norm_topk_prob false runs renormalised there); transformers'
-# GGUF loader sets the same (qwen3_moe norm_topk_prob True, qwen2_moe its default False).
-# GraniteMoe's softmax over the top-k logits is a renormalised top-k (config.py's MoeConfig).
-_NORM_TOPK = {"mixtral": True, "qwen3_moe": True, "qwen2_moe": False, "granitemoe": True}
 _GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -69,6 +60,7 @@ _LAYER_NAMES = {
     "attn_q": "self_attn.q_proj",
     "attn_k": "self_attn.k_proj",
     "attn_v": "self_attn.v_proj",
+    "attn_qkv": "self_attn.qkv_proj",  # phi3: q, k and v in one (weights_layout splits them)
     "attn_output": "self_attn.o_proj",
     "attn_q_norm": "self_attn.q_norm",
     "attn_k_norm": "self_attn.k_norm",
@@ -87,7 +79,7 @@ _LAYER_NAMES = {
 }
 _PER_EXPERT_NAMES = {"ffn_gate": "gate_proj", "ffn_up": "up_proj", "ffn_down": "down_proj"}
 # Weights that carry configuration, not parameters: read by config_from_gguf.
-_CONFIG_TENSORS = ("rope_freqs.weight",)
+_CONFIG_TENSORS = ("rope_freqs.weight", *ROPE_FACTOR_TENSORS)
 
 
 def _dequantized(tensor: Any) -> torch.Tensor:
@@ -119,7 +111,7 @@ def _check_tensor_types(tensors: list[ReaderTensor]) -> None:
 
 # SUPPORTED_ARCHITECTURES as llama.cpp's files name them (Mistral and Mixtral are "llama")
 _GGUF_SUPPORTED = ("llama (Llama, Mistral, Mixtral), qwen2, qwen3, qwen2moe, qwen3moe, "
-                   "granite, granitemoe, gemma")
+                   "granite, granitemoe, gemma, phi3")
 
 
 def _check_is_a_model(reader: GGUFReader, gguf_arch: Any) -> None:
@@ -143,9 +135,10 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     """ModelConfig of a GGUF file's metadata and tensor index. Metadata that is read and then
     ignored (llama.cpp ignores it too) is described in `warnings`, appended to, for the
     loader to log at every load of the file, the derived cache's too (derived_cache.py).
-    No sliding window: llama.cpp's llama, qwen2, qwen2moe, qwen3 and qwen3moe graphs attend
-    over the whole sequence and its loader reads no `{arch}.attention.sliding_window` for
-    them (a Mistral v0.1 GGUF is a llama one), so neither does this.
+    No sliding window but Phi-3's (its every layer, as transformers runs the model): llama.cpp's
+    llama, qwen2, qwen2moe, qwen3 and qwen3moe graphs attend over the whole sequence and its
+    loader reads no `{arch}.attention.sliding_window` for them (a Mistral v0.1 GGUF is a llama
+    one), so neither does this.
     Raises ValueError naming the key or tensor that aiollm cannot run."""
     gguf_arch = _field(reader, "general.architecture")
     _check_is_a_model(reader, gguf_arch)
@@ -168,10 +161,22 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
     heads = int(_one_for_all_layers(reader, p + "attention.head_count"))
     head_dim = int(_field(reader, p + "attention.key_length", hidden // heads))
     rotated = int(_field(reader, p + "rope.dimension_count", head_dim))
-    if rotated != head_dim:  # llama.cpp rotates only that many dimensions of each head
+    if rotated != head_dim and arch != "phi3":  # llama.cpp rotates that many of each head
         raise ValueError(f"GGUF {p}rope.dimension_count {rotated} differs from head_dim "
-                         f"{head_dim}: partial rotary is not supported")
+                         f"{head_dim}: partial rotary is not supported (but in phi3 files)")
     rope = _rope_scaling(reader, p, float(_field(reader, p + "rope.freq_base", 10000.0)))
+    context, window = int(_required(reader, p + "context_length")), None
+    if arch == "phi3":
+        phi3_rope(reader, p, tensors, rope, head_dim, rotated, context,
+                  lambda t: _dequantized(t).reshape(-1).tolist())
+        # every layer slides, as in transformers' Phi-3 (llama.cpp reads the key and, since
+        # its PR 13676, runs Phi-3 without it; the file's model is transformers')
+        window = phi3_window(reader, p)
+        if (message := longrope_warning(rope, context)) is not None:
+            warnings.append(message)
+    elif any(name in tensors for name in ROPE_FACTOR_TENSORS):  # not to be skipped unread
+        raise ValueError(f"GGUF file has LongRoPE factors ({', '.join(ROPE_FACTOR_TENSORS)}), "
+                         f"which aiollm reads in phi3 files only, not {gguf_arch!r} ones")
     if "rope_freqs.weight" in tensors:
         # Llama 3.1+: llama.cpp stores the llama3 scaling as per-frequency divisors.
         rope.freq_factors = tuple(_dequantized(tensors["rope_freqs.weight"]).reshape(-1).tolist())
@@ -186,7 +191,7 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         head_dim=head_dim,
         rms_norm_eps=float(_required(reader, p + "attention.layer_norm_rms_epsilon")),
         rope=rope,
-        max_position=int(_required(reader, p + "context_length")),
+        max_position=context,
         tie_word_embeddings="output.weight" not in tensors,
         qkv_bias="blk.0.attn_q.bias" in tensors,
         o_bias="blk.0.attn_output.bias" in tensors,
@@ -194,7 +199,8 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         eos_token_ids=eog_token_ids(reader, warnings),  # as llama.cpp ends generation
         bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
         torch_dtype=None,
-        moe=_moe_from_gguf(reader, p, arch, tensors, warnings),
+        moe=moe_from_gguf(reader, p, arch, tensors, warnings),
+        sliding_window=window,
         **(granite_scalars(reader, p) if arch in ("granite", "granitemoe") else {}),
         # llama.cpp's Gemma graph: GELU (ggml's is the tanh approximation), norms of its
         # stored 1 + w, embeddings x sqrt(embedding_length)
@@ -202,98 +208,6 @@ def config_from_gguf(reader: GGUFReader, warnings: list[str]) -> ModelConfig:
         rms_norm_unit_offset=arch == "gemma",
         scale_embeddings=arch == "gemma",
     )
-
-
-def _moe_from_gguf(reader: GGUFReader, p: str, arch: str, tensors: dict,
-                   warnings: list[str]) -> MoeConfig | None:
-    experts = int(_field(reader, p + "expert_count", 0) or 0)
-    # llama.cpp's graphs of the dense architectures (qwen2, qwen3) read no experts whatever
-    # expert_count says: such a file runs dense, and expert tensors in it are refused by the
-    # weight loader naming the architecture
-    if not experts or arch not in MOE_ARCHITECTURES:
-        return None
-    layers = int(_field(reader, p + "block_count"))
-    _check_expert_count(p, experts, tensors)
-    inter = _expert_width(reader, p, tensors)
-    # int(None) of a missing count was a TypeError traceback; MoeConfig's own range check
-    # speaks of top_k, a name the file does not use
-    top_k = int(_required(reader, p + "expert_used_count"))
-    if not 1 <= top_k <= experts:
-        raise ValueError(f"GGUF metadata {p}expert_used_count must be in [1, {p}expert_count "
-                         f"= {experts}], got {top_k}")
-    return MoeConfig(
-        num_experts=experts,
-        top_k=top_k,
-        intermediate_size=int(inter),
-        norm_topk_prob=_norm_topk(reader, p, arch, warnings),
-        shared_expert_intermediate_size=_shared_expert_width(reader, p, tensors),
-        # the file has no mlp_only_layers: a layer without a router is dense
-        dense_layers=tuple(i for i in range(layers)
-                           if f"blk.{i}.ffn_gate_inp.weight" not in tensors),
-    )
-
-
-def _norm_topk(reader: GGUFReader, p: str, arch: str, warnings: list[str]) -> bool:
-    """Whether the routing renormalises its top-k weights: as llama.cpp runs the architecture
-    (_NORM_TOPK). A file whose expert_weights_norm says otherwise (written by another tool)
-    is warned of (in `warnings`): llama.cpp and transformers' GGUF loader read no such key
-    for it, and the same file must give the same tokens here as there."""
-    norm = _NORM_TOPK[arch]
-    given = _field(reader, p + "expert_weights_norm")
-    if given is not None and bool(given) != norm:
-        warnings.append(f"GGUF metadata {p}expert_weights_norm = {bool(given)} is ignored: "
-                        f"llama.cpp runs {p.rstrip('.')} with its top-k routing weights "
-                        f"{'renormalised' if norm else 'not renormalised'}, whatever the file "
-                        "says, and so does aiollm")
-    return norm
-
-
-def _check_expert_count(p: str, experts: int, tensors: dict) -> None:
-    """Raise ValueError naming expert_count when the first router (ffn_gate_inp, ggml order
-    [hidden, experts]) scores another number of experts: the loader then refused a tensor's
-    shape, the key that sized the model unnamed (llama.cpp refuses such a file too)."""
-    router = next((t for n, t in tensors.items()
-                   if re.fullmatch(r"blk\.\d+\.ffn_gate_inp\.weight", n)), None)
-    scored = int(router.shape[1]) if router is not None and len(router.shape) > 1 else 0
-    if scored and scored != experts:
-        raise ValueError(f"GGUF metadata {p}expert_count = {experts} disagrees with tensor "
-                         f"{router.name}, whose router scores {scored} experts")
-
-
-def _expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
-    """The routed experts' intermediate size, from expert_feed_forward_length checked against
-    the first gate tensor of the experts (ffn_gate_exps, ggml order [hidden, width, experts],
-    or a per-expert ffn_gate.E, [hidden, width]). Files without the key (llama.cpp's Mixtral,
-    whose feed_forward_length is the experts' width, and files converted before the key was
-    written) take the tensor's width; feed_forward_length only when neither is there.
-    Raises ValueError naming the key when it disagrees with the tensor."""
-    key = int(_field(reader, p + "expert_feed_forward_length", 0) or 0)
-    gate = next((t for n, t in tensors.items() if n.endswith(".ffn_gate_exps.weight")
-                 or re.fullmatch(r"blk\.\d+\.ffn_gate\.\d+\.weight", n)), None)
-    width = int(gate.shape[1]) if gate is not None else 0
-    if key and width and key != width:
-        raise ValueError(f"GGUF metadata {p}expert_feed_forward_length = {key} disagrees with "
-                         f"tensor {gate.name}, whose experts are {width} wide")
-    return key or width or int(_one_for_all_layers(reader, p + "feed_forward_length"))
-
-
-def _shared_expert_width(reader: GGUFReader, p: str, tensors: dict) -> int:
-    """The shared expert's intermediate size (0: none). Files converted before llama.cpp
-    wrote expert_shared_feed_forward_length (Qwen1.5-MoE's of spring 2024) lack the key,
-    and llama.cpp sizes their shared expert by other means: here, by its tensor. Only
-    qwen2moe has one (llama.cpp's qwen3moe and Mixtral read no *_shexp tensor): another
-    architecture's shared-expert tensors are refused by the weight loader. Raises
-    ValueError naming the key when it disagrees with the tensor (as _expert_width)."""
-    if p != "qwen2moe.":
-        return 0
-    key = int(_field(reader, p + "expert_shared_feed_forward_length", 0) or 0)
-    gate = next((t for n, t in tensors.items() if n.endswith(".ffn_gate_shexp.weight")), None)
-    width = int(gate.shape[1]) if gate is not None else 0  # ggml order: [hidden, width]
-    if key and width and key != width:
-        raise ValueError(f"GGUF metadata {p}expert_shared_feed_forward_length = {key} "
-                         f"disagrees with tensor {gate.name}, whose shared expert is {width} "
-                         "wide")
-    return key or width
 
 
 def _hf_name(gguf_name: str) -> str:
@@ -313,7 +227,7 @@ def _hf_name(gguf_name: str) -> str:
 
 
 _GGUF_GLOBAL_NAMES = {hf: g for g, hf in _GLOBAL_NAMES.items()}
-_GGUF_LAYER_NAMES = {hf: g for g, hf in _LAYER_NAMES.items()}
+_GGUF_LAYER_NAMES = {hf: g for g, hf in _LAYER_NAMES.items()} | {"mlp.gate_up_proj": "ffn_up"}
 _GGUF_PER_EXPERT_NAMES = {hf: g for g, hf in _PER_EXPERT_NAMES.items()}
 
 
@@ -395,6 +309,7 @@ def iter_gguf(gguf: GGUFModel) -> Iterator[tuple[str, torch.Tensor]]:
     """(transformers name, float32 CPU tensor) for every weight of the file."""
     config = gguf.config
     permuted = config.architecture in _PERMUTED_ARCHS
+    fused_up = config.architecture == "phi3"  # its ffn_up holds gate and up
     for t in gguf.tensors:
         if t.name in _CONFIG_TENSORS:
             continue
@@ -405,4 +320,7 @@ def iter_gguf(gguf: GGUFModel) -> Iterator[tuple[str, torch.Tensor]]:
             w = _unpermute(w, config.num_kv_heads)
         elif ".ffn_gate_inp_shexp." in t.name:
             w = w.reshape(1, -1)  # [hidden] in some files, transformers' [1, hidden] in ours
-        yield _hf_name(t.name), w
+        name = _hf_name(t.name)
+        if fused_up and name.endswith(".mlp.up_proj.weight"):
+            name = name.replace(".up_proj.", ".gate_up_proj.")
+        yield name, w
