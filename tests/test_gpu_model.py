@@ -192,9 +192,9 @@ def test_batch_one_across_the_short_graph_matches_eager(smol, monkeypatch):
     params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
     fused = []
 
-    def counted(*args):
+    def counted(*args, **kwargs):
         fused.append(1)
-        return attention_oproj_call(*args)
+        return attention_oproj_call(*args, **kwargs)
 
     attention_oproj_call = attention_oproj.attention_oproj
     monkeypatch.setattr(attention_oproj, "attention_oproj", counted)

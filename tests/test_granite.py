@@ -70,12 +70,14 @@ def save_granite(family: str, path, tokenizer: bool = True) -> torch.nn.Module:
 
 
 def hf_greedy(model, ids: list[int], n: int) -> tuple[list[int], list[float]]:
-    """transformers' greedy ids and the log_softmax of its (scaled) logits at each."""
-    seq, past, out, logprobs = torch.tensor([ids]), None, [], []
+    """transformers' greedy ids and the log_softmax of its (scaled) logits at each: the whole
+    sequence run again at each step (no KV cache, whose argument transformers 5 renamed:
+    `cache=` is ignored by the GPU machine's older 5.x, which then saw the last token
+    alone)."""
+    seq, out, logprobs = torch.tensor([ids]), [], []
     with torch.no_grad():
         for _ in range(n):
-            res = model(seq if past is None else seq[:, -1:], cache=past, use_cache=True)
-            past = res.past_key_values
+            res = model(seq)
             lp = torch.log_softmax(res.logits[0, -1].float(), dim=-1)
             out.append(int(lp.argmax()))
             logprobs.append(float(lp[out[-1]]))

@@ -16,9 +16,10 @@ import torch
 from transformers import AutoModelForCausalLM, MistralConfig, Qwen2Config
 
 from aiollm import Engine, SamplingParams
-from aiollm.model import load_model, load_tokenizer
+from aiollm.model import load_model
 from test_loader import all_position_logits, save_random_hf_model
 from test_moe_model import hf_greedy
+from test_prefill_graphs import save_any_tokenizer
 
 TINY = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
@@ -45,7 +46,7 @@ def model(request, tmp_path_factory):
     family = request.param
     path = tmp_path_factory.mktemp(family)
     hf = save_random_hf_model(CONFIGS[family], str(path))
-    load_tokenizer(None).save_pretrained(str(path))  # any tokenizer: the prompts are ids
+    save_any_tokenizer(str(path))  # any tokenizer: the prompts are ids
     return family, path, hf
 
 
