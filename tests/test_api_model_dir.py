@@ -222,5 +222,7 @@ def test_add_special_tokens_false_leaves_out_the_start_token(bos_server, prompt)
     out = _post(bos_server, "/v1/completions", {**body, "add_special_tokens": False})
     assert out["usage"]["prompt_tokens"] == n, out["usage"]
     ids = _post(bos_server, "/v1/completions", {**body, "prompt": [19556]})
+    # equal up to the CPU matmul's rounding, which may differ between a batch of two and one
+    # prompt alone (AMD EPYC: 1e-6)
     assert (out["choices"][0]["logprobs"]["token_logprobs"]
-            == ids["choices"][0]["logprobs"]["token_logprobs"])
+            == pytest.approx(ids["choices"][0]["logprobs"]["token_logprobs"], abs=1e-4, rel=0))
