@@ -105,13 +105,19 @@ def test_gguf_sliding_window_slides_every_layer(tmp_path):
     assert (loaded.config.max_position, loaded.config.sliding_window) == (256, None)
 
 
-def test_a_longrope_file_past_its_original_context_carries_the_warning(tmp_path):
-    """The GGUF config's warnings (logged at every load, stored with the derived config) say
-    that prompts past the original context are not transformers' (rope.longrope_warning)."""
-    from aiollm.model.derived_cache import GGUFCache
-
+def test_a_longrope_file_past_its_original_context_warns_once(tmp_path, caplog):
+    """A GGUF file's load says once that prompts past the original context are not
+    transformers' (rope.longrope_warning), as a safetensors model's does, whether its config
+    came from the file or the derived cache; served within it (--max-model-len), nothing."""
     hf = save_random_hf_model(FAMILIES["longrope-partial"], str(tmp_path / "hf"))
     write_phi3_gguf(hf, str(tmp_path / "phi3.gguf"))
-    load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
-    warnings = GGUFCache(str(tmp_path / "phi3.gguf")).load_config()[1]
-    assert any("longer than original_max_position_embeddings 32" in w for w in warnings)
+    for _ in range(2):  # parsed, then from the cache
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
+        assert caplog.text.count("longer than original_max_position_embeddings 32") == 1
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu",
+                   max_model_len=32)
+    assert "longrope" not in caplog.text

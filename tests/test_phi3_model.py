@@ -80,14 +80,23 @@ def test_greedy_ids_through_engine_match_transformers(saved):
 
 
 def test_longrope_past_the_original_context_warns_it_is_not_transformers(tmp_path, caplog):
-    """A LongRoPE model served past original_max_position_embeddings says at start-up that a
-    prompt longer than that is not rotated as transformers rotates it (all long factors);
-    one whose context stays within it says nothing (test_phi3_gguf: a file's too)."""
+    """A LongRoPE model served past original_max_position_embeddings says at start-up, once,
+    that a prompt longer than that is not rotated as transformers rotates it (all long
+    factors); served within it (its own context or --max-model-len) it says nothing: the
+    advice to pass --max-model-len must not be given to one who did (test_phi3_gguf: a
+    file's too). Reading the config alone (the server does before the weights) says nothing."""
+    from aiollm.model.loader import read_config
+
     FAMILIES["longrope-partial"].save_pretrained(tmp_path)
     with caplog.at_level("WARNING"):
+        read_config(str(tmp_path))
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
-    assert "longer than original_max_position_embeddings 32" in caplog.text
+    assert caplog.text.count("longer than original_max_position_embeddings 32") == 1
     caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy",
+                   max_model_len=32)
+    assert "longrope" not in caplog.text
     within = Phi3Config(**{**TINY, "max_position_embeddings": 32},
                         original_max_position_embeddings=32,
                         rope_scaling={**LONGROPE, "factor": 4.0})

@@ -13,7 +13,6 @@ it, family by family). A bad value is refused naming its config.json field.
 from __future__ import annotations
 
 import json
-import logging
 import os
 from typing import Any
 
@@ -27,10 +26,7 @@ from aiollm.model.config import (
 )
 from aiollm.model.hf_moe_config import moe_from_hf
 from aiollm.model.paths import check_links, gguf_names, split_first_part
-from aiollm.model.rope import longrope_warning
 from aiollm.model.rope_config import RopeConfig, check_rope_parameters, rope_from_hf
-
-log = logging.getLogger(__name__)
 
 try:  # huggingface_hub >= 0.35, which transformers 5 requires; older ones raise ValueErrors
     from huggingface_hub.errors import StrictDataclassError as _StrictDataclassError
@@ -128,8 +124,6 @@ def config_from_hf(hf: Any, generation_eos: list[int] | None = None,
     rope = rope_from_hf(hf, _head_dim(hf))
     max_position = _context_of(hf, rope)
     window, sliding_layers = _sliding_window(hf, arch)
-    if (message := longrope_warning(rope, max_position)) is not None:
-        log.warning("%s", message)
     eos = (_as_list(hf.eos_token_id) if generation_eos is None
            else list(dict.fromkeys(generation_eos)))
     return ModelConfig(
