@@ -275,6 +275,18 @@ def test_phi3_128k_config_as_published_loads_its_longrope(tmp_path):
         load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
 
 
+@pytest.mark.parametrize("key,value", [("long_factor", None), ("short_factor", 2.0),
+                                       ("long_factor", {"0": 1.0})], ids=str)
+def test_a_longrope_factor_list_that_is_no_list_is_refused_naming_it(tmp_path, key, value):
+    """A longrope short_factor/long_factor of null or a single number failed in transformers
+    as "object of type 'NoneType' has no len()", naming no field."""
+    fields = {**FAMILIES["longrope-partial"].to_dict()}
+    fields["rope_parameters"] = {**fields["rope_parameters"], key: value}
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    with pytest.raises(ValueError, match=f"rope_parameters .*{key} must be a list of numbers"):
+        load_model(str(tmp_path), dtype=torch.float32, device="cpu", load_format="dummy")
+
+
 def test_sliding_window_slides_every_layer_past_it(tmp_path):
     """Phi-3-mini-4k's sliding_window (2047 of 4096) slides every layer, as transformers'
     Phi-3 masks it: the context stays max_position_embeddings, and logits of prompts longer
