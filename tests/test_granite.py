@@ -298,7 +298,13 @@ def test_dummy_weights_build_the_shapes_from_config_alone(tmp_path, family):
     ("mlp_bias", True, "mlp_bias"),
     ("logits_scaling", None, "logits_scaling"),
     ("residual_multiplier", None, "residual_multiplier"),
-    ("logits_scaling", 0, "logits_scaling must not be 0"),
+    # no Granite has a scale of 0 or below (the embeddings, layers or attention scores
+    # vanish or flip sign): a config with one is broken, not a model to serve
+    ("logits_scaling", 0, "config.json: logits_scaling must be > 0, got 0"),
+    ("logits_scaling", -8.0, "logits_scaling must be > 0, got -8.0"),
+    ("embedding_multiplier", 0, "embedding_multiplier must be > 0, got 0"),
+    ("residual_multiplier", -0.22, "residual_multiplier must be > 0, got -0.22"),
+    ("attention_multiplier", 0.0, "attention_multiplier must be > 0, got 0.0"),
     ("num_experts_per_tok", None, "num_experts_per_tok must be an integer"),
     ("num_local_experts", None, "num_local_experts must be an integer"),
 ])

@@ -180,12 +180,15 @@ def _granite_scalars(hf: Any) -> dict[str, float]:
     """Granite's four scalars, as transformers' Granite classes read them: each defaults to
     1.0 (attention_multiplier too: the softmax scale is then 1, not 1/sqrt(head_dim)). A
     null or non-number, which transformers multiplies by and fails on, is refused naming
-    the field."""
+    the field, and so is one of 0 or below, which no Granite has (its embeddings, layers or
+    attention scores would vanish or change sign; logits_scaling is divided by)."""
     scalars = {}
     for name in GRANITE_SCALARS:
         value = getattr(hf, name, 1.0)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"config.json: {name} must be a number, got {value!r}")
+        if not value > 0:
+            raise ValueError(f"config.json: {name} must be > 0, got {value!r}")
         scalars[name] = float(value)
     return scalars
 
