@@ -14,11 +14,12 @@ from test_phi3_model import FAMILIES, PROMPTS, TINY, saved  # noqa: F401 (saved:
 from aiollm.model import load_model
 
 
-def write_phi3_gguf(hf, path: str, window: int = 0) -> None:
+def write_phi3_gguf(hf, path: str, window: int = 0, original: int | None = None) -> None:
     """`hf` as llama.cpp's converter writes a Phi-3 (float32 tensors, so that logits can be
     compared tightly): attn_qkv and ffn_up fused as in the checkpoint, the partial rotary as
-    rope.dimension_count, LongRoPE's factors as tensors with the original context and the
-    attention factor in the metadata, the sliding window (0: none)."""
+    rope.dimension_count, LongRoPE's factors as tensors with the original context (or
+    `original` in its place) and the attention factor in the metadata, the sliding window
+    (0: none)."""
     import math
 
     import numpy as np
@@ -28,7 +29,8 @@ def write_phi3_gguf(hf, path: str, window: int = 0) -> None:
     w = gguf_writer(c, path, "phi3")
     w.add_eos_token_id(7)
     w.add_rope_dimension_count(int(16 * rope.get("partial_rotary_factor", 1.0)))
-    w.add_rope_scaling_orig_ctx_len(c.original_max_position_embeddings)
+    w.add_rope_scaling_orig_ctx_len(c.original_max_position_embeddings if original is None
+                                    else original)
     w.add_sliding_window(window)
     if rope["rope_type"] == "longrope":
         scale = c.max_position_embeddings / c.original_max_position_embeddings
@@ -121,3 +123,13 @@ def test_a_longrope_file_past_its_original_context_warns_once(tmp_path, caplog):
         load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu",
                    max_model_len=32)
     assert "longrope" not in caplog.text
+
+
+def test_a_longrope_file_with_an_original_context_of_0_is_refused_naming_it(tmp_path):
+    """rope.scaling.original_context_length 0 in a file with LongRoPE factors was a
+    ZeroDivisionError (the factor is the context over it): a traceback, not a message."""
+    hf = save_random_hf_model(FAMILIES["longrope-partial"], str(tmp_path / "hf"))
+    write_phi3_gguf(hf, str(tmp_path / "phi3.gguf"), original=0)
+    with pytest.raises(ValueError, match=r"phi3.rope.scaling.original_context_length must "
+                                         r"be >= 1, got 0"):
+        load_model(str(tmp_path / "phi3.gguf"), dtype=torch.float32, device="cpu")
