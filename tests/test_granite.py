@@ -369,3 +369,20 @@ def test_granitemoe_tensors_under_either_set_of_names(tmp_path):
                   metadata={"format": "pt"})
         with pytest.raises(ValueError, match=f"missing weights: {name}"):
             load_model(str(tmp_path / "saved"), dtype=torch.float32, device="cpu")
+
+
+@pytest.mark.parametrize("family", ["granite", "granitemoe"])
+def test_sliding_window_fields_in_a_granite_config_slide_nothing(tmp_path, family):
+    """transformers' Granite and GraniteMoe never slide (no window in their masks): a
+    config.json carrying Qwen2's sliding_window, use_sliding_window and max_window_layers
+    (a conversion's leftovers) slid every layer here, and logits past the window differed
+    from transformers' (by ~2 on these weights)."""
+    hf = save_granite(family, tmp_path, tokenizer=False)
+    fields = json.loads((tmp_path / "config.json").read_text())
+    fields.update(sliding_window=4, use_sliding_window=True, max_window_layers=0)
+    (tmp_path / "config.json").write_text(json.dumps(fields))
+    loaded = load_model(str(tmp_path), dtype=torch.float32, device="cpu")
+    assert loaded.config.sliding_window is None
+    with torch.no_grad():
+        ref = torch.cat([hf(torch.tensor([p])).logits[0] for p in PROMPTS])
+    assert (all_position_logits(loaded, PROMPTS) - ref).abs().max() < 1e-4

@@ -196,9 +196,11 @@ def _granite_scalars(hf: Any) -> dict[str, float]:
 # the families whose every layer slides when config.json has a sliding_window (transformers'
 # Mistral, Mixtral, Phi-3 and Qwen3-MoE models build one sliding-window mask for all layers; its
 # Qwen3-MoE config drops the window unless use_sliding_window); Qwen2, Qwen3 and Qwen2-MoE
-# slide the layers their layer_types marks "sliding_attention"; Llama and Gemma never slide
-# (a sliding_window in their config.json is left by a conversion from another family)
+# slide the layers their layer_types marks "sliding_attention"; Llama, Gemma, Granite and
+# GraniteMoe never slide (window fields in their config.json are left by a conversion from
+# another family, and transformers reads none of them)
 _EVERY_LAYER_SLIDES = ("mistral", "mixtral", "qwen3_moe", "phi3")
+_NEVER_SLIDES = ("llama", "gemma", "granite", "granitemoe")
 
 
 def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | None]:
@@ -206,7 +208,7 @@ def _sliding_window(hf: Any, arch: str) -> tuple[int | None, tuple[int, ...] | N
     runs it; (None, None) when no layer slides. Raises ValueError naming config.json's field
     for a window below 1 (transformers' mask then hides every key) or sliding layers
     without use_sliding_window or with a null sliding_window (its mask then fails)."""
-    if arch in ("llama", "gemma"):  # transformers' Llama and Gemma never slide
+    if arch in _NEVER_SLIDES:
         return None, None
     window = getattr(hf, "sliding_window", None)
     if arch in _EVERY_LAYER_SLIDES:
